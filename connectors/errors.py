@@ -1,0 +1,33 @@
+"""The one exception family of segstream: every message is written for the user.
+
+The CLI turns a ``SegstreamError`` into one line on stderr and a non-zero exit; any other exception
+is a bug and keeps its traceback.
+"""
+
+
+class SegstreamError(Exception):
+    """A problem the user can fix; ``str(error)`` says what is wrong and what to do."""
+
+    exit_code = 1
+
+
+class ConfigError(SegstreamError):
+    """The pipeline description (YAML, overrides, environment) is invalid."""
+
+    exit_code = 2
+
+
+class SourceError(SegstreamError):
+    """A video source cannot be opened or read."""
+
+
+class SinkError(SegstreamError):
+    """A sink (Redis, files) cannot be reached or written."""
+
+
+class CheckpointError(SegstreamError):
+    """A model checkpoint cannot be found, read, or does not fit the chosen preset."""
+
+
+class WireFormatError(SegstreamError):
+    """A Redis stream entry is not in a schema version this reader understands."""

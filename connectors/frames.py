@@ -1,0 +1,34 @@
+"""The frame that flows from a source to the model stage."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fractions import Fraction
+
+import numpy as np
+
+
+@dataclass(slots=True)
+class Frame:
+    """One decoded video frame.
+
+    ``image`` is H x W x 3 uint8 RGB. ``pts`` is in units of ``time_base`` (stream time);
+    ``pts_seconds`` is the same instant in seconds. ``capture_wall`` is the Unix time (seconds)
+    at which the frame left the decoder.
+    """
+
+    source: str
+    index: int
+    image: np.ndarray
+    pts: int | None
+    time_base: Fraction | None
+    pts_seconds: float | None
+    capture_wall: float
+
+    @property
+    def height(self) -> int:
+        return int(self.image.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.image.shape[1])
