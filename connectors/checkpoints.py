@@ -1,0 +1,102 @@
+"""Reading EoMT checkpoints: local files in either published format, or hf:// references.
+
+Nothing here unpickles arbitrary objects: safetensors files are read as tensors, and pickled
+``.bin`` files go through ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from connectors.errors import CheckpointError
+from models.eomt import EoMT, convert_state_dict, state_dict_problems
+from models.presets import Preset
+
+HF_PREFIX = "hf://"
+_HF_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+def shipped_weights(filename: str) -> Path:
+    """Path of a weights file shipped inside the package (models/weights/)."""
+    return Path(str(resources.files("models") / "weights" / filename))
+
+
+def read_state_dict(path: Path) -> dict[str, Tensor]:
+    """Tensors of a .safetensors file, or of a pickled state dict loaded with weights_only."""
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint '{path}' does not exist — pass the path of a .safetensors or .bin file")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # any decoding failure is the file's fault, not ours
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"checkpoint '{path}' cannot be read ({reason}) — it must be a safetensors file or a "
+            "PyTorch state dict of tensors"
+        ) from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise CheckpointError(f"checkpoint '{path}' is not a state dict of tensors")
+    return state
+
+
+def resolve_hf(reference: str) -> Path:
+    """Download ``hf://owner/name[/file]`` with huggingface_hub and return the local file."""
+    repo = reference[len(HF_PREFIX) :].strip("/")
+    parts = repo.split("/")
+    if len(parts) < 2:
+        raise CheckpointError(f"'{reference}' is not a hub reference — use hf://<owner>/<name>, e.g. hf://tue-mps/coco_panoptic_eomt_large_640")
+    repo_id, filename = "/".join(parts[:2]), "/".join(parts[2:]) or None
+    local_hint = (
+        f"download the weights of {repo_id} on a machine with access and set model.checkpoint to the local "
+        "file (pytorch_model.bin or model.safetensors)"
+    )
+    try:
+        from huggingface_hub import hf_hub_download
+    except ImportError:
+        raise CheckpointError(
+            f"'{reference}' needs huggingface_hub (pip install 'segstream[hub]'), or {local_hint}"
+        ) from None
+    errors = []
+    for name in [filename] if filename else _HF_FILES:
+        try:
+            return Path(hf_hub_download(repo_id, name))
+        except Exception as exc:
+            errors.append(f"{name}: {type(exc).__name__}")
+    raise CheckpointError(f"cannot fetch {repo_id} from the model hub ({'; '.join(errors)}) — offline? {local_hint}")
+
+
+def checkpoint_path(reference: str) -> Path:
+    """A local path for a checkpoint reference: hf://..., a shipped file name, or a path."""
+    if reference.startswith(HF_PREFIX):
+        return resolve_hf(reference)
+    path = Path(reference).expanduser()
+    if not path.exists() and not path.is_absolute() and len(path.parts) == 1:
+        shipped = shipped_weights(reference)
+        if shipped.exists():
+            return shipped
+    return path
+
+
+def load_eomt(preset: Preset, checkpoint: str | None = None) -> EoMT:
+    """The preset's EoMT with weights from ``checkpoint`` (or the preset's own weights)."""
+    path = checkpoint_path(checkpoint or preset.weights)
+    state = convert_state_dict(read_state_dict(path))
+    model = EoMT(preset.config)
+    problems = state_dict_problems(model, state)
+    if problems:
+        raise CheckpointError(
+            f"checkpoint '{path}' does not fit preset {preset.name} "
+            f"(dim {preset.config.dim}, {preset.config.depth} blocks, {preset.config.num_classes} classes, "
+            f"{preset.config.num_queries} queries, input {preset.config.img_size}): " + "; ".join(problems)
+        )
+    model.load_state_dict(state, strict=False)
+    return model

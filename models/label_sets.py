@@ -1,0 +1,114 @@
+"""Class label sets of the published EoMT models, shipped as JSON in ``models/labels``."""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
+
+__all__ = ["LabelSet", "available_label_sets", "load_label_set"]
+
+
+@dataclass(frozen=True, slots=True)
+class LabelSet:
+    """Class names and thing/stuff flags, indexed by contiguous class id."""
+
+    name: str
+    names: tuple[str, ...]
+    isthing: tuple[bool, ...]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.names)
+
+    @property
+    def thing_ids(self) -> tuple[int, ...]:
+        return tuple(i for i, t in enumerate(self.isthing) if t)
+
+    @property
+    def stuff_ids(self) -> tuple[int, ...]:
+        return tuple(i for i, t in enumerate(self.isthing) if not t)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> LabelSet:
+        """Build from the JSON schema ``{"name", "source", "classes": [{"id", "name", "isthing"}]}``.
+
+        Raises ValueError naming the first problem found.
+        """
+        if not isinstance(d, Mapping):
+            raise ValueError(f"label set must be a JSON object, got {type(d).__name__}")
+        set_name = d.get("name")
+        if not isinstance(set_name, str) or not set_name:
+            raise ValueError("label set 'name' must be a non-empty string")
+        classes = d.get("classes")
+        if not isinstance(classes, list) or not classes:
+            raise ValueError(f"label set {set_name!r}: 'classes' must be a non-empty list")
+
+        by_id: dict[int, tuple[str, bool]] = {}
+        for pos, entry in enumerate(classes):
+            where = f"label set {set_name!r}, classes[{pos}]"
+            if not isinstance(entry, Mapping):
+                raise ValueError(f"{where}: entry must be an object")
+            cid = entry.get("id")
+            # bool is a subclass of int; reject it so `"id": true` is not read as 1.
+            if not isinstance(cid, int) or isinstance(cid, bool):
+                raise ValueError(f"{where}: 'id' must be an integer, got {cid!r}")
+            cname = entry.get("name")
+            if not isinstance(cname, str) or not cname.strip():
+                raise ValueError(f"{where} (id {cid}): 'name' must be a non-empty string")
+            flag = entry.get("isthing")
+            if not isinstance(flag, bool):
+                raise ValueError(f"{where} (id {cid}): 'isthing' must be true or false, got {flag!r}")
+            if cid in by_id:
+                raise ValueError(f"label set {set_name!r}: duplicate class id {cid}")
+            by_id[cid] = (cname, flag)
+
+        # Model logits are indexed by id, so a gap would silently shift every later class.
+        expected = range(len(by_id))
+        if sorted(by_id) != list(expected):
+            missing = sorted(set(expected) - by_id.keys())
+            extra = sorted(by_id.keys() - set(expected))
+            raise ValueError(
+                f"label set {set_name!r}: class ids must be contiguous from 0 to {len(by_id) - 1}; "
+                f"missing {missing}, out of range {extra}"
+            )
+        return cls(
+            name=set_name,
+            names=tuple(by_id[i][0] for i in expected),
+            isthing=tuple(by_id[i][1] for i in expected),
+        )
+
+
+def _labels_dir() -> Traversable:
+    # importlib.resources rather than __file__ so this also works from a zipped or installed wheel.
+    return resources.files("models").joinpath("labels")
+
+
+def available_label_sets() -> list[str]:
+    """Names of the label sets shipped in ``models/labels`` (one per ``*.json`` file), sorted."""
+    return sorted(
+        entry.name[: -len(".json")]
+        for entry in _labels_dir().iterdir()
+        if entry.is_file() and entry.name.endswith(".json")
+    )
+
+
+@functools.lru_cache(maxsize=None)
+def load_label_set(name: str) -> LabelSet:
+    """Load the label set stored as ``models/labels/<name>.json``."""
+    available = available_label_sets()
+    # Checking membership first also keeps names like "../x" from reaching the filesystem.
+    if name not in available:
+        raise ValueError(f"unknown label set {name!r}; available: {', '.join(available)}")
+    text = _labels_dir().joinpath(f"{name}.json").read_text(encoding="utf-8")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"label set file {name}.json is not valid JSON: {exc}") from exc
+    return LabelSet.from_dict(data)

@@ -1,0 +1,147 @@
+"""EoMT against transformers' implementation: same weights, same logits, both checkpoint formats."""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import replace
+
+import pytest
+import torch
+
+from connectors.checkpoints import load_eomt, read_state_dict
+from connectors.errors import CheckpointError
+from models.eomt import EoMTConfig, config_for_size, infer_config
+from models.presets import PRESETS, get_preset
+from tests.eomt_reference import preset_for, reference_model, write_checkpoints
+
+SMALL_CONFIGS = {
+    "gelu-64": EoMTConfig(img_size=64, dim=96, depth=4, heads=4, num_queries=10, num_classes=7, num_query_blocks=2),
+    "swiglu-96": EoMTConfig(
+        img_size=96, dim=64, depth=5, heads=2, num_queries=12, num_classes=5, num_query_blocks=3, swiglu=True
+    ),
+    "gelu-128-3blocks": EoMTConfig(img_size=128, dim=48, depth=3, heads=3, num_queries=6, num_classes=19, num_query_blocks=3),
+}
+
+
+def _compare(ours, theirs, pixels):
+    with torch.no_grad():
+        ref = theirs(pixel_values=pixels)
+        out = ours(pixels)
+    # Guard against a vacuous match: the reference produces varied, non-zero logits.
+    assert ref.masks_queries_logits.std() > 1e-2 and ref.class_queries_logits.std() > 1e-2
+    assert out.mask_logits.shape == ref.masks_queries_logits.shape
+    assert torch.allclose(out.mask_logits, ref.masks_queries_logits, atol=1e-4, rtol=0)
+    assert torch.allclose(out.class_logits, ref.class_queries_logits, atol=1e-4, rtol=0)
+    assert torch.allclose(out.query_embeddings, ref.last_hidden_state[:, : ours.cfg.num_queries], atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("fmt", ["official", "transformers_safetensors", "transformers_bin"])
+@pytest.mark.parametrize("name", list(SMALL_CONFIGS))
+def test_logits_match_transformers_in_every_checkpoint_format(tmp_path, name, fmt):
+    cfg = SMALL_CONFIGS[name]
+    reference = reference_model(cfg, seed=1)
+    paths = write_checkpoints(reference, tmp_path)
+    ours = load_eomt(preset_for(cfg, "panoptic", "coco_panoptic"), str(paths[fmt])).eval()
+    pixels = torch.randn(2, 3, cfg.img_size, cfg.img_size)
+    _compare(ours, reference, pixels)
+
+
+def test_full_size_small_preset_matches_transformers(tmp_path):
+    preset = get_preset("coco_panoptic_eomt_small_640_2x")
+    assert (preset.config.dim, preset.config.depth, preset.config.heads) == (384, 12, 6)
+    reference = reference_model(preset.config, seed=2)
+    paths = write_checkpoints(reference, tmp_path)
+    state = read_state_dict(paths["official"])
+    # The official layout: fused qkv, (1, 1600, D) position embedding for the 40x40 patch grid.
+    assert state["network.encoder.backbone.pos_embed"].shape == (1, 1600, 384)
+    assert state["network.encoder.backbone.blocks.0.attn.qkv.weight"].shape == (3 * 384, 384)
+    ours = load_eomt(preset, str(paths["official"])).eval()
+    pixels = torch.randn(1, 3, 640, 640)
+    _compare(ours, reference, pixels)
+    with torch.no_grad():
+        out = ours(pixels)
+    assert out.mask_logits.shape == (1, 200, 160, 160)
+    assert out.class_logits.shape == (1, 200, 134)
+
+
+def test_presets_cover_every_published_size_task_and_label_set():
+    sizes = {(p.config.dim, p.config.depth, p.config.heads, p.config.swiglu, p.config.num_query_blocks) for p in PRESETS.values()}
+    assert {(384, 12, 6, False, 3), (768, 12, 12, False, 3), (1024, 24, 16, False, 4), (1536, 40, 24, True, 5)} <= sizes
+    by_name = {n: p for n, p in PRESETS.items()}
+    assert by_name["coco_panoptic_eomt_giant_1280"].config.img_size == 1280
+    assert by_name["ade20k_semantic_eomt_large_512"].config.num_queries == 100
+    assert by_name["cityscapes_semantic_eomt_large_1024"].config.num_classes == 19
+    assert by_name["coco_instance_eomt_large_640"].config.num_classes == 80
+    assert by_name["ade20k_panoptic_eomt_large_640"].config.num_classes == 150
+    assert {p.task for p in PRESETS.values()} == {"panoptic", "semantic", "instance"}
+
+
+def test_giant_swiglu_shapes_match_transformers_layout():
+    cfg = config_for_size("g", img_size=32, depth=1, num_query_blocks=1, num_queries=2, num_classes=3)
+    hf = reference_model(cfg)
+    ours_fc1 = 2 * hf.layers[0].mlp.gate_proj.weight.shape[0]
+    assert cfg.mlp_hidden == ours_fc1 == 8192
+
+
+def test_config_is_read_back_from_a_state_dict(tmp_path):
+    cfg = SMALL_CONFIGS["swiglu-96"]
+    paths = write_checkpoints(reference_model(cfg), tmp_path)
+    model = load_eomt(preset_for(cfg, "panoptic", "coco_panoptic"), str(paths["official"]))
+    inferred = infer_config(model.state_dict(), heads=cfg.heads, num_query_blocks=cfg.num_query_blocks)
+    assert inferred == cfg
+
+
+def test_checkpoint_with_other_class_count_names_the_keys_and_shapes(tmp_path):
+    cfg = SMALL_CONFIGS["gelu-64"]
+    paths = write_checkpoints(reference_model(cfg), tmp_path)
+    wrong = preset_for(replace(cfg, num_classes=9), "panoptic", "coco_panoptic", name="wrong-classes")
+    with pytest.raises(CheckpointError) as err:
+        load_eomt(wrong, str(paths["official"]))
+    message = str(err.value)
+    assert "class_head.weight: shape (8, 96), expected (10, 96)" in message
+    assert "wrong-classes" in message and "\n" not in message
+
+
+def test_checkpoint_of_another_size_reports_missing_and_unexpected_keys(tmp_path):
+    cfg = SMALL_CONFIGS["gelu-64"]
+    paths = write_checkpoints(reference_model(cfg), tmp_path)
+    deeper = replace(cfg, depth=6)
+    with pytest.raises(CheckpointError, match=r"missing keys \(\d+\): blocks\.4\."):
+        load_eomt(preset_for(deeper, "panoptic", "coco_panoptic"), str(paths["official"]))
+    state = torch.load(paths["official"], weights_only=True)
+    state["network.extra_head.weight"] = torch.zeros(1)
+    torch.save(state, tmp_path / "extra.bin")
+    with pytest.raises(CheckpointError, match=r"unexpected keys \(1\): extra_head\.weight"):
+        load_eomt(preset_for(cfg, "panoptic", "coco_panoptic"), str(tmp_path / "extra.bin"))
+
+
+class _Payload:
+    def __reduce__(self):
+        return (print, ("unpickled arbitrary code",))
+
+
+def test_pickled_objects_are_refused(tmp_path, capsys):
+    path = tmp_path / "evil.bin"
+    with open(path, "wb") as f:
+        pickle.dump({"weight": _Payload()}, f)
+    with pytest.raises(CheckpointError, match="cannot be read"):
+        read_state_dict(path)
+    assert "unpickled arbitrary code" not in capsys.readouterr().out
+
+
+def test_missing_and_garbage_checkpoints_are_user_errors(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        read_state_dict(tmp_path / "nope.safetensors")
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CheckpointError, match="cannot be read"):
+        read_state_dict(garbage)
+
+
+def test_hub_reference_offline_says_how_to_use_a_local_file(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    with pytest.raises(CheckpointError) as err:
+        load_eomt(get_preset("coco_panoptic_eomt_large_640"))
+    message = str(err.value)
+    assert "tue-mps/coco_panoptic_eomt_large_640" in message and "model.checkpoint" in message

@@ -1,0 +1,110 @@
+import pytest
+
+from models.label_sets import LabelSet, available_label_sets, load_label_set
+
+SHIPPED = ("ade20k", "cityscapes", "coco_instance", "coco_panoptic")
+
+
+def test_shipped_sets_are_available():
+    assert set(SHIPPED) <= set(available_label_sets())
+
+
+@pytest.mark.parametrize(
+    "name, total, things",
+    [("coco_panoptic", 133, 80), ("coco_instance", 80, 80), ("ade20k", 150, 100), ("cityscapes", 19, 8)],
+)
+def test_counts(name, total, things):
+    ls = load_label_set(name)
+    assert ls.name == name
+    assert ls.num_classes == total == len(ls.isthing)
+    assert len(ls.thing_ids) == things
+    assert len(ls.stuff_ids) == total - things
+    assert sorted(ls.thing_ids + ls.stuff_ids) == list(range(total))
+
+
+def test_coco_panoptic_things_come_first():
+    ls = load_label_set("coco_panoptic")
+    assert ls.thing_ids == tuple(range(80))
+    assert ls.stuff_ids == tuple(range(80, 133))
+
+
+def test_coco_instance_matches_panoptic_things():
+    assert load_label_set("coco_instance").names == load_label_set("coco_panoptic").names[:80]
+
+
+def test_cityscapes_things_are_last_eight():
+    assert load_label_set("cityscapes").thing_ids == tuple(range(11, 19))
+
+
+@pytest.mark.parametrize(
+    "name, cid, expected",
+    [
+        ("coco_panoptic", 0, "person"),
+        ("coco_panoptic", 79, "toothbrush"),
+        ("coco_panoptic", 80, "banner"),
+        ("coco_panoptic", 132, "rug-merged"),
+        ("coco_instance", 79, "toothbrush"),
+        ("ade20k", 0, "wall"),
+        ("ade20k", 2, "sky"),
+        ("ade20k", 12, "person"),
+        ("cityscapes", 0, "road"),
+        ("cityscapes", 13, "car"),
+        ("cityscapes", 18, "bicycle"),
+    ],
+)
+def test_names_at_ids(name, cid, expected):
+    assert load_label_set(name).names[cid] == expected
+
+
+def test_load_is_cached():
+    assert load_label_set("ade20k") is load_label_set("ade20k")
+
+
+def test_unknown_name_lists_available():
+    with pytest.raises(ValueError) as info:
+        load_label_set("no_such_set")
+    msg = str(info.value)
+    assert "no_such_set" in msg
+    for name in SHIPPED:
+        assert name in msg
+
+
+def _classes(*ids):
+    return [{"id": i, "name": f"c{i}", "isthing": False} for i in ids]
+
+
+def test_from_dict_roundtrip():
+    ls = LabelSet.from_dict({"name": "t", "classes": [{"id": 1, "name": "b", "isthing": True}, *_classes(0)]})
+    assert ls == LabelSet(name="t", names=("c0", "b"), isthing=(False, True))
+
+
+def test_from_dict_rejects_non_contiguous_ids():
+    with pytest.raises(ValueError, match="contiguous"):
+        LabelSet.from_dict({"name": "t", "classes": _classes(0, 1, 3)})
+    with pytest.raises(ValueError, match="contiguous"):
+        LabelSet.from_dict({"name": "t", "classes": _classes(1, 2)})
+
+
+def test_from_dict_rejects_duplicate_ids():
+    with pytest.raises(ValueError, match="duplicate"):
+        LabelSet.from_dict({"name": "t", "classes": _classes(0, 0)})
+
+
+@pytest.mark.parametrize(
+    "entry, word",
+    [
+        ({"id": 0, "name": "", "isthing": False}, "name"),
+        ({"id": 0, "isthing": False}, "name"),
+        ({"id": 0, "name": "a", "isthing": 1}, "isthing"),
+        ({"id": "0", "name": "a", "isthing": False}, "id"),
+        ({"id": True, "name": "a", "isthing": False}, "id"),
+    ],
+)
+def test_from_dict_rejects_bad_entries(entry, word):
+    with pytest.raises(ValueError, match=word):
+        LabelSet.from_dict({"name": "t", "classes": [entry]})
+
+
+def test_from_dict_rejects_missing_classes():
+    with pytest.raises(ValueError, match="classes"):
+        LabelSet.from_dict({"name": "t", "classes": []})
