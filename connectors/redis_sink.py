@@ -1,0 +1,202 @@
+"""Publishes each processed frame as one entry of its source's Redis stream (docs/SCHEMA.md)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import redis
+
+from connectors.embedded_redis import EmbeddedRedis
+from connectors.errors import ConfigError, SinkError
+from connectors.frames import Frame
+from connectors.redis_reader import connect_redis, error_summary, redis_address
+from connectors.redis_wire import DEFAULT_STREAM_PATTERN, MASK_ENCODINGS, encode_entry, stream_name
+from models.prediction import FramePrediction
+
+_FIRST_BACKOFF_S = 0.2
+
+
+class RedisPublisher:
+    """The Redis sink: ``XADD <stream> MAXLEN ~ maxlen * <fields>`` per frame, pipelined.
+
+    Entries wait in a buffer until ``pipeline_size`` of them are there, the oldest has waited
+    ``max_batch_delay_s`` (checked on each publish; None: no limit), or ``flush()`` is called;
+    a batch goes out as one MULTI/EXEC round trip. ``publish_ts`` is stamped when the batch is
+    sent. A batch that cannot be written after ``retries`` reconnect attempts (backoff 0.2 s,
+    doubling) is counted in ``failed`` and raises ``SinkError``. One thread publishes.
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        model_name: str,
+        stream_pattern: str = DEFAULT_STREAM_PATTERN,
+        maxlen: int = 10000,
+        mask_encoding: str = "rle",
+        pipeline_size: int = 32,
+        *,
+        max_batch_delay_s: float | None = 0.1,
+        retries: int = 4,
+    ) -> None:
+        if mask_encoding not in MASK_ENCODINGS:
+            raise ConfigError(
+                f"sinks.redis.mask_encoding is {mask_encoding!r} — use one of {', '.join(MASK_ENCODINGS)}"
+            )
+        if "{source}" not in stream_pattern:
+            raise ConfigError(
+                f"sinks.redis.stream is {stream_pattern!r} — it must contain {{source}} "
+                "(one stream per source), e.g. segstream:{source}:frames"
+            )
+        try:
+            stream_name(stream_pattern, "source")
+        except (KeyError, IndexError, ValueError):
+            raise ConfigError(
+                f"sinks.redis.stream {stream_pattern!r} may use only the {{source}} placeholder"
+            ) from None
+        if maxlen < 1 or pipeline_size < 1:
+            raise ConfigError("sinks.redis.maxlen and sinks.redis.pipeline_size must be at least 1")
+        self.client = client
+        self.model_name = model_name
+        self.stream_pattern = stream_pattern
+        self.maxlen = maxlen
+        self.mask_encoding = mask_encoding
+        self.pipeline_size = pipeline_size
+        self.max_batch_delay_s = max_batch_delay_s
+        self.retries = retries
+        self.published = 0
+        self.failed = 0
+        self.batches_sent = 0
+        self._buffer: list[tuple[str, dict[str, bytes | str]]] = []
+        self._oldest_buffered = 0.0
+        self._embedded: EmbeddedRedis | None = None
+        self._closed = False
+
+    @classmethod
+    def from_config(
+        cls,
+        url: str | None,
+        password: str | None,
+        *,
+        model_name: str,
+        stream_pattern: str = DEFAULT_STREAM_PATTERN,
+        maxlen: int = 10000,
+        mask_encoding: str = "rle",
+        pipeline_size: int = 32,
+        embedded_dir: Path | None = None,
+    ) -> RedisPublisher:
+        """Connect to the Redis at ``url``, or with no url start an embedded one for this run.
+
+        The embedded Redis listens on 127.0.0.1 only and ignores ``password``; it stops on
+        ``close()``, keeping its data only when ``embedded_dir`` is given.
+        """
+        embedded = None
+        if url is None:
+            embedded = EmbeddedRedis(embedded_dir)
+            url, password = embedded.url, None
+        try:
+            # Our own retries (with backoff, counted) replace redis-py's per-command ones.
+            client = connect_redis(url, password, socket_timeout=5.0, client_name="segstream-publisher")
+            publisher = cls(
+                client, model_name, stream_pattern, maxlen, mask_encoding, pipeline_size
+            )
+        except BaseException:
+            if embedded is not None:
+                embedded.close()
+            raise
+        if embedded is not None:
+            publisher._embedded = embedded
+            example = stream_name(stream_pattern, "<source>")
+            print(
+                "segstream: no sinks.redis.url set, so an embedded Redis runs until this run ends\n"
+                f"  connect: redis-cli -p {embedded.port}   or   redis-cli -s {embedded.socket_path}\n"
+                f"  watch:   segstream tail {example} --url {embedded.url}",
+                file=sys.stderr,
+            )
+        return publisher
+
+    def publish(self, frame: Frame, prediction: FramePrediction) -> None:
+        """Queue the entry for ``frame``; sends the batch once it is full or old enough."""
+        if self._closed:
+            raise SinkError("the Redis publisher is closed — publish before close()")
+        fields = encode_entry(frame, prediction, self.model_name, self.mask_encoding)
+        if not self._buffer:
+            self._oldest_buffered = time.monotonic()
+        self._buffer.append((stream_name(self.stream_pattern, frame.source), fields))
+        waited = time.monotonic() - self._oldest_buffered
+        if len(self._buffer) >= self.pipeline_size or (
+            self.max_batch_delay_s is not None and waited >= self.max_batch_delay_s
+        ):
+            self._send()
+
+    def flush(self) -> None:
+        """Send whatever is buffered."""
+        if self._buffer:
+            self._send()
+
+    def close(self) -> None:
+        """Flush, then release the connection (and stop the embedded Redis if this run started it)."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.flush()
+        finally:
+            self.client.close()
+            if self._embedded is not None:
+                self._embedded.close()
+
+    def _send(self) -> None:
+        batch, self._buffer = self._buffer, []
+        last_error: Exception | None = None
+        for attempt in range(self.retries + 1):
+            if attempt:
+                time.sleep(_FIRST_BACKOFF_S * 2 ** (attempt - 1))
+            stamp = repr(time.time())
+            pipe = self.client.pipeline(transaction=True)
+            for stream, fields in batch:
+                fields["publish_ts"] = stamp
+                pipe.xadd(stream, fields, maxlen=self.maxlen, approximate=True)
+            try:
+                results = pipe.execute(raise_on_error=False)
+            except (redis.ConnectionError, redis.TimeoutError) as error:
+                last_error = error
+                continue
+            except redis.RedisError as error:
+                self.failed += len(batch)
+                raise SinkError(
+                    f"Redis at {redis_address(self.client)} refused a batch of {len(batch)} entries: "
+                    f"{error_summary(error)} — {_advice(error)}"
+                ) from None
+            finally:
+                pipe.reset()
+            self.batches_sent += 1
+            refused = [(stream, r) for (stream, _), r in zip(batch, results) if isinstance(r, Exception)]
+            self.published += len(batch) - len(refused)
+            if refused:
+                self.failed += len(refused)
+                stream, error = refused[0]
+                raise SinkError(
+                    f"Redis refused {len(refused)} of {len(batch)} entries (first, on {stream!r}: "
+                    f"{error_summary(error)}) — {_advice(error)}"
+                )
+            return
+        self.failed += len(batch)
+        raise SinkError(
+            f"cannot write to Redis at {redis_address(self.client)} after {self.retries + 1} attempts: "
+            f"{error_summary(last_error)}; {len(batch)} entries lost ({self.failed} in this run) — "
+            "check that Redis is running and reachable"
+        )
+
+
+def _advice(error: Exception) -> str:
+    text = str(error)
+    if text.startswith("WRONGTYPE"):
+        return "that key is not a stream: delete it or change sinks.redis.stream"
+    if text.startswith("OOM"):
+        return "Redis is out of memory: lower sinks.redis.maxlen or raise its maxmemory"
+    if text.startswith(("NOAUTH", "NOPERM")):
+        return "set the password (REDIS_PASSWORD) or grant this user XADD"
+    return "check the Redis server log"
+

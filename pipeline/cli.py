@@ -1,0 +1,183 @@
+"""The ``segstream`` command: run, validate, schema, tail, evaluate, demo.
+
+User errors (``SegstreamError``) end as one line ``segstream: error: ...`` and the error's exit
+code; Ctrl-C or SIGTERM drains the pipeline and exits 0, a second one aborts with 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from connectors.errors import SegstreamError
+from pipeline.config import PipelineConfig, json_schema, load_config
+
+if TYPE_CHECKING:
+    from pipeline.runtime import RunReport
+
+DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit:
+        return int(exit.code or 0)
+    try:
+        return args.command(args)
+    except SegstreamError as error:
+        for line in str(error).splitlines() or [type(error).__name__]:
+            print(f"segstream: error: {line}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print("segstream: aborted", file=sys.stderr)
+        if _pipeline_threads_alive():
+            # they may be inside torch or FFmpeg, and finalising the interpreter under them crashes
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(130)
+        return 130
+
+
+def _pipeline_threads_alive() -> bool:
+    from pipeline.runtime import THREAD_PREFIX
+
+    return any(t.name.startswith(THREAD_PREFIX) and t.is_alive() for t in threading.enumerate())
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="segstream", description="Streaming video segmentation with EoMT, published to Redis Streams."
+    )
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    def overrides(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override one config value, e.g. --set engine.batch_size=8 --set sources.0.path=x.mp4")
+
+    run = commands.add_parser("run", help="run the pipeline described by a YAML config")
+    run.add_argument("config", type=Path, metavar="CONFIG")
+    overrides(run)
+    run.add_argument("--max-frames", type=int, metavar="N", help="stop each source after N frames")
+    run.set_defaults(command=_run)
+
+    demo = commands.add_parser("demo", help=f"run {DEMO_CONFIG.relative_to(DEMO_CONFIG.parents[1])}")
+    overrides(demo)
+    demo.add_argument("--max-frames", type=int, metavar="N", help="stop each source after N frames")
+    demo.set_defaults(command=_run, config=DEMO_CONFIG)
+
+    validate = commands.add_parser("validate", help="check a config without running it")
+    validate.add_argument("config", type=Path, metavar="CONFIG")
+    overrides(validate)
+    validate.set_defaults(command=_validate)
+
+    schema = commands.add_parser("schema", help="print the JSON Schema of the config file")
+    schema.set_defaults(command=_schema)
+
+    tail = commands.add_parser("tail", help="print the entries of a segstream Redis stream")
+    tail.add_argument("stream", metavar="STREAM", help="stream name, e.g. segstream:cam0:frames")
+    tail.add_argument("--url", default="redis://localhost:6379/0", help="Redis URL (default %(default)s)")
+    tail.add_argument("--count", type=int, default=10, metavar="N", help="newest entries to print (default %(default)s)")
+    tail.add_argument("--follow", action="store_true", help="keep printing new entries as they arrive")
+    tail.set_defaults(command=_tail)
+
+    evaluate = commands.add_parser("evaluate", help="measure segmentation quality on synthetic scenes")
+    evaluate.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], metavar="SEED")
+    evaluate.add_argument("--frames", type=int, default=50, metavar="N", help="frames per seed")
+    evaluate.add_argument("--size", type=int, nargs=2, default=[640, 480], metavar=("WIDTH", "HEIGHT"))
+    evaluate.add_argument("--checkpoint", default=None, help="local path or hf://org/name; default: the preset's weights")
+    evaluate.set_defaults(command=_evaluate)
+    return parser
+
+
+def _validate(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config, args.overrides)
+    print(f"ok: {len(cfg.sources)} source{'s' if len(cfg.sources) != 1 else ''}, model {cfg.model.preset}")
+    return 0
+
+
+def _schema(args: argparse.Namespace) -> int:
+    print(json.dumps(json_schema(), indent=2))
+    return 0
+
+
+def _tail(args: argparse.Namespace) -> int:
+    from connectors.redis_reader import tail
+
+    tail(args.stream, url=args.url, count=args.count, follow=args.follow)
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    import pipeline.evaluation
+
+    main_evaluate = getattr(pipeline.evaluation, "main_evaluate", None)
+    if main_evaluate is None:
+        raise SegstreamError("this segstream has no evaluation entry point (pipeline.evaluation.main_evaluate)")
+    return int(main_evaluate(args) or 0)
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.max_frames is not None and args.max_frames <= 0:
+        raise SegstreamError(f"--max-frames must be a positive number, got {args.max_frames}")
+    cfg = load_config(args.config, args.overrides)
+    run_pipeline(cfg, max_frames=args.max_frames)
+    return 0
+
+
+def run_pipeline(cfg: PipelineConfig, max_frames: int | None = None) -> RunReport:
+    """Build model, sinks and sources from ``cfg`` and run them; Ctrl-C/SIGTERM drain."""
+    from pipeline.model_factory import build_segmenter
+    from pipeline.runtime import Runtime, build_sources
+    from pipeline.sinks import build_sinks
+
+    segmenter = build_segmenter(cfg.model, batch_size=cfg.engine.batch_size)
+    sinks = build_sinks(cfg.sinks, segmenter.name)
+    try:
+        sources = build_sources(cfg.sources)
+    except BaseException:
+        for sink in sinks:
+            sink.close()
+        raise
+    runtime = Runtime.from_config(cfg, sources, segmenter, sinks, max_frames=max_frames)
+    with _DrainOnSignal(runtime):
+        return runtime.run()
+
+
+class _DrainOnSignal:
+    """First SIGINT/SIGTERM: ``runtime.stop()`` (drain, exit 0); second: KeyboardInterrupt."""
+
+    def __init__(self, runtime):
+        self.runtime = runtime
+        self.signals = 0
+        self.previous: dict[int, object] = {}
+
+    def _handle(self, signum, frame) -> None:
+        self.signals += 1
+        if self.signals > 1:
+            raise KeyboardInterrupt
+        self.runtime.stop()
+        # os.write, not print: print may be interrupted while holding stderr's buffer lock
+        name = signal.Signals(signum).name
+        os.write(2, f"segstream: {name}: stopping, draining queued frames ({name} again aborts)\n".encode())
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self.previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

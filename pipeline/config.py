@@ -1,0 +1,430 @@
+"""The pipeline description: one YAML file, validated key by key.
+
+The pydantic models below mirror the YAML one to one and hold every default. Loading goes
+YAML -> ``--set`` overrides -> ``${VAR}`` interpolation -> validation; every problem found on the
+way becomes one line of a single ``ConfigError`` (exit code 2), its path written the way the
+YAML reads (``sources[1].path``).
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import types
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from connectors.errors import ConfigError
+
+PositiveInt = Annotated[int, Field(gt=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+Fraction01 = Annotated[float, Field(ge=0, le=1)]
+SourceName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class FileSourceConfig(Strict):
+    """A video file (any container and codec FFmpeg decodes) or a stream URL.
+
+    Relative paths are relative to the current directory. ``realtime`` paces the file at its
+    own frame rate, standing in for a camera: the runtime then drops the oldest frames when the
+    model falls behind instead of slowing the source down.
+    """
+
+    name: SourceName
+    type: Literal["file"]
+    path: str
+    realtime: bool = False
+    loop: bool = False
+    max_frames: PositiveInt | None = None
+    queue_size: PositiveInt = 8
+    open_timeout_s: PositiveFloat = 10.0
+    read_timeout_s: PositiveFloat = 10.0
+
+    @field_validator("path")
+    @classmethod
+    def _path_exists(cls, path: str) -> str:
+        if "://" in path:
+            return path
+        if not Path(path).is_file():
+            where = f"{Path.cwd() / path}" if not Path(path).is_absolute() else path
+            raise ValueError(
+                f"file '{path}' does not exist ({where}) — fix the path; relative paths are relative to "
+                "the directory segstream runs in"
+            )
+        return path
+
+
+class SyntheticSourceConfig(Strict):
+    """Generated scenes with known ground truth (``connectors/synthetic.py``);
+    ``num_frames: null`` runs until stopped."""
+
+    name: SourceName
+    type: Literal["synthetic"]
+    width: PositiveInt = 640
+    height: PositiveInt = 480
+    fps: PositiveFloat = 25.0
+    seed: int = 0
+    num_frames: PositiveInt | None = 250
+    realtime: bool = False
+    queue_size: PositiveInt = 8
+
+
+SourceConfig = Annotated[Union[FileSourceConfig, SyntheticSourceConfig], Field(discriminator="type")]
+
+
+class ModelConfig(Strict):
+    """Which EoMT model runs and how; ``checkpoint: null`` uses the preset's own weights."""
+
+    preset: Annotated[str, Field(min_length=1)] = "synthetic_eomt_tiny_224"
+    checkpoint: str | None = None
+    task: Literal["panoptic", "semantic", "instance"] = "panoptic"
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    device: Annotated[str, Field(pattern=r"^(auto|cpu|cuda|cuda:\d+)$")] = "auto"
+    compile: bool = False
+    score_threshold: Fraction01 = 0.8
+    mask_threshold: Fraction01 = 0.5
+    overlap_threshold: Fraction01 = 0.8
+
+    @field_validator("checkpoint")
+    @classmethod
+    def _checkpoint_exists(cls, checkpoint: str | None) -> str | None:
+        if checkpoint is None or re.fullmatch(r"hf://[\w.-]+/[\w.-]+", checkpoint):
+            return checkpoint
+        if "://" in checkpoint:
+            raise ValueError(f"'{checkpoint}' is not a checkpoint reference — use hf://<org>/<name> or a local path")
+        if not Path(checkpoint).is_file():
+            raise ValueError(
+                f"checkpoint file '{checkpoint}' does not exist — fix the path or use null for the preset's weights"
+            )
+        return checkpoint
+
+
+class EngineConfig(Strict):
+    """Batching of the model stage: up to ``batch_size`` frames from all sources together,
+    waiting at most ``max_wait_ms`` after the first frame of a batch."""
+
+    batch_size: PositiveInt = 4
+    max_wait_ms: Annotated[float, Field(ge=0)] = 20.0
+
+
+def _empty_is_null(value: Any) -> Any:
+    # lets `${REDIS_URL:-}` and `${REDIS_PASSWORD:-}` mean "not set"
+    return None if value == "" else value
+
+
+class RedisSinkConfig(Strict):
+    """Redis Streams, one stream per source; ``url: null`` starts an embedded Redis."""
+
+    enabled: bool = True
+    url: str | None = None
+    password: str | None = None
+    stream: str = "segstream:{source}:frames"
+    maxlen: PositiveInt = 10000
+    mask_encoding: Literal["rle", "idmap"] = "rle"
+    pipeline_size: PositiveInt = 32
+
+    _nulls = field_validator("url", "password", mode="before")(_empty_is_null)
+
+    @field_validator("url")
+    @classmethod
+    def _redis_url(cls, url: str | None) -> str | None:
+        if url is None:
+            return None
+        parts = urlsplit(url)
+        # never echo a password embedded in the URL
+        shown = url.replace(f":{parts.password}@", ":***@") if parts.password else url
+        hint = "use redis://host:6379/0, rediss://host:6380/0 or unix:///path/to/redis.sock, or null for an embedded Redis"
+        if parts.scheme not in ("redis", "rediss", "unix"):
+            raise ValueError(f"'{shown}' is not a Redis URL — {hint}")
+        if parts.scheme == "unix" and not parts.path:
+            raise ValueError(f"'{shown}' names no socket path — {hint}")
+        if parts.scheme != "unix":
+            try:
+                parts.port
+            except ValueError:
+                raise ValueError(f"'{shown}' has an invalid port — {hint}") from None
+            if not parts.hostname:
+                raise ValueError(f"'{shown}' names no host — {hint}")
+        return url
+
+    @field_validator("stream")
+    @classmethod
+    def _stream_template(cls, stream: str) -> str:
+        try:
+            ok = stream.format(source="a") != stream.format(source="b")
+        except (KeyError, IndexError, ValueError):
+            ok = False
+        if not ok:
+            raise ValueError(
+                f"'{stream}' must contain {{source}} and no other placeholder, e.g. 'segstream:{{source}}:frames'"
+            )
+        return stream
+
+
+class FilesSinkConfig(Strict):
+    """One JSONL file per source under ``dir``, entries in the same schema (and with the same
+    ``mask_encoding``) as Redis."""
+
+    enabled: bool = False
+    dir: str = "runs/out"
+
+
+class SinksConfig(Strict):
+    redis: RedisSinkConfig = Field(default_factory=RedisSinkConfig)
+    files: FilesSinkConfig = Field(default_factory=FilesSinkConfig)
+
+
+class PipelineConfig(Strict):
+    """The whole pipeline: sources -> model -> sinks."""
+
+    sources: Annotated[list[SourceConfig], Field(min_length=1)]
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+    sinks: SinksConfig = Field(default_factory=SinksConfig)
+
+    @field_validator("sources")
+    @classmethod
+    def _unique_names(cls, sources: list[FileSourceConfig | SyntheticSourceConfig]) -> list:
+        seen: dict[str, int] = {}
+        for i, source in enumerate(sources):
+            if source.name in seen:
+                raise ValueError(
+                    f"source name '{source.name}' is used by sources[{seen[source.name]}] and sources[{i}] — "
+                    "names must be unique"
+                )
+            seen[source.name] = i
+        return sources
+
+
+def json_schema() -> dict:
+    """The JSON Schema of the YAML file (``segstream schema``)."""
+    return PipelineConfig.model_json_schema()
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> PipelineConfig:
+    """Read, override, interpolate and validate the pipeline description at ``path``."""
+    data = read_yaml(path)
+    for override in overrides:
+        apply_override(data, override)
+    return validate_config(interpolate(data))
+
+
+def validate_config(data: Any) -> PipelineConfig:
+    """Validate plain data (already interpolated); all problems become one ConfigError."""
+    if not isinstance(data, dict):
+        raise ConfigError("the config must be a mapping with the keys sources, model, engine and sinks")
+    try:
+        return PipelineConfig.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError("\n".join(_error_line(e, data) for e in error.errors())) from None
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key written twice in one mapping instead of keeping the last."""
+
+    def construct_mapping(self, node, deep=False):
+        keys = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in keys:
+                mark = key_node.start_mark
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key '{key}' appears twice in the same mapping", mark
+                )
+            keys.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file '{path}' does not exist") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"cannot read config file '{path}': {error}") from None
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{path}{where}: invalid YAML: {error.problem or error.context}") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: invalid YAML: {error}") from None
+    if data is None:
+        raise ConfigError(f"config file '{path}' is empty — it needs at least a sources list")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping with the keys sources, model, engine and sinks")
+    return data
+
+
+def apply_override(data: dict, override: str) -> None:
+    """Apply one ``--set a.b.c=value`` (``sources.0.path`` and ``sources[0].path`` both index
+    lists; ``value`` is typed like a YAML scalar: 4, true, null, 0.5, text)."""
+    key, sep, text = override.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {override}: expected KEY=VALUE, e.g. --set engine.batch_size=8")
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        value = text
+    parts = [int(p) if p.isdigit() else p for p in re.sub(r"\[(\d+)\]", r".\1", key.strip()).split(".")]
+    node: Any = data
+    for depth, part in enumerate(parts):
+        last = depth == len(parts) - 1
+        here = _format_path(parts[:depth]) or "the top level"
+        if isinstance(node, list):
+            if not isinstance(part, int):
+                raise ConfigError(f"--set {key}: {here} is a list; index it with a number, e.g. {here}.0")
+            if part > len(node):
+                raise ConfigError(f"--set {key}: {here} has {len(node)} entries (indices 0 to {len(node) - 1})")
+            if part == len(node):
+                node.append({})
+        elif isinstance(node, dict):
+            if not last and not isinstance(node.get(part), (dict, list)):
+                node[part] = {}
+        else:
+            raise ConfigError(f"--set {key}: {here} is a single value, not a mapping or list")
+        if last:
+            node[part] = value
+        else:
+            node = node[part]
+
+
+_REFERENCE = re.compile(r"\$\$|\$\{([^}]*)\}")
+_VARIABLE = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)(?::-(.*))?", re.DOTALL)
+
+
+def interpolate(data: Any, environ: typing.Mapping[str, str] | None = None) -> Any:
+    """Replace ``${VAR}`` and ``${VAR:-default}`` in every string value (``$$`` is a literal ``$``).
+
+    The default applies when VAR is unset or empty; an unset VAR without default is an error
+    naming the variable and the key.
+    """
+    env = os.environ if environ is None else environ
+    problems: list[str] = []
+
+    def substitute(text: str, path: list) -> str:
+        def one(match: re.Match) -> str:
+            if match.group(0) == "$$":
+                return "$"
+            ref = _VARIABLE.fullmatch(match.group(1))
+            if ref is None:
+                problems.append(
+                    f"{_format_path(path)}: '{match.group(0)}' is not a variable reference — "
+                    "write ${NAME} or ${NAME:-default}"
+                )
+                return match.group(0)
+            name, default = ref.groups()
+            value = env.get(name)
+            if value is None or (value == "" and default is not None):
+                if default is None:
+                    problems.append(
+                        f"{_format_path(path)}: environment variable {name} is not set — "
+                        f"export it or write ${{{name}:-default}}"
+                    )
+                    return ""
+                return default
+            return value
+
+        return _REFERENCE.sub(one, text)
+
+    def walk(node: Any, path: list) -> Any:
+        if isinstance(node, dict):
+            return {k: walk(v, [*path, k]) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v, [*path, i]) for i, v in enumerate(node)]
+        if isinstance(node, str):
+            return substitute(node, path)
+        return node
+
+    result = walk(data, [])
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return result
+
+
+def _format_path(parts: typing.Sequence) -> str:
+    out = ""
+    for part in parts:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _error_line(error: dict, data: Any) -> str:
+    """One line for one pydantic error, with the path as the YAML reads."""
+    loc, kind = error["loc"], error["type"]
+    path: list = []
+    node: Any = data
+    for part in loc:
+        # a discriminated union adds its tag (`file`, `synthetic`) to the location; the YAML has no such key
+        if isinstance(node, dict) and part not in node and node.get("type") == part:
+            continue
+        path.append(part)
+        if isinstance(node, dict):
+            node = node.get(part)
+        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            node = node[part]
+        else:
+            node = None
+    where = _format_path(path) or "config"
+    got = error.get("input")
+    if kind == "extra_forbidden":
+        allowed = _allowed_keys(loc[:-1])
+        close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+        hint = f"did you mean '{close[0]}'?" if close else f"allowed here: {', '.join(allowed)}"
+        return f"{where}: unknown key — {hint}"
+    if kind == "missing":
+        return f"{where}: required key is missing"
+    if kind == "union_tag_invalid":
+        return f"{where}.type: unknown source type {got.get('type')!r} — use file or synthetic"
+    if kind == "union_tag_not_found":
+        return f"{where}: missing 'type' — use file or synthetic"
+    if kind == "value_error":
+        return f"{where}: {error['ctx']['error']}"
+    if kind == "too_short" and path == ["sources"]:
+        return f"{where}: at least one source is needed"
+    if path and path[-1] == "password":
+        return f"{where}: {error['msg']}"
+    if kind == "string_pattern_mismatch" and path and path[-1] == "name":
+        return f"{where}: {got!r} is not a valid source name — use letters, digits, '_', '.' and '-'"
+    if kind == "string_pattern_mismatch" and path and path[-1] == "device":
+        return f"{where}: {got!r} is not a device — use auto, cpu, cuda or cuda:N"
+    return f"{where}: {error['msg']} (got {got!r})"
+
+
+def _allowed_keys(loc: tuple) -> list[str]:
+    """Field names of the model at ``loc`` (which includes union tags, as pydantic reports it)."""
+    tp: Any = PipelineConfig
+    for part in loc:
+        tp = _strip(tp)
+        if typing.get_origin(tp) in (Union, types.UnionType):
+            tp = next((m for m in typing.get_args(tp) if part in typing.get_args(m.model_fields["type"].annotation)), None)
+        elif isinstance(tp, type) and issubclass(tp, BaseModel):
+            tp = tp.model_fields[part].annotation
+        elif typing.get_origin(tp) is list:
+            tp = typing.get_args(tp)[0]
+    tp = _strip(tp)
+    return list(tp.model_fields) if isinstance(tp, type) and issubclass(tp, BaseModel) else []
+
+
+def _strip(tp: Any) -> Any:
+    """``X`` from ``Annotated[X, ...]`` and ``X | None``; tagged unions stay unions."""
+    while True:
+        if typing.get_origin(tp) is Annotated:
+            tp = typing.get_args(tp)[0]
+        elif typing.get_origin(tp) in (Union, types.UnionType) and type(None) in typing.get_args(tp):
+            members = [a for a in typing.get_args(tp) if a is not type(None)]
+            tp = members[0] if len(members) == 1 else Union[tuple(members)]
+        else:
+            return tp

@@ -1,0 +1,182 @@
+"""Panoptic quality (PQ, SQ, RQ) of a segmenter on held-out synthetic scenes.
+
+The counting is torchmetrics' ``PanopticQuality``. One adjustment makes it follow the COCO
+panoptic definition: torchmetrics treats a predicted pixel of no known class as void and then
+forgives any ground-truth segment that is mostly void in the prediction, so a model that leaves
+an object unlabelled would not be charged a false negative. Unlabelled predicted pixels are
+therefore given a class of their own ("unlabelled", a stuff class that no ground truth has): a
+missed segment counts as a miss, and the unlabelled class itself is left out of every average.
+Ground-truth pixels without a segment stay void and are ignored, as in COCO.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Protocol
+
+import numpy as np
+import torch
+from torchmetrics.detection import PanopticQuality
+from tqdm import tqdm
+
+from connectors.errors import ConfigError
+from connectors.synthetic import CLASSES, LABEL_SET, GroundTruth, synthetic_clip
+from models.label_sets import LabelSet
+from models.prediction import FramePrediction
+
+
+class _Labelled(Protocol):
+    id: int
+    class_id: int
+
+
+class PanopticTally:
+    """PQ accumulated over frames: ``add`` one frame at a time, ``summary`` at any point.
+
+    Class ids are the label set's; ``thing_ids`` and ``stuff_ids`` must not overlap.
+    """
+
+    def __init__(self, thing_ids: Iterable[int], stuff_ids: Iterable[int]):
+        self.thing_ids = sorted(int(c) for c in thing_ids)
+        self.stuff_ids = sorted(int(c) for c in stuff_ids)
+        self.unlabelled = max(self.thing_ids + self.stuff_ids, default=-1) + 1
+        self.frames = 0
+        self._metric = PanopticQuality(
+            things=set(self.thing_ids),
+            stuffs=set(self.stuff_ids) | {self.unlabelled},
+            return_sq_and_rq=True,
+            return_per_class=True,
+        )
+
+    def add(
+        self,
+        pred_map: np.ndarray,
+        pred_segments: Sequence[_Labelled],
+        gt_map: np.ndarray,
+        gt_segments: Sequence[_Labelled],
+    ) -> None:
+        """Count one frame. Maps are H x W segment ids (-1 or any unlisted id: no segment)."""
+        if pred_map.shape != gt_map.shape:
+            raise ValueError(f"prediction map is {pred_map.shape}, ground truth {gt_map.shape}")
+        known = set(self.thing_ids) | set(self.stuff_ids)
+        strange = sorted({s.class_id for s in pred_segments} - known)
+        if strange:
+            raise ValueError(f"predicted class ids {strange} are not in the label set")
+        preds = _pairs(pred_map, pred_segments, self.unlabelled)
+        # -1 is no class at all, which torchmetrics reads as void in the ground truth.
+        target = _pairs(gt_map, gt_segments, -1)
+        self._metric.update(preds[None], target[None])
+        self.frames += 1
+
+    def summary(self) -> dict:
+        """PQ/SQ/RQ over all classes, things and stuff, plus ``per_class`` and ``frames``.
+
+        Each average is over the classes that occurred (a true positive, false positive or false
+        negative somewhere); a group with no such class reads NaN. ``per_class`` maps class id to
+        its pq, sq, rq, tp, fp, fn.
+        """
+        per_class = self._metric.compute()  # C x 3 (pq, sq, rq): things, then stuff, ids ascending
+        order = self.thing_ids + self.stuff_ids + [self.unlabelled]
+        tp = self._metric.true_positives.tolist()
+        fp = self._metric.false_positives.tolist()
+        fn = self._metric.false_negatives.tolist()
+        rows = {
+            class_id: {
+                "pq": float(per_class[i, 0]),
+                "sq": float(per_class[i, 1]),
+                "rq": float(per_class[i, 2]),
+                "tp": int(tp[i]),
+                "fp": int(fp[i]),
+                "fn": int(fn[i]),
+            }
+            for i, class_id in enumerate(order)
+            if class_id != self.unlabelled
+        }
+        result: dict = {}
+        groups = {"": self.thing_ids + self.stuff_ids, "_things": self.thing_ids, "_stuff": self.stuff_ids}
+        for group, ids in groups.items():
+            seen = [rows[c] for c in ids if rows[c]["tp"] + rows[c]["fp"] + rows[c]["fn"] > 0]
+            for key in ("pq", "sq", "rq"):
+                result[key + group] = float(np.mean([r[key] for r in seen])) if seen else float("nan")
+        result["per_class"] = rows
+        result["frames"] = self.frames
+        return result
+
+
+def _pairs(label_map: np.ndarray, segments: Sequence[_Labelled], no_class: int) -> torch.Tensor:
+    """H x W x 2 (category, instance) as torchmetrics wants it; instance is the segment id."""
+    ids = np.array([s.id for s in segments], dtype=np.int64)
+    top = int(ids.max()) if len(ids) else 0
+    if len(ids) and ids.min() < 0:
+        raise ValueError(f"segment ids must be >= 0, got {int(ids.min())}")
+    # Lookup index: id + 1 for listed ids, 0 for -1 and for anything unlisted or out of range.
+    lookup = np.full(top + 3, no_class, dtype=np.int64)
+    lookup[ids + 1] = [s.class_id for s in segments]
+    index = np.clip(label_map.astype(np.int64), -1, top + 1) + 1
+    category = lookup[index]
+    instance = np.where(category == no_class, 0, label_map)
+    return torch.from_numpy(np.stack([category, instance.astype(np.int64)], axis=-1))
+
+
+def panoptic_quality(
+    pred_maps: Sequence[np.ndarray],
+    pred_segments: Sequence[Sequence[_Labelled]],
+    gt_maps: Sequence[np.ndarray],
+    gt_segments: Sequence[Sequence[_Labelled]],
+    thing_ids: Iterable[int],
+    stuff_ids: Iterable[int],
+) -> dict:
+    """PQ of predicted against ground-truth frames, matched frame by frame; see ``PanopticTally``.
+
+    Predictions are label maps (H x W int32, -1 = no segment) with segments carrying ``.id`` and
+    ``.class_id`` (``models.prediction.Segment``); ground truth the same (``GroundTruth``).
+    """
+    if not len(pred_maps) == len(pred_segments) == len(gt_maps) == len(gt_segments):
+        raise ValueError("predictions and ground truth must list the same number of frames")
+    tally = PanopticTally(thing_ids, stuff_ids)
+    for frame in zip(pred_maps, pred_segments, gt_maps, gt_segments):
+        tally.add(*frame)
+    return tally.summary()
+
+
+def evaluate_segmenter(
+    segment_fn: Callable[[list[np.ndarray]], list[FramePrediction]],
+    seeds: Sequence[int],
+    width: int,
+    height: int,
+    num_frames: int,
+    label_set: LabelSet,
+    batch_size: int = 4,
+    progress: bool = True,
+) -> dict:
+    """PQ of ``segment_fn`` over the first ``num_frames`` frames of each synthetic scene in ``seeds``.
+
+    ``segment_fn`` takes a list of RGB uint8 frames and returns one prediction per frame; it is
+    called with up to ``batch_size`` frames at a time. ``label_set`` is the one the segmenter
+    predicts in; it must be the synthetic scenes' own. Returns pq, sq, rq and their ``_things`` /
+    ``_stuff`` variants, ``per_class`` and ``frames``.
+    """
+    expected = (tuple(c.name for c in CLASSES), tuple(c.isthing for c in CLASSES))
+    if (label_set.names, label_set.isthing) != expected:
+        raise ConfigError(
+            f"the model predicts the {label_set.name!r} classes but synthetic scenes are labelled with "
+            f"the {LABEL_SET!r} ones; evaluate a model trained on synthetic scenes"
+        )
+    tally = PanopticTally(label_set.thing_ids, label_set.stuff_ids)
+    frames = _frames(seeds, width, height, num_frames)
+    total = len(seeds) * num_frames
+    with tqdm(total=total, desc="evaluate", unit="frame", file=sys.stderr, disable=not progress) as bar:
+        while batch := [item for _, item in zip(range(batch_size), frames)]:
+            predictions = segment_fn([image for image, _ in batch])
+            if len(predictions) != len(batch):
+                raise ValueError(f"segment_fn returned {len(predictions)} predictions for {len(batch)} frames")
+            for prediction, (_, truth) in zip(predictions, batch):
+                tally.add(prediction.label_map, prediction.segments, truth.panoptic, truth.segments)
+            bar.update(len(batch))
+    return tally.summary()
+
+
+def _frames(seeds: Sequence[int], width: int, height: int, num_frames: int) -> Iterator[tuple[np.ndarray, GroundTruth]]:
+    for seed in seeds:
+        yield from synthetic_clip(width, height, num_frames, seed)

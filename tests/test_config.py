@@ -1,0 +1,154 @@
+import json
+import textwrap
+
+import pytest
+
+from models.presets import SYNTHETIC_TINY
+from pipeline.cli import main
+from pipeline.config import FileSourceConfig, SyntheticSourceConfig, load_config
+
+VALID = """
+sources:
+  - name: cam0
+    type: file
+    path: {clip}
+  - name: synth
+    type: synthetic
+    num_frames: 10
+sinks:
+  redis:
+    url: redis://localhost:6379/0
+    password: ${{SEGSTREAM_TEST_PW:-secret}}
+"""
+
+
+@pytest.fixture
+def write(tmp_path):
+    def write(text: str, name: str = "pipeline.yaml"):
+        path = tmp_path / name
+        path.write_text(textwrap.dedent(text))
+        return str(path)
+
+    return write
+
+
+def errors_of(capsys, argv) -> list[str]:
+    """Run the CLI expecting exit 2; the error lines it printed, without prefix."""
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert lines and all(line.startswith("segstream: error: ") for line in lines)
+    return [line.removeprefix("segstream: error: ") for line in lines]
+
+
+def test_valid_config_validates(capsys, write, clip, monkeypatch):
+    monkeypatch.delenv("SEGSTREAM_TEST_PW", raising=False)
+    assert main(["validate", write(VALID.format(clip=clip))]) == 0
+    assert capsys.readouterr().out.strip() == "ok: 2 sources, model synthetic_eomt_tiny_224"
+
+
+def test_defaults_live_in_the_schema(write, clip):
+    cfg = load_config(write(VALID.format(clip=clip)))
+    assert isinstance(cfg.sources[0], FileSourceConfig) and isinstance(cfg.sources[1], SyntheticSourceConfig)
+    assert cfg.sources[0].queue_size == 8 and cfg.sources[0].realtime is False
+    assert cfg.model.preset == SYNTHETIC_TINY.name and cfg.model.task == "panoptic" and cfg.engine.batch_size == 4
+    assert cfg.sinks.redis.stream == "segstream:{source}:frames" and cfg.sinks.files.enabled is False
+
+
+def test_unknown_key_names_its_path(capsys, write, clip):
+    text = VALID.format(clip=clip) + "engine:\n  bach_size: 8\n"
+    assert errors_of(capsys, ["validate", write(text)]) == ["engine.bach_size: unknown key — did you mean 'batch_size'?"]
+
+
+def test_unknown_key_in_a_source_uses_the_yaml_path(capsys, write, clip):
+    text = VALID.format(clip=clip).replace("num_frames: 10", "num_frames: 10\n    colour: red")
+    [line] = errors_of(capsys, ["validate", write(text)])
+    assert line.startswith("sources[1].colour: unknown key — allowed here: name, type, width")
+
+
+def test_every_error_is_reported_on_its_own_line(capsys, write, clip):
+    text = VALID.format(clip=clip) + "engine:\n  batch_size: many\n  max_wait_ms: -1\nmodel:\n  precision: fp8\n"
+    lines = errors_of(capsys, ["validate", write(text)])
+    assert len(lines) == 3
+    assert lines[0].startswith("model.precision: Input should be 'fp32', 'bf16' or 'fp16'")
+    assert lines[1].startswith("engine.batch_size: Input should be a valid integer") and "'many'" in lines[1]
+    assert lines[2].startswith("engine.max_wait_ms: Input should be greater than or equal to 0")
+
+
+def test_missing_video_file(capsys, write, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    [line] = errors_of(capsys, ["validate", write(VALID.format(clip="videos/x.mp4"))])
+    assert line.startswith("sources[0].path: file 'videos/x.mp4' does not exist")
+
+
+def test_bad_redis_url(capsys, write, clip):
+    text = VALID.format(clip=clip).replace("redis://localhost:6379/0", "http://localhost:6379")
+    [line] = errors_of(capsys, ["validate", write(text)])
+    assert line.startswith("sinks.redis.url: 'http://localhost:6379' is not a Redis URL — use redis://")
+
+
+def test_unset_variable_names_variable_and_key(capsys, write, clip, monkeypatch):
+    monkeypatch.delenv("SEGSTREAM_TEST_PW", raising=False)
+    text = VALID.format(clip=clip).replace(":-secret", "")
+    [line] = errors_of(capsys, ["validate", write(text)])
+    assert line.startswith("sinks.redis.password: environment variable SEGSTREAM_TEST_PW is not set")
+
+
+def test_variables_and_defaults_are_interpolated(write, clip, monkeypatch):
+    monkeypatch.delenv("SEGSTREAM_TEST_PW", raising=False)
+    monkeypatch.setenv("SEGSTREAM_TEST_BATCH", "16")
+    text = VALID.format(clip=clip) + "engine:\n  batch_size: ${SEGSTREAM_TEST_BATCH}\n"
+    cfg = load_config(write(text))
+    assert cfg.sinks.redis.password == "secret" and cfg.engine.batch_size == 16
+    monkeypatch.setenv("SEGSTREAM_TEST_PW", "from-env")
+    assert load_config(write(text)).sinks.redis.password == "from-env"
+
+
+def test_bad_yaml_names_the_line(capsys, write):
+    path = write("sources:\n  - name: cam0\n    type: [file\n")
+    [line] = errors_of(capsys, ["validate", path])
+    assert line.startswith(f"{path} line 4") and "invalid YAML" in line
+
+
+def test_missing_config_file(capsys, tmp_path):
+    [line] = errors_of(capsys, ["validate", str(tmp_path / "nope.yaml")])
+    assert line == f"config file '{tmp_path / 'nope.yaml'}' does not exist"
+
+
+def test_duplicate_source_names(capsys, write, clip):
+    text = VALID.format(clip=clip).replace("name: synth", "name: cam0")
+    [line] = errors_of(capsys, ["validate", write(text)])
+    assert line.startswith("sources: source name 'cam0' is used by sources[0] and sources[1]")
+
+
+def test_set_overrides_with_yaml_typing_and_list_index(write, clip, tmp_path):
+    other = tmp_path / "other.mp4"
+    other.write_bytes(clip.read_bytes())
+    cfg = load_config(
+        write(VALID.format(clip=clip)),
+        [
+            f"sources.0.path={other}",
+            "sources[1].fps=12.5",
+            "engine.batch_size=8",
+            "sinks.redis.url=null",
+            "model.compile=true",
+        ],
+    )
+    assert cfg.sources[0].path == str(other) and cfg.sources[1].fps == 12.5
+    assert cfg.engine.batch_size == 8 and cfg.sinks.redis.url is None and cfg.model.compile is True
+
+
+def test_set_errors_are_config_errors(capsys, write, clip):
+    path = write(VALID.format(clip=clip))
+    [line] = errors_of(capsys, ["validate", path, "--set", "sources.5.path=x.mp4"])
+    assert line == "--set sources.5.path: sources has 2 entries (indices 0 to 1)"
+    [line] = errors_of(capsys, ["validate", path, "--set", "engine.batch_size=0"])
+    assert line == "engine.batch_size: Input should be greater than 0 (got 0)"
+
+
+def test_schema_prints_json_schema(capsys):
+    assert main(["schema"]) == 0
+    schema = json.loads(capsys.readouterr().out)
+    assert set(schema["properties"]) == {"sources", "model", "engine", "sinks"}
+    assert schema["required"] == ["sources"]

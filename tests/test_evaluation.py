@@ -1,0 +1,126 @@
+"""Panoptic quality: perfect predictions score 1, a hand-made example scores what hand counting says."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from connectors.errors import ConfigError
+from connectors.synthetic import CLASSES, GroundTruth, GTSegment, synthetic_clip
+from models.label_sets import load_label_set
+from models.prediction import FramePrediction, Segment
+from pipeline.evaluation import evaluate_segmenter, panoptic_quality
+
+THINGS, STUFF = (0, 1, 2, 3), (4, 5, 6, 7)
+DISC, BOX, SKY, GRASS, SAND, WATER = 0, 1, 4, 5, 6, 7
+
+
+def _segment(id: int, class_id: int) -> Segment:
+    cls = CLASSES[class_id]
+    return Segment(id, class_id, cls.name, cls.isthing, 1.0, 0, (0, 0, 0, 0), id)
+
+
+def _as_prediction(truth: GroundTruth) -> FramePrediction:
+    return FramePrediction(truth.panoptic.copy(), [_segment(s.id, s.class_id) for s in truth.segments])
+
+
+def _truth(grid: list[str], legend: dict[str, tuple[int, int]]) -> GroundTruth:
+    """A ground-truth frame drawn as text: each letter maps to (segment id, class id)."""
+    panoptic = np.array([[legend[c][0] for c in row] for row in grid], dtype=np.int32)
+    segments = [
+        GTSegment(sid, cid, CLASSES[cid].isthing, sid if CLASSES[cid].isthing else -1, int((panoptic == sid).sum()))
+        for sid, cid in sorted(legend.values())
+    ]
+    return GroundTruth(panoptic, segments)
+
+
+def _prediction(grid: list[str], legend: dict[str, tuple[int, int]]) -> FramePrediction:
+    """A predicted frame drawn as text; '.' is a pixel left without a segment (-1)."""
+    label_map = np.array([[legend[c][0] if c != "." else -1 for c in row] for row in grid], dtype=np.int32)
+    return FramePrediction(label_map, [_segment(sid, cid) for sid, cid in sorted(legend.values())])
+
+
+def test_perfect_prediction_scores_one_everywhere():
+    truths = [truth for _, truth in synthetic_clip(96, 72, 3, seed=5)]
+    assert any(s.isthing for t in truths for s in t.segments)
+    preds = [_as_prediction(t) for t in truths]
+    result = panoptic_quality(
+        [p.label_map for p in preds], [p.segments for p in preds],
+        [t.panoptic for t in truths], [t.segments for t in truths], THINGS, STUFF,
+    )
+    for key in ("pq", "sq", "rq", "pq_things", "sq_things", "rq_things", "pq_stuff", "sq_stuff", "rq_stuff"):
+        assert result[key] == pytest.approx(1.0), key
+    assert result["frames"] == 3
+
+
+def test_hand_counted_example_with_a_dropped_thing_and_a_mislabelled_stuff_region():
+    legend = {"S": (0, SKY), "G": (1, GRASS), "A": (2, DISC), "B": (3, BOX)}
+    truth_0 = _truth(["SSSSSS", "SAASSS", "GAAGBB", "GGGGBB"], legend)
+    # Frame 0: box B dropped (left unlabelled); a spurious 2-pixel disc D sits on the sky.
+    pred_0 = _prediction(
+        ["SSSSDD", "SAASSS", "GAAG..", "GGGG.."],
+        {"S": (0, SKY), "G": (1, GRASS), "A": (2, DISC), "D": (5, DISC)},
+    )
+    legend = {"S": (0, SKY), "W": (1, WATER), "A": (2, DISC)}
+    truth_1 = _truth(["SSSSSS", "SSSSSS", "WWWWAA", "WWWWAA"], legend)
+    # Frame 1: the water is called sand; the disc spills two pixels into the sky.
+    pred_1 = _prediction(
+        ["SSSSSS", "SSSSAA", "NNNNAA", "NNNNAA"],
+        {"S": (0, SKY), "N": (1, SAND), "A": (2, DISC)},
+    )
+    result = panoptic_quality(
+        [pred_0.label_map, pred_1.label_map], [pred_0.segments, pred_1.segments],
+        [truth_0.panoptic, truth_1.panoptic], [truth_0.segments, truth_1.segments], THINGS, STUFF,
+    )
+    # By hand, per class (IoU = intersection / union of pixel counts):
+    #   disc:  frame 0 A=A, IoU 4/4 = 1; D unmatched: FP. Frame 1 IoU 4/6.
+    #          TP 2, FP 1: SQ = (1 + 2/3)/2 = 5/6, RQ = 2/(2 + 0.5) = 4/5, PQ = 2/3.
+    #   box:   FN 1 (its pixels are unlabelled, which is no excuse): PQ = SQ = RQ = 0.
+    #   sky:   frame 0 IoU 8/10, frame 1 IoU 10/12: SQ = (4/5 + 5/6)/2 = 49/60, RQ 1, PQ 49/60.
+    #   grass: IoU 1 once: PQ = SQ = RQ = 1.
+    #   sand:  FP 1; water: FN 1: both 0.
+    # Averages over the classes that occur (disc, box | sky, grass, sand, water):
+    #   things: PQ (2/3 + 0)/2 = 1/3, SQ (5/6 + 0)/2 = 5/12, RQ (4/5 + 0)/2 = 2/5.
+    #   stuff:  PQ = SQ = (49/60 + 1 + 0 + 0)/4 = 109/240, RQ (1 + 1 + 0 + 0)/4 = 1/2.
+    #   all:    PQ (2/3 + 49/60 + 1)/6 = 149/360, SQ (5/6 + 49/60 + 1)/6 = 53/120,
+    #           RQ (4/5 + 1 + 1)/6 = 7/15.
+    expected = {
+        "pq": 149 / 360, "sq": 53 / 120, "rq": 7 / 15,
+        "pq_things": 1 / 3, "sq_things": 5 / 12, "rq_things": 2 / 5,
+        "pq_stuff": 109 / 240, "sq_stuff": 109 / 240, "rq_stuff": 1 / 2,
+    }
+    for key, value in expected.items():
+        assert result[key] == pytest.approx(value, abs=1e-6), key  # IoUs are float32 inside
+    per_class = result["per_class"]
+    assert (per_class[DISC]["tp"], per_class[DISC]["fp"], per_class[DISC]["fn"]) == (2, 1, 0)
+    assert (per_class[BOX]["tp"], per_class[BOX]["fn"]) == (0, 1)
+    assert per_class[SAND]["fp"] == 1 and per_class[WATER]["fn"] == 1
+    assert per_class[2]["tp"] + per_class[2]["fp"] + per_class[2]["fn"] == 0  # triangle never occurs
+
+
+def test_a_frame_left_entirely_unlabelled_scores_zero():
+    truth = _truth(["SSAA", "GGAA"], {"S": (0, SKY), "G": (1, GRASS), "A": (2, DISC)})
+    empty = np.full((2, 4), -1, dtype=np.int32)
+    result = panoptic_quality([empty], [[]], [truth.panoptic], [truth.segments], THINGS, STUFF)
+    assert result["pq"] == 0.0 and result["per_class"][DISC]["fn"] == 1
+
+
+def test_evaluate_segmenter_with_an_oracle_scores_one_in_batches():
+    seeds, width, height, frames = [3, 9], 64, 48, 3
+    truth_of = {
+        image.tobytes(): truth for seed in seeds for image, truth in synthetic_clip(width, height, frames, seed)
+    }
+    calls = []
+
+    def oracle(images):
+        calls.append(len(images))
+        return [_as_prediction(truth_of[image.tobytes()]) for image in images]
+
+    result = evaluate_segmenter(oracle, seeds, width, height, frames, load_label_set("synthetic"), progress=False)
+    assert result["pq"] == pytest.approx(1.0) and result["frames"] == 6
+    assert calls == [4, 2]
+
+
+def test_evaluate_segmenter_refuses_a_model_of_another_label_set():
+    with pytest.raises(ConfigError):
+        evaluate_segmenter(lambda images: [], [0], 64, 48, 1, load_label_set("cityscapes"), progress=False)

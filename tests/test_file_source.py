@@ -1,0 +1,94 @@
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from connectors.errors import SourceError
+from connectors.file_source import FileSource
+from tests.conftest import SQUARE_COLOUR, encode_clip
+
+
+def test_decodes_every_frame_in_order_with_rgb_images(clip):
+    source = FileSource("cam0", str(clip))
+    frames = list(source.frames())
+    assert [f.index for f in frames] == list(range(40))
+    assert all(f.source == "cam0" and f.image.shape == (120, 160, 3) and f.image.dtype == np.uint8 for f in frames)
+    # the square is red in RGB order (channel 0 high)
+    first = frames[0].image[30:60, 0:30].reshape(-1, 3).mean(axis=0)
+    assert abs(first[0] - SQUARE_COLOUR[0]) < 20 and first[1] < 80
+    assert source.live is False and source.decode_errors == 0
+
+
+def test_pts_follow_the_encoded_rate(clip):
+    frames = list(FileSource("cam0", str(clip)).frames())
+    seconds = np.array([f.pts_seconds for f in frames])
+    assert np.all(np.diff([f.pts for f in frames]) > 0)
+    np.testing.assert_allclose(np.diff(seconds), 0.1, atol=1e-6)
+    assert all(f.pts_seconds == pytest.approx(float(f.pts * f.time_base)) for f in frames)
+    walls = [f.capture_wall for f in frames]
+    assert walls == sorted(walls) and abs(walls[0] - time.time()) < 60
+
+
+def test_max_frames_stops_early(clip):
+    assert len(list(FileSource("cam0", str(clip), max_frames=7).frames())) == 7
+
+
+def test_loop_repeats_with_increasing_pts(clip):
+    frames = list(FileSource("cam0", str(clip), loop=True, max_frames=100).frames())
+    assert [f.index for f in frames] == list(range(100))
+    seconds = np.array([f.pts_seconds for f in frames])
+    np.testing.assert_allclose(np.diff(seconds), 0.1, atol=1e-6)
+    np.testing.assert_array_equal(frames[45].image, frames[5].image)
+
+
+def test_realtime_paces_at_the_file_rate(fast_clip):
+    source = FileSource("cam0", str(fast_clip), realtime=True)
+    assert source.live is True
+    start = time.monotonic()
+    frames = list(source.frames())
+    # 30 frames at 30 fps: the last is due 29/30 s after the first
+    assert len(frames) == 30
+    assert time.monotonic() - start >= 0.9
+
+
+def test_missing_file_is_a_source_error(tmp_path):
+    with pytest.raises(SourceError) as error:
+        FileSource("cam0", str(tmp_path / "nope.mp4"))
+    assert "nope.mp4" in str(error.value) and "\n" not in str(error.value)
+
+
+def test_garbage_file_is_a_source_error(tmp_path):
+    garbage = tmp_path / "garbage.mp4"
+    garbage.write_bytes(np.random.default_rng(0).bytes(4096))
+    with pytest.raises(SourceError) as error:
+        FileSource("cam0", str(garbage))
+    assert "garbage.mp4" in str(error.value) and "\n" not in str(error.value)
+
+
+def test_corrupt_packets_are_counted_and_skipped(tmp_path):
+    data = bytearray(encode_clip(tmp_path / "clip.mp4", frames=40).read_bytes())
+    rng = np.random.default_rng(1)
+    middle = len(data) // 3
+    data[middle : middle + 400] = rng.integers(0, 256, 400, dtype=np.uint8).tobytes()
+    (tmp_path / "corrupt.mp4").write_bytes(bytes(data))
+    source = FileSource("cam0", str(tmp_path / "corrupt.mp4"))
+    frames = list(source.frames())
+    assert source.decode_errors > 0
+    assert 0 < len(frames) < 40
+    assert frames[-1].index == len(frames) - 1
+
+
+def test_close_from_another_thread_stops_frames(clip):
+    source = FileSource("cam0", str(clip), realtime=True, loop=True)
+    threading.Timer(0.3, source.close).start()
+    frames = list(source.frames())
+    # 0.3 s of a 10 fps clip played in real time, far from its 40 frames
+    assert 1 <= len(frames) < 40
+    source.close()  # twice is fine
+
+
+def test_close_before_reading_releases_the_file(clip):
+    source = FileSource("cam0", str(clip))
+    source.close()
+    assert list(source.frames()) == []

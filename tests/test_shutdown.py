@@ -1,0 +1,73 @@
+"""SIGTERM / Ctrl-C on the real CLI running the real model: drain and exit 0, or abort on a second."""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from safetensors.torch import save_file
+
+from models.eomt import EoMT
+from models.presets import SYNTHETIC_TINY
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """Untrained weights of the shipped preset: shutdown does not care what the model predicts."""
+    path = tmp_path_factory.mktemp("weights") / "tiny.safetensors"
+    save_file({k: v.contiguous() for k, v in EoMT(SYNTHETIC_TINY.config).state_dict().items()}, str(path))
+    return path
+
+
+def start_pipeline(tmp_path: Path, clip: Path, checkpoint: Path, source: str) -> tuple[subprocess.Popen, Path]:
+    config = tmp_path / "pipeline.yaml"
+    config.write_text(
+        f"sources:\n  - {{name: cam0, type: file, path: '{clip}', loop: true, {source}}}\n"
+        f"model: {{preset: {SYNTHETIC_TINY.name}, checkpoint: '{checkpoint}', device: cpu}}\n"
+        "engine: {batch_size: 1}\n"
+        "sinks:\n  redis: {enabled: false}\n  files: {enabled: true, dir: out}\n"
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli", "run", str(config)],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    output = tmp_path / "out" / "cam0.jsonl"
+    deadline = time.monotonic() + 120
+    while not (output.exists() and len(output.read_text().splitlines()) >= 3):
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"pipeline did not start publishing: {process.communicate()[1]}")
+        time.sleep(0.2)
+    return process, output
+
+
+def test_sigterm_drains_and_exits_zero(tmp_path, clip, checkpoint):
+    process, output = start_pipeline(tmp_path, clip, checkpoint, "realtime: true")
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err
+    assert "Traceback" not in err
+    # the runtime refuses to report unless decoded == published + dropped
+    published = int(re.search(r"stopped: (\d+) frames published", err).group(1))
+    assert published == len(output.read_text().splitlines()) >= 3
+
+
+def test_second_interrupt_aborts_with_130(tmp_path, clip, checkpoint):
+    # an offline source with a deep queue leaves seconds of frames to drain after the first Ctrl-C
+    process, _ = start_pipeline(tmp_path, clip, checkpoint, "queue_size: 64")
+    process.send_signal(signal.SIGINT)
+    time.sleep(0.5)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert "Traceback" not in err and "segstream: aborted" in err
