@@ -57,20 +57,20 @@ _PUBLISHED = [
 # The model trained by scripts/train_synthetic.py on connectors/synthetic.py scenes and shipped
 # in models/weights/ (see its model card there).
 SYNTHETIC_TINY = Preset(
-    name="synthetic_eomt_tiny_256",
+    name="synthetic_eomt_tiny_224",
     config=EoMTConfig(
-        img_size=256,
+        img_size=224,
         patch_size=16,
-        dim=192,
-        depth=8,
-        heads=3,
-        num_queries=24,
+        dim=160,
+        depth=6,
+        heads=4,
+        num_queries=20,
         num_classes=8,
-        num_query_blocks=3,
+        num_query_blocks=2,
     ),
     task="panoptic",
     label_set="synthetic",
-    weights="synthetic_eomt_tiny_256.safetensors",
+    weights="synthetic_eomt_tiny_224.safetensors",
 )
 
 PRESETS: dict[str, Preset] = {p.name: p for p in [_published(*row) for row in _PUBLISHED] + [SYNTHETIC_TINY]}

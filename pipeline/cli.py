@@ -93,6 +93,7 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--frames", type=int, default=50, metavar="N", help="frames per seed")
     evaluate.add_argument("--size", type=int, nargs=2, default=[640, 480], metavar=("WIDTH", "HEIGHT"))
     evaluate.add_argument("--checkpoint", default=None, help="local path or hf://org/name; default: the preset's weights")
+    evaluate.add_argument("--preset", default=None, help="a model trained on synthetic scenes (default: the shipped one)")
     evaluate.set_defaults(command=_evaluate)
     return parser
 

@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal, Union
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from connectors.errors import ConfigError
 
@@ -35,7 +35,7 @@ class Strict(BaseModel):
 class FileSourceConfig(Strict):
     """A video file (any container and codec FFmpeg decodes) or a stream URL.
 
-    Relative paths are relative to the current directory. ``realtime`` paces the file at its
+    Relative paths are relative to the config file's directory. ``realtime`` paces the file at its
     own frame rate, standing in for a camera: the runtime then drops the oldest frames when the
     model falls behind instead of slowing the source down.
     """
@@ -52,16 +52,16 @@ class FileSourceConfig(Strict):
 
     @field_validator("path")
     @classmethod
-    def _path_exists(cls, path: str) -> str:
+    def _path_exists(cls, path: str, info: ValidationInfo) -> str:
         if "://" in path:
             return path
-        if not Path(path).is_file():
-            where = f"{Path.cwd() / path}" if not Path(path).is_absolute() else path
+        resolved = _resolve(path, info)
+        if not resolved.is_file():
             raise ValueError(
-                f"file '{path}' does not exist ({where}) — fix the path; relative paths are relative to "
-                "the directory segstream runs in"
+                f"file '{path}' does not exist ({resolved}) — fix the path; relative paths are relative to "
+                "the config file's directory"
             )
-        return path
+        return str(resolved)
 
 
 class SyntheticSourceConfig(Strict):
@@ -97,16 +97,18 @@ class ModelConfig(Strict):
 
     @field_validator("checkpoint")
     @classmethod
-    def _checkpoint_exists(cls, checkpoint: str | None) -> str | None:
+    def _checkpoint_exists(cls, checkpoint: str | None, info: ValidationInfo) -> str | None:
         if checkpoint is None or re.fullmatch(r"hf://[\w.-]+/[\w.-]+", checkpoint):
             return checkpoint
         if "://" in checkpoint:
             raise ValueError(f"'{checkpoint}' is not a checkpoint reference — use hf://<org>/<name> or a local path")
-        if not Path(checkpoint).is_file():
+        resolved = _resolve(checkpoint, info)
+        if not resolved.is_file():
             raise ValueError(
-                f"checkpoint file '{checkpoint}' does not exist — fix the path or use null for the preset's weights"
+                f"checkpoint file '{checkpoint}' does not exist ({resolved}) — fix the path or use null for the "
+                "preset's weights"
             )
-        return checkpoint
+        return str(resolved)
 
 
 class EngineConfig(Strict):
@@ -206,6 +208,16 @@ class PipelineConfig(Strict):
         return sources
 
 
+def _resolve(path: str, info: ValidationInfo) -> Path:
+    """Relative paths in a config file are relative to that file's directory (as in
+    docker-compose), so a config works from wherever segstream is started."""
+    candidate = Path(path).expanduser()
+    base = (info.context or {}).get("base_dir") if info is not None else None
+    if base is not None and not candidate.is_absolute():
+        candidate = Path(base) / candidate
+    return candidate.resolve() if candidate.exists() else candidate
+
+
 def json_schema() -> dict:
     """The JSON Schema of the YAML file (``segstream schema``)."""
     return PipelineConfig.model_json_schema()
@@ -216,15 +228,15 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     data = read_yaml(path)
     for override in overrides:
         apply_override(data, override)
-    return validate_config(interpolate(data))
+    return validate_config(interpolate(data), base_dir=Path(path).resolve().parent)
 
 
-def validate_config(data: Any) -> PipelineConfig:
+def validate_config(data: Any, base_dir: Path | None = None) -> PipelineConfig:
     """Validate plain data (already interpolated); all problems become one ConfigError."""
     if not isinstance(data, dict):
         raise ConfigError("the config must be a mapping with the keys sources, model, engine and sinks")
     try:
-        return PipelineConfig.model_validate(data)
+        return PipelineConfig.model_validate(data, context={"base_dir": base_dir})
     except ValidationError as error:
         raise ConfigError("\n".join(_error_line(e, data) for e in error.errors())) from None
 

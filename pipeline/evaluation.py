@@ -180,3 +180,28 @@ def evaluate_segmenter(
 def _frames(seeds: Sequence[int], width: int, height: int, num_frames: int) -> Iterator[tuple[np.ndarray, GroundTruth]]:
     for seed in seeds:
         yield from synthetic_clip(width, height, num_frames, seed)
+
+
+def main_evaluate(args) -> int:
+    """``segstream evaluate``: PQ of a synthetic-scene model on held-out seeds, printed as a
+    table and as one JSON line (for scripts)."""
+    import json
+
+    from models.presets import SYNTHETIC_TINY
+    from pipeline.config import ModelConfig
+    from pipeline.model_factory import build_segmenter
+
+    model_cfg = ModelConfig(preset=args.preset or SYNTHETIC_TINY.name, checkpoint=args.checkpoint)
+    segmenter = build_segmenter(model_cfg)
+    width, height = args.size
+    result = evaluate_segmenter(segmenter.segment, args.seeds, width, height, args.frames, segmenter.labels)
+    print(f"model {segmenter.name}: {result['frames']} frames, {width}x{height}, seeds {' '.join(map(str, args.seeds))}")
+    print(f"{'':8}{'PQ':>8}{'SQ':>8}{'RQ':>8}")
+    for group, suffix in (("all", ""), ("things", "_things"), ("stuff", "_stuff")):
+        row = [result[f"{m}{suffix}"] for m in ("pq", "sq", "rq")]
+        print(f"{group:8}" + "".join(f"{100 * v:8.1f}" for v in row))
+    names = segmenter.labels.names
+    for class_id, stats in sorted(result["per_class"].items()):
+        print(f"  {names[class_id]:10} PQ {100 * stats['pq']:5.1f}  (tp {stats['tp']}, fp {stats['fp']}, fn {stats['fn']})")
+    print(json.dumps({k: v for k, v in result.items() if k != "per_class"}))
+    return 0

@@ -194,7 +194,7 @@ class Runtime:
         max_wait_ms: float = 20.0,
         queue_size: int | Mapping[str, int] = 8,
         max_frames: int | None = None,
-        progress: TextIO | None = sys.stderr,
+        progress: TextIO | None | bool = True,
         progress_interval_s: float = 2.0,
     ):
         names = [s.name for s in sources]
@@ -206,6 +206,7 @@ class Runtime:
         self.batch_size = batch_size
         self.max_wait_s = max_wait_ms / 1000
         self.max_frames = max_frames
+        # True means whatever sys.stderr is when the run starts (it may be redirected later).
         self.progress = progress
         self.progress_interval_s = progress_interval_s
         self.reports = {name: SourceReport() for name in names}
@@ -266,9 +267,9 @@ class Runtime:
                     self._close_sources()
                     sources_closed = True
                 now = time.monotonic()
-                if self.progress is not None and now - last_progress >= self.progress_interval_s:
+                if self.progress and now - last_progress >= self.progress_interval_s:
                     last_progress = now
-                    print(self._progress_line(now - start), file=self.progress, flush=True)
+                    print(self._progress_line(now - start), file=self._progress_stream(), flush=True)
         except BaseException:
             # second Ctrl-C: no draining; sinks are closed because some own a process (an embedded Redis)
             self._abort()
@@ -282,8 +283,8 @@ class Runtime:
             raise self._errors[0]
         if not report.balanced:
             raise RuntimeError(f"bug: frames lost between stages: {report.sources}")
-        if self.progress is not None:
-            print(report.summary(), file=self.progress, flush=True)
+        if self.progress:
+            print(report.summary(), file=self._progress_stream(), flush=True)
         return report
 
     def _fail(self, error: BaseException, drain: bool) -> None:
@@ -383,6 +384,9 @@ class Runtime:
             latency_ms_mean=1000 * self._latency_sum / published if published else 0.0,
             latency_ms_max=1000 * self._latency_max,
         )
+
+    def _progress_stream(self) -> TextIO:
+        return sys.stderr if self.progress is True else self.progress
 
     def _progress_line(self, elapsed_s: float) -> str:
         report = self._report(elapsed_s)

@@ -1,6 +1,8 @@
 import json
 import textwrap
 
+from pathlib import Path
+
 import pytest
 
 from models.presets import SYNTHETIC_TINY
@@ -80,6 +82,17 @@ def test_missing_video_file(capsys, write, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     [line] = errors_of(capsys, ["validate", write(VALID.format(clip="videos/x.mp4"))])
     assert line.startswith("sources[0].path: file 'videos/x.mp4' does not exist")
+
+
+def test_relative_paths_are_relative_to_the_config_file(tmp_path, monkeypatch, clip):
+    folder = tmp_path / "deploy"
+    (folder / "media").mkdir(parents=True)
+    (folder / "media" / "cam.mp4").write_bytes(Path(clip).read_bytes())
+    config = folder / "pipeline.yaml"
+    config.write_text(VALID.format(clip="media/cam.mp4"))
+    monkeypatch.chdir(tmp_path)  # not the config's folder
+    cfg = load_config(config)
+    assert cfg.sources[0].path == str((folder / "media" / "cam.mp4").resolve())
 
 
 def test_bad_redis_url(capsys, write, clip):

@@ -1,0 +1,133 @@
+"""The whole spine: an H.264 file through the shipped model into a real Redis, read back with
+the reader segstream ships."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from connectors.embedded_redis import EmbeddedRedis
+from connectors.file_source import FileSource
+from connectors.redis_reader import StreamReader
+from connectors.synthetic import write_clip
+from models.presets import SYNTHETIC_TINY
+from pipeline.cli import main, run_pipeline
+from pipeline.config import load_config
+from pipeline.model_factory import build_segmenter
+
+REPO = Path(__file__).resolve().parents[1]
+FRAMES, FPS = 24, 12
+
+
+@pytest.fixture(scope="module")
+def scene_clip(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("scene")
+    write_clip(folder / "scene.mp4", folder / "scene.npz", 192, 144, FRAMES, seed=11, fps=FPS)
+    return folder / "scene.mp4"
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory):
+    with EmbeddedRedis(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+def _config(tmp_path: Path, clip: Path, url: str | None, encoding: str = "rle", extra_source: str = "") -> Path:
+    config = tmp_path / "pipeline.yaml"
+    url_line = f"url: '{url}'" if url else "url: null"
+    config.write_text(
+        f"sources:\n  - {{name: cam0, type: file, path: '{clip}'{extra_source}}}\n"
+        f"model: {{preset: {SYNTHETIC_TINY.name}, device: cpu}}\n"
+        "engine: {batch_size: 3, max_wait_ms: 5}\n"
+        f"sinks:\n  redis: {{{url_line}, mask_encoding: {encoding}, pipeline_size: 4}}\n"
+    )
+    return config
+
+
+def _model_label_maps(clip: Path) -> tuple[list[np.ndarray], list]:
+    """What the model itself says about every frame of the clip, without the pipeline."""
+    segmenter = build_segmenter(load_config(_config(clip.parent, clip, None)).model)
+    frames = list(FileSource("ref", str(clip)).frames())
+    predictions = [p for i in range(0, len(frames), 4) for p in segmenter.segment([f.image for f in frames[i : i + 4]])]
+    return predictions, frames
+
+
+@pytest.mark.parametrize("encoding", ["rle", "idmap"])
+def test_every_frame_reaches_redis_with_the_models_masks(tmp_path, scene_clip, redis_server, encoding):
+    stream = "segstream:cam0:frames"
+    redis_server.client().delete(stream)
+    report = run_pipeline(load_config(_config(tmp_path, scene_clip, redis_server.url, encoding)))
+    assert report.published == FRAMES and report.dropped == 0
+
+    entries = StreamReader(redis_server.client(), stream).read(count=1000)
+    assert len(entries) == FRAMES
+    predictions, frames = _model_label_maps(scene_clip)
+    assert [e.frame_index for _, e in entries] == list(range(FRAMES))
+    for (_, entry), frame, prediction in zip(entries, frames, predictions):
+        assert entry.source == "cam0" and entry.model == SYNTHETIC_TINY.name and entry.mask_encoding == encoding
+        assert entry.pts == frame.pts and entry.time_base == frame.time_base
+        assert entry.pts_seconds == pytest.approx(frame.index / FPS, abs=1e-6)
+        assert (entry.width, entry.height) == (192, 144)
+        assert np.array_equal(entry.label_map, prediction.label_map)
+        assert [(s.id, s.class_id, s.area) for s in entry.segments] == [
+            (s.id, s.class_id, s.area) for s in prediction.segments
+        ]
+        assert entry.capture_ts <= entry.publish_ts
+    assert sum(len(e.segments) for _, e in entries) > FRAMES, "the shipped model finds segments in its scenes"
+
+
+def test_pts_follow_the_file_time_base(tmp_path, scene_clip, redis_server):
+    stream = "segstream:cam0:frames"
+    redis_server.client().delete(stream)
+    run_pipeline(load_config(_config(tmp_path, scene_clip, redis_server.url)))
+    entries = [e for _, e in StreamReader(redis_server.client(), stream).read(count=1000)]
+    seconds = [e.pts * e.time_base for e in entries]
+    assert all(isinstance(e.time_base, Fraction) for e in entries)
+    assert seconds == sorted(seconds) and float(seconds[1] - seconds[0]) == pytest.approx(1 / FPS)
+
+
+def test_without_a_url_an_embedded_redis_is_started_and_announced(tmp_path, scene_clip, capsys):
+    config = _config(tmp_path, scene_clip, None)
+    assert main(["run", str(config)]) == 0
+    err = capsys.readouterr().err
+    assert "redis-cli" in err and "segstream tail" in err
+    assert re.search(rf"done: {FRAMES} frames published", err)
+
+
+def test_sigterm_mid_run_leaves_only_whole_entries(tmp_path, scene_clip, redis_server):
+    stream = "segstream:cam0:frames"
+    redis_server.client().delete(stream)
+    # A looping real-time file: it would run forever without the signal.
+    config = _config(tmp_path, scene_clip, redis_server.url, extra_source=", loop: true, realtime: true")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli", "run", str(config)],
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    client = redis_server.client()
+    deadline = time.monotonic() + 120
+    while client.xlen(stream) < 5 and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 0, err
+    assert "Traceback" not in err
+    summary = re.search(r"stopped: (\d+) frames published .*?(\d+) dropped", err)
+    assert summary, err
+    published, dropped = int(summary.group(1)), int(summary.group(2))
+    per_source = re.search(r"cam0 (\d+)/(\d+)", err)
+    assert int(per_source.group(2)) == published + dropped  # decoded = published + dropped
+    entries = StreamReader(client, stream).read(count=10_000)
+    assert len(entries) == published >= 5
+    for _, entry in entries:  # every entry decodes whole
+        assert entry.label_map.shape == (144, 192)
