@@ -20,6 +20,7 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
 COPY connectors ./connectors
 COPY models ./models
 COPY pipeline ./pipeline
+COPY README.md ./
 RUN pip install --constraint constraints.txt .
 
 RUN useradd --system --create-home --uid 10001 segstream

@@ -42,8 +42,6 @@ def build_pair(size: str, img_size: int, device: torch.device):
         use_swiglu_ffn=cfg.swiglu,
     )
     reference = EomtForUniversalSegmentation(hf_cfg).eval()
-    with torch.no_grad():
-        reference.attn_mask_probs.zero_()  # published checkpoints: no masked attention at inference
     ours = EoMT(cfg)
     ours.load_state_dict(convert_transformers_state_dict(reference.state_dict()), strict=False)
     return ours.eval().to(device), reference.to(device)
@@ -89,8 +87,15 @@ def main() -> None:
         if args.compile:
             modes.append(("compiled", torch.compile(ours, dynamic=False), torch.compile(reference, dynamic=False)))
         for batch in args.batch:
+          for probs in ("default (1)", "zeroed"):
+            if probs == "zeroed":
+                # transformers' default attn_mask_probs of 1 runs masked attention and four extra
+                # mask predictions at inference; zeroed it computes what ours (and tue-mps) does.
+                with torch.no_grad():
+                    reference.attn_mask_probs.zero_()
             pixels = torch.randn(batch, 3, args.img_size, args.img_size, device=device)
             for mode, ours_fn, ref_fn in modes:
+                mode = f"{mode}, transformers attn_mask_probs {probs}"
                 autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
 
                 def run_ours():

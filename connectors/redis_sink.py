@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import redis
@@ -11,7 +12,7 @@ import redis
 from connectors.embedded_redis import EmbeddedRedis
 from connectors.errors import ConfigError, SinkError
 from connectors.frames import Frame
-from connectors.redis_reader import connect_redis, error_summary, redis_address
+from connectors.redis_reader import StreamReader, connect_redis, error_summary, redis_address, summary_line
 from connectors.redis_wire import DEFAULT_STREAM_PATTERN, MASK_ENCODINGS, encode_entry, stream_name
 from models.prediction import FramePrediction
 
@@ -68,6 +69,7 @@ class RedisPublisher:
         self.published = 0
         self.failed = 0
         self.batches_sent = 0
+        self.per_stream: Counter[str] = Counter()
         self._buffer: list[tuple[str, dict[str, bytes | str]]] = []
         self._oldest_buffered = 0.0
         self._embedded: EmbeddedRedis | None = None
@@ -142,10 +144,24 @@ class RedisPublisher:
         self._closed = True
         try:
             self.flush()
+            self._report()
         finally:
             self.client.close()
             if self._embedded is not None:
                 self._embedded.close()
+
+    def _report(self) -> None:
+        """What this run published, per stream, with the newest entry as a reader decodes it."""
+        for stream, count in sorted(self.per_stream.items()):
+            try:
+                length = self.client.xlen(stream)
+                newest = StreamReader(self.client, stream, decode_masks=False).latest()
+            except redis.RedisError:
+                continue
+            line = f"segstream: published {count} entries to {stream} (XLEN {length}, MAXLEN ~{self.maxlen})"
+            if newest is not None:
+                line += f"; newest: {summary_line(*newest)}"
+            print(line, file=sys.stderr)
 
     def _send(self) -> None:
         batch, self._buffer = self._buffer, []
@@ -174,6 +190,7 @@ class RedisPublisher:
             self.batches_sent += 1
             refused = [(stream, r) for (stream, _), r in zip(batch, results) if isinstance(r, Exception)]
             self.published += len(batch) - len(refused)
+            self.per_stream.update(stream for (stream, _), r in zip(batch, results) if not isinstance(r, Exception))
             if refused:
                 self.failed += len(refused)
                 stream, error = refused[0]

@@ -89,9 +89,9 @@ class GroundTruth:
 # Sizes and speeds are fractions of the frame so a scene looks the same at any resolution; the
 # texture grain follows the frame height so a downscaled 1080p frame resembles a 240p one.
 _GRAIN_HEIGHT = 240
-_MIN_RADIUS, _MAX_RADIUS = 1 / 16, 1 / 6  # circumradius / frame height: size 1/8..1/3 of H
+_MIN_RADIUS, _MAX_RADIUS = 1 / 10, 1 / 5  # circumradius / frame height: size 1/5..2/5 of H
 _MAX_THINGS = 6
-_MIN_THINGS = 2
+_MIN_THINGS = 3
 # A thing whose visible area is under this share of the frame (64 px at 640x480) is left out.
 _MIN_VISIBLE_SHARE = 64 / (640 * 480)
 _CODE_THINGS = len(CLASSES)  # per-pixel codes: stuff class id, or this + index of a drawn thing

@@ -65,3 +65,22 @@ def test_dockerfile_installs_with_constraints_and_runs_segstream_unprivileged():
     for source in re.findall(r"^COPY (.+) \S+$", dockerfile, re.M):
         for path in source.split():
             assert (ROOT / path).exists(), f"Dockerfile copies {path}, which is not in the repository"
+
+
+def test_the_config_compose_runs_is_valid_with_the_mounts_compose_makes(services, monkeypatch, tmp_path):
+    from pipeline.config import load_config
+
+    app = services["segstream"]
+    mounts = {container: host for host, container, _ in (volume.split(":") for volume in app["volumes"])}
+    config_host = ROOT / mounts["/config"].removeprefix("./") / "pipeline.yaml"
+    assert config_host.is_file(), "compose runs /config/pipeline.yaml, which configs/ must hold"
+    monkeypatch.setenv("SEGSTREAM_REDIS_URL", app["environment"]["SEGSTREAM_REDIS_URL"])
+    # Inside the container /samples is ./samples; map it back to check the clip is there.
+    cfg = load_config(config_host, ["sources.0.path=" + str(ROOT / "samples" / "demo.mp4")])
+    assert cfg.sinks.redis.url == "redis://redis:6379/0"
+    assert cfg.sources[0].realtime and cfg.sources[0].loop
+
+
+def test_dockerfile_copies_what_the_package_build_reads():
+    text = (ROOT / "Dockerfile").read_text()
+    assert "COPY README.md" in text  # pyproject's readme: the build fails without it

@@ -101,6 +101,8 @@ def test_without_a_url_an_embedded_redis_is_started_and_announced(tmp_path, scen
     err = capsys.readouterr().err
     assert "redis-cli" in err and "segstream tail" in err
     assert re.search(rf"done: {FRAMES} frames published", err)
+    # Before the embedded server goes, the run says what it holds, decoded by the shipped reader.
+    assert re.search(rf"published {FRAMES} entries to segstream:cam0:frames \(XLEN {FRAMES}.*newest: .* frame={FRAMES - 1} ", err)
 
 
 def test_sigterm_mid_run_leaves_only_whole_entries(tmp_path, scene_clip, redis_server):
