@@ -284,7 +284,7 @@ def convert_official_state_dict(state: dict[str, Tensor]) -> dict[str, Tensor]:
         state = state["state_dict"]
     out = {}
     for key, value in state.items():
-        if key.endswith(_OFFICIAL_DROPPED) or key.endswith("empty_weight"):
+        if key.endswith(_OFFICIAL_DROPPED):
             continue
         key = key.replace("._orig_mod", "")
         for prefix in ("network.encoder.backbone.", "network."):

@@ -152,7 +152,7 @@ class RedisSinkConfig(Strict):
             raise ValueError(f"'{shown}' names no socket path — {hint}")
         if parts.scheme != "unix":
             try:
-                parts.port
+                _ = parts.port  # reading it validates the port
             except ValueError:
                 raise ValueError(f"'{shown}' has an invalid port — {hint}") from None
             if not parts.hostname:

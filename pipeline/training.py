@@ -3,8 +3,9 @@
 The recipe is the paper's: Hungarian-matched mask classification loss on every query block's
 prediction and the final one, AdamW with warm-up and polynomial decay, and masked attention that
 each query block starts with and loses on a staggered schedule, so the finished model runs
-without it like the published ones. The schedule is set by a time budget: a few timed steps
-measure the machine, and the step count follows.
+without it like the published ones. The schedule follows a time budget: learning rate and
+annealing are functions of the share of the budget spent, so the run ends on time however fast
+or loaded the machine is.
 """
 
 from __future__ import annotations

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -129,4 +128,4 @@ def write_checkpoints(model: EomtForUniversalSegmentation, folder: Path) -> dict
 
 
 def preset_for(cfg: EoMTConfig, task: str, label_set: str, name: str = "test") -> Preset:
-    return Preset(name, replace(cfg), task, label_set, "unused.safetensors")
+    return Preset(name, cfg, task, label_set, "unused.safetensors")
