@@ -238,19 +238,22 @@ class EoMT(nn.Module):
         mask_logits, class_logits = self.predict(x)
         return EoMTOutput(mask_logits, class_logits, x[:, : self.cfg.num_queries])
 
-    def forward_train(self, pixels: Tensor) -> list[tuple[Tensor, Tensor]]:
+    def forward_train(self, pixels: Tensor, encoder_tokens: list[Tensor] | None = None) -> list[tuple[Tensor, Tensor]]:
         """(mask_logits, class_logits) before every query block and after the last one.
 
         Each query block's attention is masked by the previous prediction (queries see only
         patches inside their own mask), except for queries drawn to skip it with probability
         ``1 - attn_mask_probs[block]``; annealing those probabilities to 0 yields the unmasked
-        model used at inference.
+        model used at inference. When ``encoder_tokens`` is a list, the patch tokens entering the
+        first query block (B x N x D) are appended to it, for auxiliary losses on the encoder.
         """
         x = self.embed(pixels)
         first_query_block = self.cfg.depth - self.cfg.num_query_blocks
         outputs = []
         for i, block in enumerate(self.blocks):
             if i == first_query_block:
+                if encoder_tokens is not None:
+                    encoder_tokens.append(x[:, self.num_prefix_tokens :])
                 x = torch.cat((self.q.weight.expand(x.shape[0], -1, -1), x), dim=1)
             attn_mask = None
             if i >= first_query_block:

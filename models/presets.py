@@ -57,9 +57,9 @@ _PUBLISHED = [
 # The model trained by scripts/train_synthetic.py on connectors/synthetic.py scenes and shipped
 # in models/weights/ (see its model card there).
 SYNTHETIC_TINY = Preset(
-    name="synthetic_eomt_tiny_224",
+    name="synthetic_eomt_tiny_256",
     config=EoMTConfig(
-        img_size=224,
+        img_size=256,
         patch_size=16,
         dim=160,
         depth=6,
@@ -70,7 +70,7 @@ SYNTHETIC_TINY = Preset(
     ),
     task="panoptic",
     label_set="synthetic",
-    weights="synthetic_eomt_tiny_224.safetensors",
+    weights="synthetic_eomt_tiny_256.safetensors",
 )
 
 PRESETS: dict[str, Preset] = {p.name: p for p in [_published(*row) for row in _PUBLISHED] + [SYNTHETIC_TINY]}

@@ -19,8 +19,8 @@ class Segmenter:
     """Runs an EoMT model on batches of H x W x 3 uint8 RGB frames (any sizes, mixed).
 
     ``precision`` bf16/fp16 run the network under autocast; post-processing is always fp32.
-    ``compile`` wraps the network in ``torch.compile``; with ``static_batch`` set, smaller
-    batches are padded to that size so the compiled graph keeps one static shape.
+    ``compile`` wraps the network in ``torch.compile``; with ``static_batch`` set, the network
+    always sees batches of exactly that size, so the compiled graph keeps one static shape.
     """
 
     def __init__(
@@ -38,7 +38,9 @@ class Segmenter:
         if task not in ("panoptic", "semantic", "instance"):
             raise ValueError(f"unknown task {task!r}: use panoptic, semantic or instance")
         if labels.num_classes != model.cfg.num_classes:
-            raise ValueError(f"label set {labels.name} has {labels.num_classes} classes, the model {model.cfg.num_classes}")
+            raise ValueError(
+                f"label set {labels.name} has {labels.num_classes} classes, the model {model.cfg.num_classes}"
+            )
         self.device = torch.device(device)
         self.model = model.eval().to(self.device)
         self.task = task
@@ -55,17 +57,22 @@ class Segmenter:
         return self.model.cfg.img_size
 
     def forward(self, pixels: torch.Tensor) -> EoMTOutput:
-        """The network alone on normalised input, padded to ``static_batch`` when compiled."""
-        n = pixels.shape[0]
-        if self.static_batch and n < self.static_batch:
-            pad = pixels.new_zeros((self.static_batch - n, *pixels.shape[1:]))
-            pixels = torch.cat((pixels, pad))
-        autocast = (
-            torch.autocast(self.device.type, dtype=self.dtype) if self.dtype != torch.float32 else nullcontext()
-        )
-        with autocast:
-            out = self.network(pixels)
-        return EoMTOutput(*(t[:n] for t in out))
+        """The network alone on normalised input. Compiled with ``static_batch``, the input runs
+        in chunks of exactly that many images (the last one zero-padded), so frames and semantic
+        windows of any count reuse the one compiled graph."""
+        autocast = torch.autocast(self.device.type, dtype=self.dtype) if self.dtype != torch.float32 else nullcontext()
+        n, step = pixels.shape[0], self.static_batch
+        if not step or n == 0:
+            with autocast:
+                return EoMTOutput(*self.network(pixels))
+        chunks = []
+        for first in range(0, n, step):
+            chunk = pixels[first : first + step]
+            if chunk.shape[0] < step:
+                chunk = torch.cat((chunk, chunk.new_zeros((step - chunk.shape[0], *chunk.shape[1:]))))
+            with autocast:
+                chunks.append(self.network(chunk))
+        return EoMTOutput(*(torch.cat(parts)[:n] for parts in zip(*chunks)))
 
     @torch.inference_mode()
     def segment(self, images: list[np.ndarray]) -> list[FramePrediction]:
@@ -100,7 +107,9 @@ class Segmenter:
         for layout, size in zip(layouts, sizes):
             last = first + len(layout.starts)
             results.append(
-                semantic(out.mask_logits[first:last], out.class_logits[first:last], self.size, layout, size, self.labels)
+                semantic(
+                    out.mask_logits[first:last], out.class_logits[first:last], self.size, layout, size, self.labels
+                )
             )
             first = last
         return results

@@ -85,7 +85,7 @@ SourceConfig = Annotated[Union[FileSourceConfig, SyntheticSourceConfig], Field(d
 class ModelConfig(Strict):
     """Which EoMT model runs and how; ``checkpoint: null`` uses the preset's own weights."""
 
-    preset: Annotated[str, Field(min_length=1)] = "synthetic_eomt_tiny_224"
+    preset: Annotated[str, Field(min_length=1)] = "synthetic_eomt_tiny_256"
     checkpoint: str | None = None
     task: Literal["panoptic", "semantic", "instance"] = "panoptic"
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"

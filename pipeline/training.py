@@ -3,9 +3,10 @@
 The recipe is the paper's: Hungarian-matched mask classification loss on every query block's
 prediction and the final one, AdamW with warm-up and polynomial decay, and masked attention that
 each query block starts with and loses on a staggered schedule, so the finished model runs
-without it like the published ones. The schedule follows a time budget: learning rate and
-annealing are functions of the share of the budget spent, so the run ends on time however fast
-or loaded the machine is.
+without it like the published ones. One addition stands in for the pretrained backbone the paper
+starts from: an auxiliary patch-class loss on the encoder (``PatchClassifier``), dropped after
+training. The schedule follows a time budget: learning rate and annealing are functions of the
+share of the budget spent, so the run ends on time however fast or loaded the machine is.
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 from tqdm import tqdm
 
-from connectors.synthetic import SyntheticScene
+from connectors.synthetic import GroundTruth, SyntheticScene
 from models.criterion import LossWeights, Target, mask_classification_loss
 from models.eomt import EoMT, EoMTConfig
 from models.processing import letterbox, letterbox_size
@@ -49,6 +51,8 @@ class TrainSettings:
     device: str = "cpu"
     threads: int | None = None
     weights: LossWeights = field(default_factory=LossWeights)
+    # Weight of the auxiliary patch-class loss on the encoder (PatchClassifier); 0 turns it off.
+    patch_class_weight: float = 2.0
 
 
 @dataclass(slots=True)
@@ -94,8 +98,9 @@ class SceneFeed:
             scene.render()
         return [scene, 0]
 
-    def batch(self, cfg: EoMTConfig) -> tuple[torch.Tensor, list[Target]]:
-        images, targets = [], []
+    def batch(self, cfg: EoMTConfig) -> tuple[torch.Tensor, list[Target], torch.Tensor]:
+        """Letterboxed uint8 images, their segment targets, and their patch-class shares."""
+        images, targets, shares = [], [], []
         for _ in range(self.settings.batch_size):
             slot = int(self.rng.integers(len(self.pool)))
             entry = self.pool[slot]
@@ -106,23 +111,58 @@ class SceneFeed:
                 self.pool[slot] = self._new_scene()
             images.append(torch.from_numpy(image))
             targets.append(target_from_truth(truth, cfg))
+            shares.append(patch_class_shares(truth, cfg))
         pixels, _ = letterbox(images, cfg.img_size)
-        return pixels, targets
+        return pixels, targets, torch.stack(shares)
 
 
-def target_from_truth(truth, cfg: EoMTConfig) -> Target:
+def _letterboxed(labels: np.ndarray, cfg: EoMTConfig) -> tuple[torch.Tensor, int, int]:
+    """A label map scaled (nearest) like the letterboxed input: (scaled map, height, width)."""
+    h, w = letterbox_size(labels.shape[0], labels.shape[1], cfg.img_size)
+    scaled = F.interpolate(torch.from_numpy(labels.astype(np.int64))[None, None].float(), (h, w), mode="nearest")
+    return scaled[0, 0].long(), h, w
+
+
+def target_from_truth(truth: GroundTruth, cfg: EoMTConfig) -> Target:
     """Ground-truth segments as soft masks at the model's mask resolution, letterboxed like
     the input (each mask cell holds the share of its pixels inside the segment)."""
-    panoptic = torch.from_numpy(truth.panoptic.astype(np.int64))
-    h, w = letterbox_size(panoptic.shape[0], panoptic.shape[1], cfg.img_size)
+    scaled, h, w = _letterboxed(truth.panoptic, cfg)
     ids = torch.tensor([s.id for s in truth.segments], dtype=torch.long)
     classes = torch.tensor([s.class_id for s in truth.segments], dtype=torch.long)
-    scaled = F.interpolate(panoptic[None, None].float(), (h, w), mode="nearest")[0, 0].long()
     onehot = torch.zeros((len(ids), cfg.img_size, cfg.img_size))
     onehot[:, :h, :w] = (scaled[None] == ids[:, None, None]).float()
     masks = F.adaptive_avg_pool2d(onehot, cfg.mask_size)
     present = masks.flatten(1).sum(1) > 0
     return Target(classes[present], masks[present])
+
+
+def patch_class_shares(truth: GroundTruth, cfg: EoMTConfig) -> torch.Tensor:
+    """N x C: for every input patch, the share of its pixels in each class (all zero on padding)."""
+    class_of_segment = np.array([s.class_id for s in truth.segments])  # segment ids are 0..S-1
+    scaled, h, w = _letterboxed(class_of_segment[truth.panoptic], cfg)
+    onehot = torch.zeros((cfg.num_classes, cfg.img_size, cfg.img_size))
+    onehot[:, :h, :w] = (scaled[None] == torch.arange(cfg.num_classes)[:, None, None]).float()
+    return F.adaptive_avg_pool2d(onehot, cfg.grid_size).flatten(1).T
+
+
+class PatchClassifier(nn.Module):
+    """Training-only auxiliary head: each patch's class mix, from the tokens entering the first
+    query block. It stands in for the pretrained backbone (DINOv2) the paper fine-tunes, whose
+    patch tokens already tell classes apart; it is dropped after training, so the model is plain EoMT.
+    """
+
+    def __init__(self, cfg: EoMTConfig):
+        super().__init__()
+        self.norm = nn.LayerNorm(cfg.dim)
+        self.head = nn.Linear(cfg.dim, cfg.num_classes)
+
+    def loss(self, tokens: torch.Tensor, shares: torch.Tensor) -> torch.Tensor:
+        """Soft-target cross-entropy over the patches that hold any image (not letterbox padding)."""
+        mass = shares.sum(-1)
+        inside = mass > 0
+        target = shares[inside] / mass[inside, None]
+        log_probs = F.log_softmax(self.head(self.norm(tokens[inside])).float(), dim=-1)
+        return -(target * log_probs).sum(-1).mean()
 
 
 def _lr_at(progress: float, s: TrainSettings) -> float:
@@ -132,14 +172,15 @@ def _lr_at(progress: float, s: TrainSettings) -> float:
     return s.lr * max(0.0, 1 - (progress - s.warmup) / (1 - s.warmup)) ** s.poly_power
 
 
-def _param_groups(model: EoMT, weight_decay: float) -> list[dict]:
+def _param_groups(modules: list[nn.Module], weight_decay: float) -> list[dict]:
     decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        # Norms, biases, LayerScale and learned tokens are not shrunk towards zero.
-        if p.ndim <= 1 or name in ("cls_token", "reg_token", "pos_embed", "q.weight"):
-            no_decay.append(p)
-        else:
-            decay.append(p)
+    for module in modules:
+        for name, p in module.named_parameters():
+            # Norms, biases, LayerScale and learned tokens are not shrunk towards zero.
+            if p.ndim <= 1 or name in ("cls_token", "reg_token", "pos_embed", "q.weight"):
+                no_decay.append(p)
+            else:
+                decay.append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
@@ -149,7 +190,10 @@ def train(settings: TrainSettings, model: EoMT | None = None, progress: bool = T
     torch.manual_seed(settings.seed)
     cfg = settings.config
     model = (model or EoMT(cfg)).to(settings.device).train()
-    optimizer = torch.optim.AdamW(_param_groups(model, settings.weight_decay), lr=settings.lr, betas=(0.9, 0.999))
+    patch_classifier = PatchClassifier(cfg).to(settings.device).train()
+    optimizer = torch.optim.AdamW(
+        _param_groups([model, patch_classifier], settings.weight_decay), lr=settings.lr, betas=(0.9, 0.999)
+    )
     feed = SceneFeed(settings)
     fixed = feed.batch(cfg) if settings.fixed_batch else None
 
@@ -170,16 +214,21 @@ def train(settings: TrainSettings, model: EoMT | None = None, progress: bool = T
         for group in optimizer.param_groups:
             group["lr"] = _lr_at(progress_done, settings)
         model.attn_mask_probs.copy_(torch.tensor(annealing(progress_done, cfg.num_query_blocks)))
-        pixels, targets = fixed or feed.batch(cfg)
+        pixels, targets, shares = fixed or feed.batch(cfg)
         pixels = pixels.to(settings.device)
         targets = [Target(t.classes.to(settings.device), t.masks.to(settings.device)) for t in targets]
+        encoder_tokens: list[torch.Tensor] = []
         loss = 0.0
-        for mask_logits, class_logits in model.forward_train(pixels):
+        for mask_logits, class_logits in model.forward_train(pixels, encoder_tokens):
             parts = mask_classification_loss(mask_logits, class_logits, targets, settings.weights)
             loss = loss + sum(parts.values())
+        if settings.patch_class_weight and encoder_tokens:
+            loss = loss + settings.patch_class_weight * patch_classifier.loss(
+                encoder_tokens[0], shares.to(settings.device)
+            )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), settings.clip_norm)
+        torch.nn.utils.clip_grad_norm_([*model.parameters(), *patch_classifier.parameters()], settings.clip_norm)
         optimizer.step()
         losses.append(float(loss.detach()))
         step += 1
@@ -205,4 +254,3 @@ def save_model(model: EoMT, path: Path, metadata: dict) -> None:
 def smoke_config() -> EoMTConfig:
     """A tiny architecture for tests of the training loop."""
     return EoMTConfig(img_size=64, dim=48, depth=3, heads=3, num_queries=8, num_classes=8, num_query_blocks=2)
-

@@ -28,6 +28,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=6e-4)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--patch-class-weight", type=float, default=2.0, help="weight of the auxiliary patch-class loss; 0 turns it off"
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", type=Path, default=Path("models/weights") / SYNTHETIC_TINY.weights)
     args = parser.parse_args()
@@ -40,6 +43,7 @@ def main() -> None:
         lr=args.lr,
         seed=args.seed,
         device=args.device,
+        patch_class_weight=args.patch_class_weight,
     )
     model, report = train(settings)
     facts = {
@@ -51,7 +55,15 @@ def main() -> None:
         "device": args.device,
         "machine": f"{platform.machine()} {torch.get_num_threads()} threads",
         "torch": torch.__version__,
-        "settings": json.dumps({"batch_size": args.batch_size, "lr": args.lr, "seed": args.seed, "minutes": args.minutes}),
+        "settings": json.dumps(
+            {
+                "batch_size": args.batch_size,
+                "lr": args.lr,
+                "seed": args.seed,
+                "minutes": args.minutes,
+                "patch_class_weight": args.patch_class_weight,
+            }
+        ),
     }
     save_model(model, args.out, facts)
     print(json.dumps(facts, indent=1))

@@ -1,6 +1,5 @@
 import json
 import textwrap
-
 from pathlib import Path
 
 import pytest
@@ -47,7 +46,7 @@ def errors_of(capsys, argv) -> list[str]:
 def test_valid_config_validates(capsys, write, clip, monkeypatch):
     monkeypatch.delenv("SEGSTREAM_TEST_PW", raising=False)
     assert main(["validate", write(VALID.format(clip=clip))]) == 0
-    assert capsys.readouterr().out.strip() == "ok: 2 sources, model synthetic_eomt_tiny_224"
+    assert capsys.readouterr().out.strip() == "ok: 2 sources, model synthetic_eomt_tiny_256"
 
 
 def test_defaults_live_in_the_schema(write, clip):

@@ -8,15 +8,23 @@ from dataclasses import astuple
 from fractions import Fraction
 
 import av
+import cv2
 import numpy as np
 import pytest
 
 from connectors.errors import SourceError
 from connectors.synthetic import (
+    _HUES,
+    BOX,
     CLASSES,
+    DISC,
+    STAR,
     STUFF_IDS,
+    THING_IDS,
+    TRIANGLE,
     SyntheticScene,
     SyntheticSource,
+    _thing_texture,
     load_truth,
     sample_training_frame,
     synthetic_clip,
@@ -38,8 +46,8 @@ def test_same_seed_gives_byte_identical_frames_and_truth():
 
 
 def test_different_seed_gives_different_frames():
-    (image_a, truth_a), = synthetic_clip(128, 96, 1, seed=11)
-    (image_b, truth_b), = synthetic_clip(128, 96, 1, seed=12)
+    ((image_a, truth_a),) = synthetic_clip(128, 96, 1, seed=11)
+    ((image_b, truth_b),) = synthetic_clip(128, 96, 1, seed=12)
     assert image_a.tobytes() != image_b.tobytes()
     assert truth_a.panoptic.tobytes() != truth_b.panoptic.tobytes()
 
@@ -120,9 +128,10 @@ def test_write_clip_round_trip(tmp_path):
         same = np.abs(image.astype(np.int16) - rendered[i][0]).mean()
         assert same < 8.0
     # Frames are in order: a neighbour's difference is clearly larger than the frame's own.
-    assert np.abs(decoded[10].astype(np.int16) - rendered[20][0]).mean() > 2 * np.abs(
-        decoded[10].astype(np.int16) - rendered[10][0]
-    ).mean()
+    assert (
+        np.abs(decoded[10].astype(np.int16) - rendered[20][0]).mean()
+        > 2 * np.abs(decoded[10].astype(np.int16) - rendered[10][0]).mean()
+    )
     loaded = load_truth(truth_path)
     assert [_truth_key(t) for t in loaded] == [_truth_key(t) for _, t in rendered]
 
@@ -157,3 +166,22 @@ def test_close_from_another_thread_stops_an_endless_realtime_source():
     # Paced at 50 fps: about 15 frames in 0.3 s, far fewer than an unpaced loop would make.
     assert 5 <= count <= 40
     source.close()  # a second close is harmless
+
+
+def test_each_thing_class_wears_its_own_hue_and_pattern():
+    rng = np.random.default_rng(0)
+    spread = {}
+    for class_id in THING_IDS:
+        low, high = _HUES[class_id]
+        for _ in range(5):
+            texture = _thing_texture(rng, class_id, radius=20.0, grain=1.0)
+            centre = texture[12:-12, 12:-12].reshape(-1, 1, 3)
+            hsv = cv2.cvtColor(centre, cv2.COLOR_RGB2HSV_FULL).reshape(-1, 3).astype(np.float64)
+            # circular mean hue, as a fraction of the colour wheel
+            angle = hsv[:, 0] / 256 * 2 * np.pi
+            hue = np.arctan2(np.sin(angle).mean(), np.cos(angle).mean()) / (2 * np.pi)
+            off_centre = abs((hue - (low + high) / 2 + 0.5) % 1 - 0.5)  # distance around the wheel
+            assert off_centre <= (high - low) / 2 + 0.03, (class_id, hue)
+            spread.setdefault(class_id, []).append(hsv[:, 2].std())
+    # Plain discs are one shade (with soft lighting); the patterned classes alternate two.
+    assert max(spread[DISC]) < 0.5 * min(min(spread[c]) for c in (BOX, TRIANGLE, STAR))

@@ -8,7 +8,16 @@ from safetensors import safe_open
 from connectors.synthetic import SyntheticScene
 from models.criterion import LossWeights, Target, mask_classification_loss, match
 from models.eomt import EoMT
-from pipeline.training import TrainSettings, annealing, save_model, smoke_config, target_from_truth, train
+from pipeline.training import (
+    PatchClassifier,
+    TrainSettings,
+    annealing,
+    patch_class_shares,
+    save_model,
+    smoke_config,
+    target_from_truth,
+    train,
+)
 
 
 def test_training_steps_lower_the_loss_on_a_tiny_config():
@@ -78,6 +87,64 @@ def test_targets_follow_the_letterbox_of_the_input():
     # 128x96 letterboxed to 64: the bottom quarter is padding, owned by no segment.
     assert target.masks[:, 12:].sum() == 0
     assert torch.allclose(target.masks[:, :12].sum(0), torch.ones(12, 16))
+
+
+def test_patch_class_loss_takes_part_in_training():
+    def final_weights(weight: float) -> torch.Tensor:
+        settings = TrainSettings(
+            config=smoke_config(), steps=2, batch_size=2, fixed_batch=True, patch_class_weight=weight
+        )
+        model, _ = train(settings, progress=False)
+        return model.blocks[0].attn.qkv.weight.detach().clone()
+
+    # Same seed, same data: only the auxiliary loss's gradient through the encoder can differ.
+    assert torch.equal(final_weights(0.0), final_weights(0.0))
+    assert not torch.equal(final_weights(0.0), final_weights(2.0))
+
+
+def test_encoder_tokens_are_the_patches_entering_the_first_query_block():
+    model = EoMT(smoke_config()).eval()
+    cfg = model.cfg
+    pixels = torch.randn(2, 3, cfg.img_size, cfg.img_size)
+    tokens: list[torch.Tensor] = []
+    with torch.no_grad():
+        model.forward_train(pixels, tokens)
+        x = model.embed(pixels)
+        for block in model.blocks[: cfg.depth - cfg.num_query_blocks]:
+            x = block(x)
+    assert len(tokens) == 1 and tokens[0].shape == (2, cfg.grid_size**2, cfg.dim)
+    assert torch.equal(tokens[0], x[:, model.num_prefix_tokens :])
+
+
+def test_patch_class_shares_follow_the_classes_and_the_letterbox():
+    cfg = smoke_config()
+    _, truth = SyntheticScene(width=128, height=96, seed=3).render()
+    shares = patch_class_shares(truth, cfg)
+    g = cfg.grid_size
+    assert shares.shape == (g * g, cfg.num_classes)
+    grid = shares.view(g, g, cfg.num_classes)
+    # 128x96 letterboxed to 64x48: the last row of 16-pixel patches is padding.
+    assert grid[3].sum() == 0
+    assert torch.allclose(grid[:3].sum(-1), torch.ones(3, g))
+    areas = torch.zeros(cfg.num_classes)
+    for segment in truth.segments:
+        areas[segment.class_id] += segment.area
+    assert torch.allclose(grid[:3].mean((0, 1)), areas / areas.sum(), atol=0.03)
+
+
+def test_patch_class_loss_is_soft_cross_entropy_over_image_patches_only():
+    cfg = smoke_config()
+    head = PatchClassifier(cfg)
+    tokens = torch.randn(1, 3, cfg.dim)
+    shares = torch.zeros(1, 3, cfg.num_classes)
+    shares[0, 0, 2] = 1.0
+    shares[0, 1, 2:4] = 0.5
+    # patch 2 is padding: whatever it predicts costs nothing
+    log_probs = torch.log_softmax(head.head(head.norm(tokens[0, :2])), -1)
+    expected = -(log_probs[0, 2] + 0.5 * (log_probs[1, 2] + log_probs[1, 3])) / 2
+    assert torch.allclose(head.loss(tokens, shares), expected)
+    tokens[0, 2] = 1e3 * torch.randn(cfg.dim)
+    assert torch.allclose(head.loss(tokens, shares), expected)
 
 
 def test_saved_weights_carry_the_architecture(tmp_path):
