@@ -557,27 +557,28 @@ def _outline(rng: np.random.Generator, class_id: int) -> np.ndarray:
     return np.stack([radii * np.cos(angles), radii * np.sin(angles)], axis=1)
 
 
-# A thing class shows in its pattern and hue as well as its outline (shape alone is too slow for a
-# small model to learn from scratch on a CPU): plain red discs, checkered violet boxes, striped
-# saturated yellow triangles, mottled magenta stars.
-_PATTERN = {DISC: "plain", BOX: "checker", TRIANGLE: "stripes", STAR: "mottled"}
+# A thing class shows in its pattern and main hue as well as its outline (shape alone is too slow
+# for a small model to learn from scratch on a CPU): rimmed red discs, checkered violet boxes,
+# striped yellow triangles, mottled magenta stars. The darker second colour is any hue, so that
+# objects of one class still look different from each other.
+_PATTERN = {DISC: "rimmed", BOX: "checker", TRIANGLE: "stripes", STAR: "mottled"}
 _HUES = {DISC: (-0.03, 0.03), BOX: (0.72, 0.79), TRIANGLE: (0.14, 0.18), STAR: (0.85, 0.92)}
 
 
 def _thing_texture(rng: np.random.Generator, class_id: int, radius: float, grain: float) -> np.ndarray:
-    """A thing's paint: its class's pattern (``_PATTERN``) in two shades of a hue of its class
-    (``_HUES``), lit from one side."""
+    """A thing's paint: its class's pattern (``_PATTERN``) in a bright hue of its class (``_HUES``)
+    and a darker colour of any hue, lit from one side."""
     size = 2 * math.ceil(radius) + 5
     u, v = (np.mgrid[0:size, 0:size].astype(np.float32)[::-1] - (size - 1) / 2) / radius
     hue = rng.uniform(*_HUES[class_id])
     first = _hsv(hue, rng.uniform(0.6, 1.0), rng.uniform(0.7, 1.0))
-    second = _hsv(hue + rng.uniform(-0.02, 0.02), rng.uniform(0.5, 1.0), rng.uniform(0.25, 0.5))
+    second = _hsv(rng.random(), rng.uniform(0.4, 1.0), rng.uniform(0.3, 0.65))
     turn = rng.uniform(0, math.pi)
     along = u * math.cos(turn) + v * math.sin(turn)
     across = v * math.cos(turn) - u * math.sin(turn)
     style = _PATTERN[class_id]
-    if style == "plain":
-        mix = np.ones_like(u)
+    if style == "rimmed":
+        mix = (np.hypot(u, v) < rng.uniform(0.55, 0.75)).astype(np.float32)
     elif style == "stripes":
         stripe = np.sin(along * (2 * math.pi / rng.uniform(0.25, 0.5)))
         mix = np.clip(0.5 + 2 * stripe, 0, 1)

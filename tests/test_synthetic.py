@@ -15,13 +15,9 @@ import pytest
 from connectors.errors import SourceError
 from connectors.synthetic import (
     _HUES,
-    BOX,
     CLASSES,
-    DISC,
-    STAR,
     STUFF_IDS,
     THING_IDS,
-    TRIANGLE,
     SyntheticScene,
     SyntheticSource,
     _thing_texture,
@@ -126,7 +122,7 @@ def test_write_clip_round_trip(tmp_path):
     assert len(decoded) == 30
     for i, image in enumerate(decoded):
         same = np.abs(image.astype(np.int16) - rendered[i][0]).mean()
-        assert same < 8.0
+        assert same < 10.0  # lossy H.264 with 4:2:0 chroma on a 160x120 frame of saturated objects
     # Frames are in order: a neighbour's difference is clearly larger than the frame's own.
     assert (
         np.abs(decoded[10].astype(np.int16) - rendered[20][0]).mean()
@@ -170,18 +166,20 @@ def test_close_from_another_thread_stops_an_endless_realtime_source():
 
 def test_each_thing_class_wears_its_own_hue_and_pattern():
     rng = np.random.default_rng(0)
-    spread = {}
     for class_id in THING_IDS:
         low, high = _HUES[class_id]
-        for _ in range(5):
+        dark_hues = []
+        for _ in range(6):
             texture = _thing_texture(rng, class_id, radius=20.0, grain=1.0)
-            centre = texture[12:-12, 12:-12].reshape(-1, 1, 3)
+            centre = texture[4:-4, 4:-4].reshape(-1, 1, 3)
             hsv = cv2.cvtColor(centre, cv2.COLOR_RGB2HSV_FULL).reshape(-1, 3).astype(np.float64)
-            # circular mean hue, as a fraction of the colour wheel
-            angle = hsv[:, 0] / 256 * 2 * np.pi
+            bright = hsv[:, 2] >= np.quantile(hsv[:, 2], 0.7)
+            assert np.linalg.norm(centre.reshape(-1, 3).astype(np.float64).std(0)) > 20, "a two-colour pattern"
+            # the bright colour's circular mean hue, as a fraction of the colour wheel
+            angle = hsv[bright, 0] / 256 * 2 * np.pi
             hue = np.arctan2(np.sin(angle).mean(), np.cos(angle).mean()) / (2 * np.pi)
             off_centre = abs((hue - (low + high) / 2 + 0.5) % 1 - 0.5)  # distance around the wheel
             assert off_centre <= (high - low) / 2 + 0.03, (class_id, hue)
-            spread.setdefault(class_id, []).append(hsv[:, 2].std())
-    # Plain discs are one shade (with soft lighting); the patterned classes alternate two.
-    assert max(spread[DISC]) < 0.5 * min(min(spread[c]) for c in (BOX, TRIANGLE, STAR))
+            dark_hues.append(np.median(hsv[~bright, 0]))
+        # The dark colour varies, so that objects of one class look different from each other.
+        assert np.ptp(dark_hues) > 40
