@@ -35,10 +35,10 @@ FIRST_TRAINING_SEED = 1_000_000
 @dataclass(slots=True)
 class TrainSettings:
     config: EoMTConfig
-    minutes: float = 40.0
+    minutes: float = 44.0
     steps: int | None = None  # overrides the time budget when set
     batch_size: int = 8
-    lr: float = 6e-4
+    lr: float = 8e-4
     weight_decay: float = 0.05
     warmup: float = 0.05  # share of training spent warming up the learning rate
     poly_power: float = 0.9
@@ -110,39 +110,37 @@ class SceneFeed:
             if entry[1] >= self.settings.scene_life:
                 self.pool[slot] = self._new_scene()
             images.append(torch.from_numpy(image))
-            targets.append(target_from_truth(truth, cfg))
-            shares.append(patch_class_shares(truth, cfg))
+            target, patch_shares = training_targets(truth, cfg)
+            targets.append(target)
+            shares.append(patch_shares)
         pixels, _ = letterbox(images, cfg.img_size)
         return pixels, targets, torch.stack(shares)
 
 
-def _letterboxed(labels: np.ndarray, cfg: EoMTConfig) -> tuple[torch.Tensor, int, int]:
-    """A label map scaled (nearest) like the letterboxed input: (scaled map, height, width)."""
-    h, w = letterbox_size(labels.shape[0], labels.shape[1], cfg.img_size)
-    scaled = F.interpolate(torch.from_numpy(labels.astype(np.int64))[None, None].float(), (h, w), mode="nearest")
-    return scaled[0, 0].long(), h, w
+def training_targets(truth: GroundTruth, cfg: EoMTConfig) -> tuple[Target, torch.Tensor]:
+    """One frame's ground truth, letterboxed like the input (the label map is scaled once):
 
-
-def target_from_truth(truth: GroundTruth, cfg: EoMTConfig) -> Target:
-    """Ground-truth segments as soft masks at the model's mask resolution, letterboxed like
-    the input (each mask cell holds the share of its pixels inside the segment)."""
-    scaled, h, w = _letterboxed(truth.panoptic, cfg)
+    - the segments as soft masks at the model's mask resolution (each cell holds the share of its
+      pixels inside the segment), for the mask classification loss;
+    - N x C patch-class shares: for every input patch, the share of its pixels in each class (all
+      zero on padding), for the auxiliary patch-class loss.
+    """
+    h, w = letterbox_size(truth.panoptic.shape[0], truth.panoptic.shape[1], cfg.img_size)
+    panoptic = torch.from_numpy(truth.panoptic.astype(np.int64))[None, None].float()
+    scaled = F.interpolate(panoptic, (h, w), mode="nearest")[0, 0].long()
     ids = torch.tensor([s.id for s in truth.segments], dtype=torch.long)
     classes = torch.tensor([s.class_id for s in truth.segments], dtype=torch.long)
+
     onehot = torch.zeros((len(ids), cfg.img_size, cfg.img_size))
     onehot[:, :h, :w] = (scaled[None] == ids[:, None, None]).float()
     masks = F.adaptive_avg_pool2d(onehot, cfg.mask_size)
     present = masks.flatten(1).sum(1) > 0
-    return Target(classes[present], masks[present])
 
-
-def patch_class_shares(truth: GroundTruth, cfg: EoMTConfig) -> torch.Tensor:
-    """N x C: for every input patch, the share of its pixels in each class (all zero on padding)."""
-    class_of_segment = np.array([s.class_id for s in truth.segments])  # segment ids are 0..S-1
-    scaled, h, w = _letterboxed(class_of_segment[truth.panoptic], cfg)
+    class_map = classes[scaled]  # segment ids are 0..S-1, in list order
     onehot = torch.zeros((cfg.num_classes, cfg.img_size, cfg.img_size))
-    onehot[:, :h, :w] = (scaled[None] == torch.arange(cfg.num_classes)[:, None, None]).float()
-    return F.adaptive_avg_pool2d(onehot, cfg.grid_size).flatten(1).T
+    onehot[:, :h, :w] = (class_map[None] == torch.arange(cfg.num_classes)[:, None, None]).float()
+    shares = F.adaptive_avg_pool2d(onehot, cfg.grid_size).flatten(1).T
+    return Target(classes[present], masks[present]), shares
 
 
 class PatchClassifier(nn.Module):

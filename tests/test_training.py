@@ -12,11 +12,10 @@ from pipeline.training import (
     PatchClassifier,
     TrainSettings,
     annealing,
-    patch_class_shares,
     save_model,
     smoke_config,
-    target_from_truth,
     train,
+    training_targets,
 )
 
 
@@ -82,7 +81,7 @@ def test_masked_attention_keeps_queries_inside_their_masks():
 def test_targets_follow_the_letterbox_of_the_input():
     cfg = smoke_config()
     _, truth = SyntheticScene(width=128, height=96, seed=3).render()
-    target = target_from_truth(truth, cfg)
+    target, _ = training_targets(truth, cfg)
     assert target.masks.shape[1:] == (cfg.mask_size, cfg.mask_size)
     # 128x96 letterboxed to 64: the bottom quarter is padding, owned by no segment.
     assert target.masks[:, 12:].sum() == 0
@@ -119,7 +118,7 @@ def test_encoder_tokens_are_the_patches_entering_the_first_query_block():
 def test_patch_class_shares_follow_the_classes_and_the_letterbox():
     cfg = smoke_config()
     _, truth = SyntheticScene(width=128, height=96, seed=3).render()
-    shares = patch_class_shares(truth, cfg)
+    _, shares = training_targets(truth, cfg)
     g = cfg.grid_size
     assert shares.shape == (g * g, cfg.num_classes)
     grid = shares.view(g, g, cfg.num_classes)
