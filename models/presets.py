@@ -66,7 +66,7 @@ SYNTHETIC_TINY = Preset(
         heads=4,
         num_queries=20,
         num_classes=8,
-        num_query_blocks=2,
+        num_query_blocks=3,
     ),
     task="panoptic",
     label_set="synthetic",

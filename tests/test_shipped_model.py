@@ -15,6 +15,6 @@ def test_shipped_checkpoint_segments_held_out_scenes():
     segmenter = build_segmenter(ModelConfig(device="cpu"), batch_size=4)
     result = evaluate_segmenter(segmenter.segment, HELD_OUT_SEEDS, 320, 240, 20, segmenter.labels, progress=False)
     assert result["frames"] == 40
-    assert result["pq"] >= 0.7, result
+    assert result["pq"] >= 0.75, result
     # Both halves of panoptic segmentation work: objects are found and named, not only backgrounds.
-    assert result["pq_things"] >= 0.45 and result["pq_stuff"] >= 0.9, result
+    assert result["pq_things"] >= 0.6 and result["pq_stuff"] >= 0.9, result
