@@ -95,7 +95,8 @@ def load_eomt(preset: Preset, checkpoint: str | None = None) -> EoMT:
     if problems:
         raise CheckpointError(
             f"checkpoint '{path}' does not fit preset {preset.name} "
-            f"(dim {preset.config.dim}, {preset.config.depth} blocks, {preset.config.num_classes} classes, "
+            f"(dim {preset.config.dim}, {preset.config.depth} blocks, {preset.config.num_query_blocks} query blocks, "
+            f"{preset.config.num_classes} classes, "
             f"{preset.config.num_queries} queries, input {preset.config.img_size}): " + "; ".join(problems)
         )
     model.load_state_dict(state, strict=False)

@@ -115,6 +115,18 @@ def test_checkpoint_of_another_size_reports_missing_and_unexpected_keys(tmp_path
         load_eomt(preset_for(cfg, "panoptic", "coco_panoptic"), str(tmp_path / "extra.bin"))
 
 
+def test_checkpoint_with_other_query_block_count_says_so(tmp_path):
+    # Query blocks leave every weight's shape alone; only the annealing buffer tells them apart.
+    cfg = SMALL_CONFIGS["gelu-64"]
+    paths = write_checkpoints(reference_model(cfg), tmp_path)
+    more = preset_for(replace(cfg, num_query_blocks=cfg.num_query_blocks + 1), "panoptic", "coco_panoptic")
+    with pytest.raises(CheckpointError) as err:
+        load_eomt(more, str(paths["official"]))
+    message = str(err.value)
+    assert f"trained with {cfg.num_query_blocks} query blocks, the model has {cfg.num_query_blocks + 1}" in message
+    assert f"{cfg.num_query_blocks + 1} query blocks," in message and "\n" not in message
+
+
 class _Payload:
     def __reduce__(self):
         return (print, ("unpickled arbitrary code",))
