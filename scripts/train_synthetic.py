@@ -1,6 +1,6 @@
 """Train the small EoMT that segstream ships (models/weights/synthetic_eomt_tiny_256.safetensors).
 
-    python scripts/train_synthetic.py --minutes 44 --lr 8e-4
+    python scripts/train_synthetic.py
 
 The defaults are the shipped model's recipe (models/weights/MODEL_CARD.md). It runs on the CPU
 (2 cores: the 44-minute budget) or on a GPU when one is available (--device cuda).
