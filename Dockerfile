@@ -17,6 +17,7 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
     && pip install --constraint constraints.txt --requirement /tmp/requirements.txt \
     && rm /tmp/requirements.txt
 
+COPY segstream ./segstream
 COPY connectors ./connectors
 COPY models ./models
 COPY pipeline ./pipeline

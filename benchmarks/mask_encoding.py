@@ -20,7 +20,7 @@ from pycocotools import mask as coco_mask
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from connectors.redis_wire import _coco_rle_counts, _paint_rles  # noqa: E402
+from segstream.connectors.redis_wire import _coco_rle_counts, _paint_rles  # noqa: E402
 
 
 def label_map(height: int = 1080, width: int = 1920, segments: int = 10, seed: int = 0) -> np.ndarray:

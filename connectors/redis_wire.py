@@ -16,9 +16,9 @@ import numpy as np
 import zstandard
 from pycocotools import mask as coco_mask
 
-from connectors.errors import WireFormatError
-from connectors.frames import Frame
-from models.prediction import FramePrediction
+from segstream.connectors.errors import WireFormatError
+from segstream.connectors.frames import Frame
+from segstream.models.prediction import FramePrediction
 
 SCHEMA_VERSION = 1
 DEFAULT_STREAM_PATTERN = "segstream:{source}:frames"

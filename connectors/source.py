@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Iterator, Protocol
 
-from connectors.frames import Frame
+from segstream.connectors.frames import Frame
 
 
 class VideoSource(Protocol):

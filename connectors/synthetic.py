@@ -29,8 +29,8 @@ import av
 import cv2
 import numpy as np
 
-from connectors.errors import SourceError
-from connectors.frames import Frame
+from segstream.connectors.errors import SourceError
+from segstream.connectors.frames import Frame
 
 LABEL_SET = "synthetic"
 

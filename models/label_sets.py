@@ -87,7 +87,7 @@ class LabelSet:
 
 def _labels_dir() -> Traversable:
     # importlib.resources rather than __file__ so this also works from a zipped or installed wheel.
-    return resources.files("models").joinpath("labels")
+    return resources.files("segstream.models").joinpath("labels")
 
 
 def available_label_sets() -> list[str]:

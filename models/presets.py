@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from models.eomt import EoMTConfig, config_for_size
+from segstream.models.eomt import EoMTConfig, config_for_size
 
 
 @dataclass(frozen=True, slots=True)

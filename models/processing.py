@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.transforms.v2.functional import InterpolationMode, resize
 
-from models.label_sets import LabelSet
-from models.prediction import FramePrediction, Segment
+from segstream.models.label_sets import LabelSet
+from segstream.models.prediction import FramePrediction, Segment
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -7,10 +7,10 @@ from contextlib import nullcontext
 import numpy as np
 import torch
 
-from models.eomt import EoMT, EoMTOutput
-from models.label_sets import LabelSet
-from models.prediction import FramePrediction
-from models.processing import Thresholds, instance, letterbox, panoptic, semantic, semantic_windows
+from segstream.models.eomt import EoMT, EoMTOutput
+from segstream.models.label_sets import LabelSet
+from segstream.models.prediction import FramePrediction
+from segstream.models.processing import Thresholds, instance, letterbox, panoptic, semantic, semantic_windows
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 

@@ -15,11 +15,11 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from connectors.errors import SegstreamError
-from pipeline.config import PipelineConfig, json_schema, load_config
+from segstream.connectors.errors import SegstreamError
+from segstream.pipeline.config import PipelineConfig, json_schema, load_config
 
 if TYPE_CHECKING:
-    from pipeline.runtime import RunReport
+    from segstream.pipeline.runtime import RunReport
 
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _pipeline_threads_alive() -> bool:
-    from pipeline.runtime import THREAD_PREFIX
+    from segstream.pipeline.runtime import THREAD_PREFIX
 
     return any(t.name.startswith(THREAD_PREFIX) and t.is_alive() for t in threading.enumerate())
 
@@ -110,18 +110,15 @@ def _schema(args: argparse.Namespace) -> int:
 
 
 def _tail(args: argparse.Namespace) -> int:
-    from connectors.redis_reader import tail
+    from segstream.connectors.redis_reader import tail
 
     tail(args.stream, url=args.url, count=args.count, follow=args.follow)
     return 0
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    import pipeline.evaluation
+    from segstream.pipeline.evaluation import main_evaluate
 
-    main_evaluate = getattr(pipeline.evaluation, "main_evaluate", None)
-    if main_evaluate is None:
-        raise SegstreamError("this segstream has no evaluation entry point (pipeline.evaluation.main_evaluate)")
     return int(main_evaluate(args) or 0)
 
 
@@ -135,9 +132,9 @@ def _run(args: argparse.Namespace) -> int:
 
 def run_pipeline(cfg: PipelineConfig, max_frames: int | None = None) -> RunReport:
     """Build model, sinks and sources from ``cfg`` and run them; Ctrl-C/SIGTERM drain."""
-    from pipeline.model_factory import build_segmenter
-    from pipeline.runtime import Runtime, build_sources
-    from pipeline.sinks import build_sinks
+    from segstream.pipeline.model_factory import build_segmenter
+    from segstream.pipeline.runtime import Runtime, build_sources
+    from segstream.pipeline.sinks import build_sinks
 
     segmenter = build_segmenter(cfg.model, batch_size=cfg.engine.batch_size)
     sinks = build_sinks(cfg.sinks, segmenter.name)

@@ -20,10 +20,10 @@ import torch
 from torchmetrics.detection import PanopticQuality
 from tqdm import tqdm
 
-from connectors.errors import ConfigError
-from connectors.synthetic import CLASSES, LABEL_SET, GroundTruth, synthetic_clip
-from models.label_sets import LabelSet
-from models.prediction import FramePrediction
+from segstream.connectors.errors import ConfigError
+from segstream.connectors.synthetic import CLASSES, LABEL_SET, GroundTruth, synthetic_clip
+from segstream.models.label_sets import LabelSet
+from segstream.models.prediction import FramePrediction
 
 
 class _Labelled(Protocol):
@@ -187,9 +187,9 @@ def main_evaluate(args) -> int:
     table and as one JSON line (for scripts)."""
     import json
 
-    from models.presets import SYNTHETIC_TINY
-    from pipeline.config import ModelConfig
-    from pipeline.model_factory import build_segmenter
+    from segstream.models.presets import SYNTHETIC_TINY
+    from segstream.pipeline.config import ModelConfig
+    from segstream.pipeline.model_factory import build_segmenter
 
     model_cfg = ModelConfig(preset=args.preset or SYNTHETIC_TINY.name, checkpoint=args.checkpoint)
     segmenter = build_segmenter(model_cfg)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import torch
 
-from connectors.checkpoints import load_eomt
-from connectors.errors import ConfigError
-from models.label_sets import load_label_set
-from models.presets import PRESETS, get_preset
-from models.processing import Thresholds
-from models.segmenter import Segmenter
+from segstream.connectors.checkpoints import load_eomt
+from segstream.connectors.errors import ConfigError
+from segstream.models.label_sets import load_label_set
+from segstream.models.presets import PRESETS, get_preset
+from segstream.models.processing import Thresholds
+from segstream.models.segmenter import Segmenter
 
 
 def resolve_device(device: str) -> torch.device:

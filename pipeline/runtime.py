@@ -20,10 +20,10 @@ from typing import Iterable, Mapping, Protocol, Sequence, TextIO
 
 import numpy as np
 
-from connectors.frames import Frame
-from connectors.source import VideoSource
-from models.prediction import FramePrediction
-from pipeline.config import FileSourceConfig, PipelineConfig, SourceConfig
+from segstream.connectors.frames import Frame
+from segstream.connectors.source import VideoSource
+from segstream.models.prediction import FramePrediction
+from segstream.pipeline.config import FileSourceConfig, PipelineConfig, SourceConfig
 
 
 class Segmenter(Protocol):
@@ -411,7 +411,7 @@ def build_sources(configs: Iterable[SourceConfig]) -> list[VideoSource]:
 
 def _build_source(cfg: SourceConfig) -> VideoSource:
     if isinstance(cfg, FileSourceConfig):
-        from connectors.file_source import FileSource
+        from segstream.connectors.file_source import FileSource
 
         return FileSource(
             cfg.name,
@@ -422,7 +422,7 @@ def _build_source(cfg: SourceConfig) -> VideoSource:
             open_timeout_s=cfg.open_timeout_s,
             read_timeout_s=cfg.read_timeout_s,
         )
-    from connectors.synthetic import SyntheticSource
+    from segstream.connectors.synthetic import SyntheticSource
 
     return SyntheticSource(cfg.name, cfg.width, cfg.height, cfg.fps, cfg.seed, cfg.num_frames, cfg.realtime)
 

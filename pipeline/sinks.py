@@ -11,12 +11,12 @@ import json
 from pathlib import Path
 from typing import IO, Iterator
 
-from connectors.errors import SinkError
-from connectors.frames import Frame
-from connectors.redis_wire import encode_entry
-from models.prediction import FramePrediction
-from pipeline.config import SinksConfig
-from pipeline.runtime import Sink
+from segstream.connectors.errors import SinkError
+from segstream.connectors.frames import Frame
+from segstream.connectors.redis_wire import encode_entry
+from segstream.models.prediction import FramePrediction
+from segstream.pipeline.config import SinksConfig
+from segstream.pipeline.runtime import Sink
 
 
 class FilesSink:
@@ -86,7 +86,7 @@ def build_sinks(cfg: SinksConfig, model_name: str, embedded_dir: Path | None = N
     sinks: list[Sink] = []
     try:
         if cfg.redis.enabled:
-            from connectors.redis_sink import RedisPublisher
+            from segstream.connectors.redis_sink import RedisPublisher
 
             redis = cfg.redis
             sinks.append(

@@ -23,10 +23,10 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from connectors.synthetic import GroundTruth, SyntheticScene
-from models.criterion import LossWeights, Target, mask_classification_loss
-from models.eomt import EoMT, EoMTConfig
-from models.processing import letterbox, letterbox_size
+from segstream.connectors.synthetic import GroundTruth, SyntheticScene
+from segstream.models.criterion import LossWeights, Target, mask_classification_loss
+from segstream.models.eomt import EoMT, EoMTConfig
+from segstream.models.processing import letterbox, letterbox_size
 
 # Seeds below this are held out for evaluation; training scenes never use them.
 FIRST_TRAINING_SEED = 1_000_000

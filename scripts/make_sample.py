@@ -11,7 +11,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from connectors.synthetic import write_clip  # noqa: E402
+from segstream.connectors.synthetic import write_clip  # noqa: E402
 
 # Seed 7 is below the training seeds (pipeline/training.py), so the demo shows unseen scenes.
 SEED, WIDTH, HEIGHT, FRAMES, FPS = 7, 640, 480, 150, 25.0

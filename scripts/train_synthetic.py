@@ -18,8 +18,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from models.presets import SYNTHETIC_TINY  # noqa: E402
-from pipeline.training import TrainSettings, save_model, train  # noqa: E402
+from segstream.models.presets import SYNTHETIC_TINY  # noqa: E402
+from segstream.pipeline.training import TrainSettings, save_model, train  # noqa: E402
 
 
 def main() -> None:

@@ -9,7 +9,7 @@ import av
 import numpy as np
 import pytest
 
-from models.prediction import FramePrediction, Segment
+from segstream.models.prediction import FramePrediction, Segment
 
 SQUARE_COLOUR = (255, 40, 40)
 

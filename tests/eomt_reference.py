@@ -7,8 +7,8 @@ from pathlib import Path
 import torch
 from transformers import EomtConfig, EomtForUniversalSegmentation
 
-from models.eomt import EoMTConfig
-from models.presets import Preset
+from segstream.models.eomt import EoMTConfig
+from segstream.models.presets import Preset
 
 
 def reference_model(cfg: EoMTConfig, seed: int = 0, confident: bool = False, mask_offset: float = 0.0) -> EomtForUniversalSegmentation:

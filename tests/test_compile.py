@@ -4,11 +4,11 @@ import numpy as np
 import torch
 import torch._dynamo
 
-from connectors.checkpoints import load_eomt
-from connectors.synthetic import SyntheticScene
-from models.label_sets import load_label_set
-from models.presets import SYNTHETIC_TINY
-from models.segmenter import Segmenter
+from segstream.connectors.checkpoints import load_eomt
+from segstream.connectors.synthetic import SyntheticScene
+from segstream.models.label_sets import load_label_set
+from segstream.models.presets import SYNTHETIC_TINY
+from segstream.models.segmenter import Segmenter
 
 
 def test_compiled_model_reuses_one_static_graph_and_matches_eager():

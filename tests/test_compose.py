@@ -68,7 +68,7 @@ def test_dockerfile_installs_with_constraints_and_runs_segstream_unprivileged():
 
 
 def test_the_config_compose_runs_is_valid_with_the_mounts_compose_makes(services, monkeypatch, tmp_path):
-    from pipeline.config import load_config
+    from segstream.pipeline.config import load_config
 
     app = services["segstream"]
     mounts = {container: host for host, container, _ in (volume.split(":") for volume in app["volumes"])}

@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from models.presets import SYNTHETIC_TINY
-from pipeline.cli import main
-from pipeline.config import FileSourceConfig, SyntheticSourceConfig, load_config
+from segstream.models.presets import SYNTHETIC_TINY
+from segstream.pipeline.cli import main
+from segstream.pipeline.config import FileSourceConfig, SyntheticSourceConfig, load_config
 
 VALID = """
 sources:

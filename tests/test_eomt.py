@@ -8,10 +8,10 @@ from dataclasses import replace
 import pytest
 import torch
 
-from connectors.checkpoints import load_eomt, read_state_dict
-from connectors.errors import CheckpointError
-from models.eomt import EoMTConfig, config_for_size, infer_config
-from models.presets import PRESETS, get_preset
+from segstream.connectors.checkpoints import load_eomt, read_state_dict
+from segstream.connectors.errors import CheckpointError
+from segstream.models.eomt import EoMTConfig, config_for_size, infer_config
+from segstream.models.presets import PRESETS, get_preset
 from tests.eomt_reference import preset_for, reference_model, write_checkpoints
 
 SMALL_CONFIGS = {
@@ -151,8 +151,18 @@ def test_missing_and_garbage_checkpoints_are_user_errors(tmp_path):
 
 
 def test_hub_reference_offline_says_how_to_use_a_local_file(monkeypatch, tmp_path):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    import socket
+
+    import huggingface_hub.constants
+
+    # huggingface_hub reads its environment once, at import: set its constants, not the variables.
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("the offline hub test opened a network connection")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
     with pytest.raises(CheckpointError) as err:
         load_eomt(get_preset("coco_panoptic_eomt_large_640"))
     message = str(err.value)

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from connectors.errors import ConfigError
-from connectors.synthetic import CLASSES, GroundTruth, GTSegment, synthetic_clip
-from models.label_sets import load_label_set
-from models.prediction import FramePrediction, Segment
-from pipeline.evaluation import evaluate_segmenter, panoptic_quality
+from segstream.connectors.errors import ConfigError
+from segstream.connectors.synthetic import CLASSES, GroundTruth, GTSegment, synthetic_clip
+from segstream.models.label_sets import load_label_set
+from segstream.models.prediction import FramePrediction, Segment
+from segstream.pipeline.evaluation import evaluate_segmenter, panoptic_quality
 
 THINGS, STUFF = (0, 1, 2, 3), (4, 5, 6, 7)
 DISC, BOX, SKY, GRASS, SAND, WATER = 0, 1, 4, 5, 6, 7

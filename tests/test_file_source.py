@@ -4,8 +4,8 @@ import time
 import numpy as np
 import pytest
 
-from connectors.errors import SourceError
-from connectors.file_source import FileSource
+from segstream.connectors.errors import SourceError
+from segstream.connectors.file_source import FileSource
 from tests.conftest import SQUARE_COLOUR, encode_clip
 
 

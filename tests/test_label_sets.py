@@ -1,6 +1,6 @@
 import pytest
 
-from models.label_sets import LabelSet, available_label_sets, load_label_set
+from segstream.models.label_sets import LabelSet, available_label_sets, load_label_set
 
 SHIPPED = ("ade20k", "cityscapes", "coco_instance", "coco_panoptic")
 

@@ -15,14 +15,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from connectors.embedded_redis import EmbeddedRedis
-from connectors.file_source import FileSource
-from connectors.redis_reader import StreamReader
-from connectors.synthetic import write_clip
-from models.presets import SYNTHETIC_TINY
-from pipeline.cli import main, run_pipeline
-from pipeline.config import load_config
-from pipeline.model_factory import build_segmenter
+from segstream.connectors.embedded_redis import EmbeddedRedis
+from segstream.connectors.file_source import FileSource
+from segstream.connectors.redis_reader import StreamReader
+from segstream.connectors.synthetic import write_clip
+from segstream.models.presets import SYNTHETIC_TINY
+from segstream.pipeline.cli import main, run_pipeline
+from segstream.pipeline.config import load_config
+from segstream.pipeline.model_factory import build_segmenter
 
 REPO = Path(__file__).resolve().parents[1]
 FRAMES, FPS = 24, 12
@@ -111,7 +111,7 @@ def test_sigterm_mid_run_leaves_only_whole_entries(tmp_path, scene_clip, redis_s
     # A looping real-time file: it would run forever without the signal.
     config = _config(tmp_path, scene_clip, redis_server.url, extra_source=", loop: true, realtime: true")
     process = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli", "run", str(config)],
+        [sys.executable, "-m", "segstream.pipeline.cli", "run", str(config)],
         env={**os.environ, "PYTHONPATH": str(REPO)},
         stderr=subprocess.PIPE,
         text=True,

@@ -20,11 +20,11 @@ import pytest
 import torch
 from transformers import EomtImageProcessor
 
-from connectors.checkpoints import load_eomt
-from models.eomt import EoMTConfig
-from models.label_sets import load_label_set
-from models.processing import Thresholds, letterbox, letterbox_size, semantic_windows, window_layout
-from models.segmenter import Segmenter
+from segstream.connectors.checkpoints import load_eomt
+from segstream.models.eomt import EoMTConfig
+from segstream.models.label_sets import load_label_set
+from segstream.models.processing import Thresholds, letterbox, letterbox_size, semantic_windows, window_layout
+from segstream.models.segmenter import Segmenter
 from tests.eomt_reference import preset_for, reference_model, write_checkpoints
 
 

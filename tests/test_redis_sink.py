@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import redis
 
-from connectors.embedded_redis import EmbeddedRedis
-from connectors.errors import SinkError
-from connectors.redis_reader import StreamReader, tail
-from connectors.redis_sink import RedisPublisher
-from models.prediction import FramePrediction, Segment
+from segstream.connectors.embedded_redis import EmbeddedRedis
+from segstream.connectors.errors import SinkError
+from segstream.connectors.redis_reader import StreamReader, tail
+from segstream.connectors.redis_sink import RedisPublisher
+from segstream.models.prediction import FramePrediction, Segment
 from tests.test_redis_wire import blank_frame, synthetic_scene
 
 

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from pycocotools import mask as coco_mask
 
-from connectors.errors import WireFormatError
-from connectors.frames import Frame
-from connectors.redis_wire import SCHEMA_VERSION, decode_entry, encode_entry
-from models.prediction import FramePrediction, Segment
+from segstream.connectors.errors import WireFormatError
+from segstream.connectors.frames import Frame
+from segstream.connectors.redis_wire import SCHEMA_VERSION, decode_entry, encode_entry
+from segstream.models.prediction import FramePrediction, Segment
 
 LABELS = {1: "person", 3: "car", 21: "cow", 184: "grass"}
 

@@ -3,11 +3,11 @@ import threading
 import numpy as np
 import pytest
 
-from connectors.errors import SinkError, SourceError
-from connectors.file_source import FileSource
-from connectors.redis_wire import decode_entry
-from pipeline.runtime import Runtime
-from pipeline.sinks import FilesSink, read_entries
+from segstream.connectors.errors import SinkError, SourceError
+from segstream.connectors.file_source import FileSource
+from segstream.connectors.redis_wire import decode_entry
+from segstream.pipeline.runtime import Runtime
+from segstream.pipeline.sinks import FilesSink, read_entries
 from tests.conftest import ColourSegmenter
 
 

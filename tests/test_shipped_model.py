@@ -1,9 +1,9 @@
 """The model segstream ships segments held-out synthetic video through the pipeline's own path."""
 
-from pipeline.config import ModelConfig
-from pipeline.evaluation import evaluate_segmenter
-from pipeline.model_factory import build_segmenter
-from pipeline.training import FIRST_TRAINING_SEED
+from segstream.pipeline.config import ModelConfig
+from segstream.pipeline.evaluation import evaluate_segmenter
+from segstream.pipeline.model_factory import build_segmenter
+from segstream.pipeline.training import FIRST_TRAINING_SEED
 
 HELD_OUT_SEEDS = (0, 1)  # training scenes start at FIRST_TRAINING_SEED
 

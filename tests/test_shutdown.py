@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from safetensors.torch import save_file
 
-from models.eomt import EoMT
-from models.presets import SYNTHETIC_TINY
+from segstream.models.eomt import EoMT
+from segstream.models.presets import SYNTHETIC_TINY
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -34,7 +34,7 @@ def start_pipeline(tmp_path: Path, clip: Path, checkpoint: Path, source: str) ->
         "sinks:\n  redis: {enabled: false}\n  files: {enabled: true, dir: out}\n"
     )
     process = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli", "run", str(config)],
+        [sys.executable, "-m", "segstream.pipeline.cli", "run", str(config)],
         cwd=tmp_path,
         env={**os.environ, "PYTHONPATH": str(REPO)},
         stdout=subprocess.PIPE,

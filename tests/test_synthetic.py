@@ -12,8 +12,8 @@ import cv2
 import numpy as np
 import pytest
 
-from connectors.errors import SourceError
-from connectors.synthetic import (
+from segstream.connectors.errors import SourceError
+from segstream.connectors.synthetic import (
     _HUES,
     CLASSES,
     STUFF_IDS,
@@ -26,7 +26,7 @@ from connectors.synthetic import (
     synthetic_clip,
     write_clip,
 )
-from models.label_sets import load_label_set
+from segstream.models.label_sets import load_label_set
 
 
 def _truth_key(truth):

@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 from safetensors import safe_open
 
-from connectors.synthetic import SyntheticScene
-from models.criterion import LossWeights, Target, mask_classification_loss, match
-from models.eomt import EoMT
-from pipeline.training import (
+from segstream.connectors.synthetic import SyntheticScene
+from segstream.models.criterion import LossWeights, Target, mask_classification_loss, match
+from segstream.models.eomt import EoMT
+from segstream.pipeline.training import (
     PatchClassifier,
     TrainSettings,
     annealing,

@@ -1,0 +1,47 @@
+"""One import name: segstream installs as ``segstream`` and nothing else."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from importlib import metadata
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_installed_distribution_has_segstream_as_its_only_top_level_name():
+    owners = metadata.packages_distributions()
+    ours = sorted(name for name, dists in owners.items() if "segstream" in dists)
+    assert ours == ["segstream"]
+    for generic in ("pipeline", "models", "connectors"):
+        assert "segstream" not in owners.get(generic, [])
+
+
+def test_folders_import_under_segstream_only_from_anywhere(tmp_path):
+    # A directory of its own: nothing on sys.path but the installed distribution.
+    script = (
+        "import importlib.util, segstream.models.eomt, segstream.connectors.redis_wire, segstream.pipeline.runtime\n"
+        "from segstream.models.label_sets import load_label_set\n"
+        "from segstream.connectors.checkpoints import shipped_weights\n"
+        "assert load_label_set('synthetic').num_classes == 8\n"
+        "assert shipped_weights('synthetic_eomt_tiny_256.safetensors').is_file()\n"
+        "print([importlib.util.find_spec(n) for n in ('pipeline', 'models', 'connectors')])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[None, None, None]"
+
+
+def test_a_built_wheel_holds_only_segstream_with_its_data(tmp_path):
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path), str(REPO)],
+        check=True, capture_output=True,
+    )
+    (wheel,) = tmp_path.glob("segstream-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    top = {n.split("/")[0] for n in names} - {"segstream"}
+    assert len(top) == 1 and top.pop().endswith(".dist-info")
+    assert "segstream/models/weights/synthetic_eomt_tiny_256.safetensors" in names
+    assert "segstream/models/labels/coco_panoptic.json" in names
+    assert "segstream/pipeline/cli.py" in names and "segstream/connectors/redis_wire.py" in names
