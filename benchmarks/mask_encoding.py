@@ -4,23 +4,23 @@
 
 A 1920x1080 label map with 10 segments (ellipses over a background). Prints median milliseconds
 per frame for encoding and decoding both ways, checks the RLE strings are identical, and the
-ratios. Not a test: record results in docs/BENCHMARKS.md with the command and the machine.
+ratios; then what a whole entry costs (``to_wire`` / ``from_wire`` of a ``FrameResult``) in each
+mask encoding, and its size. Not a test: record results in docs/BENCHMARKS.md with the command
+and the machine.
 """
 
 from __future__ import annotations
 
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import cv2
 import numpy as np
 from pycocotools import mask as coco_mask
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from segstream.connectors.redis_wire import _coco_rle_counts, _paint_rles  # noqa: E402
+from segstream.connectors.redis_wire import MASK_ENCODINGS, _coco_rle_counts, _paint_rles, from_wire, to_wire
+from segstream.models.processing import frame_label_map
+from segstream.models.results import FrameResult, Segments
 
 
 def label_map(height: int = 1080, width: int = 1920, segments: int = 10, seed: int = 0) -> np.ndarray:
@@ -71,6 +71,33 @@ def main() -> None:
     print("|---|---|---|---|")
     for step, mine, theirs in rows:
         print(f"| {step} | {mine:.1f} | {theirs:.1f} | {theirs / mine:.1f}x |")
+    entries(labels, ids)
+
+
+def entries(labels: np.ndarray, ids: list[int]) -> None:
+    """Whole stream entries of the label map, in each mask encoding."""
+    h, w = labels.shape
+    _, areas, boxes = frame_label_map(labels, max(ids) + 1, (h, w))
+    segments = Segments.build(
+        ids=ids, class_ids=ids, labels=[f"class{i}" for i in ids], isthing=[i > 0 for i in ids],
+        areas=areas[ids], boxes=boxes[ids],
+    )
+    result = FrameResult("cam0", 0, w, h, labels, segments, capture_ts=time.time(), model="benchmark")
+    costs = {}
+    for encoding in MASK_ENCODINGS:
+        fields = to_wire(result, encoding)
+        assert np.array_equal(from_wire(fields).label_map, labels)
+        size = sum(len(v.encode() if isinstance(v, str) else v) for v in fields.values())
+        costs[encoding] = (
+            median_ms(lambda: to_wire(result, encoding)), median_ms(lambda: from_wire(fields)), size
+        )
+    print("| whole entry | to_wire ms | from_wire ms | bytes |")
+    print("|---|---|---|---|")
+    for encoding, (encode_ms, decode_ms, size) in costs.items():
+        print(f"| {encoding} | {encode_ms:.1f} | {decode_ms:.1f} | {size} |")
+    (encode_a, decode_a, size_a), (encode_b, decode_b, size_b) = costs["rle"], costs["idmap"]
+    print(f"rle / idmap: to_wire {encode_a / encode_b:.2f}x, from_wire {decode_a / decode_b:.2f}x, "
+          f"bytes {size_a / size_b:.2f}x")
 
 
 if __name__ == "__main__":

@@ -14,15 +14,11 @@ from __future__ import annotations
 import argparse
 import platform
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from segstream.models.eomt import EoMT, config_for_size, convert_transformers_state_dict  # noqa: E402
+from segstream.models.eomt import EoMT, config_for_size, convert_transformers_state_dict
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 

@@ -6,6 +6,8 @@ Nothing here unpickles arbitrary objects: safetensors files are read as tensors,
 
 from __future__ import annotations
 
+import pickle
+import warnings
 from importlib import resources
 from pathlib import Path
 
@@ -34,7 +36,16 @@ def read_state_dict(path: Path) -> dict[str, Tensor]:
             from safetensors.torch import load_file
 
             return load_file(str(path))
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # torch's note about pickle protocols is noise to someone loading weights
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        # torch's own message advises weights_only=False, i.e. running the file's code: never.
+        raise CheckpointError(
+            f"checkpoint '{path}' holds Python objects besides tensors, which segstream refuses to "
+            "unpickle — save a plain state dict of tensors (or a .safetensors file) and load that"
+        ) from None
     except Exception as exc:  # any decoding failure is the file's fault, not ours
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(

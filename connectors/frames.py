@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 
 import numpy as np
@@ -14,7 +14,8 @@ class Frame:
 
     ``image`` is H x W x 3 uint8 RGB. ``pts`` is in units of ``time_base`` (stream time);
     ``pts_seconds`` is the same instant in seconds. ``capture_wall`` is the Unix time (seconds)
-    at which the frame left the decoder.
+    at which the frame left the decoder. ``times`` collects when the frame passed each stage of
+    the pipeline (``time.monotonic()`` seconds by stage name).
     """
 
     source: str
@@ -24,6 +25,7 @@ class Frame:
     time_base: Fraction | None
     pts_seconds: float | None
     capture_wall: float
+    times: dict[str, float] = field(default_factory=dict)
 
     @property
     def height(self) -> int:

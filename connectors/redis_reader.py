@@ -14,7 +14,8 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from segstream.connectors.errors import SinkError
-from segstream.connectors.redis_wire import DecodedEntry, decode_entry
+from segstream.connectors.redis_wire import from_wire
+from segstream.models.results import FrameResult
 
 _TAIL_BLOCK_MS = 2000
 
@@ -135,7 +136,7 @@ class StreamReader:
         )
         return cls(client, stream, group, consumer, start=start, decode_masks=decode_masks)
 
-    def read(self, count: int = 100, block_ms: int | None = None) -> list[tuple[str, DecodedEntry]]:
+    def read(self, count: int = 100, block_ms: int | None = None) -> list[tuple[str, FrameResult]]:
         """Up to ``count`` entries in stream order; waits up to ``block_ms`` when none are there.
 
         ``block_ms`` None returns at once; the wait is shortened to fit the client's socket timeout.
@@ -170,17 +171,17 @@ class StreamReader:
             return 0
         return int(self.client.xack(self.stream, self.group, *ids))
 
-    def latest(self) -> tuple[str, DecodedEntry] | None:
+    def latest(self) -> tuple[str, FrameResult] | None:
         """The newest entry (XREVRANGE + - COUNT 1), or None for an empty stream."""
         newest = self.client.xrevrange(self.stream, "+", "-", count=1)
         if not newest:
             return None
         entry_id, fields = newest[0]
-        return _text_id(entry_id), decode_entry(fields, decode_masks=self.decode_masks)
+        return _text_id(entry_id), from_wire(fields, decode_masks=self.decode_masks)
 
     def follow(
         self, block_ms: int = 1000, count: int = 100, stop: threading.Event | None = None
-    ) -> Iterator[tuple[str, DecodedEntry]]:
+    ) -> Iterator[tuple[str, FrameResult]]:
         """Yield entries as they arrive, until ``stop`` is set (checked at least every ``block_ms``)."""
         while stop is None or not stop.is_set():
             yield from self.read(count=count, block_ms=block_ms)
@@ -205,14 +206,14 @@ class StreamReader:
             batches = [entries for _, entries in reply]
         return [(_text_id(entry_id), fields) for batch in batches for entry_id, fields in batch]
 
-    def _decoded(self, entries: list[tuple[str, dict]]) -> list[tuple[str, DecodedEntry]]:
+    def _decoded(self, entries: list[tuple[str, dict]]) -> list[tuple[str, FrameResult]]:
         decoded = []
         trimmed = []
         for entry_id, fields in entries:
             if not fields:
                 trimmed.append(entry_id)  # a pending entry that MAXLEN trimmed away meanwhile
                 continue
-            decoded.append((entry_id, decode_entry(fields, decode_masks=self.decode_masks)))
+            decoded.append((entry_id, from_wire(fields, decode_masks=self.decode_masks)))
         if trimmed and self.group is not None:
             self.ack(trimmed)
         return decoded
@@ -234,7 +235,7 @@ def tail(stream: str, url: str, count: int | None, follow: bool, out: TextIO = s
         else:
             newest = client.xrevrange(stream, "+", "-", count=count) if count > 0 else []
             for entry_id, fields in reversed(newest):
-                _print_entry(out, _text_id(entry_id), decode_entry(fields, decode_masks=False))
+                _print_entry(out, _text_id(entry_id), from_wire(fields, decode_masks=False))
                 printed += 1
             start = _text_id(newest[0][0]) if newest else "$"
         reader = StreamReader(client, stream, start=start, decode_masks=False)
@@ -258,19 +259,19 @@ def tail(stream: str, url: str, count: int | None, follow: bool, out: TextIO = s
     return printed
 
 
-def summary_line(entry_id: str, entry: DecodedEntry) -> str:
+def summary_line(entry_id: str, entry: FrameResult) -> str:
     """``<id> <source> frame=<i> pts_s=<s> segs=<n> [label:count, ...] latency=<ms>ms``."""
-    labels = Counter(segment.label for segment in entry.segments)
+    labels = Counter(str(label) for label in entry.segments.labels)
     pts = "-" if entry.pts_seconds is None else f"{entry.pts_seconds:.3f}"
     latency_ms = (entry.publish_ts - entry.capture_ts) * 1000
     listed = ", ".join(f"{label}:{n}" for label, n in labels.most_common())
     return (
-        f"{entry_id} {entry.source} frame={entry.frame_index} pts_s={pts} "
+        f"{entry_id} {entry.source} frame={entry.index} pts_s={pts} "
         f"segs={len(entry.segments)} [{listed}] latency={latency_ms:.1f}ms"
     )
 
 
-def _print_entry(out: TextIO, entry_id: str, entry: DecodedEntry) -> None:
+def _print_entry(out: TextIO, entry_id: str, entry: FrameResult) -> None:
     out.write(summary_line(entry_id, entry) + "\n")
     out.flush()
 

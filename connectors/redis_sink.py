@@ -11,10 +11,17 @@ import redis
 
 from segstream.connectors.embedded_redis import EmbeddedRedis
 from segstream.connectors.errors import ConfigError, SinkError
-from segstream.connectors.frames import Frame
 from segstream.connectors.redis_reader import StreamReader, connect_redis, error_summary, redis_address, summary_line
-from segstream.connectors.redis_wire import DEFAULT_STREAM_PATTERN, MASK_ENCODINGS, encode_entry, stream_name
-from segstream.models.prediction import FramePrediction
+from segstream.connectors.redis_wire import (
+    DEFAULT_EVENTS_PATTERN,
+    DEFAULT_STREAM_PATTERN,
+    MASK_ENCODINGS,
+    event_to_wire,
+    stream_name,
+    to_wire,
+)
+from segstream.connectors.sink import WrittenCallback
+from segstream.models.results import Event, FrameResult
 
 _FIRST_BACKOFF_S = 0.2
 
@@ -23,23 +30,27 @@ class RedisPublisher:
     """The Redis sink: ``XADD <stream> MAXLEN ~ maxlen * <fields>`` per frame, pipelined.
 
     Entries wait in a buffer until ``pipeline_size`` of them are there, the oldest has waited
-    ``max_batch_delay_s`` (checked on each publish; None: no limit), or ``flush()`` is called;
-    a batch goes out as one MULTI/EXEC round trip. ``publish_ts`` is stamped when the batch is
-    sent. A batch that cannot be written after ``retries`` reconnect attempts (backoff 0.2 s,
-    doubling) is counted in ``failed`` and raises ``SinkError``. One thread publishes.
+    ``max_batch_delay_s`` (checked by ``publish`` and ``poll``, which the runtime calls when that
+    delay runs out even if no frame follows), or ``flush()`` is called; a batch goes out as one
+    MULTI/EXEC round trip. ``publish_ts`` is stamped when the batch is sent, and the written
+    results go to ``on_written``. A batch that cannot be written after ``retries`` reconnect
+    attempts (backoff 0.2 s, doubling) is counted in ``failed`` and raises ``SinkError``. One
+    thread publishes.
     """
+
+    name = "redis"
 
     def __init__(
         self,
         client: redis.Redis,
-        model_name: str,
         stream_pattern: str = DEFAULT_STREAM_PATTERN,
         maxlen: int = 10000,
         mask_encoding: str = "rle",
         pipeline_size: int = 32,
         *,
-        max_batch_delay_s: float | None = 0.1,
+        max_batch_delay_s: float = 0.02,
         retries: int = 4,
+        events_pattern: str = DEFAULT_EVENTS_PATTERN,
     ) -> None:
         if mask_encoding not in MASK_ENCODINGS:
             raise ConfigError(
@@ -59,8 +70,8 @@ class RedisPublisher:
         if maxlen < 1 or pipeline_size < 1:
             raise ConfigError("sinks.redis.maxlen and sinks.redis.pipeline_size must be at least 1")
         self.client = client
-        self.model_name = model_name
         self.stream_pattern = stream_pattern
+        self.events_pattern = events_pattern
         self.maxlen = maxlen
         self.mask_encoding = mask_encoding
         self.pipeline_size = pipeline_size
@@ -70,7 +81,9 @@ class RedisPublisher:
         self.failed = 0
         self.batches_sent = 0
         self.per_stream: Counter[str] = Counter()
-        self._buffer: list[tuple[str, dict[str, bytes | str]]] = []
+        self.on_written: WrittenCallback | None = None
+        # (stream, fields, the result it carries or None for an event)
+        self._buffer: list[tuple[str, dict[str, bytes | str], FrameResult | None]] = []
         self._oldest_buffered = 0.0
         self._embedded: EmbeddedRedis | None = None
         self._closed = False
@@ -81,11 +94,12 @@ class RedisPublisher:
         url: str | None,
         password: str | None,
         *,
-        model_name: str,
         stream_pattern: str = DEFAULT_STREAM_PATTERN,
         maxlen: int = 10000,
         mask_encoding: str = "rle",
         pipeline_size: int = 32,
+        max_batch_delay_s: float = 0.02,
+        events_pattern: str = DEFAULT_EVENTS_PATTERN,
         embedded_dir: Path | None = None,
     ) -> RedisPublisher:
         """Connect to the Redis at ``url``, or with no url start an embedded one for this run.
@@ -101,7 +115,8 @@ class RedisPublisher:
             # Our own retries (with backoff, counted) replace redis-py's per-command ones.
             client = connect_redis(url, password, socket_timeout=5.0, client_name="segstream-publisher")
             publisher = cls(
-                client, model_name, stream_pattern, maxlen, mask_encoding, pipeline_size
+                client, stream_pattern, maxlen, mask_encoding, pipeline_size,
+                max_batch_delay_s=max_batch_delay_s, events_pattern=events_pattern,
             )
         except BaseException:
             if embedded is not None:
@@ -118,19 +133,39 @@ class RedisPublisher:
             )
         return publisher
 
-    def publish(self, frame: Frame, prediction: FramePrediction) -> None:
-        """Queue the entry for ``frame``; sends the batch once it is full or old enough."""
+    def publish(self, result: FrameResult) -> None:
+        """Queue the entry for ``result``; sends the batch once it is full or old enough."""
         if self._closed:
             raise SinkError("the Redis publisher is closed — publish before close()")
-        fields = encode_entry(frame, prediction, self.model_name, self.mask_encoding)
+        fields = to_wire(result, self.mask_encoding)
         if not self._buffer:
             self._oldest_buffered = time.monotonic()
-        self._buffer.append((stream_name(self.stream_pattern, frame.source), fields))
-        waited = time.monotonic() - self._oldest_buffered
-        if len(self._buffer) >= self.pipeline_size or (
-            self.max_batch_delay_s is not None and waited >= self.max_batch_delay_s
-        ):
+        self._buffer.append((stream_name(self.stream_pattern, result.source), fields, result))
+        if len(self._buffer) >= self.pipeline_size:
             self._send()
+        else:
+            self.poll()
+
+    def publish_event(self, event: Event) -> None:
+        """Queue an entry for the source's events stream; it leaves with the next batch."""
+        if self._closed:
+            raise SinkError("the Redis publisher is closed — publish before close()")
+        if not self._buffer:
+            self._oldest_buffered = time.monotonic()
+        self._buffer.append((stream_name(self.events_pattern, event.source), event_to_wire(event), None))
+        if len(self._buffer) >= self.pipeline_size:
+            self._send()
+
+    def poll(self) -> float | None:
+        """Send the buffer if its oldest entry has waited ``max_batch_delay_s``; the seconds
+        until that is due otherwise, None with nothing buffered."""
+        if not self._buffer:
+            return None
+        left = self._oldest_buffered + self.max_batch_delay_s - time.monotonic()
+        if left > 0:
+            return left
+        self._send()
+        return None
 
     def flush(self) -> None:
         """Send whatever is buffered."""
@@ -169,10 +204,12 @@ class RedisPublisher:
         for attempt in range(self.retries + 1):
             if attempt:
                 time.sleep(_FIRST_BACKOFF_S * 2 ** (attempt - 1))
-            stamp = repr(time.time())
+            now = time.time()
+            stamp = repr(now)
             pipe = self.client.pipeline(transaction=True)
-            for stream, fields in batch:
-                fields["publish_ts"] = stamp
+            for stream, fields, result in batch:
+                if result is not None:
+                    fields["publish_ts"] = stamp
                 pipe.xadd(stream, fields, maxlen=self.maxlen, approximate=True)
             try:
                 results = pipe.execute(raise_on_error=False)
@@ -188,9 +225,18 @@ class RedisPublisher:
             finally:
                 pipe.reset()
             self.batches_sent += 1
-            refused = [(stream, r) for (stream, _), r in zip(batch, results) if isinstance(r, Exception)]
+            refused = [(stream, r) for (stream, _, _), r in zip(batch, results) if isinstance(r, Exception)]
+            written = [
+                result for (_, _, result), r in zip(batch, results) if result is not None and not isinstance(r, Exception)
+            ]
             self.published += len(batch) - len(refused)
-            self.per_stream.update(stream for (stream, _), r in zip(batch, results) if not isinstance(r, Exception))
+            self.per_stream.update(
+                stream for (stream, _, result), r in zip(batch, results) if result is not None and not isinstance(r, Exception)
+            )
+            for result in written:
+                result.publish_ts = now
+            if self.on_written is not None and written:
+                self.on_written(written)
             if refused:
                 self.failed += len(refused)
                 stream, error = refused[0]

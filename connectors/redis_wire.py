@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
 from fractions import Fraction
 from typing import Mapping
 
@@ -17,11 +16,11 @@ import zstandard
 from pycocotools import mask as coco_mask
 
 from segstream.connectors.errors import WireFormatError
-from segstream.connectors.frames import Frame
-from segstream.models.prediction import FramePrediction
+from segstream.models.results import Event, FrameResult, Segments
 
 SCHEMA_VERSION = 1
 DEFAULT_STREAM_PATTERN = "segstream:{source}:frames"
+DEFAULT_EVENTS_PATTERN = "segstream:{source}:events"
 MASK_ENCODINGS = ("rle", "idmap")
 
 _REQUIRED_FIELDS = (
@@ -38,109 +37,45 @@ def stream_name(pattern: str, source: str) -> str:
     return pattern.format(source=source)
 
 
-@dataclass(slots=True)
-class SegmentRecord:
-    """One segment as it travels on the wire.
-
-    ``id`` is the segment's value in the entry's label map; ``box`` is (x0, y0, x1, y1) in pixels,
-    x1/y1 exclusive; ``area`` in pixels; ``score`` the model's confidence in [0, 1].
-    """
-
-    id: int
-    class_id: int
-    label: str
-    isthing: bool
-    score: float
-    area: int
-    box: tuple[int, int, int, int]
-
-
-@dataclass(slots=True)
-class DecodedEntry:
-    """One frame's segmentation read back from a stream.
-
-    Times: ``pts`` in units of ``time_base`` (stream time), ``pts_seconds`` in seconds of stream
-    time, ``capture_ts``/``publish_ts`` Unix seconds. ``label_map`` is height x width int32, the
-    segment id of each pixel and -1 where no segment is; None when decoded with
-    ``decode_masks=False``.
-    """
-
-    source: str
-    frame_index: int
-    pts: int | None
-    time_base: Fraction | None
-    pts_seconds: float | None
-    capture_ts: float
-    publish_ts: float
-    width: int
-    height: int
-    model: str
-    mask_encoding: str
-    segments: list[SegmentRecord]
-    label_map: np.ndarray | None
-
-    def masks(self) -> dict[int, np.ndarray]:
-        """Segment id -> height x width bool mask."""
-        if self.label_map is None:
-            raise ValueError("entry was decoded with decode_masks=False; decode it again with masks")
-        return {segment.id: self.label_map == segment.id for segment in self.segments}
-
-
-def encode_entry(
-    frame: Frame,
-    prediction: FramePrediction,
-    model_name: str,
-    mask_encoding: str,
-    publish_ts: float | None = None,
-) -> dict[str, bytes | str]:
+def to_wire(result: FrameResult, mask_encoding: str, publish_ts: float | None = None) -> dict[str, bytes | str]:
     """The stream entry for one processed frame; ``publish_ts`` defaults to now."""
     if mask_encoding not in MASK_ENCODINGS:
         raise WireFormatError(
             f"unknown mask encoding {mask_encoding!r} — use one of {', '.join(MASK_ENCODINGS)}"
         )
-    label_map = prediction.label_map
-    if label_map.shape != (frame.height, frame.width):
+    label_map = result.label_map
+    if label_map is None or label_map.shape != (result.height, result.width):
+        shape = "none" if label_map is None else f"{label_map.shape[0]}x{label_map.shape[1]}"
         raise WireFormatError(
-            f"label map of {frame.source} frame {frame.index} is {label_map.shape[0]}x"
-            f"{label_map.shape[1]} but the frame is {frame.height}x{frame.width} — "
-            "resize predictions to the frame before publishing"
+            f"label map of {result.source} frame {result.index} is {shape} but the frame is "
+            f"{result.height}x{result.width} — resize predictions to the frame before publishing"
         )
-    ids = [int(segment.id) for segment in prediction.segments]
+    segments = result.segments
+    ids = [int(i) for i in segments.ids]
     if len(set(ids)) != len(ids) or any(i < 0 for i in ids):
         raise WireFormatError(
-            f"segment ids of {frame.source} frame {frame.index} must be distinct and >= 0, got {ids}"
+            f"segment ids of {result.source} frame {result.index} must be distinct and >= 0, got {ids}"
         )
 
-    records = [
-        {
-            "id": int(segment.id),
-            "class_id": int(segment.class_id),
-            "label": str(segment.label),
-            "isthing": bool(segment.isthing),
-            "score": float(segment.score),
-            "area": int(segment.area),
-            "box": [int(v) for v in segment.box],
-        }
-        for segment in prediction.segments
-    ]
+    records = [{key: segment[key] for key in _SEGMENT_KEYS} for segment in segments]
     fields: dict[str, bytes | str] = {
         "v": str(SCHEMA_VERSION),
-        "source": frame.source,
-        "frame": str(int(frame.index)),
-        "pts": "" if frame.pts is None else str(int(frame.pts)),
-        "time_base": "" if frame.time_base is None
-        else f"{frame.time_base.numerator}/{frame.time_base.denominator}",
-        "pts_s": "" if frame.pts_seconds is None else repr(float(frame.pts_seconds)),
-        "capture_ts": repr(float(frame.capture_wall)),
+        "source": result.source,
+        "frame": str(int(result.index)),
+        "pts": "" if result.pts is None else str(int(result.pts)),
+        "time_base": "" if result.time_base is None
+        else f"{result.time_base.numerator}/{result.time_base.denominator}",
+        "pts_s": "" if result.pts_seconds is None else repr(float(result.pts_seconds)),
+        "capture_ts": repr(float(result.capture_ts)),
         "publish_ts": repr(float(time.time() if publish_ts is None else publish_ts)),
-        "width": str(frame.width),
-        "height": str(frame.height),
-        "model": model_name,
+        "width": str(result.width),
+        "height": str(result.height),
+        "model": result.model,
         "mask_encoding": mask_encoding,
     }
     if mask_encoding == "rle":
         for record, counts in zip(records, _coco_rle_counts(label_map, ids)):
-            record["rle"] = {"size": [frame.height, frame.width], "counts": counts}
+            record["rle"] = {"size": [result.height, result.width], "counts": counts}
     else:
         fields["idmap"] = zstandard.ZstdCompressor().compress(
             np.ascontiguousarray(label_map, dtype="<i4").tobytes()
@@ -149,10 +84,11 @@ def encode_entry(
     return fields
 
 
-def decode_entry(fields: Mapping[bytes | str, bytes | str], *, decode_masks: bool = True) -> DecodedEntry:
+def from_wire(fields: Mapping[bytes | str, bytes | str], *, decode_masks: bool = True) -> FrameResult:
     """Read an entry as redis-py returns it (bytes or str keys); rejects versions other than 1.
 
-    ``decode_masks=False`` skips rebuilding the label map, for readers that need only metadata.
+    ``decode_masks=False`` skips rebuilding the label map (``label_map`` is then None), for
+    readers that need only metadata.
     """
     entry = {_text(key): value for key, value in fields.items()}
     if "v" not in entry:
@@ -184,27 +120,66 @@ def decode_entry(fields: Mapping[bytes | str, bytes | str], *, decode_masks: boo
     label_map = None
     if decode_masks:
         if mask_encoding == "rle":
-            label_map = _paint_rles(rles, [s.id for s in segments], height, width)
+            label_map = _paint_rles(rles, [int(i) for i in segments.ids], height, width)
         else:
             if "idmap" not in entry:
                 raise WireFormatError("entry has mask_encoding 'idmap' but no 'idmap' field")
             label_map = _decompress_idmap(entry["idmap"], height, width)
 
-    return DecodedEntry(
+    return FrameResult(
         source=text["source"],
-        frame_index=_integer(text, "frame"),
+        index=_integer(text, "frame"),
+        width=width,
+        height=height,
+        label_map=label_map,
+        segments=segments,
         pts=None if text["pts"] == "" else _integer(text, "pts"),
         time_base=_time_base(text["time_base"]),
         pts_seconds=None if text["pts_s"] == "" else _number(text, "pts_s"),
         capture_ts=_number(text, "capture_ts"),
         publish_ts=_number(text, "publish_ts"),
-        width=width,
-        height=height,
         model=text["model"],
-        mask_encoding=mask_encoding,
-        segments=segments,
-        label_map=label_map,
     )
+
+
+def event_to_wire(event: Event) -> dict[str, str]:
+    """The events-stream entry for one event: ``v``, ``source``, ``event`` (its kind), ``ts``
+    (Unix seconds) and ``data`` (a JSON object of its details)."""
+    return {
+        "v": str(SCHEMA_VERSION),
+        "source": event.source,
+        "event": event.kind,
+        "ts": repr(float(event.ts)),
+        "data": json.dumps(event.data, separators=(",", ":"), ensure_ascii=False, default=_plain),
+    }
+
+
+def event_from_wire(fields: Mapping[bytes | str, bytes | str]) -> Event:
+    """Read an events-stream entry; rejects versions other than 1 and malformed entries."""
+    entry = {_text(key): _text(value) for key, value in fields.items()}
+    if entry.get("v") != str(SCHEMA_VERSION):
+        raise WireFormatError(
+            f"events entry is schema v{entry.get('v', '?')} but this reader understands v{SCHEMA_VERSION} only"
+        )
+    missing = [name for name in ("source", "event", "ts", "data") if name not in entry]
+    if missing:
+        raise WireFormatError(f"events entry lacks field(s) {', '.join(missing)} — the writer is broken")
+    try:
+        data = json.loads(entry["data"])
+    except json.JSONDecodeError as error:
+        raise WireFormatError(f"events entry's data is not valid JSON: {error}") from None
+    if not isinstance(data, dict):
+        raise WireFormatError("events entry's data must be a JSON object")
+    return Event(entry["source"], entry["event"], _number(entry, "ts"), data)
+
+
+def _plain(value):
+    """JSON for numpy scalars and arrays in event details."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
 def _coco_rle_counts(label_map: np.ndarray, ids: list[int]) -> list[str]:
@@ -324,14 +299,16 @@ def _decompress_idmap(blob: bytes | str, height: int, width: int) -> np.ndarray:
     return np.frombuffer(raw, dtype="<i4").reshape(height, width).astype(np.int32)
 
 
-def _parse_segments(blob: str, mask_encoding: str) -> tuple[list[SegmentRecord], list[dict]]:
+def _parse_segments(blob: str, mask_encoding: str) -> tuple[Segments, list[dict]]:
     try:
         items = json.loads(blob)
     except json.JSONDecodeError as error:
         raise WireFormatError(f"segments field is not valid JSON: {error}") from None
     if not isinstance(items, list):
         raise WireFormatError("segments field must be a JSON array")
-    segments, rles = [], []
+    rows: list[tuple] = []
+    rles: list[dict] = []
+    seen: set[int] = set()
     for position, item in enumerate(items):
         if not isinstance(item, dict) or any(key not in item for key in _SEGMENT_KEYS):
             raise WireFormatError(
@@ -341,19 +318,17 @@ def _parse_segments(blob: str, mask_encoding: str) -> tuple[list[SegmentRecord],
             box = tuple(int(v) for v in item["box"])
             if len(box) != 4:
                 raise ValueError("box needs 4 numbers")
-            segments.append(SegmentRecord(
-                id=int(item["id"]),
-                class_id=int(item["class_id"]),
-                label=str(item["label"]),
-                isthing=bool(item["isthing"]),
-                score=float(item["score"]),
-                area=int(item["area"]),
-                box=box,
-            ))
+            row = (int(item["id"]), int(item["class_id"]), str(item["label"]), bool(item["isthing"]),
+                   float(item["score"]), int(item["area"]), box)
+            # Ids, classes and boxes are int32 columns, areas int64: beyond, numbers would not fit.
+            if not all(-(2**31) <= v < 2**31 for v in (row[0], row[1], *box)) or not -(2**63) <= row[5] < 2**63:
+                raise ValueError("a number is out of the 32-bit range (area: 64-bit)")
         except (TypeError, ValueError) as error:
             raise WireFormatError(f"segment {position} has a malformed value: {error}") from None
-        if segments[-1].id < 0 or segments[-1].id in (s.id for s in segments[:-1]):
-            raise WireFormatError(f"segment {position} has id {segments[-1].id}; ids must be distinct and >= 0")
+        if row[0] < 0 or row[0] in seen:
+            raise WireFormatError(f"segment {position} has id {row[0]}; ids must be distinct and >= 0")
+        seen.add(row[0])
+        rows.append(row)
         if mask_encoding == "rle":
             rle = item.get("rle")
             if not isinstance(rle, dict) or not isinstance(rle.get("counts"), str) or "size" not in rle:
@@ -361,6 +336,11 @@ def _parse_segments(blob: str, mask_encoding: str) -> tuple[list[SegmentRecord],
                     f"segment {position} lacks 'rle' {{size, counts}} required by mask_encoding 'rle'"
                 )
             rles.append(rle)
+    columns = list(zip(*rows)) if rows else [[]] * 7
+    segments = Segments.build(
+        ids=columns[0], class_ids=columns[1], labels=columns[2], isthing=columns[3],
+        scores=columns[4], areas=columns[5], boxes=np.array(columns[6], dtype=np.int64).reshape(-1, 4),
+    )
     return segments, rles
 
 

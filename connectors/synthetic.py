@@ -21,7 +21,7 @@ import math
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
@@ -31,6 +31,8 @@ import numpy as np
 
 from segstream.connectors.errors import SourceError
 from segstream.connectors.frames import Frame
+from segstream.models.processing import frame_label_map
+from segstream.models.results import NO_TRACK, FrameResult, Segments
 
 LABEL_SET = "synthetic"
 
@@ -57,34 +59,6 @@ CLASSES: tuple[SceneClass, ...] = (
 DISC, BOX, TRIANGLE, STAR, SKY, GRASS, SAND, WATER = range(8)
 THING_IDS = (DISC, BOX, TRIANGLE, STAR)
 STUFF_IDS = (SKY, GRASS, SAND, WATER)
-
-
-@dataclass(slots=True)
-class GTSegment:
-    """One segment of a ground-truth frame.
-
-    ``id`` is its value in ``GroundTruth.panoptic``; ``track_id`` is the object's id for its whole
-    life in the clip (things) or -1 (stuff); ``area`` is in pixels.
-    """
-
-    id: int
-    class_id: int
-    isthing: bool
-    track_id: int
-    area: int
-
-
-@dataclass(slots=True)
-class GroundTruth:
-    """Panoptic ground truth of one frame.
-
-    ``panoptic`` is H x W int32, the ``GTSegment.id`` of every pixel; every pixel belongs to exactly
-    one listed segment. Segment ids are 0..S-1 in list order: stuff segments first (one per stuff
-    class present, by class id), then things by track id.
-    """
-
-    panoptic: np.ndarray
-    segments: list[GTSegment]
 
 
 # Sizes and speeds are fractions of the frame so a scene looks the same at any resolution; the
@@ -181,8 +155,13 @@ class SyntheticScene:
         """Index of the frame the next ``render()`` returns."""
         return self._index
 
-    def render(self) -> tuple[np.ndarray, GroundTruth]:
-        """Draw the current frame and its ground truth, then advance the scene by one frame."""
+    def render(self) -> tuple[np.ndarray, FrameResult]:
+        """Draw the current frame and its ground truth, then advance the scene by one frame.
+
+        The truth's label map gives every pixel a segment; segment ids are 0..S-1 in row order:
+        stuff first (one segment per stuff class present, by class id), then things by track id.
+        Things carry their lifetime ``track_ids`` (stuff: ``NO_TRACK``).
+        """
         t = self._index / self.fps
         canvas, stuff = self._draw_stuff(t)
         placed = self._place_things(t)
@@ -195,7 +174,7 @@ class SyntheticScene:
             areas = np.bincount(code.ravel(), minlength=_CODE_THINGS + len(placed))
         for thing, box, alpha in placed:
             self._paint(canvas, thing, box, alpha, t)
-        truth = self._truth(code, areas, placed)
+        truth = self._truth(code, areas, placed, self._index)
         image = self._camera(canvas, t)
         self._advance(t)
         return image, truth
@@ -384,19 +363,19 @@ class SyntheticScene:
         blended = region + (texture.astype(np.float32) - region) * alpha
         region[:] = (blended + 0.5).astype(np.uint8)
 
-    def _truth(self, code: np.ndarray, areas: np.ndarray, placed: list) -> GroundTruth:
+    def _truth(self, code: np.ndarray, areas: np.ndarray, placed: list, index: int) -> FrameResult:
         lookup = np.full(256, -1, dtype=np.int32)
-        segments: list[GTSegment] = []
+        rows: list[tuple[int, bool, int, int]] = []  # class id, isthing, track id, area
         for class_id in STUFF_IDS:
             if areas[class_id]:
-                lookup[class_id] = len(segments)
-                segments.append(GTSegment(len(segments), class_id, False, -1, int(areas[class_id])))
+                lookup[class_id] = len(rows)
+                rows.append((class_id, False, NO_TRACK, int(areas[class_id])))
         order = sorted(range(len(placed)), key=lambda j: placed[j][0].track_id)
         for j in order:
-            thing, area = placed[j][0], int(areas[_CODE_THINGS + j])
-            lookup[_CODE_THINGS + j] = len(segments)
-            segments.append(GTSegment(len(segments), thing.class_id, True, thing.track_id, area))
-        return GroundTruth(cv2.LUT(code, lookup), segments)
+            thing = placed[j][0]
+            lookup[_CODE_THINGS + j] = len(rows)
+            rows.append((thing.class_id, True, thing.track_id, int(areas[_CODE_THINGS + j])))
+        return truth_result(cv2.LUT(code, lookup), rows, index)
 
     def _camera(self, canvas: np.ndarray, t: float) -> np.ndarray:
         """Optics and sensor: occasional blur, lighting and colour drift, noise."""
@@ -596,16 +575,34 @@ def _thing_texture(rng: np.random.Generator, class_id: int, radius: float, grain
 # --- clips, sources and files -------------------------------------------------------------------
 
 
+def truth_result(label_map: np.ndarray, rows: list[tuple[int, bool, int, int]], index: int = 0) -> FrameResult:
+    """Ground truth as a ``FrameResult``: segment i has id i and ``rows[i]`` = (class id,
+    isthing, track id, area); boxes are measured on the label map."""
+    height, width = label_map.shape
+    class_ids = [r[0] for r in rows]
+    _, _, boxes = frame_label_map(label_map, len(rows), (height, width))
+    segments = Segments.build(
+        ids=range(len(rows)),
+        class_ids=class_ids,
+        labels=[CLASSES[c].name for c in class_ids],
+        isthing=[r[1] for r in rows],
+        areas=[r[3] for r in rows],
+        boxes=boxes,
+        track_ids=[r[2] for r in rows],
+    )
+    return FrameResult(source="", index=index, width=width, height=height, label_map=label_map, segments=segments)
+
+
 def synthetic_clip(
     width: int, height: int, num_frames: int, seed: int, fps: float = 25.0
-) -> Iterator[tuple[np.ndarray, GroundTruth]]:
+) -> Iterator[tuple[np.ndarray, FrameResult]]:
     """The first ``num_frames`` frames of the scene ``seed`` with their ground truth."""
     scene = SyntheticScene(width, height, fps, seed)
     for _ in range(num_frames):
         yield scene.render()
 
 
-def sample_training_frame(seed: int, width: int, height: int, max_warmup: int = 50) -> tuple[np.ndarray, GroundTruth]:
+def sample_training_frame(seed: int, width: int, height: int, max_warmup: int = 50) -> tuple[np.ndarray, FrameResult]:
     """One frame of scene ``seed`` after a warm-up of 0..``max_warmup`` frames drawn from the seed,
     so frames of different seeds sit at different points of their scenes' lives."""
     warmup = int(np.random.Generator(np.random.PCG64([seed, 1])).integers(0, max_warmup + 1))
@@ -628,7 +625,7 @@ class SyntheticSource:
         self.name = name
         self.live = realtime
         self.num_frames = num_frames
-        self.last_truth: GroundTruth | None = None
+        self.last_truth: FrameResult | None = None
         self._scene = SyntheticScene(width, height, fps, seed)
         self._time_base = 1 / Fraction(fps).limit_denominator(1001)
         self._closed = threading.Event()
@@ -643,6 +640,7 @@ class SyntheticSource:
                 if delay > 0 and self._closed.wait(delay):
                     return
             image, truth = self._scene.render()
+            truth.source = self.name
             self.last_truth = truth
             yield Frame(
                 source=self.name,
@@ -687,8 +685,8 @@ def write_clip(
                 frame = av.VideoFrame.from_ndarray(image, format="rgb24")
                 frame.pts, frame.time_base = index, 1 / rate
                 container.mux(stream.encode(frame))
-                maps.append(truth.panoptic)
-                frames.append([asdict(s) for s in truth.segments])
+                maps.append(truth.label_map)
+                frames.append([_truth_row(segment) for segment in truth.segments])
             container.mux(stream.encode(None))
     except (OSError, av.FFmpegError) as error:
         raise SourceError(f"cannot write synthetic clip {path_video}: {error}") from error
@@ -698,7 +696,11 @@ def write_clip(
         np.savez_compressed(out, panoptic=panoptic, meta=np.array(json.dumps(meta)))
 
 
-def load_truth(path_truth: str | Path) -> list[GroundTruth]:
+def _truth_row(segment: dict) -> dict:
+    return {key: segment[key] for key in ("id", "class_id", "isthing", "track_id", "area")}
+
+
+def load_truth(path_truth: str | Path) -> list[FrameResult]:
     """The per-frame ground truth that ``write_clip`` stored."""
     try:
         with np.load(path_truth, allow_pickle=False) as data:
@@ -706,4 +708,7 @@ def load_truth(path_truth: str | Path) -> list[GroundTruth]:
             meta = json.loads(str(data["meta"]))
     except (OSError, KeyError, ValueError) as error:
         raise SourceError(f"cannot read synthetic ground truth {path_truth}: {error}") from error
-    return [GroundTruth(panoptic[i], [GTSegment(**s) for s in segments]) for i, segments in enumerate(meta["frames"])]
+    return [
+        truth_result(panoptic[i], [(r["class_id"], r["isthing"], r["track_id"], r["area"]) for r in rows], i)
+        for i, rows in enumerate(meta["frames"])
+    ]

@@ -1,4 +1,4 @@
-"""Named EoMT models: the published ones (tue-mps model zoo) and the small one segstream ships."""
+"""Named models: the published EoMT ones (tue-mps model zoo) and the small ones segstream ships."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ from segstream.models.eomt import EoMTConfig, config_for_size
 
 @dataclass(frozen=True, slots=True)
 class Preset:
-    """A named model: architecture, task, label set and where its weights come from.
+    """A named model: its family, architecture, task, label set and where its weights come from.
 
-    ``weights`` is a file name under ``models/weights/`` for shipped models, or an
+    ``family`` names the adapter that runs it (``eomt``); ``config`` is that family's
+    architecture. ``weights`` is a file name under ``models/weights/`` for shipped models, or an
     ``hf://<repo>`` reference for published ones.
     """
 
@@ -20,6 +21,7 @@ class Preset:
     task: str
     label_set: str
     weights: str
+    family: str = "eomt"
 
 
 TASKS = ("panoptic", "semantic", "instance")

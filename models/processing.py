@@ -5,27 +5,39 @@ long side is the input size, padded bottom/right with zeros (``letterbox``); sem
 the frame scaled so its short side is the input size, cut into windows along the long side
 (``semantic_windows``). Pixels are normalised with ImageNet statistics after padding.
 
-Post-processing reproduces the official algorithms while never materialising every query's mask
-at frame resolution: queries are filtered on their class scores first (exactly as the official
-code does), and only the survivors' mask logits are resized to the frame.
+Post-processing reproduces the official algorithms in two modes that differ only in where the
+per-pixel decisions are taken:
+- ``exact``: at frame resolution, as the official code does (mask logits resized to the input
+  size, the padding cropped, resized to the frame); label maps are the official ones.
+- ``fast``: at the model's input resolution (the letterboxed frame), then only the final label
+  map is resized to the frame (nearest neighbour); cost no longer grows with frame size x queries.
+
+Either way queries are filtered on their class scores first (as the official code does), the
+surviving queries' masks are visited a few at a time (never all of them at frame resolution at
+once), and per-pixel winners come from running maxima instead of a reduction across queries.
+Decisions stay on the tensors' device (``Decision``); ``frame_label_map`` brings a decided map,
+once on the host, to frame size with its segments' areas and boxes.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torchvision.transforms.v2.functional import InterpolationMode, resize
 
-from segstream.models.label_sets import LabelSet
-from segstream.models.prediction import FramePrediction, Segment
-
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+POSTPROCESS_MODES = ("fast", "exact")
+# Queries whose masks are resized and compared together: bounds the memory of exact mode at
+# large frames (8 maps of a 4K frame are 265 MB) while keeping the per-chunk overhead small.
+QUERY_CHUNK = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,23 +51,43 @@ class Thresholds:
     overlap: float = 0.8
 
 
+@dataclass(slots=True)
+class Decision:
+    """One frame's segmentation on the device, at the resolution it was decided at.
+
+    ``label_map`` is h x w int32 (-1: no segment), segment i having value i; ``frame`` is the
+    (height, width) it stands for. Per segment: ``class_ids``, ``scores``, ``queries`` (the query
+    that produced it, -1 for none).
+    """
+
+    label_map: Tensor
+    class_ids: Tensor
+    scores: Tensor
+    queries: Tensor
+    frame: tuple[int, int]
+
+
+# --- pre-processing --------------------------------------------------------------------------
+
+
 def normalize(pixels: Tensor) -> Tensor:
-    """0..255 float B x 3 x H x W -> ImageNet-normalised."""
-    mean = pixels.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255
-    std = pixels.new_tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255
-    return (pixels - mean) / std
+    """0..255 B x 3 x H x W (any dtype) -> ImageNet-normalised float32."""
+    mean = torch.tensor(IMAGENET_MEAN, device=pixels.device).view(1, 3, 1, 1) * 255
+    std = torch.tensor(IMAGENET_STD, device=pixels.device).view(1, 3, 1, 1) * 255
+    return (pixels.float() - mean) / std
 
 
 def _resize_rgb(image: Tensor, height: int, width: int) -> Tensor:
-    """H x W x 3 uint8 -> 3 x height x width float in 0..255, bilinear with antialiasing.
+    """H x W x 3 uint8 -> 3 x height x width uint8, bilinear with antialiasing.
 
     torchvision resizes uint8 images with integer rounding, close to the official code's PIL
-    resize and identical to transformers' image processor.
+    resize and identical to transformers' image processor; its fast path wants the channels-last
+    view that ``permute`` of an H x W x 3 image is.
     """
     x = image.permute(2, 0, 1)
     if (height, width) != tuple(image.shape[:2]):
         x = resize(x, [height, width], interpolation=InterpolationMode.BILINEAR, antialias=True)
-    return x.float()
+    return x
 
 
 def letterbox_size(height: int, width: int, size: int) -> tuple[int, int]:
@@ -66,7 +98,7 @@ def letterbox_size(height: int, width: int, size: int) -> tuple[int, int]:
 
 def letterbox(images: list[Tensor], size: int) -> tuple[Tensor, list[tuple[int, int]]]:
     """H x W x 3 uint8 frames -> normalised B x 3 x size x size input, and each scaled size."""
-    batch = images[0].new_zeros((len(images), 3, size, size), dtype=torch.float32)
+    batch = images[0].new_zeros((len(images), 3, size, size), dtype=torch.uint8)
     scaled = []
     for i, image in enumerate(images):
         h, w = letterbox_size(image.shape[0], image.shape[1], size)
@@ -109,136 +141,173 @@ def semantic_windows(images: list[Tensor], size: int) -> tuple[Tensor, list[Wind
     return normalize(torch.stack(windows)), layouts
 
 
-def _to_frame(mask_logits: Tensor, size: int, scaled: tuple[int, int], frame: tuple[int, int]) -> Tensor:
-    """K x m x m logits -> K x H x W: to the input size, crop the padding, to the frame size."""
-    x = F.interpolate(mask_logits[None].float(), (size, size), mode="bilinear", align_corners=False)
-    x = x[:, :, : scaled[0], : scaled[1]]
-    return F.interpolate(x, frame, mode="bilinear", align_corners=False)[0]
+# --- resolution helpers ----------------------------------------------------------------------
 
 
-def segment_stats(label_map: Tensor, count: int) -> tuple[list[int], list[tuple[int, int, int, int]]]:
-    """Area and (x0, y0, x1, y1) box, x1/y1 exclusive, of segments 0..count-1 of a label map."""
+def _mask_resizer(
+    mask_logits: Tensor, size: int, scaled: tuple[int, int], out: tuple[int, int]
+) -> Callable[[Tensor], Tensor]:
+    """A function from query indices to their K x out_h x out_w mask logits: resized to the input
+    size, the letterbox padding cropped, resized to ``out`` (skipped when ``out`` is ``scaled``)."""
+
+    def logits(queries: Tensor) -> Tensor:
+        x = F.interpolate(mask_logits[queries][None].float(), (size, size), mode="bilinear", align_corners=False)
+        x = x[:, :, : scaled[0], : scaled[1]]
+        if tuple(out) != tuple(scaled):
+            x = F.interpolate(x, out, mode="bilinear", align_corners=False)
+        return x[0]
+
+    return logits
+
+
+def _chunks(count: int, device: torch.device) -> Iterator[Tensor]:
+    for first in range(0, count, QUERY_CHUNK):
+        yield torch.arange(first, min(first + QUERY_CHUNK, count), device=device)
+
+
+def nearest_index(source: int, target: int) -> np.ndarray:
+    """For each of ``target`` output lines, the source line a nearest-neighbour resize copies
+    (OpenCV's INTER_NEAREST_EXACT, which picks the line under each output line's centre)."""
+    lines = np.arange(source, dtype=np.int32)[:, None]
+    return cv2.resize(lines, (1, target), interpolation=cv2.INTER_NEAREST_EXACT)[:, 0]
+
+
+def frame_label_map(small: np.ndarray, count: int, frame: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A decided label map (host, int32) at frame size by nearest neighbour, and the areas
+    (int64) and (x0, y0, x1, y1) boxes (int32, x1/y1 exclusive) of its segments 0..count-1.
+
+    Areas and boxes come from the small map, each of its lines weighted by how many frame lines
+    copy it: exactly what the full-size map holds, at the small map's cost.
+    """
+    h, w = small.shape
+    height, width = frame
+    if (h, w) == (height, width):
+        full, rows, cols = small, np.arange(h), np.arange(w)
+    else:
+        full = cv2.resize(small, (width, height), interpolation=cv2.INTER_NEAREST_EXACT)
+        rows, cols = nearest_index(h, height), nearest_index(w, width)
+    areas = np.zeros(count, np.int64)
+    boxes = np.zeros((count, 4), np.int32)
     if count == 0:
-        return [], []
-    h, w = label_map.shape
-    flat = label_map.flatten().long()
-    inside = flat >= 0
-    ids = flat[inside]
-    pos = torch.nonzero(inside).squeeze(1)
-    ys, xs = pos // w, pos % w
-    area = torch.bincount(ids, minlength=count)
-    big = torch.full((count,), max(h, w), dtype=torch.long, device=flat.device)
-    small = torch.full((count,), -1, dtype=torch.long, device=flat.device)
-    x0 = big.scatter_reduce(0, ids, xs, "amin")
-    y0 = big.scatter_reduce(0, ids, ys, "amin")
-    x1 = small.scatter_reduce(0, ids, xs, "amax") + 1
-    y1 = small.scatter_reduce(0, ids, ys, "amax") + 1
-    boxes = torch.stack((x0, y0, x1, y1), dim=1).tolist()
-    return area.tolist(), [tuple(b) for b in boxes]
+        return full, areas, boxes
+    row_repeat = np.bincount(rows, minlength=h)
+    col_repeat = np.bincount(cols, minlength=w)
+    ids = np.where((small >= 0) & (small < count), small, count)  # count: no segment
+    weights = (row_repeat[:, None] * col_repeat[None, :]).ravel()
+    areas[:] = np.bincount(ids.ravel(), weights=weights, minlength=count + 1)[:count].round()
+    y0, y1 = _line_extent(ids, count, row_repeat)
+    x0, x1 = _line_extent(ids.T, count, col_repeat)
+    present = areas > 0
+    boxes[present] = np.stack((x0, y0, x1, y1), axis=1)[present]
+    return full, areas, boxes
 
 
-def _prediction(
-    label_map: Tensor,
-    rows: list[tuple[int, float, int]],
-    labels: LabelSet,
-    embeddings: Tensor,
-) -> FramePrediction:
-    """Assemble the FramePrediction; ``rows[i]`` is (class_id, score, query) of segment i."""
-    areas, boxes = segment_stats(label_map, len(rows))
-    segments = [
-        Segment(
-            id=i,
-            class_id=class_id,
-            label=labels.names[class_id],
-            isthing=labels.isthing[class_id],
-            score=round(float(score), 6),
-            area=int(areas[i]),
-            box=boxes[i],
-            query=query,
-        )
-        for i, (class_id, score, query) in enumerate(rows)
-    ]
-    return FramePrediction(
-        label_map=label_map.to(torch.int32).cpu().numpy(),
-        segments=segments,
-        embeddings=embeddings.float().cpu().numpy(),
-    )
+def _line_extent(ids: np.ndarray, count: int, repeat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """First and one-past-last output line holding each segment, from a lines x ids presence
+    table (one bincount over the map) and where each source line lands in the output."""
+    lines = ids.shape[0]
+    offsets = np.arange(lines)[:, None] * (count + 1)
+    present = np.bincount((ids + offsets).ravel(), minlength=lines * (count + 1)).reshape(lines, count + 1)[:, :count]
+    present = (present > 0) & (repeat > 0)[:, None]
+    end = np.cumsum(repeat)
+    start = end - repeat
+    first = np.where(present, start[:, None], end[-1]).min(0)
+    last = np.where(present, end[:, None], 0).max(0)
+    return first, last
 
 
-def _empty(frame: tuple[int, int], dim: int) -> FramePrediction:
-    return FramePrediction(np.full(frame, -1, np.int32), [], np.zeros((0, dim), np.float32))
+# --- post-processing -------------------------------------------------------------------------
+
+
+def decision_size(mode: str, scaled: tuple[int, int], frame: tuple[int, int]) -> tuple[int, int]:
+    """Where a frame's pixels are decided: the frame (exact) or the letterboxed frame (fast)."""
+    if mode not in POSTPROCESS_MODES:
+        raise ValueError(f"unknown post-processing mode {mode!r}: use {' or '.join(POSTPROCESS_MODES)}")
+    return frame if mode == "exact" else scaled
+
+
+def _empty(size: tuple[int, int], frame: tuple[int, int], device: torch.device) -> Decision:
+    none = torch.zeros(0, dtype=torch.long, device=device)
+    return Decision(torch.full(size, -1, dtype=torch.int32, device=device), none, none.float(), none, frame)
 
 
 def panoptic(
     mask_logits: Tensor,
     class_logits: Tensor,
-    query_embeddings: Tensor,
     size: int,
     scaled: tuple[int, int],
     frame: tuple[int, int],
-    labels: LabelSet,
+    isthing: Tensor,
     thresholds: Thresholds = Thresholds(),
-) -> FramePrediction:
+    mode: str = "exact",
+) -> Decision:
     """One frame's panoptic segmentation from its Q x m x m mask and Q x (C+1) class logits.
 
     Queries whose best class is an object with probability above ``thresholds.score`` compete
-    per pixel by score x mask probability; a query keeps the pixels it wins inside its own mask,
-    and is dropped when it wins less than ``thresholds.overlap`` of that mask (the official rule:
-    won area / own area, kept when >= the threshold). Stuff queries of one class merge.
+    per pixel by score x mask probability (the first query wins ties); a query keeps the pixels it
+    wins inside its own mask, and is dropped when it wins less than ``thresholds.overlap`` of
+    that mask (the official rule: won area / own area, kept when >= the threshold) or nothing at
+    all. Stuff queries of one class merge into the segment of the first of them. ``isthing`` is a
+    bool tensor over the C classes.
     """
+    out = decision_size(mode, scaled, frame)
+    device = mask_logits.device
     probs = class_logits.float().softmax(-1)
     scores, classes = probs.max(-1)
     keep = torch.nonzero((classes != probs.shape[-1] - 1) & (scores > thresholds.score)).squeeze(1)
-    if keep.numel() == 0:
-        return _empty(frame, query_embeddings.shape[-1])
-    mask_probs = _to_frame(mask_logits[keep], size, scaled, frame).sigmoid_()
-    kept_scores = scores[keep]
-    winner = (kept_scores[:, None, None] * mask_probs).argmax(0)
-    own = mask_probs >= thresholds.mask
-    k = keep.numel()
-    own_area = own.flatten(1).sum(1)
-    won_area = torch.bincount(winner.flatten(), minlength=k)
-    inside = own.gather(0, winner[None])[0]
-    final_area = torch.bincount(winner[inside], minlength=k)
-    del mask_probs, own
+    k = int(keep.numel())
+    if k == 0:
+        return _empty(out, frame, device)
+    kept_scores, kept_classes = scores[keep], classes[keep]
+    masks = _mask_resizer(mask_logits, size, scaled, out)
 
-    table = [-1] * k
-    rows: list[tuple[int, float, int]] = []
-    first_query: list[int] = []
-    stuff_segment: dict[int, int] = {}
-    for j, (cls, score, own_a, won_a, final_a) in enumerate(
-        zip(classes[keep].tolist(), kept_scores.tolist(), own_area.tolist(), won_area.tolist(), final_area.tolist())
-    ):
-        if own_a == 0 or won_a == 0 or final_a == 0 or won_a / own_a < thresholds.overlap:
-            continue
-        if not labels.isthing[cls] and cls in stuff_segment:
-            table[j] = stuff_segment[cls]
-            continue
-        table[j] = len(rows)
-        if not labels.isthing[cls]:
-            stuff_segment[cls] = table[j]
-        rows.append((cls, score, int(keep[j])))
-        first_query.append(j)
-    lookup = torch.tensor(table, dtype=torch.long, device=winner.device)
-    label_map = torch.where(inside, lookup[winner], torch.full_like(winner, -1))
-    return _prediction(label_map, rows, labels, query_embeddings[keep[first_query]])
+    best = torch.full(out, -1.0, device=device)  # score x probability >= 0 always beats it
+    winner = torch.zeros(out, dtype=torch.long, device=device)
+    inside = torch.zeros(out, dtype=torch.bool, device=device)
+    own_area = torch.zeros(k, dtype=torch.long, device=device)
+    for chunk in _chunks(k, device):
+        prob = masks(keep[chunk]).sigmoid_()
+        own = prob >= thresholds.mask
+        own_area[chunk] = own.flatten(1).sum(1)
+        value, which = (kept_scores[chunk, None, None] * prob).max(0)
+        better = value > best
+        best = torch.where(better, value, best)
+        winner = torch.where(better, which + chunk[0], winner)
+        inside = torch.where(better, own.gather(0, which[None])[0], inside)
+    won_area = torch.bincount(winner.flatten(), minlength=k)
+    final_area = torch.bincount(winner[inside], minlength=k)
+    valid = (own_area > 0) & (won_area > 0) & (final_area > 0) & (won_area >= thresholds.overlap * own_area)
+
+    # Stuff of one class merges into its first valid query: the leader of each query.
+    stuff = ~isthing[kept_classes]
+    index = torch.arange(k, device=device)
+    same_stuff = (kept_classes[:, None] == kept_classes[None, :]) & stuff[:, None] & stuff[None, :] & valid[None, :]
+    leader = torch.where(same_stuff.any(1), same_stuff.int().argmax(1), index)
+    is_leader = valid & (leader == index)
+    segment_of = torch.cumsum(is_leader.long(), 0) - 1
+    table = torch.where(valid, segment_of[leader], -1)
+    label_map = torch.where(inside, table[winner], -1).int()
+    rows = torch.nonzero(is_leader).squeeze(1)
+    return Decision(label_map, kept_classes[rows], kept_scores[rows], keep[rows], frame)
 
 
 def instance(
     mask_logits: Tensor,
     class_logits: Tensor,
-    query_embeddings: Tensor,
     size: int,
     scaled: tuple[int, int],
     frame: tuple[int, int],
-    labels: LabelSet,
     thresholds: Thresholds = Thresholds(),
+    mode: str = "exact",
     top_k: int = 100,
-) -> FramePrediction:
+) -> Decision:
     """One frame's instances: the official top-k over queries x classes, each scored as class
     probability x mean mask probability inside its mask (logit > 0); those scoring at least
-    ``thresholds.score`` are kept. The label map paints higher scores over lower ones.
+    ``thresholds.score`` are kept. The label map paints higher scores over lower ones, and
+    segments wholly covered by better ones disappear.
     """
+    out = decision_size(mode, scaled, frame)
+    device = mask_logits.device
     probs = class_logits.float().softmax(-1)[:, :-1]
     num_classes = probs.shape[1]
     top_scores, top_index = probs.flatten().topk(min(top_k, probs.numel()))
@@ -246,29 +315,40 @@ def instance(
     candidate = top_scores >= thresholds.score
     top_scores, top_index = top_scores[candidate], top_index[candidate]
     if top_index.numel() == 0:
-        return _empty(frame, query_embeddings.shape[-1])
+        return _empty(out, frame, device)
     queries = top_index // num_classes
     classes = top_index % num_classes
     unique_queries, which = torch.unique(queries, return_inverse=True)
-    logits = _to_frame(mask_logits[unique_queries], size, scaled, frame)
-    masks = logits > 0
-    mask_area = masks.flatten(1).sum(1)
-    mask_scores = (logits.sigmoid() * masks).flatten(1).sum(1) / (mask_area + 1e-6)
+    masks = _mask_resizer(mask_logits, size, scaled, out)
+    u = int(unique_queries.numel())
+    mask_area = torch.zeros(u, dtype=torch.long, device=device)
+    prob_sum = torch.zeros(u, device=device)
+    for chunk in _chunks(u, device):
+        logits = masks(unique_queries[chunk])
+        inside = logits > 0
+        mask_area[chunk] = inside.flatten(1).sum(1)
+        prob_sum[chunk] = (logits.sigmoid() * inside).flatten(1).sum(1)
+    mask_scores = prob_sum / (mask_area + 1e-6)
     final = top_scores * mask_scores[which]
     order = torch.argsort(final, descending=True)
     order = order[(final[order] >= thresholds.score) & (mask_area[which[order]] > 0)]
-    if order.numel() == 0:
-        return _empty(frame, query_embeddings.shape[-1])
-    label_map = torch.full(frame, -1, dtype=torch.long, device=logits.device)
-    for rank in reversed(range(order.numel())):
-        label_map[masks[which[order[rank]]]] = rank
-    # Segments wholly covered by better ones disappear; renumber the visible ones densely.
-    visible = torch.bincount(label_map[label_map >= 0], minlength=order.numel()) > 0
+    n = int(order.numel())
+    if n == 0:
+        return _empty(out, frame, device)
+    # Each pixel shows the best-ranked candidate whose mask covers it: a running minimum of rank.
+    rank_of_query = torch.full((u, n), n, dtype=torch.long, device=device)
+    rank_of_query[which[order], torch.arange(n, device=device)] = torch.arange(n, device=device)
+    shown = torch.full(out, n, dtype=torch.long, device=device)
+    for chunk in _chunks(u, device):
+        inside = masks(unique_queries[chunk]) > 0
+        # A query may head several candidates (one per class): its best rank is what paints.
+        best_rank = rank_of_query[chunk].amin(1)
+        shown = torch.minimum(shown, torch.where(inside, best_rank[:, None, None], n).amin(0))
+    visible = torch.bincount(shown.flatten(), minlength=n + 1)[:n] > 0
     renumber = torch.cumsum(visible.long(), 0) - 1
-    label_map = torch.where(label_map >= 0, renumber[label_map.clamp(min=0)], label_map)
-    order = order[visible]
-    rows = [(int(classes[i]), float(final[i]), int(queries[i])) for i in order.tolist()]
-    return _prediction(label_map, rows, labels, query_embeddings[queries[order]])
+    label_map = torch.where(shown < n, renumber[shown.clamp(max=n - 1)], -1).int()
+    kept = order[visible]
+    return Decision(label_map, classes[kept], final[kept], queries[kept], frame)
 
 
 def semantic(
@@ -277,16 +357,18 @@ def semantic(
     size: int,
     layout: WindowLayout,
     frame: tuple[int, int],
-    labels: LabelSet,
+    mode: str = "exact",
     class_chunk: int = 16,
-) -> FramePrediction:
+) -> Decision:
     """One frame's semantic map from its windows' logits (N x Q x m x m, N x Q x (C+1)).
 
     Per window, per-pixel class scores are sigmoid(mask) weighted by softmax(class) summed over
-    queries; overlapping windows are averaged, and the result is resized to the frame. The final
-    resize and argmax run a few classes at a time, which gives the same answer as resizing all
-    class maps at once without holding C full-resolution maps.
+    queries; overlapping windows are averaged. Exact mode resizes the class scores to the frame
+    and takes the best class there, a few classes at a time (the same answer as resizing all at
+    once without holding C full-resolution maps); fast mode takes the best class at the scaled
+    size. Each class present is one segment, scored by its mean winning score.
     """
+    out = decision_size(mode, layout.scaled, frame)
     class_probs = class_logits.float().softmax(-1)[..., :-1]
     num_classes = class_probs.shape[-1]
     h, w = layout.scaled
@@ -302,10 +384,12 @@ def semantic(
             sums[:, :, start : start + size] += window
             counts[:, :, start : start + size] += 1
     averaged = sums / counts
-    best = torch.full(frame, -math.inf, device=averaged.device)
-    best_class = torch.zeros(frame, dtype=torch.long, device=averaged.device)
+    best = torch.full(out, -math.inf, device=averaged.device)
+    best_class = torch.zeros(out, dtype=torch.long, device=averaged.device)
     for c0 in range(0, num_classes, class_chunk):
-        chunk = F.interpolate(averaged[None, c0 : c0 + class_chunk], frame, mode="bilinear", align_corners=False)[0]
+        chunk = averaged[c0 : c0 + class_chunk]
+        if tuple(out) != (h, w):
+            chunk = F.interpolate(chunk[None], out, mode="bilinear", align_corners=False)[0]
         value, index = chunk.max(0)
         better = value > best
         best = torch.where(better, value, best)
@@ -316,5 +400,5 @@ def semantic(
     label_map = lookup[best_class]
     mean_score = torch.bincount(label_map.flatten(), weights=best.flatten(), minlength=present.numel())
     mean_score = mean_score / torch.bincount(label_map.flatten(), minlength=present.numel()).clamp(min=1)
-    rows = [(int(c), float(s), -1) for c, s in zip(present.tolist(), mean_score.tolist())]
-    return _prediction(label_map, rows, labels, torch.zeros(len(rows), 0))
+    none = torch.full_like(present, -1)
+    return Decision(label_map.int(), present, mean_score.float(), none, frame)

@@ -1,27 +1,102 @@
-"""Frames in, segments out: EoMT with its pre- and post-processing on one device."""
+"""Model families behind one small interface, and EoMT as the first of them.
+
+A family adapter owns what lies between decoded frames and per-frame segments on the model's
+device: pre-processing (``prepare``), the network (``forward``) and post-processing
+(``decide``). The engine calls these three in that order, possibly from two threads (the network
+of one batch overlapping the post-processing of the previous one), and ``results`` brings the
+decisions to the host as ``FrameResult``. ``segment`` runs all of it at once, for scripts and
+tests.
+"""
 
 from __future__ import annotations
 
 from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Any, Protocol, Sequence
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from segstream.models.eomt import EoMT, EoMTOutput
 from segstream.models.label_sets import LabelSet
-from segstream.models.prediction import FramePrediction
-from segstream.models.processing import Thresholds, instance, letterbox, panoptic, semantic, semantic_windows
+from segstream.models.processing import (
+    POSTPROCESS_MODES,
+    Decision,
+    Thresholds,
+    frame_label_map,
+    instance,
+    letterbox,
+    panoptic,
+    semantic,
+    semantic_windows,
+)
+from segstream.models.results import NO_TRACK, FrameResult, Segments
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-class Segmenter:
-    """Runs an EoMT model on batches of H x W x 3 uint8 RGB frames (any sizes, mixed).
+@dataclass(slots=True)
+class Prepared:
+    """A batch ready for the network: ``pixels`` N x 3 x S x S (N frames, or windows of them),
+    each frame's (height, width) and how it was laid out (letterboxed size or window layout)."""
+
+    pixels: Tensor
+    frames: list[tuple[int, int]]
+    layouts: list[Any]
+    extra: dict = field(default_factory=dict)
+
+
+class FamilyAdapter(Protocol):
+    """One model family, as the engine drives it. ``prepare`` takes H x W x 3 uint8 frames
+    already on ``device``; ``decide`` returns one ``Decision`` per frame, still on the device, and
+    ``embeddings`` the per-segment embeddings of those decisions (S x D, D may be 0)."""
+
+    name: str
+    family: str
+    labels: LabelSet
+    device: torch.device
+    batch_buckets: tuple[int, ...]
+
+    def prepare(self, frames: list[Tensor]) -> Prepared: ...
+
+    def forward(self, prepared: Prepared) -> Any: ...
+
+    def decide(self, outputs: Any, prepared: Prepared) -> list[Decision]: ...
+
+    def embeddings(self, outputs: Any, prepared: Prepared, index: int, decision: Decision) -> Tensor: ...
+
+
+def default_precision(device: torch.device) -> str:
+    """The faster precision that keeps results: bf16 where the hardware computes it natively
+    (CUDA with bf16 support, CPUs with AMX or AVX-512 BF16), else fp16 on CUDA and fp32 on CPU."""
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
+
+
+def batch_buckets(max_batch: int) -> tuple[int, ...]:
+    """Batch sizes a compiled network is specialised for: powers of two up to ``max_batch``, and
+    ``max_batch`` itself. A batch runs padded to the smallest bucket that holds it."""
+    sizes = {max_batch}
+    size = 1
+    while size < max_batch:
+        sizes.add(size)
+        size *= 2
+    return tuple(sorted(sizes))
+
+
+class EoMTSegmenter:
+    """EoMT on batches of H x W x 3 uint8 RGB frames (any sizes, mixed), on one device.
 
     ``precision`` bf16/fp16 run the network under autocast; post-processing is always fp32.
-    ``compile`` wraps the network in ``torch.compile``; with ``static_batch`` set, the network
-    always sees batches of exactly that size, so the compiled graph keeps one static shape.
+    ``postprocess`` is ``exact`` (decisions at frame resolution, the official label maps) or
+    ``fast`` (decisions at input resolution, label map resized). ``compile`` wraps the network in
+    ``torch.compile``; the network then always sees one of ``batch_buckets`` batch sizes (inputs
+    are zero-padded up to the next one), so each bucket keeps one static graph.
     """
+
+    family = "eomt"
 
     def __init__(
         self,
@@ -32,8 +107,9 @@ class Segmenter:
         device: str | torch.device = "cpu",
         precision: str = "fp32",
         thresholds: Thresholds = Thresholds(),
+        postprocess: str = "exact",
         compile: bool = False,
-        static_batch: int | None = None,
+        max_batch: int = 8,
     ):
         if task not in ("panoptic", "semantic", "instance"):
             raise ValueError(f"unknown task {task!r}: use panoptic, semantic or instance")
@@ -41,6 +117,8 @@ class Segmenter:
             raise ValueError(
                 f"label set {labels.name} has {labels.num_classes} classes, the model {model.cfg.num_classes}"
             )
+        if postprocess not in POSTPROCESS_MODES:
+            raise ValueError(f"unknown post-processing mode {postprocess!r}: use {' or '.join(POSTPROCESS_MODES)}")
         self.device = torch.device(device)
         self.model = model.eval().to(self.device)
         self.task = task
@@ -49,75 +127,130 @@ class Segmenter:
         self.precision = precision
         self.dtype = PRECISIONS[precision]
         self.thresholds = thresholds
-        self.static_batch = static_batch if compile else None
+        self.postprocess = postprocess
+        self.batch_buckets = batch_buckets(max_batch) if compile else ()
         self.network = torch.compile(self.model, dynamic=False) if compile else self.model
+        self._isthing = torch.tensor(labels.isthing, device=self.device)
 
     @property
     def size(self) -> int:
         return self.model.cfg.img_size
 
-    def forward(self, pixels: torch.Tensor) -> EoMTOutput:
-        """The network alone on normalised input. Compiled with ``static_batch``, the input runs
-        in chunks of exactly that many images (the last one zero-padded), so frames and semantic
-        windows of any count reuse the one compiled graph."""
-        autocast = torch.autocast(self.device.type, dtype=self.dtype) if self.dtype != torch.float32 else nullcontext()
-        n, step = pixels.shape[0], self.static_batch
-        if not step or n == 0:
-            with autocast:
-                return EoMTOutput(*self.network(pixels))
-        chunks = []
-        for first in range(0, n, step):
-            chunk = pixels[first : first + step]
-            if chunk.shape[0] < step:
-                chunk = torch.cat((chunk, chunk.new_zeros((step - chunk.shape[0], *chunk.shape[1:]))))
-            with autocast:
-                chunks.append(self.network(chunk))
-        return EoMTOutput(*(torch.cat(parts)[:n] for parts in zip(*chunks)))
+    # --- the three steps the engine drives ---------------------------------------------------
 
-    @torch.inference_mode()
-    def segment(self, images: list[np.ndarray]) -> list[FramePrediction]:
-        if not images:
-            return []
-        pin = self.device.type == "cuda"
-        frames = [self._upload(image, pin) for image in images]
+    def prepare(self, frames: list[Tensor]) -> Prepared:
         sizes = [(int(f.shape[0]), int(f.shape[1])) for f in frames]
         if self.task == "semantic":
-            return self._segment_semantic(frames, sizes)
-        pixels, scaled = letterbox(frames, self.size)
-        out = self.forward(pixels)
-        post = panoptic if self.task == "panoptic" else instance
+            pixels, layouts = semantic_windows(frames, self.size)
+        else:
+            pixels, layouts = letterbox(frames, self.size)
+        return Prepared(pixels, sizes, layouts)
+
+    @torch.inference_mode()
+    def forward(self, prepared: Prepared) -> EoMTOutput:
+        """The network alone on normalised input. With buckets, the input runs in chunks of
+        bucket sizes (the last one zero-padded), so any count of frames or semantic windows
+        reuses the compiled graphs."""
+        pixels = prepared.pixels
+        autocast = torch.autocast(self.device.type, dtype=self.dtype) if self.dtype != torch.float32 else nullcontext()
+        n = pixels.shape[0]
+        if not self.batch_buckets or n == 0:
+            with autocast:
+                return EoMTOutput(*self.network(pixels))
+        chunks, first = [], 0
+        largest = self.batch_buckets[-1]
+        while first < n:
+            count = min(largest, n - first)
+            bucket = next(b for b in self.batch_buckets if b >= count)
+            chunk = pixels[first : first + count]
+            if bucket > count:
+                chunk = torch.cat((chunk, chunk.new_zeros((bucket - count, *chunk.shape[1:]))))
+            with autocast:
+                chunks.append([t[:count] for t in self.network(chunk)])
+            first += count
+        return EoMTOutput(*(torch.cat(parts) for parts in zip(*chunks)))
+
+    @torch.inference_mode()
+    def decide(self, outputs: EoMTOutput, prepared: Prepared) -> list[Decision]:
+        if self.task == "semantic":
+            decisions, first = [], 0
+            for layout, frame in zip(prepared.layouts, prepared.frames):
+                last = first + len(layout.starts)
+                decisions.append(
+                    semantic(outputs.mask_logits[first:last], outputs.class_logits[first:last], self.size,
+                             layout, frame, self.postprocess)
+                )
+                first = last
+            return decisions
+        if self.task == "panoptic":
+            return [
+                panoptic(outputs.mask_logits[i], outputs.class_logits[i], self.size, prepared.layouts[i],
+                         prepared.frames[i], self._isthing, self.thresholds, self.postprocess)
+                for i in range(len(prepared.frames))
+            ]
         return [
-            post(
-                out.mask_logits[i],
-                out.class_logits[i],
-                out.query_embeddings[i],
-                self.size,
-                scaled[i],
-                sizes[i],
-                self.labels,
-                self.thresholds,
-            )
-            for i in range(len(frames))
+            instance(outputs.mask_logits[i], outputs.class_logits[i], self.size, prepared.layouts[i],
+                     prepared.frames[i], self.thresholds, self.postprocess)
+            for i in range(len(prepared.frames))
         ]
 
-    def _segment_semantic(self, frames: list[torch.Tensor], sizes: list[tuple[int, int]]) -> list[FramePrediction]:
-        windows, layouts = semantic_windows(frames, self.size)
-        out = self.forward(windows)
-        results, first = [], 0
-        for layout, size in zip(layouts, sizes):
-            last = first + len(layout.starts)
-            results.append(
-                semantic(
-                    out.mask_logits[first:last], out.class_logits[first:last], self.size, layout, size, self.labels
-                )
-            )
-            first = last
-        return results
+    def embeddings(self, outputs: EoMTOutput, prepared: Prepared, index: int, decision: Decision) -> Tensor:
+        """The final-normed query token of each segment's query (S x D); none for semantic."""
+        if self.task == "semantic":
+            return outputs.query_embeddings.new_zeros((int(decision.queries.numel()), 0))
+        return outputs.query_embeddings[index][decision.queries]
 
-    def _upload(self, image: np.ndarray, pin: bool) -> torch.Tensor:
-        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-            raise ValueError(f"frames must be H x W x 3 uint8 RGB, got {image.dtype} {image.shape}")
-        tensor = torch.from_numpy(np.ascontiguousarray(image))
-        if pin:
-            tensor = tensor.pin_memory()
-        return tensor.to(self.device, non_blocking=True)
+    # --- everything at once ---------------------------------------------------------------
+
+    @torch.inference_mode()
+    def segment(self, images: Sequence[np.ndarray]) -> list[FrameResult]:
+        """Frames in, results out (label maps and segments only; no source metadata)."""
+        if not images:
+            return []
+        frames = [upload(image, self.device) for image in images]
+        prepared = self.prepare(frames)
+        outputs = self.forward(prepared)
+        return results(self, outputs, prepared, self.decide(outputs, prepared))
+
+
+def upload(image: np.ndarray, device: torch.device) -> Tensor:
+    """An H x W x 3 uint8 RGB frame as a tensor on ``device``."""
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"frames must be H x W x 3 uint8 RGB, got {image.dtype} {image.shape}")
+    return torch.from_numpy(np.ascontiguousarray(image)).to(device)
+
+
+def results(adapter: FamilyAdapter, outputs: Any, prepared: Prepared, decisions: list[Decision]) -> list[FrameResult]:
+    """The decisions as host ``FrameResult``s: label maps at frame size with segment columns.
+
+    Only the compact parts leave the device: the label map, the segment columns (one copy) and
+    the segments' embeddings.
+    """
+    names = np.array(adapter.labels.names, dtype=object)
+    isthing = np.array(adapter.labels.isthing, dtype=bool)
+    out = []
+    for i, decision in enumerate(decisions):
+        # The segment columns travel together: one copy from the device for all of them.
+        columns = torch.stack(
+            (decision.class_ids.double(), decision.queries.double(), decision.scores.double()), dim=1
+        ).cpu().numpy()
+        embeddings = adapter.embeddings(outputs, prepared, i, decision).float().cpu().numpy()
+        class_ids = columns[:, 0].astype(np.int32)
+        label_map, areas, boxes = frame_label_map(decision.label_map.cpu().numpy(), len(class_ids), decision.frame)
+        segments = Segments(
+            ids=np.arange(len(class_ids), dtype=np.int32),
+            class_ids=class_ids,
+            labels=names[class_ids],
+            isthing=isthing[class_ids],
+            scores=columns[:, 2].astype(np.float32).round(6),
+            areas=areas,
+            boxes=boxes,
+            queries=columns[:, 1].astype(np.int32),
+            embeddings=embeddings,
+            track_ids=np.full(len(class_ids), NO_TRACK, np.int64),
+            track_ages=np.zeros(len(class_ids), np.int32),
+        )
+        height, width = decision.frame
+        out.append(FrameResult(source="", index=i, width=width, height=height, label_map=label_map,
+                               segments=segments, model=adapter.name))
+    return out

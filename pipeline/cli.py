@@ -22,6 +22,9 @@ if TYPE_CHECKING:
     from segstream.pipeline.runtime import RunReport
 
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+# Frames of this size (height, width) warm the model up before the sources start: the network's
+# input size does not depend on the frame's, so any size compiles what the run will use.
+WARM_UP_FRAME = (480, 640)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -88,12 +91,29 @@ def _parser() -> argparse.ArgumentParser:
     tail.add_argument("--follow", action="store_true", help="keep printing new entries as they arrive")
     tail.set_defaults(command=_tail)
 
+    bench = commands.add_parser(
+        "bench", help="measure the network alone, the pipeline and a naive loop on a config, in one run"
+    )
+    bench.add_argument("config", type=Path, metavar="CONFIG")
+    overrides(bench)
+    bench.add_argument("--sources", type=int, default=1, metavar="N", help="run N copies of the first source")
+    bench.add_argument("--frames", type=int, default=None, metavar="N",
+                       help="frames per source (files loop to last that long); default: each source once")
+    bench.add_argument("--naive-frames", type=int, default=100, metavar="N", help="frames of the naive loop")
+    bench.add_argument("--network-seconds", type=float, default=3.0, metavar="S",
+                       help="how long to time the network alone (default %(default)s)")
+    bench.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    bench.set_defaults(command=_bench)
+
     evaluate = commands.add_parser("evaluate", help="measure segmentation quality on synthetic scenes")
     evaluate.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], metavar="SEED")
     evaluate.add_argument("--frames", type=int, default=50, metavar="N", help="frames per seed")
     evaluate.add_argument("--size", type=int, nargs=2, default=[640, 480], metavar=("WIDTH", "HEIGHT"))
     evaluate.add_argument("--checkpoint", default=None, help="local path or hf://org/name; default: the preset's weights")
     evaluate.add_argument("--preset", default=None, help="a model trained on synthetic scenes (default: the shipped one)")
+    evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default %(default)s)")
+    evaluate.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    evaluate.add_argument("--postprocess", default="fast", choices=["fast", "exact"])
     evaluate.set_defaults(command=_evaluate)
     return parser
 
@@ -116,6 +136,12 @@ def _tail(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from segstream.pipeline.bench import main_bench
+
+    return main_bench(args)
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     from segstream.pipeline.evaluation import main_evaluate
 
@@ -130,21 +156,27 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_pipeline(cfg: PipelineConfig, max_frames: int | None = None) -> RunReport:
+def run_pipeline(cfg: PipelineConfig, max_frames: int | None = None, progress=True) -> RunReport:
     """Build model, sinks and sources from ``cfg`` and run them; Ctrl-C/SIGTERM drain."""
-    from segstream.pipeline.model_factory import build_segmenter
-    from segstream.pipeline.runtime import Runtime, build_sources
-    from segstream.pipeline.sinks import build_sinks
+    import torch
 
-    segmenter = build_segmenter(cfg.model, batch_size=cfg.engine.batch_size)
-    sinks = build_sinks(cfg.sinks, segmenter.name)
+    from segstream.pipeline.builders import build_sinks, build_sources
+    from segstream.pipeline.model_factory import build_segmenter
+    from segstream.pipeline.runtime import Runtime
+
+    if cfg.engine.threads is not None:
+        torch.set_num_threads(cfg.engine.threads)
+    adapter = build_segmenter(cfg.model, batch_size=cfg.engine.batch_size)
+    sinks = build_sinks(cfg.sinks)
     try:
         sources = build_sources(cfg.sources)
     except BaseException:
         for sink in sinks:
             sink.close()
         raise
-    runtime = Runtime.from_config(cfg, sources, segmenter, sinks, max_frames=max_frames)
+    runtime = Runtime.from_config(
+        cfg, sources, adapter, sinks, max_frames=max_frames, warm_up=WARM_UP_FRAME, progress=progress
+    )
     with _DrainOnSignal(runtime):
         return runtime.run()
 

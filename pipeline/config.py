@@ -83,14 +83,21 @@ SourceConfig = Annotated[Union[FileSourceConfig, SyntheticSourceConfig], Field(d
 
 
 class ModelConfig(Strict):
-    """Which EoMT model runs and how; ``checkpoint: null`` uses the preset's own weights."""
+    """Which model runs and how; ``checkpoint: null`` uses the preset's own weights.
+
+    ``precision: auto`` is bf16 where the hardware computes it natively (CUDA GPUs with bf16,
+    CPUs with AMX or AVX-512 BF16), else fp16 on CUDA and fp32 on the CPU. ``postprocess``
+    decides each pixel at the model's input resolution and resizes the label map (``fast``) or
+    decides at frame resolution as the official code does (``exact``).
+    """
 
     preset: Annotated[str, Field(min_length=1)] = "synthetic_eomt_tiny_256"
     checkpoint: str | None = None
     task: Literal["panoptic", "semantic", "instance"] = "panoptic"
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     device: Annotated[str, Field(pattern=r"^(auto|cpu|cuda|cuda:\d+)$")] = "auto"
     compile: bool = False
+    postprocess: Literal["fast", "exact"] = "fast"
     score_threshold: Fraction01 = 0.8
     mask_threshold: Fraction01 = 0.5
     overlap_threshold: Fraction01 = 0.8
@@ -112,11 +119,15 @@ class ModelConfig(Strict):
 
 
 class EngineConfig(Strict):
-    """Batching of the model stage: up to ``batch_size`` frames from all sources together,
-    waiting at most ``max_wait_ms`` after the first frame of a batch."""
+    """The model stage: batches of up to ``batch_size`` frames from all sources together,
+    formed within ``max_wait_ms`` of a batch's first frame; at most ``max_inflight`` batches
+    between the start of their network and the end of their post-processing. ``threads`` is
+    torch's intra-op thread count (null: one per core)."""
 
     batch_size: PositiveInt = 4
     max_wait_ms: Annotated[float, Field(ge=0)] = 20.0
+    max_inflight: PositiveInt = 2
+    threads: PositiveInt | None = None
 
 
 def _empty_is_null(value: Any) -> Any:
@@ -125,15 +136,19 @@ def _empty_is_null(value: Any) -> Any:
 
 
 class RedisSinkConfig(Strict):
-    """Redis Streams, one stream per source; ``url: null`` starts an embedded Redis."""
+    """Redis Streams, one stream per source; ``url: null`` starts an embedded Redis. Entries go
+    out in pipelined batches of up to ``pipeline_size``, none waiting longer than
+    ``max_batch_delay_ms``."""
 
     enabled: bool = True
     url: str | None = None
     password: str | None = None
     stream: str = "segstream:{source}:frames"
+    events_stream: str = "segstream:{source}:events"
     maxlen: PositiveInt = 10000
     mask_encoding: Literal["rle", "idmap"] = "rle"
     pipeline_size: PositiveInt = 32
+    max_batch_delay_ms: Annotated[float, Field(ge=0)] = 20.0
 
     _nulls = field_validator("url", "password", mode="before")(_empty_is_null)
 
@@ -159,7 +174,7 @@ class RedisSinkConfig(Strict):
                 raise ValueError(f"'{shown}' names no host — {hint}")
         return url
 
-    @field_validator("stream")
+    @field_validator("stream", "events_stream")
     @classmethod
     def _stream_template(cls, stream: str) -> str:
         try:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Protocol
 
 import numpy as np
 import torch
@@ -21,14 +20,9 @@ from torchmetrics.detection import PanopticQuality
 from tqdm import tqdm
 
 from segstream.connectors.errors import ConfigError
-from segstream.connectors.synthetic import CLASSES, LABEL_SET, GroundTruth, synthetic_clip
+from segstream.connectors.synthetic import CLASSES, LABEL_SET, synthetic_clip
 from segstream.models.label_sets import LabelSet
-from segstream.models.prediction import FramePrediction
-
-
-class _Labelled(Protocol):
-    id: int
-    class_id: int
+from segstream.models.results import FrameResult, Segments
 
 
 class PanopticTally:
@@ -49,23 +43,18 @@ class PanopticTally:
             return_per_class=True,
         )
 
-    def add(
-        self,
-        pred_map: np.ndarray,
-        pred_segments: Sequence[_Labelled],
-        gt_map: np.ndarray,
-        gt_segments: Sequence[_Labelled],
-    ) -> None:
-        """Count one frame. Maps are H x W segment ids (-1 or any unlisted id: no segment)."""
+    def add(self, prediction: FrameResult, truth: FrameResult) -> None:
+        """Count one frame. Label maps hold segment ids (-1 or any unlisted id: no segment)."""
+        pred_map, gt_map = prediction.label_map, truth.label_map
         if pred_map.shape != gt_map.shape:
             raise ValueError(f"prediction map is {pred_map.shape}, ground truth {gt_map.shape}")
         known = set(self.thing_ids) | set(self.stuff_ids)
-        strange = sorted({s.class_id for s in pred_segments} - known)
+        strange = sorted({int(c) for c in prediction.segments.class_ids} - known)
         if strange:
             raise ValueError(f"predicted class ids {strange} are not in the label set")
-        preds = _pairs(pred_map, pred_segments, self.unlabelled)
+        preds = _pairs(pred_map, prediction.segments, self.unlabelled)
         # -1 is no class at all, which torchmetrics reads as void in the ground truth.
-        target = _pairs(gt_map, gt_segments, -1)
+        target = _pairs(gt_map, truth.segments, -1)
         self._metric.update(preds[None], target[None])
         self.frames += 1
 
@@ -104,15 +93,15 @@ class PanopticTally:
         return result
 
 
-def _pairs(label_map: np.ndarray, segments: Sequence[_Labelled], no_class: int) -> torch.Tensor:
+def _pairs(label_map: np.ndarray, segments: Segments, no_class: int) -> torch.Tensor:
     """H x W x 2 (category, instance) as torchmetrics wants it; instance is the segment id."""
-    ids = np.array([s.id for s in segments], dtype=np.int64)
+    ids = segments.ids.astype(np.int64)
     top = int(ids.max()) if len(ids) else 0
     if len(ids) and ids.min() < 0:
         raise ValueError(f"segment ids must be >= 0, got {int(ids.min())}")
     # Lookup index: id + 1 for listed ids, 0 for -1 and for anything unlisted or out of range.
     lookup = np.full(top + 3, no_class, dtype=np.int64)
-    lookup[ids + 1] = [s.class_id for s in segments]
+    lookup[ids + 1] = segments.class_ids
     index = np.clip(label_map.astype(np.int64), -1, top + 1) + 1
     category = lookup[index]
     instance = np.where(category == no_class, 0, label_map)
@@ -120,28 +109,22 @@ def _pairs(label_map: np.ndarray, segments: Sequence[_Labelled], no_class: int) 
 
 
 def panoptic_quality(
-    pred_maps: Sequence[np.ndarray],
-    pred_segments: Sequence[Sequence[_Labelled]],
-    gt_maps: Sequence[np.ndarray],
-    gt_segments: Sequence[Sequence[_Labelled]],
+    predictions: Sequence[FrameResult],
+    truths: Sequence[FrameResult],
     thing_ids: Iterable[int],
     stuff_ids: Iterable[int],
 ) -> dict:
-    """PQ of predicted against ground-truth frames, matched frame by frame; see ``PanopticTally``.
-
-    Predictions are label maps (H x W int32, -1 = no segment) with segments carrying ``.id`` and
-    ``.class_id`` (``models.prediction.Segment``); ground truth the same (``GroundTruth``).
-    """
-    if not len(pred_maps) == len(pred_segments) == len(gt_maps) == len(gt_segments):
+    """PQ of predicted against ground-truth frames, matched frame by frame; see ``PanopticTally``."""
+    if len(predictions) != len(truths):
         raise ValueError("predictions and ground truth must list the same number of frames")
     tally = PanopticTally(thing_ids, stuff_ids)
-    for frame in zip(pred_maps, pred_segments, gt_maps, gt_segments):
-        tally.add(*frame)
+    for prediction, truth in zip(predictions, truths):
+        tally.add(prediction, truth)
     return tally.summary()
 
 
 def evaluate_segmenter(
-    segment_fn: Callable[[list[np.ndarray]], list[FramePrediction]],
+    segment_fn: Callable[[list[np.ndarray]], list[FrameResult]],
     seeds: Sequence[int],
     width: int,
     height: int,
@@ -172,12 +155,12 @@ def evaluate_segmenter(
             if len(predictions) != len(batch):
                 raise ValueError(f"segment_fn returned {len(predictions)} predictions for {len(batch)} frames")
             for prediction, (_, truth) in zip(predictions, batch):
-                tally.add(prediction.label_map, prediction.segments, truth.panoptic, truth.segments)
+                tally.add(prediction, truth)
             bar.update(len(batch))
     return tally.summary()
 
 
-def _frames(seeds: Sequence[int], width: int, height: int, num_frames: int) -> Iterator[tuple[np.ndarray, GroundTruth]]:
+def _frames(seeds: Sequence[int], width: int, height: int, num_frames: int) -> Iterator[tuple[np.ndarray, FrameResult]]:
     for seed in seeds:
         yield from synthetic_clip(width, height, num_frames, seed)
 
@@ -191,11 +174,17 @@ def main_evaluate(args) -> int:
     from segstream.pipeline.config import ModelConfig
     from segstream.pipeline.model_factory import build_segmenter
 
-    model_cfg = ModelConfig(preset=args.preset or SYNTHETIC_TINY.name, checkpoint=args.checkpoint)
+    model_cfg = ModelConfig(
+        preset=args.preset or SYNTHETIC_TINY.name, checkpoint=args.checkpoint, device=args.device,
+        precision=args.precision, postprocess=args.postprocess,
+    )
     segmenter = build_segmenter(model_cfg)
     width, height = args.size
     result = evaluate_segmenter(segmenter.segment, args.seeds, width, height, args.frames, segmenter.labels)
-    print(f"model {segmenter.name}: {result['frames']} frames, {width}x{height}, seeds {' '.join(map(str, args.seeds))}")
+    print(
+        f"model {segmenter.name} ({segmenter.precision}, {segmenter.postprocess} post-processing): "
+        f"{result['frames']} frames, {width}x{height}, seeds {' '.join(map(str, args.seeds))}"
+    )
     print(f"{'':8}{'PQ':>8}{'SQ':>8}{'RQ':>8}")
     for group, suffix in (("all", ""), ("things", "_things"), ("stuff", "_stuff")):
         row = [result[f"{m}{suffix}"] for m in ("pq", "sq", "rq")]

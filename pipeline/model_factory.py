@@ -1,15 +1,21 @@
-"""From the ``model:`` section of a pipeline config to a ready Segmenter."""
+"""From the ``model:`` section of a pipeline config to a ready model-family adapter.
+
+The preset's ``family`` picks the builder (a registry keyed by family name); each builder loads
+the weights and wraps the network in that family's adapter (``segstream.models.segmenter``).
+"""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 
 from segstream.connectors.checkpoints import load_eomt
 from segstream.connectors.errors import ConfigError
 from segstream.models.label_sets import load_label_set
-from segstream.models.presets import PRESETS, get_preset
+from segstream.models.presets import PRESETS, Preset, get_preset
 from segstream.models.processing import Thresholds
-from segstream.models.segmenter import Segmenter
+from segstream.models.segmenter import EoMTSegmenter, FamilyAdapter, default_precision
 
 
 def resolve_device(device: str) -> torch.device:
@@ -21,8 +27,38 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def build_segmenter(model_cfg, batch_size: int | None = None) -> Segmenter:
-    """The configured model on its device, weights loaded, ready to ``segment`` frames."""
+def resolve_precision(precision: str, device: torch.device) -> str:
+    if precision == "auto":
+        return default_precision(device)
+    if device.type == "cpu" and precision == "fp16":
+        raise ConfigError("model.precision: fp16 needs a GPU — use fp32, bf16 or auto on the CPU")
+    return precision
+
+
+def _build_eomt(preset: Preset, model_cfg, device: torch.device, precision: str, max_batch: int) -> EoMTSegmenter:
+    model = load_eomt(preset, model_cfg.checkpoint)
+    thresholds = Thresholds(
+        score=model_cfg.score_threshold, mask=model_cfg.mask_threshold, overlap=model_cfg.overlap_threshold
+    )
+    return EoMTSegmenter(
+        model,
+        task=preset.task,
+        labels=load_label_set(preset.label_set),
+        name=preset.name,
+        device=device,
+        precision=precision,
+        thresholds=thresholds,
+        postprocess=model_cfg.postprocess,
+        compile=model_cfg.compile,
+        max_batch=max_batch,
+    )
+
+
+FAMILY_BUILDERS: dict[str, Callable[..., FamilyAdapter]] = {"eomt": _build_eomt}
+
+
+def build_segmenter(model_cfg, batch_size: int = 8) -> FamilyAdapter:
+    """The configured model on its device, weights loaded, behind its family's adapter."""
     if model_cfg.preset not in PRESETS:
         raise ConfigError(f"model.preset: unknown preset '{model_cfg.preset}' — known presets: {', '.join(PRESETS)}")
     preset = get_preset(model_cfg.preset)
@@ -31,22 +67,8 @@ def build_segmenter(model_cfg, batch_size: int | None = None) -> Segmenter:
             f"model.task: preset {preset.name} is a {preset.task} model, the config asks for {model_cfg.task} — "
             f"set model.task to {preset.task} or choose a {model_cfg.task} preset"
         )
+    builder = FAMILY_BUILDERS.get(preset.family)
+    if builder is None:
+        raise ConfigError(f"model.preset: {preset.name} is of family {preset.family!r}, which this segstream cannot run")
     device = resolve_device(model_cfg.device)
-    precision = model_cfg.precision
-    if device.type == "cpu" and precision == "fp16":
-        raise ConfigError("model.precision: fp16 needs a GPU — use fp32 or bf16 on the CPU")
-    model = load_eomt(preset, model_cfg.checkpoint)
-    thresholds = Thresholds(
-        score=model_cfg.score_threshold, mask=model_cfg.mask_threshold, overlap=model_cfg.overlap_threshold
-    )
-    return Segmenter(
-        model,
-        task=preset.task,
-        labels=load_label_set(preset.label_set),
-        name=preset.name,
-        device=device,
-        precision=precision,
-        thresholds=thresholds,
-        compile=model_cfg.compile,
-        static_batch=batch_size,
-    )
+    return builder(preset, model_cfg, device, resolve_precision(model_cfg.precision, device), batch_size)

@@ -1,48 +1,48 @@
 """Threads, bounded queues, back-pressure, batching and shutdown for one pipeline run.
 
-One decoding thread per source feeds that source's bounded queue; one model thread takes batches
-across all queues (round-robin) and runs the segmenter; one publishing thread hands each
-(frame, prediction) to every sink. Offline sources block when their queue is full (nothing is
-lost); live sources drop their oldest queued frame instead (counted per source). Stages know
-nothing of this: a source yields frames, the segmenter maps images to predictions, a sink
-publishes one pair at a time.
+    source threads ─► Batcher ─► model thread ─► post thread ─► stage thread ─► sink thread
+    (decode, one      (FIFO per   (upload, pre,   (post-process,  (per-source     (publish to
+     per source)       source)     network)        to the host)    stages, in      every sink,
+                                                                   frame order)    poll, flush)
+
+At most ``max_inflight`` batches are between the model thread and the end of post-processing.
+Offline sources block when their queue is full (nothing is lost); live sources drop their
+oldest queued frame instead. Each source's results reach the per-source stages (the tracker's
+slot) and the sinks in frame order. Stages know nothing of this: a source yields frames, the
+model stage maps batches to results, a per-source stage maps one result to one result, a sink
+publishes one result at a time.
 """
 
 from __future__ import annotations
 
+import math
 import queue
 import sys
 import threading
 import time
-from collections import deque
-from dataclasses import dataclass
-from typing import Iterable, Mapping, Protocol, Sequence, TextIO
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, TextIO
 
-import numpy as np
-
-from segstream.connectors.frames import Frame
+from segstream.connectors.sink import Sink
 from segstream.connectors.source import VideoSource
-from segstream.models.prediction import FramePrediction
-from segstream.pipeline.config import FileSourceConfig, PipelineConfig, SourceConfig
+from segstream.models.results import Event, FrameResult
+from segstream.models.segmenter import FamilyAdapter
+from segstream.pipeline.engine import Batcher, ModelStage
+from segstream.pipeline.metrics import RunMetrics
+
+THREAD_PREFIX = "segstream-"
+_END = object()
+_POLL_IDLE_S = 0.5
 
 
-class Segmenter(Protocol):
-    """The model stage: H x W x 3 uint8 RGB images in, one prediction per image out, in order."""
+class FrameStage(Protocol):
+    """A stage after the model that sees one source's results in frame order (a tracker)."""
 
-    name: str
-
-    def segment(self, images: list[np.ndarray]) -> list[FramePrediction]: ...
+    def process(self, result: FrameResult) -> FrameResult: ...
 
 
-class Sink(Protocol):
-    """Where results go. ``publish`` is called from one thread, in order per source; ``close``
-    may be called twice (the second time from another thread when a run is aborted)."""
-
-    def publish(self, frame: Frame, prediction: FramePrediction) -> None: ...
-
-    def flush(self) -> None: ...
-
-    def close(self) -> None: ...
+StageFactory = Callable[[str], FrameStage]  # source name -> that source's stage
 
 
 @dataclass(slots=True)
@@ -51,20 +51,24 @@ class SourceReport:
     published: int = 0
     dropped: int = 0
     decode_errors: int = 0
+    dropped_by: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
 class RunReport:
-    """Counts of one run. ``decoded == published + dropped`` for every source when the run ends
-    without error; ``stopped`` tells a run ended by ``stop()`` from one whose sources ran out."""
+    """Counts and latencies of one run. ``decoded == published + dropped`` for every source when
+    the run ends without error; ``stopped`` tells a run ended by ``stop()`` from one whose sources
+    ran out. Latencies are capture to publish (as the first sink wrote each entry), in ms."""
 
     sources: dict[str, SourceReport]
     batches: int
     model_frames: int
     elapsed_s: float
     stopped: bool
-    latency_ms_mean: float
+    latency_ms_p50: float
+    latency_ms_p99: float
     latency_ms_max: float
+    stages: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @property
     def decoded(self) -> int:
@@ -93,150 +97,150 @@ class RunReport:
     def summary(self) -> str:
         mean_batch = self.model_frames / self.batches if self.batches else 0.0
         per_source = ", ".join(
-            f"{name} {s.published}/{s.decoded}" + (f" dropped {s.dropped}" if s.dropped else "")
+            f"{name} {s.published}/{s.decoded}"
+            + (f" dropped {s.dropped} ({', '.join(f'{k} {v}' for k, v in sorted(s.dropped_by.items()))})" if s.dropped else "")
             + (f" decode errors {s.decode_errors}" if s.decode_errors else "")
             for name, s in self.sources.items()
+        )
+        latency = (
+            f"latency p50 {self.latency_ms_p50:.0f} ms p99 {self.latency_ms_p99:.0f} ms max {self.latency_ms_max:.0f} ms"
+            if not math.isnan(self.latency_ms_p50) else "latency n/a"
         )
         return (
             f"{'stopped' if self.stopped else 'done'}: {self.published} frames published in {self.elapsed_s:.1f} s "
             f"({self.fps:.1f} fps), {self.dropped} dropped, {self.batches} batches (mean {mean_batch:.1f}), "
-            f"latency mean {self.latency_ms_mean:.0f} ms max {self.latency_ms_max:.0f} ms; {per_source}"
+            f"{latency}; {per_source}"
         )
 
 
-class _SourceQueues:
-    """One bounded FIFO per source behind one condition, so the model stage can wait on all."""
+class _Channel:
+    """A bounded FIFO between two runtime threads whose ``put`` gives up once the run aborts."""
 
-    def __init__(self, names: Sequence[str], sizes: Sequence[int], reports: Sequence[SourceReport]):
-        self.names = list(names)
-        self.sizes = list(sizes)
-        self.reports = list(reports)
-        self.queues: list[deque[Frame]] = [deque() for _ in names]
-        self.open = [True] * len(names)
-        self.cond = threading.Condition()
-        self.aborted = False
-        self._next = 0  # where the next round-robin pass starts
+    def __init__(self, size: int, aborted: threading.Event):
+        self._queue: queue.Queue = queue.Queue(maxsize=size)
+        self._aborted = aborted
 
-    def put(self, i: int, frame: Frame, live: bool) -> None:
-        with self.cond:
-            q = self.queues[i]
-            while not live and len(q) >= self.sizes[i] and not self.aborted:
-                self.cond.wait()
-            if live and len(q) >= self.sizes[i]:
-                q.popleft()
-                self.reports[i].dropped += 1
-            q.append(frame)
-            self.cond.notify_all()
+    def put(self, item: object) -> bool:
+        while True:
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                if self._aborted.is_set():
+                    return False
 
-    def finish(self, i: int) -> None:
-        with self.cond:
-            self.open[i] = False
-            self.cond.notify_all()
+    def end(self) -> None:
+        """Put the end marker even when the consumer is gone (it is never waited for)."""
+        while True:
+            try:
+                self._queue.put(_END, timeout=0.1)
+                return
+            except queue.Full:
+                if self._aborted.is_set():
+                    try:
+                        self._queue.get_nowait()
+                    except queue.Empty:
+                        pass
 
-    def abort(self) -> None:
-        with self.cond:
-            self.aborted = True
-            self.cond.notify_all()
+    def get(self, timeout: float | None = None) -> object:
+        """The next item, or None after ``timeout`` seconds with nothing there."""
+        try:
+            return self._queue.get(timeout=timeout)
+        except queue.Empty:
+            return None
 
-    def take_batch(self, size: int, max_wait_s: float) -> list[Frame] | None:
-        """Up to ``size`` frames, round-robin over sources, waiting at most ``max_wait_s`` after
-        the first; None once every source has finished and every queue is empty."""
-        batch: list[Frame] = []
-        with self.cond:
-            while not self.aborted and not any(self.queues) and any(self.open):
-                self.cond.wait()
-            if self.aborted or not any(self.queues):
-                return None
-            deadline = time.monotonic() + max_wait_s
-            while True:
-                self._take_round_robin(batch, size)
-                left = deadline - time.monotonic()
-                if len(batch) >= size or left <= 0 or not any(self.open) or self.aborted:
-                    break
-                self.cond.wait(left)
-            self.cond.notify_all()
-        return batch
+    def wake(self) -> None:
+        """Make a waiting ``get`` return None now (when there is room; else it wakes anyway)."""
+        try:
+            self._queue.put_nowait(None)
+        except queue.Full:
+            pass
 
-    def _take_round_robin(self, batch: list[Frame], size: int) -> None:
-        n = len(self.queues)
-        while len(batch) < size and any(self.queues):
-            for k in range(n):
-                q = self.queues[(self._next + k) % n]
-                if q and len(batch) < size:
-                    batch.append(q.popleft())
-            self._next = (self._next + 1) % n
+    def drain(self) -> None:
+        """Consume up to the end marker (after a failure, so producers are never stuck)."""
+        while self._queue.get() is not _END:
+            pass
 
-    def depths(self) -> str:
-        return " ".join(f"{n}={len(q)}/{s}" for n, q, s in zip(self.names, self.queues, self.sizes))
-
-
-_END = object()
-THREAD_PREFIX = "segstream-"
+    def qsize(self) -> int:
+        return self._queue.qsize()
 
 
 class Runtime:
-    """Runs sources -> segmenter -> sinks until the sources end or ``stop()`` is called.
+    """Runs sources -> model stage -> per-source stages -> sinks until the sources end or
+    ``stop()`` is called.
 
     ``stop()`` may be called from any thread or a signal handler (it only sets a flag): sources are
     closed, frames already decoded drain through the model and the sinks, sinks are flushed and
     closed, and ``run()`` returns. An exception in any stage stops everything, drains what still
     can be drained and is raised from ``run()``. ``max_frames`` caps the frames taken from each
     source. ``progress`` gets a status line every ``progress_interval_s`` and the summary.
+    ``warm_up`` (height, width) runs the model on blank frames of that size before the first
+    frame is taken, so compilation does not count as latency.
     """
 
     def __init__(
         self,
         sources: Sequence[VideoSource],
-        segmenter: Segmenter,
+        adapter: FamilyAdapter,
         sinks: Sequence[Sink],
         *,
+        stages: Sequence[StageFactory] = (),
         batch_size: int = 4,
         max_wait_ms: float = 20.0,
+        max_inflight: int = 2,
         queue_size: int | Mapping[str, int] = 8,
         max_frames: int | None = None,
+        metrics: RunMetrics | None = None,
+        warm_up: tuple[int, int] | None = None,
         progress: TextIO | None | bool = True,
         progress_interval_s: float = 2.0,
     ):
         names = [s.name for s in sources]
         if len(set(names)) != len(names):
             raise ValueError(f"source names must be unique, got {names}")
+        if max_inflight < 1:
+            raise ValueError("max_inflight must be at least 1")
         self.sources = list(sources)
-        self.segmenter = segmenter
+        self.adapter = adapter
+        self.model_stage = ModelStage(adapter, max_inflight)
         self.sinks = list(sinks)
+        self.stage_factories = list(stages)
         self.batch_size = batch_size
         self.max_wait_s = max_wait_ms / 1000
         self.max_frames = max_frames
+        self.warm_up_size = warm_up
         # True means whatever sys.stderr is when the run starts (it may be redirected later).
         self.progress = progress
         self.progress_interval_s = progress_interval_s
-        self.reports = {name: SourceReport() for name in names}
+        self.metrics = metrics or RunMetrics()
+        for name in names:
+            self.metrics.source(name)
         sizes = [queue_size[n] if isinstance(queue_size, Mapping) else queue_size for n in names]
-        self._inputs = _SourceQueues(names, sizes, [self.reports[n] for n in names])
-        self._outputs: queue.Queue = queue.Queue(maxsize=2 * batch_size)
-        self._stop_requested = False
+        self._batcher = Batcher(names, sizes, self.metrics)
         self._aborted = threading.Event()
+        self._inflight = threading.Semaphore(max_inflight)
+        self._to_post = _Channel(max_inflight, self._aborted)
+        self._to_stage = _Channel(2 * batch_size, self._aborted)
+        self._to_sinks = _Channel(2 * batch_size, self._aborted)
+        self._stages: dict[str, list[FrameStage]] = {}
+        self._events: queue.SimpleQueue[Event] = queue.SimpleQueue()
+        self._stop_requested = False
         self._errors: list[BaseException] = []
-        self._batches = 0
-        self._model_frames = 0
-        self._latency_sum = 0.0
-        self._latency_max = 0.0
         self._started = False
+        self._reporting = False  # some sink reports its writes (else publishing is the hand-off)
+        self._decoding = threading.Event()  # the model is warm: sources may start
+        self.warm_up_s = 0.0
 
     @classmethod
-    def from_config(
-        cls,
-        cfg: PipelineConfig,
-        sources: Sequence[VideoSource],
-        segmenter: Segmenter,
-        sinks: Sequence[Sink],
-        **kwargs,
-    ) -> Runtime:
+    def from_config(cls, cfg, sources, adapter, sinks, **kwargs) -> Runtime:
+        """A runtime with the engine settings and queue sizes of a ``PipelineConfig``."""
         return cls(
             sources,
-            segmenter,
+            adapter,
             sinks,
             batch_size=cfg.engine.batch_size,
             max_wait_ms=cfg.engine.max_wait_ms,
+            max_inflight=cfg.engine.max_inflight,
             queue_size={s.name: s.queue_size for s in cfg.sources},
             **kwargs,
         )
@@ -249,16 +253,27 @@ class Runtime:
         if self._started:
             raise RuntimeError("a Runtime runs once; build a new one")
         self._started = True
+        for sink in self.sinks:
+            self._attach(sink)
         start = time.monotonic()
-        threads = [
+        threads = [threading.Thread(target=self._model, name=f"{THREAD_PREFIX}model", daemon=True)]
+        threads += [
             threading.Thread(target=self._decode, args=(i, s), name=f"{THREAD_PREFIX}decode-{s.name}", daemon=True)
             for i, s in enumerate(self.sources)
         ]
-        threads.append(threading.Thread(target=self._model, name=f"{THREAD_PREFIX}model", daemon=True))
-        threads.append(threading.Thread(target=self._publish, name=f"{THREAD_PREFIX}publish", daemon=True))
+        threads += [
+            threading.Thread(target=self._post, name=f"{THREAD_PREFIX}post", daemon=True),
+            threading.Thread(target=self._stage, name=f"{THREAD_PREFIX}stage", daemon=True),
+            threading.Thread(target=self._publish, name=f"{THREAD_PREFIX}publish", daemon=True),
+        ]
         sources_closed = False
         try:
-            for t in threads:
+            threads[0].start()
+            if self.warm_up_size is not None:
+                while not self._decoding.wait(0.05):  # sources start once the model is warm
+                    if self._stop_requested or self._errors or not threads[0].is_alive():
+                        break
+            for t in threads[1:]:
                 t.start()
             last_progress = start
             while alive := [t for t in threads if t.is_alive()]:
@@ -278,7 +293,7 @@ class Runtime:
             raise
         if not sources_closed:
             self._close_sources()
-        report = self._report(time.monotonic() - start)
+        report = self.report(time.monotonic() - start)
         if self._errors:
             raise self._errors[0]
         if not report.balanced:
@@ -287,33 +302,20 @@ class Runtime:
             print(report.summary(), file=self._progress_stream(), flush=True)
         return report
 
-    def _fail(self, error: BaseException, drain: bool) -> None:
-        self._errors.append(error)
-        if not drain:
-            self._abort()
-
-    def _abort(self) -> None:
-        self._aborted.set()
-        self._inputs.abort()
-
-    def _close_sources(self) -> None:
-        for source in self.sources:
-            try:
-                source.close()
-            except Exception as error:  # a failing close must not hide the run's outcome
-                self._errors.append(error)
+    # --- the threads -----------------------------------------------------------------------
 
     def _decode(self, i: int, source: VideoSource) -> None:
-        report = self.reports[source.name]
+        counts = self.metrics.source(source.name)
         frames = None
         try:
             frames = iter(source.frames())
             for frame in frames:
-                report.decoded += 1
-                self._inputs.put(i, frame, source.live)
+                frame.times["decoded"] = now = time.monotonic()
+                self.metrics.decoded(source.name, now)
+                self._batcher.put(i, frame, source.live)
                 if self._stop_requested or self._aborted.is_set():
                     break
-                if self.max_frames is not None and report.decoded >= self.max_frames:
+                if self.max_frames is not None and counts.decoded >= self.max_frames:
                     break
         except BaseException as error:
             # a broken source ends the run, but what the others decoded still drains
@@ -324,47 +326,147 @@ class Runtime:
                 if hasattr(frames, "close"):
                     frames.close()  # runs the source's own cleanup now, in this thread
             finally:
-                report.decode_errors = getattr(source, "decode_errors", 0)
-                self._inputs.finish(i)
+                counts.decode_errors = getattr(source, "decode_errors", 0)
+                self._batcher.finish(i)
 
     def _model(self) -> None:
         try:
-            while (batch := self._inputs.take_batch(self.batch_size, self.max_wait_s)) is not None:
-                predictions = self.segmenter.segment([f.image for f in batch])
-                if len(predictions) != len(batch):
-                    raise RuntimeError(
-                        f"segmenter {self.segmenter.name} returned {len(predictions)} predictions for {len(batch)} frames"
-                    )
-                self._batches += 1
-                self._model_frames += len(batch)
-                for pair in zip(batch, predictions):
-                    self._outputs.put(pair)
+            if self.warm_up_size is not None:
+                self.warm_up_s = self.model_stage.warm_up(*self.warm_up_size)
+            self._decoding.set()
+            while (batch := self._batcher.take_batch(self.batch_size, self.max_wait_s)) is not None:
+                while not self._inflight.acquire(timeout=0.1):
+                    if self._aborted.is_set():
+                        return
+                if not self._to_post.put(self.model_stage.submit(batch)):
+                    return
         except BaseException as error:
             self._fail(error, drain=False)
         finally:
-            # the publishing thread consumes until it sees this, even after a sink failed
-            self._outputs.put(_END)
+            self._decoding.set()
+            self._to_post.end()
+
+    def _post(self) -> None:
+        try:
+            while (batch := self._to_post.get()) is not _END:
+                results = self.model_stage.collect(batch)
+                self._inflight.release()
+                if len(results) != len(batch.frames):
+                    raise RuntimeError(
+                        f"model {self.adapter.name} returned {len(results)} results for {len(batch.frames)} frames"
+                    )
+                self.metrics.batch(len(results), self.model_stage.network_seconds(batch))
+                for result in results:
+                    if not self._to_stage.put(result):
+                        return
+        except BaseException as error:
+            self._fail(error, drain=False)
+            self._to_post.drain()
+        finally:
+            self._to_stage.end()
+
+    def _stage(self) -> None:
+        try:
+            while (result := self._to_stage.get()) is not _END:
+                for stage in self._source_stages(result.source):
+                    result = stage.process(result)
+                result.times["staged"] = time.monotonic()
+                if not self._to_sinks.put(result):
+                    return
+        except BaseException as error:
+            self._fail(error, drain=False)
+            self._to_stage.drain()
+        finally:
+            self._to_sinks.end()
 
     def _publish(self) -> None:
         ended = False
         try:
-            while (item := self._outputs.get()) is not _END:
-                frame, prediction = item
-                for sink in self.sinks:
-                    sink.publish(frame, prediction)
-                self.reports[frame.source].published += 1
-                latency = time.time() - frame.capture_wall
-                self._latency_sum += latency
-                self._latency_max = max(self._latency_max, latency)
+            wait: float | None = _POLL_IDLE_S
+            while (item := self._to_sinks.get(timeout=wait)) is not _END:
+                self._publish_events()
+                if item is not None:
+                    for sink in self.sinks:
+                        sink.publish(item)
+                        for event in item.events:
+                            sink.publish_event(event)
+                    self.metrics.published(item.source)
+                    if not self._reporting:
+                        self._written_at_handoff(item)
+                due = [d for d in (sink.poll() for sink in self.sinks) if d is not None]
+                wait = max(0.0, min(due)) if due else _POLL_IDLE_S
             ended = True
+            self._publish_events()
             for sink in self.sinks:
                 sink.flush()
         except BaseException as error:
             self._fail(error, drain=False)
-            while not ended and self._outputs.get() is not _END:
-                pass
+            if not ended:
+                self._to_sinks.drain()
         finally:
             self._close_sinks()
+
+    # --- helpers -----------------------------------------------------------------------------
+
+    def emit(self, event: Event) -> None:
+        """Publish an event on its source's events stream (any thread; never blocks)."""
+        self._events.put(event)
+        self._to_sinks.wake()
+
+    def _publish_events(self) -> None:
+        while True:
+            try:
+                event = self._events.get_nowait()
+            except queue.Empty:
+                return
+            for sink in self.sinks:
+                sink.publish_event(event)
+
+    def _source_stages(self, source: str) -> list[FrameStage]:
+        stages = self._stages.get(source)
+        if stages is None:
+            stages = self._stages[source] = [factory(source) for factory in self.stage_factories]
+        return stages
+
+    def _attach(self, sink: Sink) -> None:
+        """Have the sink report what it writes; the first such sink's writes make the latency."""
+        if not hasattr(sink, "on_written"):
+            return
+        primary = not self._reporting
+        self._reporting = True
+        name = getattr(sink, "name", type(sink).__name__)
+
+        def written(results: Sequence[FrameResult]) -> None:
+            now = time.monotonic()
+            for result in results:
+                self.metrics.wrote(name, result.capture_ts, result.publish_ts, primary)
+                if primary:
+                    result.times["published"] = now
+                    self.metrics.stages(result.times)
+
+        sink.on_written = written
+
+    def _written_at_handoff(self, result: FrameResult) -> None:
+        result.publish_ts = time.time()
+        result.times["published"] = time.monotonic()
+        self.metrics.wrote("handoff", result.capture_ts, result.publish_ts, primary=True)
+        self.metrics.stages(result.times)
+
+    def _fail(self, error: BaseException, drain: bool) -> None:
+        self._errors.append(error)
+        if not drain:
+            self._abort()
+
+    def _abort(self) -> None:
+        self._aborted.set()
+        self._batcher.abort()
+
+    def _close_sources(self) -> None:
+        for source in self.sources:
+            try:
+                source.close()
+            except Exception as error:  # a failing close must not hide the run's outcome
+                self._errors.append(error)
 
     def _close_sinks(self) -> None:
         for sink in self.sinks:
@@ -373,56 +475,31 @@ class Runtime:
             except Exception as error:
                 self._errors.append(error)
 
-    def _report(self, elapsed_s: float) -> RunReport:
-        published = sum(r.published for r in self.reports.values())
+    def report(self, elapsed_s: float) -> RunReport:
+        counts = self.metrics.snapshot()
+        p50, p99 = self.metrics.capture_to_publish.percentiles(50, 99)
         return RunReport(
-            sources={n: SourceReport(r.decoded, r.published, r.dropped, r.decode_errors) for n, r in self.reports.items()},
-            batches=self._batches,
-            model_frames=self._model_frames,
+            sources={
+                name: SourceReport(c.decoded, c.published, c.dropped, c.decode_errors, dict(c.dropped_by))
+                for name, c in counts.items()
+            },
+            batches=self.metrics.batches,
+            model_frames=self.metrics.model_frames,
             elapsed_s=elapsed_s,
             stopped=self._stop_requested,
-            latency_ms_mean=1000 * self._latency_sum / published if published else 0.0,
-            latency_ms_max=1000 * self._latency_max,
+            latency_ms_p50=1000 * p50,
+            latency_ms_p99=1000 * p99,
+            latency_ms_max=1000 * self.metrics.capture_to_publish.max(),
+            stages=self.metrics.stage_table(),
         )
 
     def _progress_stream(self) -> TextIO:
         return sys.stderr if self.progress is True else self.progress
 
     def _progress_line(self, elapsed_s: float) -> str:
-        report = self._report(elapsed_s)
+        report = self.report(elapsed_s)
+        latency = "" if math.isnan(report.latency_ms_p50) else f", latency p50 {report.latency_ms_p50:.0f} ms p99 {report.latency_ms_p99:.0f} ms"
         return (
-            f"segstream: {report.published} frames, {report.fps:.1f} fps, {report.dropped} dropped, "
-            f"queues {self._inputs.depths()} out={self._outputs.qsize()}/{self._outputs.maxsize}"
+            f"segstream: {report.published} frames, {report.fps:.1f} fps, {report.dropped} dropped{latency}, "
+            f"queues {self._batcher.depths()} in flight {self._to_post.qsize()}"
         )
-
-
-def build_sources(configs: Iterable[SourceConfig]) -> list[VideoSource]:
-    """Open every configured source; on failure the ones already open are closed again."""
-    sources: list[VideoSource] = []
-    try:
-        for cfg in configs:
-            sources.append(_build_source(cfg))
-    except BaseException:
-        for source in sources:
-            source.close()
-        raise
-    return sources
-
-
-def _build_source(cfg: SourceConfig) -> VideoSource:
-    if isinstance(cfg, FileSourceConfig):
-        from segstream.connectors.file_source import FileSource
-
-        return FileSource(
-            cfg.name,
-            cfg.path,
-            realtime=cfg.realtime,
-            loop=cfg.loop,
-            max_frames=cfg.max_frames,
-            open_timeout_s=cfg.open_timeout_s,
-            read_timeout_s=cfg.read_timeout_s,
-        )
-    from segstream.connectors.synthetic import SyntheticSource
-
-    return SyntheticSource(cfg.name, cfg.width, cfg.height, cfg.fps, cfg.seed, cfg.num_frames, cfg.realtime)
-

@@ -23,10 +23,11 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from segstream.connectors.synthetic import GroundTruth, SyntheticScene
+from segstream.connectors.synthetic import SyntheticScene
 from segstream.models.criterion import LossWeights, Target, mask_classification_loss
 from segstream.models.eomt import EoMT, EoMTConfig
 from segstream.models.processing import letterbox, letterbox_size
+from segstream.models.results import FrameResult
 
 # Seeds below this are held out for evaluation; training scenes never use them.
 FIRST_TRAINING_SEED = 1_000_000
@@ -117,7 +118,7 @@ class SceneFeed:
         return pixels, targets, torch.stack(shares)
 
 
-def training_targets(truth: GroundTruth, cfg: EoMTConfig) -> tuple[Target, torch.Tensor]:
+def training_targets(truth: FrameResult, cfg: EoMTConfig) -> tuple[Target, torch.Tensor]:
     """One frame's ground truth, letterboxed like the input (the label map is scaled once):
 
     - the segments as soft masks at the model's mask resolution (each cell holds the share of its
@@ -125,11 +126,11 @@ def training_targets(truth: GroundTruth, cfg: EoMTConfig) -> tuple[Target, torch
     - N x C patch-class shares: for every input patch, the share of its pixels in each class (all
       zero on padding), for the auxiliary patch-class loss.
     """
-    h, w = letterbox_size(truth.panoptic.shape[0], truth.panoptic.shape[1], cfg.img_size)
-    panoptic = torch.from_numpy(truth.panoptic.astype(np.int64))[None, None].float()
+    h, w = letterbox_size(truth.height, truth.width, cfg.img_size)
+    panoptic = torch.from_numpy(truth.label_map.astype(np.int64))[None, None].float()
     scaled = F.interpolate(panoptic, (h, w), mode="nearest")[0, 0].long()
-    ids = torch.tensor([s.id for s in truth.segments], dtype=torch.long)
-    classes = torch.tensor([s.class_id for s in truth.segments], dtype=torch.long)
+    ids = torch.from_numpy(truth.segments.ids.astype(np.int64))
+    classes = torch.from_numpy(truth.segments.class_ids.astype(np.int64))
 
     onehot = torch.zeros((len(ids), cfg.img_size, cfg.img_size))
     onehot[:, :h, :w] = (scaled[None] == ids[:, None, None]).float()

@@ -11,15 +11,12 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import sys
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from segstream.models.presets import SYNTHETIC_TINY  # noqa: E402
-from segstream.pipeline.training import TrainSettings, save_model, train  # noqa: E402
+from segstream.models.presets import SYNTHETIC_TINY
+from segstream.pipeline.training import TrainSettings, save_model, train
 
 
 def main() -> None:

@@ -1,3 +1,85 @@
-"""segstream: streaming video segmentation, published to Redis Streams."""
+"""segstream: streaming video segmentation, published to Redis Streams.
+
+The public API is importable from here; names load on first use, so ``import segstream`` stays
+light (no torch) for programs that only read streams.
+
+    import segstream
+    cfg = segstream.load_config("configs/demo.yaml")
+    report = segstream.run_pipeline(cfg)
+
+The repository's folders are subpackages: ``segstream.models`` (the math: EoMT, pre- and
+post-processing, results), ``segstream.connectors`` (sources, sinks, the wire format, Redis),
+``segstream.pipeline`` (config, engine, runtime, CLI).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+# public name -> module that defines it
+_EXPORTS = {
+    "FrameResult": "segstream.models.results",
+    "Segments": "segstream.models.results",
+    "NO_TRACK": "segstream.models.results",
+    "Frame": "segstream.connectors.frames",
+    "SegstreamError": "segstream.connectors.errors",
+    "ConfigError": "segstream.connectors.errors",
+    "SourceError": "segstream.connectors.errors",
+    "SinkError": "segstream.connectors.errors",
+    "CheckpointError": "segstream.connectors.errors",
+    "WireFormatError": "segstream.connectors.errors",
+    "to_wire": "segstream.connectors.redis_wire",
+    "from_wire": "segstream.connectors.redis_wire",
+    "StreamReader": "segstream.connectors.redis_reader",
+    "EoMT": "segstream.models.eomt",
+    "EoMTConfig": "segstream.models.eomt",
+    "EoMTSegmenter": "segstream.models.segmenter",
+    "FamilyAdapter": "segstream.models.segmenter",
+    "PRESETS": "segstream.models.presets",
+    "PipelineConfig": "segstream.pipeline.config",
+    "load_config": "segstream.pipeline.config",
+    "build_segmenter": "segstream.pipeline.model_factory",
+    "Runtime": "segstream.pipeline.runtime",
+    "RunReport": "segstream.pipeline.runtime",
+    "run_pipeline": "segstream.pipeline.cli",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'segstream' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__
+
+
+if TYPE_CHECKING:
+    from segstream.connectors.errors import (
+        CheckpointError,
+        ConfigError,
+        SegstreamError,
+        SinkError,
+        SourceError,
+        WireFormatError,
+    )
+    from segstream.connectors.frames import Frame
+    from segstream.connectors.redis_reader import StreamReader
+    from segstream.connectors.redis_wire import from_wire, to_wire
+    from segstream.models.eomt import EoMT, EoMTConfig
+    from segstream.models.presets import PRESETS
+    from segstream.models.results import NO_TRACK, FrameResult, Segments
+    from segstream.models.segmenter import EoMTSegmenter, FamilyAdapter
+    from segstream.pipeline.cli import run_pipeline
+    from segstream.pipeline.config import PipelineConfig, load_config
+    from segstream.pipeline.model_factory import build_segmenter
+    from segstream.pipeline.runtime import RunReport, Runtime

@@ -8,8 +8,11 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+import torch
 
-from segstream.models.prediction import FramePrediction, Segment
+from segstream.models.label_sets import LabelSet
+from segstream.models.processing import Decision
+from segstream.models.segmenter import Prepared, results
 
 SQUARE_COLOUR = (255, 40, 40)
 
@@ -45,31 +48,49 @@ def fast_clip(tmp_path_factory) -> Path:
 
 
 class ColourSegmenter:
-    """Segments the reddish pixels of each image as one 'square' segment; ``delay_s`` per batch
-    makes it a slow model. Remembers the images of every batch it saw."""
+    """A model-family adapter that segments the reddish pixels of each frame as one 'square'
+    segment; ``delay_s`` per batch makes it a slow model. Remembers the frames of every batch
+    it saw (as numpy arrays)."""
 
     name = "colour-threshold"
+    family = "test"
+    labels = LabelSet("colours", ("square",), (True,))
+    device = torch.device("cpu")
+    batch_buckets = ()
 
     def __init__(self, delay_s: float = 0.0):
         self.delay_s = delay_s
         self.batches: list[list[np.ndarray]] = []
 
-    def segment(self, images: list[np.ndarray]) -> list[FramePrediction]:
-        self.batches.append(list(images))
+    def prepare(self, frames):
+        images = [f.numpy() for f in frames]
+        return Prepared(torch.zeros(len(frames), 0), [im.shape[:2] for im in images], [None] * len(images), {"images": images})
+
+    def forward(self, prepared):
+        self.batches.append(prepared.extra["images"])
         if self.delay_s:
             time.sleep(self.delay_s)
-        return [self._one(image) for image in images]
+        return prepared.extra["images"]
+
+    def decide(self, outputs, prepared):
+        return [self.decision(image) for image in outputs]
+
+    def embeddings(self, outputs, prepared, index, decision):
+        return torch.zeros(len(decision.class_ids), 4)
+
+    def segment(self, images):
+        frames = [torch.from_numpy(image) for image in images]
+        prepared = self.prepare(frames)
+        outputs = self.forward(prepared)
+        return results(self, outputs, prepared, self.decide(outputs, prepared))
 
     @staticmethod
-    def _one(image: np.ndarray) -> FramePrediction:
+    def decision(image: np.ndarray) -> Decision:
         red = (image[..., 0] > 150) & (image[..., 1] < 100)
-        label_map = np.where(red, 0, -1).astype(np.int32)
-        segments = []
-        if red.any():
-            ys, xs = np.nonzero(red)
-            box = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
-            segments.append(Segment(0, 0, "square", True, 1.0, int(red.sum()), box, 0))
-        return FramePrediction(label_map, segments, np.zeros((len(segments), 4), np.float32))
+        label_map = torch.from_numpy(np.where(red, 0, -1).astype(np.int32))
+        n = int(red.any())
+        return Decision(label_map, torch.zeros(n, dtype=torch.long), torch.ones(n), torch.zeros(n, dtype=torch.long),
+                        image.shape[:2])
 
 
 @pytest.fixture

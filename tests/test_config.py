@@ -69,12 +69,15 @@ def test_unknown_key_in_a_source_uses_the_yaml_path(capsys, write, clip):
 
 
 def test_every_error_is_reported_on_its_own_line(capsys, write, clip):
-    text = VALID.format(clip=clip) + "engine:\n  batch_size: many\n  max_wait_ms: -1\nmodel:\n  precision: fp8\n"
+    text = VALID.format(clip=clip) + (
+        "engine:\n  batch_size: many\n  max_wait_ms: -1\nmodel:\n  precision: fp8\n  postprocess: slow\n"
+    )
     lines = errors_of(capsys, ["validate", write(text)])
-    assert len(lines) == 3
-    assert lines[0].startswith("model.precision: Input should be 'fp32', 'bf16' or 'fp16'")
-    assert lines[1].startswith("engine.batch_size: Input should be a valid integer") and "'many'" in lines[1]
-    assert lines[2].startswith("engine.max_wait_ms: Input should be greater than or equal to 0")
+    assert len(lines) == 4
+    assert lines[0].startswith("model.precision: Input should be 'auto', 'fp32', 'bf16' or 'fp16'")
+    assert lines[1].startswith("model.postprocess: Input should be 'fast' or 'exact'")
+    assert lines[2].startswith("engine.batch_size: Input should be a valid integer") and "'many'" in lines[2]
+    assert lines[3].startswith("engine.max_wait_ms: Input should be greater than or equal to 0")
 
 
 def test_missing_video_file(capsys, write, tmp_path, monkeypatch):
@@ -145,10 +148,12 @@ def test_set_overrides_with_yaml_typing_and_list_index(write, clip, tmp_path):
             "engine.batch_size=8",
             "sinks.redis.url=null",
             "model.compile=true",
+            "model.postprocess=exact",
         ],
     )
     assert cfg.sources[0].path == str(other) and cfg.sources[1].fps == 12.5
     assert cfg.engine.batch_size == 8 and cfg.sinks.redis.url is None and cfg.model.compile is True
+    assert cfg.model.postprocess == "exact" and cfg.model.precision == "auto"
 
 
 def test_set_errors_are_config_errors(capsys, write, clip):

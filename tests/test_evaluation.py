@@ -6,48 +6,53 @@ import numpy as np
 import pytest
 
 from segstream.connectors.errors import ConfigError
-from segstream.connectors.synthetic import CLASSES, GroundTruth, GTSegment, synthetic_clip
+from segstream.connectors.synthetic import CLASSES, synthetic_clip, truth_result
 from segstream.models.label_sets import load_label_set
-from segstream.models.prediction import FramePrediction, Segment
+from segstream.models.results import FrameResult, Segments
 from segstream.pipeline.evaluation import evaluate_segmenter, panoptic_quality
 
 THINGS, STUFF = (0, 1, 2, 3), (4, 5, 6, 7)
 DISC, BOX, SKY, GRASS, SAND, WATER = 0, 1, 4, 5, 6, 7
 
 
-def _segment(id: int, class_id: int) -> Segment:
-    cls = CLASSES[class_id]
-    return Segment(id, class_id, cls.name, cls.isthing, 1.0, 0, (0, 0, 0, 0), id)
+def _result(label_map: np.ndarray, ids: list[int], class_ids: list[int]) -> FrameResult:
+    """A prediction: segments ``ids`` of classes ``class_ids``, scored 1."""
+    segments = Segments.build(
+        ids=ids, class_ids=class_ids, labels=[CLASSES[c].name for c in class_ids],
+        isthing=[CLASSES[c].isthing for c in class_ids],
+    )
+    height, width = label_map.shape
+    return FrameResult("", 0, width, height, label_map, segments)
 
 
-def _as_prediction(truth: GroundTruth) -> FramePrediction:
-    return FramePrediction(truth.panoptic.copy(), [_segment(s.id, s.class_id) for s in truth.segments])
+def _as_prediction(truth: FrameResult) -> FrameResult:
+    return _result(truth.label_map.copy(), list(truth.segments.ids), list(truth.segments.class_ids))
 
 
-def _truth(grid: list[str], legend: dict[str, tuple[int, int]]) -> GroundTruth:
-    """A ground-truth frame drawn as text: each letter maps to (segment id, class id)."""
-    panoptic = np.array([[legend[c][0] for c in row] for row in grid], dtype=np.int32)
-    segments = [
-        GTSegment(sid, cid, CLASSES[cid].isthing, sid if CLASSES[cid].isthing else -1, int((panoptic == sid).sum()))
+def _truth(grid: list[str], legend: dict[str, tuple[int, int]]) -> FrameResult:
+    """A ground-truth frame drawn as text: each letter maps to (segment id, class id); segment ids
+    must be 0..S-1."""
+    label_map = np.array([[legend[c][0] for c in row] for row in grid], dtype=np.int32)
+    rows = [
+        (cid, CLASSES[cid].isthing, sid if CLASSES[cid].isthing else -1, int((label_map == sid).sum()))
         for sid, cid in sorted(legend.values())
     ]
-    return GroundTruth(panoptic, segments)
+    assert [sid for sid, _ in sorted(legend.values())] == list(range(len(rows)))
+    return truth_result(label_map, rows)
 
 
-def _prediction(grid: list[str], legend: dict[str, tuple[int, int]]) -> FramePrediction:
+def _prediction(grid: list[str], legend: dict[str, tuple[int, int]]) -> FrameResult:
     """A predicted frame drawn as text; '.' is a pixel left without a segment (-1)."""
     label_map = np.array([[legend[c][0] if c != "." else -1 for c in row] for row in grid], dtype=np.int32)
-    return FramePrediction(label_map, [_segment(sid, cid) for sid, cid in sorted(legend.values())])
+    ids, class_ids = zip(*sorted(legend.values()))
+    return _result(label_map, list(ids), list(class_ids))
 
 
 def test_perfect_prediction_scores_one_everywhere():
     truths = [truth for _, truth in synthetic_clip(96, 72, 3, seed=5)]
-    assert any(s.isthing for t in truths for s in t.segments)
+    assert any(t.segments.isthing.any() for t in truths)
     preds = [_as_prediction(t) for t in truths]
-    result = panoptic_quality(
-        [p.label_map for p in preds], [p.segments for p in preds],
-        [t.panoptic for t in truths], [t.segments for t in truths], THINGS, STUFF,
-    )
+    result = panoptic_quality(preds, truths, THINGS, STUFF)
     for key in ("pq", "sq", "rq", "pq_things", "sq_things", "rq_things", "pq_stuff", "sq_stuff", "rq_stuff"):
         assert result[key] == pytest.approx(1.0), key
     assert result["frames"] == 3
@@ -68,10 +73,7 @@ def test_hand_counted_example_with_a_dropped_thing_and_a_mislabelled_stuff_regio
         ["SSSSSS", "SSSSAA", "NNNNAA", "NNNNAA"],
         {"S": (0, SKY), "N": (1, SAND), "A": (2, DISC)},
     )
-    result = panoptic_quality(
-        [pred_0.label_map, pred_1.label_map], [pred_0.segments, pred_1.segments],
-        [truth_0.panoptic, truth_1.panoptic], [truth_0.segments, truth_1.segments], THINGS, STUFF,
-    )
+    result = panoptic_quality([pred_0, pred_1], [truth_0, truth_1], THINGS, STUFF)
     # By hand, per class (IoU = intersection / union of pixel counts):
     #   disc:  frame 0 A=A, IoU 4/4 = 1; D unmatched: FP. Frame 1 IoU 4/6.
     #          TP 2, FP 1: SQ = (1 + 2/3)/2 = 5/6, RQ = 2/(2 + 0.5) = 4/5, PQ = 2/3.
@@ -100,8 +102,8 @@ def test_hand_counted_example_with_a_dropped_thing_and_a_mislabelled_stuff_regio
 
 def test_a_frame_left_entirely_unlabelled_scores_zero():
     truth = _truth(["SSAA", "GGAA"], {"S": (0, SKY), "G": (1, GRASS), "A": (2, DISC)})
-    empty = np.full((2, 4), -1, dtype=np.int32)
-    result = panoptic_quality([empty], [[]], [truth.panoptic], [truth.segments], THINGS, STUFF)
+    empty = FrameResult("", 0, 4, 2, np.full((2, 4), -1, dtype=np.int32))
+    result = panoptic_quality([empty], [truth], THINGS, STUFF)
     assert result["pq"] == 0.0 and result["per_class"][DISC]["fn"] == 1
 
 

@@ -45,3 +45,14 @@ def test_a_built_wheel_holds_only_segstream_with_its_data(tmp_path):
     assert "segstream/models/weights/synthetic_eomt_tiny_256.safetensors" in names
     assert "segstream/models/labels/coco_panoptic.json" in names
     assert "segstream/pipeline/cli.py" in names and "segstream/connectors/redis_wire.py" in names
+
+
+def test_the_public_api_resolves_and_importing_segstream_loads_no_torch(tmp_path):
+    script = (
+        "import sys, segstream\n"
+        "assert 'torch' not in sys.modules, 'import segstream must stay light'\n"
+        "missing = [n for n in segstream.__all__ if getattr(segstream, n, None) is None]\n"
+        "assert not missing, missing\n"
+        "assert segstream.FrameResult.__module__ == 'segstream.models.results'\n"
+    )
+    subprocess.run([sys.executable, "-c", script], cwd=tmp_path, check=True, capture_output=True)

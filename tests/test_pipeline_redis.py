@@ -17,9 +17,11 @@ import pytest
 
 from segstream.connectors.embedded_redis import EmbeddedRedis
 from segstream.connectors.file_source import FileSource
+from segstream.connectors.frames import Frame
 from segstream.connectors.redis_reader import StreamReader
 from segstream.connectors.synthetic import write_clip
 from segstream.models.presets import SYNTHETIC_TINY
+from segstream.models.results import FrameResult
 from segstream.pipeline.cli import main, run_pipeline
 from segstream.pipeline.config import load_config
 from segstream.pipeline.model_factory import build_segmenter
@@ -46,14 +48,14 @@ def _config(tmp_path: Path, clip: Path, url: str | None, encoding: str = "rle", 
     url_line = f"url: '{url}'" if url else "url: null"
     config.write_text(
         f"sources:\n  - {{name: cam0, type: file, path: '{clip}'{extra_source}}}\n"
-        f"model: {{preset: {SYNTHETIC_TINY.name}, device: cpu}}\n"
+        f"model: {{preset: {SYNTHETIC_TINY.name}, device: cpu, precision: fp32}}\n"
         "engine: {batch_size: 3, max_wait_ms: 5}\n"
         f"sinks:\n  redis: {{{url_line}, mask_encoding: {encoding}, pipeline_size: 4}}\n"
     )
     return config
 
 
-def _model_label_maps(clip: Path) -> tuple[list[np.ndarray], list]:
+def _model_label_maps(clip: Path) -> tuple[list[FrameResult], list[Frame]]:
     """What the model itself says about every frame of the clip, without the pipeline."""
     segmenter = build_segmenter(load_config(_config(clip.parent, clip, None)).model)
     frames = list(FileSource("ref", str(clip)).frames())
@@ -71,15 +73,17 @@ def test_every_frame_reaches_redis_with_the_models_masks(tmp_path, scene_clip, r
     entries = StreamReader(redis_server.client(), stream).read(count=1000)
     assert len(entries) == FRAMES
     predictions, frames = _model_label_maps(scene_clip)
-    assert [e.frame_index for _, e in entries] == list(range(FRAMES))
-    for (_, entry), frame, prediction in zip(entries, frames, predictions):
-        assert entry.source == "cam0" and entry.model == SYNTHETIC_TINY.name and entry.mask_encoding == encoding
+    assert [e.index for _, e in entries] == list(range(FRAMES))
+    raw = redis_server.client().xrange(stream)
+    assert {fields[b"mask_encoding"] for _, fields in raw} == {encoding.encode()}
+    for (_, entry), frame, prediction in zip(entries, frames, predictions, strict=True):
+        assert entry.source == "cam0" and entry.model == SYNTHETIC_TINY.name
         assert entry.pts == frame.pts and entry.time_base == frame.time_base
         assert entry.pts_seconds == pytest.approx(frame.index / FPS, abs=1e-6)
         assert (entry.width, entry.height) == (192, 144)
         assert np.array_equal(entry.label_map, prediction.label_map)
-        assert [(s.id, s.class_id, s.area) for s in entry.segments] == [
-            (s.id, s.class_id, s.area) for s in prediction.segments
+        assert [(s["id"], s["class_id"], s["area"]) for s in entry.segments] == [
+            (s["id"], s["class_id"], s["area"]) for s in prediction.segments
         ]
         assert entry.capture_ts <= entry.publish_ts
     assert sum(len(e.segments) for _, e in entries) > FRAMES, "the shipped model finds segments in its scenes"

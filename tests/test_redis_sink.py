@@ -15,8 +15,8 @@ from segstream.connectors.embedded_redis import EmbeddedRedis
 from segstream.connectors.errors import SinkError
 from segstream.connectors.redis_reader import StreamReader, tail
 from segstream.connectors.redis_sink import RedisPublisher
-from segstream.models.prediction import FramePrediction, Segment
-from tests.test_redis_wire import blank_frame, synthetic_scene
+from segstream.models.results import FrameResult, Segments
+from tests.test_redis_wire import stamped, synthetic_scene
 
 
 @pytest.fixture(scope="module")
@@ -33,13 +33,13 @@ def client(server):
     connection.close()
 
 
-def tiny_scene(source: str, index: int):
+def tiny_scene(source: str, index: int) -> FrameResult:
     """An 8 x 8 frame with one segment: cheap enough to publish thousands."""
     label_map = np.full((8, 8), -1, np.int32)
     label_map[2:5, 1:7] = 1
-    segment = Segment(id=1, class_id=0, label="person", isthing=True, score=0.9, area=18,
-                      box=(1, 2, 7, 5), query=0)
-    return blank_frame(source, index, 8, 8), FramePrediction(label_map=label_map, segments=[segment])
+    segments = Segments.build(ids=[1], class_ids=[0], labels=["person"], isthing=[True], scores=[0.9],
+                              areas=[18], boxes=[(1, 2, 7, 5)], queries=[0])
+    return stamped(FrameResult(source, index, 8, 8, label_map, segments, model="m"))
 
 
 def closed_port() -> int:
@@ -49,40 +49,41 @@ def closed_port() -> int:
 
 
 def test_publishes_one_stream_per_source_in_frame_order(client):
-    publisher = RedisPublisher(client, "eomt-s", pipeline_size=4)
-    scenes = [synthetic_scene(source, index) for index in range(5) for source in ("cam0", "cam1")]
+    publisher = RedisPublisher(client, pipeline_size=4)
+    scenes = [synthetic_scene(source, index, model="eomt-s") for index in range(5) for source in ("cam0", "cam1")]
 
-    for frame, prediction in scenes:
-        publisher.publish(frame, prediction)
+    for result in scenes:
+        publisher.publish(result)
     publisher.flush()
 
     assert sorted(client.scan_iter(_type="stream")) == [b"segstream:cam0:frames", b"segstream:cam1:frames"]
     assert publisher.published == 10 and publisher.failed == 0
     for source in ("cam0", "cam1"):
         entries = StreamReader(client, f"segstream:{source}:frames").read(count=100)
-        assert [entry.frame_index for _, entry in entries] == [0, 1, 2, 3, 4]
-        for (_, entry), (frame, prediction) in zip(entries, [s for s in scenes if s[0].source == source]):
+        assert [entry.index for _, entry in entries] == [0, 1, 2, 3, 4]
+        for (_, entry), result in zip(entries, [s for s in scenes if s.source == source], strict=True):
             assert entry.source == source and entry.model == "eomt-s"
-            np.testing.assert_array_equal(entry.label_map, prediction.label_map)
+            np.testing.assert_array_equal(entry.label_map, result.label_map)
             assert entry.capture_ts <= entry.publish_ts
+            assert result.publish_ts == entry.publish_ts  # the publisher stamps what it sent
 
 
 def test_idmap_entries_come_back_equal(client):
-    publisher = RedisPublisher(client, "eomt-s", mask_encoding="idmap")
-    frame, prediction = synthetic_scene()
+    publisher = RedisPublisher(client, mask_encoding="idmap")
+    result = synthetic_scene()
 
-    publisher.publish(frame, prediction)
+    publisher.publish(result)
     publisher.flush()
 
     _, entry = StreamReader(client, "segstream:cam0:frames").latest()
-    np.testing.assert_array_equal(entry.label_map, prediction.label_map)
+    np.testing.assert_array_equal(entry.label_map, result.label_map)
 
 
 def test_maxlen_trims_a_long_run_approximately(client):
-    publisher = RedisPublisher(client, "m", maxlen=100, pipeline_size=64)
+    publisher = RedisPublisher(client, maxlen=100, pipeline_size=64)
 
     for index in range(2000):
-        publisher.publish(*tiny_scene("cam0", index))
+        publisher.publish(tiny_scene("cam0", index))
     publisher.flush()
 
     assert publisher.published == 2000
@@ -90,52 +91,71 @@ def test_maxlen_trims_a_long_run_approximately(client):
 
 
 def test_entries_wait_until_the_batch_is_full(client):
-    publisher = RedisPublisher(client, "m", pipeline_size=32, max_batch_delay_s=None)
+    publisher = RedisPublisher(client, pipeline_size=32, max_batch_delay_s=3600)
     stream = "segstream:cam0:frames"
 
     for index in range(31):
-        publisher.publish(*tiny_scene("cam0", index))
+        publisher.publish(tiny_scene("cam0", index))
     assert (client.xlen(stream), publisher.batches_sent, publisher.published) == (0, 0, 0)
 
-    publisher.publish(*tiny_scene("cam0", 31))
+    publisher.publish(tiny_scene("cam0", 31))
     assert (client.xlen(stream), publisher.batches_sent, publisher.published) == (32, 1, 32)
 
     for index in range(32, 37):
-        publisher.publish(*tiny_scene("cam0", index))
+        publisher.publish(tiny_scene("cam0", index))
     assert client.xlen(stream) == 32
     publisher.flush()
     assert (client.xlen(stream), publisher.batches_sent, publisher.published) == (37, 2, 37)
 
 
-def test_an_old_buffered_entry_is_sent_with_the_next_publish(client):
-    publisher = RedisPublisher(client, "m", pipeline_size=32, max_batch_delay_s=0.05)
+def test_poll_sends_an_old_buffered_entry_without_another_publish(client):
+    publisher = RedisPublisher(client, pipeline_size=32, max_batch_delay_s=0.2)
+    written = []
+    publisher.on_written = written.extend
+    assert publisher.poll() is None  # nothing buffered
 
-    publisher.publish(*tiny_scene("cam0", 0))
+    first = tiny_scene("cam0", 0)
+    publisher.publish(first)
+    due = publisher.poll()
+
+    assert due is not None and 0 < due <= 0.2
+    assert client.xlen("segstream:cam0:frames") == 0 and written == [] and first.publish_ts is None
+    time.sleep(due + 0.01)
+    assert publisher.poll() is None
+    assert client.xlen("segstream:cam0:frames") == 1 and publisher.batches_sent == 1
+    assert written == [first] and first.publish_ts is not None
+    assert publisher.poll() is None  # the buffer is empty again
+
+
+def test_an_old_buffered_entry_is_sent_with_the_next_publish(client):
+    publisher = RedisPublisher(client, pipeline_size=32, max_batch_delay_s=0.05)
+
+    publisher.publish(tiny_scene("cam0", 0))
     time.sleep(0.06)
-    publisher.publish(*tiny_scene("cam0", 1))
+    publisher.publish(tiny_scene("cam0", 1))
 
     assert client.xlen("segstream:cam0:frames") == 2
 
 
 def test_consumer_group_delivers_each_entry_once_and_redelivers_unacked(client):
-    publisher = RedisPublisher(client, "m")
+    publisher = RedisPublisher(client)
     for index in range(6):
-        publisher.publish(*tiny_scene("cam0", index))
+        publisher.publish(tiny_scene("cam0", index))
     publisher.flush()
     stream = "segstream:cam0:frames"
 
     first = StreamReader(client, stream, group="analytics", consumer="worker-a")
     got = first.read(count=4)
-    assert [e.frame_index for _, e in got] == [0, 1, 2, 3]
+    assert [e.index for _, e in got] == [0, 1, 2, 3]
     assert first.ack([entry_id for entry_id, _ in got[:2]]) == 2
     assert client.xpending(stream, "analytics")["pending"] == 2
 
     other = StreamReader(client, stream, group="analytics", consumer="worker-b")
-    assert [e.frame_index for _, e in other.read(count=10)] == [4, 5]
+    assert [e.index for _, e in other.read(count=10)] == [4, 5]
 
     restarted = StreamReader(client, stream, group="analytics", consumer="worker-a")
     again = restarted.read(count=10)
-    assert [e.frame_index for _, e in again] == [2, 3]
+    assert [e.index for _, e in again] == [2, 3]
     restarted.ack([entry_id for entry_id, _ in again])
     assert restarted.read(count=10, block_ms=10) == []
 
@@ -143,27 +163,27 @@ def test_consumer_group_delivers_each_entry_once_and_redelivers_unacked(client):
 def test_latest_returns_the_newest_entry(client):
     reader = StreamReader(client, "segstream:cam0:frames")
     assert reader.latest() is None
-    publisher = RedisPublisher(client, "m")
+    publisher = RedisPublisher(client)
     for index in range(3):
-        publisher.publish(*tiny_scene("cam0", index))
+        publisher.publish(tiny_scene("cam0", index))
     publisher.flush()
 
     entry_id, entry = reader.latest()
 
-    assert entry.frame_index == 2
+    assert entry.index == 2
     assert entry_id == client.xrevrange("segstream:cam0:frames", count=1)[0][0].decode()
 
 
 def test_follow_from_now_yields_only_new_entries(client):
-    publisher = RedisPublisher(client, "m", max_batch_delay_s=0)
-    publisher.publish(*tiny_scene("cam0", 0))
+    publisher = RedisPublisher(client, max_batch_delay_s=0)
+    publisher.publish(tiny_scene("cam0", 0))
     reader = StreamReader(client, "segstream:cam0:frames", start="$")
 
     for index in range(1, 4):
-        publisher.publish(*tiny_scene("cam0", index))
+        publisher.publish(tiny_scene("cam0", index))
 
     followed = list(itertools.islice(reader.follow(block_ms=100), 3))
-    assert [entry.frame_index for _, entry in followed] == [1, 2, 3]
+    assert [entry.index for _, entry in followed] == [1, 2, 3]
 
 
 def test_blocking_read_is_shortened_to_fit_the_socket_timeout(server, client):
@@ -177,9 +197,9 @@ def test_blocking_read_is_shortened_to_fit_the_socket_timeout(server, client):
 
 
 def test_tail_prints_one_line_per_entry(server, client):
-    publisher = RedisPublisher(client, "m")
+    publisher = RedisPublisher(client)
     for index in range(5):
-        publisher.publish(*synthetic_scene("cam0", index))
+        publisher.publish(synthetic_scene("cam0", index))
     publisher.flush()
     out = io.StringIO()
 
@@ -206,7 +226,7 @@ def test_unreachable_redis_is_one_line_sink_error():
     url = f"redis://127.0.0.1:{closed_port()}"
 
     with pytest.raises(SinkError) as publisher_error:
-        RedisPublisher.from_config(url, None, model_name="m")
+        RedisPublisher.from_config(url, None)
     with pytest.raises(SinkError) as tail_error:
         tail("segstream:cam0:frames", url, count=None, follow=False, out=io.StringIO())
 
@@ -228,9 +248,9 @@ def test_embedded_redis_is_reachable_over_tcp_from_another_client(server, client
 
 
 def test_without_url_an_embedded_redis_runs_until_close(tmp_path, capsys):
-    publisher = RedisPublisher.from_config(None, None, model_name="m", embedded_dir=tmp_path)
+    publisher = RedisPublisher.from_config(None, None, embedded_dir=tmp_path)
     url = publisher._embedded.url
-    publisher.publish(*tiny_scene("cam0", 0))
+    publisher.publish(tiny_scene("cam0", 0))
     publisher.flush()
 
     message = capsys.readouterr().err
@@ -246,9 +266,9 @@ def test_without_url_an_embedded_redis_runs_until_close(tmp_path, capsys):
 
 def test_entries_that_cannot_be_written_are_counted_and_raised(tmp_path):
     embedded = EmbeddedRedis()
-    publisher = RedisPublisher(embedded.client(retry=None), "m", max_batch_delay_s=None, retries=1)
+    publisher = RedisPublisher(embedded.client(retry=None), max_batch_delay_s=3600, retries=1)
     for index in range(3):
-        publisher.publish(*tiny_scene("cam0", index))
+        publisher.publish(tiny_scene("cam0", index))
     embedded.close()
 
     with pytest.raises(SinkError, match="after 2 attempts.*3 entries lost") as error:
@@ -260,9 +280,9 @@ def test_entries_that_cannot_be_written_are_counted_and_raised(tmp_path):
 
 def test_a_key_that_is_not_a_stream_is_refused_with_advice(client):
     client.set("segstream:cam0:frames", "not a stream")
-    publisher = RedisPublisher(client, "m", max_batch_delay_s=None)
-    publisher.publish(*tiny_scene("cam0", 0))
-    publisher.publish(*tiny_scene("cam1", 0))
+    publisher = RedisPublisher(client, max_batch_delay_s=3600)
+    publisher.publish(tiny_scene("cam0", 0))
+    publisher.publish(tiny_scene("cam1", 0))
 
     with pytest.raises(SinkError, match="refused 1 of 2 entries.*WRONGTYPE.*not a stream"):
         publisher.flush()

@@ -10,18 +10,17 @@ import pytest
 from pycocotools import mask as coco_mask
 
 from segstream.connectors.errors import WireFormatError
-from segstream.connectors.frames import Frame
-from segstream.connectors.redis_wire import SCHEMA_VERSION, decode_entry, encode_entry
-from segstream.models.prediction import FramePrediction, Segment
+from segstream.connectors.redis_wire import SCHEMA_VERSION, from_wire, to_wire
+from segstream.models.results import FrameResult, Segments
 
 LABELS = {1: "person", 3: "car", 21: "cow", 184: "grass"}
 
 
 def synthetic_scene(
-    source: str = "cam0", index: int = 0, height: int = 60, width: int = 80, seed: int = 0
-) -> tuple[Frame, FramePrediction]:
-    """A frame and a hand-made panoptic prediction: a stuff background strip and a few blobs
-    with non-contiguous ids, some touching the frame border, part of the frame unlabelled."""
+    source: str = "cam0", index: int = 0, height: int = 60, width: int = 80, seed: int = 0, model: str = "m"
+) -> FrameResult:
+    """A hand-made panoptic result: a stuff background strip and a few blobs with non-contiguous
+    ids, some touching the frame border, part of the frame unlabelled."""
     rng = np.random.default_rng(seed + 1000 * index)
     label_map = np.full((height, width), -1, np.int32)
     label_map[height * 2 // 3:, :] = 40  # grass along the bottom
@@ -31,78 +30,88 @@ def synthetic_scene(
         cy, cx = rng.integers(0, height), rng.integers(0, width)
         ry, rx = rng.integers(4, height // 3), rng.integers(4, width // 3)
         label_map[((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 < 1] = segment_id
-    segments = []
+    rows = []
     for segment_id, class_id in zip(ids + [40], [1, 3, 21, 184]):
         ys, xs = np.nonzero(label_map == segment_id)
         if ys.size == 0:
             continue
-        segments.append(Segment(
-            id=segment_id, class_id=class_id, label=LABELS[class_id], isthing=class_id < 100,
-            score=float(rng.uniform(0.8, 1.0)), area=int(ys.size),
-            box=(int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1),
-            query=segment_id * 3,
+        rows.append((
+            segment_id, class_id, LABELS[class_id], class_id < 100, float(rng.uniform(0.8, 1.0)), int(ys.size),
+            (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1), segment_id * 3,
         ))
-    used = [s.id for s in segments]
+    used = [r[0] for r in rows]
     label_map[~np.isin(label_map, used)] = -1
-    return blank_frame(source, index, height, width), FramePrediction(label_map=label_map, segments=segments)
-
-
-def blank_frame(source: str, index: int, height: int, width: int) -> Frame:
-    """A black frame at 30 fps in a 90 kHz stream time base."""
-    return Frame(
-        source=source, index=index, image=np.zeros((height, width, 3), np.uint8),
-        pts=index * 3000, time_base=Fraction(1, 90000), pts_seconds=index * 3000 / 90000,
-        capture_wall=1_700_000_000.25 + index / 30,
+    columns = list(zip(*rows))
+    segments = Segments.build(
+        ids=columns[0], class_ids=columns[1], labels=columns[2], isthing=columns[3], scores=columns[4],
+        areas=columns[5], boxes=columns[6], queries=columns[7],
     )
+    return stamped(FrameResult(source, index, width, height, label_map, segments, model=model))
+
+
+def stamped(result: FrameResult) -> FrameResult:
+    """The result with the stream time of a 30 fps frame in a 90 kHz time base and a capture time."""
+    result.pts, result.time_base = result.index * 3000, Fraction(1, 90000)
+    result.pts_seconds = result.index * 3000 / 90000
+    result.capture_ts = 1_700_000_000.25 + result.index / 30
+    return result
+
+
+def one_segment(label_map: np.ndarray, segment_id: int, area: int, box: tuple[int, int, int, int]) -> FrameResult:
+    height, width = label_map.shape
+    segments = Segments.build(ids=[segment_id], class_ids=[1], labels=["person"], isthing=[True], scores=[0.9],
+                              areas=[area], boxes=[box], queries=[0])
+    return stamped(FrameResult("cam0", 0, width, height, label_map, segments, model="m"))
 
 
 @pytest.mark.parametrize("mask_encoding", ["rle", "idmap"])
 def test_round_trip_restores_label_map_and_metadata(mask_encoding):
-    frame, prediction = synthetic_scene(index=4)
-    fields = encode_entry(frame, prediction, "eomt-s-coco-640", mask_encoding, publish_ts=1_700_000_000.5)
+    result = synthetic_scene(index=4, model="eomt-s-coco-640")
+    fields = to_wire(result, mask_encoding, publish_ts=1_700_000_000.5)
 
-    entry = decode_entry(fields)
+    entry = from_wire(fields)
 
-    np.testing.assert_array_equal(entry.label_map, prediction.label_map)
+    np.testing.assert_array_equal(entry.label_map, result.label_map)
     assert entry.label_map.dtype == np.int32
-    assert (entry.source, entry.frame_index, entry.model) == ("cam0", 4, "eomt-s-coco-640")
+    assert (entry.source, entry.index, entry.model) == ("cam0", 4, "eomt-s-coco-640")
     assert (entry.pts, entry.time_base, entry.pts_seconds) == (12000, Fraction(1, 90000), 12000 / 90000)
-    assert (entry.capture_ts, entry.publish_ts) == (frame.capture_wall, 1_700_000_000.5)
-    assert (entry.width, entry.height, entry.mask_encoding) == (80, 60, mask_encoding)
-    for record, segment in zip(entry.segments, prediction.segments, strict=True):
-        assert (record.id, record.class_id, record.label, record.isthing, record.score, record.area, record.box) == (
-            segment.id, segment.class_id, segment.label, segment.isthing, segment.score, segment.area, segment.box
-        )
+    assert (entry.capture_ts, entry.publish_ts) == (result.capture_ts, 1_700_000_000.5)
+    assert (entry.width, entry.height, fields["mask_encoding"]) == (80, 60, mask_encoding)
+    assert len(entry.segments) == len(result.segments) > 0
+    for record, segment in zip(entry.segments, result.segments, strict=True):
+        keys = ("id", "class_id", "label", "isthing", "score", "area", "box")
+        assert {k: record[k] for k in keys} == {k: segment[k] for k in keys}
 
 
 def test_round_trip_keeps_label_maps_of_full_hd_frames():
-    frame, prediction = synthetic_scene(height=1080, width=1920, seed=3)
+    result = synthetic_scene(height=1080, width=1920, seed=3)
 
-    entry = decode_entry(encode_entry(frame, prediction, "m", "rle"))
+    entry = from_wire(to_wire(result, "rle"))
 
-    np.testing.assert_array_equal(entry.label_map, prediction.label_map)
+    np.testing.assert_array_equal(entry.label_map, result.label_map)
 
 
 def test_masks_gives_one_bool_mask_per_segment():
-    frame, prediction = synthetic_scene()
+    result = synthetic_scene()
 
-    masks = decode_entry(encode_entry(frame, prediction, "m", "rle")).masks()
+    masks = from_wire(to_wire(result, "rle")).masks()
 
-    assert sorted(masks) == sorted(s.id for s in prediction.segments)
-    for segment in prediction.segments:
-        assert masks[segment.id].dtype == bool
-        assert masks[segment.id].sum() == segment.area
+    assert sorted(masks) == sorted(int(i) for i in result.segments.ids)
+    for segment in result.segments:
+        assert masks[segment["id"]].dtype == bool
+        assert masks[segment["id"]].sum() == segment["area"]
 
 
 # pycocotools' own decode warns under numpy 2; its result is still right.
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_rle_is_what_pycocotools_encodes_and_decodes():
-    frame, prediction = synthetic_scene(height=90, width=120, seed=5)
+    result = synthetic_scene(height=90, width=120, seed=5)
 
-    records = json.loads(encode_entry(frame, prediction, "m", "rle")["segments"])
+    records = json.loads(to_wire(result, "rle")["segments"])
 
+    assert records
     for record in records:
-        binary = np.asfortranarray(prediction.label_map == record["id"], dtype=np.uint8)
+        binary = np.asfortranarray(result.label_map == record["id"], dtype=np.uint8)
         assert record["rle"]["size"] == [90, 120]
         assert record["rle"]["counts"] == coco_mask.encode(binary)["counts"].decode("ascii")
         np.testing.assert_array_equal(coco_mask.decode(record["rle"]), binary)
@@ -110,7 +119,6 @@ def test_rle_is_what_pycocotools_encodes_and_decodes():
 
 @pytest.mark.parametrize("case", ["first pixel", "last pixel", "whole frame", "absent", "noise"])
 def test_rle_matches_pycocotools_at_the_frame_edges(case):
-    frame = blank_frame("cam0", 0, height=7, width=5)
     label_map = np.full((7, 5), -1, np.int32)
     if case == "first pixel":
         label_map[0, 0] = 3
@@ -121,45 +129,38 @@ def test_rle_matches_pycocotools_at_the_frame_edges(case):
     elif case == "noise":
         label_map = np.random.default_rng(0).choice(np.array([-1, 3], np.int32), size=(7, 5))
     area = int((label_map == 3).sum())
-    segment = Segment(id=3, class_id=1, label="person", isthing=True, score=0.9, area=area,
-                      box=(0, 0, 5, 7), query=0)
-    prediction = FramePrediction(label_map=label_map, segments=[segment])
 
-    fields = encode_entry(frame, prediction, "m", "rle")
+    fields = to_wire(one_segment(label_map, 3, area, (0, 0, 5, 7)), "rle")
 
     expected = coco_mask.encode(np.asfortranarray(label_map == 3, dtype=np.uint8))["counts"].decode("ascii")
     assert json.loads(fields["segments"])[0]["rle"]["counts"] == expected
-    np.testing.assert_array_equal(decode_entry(fields).label_map, label_map)
+    np.testing.assert_array_equal(from_wire(fields).label_map, label_map)
 
 
 def test_large_segment_ids_survive_rle():
-    frame = blank_frame("cam0", 0, height=6, width=4)
     label_map = np.full((6, 4), -1, np.int32)
     label_map[1:3, 1:] = 70_000
-    segment = Segment(id=70_000, class_id=1, label="person", isthing=True, score=0.9, area=6,
-                      box=(1, 1, 4, 3), query=0)
 
-    entry = decode_entry(encode_entry(frame, FramePrediction(label_map, [segment]), "m", "rle"))
+    entry = from_wire(to_wire(one_segment(label_map, 70_000, 6, (1, 1, 4, 3)), "rle"))
 
     np.testing.assert_array_equal(entry.label_map, label_map)
 
 
 def test_overlapping_rle_masks_are_rejected():
-    frame, prediction = synthetic_scene()
-    fields = encode_entry(frame, prediction, "m", "rle")
+    fields = to_wire(synthetic_scene(), "rle")
     records = json.loads(fields["segments"])
     records[1]["rle"] = records[0]["rle"]
     fields["segments"] = json.dumps(records)
 
     with pytest.raises(WireFormatError, match="overlap"):
-        decode_entry(fields)
+        from_wire(fields)
 
 
 def test_entry_fields_are_text_except_binary_idmap():
-    frame, prediction = synthetic_scene()
+    result = synthetic_scene()
 
-    rle = encode_entry(frame, prediction, "m", "rle")
-    idmap = encode_entry(frame, prediction, "m", "idmap")
+    rle = to_wire(result, "rle")
+    idmap = to_wire(result, "idmap")
 
     assert all(isinstance(k, str) and isinstance(v, str) for k, v in rle.items())
     assert rle["v"] == str(SCHEMA_VERSION) == "1"
@@ -169,45 +170,43 @@ def test_entry_fields_are_text_except_binary_idmap():
 
 
 def test_decodes_entries_with_bytes_keys_as_redis_returns_them():
-    frame, prediction = synthetic_scene()
-    fields = encode_entry(frame, prediction, "m", "idmap")
+    result = synthetic_scene()
+    fields = to_wire(result, "idmap")
     raw = {k.encode(): v if isinstance(v, bytes) else v.encode() for k, v in fields.items()}
 
-    np.testing.assert_array_equal(decode_entry(raw).label_map, prediction.label_map)
+    np.testing.assert_array_equal(from_wire(raw).label_map, result.label_map)
 
 
 def test_unknown_stream_time_decodes_as_none():
-    frame, prediction = synthetic_scene()
-    frame.pts, frame.time_base, frame.pts_seconds = None, None, None
+    result = synthetic_scene()
+    result.pts, result.time_base, result.pts_seconds = None, None, None
 
-    fields = encode_entry(frame, prediction, "m", "rle")
-    entry = decode_entry(fields)
+    fields = to_wire(result, "rle")
+    entry = from_wire(fields)
 
     assert (fields["pts"], fields["time_base"], fields["pts_s"]) == ("", "", "")
     assert (entry.pts, entry.time_base, entry.pts_seconds) == (None, None, None)
 
 
 def test_frame_without_segments_round_trips():
-    frame, _ = synthetic_scene()
-    empty = FramePrediction(label_map=np.full((60, 80), -1, np.int32))
+    empty = stamped(FrameResult("cam0", 0, 80, 60, np.full((60, 80), -1, np.int32)))
 
-    entry = decode_entry(encode_entry(frame, empty, "m", "rle"))
+    entry = from_wire(to_wire(empty, "rle"))
 
-    assert entry.segments == []
+    assert len(entry.segments) == 0
     assert (entry.label_map == -1).all()
 
 
 def test_unknown_major_version_is_rejected():
-    frame, prediction = synthetic_scene()
-    fields = encode_entry(frame, prediction, "m", "rle") | {"v": "2"}
+    fields = to_wire(synthetic_scene(), "rle") | {"v": "2"}
 
     with pytest.raises(WireFormatError, match="schema v2 but this reader understands v1"):
-        decode_entry(fields)
+        from_wire(fields)
 
 
 def test_entry_without_version_is_rejected():
     with pytest.raises(WireFormatError, match="no 'v' field"):
-        decode_entry({b"temperature": b"21"})
+        from_wire({b"temperature": b"21"})
 
 
 @pytest.mark.parametrize(
@@ -220,38 +219,39 @@ def test_entry_without_version_is_rejected():
         ("mask_encoding", "png", "schema v1 knows rle, idmap"),
         ("segments", '[{"id": -2, "class_id": 1, "label": "a", "isthing": true, "score": 1, "area": 0, '
          '"box": [0, 0, 0, 0]}]', "ids must be distinct and >= 0"),
+        ("segments", '[{"id": 1099511627776, "class_id": 1, "label": "a", "isthing": true, "score": 1, '
+         '"area": 0, "box": [0, 0, 0, 0]}]', "out of the 32-bit range"),
+        ("segments", '[{"id": 1, "class_id": 1, "label": "a", "isthing": true, "score": 1, "area": 0, '
+         '"box": [0, 0, 4294967296, 1]}]', "out of the 32-bit range"),
         ("width", "81", "rle size"),
     ],
 )
 def test_malformed_fields_are_rejected_with_the_field_named(field, value, message):
-    frame, prediction = synthetic_scene()
-    fields = encode_entry(frame, prediction, "m", "rle") | {field: value}
+    fields = to_wire(synthetic_scene(), "rle") | {field: value}
 
     with pytest.raises(WireFormatError, match=message):
-        decode_entry(fields)
+        from_wire(fields)
 
 
 def test_truncated_idmap_is_rejected():
-    frame, prediction = synthetic_scene()
-    fields = encode_entry(frame, prediction, "m", "idmap")
+    fields = to_wire(synthetic_scene(), "idmap")
     fields["idmap"] = fields["idmap"][:-8]
 
     with pytest.raises(WireFormatError, match="idmap"):
-        decode_entry(fields)
+        from_wire(fields)
 
 
 def test_missing_field_is_named():
-    frame, prediction = synthetic_scene()
-    fields = encode_entry(frame, prediction, "m", "rle")
+    fields = to_wire(synthetic_scene(), "rle")
     del fields["capture_ts"]
 
     with pytest.raises(WireFormatError, match="lacks field.*capture_ts"):
-        decode_entry(fields)
+        from_wire(fields)
 
 
 def test_label_map_of_another_size_than_the_frame_is_refused():
-    frame, prediction = synthetic_scene()
-    prediction.label_map = prediction.label_map[:30]
+    result = synthetic_scene()
+    result.label_map = result.label_map[:30]
 
     with pytest.raises(WireFormatError, match="label map of cam0 frame 0 is 30x80 but the frame is 60x80"):
-        encode_entry(frame, prediction, "m", "rle")
+        to_wire(result, "rle")

@@ -10,9 +10,10 @@ HELD_OUT_SEEDS = (0, 1)  # training scenes start at FIRST_TRAINING_SEED
 
 def test_shipped_checkpoint_segments_held_out_scenes():
     assert max(HELD_OUT_SEEDS) < FIRST_TRAINING_SEED
-    # The default model section, built as `segstream run` builds it: same loading, pre- and
-    # post-processing (letterbox; 0.8 score, 0.5 mask, 0.8 overlap thresholds).
+    # The default model section, built as `segstream run` builds it: same loading, precision
+    # (auto), pre- and post-processing (letterbox; fast mode; 0.8 score, 0.5 mask, 0.8 overlap).
     segmenter = build_segmenter(ModelConfig(device="cpu"), batch_size=4)
+    assert segmenter.postprocess == "fast"
     result = evaluate_segmenter(segmenter.segment, HELD_OUT_SEEDS, 320, 240, 20, segmenter.labels, progress=False)
     assert result["frames"] == 40
     assert result["pq"] >= 0.75, result

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import astuple
 from fractions import Fraction
 
 import av
@@ -30,7 +29,7 @@ from segstream.models.label_sets import load_label_set
 
 
 def _truth_key(truth):
-    return truth.panoptic.tobytes(), [astuple(s) for s in truth.segments]
+    return truth.index, truth.label_map.tobytes(), list(truth.segments)
 
 
 def test_same_seed_gives_byte_identical_frames_and_truth():
@@ -45,13 +44,14 @@ def test_different_seed_gives_different_frames():
     ((image_a, truth_a),) = synthetic_clip(128, 96, 1, seed=11)
     ((image_b, truth_b),) = synthetic_clip(128, 96, 1, seed=12)
     assert image_a.tobytes() != image_b.tobytes()
-    assert truth_a.panoptic.tobytes() != truth_b.panoptic.tobytes()
+    assert truth_a.label_map.tobytes() != truth_b.label_map.tobytes()
 
 
 def test_odd_non_square_size_gives_frames_and_maps_of_that_size():
     image, truth = SyntheticScene(width=97, height=61, fps=30.0, seed=3).render()
     assert image.shape == (61, 97, 3) and image.dtype == np.uint8
-    assert truth.panoptic.shape == (61, 97) and truth.panoptic.dtype == np.int32
+    assert truth.label_map.shape == (61, 97) and truth.label_map.dtype == np.int32
+    assert (truth.width, truth.height) == (97, 61)
 
 
 def test_every_pixel_is_in_exactly_one_listed_segment_with_matching_area():
@@ -59,19 +59,21 @@ def test_every_pixel_is_in_exactly_one_listed_segment_with_matching_area():
     things_seen = 0
     for _ in range(60):
         _, truth = scene.render()
-        ids = [s.id for s in truth.segments]
+        ids = truth.segments.ids.tolist()
         assert ids == list(range(len(ids)))
-        counts = np.bincount(truth.panoptic.ravel(), minlength=len(ids))
-        assert truth.panoptic.min() >= 0 and len(counts) == len(ids)
-        assert [s.area for s in truth.segments] == counts.tolist()
-        stuff = [s.class_id for s in truth.segments if not s.isthing]
+        counts = np.bincount(truth.label_map.ravel(), minlength=len(ids))
+        assert truth.label_map.min() >= 0 and len(counts) == len(ids)
+        assert truth.segments.areas.tolist() == counts.tolist()
+        stuff = [s["class_id"] for s in truth.segments if not s["isthing"]]
         assert len(stuff) == len(set(stuff)) and set(stuff) <= set(STUFF_IDS)
         for s in truth.segments:
-            assert s.isthing == CLASSES[s.class_id].isthing
-            assert (s.track_id > 0) if s.isthing else (s.track_id == -1)
-            if s.isthing:
-                assert s.area >= scene.min_area
-        things_seen += sum(s.isthing for s in truth.segments)
+            assert s["isthing"] == CLASSES[s["class_id"]].isthing and s["label"] == CLASSES[s["class_id"]].name
+            assert (s["track_id"] > 0) if s["isthing"] else (s["track_id"] == -1)
+            if s["isthing"]:
+                assert s["area"] >= scene.min_area
+            ys, xs = np.nonzero(truth.label_map == s["id"])
+            assert s["box"] == [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
+        things_seen += int(truth.segments.isthing.sum())
     assert things_seen > 0
 
 
@@ -80,9 +82,9 @@ def test_objects_enter_and_leave_keeping_one_track_id_each():
     life: dict[int, list[tuple[int, int, float, float]]] = {}  # track -> (frame, class, cx, cy)
     for index, (_, truth) in enumerate(synthetic_clip(width, height, frames, seed=2)):
         for s in truth.segments:
-            if s.isthing:
-                ys, xs = np.nonzero(truth.panoptic == s.id)
-                life.setdefault(s.track_id, []).append((index, s.class_id, xs.mean(), ys.mean()))
+            if s["isthing"]:
+                ys, xs = np.nonzero(truth.label_map == s["id"])
+                life.setdefault(s["track_id"], []).append((index, s["class_id"], xs.mean(), ys.mean()))
     assert len(life) > 6  # more objects than can be alive at once: some left, others came
     assert any(seen[0][0] > 0 for seen in life.values())  # entered during the clip
     assert any(seen[-1][0] < frames - 1 for seen in life.values())  # left before the end
@@ -145,7 +147,8 @@ def test_source_yields_frames_with_increasing_index_and_pts():
     assert all(f.time_base == Fraction(1, 25) for f in frames)
     assert [f.pts_seconds for f in frames] == pytest.approx([0, 0.04, 0.08, 0.12, 0.16])
     assert frames[0].image.shape == (48, 64, 3) and frames[0].source == "synthetic"
-    assert source.last_truth is not None and source.last_truth.panoptic.shape == (48, 64)
+    assert source.last_truth is not None and source.last_truth.label_map.shape == (48, 64)
+    assert (source.last_truth.source, source.last_truth.index) == ("synthetic", 4)
     assert not source.live
 
 

@@ -1,0 +1,96 @@
+"""JSONL files of stream entries, one file per source: the same records Redis would hold."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from pathlib import Path
+from typing import IO, Iterator
+
+from segstream.connectors.errors import SinkError
+from segstream.connectors.redis_wire import event_to_wire, to_wire
+from segstream.connectors.sink import WrittenCallback
+from segstream.models.results import Event, FrameResult
+
+
+class FilesSink:
+    """One JSONL file per source, ``<dir>/<source>.jsonl``, and one of its events,
+    ``<dir>/<source>.events.jsonl``; each run rewrites them.
+
+    Each line is one Redis stream entry (``segstream.connectors.redis_wire`` schema) as a JSON
+    object of the same fields; the one binary field, ``idmap``, is base64 text. ``read_entries``
+    turns a line back into the field map ``redis_wire.from_wire`` reads. Lines are written as
+    results arrive (``publish_ts`` is that moment) and reach the disk on ``flush``.
+    """
+
+    name = "files"
+
+    def __init__(self, directory: str | Path, mask_encoding: str = "rle"):
+        self.directory = Path(directory)
+        self.mask_encoding = mask_encoding
+        self.on_written: WrittenCallback | None = None
+        self._files: dict[str, IO[str]] = {}
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise SinkError(f"cannot create output directory '{self.directory}': {error.strerror}") from None
+
+    def publish(self, result: FrameResult) -> None:
+        now = time.time()
+        entry = to_wire(result, self.mask_encoding, publish_ts=now)
+        self._write(self.path(result.source), entry)
+        result.publish_ts = now
+        if self.on_written is not None:
+            self.on_written([result])
+
+    def publish_event(self, event: Event) -> None:
+        self._write(self.events_path(event.source), event_to_wire(event))
+
+    def poll(self) -> float | None:
+        return None
+
+    def path(self, source: str) -> Path:
+        return self.directory / f"{source}.jsonl"
+
+    def events_path(self, source: str) -> Path:
+        return self.directory / f"{source}.events.jsonl"
+
+    def _write(self, path: Path, entry: dict) -> None:
+        line = json.dumps(
+            {k: base64.b64encode(v).decode("ascii") if isinstance(v, bytes) else v for k, v in entry.items()},
+            separators=(",", ":"),
+            ensure_ascii=False,
+        )
+        try:
+            self._file(path).write(line + "\n")
+        except OSError as error:
+            raise SinkError(f"cannot write to '{path}': {error.strerror}") from None
+
+    def _file(self, path: Path) -> IO[str]:
+        key = str(path)
+        if key not in self._files:
+            try:
+                self._files[key] = path.open("w", encoding="utf-8")
+            except OSError as error:
+                raise SinkError(f"cannot open '{path}' for writing: {error.strerror}") from None
+        return self._files[key]
+
+    def flush(self) -> None:
+        for f in self._files.values():
+            f.flush()
+
+    def close(self) -> None:
+        files, self._files = self._files, {}
+        for f in files.values():
+            f.close()
+
+
+def read_entries(path: str | Path) -> Iterator[dict[str, bytes | str]]:
+    """The entries of a ``FilesSink`` file, as field maps for ``redis_wire.from_wire``."""
+    with Path(path).open(encoding="utf-8") as f:
+        for line in f:
+            entry = json.loads(line)
+            if "idmap" in entry:
+                entry["idmap"] = base64.b64decode(entry["idmap"])
+            yield entry

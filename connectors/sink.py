@@ -1,0 +1,38 @@
+"""What every sink offers the runtime."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from segstream.models.results import Event, FrameResult
+
+# Called by a sink with the results it has just written, each with ``publish_ts`` set.
+WrittenCallback = Callable[[Sequence[FrameResult]], None]
+
+
+class Sink(Protocol):
+    """Where results go (Redis, files).
+
+    ``publish`` is called from one thread, in order per source, and may buffer; ``poll`` sends
+    what has waited long enough and returns the seconds until it next needs a call (None when
+    nothing waits), so an entry leaves within the sink's own delay even when no further frame
+    comes. ``flush`` writes everything; ``close`` may be called twice (the second time from
+    another thread when a run is aborted). A sink that sets ``publish_ts`` on what it writes
+    calls ``on_written`` (set by the runtime before the first publish) with those results.
+    ``publish_event`` takes an event of a source (its state, a track's start or end), published
+    in order with that source's results.
+    """
+
+    name: str
+    on_written: WrittenCallback | None
+
+    def publish(self, result: FrameResult) -> None: ...
+
+    def publish_event(self, event: Event) -> None: ...
+
+    def poll(self) -> float | None: ...
+
+    def flush(self) -> None: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,180 @@
+"""The one result that flows after the model: a frame's segmentation, with columnar segments.
+
+Post-processing produces it, the per-source stages (the tracker) fill its track columns, every
+sink and the wire format read it, the wire decoder and the synthetic ground truth produce it.
+Everything is numpy; conversions to other formats live at the edges
+(``segstream.connectors.redis_wire.to_wire`` / ``from_wire``).
+
+Units: pixels of the original frame for ``label_map``, ``areas`` and ``boxes`` (x0, y0, x1, y1,
+x1/y1 exclusive); ``pts`` in units of ``time_base`` (stream time), ``pts_seconds`` and
+``capture_ts`` / ``publish_ts`` in seconds (the last two Unix time).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, fields
+from fractions import Fraction
+from typing import Any
+
+import numpy as np
+
+NO_TRACK = -1
+
+
+def _column(values: Any, dtype: Any, width: int | None = None) -> np.ndarray:
+    array = np.asarray(values, dtype=dtype)
+    if width is not None:
+        return array.reshape(-1, width)
+    return array.reshape(-1)
+
+
+@dataclass(slots=True, eq=False)
+class Segments:
+    """S segments of one frame, one array per attribute (row i describes segment i).
+
+    ``ids`` are the segments' values in the frame's label map (distinct, >= 0); ``queries`` the
+    model query that produced each (-1 when none did); ``embeddings`` S x D (D may be 0);
+    ``track_ids`` the identity a tracker gave each segment across frames (``NO_TRACK`` until
+    one does), ``track_ages`` how many frames that track has been seen.
+    """
+
+    ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
+    class_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
+    labels: np.ndarray = field(default_factory=lambda: np.zeros(0, object))
+    isthing: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
+    scores: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    areas: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.int32))
+    queries: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
+    embeddings: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
+    track_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    track_ages: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
+
+    @classmethod
+    def build(
+        cls,
+        ids: Sequence[int] | np.ndarray,
+        class_ids: Sequence[int] | np.ndarray,
+        labels: Sequence[str],
+        isthing: Sequence[bool] | np.ndarray,
+        scores: Sequence[float] | np.ndarray | None = None,
+        areas: Sequence[int] | np.ndarray | None = None,
+        boxes: Sequence[Sequence[int]] | np.ndarray | None = None,
+        queries: Sequence[int] | np.ndarray | None = None,
+        embeddings: np.ndarray | None = None,
+        track_ids: Sequence[int] | np.ndarray | None = None,
+        track_ages: Sequence[int] | np.ndarray | None = None,
+    ) -> Segments:
+        """Columns from sequences; a column left out gets its neutral value for every segment
+        (score 1, area 0, empty box, no query, no embedding, no track)."""
+        n = len(ids)
+        label_column = np.empty(n, object)
+        label_column[:] = [str(label) for label in labels]
+        segments = cls(
+            ids=_column(ids, np.int32),
+            class_ids=_column(class_ids, np.int32),
+            labels=label_column,
+            isthing=_column(isthing, bool),
+            scores=_column(np.ones(n) if scores is None else scores, np.float32),
+            areas=_column(np.zeros(n) if areas is None else areas, np.int64),
+            boxes=_column(np.zeros((n, 4)) if boxes is None else boxes, np.int32, 4),
+            queries=_column(np.full(n, -1) if queries is None else queries, np.int32),
+            embeddings=np.zeros((n, 0), np.float32) if embeddings is None
+            else np.asarray(embeddings, np.float32).reshape(n, -1),
+            track_ids=_column(np.full(n, NO_TRACK) if track_ids is None else track_ids, np.int64),
+            track_ages=_column(np.zeros(n) if track_ages is None else track_ages, np.int32),
+        )
+        segments.check()
+        return segments
+
+    def check(self) -> None:
+        """Raise ValueError unless every column has one row per segment."""
+        n = len(self.ids)
+        for column in fields(self):
+            value = getattr(self, column.name)
+            if len(value) != n:
+                raise ValueError(f"segment column {column.name} has {len(value)} rows, ids has {n}")
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: Any) -> Segments:
+        """The segments selected by a boolean mask, an index array or a slice, as new columns."""
+        if isinstance(index, (int, np.integer)):
+            index = [int(index)]
+        return Segments(**{c.name: getattr(self, c.name)[index] for c in fields(self)})
+
+    def __iter__(self) -> Iterator[dict]:
+        """Each segment as a dict of plain Python values (for JSON and printing)."""
+        for i in range(len(self)):
+            yield {
+                "id": int(self.ids[i]),
+                "class_id": int(self.class_ids[i]),
+                "label": str(self.labels[i]),
+                "isthing": bool(self.isthing[i]),
+                "score": float(self.scores[i]),
+                "area": int(self.areas[i]),
+                "box": [int(v) for v in self.boxes[i]],
+                "query": int(self.queries[i]),
+                "track_id": int(self.track_ids[i]),
+                "track_age": int(self.track_ages[i]),
+            }
+
+    def index_of(self, segment_id: int) -> int:
+        """Row of the segment whose label-map value is ``segment_id``; KeyError if none."""
+        rows = np.flatnonzero(self.ids == segment_id)
+        if rows.size == 0:
+            raise KeyError(f"no segment with id {segment_id}")
+        return int(rows[0])
+
+
+@dataclass(slots=True, eq=False)
+class FrameResult:
+    """The segmentation of one frame of one source.
+
+    ``label_map`` is height x width int32: the ``Segments.ids`` value of each pixel, -1 where no
+    segment is (None for a reader that skipped decoding masks). ``times`` holds when the frame
+    passed each stage (``time.monotonic()`` seconds, keys in pipeline order: decoded, queued,
+    batched, model_start, model_end, post_end, staged, published). ``events`` are what the
+    per-source stages noticed at this frame (a track started or ended); sinks publish them after
+    the frame's own entry.
+    """
+
+    source: str
+    index: int
+    width: int
+    height: int
+    label_map: np.ndarray | None
+    segments: Segments = field(default_factory=Segments)
+    pts: int | None = None
+    time_base: Fraction | None = None
+    pts_seconds: float | None = None
+    capture_ts: float = 0.0
+    publish_ts: float | None = None
+    model: str = ""
+    times: dict[str, float] = field(default_factory=dict)
+    events: list[Event] = field(default_factory=list)
+
+    def masks(self) -> dict[int, np.ndarray]:
+        """Segment id -> height x width bool mask."""
+        if self.label_map is None:
+            raise ValueError("this result carries no label map; read it again with masks")
+        return {int(segment_id): self.label_map == segment_id for segment_id in self.segments.ids}
+
+    @property
+    def latency_s(self) -> float | None:
+        """Capture to publish, in seconds, once published."""
+        return None if self.publish_ts is None else self.publish_ts - self.capture_ts
+
+
+@dataclass(slots=True)
+class Event:
+    """Something that happened to a source or its segments, published on the source's events
+    stream: ``kind`` names it (``state``, ``track_started``, ...), ``ts`` is Unix seconds, and
+    ``data`` holds its JSON-ready details."""
+
+    source: str
+    kind: str
+    ts: float
+    data: dict[str, Any] = field(default_factory=dict)

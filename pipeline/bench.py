@@ -1,0 +1,241 @@
+"""``segstream bench``: the network alone, the pipeline, and a naive loop, measured in one run.
+
+- network: the model's forward on one prepared batch of ``engine.batch_size`` frames of the
+  first source, repeated; no decoding, pre- or post-processing.
+- pipeline: the configured run (every source, ``--sources N`` copies of the first), from the
+  first decoded frame to the last published entry, after the model's warm-up.
+- naive: decode, pre-process + network + post-process, publish, one frame after another, with
+  the same sinks.
+
+Ratios compare the three at the same batch size on the same machine in the same process, so
+they are meaningful where absolute numbers are not.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from typing import Any
+
+import torch
+
+from segstream.connectors.errors import ConfigError
+from segstream.pipeline.config import PipelineConfig
+
+
+def _replicate(cfg: PipelineConfig, copies: int, frames: int | None) -> PipelineConfig:
+    """``copies`` copies of the first source (renamed), each looping so it lasts ``frames``."""
+    first = cfg.sources[0]
+    sources = list(cfg.sources) if copies <= 1 else [
+        first.model_copy(update={"name": f"{first.name}-{i}"}) for i in range(copies)
+    ]
+    if frames is not None:
+        sources = [s.model_copy(update={"loop": True}) if s.type == "file" else s for s in sources]
+    return cfg.model_copy(update={"sources": sources})
+
+
+def _first_frames(cfg: PipelineConfig, count: int) -> list:
+    from segstream.pipeline.builders import build_sources
+
+    (source,) = build_sources([cfg.sources[0].model_copy(update={"realtime": False, "loop": True})])
+    frames = []
+    try:
+        for frame in source.frames():
+            frames.append(frame)
+            if len(frames) == count:
+                break
+    finally:
+        source.close()
+    if not frames:
+        raise ConfigError(f"sources[0] ({cfg.sources[0].name}) gave no frame to benchmark with")
+    return frames
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def network_fps(adapter, frames: list, seconds: float = 3.0) -> float:
+    """Frames per second of the network alone on one prepared batch, repeated for ``seconds``."""
+    from segstream.models.segmenter import upload
+
+    with torch.inference_mode():
+        prepared = adapter.prepare([upload(f.image, adapter.device) for f in frames])
+        for _ in range(3):
+            adapter.forward(prepared)
+        _sync(adapter.device)
+        runs, start = 0, time.perf_counter()
+        while (elapsed := time.perf_counter() - start) < seconds or runs < 5:
+            adapter.forward(prepared)
+            runs += 1
+            if runs % 4 == 0:
+                _sync(adapter.device)
+        _sync(adapter.device)
+        elapsed = time.perf_counter() - start
+    return runs * len(frames) / elapsed
+
+
+def naive_fps(cfg: PipelineConfig, adapter, frame_count: int) -> float:
+    """Decode, segment and publish one frame after another; frames per second."""
+    from segstream.pipeline.builders import build_sinks, build_sources
+
+    (source,) = build_sources([cfg.sources[0].model_copy(update={"realtime": False, "loop": True, "name": "naive"})])
+    sinks = build_sinks(cfg.sinks)
+    done = 0
+    try:
+        frames = source.frames()
+        start = time.perf_counter()
+        for frame in frames:
+            (result,) = adapter.segment([frame.image])
+            result.source, result.index, result.capture_ts = frame.source, frame.index, frame.capture_wall
+            result.pts, result.time_base, result.pts_seconds = frame.pts, frame.time_base, frame.pts_seconds
+            for sink in sinks:
+                sink.publish(result)
+                sink.flush()
+            done += 1
+            if done == frame_count:
+                break
+        elapsed = time.perf_counter() - start
+    finally:
+        source.close()
+        for sink in sinks:
+            sink.close()
+    return done / elapsed
+
+
+def run_bench(
+    cfg: PipelineConfig, sources: int = 1, frames: int | None = None, naive_frames: int = 100,
+    network_seconds: float = 3.0,
+) -> dict[str, Any]:
+    """All three measurements and their ratios, as a dict (``--json`` prints it)."""
+    from segstream.pipeline.builders import build_sinks, build_sources
+    from segstream.pipeline.cli import WARM_UP_FRAME
+    from segstream.pipeline.metrics import RunMetrics
+    from segstream.pipeline.model_factory import build_segmenter
+    from segstream.pipeline.runtime import Runtime
+
+    if cfg.engine.threads is not None:
+        torch.set_num_threads(cfg.engine.threads)
+    adapter = build_segmenter(cfg.model, batch_size=cfg.engine.batch_size)
+    device = adapter.device
+    batch = _first_frames(cfg, cfg.engine.batch_size)
+    network = network_fps(adapter, batch, network_seconds)
+
+    run_cfg = _replicate(cfg, sources, frames)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    metrics = RunMetrics()
+    sinks = build_sinks(run_cfg.sinks)
+    runtime = Runtime.from_config(
+        run_cfg, build_sources(run_cfg.sources), adapter, sinks, max_frames=frames, metrics=metrics,
+        warm_up=WARM_UP_FRAME, progress=None,
+    )
+    utilisation = _GpuUtilisation(device)
+    with utilisation:
+        report = runtime.run()
+    pipeline = report.published / metrics.streaming_s if metrics.streaming_s else 0.0
+    naive = naive_fps(cfg, adapter, naive_frames)
+    result: dict[str, Any] = {
+        "model": adapter.name,
+        "device": str(device),
+        "precision": getattr(adapter, "precision", None),
+        "postprocess": getattr(adapter, "postprocess", None),
+        "batch_size": cfg.engine.batch_size,
+        "threads": torch.get_num_threads(),
+        "sources": len(run_cfg.sources),
+        "frames": report.published,
+        "dropped": report.dropped,
+        "fps": {"network": network, "pipeline": pipeline, "naive": naive},
+        "ratio": {
+            "pipeline_vs_network": pipeline / network if network else math.nan,
+            "pipeline_vs_naive": pipeline / naive if naive else math.nan,
+        },
+        "capture_to_publish_ms": {"p50": report.latency_ms_p50, "p99": report.latency_ms_p99},
+        "stages_ms": report.stages,
+        "mean_batch": report.model_frames / report.batches if report.batches else 0.0,
+        "warm_up_s": runtime.warm_up_s,
+    }
+    if device.type == "cuda":
+        result["gpu"] = {
+            "peak_memory_mib": torch.cuda.max_memory_allocated(device) / 2**20,
+            "utilisation_percent": utilisation.mean,
+        }
+    return result
+
+
+class _GpuUtilisation:
+    """Mean GPU utilisation (NVML, through torch) sampled every 0.2 s while the block runs;
+    None when the device is no GPU or NVML is missing."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.samples: list[float] = []
+        self.mean: float | None = None
+
+    def __enter__(self):
+        import threading
+
+        self._stop = threading.Event()
+        self._thread = None
+        if self.device.type == "cuda":
+            try:
+                torch.cuda.utilization(self.device)
+            except Exception:  # NVML (pynvml) is optional
+                return self
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.2):
+            self.samples.append(float(torch.cuda.utilization(self.device)))
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        if self.samples:
+            self.mean = sum(self.samples) / len(self.samples)
+
+
+def print_bench(result: dict[str, Any], out=None) -> None:
+    out = out or sys.stdout
+    fps, ratio = result["fps"], result["ratio"]
+    print(
+        f"model {result['model']} on {result['device']} ({result['precision']}, {result['postprocess']} "
+        f"post-processing), batch {result['batch_size']}, {result['threads']} threads, "
+        f"{result['sources']} source(s), {result['frames']} frames, {result['dropped']} dropped",
+        file=out,
+    )
+    print(f"  network alone  {fps['network']:8.1f} fps", file=out)
+    print(f"  pipeline       {fps['pipeline']:8.1f} fps   {ratio['pipeline_vs_network']:.2f}x the network", file=out)
+    print(f"  naive loop     {fps['naive']:8.1f} fps   pipeline is {ratio['pipeline_vs_naive']:.2f}x this", file=out)
+    print(f"  mean batch {result['mean_batch']:.1f}, warm-up {result['warm_up_s']:.1f} s", file=out)
+    print(f"  {'stage':20}{'p50 ms':>10}{'p99 ms':>10}", file=out)
+    for name, row in result["stages_ms"].items():
+        print(f"  {name:20}{row['p50_ms']:10.1f}{row['p99_ms']:10.1f}", file=out)
+    if "gpu" in result:
+        gpu = result["gpu"]
+        util = "n/a" if gpu["utilisation_percent"] is None else f"{gpu['utilisation_percent']:.0f}%"
+        print(f"  GPU peak memory {gpu['peak_memory_mib']:.0f} MiB, utilisation {util}", file=out)
+
+
+def main_bench(args) -> int:
+    from segstream.pipeline.config import load_config
+
+    if args.sources < 1:
+        raise ConfigError(f"--sources must be at least 1, got {args.sources}")
+    if args.frames is not None and args.frames < 1:
+        raise ConfigError(f"--frames must be a positive number, got {args.frames}")
+    cfg = load_config(args.config, args.overrides)
+    result = run_bench(cfg, sources=args.sources, frames=args.frames, naive_frames=args.naive_frames,
+                       network_seconds=args.network_seconds)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print_bench(result)
+    return 0
+

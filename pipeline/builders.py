@@ -1,0 +1,90 @@
+"""Sources and sinks from their config sections, found by registries keyed by ``type``
+(sources) and by section name (sinks). A new source type adds its config model in
+``segstream.pipeline.config`` and its builder here."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from segstream.connectors.sink import Sink
+from segstream.connectors.source import VideoSource
+from segstream.pipeline.config import FileSourceConfig, SinksConfig, SourceConfig, SyntheticSourceConfig
+
+
+def _file_source(cfg: FileSourceConfig) -> VideoSource:
+    from segstream.connectors.file_source import FileSource
+
+    return FileSource(
+        cfg.name,
+        cfg.path,
+        realtime=cfg.realtime,
+        loop=cfg.loop,
+        max_frames=cfg.max_frames,
+        open_timeout_s=cfg.open_timeout_s,
+        read_timeout_s=cfg.read_timeout_s,
+    )
+
+
+def _synthetic_source(cfg: SyntheticSourceConfig) -> VideoSource:
+    from segstream.connectors.synthetic import SyntheticSource
+
+    return SyntheticSource(cfg.name, cfg.width, cfg.height, cfg.fps, cfg.seed, cfg.num_frames, cfg.realtime)
+
+
+SOURCE_BUILDERS: dict[str, Callable[..., VideoSource]] = {"file": _file_source, "synthetic": _synthetic_source}
+
+
+def build_sources(configs: Iterable[SourceConfig]) -> list[VideoSource]:
+    """Open every configured source; on failure the ones already open are closed again."""
+    sources: list[VideoSource] = []
+    try:
+        for cfg in configs:
+            sources.append(SOURCE_BUILDERS[cfg.type](cfg))
+    except BaseException:
+        for source in sources:
+            source.close()
+        raise
+    return sources
+
+
+def _redis_sink(cfg: SinksConfig, embedded_dir: Path | None) -> Sink:
+    from segstream.connectors.redis_sink import RedisPublisher
+
+    redis = cfg.redis
+    return RedisPublisher.from_config(
+        redis.url,
+        redis.password,
+        stream_pattern=redis.stream,
+        maxlen=redis.maxlen,
+        mask_encoding=redis.mask_encoding,
+        pipeline_size=redis.pipeline_size,
+        max_batch_delay_s=redis.max_batch_delay_ms / 1000,
+        events_pattern=redis.events_stream,
+        embedded_dir=embedded_dir,
+    )
+
+
+def _files_sink(cfg: SinksConfig, embedded_dir: Path | None) -> Sink:
+    from segstream.connectors.files_sink import FilesSink
+
+    return FilesSink(cfg.files.dir, cfg.redis.mask_encoding)
+
+
+# In publishing order: the first enabled sink's writes are the run's publish times.
+SINK_BUILDERS: dict[str, Callable[[SinksConfig, Path | None], Sink]] = {"redis": _redis_sink, "files": _files_sink}
+
+
+def build_sinks(cfg: SinksConfig, embedded_dir: Path | None = None) -> list[Sink]:
+    """The enabled sinks. ``embedded_dir`` holds the data of an embedded Redis (``url: null``);
+    None means a temporary directory."""
+    sinks: list[Sink] = []
+    try:
+        for section, builder in SINK_BUILDERS.items():
+            if getattr(cfg, section).enabled:
+                sinks.append(builder(cfg, embedded_dir))
+    except BaseException:
+        for sink in sinks:
+            sink.close()
+        raise
+    return sinks

@@ -1,0 +1,245 @@
+"""The model stage: batches formed across sources, the network of one batch overlapping the
+post-processing of the one before.
+
+``Batcher`` holds one bounded FIFO per source and hands out batches (round-robin over sources,
+at most ``size`` frames, waiting at most ``max_wait_s`` after the first). ``ModelStage`` turns a
+batch into results in two calls that the runtime makes from two threads: ``submit`` (upload,
+pre-processing, network) and ``collect`` (post-processing, results to the host). On CUDA,
+``submit`` copies frames through reused pinned buffers on a copy stream and runs the network on
+a compute stream without waiting for it; ``collect`` post-processes on a stream of its own once
+that batch's network is done, so the GPU runs the next batch's network meanwhile. On the CPU the
+same split lets torch (which releases the GIL) run the network of one batch while another thread
+post-processes the previous one.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from segstream.connectors.frames import Frame
+from segstream.models.results import FrameResult
+from segstream.models.segmenter import FamilyAdapter, Prepared, results
+from segstream.pipeline.metrics import RunMetrics
+
+
+class Batcher:
+    """One bounded FIFO per source behind one condition, so the model stage can wait on all.
+
+    Offline sources block when their queue is full (back-pressure, nothing lost); live sources
+    drop their oldest queued frame instead, counted as ``queue_full``.
+    """
+
+    def __init__(self, names: Sequence[str], sizes: Sequence[int], metrics: RunMetrics):
+        self.names = list(names)
+        self.sizes = list(sizes)
+        self.metrics = metrics
+        self.queues: list[deque[Frame]] = [deque() for _ in names]
+        self.open = [True] * len(names)
+        self.cond = threading.Condition()
+        self.aborted = False
+        self._next = 0  # where the next round-robin pass starts
+
+    def put(self, i: int, frame: Frame, live: bool) -> None:
+        with self.cond:
+            q = self.queues[i]
+            while not live and len(q) >= self.sizes[i] and not self.aborted:
+                self.cond.wait()
+            if live and len(q) >= self.sizes[i]:
+                q.popleft()
+                self.metrics.dropped(self.names[i], "queue_full")
+            frame.times["queued"] = time.monotonic()
+            q.append(frame)
+            self.cond.notify_all()
+
+    def finish(self, i: int) -> None:
+        with self.cond:
+            self.open[i] = False
+            self.cond.notify_all()
+
+    def abort(self) -> None:
+        with self.cond:
+            self.aborted = True
+            self.cond.notify_all()
+
+    def take_batch(self, size: int, max_wait_s: float) -> list[Frame] | None:
+        """Up to ``size`` frames, round-robin over sources, waiting at most ``max_wait_s`` after
+        the first; None once every source has finished and every queue is empty."""
+        batch: list[Frame] = []
+        with self.cond:
+            while not self.aborted and not any(self.queues) and any(self.open):
+                self.cond.wait()
+            if self.aborted or not any(self.queues):
+                return None
+            deadline = time.monotonic() + max_wait_s
+            while True:
+                self._take_round_robin(batch, size)
+                left = deadline - time.monotonic()
+                if len(batch) >= size or left <= 0 or not any(self.open) or self.aborted:
+                    break
+                self.cond.wait(left)
+            self.cond.notify_all()
+        now = time.monotonic()
+        for frame in batch:
+            frame.times["batched"] = now
+        return batch
+
+    def _take_round_robin(self, batch: list[Frame], size: int) -> None:
+        n = len(self.queues)
+        while len(batch) < size and any(self.queues):
+            for k in range(n):
+                q = self.queues[(self._next + k) % n]
+                if q and len(batch) < size:
+                    batch.append(q.popleft())
+            self._next = (self._next + 1) % n
+
+    def depth(self) -> int:
+        return sum(len(q) for q in self.queues)
+
+    def depths(self) -> str:
+        return " ".join(f"{n}={len(q)}/{s}" for n, q, s in zip(self.names, self.queues, self.sizes))
+
+
+@dataclass(slots=True)
+class InFlight:
+    """A batch whose network has been started: its frames, prepared input and outputs, and on
+    CUDA the event that marks the end of its network."""
+
+    frames: list[Frame]
+    prepared: Prepared
+    outputs: Any
+    started: float
+    begin: Any = None
+    done: Any = None
+
+
+class _PinnedStaging:
+    """Reused page-locked host buffers and the stream that uploads frames from them.
+
+    ``slots`` buffers are used in turn; a buffer is refilled only after its previous upload has
+    finished (its event), so at most ``slots`` uploads are in flight.
+    """
+
+    def __init__(self, device: torch.device, slots: int):
+        self.device = device
+        self.stream = torch.cuda.Stream(device)
+        self.buffers: list[torch.Tensor | None] = [None] * slots
+        self.events: list[Any] = [None] * slots
+        self.next = 0
+
+    def upload(self, images: list[np.ndarray], compute: Any) -> list[torch.Tensor]:
+        slot = self.next
+        self.next = (slot + 1) % len(self.buffers)
+        if self.events[slot] is not None:
+            self.events[slot].synchronize()
+        total = sum(image.nbytes for image in images)
+        buffer = self.buffers[slot]
+        if buffer is None or buffer.numel() < total:
+            buffer = self.buffers[slot] = torch.empty(max(total, 1), dtype=torch.uint8, pin_memory=True)
+        host = buffer.numpy()
+        offsets = []
+        offset = 0
+        for image in images:
+            host[offset : offset + image.nbytes] = np.ascontiguousarray(image).reshape(-1)
+            offsets.append(offset)
+            offset += image.nbytes
+        with torch.cuda.stream(self.stream):
+            on_device = buffer[:total].to(self.device, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record(self.stream)
+        self.events[slot] = event
+        compute.wait_event(event)
+        on_device.record_stream(compute)  # freed by this thread while the compute stream reads it
+        return [on_device[o : o + image.nbytes].view(image.shape) for o, image in zip(offsets, images)]
+
+
+class ModelStage:
+    """Runs a family adapter on batches of frames: ``submit`` then ``collect`` per batch.
+
+    ``submit`` is called from one thread (the model thread), ``collect`` from another, in the
+    same order. ``warm_up`` runs every batch bucket once (compiling and capturing what the
+    adapter compiles) and must be called from the model thread before the first ``submit``.
+    """
+
+    def __init__(self, adapter: FamilyAdapter, max_inflight: int = 2):
+        self.adapter = adapter
+        self.device = adapter.device
+        self.cuda = self.device.type == "cuda"
+        if self.cuda:
+            self.compute_stream = torch.cuda.Stream(self.device)
+            self.post_stream = torch.cuda.Stream(self.device)
+            self.staging = _PinnedStaging(self.device, max_inflight + 1)
+
+    def warm_up(self, height: int, width: int) -> float:
+        """Run each batch bucket of the adapter once on blank frames; returns the seconds taken."""
+        start = time.monotonic()
+        for bucket in self.adapter.batch_buckets or (1,):
+            frames = [
+                Frame("warm-up", i, np.zeros((height, width, 3), np.uint8), None, None, None, 0.0)
+                for i in range(bucket)
+            ]
+            self.collect(self.submit(frames))
+        return time.monotonic() - start
+
+    @torch.inference_mode()
+    def submit(self, frames: list[Frame]) -> InFlight:
+        started = time.monotonic()
+        for frame in frames:
+            frame.times["model_start"] = started
+        begin = done = None
+        with torch.cuda.stream(self.compute_stream) if self.cuda else nullcontext():
+            if self.cuda:
+                begin = torch.cuda.Event(enable_timing=True)
+                begin.record(self.compute_stream)
+                tensors = self.staging.upload([f.image for f in frames], self.compute_stream)
+            else:
+                tensors = [torch.from_numpy(np.ascontiguousarray(f.image)) for f in frames]
+            prepared = self.adapter.prepare(tensors)
+            outputs = self.adapter.forward(prepared)
+            if self.cuda:
+                done = torch.cuda.Event(enable_timing=True)
+                done.record(self.compute_stream)
+        if not self.cuda:
+            ended = time.monotonic()
+            for frame in frames:
+                frame.times["model_end"] = ended
+        return InFlight(frames, prepared, outputs, started, begin, done)
+
+    @torch.inference_mode()
+    def collect(self, batch: InFlight) -> list[FrameResult]:
+        if self.cuda:
+            # Post-processing is issued once the network is done, so the post stream needs no
+            # stream dependency; only this thread waits, the model thread keeps the GPU busy.
+            batch.done.synchronize()
+            ended = time.monotonic()
+            for frame in batch.frames:
+                frame.times["model_end"] = ended
+        with torch.cuda.stream(self.post_stream) if self.cuda else nullcontext():
+            decisions = self.adapter.decide(batch.outputs, batch.prepared)
+            out = results(self.adapter, batch.outputs, batch.prepared, decisions)
+        finished = time.monotonic()
+        for frame, result in zip(batch.frames, out):
+            result.source = frame.source
+            result.index = frame.index
+            result.pts = frame.pts
+            result.time_base = frame.time_base
+            result.pts_seconds = frame.pts_seconds
+            result.capture_ts = frame.capture_wall
+            result.times = frame.times
+            result.times["post_end"] = finished
+        return out
+
+    def network_seconds(self, batch: InFlight) -> float:
+        """How long the batch's upload, pre-processing and network took (GPU time on CUDA);
+        valid once the batch was collected."""
+        if self.cuda:
+            return batch.begin.elapsed_time(batch.done) / 1000
+        return batch.frames[0].times["model_end"] - batch.started

@@ -1,0 +1,145 @@
+"""What a run counts and times, in one object every stage of the runtime writes to.
+
+Counters are per source (decoded, published, dropped by reason, decode errors); latencies are
+kept per stage as the most recent ``window`` samples (bounded memory however long the run), so
+percentiles describe the recent past of a long run and the whole of a short one.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+
+# The timestamps a frame collects on its way, in order; a stage's latency is the time from the
+# previous one to its own.
+STAGES = ("decoded", "queued", "batched", "model_start", "model_end", "post_end", "staged", "published")
+
+
+class LatencyWindow:
+    """The last ``size`` samples of one latency, in seconds; thread-safe for one writer."""
+
+    def __init__(self, size: int = 65536):
+        self._samples = np.zeros(size, np.float64)
+        self._count = 0
+
+    def add(self, seconds: float) -> None:
+        self._samples[self._count % len(self._samples)] = seconds
+        self._count += 1
+
+    @property
+    def count(self) -> int:
+        return self._count
+
+    def values(self) -> np.ndarray:
+        return self._samples[: min(self._count, len(self._samples))].copy()
+
+    def percentiles(self, *qs: float) -> list[float]:
+        values = self.values()
+        if values.size == 0:
+            return [float("nan")] * len(qs)
+        return [float(v) for v in np.percentile(values, qs)]
+
+    def max(self) -> float:
+        values = self.values()
+        return float(values.max()) if values.size else float("nan")
+
+    def mean(self) -> float:
+        values = self.values()
+        return float(values.mean()) if values.size else float("nan")
+
+
+@dataclass(slots=True)
+class SourceCounts:
+    decoded: int = 0
+    published: int = 0
+    decode_errors: int = 0
+    dropped_by: Counter = field(default_factory=Counter)
+
+    @property
+    def dropped(self) -> int:
+        return sum(self.dropped_by.values())
+
+    def copy(self) -> SourceCounts:
+        return SourceCounts(self.decoded, self.published, self.decode_errors, Counter(self.dropped_by))
+
+
+class RunMetrics:
+    """Counters and latency windows of one run. Writers: the runtime's threads and the sinks
+    (``written``); readers: the progress line, the final report, benchmarks."""
+
+    def __init__(self, sources: list[str] | tuple[str, ...] = (), window: int = 65536):
+        self._lock = threading.Lock()
+        self.sources: dict[str, SourceCounts] = {name: SourceCounts() for name in sources}
+        self.batches = 0
+        self.model_frames = 0
+        self.batch_sizes: Counter = Counter()
+        self.stage = {name: LatencyWindow(window) for name in STAGES[1:]}
+        self.model_batch = LatencyWindow(window)  # seconds of network per batch
+        self.capture_to_publish = LatencyWindow(window)
+        self.written: Counter = Counter()  # entries each sink has written
+        self.first_decoded: float | None = None  # monotonic time of the run's first frame
+        self.last_published: float | None = None  # and of its last write
+
+    def source(self, name: str) -> SourceCounts:
+        with self._lock:
+            return self.sources.setdefault(name, SourceCounts())
+
+    def decoded(self, name: str, at: float) -> None:
+        if self.first_decoded is None:
+            self.first_decoded = at
+        self.source(name).decoded += 1
+
+    def dropped(self, name: str, reason: str, count: int = 1) -> None:
+        counts = self.source(name)
+        with self._lock:  # several threads drop frames of one source (queue full, stale)
+            counts.dropped_by[reason] += count
+
+    def published(self, name: str) -> None:
+        self.source(name).published += 1
+
+    def batch(self, size: int, network_s: float) -> None:
+        self.batches += 1
+        self.model_frames += size
+        self.batch_sizes[size] += 1
+        self.model_batch.add(network_s)
+
+    def stages(self, times: dict[str, float]) -> None:
+        """Record the time between each pair of consecutive stamps a frame collected."""
+        if "published" in times:
+            self.last_published = times["published"]
+        previous = None
+        for name in STAGES:
+            if name in times:
+                if previous is not None:
+                    self.stage[name].add(times[name] - previous)
+                previous = times[name]
+
+    def wrote(self, sink: str, capture_ts: float, publish_ts: float, primary: bool) -> None:
+        """A sink wrote one entry at ``publish_ts`` (Unix seconds); the primary sink's writes make
+        the run's capture-to-publish latency."""
+        self.written[sink] += 1
+        if primary:
+            self.capture_to_publish.add(publish_ts - capture_ts)
+
+    @property
+    def streaming_s(self) -> float:
+        """Seconds from the first frame decoded to the last one published (0 before that)."""
+        if self.first_decoded is None or self.last_published is None:
+            return 0.0
+        return max(0.0, self.last_published - self.first_decoded)
+
+    def snapshot(self) -> dict[str, SourceCounts]:
+        with self._lock:
+            return {name: counts.copy() for name, counts in self.sources.items()}
+
+    def stage_table(self) -> dict[str, dict[str, float]]:
+        """p50/p99/max in milliseconds of every stage that saw a frame, and capture to publish."""
+        table = {}
+        for name, window in [*self.stage.items(), ("capture_to_publish", self.capture_to_publish)]:
+            if window.count:
+                p50, p99 = window.percentiles(50, 99)
+                table[name] = {"p50_ms": 1000 * p50, "p99_ms": 1000 * p99, "max_ms": 1000 * window.max()}
+        return table

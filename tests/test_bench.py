@@ -1,0 +1,40 @@
+"""``segstream bench``: one run measures the network alone, the pipeline and a naive loop."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from segstream.pipeline.cli import main
+
+DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+
+
+def test_bench_reports_all_three_rates_their_ratios_and_stage_latencies(capsys):
+    code = main([
+        "bench", str(DEMO), "--sources", "2", "--frames", "12", "--naive-frames", "4",
+        "--network-seconds", "0.2", "--json", "--set", "model.device=cpu",
+    ])
+    assert code == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    fps = result["fps"]
+    assert result["sources"] == 2 and result["frames"] == 24 and result["dropped"] == 0
+    assert all(fps[k] > 0 for k in ("network", "pipeline", "naive"))
+    assert abs(result["ratio"]["pipeline_vs_network"] - fps["pipeline"] / fps["network"]) < 1e-9
+    assert abs(result["ratio"]["pipeline_vs_naive"] - fps["pipeline"] / fps["naive"]) < 1e-9
+    for stage in ("batched", "model_end", "post_end", "published", "capture_to_publish"):
+        row = result["stages_ms"][stage]
+        assert 0 <= row["p50_ms"] <= row["p99_ms"] <= row["max_ms"]
+
+
+def test_bench_table_names_each_measurement(capsys):
+    assert main(["bench", str(DEMO), "--frames", "8", "--naive-frames", "2", "--network-seconds", "0.1",
+                 "--set", "model.device=cpu"]) == 0
+    out = capsys.readouterr().out
+    for words in ("network alone", "pipeline", "naive loop", "capture_to_publish", "x the network"):
+        assert words in out
+
+
+def test_bench_refuses_nonsense_counts(capsys):
+    assert main(["bench", str(DEMO), "--sources", "0"]) == 2
+    assert "--sources must be at least 1" in capsys.readouterr().err
