@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from models.senatra import (
+from segstream.models.senatra import (
     Assignment,
     SeNaTra,
     SeNaTraConfig,
@@ -247,7 +247,7 @@ def test_config_rejects_inconsistent_sizes():
 
 
 def test_neighbourhood_attention_matches_masked_full_attention():
-    from models.senatra import NeighbourhoodAttention, rope_2d
+    from segstream.models.senatra import NeighbourhoodAttention, rope_2d
 
     attn = NeighbourhoodAttention(dim=16, heads=2, kernel_size=3, rope_theta=100.0).double()
     _randomise(attn, seed=11)
@@ -266,7 +266,7 @@ def test_neighbourhood_attention_matches_masked_full_attention():
 
 
 def test_rope_logits_depend_on_relative_position_only():
-    from models.senatra import rope_2d
+    from segstream.models.senatra import rope_2d
 
     g = torch.Generator().manual_seed(13)
     q, k = torch.randn(8, generator=g, dtype=torch.float64), torch.randn(8, generator=g, dtype=torch.float64)
