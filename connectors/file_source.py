@@ -1,27 +1,32 @@
-"""Video files and streams decoded with PyAV (FFmpeg): any container and codec FFmpeg reads."""
+"""Video files decoded with PyAV (FFmpeg): any container and codec FFmpeg reads."""
 
 from __future__ import annotations
 
 import threading
 import time
-from contextlib import closing
-from fractions import Fraction
-from typing import Iterator
+from collections.abc import Iterator
 
-import av
-
+from segstream.connectors.av_input import AVInput, CaptureThread, InputTimeout
+from segstream.connectors.clock import Pacer, Timeline
 from segstream.connectors.errors import SourceError
 from segstream.connectors.frames import Frame
+from segstream.connectors.urls import redact_url
+
+_POLL_S = 0.1  # how often a wait for the next frame checks for close()
 
 
 class FileSource:
-    """Frames of one video file or stream URL, in presentation order.
+    """Frames of one video file (a local path, or an http(s) URL of a file), in presentation order
+    and displayed orientation.
 
     ``realtime`` paces frames at the file's own rate (by PTS), standing in for a camera, and makes
-    the source ``live``. ``loop`` starts over at the end; PTS keep increasing across loops (each
-    loop is offset by the previous loops' duration) and ``Frame.index`` counts on. Packets the
-    decoder rejects are skipped and counted in ``decode_errors``. The file is opened in the
-    constructor so that a bad path fails before the pipeline starts.
+    the source ``live``; a jump in the timestamps re-anchors the pacing instead of sleeping
+    through the gap. ``loop`` starts over at the end: PTS keep increasing (each pass is placed one
+    frame after the previous one), ``Frame.index`` counts on and ``Frame.epoch`` counts the
+    passes. Packets the decoder rejects are skipped and counted in ``decode_errors``. A local file
+    is opened in the constructor, so that a bad path fails before the pipeline starts; a URL is
+    opened by ``frames()``. Reading runs on a thread of its own (``CaptureThread``), so
+    ``close()`` ends ``frames()`` at once whatever FFmpeg is doing.
     """
 
     def __init__(
@@ -36,111 +41,119 @@ class FileSource:
     ):
         self.name = name
         self.path = str(path)
+        self.shown = redact_url(self.path)
         self.live = realtime
         self.loop = loop
         self.max_frames = max_frames
         self.timeout = (open_timeout_s, read_timeout_s)
-        self.decode_errors = 0
+        self.pacer = Pacer() if realtime else None
+        self._finished_errors = 0  # decode errors of passes already read
+        self._capture: CaptureThread | None = None
         self._closed = threading.Event()
         self._lock = threading.Lock()
-        self._reading = False
-        self._container: av.container.InputContainer | None = self._open()
+        self._input: AVInput | None = None if "://" in self.path else self._open()
 
-    def _open(self) -> av.container.InputContainer:
+    @property
+    def decode_errors(self) -> int:
+        capture = self._capture
+        return self._finished_errors + (capture.decode_errors if capture is not None else 0)
+
+    def _open(self) -> AVInput:
         try:
-            container = av.open(self.path, timeout=self.timeout)
-        except FileNotFoundError:
-            raise SourceError(f"source {self.name}: '{self.path}' does not exist") from None
-        except av.error.FFmpegError as error:
-            reason = error.strerror or str(error)
-            raise SourceError(f"source {self.name}: cannot open '{self.path}' as video ({reason})") from None
-        if not container.streams.video:
-            container.close()
-            raise SourceError(f"source {self.name}: '{self.path}' has no video stream")
-        return container
+            return AVInput(self.path, self.shown, timeout=self.timeout)
+        except SourceError as error:
+            raise SourceError(f"source {self.name}: {error}") from None
 
     def frames(self) -> Iterator[Frame]:
-        with self._lock:
-            if self._closed.is_set():
-                return
-            self._reading = True
+        timeline = Timeline()
         index = 0
-        pts_offset = 0  # added to PTS from the second loop on, in stream time base
-        clock_start: float | None = None  # monotonic time at which PTS 0 of the first loop is due
+        epoch = 0
         try:
             while not self._closed.is_set():
-                container = self._container or self._open()
-                self._container = container
-                stream = container.streams.video[0]
-                stream.thread_type = "AUTO"
-                time_base = stream.time_base or Fraction(1, 1_000_000)
-                rate = stream.average_rate or stream.guessed_rate or 25
-                step = max(1, round(1 / (rate * time_base)))  # one frame's duration in time base
-                first_pts = last_pts = None
-                with closing(self._decode(container, stream)) as decoded_frames:
-                    for decoded in decoded_frames:
-                        pts = decoded.pts
-                        if pts is None:  # some raw streams carry no timestamps: count frames instead
-                            pts = 0 if last_pts is None else last_pts + step
-                        if first_pts is None:
-                            first_pts = pts
-                        last_pts = pts
-                        pts += pts_offset
-                        pts_seconds = float(pts * time_base)
-                        if self.live:
-                            if clock_start is None:
-                                clock_start = time.monotonic() - pts_seconds
-                            delay = clock_start + pts_seconds - time.monotonic()
-                            if delay > 0 and self._closed.wait(delay):
-                                return
-                        yield Frame(
-                            source=self.name,
-                            index=index,
-                            image=decoded.to_ndarray(format="rgb24"),
-                            pts=pts,
-                            time_base=time_base,
-                            pts_seconds=pts_seconds,
-                            capture_wall=time.time(),
-                        )
-                        index += 1
-                        if (self.max_frames is not None and index >= self.max_frames) or self._closed.is_set():
+                with self._lock:
+                    if self._closed.is_set():
+                        return
+                    opened, self._input = self._input, None
+                    capture = self._capture = CaptureThread(self.name, (lambda: opened) if opened else self._open)
+                    capture.start()
+                if self.wait_open(capture) is None:
+                    return
+                passed = 0
+                for picture in self._pictures(capture):
+                    pts = timeline.place(picture.pts, picture.time_base, picture.step)
+                    pts_seconds = timeline.seconds(pts)
+                    if self.pacer is not None:
+                        step_s = float(picture.step * picture.time_base)
+                        delay = self.pacer.due(pts_seconds, step_s) - time.monotonic()
+                        if delay > 0 and self._closed.wait(delay):
                             return
-                self._close_container()
+                    yield Frame(
+                        source=self.name,
+                        index=index,
+                        image=picture.image,
+                        pts=pts,
+                        time_base=timeline.time_base,
+                        pts_seconds=pts_seconds,
+                        capture_wall=picture.capture_wall if self.pacer is None else time.time(),
+                        epoch=epoch,
+                        sender_wall=picture.sender_wall,
+                    )
+                    index += 1
+                    passed += 1
+                    if (self.max_frames is not None and index >= self.max_frames) or self._closed.is_set():
+                        return
+                self._retire()
                 if not self.loop or self._closed.is_set():
                     return
-                if first_pts is None:
-                    raise SourceError(f"source {self.name}: '{self.path}' has no decodable frames to loop over")
-                pts_offset += last_pts + step - first_pts
+                if passed == 0:
+                    raise SourceError(f"source {self.name}: '{self.shown}' has no decodable frames to loop over")
+                epoch += 1
+                timeline.restart()
         finally:
-            with self._lock:
-                self._reading = False
-                self._close_container()
+            self._retire()
 
-    def _decode(self, container: av.container.InputContainer, stream: av.VideoStream) -> Iterator[av.VideoFrame]:
+    def wait_open(self, capture: CaptureThread) -> AVInput | None:
         try:
-            for packet in container.demux(stream):
-                try:
-                    yield from packet.decode()
-                except av.error.InvalidDataError:
-                    self.decode_errors += 1
-                if self._closed.is_set():
-                    return
-        except av.error.ExitError:
-            raise SourceError(
-                f"source {self.name}: no data from '{self.path}' for {self.timeout[1]:g} s — "
-                "check the stream or raise read_timeout_s"
-            ) from None
-        except av.error.FFmpegError as error:
-            raise SourceError(f"source {self.name}: reading '{self.path}' failed ({error.strerror or error})") from None
+            return capture.wait_open(self.timeout[0], self._closed, self.shown)
+        except SourceError as error:
+            raise SourceError(f"source {self.name}: {error}") from None
 
-    def _close_container(self) -> None:
-        if self._container is not None:
-            self._container.close()
-            self._container = None
+    def _pictures(self, capture: CaptureThread):
+        """The pass's pictures until its end; a read that delivers nothing for the read timeout
+        fails the source."""
+        waiting_since = time.monotonic()
+        while True:
+            try:
+                picture = capture.next(_POLL_S)
+            except EOFError:
+                return
+            except SourceError as error:
+                raise SourceError(f"source {self.name}: {error}") from None
+            if self._closed.is_set():
+                return
+            if picture is None:
+                idle = time.monotonic() - max(capture.last_read, waiting_since)
+                if idle > self.timeout[1]:
+                    raise InputTimeout(
+                        f"source {self.name}: no data from '{self.shown}' for {self.timeout[1]:g} s (read timeout)",
+                        "read",
+                        self.timeout[1],
+                    )
+                continue
+            yield picture
+            waiting_since = time.monotonic()
+
+    def _retire(self) -> None:
+        with self._lock:
+            capture, self._capture = self._capture, None
+            if capture is not None:
+                self._finished_errors += capture.decode_errors
+                capture.abandon()
 
     def close(self) -> None:
-        self._closed.set()
         with self._lock:
-            # while frames() runs, the container belongs to its thread, which closes it on the way out
-            if not self._reading:
-                self._close_container()
+            self._closed.set()
+            # before frames() started, the opened file is ours to close; later its thread closes it
+            if self._input is not None:
+                self._input.close()
+                self._input = None

@@ -15,7 +15,9 @@ class Frame:
     ``image`` is H x W x 3 uint8 RGB. ``pts`` is in units of ``time_base`` (stream time);
     ``pts_seconds`` is the same instant in seconds. ``capture_wall`` is the Unix time (seconds)
     at which the frame left the decoder. ``times`` collects when the frame passed each stage of
-    the pipeline (``time.monotonic()`` seconds by stage name).
+    the pipeline (``time.monotonic()`` seconds by stage name). ``epoch`` counts the times the
+    source's timeline restarted (a reconnect, a file starting over); ``sender_wall`` is the Unix
+    time at which the sender captured the frame, when the stream says (RTCP sender reports).
     """
 
     source: str
@@ -26,6 +28,8 @@ class Frame:
     pts_seconds: float | None
     capture_wall: float
     times: dict[str, float] = field(default_factory=dict)
+    epoch: int = 0
+    sender_wall: float | None = None
 
     @property
     def height(self) -> int:

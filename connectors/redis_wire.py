@@ -72,6 +72,8 @@ def to_wire(result: FrameResult, mask_encoding: str, publish_ts: float | None = 
         "height": str(result.height),
         "model": result.model,
         "mask_encoding": mask_encoding,
+        "epoch": str(int(result.epoch)),
+        "sender_ts": "" if result.sender_ts is None else repr(float(result.sender_ts)),
     }
     if mask_encoding == "rle":
         for record, counts in zip(records, _coco_rle_counts(label_map, ids)):
@@ -126,6 +128,8 @@ def from_wire(fields: Mapping[bytes | str, bytes | str], *, decode_masks: bool =
                 raise WireFormatError("entry has mask_encoding 'idmap' but no 'idmap' field")
             label_map = _decompress_idmap(entry["idmap"], height, width)
 
+    # optional fields added within v1: absent in entries of older writers
+    optional = {name: _text(entry[name]) for name in ("epoch", "sender_ts") if name in entry}
     return FrameResult(
         source=text["source"],
         index=_integer(text, "frame"),
@@ -139,6 +143,8 @@ def from_wire(fields: Mapping[bytes | str, bytes | str], *, decode_masks: bool =
         capture_ts=_number(text, "capture_ts"),
         publish_ts=_number(text, "publish_ts"),
         model=text["model"],
+        epoch=_integer(optional, "epoch") if optional.get("epoch") else 0,
+        sender_ts=_number(optional, "sender_ts") if optional.get("sender_ts") else None,
     )
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Iterator, Protocol
+from typing import Any, Iterator, Protocol
 
 from segstream.connectors.frames import Frame
 
@@ -25,3 +25,23 @@ class VideoSource(Protocol):
     def close(self) -> None:
         """Stop producing; ``frames()`` returns soon after. Safe to call twice, from any thread."""
         ...
+
+
+# What a source is doing. A source starts connecting; streaming once frames flow; stalled when
+# they stop coming while its input is open; reconnecting while it waits to try again and tries;
+# ended when it finished or was closed, failed when it gave up. Ended and failed are final.
+SOURCE_STATES = ("connecting", "streaming", "stalled", "reconnecting", "ended", "failed")
+
+
+class StateListener(Protocol):
+    """Told each state a source enters, why (one line for people, credentials redacted) and the
+    details (JSON-ready: timeouts, attempt, negotiated frame size, ...)."""
+
+    def __call__(self, state: str, reason: str, data: dict[str, Any]) -> None: ...
+
+
+class ReportsState(Protocol):
+    """A source that reports its own states: the runtime sets ``on_state`` before ``frames()``.
+    Sources without it get the runtime's generic connecting -> streaming -> ended / failed."""
+
+    on_state: StateListener | None

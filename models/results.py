@@ -138,7 +138,9 @@ class FrameResult:
     passed each stage (``time.monotonic()`` seconds, keys in pipeline order: decoded, queued,
     batched, model_start, model_end, post_end, staged, published). ``events`` are what the
     per-source stages noticed at this frame (a track started or ended); sinks publish them after
-    the frame's own entry.
+    the frame's own entry. ``epoch`` counts the restarts of the source's timeline before this
+    frame (reconnects, loops); ``sender_ts`` is the Unix time at which the sender captured the
+    frame when the stream says so (RTCP sender reports), else None.
     """
 
     source: str
@@ -155,6 +157,8 @@ class FrameResult:
     model: str = ""
     times: dict[str, float] = field(default_factory=dict)
     events: list[Event] = field(default_factory=list)
+    epoch: int = 0
+    sender_ts: float | None = None
 
     def masks(self) -> dict[int, np.ndarray]:
         """Segment id -> height x width bool mask."""

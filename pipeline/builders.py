@@ -9,7 +9,15 @@ from pathlib import Path
 
 from segstream.connectors.sink import Sink
 from segstream.connectors.source import VideoSource
-from segstream.pipeline.config import FileSourceConfig, SinksConfig, SourceConfig, SyntheticSourceConfig
+from segstream.pipeline.config import (
+    CameraSourceConfig,
+    FileSourceConfig,
+    ImagesSourceConfig,
+    SinksConfig,
+    SourceConfig,
+    StreamSourceConfig,
+    SyntheticSourceConfig,
+)
 
 
 def _file_source(cfg: FileSourceConfig) -> VideoSource:
@@ -32,7 +40,63 @@ def _synthetic_source(cfg: SyntheticSourceConfig) -> VideoSource:
     return SyntheticSource(cfg.name, cfg.width, cfg.height, cfg.fps, cfg.seed, cfg.num_frames, cfg.realtime)
 
 
-SOURCE_BUILDERS: dict[str, Callable[..., VideoSource]] = {"file": _file_source, "synthetic": _synthetic_source}
+def _reconnect_policy(cfg: StreamSourceConfig | CameraSourceConfig):
+    from segstream.connectors.live_source import ReconnectPolicy
+
+    return ReconnectPolicy(
+        open_timeout_s=cfg.open_timeout_s,
+        read_timeout_s=cfg.read_timeout_s,
+        stall_timeout_s=cfg.stall_timeout_s,
+        max_reconnects=cfg.max_reconnects,
+        delay_s=cfg.reconnect_delay_s,
+        max_delay_s=cfg.reconnect_max_delay_s,
+    )
+
+
+def _stream_source(cfg: StreamSourceConfig) -> VideoSource:
+    from segstream.connectors.stream_source import StreamSource
+
+    return StreamSource(
+        cfg.name,
+        cfg.url,
+        transport=cfg.transport,
+        policy=_reconnect_policy(cfg),
+        low_latency=cfg.low_latency,
+        options=cfg.options,
+    )
+
+
+def _camera_source(cfg: CameraSourceConfig) -> VideoSource:
+    from segstream.connectors.camera_source import CameraSource
+
+    return CameraSource(
+        cfg.name,
+        cfg.device,
+        width=cfg.width,
+        height=cfg.height,
+        fps=cfg.fps,
+        pixel_format=cfg.pixel_format,
+        policy=_reconnect_policy(cfg),
+    )
+
+
+def _images_source(cfg: ImagesSourceConfig) -> VideoSource:
+    from segstream.connectors.image_source import ImageFolderSource
+
+    return ImageFolderSource(
+        cfg.name, cfg.path, fps=cfg.fps, loop=cfg.loop, realtime=cfg.realtime, max_frames=cfg.max_frames
+    )
+
+
+# Stream and camera sources open in their own threads once the run starts (never here): a
+# camera that does not answer must not hold up the others, nor Ctrl-C.
+SOURCE_BUILDERS: dict[str, Callable[..., VideoSource]] = {
+    "file": _file_source,
+    "stream": _stream_source,
+    "camera": _camera_source,
+    "images": _images_source,
+    "synthetic": _synthetic_source,
+}
 
 
 def build_sources(configs: Iterable[SourceConfig]) -> list[VideoSource]:

@@ -1,13 +1,15 @@
 """The ``segstream`` command: run, validate, schema, tail, evaluate, demo.
 
 User errors (``SegstreamError``) end as one line ``segstream: error: ...`` and the error's exit
-code; Ctrl-C or SIGTERM drains the pipeline and exits 0, a second one aborts with 130.
+code; Ctrl-C or SIGTERM drains the pipeline and exits 0 (from any state, start-up included), a
+second one aborts with 130. A run in which a source failed exits 1 and says which and why.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import signal
 import sys
@@ -15,7 +17,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from segstream.connectors.errors import SegstreamError
+from segstream.connectors.errors import SegstreamError, SourceError
 from segstream.pipeline.config import PipelineConfig, json_schema, load_config
 
 if TYPE_CHECKING:
@@ -152,48 +154,86 @@ def _run(args: argparse.Namespace) -> int:
     if args.max_frames is not None and args.max_frames <= 0:
         raise SegstreamError(f"--max-frames must be a positive number, got {args.max_frames}")
     cfg = load_config(args.config, args.overrides)
-    run_pipeline(cfg, max_frames=args.max_frames)
+    _log_to_stderr()
+    report = run_pipeline(cfg, max_frames=args.max_frames)
+    if report is not None and report.failed:
+        # a live source that lost its camera must not look like a run that finished
+        raise SourceError("\n".join(f"source {name} failed: {reason}" for name, reason in report.failed.items()))
     return 0
 
 
-def run_pipeline(cfg: PipelineConfig, max_frames: int | None = None, progress=True) -> RunReport:
-    """Build model, sinks and sources from ``cfg`` and run them; Ctrl-C/SIGTERM drain."""
-    import torch
+def _log_to_stderr() -> None:
+    """Source states and warnings as ``segstream: ...`` lines, unless logging is set up already."""
+    root = logging.getLogger()
+    if not root.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("segstream: %(levelname)s: %(message)s"))
+        root.addHandler(handler)
+        root.setLevel(logging.INFO)
 
-    from segstream.pipeline.builders import build_sinks, build_sources
-    from segstream.pipeline.model_factory import build_segmenter
-    from segstream.pipeline.runtime import Runtime
 
-    if cfg.engine.threads is not None:
-        torch.set_num_threads(cfg.engine.threads)
-    adapter = build_segmenter(cfg.model, batch_size=cfg.engine.batch_size)
-    sinks = build_sinks(cfg.sinks)
-    try:
-        sources = build_sources(cfg.sources)
-    except BaseException:
-        for sink in sinks:
-            sink.close()
-        raise
-    runtime = Runtime.from_config(
-        cfg, sources, adapter, sinks, max_frames=max_frames, warm_up=WARM_UP_FRAME, progress=progress
-    )
-    with _DrainOnSignal(runtime):
+def run_pipeline(cfg: PipelineConfig, max_frames: int | None = None, progress=True) -> RunReport | None:
+    """Build model, sinks and sources from ``cfg`` and run them; Ctrl-C/SIGTERM drain, also while
+    things are still being built (then None when the run never started)."""
+    with _DrainOnSignal() as signals:
+        import torch
+
+        from segstream.pipeline.builders import build_sinks, build_sources
+        from segstream.pipeline.model_factory import build_segmenter
+        from segstream.pipeline.runtime import Runtime
+
+        if cfg.engine.threads is not None:
+            torch.set_num_threads(cfg.engine.threads)
+        adapter = build_segmenter(cfg.model, batch_size=cfg.engine.batch_size)
+        sinks, sources = [], []
+        try:
+            if not signals.stopping:
+                sinks = build_sinks(cfg.sinks)
+            if not signals.stopping:
+                sources = build_sources(cfg.sources)
+            runtime = None if signals.stopping else Runtime.from_config(
+                cfg, sources, adapter, sinks, max_frames=max_frames, warm_up=WARM_UP_FRAME, progress=progress
+            )
+        except BaseException:
+            runtime = None
+            raise
+        finally:
+            if runtime is None:  # stopped, or failed, before the run: release what was built
+                for part in [*sources, *sinks]:
+                    part.close()
+        if runtime is None:
+            return None
+        signals.runtime = runtime
         return runtime.run()
 
 
 class _DrainOnSignal:
-    """First SIGINT/SIGTERM: ``runtime.stop()`` (drain, exit 0); second: KeyboardInterrupt."""
+    """First SIGINT/SIGTERM: ``runtime.stop()`` (drain, exit 0), or before the runtime exists,
+    ``stopping`` (nothing is started any more); second: KeyboardInterrupt."""
 
-    def __init__(self, runtime):
-        self.runtime = runtime
+    def __init__(self):
+        self._runtime = None
+        self.stopping = False
         self.signals = 0
         self.previous: dict[int, object] = {}
+
+    @property
+    def runtime(self):
+        return self._runtime
+
+    @runtime.setter
+    def runtime(self, runtime) -> None:
+        self._runtime = runtime
+        if self.stopping:
+            runtime.stop()
 
     def _handle(self, signum, frame) -> None:
         self.signals += 1
         if self.signals > 1:
             raise KeyboardInterrupt
-        self.runtime.stop()
+        self.stopping = True
+        if self._runtime is not None:
+            self._runtime.stop()
         # os.write, not print: print may be interrupted while holding stderr's buffer lock
         name = signal.Signals(signum).name
         os.write(2, f"segstream: {name}: stopping, draining queued frames ({name} again aborts)\n".encode())

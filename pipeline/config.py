@@ -18,12 +18,14 @@ from typing import Annotated, Any, Literal, Union
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from segstream.connectors.errors import ConfigError
+from segstream.connectors.urls import STREAM_SCHEMES, redact_url, url_scheme
 
 PositiveInt = Annotated[int, Field(gt=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
 Fraction01 = Annotated[float, Field(ge=0, le=1)]
 SourceName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")]
 
@@ -32,12 +34,33 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class FileSourceConfig(Strict):
-    """A video file (any container and codec FFmpeg decodes) or a stream URL.
+BufferKind = Literal["every_frame", "newest"]
+# Schemes that only `type: stream` reads: a live stream is never a file.
+_LIVE_ONLY_SCHEMES = tuple(scheme for scheme in STREAM_SCHEMES if scheme not in ("http", "https"))
+
+
+class _Buffered:
+    """What every source has: a queue of ``queue_size`` frames in front of the model, its
+    ``buffer`` policy (``every_frame``: the source waits, nothing is dropped; ``newest``: the
+    oldest frames are dropped, and frames older than ``max_staleness_ms`` when the model would
+    take them), and ``required`` (its failure ends the run; otherwise the other sources carry
+    on and the run reports it as failed)."""
+
+    @property
+    def buffer_kind(self) -> str:
+        """The buffer policy in force: a file or a synthetic source that gave none keeps the
+        newest frames when real-time, every frame otherwise."""
+        if self.buffer is not None:
+            return self.buffer
+        return "newest" if getattr(self, "realtime", False) else "every_frame"
+
+
+class FileSourceConfig(_Buffered, Strict):
+    """A video file (any container and codec FFmpeg decodes), a local path or an http(s) URL.
 
     Relative paths are relative to the config file's directory. ``realtime`` paces the file at its
-    own frame rate, standing in for a camera: the runtime then drops the oldest frames when the
-    model falls behind instead of slowing the source down.
+    own frame rate, standing in for a camera (its buffer then defaults to ``newest``). Live
+    streams are ``type: stream``.
     """
 
     name: SourceName
@@ -47,13 +70,21 @@ class FileSourceConfig(Strict):
     loop: bool = False
     max_frames: PositiveInt | None = None
     queue_size: PositiveInt = 8
+    buffer: BufferKind | None = None
+    max_staleness_ms: PositiveFloat | None = None
     open_timeout_s: PositiveFloat = 10.0
     read_timeout_s: PositiveFloat = 10.0
+    required: bool = False
 
     @field_validator("path")
     @classmethod
     def _path_exists(cls, path: str, info: ValidationInfo) -> str:
         if "://" in path:
+            if url_scheme(path) in _LIVE_ONLY_SCHEMES:
+                raise ValueError(
+                    f"'{redact_url(path)}' is a live stream — use type: stream with url: for it "
+                    "(it reconnects, and never counts as a file that ended)"
+                )
             return path
         resolved = _resolve(path, info)
         if not resolved.is_file():
@@ -64,7 +95,128 @@ class FileSourceConfig(Strict):
         return str(resolved)
 
 
-class SyntheticSourceConfig(Strict):
+# Live sources (stream, camera) share their timeouts and reconnects: ``open_timeout_s`` bounds a
+# whole open (connect, handshake, probing), ``read_timeout_s`` the time without data once open,
+# ``stall_timeout_s`` the time without a frame. A lost source reconnects after
+# ``reconnect_delay_s``, doubling per failed attempt up to ``reconnect_max_delay_s``, with
+# jitter; ``max_reconnects`` (null: forever) counts the attempts since the last frame.
+
+
+class StreamSourceConfig(_Buffered, Strict):
+    """A network stream, always live: ``rtsp://``, ``rtsps://``, ``rtmp(s)://``, ``http(s)://``
+    (progressive or HLS), ``tcp://``, ``udp://``, ``srt://``. Credentials in the URL (best as
+    ``${VAR}``) are never printed. ``transport`` (tcp or udp) is RTSP's; ``low_latency`` turns off
+    demuxer buffering and shortens stream probing; ``options`` are extra FFmpeg options.
+    """
+
+    name: SourceName
+    type: Literal["stream"]
+    url: Annotated[str, Field(repr=False)]  # may hold credentials: never in a repr
+    transport: Literal["tcp", "udp"] = "tcp"
+    low_latency: bool = True
+    options: dict[str, str | int | float] = Field(default_factory=dict)
+    open_timeout_s: PositiveFloat = 10.0
+    read_timeout_s: PositiveFloat = 5.0
+    stall_timeout_s: PositiveFloat = 10.0
+    max_reconnects: NonNegativeInt | None = None
+    reconnect_delay_s: PositiveFloat = 0.5
+    reconnect_max_delay_s: PositiveFloat = 30.0
+    queue_size: PositiveInt = 2
+    buffer: BufferKind = "newest"
+    max_staleness_ms: PositiveFloat | None = 500.0
+    required: bool = False
+
+    @field_validator("url")
+    @classmethod
+    def _stream_url(cls, url: str) -> str:
+        scheme = url_scheme(url)
+        if scheme not in STREAM_SCHEMES:
+            raise ValueError(
+                f"'{redact_url(url)}' is not a stream URL — use one of "
+                f"{', '.join(s + '://' for s in STREAM_SCHEMES)} (a file is type: file)"
+            )
+        if not url.partition("://")[2].strip("/"):
+            raise ValueError(f"'{redact_url(url)}' names no host")
+        return url
+
+    @model_validator(mode="after")
+    def _transport_is_rtsps(self) -> StreamSourceConfig:
+        if "transport" in self.model_fields_set and url_scheme(self.url) not in ("rtsp", "rtsps"):
+            raise ValueError("transport applies to rtsp:// and rtsps:// URLs only — remove it")
+        return self
+
+
+class CameraSourceConfig(_Buffered, Strict):
+    """A USB or other V4L2 camera by index (0 is /dev/video0) or device path, always live.
+    ``width``/``height``, ``fps`` and ``pixel_format`` are requested (null: the driver's
+    choice); what the camera grants is logged and reported in its ``streaming`` state."""
+
+    name: SourceName
+    type: Literal["camera"]
+    device: NonNegativeInt | str = 0
+    width: PositiveInt | None = None
+    height: PositiveInt | None = None
+    fps: PositiveFloat | None = None
+    pixel_format: Literal["MJPG", "YUYV"] | None = None
+    open_timeout_s: PositiveFloat = 10.0
+    read_timeout_s: PositiveFloat = 5.0
+    stall_timeout_s: PositiveFloat = 10.0
+    max_reconnects: NonNegativeInt | None = None
+    reconnect_delay_s: PositiveFloat = 0.5
+    reconnect_max_delay_s: PositiveFloat = 30.0
+    queue_size: PositiveInt = 2
+    buffer: BufferKind = "newest"
+    max_staleness_ms: PositiveFloat | None = 500.0
+    required: bool = False
+
+    @field_validator("device")
+    @classmethod
+    def _device_path(cls, device: int | str) -> int | str:
+        if isinstance(device, str) and not device.startswith("/"):
+            raise ValueError(f"'{device}' is not a device — use an index (0 for /dev/video0) or a path like /dev/video0")
+        return device
+
+    @model_validator(mode="after")
+    def _width_with_height(self) -> CameraSourceConfig:
+        if (self.width is None) != (self.height is None):
+            raise ValueError("give width and height together (or neither, for the camera's default size)")
+        return self
+
+
+class ImagesSourceConfig(_Buffered, Strict):
+    """Still images played as video: a folder (its images) or a glob (``shots/**/*.png``), in
+    natural order (2 before 10). ``fps`` sets their timestamps; ``realtime`` also plays them at
+    that rate; ``loop`` starts over (listing the folder again)."""
+
+    name: SourceName
+    type: Literal["images"]
+    path: str
+    fps: PositiveFloat = 25.0
+    loop: bool = False
+    realtime: bool = False
+    max_frames: PositiveInt | None = None
+    queue_size: PositiveInt = 8
+    buffer: BufferKind | None = None
+    max_staleness_ms: PositiveFloat | None = None
+    required: bool = False
+
+    @field_validator("path")
+    @classmethod
+    def _folder_exists(cls, path: str, info: ValidationInfo) -> str:
+        wildcard = re.search(r"[*?\[]", path)
+        folder = path[: wildcard.start()].rpartition("/")[0] if wildcard else path
+        resolved = _resolve(folder or ".", info)
+        if not resolved.is_dir():
+            raise ValueError(
+                f"folder '{folder or path}' does not exist ({resolved}) — give a folder of images or a glob such "
+                "as frames/*.jpg; relative paths are relative to the config file's directory"
+            )
+        if not wildcard:
+            return str(resolved)
+        return str(_resolve(path, info)) if not Path(path).is_absolute() else path
+
+
+class SyntheticSourceConfig(_Buffered, Strict):
     """Generated scenes with known ground truth (``connectors/synthetic.py``);
     ``num_frames: null`` runs until stopped."""
 
@@ -77,9 +229,16 @@ class SyntheticSourceConfig(Strict):
     num_frames: PositiveInt | None = 250
     realtime: bool = False
     queue_size: PositiveInt = 8
+    buffer: BufferKind | None = None
+    max_staleness_ms: PositiveFloat | None = None
+    required: bool = False
 
 
-SourceConfig = Annotated[Union[FileSourceConfig, SyntheticSourceConfig], Field(discriminator="type")]
+SourceConfig = Annotated[
+    Union[FileSourceConfig, StreamSourceConfig, CameraSourceConfig, ImagesSourceConfig, SyntheticSourceConfig],
+    Field(discriminator="type"),
+]
+SOURCE_TYPES = ("file", "stream", "camera", "images", "synthetic")
 
 
 class ModelConfig(Strict):
@@ -211,7 +370,7 @@ class PipelineConfig(Strict):
 
     @field_validator("sources")
     @classmethod
-    def _unique_names(cls, sources: list[FileSourceConfig | SyntheticSourceConfig]) -> list:
+    def _unique_names(cls, sources: list) -> list:
         seen: dict[str, int] = {}
         for i, source in enumerate(sources):
             if source.name in seen:
@@ -414,9 +573,9 @@ def _error_line(error: dict, data: Any) -> str:
     if kind == "missing":
         return f"{where}: required key is missing"
     if kind == "union_tag_invalid":
-        return f"{where}.type: unknown source type {got.get('type')!r} — use file or synthetic"
+        return f"{where}.type: unknown source type {got.get('type')!r} — use {', '.join(SOURCE_TYPES)}"
     if kind == "union_tag_not_found":
-        return f"{where}: missing 'type' — use file or synthetic"
+        return f"{where}: missing 'type' — use {', '.join(SOURCE_TYPES)}"
     if kind == "value_error":
         return f"{where}: {error['ctx']['error']}"
     if kind == "too_short" and path == ["sources"]:

@@ -31,29 +31,61 @@ from segstream.models.segmenter import FamilyAdapter, Prepared, results
 from segstream.pipeline.metrics import RunMetrics
 
 
+BUFFER_POLICIES = ("every_frame", "newest")
+
+
+@dataclass(frozen=True, slots=True)
+class BufferPolicy:
+    """What a source's queue does when the model falls behind.
+
+    ``every_frame``: the source waits for room (back-pressure); nothing is dropped.
+    ``newest``: the queue keeps the newest frames, dropping the oldest (``queue_full``), and a
+    frame older than ``max_staleness_s`` when the model would take it is dropped (``stale``).
+    """
+
+    kind: str = "every_frame"
+    max_staleness_s: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in BUFFER_POLICIES:
+            raise ValueError(f"buffer policy must be one of {', '.join(BUFFER_POLICIES)}, got {self.kind!r}")
+
+
 class Batcher:
     """One bounded FIFO per source behind one condition, so the model stage can wait on all.
 
-    Offline sources block when their queue is full (back-pressure, nothing lost); live sources
-    drop their oldest queued frame instead, counted as ``queue_full``.
+    Each source's ``BufferPolicy`` decides what a full queue does: ``every_frame`` sources block
+    (back-pressure, nothing lost); ``newest`` sources drop their oldest queued frame, counted as
+    ``queue_full``, and frames that waited longer than their ``max_staleness_s`` are dropped on
+    their way to the model, counted as ``stale``. Without policies, ``put``'s ``live`` decides
+    (live: newest, else every_frame).
     """
 
-    def __init__(self, names: Sequence[str], sizes: Sequence[int], metrics: RunMetrics):
+    def __init__(
+        self,
+        names: Sequence[str],
+        sizes: Sequence[int],
+        metrics: RunMetrics,
+        policies: Sequence[BufferPolicy] | None = None,
+    ):
         self.names = list(names)
         self.sizes = list(sizes)
         self.metrics = metrics
+        self.policies = list(policies) if policies is not None else [None] * len(self.names)
         self.queues: list[deque[Frame]] = [deque() for _ in names]
         self.open = [True] * len(names)
         self.cond = threading.Condition()
         self.aborted = False
         self._next = 0  # where the next round-robin pass starts
 
-    def put(self, i: int, frame: Frame, live: bool) -> None:
+    def put(self, i: int, frame: Frame, live: bool | None = None) -> None:
+        policy = self.policies[i]
+        newest = policy.kind == "newest" if policy is not None else bool(live)
         with self.cond:
             q = self.queues[i]
-            while not live and len(q) >= self.sizes[i] and not self.aborted:
+            while not newest and len(q) >= self.sizes[i] and not self.aborted:
                 self.cond.wait()
-            if live and len(q) >= self.sizes[i]:
+            if newest and len(q) >= self.sizes[i]:
                 q.popleft()
                 self.metrics.dropped(self.names[i], "queue_full")
             frame.times["queued"] = time.monotonic()
@@ -75,18 +107,19 @@ class Batcher:
         the first; None once every source has finished and every queue is empty."""
         batch: list[Frame] = []
         with self.cond:
-            while not self.aborted and not any(self.queues) and any(self.open):
-                self.cond.wait()
-            if self.aborted or not any(self.queues):
-                return None
-            deadline = time.monotonic() + max_wait_s
-            while True:
-                self._take_round_robin(batch, size)
-                left = deadline - time.monotonic()
-                if len(batch) >= size or left <= 0 or not any(self.open) or self.aborted:
-                    break
-                self.cond.wait(left)
-            self.cond.notify_all()
+            while not batch:  # stale frames may empty a batch before it leaves
+                while not self.aborted and not any(self.queues) and any(self.open):
+                    self.cond.wait()
+                if self.aborted or not any(self.queues):
+                    return None
+                deadline = time.monotonic() + max_wait_s
+                while True:
+                    self._take_round_robin(batch, size)
+                    left = deadline - time.monotonic()
+                    if len(batch) >= size or left <= 0 or not any(self.open) or self.aborted:
+                        break
+                    self.cond.wait(left)
+                self.cond.notify_all()
         now = time.monotonic()
         for frame in batch:
             frame.times["batched"] = now
@@ -95,10 +128,18 @@ class Batcher:
     def _take_round_robin(self, batch: list[Frame], size: int) -> None:
         n = len(self.queues)
         while len(batch) < size and any(self.queues):
+            now = time.monotonic()
             for k in range(n):
-                q = self.queues[(self._next + k) % n]
+                i = (self._next + k) % n
+                q = self.queues[i]
                 if q and len(batch) < size:
-                    batch.append(q.popleft())
+                    frame = q.popleft()
+                    policy = self.policies[i]
+                    limit = policy.max_staleness_s if policy is not None and policy.kind == "newest" else None
+                    if limit is not None and now - frame.times.get("decoded", frame.times["queued"]) > limit:
+                        self.metrics.dropped(self.names[i], "stale")
+                    else:
+                        batch.append(frame)
             self._next = (self._next + 1) % n
 
     def depth(self) -> int:
@@ -233,6 +274,8 @@ class ModelStage:
             result.time_base = frame.time_base
             result.pts_seconds = frame.pts_seconds
             result.capture_ts = frame.capture_wall
+            result.epoch = frame.epoch
+            result.sender_ts = frame.sender_wall
             result.times = frame.times
             result.times["post_end"] = finished
         return out

@@ -53,17 +53,32 @@ class LatencyWindow:
 
 @dataclass(slots=True)
 class SourceCounts:
+    """One source's counters. Packets the decoder rejected count both in ``decode_errors`` and as
+    drops by reason ``decode_error``, so ``decoded + decode_errors == published + dropped`` at the
+    end of a run. ``state`` is the source's current state (``SOURCE_STATES``), ``reason`` why
+    it entered it, ``transitions`` how often it entered each state, ``reconnects`` how often
+    it went reconnecting, ``epoch`` the timeline restarts of its newest frame."""
+
     decoded: int = 0
     published: int = 0
     decode_errors: int = 0
     dropped_by: Counter = field(default_factory=Counter)
+    state: str = "new"
+    reason: str = ""
+    state_since: float = 0.0  # time.monotonic() when it entered the state
+    reconnects: int = 0
+    transitions: Counter = field(default_factory=Counter)
+    epoch: int = 0
 
     @property
     def dropped(self) -> int:
         return sum(self.dropped_by.values())
 
     def copy(self) -> SourceCounts:
-        return SourceCounts(self.decoded, self.published, self.decode_errors, Counter(self.dropped_by))
+        return SourceCounts(
+            self.decoded, self.published, self.decode_errors, Counter(self.dropped_by), self.state, self.reason,
+            self.state_since, self.reconnects, Counter(self.transitions), self.epoch,
+        )
 
 
 class RunMetrics:
@@ -96,6 +111,30 @@ class RunMetrics:
         counts = self.source(name)
         with self._lock:  # several threads drop frames of one source (queue full, stale)
             counts.dropped_by[reason] += count
+
+    def decode_errors(self, name: str, total: int) -> None:
+        """The source's decoder has rejected ``total`` packets so far: count the new ones as drops."""
+        counts = self.source(name)
+        with self._lock:
+            new = total - counts.decode_errors
+            if new > 0:
+                counts.decode_errors = total
+                counts.dropped_by["decode_error"] += new
+
+    def source_state(self, name: str, state: str, reason: str, at: float) -> str | None:
+        """Record that the source entered ``state``; returns the state it left, or None when it
+        was in that state already (each reconnect attempt counts, though) or had ended or failed
+        (both final)."""
+        counts = self.source(name)
+        with self._lock:
+            previous = counts.state
+            if (previous == state and state != "reconnecting") or previous in ("ended", "failed"):
+                return None
+            counts.state, counts.reason, counts.state_since = state, reason, at
+            counts.transitions[state] += 1
+            if state == "reconnecting":
+                counts.reconnects += 1
+            return previous
 
     def published(self, name: str) -> None:
         self.source(name).published += 1

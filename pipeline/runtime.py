@@ -6,9 +6,11 @@
                                                                    frame order)    poll, flush)
 
 At most ``max_inflight`` batches are between the model thread and the end of post-processing.
-Offline sources block when their queue is full (nothing is lost); live sources drop their
-oldest queued frame instead. Each source's results reach the per-source stages (the tracker's
-slot) and the sinks in frame order. Stages know nothing of this: a source yields frames, the
+Each source's buffer policy decides what its full queue does: ``every_frame`` sources block
+(nothing is lost), ``newest`` sources drop their oldest queued frame and frames gone stale.
+Each source's results reach the per-source stages (the tracker's slot) and the sinks in frame
+order. Each source's state (connecting, streaming, ..., ended, failed) is logged, counted and
+published as a ``state`` event; a source that fails ends the run only when it is required. Stages know nothing of this: a source yields frames, the
 model stage maps batches to results, a per-source stage maps one result to one result, a sink
 publishes one result at a time.
 """
@@ -20,16 +22,18 @@ import queue
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, TextIO
 
+from segstream.connectors.errors import SegstreamError
 from segstream.connectors.sink import Sink
 from segstream.connectors.source import VideoSource
 from segstream.models.results import Event, FrameResult
 from segstream.models.segmenter import FamilyAdapter
-from segstream.pipeline.engine import Batcher, ModelStage
+from segstream.pipeline.engine import Batcher, BufferPolicy, ModelStage
 from segstream.pipeline.metrics import RunMetrics
+from segstream.pipeline.source_states import SourceStates
 
 THREAD_PREFIX = "segstream-"
 _END = object()
@@ -47,18 +51,28 @@ StageFactory = Callable[[str], FrameStage]  # source name -> that source's stage
 
 @dataclass(slots=True)
 class SourceReport:
+    """One source's run: frames decoded, published and dropped (by reason: ``queue_full``,
+    ``stale``, ``decode_error``), its final state and why it entered it, how often it entered
+    each state and how often it reconnected."""
+
     decoded: int = 0
     published: int = 0
     dropped: int = 0
     decode_errors: int = 0
     dropped_by: dict[str, int] = field(default_factory=dict)
+    state: str = ""
+    reason: str = ""
+    reconnects: int = 0
+    transitions: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
 class RunReport:
-    """Counts and latencies of one run. ``decoded == published + dropped`` for every source when
-    the run ends without error; ``stopped`` tells a run ended by ``stop()`` from one whose sources
-    ran out. Latencies are capture to publish (as the first sink wrote each entry), in ms."""
+    """Counts and latencies of one run. ``decoded + decode_errors == published + dropped`` for
+    every source when the run ends without error (a rejected packet is a frame dropped as
+    ``decode_error``); ``stopped`` tells a run ended by ``stop()`` from one whose sources ran out,
+    ``failed`` which sources failed and why. Latencies are capture to publish (as the first sink
+    wrote each entry), in ms."""
 
     sources: dict[str, SourceReport]
     batches: int
@@ -92,7 +106,12 @@ class RunReport:
 
     @property
     def balanced(self) -> bool:
-        return all(s.decoded == s.published + s.dropped for s in self.sources.values())
+        return all(s.decoded + s.decode_errors == s.published + s.dropped for s in self.sources.values())
+
+    @property
+    def failed(self) -> dict[str, str]:
+        """Source name -> why it failed, for every source that failed."""
+        return {name: s.reason for name, s in self.sources.items() if s.state == "failed"}
 
     def summary(self) -> str:
         mean_batch = self.model_frames / self.batches if self.batches else 0.0
@@ -100,14 +119,17 @@ class RunReport:
             f"{name} {s.published}/{s.decoded}"
             + (f" dropped {s.dropped} ({', '.join(f'{k} {v}' for k, v in sorted(s.dropped_by.items()))})" if s.dropped else "")
             + (f" decode errors {s.decode_errors}" if s.decode_errors else "")
+            + (f" reconnects {s.reconnects}" if s.reconnects else "")
+            + (f" FAILED: {s.reason}" if s.state == "failed" else "")
             for name, s in self.sources.items()
         )
         latency = (
             f"latency p50 {self.latency_ms_p50:.0f} ms p99 {self.latency_ms_p99:.0f} ms max {self.latency_ms_max:.0f} ms"
             if not math.isnan(self.latency_ms_p50) else "latency n/a"
         )
+        outcome = "failed" if self.failed else "stopped" if self.stopped else "done"
         return (
-            f"{'stopped' if self.stopped else 'done'}: {self.published} frames published in {self.elapsed_s:.1f} s "
+            f"{outcome}: {self.published} frames published in {self.elapsed_s:.1f} s "
             f"({self.fps:.1f} fps), {self.dropped} dropped, {self.batches} batches (mean {mean_batch:.1f}), "
             f"{latency}; {per_source}"
         )
@@ -173,7 +195,12 @@ class Runtime:
     closed, frames already decoded drain through the model and the sinks, sinks are flushed and
     closed, and ``run()`` returns. An exception in any stage stops everything, drains what still
     can be drained and is raised from ``run()``. ``max_frames`` caps the frames taken from each
-    source. ``progress`` gets a status line every ``progress_interval_s`` and the summary.
+    source. ``buffers`` gives each source's ``BufferPolicy`` (default: ``newest`` for live sources,
+    ``every_frame`` for the others). A source that fails (its ``frames()`` raises) ends the run
+    when it is ``required`` (None: every source is), else the others carry on and the report
+    lists it in ``failed``. Source states are logged and counted; ``publish_states`` also publishes
+    each transition as a ``state`` event (``from_config`` turns it on). ``progress`` gets a status line every ``progress_interval_s`` and the
+    summary.
     ``warm_up`` (height, width) runs the model on blank frames of that size before the first
     frame is taken, so compilation does not count as latency.
     """
@@ -189,6 +216,9 @@ class Runtime:
         max_wait_ms: float = 20.0,
         max_inflight: int = 2,
         queue_size: int | Mapping[str, int] = 8,
+        buffers: Mapping[str, BufferPolicy] | None = None,
+        required: Collection[str] | None = None,
+        publish_states: bool = False,
         max_frames: int | None = None,
         metrics: RunMetrics | None = None,
         warm_up: tuple[int, int] | None = None,
@@ -216,7 +246,16 @@ class Runtime:
         for name in names:
             self.metrics.source(name)
         sizes = [queue_size[n] if isinstance(queue_size, Mapping) else queue_size for n in names]
-        self._batcher = Batcher(names, sizes, self.metrics)
+        buffers = buffers or {}
+        self.buffers = [
+            buffers.get(s.name) or BufferPolicy("newest" if s.live else "every_frame") for s in self.sources
+        ]
+        self.required = set(names if required is None else required)
+        self._batcher = Batcher(names, sizes, self.metrics, self.buffers)
+        self.states = SourceStates(self.metrics, self.emit if publish_states else None)
+        for source in self.sources:
+            if hasattr(source, "on_state"):  # it reports its own states
+                source.on_state = self.states.listener(source.name)
         self._aborted = threading.Event()
         self._inflight = threading.Semaphore(max_inflight)
         self._to_post = _Channel(max_inflight, self._aborted)
@@ -233,7 +272,9 @@ class Runtime:
 
     @classmethod
     def from_config(cls, cfg, sources, adapter, sinks, **kwargs) -> Runtime:
-        """A runtime with the engine settings and queue sizes of a ``PipelineConfig``."""
+        """A runtime with the engine settings, queue sizes, buffer policies and required sources
+        of a ``PipelineConfig``, publishing source states."""
+        kwargs.setdefault("publish_states", True)
         return cls(
             sources,
             adapter,
@@ -242,6 +283,11 @@ class Runtime:
             max_wait_ms=cfg.engine.max_wait_ms,
             max_inflight=cfg.engine.max_inflight,
             queue_size={s.name: s.queue_size for s in cfg.sources},
+            buffers={
+                s.name: BufferPolicy(s.buffer_kind, None if s.max_staleness_ms is None else s.max_staleness_ms / 1000)
+                for s in cfg.sources
+            },
+            required=[s.name for s in cfg.sources if s.required],
             **kwargs,
         )
 
@@ -305,28 +351,42 @@ class Runtime:
     # --- the threads -----------------------------------------------------------------------
 
     def _decode(self, i: int, source: VideoSource) -> None:
-        counts = self.metrics.source(source.name)
+        name = source.name
+        counts = self.metrics.source(name)
+        generic = not hasattr(source, "on_state")  # else the source reports its own states
         frames = None
+        failed = False
         try:
+            if generic:
+                self.states.enter(name, "connecting", "starting")
             frames = iter(source.frames())
             for frame in frames:
                 frame.times["decoded"] = now = time.monotonic()
-                self.metrics.decoded(source.name, now)
-                self._batcher.put(i, frame, source.live)
+                if generic and counts.decoded == 0:
+                    self.states.enter(name, "streaming", f"first frame {frame.width}x{frame.height}")
+                self.metrics.decoded(name, now)
+                self.metrics.decode_errors(name, getattr(source, "decode_errors", 0))
+                self._batcher.put(i, frame)
                 if self._stop_requested or self._aborted.is_set():
                     break
                 if self.max_frames is not None and counts.decoded >= self.max_frames:
                     break
         except BaseException as error:
-            # a broken source ends the run, but what the others decoded still drains
-            self._fail(error, drain=True)
-            self.stop()
+            failed = True
+            self.states.enter(name, "failed", _reason(error, name))
+            if name in self.required:
+                # a broken required source ends the run, but what the others decoded still drains
+                self._fail(error, drain=True)
+                self.stop()
         finally:
             try:
                 if hasattr(frames, "close"):
                     frames.close()  # runs the source's own cleanup now, in this thread
             finally:
-                counts.decode_errors = getattr(source, "decode_errors", 0)
+                self.metrics.decode_errors(name, getattr(source, "decode_errors", 0))
+                if not failed:
+                    stopped = self._stop_requested or self._aborted.is_set()
+                    self.states.enter(name, "ended", "stopped" if stopped else "end of input")
                 self._batcher.finish(i)
 
     def _model(self) -> None:
@@ -480,7 +540,10 @@ class Runtime:
         p50, p99 = self.metrics.capture_to_publish.percentiles(50, 99)
         return RunReport(
             sources={
-                name: SourceReport(c.decoded, c.published, c.dropped, c.decode_errors, dict(c.dropped_by))
+                name: SourceReport(
+                    c.decoded, c.published, c.dropped, c.decode_errors, dict(c.dropped_by), c.state, c.reason,
+                    c.reconnects, dict(c.transitions),
+                )
                 for name, c in counts.items()
             },
             batches=self.metrics.batches,
@@ -501,5 +564,27 @@ class Runtime:
         latency = "" if math.isnan(report.latency_ms_p50) else f", latency p50 {report.latency_ms_p50:.0f} ms p99 {report.latency_ms_p99:.0f} ms"
         return (
             f"segstream: {report.published} frames, {report.fps:.1f} fps, {report.dropped} dropped{latency}, "
-            f"queues {self._batcher.depths()} in flight {self._to_post.qsize()}"
+            f"queues {self._batcher.depths()} in flight {self._to_post.qsize()}, sources {self._states_line(report)}"
         )
+
+    @staticmethod
+    def _states_line(report: RunReport) -> str:
+        """``streaming 7, reconnecting 1 (cam3)``: sources per state, named unless streaming."""
+        by_state: dict[str, list[str]] = {}
+        for name, source in report.sources.items():
+            by_state.setdefault(source.state, []).append(name)
+        return ", ".join(
+            f"{state} {len(names)}" + ("" if state == "streaming" else f" ({' '.join(names)})")
+            for state, names in by_state.items()
+        )
+
+
+def _reason(error: BaseException, source: str) -> str:
+    """One line on why a source failed: the message of a user-facing error (without the
+    ``source <name>:`` it starts with), else the exception's type and message."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    if not isinstance(error, SegstreamError):
+        return f"{type(error).__name__}: {text}" if text else type(error).__name__
+    for prefix in (f"source {source} failed: ", f"source {source}: "):
+        text = text.removeprefix(prefix)
+    return text

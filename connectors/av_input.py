@@ -1,0 +1,380 @@
+"""One FFmpeg input opened with PyAV — a video file, a stream URL or a V4L2 device — decoded to
+RGB frames in their displayed orientation, and the thread that reads it.
+
+The file, stream and camera sources all decode through ``AVInput``:
+
+- Rotation metadata (the display matrix of phone clips) is applied, so frames, masks and
+  entries come out the way a player shows them.
+- The decoder is never frame-threaded: frame threading hides the errors of damaged packets
+  (and on some inputs drops their frames) and delays every frame by a frame per thread. Slice
+  threading loses nothing, so every packet the decoder rejects is counted in ``decode_errors``.
+- For RTP (RTSP) inputs with RTCP sender reports, FFmpeg attaches the sender's wall-clock time
+  of each packet as producer reference time (``AV_PKT_DATA_PRFT``); frames carry it as
+  ``sender_wall``, so consumers can align cameras on the cameras' own clocks.
+- Errors never quote FFmpeg's message text: it contains the URL, credentials included. They
+  name the input by its redacted form (``redact_url``).
+
+``CaptureThread`` runs an input's blocking open and reads on a thread of its own. Whoever
+consumes its frames can then give up at its own deadline, or at once on ``close()``, whatever
+FFmpeg is doing: PyAV cannot interrupt a blocking open or read on request, only when its timeout
+runs out. A thread given up on ends by itself when FFmpeg's timeout returns, and closes its
+input on the way out.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+
+import av
+import numpy as np
+
+from segstream.connectors.errors import SourceError
+from segstream.connectors.urls import redact_url
+
+logger = logging.getLogger("segstream.sources")
+
+_PRFT = struct.Struct("=qi")  # AVProducerReferenceTime: int64 wallclock (us since the Unix epoch), int flags
+_DISPLAY_MATRIX = struct.Struct("=9i")
+_FIXED_ONE = 1 << 16  # the display matrix's 2x2 part is 16.16 fixed point
+
+
+@dataclass(frozen=True, slots=True)
+class InputInfo:
+    """What an opened input delivers: frame size (as decoded, before any rotation), codec, pixel
+    format, frame rate."""
+
+    width: int
+    height: int
+    codec: str
+    pixel_format: str | None
+    fps: float | None
+
+    def as_dict(self) -> dict:
+        return {
+            "width": self.width,
+            "height": self.height,
+            "codec": self.codec,
+            "pixel_format": self.pixel_format,
+            "fps": None if self.fps is None else round(self.fps, 3),
+        }
+
+
+@dataclass(slots=True)
+class Picture:
+    """One decoded frame before a source numbers it: RGB image (as displayed), its PTS in
+    ``time_base`` units (None when the input has none), one frame's duration in the same units,
+    Unix time it left the decoder, and the sender's Unix time of it when the stream says."""
+
+    image: np.ndarray
+    pts: int | None
+    time_base: Fraction
+    step: int
+    capture_wall: float
+    sender_wall: float | None
+
+
+class InputTimeout(SourceError):
+    """An open or a read ran out of time; ``phase`` is ``open`` or ``read``."""
+
+    def __init__(self, message: str, phase: str, timeout_s: float):
+        super().__init__(message)
+        self.phase = phase
+        self.timeout_s = timeout_s
+
+
+class InputUnsupported(SourceError):
+    """The input can never be read by this FFmpeg build (no such protocol or demuxer):
+    retrying will not help."""
+
+
+class AVInput:
+    """An FFmpeg input opened in the constructor; ``pictures()`` decodes its first video stream.
+
+    ``target`` is what FFmpeg opens (path, URL, device), ``shown`` how messages name it (the
+    redacted URL). ``format`` forces a demuxer (``v4l2``); ``options`` are FFmpeg's format and
+    protocol options. ``timeout`` = (open, read) seconds, enforced by PyAV's interrupt callback.
+    ``low_latency`` asks the decoder to output each frame as soon as it can.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        shown: str | None = None,
+        *,
+        format: str | None = None,
+        options: dict[str, str] | None = None,
+        timeout: tuple[float, float] = (10.0, 10.0),
+        low_latency: bool = False,
+    ):
+        self.target = target
+        self.shown = shown if shown is not None else redact_url(target)
+        self.timeout = timeout
+        self.low_latency = low_latency
+        self.decode_errors = 0
+        self.last_read = time.monotonic()  # when FFmpeg last handed over a packet
+        self._orientation: tuple[bytes, Callable[[np.ndarray], np.ndarray]] | None = None
+        self._warned_rotation = False
+        try:
+            self.container = av.open(target, format=format, options=options or {}, timeout=timeout)
+        except Exception as error:
+            raise open_error(error, self.shown, timeout[0]) from None
+        try:
+            if not self.container.streams.video:
+                raise SourceError(f"'{self.shown}' has no video stream")
+            self.stream = self.container.streams.video[0]
+        except BaseException:
+            self.container.close()
+            raise
+        context = self.stream.codec_context
+        # Slice threads lose nothing; frame threads hide decode errors and add latency.
+        context.thread_type = "SLICE"
+        context.thread_count = 0
+        if low_latency:
+            context.flags |= av.codec.context.Flags.low_delay
+        self.time_base = self.stream.time_base or Fraction(1, 1_000_000)
+        rate = self.stream.average_rate or self.stream.guessed_rate or self.stream.base_rate
+        self.fps = float(rate) if rate else None
+        self.step = max(1, round(1 / (rate * self.time_base))) if rate else max(1, round(1 / (25 * self.time_base)))
+        self.info = self._info(context)
+        self._sender: tuple[int, float] | None = None  # (pts, sender Unix time) of the last packet with one
+
+    def _info(self, context) -> InputInfo:
+        return InputInfo(context.width, context.height, context.name, context.pix_fmt, self.fps)
+
+    def pictures(self) -> Iterator[Picture]:
+        """Decoded frames in presentation order until the input ends. Packets the decoder rejects
+        are counted and skipped; a failing read raises ``SourceError`` (``InputTimeout`` when
+        FFmpeg's read timeout ran out)."""
+        stream = self.stream
+        try:
+            for packet in self.container.demux(stream):
+                self.last_read = time.monotonic()
+                if packet.pts is not None and packet.has_sidedata("prft"):
+                    wallclock, _ = _PRFT.unpack(bytes(packet.get_sidedata("prft"))[: _PRFT.size])
+                    self._sender = (packet.pts, wallclock / 1e6)
+                try:
+                    frames = packet.decode()
+                except av.error.EOFError:
+                    return
+                except av.error.FFmpegError:
+                    self.decode_errors += 1
+                    continue
+                for frame in frames:
+                    yield self._picture(frame)
+        except av.error.ExitError:
+            raise InputTimeout(
+                f"no data from '{self.shown}' for {self.timeout[1]:g} s (read timeout)", "read", self.timeout[1]
+            ) from None
+        except av.error.FFmpegError as error:
+            if isinstance(error, av.error.TimeoutError) or getattr(error, "errno", None) == 110:
+                raise InputTimeout(
+                    f"no data from '{self.shown}' for {self.timeout[1]:g} s (read timeout)", "read", self.timeout[1]
+                ) from None
+            raise SourceError(f"reading '{self.shown}' failed: {describe_error(error)}") from None
+
+    def _picture(self, frame: av.VideoFrame) -> Picture:
+        image = frame.to_ndarray(format="rgb24")
+        matrix = frame.side_data.get("DISPLAYMATRIX")
+        if matrix is not None:
+            image = self._orient(bytes(matrix), image)
+        pts = frame.pts
+        sender = None
+        if self._sender is not None and pts is not None:
+            sender_pts, sender_wall = self._sender
+            sender = sender_wall + float((pts - sender_pts) * self.time_base)
+        return Picture(image, pts, self.time_base, self.step, time.time(), sender)
+
+    def _orient(self, raw: bytes, image: np.ndarray) -> np.ndarray:
+        if self._orientation is None or self._orientation[0] != raw:
+            matrix = _DISPLAY_MATRIX.unpack(raw[: _DISPLAY_MATRIX.size])
+            orient = display_transform(matrix)
+            if orient is None:
+                if not self._warned_rotation:
+                    self._warned_rotation = True
+                    logger.warning("'%s' asks for a rotation that is not a multiple of 90 degrees; frames are "
+                                   "left as stored", self.shown)
+                orient = _identity
+            self._orientation = (raw, orient)
+        return self._orientation[1](image)
+
+    def close(self) -> None:
+        self.container.close()
+
+
+def _identity(image: np.ndarray) -> np.ndarray:
+    return image
+
+
+def _unit(value: int) -> int:
+    """-1, 0 or 1: a 16.16 matrix entry of a right-angle transform, rounded."""
+    return int(round(value / _FIXED_ONE))
+
+
+def display_transform(matrix: tuple[int, ...]) -> Callable[[np.ndarray], np.ndarray] | None:
+    """The array operation that turns a decoded H x W x C frame into what the display matrix
+    says to show, for rotations by multiples of 90 degrees with or without a flip; None for other
+    angles.
+
+    FFmpeg's display matrix maps a stored pixel (x, y) to the displayed (a x + c y, b x + d y)
+    with a, b, c, d = matrix[0], matrix[1], matrix[3], matrix[4] (before the translation that
+    brings the result back into the frame). With entries in {-1, 0, 1}, that is a transpose when
+    a = d = 0, and a flip of each displayed axis whose coefficient is negative.
+    """
+    a, b, c, d = (_unit(matrix[i]) for i in (0, 1, 3, 4))
+    if (a, b, c, d) == (1, 0, 0, 1):
+        return None if matrix[0] != _FIXED_ONE or matrix[4] != _FIXED_ONE else _identity
+    if b == c == 0 and a and d:
+        rows, columns = d < 0, a < 0
+
+        def flip(image: np.ndarray) -> np.ndarray:
+            image = image[::-1] if rows else image
+            return np.ascontiguousarray(image[:, ::-1] if columns else image)
+
+        return flip
+    if a == d == 0 and b and c:
+        # displayed row y' = b x, displayed column x' = c y: the stored columns become rows
+        rows, columns = b < 0, c < 0
+
+        def turn(image: np.ndarray) -> np.ndarray:
+            image = image.transpose(1, 0, 2)
+            image = image[::-1] if rows else image
+            return np.ascontiguousarray(image[:, ::-1] if columns else image)
+
+        return turn
+    return None
+
+
+def describe_error(error: BaseException) -> str:
+    """FFmpeg's reason for a failure without the file name PyAV appends (it may hold credentials)."""
+    text = getattr(error, "strerror", None)
+    if isinstance(error, av.error.HTTPUnauthorizedError):
+        return "401 Unauthorized — check the user name and password in the URL"
+    if isinstance(error, av.error.HTTPForbiddenError):
+        return "403 Forbidden — check the account's permissions"
+    if isinstance(error, av.error.HTTPNotFoundError):
+        return "404 Not Found — check the path of the URL"
+    return str(text) if text else type(error).__name__
+
+
+def open_error(error: BaseException, shown: str, open_timeout_s: float) -> SourceError:
+    """The ``SourceError`` for an input that could not be opened, saying why in the user's terms."""
+    if isinstance(error, SourceError):
+        return error
+    if isinstance(error, (av.error.ExitError, av.error.TimeoutError)) or getattr(error, "errno", None) == 110:
+        return InputTimeout(
+            f"timed out after {open_timeout_s:g} s opening '{shown}' (open timeout)", "open", open_timeout_s
+        )
+    if isinstance(error, (av.error.ProtocolNotFoundError, av.error.DemuxerNotFoundError)):
+        return InputUnsupported(
+            f"this FFmpeg build cannot read '{shown}' ({describe_error(error)}) — use another protocol, or build "
+            "PyAV against an FFmpeg that has it"
+        )
+    if isinstance(error, (FileNotFoundError, av.error.FileNotFoundError)):
+        return SourceError(f"'{shown}' does not exist")
+    if isinstance(error, av.error.ConnectionRefusedError):
+        return SourceError(f"connection refused by '{shown}' (is the server or camera up?)")
+    if isinstance(error, av.error.InvalidDataError):
+        return SourceError(f"cannot open '{shown}' as video ({describe_error(error)})")
+    if isinstance(error, (av.error.FFmpegError, OSError)):
+        return SourceError(f"cannot open '{shown}': {describe_error(error)}")
+    return SourceError(f"cannot open '{shown}': {type(error).__name__}")
+
+
+_END = object()
+
+
+class CaptureThread:
+    """Opens and reads one input on a daemon thread, handing pictures over through a small queue.
+
+    ``wait_open`` and ``next`` wait at most as long as their caller says and return early when
+    the caller's ``stop`` event is set; ``abandon`` lets the thread go (it closes its input once
+    FFmpeg returns). The queue holds ``depth`` pictures: a consumer that stops taking them stops
+    the reads (back-pressure), it does not make the queue grow.
+    """
+
+    def __init__(self, name: str, open_input: Callable[[], AVInput], depth: int = 2):
+        self._open_input = open_input
+        self._items: queue.Queue = queue.Queue(maxsize=depth)
+        self._opened = threading.Event()
+        self._abandoned = threading.Event()
+        self.input: AVInput | None = None
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name=f"segstream-capture-{name}", daemon=True)
+
+    def start(self) -> CaptureThread:
+        self.thread.start()
+        return self
+
+    @property
+    def last_read(self) -> float:
+        """When the input last delivered a packet (monotonic seconds; the open's end before that)."""
+        return self.input.last_read if self.input is not None else 0.0
+
+    @property
+    def decode_errors(self) -> int:
+        return self.input.decode_errors if self.input is not None else 0
+
+    def _run(self) -> None:
+        source_input = None
+        try:
+            source_input = self._open_input()
+            if self._abandoned.is_set():
+                return
+            self.input = source_input
+            self._opened.set()
+            for picture in source_input.pictures():
+                if not self._put(picture):
+                    return
+            self._put(_END)
+        except BaseException as error:
+            self.error = error
+            self._opened.set()
+            self._put(_END)
+        finally:
+            if source_input is not None:
+                source_input.close()
+
+    def _put(self, item: object) -> bool:
+        while not self._abandoned.is_set():
+            try:
+                self._items.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                pass
+        return False
+
+    def wait_open(self, timeout_s: float, stop: threading.Event, shown: str) -> AVInput | None:
+        """The opened input; None when ``stop`` was set first. Raises the open's error, or
+        ``InputTimeout`` when it took longer than ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        while not self._opened.wait(min(0.05, max(0.0, deadline - time.monotonic()))):
+            if stop.is_set():
+                return None
+            if time.monotonic() >= deadline:
+                raise InputTimeout(f"timed out after {timeout_s:g} s opening '{shown}' (open timeout)", "open", timeout_s)
+        if self.input is None:
+            raise self.error if isinstance(self.error, SourceError) else open_error(self.error, shown, timeout_s)
+        return self.input
+
+    def next(self, timeout_s: float) -> Picture | None:
+        """The next picture, or None after ``timeout_s`` with none. Raises ``EOFError`` at the
+        input's end and the read's error if it failed."""
+        try:
+            item = self._items.get(timeout=timeout_s)
+        except queue.Empty:
+            return None
+        if item is _END:
+            if self.error is not None:
+                raise self.error
+            raise EOFError
+        return item
+
+    def abandon(self) -> None:
+        self._abandoned.set()

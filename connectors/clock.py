@@ -1,0 +1,93 @@
+"""Time for sources: one monotone PTS timeline per source, and wall-clock pacing that survives
+jumps in the timestamps.
+
+``Timeline`` keeps a source's PTS strictly increasing across everything that restarts or breaks
+them: a reconnect (a new session starts its clock anywhere), a file that loops, a camera or a
+splice whose timestamps step backwards. ``Pacer`` plays frames at their PTS pace on the wall
+clock, and re-anchors instead of sleeping through a forward jump (a camera reboot, an hour-long
+gap in a spliced file) or bursting after a backward one.
+"""
+
+from __future__ import annotations
+
+import time
+from fractions import Fraction
+
+
+class Timeline:
+    """Maps the PTS of a source's successive sessions onto one strictly increasing timeline.
+
+    The first session's time base is the source's; PTS in other time bases are rescaled to it.
+    Within a session, PTS pass through unchanged (offset by where the session was placed) as long
+    as they increase; a PTS at or before the last one is placed one frame after it. After
+    ``restart(gap_s)`` the next PTS is placed ``gap_s`` (at least one frame) after the last.
+    """
+
+    def __init__(self) -> None:
+        self.time_base: Fraction | None = None
+        self.last: int | None = None
+        self._offset = 0
+        self._restart_gap: float | None = None
+
+    def restart(self, gap_s: float = 0.0) -> None:
+        """The next PTS belongs to a new session, ``gap_s`` seconds of real time after the last."""
+        self._restart_gap = max(0.0, gap_s)
+
+    def place(self, pts: int | None, time_base: Fraction, step: int) -> int:
+        """The source-timeline PTS for a frame with session PTS ``pts`` (None: unknown) in
+        ``time_base``, one frame lasting ``step`` of those units."""
+        if self.time_base is None:
+            self.time_base = time_base
+        scale = time_base / self.time_base
+        step_here = max(1, round(step * scale))
+        if self.last is None:
+            placed = 0 if pts is None else round(pts * scale)
+        elif pts is None:
+            placed = self.last + step_here
+        else:
+            placed = round(pts * scale) + self._offset
+            if self._restart_gap is not None or placed <= self.last:
+                gap = max(step_here, round(Fraction(self._restart_gap or 0.0) / self.time_base))
+                self._offset += self.last + gap - placed
+                placed = self.last + gap
+        self._restart_gap = None
+        self.last = placed
+        return placed
+
+    def seconds(self, pts: int) -> float:
+        return float(pts * self.time_base) if self.time_base is not None else 0.0
+
+
+class Pacer:
+    """When each frame of a real-time source is due on the monotonic clock.
+
+    Frames are due at their PTS distance from the first one. A frame whose PTS is more than
+    ``max_jump_s`` (or two frames) ahead of the previous one's, or not after it, is due one frame
+    after the previous one instead, and the timeline re-anchors there: a discontinuity never
+    makes the source sleep or burst. A frame due more than ``max_jump_s`` in the past (the
+    consumer held the source up) re-anchors at now, so the source resumes at its rate rather than
+    catching up in a burst.
+    """
+
+    def __init__(self, max_jump_s: float = 1.0):
+        self.max_jump_s = max_jump_s
+        self.reanchored = 0  # how many discontinuities were smoothed over
+        self._anchor: float | None = None  # monotonic time at which PTS second 0 is due
+        self._last_due: float | None = None
+
+    def due(self, pts_seconds: float, step_s: float, now: float | None = None) -> float:
+        now = time.monotonic() if now is None else now
+        if self._anchor is None:
+            self._anchor = now - pts_seconds
+        due = self._anchor + pts_seconds
+        if self._last_due is not None:
+            ahead = due - self._last_due
+            if ahead <= 0 or ahead > max(self.max_jump_s, 2 * step_s):
+                due = self._last_due + step_s
+                self._anchor = due - pts_seconds
+                self.reanchored += 1
+        if now - due > max(self.max_jump_s, 2 * step_s):
+            due = now
+            self._anchor = due - pts_seconds
+        self._last_due = due
+        return due

@@ -1,0 +1,129 @@
+"""A folder or glob of still images played as video, in natural sort order."""
+
+from __future__ import annotations
+
+import glob
+import logging
+import re
+import threading
+import time
+from collections.abc import Iterator
+from fractions import Fraction
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from segstream.connectors.clock import Pacer
+from segstream.connectors.errors import SourceError
+from segstream.connectors.frames import Frame
+
+logger = logging.getLogger("segstream.sources")
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".jp2", ".pgm", ".ppm", ".pnm")
+_DIGITS = re.compile(r"(\d+)")
+
+
+def natural_key(path: str) -> tuple:
+    """Sort key under which ``frame2.png`` comes before ``frame10.png``: digit runs compare as
+    numbers, the rest case-insensitively; ties fall back to the plain name."""
+    parts = _DIGITS.split(path)
+    return tuple((0, int(p), "") if i % 2 else (1, 0, p.casefold()) for i, p in enumerate(parts)), path
+
+
+def list_images(pattern: str) -> list[str]:
+    """The images a folder holds (by suffix, not recursing), or the files a glob matches, in
+    natural order."""
+    path = Path(pattern).expanduser()
+    if path.is_dir():
+        names = [str(p) for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+    else:
+        names = [p for p in glob.glob(str(path), recursive=True) if Path(p).is_file()]
+    return sorted(names, key=natural_key)
+
+
+class ImageFolderSource:
+    """Images of a folder (or a glob such as ``shots/**/*.png``) as frames, one per image.
+
+    ``fps`` gives the timestamps: image k of the listing has PTS k in time base ``1/fps``, so an
+    image that cannot be decoded leaves a gap in the PTS (and is counted in ``decode_errors``)
+    while ``Frame.index`` counts the frames produced. ``realtime`` plays them at ``fps`` and makes
+    the source live. ``loop`` lists the images again and starts over (new images included); each
+    pass is an ``epoch``. Orientation follows the images' EXIF tags.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        path: str,
+        fps: float = 25.0,
+        loop: bool = False,
+        realtime: bool = False,
+        max_frames: int | None = None,
+    ):
+        if not fps > 0:
+            raise SourceError(f"source {name}: fps must be positive, got {fps}")
+        self.name = name
+        self.path = str(path)
+        self.fps = fps
+        self.loop = loop
+        self.live = realtime
+        self.max_frames = max_frames
+        self.decode_errors = 0
+        self.time_base = 1 / Fraction(fps).limit_denominator(1001)
+        self._closed = threading.Event()
+        self._first = list_images(self.path)
+        if not self._first:
+            raise SourceError(
+                f"source {name}: no images in '{self.path}' — give a folder of "
+                f"{'/'.join(s[1:] for s in IMAGE_SUFFIXES[:4])}... files or a glob such as 'frames/*.png'"
+            )
+
+    def frames(self) -> Iterator[Frame]:
+        pacer = Pacer() if self.live else None
+        step_s = float(self.time_base)
+        index = 0
+        position = 0  # PTS: the listing position, counted on across passes
+        epoch = 0
+        names = self._first
+        while not self._closed.is_set():
+            for name in names:
+                if self._closed.is_set():
+                    return
+                image = self._read(name)
+                pts = position
+                position += 1
+                if image is None:
+                    continue
+                pts_seconds = float(pts * self.time_base)
+                if pacer is not None:
+                    delay = pacer.due(pts_seconds, step_s) - time.monotonic()
+                    if delay > 0 and self._closed.wait(delay):
+                        return
+                yield Frame(self.name, index, image, pts, self.time_base, pts_seconds, time.time(), epoch=epoch)
+                index += 1
+                if self.max_frames is not None and index >= self.max_frames:
+                    return
+            if not self.loop:
+                return
+            names = list_images(self.path)
+            if not names:
+                raise SourceError(f"source {self.name}: the images in '{self.path}' are gone")
+            epoch += 1
+
+    def _read(self, name: str) -> np.ndarray | None:
+        try:
+            data = np.fromfile(name, np.uint8)
+        except OSError as error:
+            logger.warning("source %s: cannot read %s (%s); skipped", self.name, name, error.strerror)
+            self.decode_errors += 1
+            return None
+        image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+        if image is None:
+            logger.warning("source %s: %s is not an image OpenCV can decode; skipped", self.name, name)
+            self.decode_errors += 1
+            return None
+        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+    def close(self) -> None:
+        self._closed.set()

@@ -1,0 +1,292 @@
+"""Live inputs that survive the real world: reconnects with backoff and jitter, a watchdog for
+stalls and timeouts, one monotone timeline across sessions, and every state made visible.
+
+A ``LiveSource`` reads one FFmpeg input (a stream URL, a camera) through ``CaptureThread``
+sessions. When a session cannot open in ``open_timeout_s``, ends, fails, delivers no data for
+``read_timeout_s`` or no frame for ``stall_timeout_s``, the source reconnects: after a delay
+that doubles with each failed attempt up to ``max_delay_s``, with jitter so that many cameras
+behind one switch do not retry in step, forever unless ``max_reconnects`` says otherwise
+(consecutive attempts without a frame; a frame resets the count). Waiting for the consumer
+(back-pressure) is never a stall: the watchdog counts only time spent waiting for the input.
+
+Frame indices keep counting across sessions; PTS stay strictly increasing (``Timeline``), the
+gap over an outage being the real time it lasted; ``epoch`` counts the sessions that delivered
+frames. Frame size and codec may differ from one session to the next. Each state the source
+enters is reported to ``on_state`` (set by the runtime) with its reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from segstream.connectors.av_input import (
+    AVInput,
+    CaptureThread,
+    InputInfo,
+    InputTimeout,
+    InputUnsupported,
+    Picture,
+)
+from segstream.connectors.clock import Timeline
+from segstream.connectors.errors import SourceError
+from segstream.connectors.frames import Frame
+from segstream.connectors.urls import redact_url
+from segstream.connectors.source import StateListener
+
+logger = logging.getLogger("segstream.sources")
+
+_POLL_S = 0.1  # how often a wait for the next frame checks close() and the watchdog
+# FFmpeg's own timeouts run this much longer than ours: ours decide and report, FFmpeg's only
+# end a capture thread that was given up on.
+_FFMPEG_TIMEOUT_MARGIN_S = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class ReconnectPolicy:
+    """How long a live source waits for its input, and how it retries.
+
+    ``open_timeout_s`` bounds a whole open (connect, handshake, stream probing); ``read_timeout_s``
+    the time without any data once open; ``stall_timeout_s`` the time without a decoded frame.
+    Reconnect attempt n waits between half and all of ``min(max_delay_s, delay_s * 2**(n-1))``.
+    """
+
+    open_timeout_s: float = 10.0
+    read_timeout_s: float = 5.0
+    stall_timeout_s: float = 10.0
+    max_reconnects: int | None = None
+    delay_s: float = 0.5
+    max_delay_s: float = 30.0
+
+    def delay(self, attempt: int, rng: random.Random) -> float:
+        base = min(self.max_delay_s, self.delay_s * 2 ** max(0, attempt - 1))
+        return base / 2 + rng.uniform(0, base / 2)
+
+
+class _Lost(Exception):
+    """A session ended; ``reason`` says why, ``data`` carries the details for the state event."""
+
+    def __init__(self, reason: str, data: dict[str, Any] | None = None):
+        super().__init__(reason)
+        self.reason = reason
+        self.data = data or {}
+
+
+class LiveSource:
+    """A live FFmpeg input (``target``: URL or device, ``format``: forced demuxer, ``options``:
+    FFmpeg options) that reconnects until closed; see the module docstring.
+
+    ``describe(info, picture)`` adds details to the ``streaming`` state (a camera's requested
+    and negotiated formats). ``seed`` fixes the jitter (tests).
+    """
+
+    live = True
+
+    def __init__(
+        self,
+        name: str,
+        target: str,
+        *,
+        policy: ReconnectPolicy = ReconnectPolicy(),
+        format: str | None = None,
+        options: dict[str, str] | None = None,
+        low_latency: bool = True,
+        shown: str | None = None,
+        describe: Callable[[InputInfo, Picture], dict[str, Any]] | None = None,
+        seed: int | None = None,
+    ):
+        self.name = name
+        self.target = target
+        self.shown = shown if shown is not None else redact_url(target)
+        self.policy = policy
+        self.format = format
+        self.options = dict(options or {})
+        self.low_latency = low_latency
+        self.describe = describe
+        self.on_state: StateListener | None = None
+        self.state = "connecting"
+        self.reconnects = 0
+        self.epoch = 0
+        self.info: InputInfo | None = None  # of the session now streaming
+        self._finished_errors = 0
+        self._capture: CaptureThread | None = None
+        self._rng = random.Random(seed)
+        self._closed = threading.Event()
+        self._lock = threading.Lock()
+
+    @property
+    def decode_errors(self) -> int:
+        capture = self._capture
+        return self._finished_errors + (capture.decode_errors if capture is not None else 0)
+
+    def _open(self) -> AVInput:
+        margin = _FFMPEG_TIMEOUT_MARGIN_S
+        return AVInput(
+            self.target,
+            self.shown,
+            format=self.format,
+            options=self.options,
+            timeout=(self.policy.open_timeout_s + margin, self.policy.read_timeout_s + margin),
+            low_latency=self.low_latency,
+        )
+
+    def frames(self) -> Iterator[Frame]:
+        timeline = Timeline()
+        index = 0
+        failures = 0
+        epoch = -1
+        last_frame_at: float | None = None
+        failed = False
+        self._enter("connecting", f"opening '{self.shown}'", {"url": self.shown})
+        try:
+            while not self._closed.is_set():
+                with self._lock:
+                    if self._closed.is_set():
+                        break
+                    capture = self._capture = CaptureThread(self.name, self._open).start()
+                try:
+                    opened = self._wait_open(capture)
+                    if opened is None:
+                        break
+                    first = True
+                    for picture in self._read(capture):
+                        if first:
+                            first = False
+                            failures = 0
+                            epoch += 1
+                            self.epoch = epoch
+                            if last_frame_at is not None:
+                                timeline.restart(time.monotonic() - last_frame_at)
+                            self._streaming(opened.info, picture, epoch)
+                        pts = timeline.place(picture.pts, picture.time_base, picture.step)
+                        last_frame_at = time.monotonic()
+                        yield Frame(
+                            source=self.name,
+                            index=index,
+                            image=picture.image,
+                            pts=pts,
+                            time_base=timeline.time_base,
+                            pts_seconds=timeline.seconds(pts),
+                            capture_wall=picture.capture_wall,
+                            epoch=epoch,
+                            sender_wall=picture.sender_wall,
+                        )
+                        index += 1
+                    break  # _read returns only once closed
+                except _Lost as lost:
+                    reason, details = lost.reason, lost.data
+                except InputUnsupported as error:
+                    failed = True
+                    self._enter("failed", str(error), {"url": self.shown})
+                    raise SourceError(f"source {self.name} failed: {error}") from None
+                finally:
+                    self._retire()
+                if self._closed.is_set():
+                    break
+                failures += 1
+                limit = self.policy.max_reconnects
+                if limit is not None and failures > limit:
+                    failed = True
+                    given_up = f"{reason}; gave up after {limit} reconnect attempt{'s' if limit != 1 else ''}"
+                    self._enter("failed", given_up, {**details, "attempts": limit})
+                    raise SourceError(f"source {self.name} failed: {given_up}")
+                delay = self.policy.delay(failures, self._rng)
+                self.reconnects += 1
+                self._enter(
+                    "reconnecting", reason, {**details, "attempt": failures, "delay_s": round(delay, 3)}
+                )
+                if self._closed.wait(delay):
+                    break
+        except GeneratorExit:
+            raise
+        except BaseException:
+            failed = True  # the runtime reports it as the failure
+            raise
+        finally:
+            self._retire()
+            if not failed:
+                self._enter("ended", "closed", {})
+
+    def _wait_open(self, capture: CaptureThread) -> AVInput | None:
+        timeout_s = self.policy.open_timeout_s
+        try:
+            return capture.wait_open(timeout_s, self._closed, self.shown)
+        except InputUnsupported:
+            raise
+        except InputTimeout as error:
+            raise _Lost(str(error), {"phase": "open", "timeout_s": timeout_s}) from None
+        except SourceError as error:
+            raise _Lost(str(error), {"phase": "open"}) from None
+
+    def _read(self, capture: CaptureThread) -> Iterator[Picture]:
+        """The session's pictures until close(); raises ``_Lost`` when the session ends, fails,
+        or the watchdog gives up on it (entering ``stalled`` first)."""
+        policy = self.policy
+        waiting_since = time.monotonic()  # when the consumer last asked for a frame
+        while True:
+            try:
+                picture = capture.next(_POLL_S)
+            except EOFError:
+                raise _Lost(f"'{self.shown}' ended the stream", {"phase": "read"}) from None
+            except InputTimeout as error:
+                self._stall(str(error), "read", error.timeout_s)
+            except SourceError as error:
+                raise _Lost(str(error), {"phase": "read"}) from None
+            if self._closed.is_set():
+                return
+            if picture is None:
+                now = time.monotonic()
+                if now - max(capture.last_read, waiting_since) > policy.read_timeout_s:
+                    self._stall(
+                        f"no data from '{self.shown}' for {policy.read_timeout_s:g} s (read timeout)",
+                        "read",
+                        policy.read_timeout_s,
+                    )
+                if now - waiting_since > policy.stall_timeout_s:
+                    self._stall(
+                        f"no frame from '{self.shown}' for {policy.stall_timeout_s:g} s while data arrives "
+                        "(stall timeout)",
+                        "stall",
+                        policy.stall_timeout_s,
+                    )
+                continue
+            yield picture
+            waiting_since = time.monotonic()
+
+    def _stall(self, reason: str, phase: str, timeout_s: float) -> None:
+        data = {"phase": phase, "timeout_s": timeout_s}
+        self._enter("stalled", reason, data)
+        raise _Lost(reason, data)
+
+    def _streaming(self, info: InputInfo, picture: Picture, epoch: int) -> None:
+        height, width = picture.image.shape[:2]
+        self.info = InputInfo(width, height, info.codec, info.pixel_format, info.fps)
+        data = {"url": self.shown, "epoch": epoch, "reconnects": self.reconnects, **self.info.as_dict()}
+        if self.describe is not None:
+            data.update(self.describe(self.info, picture))
+        reason = f"{width}x{height} {info.codec}" + (f" at {info.fps:g} fps" if info.fps else "")
+        self._enter("streaming", reason, data)
+
+    def _enter(self, state: str, reason: str, data: dict[str, Any]) -> None:
+        self.state = state
+        listener = self.on_state
+        if listener is not None:
+            listener(state, reason, data)
+        else:
+            logger.info("source %s %s: %s", self.name, state, reason)
+
+    def _retire(self) -> None:
+        with self._lock:
+            capture, self._capture = self._capture, None
+            if capture is not None:
+                self._finished_errors += capture.decode_errors
+                capture.abandon()
+
+    def close(self) -> None:
+        """Stop: ``frames()`` returns within a poll interval whatever the input is doing."""
+        self._closed.set()

@@ -1,0 +1,62 @@
+"""Network streams: RTSP(S), RTMP(S), HTTP(S) (progressive or HLS), TCP, UDP and SRT, read with
+FFmpeg through PyAV as ``LiveSource`` s that reconnect until stopped."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import av
+
+from segstream.connectors.live_source import _FFMPEG_TIMEOUT_MARGIN_S, LiveSource, ReconnectPolicy
+from segstream.connectors.urls import STREAM_SCHEMES, redact_url, url_scheme
+
+# FFmpeg 5.0 (libavformat 59) renamed RTSP's socket timeout `stimeout` to `timeout`; before it,
+# `timeout` made the RTSP client listen for a connection instead.
+_RTSP_TIMEOUT_OPTION = "timeout" if av.library_versions["libavformat"] >= (59,) else "stimeout"
+
+
+def stream_options(
+    url: str, transport: str = "tcp", read_timeout_s: float = 5.0, low_latency: bool = True
+) -> dict[str, str]:
+    """FFmpeg options for reading ``url``: transport, socket timeouts in microseconds (each
+    protocol has its own name for them), and with ``low_latency`` bounded stream probing (the
+    decoder's low-delay flag is set by ``AVInput``)."""
+    scheme = url_scheme(url)
+    io_us = str(int((read_timeout_s + _FFMPEG_TIMEOUT_MARGIN_S) * 1_000_000))
+    options = {"rw_timeout": io_us}  # every protocol's reads and writes
+    if scheme in ("rtsp", "rtsps"):
+        options["rtsp_transport"] = transport
+        options[_RTSP_TIMEOUT_OPTION] = io_us
+    elif scheme in ("http", "https", "tcp", "srt"):
+        options["timeout"] = io_us
+    elif scheme == "udp":
+        options.update(timeout=io_us, overrun_nonfatal="1", fifo_size="1000000")
+    # rtmp(s): `timeout` would mean "listen for a publisher"; rw_timeout alone bounds its reads
+    if low_latency:
+        # Probing ends at the first keyframe anyway; this bounds it when a stream never completes
+        # it. `fflags nobuffer` is left out on purpose: it throws away the probed packets, so the
+        # first frame waits for the next keyframe (a GOP later), and costs nothing after the start.
+        options["analyzeduration"] = "2000000"
+    return options
+
+
+class StreamSource(LiveSource):
+    """A network stream at ``url`` (always live). ``transport`` (tcp or udp) applies to RTSP;
+    ``options`` are extra FFmpeg options that take precedence over ours."""
+
+    def __init__(
+        self,
+        name: str,
+        url: str,
+        *,
+        transport: str = "tcp",
+        policy: ReconnectPolicy = ReconnectPolicy(),
+        low_latency: bool = True,
+        options: dict[str, Any] | None = None,
+        seed: int | None = None,
+    ):
+        merged = stream_options(url, transport, policy.read_timeout_s, low_latency)
+        merged.update({str(k): str(v) for k, v in (options or {}).items()})
+        super().__init__(
+            name, url, policy=policy, options=merged, low_latency=low_latency, shown=redact_url(url), seed=seed
+        )

@@ -1,0 +1,41 @@
+"""Stream URLs: which schemes are streams, and how a URL is shown without its credentials."""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import parse_qsl, quote, urlsplit
+
+# Schemes of live network streams (``type: stream``); http(s) may also be a plain file.
+STREAM_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "tcp", "udp", "srt")
+REDACTED = "***"
+# Query parameters whose values are secrets in signed or tokenised stream URLs.
+_SECRET_QUERY_KEY = re.compile(r"pass|pwd|secret|token|key|sig|auth|credential|session", re.IGNORECASE)
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its user info and the values of credential-like query parameters replaced
+    by ``***``: ``rtsp://admin:pw@cam/live?token=x`` -> ``rtsp://***@cam/live?token=***``.
+
+    The user info is everything up to the last ``@`` before the query, so a password with an
+    unescaped ``/`` or ``@`` in it is hidden too (at worst, with the host).
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    cut = min((i for i in (rest.find("?"), rest.find("#")) if i >= 0), default=len(rest))
+    address, tail = rest[:cut], rest[cut:]
+    if "@" in address:
+        address = f"{REDACTED}@{address.rpartition('@')[2]}"
+    if tail.startswith("?"):
+        query, hash_sign, fragment = tail[1:].partition("#")
+        pairs = [
+            f"{quote(k, safe='')}={REDACTED if _SECRET_QUERY_KEY.search(k) else quote(v, safe='')}"
+            for k, v in parse_qsl(query, keep_blank_values=True)
+        ]
+        tail = "?" + "&".join(pairs) + hash_sign + fragment
+    return f"{scheme}://{address}{tail}"
+
+
+def url_scheme(target: str) -> str:
+    """The lower-case scheme of a URL, '' for a path."""
+    return urlsplit(target).scheme.lower() if "://" in target else ""

@@ -1,0 +1,67 @@
+"""Each source's state, made visible in one place: logged with its reason, counted in
+``RunMetrics``, and published as a ``state`` event on the source's events stream.
+
+States and their meaning: ``segstream.connectors.source.SOURCE_STATES``; the event's data keys:
+docs/SCHEMA.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from segstream.models.results import Event
+from segstream.pipeline.metrics import RunMetrics
+
+logger = logging.getLogger("segstream.sources")
+
+_LEVELS = {
+    "connecting": logging.INFO,
+    "streaming": logging.INFO,
+    "stalled": logging.WARNING,
+    "reconnecting": logging.WARNING,
+    "ended": logging.INFO,
+    "failed": logging.ERROR,
+}
+
+
+class SourceStates:
+    """Takes state transitions from the runtime and from sources that report their own; a
+    transition to the current state, or out of ended or failed, is ignored. ``emit`` publishes
+    the events (None: log and count only)."""
+
+    def __init__(self, metrics: RunMetrics, emit: Callable[[Event], None] | None):
+        self.metrics = metrics
+        self.emit = emit
+
+    def enter(self, source: str, state: str, reason: str = "", data: dict[str, Any] | None = None) -> bool:
+        """Record the transition; False when it was ignored."""
+        previous = self.metrics.source_state(source, state, reason, time.monotonic())
+        if previous is None:
+            return False
+        details = dict(data or {})
+        if "epoch" in details:
+            self.metrics.source(source).epoch = int(details["epoch"])
+        counts = self.metrics.source(source)
+        logger.log(_LEVELS.get(state, logging.INFO), "source %s %s: %s", source, state, reason or previous)
+        if self.emit is None:
+            return True
+        self.emit(
+            Event(
+                source,
+                "state",
+                time.time(),
+                {"state": state, "previous": previous, "reason": reason, "reconnects": counts.reconnects, **details},
+            )
+        )
+        return True
+
+    def listener(self, source: str) -> Callable[[str, str, dict[str, Any]], None]:
+        """The ``on_state`` callback for a source that reports its own states."""
+
+        def on_state(state: str, reason: str, data: dict[str, Any]) -> None:
+            self.enter(source, state, reason, data)
+
+        return on_state

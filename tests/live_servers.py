@@ -1,0 +1,218 @@
+"""Real servers on loopback for the live-source tests: an RTSP camera (tests/rtsp_server.py
+relaying ffmpeg's RTP), ffmpeg streaming over HTTP, HLS, UDP and TCP, and a server that accepts
+connections and never says a word."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+FFMPEG = shutil.which("ffmpeg") or "/usr/bin/ffmpeg"
+RTSP_SERVER = Path(__file__).with_name("rtsp_server.py")
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def wait_for(condition: Callable[[], object], timeout_s: float, what: str, poll_s: float = 0.05) -> object:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(poll_s)
+
+
+def pattern_args(size: str = "160x120", fps: int = 25, gop: int | None = None) -> list[str]:
+    """ffmpeg arguments: a moving test pattern, H.264 without B-frames, real time."""
+    return [
+        "-re", "-f", "lavfi", "-i", f"testsrc2=size={size}:rate={fps}",
+        "-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency", "-g", str(gop or fps), "-bf", "0",
+        "-pix_fmt", "yuv420p",
+    ]
+
+
+class RtspCamera:
+    """tests/rtsp_server.py in its own process group: ``kill()`` takes server and ffmpeg down at
+    once, as a camera losing power would; ``start()`` brings it back (maybe at another size)."""
+
+    def __init__(self, workdir: Path, port: int | None = None, size: str = "160x120", fps: int = 25,
+                 user: str | None = None, password: str | None = None):
+        self.workdir = workdir
+        self.port = port or free_port()
+        self.size, self.fps = size, fps
+        self.user, self.password = user, password
+        self.process: subprocess.Popen | None = None
+
+    def url(self, user: str | None = None, password: str | None = None, path: str = "cam") -> str:
+        credentials = f"{user}:{password}@" if user is not None else ""
+        return f"rtsp://{credentials}127.0.0.1:{self.port}/{path}"
+
+    def start(self, size: str | None = None) -> RtspCamera:
+        self.size = size or self.size
+        command = [sys.executable, str(RTSP_SERVER), "--port", str(self.port), "--size", self.size, "--fps", str(self.fps)]
+        if self.user is not None:
+            command += ["--user", self.user, "--password", self.password or ""]
+        log = open(self.workdir / f"rtsp-{self.port}.log", "ab")
+        self.process = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=log, start_new_session=True,
+            env={**os.environ, "TMPDIR": str(self.workdir)},
+        )
+        line = self.process.stdout.readline().decode()
+        if "listening" not in line:
+            self.kill()
+            raise AssertionError(f"the RTSP test server did not start: {line!r}")
+        return self
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+        self.process = None
+
+    def __enter__(self) -> RtspCamera:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.kill()
+
+
+class FfmpegStream:
+    """ffmpeg as a camera that streams to or serves ``output`` (ffmpeg's output arguments)."""
+
+    def __init__(self, output: list[str], size: str = "160x120", fps: int = 25, gop: int | None = None):
+        self.command = [FFMPEG, "-nostdin", "-hide_banner", "-loglevel", "error", *pattern_args(size, fps, gop), *output]
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> FfmpegStream:
+        self.process = subprocess.Popen(self.command, stdin=subprocess.DEVNULL, start_new_session=True)
+        return self
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def __enter__(self) -> FfmpegStream:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.kill()
+
+
+class SilentServer:
+    """Accepts TCP connections and never sends a byte; ``connections`` counts them."""
+
+    def __init__(self):
+        self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(16)
+        self.port = self.listener.getsockname()[1]
+        self.accepted: list[tuple[float, socket.socket]] = []
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+
+    @property
+    def connections(self) -> int:
+        return len(self.accepted)
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                sock, _ = self.listener.accept()
+            except OSError:
+                return
+            self.accepted.append((time.monotonic(), sock))
+
+    def __enter__(self) -> SilentServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.listener.close()
+        for _, sock in self.accepted:
+            sock.close()
+
+
+class StaticHttpServer:
+    """Serves a folder over HTTP on loopback (for HLS playlists and segments ffmpeg writes)."""
+
+    def __init__(self, folder: Path):
+        handler = functools.partial(_QuietHandler, directory=str(folder))
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.port = self.server.server_address[1]
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> StaticHttpServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format, *args):
+        pass
+
+
+class RecordingSink:
+    """A sink that keeps what it is given: results and events, in order (thread-safe reads)."""
+
+    name = "record"
+
+    def __init__(self):
+        self.results: list = []
+        self.events: list = []
+        self.closed = False
+
+    def publish(self, result) -> None:
+        self.results.append(result)
+
+    def publish_event(self, event) -> None:
+        self.events.append(event)
+
+    def poll(self):
+        return None
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
+
+    def states(self, source: str | None = None) -> list[str]:
+        return [e.data["state"] for e in list(self.events) if e.kind == "state" and source in (None, e.source)]
+
+    def of(self, source: str) -> list:
+        return [r for r in list(self.results) if r.source == source]
+
+
+def run_in_thread(runtime) -> tuple[threading.Thread, dict]:
+    """Start ``runtime.run()`` on a thread; the dict gets ``report`` or ``error`` when it ends."""
+    outcome: dict = {}
+
+    def run() -> None:
+        try:
+            outcome["report"] = runtime.run()
+        except BaseException as error:  # the test asserts on it
+            outcome["error"] = error
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, outcome
