@@ -139,7 +139,8 @@ class AVInput:
         if low_latency:
             context.flags |= av.codec.context.Flags.low_delay
         self.time_base = self.stream.time_base or Fraction(1, 1_000_000)
-        rate = self.stream.average_rate or self.stream.guessed_rate or self.stream.base_rate
+        # FFmpeg's guess first: the average rate of a file with a gap in its timestamps is far too low
+        rate = self.stream.guessed_rate or self.stream.average_rate or self.stream.base_rate
         self.fps = float(rate) if rate else None
         self.step = max(1, round(1 / (rate * self.time_base))) if rate else max(1, round(1 / (25 * self.time_base)))
         self.info = self._info(context)

@@ -1,0 +1,94 @@
+"""The camera source. This VM has no V4L2 device (no /dev/video*, no v4l2loopback module), so the
+capture code runs on a file: the same CameraSource, with FFmpeg probing the input instead of
+forcing its v4l2 demuxer."""
+
+from __future__ import annotations
+
+import glob
+import logging
+import shutil
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+
+from segstream.connectors.camera_source import CameraSource
+from segstream.connectors.errors import SourceError
+from segstream.connectors.live_source import ReconnectPolicy
+from tests.live_servers import FFMPEG
+
+
+def _states(source):
+    log = []
+    source.on_state = lambda state, reason, data: log.append((state, reason, data))
+    return log
+
+
+def _take(source, count):
+    timer = threading.Timer(30, source.close)
+    timer.start()
+    frames = []
+    try:
+        for frame in source.frames():
+            frames.append(frame)
+            if len(frames) == count:
+                break
+    finally:
+        timer.cancel()
+        source.close()
+    return frames
+
+
+def test_camera_source_on_a_file_because_this_vm_has_no_video_device_reports_what_was_granted(clip, caplog):
+    source = CameraSource("usb", str(clip), width=320, height=240, fps=30, pixel_format="MJPG", driver=None)
+    log = _states(source)
+    with caplog.at_level(logging.WARNING, logger="segstream.sources"):
+        frames = _take(source, 12)
+    assert [f.index for f in frames] == list(range(12)) and frames[0].image.shape == (120, 160, 3)
+    streaming = next(data for state, _, data in log if state == "streaming")
+    assert streaming["requested"] == {"width": 320, "height": 240, "fps": 30, "pixel_format": "MJPG"}
+    assert streaming["negotiated"] == {"width": 160, "height": 120, "fps": 10.0, "pixel_format": "yuv420p"}
+    assert source.negotiated == streaming["negotiated"]
+    assert "granted width 160 instead of 320, height 120 instead of 240, fps 10.0 instead of 30" in caplog.text
+
+
+def test_camera_requests_go_to_ffmpegs_v4l2_input():
+    source = CameraSource("usb", 2, width=1280, height=720, fps=30, pixel_format="YUYV")
+    assert (source.target, source.format) == ("/dev/video2", "v4l2")
+    assert source.options == {"video_size": "1280x720", "framerate": "30", "input_format": "yuyv422"}
+    assert CameraSource("usb", "/dev/v4l/by-id/cam", pixel_format="MJPG").options == {"input_format": "mjpeg"}
+
+
+def test_a_camera_that_is_not_plugged_in_is_retried_then_reported():
+    source = CameraSource("usb", "/dev/video97", policy=ReconnectPolicy(max_reconnects=2, delay_s=0.05, max_delay_s=0.1))
+    log = _states(source)
+    with pytest.raises(SourceError, match="/dev/video97"):
+        list(source.frames())
+    assert [state for state, _, _ in log] == ["connecting", "reconnecting", "reconnecting", "failed"]
+    assert "gave up after 2 reconnect attempts" in log[-1][1]
+
+
+def _loopback_device() -> str | None:
+    for name_file in glob.glob("/sys/class/video4linux/video*/name"):
+        if "loopback" in Path(name_file).read_text().lower() or "dummy" in Path(name_file).read_text().lower():
+            return "/dev/" + Path(name_file).parent.name
+    return None
+
+
+@pytest.mark.skipif(_loopback_device() is None or not shutil.which("ffmpeg"),
+                    reason="no v4l2loopback device here (this VM has no /dev/video*); the file test above runs "
+                           "the same capture code")
+def test_camera_source_on_a_v4l2_loopback_device():
+    device = _loopback_device()
+    feeder = subprocess.Popen([FFMPEG, "-v", "error", "-re", "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=15",
+                               "-pix_fmt", "yuyv422", "-f", "v4l2", device])
+    try:
+        source = CameraSource("usb", device, width=320, height=240, pixel_format="YUYV")
+        log = _states(source)
+        frames = _take(source, 10)
+    finally:
+        feeder.kill()
+    assert len(frames) == 10 and frames[0].image.shape == (240, 320, 3)
+    streaming = next(data for state, _, data in log if state == "streaming")
+    assert streaming["negotiated"]["pixel_format"] == "YUYV"

@@ -1,0 +1,148 @@
+"""Files as they come from the real world: phone clips with rotation metadata, truncated MP4s,
+timestamps that jump by an hour. ffmpeg's own command-line tool is the reference."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from segstream.connectors.av_input import display_transform
+from segstream.connectors.file_source import FileSource
+from segstream.connectors.files_sink import FilesSink, read_entries
+from segstream.connectors.redis_wire import from_wire
+from segstream.pipeline.runtime import Runtime
+from tests.conftest import ColourSegmenter
+from tests.live_servers import FFMPEG
+
+MARK = (255, 40, 40)
+
+
+def _marked_clip(path: Path, rotation: int, frames: int = 6, width: int = 160, height: int = 96) -> Path:
+    """A clip whose frames have a red block in the stored top-left corner, with the given display
+    rotation (degrees counter-clockwise, as FFmpeg's display matrix says)."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"preset": "ultrafast"}
+        if rotation:
+            stream.set_display_rotation(rotation)
+        for _ in range(frames):
+            image = np.full((height, width, 3), 30, np.uint8)
+            image[: height // 3, : width // 4] = MARK
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        container.mux(stream.encode(None))
+    return path
+
+
+def _ffmpeg_first_frame(path: Path, width: int, height: int) -> np.ndarray:
+    """The first frame as ffmpeg's command-line tool shows it (it applies rotation itself)."""
+    raw = subprocess.run(
+        [FFMPEG, "-v", "error", "-i", str(path), "-frames:v", "1", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"],
+        capture_output=True, check=True,
+    ).stdout
+    return np.frombuffer(raw, np.uint8).reshape(height, width, 3)
+
+
+@pytest.mark.parametrize("rotation", [90, 180, 270])
+def test_rotated_clips_come_out_as_ffmpeg_displays_them(tmp_path, rotation):
+    clip = _marked_clip(tmp_path / f"rot{rotation}.mp4", rotation)
+    frames = list(FileSource("phone", str(clip)).frames())
+    shown = (96, 160) if rotation == 180 else (160, 96)
+    assert frames[0].image.shape == (*shown, 3)
+    reference = _ffmpeg_first_frame(clip, shown[1], shown[0])
+    assert np.abs(frames[0].image.astype(int) - reference.astype(int)).mean() < 3
+    assert frames[0].image.flags.c_contiguous
+
+
+def test_a_90_degree_phone_clip_reaches_model_and_entries_upright(tmp_path):
+    clip = _marked_clip(tmp_path / "phone.mp4", 90)
+    segmenter = ColourSegmenter()
+    Runtime([FileSource("phone", str(clip))], segmenter, [FilesSink(tmp_path / "out")], progress=None).run()
+    assert {image.shape for batch in segmenter.batches for image in batch} == {(160, 96, 3)}
+    entries = [from_wire(e) for e in read_entries(tmp_path / "out" / "phone.jsonl")]
+    assert {(e.width, e.height) for e in entries} == {(96, 160)}
+    mask = entries[0].label_map == entries[0].segments.ids[0]
+    rows, columns = np.nonzero(mask)
+    # stored top-left, turned a quarter counter-clockwise: the block sits bottom-left as displayed
+    assert rows.min() > 160 // 2 and columns.max() < 96 // 2
+
+
+def test_display_matrices_with_flips_map_pixels_as_the_matrix_says():
+    image = np.arange(2 * 3).reshape(2, 3, 1)
+
+    def matrix(a, b, c, d):
+        one = 1 << 16
+        return (a * one, b * one, 0, c * one, d * one, 0, 0, 0, 1 << 30)
+
+    np.testing.assert_array_equal(display_transform(matrix(-1, 0, 0, 1))(image), image[:, ::-1])  # mirror
+    np.testing.assert_array_equal(display_transform(matrix(1, 0, 0, -1))(image), image[::-1])  # upside down
+    np.testing.assert_array_equal(display_transform(matrix(0, -1, 1, 0))(image), np.rot90(image, 1))
+    np.testing.assert_array_equal(display_transform(matrix(0, 1, -1, 0))(image), np.rot90(image, -1))
+    np.testing.assert_array_equal(display_transform(matrix(0, 1, 1, 0))(image), image.transpose(1, 0, 2))
+    assert display_transform((46341, 46341, 0, -46341, 46341, 0, 0, 0, 1 << 30)) is None  # 45 degrees
+
+
+def _ffmpeg_counts(path: Path) -> tuple[int, int]:
+    """Frames and decode errors that single-threaded ffmpeg reports for the file."""
+    err = subprocess.run(
+        [FFMPEG, "-hide_banner", "-threads", "1", "-i", str(path), "-f", "null", "-"],
+        capture_output=True, text=True,
+    ).stderr
+    frames = int(re.findall(r"frame=\s*(\d+)", err)[-1])
+    errors = len(re.findall(r"Error (?:while decoding stream|submitting packet to decoder)", err))
+    return frames, errors
+
+
+def test_a_truncated_mp4_reports_the_frames_and_errors_single_threaded_ffmpeg_reports(tmp_path):
+    whole = tmp_path / "whole.mp4"
+    subprocess.run(
+        [FFMPEG, "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=160x120:rate=10", "-t", "4", "-c:v", "libx264",
+         "-preset", "ultrafast", "-g", "10", "-pix_fmt", "yuv420p", "-movflags", "+faststart", str(whole)],
+        check=True,
+    )
+    data = whole.read_bytes()
+    truncated = tmp_path / "truncated.mp4"
+    truncated.write_bytes(data[: len(data) - 3000])  # the last frames' data is cut short
+    frames_expected, errors_expected = _ffmpeg_counts(truncated)
+    assert errors_expected >= 1 and frames_expected < 40, "the file must be damaged for this test to mean anything"
+    source = FileSource("cut", str(truncated))
+    frames = list(source.frames())
+    assert (len(frames), source.decode_errors) == (frames_expected, errors_expected)
+
+
+def _jumping_clip(path: Path, frames: int = 30, fps: int = 20, jump_at: int = 15, jump_s: int = 3600) -> Path:
+    """A clip whose timestamps leap ``jump_s`` forward at frame ``jump_at`` (a camera reboot)."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = 160, 120, "yuv420p"
+        stream.options = {"preset": "ultrafast", "bframes": "0"}
+        for i in range(frames):
+            frame = av.VideoFrame.from_ndarray(np.full((120, 160, 3), 8 * i % 256, np.uint8), format="rgb24")
+            frame.pts = i + (jump_s * fps if i >= jump_at else 0)
+            frame.time_base = Fraction(1, fps)
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    return path
+
+
+def test_a_realtime_file_with_an_hour_long_timestamp_jump_plays_to_its_end_at_its_frame_rate(tmp_path):
+    source = FileSource("cam", str(_jumping_clip(tmp_path / "jump.mp4")), realtime=True)
+    start = time.monotonic()
+    frames = []
+    for frame in source.frames():
+        frames.append((time.monotonic(), frame))
+    elapsed = time.monotonic() - start
+    assert len(frames) == 30
+    assert 1.2 < elapsed < 5.0  # 30 frames at 20 fps, not an hour
+    seconds = [f.pts_seconds for _, f in frames]
+    assert seconds[15] - seconds[14] == pytest.approx(3600.05, abs=0.01)  # the file's timestamps, as they are
+    released = np.diff([t for t, _ in frames])
+    assert released[14] < 0.2  # the frame after the jump came one frame later, not an hour later
+    assert source.pacer.reanchored == 1

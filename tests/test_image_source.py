@@ -1,0 +1,85 @@
+"""Folders and globs of still images played as video."""
+
+from __future__ import annotations
+
+import struct
+import time
+
+import cv2
+import numpy as np
+import pytest
+
+from segstream.connectors.errors import SourceError
+from segstream.connectors.image_source import ImageFolderSource, natural_key
+
+
+def _write(path, value: int, size=(40, 30)) -> None:
+    image = np.full((size[1], size[0], 3), value, np.uint8)
+    assert cv2.imwrite(str(path), image)
+
+
+@pytest.fixture
+def folder(tmp_path):
+    for n in (1, 2, 10, 9, 100):
+        _write(tmp_path / f"frame{n}.png", n)
+    (tmp_path / "notes.txt").write_text("not an image")
+    return tmp_path
+
+
+def test_images_play_in_natural_order(folder):
+    frames = list(ImageFolderSource("stills", str(folder)).frames())
+    assert [int(f.image[0, 0, 0]) for f in frames] == [1, 2, 9, 10, 100]
+    assert [f.index for f in frames] == list(range(5))
+    assert sorted(["b10", "B2", "a1", "b1"], key=natural_key) == ["a1", "b1", "B2", "b10"]
+
+
+def test_the_frame_rate_sets_the_timestamps(folder):
+    frames = list(ImageFolderSource("stills", str(folder), fps=4).frames())
+    assert [f.pts_seconds for f in frames] == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert all(f.time_base == 0.25 for f in frames)
+
+
+def test_a_glob_picks_its_files(folder):
+    frames = list(ImageFolderSource("stills", str(folder / "frame1*.png")).frames())
+    assert [int(f.image[0, 0, 0]) for f in frames] == [1, 10, 100]
+
+
+def test_loop_starts_over_with_a_new_epoch_and_increasing_timestamps(folder):
+    frames = list(ImageFolderSource("stills", str(folder), fps=10, loop=True, max_frames=12).frames())
+    assert [f.epoch for f in frames] == [0] * 5 + [1] * 5 + [2] * 2
+    pts = [f.pts for f in frames]
+    assert pts == list(range(12))
+
+
+def test_an_undecodable_image_is_counted_and_leaves_a_gap_in_the_timestamps(folder):
+    (folder / "frame5.png").write_bytes(b"\x89PNG broken")
+    source = ImageFolderSource("stills", str(folder))
+    frames = list(source.frames())
+    assert source.decode_errors == 1
+    assert [f.pts for f in frames] == [0, 1, 3, 4, 5]  # frame5.png was third in line
+    assert [f.index for f in frames] == list(range(5))
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    image = np.zeros((30, 40, 3), np.uint8)
+    ok, jpeg = cv2.imencode(".jpg", image)
+    # an APP1 Exif segment whose only tag is Orientation = 6 (turn 90 degrees clockwise to show)
+    tiff = b"II" + struct.pack("<HI", 42, 8) + struct.pack("<H", 1) + struct.pack("<HHII", 0x0112, 3, 1, 6) + b"\0" * 4
+    app1 = b"Exif\0\0" + tiff
+    data = jpeg.tobytes()
+    (tmp_path / "turned.jpg").write_bytes(data[:2] + b"\xff\xe1" + struct.pack(">H", len(app1) + 2) + app1 + data[2:])
+    frames = list(ImageFolderSource("stills", str(tmp_path)).frames())
+    assert frames[0].image.shape == (40, 30, 3)
+
+
+def test_realtime_plays_at_the_frame_rate(folder):
+    source = ImageFolderSource("stills", str(folder), fps=10, realtime=True)
+    start = time.monotonic()
+    assert len(list(source.frames())) == 5 and source.live
+    assert time.monotonic() - start >= 0.35
+
+
+def test_a_folder_without_images_is_a_source_error(tmp_path):
+    (tmp_path / "readme.txt").write_text("x")
+    with pytest.raises(SourceError, match="no images in"):
+        ImageFolderSource("stills", str(tmp_path))

@@ -1,0 +1,208 @@
+"""Stream sources against real servers on loopback: RTSP over UDP, HTTP served by ffmpeg, HLS,
+MPEG-TS over UDP and TCP, a server that accepts and stays silent, a camera that stops sending."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+from segstream.connectors.errors import SourceError
+from segstream.connectors.live_source import ReconnectPolicy
+from segstream.connectors.stream_source import StreamSource, stream_options
+from segstream.pipeline.engine import BufferPolicy
+from segstream.pipeline.runtime import Runtime
+from tests.conftest import ColourSegmenter
+from tests.live_servers import (
+    FfmpegStream,
+    RecordingSink,
+    RtspCamera,
+    SilentServer,
+    StaticHttpServer,
+    free_port,
+    run_in_thread,
+    wait_for,
+)
+
+QUICK = ReconnectPolicy(open_timeout_s=5, read_timeout_s=2, stall_timeout_s=3, delay_s=0.2, max_delay_s=1)
+
+
+class StateLog:
+    """An ``on_state`` listener that keeps (monotonic time, state, reason, data)."""
+
+    def __init__(self):
+        self.entries: list[tuple[float, str, str, dict]] = []
+
+    def __call__(self, state, reason, data):
+        self.entries.append((time.monotonic(), state, reason, data))
+
+    @property
+    def states(self) -> list[str]:
+        return [e[1] for e in self.entries]
+
+    def first(self, state: str) -> tuple[float, str, str, dict]:
+        return next(e for e in self.entries if e[1] == state)
+
+
+def take(source, count: int, timeout_s: float = 30.0) -> list:
+    """The first ``count`` frames of ``source`` (fewer if it takes longer than ``timeout_s``)."""
+    timer = threading.Timer(timeout_s, source.close)
+    timer.start()
+    frames = []
+    try:
+        for frame in source.frames():
+            frames.append(frame)
+            if len(frames) >= count:
+                break
+    finally:
+        timer.cancel()
+        source.close()
+    return frames
+
+
+def assert_streamed(frames: list, log: StateLog, count: int, server_was_up: bool = True) -> None:
+    assert len(frames) == count, log.entries
+    assert [f.index for f in frames] == list(range(count))
+    assert all(f.image.shape == (120, 160, 3) for f in frames)
+    pts = [f.pts for f in frames]
+    assert all(b > a for a, b in zip(pts, pts[1:]))
+    if server_was_up:
+        assert log.states == ["connecting", "streaming", "ended"], log.entries
+    else:  # it may have knocked before the server listened, and come back
+        assert log.states[0] == "connecting" and log.states[-2:] == ["streaming", "ended"], log.entries
+
+
+def test_rtsp_over_udp_transport_streams(tmp_path):
+    with RtspCamera(tmp_path) as camera:
+        source = StreamSource("cam", camera.url(), transport="udp", policy=QUICK)
+        source.on_state = log = StateLog()
+        frames = take(source, 30)
+    assert_streamed(frames, log, 30)
+    assert source.options["rtsp_transport"] == "udp"
+
+
+def test_http_stream_served_by_ffmpeg(tmp_path):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/live.ts"
+    with FfmpegStream(["-f", "mpegts", "-listen", "1", url]):
+        # no probing of the port first: ffmpeg serves the first client that connects, and only it
+        source = StreamSource("web", url, policy=QUICK)
+        source.on_state = log = StateLog()
+        frames = take(source, 30)
+    assert_streamed(frames, log, 30, server_was_up=False)
+
+
+def test_hls_playlist_over_http(tmp_path):
+    playlist = tmp_path / "live.m3u8"
+    hls = ["-f", "hls", "-hls_time", "0.5", "-hls_list_size", "6", "-hls_flags", "delete_segments", str(playlist)]
+    with FfmpegStream(hls, gop=12), StaticHttpServer(tmp_path) as server:
+        wait_for(lambda: playlist.exists() and playlist.read_text().count("#EXTINF") >= 2, 20, "the HLS playlist")
+        source = StreamSource("hls", f"http://127.0.0.1:{server.port}/live.m3u8", policy=QUICK)
+        source.on_state = log = StateLog()
+        frames = take(source, 30)
+    assert_streamed(frames, log, 30)
+
+
+def test_mpegts_over_udp(tmp_path):
+    port = free_port()
+    source = StreamSource("udp", f"udp://127.0.0.1:{port}", policy=QUICK)
+    source.on_state = log = StateLog()
+    with FfmpegStream(["-f", "mpegts", f"udp://127.0.0.1:{port}?pkt_size=1316"]):
+        frames = take(source, 30)
+    assert_streamed(frames, log, 30)
+
+
+def test_mpegts_over_tcp(tmp_path):
+    port = free_port()
+    with FfmpegStream(["-f", "mpegts", f"tcp://127.0.0.1:{port}?listen=1"]):
+        # the source may knock before ffmpeg listens: it then reconnects
+        source = StreamSource("tcp", f"tcp://127.0.0.1:{port}", policy=QUICK)
+        source.on_state = log = StateLog()
+        frames = take(source, 30)
+    assert_streamed(frames, log, 30, server_was_up=False)
+
+
+def test_a_silent_server_times_out_the_open_with_its_phase_and_value_then_retries():
+    with SilentServer() as server:
+        policy = ReconnectPolicy(open_timeout_s=1.0, read_timeout_s=1.0, delay_s=0.1, max_delay_s=0.2)
+        source = StreamSource("mute", f"rtsp://127.0.0.1:{server.port}/cam", policy=policy)
+        source.on_state = log = StateLog()
+        thread = threading.Thread(target=lambda: list(source.frames()), daemon=True)
+        thread.start()
+        wait_for(lambda: server.connections >= 2, 10, "a second connection attempt")
+        source.close()
+        thread.join(2)
+    assert not thread.is_alive(), "close() must end frames() even while FFmpeg waits on a silent server"
+    connecting, reconnecting = log.first("connecting"), log.first("reconnecting")
+    waited = reconnecting[0] - connecting[0]
+    assert 1.0 <= waited < 2.0, waited  # left connecting once its 1 s ran out
+    assert reconnecting[3]["phase"] == "open" and reconnecting[3]["timeout_s"] == 1.0
+    assert "timed out after 1 s opening" in reconnecting[2] and "open timeout" in reconnecting[2]
+    assert log.states[-1] == "ended"
+
+
+def test_a_camera_that_stops_sending_goes_stalled_then_streams_again(tmp_path):
+    with RtspCamera(tmp_path) as camera:
+        policy = ReconnectPolicy(open_timeout_s=3, read_timeout_s=1.0, stall_timeout_s=3, delay_s=0.2, max_delay_s=0.5)
+        source = StreamSource("cam", camera.url(), policy=policy)
+        source.on_state = log = StateLog()
+        frames: list = []
+        thread = threading.Thread(target=lambda: frames.extend(source.frames()), daemon=True)
+        thread.start()
+        wait_for(lambda: len(frames) >= 10, 20, "frames before the camera freezes")
+        encoder = _child_of(camera.process.pid)
+        os.kill(encoder, signal.SIGSTOP)  # the connection stays up, nothing comes through it
+        try:
+            wait_for(lambda: "stalled" in log.states, 10, "the stall")
+        finally:
+            os.kill(encoder, signal.SIGCONT)
+        before = len(frames)
+        wait_for(lambda: log.states.count("streaming") >= 2 and len(frames) > before + 10, 30, "frames again")
+        source.close()
+        thread.join(5)
+    stalled = log.first("stalled")
+    assert stalled[3] == {"phase": "read", "timeout_s": 1.0}
+    assert "no data from" in stalled[2] and "for 1 s (read timeout)" in stalled[2]
+    assert log.states[log.states.index("stalled") + 1] == "reconnecting"
+    assert [f.epoch for f in frames][-1] == 1
+
+
+def _child_of(pid: int) -> int:
+    with open(f"/proc/{pid}/task/{pid}/children") as children:
+        return int(children.read().split()[0])
+
+
+def test_waiting_for_the_model_is_not_a_stall(tmp_path):
+    # every_frame makes the source wait on a model slower than the stall timeout: back-pressure
+    with RtspCamera(tmp_path) as camera:
+        policy = ReconnectPolicy(open_timeout_s=5, read_timeout_s=5, stall_timeout_s=0.5, delay_s=0.2)
+        source = StreamSource("cam", camera.url(), policy=policy)
+        record = RecordingSink()
+        runtime = Runtime([source], ColourSegmenter(delay_s=0.8), [record], batch_size=1, queue_size=1,
+                          buffers={"cam": BufferPolicy("every_frame")}, publish_states=True, progress=None)
+        thread, outcome = run_in_thread(runtime)
+        wait_for(lambda: len(record.of("cam")) >= 5, 30, "five slow frames")
+        runtime.stop()
+        thread.join(10)
+    assert record.states("cam") == ["connecting", "streaming", "ended"]
+    assert outcome["report"].sources["cam"].dropped == 0
+
+
+def test_an_unsupported_protocol_fails_at_once_without_retrying():
+    source = StreamSource("odd", "nosuchprotocol://127.0.0.1/x", policy=QUICK)
+    source.on_state = log = StateLog()
+    with pytest.raises(SourceError, match="cannot read 'nosuchprotocol://127.0.0.1/x'"):
+        list(source.frames())
+    assert log.states == ["connecting", "failed"] and source.reconnects == 0
+
+
+def test_each_protocol_gets_its_own_timeout_option():
+    rtsp = stream_options("rtsp://h/x", "udp", read_timeout_s=2)
+    assert rtsp["rtsp_transport"] == "udp" and rtsp["timeout"] == "3000000" and rtsp["rw_timeout"] == "3000000"
+    assert stream_options("http://h/x.m3u8", read_timeout_s=2)["timeout"] == "3000000"
+    assert stream_options("udp://127.0.0.1:5000", read_timeout_s=2)["overrun_nonfatal"] == "1"
+    # rtmp's `timeout` would make it listen for a publisher instead of playing
+    assert "timeout" not in stream_options("rtmp://h/app/key", read_timeout_s=2)
