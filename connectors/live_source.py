@@ -210,7 +210,7 @@ class LiveSource:
         finally:
             self._retire()
             if not failed:
-                self._enter("ended", "closed", {})
+                self._enter("ended", "stopped", {})
 
     def _wait_open(self, capture: CaptureThread) -> AVInput | None:
         timeout_s = self.policy.open_timeout_s

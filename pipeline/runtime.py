@@ -370,6 +370,7 @@ class Runtime:
                 if self._stop_requested or self._aborted.is_set():
                     break
                 if self.max_frames is not None and counts.decoded >= self.max_frames:
+                    self.states.enter(name, "ended", f"max_frames ({self.max_frames}) reached")
                     break
         except BaseException as error:
             failed = True

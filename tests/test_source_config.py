@@ -1,0 +1,98 @@
+"""The YAML keys of the stream, camera and images sources, and the examples in configs/."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from segstream.connectors.errors import ConfigError
+from segstream.pipeline.builders import build_sources
+from segstream.pipeline.cli import main
+from segstream.pipeline.config import load_config, validate_config
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def _source(**keys):
+    return validate_config({"sources": [{"name": "s", **keys}]}).sources[0]
+
+
+def _error(**keys) -> str:
+    with pytest.raises(ConfigError) as error:
+        _source(**keys)
+    return str(error.value)
+
+
+@pytest.mark.parametrize("name", ["rtsp_camera", "usb_camera", "image_folder", "streams"])
+def test_every_example_config_validates(name, monkeypatch):
+    monkeypatch.setenv("CAM_PASSWORD", "x")
+    monkeypatch.setenv("LOBBY_PASSWORD", "y")
+    monkeypatch.setenv("SEGSTREAM_IMAGES", str(CONFIGS))
+    assert load_config(CONFIGS / f"{name}.yaml").sources
+
+
+def test_live_sources_default_to_newest_frames_and_files_to_every_frame(clip, tmp_path):
+    stream = _source(type="stream", url="rtsp://cam/live")
+    camera = _source(type="camera")
+    assert (stream.buffer_kind, stream.queue_size, stream.max_staleness_ms) == ("newest", 2, 500.0)
+    assert (camera.buffer_kind, camera.device) == ("newest", 0)
+    assert stream.max_reconnects is None and stream.transport == "tcp"
+    assert _source(type="file", path=str(clip)).buffer_kind == "every_frame"
+    assert _source(type="file", path=str(clip), realtime=True).buffer_kind == "newest"
+    assert _source(type="images", path=str(tmp_path)).buffer_kind == "every_frame"
+    assert _source(type="synthetic").required is False
+
+
+def test_a_stream_url_must_be_a_stream_and_its_password_is_never_echoed():
+    error = _error(type="stream", url="ftp://admin:hunter22@cam/live")
+    assert "is not a stream URL" in error and "hunter22" not in error and "ftp://***@cam/live" in error
+    assert "names no host" in _error(type="stream", url="rtsp://")
+
+
+def test_a_live_stream_given_as_a_file_points_to_type_stream():
+    error = _error(type="file", path="rtsp://admin:hunter22@cam/live")
+    assert "use type: stream with url:" in error and "hunter22" not in error
+
+
+def test_transport_is_for_rtsp_only():
+    assert "transport applies to rtsp://" in _error(type="stream", url="http://cam/live.ts", transport="udp")
+    assert _source(type="stream", url="rtsps://cam/live", transport="udp").transport == "udp"
+
+
+def test_camera_keys_are_checked():
+    assert "not a device" in _error(type="camera", device="video0")
+    assert "width and height together" in _error(type="camera", width=640)
+    assert "pixel_format" in _error(type="camera", pixel_format="H264")
+
+
+def test_an_images_folder_must_exist(tmp_path):
+    assert "does not exist" in _error(type="images", path=str(tmp_path / "nope" / "*.png"))
+    assert _source(type="images", path=str(tmp_path / "*.png")).path.endswith("*.png")
+
+
+def test_an_unknown_source_type_lists_the_types():
+    assert "use file, stream, camera, images, synthetic" in _error(type="webcam")
+
+
+def test_a_url_does_not_show_in_the_config_repr():
+    assert "hunter22" not in repr(_source(type="stream", url="rtsp://admin:hunter22@cam/live"))
+
+
+def test_stream_and_camera_sources_open_only_when_the_run_starts():
+    # a camera that does not answer must not hold up building the pipeline (nor Ctrl-C)
+    cfg = validate_config({"sources": [
+        {"name": "a", "type": "stream", "url": "rtsp://127.0.0.1:9/none"},
+        {"name": "b", "type": "camera", "device": "/dev/video97"},
+    ]})
+    sources = build_sources(cfg.sources)
+    assert [type(s).__name__ for s in sources] == ["StreamSource", "CameraSource"]
+    assert all(s.live and s.state == "connecting" for s in sources)
+
+
+def test_validate_reports_bad_stream_urls_redacted(tmp_path, capsys):
+    config = tmp_path / "p.yaml"
+    config.write_text("sources:\n  - {name: a, type: stream, url: 'gopher://me:hunter22@cam/x'}\n")
+    assert main(["validate", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "sources[0].url" in err and "hunter22" not in err
