@@ -19,7 +19,7 @@ from segstream.connectors.errors import SegstreamError
 from segstream.pipeline.config import PipelineConfig, json_schema, load_config
 
 if TYPE_CHECKING:
-    from segstream.pipeline.runtime import RunReport
+    from segstream.pipeline.runtime import RunReport, Runtime
 
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 # Frames of this size (height, width) warm the model up before the sources start: the network's
@@ -156,16 +156,12 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_pipeline(cfg: PipelineConfig, max_frames: int | None = None, progress=True) -> RunReport:
-    """Build model, sinks and sources from ``cfg`` and run them; Ctrl-C/SIGTERM drain."""
-    import torch
-
+def build_runtime(cfg: PipelineConfig, max_frames: int | None = None, progress=True, metrics=None) -> Runtime:
+    """Model, sinks and sources from ``cfg``, assembled into a Runtime ready to ``run()``."""
     from segstream.pipeline.builders import build_sinks, build_sources
     from segstream.pipeline.model_factory import build_segmenter
     from segstream.pipeline.runtime import Runtime
 
-    if cfg.engine.threads is not None:
-        torch.set_num_threads(cfg.engine.threads)
     adapter = build_segmenter(cfg.model, batch_size=cfg.engine.batch_size)
     sinks = build_sinks(cfg.sinks)
     try:
@@ -174,9 +170,15 @@ def run_pipeline(cfg: PipelineConfig, max_frames: int | None = None, progress=Tr
         for sink in sinks:
             sink.close()
         raise
-    runtime = Runtime.from_config(
-        cfg, sources, adapter, sinks, max_frames=max_frames, warm_up=WARM_UP_FRAME, progress=progress
+    return Runtime.from_config(
+        cfg, sources, adapter, sinks, max_frames=max_frames, warm_up=WARM_UP_FRAME, progress=progress,
+        metrics=metrics,
     )
+
+
+def run_pipeline(cfg: PipelineConfig, max_frames: int | None = None, progress=True) -> RunReport:
+    """Build model, sinks and sources from ``cfg`` and run them; Ctrl-C/SIGTERM drain."""
+    runtime = build_runtime(cfg, max_frames=max_frames, progress=progress)
     with _DrainOnSignal(runtime):
         return runtime.run()
 
