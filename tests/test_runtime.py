@@ -14,36 +14,7 @@ from segstream.connectors.redis_wire import from_wire
 from segstream.pipeline.engine import Batcher
 from segstream.pipeline.metrics import STAGES, RunMetrics
 from segstream.pipeline.runtime import Runtime
-from tests.conftest import ColourSegmenter
-
-
-class CollectingSink:
-    """Keeps every published result; records flush and close."""
-
-    name = "collect"
-
-    def __init__(self):
-        self.results = []
-        self.events = []
-        self.flushed = self.closed = False
-
-    def publish(self, result):
-        self.results.append(result)
-
-    def publish_event(self, event):
-        self.events.append(event)
-
-    def poll(self):
-        return None
-
-    def flush(self):
-        self.flushed = True
-
-    def close(self):
-        self.closed = True
-
-    def indices(self, source):
-        return [r.index for r in self.results if r.source == source]
+from tests.conftest import CollectingSink, ColourSegmenter
 
 
 class FailingSink(CollectingSink):
