@@ -21,7 +21,7 @@ from segstream.connectors.errors import SegstreamError, SourceError
 from segstream.pipeline.config import PipelineConfig, json_schema, load_config
 
 if TYPE_CHECKING:
-    from segstream.pipeline.runtime import RunReport
+    from segstream.pipeline.runtime import RunReport, Runtime
 
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 # Frames of this size (height, width) warm the model up before the sources start: the network's
@@ -172,35 +172,39 @@ def _log_to_stderr() -> None:
         root.setLevel(logging.INFO)
 
 
+def build_runtime(
+    cfg: PipelineConfig, max_frames: int | None = None, progress=True, metrics=None, stopping=lambda: False
+) -> Runtime | None:
+    """Model, sinks and sources from ``cfg``, assembled into a Runtime ready to ``run()``; None
+    when ``stopping()`` turned true while they were being built (what was built is released)."""
+    from segstream.pipeline.builders import build_sinks, build_sources
+    from segstream.pipeline.model_factory import build_segmenter
+    from segstream.pipeline.runtime import Runtime
+
+    adapter = build_segmenter(cfg.model, batch_size=cfg.engine.batch_size)
+    sinks, sources, runtime = [], [], None
+    try:
+        if not stopping():
+            sinks = build_sinks(cfg.sinks)
+        if not stopping():
+            sources = build_sources(cfg.sources)
+        if not stopping():
+            runtime = Runtime.from_config(
+                cfg, sources, adapter, sinks, max_frames=max_frames, warm_up=WARM_UP_FRAME, progress=progress,
+                metrics=metrics,
+            )
+    finally:
+        if runtime is None:  # stopped, or failed, before the run: an embedded Redis must not outlive us
+            for part in [*sources, *sinks]:
+                part.close()
+    return runtime
+
+
 def run_pipeline(cfg: PipelineConfig, max_frames: int | None = None, progress=True) -> RunReport | None:
     """Build model, sinks and sources from ``cfg`` and run them; Ctrl-C/SIGTERM drain, also while
     things are still being built (then None when the run never started)."""
     with _DrainOnSignal() as signals:
-        import torch
-
-        from segstream.pipeline.builders import build_sinks, build_sources
-        from segstream.pipeline.model_factory import build_segmenter
-        from segstream.pipeline.runtime import Runtime
-
-        if cfg.engine.threads is not None:
-            torch.set_num_threads(cfg.engine.threads)
-        adapter = build_segmenter(cfg.model, batch_size=cfg.engine.batch_size)
-        sinks, sources = [], []
-        try:
-            if not signals.stopping:
-                sinks = build_sinks(cfg.sinks)
-            if not signals.stopping:
-                sources = build_sources(cfg.sources)
-            runtime = None if signals.stopping else Runtime.from_config(
-                cfg, sources, adapter, sinks, max_frames=max_frames, warm_up=WARM_UP_FRAME, progress=progress
-            )
-        except BaseException:
-            runtime = None
-            raise
-        finally:
-            if runtime is None:  # stopped, or failed, before the run: release what was built
-                for part in [*sources, *sinks]:
-                    part.close()
+        runtime = build_runtime(cfg, max_frames=max_frames, progress=progress, stopping=lambda: signals.stopping)
         if runtime is None:
             return None
         signals.runtime = runtime

@@ -279,14 +279,18 @@ class ModelConfig(Strict):
 
 class EngineConfig(Strict):
     """The model stage: batches of up to ``batch_size`` frames from all sources together,
-    formed within ``max_wait_ms`` of a batch's first frame; at most ``max_inflight`` batches
-    between the start of their network and the end of their post-processing. ``threads`` is
-    torch's intra-op thread count (null: one per core)."""
+    formed within ``max_wait_ms`` of a batch's first frame, run by ``model_workers`` threads
+    (each a whole batch at a time) with ``threads`` intra-op threads each; at most
+    ``max_inflight`` batches between the start of their network and the end of their
+    post-processing. Null means chosen for the device: on a GPU one worker; on the CPU two
+    workers of one thread each on two cores, and the other cores shared between them, one core
+    left to decoding and publishing (measured in docs/BENCHMARKS.md)."""
 
     batch_size: PositiveInt = 4
     max_wait_ms: Annotated[float, Field(ge=0)] = 20.0
-    max_inflight: PositiveInt = 2
+    model_workers: PositiveInt | None = None
     threads: PositiveInt | None = None
+    max_inflight: PositiveInt | None = None
 
 
 def _empty_is_null(value: Any) -> Any:

@@ -1,16 +1,18 @@
 """Threads, bounded queues, back-pressure, batching and shutdown for one pipeline run.
 
-    source threads ─► Batcher ─► model thread ─► post thread ─► stage thread ─► sink thread
-    (decode, one      (FIFO per   (upload, pre,   (post-process,  (per-source     (publish to
-     per source)       source)     network)        to the host)    stages, in      every sink,
-                                                                   frame order)    poll, flush)
+    source threads ─► Batcher ─► model thread(s) ─► post thread ─► stage thread ─► sink thread
+    (decode, one      (FIFO per   (upload, pre,      (post-process,  (per-source     (publish to
+     per source)       source)     network)           to the host,    stages, in      every sink,
+                                                      batch order)    frame order)    poll, flush)
 
-At most ``max_inflight`` batches are between the model thread and the end of post-processing.
+At most ``max_inflight`` batches are between the model threads and the end of post-processing;
+batches are post-processed in the order they were taken, whichever worker ran them.
 Each source's buffer policy decides what its full queue does: ``every_frame`` sources block
 (nothing is lost), ``newest`` sources drop their oldest queued frame and frames gone stale.
 Each source's results reach the per-source stages (the tracker's slot) and the sinks in frame
 order. Each source's state (connecting, streaming, ..., ended, failed) is logged, counted and
-published as a ``state`` event; a source that fails ends the run only when it is required. Stages know nothing of this: a source yields frames, the
+published as a ``state`` event; a source that fails ends the run only when it is required.
+Stages know nothing of this: a source yields frames, the
 model stage maps batches to results, a per-source stage maps one result to one result, a sink
 publishes one result at a time.
 """
@@ -18,6 +20,7 @@ publishes one result at a time.
 from __future__ import annotations
 
 import math
+import os
 import queue
 import sys
 import threading
@@ -31,7 +34,7 @@ from segstream.connectors.sink import Sink
 from segstream.connectors.source import VideoSource
 from segstream.models.results import Event, FrameResult
 from segstream.models.segmenter import FamilyAdapter
-from segstream.pipeline.engine import Batcher, BufferPolicy, ModelStage
+from segstream.pipeline.engine import Batcher, BufferPolicy, InFlight, ModelStage, engine_layout
 from segstream.pipeline.metrics import RunMetrics
 from segstream.pipeline.source_states import SourceStates
 
@@ -215,6 +218,7 @@ class Runtime:
         batch_size: int = 4,
         max_wait_ms: float = 20.0,
         max_inflight: int = 2,
+        model_workers: int = 1,
         queue_size: int | Mapping[str, int] = 8,
         buffers: Mapping[str, BufferPolicy] | None = None,
         required: Collection[str] | None = None,
@@ -228,13 +232,14 @@ class Runtime:
         names = [s.name for s in sources]
         if len(set(names)) != len(names):
             raise ValueError(f"source names must be unique, got {names}")
-        if max_inflight < 1:
-            raise ValueError("max_inflight must be at least 1")
+        if max_inflight < model_workers or model_workers < 1:
+            raise ValueError("model_workers must be at least 1 and max_inflight at least model_workers")
         self.sources = list(sources)
         self.adapter = adapter
         self.model_stage = ModelStage(adapter, max_inflight)
         self.sinks = list(sinks)
         self.stage_factories = list(stages)
+        self.model_workers = model_workers
         self.batch_size = batch_size
         self.max_wait_s = max_wait_ms / 1000
         self.max_frames = max_frames
@@ -268,20 +273,32 @@ class Runtime:
         self._started = False
         self._reporting = False  # some sink reports its writes (else publishing is the hand-off)
         self._decoding = threading.Event()  # the model is warm: sources may start
+        self._workers_lock = threading.Lock()
+        self._workers_left = model_workers
         self.warm_up_s = 0.0
 
     @classmethod
     def from_config(cls, cfg, sources, adapter, sinks, **kwargs) -> Runtime:
         """A runtime with the engine settings, queue sizes, buffer policies and required sources
-        of a ``PipelineConfig``, publishing source states."""
+        of a ``PipelineConfig``, publishing source states; applies the engine's intra-op thread
+        count to torch."""
+        import torch
+
         kwargs.setdefault("publish_states", True)
+        engine = cfg.engine
+        layout = engine_layout(
+            adapter.device, os.cpu_count() or 1, compiled=bool(adapter.batch_buckets),
+            workers=engine.model_workers, threads=engine.threads, max_inflight=engine.max_inflight,
+        )
+        torch.set_num_threads(layout.threads)
         return cls(
             sources,
             adapter,
             sinks,
-            batch_size=cfg.engine.batch_size,
-            max_wait_ms=cfg.engine.max_wait_ms,
-            max_inflight=cfg.engine.max_inflight,
+            batch_size=engine.batch_size,
+            max_wait_ms=engine.max_wait_ms,
+            max_inflight=layout.max_inflight,
+            model_workers=layout.workers,
             queue_size={s.name: s.queue_size for s in cfg.sources},
             buffers={
                 s.name: BufferPolicy(s.buffer_kind, None if s.max_staleness_ms is None else s.max_staleness_ms / 1000)
@@ -302,7 +319,10 @@ class Runtime:
         for sink in self.sinks:
             self._attach(sink)
         start = time.monotonic()
-        threads = [threading.Thread(target=self._model, name=f"{THREAD_PREFIX}model", daemon=True)]
+        threads = [
+            threading.Thread(target=self._model, args=(w,), name=f"{THREAD_PREFIX}model{w or ''}", daemon=True)
+            for w in range(self.model_workers)
+        ]
         threads += [
             threading.Thread(target=self._decode, args=(i, s), name=f"{THREAD_PREFIX}decode-{s.name}", daemon=True)
             for i, s in enumerate(self.sources)
@@ -390,41 +410,55 @@ class Runtime:
                     self.states.enter(name, "ended", "stopped" if stopped else "end of input")
                 self._batcher.finish(i)
 
-    def _model(self) -> None:
+    def _model(self, worker: int) -> None:
         try:
-            if self.warm_up_size is not None:
-                self.warm_up_s = self.model_stage.warm_up(*self.warm_up_size)
-            self._decoding.set()
-            while (batch := self._batcher.take_batch(self.batch_size, self.max_wait_s)) is not None:
+            if worker == 0:
+                if self.warm_up_size is not None:
+                    self.warm_up_s = self.model_stage.warm_up(*self.warm_up_size)
+                self._decoding.set()
+            while (taken := self._batcher.take_batch(self.batch_size, self.max_wait_s)) is not None:
                 while not self._inflight.acquire(timeout=0.1):
                     if self._aborted.is_set():
                         return
-                if not self._to_post.put(self.model_stage.submit(batch)):
+                seq, batch = taken
+                if not self._to_post.put(self.model_stage.submit(batch, seq)):
                     return
         except BaseException as error:
             self._fail(error, drain=False)
         finally:
-            self._decoding.set()
-            self._to_post.end()
+            if worker == 0:
+                self._decoding.set()
+            with self._workers_lock:
+                self._workers_left -= 1
+                last = self._workers_left == 0
+            if last:
+                self._to_post.end()
 
     def _post(self) -> None:
+        waiting: dict[int, InFlight] = {}  # batches that finished before an earlier one
+        next_seq = 0
         try:
             while (batch := self._to_post.get()) is not _END:
-                results = self.model_stage.collect(batch)
-                self._inflight.release()
-                if len(results) != len(batch.frames):
-                    raise RuntimeError(
-                        f"model {self.adapter.name} returned {len(results)} results for {len(batch.frames)} frames"
-                    )
-                self.metrics.batch(len(results), self.model_stage.network_seconds(batch))
-                for result in results:
-                    if not self._to_stage.put(result):
+                waiting[batch.seq] = batch
+                while next_seq in waiting:
+                    if not self._collect(waiting.pop(next_seq)):
                         return
+                    next_seq += 1
         except BaseException as error:
             self._fail(error, drain=False)
             self._to_post.drain()
         finally:
             self._to_stage.end()
+
+    def _collect(self, batch: InFlight) -> bool:
+        results = self.model_stage.collect(batch)
+        self._inflight.release()
+        if len(results) != len(batch.frames):
+            raise RuntimeError(
+                f"model {self.adapter.name} returned {len(results)} results for {len(batch.frames)} frames"
+            )
+        self.metrics.batch(len(results), self.model_stage.network_seconds(batch))
+        return all(self._to_stage.put(result) for result in results)
 
     def _stage(self) -> None:
         try:

@@ -17,6 +17,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from tests.conftest import CollectingSink
+
 FFMPEG = shutil.which("ffmpeg") or "/usr/bin/ffmpeg"
 RTSP_SERVER = Path(__file__).with_name("rtsp_server.py")
 
@@ -171,30 +173,8 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-class RecordingSink:
-    """A sink that keeps what it is given: results and events, in order (thread-safe reads)."""
-
-    name = "record"
-
-    def __init__(self):
-        self.results: list = []
-        self.events: list = []
-        self.closed = False
-
-    def publish(self, result) -> None:
-        self.results.append(result)
-
-    def publish_event(self, event) -> None:
-        self.events.append(event)
-
-    def poll(self):
-        return None
-
-    def flush(self) -> None:
-        pass
-
-    def close(self) -> None:
-        self.closed = True
+class RecordingSink(CollectingSink):
+    """The tests' collecting sink, with the results and state events of one source at hand."""
 
     def states(self, source: str | None = None) -> list[str]:
         return [e.data["state"] for e in list(self.events) if e.kind == "state" and source in (None, e.source)]

@@ -156,7 +156,7 @@ def test_newest_drops_frames_gone_stale_before_the_model_and_counts_them():
     batcher.put(0, _frame(0, age_s=0.5))
     batcher.put(0, _frame(1, age_s=0.3))
     batcher.put(0, _frame(2))
-    batch = batcher.take_batch(4, 0.0)
+    _, batch = batcher.take_batch(4, 0.0)
     assert [f.index for f in batch] == [2]
     assert metrics.source("cam").dropped_by == {"stale": 2}
 
@@ -166,7 +166,7 @@ def test_newest_keeps_the_newest_frames_when_its_queue_is_full():
     batcher = Batcher(["cam"], [2], metrics, [BufferPolicy("newest")])
     for i in range(5):
         batcher.put(0, _frame(i))
-    assert [f.index for f in batcher.take_batch(4, 0.0)] == [3, 4]
+    assert [f.index for f in batcher.take_batch(4, 0.0)[1]] == [3, 4]
     assert metrics.source("cam").dropped_by == {"queue_full": 3}
 
 
@@ -178,9 +178,9 @@ def test_every_frame_makes_the_source_wait_and_drops_nothing():
     put_second.start()
     put_second.join(0.3)
     assert put_second.is_alive(), "a full every_frame queue must hold its source back"
-    assert [f.index for f in batcher.take_batch(1, 0.0)] == [0]  # old, but every_frame never drops
+    assert [f.index for f in batcher.take_batch(1, 0.0)[1]] == [0]  # old, but every_frame never drops
     put_second.join(2)
-    assert [f.index for f in batcher.take_batch(1, 0.0)] == [1]
+    assert [f.index for f in batcher.take_batch(1, 0.0)[1]] == [1]
     assert metrics.source("cam").dropped_by == {}
 
 
