@@ -36,8 +36,8 @@ from segstream.connectors.av_input import (
 from segstream.connectors.clock import Timeline
 from segstream.connectors.errors import SourceError
 from segstream.connectors.frames import Frame
-from segstream.connectors.urls import redact_url
 from segstream.connectors.source import StateListener
+from segstream.connectors.urls import redact_url
 
 logger = logging.getLogger("segstream.sources")
 

@@ -8,7 +8,7 @@ from typing import Any
 import av
 
 from segstream.connectors.live_source import _FFMPEG_TIMEOUT_MARGIN_S, LiveSource, ReconnectPolicy
-from segstream.connectors.urls import STREAM_SCHEMES, redact_url, url_scheme
+from segstream.connectors.urls import redact_url, url_scheme
 
 # FFmpeg 5.0 (libavformat 59) renamed RTSP's socket timeout `stimeout` to `timeout`; before it,
 # `timeout` made the RTSP client listen for a connection instead.

@@ -95,14 +95,27 @@ class FileSourceConfig(_Buffered, Strict):
         return str(resolved)
 
 
-# Live sources (stream, camera) share their timeouts and reconnects: ``open_timeout_s`` bounds a
-# whole open (connect, handshake, probing), ``read_timeout_s`` the time without data once open,
-# ``stall_timeout_s`` the time without a frame. A lost source reconnects after
-# ``reconnect_delay_s``, doubling per failed attempt up to ``reconnect_max_delay_s``, with
-# jitter; ``max_reconnects`` (null: forever) counts the attempts since the last frame.
+class _LiveSourceKeys(_Buffered, Strict):
+    """The keys live sources (stream, camera) share. ``open_timeout_s`` bounds a whole open
+    (connect, handshake, probing), ``read_timeout_s`` the time without data once open,
+    ``stall_timeout_s`` the time without a frame. A lost source reconnects after
+    ``reconnect_delay_s``, doubling per failed attempt up to ``reconnect_max_delay_s``, with
+    jitter; ``max_reconnects`` (null: forever) counts the attempts since the last frame. They
+    keep the newest frames by default."""
+
+    open_timeout_s: PositiveFloat = 10.0
+    read_timeout_s: PositiveFloat = 5.0
+    stall_timeout_s: PositiveFloat = 10.0
+    max_reconnects: NonNegativeInt | None = None
+    reconnect_delay_s: PositiveFloat = 0.5
+    reconnect_max_delay_s: PositiveFloat = 30.0
+    queue_size: PositiveInt = 2
+    buffer: BufferKind = "newest"
+    max_staleness_ms: PositiveFloat | None = 500.0
+    required: bool = False
 
 
-class StreamSourceConfig(_Buffered, Strict):
+class StreamSourceConfig(_LiveSourceKeys):
     """A network stream, always live: ``rtsp://``, ``rtsps://``, ``rtmp(s)://``, ``http(s)://``
     (progressive or HLS), ``tcp://``, ``udp://``, ``srt://``. Credentials in the URL (best as
     ``${VAR}``) are never printed. ``transport`` (tcp or udp) is RTSP's; ``low_latency`` turns off
@@ -115,16 +128,6 @@ class StreamSourceConfig(_Buffered, Strict):
     transport: Literal["tcp", "udp"] = "tcp"
     low_latency: bool = True
     options: dict[str, str | int | float] = Field(default_factory=dict)
-    open_timeout_s: PositiveFloat = 10.0
-    read_timeout_s: PositiveFloat = 5.0
-    stall_timeout_s: PositiveFloat = 10.0
-    max_reconnects: NonNegativeInt | None = None
-    reconnect_delay_s: PositiveFloat = 0.5
-    reconnect_max_delay_s: PositiveFloat = 30.0
-    queue_size: PositiveInt = 2
-    buffer: BufferKind = "newest"
-    max_staleness_ms: PositiveFloat | None = 500.0
-    required: bool = False
 
     @field_validator("url")
     @classmethod
@@ -146,7 +149,7 @@ class StreamSourceConfig(_Buffered, Strict):
         return self
 
 
-class CameraSourceConfig(_Buffered, Strict):
+class CameraSourceConfig(_LiveSourceKeys):
     """A USB or other V4L2 camera by index (0 is /dev/video0) or device path, always live.
     ``width``/``height``, ``fps`` and ``pixel_format`` are requested (null: the driver's
     choice); what the camera grants is logged and reported in its ``streaming`` state."""
@@ -158,16 +161,6 @@ class CameraSourceConfig(_Buffered, Strict):
     height: PositiveInt | None = None
     fps: PositiveFloat | None = None
     pixel_format: Literal["MJPG", "YUYV"] | None = None
-    open_timeout_s: PositiveFloat = 10.0
-    read_timeout_s: PositiveFloat = 5.0
-    stall_timeout_s: PositiveFloat = 10.0
-    max_reconnects: NonNegativeInt | None = None
-    reconnect_delay_s: PositiveFloat = 0.5
-    reconnect_max_delay_s: PositiveFloat = 30.0
-    queue_size: PositiveInt = 2
-    buffer: BufferKind = "newest"
-    max_staleness_ms: PositiveFloat | None = 500.0
-    required: bool = False
 
     @field_validator("device")
     @classmethod
