@@ -138,7 +138,8 @@ class FrameResult:
     passed each stage (``time.monotonic()`` seconds, keys in pipeline order: decoded, queued,
     batched, model_start, model_end, post_end, staged, published). ``events`` are what the
     per-source stages noticed at this frame (a track started or ended); sinks publish them after
-    the frame's own entry.
+    the frame's own entry. ``image`` is the decoded frame (H x W x 3 uint8 RGB), attached by the
+    runtime only while a sink that draws on frames needs it (a preview), else None.
     """
 
     source: str
@@ -155,6 +156,7 @@ class FrameResult:
     model: str = ""
     times: dict[str, float] = field(default_factory=dict)
     events: list[Event] = field(default_factory=list)
+    image: np.ndarray | None = None
 
     def masks(self) -> dict[int, np.ndarray]:
         """Segment id -> height x width bool mask."""
