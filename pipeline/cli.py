@@ -130,6 +130,9 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default %(default)s)")
     evaluate.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     evaluate.add_argument("--postprocess", default="fast", choices=["fast", "exact"])
+    evaluate.add_argument("--clips", type=Path, nargs="+", default=None, metavar="VIDEO",
+                          help="evaluate on encoded synthetic clips (ground truth in <stem>_truth.npz beside each) "
+                               "instead of rendering --seeds")
     evaluate.set_defaults(command=_evaluate)
 
     batch = commands.add_parser(
