@@ -124,8 +124,9 @@ def _draw_labels(out: np.ndarray, result: FrameResult, rows: np.ndarray, font_sc
 
 class OverlayVideo:
     """An H.264 MP4 of frames with the timestamps they came with (``pts`` in ``time_base``), so
-    gaps (dropped frames) keep their duration. The encoder is bit-exact: the same frames give
-    the same file. Frame sizes must not change within one file; odd sizes are padded by a pixel
+    gaps (dropped frames) keep their duration. The pictures are the same from run to run; the
+    file's bytes may not be (x264 in a busy process made different choices for an occasional
+    frame, even single-threaded). Frame sizes must not change within one file; odd sizes are padded by a pixel
     (H.264 in yuv420p needs even ones)."""
 
     def __init__(self, path: str | Path, crf: int = 20, fps_hint: float = 25.0):

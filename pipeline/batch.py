@@ -193,8 +193,8 @@ def probe(job: VideoJob) -> None:
 
 class Manifest:
     """``manifest.jsonl``: one line per video that ended (done or failed), appended and synced
-    as each ends, so it survives a killed run; on opening, it is rewritten with only the newest
-    line of each video. A half-written last line (a crash mid-append) is ignored."""
+    as each ends, so it survives a killed run; on opening and closing it is rewritten with only
+    the newest line of each video. A half-written last line (a crash mid-append) is ignored."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -207,10 +207,13 @@ class Manifest:
                     self.records[record["video"]] = record
                 except (json.JSONDecodeError, KeyError, TypeError):
                     continue
-            tmp = self.path.with_name(self.path.name + ".tmp")
-            tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in self.records.values()), encoding="utf-8")
-            os.replace(tmp, self.path)
+            self._compact()
         self._file: IO[str] = self.path.open("a", encoding="utf-8")
+
+    def _compact(self) -> None:
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in self.records.values()), encoding="utf-8")
+        os.replace(tmp, self.path)
 
     def ids(self) -> dict[str, str]:
         return {record["id"]: video for video, record in self.records.items() if "id" in record}
@@ -246,6 +249,7 @@ class Manifest:
 
     def close(self) -> None:
         self._file.close()
+        self._compact()
 
 
 @contextlib.contextmanager
