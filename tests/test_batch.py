@@ -120,6 +120,16 @@ def test_a_rerun_skips_what_ended_and_redoes_a_changed_file(archive, tmp_path):
     assert sorted(r["id"] for r in manifest(out)) == ["bad", "one", "two"], "one line per video after compaction"
 
 
+def test_the_example_batch_config_needs_no_sources(monkeypatch):
+    from segstream.pipeline.config import load_config
+
+    monkeypatch.delenv("SEGSTREAM_REDIS_URL", raising=False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    cfg = load_config(REPO / "configs" / "batch.yaml", schema=BatchPipelineConfig)
+    assert cfg.sources == [] and cfg.batch.coco_panoptic and cfg.sinks.redis.url is None
+    assert cfg.batch.ray.address is None
+
+
 def test_two_batches_cannot_write_to_one_folder(tmp_path):
     with output_lock(tmp_path):
         with pytest.raises(ConfigError, match="another segstream batch is writing"):

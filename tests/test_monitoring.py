@@ -210,3 +210,38 @@ def test_status_line_goes_to_the_json_log(tmp_path, clip):
     records = [json.loads(line) for line in stream.getvalue().splitlines()]
     assert records and all(r["logger"] == "segstream.status" for r in records)
     assert any(r["message"].startswith("done: 10 frames published") for r in records)
+
+
+def test_segstream_run_serves_its_endpoints_while_it_runs(tmp_path):
+    from segstream.pipeline.cli import run_pipeline
+    from segstream.pipeline.config import validate_config
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    cfg = validate_config({
+        "sources": [{"name": "cam", "type": "synthetic", "width": 160, "height": 120, "fps": 10, "num_frames": 30,
+                     "realtime": True}],
+        "model": {"device": "cpu"},
+        "sinks": {"redis": {"enabled": False}, "files": {"enabled": True, "dir": str(tmp_path)}},
+        "ops": {"http": f"127.0.0.1:{port}"},
+    })
+    url = f"http://127.0.0.1:{port}"
+    result = {}
+    thread = threading.Thread(target=lambda: result.update(report=run_pipeline(cfg, progress=None)))
+    thread.start()
+    try:
+        wait_for(lambda: _answers(url + "/readyz") == 200, timeout=60)
+        assert get(url + "/healthz")[0] == 200
+        assert "segstream_frames_decoded_total" in get(url + "/metrics")[1]
+    finally:
+        thread.join(60)
+    assert result["report"].published == 30
+    assert _answers(url + "/healthz") is None, "the endpoints end with the run"
+
+
+def _answers(url: str) -> int | None:
+    try:
+        return get(url)[0]
+    except urllib.error.URLError:
+        return None
