@@ -33,14 +33,31 @@ class _PlainFormatter(logging.Formatter):
         return text
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time of each record (it may be replaced
+    after logging is configured: by a test's capture, by a redirect)."""
+
+    def __init__(self):
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self) -> TextIO:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def configure_logging(format: str | None = None, level: str | None = None, stream: TextIO | None = None) -> None:
-    """Send the ``segstream`` loggers to ``stream`` (stderr) as ``format`` (text or json; default
-    from SEGSTREAM_LOG_FORMAT, else text) at ``level`` (default SEGSTREAM_LOG_LEVEL, else info)."""
+    """Send the ``segstream`` loggers to ``stream`` (default: stderr) as ``format`` (text or json;
+    default from SEGSTREAM_LOG_FORMAT, else text) at ``level`` (default SEGSTREAM_LOG_LEVEL, else
+    info)."""
     format = (format or os.environ.get(ENV_FORMAT) or "text").lower()
     level = (level or os.environ.get(ENV_LEVEL) or "info").lower()
     if format not in LOG_FORMATS:
         format = "text"
-    handler = logging.StreamHandler(stream or sys.stderr)
+    handler = logging.StreamHandler(stream) if stream is not None else _StderrHandler()
     if format == "json":
         from pythonjsonlogger.json import JsonFormatter
 

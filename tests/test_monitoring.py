@@ -164,7 +164,11 @@ def test_readyz_is_false_until_warm_up_ends(served):
         thread.join(30)
 
 
-def test_a_taken_port_is_an_error_when_configured_and_a_warning_when_default(caplog):
+def test_a_taken_port_is_an_error_when_configured_and_a_warning_when_default():
+    from segstream.pipeline.logs import configure_logging
+
+    logged = io.StringIO()
+    configure_logging("text", stream=logged)
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -176,7 +180,9 @@ def test_a_taken_port_is_an_error_when_configured_and_a_warning_when_default(cap
         default = OpsConfig.model_construct(_fields_set=set(), http=f"127.0.0.1:{port}", stall_after_s=60.0)
         with serve_ops(default, RunMetrics()) as server:
             assert server is None
-    assert "running without metrics" in caplog.text
+    configure_logging("text")
+    assert f"warning: cannot listen on 127.0.0.1:{port}" in logged.getvalue()
+    assert "running without metrics" in logged.getvalue()
 
 
 def test_ops_http_null_serves_nothing():
