@@ -530,10 +530,9 @@ def run_local(cfg: PipelineConfig, jobs: Sequence[VideoJob], root: Path, manifes
         slots = threading.Semaphore(cfg.batch.concurrency)
         sources = [BatchVideoSource(job, cfg.batch, slots, metrics, control.stopping) for job in group]
         sink = BatchSink(root, sources, adapter.labels, cfg, manifest, progress)
-        runtime = Runtime(
-            sources, adapter, [sink, *_extra_sinks(cfg)], batch_size=cfg.engine.batch_size,
-            max_wait_ms=cfg.engine.max_wait_ms, max_inflight=cfg.engine.max_inflight, queue_size=cfg.batch.queue_size,
-            metrics=metrics, warm_up=warm_up, progress=None,
+        runtime = Runtime.from_config(
+            cfg, sources, adapter, [sink, *_extra_sinks(cfg)], queue_size=cfg.batch.queue_size, metrics=metrics,
+            warm_up=warm_up, progress=None,
         )
         warm_up = None  # the model is warm from the first group on
         try:

@@ -259,7 +259,7 @@ class Runtime:
             max_wait_ms=engine.max_wait_ms,
             max_inflight=layout.max_inflight,
             model_workers=layout.workers,
-            queue_size={s.name: s.queue_size for s in cfg.sources},
+            queue_size=kwargs.pop("queue_size", {s.name: s.queue_size for s in cfg.sources}),
             **kwargs,
         )
 

@@ -15,8 +15,7 @@ from segstream.connectors.redis_reader import connect_redis
 from segstream.connectors.redis_sink import RedisPublisher
 from segstream.models.results import FrameResult, Segments
 from segstream.pipeline.runtime import Runtime
-from tests.conftest import ColourSegmenter, encode_clip
-from tests.test_runtime import CollectingSink
+from tests.conftest import CollectingSink, ColourSegmenter, encode_clip
 
 OPACITY = 0.45
 
