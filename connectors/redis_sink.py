@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import sys
+import logging
 import time
 from collections import Counter
 from pathlib import Path
@@ -24,6 +24,7 @@ from segstream.connectors.sink import WrittenCallback
 from segstream.models.results import Event, FrameResult
 
 _FIRST_BACKOFF_S = 0.2
+log = logging.getLogger(__name__)
 
 
 class RedisPublisher:
@@ -87,6 +88,12 @@ class RedisPublisher:
         self._oldest_buffered = 0.0
         self._embedded: EmbeddedRedis | None = None
         self._closed = False
+        self.connected = True  # False from a failed write until one succeeds again
+
+    @property
+    def backlog(self) -> int:
+        """Entries buffered and not yet written."""
+        return len(self._buffer)
 
     @classmethod
     def from_config(
@@ -125,11 +132,10 @@ class RedisPublisher:
         if embedded is not None:
             publisher._embedded = embedded
             example = stream_name(stream_pattern, "<source>")
-            print(
-                "segstream: no sinks.redis.url set, so an embedded Redis runs until this run ends\n"
+            log.info(
+                "no sinks.redis.url set, so an embedded Redis runs until this run ends\n"
                 f"  connect: redis-cli -p {embedded.port}   or   redis-cli -s {embedded.socket_path}\n"
-                f"  watch:   segstream tail {example} --url {embedded.url}",
-                file=sys.stderr,
+                f"  watch:   segstream tail {example} --url {embedded.url}"
             )
         return publisher
 
@@ -193,10 +199,10 @@ class RedisPublisher:
                 newest = StreamReader(self.client, stream, decode_masks=False).latest()
             except redis.RedisError:
                 continue
-            line = f"segstream: published {count} entries to {stream} (XLEN {length}, MAXLEN ~{self.maxlen})"
+            line = f"published {count} entries to {stream} (XLEN {length}, MAXLEN ~{self.maxlen})"
             if newest is not None:
                 line += f"; newest: {summary_line(*newest)}"
-            print(line, file=sys.stderr)
+            log.info(line)
 
     def _send(self) -> None:
         batch, self._buffer = self._buffer, []
@@ -215,6 +221,7 @@ class RedisPublisher:
                 results = pipe.execute(raise_on_error=False)
             except (redis.ConnectionError, redis.TimeoutError) as error:
                 last_error = error
+                self.connected = False
                 continue
             except redis.RedisError as error:
                 self.failed += len(batch)
@@ -225,6 +232,7 @@ class RedisPublisher:
             finally:
                 pipe.reset()
             self.batches_sent += 1
+            self.connected = True
             refused = [(stream, r) for (stream, _, _), r in zip(batch, results) if isinstance(r, Exception)]
             written = [
                 result for (_, _, result), r in zip(batch, results) if result is not None and not isinstance(r, Exception)

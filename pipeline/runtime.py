@@ -35,7 +35,7 @@ from segstream.connectors.source import VideoSource
 from segstream.models.results import Event, FrameResult
 from segstream.models.segmenter import FamilyAdapter
 from segstream.pipeline.engine import Batcher, BufferPolicy, InFlight, ModelStage, engine_layout
-from segstream.pipeline.metrics import RunMetrics
+from segstream.pipeline.metrics import RunMetrics, decode_thread
 from segstream.pipeline.source_states import SourceStates
 
 THREAD_PREFIX = "segstream-"
@@ -276,6 +276,8 @@ class Runtime:
         self._workers_lock = threading.Lock()
         self._workers_left = model_workers
         self.warm_up_s = 0.0
+        # decoded images ride along with results only while some sink draws on them
+        self._wants_images = any(getattr(sink, "wants_images", False) for sink in self.sinks)
 
     @classmethod
     def from_config(cls, cfg, sources, adapter, sinks, **kwargs) -> Runtime:
@@ -299,12 +301,12 @@ class Runtime:
             max_wait_ms=engine.max_wait_ms,
             max_inflight=layout.max_inflight,
             model_workers=layout.workers,
-            queue_size={s.name: s.queue_size for s in cfg.sources},
-            buffers={
+            queue_size=kwargs.pop("queue_size", {s.name: s.queue_size for s in cfg.sources}),
+            buffers=kwargs.pop("buffers", {
                 s.name: BufferPolicy(s.buffer_kind, None if s.max_staleness_ms is None else s.max_staleness_ms / 1000)
                 for s in cfg.sources
-            },
-            required=[s.name for s in cfg.sources if s.required],
+            }),
+            required=kwargs.pop("required", [s.name for s in cfg.sources if s.required]),
             **kwargs,
         )
 
@@ -318,6 +320,7 @@ class Runtime:
         self._started = True
         for sink in self.sinks:
             self._attach(sink)
+        self._register_gauges()
         start = time.monotonic()
         threads = [
             threading.Thread(target=self._model, args=(w,), name=f"{THREAD_PREFIX}model{w or ''}", daemon=True)
@@ -374,23 +377,27 @@ class Runtime:
         name = source.name
         counts = self.metrics.source(name)
         generic = not hasattr(source, "on_state")  # else the source reports its own states
+        beat = decode_thread(name)
         frames = None
         failed = False
         try:
+            self.metrics.beat(beat)
             if generic:
-                self.states.enter(name, "connecting", "starting")
+                self.states.enter(name, "connecting", "starting", quiet=True)
             frames = iter(source.frames())
             for frame in frames:
                 frame.times["decoded"] = now = time.monotonic()
                 if generic and counts.decoded == 0:
-                    self.states.enter(name, "streaming", f"first frame {frame.width}x{frame.height}")
+                    self.states.enter(name, "streaming", f"first frame {frame.width}x{frame.height}", quiet=True)
                 self.metrics.decoded(name, now)
                 self.metrics.decode_errors(name, getattr(source, "decode_errors", 0))
+                self.metrics.beat(beat, idle="back-pressure")
                 self._batcher.put(i, frame)
+                self.metrics.beat(beat)
                 if self._stop_requested or self._aborted.is_set():
                     break
                 if self.max_frames is not None and counts.decoded >= self.max_frames:
-                    self.states.enter(name, "ended", f"max_frames ({self.max_frames}) reached")
+                    self.states.enter(name, "ended", f"max_frames ({self.max_frames}) reached", quiet=generic)
                     break
         except BaseException as error:
             failed = True
@@ -407,21 +414,33 @@ class Runtime:
                 self.metrics.decode_errors(name, getattr(source, "decode_errors", 0))
                 if not failed:
                     stopped = self._stop_requested or self._aborted.is_set()
-                    self.states.enter(name, "ended", "stopped" if stopped else "end of input")
+                    self.states.enter(name, "ended", "stopped" if stopped else "end of input", quiet=generic)
                 self._batcher.finish(i)
+                self.metrics.beat(beat, idle="ended")
 
     def _model(self, worker: int) -> None:
+        name = f"model{worker or ''}"
+        beat = self.metrics.beat
         try:
             if worker == 0:
                 if self.warm_up_size is not None:
+                    beat(name, idle="warming up")
                     self.warm_up_s = self.model_stage.warm_up(*self.warm_up_size)
+                self.metrics.model_ready = True
                 self._decoding.set()
-            while (taken := self._batcher.take_batch(self.batch_size, self.max_wait_s)) is not None:
+            while True:
+                beat(name, idle="waiting for frames")
+                if (taken := self._batcher.take_batch(self.batch_size, self.max_wait_s)) is None:
+                    break
+                beat(name, idle="back-pressure")
                 while not self._inflight.acquire(timeout=0.1):
                     if self._aborted.is_set():
                         return
                 seq, batch = taken
-                if not self._to_post.put(self.model_stage.submit(batch, seq)):
+                beat(name)
+                submitted = self.model_stage.submit(batch, seq)
+                beat(name, idle="back-pressure")
+                if not self._to_post.put(submitted):
                     return
         except BaseException as error:
             self._fail(error, drain=False)
@@ -433,12 +452,17 @@ class Runtime:
                 last = self._workers_left == 0
             if last:
                 self._to_post.end()
+            beat(name, idle="ended")
 
     def _post(self) -> None:
+        beat = self.metrics.beat
         waiting: dict[int, InFlight] = {}  # batches that finished before an earlier one
         next_seq = 0
         try:
-            while (batch := self._to_post.get()) is not _END:
+            while True:
+                beat("post", idle="waiting for the model")
+                if (batch := self._to_post.get()) is _END:
+                    break
                 waiting[batch.seq] = batch
                 while next_seq in waiting:
                     if not self._collect(waiting.pop(next_seq)):
@@ -449,8 +473,10 @@ class Runtime:
             self._to_post.drain()
         finally:
             self._to_stage.end()
+            beat("post", idle="ended")
 
     def _collect(self, batch: InFlight) -> bool:
+        self.metrics.beat("post")
         results = self.model_stage.collect(batch)
         self._inflight.release()
         if len(results) != len(batch.frames):
@@ -458,14 +484,24 @@ class Runtime:
                 f"model {self.adapter.name} returned {len(results)} results for {len(batch.frames)} frames"
             )
         self.metrics.batch(len(results), self.model_stage.network_seconds(batch))
+        if self._wants_images:
+            for frame, result in zip(batch.frames, results):
+                result.image = frame.image
+        self.metrics.beat("post", idle="back-pressure")
         return all(self._to_stage.put(result) for result in results)
 
     def _stage(self) -> None:
+        beat = self.metrics.beat
         try:
-            while (result := self._to_stage.get()) is not _END:
+            while True:
+                beat("stage", idle="waiting for results")
+                if (result := self._to_stage.get()) is _END:
+                    break
+                beat("stage")
                 for stage in self._source_stages(result.source):
                     result = stage.process(result)
                 result.times["staged"] = time.monotonic()
+                beat("stage", idle="back-pressure")
                 if not self._to_sinks.put(result):
                     return
         except BaseException as error:
@@ -473,18 +509,25 @@ class Runtime:
             self._to_stage.drain()
         finally:
             self._to_sinks.end()
+            beat("stage", idle="ended")
 
     def _publish(self) -> None:
+        beat = self.metrics.beat
         ended = False
         try:
             wait: float | None = _POLL_IDLE_S
-            while (item := self._to_sinks.get(timeout=wait)) is not _END:
+            while True:
+                beat("publish", idle="waiting for results")
+                if (item := self._to_sinks.get(timeout=wait)) is _END:
+                    break
+                beat("publish")
                 self._publish_events()
                 if item is not None:
                     for sink in self.sinks:
                         sink.publish(item)
                         for event in item.events:
                             sink.publish_event(event)
+                    item.image = None  # drawn by now; results kept downstream must not hold frames
                     self.metrics.published(item.source)
                     if not self._reporting:
                         self._written_at_handoff(item)
@@ -500,6 +543,7 @@ class Runtime:
                 self._to_sinks.drain()
         finally:
             self._close_sinks()
+            beat("publish", idle="ended")
 
     # --- helpers -----------------------------------------------------------------------------
 
@@ -516,6 +560,29 @@ class Runtime:
                 return
             for sink in self.sinks:
                 sink.publish_event(event)
+
+    def _register_gauges(self) -> None:
+        """What only the runtime can see, read when the metrics are scraped."""
+        batcher, sinks = self._batcher, self.sinks
+        gauge = self.metrics.gauge
+        gauge("queue_depth", "Frames waiting for the model, per source.", ("source",),
+              lambda: {(name,): len(q) for name, q in zip(batcher.names, batcher.queues)})
+        gauge("results_waiting", "Results waiting for the per-source stages and for the sinks.", ("queue",),
+              lambda: {("stages",): self._to_stage.qsize(), ("sinks",): self._to_sinks.qsize()})
+        gauge("batches_waiting_post", "Batches whose network started and whose post-processing has not.", (),
+              lambda: {(): self._to_post.qsize()})
+        gauge("publisher_backlog", "Entries a sink holds that are not written yet.", ("sink",),
+              lambda: {(sink.name,): sink.backlog for sink in sinks if hasattr(sink, "backlog")})
+        gauge("sink_connected", "1 while a sink can write (0 while it is reconnecting).", ("sink",),
+              lambda: {(sink.name,): float(getattr(sink, "connected", True)) for sink in sinks})
+        device = self.model_stage.device
+        if device.type == "cuda":
+            import torch
+
+            gauge("gpu_memory_allocated_bytes", "GPU memory held by tensors.", ("device",),
+                  lambda: {(str(device),): torch.cuda.memory_allocated(device)})
+            gauge("gpu_memory_reserved_bytes", "GPU memory held by the caching allocator.", ("device",),
+                  lambda: {(str(device),): torch.cuda.memory_reserved(device)})
 
     def _source_stages(self, source: str) -> list[FrameStage]:
         stages = self._stages.get(source)

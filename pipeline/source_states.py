@@ -36,8 +36,12 @@ class SourceStates:
         self.metrics = metrics
         self.emit = emit
 
-    def enter(self, source: str, state: str, reason: str = "", data: dict[str, Any] | None = None) -> bool:
-        """Record the transition; False when it was ignored."""
+    def enter(
+        self, source: str, state: str, reason: str = "", data: dict[str, Any] | None = None, quiet: bool = False
+    ) -> bool:
+        """Record the transition; False when it was ignored. ``quiet`` logs it at debug level
+        unless it is a failure (the runtime's own states of a file or a generator: starting,
+        first frame and end of input are no news)."""
         previous = self.metrics.source_state(source, state, reason, time.monotonic())
         if previous is None:
             return False
@@ -45,7 +49,8 @@ class SourceStates:
         if "epoch" in details:
             self.metrics.source(source).epoch = int(details["epoch"])
         counts = self.metrics.source(source)
-        logger.log(_LEVELS.get(state, logging.INFO), "source %s %s: %s", source, state, reason or previous)
+        level = logging.DEBUG if quiet and state != "failed" else _LEVELS.get(state, logging.INFO)
+        logger.log(level, "source %s %s: %s", source, state, reason or previous)
         if self.emit is None:
             return True
         self.emit(
