@@ -247,7 +247,7 @@ def build_runtime(
                 progress = LogLines(logging.getLogger("segstream.status"))
             runtime = Runtime.from_config(
                 cfg, sources, adapter, sinks, max_frames=max_frames, warm_up=WARM_UP_FRAME, progress=progress,
-                metrics=metrics,
+                metrics=metrics, publish_states=True,
             )
     finally:
         if runtime is None:  # stopped, or failed, before the run: an embedded Redis must not outlive us

@@ -202,7 +202,7 @@ class Runtime:
     ``every_frame`` for the others). A source that fails (its ``frames()`` raises) ends the run
     when it is ``required`` (None: every source is), else the others carry on and the report
     lists it in ``failed``. Source states are logged and counted; ``publish_states`` also publishes
-    each transition as a ``state`` event (``from_config`` turns it on). ``progress`` gets a status line every ``progress_interval_s`` and the
+    each transition as a ``state`` event (``segstream run`` turns it on). ``progress`` gets a status line every ``progress_interval_s`` and the
     summary.
     ``warm_up`` (height, width) runs the model on blank frames of that size before the first
     frame is taken, so compilation does not count as latency.
@@ -282,11 +282,9 @@ class Runtime:
     @classmethod
     def from_config(cls, cfg, sources, adapter, sinks, **kwargs) -> Runtime:
         """A runtime with the engine settings, queue sizes, buffer policies and required sources
-        of a ``PipelineConfig``, publishing source states; applies the engine's intra-op thread
-        count to torch."""
+        of a ``PipelineConfig``; applies the engine's intra-op thread count to torch."""
         import torch
 
-        kwargs.setdefault("publish_states", True)
         engine = cfg.engine
         layout = engine_layout(
             adapter.device, os.cpu_count() or 1, compiled=bool(adapter.batch_buckets),
