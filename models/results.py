@@ -138,7 +138,8 @@ class FrameResult:
     passed each stage (``time.monotonic()`` seconds, keys in pipeline order: decoded, queued,
     batched, model_start, model_end, post_end, staged, published). ``events`` are what the
     per-source stages noticed at this frame (a track started or ended); sinks publish them after
-    the frame's own entry.
+    the frame's own entry. ``run_id`` names the pipeline run that produced it (track ids restart
+    with each run).
     """
 
     source: str
@@ -155,6 +156,7 @@ class FrameResult:
     model: str = ""
     times: dict[str, float] = field(default_factory=dict)
     events: list[Event] = field(default_factory=list)
+    run_id: str = ""
 
     def masks(self) -> dict[int, np.ndarray]:
         """Segment id -> height x width bool mask."""
@@ -172,9 +174,10 @@ class FrameResult:
 class Event:
     """Something that happened to a source or its segments, published on the source's events
     stream: ``kind`` names it (``state``, ``track_started``, ...), ``ts`` is Unix seconds, and
-    ``data`` holds its JSON-ready details."""
+    ``data`` holds its JSON-ready details; ``run_id`` names the run that published it."""
 
     source: str
     kind: str
     ts: float
     data: dict[str, Any] = field(default_factory=dict)
+    run_id: str = ""

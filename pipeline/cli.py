@@ -114,6 +114,11 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default %(default)s)")
     evaluate.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     evaluate.add_argument("--postprocess", default="fast", choices=["fast", "exact"])
+    evaluate.add_argument("--tracking", action="store_true",
+                          help="IDF1, HOTA and ID switches of the tracker (noisy ground truth, the model's "
+                               "segments, and an oracle on them) instead of PQ; needs segstream[eval]")
+    evaluate.add_argument("--no-model", action="store_true",
+                          help="with --tracking: only the tracker on noisy ground truth (no model run)")
     evaluate.set_defaults(command=_evaluate)
     return parser
 
@@ -143,6 +148,12 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    if args.tracking:
+        from segstream.pipeline.track_evaluation import main_evaluate_tracking
+
+        return int(main_evaluate_tracking(args) or 0)
+    if args.no_model:
+        raise SegstreamError("--no-model goes with --tracking")
     from segstream.pipeline.evaluation import main_evaluate
 
     return int(main_evaluate(args) or 0)
