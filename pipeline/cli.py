@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import signal
 import sys
@@ -28,6 +29,9 @@ WARM_UP_FRAME = (480, 640)
 
 
 def main(argv: list[str] | None = None) -> int:
+    if not logging.getLogger().handlers:
+        # Library warnings (a lost Redis, ...) as plain lines beside the status line.
+        logging.basicConfig(level=logging.WARNING, format="segstream: %(message)s")
     parser = _parser()
     try:
         args = parser.parse_args(argv)

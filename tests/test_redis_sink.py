@@ -264,20 +264,6 @@ def test_without_url_an_embedded_redis_runs_until_close(tmp_path, capsys):
     assert (tmp_path / "segstream.rdb").exists()
 
 
-def test_entries_that_cannot_be_written_are_counted_and_raised(tmp_path):
-    embedded = EmbeddedRedis()
-    publisher = RedisPublisher(embedded.client(retry=None), max_batch_delay_s=3600, retries=1)
-    for index in range(3):
-        publisher.publish(tiny_scene("cam0", index))
-    embedded.close()
-
-    with pytest.raises(SinkError, match="after 2 attempts.*3 entries lost") as error:
-        publisher.flush()
-
-    assert "\n" not in str(error.value)
-    assert (publisher.published, publisher.failed) == (0, 3)
-
-
 def test_a_key_that_is_not_a_stream_is_refused_with_advice(client):
     client.set("segstream:cam0:frames", "not a stream")
     publisher = RedisPublisher(client, max_batch_delay_s=3600)
