@@ -93,6 +93,8 @@ def _parser() -> argparse.ArgumentParser:
     tail.add_argument("--url", default="redis://localhost:6379/0", help="Redis URL (default %(default)s)")
     tail.add_argument("--count", type=int, default=10, metavar="N", help="newest entries to print (default %(default)s)")
     tail.add_argument("--follow", action="store_true", help="keep printing new entries as they arrive")
+    tail.add_argument("--events", action="store_true",
+                      help="also print the source's events stream (track starts and ends, source states)")
     tail.set_defaults(command=_tail)
 
     bench = commands.add_parser(
@@ -141,7 +143,8 @@ def _schema(args: argparse.Namespace) -> int:
 def _tail(args: argparse.Namespace) -> int:
     from segstream.connectors.redis_reader import tail
 
-    tail(args.stream, url=args.url, count=args.count, follow=args.follow)
+    tail(args.stream, url=args.url, count=args.count, follow=args.follow, events=args.events,
+         password=os.environ.get("REDIS_PASSWORD") or None)
     return 0
 
 

@@ -208,7 +208,7 @@ def test_tail_prints_one_line_per_entry(server, client):
     lines = out.getvalue().splitlines()
     assert printed == len(lines) == 5
     assert "cam0 frame=4 pts_s=0.133 segs=" in lines[-1]
-    assert "person:1" in lines[-1] and "latency=" in lines[-1]
+    assert "person#-" in lines[-1] and "latency=" in lines[-1]
 
     newest = io.StringIO()
     assert tail("segstream:cam0:frames", server.url, count=2, follow=False, out=newest) == 2
