@@ -53,7 +53,7 @@ class TrackerSettings:
     min_overlap: float = 0.1
     min_similarity: float = 0.6
     max_shift: float = 1.0
-    class_change_overlap: float = 0.5
+    class_change_overlap: float = 0.3
     embedding_momentum: float = 0.7
     partial_area: float = 0.5
     mask_side: int = 480

@@ -251,7 +251,7 @@ class TrackingConfig(Strict):
     min_overlap: Fraction01 = 0.1
     min_similarity: Annotated[float, Field(ge=-1, le=1)] = 0.6
     max_shift: PositiveFloat = 1.0
-    class_change_overlap: Fraction01 = 0.5
+    class_change_overlap: Fraction01 = 0.3
     embedding_momentum: Annotated[float, Field(ge=0, lt=1)] = 0.7
     partial_area: Fraction01 = 0.5
     mask_side: Annotated[int, Field(ge=8)] = 480
