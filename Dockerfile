@@ -24,8 +24,20 @@ COPY pipeline ./pipeline
 COPY README.md ./
 RUN pip install --constraint constraints.txt .
 
+# tini as PID 1: it passes SIGTERM on to segstream (which drains and exits) and reaps children
+RUN apt-get update && apt-get install -y --no-install-recommends tini && rm -rf /var/lib/apt/lists/*
+
 RUN useradd --system --create-home --uid 10001 segstream
 USER segstream
 
-ENTRYPOINT ["segstream"]
+# JSON log lines for the container's log driver; metrics and health on ops.http (see the config)
+ENV SEGSTREAM_LOG_FORMAT=json \
+    SEGSTREAM_HEALTH_URL=http://127.0.0.1:9108/healthz
+EXPOSE 9108
+# /healthz answers 503 once a stage has made no progress for ops.stall_after_s
+HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen(os.environ['SEGSTREAM_HEALTH_URL'], timeout=4)"]
+STOPSIGNAL SIGTERM
+
+ENTRYPOINT ["/usr/bin/tini", "--", "segstream"]
 CMD ["--help"]

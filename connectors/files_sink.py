@@ -57,13 +57,8 @@ class FilesSink:
         return self.directory / f"{source}.events.jsonl"
 
     def _write(self, path: Path, entry: dict) -> None:
-        line = json.dumps(
-            {k: base64.b64encode(v).decode("ascii") if isinstance(v, bytes) else v for k, v in entry.items()},
-            separators=(",", ":"),
-            ensure_ascii=False,
-        )
         try:
-            self._file(path).write(line + "\n")
+            self._file(path).write(entry_line(entry))
         except OSError as error:
             raise SinkError(f"cannot write to '{path}': {error.strerror}") from None
 
@@ -84,6 +79,15 @@ class FilesSink:
         files, self._files = self._files, {}
         for f in files.values():
             f.close()
+
+
+def entry_line(entry: dict[str, bytes | str]) -> str:
+    """One stream entry as a JSONL line (binary fields as base64 text), newline included."""
+    return json.dumps(
+        {k: base64.b64encode(v).decode("ascii") if isinstance(v, bytes) else v for k, v in entry.items()},
+        separators=(",", ":"),
+        ensure_ascii=False,
+    ) + "\n"
 
 
 def read_entries(path: str | Path) -> Iterator[dict[str, bytes | str]]:

@@ -4,7 +4,6 @@ rides out Redis outages without stopping the pipeline."""
 from __future__ import annotations
 
 import logging
-import sys
 import threading
 import time
 from collections import Counter, deque
@@ -29,7 +28,7 @@ from segstream.connectors.redis_wire import (
 from segstream.connectors.sink import WrittenCallback
 from segstream.models.results import Event, FrameResult
 
-log = logging.getLogger("segstream.redis")
+log = logging.getLogger(__name__)
 
 # Why a frame the publisher was handed never reached Redis (RunMetrics' dropped reasons).
 DROPPED_BACKLOG = "sink_backlog"  # the backlog was full while Redis was unreachable: oldest first
@@ -184,13 +183,22 @@ class RedisPublisher:
         if embedded is not None:
             publisher._embedded = embedded
             example = stream_name(stream_pattern, "<source>")
-            print(
-                "segstream: no sinks.redis.url set, so an embedded Redis runs until this run ends\n"
+            log.info(
+                "no sinks.redis.url set, so an embedded Redis runs until this run ends\n"
                 f"  connect: redis-cli -p {embedded.port}   or   redis-cli -s {embedded.socket_path}\n"
-                f"  watch:   segstream tail {example} --url {embedded.url}",
-                file=sys.stderr,
+                f"  watch:   segstream tail {example} --url {embedded.url}"
             )
         return publisher
+
+    @property
+    def connected(self) -> bool:
+        """False from a failed write until Redis answers again."""
+        return self._connected
+
+    @property
+    def backlog(self) -> int:
+        """Entries queued and not yet written."""
+        return len(self._queue)
 
     # --- what the runtime calls ------------------------------------------------------------
 
@@ -432,10 +440,10 @@ class RedisPublisher:
                 newest = StreamReader(self.client, stream, decode_masks=False).latest()
             except redis.RedisError:
                 continue
-            line = f"segstream: published {count} entries to {stream} (XLEN {length}, MAXLEN ~{self.maxlen})"
+            line = f"published {count} entries to {stream} (XLEN {length}, MAXLEN ~{self.maxlen})"
             if newest is not None:
                 line += f"; newest: {summary_line(*newest)}"
-            print(line, file=sys.stderr)
+            log.info(line)
 
 
 def _stand_in(result: FrameResult) -> FrameResult:

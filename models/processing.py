@@ -150,8 +150,20 @@ def _mask_resizer(
     """A function from query indices to their K x out_h x out_w mask logits: resized to the input
     size, the letterbox padding cropped, resized to ``out`` (skipped when ``out`` is ``scaled``)."""
 
+    m = mask_logits.shape[-1]
+    # Only the rows and columns under the letterboxed frame are resized (a 16:9 frame leaves 44%
+    # of the square as padding). With an integer ratio the given scale factor is exactly the one
+    # the full-size call derives, so the pixels kept are bit-identical to resizing everything.
+    rows = min(m, math.ceil(scaled[0] * m / size) + 1) if size % m == 0 else m
+    cols = min(m, math.ceil(scaled[1] * m / size) + 1) if size % m == 0 else m
+
     def logits(queries: Tensor) -> Tensor:
-        x = F.interpolate(mask_logits[queries][None].float(), (size, size), mode="bilinear", align_corners=False)
+        x = mask_logits[queries][None, :, :rows, :cols].float()
+        if (rows, cols) == (m, m):
+            x = F.interpolate(x, (size, size), mode="bilinear", align_corners=False)
+        else:
+            x = F.interpolate(x, scale_factor=size / m, mode="bilinear", align_corners=False,
+                              recompute_scale_factor=False)
         x = x[:, :, : scaled[0], : scaled[1]]
         if tuple(out) != tuple(scaled):
             x = F.interpolate(x, out, mode="bilinear", align_corners=False)
@@ -268,14 +280,14 @@ def panoptic(
     for chunk in _chunks(k, device):
         prob = masks(keep[chunk]).sigmoid_()
         own = prob >= thresholds.mask
-        own_area[chunk] = own.flatten(1).sum(1)
+        own_area[chunk] = torch.count_nonzero(own, dim=(1, 2))
         value, which = (kept_scores[chunk, None, None] * prob).max(0)
         better = value > best
         best = torch.where(better, value, best)
         winner = torch.where(better, which + chunk[0], winner)
         inside = torch.where(better, own.gather(0, which[None])[0], inside)
     won_area = torch.bincount(winner.flatten(), minlength=k)
-    final_area = torch.bincount(winner[inside], minlength=k)
+    final_area = torch.bincount(torch.where(inside, winner, k).flatten(), minlength=k + 1)[:k]
     valid = (own_area > 0) & (won_area > 0) & (final_area > 0) & (won_area >= thresholds.overlap * own_area)
 
     # Stuff of one class merges into its first valid query: the leader of each query.

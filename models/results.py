@@ -138,8 +138,9 @@ class FrameResult:
     passed each stage (``time.monotonic()`` seconds, keys in pipeline order: decoded, queued,
     batched, model_start, model_end, post_end, staged, published). ``events`` are what the
     per-source stages noticed at this frame (a track started or ended); sinks publish them after
-    the frame's own entry. ``run_id`` names the pipeline run that produced it (track ids restart
-    with each run).
+    the frame's own entry. ``image`` is the decoded frame (H x W x 3 uint8 RGB), attached by the
+    runtime only while a sink that draws on frames needs it (a preview), else None. ``run_id``
+    names the pipeline run that produced it (track ids restart with each run).
     """
 
     source: str
@@ -156,6 +157,7 @@ class FrameResult:
     model: str = ""
     times: dict[str, float] = field(default_factory=dict)
     events: list[Event] = field(default_factory=list)
+    image: np.ndarray | None = None
     run_id: str = ""
 
     def masks(self) -> dict[int, np.ndarray]:

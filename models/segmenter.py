@@ -92,8 +92,9 @@ class EoMTSegmenter:
     ``precision`` bf16/fp16 run the network under autocast; post-processing is always fp32.
     ``postprocess`` is ``exact`` (decisions at frame resolution, the official label maps) or
     ``fast`` (decisions at input resolution, label map resized). ``compile`` wraps the network in
-    ``torch.compile``; the network then always sees one of ``batch_buckets`` batch sizes (inputs
-    are zero-padded up to the next one), so each bucket keeps one static graph.
+    ``torch.compile`` (on CUDA with CUDA graphs); the network then always sees one of
+    ``batch_buckets`` batch sizes (inputs are zero-padded up to the next one), so each bucket
+    keeps one static graph.
     """
 
     family = "eomt"
@@ -129,7 +130,11 @@ class EoMTSegmenter:
         self.thresholds = thresholds
         self.postprocess = postprocess
         self.batch_buckets = batch_buckets(max_batch) if compile else ()
-        self.network = torch.compile(self.model, dynamic=False) if compile else self.model
+        # On CUDA, compiled graphs are also captured as CUDA graphs (one per bucket): a batch
+        # launches as one graph instead of hundreds of kernels.
+        self.cuda_graphs = compile and self.device.type == "cuda"
+        mode = "reduce-overhead" if self.cuda_graphs else None
+        self.network = torch.compile(self.model, dynamic=False, mode=mode) if compile else self.model
         self._isthing = torch.tensor(labels.isthing, device=self.device)
 
     @property
@@ -165,8 +170,13 @@ class EoMTSegmenter:
             chunk = pixels[first : first + count]
             if bucket > count:
                 chunk = torch.cat((chunk, chunk.new_zeros((bucket - count, *chunk.shape[1:]))))
+            if self.cuda_graphs:
+                torch.compiler.cudagraph_mark_step_begin()
             with autocast:
-                chunks.append([t[:count] for t in self.network(chunk)])
+                out = self.network(chunk)
+            # A CUDA graph writes every run into the same buffers: this batch's outputs are copied
+            # out before the next batch's network overwrites them while they are post-processed.
+            chunks.append([t[:count].clone() if self.cuda_graphs else t[:count] for t in out])
             first += count
         return EoMTOutput(*(torch.cat(parts) for parts in zip(*chunks)))
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import resource
 import sys
 import time
 from typing import Any
@@ -117,11 +119,12 @@ def run_bench(
     from segstream.pipeline.model_factory import build_segmenter
     from segstream.pipeline.runtime import Runtime
 
-    if cfg.engine.threads is not None:
-        torch.set_num_threads(cfg.engine.threads)
     adapter = build_segmenter(cfg.model, batch_size=cfg.engine.batch_size)
     device = adapter.device
     batch = _first_frames(cfg, cfg.engine.batch_size)
+    # The network alone gets the whole machine: every core for its intra-op threads.
+    torch.set_num_threads(cfg.engine.threads or os.cpu_count() or 1)
+    network_threads = torch.get_num_threads()
     network = network_fps(adapter, batch, network_seconds)
 
     run_cfg = _replicate(cfg, sources, frames)
@@ -144,6 +147,8 @@ def run_bench(
         "precision": getattr(adapter, "precision", None),
         "postprocess": getattr(adapter, "postprocess", None),
         "batch_size": cfg.engine.batch_size,
+        "network_threads": network_threads,
+        "model_workers": runtime.model_workers,
         "threads": torch.get_num_threads(),
         "sources": len(run_cfg.sources),
         "frames": report.published,
@@ -157,6 +162,8 @@ def run_bench(
         "stages_ms": report.stages,
         "mean_batch": report.model_frames / report.batches if report.batches else 0.0,
         "warm_up_s": runtime.warm_up_s,
+        # the whole process so far: model, all three measurements
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
     if device.type == "cuda":
         result["gpu"] = {
@@ -206,14 +213,16 @@ def print_bench(result: dict[str, Any], out=None) -> None:
     fps, ratio = result["fps"], result["ratio"]
     print(
         f"model {result['model']} on {result['device']} ({result['precision']}, {result['postprocess']} "
-        f"post-processing), batch {result['batch_size']}, {result['threads']} threads, "
+        f"post-processing), batch {result['batch_size']}, pipeline {result['model_workers']} model worker(s) x "
+        f"{result['threads']} thread(s), network alone {result['network_threads']} thread(s), "
         f"{result['sources']} source(s), {result['frames']} frames, {result['dropped']} dropped",
         file=out,
     )
     print(f"  network alone  {fps['network']:8.1f} fps", file=out)
     print(f"  pipeline       {fps['pipeline']:8.1f} fps   {ratio['pipeline_vs_network']:.2f}x the network", file=out)
     print(f"  naive loop     {fps['naive']:8.1f} fps   pipeline is {ratio['pipeline_vs_naive']:.2f}x this", file=out)
-    print(f"  mean batch {result['mean_batch']:.1f}, warm-up {result['warm_up_s']:.1f} s", file=out)
+    print(f"  mean batch {result['mean_batch']:.1f}, warm-up {result['warm_up_s']:.1f} s, "
+          f"peak RSS {result['peak_rss_mib']:.0f} MiB", file=out)
     print(f"  {'stage':20}{'p50 ms':>10}{'p99 ms':>10}", file=out)
     for name, row in result["stages_ms"].items():
         print(f"  {name:20}{row['p50_ms']:10.1f}{row['p99_ms']:10.1f}", file=out)

@@ -78,8 +78,16 @@ def _files_sink(cfg: SinksConfig, embedded_dir: Path | None) -> Sink:
     return FilesSink(cfg.files.dir, cfg.redis.mask_encoding)
 
 
+def _preview_sink(cfg: SinksConfig, embedded_dir: Path | None) -> Sink:
+    from segstream.connectors.preview_sink import PreviewSink
+
+    return PreviewSink(cfg.preview.dir, cfg.preview.format, cfg.preview.opacity)
+
+
 # In publishing order: the first enabled sink's writes are the run's publish times.
-SINK_BUILDERS: dict[str, Callable[[SinksConfig, Path | None], Sink]] = {"redis": _redis_sink, "files": _files_sink}
+SINK_BUILDERS: dict[str, Callable[[SinksConfig, Path | None], Sink]] = {
+    "redis": _redis_sink, "files": _files_sink, "preview": _preview_sink,
+}
 
 
 def build_sinks(cfg: SinksConfig, embedded_dir: Path | None = None) -> list[Sink]:

@@ -1,7 +1,8 @@
-"""The ``segstream`` command: run, validate, schema, tail, evaluate, demo.
+"""The ``segstream`` command: run, batch, render, validate, schema, tail, evaluate, demo.
 
 User errors (``SegstreamError``) end as one line ``segstream: error: ...`` and the error's exit
 code; Ctrl-C or SIGTERM drains the pipeline and exits 0, a second one aborts with 130.
+``--log-format json`` (or ``SEGSTREAM_LOG_FORMAT=json``) makes every line a JSON object.
 """
 
 from __future__ import annotations
@@ -18,30 +19,33 @@ from typing import TYPE_CHECKING
 
 from segstream.connectors.errors import SegstreamError
 from segstream.pipeline.config import PipelineConfig, json_schema, load_config
+from segstream.pipeline.logs import LOG_FORMATS, LOG_LEVELS, LogLines, configure_logging, json_logging
 
 if TYPE_CHECKING:
-    from segstream.pipeline.runtime import RunReport
+    from segstream.pipeline.runtime import RunReport, Runtime
 
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 # Frames of this size (height, width) warm the model up before the sources start: the network's
 # input size does not depend on the frame's, so any size compiles what the run will use.
 WARM_UP_FRAME = (480, 640)
+log = logging.getLogger("segstream.cli")
 
 
 def main(argv: list[str] | None = None) -> int:
-    if not logging.getLogger().handlers:
-        # Library warnings (a lost Redis, ...) as plain lines beside the status line.
-        logging.basicConfig(level=logging.WARNING, format="segstream: %(message)s")
     parser = _parser()
     try:
         args = parser.parse_args(argv)
     except SystemExit as exit:
         return int(exit.code or 0)
+    configure_logging(getattr(args, "log_format", None), getattr(args, "log_level", None))
     try:
         return args.command(args)
     except SegstreamError as error:
         for line in str(error).splitlines() or [type(error).__name__]:
-            print(f"segstream: error: {line}", file=sys.stderr)
+            if json_logging():
+                log.error(line)
+            else:
+                print(f"segstream: error: {line}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:
         print("segstream: aborted", file=sys.stderr)
@@ -60,9 +64,17 @@ def _pipeline_threads_alive() -> bool:
 
 
 def _parser() -> argparse.ArgumentParser:
+    def logging_options(p: argparse.ArgumentParser, default) -> None:
+        p.add_argument("--log-format", choices=LOG_FORMATS, default=default,
+                       help="text lines for people, or one JSON object per line for containers "
+                            "(default: $SEGSTREAM_LOG_FORMAT, else text)")
+        p.add_argument("--log-level", choices=LOG_LEVELS, default=default,
+                       help="least severe level logged (default: $SEGSTREAM_LOG_LEVEL, else info)")
+
     parser = argparse.ArgumentParser(
         prog="segstream", description="Streaming video segmentation with EoMT, published to Redis Streams."
     )
+    logging_options(parser, None)
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
     def overrides(p: argparse.ArgumentParser) -> None:
@@ -120,12 +132,50 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default %(default)s)")
     evaluate.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     evaluate.add_argument("--postprocess", default="fast", choices=["fast", "exact"])
+    evaluate.add_argument("--clips", type=Path, nargs="+", default=None, metavar="VIDEO",
+                          help="evaluate on encoded synthetic clips (ground truth in <stem>_truth.npz beside each) "
+                               "instead of rendering --seeds")
     evaluate.add_argument("--tracking", action="store_true",
                           help="IDF1, HOTA and ID switches of the tracker (noisy ground truth, the model's "
                                "segments, and an oracle on them) instead of PQ; needs segstream[eval]")
     evaluate.add_argument("--no-model", action="store_true",
                           help="with --tracking: only the tracker on noisy ground truth (no model run)")
     evaluate.set_defaults(command=_evaluate)
+
+    batch = commands.add_parser(
+        "batch", help="segment every frame of video files (an archive) into JSONL, COCO panoptic, overlays or Redis",
+        description="Process every frame of each video; a re-run skips the videos the manifest lists as done.",
+    )
+    batch.add_argument("inputs", nargs="+", metavar="INPUT",
+                       help="video files, folders (searched recursively), quoted globs ('archive/**/*.mp4'), or list "
+                            "files (.txt/.list, or @FILE: one path per line, # comments)")
+    batch.add_argument("--config", type=Path, default=None, metavar="FILE",
+                       help="pipeline config for the model, engine, sinks and the batch section (sources are not used)")
+    overrides(batch)
+    batch.add_argument("--out", type=Path, default=None, metavar="DIR", help="output folder (default: batch.output)")
+    batch.add_argument("--engine", choices=["local", "ray"], default="local",
+                       help="local: this machine; ray: a Ray cluster, local by default (pip install 'segstream[ray]')")
+    batch.add_argument("--address", default=None, metavar="ADDR",
+                       help="Ray cluster address, e.g. ray://head:10001 or auto (default: batch.ray.address, else a local Ray)")
+    batch.add_argument("--concurrency", type=int, default=None, metavar="N", help="videos decoded at once (local engine)")
+    batch.add_argument("--retry-failed", action="store_true",
+                       help="process videos that failed in an earlier run again (default: skip them)")
+    batch.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                       help="progress bars (default: when stderr is a terminal)")
+    batch.set_defaults(command=_batch)
+
+    render = commands.add_parser("render", help="draw a recorded Redis stream over its source video, as an MP4")
+    render.add_argument("stream", metavar="STREAM", help="stream name, e.g. segstream:cam0:frames")
+    render.add_argument("--video", type=Path, required=True, metavar="FILE", help="the video the stream was made from")
+    render.add_argument("--out", type=Path, required=True, metavar="OUT.mp4", help="where to write the overlay video")
+    render.add_argument("--url", default="redis://localhost:6379/0", help="Redis URL (default %(default)s)")
+    render.add_argument("--password", default=os.environ.get("REDIS_PASSWORD") or None,
+                        help="Redis password (default: $REDIS_PASSWORD)")
+    render.add_argument("--opacity", type=float, default=0.45, help="mask opacity, 0 to 1 (default %(default)s)")
+    render.set_defaults(command=_render)
+
+    for command in commands.choices.values():  # after the command too; left out there, the top-level value stands
+        logging_options(command, argparse.SUPPRESS)
     return parser
 
 
@@ -166,6 +216,18 @@ def _evaluate(args: argparse.Namespace) -> int:
     return int(main_evaluate(args) or 0)
 
 
+def _batch(args: argparse.Namespace) -> int:
+    from segstream.pipeline.batch import main_batch
+
+    return main_batch(args)
+
+
+def _render(args: argparse.Namespace) -> int:
+    from segstream.pipeline.render import main_render
+
+    return main_render(args)
+
+
 def _run(args: argparse.Namespace) -> int:
     if args.max_frames is not None and args.max_frames <= 0:
         raise SegstreamError(f"--max-frames must be a positive number, got {args.max_frames}")
@@ -174,16 +236,12 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_pipeline(cfg: PipelineConfig, max_frames: int | None = None, progress=True) -> RunReport:
-    """Build model, sinks and sources from ``cfg`` and run them; Ctrl-C/SIGTERM drain."""
-    import torch
-
+def build_runtime(cfg: PipelineConfig, max_frames: int | None = None, progress=True, metrics=None) -> Runtime:
+    """Model, sinks and sources from ``cfg``, assembled into a Runtime ready to ``run()``."""
     from segstream.pipeline.builders import build_sinks, build_sources
     from segstream.pipeline.model_factory import build_segmenter
     from segstream.pipeline.runtime import Runtime
 
-    if cfg.engine.threads is not None:
-        torch.set_num_threads(cfg.engine.threads)
     adapter = build_segmenter(cfg.model, batch_size=cfg.engine.batch_size)
     sinks = build_sinks(cfg.sinks)
     try:
@@ -192,29 +250,47 @@ def run_pipeline(cfg: PipelineConfig, max_frames: int | None = None, progress=Tr
         for sink in sinks:
             sink.close()
         raise
-    runtime = Runtime.from_config(
-        cfg, sources, adapter, sinks, max_frames=max_frames, warm_up=WARM_UP_FRAME, progress=progress
+    if progress is True and json_logging():
+        progress = LogLines(logging.getLogger("segstream.status"))
+    return Runtime.from_config(
+        cfg, sources, adapter, sinks, max_frames=max_frames, warm_up=WARM_UP_FRAME, progress=progress,
+        metrics=metrics,
     )
-    with _DrainOnSignal(runtime):
-        return runtime.run()
+
+
+def run_pipeline(cfg: PipelineConfig, max_frames: int | None = None, progress=True) -> RunReport:
+    """Build model, sinks and sources from ``cfg`` and run them; Ctrl-C/SIGTERM drain. The
+    ``ops.http`` endpoints serve from before the model loads (``/readyz`` says not yet)."""
+    from segstream.pipeline.metrics import RunMetrics
+    from segstream.pipeline.monitoring import serve_ops
+
+    metrics = RunMetrics()
+    with serve_ops(cfg.ops, metrics):
+        runtime = build_runtime(cfg, max_frames=max_frames, progress=progress, metrics=metrics)
+        with _DrainOnSignal(runtime):
+            return runtime.run()
 
 
 class _DrainOnSignal:
-    """First SIGINT/SIGTERM: ``runtime.stop()`` (drain, exit 0); second: KeyboardInterrupt."""
+    """First SIGINT/SIGTERM: ``runtime.stop()`` (drain, exit 0); second: KeyboardInterrupt.
+    ``signum`` is the first signal received (None before one)."""
 
-    def __init__(self, runtime):
+    def __init__(self, runtime, doing: str = "stopping, draining queued frames"):
         self.runtime = runtime
+        self.doing = doing
         self.signals = 0
+        self.signum: int | None = None
         self.previous: dict[int, object] = {}
 
     def _handle(self, signum, frame) -> None:
         self.signals += 1
         if self.signals > 1:
             raise KeyboardInterrupt
+        self.signum = signum
         self.runtime.stop()
         # os.write, not print: print may be interrupted while holding stderr's buffer lock
         name = signal.Signals(signum).name
-        os.write(2, f"segstream: {name}: stopping, draining queued frames ({name} again aborts)\n".encode())
+        os.write(2, f"segstream: {name}: {self.doing} ({name} again aborts)\n".encode())
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():

@@ -120,14 +120,18 @@ class ModelConfig(Strict):
 
 class EngineConfig(Strict):
     """The model stage: batches of up to ``batch_size`` frames from all sources together,
-    formed within ``max_wait_ms`` of a batch's first frame; at most ``max_inflight`` batches
-    between the start of their network and the end of their post-processing. ``threads`` is
-    torch's intra-op thread count (null: one per core)."""
+    formed within ``max_wait_ms`` of a batch's first frame, run by ``model_workers`` threads
+    (each a whole batch at a time) with ``threads`` intra-op threads each; at most
+    ``max_inflight`` batches between the start of their network and the end of their
+    post-processing. Null means chosen for the device: on a GPU one worker; on the CPU two
+    workers of one thread each on two cores, and the other cores shared between them, one core
+    left to decoding and publishing (measured in docs/BENCHMARKS.md)."""
 
     batch_size: PositiveInt = 4
     max_wait_ms: Annotated[float, Field(ge=0)] = 20.0
-    max_inflight: PositiveInt = 2
+    model_workers: PositiveInt | None = None
     threads: PositiveInt | None = None
+    max_inflight: PositiveInt | None = None
 
 
 def _empty_is_null(value: Any) -> Any:
@@ -266,9 +270,92 @@ class FilesSinkConfig(Strict):
     dir: str = "runs/out"
 
 
+class PreviewSinkConfig(Strict):
+    """Pictures of what the model sees: each source's frames with its segments drawn over them
+    (masks coloured by track id, or by segment id until a tracker gives tracks; outlines; labels
+    with ids and scores), as ``<dir>/<source>.mp4`` or as ``<dir>/<source>/<frame>.png``."""
+
+    enabled: bool = False
+    dir: str = "runs/preview"
+    format: Literal["mp4", "png"] = "mp4"
+    opacity: Fraction01 = 0.45
+
+
 class SinksConfig(Strict):
     redis: RedisSinkConfig = Field(default_factory=RedisSinkConfig)
     files: FilesSinkConfig = Field(default_factory=FilesSinkConfig)
+    preview: PreviewSinkConfig = Field(default_factory=PreviewSinkConfig)
+
+
+def _host_port(address: str) -> tuple[str, int]:
+    """``host:port`` (``[::1]:9108`` for IPv6) -> (host, port); ValueError naming the problem."""
+    host, sep, port = address.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"'{address}' is not host:port — write e.g. 127.0.0.1:9108, 0.0.0.0:9108 or [::1]:9108")
+    return host, int(port)
+
+
+class OpsConfig(Strict):
+    """Operations: ``http`` serves ``/metrics`` (Prometheus), ``/healthz`` and ``/readyz`` on one
+    port (null turns it off; port 0 picks a free one). ``/healthz`` fails once a stage that is
+    working has made no progress for ``stall_after_s``; waiting for input or for a slower stage
+    downstream is not a stall."""
+
+    http: str | None = "127.0.0.1:9108"
+    stall_after_s: PositiveFloat = 60.0
+
+    _nulls = field_validator("http", mode="before")(_empty_is_null)
+
+    @field_validator("http")
+    @classmethod
+    def _address(cls, http: str | None) -> str | None:
+        if http is not None:
+            _host_port(http)
+        return http
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        return None if self.http is None else _host_port(self.http)
+
+
+class RayConfig(Strict):
+    """``segstream batch --engine ray``: ``address`` of the cluster (null: start a local Ray);
+    ``model_actors`` model replicas (null: one per GPU of the cluster, or one without GPUs), each
+    holding ``actor_gpus`` GPUs (null: 1 when the model runs on CUDA, else 0) and ``actor_cpus``
+    CPUs; ``videos_in_flight`` decoding tasks at once (null: two per model actor), each with
+    ``decode_cpus`` CPUs; a video whose worker dies is tried again up to ``retries`` times."""
+
+    address: str | None = None
+    model_actors: PositiveInt | None = None
+    actor_cpus: PositiveFloat = 1.0
+    actor_gpus: Annotated[float, Field(ge=0)] | None = None
+    videos_in_flight: PositiveInt | None = None
+    decode_cpus: PositiveFloat = 1.0
+    retries: Annotated[int, Field(ge=0)] = 3
+
+    _nulls = field_validator("address", mode="before")(_empty_is_null)
+
+
+VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".ts", ".mts", ".mpg", ".mpeg", ".flv", ".wmv")
+
+
+class BatchConfig(Strict):
+    """``segstream batch``: what it writes under ``output`` for each video (``jsonl``: wire-schema
+    entries; ``coco_panoptic``: a PNG per frame and a JSON per video; ``overlay``: an MP4 with the
+    segments drawn), and how many videos the local engine decodes at once (``concurrency``).
+    Folders given as inputs are searched for files with one of ``extensions``."""
+
+    output: str = "runs/batch"
+    jsonl: bool = True
+    coco_panoptic: bool = True
+    overlay: bool = False
+    concurrency: PositiveInt = 4
+    extensions: list[str] = Field(default_factory=lambda: list(VIDEO_EXTENSIONS))
+    queue_size: PositiveInt = 8
+    open_timeout_s: PositiveFloat = 10.0
+    read_timeout_s: PositiveFloat = 10.0
+    ray: RayConfig = Field(default_factory=RayConfig)
 
 
 class PipelineConfig(Strict):
@@ -279,6 +366,8 @@ class PipelineConfig(Strict):
     engine: EngineConfig = Field(default_factory=EngineConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     sinks: SinksConfig = Field(default_factory=SinksConfig)
+    ops: OpsConfig = Field(default_factory=OpsConfig)
+    batch: BatchConfig = Field(default_factory=BatchConfig)
 
     @field_validator("sources")
     @classmethod
@@ -292,6 +381,13 @@ class PipelineConfig(Strict):
                 )
             seen[source.name] = i
         return sources
+
+
+class BatchPipelineConfig(PipelineConfig):
+    """A pipeline for ``segstream batch``: the videos come from the command line, so a config
+    needs no sources (any it has are not used)."""
+
+    sources: list[SourceConfig] = Field(default_factory=list)
 
 
 def _resolve(path: str, info: ValidationInfo) -> Path:
@@ -309,20 +405,24 @@ def json_schema() -> dict:
     return PipelineConfig.model_json_schema()
 
 
-def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> PipelineConfig:
+def load_config(
+    path: str | Path, overrides: list[str] | tuple[str, ...] = (), schema: type[PipelineConfig] = PipelineConfig
+) -> PipelineConfig:
     """Read, override, interpolate and validate the pipeline description at ``path``."""
     data = read_yaml(path)
     for override in overrides:
         apply_override(data, override)
-    return validate_config(interpolate(data), base_dir=Path(path).resolve().parent)
+    return validate_config(interpolate(data), base_dir=Path(path).resolve().parent, schema=schema)
 
 
-def validate_config(data: Any, base_dir: Path | None = None) -> PipelineConfig:
+def validate_config(
+    data: Any, base_dir: Path | None = None, schema: type[PipelineConfig] = PipelineConfig
+) -> PipelineConfig:
     """Validate plain data (already interpolated); all problems become one ConfigError."""
     if not isinstance(data, dict):
         raise ConfigError("the config must be a mapping with the keys sources, model, engine, tracking and sinks")
     try:
-        return PipelineConfig.model_validate(data, context={"base_dir": base_dir})
+        return schema.model_validate(data, context={"base_dir": base_dir})
     except ValidationError as error:
         raise ConfigError("\n".join(_error_line(e, data) for e in error.errors())) from None
 

@@ -47,6 +47,8 @@ class Batcher:
         self.cond = threading.Condition()
         self.aborted = False
         self._next = 0  # where the next round-robin pass starts
+        self._taken = 0  # batches handed out: each gets the next sequence number
+        self._forming = threading.Lock()
 
     def put(self, i: int, frame: Frame, live: bool) -> None:
         with self.cond:
@@ -70,11 +72,15 @@ class Batcher:
             self.aborted = True
             self.cond.notify_all()
 
-    def take_batch(self, size: int, max_wait_s: float) -> list[Frame] | None:
+    def take_batch(self, size: int, max_wait_s: float) -> tuple[int, list[Frame]] | None:
         """Up to ``size`` frames, round-robin over sources, waiting at most ``max_wait_s`` after
-        the first; None once every source has finished and every queue is empty."""
+        the first, with the batch's sequence number (0, 1, ... in the order batches were taken,
+        also when several model workers take them); None once every source has finished and
+        every queue is empty."""
         batch: list[Frame] = []
-        with self.cond:
+        # One batch forms at a time: a worker waiting for more frames must not let another
+        # take the frames in between, or a source's frames would end up out of order.
+        with self._forming, self.cond:
             while not self.aborted and not any(self.queues) and any(self.open):
                 self.cond.wait()
             if self.aborted or not any(self.queues):
@@ -86,11 +92,13 @@ class Batcher:
                 if len(batch) >= size or left <= 0 or not any(self.open) or self.aborted:
                     break
                 self.cond.wait(left)
+            seq = self._taken
+            self._taken += 1
             self.cond.notify_all()
         now = time.monotonic()
         for frame in batch:
             frame.times["batched"] = now
-        return batch
+        return seq, batch
 
     def _take_round_robin(self, batch: list[Frame], size: int) -> None:
         n = len(self.queues)
@@ -108,11 +116,48 @@ class Batcher:
         return " ".join(f"{n}={len(q)}/{s}" for n, q, s in zip(self.names, self.queues, self.sizes))
 
 
+@dataclass(frozen=True, slots=True)
+class EngineLayout:
+    """How the model stage uses the machine: ``workers`` model threads of ``threads`` intra-op
+    threads each, at most ``max_inflight`` batches in flight."""
+
+    workers: int
+    threads: int
+    max_inflight: int
+
+
+def engine_layout(
+    device: torch.device,
+    cores: int,
+    compiled: bool = False,
+    workers: int | None = None,
+    threads: int | None = None,
+    max_inflight: int | None = None,
+) -> EngineLayout:
+    """Fill in what the config left open.
+
+    GPU: one worker (one compute stream keeps the GPU busy), torch's thread count. CPU: two
+    workers of one thread each up to two cores (whole batches in parallel: no intra-op
+    barriers for post-processing and decoding to stall), the other cores but one shared between
+    them; one worker when compiled (a compiled graph is warmed up in its own thread).
+    ``max_inflight`` defaults to one more than the workers, so post-processing always has a
+    batch to work on.
+    """
+    if workers is None:
+        workers = 1 if device.type == "cuda" or compiled else min(2, max(1, cores))
+    if threads is None:
+        threads = torch.get_num_threads() if device.type == "cuda" else max(1, (cores - 1) // workers)
+    if max_inflight is None:
+        max_inflight = workers + 1
+    return EngineLayout(workers, threads, max(max_inflight, workers))
+
+
 @dataclass(slots=True)
 class InFlight:
     """A batch whose network has been started: its frames, prepared input and outputs, and on
     CUDA the event that marks the end of its network."""
 
+    seq: int
     frames: list[Frame]
     prepared: Prepared
     outputs: Any
@@ -164,8 +209,9 @@ class _PinnedStaging:
 class ModelStage:
     """Runs a family adapter on batches of frames: ``submit`` then ``collect`` per batch.
 
-    ``submit`` is called from one thread (the model thread), ``collect`` from another, in the
-    same order. ``warm_up`` runs every batch bucket once (compiling and capturing what the
+    ``submit`` is called from the model thread(s) (several on the CPU, each running whole
+    batches with its own share of the cores), ``collect`` from one other thread, in sequence
+    order. ``warm_up`` runs every batch bucket once (compiling and capturing what the
     adapter compiles) and must be called from the model thread before the first ``submit``.
     """
 
@@ -190,7 +236,7 @@ class ModelStage:
         return time.monotonic() - start
 
     @torch.inference_mode()
-    def submit(self, frames: list[Frame]) -> InFlight:
+    def submit(self, frames: list[Frame], seq: int = 0) -> InFlight:
         started = time.monotonic()
         for frame in frames:
             frame.times["model_start"] = started
@@ -211,7 +257,7 @@ class ModelStage:
             ended = time.monotonic()
             for frame in frames:
                 frame.times["model_end"] = ended
-        return InFlight(frames, prepared, outputs, started, begin, done)
+        return InFlight(seq, frames, prepared, outputs, started, begin, done)
 
     @torch.inference_mode()
     def collect(self, batch: InFlight) -> list[FrameResult]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -132,8 +133,10 @@ def evaluate_segmenter(
     label_set: LabelSet,
     batch_size: int = 4,
     progress: bool = True,
+    frames: Iterable[tuple[np.ndarray, FrameResult]] | None = None,
 ) -> dict:
-    """PQ of ``segment_fn`` over the first ``num_frames`` frames of each synthetic scene in ``seeds``.
+    """PQ of ``segment_fn`` over the first ``num_frames`` frames of each synthetic scene in ``seeds``
+    (or over ``frames``, pairs of an image and its ground truth, when given).
 
     ``segment_fn`` takes a list of RGB uint8 frames and returns one prediction per frame; it is
     called with up to ``batch_size`` frames at a time. ``label_set`` is the one the segmenter
@@ -147,8 +150,8 @@ def evaluate_segmenter(
             f"the {LABEL_SET!r} ones; evaluate a model trained on synthetic scenes"
         )
     tally = PanopticTally(label_set.thing_ids, label_set.stuff_ids)
-    frames = _frames(seeds, width, height, num_frames)
-    total = len(seeds) * num_frames
+    total = None if frames is not None else len(seeds) * num_frames
+    frames = iter(frames) if frames is not None else _frames(seeds, width, height, num_frames)
     with tqdm(total=total, desc="evaluate", unit="frame", file=sys.stderr, disable=not progress) as bar:
         while batch := [item for _, item in zip(range(batch_size), frames)]:
             predictions = segment_fn([image for image, _ in batch])
@@ -163,6 +166,30 @@ def evaluate_segmenter(
 def _frames(seeds: Sequence[int], width: int, height: int, num_frames: int) -> Iterator[tuple[np.ndarray, FrameResult]]:
     for seed in seeds:
         yield from synthetic_clip(width, height, num_frames, seed)
+
+
+def truth_path(video: Path) -> Path:
+    """Where the ground truth of a clip written by ``connectors.synthetic.write_clip`` is kept by
+    convention: ``<stem>_truth.npz`` beside it."""
+    return video.with_name(f"{video.stem}_truth.npz")
+
+
+def clip_frames(videos: Sequence[Path]) -> Iterator[tuple[np.ndarray, FrameResult]]:
+    """The decoded frames of encoded synthetic clips with their ground truth: what a pipeline
+    reading those files sees, compression included."""
+    from segstream.connectors.file_source import FileSource
+    from segstream.connectors.synthetic import load_truth
+
+    for video in videos:
+        truths = load_truth(truth_path(Path(video)))
+        source = FileSource(Path(video).stem, str(video))
+        try:
+            for frame in source.frames():
+                if frame.index >= len(truths):
+                    raise ConfigError(f"{video} has more frames than its ground truth {truth_path(Path(video))}")
+                yield frame.image, truths[frame.index]
+        finally:
+            source.close()
 
 
 def main_evaluate(args) -> int:
@@ -180,10 +207,15 @@ def main_evaluate(args) -> int:
     )
     segmenter = build_segmenter(model_cfg)
     width, height = args.size
-    result = evaluate_segmenter(segmenter.segment, args.seeds, width, height, args.frames, segmenter.labels)
+    clips = getattr(args, "clips", None)
+    frames = clip_frames(clips) if clips else None
+    result = evaluate_segmenter(segmenter.segment, args.seeds, width, height, args.frames, segmenter.labels,
+                                frames=frames)
+    scenes = f"clips {' '.join(str(c) for c in clips)}" if clips else (
+        f"{width}x{height}, seeds {' '.join(map(str, args.seeds))}")
     print(
         f"model {segmenter.name} ({segmenter.precision}, {segmenter.postprocess} post-processing): "
-        f"{result['frames']} frames, {width}x{height}, seeds {' '.join(map(str, args.seeds))}"
+        f"{result['frames']} frames, {scenes}"
     )
     print(f"{'':8}{'PQ':>8}{'SQ':>8}{'RQ':>8}")
     for group, suffix in (("all", ""), ("things", "_things"), ("stuff", "_stuff")):

@@ -2,13 +2,19 @@
 
 Counters are per source (decoded, published, dropped by reason, decode errors); latencies are
 kept per stage as the most recent ``window`` samples (bounded memory however long the run), so
-percentiles describe the recent past of a long run and the whole of a short one.
+percentiles describe the recent past of a long run and the whole of a short one, and as
+cumulative histogram buckets over the whole run (what Prometheus scrapes). Each runtime thread
+leaves a heartbeat (when it last made progress, and why it waits if it does), and the owners of
+queues and connections register gauges that are read when someone asks (``/metrics``).
 """
 
 from __future__ import annotations
 
+import bisect
 import threading
+import time
 from collections import Counter
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -16,18 +22,39 @@ import numpy as np
 # The timestamps a frame collects on its way, in order; a stage's latency is the time from the
 # previous one to its own.
 STAGES = ("decoded", "queued", "batched", "model_start", "model_end", "post_end", "staged", "published")
+# Upper bounds (seconds) of the latency histograms: Prometheus' defaults, plus the millisecond
+# range where a healthy stage lives and the minute a stalled one reaches.
+LATENCY_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 30.0, 60.0
+)
 
 
 class LatencyWindow:
-    """The last ``size`` samples of one latency, in seconds; thread-safe for one writer."""
+    """The last ``size`` samples of one latency, in seconds, and a histogram of every sample
+    (``buckets`` are upper bounds); thread-safe for one writer."""
 
-    def __init__(self, size: int = 65536):
+    def __init__(self, size: int = 65536, buckets: tuple[float, ...] = LATENCY_BUCKETS):
         self._samples = np.zeros(size, np.float64)
         self._count = 0
+        self.buckets = tuple(buckets)
+        self._in_bucket = [0] * (len(self.buckets) + 1)  # the last one: above every bound
+        self._sum = 0.0
 
     def add(self, seconds: float) -> None:
         self._samples[self._count % len(self._samples)] = seconds
+        self._in_bucket[bisect.bisect_left(self.buckets, seconds)] += 1
+        self._sum += seconds
         self._count += 1
+
+    def histogram(self) -> tuple[list[tuple[float, int]], int, float]:
+        """Cumulative (upper bound, samples <= it) pairs ending with +inf, the number of samples
+        and their sum, over the whole run."""
+        counts = list(self._in_bucket)
+        cumulative, total = [], 0
+        for bound, count in zip([*self.buckets, float("inf")], counts):
+            total += count
+            cumulative.append((bound, total))
+        return cumulative, total, self._sum
 
     @property
     def count(self) -> int:
@@ -66,9 +93,26 @@ class SourceCounts:
         return SourceCounts(self.decoded, self.published, self.decode_errors, Counter(self.dropped_by))
 
 
+def decode_thread(source: str) -> str:
+    """The heartbeat name of ``source``'s decode thread."""
+    return f"decode:{source}"
+
+
+@dataclass(frozen=True, slots=True)
+class Gauge:
+    """A value some component owns (a queue's depth, a sink's backlog), read when asked:
+    ``read()`` maps label values (in ``labels`` order) to the current value."""
+
+    name: str
+    help: str
+    labels: tuple[str, ...]
+    read: Callable[[], Mapping[tuple[str, ...], float]]
+
+
 class RunMetrics:
     """Counters and latency windows of one run. Writers: the runtime's threads and the sinks
-    (``written``); readers: the progress line, the final report, benchmarks."""
+    (``written``); readers: the progress line, the final report, benchmarks, ``/metrics`` and
+    the health checks."""
 
     def __init__(self, sources: list[str] | tuple[str, ...] = (), window: int = 65536):
         self._lock = threading.Lock()
@@ -82,6 +126,19 @@ class RunMetrics:
         self.written: Counter = Counter()  # entries each sink has written
         self.first_decoded: float | None = None  # monotonic time of the run's first frame
         self.last_published: float | None = None  # and of its last write
+        # thread name -> (monotonic time of its last progress, why it waits now or None if working)
+        self.heartbeats: dict[str, tuple[float, str | None]] = {}
+        self.gauges: dict[str, Gauge] = {}
+        self.model_ready = False  # the model is loaded and warmed up: frames may come
+
+    def beat(self, thread: str, idle: str | None = None) -> None:
+        """``thread`` made progress now; ``idle`` says why it waits from here on (None: it works,
+        and should come back within the stall bound)."""
+        self.heartbeats[thread] = (time.monotonic(), idle)
+
+    def gauge(self, name: str, help: str, labels: tuple[str, ...], read: Callable[[], Mapping]) -> None:
+        """Register (or replace) a value read when the metrics are scraped."""
+        self.gauges[name] = Gauge(name, help, labels, read)
 
     def source(self, name: str) -> SourceCounts:
         with self._lock:

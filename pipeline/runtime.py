@@ -1,11 +1,12 @@
 """Threads, bounded queues, back-pressure, batching and shutdown for one pipeline run.
 
-    source threads ─► Batcher ─► model thread ─► post thread ─► stage thread ─► sink thread
-    (decode, one      (FIFO per   (upload, pre,   (post-process,  (per-source     (publish to
-     per source)       source)     network)        to the host)    stages, in      every sink,
-                                                                   frame order)    poll, flush)
+    source threads ─► Batcher ─► model thread(s) ─► post thread ─► stage thread ─► sink thread
+    (decode, one      (FIFO per   (upload, pre,      (post-process,  (per-source     (publish to
+     per source)       source)     network)           to the host,    stages, in      every sink,
+                                                      batch order)    frame order)    poll, flush)
 
-At most ``max_inflight`` batches are between the model thread and the end of post-processing.
+At most ``max_inflight`` batches are between the model threads and the end of post-processing;
+batches are post-processed in the order they were taken, whichever worker ran them.
 Offline sources block when their queue is full (nothing is lost); live sources drop their
 oldest queued frame instead. Each source's results reach the per-source stages (the tracker's
 slot) and the sinks in frame order. Stages know nothing of this: a source yields frames, the
@@ -16,6 +17,7 @@ publishes one result at a time.
 from __future__ import annotations
 
 import math
+import os
 import queue
 import secrets
 import sys
@@ -29,8 +31,8 @@ from segstream.connectors.sink import Sink
 from segstream.connectors.source import VideoSource
 from segstream.models.results import Event, FrameResult
 from segstream.models.segmenter import FamilyAdapter
-from segstream.pipeline.engine import Batcher, ModelStage
-from segstream.pipeline.metrics import RunMetrics
+from segstream.pipeline.engine import Batcher, InFlight, ModelStage, engine_layout
+from segstream.pipeline.metrics import RunMetrics, decode_thread
 
 THREAD_PREFIX = "segstream-"
 _END = object()
@@ -196,6 +198,7 @@ class Runtime:
         batch_size: int = 4,
         max_wait_ms: float = 20.0,
         max_inflight: int = 2,
+        model_workers: int = 1,
         queue_size: int | Mapping[str, int] = 8,
         max_frames: int | None = None,
         metrics: RunMetrics | None = None,
@@ -206,13 +209,14 @@ class Runtime:
         names = [s.name for s in sources]
         if len(set(names)) != len(names):
             raise ValueError(f"source names must be unique, got {names}")
-        if max_inflight < 1:
-            raise ValueError("max_inflight must be at least 1")
+        if max_inflight < model_workers or model_workers < 1:
+            raise ValueError("model_workers must be at least 1 and max_inflight at least model_workers")
         self.sources = list(sources)
         self.adapter = adapter
         self.model_stage = ModelStage(adapter, max_inflight)
         self.sinks = list(sinks)
         self.stage_factories = list(stages)
+        self.model_workers = model_workers
         self.batch_size = batch_size
         self.max_wait_s = max_wait_ms / 1000
         self.max_frames = max_frames
@@ -237,24 +241,38 @@ class Runtime:
         self._started = False
         self._reporting = False  # some sink reports its writes (else publishing is the hand-off)
         self._decoding = threading.Event()  # the model is warm: sources may start
+        self._workers_lock = threading.Lock()
+        self._workers_left = model_workers
         self.warm_up_s = 0.0
+        # decoded images ride along with results only while some sink draws on them
+        self._wants_images = any(getattr(sink, "wants_images", False) for sink in self.sinks)
         self.run_id = new_run_id()
 
     @classmethod
     def from_config(cls, cfg, sources, adapter, sinks, **kwargs) -> Runtime:
         """A runtime with the engine settings, queue sizes and per-source stages (the tracker of
-        the ``tracking:`` section) of a ``PipelineConfig``."""
+        the ``tracking:`` section) of a ``PipelineConfig``; applies the engine's intra-op thread
+        count to torch."""
+        import torch
+
         from segstream.pipeline.tracking import tracking_stages
 
         kwargs.setdefault("stages", tracking_stages(cfg.tracking))
+        engine = cfg.engine
+        layout = engine_layout(
+            adapter.device, os.cpu_count() or 1, compiled=bool(adapter.batch_buckets),
+            workers=engine.model_workers, threads=engine.threads, max_inflight=engine.max_inflight,
+        )
+        torch.set_num_threads(layout.threads)
         return cls(
             sources,
             adapter,
             sinks,
-            batch_size=cfg.engine.batch_size,
-            max_wait_ms=cfg.engine.max_wait_ms,
-            max_inflight=cfg.engine.max_inflight,
-            queue_size={s.name: s.queue_size for s in cfg.sources},
+            batch_size=engine.batch_size,
+            max_wait_ms=engine.max_wait_ms,
+            max_inflight=layout.max_inflight,
+            model_workers=layout.workers,
+            queue_size=kwargs.pop("queue_size", {s.name: s.queue_size for s in cfg.sources}),
             **kwargs,
         )
 
@@ -268,8 +286,12 @@ class Runtime:
         self._started = True
         for sink in self.sinks:
             self._attach(sink)
+        self._register_gauges()
         start = time.monotonic()
-        threads = [threading.Thread(target=self._model, name=f"{THREAD_PREFIX}model", daemon=True)]
+        threads = [
+            threading.Thread(target=self._model, args=(w,), name=f"{THREAD_PREFIX}model{w or ''}", daemon=True)
+            for w in range(self.model_workers)
+        ]
         threads += [
             threading.Thread(target=self._decode, args=(i, s), name=f"{THREAD_PREFIX}decode-{s.name}", daemon=True)
             for i, s in enumerate(self.sources)
@@ -319,13 +341,17 @@ class Runtime:
 
     def _decode(self, i: int, source: VideoSource) -> None:
         counts = self.metrics.source(source.name)
+        beat = decode_thread(source.name)
         frames = None
         try:
+            self.metrics.beat(beat)
             frames = iter(source.frames())
             for frame in frames:
                 frame.times["decoded"] = now = time.monotonic()
                 self.metrics.decoded(source.name, now)
+                self.metrics.beat(beat, idle="back-pressure")
                 self._batcher.put(i, frame, source.live)
+                self.metrics.beat(beat)
                 if self._stop_requested or self._aborted.is_set():
                     break
                 if self.max_frames is not None and counts.decoded >= self.max_frames:
@@ -341,52 +367,95 @@ class Runtime:
             finally:
                 counts.decode_errors = getattr(source, "decode_errors", 0)
                 self._batcher.finish(i)
+                self.metrics.beat(beat, idle="ended")
 
-    def _model(self) -> None:
+    def _model(self, worker: int) -> None:
+        name = f"model{worker or ''}"
+        beat = self.metrics.beat
         try:
-            if self.warm_up_size is not None:
-                self.warm_up_s = self.model_stage.warm_up(*self.warm_up_size)
-            self._decoding.set()
-            while (batch := self._batcher.take_batch(self.batch_size, self.max_wait_s)) is not None:
+            if worker == 0:
+                if self.warm_up_size is not None:
+                    beat(name, idle="warming up")
+                    self.warm_up_s = self.model_stage.warm_up(*self.warm_up_size)
+                self.metrics.model_ready = True
+                self._decoding.set()
+            while True:
+                beat(name, idle="waiting for frames")
+                if (taken := self._batcher.take_batch(self.batch_size, self.max_wait_s)) is None:
+                    break
+                beat(name, idle="back-pressure")
                 while not self._inflight.acquire(timeout=0.1):
                     if self._aborted.is_set():
                         return
-                if not self._to_post.put(self.model_stage.submit(batch)):
+                seq, batch = taken
+                beat(name)
+                submitted = self.model_stage.submit(batch, seq)
+                beat(name, idle="back-pressure")
+                if not self._to_post.put(submitted):
                     return
         except BaseException as error:
             self._fail(error, drain=False)
         finally:
-            self._decoding.set()
-            self._to_post.end()
+            if worker == 0:
+                self._decoding.set()
+            with self._workers_lock:
+                self._workers_left -= 1
+                last = self._workers_left == 0
+            if last:
+                self._to_post.end()
+            beat(name, idle="ended")
 
     def _post(self) -> None:
+        beat = self.metrics.beat
+        waiting: dict[int, InFlight] = {}  # batches that finished before an earlier one
+        next_seq = 0
         try:
-            while (batch := self._to_post.get()) is not _END:
-                results = self.model_stage.collect(batch)
-                self._inflight.release()
-                if len(results) != len(batch.frames):
-                    raise RuntimeError(
-                        f"model {self.adapter.name} returned {len(results)} results for {len(batch.frames)} frames"
-                    )
-                self.metrics.batch(len(results), self.model_stage.network_seconds(batch))
-                for result in results:
-                    if not self._to_stage.put(result):
+            while True:
+                beat("post", idle="waiting for the model")
+                if (batch := self._to_post.get()) is _END:
+                    break
+                waiting[batch.seq] = batch
+                while next_seq in waiting:
+                    if not self._collect(waiting.pop(next_seq)):
                         return
+                    next_seq += 1
         except BaseException as error:
             self._fail(error, drain=False)
             self._to_post.drain()
         finally:
             self._to_stage.end()
+            beat("post", idle="ended")
+
+    def _collect(self, batch: InFlight) -> bool:
+        self.metrics.beat("post")
+        results = self.model_stage.collect(batch)
+        self._inflight.release()
+        if len(results) != len(batch.frames):
+            raise RuntimeError(
+                f"model {self.adapter.name} returned {len(results)} results for {len(batch.frames)} frames"
+            )
+        self.metrics.batch(len(results), self.model_stage.network_seconds(batch))
+        if self._wants_images:
+            for frame, result in zip(batch.frames, results):
+                result.image = frame.image
+        self.metrics.beat("post", idle="back-pressure")
+        return all(self._to_stage.put(result) for result in results)
 
     def _stage(self) -> None:
+        beat = self.metrics.beat
         try:
-            while (result := self._to_stage.get()) is not _END:
+            while True:
+                beat("stage", idle="waiting for results")
+                if (result := self._to_stage.get()) is _END:
+                    break
+                beat("stage")
                 for stage in self._source_stages(result.source):
                     result = stage.process(result)
                 result.run_id = self.run_id
                 for event in result.events:
                     event.run_id = self.run_id
                 result.times["staged"] = time.monotonic()
+                beat("stage", idle="back-pressure")
                 if not self._to_sinks.put(result):
                     return
             for stages in self._stages.values():
@@ -399,12 +468,18 @@ class Runtime:
             self._to_stage.drain()
         finally:
             self._to_sinks.end()
+            beat("stage", idle="ended")
 
     def _publish(self) -> None:
+        beat = self.metrics.beat
         ended = False
         try:
             wait: float | None = _POLL_IDLE_S
-            while (item := self._to_sinks.get(timeout=wait)) is not _END:
+            while True:
+                beat("publish", idle="waiting for results")
+                if (item := self._to_sinks.get(timeout=wait)) is _END:
+                    break
+                beat("publish")
                 self._publish_events()
                 if item is not None:
                     # Counted before the hand-off: a sink that drops it later takes it back (on_dropped).
@@ -413,6 +488,7 @@ class Runtime:
                         sink.publish(item)
                         for event in item.events:
                             sink.publish_event(event)
+                    item.image = None  # drawn by now; results kept downstream must not hold frames
                     if not self._reporting:
                         self._written_at_handoff(item)
                 due = [d for d in (sink.poll() for sink in self.sinks) if d is not None]
@@ -427,6 +503,7 @@ class Runtime:
                 self._to_sinks.drain()
         finally:
             self._close_sinks()
+            beat("publish", idle="ended")
 
     # --- helpers -----------------------------------------------------------------------------
 
@@ -444,6 +521,29 @@ class Runtime:
                 return
             for sink in self.sinks:
                 sink.publish_event(event)
+
+    def _register_gauges(self) -> None:
+        """What only the runtime can see, read when the metrics are scraped."""
+        batcher, sinks = self._batcher, self.sinks
+        gauge = self.metrics.gauge
+        gauge("queue_depth", "Frames waiting for the model, per source.", ("source",),
+              lambda: {(name,): len(q) for name, q in zip(batcher.names, batcher.queues)})
+        gauge("results_waiting", "Results waiting for the per-source stages and for the sinks.", ("queue",),
+              lambda: {("stages",): self._to_stage.qsize(), ("sinks",): self._to_sinks.qsize()})
+        gauge("batches_waiting_post", "Batches whose network started and whose post-processing has not.", (),
+              lambda: {(): self._to_post.qsize()})
+        gauge("publisher_backlog", "Entries a sink holds that are not written yet.", ("sink",),
+              lambda: {(sink.name,): sink.backlog for sink in sinks if hasattr(sink, "backlog")})
+        gauge("sink_connected", "1 while a sink can write (0 while it is reconnecting).", ("sink",),
+              lambda: {(sink.name,): float(getattr(sink, "connected", True)) for sink in sinks})
+        device = self.model_stage.device
+        if device.type == "cuda":
+            import torch
+
+            gauge("gpu_memory_allocated_bytes", "GPU memory held by tensors.", ("device",),
+                  lambda: {(str(device),): torch.cuda.memory_allocated(device)})
+            gauge("gpu_memory_reserved_bytes", "GPU memory held by the caching allocator.", ("device",),
+                  lambda: {(str(device),): torch.cuda.memory_reserved(device)})
 
     def _source_stages(self, source: str) -> list[FrameStage]:
         stages = self._stages.get(source)

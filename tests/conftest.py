@@ -96,3 +96,32 @@ class ColourSegmenter:
 @pytest.fixture
 def segmenter() -> ColourSegmenter:
     return ColourSegmenter()
+
+
+class CollectingSink:
+    """Keeps every published result; records flush and close."""
+
+    name = "collect"
+
+    def __init__(self):
+        self.results = []
+        self.events = []
+        self.flushed = self.closed = False
+
+    def publish(self, result):
+        self.results.append(result)
+
+    def publish_event(self, event):
+        self.events.append(event)
+
+    def poll(self):
+        return None
+
+    def flush(self):
+        self.flushed = True
+
+    def close(self):
+        self.closed = True
+
+    def indices(self, source):
+        return [r.index for r in self.results if r.source == source]

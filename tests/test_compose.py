@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -61,7 +62,7 @@ def test_dockerfile_installs_with_constraints_and_runs_segstream_unprivileged():
     assert re.search(r"pip install --constraint constraints\.txt \.$", dockerfile, re.M)
     users = re.findall(r"^USER (\S+)", dockerfile, re.M)
     assert users and users[-1] not in ("root", "0")
-    assert 'ENTRYPOINT ["segstream"]' in dockerfile
+    assert 'ENTRYPOINT ["/usr/bin/tini", "--", "segstream"]' in dockerfile
     for source in re.findall(r"^COPY (.+) \S+$", dockerfile, re.M):
         for path in source.split():
             assert (ROOT / path).exists(), f"Dockerfile copies {path}, which is not in the repository"
@@ -84,3 +85,78 @@ def test_the_config_compose_runs_is_valid_with_the_mounts_compose_makes(services
 def test_dockerfile_copies_what_the_package_build_reads():
     text = (ROOT / "Dockerfile").read_text()
     assert "COPY README.md" in text  # pyproject's readme: the build fails without it
+
+
+@pytest.fixture(scope="module")
+def compose():
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+def test_compose_file_follows_the_compose_specification(compose):
+    import jsonschema
+    from importlib import resources
+
+    # the Compose Specification's JSON schema, as check-jsonschema ships it
+    schema_file = resources.files("check_jsonschema") / "builtin_schemas" / "vendor" / "compose-spec.json"
+    schema = json.loads(schema_file.read_text(encoding="utf-8"))
+    validator = jsonschema.validators.validator_for(schema)(schema)
+    errors = sorted(validator.iter_errors(compose), key=lambda e: list(e.path))
+    assert not errors, "\n".join(f"{'/'.join(map(str, e.path))}: {e.message}" for e in errors)
+    # the schema is not a formality: it refuses a misspelt key
+    broken = {**compose, "services": {**compose["services"], "redis": {**compose["services"]["redis"], "helthcheck": {}}}}
+    assert list(validator.iter_errors(broken))
+
+
+def _ops_port() -> int:
+    cfg = yaml.safe_load((ROOT / "configs" / "pipeline.yaml").read_text())
+    host, port = cfg["ops"]["http"].rsplit(":", 1)
+    assert host == "0.0.0.0", "Prometheus in another container must reach the metrics port"
+    return int(port)
+
+
+def test_segstream_health_checks_probe_healthz_on_the_metrics_port(services):
+    port = _ops_port()
+    app = services["segstream"]
+    assert f"127.0.0.1:{port}:{port}" in app["ports"]
+    assert f"http://127.0.0.1:{port}/healthz" in app["healthcheck"]["test"][3]
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert f"EXPOSE {port}" in dockerfile
+    assert re.search(rf"SEGSTREAM_HEALTH_URL=http://127\.0\.0\.1:{port}/healthz", dockerfile)
+    assert re.search(r"^HEALTHCHECK .*\n\s+CMD \[\"python\", \"-c\", .*SEGSTREAM_HEALTH_URL", dockerfile, re.M)
+    assert app["environment"]["SEGSTREAM_LOG_FORMAT"] == "json"
+
+
+def test_the_image_runs_unprivileged_under_an_init_that_forwards_sigterm():
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert re.search(r"^STOPSIGNAL SIGTERM$", dockerfile, re.M)
+    assert "apt-get install -y --no-install-recommends tini" in dockerfile
+    assert dockerfile.index("USER segstream") < dockerfile.index("ENTRYPOINT")
+
+
+def test_prometheus_scrapes_segstream_behind_a_profile(services):
+    prometheus = services["prometheus"]
+    assert prometheus["profiles"] == ["monitoring"]
+    host_file, container_file, mode = prometheus["volumes"][0].split(":")
+    assert container_file == "/etc/prometheus/prometheus.yml" and mode == "ro"
+    scrape = yaml.safe_load((ROOT / host_file).read_text())
+    [job] = scrape["scrape_configs"]
+    assert job["metrics_path"] == "/metrics"
+    assert job["static_configs"][0]["targets"] == [f"segstream:{_ops_port()}"]
+    assert "profiles" not in services["segstream"] and "profiles" not in services["redis"]
+
+
+def test_consumer_runs_the_example_with_redis_from_the_environment(services):
+    consumer = services["consumer"]
+    assert consumer["image"] == services["segstream"]["image"]
+    assert consumer["entrypoint"] == ["python", "examples/newest_only.py"]
+    assert "./examples:/opt/segstream/examples:ro" in consumer["volumes"]
+    assert consumer["working_dir"] == "/opt/segstream"
+    assert consumer["environment"]["SEGSTREAM_REDIS_URL"] == "redis://redis:6379/0"
+    assert consumer["depends_on"]["redis"]["condition"] == "service_healthy"
+
+
+def test_secrets_come_from_the_environment(compose):
+    for name, service in compose["services"].items():
+        for key, value in (service.get("environment") or {}).items():
+            if any(word in key.upper() for word in ("PASSWORD", "SECRET", "TOKEN")):
+                assert re.fullmatch(r"\$\{[A-Z_]+(:-)?\}", str(value)), f"{name}.{key} must come from the environment"

@@ -19,6 +19,7 @@ from segstream.models.presets import SYNTHETIC_TINY
 from segstream.models.segmenter import EoMTSegmenter
 from segstream.pipeline.engine import ModelStage
 from segstream.pipeline.runtime import Runtime
+from tests.conftest import CollectingSink
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -54,23 +55,7 @@ def test_the_cuda_pipeline_keeps_order_and_matches_the_synchronous_call(tmp_path
     segmenter = _segmenter("cuda")
     expected = [segmenter.segment([f.image])[0] for f in FileSource("x", str(tmp_path / "a.mp4")).frames()]
 
-    class Collect:
-        name = "collect"
-        results: list = []
-
-        def publish(self, result):
-            self.results.append(result)
-
-        def poll(self):
-            return None
-
-        def flush(self):
-            pass
-
-        def close(self):
-            pass
-
-    sink = Collect()
+    sink = CollectingSink()
     sources = [FileSource("a", str(tmp_path / "a.mp4")), FileSource("b", str(tmp_path / "a.mp4"))]
     Runtime(sources, segmenter, [sink], batch_size=3, max_inflight=3, progress=None).run()
     for name in ("a", "b"):

@@ -28,6 +28,7 @@ def published(tmp_path_factory):
             "sources": [{"name": "cam0", "type": "synthetic", "width": 128, "height": 96, "num_frames": FRAMES,
                          "seed": 4}],
             "model": {"device": "cpu", "precision": "fp32"},
+            "ops": {"http": None},
             "sinks": {"redis": {"url": server.url}},
         })
         run_pipeline(cfg, progress=False)

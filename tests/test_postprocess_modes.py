@@ -17,6 +17,7 @@ from segstream.models.presets import SYNTHETIC_TINY
 from segstream.models.processing import Thresholds, frame_label_map, letterbox
 from segstream.models.segmenter import EoMTSegmenter
 from segstream.pipeline.runtime import Runtime
+from tests.conftest import CollectingSink
 
 
 def official_panoptic(mask_logits, class_logits, size, scaled, frame, isthing, t=Thresholds()):
@@ -111,23 +112,7 @@ def test_the_engine_gives_what_the_synchronous_call_gives(shipped, tmp_path, pos
     # Frame by frame on both sides: the network's numbers may depend on the batch size.
     expected = [segmenter.segment([f.image])[0] for f in frames]
 
-    class Collect:
-        name = "collect"
-        results = []
-
-        def publish(self, result):
-            self.results.append(result)
-
-        def poll(self):
-            return None
-
-        def flush(self):
-            pass
-
-        def close(self):
-            pass
-
-    sink = Collect()
+    sink = CollectingSink()
     Runtime([FileSource("cam", str(tmp_path / "clip.mp4"))], segmenter, [sink], batch_size=1, progress=None).run()
     assert [r.index for r in sink.results] == list(range(12))
     for got, want in zip(sink.results, expected):

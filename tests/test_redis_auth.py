@@ -38,6 +38,7 @@ def write_config(tmp_path, server, certs, password=PASSWORD, username=None, ca=T
     config.write_text(
         "sources:\n  - {name: cam0, type: synthetic, width: 64, height: 48, num_frames: 6}\n"
         "model: {device: cpu, precision: fp32}\n"
+        "ops: {http: null}\n"
         f"sinks:\n  redis: {{url: '{server.url}', password: '{password}'{user}, tls: {{{', '.join(tls)}}}}}\n"
     )
     return config

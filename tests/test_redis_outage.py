@@ -137,6 +137,7 @@ def test_a_run_survives_redis_killed_mid_run_and_restarted_10_s_later(tmp_path):
         "sources:\n  - {name: cam0, type: synthetic, width: 96, height: 64, fps: 10, num_frames: 190, realtime: true}\n"
         "model: {device: cpu, precision: fp32}\n"
         "engine: {batch_size: 2, max_wait_ms: 5}\n"
+        "ops: {http: null}\n"
         f"sinks:\n  redis: {{url: '{server.url}', max_backlog: 30, pipeline_size: 4, drain_timeout_s: 20}}\n"
     )
     process = subprocess.Popen(

@@ -15,6 +15,7 @@ from segstream.connectors.embedded_redis import EmbeddedRedis
 from segstream.connectors.errors import SinkError
 from segstream.connectors.redis_reader import StreamReader, tail
 from segstream.connectors.redis_sink import RedisPublisher
+from segstream.pipeline.logs import configure_logging
 from segstream.models.results import FrameResult, Segments
 from tests.test_redis_wire import stamped, synthetic_scene
 
@@ -248,6 +249,7 @@ def test_embedded_redis_is_reachable_over_tcp_from_another_client(server, client
 
 
 def test_without_url_an_embedded_redis_runs_until_close(tmp_path, capsys):
+    configure_logging()  # the publisher logs how to connect; the CLI sends that to stderr
     publisher = RedisPublisher.from_config(None, None, embedded_dir=tmp_path)
     url = publisher._embedded.url
     publisher.publish(tiny_scene("cam0", 0))

@@ -14,36 +14,7 @@ from segstream.connectors.redis_wire import from_wire
 from segstream.pipeline.engine import Batcher
 from segstream.pipeline.metrics import STAGES, RunMetrics
 from segstream.pipeline.runtime import Runtime
-from tests.conftest import ColourSegmenter
-
-
-class CollectingSink:
-    """Keeps every published result; records flush and close."""
-
-    name = "collect"
-
-    def __init__(self):
-        self.results = []
-        self.events = []
-        self.flushed = self.closed = False
-
-    def publish(self, result):
-        self.results.append(result)
-
-    def publish_event(self, event):
-        self.events.append(event)
-
-    def poll(self):
-        return None
-
-    def flush(self):
-        self.flushed = True
-
-    def close(self):
-        self.closed = True
-
-    def indices(self, source):
-        return [r.index for r in self.results if r.source == source]
+from tests.conftest import CollectingSink, ColourSegmenter
 
 
 class FailingSink(CollectingSink):
@@ -66,12 +37,36 @@ def test_offline_sources_process_every_frame_in_order(clip, segmenter):
     assert result.model == "colour-threshold" and result.pts is not None and result.capture_ts > 0
 
 
-def test_each_source_keeps_its_order_when_many_interleave(clip):
-    # A slow model and small queues make batches of frames from several sources interleave.
+class _UnevenSegmenter(ColourSegmenter):
+    """Batches take 0 to 30 ms at random, so with several workers later batches finish first."""
+
+    def __init__(self):
+        super().__init__()
+        self.rng = np.random.default_rng(0)
+        self.lock = threading.Lock()
+        self.running = self.most_running = 0
+
+    def forward(self, prepared):
+        with self.lock:
+            self.running += 1
+            self.most_running = max(self.most_running, self.running)
+            delay = float(self.rng.uniform(0, 0.03))
+        time.sleep(delay)
+        with self.lock:
+            self.running -= 1
+        return super().forward(prepared)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_each_source_keeps_its_order_when_many_interleave(clip, workers):
+    # Small queues make batches of frames from several sources interleave; with two workers,
+    # batches also finish out of order.
     sink = CollectingSink()
+    segmenter = _UnevenSegmenter()
     sources = [FileSource(f"s{i}", str(clip), max_frames=15) for i in range(5)]
-    Runtime(sources, ColourSegmenter(delay_s=0.01), [sink], batch_size=3, queue_size=2, max_inflight=3,
+    Runtime(sources, segmenter, [sink], batch_size=3, queue_size=2, max_inflight=3, model_workers=workers,
             progress=None).run()
+    assert segmenter.most_running == workers
     sources_seen = [r.source for r in sink.results]
     assert len(set(sources_seen[:10])) > 1, "results of the sources must interleave for the test to mean anything"
     for i in range(5):
@@ -130,9 +125,9 @@ def test_a_batch_waits_no_longer_than_max_wait_after_its_first_frame():
     batcher = Batcher(["a"], [8], RunMetrics(["a"]))
     batcher.put(0, _frame("a", 0), live=False)
     start = time.monotonic()
-    batch = batcher.take_batch(size=4, max_wait_s=0.2)
+    seq, batch = batcher.take_batch(size=4, max_wait_s=0.2)
     waited = time.monotonic() - start
-    assert [f.index for f in batch] == [0]
+    assert [f.index for f in batch] == [0] and seq == 0
     assert 0.15 <= waited < 2.0  # it waited for more frames, and gave up at the deadline
 
 
@@ -142,9 +137,36 @@ def test_a_full_batch_leaves_without_waiting_and_sources_take_turns():
         batcher.put(0, _frame("a", i), live=False)
     batcher.put(1, _frame("b", 0), live=False)
     start = time.monotonic()
-    batch = batcher.take_batch(size=4, max_wait_s=10.0)
+    seq, batch = batcher.take_batch(size=4, max_wait_s=10.0)
     assert time.monotonic() - start < 5.0
     assert [(f.source, f.index) for f in batch] == [("a", 0), ("b", 0), ("a", 1), ("a", 2)]
+    assert seq == 0 and batcher.take_batch(size=4, max_wait_s=0.0)[0] == 1
+
+
+def test_batches_taken_by_concurrent_workers_keep_each_sources_order():
+    batcher = Batcher(["a", "b"], [64, 64], RunMetrics(["a", "b"]))
+    taken: list[tuple[int, list[Frame]]] = []
+    lock = threading.Lock()
+
+    def worker():
+        while (got := batcher.take_batch(size=3, max_wait_s=0.02)) is not None:
+            with lock:
+                taken.append(got)
+
+    workers = [threading.Thread(target=worker) for _ in range(3)]
+    for w in workers:
+        w.start()
+    for i in range(60):  # frames trickle in, so workers wait inside take_batch for more
+        batcher.put(i % 2, _frame("ab"[i % 2], i // 2), live=False)
+        time.sleep(0.002)
+    batcher.finish(0)
+    batcher.finish(1)
+    for w in workers:
+        w.join(10)
+    ordered = [f for _, frames in sorted(taken, key=lambda t: t[0]) for f in frames]
+    assert sorted(seq for seq, _ in taken) == list(range(len(taken)))
+    for source in "ab":
+        assert [f.index for f in ordered if f.source == source] == list(range(30))
 
 
 class _CountingSegmenter(ColourSegmenter):

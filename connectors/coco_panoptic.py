@@ -1,0 +1,175 @@
+"""COCO panoptic files of a video: a PNG per frame and one JSON, as the COCO panoptic format
+defines them (what panopticapi's ``pq_compute`` and detectron2 read).
+
+Each PNG holds segment ids in its RGB channels, ``id = R + 256 G + 256^2 B``; id 0 is void (no
+segment). A frame's segment with label-map value ``k`` has PNG id ``k + 1``. The JSON has
+``images`` (one per frame: ``id`` is the frame index), ``annotations`` (one per frame:
+``file_name`` of its PNG and ``segments_info`` with id, category_id, area, bbox [x, y, w, h],
+iscrowd, plus segstream's score and track_id) and ``categories`` (the model's classes in class
+order; a class's category id is its COCO id where the label set has one, else class id + 1).
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+
+import cv2
+import numpy as np
+from scipy import ndimage
+
+from segstream.connectors.errors import SinkError
+from segstream.models.label_sets import LabelSet
+from segstream.models.results import NO_TRACK, FrameResult, Segments
+
+PNG_COMPRESSION = 1  # zlib level: panoptic PNGs are flat colour fields, level 1 is 3x faster for ~10% more bytes
+
+
+def id_to_rgb(ids: np.ndarray) -> np.ndarray:
+    """H x W segment ids (>= 0) -> H x W x 3 uint8 RGB, ``id = R + 256 G + 256^2 B``."""
+    ids = np.asarray(ids, np.uint32)
+    return np.stack([ids & 0xFF, (ids >> 8) & 0xFF, (ids >> 16) & 0xFF], axis=-1).astype(np.uint8)
+
+
+def rgb_to_id(rgb: np.ndarray) -> np.ndarray:
+    """H x W x 3 RGB -> H x W int64 ids, ``R + 256 G + 256^2 B``."""
+    rgb = np.asarray(rgb, np.int64)
+    return rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2]
+
+
+def category_ids(labels: LabelSet) -> list[int]:
+    """The COCO category id of each class: its ``coco_id`` in the shipped label set file where it
+    has one (so outputs of COCO models match COCO's ground truth), else class id + 1 (COCO ids
+    start at 1)."""
+    fallback = [class_id + 1 for class_id in range(labels.num_classes)]
+    source = resources.files("segstream.models").joinpath("labels", f"{labels.name}.json")
+    try:
+        classes = json.loads(source.read_text(encoding="utf-8"))["classes"]
+    except (OSError, ValueError, KeyError):
+        return fallback
+    coco = {c["id"]: c.get("coco_id") for c in classes if isinstance(c, dict)}
+    ids = [coco.get(class_id) for class_id in range(labels.num_classes)]
+    return ids if all(isinstance(i, int) for i in ids) and len(set(ids)) == len(ids) else fallback
+
+
+def categories(labels: LabelSet) -> list[dict]:
+    """The ``categories`` list of a COCO panoptic JSON for ``labels``, in class order."""
+    from segstream.connectors.overlay import id_colour
+
+    return [
+        {"id": cid, "name": name, "supercategory": "thing" if thing else "stuff", "isthing": int(thing),
+         "color": list(id_colour(class_id))}
+        for class_id, (cid, name, thing) in enumerate(zip(category_ids(labels), labels.names, labels.isthing))
+    ]
+
+
+class CocoPanopticWriter:
+    """Writes ``<directory>/<name>/<frame>.png`` as frames come and ``<directory>/<name>.json``
+    on ``close()``: the layout of COCO's ``panoptic_val2017.json`` beside ``panoptic_val2017/``."""
+
+    def __init__(self, directory: str | Path, labels: LabelSet, name: str = "panoptic", video: str = ""):
+        self.directory = Path(directory)
+        self.labels = labels
+        self.name = name
+        self.video = video
+        self.png_dir = self.directory / name
+        self.json_path = self.directory / f"{name}.json"
+        self._category = category_ids(labels)
+        self._images: list[dict] = []
+        self._annotations: list[dict] = []
+        try:
+            self.png_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise SinkError(f"cannot create '{self.png_dir}': {error.strerror}") from None
+
+    def add(self, result: FrameResult) -> None:
+        """Write the PNG of one frame and remember its annotation."""
+        if result.label_map is None:
+            raise SinkError(f"{result.source} frame {result.index} carries no label map to write as COCO panoptic")
+        segments = result.segments
+        label_map = result.label_map.astype(np.int64)
+        png_ids = np.where(label_map >= 0, label_map + 1, 0)
+        file_name = f"{result.index:08d}.png"
+        bgr = id_to_rgb(png_ids)[..., ::-1]
+        if not cv2.imwrite(str(self.png_dir / file_name), bgr, [cv2.IMWRITE_PNG_COMPRESSION, PNG_COMPRESSION]):
+            raise SinkError(f"cannot write {self.png_dir / file_name}")
+        areas = np.bincount(png_ids.ravel(), minlength=int(segments.ids.max(initial=-1)) + 2)
+        extents = ndimage.find_objects(png_ids)  # one pass: the bounding slices of ids 1, 2, ...
+        infos = []
+        for row in range(len(segments)):
+            png_id = int(segments.ids[row]) + 1
+            area = int(areas[png_id]) if png_id < len(areas) else 0
+            if area == 0:
+                continue  # COCO panoptic lists only segments that own pixels
+            rows, columns = extents[png_id - 1]
+            info = {
+                "id": png_id,
+                "category_id": self._category[int(segments.class_ids[row])],
+                "area": area,
+                "bbox": [columns.start, rows.start, columns.stop - columns.start, rows.stop - rows.start],
+                "iscrowd": 0,
+                "score": round(float(segments.scores[row]), 6),
+            }
+            if int(segments.track_ids[row]) != NO_TRACK:
+                info["track_id"] = int(segments.track_ids[row])
+            infos.append(info)
+        image = {"id": int(result.index), "width": int(result.width), "height": int(result.height),
+                 "file_name": f"{result.index:08d}.jpg", "frame": int(result.index)}
+        if result.pts_seconds is not None:
+            image["pts_s"] = float(result.pts_seconds)
+        if self.video:
+            image["video"] = self.video
+        self._images.append(image)
+        self._annotations.append({"image_id": int(result.index), "file_name": file_name, "segments_info": infos})
+
+    def close(self) -> None:
+        """Write the JSON (frames in the order they came)."""
+        document = {
+            "info": {"description": f"segstream panoptic segmentation of {self.video or self.name}"},
+            "licenses": [],
+            "images": self._images,
+            "annotations": self._annotations,
+            "categories": categories(self.labels),
+        }
+        try:
+            self.json_path.write_text(json.dumps(document, separators=(",", ":")) + "\n", encoding="utf-8")
+        except OSError as error:
+            raise SinkError(f"cannot write '{self.json_path}': {error.strerror}") from None
+
+
+def read_coco_panoptic(json_path: str | Path, png_dir: str | Path | None = None) -> list[FrameResult]:
+    """The frames of a COCO panoptic JSON and its PNGs (``png_dir`` defaults to the folder
+    named like the JSON) as ``FrameResult``s: label-map values are PNG id - 1 (-1 for void),
+    class ids are positions in ``categories``."""
+    json_path = Path(json_path)
+    png_dir = Path(png_dir) if png_dir is not None else json_path.with_suffix("")
+    document = json.loads(json_path.read_text(encoding="utf-8"))
+    cats = document["categories"]
+    class_of = {c["id"]: i for i, c in enumerate(cats)}
+    images = {image["id"]: image for image in document["images"]}
+    frames = []
+    for annotation in document["annotations"]:
+        image = images[annotation["image_id"]]
+        bgr = cv2.imread(str(png_dir / annotation["file_name"]), cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise FileNotFoundError(png_dir / annotation["file_name"])
+        ids = rgb_to_id(bgr[..., ::-1])
+        infos = annotation["segments_info"]
+        class_ids = [class_of[s["category_id"]] for s in infos]
+        segments = Segments.build(
+            ids=[s["id"] - 1 for s in infos],
+            class_ids=class_ids,
+            labels=[cats[c]["name"] for c in class_ids],
+            isthing=[bool(cats[c]["isthing"]) for c in class_ids],
+            scores=[s.get("score", 1.0) for s in infos],
+            areas=[s["area"] for s in infos],
+            boxes=[[x, y, x + w, y + h] for x, y, w, h in (s["bbox"] for s in infos)],
+            track_ids=[s.get("track_id", NO_TRACK) for s in infos],
+        )
+        frames.append(FrameResult(
+            source=image.get("video", ""), index=int(image.get("frame", image["id"])),
+            width=int(image["width"]), height=int(image["height"]),
+            label_map=(ids - 1).astype(np.int32), segments=segments, pts_seconds=image.get("pts_s"),
+        ))
+    return frames

@@ -1,0 +1,695 @@
+"""``segstream batch``: every frame of many video files, resumable, on this machine or on Ray.
+
+The videos come from the command line (files, folders, globs, list files). Each video is one
+source of the ordinary runtime (``engine: local``): ``batch.concurrency`` of them decode at once
+and share the model's batches, with back-pressure, so no frame is dropped. What each video
+yields is written aside and moved into place when its last frame is written
+(``connectors/video_outputs.py``), and only then is the video recorded as done in
+``<output>/manifest.jsonl``. A run started again skips what the manifest lists as done (unless
+the file changed since), skips what failed (unless ``--retry-failed``), and does the rest.
+
+SIGINT or SIGTERM stops starting videos and lets the ones in progress finish; a second one stops
+at once, and the videos in progress are done again by the next run. A video that cannot be
+decoded is recorded as failed, with the reason, and the others go on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import glob
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import closing
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import IO
+
+from tqdm import tqdm
+
+from segstream.connectors.errors import ConfigError, SegstreamError
+from segstream.connectors.frames import Frame
+from segstream.connectors.video_outputs import VideoOutputs, clear_partial
+from segstream.models.label_sets import LabelSet
+from segstream.models.results import Event, FrameResult
+from segstream.pipeline.config import (
+    BatchPipelineConfig,
+    PipelineConfig,
+    apply_override,
+    interpolate,
+    load_config,
+    validate_config,
+)
+from segstream.pipeline.metrics import RunMetrics, decode_thread
+
+log = logging.getLogger(__name__)
+
+LIST_SUFFIXES = (".txt", ".list", ".lst")
+MANIFEST = "manifest.jsonl"
+# Videos per runtime: each video is a source with its decode thread, so an archive of thousands
+# runs as a sequence of runtimes over groups of videos that share one warm model.
+GROUP_SIZE = 64
+_SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+# --- what to process ------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class VideoJob:
+    """One video of a batch: its file, the id its outputs and stream are named by, and what its
+    container says about it (``frames`` may be None when it does not say)."""
+
+    path: Path
+    id: str
+    size: int = 0
+    mtime_ns: int = 0
+    frames: int | None = None
+    fps: float = 25.0
+
+
+@dataclass(slots=True)
+class VideoOutcome:
+    """What became of one video: ``done``, ``failed`` (``reason`` says why), ``skipped`` (done or
+    failed in an earlier run) or ``stopped`` (the run ended first; it is redone next time)."""
+
+    job: VideoJob
+    status: str
+    frames: int = 0
+    decode_errors: int = 0
+    seconds: float = 0.0
+    reason: str = ""
+    outputs: list[str] = field(default_factory=list)
+
+
+def find_videos(inputs: Sequence[str], extensions: Iterable[str]) -> tuple[list[Path], list[str]]:
+    """The video files ``inputs`` name, in order without repeats, and a warning per input that
+    named none. An input is a file, a folder (searched recursively for ``extensions``), a glob,
+    or a list file (``@FILE``, or a .txt/.list/.lst file: one input per line, ``#`` comments,
+    relative paths relative to the list file)."""
+    suffixes = {e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions}
+    found: dict[Path, None] = {}
+    warnings = []
+
+    def add(item: str, base: Path | None) -> None:
+        listed = item.startswith("@")
+        text = item[1:] if listed else item
+        path = Path(text).expanduser()
+        if base is not None and not path.is_absolute():
+            path = base / path
+        if listed or (path.is_file() and path.suffix.lower() in LIST_SUFFIXES):
+            try:
+                lines = path.read_text(encoding="utf-8").splitlines()
+            except OSError as error:
+                raise ConfigError(f"cannot read the list file '{path}': {error.strerror}") from None
+            for line in lines:
+                if (line := line.strip()) and not line.startswith("#"):
+                    add(line, path.parent)
+        elif path.is_dir():
+            videos = sorted((p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in suffixes), key=_natural)
+            if not videos:
+                warnings.append(f"folder '{path}' holds no video files ({', '.join(sorted(suffixes))})")
+            for video in videos:
+                found.setdefault(video.resolve())
+        elif glob.has_magic(str(path)):
+            matches = sorted((Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file()), key=_natural)
+            if not matches:
+                warnings.append(f"'{text}' matches no file")
+            for match in matches:
+                found.setdefault(match.resolve())
+        else:
+            # a missing file is a video that fails (reported with the others), not a reason to stop
+            found.setdefault(path.resolve() if path.exists() else Path(os.path.abspath(path)))
+
+    for item in inputs:
+        add(item, None)
+    return list(found), warnings
+
+
+def _natural(path: Path) -> list:
+    """Sort key: clip2 before clip10."""
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", str(path))]
+
+
+def plan(paths: Sequence[Path], taken: dict[str, str] | None = None) -> list[VideoJob]:
+    """A job per video, each with an id that is a valid source name, unique in this batch and
+    not used by another video of the manifest (``taken``: id -> video path). A video listed in
+    the manifest keeps its id. The id is the file's stem, with parent folder names prepended
+    until it is unique."""
+    taken = dict(taken or {})
+    owned = {path: vid for vid, path in taken.items()}
+    jobs = []
+    for path in paths:
+        vid = owned.get(str(path))
+        if vid is None:
+            parts = [_SAFE.sub("_", part).strip("_.") or "video" for part in (*path.parent.parts[1:], path.stem)]
+            for depth in range(1, len(parts) + 1):
+                vid = "__".join(parts[-depth:])
+                if vid not in taken:
+                    break
+            else:
+                vid = f"{parts[-1]}-{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"
+            taken[vid] = str(path)
+        try:
+            stat = path.stat()
+            size, mtime = stat.st_size, stat.st_mtime_ns
+        except OSError:
+            size, mtime = -1, -1
+        jobs.append(VideoJob(path, vid, size, mtime))
+    return jobs
+
+
+def probe(job: VideoJob) -> None:
+    """Fill in the frame count and rate the video's container states (for progress and ETA)."""
+    import av
+
+    try:
+        with av.open(str(job.path), timeout=(5.0, 5.0)) as container:
+            stream = container.streams.video[0]
+            rate = stream.average_rate or stream.guessed_rate
+            job.fps = float(rate) if rate else 25.0
+            if stream.frames:
+                job.frames = int(stream.frames)
+            elif stream.duration and stream.time_base:
+                job.frames = math.ceil(float(stream.duration * stream.time_base) * job.fps)
+            elif container.duration:
+                job.frames = math.ceil(container.duration / 1_000_000 * job.fps)
+    except (OSError, IndexError, av.FFmpegError):
+        pass  # the run reports why it cannot be decoded
+
+
+# --- the manifest ----------------------------------------------------------------------------
+
+
+class Manifest:
+    """``manifest.jsonl``: one line per video that ended (done or failed), appended and synced
+    as each ends, so it survives a killed run; on opening and closing it is rewritten with only
+    the newest line of each video. A half-written last line (a crash mid-append) is ignored."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.records: dict[str, dict] = {}
+        self._lock = threading.Lock()
+        if self.path.exists():
+            for line in self.path.read_text(encoding="utf-8").splitlines():
+                try:
+                    record = json.loads(line)
+                    self.records[record["video"]] = record
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    continue
+            self._compact()
+        self._file: IO[str] = self.path.open("a", encoding="utf-8")
+
+    def _compact(self) -> None:
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in self.records.values()), encoding="utf-8")
+        os.replace(tmp, self.path)
+
+    def ids(self) -> dict[str, str]:
+        return {record["id"]: video for video, record in self.records.items() if "id" in record}
+
+    def done(self, job: VideoJob, root: Path) -> bool:
+        """Done in an earlier run, the file unchanged since and its outputs still there."""
+        record = self.records.get(str(job.path))
+        return (
+            record is not None and record.get("status") == "done"
+            and record.get("size") == job.size and record.get("mtime_ns") == job.mtime_ns
+            and (root / record.get("id", "")).is_dir()
+        )
+
+    def failed(self, job: VideoJob) -> dict | None:
+        record = self.records.get(str(job.path))
+        if record is not None and record.get("status") == "failed" and record.get("size") == job.size:
+            return record
+        return None
+
+    def record(self, outcome: VideoOutcome) -> None:
+        job = outcome.job
+        record = {
+            "video": str(job.path), "id": job.id, "status": outcome.status, "frames": outcome.frames,
+            "decode_errors": outcome.decode_errors, "seconds": round(outcome.seconds, 3), "reason": outcome.reason,
+            "outputs": outcome.outputs, "size": job.size, "mtime_ns": job.mtime_ns,
+            "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        with self._lock:
+            self._file.write(json.dumps(record, sort_keys=True) + "\n")
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self.records[record["video"]] = record
+
+    def close(self) -> None:
+        self._file.close()
+        self._compact()
+
+
+@contextlib.contextmanager
+def output_lock(root: Path) -> Iterator[None]:
+    """One batch at a time per output folder (two would write the same videos' outputs)."""
+    root.mkdir(parents=True, exist_ok=True)
+    with (root / ".lock").open("w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(f"another segstream batch is writing to '{root}' — wait for it or choose another --out") from None
+        yield
+
+
+# --- progress --------------------------------------------------------------------------------
+
+
+class BatchProgress:
+    """A bar for the whole batch (frames, fps, ETA from the containers' frame counts) and one per
+    video in progress; a log line as each video ends. Called from one thread at a time."""
+
+    def __init__(self, jobs: Sequence[VideoJob], enabled: bool | None):
+        self.jobs = {job.id: job for job in jobs}
+        self.videos = len(jobs)
+        self.ended = 0
+        self.statuses: Counter[str] = Counter()  # of the videos that ended, by status
+        self.disabled = (not sys.stderr.isatty()) if enabled is None else not enabled
+        total = sum(job.frames or 0 for job in jobs)
+        self.overall = tqdm(total=total or None, unit="frame", desc=self._description(), disable=self.disabled,
+                            dynamic_ncols=True, smoothing=0.05, position=0)
+        self.bars: dict[str, tqdm] = {}
+
+    def _description(self) -> str:
+        return f"batch {self.ended}/{self.videos} videos"
+
+    def advance(self, video_id: str, frames: int = 1) -> None:
+        bar = self.bars.get(video_id)
+        if bar is None:
+            job = self.jobs.get(video_id)
+            bar = self.bars[video_id] = tqdm(
+                total=job.frames if job else None, unit="frame", desc=video_id[-28:], leave=False,
+                disable=self.disabled, dynamic_ncols=True,
+            )
+        bar.update(frames)
+        self.overall.update(frames)
+
+    def ended_video(self, outcome: VideoOutcome) -> None:
+        bar = self.bars.pop(outcome.job.id, None)
+        if bar is not None:
+            bar.close()
+        self.ended += 1
+        self.statuses[outcome.status] += 1
+        self.overall.set_description(self._description(), refresh=False)
+        if outcome.status == "done":
+            fps = outcome.frames / outcome.seconds if outcome.seconds > 0 else 0.0
+            log.info("%s: done, %d frames in %.1f s (%.1f fps)", outcome.job.id, outcome.frames, outcome.seconds, fps)
+        elif outcome.status == "failed":
+            log.warning("%s: failed: %s", outcome.job.id, outcome.reason)
+
+    def close(self) -> None:
+        for bar in self.bars.values():
+            bar.close()
+        self.overall.close()
+
+
+# --- the local engine ------------------------------------------------------------------------
+
+
+class BatchVideoSource:
+    """One video as an offline source of the runtime. It waits for one of the batch's decode
+    slots before opening the file, so only ``concurrency`` videos decode at once, and never
+    raises: a video that cannot be decoded ends with ``outcome`` failed and ``reason``, and the
+    run goes on. ``outcome`` is set (done, failed or stopped) once no frame will follow."""
+
+    live = False
+
+    def __init__(self, job: VideoJob, batch_cfg, slots: threading.Semaphore, metrics: RunMetrics,
+                 stopping: threading.Event):
+        self.job = job
+        self.name = job.id
+        self.cfg = batch_cfg
+        self.outcome: str | None = None
+        self.reason = ""
+        self.yielded = 0
+        self.started: float | None = None
+        self._slots = slots
+        self._metrics = metrics
+        self._stopping = stopping  # the batch takes no new videos
+        self._closed = threading.Event()  # the runtime stops now
+        self._lock = threading.Lock()
+        self._inner = None
+
+    @property
+    def decode_errors(self) -> int:
+        return getattr(self._inner, "decode_errors", 0)
+
+    def frames(self) -> Iterator[Frame]:
+        from segstream.connectors.file_source import FileSource
+
+        beat = decode_thread(self.name)
+        slot = False
+        try:
+            self._metrics.beat(beat, idle="waiting for a decode slot")
+            while not (slot := self._slots.acquire(timeout=0.1)):
+                if self._closed.is_set() or self._stopping.is_set():
+                    return
+            if self._stopping.is_set():
+                return
+            self._metrics.beat(beat)
+            self.started = time.monotonic()
+            with self._lock:
+                if self._closed.is_set():
+                    return
+                self._inner = FileSource(self.name, str(self.job.path), open_timeout_s=self.cfg.open_timeout_s,
+                                         read_timeout_s=self.cfg.read_timeout_s)
+            with closing(self._inner.frames()) as frames:
+                for frame in frames:
+                    self.yielded += 1
+                    yield frame
+            if not self._closed.is_set():
+                self.outcome = "done"
+        except GeneratorExit:
+            raise
+        except SegstreamError as error:
+            self.outcome, self.reason = "failed", str(error)
+        except Exception as error:  # whatever FFmpeg or a broken file throws: this video fails, the batch goes on
+            log.debug("%s failed", self.name, exc_info=True)
+            self.outcome, self.reason = "failed", f"{type(error).__name__}: {error}"
+        finally:
+            if self.outcome is None:
+                self.outcome = "stopped"
+            if self._inner is not None:
+                self._inner.close()
+            if slot:
+                self._slots.release()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed.set()
+            if self._inner is not None:
+                self._inner.close()
+
+
+def judge(job: VideoJob, status: str, frames: int, reason: str) -> tuple[str, str]:
+    """A video that decoded to its end without a single frame has failed too."""
+    if status == "done" and frames == 0:
+        return "failed", f"'{job.path}' has no decodable video frames"
+    return status, reason
+
+
+class BatchSink:
+    """The runtime's sink for a group of videos: writes each result to its video's outputs and,
+    once a video's source has ended and its last result is written, commits or discards them
+    and records the video in the manifest. Called from the runtime's sink thread (``close`` may
+    also come from the main thread on an abort)."""
+
+    name = "batch"
+
+    def __init__(self, root: Path, sources: Sequence[BatchVideoSource], labels: LabelSet, cfg: PipelineConfig,
+                 manifest: Manifest, progress: BatchProgress):
+        self.root = root
+        self.labels = labels
+        self.cfg = cfg
+        self.manifest = manifest
+        self.progress = progress
+        self.wants_images = cfg.batch.overlay
+        self.on_written = None
+        self.outcomes: list[VideoOutcome] = []
+        self._pending = {source.name: source for source in sources}
+        self._outputs: dict[str, VideoOutputs] = {}
+        self._lock = threading.RLock()
+
+    def _outputs_of(self, video_id: str) -> VideoOutputs:
+        outputs = self._outputs.get(video_id)
+        if outputs is None:
+            job = self._pending[video_id].job
+            batch = self.cfg.batch
+            outputs = self._outputs[video_id] = VideoOutputs(
+                self.root, video_id, self.labels, jsonl=batch.jsonl, coco_panoptic=batch.coco_panoptic,
+                overlay=batch.overlay, mask_encoding=self.cfg.sinks.redis.mask_encoding, video_name=job.path.name,
+                fps_hint=job.fps,
+            )
+        return outputs
+
+    def publish(self, result: FrameResult) -> None:
+        with self._lock:
+            self._outputs_of(result.source).write(result)
+            self.progress.advance(result.source)
+            result.publish_ts = time.time()
+            if self.on_written is not None:
+                self.on_written([result])
+            self._end_finished()
+
+    def publish_event(self, event: Event) -> None:
+        with self._lock:
+            if event.source in self._pending:
+                self._outputs_of(event.source).write_event(event)
+
+    def poll(self) -> float | None:
+        with self._lock:
+            self._end_finished()
+        return None
+
+    def flush(self) -> None:
+        self.poll()
+
+    def close(self) -> None:
+        """End what can be ended; what is left was stopped before its end."""
+        with self._lock:
+            self._end_finished()
+            for video_id, source in list(self._pending.items()):
+                self._end(video_id, source, "stopped", "")
+
+    def _end_finished(self) -> None:
+        for video_id, source in list(self._pending.items()):
+            outputs = self._outputs.get(video_id)
+            if source.outcome is not None and (outputs.frames if outputs else 0) >= source.yielded:
+                self._end(video_id, source, source.outcome, source.reason)
+
+    def _end(self, video_id: str, source: BatchVideoSource, status: str, reason: str) -> None:
+        del self._pending[video_id]
+        outputs = self._outputs.pop(video_id, None)
+        frames = outputs.frames if outputs else 0
+        status, reason = judge(source.job, status, frames, reason)
+        seconds = time.monotonic() - source.started if source.started is not None else 0.0
+        outcome = VideoOutcome(source.job, status, frames, source.decode_errors, seconds, reason)
+        if status == "done":
+            outcome.outputs = outputs.commit() if outputs else []
+        elif outputs is not None:
+            outputs.discard()
+        if status in ("done", "failed"):
+            self.manifest.record(outcome)
+            self.progress.ended_video(outcome)
+        self.outcomes.append(outcome)
+
+
+class BatchControl:
+    """Stops a batch: the first ``stop()`` starts no new video (the ones in progress finish);
+    the signal handler turns a second signal into an abort."""
+
+    def __init__(self):
+        self.stopping = threading.Event()
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+
+def _extra_sinks(cfg: PipelineConfig) -> list:
+    """The config's own sinks, besides the batch's files: Redis (only with a URL: an embedded
+    Redis would vanish with the run), the files sink and the preview."""
+    from segstream.pipeline.builders import build_sinks
+
+    sinks_cfg = cfg.sinks
+    if sinks_cfg.redis.enabled and sinks_cfg.redis.url is None:
+        sinks_cfg = sinks_cfg.model_copy(update={"redis": sinks_cfg.redis.model_copy(update={"enabled": False})})
+    return build_sinks(sinks_cfg)
+
+
+def run_local(cfg: PipelineConfig, jobs: Sequence[VideoJob], root: Path, manifest: Manifest,
+              progress: BatchProgress, control: BatchControl, adapter=None, server=None) -> list[VideoOutcome]:
+    """Process ``jobs`` with the runtime on this machine, a group of videos per runtime."""
+    from segstream.pipeline.cli import WARM_UP_FRAME
+    from segstream.pipeline.model_factory import build_segmenter
+    from segstream.pipeline.runtime import Runtime
+
+    if adapter is None:
+        adapter = build_segmenter(cfg.model, batch_size=cfg.engine.batch_size)
+    outcomes: list[VideoOutcome] = []
+    warm_up: tuple[int, int] | None = WARM_UP_FRAME
+    for start in range(0, len(jobs), GROUP_SIZE):
+        group = jobs[start : start + GROUP_SIZE]
+        if control.stopping.is_set():
+            outcomes += [VideoOutcome(job, "stopped") for job in group]
+            continue
+        metrics = RunMetrics()
+        if server is not None:
+            server.metrics = metrics  # per group: the scrape shows the videos in progress, not thousands
+        slots = threading.Semaphore(cfg.batch.concurrency)
+        sources = [BatchVideoSource(job, cfg.batch, slots, metrics, control.stopping) for job in group]
+        sink = BatchSink(root, sources, adapter.labels, cfg, manifest, progress)
+        runtime = Runtime.from_config(
+            cfg, sources, adapter, [sink, *_extra_sinks(cfg)], queue_size=cfg.batch.queue_size, metrics=metrics,
+            warm_up=warm_up, progress=None,
+        )
+        warm_up = None  # the model is warm from the first group on
+        try:
+            runtime.run()
+        finally:
+            sink.close()
+            outcomes += sink.outcomes
+    return outcomes
+
+
+# --- the command -----------------------------------------------------------------------------
+
+
+def summary_table(outcomes: Sequence[VideoOutcome], skipped: int, manifest: Path, limit: int = 100) -> str:
+    """A table of the videos this run touched and a totals line."""
+    ran = [o for o in outcomes if o.status in ("done", "failed")]
+    shown = ran if len(ran) <= limit else [o for o in ran if o.status == "failed"][:limit]
+    width = max([len("video"), *(len(o.job.id) for o in shown)])
+    lines = []
+    if shown:
+        lines.append(f"{'video':<{width}}  {'status':<7}{'frames':>8}{'seconds':>9}{'fps':>8}  note")
+        for o in shown:
+            fps = f"{o.frames / o.seconds:8.1f}" if o.seconds > 0 and o.frames else f"{'':8}"
+            note = o.reason if o.status == "failed" else (f"{o.decode_errors} decode errors" if o.decode_errors else "")
+            lines.append(f"{o.job.id:<{width}}  {o.status:<7}{o.frames:>8}{o.seconds:>9.1f}{fps}  {note}")
+        if len(shown) < len(ran):
+            lines.append(f"({len(ran) - len(shown)} more done videos not listed; the manifest has them all)")
+    done = [o for o in outcomes if o.status == "done"]
+    failed = sum(o.status == "failed" for o in outcomes)
+    stopped = sum(o.status == "stopped" for o in outcomes)
+    frames = sum(o.frames for o in done)
+    totals = f"{len(done)} done ({frames} frames), {failed} failed, {skipped} skipped (ended in an earlier run)"
+    if stopped:
+        totals += f", {stopped} not done (stopped; run again to do them)"
+    lines.append(f"{totals}; manifest: {manifest}")
+    return "\n".join(lines)
+
+
+class _BatchCollector:
+    """``segstream_batch_videos{status}`` for /metrics: done, failed, skipped and pending."""
+
+    def __init__(self, progress: BatchProgress, skipped: int):
+        self.progress, self.skipped = progress, skipped
+
+    def collect(self):
+        from prometheus_client.core import GaugeMetricFamily
+
+        ended = {"done": 0, "failed": 0, **self.progress.statuses}
+        videos = GaugeMetricFamily("segstream_batch_videos", "Videos of this batch by status.", labels=["status"])
+        for status, n in sorted(ended.items()):
+            videos.add_metric([status], n)
+        videos.add_metric(["skipped"], self.skipped)
+        videos.add_metric(["pending"], max(0, self.progress.videos - sum(ended.values())))
+        yield videos
+
+
+def load_batch_config(args) -> PipelineConfig:
+    if args.config is None:  # the defaults: the shipped model
+        data: dict = {}
+        for override in args.overrides:
+            apply_override(data, override)
+        cfg = validate_config(interpolate(data), schema=BatchPipelineConfig)
+    else:
+        cfg = load_config(args.config, args.overrides, schema=BatchPipelineConfig)
+    updates = {}
+    if args.concurrency is not None:
+        if args.concurrency < 1:
+            raise ConfigError(f"--concurrency must be at least 1, got {args.concurrency}")
+        updates["concurrency"] = args.concurrency
+    if args.out is not None:
+        updates["output"] = str(args.out)
+    if getattr(args, "address", None) is not None:
+        updates["ray"] = cfg.batch.ray.model_copy(update={"address": args.address})
+    if updates:
+        cfg = cfg.model_copy(update={"batch": cfg.batch.model_copy(update=updates)})
+    if cfg.sources:
+        log.info("the config's sources are not used: batch processes the videos given on the command line")
+    if not (cfg.batch.jsonl or cfg.batch.coco_panoptic or cfg.batch.overlay
+            or (cfg.sinks.redis.enabled and cfg.sinks.redis.url) or cfg.sinks.files.enabled or cfg.sinks.preview.enabled):
+        raise ConfigError("batch writes nothing: enable batch.jsonl, batch.coco_panoptic, batch.overlay, or a sink "
+                          "(sinks.redis with a url, sinks.files, sinks.preview)")
+    return cfg
+
+
+def run_batch(cfg: PipelineConfig, inputs: Sequence[str], engine: str = "local", retry_failed: bool = False,
+              progress: bool | None = None, adapter=None) -> tuple[list[VideoOutcome], int, int | None]:
+    """Run a batch; returns the outcomes of the videos it ran, how many it skipped, and the
+    signal that stopped it (None if none did)."""
+    from segstream.pipeline.cli import _DrainOnSignal
+    from segstream.pipeline.monitoring import serve_ops
+
+    root = Path(cfg.batch.output)
+    paths, warnings = find_videos(inputs, cfg.batch.extensions)
+    for warning in warnings:
+        log.warning(warning)
+    if not paths:
+        raise ConfigError("no videos to process: " + ("; ".join(warnings) or "no inputs given"))
+    with output_lock(root):
+        clear_partial(root)
+        manifest = Manifest(root / MANIFEST)
+        try:
+            jobs = plan(paths, manifest.ids())
+            todo, skipped = [], 0
+            for job in jobs:
+                earlier = manifest.failed(job)
+                if manifest.done(job, root) or (earlier is not None and not retry_failed):
+                    skipped += 1
+                    if earlier is not None:
+                        log.info("%s: skipped, it failed before (%s); --retry-failed tries again", job.id, earlier["reason"])
+                else:
+                    todo.append(job)
+            log.info("%d videos: %d to do, %d skipped (ended in an earlier run)", len(jobs), len(todo), skipped)
+            for job in todo:
+                probe(job)
+            control = BatchControl()
+            outcomes: list[VideoOutcome] = []
+            metrics = RunMetrics()
+            with serve_ops(cfg.ops, metrics) as server, _progress(todo, progress) as bars:
+                if server is not None:
+                    server.collector.extra.append(_BatchCollector(bars, skipped))
+                doing = "stopping: no new videos, the ones in progress finish"
+                with _DrainOnSignal(control, doing) as signals:
+                    if engine == "ray":
+                        from segstream.pipeline.batch_ray import run_ray
+
+                        outcomes += run_ray(cfg, todo, root, manifest, bars, control)
+                    else:
+                        outcomes += run_local(cfg, todo, root, manifest, bars, control, adapter, server)
+            return outcomes, skipped, signals.signum
+        finally:
+            manifest.close()
+            clear_partial(root)
+
+
+@contextlib.contextmanager
+def _progress(jobs: Sequence[VideoJob], enabled: bool | None) -> Iterator[BatchProgress]:
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    from segstream.pipeline.logs import json_logging
+
+    if enabled is None and json_logging():
+        enabled = False
+    bars = BatchProgress(jobs, enabled)
+    try:
+        if bars.disabled:
+            yield bars
+        else:
+            with logging_redirect_tqdm(loggers=[logging.getLogger("segstream")]):
+                yield bars
+    finally:
+        bars.close()
+
+
+def main_batch(args) -> int:
+    cfg = load_batch_config(args)
+    outcomes, skipped, signum = run_batch(cfg, args.inputs, args.engine, args.retry_failed, args.progress)
+    print(summary_table(outcomes, skipped, Path(cfg.batch.output) / MANIFEST))
+    if signum is not None and any(o.status == "stopped" for o in outcomes):
+        return 128 + signum
+    return 1 if any(o.status == "failed" for o in outcomes) else 0

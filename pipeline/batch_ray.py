@@ -1,0 +1,246 @@
+"""``segstream batch --engine ray``: the same videos and outputs as the local engine, on Ray.
+
+    driver ──► one task per video (CPU: decode, per-video outputs, commit) ──► model actors
+                at most ``videos_in_flight``    at most 2 batches waiting       (one per GPU, or
+                at once                         per video: back-pressure          per CPU slot)
+
+Each video is a Ray task that decodes the file, sends batches of frames to a model actor
+(round-robin by video) with at most two batches outstanding, and writes the results with the
+same ``VideoOutputs`` as the local engine, so the files are byte for byte the same. The task
+moves its folder into place only when the video is complete; if its worker dies, Ray runs the
+task again (``batch.ray.retries``) from the start, in a fresh ``.partial`` folder, and the
+driver records the video in the manifest once, when a task returns. The output folder must be
+one path that every node can write (a shared filesystem), and every node needs segstream.
+
+Ray is an optional extra: ``pip install 'segstream[ray]'``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from segstream.connectors.errors import ConfigError, SegstreamError
+from segstream.pipeline.batch import (
+    BatchControl,
+    BatchProgress,
+    Manifest,
+    VideoJob,
+    VideoOutcome,
+    _extra_sinks,
+    judge,
+)
+from segstream.pipeline.config import BatchPipelineConfig, PipelineConfig
+
+log = logging.getLogger(__name__)
+
+BATCHES_IN_FLIGHT = 2  # per video: one being segmented, one waiting, while the task decodes the next
+_POLL_S = 0.5
+
+
+def _ray():
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError("--engine ray needs Ray: pip install 'segstream[ray]' (or choose --engine local)") from None
+    return ray
+
+
+class ModelActor:
+    """One replica of the model (a Ray actor): segments batches of frames in order."""
+
+    def __init__(self, model_json: str, batch_size: int):
+        from segstream.pipeline.config import ModelConfig
+        from segstream.pipeline.engine import ModelStage
+        from segstream.pipeline.model_factory import build_segmenter
+
+        self.adapter = build_segmenter(ModelConfig.model_validate_json(model_json), batch_size=batch_size)
+        self.stage = ModelStage(self.adapter, max_inflight=1)
+
+    def labels(self):
+        return self.adapter.labels
+
+    def segment(self, frames):
+        for frame in frames:  # arrays from Ray's object store are read-only; torch wants its own
+            frame.image = np.array(frame.image)
+        return self.stage.collect(self.stage.submit(frames))
+
+
+class ProgressBoard:
+    """Frames done per video, reported by the video tasks and collected by the driver."""
+
+    def __init__(self):
+        self.counts: dict[str, int] = {}
+
+    def add(self, video_id: str, frames: int) -> None:
+        self.counts[video_id] = self.counts.get(video_id, 0) + frames
+
+    def take(self) -> dict[str, int]:
+        counts, self.counts = self.counts, {}
+        return counts
+
+
+def process_video(job: VideoJob, cfg_json: str, root: str, actor, labels, board) -> dict:
+    """A Ray task: every frame of one video through ``actor`` into its outputs; returns what
+    became of it (a video that cannot be decoded is a result, not an exception: it is not
+    retried)."""
+    import ray
+
+    from segstream.connectors.file_source import FileSource
+    from segstream.connectors.video_outputs import VideoOutputs
+
+    cfg = BatchPipelineConfig.model_validate_json(cfg_json)
+    batch_cfg = cfg.batch
+    started = time.monotonic()
+    outputs = sinks = source = None
+    status, reason = "done", ""
+    try:
+        source = FileSource(job.id, str(job.path), open_timeout_s=batch_cfg.open_timeout_s,
+                            read_timeout_s=batch_cfg.read_timeout_s)
+        outputs = VideoOutputs(
+            root, job.id, labels, jsonl=batch_cfg.jsonl, coco_panoptic=batch_cfg.coco_panoptic,
+            overlay=batch_cfg.overlay, mask_encoding=cfg.sinks.redis.mask_encoding, video_name=job.path.name,
+            fps_hint=job.fps,
+        )
+        sinks = _extra_sinks(cfg)
+        images = outputs.wants_images or any(getattr(s, "wants_images", False) for s in sinks)
+        pending: deque = deque()
+
+        def write(ref) -> None:
+            frames, results = ref
+            for frame, result in zip(frames, ray.get(results)):
+                if images:
+                    result.image = frame.image
+                outputs.write(result)
+                for sink in sinks:
+                    sink.publish(result)
+                result.image = None
+            board.add.remote(job.id, len(frames))
+
+        batch = []
+        for frame in source.frames():
+            batch.append(frame)
+            if len(batch) == cfg.engine.batch_size:
+                pending.append((batch, actor.segment.remote(batch)))
+                batch = []
+                while len(pending) >= BATCHES_IN_FLIGHT:
+                    write(pending.popleft())
+        if batch:
+            pending.append((batch, actor.segment.remote(batch)))
+        while pending:
+            write(pending.popleft())
+        for sink in sinks:
+            sink.flush()
+    except SegstreamError as error:
+        status, reason = "failed", str(error)
+    finally:
+        for sink in sinks or ():
+            sink.close()
+        if source is not None:
+            source.close()
+    frames = outputs.frames if outputs else 0
+    status, reason = judge(job, status, frames, reason)
+    written = []
+    if outputs is not None:
+        if status == "done":
+            written = outputs.commit()
+        else:
+            outputs.discard()
+    return {"status": status, "reason": reason, "frames": frames, "outputs": written,
+            "decode_errors": source.decode_errors if source else 0, "seconds": time.monotonic() - started}
+
+
+def _resources(ray, cfg: PipelineConfig) -> tuple[int, float]:
+    """How many model actors, and how many GPUs each holds."""
+    settings = cfg.batch.ray
+    gpus_in_cluster = float(ray.cluster_resources().get("GPU", 0))
+    if settings.actor_gpus is not None:
+        per_actor = settings.actor_gpus
+    elif cfg.model.device == "cpu":
+        per_actor = 0.0
+    elif cfg.model.device.startswith("cuda") or gpus_in_cluster > 0:
+        per_actor = 1.0
+    else:
+        per_actor = 0.0
+    if settings.model_actors is not None:
+        actors = settings.model_actors
+    elif per_actor > 0:
+        actors = max(1, int(gpus_in_cluster // per_actor))
+    else:
+        actors = 1
+    return actors, per_actor
+
+
+def run_ray(cfg: PipelineConfig, jobs: Sequence[VideoJob], root: Path, manifest: Manifest,
+            progress: BatchProgress, control: BatchControl) -> list[VideoOutcome]:
+    """Process ``jobs`` on Ray: the cluster at ``batch.ray.address``, or the Ray this process
+    already joined, or a local one started for this batch."""
+    ray = _ray()
+    started_here = not ray.is_initialized()
+    if started_here:
+        address = cfg.batch.ray.address
+        try:
+            ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
+        except (ConnectionError, RuntimeError, ValueError) as error:
+            raise ConfigError(f"cannot join the Ray cluster at {address or 'a new local Ray'}: {error}") from None
+    try:
+        return _run(ray, cfg, jobs, root, manifest, progress, control)
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+def _run(ray, cfg, jobs, root, manifest, progress, control) -> list[VideoOutcome]:
+    settings = cfg.batch.ray
+    actors_wanted, gpus = _resources(ray, cfg)
+    if gpus > 0 and cfg.model.device == "auto":
+        cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"device": "cuda"})})
+    actor_class = ray.remote(ModelActor).options(num_cpus=settings.actor_cpus, num_gpus=gpus, max_restarts=3,
+                                                 max_task_retries=3)
+    actors = [actor_class.remote(cfg.model.model_dump_json(), cfg.engine.batch_size) for _ in range(actors_wanted)]
+    try:
+        labels = ray.get(actors[0].labels.remote())
+    except ray.exceptions.RayError as error:
+        raise ConfigError(f"the model actor could not start: {error}") from None
+    board = ray.remote(ProgressBoard).options(num_cpus=0).remote()
+    task = ray.remote(process_video).options(num_cpus=settings.decode_cpus, max_retries=settings.retries,
+                                             retry_exceptions=False)
+    limit = settings.videos_in_flight or 2 * len(actors)
+    cfg_json = cfg.model_dump_json()
+    queue = deque(enumerate(jobs))
+    in_flight: dict = {}
+    outcomes: list[VideoOutcome] = []
+    try:
+        while queue or in_flight:
+            while queue and len(in_flight) < limit and not control.stopping.is_set():
+                i, job = queue.popleft()
+                ref = task.remote(job, cfg_json, str(root), actors[i % len(actors)], labels, board)
+                in_flight[ref] = job
+            if not in_flight:
+                break
+            ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=_POLL_S)
+            for video_id, frames in ray.get(board.take.remote()).items():
+                progress.advance(video_id, frames)
+            for ref in ready:
+                job = in_flight.pop(ref)
+                try:
+                    result = ray.get(ref)
+                    outcome = VideoOutcome(job, result["status"], result["frames"], result["decode_errors"],
+                                           result["seconds"], result["reason"], result["outputs"])
+                except ray.exceptions.RayError as error:
+                    outcome = VideoOutcome(job, "failed",
+                                           reason=f"its Ray task failed {settings.retries + 1} times: {error}".splitlines()[0])
+                manifest.record(outcome)
+                progress.ended_video(outcome)
+                outcomes.append(outcome)
+    except BaseException:
+        for ref in in_flight:
+            ray.cancel(ref, force=True)
+        raise
+    outcomes += [VideoOutcome(job, "stopped") for _, job in queue]
+    return outcomes

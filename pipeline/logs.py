@@ -1,0 +1,98 @@
+"""Where segstream's log lines go: plain lines for people, or one JSON object per line for
+containers and log shippers (``--log-format json``, or ``SEGSTREAM_LOG_FORMAT=json``).
+
+Library code logs through ``logging.getLogger(__name__)``; only the CLI configures handlers. The
+JSON objects have ``time`` (ISO 8601, UTC), ``level``, ``logger``, ``message`` and any ``extra``
+fields; JSON formatting is python-json-logger's.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import TextIO
+
+LOG_FORMATS = ("text", "json")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+ENV_FORMAT = "SEGSTREAM_LOG_FORMAT"
+ENV_LEVEL = "SEGSTREAM_LOG_LEVEL"
+_configured = {"format": "text"}
+
+
+class _PlainFormatter(logging.Formatter):
+    """``segstream: message``, with the level named from warnings up, as the CLI's own lines read."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        if record.levelno >= logging.WARNING:
+            message = f"{record.levelname.lower()}: {message}"
+        text = f"segstream: {message}"
+        if record.exc_info:
+            text += "\n" + self.formatException(record.exc_info)
+        return text
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time of each record (it may be replaced
+    after logging is configured: by a test's capture, by a redirect)."""
+
+    def __init__(self):
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self) -> TextIO:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+def configure_logging(format: str | None = None, level: str | None = None, stream: TextIO | None = None) -> None:
+    """Send the ``segstream`` loggers to ``stream`` (default: stderr) as ``format`` (text or json;
+    default from SEGSTREAM_LOG_FORMAT, else text) at ``level`` (default SEGSTREAM_LOG_LEVEL, else
+    info)."""
+    format = (format or os.environ.get(ENV_FORMAT) or "text").lower()
+    level = (level or os.environ.get(ENV_LEVEL) or "info").lower()
+    if format not in LOG_FORMATS:
+        format = "text"
+    handler = logging.StreamHandler(stream) if stream is not None else _StderrHandler()
+    if format == "json":
+        from pythonjsonlogger.json import JsonFormatter
+
+        handler.setFormatter(JsonFormatter(
+            "{levelname}{name}{message}", style="{", timestamp="time",
+            rename_fields={"levelname": "level", "name": "logger"},
+        ))
+    else:
+        handler.setFormatter(_PlainFormatter())
+    root = logging.getLogger("segstream")
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(getattr(logging, level.upper(), logging.INFO))
+    root.propagate = False
+    _configured["format"] = format
+
+
+def json_logging() -> bool:
+    """Whether the segstream loggers write JSON (the status line then goes to the log too)."""
+    return _configured["format"] == "json"
+
+
+class LogLines:
+    """A text stream whose lines become INFO records of ``logger``: the console status line of
+    a run, in the log when the log is JSON."""
+
+    def __init__(self, logger: logging.Logger):
+        self.logger = logger
+
+    def write(self, text: str) -> int:
+        for line in text.splitlines():
+            if line.strip():
+                self.logger.info(line.removeprefix("segstream: "))
+        return len(text)
+
+    def flush(self) -> None:
+        pass

@@ -1,0 +1,314 @@
+"""What an operator watches: Prometheus metrics, liveness and readiness, on one HTTP port.
+
+Everything is read from the run's one ``RunMetrics`` when asked, never counted twice: a custom
+collector turns its counters, latency histograms, heartbeats and registered gauges into
+Prometheus families at scrape time.
+
+    GET /metrics   Prometheus text format
+    GET /healthz   200 while every runtime thread made progress within ``stall_after_s`` or
+                   waits for a known reason (input, a slower stage, an ended source); else 503
+    GET /readyz    200 once the model is warm, every sink can write and some source streams
+
+Both health answers carry a JSON body saying why, for people reading ``curl`` output.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from segstream import __version__
+from segstream.connectors.errors import ConfigError
+from segstream.pipeline.metrics import STAGES, LatencyWindow, RunMetrics, decode_thread
+
+log = logging.getLogger(__name__)
+
+PREFIX = "segstream"
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+# A source in one of these states is not expected to decode (the live-source states, where a
+# source reports them); its decode thread waiting is no stall.
+SOURCE_WAITING_STATES = {"connecting", "reconnecting", "stalled", "ended", "failed"}
+
+
+@dataclass(slots=True)
+class Verdict:
+    """A health answer: ``ok``, and per checked part what was found."""
+
+    ok: bool
+    parts: dict[str, dict] = field(default_factory=dict)
+
+    def body(self) -> bytes:
+        return json.dumps({"ok": self.ok, **self.parts}, indent=1, sort_keys=True).encode() + b"\n"
+
+
+def liveness(metrics: RunMetrics, stall_after_s: float, now: float | None = None) -> Verdict:
+    """Alive unless some runtime thread has been working without progress for ``stall_after_s``."""
+    now = time.monotonic() if now is None else now
+    source_state = {decode_thread(name): state for name, state in _source_states(metrics).items()}
+    threads = {}
+    ok = True
+    for thread, (since, idle) in sorted(metrics.heartbeats.items()):
+        age = now - since
+        if idle is None and source_state.get(thread) in SOURCE_WAITING_STATES:
+            idle = source_state[thread]
+        stalled = idle is None and age > stall_after_s
+        ok &= not stalled
+        threads[thread] = {
+            "state": "stalled" if stalled else ("working" if idle is None else f"idle: {idle}"),
+            "since_s": round(age, 3),
+        }
+    return Verdict(ok, {"threads": threads, "stall_after_s": stall_after_s})
+
+
+def readiness(metrics: RunMetrics) -> Verdict:
+    """Ready once the model is warm, every sink is connected and at least one source streams."""
+    sinks = _read_gauge(metrics, "sink_connected")
+    connected = {labels[0]: bool(value) for labels, value in sinks.items()}
+    streaming = [name for name, state in _source_states(metrics).items() if state == "streaming"]
+    ok = metrics.model_ready and all(connected.values()) and bool(streaming)
+    return Verdict(ok, {"model_ready": metrics.model_ready, "sinks_connected": connected, "streaming": streaming})
+
+
+def _source_states(metrics: RunMetrics) -> dict[str, str]:
+    """Each source's state: the one the source reports where it does (``SourceCounts.state``),
+    else streaming from its first decoded frame until its decode thread ends."""
+    states = {}
+    for name, counts in metrics.snapshot().items():
+        reported = getattr(counts, "state", None)
+        if reported is not None:
+            states[name] = str(reported)
+            continue
+        beat = metrics.heartbeats.get(decode_thread(name))
+        if beat is not None and beat[1] == "ended":
+            states[name] = "ended"
+        elif counts.decoded:
+            states[name] = "streaming"
+        else:
+            states[name] = "starting"
+    return states
+
+
+def _read_gauge(metrics: RunMetrics, name: str) -> dict:
+    gauge = metrics.gauges.get(name)
+    if gauge is None:
+        return {}
+    try:
+        return dict(gauge.read())
+    except Exception:  # a gauge of a component that is going away: no value this time
+        log.debug("gauge %s could not be read", name, exc_info=True)
+        return {}
+
+
+class RunMetricsCollector(Collector):
+    """Prometheus families read from a ``RunMetrics`` at each scrape. ``metrics`` may be replaced
+    between runs (``segstream batch`` starts a fresh one per group of videos)."""
+
+    def __init__(self, metrics: RunMetrics, stall_after_s: float = 60.0):
+        self.metrics = metrics
+        self.stall_after_s = stall_after_s
+        self.extra: list[Collector] = []  # further collectors that share this registry
+
+    def collect(self) -> Iterator:
+        m = self.metrics
+        counts = m.snapshot()
+        decoded = CounterMetricFamily(f"{PREFIX}_frames_decoded", "Frames decoded, per source.", labels=["source"])
+        published = CounterMetricFamily(f"{PREFIX}_frames_published", "Frames every sink was given, per source.",
+                                        labels=["source"])
+        dropped = CounterMetricFamily(f"{PREFIX}_frames_dropped", "Frames dropped, per source and reason.",
+                                      labels=["source", "reason"])
+        errors = CounterMetricFamily(f"{PREFIX}_decode_errors", "Packets the decoder rejected, per source.",
+                                     labels=["source"])
+        reconnects = CounterMetricFamily(f"{PREFIX}_source_reconnects", "Reconnects, per source.", labels=["source"])
+        state = GaugeMetricFamily(f"{PREFIX}_source_state", "1 for the state each source is in.",
+                                  labels=["source", "state"])
+        for source, c in counts.items():
+            decoded.add_metric([source], c.decoded)
+            published.add_metric([source], c.published)
+            errors.add_metric([source], c.decode_errors)
+            for reason, n in sorted(c.dropped_by.items()):
+                dropped.add_metric([source, reason], n)
+            if getattr(c, "reconnects", None) is not None:
+                reconnects.add_metric([source], c.reconnects)
+        for source, current in _source_states(m).items():
+            state.add_metric([source, current], 1)
+        yield from (decoded, published, dropped, errors, reconnects, state)
+
+        yield CounterMetricFamily(f"{PREFIX}_batches", "Batches the model ran.", value=m.batches)
+        yield CounterMetricFamily(f"{PREFIX}_model_frames", "Frames the model ran on.", value=m.model_frames)
+        written = CounterMetricFamily(f"{PREFIX}_sink_entries_written", "Entries each sink wrote.", labels=["sink"])
+        for sink, n in sorted(m.written.items()):
+            written.add_metric([sink], n)
+        yield written
+
+        sizes = HistogramMetricFamily(f"{PREFIX}_batch_size", "Frames per model batch.")
+        batch_sizes = dict(m.batch_sizes)
+        cumulative = [
+            (_bound(bound), sum(n for size, n in batch_sizes.items() if size <= bound))
+            for bound in (*BATCH_SIZE_BUCKETS, float("inf"))
+        ]
+        sizes.add_metric([], cumulative, sum_value=sum(size * n for size, n in batch_sizes.items()))
+        yield sizes
+
+        stages = HistogramMetricFamily(
+            f"{PREFIX}_stage_latency_seconds",
+            "Time a frame spent reaching each stage from the one before "
+            f"({' -> '.join(STAGES)}).",
+            labels=["stage"],
+        )
+        for stage, window in m.stage.items():
+            _add_histogram(stages, [stage], window)
+        yield stages
+        capture = HistogramMetricFamily(
+            f"{PREFIX}_capture_to_publish_seconds", "From a frame's capture to its entry being written.")
+        _add_histogram(capture, [], m.capture_to_publish)
+        yield capture
+        model = HistogramMetricFamily(f"{PREFIX}_model_batch_seconds",
+                                      "Upload, pre-processing and network time of each batch.")
+        _add_histogram(model, [], m.model_batch)
+        yield model
+
+        for gauge in list(m.gauges.values()):
+            family = GaugeMetricFamily(f"{PREFIX}_{gauge.name}", gauge.help, labels=list(gauge.labels))
+            for labels, value in sorted(_read_gauge(m, gauge.name).items()):
+                family.add_metric(list(labels), float(value))
+            yield family
+
+        now = time.monotonic()
+        beats = GaugeMetricFamily(f"{PREFIX}_thread_progress_age_seconds",
+                                  "Seconds since each runtime thread last made progress.", labels=["thread"])
+        waiting = GaugeMetricFamily(f"{PREFIX}_thread_waiting",
+                                    "1 while a runtime thread waits for a known reason (/healthz says which).",
+                                    labels=["thread"])
+        for thread, (since, idle) in sorted(m.heartbeats.items()):
+            beats.add_metric([thread], now - since)
+            waiting.add_metric([thread], float(idle is not None))
+        yield beats
+        yield waiting
+        yield GaugeMetricFamily(f"{PREFIX}_healthy", "1 while /healthz answers 200.",
+                                value=float(liveness(m, self.stall_after_s, now).ok))
+        yield GaugeMetricFamily(f"{PREFIX}_ready", "1 while /readyz answers 200.", value=float(readiness(m).ok))
+        info = GaugeMetricFamily(f"{PREFIX}_build_info", "The running segstream's version.", labels=["version"])
+        info.add_metric([__version__], 1)
+        yield info
+        for collector in self.extra:
+            yield from collector.collect()
+
+
+def _bound(bound: float) -> str:
+    return "+Inf" if bound == float("inf") else repr(float(bound))
+
+
+def _add_histogram(family: HistogramMetricFamily, labels: list[str], window: LatencyWindow) -> None:
+    cumulative, _, total = window.histogram()
+    family.add_metric(labels, [(_bound(b), n) for b, n in cumulative], sum_value=total)
+
+
+class OpsServer:
+    """``/metrics``, ``/healthz`` and ``/readyz`` for one ``RunMetrics``, served from a daemon
+    thread until ``close()``. ``address`` is where it listens (port 0 is resolved)."""
+
+    def __init__(self, metrics: RunMetrics, host: str = "127.0.0.1", port: int = 9108, stall_after_s: float = 60.0):
+        self.collector = RunMetricsCollector(metrics, stall_after_s)
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(self.collector)
+        handler = _handler(self)
+        try:
+            self._server = ThreadingHTTPServer((host, port), handler)
+        except OSError as error:
+            raise ConfigError(
+                f"ops.http: cannot listen on {host}:{port} ({error.strerror}) — another segstream may hold the "
+                "port: set ops.http to a free one (e.g. --set ops.http=127.0.0.1:9109), or to null to turn it off"
+            ) from None
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, name="segstream-ops-http", daemon=True)
+        self._thread.start()
+        host, port = self._server.server_address[:2]
+        self.address = (host, port)
+        log.info("metrics and health on %s (/metrics /healthz /readyz)", self.url)
+
+    @property
+    def metrics(self) -> RunMetrics:
+        return self.collector.metrics
+
+    @metrics.setter
+    def metrics(self, metrics: RunMetrics) -> None:
+        self.collector.metrics = metrics
+
+    @property
+    def url(self) -> str:
+        host, port = self.address
+        return f"http://{f'[{host}]' if ':' in host else host}:{port}"
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(5)
+
+    def __enter__(self) -> OpsServer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _handler(server: OpsServer) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            path = self.path.split("?", 1)[0]
+            if path == "/metrics":
+                self._answer(200, generate_latest(server.registry), CONTENT_TYPE_LATEST)
+            elif path == "/healthz":
+                verdict = liveness(server.metrics, server.collector.stall_after_s)
+                self._answer(200 if verdict.ok else 503, verdict.body(), "application/json")
+            elif path == "/readyz":
+                verdict = readiness(server.metrics)
+                self._answer(200 if verdict.ok else 503, verdict.body(), "application/json")
+            elif path == "/":
+                self._answer(200, b"segstream: /metrics /healthz /readyz\n", "text/plain; charset=utf-8")
+            else:
+                self._answer(404, b"not found: try /metrics, /healthz or /readyz\n", "text/plain; charset=utf-8")
+
+        def _answer(self, status: int, body: bytes, content_type: str) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args) -> None:  # scrapes every few seconds: debug only
+            log.debug("%s %s", self.address_string(), format % args)
+
+    return Handler
+
+
+@contextlib.contextmanager
+def serve_ops(ops, metrics: RunMetrics) -> Iterator[OpsServer | None]:
+    """The server an ``ops:`` config section asks for while the block runs (None when
+    ``ops.http`` is null). A port given in the config that is taken is an error; the default
+    port being taken (a second pipeline on this machine) only costs that run its endpoints."""
+    if ops.address is None:
+        yield None
+        return
+    host, port = ops.address
+    try:
+        server = OpsServer(metrics, host, port, ops.stall_after_s)
+    except ConfigError as error:
+        if "http" in ops.model_fields_set:
+            raise
+        log.warning("%s; running without metrics and health endpoints", str(error).removeprefix("ops.http: "))
+        yield None
+        return
+    try:
+        yield server
+    finally:
+        server.close()

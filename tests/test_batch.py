@@ -1,0 +1,198 @@
+"""segstream batch on the local engine: inputs, every frame written, failures recorded, resuming."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from segstream.connectors.errors import ConfigError
+from segstream.connectors.files_sink import read_entries
+from segstream.connectors.redis_wire import from_wire
+from segstream.connectors.coco_panoptic import read_coco_panoptic
+from segstream.pipeline.batch import MANIFEST, find_videos, output_lock, plan, run_batch
+from segstream.pipeline.config import BatchPipelineConfig, validate_config
+from tests.conftest import ColourSegmenter, encode_clip
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory) -> Path:
+    """Three clips (two in a subfolder), a corrupt one, and a text file that is not a video."""
+    root = tmp_path_factory.mktemp("archive")
+    (root / "day2").mkdir()
+    encode_clip(root / "a.mp4", frames=12)
+    encode_clip(root / "day2" / "b.mp4", frames=9)
+    encode_clip(root / "day2" / "c10.mp4", frames=7)
+    (root / "corrupt.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + os.urandom(4000))
+    (root / "notes.md").write_text("not a video")
+    return root
+
+
+def config(out: Path, **batch) -> BatchPipelineConfig:
+    return validate_config({"batch": {"output": str(out), **batch}, "ops": {"http": None}}, schema=BatchPipelineConfig)
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    """Every output file under ``root`` (not the manifest or lock) by relative path."""
+    return {
+        str(p.relative_to(root)): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name not in (MANIFEST, ".lock")
+    }
+
+
+def manifest(root: Path) -> list[dict]:
+    return [json.loads(line) for line in (root / MANIFEST).read_text().splitlines()]
+
+
+def test_inputs_are_files_folders_globs_and_list_files(archive, tmp_path):
+    listing = tmp_path / "videos.txt"
+    listing.write_text(f"# the second day\n{archive / 'day2' / 'b.mp4'}\n\nmissing.mp4\n")
+    found, warnings = find_videos(
+        [str(archive / "a.mp4"), str(archive / "day2"), str(archive / "*.mp4"), str(listing), str(tmp_path / "none*.mp4")],
+        [".mp4"],
+    )
+    names = [p.name for p in found]
+    # order of first mention, no repeats; natural order in a folder; a listed missing file is kept (it fails later)
+    assert names == ["a.mp4", "b.mp4", "c10.mp4", "corrupt.mp4", "missing.mp4"]
+    assert found[-1] == tmp_path / "missing.mp4"
+    assert warnings == [f"'{tmp_path / 'none*.mp4'}' matches no file"]
+
+
+def test_video_ids_are_unique_source_names_and_keep_the_manifests(tmp_path):
+    paths = [tmp_path / "x" / "cam 1.mp4", tmp_path / "y" / "cam 1.mp4", tmp_path / "cam 1.mkv"]
+    ids = [job.id for job in plan(paths)]
+    assert len(set(ids)) == 3 and ids[0] == "cam_1" and ids[1] == "y__cam_1"
+    assert all(c.isalnum() or c in "_.-" for vid in ids for c in vid)
+    # a video the manifest knows keeps its id; another video cannot take it
+    again = plan([paths[1], paths[0]], taken={"cam_1": str(paths[0])})
+    assert [job.id for job in again] == ["y__cam_1", "cam_1"]
+
+
+def test_every_frame_of_every_video_is_written_and_a_corrupt_one_is_reported(archive, tmp_path):
+    out = tmp_path / "out"
+    cfg = config(out, concurrency=2, overlay=True)
+    outcomes, skipped, signum = run_batch(cfg, [str(archive)], adapter=ColourSegmenter(delay_s=0.01), progress=False)
+    by_id = {o.job.id: o for o in outcomes}
+    assert {vid: o.status for vid, o in by_id.items()} == {
+        "a": "done", "b": "done", "c10": "done", "corrupt": "failed"
+    }
+    assert "cannot open" in by_id["corrupt"].reason and skipped == 0 and signum is None
+    for vid, frames in (("a", 12), ("b", 9), ("c10", 7)):
+        entries = [from_wire(e) for e in read_entries(out / vid / "frames.jsonl")]
+        assert [e.index for e in entries] == list(range(frames)), "every frame, in order, once"
+        assert all(e.capture_ts == 0 and e.publish_ts == 0 for e in entries), "no wall-clock times in files"
+        coco = read_coco_panoptic(out / vid / "panoptic.json")
+        assert [c.index for c in coco] == list(range(frames))
+        for entry, frame in zip(entries, coco):
+            assert (entry.label_map == frame.label_map).all()
+        assert (out / vid / "overlay.mp4").stat().st_size > 0
+    records = {r["id"]: r for r in manifest(out)}
+    assert records["a"]["status"] == "done" and records["a"]["frames"] == 12
+    assert records["corrupt"]["status"] == "failed" and "cannot open" in records["corrupt"]["reason"]
+    assert not (out / ".partial").exists() and not (out / "corrupt").exists()
+
+
+def test_a_rerun_skips_what_ended_and_redoes_a_changed_file(archive, tmp_path):
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    encode_clip(videos / "one.mp4", frames=5)
+    encode_clip(videos / "two.mp4", frames=6)
+    (videos / "bad.mp4").write_bytes(b"garbage" * 100)
+    out = tmp_path / "out"
+    run_batch(config(out), [str(videos)], adapter=ColourSegmenter(), progress=False)
+    first = tree(out)
+
+    outcomes, skipped, _ = run_batch(config(out), [str(videos)], adapter=ColourSegmenter(), progress=False)
+    assert outcomes == [] and skipped == 3 and tree(out) == first
+
+    encode_clip(videos / "two.mp4", frames=8)  # the file changed: its outputs are stale
+    outcomes, skipped, _ = run_batch(config(out), [str(videos)], adapter=ColourSegmenter(), progress=False)
+    assert [(o.job.id, o.status, o.frames) for o in outcomes] == [("two", "done", 8)] and skipped == 2
+    outcomes, _, _ = run_batch(config(out), [str(videos)], retry_failed=True, adapter=ColourSegmenter(), progress=False)
+    assert [(o.job.id, o.status) for o in outcomes] == [("bad", "failed")]
+    assert sorted(r["id"] for r in manifest(out)) == ["bad", "one", "two"], "one line per video after compaction"
+
+
+def test_the_example_batch_config_needs_no_sources(monkeypatch):
+    from segstream.pipeline.config import load_config
+
+    monkeypatch.delenv("SEGSTREAM_REDIS_URL", raising=False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    cfg = load_config(REPO / "configs" / "batch.yaml", schema=BatchPipelineConfig)
+    assert cfg.sources == [] and cfg.batch.coco_panoptic and cfg.sinks.redis.url is None
+    assert cfg.batch.ray.address is None
+
+
+def test_two_batches_cannot_write_to_one_folder(tmp_path):
+    with output_lock(tmp_path):
+        with pytest.raises(ConfigError, match="another segstream batch is writing"):
+            with output_lock(tmp_path):
+                pass
+
+
+def test_a_batch_that_would_write_nothing_is_refused(archive, capsys):
+    from segstream.pipeline.cli import main
+
+    code = main(["batch", str(archive / "a.mp4"), "--set", "batch.jsonl=false", "--set", "batch.coco_panoptic=false",
+                 "--set", "sinks.redis.enabled=false"])
+    assert code == 2 and "batch writes nothing" in capsys.readouterr().err
+
+
+def _batch(out: Path, videos: list[Path], config_file: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "segstream.pipeline.cli", "batch", *map(str, videos), "--config", str(config_file),
+         "--out", str(out), "--no-progress"],
+        env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def test_sigterm_halfway_then_resume_gives_the_uninterrupted_outputs_byte_for_byte(tmp_path):
+    videos = []
+    for i in range(5):
+        videos.append(encode_clip(tmp_path / f"v{i}.mp4", frames=30))
+    config_file = tmp_path / "batch.yaml"
+    config_file.write_text(
+        "model: {device: cpu}\nengine: {batch_size: 2}\nops: {http: null}\n"
+        "batch: {concurrency: 1, overlay: true}\n"
+    )
+    whole = tmp_path / "whole"
+    uninterrupted = _batch(whole, videos, config_file)
+
+    resumed = tmp_path / "resumed"
+    first = _batch(resumed, videos, config_file)
+    deadline = time.monotonic() + 120
+    while not ((resumed / MANIFEST).exists() and (resumed / MANIFEST).read_text().strip()):
+        assert first.poll() is None and time.monotonic() < deadline, first.communicate()
+        time.sleep(0.05)
+    first.send_signal(signal.SIGTERM)
+    out, err = first.communicate(timeout=120)
+    assert first.returncode == 128 + signal.SIGTERM, err
+    assert "the ones in progress finish" in err and "Traceback" not in err
+    done_first = [r["id"] for r in manifest(resumed)]
+    assert 1 <= len(done_first) < 5, "stopped halfway"
+    assert not (resumed / ".partial").exists(), "nothing half-written is left"
+
+    second = _batch(resumed, videos, config_file)
+    out, err = second.communicate(timeout=180)
+    assert second.returncode == 0, err
+    assert f"{5 - len(done_first)} done" in out and f"{len(done_first)} skipped" in out
+    records = manifest(resumed)
+    assert sorted(r["id"] for r in records) == [f"v{i}" for i in range(5)], "each video exactly once"
+    assert all(r["status"] == "done" and r["frames"] == 30 for r in records)
+
+    assert uninterrupted.wait(timeout=180) == 0
+    resumed_files, whole_files = tree(resumed), tree(whole)
+    assert resumed_files.keys() == whole_files.keys()
+    # x264 may encode an occasional frame of the (identical) overlay pictures differently from run
+    # to run; every other output must be the same bytes
+    overlays = {name for name in whole_files if name.endswith("overlay.mp4")}
+    assert len(overlays) == 5 and all(resumed_files[name] for name in overlays)
+    for name in whole_files.keys() - overlays:
+        assert resumed_files[name] == whole_files[name], name

@@ -1,0 +1,93 @@
+"""segstream batch --engine ray on a local Ray: the local engine's outputs, and a video whose
+worker is killed mid-video is done again and recorded once."""
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import ray
+
+from segstream.pipeline.batch import MANIFEST, run_batch
+from segstream.pipeline.config import BatchPipelineConfig, validate_config
+from tests.conftest import encode_clip
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray():
+    """One small Ray for the module (starting one takes seconds)."""
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=150 * 1024**2, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def config(out: Path, **batch) -> BatchPipelineConfig:
+    return validate_config(
+        {"model": {"device": "cpu"}, "engine": {"batch_size": 2}, "ops": {"http": None},
+         "batch": {"output": str(out), **batch}},
+        schema=BatchPipelineConfig,
+    )
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and p.name not in (MANIFEST, ".lock")}
+
+
+def test_ray_outputs_equal_the_local_engines(tmp_path):
+    videos = [encode_clip(tmp_path / "a.mp4", frames=10), encode_clip(tmp_path / "b.mp4", frames=7)]
+    (tmp_path / "broken.mp4").write_bytes(b"not a video" * 50)
+    inputs = [str(v) for v in videos] + [str(tmp_path / "broken.mp4")]
+    local, _, _ = run_batch(config(tmp_path / "local"), inputs, engine="local", progress=False)
+    on_ray, _, _ = run_batch(config(tmp_path / "ray"), inputs, engine="ray", progress=False)
+    assert sorted((o.job.id, o.status, o.frames) for o in on_ray) == sorted((o.job.id, o.status, o.frames) for o in local)
+    assert ("broken", "failed", 0) in [(o.job.id, o.status, o.frames) for o in on_ray]
+    outputs = tree(tmp_path / "ray")
+    assert outputs and outputs == tree(tmp_path / "local")
+
+
+def _video_task_pids() -> list[int]:
+    """Processes of Ray workers running a video task (Ray names them after the task)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "cmdline").read_bytes().startswith(b"ray::process_video"):
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
+def test_a_killed_worker_is_retried_and_the_manifest_shows_the_video_once(tmp_path):
+    video = encode_clip(tmp_path / "long.mp4", frames=80)
+    out = tmp_path / "out"
+    result = {}
+    thread = threading.Thread(
+        target=lambda: result.update(outcomes=run_batch(config(out), [str(video)], engine="ray", progress=False)[0])
+    )
+    thread.start()
+    killed = None
+    deadline = time.monotonic() + 120
+    while killed is None:
+        assert time.monotonic() < deadline and thread.is_alive(), "the video task never got going"
+        written = list((out / ".partial").glob("long.*/panoptic/*.png")) if (out / ".partial").exists() else []
+        pids = _video_task_pids()
+        if len(written) >= 10 and pids:
+            os.kill(pids[0], signal.SIGKILL)
+            killed = pids[0]
+        time.sleep(0.05)
+    thread.join(180)
+    assert not thread.is_alive()
+
+    [outcome] = result["outcomes"]
+    assert outcome.status == "done" and outcome.frames == 80
+    records = [json.loads(line) for line in (out / MANIFEST).read_text().splitlines()]
+    assert [(r["id"], r["status"], r["frames"]) for r in records] == [("long", "done", 80)]
+    lines = (out / "long" / "frames.jsonl").read_text().splitlines()
+    assert [json.loads(line)["frame"] for line in lines] == [str(i) for i in range(80)], "whole, each frame once"
+    assert len(list((out / "long" / "panoptic").glob("*.png"))) == 80
+    assert not (out / ".partial").exists(), "the killed attempt's half-written folder is gone"

@@ -1,0 +1,253 @@
+"""/metrics, /healthz and /readyz of a real run, served over HTTP on loopback; JSON logs."""
+
+import io
+import json
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from segstream.connectors.errors import ConfigError
+from segstream.connectors.file_source import FileSource
+from segstream.connectors.files_sink import FilesSink
+from segstream.connectors.synthetic import SyntheticSource
+from segstream.pipeline.config import OpsConfig
+from segstream.pipeline.metrics import RunMetrics
+from segstream.pipeline.monitoring import OpsServer, serve_ops
+from segstream.pipeline.runtime import Runtime
+from tests.conftest import ColourSegmenter
+
+
+def get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def samples(text: str) -> dict[tuple, float]:
+    """(sample name, sorted label items) -> value of every sample on a /metrics page."""
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def wait_for(condition, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def served():
+    metrics = RunMetrics()
+    server = OpsServer(metrics, "127.0.0.1", 0, stall_after_s=0.5)
+    yield metrics, server
+    server.close()
+
+
+def test_every_metrics_counter_equals_the_run_report(served, clip, tmp_path):
+    metrics, server = served
+    # A live source faster than the model drops frames; an offline file loses none.
+    sources = [SyntheticSource("cam", 160, 120, 60.0, 0, 50, realtime=True), FileSource("file", str(clip), max_frames=20)]
+    report = Runtime(sources, ColourSegmenter(delay_s=0.03), [FilesSink(tmp_path)], batch_size=2, queue_size=2,
+                     metrics=metrics, progress=None).run()
+    assert report.sources["cam"].dropped > 0, "the live source must drop frames for the test to mean anything"
+
+    status, page = get(server.url + "/metrics")
+    assert status == 200
+    values = samples(page)
+    for name, source in report.sources.items():
+        assert values[("segstream_frames_decoded_total", (("source", name),))] == source.decoded
+        assert values[("segstream_frames_published_total", (("source", name),))] == source.published
+        assert values[("segstream_decode_errors_total", (("source", name),))] == source.decode_errors
+        for reason, count in source.dropped_by.items():
+            assert values[("segstream_frames_dropped_total", (("reason", reason), ("source", name)))] == count
+    dropped = {k: v for k, v in values.items() if k[0] == "segstream_frames_dropped_total"}
+    assert sum(dropped.values()) == report.dropped
+    assert values[("segstream_batches_total", ())] == report.batches
+    assert values[("segstream_model_frames_total", ())] == report.model_frames
+    assert values[("segstream_batch_size_count", ())] == report.batches
+    assert values[("segstream_batch_size_sum", ())] == report.model_frames
+    assert values[("segstream_capture_to_publish_seconds_count", ())] == report.published
+    assert values[("segstream_sink_entries_written_total", (("sink", "files"),))] == report.published
+    for stage in ("batched", "model_end", "published"):
+        assert values[("segstream_stage_latency_seconds_count", (("stage", stage),))] == report.published
+    assert ("segstream_queue_depth", (("source", "cam"),)) in values
+
+
+def test_healthz_turns_unhealthy_while_a_stage_hangs(served, clip):
+    metrics, server = served
+    release = threading.Event()
+
+    class HangingStage:
+        def process(self, result):
+            if result.index == 3:
+                release.wait(30)
+            return result
+
+    runtime = Runtime([FileSource("cam", str(clip))], ColourSegmenter(), [], stages=[lambda source: HangingStage()],
+                      metrics=metrics, progress=None)
+    thread = threading.Thread(target=runtime.run)
+    thread.start()
+    try:
+        wait_for(lambda: get(server.url + "/healthz")[0] == 503)
+        body = json.loads(get(server.url + "/healthz")[1])
+        assert body["ok"] is False and body["threads"]["stage"]["state"] == "stalled"
+        # the stages around it wait for a known reason and are not blamed
+        assert body["threads"]["publish"]["state"].startswith("idle")
+        assert samples(get(server.url + "/metrics")[1])[("segstream_healthy", ())] == 0
+    finally:
+        release.set()
+        thread.join(30)
+    status, body = get(server.url + "/healthz")
+    assert status == 200 and json.loads(body)["ok"] is True
+
+
+def test_waiting_for_a_slow_camera_is_not_a_stall(served):
+    metrics, server = served
+    # a 1.5 fps camera: every thread after it waits 0.67 s between frames, past the 0.5 s bound
+    source = SyntheticSource("cam", 160, 120, 1.5, 0, 4, realtime=True)
+    runtime = Runtime([source], ColourSegmenter(), [], metrics=metrics, progress=None, max_wait_ms=0)
+    thread = threading.Thread(target=runtime.run)
+    thread.start()
+    try:
+        wait_for(lambda: metrics.sources["cam"].published >= 1)
+        time.sleep(0.8)  # past the stall bound with the model, post, stage and sink threads all waiting
+        status, body = get(server.url + "/healthz")
+        assert status == 200, body
+        assert json.loads(body)["threads"]["model"]["state"] == "idle: waiting for frames"
+    finally:
+        runtime.stop()
+        thread.join(30)
+
+
+class SlowWarmUp(ColourSegmenter):
+    """Its first forward (the warm-up) waits until released."""
+
+    def __init__(self):
+        super().__init__()
+        self.release = threading.Event()
+
+    def forward(self, prepared):
+        if not self.batches:
+            self.release.wait(30)
+        return super().forward(prepared)
+
+
+def test_readyz_is_false_until_warm_up_ends(served):
+    metrics, server = served
+    adapter = SlowWarmUp()
+    source = SyntheticSource("cam", 160, 120, 25.0, 0, None, realtime=True)
+    runtime = Runtime([source], adapter, [], metrics=metrics, warm_up=(120, 160), progress=None)
+    thread = threading.Thread(target=runtime.run)
+    thread.start()
+    try:
+        time.sleep(0.3)
+        status, body = get(server.url + "/readyz")
+        assert status == 503 and json.loads(body)["model_ready"] is False
+        assert get(server.url + "/healthz")[0] == 200, "warming up is a known reason to wait"
+        adapter.release.set()
+        wait_for(lambda: get(server.url + "/readyz")[0] == 200)
+        assert json.loads(get(server.url + "/readyz")[1])["streaming"] == ["cam"]
+    finally:
+        adapter.release.set()
+        runtime.stop()
+        thread.join(30)
+
+
+def test_a_taken_port_is_an_error_when_configured_and_a_warning_when_default():
+    from segstream.pipeline.logs import configure_logging
+
+    logged = io.StringIO()
+    configure_logging("text", stream=logged)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(ConfigError, match=f"ops.http: cannot listen on 127.0.0.1:{port}"):
+            with serve_ops(OpsConfig(http=f"127.0.0.1:{port}"), RunMetrics()):
+                pass
+        # the same address as if it were the default (not set in the config)
+        default = OpsConfig.model_construct(_fields_set=set(), http=f"127.0.0.1:{port}", stall_after_s=60.0)
+        with serve_ops(default, RunMetrics()) as server:
+            assert server is None
+    configure_logging("text")
+    assert f"warning: cannot listen on 127.0.0.1:{port}" in logged.getvalue()
+    assert "running without metrics" in logged.getvalue()
+
+
+def test_ops_http_null_serves_nothing():
+    with serve_ops(OpsConfig(http=None), RunMetrics()) as server:
+        assert server is None
+
+
+def test_json_log_format_writes_one_object_per_line(capsys, tmp_path):
+    from segstream.pipeline.cli import main
+
+    code = main(["--log-format", "json", "validate", str(tmp_path / "missing.yaml")])
+    assert code == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    record = json.loads(line)
+    assert record["level"] == "ERROR" and "does not exist" in record["message"] and "time" in record
+
+
+def test_status_line_goes_to_the_json_log(tmp_path, clip):
+    import logging
+
+    from segstream.pipeline.logs import LogLines, configure_logging
+
+    stream = io.StringIO()
+    configure_logging("json", "info", stream=stream)
+    try:
+        runtime = Runtime([FileSource("cam", str(clip), max_frames=10)], ColourSegmenter(), [],
+                          progress=LogLines(logging.getLogger("segstream.status")), progress_interval_s=0.05)
+        runtime.run()
+    finally:
+        configure_logging("text")
+    records = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert records and all(r["logger"] == "segstream.status" for r in records)
+    assert any(r["message"].startswith("done: 10 frames published") for r in records)
+
+
+def test_segstream_run_serves_its_endpoints_while_it_runs(tmp_path):
+    from segstream.pipeline.cli import run_pipeline
+    from segstream.pipeline.config import validate_config
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    cfg = validate_config({
+        "sources": [{"name": "cam", "type": "synthetic", "width": 160, "height": 120, "fps": 10, "num_frames": 30,
+                     "realtime": True}],
+        "model": {"device": "cpu"},
+        "sinks": {"redis": {"enabled": False}, "files": {"enabled": True, "dir": str(tmp_path)}},
+        "ops": {"http": f"127.0.0.1:{port}"},
+    })
+    url = f"http://127.0.0.1:{port}"
+    result = {}
+    thread = threading.Thread(target=lambda: result.update(report=run_pipeline(cfg, progress=None)))
+    thread.start()
+    try:
+        wait_for(lambda: _answers(url + "/readyz") == 200, timeout=60)
+        assert get(url + "/healthz")[0] == 200
+        assert "segstream_frames_decoded_total" in get(url + "/metrics")[1]
+    finally:
+        thread.join(60)
+    assert result["report"].published == 30
+    assert _answers(url + "/healthz") is None, "the endpoints end with the run"
+
+
+def _answers(url: str) -> int | None:
+    try:
+        return get(url)[0]
+    except urllib.error.URLError:
+        return None

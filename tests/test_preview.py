@@ -1,0 +1,118 @@
+"""Previews: segments drawn over frames (MP4 or PNG), colours stable per id, and segstream render
+of a recorded Redis stream giving the same frames as the preview of the same run."""
+
+import av
+import cv2
+import numpy as np
+import pytest
+
+from segstream.connectors.embedded_redis import EmbeddedRedis
+from segstream.connectors.errors import SinkError
+from segstream.connectors.file_source import FileSource
+from segstream.connectors.overlay import draw_overlay, id_colour, scale_for, segment_colours
+from segstream.connectors.preview_sink import PreviewSink
+from segstream.connectors.redis_reader import connect_redis
+from segstream.connectors.redis_sink import RedisPublisher
+from segstream.models.results import FrameResult, Segments
+from segstream.pipeline.runtime import Runtime
+from tests.conftest import CollectingSink, ColourSegmenter, encode_clip
+
+OPACITY = 0.45
+
+
+@pytest.fixture(scope="module")
+def big_clip(tmp_path_factory):
+    """20 frames, 320x240: a 60-pixel square, room for its interior beside its label."""
+    return encode_clip(tmp_path_factory.mktemp("media") / "square_320.mp4", frames=20, width=320, height=240)
+
+
+def decode(path) -> list[np.ndarray]:
+    with av.open(str(path)) as container:
+        return [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+
+
+def test_colours_are_stable_per_id_and_distinct():
+    assert id_colour(7) == id_colour(7) == (lambda: id_colour(7))()
+    tracks = {id_colour(i) for i in range(24)}
+    assert len(tracks) == 24
+    assert id_colour(3, tracked=True) != id_colour(3, tracked=False)
+
+
+def test_a_segment_takes_its_track_colour_once_it_has_a_track():
+    segments = Segments.build(ids=[0, 1], class_ids=[0, 0], labels=["a", "a"], isthing=[True, True],
+                              track_ids=[-1, 12])
+    result = FrameResult("cam", 0, 4, 4, np.zeros((4, 4), np.int32), segments)
+    colours = segment_colours(result)
+    assert tuple(colours[0]) == id_colour(0, tracked=False)
+    assert tuple(colours[1]) == id_colour(12, tracked=True)
+
+
+def test_preview_mp4_decodes_and_each_segment_carries_its_colour(tmp_path, big_clip):
+    preview = PreviewSink(tmp_path, "mp4", OPACITY)
+    collected = CollectingSink()
+    Runtime([FileSource("cam", str(big_clip))], ColourSegmenter(), [preview, collected], progress=None).run()
+
+    frames = decode(tmp_path / "cam.mp4")
+    sources = [frame.image for frame in FileSource("src", str(big_clip)).frames()]
+    assert len(frames) == len(sources) == len(collected.results) == 20
+    # the runtime drops the image once the sinks are done with it: nothing downstream keeps frames
+    assert all(result.image is None for result in collected.results)
+    colour = np.array(id_colour(0, tracked=False), np.float64)
+    for picture, source, result in zip(frames, sources, collected.results):
+        inside = cv2.erode((result.label_map == 0).astype(np.uint8), np.ones((7, 7), np.uint8)).astype(bool)
+        assert inside.sum() > 500
+        expected = (1 - OPACITY) * source[inside] + OPACITY * colour
+        close = np.abs(picture[inside].astype(np.float64) - expected).max(axis=1) <= 16
+        assert close.mean() > 0.6, "most of the segment's interior (all but its label) has its colour"
+        outside = cv2.erode((result.label_map < 0).astype(np.uint8), np.ones((7, 7), np.uint8)).astype(bool)
+        assert np.abs(picture[outside].astype(int) - source[outside]).mean() < 3, "no colour outside segments"
+
+
+def test_preview_png_writes_one_picture_per_frame(tmp_path, clip):
+    preview = PreviewSink(tmp_path, "png", OPACITY)
+    Runtime([FileSource("cam", str(clip), max_frames=5)], ColourSegmenter(), [preview], progress=None).run()
+    pictures = sorted((tmp_path / "cam").glob("*.png"))
+    assert [p.name for p in pictures] == [f"{i:08d}.png" for i in range(5)]
+    assert cv2.imread(str(pictures[0])).shape == (120, 160, 3)
+
+
+def test_preview_sink_refuses_a_result_without_its_frame(tmp_path):
+    result = FrameResult("cam", 0, 4, 4, np.zeros((4, 4), np.int32))
+    with pytest.raises(SinkError, match="without its frame"):
+        PreviewSink(tmp_path).publish(result)
+
+
+def test_labels_are_drawn_and_scale_with_the_frame():
+    assert scale_for(1080)[0] > 2 * scale_for(240)[0]
+    assert scale_for(1080)[2] > scale_for(240)[2] >= 1
+    for width, height in ((1920, 1080), (320, 240)):
+        image = np.full((height, width, 3), 60, np.uint8)
+        label_map = np.full((height, width), -1, np.int32)
+        label_map[height // 4 : 3 * height // 4, width // 4 : 3 * width // 4] = 0
+        segments = Segments.build(ids=[0], class_ids=[0], labels=["person"], isthing=[True], scores=[0.97])
+        drawn = draw_overlay(image, FrameResult("cam", 0, width, height, label_map, segments))
+        text = np.all(drawn >= 200, axis=-1)  # white text on its dark box
+        rows = np.flatnonzero(text.any(axis=1))
+        assert rows.size and rows.max() - rows.min() >= 0.015 * height, "text readable: some rows tall"
+        assert height // 4 <= rows.min() and rows.max() <= 3 * height // 4, "label inside its segment"
+
+
+def test_render_of_a_recorded_stream_gives_the_preview_frames(tmp_path, big_clip):
+    from segstream.pipeline.cli import main
+
+    with EmbeddedRedis(tmp_path / "redis") as server:
+        publisher = RedisPublisher(connect_redis(server.url))
+        preview = PreviewSink(tmp_path / "preview", "mp4", OPACITY)
+        Runtime([FileSource("cam", str(big_clip))], ColourSegmenter(), [publisher, preview], progress=None).run()
+        out = tmp_path / "render.mp4"
+        assert main(["render", "segstream:cam:frames", "--video", str(big_clip), "--out", str(out),
+                     "--url", server.url, "--opacity", str(OPACITY)]) == 0
+        assert main(["render", "segstream:nope:frames", "--video", str(big_clip), "--out", str(tmp_path / "x.mp4"),
+                     "--url", server.url]) == 1
+    rendered, previewed = decode(out), decode(tmp_path / "preview" / "cam.mp4")
+    assert len(rendered) == len(previewed) == 20
+    # the same pictures go into both encoders; x264 may now and then code a frame differently
+    exact = sum(np.array_equal(a, b) for a, b in zip(rendered, previewed))
+    assert exact >= 18
+    for a, b in zip(rendered, previewed):
+        assert np.abs(a.astype(int) - b).mean() < 1.0
