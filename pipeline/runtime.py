@@ -205,6 +205,7 @@ class Runtime:
         warm_up: tuple[int, int] | None = None,
         progress: TextIO | None | bool = True,
         progress_interval_s: float = 2.0,
+        run_id: str | None = None,
     ):
         names = [s.name for s in sources]
         if len(set(names)) != len(names):
@@ -246,7 +247,7 @@ class Runtime:
         self.warm_up_s = 0.0
         # decoded images ride along with results only while some sink draws on them
         self._wants_images = any(getattr(sink, "wants_images", False) for sink in self.sinks)
-        self.run_id = new_run_id()
+        self.run_id = new_run_id() if run_id is None else run_id
 
     @classmethod
     def from_config(cls, cfg, sources, adapter, sinks, **kwargs) -> Runtime:

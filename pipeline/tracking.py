@@ -26,8 +26,9 @@ class TrackingStage:
     ``capacity``: more than ``max_tracks`` tracks; ``frame_size``: the frame size changed).
     """
 
-    def __init__(self, source: str, settings: TrackerSettings = TrackerSettings()):
+    def __init__(self, source: str, settings: TrackerSettings = TrackerSettings(), end_events: bool = True):
         self.source = source
+        self.end_events = end_events
         self.tracker = SegmentTracker(settings)
         self._labels: dict[int, str] = {}  # class id -> label, as the model names it (bounded by its label set)
 
@@ -47,9 +48,10 @@ class TrackingStage:
         return result
 
     def finish(self) -> list[Event]:
-        """The source ended: every track ends (``reason: end``)."""
+        """The source ended: every track ends (``reason: end``; no events without ``end_events``)."""
         now = time.time()
-        return [self._event(e, now) for e in self.tracker.finish()]
+        ended = [self._event(e, now) for e in self.tracker.finish()]
+        return ended if self.end_events else []
 
     def _event(self, event: TrackEvent, ts: float) -> Event:
         data = {
@@ -71,9 +73,11 @@ def tracker_settings(cfg) -> TrackerSettings:
     return TrackerSettings(**cfg.model_dump(exclude={"enabled"}))
 
 
-def tracking_stages(cfg) -> Sequence:
-    """The per-source stage factories a ``tracking:`` section asks for (none when disabled)."""
+def tracking_stages(cfg, end_events: bool = True) -> Sequence:
+    """The per-source stage factories a ``tracking:`` section asks for (none when disabled).
+    ``end_events=False`` leaves out the ``track_ended`` events of the source's end (for outputs
+    that must not depend on when the run noticed that end, as batch's)."""
     if not cfg.enabled:
         return []
     settings = tracker_settings(cfg)
-    return [lambda source: TrackingStage(source, settings)]
+    return [lambda source: TrackingStage(source, settings, end_events)]

@@ -272,3 +272,9 @@ def test_tracking_can_be_switched_off(clip):
                         [sink], progress=None).run()
     assert {int(t) for r in sink.results for t in r.segments.track_ids} == {NO_TRACK}
     assert sink.events == []
+
+
+def test_a_stage_without_end_events_ends_its_tracks_quietly():
+    stage = TrackingStage("cam0", TrackerSettings(), end_events=False)
+    stage.process(result_of(0, [(DISC, 40, 40, 8)]))
+    assert stage.finish() == [] and stage.tracker.stuff == {}
