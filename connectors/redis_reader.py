@@ -1,194 +1,263 @@
-"""The reader we ship for consumers of segstream streams, and ``segstream tail``."""
+"""Reading segstream streams: the consumer SDK (``segstream.client``) and ``segstream tail``.
+
+    from segstream.client import connect
+
+    client = connect("redis://localhost:6379/0")
+    for entry in client.frames("cam0"):                 # every new entry, in order
+        print(entry.frame, entry.segments.track_ids, entry.mask(int(entry.segments.ids[0])).sum())
+
+``Client.frames`` / ``Client.events`` subscribe to a source's frames or events stream, plainly
+(XREAD) or in a consumer group (XREADGROUP, XACK, and XAUTOCLAIM of entries another consumer left
+pending for ``claim_idle_ms``); ``Client.newest`` and ``Client.follow_newest`` read only the
+newest entry (XREVRANGE COUNT 1). Entries are typed (``Entry``, ``EventEntry``) and decode their
+masks to numpy only when asked. Reads reconnect by themselves with backoff and jitter; blocking
+reads never outlast the socket timeout (redis-py 8 defaults to 5 s). Needs redis-py, numpy and
+zstandard only.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import sys
 import threading
-from collections import Counter
-from typing import Iterator, TextIO
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, TextIO
 
+import numpy as np
 import redis
-from redis.backoff import ExponentialBackoff
-from redis.retry import Retry
 
 from segstream.connectors.errors import SinkError
-from segstream.connectors.redis_wire import from_wire
-from segstream.models.results import FrameResult
+from segstream.connectors.redis_connection import Backoff, TlsFiles, connect_redis, error_summary, redis_address
+from segstream.connectors.redis_wire import (
+    DEFAULT_EVENTS_PATTERN,
+    DEFAULT_STREAM_PATTERN,
+    EncodedMasks,
+    event_from_wire,
+    from_wire,
+    read_entry,
+    stream_name,
+)
+from segstream.models.results import Event, FrameResult, Segments
+
+log = logging.getLogger("segstream.client")
 
 _TAIL_BLOCK_MS = 2000
+_MAX_BLOCK_MS = 5000
 
 
-def connect_redis(
-    url: str,
-    password: str | None = None,
-    *,
-    socket_timeout: float | None = 5.0,
-    client_name: str | None = None,
-    retries: int = 0,
-    hint: str = "start Redis or fix sinks.redis.url",
-) -> redis.Redis:
-    """A client for ``url`` that has answered PING; failures become one-line ``SinkError``s.
+class Entry:
+    """One frame's entry: its metadata and segments at once, its masks decoded on first use.
 
-    The client returns bytes (the ``idmap`` field is binary). ``retries`` are redis-py's own
-    reconnect attempts per command, with a short backoff.
+    ``segments`` has numpy columns (``ids``, ``class_ids``, ``labels``, ``isthing``, ``scores``,
+    ``areas``, ``boxes``, ``track_ids``, ``track_ages``). ``mask(segment_id)`` decodes one
+    segment (with ``rle``, only that one), ``label_map`` the whole frame (once).
     """
-    options = dict(
-        socket_connect_timeout=5.0,
-        socket_timeout=socket_timeout,
-        health_check_interval=30,
-        client_name=client_name,
-        retry=Retry(ExponentialBackoff(cap=1.0, base=0.1), retries),
-    )
-    if not url.startswith("unix:"):
-        options["socket_keepalive"] = True  # TCP only; unix socket connections refuse the option
-    if password is not None:
-        options["password"] = password
-    try:
-        client = redis.Redis.from_url(url, **options)
-    except ValueError as error:
-        raise SinkError(f"invalid Redis URL {url!r}: {error} — use redis://host:port/db") from None
-    where = redis_address(client)
-    try:
-        client.ping()
-    except redis.AuthenticationError as error:
-        client.close()
-        raise SinkError(
-            f"Redis at {where} refused the credentials: {error_summary(error)} — "
-            "set the password (REDIS_PASSWORD) or fix the URL"
-        ) from None
-    except (redis.ConnectionError, redis.TimeoutError, OSError) as error:
-        client.close()
-        raise SinkError(f"cannot reach Redis at {where}: {error_summary(error)} — {hint}") from None
-    return client
+
+    __slots__ = ("id", "stream", "result", "_masks", "_subscription")
+
+    def __init__(self, entry_id: str, stream: str, result: FrameResult, masks: EncodedMasks, subscription=None):
+        self.id = entry_id
+        self.stream = stream
+        self.result = result
+        self._masks = masks
+        self._subscription = subscription
+
+    source = property(lambda self: self.result.source)
+    frame = property(lambda self: self.result.index, doc="frame index within the source")
+    run_id = property(lambda self: self.result.run_id)
+    width = property(lambda self: self.result.width)
+    height = property(lambda self: self.result.height)
+    pts = property(lambda self: self.result.pts)
+    pts_seconds = property(lambda self: self.result.pts_seconds)
+    capture_ts = property(lambda self: self.result.capture_ts)
+    publish_ts = property(lambda self: self.result.publish_ts)
+    model = property(lambda self: self.result.model)
+    latency_s = property(lambda self: self.result.latency_s)
+
+    @property
+    def segments(self) -> Segments:
+        return self.result.segments
+
+    @property
+    def label_map(self) -> np.ndarray:
+        """height x width int32: each pixel's segment id, -1 where none is."""
+        if self.result.label_map is None:
+            self.result.label_map = self._masks.label_map()
+        return self.result.label_map
+
+    def mask(self, segment_id: int) -> np.ndarray:
+        """height x width bool mask of one segment."""
+        return self._masks.mask(int(segment_id))
+
+    def track_mask(self, track_id: int) -> np.ndarray:
+        """The mask of the segment that carries ``track_id``; KeyError if none does."""
+        rows = np.flatnonzero(self.segments.track_ids == track_id)
+        if rows.size == 0:
+            raise KeyError(f"no segment with track id {track_id} in {self.source} frame {self.frame}")
+        return self.mask(int(self.segments.ids[rows[0]]))
+
+    def masks(self) -> dict[int, np.ndarray]:
+        """Segment id -> mask, for every segment."""
+        return {int(i): self.label_map == i for i in self.segments.ids}
+
+    def ack(self) -> int:
+        """Acknowledge this entry to the consumer group it was read in."""
+        if self._subscription is None or self._subscription.group is None:
+            raise ValueError("only entries read in a consumer group can be acknowledged")
+        return self._subscription.ack(self)
+
+    def __repr__(self) -> str:
+        return f"Entry({self.id}, {self.source} frame {self.frame}, {len(self.segments)} segments)"
 
 
-def redis_address(client: redis.Redis) -> str:
-    """Where ``client`` connects, without credentials: redis://host:port or unix://path."""
-    options = client.get_connection_kwargs()
-    if options.get("path"):
-        return f"unix://{options['path']}"
-    return f"redis://{options.get('host', 'localhost')}:{options.get('port', 6379)}"
+class EventEntry:
+    """One entry of a source's events stream: ``kind`` (``track_started``, ``track_ended``,
+    ``state``, ...), ``ts`` (Unix seconds), ``data`` (its details), ``run_id``."""
+
+    __slots__ = ("id", "stream", "event", "_subscription")
+
+    def __init__(self, entry_id: str, stream: str, event: Event, subscription=None):
+        self.id = entry_id
+        self.stream = stream
+        self.event = event
+        self._subscription = subscription
+
+    source = property(lambda self: self.event.source)
+    kind = property(lambda self: self.event.kind)
+    ts = property(lambda self: self.event.ts)
+    data = property(lambda self: self.event.data)
+    run_id = property(lambda self: self.event.run_id)
+
+    def ack(self) -> int:
+        if self._subscription is None or self._subscription.group is None:
+            raise ValueError("only entries read in a consumer group can be acknowledged")
+        return self._subscription.ack(self)
+
+    def __repr__(self) -> str:
+        return f"EventEntry({self.id}, {self.source} {self.kind} {self.data})"
 
 
-class StreamReader:
-    """Reads decoded entries from one stream, plainly (XREAD) or as part of a consumer group.
+class Client:
+    """A connection to the Redis that segstream publishes to, and the streams of its sources.
 
-    ``start`` is where a plain reader begins, and where a new group begins: "0" for the oldest
-    entry still kept, "$" for entries added from now on, or an entry id. With a group, entries
-    this consumer was given but never acked (say, before a crash) come again first; acknowledge
-    handled entries with ``ack``. Use a client with ``decode_responses=False``.
+    Every read retries through connection losses, waiting with backoff and jitter (up to
+    ``reconnect_max_s``), for at most ``give_up_after_s`` in a row (None: forever); ``reconnects``
+    counts the recoveries. ``stop()`` (any thread) ends waits and iterations.
     """
 
     def __init__(
         self,
-        client: redis.Redis,
-        stream: str,
-        group: str | None = None,
-        consumer: str | None = None,
+        redis_client: redis.Redis,
         *,
-        start: str = "0",
-        decode_masks: bool = True,
-    ) -> None:
-        options = client.get_connection_kwargs()
+        stream_pattern: str = DEFAULT_STREAM_PATTERN,
+        events_pattern: str = DEFAULT_EVENTS_PATTERN,
+        reconnect_max_s: float = 5.0,
+        give_up_after_s: float | None = None,
+    ):
+        options = redis_client.get_connection_kwargs()
         if options.get("decode_responses"):
             raise SinkError(
                 "the Redis client decodes responses to text, but entries carry binary fields — "
                 "create it with decode_responses=False"
             )
-        self.client = client
-        self.stream = stream
-        self.group = group
-        self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
-        self.decode_masks = decode_masks
+        self.redis = redis_client
+        self.stream_pattern = stream_pattern
+        self.events_pattern = events_pattern
+        self.give_up_after_s = give_up_after_s
+        self.reconnects = 0
         self._socket_timeout = options.get("socket_timeout")
-        self._pending_cursor: str | None = None
-        if group is None:
-            # Resolve "$" now so that entries added between two reads are not skipped.
-            self._position = self._newest_id() if start == "$" else start
-        else:
-            self._pending_cursor = "0"
+        self._backoff = Backoff(0.1, reconnect_max_s)
+        self._stop = threading.Event()
+
+    # --- subscriptions ---------------------------------------------------------------------
+
+    def frames(self, source: str | None = None, *, stream: str | None = None, start: str = "$",
+               group: str | None = None, consumer: str | None = None, claim_idle_ms: int | None = 60_000,
+               count: int = 100, block_ms: int = 1000) -> Subscription:
+        """The frames of ``source`` (or of ``stream``): see ``Subscription``."""
+        name = stream or stream_name(self.stream_pattern, _required(source))
+        return Subscription(self, name, _frame_entry, start=start, group=group, consumer=consumer,
+                            claim_idle_ms=claim_idle_ms, count=count, block_ms=block_ms)
+
+    def events(self, source: str | None = None, *, stream: str | None = None, start: str = "$",
+               group: str | None = None, consumer: str | None = None, claim_idle_ms: int | None = 60_000,
+               count: int = 100, block_ms: int = 1000) -> Subscription:
+        """The events of ``source`` (or of ``stream``): see ``Subscription``."""
+        name = stream or stream_name(self.events_pattern, _required(source))
+        return Subscription(self, name, _event_entry, start=start, group=group, consumer=consumer,
+                            claim_idle_ms=claim_idle_ms, count=count, block_ms=block_ms)
+
+    def newest(self, source: str | None = None, *, stream: str | None = None) -> Entry | None:
+        """The newest frame entry (XREVRANGE + - COUNT 1), None for an empty stream."""
+        name = stream or stream_name(self.stream_pattern, _required(source))
+        reply = self.call(self.redis.xrevrange, name, "+", "-", count=1)
+        return _frame_entry(_text(reply[0][0]), name, reply[0][1], None) if reply else None
+
+    def follow_newest(self, source: str | None = None, *, stream: str | None = None,
+                      block_ms: int = 1000) -> Iterator[Entry]:
+        """Newest-only mode, for consumers that act on the present (a robot): yields the newest
+        entry each time there is a newer one than the last yielded, skipping what came between;
+        waits in a blocking XREAD (no polling). Ends on ``stop()``."""
+        name = stream or stream_name(self.stream_pattern, _required(source))
+        last = None
+        while not self._stop.is_set():
+            if last is not None:
+                # Wake when anything newer than the last entry arrives, then take the newest.
+                self.call(self.redis.xread, {name: last}, count=1, block=self._fitted_block(block_ms))
+            reply = self.call(self.redis.xrevrange, name, "+", "-", count=1)
+            if not reply:
+                if self._stop.wait(min(block_ms, 1000) / 1000):
+                    return
+                continue
+            entry_id = _text(reply[0][0])
+            if entry_id != last:
+                last = entry_id
+                yield _frame_entry(entry_id, name, reply[0][1], None)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def close(self) -> None:
+        self.stop()
+        self.redis.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # --- plumbing ------------------------------------------------------------------------
+
+    def call(self, command: Callable, *args, on_reconnect: Callable[[], None] | None = None, **kwargs) -> Any:
+        """Run one Redis command, riding out connection losses (see the class doc)."""
+        down_since = None
+        while True:
             try:
-                client.xgroup_create(stream, group, id=start, mkstream=True)
-            except redis.ResponseError as error:
-                if "BUSYGROUP" not in str(error):
-                    raise
-
-    @classmethod
-    def from_url(
-        cls,
-        url: str,
-        stream: str,
-        group: str | None = None,
-        consumer: str | None = None,
-        *,
-        password: str | None = None,
-        max_block_ms: int = 5000,
-        start: str = "0",
-        decode_masks: bool = True,
-    ) -> StreamReader:
-        """Connect to ``url`` with a socket timeout that outlasts reads blocking up to ``max_block_ms``."""
-        # redis-py's default 5 s socket timeout would cut a longer blocking XREAD short with an error.
-        client = connect_redis(
-            url, password, socket_timeout=max_block_ms / 1000 + 5.0, client_name="segstream-reader",
-            retries=3, hint="start Redis or fix the URL",
-        )
-        return cls(client, stream, group, consumer, start=start, decode_masks=decode_masks)
-
-    def read(self, count: int = 100, block_ms: int | None = None) -> list[tuple[str, FrameResult]]:
-        """Up to ``count`` entries in stream order; waits up to ``block_ms`` when none are there.
-
-        ``block_ms`` None returns at once; the wait is shortened to fit the client's socket timeout.
-        """
-        if self.group is not None and self._pending_cursor is not None:
-            reply = self.client.xreadgroup(
-                self.group, self.consumer, {self.stream: self._pending_cursor}, count=count
-            )
-            entries = self._entries(reply)
-            if entries:
-                self._pending_cursor = entries[-1][0]
-                return self._decoded(entries)
-            self._pending_cursor = None
-        block = self._fitted_block(block_ms)
-        if self.group is None:
-            reply = self.client.xread({self.stream: self._position}, count=count, block=block)
-            entries = self._entries(reply)
-            if entries:
-                self._position = entries[-1][0]
-        else:
-            reply = self.client.xreadgroup(
-                self.group, self.consumer, {self.stream: ">"}, count=count, block=block
-            )
-            entries = self._entries(reply)
-        return self._decoded(entries)
-
-    def ack(self, ids: list[str]) -> int:
-        """Mark entries of this group as handled; returns how many were pending."""
-        if self.group is None:
-            raise ValueError("ack needs a reader created with a consumer group")
-        if not ids:
-            return 0
-        return int(self.client.xack(self.stream, self.group, *ids))
-
-    def latest(self) -> tuple[str, FrameResult] | None:
-        """The newest entry (XREVRANGE + - COUNT 1), or None for an empty stream."""
-        newest = self.client.xrevrange(self.stream, "+", "-", count=1)
-        if not newest:
-            return None
-        entry_id, fields = newest[0]
-        return _text_id(entry_id), from_wire(fields, decode_masks=self.decode_masks)
-
-    def follow(
-        self, block_ms: int = 1000, count: int = 100, stop: threading.Event | None = None
-    ) -> Iterator[tuple[str, FrameResult]]:
-        """Yield entries as they arrive, until ``stop`` is set (checked at least every ``block_ms``)."""
-        while stop is None or not stop.is_set():
-            yield from self.read(count=count, block_ms=block_ms)
-
-    def _newest_id(self) -> str:
-        newest = self.client.xrevrange(self.stream, "+", "-", count=1)
-        return _text_id(newest[0][0]) if newest else "0-0"
+                reply = command(*args, **kwargs)
+            except (redis.ConnectionError, redis.TimeoutError, OSError) as error:
+                now = time.monotonic()
+                if down_since is None:
+                    down_since = now
+                    log.warning("lost Redis at %s (%s); reconnecting", redis_address(self.redis), error_summary(error))
+                if self.give_up_after_s is not None and now - down_since > self.give_up_after_s:
+                    raise SinkError(
+                        f"lost Redis at {redis_address(self.redis)} for {now - down_since:.0f} s: "
+                        f"{error_summary(error)} — check that it still runs"
+                    ) from None
+                if self._stop.wait(self._backoff.next()):
+                    raise _Stopped() from None
+                continue
+            if down_since is not None:
+                self.reconnects += 1
+                self._backoff.reset()
+                log.warning("Redis at %s is back after %.1f s", redis_address(self.redis), time.monotonic() - down_since)
+                if on_reconnect is not None:
+                    on_reconnect()
+            return reply
 
     def _fitted_block(self, block_ms: int | None) -> int | None:
         if block_ms is None or self._socket_timeout is None:
@@ -197,56 +266,302 @@ class StreamReader:
         longest = max(1, int(self._socket_timeout * 1000 * 0.8))
         return longest if block_ms == 0 else min(block_ms, longest)
 
-    def _entries(self, reply) -> list[tuple[str, dict]]:
-        if not reply:
-            return []
-        if isinstance(reply, dict):  # RESP3: {stream: [[entries]]}; RESP2: [[stream, entries]]
-            batches = [entries for nested in reply.values() for entries in nested]
-        else:
-            batches = [entries for _, entries in reply]
-        return [(_text_id(entry_id), fields) for batch in batches for entry_id, fields in batch]
 
-    def _decoded(self, entries: list[tuple[str, dict]]) -> list[tuple[str, FrameResult]]:
-        decoded = []
-        trimmed = []
+def connect(
+    url: str,
+    password: str | None = None,
+    *,
+    username: str | None = None,
+    tls: TlsFiles | None = None,
+    protocol: int | None = None,
+    max_block_ms: int = _MAX_BLOCK_MS,
+    stream_pattern: str = DEFAULT_STREAM_PATTERN,
+    events_pattern: str = DEFAULT_EVENTS_PATTERN,
+    reconnect_max_s: float = 5.0,
+    give_up_after_s: float | None = None,
+) -> Client:
+    """A ``Client`` for ``url`` (redis://, rediss:// with ``tls``, unix://), with a socket
+    timeout longer than reads blocking up to ``max_block_ms``. Unreachable or wrong credentials
+    now: one-line ``SinkError``."""
+    client = connect_redis(
+        url, password, username=username, tls=tls, protocol=protocol,
+        socket_timeout=max_block_ms / 1000 + 5.0, client_name="segstream-reader",
+        hint="start Redis or fix the URL",
+    )
+    return Client(client, stream_pattern=stream_pattern, events_pattern=events_pattern,
+                  reconnect_max_s=reconnect_max_s, give_up_after_s=give_up_after_s)
+
+
+class Subscription:
+    """Entries of one stream as they come, from ``start`` ("0": the oldest still kept, "$": from
+    now on, or an entry id), read ``count`` at a time, blocking up to ``block_ms`` when none wait.
+
+    With ``group``, the entries are shared by the group's consumers (``consumer`` names this one;
+    hostname-pid by default): each is delivered to one of them and stays pending until acked
+    (``ack(entry)`` or ``entry.ack()``). This consumer first re-reads what it was given but never
+    acked (after a crash or a reconnect), and every ``claim_idle_ms / 2`` takes over entries that
+    any consumer of the group has left pending for ``claim_idle_ms`` (XAUTOCLAIM; None: never):
+    what a crashed consumer held is processed by the others. Delivery is at least once. If the
+    server lost the group (restarted empty), it is created again.
+
+    Iterating follows the stream until ``stop()`` (of the subscription or its client).
+    """
+
+    def __init__(self, client: Client, stream: str, parse, *, start: str, group: str | None, consumer: str | None,
+                 claim_idle_ms: int | None, count: int, block_ms: int):
+        self.client = client
+        self.stream = stream
+        self.group = group
+        self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
+        self.claim_idle_ms = claim_idle_ms
+        self.count = count
+        self.block_ms = block_ms
+        self.claimed = 0  # entries taken over from other consumers
+        self._parse = parse
+        self._start = start
+        self._stop = threading.Event()
+        self._pending_cursor: str | None = None
+        self._claim_cursor = "0-0"
+        self._next_claim = 0.0
+        if group is None:
+            # Resolve "$" now so that entries added between two reads are not skipped.
+            self._position = self._newest_id() if start == "$" else start
+        else:
+            self._create_group()
+            self._pending_cursor = "0"
+
+    def read(self, count: int | None = None, block_ms: int | None = None) -> list:
+        """Up to ``count`` entries in stream order; waits up to ``block_ms`` when none are there
+        (None: returns at once)."""
+        count = count or self.count
+        try:
+            return self.client.call(self._read, count, block_ms, on_reconnect=self._reconnected)
+        except _Stopped:
+            return []
+
+    def __iter__(self) -> Iterator:
+        while not (self._stop.is_set() or self.client._stop.is_set()):
+            yield from self.read(self.count, self.block_ms)
+
+    follow = __iter__
+
+    def ack(self, *entries) -> int:
+        """Acknowledge entries (or entry ids) of this group; returns how many were pending."""
+        if self.group is None:
+            raise ValueError("ack needs a subscription with a consumer group")
+        ids = [e if isinstance(e, str) else e.id for e in entries]
+        if not ids:
+            return 0
+        return int(self.client.call(self.client.redis.xack, self.stream, self.group, *ids))
+
+    def pending(self) -> int:
+        """Entries of the group delivered but not acknowledged, all consumers together."""
+        info = self.client.call(self.client.redis.xpending, self.stream, self.group)
+        return int(info["pending"])
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    # --- internals ---------------------------------------------------------------------
+
+    def _read(self, count: int, block_ms: int | None) -> list:
+        redis_client = self.client.redis
+        if self.group is None:
+            reply = redis_client.xread({self.stream: self._position}, count=count,
+                                       block=self.client._fitted_block(block_ms))
+            entries = _entries(reply)
+            if entries:
+                self._position = entries[-1][0]
+            return self._decoded(entries)
+        try:
+            return self._read_group(redis_client, count, block_ms)
+        except redis.ResponseError as error:
+            if "NOGROUP" not in str(error):
+                raise
+            log.warning("consumer group %s of %s is gone (Redis restarted?): creating it again", self.group, self.stream)
+            self._create_group(start="0")
+            self._pending_cursor = "0"
+            return []
+
+    def _read_group(self, redis_client: redis.Redis, count: int, block_ms: int | None) -> list:
+        if self._pending_cursor is not None:
+            reply = redis_client.xreadgroup(self.group, self.consumer, {self.stream: self._pending_cursor}, count=count)
+            entries = _entries(reply)
+            if entries:
+                self._pending_cursor = entries[-1][0]
+                return self._decoded(entries)
+            self._pending_cursor = None
+        now = time.monotonic()
+        if self.claim_idle_ms is not None and now >= self._next_claim:
+            cursor, claimed, *_ = redis_client.xautoclaim(self.stream, self.group, self.consumer, self.claim_idle_ms,
+                                                          self._claim_cursor, count=count)
+            self._claim_cursor = _text(cursor)
+            if self._claim_cursor == "0-0":  # scanned the whole pending list: rest a while
+                self._next_claim = now + self.claim_idle_ms / 2000
+            entries = [(_text(i), fields) for i, fields in claimed]
+            if entries:
+                self.claimed += len(entries)
+                return self._decoded(entries)
+        if block_ms is not None and self.claim_idle_ms is not None:
+            # Wake in time for the next claim round even when no new entry comes.
+            block_ms = max(1, min(block_ms, int(1000 * (self._next_claim - time.monotonic())) + 1))
+        reply = redis_client.xreadgroup(self.group, self.consumer, {self.stream: ">"}, count=count,
+                                        block=self.client._fitted_block(block_ms))
+        return self._decoded(_entries(reply))
+
+    def _decoded(self, entries: list[tuple[str, dict]]) -> list:
+        decoded, trimmed = [], []
         for entry_id, fields in entries:
             if not fields:
                 trimmed.append(entry_id)  # a pending entry that MAXLEN trimmed away meanwhile
                 continue
-            decoded.append((entry_id, from_wire(fields, decode_masks=self.decode_masks)))
+            decoded.append(self._parse(entry_id, self.stream, fields, self))
         if trimmed and self.group is not None:
-            self.ack(trimmed)
+            self.client.redis.xack(self.stream, self.group, *trimmed)
         return decoded
 
+    def _reconnected(self) -> None:
+        if self.group is not None:
+            self._pending_cursor = "0"  # what this consumer held may not have been processed
 
-def tail(stream: str, url: str, count: int | None, follow: bool, out: TextIO = sys.stdout) -> int:
-    """Print one line per entry of ``stream``: the last ``count`` (all when None), then new ones
-    while ``follow``; returns the number of entries printed. Ctrl-C ends following quietly."""
-    client = connect_redis(
-        url, socket_timeout=_TAIL_BLOCK_MS / 1000 + 5.0, client_name="segstream-tail",
-        hint="start Redis or fix --url",
-    )
+    def _create_group(self, start: str | None = None) -> None:
+        try:
+            self.client.call(self.client.redis.xgroup_create, self.stream, self.group, id=start or self._start,
+                             mkstream=True)
+        except redis.ResponseError as error:
+            if "BUSYGROUP" not in str(error):
+                raise
+
+    def _newest_id(self) -> str:
+        newest = self.client.call(self.client.redis.xrevrange, self.stream, "+", "-", count=1)
+        return _text(newest[0][0]) if newest else "0-0"
+
+
+class StreamReader:
+    """Reads ``(entry id, FrameResult)`` pairs from one frames stream, plainly or in a consumer
+    group (the reader segstream shipped first; ``Client`` is the consumer SDK). Masks are
+    decoded unless ``decode_masks`` is False."""
+
+    def __init__(self, client: redis.Redis, stream: str, group: str | None = None, consumer: str | None = None, *,
+                 start: str = "0", decode_masks: bool = True, claim_idle_ms: int | None = None) -> None:
+        self.client = client
+        self.stream = stream
+        self.group = group
+        self.decode_masks = decode_masks
+        self._sdk = Client(client, give_up_after_s=0)
+        self._subscription = self._sdk.frames(stream=stream, start=start, group=group, consumer=consumer,
+                                              claim_idle_ms=claim_idle_ms)
+
+    @classmethod
+    def from_url(cls, url: str, stream: str, group: str | None = None, consumer: str | None = None, *,
+                 password: str | None = None, max_block_ms: int = _MAX_BLOCK_MS, start: str = "0",
+                 decode_masks: bool = True) -> StreamReader:
+        """Connect to ``url`` with a socket timeout that outlasts reads blocking up to ``max_block_ms``."""
+        client = connect_redis(url, password, socket_timeout=max_block_ms / 1000 + 5.0, client_name="segstream-reader",
+                               retries=3, hint="start Redis or fix the URL")
+        return cls(client, stream, group, consumer, start=start, decode_masks=decode_masks)
+
+    def read(self, count: int = 100, block_ms: int | None = None) -> list[tuple[str, FrameResult]]:
+        return [(e.id, self._result(e)) for e in self._subscription.read(count, block_ms)]
+
+    def ack(self, ids: list[str]) -> int:
+        if self.group is None:
+            raise ValueError("ack needs a reader created with a consumer group")
+        return self._subscription.ack(*ids)
+
+    def latest(self) -> tuple[str, FrameResult] | None:
+        entry = self._sdk.newest(stream=self.stream)
+        return None if entry is None else (entry.id, self._result(entry))
+
+    def follow(self, block_ms: int = 1000, count: int = 100,
+               stop: threading.Event | None = None) -> Iterator[tuple[str, FrameResult]]:
+        """Yield entries as they arrive, until ``stop`` is set (checked at least every ``block_ms``)."""
+        while stop is None or not stop.is_set():
+            yield from self.read(count=count, block_ms=block_ms)
+
+    def _result(self, entry: Entry) -> FrameResult:
+        if self.decode_masks:
+            _ = entry.label_map
+        return entry.result
+
+
+class _Stopped(Exception):
+    """A wait for Redis ended by stop()."""
+
+
+def _frame_entry(entry_id: str, stream: str, fields, subscription) -> Entry:
+    result, masks = read_entry(fields)
+    return Entry(entry_id, stream, result, masks, subscription)
+
+
+def _event_entry(entry_id: str, stream: str, fields, subscription) -> EventEntry:
+    return EventEntry(entry_id, stream, event_from_wire(fields), subscription)
+
+
+def _entries(reply) -> list[tuple[str, dict]]:
+    if not reply:
+        return []
+    if isinstance(reply, dict):  # RESP3: {stream: [[entries]]}; RESP2: [[stream, entries]]
+        batches = [entries for nested in reply.values() for entries in nested]
+    else:
+        batches = [entries for _, entries in reply]
+    return [(_text(entry_id), fields) for batch in batches for entry_id, fields in batch]
+
+
+def _required(source: str | None) -> str:
+    if source is None:
+        raise ValueError("name a source (or a stream)")
+    return source
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+# --- segstream tail --------------------------------------------------------------------------
+
+
+def tail(stream: str, url: str, count: int | None, follow: bool, out: TextIO | None = None, *,
+         events: bool = False, password: str | None = None) -> int:
+    """Print one line per entry of ``stream`` (a frames stream, or with ``events`` the matching
+    events stream as well, interleaved in time order): the last ``count`` (all when None), then
+    new ones while ``follow``; returns the number of entries printed. Ctrl-C ends quietly."""
+    out = sys.stdout if out is None else out
+    client = connect_redis(url, password, socket_timeout=_TAIL_BLOCK_MS / 1000 + 5.0, client_name="segstream-tail",
+                           hint="start Redis or fix --url")
+    streams = [stream]
+    if events:
+        streams.append(_events_stream_of(stream))
     printed = 0
     try:
-        if not follow and not client.exists(stream):
+        if not follow and not any(client.exists(s) for s in streams):
             raise SinkError(_missing_stream_message(client, stream))
-        if count is None:
-            start = "0"
-        else:
-            newest = client.xrevrange(stream, "+", "-", count=count) if count > 0 else []
-            for entry_id, fields in reversed(newest):
-                _print_entry(out, _text_id(entry_id), from_wire(fields, decode_masks=False))
-                printed += 1
-            start = _text_id(newest[0][0]) if newest else "$"
-        reader = StreamReader(client, stream, start=start, decode_masks=False)
-        if count is None:
-            while batch := reader.read(count=500):
-                for entry_id, entry in batch:
-                    _print_entry(out, entry_id, entry)
-                    printed += 1
-        if follow:
-            for entry_id, entry in reader.follow(block_ms=_TAIL_BLOCK_MS):
-                _print_entry(out, entry_id, entry)
+        positions = {}
+        backlog = []
+        for name in streams:
+            if count is None:
+                found = client.xrange(name, "-", "+")
+            else:
+                found = list(reversed(client.xrevrange(name, "+", "-", count=count))) if count > 0 else []
+            backlog += [(_text(i), name, f) for i, f in found]
+            positions[name] = _text(found[-1][0]) if found else _newest(client, name)
+        backlog.sort(key=lambda item: _id_key(item[0]))
+        if count is not None and count >= 0:
+            backlog = backlog[-count:] if count else []
+        for entry_id, name, fields in backlog:
+            _print_entry(out, entry_id, name, fields)
+            printed += 1
+        while follow:
+            reply = client.xread(positions, count=500, block=_TAIL_BLOCK_MS)
+            arrived = []
+            for name, entries in (reply.items() if isinstance(reply, dict) else reply or []):
+                name = _text(name)
+                for batch in (entries if isinstance(reply, dict) else [entries]):
+                    for entry_id, fields in batch:
+                        arrived.append((_text(entry_id), name, fields))
+                        positions[name] = _text(entry_id)
+            for entry_id, name, fields in sorted(arrived, key=lambda item: _id_key(item[0])):
+                _print_entry(out, entry_id, name, fields)
                 printed += 1
     except KeyboardInterrupt:
         pass
@@ -260,36 +575,57 @@ def tail(stream: str, url: str, count: int | None, follow: bool, out: TextIO = s
 
 
 def summary_line(entry_id: str, entry: FrameResult) -> str:
-    """``<id> <source> frame=<i> pts_s=<s> segs=<n> [label:count, ...] latency=<ms>ms``."""
-    labels = Counter(str(label) for label in entry.segments.labels)
+    """``<id> <source> frame=<i> pts_s=<s> segs=<n> [label#track, ...] latency=<ms>ms``: each
+    segment's label with its track id (``#-`` while untracked), things first."""
     pts = "-" if entry.pts_seconds is None else f"{entry.pts_seconds:.3f}"
     latency_ms = (entry.publish_ts - entry.capture_ts) * 1000
-    listed = ", ".join(f"{label}:{n}" for label, n in labels.most_common())
+    segments = entry.segments
+    order = sorted(range(len(segments)), key=lambda i: (not segments.isthing[i], str(segments.labels[i]),
+                                                        int(segments.track_ids[i])))
+    listed = ", ".join(
+        f"{segments.labels[i]}#{segments.track_ids[i] if segments.track_ids[i] >= 0 else '-'}" for i in order
+    )
     return (
         f"{entry_id} {entry.source} frame={entry.index} pts_s={pts} "
-        f"segs={len(entry.segments)} [{listed}] latency={latency_ms:.1f}ms"
+        f"segs={len(segments)} [{listed}] latency={latency_ms:.1f}ms"
     )
 
 
-def _print_entry(out: TextIO, entry_id: str, entry: FrameResult) -> None:
-    out.write(summary_line(entry_id, entry) + "\n")
+def event_line(entry_id: str, event: Event) -> str:
+    """``<id> <source> <kind> key=value ...``."""
+    details = " ".join(f"{k}={v}" for k, v in event.data.items())
+    return f"{entry_id} {event.source} {event.kind} {details}".rstrip()
+
+
+def _print_entry(out: TextIO, entry_id: str, stream: str, fields) -> None:
+    keys = {_text(k) for k in fields}
+    if "event" in keys:
+        out.write(event_line(entry_id, event_from_wire(fields)) + "\n")
+    else:
+        out.write(summary_line(entry_id, from_wire(fields, decode_masks=False)) + "\n")
     out.flush()
 
 
+def _events_stream_of(stream: str) -> str:
+    """``segstream:cam0:frames`` -> ``segstream:cam0:events`` (any name: ``<name>:events``)."""
+    return stream[: -len(":frames")] + ":events" if stream.endswith(":frames") else stream + ":events"
+
+
+def _newest(client: redis.Redis, stream: str) -> str:
+    newest = client.xrevrange(stream, "+", "-", count=1)
+    return _text(newest[0][0]) if newest else "0-0"
+
+
+def _id_key(entry_id: str) -> tuple[int, int]:
+    millis, _, sequence = entry_id.partition("-")
+    return int(millis), int(sequence or 0)
+
+
 def _missing_stream_message(client: redis.Redis, stream: str) -> str:
-    found = sorted(_text_id(key) for key in client.scan_iter(match="*", count=1000, _type="stream"))
+    found = sorted(_text(key) for key in client.scan_iter(match="*", count=1000, _type="stream"))
     known = ", ".join(found[:10]) + (" ..." if len(found) > 10 else "") if found else "none"
     return (
         f"no stream {stream!r} at {redis_address(client)} (streams there: {known}) — "
         "check the name, or follow it to wait for entries"
     )
 
-
-def _text_id(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def error_summary(error: BaseException | None) -> str:
-    """The first line of an exception's message, for one-line user errors."""
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__

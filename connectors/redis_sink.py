@@ -1,17 +1,22 @@
-"""Publishes each processed frame as one entry of its source's Redis stream (docs/SCHEMA.md)."""
+"""Publishes each processed frame as one entry of its source's Redis stream (docs/SCHEMA.md), and
+rides out Redis outages without stopping the pipeline."""
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from collections import Counter
+from collections import Counter, deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import redis
 
 from segstream.connectors.embedded_redis import EmbeddedRedis
 from segstream.connectors.errors import ConfigError, SinkError
-from segstream.connectors.redis_reader import StreamReader, connect_redis, error_summary, redis_address, summary_line
+from segstream.connectors.redis_connection import Backoff, TlsFiles, connect_redis, error_summary, redis_address
+from segstream.connectors.redis_reader import StreamReader, summary_line
 from segstream.connectors.redis_wire import (
     DEFAULT_EVENTS_PATTERN,
     DEFAULT_STREAM_PATTERN,
@@ -23,20 +28,43 @@ from segstream.connectors.redis_wire import (
 from segstream.connectors.sink import WrittenCallback
 from segstream.models.results import Event, FrameResult
 
-_FIRST_BACKOFF_S = 0.2
 log = logging.getLogger(__name__)
+
+# Why a frame the publisher was handed never reached Redis (RunMetrics' dropped reasons).
+DROPPED_BACKLOG = "sink_backlog"  # the backlog was full while Redis was unreachable: oldest first
+DROPPED_UNREACHABLE = "sink_unreachable"  # still waiting when the run ended and Redis stayed away
+_RECHECK_S = 0.25  # while disconnected, how often poll() wants to be called
+
+DroppedCallback = Callable[[Sequence[FrameResult], str], None]
+
+
+@dataclass(slots=True)
+class _Outgoing:
+    stream: str
+    fields: dict[str, bytes | str]
+    nbytes: int
+    result: FrameResult | None  # None for an event
+    queued: float  # monotonic time it was queued
 
 
 class RedisPublisher:
     """The Redis sink: ``XADD <stream> MAXLEN ~ maxlen * <fields>`` per frame, pipelined.
 
-    Entries wait in a buffer until ``pipeline_size`` of them are there, the oldest has waited
-    ``max_batch_delay_s`` (checked by ``publish`` and ``poll``, which the runtime calls when that
-    delay runs out even if no frame follows), or ``flush()`` is called; a batch goes out as one
-    MULTI/EXEC round trip. ``publish_ts`` is stamped when the batch is sent, and the written
-    results go to ``on_written``. A batch that cannot be written after ``retries`` reconnect
-    attempts (backoff 0.2 s, doubling) is counted in ``failed`` and raises ``SinkError``. One
-    thread publishes.
+    Entries wait in an outgoing queue until ``pipeline_size`` of them are there, the oldest has
+    waited ``max_batch_delay_s`` (checked by ``publish`` and ``poll``, which the runtime calls
+    when that delay runs out even if no frame follows), or ``flush()`` is called; a batch goes out
+    as one MULTI/EXEC round trip. ``publish_ts`` is stamped when the batch is sent, and the
+    written results go to ``on_written``.
+
+    When Redis cannot be reached, nothing blocks and nothing stops: the batch goes back to the
+    queue, which becomes a backlog of at most ``max_backlog`` entries and ``max_backlog_bytes``
+    bytes (beyond that the oldest frames are dropped, events only when no frame is left; frames
+    are reported to ``on_dropped`` with the reason ``sink_backlog``); a background thread tries to reconnect, backing off with jitter up to
+    ``reconnect_max_s``; once Redis answers, the backlog goes out in order, oldest first, and
+    publishing goes on by itself. ``flush()`` waits up to ``drain_timeout_s`` for an unreachable
+    Redis, then drops what is left (``sink_unreachable``). Entries Redis itself refuses (a key
+    that is not a stream, out of memory, no permission) raise ``SinkError``. One thread publishes;
+    ``status()`` may be read from any thread.
     """
 
     name = "redis"
@@ -50,26 +78,28 @@ class RedisPublisher:
         pipeline_size: int = 32,
         *,
         max_batch_delay_s: float = 0.02,
-        retries: int = 4,
         events_pattern: str = DEFAULT_EVENTS_PATTERN,
+        max_backlog: int = 1000,
+        max_backlog_bytes: int = 256 * 2**20,
+        reconnect_max_s: float = 5.0,
+        drain_timeout_s: float = 10.0,
     ) -> None:
         if mask_encoding not in MASK_ENCODINGS:
             raise ConfigError(
                 f"sinks.redis.mask_encoding is {mask_encoding!r} — use one of {', '.join(MASK_ENCODINGS)}"
             )
-        if "{source}" not in stream_pattern:
-            raise ConfigError(
-                f"sinks.redis.stream is {stream_pattern!r} — it must contain {{source}} "
-                "(one stream per source), e.g. segstream:{source}:frames"
-            )
-        try:
-            stream_name(stream_pattern, "source")
-        except (KeyError, IndexError, ValueError):
-            raise ConfigError(
-                f"sinks.redis.stream {stream_pattern!r} may use only the {{source}} placeholder"
-            ) from None
-        if maxlen < 1 or pipeline_size < 1:
-            raise ConfigError("sinks.redis.maxlen and sinks.redis.pipeline_size must be at least 1")
+        for key, pattern in (("stream", stream_pattern), ("events_stream", events_pattern)):
+            if "{source}" not in pattern:
+                raise ConfigError(
+                    f"sinks.redis.{key} is {pattern!r} — it must contain {{source}} "
+                    "(one stream per source), e.g. segstream:{source}:frames"
+                )
+            try:
+                stream_name(pattern, "source")
+            except (KeyError, IndexError, ValueError):
+                raise ConfigError(f"sinks.redis.{key} {pattern!r} may use only the {{source}} placeholder") from None
+        if maxlen < 1 or pipeline_size < 1 or max_backlog < 1 or max_backlog_bytes < 1:
+            raise ConfigError("sinks.redis.maxlen, pipeline_size and max_backlog must be at least 1")
         self.client = client
         self.stream_pattern = stream_pattern
         self.events_pattern = events_pattern
@@ -77,23 +107,32 @@ class RedisPublisher:
         self.mask_encoding = mask_encoding
         self.pipeline_size = pipeline_size
         self.max_batch_delay_s = max_batch_delay_s
-        self.retries = retries
-        self.published = 0
-        self.failed = 0
+        self.max_backlog = max_backlog
+        self.max_backlog_bytes = max_backlog_bytes
+        self.drain_timeout_s = drain_timeout_s
+        self.published = 0  # entries written (frames and events)
+        self.failed = 0  # entries Redis refused
         self.batches_sent = 0
+        self.reconnects = 0
+        self.dropped: Counter[str] = Counter()  # frames never written, by reason
+        self.events_dropped = 0
+        self.peak_backlog = 0
+        self.peak_backlog_bytes = 0
         self.per_stream: Counter[str] = Counter()
         self.on_written: WrittenCallback | None = None
-        # (stream, fields, the result it carries or None for an event)
-        self._buffer: list[tuple[str, dict[str, bytes | str], FrameResult | None]] = []
-        self._oldest_buffered = 0.0
+        self.on_dropped: DroppedCallback | None = None
+        self._queue: deque[_Outgoing] = deque()
+        self._queued_bytes = 0
+        self._where = redis_address(client)
+        self._connected = True
+        self._down_since: float | None = None
+        self._last_error = ""
+        self._reachable = threading.Event()
+        self._stopping = threading.Event()
+        self._backoff = Backoff(0.1, reconnect_max_s)
+        self._probe: threading.Thread | None = None
         self._embedded: EmbeddedRedis | None = None
         self._closed = False
-        self.connected = True  # False from a failed write until one succeeds again
-
-    @property
-    def backlog(self) -> int:
-        """Entries buffered and not yet written."""
-        return len(self._buffer)
 
     @classmethod
     def from_config(
@@ -101,29 +140,41 @@ class RedisPublisher:
         url: str | None,
         password: str | None,
         *,
+        username: str | None = None,
+        tls: TlsFiles | None = None,
         stream_pattern: str = DEFAULT_STREAM_PATTERN,
         maxlen: int = 10000,
         mask_encoding: str = "rle",
         pipeline_size: int = 32,
         max_batch_delay_s: float = 0.02,
         events_pattern: str = DEFAULT_EVENTS_PATTERN,
+        max_backlog: int = 1000,
+        max_backlog_bytes: int = 256 * 2**20,
+        reconnect_max_s: float = 5.0,
+        drain_timeout_s: float = 10.0,
         embedded_dir: Path | None = None,
     ) -> RedisPublisher:
         """Connect to the Redis at ``url``, or with no url start an embedded one for this run.
 
-        The embedded Redis listens on 127.0.0.1 only and ignores ``password``; it stops on
-        ``close()``, keeping its data only when ``embedded_dir`` is given.
+        A Redis that cannot be reached or refuses the credentials now fails with one line; once
+        running, outages are ridden out. The embedded Redis listens on 127.0.0.1 only and ignores
+        the credentials; it stops on ``close()``, keeping its data only when ``embedded_dir`` is
+        given.
         """
         embedded = None
         if url is None:
             embedded = EmbeddedRedis(embedded_dir)
-            url, password = embedded.url, None
+            url, password, username, tls = embedded.url, None, None, None
         try:
-            # Our own retries (with backoff, counted) replace redis-py's per-command ones.
-            client = connect_redis(url, password, socket_timeout=5.0, client_name="segstream-publisher")
+            # Our own reconnects (backlog, backoff, counted) replace redis-py's per-command retries;
+            # a short connect timeout keeps a failed attempt from holding the publishing thread.
+            client = connect_redis(url, password, username=username, tls=tls, socket_timeout=5.0,
+                                   connect_timeout=2.0, client_name="segstream-publisher")
             publisher = cls(
                 client, stream_pattern, maxlen, mask_encoding, pipeline_size,
-                max_batch_delay_s=max_batch_delay_s, events_pattern=events_pattern,
+                max_batch_delay_s=max_batch_delay_s, events_pattern=events_pattern, max_backlog=max_backlog,
+                max_backlog_bytes=max_backlog_bytes, reconnect_max_s=reconnect_max_s,
+                drain_timeout_s=drain_timeout_s,
             )
         except BaseException:
             if embedded is not None:
@@ -139,60 +190,250 @@ class RedisPublisher:
             )
         return publisher
 
+    @property
+    def connected(self) -> bool:
+        """False from a failed write until Redis answers again."""
+        return self._connected
+
+    @property
+    def backlog(self) -> int:
+        """Entries queued and not yet written."""
+        return len(self._queue)
+
+    # --- what the runtime calls ------------------------------------------------------------
+
     def publish(self, result: FrameResult) -> None:
         """Queue the entry for ``result``; sends the batch once it is full or old enough."""
         if self._closed:
             raise SinkError("the Redis publisher is closed — publish before close()")
         fields = to_wire(result, self.mask_encoding)
-        if not self._buffer:
-            self._oldest_buffered = time.monotonic()
-        self._buffer.append((stream_name(self.stream_pattern, result.source), fields, result))
-        if len(self._buffer) >= self.pipeline_size:
-            self._send()
-        else:
-            self.poll()
+        # While Redis is away only a stand-in waits: the label map need not stay in memory.
+        kept = result if self._connected else _stand_in(result)
+        self._enqueue(_Outgoing(stream_name(self.stream_pattern, result.source), fields, _size(fields), kept,
+                                time.monotonic()))
+        self._pump()
 
     def publish_event(self, event: Event) -> None:
         """Queue an entry for the source's events stream; it leaves with the next batch."""
         if self._closed:
             raise SinkError("the Redis publisher is closed — publish before close()")
-        if not self._buffer:
-            self._oldest_buffered = time.monotonic()
-        self._buffer.append((stream_name(self.events_pattern, event.source), event_to_wire(event), None))
-        if len(self._buffer) >= self.pipeline_size:
-            self._send()
+        fields = event_to_wire(event)
+        self._enqueue(_Outgoing(stream_name(self.events_pattern, event.source), fields, _size(fields), None,
+                                time.monotonic()))
+        self._pump()
 
     def poll(self) -> float | None:
-        """Send the buffer if its oldest entry has waited ``max_batch_delay_s``; the seconds
-        until that is due otherwise, None with nothing buffered."""
-        if not self._buffer:
+        """Send what is due; the seconds until the next call is needed, None with nothing queued."""
+        self._pump()
+        if not self._queue:
             return None
-        left = self._oldest_buffered + self.max_batch_delay_s - time.monotonic()
-        if left > 0:
-            return left
-        self._send()
-        return None
+        if not self._connected:
+            return _RECHECK_S
+        return max(0.0, self._queue[0].queued + self.max_batch_delay_s - time.monotonic())
 
     def flush(self) -> None:
-        """Send whatever is buffered."""
-        if self._buffer:
-            self._send()
+        """Send everything queued; if Redis is unreachable, wait up to ``drain_timeout_s`` for it,
+        then drop (and count) what is left."""
+        self._pump(everything=True)
+        deadline = time.monotonic() + self.drain_timeout_s
+        while self._queue and not self._connected:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            log.warning("waiting up to %.0f s for Redis at %s to take %d waiting entries",
+                        left, self._where, len(self._queue))
+            self._reachable.wait(left)
+            self._pump(everything=True)
+        if self._queue:
+            self._drop_all(DROPPED_UNREACHABLE)
 
     def close(self) -> None:
-        """Flush, then release the connection (and stop the embedded Redis if this run started it)."""
+        """Flush (without waiting for an unreachable Redis), then release the connection (and
+        stop the embedded Redis if this run started it)."""
         if self._closed:
             return
         self._closed = True
         try:
-            self.flush()
+            self._pump(everything=True)
+            if self._queue:
+                self._drop_all(DROPPED_UNREACHABLE)
             self._report()
         finally:
+            self._stopping.set()
+            if self._probe is not None:
+                self._probe.join(timeout=5)
             self.client.close()
             if self._embedded is not None:
                 self._embedded.close()
 
+    def status(self) -> dict:
+        """Connection, backlog and drops now, with a one-line ``line`` for status lines."""
+        backlog, nbytes = len(self._queue), self._queued_bytes
+        dropped = dict(self.dropped)
+        state = "connected" if self._connected else f"unreachable for {time.monotonic() - (self._down_since or 0):.0f} s"
+        parts = [f"redis {state}", f"backlog {backlog}/{self.max_backlog} ({nbytes / 2**20:.1f} MB)"]
+        if self.peak_backlog:
+            parts.append(f"peak {self.peak_backlog}")
+        if self.reconnects:
+            parts.append(f"{self.reconnects} reconnect{'s' if self.reconnects != 1 else ''}")
+        if dropped or self.events_dropped:
+            parts.append("dropped " + ", ".join(f"{v} ({k})" for k, v in sorted(dropped.items()))
+                         + (f" + {self.events_dropped} events" if self.events_dropped else ""))
+        if not self._connected and self._last_error:
+            parts.append(f"last error: {self._last_error}")
+        return {
+            "connected": self._connected,
+            "backlog": backlog,
+            "backlog_bytes": nbytes,
+            "peak_backlog": self.peak_backlog,
+            "peak_backlog_bytes": self.peak_backlog_bytes,
+            "reconnects": self.reconnects,
+            "dropped": dropped,
+            "events_dropped": self.events_dropped,
+            "published": self.published,
+            "line": ", ".join(parts),
+        }
+
+    # --- the queue ------------------------------------------------------------------------
+
+    def _enqueue(self, item: _Outgoing) -> None:
+        self._queue.append(item)
+        self._queued_bytes += item.nbytes
+        while self._queue and (len(self._queue) > self.max_backlog or self._queued_bytes > self.max_backlog_bytes):
+            # The oldest frame goes first; events (a track's start or end) only when no frame is left.
+            oldest = next((i for i, waiting in enumerate(self._queue) if waiting.result is not None), 0)
+            dropped = self._queue[oldest]
+            del self._queue[oldest]
+            self._drop(dropped, DROPPED_BACKLOG)
+        self.peak_backlog = max(self.peak_backlog, len(self._queue))
+        self.peak_backlog_bytes = max(self.peak_backlog_bytes, self._queued_bytes)
+
+    def _drop(self, item: _Outgoing, reason: str) -> None:
+        self._queued_bytes -= item.nbytes
+        if item.result is None:
+            self.events_dropped += 1
+            return
+        self.dropped[reason] += 1
+        if self.on_dropped is not None:
+            self.on_dropped([item.result], reason)
+
+    def _drop_all(self, reason: str) -> None:
+        count = len(self._queue)
+        while self._queue:
+            self._drop(self._queue.popleft(), reason)
+        log.warning("Redis at %s stayed unreachable: %d waiting entries dropped (%s)", self._where, count, reason)
+
+    def _pump(self, everything: bool = False) -> None:
+        """Send full or overdue batches (every batch with ``everything``) while Redis takes them."""
+        if not self._connected:
+            if not self._reachable.is_set():
+                return
+            self._reconnected()
+        while self._queue:
+            due = self._queue[0].queued + self.max_batch_delay_s <= time.monotonic()
+            if not (everything or due or len(self._queue) >= self.pipeline_size):
+                return
+            batch = [self._queue[i] for i in range(min(self.pipeline_size, len(self._queue)))]
+            try:
+                sent = self._send(batch)
+            except SinkError:
+                self._forget(len(batch))  # refused is final: never sent again
+                raise
+            if not sent:
+                self._disconnected()
+                return
+            self._forget(len(batch))
+
+    def _forget(self, count: int) -> None:
+        for _ in range(count):
+            self._queued_bytes -= self._queue.popleft().nbytes
+
+    def _send(self, batch: list[_Outgoing]) -> bool:
+        """One MULTI/EXEC of the batch; False when the connection failed (the batch stays queued)."""
+        now = time.time()
+        stamp = repr(now)
+        pipe = self.client.pipeline(transaction=True)
+        for item in batch:
+            if item.result is not None:
+                item.fields["publish_ts"] = stamp
+            pipe.xadd(item.stream, item.fields, maxlen=self.maxlen, approximate=True)
+        try:
+            results = pipe.execute(raise_on_error=False)
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as error:
+            self._last_error = error_summary(error)
+            return False
+        except redis.RedisError as error:
+            self.failed += len(batch)
+            raise SinkError(
+                f"Redis at {self._where} refused a batch of {len(batch)} entries: "
+                f"{error_summary(error)} — {_advice(error)}"
+            ) from None
+        finally:
+            pipe.reset()
+        self.batches_sent += 1
+        refused = [(item.stream, r) for item, r in zip(batch, results) if isinstance(r, Exception)]
+        written = [item for item, r in zip(batch, results) if not isinstance(r, Exception)]
+        self.published += len(written)
+        self.per_stream.update(item.stream for item in written if item.result is not None)
+        frames = [item.result for item in written if item.result is not None]
+        for result in frames:
+            result.publish_ts = now
+        if self.on_written is not None and frames:
+            self.on_written(frames)
+        if refused:
+            self.failed += len(refused)
+            stream, error = refused[0]
+            raise SinkError(
+                f"Redis refused {len(refused)} of {len(batch)} entries (first, on {stream!r}: "
+                f"{error_summary(error)}) — {_advice(error)}"
+            )
+        return True
+
+    # --- outages ----------------------------------------------------------------------------
+
+    def _disconnected(self) -> None:
+        self._connected = False
+        self._down_since = time.monotonic()
+        self._reachable.clear()
+        # What waits from now on may wait long: keep stand-ins, not label maps.
+        for item in self._queue:
+            if item.result is not None:
+                item.result = _stand_in(item.result)
+        log.warning("lost Redis at %s (%s): publishing continues into a backlog of up to %d entries",
+                    self._where, self._last_error, self.max_backlog)
+        self._backoff.reset()
+        self._probe = threading.Thread(target=self._reconnect, name="segstream-redis-reconnect", daemon=True)
+        self._probe.start()
+
+    def _reconnect(self) -> None:
+        """Background: PING with backoff and jitter until Redis answers or the publisher closes."""
+        while not self._stopping.wait(self._backoff.next()):
+            try:
+                self.client.ping()
+            except (redis.ConnectionError, redis.TimeoutError, OSError) as error:
+                self._last_error = error_summary(error)
+                continue
+            except redis.RedisError as error:  # e.g. NOAUTH after a restart without the password
+                self._last_error = error_summary(error)
+                continue
+            self._reachable.set()
+            return
+
+    def _reconnected(self) -> None:
+        down = time.monotonic() - (self._down_since or time.monotonic())
+        self._connected = True
+        self._down_since = None
+        self.reconnects += 1
+        if self._probe is not None:
+            self._probe.join()
+            self._probe = None
+        log.warning("Redis at %s is back after %.1f s: sending a backlog of %d entries",
+                    self._where, down, len(self._queue))
+
     def _report(self) -> None:
         """What this run published, per stream, with the newest entry as a reader decodes it."""
+        if not self._connected:
+            return
         for stream, count in sorted(self.per_stream.items()):
             try:
                 length = self.client.xlen(stream)
@@ -204,61 +445,16 @@ class RedisPublisher:
                 line += f"; newest: {summary_line(*newest)}"
             log.info(line)
 
-    def _send(self) -> None:
-        batch, self._buffer = self._buffer, []
-        last_error: Exception | None = None
-        for attempt in range(self.retries + 1):
-            if attempt:
-                time.sleep(_FIRST_BACKOFF_S * 2 ** (attempt - 1))
-            now = time.time()
-            stamp = repr(now)
-            pipe = self.client.pipeline(transaction=True)
-            for stream, fields, result in batch:
-                if result is not None:
-                    fields["publish_ts"] = stamp
-                pipe.xadd(stream, fields, maxlen=self.maxlen, approximate=True)
-            try:
-                results = pipe.execute(raise_on_error=False)
-            except (redis.ConnectionError, redis.TimeoutError) as error:
-                last_error = error
-                self.connected = False
-                continue
-            except redis.RedisError as error:
-                self.failed += len(batch)
-                raise SinkError(
-                    f"Redis at {redis_address(self.client)} refused a batch of {len(batch)} entries: "
-                    f"{error_summary(error)} — {_advice(error)}"
-                ) from None
-            finally:
-                pipe.reset()
-            self.batches_sent += 1
-            self.connected = True
-            refused = [(stream, r) for (stream, _, _), r in zip(batch, results) if isinstance(r, Exception)]
-            written = [
-                result for (_, _, result), r in zip(batch, results) if result is not None and not isinstance(r, Exception)
-            ]
-            self.published += len(batch) - len(refused)
-            self.per_stream.update(
-                stream for (stream, _, result), r in zip(batch, results) if result is not None and not isinstance(r, Exception)
-            )
-            for result in written:
-                result.publish_ts = now
-            if self.on_written is not None and written:
-                self.on_written(written)
-            if refused:
-                self.failed += len(refused)
-                stream, error = refused[0]
-                raise SinkError(
-                    f"Redis refused {len(refused)} of {len(batch)} entries (first, on {stream!r}: "
-                    f"{error_summary(error)}) — {_advice(error)}"
-                )
-            return
-        self.failed += len(batch)
-        raise SinkError(
-            f"cannot write to Redis at {redis_address(self.client)} after {self.retries + 1} attempts: "
-            f"{error_summary(last_error)}; {len(batch)} entries lost ({self.failed} in this run) — "
-            "check that Redis is running and reachable"
-        )
+
+def _stand_in(result: FrameResult) -> FrameResult:
+    """What the runtime needs of a result once it is on the wire: its source, index, capture
+    time and stage times (the same dict), without label map or segments."""
+    return FrameResult(result.source, result.index, result.width, result.height, None,
+                       capture_ts=result.capture_ts, model=result.model, times=result.times, run_id=result.run_id)
+
+
+def _size(fields: dict[str, bytes | str]) -> int:
+    return sum(len(k) + len(v) for k, v in fields.items())
 
 
 def _advice(error: Exception) -> str:
@@ -268,6 +464,5 @@ def _advice(error: Exception) -> str:
     if text.startswith("OOM"):
         return "Redis is out of memory: lower sinks.redis.maxlen or raise its maxmemory"
     if text.startswith(("NOAUTH", "NOPERM")):
-        return "set the password (REDIS_PASSWORD) or grant this user XADD"
+        return "set the password (REDIS_PASSWORD) or grant this user XADD on these keys"
     return "check the Redis server log"
-

@@ -2,6 +2,9 @@
 
 docs/SCHEMA.md describes the same format for consumers in any language. An entry is a flat map of
 field name to bytes; everything but the binary ``idmap`` field is UTF-8 text.
+
+Reading needs numpy and zstandard only (the consumer SDK, ``segstream.client``, ships this
+module without torch); writing ``rle`` masks also needs pycocotools.
 """
 
 from __future__ import annotations
@@ -13,10 +16,9 @@ from typing import Mapping
 
 import numpy as np
 import zstandard
-from pycocotools import mask as coco_mask
 
 from segstream.connectors.errors import WireFormatError
-from segstream.models.results import Event, FrameResult, Segments
+from segstream.models.results import NO_TRACK, Event, FrameResult, Segments
 
 SCHEMA_VERSION = 1
 DEFAULT_STREAM_PATTERN = "segstream:{source}:frames"
@@ -28,6 +30,8 @@ _REQUIRED_FIELDS = (
     "width", "height", "model", "mask_encoding", "segments",
 )
 _SEGMENT_KEYS = ("id", "class_id", "label", "isthing", "score", "area", "box")
+# Written by every writer since tracking; a reader takes their absence as "not tracked".
+_TRACK_KEYS = ("track_id", "track_age")
 # Largest frame an entry may claim: bounds the memory a malformed entry can make us allocate.
 _MAX_PIXELS = 16384 * 16384
 
@@ -57,9 +61,10 @@ def to_wire(result: FrameResult, mask_encoding: str, publish_ts: float | None = 
             f"segment ids of {result.source} frame {result.index} must be distinct and >= 0, got {ids}"
         )
 
-    records = [{key: segment[key] for key in _SEGMENT_KEYS} for segment in segments]
+    records = [{key: segment[key] for key in _SEGMENT_KEYS + _TRACK_KEYS} for segment in segments]
     fields: dict[str, bytes | str] = {
         "v": str(SCHEMA_VERSION),
+        "run_id": result.run_id,
         "source": result.source,
         "frame": str(int(result.index)),
         "pts": "" if result.pts is None else str(int(result.pts)),
@@ -92,6 +97,15 @@ def from_wire(fields: Mapping[bytes | str, bytes | str], *, decode_masks: bool =
     ``decode_masks=False`` skips rebuilding the label map (``label_map`` is then None), for
     readers that need only metadata.
     """
+    result, masks = read_entry(fields)
+    if decode_masks:
+        result.label_map = masks.label_map()
+    return result
+
+
+def read_entry(fields: Mapping[bytes | str, bytes | str]) -> tuple[FrameResult, EncodedMasks]:
+    """An entry's metadata and segments, checked, with its masks left encoded: the result's
+    ``label_map`` is None and the ``EncodedMasks`` decode it, or one segment's mask, on demand."""
     entry = {_text(key): value for key, value in fields.items()}
     if "v" not in entry:
         raise WireFormatError(
@@ -118,24 +132,25 @@ def from_wire(fields: Mapping[bytes | str, bytes | str], *, decode_masks: bool =
             f"entry has mask_encoding {mask_encoding!r}; schema v1 knows {', '.join(MASK_ENCODINGS)}"
         )
     segments, rles = _parse_segments(text["segments"], mask_encoding)
-
-    label_map = None
-    if decode_masks:
-        if mask_encoding == "rle":
-            label_map = _paint_rles(rles, [int(i) for i in segments.ids], height, width)
-        else:
-            if "idmap" not in entry:
-                raise WireFormatError("entry has mask_encoding 'idmap' but no 'idmap' field")
-            label_map = _decompress_idmap(entry["idmap"], height, width)
+    idmap = None
+    if mask_encoding == "idmap":
+        if "idmap" not in entry:
+            raise WireFormatError("entry has mask_encoding 'idmap' but no 'idmap' field")
+        idmap = entry["idmap"]
+        if not isinstance(idmap, bytes):
+            raise WireFormatError(
+                "idmap field arrived as text — read the stream with a client that returns bytes "
+                "(redis-py: decode_responses=False)"
+            )
 
     # optional fields added within v1: absent in entries of older writers
     optional = {name: _text(entry[name]) for name in ("epoch", "sender_ts") if name in entry}
-    return FrameResult(
+    result = FrameResult(
         source=text["source"],
         index=_integer(text, "frame"),
         width=width,
         height=height,
-        label_map=label_map,
+        label_map=None,
         segments=segments,
         pts=None if text["pts"] == "" else _integer(text, "pts"),
         time_base=_time_base(text["time_base"]),
@@ -145,7 +160,43 @@ def from_wire(fields: Mapping[bytes | str, bytes | str], *, decode_masks: bool =
         model=text["model"],
         epoch=_integer(optional, "epoch") if optional.get("epoch") else 0,
         sender_ts=_number(optional, "sender_ts") if optional.get("sender_ts") else None,
+        run_id=_text(entry.get("run_id", b"")),
     )
+    ids = [int(i) for i in segments.ids]
+    return result, EncodedMasks(height, width, ids, rles, idmap)
+
+
+class EncodedMasks:
+    """The masks of one entry as they travelled; each decode is done when asked for (and the
+    label map only once)."""
+
+    def __init__(self, height: int, width: int, ids: list[int], rles: list[dict], idmap: bytes | None):
+        self.height, self.width = height, width
+        self.ids = ids
+        self._rles = rles
+        self._idmap = idmap
+        self._label_map: np.ndarray | None = None
+
+    def label_map(self) -> np.ndarray:
+        """height x width int32: each pixel's segment id, -1 where none is."""
+        if self._label_map is None:
+            if self._idmap is not None:
+                self._label_map = _decompress_idmap(self._idmap, self.height, self.width)
+            else:
+                self._label_map = _paint_rles(self._rles, self.ids, self.height, self.width)
+        return self._label_map
+
+    def mask(self, segment_id: int) -> np.ndarray:
+        """height x width bool mask of one segment; with ``rle`` only that segment is decoded."""
+        if segment_id not in self.ids:
+            raise KeyError(f"no segment with id {segment_id}")
+        if self._idmap is not None or self._label_map is not None:
+            return self.label_map() == segment_id
+        rle = self._rles[self.ids.index(segment_id)]
+        counts = _checked_counts(rle, segment_id, self.height, self.width)
+        values = np.zeros(counts.size, bool)
+        values[1::2] = True
+        return np.repeat(values, counts).reshape(self.width, self.height).T.copy()
 
 
 def event_to_wire(event: Event) -> dict[str, str]:
@@ -153,6 +204,7 @@ def event_to_wire(event: Event) -> dict[str, str]:
     (Unix seconds) and ``data`` (a JSON object of its details)."""
     return {
         "v": str(SCHEMA_VERSION),
+        "run_id": event.run_id,
         "source": event.source,
         "event": event.kind,
         "ts": repr(float(event.ts)),
@@ -176,7 +228,7 @@ def event_from_wire(fields: Mapping[bytes | str, bytes | str]) -> Event:
         raise WireFormatError(f"events entry's data is not valid JSON: {error}") from None
     if not isinstance(data, dict):
         raise WireFormatError("events entry's data must be a JSON object")
-    return Event(entry["source"], entry["event"], _number(entry, "ts"), data)
+    return Event(entry["source"], entry["event"], _number(entry, "ts"), data, entry.get("run_id", ""))
 
 
 def _plain(value):
@@ -194,6 +246,8 @@ def _coco_rle_counts(label_map: np.ndarray, ids: list[int]) -> list[str]:
     Byte for byte what ``pycocotools.mask.encode`` gives for ``label_map == id``; finding every
     run once costs one frame scan instead of one per segment (10x faster at 1080p, 10 segments).
     """
+    from pycocotools import mask as coco_mask  # writing only: readers need no COCO library
+
     height, width = label_map.shape
     # COCO RLE runs go down columns: flatten in column-major order.
     flat = np.ascontiguousarray(label_map.T).ravel()
@@ -249,18 +303,24 @@ def _rle_counts_from_string(counts: str) -> np.ndarray:
     return values
 
 
+def _checked_counts(rle: dict, segment_id: int, height: int, width: int) -> np.ndarray:
+    """The run lengths of one segment's rle, checked to cover the frame exactly."""
+    if list(rle["size"]) != [height, width]:
+        raise WireFormatError(
+            f"segment {segment_id} rle size {rle['size']} differs from the frame {height}x{width}"
+        )
+    counts = _rle_counts_from_string(rle["counts"])
+    if counts.size == 0 or counts.min() < 0 or counts.sum() != height * width:
+        raise WireFormatError(f"segment {segment_id} rle does not cover the {height}x{width} frame")
+    return counts
+
+
 def _paint_rles(rles: list[dict], ids: list[int], height: int, width: int) -> np.ndarray:
     """The label map with each segment's RLE mask painted with its id; masks must not overlap."""
     total = height * width
     run_starts, run_lengths, run_ids = [], [], []
     for segment_id, rle in zip(ids, rles):
-        if list(rle["size"]) != [height, width]:
-            raise WireFormatError(
-                f"segment {segment_id} rle size {rle['size']} differs from the frame {height}x{width}"
-            )
-        counts = _rle_counts_from_string(rle["counts"])
-        if counts.size == 0 or counts.min() < 0 or counts.sum() != total:
-            raise WireFormatError(f"segment {segment_id} rle does not cover the {height}x{width} frame")
+        counts = _checked_counts(rle, segment_id, height, width)
         ends = np.cumsum(counts)
         run_starts.append((ends - counts)[1::2])
         run_lengths.append(counts[1::2])
@@ -287,12 +347,7 @@ def _paint_rles(rles: list[dict], ids: list[int], height: int, width: int) -> np
     return np.repeat(run_values, run_sizes).reshape(width, height).T.astype(np.int32, order="C")
 
 
-def _decompress_idmap(blob: bytes | str, height: int, width: int) -> np.ndarray:
-    if not isinstance(blob, bytes):
-        raise WireFormatError(
-            "idmap field arrived as text — read the stream with a client that returns bytes "
-            "(redis-py: decode_responses=False)"
-        )
+def _decompress_idmap(blob: bytes, height: int, width: int) -> np.ndarray:
     expected = height * width * 4
     try:
         raw = zstandard.ZstdDecompressor().decompress(blob, max_output_size=expected)
@@ -325,10 +380,14 @@ def _parse_segments(blob: str, mask_encoding: str) -> tuple[Segments, list[dict]
             if len(box) != 4:
                 raise ValueError("box needs 4 numbers")
             row = (int(item["id"]), int(item["class_id"]), str(item["label"]), bool(item["isthing"]),
-                   float(item["score"]), int(item["area"]), box)
-            # Ids, classes and boxes are int32 columns, areas int64: beyond, numbers would not fit.
-            if not all(-(2**31) <= v < 2**31 for v in (row[0], row[1], *box)) or not -(2**63) <= row[5] < 2**63:
-                raise ValueError("a number is out of the 32-bit range (area: 64-bit)")
+                   float(item["score"]), int(item["area"]), box,
+                   int(item.get("track_id", NO_TRACK)), int(item.get("track_age", 0)))
+            # Ids, classes, boxes and ages are int32 columns, areas and track ids int64: beyond,
+            # numbers would not fit.
+            if not all(-(2**31) <= v < 2**31 for v in (row[0], row[1], *box, row[8])) or not all(
+                -(2**63) <= v < 2**63 for v in (row[5], row[7])
+            ):
+                raise ValueError("a number is out of the 32-bit range (area and track_id: 64-bit)")
         except (TypeError, ValueError) as error:
             raise WireFormatError(f"segment {position} has a malformed value: {error}") from None
         if row[0] < 0 or row[0] in seen:
@@ -342,10 +401,11 @@ def _parse_segments(blob: str, mask_encoding: str) -> tuple[Segments, list[dict]
                     f"segment {position} lacks 'rle' {{size, counts}} required by mask_encoding 'rle'"
                 )
             rles.append(rle)
-    columns = list(zip(*rows)) if rows else [[]] * 7
+    columns = list(zip(*rows)) if rows else [[]] * 9
     segments = Segments.build(
         ids=columns[0], class_ids=columns[1], labels=columns[2], isthing=columns[3],
         scores=columns[4], areas=columns[5], boxes=np.array(columns[6], dtype=np.int64).reshape(-1, 4),
+        track_ids=columns[7], track_ages=columns[8],
     )
     return segments, rles
 

@@ -142,7 +142,8 @@ class FrameResult:
     runtime only while a sink that draws on frames needs it (a preview), else None. ``epoch``
     counts the restarts of the source's timeline before this frame (reconnects, loops);
     ``sender_ts`` is the Unix time at which the sender captured the frame when the stream says so
-    (RTCP sender reports), else None.
+    (RTCP sender reports), else None. ``run_id`` names the pipeline run that produced it (track
+    ids restart with each run).
     """
 
     source: str
@@ -162,6 +163,7 @@ class FrameResult:
     image: np.ndarray | None = None
     epoch: int = 0
     sender_ts: float | None = None
+    run_id: str = ""
 
     def masks(self) -> dict[int, np.ndarray]:
         """Segment id -> height x width bool mask."""
@@ -179,9 +181,10 @@ class FrameResult:
 class Event:
     """Something that happened to a source or its segments, published on the source's events
     stream: ``kind`` names it (``state``, ``track_started``, ...), ``ts`` is Unix seconds, and
-    ``data`` holds its JSON-ready details."""
+    ``data`` holds its JSON-ready details; ``run_id`` names the run that published it."""
 
     source: str
     kind: str
     ts: float
     data: dict[str, Any] = field(default_factory=dict)
+    run_id: str = ""

@@ -514,6 +514,7 @@ def run_local(cfg: PipelineConfig, jobs: Sequence[VideoJob], root: Path, manifes
     from segstream.pipeline.cli import WARM_UP_FRAME
     from segstream.pipeline.model_factory import build_segmenter
     from segstream.pipeline.runtime import Runtime
+    from segstream.pipeline.tracking import tracking_stages
 
     if adapter is None:
         adapter = build_segmenter(cfg.model, batch_size=cfg.engine.batch_size)
@@ -533,6 +534,9 @@ def run_local(cfg: PipelineConfig, jobs: Sequence[VideoJob], root: Path, manifes
         runtime = Runtime.from_config(
             cfg, sources, adapter, [sink, *_extra_sinks(cfg)], queue_size=cfg.batch.queue_size, metrics=metrics,
             warm_up=warm_up, progress=None,
+            # Outputs depend on the videos only, so a re-run is identical: no run id, and no
+            # track_ended events of a video's end (their time depends on the run's other videos).
+            run_id="", stages=tracking_stages(cfg.tracking, end_events=False),
         )
         warm_up = None  # the model is warm from the first group on
         try:

@@ -93,6 +93,7 @@ def process_video(job: VideoJob, cfg_json: str, root: str, actor, labels, board)
 
     from segstream.connectors.file_source import FileSource
     from segstream.connectors.video_outputs import VideoOutputs
+    from segstream.pipeline.tracking import tracking_stages
 
     cfg = BatchPipelineConfig.model_validate_json(cfg_json)
     batch_cfg = cfg.batch
@@ -110,15 +111,23 @@ def process_video(job: VideoJob, cfg_json: str, root: str, actor, labels, board)
         sinks = _extra_sinks(cfg)
         images = outputs.wants_images or any(getattr(s, "wants_images", False) for s in sinks)
         pending: deque = deque()
+        # The same per-source stages (the tracker) as the local engine, so the outputs are the same.
+        stages = [factory(job.id) for factory in tracking_stages(cfg.tracking)]
 
         def write(ref) -> None:
             frames, results = ref
             for frame, result in zip(frames, ray.get(results)):
+                for stage in stages:
+                    result = stage.process(result)
                 if images:
                     result.image = frame.image
                 outputs.write(result)
+                for event in result.events:
+                    outputs.write_event(event)
                 for sink in sinks:
                     sink.publish(result)
+                    for event in result.events:
+                        sink.publish_event(event)
                 result.image = None
             board.add.remote(job.id, len(frames))
 

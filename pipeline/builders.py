@@ -113,12 +113,19 @@ def build_sources(configs: Iterable[SourceConfig]) -> list[VideoSource]:
 
 
 def _redis_sink(cfg: SinksConfig, embedded_dir: Path | None) -> Sink:
+    from segstream.connectors.redis_connection import TlsFiles
     from segstream.connectors.redis_sink import RedisPublisher
 
     redis = cfg.redis
     return RedisPublisher.from_config(
         redis.url,
         redis.password,
+        username=redis.username,
+        tls=TlsFiles(redis.tls.ca_file, redis.tls.cert_file, redis.tls.key_file, redis.tls.check_hostname),
+        max_backlog=redis.max_backlog,
+        max_backlog_bytes=int(redis.max_backlog_mb * 2**20),
+        reconnect_max_s=redis.reconnect_max_s,
+        drain_timeout_s=redis.drain_timeout_s,
         stream_pattern=redis.stream,
         maxlen=redis.maxlen,
         mask_encoding=redis.mask_encoding,

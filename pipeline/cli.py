@@ -106,6 +106,8 @@ def _parser() -> argparse.ArgumentParser:
     tail.add_argument("--url", default="redis://localhost:6379/0", help="Redis URL (default %(default)s)")
     tail.add_argument("--count", type=int, default=10, metavar="N", help="newest entries to print (default %(default)s)")
     tail.add_argument("--follow", action="store_true", help="keep printing new entries as they arrive")
+    tail.add_argument("--events", action="store_true",
+                      help="also print the source's events stream (track starts and ends, source states)")
     tail.set_defaults(command=_tail)
 
     bench = commands.add_parser(
@@ -134,6 +136,11 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--clips", type=Path, nargs="+", default=None, metavar="VIDEO",
                           help="evaluate on encoded synthetic clips (ground truth in <stem>_truth.npz beside each) "
                                "instead of rendering --seeds")
+    evaluate.add_argument("--tracking", action="store_true",
+                          help="IDF1, HOTA and ID switches of the tracker (noisy ground truth, the model's "
+                               "segments, and an oracle on them) instead of PQ; needs segstream[eval]")
+    evaluate.add_argument("--no-model", action="store_true",
+                          help="with --tracking: only the tracker on noisy ground truth (no model run)")
     evaluate.set_defaults(command=_evaluate)
 
     batch = commands.add_parser(
@@ -187,7 +194,8 @@ def _schema(args: argparse.Namespace) -> int:
 def _tail(args: argparse.Namespace) -> int:
     from segstream.connectors.redis_reader import tail
 
-    tail(args.stream, url=args.url, count=args.count, follow=args.follow)
+    tail(args.stream, url=args.url, count=args.count, follow=args.follow, events=args.events,
+         password=os.environ.get("REDIS_PASSWORD") or None)
     return 0
 
 
@@ -198,6 +206,12 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    if args.tracking:
+        from segstream.pipeline.track_evaluation import main_evaluate_tracking
+
+        return int(main_evaluate_tracking(args) or 0)
+    if args.no_model:
+        raise SegstreamError("--no-model goes with --tracking")
     from segstream.pipeline.evaluation import main_evaluate
 
     return int(main_evaluate(args) or 0)

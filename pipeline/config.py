@@ -291,14 +291,45 @@ def _empty_is_null(value: Any) -> Any:
     return None if value == "" else value
 
 
+class RedisTlsConfig(Strict):
+    """TLS for a ``rediss://`` URL: the CA that signed the server's certificate (null: the
+    system's CAs), and a client certificate and key for servers that ask for one."""
+
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    check_hostname: bool = True
+
+    @field_validator("ca_file", "cert_file", "key_file")
+    @classmethod
+    def _file_exists(cls, path: str | None, info: ValidationInfo) -> str | None:
+        if path is None or path == "":
+            return None
+        resolved = _resolve(path, info)
+        if not resolved.is_file():
+            raise ValueError(f"file '{path}' does not exist ({resolved}) — fix the path")
+        return str(resolved)
+
+
 class RedisSinkConfig(Strict):
     """Redis Streams, one stream per source; ``url: null`` starts an embedded Redis. Entries go
     out in pipelined batches of up to ``pipeline_size``, none waiting longer than
-    ``max_batch_delay_ms``."""
+    ``max_batch_delay_ms``. ``username`` and ``password`` log in (an ACL user, or the
+    ``requirepass`` password alone). While Redis cannot be reached the run goes on: entries wait
+    in a backlog of at most ``max_backlog`` entries and ``max_backlog_mb`` megabytes (the oldest
+    are dropped and counted beyond that), reconnect attempts back off up to
+    ``reconnect_max_s``, and at the end the run waits up to ``drain_timeout_s`` for Redis to take
+    what is left."""
 
     enabled: bool = True
     url: str | None = None
+    username: str | None = None
     password: str | None = None
+    tls: RedisTlsConfig = Field(default_factory=RedisTlsConfig)
+    max_backlog: PositiveInt = 1000
+    max_backlog_mb: PositiveFloat = 256.0
+    reconnect_max_s: PositiveFloat = 5.0
+    drain_timeout_s: Annotated[float, Field(ge=0)] = 10.0
     stream: str = "segstream:{source}:frames"
     events_stream: str = "segstream:{source}:events"
     maxlen: PositiveInt = 10000
@@ -306,7 +337,7 @@ class RedisSinkConfig(Strict):
     pipeline_size: PositiveInt = 32
     max_batch_delay_ms: Annotated[float, Field(ge=0)] = 20.0
 
-    _nulls = field_validator("url", "password", mode="before")(_empty_is_null)
+    _nulls = field_validator("url", "username", "password", mode="before")(_empty_is_null)
 
     @field_validator("url")
     @classmethod
@@ -330,6 +361,15 @@ class RedisSinkConfig(Strict):
                 raise ValueError(f"'{shown}' names no host — {hint}")
         return url
 
+    @model_validator(mode="after")
+    def _tls_needs_rediss(self) -> RedisSinkConfig:
+        tls = self.tls
+        if (tls.ca_file or tls.cert_file or tls.key_file) and not (self.url or "").startswith("rediss://"):
+            raise ValueError("tls files are set but the url is not rediss:// — use rediss://host:port for TLS")
+        if bool(tls.cert_file) != bool(tls.key_file):
+            raise ValueError("tls.cert_file and tls.key_file go together — set both or neither")
+        return self
+
     @field_validator("stream", "events_stream")
     @classmethod
     def _stream_template(cls, stream: str) -> str:
@@ -342,6 +382,36 @@ class RedisSinkConfig(Strict):
                 f"'{stream}' must contain {{source}} and no other placeholder, e.g. 'segstream:{{source}}:frames'"
             )
         return stream
+
+
+class TrackingConfig(Strict):
+    """Stable segment ids across frames, per source (``segstream.models.tracking``).
+
+    A new thing gets its id once seen in ``min_hits`` consecutive frames; a thing not seen keeps
+    its id for ``max_lost`` frames (an occlusion), then its track ends. Matching scores mask
+    overlap (``iou_weight``), query-embedding similarity (``embedding_weight``) and class
+    agreement (``class_weight``); a pair needs ``min_overlap``, or an embedding similarity of
+    ``min_similarity`` within ``max_shift`` box diagonals of where the thing should be, and a
+    class change needs ``class_change_overlap``. ``embedding_momentum`` smooths a track's
+    embedding; a detection under ``partial_area`` of the thing's size counts as partly hidden.
+    Overlaps are measured on label maps shrunk to a long side of ``mask_side`` pixels; at most
+    ``max_tracks`` tracks are kept per source.
+    """
+
+    enabled: bool = True
+    min_hits: PositiveInt = 2
+    max_lost: Annotated[int, Field(ge=0)] = 30
+    iou_weight: Annotated[float, Field(ge=0)] = 0.5
+    embedding_weight: Annotated[float, Field(ge=0)] = 0.4
+    class_weight: Annotated[float, Field(ge=0)] = 0.1
+    min_overlap: Fraction01 = 0.1
+    min_similarity: Annotated[float, Field(ge=-1, le=1)] = 0.6
+    max_shift: PositiveFloat = 1.0
+    class_change_overlap: Fraction01 = 0.3
+    embedding_momentum: Annotated[float, Field(ge=0, lt=1)] = 0.7
+    partial_area: Fraction01 = 0.5
+    mask_side: Annotated[int, Field(ge=8)] = 480
+    max_tracks: PositiveInt = 1000
 
 
 class FilesSinkConfig(Strict):
@@ -446,6 +516,7 @@ class PipelineConfig(Strict):
     sources: Annotated[list[SourceConfig], Field(min_length=1)]
     model: ModelConfig = Field(default_factory=ModelConfig)
     engine: EngineConfig = Field(default_factory=EngineConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     sinks: SinksConfig = Field(default_factory=SinksConfig)
     ops: OpsConfig = Field(default_factory=OpsConfig)
     batch: BatchConfig = Field(default_factory=BatchConfig)
@@ -501,7 +572,7 @@ def validate_config(
 ) -> PipelineConfig:
     """Validate plain data (already interpolated); all problems become one ConfigError."""
     if not isinstance(data, dict):
-        raise ConfigError("the config must be a mapping with the keys sources, model, engine and sinks")
+        raise ConfigError("the config must be a mapping with the keys sources, model, engine, tracking and sinks")
     try:
         return schema.model_validate(data, context={"base_dir": base_dir})
     except ValidationError as error:
@@ -543,7 +614,7 @@ def read_yaml(path: str | Path) -> dict:
     if data is None:
         raise ConfigError(f"config file '{path}' is empty — it needs at least a sources list")
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping with the keys sources, model, engine and sinks")
+        raise ConfigError(f"{path}: the top level must be a mapping with the keys sources, model, engine, tracking and sinks")
     return data
 
 

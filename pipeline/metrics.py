@@ -196,6 +196,13 @@ class RunMetrics:
     def published(self, name: str) -> None:
         self.source(name).published += 1
 
+    def unpublished(self, name: str, reason: str) -> None:
+        """A frame counted as published was dropped by a sink after all (its backlog overflowed)."""
+        counts = self.source(name)
+        with self._lock:
+            counts.published -= 1
+            counts.dropped_by[reason] += 1
+
     def batch(self, size: int, network_s: float) -> None:
         self.batches += 1
         self.model_frames += size

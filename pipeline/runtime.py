@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 import os
 import queue
+import secrets
 import sys
 import threading
 import time
@@ -44,7 +45,11 @@ _POLL_IDLE_S = 0.5
 
 
 class FrameStage(Protocol):
-    """A stage after the model that sees one source's results in frame order (a tracker)."""
+    """A stage after the model that sees one source's results in frame order (a tracker).
+
+    It may also have ``finish() -> list[Event]``, called once when its source's last result has
+    passed (not after a failure); the events it returns are published.
+    """
 
     def process(self, result: FrameResult) -> FrameResult: ...
 
@@ -86,6 +91,8 @@ class RunReport:
     latency_ms_p99: float
     latency_ms_max: float
     stages: dict[str, dict[str, float]] = field(default_factory=dict)
+    run_id: str = ""
+    sinks: dict[str, dict] = field(default_factory=dict)  # each sink's ``status()``, where it has one
 
     @property
     def decoded(self) -> int:
@@ -131,10 +138,11 @@ class RunReport:
             if not math.isnan(self.latency_ms_p50) else "latency n/a"
         )
         outcome = "failed" if self.failed else "stopped" if self.stopped else "done"
+        sinks = "".join(f"; {status['line']}" for status in self.sinks.values() if status.get("line"))
         return (
             f"{outcome}: {self.published} frames published in {self.elapsed_s:.1f} s "
             f"({self.fps:.1f} fps), {self.dropped} dropped, {self.batches} batches (mean {mean_batch:.1f}), "
-            f"{latency}; {per_source}"
+            f"{latency}; {per_source}{sinks}"
         )
 
 
@@ -228,6 +236,7 @@ class Runtime:
         warm_up: tuple[int, int] | None = None,
         progress: TextIO | None | bool = True,
         progress_interval_s: float = 2.0,
+        run_id: str | None = None,
     ):
         names = [s.name for s in sources]
         if len(set(names)) != len(names):
@@ -278,13 +287,18 @@ class Runtime:
         self.warm_up_s = 0.0
         # decoded images ride along with results only while some sink draws on them
         self._wants_images = any(getattr(sink, "wants_images", False) for sink in self.sinks)
+        self.run_id = new_run_id() if run_id is None else run_id
 
     @classmethod
     def from_config(cls, cfg, sources, adapter, sinks, **kwargs) -> Runtime:
-        """A runtime with the engine settings, queue sizes, buffer policies and required sources
-        of a ``PipelineConfig``; applies the engine's intra-op thread count to torch."""
+        """A runtime with the engine settings, queue sizes, buffer policies, required sources and
+        per-source stages (the tracker of the ``tracking:`` section) of a ``PipelineConfig``;
+        applies the engine's intra-op thread count to torch."""
         import torch
 
+        from segstream.pipeline.tracking import tracking_stages
+
+        kwargs.setdefault("stages", tracking_stages(cfg.tracking))
         engine = cfg.engine
         layout = engine_layout(
             adapter.device, os.cpu_count() or 1, compiled=bool(adapter.batch_buckets),
@@ -498,10 +512,18 @@ class Runtime:
                 beat("stage")
                 for stage in self._source_stages(result.source):
                     result = stage.process(result)
+                result.run_id = self.run_id
+                for event in result.events:
+                    event.run_id = self.run_id
                 result.times["staged"] = time.monotonic()
                 beat("stage", idle="back-pressure")
                 if not self._to_sinks.put(result):
                     return
+            for stages in self._stages.values():
+                for stage in stages:
+                    if hasattr(stage, "finish"):
+                        for event in stage.finish():
+                            self.emit(event)
         except BaseException as error:
             self._fail(error, drain=False)
             self._to_stage.drain()
@@ -521,12 +543,13 @@ class Runtime:
                 beat("publish")
                 self._publish_events()
                 if item is not None:
+                    # Counted before the hand-off: a sink that drops it later takes it back (on_dropped).
+                    self.metrics.published(item.source)
                     for sink in self.sinks:
                         sink.publish(item)
                         for event in item.events:
                             sink.publish_event(event)
                     item.image = None  # drawn by now; results kept downstream must not hold frames
-                    self.metrics.published(item.source)
                     if not self._reporting:
                         self._written_at_handoff(item)
                 due = [d for d in (sink.poll() for sink in self.sinks) if d is not None]
@@ -547,6 +570,7 @@ class Runtime:
 
     def emit(self, event: Event) -> None:
         """Publish an event on its source's events stream (any thread; never blocks)."""
+        event.run_id = event.run_id or self.run_id
         self._events.put(event)
         self._to_sinks.wake()
 
@@ -589,7 +613,10 @@ class Runtime:
         return stages
 
     def _attach(self, sink: Sink) -> None:
-        """Have the sink report what it writes; the first such sink's writes make the latency."""
+        """Have the sink report what it writes (the first such sink's writes make the latency)
+        and what it drops."""
+        if hasattr(sink, "on_dropped"):
+            sink.on_dropped = self._dropped_by_sink
         if not hasattr(sink, "on_written"):
             return
         primary = not self._reporting
@@ -605,6 +632,14 @@ class Runtime:
                     self.metrics.stages(result.times)
 
         sink.on_written = written
+
+    def _dropped_by_sink(self, results: Sequence[FrameResult], reason: str) -> None:
+        """A sink gave up on results it was handed: they count as dropped, not published (once,
+        whichever sinks drop them)."""
+        for result in results:
+            if "dropped" not in result.times:
+                result.times["dropped"] = time.monotonic()
+                self.metrics.unpublished(result.source, reason)
 
     def _written_at_handoff(self, result: FrameResult) -> None:
         result.publish_ts = time.time()
@@ -654,7 +689,16 @@ class Runtime:
             latency_ms_p99=1000 * p99,
             latency_ms_max=1000 * self.metrics.capture_to_publish.max(),
             stages=self.metrics.stage_table(),
+            run_id=self.run_id,
+            sinks=self._sink_status(),
         )
+
+    def _sink_status(self) -> dict[str, dict]:
+        status = {}
+        for sink in self.sinks:
+            if hasattr(sink, "status"):
+                status[getattr(sink, "name", type(sink).__name__)] = sink.status()
+        return status
 
     def _progress_stream(self) -> TextIO:
         return sys.stderr if self.progress is True else self.progress
@@ -662,9 +706,10 @@ class Runtime:
     def _progress_line(self, elapsed_s: float) -> str:
         report = self.report(elapsed_s)
         latency = "" if math.isnan(report.latency_ms_p50) else f", latency p50 {report.latency_ms_p50:.0f} ms p99 {report.latency_ms_p99:.0f} ms"
+        sinks = "".join(f", {status['line']}" for status in report.sinks.values() if status.get("line"))
         return (
             f"segstream: {report.published} frames, {report.fps:.1f} fps, {report.dropped} dropped{latency}, "
-            f"queues {self._batcher.depths()} in flight {self._to_post.qsize()}, sources {self._states_line(report)}"
+            f"queues {self._batcher.depths()} in flight {self._to_post.qsize()}, sources {self._states_line(report)}{sinks}"
         )
 
     @staticmethod
@@ -688,3 +733,9 @@ def _reason(error: BaseException, source: str) -> str:
     for prefix in (f"source {source} failed: ", f"source {source}: "):
         text = text.removeprefix(prefix)
     return text
+
+
+def new_run_id() -> str:
+    """A run's name: its start time (UTC) and 32 random bits, e.g. ``20261121T101502Z-3f2a9c1d``;
+    sortable by start and unique in practice."""
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(4)

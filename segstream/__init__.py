@@ -9,7 +9,8 @@ light (no torch) for programs that only read streams.
 
 The repository's folders are subpackages: ``segstream.models`` (the math: EoMT, pre- and
 post-processing, results), ``segstream.connectors`` (sources, sinks, the wire format, Redis),
-``segstream.pipeline`` (config, engine, runtime, CLI).
+``segstream.pipeline`` (config, engine, runtime, CLI). ``segstream.client`` is the consumer SDK;
+the ``segstream-client`` distribution installs it (and this file) without torch.
 """
 
 from __future__ import annotations
@@ -34,6 +35,11 @@ _EXPORTS = {
     "to_wire": "segstream.connectors.redis_wire",
     "from_wire": "segstream.connectors.redis_wire",
     "StreamReader": "segstream.connectors.redis_reader",
+    "connect": "segstream.connectors.redis_reader",
+    "Client": "segstream.connectors.redis_reader",
+    "Entry": "segstream.connectors.redis_reader",
+    "EventEntry": "segstream.connectors.redis_reader",
+    "Event": "segstream.models.results",
     "EoMT": "segstream.models.eomt",
     "EoMTConfig": "segstream.models.eomt",
     "EoMTSegmenter": "segstream.models.segmenter",
@@ -54,7 +60,17 @@ def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'segstream' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
+    try:
+        imported = importlib.import_module(module)
+    except ModuleNotFoundError as error:
+        if error.name is not None and error.name.split(".")[0] in ("segstream", "torch", "torchvision", "av"):
+            # The consumer-only distribution (segstream-client) has segstream.client and the wire format.
+            raise ImportError(
+                f"segstream.{name} needs the full segstream distribution (pip install segstream); "
+                f"this installation lacks {error.name}"
+            ) from None
+        raise
+    value = getattr(imported, name)
     globals()[name] = value
     return value
 
@@ -73,11 +89,11 @@ if TYPE_CHECKING:
         WireFormatError,
     )
     from segstream.connectors.frames import Frame
-    from segstream.connectors.redis_reader import StreamReader
+    from segstream.connectors.redis_reader import Client, Entry, EventEntry, StreamReader, connect
     from segstream.connectors.redis_wire import from_wire, to_wire
     from segstream.models.eomt import EoMT, EoMTConfig
     from segstream.models.presets import PRESETS
-    from segstream.models.results import NO_TRACK, FrameResult, Segments
+    from segstream.models.results import NO_TRACK, Event, FrameResult, Segments
     from segstream.models.segmenter import EoMTSegmenter, FamilyAdapter
     from segstream.pipeline.cli import run_pipeline
     from segstream.pipeline.config import PipelineConfig, load_config

@@ -255,3 +255,55 @@ def test_label_map_of_another_size_than_the_frame_is_refused():
 
     with pytest.raises(WireFormatError, match="label map of cam0 frame 0 is 30x80 but the frame is 60x80"):
         to_wire(result, "rle")
+
+
+def test_track_ids_ages_and_the_run_id_travel_with_the_entry():
+    result = synthetic_scene(index=2)
+    result.segments.track_ids = np.arange(len(result.segments), dtype=np.int64) + 40
+    result.segments.track_ages = np.arange(len(result.segments), dtype=np.int32) + 3
+    result.run_id = "20261121T101502Z-3f2a9c1d"
+
+    entry = from_wire(to_wire(result, "rle"))
+
+    assert entry.run_id == result.run_id
+    np.testing.assert_array_equal(entry.segments.track_ids, result.segments.track_ids)
+    np.testing.assert_array_equal(entry.segments.track_ages, result.segments.track_ages)
+
+
+def test_an_entry_written_before_tracking_reads_as_untracked():
+    fields = to_wire(synthetic_scene(), "rle")
+    segments = json.loads(fields["segments"])
+    for segment in segments:
+        del segment["track_id"], segment["track_age"]
+    fields["segments"] = json.dumps(segments)
+    del fields["run_id"]
+
+    entry = from_wire(fields)
+
+    assert entry.run_id == "" and set(entry.segments.track_ids.tolist()) == {-1}
+    assert set(entry.segments.track_ages.tolist()) == {0}
+
+
+def test_unknown_fields_and_segment_keys_are_ignored():
+    fields = to_wire(synthetic_scene(), "idmap")
+    fields["added_in_a_later_v1"] = "x"
+    segments = json.loads(fields["segments"])
+    segments[0]["velocity"] = [1, 2]
+    fields["segments"] = json.dumps(segments)
+
+    assert len(from_wire(fields).segments) == len(segments)
+
+
+@pytest.mark.parametrize("mask_encoding", ["rle", "idmap"])
+def test_one_mask_decodes_alone_and_equals_the_label_maps(mask_encoding):
+    from segstream.connectors.redis_wire import read_entry
+
+    result = synthetic_scene(index=1)
+    entry, masks = read_entry(to_wire(result, mask_encoding))
+
+    assert entry.label_map is None
+    for segment_id in result.segments.ids:
+        np.testing.assert_array_equal(masks.mask(int(segment_id)), result.label_map == segment_id)
+    np.testing.assert_array_equal(masks.label_map(), result.label_map)
+    with pytest.raises(KeyError):
+        masks.mask(999)

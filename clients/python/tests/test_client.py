@@ -1,0 +1,198 @@
+"""segstream.client against a real Redis: typed entries with lazy masks, plain, newest-only and
+consumer-group reading (with claims of what a crashed consumer left), reconnects, RESP2 and
+RESP3, blocking reads longer than the socket timeout. Runs with redis, numpy and zstandard only."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from segstream.client import NO_TRACK, Entry, EventEntry, FrameResult, Segments, connect
+from segstream.connectors.redis_wire import event_to_wire, to_wire
+from segstream.models.results import Event
+
+DATA = Path(__file__).parent / "data"
+
+
+def frame(index: int, source: str = "cam0") -> FrameResult:
+    """A 16 x 12 frame with one tracked thing moving right and a stuff band."""
+    label_map = np.full((12, 16), -1, np.int32)
+    label_map[8:] = 3
+    label_map[2:6, index % 10 : index % 10 + 4] = 5
+    segments = Segments.build(ids=[5, 3], class_ids=[0, 4], labels=["disc", "sky"], isthing=[True, False],
+                              areas=[16, 64], boxes=[(index % 10, 2, index % 10 + 4, 6), (0, 8, 16, 12)],
+                              track_ids=[11, 1], track_ages=[index + 1, index + 1])
+    return FrameResult(source, index, 16, 12, label_map, segments, capture_ts=1.0e9 + index, run_id="run-a")
+
+
+def publish(server, indices, source="cam0"):
+    client = server.client()
+    for index in indices:
+        client.xadd(f"segstream:{source}:frames", to_wire(frame(index, source), "idmap"))
+    client.close()
+
+
+def test_entries_are_typed_and_decode_masks_only_when_asked(server):
+    publish(server, range(3))
+    client = connect(server.url)
+    entries = client.frames("cam0", start="0").read()
+    assert [type(e) for e in entries] == [Entry] * 3
+    entry = entries[2]
+    assert (entry.source, entry.frame, entry.run_id, entry.width, entry.height) == ("cam0", 2, "run-a", 16, 12)
+    assert entry.segments.track_ids.tolist() == [11, 1] and entry.segments.labels.tolist() == ["disc", "sky"]
+    assert entry.result.label_map is None  # nothing decoded yet
+    np.testing.assert_array_equal(entry.track_mask(11), frame(2).label_map == 5)
+    np.testing.assert_array_equal(entry.label_map, frame(2).label_map)
+    with pytest.raises(KeyError):
+        entry.track_mask(99)
+
+
+def test_rle_entries_decode_without_a_coco_library():
+    from segstream.connectors.redis_wire import read_entry
+
+    fixture = json.loads((DATA / "rle_entry.json").read_text())
+    result, masks = read_entry(fixture["fields"])
+    expected = np.array(fixture["label_map"], np.int32)
+    np.testing.assert_array_equal(masks.label_map(), expected)
+    for segment_id in result.segments.ids:
+        np.testing.assert_array_equal(masks.mask(int(segment_id)), expected == segment_id)
+    assert result.segments.track_ids.tolist() == [7, 9, 1] and result.run_id == "20261121T101502Z-3f2a9c1d"
+
+
+def test_following_from_now_yields_only_new_entries_in_order(server):
+    publish(server, range(2))
+    client = connect(server.url)
+    subscription = client.frames("cam0")  # start "$": from now on
+    publish(server, range(2, 6))
+    got = []
+    for entry in subscription:
+        got.append(entry.frame)
+        if len(got) == 4:
+            subscription.stop()
+    assert got == [2, 3, 4, 5]
+
+
+def test_newest_only_mode_skips_the_backlog(server):
+    client = connect(server.url)
+    assert client.newest("cam0") is None
+    publish(server, range(10))
+    assert client.newest("cam0").frame == 9
+    seen = []
+
+    def later():
+        time.sleep(0.3)
+        publish(server, range(10, 20))  # a burst: newest-only readers see its end, not all of it
+
+    threading.Thread(target=later).start()
+    for entry in client.follow_newest("cam0", block_ms=200):
+        seen.append(entry.frame)
+        if entry.frame == 19:
+            break
+    assert seen[0] == 9 and seen[-1] == 19 and len(seen) < 11
+
+
+CRASHING_CONSUMER = """
+import os, signal, sys
+from segstream.client import connect
+sub = connect(sys.argv[1]).frames("cam0", group="analytics", consumer="doomed", start="0", count=6)
+entries = sub.read()
+acked = [e.id for e in entries[:2] if e.ack() == 1]
+print(" ".join(acked), flush=True)
+os.kill(os.getpid(), signal.SIGKILL)   # dies holding entries 3..6 unacknowledged
+"""
+
+
+def test_what_a_killed_consumer_held_is_claimed_by_another_and_each_entry_is_acked_once(server):
+    publish(server, range(12))
+    done = subprocess.run([sys.executable, "-c", CRASHING_CONSUMER, server.url], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    acked = done.stdout.split()
+    assert len(acked) == 2
+    client = connect(server.url)
+    survivor = client.frames("cam0", group="analytics", consumer="survivor", claim_idle_ms=300, block_ms=100)
+    assert survivor.pending() == 4
+    deadline = time.monotonic() + 20
+    while len(acked) < 12 and time.monotonic() < deadline:
+        for entry in survivor.read():
+            if entry.ack() == 1:
+                acked.append(entry.id)
+    all_ids = [i.decode() for i, _ in server.client().xrange("segstream:cam0:frames")]
+    assert sorted(acked) == sorted(all_ids) and len(set(acked)) == 12  # every entry acked exactly once
+    assert survivor.claimed == 4 and survivor.pending() == 0
+
+
+def test_a_reader_rides_out_a_redis_restart(server):
+    publish(server, range(3))
+    client = connect(server.url, reconnect_max_s=0.5)
+    subscription = client.frames("cam0", start="0", block_ms=200)
+    assert [e.frame for e in subscription.read()] == [0, 1, 2]
+    server.kill()
+
+    def restart():
+        time.sleep(1.0)
+        server.start()
+        time.sleep(0.2)
+        publish(server, range(3, 5))
+
+    threading.Thread(target=restart).start()
+    got = []
+    deadline = time.monotonic() + 20
+    while len(got) < 2 and time.monotonic() < deadline:
+        got += [e.frame for e in subscription.read(block_ms=200)]
+    assert got == [3, 4] and client.reconnects >= 1
+
+
+def test_a_group_lost_with_a_restarted_redis_is_created_again(server):
+    client = connect(server.url, reconnect_max_s=0.3)
+    subscription = client.frames("cam0", group="g", consumer="c", block_ms=100)
+    server.kill()
+    server.start()  # empty: no stream, no group
+    publish(server, range(2))
+    got = []
+    deadline = time.monotonic() + 10
+    while len(got) < 2 and time.monotonic() < deadline:
+        got += [e.frame for e in subscription.read(block_ms=100)]
+    assert got == [0, 1]
+
+
+@pytest.mark.parametrize("protocol", [2, 3])
+def test_both_protocols_read_the_same(server, protocol):
+    publish(server, range(4))
+    client = connect(server.url, protocol=protocol)
+    assert [e.frame for e in client.frames("cam0", start="0").read()] == [0, 1, 2, 3]
+    group = client.frames("cam0", group="p", start="0", claim_idle_ms=0)
+    assert [e.frame for e in group.read()] == [0, 1, 2, 3]
+    assert [e.frame for e in group.read()] == [0, 1, 2, 3]  # claimed again at once: idle 0
+
+
+def test_a_blocking_read_longer_than_the_socket_timeout_does_not_fail(server):
+    from segstream.client import Client
+
+    client = Client(server.client(socket_timeout=0.5))  # like redis-py 8's 5 s default, only shorter
+    started = time.monotonic()
+    assert client.frames("cam0").read(block_ms=3000) == []
+    assert time.monotonic() - started < 2.0
+
+
+def test_events_are_typed_too(server):
+    server.client().xadd("segstream:cam0:events", event_to_wire(Event(
+        "cam0", "track_started", 5.0, {"track_id": 11, "label": "disc", "first_frame": 0}, run_id="run-a")))
+    (event,) = connect(server.url).events("cam0", start="0").read()
+    assert isinstance(event, EventEntry)
+    assert (event.kind, event.data["track_id"], event.run_id, event.ts) == ("track_started", 11, "run-a", 5.0)
+
+
+def test_importing_the_client_loads_no_torch():
+    script = "import sys, segstream.client; assert 'torch' not in sys.modules; print(segstream.client.NO_TRACK)"
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == str(NO_TRACK)

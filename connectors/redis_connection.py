@@ -1,0 +1,152 @@
+"""Connecting to Redis the way the publisher and every reader do: URL, ACL user or password, TLS,
+timeouts, one-line errors, and the backoff between reconnect attempts.
+
+Part of the consumer SDK (``segstream.client``): needs redis-py only.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import redis
+import redis.exceptions
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+from segstream.connectors.errors import SinkError
+
+
+@dataclass(frozen=True, slots=True)
+class TlsFiles:
+    """TLS for ``rediss://`` URLs: the CA that signed the server's certificate (None: the
+    system's), and the client's certificate and key for servers that ask for one (mutual TLS)."""
+
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    check_hostname: bool = True
+
+    def options(self) -> dict:
+        return {
+            "ssl_ca_certs": self.ca_file,
+            "ssl_certfile": self.cert_file,
+            "ssl_keyfile": self.key_file,
+            "ssl_cert_reqs": "required",
+            "ssl_check_hostname": self.check_hostname,
+        }
+
+
+def connect_redis(
+    url: str,
+    password: str | None = None,
+    *,
+    username: str | None = None,
+    tls: TlsFiles | None = None,
+    socket_timeout: float | None = 5.0,
+    connect_timeout: float = 5.0,
+    client_name: str | None = None,
+    retries: int = 0,
+    protocol: int | None = None,
+    hint: str = "start Redis or fix sinks.redis.url",
+) -> redis.Redis:
+    """A client for ``url`` that has answered PING; failures become one-line ``SinkError``s
+    that never show the password.
+
+    The client returns bytes (the ``idmap`` field is binary). ``retries`` are redis-py's own
+    reconnect attempts per command, with a short backoff. ``protocol`` 2 talks RESP2 to servers
+    older than Redis 6 (redis-py 8 speaks RESP3 by default).
+    """
+    options: dict = dict(
+        socket_connect_timeout=connect_timeout,
+        socket_timeout=socket_timeout,
+        health_check_interval=30,
+        client_name=client_name,
+        retry=Retry(ExponentialBackoff(cap=1.0, base=0.1), retries),
+    )
+    if not url.startswith("unix:"):
+        options["socket_keepalive"] = True  # TCP only; unix socket connections refuse the option
+    if password is not None:
+        options["password"] = password
+    if username is not None:
+        options["username"] = username
+    if protocol is not None:
+        options["protocol"] = protocol
+    if url.startswith("rediss:"):
+        options.update((tls or TlsFiles()).options())
+    elif tls is not None and (tls.ca_file or tls.cert_file or tls.key_file):
+        raise SinkError(f"TLS files are set but {redis_url_shown(url)} is not a rediss:// URL — use rediss://")
+    try:
+        client = redis.Redis.from_url(url, **options)
+    except ValueError as error:
+        raise SinkError(
+            f"invalid Redis URL {redis_url_shown(url)}: {error} — use redis://host:port/db or rediss://"
+        ) from None
+    where = redis_address(client)
+    try:
+        client.ping()
+    except (redis.AuthenticationError, redis.exceptions.AuthorizationError) as error:
+        client.close()
+        who = f"user {username!r}" if username else "the default user"
+        raise SinkError(
+            f"Redis at {where} refused the credentials of {who}: {error_summary(error)} — "
+            "set the right password (REDIS_PASSWORD) and user (sinks.redis.username)"
+        ) from None
+    except redis.ResponseError as error:
+        client.close()
+        text = error_summary(error)
+        if text.startswith(("NOAUTH", "WRONGPASS", "NOPERM")):
+            raise SinkError(
+                f"Redis at {where} wants credentials: {text} — set sinks.redis.password (REDIS_PASSWORD)"
+            ) from None
+        raise SinkError(f"Redis at {where} refused PING: {text}") from None
+    except (redis.ConnectionError, redis.TimeoutError, OSError) as error:
+        client.close()
+        text = error_summary(error)
+        if "certificate" in text.lower() or "ssl" in text.lower() or "tls" in text.lower():
+            hint = "check the TLS settings (sinks.redis.tls: ca_file, cert_file, key_file) and the server's certificate"
+        raise SinkError(f"cannot reach Redis at {where}: {text} — {hint}") from None
+    return client
+
+
+def redis_address(client: redis.Redis) -> str:
+    """Where ``client`` connects, without credentials: redis[s]://host:port or unix://path."""
+    options = client.get_connection_kwargs()
+    if options.get("path"):
+        return f"unix://{options['path']}"
+    scheme = "rediss" if "ssl_cert_reqs" in options else "redis"
+    return f"{scheme}://{options.get('host', 'localhost')}:{options.get('port', 6379)}"
+
+
+def redis_url_shown(url: str) -> str:
+    """``url`` with any password in it replaced by ***."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    credentials, _, host = rest.rpartition("@")
+    user, colon, _ = credentials.partition(":")
+    return f"{scheme}://{user}{':***' if colon else ''}@{host}"
+
+
+def error_summary(error: BaseException | None) -> str:
+    """The first line of an exception's message, for one-line user errors."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+class Backoff:
+    """Waits between reconnect attempts: doubling from ``first_s`` up to ``max_s``, each drawn
+    uniformly from its upper half (jitter, so that many clients do not reconnect in step)."""
+
+    def __init__(self, first_s: float = 0.2, max_s: float = 5.0):
+        self.first_s = first_s
+        self.max_s = max(max_s, first_s)
+        self._next = first_s
+
+    def next(self) -> float:
+        ceiling = self._next
+        self._next = min(self._next * 2, self.max_s)
+        return random.uniform(ceiling / 2, ceiling)
+
+    def reset(self) -> None:
+        self._next = self.first_s

@@ -1,0 +1,451 @@
+"""Segment tracking across the frames of one source: stable identities from per-frame segments.
+
+``SegmentTracker.update`` takes one frame's segments (label map, classes, thing/stuff flags and
+the model's query embeddings) and returns each segment's track id and age. Things are matched to
+the live tracks by Hungarian assignment (``scipy.optimize.linear_sum_assignment``) on a score
+that combines
+
+- mask overlap, computed on the label map downscaled so its long side is at most ``mask_side``
+  pixels, at the track's predicted position (constant velocity), and only inside the track's
+  box: one ``bincount`` per track over its own box, never a mask per pair;
+- the cosine similarity of the query embeddings (MinVIS-style matching: the query tokens of an
+  image-trained EoMT already tell objects apart, no video training needed);
+- class agreement.
+
+Gates refuse implausible pairs before the assignment: too little overlap without a similar
+embedding close by, or another class without strong overlap. A new thing is *tentative* until it
+has been seen ``min_hits`` times and gets its id only when *confirmed*; a confirmed track that is
+not seen is *lost* and keeps its id for up to ``max_lost`` frames (an occlusion), then *ends*.
+While a thing is partly hidden its remembered shape is kept and moved by its velocity, so it can
+be found again when it reappears. Stuff gets one id per class for the life of the tracker. Ids
+start at 1 and are never reused. State is bounded: at most ``max_tracks`` tracks, each holding
+one mask crop at the reduced resolution, one embedding and a few numbers.
+
+Pure numpy and scipy; no I/O. Frame numbers are the source's frame indices, so frames a live
+source dropped count as frames a track was not seen.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+NO_TRACK = -1
+TENTATIVE, CONFIRMED, LOST = "tentative", "confirmed", "lost"
+_REFUSED = 1e6  # cost of a pair a gate refused; such pairs are dropped after the assignment
+
+
+@dataclass(frozen=True, slots=True)
+class TrackerSettings:
+    """How the tracker matches and how long tracks live (frames are source frame indices).
+
+    The pipeline's ``tracking:`` config section holds the same keys with the same defaults.
+    """
+
+    min_hits: int = 2
+    max_lost: int = 30
+    iou_weight: float = 0.5
+    embedding_weight: float = 0.4
+    class_weight: float = 0.1
+    min_overlap: float = 0.1
+    min_similarity: float = 0.6
+    max_shift: float = 1.0
+    class_change_overlap: float = 0.3
+    embedding_momentum: float = 0.7
+    partial_area: float = 0.5
+    mask_side: int = 480
+    max_tracks: int = 1000
+
+    def __post_init__(self) -> None:
+        if self.min_hits < 1 or self.max_lost < 0 or self.max_tracks < 1 or self.mask_side < 8:
+            raise ValueError("min_hits and max_tracks must be >= 1, max_lost >= 0, mask_side >= 8")
+        if min(self.iou_weight, self.embedding_weight, self.class_weight) < 0 or not (
+            self.iou_weight + self.class_weight > 0
+        ):
+            raise ValueError("tracking weights must be >= 0, and iou_weight + class_weight > 0")
+
+
+@dataclass(slots=True)
+class TrackEvent:
+    """A track was confirmed (``started``) or removed (``ended``); frames are source indices."""
+
+    kind: str  # "started" or "ended"
+    track_id: int
+    class_id: int
+    isthing: bool
+    first_frame: int
+    last_frame: int
+    frames_seen: int
+    reason: str = ""  # why it ended: lost, end (of the source), capacity, frame_size
+
+
+@dataclass(slots=True)
+class TrackUpdate:
+    """What ``update`` decided for one frame: per segment row, its track id (``NO_TRACK`` while
+    tentative) and how many frames its track has been seen; and the tracks that started or ended."""
+
+    track_ids: np.ndarray
+    track_ages: np.ndarray
+    events: list[TrackEvent] = field(default_factory=list)
+
+
+@dataclass(slots=True, eq=False)
+class _Track:
+    key: int  # internal, unique; the public id is given on confirmation
+    track_id: int
+    isthing: bool
+    state: str
+    first_frame: int
+    last_frame: int
+    hits: int
+    votes: dict[int, int]  # class id -> frames seen as that class (bounded by the label set)
+    # Shape and motion at the reduced resolution (things only):
+    crop: np.ndarray | None = None  # bool mask of the remembered shape
+    x0: float = 0.0  # where the crop's top-left pixel was at `placed_frame`
+    y0: float = 0.0
+    placed_frame: int = 0
+    vx: float = 0.0  # pixels per frame
+    vy: float = 0.0
+    full_area: float = 0.0  # running area of the thing when fully visible
+    embedding: np.ndarray | None = None  # unit vector, or None when the model gives none
+
+    @property
+    def class_id(self) -> int:
+        return max(self.votes.items(), key=lambda kv: (kv[1], -kv[0]))[0]
+
+    def predicted_origin(self, frame: int) -> tuple[int, int]:
+        gap = frame - self.placed_frame
+        return round(self.x0 + self.vx * gap), round(self.y0 + self.vy * gap)
+
+    def event(self, kind: str, reason: str = "") -> TrackEvent:
+        return TrackEvent(kind, self.track_id, self.class_id, self.isthing, self.first_frame, self.last_frame,
+                          self.hits, reason)
+
+
+class SegmentTracker:
+    """Stable ids for the segments of one source's frames, given in frame order (see module doc)."""
+
+    def __init__(self, settings: TrackerSettings = TrackerSettings()):
+        self.settings = settings
+        self.tracks: list[_Track] = []  # things: tentative, confirmed and lost
+        self.stuff: dict[int, _Track] = {}  # class id -> its one stuff track
+        self.next_id = 1
+        self._next_key = 0
+        self._shape: tuple[int, int] | None = None
+        self._last_frame: int | None = None
+
+    # --- the one entry point ---------------------------------------------------------------
+
+    def update(
+        self,
+        frame: int,
+        label_map: np.ndarray,
+        segment_ids: np.ndarray,
+        class_ids: np.ndarray,
+        isthing: np.ndarray,
+        embeddings: np.ndarray | None = None,
+        boxes: np.ndarray | None = None,
+    ) -> TrackUpdate:
+        """Track the segments of frame ``frame``: row i is the segment whose pixels hold
+        ``segment_ids[i]`` in ``label_map`` (H x W int, -1 for none). ``embeddings`` is S x D
+        (D may be 0); ``boxes`` the segments' (x0, y0, x1, y1) in pixels, x1/y1 exclusive (measured
+        here when not given). Frames must come in increasing order."""
+        count = len(segment_ids)
+        track_ids = np.full(count, NO_TRACK, np.int64)
+        ages = np.zeros(count, np.int32)
+        events: list[TrackEvent] = []
+        if self._last_frame is not None and frame <= self._last_frame:
+            raise ValueError(f"frame {frame} comes after frame {self._last_frame}; frames must increase")
+        self._last_frame = frame
+        if self._shape is not None and self._shape != label_map.shape:
+            # Remembered shapes mean nothing in a frame of another size (a camera reconnected).
+            events += [t.event("ended", "frame_size") for t in self.tracks if t.track_id != NO_TRACK]
+            self.tracks = []
+        self._shape = label_map.shape
+
+        isthing = np.asarray(isthing, bool)
+        class_ids = np.asarray(class_ids, np.int64)
+        for row in np.flatnonzero(~isthing):
+            track = self._stuff_track(int(class_ids[row]), frame, events)
+            track_ids[row], ages[row] = track.track_id, track.hits
+
+        things = np.flatnonzero(isthing)
+        if len(things) or self.tracks:
+            self._update_things(frame, label_map, np.asarray(segment_ids)[things], class_ids[things],
+                                None if embeddings is None else np.asarray(embeddings, np.float32)[things],
+                                None if boxes is None else np.asarray(boxes, np.int64).reshape(-1, 4)[things],
+                                things, track_ids, ages, events)
+        return TrackUpdate(track_ids, ages, events)
+
+    def finish(self) -> list[TrackEvent]:
+        """End every track (the source ended); returns their ``ended`` events."""
+        ended = [t.event("ended", "end") for t in self.tracks if t.track_id != NO_TRACK]
+        ended += [t.event("ended", "end") for t in self.stuff.values()]
+        self.tracks = []
+        self.stuff = {}
+        return ended
+
+    # --- stuff -----------------------------------------------------------------------------
+
+    def _stuff_track(self, class_id: int, frame: int, events: list[TrackEvent]) -> _Track:
+        track = self.stuff.get(class_id)
+        if track is None:
+            track = _Track(self._key(), self._new_id(), False, CONFIRMED, frame, frame, 1, {class_id: 1})
+            self.stuff[class_id] = track
+            events.append(track.event("started"))
+            return track
+        if track.last_frame != frame:
+            track.hits += 1
+            track.votes[class_id] += 1
+            track.last_frame = frame
+        return track
+
+    # --- things ----------------------------------------------------------------------------
+
+    def _update_things(self, frame, label_map, seg_ids, classes, embeddings, full_boxes, rows, track_ids, ages, events):
+        s = self.settings
+        stride = max(1, math.ceil(max(label_map.shape) / s.mask_side))
+        small = label_map[::stride, ::stride]
+        count = len(seg_ids)
+        # One pass over the small map: each pixel's detection index (count = none of them).
+        lookup_size = int(max(seg_ids.max(initial=-1), small.max(initial=-1))) + 2
+        lookup = np.full(lookup_size, count, np.int32)
+        lookup[seg_ids.astype(np.int64) + 1] = np.arange(count, dtype=np.int32)
+        codes = lookup[np.clip(small, -1, lookup_size - 2) + 1]
+        areas = np.bincount(codes.ravel(), minlength=count + 1)[:count].astype(np.float64)
+        boxes = None
+        if full_boxes is not None:
+            # Pixel j of the small map is pixel j * stride of the frame; tightened inside that box.
+            boxes = _tightened(codes, np.clip(-(-full_boxes // stride), 0, [codes.shape[1], codes.shape[0]] * 2))
+            if np.any((areas > 0) & ((boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1]))):
+                boxes = None  # boxes that miss their segments (left at zero): measure them here
+        if boxes is None:
+            boxes = _boxes(codes, count)
+        present = areas > 0
+        if embeddings is not None and embeddings.ndim == 2 and embeddings.shape[1] > 0:
+            norms = np.linalg.norm(embeddings, axis=1, keepdims=True)
+            unit = embeddings / np.maximum(norms, 1e-12)
+        else:
+            unit = None
+
+        matched_det: dict[int, _Track] = {}
+        confirmed = [t for t in self.tracks if t.state != TENTATIVE]
+        tentative = [t for t in self.tracks if t.state == TENTATIVE]
+        free = [d for d in range(count) if present[d]]
+        for group in (confirmed, tentative):
+            if not group or not free:
+                continue
+            pairs = self._assign(group, free, frame, codes, areas, boxes, classes, unit)
+            for track, det in pairs:
+                matched_det[det] = track
+            free = [d for d in free if d not in matched_det]
+
+        seen: set[int] = set()
+        for det, track in matched_det.items():
+            seen.add(track.key)
+            self._observe(track, frame, det, codes, areas, boxes, classes, unit)
+            if track.state == TENTATIVE and track.hits >= s.min_hits:
+                track.state = CONFIRMED
+                track.track_id = self._new_id()
+                events.append(track.event("started"))
+            elif track.state == LOST:
+                track.state = CONFIRMED
+        for det in free:
+            track = _Track(self._key(), NO_TRACK, True, TENTATIVE, frame, frame, 0, {})
+            self._observe(track, frame, det, codes, areas, boxes, classes, unit)
+            if s.min_hits <= 1:
+                track.state = CONFIRMED
+                track.track_id = self._new_id()
+                events.append(track.event("started"))
+            self.tracks.append(track)
+            matched_det[det] = track
+            seen.add(track.key)
+
+        alive = []
+        for track in self.tracks:
+            if track.key in seen:
+                alive.append(track)
+            elif track.state == TENTATIVE:
+                continue  # a tentative thing must be seen in consecutive frames; it never had an id
+            elif frame - track.last_frame > s.max_lost:
+                events.append(track.event("ended", "lost"))
+            else:
+                track.state = LOST
+                alive.append(track)
+        if len(alive) > s.max_tracks:
+            # Drop the tracks unseen longest first (tentative ones have no id to lose).
+            alive.sort(key=lambda t: (t.key in seen, t.last_frame, t.state != TENTATIVE))
+            for track in alive[: len(alive) - s.max_tracks]:
+                if track.track_id != NO_TRACK:
+                    events.append(track.event("ended", "capacity"))
+            alive = alive[len(alive) - s.max_tracks:]
+            alive.sort(key=lambda t: t.key)
+        self.tracks = alive
+
+        kept = {t.key for t in alive}
+        for det, track in matched_det.items():
+            if track.key in kept and track.state == CONFIRMED:
+                track_ids[rows[det]], ages[rows[det]] = track.track_id, track.hits
+
+    def _assign(self, group, dets, frame, codes, areas, boxes, classes, unit) -> list[tuple[_Track, int]]:
+        s = self.settings
+        det_index = np.asarray(dets)
+        overlap, iou = self._overlaps(group, det_index, frame, codes, areas, boxes)
+        same = np.array([t.class_id for t in group])[:, None] == classes[det_index][None, :]
+        allowed = overlap >= s.min_overlap
+        weight = np.full(overlap.shape, s.iou_weight + s.class_weight)
+        score = s.iou_weight * overlap + s.class_weight * same
+        if unit is not None and s.embedding_weight > 0:
+            has = np.array([t.embedding is not None and t.embedding.shape[0] == unit.shape[1] for t in group])
+            if has.any():
+                memory = np.stack([t.embedding if h else np.zeros(unit.shape[1], np.float32)
+                                   for t, h in zip(group, has)])
+                # einsum, not BLAS: for matrices this small, waking BLAS threads costs 100x the product.
+                cosine = np.einsum("td,sd->ts", memory, unit[det_index])
+                cosine[~has] = 0.0
+                score += s.embedding_weight * np.clip(cosine, 0, 1)
+                weight[has] += s.embedding_weight
+                # A similar embedding close to where the track should be may stand in for overlap.
+                near = self._near(group, det_index, frame, boxes)
+                allowed |= (cosine >= s.min_similarity) & near & has[:, None]
+        allowed &= same | (iou >= s.class_change_overlap)
+        cost = np.where(allowed, 1.0 - score / weight, _REFUSED)
+        rows, cols = linear_sum_assignment(cost)
+        return [(group[r], dets[c]) for r, c in zip(rows, cols) if allowed[r, c]]
+
+    def _overlaps(self, group, dets, frame, codes, areas, boxes) -> tuple[np.ndarray, np.ndarray]:
+        """Per (track, detection): the matching overlap and the plain IoU, both against the
+        track's remembered shape at its predicted position.
+
+        The matching overlap is the IoU, or for a detection much smaller than the thing (partly
+        hidden, or reappearing) half the share of the detection that lies inside that shape.
+        """
+        height, width = codes.shape
+        count = len(areas)
+        overlap = np.zeros((len(group), len(dets)))
+        iou = np.zeros((len(group), len(dets)))
+        det_boxes = boxes[dets]
+        for i, track in enumerate(group):
+            x0, y0 = track.predicted_origin(frame)
+            ch, cw = track.crop.shape
+            x1, y1 = x0 + cw, y0 + ch
+            # Boxes first: only detections whose box meets the predicted box are measured.
+            meets = (det_boxes[:, 0] < x1) & (det_boxes[:, 2] > x0) & (det_boxes[:, 1] < y1) & (det_boxes[:, 3] > y0)
+            if not meets.any():
+                continue
+            cx0, cy0, cx1, cy1 = max(x0, 0), max(y0, 0), min(x1, width), min(y1, height)
+            if cx0 >= cx1 or cy0 >= cy1:
+                continue
+            shape = track.crop[cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0]
+            inside = codes[cy0:cy1, cx0:cx1][shape]
+            track_area = float(inside.size)
+            if track_area == 0:
+                continue
+            inter = np.bincount(inside, minlength=count + 1)[dets].astype(np.float64)
+            det_area = areas[dets]
+            union = track_area + det_area - inter
+            row_iou = np.where(union > 0, inter / np.maximum(union, 1), 0.0)
+            cover = inter / np.maximum(det_area, 1)
+            small = det_area < self.settings.partial_area * max(track.full_area, track_area)
+            overlap[i] = np.where(small, np.maximum(row_iou, 0.5 * cover), row_iou)
+            iou[i] = row_iou
+        return overlap, iou
+
+    def _near(self, group, dets, frame, boxes) -> np.ndarray:
+        """Per (track, detection): the detection's centre lies within ``max_shift`` box diagonals
+        of the track's predicted centre."""
+        centres = np.stack([(boxes[dets, 0] + boxes[dets, 2]) / 2, (boxes[dets, 1] + boxes[dets, 3]) / 2], axis=1)
+        near = np.zeros((len(group), len(dets)), bool)
+        for i, track in enumerate(group):
+            x0, y0 = track.predicted_origin(frame)
+            ch, cw = track.crop.shape
+            centre = np.array([x0 + cw / 2, y0 + ch / 2])
+            reach = self.settings.max_shift * math.hypot(cw, ch)
+            near[i] = np.hypot(*(centres - centre).T) <= reach
+        return near
+
+    def _observe(self, track: _Track, frame, det, codes, areas, boxes, classes, unit) -> None:
+        """Fold detection ``det`` of ``frame`` into ``track``."""
+        s = self.settings
+        x0, y0, x1, y1 = (int(v) for v in boxes[det])
+        area = float(areas[det])
+        class_id = int(classes[det])
+        track.votes[class_id] = track.votes.get(class_id, 0) + 1
+        track.hits += 1
+        track.last_frame = frame
+        if unit is not None:
+            vector = unit[det]
+            if track.embedding is None or track.embedding.shape != vector.shape:
+                track.embedding = vector.copy()
+            else:
+                mixed = s.embedding_momentum * track.embedding + (1 - s.embedding_momentum) * vector
+                track.embedding = mixed / max(float(np.linalg.norm(mixed)), 1e-12)
+        crop = codes[y0:y1, x0:x1] == det
+        if track.crop is None:
+            track.crop, track.x0, track.y0, track.placed_frame, track.full_area = crop, x0, y0, frame, area
+            return
+        gap = max(1, frame - track.placed_frame)
+        ch, cw = track.crop.shape
+        # Of the two edges along each axis, the one that moved most like the thing did so far:
+        # an edge that a coverer or the frame border cuts jumps, the other moves with the thing.
+        # Smoothed, so one bad frame does not fling the prediction.
+        vx = _steadier((x0 - track.x0) / gap, (x1 - track.x0 - cw) / gap, track.vx)
+        vy = _steadier((y0 - track.y0) / gap, (y1 - track.y0 - ch) / gap, track.vy)
+        first = track.hits <= 2
+        track.vx = vx if first else 0.5 * track.vx + 0.5 * vx
+        track.vy = vy if first else 0.5 * track.vy + 0.5 * vy
+        if area < s.partial_area * track.full_area:
+            # Partly hidden: keep the remembered shape, moving with the thing.
+            track.x0, track.y0 = track.predicted_origin(frame)
+            track.placed_frame = frame
+            track.full_area *= 0.98  # forget a size the thing may have lost for good
+            return
+        track.crop, track.x0, track.y0, track.placed_frame = crop, x0, y0, frame
+        track.full_area = area if area > track.full_area else 0.8 * track.full_area + 0.2 * area
+
+    # --- ids ---------------------------------------------------------------------------------
+
+    def _new_id(self) -> int:
+        track_id = self.next_id
+        self.next_id += 1
+        return track_id
+
+    def _key(self) -> int:
+        self._next_key += 1
+        return self._next_key
+
+
+def _boxes(codes: np.ndarray, count: int) -> np.ndarray:
+    """(x0, y0, x1, y1) of each detection index 0..count-1 in ``codes`` (x1, y1 exclusive), from
+    one bincount per axis of which indices each line holds."""
+    boxes = np.zeros((count, 4), np.int64)
+    if count == 0:
+        return boxes
+    for axis, (low, high) in ((0, (1, 3)), (1, (0, 2))):
+        lines = codes if axis == 0 else codes.T
+        n = lines.shape[0]
+        offsets = (np.arange(n, dtype=np.int64) * (count + 1))[:, None]
+        present = np.bincount((lines + offsets).ravel(), minlength=n * (count + 1)).reshape(n, count + 1)[:, :count] > 0
+        has = present.any(0)
+        boxes[has, low] = present[:, has].argmax(0)
+        boxes[has, high] = n - present[::-1, has].argmax(0)
+    return boxes
+
+
+def _tightened(codes: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """The tight box of each detection index inside a box that holds it (empty where it is not)."""
+    tight = np.zeros_like(boxes)
+    for d, (x0, y0, x1, y1) in enumerate(boxes.tolist()):
+        inside = codes[y0:y1, x0:x1] == d
+        rows, cols = np.flatnonzero(inside.any(1)), np.flatnonzero(inside.any(0))
+        if rows.size:
+            tight[d] = (x0 + cols[0], y0 + rows[0], x0 + cols[-1] + 1, y0 + rows[-1] + 1)
+    return tight
+
+
+def _steadier(first: float, second: float, expected: float) -> float:
+    """Whichever of two edge velocities is closer to the expected one."""
+    return first if abs(first - expected) <= abs(second - expected) else second

@@ -1,0 +1,273 @@
+"""Tracking quality on held-out synthetic scenes: IDF1, HOTA and ID switches (``segstream
+evaluate --tracking``).
+
+The scenes' ground truth gives every thing its lifetime track id. Three trackings are scored on
+things, against the ground-truth masks, with TrackEval's HOTA, Identity (IDF1) and CLEAR (ID
+switches, MOTA) metrics over per-frame mask IoU:
+
+- ``noisy_truth``: the tracker on the ground-truth masks made imperfect: each mask eroded or
+  dilated by a few pixels, 10% of them dropped at random, on top of the scenes' own occlusions.
+  No embeddings: this measures matching on masks, motion and class alone. It is scored against
+  the things the tracker was given (a dropped mask cannot get an id, so against every thing
+  IDF1 could not pass about 0.947), and also against every thing (``noisy_truth_all``).
+- ``model``: the tracker on the shipped model's segments (masks, classes, query embeddings).
+- ``oracle``: the same model segments, each given the identity of the ground-truth thing it
+  overlaps most. The gap between ``model`` and ``oracle`` is what the tracker itself loses.
+
+TrackEval is an optional dependency (``pip install 'segstream[eval]'``): its metrics are the
+reference implementations of HOTA and IDF1.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from segstream.connectors.errors import ConfigError
+from segstream.connectors.synthetic import synthetic_clip
+from segstream.models.processing import frame_label_map
+from segstream.models.results import NO_TRACK, FrameResult
+from segstream.models.tracking import SegmentTracker, TrackerSettings
+
+DROP_SHARE = 0.1
+
+
+def noisy_detections(truth: FrameResult, rng: np.random.Generator, drop: float = DROP_SHARE) -> FrameResult:
+    """The ground truth as an imperfect detector would give it: each thing's mask eroded or
+    dilated by 1 to ``height / 160`` pixels (at least 1) or left alone, ``drop`` of the things
+    left out, track ids removed. Stuff is kept as it is; painting in random order settles where
+    dilated masks meet."""
+    label_map = truth.label_map
+    segments = truth.segments
+    out = np.where(np.isin(label_map, segments.ids[~segments.isthing]), label_map, -1).astype(np.int32)
+    reach = max(1, round(truth.height / 160))
+    keep = []
+    rows = [i for i in range(len(segments)) if segments.isthing[i]]
+    for i in rng.permutation(rows) if rows else []:
+        if rng.random() < drop:
+            continue
+        mask = (label_map == segments.ids[i]).astype(np.uint8)
+        radius = int(rng.integers(1, reach + 1))
+        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+        change = rng.integers(0, 3)
+        if change == 1:
+            mask = cv2.erode(mask, kernel)
+        elif change == 2:
+            mask = cv2.dilate(mask, kernel)
+        if mask.any():
+            out[mask.astype(bool)] = segments.ids[i]
+            keep.append(i)
+    present = [i for i in range(len(segments)) if not segments.isthing[i] or i in keep]
+    present = [i for i in present if (out == segments.ids[i]).any()]
+    chosen = segments[np.array(present, np.int64)]
+    chosen.track_ids = np.full(len(chosen), NO_TRACK, np.int64)
+    chosen.track_ages = np.zeros(len(chosen), np.int32)
+    # Areas and boxes of the masks as changed (ground-truth ids are 0..S-1).
+    _, areas, boxes = frame_label_map(out, len(segments), out.shape)
+    chosen.areas, chosen.boxes = areas[chosen.ids], boxes[chosen.ids]
+    return FrameResult(truth.source, truth.index, truth.width, truth.height, out, chosen)
+
+
+def oracle_identities(prediction: FrameResult, truth: FrameResult, fresh: Iterable[int]) -> np.ndarray:
+    """For each predicted segment, the track id of the ground-truth thing it shares most pixels
+    with; a segment on no thing gets the next id from ``fresh`` (a false positive of its own)."""
+    inter = _intersections(truth, prediction)
+    gt_things = truth.segments.track_ids
+    ids = np.full(len(prediction.segments), NO_TRACK, np.int64)
+    for j in range(len(prediction.segments)):
+        column = np.where(truth.segments.isthing, inter[:, j], 0) if len(gt_things) else np.zeros(0)
+        if column.size and column.max() > 0:
+            ids[j] = gt_things[int(column.argmax())]
+        else:
+            ids[j] = next(fresh)
+    return ids
+
+
+def _intersections(truth: FrameResult, prediction: FrameResult) -> np.ndarray:
+    """Pixels shared by each ground-truth segment (rows) and predicted segment (columns)."""
+    g, p = len(truth.segments), len(prediction.segments)
+    gt_code = _codes(truth.label_map, truth.segments.ids)
+    pred_code = _codes(prediction.label_map, prediction.segments.ids)
+    table = np.bincount((gt_code * (p + 1) + pred_code).ravel(), minlength=(g + 1) * (p + 1))
+    return table.reshape(g + 1, p + 1)[:g, :p].astype(np.float64)
+
+
+def _codes(label_map: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Each pixel's row in ``ids`` (len(ids) for none)."""
+    top = max(int(ids.max(initial=-1)), int(label_map.max(initial=-1))) + 2
+    lookup = np.full(top, len(ids), np.int64)
+    lookup[ids.astype(np.int64) + 1] = np.arange(len(ids))
+    return lookup[label_map.astype(np.int64) + 1]
+
+
+@dataclass
+class TrackedScene:
+    """One scene's things, frame by frame, in the form TrackEval's metrics take."""
+
+    gt_ids: list[np.ndarray] = field(default_factory=list)
+    tracker_ids: list[np.ndarray] = field(default_factory=list)
+    similarity: list[np.ndarray] = field(default_factory=list)
+
+    def add(self, truth: FrameResult, prediction: FrameResult, track_ids: np.ndarray, given_only: bool = False) -> None:
+        """One frame: ground-truth things against the predicted segments that carry an id.
+        ``given_only`` scores only the things the tracker was given (prediction segment ids are
+        ground-truth ids, as in ``noisy_detections``)."""
+        inter = _intersections(truth, prediction)
+        things = truth.segments.isthing
+        if given_only:
+            things = things & np.isin(truth.segments.ids, prediction.segments.ids)
+        gt_rows = np.flatnonzero(things)
+        pred_rows = np.flatnonzero(prediction.segments.isthing & (track_ids != NO_TRACK))
+        inter = inter[np.ix_(gt_rows, pred_rows)]
+        gt_area = truth.segments.areas[gt_rows].astype(np.float64)
+        pred_area = np.bincount(
+            _codes(prediction.label_map, prediction.segments.ids).ravel(), minlength=len(prediction.segments) + 1
+        )[pred_rows].astype(np.float64)
+        union = gt_area[:, None] + pred_area[None, :] - inter
+        self.gt_ids.append(truth.segments.track_ids[gt_rows].astype(np.int64))
+        self.tracker_ids.append(track_ids[pred_rows].astype(np.int64))
+        self.similarity.append(np.where(union > 0, inter / np.maximum(union, 1), 0.0))
+
+    def trackeval_data(self) -> dict:
+        """TrackEval's per-sequence dict: ids renumbered 0..N-1 within the sequence."""
+        gt_map = {v: i for i, v in enumerate(sorted({int(x) for ids in self.gt_ids for x in ids}))}
+        tr_map = {v: i for i, v in enumerate(sorted({int(x) for ids in self.tracker_ids for x in ids}))}
+        return {
+            "num_timesteps": len(self.gt_ids),
+            "num_gt_ids": len(gt_map),
+            "num_tracker_ids": len(tr_map),
+            "num_gt_dets": int(sum(len(ids) for ids in self.gt_ids)),
+            "num_tracker_dets": int(sum(len(ids) for ids in self.tracker_ids)),
+            "gt_ids": [np.array([gt_map[int(x)] for x in ids], np.int64) for ids in self.gt_ids],
+            "tracker_ids": [np.array([tr_map[int(x)] for x in ids], np.int64) for ids in self.tracker_ids],
+            "similarity_scores": self.similarity,
+        }
+
+
+def tracking_metrics(sequences: Sequence[TrackedScene]) -> dict:
+    """HOTA (with DetA, AssA), IDF1 (with IDP, IDR), ID switches, MOTA over all sequences,
+    combined as TrackEval combines sequences."""
+    try:
+        from trackeval.metrics import CLEAR, HOTA, Identity
+    except ImportError:
+        raise ConfigError(
+            "tracking metrics need TrackEval — pip install 'segstream[eval]' (or pip install trackeval)"
+        ) from None
+    metrics = [HOTA(), Identity({"PRINT_CONFIG": False}), CLEAR({"PRINT_CONFIG": False})]
+    per_metric = {}
+    for metric in metrics:
+        results = {str(i): metric.eval_sequence(seq.trackeval_data()) for i, seq in enumerate(sequences)}
+        per_metric[metric.get_name()] = metric.combine_sequences(results)
+    hota, identity, clear = per_metric["HOTA"], per_metric["Identity"], per_metric["CLEAR"]
+    return {
+        "hota": float(np.mean(hota["HOTA"])),
+        "deta": float(np.mean(hota["DetA"])),
+        "assa": float(np.mean(hota["AssA"])),
+        "idf1": float(identity["IDF1"]),
+        "idp": float(identity["IDP"]),
+        "idr": float(identity["IDR"]),
+        "id_switches": int(clear["IDSW"]),
+        "mota": float(clear["MOTA"]),
+        "gt_tracks": int(sum(len({int(x) for ids in s.gt_ids for x in ids}) for s in sequences)),
+        "frames": int(sum(len(s.gt_ids) for s in sequences)),
+    }
+
+
+def _track(tracker: SegmentTracker, result: FrameResult) -> np.ndarray:
+    seg = result.segments
+    update = tracker.update(result.index, result.label_map, seg.ids, seg.class_ids, seg.isthing, seg.embeddings,
+                            seg.boxes)
+    return update.track_ids
+
+
+def evaluate_tracking(
+    seeds: Sequence[int],
+    width: int,
+    height: int,
+    num_frames: int,
+    settings: TrackerSettings = TrackerSettings(),
+    segment_fn: Callable[[list[np.ndarray]], list[FrameResult]] | None = None,
+    batch_size: int = 4,
+    progress: bool = True,
+) -> dict:
+    """Tracking metrics on the first ``num_frames`` frames of each scene in ``seeds``, each a
+    ``tracking_metrics`` dict: ``noisy_truth`` scores the tracker on the noisy ground truth
+    against the things it was given (a dropped mask is the detector's miss, not the tracker's),
+    ``noisy_truth_all`` the same against every thing; ``model`` and ``oracle`` come when
+    ``segment_fn`` (RGB frames in, segmentations with embeddings out) is given."""
+    noisy: list[TrackedScene] = []
+    noisy_full: list[TrackedScene] = []
+    model: list[TrackedScene] = []
+    oracle: list[TrackedScene] = []
+    total = len(seeds) * num_frames
+    with tqdm(total=total, desc="evaluate tracking", unit="frame", file=sys.stderr, disable=not progress) as bar:
+        for seed in seeds:
+            rng = np.random.default_rng([seed, 0x7EAC])
+            noisy_tracker, model_tracker = SegmentTracker(settings), SegmentTracker(settings)
+            noisy.append(TrackedScene())
+            noisy_full.append(TrackedScene())
+            model.append(TrackedScene())
+            oracle.append(TrackedScene())
+            fresh = iter(range(10**9, 2 * 10**9))
+            clip = synthetic_clip(width, height, num_frames, seed)
+            while batch := [item for _, item in zip(range(batch_size), clip)]:
+                for _, truth in batch:
+                    detections = noisy_detections(truth, rng)
+                    track_ids = _track(noisy_tracker, detections)
+                    noisy[-1].add(truth, detections, track_ids, given_only=True)
+                    noisy_full[-1].add(truth, detections, track_ids)
+                if segment_fn is not None:
+                    predictions = segment_fn([image for image, _ in batch])
+                    for prediction, (_, truth) in zip(predictions, batch):
+                        prediction.index = truth.index
+                        model[-1].add(truth, prediction, _track(model_tracker, prediction))
+                        oracle[-1].add(truth, prediction, oracle_identities(prediction, truth, fresh))
+                bar.update(len(batch))
+    results = {"noisy_truth": tracking_metrics(noisy), "noisy_truth_all": tracking_metrics(noisy_full)}
+    if segment_fn is not None:
+        results["model"] = tracking_metrics(model)
+        results["oracle"] = tracking_metrics(oracle)
+    return results
+
+
+def main_evaluate_tracking(args) -> int:
+    """``segstream evaluate --tracking``: a table and one JSON line."""
+    import json
+
+    from segstream.models.presets import SYNTHETIC_TINY
+    from segstream.pipeline.config import ModelConfig
+    from segstream.pipeline.model_factory import build_segmenter
+
+    segment_fn = None
+    name = None
+    if not args.no_model:
+        model_cfg = ModelConfig(
+            preset=args.preset or SYNTHETIC_TINY.name, checkpoint=args.checkpoint, device=args.device,
+            precision=args.precision, postprocess=args.postprocess,
+        )
+        segmenter = build_segmenter(model_cfg)
+        segment_fn, name = segmenter.segment, segmenter.name
+    width, height = args.size
+    results = evaluate_tracking(args.seeds, width, height, args.frames, segment_fn=segment_fn)
+    print(
+        f"tracking: {results['noisy_truth']['frames']} frames, {width}x{height}, seeds {' '.join(map(str, args.seeds))}"
+        + (f", model {name}" if name else "")
+    )
+    print(f"{'':28}{'IDF1':>7}{'HOTA':>7}{'DetA':>7}{'AssA':>7}{'IDSW':>6}{'MOTA':>7}")
+    rows = {"noisy_truth": "tracker, noisy ground truth", "noisy_truth_all": "  same, against all things",
+            "model": "tracker, model segments", "oracle": "oracle, model segments"}
+    for key, title in rows.items():
+        if key in results:
+            r = results[key]
+            print(f"{title:28}" + "".join(f"{100 * r[m]:7.1f}" for m in ("idf1", "hota", "deta", "assa"))
+                  + f"{r['id_switches']:6d}{100 * r['mota']:7.1f}")
+    if "model" in results and results["oracle"]["idf1"] > 0:
+        results["model_vs_oracle_idf1"] = results["model"]["idf1"] / results["oracle"]["idf1"]
+        print(f"tracker / oracle IDF1 on the model's segments: {results['model_vs_oracle_idf1']:.3f}")
+    print(json.dumps(results))
+    return 0

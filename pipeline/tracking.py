@@ -1,0 +1,83 @@
+"""The tracker as a per-source stage of the runtime: track ids into each result's segments, and
+``track_started`` / ``track_ended`` events onto the source's events stream.
+
+The math is ``segstream.models.tracking.SegmentTracker``; this module only maps a
+``FrameResult`` onto it and its decisions back, and turns the config section into settings.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+from segstream.models.results import Event, FrameResult
+from segstream.models.tracking import SegmentTracker, TrackerSettings, TrackEvent
+
+TRACK_STARTED = "track_started"
+TRACK_ENDED = "track_ended"
+
+
+class TrackingStage:
+    """Gives the segments of one source's results their track ids (a runtime ``FrameStage``).
+
+    Each event's ``data`` holds ``track_id``, ``class_id``, ``label``, ``isthing``,
+    ``first_frame``, ``last_frame`` and ``frames_seen``; ``track_ended`` adds ``reason``
+    (``lost``: unseen for more than ``max_lost`` frames; ``end``: the source ended;
+    ``capacity``: more than ``max_tracks`` tracks; ``frame_size``: the frame size changed).
+    """
+
+    def __init__(self, source: str, settings: TrackerSettings = TrackerSettings(), end_events: bool = True):
+        self.source = source
+        self.end_events = end_events
+        self.tracker = SegmentTracker(settings)
+        self._labels: dict[int, str] = {}  # class id -> label, as the model names it (bounded by its label set)
+
+    def process(self, result: FrameResult) -> FrameResult:
+        if result.label_map is None:
+            raise ValueError(f"{result.source} frame {result.index} has no label map to track")
+        segments = result.segments
+        update = self.tracker.update(
+            result.index, result.label_map, segments.ids, segments.class_ids, segments.isthing, segments.embeddings,
+            segments.boxes,
+        )
+        segments.track_ids = update.track_ids
+        segments.track_ages = update.track_ages
+        for class_id, label in zip(segments.class_ids.tolist(), segments.labels.tolist()):
+            self._labels[class_id] = label
+        result.events.extend(self._event(e, result.capture_ts or time.time()) for e in update.events)
+        return result
+
+    def finish(self) -> list[Event]:
+        """The source ended: every track ends (``reason: end``; no events without ``end_events``)."""
+        now = time.time()
+        ended = [self._event(e, now) for e in self.tracker.finish()]
+        return ended if self.end_events else []
+
+    def _event(self, event: TrackEvent, ts: float) -> Event:
+        data = {
+            "track_id": event.track_id,
+            "class_id": event.class_id,
+            "label": self._labels.get(event.class_id, str(event.class_id)),
+            "isthing": event.isthing,
+            "first_frame": event.first_frame,
+            "last_frame": event.last_frame,
+            "frames_seen": event.frames_seen,
+        }
+        if event.kind == "ended":
+            data["reason"] = event.reason
+        return Event(self.source, TRACK_STARTED if event.kind == "started" else TRACK_ENDED, ts, data)
+
+
+def tracker_settings(cfg) -> TrackerSettings:
+    """The settings of a ``tracking:`` config section."""
+    return TrackerSettings(**cfg.model_dump(exclude={"enabled"}))
+
+
+def tracking_stages(cfg, end_events: bool = True) -> Sequence:
+    """The per-source stage factories a ``tracking:`` section asks for (none when disabled).
+    ``end_events=False`` leaves out the ``track_ended`` events of the source's end (for outputs
+    that must not depend on when the run noticed that end, as batch's)."""
+    if not cfg.enabled:
+        return []
+    settings = tracker_settings(cfg)
+    return [lambda source: TrackingStage(source, settings, end_events)]

@@ -1,0 +1,35 @@
+"""The consumer SDK: read what segstream publishes, with redis-py, numpy and zstandard only.
+
+    from segstream.client import connect
+
+    client = connect("redis://localhost:6379/0")          # rediss://, password=, username=, tls=
+    for entry in client.frames("cam0"):                   # every new frame entry, in order
+        things = entry.segments[entry.segments.isthing]   # columns: ids, labels, track_ids, boxes...
+        print(entry.frame, things.labels, things.track_ids)
+        mask = entry.track_mask(int(things.track_ids[0])) if len(things) else None
+
+    newest = client.newest("cam0")                        # only the newest entry (XREVRANGE COUNT 1)
+    for entry in client.follow_newest("cam0"): ...        # newest-only mode: never a backlog
+    for event in client.events("cam0", start="0"): ...    # track_started, track_ended, state, ...
+
+    # Consumer groups: each entry to one consumer, acked once handled; entries a crashed
+    # consumer left pending for claim_idle_ms are taken over by the others.
+    for entry in client.frames("cam0", group="analytics", consumer="worker-1", claim_idle_ms=30_000):
+        ...
+        entry.ack()
+
+Installed by the full ``segstream`` distribution and, without torch, by ``segstream-client``
+(``pip install ./clients/python``). docs/SCHEMA.md describes the wire format.
+"""
+
+from segstream.connectors.errors import SegstreamError, SinkError, WireFormatError
+from segstream.connectors.redis_connection import TlsFiles
+from segstream.connectors.redis_reader import Client, Entry, EventEntry, StreamReader, Subscription, connect, tail
+from segstream.connectors.redis_wire import SCHEMA_VERSION, from_wire, read_entry
+from segstream.models.results import NO_TRACK, Event, FrameResult, Segments
+
+__all__ = [
+    "Client", "Entry", "Event", "EventEntry", "FrameResult", "NO_TRACK", "SCHEMA_VERSION", "SegstreamError",
+    "Segments", "SinkError", "StreamReader", "Subscription", "TlsFiles", "WireFormatError", "connect", "from_wire",
+    "read_entry", "tail",
+]

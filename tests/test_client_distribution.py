@@ -1,0 +1,45 @@
+"""segstream-client installs into a fresh venv without torch and its tests pass there."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_the_client_installs_and_passes_its_tests_in_a_fresh_venv_without_torch(tmp_path):
+    env_dir = tmp_path / "venv"
+    venv.create(env_dir, with_pip=True)
+    python = env_dir / "bin" / "python"
+    # The same pinned versions as CI; pip reaches the package index for redis, numpy, zstandard, pytest.
+    install = subprocess.run(
+        [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", "-c", str(REPO / "constraints.txt"),
+         f"{REPO / 'clients' / 'python'}[test]"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert install.returncode == 0, install.stderr[-3000:]
+    installed = subprocess.run([str(python), "-m", "pip", "list", "--format=freeze"], capture_output=True, text=True,
+                               check=True).stdout.lower()
+    assert "segstream-client" in installed
+    for heavy in ("torch", "torchvision", "av", "pycocotools", "opencv"):
+        assert f"\n{heavy}" not in "\n" + installed, f"{heavy} must not come with the client"
+    # Run from outside the repository so that only the installed package can be imported.
+    tests = tmp_path / "tests"
+    subprocess.run(["cp", "-r", str(REPO / "clients" / "python" / "tests"), str(tests)], check=True)
+    result = subprocess.run(
+        [str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tests)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+        env={k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")},
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert " passed" in result.stdout
+    where = subprocess.run([str(python), "-c", "import segstream.client, segstream; print(segstream.__file__)"],
+                           cwd=tmp_path, capture_output=True, text=True, check=True).stdout
+    assert str(env_dir) in where
+    full_only = subprocess.run([str(python), "-c", "import segstream; segstream.Runtime"], cwd=tmp_path,
+                               capture_output=True, text=True)
+    assert "needs the full segstream distribution" in full_only.stderr

@@ -1,0 +1,102 @@
+"""The example consumers, run as their users run them, against a Redis a real run published to."""
+
+from __future__ import annotations
+
+import collections
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from segstream.connectors.embedded_redis import EmbeddedRedis
+from segstream.connectors.redis_wire import event_from_wire
+from segstream.pipeline.cli import run_pipeline
+from segstream.pipeline.config import validate_config
+
+REPO = Path(__file__).resolve().parents[1]
+FRAMES = 40
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory):
+    """A run of the shipped model on a synthetic scene, tracked, into an embedded Redis."""
+    with EmbeddedRedis(tmp_path_factory.mktemp("redis")) as server:
+        cfg = validate_config({
+            "sources": [{"name": "cam0", "type": "synthetic", "width": 128, "height": 96, "num_frames": FRAMES,
+                         "seed": 4}],
+            "model": {"device": "cpu", "precision": "fp32"},
+            "ops": {"http": None},
+            "sinks": {"redis": {"url": server.url}},
+        })
+        run_pipeline(cfg, progress=False)
+        yield server
+
+
+def run_example(name: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "examples" / name), *args], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
+def test_track_counter_counts_each_started_track_once_per_class_across_workers(published):
+    events = [event_from_wire(f) for _, f in published.client().xrange("segstream:cam0:events")]
+    expected = collections.Counter(e.data["label"] for e in events if e.kind == "track_started")
+    assert sum(expected.values()) >= 4, "the run must have started tracks for the test to mean anything"
+
+    first = run_example("track_counter.py", "--url", published.url, "--source", "cam0", "--consumer", "w1",
+                        "--idle-exit", "1")
+    again = run_example("track_counter.py", "--url", published.url, "--source", "cam0", "--consumer", "w2",
+                        "--idle-exit", "1")
+    assert first.returncode == 0 and again.returncode == 0, first.stderr + again.stderr
+    assert f"w1: counted {len(events) - sum(e.kind not in ('track_started', 'track_ended') for e in events)}" \
+        in first.stdout
+    assert "w2: counted 0 events" in again.stdout  # the group already took every entry
+    counts = {k.decode(): int(v) for k, v in published.client().hgetall("segstream:cam0:track_counts").items()}
+    assert {k: v for k, v in counts.items() if not k.endswith(":ended")} == dict(expected)
+    for label, started in expected.items():
+        assert f"{label:12} started {started:5d}" in first.stdout
+
+
+def test_newest_only_prints_the_newest_frame_then_each_newer_one(published):
+    process = subprocess.Popen(
+        [sys.executable, str(REPO / "examples" / "newest_only.py"), "--url", published.url, "--source", "cam0",
+         "--count", "2"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    first = process.stdout.readline()
+    assert first.startswith(f"frame {FRAMES - 1} (")
+    assert "#" in first and " px" in first  # things with their track ids
+    client = published.client()
+    (_, fields), = client.xrevrange("segstream:cam0:frames", count=1)
+    fields[b"frame"] = str(FRAMES + 5).encode()
+    time.sleep(0.2)
+    client.xadd("segstream:cam0:frames", fields)
+    out, err = process.communicate(timeout=30)
+    assert process.returncode == 0, err
+    assert out.startswith(f"frame {FRAMES + 5} (")
+
+
+def test_an_example_pointed_at_no_redis_says_so_in_one_line():
+    done = run_example("newest_only.py", "--url", "redis://127.0.0.1:1", "--count", "1")
+    assert done.returncode == 1 and done.stderr.count("\n") == 1 and "cannot reach Redis" in done.stderr
+
+
+def test_segstream_tail_shows_track_ids_and_with_events_the_events_stream(published, capsys):
+    from segstream.pipeline.cli import main
+
+    assert main(["tail", "segstream:cam0:frames", "--url", published.url, "--count", "3"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3 and all(" cam0 frame=" in line for line in lines)
+    assert any("#" in line and "#-" not in line.split("[")[1].split(",")[0] for line in lines)
+
+    assert main(["tail", "segstream:cam0:frames", "--url", published.url, "--count", "1000", "--events"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    kinds = collections.Counter(line.split()[2] for line in lines if " frame=" not in line)
+    assert kinds["track_started"] >= 4 and kinds["track_ended"] >= 1
+    assert sum(" frame=" in line for line in lines) >= FRAMES  # (+1 if the newest-only test added one)
+    started = next(line for line in lines if " track_started " in line)
+    assert "track_id=" in started and "label=" in started and "first_frame=" in started
+    ids = [line.split()[0] for line in lines]
+    assert ids == sorted(ids, key=lambda i: tuple(map(int, i.split("-"))))  # one time order

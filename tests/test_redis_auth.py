@@ -1,0 +1,105 @@
+"""Publishing to a Redis that wants TLS (with client certificates), a password or an ACL user;
+wrong credentials end the run with one clear line that never shows the password."""
+
+from __future__ import annotations
+
+import pytest
+
+from segstream.connectors.errors import ConfigError
+from segstream.connectors.redis_connection import TlsFiles, connect_redis
+from segstream.pipeline.cli import main, run_pipeline
+from segstream.pipeline.config import load_config, validate_config
+from tests.redis_servers import RedisProcess, make_certificates
+
+PASSWORD = "s3cret-pw"
+ALICE = "alice-pw"
+
+
+@pytest.fixture(scope="module")
+def tls_server(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tls")
+    certs = make_certificates(folder / "certs")
+    args = [
+        "--tls-cert-file", str(certs["server_cert"]), "--tls-key-file", str(certs["server_key"]),
+        "--tls-ca-cert-file", str(certs["ca"]), "--tls-auth-clients", "yes", "--requirepass", PASSWORD,
+        # An ACL user that may touch segstream's keys only.
+        "--user", "alice", "on", f">{ALICE}", "~segstream:*", "+@all",
+    ]
+    with RedisProcess(folder / "data", args, tls=True) as server:
+        yield server, certs
+
+
+def write_config(tmp_path, server, certs, password=PASSWORD, username=None, ca=True, cert=True):
+    tls = [f"ca_file: '{certs['ca']}'"] if ca else []
+    if cert:
+        tls += [f"cert_file: '{certs['client_cert']}'", f"key_file: '{certs['client_key']}'"]
+    user = f", username: {username}" if username else ""
+    config = tmp_path / "pipeline.yaml"
+    config.write_text(
+        "sources:\n  - {name: cam0, type: synthetic, width: 64, height: 48, num_frames: 6}\n"
+        "model: {device: cpu, precision: fp32}\n"
+        "ops: {http: null}\n"
+        f"sinks:\n  redis: {{url: '{server.url}', password: '{password}'{user}, tls: {{{', '.join(tls)}}}}}\n"
+    )
+    return config
+
+
+def tls_client(server, certs, **options):
+    tls = TlsFiles(str(certs["ca"]), str(certs["client_cert"]), str(certs["client_key"]))
+    return connect_redis(server.url, PASSWORD, tls=tls, **options)
+
+
+def test_a_run_publishes_over_tls_with_a_password_and_a_client_certificate(tmp_path, tls_server):
+    server, certs = tls_server
+    client = tls_client(server, certs)
+    client.delete("segstream:cam0:frames")
+    report = run_pipeline(load_config(write_config(tmp_path, server, certs)), progress=False)
+    assert report.published == 6
+    assert client.xlen("segstream:cam0:frames") == 6
+    assert server.url.startswith("rediss://")
+
+
+def test_an_acl_user_publishes_with_its_own_password(tmp_path, tls_server):
+    server, certs = tls_server
+    client = tls_client(server, certs)
+    client.delete("segstream:cam0:frames")
+    config = write_config(tmp_path, server, certs, password=ALICE, username="alice")
+    assert run_pipeline(load_config(config), progress=False).published == 6
+    assert client.xlen("segstream:cam0:frames") == 6
+
+
+@pytest.mark.parametrize("username", [None, "alice"])
+def test_a_wrong_password_is_one_clear_line(tmp_path, tls_server, capsys, username):
+    server, certs = tls_server
+    config = write_config(tmp_path, server, certs, password="not-the-password", username=username)
+    assert main(["run", str(config)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    who = "user 'alice'" if username else "the default user"
+    assert err[0].startswith(f"segstream: error: Redis at {server.url} refused the credentials of {who}")
+    assert "not-the-password" not in err[0] and "REDIS_PASSWORD" in err[0]
+
+
+def test_without_the_servers_ca_tls_fails_with_one_line_naming_the_tls_settings(tmp_path, tls_server, capsys):
+    server, certs = tls_server
+    assert main(["run", str(write_config(tmp_path, server, certs, ca=False))]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "certificate verify failed" in err[0] and "sinks.redis.tls" in err[0]
+
+
+def test_without_a_client_certificate_a_server_that_asks_for_one_refuses(tmp_path, tls_server, capsys):
+    server, certs = tls_server
+    assert main(["run", str(write_config(tmp_path, server, certs, cert=False))]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "certificate" in err[0] and "sinks.redis.tls" in err[0]
+
+
+def test_tls_files_need_a_rediss_url_and_a_key_with_the_certificate(tmp_path):
+    (tmp_path / "ca.pem").write_text("x")
+    source = [{"name": "a", "type": "synthetic"}]
+    with pytest.raises(ConfigError, match="not rediss://"):
+        validate_config({"sources": source, "sinks": {"redis": {"url": "redis://h:6379", "tls": {"ca_file": str(tmp_path / "ca.pem")}}}})
+    with pytest.raises(ConfigError, match="cert_file and tls.key_file go together"):
+        validate_config({"sources": source, "sinks": {"redis": {"url": "rediss://h:6380", "tls": {"cert_file": str(tmp_path / "ca.pem")}}}})
+    with pytest.raises(ConfigError, match=r"sinks.redis.tls.ca_file: file 'nope.pem' does not exist"):
+        validate_config({"sources": source, "sinks": {"redis": {"url": "rediss://h:6380", "tls": {"ca_file": "nope.pem"}}}})

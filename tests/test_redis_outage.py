@@ -1,0 +1,190 @@
+"""The publisher rides out Redis outages: a bounded backlog, counted drops, reconnects by
+itself; and a whole run survives a Redis killed mid-run and restarted 10 s later."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from segstream.connectors.redis_connection import connect_redis
+from segstream.connectors.redis_sink import RedisPublisher
+from tests.redis_servers import RedisProcess
+from tests.test_redis_sink import tiny_scene
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def server(tmp_path):
+    with RedisProcess(tmp_path / "redis") as process:
+        yield process
+
+
+def publisher_for(server, **options) -> tuple[RedisPublisher, list, list]:
+    client = connect_redis(server.url, connect_timeout=1.0, socket_timeout=2.0)
+    publisher = RedisPublisher(client, max_batch_delay_s=0, **options)
+    written, dropped = [], []
+    publisher.on_written = written.extend
+    publisher.on_dropped = lambda results, reason: dropped.extend((r.index, reason) for r in results)
+    return publisher, written, dropped
+
+
+def wait_until(condition, timeout_s=15.0, step=None):
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out")
+        if step is not None:
+            step()
+        time.sleep(0.05)
+
+
+def frames_in(server, source="cam0") -> list[int]:
+    return [int(fields[b"frame"]) for _, fields in server.client().xrange(f"segstream:{source}:frames")]
+
+
+def test_while_redis_is_down_the_newest_entries_wait_and_go_out_in_order_when_it_returns(server):
+    publisher, written, dropped = publisher_for(server, max_backlog=20)
+    for index in range(5):
+        publisher.publish(tiny_scene("cam0", index))
+    assert frames_in(server) == [0, 1, 2, 3, 4]
+
+    server.kill()
+    started = time.monotonic()
+    for index in range(5, 55):
+        publisher.publish(tiny_scene("cam0", index))  # never raises, never blocks
+    assert time.monotonic() - started < 2.0
+    status = publisher.status()
+    assert not status["connected"] and status["backlog"] == 20 and "unreachable" in status["line"]
+    assert dropped == [(index, "sink_backlog") for index in range(5, 35)]  # oldest first, each counted
+
+    server.start()  # empty: it kept no data
+    wait_until(lambda: publisher.status()["backlog"] == 0, step=publisher.poll)
+    assert frames_in(server) == list(range(35, 55))
+    assert publisher.reconnects == 1 and publisher.status()["connected"]
+    assert [r.index for r in written] == [*range(5), *range(35, 55)] and written[-1].publish_ts is not None
+    publisher.publish(tiny_scene("cam0", 55))
+    assert frames_in(server)[-1] == 55
+
+
+def test_what_waits_during_an_outage_holds_no_label_map(server):
+    publisher, _, _ = publisher_for(server, max_backlog=100)
+    server.kill()
+    for index in range(10):
+        publisher.publish(tiny_scene("cam0", index))
+    assert all(item.result.label_map is None and len(item.result.segments) == 0 for item in publisher._queue)
+
+
+def test_the_backlog_is_bounded_in_bytes_too(server):
+    publisher, _, dropped = publisher_for(server, max_backlog=1000, max_backlog_bytes=5000)
+    server.kill()
+    for index in range(40):
+        publisher.publish(tiny_scene("cam0", index))
+    status = publisher.status()
+    assert 0 < status["backlog_bytes"] <= 5000 and status["peak_backlog_bytes"] <= 5000
+    assert len(dropped) == 40 - status["backlog"] > 0
+
+
+def test_flush_waits_for_redis_then_counts_what_it_could_not_send(server):
+    publisher, _, dropped = publisher_for(server, drain_timeout_s=0.5)
+    server.kill()
+    for index in range(3):
+        publisher.publish(tiny_scene("cam0", index))
+    started = time.monotonic()
+    publisher.flush()
+    assert 0.4 < time.monotonic() - started < 3
+    assert dropped == [(0, "sink_unreachable"), (1, "sink_unreachable"), (2, "sink_unreachable")]
+    assert publisher.status()["dropped"] == {"sink_unreachable": 3}
+    publisher.close()
+
+
+def test_flush_sends_everything_once_redis_is_back_within_the_drain_timeout(server):
+    publisher, _, dropped = publisher_for(server, drain_timeout_s=20)
+    server.kill()
+    for index in range(3):
+        publisher.publish(tiny_scene("cam0", index))
+    publisher.poll()
+    server.start()
+    publisher.flush()
+    assert frames_in(server) == [0, 1, 2] and dropped == []
+    publisher.close()
+
+
+def _summary(err: str) -> tuple[int, int, int, dict[str, int]]:
+    """published, decoded, dropped and dropped-by-reason of the run's final line."""
+    line = [l for l in err.splitlines() if l.startswith(("done:", "stopped:"))][-1]
+    match = re.search(r"cam0 (\d+)/(\d+)(?: dropped (\d+) \(([^)]*)\))?", line)
+    reasons = {}
+    if match.group(4):
+        for part in match.group(4).split(", "):
+            reason, count = part.rsplit(" ", 1)
+            reasons[reason] = int(count)
+    return int(match.group(1)), int(match.group(2)), int(match.group(3) or 0), reasons
+
+
+def test_a_run_survives_redis_killed_mid_run_and_restarted_10_s_later(tmp_path):
+    # The server keeps what it acknowledged (AOF, fsync always), so after the restart the stream
+    # holds every entry ever written: what is missing must be exactly what the run counts dropped.
+    server = RedisProcess(tmp_path / "redis", ["--appendonly", "yes", "--appendfsync", "always"])
+    config = tmp_path / "pipeline.yaml"
+    config.write_text(
+        "sources:\n  - {name: cam0, type: synthetic, width: 96, height: 64, fps: 10, num_frames: 190, realtime: true}\n"
+        "model: {device: cpu, precision: fp32}\n"
+        "engine: {batch_size: 2, max_wait_ms: 5}\n"
+        "ops: {http: null}\n"
+        f"sinks:\n  redis: {{url: '{server.url}', max_backlog: 30, pipeline_size: 4, drain_timeout_s: 20}}\n"
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "segstream.pipeline.cli", "run", str(config)],
+        env={**os.environ, "PYTHONPATH": str(REPO)}, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        client = server.client()
+        wait_until(lambda: client.xlen("segstream:cam0:frames") >= 15, timeout_s=120)
+        client.close()
+        server.kill()
+        killed = time.time()
+        time.sleep(10)
+        server.start()
+        _, err = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        server.close()
+    assert process.returncode == 0, err
+    assert "Traceback" not in err
+    assert re.search(r"redis unreachable for \d+ s, backlog 30/30", err), "the status line shows the outage"
+    published, decoded, dropped, reasons = _summary(err)
+    assert decoded == 190 and published + dropped == decoded
+    assert reasons.get("sink_backlog", 0) >= 50  # 10 s at 10 fps, minus a backlog of 30
+    assert re.search(r"redis connected, backlog 0/30 .*peak 30, 1 reconnect, dropped \d+ \(sink_backlog\)", err)
+
+    server.start()
+    entries = server.client().xrange("segstream:cam0:frames")
+    frames = [int(fields[b"frame"]) for _, fields in entries]
+    assert len(set(frames)) == published  # duplicates only where a reply was lost with the server
+    assert len(frames) - len(set(frames)) <= 4
+    assert len(set(range(decoded)) - set(frames)) == dropped  # every missing frame was counted
+    after = [float(fields[b"publish_ts"]) for _, fields in entries if float(fields[b"publish_ts"]) > killed + 10]
+    assert len(after) >= 30, "publishing resumed by itself after the restart"
+    server.close()
+
+
+def test_events_outlast_frames_in_a_full_backlog(server):
+    from segstream.models.results import Event
+
+    publisher, _, dropped = publisher_for(server, max_backlog=5)
+    server.kill()
+    publisher.publish_event(Event("cam0", "track_started", 1.0, {"track_id": 1}))
+    for index in range(10):
+        publisher.publish(tiny_scene("cam0", index))
+    assert publisher.status()["events_dropped"] == 0 and len(dropped) == 6
+    server.start()
+    wait_until(lambda: publisher.status()["backlog"] == 0, step=publisher.poll)
+    assert server.client().xlen("segstream:cam0:events") == 1 and frames_in(server) == [6, 7, 8, 9]

@@ -1,0 +1,280 @@
+"""The segment tracker (models/tracking.py) and its per-source stage: identities across frames,
+occlusions, lifecycle, stuff, gates, bounded state."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from segstream.models.results import NO_TRACK, FrameResult, Segments
+from segstream.models.tracking import SegmentTracker, TrackerSettings
+from segstream.pipeline.config import TrackingConfig
+from segstream.pipeline.tracking import TrackingStage, tracker_settings
+
+SKY, GRASS, DISC, BOX = 0, 1, 2, 3
+W, H = 160, 120
+
+
+def scene(things, stuff=((SKY, 0, H // 2), (GRASS, H // 2, H)), embeddings=None):
+    """A label map with stuff bands (class, y0, y1) and discs (class, cx, cy, r) painted in
+    order over them; segment ids 0.. in the order given (stuff first). Returns the tracker's
+    inputs: label map, segment ids, classes, isthing, embeddings."""
+    label_map = np.full((H, W), -1, np.int32)
+    ids, classes, isthing = [], [], []
+    for class_id, y0, y1 in stuff:
+        label_map[y0:y1] = len(ids)
+        ids.append(len(ids)), classes.append(class_id), isthing.append(False)
+    yy, xx = np.mgrid[:H, :W]
+    for class_id, cx, cy, r in things:
+        label_map[(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = len(ids)
+        ids.append(len(ids)), classes.append(class_id), isthing.append(True)
+    present = [i for i in ids if (label_map == i).any()]
+    rows = np.array(present, np.int64)
+    emb = None if embeddings is None else np.asarray(embeddings, np.float32)[rows[rows >= len(stuff)] - len(stuff)]
+    if emb is not None:
+        emb = np.concatenate([np.zeros((int((rows < len(stuff)).sum()), emb.shape[1]), np.float32), emb])
+    return label_map, rows, np.array(classes)[rows], np.array(isthing)[rows], emb
+
+
+def thing_ids(tracker, frame, *args, **kwargs):
+    label_map, ids, classes, isthing, emb = scene(*args, **kwargs)
+    update = tracker.update(frame, label_map, ids, classes, isthing, emb)
+    return [int(t) for t, thing in zip(update.track_ids, isthing) if thing], update
+
+
+def test_a_thing_keeps_its_id_as_it_moves():
+    tracker = SegmentTracker()
+    ids = [thing_ids(tracker, f, [(DISC, 20 + 3 * f, 60, 12)])[0] for f in range(30)]
+    assert ids[0] == [NO_TRACK]  # tentative until seen min_hits (2) times
+    assert len({i[0] for i in ids[1:]}) == 1 and ids[1][0] != NO_TRACK
+
+
+def disc_id(tracker, frame, things, embeddings=None):
+    """The track id of the one disc in view, None when none is."""
+    label_map, ids, classes, isthing, emb = scene(things, embeddings=embeddings)
+    update = tracker.update(frame, label_map, ids, classes, isthing, emb)
+    found = [int(t) for t, c in zip(update.track_ids, classes) if c == DISC]
+    return found[0] if found else None
+
+
+def test_identity_survives_an_occlusion_shorter_than_max_lost():
+    # Masks alone: the disc vanishes for 8 frames and comes back where its motion took it.
+    tracker = SegmentTracker(TrackerSettings(max_lost=10))
+    seen = {f: disc_id(tracker, f, [] if 15 <= f < 23 else [(DISC, 10 + 3 * f, 60, 10)]) for f in range(40)}
+    assert seen[10] != NO_TRACK
+    assert {seen[f] for f in range(1, 40) if not 15 <= f < 23} == {seen[10]}
+
+
+def test_a_thing_sliding_behind_another_is_found_again_by_its_query_embedding():
+    # The disc slides behind a larger box painted over it, hidden for 7 frames, and reappears
+    # on the far side as a sliver: its shape memory no longer overlaps, its embedding does.
+    disc, box = np.eye(8, dtype=np.float32)[:2]
+    tracker = SegmentTracker(TrackerSettings(max_lost=10))
+    seen = {}
+    for f in range(40):
+        seen[f] = disc_id(tracker, f, [(DISC, 10 + 3 * f, 60, 10), (BOX, 80, 60, 20)], embeddings=[disc, box])
+    hidden = [f for f, i in seen.items() if i is None]
+    assert len(hidden) >= 6, "the disc must vanish for a while for the test to mean anything"
+    assert seen[10] != NO_TRACK
+    assert {seen[f] for f in range(1, 40) if f not in hidden} == {seen[10]}
+
+
+def test_a_longer_occlusion_gives_a_new_id():
+    tracker = SegmentTracker(TrackerSettings(max_lost=5))
+    ended = []
+    for f in range(40):
+        hidden = 15 <= f < 23
+        ids, update = thing_ids(tracker, f, [] if hidden else [(DISC, 10 + 3 * f, 60, 10)])
+        ended += [e for e in update.events if e.kind == "ended"]
+        if f == 14:
+            before = ids[0]
+        if f == 24:
+            after = ids[0]
+    assert after not in (before, NO_TRACK) and after > before
+    assert [(e.track_id, e.reason, e.last_frame, e.frames_seen) for e in ended] == [(before, "lost", 14, 15)]
+
+
+def test_ids_are_never_reused_and_each_id_lives_once():
+    tracker = SegmentTracker(TrackerSettings(max_lost=3))
+    rng = np.random.default_rng(0)
+    alive_ids, ended_ids, given = set(), set(), []
+    for f in range(300):
+        # Three discs flicker in and out of view: tracks end and new ones start all the time.
+        things = [(DISC, 30 + 50 * k, 60, 12) for k in range(3) if rng.random() < 0.5]
+        ids, update = thing_ids(tracker, f, things)
+        for event in update.events:
+            if event.kind == "started":
+                assert event.track_id not in alive_ids | ended_ids
+                alive_ids.add(event.track_id)
+            else:
+                alive_ids.discard(event.track_id)
+                ended_ids.add(event.track_id)
+        for i in ids:
+            assert i == NO_TRACK or (i in alive_ids and i not in ended_ids)
+        given += [i for i in ids if i != NO_TRACK]
+    assert len(ended_ids) > 10, "the scene must end many tracks for the test to mean anything"
+    started = [e for e in sorted(ended_ids | alive_ids)]
+    assert started == list(range(started[0], started[0] + len(started)))  # dense, increasing
+
+
+def test_stuff_has_one_stable_id_per_class():
+    tracker = SegmentTracker(TrackerSettings(max_lost=2))
+    seen = {}
+    for f in range(30):
+        # Grass vanishes for 10 frames (far longer than max_lost) and comes back.
+        stuff = ((SKY, 0, H),) if 5 <= f < 15 else ((SKY, 0, H // 2), (GRASS, H // 2, H))
+        label_map, ids, classes, isthing, emb = scene([(DISC, 40, 40, 8)], stuff=stuff)
+        update = tracker.update(f, label_map, ids, classes, isthing, emb)
+        for class_id, track_id, thing in zip(classes, update.track_ids, isthing):
+            if not thing:
+                seen.setdefault(int(class_id), set()).add(int(track_id))
+    assert {c: len(v) for c, v in seen.items()} == {SKY: 1, GRASS: 1}
+    assert seen[SKY] != seen[GRASS]
+    assert tracker.stuff[GRASS].hits == 20  # frames seen, not frames lived
+
+
+def test_a_thing_that_jumps_is_found_by_its_embedding_near_its_place_only():
+    # No overlap from one frame to the next (a low frame rate): only the embedding links them.
+    a, b = np.eye(8, dtype=np.float32)[0], np.eye(8, dtype=np.float32)[1]
+    tracker = SegmentTracker(TrackerSettings(max_shift=2.0))
+    first, _ = thing_ids(tracker, 0, [(DISC, 20, 30, 6), (DISC, 20, 90, 6)], embeddings=[a, b])
+    first, _ = thing_ids(tracker, 1, [(DISC, 20, 30, 6), (DISC, 20, 90, 6)], embeddings=[a, b])
+    jumped, _ = thing_ids(tracker, 2, [(DISC, 36, 30, 6), (DISC, 36, 90, 6)], embeddings=[a, b])
+    assert jumped == first and NO_TRACK not in first
+    # The same embedding far from where the thing should be is refused: a new thing.
+    far, _ = thing_ids(tracker, 3, [(DISC, 140, 30, 6)], embeddings=[a])
+    assert far == [NO_TRACK]
+
+
+def test_another_class_matches_only_with_strong_overlap():
+    def seen_as_disc():
+        tracker = SegmentTracker()
+        ids = [thing_ids(tracker, f, [(DISC, 60, 60, 15)])[0] for f in range(3)]
+        return tracker, ids[-1]
+
+    tracker, before = seen_as_disc()
+    assert thing_ids(tracker, 3, [(BOX, 62, 60, 15)])[0] == before  # the model changed its mind
+    tracker, before = seen_as_disc()
+    assert thing_ids(tracker, 3, [(DISC, 78, 60, 15)])[0] == before  # same class, weaker overlap
+    tracker, before = seen_as_disc()
+    assert thing_ids(tracker, 3, [(BOX, 78, 60, 15)])[0] == [NO_TRACK]  # both: another thing
+
+
+def test_a_one_frame_blip_never_gets_an_id_nor_an_event():
+    tracker = SegmentTracker()
+    ids, update = thing_ids(tracker, 0, [(DISC, 60, 60, 10)])
+    _, later = thing_ids(tracker, 1, [])
+    assert ids == [NO_TRACK]
+    assert [e.kind for e in update.events + later.events if e.isthing] == []
+    assert tracker.tracks == []
+
+
+def test_bounded_state_over_ten_thousand_frames_of_things_coming_and_going():
+    settings = TrackerSettings(max_lost=20, max_tracks=12)
+    tracker = SegmentTracker(settings)
+    rng = np.random.default_rng(1)
+    things = []  # [class, x, y, vx, r]
+    largest, started, ended = 0, 0, 0
+    for f in range(10_000):
+        if rng.random() < 0.08:
+            things.append([int(rng.integers(DISC, BOX + 1)), -10.0, float(rng.uniform(15, H - 15)),
+                           float(rng.uniform(1, 4)), int(rng.integers(5, 12))])
+        for t in things:
+            t[1] += t[3]
+        things = [t for t in things if t[1] < W + 12]
+        _, update = thing_ids(tracker, f, [(c, int(x), int(y), r) for c, x, y, _, r in things])
+        started += sum(e.kind == "started" for e in update.events)
+        ended += sum(e.kind == "ended" for e in update.events)
+        largest = max(largest, len(tracker.tracks))
+        assert all(t.crop.size <= W * H for t in tracker.tracks)
+        assert all(len(t.votes) <= 2 for t in tracker.tracks)
+    assert started > 500, "many things must have come and gone"
+    assert largest <= settings.max_tracks
+    assert len(tracker.stuff) == 2
+    assert started - ended == sum(t.track_id != NO_TRACK for t in tracker.tracks) + 2  # + 2 stuff tracks
+
+
+def test_tracks_end_when_the_frame_size_changes():
+    tracker = SegmentTracker()
+    for f in range(3):
+        thing_ids(tracker, f, [(DISC, 60, 60, 10)])
+    update = tracker.update(3, np.full((60, 80), -1, np.int32), np.zeros(0), np.zeros(0), np.zeros(0, bool))
+    assert [(e.kind, e.reason) for e in update.events] == [("ended", "frame_size")]
+
+
+def test_frames_must_come_in_order():
+    tracker = SegmentTracker()
+    thing_ids(tracker, 5, [(DISC, 60, 60, 10)])
+    with pytest.raises(ValueError, match="frames must increase"):
+        thing_ids(tracker, 5, [(DISC, 60, 60, 10)])
+
+
+def test_the_config_section_has_the_trackers_own_defaults():
+    assert tracker_settings(TrackingConfig()) == TrackerSettings()
+
+
+def result_of(frame, things, source="cam0"):
+    label_map, ids, classes, isthing, _ = scene(things)
+    names = np.array(["sky", "grass", "disc", "box"], object)
+    segments = Segments.build(ids=ids, class_ids=classes, labels=names[classes], isthing=isthing)
+    return FrameResult(source, frame, W, H, label_map, segments, capture_ts=1000.0 + frame)
+
+
+def test_the_stage_fills_the_track_columns_and_emits_started_and_ended_events():
+    stage = TrackingStage("cam0", TrackerSettings(max_lost=1))
+    results = [stage.process(result_of(f, [(DISC, 20 + 2 * f, 60, 10)] if f < 5 else [])) for f in range(8)]
+    disc = [r.segments[r.segments.isthing] for r in results[:5]]
+    assert [int(d.track_ids[0]) for d in disc] == [NO_TRACK] + [int(disc[1].track_ids[0])] * 4
+    assert [int(d.track_ages[0]) for d in disc] == [0, 2, 3, 4, 5]
+    events = [e for r in results for e in r.events if e.data["isthing"]]
+    assert [(e.kind, e.ts) for e in events] == [("track_started", 1001.0), ("track_ended", 1006.0)]
+    assert events[1].data == {
+        "track_id": int(disc[1].track_ids[0]), "class_id": DISC, "label": "disc", "isthing": True,
+        "first_frame": 0, "last_frame": 4, "frames_seen": 5, "reason": "lost",
+    }
+    final = stage.finish()
+    assert {(e.kind, e.data["label"], e.data["reason"]) for e in final} == {
+        ("track_ended", "sky", "end"), ("track_ended", "grass", "end")}
+
+
+def pipeline_config(clip, **tracking):
+    from segstream.pipeline.config import validate_config
+
+    return validate_config({"sources": [{"name": "cam0", "type": "file", "path": str(clip)}], "tracking": tracking})
+
+
+def test_the_runtime_built_from_a_config_tracks_by_default_and_stamps_the_run(clip):
+    from segstream.connectors.file_source import FileSource
+    from segstream.pipeline.runtime import Runtime
+    from tests.conftest import ColourSegmenter
+    from tests.test_runtime import CollectingSink
+
+    sink = CollectingSink()
+    runtime = Runtime.from_config(pipeline_config(clip), [FileSource("cam0", str(clip))], ColourSegmenter(), [sink],
+                                  progress=None)
+    report = runtime.run()
+    ids = {int(t) for r in sink.results for t in r.segments.track_ids}
+    assert len({id for id in ids if id != NO_TRACK}) == 1  # the one square, one id for the whole clip
+    assert [e.kind for e in sink.events] == ["track_started", "track_ended"]
+    assert sink.events[1].data["reason"] == "end" and sink.events[1].data["last_frame"] == 39
+    assert report.run_id == runtime.run_id != ""
+    assert {r.run_id for r in sink.results} == {e.run_id for e in sink.events} == {runtime.run_id}
+
+
+def test_tracking_can_be_switched_off(clip):
+    from segstream.connectors.file_source import FileSource
+    from segstream.pipeline.runtime import Runtime
+    from tests.conftest import ColourSegmenter
+    from tests.test_runtime import CollectingSink
+
+    sink = CollectingSink()
+    Runtime.from_config(pipeline_config(clip, enabled=False), [FileSource("cam0", str(clip))], ColourSegmenter(),
+                        [sink], progress=None).run()
+    assert {int(t) for r in sink.results for t in r.segments.track_ids} == {NO_TRACK}
+    assert sink.events == []
+
+
+def test_a_stage_without_end_events_ends_its_tracks_quietly():
+    stage = TrackingStage("cam0", TrackerSettings(), end_events=False)
+    stage.process(result_of(0, [(DISC, 40, 40, 8)]))
+    assert stage.finish() == [] and stage.tracker.stuff == {}
