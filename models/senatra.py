@@ -95,6 +95,11 @@ class SeNaTraConfig:
     rope_theta: float = 100.0
     num_classes: int = 150
     layer_norm_eps: float = 1e-5
+    # Width of the per-token instance embedding head (0: none). Ours, not the paper's: it tells
+    # touching final tokens of one thing class apart (``panoptic_segments``).
+    embed_dim: int = 0
+    # Long side frames are scaled to before the network (pre-processing; the network takes any size).
+    input_size: int = 512
 
     def __post_init__(self):
         stages = len(self.dims)
@@ -249,15 +254,23 @@ class PanopticSegments(NamedTuple):
     isthing: Tensor
 
 
-def panoptic_segments(final_map: Tensor, token_classes: Tensor, thing_classes: Tensor) -> PanopticSegments:
+def panoptic_segments(
+    final_map: Tensor,
+    token_classes: Tensor,
+    thing_classes: Tensor,
+    embeddings: Tensor | None = None,
+    margin: float = 1.5,
+) -> PanopticSegments:
     """Panoptic segments of one image from its final-level segments.
 
     ``final_map`` h x w: final-token index per position (``hierarchy(...).maps[-1][b]``);
     ``token_classes`` M: class of each final token (argmax of its class logits); ``thing_classes``
     C bool. Stuff: all final segments of one class form one segment. Things: final segments of the
-    same thing class that touch (4-neighbours in ``final_map``) form one instance, so two touching
-    objects of one class merge; objects split over several final tokens stay whole. Segments are
-    numbered by their smallest final-token index: deterministic.
+    same thing class that touch (4-neighbours in ``final_map``) form one instance, so objects split
+    over several final tokens stay whole. Without ``embeddings`` two touching objects of one class
+    merge; with them (M x E, the tokens' instance embeddings) two touching segments join only when
+    their embeddings lie within ``margin`` (Euclidean). Segments are numbered by their smallest
+    final-token index: deterministic.
     """
     m = token_classes.shape[0]
     device = final_map.device
@@ -276,6 +289,8 @@ def panoptic_segments(final_map: Tensor, token_classes: Tensor, thing_classes: T
     )
     u, v = pairs
     keep = (u != v) & (cls[u] == cls[v]) & thing[u]
+    if embeddings is not None:
+        keep &= (embeddings[u] - embeddings[v]).norm(dim=-1) < margin
     u, v = torch.cat((u[keep], v[keep])), torch.cat((v[keep], u[keep]))
     while u.numel():  # connected components: spread the smallest group id along touching pairs
         spread = group.scatter_reduce(0, u, group[v], "amin")
@@ -537,12 +552,14 @@ class SeNaTraOutput(NamedTuple):
     """``class_logits`` B x M x C on the final tokens; ``pixel_logits`` B x C x h0 x w0, the same
     logits carried to the stem grid (stride 4, image padded to a multiple of 4) through the
     assignments; ``assignments`` the A_up of each downsampling step (stem -> level 1 -> 2 -> 3);
-    ``tokens`` B x M x D, the final-normed tokens."""
+    ``tokens`` B x M x D, the final-normed tokens; ``embeddings`` B x M x E, each final token's
+    instance embedding (None without an embedding head)."""
 
     class_logits: Tensor
     pixel_logits: Tensor
     assignments: tuple[Assignment, ...]
     tokens: Tensor
+    embeddings: Tensor | None = None
 
 
 class SeNaTra(nn.Module):
@@ -575,6 +592,7 @@ class SeNaTra(nn.Module):
         )
         self.norm = nn.LayerNorm(cfg.dims[-1], eps=eps)
         self.head = Mlp(cfg.dims[-1], cfg.dims[-1], cfg.num_classes)
+        self.embed_head = Mlp(cfg.dims[-1], cfg.dims[-1], cfg.embed_dim) if cfg.embed_dim else None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -604,4 +622,5 @@ class SeNaTra(nn.Module):
         class_logits = self.head(tokens)
         h0, w0 = assignments[0].in_grid
         pixel_logits = carry(assignments, class_logits).transpose(1, 2).reshape(x.shape[0], -1, h0, w0)
-        return SeNaTraOutput(class_logits, pixel_logits, assignments, tokens)
+        embeddings = self.embed_head(tokens) if self.embed_head is not None else None
+        return SeNaTraOutput(class_logits, pixel_logits, assignments, tokens, embeddings)

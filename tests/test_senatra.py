@@ -276,3 +276,15 @@ def test_rope_logits_depend_on_relative_position_only():
     assert logit((0, 0), (2, 1)) == pytest.approx(logit((3, 4), (5, 5)), abs=1e-12)
     assert logit((1, 2), (1, 0)) == pytest.approx(logit((4, 5), (4, 3)), abs=1e-12)
     assert abs(logit((0, 0), (2, 1)) - logit((0, 0), (1, 2))) > 1e-3  # rows and columns differ
+
+
+def test_panoptic_segments_split_touching_things_whose_embeddings_differ():
+    final_map = torch.tensor([[0, 0, 1, 1, 2], [3, 3, 3, 3, 3]])
+    classes = torch.tensor([2, 2, 2, 1])  # tokens 0, 1, 2: one thing class, all touching in a row; 3 stuff
+    thing = torch.tensor([False, False, True])
+    embeddings = torch.tensor([[0.0, 0.0], [0.5, 0.0], [5.0, 0.0], [0.0, 9.0]])
+    merged = panoptic_segments(final_map, classes, thing)
+    assert merged.classes.tolist() == [2, 1]  # without embeddings touching things are one instance
+    split = panoptic_segments(final_map, classes, thing, embeddings, margin=1.5)
+    assert split.classes.tolist() == [2, 2, 1]
+    assert torch.equal(split.label_map, torch.tensor([[0, 0, 0, 0, 1], [2, 2, 2, 2, 2]]))
