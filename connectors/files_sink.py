@@ -19,8 +19,8 @@ class FilesSink:
     ``<dir>/<source>.events.jsonl``; each run rewrites them.
 
     Each line is one Redis stream entry (``segstream.connectors.redis_wire`` schema) as a JSON
-    object of the same fields; the one binary field, ``idmap``, is base64 text. ``read_entries``
-    turns a line back into the field map ``redis_wire.from_wire`` reads. Lines are written as
+    object of the same fields; the binary fields (``idmap``, ``levels_idmap``) are base64 text.
+    ``read_entries`` turns a line back into the field map ``redis_wire.from_wire`` reads. Lines are written as
     results arrive (``publish_ts`` is that moment) and reach the disk on ``flush``.
     """
 
@@ -95,6 +95,7 @@ def read_entries(path: str | Path) -> Iterator[dict[str, bytes | str]]:
     with Path(path).open(encoding="utf-8") as f:
         for line in f:
             entry = json.loads(line)
-            if "idmap" in entry:
-                entry["idmap"] = base64.b64decode(entry["idmap"])
+            for binary in ("idmap", "levels_idmap"):
+                if binary in entry:
+                    entry[binary] = base64.b64decode(entry[binary])
             yield entry

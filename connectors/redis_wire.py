@@ -1,7 +1,7 @@
 """The Redis stream entry format, version 1: the one place that writes and reads it.
 
 docs/SCHEMA.md describes the same format for consumers in any language. An entry is a flat map of
-field name to bytes; everything but the binary ``idmap`` field is UTF-8 text.
+field name to bytes; everything but the binary ``idmap`` and ``levels_idmap`` fields is UTF-8 text.
 
 Reading needs numpy and zstandard only (the consumer SDK, ``segstream.client``, ships this
 module without torch); writing ``rle`` masks also needs pycocotools.
@@ -12,13 +12,13 @@ from __future__ import annotations
 import json
 import time
 from fractions import Fraction
-from typing import Mapping
+from typing import Mapping, NamedTuple
 
 import numpy as np
 import zstandard
 
 from segstream.connectors.errors import WireFormatError
-from segstream.models.results import NO_TRACK, Event, FrameResult, Segments
+from segstream.models.results import NO_TRACK, Event, FrameResult, Level, Segments
 
 SCHEMA_VERSION = 1
 DEFAULT_STREAM_PATTERN = "segstream:{source}:frames"
@@ -34,6 +34,8 @@ _SEGMENT_KEYS = ("id", "class_id", "label", "isthing", "score", "area", "box")
 _TRACK_KEYS = ("track_id", "track_age")
 # Largest frame an entry may claim: bounds the memory a malformed entry can make us allocate.
 _MAX_PIXELS = 16384 * 16384
+# Most hierarchy levels an entry may hold (SeNaTra has 3); bounds the same memory.
+_MAX_LEVELS = 8
 
 
 def stream_name(pattern: str, source: str) -> str:
@@ -88,7 +90,35 @@ def to_wire(result: FrameResult, mask_encoding: str, publish_ts: float | None = 
             np.ascontiguousarray(label_map, dtype="<i4").tobytes()
         )
     fields["segments"] = json.dumps(records, separators=(",", ":"), ensure_ascii=False)
+    if result.levels:
+        _levels_to_wire(result, mask_encoding, fields)
     return fields
+
+
+def _levels_to_wire(result: FrameResult, mask_encoding: str, fields: dict[str, bytes | str]) -> None:
+    """The optional hierarchy: ``levels`` (JSON, finest level first, each ``{"segments": [{id,
+    parent, area[, rle]}]}``) and, with idmap encoding, ``levels_idmap`` (all level maps stacked)."""
+    where = f"{result.source} frame {result.index}"
+    if len(result.levels) > _MAX_LEVELS:
+        raise WireFormatError(f"{where} has {len(result.levels)} hierarchy levels; schema v1 allows {_MAX_LEVELS}")
+    levels = []
+    for k, level in enumerate(result.levels):
+        if level.label_map is None or level.label_map.shape != (result.height, result.width):
+            raise WireFormatError(f"hierarchy level {k} of {where} has no {result.height}x{result.width} label map")
+        ids = [int(i) for i in level.ids]
+        if len(set(ids)) != len(ids) or any(i < 0 for i in ids):
+            raise WireFormatError(f"hierarchy level {k} of {where}: segment ids must be distinct and >= 0")
+        records = [
+            {"id": i, "parent": int(p), "area": int(a)} for i, p, a in zip(ids, level.parents, level.areas, strict=True)
+        ]
+        if mask_encoding == "rle":
+            for record, counts in zip(records, _coco_rle_counts(level.label_map, ids)):
+                record["rle"] = {"size": [result.height, result.width], "counts": counts}
+        levels.append({"segments": records})
+    fields["levels"] = json.dumps(levels, separators=(",", ":"), ensure_ascii=False)
+    if mask_encoding == "idmap":
+        stacked = np.stack([np.asarray(level.label_map, dtype="<i4") for level in result.levels])
+        fields["levels_idmap"] = zstandard.ZstdCompressor().compress(np.ascontiguousarray(stacked).tobytes())
 
 
 def from_wire(fields: Mapping[bytes | str, bytes | str], *, decode_masks: bool = True) -> FrameResult:
@@ -100,6 +130,8 @@ def from_wire(fields: Mapping[bytes | str, bytes | str], *, decode_masks: bool =
     result, masks = read_entry(fields)
     if decode_masks:
         result.label_map = masks.label_map()
+        for level, label_map in zip(result.levels, masks.level_maps()):
+            level.label_map = label_map
     return result
 
 
@@ -143,6 +175,7 @@ def read_entry(fields: Mapping[bytes | str, bytes | str]) -> tuple[FrameResult, 
                 "(redis-py: decode_responses=False)"
             )
 
+    levels, level_masks = _parse_levels(entry, mask_encoding) if "levels" in entry else ([], None)
     # optional fields added within v1: absent in entries of older writers
     optional = {name: _text(entry[name]) for name in ("epoch", "sender_ts") if name in entry}
     result = FrameResult(
@@ -161,21 +194,34 @@ def read_entry(fields: Mapping[bytes | str, bytes | str]) -> tuple[FrameResult, 
         epoch=_integer(optional, "epoch") if optional.get("epoch") else 0,
         sender_ts=_number(optional, "sender_ts") if optional.get("sender_ts") else None,
         run_id=_text(entry.get("run_id", b"")),
+        levels=levels,
     )
     ids = [int(i) for i in segments.ids]
-    return result, EncodedMasks(height, width, ids, rles, idmap)
+    return result, EncodedMasks(height, width, ids, rles, idmap, level_masks)
 
 
 class EncodedMasks:
     """The masks of one entry as they travelled; each decode is done when asked for (and the
     label map only once)."""
 
-    def __init__(self, height: int, width: int, ids: list[int], rles: list[dict], idmap: bytes | None):
+    def __init__(self, height: int, width: int, ids: list[int], rles: list[dict], idmap: bytes | None,
+                 levels: EncodedLevels | None = None):
         self.height, self.width = height, width
         self.ids = ids
         self._rles = rles
         self._idmap = idmap
         self._label_map: np.ndarray | None = None
+        self._levels = levels
+
+    def level_maps(self) -> list[np.ndarray]:
+        """The hierarchy's label maps (height x width int32 each), finest level first; [] without one."""
+        if self._levels is None:
+            return []
+        levels = self._levels
+        if levels.idmap is not None:
+            stacked = _decompress_idmap(levels.idmap, self.height * len(levels.ids), self.width, "levels_idmap")
+            return list(stacked.reshape(len(levels.ids), self.height, self.width))
+        return [_paint_rles(rles, ids, self.height, self.width) for ids, rles in zip(levels.ids, levels.rles)]
 
     def label_map(self) -> np.ndarray:
         """height x width int32: each pixel's segment id, -1 where none is."""
@@ -197,6 +243,73 @@ class EncodedMasks:
         values = np.zeros(counts.size, bool)
         values[1::2] = True
         return np.repeat(values, counts).reshape(self.width, self.height).T.copy()
+
+
+class EncodedLevels(NamedTuple):
+    """A hierarchy's masks as they travelled: per level the segment ids and their RLEs, or the
+    one ``levels_idmap`` blob of all level maps."""
+
+    ids: list[list[int]]
+    rles: list[list[dict]]
+    idmap: bytes | None
+
+
+def _parse_levels(entry: dict, mask_encoding: str) -> tuple[list[Level], EncodedLevels]:
+    """The ``levels`` field checked (ids, parents pointing into the next level, areas), its masks
+    left encoded: each ``Level.label_map`` is None until ``EncodedMasks.level_maps``."""
+    try:
+        items = json.loads(_text(entry["levels"]))
+    except json.JSONDecodeError as error:
+        raise WireFormatError(f"levels field is not valid JSON: {error}") from None
+    if not isinstance(items, list) or len(items) > _MAX_LEVELS:
+        raise WireFormatError(f"levels field must be a JSON array of at most {_MAX_LEVELS} levels")
+    columns = []
+    for k, item in enumerate(items):
+        segments = item.get("segments") if isinstance(item, dict) else None
+        if not isinstance(segments, list):
+            raise WireFormatError(f"hierarchy level {k} must be an object with a 'segments' array")
+        try:
+            rows = [(int(s["id"]), int(s["parent"]), int(s["area"])) for s in segments]
+        except (TypeError, KeyError, ValueError) as error:
+            raise WireFormatError(
+                f"hierarchy level {k} has a malformed segment ({error!r}): keys id, parent, area"
+            ) from None
+        ids = [r[0] for r in rows]
+        if len(set(ids)) != len(ids) or any(i < 0 or i >= 2**31 for i in ids):
+            raise WireFormatError(f"hierarchy level {k}: segment ids must be distinct, >= 0 and 32-bit")
+        if any(not 0 <= r[2] < 2**63 for r in rows):
+            raise WireFormatError(f"hierarchy level {k}: segment areas must be >= 0 and fit 64 bits")
+        rles = []
+        if mask_encoding == "rle":
+            rles = [s.get("rle") for s in segments]
+            if not all(isinstance(r, dict) and isinstance(r.get("counts"), str) and "size" in r for r in rles):
+                raise WireFormatError(f"hierarchy level {k} lacks 'rle' {{size, counts}} on a segment")
+        columns.append((rows, rles))
+    for k, (rows, _) in enumerate(columns):
+        coarser = {r[0] for r in columns[k + 1][0]} if k + 1 < len(columns) else set()
+        strays = sorted({r[1] for r in rows} - coarser - ({-1} if k + 1 == len(columns) else set()))
+        if strays:
+            raise WireFormatError(f"hierarchy level {k} names parent(s) {strays[:5]} that level {k + 1} does not have")
+    idmap = None
+    if mask_encoding == "idmap" and columns:
+        idmap = entry.get("levels_idmap")
+        if idmap is None:
+            raise WireFormatError("entry has levels and mask_encoding 'idmap' but no 'levels_idmap' field")
+        if not isinstance(idmap, bytes):
+            raise WireFormatError(
+                "levels_idmap field arrived as text — read the stream with a client that returns bytes "
+                "(redis-py: decode_responses=False)"
+            )
+    levels = [
+        Level(
+            ids=np.array([r[0] for r in rows], np.int32).reshape(-1),
+            parents=np.array([r[1] for r in rows], np.int32).reshape(-1),
+            areas=np.array([r[2] for r in rows], np.int64).reshape(-1),
+            label_map=None,
+        )
+        for rows, _ in columns
+    ]
+    return levels, EncodedLevels([[r[0] for r in rows] for rows, _ in columns], [r for _, r in columns], idmap)
 
 
 def event_to_wire(event: Event) -> dict[str, str]:
@@ -347,15 +460,15 @@ def _paint_rles(rles: list[dict], ids: list[int], height: int, width: int) -> np
     return np.repeat(run_values, run_sizes).reshape(width, height).T.astype(np.int32, order="C")
 
 
-def _decompress_idmap(blob: bytes, height: int, width: int) -> np.ndarray:
+def _decompress_idmap(blob: bytes, height: int, width: int, name: str = "idmap") -> np.ndarray:
     expected = height * width * 4
     try:
         raw = zstandard.ZstdDecompressor().decompress(blob, max_output_size=expected)
     except zstandard.ZstdError as error:
-        raise WireFormatError(f"idmap field is not a zstd frame: {error}") from None
+        raise WireFormatError(f"{name} field is not a zstd frame: {error}") from None
     if len(raw) != expected:
         raise WireFormatError(
-            f"idmap holds {len(raw)} bytes but a {height}x{width} int32 map needs {expected}"
+            f"{name} holds {len(raw)} bytes but a {height}x{width} int32 map needs {expected}"
         )
     return np.frombuffer(raw, dtype="<i4").reshape(height, width).astype(np.int32)
 

@@ -130,6 +130,20 @@ class Segments:
 
 
 @dataclass(slots=True, eq=False)
+class Level:
+    """One level of a frame's segment hierarchy (SeNaTra: the hard segments of one grouping
+    stage). Segment i has id ``ids[i]`` (its value in ``label_map``), covers ``areas[i]`` pixels and
+    lies inside segment ``parents[i]`` of the next coarser level (-1 at the coarsest).
+    ``label_map`` is height x width int32 like the frame's (None for a reader that skipped masks).
+    """
+
+    ids: np.ndarray
+    parents: np.ndarray
+    areas: np.ndarray
+    label_map: np.ndarray | None
+
+
+@dataclass(slots=True, eq=False)
 class FrameResult:
     """The segmentation of one frame of one source.
 
@@ -143,7 +157,9 @@ class FrameResult:
     counts the restarts of the source's timeline before this frame (reconnects, loops);
     ``sender_ts`` is the Unix time at which the sender captured the frame when the stream says so
     (RTCP sender reports), else None. ``run_id`` names the pipeline run that produced it (track
-    ids restart with each run).
+    ids restart with each run). ``levels`` is the segment hierarchy of models that have one
+    (SeNaTra), finest level first; ``segments``/``label_map`` stay the frame's panoptic or
+    semantic output.
     """
 
     source: str
@@ -164,6 +180,7 @@ class FrameResult:
     epoch: int = 0
     sender_ts: float | None = None
     run_id: str = ""
+    levels: list[Level] = field(default_factory=list)
 
     def masks(self) -> dict[int, np.ndarray]:
         """Segment id -> height x width bool mask."""

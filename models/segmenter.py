@@ -238,6 +238,7 @@ def results(adapter: FamilyAdapter, outputs: Any, prepared: Prepared, decisions:
     """
     names = np.array(adapter.labels.names, dtype=object)
     isthing = np.array(adapter.labels.isthing, dtype=bool)
+    host_levels = getattr(adapter, "host_levels", None)  # families with a segment hierarchy
     out = []
     for i, decision in enumerate(decisions):
         # The segment columns travel together: one copy from the device for all of them.
@@ -262,5 +263,6 @@ def results(adapter: FamilyAdapter, outputs: Any, prepared: Prepared, decisions:
         )
         height, width = decision.frame
         out.append(FrameResult(source="", index=i, width=width, height=height, label_map=label_map,
-                               segments=segments, model=adapter.name))
+                               segments=segments, model=adapter.name,
+                               levels=host_levels(decision) if host_levels else []))
     return out

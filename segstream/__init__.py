@@ -8,7 +8,7 @@ light (no torch) for programs that only read streams.
     report = segstream.run_pipeline(cfg)
 
 The repository's folders are subpackages: ``segstream.models`` (the math: EoMT, pre- and
-post-processing, results), ``segstream.connectors`` (sources, sinks, the wire format, Redis),
+post-processing, results; SeNaTra), ``segstream.connectors`` (sources, sinks, the wire format, Redis),
 ``segstream.pipeline`` (config, engine, runtime, CLI). ``segstream.client`` is the consumer SDK;
 the ``segstream-client`` distribution installs it (and this file) without torch.
 """
@@ -24,6 +24,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "FrameResult": "segstream.models.results",
     "Segments": "segstream.models.results",
+    "Level": "segstream.models.results",
     "NO_TRACK": "segstream.models.results",
     "Frame": "segstream.connectors.frames",
     "SegstreamError": "segstream.connectors.errors",
@@ -43,6 +44,9 @@ _EXPORTS = {
     "EoMT": "segstream.models.eomt",
     "EoMTConfig": "segstream.models.eomt",
     "EoMTSegmenter": "segstream.models.segmenter",
+    "SeNaTra": "segstream.models.senatra",
+    "SeNaTraConfig": "segstream.models.senatra",
+    "SeNaTraSegmenter": "segstream.models.senatra_adapter",
     "FamilyAdapter": "segstream.models.segmenter",
     "PRESETS": "segstream.models.presets",
     "PipelineConfig": "segstream.pipeline.config",
@@ -93,8 +97,10 @@ if TYPE_CHECKING:
     from segstream.connectors.redis_wire import from_wire, to_wire
     from segstream.models.eomt import EoMT, EoMTConfig
     from segstream.models.presets import PRESETS
-    from segstream.models.results import NO_TRACK, Event, FrameResult, Segments
+    from segstream.models.results import NO_TRACK, Event, FrameResult, Level, Segments
     from segstream.models.segmenter import EoMTSegmenter, FamilyAdapter
+    from segstream.models.senatra import SeNaTra, SeNaTraConfig
+    from segstream.models.senatra_adapter import SeNaTraSegmenter
     from segstream.pipeline.cli import run_pipeline
     from segstream.pipeline.config import PipelineConfig, load_config
     from segstream.pipeline.model_factory import build_segmenter
