@@ -17,6 +17,7 @@ from torch import Tensor
 from segstream.connectors.errors import CheckpointError
 from segstream.models.eomt import EoMT, convert_state_dict, state_dict_problems
 from segstream.models.presets import Preset
+from segstream.models.senatra import SeNaTra
 
 HF_PREFIX = "hf://"
 _HF_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -111,4 +112,32 @@ def load_eomt(preset: Preset, checkpoint: str | None = None) -> EoMT:
             f"{preset.config.num_queries} queries, input {preset.config.img_size}): " + "; ".join(problems)
         )
     model.load_state_dict(state, strict=False)
+    return model
+
+
+def load_senatra(preset: Preset, checkpoint: str | None = None) -> SeNaTra:
+    """The preset's SeNaTra with weights from ``checkpoint`` (or the preset's own weights)."""
+    reference = checkpoint or preset.weights
+    if not reference:
+        raise CheckpointError(
+            f"preset {preset.name} has no published weights (the SeNaTra paper released none) — "
+            "set model.checkpoint to a .safetensors file of your own training"
+        )
+    path = checkpoint_path(reference)
+    state = read_state_dict(path)
+    model = SeNaTra(preset.config)
+    expected = model.state_dict()
+    problems = [f"missing {k}" for k in expected if k not in state][:3]
+    problems += [f"unexpected {k}" for k in state if k not in expected][:3]
+    problems += [
+        f"{k} is {tuple(state[k].shape)}, the preset needs {tuple(v.shape)}"
+        for k, v in expected.items() if k in state and state[k].shape != v.shape
+    ][:3]
+    if problems:
+        cfg = preset.config
+        raise CheckpointError(
+            f"checkpoint '{path}' does not fit preset {preset.name} (dims {list(cfg.dims)}, depths {list(cfg.depths)}, "
+            f"{cfg.downsampling} downsampling, {cfg.num_classes} classes, embedding {cfg.embed_dim}): " + "; ".join(problems)
+        )
+    model.load_state_dict(state)
     return model

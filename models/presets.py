@@ -5,19 +5,22 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from segstream.models.eomt import EoMTConfig, config_for_size
+from segstream.models.senatra import SeNaTraConfig
+from segstream.models.senatra import config_for_size as senatra_size
 
 
 @dataclass(frozen=True, slots=True)
 class Preset:
     """A named model: its family, architecture, task, label set and where its weights come from.
 
-    ``family`` names the adapter that runs it (``eomt``); ``config`` is that family's
-    architecture. ``weights`` is a file name under ``models/weights/`` for shipped models, or an
-    ``hf://<repo>`` reference for published ones.
+    ``family`` names the adapter that runs it (``eomt``, ``senatra``); ``config`` is that family's
+    architecture. ``weights`` is a file name under ``models/weights/`` for shipped models, an
+    ``hf://<repo>`` reference for published ones, or empty when none are published (the model
+    then needs ``model.checkpoint``).
     """
 
     name: str
-    config: EoMTConfig
+    config: EoMTConfig | SeNaTraConfig
     task: str
     label_set: str
     weights: str
@@ -75,7 +78,39 @@ SYNTHETIC_TINY = Preset(
     weights="synthetic_eomt_tiny_256.safetensors",
 )
 
-PRESETS: dict[str, Preset] = {p.name: p for p in [_published(*row) for row in _PUBLISHED] + [SYNTHETIC_TINY]}
+# SeNaTra trained by scripts/train_senatra.py on the synthetic scenes and shipped in
+# models/weights/ (see its model card there): small enough to train in 45 minutes on 2 CPU cores.
+SYNTHETIC_SENATRA = Preset(
+    name="synthetic_senatra_tiny_192",
+    config=SeNaTraConfig(
+        dims=(32, 64, 128, 256),
+        depths=(1, 1, 2, 2),
+        heads=(1, 2, 4, 8),
+        mlp_ratio=2.0,
+        kernel_size=5,
+        num_classes=8,
+        embed_dim=8,
+        input_size=192,
+    ),
+    task="panoptic",
+    label_set="synthetic",
+    weights="synthetic_senatra_tiny_192.safetensors",
+    family="senatra",
+)
+
+# The paper's sizes (NAT-T / NAT-B widths with grouping). No weights are published: run them with
+# model.checkpoint set to weights of your own.
+_SENATRA_PAPER = [
+    Preset(f"{label_set}_senatra_{size}_{input_size}",
+           senatra_size(size, num_classes=_LABELS[label_set], input_size=input_size), task, label_set, "", "senatra")
+    for size in ("tiny", "base")
+    for label_set, task, input_size in (("ade20k", "semantic", 512), ("coco_panoptic", "panoptic", 640))
+]
+
+PRESETS: dict[str, Preset] = {
+    p.name: p
+    for p in [_published(*row) for row in _PUBLISHED] + [SYNTHETIC_TINY, SYNTHETIC_SENATRA] + _SENATRA_PAPER
+}
 
 
 def get_preset(name: str) -> Preset:

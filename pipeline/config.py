@@ -244,6 +244,9 @@ class ModelConfig(Strict):
     """
 
     preset: Annotated[str, Field(min_length=1)] = "synthetic_eomt_tiny_256"
+    # Model family (eomt, senatra): checked against the preset's; alone, it picks the family's
+    # default preset (synthetic_senatra_tiny_192 for senatra).
+    family: Annotated[str, Field(min_length=1)] | None = None
     checkpoint: str | None = None
     task: Literal["panoptic", "semantic", "instance"] = "panoptic"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"

@@ -10,12 +10,13 @@ from collections.abc import Callable
 
 import torch
 
-from segstream.connectors.checkpoints import load_eomt
+from segstream.connectors.checkpoints import load_eomt, load_senatra
 from segstream.connectors.errors import ConfigError
 from segstream.models.label_sets import load_label_set
-from segstream.models.presets import PRESETS, Preset, get_preset
+from segstream.models.presets import PRESETS, SYNTHETIC_SENATRA, SYNTHETIC_TINY, Preset, get_preset
 from segstream.models.processing import Thresholds
 from segstream.models.segmenter import EoMTSegmenter, FamilyAdapter, default_precision
+from segstream.models.senatra_adapter import SeNaTraSegmenter
 
 
 def resolve_device(device: str) -> torch.device:
@@ -54,15 +55,48 @@ def _build_eomt(preset: Preset, model_cfg, device: torch.device, precision: str,
     )
 
 
-FAMILY_BUILDERS: dict[str, Callable[..., FamilyAdapter]] = {"eomt": _build_eomt}
+def _build_senatra(preset: Preset, model_cfg, device: torch.device, precision: str, max_batch: int) -> SeNaTraSegmenter:
+    return SeNaTraSegmenter(
+        load_senatra(preset, model_cfg.checkpoint),
+        task=model_cfg.task,
+        labels=load_label_set(preset.label_set),
+        name=preset.name,
+        device=device,
+        precision=precision,
+    )
+
+
+FAMILY_BUILDERS: dict[str, Callable[..., FamilyAdapter]] = {"eomt": _build_eomt, "senatra": _build_senatra}
+# The model a config naming only ``model.family`` gets: the family's shipped model.
+DEFAULT_PRESETS = {"eomt": SYNTHETIC_TINY.name, "senatra": SYNTHETIC_SENATRA.name}
+
+
+def _preset_of(model_cfg) -> Preset:
+    """The configured preset; ``model.family`` alone (no preset written) picks the family's default."""
+    family = getattr(model_cfg, "family", None)
+    name = model_cfg.preset
+    if family is not None:
+        if family not in FAMILY_BUILDERS:
+            raise ConfigError(f"model.family: unknown family '{family}' — known families: {', '.join(FAMILY_BUILDERS)}")
+        if "preset" not in model_cfg.model_fields_set:
+            name = DEFAULT_PRESETS[family]
+    if name not in PRESETS:
+        raise ConfigError(f"model.preset: unknown preset '{name}' — known presets: {', '.join(PRESETS)}")
+    preset = get_preset(name)
+    if family is not None and preset.family != family:
+        raise ConfigError(
+            f"model.family: preset {preset.name} is a {preset.family} model, the config asks for {family} — "
+            f"drop model.family or choose a {family} preset ({', '.join(p.name for p in PRESETS.values() if p.family == family)})"
+        )
+    return preset
 
 
 def build_segmenter(model_cfg, batch_size: int = 8) -> FamilyAdapter:
     """The configured model on its device, weights loaded, behind its family's adapter."""
-    if model_cfg.preset not in PRESETS:
-        raise ConfigError(f"model.preset: unknown preset '{model_cfg.preset}' — known presets: {', '.join(PRESETS)}")
-    preset = get_preset(model_cfg.preset)
-    if model_cfg.task != preset.task:
+    preset = _preset_of(model_cfg)
+    # SeNaTra's native semantic output exists whatever the preset's task: its carried class logits.
+    native_semantic = preset.family == "senatra" and model_cfg.task == "semantic"
+    if model_cfg.task != preset.task and not native_semantic:
         raise ConfigError(
             f"model.task: preset {preset.name} is a {preset.task} model, the config asks for {model_cfg.task} — "
             f"set model.task to {preset.task} or choose a {model_cfg.task} preset"

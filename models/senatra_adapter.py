@@ -1,0 +1,207 @@
+"""SeNaTra as a segstream model family: frames in, panoptic segments and their hierarchy out.
+
+Pre-processing scales each frame so its long side is the preset's ``input_size`` (no square
+letterbox: the network takes any size) and pads the batch bottom/right to a common size, a
+multiple of the 4-pixel stem. Everything after the network comes from the grouping layers
+themselves, with no pixel decoder:
+
+- **semantic** (task ``semantic``): the final tokens' class logits carried to the stem grid
+  (stride 4) by the composed soft assignments (``SeNaTraOutput.pixel_logits``); argmax per stem
+  cell, one segment per class present.
+- **hierarchy**: the hard label maps of every level (``senatra.hierarchy``: each token's parent
+  is the argmax of its own A_up row, so the levels nest), with the parent of each segment.
+- **panoptic** (task ``panoptic``): each final token takes the argmax of its class logits;
+  stuff is one segment per class (every final token of that class); things are the connected
+  groups of touching final tokens of one thing class whose instance embeddings lie within
+  ``margin`` of each other (``senatra.panoptic_segments``). A pixel's panoptic segment is that of
+  its final-level segment, so every panoptic segment is a union of final-level segments.
+
+Decisions are taken at stem resolution and only the label maps travel to the host, where they
+are resized to the frame by nearest neighbour.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from segstream.models.label_sets import LabelSet
+from segstream.models.processing import Decision, _resize_rgb, frame_label_map, letterbox_size, normalize
+from segstream.models.results import FrameResult, Level
+from segstream.models.segmenter import PRECISIONS, Prepared, results, upload
+from segstream.models.senatra import SeNaTra, SeNaTraOutput, hierarchy, panoptic_segments
+
+STEM = 4
+
+
+def stem_to_scaled(stem_map: Tensor, height: int, width: int) -> Tensor:
+    """A map on the stem grid (one value per 4x4 pixels) at the scaled frame's pixels."""
+    return stem_map.repeat_interleave(STEM, 0).repeat_interleave(STEM, 1)[:height, :width]
+
+
+def scale_frames(frames: Sequence[Tensor], size: int) -> tuple[Tensor, list[tuple[int, int]]]:
+    """H x W x 3 uint8 frames -> normalised B x 3 x h x w input (each frame's long side scaled to
+    ``size``, placed top-left, zero-padded to the batch's largest size rounded up to the stem's
+    4 pixels) and each frame's scaled (height, width)."""
+    scaled = [letterbox_size(int(f.shape[0]), int(f.shape[1]), size) for f in frames]
+    h = -(-max(s[0] for s in scaled) // STEM) * STEM
+    w = -(-max(s[1] for s in scaled) // STEM) * STEM
+    batch = frames[0].new_zeros((len(frames), 3, h, w), dtype=torch.uint8)
+    for i, (frame, (fh, fw)) in enumerate(zip(frames, scaled)):
+        batch[i, :, :fh, :fw] = _resize_rgb(frame, fh, fw)
+    return normalize(batch), scaled
+
+
+@dataclass(slots=True)
+class LevelDecision:
+    """One hierarchy level of one frame on the device: ``label_map`` at the scaled frame's size,
+    values 0..S-1 (the level's segments: its tokens that own a pixel, in token order); ``token`` the level token of
+    each segment and ``parents`` each segment's segment at the next coarser level (-1 at the top)."""
+
+    label_map: Tensor
+    token: Tensor
+    parents: Tensor
+
+
+@dataclass(slots=True)
+class NativeDecision(Decision):
+    """A panoptic ``Decision`` plus the frame's hierarchy, finest level first."""
+
+    levels: list[LevelDecision] | None = None
+
+
+def level_decisions(maps: Sequence[Tensor], links: Sequence[Tensor]) -> list[LevelDecision]:
+    """Per level (finest first), one frame's hard segments with dense ids and parent links.
+
+    ``maps[k]`` h x w: token of level k+1 per pixel (already cropped); ``links[k]`` the
+    parent token (level k+1) of each level-k token (level 0: stem tokens), as ``hierarchy`` gives.
+    """
+    levels = []
+    dense_of_token: list[Tensor] = []
+    for label in maps:
+        tokens, inverse = torch.unique(label.flatten(), return_inverse=True)
+        order = torch.full((int(tokens.max()) + 1,), -1, dtype=torch.long, device=label.device)
+        order[tokens] = torch.arange(len(tokens), device=label.device)
+        dense_of_token.append(order)
+        levels.append(LevelDecision(inverse.view(label.shape).int(), tokens, tokens.new_full(tokens.shape, -1)))
+    for k in range(len(levels) - 1):
+        parent_tokens = links[k + 1][levels[k].token]
+        levels[k].parents = dense_of_token[k + 1][parent_tokens]
+    return levels
+
+
+class SeNaTraSegmenter:
+    """A SeNaTra model on batches of H x W x 3 uint8 RGB frames, behind the ``FamilyAdapter``
+    protocol. ``task`` is panoptic (segments: stuff per class, things per token cluster) or
+    semantic (one segment per class present); either way results carry the hierarchy
+    (``FrameResult.levels``). ``margin``: embedding distance under which touching final tokens of
+    one thing class are one instance (ignored by models without an embedding head)."""
+
+    family = "senatra"
+
+    def __init__(
+        self,
+        model: SeNaTra,
+        task: str,
+        labels: LabelSet,
+        name: str,
+        device: str | torch.device = "cpu",
+        precision: str = "fp32",
+        margin: float = 1.5,
+        hierarchy_levels: bool = True,
+    ):
+        if task not in ("panoptic", "semantic"):
+            raise ValueError(f"SeNaTra runs panoptic or semantic segmentation, not {task!r}")
+        if labels.num_classes != model.cfg.num_classes:
+            raise ValueError(
+                f"label set {labels.name} has {labels.num_classes} classes, the model {model.cfg.num_classes}"
+            )
+        self.device = torch.device(device)
+        self.model = model.eval().to(self.device)
+        self.task = task
+        self.labels = labels
+        self.name = name
+        self.precision = precision
+        self.dtype = PRECISIONS[precision]
+        self.margin = margin
+        self.hierarchy_levels = hierarchy_levels
+        self.postprocess = "native"
+        self.batch_buckets: tuple[int, ...] = ()
+        self._isthing = torch.tensor(labels.isthing, device=self.device)
+
+    @property
+    def size(self) -> int:
+        return self.model.cfg.input_size
+
+    def prepare(self, frames: list[Tensor]) -> Prepared:
+        sizes = [(int(f.shape[0]), int(f.shape[1])) for f in frames]
+        pixels, scaled = scale_frames(frames, self.size)
+        return Prepared(pixels, sizes, scaled)
+
+    @torch.inference_mode()
+    def forward(self, prepared: Prepared) -> SeNaTraOutput:
+        autocast = torch.autocast(self.device.type, dtype=self.dtype) if self.dtype != torch.float32 else nullcontext()
+        with autocast:
+            return self.model(prepared.pixels)
+
+    @torch.inference_mode()
+    def decide(self, outputs: SeNaTraOutput, prepared: Prepared) -> list[NativeDecision]:
+        levels = hierarchy(outputs.assignments)
+        token_probs = outputs.class_logits.float().softmax(-1)
+        token_scores, token_classes = token_probs.max(-1)
+        pixel_scores, pixel_classes = outputs.pixel_logits.float().softmax(1).max(1)
+        decisions = []
+        for i, (frame, (h, w)) in enumerate(zip(prepared.frames, prepared.layouts)):
+            final = levels.maps[-1][i]
+            if self.task == "panoptic":
+                embeddings = None if outputs.embeddings is None else outputs.embeddings[i].float()
+                seg = panoptic_segments(final, token_classes[i], self._isthing, embeddings, self.margin)
+                label_map, classes, scores = seg.label_map, seg.classes, token_scores[i][final]
+            else:  # the carried class logits decide each stem cell: the paper's native masks
+                classes, label_map = torch.unique(pixel_classes[i], return_inverse=True)
+                scores = pixel_scores[i]
+            label_map = stem_to_scaled(label_map, h, w)
+            # A segment's score: the mean top class probability over its pixels.
+            count = len(classes)
+            flat = label_map.flatten().long()
+            area = torch.zeros(count, device=flat.device).index_add_(0, flat, torch.ones_like(flat, dtype=torch.float))
+            mass = torch.zeros(count, device=flat.device).index_add_(0, flat, stem_to_scaled(scores, h, w).flatten())
+            hier = None
+            if self.hierarchy_levels:
+                maps = [stem_to_scaled(m[i], h, w) for m in levels.maps]
+                hier = level_decisions(maps, [p[i] for p in levels.parents])
+            decisions.append(
+                NativeDecision(label_map.int(), classes, mass / area.clamp_min(1),
+                               torch.full((count,), -1, dtype=torch.long, device=flat.device), frame, hier)
+            )
+        return decisions
+
+    def embeddings(self, outputs: SeNaTraOutput, prepared: Prepared, index: int, decision: Decision) -> Tensor:
+        """No per-segment embedding yet (S x 0)."""
+        return outputs.class_logits.new_zeros((int(decision.class_ids.numel()), 0))
+
+    def host_levels(self, decision: NativeDecision) -> list[Level]:
+        """The decision's hierarchy at frame size, on the host (finest level first)."""
+        out = []
+        for level in decision.levels or []:
+            count = int(level.token.numel())
+            label_map, areas, _ = frame_label_map(level.label_map.cpu().numpy(), count, decision.frame)
+            parents = level.parents.cpu().numpy().astype(np.int32)
+            out.append(Level(ids=np.arange(count, dtype=np.int32), parents=parents, areas=areas, label_map=label_map))
+        return out
+
+    @torch.inference_mode()
+    def segment(self, images: Sequence[np.ndarray]) -> list[FrameResult]:
+        """Frames in, results out (label maps, segments and hierarchy; no source metadata)."""
+        if not images:
+            return []
+        frames = [upload(image, self.device) for image in images]
+        prepared = self.prepare(frames)
+        outputs = self.forward(prepared)
+        return results(self, outputs, prepared, self.decide(outputs, prepared))
