@@ -99,17 +99,22 @@ class SceneFeed:
             scene.render()
         return [scene, 0]
 
+    def draw(self) -> tuple[np.ndarray, FrameResult]:
+        """One training frame and its truth: a random live scene, advanced 1 to 5 frames."""
+        slot = int(self.rng.integers(len(self.pool)))
+        entry = self.pool[slot]
+        for _ in range(int(self.rng.integers(1, 6))):
+            image, truth = entry[0].render()
+            entry[1] += 1
+        if entry[1] >= self.settings.scene_life:
+            self.pool[slot] = self._new_scene()
+        return image, truth
+
     def batch(self, cfg: EoMTConfig) -> tuple[torch.Tensor, list[Target], torch.Tensor]:
         """Letterboxed uint8 images, their segment targets, and their patch-class shares."""
         images, targets, shares = [], [], []
         for _ in range(self.settings.batch_size):
-            slot = int(self.rng.integers(len(self.pool)))
-            entry = self.pool[slot]
-            for _ in range(int(self.rng.integers(1, 6))):
-                image, truth = entry[0].render()
-                entry[1] += 1
-            if entry[1] >= self.settings.scene_life:
-                self.pool[slot] = self._new_scene()
+            image, truth = self.draw()
             images.append(torch.from_numpy(image))
             target, patch_shares = training_targets(truth, cfg)
             targets.append(target)
