@@ -576,7 +576,8 @@ def tail(stream: str, url: str, count: int | None, follow: bool, out: TextIO | N
 
 def summary_line(entry_id: str, entry: FrameResult) -> str:
     """``<id> <source> frame=<i> pts_s=<s> segs=<n> [label#track, ...] latency=<ms>ms``: each
-    segment's label with its track id (``#-`` while untracked), things first."""
+    segment's label with its track id (``#-`` while untracked), things first; then
+    ``levels=<n>/<n>/...`` (segments per hierarchy level, finest first) when the entry has them."""
     pts = "-" if entry.pts_seconds is None else f"{entry.pts_seconds:.3f}"
     latency_ms = (entry.publish_ts - entry.capture_ts) * 1000
     segments = entry.segments
@@ -588,7 +589,7 @@ def summary_line(entry_id: str, entry: FrameResult) -> str:
     return (
         f"{entry_id} {entry.source} frame={entry.index} pts_s={pts} "
         f"segs={len(segments)} [{listed}] latency={latency_ms:.1f}ms"
-    )
+    ) + (f" levels={'/'.join(str(len(level.ids)) for level in entry.levels)}" if entry.levels else "")
 
 
 def event_line(entry_id: str, event: Event) -> str:
