@@ -13,7 +13,7 @@ Grouping layer (input X: N x C on an H x W grid, output Y: M x C' on ceil(H/2) x
     L = 3 times:
         logits = K (Wq Y)^T / sqrt(C') + B + M_loc          N x M
         A_up   = softmax over the M outputs (each row sums to 1: where input token n goes)
-        A_down = A_up with each column divided by its sum (weights of a mean over inputs)
+        A_down = A_up with each column divided by (its sum + 1e-6) (weights of a mean over inputs)
         Y = Y + LN(A_down^T V);  Y = Y + LN(MLP(Y))
 
 What the paper says (read through public write-ups of arXiv 2505.16993, chiefly the themoonlight.io
@@ -75,6 +75,12 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+
+# Added to each output token's total assignment (A_up column sum) before A_down divides by it. An
+# output token that the softmax leaves no mass at all (exp underflows to exactly 0 once the
+# logits sharpen) would otherwise divide by ~0: a finite forward, an infinite gradient, NaN weights.
+MASS_EPS = 1e-6
 
 
 @dataclass(frozen=True, slots=True)
@@ -504,7 +510,7 @@ class SpatialGrouping(nn.Module):
         k, v, y = k.reshape(b, -1, c), v.reshape(b, -1, c), y.reshape(b, -1, c)
         for _ in range(self.iters):
             a_up = (k @ self.q(y).transpose(1, 2) * c**-0.5 + bias).softmax(-1)  # B x N x M
-            a_down = a_up / a_up.sum(1, keepdim=True).clamp_min(torch.finfo(a_up.dtype).tiny)
+            a_down = a_up / (a_up.sum(1, keepdim=True) + MASS_EPS)
             y = self._update(y, a_down.transpose(1, 2) @ v)
         return y.view(b, ho, wo, c), a_up
 
@@ -538,7 +544,7 @@ class SpatialGrouping(nn.Module):
             a_up = logits.masked_fill(~valid, float("-inf")).softmax(-1) * real[..., None]  # B x M x 4 x 9
             mass = fold(a_up.sum(2).transpose(1, 2))  # B x 1 x Ho x Wo: column sums of A_up
             pooled = fold(torch.einsum("bmps,bmpc->bcsm", a_up, v4).reshape(b, c * 9, m))
-            pooled = pooled / mass.clamp_min(torch.finfo(mass.dtype).tiny)  # A_down^T V
+            pooled = pooled / (mass + MASS_EPS)  # A_down^T V
             y = self._update(y, pooled.permute(0, 2, 3, 1))
         # Back to raster order of the input tokens, padding dropped: B x N x 9.
         a_up = a_up.view(b, ho, wo, 2, 2, 9).permute(0, 1, 3, 2, 4, 5).reshape(b, 2 * ho, 2 * wo, 9)

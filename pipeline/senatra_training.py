@@ -17,7 +17,8 @@ the grouping layers produce, with no pixel decoder:
   segment is a thing, so inference can tell touching same-class tokens apart (margin 1.5).
 
 The paper's stabilisers: linear warm-up then polynomial decay of the learning rate, AdamW weight
-decay, gradient-norm clipping. The schedule follows a time budget like EoMT's training.
+decay, gradient-norm clipping. A step whose gradient is not finite is skipped and counted. The
+schedule follows a time budget like EoMT's training.
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ class SeNaTraTrainReport:
     losses: list[float]
     images: int
     parts: dict[str, float]  # mean of each loss over the last 50 steps
+    skipped: int = 0  # steps whose gradient was not finite (no update)
 
 
 @dataclass(slots=True)
@@ -204,7 +206,7 @@ def train_senatra(
     history: dict[str, list[float]] = {}
     start = time.perf_counter()
     bar = tqdm(total=settings.steps, disable=not progress, file=sys.stderr, unit="step", mininterval=10)
-    step = 0
+    step = skipped = 0
     while True:
         done = step / settings.steps if settings.steps is not None else (time.perf_counter() - start) / budget
         if done >= 1:
@@ -218,6 +220,13 @@ def train_senatra(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), settings.clip_norm)
+        if not torch.isfinite(grad_norm):
+            # One bad batch must not turn every weight into NaN: drop its update, count it.
+            skipped += 1
+            log.warning("step %d: non-finite gradient (loss %s), update skipped", step, float(loss.detach()))
+            step += 1
+            bar.update(1)
+            continue
         optimizer.step()
         losses.append(float(loss.detach()))
         for key, value in parts.items():
@@ -230,7 +239,7 @@ def train_senatra(
                      float(grad_norm), json.dumps(means))
     bar.close()
     parts = {k: float(np.mean(v[-50:])) for k, v in history.items()}
-    report = SeNaTraTrainReport(step, time.perf_counter() - start, losses, step * settings.batch_size, parts)
+    report = SeNaTraTrainReport(step, time.perf_counter() - start, losses, step * settings.batch_size, parts, skipped)
     return model.eval(), report
 
 

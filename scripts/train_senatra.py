@@ -62,6 +62,7 @@ def main() -> None:
         "downsampling": args.downsampling,
         "steps": report.steps,
         "images": report.images,
+        "skipped_steps": report.skipped,
         "train_seconds": round(report.seconds, 1),
         "final_losses": json.dumps({k: round(v, 4) for k, v in report.parts.items()}),
         "machine": f"{platform.machine()} {torch.get_num_threads()} threads",

@@ -288,3 +288,20 @@ def test_panoptic_segments_split_touching_things_whose_embeddings_differ():
     split = panoptic_segments(final_map, classes, thing, embeddings, margin=1.5)
     assert split.classes.tolist() == [2, 2, 1]
     assert torch.equal(split.label_map, torch.tensor([[0, 0, 0, 0, 1], [2, 2, 2, 2, 2]]))
+
+
+@pytest.mark.parametrize("local,sparse", [(True, True), (True, False), (False, False)])
+def test_output_tokens_left_without_mass_keep_gradients_finite(local, sparse):
+    # Huge logits saturate the softmax: A_up is exactly one-hot and some output tokens get no
+    # mass at all. Dividing by that zero column sum once made the weights NaN in training.
+    layer = SpatialGrouping(4, 8, local=local, sparse=sparse, iters=3, mlp_ratio=2.0)
+    _randomise(layer, seed=4)
+    with torch.no_grad():
+        layer.k.weight.mul_(1e4)
+    x = torch.randn(2, 6, 8, 4, generator=torch.Generator().manual_seed(5), requires_grad=True)
+    y, a = layer(x)
+    dense = densify(a)
+    assert (dense.sum(1) == 0).any(), "the case under test: an output token with no mass"
+    (y.square().mean() + a.weights.sum()).backward()
+    assert torch.isfinite(x.grad).all()
+    assert all(torch.isfinite(p.grad).all() for p in layer.parameters() if p.grad is not None)

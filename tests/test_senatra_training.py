@@ -67,3 +67,17 @@ def test_training_steps_lower_the_loss_on_a_tiny_config():
     assert report.steps == 25 and set(report.parts) == {"semantic", "grouping", "embedding"}
     assert sum(report.losses[-3:]) / 3 < 0.9 * sum(report.losses[:3]) / 3
     assert not model.training
+
+
+def test_a_step_with_a_non_finite_gradient_is_skipped_not_applied():
+    from segstream.models.senatra import SeNaTra
+
+    torch.manual_seed(0)
+    model = SeNaTra(TINY)
+    with torch.no_grad():
+        model.head.fc2.bias[0] = float("inf")  # every loss and gradient is non-finite
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    settings = SeNaTraTrainSettings(config=TINY, steps=2, batch_size=2, fixed_batch=True, scenes=2)
+    model, report = train_senatra(settings, model=model, progress=False)
+    assert report.steps == 2 and report.skipped == 2
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
