@@ -39,7 +39,7 @@ from segstream.connectors.synthetic import CLASSES
 from segstream.models.results import FrameResult
 from segstream.models.senatra import SeNaTra, SeNaTraConfig, SeNaTraOutput, densify, memberships
 from segstream.models.senatra_adapter import STEM, scale_frames
-from segstream.pipeline.training import SceneFeed
+from segstream.pipeline.training import SceneFeed, _lr_at  # EoMT's warm-up + poly schedule, same fields
 
 log = logging.getLogger(__name__)
 
@@ -159,12 +159,6 @@ def embedding_loss(embeddings: Tensor, token_mass: list[Tensor], targets: list[N
             loss = loss + F.relu(2 * push - gaps[off]).pow(2).mean()
         losses.append(loss)
     return torch.stack(losses).mean() if losses else embeddings.sum() * 0
-
-
-def _lr_at(progress: float, s: SeNaTraTrainSettings) -> float:
-    if progress < s.warmup:
-        return s.lr * max(progress / s.warmup, 0.01)
-    return s.lr * max(0.0, 1 - (progress - s.warmup) / (1 - s.warmup)) ** s.poly_power
 
 
 def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
