@@ -12,9 +12,11 @@ themselves, with no pixel decoder:
   is the argmax of its own A_up row, so the levels nest), with the parent of each segment.
 - **panoptic** (task ``panoptic``): each final token takes the argmax of its class logits;
   stuff is one segment per class (every final token of that class); things are the connected
-  groups of touching final tokens of one thing class whose instance embeddings lie within
-  ``margin`` of each other (``senatra.panoptic_segments``). A pixel's panoptic segment is that of
-  its final-level segment, so every panoptic segment is a union of final-level segments.
+  groups of touching final tokens of one thing class (``senatra.panoptic_segments``). With a
+  finite ``margin`` two touching tokens also need instance embeddings within ``margin`` to join;
+  on the shipped model that split objects more than it separated them (docs/BENCHMARKS.md), so
+  by default touching is enough. A pixel's panoptic segment is that of its final-level segment,
+  so every panoptic segment is a union of final-level segments.
 
 Decisions are taken at stem resolution and only the label maps travel to the host, where they
 are resized to the frame by nearest neighbour.
@@ -101,7 +103,7 @@ class SeNaTraSegmenter:
     protocol. ``task`` is panoptic (segments: stuff per class, things per token cluster) or
     semantic (one segment per class present); either way results carry the hierarchy
     (``FrameResult.levels``). ``margin``: embedding distance under which touching final tokens of
-    one thing class are one instance (ignored by models without an embedding head)."""
+    one thing class are one instance (inf: all touching ones; ignored without an embedding head)."""
 
     family = "senatra"
 
@@ -113,7 +115,7 @@ class SeNaTraSegmenter:
         name: str,
         device: str | torch.device = "cpu",
         precision: str = "fp32",
-        margin: float = 1.5,
+        margin: float = float("inf"),
         hierarchy_levels: bool = True,
     ):
         if task not in ("panoptic", "semantic"):
@@ -160,7 +162,8 @@ class SeNaTraSegmenter:
         for i, (frame, (h, w)) in enumerate(zip(prepared.frames, prepared.layouts)):
             final = levels.maps[-1][i]
             if self.task == "panoptic":
-                embeddings = None if outputs.embeddings is None else outputs.embeddings[i].float()
+                split = outputs.embeddings is not None and self.margin != float("inf")
+                embeddings = outputs.embeddings[i].float() if split else None
                 seg = panoptic_segments(final, token_classes[i], self._isthing, embeddings, self.margin)
                 label_map, classes, scores = seg.label_map, seg.classes, token_scores[i][final]
             else:  # the carried class logits decide each stem cell: the paper's native masks
