@@ -17,7 +17,9 @@ Grouping layer (input X: N x C on an H x W grid, output Y: M x C' on ceil(H/2) x
         Y = Y + LN(A_down^T V);  Y = Y + LN(MLP(Y))
 
 What the paper says (read through public write-ups of arXiv 2505.16993, chiefly the themoonlight.io
-paper review with its equations, and REFERENCE.md section 2; the PDF itself was not in reach):
+paper review with its equations, and REFERENCE.md section 2; the PDF itself was not in reach, and
+a second search (project page, alphaXiv, emergentmind summaries) found nothing that contradicts
+the choices below):
 strided-conv initialisation, L = 3, the
 logit form "scaled k(X) q(Y)^T + relative positional bias B + locality mask M_loc in {0, -inf}",
 row softmax for A_up, column normalisation for A_down, output width 2C and N/4 tokens, residual
@@ -45,6 +47,8 @@ Choices where those sources are silent (ours, not the paper's):
   256x256 input, ~1.6 GB at 1080p. Positions: axial 2D RoPE (half of each head's channels rotate
   with the row, half with the column, base 100), applied to q and k before gathering, so logits
   depend on relative offsets only.
+- A_down divides by the column sum plus 1e-6 (``MASS_EPS``): an output token can end with no
+  mass at all, and dividing by that zero made training diverge to NaN.
 - Stem: non-overlapping 4x4 patches (each pixel belongs to exactly one stem token, so memberships
   at stride 4 are memberships of pixels); images are zero-padded to a multiple of 4.
 - Sizes follow NAT (the paper's SeNaTra-T is NAT-T with grouping: 64-128-256-512, depths
@@ -61,7 +65,9 @@ hard label maps: a token's parent is the argmax of its own A_up row, and a stem 
 segment is its level-(k-1) segment's parent. Nesting holds by construction; the argmax of the
 composed soft memberships need not nest, which is why it is not used for the hierarchy.
 ``panoptic_segments`` turns final-level segments into stuff (one segment per class) and things
-(connected groups of touching final-level segments of the same thing class).
+(connected groups of touching final-level segments of the same thing class, optionally only
+those whose instance embeddings are close: the ``embed_dim`` head, ours, not the paper's, which
+reports panoptic results without saying how things are formed).
 
 The "uniform" variant (``downsampling="uniform"``) replaces grouping with LN(conv2x2/stride2):
 the paper's ablation. Its assignments are the hard 2x2 home cells, so everything above still works.
