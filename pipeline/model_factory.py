@@ -56,6 +56,9 @@ def _build_eomt(preset: Preset, model_cfg, device: torch.device, precision: str,
 
 
 def _build_senatra(preset: Preset, model_cfg, device: torch.device, precision: str, max_batch: int) -> SeNaTraSegmenter:
+    if model_cfg.compile:
+        raise ConfigError(f"model.compile: {preset.name} (SeNaTra) runs eagerly; compiling it is not supported yet — "
+                          "set model.compile to false")
     return SeNaTraSegmenter(
         load_senatra(preset, model_cfg.checkpoint),
         task=model_cfg.task,

@@ -84,5 +84,7 @@ def test_family_alone_picks_its_shipped_model_and_a_mismatch_is_named():
     assert build_segmenter(ModelConfig(family="senatra", device="cpu")).name == SYNTHETIC_SENATRA.name
     with pytest.raises(ConfigError, match="preset synthetic_eomt_tiny_256 is a eomt model.*senatra"):
         build_segmenter(ModelConfig(family="senatra", preset="synthetic_eomt_tiny_256", device="cpu"))
+    with pytest.raises(ConfigError, match="model.compile: .*SeNaTra"):
+        build_segmenter(ModelConfig(family="senatra", device="cpu", compile=True))
     with pytest.raises(ConfigError, match="unknown family 'maskformer'"):
         build_segmenter(ModelConfig(family="maskformer", device="cpu"))
