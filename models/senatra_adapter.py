@@ -18,8 +18,10 @@ themselves, with no pixel decoder:
   by default touching is enough. A pixel's panoptic segment is that of its final-level segment,
   so every panoptic segment is a union of final-level segments.
 
-Decisions are taken at stem resolution and only the label maps travel to the host, where they
-are resized to the frame by nearest neighbour.
+Each segment's embedding (``Segments.embeddings``, for trackers) is the mean final token over
+its stem cells. Decisions are taken on the stem cells that hold the frame (a smaller frame's
+batch padding yields no segment) and only the label maps travel to the host, where they are
+resized to the frame by nearest neighbour.
 """
 
 from __future__ import annotations
@@ -45,6 +47,14 @@ STEM = 4
 def stem_to_scaled(stem_map: Tensor, height: int, width: int) -> Tensor:
     """A map on the stem grid (one value per 4x4 pixels) at the scaled frame's pixels."""
     return stem_map.repeat_interleave(STEM, 0).repeat_interleave(STEM, 1)[:height, :width]
+
+
+def segment_means(values: Tensor, stem_labels: Tensor, count: int) -> Tensor:
+    """count x D: the mean of ``values`` (h0 x w0 x D, per stem cell) over each segment's stem
+    cells (``stem_labels`` h0 x w0, segments 0..count-1)."""
+    flat = stem_labels.reshape(-1).long()
+    sums = values.new_zeros(count, values.shape[-1]).index_add_(0, flat, values.reshape(-1, values.shape[-1]))
+    return sums / torch.bincount(flat, minlength=count).clamp_min(1)[:, None]
 
 
 def scale_frames(frames: Sequence[Tensor], size: int) -> tuple[Tensor, list[tuple[int, int]]]:
@@ -73,9 +83,11 @@ class LevelDecision:
 
 @dataclass(slots=True)
 class NativeDecision(Decision):
-    """A panoptic ``Decision`` plus the frame's hierarchy, finest level first."""
+    """A ``Decision`` plus the frame's hierarchy, finest level first, and each segment's embedding
+    (S x D: the mean final token over the segment's stem cells, for trackers)."""
 
     levels: list[LevelDecision] | None = None
+    embeddings: Tensor | None = None
 
 
 def level_decisions(maps: Sequence[Tensor], links: Sequence[Tensor]) -> list[LevelDecision]:
@@ -160,18 +172,20 @@ class SeNaTraSegmenter:
         pixel_scores, pixel_classes = outputs.pixel_logits.float().softmax(1).max(1)
         decisions = []
         for i, (frame, (h, w)) in enumerate(zip(prepared.frames, prepared.layouts)):
-            final = levels.maps[-1][i]
+            inside = (slice(0, -(-h // STEM)), slice(0, -(-w // STEM)))  # stem cells of this frame, not padding
+            final = levels.maps[-1][i][inside]
             if self.task == "panoptic":
                 split = outputs.embeddings is not None and self.margin != float("inf")
                 embeddings = outputs.embeddings[i].float() if split else None
                 seg = panoptic_segments(final, token_classes[i], self._isthing, embeddings, self.margin)
                 label_map, classes, scores = seg.label_map, seg.classes, token_scores[i][final]
             else:  # the carried class logits decide each stem cell: the paper's native masks
-                classes, label_map = torch.unique(pixel_classes[i], return_inverse=True)
-                scores = pixel_scores[i]
+                classes, label_map = torch.unique(pixel_classes[i][inside], return_inverse=True)
+                scores = pixel_scores[i][inside]
+            count = len(classes)
+            embeddings = segment_means(outputs.tokens[i].float()[final], label_map, count)
             label_map = stem_to_scaled(label_map, h, w)
             # A segment's score: the mean top class probability over its pixels.
-            count = len(classes)
             flat = label_map.flatten().long()
             area = torch.zeros(count, device=flat.device).index_add_(0, flat, torch.ones_like(flat, dtype=torch.float))
             mass = torch.zeros(count, device=flat.device).index_add_(0, flat, stem_to_scaled(scores, h, w).flatten())
@@ -181,13 +195,14 @@ class SeNaTraSegmenter:
                 hier = level_decisions(maps, [p[i] for p in levels.parents])
             decisions.append(
                 NativeDecision(label_map.int(), classes, mass / area.clamp_min(1),
-                               torch.full((count,), -1, dtype=torch.long, device=flat.device), frame, hier)
+                               torch.full((count,), -1, dtype=torch.long, device=flat.device), frame, hier,
+                               embeddings)
             )
         return decisions
 
-    def embeddings(self, outputs: SeNaTraOutput, prepared: Prepared, index: int, decision: Decision) -> Tensor:
-        """No per-segment embedding yet (S x 0)."""
-        return outputs.class_logits.new_zeros((int(decision.class_ids.numel()), 0))
+    def embeddings(self, outputs: SeNaTraOutput, prepared: Prepared, index: int, decision: NativeDecision) -> Tensor:
+        """Each segment's mean final token (S x D), what a tracker matches segments by."""
+        return decision.embeddings
 
     def host_levels(self, decision: NativeDecision) -> list[Level]:
         """The decision's hierarchy at frame size, on the host (finest level first)."""

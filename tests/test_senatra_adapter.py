@@ -171,3 +171,32 @@ def test_checkpoints_that_do_not_fit_the_preset_say_so(tmp_path):
         load_senatra(SYNTHETIC_SENATRA, str(path))
     with pytest.raises(CheckpointError, match="no published weights"):
         load_senatra(PRESETS["ade20k_senatra_tiny_512"])
+
+
+def test_segment_embeddings_are_the_mean_final_token_over_each_segment():
+    segmenter = SeNaTraSegmenter(_model(seed=4), "panoptic", LABELS, "small")
+    frames = _frames(count=1, width=96, height=72)  # the input size: one stem cell is 4x4 pixels
+    prepared = segmenter.prepare([upload(f, segmenter.device) for f in frames])
+    outputs = segmenter.forward(prepared)
+    (result,) = results(segmenter, outputs, prepared, segmenter.decide(outputs, prepared))
+    tokens = outputs.tokens[0][hierarchy(outputs.assignments).maps[-1][0]]  # 18 x 24 stem cells x D
+    cells = result.label_map[::4, ::4]
+    assert result.segments.embeddings.shape == (len(result.segments), SMALL.dims[-1])
+    for row, segment in enumerate(result.segments.ids):
+        expected = tokens[torch.from_numpy(cells == segment)].mean(0)
+        assert torch.allclose(torch.from_numpy(result.segments.embeddings[row]), expected, atol=1e-5)
+
+
+def test_frames_of_different_sizes_in_one_batch_get_no_segments_from_padding():
+    segmenter = SeNaTraSegmenter(_model(seed=5, downsampling="uniform"), "panoptic", LABELS, "small")
+    frames = _frames(count=1, width=160, height=60) + _frames(count=1, width=60, height=160)
+    prepared = segmenter.prepare([upload(f, segmenter.device) for f in frames])
+    assert prepared.pixels.shape[-2:] == (96, 96)  # 96x36 and 36x96 padded to one size
+    outputs = segmenter.forward(prepared)
+    b, m, _ = outputs.class_logits.shape  # a 3x3 final grid: the last row/column is padding only
+    outputs = outputs._replace(class_logits=10 * F.one_hot(torch.arange(m) % 8, 8).float().expand(b, m, 8))
+    for result in results(segmenter, outputs, prepared, segmenter.decide(outputs, prepared)):
+        assert (result.segments.areas > 0).all(), result.segments.areas
+        assert result.segments.areas.sum() == result.width * result.height
+        for level in result.levels:
+            assert (level.areas > 0).all() and level.areas.sum() == result.width * result.height
