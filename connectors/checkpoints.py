@@ -136,8 +136,9 @@ def load_senatra(preset: Preset, checkpoint: str | None = None) -> SeNaTra:
     if problems:
         cfg = preset.config
         raise CheckpointError(
-            f"checkpoint '{path}' does not fit preset {preset.name} (dims {list(cfg.dims)}, depths {list(cfg.depths)}, "
-            f"{cfg.downsampling} downsampling, {cfg.num_classes} classes, embedding {cfg.embed_dim}): " + "; ".join(problems)
+            f"checkpoint '{path}' does not fit preset {preset.name} (dims {list(cfg.dims)}, depths "
+            f"{list(cfg.depths)}, {cfg.downsampling} downsampling, {cfg.num_classes} classes, embedding "
+            f"{cfg.embed_dim}): " + "; ".join(problems)
         )
     model.load_state_dict(state)
     return model

@@ -57,8 +57,10 @@ def _build_eomt(preset: Preset, model_cfg, device: torch.device, precision: str,
 
 def _build_senatra(preset: Preset, model_cfg, device: torch.device, precision: str, max_batch: int) -> SeNaTraSegmenter:
     if model_cfg.compile:
-        raise ConfigError(f"model.compile: {preset.name} (SeNaTra) runs eagerly; compiling it is not supported yet — "
-                          "set model.compile to false")
+        raise ConfigError(
+            f"model.compile: {preset.name} (SeNaTra) runs eagerly; compiling it is not supported yet — "
+            "set model.compile to false"
+        )
     return SeNaTraSegmenter(
         load_senatra(preset, model_cfg.checkpoint),
         task=model_cfg.task,
@@ -76,7 +78,7 @@ DEFAULT_PRESETS = {"eomt": SYNTHETIC_TINY.name, "senatra": SYNTHETIC_SENATRA.nam
 
 def _preset_of(model_cfg) -> Preset:
     """The configured preset; ``model.family`` alone (no preset written) picks the family's default."""
-    family = getattr(model_cfg, "family", None)
+    family = model_cfg.family
     name = model_cfg.preset
     if family is not None:
         if family not in FAMILY_BUILDERS:
@@ -87,9 +89,10 @@ def _preset_of(model_cfg) -> Preset:
         raise ConfigError(f"model.preset: unknown preset '{name}' — known presets: {', '.join(PRESETS)}")
     preset = get_preset(name)
     if family is not None and preset.family != family:
+        choices = ", ".join(p.name for p in PRESETS.values() if p.family == family)
         raise ConfigError(
             f"model.family: preset {preset.name} is a {preset.family} model, the config asks for {family} — "
-            f"drop model.family or choose a {family} preset ({', '.join(p.name for p in PRESETS.values() if p.family == family)})"
+            f"drop model.family or choose a {family} preset ({choices})"
         )
     return preset
 
