@@ -236,14 +236,16 @@ def oracle_things_table(model: SeNaTra, data: list) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", default=None, help="grouping model (default: the shipped one)")
-    parser.add_argument("--uniform-checkpoint", default=None, help="the ablation (scripts/train_senatra.py --downsampling uniform)")
+    parser.add_argument("--uniform-checkpoint", default=None,
+                        help="the ablation (scripts/train_senatra.py --downsampling uniform)")
     parser.add_argument("--seeds", type=int, nargs="+", default=list(range(8)))
     parser.add_argument("--frames", type=int, default=10, help="frames per held-out scene")
     parser.add_argument("--size", type=int, nargs=2, default=(320, 240), metavar=("WIDTH", "HEIGHT"))
     parser.add_argument("--tolerance", type=int, default=2, help="boundary recall tolerance, pixels")
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--skip", nargs="*", default=[], choices=("boundaries", "quality", "things", "cost"))
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: steadier timings on a shared machine)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (1: steadier timings on a shared machine)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 

@@ -100,7 +100,8 @@ def test_panoptic_segments_are_unions_of_coarsest_level_segments():
         stuff = result.segments[~result.segments.isthing]
         assert len(set(stuff.class_ids.tolist())) == len(stuff), "one stuff segment per class"
         assert result.segments.isthing.tolist() == [LABELS.isthing[c] for c in result.segments.class_ids]
-        assert np.array_equal(result.segments.areas, np.bincount(result.label_map.ravel(), minlength=len(result.segments)))
+        counts = np.bincount(result.label_map.ravel(), minlength=len(result.segments))
+        assert np.array_equal(result.segments.areas, counts)
 
 
 def test_semantic_task_labels_each_stem_cell_by_its_carried_class_logits():
@@ -137,7 +138,8 @@ def test_hierarchy_round_trips_through_both_wire_encodings():
             for column in ("ids", "parents", "areas", "label_map"):
                 assert np.array_equal(getattr(sent, column), getattr(got, column)), column
         without_masks = from_wire(fields, decode_masks=False)
-        assert without_masks.levels[0].label_map is None and np.array_equal(without_masks.levels[1].ids, result.levels[1].ids)
+        assert without_masks.levels[0].label_map is None
+        assert np.array_equal(without_masks.levels[1].ids, result.levels[1].ids)
 
 
 def test_entries_without_a_hierarchy_read_back_with_none():
