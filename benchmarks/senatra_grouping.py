@@ -156,17 +156,6 @@ def semantic_quality(model: SeNaTra, data: list) -> tuple[dict, dict]:
     return carried.summary(), bilinear.summary()
 
 
-def time_it(fn, warmup: int, repeat: int) -> float:
-    for _ in range(warmup):
-        fn()
-    samples = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
-
-
 def cost_table(configs: dict, size: tuple[int, int], batch: int, warmup: int, repeat: int) -> None:
     """Median seconds per forward; the two variants alternate run by run, so a machine whose load
     changes during the measurement slows both alike."""

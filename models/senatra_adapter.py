@@ -32,7 +32,6 @@ from typing import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from segstream.models.label_sets import LabelSet
