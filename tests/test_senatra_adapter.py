@@ -158,6 +158,10 @@ def test_a_hierarchy_naming_a_missing_parent_is_rejected_with_one_line():
     with pytest.raises(WireFormatError, match="parent"):
         from_wire(fields)
     fields = to_wire(result, "idmap")
+    fields["levels"] = fields["levels"].replace('"area":', '"area":1' + "0" * 30, 1)
+    with pytest.raises(WireFormatError, match="areas"):
+        from_wire(fields)
+    fields = to_wire(result, "idmap")
     fields["levels_idmap"] = fields["idmap"]  # one map where three are needed
     with pytest.raises(WireFormatError, match="levels_idmap holds"):
         from_wire(fields)
