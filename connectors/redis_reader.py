@@ -40,7 +40,7 @@ from segstream.connectors.redis_wire import (
     read_entry,
     stream_name,
 )
-from segstream.models.results import Event, FrameResult, Segments
+from segstream.models.results import Event, FrameResult, Level, Segments
 
 log = logging.getLogger("segstream.client")
 
@@ -53,7 +53,9 @@ class Entry:
 
     ``segments`` has numpy columns (``ids``, ``class_ids``, ``labels``, ``isthing``, ``scores``,
     ``areas``, ``boxes``, ``track_ids``, ``track_ages``). ``mask(segment_id)`` decodes one
-    segment (with ``rle``, only that one), ``label_map`` the whole frame (once).
+    segment (with ``rle``, only that one), ``label_map`` the whole frame (once). ``levels`` is
+    the segment hierarchy of models that have one (SeNaTra), finest level first, its label maps
+    decoded on first use.
     """
 
     __slots__ = ("id", "stream", "result", "_masks", "_subscription")
@@ -87,6 +89,16 @@ class Entry:
         if self.result.label_map is None:
             self.result.label_map = self._masks.label_map()
         return self.result.label_map
+
+    @property
+    def levels(self) -> list[Level]:
+        """The segment hierarchy, finest level first (columns ``ids``, ``parents``, ``areas`` and a
+        ``label_map`` each); [] for entries of models without one."""
+        levels = self.result.levels
+        if levels and levels[0].label_map is None:
+            for level, label_map in zip(levels, self._masks.level_maps()):
+                level.label_map = label_map
+        return levels
 
     def mask(self, segment_id: int) -> np.ndarray:
         """height x width bool mask of one segment."""
@@ -481,7 +493,7 @@ class StreamReader:
 
     def _result(self, entry: Entry) -> FrameResult:
         if self.decode_masks:
-            _ = entry.label_map
+            _ = entry.label_map, entry.levels
         return entry.result
 
 

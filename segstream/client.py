@@ -26,10 +26,10 @@ from segstream.connectors.errors import SegstreamError, SinkError, WireFormatErr
 from segstream.connectors.redis_connection import TlsFiles
 from segstream.connectors.redis_reader import Client, Entry, EventEntry, StreamReader, Subscription, connect, tail
 from segstream.connectors.redis_wire import SCHEMA_VERSION, from_wire, read_entry
-from segstream.models.results import NO_TRACK, Event, FrameResult, Segments
+from segstream.models.results import NO_TRACK, Event, FrameResult, Level, Segments
 
 __all__ = [
-    "Client", "Entry", "Event", "EventEntry", "FrameResult", "NO_TRACK", "SCHEMA_VERSION", "SegstreamError",
+    "Client", "Entry", "Event", "EventEntry", "FrameResult", "Level", "NO_TRACK", "SCHEMA_VERSION", "SegstreamError",
     "Segments", "SinkError", "StreamReader", "Subscription", "TlsFiles", "WireFormatError", "connect", "from_wire",
     "read_entry", "tail",
 ]

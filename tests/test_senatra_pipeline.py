@@ -75,6 +75,12 @@ def test_senatra_hierarchy_reaches_redis_as_the_model_made_it(tmp_path, clip, re
         pairs = np.unique(np.stack((coarsest.ravel(), entry.label_map.ravel())), axis=1)
         assert len(np.unique(pairs[0])) == pairs.shape[1], "a coarsest segment in two panoptic segments"
     assert sum(len(e.segments) for e in entries) > 2 * FRAMES, "the shipped model finds several segments a frame"
+    # The consumer SDK decodes it too, when asked for.
+    from segstream.client import connect
+
+    newest = connect(redis_server.url).newest("cam0")
+    assert newest.result.levels[0].label_map is None  # still encoded
+    assert all(np.array_equal(a.label_map, b.label_map) for a, b in zip(newest.levels, entries[-1].levels))
     # `segstream tail` shows the hierarchy's size.
     sizes = "/".join(str(len(level.ids)) for level in entries[0].levels)
     assert summary_line("1-0", entries[0]).endswith(f" levels={sizes}")
