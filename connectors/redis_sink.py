@@ -207,10 +207,10 @@ class RedisPublisher:
         if self._closed:
             raise SinkError("the Redis publisher is closed — publish before close()")
         fields = to_wire(result, self.mask_encoding)
-        # While Redis is away only a stand-in waits: the label map need not stay in memory.
-        kept = result if self._connected else _stand_in(result)
-        self._enqueue(_Outgoing(stream_name(self.stream_pattern, result.source), fields, _size(fields), kept,
-                                time.monotonic()))
+        # Once encoded, only a stand-in waits for the batch: a 4K label map (33 MB) must not stay
+        # in memory for every buffered entry.
+        self._enqueue(_Outgoing(stream_name(self.stream_pattern, result.source), fields, _size(fields),
+                                _stand_in(result), time.monotonic()))
         self._pump()
 
     def publish_event(self, event: Event) -> None:

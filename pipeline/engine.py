@@ -259,6 +259,7 @@ class ModelStage:
     def __init__(self, adapter: FamilyAdapter, max_inflight: int = 2):
         self.adapter = adapter
         self.device = adapter.device
+        self.keep_images = False  # whether frames keep their pixels after pre-processing (previews)
         self.cuda = self.device.type == "cuda"
         if self.cuda:
             self.compute_stream = torch.cuda.Stream(self.device)
@@ -290,6 +291,9 @@ class ModelStage:
             else:
                 tensors = [torch.from_numpy(np.ascontiguousarray(f.image)) for f in frames]
             prepared = self.adapter.prepare(tensors)
+            if not self.keep_images:
+                for frame in frames:
+                    frame.image = None  # pre-processed: a 4K frame's 25 MB need not wait for the results
             outputs = self.adapter.forward(prepared)
             if self.cuda:
                 done = torch.cuda.Event(enable_timing=True)

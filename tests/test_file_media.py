@@ -61,6 +61,27 @@ def test_rotated_clips_come_out_as_ffmpeg_displays_them(tmp_path, rotation):
     assert frames[0].image.flags.c_contiguous
 
 
+def test_reading_rotation_keeps_no_decoded_frame_alive(tmp_path):
+    # PyAV's side-data container and its frame form a reference cycle: reading the display
+    # matrix of every frame kept each decoded frame until a full garbage collection.
+    import gc
+
+    import av
+
+    clip = _marked_clip(tmp_path / "rot90.mp4", 90, frames=40)
+    gc.collect()
+    gc.disable()  # as between automatic collections: only reference counting frees frames
+    try:
+        frames = FileSource("phone", str(clip)).frames()
+        for _ in range(40):
+            next(frames)
+        alive = sum(isinstance(o, av.VideoFrame) for o in gc.get_objects())
+        frames.close()
+    finally:
+        gc.enable()
+    assert alive <= 3
+
+
 def test_a_90_degree_phone_clip_reaches_model_and_entries_upright(tmp_path):
     clip = _marked_clip(tmp_path / "phone.mp4", 90)
     segmenter = ColourSegmenter()

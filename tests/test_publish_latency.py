@@ -77,13 +77,15 @@ def test_the_publisher_says_when_it_next_needs_a_poll(redis_server):
     from segstream.models.results import FrameResult
 
     publisher = RedisPublisher(redis_server.client(), pipeline_size=32, max_batch_delay_s=10.0)
+    written = []
+    publisher.on_written = written.extend
     assert publisher.poll() is None  # nothing buffered
     result = FrameResult("cam", 0, 4, 4, np.full((4, 4), -1, np.int32), capture_ts=time.time())
     publisher.publish(result)
     left = publisher.poll()
-    assert left is not None and 9.0 < left <= 10.0 and result.publish_ts is None
+    assert left is not None and 9.0 < left <= 10.0 and not written
     publisher.max_batch_delay_s = 0.0
-    assert publisher.poll() is None and result.publish_ts is not None
+    assert publisher.poll() is None and written[0].publish_ts is not None
     assert redis_server.client().xlen("segstream:cam:frames") == 1
     publisher.close()
 
