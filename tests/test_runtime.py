@@ -1,5 +1,7 @@
 """The runtime and its engine: order, batching, back-pressure, overlap, failures, shutdown."""
 
+import subprocess
+import sys
 import threading
 import time
 
@@ -201,6 +203,30 @@ def test_batches_in_flight_are_bounded(clip, max_inflight):
     assert sink.indices("a") == list(range(30))
 
 
+def test_a_worker_paused_after_taking_a_batch_does_not_deadlock_the_others(clip, segmenter):
+    # The worker that takes batch 0 is descheduled right after taking it. The other worker must
+    # not fill every in-flight slot with later batches, which post-processing could not collect
+    # before batch 0.
+    runtime = Runtime([FileSource("a", str(clip), max_frames=20)], segmenter, [CollectingSink()], batch_size=1,
+                      max_inflight=2, model_workers=2, progress=None)
+    take = runtime._batcher.take_batch
+
+    def paused_once(*args):
+        taken = take(*args)
+        if taken is not None and taken[0] == 0:
+            time.sleep(0.5)
+        return taken
+
+    runtime._batcher.take_batch = paused_once
+    done = []
+    thread = threading.Thread(target=lambda: done.append(runtime.run()), daemon=True)
+    thread.start()
+    thread.join(30)
+    if not done:
+        runtime.stop()
+    assert done and done[0].published == 20
+
+
 def test_max_frames_caps_each_source(clip, segmenter):
     sink = CollectingSink()
     report = Runtime([FileSource("a", str(clip))], segmenter, [sink], max_frames=9, progress=None).run()
@@ -343,3 +369,36 @@ def test_events_of_stages_and_of_the_runtime_reach_the_sinks_in_order(clip, segm
     ]
     written = [event_from_wire(e) for e in read_entries(tmp_path / "out" / "a.events.jsonl")]
     assert [(e.source, e.kind, e.ts, e.data) for e in written] == [(e.source, e.kind, e.ts, e.data) for e in collect.events]
+
+
+_HEAP_PROBE = """
+import ctypes, sys
+import numpy as np
+from segstream.pipeline.runtime import fixed_heap_threshold
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = MallInfo2
+if sys.argv[1] == "fixed":
+    assert fixed_heap_threshold()
+big = np.ones(16 << 20, np.uint8)
+del big
+before = libc.mallinfo2().hblkhd
+frame = np.ones(8 << 20, np.uint8)
+print(libc.mallinfo2().hblkhd - before)
+"""
+
+
+@pytest.mark.parametrize("threshold", ["fixed", "glibc's"])
+def test_frame_sized_blocks_stay_out_of_the_heap_after_one_is_freed(threshold):
+    # glibc raises its mmap threshold when the 16 MB block is freed and serves the next
+    # frame-sized block from the heap, where freed frames leave holes that RSS keeps; the fixed
+    # threshold keeps it a mapping of its own. A fresh process: in a long-lived one the block may
+    # fit in free heap space, which no threshold governs.
+    probe = subprocess.run([sys.executable, "-c", _HEAP_PROBE, threshold], capture_output=True, text=True,
+                           check=True)
+    mapped = int(probe.stdout)
+    assert mapped >= 8 << 20 if threshold == "fixed" else mapped == 0
