@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from segstream.connectors.errors import SegstreamError, SourceError
-from segstream.pipeline.config import PipelineConfig, json_schema, load_config
+from segstream.connectors.redis_connection import TlsFiles
+from segstream.pipeline.config import BatchPipelineConfig, PipelineConfig, json_schema, load_config, read_yaml
 from segstream.pipeline.logs import LOG_FORMATS, LOG_LEVELS, LogLines, configure_logging, json_logging
 
 if TYPE_CHECKING:
@@ -103,7 +104,7 @@ def _parser() -> argparse.ArgumentParser:
 
     tail = commands.add_parser("tail", help="print the entries of a segstream Redis stream")
     tail.add_argument("stream", metavar="STREAM", help="stream name, e.g. segstream:cam0:frames")
-    tail.add_argument("--url", default="redis://localhost:6379/0", help="Redis URL (default %(default)s)")
+    redis_options(tail)
     tail.add_argument("--count", type=int, default=10, metavar="N", help="newest entries to print (default %(default)s)")
     tail.add_argument("--follow", action="store_true", help="keep printing new entries as they arrive")
     tail.add_argument("--events", action="store_true",
@@ -169,9 +170,7 @@ def _parser() -> argparse.ArgumentParser:
     render.add_argument("stream", metavar="STREAM", help="stream name, e.g. segstream:cam0:frames")
     render.add_argument("--video", type=Path, required=True, metavar="FILE", help="the video the stream was made from")
     render.add_argument("--out", type=Path, required=True, metavar="OUT.mp4", help="where to write the overlay video")
-    render.add_argument("--url", default="redis://localhost:6379/0", help="Redis URL (default %(default)s)")
-    render.add_argument("--password", default=os.environ.get("REDIS_PASSWORD") or None,
-                        help="Redis password (default: $REDIS_PASSWORD)")
+    redis_options(render)
     render.add_argument("--opacity", type=float, default=0.45, help="mask opacity, 0 to 1 (default %(default)s)")
     render.set_defaults(command=_render)
 
@@ -180,9 +179,43 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def redis_options(command: argparse.ArgumentParser) -> None:
+    """How a command that reads Redis connects: URL, credentials and TLS, as the sink's config has them."""
+    command.add_argument("--url", default="redis://localhost:6379/0",
+                         help="Redis URL: redis://, rediss:// (TLS) or unix:// (default %(default)s)")
+    command.add_argument("--username", default=os.environ.get("REDIS_USERNAME") or None,
+                         help="Redis ACL user (default: $REDIS_USERNAME)")
+    command.add_argument("--password", default=os.environ.get("REDIS_PASSWORD") or None,
+                         help="Redis password (default: $REDIS_PASSWORD)")
+    command.add_argument("--tls-ca", default=None, metavar="FILE",
+                         help="with rediss://: the CA that signed the server's certificate (default: the system's)")
+    command.add_argument("--tls-cert", default=None, metavar="FILE",
+                         help="with rediss://: this client's certificate, for servers that ask for one")
+    command.add_argument("--tls-key", default=None, metavar="FILE", help="with --tls-cert: its private key")
+
+
+def redis_tls(args: argparse.Namespace) -> TlsFiles | None:
+    """The TLS files of ``redis_options``, checked as the sink's config checks them."""
+    if not (args.tls_ca or args.tls_cert or args.tls_key):
+        return None
+    if not args.url.startswith("rediss://"):
+        raise SegstreamError("--tls-ca/--tls-cert/--tls-key are set but --url is not rediss:// — use rediss://host:port")
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise SegstreamError("--tls-cert and --tls-key go together — give both or neither")
+    for option, path in (("--tls-ca", args.tls_ca), ("--tls-cert", args.tls_cert), ("--tls-key", args.tls_key)):
+        if path and not Path(path).is_file():
+            raise SegstreamError(f"{option}: file '{path}' does not exist")
+    return TlsFiles(args.tls_ca, args.tls_cert, args.tls_key)
+
+
 def _validate(args: argparse.Namespace) -> int:
-    cfg = load_config(args.config, args.overrides)
-    print(f"ok: {len(cfg.sources)} source{'s' if len(cfg.sources) != 1 else ''}, model {cfg.model.preset}")
+    # a config without sources is one for `segstream batch`, which takes its videos from the command line
+    batch = "sources" not in read_yaml(args.config)
+    cfg = load_config(args.config, args.overrides, schema=BatchPipelineConfig if batch else PipelineConfig)
+    if batch:
+        print(f"ok: a batch config (videos from `segstream batch INPUTS`), model {cfg.model.preset}")
+    else:
+        print(f"ok: {len(cfg.sources)} source{'s' if len(cfg.sources) != 1 else ''}, model {cfg.model.preset}")
     return 0
 
 
@@ -195,7 +228,7 @@ def _tail(args: argparse.Namespace) -> int:
     from segstream.connectors.redis_reader import tail
 
     tail(args.stream, url=args.url, count=args.count, follow=args.follow, events=args.events,
-         password=os.environ.get("REDIS_PASSWORD") or None)
+         password=args.password, username=args.username, tls=redis_tls(args))
     return 0
 
 

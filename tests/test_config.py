@@ -49,6 +49,20 @@ def test_valid_config_validates(capsys, write, clip, monkeypatch):
     assert capsys.readouterr().out.strip() == "ok: 2 sources, model synthetic_eomt_tiny_256"
 
 
+# pipeline.yaml is the container's: its paths exist in the image (tests/test_compose.py checks it)
+@pytest.mark.parametrize(
+    "name", sorted(p.name for p in (Path(__file__).parents[1] / "configs").glob("*.yaml") if p.name != "pipeline.yaml")
+)
+def test_every_shipped_config_validates(capsys, monkeypatch, name):
+    for variable in ("SEGSTREAM_REDIS_URL", "CAM_PASSWORD", "LOBBY_PASSWORD"):  # what their comments ask to export
+        monkeypatch.setenv(variable, "redis://localhost:6379/0" if "URL" in variable else "pw")
+    assert main(["validate", str(Path(__file__).parents[1] / "configs" / name)]) == 0
+    out = capsys.readouterr().out
+    # batch.yaml has no sources: its videos come from `segstream batch INPUTS`
+    assert out.startswith("ok: a batch config" if name == "batch.yaml" else "ok: ")
+    assert (name == "batch.yaml") == ("batch config" in out)
+
+
 def test_defaults_live_in_the_schema(write, clip):
     cfg = load_config(write(VALID.format(clip=clip)))
     assert isinstance(cfg.sources[0], FileSourceConfig) and isinstance(cfg.sources[1], SyntheticSourceConfig)
