@@ -37,6 +37,19 @@ class TlsFiles:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class SettingNames:
+    """Where a user sets each connection setting, for the hints of connection errors."""
+
+    password: str = "sinks.redis.password (REDIS_PASSWORD)"
+    username: str = "sinks.redis.username"
+    tls: str = "sinks.redis.tls: ca_file, cert_file, key_file"
+
+
+COMMAND_LINE = SettingNames("--password ($REDIS_PASSWORD)", "--username ($REDIS_USERNAME)",
+                            "--tls-ca, --tls-cert, --tls-key")
+
+
 def connect_redis(
     url: str,
     password: str | None = None,
@@ -49,6 +62,7 @@ def connect_redis(
     retries: int = 0,
     protocol: int | None = None,
     hint: str = "start Redis or fix sinks.redis.url",
+    names: SettingNames = SettingNames(),
 ) -> redis.Redis:
     """A client for ``url`` that has answered PING; failures become one-line ``SinkError``s
     that never show the password.
@@ -90,21 +104,21 @@ def connect_redis(
         who = f"user {username!r}" if username else "the default user"
         raise SinkError(
             f"Redis at {where} refused the credentials of {who}: {error_summary(error)} — "
-            "set the right password (REDIS_PASSWORD) and user (sinks.redis.username)"
+            f"set the right password, {names.password}, and user, {names.username}"
         ) from None
     except redis.ResponseError as error:
         client.close()
         text = error_summary(error)
         if text.startswith(("NOAUTH", "WRONGPASS", "NOPERM")):
             raise SinkError(
-                f"Redis at {where} wants credentials: {text} — set sinks.redis.password (REDIS_PASSWORD)"
+                f"Redis at {where} wants credentials: {text} — set {names.password}"
             ) from None
         raise SinkError(f"Redis at {where} refused PING: {text}") from None
     except (redis.ConnectionError, redis.TimeoutError, OSError) as error:
         client.close()
         text = error_summary(error)
         if "certificate" in text.lower() or "ssl" in text.lower() or "tls" in text.lower():
-            hint = "check the TLS settings (sinks.redis.tls: ca_file, cert_file, key_file) and the server's certificate"
+            hint = f"check the TLS settings ({names.tls}) and the server's certificate"
         raise SinkError(f"cannot reach Redis at {where}: {text} — {hint}") from None
     return client
 

@@ -30,7 +30,7 @@ import numpy as np
 import redis
 
 from segstream.connectors.errors import SinkError
-from segstream.connectors.redis_connection import Backoff, TlsFiles, connect_redis, error_summary, redis_address
+from segstream.connectors.redis_connection import COMMAND_LINE, Backoff, TlsFiles, connect_redis, error_summary, redis_address
 from segstream.connectors.redis_wire import (
     DEFAULT_EVENTS_PATTERN,
     DEFAULT_STREAM_PATTERN,
@@ -534,12 +534,14 @@ def _text(value: bytes | str) -> str:
 
 
 def tail(stream: str, url: str, count: int | None, follow: bool, out: TextIO | None = None, *,
-         events: bool = False, password: str | None = None) -> int:
+         events: bool = False, password: str | None = None, username: str | None = None,
+         tls: TlsFiles | None = None) -> int:
     """Print one line per entry of ``stream`` (a frames stream, or with ``events`` the matching
     events stream as well, interleaved in time order): the last ``count`` (all when None), then
     new ones while ``follow``; returns the number of entries printed. Ctrl-C ends quietly."""
     out = sys.stdout if out is None else out
-    client = connect_redis(url, password, socket_timeout=_TAIL_BLOCK_MS / 1000 + 5.0, client_name="segstream-tail",
+    client = connect_redis(url, password, username=username, tls=tls, socket_timeout=_TAIL_BLOCK_MS / 1000 + 5.0,
+                           client_name="segstream-tail", names=COMMAND_LINE,
                            hint="start Redis or fix --url")
     streams = [stream]
     if events:

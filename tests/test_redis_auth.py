@@ -103,3 +103,32 @@ def test_tls_files_need_a_rediss_url_and_a_key_with_the_certificate(tmp_path):
         validate_config({"sources": source, "sinks": {"redis": {"url": "rediss://h:6380", "tls": {"cert_file": str(tmp_path / "ca.pem")}}}})
     with pytest.raises(ConfigError, match=r"sinks.redis.tls.ca_file: file 'nope.pem' does not exist"):
         validate_config({"sources": source, "sinks": {"redis": {"url": "rediss://h:6380", "tls": {"ca_file": "nope.pem"}}}})
+
+
+def test_tail_reads_over_tls_as_an_acl_user_with_a_client_certificate(tmp_path, tls_server, capsys, monkeypatch):
+    server, certs = tls_server
+    tls_client(server, certs).delete("segstream:cam0:frames")
+    assert run_pipeline(load_config(write_config(tmp_path, server, certs)), progress=False).published == 6
+    monkeypatch.setenv("REDIS_PASSWORD", ALICE)
+    capsys.readouterr()
+    assert main(["tail", "segstream:cam0:frames", "--url", server.url, "--username", "alice", "--count", "3",
+                 "--tls-ca", str(certs["ca"]), "--tls-cert", str(certs["client_cert"]),
+                 "--tls-key", str(certs["client_key"])]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 3 and all("cam0" in line for line in lines)
+
+
+def test_tail_errors_name_its_own_options(tmp_path, tls_server, capsys, monkeypatch):
+    server, certs = tls_server
+    monkeypatch.setenv("REDIS_PASSWORD", "not-the-password")
+    tls = ["--tls-ca", str(certs["ca"]), "--tls-cert", str(certs["client_cert"]), "--tls-key", str(certs["client_key"])]
+    assert main(["tail", "segstream:cam0:frames", "--url", server.url, *tls]) == 1
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert "refused the credentials" in line and "--password ($REDIS_PASSWORD)" in line and "sinks.redis" not in line
+    monkeypatch.setenv("REDIS_PASSWORD", PASSWORD)
+    assert main(["tail", "segstream:cam0:frames", "--url", server.url, "--tls-ca", str(certs["ca"])]) == 1
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert "certificate" in line and "--tls-ca, --tls-cert, --tls-key" in line
+    assert main(["tail", "segstream:cam0:frames", "--url", "redis://localhost:1", *tls]) == 1
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line == "segstream: error: --tls-ca/--tls-cert/--tls-key are set but --url is not rediss:// — use rediss://host:port"
