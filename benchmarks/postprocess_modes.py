@@ -21,7 +21,7 @@ import time
 import numpy as np
 import torch
 
-from segstream.connectors.checkpoints import load_eomt
+from segstream.connectors.checkpoints import load_eomt, random_eomt
 from segstream.connectors.synthetic import synthetic_clip
 from segstream.models.eomt import EoMT
 from segstream.models.label_sets import load_label_set
@@ -31,15 +31,7 @@ from segstream.models.segmenter import EoMTSegmenter, results, upload
 
 def random_published(seed: int = 0) -> EoMT:
     """COCO panoptic S/640 with random weights that still produce confident, separate segments."""
-    torch.manual_seed(seed)
-    cfg = get_preset("coco_panoptic_eomt_small_640_2x").config
-    model = EoMT(cfg).eval()
-    with torch.no_grad():
-        model.class_head.weight.normal_(0, 12.0 / cfg.dim**0.5)
-        model.class_head.bias.normal_(0, 2.0)
-        model.upscale[-1].norm.bias.fill_(1.0)
-        model.mask_head[-1].bias.fill_(-1.2 / cfg.dim)
-    return model
+    return random_eomt(get_preset("coco_panoptic_eomt_small_640_2x").config, seed)
 
 
 def measure(model: EoMT, label_set: str, frames: list[np.ndarray], repeat: int) -> dict:

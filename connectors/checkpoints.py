@@ -20,6 +20,7 @@ from segstream.models.presets import Preset
 from segstream.models.senatra import SeNaTra
 
 HF_PREFIX = "hf://"
+RANDOM = "random"  # model.checkpoint: the preset's architecture with seeded random weights (speed measurements)
 _HF_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
@@ -98,8 +99,29 @@ def checkpoint_path(reference: str) -> Path:
     return path
 
 
+def random_eomt(config, seed: int = 0) -> EoMT:
+    """An EoMT of ``config`` with seeded random weights whose outputs look like a trained model's
+    to the pipeline: class scores clear the 0.8 threshold and masks are separate, so
+    post-processing, tracking and publishing do the work they would do (a plain random init
+    gives no confident query, and a pipeline with nothing to post-process measures too fast).
+    Speed does not depend on the values of the weights; segments mean nothing."""
+    generator = torch.random.fork_rng()
+    with generator:
+        torch.manual_seed(seed)
+        model = EoMT(config).eval()
+        with torch.no_grad():
+            model.class_head.weight.normal_(0, 12.0 / config.dim**0.5)
+            model.class_head.bias.normal_(0, 2.0)
+            model.upscale[-1].norm.bias.fill_(1.0)
+            model.mask_head[-1].bias.fill_(-1.2 / config.dim)
+    return model
+
+
 def load_eomt(preset: Preset, checkpoint: str | None = None) -> EoMT:
-    """The preset's EoMT with weights from ``checkpoint`` (or the preset's own weights)."""
+    """The preset's EoMT with weights from ``checkpoint`` (or the preset's own weights; ``random``:
+    ``random_eomt``)."""
+    if checkpoint == RANDOM:
+        return random_eomt(preset.config)
     path = checkpoint_path(checkpoint or preset.weights)
     state = convert_state_dict(read_state_dict(path))
     model = EoMT(preset.config)
@@ -116,7 +138,12 @@ def load_eomt(preset: Preset, checkpoint: str | None = None) -> EoMT:
 
 
 def load_senatra(preset: Preset, checkpoint: str | None = None) -> SeNaTra:
-    """The preset's SeNaTra with weights from ``checkpoint`` (or the preset's own weights)."""
+    """The preset's SeNaTra with weights from ``checkpoint`` (or the preset's own weights;
+    ``random``: seeded random weights, for speed measurements)."""
+    if checkpoint == RANDOM:
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            return SeNaTra(preset.config).eval()
     reference = checkpoint or preset.weights
     if not reference:
         raise CheckpointError(

@@ -261,6 +261,10 @@ def results(adapter: FamilyAdapter, outputs: Any, prepared: Prepared, decisions:
             track_ids=np.full(len(class_ids), NO_TRACK, np.int64),
             track_ages=np.zeros(len(class_ids), np.int32),
         )
+        if not areas.all():
+            # a frame smaller than the model's input loses segments narrower than a frame pixel in
+            # the resize; a segment with no pixel is not one (ids stay the label map's values)
+            segments = segments[areas > 0]
         height, width = decision.frame
         out.append(FrameResult(source="", index=i, width=width, height=height, label_map=label_map,
                                segments=segments, model=adapter.name,

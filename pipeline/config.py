@@ -235,7 +235,9 @@ SOURCE_TYPES = ("file", "stream", "camera", "images", "synthetic")
 
 
 class ModelConfig(Strict):
-    """Which model runs and how; ``checkpoint: null`` uses the preset's own weights.
+    """Which model runs and how; ``checkpoint: null`` uses the preset's own weights, ``random``
+    seeded random weights shaped to give confident segments (to measure the speed of a published
+    architecture without its checkpoint; the segments mean nothing).
 
     ``precision: auto`` is bf16 where the hardware computes it natively (CUDA GPUs with bf16,
     CPUs with AMX or AVX-512 BF16), else fp16 on CUDA and fp32 on the CPU. ``postprocess``
@@ -260,7 +262,7 @@ class ModelConfig(Strict):
     @field_validator("checkpoint")
     @classmethod
     def _checkpoint_exists(cls, checkpoint: str | None, info: ValidationInfo) -> str | None:
-        if checkpoint is None or re.fullmatch(r"hf://[\w.-]+/[\w.-]+", checkpoint):
+        if checkpoint in (None, "random") or re.fullmatch(r"hf://[\w.-]+/[\w.-]+", checkpoint):
             return checkpoint
         if "://" in checkpoint:
             raise ValueError(f"'{checkpoint}' is not a checkpoint reference — use hf://<org>/<name> or a local path")

@@ -6,17 +6,20 @@ the weights and wraps the network in that family's adapter (``segstream.models.s
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 import torch
 
-from segstream.connectors.checkpoints import load_eomt, load_senatra
+from segstream.connectors.checkpoints import RANDOM, load_eomt, load_senatra
 from segstream.connectors.errors import ConfigError
 from segstream.models.label_sets import load_label_set
 from segstream.models.presets import PRESETS, SYNTHETIC_SENATRA, SYNTHETIC_TINY, Preset, get_preset
 from segstream.models.processing import Thresholds
 from segstream.models.segmenter import EoMTSegmenter, FamilyAdapter, default_precision
 from segstream.models.senatra_adapter import SeNaTraSegmenter
+
+logger = logging.getLogger(__name__)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -111,4 +114,7 @@ def build_segmenter(model_cfg, batch_size: int = 8) -> FamilyAdapter:
     if builder is None:
         raise ConfigError(f"model.preset: {preset.name} is of family {preset.family!r}, which this segstream cannot run")
     device = resolve_device(model_cfg.device)
+    if model_cfg.checkpoint == RANDOM:
+        logger.warning("model.checkpoint: random — %s runs with random weights; its segments mean nothing "
+                       "(for speed measurements)", preset.name)
     return builder(preset, model_cfg, device, resolve_precision(model_cfg.precision, device), batch_size)
