@@ -127,7 +127,7 @@ def _parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser("evaluate", help="measure segmentation quality on synthetic scenes")
     evaluate.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], metavar="SEED")
-    evaluate.add_argument("--frames", type=int, default=50, metavar="N", help="frames per seed")
+    evaluate.add_argument("--frames", type=_at_least_one, default=50, metavar="N", help="frames per seed")
     evaluate.add_argument("--size", type=int, nargs=2, default=[640, 480], metavar=("WIDTH", "HEIGHT"))
     evaluate.add_argument("--checkpoint", default=None, help="local path or hf://org/name; default: the preset's weights")
     evaluate.add_argument("--preset", default=None, help="a model trained on synthetic scenes (default: the shipped one)")
@@ -177,6 +177,17 @@ def _parser() -> argparse.ArgumentParser:
     for command in commands.choices.values():  # after the command too; left out there, the top-level value stands
         logging_options(command, argparse.SUPPRESS)
     return parser
+
+
+def _at_least_one(text: str) -> int:
+    """argparse type: a whole number of 1 or more."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def redis_options(command: argparse.ArgumentParser) -> None:
