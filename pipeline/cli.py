@@ -223,10 +223,13 @@ def _validate(args: argparse.Namespace) -> int:
     # a config without sources is one for `segstream batch`, which takes its videos from the command line
     batch = "sources" not in read_yaml(args.config)
     cfg = load_config(args.config, args.overrides, schema=BatchPipelineConfig if batch else PipelineConfig)
+    from segstream.pipeline.model_factory import check_model_config
+
+    model = check_model_config(cfg.model).name  # unknown preset or family, a task the preset lacks
     if batch:
-        print(f"ok: a batch config (videos from `segstream batch INPUTS`), model {cfg.model.preset}")
+        print(f"ok: a batch config (videos from `segstream batch INPUTS`), model {model}")
     else:
-        print(f"ok: {len(cfg.sources)} source{'s' if len(cfg.sources) != 1 else ''}, model {cfg.model.preset}")
+        print(f"ok: {len(cfg.sources)} source{'s' if len(cfg.sources) != 1 else ''}, model {model}")
     return 0
 
 
