@@ -188,6 +188,8 @@ class OverlayVideo:
         try:
             for packet in self._stream.encode():
                 container.mux(packet)
+        except (OSError, av.FFmpegError) as error:
+            raise SinkError(f"cannot write {self.path}: {error}") from None
         finally:
             container.close()
 

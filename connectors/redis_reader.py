@@ -30,7 +30,9 @@ import numpy as np
 import redis
 
 from segstream.connectors.errors import SinkError
-from segstream.connectors.redis_connection import COMMAND_LINE, Backoff, TlsFiles, connect_redis, error_summary, redis_address
+from segstream.connectors.redis_connection import (
+    COMMAND_LINE, Backoff, SettingNames, TlsFiles, connect_redis, error_summary, redis_address,
+)
 from segstream.connectors.redis_wire import (
     DEFAULT_EVENTS_PATTERN,
     DEFAULT_STREAM_PATTERN,
@@ -279,6 +281,11 @@ class Client:
         return longest if block_ms == 0 else min(block_ms, longest)
 
 
+# Where an SDK user sets each connection setting: connect()'s arguments, not the pipeline's YAML.
+SDK_ARGUMENTS = SettingNames("connect(url, password=...)", "connect(url, username=...)",
+                             "connect(url, tls=TlsFiles(ca_file, cert_file, key_file))")
+
+
 def connect(
     url: str,
     password: str | None = None,
@@ -298,7 +305,7 @@ def connect(
     client = connect_redis(
         url, password, username=username, tls=tls, protocol=protocol,
         socket_timeout=max_block_ms / 1000 + 5.0, client_name="segstream-reader",
-        hint="start Redis or fix the URL",
+        hint="start Redis or fix the URL", names=SDK_ARGUMENTS,
     )
     return Client(client, stream_pattern=stream_pattern, events_pattern=events_pattern,
                   reconnect_max_s=reconnect_max_s, give_up_after_s=give_up_after_s)
@@ -470,7 +477,8 @@ class StreamReader:
                  decode_masks: bool = True) -> StreamReader:
         """Connect to ``url`` with a socket timeout that outlasts reads blocking up to ``max_block_ms``."""
         client = connect_redis(url, password, socket_timeout=max_block_ms / 1000 + 5.0, client_name="segstream-reader",
-                               retries=3, hint="start Redis or fix the URL")
+                               retries=3, hint="start Redis or fix the URL",
+                               names=SDK_ARGUMENTS)
         return cls(client, stream, group, consumer, start=start, decode_masks=decode_masks)
 
     def read(self, count: int = 100, block_ms: int | None = None) -> list[tuple[str, FrameResult]]:

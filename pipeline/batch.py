@@ -255,8 +255,15 @@ class Manifest:
 @contextlib.contextmanager
 def output_lock(root: Path) -> Iterator[None]:
     """One batch at a time per output folder (two would write the same videos' outputs)."""
-    root.mkdir(parents=True, exist_ok=True)
-    with (root / ".lock").open("w") as lock:
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        lock = (root / ".lock").open("w")
+    except OSError as error:
+        raise ConfigError(
+            f"cannot use '{root}' as the output folder ({error.strerror or error}) — give --out (or batch.output) "
+            "a folder that can be created and written"
+        ) from None
+    with lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -127,7 +127,7 @@ def _parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser("evaluate", help="measure segmentation quality on synthetic scenes")
     evaluate.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], metavar="SEED")
-    evaluate.add_argument("--frames", type=int, default=50, metavar="N", help="frames per seed")
+    evaluate.add_argument("--frames", type=_at_least_one, default=50, metavar="N", help="frames per seed")
     evaluate.add_argument("--size", type=int, nargs=2, default=[640, 480], metavar=("WIDTH", "HEIGHT"))
     evaluate.add_argument("--checkpoint", default=None, help="local path or hf://org/name; default: the preset's weights")
     evaluate.add_argument("--preset", default=None, help="a model trained on synthetic scenes (default: the shipped one)")
@@ -179,6 +179,17 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _at_least_one(text: str) -> int:
+    """argparse type: a whole number of 1 or more."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def redis_options(command: argparse.ArgumentParser) -> None:
     """How a command that reads Redis connects: URL, credentials and TLS, as the sink's config has them."""
     command.add_argument("--url", default="redis://localhost:6379/0",
@@ -212,10 +223,13 @@ def _validate(args: argparse.Namespace) -> int:
     # a config without sources is one for `segstream batch`, which takes its videos from the command line
     batch = "sources" not in read_yaml(args.config)
     cfg = load_config(args.config, args.overrides, schema=BatchPipelineConfig if batch else PipelineConfig)
+    from segstream.pipeline.model_factory import check_model_config
+
+    model = check_model_config(cfg.model).name  # unknown preset or family, a task the preset lacks
     if batch:
-        print(f"ok: a batch config (videos from `segstream batch INPUTS`), model {cfg.model.preset}")
+        print(f"ok: a batch config (videos from `segstream batch INPUTS`), model {model}")
     else:
-        print(f"ok: {len(cfg.sources)} source{'s' if len(cfg.sources) != 1 else ''}, model {cfg.model.preset}")
+        print(f"ok: {len(cfg.sources)} source{'s' if len(cfg.sources) != 1 else ''}, model {model}")
     return 0
 
 

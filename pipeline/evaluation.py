@@ -192,20 +192,43 @@ def clip_frames(videos: Sequence[Path]) -> Iterator[tuple[np.ndarray, FrameResul
             source.close()
 
 
+def evaluation_model_config(args):
+    """The ``ModelConfig`` of ``segstream evaluate``'s options. Bad options (a missing checkpoint,
+    an unknown device, a preset of another label set) are a ConfigError naming the option, raised
+    before any weights are read or downloaded."""
+    from pydantic import ValidationError
+
+    from segstream.models.presets import PRESETS, SYNTHETIC_TINY
+    from segstream.pipeline.config import ModelConfig
+
+    preset = args.preset or SYNTHETIC_TINY.name
+    if preset in PRESETS and PRESETS[preset].label_set != LABEL_SET:
+        synthetic = ", ".join(name for name, p in PRESETS.items() if p.label_set == LABEL_SET)
+        raise ConfigError(
+            f"--preset {preset}: it predicts the {PRESETS[preset].label_set!r} classes but synthetic scenes "
+            f"are labelled with the {LABEL_SET!r} ones — use a preset trained on synthetic scenes ({synthetic})"
+        )
+    values = {"preset": preset, "checkpoint": args.checkpoint, "device": args.device,
+              "precision": args.precision, "postprocess": args.postprocess}
+    try:
+        return ModelConfig(**values)
+    except ValidationError as error:
+        lines = []
+        for problem in error.errors():
+            field = str(problem["loc"][0]) if problem["loc"] else ""
+            message = problem["msg"].removeprefix("Value error, ")
+            lines.append(f"--{field} {values.get(field)}: {message}" if field in values else message)
+        raise ConfigError("\n".join(lines)) from None
+
+
 def main_evaluate(args) -> int:
     """``segstream evaluate``: PQ of a synthetic-scene model on held-out seeds, printed as a
     table and as one JSON line (for scripts)."""
     import json
 
-    from segstream.models.presets import SYNTHETIC_TINY
-    from segstream.pipeline.config import ModelConfig
     from segstream.pipeline.model_factory import build_segmenter
 
-    model_cfg = ModelConfig(
-        preset=args.preset or SYNTHETIC_TINY.name, checkpoint=args.checkpoint, device=args.device,
-        precision=args.precision, postprocess=args.postprocess,
-    )
-    segmenter = build_segmenter(model_cfg)
+    segmenter = build_segmenter(evaluation_model_config(args))
     width, height = args.size
     clips = getattr(args, "clips", None)
     frames = clip_frames(clips) if clips else None

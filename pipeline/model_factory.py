@@ -100,8 +100,9 @@ def _preset_of(model_cfg) -> Preset:
     return preset
 
 
-def build_segmenter(model_cfg, batch_size: int = 8) -> FamilyAdapter:
-    """The configured model on its device, weights loaded, behind its family's adapter."""
+def check_model_config(model_cfg) -> Preset:
+    """The preset the ``model:`` section resolves to, after the checks that need no weights and no
+    device (preset, family, task); ``segstream validate`` runs them too."""
     preset = _preset_of(model_cfg)
     # SeNaTra's native semantic output exists whatever the preset's task: its carried class logits.
     native_semantic = preset.family == "senatra" and model_cfg.task == "semantic"
@@ -110,9 +111,15 @@ def build_segmenter(model_cfg, batch_size: int = 8) -> FamilyAdapter:
             f"model.task: preset {preset.name} is a {preset.task} model, the config asks for {model_cfg.task} — "
             f"set model.task to {preset.task} or choose a {model_cfg.task} preset"
         )
-    builder = FAMILY_BUILDERS.get(preset.family)
-    if builder is None:
+    if preset.family not in FAMILY_BUILDERS:
         raise ConfigError(f"model.preset: {preset.name} is of family {preset.family!r}, which this segstream cannot run")
+    return preset
+
+
+def build_segmenter(model_cfg, batch_size: int = 8) -> FamilyAdapter:
+    """The configured model on its device, weights loaded, behind its family's adapter."""
+    preset = check_model_config(model_cfg)
+    builder = FAMILY_BUILDERS[preset.family]
     device = resolve_device(model_cfg.device)
     if model_cfg.checkpoint == RANDOM:
         logger.warning("model.checkpoint: random — %s runs with random weights; its segments mean nothing "

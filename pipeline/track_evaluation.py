@@ -239,18 +239,13 @@ def main_evaluate_tracking(args) -> int:
     """``segstream evaluate --tracking``: a table and one JSON line."""
     import json
 
-    from segstream.models.presets import SYNTHETIC_TINY
-    from segstream.pipeline.config import ModelConfig
+    from segstream.pipeline.evaluation import evaluation_model_config
     from segstream.pipeline.model_factory import build_segmenter
 
     segment_fn = None
     name = None
     if not args.no_model:
-        model_cfg = ModelConfig(
-            preset=args.preset or SYNTHETIC_TINY.name, checkpoint=args.checkpoint, device=args.device,
-            precision=args.precision, postprocess=args.postprocess,
-        )
-        segmenter = build_segmenter(model_cfg)
+        segmenter = build_segmenter(evaluation_model_config(args))
         segment_fn, name = segmenter.segment, segmenter.name
     width, height = args.size
     results = evaluate_tracking(args.seeds, width, height, args.frames, segment_fn=segment_fn)

@@ -137,6 +137,17 @@ def test_two_batches_cannot_write_to_one_folder(tmp_path):
                 pass
 
 
+def test_an_output_folder_that_is_a_file_is_one_line_not_a_traceback(archive, tmp_path, capsys):
+    from segstream.pipeline.cli import main
+
+    taken = tmp_path / "taken"
+    taken.write_text("a file where the output folder should be")
+    code = main(["batch", str(archive / "a.mp4"), "--out", str(taken)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and f"cannot use '{taken}' as the output folder" in err
+    assert taken.read_text() == "a file where the output folder should be"
+
+
 def test_a_batch_that_would_write_nothing_is_refused(archive, capsys):
     from segstream.pipeline.cli import main
 

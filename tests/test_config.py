@@ -49,6 +49,21 @@ def test_valid_config_validates(capsys, write, clip, monkeypatch):
     assert capsys.readouterr().out.strip() == "ok: 2 sources, model synthetic_eomt_tiny_256"
 
 
+@pytest.mark.parametrize("override, expected", [
+    ("model.preset=no_such_preset", "model.preset: unknown preset 'no_such_preset'"),
+    ("model.family=no_such_family", "model.family: unknown family 'no_such_family'"),
+    ("model.task=instance", "model.task: preset synthetic_eomt_tiny_256 is a panoptic model"),
+])
+def test_validate_refuses_a_model_the_run_would_refuse(capsys, write, clip, override, expected):
+    (line,) = errors_of(capsys, ["validate", write(VALID.format(clip=clip)), "--set", override])
+    assert line.startswith(expected)
+
+
+def test_validate_names_the_model_that_model_family_alone_picks(capsys, write, clip):
+    assert main(["validate", write(VALID.format(clip=clip)), "--set", "model.family=senatra"]) == 0
+    assert capsys.readouterr().out.strip() == "ok: 2 sources, model synthetic_senatra_tiny_192"
+
+
 # pipeline.yaml is the container's: its paths exist in the image (tests/test_compose.py checks it)
 @pytest.mark.parametrize(
     "name", sorted(p.name for p in (Path(__file__).parents[1] / "configs").glob("*.yaml") if p.name != "pipeline.yaml")

@@ -126,3 +126,30 @@ def test_evaluate_segmenter_with_an_oracle_scores_one_in_batches():
 def test_evaluate_segmenter_refuses_a_model_of_another_label_set():
     with pytest.raises(ConfigError):
         evaluate_segmenter(lambda images: [], [0], 64, 48, 1, load_label_set("cityscapes"), progress=False)
+
+
+def test_evaluate_names_a_missing_checkpoint_in_one_line_without_traceback(capsys):
+    from segstream.pipeline.cli import main
+
+    for tracking in ([], ["--tracking"]):
+        assert main(["evaluate", *tracking, "--seeds", "0", "--frames", "1", "--checkpoint", "/nonexistent.safetensors"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("segstream: error: --checkpoint /nonexistent.safetensors:") and "Traceback" not in err
+
+
+def test_evaluate_refuses_a_preset_of_another_label_set_before_fetching_weights(capsys):
+    from segstream.pipeline.cli import main
+
+    # a published COCO preset: its weights are on the hub, which must not even be asked
+    assert main(["evaluate", "--seeds", "0", "--frames", "1", "--preset", "coco_panoptic_eomt_large_640"]) == 2
+    err = capsys.readouterr().err
+    assert "--preset coco_panoptic_eomt_large_640" in err and "synthetic_eomt_tiny_256" in err
+    assert err.count("\n") == 1
+
+
+def test_evaluate_refuses_zero_frames_instead_of_printing_nan(capsys):
+    from segstream.pipeline.cli import main
+
+    assert main(["evaluate", "--seeds", "0", "--frames", "0"]) == 2
+    captured = capsys.readouterr()
+    assert "--frames: must be at least 1, got 0" in captured.err and "nan" not in captured.out.lower()

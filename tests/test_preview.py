@@ -76,6 +76,19 @@ def test_preview_png_writes_one_picture_per_frame(tmp_path, clip):
     assert cv2.imread(str(pictures[0])).shape == (120, 160, 3)
 
 
+def test_render_into_a_folder_is_one_line_not_a_traceback(tmp_path, big_clip, capsys):
+    from segstream.pipeline.cli import main
+
+    with EmbeddedRedis(tmp_path / "redis") as server:
+        publisher = RedisPublisher(connect_redis(server.url))
+        Runtime([FileSource("cam", str(big_clip))], ColourSegmenter(), [publisher], progress=None).run()
+        capsys.readouterr()
+        assert main(["render", "segstream:cam:frames", "--video", str(big_clip), "--out", str(tmp_path),
+                     "--url", server.url]) == 1
+    err = capsys.readouterr().err
+    assert err == f"segstream: error: cannot write {tmp_path}: [Errno 21] Is a directory\n"
+
+
 def test_preview_sink_refuses_a_result_without_its_frame(tmp_path):
     result = FrameResult("cam", 0, 4, 4, np.zeros((4, 4), np.int32))
     with pytest.raises(SinkError, match="without its frame"):

@@ -196,3 +196,16 @@ def test_importing_the_client_loads_no_torch():
     script = "import sys, segstream.client; assert 'torch' not in sys.modules; print(segstream.client.NO_TRACK)"
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == str(NO_TRACK)
+
+
+def test_refused_credentials_name_connects_arguments_not_the_pipelines_config(server):
+    from segstream.client import SegstreamError
+
+    server.client().config_set("requirepass", "s3cret")
+    for password in (None, "wrong"):
+        with pytest.raises(SegstreamError) as refused:
+            connect(server.url, password)
+        message = str(refused.value)
+        assert "refused the credentials" in message and "password=" in message
+        assert "sinks.redis" not in message and "s3cret" not in message
+    assert connect(server.url, "s3cret").redis.ping()
