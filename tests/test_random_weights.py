@@ -23,12 +23,28 @@ def small_frame():
     return image
 
 
-def test_random_weights_give_a_published_eomt_confident_segments_and_are_the_same_each_time(caplog, small_frame):
+class _Lines(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.lines = []
+
+    def emit(self, record):
+        self.lines.append(record.getMessage())
+
+
+def test_random_weights_give_a_published_eomt_confident_segments_and_are_the_same_each_time(small_frame):
     state = torch.random.get_rng_state()
-    with caplog.at_level(logging.WARNING):
+    # its own handler: the CLI's logging set-up in other tests stops propagation to pytest's
+    warnings = _Lines()
+    logger = logging.getLogger("segstream.pipeline.model_factory")
+    logger.addHandler(warnings)
+    try:
         first = build_segmenter(S640)
+    finally:
+        logger.removeHandler(warnings)
     assert torch.equal(torch.random.get_rng_state(), state), "the caller's random stream is left alone"
-    assert "random weights" in caplog.text and "coco_panoptic_eomt_small_640_2x" in caplog.text
+    [line] = warnings.lines
+    assert "random weights" in line and "coco_panoptic_eomt_small_640_2x" in line
     second = build_segmenter(S640)
     for (name, a), (_, b) in zip(first.model.state_dict().items(), second.model.state_dict().items()):
         assert torch.equal(a, b), name
