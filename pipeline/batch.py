@@ -573,9 +573,11 @@ def summary_table(outcomes: Sequence[VideoOutcome], skipped: int, manifest: Path
             lines.append(f"({len(ran) - len(shown)} more done videos not listed; the manifest has them all)")
     done = [o for o in outcomes if o.status == "done"]
     failed = sum(o.status == "failed" for o in outcomes)
+    failed_before = sum(o.status == "skipped" for o in outcomes)
     stopped = sum(o.status == "stopped" for o in outcomes)
     frames = sum(o.frames for o in done)
-    totals = f"{len(done)} done ({frames} frames), {failed} failed, {skipped} skipped (ended in an earlier run)"
+    totals = f"{len(done)} done ({frames} frames), {failed} failed, {skipped} skipped (ended in an earlier run"
+    totals += f"; {failed_before} of them failed: --retry-failed tries again)" if failed_before else ")"
     if stopped:
         totals += f", {stopped} not done (stopped; run again to do them)"
     lines.append(f"{totals}; manifest: {manifest}")
@@ -630,8 +632,9 @@ def load_batch_config(args) -> PipelineConfig:
 
 def run_batch(cfg: PipelineConfig, inputs: Sequence[str], engine: str = "local", retry_failed: bool = False,
               progress: bool | None = None, adapter=None) -> tuple[list[VideoOutcome], int, int | None]:
-    """Run a batch; returns the outcomes of the videos it ran, how many it skipped, and the
-    signal that stopped it (None if none did)."""
+    """Run a batch; returns the outcomes of the videos it ran (and, as ``skipped`` with the
+    earlier reason, of those it skipped because they failed in an earlier run), how many it
+    skipped, and the signal that stopped it (None if none did)."""
     from segstream.pipeline.cli import _DrainOnSignal
     from segstream.pipeline.monitoring import serve_ops
 
@@ -647,19 +650,20 @@ def run_batch(cfg: PipelineConfig, inputs: Sequence[str], engine: str = "local",
         try:
             jobs = plan(paths, manifest.ids())
             todo, skipped = [], 0
+            outcomes: list[VideoOutcome] = []
             for job in jobs:
                 earlier = manifest.failed(job)
                 if manifest.done(job, root) or (earlier is not None and not retry_failed):
                     skipped += 1
                     if earlier is not None:
                         log.info("%s: skipped, it failed before (%s); --retry-failed tries again", job.id, earlier["reason"])
+                        outcomes.append(VideoOutcome(job, "skipped", reason=f"failed before: {earlier['reason']}"))
                 else:
                     todo.append(job)
             log.info("%d videos: %d to do, %d skipped (ended in an earlier run)", len(jobs), len(todo), skipped)
             for job in todo:
                 probe(job)
             control = BatchControl()
-            outcomes: list[VideoOutcome] = []
             metrics = RunMetrics()
             with serve_ops(cfg.ops, metrics) as server, _progress(todo, progress) as bars:
                 if server is not None:
@@ -703,4 +707,5 @@ def main_batch(args) -> int:
     print(summary_table(outcomes, skipped, Path(cfg.batch.output) / MANIFEST))
     if signum is not None and any(o.status == "stopped" for o in outcomes):
         return 128 + signum
-    return 1 if any(o.status == "failed" for o in outcomes) else 0
+    # a video that failed before and was skipped is still not done: a cron job must not read "all done"
+    return 1 if any(o.status == "failed" or o.status == "skipped" for o in outcomes) else 0

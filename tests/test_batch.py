@@ -14,7 +14,7 @@ from segstream.connectors.errors import ConfigError
 from segstream.connectors.files_sink import read_entries
 from segstream.connectors.redis_wire import from_wire
 from segstream.connectors.coco_panoptic import read_coco_panoptic
-from segstream.pipeline.batch import MANIFEST, find_videos, output_lock, plan, run_batch
+from segstream.pipeline.batch import MANIFEST, find_videos, output_lock, plan, run_batch, summary_table
 from segstream.pipeline.config import BatchPipelineConfig, validate_config
 from tests.conftest import ColourSegmenter, encode_clip
 
@@ -110,11 +110,17 @@ def test_a_rerun_skips_what_ended_and_redoes_a_changed_file(archive, tmp_path):
     first = tree(out)
 
     outcomes, skipped, _ = run_batch(config(out), [str(videos)], adapter=ColourSegmenter(), progress=False)
-    assert outcomes == [] and skipped == 3 and tree(out) == first
+    # the video that failed is skipped, and said to be still failed (a re-run is not "all done")
+    assert [(o.job.id, o.status) for o in outcomes] == [("bad", "skipped")] and skipped == 3 and tree(out) == first
+    assert outcomes[0].reason.startswith("failed before: ")
+    assert summary_table(outcomes, skipped, out / MANIFEST).splitlines()[-1].startswith(
+        "0 done (0 frames), 0 failed, 3 skipped (ended in an earlier run; 1 of them failed: --retry-failed tries again)"
+    )
 
     encode_clip(videos / "two.mp4", frames=8)  # the file changed: its outputs are stale
     outcomes, skipped, _ = run_batch(config(out), [str(videos)], adapter=ColourSegmenter(), progress=False)
-    assert [(o.job.id, o.status, o.frames) for o in outcomes] == [("two", "done", 8)] and skipped == 2
+    assert [(o.job.id, o.status, o.frames) for o in outcomes if o.status != "skipped"] == [("two", "done", 8)]
+    assert skipped == 2
     outcomes, _, _ = run_batch(config(out), [str(videos)], retry_failed=True, adapter=ColourSegmenter(), progress=False)
     assert [(o.job.id, o.status) for o in outcomes] == [("bad", "failed")]
     assert sorted(r["id"] for r in manifest(out)) == ["bad", "one", "two"], "one line per video after compaction"
@@ -207,3 +213,16 @@ def test_sigterm_halfway_then_resume_gives_the_uninterrupted_outputs_byte_for_by
     assert len(overlays) == 5 and all(resumed_files[name] for name in overlays)
     for name in whole_files.keys() - overlays:
         assert resumed_files[name] == whole_files[name], name
+
+
+def test_a_rerun_that_skips_a_video_that_failed_before_exits_1(tmp_path, capsys):
+    from segstream.pipeline.cli import main
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    encode_clip(videos / "one.mp4", frames=3)
+    (videos / "bad.mp4").write_bytes(b"garbage" * 100)
+    args = ["batch", str(videos), "--out", str(tmp_path / "out"), "--set", "model.device=cpu", "--no-progress"]
+    assert main(args) == 1  # bad.mp4 failed
+    assert main(args) == 1, "still not all done"
+    assert "1 of them failed: --retry-failed tries again" in capsys.readouterr().out
