@@ -241,6 +241,9 @@ def _schema(args: argparse.Namespace) -> int:
 def _tail(args: argparse.Namespace) -> int:
     from segstream.connectors.redis_reader import tail
 
+    if args.count < 0:
+        raise SegstreamError(f"--count must be 0 or more (the newest entries to print), got {args.count}")
+
     tail(args.stream, url=args.url, count=args.count, follow=args.follow, events=args.events,
          password=args.password, username=args.username, tls=redis_tls(args))
     return 0

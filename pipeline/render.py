@@ -29,6 +29,9 @@ def render_stream(client, stream: str, video: str | Path, out: str | Path, opaci
     the number of frames written."""
     if not client.exists(stream):
         raise SinkError(_missing_stream_message(client, stream))
+    if stream.endswith(":events"):
+        raise SegstreamError(f"{stream} is an events stream (track and source events, no masks) — render draws "
+                             f"a frames stream, e.g. {stream[: -len(':events')]}:frames")
     reader = StreamReader(client, stream, start="0")
     source = FileSource("render", str(video))
     writer = OverlayVideo(out)

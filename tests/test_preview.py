@@ -89,6 +89,25 @@ def test_render_into_a_folder_is_one_line_not_a_traceback(tmp_path, big_clip, ca
     assert err == f"segstream: error: cannot write {tmp_path}: [Errno 21] Is a directory\n"
 
 
+def test_render_of_an_events_stream_names_the_frames_stream_to_draw(tmp_path, big_clip, capsys):
+    from segstream.pipeline.cli import main
+
+    with EmbeddedRedis(tmp_path / "redis") as server:
+        connect_redis(server.url).xadd("segstream:cam:events", {"v": "1", "kind": "state"})
+        assert main(["render", "segstream:cam:events", "--video", str(big_clip), "--out", str(tmp_path / "o.mp4"),
+                     "--url", server.url]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["segstream: error: segstream:cam:events is an events stream (track and source events, no masks) "
+                   "— render draws a frames stream, e.g. segstream:cam:frames"]
+
+
+def test_tail_refuses_a_negative_count(capsys):
+    from segstream.pipeline.cli import main
+
+    assert main(["tail", "segstream:cam:frames", "--count", "-3"]) == 1
+    assert capsys.readouterr().err.startswith("segstream: error: --count must be 0 or more")
+
+
 def test_preview_sink_refuses_a_result_without_its_frame(tmp_path):
     result = FrameResult("cam", 0, 4, 4, np.zeros((4, 4), np.int32))
     with pytest.raises(SinkError, match="without its frame"):
