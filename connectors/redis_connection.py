@@ -7,6 +7,7 @@ Part of the consumer SDK (``segstream.client``): needs redis-py only.
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass
 
 import redis
@@ -94,7 +95,8 @@ def connect_redis(
         client = redis.Redis.from_url(url, **options)
     except ValueError as error:
         raise SinkError(
-            f"invalid Redis URL {redis_url_shown(url)}: {error} — use redis://host:port/db or rediss://"
+            f"invalid Redis URL {redis_url_shown(url)}: {_url_problem(error, url)} — "
+            "use redis://host:port/db or rediss://"
         ) from None
     where = redis_address(client)
     try:
@@ -133,13 +135,30 @@ def redis_address(client: redis.Redis) -> str:
 
 
 def redis_url_shown(url: str) -> str:
-    """``url`` with any password in it replaced by ***."""
+    """``url`` with any password in it replaced by ***: the one in the user info (everything up
+    to the last ``@``, so a password with an unescaped ``/``, ``?`` or ``#`` is hidden too) and
+    a ``password=`` query parameter (redis-py reads one)."""
     scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest:
+    if not sep:
         return url
-    credentials, _, host = rest.rpartition("@")
-    user, colon, _ = credentials.partition(":")
-    return f"{scheme}://{user}{':***' if colon else ''}@{host}"
+    credentials, at, host = rest.rpartition("@")
+    if at:
+        user, colon, _ = credentials.partition(":")
+        rest = f"{user}{':***' if colon else ''}@{host}"
+    return f"{scheme}://" + _QUERY_PASSWORD.sub(r"\1***", rest)
+
+
+_QUERY_PASSWORD = re.compile(r"([?&]password=)[^&#]*", re.IGNORECASE)
+
+
+def _url_problem(error: ValueError, url: str) -> str:
+    """redis-py's reason a URL is invalid, unless it quotes part of the credentials (urllib
+    quotes a password with an unescaped ``/``, ``?`` or ``#`` as the port)."""
+    text = error_summary(error)
+    credentials = url.partition("://")[2].rpartition("@")[0]
+    if any(part in text for part in re.split(r"[:/?#]", credentials) if part):
+        return "it does not parse (percent-encode / ? # @ in a password, or set the password on its own)"
+    return text
 
 
 def error_summary(error: BaseException | None) -> str:

@@ -16,16 +16,20 @@ def redact_url(url: str) -> str:
     """``url`` with its user info and the values of credential-like query parameters replaced
     by ``***``: ``rtsp://admin:pw@cam/live?token=x`` -> ``rtsp://***@cam/live?token=***``.
 
-    The user info is everything up to the last ``@`` before the query, so a password with an
-    unescaped ``/`` or ``@`` in it is hidden too (at worst, with the host).
+    The user info is everything up to the last ``@`` before the query, or before the path when
+    that ``@`` comes later, so a password with an unescaped ``/``, ``@``, ``?`` or ``#`` in it
+    is hidden too (at worst, with the host).
     """
     scheme, sep, rest = url.partition("://")
     if not sep:
         return url
-    cut = min((i for i in (rest.find("?"), rest.find("#")) if i >= 0), default=len(rest))
-    address, tail = rest[:cut], rest[cut:]
-    if "@" in address:
-        address = f"{REDACTED}@{address.rpartition('@')[2]}"
+    user = ""
+    slash = rest.find("/")
+    at = max(rest[: slash if slash >= 0 else len(rest)].rfind("@"), rest[: _query_start(rest)].rfind("@"))
+    if at >= 0:
+        user, rest = f"{REDACTED}@", rest[at + 1 :]
+    cut = _query_start(rest)
+    address, tail = user + rest[:cut], rest[cut:]
     if tail.startswith("?"):
         query, hash_sign, fragment = tail[1:].partition("#")
         pairs = [
@@ -34,6 +38,10 @@ def redact_url(url: str) -> str:
         ]
         tail = "?" + "&".join(pairs) + hash_sign + fragment
     return f"{scheme}://{address}{tail}"
+
+
+def _query_start(rest: str) -> int:
+    return min((i for i in (rest.find("?"), rest.find("#")) if i >= 0), default=len(rest))
 
 
 def url_scheme(target: str) -> str:

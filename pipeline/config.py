@@ -21,6 +21,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from segstream.connectors.errors import ConfigError
+from segstream.connectors.redis_connection import redis_url_shown
 from segstream.connectors.urls import STREAM_SCHEMES, redact_url, url_scheme
 
 PositiveInt = Annotated[int, Field(gt=0)]
@@ -350,8 +351,7 @@ class RedisSinkConfig(Strict):
         if url is None:
             return None
         parts = urlsplit(url)
-        # never echo a password embedded in the URL
-        shown = url.replace(f":{parts.password}@", ":***@") if parts.password else url
+        shown = redis_url_shown(url)  # never echo a password embedded in the URL
         hint = "use redis://host:6379/0, rediss://host:6380/0 or unix:///path/to/redis.sock, or null for an embedded Redis"
         if parts.scheme not in ("redis", "rediss", "unix"):
             raise ValueError(f"'{shown}' is not a Redis URL — {hint}")

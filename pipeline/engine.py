@@ -150,9 +150,6 @@ class Batcher:
                         batch.append(frame)
             self._next = (self._next + 1) % n
 
-    def depth(self) -> int:
-        return sum(len(q) for q in self.queues)
-
     def depths(self) -> str:
         return " ".join(f"{n}={len(q)}/{s}" for n, q, s in zip(self.names, self.queues, self.sizes))
 

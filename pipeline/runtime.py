@@ -526,10 +526,12 @@ class Runtime:
 
     def _stage(self) -> None:
         beat = self.metrics.beat
+        ended = False
         try:
             while True:
                 beat("stage", idle="waiting for results")
                 if (result := self._to_stage.get()) is _END:
+                    ended = True
                     break
                 beat("stage")
                 for stage in self._source_stages(result.source):
@@ -548,7 +550,8 @@ class Runtime:
                             self.emit(event)
         except BaseException as error:
             self._fail(error, drain=False)
-            self._to_stage.drain()
+            if not ended:  # after the end marker (a stage's finish() failed) nothing more comes
+                self._to_stage.drain()
         finally:
             self._to_sinks.end()
             beat("stage", idle="ended")

@@ -132,6 +132,18 @@ def test_bad_redis_url(capsys, write, clip):
     assert line.startswith("sinks.redis.url: 'http://localhost:6379' is not a Redis URL — use redis://")
 
 
+@pytest.mark.parametrize("url", [
+    "redis://user:Secr/etPw@localhost:6379/0",  # unescaped / # ? end urllib's user info early
+    "redis://:Secr#etPw@localhost:6379/0",
+    "redis://localhost:port?password=SecretPw",  # redis-py reads a password from the query
+])
+def test_a_bad_redis_url_never_shows_its_password(capsys, write, clip, url):
+    text = VALID.format(clip=clip).replace("redis://localhost:6379/0", url)
+    [line] = errors_of(capsys, ["validate", write(text)])
+    assert "invalid port" in line and "***" in line
+    assert "Secr" not in line and "etPw" not in line and "SecretPw" not in line, line
+
+
 def test_unset_variable_names_variable_and_key(capsys, write, clip, monkeypatch):
     monkeypatch.delenv("SEGSTREAM_TEST_PW", raising=False)
     text = VALID.format(clip=clip).replace(":-secret", "")

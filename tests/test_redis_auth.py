@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from segstream.connectors.errors import ConfigError
+from segstream.connectors.errors import ConfigError, SinkError
 from segstream.connectors.redis_connection import TlsFiles, connect_redis
 from segstream.pipeline.cli import main, run_pipeline
 from segstream.pipeline.config import load_config, validate_config
@@ -132,3 +132,14 @@ def test_tail_errors_name_its_own_options(tmp_path, tls_server, capsys, monkeypa
     assert main(["tail", "segstream:cam0:frames", "--url", "redis://localhost:1", *tls]) == 1
     [line] = capsys.readouterr().err.strip().splitlines()
     assert line == "segstream: error: --tls-ca/--tls-cert/--tls-key are set but --url is not rediss:// — use rediss://host:port"
+
+
+@pytest.mark.parametrize("url", [
+    "redis://user:Secr/etPw@127.0.0.1:6379/0",  # urllib quotes the password's start as the port
+    "redis://127.0.0.1:6379/0?password=SecretPw&db=x",  # an invalid db beside a password
+])
+def test_an_invalid_url_error_never_quotes_its_password(url):
+    with pytest.raises(SinkError, match="invalid Redis URL") as raised:
+        connect_redis(url, connect_timeout=0.5)
+    message = str(raised.value)
+    assert "Secr" not in message and "etPw" not in message and "SecretPw" not in message, message

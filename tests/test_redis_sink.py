@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import itertools
 import socket
+import tempfile
 import time
 
 import numpy as np
@@ -270,6 +271,13 @@ def test_without_url_an_embedded_redis_runs_until_close(tmp_path, capsys):
     with pytest.raises(redis.ConnectionError):
         redis.Redis.from_url(url, retry=None).ping()
     assert (tmp_path / "segstream.rdb").exists()
+
+
+def test_an_embedded_redis_that_cannot_start_leaves_no_directory_behind(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where its own directory is made
+    with pytest.raises(SinkError, match="cannot start the embedded Redis"):
+        EmbeddedRedis(port=70000)  # redis-server refuses the port at once
+    assert not list(tmp_path.glob("segstream-redis-*"))
 
 
 def test_a_key_that_is_not_a_stream_is_refused_with_advice(client):

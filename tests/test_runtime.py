@@ -402,3 +402,29 @@ def test_frame_sized_blocks_stay_out_of_the_heap_after_one_is_freed(threshold):
                            check=True)
     mapped = int(probe.stdout)
     assert mapped >= 8 << 20 if threshold == "fixed" else mapped == 0
+
+
+def test_a_stage_whose_finish_fails_stops_the_run_and_is_raised(clip, segmenter):
+    class Stage:
+        def process(self, result):
+            return result
+
+        def finish(self):
+            raise _Explodes("finish exploded")
+
+    sink = CollectingSink()
+    runtime = Runtime([FileSource("a", str(clip), max_frames=3)], segmenter, [sink],
+                      stages=[lambda source: Stage()], progress=None)
+    outcome: dict = {}
+
+    def run():
+        try:
+            runtime.run()
+        except BaseException as error:
+            outcome["error"] = error
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(30)  # generous: the run itself takes about a second
+    assert not thread.is_alive(), "the run hung after a stage's finish() failed"
+    assert isinstance(outcome.get("error"), _Explodes) and sink.indices("a") == [0, 1, 2] and sink.closed

@@ -48,6 +48,9 @@ def test_a_stream_url_must_be_a_stream_and_its_password_is_never_echoed():
     error = _error(type="stream", url="ftp://admin:hunter22@cam/live")
     assert "is not a stream URL" in error and "hunter22" not in error and "ftp://***@cam/live" in error
     assert "names no host" in _error(type="stream", url="rtsp://")
+    for url in ("ftp://admin:hun#ter22@cam/live", "ftp://admin:hun?ter22@cam/live"):
+        error = _error(type="stream", url=url)
+        assert "hun" not in error and "ter22" not in error and "ftp://***@cam/live" in error, error
 
 
 def test_a_live_stream_given_as_a_file_points_to_type_stream():

@@ -206,3 +206,15 @@ def test_each_protocol_gets_its_own_timeout_option():
     assert stream_options("udp://127.0.0.1:5000", read_timeout_s=2)["overrun_nonfatal"] == "1"
     # rtmp's `timeout` would make it listen for a publisher instead of playing
     assert "timeout" not in stream_options("rtmp://h/app/key", read_timeout_s=2)
+
+
+@pytest.mark.parametrize("password", ["hun#ter22", "hun?ter22"])
+def test_a_password_with_an_unescaped_hash_or_question_mark_never_reaches_errors_or_states(password):
+    source = StreamSource("cam", f"rtsp://admin:{password}@127.0.0.1:{free_port()}/cam",
+                          policy=ReconnectPolicy(open_timeout_s=2, max_reconnects=0))
+    source.on_state = log = StateLog()
+    with pytest.raises(SourceError) as raised:
+        list(source.frames())
+    said = [str(raised.value), source.shown] + [f"{reason} {data}" for _, _, reason, data in log.entries]
+    assert log.states == ["connecting", "failed"]
+    assert not [line for line in said if "hun" in line or "ter22" in line], said
