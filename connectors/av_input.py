@@ -23,7 +23,6 @@ input on the way out.
 
 from __future__ import annotations
 
-import gc
 import logging
 import queue
 import struct
@@ -193,8 +192,10 @@ class AVInput:
     def _oriented(self, frame: av.VideoFrame) -> Callable[[np.ndarray], np.ndarray]:
         """The transform the frame's display matrix asks for, read again only when the frame's
         rotation changes: PyAV's side-data container forms a reference cycle with its frame, so
-        every read would keep a whole decoded frame alive until the next full garbage collection
-        (25 MB a 4K frame; RSS grew by gigabytes in a minute)."""
+        every read keeps a whole decoded frame alive until the next full garbage collection
+        (25 MB a 4K frame; reading it for every frame grew RSS by gigabytes in a minute). Once
+        per input, that is one frame until the collector's next pass. (Collecting here instead
+        paused every thread at each reconnect long enough to break the stream's next session.)"""
         rotation = frame.rotation  # computed without the side-data container
         if self._orientation is not None and self._orientation[0] == rotation:
             return self._orientation[1]
@@ -209,7 +210,6 @@ class AVInput:
                     logger.warning("'%s' asks for a rotation that is not a multiple of 90 degrees; frames are "
                                    "left as stored", self.shown)
         del side_data, matrix
-        gc.collect()  # once per change of orientation: frees the frame the cycle holds
         self._orientation = (rotation, orient)
         return orient
 
