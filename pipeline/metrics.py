@@ -194,7 +194,9 @@ class RunMetrics:
             return previous or "new"
 
     def published(self, name: str) -> None:
-        self.source(name).published += 1
+        counts = self.source(name)
+        with self._lock:  # sinks may take it back (unpublished) from their own threads
+            counts.published += 1
 
     def unpublished(self, name: str, reason: str) -> None:
         """A frame counted as published was dropped by a sink after all (its backlog overflowed)."""

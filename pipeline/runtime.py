@@ -388,7 +388,11 @@ class Runtime:
             # second Ctrl-C: no draining; sinks are closed because some own a process (an embedded Redis)
             self._abort()
             self._close_sources()
-            self._close_sinks()
+            publisher = threads[-1]
+            if publisher.is_alive():
+                publisher.join(1.0)  # aborted, it closes the sinks itself; closing them under it races its writes
+            if publisher.ident is None or publisher.is_alive():
+                self._close_sinks()
             raise
         if not sources_closed:
             self._close_sources()
@@ -543,7 +547,9 @@ class Runtime:
                 beat("stage", idle="back-pressure")
                 if not self._to_sinks.put(result):
                     return
-            for stages in self._stages.values():
+            for source, stages in self._stages.items():
+                if self.metrics.source(source).state == "failed":
+                    continue  # its stages saw no end (FrameStage.finish is not called after a failure)
                 for stage in stages:
                     if hasattr(stage, "finish"):
                         for event in stage.finish():

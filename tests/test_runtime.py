@@ -331,6 +331,39 @@ def test_per_source_stages_see_their_own_source_in_order(clip, segmenter):
     assert all((r.segments.track_ids == 7).all() for r in sink.results)
 
 
+def test_stages_of_a_failed_source_are_not_finished_as_if_it_had_ended(clip, segmenter):
+    # a tracker's finish() ends its tracks with reason "end": for a failed camera that would
+    # publish a normal end
+    finished = []
+
+    class Finishing:
+        def __init__(self, source):
+            self.source = source
+
+        def process(self, result):
+            return result
+
+        def finish(self):
+            finished.append(self.source)
+            return []
+
+    class Failing:
+        name, live = "cam", False
+
+        def frames(self):
+            yield from FileSource(self.name, str(clip), max_frames=3).frames()
+            raise SourceError("camera cam disconnected")
+
+        def close(self):
+            pass
+
+    runtime = Runtime([Failing(), FileSource("ok", str(clip), max_frames=5)], segmenter, [CollectingSink()],
+                      stages=[Finishing], required=[], progress=None)
+    report = runtime.run()
+    assert "cam" in report.failed
+    assert finished == ["ok"]
+
+
 def test_files_sink_writes_wire_entries_per_source(clip, segmenter, tmp_path):
     sink = FilesSink(tmp_path / "out", mask_encoding="idmap")
     sources = [FileSource("a", str(clip), max_frames=5), FileSource("b", str(clip), max_frames=3)]
