@@ -212,15 +212,20 @@ class EoMTSegmenter:
 
     # --- everything at once ---------------------------------------------------------------
 
-    @torch.inference_mode()
     def segment(self, images: Sequence[np.ndarray]) -> list[FrameResult]:
         """Frames in, results out (label maps and segments only; no source metadata)."""
-        if not images:
-            return []
-        frames = [upload(image, self.device) for image in images]
-        prepared = self.prepare(frames)
-        outputs = self.forward(prepared)
-        return results(self, outputs, prepared, self.decide(outputs, prepared))
+        return segment(self, images)
+
+
+@torch.inference_mode()
+def segment(adapter: FamilyAdapter, images: Sequence[np.ndarray]) -> list[FrameResult]:
+    """The synchronous path of any family: ``images`` (H x W x 3 uint8 RGB) through pre-processing,
+    the network and post-processing in one call."""
+    if not images:
+        return []
+    prepared = adapter.prepare([upload(image, adapter.device) for image in images])
+    outputs = adapter.forward(prepared)
+    return results(adapter, outputs, prepared, adapter.decide(outputs, prepared))
 
 
 def upload(image: np.ndarray, device: torch.device) -> Tensor:

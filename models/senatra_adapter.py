@@ -37,7 +37,7 @@ from torch import Tensor
 from segstream.models.label_sets import LabelSet
 from segstream.models.processing import Decision, _resize_rgb, frame_label_map, letterbox_size, normalize
 from segstream.models.results import FrameResult, Level
-from segstream.models.segmenter import PRECISIONS, Prepared, results, upload
+from segstream.models.segmenter import PRECISIONS, Prepared, segment
 from segstream.models.senatra import SeNaTra, SeNaTraOutput, hierarchy, panoptic_segments
 
 STEM = 4
@@ -213,12 +213,6 @@ class SeNaTraSegmenter:
             out.append(Level(ids=np.arange(count, dtype=np.int32), parents=parents, areas=areas, label_map=label_map))
         return out
 
-    @torch.inference_mode()
     def segment(self, images: Sequence[np.ndarray]) -> list[FrameResult]:
         """Frames in, results out (label maps, segments and hierarchy; no source metadata)."""
-        if not images:
-            return []
-        frames = [upload(image, self.device) for image in images]
-        prepared = self.prepare(frames)
-        outputs = self.forward(prepared)
-        return results(self, outputs, prepared, self.decide(outputs, prepared))
+        return segment(self, images)

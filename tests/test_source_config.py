@@ -99,3 +99,16 @@ def test_validate_reports_bad_stream_urls_redacted(tmp_path, capsys):
     assert main(["validate", str(config)]) == 2
     err = capsys.readouterr().err
     assert "sources[0].url" in err and "hunter22" not in err
+
+
+def test_the_configs_reconnect_defaults_are_the_policys():
+    # written twice (the schema for YAML users, the policy for Python users): they must not drift
+    from segstream.connectors.live_source import ReconnectPolicy
+    from segstream.pipeline.config import StreamSourceConfig
+
+    config = StreamSourceConfig(name="cam", type="stream", url="rtsp://host/x")
+    policy = ReconnectPolicy()
+    assert (config.open_timeout_s, config.read_timeout_s, config.stall_timeout_s, config.max_reconnects,
+            config.reconnect_delay_s, config.reconnect_max_delay_s) == (
+        policy.open_timeout_s, policy.read_timeout_s, policy.stall_timeout_s, policy.max_reconnects,
+        policy.delay_s, policy.max_delay_s)

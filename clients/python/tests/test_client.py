@@ -5,7 +5,6 @@ RESP3, blocking reads longer than the socket timeout. Runs with redis, numpy and
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
