@@ -197,7 +197,7 @@ def compose(first: Assignment, second: Assignment) -> Assignment:
         return Assignment(first.weights @ densify(second), None, first.in_grid, second.out_grid)
     if second.index is None:
         return Assignment(pull_back(first, second.weights), None, first.in_grid, second.out_grid)
-    b, n, k1 = first.weights.shape
+    b, n, _ = first.weights.shape
     weights = (first.weights[:, :, :, None] * second.weights[:, first.index]).reshape(b, n, -1)
     index = second.index[first.index].reshape(n, -1)
     return _coalesce(Assignment(weights, index, first.in_grid, second.out_grid))
