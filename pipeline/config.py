@@ -283,13 +283,17 @@ class EngineConfig(Strict):
     ``max_inflight`` batches between the start of their network and the end of their
     post-processing. Null means chosen for the device: on a GPU one worker; on the CPU two
     workers of one thread each on two cores, and the other cores shared between them, one core
-    left to decoding and publishing (measured in docs/BENCHMARKS.md)."""
+    left to decoding and publishing (measured in docs/BENCHMARKS.md). ``frame_budget_mb`` caps
+    the decoded frames each source's queue holds by their size in memory, and each batch at the
+    budgets of all sources together (at least one frame; null: no cap): 64 MB is 10 frames of
+    1080p (so the queue's 8 stand) and 2 of 3840x2160."""
 
     batch_size: PositiveInt = 4
     max_wait_ms: Annotated[float, Field(ge=0)] = 20.0
     model_workers: PositiveInt | None = None
     threads: PositiveInt | None = None
     max_inflight: PositiveInt | None = None
+    frame_budget_mb: PositiveFloat | None = 64.0
 
 
 def _empty_is_null(value: Any) -> Any:

@@ -243,6 +243,7 @@ class Runtime:
         max_inflight: int = 2,
         model_workers: int = 1,
         queue_size: int | Mapping[str, int] = 8,
+        frame_budget_mb: float | None = None,
         buffers: Mapping[str, BufferPolicy] | None = None,
         required: Collection[str] | None = None,
         publish_states: bool = False,
@@ -280,7 +281,8 @@ class Runtime:
             buffers.get(s.name) or BufferPolicy("newest" if s.live else "every_frame") for s in self.sources
         ]
         self.required = set(names if required is None else required)
-        self._batcher = Batcher(names, sizes, self.metrics, self.buffers)
+        max_bytes = None if frame_budget_mb is None else int(frame_budget_mb * 2**20)
+        self._batcher = Batcher(names, sizes, self.metrics, self.buffers, max_bytes)
         self.states = SourceStates(self.metrics, self.emit if publish_states else None)
         for source in self.sources:
             if hasattr(source, "on_state"):  # it reports its own states
@@ -331,6 +333,7 @@ class Runtime:
             max_inflight=layout.max_inflight,
             model_workers=layout.workers,
             queue_size=kwargs.pop("queue_size", {s.name: s.queue_size for s in cfg.sources}),
+            frame_budget_mb=kwargs.pop("frame_budget_mb", engine.frame_budget_mb),
             buffers=kwargs.pop("buffers", {
                 s.name: BufferPolicy(s.buffer_kind, None if s.max_staleness_ms is None else s.max_staleness_ms / 1000)
                 for s in cfg.sources

@@ -461,3 +461,42 @@ def test_a_stage_whose_finish_fails_stops_the_run_and_is_raised(clip, segmenter)
     thread.join(30)  # generous: the run itself takes about a second
     assert not thread.is_alive(), "the run hung after a stage's finish() failed"
     assert isinstance(outcome.get("error"), _Explodes) and sink.indices("a") == [0, 1, 2] and sink.closed
+
+
+def _big_frame(source: str, index: int, side: int = 100) -> Frame:
+    return Frame(source, index, np.zeros((side, side, 3), np.uint8), None, None, None, time.time())
+
+
+def test_a_byte_budget_caps_queues_and_batches_of_large_frames():
+    # 30 kB frames, a 70 kB budget: two frames a queue, whatever queue_size says
+    from segstream.pipeline.engine import BufferPolicy
+
+    metrics = RunMetrics()
+    batcher = Batcher(["big", "live"], [8, 8], metrics, [BufferPolicy("every_frame"), BufferPolicy("newest")],
+                      max_bytes=70_000)
+    for index in range(5):
+        batcher.put(1, _big_frame("live", index))
+    assert [f.index for f in batcher.queues[1]] == [3, 4] and metrics.source("live").dropped_by == {"queue_full": 3}
+    batcher.put(0, _big_frame("big", 0))
+    batcher.put(0, _big_frame("big", 1))
+    third = threading.Thread(target=batcher.put, args=(0, _big_frame("big", 2)), daemon=True)
+    third.start()
+    third.join(0.3)
+    assert third.is_alive(), "back-pressure: the third frame waits for room"
+    # a batch holds the two sources' budgets together: four frames, though eight were asked for
+    _, batch = batcher.take_batch(8, 0.0)
+    assert len(batch) == 4
+    third.join(5)
+    assert not third.is_alive()
+    assert [f.index for f in batcher.take_batch(8, 0.0)[1]] == [2]
+    # a frame larger than the budget still goes through, alone
+    batcher.put(0, _big_frame("big", 3, side=300))
+    assert [f.index for f in batcher.take_batch(8, 0.0)[1]] == [3]
+
+
+def test_without_a_byte_budget_queue_size_alone_bounds_the_queue():
+    metrics = RunMetrics()
+    batcher = Batcher(["live"], [8], metrics, [None], max_bytes=None)
+    for index in range(8):
+        batcher.put(0, _big_frame("live", index), live=True)
+    assert len(batcher.queues[0]) == 8 and not metrics.source("live").dropped_by
