@@ -17,6 +17,7 @@ import threading
 import time
 from collections import defaultdict
 
+from segstream.pipeline.bench import replicate
 from segstream.pipeline.cli import build_runtime
 from segstream.pipeline.config import load_config
 
@@ -60,8 +61,7 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=600, help="frames per source (files loop)")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args()
-    cfg = load_config(args.config, [*args.overrides, *(f"sources.{i}.loop=true" for i, s in enumerate(
-        load_config(args.config, args.overrides).sources) if s.type == "file")])
+    cfg = replicate(load_config(args.config, args.overrides), 1, args.frames)  # files loop to last that long
     runtime = build_runtime(cfg, progress=False, max_frames=args.frames)
     before = thread_times()
     last: dict[int, tuple[str, float]] = {}

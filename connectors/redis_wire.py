@@ -151,6 +151,10 @@ def read_entry(fields: Mapping[bytes | str, bytes | str]) -> tuple[FrameResult, 
             "— upgrade the reader to the segstream version that wrote the stream"
         )
     missing = [name for name in _REQUIRED_FIELDS if name not in entry]
+    if missing and "event" in entry and "data" in entry:
+        raise WireFormatError(
+            f"this is an events-stream entry ({_text(entry['event'])}), not a frame — read the source's frames stream"
+        )
     if missing:
         raise WireFormatError(f"schema v1 entry lacks field(s) {', '.join(missing)} — the writer is broken")
     text = {name: _text(entry[name]) for name in _REQUIRED_FIELDS}

@@ -214,11 +214,11 @@ class EoMTSegmenter:
 
     def segment(self, images: Sequence[np.ndarray]) -> list[FrameResult]:
         """Frames in, results out (label maps and segments only; no source metadata)."""
-        return segment(self, images)
+        return segment_frames(self, images)
 
 
 @torch.inference_mode()
-def segment(adapter: FamilyAdapter, images: Sequence[np.ndarray]) -> list[FrameResult]:
+def segment_frames(adapter: FamilyAdapter, images: Sequence[np.ndarray]) -> list[FrameResult]:
     """The synchronous path of any family: ``images`` (H x W x 3 uint8 RGB) through pre-processing,
     the network and post-processing in one call."""
     if not images:

@@ -37,7 +37,7 @@ from torch import Tensor
 from segstream.models.label_sets import LabelSet
 from segstream.models.processing import Decision, _resize_rgb, frame_label_map, letterbox_size, normalize
 from segstream.models.results import FrameResult, Level
-from segstream.models.segmenter import PRECISIONS, Prepared, segment
+from segstream.models.segmenter import PRECISIONS, Prepared, segment_frames
 from segstream.models.senatra import SeNaTra, SeNaTraOutput, hierarchy, panoptic_segments
 
 STEM = 4
@@ -215,4 +215,4 @@ class SeNaTraSegmenter:
 
     def segment(self, images: Sequence[np.ndarray]) -> list[FrameResult]:
         """Frames in, results out (label maps, segments and hierarchy; no source metadata)."""
-        return segment(self, images)
+        return segment_frames(self, images)

@@ -27,7 +27,7 @@ from segstream.connectors.errors import ConfigError
 from segstream.pipeline.config import PipelineConfig
 
 
-def _replicate(cfg: PipelineConfig, copies: int, frames: int | None) -> PipelineConfig:
+def replicate(cfg: PipelineConfig, copies: int, frames: int | None) -> PipelineConfig:
     """``copies`` copies of the first source (renamed), each looping so it lasts ``frames``."""
     first = cfg.sources[0]
     sources = list(cfg.sources) if copies <= 1 else [
@@ -127,7 +127,7 @@ def run_bench(
     network_threads = torch.get_num_threads()
     network = network_fps(adapter, batch, network_seconds)
 
-    run_cfg = _replicate(cfg, sources, frames)
+    run_cfg = replicate(cfg, sources, frames)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     metrics = RunMetrics()

@@ -264,10 +264,10 @@ class ModelStage:
     adapter compiles) and must be called from the model thread before the first ``submit``.
     """
 
-    def __init__(self, adapter: FamilyAdapter, max_inflight: int = 2):
+    def __init__(self, adapter: FamilyAdapter, max_inflight: int = 2, keep_images: bool = False):
         self.adapter = adapter
         self.device = adapter.device
-        self.keep_images = False  # whether frames keep their pixels after pre-processing (previews)
+        self.keep_images = keep_images  # whether frames keep their pixels after pre-processing (previews)
         self.cuda = self.device.type == "cuda"
         if self.cuda:
             self.compute_stream = torch.cuda.Stream(self.device)

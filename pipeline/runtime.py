@@ -261,8 +261,10 @@ class Runtime:
             raise ValueError("model_workers must be at least 1 and max_inflight at least model_workers")
         self.sources = list(sources)
         self.adapter = adapter
-        self.model_stage = ModelStage(adapter, max_inflight)
         self.sinks = list(sinks)
+        # decoded images ride along with results only while some sink draws on them
+        self._wants_images = any(getattr(sink, "wants_images", False) for sink in self.sinks)
+        self.model_stage = ModelStage(adapter, max_inflight, keep_images=self._wants_images)
         self.stage_factories = list(stages)
         self.model_workers = model_workers
         self.batch_size = batch_size
@@ -303,9 +305,6 @@ class Runtime:
         self._workers_lock = threading.Lock()
         self._workers_left = model_workers
         self.warm_up_s = 0.0
-        # decoded images ride along with results only while some sink draws on them
-        self._wants_images = any(getattr(sink, "wants_images", False) for sink in self.sinks)
-        self.model_stage.keep_images = self._wants_images
         self.run_id = new_run_id() if run_id is None else run_id
 
     @classmethod
@@ -391,7 +390,7 @@ class Runtime:
             # second Ctrl-C: no draining; sinks are closed because some own a process (an embedded Redis)
             self._abort()
             self._close_sources()
-            publisher = threads[-1]
+            publisher = threads[-1]  # the sink thread, started last
             if publisher.is_alive():
                 publisher.join(1.0)  # aborted, it closes the sinks itself; closing them under it races its writes
             if publisher.ident is None or publisher.is_alive():

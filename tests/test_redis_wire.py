@@ -249,6 +249,15 @@ def test_missing_field_is_named():
         from_wire(fields)
 
 
+def test_an_events_entry_read_as_a_frame_says_which_stream_to_read():
+    from segstream.connectors.redis_wire import event_to_wire
+    from segstream.models.results import Event
+
+    fields = event_to_wire(Event("cam0", "track_started", 1.0, {"track_id": 3}))
+    with pytest.raises(WireFormatError, match=r"events-stream entry \(track_started\), not a frame"):
+        from_wire(fields)
+
+
 def test_label_map_of_another_size_than_the_frame_is_refused():
     result = synthetic_scene()
     result.label_map = result.label_map[:30]
