@@ -16,6 +16,7 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from segstream.connectors.errors import SinkError
+from segstream.connectors.urls import redact_url
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,20 +136,9 @@ def redis_address(client: redis.Redis) -> str:
 
 
 def redis_url_shown(url: str) -> str:
-    """``url`` with any password in it replaced by ***: the one in the user info (everything up
-    to the last ``@``, so a password with an unescaped ``/``, ``?`` or ``#`` is hidden too) and
-    a ``password=`` query parameter (redis-py reads one)."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        return url
-    credentials, at, host = rest.rpartition("@")
-    if at:
-        user, colon, _ = credentials.partition(":")
-        rest = f"{user}{':***' if colon else ''}@{host}"
-    return f"{scheme}://" + _QUERY_PASSWORD.sub(r"\1***", rest)
-
-
-_QUERY_PASSWORD = re.compile(r"([?&]password=)[^&#]*", re.IGNORECASE)
+    """``url`` with any password in it replaced by ***, in the user info or in a ``password=``
+    query parameter (redis-py reads one); the ACL user name stays."""
+    return redact_url(url, keep_user=True)
 
 
 def _url_problem(error: ValueError, url: str) -> str:

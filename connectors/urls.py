@@ -12,22 +12,24 @@ REDACTED = "***"
 _SECRET_QUERY_KEY = re.compile(r"pass|pwd|secret|token|key|sig|auth|credential|session", re.IGNORECASE)
 
 
-def redact_url(url: str) -> str:
+def redact_url(url: str, keep_user: bool = False) -> str:
     """``url`` with its user info and the values of credential-like query parameters replaced
-    by ``***``: ``rtsp://admin:pw@cam/live?token=x`` -> ``rtsp://***@cam/live?token=***``.
+    by ``***``: ``rtsp://admin:pw@cam/live?token=x`` -> ``rtsp://***@cam/live?token=***``
+    (with ``keep_user``, only the password: ``redis://alice:***@host``).
 
-    The user info is everything up to the last ``@`` before the query, or before the path when
-    that ``@`` comes later, so a password with an unescaped ``/``, ``@``, ``?`` or ``#`` in it
-    is hidden too (at worst, with the host).
+    The user info is everything up to the last ``@``, so a password with an unescaped ``/``,
+    ``@``, ``?`` or ``#`` in it is hidden too (an ``@`` in a path or query hides more than it
+    must: never less).
     """
     scheme, sep, rest = url.partition("://")
     if not sep:
         return url
     user = ""
-    slash = rest.find("/")
-    at = max(rest[: slash if slash >= 0 else len(rest)].rfind("@"), rest[: _query_start(rest)].rfind("@"))
+    at = rest.rfind("@")
     if at >= 0:
-        user, rest = f"{REDACTED}@", rest[at + 1 :]
+        name, colon, _ = rest[:at].partition(":")
+        user = f"{name}{':' + REDACTED if colon else ''}@" if keep_user else f"{REDACTED}@"
+        rest = rest[at + 1 :]
     cut = _query_start(rest)
     address, tail = user + rest[:cut], rest[cut:]
     if tail.startswith("?"):

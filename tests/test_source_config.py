@@ -112,3 +112,14 @@ def test_the_configs_reconnect_defaults_are_the_policys():
             config.reconnect_delay_s, config.reconnect_max_delay_s) == (
         policy.open_timeout_s, policy.read_timeout_s, policy.stall_timeout_s, policy.max_reconnects,
         policy.delay_s, policy.max_delay_s)
+
+
+def test_urls_are_shown_without_any_part_of_a_password():
+    from segstream.connectors.redis_connection import redis_url_shown
+    from segstream.connectors.urls import redact_url
+
+    # a / before a # in the password used to end the user info early, and leak it whole
+    assert redact_url("rtsp://admin:pa/ss#word@cam/live?token=t") == "rtsp://***@cam/live?token=***"
+    assert redis_url_shown("redis://alice:pa/ss#word@host:6379/0") == "redis://alice:***@host:6379/0"
+    assert redis_url_shown("redis://host:6379/0?password=pw&db=1") == "redis://host:6379/0?password=***&db=1"
+    assert redact_url("rtsp://cam/live") == "rtsp://cam/live"

@@ -208,7 +208,7 @@ def test_each_protocol_gets_its_own_timeout_option():
     assert "timeout" not in stream_options("rtmp://h/app/key", read_timeout_s=2)
 
 
-@pytest.mark.parametrize("password", ["hun#ter22", "hun?ter22"])
+@pytest.mark.parametrize("password", ["hun#ter22", "hun?ter22", "hu/n#ter22"])
 def test_a_password_with_an_unescaped_hash_or_question_mark_never_reaches_errors_or_states(password):
     source = StreamSource("cam", f"rtsp://admin:{password}@127.0.0.1:{free_port()}/cam",
                           policy=ReconnectPolicy(open_timeout_s=2, max_reconnects=0))
