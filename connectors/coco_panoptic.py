@@ -170,6 +170,6 @@ def read_coco_panoptic(json_path: str | Path, png_dir: str | Path | None = None)
         frames.append(FrameResult(
             source=image.get("video", ""), index=int(image.get("frame", image["id"])),
             width=int(image["width"]), height=int(image["height"]),
-            label_map=(ids - 1).astype(np.int32), segments=segments, pts_seconds=image.get("pts_s"),
+            segment_map=(ids - 1).astype(np.int32), segments=segments, pts_seconds=image.get("pts_s"),
         ))
     return frames

@@ -18,7 +18,7 @@ import numpy as np
 import zstandard
 
 from segstream.connectors.errors import WireFormatError
-from segstream.models.results import NO_TRACK, Event, FrameResult, Level, Segments
+from segstream.models.results import NO_TRACK, Event, FrameResult, Level, ScaledLabelMap, Segments
 
 SCHEMA_VERSION = 1
 DEFAULT_STREAM_PATTERN = "segstream:{source}:frames"
@@ -49,7 +49,7 @@ def to_wire(result: FrameResult, mask_encoding: str, publish_ts: float | None = 
         raise WireFormatError(
             f"unknown mask encoding {mask_encoding!r} — use one of {', '.join(MASK_ENCODINGS)}"
         )
-    label_map = result.label_map
+    label_map = result.segment_map
     if label_map is None or label_map.shape != (result.height, result.width):
         shape = "none" if label_map is None else f"{label_map.shape[0]}x{label_map.shape[1]}"
         raise WireFormatError(
@@ -87,7 +87,7 @@ def to_wire(result: FrameResult, mask_encoding: str, publish_ts: float | None = 
             record["rle"] = {"size": [result.height, result.width], "counts": counts}
     else:
         fields["idmap"] = zstandard.ZstdCompressor().compress(
-            np.ascontiguousarray(label_map, dtype="<i4").tobytes()
+            np.ascontiguousarray(result.label_map, dtype="<i4").tobytes()
         )
     fields["segments"] = json.dumps(records, separators=(",", ":"), ensure_ascii=False)
     if result.levels:
@@ -187,7 +187,7 @@ def read_entry(fields: Mapping[bytes | str, bytes | str]) -> tuple[FrameResult, 
         index=_integer(text, "frame"),
         width=width,
         height=height,
-        label_map=None,
+        segment_map=None,
         segments=segments,
         pts=None if text["pts"] == "" else _integer(text, "pts"),
         time_base=_time_base(text["time_base"]),
@@ -357,22 +357,20 @@ def _plain(value):
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
-def _coco_rle_counts(label_map: np.ndarray, ids: list[int]) -> list[str]:
+def _coco_rle_counts(label_map: np.ndarray | ScaledLabelMap, ids: list[int]) -> list[str]:
     """Compressed COCO RLE counts of each id's full-frame mask, one pass over the frame.
 
     Byte for byte what ``pycocotools.mask.encode`` gives for ``label_map == id``; finding every
     run once costs one frame scan instead of one per segment (10x faster at 1080p, 10 segments).
+    A ``ScaledLabelMap`` is encoded from its decided map, never built at frame size.
     """
     from pycocotools import mask as coco_mask  # writing only: readers need no COCO library
 
     height, width = label_map.shape
-    # COCO RLE runs go down columns: flatten in column-major order.
-    flat = np.ascontiguousarray(label_map.T).ravel()
-    total = flat.size
-    changes = np.flatnonzero(flat[1:] != flat[:-1]) + 1
-    starts = np.concatenate(([0], changes))
-    ends = np.concatenate((changes, [total]))
-    values = flat[starts]
+    total = height * width
+    values, lengths = _column_runs(label_map)
+    ends = np.cumsum(lengths)
+    starts = ends - lengths
     out = []
     for segment_id in ids:
         chosen = values == segment_id
@@ -386,6 +384,44 @@ def _coco_rle_counts(label_map: np.ndarray, ids: list[int]) -> list[str]:
         rle = coco_mask.frPyObjects({"size": [height, width], "counts": counts.tolist()}, height, width)
         out.append(rle["counts"].decode("ascii"))
     return out
+
+
+def _column_runs(label_map: np.ndarray | ScaledLabelMap) -> tuple[np.ndarray, np.ndarray]:
+    """The frame's pixels in COCO order (down each column, columns left to right) as runs:
+    each run's value and length, neighbouring runs differing in value.
+
+    A scaled map's runs are its decided map's, each lengthened by how many frame rows copy its
+    rows and repeated for each frame column that copies its column.
+    """
+    scaled = isinstance(label_map, ScaledLabelMap)
+    decided = label_map.decided if scaled else label_map
+    h, w = decided.shape
+    flat = np.ascontiguousarray(decided.T).ravel()
+    change = np.empty(flat.size, bool)
+    change[0] = True
+    np.not_equal(flat[1:], flat[:-1], out=change[1:])
+    change[::h] = True  # runs break at each column here, and join again below where they can
+    starts = np.flatnonzero(change)
+    values = flat[starts]
+    column = starts // h
+    first_row = starts - column * h
+    end_row = np.append(starts[1:], flat.size) - column * h
+    if not scaled:
+        lengths = end_row - first_row
+    else:
+        line_end = np.concatenate(([0], np.cumsum(np.bincount(label_map.rows, minlength=h))))
+        lengths = line_end[end_row] - line_end[first_row]
+        # frame column x copies decided column cols[x]: that column's runs again, in order
+        per_column = np.bincount(column, minlength=w)
+        first_run = np.cumsum(per_column) - per_column
+        copies = per_column[label_map.cols]
+        offset = np.cumsum(copies) - copies
+        picked = np.repeat(first_run[label_map.cols] - offset, copies) + np.arange(copies.sum())
+        values, lengths = values[picked], lengths[picked]
+        kept = lengths > 0  # decided rows no frame row copies (a frame smaller than the map)
+        values, lengths = values[kept], lengths[kept]
+    group = np.concatenate(([0], np.flatnonzero(values[1:] != values[:-1]) + 1))
+    return values[group], np.add.reduceat(lengths, group)
 
 
 def _rle_counts_from_string(counts: str) -> np.ndarray:

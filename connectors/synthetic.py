@@ -590,7 +590,7 @@ def truth_result(label_map: np.ndarray, rows: list[tuple[int, bool, int, int]], 
         boxes=boxes,
         track_ids=[r[2] for r in rows],
     )
-    return FrameResult(source="", index=index, width=width, height=height, label_map=label_map, segments=segments)
+    return FrameResult(source="", index=index, width=width, height=height, segment_map=label_map, segments=segments)
 
 
 def synthetic_clip(

@@ -16,7 +16,8 @@ Either way queries are filtered on their class scores first (as the official cod
 surviving queries' masks are visited a few at a time (never all of them at frame resolution at
 once), and per-pixel winners come from running maxima instead of a reduction across queries.
 Decisions stay on the tensors' device (``Decision``); ``frame_label_map`` brings a decided map,
-once on the host, to frame size with its segments' areas and boxes.
+once on the host, to frame size (as a ``ScaledLabelMap`` until something reads it) with its
+segments' areas and boxes.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torchvision.transforms.v2.functional import InterpolationMode, resize
+
+from segstream.models.results import ScaledLabelMap
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -80,14 +82,19 @@ def normalize(pixels: Tensor) -> Tensor:
 def _resize_rgb(image: Tensor, height: int, width: int) -> Tensor:
     """H x W x 3 uint8 -> 3 x height x width uint8, bilinear with antialiasing.
 
-    torchvision resizes uint8 images with integer rounding, close to the official code's PIL
-    resize and identical to transformers' image processor; its fast path wants the channels-last
-    view that ``permute`` of an H x W x 3 image is.
+    What torchvision's ``resize`` gives (a test holds them equal), close to the official code's
+    PIL resize and identical to transformers' image processor, called on torch directly:
+    importing torchvision costs a pipeline 160 MB of memory for this one function. On the CPU
+    torch resizes uint8 itself, with integer rounding, fastest on the channels-last view that
+    ``permute`` of an H x W x 3 image is; elsewhere it resizes floats, rounded back to uint8.
     """
     x = image.permute(2, 0, 1)
-    if (height, width) != tuple(image.shape[:2]):
-        x = resize(x, [height, width], interpolation=InterpolationMode.BILINEAR, antialias=True)
-    return x
+    if (height, width) == tuple(image.shape[:2]):
+        return x
+    if x.device.type == "cpu":
+        return F.interpolate(x[None], (height, width), mode="bilinear", align_corners=False, antialias=True)[0]
+    scaled = F.interpolate(x[None].float(), (height, width), mode="bilinear", align_corners=False, antialias=True)
+    return scaled[0].round_().to(torch.uint8)
 
 
 def letterbox_size(height: int, width: int, size: int) -> tuple[int, int]:
@@ -184,20 +191,24 @@ def nearest_index(source: int, target: int) -> np.ndarray:
     return cv2.resize(lines, (1, target), interpolation=cv2.INTER_NEAREST_EXACT)[:, 0]
 
 
-def frame_label_map(small: np.ndarray, count: int, frame: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A decided label map (host, int32) at frame size by nearest neighbour, and the areas
-    (int64) and (x0, y0, x1, y1) boxes (int32, x1/y1 exclusive) of its segments 0..count-1.
+def frame_label_map(
+    small: np.ndarray, count: int, frame: tuple[int, int]
+) -> tuple[np.ndarray | ScaledLabelMap, np.ndarray, np.ndarray]:
+    """A decided label map (host, int32) brought to frame size by nearest neighbour, and the
+    areas (int64) and (x0, y0, x1, y1) boxes (int32, x1/y1 exclusive) of its segments 0..count-1.
 
-    Areas and boxes come from the small map, each of its lines weighted by how many frame lines
-    copy it: exactly what the full-size map holds, at the small map's cost.
+    The map comes back as is when it already has the frame's size, else as a ``ScaledLabelMap``
+    (the frame-size array is built only where something reads ``label_map``). Areas and boxes
+    come from the small map, each of its lines weighted by how many frame lines copy it: exactly
+    what the full-size map holds, at the small map's cost.
     """
     h, w = small.shape
     height, width = frame
     if (h, w) == (height, width):
         full, rows, cols = small, np.arange(h), np.arange(w)
     else:
-        full = cv2.resize(small, (width, height), interpolation=cv2.INTER_NEAREST_EXACT)
         rows, cols = nearest_index(h, height), nearest_index(w, width)
+        full = ScaledLabelMap(small, rows, cols)
     areas = np.zeros(count, np.int64)
     boxes = np.zeros((count, 4), np.int32)
     if count == 0:

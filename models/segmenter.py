@@ -271,7 +271,7 @@ def results(adapter: FamilyAdapter, outputs: Any, prepared: Prepared, decisions:
             # the resize; a segment with no pixel is not one (ids stay the label map's values)
             segments = segments[areas > 0]
         height, width = decision.frame
-        out.append(FrameResult(source="", index=i, width=width, height=height, label_map=label_map,
+        out.append(FrameResult(source="", index=i, width=width, height=height, segment_map=label_map,
                                segments=segments, model=adapter.name,
                                levels=host_levels(decision) if host_levels else []))
     return out

@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from segstream.models.results import ScaledLabelMap, map_every
+
 NO_TRACK = -1
 TENTATIVE, CONFIRMED, LOST = "tentative", "confirmed", "lost"
 _REFUSED = 1e6  # cost of a pair a gate refused; such pairs are dropped after the assignment
@@ -142,7 +144,7 @@ class SegmentTracker:
     def update(
         self,
         frame: int,
-        label_map: np.ndarray,
+        label_map: np.ndarray | ScaledLabelMap,
         segment_ids: np.ndarray,
         class_ids: np.ndarray,
         isthing: np.ndarray,
@@ -150,7 +152,8 @@ class SegmentTracker:
         boxes: np.ndarray | None = None,
     ) -> TrackUpdate:
         """Track the segments of frame ``frame``: row i is the segment whose pixels hold
-        ``segment_ids[i]`` in ``label_map`` (H x W int, -1 for none). ``embeddings`` is S x D
+        ``segment_ids[i]`` in ``label_map`` (H x W int, -1 for none; a ``ScaledLabelMap`` is
+        sampled without building the frame-size map). ``embeddings`` is S x D
         (D may be 0); ``boxes`` the segments' (x0, y0, x1, y1) in pixels, x1/y1 exclusive (measured
         here when not given). Frames must come in increasing order."""
         count = len(segment_ids)
@@ -208,7 +211,7 @@ class SegmentTracker:
     def _update_things(self, frame, label_map, seg_ids, classes, embeddings, full_boxes, rows, track_ids, ages, events):
         s = self.settings
         stride = max(1, math.ceil(max(label_map.shape) / s.mask_side))
-        small = label_map[::stride, ::stride]
+        small = map_every(label_map, stride)
         count = len(seg_ids)
         # One pass over the small map: each pixel's detection index (count = none of them).
         lookup_size = int(max(seg_ids.max(initial=-1), small.max(initial=-1))) + 2

@@ -33,11 +33,11 @@ class TrackingStage:
         self._labels: dict[int, str] = {}  # class id -> label, as the model names it (bounded by its label set)
 
     def process(self, result: FrameResult) -> FrameResult:
-        if result.label_map is None:
+        if result.segment_map is None:
             raise ValueError(f"{result.source} frame {result.index} has no label map to track")
         segments = result.segments
         update = self.tracker.update(
-            result.index, result.label_map, segments.ids, segments.class_ids, segments.isthing, segments.embeddings,
+            result.index, result.segment_map, segments.ids, segments.class_ids, segments.isthing, segments.embeddings,
             segments.boxes,
         )
         segments.track_ids = update.track_ids

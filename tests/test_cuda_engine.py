@@ -38,6 +38,16 @@ def test_cuda_results_agree_with_the_cpu():
         assert list(a.segments.class_ids) == list(b.segments.class_ids)
 
 
+def test_frames_resize_on_the_gpu_as_torchvision_resizes_them():
+    from torchvision.transforms.v2.functional import InterpolationMode, resize
+
+    from segstream.models.processing import _resize_rgb
+
+    image = torch.from_numpy(np.random.default_rng(1).integers(0, 256, (1080, 1920, 3), dtype=np.uint8)).cuda()
+    expected = resize(image.permute(2, 0, 1), [360, 640], interpolation=InterpolationMode.BILINEAR, antialias=True)
+    assert torch.equal(_resize_rgb(image, 360, 640), expected)
+
+
 def test_staging_buffers_are_reused_and_frames_of_any_size_survive_the_upload():
     stage = ModelStage(_segmenter("cuda"), max_inflight=2)
     sizes = [(240, 320), (97, 131), (480, 640), (240, 320)]

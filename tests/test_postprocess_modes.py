@@ -4,6 +4,7 @@ asynchronous engine gives what the synchronous call gives."""
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -15,6 +16,7 @@ from segstream.connectors.synthetic import synthetic_clip
 from segstream.models.label_sets import load_label_set
 from segstream.models.presets import SYNTHETIC_TINY
 from segstream.models.processing import Thresholds, frame_label_map, letterbox
+from segstream.models.results import ScaledLabelMap
 from segstream.models.segmenter import EoMTSegmenter
 from segstream.pipeline.runtime import Runtime
 from tests.conftest import CollectingSink
@@ -84,8 +86,14 @@ def test_fast_mode_agrees_with_exact_mode_on_the_shipped_model(shipped):
     frames = _frames(4, 640, 480)
     agreement = [(a.label_map == b.label_map).mean() for a, b in zip(exact.segment(frames), fast.segment(frames))]
     assert min(agreement) > 0.98
-    # Fast mode decides at the input resolution: the label map is the frame's size all the same.
-    assert fast.segment(frames[:1])[0].label_map.shape == (480, 640)
+    # Fast mode decides at the input resolution: the label map is the frame's size all the same,
+    # built only when read; until then the result holds the decided map (the model's input size).
+    result = fast.segment(frames[:1])[0]
+    assert result.label_map.shape == (480, 640)
+    assert isinstance(result.segment_map, ScaledLabelMap)
+    assert result.segment_map.decided.shape == (fast.size * 3 // 4, fast.size)
+    assert result.segment_map.every(5).shape == (96, 128)
+    assert np.array_equal(result.segment_map.every(5), result.label_map[::5, ::5])
 
 
 def test_areas_and_boxes_of_a_resized_map_are_those_of_the_full_map():
@@ -93,8 +101,10 @@ def test_areas_and_boxes_of_a_resized_map_are_those_of_the_full_map():
     small = rng.integers(-1, 5, (37, 53)).astype(np.int32)
     small[:, 40:] = np.where(small[:, 40:] == 3, 2, small[:, 40:])  # segment 3 absent from some columns
     for frame in [(100, 71), (37, 53), (480, 640), (20, 30)]:
-        full, areas, boxes = frame_label_map(small, 6, frame)
-        assert full.shape == frame
+        kept, areas, boxes = frame_label_map(small, 6, frame)
+        assert kept.shape == frame
+        full = kept.full() if isinstance(kept, ScaledLabelMap) else kept
+        assert np.array_equal(full, cv2.resize(small, frame[::-1], interpolation=cv2.INTER_NEAREST_EXACT))
         for segment in range(6):
             ys, xs = np.nonzero(full == segment)
             assert areas[segment] == ys.size

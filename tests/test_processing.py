@@ -23,7 +23,7 @@ from transformers import EomtImageProcessor
 from segstream.connectors.checkpoints import load_eomt
 from segstream.models.eomt import EoMTConfig
 from segstream.models.label_sets import load_label_set
-from segstream.models.processing import Thresholds, letterbox, letterbox_size, semantic_windows, window_layout
+from segstream.models.processing import Thresholds, _resize_rgb, letterbox, letterbox_size, semantic_windows, window_layout
 from segstream.models.segmenter import EoMTSegmenter
 from tests.eomt_reference import preset_for, reference_model, write_checkpoints
 
@@ -164,6 +164,18 @@ def test_letterbox_pads_bottom_right_with_zero_pixels():
     # White where the frame is, ImageNet-normalised black in the padding.
     assert torch.allclose(pixels[0, 0, :32], torch.tensor((1 - 0.485) / 0.229), atol=1e-4)
     assert torch.allclose(pixels[0, 0, 32:], torch.tensor(-0.485 / 0.229), atol=1e-4)
+
+
+@pytest.mark.parametrize("frame, scaled", [((2160, 3840), (144, 256)), ((480, 640), (192, 256)),
+                                           ((97, 333), (29, 100)), ((100, 150), (200, 300))])
+def test_frames_are_resized_as_torchvision_resizes_them(frame, scaled):
+    """The pipeline resizes with torch alone (importing torchvision costs 160 MB); the pixels
+    are torchvision's, which transformers' image processor uses."""
+    from torchvision.transforms.v2.functional import InterpolationMode, resize
+
+    image = torch.from_numpy(np.random.default_rng(1).integers(0, 256, (*frame, 3), dtype=np.uint8))
+    expected = resize(image.permute(2, 0, 1), list(scaled), interpolation=InterpolationMode.BILINEAR, antialias=True)
+    assert torch.equal(_resize_rgb(image, *scaled), expected)
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])

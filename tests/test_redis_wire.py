@@ -11,7 +11,8 @@ from pycocotools import mask as coco_mask
 
 from segstream.connectors.errors import WireFormatError
 from segstream.connectors.redis_wire import SCHEMA_VERSION, from_wire, to_wire
-from segstream.models.results import FrameResult, Segments
+from segstream.models.processing import frame_label_map
+from segstream.models.results import FrameResult, ScaledLabelMap, Segments
 
 LABELS = {1: "person", 3: "car", 21: "cow", 184: "grass"}
 
@@ -135,6 +136,30 @@ def test_rle_matches_pycocotools_at_the_frame_edges(case):
     expected = coco_mask.encode(np.asfortranarray(label_map == 3, dtype=np.uint8))["counts"].decode("ascii")
     assert json.loads(fields["segments"])[0]["rle"]["counts"] == expected
     np.testing.assert_array_equal(from_wire(fields).label_map, label_map)
+
+
+# pycocotools' own decode warns under numpy 2; its result is still right.
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.parametrize("frame", [(90, 120), (23, 17), (90, 17), (7, 120)])
+def test_a_scaled_label_map_encodes_as_its_frame_size_map(frame):
+    """Results of fast post-processing hold the map decided at the model's size; its RLE is
+    that of the frame-size map it stands for, bigger or smaller than the decided one."""
+    small = synthetic_scene(height=30, width=40, seed=7)
+    kept, _, _ = frame_label_map(small.label_map, int(small.segments.ids.max()) + 1, frame)
+    assert isinstance(kept, ScaledLabelMap)
+    full = kept.full()
+    present = [int(i) for i in small.segments.ids if (full == i).any()]
+    segments = Segments.build(ids=present, class_ids=[1] * len(present), labels=["person"] * len(present),
+                              isthing=[True] * len(present))
+    result = stamped(FrameResult("cam0", 0, frame[1], frame[0], kept, segments, model="m"))
+
+    fields = to_wire(result, "rle")
+
+    for record in json.loads(fields["segments"]):
+        binary = np.asfortranarray(full == record["id"], dtype=np.uint8)
+        assert record["rle"]["counts"] == coco_mask.encode(binary)["counts"].decode("ascii")
+    np.testing.assert_array_equal(from_wire(fields).label_map, np.where(np.isin(full, present), full, -1))
+    np.testing.assert_array_equal(from_wire(to_wire(result, "idmap")).label_map, full)
 
 
 def test_large_segment_ids_survive_rle():
