@@ -25,6 +25,7 @@ _EXPORTS = {
     "FrameResult": "segstream.models.results",
     "Segments": "segstream.models.results",
     "Level": "segstream.models.results",
+    "ScaledLabelMap": "segstream.models.results",
     "NO_TRACK": "segstream.models.results",
     "Frame": "segstream.connectors.frames",
     "SegstreamError": "segstream.connectors.errors",
