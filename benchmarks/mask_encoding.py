@@ -2,9 +2,9 @@
 
     python benchmarks/mask_encoding.py
 
-A 1920x1080 label map with 10 segments (ellipses over a background). Prints median milliseconds
-per frame for encoding and decoding both ways, checks the RLE strings are identical, and the
-ratios; then what a whole entry costs (``to_wire`` / ``from_wire`` of a ``FrameResult``) in each
+A 1920x1080 label map with 10 segments (ellipses over a background), and the same map decided at
+360x640 as fast post-processing hands it to the publisher. Prints median milliseconds per frame
+for encoding and decoding both ways, checks the RLE strings are identical, and the ratios; then what a whole entry costs (``to_wire`` / ``from_wire`` of a ``FrameResult``) in each
 mask encoding, and its size. Not a test: record results in docs/BENCHMARKS.md with the command
 and the machine.
 """
@@ -62,8 +62,22 @@ def main() -> None:
         return out
 
     assert np.array_equal(_paint_rles(rles, ids, h, w), pycocotools_decode())
+    # What fast post-processing publishes: a map decided at the model's size (here 360x640, a
+    # 640 input), encoded without building the frame-size map; pycocotools encodes that map.
+    decided = cv2.resize(labels, (640, 360), interpolation=cv2.INTER_NEAREST_EXACT)
+    scaled, _, _ = frame_label_map(decided, max(ids) + 1, (h, w))
+    scaled_ids = [int(i) for i in np.unique(decided)]
+    frame_map = scaled.full()
+
+    def pycocotools_encode_scaled():
+        return [coco_mask.encode(np.asfortranarray(frame_map == i, dtype=np.uint8))["counts"].decode()
+                for i in scaled_ids]
+
+    assert _coco_rle_counts(scaled, scaled_ids) == pycocotools_encode_scaled(), "scaled RLE differs"
     rows = [
         ("encode", median_ms(lambda: _coco_rle_counts(labels, ids)), median_ms(pycocotools_encode)),
+        ("encode, map decided at 360x640", median_ms(lambda: _coco_rle_counts(scaled, scaled_ids)),
+         median_ms(pycocotools_encode_scaled)),
         ("decode", median_ms(lambda: _paint_rles(rles, ids, h, w)), median_ms(pycocotools_decode)),
     ]
     print(f"# {w}x{h}, {len(ids)} segments, identical RLE strings")

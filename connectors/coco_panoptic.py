@@ -85,10 +85,10 @@ class CocoPanopticWriter:
 
     def add(self, result: FrameResult) -> None:
         """Write the PNG of one frame and remember its annotation."""
-        if result.label_map is None:
+        if result.segment_map is None:
             raise SinkError(f"{result.source} frame {result.index} carries no label map to write as COCO panoptic")
         segments = result.segments
-        label_map = result.label_map.astype(np.int64)
+        label_map = np.asarray(result.label_map, np.int64)
         png_ids = np.where(label_map >= 0, label_map + 1, 0)
         file_name = f"{result.index:08d}.png"
         bgr = id_to_rgb(png_ids)[..., ::-1]

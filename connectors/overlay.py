@@ -57,11 +57,12 @@ def draw_overlay(image: np.ndarray, result: FrameResult, opacity: float = 0.45, 
     """A copy of ``image`` (H x W x 3 uint8 RGB) with each segment of ``result`` blended in its
     colour (``opacity`` of the way from the pixel to the colour), outlined in its colour, and
     (``labels``) named with its label, id (``#track`` or ``s<segment>``) and score."""
-    if result.label_map is None:
+    label_map = result.label_map  # built once: a scaled map is brought to frame size on each read
+    if label_map is None:
         raise ValueError("the result carries no label map to draw; read it with masks")
-    if image.shape[:2] != result.label_map.shape:
+    if image.shape[:2] != label_map.shape:
         raise ValueError(f"frame is {image.shape[1]}x{image.shape[0]} but the segmentation is "
-                         f"{result.label_map.shape[1]}x{result.label_map.shape[0]}")
+                         f"{label_map.shape[1]}x{label_map.shape[0]}")
     out = np.array(image, np.uint8, copy=True)
     segments = result.segments
     if not len(segments):
@@ -70,7 +71,7 @@ def draw_overlay(image: np.ndarray, result: FrameResult, opacity: float = 0.45, 
     top = int(segments.ids.max())
     lookup = np.zeros(top + 2, np.int32)
     lookup[segments.ids.astype(np.int64) + 1] = np.arange(1, len(segments) + 1, dtype=np.int32)
-    rows = lookup[np.clip(result.label_map, -1, top) + 1]
+    rows = lookup[np.clip(label_map, -1, top) + 1]
     palette = np.concatenate([np.zeros((1, 3), np.uint8), segment_colours(result)])
     if len(palette) <= 256:  # OpenCV's table lookup: 10x faster than numpy's gather at 1080p
         table = np.zeros((256, 1, 3), np.uint8)

@@ -103,7 +103,7 @@ def _levels_to_wire(result: FrameResult, mask_encoding: str, fields: dict[str, b
         raise WireFormatError(f"{where} has {len(result.levels)} hierarchy levels; schema v1 allows {_MAX_LEVELS}")
     levels = []
     for k, level in enumerate(result.levels):
-        if level.label_map is None or level.label_map.shape != (result.height, result.width):
+        if level.segment_map is None or level.segment_map.shape != (result.height, result.width):
             raise WireFormatError(f"hierarchy level {k} of {where} has no {result.height}x{result.width} label map")
         ids = [int(i) for i in level.ids]
         if len(set(ids)) != len(ids) or any(i < 0 for i in ids):
@@ -112,7 +112,7 @@ def _levels_to_wire(result: FrameResult, mask_encoding: str, fields: dict[str, b
             {"id": i, "parent": int(p), "area": int(a)} for i, p, a in zip(ids, level.parents, level.areas, strict=True)
         ]
         if mask_encoding == "rle":
-            for record, counts in zip(records, _coco_rle_counts(level.label_map, ids)):
+            for record, counts in zip(records, _coco_rle_counts(level.segment_map, ids)):
                 record["rle"] = {"size": [result.height, result.width], "counts": counts}
         levels.append({"segments": records})
     fields["levels"] = json.dumps(levels, separators=(",", ":"), ensure_ascii=False)
@@ -309,7 +309,7 @@ def _parse_levels(entry: dict, mask_encoding: str) -> tuple[list[Level], Encoded
             ids=np.array([r[0] for r in rows], np.int32).reshape(-1),
             parents=np.array([r[1] for r in rows], np.int32).reshape(-1),
             areas=np.array([r[2] for r in rows], np.int64).reshape(-1),
-            label_map=None,
+            segment_map=None,
         )
         for rows, _ in columns
     ]
@@ -393,33 +393,32 @@ def _column_runs(label_map: np.ndarray | ScaledLabelMap) -> tuple[np.ndarray, np
     A scaled map's runs are its decided map's, each lengthened by how many frame rows copy its
     rows and repeated for each frame column that copies its column.
     """
-    scaled = isinstance(label_map, ScaledLabelMap)
-    decided = label_map.decided if scaled else label_map
-    h, w = decided.shape
-    flat = np.ascontiguousarray(decided.T).ravel()
+    if not isinstance(label_map, ScaledLabelMap):
+        flat = np.ascontiguousarray(label_map.T).ravel()
+        starts = np.concatenate(([0], np.flatnonzero(flat[1:] != flat[:-1]) + 1))
+        return flat[starts], np.diff(np.append(starts, flat.size))
+    h, w = label_map.decided.shape
+    flat = np.ascontiguousarray(label_map.decided.T).ravel()
     change = np.empty(flat.size, bool)
     change[0] = True
     np.not_equal(flat[1:], flat[:-1], out=change[1:])
-    change[::h] = True  # runs break at each column here, and join again below where they can
+    change[::h] = True  # runs break at each decided column here, and join again below where they can
     starts = np.flatnonzero(change)
     values = flat[starts]
     column = starts // h
     first_row = starts - column * h
     end_row = np.append(starts[1:], flat.size) - column * h
-    if not scaled:
-        lengths = end_row - first_row
-    else:
-        line_end = np.concatenate(([0], np.cumsum(np.bincount(label_map.rows, minlength=h))))
-        lengths = line_end[end_row] - line_end[first_row]
-        # frame column x copies decided column cols[x]: that column's runs again, in order
-        per_column = np.bincount(column, minlength=w)
-        first_run = np.cumsum(per_column) - per_column
-        copies = per_column[label_map.cols]
-        offset = np.cumsum(copies) - copies
-        picked = np.repeat(first_run[label_map.cols] - offset, copies) + np.arange(copies.sum())
-        values, lengths = values[picked], lengths[picked]
-        kept = lengths > 0  # decided rows no frame row copies (a frame smaller than the map)
-        values, lengths = values[kept], lengths[kept]
+    line_end = np.concatenate(([0], np.cumsum(np.bincount(label_map.rows, minlength=h))))
+    lengths = line_end[end_row] - line_end[first_row]
+    # frame column x copies decided column cols[x]: that column's runs again, in order
+    per_column = np.bincount(column, minlength=w)
+    first_run = np.cumsum(per_column) - per_column
+    copies = per_column[label_map.cols]
+    offset = np.cumsum(copies) - copies
+    picked = np.repeat(first_run[label_map.cols] - offset, copies) + np.arange(copies.sum())
+    values, lengths = values[picked], lengths[picked]
+    kept = lengths > 0  # decided rows no frame row copies (a frame smaller than the map)
+    values, lengths = values[kept], lengths[kept]
     group = np.concatenate(([0], np.flatnonzero(values[1:] != values[:-1]) + 1))
     return values[group], np.add.reduceat(lengths, group)
 

@@ -9,8 +9,9 @@ Post-processing reproduces the official algorithms in two modes that differ only
 per-pixel decisions are taken:
 - ``exact``: at frame resolution, as the official code does (mask logits resized to the input
   size, the padding cropped, resized to the frame); label maps are the official ones.
-- ``fast``: at the model's input resolution (the letterboxed frame), then only the final label
-  map is resized to the frame (nearest neighbour); cost no longer grows with frame size x queries.
+- ``fast``: at the model's input resolution (the letterboxed frame); the final label map stays
+  at that size, with the nearest-neighbour lines that bring it to the frame
+  (``ScaledLabelMap``); cost no longer grows with frame size x queries.
 
 Either way queries are filtered on their class scores first (as the official code does), the
 surviving queries' masks are visited a few at a time (never all of them at frame resolution at
@@ -22,7 +23,9 @@ segments' areas and boxes.
 
 from __future__ import annotations
 
+import functools
 import math
+import platform
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -84,17 +87,23 @@ def _resize_rgb(image: Tensor, height: int, width: int) -> Tensor:
 
     What torchvision's ``resize`` gives (a test holds them equal), close to the official code's
     PIL resize and identical to transformers' image processor, called on torch directly:
-    importing torchvision costs a pipeline 160 MB of memory for this one function. On the CPU
-    torch resizes uint8 itself, with integer rounding, fastest on the channels-last view that
-    ``permute`` of an H x W x 3 image is; elsewhere it resizes floats, rounded back to uint8.
+    importing torchvision costs a pipeline 160 MB of memory for this one function. Where torch
+    has vectorised uint8 kernels it resizes uint8 itself, with integer rounding, fastest on the
+    channels-last view that ``permute`` of an H x W x 3 image is; elsewhere it resizes floats,
+    rounded back to uint8 (torchvision chooses the same way, so the pixels stay its own).
     """
     x = image.permute(2, 0, 1)
     if (height, width) == tuple(image.shape[:2]):
         return x
-    if x.device.type == "cpu":
+    if x.device.type == "cpu" and _vectorised_uint8_resize():
         return F.interpolate(x[None], (height, width), mode="bilinear", align_corners=False, antialias=True)[0]
     scaled = F.interpolate(x[None].float(), (height, width), mode="bilinear", align_corners=False, antialias=True)
     return scaled[0].round_().to(torch.uint8)
+
+
+@functools.cache
+def _vectorised_uint8_resize() -> bool:
+    return torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512") or platform.machine() in ("aarch64", "arm64")
 
 
 def letterbox_size(height: int, width: int, size: int) -> tuple[int, int]:

@@ -236,7 +236,8 @@ def upload(image: np.ndarray, device: torch.device) -> Tensor:
 
 
 def results(adapter: FamilyAdapter, outputs: Any, prepared: Prepared, decisions: list[Decision]) -> list[FrameResult]:
-    """The decisions as host ``FrameResult``s: label maps at frame size with segment columns.
+    """The decisions as host ``FrameResult``s: label maps for the frame (a ``ScaledLabelMap``
+    where decided at the model's size) with segment columns.
 
     Only the compact parts leave the device: the label map, the segment columns (one copy) and
     the segments' embeddings.

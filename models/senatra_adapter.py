@@ -36,7 +36,7 @@ from torch import Tensor
 
 from segstream.models.label_sets import LabelSet
 from segstream.models.processing import Decision, _resize_rgb, frame_label_map, letterbox_size, normalize
-from segstream.models.results import FrameResult, Level, ScaledLabelMap
+from segstream.models.results import FrameResult, Level
 from segstream.models.segmenter import PRECISIONS, Prepared, segment_frames
 from segstream.models.senatra import SeNaTra, SeNaTraOutput, hierarchy, panoptic_segments
 
@@ -209,10 +209,8 @@ class SeNaTraSegmenter:
         for level in decision.levels or []:
             count = int(level.token.numel())
             label_map, areas, _ = frame_label_map(level.label_map.cpu().numpy(), count, decision.frame)
-            if isinstance(label_map, ScaledLabelMap):
-                label_map = label_map.full()
             parents = level.parents.cpu().numpy().astype(np.int32)
-            out.append(Level(ids=np.arange(count, dtype=np.int32), parents=parents, areas=areas, label_map=label_map))
+            out.append(Level(ids=np.arange(count, dtype=np.int32), parents=parents, areas=areas, segment_map=label_map))
         return out
 
     def segment(self, images: Sequence[np.ndarray]) -> list[FrameResult]:

@@ -180,7 +180,7 @@ def tracking_metrics(sequences: Sequence[TrackedScene]) -> dict:
 
 def _track(tracker: SegmentTracker, result: FrameResult) -> np.ndarray:
     seg = result.segments
-    update = tracker.update(result.index, result.label_map, seg.ids, seg.class_ids, seg.isthing, seg.embeddings,
+    update = tracker.update(result.index, result.segment_map, seg.ids, seg.class_ids, seg.isthing, seg.embeddings,
                             seg.boxes)
     return update.track_ids
 

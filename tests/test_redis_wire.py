@@ -162,6 +162,38 @@ def test_a_scaled_label_map_encodes_as_its_frame_size_map(frame):
     np.testing.assert_array_equal(from_wire(to_wire(result, "idmap")).label_map, full)
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.parametrize("decided, frame", [
+    (np.full((4, 6), -1, np.int32), (9, 13)),                # no segment anywhere
+    (np.array([[0, 2], [2, 0]], np.int32), (1, 1)),          # a one-pixel frame
+    (np.array([[0, 2, 2], [0, 0, 2]], np.int32), (1, 7)),    # one row
+    (np.array([[0, 2, 2], [0, 0, 2]], np.int32), (7, 1)),    # one column
+    (np.array([[0, 0], [0, 0]], np.int32), (5, 5)),          # one segment covering it all
+])
+def test_scaled_maps_at_the_edges_encode_as_pycocotools_encodes_their_frame(decided, frame):
+    kept, _, _ = frame_label_map(decided, 3, frame)
+    full = kept.full() if isinstance(kept, ScaledLabelMap) else kept
+    segments = Segments.build(ids=[0, 1, 2], class_ids=[1, 1, 1], labels=["person"] * 3, isthing=[True] * 3)
+
+    fields = to_wire(stamped(FrameResult("cam0", 0, frame[1], frame[0], kept, segments, model="m")), "rle")
+
+    for record in json.loads(fields["segments"]):  # id 1 is in no map: an empty mask
+        binary = np.asfortranarray(full == record["id"], dtype=np.uint8)
+        assert record["rle"]["counts"] == coco_mask.encode(binary)["counts"].decode("ascii")
+    np.testing.assert_array_equal(from_wire(fields).label_map, full)
+
+
+@pytest.mark.parametrize("rows, cols, problem", [
+    ([0, 2, 1], [0, 1], "rows must not decrease"),
+    ([0, 1], [0, 3], "cols must not decrease and must lie in 0..2"),
+    ([-1, 0], [0, 1], "rows must not decrease and must lie"),
+    ([], [0], "non-empty 1-D integer"),
+])
+def test_a_scaled_map_whose_lines_are_not_a_resize_is_refused(rows, cols, problem):
+    with pytest.raises(ValueError, match=problem):
+        ScaledLabelMap(np.zeros((3, 3), np.int32), np.array(rows, np.int64), np.array(cols, np.int64))
+
+
 def test_large_segment_ids_survive_rle():
     label_map = np.full((6, 4), -1, np.int32)
     label_map[1:3, 1:] = 70_000

@@ -17,6 +17,7 @@ from segstream.connectors.synthetic import synthetic_clip
 from segstream.models.label_sets import load_label_set
 from segstream.models.presets import PRESETS, SYNTHETIC_SENATRA
 from segstream.models.processing import normalize
+from segstream.models.results import ScaledLabelMap
 from segstream.models.senatra import SeNaTra, SeNaTraConfig, carry, hierarchy
 from segstream.models.segmenter import results, upload
 from segstream.models.senatra_adapter import SeNaTraSegmenter, scale_frames, stem_to_scaled
@@ -128,6 +129,8 @@ def test_semantic_task_labels_each_stem_cell_by_its_carried_class_logits():
 def test_hierarchy_round_trips_through_both_wire_encodings():
     segmenter = SeNaTraSegmenter(_model(seed=3), "panoptic", LABELS, "small")
     (result,) = segmenter.segment(_frames(count=1, width=124, height=90))
+    # decided at the model's size: levels travel as scaled maps, encoded without the frame-size map
+    assert all(isinstance(level.segment_map, ScaledLabelMap) for level in result.levels)
     for encoding in ("rle", "idmap"):
         fields = to_wire(result, encoding)
         assert ("levels_idmap" in fields) == (encoding == "idmap")

@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from segstream.models.results import NO_TRACK, FrameResult, Segments
+from segstream.models.processing import frame_label_map
+from segstream.models.results import NO_TRACK, FrameResult, ScaledLabelMap, Segments
 from segstream.models.tracking import SegmentTracker, TrackerSettings
 from segstream.pipeline.config import TrackingConfig
 from segstream.pipeline.tracking import TrackingStage, tracker_settings
@@ -55,6 +56,22 @@ def disc_id(tracker, frame, things, embeddings=None):
     update = tracker.update(frame, label_map, ids, classes, isthing, emb)
     found = [int(t) for t, c in zip(update.track_ids, classes) if c == DISC]
     return found[0] if found else None
+
+
+def test_a_scaled_label_map_is_tracked_as_its_frame_size_map():
+    """Fast post-processing hands the tracker the map decided at the model's size; sampling it
+    gives the tracks and events that the frame-size map gives."""
+    scaled_tracker, full_tracker = SegmentTracker(), SegmentTracker()
+    for frame in range(30):
+        things = [(DISC, 20 + 3 * frame, 60, 12), (BOX, 140 - 2 * frame, 30, 9), (DISC, 80, 90 - frame, 7)]
+        label_map, ids, classes, isthing, _ = scene(things)
+        scaled, _, boxes = frame_label_map(label_map, int(ids.max()) + 1, (720, 1280))
+        assert isinstance(scaled, ScaledLabelMap)
+        a = scaled_tracker.update(frame, scaled, ids, classes, isthing, None, boxes[ids])
+        b = full_tracker.update(frame, scaled.full(), ids, classes, isthing, None, boxes[ids])
+        assert a.track_ids.tolist() == b.track_ids.tolist() and a.track_ages.tolist() == b.track_ages.tolist()
+        assert a.events == b.events
+    assert len(set(a.track_ids.tolist()) - {NO_TRACK}) == 5, "every segment tracked, not a trivial match"
 
 
 def test_identity_survives_an_occlusion_shorter_than_max_lost():
