@@ -171,8 +171,20 @@ class ScaledLabelMap:
         return self.decided[self.rows[::stride]][:, self.cols[::stride]]
 
 
-def _frame_size(stored: np.ndarray | ScaledLabelMap | None) -> np.ndarray | None:
+def _label_map(holder: Level | FrameResult) -> np.ndarray | None:
+    stored = holder.segment_map
     return stored.full() if isinstance(stored, ScaledLabelMap) else stored
+
+
+def _set_label_map(holder: Level | FrameResult, value: np.ndarray | None) -> None:
+    holder.segment_map = value
+
+
+# ``label_map`` of a Level and a FrameResult: their ``segment_map`` at frame size.
+_FRAME_SIZE_MAP = property(
+    _label_map, _set_label_map,
+    doc="The frame-size label map, or None; a new array each read where ``segment_map`` is scaled.",
+)
 
 
 def map_every(label_map: np.ndarray | ScaledLabelMap, stride: int) -> np.ndarray:
@@ -196,14 +208,7 @@ class Level:
     areas: np.ndarray
     segment_map: np.ndarray | ScaledLabelMap | None
 
-    @property
-    def label_map(self) -> np.ndarray | None:
-        """The frame-size label map of this level (a new array each read of a scaled one), or None."""
-        return _frame_size(self.segment_map)
-
-    @label_map.setter
-    def label_map(self, value: np.ndarray | None) -> None:
-        self.segment_map = value
+    label_map = _FRAME_SIZE_MAP
 
 
 @dataclass(slots=True, eq=False)
@@ -248,14 +253,7 @@ class FrameResult:
     run_id: str = ""
     levels: list[Level] = field(default_factory=list)
 
-    @property
-    def label_map(self) -> np.ndarray | None:
-        """The frame-size label map (see the class's docstring), or None."""
-        return _frame_size(self.segment_map)
-
-    @label_map.setter
-    def label_map(self, value: np.ndarray | None) -> None:
-        self.segment_map = value
+    label_map = _FRAME_SIZE_MAP
 
     def masks(self) -> dict[int, np.ndarray]:
         """Segment id -> height x width bool mask."""
