@@ -94,6 +94,41 @@ class InputUnsupported(SourceError):
     retrying will not help."""
 
 
+class DisplayOrientation:
+    """The transform a video's display matrix asks for, remembered across the inputs one source
+    opens (each loop of a file, each reconnect of a camera).
+
+    The matrix is read again only when a frame's rotation changes: PyAV's side-data container
+    forms a reference cycle with its frame, so every read keeps a whole decoded frame alive until
+    the next full garbage collection (25 MB a 4K frame; reading it for every frame grew RSS by
+    gigabytes in a minute, and once per loop of a short clip by 4 MB a minute). (Collecting at
+    that point instead paused every thread at each reconnect long enough to break the stream's
+    next session.)
+    """
+
+    def __init__(self) -> None:
+        self._known: tuple[float, Callable[[np.ndarray], np.ndarray]] | None = None
+        self._warned = False
+
+    def transform(self, frame: av.VideoFrame, shown: str) -> Callable[[np.ndarray], np.ndarray]:
+        rotation = frame.rotation  # computed without the side-data container
+        if self._known is not None and self._known[0] == rotation:
+            return self._known[1]
+        side_data = frame.side_data
+        matrix = side_data.get("DISPLAYMATRIX")
+        orient: Callable[[np.ndarray], np.ndarray] = _identity
+        if matrix is not None:
+            orient = display_transform(_DISPLAY_MATRIX.unpack(bytes(matrix)[: _DISPLAY_MATRIX.size])) or _identity
+            if orient is _identity and rotation % 90:
+                if not self._warned:
+                    self._warned = True
+                    logger.warning("'%s' asks for a rotation that is not a multiple of 90 degrees; frames are "
+                                   "left as stored", shown)
+        del side_data, matrix
+        self._known = (rotation, orient)
+        return orient
+
+
 class AVInput:
     """An FFmpeg input opened in the constructor; ``pictures()`` decodes its first video stream.
 
@@ -112,6 +147,7 @@ class AVInput:
         options: dict[str, str] | None = None,
         timeout: tuple[float, float] = (10.0, 10.0),
         low_latency: bool = False,
+        orientation: DisplayOrientation | None = None,
     ):
         self.target = target
         self.shown = shown if shown is not None else redact_url(target)
@@ -119,8 +155,7 @@ class AVInput:
         self.low_latency = low_latency
         self.decode_errors = 0
         self.last_read = time.monotonic()  # when FFmpeg last handed over a packet
-        self._orientation: tuple[float, Callable[[np.ndarray], np.ndarray]] | None = None
-        self._warned_rotation = False
+        self.orientation = orientation if orientation is not None else DisplayOrientation()
         try:
             self.container = av.open(target, format=format, options=options or {}, timeout=timeout)
         except Exception as error:
@@ -181,37 +216,13 @@ class AVInput:
             raise SourceError(f"reading '{self.shown}' failed: {describe_error(error)}") from None
 
     def _picture(self, frame: av.VideoFrame) -> Picture:
-        image = self._oriented(frame)(frame.to_ndarray(format="rgb24"))
+        image = self.orientation.transform(frame, self.shown)(frame.to_ndarray(format="rgb24"))
         pts = frame.pts
         sender = None
         if self._sender is not None and pts is not None:
             sender_pts, sender_wall = self._sender
             sender = sender_wall + float((pts - sender_pts) * self.time_base)
         return Picture(image, pts, self.time_base, self.step, time.time(), sender)
-
-    def _oriented(self, frame: av.VideoFrame) -> Callable[[np.ndarray], np.ndarray]:
-        """The transform the frame's display matrix asks for, read again only when the frame's
-        rotation changes: PyAV's side-data container forms a reference cycle with its frame, so
-        every read keeps a whole decoded frame alive until the next full garbage collection
-        (25 MB a 4K frame; reading it for every frame grew RSS by gigabytes in a minute). Once
-        per input, that is one frame until the collector's next pass. (Collecting here instead
-        paused every thread at each reconnect long enough to break the stream's next session.)"""
-        rotation = frame.rotation  # computed without the side-data container
-        if self._orientation is not None and self._orientation[0] == rotation:
-            return self._orientation[1]
-        side_data = frame.side_data
-        matrix = side_data.get("DISPLAYMATRIX")
-        orient: Callable[[np.ndarray], np.ndarray] = _identity
-        if matrix is not None:
-            orient = display_transform(_DISPLAY_MATRIX.unpack(bytes(matrix)[: _DISPLAY_MATRIX.size])) or _identity
-            if orient is _identity and rotation % 90:
-                if not self._warned_rotation:
-                    self._warned_rotation = True
-                    logger.warning("'%s' asks for a rotation that is not a multiple of 90 degrees; frames are "
-                                   "left as stored", self.shown)
-        del side_data, matrix
-        self._orientation = (rotation, orient)
-        return orient
 
     def close(self) -> None:
         self.container.close()

@@ -6,7 +6,7 @@ import threading
 import time
 from collections.abc import Iterator
 
-from segstream.connectors.av_input import AVInput, CaptureThread, InputTimeout
+from segstream.connectors.av_input import AVInput, CaptureThread, DisplayOrientation, InputTimeout
 from segstream.connectors.clock import Pacer, Timeline
 from segstream.connectors.errors import SourceError
 from segstream.connectors.frames import Frame
@@ -51,6 +51,7 @@ class FileSource:
         self._capture: CaptureThread | None = None
         self._closed = threading.Event()
         self._lock = threading.Lock()
+        self._orientation = DisplayOrientation()  # read once for all the loops of the file
         self._input: AVInput | None = None if "://" in self.path else self._open()
 
     @property
@@ -60,7 +61,7 @@ class FileSource:
 
     def _open(self) -> AVInput:
         try:
-            return AVInput(self.path, self.shown, timeout=self.timeout)
+            return AVInput(self.path, self.shown, timeout=self.timeout, orientation=self._orientation)
         except SourceError as error:
             raise SourceError(f"source {self.name}: {error}") from None
 

@@ -28,6 +28,7 @@ from typing import Any
 from segstream.connectors.av_input import (
     AVInput,
     CaptureThread,
+    DisplayOrientation,
     InputInfo,
     InputTimeout,
     InputUnsupported,
@@ -118,6 +119,7 @@ class LiveSource:
         self._rng = random.Random(seed)
         self._closed = threading.Event()
         self._lock = threading.Lock()
+        self._orientation = DisplayOrientation()  # read once for all the sessions of the stream
 
     @property
     def decode_errors(self) -> int:
@@ -133,6 +135,7 @@ class LiveSource:
             options=self.options,
             timeout=(self.policy.open_timeout_s + margin, self.policy.read_timeout_s + margin),
             low_latency=self.low_latency,
+            orientation=self._orientation,
         )
 
     def frames(self) -> Iterator[Frame]:

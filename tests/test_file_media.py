@@ -82,6 +82,25 @@ def test_reading_rotation_keeps_no_decoded_frame_alive(tmp_path):
     assert alive <= 3
 
 
+def test_looping_a_clip_reads_its_display_matrix_once(tmp_path):
+    # Each read of the matrix leaves one decoded frame in PyAV's cycle until a full collection,
+    # which a long run may not see for minutes; a source reads it once for all its loops.
+    import gc
+
+    clip = _marked_clip(tmp_path / "rot90.mp4", 90, frames=8)
+    gc.collect()
+    gc.disable()
+    try:
+        frames = FileSource("phone", str(clip), loop=True, max_frames=80).frames()
+        shapes = {next(frames).image.shape for _ in range(80)}
+        alive = sum(isinstance(o, av.VideoFrame) for o in gc.get_objects())
+        frames.close()
+    finally:
+        gc.enable()
+    assert shapes == {(160, 96, 3)}, "every loop upright"
+    assert alive <= 3, f"{alive} decoded frames kept alive over 10 loops"
+
+
 def test_a_90_degree_phone_clip_reaches_model_and_entries_upright(tmp_path):
     clip = _marked_clip(tmp_path / "phone.mp4", 90)
     segmenter = ColourSegmenter()
