@@ -33,43 +33,47 @@ if [ "${SCALE:-full}" = small ]; then  # the S model everywhere, a few frames, n
     CLIP_FRAMES=12 LARGE=coco_panoptic_eomt_small_640_2x COMPILE=false L_FRAMES=8 S_SOURCES=2 S_FRAMES=4
     NAIVE=4 SOAK_MINUTES=0.3 FORWARD="--sizes S --batch 1 --repeat 1 --warmup 1"
 else
-    CLIP_FRAMES=150 LARGE=coco_panoptic_eomt_large_640 COMPILE=true L_FRAMES=1500 S_SOURCES=16 S_FRAMES=600
-    NAIVE=200 SOAK_MINUTES=2 FORWARD="--sizes L --batch 1 8 --dtype bf16 --compile"
+    CLIP_FRAMES=150 LARGE=coco_panoptic_eomt_large_640 COMPILE=true L_FRAMES=1500 S_SOURCES=16 S_FRAMES=450
+    NAIVE=200 SOAK_MINUTES=1.5 FORWARD="--sizes L --batch 1 8 --dtype bf16 --compile"
 fi
 # The package's folders map under `segstream` only once installed (editable, no dependencies).
 "$PYTHON" -m pip install -q --no-deps --no-build-isolation --no-index -e . >"$OUT/env.log" 2>&1 || {
     echo "segstream would not install: see $OUT/env.log" >&2; exit 1; }
 { nvidia-smi || true; "$PYTHON" -c "import torch, av; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'av', av.__version__)"; } \
     >>"$OUT/env.log" 2>&1
-CLIP=$WORK/fhd.mp4
-if [ ! -s "$CLIP" ]; then
-    "$PYTHON" -c "from segstream.connectors.synthetic import write_clip; write_clip('$CLIP', '$WORK/fhd.npz', 1920, 1080, $CLIP_FRAMES, seed=3, fps=30)" \
-        >>"$OUT/env.log" 2>&1 || { echo "could not write the 1080p clip: see $OUT/env.log" >&2; exit 1; }
+CLIP=$WORK/fhd$CLIP_FRAMES.mp4
+if [ ! -s "$CLIP" ]; then  # written whole under another name first: a clip cut short is never reused
+    "$PYTHON" -c "import sys; from segstream.connectors.synthetic import write_clip; write_clip(sys.argv[1], sys.argv[2], 1920, 1080, int(sys.argv[3]), seed=3, fps=30)" \
+        "$WORK/partial.mp4" "$WORK/partial.npz" "$CLIP_FRAMES" >>"$OUT/env.log" 2>&1 && mv "$WORK/partial.mp4" "$CLIP" ||
+        { echo "could not write the 1080p clip: see $OUT/env.log" >&2; exit 1; }
 fi
 SEGSTREAM=("$PYTHON" -m segstream.pipeline.cli)
 ON=(--set "sources.0.path=$CLIP" --set "model.device=$DEVICE" --set model.checkpoint=random)
 
+FAILED=0
 step() {  # step NAME SECONDS COMMAND...: one check, its output in $OUT/NAME.log, stopped after SECONDS
     local name=$1 limit=$2
     shift 2
-    local start=$SECONDS
-    timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
-    echo "$name: exit $? in $((SECONDS - start)) s" | tee -a "$OUT/env.log"
+    local start=$SECONDS rc=0
+    timeout -k 15 "$limit" "$@" >"$OUT/$name.log" 2>&1 || rc=$?
+    echo "$name: exit $rc in $((SECONDS - start)) s" | tee -a "$OUT/env.log"
+    [ "$rc" -eq 0 ] || FAILED=1
 }
 
 for name in "$@"; do
     case $name in
-    tests) step tests 150 "$PYTHON" -m pytest -q tests/test_cuda_engine.py ;;
-    forward) step forward 120 "$PYTHON" benchmarks/model_forward.py --device "$DEVICE" $FORWARD ;;
-    large) step large 300 "${SEGSTREAM[@]}" bench configs/demo.yaml "${ON[@]}" \
+    tests) step tests 90 "$PYTHON" -m pytest -q tests/test_cuda_engine.py ;;
+    forward) step forward 150 "$PYTHON" benchmarks/model_forward.py --device "$DEVICE" $FORWARD ;;
+    large) step large 220 "${SEGSTREAM[@]}" bench configs/demo.yaml "${ON[@]}" \
         --set "model.preset=$LARGE" --set "model.compile=$COMPILE" --set engine.batch_size=16 \
         --set sources.0.queue_size=32 --set engine.frame_budget_mb=256 --frames "$L_FRAMES" --naive-frames "$NAIVE" ;;
-    small) step small 120 "${SEGSTREAM[@]}" bench configs/demo.yaml "${ON[@]}" \
+    small) step small 100 "${SEGSTREAM[@]}" bench configs/demo.yaml "${ON[@]}" \
         --set model.preset=coco_panoptic_eomt_small_640_2x --set sources.0.realtime=true \
         --sources "$S_SOURCES" --frames "$S_FRAMES" --naive-frames "$NAIVE" ;;
-    soak) step soak 150 "$PYTHON" benchmarks/soak.py configs/demo.yaml "${ON[@]}" --minutes "$SOAK_MINUTES" \
+    soak) step soak 130 "$PYTHON" benchmarks/soak.py configs/demo.yaml "${ON[@]}" --minutes "$SOAK_MINUTES" \
         --every 10 --set model.preset=coco_panoptic_eomt_small_640_2x --set sources.0.realtime=true \
         --set sources.0.loop=true ;;
     *) echo "unknown step '$name': use tests, forward, large, small or soak" >&2; exit 2 ;;
     esac
 done
+exit $FAILED

@@ -35,16 +35,20 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args()
     cfg = load_config(args.config, args.overrides)
-    samples: list[tuple[float, float, float]] = []
+    samples: list[tuple[float, float, float, float]] = []
     done = threading.Event()
     runtime = build_runtime(cfg, progress=False)
 
     def sample() -> None:
         start = time.monotonic()
         while not done.wait(args.every):
-            gpu = torch.cuda.memory_allocated() / 2**20 if torch.cuda.is_available() else float("nan")
-            samples.append((time.monotonic() - start, rss_mib(), gpu))
-            print(f"{samples[-1][0]:7.0f} s  RSS {samples[-1][1]:8.1f} MiB  GPU {gpu:8.1f} MiB", flush=True)
+            cuda = torch.cuda.is_available()
+            gpu = torch.cuda.memory_allocated() / 2**20 if cuda else float("nan")
+            # the caching allocator's pool: growth there is growth too, even with tensors freed
+            reserved = torch.cuda.memory_reserved() / 2**20 if cuda else float("nan")
+            samples.append((time.monotonic() - start, rss_mib(), gpu, reserved))
+            print(f"{samples[-1][0]:7.0f} s  RSS {samples[-1][1]:8.1f} MiB  GPU {gpu:8.1f} MiB "
+                  f"(reserved {reserved:8.1f} MiB)", flush=True)
             if samples[-1][0] >= args.minutes * 60:
                 runtime.stop()
                 return
@@ -59,6 +63,11 @@ def main() -> None:
     last = sum(s[1] for s in samples[-third:]) / third
     print(f"RSS first third {first:.1f} MiB, last third {last:.1f} MiB, growth {last - first:+.1f} MiB "
           f"over {samples[-1][0] / 60 if samples else 0:.1f} min")
+    if samples and torch.cuda.is_available():
+        for name, column in (("GPU allocated", 2), ("GPU reserved", 3)):
+            first = sum(s[column] for s in samples[:third]) / third
+            last = sum(s[column] for s in samples[-third:]) / third
+            print(f"{name} first third {first:.1f} MiB, last third {last:.1f} MiB, growth {last - first:+.1f} MiB")
 
 
 if __name__ == "__main__":

@@ -96,7 +96,8 @@ class InputUnsupported(SourceError):
 
 class DisplayOrientation:
     """The transform a video's display matrix asks for, remembered across the inputs one source
-    opens (each loop of a file, each reconnect of a camera).
+    opens of the same video (each loop of a file; a camera's next session may be another stream,
+    so it gets a new one).
 
     The matrix is read again only when a frame's rotation changes: PyAV's side-data container
     forms a reference cycle with its frame, so every read keeps a whole decoded frame alive until
@@ -112,8 +113,9 @@ class DisplayOrientation:
 
     def transform(self, frame: av.VideoFrame, shown: str) -> Callable[[np.ndarray], np.ndarray]:
         rotation = frame.rotation  # computed without the side-data container
-        if self._known is not None and self._known[0] == rotation:
-            return self._known[1]
+        known = self._known
+        if known is not None and known[0] == rotation:
+            return known[1]
         side_data = frame.side_data
         matrix = side_data.get("DISPLAYMATRIX")
         orient: Callable[[np.ndarray], np.ndarray] = _identity

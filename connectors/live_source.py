@@ -28,7 +28,6 @@ from typing import Any
 from segstream.connectors.av_input import (
     AVInput,
     CaptureThread,
-    DisplayOrientation,
     InputInfo,
     InputTimeout,
     InputUnsupported,
@@ -119,7 +118,6 @@ class LiveSource:
         self._rng = random.Random(seed)
         self._closed = threading.Event()
         self._lock = threading.Lock()
-        self._orientation = DisplayOrientation()  # read once for all the sessions of the stream
 
     @property
     def decode_errors(self) -> int:
@@ -135,7 +133,6 @@ class LiveSource:
             options=self.options,
             timeout=(self.policy.open_timeout_s + margin, self.policy.read_timeout_s + margin),
             low_latency=self.low_latency,
-            orientation=self._orientation,
         )
 
     def frames(self) -> Iterator[Frame]:
