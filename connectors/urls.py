@@ -30,7 +30,7 @@ def redact_url(url: str, keep_user: bool = False) -> str:
         name, colon, _ = rest[:at].partition(":")
         user = f"{name}{':' + REDACTED if colon else ''}@" if keep_user else f"{REDACTED}@"
         rest = rest[at + 1 :]
-    cut = _query_start(rest)
+    cut = min((i for i in (rest.find("?"), rest.find("#")) if i >= 0), default=len(rest))
     address, tail = user + rest[:cut], rest[cut:]
     if tail.startswith("?"):
         query, hash_sign, fragment = tail[1:].partition("#")
@@ -40,10 +40,6 @@ def redact_url(url: str, keep_user: bool = False) -> str:
         ]
         tail = "?" + "&".join(pairs) + hash_sign + fragment
     return f"{scheme}://{address}{tail}"
-
-
-def _query_start(rest: str) -> int:
-    return min((i for i in (rest.find("?"), rest.find("#")) if i >= 0), default=len(rest))
 
 
 def url_scheme(target: str) -> str:

@@ -214,14 +214,14 @@ def frame_label_map(
     h, w = small.shape
     height, width = frame
     if (h, w) == (height, width):
-        full, rows, cols = small, np.arange(h), np.arange(w)
+        kept, rows, cols = small, np.arange(h), np.arange(w)
     else:
         rows, cols = nearest_index(h, height), nearest_index(w, width)
-        full = ScaledLabelMap(small, rows, cols)
+        kept = ScaledLabelMap(small, rows, cols)
     areas = np.zeros(count, np.int64)
     boxes = np.zeros((count, 4), np.int32)
     if count == 0:
-        return full, areas, boxes
+        return kept, areas, boxes
     row_repeat = np.bincount(rows, minlength=h)
     col_repeat = np.bincount(cols, minlength=w)
     ids = np.where((small >= 0) & (small < count), small, count)  # count: no segment
@@ -231,7 +231,7 @@ def frame_label_map(
     x0, x1 = _line_extent(ids.T, count, col_repeat)
     present = areas > 0
     boxes[present] = np.stack((x0, y0, x1, y1), axis=1)[present]
-    return full, areas, boxes
+    return kept, areas, boxes
 
 
 def _line_extent(ids: np.ndarray, count: int, repeat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

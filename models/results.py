@@ -218,9 +218,9 @@ class FrameResult:
     ``label_map`` is height x width int32: the ``Segments.ids`` value of each pixel, -1 where no
     segment is (None for a reader that skipped decoding masks). It is built from ``segment_map``,
     which holds either that array or, for maps decided at the model's size (fast post-processing
-    of frames of another size), a ``ScaledLabelMap``; then each read of ``label_map`` builds a new frame-size array, so read
-    it once per use and prefer ``segment_map`` where the decided map will do. ``times`` holds when the frame
-    passed each stage (``time.monotonic()`` seconds, keys in pipeline order: decoded, queued,
+    of frames of another size), a ``ScaledLabelMap``; then each read of ``label_map`` builds a
+    new frame-size array, so read it once per use and prefer ``segment_map`` where the decided
+    map will do. ``times`` holds when the frame passed each stage (``time.monotonic()`` seconds, keys in pipeline order: decoded, queued,
     batched, model_start, model_end, post_end, staged, published). ``events`` are what the
     per-source stages noticed at this frame (a track started or ended); sinks publish them after
     the frame's own entry. ``image`` is the decoded frame (H x W x 3 uint8 RGB), attached by the

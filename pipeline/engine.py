@@ -142,7 +142,7 @@ class Batcher:
 
     def _take_round_robin(self, batch: list[Frame], size: int) -> None:
         n = len(self.queues)
-        taken = sum(f.image.nbytes for f in batch) if self.max_bytes is not None else 0
+        taken = sum(f.image.nbytes for f in batch)
         while len(batch) < size and any(self.queues):
             now = time.monotonic()
             for k in range(n):
@@ -158,7 +158,7 @@ class Batcher:
                         self.metrics.dropped(self.names[i], "stale")
                     else:
                         batch.append(frame)
-                        taken += frame.image.nbytes if self.max_bytes is not None else 0
+                        taken += frame.image.nbytes
             self._next = (self._next + 1) % n
 
     def depths(self) -> str:

@@ -292,7 +292,7 @@ class Runtime:
         self._aborted = threading.Event()
         self._inflight = threading.Semaphore(max_inflight)
         self._to_post = _Channel(max_inflight, self._aborted)
-        # One batch of results between stages: at 4K each holds a 33 MB label map.
+        # One batch of results between stages keeps each stage busy; more only adds latency.
         self._to_stage = _Channel(batch_size, self._aborted)
         self._to_sinks = _Channel(batch_size, self._aborted)
         self._stages: dict[str, list[FrameStage]] = {}
