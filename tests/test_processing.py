@@ -178,6 +178,18 @@ def test_frames_are_resized_as_torchvision_resizes_them(frame, scaled):
     assert torch.equal(_resize_rgb(image, *scaled), expected)
 
 
+def test_the_pipeline_never_imports_torchvision():
+    """Its import alone holds 160 MB of a pipeline's memory (docs/BENCHMARKS.md, 4K section)."""
+    import subprocess
+    import sys
+
+    modules = ["segstream.pipeline.cli", "segstream.pipeline.model_factory", "segstream.pipeline.runtime",
+               "segstream.pipeline.tracking", "segstream.connectors.redis_sink", "segstream.connectors.file_source"]
+    script = f"import sys; import {', '.join(modules)}; print('torchvision' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_reduced_precision_agrees_with_fp32(tmp_path, precision):
     _, ours = _pair(tmp_path, PANOPTIC, "panoptic", "coco_panoptic", mask_offset=1.2)
