@@ -75,6 +75,25 @@ def default_precision(device: torch.device) -> str:
     return "bf16" if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
 
 
+# Layers whose weights autocast casts to the lower precision on every call.
+_AUTOCAST_LAYERS = (torch.nn.Linear, torch.nn.Conv2d, torch.nn.ConvTranspose2d)
+
+
+def store_autocast_weights(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """Keeps the weights of ``model``'s linear and convolution layers in ``dtype``, in place.
+
+    Under autocast to ``dtype`` these layers cast their weights on every call (a twentieth of
+    the shipped model's CPU forward); stored cast, the outputs stay bit-equal (a test holds them
+    so) and the weights take half the memory. Other parameters (norms, layer scales, tokens)
+    stay float32, as autocast uses them. Only for a model that runs under autocast from then on.
+    """
+    if dtype != torch.float32:
+        for module in model.modules():
+            if isinstance(module, _AUTOCAST_LAYERS):
+                module.to(dtype)
+    return model
+
+
 def batch_buckets(max_batch: int) -> tuple[int, ...]:
     """Batch sizes a compiled network is specialised for: powers of two up to ``max_batch``, and
     ``max_batch`` itself. A batch runs padded to the smallest bucket that holds it."""

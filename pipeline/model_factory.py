@@ -16,7 +16,13 @@ from segstream.connectors.errors import ConfigError
 from segstream.models.label_sets import load_label_set
 from segstream.models.presets import PRESETS, SYNTHETIC_SENATRA, SYNTHETIC_TINY, Preset, get_preset
 from segstream.models.processing import Thresholds
-from segstream.models.segmenter import EoMTSegmenter, FamilyAdapter, default_precision
+from segstream.models.segmenter import (
+    PRECISIONS,
+    EoMTSegmenter,
+    FamilyAdapter,
+    default_precision,
+    store_autocast_weights,
+)
 from segstream.models.senatra_adapter import SeNaTraSegmenter
 
 logger = logging.getLogger(__name__)
@@ -41,6 +47,8 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 def _build_eomt(preset: Preset, model_cfg, device: torch.device, precision: str, max_batch: int) -> EoMTSegmenter:
     model = load_eomt(preset, model_cfg.checkpoint)
+    # The model is this adapter's alone: its autocast layers can keep their weights cast.
+    store_autocast_weights(model, PRECISIONS[precision])
     thresholds = Thresholds(
         score=model_cfg.score_threshold, mask=model_cfg.mask_threshold, overlap=model_cfg.overlap_threshold
     )

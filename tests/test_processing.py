@@ -23,8 +23,18 @@ from transformers import EomtImageProcessor
 from segstream.connectors.checkpoints import load_eomt
 from segstream.models.eomt import EoMTConfig
 from segstream.models.label_sets import load_label_set
-from segstream.models.processing import Thresholds, _resize_rgb, letterbox, letterbox_size, semantic_windows, window_layout
-from segstream.models.segmenter import EoMTSegmenter
+from segstream.models.processing import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Thresholds,
+    _resize_rgb,
+    letterbox,
+    letterbox_size,
+    normalize,
+    semantic_windows,
+    window_layout,
+)
+from segstream.models.segmenter import EoMTSegmenter, Prepared, store_autocast_weights
 from tests.eomt_reference import preset_for, reference_model, write_checkpoints
 
 
@@ -199,3 +209,32 @@ def test_reduced_precision_agrees_with_fp32(tmp_path, precision):
     reduced = ours.segment(frames)
     for a, b in zip(full, reduced):
         assert (a.label_map == b.label_map).mean() > 0.9
+
+
+def test_normalize_in_place_gives_the_textbook_values_and_leaves_its_input_alone():
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255
+    pixels = torch.randint(0, 256, (2, 3, 16, 16), dtype=torch.uint8)
+    assert torch.equal(normalize(pixels), (pixels.float() - mean) / std)
+    floats = pixels.float()
+    normalize(floats)
+    assert torch.equal(floats, pixels.float())
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+def test_weights_stored_cast_give_the_outputs_autocast_gives(tmp_path, precision):
+    """The factory keeps linear and convolution weights in the autocast precision: the network's
+    outputs must be bit-equal to autocast casting float32 weights on every call."""
+    _, ours = _pair(tmp_path, PANOPTIC, "panoptic", "coco_panoptic", mask_offset=1.2)
+    ours.precision, ours.dtype = precision, {"bf16": torch.bfloat16, "fp32": torch.float32}[precision]
+    pixels = torch.randn(2, 3, ours.size, ours.size)
+    prepared = Prepared(pixels, [(ours.size, ours.size)] * 2, [(ours.size, ours.size)] * 2)
+    before = ours.forward(prepared)
+    store_autocast_weights(ours.model, ours.dtype)
+    after = ours.forward(prepared)
+    linear_dtypes = {m.weight.dtype for m in ours.model.modules() if isinstance(m, torch.nn.Linear)}
+    assert linear_dtypes == {ours.dtype}
+    assert all(p.dtype == torch.float32 for m in ours.model.modules() if isinstance(m, torch.nn.LayerNorm)
+               for p in m.parameters())
+    for a, b in zip(before, after):
+        assert a.dtype == b.dtype and torch.equal(a, b)
