@@ -94,6 +94,11 @@ class InputUnsupported(SourceError):
     retrying will not help."""
 
 
+class InputRefused(SourceError):
+    """The input's server refused this client's credentials or access (401, 403): the same URL
+    will be refused again until someone changes the URL or the server's accounts."""
+
+
 class DisplayOrientation:
     """The transform a video's display matrix asks for, remembered across the inputs one source
     opens of the same video (each loop of a file; a camera's next session may be another stream,
@@ -300,6 +305,8 @@ def open_error(error: BaseException, shown: str, open_timeout_s: float) -> Sourc
         )
     if isinstance(error, (FileNotFoundError, av.error.FileNotFoundError)):
         return SourceError(f"'{shown}' does not exist")
+    if isinstance(error, (av.error.HTTPUnauthorizedError, av.error.HTTPForbiddenError)):
+        return InputRefused(f"'{shown}' refused access: {describe_error(error)}")
     if isinstance(error, av.error.ConnectionRefusedError):
         return SourceError(f"connection refused by '{shown}' (is the server or camera up?)")
     if isinstance(error, av.error.InvalidDataError):

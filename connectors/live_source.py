@@ -6,7 +6,9 @@ sessions. When a session cannot open in ``open_timeout_s``, ends, fails, deliver
 ``read_timeout_s`` or no frame for ``stall_timeout_s``, the source reconnects: after a delay
 that doubles with each failed attempt up to ``max_delay_s``, with jitter so that many cameras
 behind one switch do not retry in step, forever unless ``max_reconnects`` says otherwise
-(consecutive attempts without a frame; a frame resets the count). Waiting for the consumer
+(consecutive attempts without a frame; a frame resets the count). A server that refuses the
+credentials (401, 403) before the first frame fails the source at once: the URL is wrong, and
+retrying would only hide it; later, refusals are retried like any loss. Waiting for the consumer
 (back-pressure) is never a stall: the watchdog counts only time spent waiting for the input.
 
 Frame indices keep counting across sessions; PTS stay strictly increasing (``Timeline``), the
@@ -29,6 +31,7 @@ from segstream.connectors.av_input import (
     AVInput,
     CaptureThread,
     InputInfo,
+    InputRefused,
     InputTimeout,
     InputUnsupported,
     Picture,
@@ -150,7 +153,7 @@ class LiveSource:
                         break
                     capture = self._capture = CaptureThread(self.name, self._open).start()
                 try:
-                    opened = self._wait_open(capture)
+                    opened = self._wait_open(capture, never_streamed=epoch < 0)
                     if opened is None:
                         break
                     first = True
@@ -180,7 +183,7 @@ class LiveSource:
                     break  # _read returns only once closed
                 except _Lost as lost:
                     reason, details = lost.reason, lost.data
-                except InputUnsupported as error:
+                except (InputUnsupported, InputRefused) as error:
                     failed = True
                     self._enter("failed", str(error), {"url": self.shown})
                     raise SourceError(f"source {self.name} failed: {error}") from None
@@ -212,12 +215,19 @@ class LiveSource:
             if not failed:
                 self._enter("ended", "stopped", {})
 
-    def _wait_open(self, capture: CaptureThread) -> AVInput | None:
+    def _wait_open(self, capture: CaptureThread, never_streamed: bool) -> AVInput | None:
+        """The opened input, None once closed. Refused credentials end a source that never
+        streamed (its URL is wrong, and retrying it forever would hide that); a source that has
+        streamed retries them (a camera rebooting may refuse accounts until it is up)."""
         timeout_s = self.policy.open_timeout_s
         try:
             return capture.wait_open(timeout_s, self._closed, self.shown)
         except InputUnsupported:
             raise
+        except InputRefused as error:
+            if never_streamed:
+                raise InputRefused(f"{error} (refused before the first frame: not retried)") from None
+            raise _Lost(str(error), {"phase": "open", "refused": True}) from None
         except InputTimeout as error:
             raise _Lost(str(error), {"phase": "open", "timeout_s": timeout_s}) from None
         except SourceError as error:

@@ -158,3 +158,49 @@ def test_a_camera_gone_for_good_fails_after_max_reconnects_and_the_run_reports_i
     assert record.states("cam")[-4:] == ["reconnecting"] * 3 + ["failed"]
     assert report.summary().startswith("failed:") and "cam" in report.summary()
     assert report.balanced
+
+
+def test_credentials_refused_before_the_first_frame_fail_the_source_at_once(tmp_path):
+    """A wrong password is a wrong URL: retried forever (the default), it would only look like a
+    camera that is down. The source fails at once and the run says why."""
+    with RtspCamera(tmp_path, user="cam", password="right") as camera:
+        record = RecordingSink()
+        source = StreamSource("cam", camera.url("cam", "wrong"), policy=POLICY)
+        runtime = Runtime([source], ColourSegmenter(), [record], publish_states=True, required=[], progress=None)
+        thread, outcome = run_in_thread(runtime)
+        thread.join(20)
+    assert not thread.is_alive(), "the source kept retrying refused credentials"
+    report = outcome["report"]
+    assert "401 Unauthorized" in report.failed["cam"] and "not retried" in report.failed["cam"]
+    assert report.sources["cam"].reconnects == 0 and record.states("cam") == ["connecting", "failed"]
+    assert "wrong" not in report.failed["cam"]  # the password is never shown
+
+
+def test_credentials_refused_after_streaming_are_retried_until_the_camera_accepts_them(tmp_path):
+    """A camera that streamed may refuse accounts while it reboots: that is an outage, retried."""
+    camera = RtspCamera(tmp_path, user="cam", password="right").start()
+    try:
+        record = RecordingSink()
+        source = StreamSource("cam", camera.url("cam", "right"), policy=POLICY, seed=2)
+        runtime = Runtime([source], ColourSegmenter(), [record], publish_states=True, progress=None)
+        thread, outcome = run_in_thread(runtime)
+        wait_for(lambda: len(record.of("cam")) >= 5, 30, "frames before the reboot")
+        camera.kill()
+        camera.password = "changed"
+        camera.start()
+
+        def refusals() -> int:
+            return sum(e.kind == "state" and e.data["state"] == "reconnecting" and "401" in e.data["reason"]
+                       for e in list(record.events))
+
+        wait_for(lambda: refusals() >= 2, 20, "two refused reconnect attempts")
+        camera.kill()
+        camera.password = "right"
+        camera.start()
+        wait_for(lambda: any(r.epoch == 1 for r in record.of("cam")), 30, "frames once the camera accepts again")
+        runtime.stop()
+        thread.join(30)
+    finally:
+        camera.kill()
+    assert not thread.is_alive() and "error" not in outcome, outcome
+    assert "failed" not in record.states("cam") and not outcome["report"].failed
