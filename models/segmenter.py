@@ -27,9 +27,11 @@ from segstream.models.processing import (
     frame_label_map,
     instance,
     letterbox,
+    letterbox_size,
     panoptic,
     semantic,
     semantic_windows,
+    window_layout,
 )
 from segstream.models.results import NO_TRACK, FrameResult, Segments
 
@@ -49,8 +51,11 @@ class Prepared:
 
 class FamilyAdapter(Protocol):
     """One model family, as the engine drives it. ``prepare`` takes H x W x 3 uint8 frames
-    already on ``device``; ``decide`` returns one ``Decision`` per frame, still on the device, and
-    ``embeddings`` the per-segment embeddings of those decisions (S x D, D may be 0)."""
+    already on ``device`` (with ``sizes``: each frame's own (height, width), the images being
+    copies already scaled to ``input_size`` of it); ``decide`` returns one ``Decision`` per
+    frame, still on the device, and ``embeddings`` the per-segment embeddings of those decisions
+    (S x D, D may be 0). ``input_size`` is the (height, width) pre-processing scales a frame of
+    the given size to, before any padding or windowing (what a decoder may scale to at once)."""
 
     name: str
     family: str
@@ -58,7 +63,9 @@ class FamilyAdapter(Protocol):
     device: torch.device
     batch_buckets: tuple[int, ...]
 
-    def prepare(self, frames: list[Tensor]) -> Prepared: ...
+    def input_size(self, height: int, width: int) -> tuple[int, int]: ...
+
+    def prepare(self, frames: list[Tensor], sizes: list[tuple[int, int]] | None = None) -> Prepared: ...
 
     def forward(self, prepared: Prepared) -> Any: ...
 
@@ -162,8 +169,17 @@ class EoMTSegmenter:
 
     # --- the three steps the engine drives ---------------------------------------------------
 
-    def prepare(self, frames: list[Tensor]) -> Prepared:
-        sizes = [(int(f.shape[0]), int(f.shape[1])) for f in frames]
+    def input_size(self, height: int, width: int) -> tuple[int, int]:
+        if self.task == "semantic":
+            return window_layout(height, width, self.size).scaled
+        return letterbox_size(height, width, self.size)
+
+    def prepare(self, frames: list[Tensor], sizes: list[tuple[int, int]] | None = None) -> Prepared:
+        """Letterboxed (or windowed) normalised input. Frames already at ``input_size`` of their
+        ``sizes`` are not resized again (scaling is idempotent: the sizes and layouts are those of
+        the full frames)."""
+        if sizes is None:
+            sizes = [(int(f.shape[0]), int(f.shape[1])) for f in frames]
         if self.task == "semantic":
             pixels, layouts = semantic_windows(frames, self.size)
         else:
@@ -237,12 +253,17 @@ class EoMTSegmenter:
 
 
 @torch.inference_mode()
-def segment_frames(adapter: FamilyAdapter, images: Sequence[np.ndarray]) -> list[FrameResult]:
+def segment_frames(
+    adapter: FamilyAdapter, images: Sequence[np.ndarray], sizes: Sequence[tuple[int, int]] | None = None
+) -> list[FrameResult]:
     """The synchronous path of any family: ``images`` (H x W x 3 uint8 RGB) through pre-processing,
-    the network and post-processing in one call."""
+    the network and post-processing in one call. ``sizes``: each frame's (height, width) when the
+    images are copies already scaled to the adapter's ``input_size`` (the results describe the
+    frames)."""
     if not images:
         return []
-    prepared = adapter.prepare([upload(image, adapter.device) for image in images])
+    tensors = [upload(image, adapter.device) for image in images]
+    prepared = adapter.prepare(tensors, list(sizes)) if sizes is not None else adapter.prepare(tensors)
     outputs = adapter.forward(prepared)
     return results(adapter, outputs, prepared, adapter.decide(outputs, prepared))
 

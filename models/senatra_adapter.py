@@ -152,8 +152,13 @@ class SeNaTraSegmenter:
     def size(self) -> int:
         return self.model.cfg.input_size
 
-    def prepare(self, frames: list[Tensor]) -> Prepared:
-        sizes = [(int(f.shape[0]), int(f.shape[1])) for f in frames]
+    def input_size(self, height: int, width: int) -> tuple[int, int]:
+        return letterbox_size(height, width, self.size)
+
+    def prepare(self, frames: list[Tensor], sizes: list[tuple[int, int]] | None = None) -> Prepared:
+        """Normalised input; frames already at ``input_size`` of their ``sizes`` stay as they are."""
+        if sizes is None:
+            sizes = [(int(f.shape[0]), int(f.shape[1])) for f in frames]
         pixels, scaled = scale_frames(frames, self.size)
         return Prepared(pixels, sizes, scaled)
 

@@ -348,6 +348,7 @@ class BatchVideoSource:
         self._closed = threading.Event()  # the runtime stops now
         self._lock = threading.Lock()
         self._inner = None
+        self.decode_size = None  # handed to the file source (engine.resize_in_decoder)
 
     @property
     def decode_errors(self) -> int:
@@ -372,6 +373,7 @@ class BatchVideoSource:
                     return
                 self._inner = FileSource(self.name, str(self.job.path), open_timeout_s=self.cfg.open_timeout_s,
                                          read_timeout_s=self.cfg.read_timeout_s)
+                self._inner.decode_size = self.decode_size
             with closing(self._inner.frames()) as frames:
                 for frame in frames:
                     self.yielded += 1

@@ -17,6 +17,7 @@ Ray is an optional extra: ``pip install 'segstream[ray]'``.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections import deque
@@ -65,6 +66,9 @@ class ModelActor:
     def labels(self):
         return self.adapter.labels
 
+    def input_size(self, height: int, width: int) -> tuple[int, int]:
+        return self.adapter.input_size(height, width)
+
     def segment(self, frames):
         for frame in frames:  # arrays from Ray's object store are read-only; torch wants its own
             frame.image = np.array(frame.image)
@@ -103,6 +107,11 @@ def process_video(job: VideoJob, cfg_json: str, root: str, actor, labels, board)
     try:
         source = FileSource(job.id, str(job.path), open_timeout_s=batch_cfg.open_timeout_s,
                             read_timeout_s=batch_cfg.read_timeout_s)
+        if cfg.engine.resize_in_decoder:
+            # asked of the actor once per frame size (the model's geometry lives with the model)
+            source.decode_size = functools.lru_cache(maxsize=4)(
+                lambda height, width: tuple(ray.get(actor.input_size.remote(height, width)))
+            )
         outputs = VideoOutputs(
             root, job.id, labels, jsonl=batch_cfg.jsonl, coco_panoptic=batch_cfg.coco_panoptic,
             overlay=batch_cfg.overlay, mask_encoding=cfg.sinks.redis.mask_encoding, video_name=job.path.name,

@@ -286,7 +286,12 @@ class EngineConfig(Strict):
     left to decoding and publishing (measured in docs/BENCHMARKS.md). ``frame_budget_mb`` caps
     the decoded frames each source's queue holds by their size in memory, and each batch at the
     budgets of all sources together (at least one frame; null: no cap): 64 MB is 10 frames of
-    1080p (so the queue's 8 stand) and 2 of 3840x2160."""
+    1080p (so the queue's 8 stand) and 2 of 3840x2160. ``resize_in_decoder`` has file, stream
+    and camera sources convert each frame to RGB directly at the size the model scales it to
+    (FFmpeg's bilinear), instead of at full size and resized again: less work and memory for
+    frames larger than the model's input, at pixels slightly different from the default resize
+    (measured in docs/BENCHMARKS.md); results still describe the full frame. Not with the
+    preview, which draws on full frames."""
 
     batch_size: PositiveInt = 4
     max_wait_ms: Annotated[float, Field(ge=0)] = 20.0
@@ -294,6 +299,7 @@ class EngineConfig(Strict):
     threads: PositiveInt | None = None
     max_inflight: PositiveInt | None = None
     frame_budget_mb: PositiveFloat | None = 64.0
+    resize_in_decoder: bool = False
 
 
 def _empty_is_null(value: Any) -> Any:
@@ -543,12 +549,30 @@ class PipelineConfig(Strict):
             seen[source.name] = i
         return sources
 
+    @model_validator(mode="after")
+    def _full_frames_for_the_preview(self) -> PipelineConfig:
+        if self.engine.resize_in_decoder and self.sinks.preview.enabled:
+            raise ValueError(
+                "engine.resize_in_decoder: the preview (sinks.preview) draws on full-size frames — turn one of "
+                "them off"
+            )
+        return self
+
 
 class BatchPipelineConfig(PipelineConfig):
     """A pipeline for ``segstream batch``: the videos come from the command line, so a config
     needs no sources (any it has are not used)."""
 
     sources: list[SourceConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _full_frames_for_the_overlay(self) -> BatchPipelineConfig:
+        if self.engine.resize_in_decoder and self.batch.overlay:
+            raise ValueError(
+                "engine.resize_in_decoder: the overlay video (batch.overlay) draws on full-size frames — turn one "
+                "of them off"
+            )
+        return self
 
 
 def _resolve(path: str, info: ValidationInfo) -> Path:

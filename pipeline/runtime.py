@@ -228,7 +228,9 @@ class Runtime:
     each transition as a ``state`` event (``segstream run`` turns it on). ``progress`` gets a status line every ``progress_interval_s`` and the
     summary.
     ``warm_up`` (height, width) runs the model on blank frames of that size before the first
-    frame is taken, so compilation does not count as latency.
+    frame is taken, so compilation does not count as latency. ``resize_in_decoder`` has sources
+    that decode with FFmpeg convert frames at the adapter's ``input_size`` (no sink may draw on
+    frames then).
     """
 
     def __init__(
@@ -253,6 +255,7 @@ class Runtime:
         progress: TextIO | None | bool = True,
         progress_interval_s: float = 2.0,
         run_id: str | None = None,
+        resize_in_decoder: bool = False,
     ):
         names = [s.name for s in sources]
         if len(set(names)) != len(names):
@@ -265,6 +268,12 @@ class Runtime:
         # decoded images ride along with results only while some sink draws on them
         self._wants_images = any(getattr(sink, "wants_images", False) for sink in self.sinks)
         self.model_stage = ModelStage(adapter, max_inflight, keep_images=self._wants_images)
+        if resize_in_decoder:
+            if self._wants_images:
+                raise ValueError("resize_in_decoder: a sink draws on full-size frames (a preview or overlay)")
+            for source in self.sources:
+                if hasattr(source, "decode_size"):  # decodes with FFmpeg
+                    source.decode_size = adapter.input_size
         self.stage_factories = list(stages)
         self.model_workers = model_workers
         self.batch_size = batch_size
@@ -338,6 +347,7 @@ class Runtime:
                 for s in cfg.sources
             }),
             required=kwargs.pop("required", [s.name for s in cfg.sources if s.required]),
+            resize_in_decoder=kwargs.pop("resize_in_decoder", engine.resize_in_decoder),
             **kwargs,
         )
 

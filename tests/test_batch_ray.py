@@ -24,10 +24,10 @@ def local_ray():
     ray.shutdown()
 
 
-def config(out: Path, **batch) -> BatchPipelineConfig:
+def config(out: Path, resize_in_decoder: bool = False, **batch) -> BatchPipelineConfig:
     return validate_config(
-        {"model": {"device": "cpu"}, "engine": {"batch_size": 2}, "ops": {"http": None},
-         "batch": {"output": str(out), **batch}},
+        {"model": {"device": "cpu"}, "engine": {"batch_size": 2, "resize_in_decoder": resize_in_decoder},
+         "ops": {"http": None}, "batch": {"output": str(out), **batch}},
         schema=BatchPipelineConfig,
     )
 
@@ -47,6 +47,23 @@ def test_ray_outputs_equal_the_local_engines(tmp_path):
     assert ("broken", "failed", 0) in [(o.job.id, o.status, o.frames) for o in on_ray]
     outputs = tree(tmp_path / "ray")
     assert outputs and outputs == tree(tmp_path / "local")
+
+
+def test_ray_resizes_in_the_decoder_as_the_local_engine_does(tmp_path):
+    """Frames larger than the model's input, converted at its size by each video task's decoder:
+    the same outputs as the local engine, describing the full frames."""
+    from segstream.connectors.synthetic import write_clip
+
+    write_clip(tmp_path / "vga.mp4", tmp_path / "vga.npz", 640, 480, 6, seed=4)
+    inputs = [str(tmp_path / "vga.mp4")]
+    run_batch(config(tmp_path / "full"), inputs, engine="local", progress=False)
+    run_batch(config(tmp_path / "local", resize_in_decoder=True), inputs, engine="local", progress=False)
+    run_batch(config(tmp_path / "ray", resize_in_decoder=True), inputs, engine="ray", progress=False)
+    outputs = tree(tmp_path / "ray")
+    assert outputs and outputs == tree(tmp_path / "local")
+    assert outputs != tree(tmp_path / "full")  # the model saw other pixels
+    entries = [json.loads(line) for line in outputs["vga/frames.jsonl"].decode().splitlines()]
+    assert len(entries) == 6 and all((e["width"], e["height"]) == ("640", "480") for e in entries)
 
 
 def _video_task_pids() -> list[int]:
