@@ -230,8 +230,12 @@ def frame_label_map(
     ids = np.where((small >= 0) & (small < count), small, count)  # count: no segment
     weights = (row_repeat[:, None] * col_repeat[None, :]).ravel()
     areas[:] = np.bincount(ids.ravel(), weights=weights, minlength=count + 1)[:count].round()
-    y0, y1 = _line_extent(ids, count, row_repeat)
-    x0, x1 = _line_extent(ids.T, count, col_repeat)
+    # Lines the frame does not copy (a frame smaller than the decided map) must not count in the
+    # other direction either: a segment seen in a column only on skipped rows is not in that column.
+    shown_rows, shown_cols = row_repeat > 0, col_repeat > 0
+    ids = ids[shown_rows][:, shown_cols]
+    y0, y1 = _line_extent(ids, count, row_repeat[shown_rows])
+    x0, x1 = _line_extent(ids.T, count, col_repeat[shown_cols])
     present = areas > 0
     boxes[present] = np.stack((x0, y0, x1, y1), axis=1)[present]
     return kept, areas, boxes
@@ -239,11 +243,12 @@ def frame_label_map(
 
 def _line_extent(ids: np.ndarray, count: int, repeat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """First and one-past-last output line holding each segment, from a lines x ids presence
-    table (one bincount over the map) and where each source line lands in the output."""
+    table (one bincount over the map) and where each source line lands in the output (every
+    line of ``ids`` is copied at least once: ``repeat`` > 0)."""
     lines = ids.shape[0]
     offsets = np.arange(lines)[:, None] * (count + 1)
     present = np.bincount((ids + offsets).ravel(), minlength=lines * (count + 1)).reshape(lines, count + 1)[:, :count]
-    present = (present > 0) & (repeat > 0)[:, None]
+    present = present > 0
     end = np.cumsum(repeat)
     start = end - repeat
     first = np.where(present, start[:, None], end[-1]).min(0)

@@ -112,6 +112,23 @@ def test_areas_and_boxes_of_a_resized_map_are_those_of_the_full_map():
             assert tuple(boxes[segment]) == expected
 
 
+def test_boxes_of_a_map_shrunk_to_a_smaller_frame_count_only_the_lines_it_keeps():
+    """A frame smaller than the decided map skips some of its lines: a segment seen in a column
+    only on skipped rows must not widen its box (found on 200x150 clips)."""
+    rng = np.random.default_rng(1)
+    small = np.full((192, 256), -1, np.int32)
+    ys, xs = rng.integers(0, 192, 300), rng.integers(0, 256, 300)
+    small[ys, xs] = rng.integers(0, 6, 300)
+    for frame in [(150, 200), (76, 100), (191, 255)]:
+        kept, areas, boxes = frame_label_map(small, 6, frame)
+        full = kept.full()
+        for segment in range(6):
+            ys, xs = np.nonzero(full == segment)
+            assert areas[segment] == ys.size
+            expected = (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1) if ys.size else (0, 0, 0, 0)
+            assert tuple(boxes[segment]) == expected
+
+
 @pytest.mark.parametrize("postprocess", ["exact", "fast"])
 def test_the_engine_gives_what_the_synchronous_call_gives(shipped, tmp_path, postprocess):
     from segstream.connectors.synthetic import write_clip
