@@ -60,9 +60,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _pipeline_threads_alive() -> bool:
-    from segstream.pipeline.runtime import THREAD_PREFIX
-
-    return any(t.name.startswith(THREAD_PREFIX) and t.is_alive() for t in threading.enumerate())
+    # Imports nothing: an interrupt may have cut an import short (torch's), and importing it again
+    # from here crashes the interpreter. No runtime module loaded, no pipeline thread.
+    runtime = sys.modules.get("segstream.pipeline.runtime")
+    prefix = getattr(runtime, "THREAD_PREFIX", None)
+    return prefix is not None and any(t.name.startswith(prefix) and t.is_alive() for t in threading.enumerate())
 
 
 def _parser() -> argparse.ArgumentParser:

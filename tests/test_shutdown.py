@@ -71,3 +71,17 @@ def test_second_interrupt_aborts_with_130(tmp_path, clip, checkpoint):
     _, err = process.communicate(timeout=60)
     assert process.returncode == 130, err
     assert "Traceback" not in err and "segstream: aborted" in err
+
+
+@pytest.mark.parametrize("delay_s", [0.05, 0.15, 0.3])
+def test_ctrl_c_while_the_command_starts_up_ends_without_a_traceback(delay_s):
+    """The console command loads the CLI's modules inside its entry point: an interrupt while
+    they load ends quietly (found probing: a KeyboardInterrupt traceback in the first 0.2 s)."""
+    command = Path(sys.executable).with_name("segstream")
+    process = subprocess.Popen([str(command), "validate", str(Path(__file__).parents[1] / "configs" / "demo.yaml")],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(delay_s)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    assert "Traceback" not in err, err
+    assert process.returncode in (0, 130), (process.returncode, err)
