@@ -251,6 +251,13 @@ class AVInput:
             sender = sender_wall + float((pts - sender_pts) * self.time_base)
         return Picture(image, pts, self.time_base, self.step, time.time(), sender, size)
 
+    @property
+    def duration_s(self) -> float | None:
+        """The input's length in seconds when it has one (a file, a video-on-demand playlist);
+        None for live streams."""
+        duration = self.container.duration
+        return duration / 1_000_000 if duration and duration > 0 else None
+
     def close(self) -> None:
         self.container.close()
 

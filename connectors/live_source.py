@@ -8,7 +8,9 @@ that doubles with each failed attempt up to ``max_delay_s``, with jitter so that
 behind one switch do not retry in step, forever unless ``max_reconnects`` says otherwise
 (consecutive attempts without a frame; a frame resets the count). A server that refuses the
 credentials (401, 403) before the first frame fails the source at once: the URL is wrong, and
-retrying would only hide it; later, refusals are retried like any loss. Waiting for the consumer
+retrying would only hide it; later, refusals are retried like any loss. An input with a length
+(a video file or video-on-demand playlist over HTTP) ends the source when it ends, instead of
+being played again. Waiting for the consumer
 (back-pressure) is never a stall: the watchdog counts only time spent waiting for the input.
 
 Frame indices keep counting across sessions; PTS stay strictly increasing (``Timeline``), the
@@ -148,6 +150,7 @@ class LiveSource:
         epoch = -1
         last_frame_at: float | None = None
         failed = False
+        ended = "stopped"
         self._enter("connecting", f"opening '{self.shown}'", {"url": self.shown})
         try:
             while not self._closed.is_set():
@@ -155,10 +158,18 @@ class LiveSource:
                     if self._closed.is_set():
                         break
                     capture = self._capture = CaptureThread(self.name, self._open).start()
+                finite: float | None = None  # the input's length, when it has one
                 try:
                     opened = self._wait_open(capture, never_streamed=epoch < 0)
                     if opened is None:
                         break
+                    finite = opened.duration_s
+                    if finite is not None and epoch < 0:
+                        logger.warning(
+                            "source %s: '%s' is a finite video (%.3g s), read as a live stream: frames the model "
+                            "cannot keep up with are dropped, and the source ends with the video — use type: file "
+                            "to process every frame", self.name, self.shown, finite,
+                        )
                     first = True
                     for picture in self._read(capture):
                         if first:
@@ -187,6 +198,9 @@ class LiveSource:
                     break  # _read returns only once closed
                 except _Lost as lost:
                     reason, details = lost.reason, lost.data
+                    if finite is not None and details.get("ended"):
+                        ended = f"'{self.shown}' is a finite video and has ended"
+                        break
                 except (InputUnsupported, InputRefused) as error:
                     failed = True
                     self._enter("failed", str(error), {"url": self.shown})
@@ -217,7 +231,7 @@ class LiveSource:
         finally:
             self._retire()
             if not failed:
-                self._enter("ended", "stopped", {})
+                self._enter("ended", ended, {})
 
     def _wait_open(self, capture: CaptureThread, never_streamed: bool) -> AVInput | None:
         """The opened input, None once closed. Refused credentials end a source that never
@@ -246,7 +260,7 @@ class LiveSource:
             try:
                 picture = capture.next(_POLL_S)
             except EOFError:
-                raise _Lost(f"'{self.shown}' ended the stream", {"phase": "read"}) from None
+                raise _Lost(f"'{self.shown}' ended the stream", {"phase": "read", "ended": True}) from None
             except InputTimeout as error:
                 self._stall(str(error), "read", error.timeout_s)
             except SourceError as error:
