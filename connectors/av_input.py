@@ -97,8 +97,9 @@ class InputUnsupported(SourceError):
 
 
 class InputRefused(SourceError):
-    """The input's server refused this client's credentials or access (401, 403): the same URL
-    will be refused again until someone changes the URL or the server's accounts."""
+    """The input is not there or not ours: the server refused the credentials or access (401,
+    403), or has nothing at that path (404), or the device or file does not exist. The same URL
+    gets the same answer until someone changes it, the server, or plugs the device in."""
 
 
 class DisplayOrientation:
@@ -331,9 +332,11 @@ def open_error(error: BaseException, shown: str, open_timeout_s: float) -> Sourc
             "PyAV against an FFmpeg that has it"
         )
     if isinstance(error, (FileNotFoundError, av.error.FileNotFoundError)):
-        return SourceError(f"'{shown}' does not exist")
+        return InputRefused(f"'{shown}' does not exist")
     if isinstance(error, (av.error.HTTPUnauthorizedError, av.error.HTTPForbiddenError)):
         return InputRefused(f"'{shown}' refused access: {describe_error(error)}")
+    if isinstance(error, av.error.HTTPNotFoundError):
+        return InputRefused(f"cannot open '{shown}': {describe_error(error)}")
     if isinstance(error, av.error.ConnectionRefusedError):
         return SourceError(f"connection refused by '{shown}' (is the server or camera up?)")
     if isinstance(error, av.error.InvalidDataError):

@@ -6,9 +6,10 @@ sessions. When a session cannot open in ``open_timeout_s``, ends, fails, deliver
 ``read_timeout_s`` or no frame for ``stall_timeout_s``, the source reconnects: after a delay
 that doubles with each failed attempt up to ``max_delay_s``, with jitter so that many cameras
 behind one switch do not retry in step, forever unless ``max_reconnects`` says otherwise
-(consecutive attempts without a frame; a frame resets the count). A server that refuses the
-credentials (401, 403) before the first frame fails the source at once: the URL is wrong, and
-retrying would only hide it; later, refusals are retried like any loss. An input with a length
+(consecutive attempts without a frame; a frame resets the count). An input that refuses the
+credentials (401, 403) or is not there (404, no such device) before the first frame fails the
+source at once: the URL is wrong, and retrying would only hide it (``wait_for_input`` waits for
+it instead); later, these are retried like any loss. An input with a length
 (a video file or video-on-demand playlist over HTTP) ends the source when it ends, instead of
 being played again. Waiting for the consumer
 (back-pressure) is never a stall: the watchdog counts only time spent waiting for the input.
@@ -59,6 +60,8 @@ class ReconnectPolicy:
     ``open_timeout_s`` bounds a whole open (connect, handshake, stream probing); ``read_timeout_s``
     the time without any data once open; ``stall_timeout_s`` the time without a decoded frame.
     Reconnect attempt n waits between half and all of ``min(max_delay_s, delay_s * 2**(n-1))``.
+    ``wait_for_input`` retries an input that is missing or refuses us before its first frame (a
+    publisher or camera not started yet) instead of failing the source at once.
     """
 
     open_timeout_s: float = 10.0
@@ -67,6 +70,7 @@ class ReconnectPolicy:
     max_reconnects: int | None = None
     delay_s: float = 0.5
     max_delay_s: float = 30.0
+    wait_for_input: bool = False
 
     def delay(self, attempt: int, rng: random.Random) -> float:
         base = min(self.max_delay_s, self.delay_s * 2 ** max(0, attempt - 1))
@@ -234,17 +238,20 @@ class LiveSource:
                 self._enter("ended", ended, {})
 
     def _wait_open(self, capture: CaptureThread, never_streamed: bool) -> AVInput | None:
-        """The opened input, None once closed. Refused credentials end a source that never
-        streamed (its URL is wrong, and retrying it forever would hide that); a source that has
-        streamed retries them (a camera rebooting may refuse accounts until it is up)."""
+        """The opened input, None once closed. An input missing or refusing us (wrong password,
+        path or device) ends a source that never streamed, unless the policy waits for it:
+        retrying it forever would hide the mistake; a source that has streamed retries (a camera
+        rebooting may refuse accounts, a replugged one be missing, until it is up)."""
         timeout_s = self.policy.open_timeout_s
         try:
             return capture.wait_open(timeout_s, self._closed, self.shown)
         except InputUnsupported:
             raise
         except InputRefused as error:
-            if never_streamed:
-                raise InputRefused(f"{error} (refused before the first frame: not retried)") from None
+            if never_streamed and not self.policy.wait_for_input:
+                raise InputRefused(
+                    f"{error} (before the first frame: not retried; wait_for_input: true retries it)"
+                ) from None
             raise _Lost(str(error), {"phase": "open", "refused": True}) from None
         except InputTimeout as error:
             raise _Lost(str(error), {"phase": "open", "timeout_s": timeout_s}) from None

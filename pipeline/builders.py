@@ -50,6 +50,7 @@ def _reconnect_policy(cfg: StreamSourceConfig | CameraSourceConfig):
         max_reconnects=cfg.max_reconnects,
         delay_s=cfg.reconnect_delay_s,
         max_delay_s=cfg.reconnect_max_delay_s,
+        wait_for_input=cfg.wait_for_input,
     )
 
 

@@ -101,8 +101,10 @@ class _LiveSourceKeys(_Buffered, Strict):
     (connect, handshake, probing), ``read_timeout_s`` the time without data once open,
     ``stall_timeout_s`` the time without a frame. A lost source reconnects after
     ``reconnect_delay_s``, doubling per failed attempt up to ``reconnect_max_delay_s``, with
-    jitter; ``max_reconnects`` (null: forever) counts the attempts since the last frame. They
-    keep the newest frames by default."""
+    jitter; ``max_reconnects`` (null: forever) counts the attempts since the last frame. An input
+    that refuses the credentials or is not there (401, 403, 404, no such device) before its first
+    frame fails the source at once, unless ``wait_for_input`` (a publisher or camera that starts
+    after the pipeline). They keep the newest frames by default."""
 
     open_timeout_s: PositiveFloat = 10.0
     read_timeout_s: PositiveFloat = 5.0
@@ -110,6 +112,7 @@ class _LiveSourceKeys(_Buffered, Strict):
     max_reconnects: NonNegativeInt | None = None
     reconnect_delay_s: PositiveFloat = 0.5
     reconnect_max_delay_s: PositiveFloat = 30.0
+    wait_for_input: bool = False
     queue_size: PositiveInt = 2
     buffer: BufferKind = "newest"
     max_staleness_ms: PositiveFloat | None = 500.0

@@ -74,8 +74,17 @@ def test_camera_requests_go_to_ffmpegs_v4l2_input():
     assert CameraSource("usb", "/dev/v4l/by-id/cam", pixel_format="MJPG").options == {"input_format": "mjpeg"}
 
 
-def test_a_camera_that_is_not_plugged_in_is_retried_then_reported():
-    source = CameraSource("usb", "/dev/video97", policy=ReconnectPolicy(max_reconnects=2, delay_s=0.05, max_delay_s=0.1))
+def test_a_camera_that_is_not_plugged_in_at_the_start_fails_at_once():
+    source = CameraSource("usb", "/dev/video97", policy=ReconnectPolicy(delay_s=0.05, max_delay_s=0.1))
+    log = _states(source)
+    with pytest.raises(SourceError, match="'/dev/video97' does not exist .*wait_for_input: true"):
+        list(source.frames())
+    assert [state for state, _, _ in log] == ["connecting", "failed"] and source.reconnects == 0
+
+
+def test_a_camera_waited_for_is_retried_then_reported():
+    policy = ReconnectPolicy(max_reconnects=2, delay_s=0.05, max_delay_s=0.1, wait_for_input=True)
+    source = CameraSource("usb", "/dev/video97", policy=policy)
     log = _states(source)
     with pytest.raises(SourceError, match="/dev/video97"):
         list(source.frames())

@@ -3,6 +3,7 @@ MPEG-TS over UDP and TCP, a server that accepts and stays silent, a camera that 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import threading
@@ -237,3 +238,32 @@ def test_a_video_on_demand_playlist_ends_the_source_when_it_ends(tmp_path):
         frames = take(source, 1000, timeout_s=20)
     assert len(frames) == 20 and source.reconnects == 0, log.entries
     assert log.states == ["connecting", "streaming", "ended"] and "finite video" in log.entries[-1][2]
+
+
+def test_a_path_the_server_does_not_have_fails_at_once_unless_waited_for(tmp_path):
+    """404 before the first frame is a wrong URL (found probing: retried forever); with
+    ``wait_for_input`` it is a publisher not started yet: retried until the playlist appears."""
+    import subprocess
+
+    from tests.conftest import encode_clip
+    from tests.live_servers import FFMPEG
+
+    with StaticHttpServer(tmp_path) as server:
+        url = f"http://127.0.0.1:{server.port}/vod.m3u8"
+        source = StreamSource("web", url, policy=QUICK)
+        source.on_state = log = StateLog()
+        with pytest.raises(SourceError, match="404 Not Found"):
+            list(source.frames())
+        assert log.states == ["connecting", "failed"] and source.reconnects == 0
+
+        waiting = StreamSource("web", url, policy=dataclasses.replace(QUICK, max_delay_s=0.4, wait_for_input=True))
+        waiting.on_state = log = StateLog()
+        result: dict = {}
+        thread = threading.Thread(target=lambda: result.update(frames=take(waiting, 1000, timeout_s=30)))
+        thread.start()
+        wait_for(lambda: log.states.count("reconnecting") >= 2, 20, "two retries of the missing playlist")
+        clip = encode_clip(tmp_path / "clip.mp4", frames=10)
+        subprocess.run([FFMPEG, "-v", "error", "-i", str(clip), "-c", "copy", "-hls_playlist_type", "vod",
+                        str(tmp_path / "vod.m3u8")], check=True)
+        thread.join(40)
+    assert len(result["frames"]) == 10 and log.states[-2:] == ["streaming", "ended"], log.entries
