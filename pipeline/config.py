@@ -688,6 +688,11 @@ def apply_override(data: dict, override: str) -> None:
 
 
 _REFERENCE = re.compile(r"\$\$|\$\{([^}]*)\}")
+# The credentials of a URL as written in the config, before references are replaced.
+_URL_CREDENTIALS = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://([^/?#@]*)@")
+# What may not stand as itself in a URL's credentials: all but RFC 3986's unreserved and
+# sub-delimiter characters and %XX escapes.
+_USERINFO_UNSAFE = re.compile(r"%(?![0-9A-Fa-f]{2})|[^A-Za-z0-9\-._~!$&'()*+,;=%]")
 _VARIABLE = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)(?::-(.*))?", re.DOTALL)
 
 
@@ -695,13 +700,23 @@ def interpolate(data: Any, environ: typing.Mapping[str, str] | None = None) -> A
     """Replace ``${VAR}`` and ``${VAR:-default}`` in every string value (``$$`` is a literal ``$``).
 
     The default applies when VAR is unset or empty; an unset VAR without default is an error
-    naming the variable and the key.
+    naming the variable and the key. A reference in the credentials of a URL
+    (``rtsp://user:${PASSWORD}@host/...``) is percent-encoded where the URL needs it, so that a
+    password with ``@ : / ? #`` works as it is (an escape already there, ``%40``, is kept).
     """
     env = os.environ if environ is None else environ
     problems: list[str] = []
 
     def substitute(text: str, path: list) -> str:
+        credentials = _URL_CREDENTIALS.match(text)
+
         def one(match: re.Match) -> str:
+            value = resolve(match)
+            if credentials is not None and credentials.start(1) <= match.start() < credentials.end(1):
+                return _USERINFO_UNSAFE.sub(lambda c: "".join(f"%{b:02X}" for b in c.group().encode()), value)
+            return value
+
+        def resolve(match: re.Match) -> str:
             if match.group(0) == "$$":
                 return "$"
             ref = _VARIABLE.fullmatch(match.group(1))

@@ -210,3 +210,15 @@ def test_schema_prints_json_schema(capsys):
     schema = json.loads(capsys.readouterr().out)
     assert set(schema["properties"]) == {"sources", "model", "engine", "tracking", "sinks", "ops", "batch"}
     assert schema["required"] == ["sources"]
+
+
+def test_a_reference_in_url_credentials_is_percent_encoded_where_the_url_needs_it():
+    from segstream.pipeline.config import interpolate
+
+    env = {"PW": "p@ss:w#rd/x?%z", "DONE": "p%40ss", "PATH_PART": "a/b#c"}
+    data = {"url": "rtsp://admin:${PW}@10.0.0.5:554/live/${PATH_PART}", "other": "rtsp://u:${DONE}@h/x",
+            "plain": "${PW}"}
+    out = interpolate(data, env)
+    assert out["url"] == "rtsp://admin:p%40ss%3Aw%23rd%2Fx%3F%25z@10.0.0.5:554/live/a/b#c"  # the path is left as given
+    assert out["other"] == "rtsp://u:p%40ss@h/x"  # an escape already written stays one
+    assert out["plain"] == env["PW"]  # not a URL: unchanged

@@ -204,3 +204,26 @@ def test_credentials_refused_after_streaming_are_retried_until_the_camera_accept
         camera.kill()
     assert not thread.is_alive() and "error" not in outcome, outcome
     assert "failed" not in record.states("cam") and not outcome["report"].failed
+
+
+def test_a_password_with_url_characters_works_through_a_config_variable(tmp_path, monkeypatch):
+    """The README's ``${CAM_PASSWORD}`` pattern with a password holding ``@ : # / ?`` (found
+    probing: 'Invalid argument', retried forever)."""
+    from segstream.pipeline.builders import build_sources
+    from segstream.pipeline.config import load_config
+
+    password = "p@ss:w#rd/x?y"
+    monkeypatch.setenv("CAM_PASSWORD", password)
+    with RtspCamera(tmp_path, user="cam", password=password) as camera:
+        config = tmp_path / "cam.yaml"
+        config.write_text(f"sources: [{{name: cam, type: stream, url: 'rtsp://cam:${{CAM_PASSWORD}}@127.0.0.1:{camera.port}/cam'}}]\n")
+        (source,) = build_sources(load_config(config).sources)
+        frames = []
+        try:
+            for frame in source.frames():
+                frames.append(frame)
+                if len(frames) == 3:
+                    break
+        finally:
+            source.close()
+    assert len(frames) == 3 and password not in source.shown
