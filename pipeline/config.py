@@ -88,6 +88,11 @@ class FileSourceConfig(_Buffered, Strict):
                 )
             return path
         resolved = _resolve(path, info)
+        if resolved.is_dir():
+            raise ValueError(
+                f"'{path}' is a folder ({resolved}), not a video file — for a folder of pictures use type: "
+                "images; for a folder of videos, segstream batch"
+            )
         if not resolved.is_file():
             raise ValueError(
                 f"file '{path}' does not exist ({resolved}) — fix the path; relative paths are relative to "

@@ -222,3 +222,11 @@ def test_a_reference_in_url_credentials_is_percent_encoded_where_the_url_needs_i
     assert out["url"] == "rtsp://admin:p%40ss%3Aw%23rd%2Fx%3F%25z@10.0.0.5:554/live/a/b#c"  # the path is left as given
     assert out["other"] == "rtsp://u:p%40ss@h/x"  # an escape already written stays one
     assert out["plain"] == env["PW"]  # not a URL: unchanged
+
+
+def test_a_folder_given_as_a_file_source_says_what_to_use_instead(capsys, tmp_path):
+    (tmp_path / "clips").mkdir()
+    config = tmp_path / "p.yaml"
+    config.write_text("sources: [{name: a, type: file, path: clips}]\n")
+    [line] = errors_of(capsys, ["validate", str(config)])
+    assert "'clips' is a folder" in line and "type: images" in line and "segstream batch" in line
