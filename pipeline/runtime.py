@@ -145,7 +145,7 @@ class RunReport:
             + (f" dropped {s.dropped} ({', '.join(f'{k} {v}' for k, v in sorted(s.dropped_by.items()))})" if s.dropped else "")
             + (f" decode errors {s.decode_errors}" if s.decode_errors else "")
             + (f" reconnects {s.reconnects}" if s.reconnects else "")
-            + (f" FAILED: {s.reason}" if s.state == "failed" else "")
+            + (" FAILED" if s.state == "failed" else "")  # why: ``failed``, a line of its own
             for name, s in self.sources.items()
         )
         latency = (
