@@ -98,8 +98,13 @@ class InputUnsupported(SourceError):
 
 class InputRefused(SourceError):
     """The input is not there or not ours: the server refused the credentials or access (401,
-    403), or has nothing at that path (404), or the device or file does not exist. The same URL
-    gets the same answer until someone changes it, the server, or plugs the device in."""
+    403), or has nothing at that path (404), or the device or file does not exist or may not be
+    read. The same URL gets the same answer until someone changes it, the server, its
+    permissions, or plugs the device in. ``missing``: not there (rather than refused)."""
+
+    def __init__(self, message: str, missing: bool = False):
+        super().__init__(message)
+        self.missing = missing
 
 
 class DisplayOrientation:
@@ -332,11 +337,14 @@ def open_error(error: BaseException, shown: str, open_timeout_s: float) -> Sourc
             "PyAV against an FFmpeg that has it"
         )
     if isinstance(error, (FileNotFoundError, av.error.FileNotFoundError)):
-        return InputRefused(f"'{shown}' does not exist")
+        return InputRefused(f"'{shown}' does not exist", missing=True)
+    if isinstance(error, (PermissionError, av.error.PermissionError)):
+        return InputRefused(f"'{shown}' may not be read by this user (permission denied) — for a camera, add the "
+                            "user to the video group")
     if isinstance(error, (av.error.HTTPUnauthorizedError, av.error.HTTPForbiddenError)):
         return InputRefused(f"'{shown}' refused access: {describe_error(error)}")
     if isinstance(error, av.error.HTTPNotFoundError):
-        return InputRefused(f"cannot open '{shown}': {describe_error(error)}")
+        return InputRefused(f"cannot open '{shown}': {describe_error(error)}", missing=True)
     if isinstance(error, av.error.ConnectionRefusedError):
         return SourceError(f"connection refused by '{shown}' (is the server or camera up?)")
     if isinstance(error, av.error.InvalidDataError):

@@ -11,7 +11,8 @@ credentials (401, 403) or is not there (404, no such device) before the first fr
 source at once: the URL is wrong, and retrying would only hide it (``wait_for_input`` waits for
 it instead); later, these are retried like any loss. An input with a length
 (a video file or video-on-demand playlist over HTTP) ends the source when it ends, instead of
-being played again. Waiting for the consumer
+being played again (and fails it when lost part-way: opened again it would start over). Waiting
+for the consumer
 (back-pressure) is never a stall: the watchdog counts only time spent waiting for the input.
 
 Frame indices keep counting across sessions; PTS stay strictly increasing (``Timeline``), the
@@ -163,6 +164,7 @@ class LiveSource:
                         break
                     capture = self._capture = CaptureThread(self.name, self._open).start()
                 finite: float | None = None  # the input's length, when it has one
+                first = True  # no frame yet from this session
                 try:
                     opened = self._wait_open(capture, never_streamed=epoch < 0)
                     if opened is None:
@@ -170,11 +172,10 @@ class LiveSource:
                     finite = opened.duration_s
                     if finite is not None and epoch < 0:
                         logger.warning(
-                            "source %s: '%s' is a finite video (%.3g s), read as a live stream: frames the model "
+                            "source %s: '%s' is a finite video (%.1f s), read as a live stream: frames the model "
                             "cannot keep up with are dropped, and the source ends with the video — use type: file "
                             "to process every frame", self.name, self.shown, finite,
                         )
-                    first = True
                     for picture in self._read(capture):
                         if first:
                             first = False
@@ -205,6 +206,12 @@ class LiveSource:
                     if finite is not None and details.get("ended"):
                         ended = f"'{self.shown}' is a finite video and has ended"
                         break
+                    if finite is not None and not first:
+                        # opened again it would start over, repeating what was published
+                        failed = True
+                        lost_part_way = f"'{self.shown}' is a finite video and was lost part-way ({reason})"
+                        self._enter("failed", lost_part_way, {**details, "url": self.shown})
+                        raise SourceError(f"source {self.name} failed: {lost_part_way} — use type: file for it")
                 except (InputUnsupported, InputRefused) as error:
                     failed = True
                     self._enter("failed", str(error), {"url": self.shown})
@@ -249,9 +256,8 @@ class LiveSource:
             raise
         except InputRefused as error:
             if never_streamed and not self.policy.wait_for_input:
-                raise InputRefused(
-                    f"{error} (before the first frame: not retried; wait_for_input: true retries it)"
-                ) from None
+                hint = "; wait_for_input: true waits for it" if error.missing else ""
+                raise InputRefused(f"{error} (before the first frame: not retried{hint})", error.missing) from None
             raise _Lost(str(error), {"phase": "open", "refused": True}) from None
         except InputTimeout as error:
             raise _Lost(str(error), {"phase": "open", "timeout_s": timeout_s}) from None

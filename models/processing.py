@@ -147,6 +147,22 @@ def window_layout(height: int, width: int, size: int) -> WindowLayout:
     return WindowLayout((h, w), tuple(int(j * step) for j in range(count)), vertical=height > width)
 
 
+@dataclass(frozen=True, slots=True)
+class InputGeometry:
+    """How pre-processing scales a frame: its long side to ``size`` (letterbox), or with
+    ``windows`` its short side (semantic windows). A plain value, so it travels where the model
+    does not (a Ray task decoding for a model actor)."""
+
+    size: int
+    windows: bool = False
+
+    def scale(self, height: int, width: int) -> tuple[int, int]:
+        """The (height, width) a frame of this size is scaled to, before padding or windowing."""
+        if self.windows:
+            return window_layout(height, width, self.size).scaled
+        return letterbox_size(height, width, self.size)
+
+
 def semantic_windows(images: list[Tensor], size: int) -> tuple[Tensor, list[WindowLayout]]:
     """H x W x 3 uint8 frames -> normalised N x 3 x size x size windows, and each frame's layout."""
     windows, layouts = [], []

@@ -23,15 +23,14 @@ from segstream.models.label_sets import LabelSet
 from segstream.models.processing import (
     POSTPROCESS_MODES,
     Decision,
+    InputGeometry,
     Thresholds,
     frame_label_map,
     instance,
     letterbox,
-    letterbox_size,
     panoptic,
     semantic,
     semantic_windows,
-    window_layout,
 )
 from segstream.models.results import NO_TRACK, FrameResult, Segments
 
@@ -55,13 +54,17 @@ class FamilyAdapter(Protocol):
     copies already scaled to ``input_size`` of it); ``decide`` returns one ``Decision`` per
     frame, still on the device, and ``embeddings`` the per-segment embeddings of those decisions
     (S x D, D may be 0). ``input_size`` is the (height, width) pre-processing scales a frame of
-    the given size to, before any padding or windowing (what a decoder may scale to at once)."""
+    the given size to, before any padding or windowing (what a decoder may scale to at once):
+    ``geometry.scale``, the geometry being a plain value that travels without the model."""
 
     name: str
     family: str
     labels: LabelSet
     device: torch.device
     batch_buckets: tuple[int, ...]
+
+    @property
+    def geometry(self) -> InputGeometry: ...
 
     def input_size(self, height: int, width: int) -> tuple[int, int]: ...
 
@@ -169,10 +172,12 @@ class EoMTSegmenter:
 
     # --- the three steps the engine drives ---------------------------------------------------
 
+    @property
+    def geometry(self) -> InputGeometry:
+        return InputGeometry(self.size, windows=self.task == "semantic")
+
     def input_size(self, height: int, width: int) -> tuple[int, int]:
-        if self.task == "semantic":
-            return window_layout(height, width, self.size).scaled
-        return letterbox_size(height, width, self.size)
+        return self.geometry.scale(height, width)
 
     def prepare(self, frames: list[Tensor], sizes: list[tuple[int, int]] | None = None) -> Prepared:
         """Letterboxed (or windowed) normalised input. Frames already at ``input_size`` of their

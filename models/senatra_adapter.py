@@ -35,7 +35,14 @@ import torch
 from torch import Tensor
 
 from segstream.models.label_sets import LabelSet
-from segstream.models.processing import Decision, _resize_rgb, frame_label_map, letterbox_size, normalize
+from segstream.models.processing import (
+    Decision,
+    InputGeometry,
+    _resize_rgb,
+    frame_label_map,
+    letterbox_size,
+    normalize,
+)
 from segstream.models.results import FrameResult, Level
 from segstream.models.segmenter import PRECISIONS, Prepared, segment_frames
 from segstream.models.senatra import SeNaTra, SeNaTraOutput, hierarchy, panoptic_segments
@@ -152,8 +159,12 @@ class SeNaTraSegmenter:
     def size(self) -> int:
         return self.model.cfg.input_size
 
+    @property
+    def geometry(self) -> InputGeometry:
+        return InputGeometry(self.size)
+
     def input_size(self, height: int, width: int) -> tuple[int, int]:
-        return letterbox_size(height, width, self.size)
+        return self.geometry.scale(height, width)
 
     def prepare(self, frames: list[Tensor], sizes: list[tuple[int, int]] | None = None) -> Prepared:
         """Normalised input; frames already at ``input_size`` of their ``sizes`` stay as they are."""

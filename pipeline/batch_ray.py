@@ -17,7 +17,6 @@ Ray is an optional extra: ``pip install 'segstream[ray]'``.
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
 from collections import deque
@@ -66,8 +65,8 @@ class ModelActor:
     def labels(self):
         return self.adapter.labels
 
-    def input_size(self, height: int, width: int) -> tuple[int, int]:
-        return self.adapter.input_size(height, width)
+    def geometry(self):
+        return self.adapter.geometry
 
     def segment(self, frames):
         for frame in frames:  # arrays from Ray's object store are read-only; torch wants its own
@@ -89,10 +88,11 @@ class ProgressBoard:
         return counts
 
 
-def process_video(job: VideoJob, cfg_json: str, root: str, actor, labels, board) -> dict:
+def process_video(job: VideoJob, cfg_json: str, root: str, actor, labels, board, geometry=None) -> dict:
     """A Ray task: every frame of one video through ``actor`` into its outputs; returns what
     became of it (a video that cannot be decoded is a result, not an exception: it is not
-    retried)."""
+    retried). With ``geometry`` (the model's ``InputGeometry``) frames are converted at the
+    model's input size (``engine.resize_in_decoder``)."""
     import ray
 
     from segstream.connectors.file_source import FileSource
@@ -107,11 +107,8 @@ def process_video(job: VideoJob, cfg_json: str, root: str, actor, labels, board)
     try:
         source = FileSource(job.id, str(job.path), open_timeout_s=batch_cfg.open_timeout_s,
                             read_timeout_s=batch_cfg.read_timeout_s)
-        if cfg.engine.resize_in_decoder:
-            # asked of the actor once per frame size (the model's geometry lives with the model)
-            source.decode_size = functools.lru_cache(maxsize=4)(
-                lambda height, width: tuple(ray.get(actor.input_size.remote(height, width)))
-            )
+        if geometry is not None:
+            source.decode_size = geometry.scale
         outputs = VideoOutputs(
             root, job.id, labels, jsonl=batch_cfg.jsonl, coco_panoptic=batch_cfg.coco_panoptic,
             overlay=batch_cfg.overlay, mask_encoding=cfg.sinks.redis.mask_encoding, video_name=job.path.name,
@@ -222,7 +219,7 @@ def _run(ray, cfg, jobs, root, manifest, progress, control) -> list[VideoOutcome
                                                  max_task_retries=3)
     actors = [actor_class.remote(cfg.model.model_dump_json(), cfg.engine.batch_size) for _ in range(actors_wanted)]
     try:
-        labels = ray.get(actors[0].labels.remote())
+        labels, geometry = ray.get([actors[0].labels.remote(), actors[0].geometry.remote()])
     except ray.exceptions.RayError as error:
         raise ConfigError(f"the model actor could not start: {error}") from None
     board = ray.remote(ProgressBoard).options(num_cpus=0).remote()
@@ -237,7 +234,8 @@ def _run(ray, cfg, jobs, root, manifest, progress, control) -> list[VideoOutcome
         while queue or in_flight:
             while queue and len(in_flight) < limit and not control.stopping.is_set():
                 i, job = queue.popleft()
-                ref = task.remote(job, cfg_json, str(root), actors[i % len(actors)], labels, board)
+                ref = task.remote(job, cfg_json, str(root), actors[i % len(actors)], labels, board,
+                                  geometry if cfg.engine.resize_in_decoder else None)
                 in_flight[ref] = job
             if not in_flight:
                 break

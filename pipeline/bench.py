@@ -2,8 +2,9 @@
 
 - network: the model's forward on one prepared batch of ``engine.batch_size`` frames of the
   first source, repeated; no decoding, pre- or post-processing. Measured both as one thread with
-  every core and, where the pipeline runs several model workers, in the pipeline's own layout
-  (workers x intra-op threads, in parallel); the faster is the network's rate.
+  every core (or ``engine.threads`` intra-op threads when set) and, where the pipeline runs
+  several model workers, in the pipeline's own layout (workers x intra-op threads, in parallel);
+  the faster is the network's rate.
 - pipeline: the configured run (every source, ``--sources N`` copies of the first), from the
   first decoded frame to the last published entry, after the model's warm-up.
 - naive: decode, pre-process + network + post-process, publish, one frame after another, with
@@ -20,6 +21,7 @@ import math
 import os
 import resource
 import sys
+import threading
 import time
 from typing import Any
 
@@ -65,8 +67,6 @@ def _sync(device: torch.device) -> None:
 def network_fps(adapter, frames: list, seconds: float = 3.0, workers: int = 1) -> float:
     """Frames per second of the network alone on one prepared batch, repeated for ``seconds`` by
     each of ``workers`` threads at once (each with torch's current intra-op thread count)."""
-    import threading
-
     from segstream.models.segmenter import upload
 
     with torch.inference_mode():
@@ -146,7 +146,7 @@ def run_bench(
     adapter = build_segmenter(cfg.model, batch_size=cfg.engine.batch_size)
     device = adapter.device
     batch = _first_frames(cfg, cfg.engine.batch_size)
-    # The network alone gets the whole machine: every core for one thread's intra-op threads,
+    # The network alone gets the whole machine: every core (unless engine.threads says) for one thread,
     # and, where the pipeline runs several model workers, the pipeline's layout too; the faster
     # of the two is what the pipeline is held against.
     layout = engine_layout(device, os.cpu_count() or 1, compiled=bool(adapter.batch_buckets),

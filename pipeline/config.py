@@ -698,6 +698,12 @@ _URL_CREDENTIALS = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://([^/?#@]*)@")
 # What may not stand as itself in a URL's credentials: all but RFC 3986's unreserved and
 # sub-delimiter characters and %XX escapes.
 _USERINFO_UNSAFE = re.compile(r"%(?![0-9A-Fa-f]{2})|[^A-Za-z0-9\-._~!$&'()*+,;=%]")
+
+
+def _escape_userinfo(text: str) -> str:
+    return _USERINFO_UNSAFE.sub(lambda c: "".join(f"%{b:02X}" for b in c.group().encode()), text)
+
+
 _VARIABLE = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)(?::-(.*))?", re.DOTALL)
 
 
@@ -714,12 +720,16 @@ def interpolate(data: Any, environ: typing.Mapping[str, str] | None = None) -> A
 
     def substitute(text: str, path: list) -> str:
         credentials = _URL_CREDENTIALS.match(text)
+        # With no ':' of its own between user and password, the first ':' a value brings is that
+        # separator (``rtsp://${AUTH}@host`` with AUTH=user:password) and stays one.
+        separator_written = credentials is not None and ":" in _REFERENCE.sub("", credentials.group(1))
 
         def one(match: re.Match) -> str:
             value = resolve(match)
-            if credentials is not None and credentials.start(1) <= match.start() < credentials.end(1):
-                return _USERINFO_UNSAFE.sub(lambda c: "".join(f"%{b:02X}" for b in c.group().encode()), value)
-            return value
+            if credentials is None or not credentials.start(1) <= match.start() < credentials.end(1):
+                return value
+            user, colon, password = (("", "", value) if separator_written else value.partition(":"))
+            return _escape_userinfo(user) + colon + _escape_userinfo(password)
 
         def resolve(match: re.Match) -> str:
             if match.group(0) == "$$":

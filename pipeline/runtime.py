@@ -32,7 +32,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, TextIO
 
-from segstream.connectors.errors import SegstreamError
+from segstream.connectors.errors import ConfigError, SegstreamError
 from segstream.connectors.sink import Sink
 from segstream.connectors.source import VideoSource
 from segstream.models.results import Event, FrameResult
@@ -145,7 +145,7 @@ class RunReport:
             + (f" dropped {s.dropped} ({', '.join(f'{k} {v}' for k, v in sorted(s.dropped_by.items()))})" if s.dropped else "")
             + (f" decode errors {s.decode_errors}" if s.decode_errors else "")
             + (f" reconnects {s.reconnects}" if s.reconnects else "")
-            + (" FAILED" if s.state == "failed" else "")  # why: ``failed``, a line of its own
+            + (" FAILED" if s.state == "failed" else "")  # the reason is in ``failed``, printed on its own line
             for name, s in self.sources.items()
         )
         latency = (
@@ -270,7 +270,8 @@ class Runtime:
         self.model_stage = ModelStage(adapter, max_inflight, keep_images=self._wants_images)
         if resize_in_decoder:
             if self._wants_images:
-                raise ValueError("resize_in_decoder: a sink draws on full-size frames (a preview or overlay)")
+                raise ConfigError("engine.resize_in_decoder: a sink draws on full-size frames (a preview or overlay) "
+                                  "— turn one of them off")
             for source in self.sources:
                 if hasattr(source, "decode_size"):  # decodes with FFmpeg
                     source.decode_size = adapter.input_size

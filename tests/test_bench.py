@@ -21,6 +21,9 @@ def test_bench_reports_all_three_rates_their_ratios_and_stage_latencies(capsys):
     assert result["sources"] == 2 and result["frames"] == 24 and result["dropped"] == 0
     assert all(fps[k] > 0 for k in ("network", "pipeline", "naive"))
     assert abs(result["ratio"]["pipeline_vs_network"] - fps["pipeline"] / fps["network"]) < 1e-9
+    # the network alone both ways on the CPU (one thread; the pipeline's two workers), the faster kept
+    layouts = result["network_layouts_fps"]
+    assert len(layouts) == 2 and fps["network"] == max(layouts.values()) == layouts[result["network_layout"]]
     assert abs(result["ratio"]["pipeline_vs_naive"] - fps["pipeline"] / fps["naive"]) < 1e-9
     for stage in ("batched", "model_end", "post_end", "published", "capture_to_publish"):
         row = result["stages_ms"][stage]

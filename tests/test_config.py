@@ -222,6 +222,9 @@ def test_a_reference_in_url_credentials_is_percent_encoded_where_the_url_needs_i
     assert out["url"] == "rtsp://admin:p%40ss%3Aw%23rd%2Fx%3F%25z@10.0.0.5:554/live/a/b#c"  # the path is left as given
     assert out["other"] == "rtsp://u:p%40ss@h/x"  # an escape already written stays one
     assert out["plain"] == env["PW"]  # not a URL: unchanged
+    # one variable for user and password: its first ':' separates them
+    auth = interpolate({"url": "rtsp://${AUTH}@cam/x"}, {"AUTH": "admin:se:c#ret"})
+    assert auth["url"] == "rtsp://admin:se%3Ac%23ret@cam/x"
 
 
 def test_a_folder_given_as_a_file_source_says_what_to_use_instead(capsys, tmp_path):

@@ -18,6 +18,7 @@ from segstream.pipeline.runtime import Runtime
 from tests.conftest import CollectingSink
 from tests.live_servers import RtspCamera
 from tests.test_file_media import MARK, _marked_clip
+from tests.test_stream_source import take
 
 
 @pytest.fixture(scope="module")
@@ -77,14 +78,7 @@ def test_a_stream_source_scales_in_its_decoder(tmp_path):
     with RtspCamera(tmp_path, size="160x120") as camera:
         source = StreamSource("cam", camera.url())
         source.decode_size = lambda height, width: (height // 2, width // 2)
-        frames = []
-        try:
-            for frame in source.frames():
-                frames.append(frame)
-                if len(frames) == 3:
-                    break
-        finally:
-            source.close()
+        frames = take(source, 3)
     assert [f.image.shape for f in frames] == [(60, 80, 3)] * 3
     assert all((f.height, f.width) == (120, 160) for f in frames)
     assert source.info.width == 160 and source.info.height == 120  # what the camera sends
@@ -123,6 +117,14 @@ def test_the_preview_needs_full_frames(tmp_path, vga_clip, capsys):
     assert len(err) == 1 and "engine.resize_in_decoder" in err[0] and "sinks.preview" in err[0]
     config.write_text(f"sources: [{{name: a, type: file, path: '{vga_clip}'}}]\nengine: {{resize_in_decoder: true}}\n")
     assert load_config(config).engine.resize_in_decoder
+
+
+def test_the_batch_overlay_needs_full_frames():
+    from segstream.connectors.errors import ConfigError
+    from segstream.pipeline.config import BatchPipelineConfig, validate_config
+
+    with pytest.raises(ConfigError, match="batch.overlay"):
+        validate_config({"engine": {"resize_in_decoder": True}, "batch": {"overlay": True}}, schema=BatchPipelineConfig)
 
 
 @pytest.mark.parametrize("family, task", [("eomt", "panoptic"), ("eomt", "semantic"), ("senatra", "panoptic")])

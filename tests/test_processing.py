@@ -238,3 +238,13 @@ def test_weights_stored_cast_give_the_outputs_autocast_gives(tmp_path, precision
                for p in m.parameters())
     for a, b in zip(before, after):
         assert a.dtype == b.dtype and torch.equal(a, b)
+
+
+def test_the_factory_stores_weights_in_the_precision_it_runs_at():
+    from segstream.pipeline.config import ModelConfig
+    from segstream.pipeline.model_factory import build_segmenter
+
+    for precision, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
+        model = build_segmenter(ModelConfig(device="cpu", precision=precision)).model
+        assert {m.weight.dtype for m in model.modules() if isinstance(m, torch.nn.Linear)} == {dtype}
+        assert model.q.weight.dtype == torch.float32  # the query tokens are added, not multiplied

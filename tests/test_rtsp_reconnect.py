@@ -211,6 +211,7 @@ def test_a_password_with_url_characters_works_through_a_config_variable(tmp_path
     probing: 'Invalid argument', retried forever)."""
     from segstream.pipeline.builders import build_sources
     from segstream.pipeline.config import load_config
+    from tests.test_stream_source import take
 
     password = "p@ss:w#rd/x?y"
     monkeypatch.setenv("CAM_PASSWORD", password)
@@ -218,12 +219,5 @@ def test_a_password_with_url_characters_works_through_a_config_variable(tmp_path
         config = tmp_path / "cam.yaml"
         config.write_text(f"sources: [{{name: cam, type: stream, url: 'rtsp://cam:${{CAM_PASSWORD}}@127.0.0.1:{camera.port}/cam'}}]\n")
         (source,) = build_sources(load_config(config).sources)
-        frames = []
-        try:
-            for frame in source.frames():
-                frames.append(frame)
-                if len(frames) == 3:
-                    break
-        finally:
-            source.close()
+        frames = take(source, 3)
     assert len(frames) == 3 and password not in source.shown

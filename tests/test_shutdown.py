@@ -73,7 +73,7 @@ def test_second_interrupt_aborts_with_130(tmp_path, clip, checkpoint):
     assert "Traceback" not in err and "segstream: aborted" in err
 
 
-@pytest.mark.parametrize("delay_s", [0.05, 0.15, 0.3])
+@pytest.mark.parametrize("delay_s", [0.2, 0.4])  # after Python's own start-up, while the CLI loads
 def test_ctrl_c_while_the_command_starts_up_ends_without_a_traceback(delay_s):
     """The console command loads the CLI's modules inside its entry point: an interrupt while
     they load ends quietly (found probing: a KeyboardInterrupt traceback in the first 0.2 s)."""

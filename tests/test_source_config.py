@@ -93,6 +93,15 @@ def test_stream_and_camera_sources_open_only_when_the_run_starts():
     assert all(s.live and s.state == "connecting" for s in sources)
 
 
+def test_wait_for_input_reaches_the_reconnect_policy_of_streams_and_cameras():
+    cfg = validate_config({"sources": [
+        {"name": "a", "type": "stream", "url": "rtsp://127.0.0.1:9/none", "wait_for_input": True},
+        {"name": "b", "type": "camera", "device": "/dev/video97", "wait_for_input": True},
+        {"name": "c", "type": "stream", "url": "rtsp://127.0.0.1:9/other"},
+    ]})
+    assert [s.policy.wait_for_input for s in build_sources(cfg.sources)] == [True, True, False]
+
+
 def test_validate_reports_bad_stream_urls_redacted(tmp_path, capsys):
     config = tmp_path / "p.yaml"
     config.write_text("sources:\n  - {name: a, type: stream, url: 'gopher://me:hunter22@cam/x'}\n")

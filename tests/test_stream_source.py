@@ -267,3 +267,48 @@ def test_a_path_the_server_does_not_have_fails_at_once_unless_waited_for(tmp_pat
                         str(tmp_path / "vod.m3u8")], check=True)
         thread.join(40)
     assert len(result["frames"]) == 10 and log.states[-2:] == ["streaming", "ended"], log.entries
+
+
+def test_a_finite_video_lost_part_way_fails_instead_of_starting_over(tmp_path):
+    """Opened again, a finite input starts from its beginning: the frames already published would
+    come again under a new epoch. Losing one part-way fails the source, saying so."""
+    import http.server
+    import subprocess
+
+    from tests.conftest import encode_clip
+    from tests.live_servers import FFMPEG
+
+    clip = encode_clip(tmp_path / "clip.mp4", frames=40)
+    subprocess.run([FFMPEG, "-v", "error", "-i", str(clip), "-c", "copy", "-movflags", "+faststart",
+                    str(tmp_path / "fast.mp4")], check=True)
+    data = (tmp_path / "fast.mp4").read_bytes()
+    release = threading.Event()
+
+    class HalfThenSilent(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Type", "video/mp4")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data[: len(data) * 2 // 3])
+            self.wfile.flush()
+            release.wait(20)  # the rest never comes
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), HalfThenSilent)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        source = StreamSource("web", f"http://127.0.0.1:{server.server_address[1]}/fast.mp4", policy=QUICK)
+        source.on_state = log = StateLog()
+        frames = []
+        with pytest.raises(SourceError, match="finite video and was lost part-way"):
+            for frame in source.frames():
+                frames.append(frame)
+    finally:
+        release.set()
+        server.shutdown()
+        server.server_close()
+    assert 0 < len(frames) < 40 and source.reconnects == 0
+    assert log.states[-1] == "failed" and "streaming" in log.states
