@@ -38,10 +38,19 @@ def read_state_dict(path: Path) -> dict[str, Tensor]:
             from safetensors.torch import load_file
 
             return load_file(str(path))
+        with path.open("rb") as file:
+            head = file.read(4)
+        if not head.startswith((b"PK\x03\x04", b"\x80")):  # torch.save's zip, or a bare pickle
+            raise CheckpointError(
+                f"checkpoint '{path}' is not a checkpoint: neither a safetensors file nor one PyTorch saved "
+                "— pass the model's .safetensors or .bin/.pt file"
+            )
         with warnings.catch_warnings():
             # torch's note about pickle protocols is noise to someone loading weights
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
             state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except CheckpointError:
+        raise
     except pickle.UnpicklingError:
         # torch's own message advises weights_only=False, i.e. running the file's code: never.
         raise CheckpointError(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -151,6 +152,11 @@ def test_missing_and_garbage_checkpoints_are_user_errors(tmp_path):
     garbage.write_bytes(b"not a checkpoint at all")
     with pytest.raises(CheckpointError, match="cannot be read"):
         read_state_dict(garbage)
+    # a video passed as a .pt: not "Python objects", which torch's unpickler would make it
+    video = tmp_path / "clip.pt"
+    video.write_bytes((Path(__file__).parents[1] / "samples" / "demo.mp4").read_bytes()[:4096])
+    with pytest.raises(CheckpointError, match="is not a checkpoint: neither a safetensors file nor one PyTorch saved"):
+        read_state_dict(video)
 
 
 def test_hub_reference_offline_says_how_to_use_a_local_file(monkeypatch, tmp_path):
