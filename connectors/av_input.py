@@ -196,6 +196,10 @@ class AVInput:
         if low_latency:
             context.flags |= av.codec.context.Flags.low_delay
         self.time_base = self.stream.time_base or Fraction(1, 1_000_000)
+        # The input's length in seconds when it has one (a file, a video-on-demand playlist), None
+        # for live streams; read now: the capture thread may close the container at any time.
+        duration = self.container.duration
+        self.duration_s: float | None = duration / 1_000_000 if duration and duration > 0 else None
         # FFmpeg's guess first: the average rate of a file with a gap in its timestamps is far too low
         rate = self.stream.guessed_rate or self.stream.average_rate or self.stream.base_rate
         self.fps = float(rate) if rate else None
@@ -256,13 +260,6 @@ class AVInput:
             sender_pts, sender_wall = self._sender
             sender = sender_wall + float((pts - sender_pts) * self.time_base)
         return Picture(image, pts, self.time_base, self.step, time.time(), sender, size)
-
-    @property
-    def duration_s(self) -> float | None:
-        """The input's length in seconds when it has one (a file, a video-on-demand playlist);
-        None for live streams."""
-        duration = self.container.duration
-        return duration / 1_000_000 if duration and duration > 0 else None
 
     def close(self) -> None:
         self.container.close()

@@ -156,6 +156,7 @@ class LiveSource:
         last_frame_at: float | None = None
         failed = False
         ended = "stopped"
+        was_live = False  # a session opened without a length: a live stream
         self._enter("connecting", f"opening '{self.shown}'", {"url": self.shown})
         try:
             while not self._closed.is_set():
@@ -165,11 +166,18 @@ class LiveSource:
                     capture = self._capture = CaptureThread(self.name, self._open).start()
                 finite: float | None = None  # the input's length, when it has one
                 first = True  # no frame yet from this session
+                began_s = ended_s = 0.0  # the time of this session's first frame, and the end of its last
                 try:
                     opened = self._wait_open(capture, never_streamed=epoch < 0)
                     if opened is None:
                         break
                     finite = opened.duration_s
+                    if finite is not None and was_live:
+                        # a live playlist its publisher finished (HLS #EXT-X-ENDLIST): reading it
+                        # again would publish its last segments a second time
+                        ended = f"'{self.shown}' has ended: its publisher finished the stream"
+                        break
+                    was_live = was_live or finite is None
                     if finite is not None and epoch < 0:
                         logger.warning(
                             "source %s: '%s' is a finite video (%.1f s), read as a live stream: frames the model "
@@ -177,6 +185,7 @@ class LiveSource:
                             "to process every frame", self.name, self.shown, finite,
                         )
                     for picture in self._read(capture):
+                        first_of_session = first
                         if first:
                             first = False
                             failures = 0
@@ -185,6 +194,10 @@ class LiveSource:
                             if last_frame_at is not None:
                                 timeline.restart(time.monotonic() - last_frame_at)
                             self._streaming(opened.info, picture, epoch)
+                        if picture.pts is not None:
+                            at_s = float(picture.pts * picture.time_base)
+                            began_s = at_s if first_of_session else began_s
+                            ended_s = at_s + float(picture.step * picture.time_base)
                         pts = timeline.place(picture.pts, picture.time_base, picture.step)
                         last_frame_at = time.monotonic()
                         yield Frame(
@@ -203,9 +216,13 @@ class LiveSource:
                     break  # _read returns only once closed
                 except _Lost as lost:
                     reason, details = lost.reason, lost.data
-                    if finite is not None and details.get("ended"):
+                    played = ended_s - began_s
+                    whole = finite is not None and played >= finite * 0.95 - 1.0
+                    if finite is not None and details.get("ended") and whole:
                         ended = f"'{self.shown}' is a finite video and has ended"
                         break
+                    if finite is not None and details.get("ended") and not first:
+                        reason = f"{reason} after {played:.1f} s of its {finite:.1f} s"
                     if finite is not None and not first:
                         # opened again it would start over, repeating what was published
                         failed = True

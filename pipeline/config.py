@@ -696,8 +696,8 @@ _REFERENCE = re.compile(r"\$\$|\$\{([^}]*)\}")
 # The credentials of a URL as written in the config, before references are replaced.
 _URL_CREDENTIALS = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://([^/?#@]*)@")
 # What may not stand as itself in a URL's credentials: all but RFC 3986's unreserved and
-# sub-delimiter characters and %XX escapes.
-_USERINFO_UNSAFE = re.compile(r"%(?![0-9A-Fa-f]{2})|[^A-Za-z0-9\-._~!$&'()*+,;=%]")
+# sub-delimiter characters ('%' too: a variable's value is taken as written).
+_USERINFO_UNSAFE = re.compile(r"[^A-Za-z0-9\-._~!$&'()*+,;=]")
 
 
 def _escape_userinfo(text: str) -> str:
@@ -713,7 +713,7 @@ def interpolate(data: Any, environ: typing.Mapping[str, str] | None = None) -> A
     The default applies when VAR is unset or empty; an unset VAR without default is an error
     naming the variable and the key. A reference in the credentials of a URL
     (``rtsp://user:${PASSWORD}@host/...``) is percent-encoded where the URL needs it, so that a
-    password with ``@ : / ? #`` works as it is (an escape already there, ``%40``, is kept).
+    password with ``@ : / ? # %`` works as it is: the variable holds the password as written.
     """
     env = os.environ if environ is None else environ
     problems: list[str] = []

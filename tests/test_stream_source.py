@@ -312,3 +312,53 @@ def test_a_finite_video_lost_part_way_fails_instead_of_starting_over(tmp_path):
         server.server_close()
     assert 0 < len(frames) < 40 and source.reconnects == 0
     assert log.states[-1] == "failed" and "streaming" in log.states
+
+
+def test_a_live_playlist_its_publisher_finishes_ends_without_replaying_its_last_segments(tmp_path):
+    """ffmpeg stopped gracefully ends its live playlist (#EXT-X-ENDLIST); opened again it is a
+    finite playlist of the last segments, already published (found probing: republished)."""
+    playlist = tmp_path / "live.m3u8"
+    hls = ["-f", "hls", "-hls_time", "0.5", "-hls_list_size", "6", str(playlist)]
+    publisher = FfmpegStream(hls, gop=12).start()
+    try:
+        with StaticHttpServer(tmp_path) as server:
+            wait_for(lambda: playlist.exists() and playlist.read_text().count("#EXTINF") >= 2, 20, "the playlist")
+            source = StreamSource("hls", f"http://127.0.0.1:{server.port}/live.m3u8", policy=QUICK)
+            source.on_state = log = StateLog()
+            frames = []
+            for frame in source.frames():
+                frames.append(frame)
+                if len(frames) == 30:
+                    os.killpg(publisher.process.pid, signal.SIGINT)  # ffmpeg writes the end of the list
+                if len(frames) > 2000:
+                    break
+    finally:
+        publisher.kill()
+    assert "#EXT-X-ENDLIST" in playlist.read_text()
+    assert all(f.epoch == 0 for f in frames), "frames of a second session: the last segments again"
+    assert log.states[-1] == "ended" and "publisher finished" in log.entries[-1][2], log.entries
+
+
+def test_a_video_on_demand_playlist_whose_server_goes_away_fails_short_of_its_length(tmp_path):
+    """FFmpeg skips the segments it cannot fetch and reaches the end early: that is no normal end
+    (found probing: exit 0 with half the video read)."""
+    import subprocess
+
+    from tests.live_servers import FFMPEG
+
+    subprocess.run([FFMPEG, "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=160x120:rate=25", "-t", "12",
+                    "-c:v", "libx264", "-preset", "ultrafast", "-g", "25", "-hls_playlist_type", "vod",
+                    "-hls_time", "1", str(tmp_path / "vod.m3u8")], check=True)
+    server = StaticHttpServer(tmp_path).__enter__()
+    source = StreamSource("vod", f"http://127.0.0.1:{server.port}/vod.m3u8", policy=QUICK)
+    source.on_state = log = StateLog()
+    frames = []
+    try:
+        with pytest.raises(SourceError, match=r"lost part-way .* after \d+\.\d s of its 12\.0 s"):
+            for frame in source.frames():
+                frames.append(frame)
+                if len(frames) == 30:
+                    server.__exit__()
+    finally:
+        source.close()
+    assert 30 <= len(frames) < 300 and log.states[-1] == "failed"
