@@ -10,8 +10,8 @@ behind one switch do not retry in step, forever unless ``max_reconnects`` says o
 credentials (401, 403) or is not there (404, no such device) before the first frame fails the
 source at once: the URL is wrong, and retrying would only hide it (``wait_for_input`` waits for
 it instead); later, these are retried like any loss. An input with a length
-(a video file or video-on-demand playlist over HTTP) ends the source when it ends, instead of
-being played again (and fails it when lost part-way: opened again it would start over). Waiting
+(a video file or video-on-demand playlist over HTTP) is played at its own rate, like a live
+stream, and ends the source when it ends, instead of being played again (and fails it when lost part-way: opened again it would start over). Waiting
 for the consumer
 (back-pressure) is never a stall: the watchdog counts only time spent waiting for the input.
 
@@ -40,7 +40,7 @@ from segstream.connectors.av_input import (
     InputUnsupported,
     Picture,
 )
-from segstream.connectors.clock import Timeline
+from segstream.connectors.clock import Pacer, Timeline
 from segstream.connectors.errors import SourceError
 from segstream.connectors.frames import Frame
 from segstream.connectors.source import StateListener
@@ -157,6 +157,7 @@ class LiveSource:
         failed = False
         ended = "stopped"
         was_live = False  # a session opened without a length: a live stream
+        pacer = Pacer()  # plays an input with a length at its own rate
         self._enter("connecting", f"opening '{self.shown}'", {"url": self.shown})
         try:
             while not self._closed.is_set():
@@ -180,9 +181,10 @@ class LiveSource:
                     was_live = was_live or finite is None
                     if finite is not None and epoch < 0:
                         logger.warning(
-                            "source %s: '%s' is a finite video (%.1f s), read as a live stream: frames the model "
-                            "cannot keep up with are dropped, and the source ends with the video — use type: file "
-                            "to process every frame", self.name, self.shown, finite,
+                            "source %s: '%s' is a finite video (%.1f s), played as a live stream at its own rate "
+                            "(frames the model cannot keep up with are dropped), ending with the video — use "
+                            "type: file to process every frame as fast as the model goes", self.name, self.shown,
+                            finite,
                         )
                     for picture in self._read(capture):
                         first_of_session = first
@@ -199,6 +201,12 @@ class LiveSource:
                             began_s = at_s if first_of_session else began_s
                             ended_s = at_s + float(picture.step * picture.time_base)
                         pts = timeline.place(picture.pts, picture.time_base, picture.step)
+                        if finite is not None:  # read as fast as it decodes otherwise: a live stream has a rate
+                            step_s = float(picture.step * picture.time_base)
+                            delay = pacer.due(timeline.seconds(pts), step_s) - time.monotonic()
+                            if delay > 0 and self._closed.wait(delay):
+                                break
+                            picture.capture_wall = time.time()  # captured when due, as a camera would
                         last_frame_at = time.monotonic()
                         yield Frame(
                             source=self.name,
