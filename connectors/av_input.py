@@ -200,6 +200,7 @@ class AVInput:
         # for live streams; read now: the capture thread may close the container at any time.
         duration = self.container.duration
         self.duration_s: float | None = duration / 1_000_000 if duration and duration > 0 else None
+        self.format_name: str = self.container.format.name
         # FFmpeg's guess first: the average rate of a file with a gap in its timestamps is far too low
         rate = self.stream.guessed_rate or self.stream.average_rate or self.stream.base_rate
         self.fps = float(rate) if rate else None

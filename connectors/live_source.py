@@ -9,11 +9,12 @@ behind one switch do not retry in step, forever unless ``max_reconnects`` says o
 (consecutive attempts without a frame; a frame resets the count). An input that refuses the
 credentials (401, 403) or is not there (404, no such device) before the first frame fails the
 source at once: the URL is wrong, and retrying would only hide it (``wait_for_input`` waits for
-it instead); later, these are retried like any loss. An input with a length
-(a video file or video-on-demand playlist over HTTP) is played at its own rate, like a live
-stream, and ends the source when it ends, instead of being played again (and fails it when lost part-way: opened again it would start over). Waiting
-for the consumer
-(back-pressure) is never a stall: the watchdog counts only time spent waiting for the input.
+it instead); later, these are retried like any loss. An input with a length (a video file or
+video-on-demand playlist over HTTP) is played at its own rate, like a live stream, and ends the
+source when it ends instead of being played again (it fails it when lost part-way: opened again
+it would start over). A live HLS playlist opened again skips the segments it had already
+delivered. Waiting for the consumer (back-pressure) is never a stall: the watchdog counts only
+time spent waiting for the input.
 
 Frame indices keep counting across sessions; PTS stay strictly increasing (``Timeline``), the
 gap over an outage being the real time it lasted; ``epoch`` counts the sessions that delivered
@@ -52,6 +53,10 @@ _POLL_S = 0.1  # how often a wait for the next frame checks close() and the watc
 # FFmpeg's own timeouts run this much longer than ours: ours decide and report, FFmpeg's only
 # end a capture thread that was given up on.
 _FFMPEG_TIMEOUT_MARGIN_S = 1.0
+# A live HLS playlist opened again starts a few segments back from its newest: frames at most this
+# far behind the last one published are those segments again. (A restarted publisher starts its
+# clock afresh, far below, and is not mistaken for them.)
+_HLS_REPLAY_WINDOW_S = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +163,7 @@ class LiveSource:
         ended = "stopped"
         was_live = False  # a session opened without a length: a live stream
         pacer = Pacer()  # plays an input with a length at its own rate
+        published_until_s: float | None = None  # the input's own time of the last frame published
         self._enter("connecting", f"opening '{self.shown}'", {"url": self.shown})
         try:
             while not self._closed.is_set():
@@ -186,7 +192,12 @@ class LiveSource:
                             "type: file to process every frame as fast as the model goes", self.name, self.shown,
                             finite,
                         )
+                    replays = opened.format_name == "hls" and finite is None
                     for picture in self._read(capture):
+                        source_s = float(picture.pts * picture.time_base) if picture.pts is not None else None
+                        if (replays and source_s is not None and published_until_s is not None
+                                and published_until_s - _HLS_REPLAY_WINDOW_S <= source_s <= published_until_s):
+                            continue  # published before this session: the playlist's older segments
                         first_of_session = first
                         if first:
                             first = False
@@ -196,10 +207,10 @@ class LiveSource:
                             if last_frame_at is not None:
                                 timeline.restart(time.monotonic() - last_frame_at)
                             self._streaming(opened.info, picture, epoch)
-                        if picture.pts is not None:
-                            at_s = float(picture.pts * picture.time_base)
-                            began_s = at_s if first_of_session else began_s
-                            ended_s = at_s + float(picture.step * picture.time_base)
+                        if source_s is not None:
+                            began_s = source_s if first_of_session else began_s
+                            ended_s = source_s + float(picture.step * picture.time_base)
+                            published_until_s = source_s
                         pts = timeline.place(picture.pts, picture.time_base, picture.step)
                         if finite is not None:  # read as fast as it decodes otherwise: a live stream has a rate
                             step_s = float(picture.step * picture.time_base)

@@ -366,3 +366,27 @@ def test_a_video_on_demand_playlist_whose_server_goes_away_fails_short_of_its_le
     finally:
         source.close()
     assert 30 <= len(frames) < 300 and log.states[-1] == "failed"
+
+
+def test_a_live_playlist_opened_again_does_not_publish_its_older_segments_again(tmp_path):
+    """A dead publisher leaves its playlist as it was: each reconnect would start a few segments
+    back and publish them again as new frames (found probing: four replays of ~26 frames)."""
+    playlist = tmp_path / "live.m3u8"
+    hls = ["-f", "hls", "-hls_time", "0.5", "-hls_list_size", "6", str(playlist)]
+    publisher = FfmpegStream(hls, gop=12).start()
+    try:
+        with StaticHttpServer(tmp_path) as server:
+            wait_for(lambda: playlist.exists() and playlist.read_text().count("#EXTINF") >= 4, 20, "the playlist")
+            source = StreamSource("hls", f"http://127.0.0.1:{server.port}/live.m3u8", policy=QUICK)
+            source.on_state = log = StateLog()
+            frames = []
+            threading.Timer(12, source.close).start()
+            for frame in source.frames():
+                frames.append(frame)
+                if len(frames) == 30:
+                    publisher.kill()  # SIGKILL: the playlist is never finished
+    finally:
+        publisher.kill()
+    assert log.states.count("reconnecting") >= 1, log.entries
+    assert all(f.epoch == 0 for f in frames), "older segments came again as a new session"
+    assert [f.index for f in frames] == list(range(len(frames)))
