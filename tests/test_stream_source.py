@@ -3,6 +3,7 @@ MPEG-TS over UDP and TCP, a server that accepts and stays silent, a camera that 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import signal
@@ -318,27 +319,34 @@ def test_a_finite_video_lost_part_way_fails_instead_of_starting_over(tmp_path):
     assert log.states[-1] == "failed" and "streaming" in log.states
 
 
+@contextlib.contextmanager
+def _live_playlist(tmp_path):
+    """ffmpeg publishing a live HLS playlist (half-second segments, the newest 6 listed) served
+    over HTTP, and a stream source on it: (publisher, source, its state log)."""
+    playlist = tmp_path / "live.m3u8"
+    publisher = FfmpegStream(["-f", "hls", "-hls_time", "0.5", "-hls_list_size", "6", str(playlist)], gop=12).start()
+    try:
+        with StaticHttpServer(tmp_path) as server:
+            wait_for(lambda: playlist.exists() and playlist.read_text().count("#EXTINF") >= 4, 20, "the playlist")
+            source = StreamSource("hls", f"http://127.0.0.1:{server.port}/live.m3u8", policy=QUICK)
+            source.on_state = log = StateLog()
+            yield publisher, source, log
+    finally:
+        publisher.kill()
+
+
 def test_a_live_playlist_its_publisher_finishes_ends_without_replaying_its_last_segments(tmp_path):
     """ffmpeg stopped gracefully ends its live playlist (#EXT-X-ENDLIST); opened again it is a
     finite playlist of the last segments, already published (found probing: republished)."""
-    playlist = tmp_path / "live.m3u8"
-    hls = ["-f", "hls", "-hls_time", "0.5", "-hls_list_size", "6", str(playlist)]
-    publisher = FfmpegStream(hls, gop=12).start()
-    try:
-        with StaticHttpServer(tmp_path) as server:
-            wait_for(lambda: playlist.exists() and playlist.read_text().count("#EXTINF") >= 2, 20, "the playlist")
-            source = StreamSource("hls", f"http://127.0.0.1:{server.port}/live.m3u8", policy=QUICK)
-            source.on_state = log = StateLog()
-            frames = []
-            for frame in source.frames():
-                frames.append(frame)
-                if len(frames) == 30:
-                    os.killpg(publisher.process.pid, signal.SIGINT)  # ffmpeg writes the end of the list
-                if len(frames) > 2000:
-                    break
-    finally:
-        publisher.kill()
-    assert "#EXT-X-ENDLIST" in playlist.read_text()
+    with _live_playlist(tmp_path) as (publisher, source, log):
+        frames = []
+        for frame in source.frames():
+            frames.append(frame)
+            if len(frames) == 30:
+                os.killpg(publisher.process.pid, signal.SIGINT)  # ffmpeg writes the end of the list
+            if len(frames) > 2000:
+                break
+    assert "#EXT-X-ENDLIST" in (tmp_path / "live.m3u8").read_text()
     assert all(f.epoch == 0 for f in frames), "frames of a second session: the last segments again"
     assert log.states[-1] == "ended" and "publisher finished" in log.entries[-1][2], log.entries
 
@@ -371,22 +379,13 @@ def test_a_video_on_demand_playlist_whose_server_goes_away_fails_short_of_its_le
 def test_a_live_playlist_opened_again_does_not_publish_its_older_segments_again(tmp_path):
     """A dead publisher leaves its playlist as it was: each reconnect would start a few segments
     back and publish them again as new frames (found probing: four replays of ~26 frames)."""
-    playlist = tmp_path / "live.m3u8"
-    hls = ["-f", "hls", "-hls_time", "0.5", "-hls_list_size", "6", str(playlist)]
-    publisher = FfmpegStream(hls, gop=12).start()
-    try:
-        with StaticHttpServer(tmp_path) as server:
-            wait_for(lambda: playlist.exists() and playlist.read_text().count("#EXTINF") >= 4, 20, "the playlist")
-            source = StreamSource("hls", f"http://127.0.0.1:{server.port}/live.m3u8", policy=QUICK)
-            source.on_state = log = StateLog()
-            frames = []
-            threading.Timer(12, source.close).start()
-            for frame in source.frames():
-                frames.append(frame)
-                if len(frames) == 30:
-                    publisher.kill()  # SIGKILL: the playlist is never finished
-    finally:
-        publisher.kill()
+    with _live_playlist(tmp_path) as (publisher, source, log):
+        frames = []
+        threading.Timer(12, source.close).start()
+        for frame in source.frames():
+            frames.append(frame)
+            if len(frames) == 30:
+                publisher.kill()  # SIGKILL: the playlist is never finished
     assert log.states.count("reconnecting") >= 1, log.entries
     assert all(f.epoch == 0 for f in frames), "older segments came again as a new session"
     assert [f.index for f in frames] == list(range(len(frames)))
