@@ -86,7 +86,7 @@ def main() -> None:
             agree = total = 0
             diffs = []
             for video, truths in clips:
-                full, small = read(video, None), read(video, adapter.input_size)
+                full, small = read(video, None), read(video, adapter.geometry.scale)
                 for i in range(0, len(full), 4):
                     a = segment_frames(adapter, [f.image for f in full[i : i + 4]])
                     b = segment_frames(adapter, [f.image for f in small[i : i + 4]], [f.size for f in small[i : i + 4]])
@@ -100,7 +100,7 @@ def main() -> None:
                         agree += int((class_map(x) == class_map(y)).sum())
                         total += x.width * x.height
             cost = {way: np.mean([prepare_cpu_ms(adapter, video, scale) for video, _ in clips])
-                    for way, scale in (("full", None), ("decoder", adapter.input_size))}
+                    for way, scale in (("full", None), ("decoder", adapter.geometry.scale))}
             for way in ("full", "decoder"):
                 s = tallies[way].summary()
                 shared = f"{100 * agree / total:15.2f}%" if way == "decoder" else f"{'':>16}"

@@ -33,11 +33,7 @@ def read_state_dict(path: Path) -> dict[str, Tensor]:
     """Tensors of a .safetensors file, or of a pickled state dict loaded with weights_only."""
     if not path.is_file():
         raise CheckpointError(f"checkpoint '{path}' does not exist — pass the path of a .safetensors or .bin file")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            return load_file(str(path))
+    if path.suffix != ".safetensors":
         with path.open("rb") as file:
             head = file.read(4)
         if not head.startswith((b"PK\x03\x04", b"\x80")):  # torch.save's zip, or a bare pickle
@@ -45,12 +41,15 @@ def read_state_dict(path: Path) -> dict[str, Tensor]:
                 f"checkpoint '{path}' is not a checkpoint: neither a safetensors file nor one PyTorch saved "
                 "— pass the model's .safetensors or .bin/.pt file"
             )
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
         with warnings.catch_warnings():
             # torch's note about pickle protocols is noise to someone loading weights
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
             state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except CheckpointError:
-        raise
     except pickle.UnpicklingError:
         # torch's own message advises weights_only=False, i.e. running the file's code: never.
         raise CheckpointError(

@@ -10,6 +10,7 @@ gap in a spliced file) or bursting after a backward one.
 
 from __future__ import annotations
 
+import threading
 import time
 from fractions import Fraction
 
@@ -91,3 +92,8 @@ class Pacer:
             self._anchor = due - pts_seconds
         self._last_due = due
         return due
+
+    def wait(self, pts_seconds: float, step_s: float, stop: threading.Event) -> bool:
+        """Sleep until the frame is due; False when ``stop`` was set first."""
+        delay = self.due(pts_seconds, step_s) - time.monotonic()
+        return not (delay > 0 and stop.wait(delay))

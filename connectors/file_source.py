@@ -89,11 +89,9 @@ class FileSource:
                 for picture in self._pictures(capture):
                     pts = timeline.place(picture.pts, picture.time_base, picture.step)
                     pts_seconds = timeline.seconds(pts)
-                    if self.pacer is not None:
-                        step_s = float(picture.step * picture.time_base)
-                        delay = self.pacer.due(pts_seconds, step_s) - time.monotonic()
-                        if delay > 0 and self._closed.wait(delay):
-                            return
+                    step_s = picture.step * picture.time_base
+                    if self.pacer is not None and not self.pacer.wait(pts_seconds, float(step_s), self._closed):
+                        return
                     yield Frame(
                         source=self.name,
                         index=index,

@@ -173,7 +173,7 @@ class LiveSource:
                     capture = self._capture = CaptureThread(self.name, self._open).start()
                 finite: float | None = None  # the input's length, when it has one
                 first = True  # no frame yet from this session
-                began_s = ended_s = 0.0  # the time of this session's first frame, and the end of its last
+                began_s = ended_s = 0.0  # the input's time of this session's first frame, and of its end
                 try:
                     opened = self._wait_open(capture, never_streamed=epoch < 0)
                     if opened is None:
@@ -198,7 +198,7 @@ class LiveSource:
                         if (replays and source_s is not None and published_until_s is not None
                                 and published_until_s - _HLS_REPLAY_WINDOW_S <= source_s <= published_until_s):
                             continue  # published before this session: the playlist's older segments
-                        first_of_session = first
+                        step_s = float(picture.step * picture.time_base)
                         if first:
                             first = False
                             failures = 0
@@ -207,15 +207,13 @@ class LiveSource:
                             if last_frame_at is not None:
                                 timeline.restart(time.monotonic() - last_frame_at)
                             self._streaming(opened.info, picture, epoch)
+                            began_s = source_s or 0.0
                         if source_s is not None:
-                            began_s = source_s if first_of_session else began_s
-                            ended_s = source_s + float(picture.step * picture.time_base)
+                            ended_s = source_s + step_s
                             published_until_s = source_s
                         pts = timeline.place(picture.pts, picture.time_base, picture.step)
                         if finite is not None:  # read as fast as it decodes otherwise: a live stream has a rate
-                            step_s = float(picture.step * picture.time_base)
-                            delay = pacer.due(timeline.seconds(pts), step_s) - time.monotonic()
-                            if delay > 0 and self._closed.wait(delay):
+                            if not pacer.wait(timeline.seconds(pts), step_s, self._closed):
                                 break
                             picture.capture_wall = time.time()  # captured when due, as a camera would
                         last_frame_at = time.monotonic()
@@ -235,15 +233,13 @@ class LiveSource:
                     break  # _read returns only once closed
                 except _Lost as lost:
                     reason, details = lost.reason, lost.data
-                    played = ended_s - began_s
-                    whole = finite is not None and played >= finite * 0.95 - 1.0
-                    if finite is not None and details.get("ended") and whole:
-                        ended = f"'{self.shown}' is a finite video and has ended"
-                        break
-                    if finite is not None and details.get("ended") and not first:
-                        reason = f"{reason} after {played:.1f} s of its {finite:.1f} s"
-                    if finite is not None and not first:
-                        # opened again it would start over, repeating what was published
+                    if finite is not None and not first:  # opened again it would start over
+                        played = ended_s - began_s
+                        if details.get("ended") and played >= finite * 0.95 - 1.0:
+                            ended = f"'{self.shown}' is a finite video and has ended"
+                            break
+                        if details.get("ended"):  # FFmpeg skipped what it could not fetch
+                            reason = f"{reason} after {played:.1f} s of its {finite:.1f} s"
                         failed = True
                         lost_part_way = f"'{self.shown}' is a finite video and was lost part-way ({reason})"
                         self._enter("failed", lost_part_way, {**details, "url": self.shown})

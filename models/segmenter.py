@@ -51,11 +51,11 @@ class Prepared:
 class FamilyAdapter(Protocol):
     """One model family, as the engine drives it. ``prepare`` takes H x W x 3 uint8 frames
     already on ``device`` (with ``sizes``: each frame's own (height, width), the images being
-    copies already scaled to ``input_size`` of it); ``decide`` returns one ``Decision`` per
+    copies already scaled to ``geometry.scale`` of it); ``decide`` returns one ``Decision`` per
     frame, still on the device, and ``embeddings`` the per-segment embeddings of those decisions
-    (S x D, D may be 0). ``input_size`` is the (height, width) pre-processing scales a frame of
-    the given size to, before any padding or windowing (what a decoder may scale to at once):
-    ``geometry.scale``, the geometry being a plain value that travels without the model."""
+    (S x D, D may be 0). ``geometry.scale`` gives the (height, width) pre-processing scales a
+    frame of a given size to, before any padding or windowing (what a decoder may scale to at
+    once); the geometry is a plain value that travels without the model."""
 
     name: str
     family: str
@@ -65,8 +65,6 @@ class FamilyAdapter(Protocol):
 
     @property
     def geometry(self) -> InputGeometry: ...
-
-    def input_size(self, height: int, width: int) -> tuple[int, int]: ...
 
     def prepare(self, frames: list[Tensor], sizes: list[tuple[int, int]] | None = None) -> Prepared: ...
 
@@ -176,11 +174,8 @@ class EoMTSegmenter:
     def geometry(self) -> InputGeometry:
         return InputGeometry(self.size, windows=self.task == "semantic")
 
-    def input_size(self, height: int, width: int) -> tuple[int, int]:
-        return self.geometry.scale(height, width)
-
     def prepare(self, frames: list[Tensor], sizes: list[tuple[int, int]] | None = None) -> Prepared:
-        """Letterboxed (or windowed) normalised input. Frames already at ``input_size`` of their
+        """Letterboxed (or windowed) normalised input. Frames already at ``geometry.scale`` of their
         ``sizes`` are not resized again (scaling is idempotent: the sizes and layouts are those of
         the full frames)."""
         if sizes is None:
@@ -263,12 +258,12 @@ def segment_frames(
 ) -> list[FrameResult]:
     """The synchronous path of any family: ``images`` (H x W x 3 uint8 RGB) through pre-processing,
     the network and post-processing in one call. ``sizes``: each frame's (height, width) when the
-    images are copies already scaled to the adapter's ``input_size`` (the results describe the
-    frames)."""
+    images are copies already scaled to the adapter's ``geometry.scale`` (the results describe
+    the frames)."""
     if not images:
         return []
     tensors = [upload(image, adapter.device) for image in images]
-    prepared = adapter.prepare(tensors, list(sizes)) if sizes is not None else adapter.prepare(tensors)
+    prepared = adapter.prepare(tensors, None if sizes is None else list(sizes))
     outputs = adapter.forward(prepared)
     return results(adapter, outputs, prepared, adapter.decide(outputs, prepared))
 

@@ -163,11 +163,8 @@ class SeNaTraSegmenter:
     def geometry(self) -> InputGeometry:
         return InputGeometry(self.size)
 
-    def input_size(self, height: int, width: int) -> tuple[int, int]:
-        return self.geometry.scale(height, width)
-
     def prepare(self, frames: list[Tensor], sizes: list[tuple[int, int]] | None = None) -> Prepared:
-        """Normalised input; frames already at ``input_size`` of their ``sizes`` stay as they are."""
+        """Normalised input; frames already at ``geometry.scale`` of their ``sizes`` stay as they are."""
         if sizes is None:
             sizes = [(int(f.shape[0]), int(f.shape[1])) for f in frames]
         pixels, scaled = scale_frames(frames, self.size)

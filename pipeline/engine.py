@@ -298,10 +298,8 @@ class ModelStage:
                 tensors = self.staging.upload([f.image for f in frames], self.compute_stream)
             else:
                 tensors = [torch.from_numpy(np.ascontiguousarray(f.image)) for f in frames]
-            if any(frame.size is not None for frame in frames):  # scaled in the decoder
-                prepared = self.adapter.prepare(tensors, [(frame.height, frame.width) for frame in frames])
-            else:
-                prepared = self.adapter.prepare(tensors)
+            # each frame's own size: its image may be a copy scaled in the decoder
+            prepared = self.adapter.prepare(tensors, [(frame.height, frame.width) for frame in frames])
             if not self.keep_images:
                 for frame in frames:
                     frame.image = None  # pre-processed: a 4K frame's 25 MB need not wait for the results

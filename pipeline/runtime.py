@@ -229,7 +229,7 @@ class Runtime:
     summary.
     ``warm_up`` (height, width) runs the model on blank frames of that size before the first
     frame is taken, so compilation does not count as latency. ``resize_in_decoder`` has sources
-    that decode with FFmpeg convert frames at the adapter's ``input_size`` (no sink may draw on
+    that decode with FFmpeg convert frames at the adapter's ``geometry.scale`` (no sink may draw on
     frames then).
     """
 
@@ -274,7 +274,7 @@ class Runtime:
                                   "— turn one of them off")
             for source in self.sources:
                 if hasattr(source, "decode_size"):  # decodes with FFmpeg
-                    source.decode_size = adapter.input_size
+                    source.decode_size = adapter.geometry.scale
         self.stage_factories = list(stages)
         self.model_workers = model_workers
         self.batch_size = batch_size

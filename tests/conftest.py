@@ -62,7 +62,7 @@ class ColourSegmenter:
         self.delay_s = delay_s
         self.batches: list[list[np.ndarray]] = []
 
-    def prepare(self, frames):
+    def prepare(self, frames, sizes=None):
         images = [f.numpy() for f in frames]
         return Prepared(torch.zeros(len(frames), 0), [im.shape[:2] for im in images], [None] * len(images), {"images": images})
 

@@ -136,7 +136,7 @@ def test_every_family_takes_frames_already_at_its_input_size(family, task):
         adapter.task = task  # the geometry alone is under test: windows or letterbox
     rng = np.random.default_rng(0)
     full = torch.from_numpy(rng.integers(0, 256, (480, 640, 3), dtype=np.uint8))
-    h, w = adapter.input_size(480, 640)
+    h, w = adapter.geometry.scale(480, 640)
     small = _resize_rgb(full, h, w).permute(1, 2, 0).contiguous()
     a, b = adapter.prepare([full]), adapter.prepare([small], [(480, 640)])
     assert a.frames == b.frames == [(480, 640)] and a.layouts == b.layouts

@@ -271,10 +271,10 @@ class _Explodes(Exception):
 
 def _broken(where):
     class Broken(ColourSegmenter):
-        def prepare(self, frames):
+        def prepare(self, frames, sizes=None):
             if where == "pre-processing":
                 raise _Explodes("pre-processing exploded")
-            return super().prepare(frames)
+            return super().prepare(frames, sizes)
 
         def forward(self, prepared):
             if where == "network":

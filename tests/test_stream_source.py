@@ -281,7 +281,7 @@ def test_a_finite_video_lost_part_way_fails_instead_of_starting_over(tmp_path):
     import subprocess
 
     from tests.conftest import encode_clip
-    from tests.live_servers import FFMPEG
+    from tests.live_servers import FFMPEG, _QuietHandler
 
     clip = encode_clip(tmp_path / "clip.mp4", frames=40)
     subprocess.run([FFMPEG, "-v", "error", "-i", str(clip), "-c", "copy", "-movflags", "+faststart",
@@ -289,7 +289,7 @@ def test_a_finite_video_lost_part_way_fails_instead_of_starting_over(tmp_path):
     data = (tmp_path / "fast.mp4").read_bytes()
     release = threading.Event()
 
-    class HalfThenSilent(http.server.BaseHTTPRequestHandler):
+    class HalfThenSilent(_QuietHandler):
         def do_GET(self):
             self.send_response(200)
             self.send_header("Content-Type", "video/mp4")
@@ -298,9 +298,6 @@ def test_a_finite_video_lost_part_way_fails_instead_of_starting_over(tmp_path):
             self.wfile.write(data[: len(data) * 2 // 3])
             self.wfile.flush()
             release.wait(20)  # the rest never comes
-
-        def log_message(self, *args):
-            pass
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), HalfThenSilent)
     threading.Thread(target=server.serve_forever, daemon=True).start()
