@@ -90,9 +90,9 @@ _AUTOCAST_LAYERS = (torch.nn.Linear, torch.nn.Conv2d, torch.nn.ConvTranspose2d)
 def store_autocast_weights(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
     """Keeps the weights of ``model``'s linear and convolution layers in ``dtype``, in place.
 
-    Under autocast to ``dtype`` these layers cast their weights on every call (a twentieth of
-    the shipped model's CPU forward); stored cast, the outputs stay bit-equal (a test holds them
-    so) and the weights take half the memory. Other parameters (norms, layer scales, tokens)
+    Under autocast to ``dtype`` these layers cast their weights on every call; stored cast, the
+    outputs stay bit-equal (a test holds them so) and the weights take half the memory (the
+    CPU forward's time did not measurably change: docs/BENCHMARKS.md). Other parameters (norms, layer scales, tokens)
     stay float32, as autocast uses them. Only for a model that runs under autocast from then on.
     """
     if dtype != torch.float32:
