@@ -34,13 +34,12 @@ log = logging.getLogger("segstream.cli")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = _parser()
     try:
-        args = parser.parse_args(argv)
-    except SystemExit as exit:
-        return int(exit.code or 0)
-    configure_logging(getattr(args, "log_format", None), getattr(args, "log_level", None))
-    try:
+        try:
+            args = _parser().parse_args(argv)
+        except SystemExit as exit:
+            return int(exit.code or 0)
+        configure_logging(getattr(args, "log_format", None), getattr(args, "log_level", None))
         return args.command(args)
     except SegstreamError as error:
         for line in str(error).splitlines() or [type(error).__name__]:

@@ -1,15 +1,27 @@
-"""The ``segstream`` console command: the CLI's modules load inside it, so that Ctrl-C while they
-load (pydantic, redis, the config schema) ends quietly, as it does once the command runs."""
+"""The ``segstream`` console command. Ctrl-C while a module loads (the CLI's own, or torch's when a
+command first needs it) ends the command at once, quietly, with 130: a KeyboardInterrupt raised
+inside an import leaves the module half-loaded (numpy then refuses to load again) or, raised
+inside torch's C++ start-up, aborts the interpreter. Anywhere else Ctrl-C behaves as usual, and
+commands that drain on a signal (run, batch) install their own handler."""
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 
 
 def main() -> int:
-    try:
-        from segstream.pipeline.cli import main as cli_main
-    except KeyboardInterrupt:
-        print("segstream: stopped before starting", file=sys.stderr)
-        return 0
+    signal.signal(signal.SIGINT, _interrupt)
+    from segstream.pipeline.cli import main as cli_main
+
     return cli_main()
+
+
+def _interrupt(signum, frame) -> None:
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            os.write(2, b"segstream: aborted while loading its modules\n")
+            os._exit(130)
+        frame = frame.f_back
+    raise KeyboardInterrupt

@@ -73,10 +73,13 @@ def test_second_interrupt_aborts_with_130(tmp_path, clip, checkpoint):
     assert "Traceback" not in err and "segstream: aborted" in err
 
 
-@pytest.mark.parametrize("delay_s", [0.2, 0.4])  # after Python's own start-up, while the CLI loads
+# after Python's own start-up: while the CLI loads, while it parses, while `validate` loads torch
+@pytest.mark.parametrize("delay_s", [0.1, 0.2, 0.3, 0.4, 0.6, 0.9])
 def test_ctrl_c_while_the_command_starts_up_ends_without_a_traceback(delay_s):
-    """The console command loads the CLI's modules inside its entry point: an interrupt while
-    they load ends quietly (found probing: a KeyboardInterrupt traceback in the first 0.2 s)."""
+    """An interrupt while modules load ends the command quietly with 130 (found probing: a
+    KeyboardInterrupt traceback in the first 0.2 s; then, in CI, one while argparse built the
+    parser; probing further, numpy's "cannot load module more than once" after an interrupted
+    import, and an abort inside torch's C++ start-up)."""
     command = Path(sys.executable).with_name("segstream")
     process = subprocess.Popen([str(command), "validate", str(Path(__file__).parents[1] / "configs" / "demo.yaml")],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
