@@ -11,10 +11,13 @@ credentials (401, 403) or is not there (404, no such device) before the first fr
 source at once: the URL is wrong, and retrying would only hide it (``wait_for_input`` waits for
 it instead); later, these are retried like any loss. An input with a length (a video file or
 video-on-demand playlist over HTTP) is played at its own rate, like a live stream, and ends the
-source when it ends instead of being played again (it fails it when lost part-way: opened again
-it would start over). A live HLS playlist opened again skips the segments it had already
-delivered. Waiting for the consumer (back-pressure) is never a stall: the watchdog counts only
-time spent waiting for the input.
+source when it ends instead of being played again (it fails it when lost part-way or when what
+it played falls short of its length: opened again it would start over). A live HLS playlist
+opened again starts a few segments back: its first frames, those already delivered (the same
+timestamp and the same pixels), are skipped and counted. A live playlist its publisher finishes
+(``#EXT-X-ENDLIST``) ends the source, or with ``wait_for_input`` is waited on until it is live
+again. Waiting for the consumer (back-pressure) is never a stall: the watchdog counts only time
+spent waiting for the input.
 
 Frame indices keep counting across sessions; PTS stay strictly increasing (``Timeline``), the
 gap over an outage being the real time it lasted; ``epoch`` counts the sessions that delivered
@@ -24,13 +27,18 @@ enters is reported to ``on_state`` (set by the runtime) with its reason.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import random
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any
+
+import numpy as np
 
 from segstream.connectors.av_input import (
     AVInput,
@@ -53,10 +61,9 @@ _POLL_S = 0.1  # how often a wait for the next frame checks close() and the watc
 # FFmpeg's own timeouts run this much longer than ours: ours decide and report, FFmpeg's only
 # end a capture thread that was given up on.
 _FFMPEG_TIMEOUT_MARGIN_S = 1.0
-# A live HLS playlist opened again starts a few segments back from its newest: frames at most this
-# far behind the last one published are those segments again. (A restarted publisher starts its
-# clock afresh, far below, and is not mistaken for them.)
-_HLS_REPLAY_WINDOW_S = 60.0
+# How much of a finite input's length may go unplayed at its end and still be a normal end: one
+# segment of a typical playlist (a file's audio may also outlast its video a little).
+_FINITE_SLACK_S = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +74,8 @@ class ReconnectPolicy:
     the time without any data once open; ``stall_timeout_s`` the time without a decoded frame.
     Reconnect attempt n waits between half and all of ``min(max_delay_s, delay_s * 2**(n-1))``.
     ``wait_for_input`` retries an input that is missing or refuses us before its first frame (a
-    publisher or camera not started yet) instead of failing the source at once.
+    publisher or camera not started yet) instead of failing the source at once, and a live
+    playlist its publisher finished until it is live again, instead of ending the source.
     """
 
     open_timeout_s: float = 10.0
@@ -81,6 +89,42 @@ class ReconnectPolicy:
     def delay(self, attempt: int, rng: random.Random) -> float:
         base = min(self.max_delay_s, self.delay_s * 2 ** max(0, attempt - 1))
         return base / 2 + rng.uniform(0, base / 2)
+
+
+class _Delivered:
+    """The frames a live HLS source delivered in the last ``window_s`` of the input's time: each
+    one's timestamp and a digest of its pixels. A live playlist opened again starts a few segments
+    back from its newest, and its first frames decode bit for bit as before (segments start at key
+    frames); a restarted publisher's frames differ in timestamp or pixels."""
+
+    def __init__(self, window_s: float = 60.0, limit: int = 10_000):
+        self.window_s = window_s
+        self.limit = limit
+        self._digests: dict[tuple[int, Fraction], bytes] = {}
+        self._order: deque[tuple[float, tuple[int, Fraction]]] = deque()
+
+    @staticmethod
+    def _digest(picture: Picture) -> bytes:
+        sample = np.ascontiguousarray(picture.image[::8, ::8])
+        digest = hashlib.blake2b(str(sample.shape).encode(), digest_size=16)
+        digest.update(sample.data)
+        return digest.digest()
+
+    def add(self, picture: Picture) -> None:
+        if picture.pts is None:
+            return
+        key = (picture.pts, picture.time_base)
+        seconds = float(picture.pts * picture.time_base)
+        self._digests[key] = self._digest(picture)
+        self._order.append((seconds, key))
+        while self._order and (len(self._order) > self.limit or self._order[0][0] < seconds - self.window_s):
+            self._digests.pop(self._order.popleft()[1], None)
+
+    def holds(self, picture: Picture) -> bool:
+        if picture.pts is None:
+            return False
+        known = self._digests.get((picture.pts, picture.time_base))
+        return known is not None and known == self._digest(picture)
 
 
 class _Lost(Exception):
@@ -163,7 +207,7 @@ class LiveSource:
         ended = "stopped"
         was_live = False  # a session opened without a length: a live stream
         pacer = Pacer()  # plays an input with a length at its own rate
-        published_until_s: float | None = None  # the input's own time of the last frame published
+        delivered = _Delivered()  # of a live HLS playlist, to know its segments when opened again
         self._enter("connecting", f"opening '{self.shown}'", {"url": self.shown})
         try:
             while not self._closed.is_set():
@@ -171,20 +215,27 @@ class LiveSource:
                     if self._closed.is_set():
                         break
                     capture = self._capture = CaptureThread(self.name, self._open).start()
-                finite: float | None = None  # the input's length, when it has one
+                finite: float | None = None  # the input's length, when the source ends with it
                 first = True  # no frame yet from this session
-                began_s = ended_s = 0.0  # the input's time of this session's first frame, and of its end
+                played_s = 0.0  # the input's time this session's frames covered, jumps left out
+                previous_s: float | None = None  # the input's time of this session's previous frame
+                repeats = 0  # frames already delivered by an earlier session, skipped
                 try:
                     opened = self._wait_open(capture, never_streamed=epoch < 0)
                     if opened is None:
                         break
-                    finite = opened.duration_s
-                    if finite is not None and was_live:
-                        # a live playlist its publisher finished (HLS #EXT-X-ENDLIST): reading it
+                    length, hls = opened.duration_s, opened.format_name == "hls"
+                    if length is not None and was_live and hls:
+                        # a live playlist its publisher finished (#EXT-X-ENDLIST): reading it
                         # again would publish its last segments a second time
-                        ended = f"'{self.shown}' has ended: its publisher finished the stream"
-                        break
-                    was_live = was_live or finite is None
+                        finished = f"'{self.shown}' has ended: its publisher finished the stream"
+                        if not self.policy.wait_for_input:
+                            ended = finished
+                            break
+                        raise _Lost(f"{finished}; waiting for it to go live again", {"phase": "open", "finished": True})
+                    if not was_live:  # once live, what any other input plays next is more of the stream
+                        finite = length
+                    was_live = was_live or length is None
                     if finite is not None and epoch < 0:
                         logger.warning(
                             "source %s: '%s' is a finite video (%.1f s), played as a live stream at its own rate "
@@ -192,12 +243,14 @@ class LiveSource:
                             "type: file to process every frame as fast as the model goes", self.name, self.shown,
                             finite,
                         )
-                    replays = opened.format_name == "hls" and finite is None
+                    remember = hls and length is None
+                    repeating = remember and epoch >= 0  # opened again: it starts with frames already delivered
                     for picture in self._read(capture):
+                        if repeating and delivered.holds(picture):
+                            repeats += 1
+                            continue
+                        repeating = False
                         source_s = float(picture.pts * picture.time_base) if picture.pts is not None else None
-                        if (replays and source_s is not None and published_until_s is not None
-                                and published_until_s - _HLS_REPLAY_WINDOW_S <= source_s <= published_until_s):
-                            continue  # published before this session: the playlist's older segments
                         step_s = float(picture.step * picture.time_base)
                         if first:
                             first = False
@@ -206,13 +259,15 @@ class LiveSource:
                             self.epoch = epoch
                             if last_frame_at is not None:
                                 timeline.restart(time.monotonic() - last_frame_at)
-                            self._streaming(opened.info, picture, epoch)
-                            began_s = source_s or 0.0
-                        if source_s is not None:
-                            ended_s = source_s + step_s
-                            published_until_s = source_s
+                            self._streaming(opened.info, picture, epoch, repeats)
+                        ahead_s = source_s - previous_s if source_s is not None and previous_s is not None else None
+                        # a jump forward is content the input skipped (FFmpeg passes over a segment it cannot fetch)
+                        played_s += ahead_s if ahead_s is not None and 0 < ahead_s <= max(1.0, 2 * step_s) else step_s
+                        previous_s = source_s
+                        if remember:
+                            delivered.add(picture)
                         pts = timeline.place(picture.pts, picture.time_base, picture.step)
-                        if finite is not None:  # read as fast as it decodes otherwise: a live stream has a rate
+                        if length is not None:  # read as fast as it decodes otherwise: a live stream has a rate
                             if not pacer.wait(timeline.seconds(pts), step_s, self._closed):
                                 break
                             picture.capture_wall = time.time()  # captured when due, as a camera would
@@ -233,13 +288,14 @@ class LiveSource:
                     break  # _read returns only once closed
                 except _Lost as lost:
                     reason, details = lost.reason, lost.data
+                    if first and repeats:
+                        details = {**details, "repeats_skipped": repeats}
                     if finite is not None and not first:  # opened again it would start over
-                        played = ended_s - began_s
-                        if details.get("ended") and played >= finite * 0.95 - 1.0:
+                        if details.get("ended") and played_s >= finite - _FINITE_SLACK_S:
                             ended = f"'{self.shown}' is a finite video and has ended"
                             break
                         if details.get("ended"):  # FFmpeg skipped what it could not fetch
-                            reason = f"{reason} after {played:.1f} s of its {finite:.1f} s"
+                            reason = f"{reason} after {played_s:.1f} s of its {finite:.1f} s"
                         failed = True
                         lost_part_way = f"'{self.shown}' is a finite video and was lost part-way ({reason})"
                         self._enter("failed", lost_part_way, {**details, "url": self.shown})
@@ -336,13 +392,16 @@ class LiveSource:
         self._enter("stalled", reason, data)
         raise _Lost(reason, data)
 
-    def _streaming(self, info: InputInfo, picture: Picture, epoch: int) -> None:
+    def _streaming(self, info: InputInfo, picture: Picture, epoch: int, repeats: int) -> None:
         height, width = picture.size or picture.image.shape[:2]
         self.info = InputInfo(width, height, info.codec, info.pixel_format, info.fps)
         data = {"url": self.shown, "epoch": epoch, "reconnects": self.reconnects, **self.info.as_dict()}
         if self.describe is not None:
             data.update(self.describe(self.info, picture))
         reason = f"{width}x{height} {info.codec}" + (f" at {info.fps:g} fps" if info.fps else "")
+        if repeats:
+            data["repeats_skipped"] = repeats
+            reason += f", after skipping {repeats} frames it had delivered before"
         self._enter("streaming", reason, data)
 
     def _enter(self, state: str, reason: str, data: dict[str, Any]) -> None:

@@ -109,7 +109,8 @@ class _LiveSourceKeys(_Buffered, Strict):
     jitter; ``max_reconnects`` (null: forever) counts the attempts since the last frame. An input
     that refuses the credentials or is not there (401, 403, 404, no such device) before its first
     frame fails the source at once, unless ``wait_for_input`` (a publisher or camera that starts
-    after the pipeline). They keep the newest frames by default."""
+    after the pipeline); ``wait_for_input`` also waits for a live playlist its publisher finished
+    to go live again, instead of ending the source. They keep the newest frames by default."""
 
     open_timeout_s: PositiveFloat = 10.0
     read_timeout_s: PositiveFloat = 5.0

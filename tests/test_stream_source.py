@@ -370,6 +370,8 @@ def test_a_video_on_demand_playlist_whose_server_goes_away_fails_short_of_its_le
                     server.__exit__()
     finally:
         source.close()
+        if len(frames) < 30:
+            server.__exit__()
     assert 30 <= len(frames) < 300 and log.states[-1] == "failed"
 
 
@@ -378,11 +380,17 @@ def test_a_live_playlist_opened_again_does_not_publish_its_older_segments_again(
     back and publish them again as new frames (found probing: four replays of ~26 frames)."""
     with _live_playlist(tmp_path) as (publisher, source, log):
         frames = []
-        threading.Timer(12, source.close).start()
-        for frame in source.frames():
-            frames.append(frame)
-            if len(frames) == 30:
-                publisher.kill()  # SIGKILL: the playlist is never finished
-    assert log.states.count("reconnecting") >= 1, log.entries
+        timer = threading.Timer(12, source.close)
+        timer.start()
+        try:
+            for frame in source.frames():
+                frames.append(frame)
+                if len(frames) == 30:
+                    publisher.kill()  # SIGKILL: the playlist is never finished
+        finally:
+            timer.cancel()
+    assert log.states.count("reconnecting") >= 2, log.entries
     assert all(f.epoch == 0 for f in frames), "older segments came again as a new session"
     assert [f.index for f in frames] == list(range(len(frames)))
+    # each session opened again read the older segments, and said it skipped them
+    assert any(e[3].get("repeats_skipped", 0) > 0 for e in log.entries if e[1] == "reconnecting"), log.entries

@@ -1,0 +1,162 @@
+"""How a live source joins one session of its input to the next, driven by scripted sessions.
+
+Each session is the pictures an input delivers between an open and its end, with the length and
+format FFmpeg reported: these tests choose timestamps and pixels exactly (a reopened playlist's
+repeats, a restarted publisher on the same clock, a timestamp going back, a video missing a part),
+which real servers give only by chance. The servers' side of the same behaviour is tested in
+test_stream_source.py against ffmpeg publishing over HTTP.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from fractions import Fraction
+
+import numpy as np
+import pytest
+
+from segstream.connectors.av_input import InputInfo, Picture
+from segstream.connectors.errors import SourceError
+from segstream.connectors.live_source import LiveSource
+from tests.test_stream_source import QUICK, StateLog
+
+TIME_BASE = Fraction(1, 90_000)
+STEP = 3600  # 25 fps
+
+
+class Session:
+    """One opened input: its pictures, then the end of the stream (as FFmpeg reports an end)."""
+
+    def __init__(self, pictures: list[Picture], duration_s: float | None = None, format_name: str = "hls"):
+        self._pictures = pictures
+        self.duration_s = duration_s
+        self.format_name = format_name
+        self.decode_errors = 0
+        self.last_read = time.monotonic()
+        self.info = InputInfo(32, 24, "h264", "yuv420p", 25.0)
+
+    def pictures(self):
+        for picture in self._pictures:
+            self.last_read = time.monotonic()
+            yield picture
+
+    def close(self) -> None:
+        pass
+
+
+def frames(numbers, shade=0) -> list[Picture]:
+    """Pictures at the given frame numbers (times 40 ms); the pixels tell the frame and ``shade``."""
+    return [
+        Picture(np.full((24, 32, 3), (n * 7 + shade) % 256, np.uint8), n * STEP, TIME_BASE, STEP, time.time(), None)
+        for n in numbers
+    ]
+
+
+def play(*sessions: Session, **policy) -> tuple[list, StateLog, BaseException | None]:
+    """What a live source delivers over these sessions, opened one after the other; after the
+    last one it is closed. Returns its frames, its state log and the error it raised, if any."""
+    source = LiveSource("cam", "http://cams.example/live.m3u8", policy=dataclasses.replace(QUICK, delay_s=0.01, **policy))
+    pending = list(sessions)
+
+    def open_next():
+        if not pending:
+            source.close()
+            raise SourceError("no more sessions")
+        return pending.pop(0)
+
+    source._open = open_next
+    source.on_state = log = StateLog()
+    delivered, error = [], None
+    timer = threading.Timer(30, source.close)
+    timer.start()
+    try:
+        for frame in source.frames():
+            delivered.append(frame)
+    except SourceError as raised:
+        error = raised
+    finally:
+        timer.cancel()
+    return delivered, log, error
+
+
+def shades(delivered) -> list[int]:
+    return [int(f.image[0, 0, 0]) for f in delivered]
+
+
+def shade_of(numbers, shade=0) -> list[int]:
+    return [(n * 7 + shade) % 256 for n in numbers]
+
+
+def test_a_playlist_opened_again_skips_the_frames_it_had_delivered_and_counts_them():
+    delivered, log, _ = play(Session(frames(range(30))), Session(frames(range(20, 40))))
+    assert shades(delivered) == shade_of(range(40))
+    streaming = [e for e in log.entries if e[1] == "streaming"]
+    assert streaming[1][3]["repeats_skipped"] == 10 and "after skipping 10 frames" in streaming[1][2]
+    assert [f.epoch for f in delivered] == [0] * 30 + [1] * 10
+
+
+def test_a_restarted_publisher_on_the_same_clock_is_not_taken_for_a_replay():
+    """A publisher restarted within a minute stamps its frames with the times the old one used;
+    its pixels differ, so every frame is new (found reviewing: up to a minute of them skipped)."""
+    delivered, log, _ = play(Session(frames(range(30))), Session(frames(range(5, 25), shade=100)))
+    assert shades(delivered) == shade_of(range(30)) + shade_of(range(5, 25), shade=100)
+    assert all("repeats_skipped" not in e[3] for e in log.entries)
+
+
+def test_a_timestamp_going_back_within_a_session_skips_nothing():
+    """An encoder restarted inside the playlist (a discontinuity) starts its clock again: no frame
+    of a session is skipped for its time alone."""
+    delivered, _, _ = play(Session(frames(range(20)) + frames(range(10, 30), shade=50)))
+    assert shades(delivered) == shade_of(range(20)) + shade_of(range(10, 30), shade=50)
+
+
+def test_a_session_of_only_repeats_says_so_when_it_ends():
+    delivered, log, _ = play(Session(frames(range(30))), Session(frames(range(24, 30))))
+    assert len(delivered) == 30
+    reconnecting = [e for e in log.entries if e[1] == "reconnecting"]
+    assert reconnecting[0][3].get("repeats_skipped") is None  # the first session ended with new frames
+    assert reconnecting[1][3]["repeats_skipped"] == 6
+
+
+def test_a_finite_video_missing_a_part_in_the_middle_fails_though_it_reaches_its_end():
+    """FFmpeg passes over a segment it cannot fetch and goes on: the span from first to last frame
+    is the whole video, what was played is not (found reviewing: a normal end)."""
+    video = frames(range(25)) + frames(range(100, 125))  # 0-1 s and 4-5 s of a 5 s video
+    delivered, log, error = play(Session(video, duration_s=5.0, format_name="mp4"))
+    assert len(delivered) == 50
+    assert error is not None and "lost part-way" in str(error) and "after 2.0 s of its 5.0 s" in str(error)
+    assert log.states[-1] == "failed"
+
+
+def test_a_finite_video_that_ends_within_the_slack_of_its_length_ends_normally():
+    delivered, log, error = play(Session(frames(range(90)), duration_s=4.0, format_name="mp4"))  # 3.6 s
+    assert error is None and len(delivered) == 90
+    assert log.states[-1] == "ended" and "finite video and has ended" in log.entries[-1][2]
+
+
+def test_a_live_stream_that_reconnects_to_something_with_a_length_keeps_streaming():
+    """Once live, a source stays live whatever its input plays next (an RTMP server's placeholder
+    clip): only an HLS playlist finished by its publisher ends it (found reviewing: it ended)."""
+    delivered, log, _ = play(Session(frames(range(10)), format_name="flv"),
+                             Session(frames(range(10, 20)), duration_s=0.4, format_name="flv"),
+                             Session(frames(range(20, 30)), format_name="flv"))
+    assert len(delivered) == 30 and log.states.count("reconnecting") == 3
+    assert "finite" not in " ".join(e[2] for e in log.entries)
+
+
+@pytest.mark.parametrize("wait", [False, True])
+def test_a_finished_live_playlist_ends_the_source_or_is_waited_on(wait):
+    """#EXT-X-ENDLIST ends a live playlist for good unless ``wait_for_input`` waits for its
+    publisher to start it again (found reviewing: a 24/7 source ended by a graceful restart)."""
+    live, finished = Session(frames(range(10))), Session(frames(range(5, 10)), duration_s=0.4)
+    restarted = Session(frames(range(10), shade=100))
+    delivered, log, error = play(live, finished, restarted, wait_for_input=wait)
+    assert error is None
+    if wait:
+        assert len(delivered) == 20 and [f.epoch for f in delivered].count(1) == 10
+        assert any("waiting for it to go live again" in e[2] for e in log.entries if e[1] == "reconnecting")
+    else:
+        assert len(delivered) == 10
+        assert log.states[-1] == "ended" and "publisher finished" in log.entries[-1][2]
