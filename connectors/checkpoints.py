@@ -30,19 +30,24 @@ def shipped_weights(filename: str) -> Path:
 
 
 def read_state_dict(path: Path) -> dict[str, Tensor]:
-    """Tensors of a .safetensors file, or of a pickled state dict loaded with weights_only."""
+    """Tensors of a safetensors file, or of a pickled state dict loaded with weights_only; which
+    one a file is, its first bytes say (a download may be saved under any name)."""
     if not path.is_file():
         raise CheckpointError(f"checkpoint '{path}' does not exist — pass the path of a .safetensors or .bin file")
-    if path.suffix != ".safetensors":
-        with path.open("rb") as file:
-            head = file.read(4)
-        if not head.startswith((b"PK\x03\x04", b"\x80")):  # torch.save's zip, or a bare pickle
-            raise CheckpointError(
-                f"checkpoint '{path}' is not a checkpoint: neither a safetensors file nor one PyTorch saved "
-                "— pass the model's .safetensors or .bin/.pt file"
-            )
     try:
-        if path.suffix == ".safetensors":
+        with path.open("rb") as file:
+            head = file.read(9)
+    except OSError as error:
+        raise CheckpointError(f"checkpoint '{path}' cannot be read ({error.strerror}) — check its permissions") from None
+    # safetensors: the header's length (8 bytes, little-endian), then the JSON header itself
+    safetensors = len(head) == 9 and head[8:] == b"{" and int.from_bytes(head[:8], "little") < path.stat().st_size
+    if not safetensors and not head.startswith((b"PK\x03\x04", b"\x80")):  # torch.save's zip, or a bare pickle
+        raise CheckpointError(
+            f"checkpoint '{path}' is not a checkpoint: neither a safetensors file nor one PyTorch saved "
+            "— pass the model's .safetensors or .bin/.pt file"
+        )
+    try:
+        if safetensors:
             from safetensors.torch import load_file
 
             return load_file(str(path))

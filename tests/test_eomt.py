@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from segstream.connectors.checkpoints import load_eomt, read_state_dict
 from segstream.connectors.errors import CheckpointError
@@ -150,13 +151,28 @@ def test_missing_and_garbage_checkpoints_are_user_errors(tmp_path):
         read_state_dict(tmp_path / "nope.safetensors")
     garbage = tmp_path / "garbage.safetensors"
     garbage.write_bytes(b"not a checkpoint at all")
-    with pytest.raises(CheckpointError, match="cannot be read"):
+    with pytest.raises(CheckpointError, match="is not a checkpoint"):
         read_state_dict(garbage)
+    truncated = tmp_path / "truncated.safetensors"
+    save_file({"w": torch.ones(64, 64)}, str(truncated))
+    truncated.write_bytes(truncated.read_bytes()[:-100])
+    with pytest.raises(CheckpointError, match="cannot be read"):
+        read_state_dict(truncated)
+    # a file the system will not read (found reviewing: a traceback); root reads any file, not this one
+    with pytest.raises(CheckpointError, match=r"'/proc/self/mem' cannot be read \(Input/output error\)"):
+        read_state_dict(Path("/proc/self/mem"))
     # a video passed as a .pt: not "Python objects", which torch's unpickler would make it
     video = tmp_path / "clip.pt"
     video.write_bytes((Path(__file__).parents[1] / "samples" / "demo.mp4").read_bytes()[:4096])
     with pytest.raises(CheckpointError, match="is not a checkpoint: neither a safetensors file nor one PyTorch saved"):
         read_state_dict(video)
+
+
+def test_a_safetensors_file_under_another_name_is_read_as_one(tmp_path):
+    """A download saved as model.bin (found reviewing: "not a checkpoint")."""
+    path = tmp_path / "model.bin"
+    save_file({"w": torch.arange(6.0)}, str(path))
+    assert torch.equal(read_state_dict(path)["w"], torch.arange(6.0))
 
 
 def test_hub_reference_offline_says_how_to_use_a_local_file(monkeypatch, tmp_path):
