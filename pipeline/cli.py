@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from segstream.connectors.errors import SegstreamError, SourceError
 from segstream.connectors.redis_connection import TlsFiles
 from segstream.pipeline.config import BatchPipelineConfig, PipelineConfig, json_schema, load_config, read_yaml
+from segstream.pipeline.entry import abort_if_loading
 from segstream.pipeline.logs import LOG_FORMATS, LOG_LEVELS, LogLines, configure_logging, json_logging
 
 if TYPE_CHECKING:
@@ -365,6 +366,7 @@ class _DrainOnSignal:
     def _handle(self, signum, frame) -> None:
         self.signals += 1
         if self.signals > 1:
+            abort_if_loading(frame)  # the model's modules may still be loading
             raise KeyboardInterrupt
         self.signum = signum
         self.stopping = True

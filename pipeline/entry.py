@@ -2,7 +2,8 @@
 command first needs it) ends the command at once, quietly, with 130: a KeyboardInterrupt raised
 inside an import leaves the module half-loaded (numpy then refuses to load again) or, raised
 inside torch's C++ start-up, aborts the interpreter. Anywhere else Ctrl-C behaves as usual, and
-commands that drain on a signal (run, batch) install their own handler."""
+commands that drain on a signal (run, batch) install their own handler, whose abort (a second
+signal) does the same inside an import."""
 
 from __future__ import annotations
 
@@ -19,9 +20,14 @@ def main() -> int:
 
 
 def _interrupt(signum, frame) -> None:
+    abort_if_loading(frame)
+    raise KeyboardInterrupt
+
+
+def abort_if_loading(frame) -> None:
+    """Exit at once with 130 when ``frame`` (a signal handler's) is inside an import."""
     while frame is not None:
         if frame.f_code.co_filename.startswith("<frozen importlib"):
             os.write(2, b"segstream: aborted while loading its modules\n")
             os._exit(130)
         frame = frame.f_back
-    raise KeyboardInterrupt
