@@ -147,7 +147,8 @@ def _url_problem(error: ValueError, url: str) -> str:
     text = error_summary(error)
     credentials = url.partition("://")[2].rpartition("@")[0]
     if any(part in text for part in re.split(r"[:/?#]", credentials) if part):
-        return "it does not parse (percent-encode / ? # @ in a password, or set the password on its own)"
+        return ("it does not parse (percent-encode / ? # @ in a password written in the URL — a ${VAR} is "
+                "encoded for you — or set the password on its own)")
     return text
 
 
