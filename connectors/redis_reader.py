@@ -323,6 +323,10 @@ class Subscription:
     what a crashed consumer held is processed by the others. Delivery is at least once. If the
     server lost the group (restarted empty), it is created again.
 
+    Entries trimmed away (the stream's MAXLEN) while pending for the group, before a consumer
+    processed them, are acknowledged (nothing can read them any more), counted in ``trimmed`` and
+    logged as a warning: a consumer that falls that far behind loses them, and says so.
+
     Iterating follows the stream until ``stop()`` (of the subscription or its client).
     """
 
@@ -336,6 +340,7 @@ class Subscription:
         self.count = count
         self.block_ms = block_ms
         self.claimed = 0  # entries taken over from other consumers
+        self.trimmed = 0  # pending entries MAXLEN trimmed away before they were processed
         self._parse = parse
         self._start = start
         self._stop = threading.Event()
@@ -412,9 +417,11 @@ class Subscription:
             self._pending_cursor = None
         now = time.monotonic()
         if self.claim_idle_ms is not None and now >= self._next_claim:
-            cursor, claimed, *_ = redis_client.xautoclaim(self.stream, self.group, self.consumer, self.claim_idle_ms,
-                                                          self._claim_cursor, count=count)
+            cursor, claimed, *deleted = redis_client.xautoclaim(self.stream, self.group, self.consumer,
+                                                                self.claim_idle_ms, self._claim_cursor, count=count)
             self._claim_cursor = _text(cursor)
+            if deleted and deleted[0]:  # Redis 7 takes trimmed entries out of the pending list itself
+                self._lost_to_trimming(len(deleted[0]))
             if self._claim_cursor == "0-0":  # scanned the whole pending list: rest a while
                 self._next_claim = now + self.claim_idle_ms / 2000
             entries = [(_text(i), fields) for i, fields in claimed]
@@ -437,7 +444,14 @@ class Subscription:
             decoded.append(self._parse(entry_id, self.stream, fields, self))
         if trimmed and self.group is not None:
             self.client.redis.xack(self.stream, self.group, *trimmed)
+            self._lost_to_trimming(len(trimmed))
         return decoded
+
+    def _lost_to_trimming(self, count: int) -> None:
+        self.trimmed += count
+        log.warning("%d pending entries of %s (group %s) were trimmed away by the stream's MAXLEN before they were "
+                    "processed (%d so far) — raise sinks.redis.maxlen, or add consumers", count, self.stream,
+                    self.group, self.trimmed)
 
     def _reconnected(self) -> None:
         if self.group is not None:
@@ -567,7 +581,7 @@ def tail(stream: str, url: str, count: int | None, follow: bool, out: TextIO | N
                 found = list(reversed(client.xrevrange(name, "+", "-", count=count))) if count > 0 else []
             backlog += [(_text(i), name, f) for i, f in found]
             positions[name] = _text(found[-1][0]) if found else _newest(client, name)
-        backlog.sort(key=lambda item: _id_key(item[0]))
+        backlog.sort(key=lambda item: _millis(item[0]))
         if count is not None and count >= 0:
             backlog = backlog[-count:] if count else []
         for entry_id, name, fields in backlog:
@@ -582,7 +596,7 @@ def tail(stream: str, url: str, count: int | None, follow: bool, out: TextIO | N
                     for entry_id, fields in batch:
                         arrived.append((_text(entry_id), name, fields))
                         positions[name] = _text(entry_id)
-            for entry_id, name, fields in sorted(arrived, key=lambda item: _id_key(item[0])):
+            for entry_id, name, fields in sorted(arrived, key=lambda item: _millis(item[0])):
                 _print_entry(out, entry_id, name, fields)
                 printed += 1
     except KeyboardInterrupt:
@@ -639,9 +653,11 @@ def _newest(client: redis.Redis, stream: str) -> str:
     return _text(newest[0][0]) if newest else "0-0"
 
 
-def _id_key(entry_id: str) -> tuple[int, int]:
-    millis, _, sequence = entry_id.partition("-")
-    return int(millis), int(sequence or 0)
+def _millis(entry_id: str) -> int:
+    """An entry's time (Redis's clock, in ms): the order across streams. The sequence number after
+    it counts within one stream only, so entries of one millisecond keep the order they were read
+    in (a stable sort): each stream's own, frames before the events that follow them."""
+    return int(entry_id.partition("-")[0])
 
 
 def _missing_stream_message(client: redis.Redis, stream: str) -> str:

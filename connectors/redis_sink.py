@@ -184,9 +184,10 @@ class RedisPublisher:
             publisher._embedded = embedded
             example = stream_name(stream_pattern, "<source>")
             log.info(
-                "no sinks.redis.url set, so an embedded Redis runs until this run ends\n"
-                f"  connect: redis-cli -p {embedded.port}   or   redis-cli -s {embedded.socket_path}\n"
-                f"  watch:   segstream tail {example} --url {embedded.url}"
+                "no sinks.redis.url set, so an embedded Redis runs until this run ends, and its entries with it\n"
+                f"  while it runs, connect: redis-cli -p {embedded.port}   or   redis-cli -s {embedded.socket_path}\n"
+                f"  while it runs, watch:   segstream tail {example} --url {embedded.url}\n"
+                "  to keep the entries: set sinks.redis.url to a Redis of your own, or --set sinks.files.enabled=true"
             )
         return publisher
 

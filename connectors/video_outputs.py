@@ -88,6 +88,7 @@ class VideoOutputs:
             if self._frames is not None:
                 entry = to_wire(result, self.mask_encoding, publish_ts=0.0)
                 entry["capture_ts"] = NO_TIME
+                entry["run_id"] = ""
                 self._frames.write(entry_line(entry))
             if self._coco is not None:
                 self._coco.add(result)
@@ -104,6 +105,7 @@ class VideoOutputs:
             self._events = self._open("events.jsonl")
         entry = event_to_wire(event)
         entry["ts"] = NO_TIME
+        entry["run_id"] = ""
         self._events.write(entry_line(entry))
 
     def _close_writers(self) -> None:

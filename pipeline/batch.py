@@ -429,6 +429,7 @@ class BatchSink:
         self.outcomes: list[VideoOutcome] = []
         self._pending = {source.name: source for source in sources}
         self._outputs: dict[str, VideoOutputs] = {}
+        self._ended: set[str] = set()  # videos the runtime has sent all of (results and end events)
         self._lock = threading.RLock()
 
     def _outputs_of(self, video_id: str) -> VideoOutputs:
@@ -457,6 +458,12 @@ class BatchSink:
             if event.source in self._pending:
                 self._outputs_of(event.source).write_event(event)
 
+    def source_ended(self, source: str) -> None:
+        """The video's last result and the events of its end (its tracks' ends) are written."""
+        with self._lock:
+            self._ended.add(source)
+            self._end_finished()
+
     def poll(self) -> float | None:
         with self._lock:
             self._end_finished()
@@ -475,7 +482,7 @@ class BatchSink:
     def _end_finished(self) -> None:
         for video_id, source in list(self._pending.items()):
             outputs = self._outputs.get(video_id)
-            if source.outcome is not None and (outputs.frames if outputs else 0) >= source.yielded:
+            if video_id in self._ended and source.outcome is not None and (outputs.frames if outputs else 0) >= source.yielded:
                 self._end(video_id, source, source.outcome, source.reason)
 
     def _end(self, video_id: str, source: BatchVideoSource, status: str, reason: str) -> None:
@@ -518,7 +525,8 @@ def _extra_sinks(cfg: PipelineConfig) -> list:
 
 
 def run_local(cfg: PipelineConfig, jobs: Sequence[VideoJob], root: Path, manifest: Manifest,
-              progress: BatchProgress, control: BatchControl, adapter=None, server=None) -> list[VideoOutcome]:
+              progress: BatchProgress, control: BatchControl, adapter=None, server=None,
+              run_id: str = "") -> list[VideoOutcome]:
     """Process ``jobs`` with the runtime on this machine, a group of videos per runtime."""
     from segstream.pipeline.cli import WARM_UP_FRAME
     from segstream.pipeline.model_factory import build_segmenter
@@ -542,10 +550,7 @@ def run_local(cfg: PipelineConfig, jobs: Sequence[VideoJob], root: Path, manifes
         sink = BatchSink(root, sources, adapter.labels, cfg, manifest, progress)
         runtime = Runtime.from_config(
             cfg, sources, adapter, [sink, *_extra_sinks(cfg)], queue_size=cfg.batch.queue_size, metrics=metrics,
-            warm_up=warm_up, progress=None,
-            # Outputs depend on the videos only, so a re-run is identical: no run id, and no
-            # track_ended events of a video's end (their time depends on the run's other videos).
-            run_id="", stages=tracking_stages(cfg.tracking, end_events=False),
+            warm_up=warm_up, progress=None, run_id=run_id, stages=tracking_stages(cfg.tracking),
         )
         warm_up = None  # the model is warm from the first group on
         try:
@@ -639,6 +644,7 @@ def run_batch(cfg: PipelineConfig, inputs: Sequence[str], engine: str = "local",
     skipped, and the signal that stopped it (None if none did)."""
     from segstream.pipeline.cli import _DrainOnSignal
     from segstream.pipeline.monitoring import serve_ops
+    from segstream.pipeline.runtime import new_run_id
 
     root = Path(cfg.batch.output)
     paths, warnings = find_videos(inputs, cfg.batch.extensions)
@@ -667,6 +673,7 @@ def run_batch(cfg: PipelineConfig, inputs: Sequence[str], engine: str = "local",
                 probe(job)
             control = BatchControl()
             metrics = RunMetrics()
+            run_id = new_run_id()  # on what the batch publishes; its files hold none, to be the same each run
             with serve_ops(cfg.ops, metrics) as server, _progress(todo, progress) as bars:
                 if server is not None:
                     server.collector.extra.append(_BatchCollector(bars, skipped))
@@ -675,9 +682,9 @@ def run_batch(cfg: PipelineConfig, inputs: Sequence[str], engine: str = "local",
                     if engine == "ray":
                         from segstream.pipeline.batch_ray import run_ray
 
-                        outcomes += run_ray(cfg, todo, root, manifest, bars, control)
+                        outcomes += run_ray(cfg, todo, root, manifest, bars, control, run_id)
                     else:
-                        outcomes += run_local(cfg, todo, root, manifest, bars, control, adapter, server)
+                        outcomes += run_local(cfg, todo, root, manifest, bars, control, adapter, server, run_id)
             return outcomes, skipped, signals.signum
         finally:
             manifest.close()

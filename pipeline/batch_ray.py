@@ -88,7 +88,8 @@ class ProgressBoard:
         return counts
 
 
-def process_video(job: VideoJob, cfg_json: str, root: str, actor, labels, board, geometry=None) -> dict:
+def process_video(job: VideoJob, cfg_json: str, root: str, actor, labels, board, geometry=None,
+                  run_id: str = "") -> dict:
     """A Ray task: every frame of one video through ``actor`` into its outputs; returns what
     became of it (a video that cannot be decoded is a result, not an exception: it is not
     retried). With ``geometry`` (the model's ``InputGeometry``) frames are converted at the
@@ -120,6 +121,13 @@ def process_video(job: VideoJob, cfg_json: str, root: str, actor, labels, board,
         # The same per-source stages (the tracker) as the local engine, so the outputs are the same.
         stages = [factory(job.id) for factory in tracking_stages(cfg.tracking)]
 
+        def write_events(events) -> None:
+            for event in events:
+                event.run_id = run_id
+                outputs.write_event(event)
+                for sink in sinks:
+                    sink.publish_event(event)
+
         def write(ref) -> None:
             frames, results = ref
             for frame, result in zip(frames, ray.get(results)):
@@ -127,13 +135,11 @@ def process_video(job: VideoJob, cfg_json: str, root: str, actor, labels, board,
                     result = stage.process(result)
                 if images:
                     result.image = frame.image
+                result.run_id = run_id
                 outputs.write(result)
-                for event in result.events:
-                    outputs.write_event(event)
                 for sink in sinks:
                     sink.publish(result)
-                    for event in result.events:
-                        sink.publish_event(event)
+                write_events(result.events)
                 result.image = None
             board.add.remote(job.id, len(frames))
 
@@ -149,6 +155,8 @@ def process_video(job: VideoJob, cfg_json: str, root: str, actor, labels, board,
             pending.append((batch, actor.segment.remote(batch)))
         while pending:
             write(pending.popleft())
+        for stage in stages:  # the video's end: its tracks end, as in the local engine
+            write_events(stage.finish() if hasattr(stage, "finish") else [])
         for sink in sinks:
             sink.flush()
     except SegstreamError as error:
@@ -192,7 +200,7 @@ def _resources(ray, cfg: PipelineConfig) -> tuple[int, float]:
 
 
 def run_ray(cfg: PipelineConfig, jobs: Sequence[VideoJob], root: Path, manifest: Manifest,
-            progress: BatchProgress, control: BatchControl) -> list[VideoOutcome]:
+            progress: BatchProgress, control: BatchControl, run_id: str = "") -> list[VideoOutcome]:
     """Process ``jobs`` on Ray: the cluster at ``batch.ray.address``, or the Ray this process
     already joined, or a local one started for this batch."""
     ray = _ray()
@@ -204,13 +212,13 @@ def run_ray(cfg: PipelineConfig, jobs: Sequence[VideoJob], root: Path, manifest:
         except (ConnectionError, RuntimeError, ValueError) as error:
             raise ConfigError(f"cannot join the Ray cluster at {address or 'a new local Ray'}: {error}") from None
     try:
-        return _run(ray, cfg, jobs, root, manifest, progress, control)
+        return _run(ray, cfg, jobs, root, manifest, progress, control, run_id)
     finally:
         if started_here:
             ray.shutdown()
 
 
-def _run(ray, cfg, jobs, root, manifest, progress, control) -> list[VideoOutcome]:
+def _run(ray, cfg, jobs, root, manifest, progress, control, run_id) -> list[VideoOutcome]:
     settings = cfg.batch.ray
     actors_wanted, gpus = _resources(ray, cfg)
     if gpus > 0 and cfg.model.device == "auto":
@@ -235,7 +243,7 @@ def _run(ray, cfg, jobs, root, manifest, progress, control) -> list[VideoOutcome
             while queue and len(in_flight) < limit and not control.stopping.is_set():
                 i, job = queue.popleft()
                 ref = task.remote(job, cfg_json, str(root), actors[i % len(actors)], labels, board,
-                                  geometry if cfg.engine.resize_in_decoder else None)
+                                  geometry if cfg.engine.resize_in_decoder else None, run_id)
                 in_flight[ref] = job
             if not in_flight:
                 break

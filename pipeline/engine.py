@@ -78,6 +78,7 @@ class Batcher:
         self.policies = list(policies) if policies is not None else [None] * len(self.names)
         self.queues: list[deque[Frame]] = [deque() for _ in names]
         self.open = [True] * len(names)
+        self.batched = [0] * len(names)  # each source's frames handed to the model
         self.cond = threading.Condition()
         self.aborted = False
         self._next = 0  # where the next round-robin pass starts
@@ -105,6 +106,12 @@ class Batcher:
         with self.cond:
             self.open[i] = False
             self.cond.notify_all()
+
+    def settled(self, i: int) -> int | None:
+        """How many of source ``i``'s frames went to the model, once it has ended and none of its
+        frames waits here any more; None before."""
+        with self.cond:
+            return None if self.open[i] or self.queues[i] else self.batched[i]
 
     def abort(self) -> None:
         with self.cond:
@@ -158,6 +165,7 @@ class Batcher:
                         self.metrics.dropped(self.names[i], "stale")
                     else:
                         batch.append(frame)
+                        self.batched[i] += 1
                         taken += frame.image.nbytes
             self._next = (self._next + 1) % n
 

@@ -152,7 +152,8 @@ def evaluate_segmenter(
     tally = PanopticTally(label_set.thing_ids, label_set.stuff_ids)
     total = None if frames is not None else len(seeds) * num_frames
     frames = iter(frames) if frames is not None else _frames(seeds, width, height, num_frames)
-    with tqdm(total=total, desc="evaluate", unit="frame", file=sys.stderr, disable=not progress) as bar:
+    # disable=None: a bar on a terminal only (a log file gets no carriage-return lines)
+    with tqdm(total=total, desc="evaluate", unit="frame", file=sys.stderr, disable=None if progress else True) as bar:
         while batch := [item for _, item in zip(range(batch_size), frames)]:
             predictions = segment_fn([image for image, _ in batch])
             if len(predictions) != len(batch):
@@ -246,6 +247,9 @@ def main_evaluate(args) -> int:
         print(f"{group:8}" + "".join(f"{100 * v:8.1f}" for v in row))
     names = segmenter.labels.names
     for class_id, stats in sorted(result["per_class"].items()):
+        if stats["tp"] + stats["fp"] + stats["fn"] == 0:
+            print(f"  {names[class_id]:10} not in these scenes, nor predicted (left out of the averages)")
+            continue
         print(f"  {names[class_id]:10} PQ {100 * stats['pq']:5.1f}  (tp {stats['tp']}, fp {stats['fp']}, fn {stats['fn']})")
     print(json.dumps({k: v for k, v in result.items() if k != "per_class"}))
     return 0

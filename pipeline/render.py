@@ -24,9 +24,10 @@ log = logging.getLogger(__name__)
 _PAGE = 256
 
 
-def render_stream(client, stream: str, video: str | Path, out: str | Path, opacity: float = 0.45) -> int:
+def render_stream(client, stream: str, video: str | Path, out: str | Path, opacity: float = 0.45) -> tuple[int, int]:
     """Draw every entry of ``stream`` over its frame of ``video`` into the MP4 ``out``; returns
-    the number of frames written."""
+    the number of frames written, and of the video's frames up to the last entry that had none
+    (trimmed by the stream's MAXLEN, or dropped by the pipeline)."""
     if not client.exists(stream):
         raise SinkError(_missing_stream_message(client, stream))
     if stream.endswith(":events"):
@@ -37,10 +38,13 @@ def render_stream(client, stream: str, video: str | Path, out: str | Path, opaci
     writer = OverlayVideo(out)
     frames = iter(source.frames())
     frame = None
+    missing, drawn = 0, -1
     try:
         while entries := reader.read(count=_PAGE):
             for _, result in entries:
                 while frame is None or frame.index < result.index:
+                    if frame is not None and frame.index > drawn:
+                        missing += 1
                     frame = next(frames, None)
                     if frame is None:
                         raise SegstreamError(
@@ -54,10 +58,11 @@ def render_stream(client, stream: str, video: str | Path, out: str | Path, opaci
                         f"{result.width}x{result.height} — is it the video the stream was made from?"
                     )
                 writer.write(draw_overlay(frame.image, result, opacity), result.pts, result.time_base)
+                drawn = frame.index
     finally:
         source.close()
         writer.close()
-    return writer.frames
+    return writer.frames, missing
 
 
 def main_render(args) -> int:
@@ -66,10 +71,13 @@ def main_render(args) -> int:
     client = connect_redis(args.url, args.password, username=args.username, tls=redis_tls(args),
                            client_name="segstream-render", hint="start Redis or fix --url", names=COMMAND_LINE)
     try:
-        written = render_stream(client, args.stream, args.video, args.out, args.opacity)
+        written, missing = render_stream(client, args.stream, args.video, args.out, args.opacity)
     finally:
         client.close()
     if written == 0:
         raise SegstreamError(f"{args.stream} has no entries to draw")
+    if missing:
+        log.warning("%d frames of %s have no entry in %s (trimmed by its MAXLEN, or dropped by the pipeline) and "
+                    "are left out", missing, args.video, args.stream)
     log.info("wrote %d frames to %s", written, args.out)
     return 0

@@ -63,13 +63,22 @@ class FrameStage(Protocol):
     """A stage after the model that sees one source's results in frame order (a tracker).
 
     It may also have ``finish() -> list[Event]``, called once when its source's last result has
-    passed (not after a failure); the events it returns are published.
+    passed (not after a failure); the events it returns are published after that result.
     """
 
     def process(self, result: FrameResult) -> FrameResult: ...
 
 
 StageFactory = Callable[[str], FrameStage]  # source name -> that source's stage
+
+
+@dataclass(slots=True)
+class SourceEnd:
+    """What follows a source's last result to the sinks: its stages' ``finish()`` events, then
+    its ``ended`` state. A sink with ``source_ended(name)`` hears of it once these are published."""
+
+    source: str
+    events: list[Event]
 
 
 @dataclass(slots=True)
@@ -295,7 +304,7 @@ class Runtime:
         self.required = set(names if required is None else required)
         max_bytes = None if frame_budget_mb is None else int(frame_budget_mb * 2**20)
         self._batcher = Batcher(names, sizes, self.metrics, self.buffers, max_bytes)
-        self.states = SourceStates(self.metrics, self.emit if publish_states else None)
+        self.states = SourceStates(self.metrics, self._state_event if publish_states else None)
         for source in self.sources:
             if hasattr(source, "on_state"):  # it reports its own states
                 source.on_state = self.states.listener(source.name)
@@ -307,6 +316,8 @@ class Runtime:
         self._to_sinks = _Channel(batch_size, self._aborted)
         self._stages: dict[str, list[FrameStage]] = {}
         self._events: queue.SimpleQueue[Event] = queue.SimpleQueue()
+        self._ended_states: dict[str, Event] = {}  # held until the source's last result is published
+        self._ended_lock = threading.Lock()
         self._stop_requested = False
         self._errors: list[BaseException] = []
         self._started = False
@@ -544,29 +555,31 @@ class Runtime:
     def _stage(self) -> None:
         beat = self.metrics.beat
         ended = False
+        staged = [0] * len(self.sources)  # each source's results that passed the stages
+        settled: set[int] = set()  # sources whose end went to the sinks
+        index = {source.name: i for i, source in enumerate(self.sources)}
         try:
             while True:
                 beat("stage", idle="waiting for results")
-                if (result := self._to_stage.get()) is _END:
+                # a timeout: a source's end may come with no result after it (its last frames dropped)
+                if (result := self._to_stage.get(timeout=_POLL_IDLE_S)) is _END:
                     ended = True
                     break
-                beat("stage")
-                for stage in self._source_stages(result.source):
-                    result = stage.process(result)
-                result.run_id = self.run_id
-                for event in result.events:
-                    event.run_id = self.run_id
-                result.times["staged"] = time.monotonic()
-                beat("stage", idle="back-pressure")
-                if not self._to_sinks.put(result):
+                if result is not None:
+                    beat("stage")
+                    for stage in self._source_stages(result.source):
+                        result = stage.process(result)
+                    result.run_id = self.run_id
+                    for event in result.events:
+                        event.run_id = self.run_id
+                    result.times["staged"] = time.monotonic()
+                    staged[index[result.source]] += 1
+                    beat("stage", idle="back-pressure")
+                    if not self._to_sinks.put(result):
+                        return
+                if not self._end_sources(staged, settled):
                     return
-            for source, stages in self._stages.items():
-                if self.metrics.source(source).state == "failed":
-                    continue  # its stages saw no end (FrameStage.finish is not called after a failure)
-                for stage in stages:
-                    if hasattr(stage, "finish"):
-                        for event in stage.finish():
-                            self.emit(event)
+            self._end_sources(staged, settled, all_ended=True)
         except BaseException as error:
             self._fail(error, drain=False)
             if not ended:  # after the end marker (a stage's finish() failed) nothing more comes
@@ -574,6 +587,35 @@ class Runtime:
         finally:
             self._to_sinks.end()
             beat("stage", idle="ended")
+
+    def _end_sources(self, staged: list[int], settled: set[int], all_ended: bool = False) -> bool:
+        """Send each source whose last result has passed the stages (``all_ended``: every source)
+        its ``SourceEnd``; False when the run aborted meanwhile."""
+        for i, source in enumerate(self.sources):
+            if i in settled or (not all_ended and self._batcher.settled(i) != staged[i]):
+                continue
+            settled.add(i)
+            events: list[Event] = []
+            if self.metrics.source(source.name).state != "failed":  # its stages saw no end after a failure
+                for stage in self._stages.get(source.name, ()):
+                    if hasattr(stage, "finish"):
+                        events += stage.finish()
+            with self._ended_lock:
+                state = self._ended_states.pop(source.name, None)
+            events += [state] if state is not None else []
+            for event in events:
+                event.run_id = event.run_id or self.run_id
+            if not self._to_sinks.put(SourceEnd(source.name, events)):
+                return False
+        return True
+
+    def _state_event(self, event: Event) -> None:
+        """A source's ``ended`` state waits for its last result (``SourceEnd``); others go now."""
+        if event.data["state"] != "ended":
+            self.emit(event)
+            return
+        with self._ended_lock:
+            self._ended_states[event.source] = event
 
     def _publish(self) -> None:
         beat = self.metrics.beat
@@ -586,7 +628,13 @@ class Runtime:
                     break
                 beat("publish")
                 self._publish_events()
-                if item is not None:
+                if isinstance(item, SourceEnd):
+                    for sink in self.sinks:
+                        for event in item.events:
+                            sink.publish_event(event)
+                        if hasattr(sink, "source_ended"):
+                            sink.source_ended(item.source)
+                elif item is not None:
                     # Counted before the hand-off: a sink that drops it later takes it back (on_dropped).
                     self.metrics.published(item.source)
                     for sink in self.sinks:

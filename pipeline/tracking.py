@@ -26,11 +26,11 @@ class TrackingStage:
     ``capacity``: more than ``max_tracks`` tracks; ``frame_size``: the frame size changed).
     """
 
-    def __init__(self, source: str, settings: TrackerSettings = TrackerSettings(), end_events: bool = True):
+    def __init__(self, source: str, settings: TrackerSettings = TrackerSettings()):
         self.source = source
-        self.end_events = end_events
         self.tracker = SegmentTracker(settings)
         self._labels: dict[int, str] = {}  # class id -> label, as the model names it (bounded by its label set)
+        self._last_ts: float | None = None  # the time of the last result's frame
 
     def process(self, result: FrameResult) -> FrameResult:
         if result.segment_map is None:
@@ -44,14 +44,14 @@ class TrackingStage:
         segments.track_ages = update.track_ages
         for class_id, label in zip(segments.class_ids.tolist(), segments.labels.tolist()):
             self._labels[class_id] = label
-        result.events.extend(self._event(e, result.capture_ts or time.time()) for e in update.events)
+        self._last_ts = result.capture_ts or time.time()
+        result.events.extend(self._event(e, self._last_ts) for e in update.events)
         return result
 
     def finish(self) -> list[Event]:
-        """The source ended: every track ends (``reason: end``; no events without ``end_events``)."""
-        now = time.time()
-        ended = [self._event(e, now) for e in self.tracker.finish()]
-        return ended if self.end_events else []
+        """The source ended: every track ends (``reason: end``), at its last frame's time."""
+        ts = self._last_ts if self._last_ts is not None else time.time()
+        return [self._event(e, ts) for e in self.tracker.finish()]
 
     def _event(self, event: TrackEvent, ts: float) -> Event:
         data = {
@@ -73,11 +73,9 @@ def tracker_settings(cfg) -> TrackerSettings:
     return TrackerSettings(**cfg.model_dump(exclude={"enabled"}))
 
 
-def tracking_stages(cfg, end_events: bool = True) -> Sequence:
-    """The per-source stage factories a ``tracking:`` section asks for (none when disabled).
-    ``end_events=False`` leaves out the ``track_ended`` events of the source's end (for outputs
-    that must not depend on when the run noticed that end, as batch's)."""
+def tracking_stages(cfg) -> Sequence:
+    """The per-source stage factories a ``tracking:`` section asks for (none when disabled)."""
     if not cfg.enabled:
         return []
     settings = tracker_settings(cfg)
-    return [lambda source: TrackingStage(source, settings, end_events)]
+    return [lambda source: TrackingStage(source, settings)]

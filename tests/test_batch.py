@@ -12,7 +12,7 @@ import pytest
 
 from segstream.connectors.errors import ConfigError
 from segstream.connectors.files_sink import read_entries
-from segstream.connectors.redis_wire import from_wire
+from segstream.connectors.redis_wire import event_from_wire, from_wire
 from segstream.connectors.coco_panoptic import read_coco_panoptic
 from segstream.pipeline.batch import MANIFEST, find_videos, output_lock, plan, run_batch, summary_table
 from segstream.pipeline.config import BatchPipelineConfig, validate_config
@@ -87,7 +87,13 @@ def test_every_frame_of_every_video_is_written_and_a_corrupt_one_is_reported(arc
     for vid, frames in (("a", 12), ("b", 9), ("c10", 7)):
         entries = [from_wire(e) for e in read_entries(out / vid / "frames.jsonl")]
         assert [e.index for e in entries] == list(range(frames)), "every frame, in order, once"
-        assert all(e.capture_ts == 0 and e.publish_ts == 0 for e in entries), "no wall-clock times in files"
+        assert all(e.capture_ts == 0 and e.publish_ts == 0 and e.run_id == "" for e in entries), \
+            "no wall-clock times or run ids in files"
+        # the video's end ends its tracks (found probing: tracks that never ended)
+        events = [event_from_wire(e) for e in read_entries(out / vid / "events.jsonl")]
+        started = {e.data["track_id"] for e in events if e.kind == "track_started"}
+        ended = {e.data["track_id"]: e.data["reason"] for e in events if e.kind == "track_ended"}
+        assert started and set(ended) == started and "end" in ended.values(), events
         coco = read_coco_panoptic(out / vid / "panoptic.json")
         assert [c.index for c in coco] == list(range(frames))
         for entry, frame in zip(entries, coco):

@@ -153,3 +153,15 @@ def test_evaluate_refuses_zero_frames_instead_of_printing_nan(capsys):
     assert main(["evaluate", "--seeds", "0", "--frames", "0"]) == 2
     captured = capsys.readouterr()
     assert "--frames: must be at least 1, got 0" in captured.err and "nan" not in captured.out.lower()
+
+
+def test_evaluate_says_which_classes_the_scenes_lack_and_draws_no_bar_into_a_log(capsys):
+    """A class neither in the scenes nor predicted read "PQ 0.0 (tp 0, fp 0, fn 0)", and a log
+    file got the progress bar's carriage-return lines (found probing)."""
+    from segstream.pipeline.cli import main
+
+    assert main(["evaluate", "--seeds", "0", "--frames", "2", "--size", "160", "120"]) == 0
+    captured = capsys.readouterr()
+    absent = [line for line in captured.out.splitlines() if "not in these scenes, nor predicted" in line]
+    assert absent and "(tp 0, fp 0, fn 0)" not in captured.out
+    assert "frame/s" not in captured.err and "\r" not in captured.err

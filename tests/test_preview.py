@@ -148,3 +148,17 @@ def test_render_of_a_recorded_stream_gives_the_preview_frames(tmp_path, big_clip
     assert exact >= 18
     for a, b in zip(rendered, previewed):
         assert np.abs(a.astype(int) - b).mean() < 1.0
+
+
+def test_render_of_a_trimmed_stream_says_how_many_frames_it_left_out(tmp_path, big_clip, capsys):
+    """MAXLEN kept the last 8 of 20 entries (found probing: "wrote 8 frames", nothing more)."""
+    from segstream.pipeline.cli import main
+
+    with EmbeddedRedis(tmp_path / "redis") as server:
+        publisher = RedisPublisher(connect_redis(server.url))
+        Runtime([FileSource("cam", str(big_clip))], ColourSegmenter(), [publisher], progress=None).run()
+        connect_redis(server.url).xtrim("segstream:cam:frames", maxlen=8, approximate=False)
+        assert main(["render", "segstream:cam:frames", "--video", str(big_clip), "--out",
+                     str(tmp_path / "render.mp4"), "--url", server.url]) == 0
+    err = capsys.readouterr().err
+    assert "12 frames of" in err and "have no entry in segstream:cam:frames" in err and "wrote 8 frames" in err

@@ -223,6 +223,20 @@ def test_tail_prints_one_line_per_entry(server, client):
     assert [line.split()[2] for line in newest.getvalue().splitlines()] == ["frame=3", "frame=4"]
 
 
+def test_tail_with_events_keeps_entries_of_one_millisecond_in_their_streams_order(server, client):
+    """Sequence numbers count within one stream: an event of the 3rd frame written in the same
+    millisecond is printed after it (found probing: before the frames its sequence number beat)."""
+    from segstream.connectors.redis_wire import event_to_wire, to_wire
+    from segstream.models.results import Event
+
+    for index in range(3):
+        client.xadd("segstream:cam0:frames", to_wire(synthetic_scene("cam0", index), "rle"), id=f"1000-{index}")
+    client.xadd("segstream:cam0:events", event_to_wire(Event("cam0", "track_ended", 1.0, {"track_id": 4})), id="1000-0")
+    out = io.StringIO()
+    assert tail("segstream:cam0:frames", server.url, count=None, follow=False, out=out, events=True) == 4
+    assert [line.split()[2] for line in out.getvalue().splitlines()] == ["frame=0", "frame=1", "frame=2", "track_ended"]
+
+
 def test_tail_of_a_missing_stream_names_the_streams_there(server, client):
     client.xadd("segstream:cam9:frames", {"v": "1"})
 

@@ -291,7 +291,73 @@ def test_tracking_can_be_switched_off(clip):
     assert sink.events == []
 
 
-def test_a_stage_without_end_events_ends_its_tracks_quietly():
-    stage = TrackingStage("cam0", TrackerSettings(), end_events=False)
-    stage.process(result_of(0, [(DISC, 40, 40, 8)]))
-    assert stage.finish() == [] and stage.tracker.stuff == {}
+def test_the_tracks_of_a_source_end_at_its_last_frames_time():
+    """Not when the run got round to it: a batch's outputs are the same whatever else it ran."""
+    stage = TrackingStage("cam0", TrackerSettings())
+    for frame in range(3):
+        stage.process(result_of(frame, [(DISC, 40, 40, 8)]))
+    ended = stage.finish()
+    assert ended and all(e.kind == "track_ended" and e.ts == 1002.0 and e.data["reason"] == "end" for e in ended)
+    assert stage.tracker.stuff == {}
+
+
+class OrderSink:
+    """Records what reaches a sink, results and events, in the order they come."""
+
+    name = "order"
+
+    def __init__(self):
+        self.items: list[tuple[str, str, object]] = []  # (source, "frame" | event kind or state, detail)
+        self.ended_sources: list[str] = []
+
+    def publish(self, result):
+        self.items.append((result.source, "frame", result.index))
+
+    def publish_event(self, event):
+        kind = event.data["state"] if event.kind == "state" else event.kind
+        self.items.append((event.source, kind, event.data.get("track_id")))
+
+    def source_ended(self, source):
+        self.ended_sources.append(source)
+        self.items.append((source, "source_ended", None))
+
+    def poll(self):
+        return None
+
+    def flush(self):
+        pass
+
+    def close(self):
+        pass
+
+
+def test_a_sources_track_ends_and_ended_state_follow_its_last_frame_when_it_ends(clip, tmp_path):
+    """A short source ends while a longer one runs: its tracks end, then its ``ended`` state, right
+    after its last frame and before the other's later frames (found probing: ``ended`` came
+    first, the track ends only when the whole run ended, and a track's start after its end)."""
+    from segstream.connectors.file_source import FileSource
+    from segstream.pipeline.runtime import Runtime
+    from tests.conftest import ColourSegmenter, encode_clip
+
+    from segstream.pipeline.config import validate_config
+
+    short = encode_clip(tmp_path / "short.mp4", frames=10)
+    cfg = validate_config({"sources": [{"name": "long", "type": "file", "path": str(clip)},
+                                       {"name": "short", "type": "file", "path": str(short)}]})
+    sink = OrderSink()
+    runtime = Runtime.from_config(cfg, [FileSource("long", str(clip)), FileSource("short", str(short))],
+                                  ColourSegmenter(), [sink], progress=None, publish_states=True)
+    runtime.run()
+    for source, frames in (("short", 10), ("long", 40)):
+        items = [(kind, detail) for s, kind, detail in sink.items if s == source]
+        last_frame = items.index(("frame", frames - 1))
+        tail = [kind for kind, _ in items[last_frame + 1:]]
+        assert tail == ["track_ended"] * (len(tail) - 2) + ["ended", "source_ended"] and len(tail) > 2, items
+        started = {d for k, d in items if k == "track_started"}
+        assert started == {d for k, d in items if k == "track_ended"}  # every track that started ends
+        for track in started:
+            assert items.index(("track_started", track)) < items.index(("track_ended", track))
+    # the short source's end went out while the long one still had frames to come
+    short_end = sink.items.index(("short", "source_ended", None))
+    assert any(s == "long" and kind == "frame" for s, kind, _ in sink.items[short_end:])
+    assert sink.ended_sources == ["short", "long"]

@@ -208,3 +208,19 @@ def test_refused_credentials_name_connects_arguments_not_the_pipelines_config(se
         assert "refused the credentials" in message and "password=" in message
         assert "sinks.redis" not in message and "s3cret" not in message
     assert connect(server.url, "s3cret").redis.ping()
+
+
+def test_pending_entries_trimmed_away_are_counted_and_logged(server, caplog):
+    """MAXLEN may trim entries a consumer was given and had not acked (found probing: they went
+    without a word)."""
+    publish(server, range(10))
+    client = connect(server.url)
+    slow = client.frames("cam0", group="g", consumer="slow", start="0", count=4)
+    assert len(slow.read()) == 4  # holds 0..3, unacked
+    server.client().xtrim("segstream:cam0:frames", maxlen=3, approximate=False)  # as the publisher's MAXLEN does
+    other = client.frames("cam0", group="g", consumer="other", claim_idle_ms=0, count=10)
+    with caplog.at_level("WARNING"):
+        got = other.read() + slow.read()
+    assert [e.frame for e in got] == [7, 8, 9]  # what the stream still holds, once
+    assert other.trimmed + slow.trimmed == 4 and slow.pending() == 3
+    assert "trimmed away by the stream's MAXLEN" in caplog.text
