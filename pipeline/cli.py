@@ -152,7 +152,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     batch.add_argument("inputs", nargs="+", metavar="INPUT",
                        help="video files, folders (searched recursively), quoted globs ('archive/**/*.mp4'), or list "
-                            "files (.txt/.list, or @FILE: one path per line, # comments)")
+                            "files (.txt/.list, or @FILE: one path per line, relative to the list file, # comments)")
     batch.add_argument("--config", type=Path, default=None, metavar="FILE",
                        help="pipeline config for the model, engine, sinks and the batch section (sources are not used)")
     overrides(batch)
