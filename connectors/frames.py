@@ -20,7 +20,8 @@ class Frame:
     time at which the sender captured the frame, when the stream says (RTCP sender reports).
     ``size`` is the decoded frame's (height, width) when ``image`` is a smaller copy scaled in
     the decoder to what the model sees (``engine.resize_in_decoder``); None when ``image`` is the
-    frame itself. ``height`` and ``width`` are the frame's either way.
+    frame itself. ``height`` and ``width`` are the frame's either way. ``file`` is the file the
+    frame was read from, for sources that read one file a frame (an image folder); else None.
     """
 
     source: str
@@ -34,6 +35,7 @@ class Frame:
     epoch: int = 0
     sender_wall: float | None = None
     size: tuple[int, int] | None = None
+    file: str | None = None
 
     @property
     def height(self) -> int:

@@ -100,7 +100,8 @@ class ImageFolderSource:
                     delay = pacer.due(pts_seconds, step_s) - time.monotonic()
                     if delay > 0 and self._closed.wait(delay):
                         return
-                yield Frame(self.name, index, image, pts, self.time_base, pts_seconds, time.time(), epoch=epoch)
+                yield Frame(self.name, index, image, pts, self.time_base, pts_seconds, time.time(), epoch=epoch,
+                            file=name)
                 index += 1
                 if self.max_frames is not None and index >= self.max_frames:
                     return

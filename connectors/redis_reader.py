@@ -72,6 +72,7 @@ class Entry:
     source = property(lambda self: self.result.source)
     frame = property(lambda self: self.result.index, doc="frame index within the source")
     run_id = property(lambda self: self.result.run_id)
+    file = property(lambda self: self.result.file, doc="the image file of the frame (image folder sources), else None")
     width = property(lambda self: self.result.width)
     height = property(lambda self: self.result.height)
     pts = property(lambda self: self.result.pts)

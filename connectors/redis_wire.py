@@ -82,6 +82,8 @@ def to_wire(result: FrameResult, mask_encoding: str, publish_ts: float | None = 
         "epoch": str(int(result.epoch)),
         "sender_ts": "" if result.sender_ts is None else repr(float(result.sender_ts)),
     }
+    if result.file is not None:
+        fields["file"] = result.file
     if mask_encoding == "rle":
         for record, counts in zip(records, _coco_rle_counts(label_map, ids)):
             record["rle"] = {"size": [result.height, result.width], "counts": counts}
@@ -197,6 +199,7 @@ def read_entry(fields: Mapping[bytes | str, bytes | str]) -> tuple[FrameResult, 
         model=text["model"],
         epoch=_integer(optional, "epoch") if optional.get("epoch") else 0,
         sender_ts=_number(optional, "sender_ts") if optional.get("sender_ts") else None,
+        file=_text(entry["file"]) if "file" in entry else None,
         run_id=_text(entry.get("run_id", b"")),
         levels=levels,
     )

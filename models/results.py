@@ -227,7 +227,8 @@ class FrameResult:
     runtime only while a sink that draws on frames needs it (a preview), else None. ``epoch``
     counts the restarts of the source's timeline before this frame (reconnects, loops);
     ``sender_ts`` is the Unix time at which the sender captured the frame when the stream says so
-    (RTCP sender reports), else None. ``run_id`` names the pipeline run that produced it (track
+    (RTCP sender reports), else None. ``file`` is the image file the frame was read from (image
+    folder sources), else None. ``run_id`` names the pipeline run that produced it (track
     ids restart with each run). ``levels`` is the segment hierarchy of models that have one
     (SeNaTra), finest level first; ``segments``/``label_map`` stay the frame's panoptic or
     semantic output.
@@ -250,6 +251,7 @@ class FrameResult:
     image: np.ndarray | None = None
     epoch: int = 0
     sender_ts: float | None = None
+    file: str | None = None
     run_id: str = ""
     levels: list[Level] = field(default_factory=list)
 

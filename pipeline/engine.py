@@ -343,6 +343,7 @@ class ModelStage:
             result.capture_ts = frame.capture_wall
             result.epoch = frame.epoch
             result.sender_ts = frame.sender_wall
+            result.file = frame.file
             result.times = frame.times
             result.times["post_end"] = finished
         return out

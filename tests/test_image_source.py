@@ -83,3 +83,20 @@ def test_a_folder_without_images_is_a_source_error(tmp_path):
     (tmp_path / "readme.txt").write_text("x")
     with pytest.raises(SourceError, match="no images in"):
         ImageFolderSource("stills", str(tmp_path))
+
+
+def test_each_entry_names_its_image_file_through_the_pipeline(folder, tmp_path):
+    """With an unreadable image skipped, frame indices no longer match positions in the folder:
+    the entry says which image it is (found probing: no way to tell)."""
+    from segstream.connectors.files_sink import FilesSink, read_entries
+    from segstream.connectors.redis_wire import from_wire
+    from segstream.pipeline.runtime import Runtime
+    from tests.conftest import ColourSegmenter
+
+    (folder / "frame5.png").write_bytes(b"\x89PNG broken")
+    Runtime([ImageFolderSource("stills", str(folder))], ColourSegmenter(), [FilesSink(tmp_path / "out")],
+            progress=None).run()
+    entries = [from_wire(e) for e in read_entries(tmp_path / "out" / "stills.jsonl")]
+    assert [(e.index, e.file) for e in entries] == [
+        (i, str(folder / f"frame{n}.png")) for i, n in enumerate((1, 2, 9, 10, 100))
+    ]
