@@ -23,20 +23,23 @@ input on the way out.
 
 from __future__ import annotations
 
+import errno
 import logging
 import queue
+import socket
 import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
+from urllib.parse import urlsplit
 
 import av
 import numpy as np
 
 from segstream.connectors.errors import SourceError
-from segstream.connectors.urls import redact_url
+from segstream.connectors.urls import redact_url, url_scheme
 
 logger = logging.getLogger("segstream.sources")
 
@@ -201,6 +204,9 @@ class AVInput:
         duration = self.container.duration
         self.duration_s: float | None = duration / 1_000_000 if duration and duration > 0 else None
         self.format_name: str = self.container.format.name
+        # The input's size in bytes when the server or file says (a file over HTTP, without a
+        # duration when its format has none, as MPEG-TS), None for a stream without an end.
+        self.size_bytes: int | None = self.container.size if (self.container.size or 0) > 0 else None
         # FFmpeg's guess first: the average rate of a file with a gap in its timestamps is far too low
         rate = self.stream.guessed_rate or self.stream.average_rate or self.stream.base_rate
         self.fps = float(rate) if rate else None
@@ -347,9 +353,30 @@ def open_error(error: BaseException, shown: str, open_timeout_s: float) -> Sourc
         return SourceError(f"connection refused by '{shown}' (is the server or camera up?)")
     if isinstance(error, av.error.InvalidDataError):
         return SourceError(f"cannot open '{shown}' as video ({describe_error(error)})")
+    host = _unknown_host(shown) if getattr(error, "errno", None) == errno.EIO else None
+    if host is not None:  # FFmpeg says only "Input/output error"
+        return InputRefused(f"cannot open '{shown}': the host name '{host}' is not known (DNS) — check the URL",
+                            missing=True)
     if isinstance(error, (av.error.FFmpegError, OSError)):
         return SourceError(f"cannot open '{shown}': {describe_error(error)}")
     return SourceError(f"cannot open '{shown}': {type(error).__name__}")
+
+
+def _unknown_host(url: str) -> str | None:
+    """The host name of a network URL when it does not resolve, else None."""
+    try:
+        host = urlsplit(url).hostname if url_scheme(url) not in ("", "file") else None
+    except ValueError:
+        return None
+    if not host:
+        return None
+    try:
+        socket.getaddrinfo(host, None)
+    except socket.gaierror:
+        return host
+    except OSError:
+        return None
+    return None
 
 
 _END = object()

@@ -10,9 +10,10 @@ behind one switch do not retry in step, forever unless ``max_reconnects`` says o
 credentials (401, 403) or is not there (404, no such device) before the first frame fails the
 source at once: the URL is wrong, and retrying would only hide it (``wait_for_input`` waits for
 it instead); later, these are retried like any loss. An input with a length (a video file or
-video-on-demand playlist over HTTP) is played at its own rate, like a live stream, and ends the
-source when it ends instead of being played again (it fails it when lost part-way or when what
-it played falls short of its length: opened again it would start over). A live HLS playlist
+video-on-demand playlist over HTTP; a file whose server gives only its size) is played at its own
+rate, like a live stream, and ends the source when it ends instead of being played again (it
+fails it when lost part-way, when FFmpeg jumped over a part of it, or when what it played falls
+short of its length: opened again it would start over). A live HLS playlist
 opened again starts a few segments back: its first frames, those already delivered (the same
 timestamp and the same pixels), are skipped and counted. A live playlist its publisher finishes
 (``#EXT-X-ENDLIST``) ends the source, or with ``wait_for_input`` is waited on until it is live
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import random
 import threading
 import time
@@ -89,6 +91,10 @@ class ReconnectPolicy:
     def delay(self, attempt: int, rng: random.Random) -> float:
         base = min(self.max_delay_s, self.delay_s * 2 ** max(0, attempt - 1))
         return base / 2 + rng.uniform(0, base / 2)
+
+
+def _length(seconds: float) -> str:
+    return "length unknown" if seconds == math.inf else f"{seconds:.1f} s"
 
 
 class _Delivered:
@@ -218,6 +224,7 @@ class LiveSource:
                 finite: float | None = None  # the input's length, when the source ends with it
                 first = True  # no frame yet from this session
                 played_s = 0.0  # the input's time this session's frames covered, jumps left out
+                skipped_s = 0.0  # the input's time it jumped over (FFmpeg passing a segment it could not fetch)
                 previous_s: float | None = None  # the input's time of this session's previous frame
                 repeats = 0  # frames already delivered by an earlier session, skipped
                 try:
@@ -225,6 +232,10 @@ class LiveSource:
                     if opened is None:
                         break
                     length, hls = opened.duration_s, opened.format_name == "hls"
+                    if length is None and opened.size_bytes is not None and not hls:
+                        # a file served whole (an MPEG-TS over HTTP): it ends with its data, and
+                        # opened again it would start over (a playlist's size is its text's)
+                        length = math.inf
                     if length is not None and was_live and hls:
                         # a live playlist its publisher finished (#EXT-X-ENDLIST): reading it
                         # again would publish its last segments a second time
@@ -238,10 +249,10 @@ class LiveSource:
                     was_live = was_live or length is None
                     if finite is not None and epoch < 0:
                         logger.warning(
-                            "source %s: '%s' is a finite video (%.1f s), played as a live stream at its own rate "
+                            "source %s: '%s' is a finite video (%s), played as a live stream at its own rate "
                             "(frames the model cannot keep up with are dropped), ending with the video — use "
                             "type: file to process every frame as fast as the model goes", self.name, self.shown,
-                            finite,
+                            _length(finite),
                         )
                     remember = hls and length is None
                     repeating = remember and epoch >= 0  # opened again: it starts with frames already delivered
@@ -261,8 +272,12 @@ class LiveSource:
                                 timeline.restart(time.monotonic() - last_frame_at)
                             self._streaming(opened.info, picture, epoch, repeats)
                         ahead_s = source_s - previous_s if source_s is not None and previous_s is not None else None
-                        # a jump forward is content the input skipped (FFmpeg passes over a segment it cannot fetch)
-                        played_s += ahead_s if ahead_s is not None and 0 < ahead_s <= max(1.0, 2 * step_s) else step_s
+                        if ahead_s is not None and 0 < ahead_s <= max(1.0, 2 * step_s):
+                            played_s += ahead_s
+                        else:
+                            played_s += step_s
+                            if ahead_s is not None and ahead_s > 0:
+                                skipped_s += ahead_s - step_s  # content the input jumped over
                         previous_s = source_s
                         if remember:
                             delivered.add(picture)
@@ -291,11 +306,15 @@ class LiveSource:
                     if first and repeats:
                         details = {**details, "repeats_skipped": repeats}
                     if finite is not None and not first:  # opened again it would start over
-                        if details.get("ended") and played_s >= finite - _FINITE_SLACK_S:
+                        # (of a length unknown, its data ran to its end: FFmpeg read its whole size)
+                        whole = skipped_s == 0 and (finite == math.inf or played_s >= finite - _FINITE_SLACK_S)
+                        if details.get("ended") and whole:
                             ended = f"'{self.shown}' is a finite video and has ended"
                             break
                         if details.get("ended"):  # FFmpeg skipped what it could not fetch
-                            reason = f"{reason} after {played_s:.1f} s of its {finite:.1f} s"
+                            of = f" of its {finite:.1f} s" if finite != math.inf else ""
+                            jumped = f", {skipped_s:.1f} s of it skipped" if skipped_s else ""
+                            reason = f"{reason} after {played_s:.1f} s{of}{jumped}"
                         failed = True
                         lost_part_way = f"'{self.shown}' is a finite video and was lost part-way ({reason})"
                         self._enter("failed", lost_part_way, {**details, "url": self.shown})

@@ -29,10 +29,12 @@ STEP = 3600  # 25 fps
 class Session:
     """One opened input: its pictures, then the end of the stream (as FFmpeg reports an end)."""
 
-    def __init__(self, pictures: list[Picture], duration_s: float | None = None, format_name: str = "hls"):
+    def __init__(self, pictures: list[Picture], duration_s: float | None = None, format_name: str = "hls",
+                 size_bytes: int | None = None):
         self._pictures = pictures
         self.duration_s = duration_s
         self.format_name = format_name
+        self.size_bytes = size_bytes
         self.decode_errors = 0
         self.last_read = time.monotonic()
         self.info = InputInfo(32, 24, "h264", "yuv420p", 25.0)
@@ -128,6 +130,25 @@ def test_a_finite_video_missing_a_part_in_the_middle_fails_though_it_reaches_its
     assert len(delivered) == 50
     assert error is not None and "lost part-way" in str(error) and "after 2.0 s of its 5.0 s" in str(error)
     assert log.states[-1] == "failed"
+
+
+def test_a_segment_missing_in_the_middle_fails_the_video_even_within_the_slack_at_its_end():
+    """One second of a playlist gone, its end reached (found probing: exit 0, nothing counted)."""
+    video = frames(range(25)) + frames(range(50, 75))  # 1-2 s of 3 s missing
+    delivered, _, error = play(Session(video, duration_s=3.0, format_name="hls"))
+    assert len(delivered) == 50
+    assert error is not None and "after 2.0 s of its 3.0 s, 1.0 s of it skipped" in str(error)
+
+
+def test_a_file_of_known_size_without_a_duration_plays_once_and_ends():
+    """An MPEG-TS over HTTP tells no duration, only its size: it was read as live and replayed
+    forever, as fast as it decoded (found probing: 70 passes in 40 s)."""
+    clip = Session(frames(range(20)), format_name="mpegts", size_bytes=171_456)
+    started = time.monotonic()
+    delivered, log, error = play(clip, Session(frames(range(20)), format_name="mpegts", size_bytes=171_456))
+    assert error is None and len(delivered) == 20 and log.states.count("reconnecting") == 0
+    assert time.monotonic() - started > 0.6  # at its own rate: 20 frames at 25 fps
+    assert log.states[-1] == "ended" and "finite video and has ended" in log.entries[-1][2]
 
 
 def test_a_finite_video_that_ends_within_the_slack_of_its_length_ends_normally():

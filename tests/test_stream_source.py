@@ -245,6 +245,31 @@ def test_a_video_on_demand_playlist_ends_the_source_when_it_ends(tmp_path):
     assert log.states == ["connecting", "streaming", "ended"] and "finite video" in log.entries[-1][2]
 
 
+def test_an_mpegts_file_over_http_plays_once_at_its_own_rate_and_ends(tmp_path):
+    """FFmpeg knows no duration for a .ts, only its size (found probing: replayed forever)."""
+    import subprocess
+
+    from tests.live_servers import FFMPEG
+
+    subprocess.run([FFMPEG, "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=160x120:rate=25", "-t", "1",
+                    "-c:v", "libx264", "-preset", "ultrafast", str(tmp_path / "clip.ts")], check=True)
+    with StaticHttpServer(tmp_path) as server:  # http.server: a Content-Length, no byte ranges
+        source = StreamSource("web", f"http://127.0.0.1:{server.port}/clip.ts", policy=QUICK)
+        source.on_state = log = StateLog()
+        started = time.monotonic()
+        frames = take(source, 1000, timeout_s=20)
+    assert len(frames) == 25 and source.reconnects == 0 and time.monotonic() - started > 0.7
+    assert log.states == ["connecting", "streaming", "ended"] and "finite video" in log.entries[-1][2]
+
+
+def test_a_host_name_that_does_not_resolve_fails_at_once_saying_so():
+    """FFmpeg says "Input/output error", and it was retried forever (found probing)."""
+    source = StreamSource("web", "http://no-such-host.invalid/live.m3u8", policy=QUICK)
+    with pytest.raises(SourceError, match="the host name 'no-such-host.invalid' is not known"):
+        list(source.frames())
+    assert source.reconnects == 0
+
+
 def test_a_path_the_server_does_not_have_fails_at_once_unless_waited_for(tmp_path):
     """404 before the first frame is a wrong URL (found probing: retried forever); with
     ``wait_for_input`` it is a publisher not started yet: retried until the playlist appears."""
