@@ -247,7 +247,7 @@ class LiveSource:
                     if not was_live:  # once live, what any other input plays next is more of the stream
                         finite = length
                     was_live = was_live or length is None
-                    if finite is not None and epoch < 0:
+                    if finite is not None and epoch < 0 and failures == 0:
                         logger.warning(
                             "source %s: '%s' is a finite video (%s), played as a live stream at its own rate "
                             "(frames the model cannot keep up with are dropped), ending with the video — use "
@@ -303,6 +303,9 @@ class LiveSource:
                     break  # _read returns only once closed
                 except _Lost as lost:
                     reason, details = lost.reason, lost.data
+                    if finite is not None and first and "mp4" in opened.format_name and details.get("phase") == "read":
+                        reason += (" — over HTTP an mp4 needs its index first (ffmpeg -movflags +faststart) or a server "
+                                   "that sends byte ranges")
                     if first and repeats:
                         details = {**details, "repeats_skipped": repeats}
                     if finite is not None and not first:  # opened again it would start over

@@ -262,6 +262,22 @@ def test_an_mpegts_file_over_http_plays_once_at_its_own_rate_and_ends(tmp_path):
     assert log.states == ["connecting", "streaming", "ended"] and "finite video" in log.entries[-1][2]
 
 
+def test_an_mp4_with_its_index_at_the_end_over_a_server_without_ranges_says_what_would_work(tmp_path):
+    """FFmpeg can open it but not read it, saying "Input/output error" (found probing)."""
+    import subprocess
+
+    from tests.live_servers import FFMPEG
+
+    # ffmpeg writes the index (moov) last unless told otherwise; two seconds outgrow FFmpeg's probe buffer
+    subprocess.run([FFMPEG, "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=160x120:rate=25", "-t", "2",
+                    "-c:v", "libx264", "-preset", "ultrafast", str(tmp_path / "clip.mp4")], check=True)
+    with StaticHttpServer(tmp_path) as server:
+        source = StreamSource("web", f"http://127.0.0.1:{server.port}/clip.mp4",
+                              policy=dataclasses.replace(QUICK, max_reconnects=0))
+        with pytest.raises(SourceError, match=r"Input/output error — over HTTP an mp4 needs its index first .*faststart"):
+            list(source.frames())
+
+
 def test_a_host_name_that_does_not_resolve_fails_at_once_saying_so():
     """FFmpeg says "Input/output error", and it was retried forever (found probing)."""
     source = StreamSource("web", "http://no-such-host.invalid/live.m3u8", policy=QUICK)
