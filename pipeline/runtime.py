@@ -446,7 +446,8 @@ class Runtime:
             for frame in frames:
                 frame.times["decoded"] = now = time.monotonic()
                 if generic and counts.decoded == 0:
-                    self.states.enter(name, "streaming", f"first frame {frame.width}x{frame.height}", quiet=True)
+                    self.states.enter(name, "streaming", f"first frame {frame.width}x{frame.height}",
+                                      {"width": frame.width, "height": frame.height, "epoch": frame.epoch}, quiet=True)
                 self.metrics.decoded(name, now)
                 self.metrics.decode_errors(name, getattr(source, "decode_errors", 0))
                 self.metrics.beat(beat, idle="back-pressure")

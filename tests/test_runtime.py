@@ -500,3 +500,12 @@ def test_without_a_byte_budget_queue_size_alone_bounds_the_queue():
     for index in range(8):
         batcher.put(0, _big_frame("live", index), live=True)
     assert len(batcher.queues[0]) == 8 and not metrics.source("live").dropped_by
+
+
+def test_a_file_sources_streaming_state_carries_its_frame_size_and_epoch(clip):
+    """SCHEMA lists width, height and epoch for ``streaming`` (found probing: only for live sources)."""
+    sink = CollectingSink()
+    Runtime([FileSource("cam0", str(clip))], ColourSegmenter(), [sink], publish_states=True, progress=None).run()
+    streaming = [e.data for e in sink.events if e.kind == "state" and e.data["state"] == "streaming"]
+    assert len(streaming) == 1
+    assert (streaming[0]["width"], streaming[0]["height"], streaming[0]["epoch"]) == (160, 120, 0)
