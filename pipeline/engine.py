@@ -110,6 +110,8 @@ class Batcher:
     def settled(self, i: int) -> int | None:
         """How many of source ``i``'s frames went to the model, once it has ended and none of its
         frames waits here any more; None before."""
+        if self.open[i]:  # the common case, seen without the lock (a source never opens again)
+            return None
         with self.cond:
             return None if self.open[i] or self.queues[i] else self.batched[i]
 

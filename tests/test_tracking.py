@@ -11,6 +11,7 @@ from segstream.models.results import NO_TRACK, FrameResult, ScaledLabelMap, Segm
 from segstream.models.tracking import SegmentTracker, TrackerSettings
 from segstream.pipeline.config import TrackingConfig
 from segstream.pipeline.tracking import TrackingStage, tracker_settings
+from tests.conftest import CollectingSink
 
 SKY, GRASS, DISC, BOX = 0, 1, 2, 3
 W, H = 160, 120
@@ -301,12 +302,13 @@ def test_the_tracks_of_a_source_end_at_its_last_frames_time():
     assert stage.tracker.stuff == {}
 
 
-class OrderSink:
+class OrderSink(CollectingSink):
     """Records what reaches a sink, results and events, in the order they come."""
 
     name = "order"
 
     def __init__(self):
+        super().__init__()
         self.items: list[tuple[str, str, object]] = []  # (source, "frame" | event kind or state, detail)
         self.ended_sources: list[str] = []
 
@@ -320,15 +322,6 @@ class OrderSink:
     def source_ended(self, source):
         self.ended_sources.append(source)
         self.items.append((source, "source_ended", None))
-
-    def poll(self):
-        return None
-
-    def flush(self):
-        pass
-
-    def close(self):
-        pass
 
 
 def test_a_sources_track_ends_and_ended_state_follow_its_last_frame_when_it_ends(clip, tmp_path):
