@@ -201,8 +201,11 @@ class AVInput:
         self.time_base = self.stream.time_base or Fraction(1, 1_000_000)
         # The input's length in seconds when it has one (a file, a video-on-demand playlist), None
         # for live streams; read now: the capture thread may close the container at any time.
+        # The video's own duration where the format says (a file's audio may outlast its video).
         duration = self.container.duration
         self.duration_s: float | None = duration / 1_000_000 if duration and duration > 0 else None
+        if self.stream.duration and self.stream.duration > 0 and self.stream.time_base:
+            self.duration_s = float(self.stream.duration * self.stream.time_base)
         self.format_name: str = self.container.format.name
         # The input's size in bytes when the server or file says (a file over HTTP, without a
         # duration when its format has none, as MPEG-TS), None for a stream without an end.
@@ -372,8 +375,10 @@ def _unknown_host(url: str) -> str | None:
         return None
     try:
         socket.getaddrinfo(host, None)
-    except socket.gaierror:
-        return host
+    except socket.gaierror as error:
+        # not EAI_AGAIN: a resolver not up yet (a box booting) is retried like any outage
+        unknown = {socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)}
+        return host if error.errno in unknown else None
     except OSError:
         return None
     return None

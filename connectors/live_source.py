@@ -12,8 +12,9 @@ source at once: the URL is wrong, and retrying would only hide it (``wait_for_in
 it instead); later, these are retried like any loss. An input with a length (a video file or
 video-on-demand playlist over HTTP; a file whose server gives only its size) is played at its own
 rate, like a live stream, and ends the source when it ends instead of being played again (it
-fails it when lost part-way, when FFmpeg jumped over a part of it, or when what it played falls
-short of its length: opened again it would start over). A live HLS playlist
+fails it when lost part-way, or when what it played, jumps in its timestamps left out, falls
+short of its length: FFmpeg passes over a segment it cannot fetch; opened again it would start
+over). A live HLS playlist
 opened again starts a few segments back: its first frames, those already delivered (the same
 timestamp and the same pixels), are skipped and counted. A live playlist its publisher finishes
 (``#EXT-X-ENDLIST``) ends the source, or with ``wait_for_input`` is waited on until it is live
@@ -63,9 +64,11 @@ _POLL_S = 0.1  # how often a wait for the next frame checks close() and the watc
 # FFmpeg's own timeouts run this much longer than ours: ours decide and report, FFmpeg's only
 # end a capture thread that was given up on.
 _FFMPEG_TIMEOUT_MARGIN_S = 1.0
-# How much of a finite input's length may go unplayed at its end and still be a normal end: one
-# segment of a typical playlist (a file's audio may also outlast its video a little).
-_FINITE_SLACK_S = 2.0
+# How much of a finite input's length (its video's) may go unplayed and still be a normal end:
+# less than any segment a playlist could skip, more than its durations' rounding.
+_FINITE_SLACK_S = 0.5
+# Formats whose size is a manifest's, not the video's.
+_MANIFESTS = ("hls", "dash")
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,6 +215,7 @@ class LiveSource:
         failed = False
         ended = "stopped"
         was_live = False  # a session opened without a length: a live stream
+        warned = False  # that a finite input is played as a stream
         pacer = Pacer()  # plays an input with a length at its own rate
         delivered = _Delivered()  # of a live HLS playlist, to know its segments when opened again
         self._enter("connecting", f"opening '{self.shown}'", {"url": self.shown})
@@ -224,7 +228,7 @@ class LiveSource:
                 finite: float | None = None  # the input's length, when the source ends with it
                 first = True  # no frame yet from this session
                 played_s = 0.0  # the input's time this session's frames covered, jumps left out
-                skipped_s = 0.0  # the input's time it jumped over (FFmpeg passing a segment it could not fetch)
+                skipped_s = 0.0  # the input's time it jumped over (a segment FFmpeg could not fetch, or a discontinuity)
                 previous_s: float | None = None  # the input's time of this session's previous frame
                 repeats = 0  # frames already delivered by an earlier session, skipped
                 try:
@@ -232,7 +236,7 @@ class LiveSource:
                     if opened is None:
                         break
                     length, hls = opened.duration_s, opened.format_name == "hls"
-                    if length is None and opened.size_bytes is not None and not hls:
+                    if length is None and opened.size_bytes is not None and opened.format_name not in _MANIFESTS:
                         # a file served whole (an MPEG-TS over HTTP): it ends with its data, and
                         # opened again it would start over (a playlist's size is its text's)
                         length = math.inf
@@ -247,7 +251,8 @@ class LiveSource:
                     if not was_live:  # once live, what any other input plays next is more of the stream
                         finite = length
                     was_live = was_live or length is None
-                    if finite is not None and epoch < 0 and failures == 0:
+                    if finite is not None and not warned:
+                        warned = True
                         logger.warning(
                             "source %s: '%s' is a finite video (%s), played as a live stream at its own rate "
                             "(frames the model cannot keep up with are dropped), ending with the video — use "
@@ -309,8 +314,9 @@ class LiveSource:
                     if first and repeats:
                         details = {**details, "repeats_skipped": repeats}
                     if finite is not None and not first:  # opened again it would start over
-                        # (of a length unknown, its data ran to its end: FFmpeg read its whole size)
-                        whole = skipped_s == 0 and (finite == math.inf or played_s >= finite - _FINITE_SLACK_S)
+                        # (of a length unknown, its data ran to its end: FFmpeg read its whole size; a
+                        # jump in its timestamps alone may be a playlist's discontinuity, not a loss)
+                        whole = finite == math.inf or played_s >= finite - _FINITE_SLACK_S
                         if details.get("ended") and whole:
                             ended = f"'{self.shown}' is a finite video and has ended"
                             break

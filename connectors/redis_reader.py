@@ -425,7 +425,9 @@ class Subscription:
                 self._lost_to_trimming(len(deleted[0]))
             if self._claim_cursor == "0-0":  # scanned the whole pending list: rest a while
                 self._next_claim = now + self.claim_idle_ms / 2000
-            entries = [(_text(i), fields) for i, fields in claimed]
+            if any(i is None for i, _ in claimed):  # Redis 6.2: nil for a trimmed entry, its id unsaid
+                self._ack_trimmed(redis_client)
+            entries = [(_text(i), fields) for i, fields in claimed if i is not None]
             if entries:
                 self.claimed += len(entries)
                 return self._decoded(entries)
@@ -447,6 +449,16 @@ class Subscription:
             self.client.redis.xack(self.stream, self.group, *trimmed)
             self._lost_to_trimming(len(trimmed))
         return decoded
+
+    def _ack_trimmed(self, redis_client: redis.Redis) -> None:
+        """Acknowledge the group's pending entries older than the stream's oldest one (trimmed)."""
+        oldest = redis_client.xrange(self.stream, count=1)
+        first = _id_key(_text(oldest[0][0])) if oldest else None
+        pending = redis_client.xpending_range(self.stream, self.group, min="-", max="+", count=1000)
+        gone = [_text(p["message_id"]) for p in pending if first is None or _id_key(_text(p["message_id"])) < first]
+        if gone:
+            redis_client.xack(self.stream, self.group, *gone)
+            self._lost_to_trimming(len(gone))
 
     def _lost_to_trimming(self, count: int) -> None:
         self.trimmed += count
@@ -657,8 +669,14 @@ def _newest(client: redis.Redis, stream: str) -> str:
 def _millis(entry_id: str) -> int:
     """An entry's time (Redis's clock, in ms): the order across streams. The sequence number after
     it counts within one stream only, so entries of one millisecond keep the order they were read
-    in (a stable sort): each stream's own, frames before the events that follow them."""
+    in (a stable sort): the frames stream's first, then the events stream's."""
     return int(entry_id.partition("-")[0])
+
+
+def _id_key(entry_id: str) -> tuple[int, int]:
+    """An entry id's order within its stream."""
+    millis, _, sequence = entry_id.partition("-")
+    return int(millis), int(sequence or 0)
 
 
 def _missing_stream_message(client: redis.Redis, stream: str) -> str:

@@ -28,6 +28,7 @@ import secrets
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, TextIO
@@ -475,6 +476,7 @@ class Runtime:
                     stopped = self._stop_requested or self._aborted.is_set()
                     self.states.enter(name, "ended", "stopped" if stopped else "end of input", quiet=generic)
                 self._batcher.finish(i)
+                self._to_stage.wake()  # its end may follow its last result at once
                 self.metrics.beat(beat, idle="ended")
 
     def _model(self, worker: int) -> None:
@@ -556,9 +558,8 @@ class Runtime:
     def _stage(self) -> None:
         beat = self.metrics.beat
         ended = False
-        staged = [0] * len(self.sources)  # each source's results that passed the stages
+        staged: Counter[str] = Counter()  # each source's results that passed the stages
         settled: set[int] = set()  # sources whose end went to the sinks
-        index = {source.name: i for i, source in enumerate(self.sources)}
         try:
             while True:
                 beat("stage", idle="waiting for results")
@@ -574,7 +575,7 @@ class Runtime:
                     for event in result.events:
                         event.run_id = self.run_id
                     result.times["staged"] = time.monotonic()
-                    staged[index[result.source]] += 1
+                    staged[result.source] += 1
                     beat("stage", idle="back-pressure")
                     if not self._to_sinks.put(result):
                         return
@@ -586,14 +587,18 @@ class Runtime:
             if not ended:  # after the end marker (a stage's finish() failed) nothing more comes
                 self._to_stage.drain()
         finally:
+            with self._ended_lock:  # a run that failed first: its sources still say they ended
+                held, self._ended_states = list(self._ended_states.values()), {}
+            for event in held:
+                self.emit(event)
             self._to_sinks.end()
             beat("stage", idle="ended")
 
-    def _end_sources(self, staged: list[int], settled: set[int], all_ended: bool = False) -> bool:
+    def _end_sources(self, staged: Counter[str], settled: set[int], all_ended: bool = False) -> bool:
         """Send each source whose last result has passed the stages (``all_ended``: every source)
         its ``SourceEnd``; False when the run aborted meanwhile."""
         for i, source in enumerate(self.sources):
-            if i in settled or (not all_ended and self._batcher.settled(i) != staged[i]):
+            if i in settled or (not all_ended and self._batcher.settled(i) != staged[source.name]):
                 continue
             settled.add(i)
             events: list[Event] = []

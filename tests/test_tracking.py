@@ -354,3 +354,26 @@ def test_a_sources_track_ends_and_ended_state_follow_its_last_frame_when_it_ends
     short_end = sink.items.index(("short", "source_ended", None))
     assert any(s == "long" and kind == "frame" for s, kind, _ in sink.items[short_end:])
     assert sink.ended_sources == ["short", "long"]
+
+
+def test_a_run_that_fails_still_publishes_the_ended_state_of_its_sources(tmp_path):
+    """The ended state waits for the source's last result; a stage that fails on that result must
+    not leave the source "streaming" on its events stream forever (found reviewing)."""
+    from segstream.connectors.file_source import FileSource
+    from segstream.pipeline.runtime import Runtime
+    from tests.conftest import ColourSegmenter, encode_clip
+
+    class FailsAtTheEnd:
+        def process(self, result):
+            if result.index == 9:
+                raise RuntimeError("a stage bug")
+            return result
+
+    clip = encode_clip(tmp_path / "ten.mp4", frames=10)
+    sink = OrderSink()
+    runtime = Runtime([FileSource("cam", str(clip))], ColourSegmenter(), [sink], stages=[lambda source: FailsAtTheEnd()],
+                      publish_states=True, progress=None)
+    with pytest.raises(RuntimeError, match="a stage bug"):
+        runtime.run()
+    assert [kind for _, kind, _ in sink.items if kind in ("connecting", "streaming", "ended")] == [
+        "connecting", "streaming", "ended"]
