@@ -144,15 +144,18 @@ def _natural(path: Path) -> list:
 def plan(paths: Sequence[Path], taken: dict[str, str] | None = None) -> list[VideoJob]:
     """A job per video, each with an id that is a valid source name, unique in this batch and
     not used by another video of the manifest (``taken``: id -> video path). A video listed in
-    the manifest keeps its id. The id is the file's stem, with parent folder names prepended
-    until it is unique."""
+    the manifest keeps its id. The id is the file's stem (with its extension when the folder
+    holds another video of that stem: ``day1_mov``, ``day1_mp4``), with parent folder names
+    prepended until it is unique."""
     taken = dict(taken or {})
     owned = {path: vid for vid, path in taken.items()}
+    stems = Counter((path.parent, path.stem) for path in paths)
     jobs = []
     for path in paths:
         vid = owned.get(str(path))
         if vid is None:
-            parts = [_SAFE.sub("_", part).strip("_.") or "video" for part in (*path.parent.parts[1:], path.stem)]
+            name = path.stem if stems[path.parent, path.stem] == 1 else f"{path.stem}_{path.suffix.lstrip('.')}"
+            parts = [_SAFE.sub("_", part).strip("_.") or "video" for part in (*path.parent.parts[1:], name)]
             for depth in range(1, len(parts) + 1):
                 vid = "__".join(parts[-depth:])
                 if vid not in taken:

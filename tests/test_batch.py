@@ -70,6 +70,9 @@ def test_video_ids_are_unique_source_names_and_keep_the_manifests(tmp_path):
     ids = [job.id for job in plan(paths)]
     assert len(set(ids)) == 3 and ids[0] == "cam_1" and ids[1] == "y__cam_1"
     assert all(c.isalnum() or c in "_.-" for vid in ids for c in vid)
+    # two videos of one stem in one folder: their extensions tell them apart, not a folder further up
+    assert [job.id for job in plan([tmp_path / "b" / "day1.mov", tmp_path / "b" / "day1.mp4", tmp_path / "a" / "day1.mp4"])] \
+        == ["day1_mov", "day1_mp4", "day1"]
     # a video the manifest knows keeps its id; another video cannot take it
     again = plan([paths[1], paths[0]], taken={"cam_1": str(paths[0])})
     assert [job.id for job in again] == ["y__cam_1", "cam_1"]
