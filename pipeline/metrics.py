@@ -84,7 +84,9 @@ class SourceCounts:
     drops by reason ``decode_error``, so ``decoded + decode_errors == published + dropped`` at the
     end of a run. ``state`` is the source's current state (``SOURCE_STATES``), ``reason`` why
     it entered it, ``transitions`` how often it entered each state, ``reconnects`` how often
-    it went reconnecting, ``epoch`` the timeline restarts of its newest frame."""
+    it went reconnecting, ``epoch`` the timeline restarts of its newest frame. ``handed`` counts
+    the frames handed to the sinks and never goes down (``published`` does, when a sink drops a
+    frame after all): it is what a Prometheus counter may show."""
 
     decoded: int = 0
     published: int = 0
@@ -96,6 +98,7 @@ class SourceCounts:
     reconnects: int = 0
     transitions: Counter = field(default_factory=Counter)
     epoch: int = 0
+    handed: int = 0
 
     @property
     def dropped(self) -> int:
@@ -104,7 +107,7 @@ class SourceCounts:
     def copy(self) -> SourceCounts:
         return SourceCounts(
             self.decoded, self.published, self.decode_errors, Counter(self.dropped_by), self.state, self.reason,
-            self.state_since, self.reconnects, Counter(self.transitions), self.epoch,
+            self.state_since, self.reconnects, Counter(self.transitions), self.epoch, self.handed,
         )
 
 
@@ -197,6 +200,7 @@ class RunMetrics:
         counts = self.source(name)
         with self._lock:  # sinks may take it back (unpublished) from their own threads
             counts.published += 1
+            counts.handed += 1
 
     def unpublished(self, name: str, reason: str) -> None:
         """A frame counted as published was dropped by a sink after all (its backlog overflowed)."""

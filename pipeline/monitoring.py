@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
@@ -122,8 +122,10 @@ class RunMetricsCollector(Collector):
         m = self.metrics
         counts = m.snapshot()
         decoded = CounterMetricFamily(f"{PREFIX}_frames_decoded", "Frames decoded, per source.", labels=["source"])
-        published = CounterMetricFamily(f"{PREFIX}_frames_published", "Frames every sink was given, per source.",
-                                        labels=["source"])
+        published = CounterMetricFamily(
+            f"{PREFIX}_frames_published",
+            "Frames handed to the sinks, per source (one a sink drops later also counts in frames_dropped).",
+            labels=["source"])
         dropped = CounterMetricFamily(f"{PREFIX}_frames_dropped", "Frames dropped, per source and reason.",
                                       labels=["source", "reason"])
         errors = CounterMetricFamily(f"{PREFIX}_decode_errors", "Packets the decoder rejected, per source.",
@@ -133,7 +135,7 @@ class RunMetricsCollector(Collector):
                                   labels=["source", "state"])
         for source, c in counts.items():
             decoded.add_metric([source], c.decoded)
-            published.add_metric([source], c.published)
+            published.add_metric([source], c.handed)
             errors.add_metric([source], c.decode_errors)
             for reason, n in sorted(c.dropped_by.items()):
                 dropped.add_metric([source, reason], n)
@@ -221,6 +223,8 @@ class OpsServer:
         self.collector = RunMetricsCollector(metrics, stall_after_s)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self.collector)
+        # the process's CPU, memory and open files (process_*), as every exporter has them
+        ProcessCollector(registry=self.registry)
         handler = _handler(self)
         try:
             self._server = ThreadingHTTPServer((host, port), handler)
@@ -263,6 +267,10 @@ class OpsServer:
 
 def _handler(server: OpsServer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
+        def do_HEAD(self) -> None:  # noqa: N802 (a load balancer's health check)
+            self._body = False
+            self.do_GET()
+
         def do_GET(self) -> None:  # noqa: N802 (http.server's name)
             path = self.path.split("?", 1)[0]
             if path == "/metrics":
@@ -283,7 +291,8 @@ def _handler(server: OpsServer) -> type[BaseHTTPRequestHandler]:
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
-            self.wfile.write(body)
+            if getattr(self, "_body", True):
+                self.wfile.write(body)
 
         def log_message(self, format: str, *args) -> None:  # scrapes every few seconds: debug only
             log.debug("%s %s", self.address_string(), format % args)

@@ -251,3 +251,33 @@ def _answers(url: str) -> int | None:
         return get(url)[0]
     except urllib.error.URLError:
         return None
+
+
+def test_the_published_counter_never_goes_down_when_a_sink_drops_frames_after_all(served):
+    """A Redis outage overflowing the publisher's backlog takes frames back from ``published``;
+    a Prometheus counter that went down would read as a reset (found probing: 89 -> 80)."""
+    metrics, server = served
+    for _ in range(5):
+        metrics.published("cam")
+    before = samples(get(server.url + "/metrics")[1])
+    metrics.unpublished("cam", "sink_backlog")
+    metrics.unpublished("cam", "sink_backlog")
+    after = samples(get(server.url + "/metrics")[1])
+    key = ("segstream_frames_published_total", (("source", "cam"),))
+    assert before[key] == after[key] == 5
+    assert after[("segstream_frames_dropped_total", (("reason", "sink_backlog"), ("source", "cam")))] == 2
+    assert metrics.source("cam").published == 3  # the run's own accounting: decoded == published + dropped
+
+
+def test_a_head_request_and_the_process_metrics_are_answered(served):
+    """Load balancers check health with HEAD (it was 501); dashboards expect process_* (found probing)."""
+    _, server = served
+    request = urllib.request.Request(server.url + "/healthz", method="HEAD")
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            status, body = response.status, response.read()
+    except urllib.error.HTTPError as error:  # 503 while unhealthy
+        status, body = error.code, error.read()
+    assert status in (200, 503) and body == b""
+    values = samples(get(server.url + "/metrics")[1])
+    assert any(name == "process_resident_memory_bytes" for name, _ in values)
