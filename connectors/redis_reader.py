@@ -618,6 +618,11 @@ def tail(stream: str, url: str, count: int | None, follow: bool, out: TextIO | N
         raise SinkError(
             f"lost Redis at {redis_address(client)}: {error_summary(error)} — check that it still runs"
         ) from None
+    except redis.exceptions.NoPermissionError as error:  # an ACL user without XREAD/EXISTS, or without these keys
+        raise SinkError(
+            f"Redis at {redis_address(client)} refused: {error_summary(error)} — the user needs read access to "
+            f"{' and '.join(streams)} (ACL: +@read, +@stream and the key pattern)"
+        ) from None
     finally:
         client.close()
     return printed

@@ -32,7 +32,8 @@ SourceName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")]
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # no inf or nan: a wait of inf ms got through to time arithmetic that cannot take it
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 BufferKind = Literal["every_frame", "newest"]

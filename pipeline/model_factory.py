@@ -121,6 +121,11 @@ def check_model_config(model_cfg) -> Preset:
         )
     if preset.family not in FAMILY_BUILDERS:
         raise ConfigError(f"model.preset: {preset.name} is of family {preset.family!r}, which this segstream cannot run")
+    if not model_cfg.checkpoint and not preset.weights:
+        raise ConfigError(
+            f"model.checkpoint: preset {preset.name} has no published weights — set model.checkpoint to a "
+            ".safetensors file of your own training (or random, for speed measurements)"
+        )
     return preset
 
 

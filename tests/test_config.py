@@ -53,9 +53,13 @@ def test_valid_config_validates(capsys, write, clip, monkeypatch):
     ("model.preset=no_such_preset", "model.preset: unknown preset 'no_such_preset'"),
     ("model.family=no_such_family", "model.family: unknown family 'no_such_family'"),
     ("model.task=instance", "model.task: preset synthetic_eomt_tiny_256 is a panoptic model"),
+    # found probing: validate said ok, run failed
+    ("model.preset=ade20k_senatra_tiny_512 model.task=semantic",
+     "model.checkpoint: preset ade20k_senatra_tiny_512 has no published weights"),
 ])
 def test_validate_refuses_a_model_the_run_would_refuse(capsys, write, clip, override, expected):
-    (line,) = errors_of(capsys, ["validate", write(VALID.format(clip=clip)), "--set", override])
+    sets = [arg for item in override.split() for arg in ("--set", item)]
+    (line,) = errors_of(capsys, ["validate", write(VALID.format(clip=clip)), *sets])
     assert line.startswith(expected)
 
 
@@ -233,3 +237,10 @@ def test_a_folder_given_as_a_file_source_says_what_to_use_instead(capsys, tmp_pa
     config.write_text("sources: [{name: a, type: file, path: clips}]\n")
     [line] = errors_of(capsys, ["validate", str(config)])
     assert "'clips' is a folder" in line and "type: images" in line and "segstream batch" in line
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "-inf"])
+def test_a_number_that_is_not_finite_is_refused(capsys, write, clip, value):
+    """engine.max_wait_ms=inf validated, then the run failed with a traceback (found probing)."""
+    (line,) = errors_of(capsys, ["validate", write(VALID.format(clip=clip)), "--set", f"engine.max_wait_ms={value}"])
+    assert line.startswith("engine.max_wait_ms: Input should be a finite number")

@@ -143,3 +143,13 @@ def test_an_invalid_url_error_never_quotes_its_password(url):
         connect_redis(url, connect_timeout=0.5)
     message = str(raised.value)
     assert "Secr" not in message and "etPw" not in message and "SecretPw" not in message, message
+
+
+def test_tail_of_a_stream_the_acl_user_may_not_read_is_one_line(tls_server, capsys, monkeypatch):
+    """alice may read segstream:* only (found probing: NoPermissionError's traceback)."""
+    server, certs = tls_server
+    monkeypatch.setenv("REDIS_PASSWORD", ALICE)
+    tls = ["--tls-ca", str(certs["ca"]), "--tls-cert", str(certs["client_cert"]), "--tls-key", str(certs["client_key"])]
+    assert main(["tail", "other:cam0:frames", "--url", server.url, "--username", "alice", *tls]) == 1
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert "refused" in line and "no permissions" in line and "other:cam0:frames" in line
