@@ -22,7 +22,14 @@ from segstream.connectors.errors import SegstreamError, SourceError
 from segstream.connectors.redis_connection import TlsFiles
 from segstream.pipeline.config import BatchPipelineConfig, PipelineConfig, json_schema, load_config, read_yaml
 from segstream.pipeline.entry import abort_if_loading
-from segstream.pipeline.logs import LOG_FORMATS, LOG_LEVELS, LogLines, configure_logging, json_logging
+from segstream.pipeline.logs import (
+    LOG_FORMATS,
+    LOG_LEVELS,
+    LogLines,
+    configure_logging,
+    json_logging,
+    signal_line,
+)
 
 if TYPE_CHECKING:
     from segstream.pipeline.runtime import RunReport, Runtime
@@ -50,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"segstream: error: {line}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:
-        print("segstream: aborted", file=sys.stderr)
+        os.write(2, signal_line("aborted", "ERROR"))
         if _pipeline_threads_alive():
             # they may be inside torch or FFmpeg, and finalising the interpreter under them crashes
             sys.stdout.flush()
@@ -374,7 +381,7 @@ class _DrainOnSignal:
             self._runtime.stop()
         # os.write, not print: print may be interrupted while holding stderr's buffer lock
         name = signal.Signals(signum).name
-        os.write(2, f"segstream: {name}: {self.doing} ({name} again aborts)\n".encode())
+        os.write(2, signal_line(f"{name}: {self.doing} ({name} again aborts)"))
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():

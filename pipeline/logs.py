@@ -8,9 +8,11 @@ fields; JSON formatting is python-json-logger's.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
+from datetime import datetime, timezone
 from typing import TextIO
 
 LOG_FORMATS = ("text", "json")
@@ -79,6 +81,16 @@ def configure_logging(format: str | None = None, level: str | None = None, strea
 def json_logging() -> bool:
     """Whether the segstream loggers write JSON (the status line then goes to the log too)."""
     return _configured["format"] == "json"
+
+
+def signal_line(message: str, level: str = "WARNING") -> bytes:
+    """One line for stderr that a signal handler may write with ``os.write`` (logging and print
+    may be interrupted holding a lock): ``segstream: message``, or with JSON logs a JSON object
+    with the keys of the other lines."""
+    if not json_logging():
+        return f"segstream: {message}\n".encode()
+    stamp = datetime.now(timezone.utc).isoformat()
+    return (json.dumps({"level": level, "logger": "segstream.cli", "message": message, "time": stamp}) + "\n").encode()
 
 
 class LogLines:

@@ -25,7 +25,8 @@ def checkpoint(tmp_path_factory) -> Path:
     return path
 
 
-def start_pipeline(tmp_path: Path, clip: Path, checkpoint: Path, source: str) -> tuple[subprocess.Popen, Path]:
+def start_pipeline(tmp_path: Path, clip: Path, checkpoint: Path, source: str,
+                   options: tuple[str, ...] = ()) -> tuple[subprocess.Popen, Path]:
     config = tmp_path / "pipeline.yaml"
     config.write_text(
         f"sources:\n  - {{name: cam0, type: file, path: '{clip}', loop: true, {source}}}\n"
@@ -34,7 +35,7 @@ def start_pipeline(tmp_path: Path, clip: Path, checkpoint: Path, source: str) ->
         "sinks:\n  redis: {enabled: false}\n  files: {enabled: true, dir: out}\n"
     )
     process = subprocess.Popen(
-        [sys.executable, "-m", "segstream.pipeline.cli", "run", str(config)],
+        [sys.executable, "-m", "segstream.pipeline.cli", "run", str(config), *options],
         cwd=tmp_path,
         env={**os.environ, "PYTHONPATH": str(REPO)},
         stdout=subprocess.PIPE,
@@ -74,6 +75,20 @@ def test_second_interrupt_aborts_with_130(tmp_path, clip, checkpoint):
 
 
 # after Python's own start-up: while the CLI loads, while it parses, while `validate` loads torch
+def test_with_json_logs_the_lines_signals_bring_are_json_too(tmp_path, clip, checkpoint):
+    """Log shippers read every stderr line as JSON (found probing: the signal lines were text)."""
+    import json
+
+    process, _ = start_pipeline(tmp_path, clip, checkpoint, "queue_size: 64", ("--log-format", "json"))
+    process.send_signal(signal.SIGTERM)
+    time.sleep(0.5)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    lines = [json.loads(line) for line in err.strip().splitlines()]  # each one JSON
+    messages = [line["message"] for line in lines]
+    assert "SIGTERM: stopping, draining queued frames (SIGTERM again aborts)" in messages and "aborted" in messages
+
+
 @pytest.mark.parametrize("delay_s", [0.1, 0.2, 0.3, 0.4, 0.6, 0.9])
 def test_ctrl_c_while_the_command_starts_up_ends_without_a_traceback(delay_s):
     """An interrupt while modules load ends the command quietly with 130 (found probing: a
