@@ -21,6 +21,9 @@ COPY segstream ./segstream
 COPY connectors ./connectors
 COPY models ./models
 COPY pipeline ./pipeline
+# package data too: `segstream demo` runs in the image (the demo config and its clip)
+COPY configs ./configs
+COPY samples/demo.mp4 ./samples/demo.mp4
 COPY README.md ./
 RUN pip install --constraint constraints.txt .
 

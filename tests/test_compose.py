@@ -34,7 +34,7 @@ def test_segstream_service_runs_the_mounted_config_on_one_gpu(services):
     assert {"SEGSTREAM_REDIS_URL", "REDIS_PASSWORD"} <= set(app["environment"])
     assert app["environment"]["REDIS_PASSWORD"] == "${REDIS_PASSWORD:-}"
     assert set(app["volumes"]) == {
-        "./configs:/config:ro", "./models/weights:/weights:ro", "./samples:/samples:ro"
+        "./configs:/config:ro", "./samples:/samples:ro"
     }
     (device,) = app["deploy"]["resources"]["reservations"]["devices"]
     assert device == {"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}
@@ -85,6 +85,18 @@ def test_the_config_compose_runs_is_valid_with_the_mounts_compose_makes(services
 def test_dockerfile_copies_what_the_package_build_reads():
     text = (ROOT / "Dockerfile").read_text()
     assert "COPY README.md" in text  # pyproject's readme: the build fails without it
+    import tomllib
+
+    # every folder pyproject maps into the package (found probing: configs/ and samples/ were not there)
+    folders = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"].values()
+    for folder in folders:
+        assert f"COPY {folder} " in text or f"COPY {folder}/" in text, folder
+
+
+def test_the_build_context_leaves_out_the_venv_and_git():
+    """The README's commands make a .venv of several GB in the repository (found probing)."""
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert {".venv", ".git"} <= set(ignored)
 
 
 @pytest.fixture(scope="module")
@@ -147,7 +159,7 @@ def test_prometheus_scrapes_segstream_behind_a_profile(services):
 
 def test_consumer_runs_the_example_with_redis_from_the_environment(services):
     consumer = services["consumer"]
-    assert consumer["image"] == services["segstream"]["image"]
+    assert consumer["image"] == services["segstream"]["image"] and consumer["build"] == "."
     assert consumer["entrypoint"] == ["python", "examples/newest_only.py"]
     assert "./examples:/opt/segstream/examples:ro" in consumer["volumes"]
     assert consumer["working_dir"] == "/opt/segstream"
