@@ -34,7 +34,7 @@ def test_segstream_service_runs_the_mounted_config_on_one_gpu(services):
     assert {"SEGSTREAM_REDIS_URL", "REDIS_PASSWORD"} <= set(app["environment"])
     assert app["environment"]["REDIS_PASSWORD"] == "${REDIS_PASSWORD:-}"
     assert set(app["volumes"]) == {
-        "./configs:/config:ro", "./samples:/samples:ro"
+        "./configs:/config:ro", "./models/weights:/weights:ro", "./samples:/samples:ro"
     }
     (device,) = app["deploy"]["resources"]["reservations"]["devices"]
     assert device == {"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}
