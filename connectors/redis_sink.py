@@ -170,6 +170,7 @@ class RedisPublisher:
             # a short connect timeout keeps a failed attempt from holding the publishing thread.
             client = connect_redis(url, password, username=username, tls=tls, socket_timeout=5.0,
                                    connect_timeout=2.0, client_name="segstream-publisher")
+            _check_transactions(client)
             publisher = cls(
                 client, stream_pattern, maxlen, mask_encoding, pipeline_size,
                 max_batch_delay_s=max_batch_delay_s, events_pattern=events_pattern, max_backlog=max_backlog,
@@ -458,12 +459,30 @@ def _size(fields: dict[str, bytes | str]) -> int:
     return sum(len(k) + len(v) for k, v in fields.items())
 
 
+def _check_transactions(client: redis.Redis) -> None:
+    """Batches go out as MULTI/EXEC: an ACL user without them is refused now, not at the first
+    batch (found probing: the run died then, without its report)."""
+    check = client.pipeline(transaction=True)
+    check.ping()
+    try:
+        check.execute()
+    except redis.exceptions.NoPermissionError as error:
+        where = redis_address(client)
+        client.close()
+        raise SinkError(f"Redis at {where} refused: {error_summary(error)} — {_GRANT}") from None
+
+
+_GRANT = "grant this user XADD, MULTI and EXEC on the stream keys (ACL: +xadd +multi +exec ~segstream:*)"
+
+
 def _advice(error: Exception) -> str:
     text = str(error)
+    if isinstance(error, redis.exceptions.NoPermissionError):  # redis-py keeps NOPERM's text, not the word
+        return _GRANT
     if text.startswith("WRONGTYPE"):
         return "that key is not a stream: delete it or change sinks.redis.stream"
     if text.startswith("OOM"):
         return "Redis is out of memory: lower sinks.redis.maxlen or raise its maxmemory"
     if text.startswith(("NOAUTH", "NOPERM")):
-        return "set the password (REDIS_PASSWORD) or grant this user XADD on these keys"
+        return f"set the password (REDIS_PASSWORD) or {_GRANT}"
     return "check the Redis server log"

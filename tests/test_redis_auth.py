@@ -153,3 +153,14 @@ def test_tail_of_a_stream_the_acl_user_may_not_read_is_one_line(tls_server, caps
     assert main(["tail", "other:cam0:frames", "--url", server.url, "--username", "alice", *tls]) == 1
     [line] = capsys.readouterr().err.strip().splitlines()
     assert "refused" in line and "no permissions" in line and "other:cam0:frames" in line
+
+
+def test_an_acl_user_without_transactions_is_refused_at_start_naming_what_to_grant(tmp_path, tls_server, capsys):
+    """Batches go out as MULTI/EXEC (found probing: the run died at its first batch, with no report)."""
+    server, certs = tls_server
+    tls_client(server, certs).acl_setuser("bob", enabled=True, passwords=["+bob-pw"], keys=["segstream:*"],
+                                          commands=["+@stream", "+@connection"])
+    config = write_config(tmp_path, server, certs, password="bob-pw", username="bob")
+    assert main(["run", str(config)]) == 1
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert "no permissions to run the 'multi' command" in line and "+xadd +multi +exec" in line
