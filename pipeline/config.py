@@ -384,6 +384,8 @@ class RedisSinkConfig(Strict):
                 raise ValueError(f"'{shown}' has an invalid port — {hint}") from None
             if not parts.hostname:
                 raise ValueError(f"'{shown}' names no host — {hint}")
+            if parts.path.strip("/") and not parts.path.strip("/").isdigit():  # redis-py would use db 0
+                raise ValueError(f"'{shown}' names database '{parts.path.strip('/')}', not a number — {hint}")
         return url
 
     @model_validator(mode="after")

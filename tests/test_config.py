@@ -244,3 +244,10 @@ def test_a_number_that_is_not_finite_is_refused(capsys, write, clip, value):
     """engine.max_wait_ms=inf validated, then the run failed with a traceback (found probing)."""
     (line,) = errors_of(capsys, ["validate", write(VALID.format(clip=clip)), "--set", f"engine.max_wait_ms={value}"])
     assert line.startswith("engine.max_wait_ms: Input should be a finite number")
+
+
+def test_a_redis_url_whose_database_is_not_a_number_is_refused(capsys, write, clip):
+    """redis-py took redis://host/abc as database 0, silently (found probing)."""
+    text = VALID.format(clip=clip).replace("redis://localhost:6379/0", "redis://localhost:6379/abc")
+    [line] = errors_of(capsys, ["validate", write(text)])
+    assert "names database 'abc', not a number" in line
