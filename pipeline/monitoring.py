@@ -29,6 +29,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from segstream import __version__
 from segstream.connectors.errors import ConfigError
+from segstream.connectors.source import SOURCE_STATES
 from segstream.pipeline.metrics import STAGES, LatencyWindow, RunMetrics, decode_thread
 
 log = logging.getLogger(__name__)
@@ -109,6 +110,10 @@ def _read_gauge(metrics: RunMetrics, name: str) -> dict:
         return {}
 
 
+# Why frames are dropped: the batcher's (queue_full, stale), the decoder's, and the publisher's
+# (connectors/redis_sink.py: its backlog overflowing, Redis still away at the end).
+_DROP_REASONS = ("queue_full", "stale", "decode_error", "sink_backlog", "sink_unreachable")
+
 class RunMetricsCollector(Collector):
     """Prometheus families read from a ``RunMetrics`` at each scrape. ``metrics`` may be replaced
     between runs (``segstream batch`` starts a fresh one per group of videos)."""
@@ -137,12 +142,14 @@ class RunMetricsCollector(Collector):
             decoded.add_metric([source], c.decoded)
             published.add_metric([source], c.handed)
             errors.add_metric([source], c.decode_errors)
-            for reason, n in sorted(c.dropped_by.items()):
+            # the frame-level reasons from 0, so a panel reads 0 rather than "no data" until a drop
+            for reason, n in sorted({**dict.fromkeys(_DROP_REASONS, 0), **c.dropped_by}.items()):
                 dropped.add_metric([source, reason], n)
             if getattr(c, "reconnects", None) is not None:
                 reconnects.add_metric([source], c.reconnects)
-        for source, current in _source_states(m).items():
-            state.add_metric([source, current], 1)
+        for source, current in _source_states(m).items():  # every state, 0 but the current one
+            for name in dict.fromkeys(("starting", *SOURCE_STATES, current)):
+                state.add_metric([source, name], float(name == current))
         yield from (decoded, published, dropped, errors, reconnects, state)
 
         yield CounterMetricFamily(f"{PREFIX}_batches", "Batches the model ran.", value=m.batches)

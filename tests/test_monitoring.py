@@ -281,3 +281,15 @@ def test_a_head_request_and_the_process_metrics_are_answered(served):
     assert status in (200, 503) and body == b""
     values = samples(get(server.url + "/metrics")[1])
     assert any(name == "process_resident_memory_bytes" for name, _ in values)
+
+
+def test_drop_reasons_and_source_states_have_a_series_from_the_start(served):
+    """A panel of drops read "no data" until the first drop, and a source's old state's series
+    vanished instead of going to 0 (found probing)."""
+    metrics, server = served
+    metrics.decoded("cam", time.monotonic())
+    metrics.source_state("cam", "streaming", "", time.monotonic())
+    values = samples(get(server.url + "/metrics")[1])
+    assert values[("segstream_frames_dropped_total", (("reason", "queue_full"), ("source", "cam")))] == 0
+    states = {dict(labels)["state"]: v for (name, labels), v in values.items() if name == "segstream_source_state"}
+    assert states["streaming"] == 1 and states["reconnecting"] == 0 and sum(states.values()) == 1
