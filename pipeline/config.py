@@ -814,8 +814,9 @@ def _error_line(error: dict, data: Any) -> str:
         return f"{where}: {error['ctx']['error']}"
     if kind == "too_short" and path == ["sources"]:
         return f"{where}: at least one source is needed"
-    if path and path[-1] == "password":
-        return f"{where}: {error['msg']}"
+    if path and path[-1] == "password":  # never echo it; YAML reads an unquoted 98765432 as a number
+        hint = " — put the password in quotes" if kind == "string_type" else ""
+        return f"{where}: {error['msg']}{hint}"
     if kind == "string_pattern_mismatch" and path and path[-1] == "name":
         return f"{where}: {got!r} is not a valid source name — use letters, digits, '_', '.' and '-'"
     if kind == "string_pattern_mismatch" and path and path[-1] == "device":

@@ -251,3 +251,9 @@ def test_a_redis_url_whose_database_is_not_a_number_is_refused(capsys, write, cl
     text = VALID.format(clip=clip).replace("redis://localhost:6379/0", "redis://localhost:6379/abc")
     [line] = errors_of(capsys, ["validate", write(text)])
     assert "names database 'abc', not a number" in line
+
+
+def test_a_password_yaml_reads_as_a_number_says_to_quote_it_without_showing_it(capsys, write, clip):
+    text = VALID.format(clip=clip).replace("${SEGSTREAM_TEST_PW:-secret}", "98765432")
+    [line] = errors_of(capsys, ["validate", write(text)])
+    assert line == "sinks.redis.password: Input should be a valid string — put the password in quotes"
