@@ -201,11 +201,14 @@ class AVInput:
         self.time_base = self.stream.time_base or Fraction(1, 1_000_000)
         # The input's length in seconds when it has one (a file, a video-on-demand playlist), None
         # for live streams; read now: the capture thread may close the container at any time.
-        # The video's own duration where the format says (a file's audio may outlast its video).
+        # The video's own duration where the format says (a file's audio may outlast its video);
+        # ``video_duration`` says whether it is that (or a playlist's, whose segments carry both).
         duration = self.container.duration
         self.duration_s: float | None = duration / 1_000_000 if duration and duration > 0 else None
+        self.video_duration = self.container.format.name == "hls"
         if self.stream.duration and self.stream.duration > 0 and self.stream.time_base:
             self.duration_s = float(self.stream.duration * self.stream.time_base)
+            self.video_duration = True
         self.format_name: str = self.container.format.name
         # The input's size in bytes when the server or file says (a file over HTTP, without a
         # duration when its format has none, as MPEG-TS), None for a stream without an end.

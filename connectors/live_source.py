@@ -64,9 +64,11 @@ _POLL_S = 0.1  # how often a wait for the next frame checks close() and the watc
 # FFmpeg's own timeouts run this much longer than ours: ours decide and report, FFmpeg's only
 # end a capture thread that was given up on.
 _FFMPEG_TIMEOUT_MARGIN_S = 1.0
-# How much of a finite input's length (its video's) may go unplayed and still be a normal end:
-# less than any segment a playlist could skip, more than its durations' rounding.
+# How much of a finite input's length may go unplayed and still be a normal end: of its video's
+# own length, less than any segment a playlist could skip and more than its durations' rounding;
+# of a container's length (Matroska's, MPEG-TS's), which its audio may outlast, more.
 _FINITE_SLACK_S = 0.5
+_CONTAINER_SLACK_S = 2.0
 # Formats whose size is a manifest's, not the video's.
 _MANIFESTS = ("hls", "dash")
 
@@ -316,7 +318,8 @@ class LiveSource:
                     if finite is not None and not first:  # opened again it would start over
                         # (of a length unknown, its data ran to its end: FFmpeg read its whole size; a
                         # jump in its timestamps alone may be a playlist's discontinuity, not a loss)
-                        whole = finite == math.inf or played_s >= finite - _FINITE_SLACK_S
+                        slack = _FINITE_SLACK_S if opened.video_duration else _CONTAINER_SLACK_S
+                        whole = finite == math.inf or played_s >= finite - slack
                         if details.get("ended") and whole:
                             ended = f"'{self.shown}' is a finite video and has ended"
                             break

@@ -109,6 +109,12 @@ def connect_redis(
             f"Redis at {where} refused the credentials of {who}: {error_summary(error)} — "
             f"set the right password, {names.password}, and user, {names.username}"
         ) from None
+    except redis.exceptions.NoPermissionError as error:  # logged in, but PING or CLIENT SETNAME refused
+        client.close()
+        raise SinkError(
+            f"Redis at {where} refused: {error_summary(error)} — grant the user the connection commands "
+            "(ACL: +@connection)"
+        ) from None
     except redis.ResponseError as error:
         client.close()
         text = error_summary(error)

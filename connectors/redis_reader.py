@@ -456,9 +456,9 @@ class Subscription:
         first = _id_key(_text(oldest[0][0])) if oldest else None
         pending = redis_client.xpending_range(self.stream, self.group, min="-", max="+", count=1000)
         gone = [_text(p["message_id"]) for p in pending if first is None or _id_key(_text(p["message_id"])) < first]
-        if gone:
-            redis_client.xack(self.stream, self.group, *gone)
-            self._lost_to_trimming(len(gone))
+        acknowledged = int(redis_client.xack(self.stream, self.group, *gone)) if gone else 0
+        if acknowledged:  # another consumer may have acknowledged some of them first
+            self._lost_to_trimming(acknowledged)
 
     def _lost_to_trimming(self, count: int) -> None:
         self.trimmed += count

@@ -466,13 +466,14 @@ def _check_transactions(client: redis.Redis) -> None:
     check.ping()
     try:
         check.execute()
-    except redis.exceptions.NoPermissionError as error:
+    except redis.RedisError as error:  # no permission, or a proxy without transactions
         where = redis_address(client)
         client.close()
-        raise SinkError(f"Redis at {where} refused: {error_summary(error)} — {_GRANT}") from None
+        raise SinkError(f"Redis at {where} refused MULTI/EXEC: {error_summary(error)} — {_advice(error)}") from None
 
 
-_GRANT = "grant this user XADD, MULTI and EXEC on the stream keys (ACL: +xadd +multi +exec ~segstream:*)"
+_GRANT = ("grant this user XADD, MULTI and EXEC on the stream keys, and the connection commands "
+          "(ACL: +xadd +multi +exec +@connection ~segstream:*, for the default stream names)")
 
 
 def _advice(error: Exception) -> str:

@@ -275,7 +275,6 @@ class OpsServer:
 def _handler(server: OpsServer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def do_HEAD(self) -> None:  # noqa: N802 (a load balancer's health check)
-            self._body = False
             self.do_GET()
 
         def do_GET(self) -> None:  # noqa: N802 (http.server's name)
@@ -298,7 +297,7 @@ def _handler(server: OpsServer) -> type[BaseHTTPRequestHandler]:
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
-            if getattr(self, "_body", True):
+            if self.command != "HEAD":
                 self.wfile.write(body)
 
         def log_message(self, format: str, *args) -> None:  # scrapes every few seconds: debug only

@@ -319,6 +319,7 @@ class Runtime:
         self._events: queue.SimpleQueue[Event] = queue.SimpleQueue()
         self._ended_states: dict[str, Event] = {}  # held until the source's last result is published
         self._ended_lock = threading.Lock()
+        self._stage_done = False  # the stage thread has ended: nothing holds ended states any more
         self._stop_requested = False
         self._errors: list[BaseException] = []
         self._started = False
@@ -589,6 +590,7 @@ class Runtime:
         finally:
             with self._ended_lock:  # a run that failed first: its sources still say they ended
                 held, self._ended_states = list(self._ended_states.values()), {}
+                self._stage_done = True  # any later ended state goes out at once
             for event in held:
                 self.emit(event)
             self._to_sinks.end()
@@ -617,11 +619,11 @@ class Runtime:
 
     def _state_event(self, event: Event) -> None:
         """A source's ``ended`` state waits for its last result (``SourceEnd``); others go now."""
-        if event.data["state"] != "ended":
-            self.emit(event)
-            return
         with self._ended_lock:
-            self._ended_states[event.source] = event
+            if event.data["state"] == "ended" and not self._stage_done:
+                self._ended_states[event.source] = event
+                return
+        self.emit(event)
 
     def _publish(self) -> None:
         beat = self.metrics.beat

@@ -74,7 +74,6 @@ def test_second_interrupt_aborts_with_130(tmp_path, clip, checkpoint):
     assert "Traceback" not in err and "segstream: aborted" in err
 
 
-# after Python's own start-up: while the CLI loads, while it parses, while `validate` loads torch
 def test_with_json_logs_the_lines_signals_bring_are_json_too(tmp_path, clip, checkpoint):
     """Log shippers read every stderr line as JSON (found probing: the signal lines were text)."""
     import json
@@ -89,6 +88,7 @@ def test_with_json_logs_the_lines_signals_bring_are_json_too(tmp_path, clip, che
     assert "SIGTERM: stopping, draining queued frames (SIGTERM again aborts)" in messages and "aborted" in messages
 
 
+# after Python's own start-up: while the CLI loads, while it parses, while `validate` loads torch
 @pytest.mark.parametrize("delay_s", [0.1, 0.2, 0.3, 0.4, 0.6, 0.9])
 def test_ctrl_c_while_the_command_starts_up_ends_without_a_traceback(delay_s):
     """An interrupt while modules load ends the command quietly with 130 (found probing: a

@@ -435,3 +435,16 @@ def test_a_live_playlist_opened_again_does_not_publish_its_older_segments_again(
     assert [f.index for f in frames] == list(range(len(frames)))
     # each session opened again read the older segments, and said it skipped them
     assert any(e[3].get("repeats_skipped", 0) > 0 for e in log.entries if e[1] == "reconnecting"), log.entries
+
+
+def test_a_resolver_that_is_not_up_yet_is_not_an_unknown_host(monkeypatch):
+    """EAI_AGAIN (a box booting before its resolver) is an outage to ride out, not a wrong URL."""
+    import socket
+
+    from segstream.connectors.av_input import _unknown_host
+
+    def resolver_down(*args, **kwargs):
+        raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolver_down)
+    assert _unknown_host("rtsp://cam.example.org/live") is None
