@@ -9,6 +9,7 @@ from __future__ import annotations
 import random
 import re
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import redis
 import redis.exceptions
@@ -99,6 +100,11 @@ def connect_redis(
             f"invalid Redis URL {redis_url_shown(url)}: {_url_problem(error, url)} — "
             "use redis://host:port/db or rediss://"
         ) from None
+    # parsed by now (credentials cannot be taken for the path): redis-py uses database 0 for a word
+    database = urlsplit(url).path.strip("/") if not url.startswith("unix:") else ""
+    if database and not database.isdigit():
+        client.close()
+        raise SinkError(f"{redis_url_shown(url)} names database '{database}', not a number — use redis://host:port/0")
     where = redis_address(client)
     try:
         client.ping()

@@ -329,3 +329,12 @@ def to_wire_scene(source: str, index: int) -> dict:
     from segstream.connectors.redis_wire import to_wire
 
     return to_wire(synthetic_scene(source, index), "rle")
+
+
+def test_tail_of_a_url_whose_database_is_not_a_number_is_one_line(capsys):
+    """redis-py read redis://host/abc as database 0 (found reviewing: config refused it, tail did not)."""
+    from segstream.pipeline.cli import main
+
+    assert main(["tail", "segstream:cam0:frames", "--url", "redis://127.0.0.1:6379/abc"]) == 1
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert "names database 'abc', not a number" in line
