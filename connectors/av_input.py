@@ -200,8 +200,8 @@ class AVInput:
             context.flags |= av.codec.context.Flags.low_delay
         self.time_base = self.stream.time_base or Fraction(1, 1_000_000)
         # The input's length in seconds when it has one (a file, a video-on-demand playlist), None
-        # for live streams; read now: the capture thread may close the container at any time.
-        # The video's own duration where the format says (a file's audio may outlast its video);
+        # for live streams, read now (the capture thread may close the container at any time): the
+        # video's own duration where the format says, since a file's audio may outlast its video;
         # ``video_duration`` says whether it is that (or a playlist's, whose segments carry both).
         duration = self.container.duration
         self.duration_s: float | None = duration / 1_000_000 if duration and duration > 0 else None

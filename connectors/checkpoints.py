@@ -150,6 +150,12 @@ def load_eomt(preset: Preset, checkpoint: str | None = None) -> EoMT:
     return model
 
 
+def no_weights(preset: Preset) -> str:
+    """What to say of a preset without published weights and no checkpoint given."""
+    return (f"preset {preset.name} has no published weights — set model.checkpoint to a .safetensors file of "
+            "your own training (or random, for speed measurements)")
+
+
 def load_senatra(preset: Preset, checkpoint: str | None = None) -> SeNaTra:
     """The preset's SeNaTra with weights from ``checkpoint`` (or the preset's own weights;
     ``random``: seeded random weights, for speed measurements)."""
@@ -159,10 +165,7 @@ def load_senatra(preset: Preset, checkpoint: str | None = None) -> SeNaTra:
             return SeNaTra(preset.config).eval()
     reference = checkpoint or preset.weights
     if not reference:
-        raise CheckpointError(
-            f"preset {preset.name} has no published weights (the SeNaTra paper released none) — "
-            "set model.checkpoint to a .safetensors file of your own training"
-        )
+        raise CheckpointError(no_weights(preset))
     path = checkpoint_path(reference)
     state = read_state_dict(path)
     model = SeNaTra(preset.config)

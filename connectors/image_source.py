@@ -96,10 +96,8 @@ class ImageFolderSource:
                 if image is None:
                     continue
                 pts_seconds = float(pts * self.time_base)
-                if pacer is not None:
-                    delay = pacer.due(pts_seconds, step_s) - time.monotonic()
-                    if delay > 0 and self._closed.wait(delay):
-                        return
+                if pacer is not None and not pacer.wait(pts_seconds, step_s, self._closed):
+                    return
                 yield Frame(self.name, index, image, pts, self.time_base, pts_seconds, time.time(), epoch=epoch,
                             file=name)
                 index += 1

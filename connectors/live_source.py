@@ -14,11 +14,10 @@ video-on-demand playlist over HTTP; a file whose server gives only its size) is 
 rate, like a live stream, and ends the source when it ends instead of being played again (it
 fails it when lost part-way, or when what it played, jumps in its timestamps left out, falls
 short of its length: FFmpeg passes over a segment it cannot fetch; opened again it would start
-over). A live HLS playlist
-opened again starts a few segments back: its first frames, those already delivered (the same
-timestamp and the same pixels), are skipped and counted. A live playlist its publisher finishes
-(``#EXT-X-ENDLIST``) ends the source, or with ``wait_for_input`` is waited on until it is live
-again. Waiting for the consumer (back-pressure) is never a stall: the watchdog counts only time
+over). A live HLS playlist opened again starts a few segments back: its first frames, those
+already delivered (the same timestamp and the same pixels), are skipped and counted. A live
+playlist its publisher finishes (``#EXT-X-ENDLIST``) ends the source, or with ``wait_for_input``
+is waited on until it is live again. Waiting for the consumer (back-pressure) is never a stall: the watchdog counts only time
 spent waiting for the input.
 
 Frame indices keep counting across sessions; PTS stay strictly increasing (``Timeline``), the
@@ -100,6 +99,28 @@ class ReconnectPolicy:
 
 def _length(seconds: float) -> str:
     return "length unknown" if seconds == math.inf else f"{seconds:.1f} s"
+
+
+class _Played:
+    """How much of the input's time a session's frames covered: each frame the time since the one
+    before, but a jump (more than a second, or two frames) only the frame's own step, the rest
+    counted as ``skipped_s`` (a segment FFmpeg could not fetch, or a playlist's discontinuity)."""
+
+    def __init__(self):
+        self.seconds = 0.0
+        self.skipped_s = 0.0
+        self._previous_s: float | None = None
+
+    def add(self, picture: Picture, step_s: float) -> None:
+        at_s = float(picture.pts * picture.time_base) if picture.pts is not None else None
+        ahead_s = at_s - self._previous_s if at_s is not None and self._previous_s is not None else None
+        if ahead_s is not None and 0 < ahead_s <= max(1.0, 2 * step_s):
+            self.seconds += ahead_s
+        else:
+            self.seconds += step_s
+            if ahead_s is not None and ahead_s > 0:
+                self.skipped_s += ahead_s - step_s
+        self._previous_s = at_s
 
 
 class _Delivered:
@@ -229,9 +250,7 @@ class LiveSource:
                     capture = self._capture = CaptureThread(self.name, self._open).start()
                 finite: float | None = None  # the input's length, when the source ends with it
                 first = True  # no frame yet from this session
-                played_s = 0.0  # the input's time this session's frames covered, jumps left out
-                skipped_s = 0.0  # the input's time it jumped over (a segment FFmpeg could not fetch, or a discontinuity)
-                previous_s: float | None = None  # the input's time of this session's previous frame
+                played = _Played()
                 repeats = 0  # frames already delivered by an earlier session, skipped
                 try:
                     opened = self._wait_open(capture, never_streamed=epoch < 0)
@@ -268,7 +287,6 @@ class LiveSource:
                             repeats += 1
                             continue
                         repeating = False
-                        source_s = float(picture.pts * picture.time_base) if picture.pts is not None else None
                         step_s = float(picture.step * picture.time_base)
                         if first:
                             first = False
@@ -278,14 +296,7 @@ class LiveSource:
                             if last_frame_at is not None:
                                 timeline.restart(time.monotonic() - last_frame_at)
                             self._streaming(opened.info, picture, epoch, repeats)
-                        ahead_s = source_s - previous_s if source_s is not None and previous_s is not None else None
-                        if ahead_s is not None and 0 < ahead_s <= max(1.0, 2 * step_s):
-                            played_s += ahead_s
-                        else:
-                            played_s += step_s
-                            if ahead_s is not None and ahead_s > 0:
-                                skipped_s += ahead_s - step_s  # content the input jumped over
-                        previous_s = source_s
+                        played.add(picture, step_s)
                         if remember:
                             delivered.add(picture)
                         pts = timeline.place(picture.pts, picture.time_base, picture.step)
@@ -316,21 +327,8 @@ class LiveSource:
                     if first and repeats:
                         details = {**details, "repeats_skipped": repeats}
                     if finite is not None and not first:  # opened again it would start over
-                        # (of a length unknown, its data ran to its end: FFmpeg read its whole size; a
-                        # jump in its timestamps alone may be a playlist's discontinuity, not a loss)
-                        slack = _FINITE_SLACK_S if opened.video_duration else _CONTAINER_SLACK_S
-                        whole = finite == math.inf or played_s >= finite - slack
-                        if details.get("ended") and whole:
-                            ended = f"'{self.shown}' is a finite video and has ended"
-                            break
-                        if details.get("ended"):  # FFmpeg skipped what it could not fetch
-                            of = f" of its {finite:.1f} s" if finite != math.inf else ""
-                            jumped = f", {skipped_s:.1f} s of it skipped" if skipped_s else ""
-                            reason = f"{reason} after {played_s:.1f} s{of}{jumped}"
-                        failed = True
-                        lost_part_way = f"'{self.shown}' is a finite video and was lost part-way ({reason})"
-                        self._enter("failed", lost_part_way, {**details, "url": self.shown})
-                        raise SourceError(f"source {self.name} failed: {lost_part_way} — use type: file for it")
+                        ended = self._finite_end(reason, details, finite, played, opened.video_duration)
+                        break
                 except (InputUnsupported, InputRefused) as error:
                     failed = True
                     self._enter("failed", str(error), {"url": self.shown})
@@ -362,6 +360,23 @@ class LiveSource:
             self._retire()
             if not failed:
                 self._enter("ended", ended, {})
+
+    def _finite_end(self, reason: str, details: dict[str, Any], length: float, played: _Played,
+                    video_length: bool) -> str:
+        """How a session of a finite input that was lost (``reason``) ends the source: normally
+        when the input ended it having played it whole (its length unknown: its data ran to its
+        end; a jump in its timestamps alone may be a playlist's discontinuity, not a loss), else
+        as failed."""
+        slack = _FINITE_SLACK_S if video_length else _CONTAINER_SLACK_S
+        if details.get("ended") and (length == math.inf or played.seconds >= length - slack):
+            return f"'{self.shown}' is a finite video and has ended"
+        if details.get("ended"):  # FFmpeg skipped what it could not fetch
+            of = f" of its {length:.1f} s" if length != math.inf else ""
+            jumped = f", {played.skipped_s:.1f} s of it skipped" if played.skipped_s else ""
+            reason = f"{reason} after {played.seconds:.1f} s{of}{jumped}"
+        lost_part_way = f"'{self.shown}' is a finite video and was lost part-way ({reason})"
+        self._enter("failed", lost_part_way, {**details, "url": self.shown})
+        raise SourceError(f"source {self.name} failed: {lost_part_way} — use type: file for it")
 
     def _wait_open(self, capture: CaptureThread, never_streamed: bool) -> AVInput | None:
         """The opened input, None once closed. An input missing or refusing us (wrong password,

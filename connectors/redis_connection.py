@@ -100,11 +100,10 @@ def connect_redis(
             f"invalid Redis URL {redis_url_shown(url)}: {_url_problem(error, url)} — "
             "use redis://host:port/db or rediss://"
         ) from None
-    # parsed by now (credentials cannot be taken for the path): redis-py uses database 0 for a word
-    database = urlsplit(url).path.strip("/") if not url.startswith("unix:") else ""
-    if database and not database.isdigit():
+    problem = database_problem(url)  # parsed by now: nothing of a password is taken for the path
+    if problem:
         client.close()
-        raise SinkError(f"{redis_url_shown(url)} names database '{database}', not a number — use redis://host:port/0")
+        raise SinkError(f"{redis_url_shown(url)} {problem} — use redis://host:port/0")
     where = redis_address(client)
     try:
         client.ping()
@@ -124,7 +123,7 @@ def connect_redis(
     except redis.ResponseError as error:
         client.close()
         text = error_summary(error)
-        if text.startswith(("NOAUTH", "WRONGPASS", "NOPERM")):
+        if text.startswith(("NOAUTH", "WRONGPASS")):
             raise SinkError(
                 f"Redis at {where} wants credentials: {text} — set {names.password}"
             ) from None
@@ -136,6 +135,12 @@ def connect_redis(
             hint = f"check the TLS settings ({names.tls}) and the server's certificate"
         raise SinkError(f"cannot reach Redis at {where}: {text} — {hint}") from None
     return client
+
+
+def database_problem(url: str) -> str | None:
+    """What is wrong with a Redis URL's database, or None: redis-py takes a word for database 0."""
+    database = urlsplit(url).path.strip("/") if not url.startswith("unix:") else ""
+    return f"names database '{database}', not a number" if database and not database.isdigit() else None
 
 
 def redis_address(client: redis.Redis) -> str:

@@ -25,14 +25,12 @@ from segstream.connectors.redis_wire import (
     stream_name,
     to_wire,
 )
-from segstream.connectors.sink import WrittenCallback
+from segstream.connectors.sink import DROPPED_BACKLOG, DROPPED_UNREACHABLE, WrittenCallback
 from segstream.models.results import Event, FrameResult
 
 log = logging.getLogger(__name__)
 
 # Why a frame the publisher was handed never reached Redis (RunMetrics' dropped reasons).
-DROPPED_BACKLOG = "sink_backlog"  # the backlog was full while Redis was unreachable: oldest first
-DROPPED_UNREACHABLE = "sink_unreachable"  # still waiting when the run ended and Redis stayed away
 _RECHECK_S = 0.25  # while disconnected, how often poll() wants to be called
 
 DroppedCallback = Callable[[Sequence[FrameResult], str], None]
@@ -484,6 +482,6 @@ def _advice(error: Exception) -> str:
         return "that key is not a stream: delete it or change sinks.redis.stream"
     if text.startswith("OOM"):
         return "Redis is out of memory: lower sinks.redis.maxlen or raise its maxmemory"
-    if text.startswith(("NOAUTH", "NOPERM")):
-        return f"set the password (REDIS_PASSWORD) or {_GRANT}"
+    if text.startswith("NOAUTH"):
+        return "set the password (REDIS_PASSWORD)"
     return "check the Redis server log"

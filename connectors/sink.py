@@ -10,6 +10,10 @@ from segstream.models.results import Event, FrameResult
 # Called by a sink with the results it has just written, each with ``publish_ts`` set.
 WrittenCallback = Callable[[Sequence[FrameResult]], None]
 
+# Why a sink drops a frame it was given (``on_dropped``):
+DROPPED_BACKLOG = "sink_backlog"  # its backlog was full while its server was unreachable: oldest first
+DROPPED_UNREACHABLE = "sink_unreachable"  # still waiting when the run ended and its server stayed away
+
 
 class Sink(Protocol):
     """Where results go (Redis, files).

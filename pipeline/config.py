@@ -15,13 +15,13 @@ import types
 import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from segstream.connectors.errors import ConfigError
-from segstream.connectors.redis_connection import redis_url_shown
+from segstream.connectors.redis_connection import database_problem, redis_url_shown
 from segstream.connectors.urls import STREAM_SCHEMES, redact_url, url_scheme
 
 PositiveInt = Annotated[int, Field(gt=0)]
@@ -384,8 +384,8 @@ class RedisSinkConfig(Strict):
                 raise ValueError(f"'{shown}' has an invalid port — {hint}") from None
             if not parts.hostname:
                 raise ValueError(f"'{shown}' names no host — {hint}")
-            if parts.path.strip("/") and not parts.path.strip("/").isdigit():  # redis-py would use db 0
-                raise ValueError(f"'{shown}' names database '{parts.path.strip('/')}', not a number — {hint}")
+            if problem := database_problem(url):
+                raise ValueError(f"'{shown}' {problem} — {hint}")
         return url
 
     @model_validator(mode="after")
@@ -699,13 +699,12 @@ def apply_override(data: dict, override: str) -> None:
 _REFERENCE = re.compile(r"\$\$|\$\{([^}]*)\}")
 # The credentials of a URL as written in the config, before references are replaced.
 _URL_CREDENTIALS = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://([^/?#@]*)@")
-# What may not stand as itself in a URL's credentials: all but RFC 3986's unreserved and
-# sub-delimiter characters ('%' too: a variable's value is taken as written).
-_USERINFO_UNSAFE = re.compile(r"[^A-Za-z0-9\-._~!$&'()*+,;=]")
 
 
 def _escape_userinfo(text: str) -> str:
-    return _USERINFO_UNSAFE.sub(lambda c: "".join(f"%{b:02X}" for b in c.group().encode()), text)
+    """Percent-encoded for a URL's credentials: all but RFC 3986's unreserved and sub-delimiter
+    characters ('%' too: a variable's value is taken as written)."""
+    return quote(text, safe="!$&'()*+,;=")
 
 
 _VARIABLE = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)(?::-(.*))?", re.DOTALL)

@@ -28,7 +28,7 @@ import torch
 from segstream.connectors.frames import Frame
 from segstream.models.results import FrameResult
 from segstream.models.segmenter import FamilyAdapter, Prepared, results
-from segstream.pipeline.metrics import RunMetrics
+from segstream.pipeline.metrics import QUEUE_FULL, STALE, RunMetrics
 
 
 BUFFER_POLICIES = ("every_frame", "newest")
@@ -97,7 +97,7 @@ class Batcher:
                 self.cond.wait()
             while newest and len(q) >= capacity:  # frames may have grown (a reconnect at a larger size)
                 q.popleft()
-                self.metrics.dropped(self.names[i], "queue_full")
+                self.metrics.dropped(self.names[i], QUEUE_FULL)
             frame.times["queued"] = time.monotonic()
             q.append(frame)
             self.cond.notify_all()
@@ -164,7 +164,7 @@ class Batcher:
                     policy = self.policies[i]
                     limit = policy.max_staleness_s if policy is not None and policy.kind == "newest" else None
                     if limit is not None and now - frame.times.get("decoded", frame.times["queued"]) > limit:
-                        self.metrics.dropped(self.names[i], "stale")
+                        self.metrics.dropped(self.names[i], STALE)
                     else:
                         batch.append(frame)
                         self.batched[i] += 1

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import os
 import signal
-import time
+
+from segstream.pipeline.logs import ENV_FORMAT, signal_line
 
 
 def main() -> int:
@@ -25,17 +26,12 @@ def _interrupt(signum, frame) -> None:
 
 
 def abort_if_loading(frame) -> None:
-    """Exit at once with 130 when ``frame`` (a signal handler's) is inside an import. Imports
-    nothing (an import here would wait on the one interrupted): the JSON line is formatted by hand,
-    for ``SEGSTREAM_LOG_FORMAT=json`` (the command line's --log-format is not read yet)."""
+    """Exit at once with 130 when ``frame`` (a signal handler's) is inside an import (an import
+    here would wait on the one interrupted; ``signal_line`` imports nothing). JSON as
+    SEGSTREAM_LOG_FORMAT says: the command line's --log-format may not be read yet."""
     while frame is not None:
         if frame.f_code.co_filename.startswith("<frozen importlib"):
-            message = "aborted while loading its modules"
-            if os.environ.get("SEGSTREAM_LOG_FORMAT") == "json":
-                stamp = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
-                line = f'{{"level": "ERROR", "logger": "segstream.cli", "message": "{message}", "time": "{stamp}"}}\n'
-            else:
-                line = f"segstream: {message}\n"
-            os.write(2, line.encode())
+            as_json = os.environ.get(ENV_FORMAT, "").lower() == "json"
+            os.write(2, signal_line("aborted while loading its modules", "ERROR", as_json))
             os._exit(130)
         frame = frame.f_back

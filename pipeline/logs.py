@@ -83,11 +83,12 @@ def json_logging() -> bool:
     return _configured["format"] == "json"
 
 
-def signal_line(message: str, level: str = "WARNING") -> bytes:
+def signal_line(message: str, level: str = "WARNING", as_json: bool | None = None) -> bytes:
     """One line for stderr that a signal handler may write with ``os.write`` (logging and print
-    may be interrupted holding a lock): ``segstream: message``, or with JSON logs a JSON object
-    with the keys of the other lines."""
-    if not json_logging():
+    may be interrupted holding a lock): ``segstream: message``, or with JSON logs (``as_json``;
+    None: as logging is configured) a JSON object with the keys of the other lines. Imports
+    nothing when called."""
+    if not (json_logging() if as_json is None else as_json):
         return f"segstream: {message}\n".encode()
     stamp = datetime.now(timezone.utc).isoformat()
     return (json.dumps({"level": level, "logger": "segstream.cli", "message": message, "time": stamp}) + "\n").encode()

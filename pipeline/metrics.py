@@ -19,8 +19,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from segstream.connectors.sink import DROPPED_BACKLOG, DROPPED_UNREACHABLE
+
 # The timestamps a frame collects on its way, in order; a stage's latency is the time from the
 # previous one to its own.
+# Why frames are dropped: the batcher's (a newest-kept queue full, a frame older than its
+# staleness limit), the decoder's, and the sinks' (connectors/sink.py).
+QUEUE_FULL, STALE, DECODE_ERROR = "queue_full", "stale", "decode_error"
+DROP_REASONS = (QUEUE_FULL, STALE, DECODE_ERROR, DROPPED_BACKLOG, DROPPED_UNREACHABLE)
+
 STAGES = ("decoded", "queued", "batched", "model_start", "model_end", "post_end", "staged", "published")
 # Upper bounds (seconds) of the latency histograms: Prometheus' defaults, plus the millisecond
 # range where a healthy stage lives and the minute a stalled one reaches.
@@ -179,7 +186,7 @@ class RunMetrics:
             new = total - counts.decode_errors
             if new > 0:
                 counts.decode_errors = total
-                counts.dropped_by["decode_error"] += new
+                counts.dropped_by[DECODE_ERROR] += new
 
     def source_state(self, name: str, state: str, reason: str, at: float) -> str | None:
         """Record that the source entered ``state``; returns the state it left, or None when it

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import torch
 
-from segstream.connectors.checkpoints import RANDOM, load_eomt, load_senatra
+from segstream.connectors.checkpoints import RANDOM, load_eomt, load_senatra, no_weights
 from segstream.connectors.errors import ConfigError
 from segstream.models.label_sets import load_label_set
 from segstream.models.presets import PRESETS, SYNTHETIC_SENATRA, SYNTHETIC_TINY, Preset, get_preset
@@ -122,10 +122,7 @@ def check_model_config(model_cfg) -> Preset:
     if preset.family not in FAMILY_BUILDERS:
         raise ConfigError(f"model.preset: {preset.name} is of family {preset.family!r}, which this segstream cannot run")
     if not model_cfg.checkpoint and not preset.weights:
-        raise ConfigError(
-            f"model.checkpoint: preset {preset.name} has no published weights — set model.checkpoint to a "
-            ".safetensors file of your own training (or random, for speed measurements)"
-        )
+        raise ConfigError(f"model.checkpoint: {no_weights(preset)}")
     return preset
 
 

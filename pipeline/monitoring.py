@@ -30,7 +30,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from segstream import __version__
 from segstream.connectors.errors import ConfigError
 from segstream.connectors.source import SOURCE_STATES
-from segstream.pipeline.metrics import STAGES, LatencyWindow, RunMetrics, decode_thread
+from segstream.pipeline.metrics import DROP_REASONS, STAGES, LatencyWindow, RunMetrics, decode_thread
 
 log = logging.getLogger(__name__)
 
@@ -110,10 +110,6 @@ def _read_gauge(metrics: RunMetrics, name: str) -> dict:
         return {}
 
 
-# Why frames are dropped: the batcher's (queue_full, stale), the decoder's, and the publisher's
-# (connectors/redis_sink.py: its backlog overflowing, Redis still away at the end).
-_DROP_REASONS = ("queue_full", "stale", "decode_error", "sink_backlog", "sink_unreachable")
-
 class RunMetricsCollector(Collector):
     """Prometheus families read from a ``RunMetrics`` at each scrape. ``metrics`` may be replaced
     between runs (``segstream batch`` starts a fresh one per group of videos)."""
@@ -143,7 +139,7 @@ class RunMetricsCollector(Collector):
             published.add_metric([source], c.handed)
             errors.add_metric([source], c.decode_errors)
             # the frame-level reasons from 0, so a panel reads 0 rather than "no data" until a drop
-            for reason, n in sorted({**dict.fromkeys(_DROP_REASONS, 0), **c.dropped_by}.items()):
+            for reason, n in sorted({**dict.fromkeys(DROP_REASONS, 0), **c.dropped_by}.items()):
                 dropped.add_metric([source, reason], n)
             if getattr(c, "reconnects", None) is not None:
                 reconnects.add_metric([source], c.reconnects)

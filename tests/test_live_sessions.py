@@ -39,6 +39,7 @@ class Session:
         self.decode_errors = 0
         self.last_read = time.monotonic()
         self.info = InputInfo(32, 24, "h264", "yuv420p", 25.0)
+        self.closed = False
 
     def pictures(self):
         for picture in self._pictures:
@@ -46,7 +47,7 @@ class Session:
             yield picture
 
     def close(self) -> None:
-        pass
+        self.closed = True
 
 
 def frames(numbers, shade=0) -> list[Picture]:
@@ -81,6 +82,12 @@ def play(*sessions: Session, **policy) -> tuple[list, StateLog, BaseException | 
         error = raised
     finally:
         timer.cancel()
+    # every input the source opened, it closed (its capture thread does, once let go)
+    opened = [session for session in sessions if session not in pending]
+    deadline = time.monotonic() + 5
+    while not all(session.closed for session in opened) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert all(session.closed for session in opened)
     return delivered, log, error
 
 
