@@ -13,6 +13,7 @@ WrittenCallback = Callable[[Sequence[FrameResult]], None]
 # Why a sink drops a frame it was given (``on_dropped``):
 DROPPED_BACKLOG = "sink_backlog"  # its backlog was full while its server was unreachable: oldest first
 DROPPED_UNREACHABLE = "sink_unreachable"  # still waiting when the run ended and its server stayed away
+SINK_DROPS = (DROPPED_BACKLOG, DROPPED_UNREACHABLE)  # output lost, not load shed: the run's exit says so
 
 
 class Sink(Protocol):

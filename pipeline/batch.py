@@ -39,6 +39,7 @@ from tqdm import tqdm
 
 from segstream.connectors.errors import ConfigError, SegstreamError
 from segstream.connectors.frames import Frame
+from segstream.connectors.sink import SINK_DROPS
 from segstream.connectors.video_outputs import VideoOutputs, clear_partial
 from segstream.models.label_sets import LabelSet
 from segstream.models.results import Event, FrameResult
@@ -557,11 +558,23 @@ def run_local(cfg: PipelineConfig, jobs: Sequence[VideoJob], root: Path, manifes
         )
         warm_up = None  # the model is warm from the first group on
         try:
-            runtime.run()
+            report = runtime.run()
         finally:
             sink.close()
             outcomes += sink.outcomes
+        for outcome in sink.outcomes:
+            lost = report.sources[outcome.job.id].dropped_by
+            if outcome.status == "done" and any(lost.get(reason) for reason in SINK_DROPS):
+                outcome.status, outcome.reason = "failed", undelivered_reason(lost)
+                manifest.record(outcome)  # its files are whole, but a rerun must publish it again
     return outcomes
+
+
+def undelivered_reason(lost: dict[str, int]) -> str:
+    """Why a video whose results a sink took but never wrote (its server stayed away) is not done."""
+    counts = {reason: lost[reason] for reason in SINK_DROPS if lost.get(reason)}
+    reasons = ", ".join(f"{reason} {n}" for reason, n in counts.items())
+    return f"{sum(counts.values())} results never reached a sink ({reasons}); --retry-failed publishes it again"
 
 
 # --- the command -----------------------------------------------------------------------------

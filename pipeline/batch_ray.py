@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from segstream.connectors.errors import ConfigError, SegstreamError
+from segstream.connectors.sink import SINK_DROPS
 from segstream.pipeline.batch import (
     BatchControl,
     BatchProgress,
@@ -34,6 +35,7 @@ from segstream.pipeline.batch import (
     VideoOutcome,
     _extra_sinks,
     judge,
+    undelivered_reason,
 )
 from segstream.pipeline.config import BatchPipelineConfig, PipelineConfig
 
@@ -159,6 +161,11 @@ def process_video(job: VideoJob, cfg_json: str, root: str, actor, labels, board,
             write_events(stage.finish() if hasattr(stage, "finish") else [])
         for sink in sinks:
             sink.flush()
+        lost: Counter[str] = Counter()
+        for sink in sinks:
+            lost.update(getattr(sink, "dropped", {}))
+        if any(lost.get(reason) for reason in SINK_DROPS):
+            status, reason = "failed", undelivered_reason(lost)
     except SegstreamError as error:
         status, reason = "failed", str(error)
     finally:

@@ -18,7 +18,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from segstream.connectors.errors import SegstreamError, SourceError
+from segstream.connectors.errors import SegstreamError, SinkError, SourceError
 from segstream.connectors.redis_connection import TlsFiles
 from segstream.pipeline.config import BatchPipelineConfig, PipelineConfig, json_schema, load_config, read_yaml
 from segstream.pipeline.entry import abort_if_loading
@@ -296,7 +296,16 @@ def _run(args: argparse.Namespace) -> int:
     if report is not None and report.failed:
         # a live source that lost its camera must not look like a run that finished
         raise SourceError("\n".join(f"source {name} failed: {reason}" for name, reason in report.failed.items()))
+    if report is not None and report.undelivered:
+        raise SinkError(undelivered_line(report.undelivered, report.decoded))
     return 0
+
+
+def undelivered_line(lost: dict[str, int], results: int) -> str:
+    """The one line for results a sink took and never wrote: the output is incomplete."""
+    reasons = ", ".join(f"{reason} {n}" for reason, n in sorted(lost.items()))
+    return (f"the output is incomplete: {sum(lost.values())} of {results} results were never written ({reasons}); "
+            "the warnings above name the server that stayed away")
 
 
 def build_runtime(

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Protocol, TextIO
 
 from segstream.connectors.errors import ConfigError, SegstreamError
-from segstream.connectors.sink import Sink
+from segstream.connectors.sink import SINK_DROPS, Sink
 from segstream.connectors.source import VideoSource
 from segstream.models.results import Event, FrameResult
 from segstream.models.segmenter import FamilyAdapter
@@ -147,6 +147,15 @@ class RunReport:
     def failed(self) -> dict[str, str]:
         """Source name -> why it failed, for every source that failed."""
         return {name: s.reason for name, s in self.sources.items() if s.state == "failed"}
+
+    @property
+    def undelivered(self) -> dict[str, int]:
+        """Reason -> results a sink had taken but never wrote (its server stayed away), over all
+        sources: what makes the run's output incomplete, unlike the engine's own shedding."""
+        lost: Counter[str] = Counter()
+        for s in self.sources.values():
+            lost.update({reason: n for reason, n in s.dropped_by.items() if reason in SINK_DROPS and n})
+        return dict(lost)
 
     def summary(self) -> str:
         mean_batch = self.model_frames / self.batches if self.batches else 0.0

@@ -235,3 +235,38 @@ def test_a_rerun_that_skips_a_video_that_failed_before_exits_1(tmp_path, capsys)
     assert main(args) == 1  # bad.mp4 failed
     assert main(args) == 1, "still not all done"
     assert "1 of them failed: --retry-failed tries again" in capsys.readouterr().out
+
+
+def test_a_video_whose_results_never_reached_redis_is_failed_and_retried(tmp_path, monkeypatch):
+    # Found probing: with Redis gone, the manifest said "done", so a rerun never published the video.
+    from segstream.pipeline import batch
+    from tests.redis_servers import RedisProcess
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    encode_clip(videos / "one.mp4", frames=4)
+    server = RedisProcess(tmp_path / "redis")
+    build = batch._extra_sinks
+
+    def sinks_then_redis_goes(cfg):  # the sinks connect, then the server dies before the first frame
+        sinks = build(cfg)
+        server.kill()
+        return sinks
+
+    cfg = config(tmp_path / "out")
+    cfg.sinks.redis.url, cfg.sinks.redis.drain_timeout_s = server.url, 0.2
+    try:
+        monkeypatch.setattr(batch, "_extra_sinks", sinks_then_redis_goes)
+        outcomes, _, _ = run_batch(cfg, [str(videos)], adapter=ColourSegmenter(), progress=False)
+        assert [(o.status, o.reason) for o in outcomes] == [
+            ("failed", "4 results never reached a sink (sink_unreachable 4); --retry-failed publishes it again")
+        ]
+        assert manifest(tmp_path / "out")[-1]["status"] == "failed"
+
+        monkeypatch.setattr(batch, "_extra_sinks", build)
+        server.start()
+        outcomes, _, _ = run_batch(cfg, [str(videos)], retry_failed=True, adapter=ColourSegmenter(), progress=False)
+        assert [o.status for o in outcomes] == ["done"]
+        assert [int(f[b"frame"]) for _, f in server.client().xrange("segstream:one:frames")] == [0, 1, 2, 3]
+    finally:
+        server.close()

@@ -157,12 +157,19 @@ def test_a_run_survives_redis_killed_mid_run_and_restarted_10_s_later(tmp_path):
         if process.poll() is None:
             process.kill()
         server.close()
-    assert process.returncode == 0, err
     assert "Traceback" not in err
     assert re.search(r"redis unreachable for \d+ s, backlog 30/30", err), "the status line shows the outage"
     published, decoded, dropped, reasons = _summary(err)
     assert decoded == 190 and published + dropped == decoded
     assert reasons.get("sink_backlog", 0) >= 50  # 10 s at 10 fps, minus a backlog of 30
+    # the run rode the outage out, but what the backlog shed is lost: its exit must not say "all written"
+    assert process.returncode == 1, err
+    lost = reasons["sink_backlog"] + reasons.get("sink_unreachable", 0)
+    assert err.strip().splitlines()[-1] == (
+        f"segstream: error: the output is incomplete: {lost} of 190 results were never written "
+        f"({', '.join(f'{r} {n}' for r, n in sorted(reasons.items()) if r.startswith('sink_'))}); "
+        "the warnings above name the server that stayed away"
+    )
     assert re.search(r"redis connected, backlog 0/30 .*peak 30, 1 reconnect, dropped \d+ \(sink_backlog\)", err)
 
     server.start()
