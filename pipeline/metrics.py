@@ -148,6 +148,7 @@ class RunMetrics:
         self.stage = {name: LatencyWindow(window) for name in STAGES[1:]}
         self.model_batch = LatencyWindow(window)  # seconds of network per batch
         self.capture_to_publish = LatencyWindow(window)
+        self.source_latency: dict[str, LatencyWindow] = {}  # capture to publish per source, recent 4096
         self.written: Counter = Counter()  # entries each sink has written
         self.first_decoded: float | None = None  # monotonic time of the run's first frame
         self.last_published: float | None = None  # and of its last write
@@ -233,12 +234,24 @@ class RunMetrics:
                     self.stage[name].add(times[name] - previous)
                 previous = times[name]
 
-    def wrote(self, sink: str, capture_ts: float, publish_ts: float, primary: bool) -> None:
-        """A sink wrote one entry at ``publish_ts`` (Unix seconds); the primary sink's writes make
-        the run's capture-to-publish latency."""
+    def wrote(self, sink: str, source: str, capture_ts: float, publish_ts: float, primary: bool) -> None:
+        """A sink wrote one entry of ``source`` at ``publish_ts`` (Unix seconds); the primary
+        sink's writes make the capture-to-publish latency, the run's and the source's."""
         self.written[sink] += 1
         if primary:
-            self.capture_to_publish.add(publish_ts - capture_ts)
+            latency = publish_ts - capture_ts
+            self.capture_to_publish.add(latency)
+            window = self.source_latency.get(source)
+            if window is None:
+                with self._lock:  # read by /metrics from another thread
+                    window = self.source_latency.setdefault(source, LatencyWindow(4096))
+            window.add(latency)
+
+    def source_latencies(self) -> dict[str, LatencyWindow]:
+        """Each source's capture-to-publish window (an empty one for a source with no write yet)."""
+        with self._lock:
+            names = [*self.sources, *self.source_latency]
+            return {name: self.source_latency.get(name) or LatencyWindow(1) for name in dict.fromkeys(names)}
 
     @property
     def streaming_s(self) -> float:

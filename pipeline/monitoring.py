@@ -174,8 +174,10 @@ class RunMetricsCollector(Collector):
             _add_histogram(stages, [stage], window)
         yield stages
         capture = HistogramMetricFamily(
-            f"{PREFIX}_capture_to_publish_seconds", "From a frame's capture to its entry being written.")
-        _add_histogram(capture, [], m.capture_to_publish)
+            f"{PREFIX}_capture_to_publish_seconds", "From a frame's capture to its entry being written, per source.",
+            labels=["source"])
+        for source, window in sorted(m.source_latencies().items()):
+            _add_histogram(capture, [source], window)
         yield capture
         model = HistogramMetricFamily(f"{PREFIX}_model_batch_seconds",
                                       "Upload, pre-processing and network time of each batch.")

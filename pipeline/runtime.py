@@ -118,6 +118,8 @@ class RunReport:
     stages: dict[str, dict[str, float]] = field(default_factory=dict)
     run_id: str = ""
     sinks: dict[str, dict] = field(default_factory=dict)  # each sink's ``status()``, where it has one
+    # capture to publish per source (its recent 4096 entries): p50_ms, p99_ms, max_ms
+    source_latency: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @property
     def decoded(self) -> int:
@@ -735,7 +737,7 @@ class Runtime:
         def written(results: Sequence[FrameResult]) -> None:
             now = time.monotonic()
             for result in results:
-                self.metrics.wrote(name, result.capture_ts, result.publish_ts, primary)
+                self.metrics.wrote(name, result.source, result.capture_ts, result.publish_ts, primary)
                 if primary:
                     result.times["published"] = now
                     self.metrics.stages(result.times)
@@ -753,7 +755,7 @@ class Runtime:
     def _written_at_handoff(self, result: FrameResult) -> None:
         result.publish_ts = time.time()
         result.times["published"] = time.monotonic()
-        self.metrics.wrote("handoff", result.capture_ts, result.publish_ts, primary=True)
+        self.metrics.wrote("handoff", result.source, result.capture_ts, result.publish_ts, primary=True)
         self.metrics.stages(result.times)
 
     def _fail(self, error: BaseException, drain: bool) -> None:
@@ -798,6 +800,11 @@ class Runtime:
             latency_ms_p99=1000 * p99,
             latency_ms_max=1000 * self.metrics.capture_to_publish.max(),
             stages=self.metrics.stage_table(),
+            source_latency={
+                name: dict(zip(("p50_ms", "p99_ms"), (1000 * v for v in window.percentiles(50, 99))),
+                           max_ms=1000 * window.max())
+                for name, window in self.metrics.source_latencies().items() if window.count
+            },
             run_id=self.run_id,
             sinks=self._sink_status(),
         )

@@ -28,6 +28,9 @@ def test_bench_reports_all_three_rates_their_ratios_and_stage_latencies(capsys):
     for stage in ("batched", "model_end", "post_end", "published", "capture_to_publish"):
         row = result["stages_ms"][stage]
         assert 0 <= row["p50_ms"] <= row["p99_ms"] <= row["max_ms"]
+    per_source = result["capture_to_publish_ms_per_source"]
+    assert len(per_source) == 2, "each replicated source's own latency"
+    assert max(row["max_ms"] for row in per_source.values()) == result["stages_ms"]["capture_to_publish"]["max_ms"]
 
 
 def test_bench_table_names_each_measurement(capsys):

@@ -77,7 +77,13 @@ def test_every_metrics_counter_equals_the_run_report(served, clip, tmp_path):
     assert values[("segstream_model_frames_total", ())] == report.model_frames
     assert values[("segstream_batch_size_count", ())] == report.batches
     assert values[("segstream_batch_size_sum", ())] == report.model_frames
-    assert values[("segstream_capture_to_publish_seconds_count", ())] == report.published
+    # capture to publish per source: a camera's latency is not hidden in the mixture
+    for name, source in report.sources.items():
+        assert values[("segstream_capture_to_publish_seconds_count", (("source", name),))] == source.published
+    assert sum(v for k, v in values.items() if k[0] == "segstream_capture_to_publish_seconds_count") == report.published
+    assert set(report.source_latency) == {"cam", "file"}
+    for row in report.source_latency.values():
+        assert 0 <= row["p50_ms"] <= row["p99_ms"] <= row["max_ms"] <= report.latency_ms_max
     assert values[("segstream_sink_entries_written_total", (("sink", "files"),))] == report.published
     for stage in ("batched", "model_end", "published"):
         assert values[("segstream_stage_latency_seconds_count", (("stage", stage),))] == report.published
@@ -293,3 +299,4 @@ def test_drop_reasons_and_source_states_have_a_series_from_the_start(served):
     assert values[("segstream_frames_dropped_total", (("reason", "queue_full"), ("source", "cam")))] == 0
     states = {dict(labels)["state"]: v for (name, labels), v in values.items() if name == "segstream_source_state"}
     assert states["streaming"] == 1 and states["reconnecting"] == 0 and sum(states.values()) == 1
+    assert values[("segstream_capture_to_publish_seconds_count", (("source", "cam"),))] == 0
