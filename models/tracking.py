@@ -183,10 +183,11 @@ class SegmentTracker:
                                 things, track_ids, ages, events)
         return TrackUpdate(track_ids, ages, events)
 
-    def finish(self) -> list[TrackEvent]:
-        """End every track (the source ended); returns their ``ended`` events."""
-        ended = [t.event("ended", "end") for t in self.tracks if t.track_id != NO_TRACK]
-        ended += [t.event("ended", "end") for t in self.stuff.values()]
+    def finish(self, reason: str = "end") -> list[TrackEvent]:
+        """End every track (the source ended, or ``reason="failed"``: it failed); returns their
+        ``ended`` events."""
+        ended = [t.event("ended", reason) for t in self.tracks if t.track_id != NO_TRACK]
+        ended += [t.event("ended", reason) for t in self.stuff.values()]
         self.tracks = []
         self.stuff = {}
         return ended

@@ -353,6 +353,7 @@ class BatchVideoSource:
         self._lock = threading.Lock()
         self._inner = None
         self.decode_size = None  # handed to the file source (engine.resize_in_decoder)
+        self.on_state = None  # set by the runtime: each video's states go to its events stream
 
     @property
     def decode_errors(self) -> int:
@@ -364,6 +365,7 @@ class BatchVideoSource:
         beat = decode_thread(self.name)
         slot = False
         try:
+            self._state("connecting", "waiting for a decode slot")
             self._metrics.beat(beat, idle="waiting for a decode slot")
             while not (slot := self._slots.acquire(timeout=0.1)):
                 if self._closed.is_set() or self._stopping.is_set():
@@ -380,6 +382,9 @@ class BatchVideoSource:
                 self._inner.decode_size = self.decode_size
             with closing(self._inner.frames()) as frames:
                 for frame in frames:
+                    if not self.yielded:
+                        self._state("streaming", f"first frame {frame.width}x{frame.height}",
+                                    {"width": frame.width, "height": frame.height, "epoch": frame.epoch})
                     self.yielded += 1
                     yield frame
             if not self._closed.is_set():
@@ -394,10 +399,21 @@ class BatchVideoSource:
         finally:
             if self.outcome is None:
                 self.outcome = "stopped"
+            status, reason = judge(self.job, self.outcome, self.yielded, self.reason)
+            if status == "failed":  # the runtime holds a final state until the last result is out
+                self._state("failed", reason)
+            elif status == "done":
+                self._state("ended", "end of input")
+            else:
+                self._state("ended", "stopped")
             if self._inner is not None:
                 self._inner.close()
             if slot:
                 self._slots.release()
+
+    def _state(self, state: str, reason: str, data: dict | None = None) -> None:
+        if self.on_state is not None:  # quiet: the batch reports each video's end itself
+            self.on_state(state, reason, data or {}, quiet=True)
 
     def close(self) -> None:
         with self._lock:
@@ -458,6 +474,8 @@ class BatchSink:
             self._end_finished()
 
     def publish_event(self, event: Event) -> None:
+        if event.kind == "state":  # for the sinks that stream (Redis); the files stay the same each run
+            return
         with self._lock:
             if event.source in self._pending:
                 self._outputs_of(event.source).write_event(event)
@@ -554,7 +572,7 @@ def run_local(cfg: PipelineConfig, jobs: Sequence[VideoJob], root: Path, manifes
         sink = BatchSink(root, sources, adapter.labels, cfg, manifest, progress)
         runtime = Runtime.from_config(
             cfg, sources, adapter, [sink, *_extra_sinks(cfg)], queue_size=cfg.batch.queue_size, metrics=metrics,
-            warm_up=warm_up, progress=None, run_id=run_id, stages=tracking_stages(cfg.tracking),
+            warm_up=warm_up, progress=None, run_id=run_id, stages=tracking_stages(cfg.tracking), publish_states=True,
         )
         warm_up = None  # the model is warm from the first group on
         try:

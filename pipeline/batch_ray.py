@@ -27,6 +27,7 @@ import numpy as np
 
 from segstream.connectors.errors import ConfigError, SegstreamError
 from segstream.connectors.sink import SINK_DROPS
+from segstream.models.results import Event
 from segstream.pipeline.batch import (
     BatchControl,
     BatchProgress,
@@ -107,7 +108,18 @@ def process_video(job: VideoJob, cfg_json: str, root: str, actor, labels, board,
     started = time.monotonic()
     outputs = sinks = source = None
     status, reason = "done", ""
+    previous = ["new"]
+    stages: list = []
+
+    def publish_state(state: str, why: str) -> None:  # as the local engine's: to the sinks, not the files
+        event = Event(job.id, "state", time.time(), {"state": state, "previous": previous[0], "reason": why, "reconnects": 0})
+        event.run_id, previous[0] = run_id, state
+        for sink in sinks or ():
+            sink.publish_event(event)
+
     try:
+        sinks = _extra_sinks(cfg)  # first: a video that cannot be opened says so on its events stream
+        publish_state("connecting", "starting")
         source = FileSource(job.id, str(job.path), open_timeout_s=batch_cfg.open_timeout_s,
                             read_timeout_s=batch_cfg.read_timeout_s)
         if geometry is not None:
@@ -117,7 +129,6 @@ def process_video(job: VideoJob, cfg_json: str, root: str, actor, labels, board,
             overlay=batch_cfg.overlay, mask_encoding=cfg.sinks.redis.mask_encoding, video_name=job.path.name,
             fps_hint=job.fps,
         )
-        sinks = _extra_sinks(cfg)
         images = outputs.wants_images or any(getattr(s, "wants_images", False) for s in sinks)
         pending: deque = deque()
         # The same per-source stages (the tracker) as the local engine, so the outputs are the same.
@@ -147,6 +158,8 @@ def process_video(job: VideoJob, cfg_json: str, root: str, actor, labels, board,
 
         batch = []
         for frame in source.frames():
+            if previous[0] == "connecting":
+                publish_state("streaming", f"first frame {frame.width}x{frame.height}")
             batch.append(frame)
             if len(batch) == cfg.engine.batch_size:
                 pending.append((batch, actor.segment.remote(batch)))
@@ -159,6 +172,8 @@ def process_video(job: VideoJob, cfg_json: str, root: str, actor, labels, board,
             write(pending.popleft())
         for stage in stages:  # the video's end: its tracks end, as in the local engine
             write_events(stage.finish() if hasattr(stage, "finish") else [])
+        status, reason = judge(job, status, outputs.frames, reason)
+        publish_state("ended" if status == "done" else "failed", "end of input" if status == "done" else reason)
         for sink in sinks:
             sink.flush()
         lost: Counter[str] = Counter()
@@ -168,6 +183,12 @@ def process_video(job: VideoJob, cfg_json: str, root: str, actor, labels, board,
             status, reason = "failed", undelivered_reason(lost)
     except SegstreamError as error:
         status, reason = "failed", str(error)
+        for stage in stages:  # as the local engine: its tracks end, saying it failed (its files are discarded)
+            for event in stage.finish("failed") if hasattr(stage, "finish") else []:
+                event.run_id = run_id
+                for sink in sinks or ():
+                    sink.publish_event(event)
+        publish_state("failed", reason)
     finally:
         for sink in sinks or ():
             sink.close()

@@ -63,8 +63,9 @@ def fixed_heap_threshold(threshold: int = 4 << 20) -> bool:
 class FrameStage(Protocol):
     """A stage after the model that sees one source's results in frame order (a tracker).
 
-    It may also have ``finish() -> list[Event]``, called once when its source's last result has
-    passed (not after a failure); the events it returns are published after that result.
+    It may also have ``finish(reason="end") -> list[Event]``, called once when its source's last
+    result has passed (with ``"failed"`` when the source failed); the events it returns are
+    published after that result.
     """
 
     def process(self, result: FrameResult) -> FrameResult: ...
@@ -615,10 +616,10 @@ class Runtime:
                 continue
             settled.add(i)
             events: list[Event] = []
-            if self.metrics.source(source.name).state != "failed":  # its stages saw no end after a failure
-                for stage in self._stages.get(source.name, ()):
-                    if hasattr(stage, "finish"):
-                        events += stage.finish()
+            failed = self.metrics.source(source.name).state == "failed"
+            for stage in self._stages.get(source.name, ()):  # its tracks end, saying whether it failed
+                if hasattr(stage, "finish"):
+                    events += stage.finish("failed") if failed else stage.finish()
             with self._ended_lock:
                 state = self._ended_states.pop(source.name, None)
             events += [state] if state is not None else []
@@ -629,9 +630,10 @@ class Runtime:
         return True
 
     def _state_event(self, event: Event) -> None:
-        """A source's ``ended`` state waits for its last result (``SourceEnd``); others go now."""
+        """A source's final state (``ended``, ``failed``) waits for its last result
+        (``SourceEnd``); others go now."""
         with self._ended_lock:
-            if event.data["state"] == "ended" and not self._stage_done:
+            if event.data["state"] in ("ended", "failed") and not self._stage_done:
                 self._ended_states[event.source] = event
                 return
         self.emit(event)

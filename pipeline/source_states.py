@@ -40,8 +40,8 @@ class SourceStates:
         self, source: str, state: str, reason: str = "", data: dict[str, Any] | None = None, quiet: bool = False
     ) -> bool:
         """Record the transition; False when it was ignored. ``quiet`` logs it at debug level
-        unless it is a failure (the runtime's own states of a file or a generator: starting,
-        first frame and end of input are no news)."""
+        (the runtime's own states of a file or a generator: starting, first frame and end of
+        input are no news; a batch's videos, whose end the batch reports itself)."""
         previous = self.metrics.source_state(source, state, reason, time.monotonic())
         if previous is None:
             return False
@@ -49,7 +49,7 @@ class SourceStates:
         if "epoch" in details:
             self.metrics.source(source).epoch = int(details["epoch"])
         counts = self.metrics.source(source)
-        level = logging.DEBUG if quiet and state != "failed" else _LEVELS.get(state, logging.INFO)
+        level = logging.DEBUG if quiet else _LEVELS.get(state, logging.INFO)
         logger.log(level, "source %s %s: %s", source, state, reason or previous)
         if self.emit is None:
             return True
@@ -63,10 +63,11 @@ class SourceStates:
         )
         return True
 
-    def listener(self, source: str) -> Callable[[str, str, dict[str, Any]], None]:
-        """The ``on_state`` callback for a source that reports its own states."""
+    def listener(self, source: str) -> Callable[..., None]:
+        """The ``on_state(state, reason, data, quiet=False)`` callback for a source that reports
+        its own states."""
 
-        def on_state(state: str, reason: str, data: dict[str, Any]) -> None:
-            self.enter(source, state, reason, data)
+        def on_state(state: str, reason: str, data: dict[str, Any], quiet: bool = False) -> None:
+            self.enter(source, state, reason, data, quiet)
 
         return on_state

@@ -48,10 +48,11 @@ class TrackingStage:
         result.events.extend(self._event(e, self._last_ts) for e in update.events)
         return result
 
-    def finish(self) -> list[Event]:
-        """The source ended: every track ends (``reason: end``), at its last frame's time."""
+    def finish(self, reason: str = "end") -> list[Event]:
+        """The source ended (or failed: ``reason="failed"``): every track ends with that reason,
+        at its last frame's time."""
         ts = self._last_ts if self._last_ts is not None else time.time()
-        return [self._event(e, ts) for e in self.tracker.finish()]
+        return [self._event(e, ts) for e in self.tracker.finish(reason)]
 
     def _event(self, event: TrackEvent, ts: float) -> Event:
         data = {

@@ -270,3 +270,28 @@ def test_a_video_whose_results_never_reached_redis_is_failed_and_retried(tmp_pat
         assert [int(f[b"frame"]) for _, f in server.client().xrange("segstream:one:frames")] == [0, 1, 2, 3]
     finally:
         server.close()
+
+
+def test_each_video_s_states_go_to_redis_in_order_and_not_into_the_files(archive, tmp_path):
+    # Found re-checking stop 18: a batch published frames and track events to Redis but no state,
+    # so a consumer could not tell a finished video from a slow one, nor see one that failed.
+    from tests.redis_servers import RedisProcess
+
+    out = tmp_path / "out"
+    cfg = config(out)
+    with RedisProcess(tmp_path / "redis") as server:
+        cfg.sinks.redis.url = server.url
+        outcomes, _, _ = run_batch(cfg, [str(archive / "a.mp4"), str(archive / "corrupt.mp4")],
+                                   adapter=ColourSegmenter(), progress=False)
+        assert sorted((o.job.id, o.status) for o in outcomes) == [("a", "done"), ("corrupt", "failed")]
+        client = server.client()
+        events = {vid: [event_from_wire(f) for _, f in client.xrange(f"segstream:{vid}:events")] for vid in ("a", "corrupt")}
+        last_frame = float(client.xrange("segstream:a:frames")[-1][1][b"publish_ts"])
+    states = [(e.data["state"], e.data["previous"]) for e in events["a"] if e.kind == "state"]
+    assert states == [("connecting", "new"), ("streaming", "connecting"), ("ended", "streaming")]
+    assert events["a"][-1].kind == "state" and events["a"][-1].ts >= last_frame - 1, "the end comes last"
+    assert {e.kind for e in events["a"][:-1]} >= {"track_started", "track_ended"}
+    failed = [e for e in events["corrupt"] if e.kind == "state"][-1]
+    assert failed.data["state"] == "failed" and "cannot open" in failed.data["reason"]
+    assert all(e.run_id == events["a"][0].run_id != "" for e in events["a"])
+    assert "state" not in {e.kind for e in map(event_from_wire, read_entries(out / "a" / "events.jsonl"))}

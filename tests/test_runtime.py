@@ -331,10 +331,10 @@ def test_per_source_stages_see_their_own_source_in_order(clip, segmenter):
     assert all((r.segments.track_ids == 7).all() for r in sink.results)
 
 
-def test_stages_of_a_failed_source_are_not_finished_as_if_it_had_ended(clip, segmenter):
-    # a tracker's finish() ends its tracks with reason "end": for a failed camera that would
-    # publish a normal end
-    finished = []
+def test_a_failed_source_s_tracks_end_saying_so_and_its_failed_state_comes_last(clip, segmenter):
+    # A tracker's finish() ends its tracks: with reason "end" a failed camera would look like one
+    # that ended normally, and without any end its tracks stayed active for consumers for ever.
+    from segstream.models.results import Event
 
     class Finishing:
         def __init__(self, source):
@@ -343,9 +343,8 @@ def test_stages_of_a_failed_source_are_not_finished_as_if_it_had_ended(clip, seg
         def process(self, result):
             return result
 
-        def finish(self):
-            finished.append(self.source)
-            return []
+        def finish(self, reason="end"):
+            return [Event(self.source, "track_ended", 0.0, {"reason": reason})]
 
     class Failing:
         name, live = "cam", False
@@ -357,11 +356,25 @@ def test_stages_of_a_failed_source_are_not_finished_as_if_it_had_ended(clip, seg
         def close(self):
             pass
 
-    runtime = Runtime([Failing(), FileSource("ok", str(clip), max_frames=5)], segmenter, [CollectingSink()],
-                      stages=[Finishing], required=[], progress=None)
+    class InOrder(CollectingSink):
+        def __init__(self):
+            super().__init__()
+            self.log = []
+
+        def publish(self, result):
+            self.log.append((result.source, "frame"))
+
+        def publish_event(self, event):
+            self.log.append((event.source, event.kind, event.data["state" if event.kind == "state" else "reason"]))
+
+    sink = InOrder()
+    runtime = Runtime([Failing(), FileSource("ok", str(clip), max_frames=5)], segmenter, [sink],
+                      stages=[Finishing], required=[], progress=None, publish_states=True)
     report = runtime.run()
     assert "cam" in report.failed
-    assert finished == ["ok"]
+    cam = [entry for entry in sink.log if entry[0] == "cam" and entry[1] != "state" or entry[1:] == ("state", "failed")]
+    assert cam == [("cam", "frame")] * 3 + [("cam", "track_ended", "failed"), ("cam", "state", "failed")]
+    assert [e for e in sink.log if e[0] == "ok"][-2:] == [("ok", "track_ended", "end"), ("ok", "state", "ended")]
 
 
 def test_files_sink_writes_wire_entries_per_source(clip, segmenter, tmp_path):
