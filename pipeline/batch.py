@@ -48,7 +48,6 @@ from segstream.pipeline.config import (
     PipelineConfig,
     apply_override,
     interpolate,
-    load_config,
     validate_config,
 )
 from segstream.pipeline.metrics import RunMetrics, decode_thread
@@ -650,7 +649,9 @@ def load_batch_config(args) -> PipelineConfig:
             apply_override(data, override)
         cfg = validate_config(interpolate(data), schema=BatchPipelineConfig)
     else:
-        cfg = load_config(args.config, args.overrides, schema=BatchPipelineConfig)
+        from segstream.pipeline.cli import load_checked_config
+
+        cfg = load_checked_config(args.config, args.overrides, schema=BatchPipelineConfig)
     updates = {}
     if args.concurrency is not None:
         if args.concurrency < 1:

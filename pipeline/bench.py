@@ -273,13 +273,13 @@ def print_bench(result: dict[str, Any], out=None) -> None:
 
 
 def main_bench(args) -> int:
-    from segstream.pipeline.config import load_config
+    from segstream.pipeline.cli import load_checked_config
 
     if args.sources < 1:
         raise ConfigError(f"--sources must be at least 1, got {args.sources}")
     if args.frames is not None and args.frames < 1:
         raise ConfigError(f"--frames must be a positive number, got {args.frames}")
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_checked_config(args.config, args.overrides)
     result = run_bench(cfg, sources=args.sources, frames=args.frames, naive_frames=args.naive_frames,
                        network_seconds=args.network_seconds)
     if args.json:

@@ -18,9 +18,17 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from segstream.connectors.errors import SegstreamError, SinkError, SourceError
+from segstream.connectors.errors import ConfigError, SegstreamError, SinkError, SourceError
 from segstream.connectors.redis_connection import TlsFiles
-from segstream.pipeline.config import BatchPipelineConfig, PipelineConfig, json_schema, load_config, read_yaml
+from segstream.pipeline.config import (
+    BatchPipelineConfig,
+    ModelConfig,
+    PipelineConfig,
+    config_data,
+    json_schema,
+    load_config,
+    read_yaml,
+)
 from segstream.pipeline.entry import abort_if_loading
 from segstream.pipeline.logs import (
     LOG_FORMATS,
@@ -231,15 +239,41 @@ def redis_tls(args: argparse.Namespace) -> TlsFiles | None:
 def _validate(args: argparse.Namespace) -> int:
     # a config without sources is one for `segstream batch`, which takes its videos from the command line
     batch = "sources" not in read_yaml(args.config)
-    cfg = load_config(args.config, args.overrides, schema=BatchPipelineConfig if batch else PipelineConfig)
     from segstream.pipeline.model_factory import check_model_config
 
+    cfg = load_checked_config(args.config, args.overrides, schema=BatchPipelineConfig if batch else PipelineConfig)
     model = check_model_config(cfg.model).name  # unknown preset or family, a task the preset lacks
     if batch:
         print(f"ok: a batch config (videos from `segstream batch INPUTS`), model {model}")
     else:
         print(f"ok: {len(cfg.sources)} source{'s' if len(cfg.sources) != 1 else ''}, model {model}")
     return 0
+
+
+def load_checked_config(path: str, overrides=(), schema=PipelineConfig) -> PipelineConfig:
+    """``load_config``, whose errors also say what the model's own checks (preset, family, task,
+    weights) find, so that one run of a command lists every mistake."""
+    try:
+        return load_config(path, overrides, schema=schema)
+    except ConfigError as error:
+        raise ConfigError("\n".join([str(error), *_model_errors(path, overrides)])) from None
+
+
+def _model_errors(path: str, overrides) -> list[str]:
+    """What the model's checks say of its section, where the section alone is valid (else the
+    schema's errors already name it)."""
+    from segstream.pipeline.model_factory import check_model_config
+
+    data = config_data(path, overrides)
+    try:
+        model = ModelConfig.model_validate(data.get("model") or {}, context={"base_dir": Path(path).resolve().parent})
+    except ValueError:  # pydantic's ValidationError
+        return []
+    try:
+        check_model_config(model)
+    except ConfigError as error:
+        return [str(error)]
+    return []
 
 
 def _schema(args: argparse.Namespace) -> int:
@@ -291,7 +325,7 @@ def _render(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     if args.max_frames is not None and args.max_frames <= 0:
         raise SegstreamError(f"--max-frames must be a positive number, got {args.max_frames}")
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_checked_config(args.config, args.overrides)
     report = run_pipeline(cfg, max_frames=args.max_frames)
     if report is not None and report.failed:
         # a live source that lost its camera must not look like a run that finished

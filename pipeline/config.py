@@ -606,10 +606,15 @@ def load_config(
     path: str | Path, overrides: list[str] | tuple[str, ...] = (), schema: type[PipelineConfig] = PipelineConfig
 ) -> PipelineConfig:
     """Read, override, interpolate and validate the pipeline description at ``path``."""
+    return validate_config(config_data(path, overrides), base_dir=Path(path).resolve().parent, schema=schema)
+
+
+def config_data(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> dict:
+    """The pipeline description at ``path``, overridden and interpolated, not yet validated."""
     data = read_yaml(path)
     for override in overrides:
         apply_override(data, override)
-    return validate_config(interpolate(data), base_dir=Path(path).resolve().parent, schema=schema)
+    return interpolate(data)
 
 
 def validate_config(

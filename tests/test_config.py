@@ -63,6 +63,14 @@ def test_validate_refuses_a_model_the_run_would_refuse(capsys, write, clip, over
     assert line.startswith(expected)
 
 
+def test_validate_and_run_list_the_model_s_mistake_with_the_others(capsys, write, clip):
+    # found re-checking: an unknown preset was named only once every other error was fixed
+    sets = ["--set", "model.preset=no_such_preset", "--set", "engine.batch_size=0"]
+    for command in ("validate", "run"):
+        lines = errors_of(capsys, [command, write(VALID.format(clip=clip)), *sets])
+        assert [line.split(":")[0] for line in lines] == ["engine.batch_size", "model.preset"], lines
+
+
 def test_validate_names_the_model_that_model_family_alone_picks(capsys, write, clip):
     assert main(["validate", write(VALID.format(clip=clip)), "--set", "model.family=senatra"]) == 0
     assert capsys.readouterr().out.strip() == "ok: 2 sources, model synthetic_senatra_tiny_192"
