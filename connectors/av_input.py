@@ -23,6 +23,7 @@ input on the way out.
 
 from __future__ import annotations
 
+import bisect
 import errno
 import logging
 import queue
@@ -74,7 +75,9 @@ class Picture:
     """One decoded frame before a source numbers it: RGB image (as displayed), its PTS in
     ``time_base`` units (None when the input has none), one frame's duration in the same units,
     Unix time it left the decoder, and the sender's Unix time of it when the stream says.
-    ``size``: the frame's displayed (height, width) when ``image`` was scaled down in the decoder."""
+    ``size``: the frame's displayed (height, width) when ``image`` was scaled down in the decoder.
+    ``skipped``: frames of the input just before this one that the decoder rejected (a source's
+    frame index counts them, so an index is the frame's place in the input)."""
 
     image: np.ndarray
     pts: int | None
@@ -83,6 +86,7 @@ class Picture:
     capture_wall: float
     sender_wall: float | None
     size: tuple[int, int] | None = None
+    skipped: int = 0
 
 
 class InputTimeout(SourceError):
@@ -179,6 +183,9 @@ class AVInput:
         self.timeout = timeout
         self.low_latency = low_latency
         self.decode_errors = 0
+        # the PTS of rejected packets not yet passed by a picture (sorted), and those without one
+        self._rejected: list[int] = []
+        self._rejected_untimed = 0
         self.last_read = time.monotonic()  # when FFmpeg last handed over a packet
         self.orientation = orientation if orientation is not None else DisplayOrientation()
         try:
@@ -240,6 +247,10 @@ class AVInput:
                     return
                 except av.error.FFmpegError:
                     self.decode_errors += 1
+                    if packet.pts is None:
+                        self._rejected_untimed += 1
+                    else:
+                        bisect.insort(self._rejected, packet.pts)
                     continue
                 for frame in frames:
                     yield self._picture(frame)
@@ -272,7 +283,12 @@ class AVInput:
         if self._sender is not None and pts is not None:
             sender_pts, sender_wall = self._sender
             sender = sender_wall + float((pts - sender_pts) * self.time_base)
-        return Picture(image, pts, self.time_base, self.step, time.time(), sender, size)
+        # The rejected frames this one follows: pictures leave in presentation order, so a rejected
+        # packet with an earlier PTS was a frame before it (one without a PTS counts before the next).
+        passed = len(self._rejected) if pts is None else bisect.bisect_left(self._rejected, pts)
+        del self._rejected[:passed]
+        skipped, self._rejected_untimed = passed + self._rejected_untimed, 0
+        return Picture(image, pts, self.time_base, self.step, time.time(), sender, size, skipped)
 
     def close(self) -> None:
         self.container.close()

@@ -23,7 +23,9 @@ class FileSource:
     the source ``live``; a jump in the timestamps re-anchors the pacing instead of sleeping
     through the gap. ``loop`` starts over at the end: PTS keep increasing (each pass is placed one
     frame after the previous one), ``Frame.index`` counts on and ``Frame.epoch`` counts the
-    passes. Packets the decoder rejects are skipped and counted in ``decode_errors``. A local file
+    passes. Packets the decoder rejects are skipped and counted in ``decode_errors``, and leave a
+    gap in ``Frame.index`` (an index is the frame's place in the file). ``max_frames`` counts
+    frames delivered. A local file
     is opened in the constructor, so that a bad path fails before the pipeline starts; a URL is
     opened by ``frames()``. Reading runs on a thread of its own (``CaptureThread``), so
     ``close()`` ends ``frames()`` at once whatever FFmpeg is doing. ``decode_size``, set before
@@ -71,7 +73,7 @@ class FileSource:
 
     def frames(self) -> Iterator[Frame]:
         timeline = Timeline()
-        index = 0
+        index = delivered = 0
         epoch = 0
         try:
             while not self._closed.is_set():
@@ -87,6 +89,7 @@ class FileSource:
                     return
                 passed = 0
                 for picture in self._pictures(capture):
+                    index += picture.skipped  # an index is the frame's place in the file, rejected ones counted
                     pts = timeline.place(picture.pts, picture.time_base, picture.step)
                     pts_seconds = timeline.seconds(pts)
                     step_s = picture.step * picture.time_base
@@ -106,7 +109,8 @@ class FileSource:
                     )
                     index += 1
                     passed += 1
-                    if (self.max_frames is not None and index >= self.max_frames) or self._closed.is_set():
+                    delivered += 1
+                    if (self.max_frames is not None and delivered >= self.max_frames) or self._closed.is_set():
                         return
                 self._retire()
                 if not self.loop or self._closed.is_set():

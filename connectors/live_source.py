@@ -300,6 +300,7 @@ class LiveSource:
                         if remember:
                             delivered.add(picture)
                         pts = timeline.place(picture.pts, picture.time_base, picture.step)
+                        index += picture.skipped  # frames the decoder rejected leave a gap, as drops do
                         if length is not None:  # read as fast as it decodes otherwise: a live stream has a rate
                             if not pacer.wait(timeline.seconds(pts), step_s, self._closed):
                                 break

@@ -76,7 +76,41 @@ def test_corrupt_packets_are_counted_and_skipped(tmp_path):
     frames = list(source.frames())
     assert source.decode_errors > 0
     assert 0 < len(frames) < 40
-    assert frames[-1].index == len(frames) - 1
+    indices = [f.index for f in frames]
+    assert indices == sorted(set(indices)), "in order, each once"
+
+
+def test_a_rejected_frame_leaves_a_gap_so_each_index_is_the_frame_s_place_in_the_file(tmp_path):
+    # Found re-checking stop 18: after a rejected frame every later index was one too small, so
+    # entries no longer matched the file's frames (evaluate --clips compared the wrong ones).
+    import av
+
+    path = tmp_path / "clip.mp4"
+    with av.open(str(path), "w") as container:  # B-frames: pictures leave the decoder reordered
+        stream = container.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 160, 120, "yuv420p"
+        stream.options = {"preset": "veryfast", "bf": "2", "g": "10"}
+        for i in range(60):
+            image = np.full((120, 160, 3), (i * 4) % 256, np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    with av.open(str(path)) as container:
+        video = container.streams.video[0]
+        packets = [(p.pts, p.pos, p.size) for p in container.demux(video) if p.size]
+        step = int(1 / (video.average_rate * video.time_base))
+    data = bytearray(path.read_bytes())
+    hit = [packets[23], packets[41]]  # in decode order, neither a keyframe
+    for _, pos, size in hit:
+        data[pos + 4 : pos + size] = b"\xff" * (size - 4)
+    (tmp_path / "damaged.mp4").write_bytes(bytes(data))
+
+    source = FileSource("cam0", str(tmp_path / "damaged.mp4"))
+    frames = list(source.frames())
+    assert source.decode_errors == 2 and len(frames) == 58
+    assert [f.index for f in frames] == [f.pts // step for f in frames], "index = place in the file"
+    assert sorted(set(range(60)) - {f.index for f in frames}) == sorted(pts // step for pts, _, _ in hit)
 
 
 def test_close_from_another_thread_stops_frames(clip):
