@@ -11,6 +11,7 @@ height, so a 1080p frame and a 320x240 one are both readable.
 from __future__ import annotations
 
 import colorsys
+import logging
 from fractions import Fraction
 from pathlib import Path
 
@@ -20,6 +21,8 @@ import numpy as np
 
 from segstream.connectors.errors import SinkError
 from segstream.models.results import NO_TRACK, FrameResult
+
+log = logging.getLogger(__name__)
 
 _GOLDEN = 0.618033988749895
 _TEXT = (255, 255, 255)
@@ -127,8 +130,9 @@ class OverlayVideo:
     """An H.264 MP4 of frames with the timestamps they came with (``pts`` in ``time_base``), so
     gaps (dropped frames) keep their duration. The pictures are the same from run to run; the
     file's bytes may not be (x264 in a busy process made different choices for an occasional
-    frame, even single-threaded). Frame sizes must not change within one file; odd sizes are padded by a pixel
-    (H.264 in yuv420p needs even ones)."""
+    frame, even single-threaded). One file holds one size: frames of another size (a stream that
+    changed resolution) are scaled to fit the first, letterboxed, with a warning; odd sizes are
+    padded by a pixel (H.264 in yuv420p needs even ones)."""
 
     def __init__(self, path: str | Path, crf: int = 20, fps_hint: float = 25.0):
         self.path = Path(path)
@@ -140,14 +144,15 @@ class OverlayVideo:
         self._time_base: Fraction | None = None
         self._last_pts: int | None = None
         self._size: tuple[int, int] | None = None
+        self._resized: set[tuple[int, int]] = set()  # the other sizes met, warned of once each
 
     def write(self, image: np.ndarray, pts: int | None = None, time_base: Fraction | None = None) -> None:
         height, width = image.shape[:2]
         if self._container is None:
             self._open(width, height, time_base)
         elif (width, height) != self._size:
-            raise SinkError(f"{self.path}: frames changed size from {self._size[0]}x{self._size[1]} to "
-                            f"{width}x{height}; one video holds one size")
+            image = self._fit(image)
+            height, width = image.shape[:2]
         if pts is None or time_base is None:
             pts = 0 if self._last_pts is None else self._last_pts + 1
         elif time_base != self._time_base:
@@ -164,6 +169,21 @@ class OverlayVideo:
         except (OSError, av.FFmpegError) as error:
             raise SinkError(f"cannot write {self.path}: {error}") from None
         self.frames += 1
+
+    def _fit(self, image: np.ndarray) -> np.ndarray:
+        """``image`` scaled to fit the file's size, keeping its aspect, centred on black."""
+        width, height = self._size
+        rows, columns = image.shape[:2]
+        if (columns, rows) not in self._resized:
+            self._resized.add((columns, rows))
+            log.warning("%s: frames changed size from %dx%d to %dx%d; they are scaled to fit the video's first size",
+                        self.path, width, height, columns, rows)
+        scale = min(width / columns, height / rows)
+        w, h = max(1, round(columns * scale)), max(1, round(rows * scale))
+        fitted = np.zeros((height, width, 3), np.uint8)
+        top, left = (height - h) // 2, (width - w) // 2
+        fitted[top : top + h, left : left + w] = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
+        return fitted
 
     def _open(self, width: int, height: int, time_base: Fraction | None) -> None:
         self._time_base = time_base or 1 / Fraction(self.fps_hint).limit_denominator(1001)

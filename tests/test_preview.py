@@ -162,3 +162,27 @@ def test_render_of_a_trimmed_stream_says_how_many_frames_it_left_out(tmp_path, b
                      str(tmp_path / "render.mp4"), "--url", server.url]) == 0
     err = capsys.readouterr().err
     assert "12 frames of" in err and "have no entry in segstream:cam:frames" in err and "wrote 8 frames" in err
+
+
+def test_a_stream_that_changes_size_is_scaled_into_one_video_not_an_error(tmp_path, monkeypatch):
+    # Found probing: a TS that went from 320x240 to 640x360 mid-file stopped the whole batch
+    # ("frames changed size"), losing the videos in progress with it.
+    from segstream.connectors import overlay
+    from segstream.connectors.overlay import OverlayVideo
+
+    warnings = []
+    monkeypatch.setattr(overlay.log, "warning", lambda message, *args: warnings.append(message % args))
+    video = OverlayVideo(tmp_path / "v.mp4", fps_hint=10)
+    small = np.zeros((240, 320, 3), np.uint8)
+    small[:, :, 0] = 200
+    wide = np.zeros((360, 640, 3), np.uint8)
+    wide[:, :, 1] = 200
+    for image in (small, small, wide, wide):
+        video.write(image)
+    video.close()
+    frames = decode(tmp_path / "v.mp4")
+    assert [f.shape for f in frames] == [(240, 320, 3)] * 4
+    assert frames[0][120, 160, 0] > 150 and frames[3][120, 160, 1] > 150, "the new size's picture, scaled"
+    # 640x360 into 320x240 keeps its 16:9: 320x180, with black bars of 30 rows above and below
+    assert frames[3][5, 160].max() < 40 and frames[3][235, 160].max() < 40
+    assert sum("changed size from 320x240 to 640x360" in w for w in warnings) == 1
