@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from segstream.connectors.errors import SegstreamError
 from segstream.connectors.sink import Sink
 from segstream.connectors.source import VideoSource
 from segstream.pipeline.config import (
@@ -101,16 +102,45 @@ SOURCE_BUILDERS: dict[str, Callable[..., VideoSource]] = {
 
 
 def build_sources(configs: Iterable[SourceConfig]) -> list[VideoSource]:
-    """Open every configured source; on failure the ones already open are closed again."""
+    """Open every configured source. One that cannot be opened (a missing or unreadable file)
+    fails alone when it is not ``required`` and others remain: it becomes a source that fails
+    when the run starts, so the run goes on with the others and reports it. Otherwise the error
+    is raised at once, and the sources already open are closed again."""
+    configs = list(configs)
     sources: list[VideoSource] = []
     try:
         for cfg in configs:
-            sources.append(SOURCE_BUILDERS[cfg.type](cfg))
+            try:
+                sources.append(SOURCE_BUILDERS[cfg.type](cfg))
+            except SegstreamError as error:
+                if cfg.required or len(configs) == 1:
+                    raise
+                sources.append(_Unopened(cfg.name, error))
+        if sources and all(isinstance(source, _Unopened) for source in sources):
+            raise sources[0].error  # nothing would run: the first reason, as for one source
     except BaseException:
         for source in sources:
             source.close()
         raise
     return sources
+
+
+class _Unopened:
+    """A source that could not be opened: its ``frames()`` raises why, so the runtime marks it
+    failed (logged, counted, a ``failed`` event, a non-zero exit) while the others run."""
+
+    live = False
+
+    def __init__(self, name: str, error: SegstreamError):
+        self.name = name
+        self.error = error
+
+    def frames(self):
+        raise self.error
+        yield  # a generator, as every source's frames()
+
+    def close(self) -> None:
+        pass
 
 
 def _redis_sink(cfg: SinksConfig, embedded_dir: Path | None) -> Sink:
