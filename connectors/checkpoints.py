@@ -21,7 +21,8 @@ from segstream.models.senatra import SeNaTra
 
 HF_PREFIX = "hf://"
 RANDOM = "random"  # model.checkpoint: the preset's architecture with seeded random weights (speed measurements)
-_HF_FILES = ("model.safetensors", "pytorch_model.bin")
+# what a model folder holds (the hub's, and what transformers' save_pretrained writes), in order
+CHECKPOINT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
 def shipped_weights(filename: str) -> Path:
@@ -92,7 +93,7 @@ def resolve_hf(reference: str) -> Path:
             f"'{reference}' needs huggingface_hub (pip install 'segstream[hub]'), or {local_hint}"
         ) from None
     errors = []
-    for name in [filename] if filename else _HF_FILES:
+    for name in [filename] if filename else CHECKPOINT_FILES:
         try:
             return Path(hf_hub_download(repo_id, name))
         except Exception as exc:
@@ -105,11 +106,22 @@ def checkpoint_path(reference: str) -> Path:
     if reference.startswith(HF_PREFIX):
         return resolve_hf(reference)
     path = Path(reference).expanduser()
+    if path.is_dir():
+        return checkpoint_in_folder(path)
     if not path.exists() and not path.is_absolute() and len(path.parts) == 1:
         shipped = shipped_weights(reference)
         if shipped.exists():
             return shipped
     return path
+
+
+def checkpoint_in_folder(folder: Path) -> Path:
+    """The weights file of a model folder (transformers' ``save_pretrained`` writes one)."""
+    for name in CHECKPOINT_FILES:
+        if (folder / name).is_file():
+            return folder / name
+    raise CheckpointError(f"checkpoint '{folder}' is a folder without {' or '.join(CHECKPOINT_FILES)} — "
+                          "pass the weights file itself")
 
 
 def random_eomt(config, seed: int = 0) -> EoMT:

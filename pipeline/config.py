@@ -278,6 +278,15 @@ class ModelConfig(Strict):
         if "://" in checkpoint:
             raise ValueError(f"'{checkpoint}' is not a checkpoint reference — use hf://<org>/<name> or a local path")
         resolved = _resolve(checkpoint, info)
+        if resolved.is_dir():  # a model folder: its weights file (checked now, loaded later)
+            from segstream.connectors.checkpoints import checkpoint_in_folder
+            from segstream.connectors.errors import CheckpointError
+
+            try:
+                checkpoint_in_folder(resolved)
+            except CheckpointError as error:
+                raise ValueError(str(error)) from None
+            return str(resolved)
         if not resolved.is_file():
             raise ValueError(
                 f"checkpoint file '{checkpoint}' does not exist ({resolved}) — fix the path or use null for the "

@@ -48,6 +48,25 @@ def test_logits_match_transformers_in_every_checkpoint_format(tmp_path, name, fm
     _compare(ours, reference, pixels)
 
 
+def test_a_save_pretrained_folder_loads_and_one_without_weights_is_one_line(tmp_path):
+    # Found probing: transformers' save_pretrained writes a folder, and passing it said "does not exist".
+    from segstream.connectors.errors import CheckpointError
+    from segstream.pipeline.config import ModelConfig
+
+    cfg = SMALL_CONFIGS[next(iter(SMALL_CONFIGS))]
+    reference = reference_model(cfg, seed=1)
+    reference.save_pretrained(tmp_path / "saved")
+    assert (tmp_path / "saved" / "model.safetensors").is_file()
+    assert ModelConfig(checkpoint=str(tmp_path / "saved")).checkpoint == str(tmp_path / "saved")
+    ours = load_eomt(preset_for(cfg, "panoptic", "coco_panoptic"), str(tmp_path / "saved")).eval()
+    _compare(ours, reference, torch.randn(1, 3, cfg.img_size, cfg.img_size))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="is a folder without model.safetensors or pytorch_model.bin"):
+        ModelConfig(checkpoint=str(tmp_path / "empty"))
+    with pytest.raises(CheckpointError, match="pass the weights file itself"):
+        load_eomt(preset_for(cfg, "panoptic", "coco_panoptic"), str(tmp_path / "empty"))
+
+
 def test_full_size_small_preset_matches_transformers(tmp_path):
     preset = get_preset("coco_panoptic_eomt_small_640_2x")
     assert (preset.config.dim, preset.config.depth, preset.config.heads) == (384, 12, 6)
