@@ -262,15 +262,22 @@ def load_checked_config(path: str, overrides=(), schema=PipelineConfig) -> Pipel
 def _model_errors(path: str, overrides) -> list[str]:
     """What the model's checks say of its section, where the section alone is valid (else the
     schema's errors already name it)."""
-    from segstream.pipeline.model_factory import check_model_config
+    from segstream.pipeline.model_factory import check_model_config, check_preset
 
-    data = config_data(path, overrides)
+    section = config_data(path, overrides).get("model") or {}
     try:
-        model = ModelConfig.model_validate(data.get("model") or {}, context={"base_dir": Path(path).resolve().parent})
-    except ValueError:  # pydantic's ValidationError
-        return []
+        model = ModelConfig.model_validate(section, context={"base_dir": Path(path).resolve().parent})
+    except ValueError:  # pydantic's ValidationError: its errors are the config's; the preset may be wrong too
+        names = {key: section[key] for key in ("preset", "family") if isinstance(section, dict) and key in section}
+        try:
+            model = ModelConfig.model_validate(names)
+        except ValueError:
+            return []
+        check = check_preset
+    else:
+        check = check_model_config
     try:
-        check_model_config(model)
+        check(model)
     except ConfigError as error:
         return [str(error)]
     return []

@@ -560,14 +560,9 @@ class PipelineConfig(Strict):
     @field_validator("sources")
     @classmethod
     def _unique_names(cls, sources: list) -> list:
-        seen: dict[str, int] = {}
-        for i, source in enumerate(sources):
-            if source.name in seen:
-                raise ValueError(
-                    f"source name '{source.name}' is used by sources[{seen[source.name]}] and sources[{i}] — "
-                    "names must be unique"
-                )
-            seen[source.name] = i
+        problem = _name_clash([source.name for source in sources])
+        if problem:
+            raise ValueError(problem)
         return sources
 
     @model_validator(mode="after")
@@ -626,6 +621,16 @@ def config_data(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     return interpolate(data)
 
 
+def _name_clash(names: list) -> str | None:
+    """What is wrong when two sources share a name (None when none do)."""
+    seen: dict = {}
+    for i, name in enumerate(names):
+        if name is not None and name in seen:
+            return f"source name '{name}' is used by sources[{seen[name]}] and sources[{i}] — names must be unique"
+        seen.setdefault(name, i)
+    return None
+
+
 def validate_config(
     data: Any, base_dir: Path | None = None, schema: type[PipelineConfig] = PipelineConfig
 ) -> PipelineConfig:
@@ -635,7 +640,15 @@ def validate_config(
     try:
         return schema.model_validate(data, context={"base_dir": base_dir})
     except ValidationError as error:
-        raise ConfigError("\n".join(_error_line(e, data) for e in error.errors())) from None
+        lines = [_error_line(e, data) for e in error.errors()]
+        # the checks of a whole section run only once its fields are valid; the names need no more
+        sources = data.get("sources")
+        names = [s.get("name") if isinstance(s, dict) and isinstance(s.get("name"), str) else None
+                 for s in sources] if isinstance(sources, list) else []
+        clash = _name_clash(names)
+        if clash and f"sources: {clash}" not in lines:
+            lines.append(f"sources: {clash}")
+        raise ConfigError("\n".join(lines)) from None
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):

@@ -6,6 +6,7 @@ the weights and wraps the network in that family's adapter (``segstream.models.s
 
 from __future__ import annotations
 
+import difflib
 import logging
 from collections.abc import Callable
 
@@ -87,7 +88,7 @@ FAMILY_BUILDERS: dict[str, Callable[..., FamilyAdapter]] = {"eomt": _build_eomt,
 DEFAULT_PRESETS = {"eomt": SYNTHETIC_TINY.name, "senatra": SYNTHETIC_SENATRA.name}
 
 
-def _preset_of(model_cfg) -> Preset:
+def check_preset(model_cfg) -> Preset:
     """The configured preset; ``model.family`` alone (no preset written) picks the family's default."""
     family = model_cfg.family
     name = model_cfg.preset
@@ -97,7 +98,9 @@ def _preset_of(model_cfg) -> Preset:
         if "preset" not in model_cfg.model_fields_set:
             name = DEFAULT_PRESETS[family]
     if name not in PRESETS:
-        raise ConfigError(f"model.preset: unknown preset '{name}' — known presets: {', '.join(PRESETS)}")
+        close = difflib.get_close_matches(str(name), list(PRESETS), n=1)
+        hint = f"did you mean {close[0]}? " if close else ""
+        raise ConfigError(f"model.preset: unknown preset '{name}' — {hint}known presets: {', '.join(PRESETS)}")
     preset = get_preset(name)
     if family is not None and preset.family != family:
         choices = ", ".join(p.name for p in PRESETS.values() if p.family == family)
@@ -111,7 +114,7 @@ def _preset_of(model_cfg) -> Preset:
 def check_model_config(model_cfg) -> Preset:
     """The preset the ``model:`` section resolves to, after the checks that need no weights and no
     device (preset, family, task); ``segstream validate`` runs them too."""
-    preset = _preset_of(model_cfg)
+    preset = check_preset(model_cfg)
     # SeNaTra's native semantic output exists whatever the preset's task: its carried class logits.
     native_semantic = preset.family == "senatra" and model_cfg.task == "semantic"
     if model_cfg.task != preset.task and not native_semantic:

@@ -71,6 +71,17 @@ def test_validate_and_run_list_the_model_s_mistake_with_the_others(capsys, write
         assert [line.split(":")[0] for line in lines] == ["engine.batch_size", "model.preset"], lines
 
 
+def test_validate_lists_a_name_clash_and_a_misspelt_preset_beside_field_errors(capsys, write, clip):
+    # found probing: a duplicate name and an unknown preset each waited for the other errors' fixes
+    path = write(VALID.format(clip=clip).replace("name: synth", "name: cam0"))
+    sets = ["--set", "model.preset=coco_panoptic_eomt_larg_640", "--set", "model.task=panoptik",
+            "--set", "sources.1.type=fiel"]
+    lines = errors_of(capsys, ["validate", path, *sets])
+    assert [line.split(":")[0] for line in lines] == ["sources[1].type", "model.task", "sources", "model.preset"], lines
+    assert "source name 'cam0' is used by sources[0] and sources[1]" in lines[2]
+    assert "did you mean coco_panoptic_eomt_large_640?" in lines[3]
+
+
 def test_validate_names_the_model_that_model_family_alone_picks(capsys, write, clip):
     assert main(["validate", write(VALID.format(clip=clip)), "--set", "model.family=senatra"]) == 0
     assert capsys.readouterr().out.strip() == "ok: 2 sources, model synthetic_senatra_tiny_192"
