@@ -199,8 +199,9 @@ class Manifest:
     as each ends, so it survives a killed run; on opening and closing it is rewritten with only
     the newest line of each video. A half-written last line (a crash mid-append) is ignored."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, settings: dict | None = None):
         self.path = Path(path)
+        self.settings = settings  # what decides a video's outputs (``output_settings``), kept with each
         self.records: dict[str, dict] = {}
         self._lock = threading.Lock()
         if self.path.exists():
@@ -222,13 +223,24 @@ class Manifest:
         return {record["id"]: video for video, record in self.records.items() if "id" in record}
 
     def done(self, job: VideoJob, root: Path) -> bool:
-        """Done in an earlier run, the file unchanged since and its outputs still there."""
+        """Done in an earlier run, the file unchanged since, its outputs still there and made
+        with the same settings (a record from before settings were kept is taken as made so)."""
         record = self.records.get(str(job.path))
         return (
             record is not None and record.get("status") == "done"
             and record.get("size") == job.size and record.get("mtime_ns") == job.mtime_ns
             and (root / record.get("id", "")).is_dir()
+            and not self.other_settings(job)
         )
+
+    def other_settings(self, job: VideoJob) -> list[str]:
+        """The parts of the settings (``model``, ``tracking``, ``outputs``) that differ from
+        those the video's record was made with."""
+        record = self.records.get(str(job.path)) or {}
+        made = record.get("settings")
+        if made is None or self.settings is None:
+            return []
+        return [key for key in self.settings if made.get(key) != self.settings[key]]
 
     def failed(self, job: VideoJob) -> dict | None:
         record = self.records.get(str(job.path))
@@ -244,6 +256,8 @@ class Manifest:
             "outputs": outcome.outputs, "size": job.size, "mtime_ns": job.mtime_ns,
             "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
+        if self.settings is not None:
+            record["settings"] = self.settings
         with self._lock:
             self._file.write(json.dumps(record, sort_keys=True) + "\n")
             self._file.flush()
@@ -587,6 +601,21 @@ def run_local(cfg: PipelineConfig, jobs: Sequence[VideoJob], root: Path, manifes
     return outcomes
 
 
+def output_settings(cfg: PipelineConfig) -> dict:
+    """What decides what a video's outputs hold, as kept in the manifest: the model (and its
+    checkpoint file's size and time), the tracker and what is written. Not the device, the
+    engine's batching or the concurrency, which change nothing in them."""
+    model = cfg.model.model_dump(mode="json", exclude={"device", "compile"})
+    checkpoint = model.get("checkpoint")
+    if checkpoint and Path(checkpoint).exists():
+        stat = Path(checkpoint).stat()
+        model["checkpoint_file"] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    batch = cfg.batch
+    outputs = {"jsonl": batch.jsonl, "coco_panoptic": batch.coco_panoptic, "overlay": batch.overlay,
+               "mask_encoding": cfg.sinks.redis.mask_encoding, "resize_in_decoder": cfg.engine.resize_in_decoder}
+    return {"model": model, "tracking": cfg.tracking.model_dump(mode="json"), "outputs": outputs}
+
+
 def undelivered_reason(lost: dict[str, int]) -> str:
     """Why a video whose results a sink took but never wrote (its server stayed away) is not done."""
     counts = {reason: lost[reason] for reason in SINK_DROPS if lost.get(reason)}
@@ -689,12 +718,15 @@ def run_batch(cfg: PipelineConfig, inputs: Sequence[str], engine: str = "local",
         raise ConfigError("no videos to process: " + ("; ".join(warnings) or "no inputs given"))
     with output_lock(root):
         clear_partial(root)
-        manifest = Manifest(root / MANIFEST)
+        manifest = Manifest(root / MANIFEST, output_settings(cfg))
         try:
             jobs = plan(paths, manifest.ids())
             todo, skipped = [], 0
             outcomes: list[VideoOutcome] = []
+            changed: Counter[str] = Counter()
             for job in jobs:
+                if manifest.records.get(str(job.path), {}).get("status") == "done":
+                    changed.update(manifest.other_settings(job))
                 earlier = manifest.failed(job)
                 if manifest.done(job, root) or (earlier is not None and not retry_failed):
                     skipped += 1
@@ -703,6 +735,9 @@ def run_batch(cfg: PipelineConfig, inputs: Sequence[str], engine: str = "local",
                         outcomes.append(VideoOutcome(job, "skipped", reason=f"failed before: {earlier['reason']}"))
                 else:
                     todo.append(job)
+            if changed:  # one archive, one model: outputs of other settings are not mixed in
+                log.warning("videos done before with other %s settings are done again (%s)",
+                            " and ".join(sorted(changed)), ", ".join(f"{n} for {k}" for k, n in sorted(changed.items())))
             log.info("%d videos: %d to do, %d skipped (ended in an earlier run)", len(jobs), len(todo), skipped)
             for job in todo:
                 probe(job)

@@ -295,3 +295,33 @@ def test_each_video_s_states_go_to_redis_in_order_and_not_into_the_files(archive
     assert failed.data["state"] == "failed" and "cannot open" in failed.data["reason"]
     assert all(e.run_id == events["a"][0].run_id != "" for e in events["a"])
     assert "state" not in {e.kind for e in map(event_from_wire, read_entries(out / "a" / "events.jsonl"))}
+
+
+def test_a_rerun_with_other_model_or_outputs_does_the_videos_again(tmp_path, monkeypatch):
+    # Found probing: a rerun with another model or with overlays on skipped every video as done,
+    # so one archive silently mixed two models' outputs and the overlays were never written.
+    from segstream.pipeline import batch
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    encode_clip(videos / "one.mp4", frames=3)
+    out = tmp_path / "out"
+    warnings = []
+    monkeypatch.setattr(batch.log, "warning", lambda message, *args: warnings.append(message % args))
+
+    def run(**changes):
+        cfg = config(out)
+        for section, values in changes.items():
+            for key, value in values.items():
+                setattr(getattr(cfg, section), key, value)
+        outcomes, skipped, _ = run_batch(cfg, [str(videos)], adapter=ColourSegmenter(), progress=False)
+        return [o.status for o in outcomes], skipped
+
+    assert run() == (["done"], 0)
+    assert run(engine={"batch_size": 2}) == ([], 1), "batching changes no output"
+    assert run(model={"score_threshold": 0.5}) == (["done"], 0)
+    assert warnings == ["videos done before with other model settings are done again (1 for model)"]
+    assert run(model={"score_threshold": 0.5}) == ([], 1)
+    assert run(model={"score_threshold": 0.5}, batch={"overlay": True}) == (["done"], 0)
+    assert (out / "one" / "overlay.mp4").is_file()
+    assert manifest(out)[-1]["settings"]["outputs"]["overlay"] is True
