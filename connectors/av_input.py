@@ -216,6 +216,8 @@ class AVInput:
         if self.stream.duration and self.stream.duration > 0 and self.stream.time_base:
             self.duration_s = float(self.stream.duration * self.stream.time_base)
             self.video_duration = True
+        elif len(self.container.streams) == 1:  # the container's duration is its one stream's
+            self.video_duration = True
         self.format_name: str = self.container.format.name
         # The input's size in bytes when the server or file says (a file over HTTP, without a
         # duration when its format has none, as MPEG-TS), None for a stream without an end.

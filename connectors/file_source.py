@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 
 from segstream.connectors.av_input import AVInput, CaptureThread, DisplayOrientation, InputTimeout
@@ -13,6 +15,56 @@ from segstream.connectors.frames import Frame
 from segstream.connectors.urls import redact_url
 
 _POLL_S = 0.1  # how often a wait for the next frame checks for close()
+log = logging.getLogger(__name__)
+
+
+class Coverage:
+    """What one pass over a file delivered, held against what its container says it holds, so a
+    damaged or truncated file is not taken for a whole one. Two signs, each only where it cannot
+    be a property of a healthy file: the frames end well before the container's duration
+    (truncated), and a stream whose frames come at one steady rate (most intervals one frame,
+    every one a whole number of frames) has gaps in it (frames lost in the middle; a
+    variable-rate stream's intervals are its own). Gaps the decoder's rejected frames explain
+    are counted as decode errors already."""
+
+    STEADY = 0.75  # the share of one-frame intervals, at least, of a steady rate
+
+    def __init__(self):
+        self.first: float | None = None
+        self.last: float | None = None
+        self.step_s = 0.0
+        self.intervals: Counter[int] = Counter()  # interval between frames, in frames
+        self.uneven = 0  # intervals that are no whole number of frames
+        self.rejected = 0  # frames the decoder rejected (Picture.skipped)
+
+    def add(self, seconds: float | None, step_s: float, rejected: int = 0) -> None:
+        self.rejected += rejected
+        if seconds is None or step_s <= 0:
+            return
+        if self.last is not None and seconds > self.last:
+            frames = (seconds - self.last) / step_s
+            self.intervals[round(frames)] += 1
+            self.uneven += abs(frames - round(frames)) > 0.02
+        if self.first is None:
+            self.first = seconds
+        self.last, self.step_s = max(seconds, self.last or seconds), step_s
+
+    def missing(self, duration_s: float | None, own_duration: bool) -> tuple[int, str]:
+        """About how many frames are missing, and why (0 and "" when none seem to be)."""
+        if self.first is None:
+            return 0, ""
+        counted = sum(self.intervals.values())
+        lost = 0
+        if counted and not self.uneven and self.intervals[1] >= self.STEADY * counted:
+            lost = max(0, sum((k - 1) * n for k, n in self.intervals.items() if k > 1) - self.rejected)
+        gaps = f"about {lost} frames missing in gaps of its steady frame rate" if lost else ""
+        covered = self.last + self.step_s - self.first
+        slack = 0.5 if own_duration else 2.0  # a container's duration may be its longer audio's
+        if duration_s is not None and duration_s - covered > max(slack, 0.05 * duration_s):
+            short = round((duration_s - covered) / self.step_s)
+            ends = f"its frames end after {covered:.2f} s of the {duration_s:.2f} s it lists (truncated?)"
+            return lost + short, f"{gaps}; {ends}" if gaps else ends
+        return lost, gaps
 
 
 class FileSource:
@@ -52,6 +104,8 @@ class FileSource:
         self.timeout = (open_timeout_s, read_timeout_s)
         self.pacer = Pacer() if realtime else None
         self._finished_errors = 0  # decode errors of passes already read
+        self.frames_missing = 0  # about how many frames a damaged or truncated file lacks (Coverage)
+        self.damage = ""  # and why, for people
         self._capture: CaptureThread | None = None
         self._closed = threading.Event()
         self._lock = threading.Lock()
@@ -85,14 +139,17 @@ class FileSource:
                         opened.scale = self.decode_size
                     capture = self._capture = CaptureThread(self.name, (lambda: opened) if opened else self._open)
                     capture.start()
-                if self.wait_open(capture) is None:
+                if (reading := self.wait_open(capture)) is None:
                     return
                 passed = 0
+                coverage = Coverage()
                 for picture in self._pictures(capture):
+                    step_s = picture.step * picture.time_base
+                    coverage.add(None if picture.pts is None else float(picture.pts * picture.time_base), float(step_s),
+                                 picture.skipped)
                     index += picture.skipped  # an index is the frame's place in the file, rejected ones counted
                     pts = timeline.place(picture.pts, picture.time_base, picture.step)
                     pts_seconds = timeline.seconds(pts)
-                    step_s = picture.step * picture.time_base
                     if self.pacer is not None and not self.pacer.wait(pts_seconds, float(step_s), self._closed):
                         return
                     yield Frame(
@@ -113,6 +170,7 @@ class FileSource:
                     if (self.max_frames is not None and delivered >= self.max_frames) or self._closed.is_set():
                         return
                 self._retire()
+                self._judge(coverage, reading)
                 if not self.loop or self._closed.is_set():
                     return
                 if passed == 0:
@@ -121,6 +179,16 @@ class FileSource:
                 timeline.restart()
         finally:
             self._retire()
+
+    def _judge(self, coverage: Coverage, reading: AVInput) -> None:
+        """After a whole pass: say (once per file) when frames seem to be missing."""
+        if self._closed.is_set():
+            return
+        missing, why = coverage.missing(reading.duration_s, reading.video_duration)
+        if missing > 0 and self.frames_missing == 0:
+            log.warning("source %s: '%s' looks damaged: %s", self.name, self.shown, why)
+            self.damage = why
+        self.frames_missing += missing
 
     def wait_open(self, capture: CaptureThread) -> AVInput | None:
         try:

@@ -90,6 +90,16 @@ class VideoOutcome:
     seconds: float = 0.0
     reason: str = ""
     outputs: list[str] = field(default_factory=list)
+    frames_missing: int = 0  # about how many frames a damaged or truncated file lacks
+    damage: str = ""  # and why
+
+    @property
+    def note(self) -> str:
+        """What the summary table says of it."""
+        if self.status == "failed":
+            return self.reason
+        notes = [f"{self.decode_errors} decode errors"] if self.decode_errors else []
+        return "; ".join(notes + ([f"damaged: {self.damage}"] if self.damage else []))
 
 
 def find_videos(inputs: Sequence[str], extensions: Iterable[str]) -> tuple[list[Path], list[str]]:
@@ -253,6 +263,7 @@ class Manifest:
         record = {
             "video": str(job.path), "id": job.id, "status": outcome.status, "frames": outcome.frames,
             "decode_errors": outcome.decode_errors, "seconds": round(outcome.seconds, 3), "reason": outcome.reason,
+            "frames_missing": outcome.frames_missing, "damage": outcome.damage,
             "outputs": outcome.outputs, "size": job.size, "mtime_ns": job.mtime_ns,
             "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
@@ -371,6 +382,11 @@ class BatchVideoSource:
     @property
     def decode_errors(self) -> int:
         return getattr(self._inner, "decode_errors", 0)
+
+    @property
+    def damage(self) -> tuple[int, str]:
+        """About how many frames the file lacks, and why (``FileSource``'s judgment)."""
+        return getattr(self._inner, "frames_missing", 0), getattr(self._inner, "damage", "")
 
     def frames(self) -> Iterator[Frame]:
         from segstream.connectors.file_source import FileSource
@@ -526,7 +542,8 @@ class BatchSink:
         frames = outputs.frames if outputs else 0
         status, reason = judge(source.job, status, frames, reason)
         seconds = time.monotonic() - source.started if source.started is not None else 0.0
-        outcome = VideoOutcome(source.job, status, frames, source.decode_errors, seconds, reason)
+        outcome = VideoOutcome(source.job, status, frames, source.decode_errors, seconds, reason,
+                               frames_missing=source.damage[0], damage=source.damage[1])
         if status == "done":
             outcome.outputs = outputs.commit() if outputs else []
         elif outputs is not None:
@@ -629,15 +646,14 @@ def undelivered_reason(lost: dict[str, int]) -> str:
 def summary_table(outcomes: Sequence[VideoOutcome], skipped: int, manifest: Path, limit: int = 100) -> str:
     """A table of the videos this run touched and a totals line."""
     ran = [o for o in outcomes if o.status in ("done", "failed")]
-    shown = ran if len(ran) <= limit else [o for o in ran if o.status == "failed"][:limit]
+    shown = ran if len(ran) <= limit else [o for o in ran if o.status == "failed" or o.damage][:limit]
     width = max([len("video"), *(len(o.job.id) for o in shown)])
     lines = []
     if shown:
         lines.append(f"{'video':<{width}}  {'status':<7}{'frames':>8}{'seconds':>9}{'fps':>8}  note")
         for o in shown:
             fps = f"{o.frames / o.seconds:8.1f}" if o.seconds > 0 and o.frames else f"{'':8}"
-            note = o.reason if o.status == "failed" else (f"{o.decode_errors} decode errors" if o.decode_errors else "")
-            lines.append(f"{o.job.id:<{width}}  {o.status:<7}{o.frames:>8}{o.seconds:>9.1f}{fps}  {note}")
+            lines.append(f"{o.job.id:<{width}}  {o.status:<7}{o.frames:>8}{o.seconds:>9.1f}{fps}  {o.note}")
         if len(shown) < len(ran):
             lines.append(f"({len(ran) - len(shown)} more done videos not listed; the manifest has them all)")
     done = [o for o in outcomes if o.status == "done"]
@@ -645,7 +661,10 @@ def summary_table(outcomes: Sequence[VideoOutcome], skipped: int, manifest: Path
     failed_before = sum(o.status == "skipped" for o in outcomes)
     stopped = sum(o.status == "stopped" for o in outcomes)
     frames = sum(o.frames for o in done)
-    totals = f"{len(done)} done ({frames} frames), {failed} failed, {skipped} skipped (ended in an earlier run"
+    damaged = sum(bool(o.damage) for o in done)
+    totals = f"{len(done)} done ({frames} frames)"
+    totals += f" of which {damaged} damaged (frames missing: see the notes)" if damaged else ""
+    totals += f", {failed} failed, {skipped} skipped (ended in an earlier run"
     totals += f"; {failed_before} of them failed: --retry-failed tries again)" if failed_before else ")"
     if stopped:
         totals += f", {stopped} not done (stopped; run again to do them)"

@@ -203,7 +203,8 @@ def process_video(job: VideoJob, cfg_json: str, root: str, actor, labels, board,
         else:
             outputs.discard()
     return {"status": status, "reason": reason, "frames": frames, "outputs": written,
-            "decode_errors": source.decode_errors if source else 0, "seconds": time.monotonic() - started}
+            "decode_errors": source.decode_errors if source else 0, "seconds": time.monotonic() - started,
+            "frames_missing": source.frames_missing if source else 0, "damage": source.damage if source else ""}
 
 
 def _resources(ray, cfg: PipelineConfig) -> tuple[int, float]:
@@ -283,7 +284,8 @@ def _run(ray, cfg, jobs, root, manifest, progress, control, run_id) -> list[Vide
                 try:
                     result = ray.get(ref)
                     outcome = VideoOutcome(job, result["status"], result["frames"], result["decode_errors"],
-                                           result["seconds"], result["reason"], result["outputs"])
+                                           result["seconds"], result["reason"], result["outputs"],
+                                           result["frames_missing"], result["damage"])
                 except ray.exceptions.RayError as error:
                     outcome = VideoOutcome(job, "failed",
                                            reason=f"its Ray task failed {settings.retries + 1} times: {error}".splitlines()[0])

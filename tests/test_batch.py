@@ -325,3 +325,31 @@ def test_a_rerun_with_other_model_or_outputs_does_the_videos_again(tmp_path, mon
     assert run(model={"score_threshold": 0.5}, batch={"overlay": True}) == (["done"], 0)
     assert (out / "one" / "overlay.mp4").is_file()
     assert manifest(out)[-1]["settings"]["outputs"]["overlay"] is True
+
+
+def test_a_damaged_video_is_done_with_its_missing_frames_in_the_table_and_the_manifest(tmp_path):
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    encode_clip(tmp_path / "whole.mp4", frames=40)
+    encode_clip(videos / "whole.mp4", frames=12)
+    # cut short after its index, which is at the front and lists what is gone: damaged, not unreadable
+    import av
+
+    with av.open(str(tmp_path / "whole.mp4")) as source, \
+            av.open(str(tmp_path / "front.mp4"), "w", options={"movflags": "+faststart"}) as out:
+        copy = out.add_stream_from_template(source.streams.video[0])
+        for packet in source.demux(source.streams.video[0]):
+            if packet.size:
+                packet.stream = copy
+                out.mux(packet)
+    front = (tmp_path / "front.mp4").read_bytes()
+    (videos / "cut.mp4").write_bytes(front[: len(front) * 2 // 3])
+    out = tmp_path / "out"
+    outcomes, skipped, _ = run_batch(config(out), [str(videos)], adapter=ColourSegmenter(), progress=False)
+    by_id = {o.job.id: o for o in outcomes}
+    assert by_id["cut"].status == "done" and 0 < by_id["cut"].frames < 40 and by_id["cut"].frames_missing > 0
+    assert by_id["whole"].frames_missing == 0 and by_id["whole"].note == ""
+    table = summary_table(outcomes, skipped, out / MANIFEST).splitlines()
+    assert any(line.startswith("cut ") and "damaged: its frames end after" in line for line in table)
+    assert "2 done (" in table[-1] and "of which 1 damaged (frames missing: see the notes)" in table[-1]
+    assert {r["id"]: r["frames_missing"] for r in manifest(out)}["cut"] == by_id["cut"].frames_missing

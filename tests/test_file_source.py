@@ -129,3 +129,53 @@ def test_close_before_reading_releases_the_file(clip):
     source = FileSource("cam0", str(clip))
     source.close()
     assert list(source.frames()) == []
+
+
+def _encode(path, frames: int, times=None, options=None, fmt=None):
+    """An intra-only H.264 file (every frame decodes alone) at 25 fps, or at ``times`` (seconds)."""
+    import av
+    from fractions import Fraction
+
+    with av.open(str(path), "w", format=fmt, options=options or {}) as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.options = {"preset": "ultrafast", "g": "1"}
+        stream.codec_context.time_base = Fraction(1, 1000)
+        for i in range(frames):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), i * 3 % 256, np.uint8), format="rgb24")
+            frame.pts, frame.time_base = round((times[i] if times else i / 25) * 1000), Fraction(1, 1000)
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def test_frames_lost_in_a_steady_stream_and_a_truncated_file_are_counted_as_missing(tmp_path):
+    # Found probing: a TS that lost 13 of 50 frames to corruption, and a file cut in half, were
+    # read as whole ones: no decode error, no note, the loss visible only in the timestamps.
+    import av
+
+    whole = _encode(tmp_path / "whole.ts", 60, fmt="mpegts")
+    with av.open(str(whole)) as source, av.open(str(tmp_path / "holed.ts"), "w", format="mpegts") as out:
+        video = source.streams.video[0]
+        copy = out.add_stream_from_template(video)
+        for n, packet in enumerate(p for p in source.demux(video) if p.size):
+            if not 20 <= n < 25:  # five frames lost in the middle
+                packet.stream = copy
+                out.mux(packet)
+    holed = FileSource("cam", str(tmp_path / "holed.ts"))
+    assert len(list(holed.frames())) == 55 and holed.decode_errors == 0
+    assert holed.frames_missing == 5 and "5 frames missing in gaps" in holed.damage
+
+    data = _encode(tmp_path / "full.mp4", 100, options={"movflags": "+faststart"}).read_bytes()
+    (tmp_path / "cut.mp4").write_bytes(data[: len(data) // 2])  # its index still lists 100 frames
+    cut = FileSource("cam", str(tmp_path / "cut.mp4"))
+    delivered = len(list(cut.frames()))
+    assert 0 < delivered < 90
+    assert abs(delivered + cut.decode_errors + cut.frames_missing - 100) <= 2 and "of the 4.00 s it lists" in cut.damage
+
+    for healthy in (whole, _encode(tmp_path / "vfr.mkv", 40, times=[i * 0.1 - (i % 3) * 0.03 for i in range(40)])):
+        source = FileSource("cam", str(healthy))
+        assert len(list(source.frames())) in (40, 60)
+        assert source.frames_missing == 0 and source.damage == "", "a whole file, variable rate or not"
