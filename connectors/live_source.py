@@ -239,7 +239,7 @@ class LiveSource:
         ended = "stopped"
         was_live = False  # a session opened without a length: a live stream
         warned = False  # that a finite input is played as a stream
-        pacer = Pacer()  # plays an input with a length at its own rate
+        pacer = Pacer()  # plays an input with a length, or a live playlist's bursts, at its own rate
         delivered = _Delivered()  # of a live HLS playlist, to know its segments when opened again
         self._enter("connecting", f"opening '{self.shown}'", {"url": self.shown})
         try:
@@ -301,7 +301,9 @@ class LiveSource:
                             delivered.add(picture)
                         pts = timeline.place(picture.pts, picture.time_base, picture.step)
                         index += picture.skipped  # frames the decoder rejected leave a gap, as drops do
-                        if length is not None:  # read as fast as it decodes otherwise: a live stream has a rate
+                        # A live stream comes at its rate; an input with a length, and a live playlist
+                        # (a segment's frames decode at once), are played at theirs.
+                        if length is not None or hls:
                             if not pacer.wait(timeline.seconds(pts), step_s, self._closed):
                                 break
                             picture.capture_wall = time.time()  # captured when due, as a camera would
