@@ -8,6 +8,9 @@ The file, stream and camera sources all decode through ``AVInput``:
 - The decoder is never frame-threaded: frame threading hides the errors of damaged packets
   (and on some inputs drops their frames) and delays every frame by a frame per thread. Slice
   threading loses nothing, so every packet the decoder rejects is counted in ``decode_errors``.
+- Frames that never reached the decoder (packets a network lost, a damaged file's) are counted
+  in ``frames_lost`` where the input's frames come at one steady rate (``SteadyGaps``), and every
+  picture says how many rejected or lost frames came just before it (``Picture.skipped``).
 - For RTP (RTSP) inputs with RTCP sender reports, FFmpeg attaches the sender's wall-clock time
   of each packet as producer reference time (``AV_PKT_DATA_PRFT``); frames carry it as
   ``sender_wall``, so consumers can align cameras on the cameras' own clocks.
@@ -87,6 +90,42 @@ class Picture:
     sender_wall: float | None
     size: tuple[int, int] | None = None
     skipped: int = 0
+
+
+class SteadyGaps:
+    """Frames an input lost before its decoder saw them. Where a session's frames have come at
+    one steady rate (at least ``MIN_INTERVALS`` intervals so far, every one a whole number of
+    frames, three in four exactly one), a gap of two frames up to a second's worth holds frames
+    that never arrived. A longer gap is a pause (a camera that sends on motion), not a loss, and a
+    variable-rate stream's gaps are its own."""
+
+    MIN_INTERVALS = 20
+    STEADY = 0.75
+
+    def __init__(self, step: int, fps: float | None):
+        self.step = step
+        self.max_gap = max(2, round(fps or 25))
+        self.last: int | None = None
+        self.intervals = self.ones = 0
+        self.uneven = False
+
+    def lost_before(self, pts: int | None, rejected: int) -> int:
+        """Frames lost just before the picture at ``pts``, besides the ``rejected`` ones."""
+        if pts is None:
+            return 0
+        lost = 0
+        if self.last is not None and pts > self.last:
+            frames = (pts - self.last) / self.step
+            whole = round(frames)
+            if abs(frames - whole) > 0.02:
+                self.uneven = True
+            elif (2 <= whole <= self.max_gap and not self.uneven and self.intervals >= self.MIN_INTERVALS
+                  and self.ones >= self.STEADY * self.intervals):
+                lost = max(0, whole - 1 - rejected)
+            self.intervals += 1
+            self.ones += whole == 1
+        self.last = pts if self.last is None else max(pts, self.last)
+        return lost
 
 
 class InputTimeout(SourceError):
@@ -186,6 +225,7 @@ class AVInput:
         # the PTS of rejected packets not yet passed by a picture (sorted), and those without one
         self._rejected: list[int] = []
         self._rejected_untimed = 0
+        self.frames_lost = 0  # frames that never reached the decoder (SteadyGaps)
         self.last_read = time.monotonic()  # when FFmpeg last handed over a packet
         self.orientation = orientation if orientation is not None else DisplayOrientation()
         try:
@@ -226,6 +266,7 @@ class AVInput:
         rate = self.stream.guessed_rate or self.stream.average_rate or self.stream.base_rate
         self.fps = float(rate) if rate else None
         self.step = max(1, round(1 / (rate * self.time_base))) if rate else max(1, round(1 / (25 * self.time_base)))
+        self._gaps = SteadyGaps(self.step, self.fps)
         self.info = self._info(context)
         self._sender: tuple[int, float] | None = None  # (pts, sender Unix time) of the last packet with one
 
@@ -290,6 +331,9 @@ class AVInput:
         passed = len(self._rejected) if pts is None else bisect.bisect_left(self._rejected, pts)
         del self._rejected[:passed]
         skipped, self._rejected_untimed = passed + self._rejected_untimed, 0
+        lost = self._gaps.lost_before(pts, skipped)
+        self.frames_lost += lost
+        skipped += lost
         return Picture(image, pts, self.time_base, self.step, time.time(), sender, size, skipped)
 
     def close(self) -> None:
@@ -437,7 +481,8 @@ class CaptureThread:
 
     @property
     def decode_errors(self) -> int:
-        return self.input.decode_errors if self.input is not None else 0
+        """Frames of the input that never came out: rejected by the decoder, or lost before it."""
+        return self.input.decode_errors + self.input.frames_lost if self.input is not None else 0
 
     def _run(self) -> None:
         source_input = None

@@ -161,12 +161,16 @@ def test_frames_lost_in_a_steady_stream_and_a_truncated_file_are_counted_as_miss
         video = source.streams.video[0]
         copy = out.add_stream_from_template(video)
         for n, packet in enumerate(p for p in source.demux(video) if p.size):
-            if not 20 <= n < 25:  # five frames lost in the middle
+            if not (5 <= n < 8 or 30 <= n < 35):  # frames lost early (3) and once the rate is known (5)
                 packet.stream = copy
                 out.mux(packet)
     holed = FileSource("cam", str(tmp_path / "holed.ts"))
-    assert len(list(holed.frames())) == 55 and holed.decode_errors == 0
-    assert holed.frames_missing == 5 and "5 frames missing in gaps" in holed.damage
+    frames = list(holed.frames())
+    assert len(frames) == 52
+    # once the steady rate is known a gap is seen as it comes: counted with the decode errors, and
+    # the indices keep their places; the early one only once the whole file is read
+    assert holed.decode_errors == 5 and [f.index for f in frames][25:28] == [25, 26, 32]
+    assert holed.frames_missing == 3 and "3 frames missing in gaps" in holed.damage
 
     data = _encode(tmp_path / "full.mp4", 100, options={"movflags": "+faststart"}).read_bytes()
     (tmp_path / "cut.mp4").write_bytes(data[: len(data) // 2])  # its index still lists 100 frames
@@ -179,3 +183,18 @@ def test_frames_lost_in_a_steady_stream_and_a_truncated_file_are_counted_as_miss
         source = FileSource("cam", str(healthy))
         assert len(list(source.frames())) in (40, 60)
         assert source.frames_missing == 0 and source.damage == "", "a whole file, variable rate or not"
+
+
+def test_steady_gaps_count_short_gaps_of_a_steady_rate_only():
+    from segstream.connectors.av_input import SteadyGaps
+
+    def lost(times, fps=25):
+        gaps = SteadyGaps(step=40, fps=fps)  # 25 fps in milliseconds
+        return [gaps.lost_before(t, 0) for t in times]
+
+    steady = list(range(0, 40 * 30, 40))
+    assert sum(lost(steady + [steady[-1] + 40 * 4])) == 3, "three frames that never came"
+    assert sum(lost(steady + [steady[-1] + 40 * 100])) == 0, "a 4 s pause (a camera sending on motion) loses nothing"
+    assert sum(lost(steady[:10] + [steady[9] + 40 * 4])) == 0, "too early to call the rate steady"
+    uneven = [round(i * 40 + (i % 3) * 13) for i in range(30)]
+    assert sum(lost(uneven + [uneven[-1] + 40 * 4])) == 0, "a variable rate's gaps are its own"
