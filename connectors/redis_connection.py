@@ -120,6 +120,12 @@ def connect_redis(
             f"Redis at {where} refused: {error_summary(error)} — grant the user the connection commands "
             "(ACL: +@connection)"
         ) from None
+    except redis.exceptions.InvalidResponse as error:  # an HTTP server, a database of another kind
+        client.close()
+        raise SinkError(
+            f"the server at {where} is not Redis: it answered PING with {error_summary(error)} — check the host "
+            "and port"
+        ) from None
     except redis.ResponseError as error:
         client.close()
         text = error_summary(error)

@@ -169,3 +169,37 @@ def test_an_acl_user_without_transactions_is_refused_at_start_naming_what_to_gra
                                           commands=["+xadd", "+multi", "+exec", "+@connection"])
     config = write_config(tmp_path, server, certs, password="carol-pw", username="carol")
     assert run_pipeline(load_config(config), progress=False).published == 6
+
+
+def test_a_server_that_is_not_redis_is_one_line_for_the_run_tail_and_the_client(capsys):
+    # Found probing: an HTTP server at the Redis URL gave a redis-py traceback (InvalidResponse).
+    import socket
+    import threading
+
+    from segstream.client import connect
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def answer_like_http():
+        while True:
+            try:
+                connection, _ = listener.accept()
+            except OSError:
+                return
+            with connection:
+                connection.recv(1024)
+                connection.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+
+    threading.Thread(target=answer_like_http, daemon=True).start()
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        with pytest.raises(SinkError, match=rf"the server at redis://127.0.0.1:{port} is not Redis: .*check the host and port"):
+            connect_redis(url)
+        with pytest.raises(SinkError, match="is not Redis"):
+            connect(url)
+        assert main(["tail", "segstream:cam:frames", "--url", url]) == 1
+        err = capsys.readouterr().err
+        assert "is not Redis" in err and "Traceback" not in err
+    finally:
+        listener.close()
