@@ -600,8 +600,16 @@ def tail(stream: str, url: str, count: int | None, follow: bool, out: TextIO | N
         for entry_id, name, fields in backlog:
             _print_entry(out, entry_id, name, fields)
             printed += 1
+        backoff = Backoff()
         while follow:
-            reply = client.xread(positions, count=500, block=_TAIL_BLOCK_MS)
+            try:
+                reply = client.xread(positions, count=500, block=_TAIL_BLOCK_MS)
+            except (redis.ConnectionError, redis.TimeoutError) as error:
+                # following is a long watch: ride out a Redis restart, as the publisher does
+                log.warning("lost Redis at %s: %s — reconnecting", redis_address(client), error_summary(error))
+                _reconnect(client, backoff)
+                log.warning("reconnected to Redis at %s; following on from where it stopped", redis_address(client))
+                continue
             arrived = []
             for name, entries in (reply.items() if isinstance(reply, dict) else reply or []):
                 name = _text(name)
@@ -623,9 +631,30 @@ def tail(stream: str, url: str, count: int | None, follow: bool, out: TextIO | N
             f"Redis at {redis_address(client)} refused: {error_summary(error)} — the user needs read access to "
             f"{' and '.join(streams)} (ACL: +@read, +@stream and the key pattern)"
         ) from None
+    except redis.ResponseError as error:
+        if "WRONGTYPE" not in str(error):
+            raise
+        kinds = {name: _text(client.type(name)) for name in streams}
+        wrong = next(name for name, kind in kinds.items() if kind not in ("stream", "none"))
+        raise SinkError(
+            f"'{wrong}' is not a stream (it holds a {kinds[wrong]}) — name a frames stream, as "
+            "segstream:<source>:frames"
+        ) from None
     finally:
         client.close()
     return printed
+
+
+def _reconnect(client: redis.Redis, backoff: Backoff) -> None:
+    """Wait until ``client`` answers again (redis-py opens a new connection on the next command)."""
+    while True:
+        time.sleep(backoff.next())
+        try:
+            client.ping()
+        except (redis.ConnectionError, redis.TimeoutError):
+            continue
+        backoff.reset()
+        return
 
 
 def summary_line(entry_id: str, entry: FrameResult) -> str:

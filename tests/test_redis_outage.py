@@ -195,3 +195,38 @@ def test_events_outlast_frames_in_a_full_backlog(server):
     server.start()
     wait_until(lambda: publisher.status()["backlog"] == 0, step=publisher.poll)
     assert server.client().xlen("segstream:cam0:events") == 1 and frames_in(server) == [6, 7, 8, 9]
+
+
+def test_tail_follow_rides_out_a_redis_restart(tmp_path):
+    # Found probing: `segstream tail --follow` exited 1 at a Redis restart, where the SDK reconnects.
+    import signal
+
+    from segstream.connectors.redis_wire import to_wire
+
+    server = RedisProcess(tmp_path / "redis", ["--appendonly", "yes", "--appendfsync", "always"])
+    server.client().xadd("segstream:cam0:frames", to_wire(tiny_scene("cam0", 0), "rle"))
+    tail = subprocess.Popen(
+        [sys.executable, "-m", "segstream.pipeline.cli", "tail", "segstream:cam0:frames", "--url", server.url, "--follow"],
+        env={**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )
+    import threading
+
+    guard = threading.Timer(60, tail.kill)  # a readline that never returns must not hang the suite
+    guard.start()
+    try:
+        assert "frame=0" in tail.stdout.readline()
+        server.kill()
+        time.sleep(1.5)
+        server.start()
+        server.client().xadd("segstream:cam0:frames", to_wire(tiny_scene("cam0", 1), "rle"))
+        assert "frame=1" in tail.stdout.readline(), "the entry written after the restart"
+        tail.send_signal(signal.SIGINT)
+        _, err = tail.communicate(timeout=30)
+    finally:
+        guard.cancel()
+        if tail.poll() is None:
+            tail.kill()
+        server.close()
+    assert tail.returncode == 0, err
+    assert "lost Redis at" in err and "reconnected to Redis" in err and "Traceback" not in err

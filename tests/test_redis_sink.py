@@ -338,3 +338,9 @@ def test_tail_of_a_url_whose_database_is_not_a_number_is_one_line(capsys):
     assert main(["tail", "segstream:cam0:frames", "--url", "redis://127.0.0.1:6379/abc"]) == 1
     [line] = capsys.readouterr().err.strip().splitlines()
     assert "names database 'abc', not a number" in line
+
+
+def test_tail_of_a_key_that_is_not_a_stream_is_one_line(server, client):
+    client.set("segstream:str:frames", "hello")
+    with pytest.raises(SinkError, match=r"'segstream:str:frames' is not a stream \(it holds a string\)"):
+        tail("segstream:str:frames", server.url, count=None, follow=False, out=io.StringIO())
