@@ -78,6 +78,9 @@ class Entry:
     pts = property(lambda self: self.result.pts)
     pts_seconds = property(lambda self: self.result.pts_seconds)
     capture_ts = property(lambda self: self.result.capture_ts)
+    sender_ts = property(lambda self: self.result.sender_ts,
+                         doc="when the camera captured the frame, by its own clock (RTCP), else None: align cameras on it")
+    epoch = property(lambda self: self.result.epoch, doc="how often the source's timeline restarted before this frame")
     publish_ts = property(lambda self: self.result.publish_ts)
     model = property(lambda self: self.result.model)
     latency_s = property(lambda self: self.result.latency_s)

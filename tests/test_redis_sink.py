@@ -344,3 +344,15 @@ def test_tail_of_a_key_that_is_not_a_stream_is_one_line(server, client):
     client.set("segstream:str:frames", "hello")
     with pytest.raises(SinkError, match=r"'segstream:str:frames' is not a stream \(it holds a string\)"):
         tail("segstream:str:frames", server.url, count=None, follow=False, out=io.StringIO())
+
+
+def test_an_entry_gives_the_camera_s_own_time_and_the_epoch(server, client):
+    # found probing: SCHEMA tells users to align cameras on sender_ts, which Entry did not offer
+    from segstream.client import connect
+    from segstream.connectors.redis_wire import to_wire
+
+    scene = synthetic_scene("aligned", 0)
+    scene.sender_ts, scene.epoch = 1700000000.25, 2
+    client.xadd("segstream:aligned:frames", to_wire(scene, "rle"))
+    (entry,) = connect(server.url).frames("aligned", start="0").read()
+    assert entry.sender_ts == 1700000000.25 and entry.epoch == 2
