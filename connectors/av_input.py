@@ -145,7 +145,7 @@ class InputUnsupported(SourceError):
 class InputRefused(SourceError):
     """The input is not there or not ours: the server refused the credentials or access (401,
     403), or has nothing at that path (404), or the device or file does not exist or may not be
-    read. The same URL gets the same answer until someone changes it, the server, its
+    read, or what is there is no video (a web page, a device that is no camera). The same URL gets the same answer until someone changes it, the server, its
     permissions, or plugs the device in. ``missing``: not there (rather than refused)."""
 
     def __init__(self, message: str, missing: bool = False):
@@ -419,8 +419,11 @@ def open_error(error: BaseException, shown: str, open_timeout_s: float) -> Sourc
         return InputRefused(f"cannot open '{shown}': {describe_error(error)}", missing=True)
     if isinstance(error, av.error.ConnectionRefusedError):
         return SourceError(f"connection refused by '{shown}' (is the server or camera up?)")
-    if isinstance(error, av.error.InvalidDataError):
-        return SourceError(f"cannot open '{shown}' as video ({describe_error(error)})")
+    if isinstance(error, av.error.InvalidDataError):  # a web page, a file of another kind: not going to change
+        return InputRefused(f"cannot open '{shown}' as video ({describe_error(error)}) — check that the URL or path "
+                            "is the video itself")
+    if getattr(error, "errno", None) == errno.ENOTTY:  # a device that is no camera (ioctl refused)
+        return InputRefused(f"'{shown}' is not a video capture device — list the cameras with v4l2-ctl --list-devices")
     host = _unknown_host(shown) if getattr(error, "errno", None) == errno.EIO else None
     if host is not None:  # FFmpeg says only "Input/output error"
         return InputRefused(f"cannot open '{shown}': the host name '{host}' is not known (DNS) — check the URL",

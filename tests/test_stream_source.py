@@ -459,6 +459,18 @@ def test_a_live_playlist_opened_again_does_not_publish_its_older_segments_again(
     assert any(e[3].get("repeats_skipped", 0) > 0 for e in log.entries if e[1] == "reconnecting"), log.entries
 
 
+def test_a_web_page_instead_of_a_stream_fails_at_once_saying_so(tmp_path):
+    # found probing: an HTML page at the URL was retried for ever, each time "cannot open as video"
+    (tmp_path / "index.html").write_text("<html><body>camera admin</body></html>" * 50)
+    with StaticHttpServer(tmp_path) as server:
+        source = StreamSource("cam", f"http://127.0.0.1:{server.port}/index.html", policy=QUICK)
+        source.on_state = log = StateLog()
+        started = time.monotonic()
+        with pytest.raises(SourceError, match="as video .*check that the URL or path is the video itself.*not retried"):
+            list(source.frames())
+    assert time.monotonic() - started < 5 and "reconnecting" not in log.states and log.states[-1] == "failed"
+
+
 def test_a_resolver_that_is_not_up_yet_is_not_an_unknown_host(monkeypatch):
     """EAI_AGAIN (a box booting before its resolver) is an outage to ride out, not a wrong URL."""
     import socket
