@@ -329,7 +329,9 @@ class Subscription:
 
     Entries trimmed away (the stream's MAXLEN) while pending for the group, before a consumer
     processed them, are acknowledged (nothing can read them any more), counted in ``trimmed`` and
-    logged as a warning: a consumer that falls that far behind loses them, and says so.
+    logged as a warning: a consumer that falls that far behind loses them, and says so. Without
+    a group, a reader the stream's trimming overtook (its position is older than the stream's
+    oldest entry) counts the frames it missed (by their frame numbers) in ``trimmed`` too.
 
     Iterating follows the stream until ``stop()`` (of the subscription or its client).
     """
@@ -349,6 +351,7 @@ class Subscription:
         self._start = start
         self._stop = threading.Event()
         self._pending_cursor: str | None = None
+        self._last_frame: tuple[bytes | None, int] | None = None  # (run id, frame) of the last entry read
         self._claim_cursor = "0-0"
         self._next_claim = 0.0
         if group is None:
@@ -399,6 +402,7 @@ class Subscription:
                                        block=self.client._fitted_block(block_ms))
             entries = _entries(reply)
             if entries:
+                self._overtaken(redis_client, entries)
                 self._position = entries[-1][0]
             return self._decoded(entries)
         try:
@@ -452,6 +456,23 @@ class Subscription:
             self.client.redis.xack(self.stream, self.group, *trimmed)
             self._lost_to_trimming(len(trimmed))
         return decoded
+
+    def _overtaken(self, redis_client: redis.Redis, entries: list[tuple[str, dict]]) -> None:
+        """Count the frames trimmed away between the last entry read and these, when the stream's
+        trimming overtook this reader (frame numbers tell how many; gaps the pipeline's own drops
+        left are not trimming, and a reader not overtaken has none of that kind)."""
+        previous, self._last_frame = self._last_frame, _frame_of(entries[-1][1])
+        first = _frame_of(entries[0][1])
+        if previous is None or first is None or previous[0] != first[0] or first[1] <= previous[1] + 1:
+            return
+        if self._position in ("0", "0-0", "$"):
+            return
+        oldest = redis_client.xrange(self.stream, count=1)
+        if oldest and _id_key(_text(oldest[0][0])) > _id_key(self._position):  # where it stood is gone
+            missed = first[1] - previous[1] - 1
+            self.trimmed += missed
+            log.warning("%s: about %d frames were trimmed away by the stream's MAXLEN before this reader got them "
+                        "(%d so far) — read faster, or raise sinks.redis.maxlen", self.stream, missed, self.trimmed)
 
     def _ack_trimmed(self, redis_client: redis.Redis) -> None:
         """Acknowledge the group's pending entries older than the stream's oldest one (trimmed)."""
@@ -708,6 +729,15 @@ def _millis(entry_id: str) -> int:
     it counts within one stream only, so entries of one millisecond keep the order they were read
     in (a stable sort): the frames stream's first, then the events stream's."""
     return int(entry_id.partition("-")[0])
+
+
+def _frame_of(fields: dict) -> tuple[bytes | None, int] | None:
+    """(run id, frame number) of a frame entry's fields; None for other entries."""
+    frame = fields.get(b"frame", fields.get("frame"))
+    try:
+        return fields.get(b"run_id", fields.get("run_id")), int(frame)
+    except (TypeError, ValueError):
+        return None
 
 
 def _id_key(entry_id: str) -> tuple[int, int]:

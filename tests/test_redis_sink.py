@@ -356,3 +356,21 @@ def test_an_entry_gives_the_camera_s_own_time_and_the_epoch(server, client):
     client.xadd("segstream:aligned:frames", to_wire(scene, "rle"))
     (entry,) = connect(server.url).frames("aligned", start="0").read()
     assert entry.sender_ts == 1700000000.25 and entry.epoch == 2
+
+
+def test_a_reader_the_stream_s_trimming_overtook_counts_what_it_missed(server, client, capsys):
+    # Found probing: a plain reader jumped from frame 124 to 249 with trimmed == 0 and no warning.
+    from segstream.client import connect
+
+    for index in (0, 1, 2, 5, 6):  # 3 and 4 dropped by the pipeline: a gap that is no trimming
+        client.xadd("segstream:overtaken:frames", to_wire_scene("overtaken", index))
+    reader = connect(server.url).frames("overtaken", start="0", count=2)
+    assert [e.frame for e in reader.read()] == [0, 1]
+    assert [e.frame for e in reader.read()] == [2, 5] and reader.trimmed == 0
+    for index in range(7, 15):
+        client.xadd("segstream:overtaken:frames", to_wire_scene("overtaken", index))
+    client.xtrim("segstream:overtaken:frames", maxlen=3, approximate=False)  # 12, 13, 14 are left
+    configure_logging()
+    assert [e.frame for e in reader.read(count=10)] == [12, 13, 14]
+    assert reader.trimmed == 6  # frames 6 to 11
+    assert "about 6 frames were trimmed away by the stream's MAXLEN before this reader got them" in capsys.readouterr().err
