@@ -9,8 +9,9 @@ The file, stream and camera sources all decode through ``AVInput``:
   (and on some inputs drops their frames) and delays every frame by a frame per thread. Slice
   threading loses nothing, so every packet the decoder rejects is counted in ``decode_errors``.
 - Frames that never reached the decoder (packets a network lost, a damaged file's) are counted
-  in ``frames_lost`` where the input's frames come at one steady rate (``SteadyGaps``), and every
-  picture says how many rejected or lost frames came just before it (``Picture.skipped``).
+  in ``frames_lost`` where the input's frames come at one steady rate (``SteadyGaps``); every
+  picture says how many rejected frames (and, for a stream, lost ones) came just before it
+  (``Picture.skipped``).
 - For RTP (RTSP) inputs with RTCP sender reports, FFmpeg attaches the sender's wall-clock time
   of each packet as producer reference time (``AV_PKT_DATA_PRFT``); frames carry it as
   ``sender_wall``, so consumers can align cameras on the cameras' own clocks.
@@ -34,6 +35,7 @@ import socket
 import struct
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -93,39 +95,47 @@ class Picture:
 
 
 class SteadyGaps:
-    """Frames an input lost before its decoder saw them. Where a session's frames have come at
-    one steady rate (at least ``MIN_INTERVALS`` intervals so far, every one a whole number of
-    frames, three in four exactly one), a gap of two frames up to a second's worth holds frames
-    that never arrived. A longer gap is a pause (a camera that sends on motion), not a loss, and a
-    variable-rate stream's gaps are its own."""
+    """Frames an input lost before its decoder saw them. Where the recent frames came at one
+    steady rate (of the last ``WINDOW`` intervals, at least ``MIN_INTERVALS``, every one a whole
+    number of frames, three in four exactly one), a gap of two frames up to a second's worth holds
+    frames that never arrived, when the interval just before it was one frame. Not a loss: a
+    longer gap (a pause: a camera that sends on motion), a variable rate's intervals, and a gap
+    that follows another (a change of rate: night mode, a smart codec's skipping, whose first
+    interval is the only one counted; a burst of losses is undercounted rather than a change of
+    rate counted). Timestamps that go back (a wrap, a discontinuity) start the judgment afresh."""
 
-    MIN_INTERVALS = 20
+    WINDOW = 50
+    MIN_INTERVALS = 10
     STEADY = 0.75
 
     def __init__(self, step: int, fps: float | None):
         self.step = step
         self.max_gap = max(2, round(fps or 25))
         self.last: int | None = None
-        self.intervals = self.ones = 0
-        self.uneven = False
+        self.recent: deque[int] = deque(maxlen=self.WINDOW)  # intervals in frames; 0: not a whole number
 
     def lost_before(self, pts: int | None, rejected: int) -> int:
         """Frames lost just before the picture at ``pts``, besides the ``rejected`` ones."""
         if pts is None:
             return 0
-        lost = 0
-        if self.last is not None and pts > self.last:
-            frames = (pts - self.last) / self.step
-            whole = round(frames)
-            if abs(frames - whole) > 0.02:
-                self.uneven = True
-            elif (2 <= whole <= self.max_gap and not self.uneven and self.intervals >= self.MIN_INTERVALS
-                  and self.ones >= self.STEADY * self.intervals):
-                lost = max(0, whole - 1 - rejected)
-            self.intervals += 1
-            self.ones += whole == 1
-        self.last = pts if self.last is None else max(pts, self.last)
+        if self.last is None or pts < self.last:
+            self.last = pts
+            self.recent.clear()
+            return 0
+        if pts == self.last:
+            return 0
+        frames = (pts - self.last) / self.step
+        whole = round(frames) if abs(frames - round(frames)) <= 0.02 else 0
+        lost = max(0, whole - 1 - rejected) if self._steady(whole) else 0
+        self.recent.append(whole)
+        self.last = pts
         return lost
+
+    def _steady(self, whole: int) -> bool:
+        recent = self.recent
+        if not 2 <= whole <= self.max_gap or len(recent) < self.MIN_INTERVALS or recent[-1] != 1 or 0 in recent:
+            return False
+        return recent.count(1) >= self.STEADY * len(recent)
 
 
 class InputTimeout(SourceError):
@@ -215,6 +225,7 @@ class AVInput:
         low_latency: bool = False,
         orientation: DisplayOrientation | None = None,
         scale: Callable[[int, int], tuple[int, int]] | None = None,
+        lost_are_errors: bool = False,
     ):
         self.target = target
         self.scale = scale
@@ -226,6 +237,8 @@ class AVInput:
         self._rejected: list[int] = []
         self._rejected_untimed = 0
         self.frames_lost = 0  # frames that never reached the decoder (SteadyGaps)
+        # a stream's lost frames count as decode errors as they come; a file's are told at its end
+        self.lost_are_errors = lost_are_errors
         self.last_read = time.monotonic()  # when FFmpeg last handed over a packet
         self.orientation = orientation if orientation is not None else DisplayOrientation()
         try:
@@ -327,13 +340,16 @@ class AVInput:
             sender_pts, sender_wall = self._sender
             sender = sender_wall + float((pts - sender_pts) * self.time_base)
         # The rejected frames this one follows: pictures leave in presentation order, so a rejected
-        # packet with an earlier PTS was a frame before it (one without a PTS counts before the next).
-        passed = len(self._rejected) if pts is None else bisect.bisect_left(self._rejected, pts)
+        # packet with an earlier PTS was a frame before it (one without a PTS counts before the next;
+        # after timestamps went back, all of them do).
+        back = pts is None or (self._gaps.last is not None and pts < self._gaps.last)
+        passed = len(self._rejected) if back else bisect.bisect_left(self._rejected, pts)
         del self._rejected[:passed]
         skipped, self._rejected_untimed = passed + self._rejected_untimed, 0
         lost = self._gaps.lost_before(pts, skipped)
         self.frames_lost += lost
-        skipped += lost
+        if self.lost_are_errors:
+            skipped += lost
         return Picture(image, pts, self.time_base, self.step, time.time(), sender, size, skipped)
 
     def close(self) -> None:
@@ -484,8 +500,12 @@ class CaptureThread:
 
     @property
     def decode_errors(self) -> int:
-        """Frames of the input that never came out: rejected by the decoder, or lost before it."""
-        return self.input.decode_errors + self.input.frames_lost if self.input is not None else 0
+        """Frames of the input that never came out: rejected by the decoder, or (a stream's) lost
+        before it."""
+        source_input = self.input
+        if source_input is None:
+            return 0
+        return source_input.decode_errors + (source_input.frames_lost if source_input.lost_are_errors else 0)
 
     def _run(self) -> None:
         source_input = None

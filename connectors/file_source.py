@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Iterator
 
 from segstream.connectors.av_input import AVInput, CaptureThread, DisplayOrientation, InputTimeout
@@ -20,47 +19,33 @@ log = logging.getLogger(__name__)
 
 class Coverage:
     """What one pass over a file delivered, held against what its container says it holds, so a
-    damaged or truncated file is not taken for a whole one. Two signs, each only where it cannot
-    be a property of a healthy file: the frames end well before the container's duration
-    (truncated), and a stream whose frames come at one steady rate (most intervals one frame,
-    every one a whole number of frames) has gaps in it (frames lost in the middle; a
-    variable-rate stream's intervals are its own). Gaps the decoder's rejected frames explain
-    are counted as decode errors already."""
-
-    STEADY = 0.75  # the share of one-frame intervals, at least, of a steady rate
+    damaged or truncated file is not taken for a whole one: its frames end well before the
+    container's duration (truncated), or its decoder's input lost frames in gaps of a steady
+    frame rate (``AVInput.frames_lost``; a variable rate's gaps are its own)."""
 
     def __init__(self):
         self.first: float | None = None
         self.last: float | None = None
         self.step_s = 0.0
-        self.intervals: Counter[int] = Counter()  # interval between frames, in frames
-        self.uneven = 0  # intervals that are no whole number of frames
-        self.rejected = 0  # frames the decoder rejected (Picture.skipped)
 
-    def add(self, seconds: float | None, step_s: float, rejected: int = 0) -> None:
-        self.rejected += rejected
+    def add(self, seconds: float | None, step_s: float) -> None:
         if seconds is None or step_s <= 0:
             return
-        if self.last is not None and seconds > self.last:
-            frames = (seconds - self.last) / step_s
-            self.intervals[round(frames)] += 1
-            self.uneven += abs(frames - round(frames)) > 0.02
         if self.first is None:
             self.first = seconds
         self.last, self.step_s = max(seconds, self.last or seconds), step_s
 
-    def missing(self, duration_s: float | None, own_duration: bool) -> tuple[int, str]:
+    def missing(self, reading: AVInput) -> tuple[int, str]:
         """About how many frames are missing, and why (0 and "" when none seem to be)."""
-        if self.first is None:
-            return 0, ""
-        counted = sum(self.intervals.values())
-        lost = 0
-        if counted and not self.uneven and self.intervals[1] >= self.STEADY * counted:
-            lost = max(0, sum((k - 1) * n for k, n in self.intervals.items() if k > 1) - self.rejected)
+        # one frame alone is also what a change of rate looks like (SteadyGaps counts its first interval)
+        lost = reading.frames_lost if reading.frames_lost > 1 else 0
         gaps = f"about {lost} frames missing in gaps of its steady frame rate" if lost else ""
+        duration_s = reading.duration_s
+        if self.first is None or duration_s is None:
+            return lost, gaps
         covered = self.last + self.step_s - self.first
-        slack = 0.5 if own_duration else 2.0  # a container's duration may be its longer audio's
-        if duration_s is not None and duration_s - covered > max(slack, 0.05 * duration_s):
+        slack = 0.5 if reading.video_duration else 2.0  # a container's duration may be its longer audio's
+        if duration_s - covered > max(slack, 0.05 * duration_s):
             short = round((duration_s - covered) / self.step_s)
             ends = f"its frames end after {covered:.2f} s of the {duration_s:.2f} s it lists (truncated?)"
             return lost + short, f"{gaps}; {ends}" if gaps else ends
@@ -76,7 +61,9 @@ class FileSource:
     through the gap. ``loop`` starts over at the end: PTS keep increasing (each pass is placed one
     frame after the previous one), ``Frame.index`` counts on and ``Frame.epoch`` counts the
     passes. Packets the decoder rejects are skipped and counted in ``decode_errors``, and leave a
-    gap in ``Frame.index`` (an index is the frame's place in the file). ``max_frames`` counts
+    gap in ``Frame.index`` (an index is the frame's place in the file); frames lost before the
+    decoder, and a file that ends early, are told at the end of a pass (``frames_missing``,
+    ``damage``). ``max_frames`` counts
     frames delivered. A local file
     is opened in the constructor, so that a bad path fails before the pipeline starts; a URL is
     opened by ``frames()``. Reading runs on a thread of its own (``CaptureThread``), so
@@ -145,8 +132,7 @@ class FileSource:
                 coverage = Coverage()
                 for picture in self._pictures(capture):
                     step_s = picture.step * picture.time_base
-                    coverage.add(None if picture.pts is None else float(picture.pts * picture.time_base), float(step_s),
-                                 picture.skipped)
+                    coverage.add(None if picture.pts is None else float(picture.pts * picture.time_base), float(step_s))
                     index += picture.skipped  # an index is the frame's place in the file, rejected ones counted
                     pts = timeline.place(picture.pts, picture.time_base, picture.step)
                     pts_seconds = timeline.seconds(pts)
@@ -184,7 +170,7 @@ class FileSource:
         """After a whole pass: say (once per file) when frames seem to be missing."""
         if self._closed.is_set():
             return
-        missing, why = coverage.missing(reading.duration_s, reading.video_duration)
+        missing, why = coverage.missing(reading)
         if missing > 0 and self.frames_missing == 0:
             log.warning("source %s: '%s' looks damaged: %s", self.name, self.shown, why)
             self.damage = why

@@ -227,6 +227,7 @@ class LiveSource:
             timeout=(self.policy.open_timeout_s + margin, self.policy.read_timeout_s + margin),
             low_latency=self.low_latency,
             scale=self.decode_size,
+            lost_are_errors=True,
         )
 
     def frames(self) -> Iterator[Frame]:

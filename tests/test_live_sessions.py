@@ -38,6 +38,7 @@ class Session:
         self.video_duration = True  # the length is the video's own (an mp4's, a playlist's)
         self.decode_errors = 0
         self.frames_lost = 0
+        self.lost_are_errors = True  # a stream's
         self.last_read = time.monotonic()
         self.info = InputInfo(32, 24, "h264", "yuv420p", 25.0)
         self.closed = False
