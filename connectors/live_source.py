@@ -303,11 +303,14 @@ class LiveSource:
                         pts = timeline.place(picture.pts, picture.time_base, picture.step)
                         index += picture.skipped  # frames the decoder rejected leave a gap, as drops do
                         # A live stream comes at its rate; an input with a length, and a live playlist
-                        # (a segment's frames decode at once), are played at theirs.
+                        # (a segment's frames decode at once), are played at theirs. A finite video
+                        # stands in for a camera: its frames are captured when due. A playlist's were
+                        # captured when they came: the time they wait here is latency.
                         if length is not None or hls:
                             if not pacer.wait(timeline.seconds(pts), step_s, self._closed):
                                 break
-                            picture.capture_wall = time.time()  # captured when due, as a camera would
+                            if length is not None:
+                                picture.capture_wall = time.time()
                         last_frame_at = time.monotonic()
                         yield Frame(
                             source=self.name,

@@ -29,6 +29,10 @@ def stream_options(
         options[_RTSP_TIMEOUT_OPTION] = io_us
     elif scheme in ("http", "https", "tcp", "srt"):
         options["timeout"] = io_us
+        if scheme in ("http", "https"):
+            # a live playlist starts at its newest segment: played at its rate, FFmpeg's default of
+            # three segments back would stay three segments behind for good
+            options["live_start_index"] = "-1"
     elif scheme == "udp":
         options.update(timeout=io_us, overrun_nonfatal="1", fifo_size="1000000")
     # rtmp(s): `timeout` would mean "listen for a publisher"; rw_timeout alone bounds its reads
