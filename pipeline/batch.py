@@ -622,11 +622,15 @@ def output_settings(cfg: PipelineConfig) -> dict:
     """What decides what a video's outputs hold, as kept in the manifest: the model (and its
     checkpoint file's size and time), the tracker and what is written. Not the device, the
     engine's batching or the concurrency, which change nothing in them."""
+    from segstream.connectors.checkpoints import HF_PREFIX, RANDOM, checkpoint_path
+
     model = cfg.model.model_dump(mode="json", exclude={"device", "compile"})
     checkpoint = model.get("checkpoint")
-    if checkpoint and Path(checkpoint).exists():
-        stat = Path(checkpoint).stat()
-        model["checkpoint_file"] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    if checkpoint and checkpoint != RANDOM and not checkpoint.startswith(HF_PREFIX):
+        weights = checkpoint_path(checkpoint)  # a model folder's weights file: retrained in place, it changes
+        if weights.is_file():
+            stat = weights.stat()
+            model["checkpoint_file"] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
     batch = cfg.batch
     outputs = {"jsonl": batch.jsonl, "coco_panoptic": batch.coco_panoptic, "overlay": batch.overlay,
                "mask_encoding": cfg.sinks.redis.mask_encoding, "resize_in_decoder": cfg.engine.resize_in_decoder}

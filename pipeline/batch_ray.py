@@ -39,6 +39,8 @@ from segstream.pipeline.batch import (
     undelivered_reason,
 )
 from segstream.pipeline.config import BatchPipelineConfig, PipelineConfig
+from segstream.pipeline.metrics import RunMetrics
+from segstream.pipeline.source_states import SourceStates
 
 log = logging.getLogger(__name__)
 
@@ -108,14 +110,18 @@ def process_video(job: VideoJob, cfg_json: str, root: str, actor, labels, board,
     started = time.monotonic()
     outputs = sinks = source = None
     status, reason = "done", ""
-    previous = ["new"]
     stages: list = []
+    undelivered = ""
 
-    def publish_state(state: str, why: str) -> None:  # as the local engine's: to the sinks, not the files
-        event = Event(job.id, "state", time.time(), {"state": state, "previous": previous[0], "reason": why, "reconnects": 0})
-        event.run_id, previous[0] = run_id, state
+    def to_sinks(event: Event) -> None:  # states go to the sinks that stream, not into the files
+        event.run_id = run_id
         for sink in sinks or ():
             sink.publish_event(event)
+
+    states = SourceStates(RunMetrics(), to_sinks)  # the local engine's states, in its format
+
+    def publish_state(state: str, why: str, data: dict | None = None) -> None:
+        states.enter(job.id, state, why, data, quiet=True)
 
     try:
         sinks = _extra_sinks(cfg)  # first: a video that cannot be opened says so on its events stream
@@ -157,9 +163,10 @@ def process_video(job: VideoJob, cfg_json: str, root: str, actor, labels, board,
             board.add.remote(job.id, len(frames))
 
         batch = []
-        for frame in source.frames():
-            if previous[0] == "connecting":
-                publish_state("streaming", f"first frame {frame.width}x{frame.height}")
+        for number, frame in enumerate(source.frames()):
+            if number == 0:
+                publish_state("streaming", f"first frame {frame.width}x{frame.height}",
+                              {"width": frame.width, "height": frame.height, "epoch": frame.epoch})
             batch.append(frame)
             if len(batch) == cfg.engine.batch_size:
                 pending.append((batch, actor.segment.remote(batch)))
@@ -180,7 +187,7 @@ def process_video(job: VideoJob, cfg_json: str, root: str, actor, labels, board,
         for sink in sinks:
             lost.update(getattr(sink, "dropped", {}))
         if any(lost.get(reason) for reason in SINK_DROPS):
-            status, reason = "failed", undelivered_reason(lost)
+            undelivered = undelivered_reason(lost)
     except SegstreamError as error:
         status, reason = "failed", str(error)
         for stage in stages:  # as the local engine: its tracks end, saying it failed (its files are discarded)
@@ -202,6 +209,8 @@ def process_video(job: VideoJob, cfg_json: str, root: str, actor, labels, board,
             written = outputs.commit()
         else:
             outputs.discard()
+    if status == "done" and undelivered:  # as the local engine: its files are whole, a rerun publishes it
+        status, reason = "failed", undelivered
     return {"status": status, "reason": reason, "frames": frames, "outputs": written,
             "decode_errors": source.decode_errors if source else 0, "seconds": time.monotonic() - started,
             "frames_missing": source.frames_missing if source else 0, "damage": source.damage if source else ""}

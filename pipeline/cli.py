@@ -338,12 +338,13 @@ def _run(args: argparse.Namespace) -> int:
         # a live source that lost its camera must not look like a run that finished
         raise SourceError("\n".join(f"source {name} failed: {reason}" for name, reason in report.failed.items()))
     if report is not None and report.undelivered:
-        raise SinkError(undelivered_line(report.undelivered, report.decoded))
+        raise SinkError(undelivered_line(report.undelivered, report.published + sum(report.undelivered.values())))
     return 0
 
 
 def undelivered_line(lost: dict[str, int], results: int) -> str:
-    """The one line for results a sink took and never wrote: the output is incomplete."""
+    """The one line for results a sink took (``results`` in all) and never wrote: the output is
+    incomplete."""
     reasons = ", ".join(f"{reason} {n}" for reason, n in sorted(lost.items()))
     return (f"the output is incomplete: {sum(lost.values())} of {results} results were never written ({reasons}); "
             "the warnings above name the server that stayed away")

@@ -325,6 +325,15 @@ def test_a_rerun_with_other_model_or_outputs_does_the_videos_again(tmp_path, mon
     assert run(model={"score_threshold": 0.5}, batch={"overlay": True}) == (["done"], 0)
     assert (out / "one" / "overlay.mp4").is_file()
     assert manifest(out)[-1]["settings"]["outputs"]["overlay"] is True
+    # a model folder retrained in place: the folder's own size and time do not change (review)
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"weights v1")
+    changes = {"model": {"score_threshold": 0.5, "checkpoint": str(folder)}, "batch": {"overlay": True}}
+    assert run(**changes) == (["done"], 0)
+    assert run(**changes) == ([], 1)
+    (folder / "model.safetensors").write_bytes(b"weights v2, retrained")
+    assert run(**changes) == (["done"], 0)
 
 
 def test_a_damaged_video_is_done_with_its_missing_frames_in_the_table_and_the_manifest(tmp_path):

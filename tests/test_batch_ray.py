@@ -125,10 +125,11 @@ def test_ray_publishes_each_video_s_events_to_redis_as_the_local_engine_does(tmp
             run_batch(cfg, inputs, engine=engine, progress=False)
             client = server.client()
             published[engine] = {
-                vid: [(e.kind, e.data.get("state"), e.data.get("track_id")) for _, f in client.xrange(f"segstream:{vid}:events")
-                      for e in [event_from_wire(f)]]
+                vid: [(e.kind, e.data.get("state"), e.data.get("track_id"), sorted(e.data))
+                      for _, f in client.xrange(f"segstream:{vid}:events") for e in [event_from_wire(f)]]
                 for vid in ("a", "broken")
             }
     assert published["ray"] == published["local"]
-    assert [s for kind, s, _ in published["ray"]["a"] if kind == "state"] == ["connecting", "streaming", "ended"]
+    assert [s for kind, s, _, _ in published["ray"]["a"] if kind == "state"] == ["connecting", "streaming", "ended"]
+    assert "width" in [keys for kind, s, _, keys in published["ray"]["a"] if s == "streaming"][0], "the same data"
     assert published["ray"]["a"][-1][1] == "ended" and published["ray"]["broken"][-1][1] == "failed"

@@ -166,7 +166,7 @@ def test_a_run_survives_redis_killed_mid_run_and_restarted_10_s_later(tmp_path):
     assert process.returncode == 1, err
     lost = reasons["sink_backlog"] + reasons.get("sink_unreachable", 0)
     assert err.strip().splitlines()[-1] == (
-        f"segstream: error: the output is incomplete: {lost} of 190 results were never written "
+        f"segstream: error: the output is incomplete: {lost} of {published + lost} results were never written "
         f"({', '.join(f'{r} {n}' for r, n in sorted(reasons.items()) if r.startswith('sink_'))}); "
         "the warnings above name the server that stayed away"
     )
