@@ -437,7 +437,7 @@ def open_error(error: BaseException, shown: str, open_timeout_s: float) -> Sourc
         return SourceError(f"connection refused by '{shown}' (is the server or camera up?)")
     if isinstance(error, av.error.InvalidDataError):  # a web page, a file of another kind: not going to change
         return InputRefused(f"cannot open '{shown}' as video ({describe_error(error)}) — check that the URL or path "
-                            "is the video itself")
+                            "is the video itself", missing=True)  # no video there (yet: a publisher starting)
     if getattr(error, "errno", None) == errno.ENOTTY:  # a device that is no camera (ioctl refused)
         return InputRefused(f"'{shown}' is not a video capture device — list the cameras with v4l2-ctl --list-devices")
     host = _unknown_host(shown) if getattr(error, "errno", None) == errno.EIO else None

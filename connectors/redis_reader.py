@@ -659,7 +659,7 @@ def tail(stream: str, url: str, count: int | None, follow: bool, out: TextIO | N
         if "WRONGTYPE" not in str(error):
             raise
         kinds = {name: _text(client.type(name)) for name in streams}
-        wrong = next(name for name, kind in kinds.items() if kind not in ("stream", "none"))
+        wrong = next((name for name, kind in kinds.items() if kind not in ("stream", "none")), stream)
         raise SinkError(
             f"'{wrong}' is not a stream (it holds a {kinds[wrong]}) — name a frames stream, as "
             "segstream:<source>:frames"
@@ -670,11 +670,15 @@ def tail(stream: str, url: str, count: int | None, follow: bool, out: TextIO | N
 
 
 def _reconnect(client: redis.Redis, backoff: Backoff) -> None:
-    """Wait until ``client`` answers again (redis-py opens a new connection on the next command)."""
+    """Wait until ``client`` answers again (redis-py opens a new connection on the next command);
+    a server back with other credentials is an error, not something to wait out."""
     while True:
         time.sleep(backoff.next())
         try:
             client.ping()
+        except (redis.AuthenticationError, redis.exceptions.AuthorizationError) as error:  # ConnectionErrors too
+            raise SinkError(f"Redis at {redis_address(client)} came back refusing the credentials: "
+                            f"{error_summary(error)} — check --password / $REDIS_PASSWORD and --username") from None
         except (redis.ConnectionError, redis.TimeoutError):
             continue
         backoff.reset()

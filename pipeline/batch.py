@@ -701,7 +701,7 @@ def load_batch_config(args) -> PipelineConfig:
             apply_override(data, override)
         cfg = validate_config(interpolate(data), schema=BatchPipelineConfig)
     else:
-        from segstream.pipeline.cli import load_checked_config
+        from segstream.pipeline.config import load_checked_config
 
         cfg = load_checked_config(args.config, args.overrides, schema=BatchPipelineConfig)
     updates = {}

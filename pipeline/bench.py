@@ -273,7 +273,7 @@ def print_bench(result: dict[str, Any], out=None) -> None:
 
 
 def main_bench(args) -> int:
-    from segstream.pipeline.cli import load_checked_config
+    from segstream.pipeline.config import load_checked_config
 
     if args.sources < 1:
         raise ConfigError(f"--sources must be at least 1, got {args.sources}")

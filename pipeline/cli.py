@@ -18,15 +18,13 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from segstream.connectors.errors import ConfigError, SegstreamError, SinkError, SourceError
+from segstream.connectors.errors import SegstreamError, SinkError, SourceError
 from segstream.connectors.redis_connection import TlsFiles
 from segstream.pipeline.config import (
     BatchPipelineConfig,
-    ModelConfig,
     PipelineConfig,
-    config_data,
     json_schema,
-    load_config,
+    load_checked_config,
     read_yaml,
 )
 from segstream.pipeline.entry import abort_if_loading
@@ -248,39 +246,6 @@ def _validate(args: argparse.Namespace) -> int:
     else:
         print(f"ok: {len(cfg.sources)} source{'s' if len(cfg.sources) != 1 else ''}, model {model}")
     return 0
-
-
-def load_checked_config(path: str, overrides=(), schema=PipelineConfig) -> PipelineConfig:
-    """``load_config``, whose errors also say what the model's own checks (preset, family, task,
-    weights) find, so that one run of a command lists every mistake."""
-    try:
-        return load_config(path, overrides, schema=schema)
-    except ConfigError as error:
-        raise ConfigError("\n".join([str(error), *_model_errors(path, overrides)])) from None
-
-
-def _model_errors(path: str, overrides) -> list[str]:
-    """What the model's checks say of its section, where the section alone is valid (else the
-    schema's errors already name it)."""
-    from segstream.pipeline.model_factory import check_model_config, check_preset
-
-    section = config_data(path, overrides).get("model") or {}
-    try:
-        model = ModelConfig.model_validate(section, context={"base_dir": Path(path).resolve().parent})
-    except ValueError:  # pydantic's ValidationError: its errors are the config's; the preset may be wrong too
-        names = {key: section[key] for key in ("preset", "family") if isinstance(section, dict) and key in section}
-        try:
-            model = ModelConfig.model_validate(names)
-        except ValueError:
-            return []
-        check = check_preset
-    else:
-        check = check_model_config
-    try:
-        check(model)
-    except ConfigError as error:
-        return [str(error)]
-    return []
 
 
 def _schema(args: argparse.Namespace) -> int:

@@ -613,6 +613,43 @@ def load_config(
     return validate_config(config_data(path, overrides), base_dir=Path(path).resolve().parent, schema=schema)
 
 
+def load_checked_config(
+    path: str | Path, overrides: list[str] | tuple[str, ...] = (), schema: type[PipelineConfig] = PipelineConfig
+) -> PipelineConfig:
+    """``load_config``, whose errors also say what the model's own checks (preset, family, task,
+    weights) find, so that one run of a command lists every mistake."""
+    data = config_data(path, overrides)  # a YAML or ${VAR} error stops here
+    base_dir = Path(path).resolve().parent
+    try:
+        return validate_config(data, base_dir=base_dir, schema=schema)
+    except ConfigError as error:
+        raise ConfigError("\n".join([str(error), *_model_errors(data, base_dir)])) from None
+
+
+def _model_errors(data: dict, base_dir: Path) -> list[str]:
+    """What the model's checks say of its section, where the section alone is valid (else the
+    schema's errors already name it)."""
+    from segstream.pipeline.model_factory import check_model_config, check_preset  # torch: on errors only
+
+    section = data.get("model") or {}
+    try:
+        model = ModelConfig.model_validate(section, context={"base_dir": base_dir})
+    except ValueError:  # pydantic's ValidationError: its errors are the config's; the preset may be wrong too
+        names = {key: section[key] for key in ("preset", "family") if isinstance(section, dict) and key in section}
+        try:
+            model = ModelConfig.model_validate(names)
+        except ValueError:
+            return []
+        check = check_preset
+    else:
+        check = check_model_config
+    try:
+        check(model)
+    except ConfigError as error:
+        return [str(error)]
+    return []
+
+
 def config_data(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> dict:
     """The pipeline description at ``path``, overridden and interpolated, not yet validated."""
     data = read_yaml(path)

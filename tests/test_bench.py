@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from segstream.pipeline.cli import main
 
 DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
@@ -30,7 +32,8 @@ def test_bench_reports_all_three_rates_their_ratios_and_stage_latencies(capsys):
         assert 0 <= row["p50_ms"] <= row["p99_ms"] <= row["max_ms"]
     per_source = result["capture_to_publish_ms_per_source"]
     assert len(per_source) == 2, "each replicated source's own latency"
-    assert max(row["max_ms"] for row in per_source.values()) == result["stages_ms"]["capture_to_publish"]["max_ms"]
+    worst = max(row["max_ms"] for row in per_source.values())
+    assert worst == pytest.approx(result["stages_ms"]["capture_to_publish"]["max_ms"]), "24 frames: every one in both"
 
 
 def test_bench_table_names_each_measurement(capsys):
