@@ -220,6 +220,7 @@ class Client:
         entry each time there is a newer one than the last yielded, skipping what came between;
         waits in a blocking XREAD (no polling). Ends on ``stop()``."""
         name = stream or stream_name(self.stream_pattern, _required(source))
+        self.warn_if_missing(name)
         last = None
         while not self._stop.is_set():
             if last is not None:
@@ -237,6 +238,11 @@ class Client:
 
     def stop(self) -> None:
         self._stop.set()
+
+    def warn_if_missing(self, stream: str) -> None:
+        """Say so when ``stream`` is not there (a mistyped source name would wait in silence)."""
+        if not self.call(self.redis.exists, stream):
+            log.warning("%s", _missing_stream_message(self.redis, stream, "check the source name; waiting for it"))
 
     def close(self) -> None:
         self.stop()
@@ -256,6 +262,9 @@ class Client:
         while True:
             try:
                 reply = command(*args, **kwargs)
+            except (redis.AuthenticationError, redis.exceptions.AuthorizationError) as error:  # ConnectionErrors too
+                raise SinkError(f"Redis at {redis_address(self.redis)} refused the credentials: {error_summary(error)} "
+                                f"— set them with {SDK_ARGUMENTS.password} and {SDK_ARGUMENTS.username}") from None
             except (redis.ConnectionError, redis.TimeoutError, OSError) as error:
                 now = time.monotonic()
                 if down_since is None:
@@ -269,6 +278,8 @@ class Client:
                 if self._stop.wait(self._backoff.next()):
                     raise _Stopped() from None
                 continue
+            except redis.ResponseError as error:  # NoPermissionError too: the server refused the command
+                raise SinkError(_refusal(error, command, args, redis_address(self.redis))) from None
             if down_since is not None:
                 self.reconnects += 1
                 self._backoff.reset()
@@ -351,6 +362,7 @@ class Subscription:
         self._start = start
         self._stop = threading.Event()
         self._pending_cursor: str | None = None
+        client.warn_if_missing(stream)
         self._last_frame: tuple[bytes | None, int] | None = None  # (run id, frame) of the last entry read
         self._claim_cursor = "0-0"
         self._next_claim = 0.0
@@ -495,12 +507,14 @@ class Subscription:
             self._pending_cursor = "0"  # what this consumer held may not have been processed
 
     def _create_group(self, start: str | None = None) -> None:
-        try:
-            self.client.call(self.client.redis.xgroup_create, self.stream, self.group, id=start or self._start,
-                             mkstream=True)
-        except redis.ResponseError as error:
-            if "BUSYGROUP" not in str(error):
-                raise
+        def xgroup_create(stream: str) -> None:
+            try:
+                self.client.redis.xgroup_create(stream, self.group, id=start or self._start, mkstream=True)
+            except redis.ResponseError as error:
+                if "BUSYGROUP" not in str(error):  # the group is there already: fine
+                    raise
+
+        self.client.call(xgroup_create, self.stream)
 
     def _newest_id(self) -> str:
         newest = self.client.call(self.client.redis.xrevrange, self.stream, "+", "-", count=1)
@@ -566,6 +580,9 @@ def _frame_entry(entry_id: str, stream: str, fields, subscription) -> Entry:
 
 
 def _event_entry(entry_id: str, stream: str, fields, subscription) -> EventEntry:
+    if b"frame" in fields and b"event" not in fields:
+        raise SinkError(f"'{stream}' holds frame entries, not events — read it with client.frames(), or name the "
+                        "events stream (segstream:<source>:events)")
     return EventEntry(entry_id, stream, event_from_wire(fields), subscription)
 
 
@@ -750,11 +767,25 @@ def _id_key(entry_id: str) -> tuple[int, int]:
     return int(millis), int(sequence or 0)
 
 
-def _missing_stream_message(client: redis.Redis, stream: str) -> str:
+def _refusal(error: redis.ResponseError, command: Callable, args: tuple, where: str) -> str:
+    """One line for a command Redis refused, saying what to do."""
+    text = error_summary(error)
+    keys = [k for arg in args for k in (arg if isinstance(arg, dict) else [arg]) if isinstance(k, (str, bytes))]
+    key = _text(keys[0]) if keys else "the stream"
+    if isinstance(error, redis.exceptions.NoPermissionError):
+        return (f"Redis at {where} refused: {text} — the user needs read access to {key} (ACL: +@read +@stream, "
+                "and for consumer groups +xgroup +xreadgroup +xack +xautoclaim +xpending)")
+    if text.startswith("WRONGTYPE"):
+        return f"'{key}' is not a stream — name a segstream stream, as segstream:<source>:frames"
+    if "Invalid stream ID" in text:
+        return f"Redis at {where} refused a stream position: {text} — start at \"0\", \"$\" or an entry id (1700000000000-0)"
+    name = getattr(command, "__name__", "a command")
+    return f"Redis at {where} refused {name}: {text}"
+
+
+def _missing_stream_message(client: redis.Redis, stream: str,
+                            advice: str = "check the name, or follow it to wait for entries") -> str:
     found = sorted(_text(key) for key in client.scan_iter(match="*", count=1000, _type="stream"))
     known = ", ".join(found[:10]) + (" ..." if len(found) > 10 else "") if found else "none"
-    return (
-        f"no stream {stream!r} at {redis_address(client)} (streams there: {known}) — "
-        "check the name, or follow it to wait for entries"
-    )
+    return f"no stream {stream!r} at {redis_address(client)} (streams there: {known}) — {advice}"
 

@@ -374,3 +374,23 @@ def test_a_reader_the_stream_s_trimming_overtook_counts_what_it_missed(server, c
     assert [e.frame for e in reader.read(count=10)] == [12, 13, 14]
     assert reader.trimmed == 6  # frames 6 to 11
     assert "about 6 frames were trimmed away by the stream's MAXLEN before this reader got them" in capsys.readouterr().err
+
+
+def test_the_client_says_what_redis_refused_and_names_a_missing_stream(server, client, capsys):
+    # Found probing: raw redis-py errors (tracebacks past the examples' except SegstreamError), and a
+    # mistyped source name that waited in silence.
+    from segstream.client import connect
+
+    client.set("segstream:text:frames", "hello")
+    client.xadd("segstream:real:frames", to_wire_scene("real", 0))
+    reader = connect(server.url)
+    with pytest.raises(SinkError, match="'segstream:text:frames' is not a stream"):
+        reader.newest("text")
+    with pytest.raises(SinkError, match=r'refused a stream position.*start at "0", "\$" or an entry id'):
+        reader.frames("real", start="bogus").read()
+    with pytest.raises(SinkError, match="holds frame entries, not events"):
+        reader.events(stream="segstream:real:frames", start="0").read()
+    configure_logging()
+    reader.frames("reall", start="0")
+    err = capsys.readouterr().err
+    assert "no stream 'segstream:reall:frames'" in err and "streams there: segstream:real:frames" in err
