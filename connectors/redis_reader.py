@@ -340,9 +340,10 @@ class Subscription:
 
     Entries trimmed away (the stream's MAXLEN) while pending for the group, before a consumer
     processed them, are acknowledged (nothing can read them any more), counted in ``trimmed`` and
-    logged as a warning: a consumer that falls that far behind loses them, and says so. Without
-    a group, a reader the stream's trimming overtook (its position is older than the stream's
-    oldest entry) counts the frames it missed (by their frame numbers) in ``trimmed`` too.
+    logged as a warning: a consumer that falls that far behind loses them, and says so. A reader
+    the stream's trimming overtook before it got entries at all (its position is older than the
+    stream's oldest entry), without a group or as its only consumer, counts the frames it missed
+    (by their frame numbers) in ``trimmed`` too.
 
     Iterating follows the stream until ``stop()`` (of the subscription or its client).
     """
@@ -364,6 +365,7 @@ class Subscription:
         self._pending_cursor: str | None = None
         client.warn_if_missing(stream)
         self._last_frame: tuple[bytes | None, int] | None = None  # (run id, frame) of the last entry read
+        self._group_last: str | None = None  # id of the last new entry the group gave this consumer
         self._claim_cursor = "0-0"
         self._next_claim = 0.0
         if group is None:
@@ -414,7 +416,7 @@ class Subscription:
                                        block=self.client._fitted_block(block_ms))
             entries = _entries(reply)
             if entries:
-                self._overtaken(redis_client, entries)
+                self._overtaken(redis_client, entries, self._position)
                 self._position = entries[-1][0]
             return self._decoded(entries)
         try:
@@ -455,7 +457,11 @@ class Subscription:
             block_ms = max(1, min(block_ms, int(1000 * (self._next_claim - time.monotonic())) + 1))
         reply = redis_client.xreadgroup(self.group, self.consumer, {self.stream: ">"}, count=count,
                                         block=self.client._fitted_block(block_ms))
-        return self._decoded(_entries(reply))
+        entries = _entries(reply)
+        if entries:
+            self._overtaken(redis_client, entries, self._group_last or "0")
+            self._group_last = entries[-1][0]
+        return self._decoded(entries)
 
     def _decoded(self, entries: list[tuple[str, dict]]) -> list:
         decoded, trimmed = [], []
@@ -469,22 +475,30 @@ class Subscription:
             self._lost_to_trimming(len(trimmed))
         return decoded
 
-    def _overtaken(self, redis_client: redis.Redis, entries: list[tuple[str, dict]]) -> None:
-        """Count the frames trimmed away between the last entry read and these, when the stream's
-        trimming overtook this reader (frame numbers tell how many; gaps the pipeline's own drops
-        left are not trimming, and a reader not overtaken has none of that kind)."""
+    def _overtaken(self, redis_client: redis.Redis, entries: list[tuple[str, dict]], position: str) -> None:
+        """Count the frames trimmed away between the last entry read (at ``position``) and these,
+        when the stream's trimming overtook this reader (frame numbers tell how many; gaps the
+        pipeline's own drops left are not trimming, and a reader not overtaken has none of that
+        kind). In a group, only as its one consumer: the others take entries of the gap too."""
         previous, self._last_frame = self._last_frame, _frame_of(entries[-1][1])
         first = _frame_of(entries[0][1])
         if previous is None or first is None or previous[0] != first[0] or first[1] <= previous[1] + 1:
             return
-        if self._position in ("0", "0-0", "$"):
+        if position in ("0", "0-0", "$"):
+            return
+        if self.group is not None and not self._only_consumer(redis_client):
             return
         oldest = redis_client.xrange(self.stream, count=1)
-        if oldest and _id_key(_text(oldest[0][0])) > _id_key(self._position):  # where it stood is gone
+        if oldest and _id_key(_text(oldest[0][0])) > _id_key(position):  # where it stood is gone
             missed = first[1] - previous[1] - 1
             self.trimmed += missed
             log.warning("%s: about %d frames were trimmed away by the stream's MAXLEN before this reader got them "
                         "(%d so far) — read faster, or raise sinks.redis.maxlen", self.stream, missed, self.trimmed)
+
+    def _only_consumer(self, redis_client: redis.Redis) -> bool:
+        groups = redis_client.xinfo_groups(self.stream)
+        mine = [g for g in groups if _text(g.get("name", g.get(b"name", b""))) == self.group]
+        return bool(mine) and int(mine[0].get("consumers", mine[0].get(b"consumers", 0))) <= 1
 
     def _ack_trimmed(self, redis_client: redis.Redis) -> None:
         """Acknowledge the group's pending entries older than the stream's oldest one (trimmed)."""

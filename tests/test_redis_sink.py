@@ -394,3 +394,21 @@ def test_the_client_says_what_redis_refused_and_names_a_missing_stream(server, c
     reader.frames("reall", start="0")
     err = capsys.readouterr().err
     assert "no stream 'segstream:reall:frames'" in err and "streams there: segstream:real:frames" in err
+
+
+def test_a_consumer_group_the_stream_s_trimming_overtook_counts_what_it_never_got(server, client, capsys):
+    # Found probing: a slow consumer group lost 158 of 340 frames to MAXLEN with trimmed == 0.
+    from segstream.client import connect
+
+    for index in range(4):
+        client.xadd("segstream:slowgroup:frames", to_wire_scene("slowgroup", index))
+    group = connect(server.url).frames("slowgroup", group="g", consumer="only", start="0", count=2)
+    for entry in group.read() + group.read():
+        entry.ack()
+    for index in range(4, 20):
+        client.xadd("segstream:slowgroup:frames", to_wire_scene("slowgroup", index))
+    client.xtrim("segstream:slowgroup:frames", maxlen=5, approximate=False)  # 15..19 are left
+    configure_logging()
+    assert [e.frame for e in group.read(count=10)] == [15, 16, 17, 18, 19]
+    assert group.trimmed == 11  # frames 4 to 14, never delivered
+    assert "about 11 frames were trimmed away" in capsys.readouterr().err
