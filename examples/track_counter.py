@@ -4,10 +4,12 @@
 
 Run as many as you like with the same --group: each events entry goes to one of them. A
 ``track_started`` adds one to its class in the Redis hash ``segstream:<source>:track_counts``
-(``<label>`` started, ``<label>:ended`` ended), in one Lua script with the XACK, so an entry is
-counted exactly once even when a crashed worker's entries are claimed by another (after
---claim-idle-ms) or delivered twice. Prints the counts on exit (Ctrl-C, or --idle-exit seconds
-without an event). Needs only ``pip install ./clients/python`` (no torch).
+(``<run id>|<label>`` started, ``<run id>|<label>:ended`` ended), in one Lua script with the XACK,
+so an entry is counted exactly once even when a crashed worker's entries are claimed by another
+(after --claim-idle-ms) or delivered twice. Counts are kept per pipeline run: a run that was
+killed never ends its tracks, and the next run (a new run id) starts afresh, so only the newest
+run's tracks are active. Prints the counts on exit (Ctrl-C, or --idle-exit seconds without an
+event). Needs only ``pip install ./clients/python`` (no torch).
 """
 
 from __future__ import annotations
@@ -62,9 +64,9 @@ def main(argv: list[str] | None = None) -> int:
                 last_event = time.monotonic()
                 field = None
                 if event.kind == "track_started":
-                    field = event.data["label"]
+                    field = f"{event.run_id}|{event.data['label']}"
                 elif event.kind == "track_ended":
-                    field = f"{event.data['label']}:ended"
+                    field = f"{event.run_id}|{event.data['label']}:ended"
                 if field is None:
                     events.ack(event)  # other kinds (source states) are not ours to count
                     continue
@@ -73,11 +75,17 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         pass
     totals = {k.decode(): int(v) for k, v in client.redis.hgetall(counts_key(args.source)).items()}
+    newest = client.redis.xrevrange(events.stream, count=1)
+    newest_run = newest[0][1].get(b"run_id", b"").decode() if newest else ""
     client.close()
     print(f"{args.consumer}: counted {counted} events; tracks per class in {counts_key(args.source)}:")
-    for label in sorted(k for k in totals if not k.endswith(":ended")):
-        ended = totals.get(f"{label}:ended", 0)
-        print(f"  {label:12} started {totals[label]:5d}  ended {ended:5d}  active {totals[label] - ended:5d}")
+    runs = sorted({key.split("|", 1)[0] for key in totals}, key=lambda run: run != newest_run)
+    for run in runs:
+        print(f"  run {run or '-'}" + (" (the newest)" if run == newest_run else " (ended or killed: no track active)"))
+        for key in sorted(k for k in totals if k.startswith(f"{run}|") and not k.endswith(":ended")):
+            started, ended = totals[key], totals.get(f"{key}:ended", 0)
+            active = started - ended if run == newest_run else 0
+            print(f"    {key.split('|', 1)[1]:12} started {started:5d}  ended {ended:5d}  active {active:5d}")
     return 0
 
 

@@ -54,7 +54,9 @@ def test_track_counter_counts_each_started_track_once_per_class_across_workers(p
         in first.stdout
     assert "w2: counted 0 events" in again.stdout  # the group already took every entry
     counts = {k.decode(): int(v) for k, v in published.client().hgetall("segstream:cam0:track_counts").items()}
-    assert {k: v for k, v in counts.items() if not k.endswith(":ended")} == dict(expected)
+    (run_id,) = {e.run_id for e in events}
+    assert {k: v for k, v in counts.items() if not k.endswith(":ended")} == {f"{run_id}|{k}": v for k, v in expected.items()}
+    assert f"run {run_id} (the newest)" in first.stdout
     for label, started in expected.items():
         assert f"{label:12} started {started:5d}" in first.stdout
 
@@ -100,3 +102,20 @@ def test_segstream_tail_shows_track_ids_and_with_events_the_events_stream(publis
     assert "track_id=" in started and "label=" in started and "first_frame=" in started
     millis = [int(line.split()[0].split("-")[0]) for line in lines]
     assert millis == sorted(millis)  # one time order
+
+
+def test_track_counter_does_not_count_a_killed_run_s_tracks_as_active(published):
+    # Found probing: after a pipeline was killed (no track_ended), its tracks stayed active for ever.
+    from segstream.connectors.redis_wire import event_to_wire
+    from segstream.models.results import Event
+
+    client = published.client()
+    killed = Event("cam9", "track_started", 1.0, {"track_id": 1, "label": "box", "class_id": 1, "isthing": True})
+    killed.run_id = "killedrun"
+    client.xadd("segstream:cam9:events", event_to_wire(killed))
+    for _, fields in client.xrange("segstream:cam0:events"):
+        client.xadd("segstream:cam9:events", fields)
+    result = run_example("track_counter.py", "--url", published.url, "--source", "cam9", "--idle-exit", "1")
+    assert result.returncode == 0, result.stderr
+    old = result.stdout.split("run killedrun (ended or killed: no track active)")[1]
+    assert "box          started     1  ended     0  active     0" in old
