@@ -208,33 +208,47 @@ class Client:
         return Subscription(self, name, _event_entry, start=start, group=group, consumer=consumer,
                             claim_idle_ms=claim_idle_ms, count=count, block_ms=block_ms)
 
-    def newest(self, source: str | None = None, *, stream: str | None = None) -> Entry | None:
-        """The newest frame entry (XREVRANGE + - COUNT 1), None for an empty stream."""
+    def newest(self, source: str | None = None, *, stream: str | None = None,
+               max_age_s: float | None = None) -> Entry | None:
+        """The newest frame entry (XREVRANGE + - COUNT 1); None for an empty stream, or when the
+        newest entry was written more than ``max_age_s`` ago (a stopped pipeline's last scene is
+        not the present)."""
         name = stream or stream_name(self.stream_pattern, _required(source))
         reply = self.call(self.redis.xrevrange, name, "+", "-", count=1)
-        return _frame_entry(_text(reply[0][0]), name, reply[0][1], None) if reply else None
+        entry = _frame_entry(_text(reply[0][0]), name, reply[0][1], None) if reply else None
+        return entry if entry is not None and _fresh(entry, max_age_s) else None
 
-    def follow_newest(self, source: str | None = None, *, stream: str | None = None,
-                      block_ms: int = 1000) -> Iterator[Entry]:
+    def follow_newest(self, source: str | None = None, *, stream: str | None = None, block_ms: int = 1000,
+                      max_age_s: float | None = None, idle_s: float | None = None) -> Iterator[Entry | None]:
         """Newest-only mode, for consumers that act on the present (a robot): yields the newest
         entry each time there is a newer one than the last yielded, skipping what came between;
-        waits in a blocking XREAD (no polling). Ends on ``stop()``."""
+        waits in a blocking XREAD (no polling). Entries written more than ``max_age_s`` ago are
+        skipped; with ``idle_s``, None is yielded after that long without a fresh entry, so a
+        watchdog can tell "no frames" from "waiting". Ends on ``stop()``."""
         name = stream or stream_name(self.stream_pattern, _required(source))
         self.warn_if_missing(name)
         last = None
+        since = time.monotonic()  # the last yield
         while not self._stop.is_set():
+            if idle_s is not None and time.monotonic() - since >= idle_s:
+                since = time.monotonic()
+                yield None
+            wait_ms = block_ms if idle_s is None else max(1, min(block_ms, int(1000 * (since + idle_s - time.monotonic()))))
             if last is not None:
                 # Wake when anything newer than the last entry arrives, then take the newest.
-                self.call(self.redis.xread, {name: last}, count=1, block=self._fitted_block(block_ms))
+                self.call(self.redis.xread, {name: last}, count=1, block=self._fitted_block(wait_ms))
             reply = self.call(self.redis.xrevrange, name, "+", "-", count=1)
             if not reply:
-                if self._stop.wait(min(block_ms, 1000) / 1000):
+                if self._stop.wait(min(wait_ms, 1000) / 1000):
                     return
                 continue
             entry_id = _text(reply[0][0])
             if entry_id != last:
                 last = entry_id
-                yield _frame_entry(entry_id, name, reply[0][1], None)
+                entry = _frame_entry(entry_id, name, reply[0][1], None)
+                if _fresh(entry, max_age_s):
+                    since = time.monotonic()
+                    yield entry
 
     def stop(self) -> None:
         self._stop.set()
@@ -598,6 +612,11 @@ def _event_entry(entry_id: str, stream: str, fields, subscription) -> EventEntry
         raise SinkError(f"'{stream}' holds frame entries, not events — read it with client.frames(), or name the "
                         "events stream (segstream:<source>:events)")
     return EventEntry(entry_id, stream, event_from_wire(fields), subscription)
+
+
+def _fresh(entry: Entry, max_age_s: float | None) -> bool:
+    """Written no more than ``max_age_s`` ago (by this machine's clock against ``publish_ts``)."""
+    return max_age_s is None or time.time() - entry.publish_ts <= max_age_s
 
 
 def _entries(reply) -> list[tuple[str, dict]]:

@@ -412,3 +412,20 @@ def test_a_consumer_group_the_stream_s_trimming_overtook_counts_what_it_never_go
     assert [e.frame for e in group.read(count=10)] == [15, 16, 17, 18, 19]
     assert group.trimmed == 11  # frames 4 to 14, never delivered
     assert "about 11 frames were trimmed away" in capsys.readouterr().err
+
+
+def test_newest_with_a_maximum_age_skips_a_stopped_pipeline_s_last_scene(server, client):
+    # Found probing: follow_newest() handed a robot a scene 7 minutes old as "newest", and never
+    # returned while nothing came, so a watchdog could not tell "no frames" from "waiting".
+    from segstream.client import connect
+    from segstream.connectors.redis_wire import to_wire
+
+    client.xadd("segstream:aging:frames", to_wire(synthetic_scene("aging", 0), "rle", publish_ts=time.time() - 100))
+    reader = connect(server.url)
+    assert reader.newest("aging").frame == 0
+    assert reader.newest("aging", max_age_s=5) is None
+    newest = reader.follow_newest("aging", max_age_s=5, idle_s=0.3, block_ms=100)
+    assert next(newest) is None, "nothing fresh: the watchdog hears of it"
+    client.xadd("segstream:aging:frames", to_wire(synthetic_scene("aging", 1), "rle"))
+    assert next(e for e in newest if e is not None).frame == 1
+    reader.close()
