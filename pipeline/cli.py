@@ -319,7 +319,10 @@ def build_runtime(
     cfg: PipelineConfig, max_frames: int | None = None, progress=True, metrics=None, stopping=lambda: False
 ) -> Runtime | None:
     """Model, sinks and sources from ``cfg``, assembled into a Runtime ready to ``run()``; None
-    when ``stopping()`` turned true while they were being built (what was built is released)."""
+    when ``stopping()`` turned true while they were being built (what was built is released).
+    For a program that embeds a pipeline: it runs ``runtime.run()`` on a thread of its own and
+    calls ``runtime.stop()`` from any other; no signal handlers and no ``ops.http`` endpoints
+    (``run_pipeline`` has both)."""
     from segstream.pipeline.builders import build_sinks, build_sources
     from segstream.pipeline.model_factory import build_segmenter
     from segstream.pipeline.runtime import Runtime

@@ -56,6 +56,7 @@ _EXPORTS = {
     "Runtime": "segstream.pipeline.runtime",
     "RunReport": "segstream.pipeline.runtime",
     "run_pipeline": "segstream.pipeline.cli",
+    "build_runtime": "segstream.pipeline.cli",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

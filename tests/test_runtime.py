@@ -522,3 +522,28 @@ def test_a_file_sources_streaming_state_carries_its_frame_size_and_epoch(clip):
     streaming = [e.data for e in sink.events if e.kind == "state" and e.data["state"] == "streaming"]
     assert len(streaming) == 1
     assert (streaming[0]["width"], streaming[0]["height"], streaming[0]["epoch"]) == (160, 120, 0)
+
+
+def test_a_program_embeds_a_pipeline_and_stops_it_from_another_thread(tmp_path):
+    # Found probing: run_pipeline on a thread could not be stopped (signals reach the main thread only).
+    import segstream
+    from segstream.pipeline.config import validate_config
+
+    cfg = validate_config({
+        "sources": [{"name": "cam", "type": "synthetic", "width": 64, "height": 48, "fps": 20, "realtime": True,
+                     "num_frames": 100000}],
+        "model": {"device": "cpu"}, "ops": {"http": None},
+        "sinks": {"redis": {"enabled": False}, "files": {"enabled": True, "dir": str(tmp_path)}},
+    })
+    runtime = segstream.build_runtime(cfg, progress=False)
+    reports = []
+    worker = threading.Thread(target=lambda: reports.append(runtime.run()))
+    worker.start()
+    deadline = time.monotonic() + 60
+    while runtime.metrics.source("cam").published < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    runtime.stop()
+    worker.join(timeout=30)
+    assert not worker.is_alive()
+    (report,) = reports
+    assert report.stopped and report.sources["cam"].published >= 3 and report.balanced
