@@ -42,7 +42,7 @@ from segstream.connectors.redis_wire import (
     read_entry,
     stream_name,
 )
-from segstream.models.results import Event, FrameResult, Level, Segments
+from segstream.models.results import NO_TRACK, Event, FrameResult, Level, Segments
 
 log = logging.getLogger("segstream.client")
 
@@ -111,8 +111,9 @@ class Entry:
         return self._masks.mask(int(segment_id))
 
     def track_mask(self, track_id: int) -> np.ndarray:
-        """The mask of the segment that carries ``track_id``; KeyError if none does."""
-        rows = np.flatnonzero(self.segments.track_ids == track_id)
+        """The mask of the segment that carries ``track_id``; KeyError if none does (and for
+        ``NO_TRACK``, which no segment carries: it marks segments not tracked yet)."""
+        rows = np.flatnonzero(self.segments.track_ids == track_id) if track_id != NO_TRACK else np.empty(0)
         if rows.size == 0:
             raise KeyError(f"no segment with track id {track_id} in {self.source} frame {self.frame}")
         return self.mask(int(self.segments.ids[rows[0]]))
@@ -122,10 +123,17 @@ class Entry:
         return {int(i): self.label_map == i for i in self.segments.ids}
 
     def ack(self) -> int:
-        """Acknowledge this entry to the consumer group it was read in."""
+        """Acknowledge this entry to the consumer group it was read in (by the process that read it)."""
         if self._subscription is None or self._subscription.group is None:
-            raise ValueError("only entries read in a consumer group can be acknowledged")
+            raise ValueError("only entries read in a consumer group can be acknowledged, by the process that read them")
         return self._subscription.ack(self)
+
+    def __getstate__(self):  # to hand entries to worker processes: all but the subscription (a connection)
+        return self.id, self.stream, self.result, self._masks
+
+    def __setstate__(self, state) -> None:
+        self.id, self.stream, self.result, self._masks = state
+        self._subscription = None
 
     def __repr__(self) -> str:
         return f"Entry({self.id}, {self.source} frame {self.frame}, {len(self.segments)} segments)"

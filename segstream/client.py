@@ -5,8 +5,9 @@
     client = connect("redis://localhost:6379/0")          # rediss://, password=, username=, tls=
     for entry in client.frames("cam0"):                   # every new frame entry, in order
         things = entry.segments[entry.segments.isthing]   # columns: ids, labels, track_ids, boxes...
-        print(entry.frame, things.labels, things.track_ids)
-        mask = entry.track_mask(int(things.track_ids[0])) if len(things) else None
+        print(entry.frame, things.labels, things.track_ids)   # -1 (NO_TRACK): not tracked yet
+        tracked = things.track_ids[things.track_ids >= 0]
+        mask = entry.track_mask(int(tracked[0])) if len(tracked) else None
 
     newest = client.newest("cam0")                        # only the newest entry (XREVRANGE COUNT 1)
     for entry in client.follow_newest("cam0"): ...        # newest-only mode: never a backlog

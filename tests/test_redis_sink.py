@@ -429,3 +429,30 @@ def test_newest_with_a_maximum_age_skips_a_stopped_pipeline_s_last_scene(server,
     client.xadd("segstream:aging:frames", to_wire(synthetic_scene("aging", 1), "rle"))
     assert next(e for e in newest if e is not None).frame == 1
     reader.close()
+
+
+def test_track_mask_of_no_track_is_a_key_error_not_some_untracked_segment(server, client):
+    # found probing: track_mask(-1) returned the mask of an arbitrary untracked segment
+    from segstream.client import connect
+    from segstream.models.results import NO_TRACK
+
+    client.xadd("segstream:untracked:frames", to_wire_scene("untracked", 0))
+    entry = connect(server.url).newest("untracked")
+    assert (entry.segments.track_ids == NO_TRACK).any(), "the scene must have untracked segments"
+    with pytest.raises(KeyError):
+        entry.track_mask(NO_TRACK)
+
+
+def test_an_entry_read_in_a_group_can_go_to_a_worker_process(server, client):
+    # found probing: pickling failed on the subscription's lock, so a multiprocessing pool could not take entries
+    import pickle
+
+    from segstream.client import connect
+
+    client.xadd("segstream:pickled:frames", to_wire_scene("pickled", 0))
+    (entry,) = connect(server.url).frames("pickled", group="g", start="0").read()
+    copy = pickle.loads(pickle.dumps(entry))
+    assert copy.frame == 0 and (copy.label_map == entry.label_map).all()
+    with pytest.raises(ValueError, match="by the process that read them"):
+        copy.ack()
+    assert entry.ack() == 1
