@@ -81,8 +81,9 @@ class Picture:
     ``time_base`` units (None when the input has none), one frame's duration in the same units,
     Unix time it left the decoder, and the sender's Unix time of it when the stream says.
     ``size``: the frame's displayed (height, width) when ``image`` was scaled down in the decoder.
-    ``skipped``: frames of the input just before this one that the decoder rejected (a source's
-    frame index counts them, so an index is the frame's place in the input)."""
+    ``skipped``: frames of the input just before this one that the decoder rejected, or (a
+    stream's) that were lost before it (a source's frame index counts them, so an index is the
+    frame's place in the input)."""
 
     image: np.ndarray
     pts: int | None
@@ -155,8 +156,9 @@ class InputUnsupported(SourceError):
 class InputRefused(SourceError):
     """The input is not there or not ours: the server refused the credentials or access (401,
     403), or has nothing at that path (404), or the device or file does not exist or may not be
-    read, or what is there is no video (a web page, a device that is no camera). The same URL gets the same answer until someone changes it, the server, its
-    permissions, or plugs the device in. ``missing``: not there (rather than refused)."""
+    read, or what is there is no video (a web page, a device that is no camera). The same URL
+    gets the same answer until someone changes it, the server, its permissions, or plugs the
+    device in. ``missing``: not there (rather than refused)."""
 
     def __init__(self, message: str, missing: bool = False):
         super().__init__(message)

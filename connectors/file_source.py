@@ -63,9 +63,8 @@ class FileSource:
     passes. Packets the decoder rejects are skipped and counted in ``decode_errors``, and leave a
     gap in ``Frame.index`` (an index is the frame's place in the file); frames lost before the
     decoder, and a file that ends early, are told at the end of a pass (``frames_missing``,
-    ``damage``). ``max_frames`` counts
-    frames delivered. A local file
-    is opened in the constructor, so that a bad path fails before the pipeline starts; a URL is
+    ``damage``). ``max_frames`` counts frames delivered. A local file is opened in the
+    constructor, so that a bad path fails before the pipeline starts; a URL is
     opened by ``frames()``. Reading runs on a thread of its own (``CaptureThread``), so
     ``close()`` ends ``frames()`` at once whatever FFmpeg is doing. ``decode_size``, set before
     ``frames()`` (the runtime does, for ``engine.resize_in_decoder``), has frames converted at
