@@ -17,6 +17,7 @@ zstandard only.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import socket
@@ -159,8 +160,15 @@ class EventEntry:
 
     def ack(self) -> int:
         if self._subscription is None or self._subscription.group is None:
-            raise ValueError("only entries read in a consumer group can be acknowledged")
+            raise ValueError("only entries read in a consumer group can be acknowledged, by the process that read them")
         return self._subscription.ack(self)
+
+    def __getstate__(self):  # to hand events to worker processes: all but the subscription (a connection)
+        return self.id, self.stream, self.event
+
+    def __setstate__(self, state) -> None:
+        self.id, self.stream, self.event = state
+        self._subscription = None
 
     def __repr__(self) -> str:
         return f"EventEntry({self.id}, {self.source} {self.kind} {self.data})"
@@ -231,8 +239,11 @@ class Client:
         """Newest-only mode, for consumers that act on the present (a robot): yields the newest
         entry each time there is a newer one than the last yielded, skipping what came between;
         waits in a blocking XREAD (no polling). Entries written more than ``max_age_s`` ago are
-        skipped; with ``idle_s``, None is yielded after that long without a fresh entry, so a
-        watchdog can tell "no frames" from "waiting". Ends on ``stop()``."""
+        skipped (by this machine's clock against the pipeline's ``publish_ts``: keep both on NTP,
+        and the limit above their skew); with ``idle_s``, None is yielded after that long without
+        a fresh entry, so a watchdog can tell "no frames" from "waiting". Ends on ``stop()``."""
+        if idle_s is not None and idle_s <= 0:
+            raise ValueError(f"idle_s must be above 0 (seconds without a fresh entry), got {idle_s}")
         name = stream or stream_name(self.stream_pattern, _required(source))
         self.warn_if_missing(name)
         last = None
@@ -241,7 +252,10 @@ class Client:
             if idle_s is not None and time.monotonic() - since >= idle_s:
                 since = time.monotonic()
                 yield None
-            wait_ms = block_ms if idle_s is None else max(1, min(block_ms, int(1000 * (since + idle_s - time.monotonic()))))
+            wait_ms = block_ms
+            if idle_s is not None:  # wake for the next None; block_ms 0 (for ever) waits as long as that
+                until_idle_ms = max(1, int(1000 * (since + idle_s - time.monotonic())))
+                wait_ms = min(block_ms, until_idle_ms) if block_ms else until_idle_ms
             if last is not None:
                 # Wake when anything newer than the last entry arrives, then take the newest.
                 self.call(self.redis.xread, {name: last}, count=1, block=self._fitted_block(wait_ms))
@@ -262,9 +276,13 @@ class Client:
         self._stop.set()
 
     def warn_if_missing(self, stream: str) -> None:
-        """Say so when ``stream`` is not there (a mistyped source name would wait in silence)."""
-        if not self.call(self.redis.exists, stream):
-            log.warning("%s", _missing_stream_message(self.redis, stream, "check the source name; waiting for it"))
+        """Say so when ``stream`` is not there (a mistyped source name would wait in silence).
+        Only a warning: a user the server does not let look (no EXISTS or SCAN) reads on."""
+        try:
+            if not self.redis.exists(stream):
+                log.warning("%s", _missing_stream_message(self.redis, stream, "check the source name; waiting for it"))
+        except redis.RedisError:
+            pass
 
     def close(self) -> None:
         self.stop()
@@ -278,8 +296,10 @@ class Client:
 
     # --- plumbing ------------------------------------------------------------------------
 
-    def call(self, command: Callable, *args, on_reconnect: Callable[[], None] | None = None, **kwargs) -> Any:
-        """Run one Redis command, riding out connection losses (see the class doc)."""
+    def call(self, command: Callable, *args, on_reconnect: Callable[[], None] | None = None,
+             key: str | None = None, **kwargs) -> Any:
+        """Run one Redis command, riding out connection losses (see the class doc); a refusal is
+        a ``SinkError`` naming ``key`` (the stream it is about)."""
         down_since = None
         while True:
             try:
@@ -301,7 +321,7 @@ class Client:
                     raise _Stopped() from None
                 continue
             except redis.ResponseError as error:  # NoPermissionError too: the server refused the command
-                raise SinkError(_refusal(error, command, args, redis_address(self.redis))) from None
+                raise SinkError(_refusal(error, key or _key_in(args), redis_address(self.redis))) from None
             if down_since is not None:
                 self.reconnects += 1
                 self._backoff.reset()
@@ -363,7 +383,7 @@ class Subscription:
     Entries trimmed away (the stream's MAXLEN) while pending for the group, before a consumer
     processed them, are acknowledged (nothing can read them any more), counted in ``trimmed`` and
     logged as a warning: a consumer that falls that far behind loses them, and says so. A reader
-    the stream's trimming overtook before it got entries at all (its position is older than the
+    the stream's trimming overtook before it got them (its position is older than the
     stream's oldest entry), without a group or as its only consumer, counts the frames it missed
     (by their frame numbers) in ``trimmed`` too.
 
@@ -402,7 +422,7 @@ class Subscription:
         (None: returns at once)."""
         count = count or self.count
         try:
-            return self.client.call(self._read, count, block_ms, on_reconnect=self._reconnected)
+            return self.client.call(self._read, count, block_ms, on_reconnect=self._reconnected, key=self.stream)
         except _Stopped:
             return []
 
@@ -506,21 +526,23 @@ class Subscription:
         first = _frame_of(entries[0][1])
         if previous is None or first is None or previous[0] != first[0] or first[1] <= previous[1] + 1:
             return
-        if position in ("0", "0-0", "$"):
-            return
-        if self.group is not None and not self._only_consumer(redis_client):
-            return
         oldest = redis_client.xrange(self.stream, count=1)
-        if oldest and _id_key(_text(oldest[0][0])) > _id_key(position):  # where it stood is gone
+        if not oldest or _id_key(_text(oldest[0][0])) <= _id_key(position):  # where it stood is still there
+            return
+        if self.group is None or self._only_consumer(redis_client):
             missed = first[1] - previous[1] - 1
             self.trimmed += missed
             log.warning("%s: about %d frames were trimmed away by the stream's MAXLEN before this reader got them "
                         "(%d so far) — read faster, or raise sinks.redis.maxlen", self.stream, missed, self.trimmed)
 
     def _only_consumer(self, redis_client: redis.Redis) -> bool:
-        groups = redis_client.xinfo_groups(self.stream)
-        mine = [g for g in groups if _text(g.get("name", g.get(b"name", b""))) == self.group]
-        return bool(mine) and int(mine[0].get("consumers", mine[0].get(b"consumers", 0))) <= 1
+        """No other consumer of the group read lately (Redis keeps a dead one's name for ever: a
+        restarted consumer has a new one)."""
+        lately_ms = self.claim_idle_ms if self.claim_idle_ms is not None else 60_000
+        consumers = redis_client.xinfo_consumers(self.stream, self.group)
+        others = [c for c in consumers if _text(c.get("name", c.get(b"name", b""))) != self.consumer
+                  and int(c.get("idle", c.get(b"idle", 0))) < lately_ms]
+        return not others
 
     def _ack_trimmed(self, redis_client: redis.Redis) -> None:
         """Acknowledge the group's pending entries older than the stream's oldest one (trimmed)."""
@@ -808,25 +830,28 @@ def _id_key(entry_id: str) -> tuple[int, int]:
     return int(millis), int(sequence or 0)
 
 
-def _refusal(error: redis.ResponseError, command: Callable, args: tuple, where: str) -> str:
-    """One line for a command Redis refused, saying what to do."""
-    text = error_summary(error)
+def _key_in(args: tuple) -> str:
+    """The first key a command's arguments name (a stream, or the first of XREAD's streams)."""
     keys = [k for arg in args for k in (arg if isinstance(arg, dict) else [arg]) if isinstance(k, (str, bytes))]
-    key = _text(keys[0]) if keys else "the stream"
+    return _text(keys[0]) if keys else "the stream"
+
+
+def _refusal(error: redis.ResponseError, key: str, where: str) -> str:
+    """One line for a command Redis refused about ``key``, saying what to do."""
+    text = error_summary(error)
     if isinstance(error, redis.exceptions.NoPermissionError):
-        return (f"Redis at {where} refused: {text} — the user needs read access to {key} (ACL: +@read +@stream, "
-                "and for consumer groups +xgroup +xreadgroup +xack +xautoclaim +xpending)")
+        return (f"Redis at {where} refused: {text} — grant the user that command on {key} (reading takes "
+                "+@read +@stream; consumer groups also +xgroup +xreadgroup +xack +xautoclaim +xpending)")
     if text.startswith("WRONGTYPE"):
         return f"'{key}' is not a stream — name a segstream stream, as segstream:<source>:frames"
     if "Invalid stream ID" in text:
         return f"Redis at {where} refused a stream position: {text} — start at \"0\", \"$\" or an entry id (1700000000000-0)"
-    name = getattr(command, "__name__", "a command")
-    return f"Redis at {where} refused {name}: {text}"
+    return f"Redis at {where} refused a command on {key}: {text}"
 
 
 def _missing_stream_message(client: redis.Redis, stream: str,
                             advice: str = "check the name, or follow it to wait for entries") -> str:
-    found = sorted(_text(key) for key in client.scan_iter(match="*", count=1000, _type="stream"))
+    found = sorted(_text(key) for key in itertools.islice(client.scan_iter(match="*", count=1000, _type="stream"), 50))
     known = ", ".join(found[:10]) + (" ..." if len(found) > 10 else "") if found else "none"
     return f"no stream {stream!r} at {redis_address(client)} (streams there: {known}) — {advice}"
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import redis
 
 from segstream.connectors.embedded_redis import EmbeddedRedis
-from segstream.connectors.errors import ConfigError, SinkError
+from segstream.connectors.errors import ConfigError, SegstreamError, SinkError
 from segstream.connectors.redis_connection import Backoff, TlsFiles, connect_redis, error_summary, redis_address
 from segstream.connectors.redis_reader import StreamReader, summary_line
 from segstream.connectors.redis_wire import (
@@ -438,7 +438,7 @@ class RedisPublisher:
             try:
                 length = self.client.xlen(stream)
                 newest = StreamReader(self.client, stream, decode_masks=False).latest()
-            except redis.RedisError:
+            except (redis.RedisError, SegstreamError):  # a user without XREVRANGE: the report is shorter
                 continue
             line = f"published {count} entries to {stream} (XLEN {length}, MAXLEN ~{self.maxlen})"
             if newest is not None:

@@ -40,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--source", default=os.environ.get("SEGSTREAM_SOURCE", "sample"))
     parser.add_argument("--password", default=os.environ.get("REDIS_PASSWORD") or None)
     parser.add_argument("--count", type=int, default=None, metavar="N", help="stop after N entries (default: never)")
+    parser.add_argument("--max-age", type=float, default=None, metavar="S",
+                        help="leave out entries written more than S seconds ago (a stopped pipeline's last scene)")
     args = parser.parse_args(argv)
     try:
         client = connect(args.url, args.password)
@@ -48,13 +50,16 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     handled = 0
     try:
-        for entry in client.follow_newest(args.source):
+        for entry in client.follow_newest(args.source, max_age_s=args.max_age):
             print(describe(entry), flush=True)
             handled += 1
             if args.count is not None and handled >= args.count:
                 break
     except KeyboardInterrupt:
         pass
+    except SegstreamError as error:  # what Redis refused, in one line
+        print(f"newest_only: error: {error}", file=sys.stderr)
+        return 1
     finally:
         client.close()
     return 0

@@ -74,12 +74,16 @@ def main(argv: list[str] | None = None) -> int:
                                        args=[args.group, event.id, field])
     except KeyboardInterrupt:
         pass
+    except SegstreamError as error:  # what Redis refused, in one line
+        print(f"track_counter: error: {error}", file=sys.stderr)
+        client.close()
+        return 1
     totals = {k.decode(): int(v) for k, v in client.redis.hgetall(counts_key(args.source)).items()}
     newest = client.redis.xrevrange(events.stream, count=1)
     newest_run = newest[0][1].get(b"run_id", b"").decode() if newest else ""
     client.close()
     print(f"{args.consumer}: counted {counted} events; tracks per class in {counts_key(args.source)}:")
-    runs = sorted({key.split("|", 1)[0] for key in totals}, key=lambda run: run != newest_run)
+    runs = sorted({key.split("|", 1)[0] for key in totals}, key=lambda run: (run != newest_run, run))
     for run in runs:
         print(f"  run {run or '-'}" + (" (the newest)" if run == newest_run else " (ended or killed: no track active)"))
         for key in sorted(k for k in totals if k.startswith(f"{run}|") and not k.endswith(":ended")):

@@ -169,6 +169,11 @@ def test_an_acl_user_without_transactions_is_refused_at_start_naming_what_to_gra
                                           commands=["+xadd", "+multi", "+exec", "+@connection"])
     config = write_config(tmp_path, server, certs, password="carol-pw", username="carol")
     assert run_pipeline(load_config(config), progress=False).published == 6
+    # a user with the stream commands but not EXISTS: the end-of-run report reads on (found in review)
+    tls_client(server, certs).acl_setuser("dave", enabled=True, passwords=["+dave-pw"], keys=["segstream:*"],
+                                          commands=["+@stream", "+multi", "+exec", "+@connection"])
+    config = write_config(tmp_path, server, certs, password="dave-pw", username="dave")
+    assert run_pipeline(load_config(config), progress=False).published == 6
 
 
 def test_a_server_that_is_not_redis_is_one_line_for_the_run_tail_and_the_client(capsys):

@@ -402,9 +402,11 @@ def test_a_consumer_group_the_stream_s_trimming_overtook_counts_what_it_never_go
 
     for index in range(4):
         client.xadd("segstream:slowgroup:frames", to_wire_scene("slowgroup", index))
-    group = connect(server.url).frames("slowgroup", group="g", consumer="only", start="0", count=2)
+    group = connect(server.url).frames("slowgroup", group="g", consumer="only", start="0", count=2, claim_idle_ms=200)
+    client.xgroup_createconsumer("segstream:slowgroup:frames", "g", "crashed-before")  # a dead one's name stays
     for entry in group.read() + group.read():
         entry.ack()
+    time.sleep(0.3)  # the dead consumer has been idle longer than claim_idle_ms
     for index in range(4, 20):
         client.xadd("segstream:slowgroup:frames", to_wire_scene("slowgroup", index))
     client.xtrim("segstream:slowgroup:frames", maxlen=5, approximate=False)  # 15..19 are left
@@ -456,3 +458,20 @@ def test_an_entry_read_in_a_group_can_go_to_a_worker_process(server, client):
     with pytest.raises(ValueError, match="by the process that read them"):
         copy.ack()
     assert entry.ack() == 1
+
+
+def test_follow_newest_refuses_an_idle_time_of_zero_and_events_pickle_too(server, client):
+    import pickle
+
+    from segstream.client import connect
+    from segstream.connectors.redis_wire import event_to_wire
+    from segstream.models.results import Event
+
+    reader = connect(server.url)
+    with pytest.raises(ValueError, match="idle_s must be above 0"):
+        next(reader.follow_newest("anything", idle_s=0))
+    client.xadd("segstream:picklev:events", event_to_wire(Event("picklev", "track_started", 1.0, {"track_id": 1})))
+    (event,) = reader.events("picklev", group="g", start="0").read()
+    copy = pickle.loads(pickle.dumps(event))
+    assert copy.kind == "track_started" and copy.data["track_id"] == 1
+    assert event.ack() == 1
