@@ -37,16 +37,34 @@ def tree(root: Path) -> dict[str, bytes]:
             if p.is_file() and p.name not in (MANIFEST, ".lock")}
 
 
-def test_ray_outputs_equal_the_local_engines(tmp_path):
+def test_ray_outputs_and_published_events_equal_the_local_engines(tmp_path):
+    from segstream.connectors.redis_wire import event_from_wire
+    from tests.redis_servers import RedisProcess
+
     videos = [encode_clip(tmp_path / "a.mp4", frames=10), encode_clip(tmp_path / "b.mp4", frames=7)]
     (tmp_path / "broken.mp4").write_bytes(b"not a video" * 50)
     inputs = [str(v) for v in videos] + [str(tmp_path / "broken.mp4")]
-    local, _, _ = run_batch(config(tmp_path / "local"), inputs, engine="local", progress=False)
-    on_ray, _, _ = run_batch(config(tmp_path / "ray"), inputs, engine="ray", progress=False)
+    outcomes, published = {}, {}
+    for engine in ("local", "ray"):
+        cfg = config(tmp_path / engine)
+        with RedisProcess(tmp_path / f"redis-{engine}") as server:
+            cfg.sinks.redis.url = server.url
+            outcomes[engine], _, _ = run_batch(cfg, inputs, engine=engine, progress=False)
+            client = server.client()
+            published[engine] = {  # each video's events, states with their data keys
+                vid: [(e.kind, e.data.get("state"), e.data.get("track_id"), sorted(e.data))
+                      for _, f in client.xrange(f"segstream:{vid}:events") for e in [event_from_wire(f)]]
+                for vid in ("a", "broken")
+            }
+    local, on_ray = outcomes["local"], outcomes["ray"]
     assert sorted((o.job.id, o.status, o.frames) for o in on_ray) == sorted((o.job.id, o.status, o.frames) for o in local)
     assert ("broken", "failed", 0) in [(o.job.id, o.status, o.frames) for o in on_ray]
     outputs = tree(tmp_path / "ray")
     assert outputs and outputs == tree(tmp_path / "local")
+    assert published["ray"] == published["local"]
+    assert [s for kind, s, _, _ in published["ray"]["a"] if kind == "state"] == ["connecting", "streaming", "ended"]
+    assert "width" in [keys for kind, s, _, keys in published["ray"]["a"] if s == "streaming"][0], "the same data"
+    assert published["ray"]["a"][-1][1] == "ended" and published["ray"]["broken"][-1][1] == "failed"
 
 
 def test_ray_resizes_in_the_decoder_as_the_local_engine_does(tmp_path):
@@ -108,28 +126,3 @@ def test_a_killed_worker_is_retried_and_the_manifest_shows_the_video_once(tmp_pa
     assert [json.loads(line)["frame"] for line in lines] == [str(i) for i in range(80)], "whole, each frame once"
     assert len(list((out / "long" / "panoptic").glob("*.png"))) == 80
     assert not (out / ".partial").exists(), "the killed attempt's half-written folder is gone"
-
-
-def test_ray_publishes_each_video_s_events_to_redis_as_the_local_engine_does(tmp_path):
-    from segstream.connectors.redis_wire import event_from_wire
-    from tests.redis_servers import RedisProcess
-
-    videos = [encode_clip(tmp_path / "a.mp4", frames=6)]
-    (tmp_path / "broken.mp4").write_bytes(b"not a video" * 50)
-    inputs = [str(videos[0]), str(tmp_path / "broken.mp4")]
-    published = {}
-    for engine in ("local", "ray"):
-        cfg = config(tmp_path / engine)
-        with RedisProcess(tmp_path / f"redis-{engine}") as server:
-            cfg.sinks.redis.url = server.url
-            run_batch(cfg, inputs, engine=engine, progress=False)
-            client = server.client()
-            published[engine] = {
-                vid: [(e.kind, e.data.get("state"), e.data.get("track_id"), sorted(e.data))
-                      for _, f in client.xrange(f"segstream:{vid}:events") for e in [event_from_wire(f)]]
-                for vid in ("a", "broken")
-            }
-    assert published["ray"] == published["local"]
-    assert [s for kind, s, _, _ in published["ray"]["a"] if kind == "state"] == ["connecting", "streaming", "ended"]
-    assert "width" in [keys for kind, s, _, keys in published["ray"]["a"] if s == "streaming"][0], "the same data"
-    assert published["ray"]["a"][-1][1] == "ended" and published["ray"]["broken"][-1][1] == "failed"
