@@ -282,7 +282,7 @@ class Client:
             if not self.redis.exists(stream):
                 log.warning("%s", _missing_stream_message(self.redis, stream, "check the source name; waiting for it"))
         except redis.RedisError:
-            pass
+            log.debug("could not check that %s exists", stream, exc_info=True)
 
     def close(self) -> None:
         self.stop()
@@ -325,7 +325,8 @@ class Client:
             if down_since is not None:
                 self.reconnects += 1
                 self._backoff.reset()
-                log.warning("Redis at %s is back after %.1f s", redis_address(self.redis), time.monotonic() - down_since)
+                log.warning("reconnected to Redis at %s after %.1f s", redis_address(self.redis),
+                            time.monotonic() - down_since)
                 if on_reconnect is not None:
                     on_reconnect()
             return reply
@@ -591,6 +592,7 @@ class StreamReader:
         self.group = group
         self.decode_masks = decode_masks
         self._sdk = Client(client, give_up_after_s=0)
+        # now, not at the first read: start="$" means from the reader's creation on
         self._subscription = self._sdk.frames(stream=stream, start=start, group=group, consumer=consumer,
                                               claim_idle_ms=claim_idle_ms)
 
@@ -704,16 +706,9 @@ def tail(stream: str, url: str, count: int | None, follow: bool, out: TextIO | N
         for entry_id, name, fields in backlog:
             _print_entry(out, entry_id, name, fields)
             printed += 1
-        backoff = Backoff()
+        sdk = Client(client)  # following is a long watch: it rides out a Redis restart as the SDK does
         while follow:
-            try:
-                reply = client.xread(positions, count=500, block=_TAIL_BLOCK_MS)
-            except (redis.ConnectionError, redis.TimeoutError) as error:
-                # following is a long watch: ride out a Redis restart, as the publisher does
-                log.warning("lost Redis at %s: %s — reconnecting", redis_address(client), error_summary(error))
-                _reconnect(client, backoff)
-                log.warning("reconnected to Redis at %s; following on from where it stopped", redis_address(client))
-                continue
+            reply = sdk.call(client.xread, positions, count=500, block=_TAIL_BLOCK_MS)
             arrived = []
             for name, entries in (reply.items() if isinstance(reply, dict) else reply or []):
                 name = _text(name)
@@ -747,22 +742,6 @@ def tail(stream: str, url: str, count: int | None, follow: bool, out: TextIO | N
     finally:
         client.close()
     return printed
-
-
-def _reconnect(client: redis.Redis, backoff: Backoff) -> None:
-    """Wait until ``client`` answers again (redis-py opens a new connection on the next command);
-    a server back with other credentials is an error, not something to wait out."""
-    while True:
-        time.sleep(backoff.next())
-        try:
-            client.ping()
-        except (redis.AuthenticationError, redis.exceptions.AuthorizationError) as error:  # ConnectionErrors too
-            raise SinkError(f"Redis at {redis_address(client)} came back refusing the credentials: "
-                            f"{error_summary(error)} — check --password / $REDIS_PASSWORD and --username") from None
-        except (redis.ConnectionError, redis.TimeoutError):
-            continue
-        backoff.reset()
-        return
 
 
 def summary_line(entry_id: str, entry: FrameResult) -> str:
@@ -817,9 +796,8 @@ def _millis(entry_id: str) -> int:
 
 def _frame_of(fields: dict) -> tuple[bytes | None, int] | None:
     """(run id, frame number) of a frame entry's fields; None for other entries."""
-    frame = fields.get(b"frame", fields.get("frame"))
     try:
-        return fields.get(b"run_id", fields.get("run_id")), int(frame)
+        return fields.get(b"run_id"), int(fields.get(b"frame"))
     except (TypeError, ValueError):
         return None
 

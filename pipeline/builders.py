@@ -140,7 +140,7 @@ class _Unopened:
         yield  # a generator, as every source's frames()
 
     def close(self) -> None:
-        pass
+        """Nothing was opened."""
 
 
 def _redis_sink(cfg: SinksConfig, embedded_dir: Path | None) -> Sink:
