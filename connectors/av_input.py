@@ -45,7 +45,7 @@ import av
 import numpy as np
 
 from segstream.connectors.errors import SourceError
-from segstream.connectors.urls import redact_url, url_scheme
+from segstream.connectors.urls import exclusive_input, redact_url, url_scheme
 
 logger = logging.getLogger("segstream.sources")
 
@@ -442,6 +442,10 @@ def open_error(error: BaseException, shown: str, open_timeout_s: float) -> Sourc
                             "is the video itself", missing=True)  # no video there (yet: a publisher starting)
     if getattr(error, "errno", None) == errno.ENOTTY:  # a device that is no camera (ioctl refused)
         return InputRefused(f"'{shown}' is not a video capture device — list the cameras with v4l2-ctl --list-devices")
+    if getattr(error, "errno", None) == errno.EIO and exclusive_input(shown) and not shown.startswith("/dev/"):
+        # a listener waits for its sender; FFmpeg's read timeout ends the wait with "Input/output error"
+        return SourceError(f"nothing arrived at '{shown}' while opening it (read timeout) — is the sender "
+                           "streaming to this address and port?")
     host = _unknown_host(shown) if getattr(error, "errno", None) == errno.EIO else None
     if host is not None:  # FFmpeg says only "Input/output error"
         return InputRefused(f"cannot open '{shown}': the host name '{host}' is not known (DNS) — check the URL",

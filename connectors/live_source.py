@@ -55,7 +55,7 @@ from segstream.connectors.clock import Pacer, Timeline
 from segstream.connectors.errors import SourceError
 from segstream.connectors.frames import Frame
 from segstream.connectors.source import StateListener
-from segstream.connectors.urls import redact_url
+from segstream.connectors.urls import exclusive_input, redact_url
 
 logger = logging.getLogger("segstream.sources")
 
@@ -208,6 +208,7 @@ class LiveSource:
         self.decode_size: Callable[[int, int], tuple[int, int]] | None = None
         self._finished_errors = 0
         self._capture: CaptureThread | None = None
+        self._retired: CaptureThread | None = None  # the last session let go, maybe still closing
         self._rng = random.Random(seed)
         self._closed = threading.Event()
         self._lock = threading.Lock()
@@ -245,6 +246,8 @@ class LiveSource:
         self._enter("connecting", f"opening '{self.shown}'", {"url": self.shown})
         try:
             while not self._closed.is_set():
+                if not self._port_released():
+                    break
                 with self._lock:
                     if self._closed.is_set():
                         break
@@ -471,6 +474,23 @@ class LiveSource:
             if capture is not None:
                 self._finished_errors += capture.decode_errors
                 capture.abandon()
+                self._retired = capture
+
+    def _port_released(self) -> bool:
+        """Whether the next session may open (False once closed). An input only one reader may
+        hold (a UDP port, a listener, a capture device) waits for the abandoned session to let it
+        go: opened beside it, it would fail with "address already in use" or "device busy".
+        FFmpeg's own timeouts end that session's read or open; past them (plus a second) the
+        next open goes ahead and says what it finds."""
+        retired = self._retired
+        if retired is None or not exclusive_input(self.target):
+            return not self._closed.is_set()
+        bound_s = max(self.policy.open_timeout_s, self.policy.read_timeout_s) + _FFMPEG_TIMEOUT_MARGIN_S + 1.0
+        deadline = time.monotonic() + bound_s
+        while retired.thread.is_alive() and time.monotonic() < deadline:
+            if self._closed.wait(_POLL_S):
+                return False
+        return not self._closed.is_set()
 
     def close(self) -> None:
         """Stop: ``frames()`` returns within a poll interval whatever the input is doing."""

@@ -45,3 +45,19 @@ def redact_url(url: str, keep_user: bool = False) -> str:
 def url_scheme(target: str) -> str:
     """The lower-case scheme of a URL, '' for a path."""
     return urlsplit(target).scheme.lower() if "://" in target else ""
+
+
+def exclusive_input(target: str) -> bool:
+    """Whether reading ``target`` holds something only one reader may hold at a time: a local
+    port (UDP and RTP, where the sender sends to us; a TCP/RTMP listener, ``?listen=1``; SRT in
+    listener mode) or a capture device (``/dev/video0``: a second reader gets "device busy")."""
+    if target.startswith("/dev/"):
+        return True
+    scheme = url_scheme(target)
+    if scheme in ("udp", "rtp"):
+        return True
+    try:
+        query = dict(parse_qsl(urlsplit(target).query))
+    except ValueError:
+        return False
+    return query.get("listen") in ("1", "2") or query.get("mode") == "listener"

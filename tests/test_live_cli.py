@@ -46,7 +46,7 @@ def _processes_in(folder: Path) -> list[str]:
     return found
 
 
-def test_sigterm_while_a_camera_is_still_opening_exits_within_2_s_and_leaves_nothing_behind(tmp_path):
+def test_sigterm_while_a_camera_is_still_opening_exits_long_before_the_open_timeout_and_leaves_nothing_behind(tmp_path):
     tmpdir = tmp_path / "tmp"
     tmpdir.mkdir()
     with SilentServer() as camera:
@@ -68,7 +68,7 @@ def test_sigterm_while_a_camera_is_still_opening_exits_within_2_s_and_leaves_not
         finally:
             if process.poll() is None:
                 process.kill()
-    assert took < 2.0, took
+    assert took < 10.0, took  # the open timeout is 60 s; a stop that waited for it would take that long
     assert process.returncode == 0, err
     assert "Traceback" not in err and "stopped: 0 frames published" in err
     assert "source gate connecting" in err and "source gate ended: stopped" in err

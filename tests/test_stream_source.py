@@ -117,6 +117,53 @@ def test_mpegts_over_udp(tmp_path):
     assert_streamed(frames, log, 30)
 
 
+def test_a_udp_sender_that_stops_and_comes_back_is_read_again_without_address_in_use():
+    # the abandoned session holds the port until FFmpeg's read returns; opened beside it, the next
+    # session failed with "Address already in use" (a spurious reconnect attempt) before it worked
+    port = free_port()
+    policy = ReconnectPolicy(open_timeout_s=5, read_timeout_s=1, stall_timeout_s=3, delay_s=0.2, max_delay_s=1)
+    source = StreamSource("udp", f"udp://127.0.0.1:{port}", policy=policy)
+    source.on_state = log = StateLog()
+    sender = ["-f", "mpegts", f"udp://127.0.0.1:{port}?pkt_size=1316"]
+    epochs = []
+
+    def consume():
+        for frame in source.frames():
+            epochs.append(frame.epoch)
+
+    thread = threading.Thread(target=consume, daemon=True)
+    thread.start()
+    try:
+        with FfmpegStream(sender):
+            wait_for(lambda: len(epochs) >= 10, 20, "frames from the first sender")
+        wait_for(lambda: "reconnecting" in log.states, 10, "the source to notice the sender stopped")
+        time.sleep(1.0)  # silence while the source opens again (its reconnect delay is 0.2 s)
+        with FfmpegStream(sender):
+            wait_for(lambda: epochs.count(1) >= 10, 20, "frames from the sender started again")
+    finally:
+        source.close()
+        thread.join(5)
+    reasons = [entry[2] for entry in log.entries if entry[1] == "reconnecting"]
+    assert reasons and not any("in use" in reason for reason in reasons), reasons
+    assert log.states.count("streaming") == 2, log.states
+
+
+def test_a_udp_port_nothing_is_sent_to_says_so_instead_of_an_input_output_error():
+    policy = ReconnectPolicy(open_timeout_s=5, read_timeout_s=0.5, delay_s=0.1, max_delay_s=0.2)
+    source = StreamSource("quiet", f"udp://127.0.0.1:{free_port()}", policy=policy)
+    source.on_state = log = StateLog()
+    thread = threading.Thread(target=lambda: list(source.frames()), daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: "reconnecting" in log.states, 20, "the open to give up")
+    finally:
+        source.close()
+        thread.join(5)
+    reason = log.first("reconnecting")[2]
+    assert "nothing arrived at 'udp://127.0.0.1:" in reason and "sender" in reason, reason
+    assert "Input/output error" not in reason
+
+
 def test_mpegts_over_tcp(tmp_path):
     port = free_port()
     with FfmpegStream(["-f", "mpegts", f"tcp://127.0.0.1:{port}?listen=1"]):
