@@ -7,7 +7,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 
-from segstream.connectors.av_input import AVInput, CaptureThread, DisplayOrientation, InputTimeout
+from segstream.connectors.av_input import AVInput, CaptureThread, DisplayOrientation, InputInfo, InputTimeout
 from segstream.connectors.clock import Pacer, Timeline
 from segstream.connectors.errors import SourceError
 from segstream.connectors.frames import Frame
@@ -97,6 +97,7 @@ class FileSource:
         self._lock = threading.Lock()
         self._orientation = DisplayOrientation()  # read once for all the loops of the file
         self.decode_size: Callable[[int, int], tuple[int, int]] | None = None
+        self.info: InputInfo | None = None  # what the open file delivers (codec, frame rate), once opened
         self._input: AVInput | None = None if "://" in self.path else self._open()
 
     @property
@@ -127,6 +128,7 @@ class FileSource:
                     capture.start()
                 if (reading := self.wait_open(capture)) is None:
                     return
+                self.info = reading.info
                 passed = 0
                 coverage = Coverage()
                 for picture in self._pictures(capture):

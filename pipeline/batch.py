@@ -51,6 +51,7 @@ from segstream.pipeline.config import (
     validate_config,
 )
 from segstream.pipeline.metrics import RunMetrics, decode_thread
+from segstream.pipeline.source_states import first_frame
 
 log = logging.getLogger(__name__)
 
@@ -412,8 +413,7 @@ class BatchVideoSource:
             with closing(self._inner.frames()) as frames:
                 for frame in frames:
                     if not self.yielded:
-                        self._state("streaming", f"first frame {frame.width}x{frame.height}",
-                                    {"width": frame.width, "height": frame.height, "epoch": frame.epoch})
+                        self._state("streaming", *first_frame(self._inner, frame))
                     self.yielded += 1
                     yield frame
             if not self._closed.is_set():

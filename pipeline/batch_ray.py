@@ -40,7 +40,7 @@ from segstream.pipeline.batch import (
 )
 from segstream.pipeline.config import BatchPipelineConfig, PipelineConfig
 from segstream.pipeline.metrics import RunMetrics
-from segstream.pipeline.source_states import SourceStates
+from segstream.pipeline.source_states import SourceStates, first_frame
 
 log = logging.getLogger(__name__)
 
@@ -165,8 +165,7 @@ def process_video(job: VideoJob, cfg_json: str, root: str, actor, labels, board,
         batch = []
         for number, frame in enumerate(source.frames()):
             if number == 0:
-                publish_state("streaming", f"first frame {frame.width}x{frame.height}",
-                              {"width": frame.width, "height": frame.height, "epoch": frame.epoch})
+                publish_state("streaming", *first_frame(source, frame))
             batch.append(frame)
             if len(batch) == cfg.engine.batch_size:
                 pending.append((batch, actor.segment.remote(batch)))

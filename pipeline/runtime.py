@@ -40,7 +40,7 @@ from segstream.models.results import Event, FrameResult
 from segstream.models.segmenter import FamilyAdapter
 from segstream.pipeline.engine import Batcher, BufferPolicy, InFlight, ModelStage, engine_layout
 from segstream.pipeline.metrics import RunMetrics, decode_thread
-from segstream.pipeline.source_states import SourceStates
+from segstream.pipeline.source_states import SourceStates, first_frame
 
 THREAD_PREFIX = "segstream-"
 _END = object()
@@ -460,8 +460,7 @@ class Runtime:
             for frame in frames:
                 frame.times["decoded"] = now = time.monotonic()
                 if generic and counts.decoded == 0:
-                    self.states.enter(name, "streaming", f"first frame {frame.width}x{frame.height}",
-                                      {"width": frame.width, "height": frame.height, "epoch": frame.epoch}, quiet=True)
+                    self.states.enter(name, "streaming", *first_frame(source, frame), quiet=True)
                 self.metrics.decoded(name, now)
                 self.metrics.decode_errors(name, getattr(source, "decode_errors", 0))
                 self.metrics.beat(beat, idle="back-pressure")

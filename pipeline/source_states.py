@@ -27,6 +27,19 @@ _LEVELS = {
 }
 
 
+def first_frame(source: object, frame: Any) -> tuple[str, dict[str, Any]]:
+    """The reason and data of the ``streaming`` state a source without states of its own enters
+    at its first frame: the frame's size, and what the opened input delivers (codec, pixel
+    format, frame rate) where the source knows it (``info``, as a file's)."""
+    data: dict[str, Any] = {"width": frame.width, "height": frame.height, "epoch": frame.epoch}
+    reason = f"first frame {frame.width}x{frame.height}"
+    info = getattr(source, "info", None)
+    if info is not None:
+        data.update({key: value for key, value in info.as_dict().items() if key not in ("width", "height")})
+        reason += f" {info.codec}" + (f" at {info.fps:g} fps" if info.fps else "")
+    return reason, data
+
+
 class SourceStates:
     """Takes state transitions from the runtime and from sources that report their own; a
     transition to the current state, or out of ended or failed, is ignored. ``emit`` publishes

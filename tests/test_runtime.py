@@ -515,13 +515,16 @@ def test_without_a_byte_budget_queue_size_alone_bounds_the_queue():
     assert len(batcher.queues[0]) == 8 and not metrics.source("live").dropped_by
 
 
-def test_a_file_sources_streaming_state_carries_its_frame_size_and_epoch(clip):
-    """SCHEMA lists width, height and epoch for ``streaming`` (found probing: only for live sources)."""
+def test_a_file_sources_streaming_state_carries_its_frame_size_epoch_codec_and_rate(clip):
+    """SCHEMA lists width, height, epoch, codec, pixel format and fps for ``streaming`` (found
+    probing: only for live sources; then a file's lacked codec and rate)."""
     sink = CollectingSink()
     Runtime([FileSource("cam0", str(clip))], ColourSegmenter(), [sink], publish_states=True, progress=None).run()
     streaming = [e.data for e in sink.events if e.kind == "state" and e.data["state"] == "streaming"]
     assert len(streaming) == 1
     assert (streaming[0]["width"], streaming[0]["height"], streaming[0]["epoch"]) == (160, 120, 0)
+    assert (streaming[0]["codec"], streaming[0]["pixel_format"], streaming[0]["fps"]) == ("h264", "yuv420p", 10)
+    assert [e.data["reason"] for e in sink.events if e.data.get("state") == "streaming"] == ["first frame 160x120 h264 at 10 fps"]
 
 
 def test_a_program_embeds_a_pipeline_and_stops_it_from_another_thread(tmp_path):
