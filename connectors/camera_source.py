@@ -1,4 +1,5 @@
-"""USB and other V4L2 cameras, read with FFmpeg's v4l2 input through PyAV as a ``LiveSource``."""
+"""USB and other V4L2 cameras, read with FFmpeg's v4l2 input through PyAV (or with OpenCV's
+``VideoCapture``) as a ``LiveSource``."""
 
 from __future__ import annotations
 
@@ -27,6 +28,8 @@ class CameraSource(LiveSource):
 
     ``driver`` is FFmpeg's input format (``v4l2``); None lets FFmpeg probe the device, which is
     how the tests read a file through the very same capture code where no camera exists.
+    ``backend="opencv"`` reads the camera with OpenCV instead (``OpenCVInput``: V4L2 on Linux,
+    the platform's own camera API elsewhere), with the same reconnects, watchdog and states.
     """
 
     def __init__(
@@ -40,8 +43,13 @@ class CameraSource(LiveSource):
         pixel_format: str | None = None,
         policy: ReconnectPolicy = ReconnectPolicy(),
         driver: str | None = "v4l2",
+        backend: str = "ffmpeg",
         seed: int | None = None,
     ):
+        if backend not in ("ffmpeg", "opencv"):
+            raise ValueError(f"unknown camera backend {backend!r} (ffmpeg or opencv)")
+        self.backend = backend
+        self.device = device
         self.requested: dict[str, Any] = {"width": width, "height": height, "fps": fps, "pixel_format": pixel_format}
         self.negotiated: dict[str, Any] | None = None
         options: dict[str, str] = {}
@@ -56,6 +64,13 @@ class CameraSource(LiveSource):
             name, path, policy=policy, format=driver, options=options, low_latency=True, shown=path,
             describe=self._negotiated, seed=seed,
         )
+
+    def _open(self):
+        if self.backend == "ffmpeg":
+            return super()._open()
+        from segstream.connectors.opencv_input import OpenCVInput
+
+        return OpenCVInput(self.device, self.shown, self.requested, scale=self.decode_size)
 
     def _negotiated(self, info: InputInfo, picture: Picture) -> dict[str, Any]:
         pixel_format = next((k for k, v in PIXEL_FORMATS.items() if v in (info.codec, info.pixel_format)), None)

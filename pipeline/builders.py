@@ -79,6 +79,7 @@ def _camera_source(cfg: CameraSourceConfig) -> VideoSource:
         fps=cfg.fps,
         pixel_format=cfg.pixel_format,
         policy=_reconnect_policy(cfg),
+        backend=cfg.backend,
     )
 
 

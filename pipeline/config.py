@@ -163,7 +163,9 @@ class StreamSourceConfig(_LiveSourceKeys):
 class CameraSourceConfig(_LiveSourceKeys):
     """A USB or other V4L2 camera by index (0 is /dev/video0) or device path, always live.
     ``width``/``height``, ``fps`` and ``pixel_format`` are requested (null: the driver's
-    choice); what the camera grants is logged and reported in its ``streaming`` state."""
+    choice); what the camera grants is logged and reported in its ``streaming`` state.
+    ``backend``: ``ffmpeg`` (FFmpeg's v4l2 input; counts decode errors and lost frames) or
+    ``opencv`` (OpenCV's VideoCapture: V4L2 on Linux, the platform's camera API elsewhere)."""
 
     name: SourceName
     type: Literal["camera"]
@@ -172,6 +174,7 @@ class CameraSourceConfig(_LiveSourceKeys):
     height: PositiveInt | None = None
     fps: PositiveFloat | None = None
     pixel_format: Literal["MJPG", "YUYV"] | None = None
+    backend: Literal["ffmpeg", "opencv"] = "ffmpeg"
 
     @field_validator("device")
     @classmethod

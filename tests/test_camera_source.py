@@ -11,6 +11,7 @@ import subprocess
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from segstream.connectors.camera_source import CameraSource
@@ -102,12 +103,13 @@ def _loopback_device() -> str | None:
 @pytest.mark.skipif(_loopback_device() is None or not shutil.which("ffmpeg"),
                     reason="no v4l2loopback device here (this VM has no /dev/video*); the file test above runs "
                            "the same capture code")
-def test_camera_source_on_a_v4l2_loopback_device():
+@pytest.mark.parametrize("backend", ["ffmpeg", "opencv"])
+def test_camera_source_on_a_v4l2_loopback_device(backend):
     device = _loopback_device()
     feeder = subprocess.Popen([FFMPEG, "-v", "error", "-re", "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=15",
                                "-pix_fmt", "yuyv422", "-f", "v4l2", device])
     try:
-        source = CameraSource("usb", device, width=320, height=240, pixel_format="YUYV")
+        source = CameraSource("usb", device, width=320, height=240, pixel_format="YUYV", backend=backend)
         log = _states(source)
         frames = _take(source, 10)
     finally:
@@ -115,3 +117,49 @@ def test_camera_source_on_a_v4l2_loopback_device():
     assert len(frames) == 10 and frames[0].image.shape == (240, 320, 3)
     streaming = next(data for state, _, data in log if state == "streaming")
     assert streaming["negotiated"]["pixel_format"] == "YUYV"
+
+
+def test_the_opencv_backend_on_a_file_because_this_vm_has_no_video_device_reads_and_reports_what_was_granted(clip):
+    source = CameraSource("usb", str(clip), width=320, height=240, fps=30, backend="opencv")
+    log = _states(source)
+    frames = _take(source, 12)
+    assert [f.index for f in frames] == list(range(12)) and frames[0].image.shape == (120, 160, 3)
+    pts = [f.pts_seconds for f in frames]
+    assert all(b > a for a, b in zip(pts, pts[1:])), pts
+    streaming = next(data for state, _, data in log if state == "streaming")
+    assert streaming["requested"] == {"width": 320, "height": 240, "fps": 30, "pixel_format": None}
+    assert (streaming["negotiated"]["width"], streaming["negotiated"]["height"]) == (160, 120)
+    assert streaming["negotiated"]["fps"] == 10.0
+    # the same pixels as FFmpeg's reading of the file (both RGB, both the same decoder underneath)
+    ffmpeg_frames = _take(CameraSource("usb", str(clip), driver=None), 3)
+    for mine, theirs in zip(frames, ffmpeg_frames):
+        assert np.abs(mine.image.astype(int) - theirs.image.astype(int)).mean() < 3
+
+
+def test_an_opencv_session_that_ends_reconnects_with_indices_and_timestamps_going_on(clip):
+    # the file's end stands in for an unplugged camera: the read fails, the session ends
+    source = CameraSource("usb", str(clip), backend="opencv", policy=ReconnectPolicy(delay_s=0.05, max_delay_s=0.1))
+    log = _states(source)
+    frames = _take(source, 50)  # the clip has 40
+    assert [f.index for f in frames] == list(range(50))
+    assert {f.epoch for f in frames[:40]} == {0} and {f.epoch for f in frames[40:]} == {1}
+    pts = [f.pts_seconds for f in frames]
+    assert all(b > a for a, b in zip(pts, pts[1:]))
+    assert [state for state, _, _ in log][:4] == ["connecting", "streaming", "reconnecting", "streaming"]
+
+
+def test_the_opencv_backend_says_when_a_camera_is_not_there():
+    source = CameraSource("usb", "/dev/video97", backend="opencv", policy=ReconnectPolicy(delay_s=0.05))
+    log = _states(source)
+    with pytest.raises(SourceError, match="'/dev/video97' does not exist"):
+        list(source.frames())
+    assert [state for state, _, _ in log] == ["connecting", "failed"]
+
+
+def test_a_camera_backend_is_checked_in_the_config():
+    from segstream.connectors.errors import ConfigError
+    from segstream.pipeline.config import validate_config
+
+    with pytest.raises(ConfigError, match=r"sources\[0\].backend: Input should be 'ffmpeg' or 'opencv'"):
+        validate_config({"sources": [{"name": "c", "type": "camera", "backend": "gstreamer"}],
+                         "model": {"preset": "synthetic_eomt_tiny_256"}})
