@@ -30,4 +30,9 @@ class CheckpointError(SegstreamError):
 
 
 class WireFormatError(SegstreamError):
-    """A Redis stream entry is not in a schema version this reader understands."""
+    """A Redis stream entry is not in a schema version this reader understands. ``entry_id``
+    names the entry when a subscription read it (to acknowledge it in a consumer group)."""
+
+    def __init__(self, message: str, entry_id: str | None = None):
+        super().__init__(message)
+        self.entry_id = entry_id

@@ -18,19 +18,22 @@ zstandard only.
 from __future__ import annotations
 
 import itertools
+import json
 import logging
+import math
 import os
 import socket
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any, TextIO
 
 import numpy as np
 import redis
 
-from segstream.connectors.errors import SinkError
+from segstream.connectors.errors import SinkError, WireFormatError
 from segstream.connectors.redis_connection import (
     COMMAND_LINE, Backoff, SettingNames, TlsFiles, connect_redis, error_summary, redis_address,
 )
@@ -61,12 +64,14 @@ class Entry:
     decoded on first use.
     """
 
-    __slots__ = ("id", "stream", "result", "_masks", "_subscription")
+    __slots__ = ("id", "stream", "result", "seq", "_masks", "_subscription")
 
-    def __init__(self, entry_id: str, stream: str, result: FrameResult, masks: EncodedMasks, subscription=None):
+    def __init__(self, entry_id: str, stream: str, result: FrameResult, masks: EncodedMasks, subscription=None,
+                 seq: int | None = None):
         self.id = entry_id
         self.stream = stream
         self.result = result
+        self.seq = seq  # the entry's number in its stream (a gap: entries trimmed away), None if unnumbered
         self._masks = masks
         self._subscription = subscription
 
@@ -130,10 +135,10 @@ class Entry:
         return self._subscription.ack(self)
 
     def __getstate__(self):  # to hand entries to worker processes: all but the subscription (a connection)
-        return self.id, self.stream, self.result, self._masks
+        return self.id, self.stream, self.result, self.seq, self._masks
 
     def __setstate__(self, state) -> None:
-        self.id, self.stream, self.result, self._masks = state
+        self.id, self.stream, self.result, self.seq, self._masks = state
         self._subscription = None
 
     def __repr__(self) -> str:
@@ -144,12 +149,13 @@ class EventEntry:
     """One entry of a source's events stream: ``kind`` (``track_started``, ``track_ended``,
     ``state``, ...), ``ts`` (Unix seconds), ``data`` (its details), ``run_id``."""
 
-    __slots__ = ("id", "stream", "event", "_subscription")
+    __slots__ = ("id", "stream", "event", "seq", "_subscription")
 
-    def __init__(self, entry_id: str, stream: str, event: Event, subscription=None):
+    def __init__(self, entry_id: str, stream: str, event: Event, subscription=None, seq: int | None = None):
         self.id = entry_id
         self.stream = stream
         self.event = event
+        self.seq = seq  # the entry's number in its stream, None if unnumbered
         self._subscription = subscription
 
     source = property(lambda self: self.event.source)
@@ -164,10 +170,10 @@ class EventEntry:
         return self._subscription.ack(self)
 
     def __getstate__(self):  # to hand events to worker processes: all but the subscription (a connection)
-        return self.id, self.stream, self.event
+        return self.id, self.stream, self.event, self.seq
 
     def __setstate__(self, state) -> None:
-        self.id, self.stream, self.event = state
+        self.id, self.stream, self.event, self.seq = state
         self._subscription = None
 
     def __repr__(self) -> str:
@@ -385,8 +391,13 @@ class Subscription:
     processed them, are acknowledged (nothing can read them any more), counted in ``trimmed`` and
     logged as a warning: a consumer that falls that far behind loses them, and says so. A reader
     the stream's trimming overtook before it got them (its position is older than the
-    stream's oldest entry), without a group or as its only consumer, counts the frames it missed
-    (by their frame numbers) in ``trimmed`` too.
+    stream's oldest entry), without a group or as its only consumer, counts the entries it missed
+    (by their ``seq``; entries of older pipelines by frame numbers) in ``trimmed`` too.
+
+    An entry that cannot be decoded (another schema version, a malformed field) raises
+    ``WireFormatError`` naming it (``entry_id``; in a group, ``ack(error.entry_id)`` once it is
+    dealt with) and is counted in ``malformed``; the entries read with it come with the next
+    ``read()`` or iteration, so one bad entry costs only itself.
 
     Iterating follows the stream until ``stop()`` (of the subscription or its client).
     """
@@ -402,12 +413,15 @@ class Subscription:
         self.block_ms = block_ms
         self.claimed = 0  # entries taken over from other consumers
         self.trimmed = 0  # pending entries MAXLEN trimmed away before they were processed
+        self.malformed = 0  # entries that could not be decoded (each raised WireFormatError once)
+        self._held: deque[tuple[str, dict]] = deque()  # read, not yet handed over (after a malformed one)
         self._parse = parse
         self._start = start
         self._stop = threading.Event()
         self._pending_cursor: str | None = None
         client.warn_if_missing(stream)
-        self._last_frame: tuple[bytes | None, int] | None = None  # (run id, frame) of the last entry read
+        # (seq, (run id, frame)) of the last entry read
+        self._last_numbers: tuple[int | None, tuple[bytes | None, int] | None] | None = None
         self._group_last: str | None = None  # id of the last new entry the group gave this consumer
         self._claim_cursor = "0-0"
         self._next_claim = 0.0
@@ -422,6 +436,8 @@ class Subscription:
         """Up to ``count`` entries in stream order; waits up to ``block_ms`` when none are there
         (None: returns at once)."""
         count = count or self.count
+        if self._held:  # what an earlier read got after a malformed entry
+            return self._take_held()
         try:
             return self.client.call(self._read, count, block_ms, on_reconnect=self._reconnected, key=self.stream)
         except _Stopped:
@@ -507,34 +523,58 @@ class Subscription:
         return self._decoded(entries)
 
     def _decoded(self, entries: list[tuple[str, dict]]) -> list:
-        decoded, trimmed = [], []
-        for entry_id, fields in entries:
-            if not fields:
-                trimmed.append(entry_id)  # a pending entry that MAXLEN trimmed away meanwhile
-                continue
-            decoded.append(self._parse(entry_id, self.stream, fields, self))
+        trimmed = [entry_id for entry_id, fields in entries if not fields]  # pending entries MAXLEN trimmed meanwhile
         if trimmed and self.group is not None:
             self.client.redis.xack(self.stream, self.group, *trimmed)
             self._lost_to_trimming(len(trimmed))
+        self._held.extend((entry_id, fields) for entry_id, fields in entries if fields)
+        return self._take_held()
+
+    def _take_held(self) -> list:
+        """The entries read and not yet handed over, decoded, up to the first one that cannot be:
+        that one is raised by the next call (``WireFormatError`` with its ``entry_id``), and the
+        ones after it come with the call after that, so a malformed entry costs only itself."""
+        decoded = []
+        while self._held:
+            entry_id, fields = self._held[0]
+            try:
+                parsed = self._parse(entry_id, self.stream, fields, self)
+            except WireFormatError as error:
+                if decoded:
+                    return decoded
+                self._held.popleft()
+                self.malformed += 1
+                raise WireFormatError(f"entry {entry_id} of {self.stream}: {error}", entry_id) from None
+            self._held.popleft()
+            decoded.append(parsed)
         return decoded
 
     def _overtaken(self, redis_client: redis.Redis, entries: list[tuple[str, dict]], position: str) -> None:
-        """Count the frames trimmed away between the last entry read (at ``position``) and these,
-        when the stream's trimming overtook this reader (frame numbers tell how many; gaps the
-        pipeline's own drops left are not trimming, and a reader not overtaken has none of that
-        kind). In a group, only as its one consumer: the others take entries of the gap too."""
-        previous, self._last_frame = self._last_frame, _frame_of(entries[-1][1])
-        first = _frame_of(entries[0][1])
-        if previous is None or first is None or previous[0] != first[0] or first[1] <= previous[1] + 1:
+        """Count the entries trimmed away between the last entry read (at ``position``) and these,
+        when the stream's trimming overtook this reader. The entries' ``seq`` tells how many
+        exactly, across a pipeline's restart too; entries of older pipelines without it, their
+        frame numbers, within one run (a gap the pipeline's own drops left counts too: "about").
+        In a group, only as its one consumer: the others take entries of the gap too."""
+        previous, self._last_numbers = self._last_numbers, (_seq_of(entries[-1][1]), _frame_of(entries[-1][1]))
+        first = (_seq_of(entries[0][1]), _frame_of(entries[0][1]))
+        if previous is None:
+            return
+        if previous[0] is not None and first[0] is not None:
+            missed, about = first[0] - previous[0] - 1, ""  # negative: numbered afresh (a stream deleted)
+        elif previous[1] is not None and first[1] is not None and previous[1][0] == first[1][0]:
+            missed, about = first[1][1] - previous[1][1] - 1, "about "
+        else:
+            return
+        if missed <= 0:
             return
         oldest = redis_client.xrange(self.stream, count=1)
         if not oldest or _id_key(_text(oldest[0][0])) <= _id_key(position):  # where it stood is still there
             return
         if self.group is None or self._only_consumer(redis_client):
-            missed = first[1] - previous[1] - 1
             self.trimmed += missed
-            log.warning("%s: about %d frames were trimmed away by the stream's MAXLEN before this reader got them "
-                        "(%d so far) — read faster, or raise sinks.redis.maxlen", self.stream, missed, self.trimmed)
+            log.warning("%s: %s%d entries were trimmed away by the stream's MAXLEN before this reader got them "
+                        "(%d so far) — read faster, or raise sinks.redis.maxlen", self.stream, about, missed,
+                        self.trimmed)
 
     def _only_consumer(self, redis_client: redis.Redis) -> bool:
         """No other consumer of the group read lately (Redis keeps a dead one's name for ever: a
@@ -636,14 +676,14 @@ class _Stopped(Exception):
 
 def _frame_entry(entry_id: str, stream: str, fields, subscription) -> Entry:
     result, masks = read_entry(fields)
-    return Entry(entry_id, stream, result, masks, subscription)
+    return Entry(entry_id, stream, result, masks, subscription, _seq_of(fields))
 
 
 def _event_entry(entry_id: str, stream: str, fields, subscription) -> EventEntry:
     if b"frame" in fields and b"event" not in fields:
         raise SinkError(f"'{stream}' holds frame entries, not events — read it with client.frames(), or name the "
                         "events stream (segstream:<source>:events)")
-    return EventEntry(entry_id, stream, event_from_wire(fields), subscription)
+    return EventEntry(entry_id, stream, event_from_wire(fields), subscription, _seq_of(fields))
 
 
 def _fresh(entry: Entry, max_age_s: float | None) -> bool:
@@ -700,7 +740,7 @@ def tail(stream: str, url: str, count: int | None, follow: bool, out: TextIO | N
                 found = list(reversed(client.xrevrange(name, "+", "-", count=count))) if count > 0 else []
             backlog += [(_text(i), name, f) for i, f in found]
             positions[name] = _text(found[-1][0]) if found else _newest(client, name)
-        backlog.sort(key=lambda item: _millis(item[0]))
+        backlog.sort(key=_time_order)
         if count is not None and count >= 0:
             backlog = backlog[-count:] if count else []
         for entry_id, name, fields in backlog:
@@ -716,7 +756,7 @@ def tail(stream: str, url: str, count: int | None, follow: bool, out: TextIO | N
                     for entry_id, fields in batch:
                         arrived.append((_text(entry_id), name, fields))
                         positions[name] = _text(entry_id)
-            for entry_id, name, fields in sorted(arrived, key=lambda item: _millis(item[0])):
+            for entry_id, name, fields in sorted(arrived, key=_time_order):
                 _print_entry(out, entry_id, name, fields)
                 printed += 1
     except KeyboardInterrupt:
@@ -794,11 +834,34 @@ def _millis(entry_id: str) -> int:
     return int(entry_id.partition("-")[0])
 
 
+def _time_order(item: tuple[str, str, dict]) -> tuple[int, float, int]:
+    """The order of (entry id, stream, fields) of a source's two streams: by Redis's clock (ms);
+    within one millisecond, an event after the entry of the frame it was written at (its
+    ``data.frame``), events without one after the frames."""
+    entry_id, _, fields = item
+    frame = _frame_of(fields)
+    if frame is not None and b"event" not in fields:
+        return _millis(entry_id), frame[1], 0
+    try:
+        written_at = json.loads(fields[b"data"]).get("frame")
+    except (KeyError, TypeError, ValueError, AttributeError):
+        written_at = None
+    return _millis(entry_id), math.inf if written_at is None else float(written_at), 1
+
+
 def _frame_of(fields: dict) -> tuple[bytes | None, int] | None:
     """(run id, frame number) of a frame entry's fields; None for other entries."""
     try:
         return fields.get(b"run_id"), int(fields.get(b"frame"))
     except (TypeError, ValueError):
+        return None
+
+
+def _seq_of(fields: dict) -> int | None:
+    """An entry's ``seq`` (its number in the stream); None for entries written without one."""
+    try:
+        return int(fields[b"seq"])
+    except (KeyError, TypeError, ValueError):
         return None
 
 

@@ -121,6 +121,9 @@ class RedisPublisher:
         self.on_dropped: DroppedCallback | None = None
         self._queue: deque[_Outgoing] = deque()
         self._queued_bytes = 0
+        # per stream, the `seq` of the last entry written (docs/SCHEMA.md): read from the stream's
+        # last entry before the first write, so that it goes on across runs
+        self._seq: dict[str, int] = {}
         self._where = redis_address(client)
         self._connected = True
         self._down_since: float | None = None
@@ -350,16 +353,27 @@ class RedisPublisher:
 
     def _send(self, batch: list[_Outgoing]) -> bool:
         """One MULTI/EXEC of the batch; False when the connection failed (the batch stays queued)."""
+        try:
+            for stream in {item.stream for item in batch} - self._seq.keys():
+                self._seq[stream] = self._last_seq(stream)
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as error:
+            self._last_error = error_summary(error)
+            return False
         now = time.time()
         stamp = repr(now)
         pipe = self.client.pipeline(transaction=True)
+        numbered = dict(self._seq)
         for item in batch:
             if item.result is not None:
                 item.fields["publish_ts"] = stamp
+            numbered[item.stream] += 1
+            item.fields["seq"] = str(numbered[item.stream])
             pipe.xadd(item.stream, item.fields, maxlen=self.maxlen, approximate=True)
         try:
             results = pipe.execute(raise_on_error=False)
         except (redis.ConnectionError, redis.TimeoutError, OSError) as error:
+            # not written (or its reply lost): numbered afresh when sent again, so that entries
+            # dropped from the backlog meanwhile leave no gap a reader would count as trimmed
             self._last_error = error_summary(error)
             return False
         except redis.RedisError as error:
@@ -371,6 +385,7 @@ class RedisPublisher:
         finally:
             pipe.reset()
         self.batches_sent += 1
+        self._seq = numbered  # a refused entry's number is skipped: it was never written, and says so
         refused = [(item.stream, r) for item, r in zip(batch, results) if isinstance(r, Exception)]
         written = [item for item, r in zip(batch, results) if not isinstance(r, Exception)]
         self.published += len(written)
@@ -388,6 +403,22 @@ class RedisPublisher:
                 f"{error_summary(error)}) — {_advice(error)}"
             )
         return True
+
+    def _last_seq(self, stream: str) -> int:
+        """The ``seq`` of the stream's last entry (0: none, or written without one). A producer
+        allowed to write but not to read the stream starts at 0: readers then see the numbers go
+        back, as after a stream deleted, and start counting afresh."""
+        try:
+            last = self.client.xrevrange(stream, count=1)
+        except redis.ResponseError as error:
+            log.debug("cannot read the last entry of %s (%s): its seq starts at 1", stream, error_summary(error))
+            return 0
+        if not last:
+            return 0
+        try:
+            return int(last[0][1].get(b"seq", last[0][1].get("seq", 0)))
+        except (TypeError, ValueError):
+            return 0
 
     # --- outages ----------------------------------------------------------------------------
 

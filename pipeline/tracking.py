@@ -21,7 +21,8 @@ class TrackingStage:
     """Gives the segments of one source's results their track ids (a runtime ``FrameStage``).
 
     Each event's ``data`` holds ``track_id``, ``class_id``, ``label``, ``isthing``,
-    ``first_frame``, ``last_frame`` and ``frames_seen``; ``track_ended`` adds ``reason``
+    ``first_frame``, ``last_frame``, ``frames_seen`` and ``frame`` (the frame it was written
+    at); ``track_ended`` adds ``reason``
     (``lost``: unseen for more than ``max_lost`` frames; ``end``: the source ended;
     ``capacity``: more than ``max_tracks`` tracks; ``frame_size``: the frame size changed).
     """
@@ -31,6 +32,7 @@ class TrackingStage:
         self.tracker = SegmentTracker(settings)
         self._labels: dict[int, str] = {}  # class id -> label, as the model names it (bounded by its label set)
         self._last_ts: float | None = None  # the time of the last result's frame
+        self._last_frame: int | None = None  # and its index
 
     def process(self, result: FrameResult) -> FrameResult:
         if result.segment_map is None:
@@ -45,16 +47,17 @@ class TrackingStage:
         for class_id, label in zip(segments.class_ids.tolist(), segments.labels.tolist()):
             self._labels[class_id] = label
         self._last_ts = result.capture_ts or time.time()
-        result.events.extend(self._event(e, self._last_ts) for e in update.events)
+        self._last_frame = result.index
+        result.events.extend(self._event(e, self._last_ts, result.index) for e in update.events)
         return result
 
     def finish(self, reason: str = "end") -> list[Event]:
         """The source ended (or failed: ``reason="failed"``): every track ends with that reason,
         at its last frame's time."""
         ts = self._last_ts if self._last_ts is not None else time.time()
-        return [self._event(e, ts) for e in self.tracker.finish(reason)]
+        return [self._event(e, ts, self._last_frame) for e in self.tracker.finish(reason)]
 
-    def _event(self, event: TrackEvent, ts: float) -> Event:
+    def _event(self, event: TrackEvent, ts: float, frame: int | None) -> Event:
         data = {
             "track_id": event.track_id,
             "class_id": event.class_id,
@@ -63,6 +66,7 @@ class TrackingStage:
             "first_frame": event.first_frame,
             "last_frame": event.last_frame,
             "frames_seen": event.frames_seen,
+            "frame": frame,  # the frame the event was written at: it follows that frame's entry
         }
         if event.kind == "ended":
             data["reason"] = event.reason

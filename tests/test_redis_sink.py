@@ -237,6 +237,22 @@ def test_tail_with_events_keeps_entries_of_one_millisecond_in_their_streams_orde
     assert [line.split()[2] for line in out.getvalue().splitlines()] == ["frame=0", "frame=1", "frame=2", "track_ended"]
 
 
+def test_tail_with_events_puts_an_event_after_the_frame_it_was_written_at(server, client):
+    """Found probing: frame 1 was printed before frame 0's track_started (one millisecond)."""
+    from segstream.connectors.redis_wire import event_to_wire, to_wire
+    from segstream.models.results import Event
+
+    for index in range(3):
+        client.xadd("segstream:cam1:frames", to_wire(synthetic_scene("cam1", index), "rle"), id=f"1000-{index}")
+    client.xadd("segstream:cam1:events", event_to_wire(Event("cam1", "track_started", 1.0, {"track_id": 4, "frame": 0})),
+                id="1000-0")
+    client.xadd("segstream:cam1:events", event_to_wire(Event("cam1", "state", 1.0, {"state": "ended"})), id="1000-1")
+    out = io.StringIO()
+    assert tail("segstream:cam1:frames", server.url, count=None, follow=False, out=out, events=True) == 5
+    assert [line.split()[2] for line in out.getvalue().splitlines()] == [
+        "frame=0", "track_started", "frame=1", "frame=2", "state"]
+
+
 def test_tail_of_a_missing_stream_names_the_streams_there(server, client):
     client.xadd("segstream:cam9:frames", {"v": "1"})
 
@@ -373,7 +389,66 @@ def test_a_reader_the_stream_s_trimming_overtook_counts_what_it_missed(server, c
     configure_logging()
     assert [e.frame for e in reader.read(count=10)] == [12, 13, 14]
     assert reader.trimmed == 6  # frames 6 to 11
-    assert "about 6 frames were trimmed away by the stream's MAXLEN before this reader got them" in capsys.readouterr().err
+    assert "about 6 entries were trimmed away by the stream's MAXLEN before this reader got them" in capsys.readouterr().err
+
+
+def test_entries_are_numbered_per_stream_and_the_numbers_go_on_across_runs(client):
+    from segstream.models.results import Event
+
+    first = RedisPublisher(client, pipeline_size=2)
+    for index in range(3):
+        first.publish(synthetic_scene("cam0", index))
+    first.publish_event(Event("cam0", "state", 1.0, {"state": "ended"}))
+    first.close()
+    second = RedisPublisher(client, pipeline_size=2)  # the next run
+    for index in range(2):
+        second.publish(synthetic_scene("cam0", index))
+    second.close()
+    assert [int(f[b"seq"]) for _, f in client.xrange("segstream:cam0:frames")] == [1, 2, 3, 4, 5]
+    assert [int(f[b"seq"]) for _, f in client.xrange("segstream:cam0:events")] == [1]
+
+
+def test_a_reader_overtaken_across_a_pipeline_restart_counts_exactly_what_it_missed(server, client, capsys):
+    # Found probing: trimming across a new run_id was not counted at all, and the pipeline's own
+    # drops (gaps in frame numbers) were counted as trimmed (91 counted where 11 were trimmed).
+    from segstream.client import connect
+
+    run_a = RedisPublisher(client, pipeline_size=1)
+    for index in (0, 1, 2, 3, 4, 5, 6, 8, 9, 11):  # 7 and 10 dropped by the pipeline (queue full)
+        run_a.publish(synthetic_scene("restart", index))
+    run_a.close()
+    reader = connect(server.url).frames("restart", start="0", count=2)
+    assert [e.seq for e in reader.read()] == [1, 2]
+    run_b = RedisPublisher(client, pipeline_size=1)
+    for index in range(8):
+        run_b.publish(synthetic_scene("restart", index))
+    run_b.close()
+    client.xtrim("segstream:restart:frames", maxlen=5, approximate=False)  # run B's frames 3 to 7 are left
+    configure_logging()
+    entries = reader.read(count=10)
+    assert [e.frame for e in entries] == [3, 4, 5, 6, 7] and [e.seq for e in entries] == [14, 15, 16, 17, 18]
+    assert reader.trimmed == 11  # run A's last 8 entries and run B's first 3
+    assert "11 entries were trimmed away" in capsys.readouterr().err
+
+
+def test_a_malformed_entry_costs_only_itself(server, client):
+    # Found probing: the entries read with a malformed one were never delivered.
+    from segstream.client import connect
+    from segstream.connectors.errors import WireFormatError
+
+    client.xadd("segstream:poison:frames", to_wire_scene("poison", 0))
+    bad = client.xadd("segstream:poison:frames", {**to_wire_scene("poison", 1), "v": "2"})
+    for index in (2, 3):
+        client.xadd("segstream:poison:frames", to_wire_scene("poison", index))
+    for group in (None, "g"):
+        reader = connect(server.url).frames("poison", start="0", group=group)
+        assert [e.frame for e in reader.read()] == [0]
+        with pytest.raises(WireFormatError, match="schema v2") as raised:
+            reader.read()
+        assert raised.value.entry_id == bad.decode() and reader.malformed == 1
+        assert [e.frame for e in reader.read()] == [2, 3]
+        if group is not None:
+            assert reader.ack(raised.value.entry_id) == 1
 
 
 def test_the_client_says_what_redis_refused_and_names_a_missing_stream(server, client, capsys):
@@ -413,7 +488,7 @@ def test_a_consumer_group_the_stream_s_trimming_overtook_counts_what_it_never_go
     configure_logging()
     assert [e.frame for e in group.read(count=10)] == [15, 16, 17, 18, 19]
     assert group.trimmed == 11  # frames 4 to 14, never delivered
-    assert "about 11 frames were trimmed away" in capsys.readouterr().err
+    assert "about 11 entries were trimmed away" in capsys.readouterr().err
 
 
 def test_newest_with_a_maximum_age_skips_a_stopped_pipeline_s_last_scene(server, client):

@@ -187,13 +187,13 @@ def test_a_one_frame_blip_never_gets_an_id_nor_an_event():
     assert tracker.tracks == []
 
 
-def test_bounded_state_over_ten_thousand_frames_of_things_coming_and_going():
+def test_bounded_state_over_three_thousand_frames_of_things_coming_and_going():
     settings = TrackerSettings(max_lost=20, max_tracks=12)
     tracker = SegmentTracker(settings)
     rng = np.random.default_rng(1)
     things = []  # [class, x, y, vx, r]
     largest, started, ended = 0, 0, 0
-    for f in range(10_000):
+    for f in range(3_000):
         if rng.random() < 0.08:
             things.append([int(rng.integers(DISC, BOX + 1)), -10.0, float(rng.uniform(15, H - 15)),
                            float(rng.uniform(1, 4)), int(rng.integers(5, 12))])
@@ -206,7 +206,7 @@ def test_bounded_state_over_ten_thousand_frames_of_things_coming_and_going():
         largest = max(largest, len(tracker.tracks))
         assert all(t.crop.size <= W * H for t in tracker.tracks)
         assert all(len(t.votes) <= 2 for t in tracker.tracks)
-    assert started > 500, "many things must have come and gone"
+    assert started > 150, "many things must have come and gone"
     assert largest <= settings.max_tracks
     assert len(tracker.stuff) == 2
     assert started - ended == sum(t.track_id != NO_TRACK for t in tracker.tracks) + 2  # + 2 stuff tracks
@@ -248,11 +248,12 @@ def test_the_stage_fills_the_track_columns_and_emits_started_and_ended_events():
     assert [(e.kind, e.ts) for e in events] == [("track_started", 1001.0), ("track_ended", 1006.0)]
     assert events[1].data == {
         "track_id": int(disc[1].track_ids[0]), "class_id": DISC, "label": "disc", "isthing": True,
-        "first_frame": 0, "last_frame": 4, "frames_seen": 5, "reason": "lost",
+        "first_frame": 0, "last_frame": 4, "frames_seen": 5, "reason": "lost", "frame": 6,
     }
+    assert events[0].data["frame"] == 1  # written at the frame that confirmed it, after that frame's entry
     final = stage.finish()
-    assert {(e.kind, e.data["label"], e.data["reason"]) for e in final} == {
-        ("track_ended", "sky", "end"), ("track_ended", "grass", "end")}
+    assert {(e.kind, e.data["label"], e.data["reason"], e.data["frame"]) for e in final} == {
+        ("track_ended", "sky", "end", 7), ("track_ended", "grass", "end", 7)}
 
 
 def pipeline_config(clip, **tracking):
