@@ -30,8 +30,11 @@ RUN pip install --constraint constraints.txt .
 # tini as PID 1: it passes SIGTERM on to segstream (which drains and exits) and reaps children
 RUN apt-get update && apt-get install -y --no-install-recommends tini && rm -rf /var/lib/apt/lists/*
 
-RUN useradd --system --create-home --uid 10001 segstream
+RUN useradd --system --create-home --uid 10001 segstream \
+    && mkdir /opt/segstream/runs && chown segstream /opt/segstream/runs
 USER segstream
+# relative output folders (runs/out, runs/preview, runs/batch) go here: mount a volume on it
+VOLUME /opt/segstream/runs
 
 # JSON log lines for the container's log driver; metrics and health on ops.http (see the config)
 ENV SEGSTREAM_LOG_FORMAT=json \

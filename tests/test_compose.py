@@ -34,7 +34,7 @@ def test_segstream_service_runs_the_mounted_config_on_one_gpu(services):
     assert {"SEGSTREAM_REDIS_URL", "REDIS_PASSWORD"} <= set(app["environment"])
     assert app["environment"]["REDIS_PASSWORD"] == "${REDIS_PASSWORD:-}"
     assert set(app["volumes"]) == {
-        "./configs:/config:ro", "./models/weights:/weights:ro", "./samples:/samples:ro"
+        "./configs:/config:ro", "./models/weights:/weights:ro", "./samples:/samples:ro", "runs:/opt/segstream/runs"
     }
     (device,) = app["deploy"]["resources"]["reservations"]["devices"]
     assert device == {"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}
@@ -72,7 +72,7 @@ def test_the_config_compose_runs_is_valid_with_the_mounts_compose_makes(services
     from segstream.pipeline.config import load_config
 
     app = services["segstream"]
-    mounts = {container: host for host, container, _ in (volume.split(":") for volume in app["volumes"])}
+    mounts = {volume.split(":")[1]: volume.split(":")[0] for volume in app["volumes"]}
     config_host = ROOT / mounts["/config"].removeprefix("./") / "pipeline.yaml"
     assert config_host.is_file(), "compose runs /config/pipeline.yaml, which configs/ must hold"
     monkeypatch.setenv("SEGSTREAM_REDIS_URL", app["environment"]["SEGSTREAM_REDIS_URL"])
@@ -165,6 +165,23 @@ def test_consumer_runs_the_example_with_redis_from_the_environment(services):
     assert consumer["working_dir"] == "/opt/segstream"
     assert consumer["environment"]["SEGSTREAM_REDIS_URL"] == "redis://redis:6379/0"
     assert consumer["depends_on"]["redis"]["condition"] == "service_healthy"
+
+
+def test_relative_outputs_land_in_a_volume_the_image_s_user_may_write(compose):
+    # Found probing: sinks.files.dir runs/out resolved to /opt/segstream/runs/out, owned by root
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "chown segstream /opt/segstream/runs" in dockerfile and "VOLUME /opt/segstream/runs" in dockerfile
+    assert re.search(r"WORKDIR /opt/segstream\n", dockerfile)
+    assert "runs:/opt/segstream/runs" in compose["services"]["segstream"]["volumes"]
+    assert "runs" in compose["volumes"]  # named: docker copies the image folder's owner into it
+
+
+def test_no_password_on_a_command_line(compose):
+    # Found probing: the healthcheck's `redis-cli -a <password>` showed it in ps every 5 s
+    for name, service in compose["services"].items():
+        check = " ".join(map(str, (service.get("healthcheck") or {}).get("test", [])))
+        assert " -a " not in check and "--pass" not in check, name
+    assert "REDISCLI_AUTH" in " ".join(compose["services"]["redis"]["healthcheck"]["test"])
 
 
 def test_secrets_come_from_the_environment(compose):
