@@ -209,7 +209,8 @@ class AVInput:
 
     ``target`` is what FFmpeg opens (path, URL, device), ``shown`` how messages name it (the
     redacted URL). ``format`` forces a demuxer (``v4l2``); ``options`` are FFmpeg's format and
-    protocol options. ``timeout`` = (open, read) seconds, enforced by PyAV's interrupt callback.
+    protocol options. ``timeout`` = (open, read) seconds, enforced by PyAV's interrupt callback
+    ``grace_s`` later (messages name ``timeout``).
     ``low_latency`` asks the decoder to output each frame as soon as it can. ``scale``, when set,
     gives for a displayed (height, width) the size the model scales a frame to; frames larger than
     that are converted to RGB at that size in one step (FFmpeg's bilinear, area-aware when
@@ -228,6 +229,7 @@ class AVInput:
         orientation: DisplayOrientation | None = None,
         scale: Callable[[int, int], tuple[int, int]] | None = None,
         lost_are_errors: bool = False,
+        grace_s: float = 0.0,
     ):
         self.target = target
         self.scale = scale
@@ -244,7 +246,10 @@ class AVInput:
         self.last_read = time.monotonic()  # when FFmpeg last handed over a packet
         self.orientation = orientation if orientation is not None else DisplayOrientation()
         try:
-            self.container = av.open(target, format=format, options=options or {}, timeout=timeout)
+            # FFmpeg's own deadlines come ``grace_s`` after the caller's (a watchdog that acts on
+            # the caller's); messages name the caller's
+            self.container = av.open(target, format=format, options=options or {},
+                                     timeout=(timeout[0] + grace_s, timeout[1] + grace_s))
         except Exception as error:
             raise open_error(error, self.shown, timeout[0]) from None
         try:
@@ -437,6 +442,11 @@ def open_error(error: BaseException, shown: str, open_timeout_s: float) -> Sourc
         return InputRefused(f"cannot open '{shown}': {describe_error(error)}", missing=True)
     if isinstance(error, av.error.ConnectionRefusedError):
         return SourceError(f"connection refused by '{shown}' (is the server or camera up?)")
+    if isinstance(error, av.error.InvalidDataError) and url_scheme(shown) not in ("", "file", "http", "https"):
+        # FFmpeg's answer to an RTSP/RTMP/TCP server that accepted and then hung up or said nothing
+        # within its socket timeout: a camera booting or at its session limit; retried
+        return SourceError(f"'{shown}' answered nothing usable ({describe_error(error)}): the server accepted the "
+                           "connection, then closed it or stayed silent")
     if isinstance(error, av.error.InvalidDataError):  # a web page, a file of another kind: not going to change
         return InputRefused(f"cannot open '{shown}' as video ({describe_error(error)}) — check that the URL or path "
                             "is the video itself", missing=True)  # no video there (yet: a publisher starting)

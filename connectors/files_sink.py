@@ -4,19 +4,23 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import time
 from pathlib import Path
 from typing import IO, Iterator
 
-from segstream.connectors.errors import SinkError
+from segstream.connectors.errors import SinkError, WireFormatError
 from segstream.connectors.redis_wire import event_to_wire, to_wire
 from segstream.connectors.sink import WrittenCallback
 from segstream.models.results import Event, FrameResult
 
+log = logging.getLogger("segstream.sinks")
+
 
 class FilesSink:
     """One JSONL file per source, ``<dir>/<source>.jsonl``, and one of its events,
-    ``<dir>/<source>.events.jsonl``; each run rewrites them.
+    ``<dir>/<source>.events.jsonl``; each run appends to them (its entries carry its
+    ``run_id``): a restarted pipeline never wipes what the last one wrote.
 
     Each line is one Redis stream entry (``segstream.connectors.redis_wire`` schema) as a JSON
     object of the same fields; the binary fields (``idmap``, ``levels_idmap``) are base64 text.
@@ -66,7 +70,7 @@ class FilesSink:
         key = str(path)
         if key not in self._files:
             try:
-                self._files[key] = path.open("w", encoding="utf-8")
+                self._files[key] = path.open("a", encoding="utf-8")
             except OSError as error:
                 raise SinkError(f"cannot open '{path}' for writing: {error.strerror}") from None
         return self._files[key]
@@ -91,10 +95,23 @@ def entry_line(entry: dict[str, bytes | str]) -> str:
 
 
 def read_entries(path: str | Path) -> Iterator[dict[str, bytes | str]]:
-    """The entries of a ``FilesSink`` file, as field maps for ``redis_wire.from_wire``."""
-    with Path(path).open(encoding="utf-8") as f:
-        for line in f:
-            entry = json.loads(line)
+    """The entries of a ``FilesSink`` file, as field maps for ``redis_wire.from_wire``. A last
+    line cut short (the writer stopped in the middle of it: killed, or the disk full) is left
+    out with a warning; any other line that is not an entry raises ``WireFormatError`` naming
+    the file and line."""
+    with Path(path).open(encoding="utf-8", errors="replace") as f:
+        for number, line in enumerate(f, 1):
+            try:
+                entry = json.loads(line)
+                if not isinstance(entry, dict):
+                    raise ValueError("not a JSON object")
+            except ValueError as error:
+                if not line.endswith("\n") and not f.read(1):
+                    log.warning("%s: its last line (%d) is cut short, left out: the run writing it stopped in "
+                                "the middle of it", path, number)
+                    return
+                raise WireFormatError(f"{path}, line {number}: not an entry ({error}) — is this a segstream "
+                                      "files output?") from None
             for binary in ("idmap", "levels_idmap"):
                 if binary in entry:
                     entry[binary] = base64.b64decode(entry[binary])

@@ -219,16 +219,16 @@ class LiveSource:
         return self._finished_errors + (capture.decode_errors if capture is not None else 0)
 
     def _open(self) -> AVInput:
-        margin = _FFMPEG_TIMEOUT_MARGIN_S
         return AVInput(
             self.target,
             self.shown,
             format=self.format,
             options=self.options,
-            timeout=(self.policy.open_timeout_s + margin, self.policy.read_timeout_s + margin),
+            timeout=(self.policy.open_timeout_s, self.policy.read_timeout_s),
             low_latency=self.low_latency,
             scale=self.decode_size,
             lost_are_errors=True,
+            grace_s=_FFMPEG_TIMEOUT_MARGIN_S,
         )
 
     def frames(self) -> Iterator[Frame]:

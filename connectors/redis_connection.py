@@ -109,7 +109,8 @@ def connect_redis(
         client.ping()
     except (redis.AuthenticationError, redis.exceptions.AuthorizationError) as error:
         client.close()
-        who = f"user {username!r}" if username else "the default user"
+        user = username or client.connection_pool.connection_kwargs.get("username")  # or the URL's
+        who = f"user {user!r}" if user else "the default user"
         raise SinkError(
             f"Redis at {where} refused the credentials of {who}: {error_summary(error)} — "
             f"set the right password, {names.password}, and user, {names.username}"

@@ -456,7 +456,8 @@ class Runtime:
             self.metrics.beat(beat)
             if generic:
                 self.states.enter(name, "connecting", "starting", quiet=True)
-            frames = iter(source.frames())
+            # stopped before it began (a signal while the model loaded): never opened, never dialled
+            frames = iter(()) if self._stop_requested else iter(source.frames())
             for frame in frames:
                 frame.times["decoded"] = now = time.monotonic()
                 if generic and counts.decoded == 0:

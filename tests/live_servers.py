@@ -150,6 +150,19 @@ class SilentServer:
             sock.close()
 
 
+class HangUpServer(SilentServer):
+    """Accepts TCP connections and closes each at once (a camera at its session limit)."""
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                sock, _ = self.listener.accept()
+            except OSError:
+                return
+            self.accepted.append((time.monotonic(), sock))
+            sock.close()
+
+
 class StaticHttpServer:
     """Serves a folder over HTTP on loopback (for HLS playlists and segments ffmpeg writes)."""
 

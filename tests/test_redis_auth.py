@@ -68,6 +68,16 @@ def test_an_acl_user_publishes_with_its_own_password(tmp_path, tls_server):
     assert client.xlen("segstream:cam0:frames") == 6
 
 
+def test_a_wrong_password_names_the_user_the_url_gives(tls_server):
+    # Found probing: rediss://pub:wrong@... was reported as "the default user"
+    server, certs = tls_server
+    tls = TlsFiles(str(certs["ca"]), str(certs["client_cert"]), str(certs["client_key"]))
+    url = server.url.replace("rediss://", "rediss://alice:not-the-password@")
+    with pytest.raises(SinkError, match="refused the credentials of user 'alice'") as raised:
+        connect_redis(url, tls=tls)
+    assert "not-the-password" not in str(raised.value)
+
+
 @pytest.mark.parametrize("username", [None, "alice"])
 def test_a_wrong_password_is_one_clear_line(tmp_path, tls_server, capsys, username):
     server, certs = tls_server

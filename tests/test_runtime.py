@@ -377,6 +377,27 @@ def test_a_failed_source_s_tracks_end_saying_so_and_its_failed_state_comes_last(
     assert [e for e in sink.log if e[0] == "ok"][-2:] == [("ok", "track_ended", "end"), ("ok", "state", "ended")]
 
 
+def test_a_second_run_appends_to_the_files_and_a_torn_last_line_is_left_out_with_a_warning(clip, segmenter,
+                                                                                         tmp_path, caplog):
+    # Found probing: a crash-restarted pipeline wiped the last run's files; a line a full disk cut
+    # short made read_entries fail with a bare JSONDecodeError
+    from segstream.connectors.errors import WireFormatError
+
+    for run in ("first", "second"):
+        sink = FilesSink(tmp_path / "out")
+        Runtime([FileSource("a", str(clip), max_frames=2)], segmenter, [sink], progress=None, run_id=run).run()
+    path = tmp_path / "out" / "a.jsonl"
+    assert [e["run_id"] for e in read_entries(path)] == ["first", "first", "second", "second"]
+    whole = path.read_text()
+    path.write_text(whole + whole.splitlines()[0][:50])  # the disk filled in the middle of a line
+    with caplog.at_level("WARNING", logger="segstream.sinks"):
+        assert len(list(read_entries(path))) == 4
+    assert "its last line (5) is cut short" in caplog.text
+    path.write_text(whole.splitlines()[0][:50] + "\n" + whole)
+    with pytest.raises(WireFormatError, match=r"a.jsonl, line 1: not an entry"):
+        list(read_entries(path))
+
+
 def test_files_sink_writes_wire_entries_per_source(clip, segmenter, tmp_path):
     sink = FilesSink(tmp_path / "out", mask_encoding="idmap")
     sources = [FileSource("a", str(clip), max_frames=5), FileSource("b", str(clip), max_frames=3)]

@@ -20,6 +20,7 @@ from segstream.pipeline.runtime import Runtime
 from tests.conftest import ColourSegmenter
 from tests.live_servers import (
     FfmpegStream,
+    HangUpServer,
     RecordingSink,
     RtspCamera,
     SilentServer,
@@ -162,6 +163,44 @@ def test_a_udp_port_nothing_is_sent_to_says_so_instead_of_an_input_output_error(
     reason = log.first("reconnecting")[2]
     assert "nothing arrived at 'udp://127.0.0.1:" in reason and "sender" in reason, reason
     assert "Input/output error" not in reason
+
+
+@pytest.mark.parametrize("server_kind", [HangUpServer, SilentServer])
+def test_an_rtsp_server_that_hangs_up_or_stays_silent_before_the_first_frame_is_retried(server_kind):
+    # Found probing: FFmpeg says "Invalid data found" for both, and the source failed for good as
+    # if the URL were a web page: a camera booting or at its session limit was never retried
+    policy = ReconnectPolicy(open_timeout_s=30, read_timeout_s=0.5, delay_s=0.05, max_delay_s=0.1, max_reconnects=2)
+    with server_kind() as server:
+        source = StreamSource("busy", f"rtsp://127.0.0.1:{server.port}/cam", policy=policy)
+        source.on_state = log = StateLog()
+        with pytest.raises(SourceError, match="gave up after 2 reconnect attempts"):
+            list(source.frames())
+        assert server.connections >= 3
+    assert log.states == ["connecting", "reconnecting", "reconnecting", "failed"], log.entries
+    assert "not retried" not in log.entries[-1][2]
+
+
+def test_ffmpegs_own_timeout_names_the_configured_value_not_its_grace():
+    # Found probing: open_timeout_s 8 was reported as "timed out after 9 s" (FFmpeg's deadline
+    # is a second after the watchdog's)
+    from segstream.connectors.av_input import AVInput, InputTimeout
+
+    with SilentServer() as server:
+        with pytest.raises(InputTimeout, match=r"timed out after 0.5 s opening .*\(open timeout\)") as raised:
+            AVInput(f"tcp://127.0.0.1:{server.port}", timeout=(0.5, 0.5), grace_s=0.5)
+    assert raised.value.timeout_s == 0.5
+
+
+def test_a_run_stopped_before_it_began_never_dials_its_cameras():
+    # Found probing: SIGTERM while the model loaded said "stopping", then opened all 8 cameras
+    with SilentServer() as server:
+        source = StreamSource("cam", f"rtsp://127.0.0.1:{server.port}/cam", policy=QUICK)
+        runtime = Runtime([source], ColourSegmenter(), [RecordingSink()], progress=None)
+        runtime.stop()
+        report = runtime.run()
+        time.sleep(0.2)  # a dial would have reached the server by now
+        assert server.connections == 0
+    assert report.published == 0 and report.sources["cam"].state == "ended"
 
 
 def test_mpegts_over_tcp(tmp_path):
