@@ -374,6 +374,7 @@ class Runtime:
             }),
             required=kwargs.pop("required", [s.name for s in cfg.sources if s.required]),
             resize_in_decoder=kwargs.pop("resize_in_decoder", engine.resize_in_decoder),
+            progress_interval_s=kwargs.pop("progress_interval_s", cfg.ops.status_interval_s),
             **kwargs,
         )
 

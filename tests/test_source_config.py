@@ -132,3 +132,13 @@ def test_urls_are_shown_without_any_part_of_a_password():
     assert redis_url_shown("redis://alice:pa/ss#word@host:6379/0") == "redis://alice:***@host:6379/0"
     assert redis_url_shown("redis://host:6379/0?password=pw&db=1") == "redis://host:6379/0?password=***&db=1"
     assert redact_url("rtsp://cam/live") == "rtsp://cam/live"
+
+
+def test_the_status_line_interval_comes_from_ops(tmp_path):
+    # Found probing: with JSON logs the status line was an INFO record every 2 s, 43k a day, fixed
+    from segstream.pipeline.runtime import Runtime
+    from tests.conftest import ColourSegmenter
+
+    cfg = validate_config({"sources": [{"name": "s", "type": "synthetic", "num_frames": 1}],
+                           "model": {"preset": "synthetic_eomt_tiny_256"}, "ops": {"status_interval_s": 60}})
+    assert Runtime.from_config(cfg, [], ColourSegmenter(), []).progress_interval_s == 60
