@@ -61,3 +61,14 @@ def exclusive_input(target: str) -> bool:
     except ValueError:
         return False
     return query.get("listen") in ("1", "2") or query.get("mode") == "listener"
+
+
+def unescaped_userinfo(url: str) -> bool:
+    """Whether ``url``'s password (or user) holds a ``/``, ``?`` or ``#`` that is not
+    percent-encoded: FFmpeg ends the address at the first of them, so it would dial part of
+    the password as the host. Told by an ``@`` after that character with a ``user:`` before it
+    (a ``?`` between them is a query, and an ``@`` in a query is no password)."""
+    rest = url.partition("://")[2]
+    end = min((i for i in (rest.find("/"), rest.find("?"), rest.find("#")) if i >= 0), default=len(rest))
+    at = rest.rfind("@")
+    return at > end and ":" in rest[:end] and "?" not in rest[end + 1 : at]

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from segstream.connectors.errors import ConfigError
 from segstream.connectors.redis_connection import database_problem, redis_url_shown
-from segstream.connectors.urls import STREAM_SCHEMES, redact_url, url_scheme
+from segstream.connectors.urls import STREAM_SCHEMES, redact_url, unescaped_userinfo, url_scheme
 
 PositiveInt = Annotated[int, Field(gt=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
@@ -151,6 +151,9 @@ class StreamSourceConfig(_LiveSourceKeys):
             )
         if not url.partition("://")[2].strip("/"):
             raise ValueError(f"'{redact_url(url)}' names no host")
+        if unescaped_userinfo(url):
+            raise ValueError(f"the password in '{redact_url(url)}' has a '/', '?' or '#' — percent-encode it "
+                             "(%2F, %3F, %23; '@' is %40), or FFmpeg reads the address up to it")
         return url
 
     @model_validator(mode="after")

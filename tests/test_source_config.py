@@ -53,6 +53,20 @@ def test_a_stream_url_must_be_a_stream_and_its_password_is_never_echoed():
         assert "hun" not in error and "ter22" not in error and "ftp://***@cam/live" in error, error
 
 
+def test_a_password_with_a_slash_question_mark_or_hash_must_be_percent_encoded():
+    # Found probing: rtsp://admin:C@m:P#ss/1@host/cam passed validate, then failed with
+    # "Invalid argument" on every reconnect for ever
+    for url in ("rtsp://admin:C@m:P#ss/1@127.0.0.1:554/cam", "rtsp://admin:a/b@cam/live", "rtsp://u:p?q@cam/x"):
+        error = _error(type="stream", url=url)
+        assert "percent-encode" in error and "%23" in error, error
+        assert "P#ss" not in error and "a/b" not in error and "p?q" not in error
+    for fine in ("rtsp://admin:C%40m%3AP%23ss%2F1@127.0.0.1:554/cam", "http://cdn/live.m3u8?sig=a@b",
+                 "http://cam/a@b.m3u8", "rtsp://admin:p@ss@cam/live"):
+        from segstream.connectors.urls import unescaped_userinfo
+
+        assert not unescaped_userinfo(fine), fine
+
+
 def test_a_live_stream_given_as_a_file_points_to_type_stream():
     error = _error(type="file", path="rtsp://admin:hunter22@cam/live")
     assert "use type: stream with url:" in error and "hunter22" not in error
