@@ -1,8 +1,10 @@
 """Train the small EoMT that segstream ships (models/weights/synthetic_eomt_tiny_256.safetensors).
 
-    python scripts/train_synthetic.py
+    python scripts/train_synthetic.py                      # into runs/train/
+    python scripts/train_synthetic.py --out models/weights/synthetic_eomt_tiny_256.safetensors
 
-The defaults are the shipped model's recipe (models/weights/MODEL_CARD.md). It runs on the CPU
+The defaults are the shipped model's recipe (models/weights/MODEL_CARD.md); the weights go to
+runs/train/ unless --out says otherwise (the second line replaces the shipped ones). It runs on the CPU
 (2 cores: the 44-minute budget) or on a GPU when one is available (--device cuda).
 """
 
@@ -30,7 +32,9 @@ def main() -> None:
         "--patch-class-weight", type=float, default=2.0, help="weight of the auxiliary patch-class loss; 0 turns it off"
     )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--out", type=Path, default=Path("models/weights") / SYNTHETIC_TINY.weights)
+    # not the shipped file: a short trial run must not replace the model the demo and tests use
+    parser.add_argument("--out", type=Path, default=Path("runs/train") / SYNTHETIC_TINY.weights,
+                        help="where the weights go (the shipped ones are in models/weights/)")
     args = parser.parse_args()
 
     settings = TrainSettings(
@@ -58,7 +62,8 @@ def main() -> None:
                 "batch_size": args.batch_size,
                 "lr": args.lr,
                 "seed": args.seed,
-                "minutes": args.minutes,
+                "minutes": None if args.steps else args.minutes,
+                "steps": args.steps,
                 "patch_class_weight": args.patch_class_weight,
             }
         ),

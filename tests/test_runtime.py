@@ -1,5 +1,6 @@
 """The runtime and its engine: order, batching, back-pressure, overlap, failures, shutdown."""
 
+import logging
 import subprocess
 import sys
 import threading
@@ -390,8 +391,12 @@ def test_a_second_run_appends_to_the_files_and_a_torn_last_line_is_left_out_with
     assert [e["run_id"] for e in read_entries(path)] == ["first", "first", "second", "second"]
     whole = path.read_text()
     path.write_text(whole + whole.splitlines()[0][:50])  # the disk filled in the middle of a line
-    with caplog.at_level("WARNING", logger="segstream.sinks"):
+    logger = logging.getLogger("segstream.sinks")
+    logger.addHandler(caplog.handler)  # the CLI's logging setup, run by other tests, may stop propagation
+    try:
         assert len(list(read_entries(path))) == 4
+    finally:
+        logger.removeHandler(caplog.handler)
     assert "its last line (5) is cut short" in caplog.text
     path.write_text(whole.splitlines()[0][:50] + "\n" + whole)
     with pytest.raises(WireFormatError, match=r"a.jsonl, line 1: not an entry"):
