@@ -6,11 +6,13 @@ Nothing here unpickles arbitrary objects: safetensors files are read as tensors,
 
 from __future__ import annotations
 
+import json
 import pickle
 import warnings
 from importlib import resources
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -23,6 +25,7 @@ HF_PREFIX = "hf://"
 RANDOM = "random"  # model.checkpoint: the preset's architecture with seeded random weights (speed measurements)
 # what a model folder holds (the hub's, and what transformers' save_pretrained writes), in order
 CHECKPOINT_FILES = ("model.safetensors", "pytorch_model.bin")
+SHARD_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 
 
 def shipped_weights(filename: str) -> Path:
@@ -33,6 +36,8 @@ def shipped_weights(filename: str) -> Path:
 def read_state_dict(path: Path) -> dict[str, Tensor]:
     """Tensors of a safetensors file, or of a pickled state dict loaded with weights_only; which
     one a file is, its first bytes say (a download may be saved under any name)."""
+    if path.name.endswith(".index.json") and path.is_file():
+        return _sharded(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint '{path}' does not exist — pass the path of a .safetensors or .bin file")
     try:
@@ -68,10 +73,37 @@ def read_state_dict(path: Path) -> dict[str, Tensor]:
             f"checkpoint '{path}' cannot be read ({reason}) — it must be a safetensors file or a "
             "PyTorch state dict of tensors"
         ) from None
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
+    for wrapper in _WRAPPERS:  # a training script's checkpoint: the weights under one key, beside others
+        if isinstance(state, dict) and isinstance(state.get(wrapper), dict) and state[wrapper] and all(
+            isinstance(v, Tensor) for v in state[wrapper].values()
+        ):
+            state = state[wrapper]
+            break
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise CheckpointError(f"checkpoint '{path}' is not a state dict of tensors")
+        held = ", ".join(f"{k!r}" for k in list(state)[:8]) if isinstance(state, dict) else type(state).__name__
+        raise CheckpointError(f"checkpoint '{path}' is not a state dict of tensors (it holds {held}) — save "
+                              "model.state_dict() itself, or put it under 'state_dict'")
+    if state and all(k.startswith("module.") for k in state):  # saved from DataParallel/DistributedDataParallel
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+# Keys under which training scripts keep the weights (Lightning, most loops, EMA copies last).
+_WRAPPERS = ("state_dict", "model_state_dict", "model", "network", "module", "ema")
+
+
+def _sharded(index: Path) -> dict[str, Tensor]:
+    """The tensors of a sharded checkpoint: ``save_pretrained``'s ``*.index.json`` names the
+    shard of each weight; every shard is read as one file is."""
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+        shards = sorted(set(weight_map.values()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        raise CheckpointError(f"'{index}' is not a sharded checkpoint's index ({error}) — pass the weights "
+                              "file itself") from None
+    state: dict[str, Tensor] = {}
+    for shard in shards:
+        state.update(read_state_dict(index.parent / shard))
     return state
 
 
@@ -117,11 +149,11 @@ def checkpoint_path(reference: str) -> Path:
 
 def checkpoint_in_folder(folder: Path) -> Path:
     """The weights file of a model folder (transformers' ``save_pretrained`` writes one)."""
-    for name in CHECKPOINT_FILES:
+    for name in CHECKPOINT_FILES + SHARD_INDEXES:
         if (folder / name).is_file():
             return folder / name
-    raise CheckpointError(f"checkpoint '{folder}' is a folder without {' or '.join(CHECKPOINT_FILES)} — "
-                          "pass the weights file itself")
+    raise CheckpointError(f"checkpoint '{folder}' is a folder without {' or '.join(CHECKPOINT_FILES)} (or a "
+                          "sharded one's index) — pass the weights file itself")
 
 
 def random_eomt(config, seed: int = 0) -> EoMT:
@@ -129,7 +161,14 @@ def random_eomt(config, seed: int = 0) -> EoMT:
     to the pipeline: class scores clear the 0.8 threshold and masks are separate, so
     post-processing, tracking and publishing do the work they would do (a plain random init
     gives no confident query, and a pipeline with nothing to post-process measures too fast).
-    Speed does not depend on the values of the weights; segments mean nothing."""
+    Speed does not depend on the values of the weights; segments mean nothing.
+
+    The mask logits' scale and offset differ by orders of magnitude between sizes, so they are
+    calibrated: one forward pass over two synthetic scenes gives the logits A of the mask head's
+    last layer without its bias; the layer's weight times s and a bias of b / dim (the upscaled
+    features are channel-normalised with a bias of 1, so that bias adds exactly b) make the
+    logits s * A + b, and (s, b) is the pair of a small grid under which the official panoptic
+    decision keeps the most segments."""
     generator = torch.random.fork_rng()
     with generator:
         torch.manual_seed(seed)
@@ -138,8 +177,51 @@ def random_eomt(config, seed: int = 0) -> EoMT:
             model.class_head.weight.normal_(0, 12.0 / config.dim**0.5)
             model.class_head.bias.normal_(0, 2.0)
             model.upscale[-1].norm.bias.fill_(1.0)
-            model.mask_head[-1].bias.fill_(-1.2 / config.dim)
+            last = model.mask_head[-1]
+            last.bias.zero_()
+            outputs = model(_calibration_scenes(config.img_size))
+            scale, offset = _mask_calibration(outputs.mask_logits, outputs.class_logits)
+            last.weight.mul_(scale)
+            last.bias.fill_(offset / config.dim)
     return model
+
+
+def _calibration_scenes(size: int) -> Tensor:
+    """Two synthetic scenes at ``size`` x ``size``, normalised as the pipeline feeds the model."""
+    from segstream.connectors.synthetic import SyntheticSource
+    from segstream.models.processing import normalize
+
+    images = [next(iter(SyntheticSource("calibration", size, size, 25, seed, 1).frames())).image
+              for seed in (0, 1)]
+    pixels = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float()
+    return normalize(pixels)
+
+
+def _mask_calibration(mask_logits: Tensor, class_logits: Tensor, score: float = 0.8,
+                      overlap: float = 0.8) -> tuple[float, float]:
+    """The (scale, offset) of the grid under which the panoptic decision (queries scoring over
+    ``score``; each pixel to the likeliest; a query kept when ``overlap`` of its mask is its own)
+    keeps the most segments over the images."""
+    scores = class_logits.softmax(-1)[..., :-1].max(-1).values
+    if mask_logits.shape[-1] > 64:  # the decision's outcome on a coarser grid: much cheaper, the same choice
+        mask_logits = torch.nn.functional.interpolate(mask_logits, size=(64, 64), mode="bilinear")
+    best, best_count = (1.0, 0.0), -1
+    for scale in (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0):
+        for offset in (-6.0, -4.0, -3.0, -2.0, -1.0, 0.0, 1.0):
+            count = 0
+            for logits, image_scores in zip(mask_logits, scores):
+                kept = image_scores > score
+                if not kept.any():
+                    continue
+                probs = (logits[kept] * scale + offset).sigmoid()
+                winner = (probs * image_scores[kept, None, None]).argmax(0)
+                inside = probs >= 0.5
+                own = (winner[None] == torch.arange(len(probs))[:, None, None]) & inside
+                area, own_area = inside.flatten(1).sum(1), own.flatten(1).sum(1)
+                count += int(((own_area > 0) & (own_area >= overlap * area)).sum())
+            if count > best_count:
+                best, best_count = (scale, offset), count
+    return best
 
 
 def load_eomt(preset: Preset, checkpoint: str | None = None) -> EoMT:
@@ -152,14 +234,39 @@ def load_eomt(preset: Preset, checkpoint: str | None = None) -> EoMT:
     model = EoMT(preset.config)
     problems = state_dict_problems(model, state)
     if problems:
+        shown = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
         raise CheckpointError(
             f"checkpoint '{path}' does not fit preset {preset.name} "
             f"(dim {preset.config.dim}, {preset.config.depth} blocks, {preset.config.num_query_blocks} query blocks, "
             f"{preset.config.num_classes} classes, "
-            f"{preset.config.num_queries} queries, input {preset.config.img_size}): " + "; ".join(problems)
+            f"{preset.config.num_queries} queries, input {preset.config.img_size}): {shown}{_what_fits(state)}"
         )
     model.load_state_dict(state, strict=False)
     return model
+
+
+def _what_fits(state: dict[str, Tensor]) -> str:
+    """Advice for a checkpoint that did not fit: what it is, and the presets of that shape."""
+    from segstream.models.eomt import infer_config
+    from segstream.models.presets import PRESETS
+
+    try:
+        found = infer_config(state)
+    except (KeyError, ValueError, IndexError, AttributeError, TypeError):
+        return " — it is not an EoMT checkpoint (is it SeNaTra's? then set model.family: senatra)"
+    shape = (found.dim, found.depth, found.num_classes, found.num_queries, found.img_size)
+    fitting = [p.name for p in PRESETS.values() if p.family == "eomt" and
+               (p.config.dim, p.config.depth, p.config.num_classes, p.config.num_queries, p.config.img_size) == shape]
+    it = (f" — the checkpoint is an EoMT of dim {found.dim}, {found.depth} blocks, {found.num_classes} classes, "
+          f"{found.num_queries} queries, input {found.img_size}")
+    if fitting:
+        return f"{it}: use model.preset {' or '.join(fitting)}"
+    same = [p.name for p in PRESETS.values() if p.family == "eomt" and
+            (p.config.dim, p.config.depth, p.config.num_queries, p.config.img_size) == shape[:2] + shape[3:]]
+    if same:
+        return (f"{it}: use model.preset {same[0]} for its architecture and model.labels for a file of its "
+                f"{found.num_classes} class names (README: Your own model)")
+    return f"{it}, an architecture no preset has"
 
 
 def no_weights(preset: Preset) -> str:

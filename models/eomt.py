@@ -287,9 +287,9 @@ def convert_official_state_dict(state: dict[str, Tensor]) -> dict[str, Tensor]:
         state = state["state_dict"]
     out = {}
     for key, value in state.items():
+        key = key.replace("._orig_mod", "")  # a torch.compile'd network's keys
         if key.endswith(_OFFICIAL_DROPPED):
             continue
-        key = key.replace("._orig_mod", "")
         for prefix in ("network.encoder.backbone.", "network."):
             if key.startswith(prefix):
                 key = key[len(prefix) :]
@@ -395,7 +395,7 @@ def convert_state_dict(state: dict[str, Tensor]) -> dict[str, Tensor]:
 def state_dict_problems(model: EoMT, state: dict[str, Tensor]) -> list[str]:
     """Everything that keeps ``state`` from loading into ``model``: one line per problem."""
     expected = model.state_dict()
-    problems = []
+    problems: list[str] = []
     missing = [k for k in expected if k not in state and k != "attn_mask_probs"]
     unexpected = [k for k in state if k not in expected]
     if missing:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+from pathlib import Path
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
@@ -111,4 +112,18 @@ def load_label_set(name: str) -> LabelSet:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ValueError(f"label set file {name}.json is not valid JSON: {exc}") from exc
+    return LabelSet.from_dict(data)
+
+
+def read_label_set_file(path: str | Path) -> LabelSet:
+    """A label set of one's own: a JSON file of the same schema as the shipped ones
+    (``{"name", "classes": [{"id", "name", "isthing"}]}``). Raises ValueError saying what is wrong."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as error:
+        raise ValueError(f"cannot read '{path}' ({error.strerror})") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"'{path}' is not valid JSON: {error}") from None
     return LabelSet.from_dict(data)

@@ -259,7 +259,8 @@ class ModelConfig(Strict):
     ``precision: auto`` is bf16 where the hardware computes it natively (CUDA GPUs with bf16,
     CPUs with AMX or AVX-512 BF16), else fp16 on CUDA and fp32 on the CPU. ``postprocess``
     decides each pixel at the model's input resolution and resizes the label map (``fast``) or
-    decides at frame resolution as the official code does (``exact``).
+    decides at frame resolution as the official code does (``exact``). ``labels``: a label-set
+    file of your own model's classes (the preset then names its architecture only).
     """
 
     preset: Annotated[str, Field(min_length=1)] = "synthetic_eomt_tiny_256"
@@ -275,6 +276,24 @@ class ModelConfig(Strict):
     score_threshold: Fraction01 = 0.8
     mask_threshold: Fraction01 = 0.5
     overlap_threshold: Fraction01 = 0.8
+    # Your own classes: a label-set JSON file (the shipped ones' schema); the preset then gives
+    # the architecture only, with as many classes as the file has, and the checkpoint the weights.
+    labels: str | None = None
+
+    @field_validator("labels")
+    @classmethod
+    def _labels_file(cls, labels: str | None, info: ValidationInfo) -> str | None:
+        if labels is None:
+            return None
+        from segstream.models.label_sets import read_label_set_file
+
+        resolved = _resolve(labels, info)
+        try:
+            read_label_set_file(resolved)
+        except ValueError as error:
+            raise ValueError(f"{error} — a label set is {{\"name\": ..., \"classes\": [{{\"id\": 0, "
+                             f"\"name\": ..., \"isthing\": true}}, ...]}}, ids 0, 1, 2, ...") from None
+        return str(resolved)
 
     @field_validator("checkpoint")
     @classmethod

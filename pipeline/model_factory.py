@@ -6,6 +6,7 @@ the weights and wraps the network in that family's adapter (``segstream.models.s
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import logging
 from collections.abc import Callable
@@ -14,7 +15,7 @@ import torch
 
 from segstream.connectors.checkpoints import RANDOM, load_eomt, load_senatra, no_weights
 from segstream.connectors.errors import ConfigError
-from segstream.models.label_sets import load_label_set
+from segstream.models.label_sets import LabelSet, load_label_set, read_label_set_file
 from segstream.models.presets import PRESETS, SYNTHETIC_SENATRA, SYNTHETIC_TINY, Preset, get_preset
 from segstream.models.processing import Thresholds
 from segstream.models.segmenter import (
@@ -46,6 +47,25 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
+def labels_of(preset: Preset, model_cfg) -> LabelSet:
+    """The classes the model names: ``model.labels``' file, else the preset's label set."""
+    if getattr(model_cfg, "labels", None):
+        return read_label_set_file(model_cfg.labels)
+    return load_label_set(preset.label_set)
+
+
+def with_own_labels(preset: Preset, model_cfg) -> Preset:
+    """The preset, for a model of one's own classes (``model.labels``): its architecture with as
+    many classes as the file names, named after both."""
+    if not getattr(model_cfg, "labels", None):
+        return preset
+    labels = read_label_set_file(model_cfg.labels)
+    return dataclasses.replace(
+        preset, name=f"{preset.name}:{labels.name}", weights="",
+        config=dataclasses.replace(preset.config, num_classes=labels.num_classes),
+    )
+
+
 def _build_eomt(preset: Preset, model_cfg, device: torch.device, precision: str, max_batch: int) -> EoMTSegmenter:
     model = load_eomt(preset, model_cfg.checkpoint)
     # The model is this adapter's alone: its autocast layers can keep their weights cast.
@@ -56,7 +76,7 @@ def _build_eomt(preset: Preset, model_cfg, device: torch.device, precision: str,
     return EoMTSegmenter(
         model,
         task=preset.task,
-        labels=load_label_set(preset.label_set),
+        labels=labels_of(preset, model_cfg),
         name=preset.name,
         device=device,
         precision=precision,
@@ -76,7 +96,7 @@ def _build_senatra(preset: Preset, model_cfg, device: torch.device, precision: s
     return SeNaTraSegmenter(
         load_senatra(preset, model_cfg.checkpoint),
         task=model_cfg.task,
-        labels=load_label_set(preset.label_set),
+        labels=labels_of(preset, model_cfg),
         name=preset.name,
         device=device,
         precision=precision,
@@ -124,6 +144,10 @@ def check_model_config(model_cfg) -> Preset:
         )
     if preset.family not in FAMILY_BUILDERS:
         raise ConfigError(f"model.preset: {preset.name} is of family {preset.family!r}, which this segstream cannot run")
+    if getattr(model_cfg, "labels", None) and not model_cfg.checkpoint:
+        raise ConfigError("model.labels: a model of your own classes needs its weights — set model.checkpoint to "
+                          "its file (the preset's own weights have the preset's classes)")
+    preset = with_own_labels(preset, model_cfg)
     if not model_cfg.checkpoint and not preset.weights:
         raise ConfigError(f"model.checkpoint: {no_weights(preset)}")
     return preset

@@ -211,3 +211,82 @@ def test_hub_reference_offline_says_how_to_use_a_local_file(monkeypatch, tmp_pat
         load_eomt(get_preset("coco_panoptic_eomt_large_640"))
     message = str(err.value)
     assert "tue-mps/coco_panoptic_eomt_large_640" in message and "model.checkpoint" in message
+
+
+def test_wrapped_data_parallel_compiled_and_sharded_checkpoints_load(tmp_path):
+    # Found probing: {"model": sd} / {"model_state_dict": sd} and "module." keys were refused, a
+    # compiled Lightning network's pixel_mean stayed an unexpected key, a sharded folder was told
+    # to pass one file (which then lacked 133 keys)
+    cfg = SMALL_CONFIGS["gelu-64"]
+    reference = reference_model(cfg, seed=1)
+    paths = write_checkpoints(reference, tmp_path)
+    preset = preset_for(cfg, "panoptic", "coco_panoptic")
+    official = torch.load(paths["official"], weights_only=True)
+    ours = load_eomt(preset, str(paths["official"])).state_dict()
+    compiled = {k.replace("network.", "network._orig_mod.", 1): v for k, v in official.items()}
+    variants = {
+        "model.pt": {"model": official, "epoch": 3},
+        "model_state_dict.pt": {"model_state_dict": official, "optimizer": {"lr": 0.1}},
+        "data_parallel.pt": {f"module.{k}": v for k, v in official.items()},
+        "compiled.ckpt": {"state_dict": compiled, "epoch": 3},
+    }
+    for name, state in variants.items():
+        torch.save(state, tmp_path / name)
+        loaded = load_eomt(preset, str(tmp_path / name)).state_dict()
+        assert all(torch.equal(loaded[k], ours[k]) for k in ours), name
+    reference.save_pretrained(tmp_path / "sharded", max_shard_size="100KB")
+    assert (tmp_path / "sharded" / "model.safetensors.index.json").is_file()
+    assert not (tmp_path / "sharded" / "model.safetensors").exists()
+    _compare(load_eomt(preset, str(tmp_path / "sharded")).eval(), reference, torch.randn(1, 3, 64, 64))
+    torch.save({"epoch": 3, "optimizer": {"lr": 0.1}}, tmp_path / "no_weights.pt")
+    with pytest.raises(CheckpointError, match=r"not a state dict of tensors \(it holds 'epoch', 'optimizer'\)"):
+        load_eomt(preset, str(tmp_path / "no_weights.pt"))
+
+
+def test_a_checkpoint_that_fits_no_preset_is_refused_briefly_with_what_it_is_and_what_to_do(tmp_path):
+    # Found probing: an S checkpoint on the L preset was one line of 11,708 characters, no advice
+    small = get_preset("coco_panoptic_eomt_small_640_2x")
+    model = load_eomt(small, "random")
+    ten_classes = {k: v for k, v in model.state_dict().items()}
+    ten_classes["class_head.weight"] = ten_classes["class_head.weight"][:11].clone()
+    ten_classes["class_head.bias"] = ten_classes["class_head.bias"][:11].clone()
+    save_file(ten_classes, tmp_path / "ten.safetensors")
+    save_file(model.state_dict(), tmp_path / "small.safetensors")
+    with pytest.raises(CheckpointError) as err:
+        load_eomt(get_preset("coco_panoptic_eomt_large_640"), str(tmp_path / "small.safetensors"))
+    message = str(err.value)
+    assert len(message) < 1200 and "more" in message, len(message)
+    assert "use model.preset coco_panoptic_eomt_small_640_2x" in message
+    with pytest.raises(CheckpointError) as err:
+        load_eomt(small, str(tmp_path / "ten.safetensors"))
+    assert "10 classes" in str(err.value) and "model.labels" in str(err.value)
+
+
+def test_a_model_of_ones_own_classes_runs_with_model_labels(tmp_path):
+    # Found probing: no documented way to run an EoMT trained on one's own classes
+    import json
+
+    import numpy as np
+
+    from segstream.connectors.checkpoints import random_eomt
+    from segstream.connectors.errors import ConfigError
+    from segstream.pipeline.config import ModelConfig
+    from segstream.pipeline.model_factory import build_segmenter, check_model_config
+
+    tiny = get_preset("synthetic_eomt_tiny_256")
+    names = [("pallet", True), ("forklift", True), ("floor", False)]
+    labels = tmp_path / "warehouse.json"
+    labels.write_text(json.dumps({"name": "warehouse", "classes": [
+        {"id": i, "name": n, "isthing": t} for i, (n, t) in enumerate(names)]}))
+    save_file(random_eomt(replace(tiny.config, num_classes=3), seed=3).state_dict(), tmp_path / "mine.safetensors")
+    cfg = ModelConfig(checkpoint=str(tmp_path / "mine.safetensors"), labels=str(labels), device="cpu",
+                      precision="fp32", score_threshold=0.3)
+    adapter = build_segmenter(cfg, batch_size=1)
+    assert adapter.labels.names == ("pallet", "forklift", "floor") and adapter.name == "synthetic_eomt_tiny_256:warehouse"
+    (result,) = adapter.segment([np.random.default_rng(0).integers(0, 255, (120, 160, 3), dtype=np.uint8)])
+    assert len(result.segments) > 0 and set(result.segments.labels.tolist()) <= {"pallet", "forklift", "floor"}
+    with pytest.raises(ConfigError, match="model.labels: a model of your own classes needs its weights"):
+        check_model_config(ModelConfig(labels=str(labels)))
+    labels.write_text(json.dumps({"name": "w", "classes": [{"id": 1, "name": "a", "isthing": True}]}))
+    with pytest.raises(ValueError, match="contiguous from 0.*a label set is"):
+        ModelConfig(checkpoint=str(tmp_path / "mine.safetensors"), labels=str(labels))
