@@ -142,7 +142,8 @@ def _parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser("evaluate", help="measure segmentation quality on synthetic scenes")
     evaluate.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], metavar="SEED")
-    evaluate.add_argument("--frames", type=_at_least_one, default=50, metavar="N", help="frames per seed")
+    evaluate.add_argument("--frames", type=_at_least_one, default=None, metavar="N",
+                          help="frames per seed (default 50), or with --clips the first N of each clip (default all)")
     evaluate.add_argument("--size", type=int, nargs=2, default=[640, 480], metavar=("WIDTH", "HEIGHT"))
     evaluate.add_argument("--checkpoint", default=None, help="local path or hf://org/name; default: the preset's weights")
     evaluate.add_argument("--preset", default=None, help="a model trained on synthetic scenes (default: the shipped one)")
@@ -271,6 +272,9 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    if args.tracking and args.clips:
+        raise SegstreamError("--clips goes with PQ; --tracking renders its scenes from --seeds (their tracks' "
+                             "ground truth) — drop one of them")
     if args.tracking:
         from segstream.pipeline.track_evaluation import main_evaluate_tracking
 

@@ -175,15 +175,15 @@ def truth_path(video: Path) -> Path:
     return video.with_name(f"{video.stem}_truth.npz")
 
 
-def clip_frames(videos: Sequence[Path]) -> Iterator[tuple[np.ndarray, FrameResult]]:
+def clip_frames(videos: Sequence[Path], per_clip: int | None = None) -> Iterator[tuple[np.ndarray, FrameResult]]:
     """The decoded frames of encoded synthetic clips with their ground truth: what a pipeline
-    reading those files sees, compression included."""
+    reading those files sees, compression included (the first ``per_clip`` of each; None: all)."""
     from segstream.connectors.file_source import FileSource
     from segstream.connectors.synthetic import load_truth
 
     for video in videos:
         truths = load_truth(truth_path(Path(video)))
-        source = FileSource(Path(video).stem, str(video))
+        source = FileSource(Path(video).stem, str(video), max_frames=per_clip)
         try:
             for frame in source.frames():
                 if frame.index >= len(truths):
@@ -232,8 +232,8 @@ def main_evaluate(args) -> int:
     segmenter = build_segmenter(evaluation_model_config(args))
     width, height = args.size
     clips = getattr(args, "clips", None)
-    frames = clip_frames(clips) if clips else None
-    result = evaluate_segmenter(segmenter.segment, args.seeds, width, height, args.frames, segmenter.labels,
+    frames = clip_frames(clips, args.frames) if clips else None
+    result = evaluate_segmenter(segmenter.segment, args.seeds, width, height, args.frames or 50, segmenter.labels,
                                 frames=frames)
     scenes = f"clips {' '.join(str(c) for c in clips)}" if clips else (
         f"{width}x{height}, seeds {' '.join(map(str, args.seeds))}")

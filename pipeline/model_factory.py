@@ -108,6 +108,10 @@ FAMILY_BUILDERS: dict[str, Callable[..., FamilyAdapter]] = {"eomt": _build_eomt,
 DEFAULT_PRESETS = {"eomt": SYNTHETIC_TINY.name, "senatra": SYNTHETIC_SENATRA.name}
 
 
+# Settings of EoMT's query decision that SeNaTra has no use for.
+_QUERY_SETTINGS = {"score_threshold", "mask_threshold", "overlap_threshold", "postprocess"}
+
+
 def check_preset(model_cfg) -> Preset:
     """The configured preset; ``model.family`` alone (no preset written) picks the family's default."""
     family = model_cfg.family
@@ -144,6 +148,12 @@ def check_model_config(model_cfg) -> Preset:
         )
     if preset.family not in FAMILY_BUILDERS:
         raise ConfigError(f"model.preset: {preset.name} is of family {preset.family!r}, which this segstream cannot run")
+    if preset.family == "senatra":
+        ignored = sorted(set(getattr(model_cfg, "model_fields_set", ())) & _QUERY_SETTINGS)
+        if ignored:
+            raise ConfigError(f"model.{ignored[0]}: {preset.name} is a SeNaTra model, whose segments come from its "
+                              "grouping layers, not from scored queries and masks — remove "
+                              + ", ".join(f"model.{name}" for name in ignored))
     if getattr(model_cfg, "labels", None) and not model_cfg.checkpoint:
         raise ConfigError("model.labels: a model of your own classes needs its weights — set model.checkpoint to "
                           "its file (the preset's own weights have the preset's classes)")

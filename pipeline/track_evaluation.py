@@ -248,7 +248,7 @@ def main_evaluate_tracking(args) -> int:
         segmenter = build_segmenter(evaluation_model_config(args))
         segment_fn, name = segmenter.segment, segmenter.name
     width, height = args.size
-    results = evaluate_tracking(args.seeds, width, height, args.frames, segment_fn=segment_fn)
+    results = evaluate_tracking(args.seeds, width, height, args.frames or 50, segment_fn=segment_fn)
     print(
         f"tracking: {results['noisy_truth']['frames']} frames, {width}x{height}, seeds {' '.join(map(str, args.seeds))}"
         + (f", model {name}" if name else "")

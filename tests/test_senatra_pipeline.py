@@ -94,3 +94,15 @@ def test_family_alone_picks_its_shipped_model_and_a_mismatch_is_named():
         build_segmenter(ModelConfig(family="senatra", device="cpu", compile=True))
     with pytest.raises(ConfigError, match="unknown family 'maskformer'"):
         build_segmenter(ModelConfig(family="maskformer", device="cpu"))
+
+
+def test_eomts_query_settings_given_to_senatra_are_refused_not_ignored():
+    # Found probing: score_threshold 1.0 still published SeNaTra segments scored 0.62
+    from segstream.pipeline.model_factory import check_model_config
+
+    with pytest.raises(ConfigError, match="model.score_threshold: synthetic_senatra_tiny_192 is a SeNaTra model.*"
+                                          "remove model.score_threshold"):
+        check_model_config(ModelConfig(family="senatra", score_threshold=1.0))
+    with pytest.raises(ConfigError, match="remove model.overlap_threshold, model.postprocess"):
+        check_model_config(ModelConfig(family="senatra", postprocess="exact", overlap_threshold=0.5))
+    assert check_model_config(ModelConfig(family="senatra")).family == "senatra"
