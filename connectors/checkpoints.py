@@ -124,13 +124,40 @@ def resolve_hf(reference: str) -> Path:
         raise CheckpointError(
             f"'{reference}' needs huggingface_hub (pip install 'segstream[hub]'), or {local_hint}"
         ) from None
+    names = [filename] if filename else list(CHECKPOINT_FILES)
+    for name in names:  # downloaded before: no network needed
+        try:
+            return Path(hf_hub_download(repo_id, name, local_files_only=True))
+        except Exception:
+            pass
+    host = _unreachable_hub()
+    if host is not None:  # huggingface_hub would retry each file for most of a minute, logging each try
+        raise CheckpointError(f"cannot fetch {repo_id}: the model hub's host {host} is not known here (no network "
+                              f"or no DNS) — {local_hint}")
     errors = []
-    for name in [filename] if filename else CHECKPOINT_FILES:
+    for name in names:
         try:
             return Path(hf_hub_download(repo_id, name))
         except Exception as exc:
             errors.append(f"{name}: {type(exc).__name__}")
     raise CheckpointError(f"cannot fetch {repo_id} from the model hub ({'; '.join(errors)}) — offline? {local_hint}")
+
+
+def _unreachable_hub() -> str | None:
+    """The hub's host name when it does not resolve (or huggingface_hub is told to stay offline)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants
+
+    host = urlsplit(constants.ENDPOINT).hostname or constants.ENDPOINT
+    if constants.HF_HUB_OFFLINE:
+        return f"{host} (HF_HUB_OFFLINE is set)"
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError:
+        return host
+    return None
 
 
 def checkpoint_path(reference: str) -> Path:

@@ -154,6 +154,7 @@ class RedisPublisher:
         reconnect_max_s: float = 5.0,
         drain_timeout_s: float = 10.0,
         embedded_dir: Path | None = None,
+        files_kept: bool = False,
     ) -> RedisPublisher:
         """Connect to the Redis at ``url``, or with no url start an embedded one for this run.
 
@@ -189,7 +190,8 @@ class RedisPublisher:
                 "no sinks.redis.url set, so an embedded Redis runs until this run ends, and its entries with it\n"
                 f"  while it runs, connect: redis-cli -p {embedded.port}   or   redis-cli -s {embedded.socket_path}\n"
                 f"  while it runs, watch:   segstream tail {example} --url {embedded.url}\n"
-                "  to keep the entries: set sinks.redis.url to a Redis of your own, or --set sinks.files.enabled=true"
+                + ("  the files sink keeps them; for files alone: --set sinks.redis.enabled=false" if files_kept else
+                   "  to keep the entries: set sinks.redis.url to a Redis of your own, or --set sinks.files.enabled=true")
             )
         return publisher
 

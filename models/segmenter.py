@@ -118,7 +118,8 @@ class EoMTSegmenter:
 
     ``precision`` bf16/fp16 run the network under autocast; post-processing is always fp32.
     ``postprocess`` is ``exact`` (decisions at frame resolution, the official label maps) or
-    ``fast`` (decisions at input resolution, label map resized). ``compile`` wraps the network in
+    ``fast`` (decisions at input resolution, label map resized; the default, as in the config).
+    ``compile`` wraps the network in
     ``torch.compile`` (on CUDA with CUDA graphs); the network then always sees one of
     ``batch_buckets`` batch sizes (inputs are zero-padded up to the next one), so each bucket
     keeps one static graph.
@@ -135,7 +136,7 @@ class EoMTSegmenter:
         device: str | torch.device = "cpu",
         precision: str = "fp32",
         thresholds: Thresholds = Thresholds(),
-        postprocess: str = "exact",
+        postprocess: str = "fast",
         compile: bool = False,
         max_batch: int = 8,
     ):
@@ -260,6 +261,11 @@ def segment_frames(
     the network and post-processing in one call. ``sizes``: each frame's (height, width) when the
     images are copies already scaled to the adapter's ``geometry.scale`` (the results describe
     the frames)."""
+    if isinstance(images, np.ndarray) or isinstance(images, (str, bytes)):
+        shape = getattr(images, "shape", None)
+        raise TypeError(f"segment() takes a list of frames (each H x W x 3 uint8 RGB), got "
+                        f"{type(images).__name__}{'' if shape is None else f' {shape}'} — wrap one frame as "
+                        "[frame], or pass list(batch)")
     if not images:
         return []
     tensors = [upload(image, adapter.device) for image in images]
@@ -270,8 +276,12 @@ def segment_frames(
 
 def upload(image: np.ndarray, device: torch.device) -> Tensor:
     """An H x W x 3 uint8 RGB frame as a tensor on ``device``."""
+    if not isinstance(image, np.ndarray):
+        raise TypeError(f"frames must be numpy arrays (H x W x 3 uint8 RGB), got {type(image).__name__}")
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"frames must be H x W x 3 uint8 RGB, got {image.dtype} {image.shape}")
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise ValueError(f"a frame has no pixels ({image.shape[0]} x {image.shape[1]})")
     return torch.from_numpy(np.ascontiguousarray(image)).to(device)
 
 

@@ -162,6 +162,7 @@ def _redis_sink(cfg: SinksConfig, embedded_dir: Path | None) -> Sink:
         maxlen=redis.maxlen,
         mask_encoding=redis.mask_encoding,
         pipeline_size=redis.pipeline_size,
+        files_kept=cfg.files.enabled,
         max_batch_delay_s=redis.max_batch_delay_ms / 1000,
         events_pattern=redis.events_stream,
         embedded_dir=embedded_dir,

@@ -164,7 +164,19 @@ def check_model_config(model_cfg) -> Preset:
 
 
 def build_segmenter(model_cfg, batch_size: int = 8) -> FamilyAdapter:
-    """The configured model on its device, weights loaded, behind its family's adapter."""
+    """The configured model on its device, weights loaded, behind its family's adapter
+    (``model_cfg``: a ``ModelConfig``, or a dict of the ``model:`` section's keys)."""
+    if isinstance(model_cfg, dict):
+        from pydantic import ValidationError
+
+        from segstream.pipeline.config import ModelConfig
+
+        try:
+            model_cfg = ModelConfig.model_validate(model_cfg)
+        except ValidationError as error:
+            first = error.errors()[0]
+            where = ".".join(str(part) for part in first["loc"])
+            raise ConfigError(f"model.{where}: {first['msg']}") from None
     preset = check_model_config(model_cfg)
     builder = FAMILY_BUILDERS[preset.family]
     device = resolve_device(model_cfg.device)

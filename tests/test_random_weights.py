@@ -94,3 +94,21 @@ def test_random_weights_segment_at_every_size_not_only_the_one_they_were_tuned_o
         preset = replace(cityscapes, name="stand-in", task="panoptic", config=config)
         adapter = _build_eomt(preset, ModelConfig(checkpoint="random", precision="fp32"), torch.device("cpu"), "fp32", 1)
         assert len(adapter.segment([scene])[0].segments) >= 3, config
+
+
+def test_the_python_api_says_what_is_wrong_with_its_input():
+    # Found probing: a single frame gave "truth value of an array is ambiguous", a 0x0 frame a
+    # ZeroDivisionError, a dict config an AttributeError
+    from segstream.connectors.errors import ConfigError
+
+    segmenter = build_segmenter({"device": "cpu", "precision": "fp32"})
+    frame = np.zeros((48, 64, 3), np.uint8)
+    with pytest.raises(TypeError, match=r"takes a list of frames .*wrap one frame as \[frame\]"):
+        segmenter.segment(frame)
+    with pytest.raises(TypeError, match="frames must be numpy arrays"):
+        segmenter.segment(["frame.png"])
+    with pytest.raises(ValueError, match="a frame has no pixels"):
+        segmenter.segment([np.zeros((0, 0, 3), np.uint8)])
+    with pytest.raises(ConfigError, match="model.precision: Input should be"):
+        build_segmenter({"precision": "fp64"})
+    assert len(segmenter.segment([frame, frame])) == 2

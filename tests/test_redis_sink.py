@@ -550,3 +550,20 @@ def test_follow_newest_refuses_an_idle_time_of_zero_and_events_pickle_too(server
     copy = pickle.loads(pickle.dumps(event))
     assert copy.kind == "track_started" and copy.data["track_id"] == 1
     assert event.ack() == 1
+
+
+@pytest.mark.parametrize("files_kept", [False, True])
+def test_the_embedded_redis_hint_knows_whether_the_files_sink_keeps_the_entries(files_kept, caplog):
+    # Found probing: with the files sink on, it still said "--set sinks.files.enabled=true"
+    import logging
+
+    logger = logging.getLogger("segstream.connectors.redis_sink")
+    logger.addHandler(caplog.handler)  # the CLI's logging setup, run by other tests, may stop propagation
+    caplog.handler.setLevel(logging.INFO)
+    logger.setLevel(logging.INFO)
+    try:
+        RedisPublisher.from_config(None, None, files_kept=files_kept).close()
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert ("for files alone: --set sinks.redis.enabled=false" in caplog.text) == files_kept
+    assert ("--set sinks.files.enabled=true" in caplog.text) != files_kept
