@@ -183,7 +183,7 @@ def checkpoint_in_folder(folder: Path) -> Path:
                           "sharded one's index) — pass the weights file itself")
 
 
-def random_eomt(config, seed: int = 0) -> EoMT:
+def random_eomt(config, seed: int = 0, task: str = "panoptic") -> EoMT:
     """An EoMT of ``config`` with seeded random weights whose outputs look like a trained model's
     to the pipeline: class scores clear the 0.8 threshold and masks are separate, so
     post-processing, tracking and publishing do the work they would do (a plain random init
@@ -194,8 +194,8 @@ def random_eomt(config, seed: int = 0) -> EoMT:
     calibrated: one forward pass over two synthetic scenes gives the logits A of the mask head's
     last layer without its bias; the layer's weight times s and a bias of b / dim (the upscaled
     features are channel-normalised with a bias of 1, so that bias adds exactly b) make the
-    logits s * A + b, and (s, b) is the pair of a small grid under which the official panoptic
-    decision keeps the most segments."""
+    logits s * A + b, and (s, b) is the pair of a small grid under which the official decision
+    of ``task`` keeps the most segments (panoptic's also serves semantic)."""
     generator = torch.random.fork_rng()
     with generator:
         torch.manual_seed(seed)
@@ -207,7 +207,7 @@ def random_eomt(config, seed: int = 0) -> EoMT:
             last = model.mask_head[-1]
             last.bias.zero_()
             outputs = model(_calibration_scenes(config.img_size))
-            scale, offset = _mask_calibration(outputs.mask_logits, outputs.class_logits)
+            scale, offset = _mask_calibration(outputs.mask_logits, outputs.class_logits, instance=task == "instance")
             last.weight.mul_(scale)
             last.bias.fill_(offset / config.dim)
     return model
@@ -225,10 +225,12 @@ def _calibration_scenes(size: int) -> Tensor:
 
 
 def _mask_calibration(mask_logits: Tensor, class_logits: Tensor, score: float = 0.8,
-                      overlap: float = 0.8) -> tuple[float, float]:
+                      overlap: float = 0.8, instance: bool = False) -> tuple[float, float]:
     """The (scale, offset) of the grid under which the panoptic decision (queries scoring over
     ``score``; each pixel to the likeliest; a query kept when ``overlap`` of its mask is its own)
-    keeps the most segments over the images."""
+    keeps the most segments over the images; with ``instance``, the instance decision (class
+    score times the mean mask probability inside the mask over ``score``; masks of less than
+    half the image, which better ones would not wholly cover)."""
     scores = class_logits.softmax(-1)[..., :-1].max(-1).values
     if mask_logits.shape[-1] > 64:  # the decision's outcome on a coarser grid: much cheaper, the same choice
         mask_logits = torch.nn.functional.interpolate(mask_logits, size=(64, 64), mode="bilinear")
@@ -241,6 +243,13 @@ def _mask_calibration(mask_logits: Tensor, class_logits: Tensor, score: float = 
                 if not kept.any():
                     continue
                 probs = (logits[kept] * scale + offset).sigmoid()
+                if instance:
+                    inside = probs > 0.5
+                    area = inside.flatten(1).sum(1)
+                    mean = (probs * inside).flatten(1).sum(1) / area.clamp(min=1)
+                    final = image_scores[kept] * mean
+                    count += int(((final >= score) & (area > 0) & (area < inside[0].numel() / 2)).sum())
+                    continue
                 winner = (probs * image_scores[kept, None, None]).argmax(0)
                 inside = probs >= 0.5
                 own = (winner[None] == torch.arange(len(probs))[:, None, None]) & inside
@@ -255,7 +264,7 @@ def load_eomt(preset: Preset, checkpoint: str | None = None) -> EoMT:
     """The preset's EoMT with weights from ``checkpoint`` (or the preset's own weights; ``random``:
     ``random_eomt``)."""
     if checkpoint == RANDOM:
-        return random_eomt(preset.config)
+        return random_eomt(preset.config, task=preset.task)
     path = checkpoint_path(checkpoint or preset.weights)
     state = convert_state_dict(read_state_dict(path))
     model = EoMT(preset.config)

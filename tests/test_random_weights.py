@@ -94,6 +94,11 @@ def test_random_weights_segment_at_every_size_not_only_the_one_they_were_tuned_o
         preset = replace(cityscapes, name="stand-in", task="panoptic", config=config)
         adapter = _build_eomt(preset, ModelConfig(checkpoint="random", precision="fp32"), torch.device("cpu"), "fp32", 1)
         assert len(adapter.segment([scene])[0].segments) >= 3, config
+    instance = replace(cityscapes, name="stand-in", task="instance",
+                       config=EoMTConfig(img_size=128, dim=96, depth=4, heads=4, num_queries=30, num_classes=19))
+    adapter = _build_eomt(instance, ModelConfig(checkpoint="random", precision="fp32", task="instance"),
+                          torch.device("cpu"), "fp32", 1)
+    assert len(adapter.segment([scene])[0].segments) >= 1
 
 
 def test_the_python_api_says_what_is_wrong_with_its_input():
