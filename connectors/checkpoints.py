@@ -153,6 +153,10 @@ def _unreachable_hub() -> str | None:
     host = urlsplit(constants.ENDPOINT).hostname or constants.ENDPOINT
     if constants.HF_HUB_OFFLINE:
         return f"{host} (HF_HUB_OFFLINE is set)"
+    from urllib.request import getproxies
+
+    if getproxies().get("https"):  # the proxy resolves it, not this machine
+        return None
     try:
         socket.getaddrinfo(host, 443)
     except OSError:
@@ -234,7 +238,7 @@ def _mask_calibration(mask_logits: Tensor, class_logits: Tensor, score: float = 
     scores = class_logits.softmax(-1)[..., :-1].max(-1).values
     if mask_logits.shape[-1] > 64:  # the decision's outcome on a coarser grid: much cheaper, the same choice
         mask_logits = torch.nn.functional.interpolate(mask_logits, size=(64, 64), mode="bilinear")
-    best, best_count = (1.0, 0.0), -1
+    best, best_count = (1.0, 0.0), 0  # kept when nothing scores: the plain scale
     for scale in (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0):
         for offset in (-6.0, -4.0, -3.0, -2.0, -1.0, 0.0, 1.0):
             count = 0

@@ -71,6 +71,8 @@ class FilesSink:
         if key not in self._files:
             try:
                 self._files[key] = path.open("a", encoding="utf-8")
+                if _ends_torn(path):  # a run stopped in the middle of a line: ours start on a line of their own
+                    self._files[key].write("\n")
             except OSError as error:
                 raise SinkError(f"cannot open '{path}' for writing: {error.strerror}") from None
         return self._files[key]
@@ -94,11 +96,24 @@ def entry_line(entry: dict[str, bytes | str]) -> str:
     ) + "\n"
 
 
+def _ends_torn(path: Path) -> bool:
+    """Whether the file's last line has no newline (its writer stopped in the middle of it)."""
+    try:
+        with path.open("rb") as f:
+            f.seek(0, 2)
+            if f.tell() == 0:
+                return False
+            f.seek(-1, 2)
+            return f.read(1) != b"\n"
+    except OSError:
+        return False
+
+
 def read_entries(path: str | Path) -> Iterator[dict[str, bytes | str]]:
-    """The entries of a ``FilesSink`` file, as field maps for ``redis_wire.from_wire``. A last
-    line cut short (the writer stopped in the middle of it: killed, or the disk full) is left
-    out with a warning; any other line that is not an entry raises ``WireFormatError`` naming
-    the file and line."""
+    """The entries of a ``FilesSink`` file, as field maps for ``redis_wire.from_wire``. A line cut
+    short (its writer stopped in the middle of it: killed, or the disk full; a restarted run goes
+    on after it) is left out with a warning; any other line that is not an entry raises
+    ``WireFormatError`` naming the file and line."""
     with Path(path).open(encoding="utf-8", errors="replace") as f:
         for number, line in enumerate(f, 1):
             try:
@@ -106,10 +121,10 @@ def read_entries(path: str | Path) -> Iterator[dict[str, bytes | str]]:
                 if not isinstance(entry, dict):
                     raise ValueError("not a JSON object")
             except ValueError as error:
-                if not line.endswith("\n") and not f.read(1):
-                    log.warning("%s: its last line (%d) is cut short, left out: the run writing it stopped in "
-                                "the middle of it", path, number)
-                    return
+                if line.startswith("{"):  # the start of an entry: a run stopped in the middle of writing it
+                    log.warning("%s: line %d is cut short, left out: the run writing it stopped in the middle of "
+                                "it", path, number)
+                    continue
                 raise WireFormatError(f"{path}, line {number}: not an entry ({error}) — is this a segstream "
                                       "files output?") from None
             for binary in ("idmap", "levels_idmap"):

@@ -96,6 +96,8 @@ class OpenCVInput:
             self.fps,
         )
         self._last_pts: int | None = None
+        self._last_arrival = 0.0
+        self._driver_clock = True  # until the driver's timestamps stop moving on
 
     def pictures(self) -> Iterator[Picture]:
         """Frames until a read fails (a camera unplugged, a file's end): the session ends there."""
@@ -108,13 +110,20 @@ class OpenCVInput:
             yield self._picture(cv2, bgr)
 
     def _picture(self, cv2, bgr: np.ndarray) -> Picture:
-        # The driver's timestamp (V4L2's capture time, a file's position) where it moves on, else
-        # the time the frame arrived: timestamps must increase.
+        # The driver's clock (V4L2's capture time, a file's position) while it moves on; once it
+        # does not (a backend that does not tell), the time frames arrive, for the rest of the
+        # session, going on from the last timestamp: one clock at a time, never mixed.
+        now = time.monotonic()
         position_ms = self.capture.get(cv2.CAP_PROP_POS_MSEC)
-        pts = round(position_ms * 1000) if position_ms and position_ms > 0 else round(time.monotonic() * 1e6)
-        if self._last_pts is not None and pts <= self._last_pts:
-            pts = self._last_pts + 1
-        self._last_pts = pts
+        driver = round(position_ms * 1000) if position_ms is not None and position_ms >= 0 else None
+        if self._driver_clock and driver is not None and (self._last_pts is None or driver > self._last_pts):
+            pts = driver
+        elif self._last_pts is None:
+            self._driver_clock, pts = False, 0
+        else:
+            self._driver_clock = False
+            pts = self._last_pts + max(1, round((now - self._last_arrival) * 1e6))
+        self._last_pts, self._last_arrival = pts, now
         height, width = bgr.shape[:2]
         size = None
         if self.scale is not None:

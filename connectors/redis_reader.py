@@ -395,9 +395,9 @@ class Subscription:
     (by their ``seq``; entries of older pipelines by frame numbers) in ``trimmed`` too.
 
     An entry that cannot be decoded (another schema version, a malformed field) raises
-    ``WireFormatError`` naming it (``entry_id``; in a group, ``ack(error.entry_id)`` once it is
-    dealt with) and is counted in ``malformed``; the entries read with it come with the next
-    ``read()`` or iteration, so one bad entry costs only itself.
+    ``WireFormatError`` naming it (``entry_id``) and is counted in ``malformed``; the entries
+    read with it come with the next ``read()`` or iteration, so one bad entry costs only itself.
+    In a group it stays pending, and is raised again when re-read, until ``ack(error.entry_id)``.
 
     Iterating follows the stream until ``stop()`` (of the subscription or its client).
     """
@@ -413,7 +413,7 @@ class Subscription:
         self.block_ms = block_ms
         self.claimed = 0  # entries taken over from other consumers
         self.trimmed = 0  # pending entries MAXLEN trimmed away before they were processed
-        self.malformed = 0  # entries that could not be decoded (each raised WireFormatError once)
+        self.malformed = 0  # times an entry could not be decoded (each time WireFormatError was raised)
         self._held: deque[tuple[str, dict]] = deque()  # read, not yet handed over (after a malformed one)
         self._parse = parse
         self._start = start
@@ -437,7 +437,7 @@ class Subscription:
         (None: returns at once)."""
         count = count or self.count
         if self._held:  # what an earlier read got after a malformed entry
-            return self._take_held()
+            return self._take_held(count)
         try:
             return self.client.call(self._read, count, block_ms, on_reconnect=self._reconnected, key=self.stream)
         except _Stopped:
@@ -530,12 +530,12 @@ class Subscription:
         self._held.extend((entry_id, fields) for entry_id, fields in entries if fields)
         return self._take_held()
 
-    def _take_held(self) -> list:
+    def _take_held(self, count: int | None = None) -> list:
         """The entries read and not yet handed over, decoded, up to the first one that cannot be:
         that one is raised by the next call (``WireFormatError`` with its ``entry_id``), and the
         ones after it come with the call after that, so a malformed entry costs only itself."""
         decoded = []
-        while self._held:
+        while self._held and (count is None or len(decoded) < count):
             entry_id, fields = self._held[0]
             try:
                 parsed = self._parse(entry_id, self.stream, fields, self)

@@ -387,9 +387,10 @@ class RedisPublisher:
         finally:
             pipe.reset()
         self.batches_sent += 1
-        self._seq = numbered  # a refused entry's number is skipped: it was never written, and says so
         refused = [(item.stream, r) for item, r in zip(batch, results) if isinstance(r, Exception)]
         written = [item for item, r in zip(batch, results) if not isinstance(r, Exception)]
+        for item in written:  # only what Redis took advances a stream's numbers
+            self._seq[item.stream] = max(self._seq[item.stream], int(item.fields["seq"]))
         self.published += len(written)
         self.per_stream.update(item.stream for item in written if item.result is not None)
         frames = [item.result for item in written if item.result is not None]

@@ -57,18 +57,26 @@ def exclusive_input(target: str) -> bool:
     if scheme in ("udp", "rtp"):
         return True
     try:
-        query = dict(parse_qsl(urlsplit(target).query))
+        query = dict(parse_qsl(urlsplit(target).query, keep_blank_values=True))
     except ValueError:
         return False
-    return query.get("listen") in ("1", "2") or query.get("mode") == "listener"
+    return (query.get("listen") in ("", "1", "2") or query.get("mode") == "listener"
+            or "listen" in query.get("rtsp_flags", "").split("+"))
+
+
+_HOST_PORT = re.compile(r"([\w.-]+|\[[0-9A-Fa-f:.]+\])(:\d+)?")
 
 
 def unescaped_userinfo(url: str) -> bool:
     """Whether ``url``'s password (or user) holds a ``/``, ``?`` or ``#`` that is not
     percent-encoded: FFmpeg ends the address at the first of them, so it would dial part of
-    the password as the host. Told by an ``@`` after that character with a ``user:`` before it
-    (a ``?`` between them is a query, and an ``@`` in a query is no password)."""
+    the password as the host. Told by an ``@`` after that character where what comes before it
+    is no host[:port] (a ``?`` between them is a query, and an ``@`` in a query is no password;
+    a password that looks like a port is not told)."""
     rest = url.partition("://")[2]
     end = min((i for i in (rest.find("/"), rest.find("?"), rest.find("#")) if i >= 0), default=len(rest))
     at = rest.rfind("@")
-    return at > end and ":" in rest[:end] and "?" not in rest[end + 1 : at]
+    before = rest[:end]
+    if _HOST_PORT.fullmatch(before.rsplit("@", 1)[-1]):  # FFmpeg reads a host there: the address is whole
+        return False
+    return at > end and "?" not in rest[end + 1 : at]

@@ -20,7 +20,7 @@ import socket
 import sys
 import time
 
-from segstream.client import SegstreamError, connect
+from segstream.client import SegstreamError, WireFormatError, connect
 
 # XACK and count in one step: the count moves only for the consumer whose XACK took the entry.
 COUNT_ONCE = """
@@ -60,7 +60,13 @@ def main(argv: list[str] | None = None) -> int:
     last_event = time.monotonic()
     try:
         while args.idle_exit is None or time.monotonic() - last_event < args.idle_exit:
-            for event in events.read(block_ms=500):
+            try:
+                batch = events.read(block_ms=500)
+            except WireFormatError as error:  # one entry we cannot read: say so, settle it, go on
+                print(f"track_counter: skipping {error}", file=sys.stderr)
+                events.ack(error.entry_id)
+                continue
+            for event in batch:
                 last_event = time.monotonic()
                 field = None
                 if event.kind == "track_started":

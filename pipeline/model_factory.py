@@ -149,7 +149,11 @@ def check_model_config(model_cfg) -> Preset:
     if preset.family not in FAMILY_BUILDERS:
         raise ConfigError(f"model.preset: {preset.name} is of family {preset.family!r}, which this segstream cannot run")
     if preset.family == "senatra":
-        ignored = sorted(set(getattr(model_cfg, "model_fields_set", ())) & _QUERY_SETTINGS)
+        # by value, not by "set": evaluate and Ray's actors pass every field, at its default
+        from segstream.pipeline.config import ModelConfig
+
+        ignored = sorted(k for k in _QUERY_SETTINGS if getattr(model_cfg, k, None) not in
+                         (None, ModelConfig.model_fields[k].default))
         if ignored:
             raise ConfigError(f"model.{ignored[0]}: {preset.name} is a SeNaTra model, whose segments come from its "
                               "grouping layers, not from scored queries and masks — remove "

@@ -139,6 +139,10 @@ class SilentServer:
             except OSError:
                 return
             self.accepted.append((time.monotonic(), sock))
+            self._accepted(sock)
+
+    def _accepted(self, sock: socket.socket) -> None:
+        """What happens to a connection once accepted: nothing, here (it stays open and silent)."""
 
     def __enter__(self) -> SilentServer:
         self._thread.start()
@@ -153,14 +157,8 @@ class SilentServer:
 class HangUpServer(SilentServer):
     """Accepts TCP connections and closes each at once (a camera at its session limit)."""
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                sock, _ = self.listener.accept()
-            except OSError:
-                return
-            self.accepted.append((time.monotonic(), sock))
-            sock.close()
+    def _accepted(self, sock: socket.socket) -> None:
+        sock.close()
 
 
 class StaticHttpServer:

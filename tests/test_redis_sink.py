@@ -567,3 +567,24 @@ def test_the_embedded_redis_hint_knows_whether_the_files_sink_keeps_the_entries(
         logger.removeHandler(caplog.handler)
     assert ("for files alone: --set sinks.redis.enabled=false" in caplog.text) == files_kept
     assert ("--set sinks.files.enabled=true" in caplog.text) != files_kept
+
+
+def test_entries_dropped_in_an_outage_leave_no_gap_in_the_numbers(tmp_path):
+    # a batch that failed is numbered afresh when sent again: the backlog's dropped entries never
+    # took a number, so a reader counts no trimming where the producer dropped (and said so)
+    from tests.redis_servers import RedisProcess
+
+    with RedisProcess(tmp_path / "redis") as server:
+        publisher = RedisPublisher(server.client(), pipeline_size=1, max_backlog=2, reconnect_max_s=0.2,
+                                   drain_timeout_s=20)
+        for index in range(2):
+            publisher.publish(synthetic_scene("outage", index))
+        server.kill()
+        for index in range(2, 7):
+            publisher.publish(synthetic_scene("outage", index))
+        server.start()
+        publisher.flush()
+        publisher.close()
+        entries = server.client().xrange("segstream:outage:frames")
+    assert publisher.dropped["sink_backlog"] == 3
+    assert [(int(f[b"frame"]), int(f[b"seq"])) for _, f in entries] == [(5, 3), (6, 4)]

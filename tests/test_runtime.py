@@ -397,8 +397,16 @@ def test_a_second_run_appends_to_the_files_and_a_torn_last_line_is_left_out_with
         assert len(list(read_entries(path))) == 4
     finally:
         logger.removeHandler(caplog.handler)
-    assert "its last line (5) is cut short" in caplog.text
-    path.write_text(whole.splitlines()[0][:50] + "\n" + whole)
+    assert "line 5 is cut short" in caplog.text
+    sink = FilesSink(tmp_path / "out")  # a third run goes on after the cut line, on a line of its own
+    Runtime([FileSource("a", str(clip), max_frames=1)], segmenter, [sink], progress=None, run_id="third").run()
+    logger.addHandler(caplog.handler)
+    try:
+        assert [e["run_id"] for e in read_entries(path)] == ["first", "first", "second", "second", "third"]
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert "line 5 is cut short" in caplog.text
+    path.write_text("not json\n" + whole)
     with pytest.raises(WireFormatError, match=r"a.jsonl, line 1: not an entry"):
         list(read_entries(path))
 

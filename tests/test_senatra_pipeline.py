@@ -106,3 +106,6 @@ def test_eomts_query_settings_given_to_senatra_are_refused_not_ignored():
     with pytest.raises(ConfigError, match="remove model.overlap_threshold, model.postprocess"):
         check_model_config(ModelConfig(family="senatra", postprocess="exact", overlap_threshold=0.5))
     assert check_model_config(ModelConfig(family="senatra")).family == "senatra"
+    # evaluate and Ray's actors pass every field at its default: that is no setting given
+    everything = ModelConfig.model_validate_json(ModelConfig(preset="synthetic_senatra_tiny_192").model_dump_json())
+    assert check_model_config(everything).family == "senatra"

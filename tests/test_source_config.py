@@ -61,7 +61,8 @@ def test_a_password_with_a_slash_question_mark_or_hash_must_be_percent_encoded()
         assert "percent-encode" in error and "%23" in error, error
         assert "P#ss" not in error and "a/b" not in error and "p?q" not in error
     for fine in ("rtsp://admin:C%40m%3AP%23ss%2F1@127.0.0.1:554/cam", "http://cdn/live.m3u8?sig=a@b",
-                 "http://cam/a@b.m3u8", "rtsp://admin:p@ss@cam/live"):
+                 "http://cam/a@b.m3u8", "rtsp://admin:p@ss@cam/live", "rtsp://u:p@cam:554/live@main",
+                 "https://cdn.x.net:443/i/ch_1@12345/master.m3u8", "rtsp://[::1]:554/a@b"):
         from segstream.connectors.urls import unescaped_userinfo
 
         assert not unescaped_userinfo(fine), fine
