@@ -210,11 +210,18 @@ def random_eomt(config, seed: int = 0, task: str = "panoptic") -> EoMT:
             model.upscale[-1].norm.bias.fill_(1.0)
             last = model.mask_head[-1]
             last.bias.zero_()
-            outputs = model(_calibration_scenes(config.img_size))
-            scale, offset = _mask_calibration(outputs.mask_logits, outputs.class_logits, instance=task == "instance")
+            key = (repr(config), seed, task)
+            if key not in _CALIBRATED:  # the same model is the same every time: one forward per process
+                outputs = model(_calibration_scenes(config.img_size))
+                _CALIBRATED[key] = _mask_calibration(outputs.mask_logits, outputs.class_logits,
+                                                     instance=task == "instance")
+            scale, offset = _CALIBRATED[key]
             last.weight.mul_(scale)
             last.bias.fill_(offset / config.dim)
     return model
+
+
+_CALIBRATED: dict[tuple[str, int, str], tuple[float, float]] = {}
 
 
 def _calibration_scenes(size: int) -> Tensor:
