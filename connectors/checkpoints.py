@@ -33,11 +33,12 @@ def shipped_weights(filename: str) -> Path:
     return Path(str(resources.files("segstream.models") / "weights" / filename))
 
 
-def read_state_dict(path: Path) -> dict[str, Tensor]:
+def read_state_dict(path: Path, shapes_only: bool = False) -> dict[str, Tensor]:
     """Tensors of a safetensors file, or of a pickled state dict loaded with weights_only; which
-    one a file is, its first bytes say (a download may be saved under any name)."""
+    one a file is, its first bytes say (a download may be saved under any name). With
+    ``shapes_only``, tensors on the meta device: names and shapes, the weights left on disk."""
     if path.name.endswith(".index.json") and path.is_file():
-        return _sharded(path)
+        return _sharded(path, shapes_only)
     if not path.is_file():
         raise CheckpointError(f"checkpoint '{path}' does not exist — pass the path of a .safetensors or .bin file")
     try:
@@ -53,6 +54,11 @@ def read_state_dict(path: Path) -> dict[str, Tensor]:
             "— pass the model's .safetensors or .bin/.pt file"
         )
     try:
+        if safetensors and shapes_only:
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as opened:
+                return {k: torch.empty(opened.get_slice(k).get_shape(), device="meta") for k in opened.keys()}
         if safetensors:
             from safetensors.torch import load_file
 
@@ -60,7 +66,9 @@ def read_state_dict(path: Path) -> dict[str, Tensor]:
         with warnings.catch_warnings():
             # torch's note about pickle protocols is noise to someone loading weights
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            state = torch.load(str(path), map_location="cpu", weights_only=True)
+            # mapped, not read, for shapes (torch.save's zip format; an old bare pickle is read)
+            mapped = shapes_only and head.startswith(b"PK\x03\x04")
+            state = torch.load(str(path), map_location="cpu", weights_only=True, mmap=mapped)
     except pickle.UnpicklingError:
         # torch's own message advises weights_only=False, i.e. running the file's code: never.
         raise CheckpointError(
@@ -92,7 +100,7 @@ def read_state_dict(path: Path) -> dict[str, Tensor]:
 _WRAPPERS = ("state_dict", "model_state_dict", "model", "network", "module", "ema")
 
 
-def _sharded(index: Path) -> dict[str, Tensor]:
+def _sharded(index: Path, shapes_only: bool = False) -> dict[str, Tensor]:
     """The tensors of a sharded checkpoint: ``save_pretrained``'s ``*.index.json`` names the
     shard of each weight; every shard is read as one file is."""
     try:
@@ -103,7 +111,7 @@ def _sharded(index: Path) -> dict[str, Tensor]:
                               "file itself") from None
     state: dict[str, Tensor] = {}
     for shard in shards:
-        state.update(read_state_dict(index.parent / shard))
+        state.update(read_state_dict(index.parent / shard, shapes_only))
     return state
 
 
@@ -279,6 +287,28 @@ def load_eomt(preset: Preset, checkpoint: str | None = None) -> EoMT:
     path = checkpoint_path(checkpoint or preset.weights)
     state = convert_state_dict(read_state_dict(path))
     model = EoMT(preset.config)
+    _refuse_misfit_eomt(path, preset, model, state)
+    model.load_state_dict(state, strict=False)
+    return model
+
+
+def check_checkpoint(preset: Preset, checkpoint: str | None = None) -> None:
+    """What loading ``checkpoint`` into ``preset`` would refuse, found without loading it: the
+    file's kind, and its tensors' names and shapes against the preset's (``segstream validate``;
+    the weights stay on disk). A hub reference and ``random`` are not checked."""
+    reference = checkpoint or preset.weights
+    if not reference or reference == RANDOM or reference.startswith(HF_PREFIX):
+        return
+    path = checkpoint_path(reference)
+    state = read_state_dict(path, shapes_only=True)
+    with torch.device("meta"):
+        if preset.family == "senatra":
+            _refuse_misfit_senatra(path, preset, SeNaTra(preset.config), state)
+        else:
+            _refuse_misfit_eomt(path, preset, EoMT(preset.config), convert_state_dict(state))
+
+
+def _refuse_misfit_eomt(path: Path, preset: Preset, model: EoMT, state: dict[str, Tensor]) -> None:
     problems = state_dict_problems(model, state)
     if problems:
         shown = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
@@ -288,8 +318,6 @@ def load_eomt(preset: Preset, checkpoint: str | None = None) -> EoMT:
             f"{preset.config.num_classes} classes, "
             f"{preset.config.num_queries} queries, input {preset.config.img_size}): {shown}{_what_fits(state)}"
         )
-    model.load_state_dict(state, strict=False)
-    return model
 
 
 def _what_fits(state: dict[str, Tensor]) -> str:
@@ -335,6 +363,12 @@ def load_senatra(preset: Preset, checkpoint: str | None = None) -> SeNaTra:
     path = checkpoint_path(reference)
     state = read_state_dict(path)
     model = SeNaTra(preset.config)
+    _refuse_misfit_senatra(path, preset, model, state)
+    model.load_state_dict(state)
+    return model
+
+
+def _refuse_misfit_senatra(path: Path, preset: Preset, model: SeNaTra, state: dict[str, Tensor]) -> None:
     expected = model.state_dict()
     problems = [f"missing {k}" for k in expected if k not in state][:3]
     problems += [f"unexpected {k}" for k in state if k not in expected][:3]
@@ -347,7 +381,13 @@ def load_senatra(preset: Preset, checkpoint: str | None = None) -> SeNaTra:
         raise CheckpointError(
             f"checkpoint '{path}' does not fit preset {preset.name} (dims {list(cfg.dims)}, depths "
             f"{list(cfg.depths)}, {cfg.downsampling} downsampling, {cfg.num_classes} classes, embedding "
-            f"{cfg.embed_dim}): " + "; ".join(problems)
+            f"{cfg.embed_dim}): " + "; ".join(problems) + _eomt_given_to_senatra(state)
         )
-    model.load_state_dict(state)
-    return model
+
+
+def _eomt_given_to_senatra(state: dict[str, Tensor]) -> str:
+    try:
+        convert_state_dict(state)["q.weight"]
+    except (KeyError, ValueError, TypeError):
+        return ""
+    return " — it is an EoMT checkpoint: run it with an EoMT preset (drop model.family: senatra)"

@@ -18,7 +18,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from segstream.connectors.errors import SegstreamError, SinkError, SourceError
+from segstream.connectors.errors import ConfigError, SegstreamError, SinkError, SourceError
 from segstream.connectors.redis_connection import TlsFiles
 from segstream.pipeline.config import (
     BatchPipelineConfig,
@@ -241,7 +241,15 @@ def _validate(args: argparse.Namespace) -> int:
     from segstream.pipeline.model_factory import check_model_config
 
     cfg = load_checked_config(args.config, args.overrides, schema=BatchPipelineConfig if batch else PipelineConfig)
-    model = check_model_config(cfg.model).name  # unknown preset or family, a task the preset lacks
+    preset = check_model_config(cfg.model)  # unknown preset or family, a task the preset lacks
+    from segstream.connectors.checkpoints import check_checkpoint
+    from segstream.connectors.errors import CheckpointError
+
+    try:
+        check_checkpoint(preset, cfg.model.checkpoint)  # a file that is no checkpoint, or not this model's
+    except CheckpointError as error:
+        raise ConfigError(f"model.checkpoint: {error}") from None
+    model = preset.name
     if batch:
         print(f"ok: a batch config (videos from `segstream batch INPUTS`), model {model}")
     else:

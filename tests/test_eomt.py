@@ -314,3 +314,34 @@ def test_a_hub_reference_without_dns_fails_at_once_in_one_line(monkeypatch, tmp_
     with pytest.raises(CheckpointError, match="the model hub's host huggingface.co is not known here") as err:
         load_eomt(get_preset("coco_panoptic_eomt_large_640"))
     assert "model.checkpoint" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_validate_refuses_a_checkpoint_that_is_none_or_does_not_fit_without_loading_it(tmp_path, capsys):
+    # Found probing: validate said "ok" for 4 KB of noise and for a checkpoint of another class count
+    from segstream.connectors.checkpoints import shipped_weights
+    from segstream.models.eomt import EoMT
+    from segstream.pipeline.cli import main
+
+    tiny = get_preset("synthetic_eomt_tiny_256")
+    (tmp_path / "noise.bin").write_bytes(bytes(range(256)) * 16)
+    save_file(EoMT(replace(tiny.config, num_classes=3)).state_dict(), tmp_path / "three.safetensors")
+    torch.save({"state_dict": read_state_dict(shipped_weights(tiny.weights))}, tmp_path / "fits.pt")
+
+    def validate(checkpoint: str) -> tuple[int, str]:
+        config = tmp_path / "c.yaml"
+        config.write_text("sources: [{name: s, type: synthetic, num_frames: 1}]\n"
+                          f"model: {{preset: {tiny.name}, checkpoint: '{checkpoint}'}}\n")
+        code = main(["validate", str(config)])
+        return code, capsys.readouterr()
+
+    code, out = validate(str(tmp_path / "noise.bin"))
+    assert code == 2 and "model.checkpoint: checkpoint" in out.err and "is not a checkpoint" in out.err
+    code, out = validate(str(tmp_path / "three.safetensors"))
+    assert code == 2 and "does not fit preset synthetic_eomt_tiny_256" in out.err and "3 classes" in out.err
+    code, out = validate(str(tmp_path / "fits.pt"))
+    assert code == 0 and out.out.startswith("ok: 1 source, model synthetic_eomt_tiny_256"), out
+    config = tmp_path / "c.yaml"
+    config.write_text("sources: [{name: s, type: synthetic, num_frames: 1}]\n"
+                      f"model: {{family: senatra, checkpoint: '{tmp_path / 'fits.pt'}'}}\n")
+    assert main(["validate", str(config)]) == 2
+    assert "it is an EoMT checkpoint: run it with an EoMT preset" in capsys.readouterr().err
