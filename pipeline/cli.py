@@ -2,7 +2,7 @@
 
 User errors (``SegstreamError``) end as one line ``segstream: error: ...`` and the error's exit
 code; Ctrl-C or SIGTERM drains the pipeline and exits 0 (from any state, start-up included), a
-second one aborts with 130. A run in which a source failed exits 1 and says which and why.
+second one aborts with 128 + its number (130 for Ctrl-C, 143 for SIGTERM). A run in which a source failed exits 1 and says which and why.
 ``--log-format json`` (or ``SEGSTREAM_LOG_FORMAT=json``) makes every line a JSON object.
 """
 
@@ -64,12 +64,13 @@ def main(argv: list[str] | None = None) -> int:
         return error.exit_code
     except KeyboardInterrupt:
         os.write(2, signal_line("aborted", "ERROR"))
+        code = 128 + (_DrainOnSignal.aborted_by or signal.SIGINT)  # 130 for Ctrl-C, 143 for SIGTERM
         if _pipeline_threads_alive():
             # they may be inside torch or FFmpeg, and finalising the interpreter under them crashes
             sys.stdout.flush()
             sys.stderr.flush()
-            os._exit(130)
-        return 130
+            os._exit(code)
+        return code
 
 
 def _pipeline_threads_alive() -> bool:
@@ -383,6 +384,8 @@ class _DrainOnSignal:
     ``stopping`` (nothing more is started); second: KeyboardInterrupt. ``signum`` is the first
     signal received (None before one)."""
 
+    aborted_by: int | None = None  # the signal that aborted this process (the second one)
+
     def __init__(self, runtime=None, doing: str = "stopping, draining queued frames"):
         self._runtime = runtime
         self.doing = doing
@@ -405,6 +408,7 @@ class _DrainOnSignal:
         self.signals += 1
         if self.signals > 1:
             abort_if_loading(frame)  # the model's modules may still be loading
+            _DrainOnSignal.aborted_by = signum  # the exit status says which signal aborted
             raise KeyboardInterrupt
         self.signum = signum
         self.stopping = True

@@ -83,6 +83,7 @@ def test_with_json_logs_the_lines_signals_bring_are_json_too(tmp_path, clip, che
     time.sleep(0.5)
     process.send_signal(signal.SIGTERM)
     _, err = process.communicate(timeout=60)
+    assert process.returncode == 143, err  # found probing: a second SIGTERM exited 130, Ctrl-C's status
     lines = [json.loads(line) for line in err.strip().splitlines()]  # each one JSON
     messages = [line["message"] for line in lines]
     assert "SIGTERM: stopping, draining queued frames (SIGTERM again aborts)" in messages and "aborted" in messages
