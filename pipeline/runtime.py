@@ -160,7 +160,9 @@ class RunReport:
             lost.update({reason: n for reason, n in s.dropped_by.items() if reason in SINK_DROPS and n})
         return dict(lost)
 
-    def summary(self) -> str:
+    def summary(self, outcome: str | None = None) -> str:
+        """One line: the run's outcome (``done``, ``stopped``, ``failed``; or ``outcome``), counts,
+        latency, and each source and sink."""
         mean_batch = self.model_frames / self.batches if self.batches else 0.0
         per_source = ", ".join(
             f"{name} {s.published}/{s.decoded}"
@@ -174,7 +176,7 @@ class RunReport:
             f"latency p50 {self.latency_ms_p50:.0f} ms p99 {self.latency_ms_p99:.0f} ms max {self.latency_ms_max:.0f} ms"
             if not math.isnan(self.latency_ms_p50) else "latency n/a"
         )
-        outcome = "failed" if self.failed else "stopped" if self.stopped else "done"
+        outcome = outcome or ("failed" if self.failed else "stopped" if self.stopped else "done")
         sinks = "".join(f"; {status['line']}" for status in self.sinks.values() if status.get("line"))
         return (
             f"{outcome}: {self.published} frames published in {self.elapsed_s:.1f} s "
@@ -437,6 +439,8 @@ class Runtime:
             self._close_sources()
         report = self.report(time.monotonic() - start)
         if self._errors:
+            if self.progress:  # what the run did before it failed: the error's own line follows
+                print(report.summary("failed"), file=self._progress_stream(), flush=True)
             raise self._errors[0]
         if not report.balanced:
             raise RuntimeError(f"bug: frames lost between stages: {report.sources}")

@@ -234,12 +234,18 @@ def test_max_frames_caps_each_source(clip, segmenter):
     assert report.published == 9 and sink.indices("a") == list(range(9))
 
 
-def test_sink_error_stops_the_run_and_is_raised(clip, segmenter):
+def test_sink_error_stops_the_run_and_is_raised_after_the_runs_counts(clip, segmenter):
+    import io
+
     sink = FailingSink()
     source = FileSource("a", str(clip), loop=True)
+    status = io.StringIO()
     with pytest.raises(SinkError, match="disk full"):
-        Runtime([source], segmenter, [sink], progress=None).run()
+        Runtime([source], segmenter, [sink], progress=status).run()
     assert sink.closed
+    # found probing: a run a full disk stopped printed its error alone, none of its counts
+    (last,) = status.getvalue().splitlines()[-1:]
+    assert last.startswith("failed: ") and " frames published in " in last and "a " in last
 
 
 def test_source_error_drains_the_others_and_is_raised(clip, segmenter):
