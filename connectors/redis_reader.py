@@ -233,8 +233,8 @@ class Client:
     def newest(self, source: str | None = None, *, stream: str | None = None,
                max_age_s: float | None = None) -> Entry | None:
         """The newest frame entry (XREVRANGE + - COUNT 1); None for an empty stream, or when the
-        newest entry was written more than ``max_age_s`` ago (a stopped pipeline's last scene is
-        not the present)."""
+        newest entry's scene was captured more than ``max_age_s`` ago (a stopped pipeline's last
+        scene, or one a pipeline under overload took long over, is not the present)."""
         name = stream or stream_name(self.stream_pattern, _required(source))
         reply = self.call(self.redis.xrevrange, name, "+", "-", count=1)
         entry = _frame_entry(_text(reply[0][0]), name, reply[0][1], None) if reply else None
@@ -244,9 +244,10 @@ class Client:
                       max_age_s: float | None = None, idle_s: float | None = None) -> Iterator[Entry | None]:
         """Newest-only mode, for consumers that act on the present (a robot): yields the newest
         entry each time there is a newer one than the last yielded, skipping what came between;
-        waits in a blocking XREAD (no polling). Entries written more than ``max_age_s`` ago are
-        skipped (by this machine's clock against the pipeline's ``publish_ts``: keep both on NTP,
-        and the limit above their skew); with ``idle_s``, None is yielded after that long without
+        waits in a blocking XREAD (no polling). Entries whose scene was captured more than
+        ``max_age_s`` ago are skipped (by this machine's clock against the pipeline's
+        ``capture_ts``: keep both on NTP, and the limit above their skew and above the pipeline's
+        own latency); with ``idle_s``, None is yielded after that long without
         a fresh entry, so a watchdog can tell "no frames" from "waiting". Ends on ``stop()``."""
         if idle_s is not None and idle_s <= 0:
             raise ValueError(f"idle_s must be above 0 (seconds without a fresh entry), got {idle_s}")
@@ -687,8 +688,11 @@ def _event_entry(entry_id: str, stream: str, fields, subscription) -> EventEntry
 
 
 def _fresh(entry: Entry, max_age_s: float | None) -> bool:
-    """Written no more than ``max_age_s`` ago (by this machine's clock against ``publish_ts``)."""
-    return max_age_s is None or time.time() - entry.publish_ts <= max_age_s
+    """A scene no more than ``max_age_s`` old: captured that recently (by this machine's clock
+    against ``capture_ts``; ``publish_ts`` for entries without a capture time, as archives')."""
+    if max_age_s is None:
+        return True
+    return time.time() - (entry.capture_ts or entry.publish_ts) <= max_age_s
 
 
 def _entries(reply) -> list[tuple[str, dict]]:

@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--password", default=os.environ.get("REDIS_PASSWORD") or None)
     parser.add_argument("--count", type=int, default=None, metavar="N", help="stop after N entries (default: never)")
     parser.add_argument("--max-age", type=float, default=None, metavar="S",
-                        help="leave out entries written more than S seconds ago (a stopped pipeline's last scene)")
+                        help="leave out scenes captured more than S seconds ago (a stopped or overloaded pipeline's)")
     args = parser.parse_args(argv)
     try:
         client = connect(args.url, args.password)

@@ -61,8 +61,8 @@ class FileSourceConfig(_Buffered, Strict):
     """A video file (any container and codec FFmpeg decodes), a local path or an http(s) URL.
 
     Relative paths are relative to the config file's directory. ``realtime`` paces the file at its
-    own frame rate, standing in for a camera (its buffer then defaults to ``newest``). Live
-    streams are ``type: stream``.
+    own frame rate, standing in for a camera: its buffer then defaults to a stream's (``newest``,
+    a queue of 2, frames older than 500 ms dropped). Live streams are ``type: stream``.
     """
 
     name: SourceName
@@ -77,6 +77,17 @@ class FileSourceConfig(_Buffered, Strict):
     open_timeout_s: PositiveFloat = 10.0
     read_timeout_s: PositiveFloat = 10.0
     required: bool = False
+
+    @model_validator(mode="after")
+    def _camera_defaults(self) -> FileSourceConfig:
+        # found probing: a realtime file had a file's queue of 8 and no staleness limit, so its
+        # latency ran 0.2-0.3 s above the streams' beside it
+        if self.realtime and self.buffer_kind == "newest":
+            if "queue_size" not in self.model_fields_set:
+                self.queue_size = 2
+            if "max_staleness_ms" not in self.model_fields_set:
+                self.max_staleness_ms = 500.0
+        return self
 
     @field_validator("path")
     @classmethod
@@ -184,6 +195,9 @@ class CameraSourceConfig(_LiveSourceKeys):
     def _device_path(cls, device: int | str) -> int | str:
         if isinstance(device, str) and not device.startswith("/"):
             raise ValueError(f"'{device}' is not a device — use an index (0 for /dev/video0) or a path like /dev/video0")
+        if isinstance(device, str) and Path(device).is_file():  # found probing: played unpaced, over and over
+            raise ValueError(f"'{device}' is a file, not a camera — to play a video as a camera, use type: file "
+                             "with realtime: true")
         return device
 
     @model_validator(mode="after")

@@ -164,3 +164,14 @@ def test_a_camera_backend_is_checked_in_the_config():
     with pytest.raises(ConfigError, match=r"sources\[0\].backend: Input should be 'ffmpeg' or 'opencv'"):
         validate_config({"sources": [{"name": "c", "type": "camera", "backend": "gstreamer"}],
                          "model": {"preset": "synthetic_eomt_tiny_256"}})
+
+
+def test_a_video_file_given_as_a_camera_device_points_to_a_realtime_file(clip):
+    # found probing: played through OpenCV as a camera, a file ran unpaced, ended and "reconnected"
+    # every second or two
+    from segstream.connectors.errors import ConfigError
+    from segstream.pipeline.config import validate_config
+
+    with pytest.raises(ConfigError, match="is a file, not a camera — .*type: file with realtime: true"):
+        validate_config({"sources": [{"name": "rear", "type": "camera", "device": str(clip), "backend": "opencv"}],
+                         "model": {"preset": "synthetic_eomt_tiny_256"}})

@@ -497,14 +497,24 @@ def test_newest_with_a_maximum_age_skips_a_stopped_pipeline_s_last_scene(server,
     from segstream.client import connect
     from segstream.connectors.redis_wire import to_wire
 
-    client.xadd("segstream:aging:frames", to_wire(synthetic_scene("aging", 0), "rle", publish_ts=time.time() - 100))
+    stopped = synthetic_scene("aging", 0)
+    stopped.capture_ts = time.time() - 101
+    client.xadd("segstream:aging:frames", to_wire(stopped, "rle", publish_ts=time.time() - 100))
     reader = connect(server.url)
     assert reader.newest("aging").frame == 0
     assert reader.newest("aging", max_age_s=5) is None
     newest = reader.follow_newest("aging", max_age_s=5, idle_s=0.3, block_ms=100)
     assert next(newest) is None, "nothing fresh: the watchdog hears of it"
-    client.xadd("segstream:aging:frames", to_wire(synthetic_scene("aging", 1), "rle"))
-    assert next(e for e in newest if e is not None).frame == 1
+    # found probing: under overload, scenes captured 2 s earlier passed max_age_s (it measured
+    # from publish_ts): the age is the scene's
+    late = synthetic_scene("aging", 1)
+    late.capture_ts = time.time() - 20
+    client.xadd("segstream:aging:frames", to_wire(late, "rle"))  # written now, captured 20 s ago
+    assert reader.newest("aging", max_age_s=5) is None and next(newest) is None
+    fresh = synthetic_scene("aging", 2)
+    fresh.capture_ts = time.time()
+    client.xadd("segstream:aging:frames", to_wire(fresh, "rle"))
+    assert next(e for e in newest if e is not None).frame == 2
     reader.close()
 
 

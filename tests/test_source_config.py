@@ -39,7 +39,12 @@ def test_live_sources_default_to_newest_frames_and_files_to_every_frame(clip, tm
     assert (camera.buffer_kind, camera.device) == ("newest", 0)
     assert stream.max_reconnects is None and stream.transport == "tcp"
     assert _source(type="file", path=str(clip)).buffer_kind == "every_frame"
-    assert _source(type="file", path=str(clip), realtime=True).buffer_kind == "newest"
+    realtime = _source(type="file", path=str(clip), realtime=True)  # a camera's stand-in: a stream's buffer
+    assert (realtime.buffer_kind, realtime.queue_size, realtime.max_staleness_ms) == ("newest", 2, 500.0)
+    kept = _source(type="file", path=str(clip), realtime=True, queue_size=5, max_staleness_ms=None)
+    assert (kept.queue_size, kept.max_staleness_ms) == (5, None)
+    whole = _source(type="file", path=str(clip))
+    assert (whole.queue_size, whole.max_staleness_ms) == (8, None)
     assert _source(type="images", path=str(tmp_path)).buffer_kind == "every_frame"
     assert _source(type="synthetic").required is False
 
