@@ -23,7 +23,8 @@ class TrackingStage:
     Each event's ``data`` holds ``track_id``, ``class_id``, ``label``, ``isthing``,
     ``first_frame``, ``last_frame``, ``frames_seen`` and ``frame`` (the frame it was written
     at); ``track_ended`` adds ``reason``
-    (``lost``: unseen for more than ``max_lost`` frames; ``end``: the source ended;
+    (``lost``: unseen for more than ``max_lost`` frames, or the source back after an outage
+    longer than that; ``end``: the source ended;
     ``capacity``: more than ``max_tracks`` tracks; ``frame_size``: the frame size changed).
     """
 
@@ -33,10 +34,14 @@ class TrackingStage:
         self._labels: dict[int, str] = {}  # class id -> label, as the model names it (bounded by its label set)
         self._last_ts: float | None = None  # the time of the last result's frame
         self._last_frame: int | None = None  # and its index
+        self._last_pts: float | None = None  # the last result's pts_seconds
+        self._last_epoch = 0  # and its epoch (a source's reconnects)
+        self._step_s: float | None = None  # about one frame's time
 
     def process(self, result: FrameResult) -> FrameResult:
         if result.segment_map is None:
             raise ValueError(f"{result.source} frame {result.index} has no label map to track")
+        self._after_outage(result)
         segments = result.segments
         update = self.tracker.update(
             result.index, result.segment_map, segments.ids, segments.class_ids, segments.isthing, segments.embeddings,
@@ -50,6 +55,24 @@ class TrackingStage:
         self._last_frame = result.index
         result.events.extend(self._event(e, self._last_ts, result.index) for e in update.events)
         return result
+
+    def _after_outage(self, result: FrameResult) -> None:
+        """A source back after an outage longer than ``max_lost`` frames (its timeline says how
+        long: the gap in ``pts_seconds`` across the reconnect): its tracks ended unseen, as
+        ``lost``; what comes now starts new ones. Frame numbers alone would not tell: they go on
+        from the last frame delivered."""
+        last_pts, last_epoch = self._last_pts, self._last_epoch
+        self._last_pts, self._last_epoch = result.pts_seconds, result.epoch
+        if last_pts is None or result.pts_seconds is None:
+            return
+        step = result.pts_seconds - last_pts
+        if result.epoch == last_epoch:
+            if step > 0:  # the shortest recent step: drops make longer ones; a slower rate is followed
+                self._step_s = step if self._step_s is None else min(step, self._step_s * 1.05)
+            return
+        if self._step_s is not None and step > (self.tracker.settings.max_lost + 1) * self._step_s:
+            ts = result.capture_ts or time.time()
+            result.events.extend(self._event(e, ts, result.index) for e in self.tracker.finish("lost"))
 
     def finish(self, reason: str = "end") -> list[Event]:
         """The source ended (or failed: ``reason="failed"``): every track ends with that reason,

@@ -256,6 +256,28 @@ def test_the_stage_fills_the_track_columns_and_emits_started_and_ended_events():
         ("track_ended", "sky", "end", 7), ("track_ended", "grass", "end", 7)}
 
 
+def test_tracks_end_as_lost_when_a_source_comes_back_after_an_outage_longer_than_max_lost():
+    # Found probing: a camera back after 7 s (175 frame times, max_lost 30) kept its tracks: frame
+    # numbers go on from the last frame delivered, so the outage never aged them
+    def at(frame, pts_s, epoch, things):
+        result = result_of(frame, things)
+        result.pts_seconds, result.epoch, result.capture_ts = pts_s, epoch, 1000.0 + pts_s
+        return result
+
+    stage = TrackingStage("cam0", TrackerSettings(max_lost=5))
+    disc = [(DISC, 40, 60, 10)]
+    for f in range(4):
+        stage.process(at(f, f * 0.04, 0, disc))
+    short = stage.process(at(4, 4 * 0.04 + 0.1, 1, disc))  # a reconnect after 0.1 s: fewer than 5 frames
+    assert not [e for e in short.events if e.kind == "track_ended"]
+    before = {int(t) for t in short.segments.track_ids if t >= 0}
+    back = stage.process(at(5, 4 * 0.04 + 0.1 + 7.0, 2, disc))  # back after 7 s
+    ended = [e for e in back.events if e.kind == "track_ended"]
+    assert ended and {e.data["reason"] for e in ended} == {"lost"} and {e.data["frame"] for e in ended} == {5}
+    assert {e.data["track_id"] for e in ended} >= before
+    assert not {int(t) for t in back.segments.track_ids if t >= 0} & before, "what comes back starts new tracks"
+
+
 def pipeline_config(clip, **tracking):
     from segstream.pipeline.config import validate_config
 
