@@ -18,6 +18,9 @@ Ray is an optional extra: ``pip install 'segstream[ray]'``.
 from __future__ import annotations
 
 import logging
+import signal
+import socket
+import threading
 import time
 from collections import Counter, deque
 from collections.abc import Sequence
@@ -241,18 +244,66 @@ def run_ray(cfg: PipelineConfig, jobs: Sequence[VideoJob], root: Path, manifest:
     """Process ``jobs`` on Ray: the cluster at ``batch.ray.address``, or the Ray this process
     already joined, or a local one started for this batch."""
     ray = _ray()
+    # the tasks run in other processes, maybe on other machines, in other working directories
+    root = Path(root).resolve()
+    _check_redis(cfg)  # as the local engine does before its first video, not as each video's failure
     started_here = not ray.is_initialized()
     if started_here:
         address = cfg.batch.ray.address
+        _check_reachable(address)
+        handlers = _signal_handlers()
         try:
             ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
         except (ConnectionError, RuntimeError, ValueError) as error:
             raise ConfigError(f"cannot join the Ray cluster at {address or 'a new local Ray'}: {error}") from None
+        finally:
+            _restore(handlers)  # Ray's own SIGTERM handler aborted the batch instead of draining it
     try:
         return _run(ray, cfg, jobs, root, manifest, progress, control, run_id)
+    except ray.exceptions.RayError as error:  # the cluster went away under the batch
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise SegstreamError(f"lost the Ray cluster during the batch ({type(error).__name__}: {first}) — the "
+                             "videos finished so far are recorded; run the same command again to go on") from None
     finally:
         if started_here:
             ray.shutdown()
+
+
+def _signal_handlers() -> dict:
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+
+
+def _restore(handlers: dict) -> None:
+    for signum, handler in handlers.items():
+        if handler is not None:
+            signal.signal(signum, handler)
+
+
+def _check_reachable(address: str | None) -> None:
+    """A ``host:port`` cluster address that does not answer fails now, in one line: Ray would
+    retry it for minutes. ``auto``, ``ray://`` and none (a local Ray) are Ray's to resolve."""
+    if not address or address == "auto" or "://" in address:
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as error:
+        raise ConfigError(f"batch.ray.address: nothing answers at {address} ({error.strerror or error}) — start "
+                          "the cluster's head (ray start --head) or fix the address") from None
+
+
+def _check_redis(cfg) -> None:
+    redis_cfg = cfg.sinks.redis
+    if not (redis_cfg.enabled and redis_cfg.url):
+        return
+    from segstream.connectors.redis_connection import TlsFiles, connect_redis
+
+    tls = TlsFiles(redis_cfg.tls.ca_file, redis_cfg.tls.cert_file, redis_cfg.tls.key_file, redis_cfg.tls.check_hostname)
+    connect_redis(redis_cfg.url, redis_cfg.password, username=redis_cfg.username, tls=tls).close()
 
 
 def _run(ray, cfg, jobs, root, manifest, progress, control, run_id) -> list[VideoOutcome]:
@@ -295,8 +346,10 @@ def _run(ray, cfg, jobs, root, manifest, progress, control, run_id) -> list[Vide
                                            result["seconds"], result["reason"], result["outputs"],
                                            result["frames_missing"], result["damage"])
                 except ray.exceptions.RayError as error:
-                    outcome = VideoOutcome(job, "failed",
-                                           reason=f"its Ray task failed {settings.retries + 1} times: {error}".splitlines()[0])
+                    # a worker that died is retried (batch.ray.retries); an error in the task is not
+                    died = isinstance(error, (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError))
+                    tries = f" {settings.retries + 1} times" if died else ""
+                    outcome = VideoOutcome(job, "failed", reason=f"its Ray task failed{tries}: {error}".splitlines()[0])
                 manifest.record(outcome)
                 progress.ended_video(outcome)
                 outcomes.append(outcome)

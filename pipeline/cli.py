@@ -175,7 +175,9 @@ def _parser() -> argparse.ArgumentParser:
     batch.add_argument("--engine", choices=["local", "ray"], default="local",
                        help="local: this machine; ray: a Ray cluster, local by default (pip install 'segstream[ray]')")
     batch.add_argument("--address", default=None, metavar="ADDR",
-                       help="Ray cluster address, e.g. ray://head:10001 or auto (default: batch.ray.address, else a local Ray)")
+                       help="Ray cluster address: auto (the cluster this machine joined), head:6379, or "
+                            "ray://head:10001 (needs pip install 'ray[client]') (default: batch.ray.address, else a "
+                            "local Ray)")
     batch.add_argument("--concurrency", type=int, default=None, metavar="N", help="videos decoded at once (local engine)")
     batch.add_argument("--retry-failed", action="store_true",
                        help="process videos that failed in an earlier run again (default: skip them)")

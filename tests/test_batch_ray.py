@@ -126,3 +126,25 @@ def test_a_killed_worker_is_retried_and_the_manifest_shows_the_video_once(tmp_pa
     assert [json.loads(line)["frame"] for line in lines] == [str(i) for i in range(80)], "whole, each frame once"
     assert len(list((out / "long" / "panoptic").glob("*.png"))) == 80
     assert not (out / ".partial").exists(), "the killed attempt's half-written folder is gone"
+
+
+def test_an_address_that_does_not_answer_and_an_unreachable_redis_fail_before_any_video():
+    # Found probing: host:port of no cluster retried for minutes; an unreachable Redis failed every
+    # video of the archive one by one (the local engine refuses it at once)
+    import socket
+
+    from segstream.connectors.errors import ConfigError, SinkError
+    from segstream.pipeline.batch_ray import _check_reachable, _check_redis
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # bound, not listening: nothing answers
+        with pytest.raises(ConfigError, match=f"batch.ray.address: nothing answers at 127.0.0.1:{port}"):
+            _check_reachable(f"127.0.0.1:{port}")
+        cfg = validate_config({"model": {"device": "cpu"},
+                               "sinks": {"redis": {"url": f"redis://127.0.0.1:{port}/0"}}},
+                              schema=BatchPipelineConfig)
+        with pytest.raises(SinkError, match=f"127.0.0.1:{port}"):
+            _check_redis(cfg)
+    for resolved_by_ray in (None, "auto", "ray://head:10001"):
+        _check_reachable(resolved_by_ray)
