@@ -6,6 +6,7 @@ Nothing here unpickles arbitrary objects: safetensors files are read as tensors,
 
 from __future__ import annotations
 
+import contextlib
 import json
 import pickle
 import warnings
@@ -132,12 +133,12 @@ def resolve_hf(reference: str) -> Path:
         raise CheckpointError(
             f"'{reference}' needs huggingface_hub (pip install 'segstream[hub]'), or {local_hint}"
         ) from None
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
     names = [filename] if filename else list(CHECKPOINT_FILES)
     for name in names:  # downloaded before: no network needed
-        try:
+        with contextlib.suppress(LocalEntryNotFoundError):
             return Path(hf_hub_download(repo_id, name, local_files_only=True))
-        except Exception:
-            pass
     host = _unreachable_hub()
     if host is not None:  # huggingface_hub would retry each file for most of a minute, logging each try
         raise CheckpointError(f"cannot fetch {repo_id}: the model hub's host {host} is not known here (no network "
@@ -218,7 +219,7 @@ def random_eomt(config, seed: int = 0, task: str = "panoptic") -> EoMT:
             model.upscale[-1].norm.bias.fill_(1.0)
             last = model.mask_head[-1]
             last.bias.zero_()
-            key = (repr(config), seed, task)
+            key = (config, seed, task)  # a frozen dataclass: the architecture itself is the key
             if key not in _CALIBRATED:  # the same model is the same every time: one forward per process
                 outputs = model(_calibration_scenes(config.img_size))
                 _CALIBRATED[key] = _mask_calibration(outputs.mask_logits, outputs.class_logits,
@@ -229,7 +230,7 @@ def random_eomt(config, seed: int = 0, task: str = "panoptic") -> EoMT:
     return model
 
 
-_CALIBRATED: dict[tuple[str, int, str], tuple[float, float]] = {}
+_CALIBRATED: dict[tuple[object, int, str], tuple[float, float]] = {}
 
 
 def _calibration_scenes(size: int) -> Tensor:

@@ -83,10 +83,9 @@ class FileSourceConfig(_Buffered, Strict):
         # found probing: a realtime file had a file's queue of 8 and no staleness limit, so its
         # latency ran 0.2-0.3 s above the streams' beside it
         if self.realtime and self.buffer_kind == "newest":
-            if "queue_size" not in self.model_fields_set:
-                self.queue_size = 2
-            if "max_staleness_ms" not in self.model_fields_set:
-                self.max_staleness_ms = 500.0
+            for key in ("queue_size", "max_staleness_ms"):
+                if key not in self.model_fields_set:
+                    setattr(self, key, StreamSourceConfig.model_fields[key].default)
         return self
 
     @field_validator("path")

@@ -175,6 +175,9 @@ def truth_path(video: Path) -> Path:
     return video.with_name(f"{video.stem}_truth.npz")
 
 
+FRAMES_PER_SEED = 50  # evaluate's --frames when it renders scenes
+
+
 def clip_frames(videos: Sequence[Path], per_clip: int | None = None) -> Iterator[tuple[np.ndarray, FrameResult]]:
     """The decoded frames of encoded synthetic clips with their ground truth: what a pipeline
     reading those files sees, compression included (the first ``per_clip`` of each; None: all)."""
@@ -233,7 +236,8 @@ def main_evaluate(args) -> int:
     width, height = args.size
     clips = getattr(args, "clips", None)
     frames = clip_frames(clips, args.frames) if clips else None
-    result = evaluate_segmenter(segmenter.segment, args.seeds, width, height, args.frames or 50, segmenter.labels,
+    per_seed = args.frames or FRAMES_PER_SEED
+    result = evaluate_segmenter(segmenter.segment, args.seeds, width, height, per_seed, segmenter.labels,
                                 frames=frames)
     scenes = f"clips {' '.join(str(c) for c in clips)}" if clips else (
         f"{width}x{height}, seeds {' '.join(map(str, args.seeds))}")

@@ -33,6 +33,7 @@ from segstream.connectors.synthetic import synthetic_clip
 from segstream.models.processing import frame_label_map
 from segstream.models.results import NO_TRACK, FrameResult
 from segstream.models.tracking import SegmentTracker, TrackerSettings
+from segstream.pipeline.evaluation import FRAMES_PER_SEED
 
 DROP_SHARE = 0.1
 
@@ -248,7 +249,7 @@ def main_evaluate_tracking(args) -> int:
         segmenter = build_segmenter(evaluation_model_config(args))
         segment_fn, name = segmenter.segment, segmenter.name
     width, height = args.size
-    results = evaluate_tracking(args.seeds, width, height, args.frames or 50, segment_fn=segment_fn)
+    results = evaluate_tracking(args.seeds, width, height, args.frames or FRAMES_PER_SEED, segment_fn=segment_fn)
     print(
         f"tracking: {results['noisy_truth']['frames']} frames, {width}x{height}, seeds {' '.join(map(str, args.seeds))}"
         + (f", model {name}" if name else "")
