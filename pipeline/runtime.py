@@ -99,6 +99,12 @@ class SourceReport:
     reconnects: int = 0
     transitions: dict[str, int] = field(default_factory=dict)
 
+    @property
+    def abandoned(self) -> int:
+        """Frames decoded but neither published nor dropped: those still in the engine when an
+        abort (a second signal) cut the run short. 0 for a run that ended or stopped."""
+        return max(0, self.decoded + self.decode_errors - self.published - self.dropped)
+
 
 @dataclass
 class RunReport:
@@ -143,6 +149,10 @@ class RunReport:
         return self.published / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
     @property
+    def abandoned(self) -> int:
+        return sum(s.abandoned for s in self.sources.values())
+
+    @property
     def balanced(self) -> bool:
         return all(s.decoded + s.decode_errors == s.published + s.dropped for s in self.sources.values())
 
@@ -169,6 +179,7 @@ class RunReport:
             + (f" dropped {s.dropped} ({', '.join(f'{k} {v}' for k, v in sorted(s.dropped_by.items()))})" if s.dropped else "")
             + (f" decode errors {s.decode_errors}" if s.decode_errors else "")
             + (f" reconnects {s.reconnects}" if s.reconnects else "")
+            + (f" abandoned {s.abandoned}" if s.abandoned else "")
             + (" FAILED" if s.state == "failed" else "")  # the reason is in ``failed``, printed on its own line
             for name, s in self.sources.items()
         )
@@ -178,9 +189,10 @@ class RunReport:
         )
         outcome = outcome or ("failed" if self.failed else "stopped" if self.stopped else "done")
         sinks = "".join(f"; {status['line']}" for status in self.sinks.values() if status.get("line"))
+        abandoned = f", {self.abandoned} abandoned in flight" if self.abandoned else ""
         return (
             f"{outcome}: {self.published} frames published in {self.elapsed_s:.1f} s "
-            f"({self.fps:.1f} fps), {self.dropped} dropped, {self.batches} batches (mean {mean_batch:.1f}), "
+            f"({self.fps:.1f} fps), {self.dropped} dropped{abandoned}, {self.batches} batches (mean {mean_batch:.1f}), "
             f"{latency}; {per_source}{sinks}"
         )
 
@@ -324,6 +336,8 @@ class Runtime:
             if hasattr(source, "on_state"):  # it reports its own states
                 source.on_state = self.states.listener(source.name)
         self._aborted = threading.Event()
+        # a second signal (KeyboardInterrupt in run()): even results ready for the sinks are abandoned
+        self._interrupted = False
         self._inflight = threading.Semaphore(max_inflight)
         self._to_post = _Channel(max_inflight, self._aborted)
         # One batch of results between stages keeps each stage busy; more only adds latency.
@@ -427,6 +441,7 @@ class Runtime:
                     print(self._progress_line(now - start), file=self._progress_stream(), flush=True)
         except BaseException:
             # second Ctrl-C: no draining; sinks are closed because some own a process (an embedded Redis)
+            self._interrupted = True
             self._abort()
             self._close_sources()
             publisher = threads[-1]  # the sink thread, started last
@@ -434,6 +449,8 @@ class Runtime:
                 publisher.join(1.0)  # aborted, it closes the sinks itself; closing them under it races its writes
             if publisher.ident is None or publisher.is_alive():
                 self._close_sinks()
+            if self.progress:  # what the abort cut short: frames still in the engine are abandoned
+                print(self.report(time.monotonic() - start).summary("aborted"), file=self._progress_stream(), flush=True)
             raise
         if not sources_closed:
             self._close_sources()
@@ -652,6 +669,8 @@ class Runtime:
                 beat("publish", idle="waiting for results")
                 if (item := self._to_sinks.get(timeout=wait)) is _END:
                     break
+                if self._interrupted:  # no draining: what is still queued is abandoned, and counted so
+                    return
                 beat("publish")
                 self._publish_events()
                 if isinstance(item, SourceEnd):
