@@ -7,11 +7,12 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import IO, Iterator
+from collections import Counter
+from typing import BinaryIO, Iterator
 
 from segstream.connectors.errors import SinkError, WireFormatError
 from segstream.connectors.redis_wire import event_to_wire, to_wire
-from segstream.connectors.sink import WrittenCallback
+from segstream.connectors.sink import DROPPED_WRITE_FAILED, DroppedCallback, WrittenCallback
 from segstream.models.results import Event, FrameResult
 
 log = logging.getLogger("segstream.sinks")
@@ -24,8 +25,14 @@ class FilesSink:
 
     Each line is one Redis stream entry (``segstream.connectors.redis_wire`` schema) as a JSON
     object of the same fields; the binary fields (``idmap``, ``levels_idmap``) are base64 text.
-    ``read_entries`` turns a line back into the field map ``redis_wire.from_wire`` reads. Lines are written as
-    results arrive (``publish_ts`` is that moment) and reach the disk on ``flush``.
+    ``read_entries`` turns a line back into the field map ``redis_wire.from_wire`` reads. Each
+    line goes to the file (unbuffered) as its result arrives, and ``publish_ts`` is that moment,
+    so a result reported written is in the file.
+
+    A write that fails (the disk full, the folder gone) costs only its own entry: it is dropped,
+    counted as ``sink_write_failed`` (``on_dropped``, ``status()``), and said once per file in a
+    warning; the next entry tries again, on a line of its own after whatever the failed one
+    left, and a line says when writing resumed. Other sinks (Redis) go on meanwhile.
     """
 
     name = "files"
@@ -34,7 +41,12 @@ class FilesSink:
         self.directory = Path(directory)
         self.mask_encoding = mask_encoding
         self.on_written: WrittenCallback | None = None
-        self._files: dict[str, IO[str]] = {}
+        self.on_dropped: DroppedCallback | None = None
+        self.dropped: Counter[str] = Counter()
+        self.events_dropped = 0
+        self._files: dict[str, BinaryIO] = {}
+        self._failing: dict[str, int] = {}  # path -> entries dropped since its writes began failing
+        self._last_error = ""
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
         except OSError as error:
@@ -43,13 +55,18 @@ class FilesSink:
     def publish(self, result: FrameResult) -> None:
         now = time.time()
         entry = to_wire(result, self.mask_encoding, publish_ts=now)
-        self._write(self.path(result.source), entry)
+        if not self._write(self.path(result.source), entry):
+            self.dropped[DROPPED_WRITE_FAILED] += 1
+            if self.on_dropped is not None:
+                self.on_dropped([result], DROPPED_WRITE_FAILED)
+            return
         result.publish_ts = now
         if self.on_written is not None:
             self.on_written([result])
 
     def publish_event(self, event: Event) -> None:
-        self._write(self.events_path(event.source), event_to_wire(event))
+        if not self._write(self.events_path(event.source), event_to_wire(event)):
+            self.events_dropped += 1
 
     def poll(self) -> float | None:
         return None
@@ -60,31 +77,65 @@ class FilesSink:
     def events_path(self, source: str) -> Path:
         return self.directory / f"{source}.events.jsonl"
 
-    def _write(self, path: Path, entry: dict) -> None:
-        try:
-            self._file(path).write(entry_line(entry))
-        except OSError as error:
-            raise SinkError(f"cannot write to '{path}': {error.strerror}") from None
+    def status(self) -> dict:
+        """What the sink dropped, with a ``line`` for status lines while it has dropped any."""
+        dropped = dict(self.dropped)
+        line = ""
+        if dropped or self.events_dropped:
+            line = (f"files dropped {sum(dropped.values())} entries + {self.events_dropped} events "
+                    f"(writes failed: {self._last_error})")
+        return {"dropped": dropped, "events_dropped": self.events_dropped, "failing": sorted(self._failing),
+                "line": line}
 
-    def _file(self, path: Path) -> IO[str]:
+    def _write(self, path: Path, entry: dict) -> bool:
+        """Append one entry's line; False (logged, the file closed) when the write fails."""
+        key = str(path)
+        try:
+            data = entry_line(entry).encode("utf-8")
+            f = self._file(path)
+            written = 0
+            while written < len(data):  # a raw file may take part of it (a nearly full disk)
+                written += f.write(memoryview(data)[written:]) or 0
+        except OSError as error:
+            self._last_error = error.strerror or str(error)
+            if key not in self._failing:
+                log.warning("cannot write to '%s': %s; its entries are dropped (counted as %s) until writes "
+                            "succeed again", path, self._last_error, DROPPED_WRITE_FAILED)
+            self._failing[key] = self._failing.get(key, 0) + 1
+            stale = self._files.pop(key, None)
+            if stale is not None:  # reopened for the next entry, which starts on a line of its own
+                try:
+                    stale.close()
+                except OSError:
+                    pass
+            return False
+        if key in self._failing:
+            log.warning("writing to '%s' again after %d dropped entries", path, self._failing.pop(key))
+        return True
+
+    def _file(self, path: Path) -> BinaryIO:
         key = str(path)
         if key not in self._files:
+            f = path.open("ab", buffering=0)
             try:
-                self._files[key] = path.open("a", encoding="utf-8")
-                if _ends_torn(path):  # a run stopped in the middle of a line: ours start on a line of their own
-                    self._files[key].write("\n")
-            except OSError as error:
-                raise SinkError(f"cannot open '{path}' for writing: {error.strerror}") from None
+                if _ends_torn(path):  # a run or a write stopped in the middle of a line: ours start on a new one
+                    f.write(b"\n")
+            except OSError:
+                f.close()
+                raise
+            self._files[key] = f
         return self._files[key]
 
     def flush(self) -> None:
-        for f in self._files.values():
-            f.flush()
+        """Nothing waits: every line went to the file as it was published."""
 
     def close(self) -> None:
         files, self._files = self._files, {}
         for f in files.values():
-            f.close()
+            try:
+                f.close()
+            except OSError:
+                pass
 
 
 def entry_line(entry: dict[str, bytes | str]) -> str:

@@ -7,7 +7,6 @@ import logging
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from segstream.connectors.redis_wire import (
     stream_name,
     to_wire,
 )
-from segstream.connectors.sink import DROPPED_BACKLOG, DROPPED_UNREACHABLE, WrittenCallback
+from segstream.connectors.sink import DROPPED_BACKLOG, DROPPED_UNREACHABLE, DroppedCallback, WrittenCallback
 from segstream.models.results import Event, FrameResult
 
 log = logging.getLogger(__name__)
@@ -33,7 +32,6 @@ log = logging.getLogger(__name__)
 # Why a frame the publisher was handed never reached Redis (RunMetrics' dropped reasons).
 _RECHECK_S = 0.25  # while disconnected, how often poll() wants to be called
 
-DroppedCallback = Callable[[Sequence[FrameResult], str], None]
 
 
 @dataclass(slots=True)

@@ -10,10 +10,14 @@ from segstream.models.results import Event, FrameResult
 # Called by a sink with the results it has just written, each with ``publish_ts`` set.
 WrittenCallback = Callable[[Sequence[FrameResult]], None]
 
+# Called by a sink with results it was given and drops, and why (one of the reasons below).
+DroppedCallback = Callable[[Sequence[FrameResult], str], None]
+
 # Why a sink drops a frame it was given (``on_dropped``):
 DROPPED_BACKLOG = "sink_backlog"  # its backlog was full while its server was unreachable: oldest first
 DROPPED_UNREACHABLE = "sink_unreachable"  # still waiting when the run ended and its server stayed away
-SINK_DROPS = (DROPPED_BACKLOG, DROPPED_UNREACHABLE)  # output lost, not load shed: the run's exit says so
+DROPPED_WRITE_FAILED = "sink_write_failed"  # its write failed (a file sink's disk full, its folder gone)
+SINK_DROPS = (DROPPED_BACKLOG, DROPPED_UNREACHABLE, DROPPED_WRITE_FAILED)  # output lost, not load shed: the run's exit says so
 
 
 class Sink(Protocol):

@@ -327,7 +327,7 @@ def undelivered_line(lost: dict[str, int], results: int) -> str:
     incomplete."""
     reasons = ", ".join(f"{reason} {n}" for reason, n in sorted(lost.items()))
     return (f"the output is incomplete: {sum(lost.values())} of {results} results were never written ({reasons}); "
-            "the warnings above name the server that stayed away")
+            "the warnings above say where and why")
 
 
 def build_runtime(

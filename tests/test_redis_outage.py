@@ -168,7 +168,7 @@ def test_a_run_survives_redis_killed_mid_run_and_restarted_10_s_later(tmp_path):
     assert err.strip().splitlines()[-1] == (
         f"segstream: error: the output is incomplete: {lost} of {published + lost} results were never written "
         f"({', '.join(f'{r} {n}' for r, n in sorted(reasons.items()) if r.startswith('sink_'))}); "
-        "the warnings above name the server that stayed away"
+        "the warnings above say where and why"
     )
     assert re.search(r"redis connected, backlog 0/30 .*peak 30, 1 reconnect, dropped \d+ \(sink_backlog\)", err)
 

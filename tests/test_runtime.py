@@ -417,6 +417,45 @@ def test_a_second_run_appends_to_the_files_and_a_torn_last_line_is_left_out_with
         list(read_entries(path))
 
 
+def test_a_full_disk_costs_the_files_sink_only_the_entries_it_could_not_write(clip, segmenter, tmp_path):
+    # Found probing: a full disk under the files sink stopped the whole run, Redis included
+    out = tmp_path / "out"
+    out.mkdir()
+    path = out / "a.jsonl"
+    path.symlink_to("/dev/full")  # every write fails with ENOSPC, as on a full disk
+    files, other = FilesSink(out), CollectingSink()
+    warnings = []
+    handler = logging.Handler()
+    handler.emit = lambda record: warnings.append(record.getMessage())
+    logger = logging.getLogger("segstream.sinks")
+    logger.addHandler(handler)
+    level, logger.level = logger.level, logging.WARNING  # whatever level the CLI's tests left on "segstream"
+    try:
+        report = Runtime([FileSource("a", str(clip), max_frames=6)], segmenter, [files, other], progress=None).run()
+        # space again, after a line that a failed write cut short
+        path.unlink()
+        path.write_text('{"half an entry')
+        written, dropped = [], []
+        files.on_written = lambda results: written.extend(r.index for r in results)
+        files.on_dropped = lambda results, reason: dropped.append(reason)
+        for result in other.results[:3]:
+            files.publish(result)
+        files.close()
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    assert other.indices("a") == list(range(6))  # the other sink went on
+    assert report.undelivered == {"sink_write_failed": 6} and report.balanced  # the run's exit says so
+    assert files.status()["dropped"] == {"sink_write_failed": 6} and "No space left on device" in files.status()["line"]
+    assert warnings == [  # once per outage, not once per entry
+        f"cannot write to '{path}': No space left on device; its entries are dropped (counted as sink_write_failed) "
+        "until writes succeed again",
+        f"writing to '{path}' again after 6 dropped entries",
+    ]
+    assert written == [0, 1, 2] and dropped == []
+    assert [from_wire(entry).index for entry in read_entries(path)] == [0, 1, 2]  # each on a line of its own
+
+
 def test_files_sink_writes_wire_entries_per_source(clip, segmenter, tmp_path):
     sink = FilesSink(tmp_path / "out", mask_encoding="idmap")
     sources = [FileSource("a", str(clip), max_frames=5), FileSource("b", str(clip), max_frames=3)]
