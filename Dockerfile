@@ -27,8 +27,9 @@ COPY samples/demo.mp4 ./samples/demo.mp4
 COPY README.md ./
 RUN pip install --constraint constraints.txt .
 
-# tini as PID 1: it passes SIGTERM on to segstream (which drains and exits) and reaps children
-RUN apt-get update && apt-get install -y --no-install-recommends tini && rm -rf /var/lib/apt/lists/*
+# tini as PID 1: it passes SIGTERM on to segstream (which drains and exits) and reaps children;
+# ffmpeg receives SRT and RIST streams, which the FFmpeg in PyAV's wheels lacks
+RUN apt-get update && apt-get install -y --no-install-recommends tini ffmpeg && rm -rf /var/lib/apt/lists/*
 
 RUN useradd --system --create-home --uid 10001 segstream \
     && mkdir /opt/segstream/runs && chown segstream /opt/segstream/runs

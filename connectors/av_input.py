@@ -45,6 +45,7 @@ import av
 import numpy as np
 
 from segstream.connectors.errors import SourceError
+from segstream.connectors.ffmpeg_relay import FFmpegRelay, demuxer_options, relay_program
 from segstream.connectors.urls import exclusive_input, redact_url, url_scheme
 
 logger = logging.getLogger("segstream.sources")
@@ -245,11 +246,16 @@ class AVInput:
         self.lost_are_errors = lost_are_errors
         self.last_read = time.monotonic()  # when FFmpeg last handed over a packet
         self.orientation = orientation if orientation is not None else DisplayOrientation()
+        self._relay: FFmpegRelay | None = None
+        # FFmpeg's own deadlines come ``grace_s`` after the caller's (a watchdog that acts on
+        # the caller's); messages name the caller's
+        deadlines = (timeout[0] + grace_s, timeout[1] + grace_s)
         try:
-            # FFmpeg's own deadlines come ``grace_s`` after the caller's (a watchdog that acts on
-            # the caller's); messages name the caller's
-            self.container = av.open(target, format=format, options=options or {},
-                                     timeout=(timeout[0] + grace_s, timeout[1] + grace_s))
+            self.container = av.open(target, format=format, options=options or {}, timeout=deadlines)
+        except av.error.ProtocolNotFoundError as error:
+            if (ffmpeg := relay_program(target)) is None:
+                raise open_error(error, self.shown, timeout[0]) from None
+            self.container = self._open_relayed(ffmpeg, options or {}, deadlines)
         except Exception as error:
             raise open_error(error, self.shown, timeout[0]) from None
         try:
@@ -257,7 +263,7 @@ class AVInput:
                 raise SourceError(f"'{self.shown}' has no video stream")
             self.stream = self.container.streams.video[0]
         except BaseException:
-            self.container.close()
+            self.close()
             raise
         context = self.stream.codec_context
         # Slice threads lose nothing; frame threads hide decode errors and add latency.
@@ -290,6 +296,31 @@ class AVInput:
         self.info = self._info(context)
         self._sender: tuple[int, float] | None = None  # (pts, sender Unix time) of the last packet with one
 
+    def _open_relayed(self, ffmpeg: str, options: dict[str, str], deadlines: tuple[float, float]):
+        """The input through the system's ``ffmpeg`` (a protocol PyAV's FFmpeg lacks: SRT)."""
+        self._relay = relay = FFmpegRelay(ffmpeg, self.target, self.shown, options, deadlines)
+        try:
+            return av.open(relay, format="mpegts", options=demuxer_options(options), timeout=deadlines)
+        except Exception as error:
+            relay.close()
+            if relay.timed_out:
+                raise InputTimeout(f"timed out after {self.timeout[0]:g} s opening '{self.shown}' (open timeout)",
+                                   "open", self.timeout[0]) from None
+            raise SourceError(f"cannot open '{self.shown}': {relay.reason() or describe_error(error)}") from None
+
+    def _relay_ended(self) -> None:
+        """After a relayed input's data ended: raise what ended ``ffmpeg``, if anything did."""
+        relay = self._relay
+        if relay is None:
+            return
+        relay.process.wait()
+        if relay.timed_out:
+            raise InputTimeout(
+                f"no data from '{self.shown}' for {self.timeout[1]:g} s (read timeout)", "read", self.timeout[1]
+            )
+        if (reason := relay.reason()) is not None:
+            raise SourceError(f"reading '{self.shown}' failed: {reason}")
+
     def _info(self, context) -> InputInfo:
         return InputInfo(context.width, context.height, context.name, context.pix_fmt, self.fps)
 
@@ -307,6 +338,7 @@ class AVInput:
                 try:
                     frames = packet.decode()
                 except av.error.EOFError:
+                    self._relay_ended()
                     return
                 except av.error.FFmpegError:
                     self.decode_errors += 1
@@ -317,6 +349,7 @@ class AVInput:
                     continue
                 for frame in frames:
                     yield self._picture(frame)
+            self._relay_ended()
         except av.error.ExitError:
             raise InputTimeout(
                 f"no data from '{self.shown}' for {self.timeout[1]:g} s (read timeout)", "read", self.timeout[1]
@@ -360,7 +393,11 @@ class AVInput:
         return Picture(image, pts, self.time_base, self.step, time.time(), sender, size, skipped)
 
     def close(self) -> None:
-        self.container.close()
+        try:
+            self.container.close()
+        finally:
+            if self._relay is not None:
+                self._relay.close()
 
 
 def _identity(image: np.ndarray) -> np.ndarray:

@@ -1,5 +1,6 @@
-"""Network streams: RTSP(S), RTMP(S), HTTP(S) (progressive or HLS), TCP, UDP and SRT, read with
-FFmpeg through PyAV as ``LiveSource`` s that reconnect until stopped."""
+"""Network streams: RTSP(S), RTMP(S), HTTP(S) (progressive or HLS), TCP, UDP, SRT and RIST, read
+with FFmpeg through PyAV (SRT and RIST received by the system's ``ffmpeg``: ``ffmpeg_relay``) as
+``LiveSource`` s that reconnect until stopped."""
 
 from __future__ import annotations
 

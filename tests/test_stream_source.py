@@ -551,3 +551,56 @@ def test_a_resolver_that_is_not_up_yet_is_not_an_unknown_host(monkeypatch):
 
     monkeypatch.setattr(socket, "getaddrinfo", resolver_down)
     assert _unknown_host("rtsp://cam.example.org/live") is None
+
+
+def test_srt_which_pyav_s_ffmpeg_lacks_is_read_through_the_system_ffmpeg_and_rides_out_its_sender_restarting():
+    """PyAV's wheels carry an FFmpeg without libsrt: an SRT camera failed with "Protocol not
+    found". The system's ffmpeg (Debian's has SRT) now receives it and hands it to PyAV."""
+    import socket
+
+    import av
+
+    port = free_port(socket.SOCK_DGRAM)
+    url = f"srt://127.0.0.1:{port}"
+    with pytest.raises(av.error.ProtocolNotFoundError):  # else this test would not test the relay
+        av.open(url)
+    policy = ReconnectPolicy(open_timeout_s=5, read_timeout_s=1, stall_timeout_s=3, delay_s=0.2, max_delay_s=1)
+    source = StreamSource("srt", url, policy=policy)
+    source.on_state = log = StateLog()
+    frames: list = []
+    thread = threading.Thread(target=lambda: frames.extend(source.frames()), daemon=True)
+    listener = ["-f", "mpegts", f"{url}?mode=listener"]
+    try:
+        with FfmpegStream(listener):
+            thread.start()
+            wait_for(lambda: len(frames) >= 10, 20, "frames over SRT")
+            relays = [pid for pid in _children(os.getpid()) if url in _cmdline(pid) and "pipe:1" in _cmdline(pid)]
+            assert len(relays) == 1
+        wait_for(lambda: "reconnecting" in log.states, 10, "the lost sender noticed")
+        with FfmpegStream(listener):
+            wait_for(lambda: frames[-1].epoch == 1 and len(frames) > 20, 30, "frames after the sender came back")
+    finally:
+        source.close()
+        thread.join(10)
+    assert all(f.image.shape == (120, 160, 3) for f in frames)
+    assert [f.index for f in frames] == list(range(len(frames)))
+    assert log.states[:2] == ["connecting", "streaming"] and log.states.count("streaming") == 2
+    assert "no data from" in log.first("stalled")[2]
+    # no ffmpeg left behind (the capture thread ends its relay once FFmpeg's read returns)
+    wait_for(lambda: not [pid for pid in _children(os.getpid()) if url in _cmdline(pid)], 10, "the relay's end")
+
+
+def _children(pid: int) -> list[int]:
+    children = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(FileNotFoundError), open(f"/proc/{pid}/task/{task}/children") as f:  # a thread ended
+            children += [int(c) for c in f.read().split()]
+    return children
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode()
+    except FileNotFoundError:
+        return ""

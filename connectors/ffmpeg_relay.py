@@ -1,0 +1,142 @@
+"""Protocols that the FFmpeg inside PyAV's wheels lacks (SRT, RIST), read through the system's
+``ffmpeg``: it receives the stream and hands its packets on unchanged (``-c copy``, timestamps
+kept) as MPEG-TS through a pipe, which PyAV then demuxes and decodes as any other input.
+
+PyAV's wheels bundle an FFmpeg built without libsrt; Debian's ``ffmpeg`` package (and most
+distributions') has it. Only the receiving runs in the ``ffmpeg`` process: decoding, timeouts
+and reconnecting stay where they are for every other stream (``AVInput``, ``LiveSource``). A
+read from the pipe blocks until ``ffmpeg`` writes or exits, so the relay has its own deadlines
+(open, then read, as FFmpeg's own) after which it ends the ``ffmpeg`` process; the read then
+returns and the input reports the timeout.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import shutil
+import subprocess
+import threading
+import time
+
+from segstream.connectors.urls import url_scheme
+
+RELAYED_SCHEMES = ("srt", "rist")
+# Options of the input that PyAV's demuxer of the pipe takes too; the rest are the protocol's
+# (timeouts, SRT's passphrase, latency, streamid) and go to ``ffmpeg`` only.
+_DEMUXER_OPTIONS = ("analyzeduration", "probesize", "fpsprobesize")
+
+
+@functools.lru_cache(maxsize=None)
+def _ffmpeg_protocols(ffmpeg: str) -> frozenset[str]:
+    """The input protocols of the ``ffmpeg`` program at that path (empty when it does not run)."""
+    try:
+        listing = subprocess.run([ffmpeg, "-hide_banner", "-protocols"], capture_output=True, text=True,
+                                 timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return frozenset()
+    inputs = listing.split("Input:", 1)[-1].split("Output:", 1)[0]
+    return frozenset(line.strip() for line in inputs.splitlines() if line.strip())
+
+
+def relay_program(target: str) -> str | None:
+    """The ``ffmpeg`` on PATH when it can read ``target``'s protocol and that protocol is one this
+    module relays; else None."""
+    scheme = url_scheme(target)
+    if scheme not in RELAYED_SCHEMES:
+        return None
+    ffmpeg = shutil.which("ffmpeg")
+    if ffmpeg is None or scheme not in _ffmpeg_protocols(ffmpeg):
+        return None
+    return ffmpeg
+
+
+def demuxer_options(options: dict[str, str]) -> dict[str, str]:
+    """Of an input's FFmpeg options, those PyAV's MPEG-TS demuxer of the pipe takes as well."""
+    return {k: v for k, v in options.items() if k in _DEMUXER_OPTIONS}
+
+
+class FFmpegRelay:
+    """One ``ffmpeg`` process receiving ``target`` and writing its video as MPEG-TS to a pipe;
+    ``read`` (what PyAV reads from) gives its bytes. ``timeout`` = (open, read) seconds: no byte
+    within the first before the first byte, or within the second between two reads' data, ends
+    the process, and ``timed_out`` says which. ``reason()`` is ``ffmpeg``'s last error line with
+    the URL in it replaced by ``shown`` (it may hold credentials)."""
+
+    def __init__(self, ffmpeg: str, target: str, shown: str, options: dict[str, str],
+                 timeout: tuple[float, float]):
+        self.target = target
+        self.shown = shown
+        self.timeout = timeout
+        self.timed_out: str | None = None  # "open" or "read" when a deadline ended the process
+        self._errors: collections.deque[str] = collections.deque(maxlen=8)
+        self._last_data: float | None = None
+        self._started = time.monotonic()
+        self._closed = threading.Event()
+        command = [ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error"]
+        for key, value in options.items():
+            command += [f"-{key}", str(value)]
+        # packets as they come: no muxing delay, each one flushed into the pipe at once
+        command += ["-i", target, "-map", "0:v", "-c", "copy", "-copyts", "-muxdelay", "0", "-muxpreload", "0",
+                    "-flush_packets", "1", "-f", "mpegts", "pipe:1"]
+        self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE)
+        self._stderr = threading.Thread(target=self._read_errors, name="segstream-relay-stderr", daemon=True)
+        self._stderr.start()
+        self._watchdog = threading.Thread(target=self._watch, name="segstream-relay-watchdog", daemon=True)
+        self._watchdog.start()
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.process.stdout.read1(size if size > 0 else 65536)
+        if data:
+            self._last_data = time.monotonic()
+        return data
+
+    def reason(self) -> str | None:
+        """Why ``ffmpeg`` ended (its last error line, or its exit status), None while it runs or
+        when it ended without error."""
+        code = self.process.poll()
+        if self.timed_out is not None:
+            return None
+        if self._errors:
+            return self._errors[-1]
+        if code:
+            return f"ffmpeg exited with status {code}"
+        return None
+
+    def close(self) -> None:
+        self._closed.set()
+        self._end()
+        self.process.stdout.close()
+        self._stderr.join(timeout=2)
+        self._watchdog.join(timeout=2)
+
+    def _end(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=2)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def _watch(self) -> None:
+        while not self._closed.wait(0.1):
+            if self.process.poll() is not None:
+                return
+            now = time.monotonic()
+            if self._last_data is None and now - self._started > self.timeout[0]:
+                self.timed_out = "open"
+            elif self._last_data is not None and now - self._last_data > self.timeout[1]:
+                self.timed_out = "read"
+            else:
+                continue
+            self._end()  # the blocked read returns: the pipe ends
+            return
+
+    def _read_errors(self) -> None:
+        for raw in iter(self.process.stderr.readline, b""):
+            line = raw.decode("utf-8", "replace").strip()
+            if line:  # "<url>: Connection timed out": the URL is the input's, named already
+                self._errors.append(line.removeprefix(f"{self.target}: ").replace(self.target, self.shown))
+        self.process.stderr.close()
