@@ -110,9 +110,10 @@ def _vectorised_uint8_resize() -> bool:
 
 
 def letterbox_size(height: int, width: int, size: int) -> tuple[int, int]:
-    """Frame size after scaling the long side to ``size``."""
+    """Frame size after scaling the long side to ``size`` (at least one pixel each way: a
+    line-scan frame, 1 x 4096, keeps one row)."""
     factor = min(size / height, size / width)
-    return round(height * factor), round(width * factor)
+    return max(1, round(height * factor)), max(1, round(width * factor))
 
 
 def letterbox(images: list[Tensor], size: int) -> tuple[Tensor, list[tuple[int, int]]]:

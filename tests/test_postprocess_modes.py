@@ -96,6 +96,16 @@ def test_fast_mode_agrees_with_exact_mode_on_the_shipped_model(shipped):
     assert np.array_equal(result.segment_map.every(5), result.label_map[::5, ::5])
 
 
+@pytest.mark.parametrize("postprocess", ["exact", "fast"])
+def test_line_scan_frames_one_pixel_high_or_wide_are_segmented(shipped, postprocess):
+    # found probing: a 1 x 4096 frame scaled to 0 rows and failed inside torch's resize
+    segmenter = EoMTSegmenter(shipped, "panoptic", load_label_set("synthetic"), "tiny", postprocess=postprocess)
+    shapes = [(1, 4096), (4096, 1), (5, 3001), (1, 1)]
+    results = segmenter.segment([np.full((h, w, 3), 120, np.uint8) for h, w in shapes])
+    assert [r.label_map.shape for r in results] == shapes
+    assert all(int(r.segments.areas.sum()) == int((r.label_map >= 0).sum()) for r in results)
+
+
 def test_areas_and_boxes_of_a_resized_map_are_those_of_the_full_map():
     rng = np.random.default_rng(0)
     small = rng.integers(-1, 5, (37, 53)).astype(np.int32)
