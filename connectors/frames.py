@@ -44,3 +44,18 @@ class Frame:
     @property
     def width(self) -> int:
         return self.size[1] if self.size is not None else int(self.image.shape[1])
+
+
+def frame_problem(frame: object) -> str | None:
+    """What makes ``frame`` unfit for the model stage (not a ``Frame``, an index that is not an
+    int, an image that is not H x W x 3 uint8), in a few words; None when it is fit."""
+    if not isinstance(frame, Frame):
+        return f"is a {type(frame).__name__}, not a segstream.Frame"
+    if not isinstance(frame.index, (int, np.integer)) or isinstance(frame.index, bool):
+        return f"has index {frame.index!r}, not an int"
+    image = frame.image
+    if not isinstance(image, np.ndarray):
+        return f"has an image of type {type(image).__name__}, not a numpy array"
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or 0 in image.shape:
+        return f"has a {image.dtype} image of shape {image.shape}, not H x W x 3 uint8 RGB"
+    return None

@@ -43,8 +43,9 @@ def stream_name(pattern: str, source: str) -> str:
     return pattern.format(source=source)
 
 
-def to_wire(result: FrameResult, mask_encoding: str, publish_ts: float | None = None) -> dict[str, bytes | str]:
-    """The stream entry for one processed frame; ``publish_ts`` defaults to now."""
+def to_wire(result: FrameResult, mask_encoding: str = "rle", publish_ts: float | None = None) -> dict[str, bytes | str]:
+    """The stream entry for one processed frame; ``mask_encoding`` is ``rle`` (COCO RLE per
+    segment) or ``idmap`` (one zstd-compressed label map); ``publish_ts`` defaults to now."""
     if mask_encoding not in MASK_ENCODINGS:
         raise WireFormatError(
             f"unknown mask encoding {mask_encoding!r} — use one of {', '.join(MASK_ENCODINGS)}"
@@ -328,8 +329,16 @@ def event_to_wire(event: Event) -> dict[str, str]:
         "source": event.source,
         "event": event.kind,
         "ts": repr(float(event.ts)),
-        "data": json.dumps(event.data, separators=(",", ":"), ensure_ascii=False, default=_plain),
+        "data": _event_data(event),
     }
+
+
+def _event_data(event: Event) -> str:
+    try:
+        return json.dumps(event.data, separators=(",", ":"), ensure_ascii=False, default=_plain)
+    except (TypeError, ValueError) as error:
+        raise TypeError(f"event {event.kind!r} of source {event.source!r}: its data is not JSON ({error}) — "
+                        "use numbers, strings, lists and dicts") from None
 
 
 def event_from_wire(fields: Mapping[bytes | str, bytes | str]) -> Event:

@@ -20,6 +20,9 @@ DROPPED_WRITE_FAILED = "sink_write_failed"  # its write failed (a file sink's di
 SINK_DROPS = (DROPPED_BACKLOG, DROPPED_UNREACHABLE, DROPPED_WRITE_FAILED)  # output lost, not load shed: the run's exit says so
 
 
+SINK_METHODS = ("publish", "publish_event", "poll", "flush", "close")  # what the runtime calls
+
+
 class Sink(Protocol):
     """Where results go (Redis, files).
 

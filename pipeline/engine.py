@@ -93,8 +93,10 @@ class Batcher:
             capacity = min(capacity, max(1, self.max_bytes // max(1, frame.image.nbytes)))
         with self.cond:
             q = self.queues[i]
-            while not newest and len(q) >= capacity and not self.aborted:
+            while not newest and len(q) >= capacity and not self.aborted and self.open[i]:
                 self.cond.wait()
+            if not self.open[i]:  # finished meanwhile (the run left the source behind): nowhere to go
+                return
             while newest and len(q) >= capacity:  # frames may have grown (a reconnect at a larger size)
                 q.popleft()
                 self.metrics.dropped(self.names[i], QUEUE_FULL)

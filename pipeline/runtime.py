@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import logging
 import math
 import os
 import queue
@@ -33,8 +34,9 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, TextIO
 
-from segstream.connectors.errors import ConfigError, SegstreamError
-from segstream.connectors.sink import SINK_DROPS, Sink
+from segstream.connectors.errors import ConfigError, SegstreamError, SourceError
+from segstream.connectors.frames import Frame, frame_problem
+from segstream.connectors.sink import SINK_DROPS, SINK_METHODS, Sink
 from segstream.connectors.source import VideoSource
 from segstream.models.results import Event, FrameResult
 from segstream.models.segmenter import FamilyAdapter
@@ -45,6 +47,10 @@ from segstream.pipeline.source_states import SourceStates, first_frame
 THREAD_PREFIX = "segstream-"
 _END = object()
 _POLL_IDLE_S = 0.5
+# How long a stopped run waits for a source's frames() to return after close() before it ends
+# without that source (a source of one's own blocked in a read that ignores close()).
+SOURCE_CLOSE_GRACE_S = 5.0
+log = logging.getLogger("segstream.runtime")
 
 
 @functools.cache
@@ -255,8 +261,15 @@ class Runtime:
 
     ``stop()`` may be called from any thread or a signal handler (it only sets a flag): sources are
     closed, frames already decoded drain through the model and the sinks, sinks are flushed and
-    closed, and ``run()`` returns. An exception in any stage stops everything, drains what still
-    can be drained and is raised from ``run()``. ``max_frames`` caps the frames taken from each
+    closed, and ``run()`` returns. A source whose ``frames()`` has not returned
+    ``SOURCE_CLOSE_GRACE_S`` after its ``close()`` is left behind, with a warning. A
+    KeyboardInterrupt inside ``run()`` (Ctrl-C when it runs on the main thread) aborts: nothing
+    more is drained, the summary counts what was abandoned, and the interrupt is raised; to drain
+    on Ctrl-C, call ``stop()`` from a SIGINT handler (as ``segstream run`` does) or run ``run()``
+    on another thread. An exception in any stage stops everything, drains what still
+    can be drained and is raised from ``run()``. A source that yields something other than a
+    ``Frame`` with an H x W x 3 uint8 image fails, naming the frame; sinks and stage factories
+    of the wrong shape are refused here. ``max_frames`` caps the frames taken from each
     source. ``buffers`` gives each source's ``BufferPolicy`` (default: ``newest`` for live sources,
     ``every_frame`` for the others). A source that fails (its ``frames()`` raises) ends the run
     when it is ``required`` (None: every source is), else the others carry on and the report
@@ -299,8 +312,17 @@ class Runtime:
         if max_inflight < model_workers or model_workers < 1:
             raise ValueError("model_workers must be at least 1 and max_inflight at least model_workers")
         self.sources = list(sources)
+        self._source_names = frozenset(names)
         self.adapter = adapter
         self.sinks = list(sinks)
+        for sink in self.sinks:
+            if missing := [m for m in SINK_METHODS if not callable(getattr(sink, m, None))]:
+                raise TypeError(f"sink {getattr(sink, 'name', type(sink).__name__)!r} lacks {', '.join(missing)}: a sink "
+                                f"has {', '.join(SINK_METHODS)} (segstream.Sink)")
+        for factory in stages:
+            if not callable(factory) or (not isinstance(factory, type) and hasattr(factory, "process")):
+                raise TypeError(f"stages takes factories, called with a source's name, that return a stage; got "
+                                f"{type(factory).__name__!r} (pass lambda source: {type(factory).__name__}(...))")
         # decoded images ride along with results only while some sink draws on them
         self._wants_images = any(getattr(sink, "wants_images", False) for sink in self.sinks)
         self.model_stage = ModelStage(adapter, max_inflight, keep_images=self._wants_images)
@@ -349,6 +371,8 @@ class Runtime:
         self._ended_lock = threading.Lock()
         self._stage_done = False  # the stage thread has ended: nothing holds ended states any more
         self._stop_requested = False
+        self._left_behind: dict[int, threading.Thread] = {}  # sources whose frames() ignored close()
+        self._left_behind_names: set[str] = set()
         self._errors: list[BaseException] = []
         self._started = False
         self._reporting = False  # some sink reports its writes (else publishing is the hand-off)
@@ -430,12 +454,18 @@ class Runtime:
             for t in threads[1:]:
                 t.start()
             last_progress = start
-            while alive := [t for t in threads if t.is_alive()]:
+            decoders = threads[self.model_workers:self.model_workers + len(self.sources)]
+            closed_at = math.inf
+            while alive := [t for t in threads if t.is_alive() and t not in self._left_behind.values()]:
                 alive[-1].join(0.05)
                 if (self._stop_requested or self._errors) and not sources_closed:
                     self._close_sources()
-                    sources_closed = True
+                    sources_closed, closed_at = True, time.monotonic()
                 now = time.monotonic()
+                if now - closed_at > SOURCE_CLOSE_GRACE_S:
+                    for i, decoder in enumerate(decoders):
+                        if decoder.is_alive() and i not in self._left_behind:
+                            self._leave_behind(i, decoder)
                 if self.progress and now - last_progress >= self.progress_interval_s:
                     last_progress = now
                     print(self._progress_line(now - start), file=self._progress_stream(), flush=True)
@@ -459,8 +489,10 @@ class Runtime:
             if self.progress:  # what the run did before it failed: the error's own line follows
                 print(report.summary("failed"), file=self._progress_stream(), flush=True)
             raise self._errors[0]
-        if not report.balanced:
-            raise RuntimeError(f"bug: frames lost between stages: {report.sources}")
+        unbalanced = {name: s for name, s in report.sources.items()  # a source left behind may still count
+                      if s.decoded + s.decode_errors != s.published + s.dropped and name not in self._left_behind_names}
+        if unbalanced:
+            raise RuntimeError(f"bug: frames lost between stages: {unbalanced}")
         if self.progress:
             print(report.summary(), file=self._progress_stream(), flush=True)
         return report
@@ -481,6 +513,11 @@ class Runtime:
             # stopped before it began (a signal while the model loaded): never opened, never dialled
             frames = iter(()) if self._stop_requested else iter(source.frames())
             for frame in frames:
+                if i in self._left_behind:  # the run ended without this source: what it yields now goes nowhere
+                    return
+                if (problem := frame_problem(frame)) is not None:  # a source of one's own: say so here, not in torch
+                    number = frame.index if isinstance(frame, Frame) else counts.decoded
+                    raise SourceError(f"source {name}: frame {number} {problem}")
                 frame.times["decoded"] = now = time.monotonic()
                 if generic and counts.decoded == 0:
                     self.states.enter(name, "streaming", *first_frame(source, frame), quiet=True)
@@ -506,13 +543,27 @@ class Runtime:
                 if hasattr(frames, "close"):
                     frames.close()  # runs the source's own cleanup now, in this thread
             finally:
-                self.metrics.decode_errors(name, getattr(source, "decode_errors", 0))
-                if not failed:
-                    stopped = self._stop_requested or self._aborted.is_set()
-                    self.states.enter(name, "ended", "stopped" if stopped else "end of input", quiet=generic)
-                self._batcher.finish(i)
-                self._to_stage.wake()  # its end may follow its last result at once
+                if i not in self._left_behind:  # else its end was told when it was left behind
+                    self.metrics.decode_errors(name, getattr(source, "decode_errors", 0))
+                    if not failed:
+                        stopped = self._stop_requested or self._aborted.is_set()
+                        self.states.enter(name, "ended", "stopped" if stopped else "end of input", quiet=generic)
+                    self._batcher.finish(i)
+                    self._to_stage.wake()  # its end may follow its last result at once
                 self.metrics.beat(beat, idle="ended")
+
+    def _leave_behind(self, i: int, thread: threading.Thread) -> None:
+        """A source whose ``frames()`` went on blocking after ``close()``: the run ends without it
+        (its thread is a daemon; what it yields later goes nowhere), saying so."""
+        name = self.sources[i].name
+        self._left_behind[i] = thread
+        self._left_behind_names.add(name)
+        log.warning("source %s did not end within %g s of close() (its frames() is still blocked); the run ends "
+                    "without it", name, SOURCE_CLOSE_GRACE_S)
+        self.states.enter(name, "ended", f"stopped; its frames() did not return within {SOURCE_CLOSE_GRACE_S:g} s "
+                          "of close() and was left behind")
+        self._batcher.finish(i)
+        self._to_stage.wake()
 
     def _model(self, worker: int) -> None:
         name = f"model{worker or ''}"
@@ -605,7 +656,10 @@ class Runtime:
                 if result is not None:
                     beat("stage")
                     for stage in self._source_stages(result.source):
-                        result = stage.process(result)
+                        source, index, result = result.source, result.index, stage.process(result)
+                        if not isinstance(result, FrameResult):
+                            raise TypeError(f"{type(stage).__name__}.process returned {type(result).__name__} for frame "
+                                            f"{index} of {source}: a per-source stage returns the result it was given")
                     result.run_id = self.run_id
                     for event in result.events:
                         event.run_id = self.run_id
@@ -707,6 +761,9 @@ class Runtime:
 
     def emit(self, event: Event) -> None:
         """Publish an event on its source's events stream (any thread; never blocks)."""
+        if event.source not in self._source_names:
+            raise ValueError(f"event {event.kind!r} names source {event.source!r}, which this run does not have "
+                             f"(its sources: {', '.join(self._source_names)})")
         event.run_id = event.run_id or self.run_id
         self._events.put(event)
         self._to_sinks.wake()

@@ -1,0 +1,143 @@
+"""Sources, stages, sinks and events of one's own in a Runtime: a mistake in one is named, in the
+user's terms, where it is made (found by a probe embedding segstream as a library: torch's
+errors from inside the model, AttributeErrors after the model had run, a stop() that hung)."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from segstream.connectors.file_source import FileSource
+from segstream.connectors.frames import Frame
+from segstream.models.results import Event
+from segstream.pipeline import runtime as runtime_module
+from segstream.pipeline.runtime import Runtime
+from tests.conftest import CollectingSink
+
+
+class ListSource:
+    """Yields a frame per image (numbered from 0; an image may be anything) and anything else
+    in ``items`` as it is, then calls ``then()`` if given."""
+
+    live = False
+
+    def __init__(self, name: str, items: list, then=None):
+        self.name, self.items, self.then = name, items, then
+
+    def frames(self):
+        for i, item in enumerate(self.items):
+            yield item if isinstance(item, (Frame, str)) else Frame(self.name, i, item, None, None, None, time.time())
+        if self.then is not None:
+            self.then()
+
+    def close(self):
+        pass
+
+
+GOOD = np.zeros((48, 64, 3), np.uint8)
+
+
+@pytest.mark.parametrize("bad, says", [
+    (np.zeros((48, 64, 3), np.float32), "frame 2 has a float32 image of shape (48, 64, 3), not H x W x 3 uint8 RGB"),
+    (np.zeros((48, 64), np.uint8), "frame 2 has a uint8 image of shape (48, 64), not H x W x 3 uint8 RGB"),
+    (np.zeros((48, 64, 4), np.uint8), "frame 2 has a uint8 image of shape (48, 64, 4), not H x W x 3 uint8 RGB"),
+    (np.zeros((0, 64, 3), np.uint8), "frame 2 has a uint8 image of shape (0, 64, 3), not H x W x 3 uint8 RGB"),
+    (None, "frame 2 has an image of type NoneType, not a numpy array"),
+    (Frame("odd", None, GOOD, None, None, None, 0.0), "frame None has index None, not an int"),
+    ("a path", "frame 2 is a str, not a segstream.Frame"),
+])
+def test_a_bad_frame_fails_only_its_own_source_saying_which_frame_and_what_is_wrong(clip, segmenter, bad, says):
+    sink = CollectingSink()
+    odd = ListSource("odd", [GOOD, GOOD, bad])
+    report = Runtime([FileSource("cam", str(clip)), odd], segmenter, [sink], required=["cam"], progress=None).run()
+    assert len(sink.indices("cam")) == 40  # the other source went on to its end
+    assert report.failed == {"odd": says}
+    assert sink.indices("odd") == [0, 1]
+
+
+def test_a_source_whose_frames_ignores_close_does_not_hang_stop(segmenter, monkeypatch):
+    monkeypatch.setattr(runtime_module, "SOURCE_CLOSE_GRACE_S", 0.5)
+    forever = threading.Event()
+    stuck = ListSource("stuck", [GOOD], then=forever.wait)  # a camera read that close() cannot end
+    sink = CollectingSink()
+    runtime = Runtime([stuck], segmenter, [sink], publish_states=True, progress=None)
+    outcome = {}
+    thread = threading.Thread(target=lambda: outcome.update(report=runtime.run()), daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not sink.results and time.monotonic() < deadline:
+        time.sleep(0.02)
+    runtime.stop()
+    thread.join(5)
+    try:
+        assert not thread.is_alive(), "stop() waited for a source that never returns"
+        source = outcome["report"].sources["stuck"]
+        assert source.published == 1 and source.state == "ended"
+        assert "did not return within 0.5 s of close() and was left behind" in source.reason
+        assert [e.data.get("state") for e in sink.events if e.kind == "state"][-1] == "ended"
+    finally:
+        forever.set()
+
+
+class NoPoll(CollectingSink):
+    poll = None
+
+
+class Counting:
+    def __init__(self, source: str):
+        self.source = source
+
+    def process(self, result):
+        return result
+
+
+def test_a_sink_or_stage_of_the_wrong_shape_is_refused_when_the_runtime_is_built(segmenter):
+    with pytest.raises(TypeError, match=r"sink 'collect' lacks poll: a sink has publish, publish_event, poll, flush, "
+                                        r"close \(segstream.Sink\)"):
+        Runtime([ListSource("a", [GOOD])], segmenter, [NoPoll()])
+    with pytest.raises(TypeError, match=r"stages takes factories.*got 'Counting' \(pass lambda source: Counting\(...\)\)"):
+        Runtime([ListSource("a", [GOOD])], segmenter, [CollectingSink()], stages=[Counting("a")])
+    # a class is a factory: called with the source's name, it returns a stage
+    report = Runtime([ListSource("a", [GOOD])], segmenter, [CollectingSink()], stages=[Counting], progress=None).run()
+    assert report.published == 1
+
+
+class Forgetful:
+    def __init__(self, source: str):
+        pass
+
+    def process(self, result):
+        result.segments = result.segments  # ... and forgets to return it
+
+
+def test_a_stage_that_returns_nothing_is_named_with_the_frame(segmenter):
+    with pytest.raises(TypeError, match=r"Forgetful.process returned NoneType for frame 0 of a: a per-source stage "
+                                        r"returns the result it was given"):
+        Runtime([ListSource("a", [GOOD])], segmenter, [CollectingSink()], stages=[Forgetful], progress=None).run()
+
+
+class SetEvent:
+    def __init__(self, source: str):
+        pass
+
+    def process(self, result):
+        result.events.append(Event(result.source, "seen", time.time(), {"classes": {"square"}}))
+        return result
+
+
+def test_an_event_whose_data_is_not_json_is_named(segmenter, tmp_path):
+    from segstream.connectors.files_sink import FilesSink
+
+    with pytest.raises(TypeError, match=r"event 'seen' of source 'a': its data is not JSON \(.*set.*\) — use numbers"):
+        Runtime([ListSource("a", [GOOD])], segmenter, [FilesSink(tmp_path)], stages=[SetEvent], progress=None).run()
+
+
+def test_an_event_for_a_source_the_run_lacks_is_refused(segmenter):
+    runtime = Runtime([ListSource("a", [GOOD])], segmenter, [CollectingSink()], progress=None)
+    with pytest.raises(ValueError, match=r"event 'hello' names source 'b', which this run does not have \(its sources: a\)"):
+        runtime.emit(Event("b", "hello", time.time(), {}))
+    runtime.emit(dataclasses.replace(Event("a", "hello", time.time(), {})))
