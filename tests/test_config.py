@@ -92,7 +92,7 @@ def test_validate_names_the_model_that_model_family_alone_picks(capsys, write, c
     "name", sorted(p.name for p in (Path(__file__).parents[1] / "configs").glob("*.yaml") if p.name != "pipeline.yaml")
 )
 def test_every_shipped_config_validates(capsys, monkeypatch, name):
-    for variable in ("SEGSTREAM_REDIS_URL", "CAM_PASSWORD", "LOBBY_PASSWORD"):  # what their comments ask to export
+    for variable in ("SEGSTREAM_REDIS_URL", "CAM_PASSWORD", "LOBBY_PASSWORD", "FIELD_SRT_PASSPHRASE"):  # what they ask for
         monkeypatch.setenv(variable, "redis://localhost:6379/0" if "URL" in variable else "pw")
     assert main(["validate", str(Path(__file__).parents[1] / "configs" / name)]) == 0
     out = capsys.readouterr().out

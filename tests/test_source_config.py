@@ -28,6 +28,7 @@ def _error(**keys) -> str:
 def test_every_example_config_validates(name, monkeypatch):
     monkeypatch.setenv("CAM_PASSWORD", "x")
     monkeypatch.setenv("LOBBY_PASSWORD", "y")
+    monkeypatch.setenv("FIELD_SRT_PASSPHRASE", "z" * 16)
     monkeypatch.setenv("SEGSTREAM_IMAGES", str(CONFIGS))
     assert load_config(CONFIGS / f"{name}.yaml").sources
 
