@@ -6,7 +6,7 @@ import re
 from urllib.parse import parse_qsl, quote, urlsplit
 
 # Schemes of live network streams (``type: stream``); http(s) may also be a plain file.
-STREAM_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "tcp", "udp", "srt")
+STREAM_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "tcp", "udp", "srt", "rist")
 REDACTED = "***"
 # Query parameters whose values are secrets in signed or tokenised stream URLs.
 _SECRET_QUERY_KEY = re.compile(r"pass|pwd|secret|token|key|sig|auth|credential|session", re.IGNORECASE)

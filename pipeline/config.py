@@ -658,12 +658,21 @@ def load_checked_config(
 ) -> PipelineConfig:
     """``load_config``, whose errors also say what the model's own checks (preset, family, task,
     weights) find, so that one run of a command lists every mistake."""
-    data = config_data(path, overrides)  # a YAML or ${VAR} error stops here
+    raw = raw_config_data(path, overrides)  # a YAML error stops here
+    unset: list[tuple[list, str]] = []
+    data = interpolate(raw, problems=unset)  # an unset variable does not hide the other mistakes
     base_dir = Path(path).resolve().parent
+    lines = _problem_lines(unset, raw)
     try:
-        return validate_config(data, base_dir=base_dir, schema=schema)
+        config = validate_config(data, base_dir=base_dir, schema=schema)
     except ConfigError as error:
-        raise ConfigError("\n".join([str(error), *_model_errors(data, base_dir)])) from None
+        blank = [_where(where, raw) for where, _ in unset]  # what a missing variable left empty fails too
+        lines += [line for line in str(error).splitlines() if not any(line.startswith(f"{b}:") for b in blank)]
+        lines += _model_errors(data, base_dir)
+        raise ConfigError("\n".join(lines)) from None
+    if lines:
+        raise ConfigError("\n".join(lines))
+    return config
 
 
 def _model_errors(data: dict, base_dir: Path) -> list[str]:
@@ -692,10 +701,15 @@ def _model_errors(data: dict, base_dir: Path) -> list[str]:
 
 def config_data(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> dict:
     """The pipeline description at ``path``, overridden and interpolated, not yet validated."""
+    return interpolate(raw_config_data(path, overrides))
+
+
+def raw_config_data(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> dict:
+    """The pipeline description at ``path`` with its overrides, ``${VAR}`` not yet replaced."""
     data = read_yaml(path)
     for override in overrides:
         apply_override(data, override)
-    return interpolate(data)
+    return data
 
 
 def _name_clash(names: list) -> str | None:
@@ -734,6 +748,8 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     def construct_mapping(self, node, deep=False):
         keys = set()
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *camera`: its keys may be written again here
+                continue
             key = self.construct_object(key_node, deep=deep)
             if key in keys:
                 mark = key_node.start_mark
@@ -741,6 +757,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                     None, None, f"key '{key}' appears twice in the same mapping", mark
                 )
             keys.add(key)
+        self.flatten_mapping(node)
         return super().construct_mapping(node, deep=deep)
 
 
@@ -764,7 +781,8 @@ def read_yaml(path: str | Path) -> dict:
         raise ConfigError(f"config file '{path}' is empty — it needs at least a sources list")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping with the keys sources, model, engine, tracking and sinks")
-    return data
+    # keys starting with x- are the file's own (as in docker-compose): a place for YAML anchors
+    return {key: value for key, value in data.items() if not (isinstance(key, str) and key.startswith("x-"))}
 
 
 def apply_override(data: dict, override: str) -> None:
@@ -814,7 +832,8 @@ def _escape_userinfo(text: str) -> str:
 _VARIABLE = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)(?::-(.*))?", re.DOTALL)
 
 
-def interpolate(data: Any, environ: typing.Mapping[str, str] | None = None) -> Any:
+def interpolate(data: Any, environ: typing.Mapping[str, str] | None = None,
+                problems: list[tuple[list, str]] | None = None) -> Any:
     """Replace ``${VAR}`` and ``${VAR:-default}`` in every string value (``$$`` is a literal ``$``).
 
     The default applies when VAR is unset or empty; an unset VAR without default is an error
@@ -823,7 +842,8 @@ def interpolate(data: Any, environ: typing.Mapping[str, str] | None = None) -> A
     password with ``@ : / ? # %`` works as it is: the variable holds the password as written.
     """
     env = os.environ if environ is None else environ
-    problems: list[str] = []
+    raising = problems is None
+    problems = [] if problems is None else problems
 
     def substitute(text: str, path: list) -> str:
         credentials = _URL_CREDENTIALS.match(text)
@@ -843,19 +863,15 @@ def interpolate(data: Any, environ: typing.Mapping[str, str] | None = None) -> A
                 return "$"
             ref = _VARIABLE.fullmatch(match.group(1))
             if ref is None:
-                problems.append(
-                    f"{_format_path(path)}: '{match.group(0)}' is not a variable reference — "
-                    "write ${NAME} or ${NAME:-default}"
-                )
+                problems.append((path, f"'{match.group(0)}' is not a variable reference — "
+                                 "write ${NAME} or ${NAME:-default}"))
                 return match.group(0)
             name, default = ref.groups()
             value = env.get(name)
             if value is None or (value == "" and default is not None):
                 if default is None:
-                    problems.append(
-                        f"{_format_path(path)}: environment variable {name} is not set — "
-                        f"export it or write ${{{name}:-default}}"
-                    )
+                    problems.append((path, f"environment variable {name} is not set — "
+                                     f"export it or write ${{{name}:-default}}"))
                     return ""
                 return default
             return value
@@ -872,9 +888,31 @@ def interpolate(data: Any, environ: typing.Mapping[str, str] | None = None) -> A
         return node
 
     result = walk(data, [])
-    if problems:
-        raise ConfigError("\n".join(problems))
+    if raising and problems:
+        raise ConfigError("\n".join(_problem_lines(problems, data)))
     return result
+
+
+def _problem_lines(problems: list[tuple[list, str]], data: Any) -> list[str]:
+    """A line per problem; one for the same problem in several places (a variable 16 cameras use)."""
+    places: dict[str, list[str]] = {}
+    for path, problem in problems:
+        places.setdefault(problem, []).append(_where(path, data))
+    return [f"{where[0]}{f' and {len(where) - 1} more place' + ('s' if len(where) > 2 else '') if len(where) > 1 else ''}"
+            f": {problem}" for problem, where in places.items()]
+
+
+def _where(path: typing.Sequence, data: Any) -> str:
+    """``path`` as the YAML reads (``sources[12].url``), with the source's name where there are
+    several sources and it has one: ``sources[12].url (source cam13)``."""
+    where = _format_path(path) or "config"
+    if len(path) >= 2 and path[0] == "sources" and isinstance(path[1], int) and isinstance(data, dict):
+        sources = data.get("sources")
+        several = isinstance(sources, list) and len(sources) > 1
+        entry = sources[path[1]] if several and path[1] < len(sources) else None
+        if isinstance(entry, dict) and isinstance(entry.get("name"), str):
+            where += f" (source {entry['name']})"
+    return where
 
 
 def _format_path(parts: typing.Sequence) -> str:
@@ -900,7 +938,7 @@ def _error_line(error: dict, data: Any) -> str:
             node = node[part]
         else:
             node = None
-    where = _format_path(path) or "config"
+    where = _where(path, data)
     got = error.get("input")
     if kind == "extra_forbidden":
         allowed = _allowed_keys(loc[:-1])
@@ -910,7 +948,7 @@ def _error_line(error: dict, data: Any) -> str:
     if kind == "missing":
         return f"{where}: required key is missing"
     if kind == "union_tag_invalid":
-        return f"{where}.type: unknown source type {got.get('type')!r} — use {', '.join(SOURCE_TYPES)}"
+        return f"{_where([*path, 'type'], data)}: unknown source type {got.get('type')!r} — use {', '.join(SOURCE_TYPES)}"
     if kind == "union_tag_not_found":
         return f"{where}: missing 'type' — use {', '.join(SOURCE_TYPES)}"
     if kind == "value_error":

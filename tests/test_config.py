@@ -77,7 +77,8 @@ def test_validate_lists_a_name_clash_and_a_misspelt_preset_beside_field_errors(c
     sets = ["--set", "model.preset=coco_panoptic_eomt_larg_640", "--set", "model.task=panoptik",
             "--set", "sources.1.type=fiel"]
     lines = errors_of(capsys, ["validate", path, *sets])
-    assert [line.split(":")[0] for line in lines] == ["sources[1].type", "model.task", "sources", "model.preset"], lines
+    assert [line.split(":")[0] for line in lines] == ["sources[1].type (source cam0)", "model.task", "sources",
+                                                      "model.preset"], lines
     assert "source name 'cam0' is used by sources[0] and sources[1]" in lines[2]
     assert "did you mean coco_panoptic_eomt_large_640?" in lines[3]
 
@@ -117,7 +118,8 @@ def test_unknown_key_names_its_path(capsys, write, clip):
 def test_unknown_key_in_a_source_uses_the_yaml_path(capsys, write, clip):
     text = VALID.format(clip=clip).replace("num_frames: 10", "num_frames: 10\n    colour: red")
     [line] = errors_of(capsys, ["validate", write(text)])
-    assert line.startswith("sources[1].colour: unknown key — allowed here: name, type, width")
+    # with several sources, the line names the source too
+    assert line.startswith("sources[1].colour (source synth): unknown key — allowed here: name, type, width")
 
 
 def test_every_error_is_reported_on_its_own_line(capsys, write, clip):
@@ -135,7 +137,7 @@ def test_every_error_is_reported_on_its_own_line(capsys, write, clip):
 def test_missing_video_file(capsys, write, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     [line] = errors_of(capsys, ["validate", write(VALID.format(clip="videos/x.mp4"))])
-    assert line.startswith("sources[0].path: file 'videos/x.mp4' does not exist")
+    assert line.startswith("sources[0].path (source cam0): file 'videos/x.mp4' does not exist")
 
 
 def test_relative_paths_are_relative_to_the_config_file(tmp_path, monkeypatch, clip):
@@ -172,6 +174,36 @@ def test_unset_variable_names_variable_and_key(capsys, write, clip, monkeypatch)
     text = VALID.format(clip=clip).replace(":-secret", "")
     [line] = errors_of(capsys, ["validate", write(text)])
     assert line.startswith("sinks.redis.password: environment variable SEGSTREAM_TEST_PW is not set")
+
+
+def test_an_unset_variable_does_not_hide_the_other_mistakes_and_is_said_once(capsys, write, monkeypatch):
+    # found probing 16 cameras: 16 identical "CAMPW is not set" lines, and the real typos only
+    # after the variable was set
+    monkeypatch.delenv("SEGSTREAM_TEST_CAMPW", raising=False)
+    cameras = "".join(f"  - {{name: cam{i}, type: stream, url: 'rtsp://admin:${{SEGSTREAM_TEST_CAMPW}}@10.0.0.{i}/live'}}\n"
+                      for i in range(6))
+    text = f"sources:\n{cameras}  - {{name: cam9, type: steam}}\n  - {{name: cam8, type: stream, url: 'rtsp://h/x', read_timout_s: 3}}\n"
+    assert errors_of(capsys, ["validate", write(text)]) == [
+        "sources[0].url (source cam0) and 5 more places: environment variable SEGSTREAM_TEST_CAMPW is not set — "
+        "export it or write ${SEGSTREAM_TEST_CAMPW:-default}",
+        "sources[6].type (source cam9): unknown source type 'steam' — use file, stream, camera, images, synthetic",
+        "sources[7].read_timout_s (source cam8): unknown key — did you mean 'read_timeout_s'?",
+    ]
+
+
+def test_yaml_anchors_and_merge_keys_share_settings_between_cameras(write, monkeypatch):
+    # found probing: the duplicate-key loader refused YAML's merge key, and there was nowhere to put an anchor
+    text = """
+    x-camera: &camera {type: stream, transport: udp, read_timeout_s: 3, queue_size: 1}
+    sources:
+      - {<<: *camera, name: cam1, url: 'rtsp://10.0.0.1/live'}
+      - {<<: *camera, name: cam2, url: 'rtsp://10.0.0.2/live', read_timeout_s: 7}
+    """
+    cfg = load_config(write(text))
+    assert [(s.name, s.transport, s.read_timeout_s, s.queue_size) for s in cfg.sources] == [
+        ("cam1", "udp", 3, 1), ("cam2", "udp", 7, 1)]
+    with pytest.raises(Exception, match="key 'name' appears twice"):  # a key written twice is still refused
+        load_config(write("sources:\n  - {name: a, name: b, type: synthetic}\n"))
 
 
 def test_variables_and_defaults_are_interpolated(write, clip, monkeypatch):
