@@ -30,10 +30,10 @@ fi
 shift
 
 if [ "${SCALE:-full}" = small ]; then  # the S model everywhere, a few frames, no compiling
-    CLIP_FRAMES=12 LARGE=coco_panoptic_eomt_small_640_2x COMPILE=false L_FRAMES=8 S_SOURCES=2 S_FRAMES=4
+    CLIP_FRAMES=12 LARGE=coco_panoptic_eomt_small_640_2x COMPILE=false L_FRAMES=8 L_BATCH=2 S_SOURCES=2 S_FRAMES=4
     NAIVE=4 SOAK_MINUTES=0.3 FORWARD="--sizes S --batch 1 --repeat 1 --warmup 1"
 else
-    CLIP_FRAMES=150 LARGE=coco_panoptic_eomt_large_640 COMPILE=true L_FRAMES=1500 S_SOURCES=16 S_FRAMES=450
+    CLIP_FRAMES=150 LARGE=coco_panoptic_eomt_large_640 COMPILE=true L_FRAMES=1500 L_BATCH=16 S_SOURCES=16 S_FRAMES=450
     NAIVE=200 SOAK_MINUTES=1.5 FORWARD="--sizes L --batch 1 8 --dtype bf16 --compile"
 fi
 # The package's folders map under `segstream` only once installed (editable, no dependencies).
@@ -62,10 +62,14 @@ step() {  # step NAME SECONDS COMMAND...: one check, its output in $OUT/NAME.log
 
 for name in "$@"; do
     case $name in
-    tests) step tests 90 "$PYTHON" -m pytest -q tests/test_cuda_engine.py ;;
+    # -rs lists what was skipped: on the device a skipped CUDA test is a failed check, not a pass
+    tests) step tests 90 "$PYTHON" -m pytest -q -rs tests/test_cuda_engine.py
+        if [ "$DEVICE" = cuda ] && grep -q "SKIPPED" "$OUT/tests.log"; then
+            echo "tests: CUDA tests were skipped on the device: see $OUT/tests.log" | tee -a "$OUT/env.log"; FAILED=1
+        fi ;;
     forward) step forward 150 "$PYTHON" benchmarks/model_forward.py --device "$DEVICE" $FORWARD ;;
     large) step large 220 "${SEGSTREAM[@]}" bench configs/demo.yaml "${ON[@]}" \
-        --set "model.preset=$LARGE" --set "model.compile=$COMPILE" --set engine.batch_size=16 \
+        --set "model.preset=$LARGE" --set "model.compile=$COMPILE" --set "engine.batch_size=$L_BATCH" \
         --set sources.0.queue_size=32 --set engine.frame_budget_mb=256 --frames "$L_FRAMES" --naive-frames "$NAIVE" ;;
     small) step small 100 "${SEGSTREAM[@]}" bench configs/demo.yaml "${ON[@]}" \
         --set model.preset=coco_panoptic_eomt_small_640_2x --set sources.0.realtime=true \
