@@ -47,3 +47,18 @@ def test_bench_table_names_each_measurement(capsys):
 def test_bench_refuses_nonsense_counts(capsys):
     assert main(["bench", str(DEMO), "--sources", "0"]) == 2
     assert "--sources must be at least 1" in capsys.readouterr().err
+
+
+def test_the_naive_loop_tracks_as_the_pipeline_does(tmp_path):
+    # found probing: BENCHMARKS said the naive loop tracks; it published every segment untracked
+    from segstream.connectors.files_sink import read_entries
+    from segstream.connectors.redis_wire import from_wire
+    from segstream.pipeline.bench import naive_fps
+    from segstream.pipeline.config import load_config
+    from segstream.pipeline.model_factory import build_segmenter
+
+    cfg = load_config(DEMO, [f"sinks.files.dir={tmp_path}", "sinks.files.enabled=true", "sinks.redis.enabled=false"])
+    assert naive_fps(cfg, build_segmenter(cfg.model), 6) > 0
+    results = [from_wire(entry) for entry in read_entries(tmp_path / "naive.jsonl")]
+    assert len(results) == 6 and all(len(r.segments) for r in results)
+    assert all((r.segments.track_ids > 0).all() for r in results[1:])
