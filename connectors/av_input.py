@@ -99,9 +99,10 @@ class Picture:
 class SteadyGaps:
     """Frames an input lost before its decoder saw them. Where the recent frames came at one
     steady rate (of the last ``WINDOW`` intervals, at least ``MIN_INTERVALS``, every one a whole
-    number of frames, three in four exactly one), a gap of two frames up to a second's worth holds
-    frames that never arrived, when the interval just before it was one frame. Not a loss: a
-    longer gap (a pause: a camera that sends on motion), a variable rate's intervals, and a gap
+    number of frames, three in four exactly one), a gap of two frames up to ``max_gap_s`` (a
+    second; a stream's read timeout, past which it would have stalled) holds frames that never
+    arrived, when the interval just before it was one frame. Not a loss: a longer gap (a pause: a
+    camera that sends on motion), a variable rate's intervals, and a gap
     that follows another (a change of rate: night mode, a smart codec's skipping, whose first
     interval is the only one counted; a burst of losses is undercounted rather than a change of
     rate counted). Timestamps that go back (a wrap, a discontinuity) start the judgment afresh."""
@@ -110,9 +111,9 @@ class SteadyGaps:
     MIN_INTERVALS = 10
     STEADY = 0.75
 
-    def __init__(self, step: int, fps: float | None):
+    def __init__(self, step: int, fps: float | None, max_gap_s: float = 1.0):
         self.step = step
-        self.max_gap = max(2, round(fps or 25))
+        self.max_gap = max(2, round((fps or 25) * max(1.0, max_gap_s)))
         self.last: int | None = None
         self.recent: deque[int] = deque(maxlen=self.WINDOW)  # intervals in frames; 0: not a whole number
 
@@ -292,7 +293,8 @@ class AVInput:
         rate = self.stream.guessed_rate or self.stream.average_rate or self.stream.base_rate
         self.fps = float(rate) if rate else None
         self.step = max(1, round(1 / (rate * self.time_base))) if rate else max(1, round(1 / (25 * self.time_base)))
-        self._gaps = SteadyGaps(self.step, self.fps)
+        # a stream's frames that never came, up to its read timeout (a longer silence is a stall)
+        self._gaps = SteadyGaps(self.step, self.fps, timeout[1] if lost_are_errors else 1.0)
         self.info = self._info(context)
         self._sender: tuple[int, float] | None = None  # (pts, sender Unix time) of the last packet with one
 
@@ -388,6 +390,8 @@ class AVInput:
         skipped, self._rejected_untimed = passed + self._rejected_untimed, 0
         lost = self._gaps.lost_before(pts, skipped)
         self.frames_lost += lost
+        if lost and self.fps and lost > self.fps:  # a second or more: a blip that costs a scene, said so
+            logger.warning("'%s': %.1f s of the stream (%d frames) never arrived", self.shown, lost / self.fps, lost)
         if self.lost_are_errors:
             skipped += lost
         return Picture(image, pts, self.time_base, self.step, time.time(), sender, size, skipped)

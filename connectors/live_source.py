@@ -168,6 +168,37 @@ class _Lost(Exception):
         self.data = data or {}
 
 
+class _Sender:
+    """Tells, from a live stream's pictures, when another sender took over the same address (an
+    encoder restarted into the same UDP port): its frames change size, or its timestamps jump
+    ahead of the clock (or back) by more than ``JUMP_S``. The session then ends as lost, and
+    opened again the input is probed afresh (its new size and rate, a new epoch): reading on
+    would keep the first sender's size and rate, and its timestamps' jump, for good."""
+
+    JUMP_S = 5.0
+
+    def __init__(self, shown: str):
+        self.shown = shown
+        self.size: tuple[int, int] | None = None
+        self.last: tuple[int, Any, float] | None = None  # pts, time base, capture time
+
+    def check(self, picture: Picture) -> None:
+        size = picture.size or picture.image.shape[:2]
+        if self.size is not None and size != self.size:
+            raise _Lost(f"'{self.shown}' changed its frame size from {self.size[1]}x{self.size[0]} to "
+                        f"{size[1]}x{size[0]}: a new sender", {"phase": "read", "restarted": True})
+        self.size = size
+        if picture.pts is None:
+            return
+        if self.last is not None and picture.time_base == self.last[1]:
+            jump = float((picture.pts - self.last[0]) * picture.time_base)
+            waited = picture.capture_wall - self.last[2]
+            if jump > waited + self.JUMP_S or jump < -self.JUMP_S:
+                raise _Lost(f"'{self.shown}' jumped {jump:+.1f} s in its timestamps in {max(0.0, waited):.1f} s: a new "
+                            "sender", {"phase": "read", "restarted": True})
+        self.last = (picture.pts, picture.time_base, picture.capture_wall)
+
+
 class LiveSource:
     """A live FFmpeg input (``target``: URL or device, ``format``: forced demuxer, ``options``:
     FFmpeg options) that reconnects until closed; see the module docstring.
@@ -236,6 +267,7 @@ class LiveSource:
         index = 0
         failures = 0
         epoch = -1
+        reason = ""  # why the last session was lost
         last_frame_at: float | None = None
         failed = False
         ended = "stopped"
@@ -286,7 +318,10 @@ class LiveSource:
                         )
                     remember = hls and length is None
                     repeating = remember and epoch >= 0  # opened again: it starts with frames already delivered
+                    sender = _Sender(self.shown) if length is None and not hls else None
                     for picture in self._read(capture):
+                        if sender is not None:
+                            sender.check(picture)  # a sender restarted on the same address: opened afresh
                         if repeating and delivered.holds(picture):
                             repeats += 1
                             continue
@@ -369,7 +404,10 @@ class LiveSource:
         finally:
             self._retire()
             if not failed:
-                self._enter("ended", ended, {})
+                if epoch < 0 and ended == "stopped" and self.reconnects:  # down the whole run: not a normal end
+                    ended = (f"stopped before it ever streamed ({self.reconnects} reconnect attempt"
+                             f"{'s' if self.reconnects != 1 else ''}; the last because: {reason})")
+                self._enter("ended", ended, {"never_streamed": True} if epoch < 0 else {})
 
     def _finite_end(self, reason: str, details: dict[str, Any], length: float, played: _Played,
                     video_length: bool) -> str:

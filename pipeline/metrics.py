@@ -106,16 +106,25 @@ class SourceCounts:
     transitions: Counter = field(default_factory=Counter)
     epoch: int = 0
     handed: int = 0
+    down_s: float = 0.0  # seconds spent connecting, stalled or reconnecting, up to its last transition
 
     @property
     def dropped(self) -> int:
         return sum(self.dropped_by.values())
 
+    def downtime(self, now: float) -> float:
+        """Seconds it has spent connecting, stalled or reconnecting, up to ``now``."""
+        return self.down_s + (max(0.0, now - self.state_since) if self.state in DOWN_STATES else 0.0)
+
     def copy(self) -> SourceCounts:
         return SourceCounts(
             self.decoded, self.published, self.decode_errors, Counter(self.dropped_by), self.state, self.reason,
-            self.state_since, self.reconnects, Counter(self.transitions), self.epoch, self.handed,
+            self.state_since, self.reconnects, Counter(self.transitions), self.epoch, self.handed, self.down_s,
         )
+
+
+# The states in which a source delivers no frames although it should.
+DOWN_STATES = ("connecting", "stalled", "reconnecting")
 
 
 def decode_thread(source: str) -> str:
@@ -198,6 +207,8 @@ class RunMetrics:
             previous = counts.state
             if (previous == state and state != "reconnecting") or previous in ("ended", "failed"):
                 return None
+            if previous in DOWN_STATES:
+                counts.down_s += max(0.0, at - counts.state_since)
             counts.state, counts.reason, counts.state_since = state, reason, at
             counts.transitions[state] += 1
             if state == "reconnecting":

@@ -104,6 +104,12 @@ class SourceReport:
     reason: str = ""
     reconnects: int = 0
     transitions: dict[str, int] = field(default_factory=dict)
+    down_s: float = 0.0  # seconds spent connecting, stalled or reconnecting
+
+    @property
+    def never_streamed(self) -> bool:
+        """Whether it never delivered a frame (a camera down for the whole run)."""
+        return self.decoded == 0 and not self.transitions.get("streaming")
 
     @property
     def abandoned(self) -> int:
@@ -185,6 +191,8 @@ class RunReport:
             + (f" dropped {s.dropped} ({', '.join(f'{k} {v}' for k, v in sorted(s.dropped_by.items()))})" if s.dropped else "")
             + (f" decode errors {s.decode_errors}" if s.decode_errors else "")
             + (f" reconnects {s.reconnects}" if s.reconnects else "")
+            + (f" down {s.down_s:.0f} s" if s.down_s >= 1 and not s.never_streamed else "")
+            + (" NEVER STREAMED" if s.never_streamed and s.state != "failed" else "")
             + (f" abandoned {s.abandoned}" if s.abandoned else "")
             + (" FAILED" if s.state == "failed" else "")  # the reason is in ``failed``, printed on its own line
             for name, s in self.sources.items()
@@ -866,12 +874,13 @@ class Runtime:
 
     def report(self, elapsed_s: float) -> RunReport:
         counts = self.metrics.snapshot()
+        now = time.monotonic()
         p50, p99 = self.metrics.capture_to_publish.percentiles(50, 99)
         return RunReport(
             sources={
                 name: SourceReport(
                     c.decoded, c.published, c.dropped, c.decode_errors, dict(c.dropped_by), c.state, c.reason,
-                    c.reconnects, dict(c.transitions),
+                    c.reconnects, dict(c.transitions), c.downtime(now),
                 )
                 for name, c in counts.items()
             },

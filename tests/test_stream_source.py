@@ -604,3 +604,57 @@ def _cmdline(pid: int) -> str:
             return f.read().replace(b"\0", b" ").decode()
     except FileNotFoundError:
         return ""
+
+
+def test_an_encoder_restarted_into_the_same_udp_port_at_another_size_is_a_new_session():
+    """Found probing 16 cameras: the new sender's frames came at another size with no event, the
+    first sender's size and rate stayed in the state, and the timestamps jumped 26 hours ahead."""
+    import socket
+
+    port = free_port(socket.SOCK_DGRAM)
+    policy = ReconnectPolicy(open_timeout_s=5, read_timeout_s=2, stall_timeout_s=3, delay_s=0.2, max_delay_s=1)
+    source = StreamSource("enc", f"udp://127.0.0.1:{port}", policy=policy)
+    source.on_state = log = StateLog()
+    frames: list = []
+    thread = threading.Thread(target=lambda: frames.extend(source.frames()), daemon=True)
+    target = ["-f", "mpegts", f"udp://127.0.0.1:{port}?pkt_size=1316"]
+    try:
+        with FfmpegStream(target, size="160x120", fps=10):
+            thread.start()
+            wait_for(lambda: len(frames) >= 10, 20, "the first sender's frames")
+        with FfmpegStream(target, size="240x180", fps=10):
+            wait_for(lambda: frames[-1].image.shape == (180, 240, 3) and len(frames) > 20, 30, "the new sender's")
+    finally:
+        source.close()
+        thread.join(10)
+    restarted = next(e for e in log.entries if e[1] == "reconnecting" and e[3].get("restarted"))
+    assert "changed its frame size from 160x120 to 240x180: a new sender" in restarted[2]
+    streaming = [e for e in log.entries if e[1] == "streaming"]
+    assert (streaming[0][3]["width"], streaming[-1][3]["width"], streaming[-1][3]["epoch"]) == (160, 240, 1)
+    assert {f.image.shape for f in frames if f.epoch == 1} == {(180, 240, 3)}
+    assert {f.image.shape for f in frames if f.epoch == 0} == {(120, 160, 3)}
+    seconds = [f.pts_seconds for f in frames]
+    assert all(0 < b - a < 10 for a, b in zip(seconds, seconds[1:])), "timestamps still measure seconds"
+
+
+def test_a_camera_down_for_the_whole_run_does_not_end_like_a_healthy_one():
+    """Found probing 16 cameras: stopped, a camera that never connected ended "stopped" as the
+    healthy ones did, and the summary did not set it apart."""
+    port = free_port()
+    policy = ReconnectPolicy(open_timeout_s=1, read_timeout_s=1, stall_timeout_s=2, delay_s=0.1, max_delay_s=0.2)
+    source = StreamSource("dead", f"rtsp://127.0.0.1:{port}/never", policy=policy)
+    record = RecordingSink()
+    runtime = Runtime([source], ColourSegmenter(), [record], publish_states=True, progress=None)
+    thread, outcome = run_in_thread(runtime)
+    wait_for(lambda: source.reconnects >= 3, 20, "a few refused attempts")
+    time.sleep(1.0)
+    runtime.stop()
+    thread.join(10)
+    report = outcome["report"]
+    dead = report.sources["dead"]
+    assert dead.never_streamed and dead.state == "ended" and dead.down_s >= 1
+    assert dead.reason.startswith(f"stopped before it ever streamed ({dead.reconnects} reconnect attempts; the last "
+                                  "because: connection refused"), dead.reason
+    assert "dead 0/0 reconnects" in report.summary() and "NEVER STREAMED" in report.summary()
+    ended = [e for e in record.events if e.kind == "state" and e.data["state"] == "ended"]
+    assert ended[-1].data["never_streamed"] is True
