@@ -241,7 +241,7 @@ def redis_tls(args: argparse.Namespace) -> TlsFiles | None:
 def _validate(args: argparse.Namespace) -> int:
     # a config without sources is one for `segstream batch`, which takes its videos from the command line
     batch = "sources" not in read_yaml(args.config)
-    from segstream.pipeline.model_factory import check_model_config
+    from segstream.pipeline.model_factory import BUILTIN_FAMILIES, check_model_config
 
     cfg = load_checked_config(args.config, args.overrides, schema=BatchPipelineConfig if batch else PipelineConfig)
     preset = check_model_config(cfg.model)  # unknown preset or family, a task the preset lacks
@@ -249,7 +249,8 @@ def _validate(args: argparse.Namespace) -> int:
     from segstream.connectors.errors import CheckpointError
 
     try:
-        check_checkpoint(preset, cfg.model.checkpoint)  # a file that is no checkpoint, or not this model's
+        if preset.family in BUILTIN_FAMILIES:  # a plugin's family loads (and checks) its weights itself
+            check_checkpoint(preset, cfg.model.checkpoint)  # a file that is no checkpoint, or not this model's
     except CheckpointError as error:
         raise ConfigError(f"model.checkpoint: {error}") from None
     model = preset.name
