@@ -1,4 +1,6 @@
-"""Extending segstream from outside the package: model families and presets of one's own."""
+"""Extending segstream from outside the package: model families and presets of one's own, and
+sources, sinks and stages of one's own beside a config's (README.md's example runs them all:
+tests/test_readme.py)."""
 
 from __future__ import annotations
 
@@ -10,9 +12,12 @@ import pytest
 
 import segstream
 from segstream.connectors.errors import ConfigError
+from segstream.connectors.synthetic import SyntheticSource
 from segstream.models import presets
 from segstream.pipeline import model_factory
-from tests.conftest import ColourSegmenter
+from segstream.pipeline.config import validate_config
+from segstream.pipeline.runtime import Runtime
+from tests.conftest import CollectingSink, ColourSegmenter
 
 COLOURS = segstream.LabelSet("colours", ("square",), (True,))
 
@@ -128,3 +133,44 @@ def test_what_an_extender_needs_is_exported_and_importing_segstream_still_loads_
               "assert not missing and 'torch' not in sys.modules, missing\n"
               "assert segstream.Sink.__module__ == 'segstream.connectors.sink'\n")
     subprocess.run([sys.executable, "-c", script], check=True, capture_output=True)
+
+
+def _config():
+    return validate_config({"sources": [{"name": "config_cam", "type": "synthetic", "width": 64, "height": 48,
+                                         "num_frames": 3}], "model": {"device": "cpu"}, "engine": {"threads": 1},
+                            "sinks": {"redis": {"enabled": False}}})
+
+
+class FailingSource:
+    name = "own_cam"
+    live = True
+
+    def frames(self):
+        raise OSError("the robot's camera driver died")
+        yield
+
+    def close(self):
+        pass
+
+
+def test_runtime_from_config_takes_a_source_the_config_does_not_name():
+    cfg = _config()
+    sources = [SyntheticSource("config_cam", 64, 48, 25, 0, 3), SyntheticSource("own_cam", 64, 48, 25, 1, 4)]
+    sink = CollectingSink()
+    report = Runtime.from_config(cfg, sources, ColourSegmenter(), [sink], progress=False).run()
+    assert sink.indices("own_cam") == [0, 1, 2, 3] and sink.indices("config_cam") == [0, 1, 2]
+    assert report.sources["own_cam"].published == 4
+
+
+def test_a_source_of_one_s_own_is_required_its_failure_ends_the_run():
+    runtime = Runtime.from_config(_config(), [SyntheticSource("config_cam", 64, 48, 25, 0, 50), FailingSource()],
+                                  ColourSegmenter(), [CollectingSink()], progress=False)
+    with pytest.raises(OSError, match="camera driver died"):
+        runtime.run()
+
+
+def test_build_runtime_refuses_an_own_source_named_as_a_config_source_and_closes_what_it_was_given():
+    sink, source = CollectingSink(), SyntheticSource("config_cam", 64, 48, 25, 0, 3)
+    with pytest.raises(ConfigError, match="source name 'config_cam' is both in the config's sources and among"):
+        segstream.build_runtime(_config(), progress=False, sources=[source], sinks=[sink])
+    assert sink.closed and source._closed.is_set()
