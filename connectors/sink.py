@@ -30,16 +30,19 @@ class Sink(Protocol):
     what has waited long enough and returns the seconds until it next needs a call (None when
     nothing waits), so an entry leaves within the sink's own delay even when no further frame
     comes. ``flush`` writes everything; ``close`` may be called twice (the second time from
-    another thread when a run is aborted). A sink that reports its writes calls ``on_written``
-    (set by the runtime before the first publish) with the results it has written, or with
-    stand-ins that carry their source, index, capture time and the same ``times`` dict (a sink
-    that buffers keeps no label maps), each with ``publish_ts`` set to when it was written.
+    another thread when a run is aborted). All other calls come from one thread.
     ``publish_event`` takes an event of a source (its state, a track's start or end), published
     in order with that source's results.
+
+    Optional: a sink without ``on_written`` has written a result when ``publish`` returns. A sink
+    that writes later has the attribute ``on_written`` (set by the runtime before the first
+    publish) and calls it with the results it has written, or with stand-ins that carry their
+    source, index, capture time and the same ``times`` dict (a sink that buffers keeps no label
+    maps), each with ``publish_ts`` set to when it was written. A sink with ``on_dropped`` calls
+    it with results it gave up on and why (``DroppedCallback``).
     """
 
     name: str
-    on_written: WrittenCallback | None
 
     def publish(self, result: FrameResult) -> None: ...
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from segstream.models.eomt import EoMTConfig, config_for_size
+from segstream.models.label_sets import LabelSet, available_label_sets
 from segstream.models.senatra import SeNaTraConfig
 from segstream.models.senatra import config_for_size as senatra_size
 
@@ -13,18 +15,34 @@ from segstream.models.senatra import config_for_size as senatra_size
 class Preset:
     """A named model: its family, architecture, task, label set and where its weights come from.
 
-    ``family`` names the adapter that runs it (``eomt``, ``senatra``); ``config`` is that family's
-    architecture. ``weights`` is a file name under ``models/weights/`` for shipped models, an
-    ``hf://<repo>`` reference for published ones, or empty when none are published (the model
-    then needs ``model.checkpoint``).
+    ``family`` names the adapter that runs it (``eomt``, ``senatra``, or one registered with
+    ``register_family``); ``config`` is that family's architecture, any object its builder reads.
+    ``label_set`` is the name of a shipped label set or a ``LabelSet``. ``weights`` is a file name
+    under ``models/weights/`` for shipped models, an ``hf://<repo>`` reference for published ones,
+    or empty when none are published (EoMT and SeNaTra then need ``model.checkpoint``; a family
+    of one's own reads it, and ``model.checkpoint``, as its builder likes).
     """
 
     name: str
-    config: EoMTConfig | SeNaTraConfig
+    config: EoMTConfig | SeNaTraConfig | Any
     task: str
-    label_set: str
-    weights: str
+    label_set: str | LabelSet
+    weights: str = ""
     family: str = "eomt"
+
+    def __post_init__(self) -> None:
+        for field_name in ("name", "family"):
+            value = getattr(self, field_name)
+            if not isinstance(value, str) or not value.strip():
+                raise TypeError(f"Preset.{field_name} must be a non-empty string, got {value!r}")
+        if self.task not in TASKS:
+            raise ValueError(f"preset {self.name}: task must be one of {', '.join(TASKS)}, got {self.task!r}")
+        if not isinstance(self.label_set, (str, LabelSet)):
+            raise TypeError(f"preset {self.name}: label_set must be a shipped label set's name or a LabelSet, "
+                            f"got {type(self.label_set).__name__}")
+        if not isinstance(self.weights, str):
+            raise TypeError(f"preset {self.name}: weights must be a string (empty for none), got "
+                            f"{type(self.weights).__name__}")
 
 
 TASKS = ("panoptic", "semantic", "instance")
@@ -111,6 +129,23 @@ PRESETS: dict[str, Preset] = {
     p.name: p
     for p in [_published(*row) for row in _PUBLISHED] + [SYNTHETIC_TINY, SYNTHETIC_SENATRA] + _SENATRA_PAPER
 }
+
+
+def register_preset(preset: Preset) -> Preset:
+    """Make ``preset`` known by its name (``model.preset`` in a config, ``build_segmenter``),
+    beside the shipped ones; returns it. Its family need not be registered yet (it must be when
+    the preset is used). Raises TypeError for what is not a ``Preset``, ValueError for a name
+    already taken or a label set name that is not shipped."""
+    if not isinstance(preset, Preset):
+        raise TypeError(f"register_preset takes a segstream.Preset, got {type(preset).__name__}")
+    if preset.name in PRESETS:
+        raise ValueError(f"preset {preset.name!r} is already registered ({PRESETS[preset.name].family} family) — "
+                         "give yours another name")
+    if isinstance(preset.label_set, str) and preset.label_set not in available_label_sets():
+        raise ValueError(f"preset {preset.name}: no shipped label set is called {preset.label_set!r} (shipped: "
+                         f"{', '.join(available_label_sets())}) — pass a segstream.LabelSet of your classes")
+    PRESETS[preset.name] = preset
+    return preset
 
 
 def get_preset(name: str) -> Preset:

@@ -55,7 +55,14 @@ class FamilyAdapter(Protocol):
     frame, still on the device, and ``embeddings`` the per-segment embeddings of those decisions
     (S x D, D may be 0). ``geometry.scale`` gives the (height, width) pre-processing scales a
     frame of a given size to, before any padding or windowing (what a decoder may scale to at
-    once); the geometry is a plain value that travels without the model."""
+    once); the geometry is a plain value that travels without the model.
+
+    ``prepare`` and ``forward`` run on the model thread(s) (several at once on the CPU with
+    ``engine.model_workers`` > 1), ``decide`` and ``embeddings`` on the post-processing thread,
+    one batch at a time in batch order. ``batch_buckets`` are the batch sizes a compiled network
+    is specialised for (``()``: any). ``segment(images)`` is the synchronous path, H x W x 3
+    uint8 RGB numpy frames to ``FrameResult``s: ``segment_frames(self, images)`` implements it
+    for any adapter."""
 
     name: str
     family: str
@@ -73,6 +80,8 @@ class FamilyAdapter(Protocol):
     def decide(self, outputs: Any, prepared: Prepared) -> list[Decision]: ...
 
     def embeddings(self, outputs: Any, prepared: Prepared, index: int, decision: Decision) -> Tensor: ...
+
+    def segment(self, images: Sequence[np.ndarray]) -> list[FrameResult]: ...
 
 
 def default_precision(device: torch.device) -> str:

@@ -241,7 +241,7 @@ def redis_tls(args: argparse.Namespace) -> TlsFiles | None:
 def _validate(args: argparse.Namespace) -> int:
     # a config without sources is one for `segstream batch`, which takes its videos from the command line
     batch = "sources" not in read_yaml(args.config)
-    from segstream.pipeline.model_factory import check_model_config
+    from segstream.pipeline.model_factory import BUILTIN_FAMILIES, check_model_config
 
     cfg = load_checked_config(args.config, args.overrides, schema=BatchPipelineConfig if batch else PipelineConfig)
     preset = check_model_config(cfg.model)  # unknown preset or family, a task the preset lacks
@@ -249,7 +249,8 @@ def _validate(args: argparse.Namespace) -> int:
     from segstream.connectors.errors import CheckpointError
 
     try:
-        check_checkpoint(preset, cfg.model.checkpoint)  # a file that is no checkpoint, or not this model's
+        if preset.family in BUILTIN_FAMILIES:  # a plugin's family loads (and checks) its weights itself
+            check_checkpoint(preset, cfg.model.checkpoint)  # a file that is no checkpoint, or not this model's
     except CheckpointError as error:
         raise ConfigError(f"model.checkpoint: {error}") from None
     model = preset.name
@@ -331,34 +332,48 @@ def undelivered_line(lost: dict[str, int], results: int) -> str:
 
 
 def build_runtime(
-    cfg: PipelineConfig, max_frames: int | None = None, progress=True, metrics=None, stopping=lambda: False
+    cfg: PipelineConfig, max_frames: int | None = None, progress=True, metrics=None, stopping=lambda: False, *,
+    sources=(), sinks=(), stages=(),
 ) -> Runtime | None:
     """Model, sinks and sources from ``cfg``, assembled into a Runtime ready to ``run()``; None
     when ``stopping()`` turned true while they were being built (what was built is released).
     For a program that embeds a pipeline: it runs ``runtime.run()`` on a thread of its own and
     calls ``runtime.stop()`` from any other; no signal handlers and no ``ops.http`` endpoints
-    (``run_pipeline`` has both)."""
+    (``run_pipeline`` has both).
+
+    ``sources``, ``sinks`` and ``stages`` (per-source stage factories, ``source name -> FrameStage``)
+    of one's own run beside the config's: sources after the config's (names must differ; see
+    ``Runtime.from_config`` for their queues), sinks after the config's sinks, stages after the
+    config's tracker (so they see its track ids). They belong to the runtime from here on: its run
+    closes them, and so does this function when it fails or returns None."""
     from segstream.pipeline.builders import build_sinks, build_sources
     from segstream.pipeline.model_factory import build_segmenter
     from segstream.pipeline.runtime import Runtime
+    from segstream.pipeline.tracking import tracking_stages
 
-    adapter = build_segmenter(cfg.model, batch_size=cfg.engine.batch_size)
-    sinks, sources, runtime = [], [], None
+    own_sources, own_sinks = list(sources), list(sinks)
+    built_sinks, built_sources, runtime = [], [], None
     try:
+        clash = sorted({s.name for s in cfg.sources} & {s.name for s in own_sources})
+        if clash:
+            raise ConfigError(f"source name '{clash[0]}' is both in the config's sources and among the sources "
+                              "passed to build_runtime — names must be unique")
+        adapter = build_segmenter(cfg.model, batch_size=cfg.engine.batch_size)
         if not stopping():
-            sinks = build_sinks(cfg.sinks)
+            built_sinks = build_sinks(cfg.sinks)
         if not stopping():
-            sources = build_sources(cfg.sources)
+            built_sources = build_sources(cfg.sources)
         if not stopping():
             if progress is True and json_logging():
                 progress = LogLines(logging.getLogger("segstream.status"))
             runtime = Runtime.from_config(
-                cfg, sources, adapter, sinks, max_frames=max_frames, warm_up=WARM_UP_FRAME, progress=progress,
-                metrics=metrics, publish_states=True,
+                cfg, [*built_sources, *own_sources], adapter, [*built_sinks, *own_sinks],
+                stages=[*tracking_stages(cfg.tracking), *stages], max_frames=max_frames, warm_up=WARM_UP_FRAME,
+                progress=progress, metrics=metrics, publish_states=True,
             )
     finally:
         if runtime is None:  # stopped, or failed, before the run: an embedded Redis must not outlive us
-            for part in [*sources, *sinks]:
+            for part in [*built_sources, *own_sources, *built_sinks, *own_sinks]:
                 part.close()
     return runtime
 

@@ -2,12 +2,15 @@
 
 The preset's ``family`` picks the builder (a registry keyed by family name); each builder loads
 the weights and wraps the network in that family's adapter (``segstream.models.segmenter``).
+Families and presets of one's own join with ``register_family`` and ``register_preset``, from
+a program or from a plugin (``segstream.pipeline.plugins``), loaded before the first lookup.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import inspect
 import logging
 from collections.abc import Callable
 
@@ -26,6 +29,7 @@ from segstream.models.segmenter import (
     store_autocast_weights,
 )
 from segstream.models.senatra_adapter import SeNaTraSegmenter
+from segstream.pipeline.plugins import load_plugins
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +55,8 @@ def labels_of(preset: Preset, model_cfg) -> LabelSet:
     """The classes the model names: ``model.labels``' file, else the preset's label set."""
     if getattr(model_cfg, "labels", None):
         return read_label_set_file(model_cfg.labels)
+    if isinstance(preset.label_set, LabelSet):
+        return preset.label_set
     return load_label_set(preset.label_set)
 
 
@@ -103,9 +109,44 @@ def _build_senatra(preset: Preset, model_cfg, device: torch.device, precision: s
     )
 
 
-FAMILY_BUILDERS: dict[str, Callable[..., FamilyAdapter]] = {"eomt": _build_eomt, "senatra": _build_senatra}
+# builder(preset, model_cfg, device, precision, max_batch) -> the family's adapter
+FamilyBuilder = Callable[[Preset, object, torch.device, str, int], FamilyAdapter]
+FAMILY_BUILDERS: dict[str, FamilyBuilder] = {"eomt": _build_eomt, "senatra": _build_senatra}
+# The families whose weights segstream loads itself (connectors/checkpoints.py): it checks them too.
+BUILTIN_FAMILIES = frozenset(FAMILY_BUILDERS)
 # The model a config naming only ``model.family`` gets: the family's shipped model.
 DEFAULT_PRESETS = {"eomt": SYNTHETIC_TINY.name, "senatra": SYNTHETIC_SENATRA.name}
+# What the engine and ``segment`` use of an adapter (the ``FamilyAdapter`` protocol).
+ADAPTER_MEMBERS = ("name", "family", "labels", "device", "batch_buckets", "geometry", "prepare", "forward", "decide",
+                   "embeddings", "segment")
+
+
+def register_family(name: str, builder: FamilyBuilder, default_preset: str | None = None) -> None:
+    """Make a model family of one's own runnable: presets whose ``family`` is ``name`` are built by
+    ``builder(preset, model_cfg, device, precision, max_batch)``, which returns the family's
+    adapter (a ``FamilyAdapter``). ``model_cfg`` is the config's ``model:`` section, ``device``
+    the resolved ``torch.device``, ``precision`` fp32, bf16 or fp16, ``max_batch`` the engine's
+    batch size; the builder loads the weights (``preset.weights``, ``model_cfg.checkpoint``) as
+    it likes. ``default_preset``: the preset a config naming only ``model.family`` gets.
+    Raises TypeError for arguments of the wrong kind, ValueError for a name already taken."""
+    if not isinstance(name, str) or not name.strip():
+        raise TypeError(f"register_family: the family's name must be a non-empty string, got {name!r}")
+    if name in FAMILY_BUILDERS:
+        raise ValueError(f"register_family: family {name!r} is already registered — give yours another name")
+    if not callable(builder):
+        raise TypeError(f"register_family({name!r}): builder must be callable, got {type(builder).__name__}")
+    try:
+        inspect.signature(builder).bind(None, None, None, None, None)
+    except TypeError:
+        raise TypeError(f"register_family({name!r}): builder must take (preset, model_cfg, device, precision, "
+                        f"max_batch), its signature is {inspect.signature(builder)}") from None
+    except ValueError:  # no signature to read (a builtin): it is called as documented
+        pass
+    if default_preset is not None and (not isinstance(default_preset, str) or not default_preset):
+        raise TypeError(f"register_family({name!r}): default_preset must be a preset's name, got {default_preset!r}")
+    FAMILY_BUILDERS[name] = builder
+    if default_preset is not None:
+        DEFAULT_PRESETS[name] = default_preset
 
 
 # Settings of EoMT's query decision that SeNaTra has no use for.
@@ -113,13 +154,17 @@ _QUERY_SETTINGS = {"score_threshold", "mask_threshold", "overlap_threshold", "po
 
 
 def check_preset(model_cfg) -> Preset:
-    """The configured preset; ``model.family`` alone (no preset written) picks the family's default."""
+    """The configured preset; ``model.family`` alone (no preset written) picks the family's default.
+    Plugins are loaded first (once), so their families and presets are found."""
+    load_plugins()
     family = model_cfg.family
     name = model_cfg.preset
     if family is not None:
         if family not in FAMILY_BUILDERS:
             raise ConfigError(f"model.family: unknown family '{family}' — known families: {', '.join(FAMILY_BUILDERS)}")
         if "preset" not in model_cfg.model_fields_set:
+            if family not in DEFAULT_PRESETS:
+                raise ConfigError(f"model.family: family {family} has no default preset — set model.preset")
             name = DEFAULT_PRESETS[family]
     if name not in PRESETS:
         close = difflib.get_close_matches(str(name), list(PRESETS), n=1)
@@ -147,7 +192,10 @@ def check_model_config(model_cfg) -> Preset:
             f"set model.task to {preset.task} or choose a {model_cfg.task} preset"
         )
     if preset.family not in FAMILY_BUILDERS:
-        raise ConfigError(f"model.preset: {preset.name} is of family {preset.family!r}, which this segstream cannot run")
+        raise ConfigError(f"model.preset: {preset.name} is of family {preset.family!r}, which this segstream cannot run "
+                          f"(known families: {', '.join(FAMILY_BUILDERS)}) — install or register that family")
+    if preset.family not in BUILTIN_FAMILIES:
+        return preset  # a family of one's own: its builder reads labels and weights as it likes
     if preset.family == "senatra":
         # by value, not by "set": evaluate and Ray's actors pass every field, at its default
         from segstream.pipeline.config import ModelConfig
@@ -169,7 +217,12 @@ def check_model_config(model_cfg) -> Preset:
 
 def build_segmenter(model_cfg, batch_size: int = 8) -> FamilyAdapter:
     """The configured model on its device, weights loaded, behind its family's adapter
-    (``model_cfg``: a ``ModelConfig``, or a dict of the ``model:`` section's keys)."""
+    (``model_cfg``: a ``ModelConfig``, a dict of the ``model:`` section's keys, or a preset's
+    name, which runs at that preset's task with the section's other defaults)."""
+    if isinstance(model_cfg, str):
+        load_plugins()
+        task = PRESETS[model_cfg].task if model_cfg in PRESETS else None  # else check_preset names the problem
+        model_cfg = {"preset": model_cfg} if task is None else {"preset": model_cfg, "task": task}
     if isinstance(model_cfg, dict):
         from pydantic import ValidationError
 
@@ -181,10 +234,18 @@ def build_segmenter(model_cfg, batch_size: int = 8) -> FamilyAdapter:
             first = error.errors()[0]
             where = ".".join(str(part) for part in first["loc"])
             raise ConfigError(f"model.{where}: {first['msg']}") from None
+    if not hasattr(model_cfg, "preset"):
+        raise TypeError(f"build_segmenter takes a preset's name, a ModelConfig or a dict of the model: section, "
+                        f"got {type(model_cfg).__name__}")
     preset = check_model_config(model_cfg)
     builder = FAMILY_BUILDERS[preset.family]
     device = resolve_device(model_cfg.device)
     if model_cfg.checkpoint == RANDOM:
         logger.warning("model.checkpoint: random — %s runs with random weights; its segments mean nothing "
                        "(for speed measurements)", preset.name)
-    return builder(preset, model_cfg, device, resolve_precision(model_cfg.precision, device), batch_size)
+    adapter = builder(preset, model_cfg, device, resolve_precision(model_cfg.precision, device), batch_size)
+    missing = [member for member in ADAPTER_MEMBERS if not hasattr(adapter, member)]
+    if missing:  # a family of one's own: say so now, not from the middle of a run
+        raise TypeError(f"the {preset.family} family's builder returned a {type(adapter).__name__}, which lacks "
+                        f"{', '.join(missing)} of the FamilyAdapter protocol")
+    return adapter

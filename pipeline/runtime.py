@@ -51,6 +51,7 @@ _POLL_IDLE_S = 0.5
 # without that source (a source of one's own blocked in a read that ignores close()).
 SOURCE_CLOSE_GRACE_S = 5.0
 log = logging.getLogger("segstream.runtime")
+QUEUE_SIZE = 8  # frames queued per source, where nothing says otherwise
 
 
 @functools.cache
@@ -301,7 +302,7 @@ class Runtime:
         max_wait_ms: float = 20.0,
         max_inflight: int = 2,
         model_workers: int = 1,
-        queue_size: int | Mapping[str, int] = 8,
+        queue_size: int | Mapping[str, int] = QUEUE_SIZE,
         frame_budget_mb: float | None = None,
         buffers: Mapping[str, BufferPolicy] | None = None,
         required: Collection[str] | None = None,
@@ -353,7 +354,7 @@ class Runtime:
         self.metrics = metrics or RunMetrics()
         for name in names:
             self.metrics.source(name)
-        sizes = [queue_size[n] if isinstance(queue_size, Mapping) else queue_size for n in names]
+        sizes = [queue_size.get(n, QUEUE_SIZE) if isinstance(queue_size, Mapping) else queue_size for n in names]
         buffers = buffers or {}
         self.buffers = [
             buffers.get(s.name) or BufferPolicy("newest" if s.live else "every_frame") for s in self.sources
@@ -394,7 +395,10 @@ class Runtime:
     def from_config(cls, cfg, sources, adapter, sinks, **kwargs) -> Runtime:
         """A runtime with the engine settings, queue sizes, buffer policies, required sources and
         per-source stages (the tracker of the ``tracking:`` section) of a ``PipelineConfig``;
-        applies the engine's intra-op thread count to torch."""
+        applies the engine's intra-op thread count to torch. ``sources`` may include sources of
+        one's own that the config does not name: they get the constructor's defaults (a queue of
+        ``QUEUE_SIZE`` frames, ``newest`` when live, else ``every_frame``) and are required (their
+        failure ends the run), unless ``queue_size``, ``buffers`` or ``required`` say otherwise."""
         import torch
 
         from segstream.pipeline.tracking import tracking_stages
@@ -420,7 +424,8 @@ class Runtime:
                 s.name: BufferPolicy(s.buffer_kind, None if s.max_staleness_ms is None else s.max_staleness_ms / 1000)
                 for s in cfg.sources
             }),
-            required=kwargs.pop("required", [s.name for s in cfg.sources if s.required]),
+            required=kwargs.pop("required", [s.name for s in cfg.sources if s.required]
+                                + [s.name for s in sources if s.name not in {c.name for c in cfg.sources}]),
             resize_in_decoder=kwargs.pop("resize_in_decoder", engine.resize_in_decoder),
             progress_interval_s=kwargs.pop("progress_interval_s", cfg.ops.status_interval_s),
             **kwargs,

@@ -7,6 +7,10 @@ light (no torch) for programs that only read streams.
     cfg = segstream.load_config("configs/demo.yaml")
     report = segstream.run_pipeline(cfg)
 
+Extending it (``README.md``, "Extending segstream"): sources (``VideoSource``), per-source stages
+(``FrameStage``), sinks (``Sink``) and model families (``register_family``, ``register_preset``,
+or a plugin's entry point in the group ``segstream.plugins``) of one's own.
+
 The repository's folders are subpackages: ``segstream.models`` (the math: EoMT, pre- and
 post-processing, results; SeNaTra), ``segstream.connectors`` (sources, sinks, the wire format, Redis),
 ``segstream.pipeline`` (config, engine, runtime, CLI). ``segstream.client`` is the consumer SDK;
@@ -49,7 +53,20 @@ _EXPORTS = {
     "SeNaTraConfig": "segstream.models.senatra",
     "SeNaTraSegmenter": "segstream.models.senatra_adapter",
     "FamilyAdapter": "segstream.models.segmenter",
+    "Prepared": "segstream.models.segmenter",
+    "segment_frames": "segstream.models.segmenter",
+    "Decision": "segstream.models.processing",
+    "InputGeometry": "segstream.models.processing",
+    "LabelSet": "segstream.models.label_sets",
     "PRESETS": "segstream.models.presets",
+    "Preset": "segstream.models.presets",
+    "register_preset": "segstream.models.presets",
+    "register_family": "segstream.pipeline.model_factory",
+    "load_plugins": "segstream.pipeline.plugins",
+    "VideoSource": "segstream.connectors.source",
+    "Sink": "segstream.connectors.sink",
+    "FrameStage": "segstream.pipeline.runtime",
+    "BufferPolicy": "segstream.pipeline.engine",
     "PipelineConfig": "segstream.pipeline.config",
     "load_config": "segstream.pipeline.config",
     "build_segmenter": "segstream.pipeline.model_factory",
@@ -97,13 +114,19 @@ if TYPE_CHECKING:
     from segstream.connectors.frames import Frame
     from segstream.connectors.redis_reader import Client, Entry, EventEntry, StreamReader, connect
     from segstream.connectors.redis_wire import from_wire, to_wire
+    from segstream.connectors.sink import Sink
+    from segstream.connectors.source import VideoSource
     from segstream.models.eomt import EoMT, EoMTConfig
-    from segstream.models.presets import PRESETS
+    from segstream.models.label_sets import LabelSet
+    from segstream.models.presets import PRESETS, Preset, register_preset
+    from segstream.models.processing import Decision, InputGeometry
     from segstream.models.results import NO_TRACK, Event, FrameResult, Level, Segments
-    from segstream.models.segmenter import EoMTSegmenter, FamilyAdapter
+    from segstream.models.segmenter import EoMTSegmenter, FamilyAdapter, Prepared, segment_frames
     from segstream.models.senatra import SeNaTra, SeNaTraConfig
     from segstream.models.senatra_adapter import SeNaTraSegmenter
     from segstream.pipeline.cli import run_pipeline
     from segstream.pipeline.config import PipelineConfig, load_config
-    from segstream.pipeline.model_factory import build_segmenter
-    from segstream.pipeline.runtime import RunReport, Runtime
+    from segstream.pipeline.engine import BufferPolicy
+    from segstream.pipeline.model_factory import build_segmenter, register_family
+    from segstream.pipeline.plugins import load_plugins
+    from segstream.pipeline.runtime import FrameStage, RunReport, Runtime

@@ -1,4 +1,4 @@
-"""The README's Python example runs as written."""
+"""The README's Python examples run as written."""
 
 from __future__ import annotations
 
@@ -10,11 +10,25 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_the_readme_python_example_runs():
+def run_readme_python(heading: str) -> subprocess.CompletedProcess:
+    """The first Python block of the README's section ``heading``, run from the repository."""
     readme = (REPO / "README.md").read_text(encoding="utf-8")
-    section = readme[readme.index("## From Python"):]
+    section = readme[readme.index(heading):]
     code = re.search(r"```python\n(.*?)```", section, re.DOTALL).group(1)
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
+    return out
+
+
+def test_the_readme_python_example_runs():
+    out = run_readme_python("## From Python")
     assert "done: 20 frames published" in out.stdout + out.stderr
     assert "(480, 640)" in out.stdout
+
+
+def test_the_readme_extending_example_runs_a_source_stage_sink_and_family_of_its_own():
+    out = run_readme_python("## Extending segstream")
+    # the pushed frames turned bright half-way: the family, the stage and the sink all saw them
+    assert "robot_cam turned_bright at frame" in out.stdout
+    assert "done: " in out.stdout and " robot_cam " in out.stdout
+    assert " demo 20/20" in out.stdout  # the config's own source ran beside it

@@ -1,0 +1,176 @@
+"""Extending segstream from outside the package: model families and presets of one's own, and
+sources, sinks and stages of one's own beside a config's (README.md's example runs them all:
+tests/test_readme.py)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import segstream
+from segstream.connectors.errors import ConfigError
+from segstream.connectors.synthetic import SyntheticSource
+from segstream.models import presets
+from segstream.pipeline import model_factory
+from segstream.pipeline.config import validate_config
+from segstream.pipeline.runtime import Runtime
+from tests.conftest import CollectingSink, ColourSegmenter
+
+COLOURS = segstream.LabelSet("colours", ("square",), (True,))
+
+
+class ColourFamily(ColourSegmenter):
+    geometry = segstream.InputGeometry(64)  # what the engine's FamilyAdapter protocol asks for besides
+
+
+@pytest.fixture
+def registries():
+    """The registries as they were before the test, put back after it."""
+    saved = dict(model_factory.FAMILY_BUILDERS), dict(model_factory.DEFAULT_PRESETS), dict(presets.PRESETS)
+    yield
+    for registry, before in zip((model_factory.FAMILY_BUILDERS, model_factory.DEFAULT_PRESETS, presets.PRESETS), saved):
+        registry.clear()
+        registry.update(before)
+
+
+def build_colour(preset, model_cfg, device, precision, max_batch):
+    return ColourFamily()
+
+
+def colour_preset(name: str = "colour_square") -> segstream.Preset:
+    return segstream.Preset(name, config=None, task="panoptic", label_set=COLOURS, family="colour")
+
+
+def test_a_family_registered_from_outside_builds_by_its_preset_s_name_and_segments(registries):
+    segstream.register_family("colour", build_colour)
+    segstream.register_preset(colour_preset())
+    adapter = segstream.build_segmenter("colour_square")
+    assert isinstance(adapter, ColourFamily)
+    frame = np.zeros((48, 64, 3), np.uint8)
+    frame[10:20, 10:30] = (255, 0, 0)
+    (result,) = adapter.segment([frame])
+    assert list(result.segments.labels) == ["square"] and result.segments.areas.tolist() == [200]
+
+
+def test_model_family_alone_picks_the_registered_default_preset(registries):
+    segstream.register_family("colour", build_colour, default_preset="colour_square")
+    segstream.register_preset(colour_preset())
+    assert isinstance(segstream.build_segmenter({"family": "colour"}), ColourFamily)
+
+
+def test_a_family_without_a_default_preset_named_alone_says_to_set_the_preset(registries):
+    segstream.register_family("colour", build_colour)
+    with pytest.raises(ConfigError, match="family colour has no default preset — set model.preset"):
+        segstream.build_segmenter({"family": "colour"})
+
+
+def test_a_preset_of_an_unregistered_family_names_the_known_families(registries):
+    segstream.register_preset(segstream.Preset("orphan", None, "panoptic", COLOURS, family="nowhere"))
+    with pytest.raises(ConfigError, match="family 'nowhere', which this segstream cannot run .known families: eomt, "
+                                          "senatra"):
+        segstream.build_segmenter("orphan")
+
+
+@pytest.mark.parametrize(("args", "error", "message"), [
+    (("", build_colour), TypeError, "name must be a non-empty string"),
+    (("eomt", build_colour), ValueError, "family 'eomt' is already registered"),
+    (("colour", "build_colour"), TypeError, "builder must be callable, got str"),
+    (("colour", lambda preset: None), TypeError, r"builder must take \(preset, model_cfg, device, precision, max_batch\)"),
+    (("colour", build_colour, 3), TypeError, "default_preset must be a preset's name"),
+])
+def test_register_family_refuses_what_it_cannot_run(registries, args, error, message):
+    with pytest.raises(error, match=message):
+        segstream.register_family(*args)
+    assert "colour" not in model_factory.FAMILY_BUILDERS
+
+
+def test_register_preset_refuses_a_taken_name_a_non_preset_and_an_unknown_label_set(registries):
+    with pytest.raises(ValueError, match="preset 'synthetic_eomt_tiny_256' is already registered .eomt family."):
+        segstream.register_preset(colour_preset("synthetic_eomt_tiny_256"))
+    with pytest.raises(TypeError, match="register_preset takes a segstream.Preset, got dict"):
+        segstream.register_preset({"name": "x"})
+    with pytest.raises(ValueError, match="no shipped label set is called 'mine'"):
+        segstream.register_preset(segstream.Preset("x", None, "panoptic", "mine", family="colour"))
+    assert segstream.PRESETS["synthetic_eomt_tiny_256"].family == "eomt" and "x" not in segstream.PRESETS
+
+
+@pytest.mark.parametrize(("fields", "message"), [
+    ({"task": "depth"}, "task must be one of panoptic, semantic, instance, got 'depth'"),
+    ({"label_set": 3}, "label_set must be a shipped label set's name or a LabelSet"),
+    ({"family": ""}, "Preset.family must be a non-empty string"),
+    ({"weights": None}, "weights must be a string"),
+])
+def test_a_preset_is_checked_when_built(fields, message):
+    with pytest.raises((TypeError, ValueError), match=message):
+        segstream.Preset(**{"name": "p", "config": None, "task": "panoptic", "label_set": COLOURS,
+                            "family": "colour", **fields})
+
+
+def test_a_builder_returning_no_adapter_is_named_before_the_run(registries):
+    segstream.register_family("colour", lambda preset, model_cfg, device, precision, max_batch: object())
+    segstream.register_preset(colour_preset())
+    with pytest.raises(TypeError, match="colour family's builder returned a object, which lacks name, family, labels"):
+        segstream.build_segmenter("colour_square")
+
+
+def test_build_segmenter_takes_a_shipped_preset_s_name():
+    adapter = segstream.build_segmenter("synthetic_senatra_tiny_192")
+    assert isinstance(adapter, segstream.SeNaTraSegmenter) and adapter.name == "synthetic_senatra_tiny_192"
+    with pytest.raises(ConfigError, match="unknown preset 'synthetic_eomt_tiny_265' — did you mean synthetic_eomt_tiny_256"):
+        segstream.build_segmenter("synthetic_eomt_tiny_265")
+    with pytest.raises(TypeError, match="takes a preset's name, a ModelConfig or a dict"):
+        segstream.build_segmenter(7)
+
+
+def test_what_an_extender_needs_is_exported_and_importing_segstream_still_loads_no_torch():
+    names = ["VideoSource", "Sink", "FrameStage", "BufferPolicy", "Prepared", "Decision", "InputGeometry", "LabelSet",
+             "Preset", "register_family", "register_preset", "segment_frames", "load_plugins", "FamilyAdapter"]
+    script = ("import sys, segstream\n"
+              f"missing = [n for n in {names!r} if n not in segstream.__all__]\n"
+              "assert not missing and 'torch' not in sys.modules, missing\n"
+              "assert segstream.Sink.__module__ == 'segstream.connectors.sink'\n")
+    subprocess.run([sys.executable, "-c", script], check=True, capture_output=True)
+
+
+def _config():
+    return validate_config({"sources": [{"name": "config_cam", "type": "synthetic", "width": 64, "height": 48,
+                                         "num_frames": 3}], "model": {"device": "cpu"}, "engine": {"threads": 1},
+                            "sinks": {"redis": {"enabled": False}}})
+
+
+class FailingSource:
+    name = "own_cam"
+    live = True
+
+    def frames(self):
+        raise OSError("the robot's camera driver died")
+        yield
+
+    def close(self):
+        pass
+
+
+def test_runtime_from_config_takes_a_source_the_config_does_not_name():
+    cfg = _config()
+    sources = [SyntheticSource("config_cam", 64, 48, 25, 0, 3), SyntheticSource("own_cam", 64, 48, 25, 1, 4)]
+    sink = CollectingSink()
+    report = Runtime.from_config(cfg, sources, ColourSegmenter(), [sink], progress=False).run()
+    assert sink.indices("own_cam") == [0, 1, 2, 3] and sink.indices("config_cam") == [0, 1, 2]
+    assert report.sources["own_cam"].published == 4
+
+
+def test_a_source_of_one_s_own_is_required_its_failure_ends_the_run():
+    runtime = Runtime.from_config(_config(), [SyntheticSource("config_cam", 64, 48, 25, 0, 50), FailingSource()],
+                                  ColourSegmenter(), [CollectingSink()], progress=False)
+    with pytest.raises(OSError, match="camera driver died"):
+        runtime.run()
+
+
+def test_build_runtime_refuses_an_own_source_named_as_a_config_source_and_closes_what_it_was_given():
+    sink, source = CollectingSink(), SyntheticSource("config_cam", 64, 48, 25, 0, 3)
+    with pytest.raises(ConfigError, match="source name 'config_cam' is both in the config's sources and among"):
+        segstream.build_runtime(_config(), progress=False, sources=[source], sinks=[sink])
+    assert sink.closed and source._closed.is_set()
