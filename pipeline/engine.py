@@ -173,8 +173,14 @@ class Batcher:
                         taken += frame.image.nbytes
             self._next = (self._next + 1) % n
 
-    def depths(self) -> str:
-        return " ".join(f"{n}={len(q)}/{s}" for n, q, s in zip(self.names, self.queues, self.sizes))
+    def depths(self, total: bool = False) -> str:
+        """Each source's queue, ``cam0=1/2 cam1=0/2``; with ``total``, their sum and the fullest."""
+        if not total:
+            return " ".join(f"{n}={len(q)}/{s}" for n, q, s in zip(self.names, self.queues, self.sizes))
+        lengths = [len(q) for q in self.queues]
+        fullest = max(range(len(lengths)), key=lambda i: lengths[i] / max(1, self.sizes[i]))
+        return (f"{sum(lengths)}/{sum(self.sizes)} (fullest {self.names[fullest]} "
+                f"{lengths[fullest]}/{self.sizes[fullest]})")
 
 
 @dataclass(frozen=True, slots=True)

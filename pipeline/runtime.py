@@ -47,6 +47,8 @@ from segstream.pipeline.source_states import SourceStates, first_frame
 THREAD_PREFIX = "segstream-"
 _END = object()
 _POLL_IDLE_S = 0.5
+# Past this many sources, the summary gives each its own line (and the status line sums queues).
+MANY_SOURCES = 4
 # How long a stopped run waits for a source's frames() to return after close() before it ends
 # without that source (a source of one's own blocked in a read that ignores close()).
 SOURCE_CLOSE_GRACE_S = 5.0
@@ -184,10 +186,12 @@ class RunReport:
         return dict(lost)
 
     def summary(self, outcome: str | None = None) -> str:
-        """One line: the run's outcome (``done``, ``stopped``, ``failed``; or ``outcome``), counts,
-        latency, and each source and sink."""
+        """The run's outcome (``done``, ``stopped``, ``failed``; or ``outcome``), counts, latency,
+        and each source and sink: one line, or with more than ``MANY_SOURCES`` sources a line
+        and then one per source, with that source's latency."""
         mean_batch = self.model_frames / self.batches if self.batches else 0.0
-        per_source = ", ".join(
+        many = len(self.sources) > MANY_SOURCES
+        sources = [
             f"{name} {s.published}/{s.decoded}"
             + (f" dropped {s.dropped} ({', '.join(f'{k} {v}' for k, v in sorted(s.dropped_by.items()))})" if s.dropped else "")
             + (f" decode errors {s.decode_errors}" if s.decode_errors else "")
@@ -196,8 +200,10 @@ class RunReport:
             + (" NEVER STREAMED" if s.never_streamed and s.state != "failed" else "")
             + (f" abandoned {s.abandoned}" if s.abandoned else "")
             + (" FAILED" if s.state == "failed" else "")  # the reason is in ``failed``, printed on its own line
+            + (self._source_latency(name) if many else "")
             for name, s in self.sources.items()
-        )
+        ]
+        per_source = f"{len(sources)} sources:" if many else ", ".join(sources)
         latency = (
             f"latency p50 {self.latency_ms_p50:.0f} ms p99 {self.latency_ms_p99:.0f} ms max {self.latency_ms_max:.0f} ms"
             if not math.isnan(self.latency_ms_p50) else "latency n/a"
@@ -208,8 +214,12 @@ class RunReport:
         return (
             f"{outcome}: {self.published} frames published in {self.elapsed_s:.1f} s "
             f"({self.fps:.1f} fps), {self.dropped} dropped{abandoned}, {self.batches} batches (mean {mean_batch:.1f}), "
-            f"{latency}; {per_source}{sinks}"
+            f"{latency}; {per_source}{sinks}" + "".join(f"\n  {line}" for line in sources if many)
         )
+
+    def _source_latency(self, name: str) -> str:
+        latency = self.source_latency.get(name)
+        return f", latency p50 {latency['p50_ms']:.0f} ms p99 {latency['p99_ms']:.0f} ms" if latency else ""
 
 
 class _Channel:
@@ -922,7 +932,8 @@ class Runtime:
         sinks = "".join(f", {status['line']}" for status in report.sinks.values() if status.get("line"))
         return (
             f"segstream: {report.published} frames, {report.fps:.1f} fps, {report.dropped} dropped{latency}, "
-            f"queues {self._batcher.depths()} in flight {self._to_post.qsize()}, sources {self._states_line(report)}{sinks}"
+            f"queues {self._batcher.depths(len(self.sources) > MANY_SOURCES)} in flight {self._to_post.qsize()}, "
+            f"sources {self._states_line(report)}{sinks}"
         )
 
     @staticmethod

@@ -629,3 +629,25 @@ def test_a_program_embeds_a_pipeline_and_stops_it_from_another_thread(tmp_path):
     assert not worker.is_alive()
     (report,) = reports
     assert report.stopped and report.sources["cam"].published >= 3 and report.balanced
+
+
+def test_with_many_sources_the_summary_gives_each_its_line_and_latency_and_the_status_sums_queues():
+    # found probing 16 cameras: a 1,100-character summary line, per-camera latency nowhere
+    from segstream.pipeline.runtime import RunReport, SourceReport
+
+    sources = {f"cam{i}": SourceReport(10, 9, 1, 0, {"queue_full": 1}, "streaming", "", 0, {"streaming": 1})
+               for i in range(6)}
+    sources["cam5"] = SourceReport(0, 0, 0, 0, {}, "ended", "stopped", 7, {"reconnecting": 7}, 41.0)
+    latency = {f"cam{i}": {"p50_ms": 90.0 + i, "p99_ms": 150.0, "max_ms": 200.0} for i in range(5)}
+    report = RunReport(sources, 3, 45, 5.0, True, 100.0, 200.0, 300.0, source_latency=latency)
+    head, *lines = report.summary().splitlines()
+    assert head.endswith("; 6 sources:") and len(lines) == 6
+    assert lines[2] == "  cam2 9/10 dropped 1 (queue_full 1), latency p50 92 ms p99 150 ms"
+    assert lines[5] == "  cam5 0/0 reconnects 7 NEVER STREAMED"
+    few = RunReport(dict(list(sources.items())[:2]), 1, 18, 5.0, True, 100.0, 200.0, 300.0, source_latency=latency)
+    assert len(few.summary().splitlines()) == 1
+    metrics = RunMetrics()
+    batcher = Batcher([f"cam{i}" for i in range(6)], [2] * 6, metrics)
+    for _ in range(2):
+        batcher.put(3, Frame("cam3", 0, np.zeros((2, 2, 3), np.uint8), None, None, None, 0.0), live=True)
+    assert batcher.depths(total=True) == "2/12 (fullest cam3 2/2)"
