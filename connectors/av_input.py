@@ -45,7 +45,7 @@ import av
 import numpy as np
 
 from segstream.connectors.errors import SourceError
-from segstream.connectors.ffmpeg_relay import FFmpegRelay, demuxer_options, relay_program
+from segstream.connectors.ffmpeg_relay import RELAYED_SCHEMES, FFmpegRelay, demuxer_options, relay_program
 from segstream.connectors.urls import exclusive_input, redact_url, url_scheme
 
 logger = logging.getLogger("segstream.sources")
@@ -255,6 +255,11 @@ class AVInput:
             self.container = av.open(target, format=format, options=options or {}, timeout=deadlines)
         except av.error.ProtocolNotFoundError as error:
             if (ffmpeg := relay_program(target)) is None:
+                if (scheme := url_scheme(target)) in RELAYED_SCHEMES:
+                    raise InputUnsupported(
+                        f"cannot read '{self.shown}': the FFmpeg inside PyAV lacks {scheme}, and no ffmpeg on PATH has "
+                        f"it — install one that does (apt-get install ffmpeg) to receive {scheme} streams"
+                    ) from None
                 raise open_error(error, self.shown, timeout[0]) from None
             self.container = self._open_relayed(ffmpeg, options or {}, deadlines)
         except Exception as error:

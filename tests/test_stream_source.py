@@ -658,3 +658,13 @@ def test_a_camera_down_for_the_whole_run_does_not_end_like_a_healthy_one():
     assert "dead 0/0 reconnects" in report.summary() and "NEVER STREAMED" in report.summary()
     ended = [e for e in record.events if e.kind == "state" and e.data["state"] == "ended"]
     assert ended[-1].data["never_streamed"] is True
+
+
+def test_srt_without_an_ffmpeg_that_has_it_fails_at_once_saying_what_to_install(monkeypatch):
+    monkeypatch.setenv("PATH", "/nonexistent")  # no ffmpeg on PATH
+    source = StreamSource("srt", "srt://127.0.0.1:9", policy=QUICK)
+    source.on_state = log = StateLog()
+    with pytest.raises(SourceError, match=r"the FFmpeg inside PyAV lacks srt, and no ffmpeg on PATH has it — install one "
+                                          r"that does \(apt-get install ffmpeg\)"):
+        list(source.frames())
+    assert log.states == ["connecting", "failed"] and source.reconnects == 0
