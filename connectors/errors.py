@@ -29,6 +29,12 @@ class CheckpointError(SegstreamError):
     """A model checkpoint cannot be found, read, or does not fit the chosen preset."""
 
 
+class AdapterError(SegstreamError):
+    """A model family's adapter (one of one's own, a plugin's) returned what the engine cannot
+    use: class ids outside its label set, a label map of another shape, embeddings that do not
+    match its segments."""
+
+
 class WireFormatError(SegstreamError):
     """A Redis stream entry is not in a schema version this reader understands. ``entry_id``
     names the entry when a subscription read it (to acknowledge it in a consumer group)."""

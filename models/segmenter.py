@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from segstream.connectors.errors import AdapterError
 from segstream.models.eomt import EoMT, EoMTOutput
 from segstream.models.label_sets import LabelSet
 from segstream.models.processing import (
@@ -294,6 +295,41 @@ def upload(image: np.ndarray, device: torch.device) -> Tensor:
     return torch.from_numpy(np.ascontiguousarray(image)).to(device)
 
 
+def check_decision(adapter: FamilyAdapter, decision: Decision, label_map: np.ndarray, class_ids: np.ndarray,
+                   embeddings: np.ndarray, frame: tuple[int, int]) -> None:
+    """Raise ``AdapterError`` where a decision (its host copies) breaks the contract: class ids
+    within the label set, a 2-D integer label map of values below the segment count with the
+    frame's shape (up to a pixel and a half of rounding: decided at another size is fine, padded
+    is not), the frame's own size, one embedding row per segment. Costs microseconds; a family of
+    one's own is caught here rather than publishing wrong labels or sizes."""
+    count = len(class_ids)
+    if tuple(decision.frame) != frame:
+        raise _adapter_error(adapter, f"decide() said the frame is {decision.frame[1]}x{decision.frame[0]} (width x "
+                                      f"height), but it is {frame[1]}x{frame[0]}: Decision.frame is (height, width)")
+    if count and (class_ids.min() < 0 or class_ids.max() >= adapter.labels.num_classes):
+        raise _adapter_error(adapter, f"decide() returned class ids {sorted({int(c) for c in class_ids})}; they must be "
+                                      f"0 to {adapter.labels.num_classes - 1} (its label set's classes)")
+    if label_map.ndim != 2 or label_map.dtype.kind not in "iu":
+        raise _adapter_error(adapter, f"decide() returned a {label_map.dtype} label map of shape {label_map.shape}; it "
+                                      "must be a 2-D integer map (segment i has value i, -1 none)")
+    h, w = label_map.shape
+    height, width = frame
+    # the shorter side was rounded from the longer: its own tolerance, either way round
+    if h and w and abs(h - w * height / width) > 1.5 + 0.02 * h and abs(w - h * width / height) > 1.5 + 0.02 * w:
+        raise _adapter_error(adapter, f"decide() returned a {w}x{h} label map for a {width}x{height} frame: a map "
+                                      "stands for the whole frame at any scale, without padding")
+    if label_map.size and (label_map.max() >= count or label_map.min() < -1):
+        raise _adapter_error(adapter, f"decide()'s label map holds values {int(label_map.min())} to "
+                                      f"{int(label_map.max())} for {count} segments; segment i has value i, -1 none")
+    if embeddings.ndim != 2 or embeddings.shape[0] != count:
+        raise _adapter_error(adapter, f"embeddings() returned shape {embeddings.shape} for {count} segments; it must be "
+                                      f"{count} x D (D may be 0)")
+
+
+def _adapter_error(adapter: FamilyAdapter, what: str) -> AdapterError:
+    return AdapterError(f"model family {adapter.family!r} ({adapter.name}): {what}")
+
+
 def results(adapter: FamilyAdapter, outputs: Any, prepared: Prepared, decisions: list[Decision]) -> list[FrameResult]:
     """The decisions as host ``FrameResult``s: label maps for the frame (a ``ScaledLabelMap``
     where decided at the model's size) with segment columns.
@@ -304,15 +340,22 @@ def results(adapter: FamilyAdapter, outputs: Any, prepared: Prepared, decisions:
     names = np.array(adapter.labels.names, dtype=object)
     isthing = np.array(adapter.labels.isthing, dtype=bool)
     host_levels = getattr(adapter, "host_levels", None)  # families with a segment hierarchy
+    if len(decisions) != len(prepared.frames):
+        raise _adapter_error(adapter, f"decide() returned {len(decisions)} decisions for {len(prepared.frames)} frames")
     out = []
     for i, decision in enumerate(decisions):
         # The segment columns travel together: one copy from the device for all of them.
+        if not len(decision.class_ids) == len(decision.queries) == len(decision.scores):
+            raise _adapter_error(adapter, f"decide() returned {len(decision.class_ids)} class ids, "
+                                          f"{len(decision.scores)} scores and {len(decision.queries)} queries")
         columns = torch.stack(
             (decision.class_ids.double(), decision.queries.double(), decision.scores.double()), dim=1
         ).cpu().numpy()
         embeddings = adapter.embeddings(outputs, prepared, i, decision).float().cpu().numpy()
         class_ids = columns[:, 0].astype(np.int32)
-        label_map, areas, boxes = frame_label_map(decision.label_map.cpu().numpy(), len(class_ids), decision.frame)
+        small = decision.label_map.cpu().numpy()
+        check_decision(adapter, decision, small, class_ids, embeddings, tuple(prepared.frames[i]))
+        label_map, areas, boxes = frame_label_map(small, len(class_ids), decision.frame)
         segments = Segments(
             ids=np.arange(len(class_ids), dtype=np.int32),
             class_ids=class_ids,

@@ -17,7 +17,7 @@ from collections.abc import Callable
 import torch
 
 from segstream.connectors.checkpoints import RANDOM, load_eomt, load_senatra, no_weights
-from segstream.connectors.errors import ConfigError
+from segstream.connectors.errors import AdapterError, ConfigError, SegstreamError
 from segstream.models.label_sets import LabelSet, load_label_set, read_label_set_file
 from segstream.models.presets import PRESETS, SYNTHETIC_SENATRA, SYNTHETIC_TINY, Preset, get_preset
 from segstream.models.processing import Thresholds
@@ -155,10 +155,14 @@ _QUERY_SETTINGS = {"score_threshold", "mask_threshold", "overlap_threshold", "po
 
 def check_preset(model_cfg) -> Preset:
     """The configured preset; ``model.family`` alone (no preset written) picks the family's default.
-    Plugins are loaded first (once), so their families and presets are found."""
-    load_plugins()
+    Plugins are loaded (once) when the config names a family or preset segstream does not ship:
+    a config of shipped models neither waits for plugins' imports nor fails with a broken one."""
     family = model_cfg.family
     name = model_cfg.preset
+    shipped = family in (None, *BUILTIN_FAMILIES) and (
+        ("preset" not in model_cfg.model_fields_set and family is not None) or name in PRESETS)
+    if not shipped or (name in PRESETS and PRESETS[name].family not in BUILTIN_FAMILIES):
+        load_plugins()
     if family is not None:
         if family not in FAMILY_BUILDERS:
             raise ConfigError(f"model.family: unknown family '{family}' — known families: {', '.join(FAMILY_BUILDERS)}")
@@ -243,9 +247,18 @@ def build_segmenter(model_cfg, batch_size: int = 8) -> FamilyAdapter:
     if model_cfg.checkpoint == RANDOM:
         logger.warning("model.checkpoint: random — %s runs with random weights; its segments mean nothing "
                        "(for speed measurements)", preset.name)
-    adapter = builder(preset, model_cfg, device, resolve_precision(model_cfg.precision, device), batch_size)
+    precision = resolve_precision(model_cfg.precision, device)
+    if preset.family in BUILTIN_FAMILIES:
+        return builder(preset, model_cfg, device, precision, batch_size)
+    try:
+        adapter = builder(preset, model_cfg, device, precision, batch_size)
+    except SegstreamError:
+        raise  # already said for the user (a CheckpointError of the family's own loading)
+    except Exception as error:  # a family of one's own: one line naming it, not its traceback
+        raise AdapterError(f"model family {preset.family!r} could not build {preset.name}: "
+                           f"{type(error).__name__}: {error}") from None
     missing = [member for member in ADAPTER_MEMBERS if not hasattr(adapter, member)]
-    if missing:  # a family of one's own: say so now, not from the middle of a run
-        raise TypeError(f"the {preset.family} family's builder returned a {type(adapter).__name__}, which lacks "
-                        f"{', '.join(missing)} of the FamilyAdapter protocol")
+    if missing:  # say so now, not from the middle of a run
+        raise AdapterError(f"the {preset.family} family's builder returned a {type(adapter).__name__}, which lacks "
+                           f"{', '.join(missing)} of the FamilyAdapter protocol")
     return adapter

@@ -2,9 +2,10 @@
 
 A plugin's distribution declares an entry point in the group ``segstream.plugins``; it names a
 callable taking no arguments, which registers what the plugin brings (``segstream.register_family``,
-``segstream.register_preset``). Each is called once per process, on the first lookup of a preset
-or family (config validation, building a model), so ``segstream validate`` and ``segstream run``
-see a pip-installed plugin's presets and ``import segstream`` stays light. A plugin that fails to
+``segstream.register_preset``). Each is called once per process, the first time a config names a
+preset or family segstream does not ship (config validation, building a model), so ``segstream
+validate`` and ``segstream run`` see a pip-installed plugin's presets, ``import segstream`` stays
+light, and a config of shipped models never waits for a plugin (nor fails with a broken one). A plugin that fails to
 load or raises stops that lookup with one ``ConfigError`` line naming it and its error.
 """
 

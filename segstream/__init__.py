@@ -37,6 +37,7 @@ _EXPORTS = {
     "SourceError": "segstream.connectors.errors",
     "SinkError": "segstream.connectors.errors",
     "CheckpointError": "segstream.connectors.errors",
+    "AdapterError": "segstream.connectors.errors",
     "WireFormatError": "segstream.connectors.errors",
     "to_wire": "segstream.connectors.redis_wire",
     "from_wire": "segstream.connectors.redis_wire",
@@ -104,6 +105,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:
     from segstream.connectors.errors import (
+        AdapterError,
         CheckpointError,
         ConfigError,
         SegstreamError,

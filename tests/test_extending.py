@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 import segstream
 from segstream.connectors.errors import ConfigError
@@ -112,7 +113,7 @@ def test_a_preset_is_checked_when_built(fields, message):
 def test_a_builder_returning_no_adapter_is_named_before_the_run(registries):
     segstream.register_family("colour", lambda preset, model_cfg, device, precision, max_batch: object())
     segstream.register_preset(colour_preset())
-    with pytest.raises(TypeError, match="colour family's builder returned a object, which lacks name, family, labels"):
+    with pytest.raises(segstream.SegstreamError, match="colour family.s builder returned a object, which lacks name, family, labels"):
         segstream.build_segmenter("colour_square")
 
 
@@ -174,3 +175,66 @@ def test_build_runtime_refuses_an_own_source_named_as_a_config_source_and_closes
     with pytest.raises(ConfigError, match="source name 'config_cam' is both in the config's sources and among"):
         segstream.build_runtime(_config(), progress=False, sources=[source], sinks=[sink])
     assert sink.closed and source._closed.is_set()
+
+
+class Broken(ColourFamily):
+    """The colour family with one mistake in what decide() or embeddings() returns."""
+
+    def __init__(self, mistake: str):
+        super().__init__()
+        self.mistake = mistake
+
+    def decide(self, outputs, prepared):
+        decisions = super().decide(outputs, prepared)
+        d = decisions[0]
+        h, w = d.frame
+        if self.mistake == "class":
+            d.class_ids = d.class_ids - 1
+        elif self.mistake == "swapped":
+            d.frame = (w, h)
+        elif self.mistake == "padded":  # the letterboxed square, padding included
+            d.label_map = torch.nn.functional.pad(d.label_map, (0, 0, 0, w - h), value=-1)
+        elif self.mistake == "outside":
+            d.label_map = torch.where(d.label_map >= 0, 5, -1).int()
+        elif self.mistake == "float":
+            d.label_map = d.label_map.float()
+        elif self.mistake == "fewer":
+            decisions = decisions[:0]
+        return decisions
+
+    def embeddings(self, outputs, prepared, index, decision):
+        rows = len(decision.class_ids) + (2 if self.mistake == "embeddings" else 0)
+        return torch.zeros(rows, 4)
+
+
+@pytest.mark.parametrize("mistake, says", [
+    ("class", r"decide\(\) returned class ids \[-1\]; they must be 0 to 0 \(its label set's classes\)"),
+    ("swapped", r"decide\(\) said the frame is 48x64 \(width x height\), but it is 64x48: Decision.frame is \(height, "),
+    ("padded", r"decide\(\) returned a 64x64 label map for a 64x48 frame: a map stands for the whole frame at any scale, without"),
+    ("outside", r"decide\(\)'s label map holds values -1 to 5 for 1 segments; segment i has value i, -1 none"),
+    ("float", r"decide\(\) returned a float32 label map of shape \(48, 64\); it must be a 2-D integer map"),
+    ("fewer", r"decide\(\) returned 0 decisions for 1 frames"),
+    ("embeddings", r"embeddings\(\) returned shape \(3, 4\) for 1 segments; it must be 1 x D"),
+])
+def test_what_a_family_of_one_s_own_returns_is_checked_and_named_not_published_wrong(mistake, says):
+    # found probing a plugin: class id -1 was published as the last class's label, a swapped
+    # frame size as the frame's, a padded map stretched over the frame, all without a word
+    from segstream.connectors.errors import AdapterError
+
+    frame = np.zeros((48, 64, 3), np.uint8)
+    frame[10:20, 10:30] = (255, 0, 0)
+    with pytest.raises(AdapterError, match=r"model family 'test' \(colour-threshold\): " + says):
+        Broken(mistake).segment([frame])
+
+
+def test_a_builder_that_raises_is_one_line_naming_the_family(registries):
+    from segstream.connectors.errors import AdapterError
+
+    def build(preset, model_cfg, device, precision, max_batch):
+        raise RuntimeError("weights.bin is corrupt")
+
+    segstream.register_family("colour", build)
+    segstream.register_preset(colour_preset())
+    with pytest.raises(AdapterError, match=r"^model family 'colour' could not build colour_square: RuntimeError: "
+                                           r"weights.bin is corrupt$"):
+        segstream.build_segmenter("colour_square")

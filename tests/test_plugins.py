@@ -37,8 +37,8 @@ class Flat:
 
     def decide(self, outputs, prepared):
         one = torch.zeros(1, dtype=torch.long, device=self.device)
-        return [segstream.Decision(torch.zeros((8, 8), dtype=torch.int32, device=self.device), one,
-                                   torch.ones(1, device=self.device), one - 1, frame) for frame in prepared.frames]
+        return [segstream.Decision(torch.zeros(self.geometry.scale(*frame), dtype=torch.int32, device=self.device),
+                                   one, torch.ones(1, device=self.device), one - 1, frame) for frame in prepared.frames]
 
     def embeddings(self, outputs, prepared, index, decision):
         return torch.zeros((1, 0))
@@ -133,3 +133,12 @@ def test_a_broken_plugin_stops_the_command_with_one_line_naming_it(site, source,
     assert out.stderr.startswith("segstream: error: plugin broken (brokenplug:register) of package brokenplug failed "
                                  f"to load: {reason}")
     assert out.stderr.rstrip().endswith("— fix it or uninstall it (pip uninstall brokenplug)")
+
+
+def test_a_broken_plugin_does_not_stop_a_config_of_shipped_models(site):
+    # found probing: one broken plugin failed even `segstream demo`, which names a shipped preset
+    install_plugin(site, "brokenplug", "import segstream_missing_dependency\ndef register(): pass\n",
+                   "broken = brokenplug:register")
+    demo = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+    out = segstream_cli(site, "validate", str(demo))
+    assert out.returncode == 0 and out.stdout.startswith("ok: 1 source"), out.stderr
