@@ -391,6 +391,7 @@ class Runtime:
         self._stage_done = False  # the stage thread has ended: nothing holds ended states any more
         self._stop_requested = False
         self._left_behind: dict[int, threading.Thread] = {}  # sources whose frames() ignored close()
+        self._in_frames: dict[int, float] = {}  # source -> since when its decode thread waits inside frames()
         self._left_behind_names: set[str] = set()
         self._errors: list[BaseException] = []
         self._started = False
@@ -487,7 +488,11 @@ class Runtime:
                 now = time.monotonic()
                 if now - closed_at > SOURCE_CLOSE_GRACE_S:
                     for i, decoder in enumerate(decoders):
-                        if decoder.is_alive() and i not in self._left_behind:
+                        # only a thread inside frames() since before the close: one waiting for queue
+                        # room (a slow model) is not the source's doing, and drains
+                        since = self._in_frames.get(i)
+                        if since is not None and now - max(since, closed_at) > SOURCE_CLOSE_GRACE_S \
+                                and decoder.is_alive() and i not in self._left_behind:
                             self._leave_behind(i, decoder)
                 if self.progress and now - last_progress >= self.progress_interval_s:
                     last_progress = now
@@ -535,7 +540,14 @@ class Runtime:
                 self.states.enter(name, "connecting", "starting", quiet=True)
             # stopped before it began (a signal while the model loaded): never opened, never dialled
             frames = iter(()) if self._stop_requested else iter(source.frames())
-            for frame in frames:
+            while True:
+                self._in_frames[i] = time.monotonic()  # inside the source: what a stop may have to leave behind
+                try:
+                    frame = next(frames)
+                except StopIteration:
+                    break
+                finally:
+                    self._in_frames.pop(i, None)
                 if i in self._left_behind:  # the run ended without this source: what it yields now goes nowhere
                     return
                 if (problem := frame_problem(frame)) is not None:  # a source of one's own: say so here, not in torch
@@ -718,7 +730,7 @@ class Runtime:
             failed = self.metrics.source(source.name).state == "failed"
             for stage in self._stages.get(source.name, ()):  # its tracks end, saying whether it failed
                 if hasattr(stage, "finish"):
-                    events += stage.finish("failed") if failed else stage.finish()
+                    events += stage.finish("failed" if failed else "end")
             with self._ended_lock:
                 state = self._ended_states.pop(source.name, None)
             events += [state] if state is not None else []

@@ -141,3 +141,46 @@ def test_an_event_for_a_source_the_run_lacks_is_refused(segmenter):
     with pytest.raises(ValueError, match=r"event 'hello' names source 'b', which this run does not have \(its sources: a\)"):
         runtime.emit(Event("b", "hello", time.time(), {}))
     runtime.emit(dataclasses.replace(Event("a", "hello", time.time(), {})))
+
+
+def test_a_source_waiting_for_queue_room_behind_a_slow_model_is_not_left_behind(monkeypatch):
+    # found in review: the grace also ran out for a healthy source waiting for queue room behind a
+    # model slower than it, which then lost a frame silently
+    from tests.conftest import ColourSegmenter
+
+    monkeypatch.setattr(runtime_module, "SOURCE_CLOSE_GRACE_S", 0.3)
+    sink = CollectingSink()
+    runtime = Runtime([ListSource("a", [GOOD] * 8)], ColourSegmenter(delay_s=0.5), [sink], batch_size=1,
+                      queue_size=2, progress=None)
+    outcome = {}
+    thread = threading.Thread(target=lambda: outcome.update(report=runtime.run()), daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not sink.results and time.monotonic() < deadline:
+        time.sleep(0.02)
+    runtime.stop()
+    thread.join(20)
+    source = outcome["report"].sources["a"]
+    assert source.state == "ended" and "left behind" not in source.reason
+    assert source.decoded == source.published + source.dropped and source.abandoned == 0
+
+
+class Finishing:
+    def __init__(self, source: str):
+        self.reasons = FINISHED
+
+    def process(self, result):
+        return result
+
+    def finish(self, reason):  # as the README documents it: no default
+        self.reasons.append(reason)
+        return []
+
+
+FINISHED: list = []
+
+
+def test_a_stage_s_finish_is_told_why_its_source_ended(segmenter):
+    FINISHED.clear()
+    Runtime([ListSource("a", [GOOD])], segmenter, [CollectingSink()], stages=[Finishing], progress=None).run()
+    assert FINISHED == ["end"]

@@ -534,7 +534,7 @@ def test_a_stage_whose_finish_fails_stops_the_run_and_is_raised(clip, segmenter)
         def process(self, result):
             return result
 
-        def finish(self):
+        def finish(self, reason):
             raise _Explodes("finish exploded")
 
     sink = CollectingSink()
