@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import errno
 import json
 import logging
 import time
@@ -18,6 +19,12 @@ from segstream.models.results import Event, FrameResult
 log = logging.getLogger("segstream.sinks")
 
 
+# Write errors that pass (space comes back, a disk recovers): the entry is dropped and counted.
+# Any other error of a file that never took a line (a folder in its place, no permission, a
+# read-only disk) stops the run, as it would not pass.
+_PASSING = (errno.ENOSPC, errno.EDQUOT, errno.EIO)
+
+
 class FilesSink:
     """One JSONL file per source, ``<dir>/<source>.jsonl``, and one of its events,
     ``<dir>/<source>.events.jsonl``; each run appends to them (its entries carry its
@@ -29,10 +36,13 @@ class FilesSink:
     line goes to the file (unbuffered) as its result arrives, and ``publish_ts`` is that moment,
     so a result reported written is in the file.
 
-    A write that fails (the disk full, the folder gone) costs only its own entry: it is dropped,
-    counted as ``sink_write_failed`` (``on_dropped``, ``status()``), and said once per file in a
-    warning; the next entry tries again, on a line of its own after whatever the failed one
-    left, and a line says when writing resumed. Other sinks (Redis) go on meanwhile.
+    A write that fails for a while (the disk full; or any error of a file that has taken lines,
+    its folder removed) costs only its own entry: it is dropped, counted as
+    ``sink_write_failed`` (``on_dropped``, ``status()``), and said once per file in a warning;
+    the next entry tries again, on a line of its own after whatever the failed one left, and a
+    line says when writing resumed. Other sinks (Redis) go on meanwhile. A file that cannot be
+    written from its first line on (a folder in its place, no permission, a read-only disk)
+    raises ``SinkError``: the run stops, saying why.
     """
 
     name = "files"
@@ -46,6 +56,7 @@ class FilesSink:
         self.events_dropped = 0
         self._files: dict[str, BinaryIO] = {}
         self._failing: dict[str, int] = {}  # path -> entries dropped since its writes began failing
+        self._written: set[str] = set()  # paths that took a line
         self._last_error = ""
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
@@ -97,6 +108,10 @@ class FilesSink:
             while written < len(data):  # a raw file may take part of it (a nearly full disk)
                 written += f.write(memoryview(data)[written:]) or 0
         except OSError as error:
+            if error.errno not in _PASSING and key not in self._written:
+                # a path that never took a line and will not (a folder where the file goes, no
+                # permission, a read-only disk): the run cannot write what it is for
+                raise SinkError(f"cannot write to '{path}': {error.strerror or error}") from None
             self._last_error = error.strerror or str(error)
             if key not in self._failing:
                 log.warning("cannot write to '%s': %s; its entries are dropped (counted as %s) until writes "
@@ -109,6 +124,7 @@ class FilesSink:
                 except OSError:
                     pass
             return False
+        self._written.add(key)
         if key in self._failing:
             log.warning("writing to '%s' again after %d dropped entries", path, self._failing.pop(key))
         return True

@@ -456,6 +456,13 @@ def test_a_full_disk_costs_the_files_sink_only_the_entries_it_could_not_write(cl
     assert [from_wire(entry).index for entry in read_entries(path)] == [0, 1, 2]  # each on a line of its own
 
 
+def test_a_file_that_can_never_be_written_stops_the_run_saying_why(clip, segmenter, tmp_path):
+    # found in review: dropping and retrying every error hid a folder where the file goes until the end
+    (tmp_path / "out" / "a.jsonl").mkdir(parents=True)
+    with pytest.raises(SinkError, match=r"cannot write to '.*a.jsonl': Is a directory"):
+        Runtime([FileSource("a", str(clip), max_frames=3)], segmenter, [FilesSink(tmp_path / "out")], progress=None).run()
+
+
 def test_files_sink_writes_wire_entries_per_source(clip, segmenter, tmp_path):
     sink = FilesSink(tmp_path / "out", mask_encoding="idmap")
     sources = [FileSource("a", str(clip), max_frames=5), FileSource("b", str(clip), max_frames=3)]
