@@ -171,32 +171,32 @@ class _Lost(Exception):
 class _Sender:
     """Tells, from a live stream's pictures, when another sender took over the same address (an
     encoder restarted into the same UDP port): its frames change size, or its timestamps jump
-    ahead of the clock (or back) by more than ``JUMP_S``. The session then ends as lost, and
-    opened again the input is probed afresh (its new size and rate, a new epoch): reading on
-    would keep the first sender's size and rate, and its timestamps' jump, for good."""
+    ahead of the clock, or back, by more than ``JUMP_S``. The source then starts a new epoch in
+    the same session (its timeline placed after the last frame by the time that passed, a
+    ``streaming`` state with the new size): read on unannounced, frames changed size with no
+    event and the first sender's timestamps jumped 26 hours ahead."""
 
     JUMP_S = 5.0
 
     def __init__(self, shown: str):
         self.shown = shown
         self.size: tuple[int, int] | None = None
-        self.last: tuple[int, Any, float] | None = None  # pts, time base, capture time
+        self.last: tuple[int, Any, float] | None = None  # pts, time base, monotonic time it was taken
 
-    def check(self, picture: Picture) -> None:
-        size = picture.size or picture.image.shape[:2]
-        if self.size is not None and size != self.size:
-            raise _Lost(f"'{self.shown}' changed its frame size from {self.size[1]}x{self.size[0]} to "
-                        f"{size[1]}x{size[0]}: a new sender", {"phase": "read", "restarted": True})
+    def check(self, picture: Picture) -> str | None:
+        """Why ``picture`` comes from a new sender, or None (its size and timing go on)."""
+        size, now = picture.size or picture.image.shape[:2], time.monotonic()
+        previous, last = self.size, self.last
         self.size = size
-        if picture.pts is None:
-            return
-        if self.last is not None and picture.time_base == self.last[1]:
-            jump = float((picture.pts - self.last[0]) * picture.time_base)
-            waited = picture.capture_wall - self.last[2]
+        self.last = (picture.pts, picture.time_base, now) if picture.pts is not None else None
+        if previous is not None and size != previous:
+            return f"its frames changed size from {previous[1]}x{previous[0]} to {size[1]}x{size[0]}"
+        if last is not None and picture.pts is not None and picture.time_base == last[1]:
+            jump = float((picture.pts - last[0]) * picture.time_base)
+            waited = now - last[2]
             if jump > waited + self.JUMP_S or jump < -self.JUMP_S:
-                raise _Lost(f"'{self.shown}' jumped {jump:+.1f} s in its timestamps in {max(0.0, waited):.1f} s: a new "
-                            "sender", {"phase": "read", "restarted": True})
-        self.last = (picture.pts, picture.time_base, picture.capture_wall)
+                return f"its timestamps jumped {jump:+.1f} s in {waited:.1f} s"
+        return None
 
 
 class LiveSource:
@@ -320,8 +320,11 @@ class LiveSource:
                     repeating = remember and epoch >= 0  # opened again: it starts with frames already delivered
                     sender = _Sender(self.shown) if length is None and not hls else None
                     for picture in self._read(capture):
-                        if sender is not None:
-                            sender.check(picture)  # a sender restarted on the same address: opened afresh
+                        if sender is not None and (new_sender := sender.check(picture)) is not None:
+                            epoch += 1  # a sender restarted on the same address: a new epoch, said so
+                            self.epoch = epoch
+                            timeline.restart(time.monotonic() - last_frame_at if last_frame_at is not None else 0.0)
+                            self._streaming(opened.info, picture, epoch, 0, restarted=new_sender)
                         if repeating and delivered.holds(picture):
                             repeats += 1
                             continue
@@ -486,13 +489,18 @@ class LiveSource:
         self._enter("stalled", reason, data)
         raise _Lost(reason, data)
 
-    def _streaming(self, info: InputInfo, picture: Picture, epoch: int, repeats: int) -> None:
+    def _streaming(self, info: InputInfo, picture: Picture, epoch: int, repeats: int,
+                   restarted: str | None = None) -> None:
         height, width = picture.size or picture.image.shape[:2]
-        self.info = InputInfo(width, height, info.codec, info.pixel_format, info.fps)
+        fps = None if restarted else info.fps  # a new sender's rate is not the probed one's
+        self.info = InputInfo(width, height, info.codec, info.pixel_format, fps)
         data = {"url": self.shown, "epoch": epoch, "reconnects": self.reconnects, **self.info.as_dict()}
         if self.describe is not None:
             data.update(self.describe(self.info, picture))
-        reason = f"{width}x{height} {info.codec}" + (f" at {info.fps:g} fps" if info.fps else "")
+        reason = f"{width}x{height} {info.codec}" + (f" at {fps:g} fps" if fps else "")
+        if restarted:
+            data["restarted"] = True
+            reason += f", a new sender: {restarted}"
         if repeats:
             data["repeats_skipped"] = repeats
             reason += f", after skipping {repeats} frames it had delivered before"

@@ -198,14 +198,14 @@ class RunMetrics:
                 counts.decode_errors = total
                 counts.dropped_by[DECODE_ERROR] += new
 
-    def source_state(self, name: str, state: str, reason: str, at: float) -> str | None:
+    def source_state(self, name: str, state: str, reason: str, at: float, again: bool = False) -> str | None:
         """Record that the source entered ``state``; returns the state it left, or None when it
-        was in that state already (each reconnect attempt counts, though) or had ended or failed
-        (both final)."""
+        was in that state already (each reconnect attempt counts, though, and ``again`` enters it
+        anew: a stream's new sender) or had ended or failed (both final)."""
         counts = self.source(name)
         with self._lock:
             previous = counts.state
-            if (previous == state and state != "reconnecting") or previous in ("ended", "failed"):
+            if (previous == state and state != "reconnecting" and not again) or previous in ("ended", "failed"):
                 return None
             if previous in DOWN_STATES:
                 counts.down_s += max(0.0, at - counts.state_since)

@@ -55,7 +55,8 @@ class SourceStates:
         """Record the transition; False when it was ignored. ``quiet`` logs it at debug level
         (the runtime's own states of a file or a generator: starting, first frame and end of
         input are no news; a batch's videos, whose end the batch reports itself)."""
-        previous = self.metrics.source_state(source, state, reason, time.monotonic())
+        again = bool(data and data.get("restarted"))  # streaming anew: a new sender, a new epoch
+        previous = self.metrics.source_state(source, state, reason, time.monotonic(), again)
         if previous is None:
             return False
         details = dict(data or {})

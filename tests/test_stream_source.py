@@ -606,7 +606,7 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
-def test_an_encoder_restarted_into_the_same_udp_port_at_another_size_is_a_new_session():
+def test_an_encoder_restarted_into_the_same_udp_port_is_a_new_epoch_of_the_same_session():
     """Found probing 16 cameras: the new sender's frames came at another size with no event, the
     first sender's size and rate stayed in the state, and the timestamps jumped 26 hours ahead."""
     import socket
@@ -622,15 +622,19 @@ def test_an_encoder_restarted_into_the_same_udp_port_at_another_size_is_a_new_se
         with FfmpegStream(target, size="160x120", fps=10):
             thread.start()
             wait_for(lambda: len(frames) >= 10, 20, "the first sender's frames")
-        with FfmpegStream(target, size="240x180", fps=10):
-            wait_for(lambda: frames[-1].image.shape == (180, 240, 3) and len(frames) > 20, 30, "the new sender's")
+        with FfmpegStream(target, size="240x180", fps=10):  # another size
+            wait_for(lambda: frames[-1].epoch == 1 and len(frames) > 20, 30, "the second sender's frames")
+        with FfmpegStream(["-output_ts_offset", "90000", *target], size="240x180", fps=10):  # a clock a day ahead
+            wait_for(lambda: frames[-1].epoch == 2 and len(frames) > 30, 30, "the third sender's frames")
     finally:
         source.close()
         thread.join(10)
-    restarted = next(e for e in log.entries if e[1] == "reconnecting" and e[3].get("restarted"))
-    assert "changed its frame size from 160x120 to 240x180: a new sender" in restarted[2]
     streaming = [e for e in log.entries if e[1] == "streaming"]
-    assert (streaming[0][3]["width"], streaming[-1][3]["width"], streaming[-1][3]["epoch"]) == (160, 240, 1)
+    assert [(e[3]["width"], e[3]["epoch"], bool(e[3].get("restarted"))) for e in streaming] == [
+        (160, 0, False), (240, 1, True), (240, 2, True)]
+    assert "a new sender: its frames changed size from 160x120 to 240x180" in streaming[1][2]
+    assert "a new sender: its timestamps jumped +8999" in streaming[2][2]
+    assert "reconnecting" not in log.states  # the same session: nothing to open again
     assert {f.image.shape for f in frames if f.epoch == 1} == {(180, 240, 3)}
     assert {f.image.shape for f in frames if f.epoch == 0} == {(120, 160, 3)}
     seconds = [f.pts_seconds for f in frames]
