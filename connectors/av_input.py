@@ -99,21 +99,26 @@ class Picture:
 class SteadyGaps:
     """Frames an input lost before its decoder saw them. Where the recent frames came at one
     steady rate (of the last ``WINDOW`` intervals, at least ``MIN_INTERVALS``, every one a whole
-    number of frames, three in four exactly one), a gap of two frames up to ``max_gap_s`` (a
-    second; a stream's read timeout, past which it would have stalled) holds frames that never
-    arrived, when the interval just before it was one frame. Not a loss: a longer gap (a pause: a
-    camera that sends on motion), a variable rate's intervals, and a gap
+    number of frames, three in four exactly one), a gap of two frames up to a second's worth holds
+    frames that never arrived, when the interval just before it was one frame. Not a loss: a
+    longer gap (a pause: a camera that sends on motion), a variable rate's intervals, and a gap
     that follows another (a change of rate: night mode, a smart codec's skipping, whose first
     interval is the only one counted; a burst of losses is undercounted rather than a change of
-    rate counted). Timestamps that go back (a wrap, a discontinuity) start the judgment afresh."""
+    rate counted). Timestamps that go back (a wrap, a discontinuity) start the judgment afresh.
+
+    With ``unit_s`` (the seconds of a PTS unit), a silence of more than a second up to
+    ``max_silence_s`` (a stream's read timeout) that no frames were counted for is added to
+    ``gap_s``: lost or a pause, it is told in seconds rather than guessed as frames."""
 
     WINDOW = 50
     MIN_INTERVALS = 10
     STEADY = 0.75
 
-    def __init__(self, step: int, fps: float | None, max_gap_s: float = 1.0):
+    def __init__(self, step: int, fps: float | None, unit_s: float = 0.0, max_silence_s: float = 0.0):
         self.step = step
-        self.max_gap = max(2, round((fps or 25) * max(1.0, max_gap_s)))
+        self.max_gap = max(2, round(fps or 25))
+        self.unit_s, self.max_silence_s = unit_s, max_silence_s
+        self.gap_s = 0.0  # silences of more than a second up to ``max_silence_s``, not counted as frames
         self.last: int | None = None
         self.recent: deque[int] = deque(maxlen=self.WINDOW)  # intervals in frames; 0: not a whole number
 
@@ -130,6 +135,9 @@ class SteadyGaps:
         frames = (pts - self.last) / self.step
         whole = round(frames) if abs(frames - round(frames)) <= 0.02 else 0
         lost = max(0, whole - 1 - rejected) if self._steady(whole) else 0
+        silence_s = (pts - self.last - self.step) * self.unit_s
+        if not lost and 1.0 < silence_s <= self.max_silence_s:
+            self.gap_s += silence_s
         self.recent.append(whole)
         self.last = pts
         return lost
@@ -298,8 +306,9 @@ class AVInput:
         rate = self.stream.guessed_rate or self.stream.average_rate or self.stream.base_rate
         self.fps = float(rate) if rate else None
         self.step = max(1, round(1 / (rate * self.time_base))) if rate else max(1, round(1 / (25 * self.time_base)))
-        # a stream's frames that never came, up to its read timeout (a longer silence is a stall)
-        self._gaps = SteadyGaps(self.step, self.fps, timeout[1] if lost_are_errors else 1.0)
+        # a stream's silences longer than a second, up to its read timeout (past it, a stall;
+        # a longer jump of the timestamps alone is a new sender's)
+        self._gaps = SteadyGaps(self.step, self.fps, float(self.time_base), timeout[1] if lost_are_errors else 0.0)
         self.info = self._info(context)
         self._sender: tuple[int, float] | None = None  # (pts, sender Unix time) of the last packet with one
 
@@ -327,6 +336,11 @@ class AVInput:
             )
         if (reason := relay.reason()) is not None:
             raise SourceError(f"reading '{self.shown}' failed: {reason}")
+
+    @property
+    def gap_s(self) -> float:
+        """Seconds of this input's silences of more than a second (a stream's; ``SteadyGaps``)."""
+        return self._gaps.gap_s
 
     def _info(self, context) -> InputInfo:
         return InputInfo(context.width, context.height, context.name, context.pix_fmt, self.fps)
@@ -393,10 +407,12 @@ class AVInput:
         passed = len(self._rejected) if back else bisect.bisect_left(self._rejected, pts)
         del self._rejected[:passed]
         skipped, self._rejected_untimed = passed + self._rejected_untimed, 0
+        before = self._gaps.gap_s
         lost = self._gaps.lost_before(pts, skipped)
         self.frames_lost += lost
-        if lost and self.fps and lost > self.fps:  # a second or more: a blip that costs a scene, said so
-            logger.warning("'%s': %.1f s of the stream (%d frames) never arrived", self.shown, lost / self.fps, lost)
+        if self._gaps.gap_s > before:
+            logger.warning("'%s': no frames for %.1f s of the stream's time (lost, or its sender paused)",
+                           self.shown, self._gaps.gap_s - before)
         if self.lost_are_errors:
             skipped += lost
         return Picture(image, pts, self.time_base, self.step, time.time(), sender, size, skipped)

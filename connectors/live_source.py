@@ -238,6 +238,7 @@ class LiveSource:
         # for a displayed (height, width), the size to decode at (set by the runtime; see AVInput)
         self.decode_size: Callable[[int, int], tuple[int, int]] | None = None
         self._finished_errors = 0
+        self._finished_gap_s = 0.0
         self._capture: CaptureThread | None = None
         self._retired: CaptureThread | None = None  # the last session let go, maybe still closing
         self._rng = random.Random(seed)
@@ -248,6 +249,14 @@ class LiveSource:
     def decode_errors(self) -> int:
         capture = self._capture
         return self._finished_errors + (capture.decode_errors if capture is not None else 0)
+
+    @property
+    def gap_s(self) -> float:
+        """Seconds of gaps longer than a second in its timestamps within sessions (lost, or a
+        sender's pause: not counted as frames), over all sessions."""
+        capture = self._capture
+        current = getattr(capture.input, "gap_s", 0.0) if capture is not None else 0.0
+        return self._finished_gap_s + current
 
     def _open(self) -> AVInput:
         return AVInput(
@@ -519,6 +528,7 @@ class LiveSource:
             capture, self._capture = self._capture, None
             if capture is not None:
                 self._finished_errors += capture.decode_errors
+                self._finished_gap_s += getattr(capture.input, "gap_s", 0.0)  # None before it opened
                 capture.abandon()
                 self._retired = capture
 

@@ -107,6 +107,7 @@ class SourceCounts:
     epoch: int = 0
     handed: int = 0
     down_s: float = 0.0  # seconds spent connecting, stalled or reconnecting, up to its last transition
+    gap_s: float = 0.0  # a stream's gaps of more than a second within sessions (the source's own count)
 
     @property
     def dropped(self) -> int:
@@ -114,12 +115,13 @@ class SourceCounts:
 
     def downtime(self, now: float) -> float:
         """Seconds it has spent connecting, stalled or reconnecting, up to ``now``."""
-        return self.down_s + (max(0.0, now - self.state_since) if self.state in DOWN_STATES else 0.0)
+        return self.down_s + self.gap_s + (max(0.0, now - self.state_since) if self.state in DOWN_STATES else 0.0)
 
     def copy(self) -> SourceCounts:
         return SourceCounts(
             self.decoded, self.published, self.decode_errors, Counter(self.dropped_by), self.state, self.reason,
             self.state_since, self.reconnects, Counter(self.transitions), self.epoch, self.handed, self.down_s,
+            self.gap_s,
         )
 
 
@@ -197,6 +199,10 @@ class RunMetrics:
             if new > 0:
                 counts.decode_errors = total
                 counts.dropped_by[DECODE_ERROR] += new
+
+    def gaps(self, name: str, seconds: float) -> None:
+        """A source's own total of gaps in its stream (``gap_s``), in seconds."""
+        self.source(name).gap_s = seconds
 
     def source_state(self, name: str, state: str, reason: str, at: float, again: bool = False) -> str | None:
         """Record that the source entered ``state``; returns the state it left, or None when it

@@ -558,6 +558,7 @@ class Runtime:
                     self.states.enter(name, "streaming", *first_frame(source, frame), quiet=True)
                 self.metrics.decoded(name, now)
                 self.metrics.decode_errors(name, getattr(source, "decode_errors", 0))
+                self.metrics.gaps(name, getattr(source, "gap_s", 0.0))
                 self.metrics.beat(beat, idle="back-pressure")
                 self._batcher.put(i, frame)
                 self.metrics.beat(beat)
