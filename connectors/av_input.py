@@ -322,7 +322,13 @@ class AVInput:
             if relay.timed_out:
                 raise InputTimeout(f"timed out after {self.timeout[0]:g} s opening '{self.shown}' (open timeout)",
                                    "open", self.timeout[0]) from None
-            raise SourceError(f"cannot open '{self.shown}': {relay.reason() or describe_error(error)}") from None
+            reason = relay.reason() or describe_error(error)
+            if "passphrase" in reason.lower():  # SRT's: refused credentials, as a 401 is
+                raise InputRefused(f"'{self.shown}' refused us: {reason} — check the passphrase") from None
+            if (host := _unknown_host(self.target)) is not None:
+                raise InputRefused(f"cannot open '{self.shown}': the host name '{host}' is not known (DNS) — check "
+                                   "the URL", missing=True) from None
+            raise SourceError(f"cannot open '{self.shown}': {reason}") from None
 
     def _relay_ended(self) -> None:
         """After a relayed input's data ended: raise what ended ``ffmpeg``, if anything did."""

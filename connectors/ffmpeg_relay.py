@@ -12,12 +12,15 @@ returns and the input reports the timeout.
 
 from __future__ import annotations
 
+import atexit
 import collections
 import functools
+import re
 import shutil
 import subprocess
 import threading
 import time
+import weakref
 
 from segstream.connectors.urls import url_scheme
 
@@ -25,6 +28,18 @@ RELAYED_SCHEMES = ("srt", "rist")
 # Options of the input that PyAV's demuxer of the pipe takes too; the rest are the protocol's
 # (timeouts, SRT's passphrase, latency, streamid) and go to ``ffmpeg`` only.
 _DEMUXER_OPTIONS = ("analyzeduration", "probesize", "fpsprobesize")
+# ffmpeg's error lines that say only that something failed: a line before them says what
+_GENERIC = ("Input/output error", "Error opening input", "Error opening input files")
+_RUNNING: weakref.WeakSet[FFmpegRelay] = weakref.WeakSet()
+_LIBSRT = re.compile(r"\d\d:\d\d:\d\d\.\d+/SRT:\S+ ")  # libsrt's own log lines, time-stamped
+
+
+@atexit.register
+def _end_running() -> None:
+    """At exit, the relays whose sessions were cut short (their reads still blocked): their
+    ffmpeg must not outlive segstream holding a port."""
+    for relay in list(_RUNNING):
+        relay._end()
 
 
 @functools.lru_cache(maxsize=None)
@@ -71,9 +86,13 @@ class FFmpegRelay:
         self.timed_out: str | None = None  # "open" or "read" when a deadline ended the process
         self._errors: collections.deque[str] = collections.deque(maxlen=8)
         self._last_data: float | None = None
-        self._started = time.monotonic()
+        self._waiting_since: float | None = None  # inside read() with nothing yet, since when
         self._closed = threading.Event()
-        command = [ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error"]
+        # setpriv (util-linux): ffmpeg is killed with the thread that started it, even when
+        # segstream itself is killed (-9) and nothing else could end it
+        setpriv = shutil.which("setpriv")
+        command = [setpriv, "--pdeathsig", "KILL", "--"] if setpriv else []
+        command += [ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error"]
         for key, value in options.items():
             command += [f"-{key}", str(value)]
         # packets as they come: no muxing delay, each one flushed into the pipe at once
@@ -85,28 +104,35 @@ class FFmpegRelay:
         self._stderr.start()
         self._watchdog = threading.Thread(target=self._watch, name="segstream-relay-watchdog", daemon=True)
         self._watchdog.start()
+        _RUNNING.add(self)
 
     def read(self, size: int = -1) -> bytes:
-        data = self.process.stdout.read1(size if size > 0 else 65536)
+        # only time spent waiting in here counts against the deadlines: a consumer that holds
+        # the reads back (back-pressure) is no silence of the stream
+        self._waiting_since = time.monotonic()
+        try:
+            data = self.process.stdout.read1(size if size > 0 else 65536)
+        finally:
+            self._waiting_since = None
         if data:
             self._last_data = time.monotonic()
         return data
 
     def reason(self) -> str | None:
-        """Why ``ffmpeg`` ended (its last error line, or its exit status), None while it runs or
-        when it ended without error."""
+        """Why ``ffmpeg`` failed (its most telling error line, or how it exited); None while it
+        runs, when it ended without error, or when a deadline of ours ended it."""
         code = self.process.poll()
-        if self.timed_out is not None:
+        if code is None or code == 0 or self.timed_out is not None:
             return None
-        if self._errors:
-            return self._errors[-1]
-        if code:
-            return f"ffmpeg exited with status {code}"
-        return None
+        telling = [line for line in self._errors if not line.endswith(_GENERIC)]
+        if telling or self._errors:
+            return (telling or list(self._errors))[-1]
+        return f"ffmpeg was killed by signal {-code}" if code < 0 else f"ffmpeg exited with status {code}"
 
     def close(self) -> None:
         self._closed.set()
         self._end()
+        _RUNNING.discard(self)
         self.process.stdout.close()
         self._stderr.join(timeout=2)
         self._watchdog.join(timeout=2)
@@ -124,19 +150,22 @@ class FFmpegRelay:
         while not self._closed.wait(0.1):
             if self.process.poll() is not None:
                 return
-            now = time.monotonic()
-            if self._last_data is None and now - self._started > self.timeout[0]:
-                self.timed_out = "open"
-            elif self._last_data is not None and now - self._last_data > self.timeout[1]:
-                self.timed_out = "read"
-            else:
+            waiting = self._waiting_since
+            if waiting is None:
                 continue
+            waited = time.monotonic() - max(waiting, self._last_data or waiting)
+            phase, limit = ("open", self.timeout[0]) if self._last_data is None else ("read", self.timeout[1])
+            if waited <= limit:
+                continue
+            self.timed_out = phase
             self._end()  # the blocked read returns: the pipe ends
             return
 
     def _read_errors(self) -> None:
         for raw in iter(self.process.stderr.readline, b""):
             line = raw.decode("utf-8", "replace").strip()
+            if _LIBSRT.match(line):  # "05:33:46.693540/SRT:RcvQ:w1!W:SRT.cn: processX: ...: Incorrect passphrase"
+                line = line.rsplit(": ", 1)[-1]
             if line:  # "<url>: Connection timed out": the URL is the input's, named already
                 self._errors.append(line.removeprefix(f"{self.target}: ").replace(self.target, self.shown))
         self.process.stderr.close()

@@ -672,3 +672,57 @@ def test_srt_without_an_ffmpeg_that_has_it_fails_at_once_saying_what_to_install(
                                           r"that does \(apt-get install ffmpeg\)"):
         list(source.frames())
     assert log.states == ["connecting", "failed"] and source.reconnects == 0
+
+
+def test_srt_with_a_wrong_passphrase_fails_at_once_saying_so():
+    # found probing: retried forever as "Input/output error" (ffmpeg's last line; an earlier one said why)
+    import socket
+
+    port = free_port(socket.SOCK_DGRAM)
+    url = f"srt://127.0.0.1:{port}"
+    with FfmpegStream(["-f", "mpegts", f"{url}?mode=listener&passphrase=rightpassphrase1"]):
+        source = StreamSource("srt", url, policy=QUICK, options={"passphrase": "wrongpassphrase9"})
+        with pytest.raises(SourceError, match=r"refused us: Incorrect passphrase.* — check the passphrase \(before the "
+                                              r"first frame: not retried\)"):
+            take(source, 1)
+
+
+def test_an_srt_consumer_holding_frames_back_is_no_silence_of_the_stream():
+    # found in review: the relay's read deadline ran while its reader waited on a slow consumer
+    import socket
+
+    port = free_port(socket.SOCK_DGRAM)
+    url = f"srt://127.0.0.1:{port}"
+    policy = ReconnectPolicy(open_timeout_s=5, read_timeout_s=1, stall_timeout_s=10, delay_s=0.2, max_delay_s=1)
+    source = StreamSource("srt", url, policy=policy)
+    source.on_state = log = StateLog()
+    with FfmpegStream(["-f", "mpegts", f"{url}?mode=listener"], fps=10):
+        frames = source.frames()
+        try:
+            first = [next(frames) for _ in range(3)]
+            time.sleep(3)  # three read timeouts without taking a frame
+            later = [next(frames) for _ in range(10)]
+        finally:
+            source.close()
+            frames.close()
+    assert "reconnecting" not in log.states and "stalled" not in log.states, log.entries
+    assert {f.epoch for f in first + later} == {0}
+
+
+def test_an_srt_listener_s_relay_does_not_outlive_segstream():
+    # found probing: stopped while it listened for a sender, its ffmpeg stayed, holding the port
+    import socket
+
+    port = free_port(socket.SOCK_DGRAM)
+    url = f"srt://127.0.0.1:{port}?mode=listener"
+    script = ("import sys, threading, time\n"
+              "from segstream.connectors.stream_source import StreamSource\n"
+              f"source = StreamSource('srt', {url!r})\n"
+              "threading.Thread(target=lambda: list(source.frames()), daemon=True).start()\n"
+              "time.sleep(1.5)\n")
+    import subprocess
+    import sys
+
+    subprocess.run([sys.executable, "-c", script], timeout=60, check=True)
+    wait_for(lambda: not [p for p in os.listdir("/proc") if p.isdigit() and f":{port}?mode=listener" in _cmdline(int(p))],
+             5, "the relay's end")
