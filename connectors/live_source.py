@@ -419,7 +419,7 @@ class LiveSource:
                 if epoch < 0 and ended == "stopped" and self.reconnects:  # down the whole run: not a normal end
                     ended = (f"stopped before it ever streamed ({self.reconnects} reconnect attempt"
                              f"{'s' if self.reconnects != 1 else ''}; the last because: {reason})")
-                self._enter("ended", ended, {"never_streamed": True} if epoch < 0 else {})
+                self._enter("ended", ended, {"never_streamed": True} if epoch < 0 and self.reconnects else {})
 
     def _finite_end(self, reason: str, details: dict[str, Any], length: float, played: _Played,
                     video_length: bool) -> str:

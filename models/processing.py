@@ -137,11 +137,19 @@ class WindowLayout:
     vertical: bool
 
 
+# Windows of one frame a semantic model takes at most: a 32:1 panorama; a line-scan frame (1 x
+# 4096) would need 4096 windows of the model's size, gigabytes for one frame.
+MAX_WINDOWS = 32
+
+
 def window_layout(height: int, width: int, size: int) -> WindowLayout:
     factor = max(size / height, size / width)
     h, w = round(height * factor), round(width * factor)
     long_side = max(h, w)
     count = math.ceil(long_side / size)
+    if count > MAX_WINDOWS:
+        raise ValueError(f"a {width}x{height} frame would need {count} windows of {size} x {size} for a semantic "
+                         f"model (at most {MAX_WINDOWS}): crop it nearer to square first")
     overlap = count * size - long_side
     # The official code spreads the overlap evenly over the window boundaries.
     step = size - (overlap / (count - 1) if overlap > 0 else 0)

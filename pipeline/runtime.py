@@ -111,8 +111,9 @@ class SourceReport:
 
     @property
     def never_streamed(self) -> bool:
-        """Whether it never delivered a frame (a camera down for the whole run)."""
-        return self.decoded == 0 and not self.transitions.get("streaming")
+        """Whether it tried and never delivered a frame (a camera down for the whole run; not a
+        source stopped before its first attempt had ended)."""
+        return self.decoded == 0 and not self.transitions.get("streaming") and self.reconnects > 0
 
     @property
     def abandoned(self) -> int:
@@ -203,7 +204,6 @@ class RunReport:
             + (self._source_latency(name) if many else "")
             for name, s in self.sources.items()
         ]
-        per_source = f"{len(sources)} sources:" if many else ", ".join(sources)
         latency = (
             f"latency p50 {self.latency_ms_p50:.0f} ms p99 {self.latency_ms_p99:.0f} ms max {self.latency_ms_max:.0f} ms"
             if not math.isnan(self.latency_ms_p50) else "latency n/a"
@@ -211,10 +211,14 @@ class RunReport:
         outcome = outcome or ("failed" if self.failed else "stopped" if self.stopped else "done")
         sinks = "".join(f"; {status['line']}" for status in self.sinks.values() if status.get("line"))
         abandoned = f", {self.abandoned} abandoned in flight" if self.abandoned else ""
+        if many:  # the sinks on the first line, each source on its own after it
+            tail = f"{latency}{sinks}; {len(sources)} sources:" + "".join(f"\n  {line}" for line in sources)
+        else:
+            tail = f"{latency}; {', '.join(sources)}{sinks}"
         return (
             f"{outcome}: {self.published} frames published in {self.elapsed_s:.1f} s "
             f"({self.fps:.1f} fps), {self.dropped} dropped{abandoned}, {self.batches} batches (mean {mean_batch:.1f}), "
-            f"{latency}; {per_source}{sinks}" + "".join(f"\n  {line}" for line in sources if many)
+            f"{tail}"
         )
 
     def _source_latency(self, name: str) -> str:

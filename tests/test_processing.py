@@ -167,6 +167,15 @@ def test_letterbox_long_side_is_exactly_the_input_size():
     assert letterbox_size(480, 640, 256) == (192, 256)
 
 
+def test_a_line_scan_frame_is_refused_by_a_windowed_semantic_model_before_it_takes_gigabytes():
+    from segstream.models.processing import window_layout
+
+    assert len(window_layout(480, 15360, 512).starts) == 32  # a 32:1 panorama is still taken
+    with pytest.raises(ValueError, match=r"a 4096x1 frame would need 4096 windows of 512 x 512 for a semantic model "
+                                         r"\(at most 32\): crop it nearer to square first"):
+        window_layout(1, 4096, 512)
+
+
 def test_letterbox_pads_bottom_right_with_zero_pixels():
     frame = torch.full((50, 100, 3), 255, dtype=torch.uint8)
     pixels, scaled = letterbox([frame], 64)

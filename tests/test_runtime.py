@@ -647,8 +647,9 @@ def test_with_many_sources_the_summary_gives_each_its_line_and_latency_and_the_s
     sources["cam5"] = SourceReport(0, 0, 0, 0, {}, "ended", "stopped", 7, {"reconnecting": 7}, 41.0)
     latency = {f"cam{i}": {"p50_ms": 90.0 + i, "p99_ms": 150.0, "max_ms": 200.0} for i in range(5)}
     report = RunReport(sources, 3, 45, 5.0, True, 100.0, 200.0, 300.0, source_latency=latency)
+    report.sinks = {"redis": {"line": "redis connected, backlog 0/1000 (0.0 MB)"}}
     head, *lines = report.summary().splitlines()
-    assert head.endswith("; 6 sources:") and len(lines) == 6
+    assert head.endswith("; redis connected, backlog 0/1000 (0.0 MB); 6 sources:") and len(lines) == 6
     assert lines[2] == "  cam2 9/10 dropped 1 (queue_full 1), latency p50 92 ms p99 150 ms"
     assert lines[5] == "  cam5 0/0 reconnects 7 NEVER STREAMED"
     few = RunReport(dict(list(sources.items())[:2]), 1, 18, 5.0, True, 100.0, 200.0, 300.0, source_latency=latency)

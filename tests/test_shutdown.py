@@ -65,7 +65,7 @@ def test_sigterm_drains_and_exits_zero(tmp_path, clip, checkpoint):
 
 def test_second_interrupt_aborts_with_130_and_counts_the_frames_it_abandoned(tmp_path, clip, checkpoint):
     # an offline source with a deep queue leaves seconds of frames to drain after the first Ctrl-C
-    process, output = start_pipeline(tmp_path, clip, checkpoint, "queue_size: 64")
+    process, output = start_pipeline(tmp_path, clip, checkpoint, "queue_size: 256")
     process.send_signal(signal.SIGINT)
     time.sleep(0.5)
     process.send_signal(signal.SIGINT)
