@@ -105,9 +105,9 @@ def network_fps(adapter, frames: list, seconds: float = 3.0, workers: int = 1) -
 
 
 def naive_fps(cfg: PipelineConfig, adapter, frame_count: int) -> float:
-    """Decode, segment, track and publish one frame after another, with torch's threads on every
-    core (as a plain loop gets them); frames per second from the first frame on (opening the
-    source is not timed)."""
+    """Decode, segment, track and publish one frame after another, on the intra-op threads torch
+    has (``run_bench`` gives it every core, or ``engine.threads``, as a plain loop would have);
+    frames per second from the first frame on (opening the source is not timed)."""
     from segstream.pipeline.builders import build_sinks, build_sources
     from segstream.pipeline.tracking import tracking_stages
 
@@ -180,8 +180,12 @@ def run_bench(
         report = runtime.run()
     pipeline = report.published / metrics.streaming_s if metrics.streaming_s else 0.0
     pipeline_threads = torch.get_num_threads()
-    torch.set_num_threads(cfg.engine.threads or os.cpu_count() or 1)
-    naive = naive_fps(cfg, adapter, naive_frames)
+    torch.set_num_threads(cfg.engine.threads or os.cpu_count() or 1)  # as the network alone's first layout
+    try:
+        naive = naive_fps(cfg, adapter, naive_frames)
+    finally:
+        naive_threads = torch.get_num_threads()
+        torch.set_num_threads(pipeline_threads)
     result: dict[str, Any] = {
         "model": adapter.name,
         "device": str(device),
@@ -192,7 +196,7 @@ def run_bench(
         "network_layouts_fps": layouts,
         "model_workers": runtime.model_workers,
         "threads": pipeline_threads,  # torch's intra-op threads in each model worker
-        "naive_threads": torch.get_num_threads(),
+        "naive_threads": naive_threads,
         "sources": len(run_cfg.sources),
         "frames": report.published,
         "dropped": report.dropped,

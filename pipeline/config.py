@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from segstream.connectors.errors import ConfigError
 from segstream.connectors.redis_connection import database_problem, redis_url_shown
-from segstream.connectors.urls import STREAM_SCHEMES, redact_url, unescaped_userinfo, url_scheme
+from segstream.connectors.urls import STREAM_SCHEMES, exclusive_input, redact_url, unescaped_userinfo, url_scheme
 
 PositiveInt = Annotated[int, Field(gt=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
@@ -600,7 +600,7 @@ class PipelineConfig(Strict):
     @field_validator("sources")
     @classmethod
     def _unique_names(cls, sources: list) -> list:
-        problem = _name_clash([source.name for source in sources])
+        problem = _name_clash([source.name for source in sources]) or _port_clash(sources)
         if problem:
             raise ValueError(problem)
         return sources
@@ -710,6 +710,29 @@ def raw_config_data(path: str | Path, overrides: list[str] | tuple[str, ...] = (
     for override in overrides:
         apply_override(data, override)
     return data
+
+
+def _port_clash(sources: list) -> str | None:
+    """What is wrong when two sources would hold one local port or device: two listeners on one
+    port (a UDP port, an SRT or TCP listener) or one camera twice; the second would retry
+    "address already in use" or "device busy" for good (None when none do)."""
+    seen: dict = {}
+    for i, source in enumerate(sources):
+        url = getattr(source, "url", None) or getattr(source, "device", None)
+        if url is None or not exclusive_input(str(url)):
+            continue
+        try:
+            port = urlsplit(str(url)).port if "://" in str(url) else None
+        except ValueError:
+            continue
+        proto = "tcp" if url_scheme(str(url)) in ("tcp", "rtsp", "rtmp", "http") else "udp"
+        key = (proto, port) if port is not None else str(url)
+        if key in seen:
+            what = f"{proto.upper()} port {port}" if port is not None else f"'{url}'"
+            return (f"sources[{seen[key]}] and sources[{i}] both listen on {what}: only one can hold it — give each "
+                    "its own")
+        seen[key] = i
+    return None
 
 
 def _name_clash(names: list) -> str | None:
@@ -898,8 +921,12 @@ def _problem_lines(problems: list[tuple[list, str]], data: Any) -> list[str]:
     places: dict[str, list[str]] = {}
     for path, problem in problems:
         places.setdefault(problem, []).append(_where(path, data))
-    return [f"{where[0]}{f' and {len(where) - 1} more place' + ('s' if len(where) > 2 else '') if len(where) > 1 else ''}"
-            f": {problem}" for problem, where in places.items()]
+    lines = []
+    for problem, where in places.items():
+        more = len(where) - 1
+        also = f" and {more} more place{'s' if more > 1 else ''}" if more else ""
+        lines.append(f"{where[0]}{also}: {problem}")
+    return lines
 
 
 def _where(path: typing.Sequence, data: Any) -> str:

@@ -696,10 +696,11 @@ class Runtime:
                 if result is not None:
                     beat("stage")
                     for stage in self._source_stages(result.source):
-                        source, index, result = result.source, result.index, stage.process(result)
+                        given, result = result, stage.process(result)
                         if not isinstance(result, FrameResult):
                             raise TypeError(f"{type(stage).__name__}.process returned {type(result).__name__} for frame "
-                                            f"{index} of {source}: a per-source stage returns the result it was given")
+                                            f"{given.index} of {given.source}: a per-source stage returns the result "
+                                            "it was given")
                     result.run_id = self.run_id
                     for event in result.events:
                         event.run_id = self.run_id

@@ -308,3 +308,15 @@ def test_a_password_yaml_reads_as_a_number_says_to_quote_it_without_showing_it(c
     text = VALID.format(clip=clip).replace("${SEGSTREAM_TEST_PW:-secret}", "98765432")
     [line] = errors_of(capsys, ["validate", write(text)])
     assert line == "sinks.redis.password: Input should be a valid string — put the password in quotes"
+
+
+def test_two_sources_listening_on_one_port_are_refused(capsys, write):
+    # found probing: both passed validate, and the second retried "address already in use" for good
+    text = """
+    sources:
+      - {name: a, type: stream, url: 'srt://0.0.0.0:9003?mode=listener'}
+      - {name: b, type: stream, url: 'udp://127.0.0.1:9003'}
+      - {name: c, type: stream, url: 'rtsp://10.0.0.1:9003/x'}
+    """
+    assert errors_of(capsys, ["validate", write(text)]) == [
+        "sources: sources[0] and sources[1] both listen on UDP port 9003: only one can hold it — give each its own"]
