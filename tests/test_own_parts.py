@@ -41,6 +41,19 @@ class ListSource:
 GOOD = np.zeros((48, 64, 3), np.uint8)
 
 
+def stop_after_the_first_result(runtime: Runtime, sink: CollectingSink, join_s: float):
+    """Run on a thread, stop once the sink has a result; the thread and ``{"report": ...}``."""
+    outcome: dict = {}
+    thread = threading.Thread(target=lambda: outcome.update(report=runtime.run()), daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not sink.results and time.monotonic() < deadline:
+        time.sleep(0.02)
+    runtime.stop()
+    thread.join(join_s)
+    return thread, outcome
+
+
 @pytest.mark.parametrize("bad, says", [
     (np.zeros((48, 64, 3), np.float32), "frame 2 has a float32 image of shape (48, 64, 3), not H x W x 3 uint8 RGB"),
     (np.zeros((48, 64), np.uint8), "frame 2 has a uint8 image of shape (48, 64), not H x W x 3 uint8 RGB"),
@@ -65,14 +78,7 @@ def test_a_source_whose_frames_ignores_close_does_not_hang_stop(segmenter, monke
     stuck = ListSource("stuck", [GOOD], then=forever.wait)  # a camera read that close() cannot end
     sink = CollectingSink()
     runtime = Runtime([stuck], segmenter, [sink], publish_states=True, progress=None)
-    outcome = {}
-    thread = threading.Thread(target=lambda: outcome.update(report=runtime.run()), daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not sink.results and time.monotonic() < deadline:
-        time.sleep(0.02)
-    runtime.stop()
-    thread.join(5)
+    thread, outcome = stop_after_the_first_result(runtime, sink, join_s=5)
     try:
         assert not thread.is_alive(), "stop() waited for a source that never returns"
         source = outcome["report"].sources["stuck"]
@@ -152,14 +158,7 @@ def test_a_source_waiting_for_queue_room_behind_a_slow_model_is_not_left_behind(
     sink = CollectingSink()
     runtime = Runtime([ListSource("a", [GOOD] * 8)], ColourSegmenter(delay_s=0.5), [sink], batch_size=1,
                       queue_size=2, progress=None)
-    outcome = {}
-    thread = threading.Thread(target=lambda: outcome.update(report=runtime.run()), daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not sink.results and time.monotonic() < deadline:
-        time.sleep(0.02)
-    runtime.stop()
-    thread.join(20)
+    _, outcome = stop_after_the_first_result(runtime, sink, join_s=20)
     source = outcome["report"].sources["a"]
     assert source.state == "ended" and "left behind" not in source.reason
     assert source.decoded == source.published + source.dropped and source.abandoned == 0
