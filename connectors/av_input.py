@@ -135,7 +135,7 @@ class SteadyGaps:
         frames = (pts - self.last) / self.step
         whole = round(frames) if abs(frames - round(frames)) <= 0.02 else 0
         lost = max(0, whole - 1 - rejected) if self._steady(whole) else 0
-        silence_s = (pts - self.last - self.step) * self.unit_s
+        silence_s = (pts - self.last - self.step * (1 + rejected)) * self.unit_s  # the rejected came
         if not lost and 1.0 < silence_s <= self.max_silence_s:
             self.gap_s += silence_s
         self.recent.append(whole)

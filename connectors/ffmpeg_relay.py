@@ -29,7 +29,12 @@ RELAYED_SCHEMES = ("srt", "rist")
 # (timeouts, SRT's passphrase, latency, streamid) and go to ``ffmpeg`` only.
 _DEMUXER_OPTIONS = ("analyzeduration", "probesize", "fpsprobesize")
 # ffmpeg's error lines that say only that something failed: a line before them says what
+# ("Error opening input file srt://...." and "[in#0] Error opening input: ..." from ffmpeg 6 on)
 _GENERIC = ("Input/output error", "Error opening input", "Error opening input files")
+
+
+def _generic(line: str) -> bool:
+    return line.endswith(_GENERIC) or line.startswith(("Error opening input", "[in#"))
 _RUNNING: weakref.WeakSet[FFmpegRelay] = weakref.WeakSet()
 _LIBSRT = re.compile(r"\d\d:\d\d:\d\d\.\d+/SRT:\S+ ")  # libsrt's own log lines, time-stamped
 
@@ -73,10 +78,11 @@ def demuxer_options(options: dict[str, str]) -> dict[str, str]:
 
 class FFmpegRelay:
     """One ``ffmpeg`` process receiving ``target`` and writing its video as MPEG-TS to a pipe;
-    ``read`` (what PyAV reads from) gives its bytes. ``timeout`` = (open, read) seconds: no byte
-    within the first before the first byte, or within the second between two reads' data, ends
-    the process, and ``timed_out`` says which. ``reason()`` is ``ffmpeg``'s last error line with
-    the URL in it replaced by ``shown`` (it may hold credentials)."""
+    ``read`` (what PyAV reads from) gives its bytes. ``timeout`` = (open, read) seconds: waiting in
+    ``read`` longer than the first before the first byte, or the second after it, ends the
+    process, and ``timed_out`` says which. ``reason()`` is ``ffmpeg``'s most telling error line
+    with the URL in it replaced by ``shown`` (it may hold credentials). The process is started
+    by the thread that reads it (``pdeathsig`` follows that thread)."""
 
     def __init__(self, ffmpeg: str, target: str, shown: str, options: dict[str, str],
                  timeout: tuple[float, float]):
@@ -124,7 +130,7 @@ class FFmpegRelay:
         code = self.process.poll()
         if code is None or code == 0 or self.timed_out is not None:
             return None
-        telling = [line for line in self._errors if not line.endswith(_GENERIC)]
+        telling = [line for line in self._errors if not _generic(line)]
         if telling or self._errors:
             return (telling or list(self._errors))[-1]
         return f"ffmpeg was killed by signal {-code}" if code < 0 else f"ffmpeg exited with status {code}"

@@ -20,8 +20,8 @@ log = logging.getLogger("segstream.sinks")
 
 
 # Write errors that pass (space comes back, a disk recovers): the entry is dropped and counted.
-# Any other error of a file that never took a line (a folder in its place, no permission, a
-# read-only disk) stops the run, as it would not pass.
+# Any other error before the sink wrote its first line (a folder in its place, no permission, a
+# read-only disk) stops the run, as it would not pass; after it, it is dropped and counted too.
 _PASSING = (errno.ENOSPC, errno.EDQUOT, errno.EIO)
 
 
@@ -36,13 +36,13 @@ class FilesSink:
     line goes to the file (unbuffered) as its result arrives, and ``publish_ts`` is that moment,
     so a result reported written is in the file.
 
-    A write that fails for a while (the disk full; or any error of a file that has taken lines,
+    A write that fails for a while (the disk full; or any error once the sink has written a line,
     its folder removed) costs only its own entry: it is dropped, counted as
     ``sink_write_failed`` (``on_dropped``, ``status()``), and said once per file in a warning;
     the next entry tries again, on a line of its own after whatever the failed one left, and a
-    line says when writing resumed. Other sinks (Redis) go on meanwhile. A file that cannot be
-    written from its first line on (a folder in its place, no permission, a read-only disk)
-    raises ``SinkError``: the run stops, saying why.
+    line says when writing resumed. Other sinks (Redis) go on meanwhile. A sink that cannot write
+    its first line (a folder in its place, no permission, a read-only disk) raises
+    ``SinkError``: the run stops, saying why.
     """
 
     name = "files"
@@ -108,8 +108,8 @@ class FilesSink:
             while written < len(data):  # a raw file may take part of it (a nearly full disk)
                 written += f.write(memoryview(data)[written:]) or 0
         except OSError as error:
-            if error.errno not in _PASSING and key not in self._written:
-                # a path that never took a line and will not (a folder where the file goes, no
+            if error.errno not in _PASSING and not self._written:
+                # a sink that never wrote a line and will not (a folder where the file goes, no
                 # permission, a read-only disk): the run cannot write what it is for
                 raise SinkError(f"cannot write to '{path}': {error.strerror or error}") from None
             self._last_error = error.strerror or str(error)

@@ -9,6 +9,7 @@ YAML reads (``sources[1].path``).
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import os
 import re
 import types
@@ -719,12 +720,17 @@ def _port_clash(sources: list) -> str | None:
     seen: dict = {}
     for i, source in enumerate(sources):
         url = getattr(source, "url", None) or getattr(source, "device", None)
+        if isinstance(url, int):  # a camera by index
+            url = f"/dev/video{url}"
         if url is None or not exclusive_input(str(url)):
             continue
         try:
-            port = urlsplit(str(url)).port if "://" in str(url) else None
+            parts = urlsplit(str(url)) if "://" in str(url) else None
+            port = parts.port if parts is not None else None
         except ValueError:
             continue
+        if parts is not None and (_multicast(parts.hostname) or "reuse=1" in parts.query):
+            continue  # groups on one port, or a socket that shares its port: FFmpeg binds them side by side
         proto = "tcp" if url_scheme(str(url)) in ("tcp", "rtsp", "rtmp", "http") else "udp"
         key = (proto, port) if port is not None else str(url)
         if key in seen:
@@ -733,6 +739,13 @@ def _port_clash(sources: list) -> str | None:
                     "its own")
         seen[key] = i
     return None
+
+
+def _multicast(host: str | None) -> bool:
+    try:
+        return host is not None and ipaddress.ip_address(host).is_multicast
+    except ValueError:  # a name
+        return False
 
 
 def _name_clash(names: list) -> str | None:

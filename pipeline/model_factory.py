@@ -254,7 +254,8 @@ def build_segmenter(model_cfg, batch_size: int = 8) -> FamilyAdapter:
         adapter = builder(preset, model_cfg, device, precision, batch_size)
     except SegstreamError:
         raise  # already said for the user (a CheckpointError of the family's own loading)
-    except Exception as error:  # a family of one's own: one line naming it, not its traceback
+    except Exception as error:  # a family of one's own: one line naming it; its traceback for its author
+        logger.debug("the %s family's builder raised", preset.family, exc_info=True)
         raise AdapterError(f"model family {preset.family!r} could not build {preset.name}: "
                            f"{type(error).__name__}: {error}") from None
     missing = [member for member in ADAPTER_MEMBERS if not hasattr(adapter, member)]

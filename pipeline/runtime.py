@@ -19,6 +19,7 @@ publishes one result at a time.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import logging
@@ -30,7 +31,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, TextIO
 
@@ -396,6 +397,7 @@ class Runtime:
         self._stop_requested = False
         self._left_behind: dict[int, threading.Thread] = {}  # sources whose frames() ignored close()
         self._in_frames: dict[int, float] = {}  # source -> since when its decode thread waits inside frames()
+        self._sizes_taken: set[tuple[int, int]] = set()  # frame sizes the model's geometry takes
         self._left_behind_names: set[str] = set()
         self._errors: list[BaseException] = []
         self._started = False
@@ -543,18 +545,18 @@ class Runtime:
             if generic:
                 self.states.enter(name, "connecting", "starting", quiet=True)
             # stopped before it began (a signal while the model loaded): never opened, never dialled
-            frames = iter(()) if self._stop_requested else iter(source.frames())
+            with self._inside_source(i):  # a frames() that connects before it returns its iterator
+                frames = iter(()) if self._stop_requested else iter(source.frames())
             while True:
-                self._in_frames[i] = time.monotonic()  # inside the source: what a stop may have to leave behind
                 try:
-                    frame = next(frames)
+                    with self._inside_source(i):
+                        frame = next(frames)
                 except StopIteration:
                     break
-                finally:
-                    self._in_frames.pop(i, None)
                 if i in self._left_behind:  # the run ended without this source: what it yields now goes nowhere
                     return
-                if (problem := frame_problem(frame)) is not None:  # a source of one's own: say so here, not in torch
+                if (problem := frame_problem(frame) or self._model_refuses(frame)) is not None:
+                    # a source of one's own, a frame the model cannot take: said here, of this source only
                     number = frame.index if isinstance(frame, Frame) else counts.decoded
                     raise SourceError(f"source {name}: frame {number} {problem}")
                 frame.times["decoded"] = now = time.monotonic()
@@ -581,7 +583,8 @@ class Runtime:
         finally:
             try:
                 if hasattr(frames, "close"):
-                    frames.close()  # runs the source's own cleanup now, in this thread
+                    with self._inside_source(i):
+                        frames.close()  # runs the source's own cleanup now, in this thread
             finally:
                 if i not in self._left_behind:  # else its end was told when it was left behind
                     self.metrics.decode_errors(name, getattr(source, "decode_errors", 0))
@@ -591,6 +594,30 @@ class Runtime:
                     self._batcher.finish(i)
                     self._to_stage.wake()  # its end may follow its last result at once
                 self.metrics.beat(beat, idle="ended")
+
+    def _model_refuses(self, frame: Frame) -> str | None:
+        """Why the model cannot take a frame of this size (a semantic model's windows of a
+        line-scan frame), once per size; None when it can."""
+        size = (frame.height, frame.width)
+        geometry = getattr(self.adapter, "geometry", None)
+        if geometry is None or size in self._sizes_taken:
+            return None
+        try:
+            geometry.scale(*size)
+        except ValueError as error:
+            return f"cannot be segmented: {error}"
+        self._sizes_taken.add(size)
+        return None
+
+    @contextlib.contextmanager
+    def _inside_source(self, i: int) -> Iterator[None]:
+        """While the decode thread runs the source's own code (where a stop may have to leave it
+        behind), as opposed to waiting for queue room."""
+        self._in_frames[i] = time.monotonic()
+        try:
+            yield
+        finally:
+            self._in_frames.pop(i, None)
 
     def _leave_behind(self, i: int, thread: threading.Thread) -> None:
         """A source whose ``frames()`` went on blocking after ``close()``: the run ends without it

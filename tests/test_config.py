@@ -320,3 +320,14 @@ def test_two_sources_listening_on_one_port_are_refused(capsys, write):
     """
     assert errors_of(capsys, ["validate", write(text)]) == [
         "sources: sources[0] and sources[1] both listen on UDP port 9003: only one can hold it — give each its own"]
+    cameras = "sources:\n  - {name: a, type: camera, device: 0}\n  - {name: b, type: camera, device: /dev/video0}\n"
+    assert errors_of(capsys, ["validate", write(cameras)]) == [
+        "sources: sources[0] and sources[1] both listen on '/dev/video0': only one can hold it — give each its own"]
+    # multicast groups on one port, and sockets that share their port, are bound side by side
+    groups = """
+    sources:
+      - {name: a, type: stream, url: 'udp://239.255.0.1:5000'}
+      - {name: b, type: stream, url: 'udp://239.255.0.2:5000'}
+      - {name: c, type: stream, url: 'udp://0.0.0.0:5000?reuse=1'}
+    """
+    assert load_config(write(groups)).sources

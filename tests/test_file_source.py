@@ -208,3 +208,6 @@ def test_steady_gaps_count_short_gaps_of_a_steady_rate_only():
         stream = SteadyGaps(step=40, fps=25, unit_s=0.001, max_silence_s=5)
         assert sum(stream.lost_before(t, 0) for t in steady + [steady[-1] + gap_ms]) == frames
         assert stream.gap_s == pytest.approx(seconds), gap_ms
+    stream = SteadyGaps(step=40, fps=25, unit_s=0.001, max_silence_s=5)  # 30 frames rejected: they came
+    stream.lost_before(steady[-1], 0)
+    assert stream.lost_before(steady[-1] + 40 * 31, 30) == 0 and stream.gap_s == 0

@@ -183,3 +183,66 @@ def test_a_stage_s_finish_is_told_why_its_source_ended(segmenter):
     FINISHED.clear()
     Runtime([ListSource("a", [GOOD])], segmenter, [CollectingSink()], stages=[Finishing], progress=None).run()
     assert FINISHED == ["end"]
+
+
+class Connecting:
+    """frames() as a plain function that connects before it returns its iterator, or a generator
+    whose cleanup blocks; neither heeds close()."""
+
+    live = False
+
+    def __init__(self, name: str, where: str, forever: threading.Event):
+        self.name, self.where, self.forever = name, where, forever
+
+    def frames(self):
+        if self.where == "connect":
+            self.forever.wait()
+            return iter(())
+        return self._frames()
+
+    def _frames(self):
+        try:
+            while True:
+                yield Frame(self.name, 0, GOOD, None, None, None, time.time())
+                time.sleep(0.02)
+        finally:
+            self.forever.wait()  # a release() that hangs
+
+    def close(self):
+        pass
+
+
+@pytest.mark.parametrize("where", ["connect", "cleanup"])
+def test_a_source_blocked_before_its_first_frame_or_in_its_cleanup_does_not_hang_stop(segmenter, monkeypatch, where):
+    # found in review: only a thread inside next() was left behind
+    monkeypatch.setattr(runtime_module, "SOURCE_CLOSE_GRACE_S", 0.3)
+    forever = threading.Event()
+    runtime = Runtime([Connecting("a", where, forever)], segmenter, [CollectingSink()], progress=None)
+    outcome: dict = {}
+    thread = threading.Thread(target=lambda: outcome.update(report=runtime.run()), daemon=True)
+    thread.start()
+    time.sleep(0.5)
+    runtime.stop()
+    thread.join(5)
+    try:
+        assert not thread.is_alive(), "stop() waited for a source that never returns"
+        assert "was left behind" in outcome["report"].sources["a"].reason
+    finally:
+        forever.set()
+
+
+def test_a_frame_the_model_cannot_take_fails_only_its_own_source(clip):
+    # found in review: a semantic model's refusal of a 15 x 1000 frame (67 windows) stopped every
+    # source, with a traceback
+    from segstream.models.processing import InputGeometry
+    from tests.conftest import ColourSegmenter
+
+    class Windowed(ColourSegmenter):
+        geometry = InputGeometry(64, windows=True)
+
+    sink = CollectingSink()
+    odd = ListSource("odd", [GOOD, np.zeros((15, 1000, 3), np.uint8)])
+    report = Runtime([FileSource("cam", str(clip)), odd], Windowed(), [sink], required=["cam"], progress=None).run()
+    assert len(sink.indices("cam")) == 40 and sink.indices("odd") == [0]
+    assert report.failed == {"odd": "frame 1 cannot be segmented: a 1000x15 frame would need 67 windows of 64 x 64 for "
+                                    "a semantic model (at most 32): crop it nearer to square first"}
