@@ -28,15 +28,15 @@ RELAYED_SCHEMES = ("srt", "rist")
 # Options of the input that PyAV's demuxer of the pipe takes too; the rest are the protocol's
 # (timeouts, SRT's passphrase, latency, streamid) and go to ``ffmpeg`` only.
 _DEMUXER_OPTIONS = ("analyzeduration", "probesize", "fpsprobesize")
-# ffmpeg's error lines that say only that something failed: a line before them says what
-# ("Error opening input file srt://...." and "[in#0] Error opening input: ..." from ffmpeg 6 on)
-_GENERIC = ("Input/output error", "Error opening input", "Error opening input files")
+_RUNNING: weakref.WeakSet[FFmpegRelay] = weakref.WeakSet()  # relays not closed yet, ended at exit
+_LIBSRT = re.compile(r"\d\d:\d\d:\d\d\.\d+/SRT:\S+ ")  # libsrt's own log lines, time-stamped
 
 
 def _generic(line: str) -> bool:
-    return line.endswith(_GENERIC) or line.startswith(("Error opening input", "[in#"))
-_RUNNING: weakref.WeakSet[FFmpegRelay] = weakref.WeakSet()
-_LIBSRT = re.compile(r"\d\d:\d\d:\d\d\.\d+/SRT:\S+ ")  # libsrt's own log lines, time-stamped
+    """Whether an ffmpeg error line says only that something failed (a line before it says what):
+    "Input/output error", and from ffmpeg 6 on "Error opening input file srt://...." and
+    "[in#0] Error opening input: ..."."""
+    return line.endswith("Input/output error") or line.startswith(("Error opening input", "[in#"))
 
 
 @atexit.register

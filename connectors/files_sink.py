@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import errno
 import json
 import logging
 import time
-from pathlib import Path
 from collections import Counter
+from pathlib import Path
 from typing import BinaryIO, Iterator
 
 from segstream.connectors.errors import SinkError, WireFormatError
@@ -56,7 +57,7 @@ class FilesSink:
         self.events_dropped = 0
         self._files: dict[str, BinaryIO] = {}
         self._failing: dict[str, int] = {}  # path -> entries dropped since its writes began failing
-        self._written: set[str] = set()  # paths that took a line
+        self._wrote = False  # whether any line went to a file: after that, errors are dropped and counted
         self._last_error = ""
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
@@ -106,9 +107,12 @@ class FilesSink:
             f = self._file(path)
             written = 0
             while written < len(data):  # a raw file may take part of it (a nearly full disk)
-                written += f.write(memoryview(data)[written:]) or 0
+                taken = f.write(memoryview(data)[written:])
+                if not taken:
+                    raise OSError(errno.EIO, "the file took none of the line")
+                written += taken
         except OSError as error:
-            if error.errno not in _PASSING and not self._written:
+            if error.errno not in _PASSING and not self._wrote:
                 # a sink that never wrote a line and will not (a folder where the file goes, no
                 # permission, a read-only disk): the run cannot write what it is for
                 raise SinkError(f"cannot write to '{path}': {error.strerror or error}") from None
@@ -119,12 +123,10 @@ class FilesSink:
             self._failing[key] = self._failing.get(key, 0) + 1
             stale = self._files.pop(key, None)
             if stale is not None:  # reopened for the next entry, which starts on a line of its own
-                try:
+                with contextlib.suppress(OSError):
                     stale.close()
-                except OSError:
-                    pass
             return False
-        self._written.add(key)
+        self._wrote = True
         if key in self._failing:
             log.warning("writing to '%s' again after %d dropped entries", path, self._failing.pop(key))
         return True
@@ -148,10 +150,8 @@ class FilesSink:
     def close(self) -> None:
         files, self._files = self._files, {}
         for f in files.values():
-            try:
+            with contextlib.suppress(OSError):  # a file whose last write failed
                 f.close()
-            except OSError:
-                pass
 
 
 def entry_line(entry: dict[str, bytes | str]) -> str:

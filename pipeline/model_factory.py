@@ -159,9 +159,9 @@ def check_preset(model_cfg) -> Preset:
     a config of shipped models neither waits for plugins' imports nor fails with a broken one."""
     family = model_cfg.family
     name = model_cfg.preset
-    shipped = family in (None, *BUILTIN_FAMILIES) and (
-        ("preset" not in model_cfg.model_fields_set and family is not None) or name in PRESETS)
-    if not shipped or (name in PRESETS and PRESETS[name].family not in BUILTIN_FAMILIES):
+    named = name if family is None or "preset" in model_cfg.model_fields_set else None  # else the family's default
+    if (family is not None and family not in BUILTIN_FAMILIES) or (
+            named is not None and (named not in PRESETS or PRESETS[named].family not in BUILTIN_FAMILIES)):
         load_plugins()
     if family is not None:
         if family not in FAMILY_BUILDERS:
@@ -224,7 +224,8 @@ def build_segmenter(model_cfg, batch_size: int = 8) -> FamilyAdapter:
     (``model_cfg``: a ``ModelConfig``, a dict of the ``model:`` section's keys, or a preset's
     name, which runs at that preset's task with the section's other defaults)."""
     if isinstance(model_cfg, str):
-        load_plugins()
+        if model_cfg not in PRESETS:  # a plugin's, maybe
+            load_plugins()
         task = PRESETS[model_cfg].task if model_cfg in PRESETS else None  # else check_preset names the problem
         model_cfg = {"preset": model_cfg} if task is None else {"preset": model_cfg, "task": task}
     if isinstance(model_cfg, dict):

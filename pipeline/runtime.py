@@ -117,6 +117,11 @@ class SourceReport:
         return self.decoded == 0 and not self.transitions.get("streaming") and self.reconnects > 0
 
     @property
+    def balanced(self) -> bool:
+        """Every frame decoded (or rejected) is published or dropped."""
+        return self.decoded + self.decode_errors == self.published + self.dropped
+
+    @property
     def abandoned(self) -> int:
         """Frames decoded but neither published nor dropped: those still in the engine when an
         abort (a second signal) cut the run short. 0 for a run that ended or stopped."""
@@ -171,7 +176,7 @@ class RunReport:
 
     @property
     def balanced(self) -> bool:
-        return all(s.decoded + s.decode_errors == s.published + s.dropped for s in self.sources.values())
+        return all(s.balanced for s in self.sources.values())
 
     @property
     def failed(self) -> dict[str, str]:
@@ -398,7 +403,6 @@ class Runtime:
         self._left_behind: dict[int, threading.Thread] = {}  # sources whose frames() ignored close()
         self._in_frames: dict[int, float] = {}  # source -> since when its decode thread waits inside frames()
         self._sizes_taken: set[tuple[int, int]] = set()  # frame sizes the model's geometry takes
-        self._left_behind_names: set[str] = set()
         self._errors: list[BaseException] = []
         self._started = False
         self._reporting = False  # some sink reports its writes (else publishing is the hand-off)
@@ -421,6 +425,8 @@ class Runtime:
         from segstream.pipeline.tracking import tracking_stages
 
         kwargs.setdefault("stages", tracking_stages(cfg.tracking))
+        configured = {c.name for c in cfg.sources}
+        own = [s.name for s in sources if s.name not in configured]  # sources of one's own: required
         engine = cfg.engine
         layout = engine_layout(
             adapter.device, os.cpu_count() or 1, compiled=bool(adapter.batch_buckets),
@@ -441,8 +447,7 @@ class Runtime:
                 s.name: BufferPolicy(s.buffer_kind, None if s.max_staleness_ms is None else s.max_staleness_ms / 1000)
                 for s in cfg.sources
             }),
-            required=kwargs.pop("required", [s.name for s in cfg.sources if s.required]
-                                + [s.name for s in sources if s.name not in {c.name for c in cfg.sources}]),
+            required=kwargs.pop("required", [s.name for s in cfg.sources if s.required] + own),
             resize_in_decoder=kwargs.pop("resize_in_decoder", engine.resize_in_decoder),
             progress_interval_s=kwargs.pop("progress_interval_s", cfg.ops.status_interval_s),
             **kwargs,
@@ -523,8 +528,8 @@ class Runtime:
             if self.progress:  # what the run did before it failed: the error's own line follows
                 print(report.summary("failed"), file=self._progress_stream(), flush=True)
             raise self._errors[0]
-        unbalanced = {name: s for name, s in report.sources.items()  # a source left behind may still count
-                      if s.decoded + s.decode_errors != s.published + s.dropped and name not in self._left_behind_names}
+        left_behind = {self.sources[i].name for i in self._left_behind}  # they may still count
+        unbalanced = {name: s for name, s in report.sources.items() if not s.balanced and name not in left_behind}
         if unbalanced:
             raise RuntimeError(f"bug: frames lost between stages: {unbalanced}")
         if self.progress:
@@ -624,7 +629,6 @@ class Runtime:
         (its thread is a daemon; what it yields later goes nowhere), saying so."""
         name = self.sources[i].name
         self._left_behind[i] = thread
-        self._left_behind_names.add(name)
         log.warning("source %s did not end within %g s of close() (its frames() is still blocked); the run ends "
                     "without it", name, SOURCE_CLOSE_GRACE_S)
         self.states.enter(name, "ended", f"stopped; its frames() did not return within {SOURCE_CLOSE_GRACE_S:g} s "
