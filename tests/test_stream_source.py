@@ -709,20 +709,23 @@ def test_an_srt_consumer_holding_frames_back_is_no_silence_of_the_stream():
     assert {f.epoch for f in first + later} == {0}
 
 
-def test_an_srt_listener_s_relay_does_not_outlive_segstream():
-    # found probing: stopped while it listened for a sender, its ffmpeg stayed, holding the port
+@pytest.mark.parametrize("end", ["exits", "is killed"])
+def test_an_srt_listener_s_relay_does_not_outlive_segstream(end):
+    # found probing: stopped while it listened for a sender, its ffmpeg stayed, holding the port;
+    # killed (-9), nothing in segstream runs: the relay dies with the thread that started it
     import socket
-
-    port = free_port(socket.SOCK_DGRAM)
-    url = f"srt://127.0.0.1:{port}?mode=listener"
-    script = ("import sys, threading, time\n"
-              "from segstream.connectors.stream_source import StreamSource\n"
-              f"source = StreamSource('srt', {url!r})\n"
-              "threading.Thread(target=lambda: list(source.frames()), daemon=True).start()\n"
-              "time.sleep(1.5)\n")
     import subprocess
     import sys
 
-    subprocess.run([sys.executable, "-c", script], timeout=60, check=True)
+    port = free_port(socket.SOCK_DGRAM)
+    url = f"srt://127.0.0.1:{port}?mode=listener"
+    script = ("import os, signal, sys, threading, time\n"
+              "from segstream.connectors.stream_source import StreamSource\n"
+              f"source = StreamSource('srt', {url!r})\n"
+              "threading.Thread(target=lambda: list(source.frames()), daemon=True).start()\n"
+              "time.sleep(1.5)\n"
+              + ("os.kill(os.getpid(), signal.SIGKILL)\n" if end == "is killed" else ""))
+    finished = subprocess.run([sys.executable, "-c", script], timeout=60)
+    assert finished.returncode == (-signal.SIGKILL if end == "is killed" else 0)
     wait_for(lambda: not [p for p in os.listdir("/proc") if p.isdigit() and f":{port}?mode=listener" in _cmdline(int(p))],
              5, "the relay's end")
