@@ -9,6 +9,7 @@ second one aborts with 128 + its number (130 for Ctrl-C, 143 for SIGTERM). A run
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -315,10 +316,14 @@ def _run(args: argparse.Namespace) -> int:
         raise SegstreamError(f"--max-frames must be a positive number, got {args.max_frames}")
     cfg = load_checked_config(args.config, args.overrides)
     report = run_pipeline(cfg, max_frames=args.max_frames)
-    if report is not None and report.failed:
+    if report is None:  # a signal while the model, sinks or sources were being built
+        line = signal_line("stopped before the run began: no frame was read, nothing was published", "INFO")
+        sys.stderr.write(line.decode())
+        return 0
+    if report.failed:
         # a live source that lost its camera must not look like a run that finished
         raise SourceError("\n".join(f"source {name} failed: {reason}" for name, reason in report.failed.items()))
-    if report is not None and report.undelivered:
+    if report.undelivered:
         raise SinkError(undelivered_line(report.undelivered, report.published + sum(report.undelivered.values())))
     return 0
 
@@ -333,7 +338,7 @@ def undelivered_line(lost: dict[str, int], results: int) -> str:
 
 def build_runtime(
     cfg: PipelineConfig, max_frames: int | None = None, progress=True, metrics=None, stopping=lambda: False, *,
-    sources=(), sinks=(), stages=(),
+    sources=(), sinks=(), stages=(), adapter=None,
 ) -> Runtime | None:
     """Model, sinks and sources from ``cfg``, assembled into a Runtime ready to ``run()``; None
     when ``stopping()`` turned true while they were being built (what was built is released).
@@ -345,7 +350,8 @@ def build_runtime(
     of one's own run beside the config's: sources after the config's (names must differ; see
     ``Runtime.from_config`` for their queues), sinks after the config's sinks, stages after the
     config's tracker (so they see its track ids). They belong to the runtime from here on: its run
-    closes them, and so does this function when it fails or returns None."""
+    closes them, and so does this function when it fails or returns None. ``adapter``: the model,
+    already built (``build_segmenter``) from ``cfg.model``; else it is built here."""
     from segstream.pipeline.builders import build_sinks, build_sources
     from segstream.pipeline.model_factory import build_segmenter
     from segstream.pipeline.runtime import Runtime
@@ -358,7 +364,8 @@ def build_runtime(
         if clash:
             raise ConfigError(f"source name '{clash[0]}' is both in the config's sources and among the sources "
                               "passed to build_runtime — names must be unique")
-        adapter = build_segmenter(cfg.model, batch_size=cfg.engine.batch_size)
+        if adapter is None:
+            adapter = build_segmenter(cfg.model, batch_size=cfg.engine.batch_size)
         if not stopping():
             built_sinks = build_sinks(cfg.sinks)
         if not stopping():
@@ -379,16 +386,24 @@ def build_runtime(
 
 
 def run_pipeline(cfg: PipelineConfig, max_frames: int | None = None, progress=True) -> RunReport | None:
-    """Build model, sinks and sources from ``cfg`` and run them; Ctrl-C/SIGTERM drain, also while
-    things are still being built (then None: the run never started). The ``ops.http`` endpoints
-    serve from before the model loads (``/readyz`` says not yet)."""
+    """Build model, sinks and sources from ``cfg`` and run them. Ctrl-C/SIGTERM drains a run;
+    while the model is being built it stops that at once, while sinks and sources are, it starts
+    nothing more (then None: the run never began). The ``ops.http`` endpoints serve from before
+    the model loads (``/readyz`` says not yet)."""
     from segstream.pipeline.metrics import RunMetrics
+    from segstream.pipeline.model_factory import build_segmenter
     from segstream.pipeline.monitoring import serve_ops
 
     metrics = RunMetrics()
     with serve_ops(cfg.ops, metrics), _DrainOnSignal() as signals:
+        try:
+            with signals.at_once():  # a model may take minutes to build: a stop then is not kept waiting
+                adapter = build_segmenter(cfg.model, batch_size=cfg.engine.batch_size)
+        except _StoppedBeforeRun:
+            return None
         runtime = build_runtime(
-            cfg, max_frames=max_frames, progress=progress, metrics=metrics, stopping=lambda: signals.stopping
+            cfg, max_frames=max_frames, progress=progress, metrics=metrics, stopping=lambda: signals.stopping,
+            adapter=adapter,
         )
         if runtime is None:
             return None
@@ -396,10 +411,14 @@ def run_pipeline(cfg: PipelineConfig, max_frames: int | None = None, progress=Tr
         return runtime.run()
 
 
+class _StoppedBeforeRun(BaseException):  # not caught by the model's loaders' `except Exception`
+    """A first SIGINT/SIGTERM inside ``_DrainOnSignal.at_once()``: there is nothing to drain yet."""
+
+
 class _DrainOnSignal:
     """First SIGINT/SIGTERM: ``runtime.stop()`` (drain, exit 0), or while there is no runtime yet,
-    ``stopping`` (nothing more is started); second: KeyboardInterrupt. ``signum`` is the first
-    signal received (None before one)."""
+    ``stopping`` (nothing more is started), or inside ``at_once()``, ``_StoppedBeforeRun`` raised
+    there; second: KeyboardInterrupt. ``signum`` is the first signal received (None before one)."""
 
     aborted_by: int | None = None  # the signal that aborted this process (the second one)
 
@@ -410,6 +429,19 @@ class _DrainOnSignal:
         self.signals = 0
         self.signum: int | None = None
         self.previous: dict[int, object] = {}
+        self._at_once = False
+
+    @contextlib.contextmanager
+    def at_once(self):
+        """Work that a first signal stops where it is (building the model: nothing to drain, and
+        nothing of it to release but memory); ``_StoppedBeforeRun`` is raised from inside it."""
+        if self.stopping:
+            raise _StoppedBeforeRun
+        self._at_once = True
+        try:
+            yield
+        finally:
+            self._at_once = False
 
     @property
     def runtime(self):
@@ -429,10 +461,15 @@ class _DrainOnSignal:
             raise KeyboardInterrupt
         self.signum = signum
         self.stopping = True
-        if self._runtime is not None:
-            self._runtime.stop()
         # os.write, not print: print may be interrupted while holding stderr's buffer lock
         name = signal.Signals(signum).name
+        if self._at_once:
+            abort_if_loading(frame)  # an interrupted import is not to be left half-done for the exit to find
+            self._at_once = False
+            os.write(2, signal_line(f"{name}: stopping"))
+            raise _StoppedBeforeRun
+        if self._runtime is not None:
+            self._runtime.stop()
         os.write(2, signal_line(f"{name}: {self.doing} ({name} again aborts)"))
 
     def __enter__(self):

@@ -116,3 +116,29 @@ def test_ctrl_c_while_the_command_starts_up_ends_without_a_traceback(delay_s):
         assert out.startswith("ok:"), (out, err)
     else:
         assert process.returncode == 130 and "segstream: aborted" in err, (process.returncode, err)
+
+
+def test_a_stop_while_the_model_loads_says_the_run_never_began(tmp_path):
+    """Found probing: SIGINT while the model was being built ended with exit 0 and not a word, as if
+    the run had finished with nothing to do, and only once the model was built (a published
+    architecture's weights take minutes): the build now stops where it is."""
+    config = tmp_path / "pipeline.yaml"
+    config.write_text(
+        "sources:\n  - {name: cam0, type: synthetic, num_frames: 10}\n"
+        # a published architecture's random weights take seconds to make: the window for the signal
+        "model: {preset: coco_panoptic_eomt_small_640_2x, checkpoint: random, device: cpu}\n"
+        "sinks:\n  redis: {enabled: false}\n  files: {enabled: true, dir: out}\nops: {http: null}\n"
+    )
+    process = subprocess.Popen([sys.executable, "-m", "segstream.pipeline.cli", "run", str(config)], cwd=tmp_path,
+                               env={**os.environ, "PYTHONPATH": str(REPO)}, stderr=subprocess.PIPE, text=True)
+    first = process.stderr.readline()
+    assert "runs with random weights" in first, first  # said as the model starts being built
+    process.send_signal(signal.SIGINT)
+    err = first + process.stderr.read()
+    assert process.wait(timeout=60) == 0, err
+    assert "Traceback" not in err
+    lines = err.splitlines()
+    # stopped in the build ("draining queued frames" is said when the stop waits for the build's end)
+    assert lines[-2:] == ["segstream: SIGINT: stopping",
+                          "segstream: stopped before the run began: no frame was read, nothing was published"], err
+    assert not (tmp_path / "out" / "cam0.jsonl").exists()
