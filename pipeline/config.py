@@ -293,6 +293,9 @@ class ModelConfig(Strict):
     # Your own classes: a label-set JSON file (the shipped ones' schema); the preset then gives
     # the architecture only, with as many classes as the file has, and the checkpoint the weights.
     labels: str | None = None
+    # A plugin family's own settings, for its builder to read (model_cfg.options); the shipped
+    # families take none.
+    options: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("labels")
     @classmethod

@@ -12,7 +12,7 @@ import dataclasses
 import difflib
 import inspect
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import torch
 
@@ -121,14 +121,24 @@ ADAPTER_MEMBERS = ("name", "family", "labels", "device", "batch_buckets", "geome
                    "embeddings", "segment")
 
 
-def register_family(name: str, builder: FamilyBuilder, default_preset: str | None = None) -> None:
+# The model: section's keys that only some families read (the others: preset, family, checkpoint,
+# task, precision, device, options); for a family registered with ``settings``, those it reads.
+FAMILY_KEYS = ("compile", "postprocess", "score_threshold", "mask_threshold", "overlap_threshold", "labels")
+FAMILY_SETTINGS: dict[str, frozenset[str]] = {}
+
+
+def register_family(name: str, builder: FamilyBuilder, default_preset: str | None = None,
+                    settings: Iterable[str] | None = None) -> None:
     """Make a model family of one's own runnable: presets whose ``family`` is ``name`` are built by
     ``builder(preset, model_cfg, device, precision, max_batch)``, which returns the family's
     adapter (a ``FamilyAdapter``). ``model_cfg`` is the config's ``model:`` section, ``device``
     the resolved ``torch.device``, ``precision`` fp32, bf16 or fp16, ``max_batch`` the engine's
     batch size; the builder loads the weights (``preset.weights``, ``model_cfg.checkpoint``) as
-    it likes. ``default_preset``: the preset a config naming only ``model.family`` gets.
-    Raises TypeError for arguments of the wrong kind, ValueError for a name already taken."""
+    it likes; its own settings are in ``model_cfg.options`` (a dict). ``default_preset``: the preset
+    a config naming only ``model.family`` gets. ``settings``: which of ``FAMILY_KEYS`` (EoMT's
+    thresholds, ``postprocess``, ``compile``, ``labels``) the builder reads; a config setting
+    another is refused (None: the builder reads what it likes). Raises TypeError for arguments
+    of the wrong kind, ValueError for a name already taken or a setting segstream has not."""
     if not isinstance(name, str) or not name.strip():
         raise TypeError(f"register_family: the family's name must be a non-empty string, got {name!r}")
     if name in FAMILY_BUILDERS:
@@ -144,6 +154,16 @@ def register_family(name: str, builder: FamilyBuilder, default_preset: str | Non
         pass
     if default_preset is not None and (not isinstance(default_preset, str) or not default_preset):
         raise TypeError(f"register_family({name!r}): default_preset must be a preset's name, got {default_preset!r}")
+    if settings is not None:
+        if isinstance(settings, str) or not all(isinstance(key, str) for key in settings):
+            raise TypeError(f"register_family({name!r}): settings must be a list of model: keys, got {settings!r}")
+        settings = frozenset(settings)
+        unknown = sorted(settings - set(FAMILY_KEYS))
+        if unknown:
+            raise ValueError(f"register_family({name!r}): settings names {', '.join(unknown)}, not among the "
+                             f"model: keys a family may read ({', '.join(FAMILY_KEYS)}) — put your own in "
+                             "model.options")
+        FAMILY_SETTINGS[name] = settings
     FAMILY_BUILDERS[name] = builder
     if default_preset is not None:
         DEFAULT_PRESETS[name] = default_preset
@@ -198,6 +218,7 @@ def check_model_config(model_cfg) -> Preset:
     if preset.family not in FAMILY_BUILDERS:
         raise ConfigError(f"model.preset: {preset.name} is of family {preset.family!r}, which this segstream cannot run "
                           f"(known families: {', '.join(FAMILY_BUILDERS)}) — install or register that family")
+    _check_family_keys(model_cfg, preset)
     if preset.family not in BUILTIN_FAMILIES:
         return preset  # a family of one's own: its builder reads labels and weights as it likes
     if preset.family == "senatra":
@@ -217,6 +238,27 @@ def check_model_config(model_cfg) -> Preset:
     if not model_cfg.checkpoint and not preset.weights:
         raise ConfigError(f"model.checkpoint: {no_weights(preset)}")
     return preset
+
+
+def _check_family_keys(model_cfg, preset: Preset) -> None:
+    """Refuse settings the preset's family does not read (they would be ignored): options for a
+    shipped family, and keys outside what a family registered with ``settings`` reads."""
+    options = getattr(model_cfg, "options", None)
+    if options and preset.family in BUILTIN_FAMILIES:
+        raise ConfigError(f"model.options: {preset.name} is a {preset.family} model, which takes no options "
+                          "(they are a plugin family's own settings) — remove model.options")
+    reads = FAMILY_SETTINGS.get(preset.family)
+    if reads is None:
+        return
+    from segstream.pipeline.config import ModelConfig
+
+    # by value, not by "set": evaluate and Ray's actors pass every field, at its default
+    ignored = [k for k in FAMILY_KEYS if k not in reads and getattr(model_cfg, k, None) not in
+               (None, ModelConfig.model_fields[k].default)]
+    if ignored:
+        raise ConfigError(f"model.{ignored[0]}: {preset.name} is a {preset.family} model, which does not read it — "
+                          f"remove {', '.join(f'model.{k}' for k in ignored)}"
+                          + (f" (it reads {', '.join(f'model.{k}' for k in sorted(reads))})" if reads else ""))
 
 
 def build_segmenter(model_cfg, batch_size: int = 8) -> FamilyAdapter:

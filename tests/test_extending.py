@@ -30,9 +30,11 @@ class ColourFamily(ColourSegmenter):
 @pytest.fixture
 def registries():
     """The registries as they were before the test, put back after it."""
-    saved = dict(model_factory.FAMILY_BUILDERS), dict(model_factory.DEFAULT_PRESETS), dict(presets.PRESETS)
+    registries = (model_factory.FAMILY_BUILDERS, model_factory.DEFAULT_PRESETS, model_factory.FAMILY_SETTINGS,
+                  presets.PRESETS)
+    saved = [dict(registry) for registry in registries]
     yield
-    for registry, before in zip((model_factory.FAMILY_BUILDERS, model_factory.DEFAULT_PRESETS, presets.PRESETS), saved):
+    for registry, before in zip(registries, saved):
         registry.clear()
         registry.update(before)
 
@@ -81,11 +83,50 @@ def test_a_preset_of_an_unregistered_family_names_the_known_families(registries)
     (("colour", "build_colour"), TypeError, "builder must be callable, got str"),
     (("colour", lambda preset: None), TypeError, r"builder must take \(preset, model_cfg, device, precision, max_batch\)"),
     (("colour", build_colour, 3), TypeError, "default_preset must be a preset's name"),
+    (("colour", build_colour, None, "labels"), TypeError, "settings must be a list of model: keys"),
+    (("colour", build_colour, None, ["labels", "strength"]), ValueError,
+     "settings names strength, not among the model: keys a family may read .* put your own in model.options"),
 ])
 def test_register_family_refuses_what_it_cannot_run(registries, args, error, message):
     with pytest.raises(error, match=message):
         segstream.register_family(*args)
     assert "colour" not in model_factory.FAMILY_BUILDERS
+
+
+def test_a_family_of_one_s_own_reads_its_own_settings_from_model_options(registries, tmp_path):
+    """Found probing: a plugin's family could not be given settings of its own (the model:
+    section refuses unknown keys)."""
+    seen = []
+
+    def build(preset, model_cfg, device, precision, max_batch):
+        seen.append(model_cfg.options)
+        return ColourFamily()
+
+    segstream.register_family("colour", build)
+    segstream.register_preset(colour_preset())
+    segstream.build_segmenter({"preset": "colour_square", "options": {"hue": 0.25, "modes": ["a", "b"]}})
+    config = tmp_path / "pipeline.yaml"
+    config.write_text("sources: [{name: cam, type: synthetic}]\nmodel: {preset: colour_square, options: {hue: 0.5}}\n")
+    cfg = segstream.load_config(config)
+    segstream.build_segmenter(cfg.model)
+    assert seen == [{"hue": 0.25, "modes": ["a", "b"]}, {"hue": 0.5}]
+
+
+def test_options_for_a_shipped_family_are_refused_not_ignored():
+    with pytest.raises(ConfigError, match="model.options: synthetic_eomt_tiny_256 is a eomt model, which takes no "
+                                          "options .they are a plugin family's own settings. — remove model.options"):
+        segstream.build_segmenter({"options": {"hue": 1}})
+
+
+def test_a_family_that_names_the_settings_it_reads_refuses_the_others(registries):
+    """Found probing: EoMT's thresholds and post-processing mode given to a plugin's model were
+    accepted and silently ignored."""
+    segstream.register_family("colour", build_colour, settings=["score_threshold"])
+    segstream.register_preset(colour_preset())
+    assert isinstance(segstream.build_segmenter({"preset": "colour_square", "score_threshold": 0.5}), ColourFamily)
+    with pytest.raises(ConfigError, match=r"model.compile: colour_square is a colour model, which does not read it "
+                                          r"— remove model.compile, model.postprocess \(it reads model.score_threshold\)"):
+        segstream.build_segmenter({"preset": "colour_square", "postprocess": "exact", "compile": True})
 
 
 def test_register_preset_refuses_a_taken_name_a_non_preset_and_an_unknown_label_set(registries):
