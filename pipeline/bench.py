@@ -259,10 +259,12 @@ class _GpuUtilisation:
 def print_bench(result: dict[str, Any], out=None) -> None:
     out = out or sys.stdout
     fps, ratio = result["fps"], result["ratio"]
+    # a family of one's own may have neither a precision nor a post-processing mode to name
+    how = ", ".join([*([result["precision"]] if result["precision"] else []),
+                     *([f"{result['postprocess']} post-processing"] if result["postprocess"] else [])])
     print(
-        f"model {result['model']} on {result['device']} ({result['precision']}, {result['postprocess']} "
-        f"post-processing), batch {result['batch_size']}, pipeline {result['model_workers']} model worker(s) x "
-        f"{result['threads']} thread(s), {result['sources']} source(s), {result['frames']} frames, "
+        f"model {result['model']} on {result['device']}{f' ({how})' if how else ''}, batch {result['batch_size']}, "
+        f"pipeline {result['model_workers']} model worker(s) x {result['threads']} thread(s), {result['sources']} source(s), {result['frames']} frames, "
         f"{result['dropped']} dropped",
         file=out,
     )

@@ -279,3 +279,18 @@ def test_a_builder_that_raises_is_one_line_naming_the_family(registries):
     with pytest.raises(AdapterError, match=r"^model family 'colour' could not build colour_square: RuntimeError: "
                                            r"weights.bin is corrupt$"):
         segstream.build_segmenter("colour_square")
+
+
+def test_bench_measures_a_family_of_one_s_own_and_names_no_precision_it_lacks(registries, capsys):
+    """Found probing: `segstream bench` of a plugin's model said "(None, None post-processing)"."""
+    from pathlib import Path
+
+    from segstream.pipeline.cli import main
+
+    segstream.register_family("colour", build_colour)
+    segstream.register_preset(colour_preset())
+    demo = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+    assert main(["bench", str(demo), "--frames", "6", "--naive-frames", "2", "--network-seconds", "0.1",
+                 "--set", "model.preset=colour_square"]) == 0
+    header = capsys.readouterr().out.splitlines()[0]
+    assert header.startswith("model colour-threshold on cpu, batch 4, pipeline ") and "None" not in header, header
