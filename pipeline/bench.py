@@ -257,13 +257,12 @@ class _GpuUtilisation:
 
 
 def print_bench(result: dict[str, Any], out=None) -> None:
+    from segstream.pipeline.model_factory import how_it_ran
+
     out = out or sys.stdout
     fps, ratio = result["fps"], result["ratio"]
-    # a family of one's own may have neither a precision nor a post-processing mode to name
-    how = ", ".join([*([result["precision"]] if result["precision"] else []),
-                     *([f"{result['postprocess']} post-processing"] if result["postprocess"] else [])])
     print(
-        f"model {result['model']} on {result['device']}{f' ({how})' if how else ''}, batch {result['batch_size']}, "
+        f"model {result['model']} on {result['device']}{how_it_ran(result['precision'], result['postprocess'])}, batch {result['batch_size']}, "
         f"pipeline {result['model_workers']} model worker(s) x {result['threads']} thread(s), {result['sources']} source(s), {result['frames']} frames, "
         f"{result['dropped']} dropped",
         file=out,

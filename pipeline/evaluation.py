@@ -143,8 +143,7 @@ def evaluate_segmenter(
     predicts in; it must be the synthetic scenes' own. Returns pq, sq, rq and their ``_things`` /
     ``_stuff`` variants, ``per_class`` and ``frames``.
     """
-    expected = (tuple(c.name for c in CLASSES), tuple(c.isthing for c in CLASSES))
-    if (label_set.names, label_set.isthing) != expected:
+    if not _synthetic_classes(label_set):
         raise ConfigError(
             f"the model predicts the {label_set.name!r} classes but synthetic scenes are labelled with "
             f"the {LABEL_SET!r} ones; evaluate a model trained on synthetic scenes"
@@ -196,6 +195,13 @@ def clip_frames(videos: Sequence[Path], per_clip: int | None = None) -> Iterator
             source.close()
 
 
+def _synthetic_classes(label_set) -> bool:
+    """Whether a preset's label set (a shipped one's name, or a ``LabelSet``) is the synthetic scenes' classes."""
+    if isinstance(label_set, str):
+        return label_set == LABEL_SET
+    return (label_set.names, label_set.isthing) == (tuple(c.name for c in CLASSES), tuple(c.isthing for c in CLASSES))
+
+
 def evaluation_model_config(args):
     """The ``ModelConfig`` of ``segstream evaluate``'s options. Bad options (a missing checkpoint,
     an unknown device, a preset of another label set) are a ConfigError naming the option, raised
@@ -205,9 +211,13 @@ def evaluation_model_config(args):
     from segstream.models.presets import PRESETS, SYNTHETIC_TINY
     from segstream.pipeline.config import ModelConfig
 
+    from segstream.pipeline.plugins import load_plugins
+
     preset = args.preset or SYNTHETIC_TINY.name
-    if preset in PRESETS and PRESETS[preset].label_set != LABEL_SET:
-        synthetic = ", ".join(name for name, p in PRESETS.items() if p.label_set == LABEL_SET)
+    if preset not in PRESETS:  # a plugin's, maybe
+        load_plugins()
+    if preset in PRESETS and not _synthetic_classes(PRESETS[preset].label_set):
+        synthetic = ", ".join(name for name, p in PRESETS.items() if _synthetic_classes(p.label_set))
         raise ConfigError(
             f"--preset {preset}: it predicts the {PRESETS[preset].label_set!r} classes but synthetic scenes "
             f"are labelled with the {LABEL_SET!r} ones — use a preset trained on synthetic scenes ({synthetic})"
@@ -230,7 +240,7 @@ def main_evaluate(args) -> int:
     table and as one JSON line (for scripts)."""
     import json
 
-    from segstream.pipeline.model_factory import build_segmenter
+    from segstream.pipeline.model_factory import build_segmenter, how_it_runs
 
     segmenter = build_segmenter(evaluation_model_config(args))
     width, height = args.size
@@ -241,10 +251,7 @@ def main_evaluate(args) -> int:
                                 frames=frames)
     scenes = f"clips {' '.join(str(c) for c in clips)}" if clips else (
         f"{width}x{height}, seeds {' '.join(map(str, args.seeds))}")
-    print(
-        f"model {segmenter.name} ({segmenter.precision}, {segmenter.postprocess} post-processing): "
-        f"{result['frames']} frames, {scenes}"
-    )
+    print(f"model {segmenter.name}{how_it_runs(segmenter)}: {result['frames']} frames, {scenes}")
     print(f"{'':8}{'PQ':>8}{'SQ':>8}{'RQ':>8}")
     for group, suffix in (("all", ""), ("things", "_things"), ("stuff", "_stuff")):
         row = [result[f"{m}{suffix}"] for m in ("pq", "sq", "rq")]

@@ -173,6 +173,17 @@ def register_family(name: str, builder: FamilyBuilder, default_preset: str | Non
 _QUERY_SETTINGS = {"score_threshold", "mask_threshold", "overlap_threshold", "postprocess"}
 
 
+def how_it_runs(adapter) -> str:
+    """`` (bf16, fast post-processing)`` for a header line: what of its precision and
+    post-processing mode an adapter has (a family of one's own may have neither: then "")."""
+    return how_it_ran(getattr(adapter, "precision", None), getattr(adapter, "postprocess", None))
+
+
+def how_it_ran(precision: str | None, postprocess: str | None) -> str:
+    parts = [*([precision] if precision else []), *([f"{postprocess} post-processing"] if postprocess else [])]
+    return f" ({', '.join(parts)})" if parts else ""
+
+
 def check_preset(model_cfg) -> Preset:
     """The configured preset; ``model.family`` alone (no preset written) picks the family's default.
     Plugins are loaded (once) when the config names a family or preset segstream does not ship:

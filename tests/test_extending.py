@@ -4,6 +4,7 @@ tests/test_readme.py)."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -294,3 +295,39 @@ def test_bench_measures_a_family_of_one_s_own_and_names_no_precision_it_lacks(re
                  "--set", "model.preset=colour_square"]) == 0
     header = capsys.readouterr().out.splitlines()[0]
     assert header.startswith("model colour-threshold on cpu, batch 4, pipeline ") and "None" not in header, header
+
+
+class Delegating:
+    """A family of one's own that runs the shipped model inside (and has no precision or
+    post-processing mode to name)."""
+
+    def __init__(self, inner, name):
+        self._inner, self.name, self.family = inner, name, "delegating"
+
+    def __getattr__(self, member):
+        if member in ("precision", "postprocess"):
+            raise AttributeError(member)
+        return getattr(self._inner, member)
+
+    def segment(self, images):
+        return segstream.segment_frames(self, images)
+
+
+def test_evaluate_scores_a_family_of_one_s_own_as_the_model_inside_it(registries, capsys):
+    """Found probing: `segstream evaluate --preset` of a plugin's model refused its label set when
+    a LabelSet rather than a shipped set's name, and then failed on a missing `precision`."""
+    from segstream.models.label_sets import load_label_set
+    from segstream.pipeline.cli import main
+
+    segstream.register_family("delegating", lambda preset, model_cfg, device, precision, max_batch: Delegating(
+        segstream.build_segmenter("synthetic_eomt_tiny_256"), preset.name))
+    segstream.register_preset(segstream.Preset("delegating_tiny", None, "panoptic", load_label_set("synthetic"),
+                                               family="delegating"))
+    scores, headers = {}, {}
+    for preset in ("delegating_tiny", "synthetic_eomt_tiny_256"):
+        assert main(["evaluate", "--preset", preset, "--seeds", "5", "--frames", "2", "--device", "cpu"]) == 0
+        out = capsys.readouterr().out.splitlines()
+        scores[preset], headers[preset] = json.loads(out[-1]), out[0]
+    assert headers["delegating_tiny"].startswith("model delegating_tiny: 2 frames, ")
+    assert headers["synthetic_eomt_tiny_256"].startswith("model synthetic_eomt_tiny_256 (")
+    assert scores["delegating_tiny"] == scores["synthetic_eomt_tiny_256"] and scores["delegating_tiny"]["pq"] > 0.5
