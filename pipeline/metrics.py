@@ -108,6 +108,8 @@ class SourceCounts:
     handed: int = 0
     down_s: float = 0.0  # seconds spent connecting, stalled or reconnecting, up to its last transition
     gap_s: float = 0.0  # a stream's gaps of more than a second within sessions (the source's own count)
+    missing: int = 0  # about how many frames a damaged file lacked (never decoded: the source's own count)
+    damage: str = ""  # and why, for people
 
     @property
     def dropped(self) -> int:
@@ -121,7 +123,7 @@ class SourceCounts:
         return SourceCounts(
             self.decoded, self.published, self.decode_errors, Counter(self.dropped_by), self.state, self.reason,
             self.state_since, self.reconnects, Counter(self.transitions), self.epoch, self.handed, self.down_s,
-            self.gap_s,
+            self.gap_s, self.missing, self.damage,
         )
 
 
@@ -203,6 +205,13 @@ class RunMetrics:
     def gaps(self, name: str, seconds: float) -> None:
         """A source's own total of gaps in its stream (``gap_s``), in seconds."""
         self.source(name).gap_s = seconds
+
+    def missing(self, name: str, frames: int, why: str) -> None:
+        """A source's own total of frames its input lacked (a damaged or truncated file), and why."""
+        counts = self.source(name)
+        if frames != counts.missing:
+            with self._lock:
+                counts.missing, counts.damage = frames, why
 
     def source_state(self, name: str, state: str, reason: str, at: float, again: bool = False) -> str | None:
         """Record that the source entered ``state``; returns the state it left, or None when it

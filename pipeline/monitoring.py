@@ -136,9 +136,13 @@ class RunMetricsCollector(Collector):
                                   labels=["source", "state"])
         down = CounterMetricFamily(f"{PREFIX}_source_down_seconds",
                                    "Seconds each source spent connecting, stalled or reconnecting.", labels=["source"])
+        missing = CounterMetricFamily(f"{PREFIX}_source_frames_missing",
+                                      "Frames a damaged or truncated input lacked (never decoded), per source.",
+                                      labels=["source"])
         now = time.monotonic()
         for source, c in counts.items():
             down.add_metric([source], c.downtime(now))
+            missing.add_metric([source], c.missing)
             decoded.add_metric([source], c.decoded)
             published.add_metric([source], c.handed)
             errors.add_metric([source], c.decode_errors)
@@ -150,7 +154,7 @@ class RunMetricsCollector(Collector):
         for source, current in _source_states(m).items():  # every state, 0 but the current one
             for name in dict.fromkeys(("starting", *SOURCE_STATES, current)):
                 state.add_metric([source, name], float(name == current))
-        yield from (decoded, published, dropped, errors, reconnects, state, down)
+        yield from (decoded, published, dropped, errors, reconnects, state, down, missing)
 
         yield CounterMetricFamily(f"{PREFIX}_batches", "Batches the model ran.", value=m.batches)
         yield CounterMetricFamily(f"{PREFIX}_model_frames", "Frames the model ran on.", value=m.model_frames)

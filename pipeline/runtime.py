@@ -109,6 +109,8 @@ class SourceReport:
     reconnects: int = 0
     transitions: dict[str, int] = field(default_factory=dict)
     down_s: float = 0.0  # seconds spent connecting, stalled or reconnecting
+    missing: int = 0  # about how many frames its input lacked (a damaged or truncated file: never decoded)
+    damage: str = ""  # and why
 
     @property
     def never_streamed(self) -> bool:
@@ -206,6 +208,7 @@ class RunReport:
             + (f" down {s.down_s:.0f} s" if s.down_s >= 1 and not s.never_streamed else "")
             + (" NEVER STREAMED" if s.never_streamed and s.state != "failed" else "")
             + (f" abandoned {s.abandoned}" if s.abandoned else "")
+            + (f" DAMAGED, about {s.missing} frames missing" if s.missing else "")
             + (" FAILED" if s.state == "failed" else "")  # the reason is in ``failed``, printed on its own line
             + (self._source_latency(name) if many else "")
             for name, s in self.sources.items()
@@ -570,6 +573,7 @@ class Runtime:
                 self.metrics.decoded(name, now)
                 self.metrics.decode_errors(name, getattr(source, "decode_errors", 0))
                 self.metrics.gaps(name, getattr(source, "gap_s", 0.0))
+                self.metrics.missing(name, getattr(source, "frames_missing", 0), getattr(source, "damage", ""))
                 self.metrics.beat(beat, idle="back-pressure")
                 self._batcher.put(i, frame)
                 self.metrics.beat(beat)
@@ -593,9 +597,15 @@ class Runtime:
             finally:
                 if i not in self._left_behind:  # else its end was told when it was left behind
                     self.metrics.decode_errors(name, getattr(source, "decode_errors", 0))
+                    missing, damage = getattr(source, "frames_missing", 0), getattr(source, "damage", "")
+                    self.metrics.missing(name, missing, damage)
                     if not failed:
                         stopped = self._stop_requested or self._aborted.is_set()
-                        self.states.enter(name, "ended", "stopped" if stopped else "end of input", quiet=generic)
+                        reason = "stopped" if stopped else "end of input"
+                        # a damaged file's end is no normal one (its frames end before the file says)
+                        reason += f", damaged: about {missing} frames missing ({damage})" if missing else ""
+                        self.states.enter(name, "ended", reason, {"frames_missing": missing} if missing else None,
+                                          quiet=generic and not missing)
                     self._batcher.finish(i)
                     self._to_stage.wake()  # its end may follow its last result at once
                 self.metrics.beat(beat, idle="ended")
@@ -944,7 +954,7 @@ class Runtime:
             sources={
                 name: SourceReport(
                     c.decoded, c.published, c.dropped, c.decode_errors, dict(c.dropped_by), c.state, c.reason,
-                    c.reconnects, dict(c.transitions), c.downtime(now),
+                    c.reconnects, dict(c.transitions), c.downtime(now), c.missing, c.damage,
                 )
                 for name, c in counts.items()
             },

@@ -1,3 +1,4 @@
+import re
 import threading
 import time
 
@@ -211,3 +212,31 @@ def test_steady_gaps_count_short_gaps_of_a_steady_rate_only():
     stream = SteadyGaps(step=40, fps=25, unit_s=0.001, max_silence_s=5)  # 30 frames rejected: they came
     stream.lost_before(steady[-1], 0)
     assert stream.lost_before(steady[-1] + 40 * 31, 30) == 0 and stream.gap_s == 0
+
+
+def test_a_run_over_a_truncated_file_reports_it_damaged_in_its_summary_event_and_metrics(tmp_path):
+    """Found probing: a file cut in half ended as 'end of input' with 0 dropped and exit 0; the
+    missing frames were in one warning line only, nowhere in the report, events or metrics."""
+    from segstream.pipeline.monitoring import RunMetricsCollector
+    from segstream.pipeline.runtime import Runtime
+    from tests.conftest import CollectingSink, ColourSegmenter
+
+    data = _encode(tmp_path / "full.mp4", 100, options={"movflags": "+faststart"}).read_bytes()
+    (tmp_path / "cut.mp4").write_bytes(data[: len(data) // 2])
+    sink = CollectingSink()
+    runtime = Runtime([FileSource("cut", str(tmp_path / "cut.mp4")), FileSource("whole", str(tmp_path / "full.mp4"))],
+                      ColourSegmenter(), [sink], progress=False, publish_states=True)
+    report = runtime.run()
+    cut, whole = report.sources["cut"], report.sources["whole"]
+    assert cut.missing > 10 and "of the 4.00 s it lists" in cut.damage and cut.published + cut.missing >= 98
+    assert whole.missing == 0 and whole.damage == ""
+    assert re.search(rf"cut {cut.published}/{cut.decoded} .*DAMAGED, about {cut.missing} frames missing, whole "
+                     r"100/100$", report.summary()), report.summary()
+    ended = {e.source: e.data for e in sink.events if e.kind == "state" and e.data["state"] == "ended"}
+    assert ended["cut"]["frames_missing"] == cut.missing and ended["cut"]["reason"].startswith(
+        f"end of input, damaged: about {cut.missing} frames missing (its frames end after ")
+    assert "frames_missing" not in ended["whole"] and ended["whole"]["reason"] == "end of input"
+    exposition = {(s.name, s.labels.get("source")): s.value for m in RunMetricsCollector(runtime.metrics).collect()
+                  for s in m.samples}
+    assert exposition[("segstream_source_frames_missing_total", "cut")] == cut.missing
+    assert exposition[("segstream_source_frames_missing_total", "whole")] == 0
