@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from segstream.connectors.errors import CheckpointError
+from segstream.connectors.urls import hub_reference_problem
 from segstream.models.eomt import EoMT, convert_state_dict, state_dict_problems
 from segstream.models.presets import Preset
 from segstream.models.senatra import SeNaTra
@@ -120,8 +121,8 @@ def resolve_hf(reference: str) -> Path:
     """Download ``hf://owner/name[/file]`` with huggingface_hub and return the local file."""
     repo = reference[len(HF_PREFIX) :].strip("/")
     parts = repo.split("/")
-    if len(parts) < 2:
-        raise CheckpointError(f"'{reference}' is not a hub reference — use hf://<owner>/<name>, e.g. hf://tue-mps/coco_panoptic_eomt_large_640")
+    if problem := hub_reference_problem(reference):
+        raise CheckpointError(f"'{reference}' {problem} — e.g. hf://tue-mps/coco_panoptic_eomt_large_640")
     repo_id, filename = "/".join(parts[:2]), "/".join(parts[2:]) or None
     local_hint = (
         f"download the weights of {repo_id} on a machine with access and set model.checkpoint to the local "

@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 import re
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import redis
 import redis.exceptions
@@ -89,6 +89,8 @@ def connect_redis(
         options["username"] = username
     if protocol is not None:
         options["protocol"] = protocol
+    if problem := tls_query_problem(url):
+        raise SinkError(f"the Redis URL {redis_url_shown(url)} {problem}")
     if url.startswith("rediss:"):
         options.update((tls or TlsFiles()).options())
     elif tls is not None and (tls.ca_file or tls.cert_file or tls.key_file):
@@ -142,6 +144,19 @@ def connect_redis(
             hint = f"check the TLS settings ({names.tls}) and the server's certificate"
         raise SinkError(f"cannot reach Redis at {where}: {text} — {hint}") from None
     return client
+
+
+def tls_query_problem(url: str) -> str | None:
+    """What is wrong with TLS settings in a Redis URL's query (``?ssl_cert_reqs=none``), or None:
+    redis-py lets them override the ``tls:`` settings, so a URL could turn certificate checks
+    off behind them, silently."""
+    names = sorted({key for key, _ in parse_qsl(urlsplit(url).query, keep_blank_values=True)
+                    if key.lower().startswith("ssl")})
+    if not names:
+        return None
+    return (f"sets TLS in its query ({', '.join(names)}), which would override the tls: settings — remove it "
+            "and use sinks.redis.tls (ca_file, cert_file, key_file, check_hostname) or the tail command's --tls-* "
+            "options")
 
 
 def database_problem(url: str) -> str | None:

@@ -80,3 +80,22 @@ def unescaped_userinfo(url: str) -> bool:
     if _HOST_PORT.fullmatch(before.rsplit("@", 1)[-1]):  # FFmpeg reads a host there: the address is whole
         return False
     return at > end and "?" not in rest[end + 1 : at]
+
+
+# A model hub repository's owner or name: letters, digits, '_', '.', '-', neither starting nor
+# ending with '.' or '-', without '..' or '--' (what the hub accepts).
+_HUB_PART = re.compile(r"(?!.*(\.\.|--))[A-Za-z0-9_](?:[\w.-]{0,94}[A-Za-z0-9_])?")
+
+
+def hub_reference_problem(reference: str) -> str | None:
+    """What is wrong with an ``hf://owner/name[/file]`` reference, or None."""
+    parts = reference.removeprefix("hf://").strip("/").split("/")
+    if len(parts) < 2:
+        return "names no repository: use hf://<owner>/<name>"
+    for part in parts[:2]:
+        if not _HUB_PART.fullmatch(part):
+            return (f"'{part}' is not a repository's owner or name on the hub (letters, digits, '_', '.', '-'; "
+                    "not starting or ending with '.' or '-')")
+    if any(part in ("", ".", "..") for part in parts[2:]):
+        return "names its file with an empty, '.' or '..' part"
+    return None

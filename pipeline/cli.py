@@ -57,7 +57,9 @@ def main(argv: list[str] | None = None) -> int:
         configure_logging(getattr(args, "log_format", None), getattr(args, "log_level", None))
         return args.command(args)
     except SegstreamError as error:
-        for line in str(error).splitlines() or [type(error).__name__]:
+        from segstream.connectors.redaction import scrub  # a config's secrets, wherever a value landed
+
+        for line in scrub(str(error)).splitlines() or [type(error).__name__]:
             if json_logging():
                 log.error(line)
             else:

@@ -22,8 +22,16 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from segstream.connectors.errors import ConfigError
-from segstream.connectors.redis_connection import database_problem, redis_url_shown
-from segstream.connectors.urls import STREAM_SCHEMES, exclusive_input, redact_url, unescaped_userinfo, url_scheme
+from segstream.connectors.redaction import SECRET_NAME, remember, remember_in
+from segstream.connectors.redis_connection import database_problem, redis_url_shown, tls_query_problem
+from segstream.connectors.urls import (
+    STREAM_SCHEMES,
+    exclusive_input,
+    hub_reference_problem,
+    redact_url,
+    unescaped_userinfo,
+    url_scheme,
+)
 
 PositiveInt = Annotated[int, Field(gt=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
@@ -149,7 +157,7 @@ class StreamSourceConfig(_LiveSourceKeys):
     url: Annotated[str, Field(repr=False)]  # may hold credentials: never in a repr
     transport: Literal["tcp", "udp"] = "tcp"
     low_latency: bool = True
-    options: dict[str, str | int | float] = Field(default_factory=dict)
+    options: dict[str, str | int | float] = Field(default_factory=dict, repr=False)  # may hold a passphrase
 
     @field_validator("url")
     @classmethod
@@ -295,7 +303,7 @@ class ModelConfig(Strict):
     labels: str | None = None
     # A plugin family's own settings, for its builder to read (model_cfg.options); the shipped
     # families take none.
-    options: dict[str, Any] = Field(default_factory=dict)
+    options: dict[str, Any] = Field(default_factory=dict, repr=False)  # may hold a plugin's keys
 
     @field_validator("labels")
     @classmethod
@@ -315,7 +323,11 @@ class ModelConfig(Strict):
     @field_validator("checkpoint")
     @classmethod
     def _checkpoint_exists(cls, checkpoint: str | None, info: ValidationInfo) -> str | None:
-        if checkpoint in (None, "random") or re.fullmatch(r"hf://[\w.-]+/[\w.-]+", checkpoint):
+        if checkpoint in (None, "random"):
+            return checkpoint
+        if checkpoint.startswith("hf://"):
+            if problem := hub_reference_problem(checkpoint):
+                raise ValueError(f"'{checkpoint}' {problem} — e.g. hf://tue-mps/coco_panoptic_eomt_large_640")
             return checkpoint
         if "://" in checkpoint:
             raise ValueError(f"'{checkpoint}' is not a checkpoint reference — use hf://<org>/<name> or a local path")
@@ -401,7 +413,7 @@ class RedisSinkConfig(Strict):
     enabled: bool = True
     url: str | None = None
     username: str | None = None
-    password: str | None = None
+    password: str | None = Field(default=None, repr=False)
     tls: RedisTlsConfig = Field(default_factory=RedisTlsConfig)
     max_backlog: PositiveInt = 1000
     max_backlog_mb: PositiveFloat = 256.0
@@ -437,6 +449,8 @@ class RedisSinkConfig(Strict):
                 raise ValueError(f"'{shown}' names no host — {hint}")
             if problem := database_problem(url):
                 raise ValueError(f"'{shown}' {problem} — {hint}")
+        if problem := tls_query_problem(url):
+            raise ValueError(f"'{shown}' {problem}")
         return url
 
     @model_validator(mode="after")
@@ -713,6 +727,7 @@ def raw_config_data(path: str | Path, overrides: list[str] | tuple[str, ...] = (
     data = read_yaml(path)
     for override in overrides:
         apply_override(data, override)
+    remember_in(data)  # its secrets stay out of every line printed, errors included
     return data
 
 
@@ -907,6 +922,8 @@ def interpolate(data: Any, environ: typing.Mapping[str, str] | None = None,
                 return match.group(0)
             name, default = ref.groups()
             value = env.get(name)
+            if value and SECRET_NAME.search(name):  # CAM_PASSWORD, HF_TOKEN: wherever it lands
+                remember(value)
             if value is None or (value == "" and default is not None):
                 if default is None:
                     problems.append((path, f"environment variable {name} is not set — "
@@ -927,6 +944,7 @@ def interpolate(data: Any, environ: typing.Mapping[str, str] | None = None,
         return node
 
     result = walk(data, [])
+    remember_in(result)  # the passwords the variables brought into URLs
     if raising and problems:
         raise ConfigError("\n".join(_problem_lines(problems, data)))
     return result

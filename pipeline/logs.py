@@ -35,6 +35,19 @@ class _PlainFormatter(logging.Formatter):
         return text
 
 
+class _Scrub(logging.Filter):
+    """Keeps a config's secrets out of every record (``segstream.connectors.redaction``)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from segstream.connectors.redaction import scrub
+
+        message = record.getMessage()
+        clean = scrub(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        return True
+
+
 class _StderrHandler(logging.StreamHandler):
     """Writes to whatever ``sys.stderr`` is at the time of each record (it may be replaced
     after logging is configured: by a test's capture, by a redirect)."""
@@ -69,6 +82,7 @@ def configure_logging(format: str | None = None, level: str | None = None, strea
         ))
     else:
         handler.setFormatter(_PlainFormatter())
+    handler.addFilter(_Scrub())
     root = logging.getLogger("segstream")
     for old in list(root.handlers):
         root.removeHandler(old)

@@ -331,3 +331,62 @@ def test_two_sources_listening_on_one_port_are_refused(capsys, write):
       - {name: c, type: stream, url: 'udp://0.0.0.0:5000?reuse=1'}
     """
     assert load_config(write(groups)).sources
+
+
+@pytest.mark.parametrize("section", [
+    "sources: [{name: cam, type: stream, url: 'admin:${CAM_PASSWORD}@192.168.1.64:554/live'}]",  # no scheme
+    "sources: [{name: cam, type: stream, url: 'rtsp:/admin:${CAM_PASSWORD}@192.168.1.64/live'}]",  # one slash
+    "sources: [{name: cam, type: camera, device: 'rtsp://admin:${CAM_PASSWORD}@10.0.0.5/live'}]",  # wrong field
+    "sources: [{name: cam, type: file, path: 'rtsp:/admin:${CAM_PASSWORD}@10.0.0.5/live'}]",
+    "sources: [{name: cam, type: synthetic}]\nsinks: {redis: {url: 'rediss//alice:${CAM_PASSWORD}@host'}}",
+    "sources: [{name: cam, type: synthetic}]\nmodel: {checkpoint: 'https://user:${HF_TOKEN}@example.com/w.pt'}",
+    "sources: [{name: cam, type: stream, url: 'srt://10.0.0.5:9000', options: {passphrase: ['${CAM_PASSWORD}']}}]",
+])
+def test_a_secret_that_lands_where_it_does_not_belong_is_not_echoed(capsys, write, monkeypatch, section):
+    """Found probing: `validate` echoed a password from the environment in full when its URL was
+    mistyped (no scheme, one slash) or given to the wrong field, and a passphrase given as a list."""
+    monkeypatch.setenv("CAM_PASSWORD", "S3cretCam")
+    monkeypatch.setenv("HF_TOKEN", "hf_S3cretToken")
+    lines = errors_of(capsys, ["validate", write(section + "\n")])
+    text = "\n".join(lines)
+    assert lines and not any(secret in text for secret in ("S3cretCam", "hf_S3cretToken")), text
+    assert "***" in text, text  # the line still says which value is wrong, its secret hidden
+
+
+def test_secrets_stay_out_of_log_records_too(capsys, monkeypatch):
+    import logging
+
+    from segstream.connectors.redaction import remember
+    from segstream.pipeline.logs import configure_logging
+
+    configure_logging("json")
+    remember("W1ldSecret")
+    logging.getLogger("segstream.test").warning("connecting with %s to admin:Other0ne@cam", "W1ldSecret")
+    record = json.loads(capsys.readouterr().err.strip().splitlines()[-1])
+    assert record["message"] == "connecting with *** to admin:***@cam"
+    configure_logging("text")
+
+
+def test_a_config_printed_shows_no_password_or_stream_options(write):
+    """Found probing: repr(cfg.sinks.redis) showed password='...', and a stream's options its passphrase."""
+    cfg = load_config(write("sources: [{name: cam, type: stream, url: 'srt://h:9000', options: {passphrase: "
+                            "Pa55phraseXYZ}}]\nsinks: {redis: {url: 'redis://h', password: S3cretPw}}\n"))
+    assert cfg.sinks.redis.password == "S3cretPw" and cfg.sources[0].options == {"passphrase": "Pa55phraseXYZ"}
+    assert "S3cretPw" not in repr(cfg) and "Pa55phraseXYZ" not in repr(cfg)
+
+
+@pytest.mark.parametrize("reference", ["hf://../..", "hf://owner/.hidden", "hf://-x/name", "hf://a/b--c",
+                                       "hf://owner/name/../weights.bin"])
+def test_a_hub_reference_the_hub_would_refuse_is_refused_by_validate(capsys, write, reference):
+    """Found probing: `hf://../..` passed validate, then run ended in huggingface_hub's traceback."""
+    (line,) = errors_of(capsys, ["validate", write(f"sources: [{{name: cam, type: synthetic}}]\n"
+                                                   f"model: {{checkpoint: '{reference}'}}\n")])
+    assert line.startswith(f"model.checkpoint: '{reference}' ") and "e.g. hf://tue-mps/" in line
+
+
+def test_a_hub_reference_that_passed_the_config_is_checked_where_it_is_resolved_too():
+    from segstream.connectors.checkpoints import resolve_hf
+    from segstream.connectors.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match=r"'hf://\.\./\.\.' '\.\.' is not a repository's owner or name"):
+        resolve_hf("hf://../..")

@@ -218,3 +218,17 @@ def test_a_server_that_is_not_redis_is_one_line_for_the_run_tail_and_the_client(
         assert "is not Redis" in err and "Traceback" not in err
     finally:
         listener.close()
+
+
+@pytest.mark.parametrize("query", ["ssl_cert_reqs=none", "ssl_check_hostname=false"])
+def test_a_url_query_cannot_turn_tls_checks_off_behind_the_tls_settings(tmp_path, tls_server, capsys, query):
+    """Found probing: `rediss://host/0?ssl_cert_reqs=none` published to a server whose certificate
+    fails the check, silently; `?ssl_check_hostname=false` overrode tls.check_hostname."""
+    server, certs = tls_server
+    config = write_config(tmp_path, server, certs, ca=False)  # without the CA the certificate fails the check
+    config.write_text(config.read_text().replace(server.url, f"{server.url}/0?{query}"))
+    assert main(["validate", str(config)]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert f"sets TLS in its query ({query.split('=')[0]}), which would override the tls: settings" in line
+    with pytest.raises(SinkError, match="would override the tls: settings"):
+        connect_redis(f"{server.url}/0?{query}", PASSWORD)

@@ -1,0 +1,74 @@
+"""Secrets kept out of every line segstream prints: errors, logs, status lines.
+
+A config's secrets are remembered as it is read (``remember``): the values of credential-like
+keys (``password``, ``passphrase``, ``token``...), the passwords of URLs, and the values of
+environment variables with credential-like names (``CAM_PASSWORD``, ``HF_TOKEN``) wherever they
+are substituted, so that a value that lands in the wrong field, or a URL mistyped so that no
+URL parser sees its password, is still hidden. ``scrub`` replaces them, and whatever looks like
+a URL's ``user:password@``, with ``***``.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from typing import Any
+from urllib.parse import unquote
+
+from segstream.connectors.urls import REDACTED
+
+# Keys and variable names whose values are secrets.
+SECRET_NAME = re.compile(r"pass|pwd|secret|token|key|auth|credential|phrase", re.IGNORECASE)
+# ``user:password@host`` with or without a scheme (and with ``:/`` or ``//`` mistyped): the
+# password is what lies between the first ':' after the user and the last '@' before the host.
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][\w+.-]*:/{1,2})?(?P<user>[^\s/@:'\"`=,;()\[\]{}]+):"
+                       r"(?P<password>[^\s'\"`]+)@(?=[\w\[])")
+_NAMES_A_PLACE = ("_file", "_path", "_dir")  # tls.key_file: where a secret is, not the secret
+_MIN_LENGTH = 3  # shorter values would hide too much else ('1' in every number)
+
+_lock = threading.Lock()
+_secrets: set[str] = set()
+
+
+def remember(value: Any) -> None:
+    """Keep ``value`` (a string, or the strings in a list or mapping) out of every scrubbed line."""
+    if isinstance(value, str):
+        for form in {value, unquote(value)}:
+            if len(form) >= _MIN_LENGTH:
+                with _lock:
+                    _secrets.add(form)
+    elif isinstance(value, dict):
+        for item in value.values():
+            remember(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            remember(item)
+
+
+def remember_in(data: Any) -> None:
+    """Remember the secrets of a config's raw data: values of credential-like keys, and the
+    passwords of URLs (``scheme://user:password@host``, or without a scheme)."""
+    if isinstance(data, dict):
+        for key, value in data.items():
+            if isinstance(key, str) and SECRET_NAME.search(key) and not key.endswith(_NAMES_A_PLACE):
+                remember(value)
+            else:
+                remember_in(value)
+    elif isinstance(data, list):
+        for item in data:
+            remember_in(item)
+    elif isinstance(data, str) and "@" in data:
+        for match in _USERINFO.finditer(data):
+            remember(match.group("password"))
+
+
+def scrub(text: str) -> str:
+    """``text`` with remembered secrets and anything shaped like a URL's password as ``***``."""
+    with _lock:
+        secrets = sorted(_secrets, key=len, reverse=True)
+    for secret in secrets:
+        if secret in text:
+            text = text.replace(secret, REDACTED)
+    if "@" in text:
+        text = _USERINFO.sub(lambda m: f"{m.group('scheme') or ''}{m.group('user')}:{REDACTED}@", text)
+    return text
