@@ -113,6 +113,9 @@ def connect_redis(
         client.close()
         user = username or client.connection_pool.connection_kwargs.get("username")  # or the URL's
         who = f"user {user!r}" if user else "the default user"
+        if not client.connection_pool.connection_kwargs.get("password"):
+            raise SinkError(f"Redis at {where} wants a password and none was given: {error_summary(error)} — "
+                            f"set {names.password}" + (f" (and the user, {names.username})" if not user else "")) from None
         raise SinkError(
             f"Redis at {where} refused the credentials of {who}: {error_summary(error)} — "
             f"set the right password, {names.password}, and user, {names.username}"
@@ -142,6 +145,10 @@ def connect_redis(
         text = error_summary(error)
         if "certificate" in text.lower() or "ssl" in text.lower() or "tls" in text.lower():
             hint = f"check the TLS settings ({names.tls}) and the server's certificate"
+        elif where.startswith("rediss://") and isinstance(error, redis.TimeoutError):
+            hint = f"{hint}; a server without TLS never answers TLS's hello: if it has none, use redis://"
+        elif where.startswith("redis://") and "reset by peer" in text.lower():
+            hint = f"{hint}; a TLS port resets plain connections: if the server wants TLS, use rediss://"
         raise SinkError(f"cannot reach Redis at {where}: {text} — {hint}") from None
     return client
 

@@ -16,7 +16,7 @@ import types
 import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
-from urllib.parse import quote, urlsplit
+from urllib.parse import parse_qsl, quote, urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
@@ -179,6 +179,19 @@ class StreamSourceConfig(_LiveSourceKeys):
     def _transport_is_rtsps(self) -> StreamSourceConfig:
         if "transport" in self.model_fields_set and url_scheme(self.url) not in ("rtsp", "rtsps"):
             raise ValueError("transport applies to rtsp:// and rtsps:// URLs only — remove it")
+        return self
+
+    @model_validator(mode="after")
+    def _srt_passphrase(self) -> StreamSourceConfig:
+        """SRT takes a passphrase of 10 to 79 characters; another fails every open, said by the
+        run as the far end refusing us (found probing)."""
+        if url_scheme(self.url) != "srt":
+            return self
+        query = dict(parse_qsl(urlsplit(self.url).query, keep_blank_values=True))
+        passphrase = self.options.get("passphrase", query.get("passphrase"))
+        if passphrase is not None and not 10 <= len(str(passphrase)) <= 79:
+            raise ValueError(f"the SRT passphrase has {len(str(passphrase))} characters; SRT takes 10 to 79 — "
+                             "set the same passphrase of that length on both ends")
         return self
 
 

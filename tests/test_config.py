@@ -94,7 +94,7 @@ def test_validate_names_the_model_that_model_family_alone_picks(capsys, write, c
 )
 def test_every_shipped_config_validates(capsys, monkeypatch, name):
     for variable in ("SEGSTREAM_REDIS_URL", "CAM_PASSWORD", "LOBBY_PASSWORD", "FIELD_SRT_PASSPHRASE"):  # what they ask for
-        monkeypatch.setenv(variable, "redis://localhost:6379/0" if "URL" in variable else "pw")
+        monkeypatch.setenv(variable, "redis://localhost:6379/0" if "URL" in variable else "passw0rd-of-16ch")
     assert main(["validate", str(Path(__file__).parents[1] / "configs" / name)]) == 0
     out = capsys.readouterr().out
     # batch.yaml has no sources: its videos come from `segstream batch INPUTS`
@@ -390,3 +390,14 @@ def test_a_hub_reference_that_passed_the_config_is_checked_where_it_is_resolved_
 
     with pytest.raises(CheckpointError, match=r"'hf://\.\./\.\.' '\.\.' is not a repository's owner or name"):
         resolve_hf("hf://../..")
+
+
+@pytest.mark.parametrize("where", ["options: {passphrase: short}", "url: 'srt://10.0.0.5:9000?passphrase=short'"])
+def test_an_srt_passphrase_srt_cannot_take_is_refused_by_validate(capsys, write, where):
+    """Found probing: a 5-character passphrase passed validate; the run then said the far end
+    refused it ('check the passphrase'), though SRT itself takes 10 to 79 characters only."""
+    url = "" if where.startswith("url") else "url: 'srt://10.0.0.5:9000', "
+    (line,) = errors_of(capsys, ["validate", write(f"sources: [{{name: cam, type: stream, {url}{where}}}]\n")])
+    assert line == ("sources[0]: the SRT passphrase has 5 characters; SRT takes 10 to 79 — set the same passphrase "
+                    "of that length on both ends")
+    assert "short" not in line

@@ -232,3 +232,24 @@ def test_a_url_query_cannot_turn_tls_checks_off_behind_the_tls_settings(tmp_path
     assert f"sets TLS in its query ({query.split('=')[0]}), which would override the tls: settings" in line
     with pytest.raises(SinkError, match="would override the tls: settings"):
         connect_redis(f"{server.url}/0?{query}", PASSWORD)
+
+
+def test_a_server_wanting_a_password_when_none_is_given_says_to_set_one(tls_server):
+    """Found probing: with no password at all, the line said Redis 'refused the credentials of the
+    default user'."""
+    server, certs = tls_server
+    with pytest.raises(SinkError) as error:
+        connect_redis(server.url, None, tls=TlsFiles(str(certs["ca"]), str(certs["client_cert"]),
+                                                      str(certs["client_key"])))
+    assert "wants a password and none was given" in str(error.value) and "sinks.redis.password" in str(error.value)
+
+
+def test_tls_against_a_plain_port_and_plain_against_a_tls_port_name_the_likely_mix_up(tls_server, tmp_path):
+    """Found probing: redis:// to a TLS port said 'Connection reset by peer', rediss:// to a plain
+    one 'Timeout connecting to server', neither a word of TLS."""
+    server, _ = tls_server
+    with pytest.raises(SinkError, match="if the server wants TLS, use rediss://"):
+        connect_redis(server.url.replace("rediss://", "redis://"), PASSWORD, connect_timeout=2.0)
+    with RedisProcess(tmp_path / "plain") as plain:
+        with pytest.raises(SinkError, match="if it has none, use redis://"):
+            connect_redis(plain.url.replace("redis://", "rediss://"), None, connect_timeout=1.0, socket_timeout=1.0)
