@@ -292,6 +292,8 @@ def upload(image: np.ndarray, device: torch.device) -> Tensor:
         raise ValueError(f"frames must be H x W x 3 uint8 RGB, got {image.dtype} {image.shape}")
     if image.shape[0] == 0 or image.shape[1] == 0:
         raise ValueError(f"a frame has no pixels ({image.shape[0]} x {image.shape[1]})")
+    if not image.flags.writeable:  # torch warns of (and will not share) memory it may not write: a copy
+        image = image.copy()
     return torch.from_numpy(np.ascontiguousarray(image)).to(device)
 
 

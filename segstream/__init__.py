@@ -65,6 +65,11 @@ _EXPORTS = {
     "register_family": "segstream.pipeline.model_factory",
     "load_plugins": "segstream.pipeline.plugins",
     "VideoSource": "segstream.connectors.source",
+    "FileSource": "segstream.connectors.file_source",
+    "StreamSource": "segstream.connectors.stream_source",
+    "CameraSource": "segstream.connectors.camera_source",
+    "ImageFolderSource": "segstream.connectors.image_source",
+    "SyntheticSource": "segstream.connectors.synthetic",
     "Sink": "segstream.connectors.sink",
     "FrameStage": "segstream.pipeline.runtime",
     "BufferPolicy": "segstream.pipeline.engine",
@@ -113,11 +118,16 @@ if TYPE_CHECKING:
         SourceError,
         WireFormatError,
     )
+    from segstream.connectors.camera_source import CameraSource
+    from segstream.connectors.file_source import FileSource
     from segstream.connectors.frames import Frame
+    from segstream.connectors.image_source import ImageFolderSource
     from segstream.connectors.redis_reader import Client, Entry, EventEntry, StreamReader, connect
     from segstream.connectors.redis_wire import from_wire, to_wire
     from segstream.connectors.sink import Sink
     from segstream.connectors.source import VideoSource
+    from segstream.connectors.stream_source import StreamSource
+    from segstream.connectors.synthetic import SyntheticSource
     from segstream.models.eomt import EoMT, EoMTConfig
     from segstream.models.label_sets import LabelSet
     from segstream.models.presets import PRESETS, Preset, register_preset

@@ -331,3 +331,30 @@ def test_evaluate_scores_a_family_of_one_s_own_as_the_model_inside_it(registries
     assert headers["delegating_tiny"].startswith("model delegating_tiny: 2 frames, ")
     assert headers["synthetic_eomt_tiny_256"].startswith("model synthetic_eomt_tiny_256 (")
     assert scores["delegating_tiny"] == scores["synthetic_eomt_tiny_256"] and scores["delegating_tiny"]["pq"] > 0.5
+
+
+def test_the_shipped_sources_are_exported_for_a_program_s_own_runtime(tmp_path):
+    """Found probing: passing a video file to build_runtime(sources=...) meant importing
+    segstream.connectors.file_source.FileSource; the shipped sources are now part of the API."""
+    from tests.conftest import encode_clip
+
+    assert {"FileSource", "StreamSource", "CameraSource", "ImageFolderSource", "SyntheticSource"} <= set(
+        segstream.__all__)
+    clip = encode_clip(tmp_path / "clip.mp4", frames=4)
+    sink = CollectingSink()
+    runtime = segstream.build_runtime(_config(), progress=False, sources=[segstream.FileSource("clip", str(clip))],
+                                      sinks=[sink])
+    report = runtime.run()
+    assert report.sources["clip"].published == 4 and sink.indices("clip") == [0, 1, 2, 3]
+
+
+def test_segment_takes_a_read_only_frame_without_a_warning_and_leaves_it_as_it_was():
+    """Found probing: a frame from np.frombuffer printed torch's "NumPy array is not writable" warning."""
+    import warnings
+
+    adapter = segstream.build_segmenter("synthetic_eomt_tiny_256")
+    frame = np.frombuffer(np.full((48, 64, 3), 90, np.uint8).tobytes(), np.uint8).reshape(48, 64, 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        (result,) = adapter.segment([frame])
+    assert result.label_map.shape == (48, 64) and (frame == 90).all()
