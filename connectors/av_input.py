@@ -149,6 +149,36 @@ class SteadyGaps:
         return recent.count(1) >= self.STEADY * len(recent)
 
 
+class BestEffortTimestamp:
+    """A decoded frame's presentation time when its PTS cannot be trusted, by FFmpeg's best-effort
+    rule: count how often the frames' PTS and their DTS each failed to increase, and take the PTS
+    unless it failed more often than the DTS (or is missing; then the DTS). Where the PTS failed
+    more often, a frame without a DTS has no time (None) rather than its wrong PTS.
+
+    An AVI's H.264 with B-frames carries its PTS in decode order (1, 4, 3, 5, 2, ...) while its
+    DTS rise steadily; taken as they came, every PTS that stepped back was moved a frame after the
+    last one, and a 2 s clip ran for 4.5 s. Files with sound PTS (MP4, MKV, TS; a wrap or a
+    discontinuity sets both counts back alike) keep their PTS."""
+
+    def __init__(self) -> None:
+        self.pts_faults = self.dts_faults = 0
+        self._last_pts: int | None = None
+        self._last_dts: int | None = None
+
+    def choose(self, pts: int | None, dts: int | None) -> int | None:
+        if dts is not None:
+            self.dts_faults += self._last_dts is not None and dts <= self._last_dts
+            self._last_dts = dts
+        if pts is not None:
+            self.pts_faults += self._last_pts is not None and pts <= self._last_pts
+            self._last_pts = pts
+        if self.pts_faults <= self.dts_faults:
+            return pts if pts is not None else dts
+        # PTS known to be out of order: a frame without a DTS (the decoder's last, flushed at the
+        # end) is taken as unknown, which a timeline places one frame after the last
+        return dts
+
+
 class InputTimeout(SourceError):
     """An open or a read ran out of time; ``phase`` is ``open`` or ``read``."""
 
@@ -311,6 +341,7 @@ class AVInput:
         self._gaps = SteadyGaps(self.step, self.fps, float(self.time_base), timeout[1] if lost_are_errors else 0.0)
         self.info = self._info(context)
         self._sender: tuple[int, float] | None = None  # (pts, sender Unix time) of the last packet with one
+        self._timestamps = BestEffortTimestamp()
 
     def _open_relayed(self, ffmpeg: str, options: dict[str, str], deadlines: tuple[float, float]):
         """The input through the system's ``ffmpeg`` (a protocol PyAV's FFmpeg lacks: SRT)."""
@@ -401,7 +432,7 @@ class AVInput:
                 pixels = frame.reformat(width=columns, height=rows, format="rgb24", interpolation="BILINEAR")
         image = orient(pixels.to_ndarray(format="rgb24"))
         del pixels
-        pts = frame.pts
+        pts = self._timestamps.choose(frame.pts, frame.dts)
         sender = None
         if self._sender is not None and pts is not None:
             sender_pts, sender_wall = self._sender
