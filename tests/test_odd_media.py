@@ -5,6 +5,7 @@ image folders with unreadable or animated files. Each file is made here with ffm
 from __future__ import annotations
 
 import subprocess
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -12,8 +13,12 @@ import numpy as np
 import pytest
 
 from segstream.connectors.av_input import BestEffortTimestamp
+from segstream.connectors.clock import Timeline
 from segstream.connectors.file_source import FileSource
 from tests.live_servers import FFMPEG
+
+MS = Fraction(1, 1000)
+
 
 def _ffmpeg(*args: str) -> None:
     subprocess.run([FFMPEG, "-v", "error", "-y", *args], check=True)
@@ -46,3 +51,44 @@ def test_best_effort_timestamps_take_the_dts_only_when_the_pts_fail_more_often()
     wrapped = [(8589934590, 8589934590), (10, 10), (20, 20)]  # a TS wrap sets both back alike
     assert chosen(wrapped) == [8589934590, 10, 20]
     assert chosen([(None, 5), (None, 6), (7, None)]) == [5, 6, 7]
+
+
+def test_one_early_timestamp_shifts_no_later_frame():
+    # Found probing: a frame 0.12 s early was placed a frame after the last, and every later frame
+    # kept that offset for ever.
+    timeline = Timeline()
+    pts = [0, 40, 80, 120, 160, 200, 80, 280, 320, 360]
+    assert [timeline.place(p, MS, 40) for p in pts] == [0, 40, 80, 120, 160, 200, 240, 280, 320, 360]
+    timeline = Timeline()  # two early in a row, the second earlier still: back once past both
+    pts = [0, 40, 80, 120, 160, 120, 40, 280, 320]
+    assert [timeline.place(p, MS, 40) for p in pts] == [0, 40, 80, 120, 160, 200, 240, 280, 320]
+
+
+def test_a_real_step_back_and_a_restart_keep_their_offset():
+    timeline = Timeline()
+    spliced = [0, 40, 80, 120, 0, 40, 80, 120, 160, 200]  # a splice back to the start
+    assert [timeline.place(p, MS, 40) for p in spliced] == [0, 40, 80, 120, 160, 200, 240, 280, 320, 360]
+    timeline.place(120, MS, 40)  # an early frame after the splice recovers to the splice's offset
+    assert timeline.place(280, MS, 40) == 440
+    timeline = Timeline()
+    for p in (0, 40, 80, 120):
+        timeline.place(p, MS, 40)
+    timeline.restart()
+    assert [timeline.place(p, MS, 40) for p in (0, 40, 200)] == [160, 200, 360], "a new session keeps its place"
+
+
+def test_a_file_with_one_early_frame_keeps_the_rest_of_its_timestamps(tmp_path):
+    whole = tmp_path / "whole.mkv"
+    _ffmpeg("-f", "lavfi", "-i", "testsrc=size=64x48:rate=25", "-t", "1.2", "-c:v", "libx264", "-g", "1",
+            "-preset", "ultrafast", str(whole))
+    glitched = tmp_path / "glitch.mkv"
+    with av.open(str(whole)) as source, av.open(str(glitched), "w") as out:
+        video = source.streams.video[0]
+        copy = out.add_stream_from_template(video)
+        for n, packet in enumerate(p for p in source.demux(video) if p.size):
+            packet.dts = packet.pts - 200  # leaves room for a PTS before the last (the muxer wants PTS >= DTS)
+            packet.pts -= 120 if n == 10 else 0  # frame 10 stamped 0.12 s early
+            packet.stream = copy
+            out.mux(packet)
+    frames = list(FileSource("glitch", str(glitched)).frames())
+    assert [round(f.pts_seconds, 3) for f in frames] == [round(n * 0.04, 3) for n in range(30)]
