@@ -31,6 +31,7 @@ import bisect
 import errno
 import logging
 import queue
+import re
 import socket
 import struct
 import threading
@@ -326,6 +327,8 @@ class AVInput:
         if self.stream.duration and self.stream.duration > 0 and self.stream.time_base:
             self.duration_s = float(self.stream.duration * self.stream.time_base)
             self.video_duration = True
+        elif (tagged := tagged_duration(self.stream.metadata)) is not None:  # Matroska's, per stream
+            self.duration_s, self.video_duration = tagged, True
         elif len(self.container.streams) == 1:  # the container's duration is its one stream's
             self.video_duration = True
         self.format_name: str = self.container.format.name
@@ -503,6 +506,21 @@ def display_transform(matrix: tuple[int, ...]) -> Callable[[np.ndarray], np.ndar
 
         return turn
     return None
+
+
+_TAGGED_DURATION = re.compile(r"(\d+):(\d\d):(\d\d(?:\.\d+)?)")
+
+
+def tagged_duration(metadata: dict[str, str]) -> float | None:
+    """A stream's length in seconds from its ``DURATION`` tag (``HH:MM:SS.nnnnnnnnn``), which
+    FFmpeg's and mkvmerge's Matroska muxers write per stream: Matroska has no stream duration of
+    its own, and the container's is its longest stream's (often the audio). None without one."""
+    text = next((value for key, value in metadata.items() if key.upper() == "DURATION"), None)
+    match = _TAGGED_DURATION.fullmatch(text.strip()) if text else None
+    if match is None:
+        return None
+    seconds = int(match[1]) * 3600 + int(match[2]) * 60 + float(match[3])
+    return seconds if seconds > 0 else None
 
 
 def describe_error(error: BaseException) -> str:

@@ -92,3 +92,41 @@ def test_a_file_with_one_early_frame_keeps_the_rest_of_its_timestamps(tmp_path):
             out.mux(packet)
     frames = list(FileSource("glitch", str(glitched)).frames())
     assert [round(f.pts_seconds, 3) for f in frames] == [round(n * 0.04, 3) for n in range(30)]
+
+
+def _with_audio(path: Path, video_s: float, audio_s: float, *codecs: str) -> Path:
+    _ffmpeg("-t", str(video_s), "-f", "lavfi", "-i", "testsrc=size=64x48:rate=25", "-t", str(audio_s), "-f", "lavfi",
+            "-i", "sine", *codecs, str(path))
+    return path
+
+
+H264_OPUS = ("-c:v", "libx264", "-preset", "ultrafast", "-c:a", "libopus")
+
+
+@pytest.mark.parametrize("suffix,codecs", [
+    ("mkv", H264_OPUS), ("webm", ("-c:v", "libvpx-vp9", "-deadline", "realtime", "-cpu-used", "8", "-c:a", "libopus")),
+])
+def test_an_intact_matroska_file_whose_audio_outlasts_its_video_is_not_called_damaged(tmp_path, suffix, codecs):
+    # Found probing: 2 s of video beside 10 s of audio "looked damaged (truncated?)": Matroska has no
+    # stream duration, so the container's (the audio's) was taken for the video's.
+    source = FileSource("clip", str(_with_audio(tmp_path / f"clip.{suffix}", 1, 4, *codecs)))
+    assert len(list(source.frames())) == 25
+    assert (source.frames_missing, source.damage) == (0, "")
+
+
+def test_a_truncated_matroska_file_with_audio_is_still_told_by_its_video_s_duration_tag(tmp_path):
+    data = _with_audio(tmp_path / "whole.mkv", 3, 3, *H264_OPUS).read_bytes()
+    (tmp_path / "cut.mkv").write_bytes(data[: len(data) // 3])
+    cut = FileSource("cut", str(tmp_path / "cut.mkv"))
+    delivered = len(list(cut.frames()))
+    assert delivered < 60 and cut.frames_missing > 0 and "of the 3.0" in cut.damage
+
+
+def test_without_the_video_s_own_duration_a_container_with_audio_is_not_judged_by_its_length(tmp_path):
+    data = _with_audio(tmp_path / "tagged.mkv", 1, 4, *H264_OPUS).read_bytes()
+    assert data.count(b"DURATION") == 2, "the muxer's per-stream tags, to hide"
+    (tmp_path / "untagged.mkv").write_bytes(data.replace(b"DURATION", b"DURATIOX"))  # as a muxer without them
+    with av.open(str(tmp_path / "untagged.mkv")) as container:
+        assert container.duration > 3_900_000 and "DURATION" not in container.streams.video[0].metadata
+    source = FileSource("clip", str(tmp_path / "untagged.mkv"))
+    assert len(list(source.frames())) == 25 and (source.frames_missing, source.damage) == (0, "")
