@@ -130,7 +130,7 @@ class FileSource:
                 if (reading := self.wait_open(capture)) is None:
                     return
                 self.info = reading.info
-                passed = 0
+                passed, errors_before = 0, self._finished_errors
                 coverage = Coverage()
                 for picture in self._pictures(capture):
                     step_s = picture.step * picture.time_base
@@ -159,10 +159,14 @@ class FileSource:
                         return
                 self._retire()
                 self._judge(coverage, reading)
-                if not self.loop or self._closed.is_set():
+                if self._closed.is_set():
                     return
-                if passed == 0:
-                    raise SourceError(f"source {self.name}: '{self.shown}' has no decodable frames to loop over")
+                if passed == 0:  # not a file that ended: nothing of it could be read
+                    rejected = self._finished_errors - errors_before
+                    raise SourceError(f"source {self.name}: '{self.shown}' has no decodable video frames" + (
+                        f" (the decoder rejected all {rejected} of its frames)" if rejected else ""))
+                if not self.loop:
+                    return
                 epoch += 1
                 timeline.restart()
         finally:

@@ -14,6 +14,7 @@ import pytest
 
 from segstream.connectors.av_input import BestEffortTimestamp
 from segstream.connectors.clock import Timeline
+from segstream.connectors.errors import SourceError
 from segstream.connectors.file_source import FileSource
 from tests.live_servers import FFMPEG
 
@@ -130,3 +131,37 @@ def test_without_the_video_s_own_duration_a_container_with_audio_is_not_judged_b
         assert container.duration > 3_900_000 and "DURATION" not in container.streams.video[0].metadata
     source = FileSource("clip", str(tmp_path / "untagged.mkv"))
     assert len(list(source.frames())) == 25 and (source.frames_missing, source.damage) == (0, "")
+
+
+def _garbage_mdat(path: Path) -> Path:
+    """An MP4 whose index (moov) is whole and whose frame data (mdat) is random bytes."""
+    _ffmpeg("-f", "lavfi", "-i", "testsrc=size=64x48:rate=25", "-t", "1", "-c:v", "libx264", "-preset", "ultrafast",
+            "-movflags", "+faststart", str(path))
+    data = bytearray(path.read_bytes())
+    start = data.index(b"mdat") + 4
+    data[start:] = np.random.default_rng(0).bytes(len(data) - start)
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_a_file_without_a_decodable_frame_fails_its_run_instead_of_ending_normally(tmp_path, capsys):
+    # Found probing: a valid index over random data published 0 frames, dropped 25 as decode errors
+    # and "ended (end of input)" with exit 0.
+    from segstream.pipeline.cli import main
+
+    bad = _garbage_mdat(tmp_path / "garbage.mp4")
+    with pytest.raises(SourceError, match=r"source bad: '.*garbage\.mp4' has no decodable video frames \(the decoder "
+                                          r"rejected all 25 of its frames\)$"):
+        list(FileSource("bad", str(bad)).frames())
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        f"sources: [{{name: bad, type: file, path: '{bad}'}}]\n"
+        "model: {device: cpu, precision: fp32}\n"
+        "ops: {http: null}\n"
+        f"sinks: {{redis: {{enabled: false}}, files: {{enabled: true, dir: '{tmp_path / 'out'}'}}}}\n"
+    )
+    assert main(["run", str(config)]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("segstream: error: source bad failed: ")
+    assert "has no decodable video frames" in err.strip().splitlines()[-1]
