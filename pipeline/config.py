@@ -208,9 +208,9 @@ class CameraSourceConfig(_LiveSourceKeys):
 
 
 class ImagesSourceConfig(_Buffered, Strict):
-    """Still images played as video: a folder (its images) or a glob (``shots/**/*.png``), in
-    natural order (2 before 10). ``fps`` sets their timestamps; ``realtime`` also plays them at
-    that rate; ``loop`` starts over (listing the folder again)."""
+    """Still images played as video: a folder (its images), a glob (``shots/**/*.png``) or one
+    image file, in natural order (2 before 10). ``fps`` sets their timestamps; ``realtime`` also
+    plays them at that rate; ``loop`` starts over (listing the folder again)."""
 
     name: SourceName
     type: Literal["images"]
@@ -230,10 +230,14 @@ class ImagesSourceConfig(_Buffered, Strict):
         wildcard = re.search(r"[*?\[]", path)
         folder = path[: wildcard.start()].rpartition("/")[0] if wildcard else path
         resolved = _resolve(folder or ".", info)
+        if not wildcard and resolved.is_file():  # one image
+            return str(resolved)
         if not resolved.is_dir():
+            what = "folder" if wildcard else "path"
             raise ValueError(
-                f"folder '{folder or path}' does not exist ({resolved}) — give a folder of images or a glob such "
-                "as frames/*.jpg; relative paths are relative to the config file's directory"
+                f"{what} '{folder or path}' does not exist{_led_to(folder or path, resolved)} — give a folder of "
+                "images, one image or a glob such as frames/*.jpg; relative paths are relative to the config file's "
+                "directory"
             )
         if not wildcard:
             return str(resolved)
@@ -633,6 +637,11 @@ class BatchPipelineConfig(PipelineConfig):
                 "of them off"
             )
         return self
+
+
+def _led_to(path: str, resolved: Path) -> str:
+    """Where a path as written led, for a message, when that reads differently."""
+    return "" if str(resolved) == path else f" ({resolved})"
 
 
 def _resolve(path: str, info: ValidationInfo) -> Path:
