@@ -102,12 +102,19 @@ class FileSourceConfig(_Buffered, Strict):
         resolved = _resolve(path, info)
         if resolved.is_dir():
             raise ValueError(
-                f"'{path}' is a folder ({resolved}), not a video file — for a folder of pictures use type: "
+                f"'{path}' is a folder{_led_to(path, resolved)}, not a video file — for a folder of pictures use "
+                "type: "
                 "images; for a folder of videos, segstream batch"
+            )
+        if not resolved.is_file() and re.search(r"[*?\[]", path):
+            raise ValueError(
+                f"'{path}' is a pattern, and type: file reads one video — for a sequence of images use type: images "
+                "(it takes a glob); for many videos, segstream batch"
             )
         if not resolved.is_file():
             raise ValueError(
-                f"file '{path}' does not exist ({resolved}) — fix the path; relative paths are relative to "
+                f"file '{path}' does not exist{_led_to(path, resolved)} — fix the path; relative paths are relative "
+                "to "
                 "the config file's directory"
             )
         return str(resolved)
