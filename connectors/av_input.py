@@ -564,6 +564,8 @@ def open_error(error: BaseException, shown: str, open_timeout_s: float) -> Sourc
         # within its socket timeout: a camera booting or at its session limit; retried
         return SourceError(f"'{shown}' answered nothing usable ({describe_error(error)}): the server accepted the "
                            "connection, then closed it or stayed silent")
+    if isinstance(error, av.error.InvalidDataError) and (why := _unreadable_file(shown)) is not None:
+        return InputRefused(f"cannot open '{shown}': {why}", missing=True)
     if isinstance(error, av.error.InvalidDataError):  # a web page, a file of another kind: not going to change
         return InputRefused(f"cannot open '{shown}' as video ({describe_error(error)}) — check that the URL or path "
                             "is the video itself", missing=True)  # no video there (yet: a publisher starting)
@@ -580,6 +582,41 @@ def open_error(error: BaseException, shown: str, open_timeout_s: float) -> Sourc
     if isinstance(error, (av.error.FFmpegError, OSError)):
         return SourceError(f"cannot open '{shown}': {describe_error(error)}")
     return SourceError(f"cannot open '{shown}': {type(error).__name__}")
+
+
+_BOX = struct.Struct(">I4s")  # an ISO BMFF (MP4, MOV) box header: size, type
+
+
+def _unreadable_file(target: str) -> str | None:
+    """Why a local file FFmpeg found no valid data in cannot be read, where that is plain from
+    the file itself: it is empty, or it is an MP4/MOV whose index (the ``moov`` box) was never
+    written, as when a recording stops before the writer finished the file. None otherwise."""
+    if url_scheme(target) not in ("", "file"):
+        return None
+    path = urlsplit(target).path if url_scheme(target) == "file" else target
+    try:
+        with open(path, "rb") as file:
+            file.seek(0, 2)
+            size, position, boxes = file.tell(), 0, []
+            if size == 0:
+                return "the file is empty (0 bytes)"
+            while position + _BOX.size <= size and len(boxes) < 1000:
+                file.seek(position)
+                length, kind = _BOX.unpack(file.read(_BOX.size))
+                if length == 1:  # a 64-bit size follows
+                    length = struct.unpack(">Q", file.read(8))[0]
+                elif length == 0:  # the box runs to the end of the file
+                    length = size - position
+                if length < _BOX.size:
+                    break
+                boxes.append(kind)
+                position += length
+    except (OSError, struct.error):
+        return None
+    if boxes and boxes[0] == b"ftyp" and b"moov" not in boxes:
+        return ("an MP4/MOV without its index (moov atom not found): an unfinished recording, stopped before the "
+                "file was closed — a repair tool (untrunc) can rebuild the index from a good file of the same recorder")
+    return None
 
 
 def _unknown_host(url: str) -> str | None:

@@ -165,3 +165,20 @@ def test_a_file_without_a_decodable_frame_fails_its_run_instead_of_ending_normal
     assert "Traceback" not in err
     assert err.strip().splitlines()[-1].startswith("segstream: error: source bad failed: ")
     assert "has no decodable video frames" in err.strip().splitlines()[-1]
+
+
+def test_an_empty_file_and_an_unfinished_mp4_say_so_when_they_cannot_be_opened(tmp_path):
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    with pytest.raises(SourceError, match=r"^source cam: cannot open '.*empty\.mp4': the file is empty \(0 bytes\)$"):
+        FileSource("cam", str(tmp_path / "empty.mp4"))
+    # moov written at the end, as a recorder does when it closes the file: cut before it
+    whole = tmp_path / "whole.mp4"
+    _ffmpeg("-f", "lavfi", "-i", "testsrc=size=64x48:rate=25", "-t", "1", "-c:v", "libx264", "-preset", "ultrafast",
+            str(whole))
+    data = whole.read_bytes()
+    (tmp_path / "unfinished.mp4").write_bytes(data[: data.index(b"moov") - 4])
+    with pytest.raises(SourceError) as error:
+        FileSource("cam", str(tmp_path / "unfinished.mp4"))
+    line = str(error.value)
+    assert "unfinished.mp4" in line and "moov atom not found" in line and "unfinished recording" in line
+    assert "\n" not in line
