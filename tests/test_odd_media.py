@@ -182,3 +182,23 @@ def test_an_empty_file_and_an_unfinished_mp4_say_so_when_they_cannot_be_opened(t
     line = str(error.value)
     assert "unfinished.mp4" in line and "moov atom not found" in line and "unfinished recording" in line
     assert "\n" not in line
+
+
+def test_a_cover_picture_before_the_video_is_passed_over_for_the_video(tmp_path):
+    # Found probing: an MKV whose first video track was its PNG cover was read as one frame.
+    cover = tmp_path / "cover.png"
+    _ffmpeg("-f", "lavfi", "-i", "color=red:size=64x48", "-frames:v", "1", str(cover))
+    clip = tmp_path / "coverfirst.mkv"
+    _ffmpeg("-i", str(cover), "-f", "lavfi", "-i", "testsrc=size=64x48:rate=25", "-t", "1", "-map", "0", "-map", "1",
+            "-c:v:0", "png", "-c:v:1", "libx264", "-preset", "ultrafast", "-disposition:v:0", "0",
+            "-disposition:v:1", "default", str(clip))
+    with av.open(str(clip)) as container:
+        assert container.streams.video[0].codec_context.name == "png", "the cover must come first to mean anything"
+    source = FileSource("clip", str(clip))
+    assert len(list(source.frames())) == 25 and source.info.codec == "h264"
+    # sound with a cover picture (attached_pic) and nothing else: no video, said so
+    song = tmp_path / "song.m4a"
+    _ffmpeg("-t", "1", "-f", "lavfi", "-i", "sine", "-i", str(cover), "-map", "0", "-map", "1", "-c:a", "aac",
+            "-c:v", "png", "-disposition:v", "attached_pic", str(song))
+    with pytest.raises(SourceError, match=r"has no video stream \(only a cover picture\)$"):
+        FileSource("song", str(song))
