@@ -31,6 +31,7 @@ import bisect
 import errno
 import logging
 import queue
+import re
 import socket
 import struct
 import threading
@@ -149,6 +150,36 @@ class SteadyGaps:
         return recent.count(1) >= self.STEADY * len(recent)
 
 
+class BestEffortTimestamp:
+    """A decoded frame's presentation time when its PTS cannot be trusted, by FFmpeg's best-effort
+    rule: count how often the frames' PTS and their DTS each failed to increase, and take the PTS
+    unless it failed more often than the DTS (or is missing; then the DTS). Where the PTS failed
+    more often, a frame without a DTS has no time (None) rather than its wrong PTS.
+
+    An AVI's H.264 with B-frames carries its PTS in decode order (1, 4, 3, 5, 2, ...) while its
+    DTS rise steadily; taken as they came, every PTS that stepped back was moved a frame after the
+    last one, and a 2 s clip ran for 4.5 s. Files with sound PTS (MP4, MKV, TS; a wrap or a
+    discontinuity sets both counts back alike) keep their PTS."""
+
+    def __init__(self) -> None:
+        self.pts_faults = self.dts_faults = 0
+        self._last_pts: int | None = None
+        self._last_dts: int | None = None
+
+    def choose(self, pts: int | None, dts: int | None) -> int | None:
+        if dts is not None:
+            self.dts_faults += self._last_dts is not None and dts <= self._last_dts
+            self._last_dts = dts
+        if pts is not None:
+            self.pts_faults += self._last_pts is not None and pts <= self._last_pts
+            self._last_pts = pts
+        if self.pts_faults <= self.dts_faults:
+            return pts if pts is not None else dts
+        # PTS known to be out of order: a frame without a DTS (the decoder's last, flushed at the
+        # end) is taken as unknown, which a timeline places one frame after the last
+        return dts
+
+
 class InputTimeout(SourceError):
     """An open or a read ran out of time; ``phase`` is ``open`` or ``read``."""
 
@@ -215,7 +246,8 @@ class DisplayOrientation:
 
 
 class AVInput:
-    """An FFmpeg input opened in the constructor; ``pictures()`` decodes its first video stream.
+    """An FFmpeg input opened in the constructor; ``pictures()`` decodes its video stream (the
+    one FFmpeg picks, ``_video_stream``).
 
     ``target`` is what FFmpeg opens (path, URL, device), ``shown`` how messages name it (the
     redacted URL). ``format`` forces a demuxer (``v4l2``); ``options`` are FFmpeg's format and
@@ -273,9 +305,7 @@ class AVInput:
         except Exception as error:
             raise open_error(error, self.shown, timeout[0]) from None
         try:
-            if not self.container.streams.video:
-                raise SourceError(f"'{self.shown}' has no video stream")
-            self.stream = self.container.streams.video[0]
+            self.stream = self._video_stream()
         except BaseException:
             self.close()
             raise
@@ -296,6 +326,8 @@ class AVInput:
         if self.stream.duration and self.stream.duration > 0 and self.stream.time_base:
             self.duration_s = float(self.stream.duration * self.stream.time_base)
             self.video_duration = True
+        elif (tagged := tagged_duration(self.stream.metadata)) is not None:  # Matroska's, per stream
+            self.duration_s, self.video_duration = tagged, True
         elif len(self.container.streams) == 1:  # the container's duration is its one stream's
             self.video_duration = True
         self.format_name: str = self.container.format.name
@@ -311,6 +343,19 @@ class AVInput:
         self._gaps = SteadyGaps(self.step, self.fps, float(self.time_base), timeout[1] if lost_are_errors else 0.0)
         self.info = self._info(context)
         self._sender: tuple[int, float] | None = None  # (pts, sender Unix time) of the last packet with one
+        self._timestamps = BestEffortTimestamp()
+
+    def _video_stream(self) -> av.video.stream.VideoStream:
+        """The stream FFmpeg would pick (``av_find_best_stream``: the default one, with most frames
+        probed, the highest bit rate), never an attached picture (a cover): a file whose first
+        video stream was its cover was read as one frame."""
+        streams = self.container.streams
+        moving = [s for s in streams.video if not s.disposition & av.stream.Disposition.attached_pic]
+        if not moving:
+            cover = " (only a cover picture)" if streams.video else ""
+            raise SourceError(f"'{self.shown}' has no video stream{cover}")
+        best = streams.best("video")
+        return next((s for s in moving if best is not None and s.index == best.index), moving[0])
 
     def _open_relayed(self, ffmpeg: str, options: dict[str, str], deadlines: tuple[float, float]):
         """The input through the system's ``ffmpeg`` (a protocol PyAV's FFmpeg lacks: SRT)."""
@@ -401,7 +446,7 @@ class AVInput:
                 pixels = frame.reformat(width=columns, height=rows, format="rgb24", interpolation="BILINEAR")
         image = orient(pixels.to_ndarray(format="rgb24"))
         del pixels
-        pts = frame.pts
+        pts = self._timestamps.choose(frame.pts, frame.dts)
         sender = None
         if self._sender is not None and pts is not None:
             sender_pts, sender_wall = self._sender
@@ -474,6 +519,21 @@ def display_transform(matrix: tuple[int, ...]) -> Callable[[np.ndarray], np.ndar
     return None
 
 
+_TAGGED_DURATION = re.compile(r"(\d+):(\d\d):(\d\d(?:\.\d+)?)")
+
+
+def tagged_duration(metadata: dict[str, str]) -> float | None:
+    """A stream's length in seconds from its ``DURATION`` tag (``HH:MM:SS.nnnnnnnnn``), which
+    FFmpeg's and mkvmerge's Matroska muxers write per stream: Matroska has no stream duration of
+    its own, and the container's is its longest stream's (often the audio). None without one."""
+    text = next((value for key, value in metadata.items() if key.upper() == "DURATION"), None)
+    match = _TAGGED_DURATION.fullmatch(text.strip()) if text else None
+    if match is None:
+        return None
+    seconds = int(match[1]) * 3600 + int(match[2]) * 60 + float(match[3])
+    return seconds if seconds > 0 else None
+
+
 def describe_error(error: BaseException) -> str:
     """FFmpeg's reason for a failure without the file name PyAV appends (it may hold credentials)."""
     text = getattr(error, "strerror", None)
@@ -515,6 +575,8 @@ def open_error(error: BaseException, shown: str, open_timeout_s: float) -> Sourc
         # within its socket timeout: a camera booting or at its session limit; retried
         return SourceError(f"'{shown}' answered nothing usable ({describe_error(error)}): the server accepted the "
                            "connection, then closed it or stayed silent")
+    if isinstance(error, av.error.InvalidDataError) and (why := _unreadable_file(shown)) is not None:
+        return InputRefused(f"cannot open '{shown}': {why}", missing=True)
     if isinstance(error, av.error.InvalidDataError):  # a web page, a file of another kind: not going to change
         return InputRefused(f"cannot open '{shown}' as video ({describe_error(error)}) — check that the URL or path "
                             "is the video itself", missing=True)  # no video there (yet: a publisher starting)
@@ -531,6 +593,41 @@ def open_error(error: BaseException, shown: str, open_timeout_s: float) -> Sourc
     if isinstance(error, (av.error.FFmpegError, OSError)):
         return SourceError(f"cannot open '{shown}': {describe_error(error)}")
     return SourceError(f"cannot open '{shown}': {type(error).__name__}")
+
+
+_BOX = struct.Struct(">I4s")  # an ISO BMFF (MP4, MOV) box header: size, type
+
+
+def _unreadable_file(target: str) -> str | None:
+    """Why a local file FFmpeg found no valid data in cannot be read, where that is plain from
+    the file itself: it is empty, or it is an MP4/MOV whose index (the ``moov`` box) was never
+    written, as when a recording stops before the writer finished the file. None otherwise."""
+    if url_scheme(target) not in ("", "file"):
+        return None
+    path = urlsplit(target).path if url_scheme(target) == "file" else target
+    try:
+        with open(path, "rb") as file:
+            file.seek(0, 2)
+            size, position, boxes = file.tell(), 0, []
+            if size == 0:
+                return "the file is empty (0 bytes)"
+            while position + _BOX.size <= size and len(boxes) < 1000:
+                file.seek(position)
+                length, kind = _BOX.unpack(file.read(_BOX.size))
+                if length == 1:  # a 64-bit size follows
+                    length = struct.unpack(">Q", file.read(8))[0]
+                elif length == 0:  # the box runs to the end of the file
+                    length = size - position
+                if length < _BOX.size:
+                    break
+                boxes.append(kind)
+                position += length
+    except (OSError, struct.error):
+        return None
+    if boxes and boxes[0] == b"ftyp" and b"moov" not in boxes:
+        return ("an MP4/MOV without its index (moov atom not found): an unfinished recording, stopped before the "
+                "file was closed — a repair tool (untrunc) can rebuild the index from a good file of the same recorder")
+    return None
 
 
 def _unknown_host(url: str) -> str | None:

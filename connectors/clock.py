@@ -22,13 +22,21 @@ class Timeline:
     Within a session, PTS pass through unchanged (offset by where the session was placed) as long
     as they increase; a PTS at or before the last one is placed one frame after it. After
     ``restart(gap_s)`` the next PTS is placed ``gap_s`` (at least one frame) after the last.
+
+    A frame that was only a little early (one glitched timestamp) shifts no others: once a PTS
+    with the offset from before a correction within the session is after the last placed one
+    again, that offset is back. A real step back (a splice, a wrap) never gets there, and keeps
+    its offset; so does a restart.
     """
+
+    _KEPT = 16  # offsets from before corrections a session may still return to
 
     def __init__(self) -> None:
         self.time_base: Fraction | None = None
         self.last: int | None = None
         self._offset = 0
         self._restart_gap: float | None = None
+        self._earlier: list[int] = []  # the offsets from before this session's corrections, oldest first
 
     def restart(self, gap_s: float = 0.0) -> None:
         """The next PTS belongs to a new session, ``gap_s`` seconds of real time after the last."""
@@ -45,12 +53,23 @@ class Timeline:
             placed = 0 if pts is None else round(pts * scale)
         elif pts is None:
             placed = self.last + step_here
+        elif self._restart_gap is not None:
+            self._earlier.clear()
+            gap = max(step_here, round(Fraction(self._restart_gap) / self.time_base))
+            self._offset = self.last + gap - round(pts * scale)
+            placed = self.last + gap
         else:
-            placed = round(pts * scale) + self._offset
-            if self._restart_gap is not None or placed <= self.last:
-                gap = max(step_here, round(Fraction(self._restart_gap or 0.0) / self.time_base))
-                self._offset += self.last + gap - placed
-                placed = self.last + gap
+            here = round(pts * scale)
+            for n, offset in enumerate(self._earlier):
+                if here + offset > self.last:  # past the glitch: back on the timeline it left
+                    self._offset = offset
+                    del self._earlier[n:]
+                    break
+            placed = here + self._offset
+            if placed <= self.last:
+                self._earlier = [*self._earlier, self._offset][-self._KEPT:]
+                self._offset += self.last + step_here - placed
+                placed = self.last + step_here
         self._restart_gap = None
         self.last = placed
         return placed

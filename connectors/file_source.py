@@ -20,8 +20,9 @@ log = logging.getLogger(__name__)
 class Coverage:
     """What one pass over a file delivered, held against what its container says it holds, so a
     damaged or truncated file is not taken for a whole one: its frames end well before the
-    container's duration (truncated), or its decoder's input lost frames in gaps of a steady
-    frame rate (``AVInput.frames_lost``; a variable rate's gaps are its own)."""
+    video's duration (truncated; the container's counts only where the video is all it holds),
+    or its decoder's input lost frames in gaps of a steady frame rate (``AVInput.frames_lost``; a
+    variable rate's gaps are its own)."""
 
     def __init__(self):
         self.first: float | None = None
@@ -41,11 +42,11 @@ class Coverage:
         lost = reading.frames_lost if reading.frames_lost > 1 else 0
         gaps = f"about {lost} frames missing in gaps of its steady frame rate" if lost else ""
         duration_s = reading.duration_s
-        if self.first is None or duration_s is None:
+        # without the video's own length, the container's may be its longer audio's: not judged
+        if self.first is None or duration_s is None or not reading.video_duration:
             return lost, gaps
         covered = self.last + self.step_s - self.first
-        slack = 0.5 if reading.video_duration else 2.0  # a container's duration may be its longer audio's
-        if duration_s - covered > max(slack, 0.05 * duration_s):
+        if duration_s - covered > max(0.5, 0.05 * duration_s):
             short = round((duration_s - covered) / self.step_s)
             ends = f"its frames end after {covered:.2f} s of the {duration_s:.2f} s it lists (truncated?)"
             return lost + short, f"{gaps}; {ends}" if gaps else ends
@@ -129,7 +130,7 @@ class FileSource:
                 if (reading := self.wait_open(capture)) is None:
                     return
                 self.info = reading.info
-                passed = 0
+                passed, errors_before = 0, self._finished_errors
                 coverage = Coverage()
                 for picture in self._pictures(capture):
                     step_s = picture.step * picture.time_base
@@ -158,10 +159,14 @@ class FileSource:
                         return
                 self._retire()
                 self._judge(coverage, reading)
-                if not self.loop or self._closed.is_set():
+                if self._closed.is_set():
                     return
-                if passed == 0:
-                    raise SourceError(f"source {self.name}: '{self.shown}' has no decodable frames to loop over")
+                if passed == 0:  # not a file that ended: nothing of it could be read
+                    rejected = self._finished_errors - errors_before
+                    raise SourceError(f"source {self.name}: '{self.shown}' has no decodable video frames" + (
+                        f" (the decoder rejected all {rejected} of its frames)" if rejected else ""))
+                if not self.loop:
+                    return
                 epoch += 1
                 timeline.restart()
         finally:

@@ -1,4 +1,4 @@
-"""A folder or glob of still images played as video, in natural sort order."""
+"""A folder, a glob or a single file of still images played as video, in natural sort order."""
 
 from __future__ import annotations
 
@@ -8,9 +8,11 @@ import re
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from fractions import Fraction
 from pathlib import Path
 
+import av
 import cv2
 import numpy as np
 
@@ -20,7 +22,7 @@ from segstream.connectors.frames import Frame
 
 logger = logging.getLogger("segstream.sources")
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".jp2", ".pgm", ".ppm", ".pnm")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".jp2", ".pgm", ".ppm", ".pnm", ".gif")
 _DIGITS = re.compile(r"(\d+)")
 
 
@@ -32,9 +34,11 @@ def natural_key(path: str) -> tuple:
 
 
 def list_images(pattern: str) -> list[str]:
-    """The images a folder holds (by suffix, not recursing), or the files a glob matches, in
-    natural order."""
+    """The images a folder holds (by suffix, not recursing), the files a glob matches, or the one
+    file named, in natural order."""
     path = Path(pattern).expanduser()
+    if path.is_file():
+        return [str(path)]
     if path.is_dir():
         names = [str(p) for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
     else:
@@ -43,13 +47,15 @@ def list_images(pattern: str) -> list[str]:
 
 
 class ImageFolderSource:
-    """Images of a folder (or a glob such as ``shots/**/*.png``) as frames, one per image.
+    """Images of a folder (or a glob such as ``shots/**/*.png``, or one image file) as frames,
+    one per image, and one per frame of an animated GIF.
 
-    ``fps`` gives the timestamps: image k of the listing has PTS k in time base ``1/fps``, so an
-    image that cannot be decoded leaves a gap in the PTS (and is counted in ``decode_errors``)
-    while ``Frame.index`` counts the frames produced. ``realtime`` plays them at ``fps`` and makes
-    the source live. ``loop`` lists the images again and starts over (new images included); each
-    pass is an ``epoch``. Orientation follows the images' EXIF tags.
+    ``fps`` gives the timestamps: image k of the listing has PTS k in time base ``1/fps``, and
+    ``Frame.index`` k: an image that cannot be decoded leaves a gap in both (as a video's
+    rejected frame does) and is counted in ``decode_errors``; a pass in which no image at all
+    could be read fails the source. ``realtime`` plays them at ``fps`` and makes the source live.
+    ``loop`` lists the images again and starts over (new images included), indices and PTS
+    counting on; each pass is an ``epoch``. Orientation follows the images' EXIF tags.
     """
 
     def __init__(
@@ -82,27 +88,37 @@ class ImageFolderSource:
     def frames(self) -> Iterator[Frame]:
         pacer = Pacer() if self.live else None
         step_s = float(self.time_base)
-        index = 0
-        position = 0  # PTS: the listing position, counted on across passes
+        delivered = 0
+        position = 0  # index and PTS: the place in the listing (a GIF's frames each one), counted on across passes
         epoch = 0
         names = self._first
         while not self._closed.is_set():
+            read = 0
             for name in names:
-                if self._closed.is_set():
-                    return
-                image = self._read(name)
-                pts = position
-                position += 1
-                if image is None:
-                    continue
-                pts_seconds = float(pts * self.time_base)
-                if pacer is not None and not pacer.wait(pts_seconds, step_s, self._closed):
-                    return
-                yield Frame(self.name, index, image, pts, self.time_base, pts_seconds, time.time(), epoch=epoch,
-                            file=name)
-                index += 1
-                if self.max_frames is not None and index >= self.max_frames:
-                    return
+                with closing(self._read(name)) as images:
+                    for image in images:
+                        if self._closed.is_set():
+                            return
+                        pts = position
+                        position += 1
+                        if image is None:
+                            continue
+                        pts_seconds = float(pts * self.time_base)
+                        if pacer is not None and not pacer.wait(pts_seconds, step_s, self._closed):
+                            return
+                        yield Frame(self.name, pts, image, pts, self.time_base, pts_seconds, time.time(),
+                                    epoch=epoch, file=name)
+                        read += 1
+                        delivered += 1
+                        if self.max_frames is not None and delivered >= self.max_frames:
+                            return
+            if self._closed.is_set():
+                return
+            if read == 0:  # not a folder that ended: nothing of it could be read
+                if len(names) == 1:
+                    raise SourceError(f"source {self.name}: '{names[0]}' has no decodable image")
+                raise SourceError(f"source {self.name}: none of the {len(names)} images in '{self.path}' could be "
+                                  "decoded")
             if not self.loop:
                 return
             names = list_images(self.path)
@@ -110,19 +126,46 @@ class ImageFolderSource:
                 raise SourceError(f"source {self.name}: the images in '{self.path}' are gone")
             epoch += 1
 
-    def _read(self, name: str) -> np.ndarray | None:
+    def _read(self, name: str) -> Iterator[np.ndarray | None]:
+        """The file's images (an animated GIF's frames), or one None when it cannot be read."""
+        if name.lower().endswith(".gif"):
+            yield from self._gif_frames(name)
+            return
         try:
             data = np.fromfile(name, np.uint8)
         except OSError as error:
             logger.warning("source %s: cannot read %s (%s); skipped", self.name, name, error.strerror)
             self.decode_errors += 1
-            return None
+            yield None
+            return
         image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
         if image is None:
-            logger.warning("source %s: %s is not an image OpenCV can decode; skipped", self.name, name)
+            why = "is not an image OpenCV can decode" if data.size else "is empty (0 bytes)"
+            logger.warning("source %s: %s %s; skipped", self.name, name, why)
             self.decode_errors += 1
-            return None
-        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+            yield None
+            return
+        yield cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+    def _gif_frames(self, name: str) -> Iterator[np.ndarray | None]:
+        """Every frame of a GIF, composed as FFmpeg's decoder shows it (as ``type: file`` reads
+        it); one None for the rest when it breaks off."""
+        count = 0
+        try:
+            with av.open(name) as container:
+                for frame in container.decode(video=0):
+                    count += 1
+                    yield frame.to_ndarray(format="rgb24")
+        except (av.error.FFmpegError, IndexError, OSError) as error:
+            why = getattr(error, "strerror", None) or type(error).__name__
+        else:
+            if count:
+                return
+            why = "no frames"
+        where = f"after its frame {count}" if count else "at all"
+        logger.warning("source %s: %s could not be decoded %s (%s); skipped", self.name, name, where, why)
+        self.decode_errors += 1
+        yield None
 
     def close(self) -> None:
         self._closed.set()

@@ -110,12 +110,19 @@ class FileSourceConfig(_Buffered, Strict):
         resolved = _resolve(path, info)
         if resolved.is_dir():
             raise ValueError(
-                f"'{path}' is a folder ({resolved}), not a video file — for a folder of pictures use type: "
+                f"'{path}' is a folder{_led_to(path, resolved)}, not a video file — for a folder of pictures use "
+                "type: "
                 "images; for a folder of videos, segstream batch"
+            )
+        if not resolved.is_file() and re.search(r"[*?\[]", path):
+            raise ValueError(
+                f"'{path}' is a pattern, and type: file reads one video — for a sequence of images use type: images "
+                "(it takes a glob); for many videos, segstream batch"
             )
         if not resolved.is_file():
             raise ValueError(
-                f"file '{path}' does not exist ({resolved}) — fix the path; relative paths are relative to "
+                f"file '{path}' does not exist{_led_to(path, resolved)} — fix the path; relative paths are relative "
+                "to "
                 "the config file's directory"
             )
         return str(resolved)
@@ -229,9 +236,9 @@ class CameraSourceConfig(_LiveSourceKeys):
 
 
 class ImagesSourceConfig(_Buffered, Strict):
-    """Still images played as video: a folder (its images) or a glob (``shots/**/*.png``), in
-    natural order (2 before 10). ``fps`` sets their timestamps; ``realtime`` also plays them at
-    that rate; ``loop`` starts over (listing the folder again)."""
+    """Still images played as video: a folder (its images), a glob (``shots/**/*.png``) or one
+    image file, in natural order (2 before 10). ``fps`` sets their timestamps; ``realtime`` also
+    plays them at that rate; ``loop`` starts over (listing the folder again)."""
 
     name: SourceName
     type: Literal["images"]
@@ -251,10 +258,14 @@ class ImagesSourceConfig(_Buffered, Strict):
         wildcard = re.search(r"[*?\[]", path)
         folder = path[: wildcard.start()].rpartition("/")[0] if wildcard else path
         resolved = _resolve(folder or ".", info)
+        if not wildcard and resolved.is_file():  # one image
+            return str(resolved)
         if not resolved.is_dir():
+            what = "folder" if wildcard else "path"
             raise ValueError(
-                f"folder '{folder or path}' does not exist ({resolved}) — give a folder of images or a glob such "
-                "as frames/*.jpg; relative paths are relative to the config file's directory"
+                f"{what} '{folder or path}' does not exist{_led_to(folder or path, resolved)} — give a folder of "
+                "images, one image or a glob such as frames/*.jpg; relative paths are relative to the config file's "
+                "directory"
             )
         if not wildcard:
             return str(resolved)
@@ -660,6 +671,11 @@ class BatchPipelineConfig(PipelineConfig):
                 "of them off"
             )
         return self
+
+
+def _led_to(path: str, resolved: Path) -> str:
+    """Where a path as written led, for a message, when that reads differently."""
+    return "" if str(resolved) == path else f" ({resolved})"
 
 
 def _resolve(path: str, info: ValidationInfo) -> Path:

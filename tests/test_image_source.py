@@ -51,13 +51,15 @@ def test_loop_starts_over_with_a_new_epoch_and_increasing_timestamps(folder):
     assert pts == list(range(12))
 
 
-def test_an_undecodable_image_is_counted_and_leaves_a_gap_in_the_timestamps(folder):
+def test_an_undecodable_image_is_counted_and_leaves_a_gap_in_the_timestamps_and_indices(folder):
+    # an index is the image's place in the listing, as a video's rejected frame leaves a gap in
+    # its frame numbers (found probing: the images source alone renumbered past a broken image)
     (folder / "frame5.png").write_bytes(b"\x89PNG broken")
     source = ImageFolderSource("stills", str(folder))
     frames = list(source.frames())
     assert source.decode_errors == 1
     assert [f.pts for f in frames] == [0, 1, 3, 4, 5]  # frame5.png was third in line
-    assert [f.index for f in frames] == list(range(5))
+    assert [f.index for f in frames] == [0, 1, 3, 4, 5]
 
 
 def test_exif_orientation_is_applied(tmp_path):
@@ -86,8 +88,8 @@ def test_a_folder_without_images_is_a_source_error(tmp_path):
 
 
 def test_each_entry_names_its_image_file_through_the_pipeline(folder, tmp_path):
-    """With an unreadable image skipped, frame indices no longer match positions in the folder:
-    the entry says which image it is (found probing: no way to tell)."""
+    """Each entry says which image it is (found probing: no way to tell), and an unreadable image
+    leaves a gap in the frame numbers."""
     from segstream.connectors.files_sink import FilesSink, read_entries
     from segstream.connectors.redis_wire import from_wire
     from segstream.pipeline.runtime import Runtime
@@ -98,5 +100,41 @@ def test_each_entry_names_its_image_file_through_the_pipeline(folder, tmp_path):
             progress=None).run()
     entries = [from_wire(e) for e in read_entries(tmp_path / "out" / "stills.jsonl")]
     assert [(e.index, e.file) for e in entries] == [
-        (i, str(folder / f"frame{n}.png")) for i, n in enumerate((1, 2, 9, 10, 100))
+        (i, str(folder / f"frame{n}.png")) for i, n in zip((0, 1, 3, 4, 5), (1, 2, 9, 10, 100))
     ]
+
+
+def test_a_source_whose_images_all_fail_to_decode_fails_instead_of_ending(tmp_path):
+    # Found probing: a folder of broken images "ended normally" with nothing read.
+    for name in ("a.png", "b.jpg"):
+        (tmp_path / name).write_bytes(b"not an image")
+    source = ImageFolderSource("stills", str(tmp_path))
+    with pytest.raises(SourceError, match=r"^source stills: none of the 2 images in '.*' could be decoded$"):
+        list(source.frames())
+    assert source.decode_errors == 2
+    with pytest.raises(SourceError, match=r"^source one: '.*a\.png' has no decodable image$"):
+        list(ImageFolderSource("one", str(tmp_path / "a.png")).frames())
+
+
+def _gif(path, frames: int) -> None:
+    import av
+
+    with av.open(str(path), "w", format="gif") as container:
+        stream = container.add_stream("gif", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 40, 30, "rgb8"
+        for n in range(frames):
+            image = np.full((30, 40, 3), 80 * n, np.uint8)
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        container.mux(stream.encode(None))
+
+
+def test_an_animated_gif_in_a_folder_or_a_glob_gives_all_its_frames(folder):
+    # Found probing: a folder's .gif was skipped without a word, and a glob's gave its first frame only.
+    _gif(folder / "frame3.gif", 4)
+    frames = list(ImageFolderSource("stills", str(folder)).frames())
+    names = [f.file.rsplit("/", 1)[-1] for f in frames]
+    assert names == ["frame1.png", "frame2.png"] + ["frame3.gif"] * 4 + ["frame9.png", "frame10.png", "frame100.png"]
+    assert [f.index for f in frames] == list(range(9)) and [f.pts for f in frames] == list(range(9))
+    brightness = [f.image.mean() for f in frames[2:6]]
+    assert brightness == sorted(set(brightness)), "each frame of the GIF, in order"
+    assert len(list(ImageFolderSource("stills", str(folder / "*.gif")).frames())) == 4

@@ -95,6 +95,28 @@ def test_an_images_folder_must_exist(tmp_path):
     assert _source(type="images", path=str(tmp_path / "*.png")).path.endswith("*.png")
 
 
+def test_an_images_source_takes_a_single_image_file(tmp_path):
+    # Found probing: path: /x/f01.jpg was refused as "folder ... does not exist"
+    import cv2
+    import numpy as np
+
+    assert cv2.imwrite(str(tmp_path / "f01.jpg"), np.full((30, 40, 3), 9, np.uint8))
+    source = _source(type="images", path=str(tmp_path / "f01.jpg"))
+    assert source.path == str(tmp_path / "f01.jpg")
+    [images] = build_sources([source])
+    assert [(f.index, f.file) for f in images.frames()] == [(0, str(tmp_path / "f01.jpg"))]
+    missing = _error(type="images", path=str(tmp_path / "f02.jpg"))
+    assert f"path '{tmp_path / 'f02.jpg'}' does not exist — give a folder of images, one image" in missing
+
+
+def test_a_file_source_given_a_glob_points_to_images_and_batch_and_names_the_path_once(tmp_path):
+    # Found probing: "file '/x/*.mp4' does not exist (/x/*.mp4) — fix the path"
+    line = _error(type="file", path=str(tmp_path / "*.mp4"))
+    assert "type: images" in line and "segstream batch" in line and "\n" not in line
+    assert line.count(str(tmp_path)) == 1
+    assert _error(type="file", path=str(tmp_path / "x.mp4")).count(str(tmp_path)) == 1
+
+
 def test_an_unknown_source_type_lists_the_types():
     assert "use file, stream, camera, images, synthetic" in _error(type="webcam")
 

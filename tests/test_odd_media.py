@@ -1,0 +1,204 @@
+"""Odd media a new user fed segstream: an AVI whose H.264 PTS come in decode order, a single
+glitched timestamp, audio that outlasts the video, files with nothing decodable, cover pictures,
+image folders with unreadable or animated files. Each file is made here with ffmpeg or PyAV."""
+
+from __future__ import annotations
+
+import subprocess
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from segstream.connectors.av_input import BestEffortTimestamp
+from segstream.connectors.clock import Timeline
+from segstream.connectors.errors import SourceError
+from segstream.connectors.file_source import FileSource
+from tests.live_servers import FFMPEG
+
+MS = Fraction(1, 1000)
+
+
+def _ffmpeg(*args: str) -> None:
+    subprocess.run([FFMPEG, "-v", "error", "-y", *args], check=True)
+
+
+def test_an_avi_with_b_frames_keeps_its_length_and_frame_rate(tmp_path):
+    # Found probing: PyAV hands an AVI's H.264 frames PTS in decode order (1, 4, 3, 5, 2, ...);
+    # each one stepping back was moved a frame on, and a 2 s clip ran to 4.56 s.
+    clip = tmp_path / "bframes.avi"
+    _ffmpeg("-f", "lavfi", "-i", "testsrc=size=64x48:rate=25", "-t", "2", "-c:v", "libx264", "-bf", "3",
+            "-preset", "ultrafast", str(clip))
+    with av.open(str(clip)) as container:
+        raw = [f.pts for p in container.demux(container.streams.video[0]) for f in p.decode()]
+    assert any(b < a for a, b in zip(raw, raw[1:])), "the file must carry PTS out of order to mean anything"
+    frames = list(FileSource("avi", str(clip)).frames())
+    seconds = np.array([f.pts_seconds for f in frames])
+    assert len(frames) == 50 and seconds[-1] - seconds[0] < 2.1
+    assert np.count_nonzero(np.isclose(np.diff(seconds), 0.04)) >= 47, "one frame apart, as the file plays"
+
+
+def test_best_effort_timestamps_take_the_dts_only_when_the_pts_fail_more_often():
+    def chosen(pairs):
+        rule = BestEffortTimestamp()
+        return [rule.choose(pts, dts) for pts, dts in pairs]
+
+    decode_order = [(1, 2), (4, 3), (3, 4), (5, 5), (2, 6), (8, 7), (6, None), (9, None)]
+    assert chosen(decode_order) == [1, 4, 4, 5, 6, 7, None, None], "the flushed last frames: no time, not a wrong one"
+    vfr = [(0, -80), (40, -40), (70, 0), (140, 40), (150, 80)]  # an MP4's with B-frames, out of the decoder
+    assert chosen(vfr) == [0, 40, 70, 140, 150]
+    wrapped = [(8589934590, 8589934590), (10, 10), (20, 20)]  # a TS wrap sets both back alike
+    assert chosen(wrapped) == [8589934590, 10, 20]
+    assert chosen([(None, 5), (None, 6), (7, None)]) == [5, 6, 7]
+
+
+def test_one_early_timestamp_shifts_no_later_frame():
+    # Found probing: a frame 0.12 s early was placed a frame after the last, and every later frame
+    # kept that offset for ever.
+    timeline = Timeline()
+    pts = [0, 40, 80, 120, 160, 200, 80, 280, 320, 360]
+    assert [timeline.place(p, MS, 40) for p in pts] == [0, 40, 80, 120, 160, 200, 240, 280, 320, 360]
+    timeline = Timeline()  # two early in a row, the second earlier still: back once past both
+    pts = [0, 40, 80, 120, 160, 120, 40, 280, 320]
+    assert [timeline.place(p, MS, 40) for p in pts] == [0, 40, 80, 120, 160, 200, 240, 280, 320]
+
+
+def test_a_real_step_back_and_a_restart_keep_their_offset():
+    timeline = Timeline()
+    spliced = [0, 40, 80, 120, 0, 40, 80, 120, 160, 200]  # a splice back to the start
+    assert [timeline.place(p, MS, 40) for p in spliced] == [0, 40, 80, 120, 160, 200, 240, 280, 320, 360]
+    timeline.place(120, MS, 40)  # an early frame after the splice recovers to the splice's offset
+    assert timeline.place(280, MS, 40) == 440
+    timeline = Timeline()
+    for p in (0, 40, 80, 120):
+        timeline.place(p, MS, 40)
+    timeline.restart()
+    assert [timeline.place(p, MS, 40) for p in (0, 40, 200)] == [160, 200, 360], "a new session keeps its place"
+
+
+def test_a_file_with_one_early_frame_keeps_the_rest_of_its_timestamps(tmp_path):
+    whole = tmp_path / "whole.mkv"
+    _ffmpeg("-f", "lavfi", "-i", "testsrc=size=64x48:rate=25", "-t", "1.2", "-c:v", "libx264", "-g", "1",
+            "-preset", "ultrafast", str(whole))
+    glitched = tmp_path / "glitch.mkv"
+    with av.open(str(whole)) as source, av.open(str(glitched), "w") as out:
+        video = source.streams.video[0]
+        copy = out.add_stream_from_template(video)
+        for n, packet in enumerate(p for p in source.demux(video) if p.size):
+            packet.dts = packet.pts - 200  # leaves room for a PTS before the last (the muxer wants PTS >= DTS)
+            packet.pts -= 120 if n == 10 else 0  # frame 10 stamped 0.12 s early
+            packet.stream = copy
+            out.mux(packet)
+    frames = list(FileSource("glitch", str(glitched)).frames())
+    assert [round(f.pts_seconds, 3) for f in frames] == [round(n * 0.04, 3) for n in range(30)]
+
+
+def _with_audio(path: Path, video_s: float, audio_s: float, *codecs: str) -> Path:
+    _ffmpeg("-t", str(video_s), "-f", "lavfi", "-i", "testsrc=size=64x48:rate=25", "-t", str(audio_s), "-f", "lavfi",
+            "-i", "sine", *codecs, str(path))
+    return path
+
+
+H264_OPUS = ("-c:v", "libx264", "-preset", "ultrafast", "-c:a", "libopus")
+
+
+@pytest.mark.parametrize("suffix,codecs", [
+    ("mkv", H264_OPUS), ("webm", ("-c:v", "libvpx-vp9", "-deadline", "realtime", "-cpu-used", "8", "-c:a", "libopus")),
+])
+def test_an_intact_matroska_file_whose_audio_outlasts_its_video_is_not_called_damaged(tmp_path, suffix, codecs):
+    # Found probing: 2 s of video beside 10 s of audio "looked damaged (truncated?)": Matroska has no
+    # stream duration, so the container's (the audio's) was taken for the video's.
+    source = FileSource("clip", str(_with_audio(tmp_path / f"clip.{suffix}", 1, 4, *codecs)))
+    assert len(list(source.frames())) == 25
+    assert (source.frames_missing, source.damage) == (0, "")
+
+
+def test_a_truncated_matroska_file_with_audio_is_still_told_by_its_video_s_duration_tag(tmp_path):
+    data = _with_audio(tmp_path / "whole.mkv", 3, 3, *H264_OPUS).read_bytes()
+    (tmp_path / "cut.mkv").write_bytes(data[: len(data) // 3])
+    cut = FileSource("cut", str(tmp_path / "cut.mkv"))
+    delivered = len(list(cut.frames()))
+    assert delivered < 60 and cut.frames_missing > 0 and "of the 3.0" in cut.damage
+
+
+def test_without_the_video_s_own_duration_a_container_with_audio_is_not_judged_by_its_length(tmp_path):
+    data = _with_audio(tmp_path / "tagged.mkv", 1, 4, *H264_OPUS).read_bytes()
+    assert data.count(b"DURATION") == 2, "the muxer's per-stream tags, to hide"
+    (tmp_path / "untagged.mkv").write_bytes(data.replace(b"DURATION", b"DURATIOX"))  # as a muxer without them
+    with av.open(str(tmp_path / "untagged.mkv")) as container:
+        assert container.duration > 3_900_000 and "DURATION" not in container.streams.video[0].metadata
+    source = FileSource("clip", str(tmp_path / "untagged.mkv"))
+    assert len(list(source.frames())) == 25 and (source.frames_missing, source.damage) == (0, "")
+
+
+def _garbage_mdat(path: Path) -> Path:
+    """An MP4 whose index (moov) is whole and whose frame data (mdat) is random bytes."""
+    _ffmpeg("-f", "lavfi", "-i", "testsrc=size=64x48:rate=25", "-t", "1", "-c:v", "libx264", "-preset", "ultrafast",
+            "-movflags", "+faststart", str(path))
+    data = bytearray(path.read_bytes())
+    start = data.index(b"mdat") + 4
+    data[start:] = np.random.default_rng(0).bytes(len(data) - start)
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_a_file_without_a_decodable_frame_fails_its_run_instead_of_ending_normally(tmp_path, capsys):
+    # Found probing: a valid index over random data published 0 frames, dropped 25 as decode errors
+    # and "ended (end of input)" with exit 0.
+    from segstream.pipeline.cli import main
+
+    bad = _garbage_mdat(tmp_path / "garbage.mp4")
+    with pytest.raises(SourceError, match=r"source bad: '.*garbage\.mp4' has no decodable video frames \(the decoder "
+                                          r"rejected all 25 of its frames\)$"):
+        list(FileSource("bad", str(bad)).frames())
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        f"sources: [{{name: bad, type: file, path: '{bad}'}}]\n"
+        "model: {device: cpu, precision: fp32}\n"
+        "ops: {http: null}\n"
+        f"sinks: {{redis: {{enabled: false}}, files: {{enabled: true, dir: '{tmp_path / 'out'}'}}}}\n"
+    )
+    assert main(["run", str(config)]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("segstream: error: source bad failed: ")
+    assert "has no decodable video frames" in err.strip().splitlines()[-1]
+
+
+def test_an_empty_file_and_an_unfinished_mp4_say_so_when_they_cannot_be_opened(tmp_path):
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    with pytest.raises(SourceError, match=r"^source cam: cannot open '.*empty\.mp4': the file is empty \(0 bytes\)$"):
+        FileSource("cam", str(tmp_path / "empty.mp4"))
+    # moov written at the end, as a recorder does when it closes the file: cut before it
+    whole = tmp_path / "whole.mp4"
+    _ffmpeg("-f", "lavfi", "-i", "testsrc=size=64x48:rate=25", "-t", "1", "-c:v", "libx264", "-preset", "ultrafast",
+            str(whole))
+    data = whole.read_bytes()
+    (tmp_path / "unfinished.mp4").write_bytes(data[: data.index(b"moov") - 4])
+    with pytest.raises(SourceError) as error:
+        FileSource("cam", str(tmp_path / "unfinished.mp4"))
+    line = str(error.value)
+    assert "unfinished.mp4" in line and "moov atom not found" in line and "unfinished recording" in line
+    assert "\n" not in line
+
+
+def test_a_cover_picture_before_the_video_is_passed_over_for_the_video(tmp_path):
+    # Found probing: an MKV whose first video track was its PNG cover was read as one frame.
+    cover = tmp_path / "cover.png"
+    _ffmpeg("-f", "lavfi", "-i", "color=red:size=64x48", "-frames:v", "1", str(cover))
+    clip = tmp_path / "coverfirst.mkv"
+    _ffmpeg("-i", str(cover), "-f", "lavfi", "-i", "testsrc=size=64x48:rate=25", "-t", "1", "-map", "0", "-map", "1",
+            "-c:v:0", "png", "-c:v:1", "libx264", "-preset", "ultrafast", "-disposition:v:0", "0",
+            "-disposition:v:1", "default", str(clip))
+    with av.open(str(clip)) as container:
+        assert container.streams.video[0].codec_context.name == "png", "the cover must come first to mean anything"
+    source = FileSource("clip", str(clip))
+    assert len(list(source.frames())) == 25 and source.info.codec == "h264"
+    # sound with a cover picture (attached_pic) and nothing else: no video, said so
+    song = tmp_path / "song.m4a"
+    _ffmpeg("-t", "1", "-f", "lavfi", "-i", "sine", "-i", str(cover), "-map", "0", "-map", "1", "-c:a", "aac",
+            "-c:v", "png", "-disposition:v", "attached_pic", str(song))
+    with pytest.raises(SourceError, match=r"has no video stream \(only a cover picture\)$"):
+        FileSource("song", str(song))
