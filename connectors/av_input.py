@@ -245,9 +245,22 @@ class DisplayOrientation:
         return orient
 
 
+def video_stream(container, shown: str):
+    """The video stream FFmpeg would pick (``av_find_best_stream``: the default one, with most
+    frames probed, the highest bit rate), never an attached picture (a cover): a file whose first
+    video stream was its cover was read as one frame. ``SourceError`` when there is none."""
+    streams = container.streams
+    moving = [s for s in streams.video if not s.disposition & av.stream.Disposition.attached_pic]
+    if not moving:
+        cover = " (only a cover picture)" if streams.video else ""
+        raise SourceError(f"'{shown}' has no video stream{cover}")
+    best = streams.best("video")
+    return next((s for s in moving if best is not None and s.index == best.index), moving[0])
+
+
 class AVInput:
     """An FFmpeg input opened in the constructor; ``pictures()`` decodes its video stream (the
-    one FFmpeg picks, ``_video_stream``).
+    one FFmpeg picks, ``video_stream``).
 
     ``target`` is what FFmpeg opens (path, URL, device), ``shown`` how messages name it (the
     redacted URL). ``format`` forces a demuxer (``v4l2``); ``options`` are FFmpeg's format and
@@ -305,7 +318,7 @@ class AVInput:
         except Exception as error:
             raise open_error(error, self.shown, timeout[0]) from None
         try:
-            self.stream = self._video_stream()
+            self.stream = video_stream(self.container, self.shown)
         except BaseException:
             self.close()
             raise
@@ -344,18 +357,6 @@ class AVInput:
         self.info = self._info(context)
         self._sender: tuple[int, float] | None = None  # (pts, sender Unix time) of the last packet with one
         self._timestamps = BestEffortTimestamp()
-
-    def _video_stream(self) -> av.video.stream.VideoStream:
-        """The stream FFmpeg would pick (``av_find_best_stream``: the default one, with most frames
-        probed, the highest bit rate), never an attached picture (a cover): a file whose first
-        video stream was its cover was read as one frame."""
-        streams = self.container.streams
-        moving = [s for s in streams.video if not s.disposition & av.stream.Disposition.attached_pic]
-        if not moving:
-            cover = " (only a cover picture)" if streams.video else ""
-            raise SourceError(f"'{self.shown}' has no video stream{cover}")
-        best = streams.best("video")
-        return next((s for s in moving if best is not None and s.index == best.index), moving[0])
 
     def _open_relayed(self, ffmpeg: str, options: dict[str, str], deadlines: tuple[float, float]):
         """The input through the system's ``ffmpeg`` (a protocol PyAV's FFmpeg lacks: SRT)."""
