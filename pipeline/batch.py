@@ -187,9 +187,11 @@ def probe(job: VideoJob) -> None:
     """Fill in the frame count and rate the video's container states (for progress and ETA)."""
     import av
 
+    from segstream.connectors.av_input import video_stream
+
     try:
         with av.open(str(job.path), timeout=(5.0, 5.0)) as container:
-            stream = container.streams.video[0]
+            stream = video_stream(container, str(job.path))
             rate = stream.average_rate or stream.guessed_rate
             job.fps = float(rate) if rate else 25.0
             if stream.frames:
@@ -198,7 +200,7 @@ def probe(job: VideoJob) -> None:
                 job.frames = math.ceil(float(stream.duration * stream.time_base) * job.fps)
             elif container.duration:
                 job.frames = math.ceil(container.duration / 1_000_000 * job.fps)
-    except (OSError, IndexError, av.FFmpegError):
+    except (OSError, SegstreamError, av.FFmpegError):
         pass  # the run reports why it cannot be decoded
 
 
