@@ -331,3 +331,22 @@ def test_two_sources_listening_on_one_port_are_refused(capsys, write):
       - {name: c, type: stream, url: 'udp://0.0.0.0:5000?reuse=1'}
     """
     assert load_config(write(groups)).sources
+
+
+def test_an_alias_bomb_is_refused_in_one_line_before_it_is_expanded(capsys, write, clip, monkeypatch):
+    """Found by a security review: ten levels of nested anchors ("billion laughs") under a normal
+    key made `segstream validate` run past 120 s and 2.3 GB copying the expanded tree."""
+    import resource
+
+    levels = ['  l0: &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    levels += [f"  l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 10)}]" for i in range(1, 10)]
+    path = write(VALID.format(clip=clip) + "engine:\n  laughs:\n" + "\n".join(
+        "  " + level for level in levels) + "\n")
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    for command in (["validate", path], ["run", path]):
+        [line] = errors_of(capsys, command)
+        where, _, problem = line.partition(": ")
+        assert where.startswith("engine.laughs.l") and problem == (
+            "the config expands to more than 100,000 values (nested YAML aliases: an alias bomb?) — write it "
+            "without aliases of aliases")
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 500_000  # KiB: far from gigabytes
