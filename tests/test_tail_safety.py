@@ -9,29 +9,13 @@ import subprocess
 import sys
 import time
 
-import pytest
-
-from segstream.connectors.embedded_redis import EmbeddedRedis
 from segstream.connectors.redis_reader import tail
 from segstream.connectors.redis_wire import event_to_wire, to_wire
 from segstream.models.results import Event
+from tests.test_redis_sink import client, server  # noqa: F401 (fixtures: an embedded Redis, flushed per test)
 from tests.test_redis_wire import synthetic_scene
 
 HOSTILE = "disc\x1b[2J\x1b[31mFAKE"
-
-
-@pytest.fixture(scope="module")
-def server():
-    with EmbeddedRedis() as embedded:
-        yield embedded
-
-
-@pytest.fixture
-def client(server):
-    connection = server.client()
-    connection.flushall()
-    yield connection
-    connection.close()
 
 
 def hostile_scene(index: int):
