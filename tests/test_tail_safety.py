@@ -3,6 +3,7 @@
 `XADD segstream:cam0:frames * garbage x` ended `tail --follow` with exit 1)."""
 
 import io
+import logging
 import os
 import signal
 import subprocess
@@ -42,10 +43,15 @@ def test_tail_skips_a_foreign_entry_with_a_warning_naming_it_and_prints_the_rest
     foreign = client.xadd("segstream:cam0:frames", {"garbage": "x"}).decode()
     client.xadd("segstream:cam0:frames", to_wire(synthetic_scene("cam0", 1), "rle"))
     out = io.StringIO()
-    with caplog.at_level("WARNING", logger="segstream.client"):
-        assert tail("segstream:cam0:frames", server.url, count=None, follow=False, out=out) == 2
+    logger = logging.getLogger("segstream.client")
+    logger.addHandler(caplog.handler)  # the CLI's logging setup, run by other tests, may stop propagation
+    try:
+        with caplog.at_level("WARNING", logger="segstream.client"):
+            assert tail("segstream:cam0:frames", server.url, count=None, follow=False, out=out) == 2
+    finally:
+        logger.removeHandler(caplog.handler)
     assert [line.split()[2] for line in out.getvalue().splitlines()] == ["frame=0", "frame=1"]
-    warnings = [r.getMessage() for r in caplog.records if r.name == "segstream.client"]
+    warnings = list(dict.fromkeys(r.getMessage() for r in caplog.records if r.name == "segstream.client"))
     assert warnings[0].startswith(f"entry {foreign} of segstream:cam0:frames skipped: stream entry has no 'v' field")
     assert warnings[-1] == "1 entry could not be read as segstream entries (skipped, each named above)"
 
