@@ -7,12 +7,14 @@ import contextlib
 import errno
 import json
 import logging
+import os
 import time
 from collections import Counter
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
 from segstream.connectors.errors import SinkError, WireFormatError
+from segstream.connectors.output_files import check_output_dir, open_output
 from segstream.connectors.redis_wire import event_to_wire, to_wire
 from segstream.connectors.sink import DROPPED_WRITE_FAILED, DroppedCallback, WrittenCallback
 from segstream.models.results import Event, FrameResult
@@ -44,6 +46,12 @@ class FilesSink:
     line says when writing resumed. Other sinks (Redis) go on meanwhile. A sink that cannot write
     its first line (a folder in its place, no permission, a read-only disk) raises
     ``SinkError``: the run stops, saying why.
+
+    The sink never writes through a symbolic link, into anything but a regular file, or into a
+    file another user owns in a folder every user can write (``connectors.output_files``): such
+    a file is refused as a file that cannot be written is (above). A folder every user can write
+    without the sticky bit is refused at once. New files get the mode the umask leaves of 0666
+    (0644 under the usual umask 022; ``umask 077`` keeps them to their user).
     """
 
     name = "files"
@@ -63,6 +71,7 @@ class FilesSink:
             self.directory.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise SinkError(f"cannot create output directory '{self.directory}': {error.strerror}") from None
+        check_output_dir(self.directory)
 
     def publish(self, result: FrameResult) -> None:
         now = time.time()
@@ -134,7 +143,7 @@ class FilesSink:
     def _file(self, path: Path) -> BinaryIO:
         key = str(path)
         if key not in self._files:
-            f = path.open("ab", buffering=0)
+            f = open_output(path, "ab", buffering=0)
             try:
                 if _ends_torn(path):  # a run or a write stopped in the middle of a line: ours start on a new one
                     f.write(b"\n")
@@ -166,7 +175,7 @@ def entry_line(entry: dict[str, bytes | str]) -> str:
 def _ends_torn(path: Path) -> bool:
     """Whether the file's last line has no newline (its writer stopped in the middle of it)."""
     try:
-        with path.open("rb") as f:
+        with open(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK), "rb") as f:
             f.seek(0, 2)
             if f.tell() == 0:
                 return False

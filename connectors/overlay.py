@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 
 from segstream.connectors.errors import SinkError
+from segstream.connectors.output_files import open_output
 from segstream.models.results import NO_TRACK, FrameResult
 
 log = logging.getLogger(__name__)
@@ -140,6 +141,7 @@ class OverlayVideo:
         self.fps_hint = fps_hint
         self.frames = 0
         self._container: av.container.OutputContainer | None = None
+        self._file = None  # the MP4 file, opened by us: no link is followed
         self._stream = None
         self._time_base: Fraction | None = None
         self._last_pts: int | None = None
@@ -190,13 +192,14 @@ class OverlayVideo:
         self._size = (width, height)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._container = av.open(str(self.path), "w", format="mp4", options={"fflags": "+bitexact"})
+            self._file = open_output(self.path, "wb")
+            self._container = av.open(self._file, "w", format="mp4", options={"fflags": "+bitexact"})
             self._stream = self._container.add_stream(
                 "libx264", rate=Fraction(self.fps_hint).limit_denominator(1001),
                 options={"crf": str(self.crf), "preset": "veryfast", "flags": "+bitexact"},
             )
         except (OSError, av.FFmpegError) as error:
-            raise SinkError(f"cannot create {self.path}: {error}") from None
+            raise SinkError(f"cannot create {self.path}: {error.strerror or error}") from None
         self._stream.width, self._stream.height = width + width % 2, height + height % 2
         self._stream.pix_fmt = "yuv420p"
         self._stream.codec_context.time_base = self._time_base
@@ -213,11 +216,18 @@ class OverlayVideo:
             raise SinkError(f"cannot write {self.path}: {error}") from None
         finally:
             container.close()
+            if self._file is not None:
+                self._file.close()
 
 
 def write_png(path: str | Path, image: np.ndarray) -> None:
     """An RGB image as PNG (fast compression: previews are many and short-lived)."""
     path = Path(path)
-    ok = cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    ok, png = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 1])
     if not ok:
-        raise SinkError(f"cannot write {path}")
+        raise SinkError(f"cannot encode {path}")
+    try:
+        with open_output(path, "wb") as f:  # not cv2.imwrite: it follows a link put where the file goes
+            f.write(png.tobytes())
+    except OSError as error:
+        raise SinkError(f"cannot write {path}: {error.strerror or error}") from None

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from segstream.connectors.errors import SinkError
+from segstream.connectors.output_files import check_output_dir
 from segstream.connectors.overlay import OverlayVideo, draw_overlay, write_png
 from segstream.connectors.sink import WrittenCallback
 from segstream.models.results import Event, FrameResult
@@ -40,6 +41,7 @@ class PreviewSink:
             self.directory.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise SinkError(f"cannot create preview directory '{self.directory}': {error.strerror}") from None
+        check_output_dir(self.directory, "preview directory")
 
     def path(self, source: str) -> Path:
         """Where ``source``'s preview goes: its MP4, or its folder of PNGs."""

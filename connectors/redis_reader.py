@@ -723,7 +723,11 @@ def tail(stream: str, url: str, count: int | None, follow: bool, out: TextIO | N
          tls: TlsFiles | None = None) -> int:
     """Print one line per entry of ``stream`` (a frames stream, or with ``events`` the matching
     events stream as well, interleaved in time order): the last ``count`` (all when None), then
-    new ones while ``follow``; returns the number of entries printed. Ctrl-C ends quietly."""
+    new ones while ``follow``; returns the number of entries printed. Ctrl-C ends quietly.
+
+    What it prints comes from whoever can write the stream: control characters (a label's
+    terminal escape sequences) are printed escaped (``\x1b``). An entry that is no segstream
+    entry is skipped with a warning naming its id, counted, and the count said at the end."""
     out = sys.stdout if out is None else out
     client = connect_redis(url, password, username=username, tls=tls, socket_timeout=_TAIL_BLOCK_MS / 1000 + 5.0,
                            client_name="segstream-tail", names=COMMAND_LINE,
@@ -731,7 +735,20 @@ def tail(stream: str, url: str, count: int | None, follow: bool, out: TextIO | N
     streams = [stream]
     if events:
         streams.append(_events_stream_of(stream))
-    printed = 0
+    printed = skipped = 0
+
+    def show(entry_id: str, name: str, fields) -> None:
+        nonlocal printed, skipped
+        try:
+            line = _entry_line(entry_id, name, fields)
+        except WireFormatError as error:
+            skipped += 1
+            log.warning("entry %s of %s skipped: %s", terminal_safe(entry_id), terminal_safe(name),
+                        terminal_safe(str(error)))
+            return
+        out.write(line + "\n")
+        printed += 1
+
     try:
         if not follow and not any(client.exists(s) for s in streams):
             raise SinkError(_missing_stream_message(client, stream))
@@ -748,8 +765,7 @@ def tail(stream: str, url: str, count: int | None, follow: bool, out: TextIO | N
         if count is not None and count >= 0:
             backlog = backlog[-count:] if count else []
         for entry_id, name, fields in backlog:
-            _print_entry(out, entry_id, name, fields)
-            printed += 1
+            show(entry_id, name, fields)
         sdk = Client(client)  # following is a long watch: it rides out a Redis restart as the SDK does
         while follow:
             reply = sdk.call(client.xread, positions, count=500, block=_TAIL_BLOCK_MS)
@@ -761,8 +777,7 @@ def tail(stream: str, url: str, count: int | None, follow: bool, out: TextIO | N
                         arrived.append((_text(entry_id), name, fields))
                         positions[name] = _text(entry_id)
             for entry_id, name, fields in sorted(arrived, key=_time_order):
-                _print_entry(out, entry_id, name, fields)
-                printed += 1
+                show(entry_id, name, fields)
     except KeyboardInterrupt:
         pass
     except (redis.ConnectionError, redis.TimeoutError) as error:
@@ -785,6 +800,9 @@ def tail(stream: str, url: str, count: int | None, follow: bool, out: TextIO | N
         ) from None
     finally:
         client.close()
+        if skipped:
+            log.warning("%d entr%s could not be read as segstream entries (skipped, each named above)", skipped,
+                        "y" if skipped == 1 else "ies")
     return printed
 
 
@@ -812,12 +830,23 @@ def event_line(entry_id: str, event: Event) -> str:
     return f"{entry_id} {event.source} {event.kind} {details}".rstrip()
 
 
-def _print_entry(out: TextIO, entry_id: str, stream: str, fields) -> None:
+def _entry_line(entry_id: str, stream: str, fields) -> str:
     keys = {_text(k) for k in fields}
     if "event" in keys:
-        out.write(event_line(entry_id, event_from_wire(fields)) + "\n")
-    else:
-        out.write(summary_line(entry_id, from_wire(fields, decode_masks=False)) + "\n")
+        return terminal_safe(event_line(entry_id, event_from_wire(fields)))
+    return terminal_safe(summary_line(entry_id, from_wire(fields, decode_masks=False)))
+
+
+# C0 and C1 controls, DEL, and the bidirectional overrides that reorder what a terminal shows
+_UNPRINTABLE = {c: f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}"
+                for c in [*range(0x20), *range(0x7f, 0xa0), 0x200e, 0x200f, *range(0x202a, 0x202f),
+                          *range(0x2066, 0x206a)]}
+
+
+def terminal_safe(text: str) -> str:
+    """``text`` with its control characters escaped (``\\x1b``): written to a terminal, data from a
+    stream cannot clear the screen, colour or move the cursor, or fake lines."""
+    return text.translate(_UNPRINTABLE)
     out.flush()
 
 

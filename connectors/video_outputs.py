@@ -28,6 +28,7 @@ from typing import IO
 from segstream.connectors.coco_panoptic import CocoPanopticWriter
 from segstream.connectors.errors import SinkError
 from segstream.connectors.files_sink import entry_line
+from segstream.connectors.output_files import open_output
 from segstream.connectors.overlay import OverlayVideo, draw_overlay
 from segstream.connectors.redis_wire import event_to_wire, to_wire
 from segstream.models.label_sets import LabelSet
@@ -79,7 +80,7 @@ class VideoOutputs:
 
     def _open(self, name: str) -> IO[str]:
         try:
-            return (self.partial / name).open("w", encoding="utf-8")
+            return open_output(self.partial / name, "w", encoding="utf-8")
         except OSError as error:
             raise SinkError(f"cannot write '{self.partial / name}': {error.strerror}") from None
 

@@ -37,8 +37,9 @@ from typing import IO
 
 from tqdm import tqdm
 
-from segstream.connectors.errors import ConfigError, SegstreamError
+from segstream.connectors.errors import ConfigError, SegstreamError, SinkError
 from segstream.connectors.frames import Frame
+from segstream.connectors.output_files import check_output_dir, open_output
 from segstream.connectors.sink import SINK_DROPS
 from segstream.connectors.video_outputs import VideoOutputs, clear_partial
 from segstream.models.label_sets import LabelSet
@@ -217,19 +218,23 @@ class Manifest:
         self.settings = settings  # what decides a video's outputs (``output_settings``), kept with each
         self.records: dict[str, dict] = {}
         self._lock = threading.Lock()
-        if self.path.exists():
-            for line in self.path.read_text(encoding="utf-8").splitlines():
-                try:
-                    record = json.loads(line)
-                    self.records[record["video"]] = record
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    continue
-            self._compact()
-        self._file: IO[str] = self.path.open("a", encoding="utf-8")
+        try:
+            if self.path.is_file() and not self.path.is_symlink():
+                for line in self.path.read_text(encoding="utf-8").splitlines():
+                    try:
+                        record = json.loads(line)
+                        self.records[record["video"]] = record
+                    except (json.JSONDecodeError, KeyError, TypeError):
+                        continue
+                self._compact()
+            self._file: IO[str] = open_output(self.path, "a", encoding="utf-8")
+        except OSError as error:
+            raise SinkError(f"cannot write '{error.filename or self.path}': {error.strerror or error}") from None
 
     def _compact(self) -> None:
         tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in self.records.values()), encoding="utf-8")
+        with open_output(tmp, "w", encoding="utf-8") as f:
+            f.write("".join(json.dumps(r, sort_keys=True) + "\n" for r in self.records.values()))
         os.replace(tmp, self.path)
 
     def ids(self) -> dict[str, str]:
@@ -288,10 +293,14 @@ def output_lock(root: Path) -> Iterator[None]:
     """One batch at a time per output folder (two would write the same videos' outputs)."""
     try:
         root.mkdir(parents=True, exist_ok=True)
-        lock = (root / ".lock").open("w")
+        check_output_dir(root, "batch output folder")
+        lock = open_output(root / ".lock", "a")
     except OSError as error:
+        what = error.strerror or error
+        if error.filename and Path(error.filename) != root:  # its lock file
+            what = f"{Path(error.filename).name} {what}"
         raise ConfigError(
-            f"cannot use '{root}' as the output folder ({error.strerror or error}) — give --out (or batch.output) "
+            f"cannot use '{root}' as the output folder ({what}) — give --out (or batch.output) "
             "a folder that can be created and written"
         ) from None
     with lock:

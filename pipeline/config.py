@@ -913,6 +913,9 @@ def _escape_userinfo(text: str) -> str:
 
 
 _VARIABLE = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)(?::-(.*))?", re.DOTALL)
+# Values a config may expand to, YAML aliases expanded: far past any real pipeline, far below
+# what nested aliases ("billion laughs") expand to.
+MAX_CONFIG_VALUES = 100_000
 
 
 def interpolate(data: Any, environ: typing.Mapping[str, str] | None = None,
@@ -963,7 +966,16 @@ def interpolate(data: Any, environ: typing.Mapping[str, str] | None = None,
 
         return _REFERENCE.sub(one, text)
 
+    values = 0
+
     def walk(node: Any, path: list) -> Any:
+        nonlocal values
+        values += 1
+        if values > MAX_CONFIG_VALUES:  # counted as the copy is made: refused before it fills memory
+            raise ConfigError(
+                f"{_format_path(path) or 'config'}: the config expands to more than {MAX_CONFIG_VALUES:,} values "
+                "(nested YAML aliases: an alias bomb?) — write it without aliases of aliases"
+            )
         if isinstance(node, dict):
             return {k: walk(v, [*path, k]) for k, v in node.items()}
         if isinstance(node, list):

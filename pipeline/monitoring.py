@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from prometheus_client import CONTENT_TYPE_LATEST, ProcessCollector, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
@@ -39,6 +39,10 @@ BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 # A source in one of these states is not expected to decode (the live-source states, where a
 # source reports them); its decode thread waiting is no stall.
 SOURCE_WAITING_STATES = {"connecting", "reconnecting", "stalled", "ended", "failed"}
+# A client that sends nothing for this long is cut off; no more than this many are served at once
+# (one thread each): half-sent requests cannot pile up threads in the pipeline's process.
+CONNECTION_TIMEOUT_S = 10.0
+MAX_CONNECTIONS = 32
 
 
 @dataclass(slots=True)
@@ -230,17 +234,25 @@ def _add_histogram(family: HistogramMetricFamily, labels: list[str], window: Lat
 
 class OpsServer:
     """``/metrics``, ``/healthz`` and ``/readyz`` for one ``RunMetrics``, served from a daemon
-    thread until ``close()``. ``address`` is where it listens (port 0 is resolved)."""
+    thread until ``close()``. ``address`` is where it listens (port 0 is resolved).
 
-    def __init__(self, metrics: RunMetrics, host: str = "127.0.0.1", port: int = 9108, stall_after_s: float = 60.0):
+    Each connection has a thread of its own, for at most ``max_connections`` at once; one more is
+    closed at once, counted in ``segstream_ops_http_refused_connections_total`` and said in one
+    warning. A client silent for ``timeout_s`` is cut off."""
+
+    def __init__(self, metrics: RunMetrics, host: str = "127.0.0.1", port: int = 9108, stall_after_s: float = 60.0,
+                 *, timeout_s: float = CONNECTION_TIMEOUT_S, max_connections: int = MAX_CONNECTIONS):
         self.collector = RunMetricsCollector(metrics, stall_after_s)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self.collector)
         # the process's CPU, memory and open files (process_*), as every exporter has them
         ProcessCollector(registry=self.registry)
-        handler = _handler(self)
+        self.refused = Counter(f"{PREFIX}_ops_http_refused_connections",
+                               f"Connections to the metrics and health port closed unanswered: {max_connections} "
+                               "were open already", registry=self.registry)
+        handler = _handler(self, timeout_s)
         try:
-            self._server = ThreadingHTTPServer((host, port), handler)
+            self._server = _BoundedHTTPServer((host, port), handler, max_connections, self.refused)
         except OSError as error:
             raise ConfigError(
                 f"ops.http: cannot listen on {host}:{port} ({error.strerror}) — another segstream may hold the "
@@ -278,8 +290,50 @@ class OpsServer:
         self.close()
 
 
-def _handler(server: OpsServer) -> type[BaseHTTPRequestHandler]:
+class _BoundedHTTPServer(ThreadingHTTPServer):
+    """A thread per connection, for ``limit`` connections at once; the ones beyond are closed."""
+
+    block_on_close = False  # close() does not wait for clients (each is cut off after its timeout anyway)
+    request_queue_size = 128  # a burst is accepted (and the ones beyond the limit closed) at once, not over seconds
+
+    def __init__(self, address, handler, limit: int, refused: Counter):
+        super().__init__(address, handler)
+        self.limit = limit
+        self._slots = threading.BoundedSemaphore(limit)
+        self._refused = refused
+        self._warned = False
+
+    def process_request(self, request, client_address) -> None:
+        if not self._slots.acquire(blocking=False):
+            self._refused.inc()
+            if not self._warned:
+                self._warned = True
+                log.warning("metrics and health port: %d connections are open already; more are closed unanswered "
+                            "(counted in %s_ops_http_refused_connections_total)", self.limit, PREFIX)
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:  # no thread started: its slot is free again
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+
+def _handler(server: OpsServer, timeout_s: float) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
+        timeout = timeout_s  # the socket's: a request sent half (or never) ends the connection
+        server_version = "segstream"
+        sys_version = ""  # no Python version in the Server header
+
+        def version_string(self) -> str:
+            return self.server_version
+
         def do_HEAD(self) -> None:  # noqa: N802 (a load balancer's health check)
             self.do_GET()
 
@@ -307,7 +361,8 @@ def _handler(server: OpsServer) -> type[BaseHTTPRequestHandler]:
                 self.wfile.write(body)
 
         def log_message(self, format: str, *args) -> None:  # scrapes every few seconds: debug only
-            log.debug("%s %s", self.address_string(), format % args)
+            # the request line is the client's: its control characters are escaped, as http.server does
+            log.debug("%s %s", self.address_string(), (format % args).translate(self._control_char_table))
 
     return Handler
 

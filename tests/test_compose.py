@@ -10,6 +10,8 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+# compose stops (`up` and `config` alike) with this message when REDIS_PASSWORD is unset or empty
+REQUIRED_PASSWORD = "${REDIS_PASSWORD:?set REDIS_PASSWORD in .env or the environment}"
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +34,7 @@ def test_segstream_service_runs_the_mounted_config_on_one_gpu(services):
     assert app["build"] == "."
     assert app["command"] == ["run", "/config/pipeline.yaml"]
     assert {"SEGSTREAM_REDIS_URL", "REDIS_PASSWORD"} <= set(app["environment"])
-    assert app["environment"]["REDIS_PASSWORD"] == "${REDIS_PASSWORD:-}"
+    assert app["environment"]["REDIS_PASSWORD"] == REQUIRED_PASSWORD
     assert set(app["volumes"]) == {
         "./configs:/config:ro", "./models/weights:/weights:ro", "./samples:/samples:ro", "runs:/opt/segstream/runs"
     }
@@ -188,4 +190,39 @@ def test_secrets_come_from_the_environment(compose):
     for name, service in compose["services"].items():
         for key, value in (service.get("environment") or {}).items():
             if any(word in key.upper() for word in ("PASSWORD", "SECRET", "TOKEN")):
-                assert re.fullmatch(r"\$\{[A-Z_]+(:-)?\}", str(value)), f"{name}.{key} must come from the environment"
+                assert re.fullmatch(r"\$\{[A-Z_]+:\?[^}]+\}", str(value)), f"{name}.{key} must come from the environment"
+
+
+def test_redis_always_requires_a_password(compose):
+    """Found by a security review: with REDIS_PASSWORD unset compose ran Redis without one
+    (${REDIS_PASSWORD:-} and a --requirepass only when set)."""
+    redis = compose["services"]["redis"]
+    command = redis["command"][-1]
+    assert '--requirepass "$$REDIS_PASSWORD"' in command and ":+" not in command
+    for name in ("redis", "segstream", "consumer"):
+        assert compose["services"][name]["environment"]["REDIS_PASSWORD"] == REQUIRED_PASSWORD, name
+    assert "${REDIS_PASSWORD:-" not in (ROOT / "docker-compose.yml").read_text().split("services:", 1)[1]
+    assert redis["user"] == "redis"  # the image's entrypoint drops root only for `redis-server ...` commands
+
+
+def test_the_env_file_stays_out_of_git_and_the_image():
+    assert ".env" in (ROOT / ".gitignore").read_text().split()
+    assert ".env" in (ROOT / ".dockerignore").read_text().split()
+
+
+@pytest.mark.parametrize("name", ["segstream", "consumer"])
+def test_the_segstream_containers_run_read_only_without_capabilities(compose, name):
+    service = compose["services"][name]
+    assert service["read_only"] is True
+    assert service["cap_drop"] == ["ALL"] and "cap_add" not in service
+    assert "no-new-privileges:true" in service["security_opt"]
+    assert "privileged" not in service
+
+
+def test_the_read_only_pipeline_writes_only_to_its_volume_and_memory(compose):
+    app = compose["services"]["segstream"]
+    writable = [v for v in app["volumes"] if not v.endswith(":ro")]
+    assert writable == ["runs:/opt/segstream/runs"]  # relative outputs (sinks.files.dir: runs/out)
+    assert set(app["tmpfs"]) == {"/tmp", "/home/segstream"}  # torch's compile cache, the user's caches
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "useradd --system --create-home --uid 10001 segstream" in dockerfile  # its home: /home/segstream

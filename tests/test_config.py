@@ -401,3 +401,22 @@ def test_an_srt_passphrase_srt_cannot_take_is_refused_by_validate(capsys, write,
     assert line == ("sources[0]: the SRT passphrase has 5 characters; SRT takes 10 to 79 — set the same passphrase "
                     "of that length on both ends")
     assert "short" not in line
+
+
+def test_an_alias_bomb_is_refused_in_one_line_before_it_is_expanded(capsys, write, clip, monkeypatch):
+    """Found by a security review: ten levels of nested anchors ("billion laughs") under a normal
+    key made `segstream validate` run past 120 s and 2.3 GB copying the expanded tree."""
+    import resource
+
+    levels = ['  l0: &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    levels += [f"  l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 10)}]" for i in range(1, 10)]
+    path = write(VALID.format(clip=clip) + "engine:\n  laughs:\n" + "\n".join(
+        "  " + level for level in levels) + "\n")
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    for command in (["validate", path], ["run", path]):
+        [line] = errors_of(capsys, command)
+        where, _, problem = line.partition(": ")
+        assert where.startswith("engine.laughs.l") and problem == (
+            "the config expands to more than 100,000 values (nested YAML aliases: an alias bomb?) — write it "
+            "without aliases of aliases")
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 500_000  # KiB: far from gigabytes

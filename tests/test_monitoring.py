@@ -2,6 +2,7 @@
 
 import io
 import json
+import logging
 import socket
 import threading
 import time
@@ -300,3 +301,66 @@ def test_drop_reasons_and_source_states_have_a_series_from_the_start(served):
     states = {dict(labels)["state"]: v for (name, labels), v in values.items() if name == "segstream_source_state"}
     assert states["streaming"] == 1 and states["reconnecting"] == 0 and sum(states.values()) == 1
     assert values[("segstream_capture_to_publish_seconds_count", (("source", "cam"),))] == 0
+
+
+def _server_threads() -> int:
+    return sum(1 for thread in threading.enumerate() if thread.name.startswith("Thread-"))
+
+
+def test_slow_connections_hold_a_bounded_number_of_threads_and_are_cut_off():
+    """600 half-sent requests grew the process to 321 threads until the client closed them (found
+    by a security review): connections beyond the limit are closed at once and counted, a client
+    that sends nothing more is cut off after the timeout, and /metrics answers again."""
+    server = OpsServer(RunMetrics(), "127.0.0.1", 0, timeout_s=1.0, max_connections=8)
+    before = _server_threads()
+    slow = []
+    try:
+        for _ in range(60):
+            connection = socket.create_connection(server.address, timeout=5)
+            connection.sendall(b"GET /metr")  # never finished
+            slow.append(connection)
+        time.sleep(0.3)
+        assert _server_threads() - before <= 8
+        refused = 0
+        for connection in slow:  # the ones beyond the limit were closed unanswered: end of stream at once
+            connection.settimeout(0.05)
+            try:
+                refused += connection.recv(1) == b""
+            except (TimeoutError, ConnectionResetError):
+                pass
+        assert refused >= 60 - 8
+        wait_for(lambda: _server_threads() - before == 0, timeout=5)  # the held ones were cut off
+        status, text = get(server.url + "/metrics")
+        assert status == 200
+        assert samples(text)[("segstream_ops_http_refused_connections_total", ())] >= 60 - 8
+    finally:
+        for connection in slow:
+            connection.close()
+        server.close()
+
+
+def test_the_request_line_reaches_the_log_escaped_and_the_server_header_names_no_python(served):
+    """A request line's raw escape sequences went to the debug log as they came; the Server header
+    said which Python runs (found by a security review)."""
+    _, server = served
+    lines = []
+    handler = logging.Handler(logging.DEBUG)
+    handler.emit = lambda record: lines.append(record.getMessage())
+    logger = logging.getLogger("segstream.pipeline.monitoring")
+    logger.addHandler(handler)  # the CLI's logging setup, run by other tests, may stop propagation
+    level = logger.level
+    logger.setLevel(logging.DEBUG)
+    try:
+        with socket.create_connection(server.address, timeout=5) as connection:
+            connection.sendall(b"GET /\x1b[2J\x1b[31mFAKE HTTP/1.0\r\n\r\n")
+            answer = b""
+            while chunk := connection.recv(4096):
+                answer += chunk
+        wait_for(lambda: any("FAKE" in line for line in lines))
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    (line,) = [line for line in lines if "FAKE" in line]
+    assert "\x1b" not in line and '"GET /\\x1b[2J\\x1b[31mFAKE HTTP/1.0" 404' in line
+    headers = answer.split(b"\r\n\r\n", 1)[0].decode()
+    assert "\r\nServer: segstream\r\n" in headers and "Python" not in headers

@@ -86,7 +86,7 @@ def test_render_into_a_folder_is_one_line_not_a_traceback(tmp_path, big_clip, ca
         assert main(["render", "segstream:cam:frames", "--video", str(big_clip), "--out", str(tmp_path),
                      "--url", server.url]) == 1
     err = capsys.readouterr().err
-    assert err == f"segstream: error: cannot write {tmp_path}: [Errno 21] Is a directory\n"
+    assert err == f"segstream: error: cannot create {tmp_path}: Is a directory\n"
 
 
 def test_render_of_an_events_stream_names_the_frames_stream_to_draw(tmp_path, big_clip, capsys):

@@ -417,12 +417,32 @@ def test_a_second_run_appends_to_the_files_and_a_torn_last_line_is_left_out_with
         list(read_entries(path))
 
 
-def test_a_full_disk_costs_the_files_sink_only_the_entries_it_could_not_write(clip, segmenter, tmp_path):
-    # Found probing: a full disk under the files sink stopped the whole run, Redis included
+@pytest.fixture
+def full_disk(tmp_path):
+    """A folder on a real 1 MiB file system (tmpfs) that a filler file has filled; deleting the
+    filler frees the space. The sink opens no links (no /dev/full behind a symlink): mounting
+    needs root with CAP_SYS_ADMIN, as in CI's container and on this machine."""
     out = tmp_path / "out"
     out.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=755", "segstream-test", str(out)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs to fill ({mounted.stderr.strip()}): run as root to test a full disk")
+    try:
+        with open(out / "filler", "wb") as filler:
+            with pytest.raises(OSError, match="No space left"):
+                while True:
+                    filler.write(b"\0" * 65536)
+                    filler.flush()
+        yield out
+    finally:
+        subprocess.run(["umount", "-l", str(out)], check=True)
+
+
+def test_a_full_disk_costs_the_files_sink_only_the_entries_it_could_not_write(clip, segmenter, full_disk):
+    # Found probing: a full disk under the files sink stopped the whole run, Redis included
+    out = full_disk
     path = out / "a.jsonl"
-    path.symlink_to("/dev/full")  # every write fails with ENOSPC, as on a full disk
     files, other = FilesSink(out), CollectingSink()
     warnings = []
     handler = logging.Handler()
@@ -433,7 +453,7 @@ def test_a_full_disk_costs_the_files_sink_only_the_entries_it_could_not_write(cl
     try:
         report = Runtime([FileSource("a", str(clip), max_frames=6)], segmenter, [files, other], progress=None).run()
         # space again, after a line that a failed write cut short
-        path.unlink()
+        (out / "filler").unlink()
         path.write_text('{"half an entry')
         written, dropped = [], []
         files.on_written = lambda results: written.extend(r.index for r in results)

@@ -1,0 +1,169 @@
+"""Outputs in folders others can write: no link, FIFO or other user's file is written through
+(found by a security review: a link planted as cam.jsonl made a run append frames to a root-only
+file)."""
+
+import os
+import stat
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from segstream.connectors.errors import SinkError
+from segstream.connectors.file_source import FileSource
+from segstream.connectors.files_sink import FilesSink, read_entries
+from segstream.connectors.preview_sink import PreviewSink
+from segstream.pipeline.batch import output_lock, run_batch
+from segstream.pipeline.config import BatchPipelineConfig, validate_config
+from segstream.pipeline.runtime import Runtime
+from tests.conftest import CollectingSink
+
+SECRET = b"root:only:0600\n"
+
+
+@pytest.fixture
+def secret(tmp_path) -> Path:
+    """A file of its user's alone, elsewhere: what a planted link points at."""
+    path = tmp_path / "elsewhere" / "secret"
+    path.parent.mkdir()
+    path.write_bytes(SECRET)
+    path.chmod(0o600)
+    return path
+
+
+@pytest.fixture
+def results(clip, segmenter) -> list:
+    sink = CollectingSink()
+    Runtime([FileSource("a", str(clip), max_frames=2), FileSource("b", str(clip), max_frames=2)], segmenter, [sink],
+            progress=None).run()
+    return sink.results
+
+
+def test_a_link_where_the_file_goes_stops_the_run_and_leaves_its_target_alone(clip, segmenter, tmp_path, secret):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a.jsonl").symlink_to(secret)
+    with pytest.raises(SinkError) as raised:
+        Runtime([FileSource("a", str(clip), max_frames=3)], segmenter, [FilesSink(out)], progress=None).run()
+    assert str(raised.value) == (
+        f"cannot write to '{out / 'a.jsonl'}': is a symbolic link, which outputs never follow (another user may "
+        "have put it there) — remove it, or choose a folder of your own for the outputs"
+    )
+    assert secret.read_bytes() == SECRET
+
+
+def test_a_link_met_after_the_first_line_costs_its_entries_counted_not_its_target(results, tmp_path, secret):
+    out = tmp_path / "out"
+    sink = FilesSink(out)
+    dropped = []
+    sink.on_dropped = lambda rs, reason: dropped.extend((r.source, reason) for r in rs)
+    sink.publish(first_of(results, "a"))  # a line written: the run goes on
+    (out / "b.jsonl").symlink_to(secret)
+    for result in results:
+        if result.source == "b":
+            sink.publish(result)
+    sink.close()
+    assert dropped == [("b", "sink_write_failed")] * 2
+    assert "symbolic link" in sink.status()["line"]
+    assert secret.read_bytes() == SECRET and len(list(read_entries(out / "a.jsonl"))) == 1
+
+
+def test_a_fifo_where_the_file_goes_is_refused_without_waiting_for_a_reader(results, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    os.mkfifo(out / "a.jsonl")
+    outcome = []
+    result = first_of(results, "a")
+    thread = threading.Thread(target=lambda: outcome.append(_raised(FilesSink(out).publish, result)), daemon=True)
+    thread.start()
+    thread.join(10)
+    assert not thread.is_alive(), "the sink waited for a reader of the FIFO"
+    assert outcome == [f"cannot write to '{out / 'a.jsonl'}': is not a regular file (a FIFO, socket or device) — "
+                       "remove it, or choose a folder of your own for the outputs"]
+
+
+def test_a_folder_every_user_can_write_without_the_sticky_bit_is_refused(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    out.chmod(0o777)
+    with pytest.raises(SinkError, match=r"output directory '.*out' can be written by every user and has no sticky bit: "
+                                        r"others could replace the files written there"):
+        FilesSink(out)
+    out.chmod(0o1777)  # as /tmp: others cannot remove or rename our files
+    FilesSink(out).close()
+
+
+def test_a_file_of_another_user_in_a_shared_folder_is_not_written(results, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    out.chmod(0o1777)
+    theirs = out / "a.jsonl"
+    theirs.write_bytes(b"")
+    theirs.chmod(0o666)
+    try:
+        os.chown(theirs, 54321, 54321)
+    except PermissionError:
+        pytest.skip("making a file of another user needs root")
+    with pytest.raises(SinkError, match=r"belongs to another user \(uid 54321\) in a folder every user can write"):
+        FilesSink(out).publish(first_of(results, "a"))
+    assert theirs.read_bytes() == b""
+
+
+def test_new_files_get_the_mode_the_umask_leaves(results, tmp_path):
+    old = os.umask(0o077)
+    try:
+        sink = FilesSink(tmp_path / "out")
+        sink.publish(first_of(results, "a"))
+        sink.close()
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "out" / "a.jsonl").stat().st_mode) == 0o600
+
+
+@pytest.mark.parametrize("format", ["mp4", "png"])
+def test_the_preview_writes_through_no_link(results, tmp_path, secret, format):
+    out = tmp_path / "preview"
+    preview = PreviewSink(out, format)
+    result = first_of(results, "a")
+    target = out / "a.mp4" if format == "mp4" else out / "a" / f"{result.index:08d}.png"
+    target.parent.mkdir(exist_ok=True)
+    target.symlink_to(secret)
+    result.image = np.zeros((result.height, result.width, 3), np.uint8)
+    with pytest.raises(SinkError, match=r"is a symbolic link, which outputs never follow"):
+        preview.publish(result)
+        preview.close()
+    assert secret.read_bytes() == SECRET
+
+
+def test_batch_writes_its_lock_and_manifest_through_no_link(tmp_path, secret, clip, segmenter):
+    out = tmp_path / "batch"
+    out.mkdir()
+    (out / ".lock").symlink_to(secret)
+    with pytest.raises(Exception, match=r"\.lock.*is a symbolic link, which outputs never follow"):
+        with output_lock(out):
+            pass
+    (out / ".lock").unlink()
+    (out / "manifest.jsonl.tmp").symlink_to(secret)  # where the manifest is rewritten
+    (out / "manifest.jsonl").write_text("")
+    cfg = validate_config({"batch": {"output": str(out)}, "ops": {"http": None}}, schema=BatchPipelineConfig)
+    with pytest.raises(SinkError, match=r"manifest.jsonl.tmp': is a symbolic link"):
+        run_batch(cfg, [str(clip)], adapter=segmenter, progress=False)
+    assert secret.read_bytes() == SECRET
+    out.chmod(0o777)
+    with pytest.raises(SinkError, match=r"batch output folder '.*batch' can be written by every user"):
+        with output_lock(out):
+            pass
+
+
+def first_of(results: list, source: str):
+    return next(r for r in results if r.source == source)
+
+
+def _raised(call, *args) -> str:
+    try:
+        call(*args)
+    except SinkError as error:
+        return str(error)
+    return "nothing raised"
+
