@@ -747,6 +747,7 @@ def tail(stream: str, url: str, count: int | None, follow: bool, out: TextIO | N
                         terminal_safe(str(error)))
             return
         out.write(line + "\n")
+        out.flush()  # a follower piped into another program sees each entry as it comes
         printed += 1
 
     try:
@@ -847,7 +848,6 @@ def terminal_safe(text: str) -> str:
     """``text`` with its control characters escaped (``\\x1b``): written to a terminal, data from a
     stream cannot clear the screen, colour or move the cursor, or fake lines."""
     return text.translate(_UNPRINTABLE)
-    out.flush()
 
 
 def _events_stream_of(stream: str) -> str:
