@@ -507,6 +507,13 @@ class TrackingConfig(Strict):
     mask_side: Annotated[int, Field(ge=8)] = 480
     max_tracks: PositiveInt = 1000
 
+    @model_validator(mode="after")
+    def _some_weight_beyond_embeddings(self) -> TrackingConfig:
+        if self.iou_weight + self.class_weight <= 0:  # found probing: validate said ok, run raised
+            raise ValueError("iou_weight and class_weight are both 0 — give one of them a weight above 0 "
+                             "(embeddings alone cannot match things the model gives none for)")
+        return self
+
 
 class FilesSinkConfig(Strict):
     """One JSONL file per source under ``dir``, entries in the same schema (and with the same
