@@ -200,6 +200,13 @@ class SegmentTracker:
         self.stuff = {}
         return ended
 
+    def lose_things(self) -> list[TrackEvent]:
+        """End every thing's track as ``lost`` (its source was away longer than ``max_lost``
+        frames' time); stuff keeps its one id per class. Returns the ``ended`` events."""
+        ended = [t.event("ended", "lost") for t in self.tracks if t.track_id != NO_TRACK]
+        self.tracks = []
+        return ended
+
     # --- stuff -----------------------------------------------------------------------------
 
     def _stuff_track(self, class_id: int, frame: int, events: list[TrackEvent]) -> _Track:

@@ -23,8 +23,8 @@ class TrackingStage:
     Each event's ``data`` holds ``track_id``, ``class_id``, ``label``, ``isthing``,
     ``first_frame``, ``last_frame``, ``frames_seen`` and ``frame`` (the frame it was written
     at); ``track_ended`` adds ``reason``
-    (``lost``: unseen for more than ``max_lost`` frames, or the source back after an outage
-    longer than that; ``end``: the source ended;
+    (``lost``: unseen for more than ``max_lost`` frames, or the source back after an outage or a
+    pause longer than that, measured by its timestamps; ``end``: the source ended;
     ``capacity``: more than ``max_tracks`` tracks; ``frame_size``: the frame size changed).
     """
 
@@ -58,21 +58,21 @@ class TrackingStage:
 
     def _after_outage(self, result: FrameResult) -> None:
         """A source back after an outage longer than ``max_lost`` frames (its timeline says how
-        long: the gap in ``pts_seconds`` across the reconnect): its tracks ended unseen, as
-        ``lost``; what comes now starts new ones. Frame numbers alone would not tell: they go on
-        from the last frame delivered."""
+        long: the gap in ``pts_seconds``, over a reconnect or within one stream that paused): its
+        things' tracks ended unseen, as ``lost``; what comes now starts new ones. Stuff keeps its
+        id per class for the whole run. Frame numbers alone would not tell: they go on from the
+        last frame delivered."""
         last_pts, last_epoch = self._last_pts, self._last_epoch
         self._last_pts, self._last_epoch = result.pts_seconds, result.epoch
         if last_pts is None or result.pts_seconds is None:
             return
         step = result.pts_seconds - last_pts
-        if result.epoch == last_epoch:
-            if step > 0:  # the shortest recent step: drops make longer ones; a slower rate is followed
-                self._step_s = step if self._step_s is None else min(step, self._step_s * 1.05)
-            return
         if self._step_s is not None and step > (self.tracker.settings.max_lost + 1) * self._step_s:
             ts = result.capture_ts or time.time()
-            result.events.extend(self._event(e, ts, result.index) for e in self.tracker.finish("lost"))
+            result.events.extend(self._event(e, ts, result.index) for e in self.tracker.lose_things())
+        elif result.epoch == last_epoch and step > 0:
+            # The shortest recent step: drops make longer ones; a slower rate is followed.
+            self._step_s = step if self._step_s is None else min(step, self._step_s * 1.05)
 
     def finish(self, reason: str = "end") -> list[Event]:
         """The source ended (or failed: ``reason="failed"``): every track ends with that reason,
