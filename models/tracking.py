@@ -95,11 +95,13 @@ class TrackEvent:
 @dataclass(slots=True)
 class TrackUpdate:
     """What ``update`` decided for one frame: per segment row, its track id (``NO_TRACK`` while
-    tentative) and how many frames its track has been seen; and the tracks that started or ended."""
+    tentative) and how many frames its track has been seen; the tracks that started or ended; and
+    how many segments got no track because the tracker was full (``max_tracks``)."""
 
     track_ids: np.ndarray
     track_ages: np.ndarray
     events: list[TrackEvent] = field(default_factory=list)
+    capacity_refused: int = 0  # segments of this frame left without a track: max_tracks were kept
 
 
 @dataclass(slots=True, eq=False)
@@ -184,12 +186,13 @@ class SegmentTracker:
             track_ids[row], ages[row] = track.track_id, track.hits
 
         things = np.flatnonzero(isthing)
+        refused = 0
         if len(things) or self.tracks:
-            self._update_things(frame, label_map, np.asarray(segment_ids)[things], class_ids[things],
+            refused = self._update_things(frame, label_map, np.asarray(segment_ids)[things], class_ids[things],
                                 None if embeddings is None else np.asarray(embeddings, np.float32)[things],
                                 None if boxes is None else np.asarray(boxes, np.int64).reshape(-1, 4)[things],
                                 things, track_ids, ages, events)
-        return TrackUpdate(track_ids, ages, events)
+        return TrackUpdate(track_ids, ages, events, refused)
 
     def finish(self, reason: str = "end") -> list[TrackEvent]:
         """End every track (the source ended, or ``reason="failed"``: it failed); returns their
@@ -224,7 +227,10 @@ class SegmentTracker:
 
     # --- things ----------------------------------------------------------------------------
 
-    def _update_things(self, frame, label_map, seg_ids, classes, embeddings, full_boxes, rows, track_ids, ages, events):
+    def _update_things(self, frame, label_map, seg_ids, classes, embeddings, full_boxes, rows, track_ids, ages,
+                       events) -> int:
+        """Match, start, keep and end the things' tracks; returns how many of this frame's things
+        were left without a track because ``max_tracks`` were kept."""
         s = self.settings
         stride = max(1, math.ceil(max(label_map.shape) / s.mask_side))
         small = map_every(label_map, stride)
@@ -294,10 +300,13 @@ class SegmentTracker:
             else:
                 track.state = LOST
                 alive.append(track)
+        refused = 0
         if len(alive) > s.max_tracks:
-            # Drop the tracks unseen longest first (tentative ones have no id to lose).
+            # Drop the tracks unseen longest first, then new things (tentative ones have no id to
+            # lose): a thing in view keeps its id rather than give it to a newcomer.
             alive.sort(key=lambda t: (t.key in seen, t.last_frame, t.state != TENTATIVE))
             for track in alive[: len(alive) - s.max_tracks]:
+                refused += track.key in seen
                 if track.track_id != NO_TRACK:
                     events.append(track.event("ended", "capacity"))
             alive = alive[len(alive) - s.max_tracks:]
@@ -308,6 +317,7 @@ class SegmentTracker:
         for det, track in matched_det.items():
             if track.key in kept and track.state == CONFIRMED:
                 track_ids[rows[det]], ages[rows[det]] = track.track_id, track.hits
+        return refused
 
     def _assign(self, group, dets, frame, codes, areas, boxes, classes, unit) -> list[tuple[_Track, int]]:
         s = self.settings

@@ -402,6 +402,38 @@ def test_the_runtime_built_from_a_config_tracks_by_default_and_stamps_the_run(cl
     assert {r.run_id for r in sink.results} == {e.run_id for e in sink.events} == {runtime.run_id}
 
 
+def test_a_full_tracker_says_so_once_and_counts_the_segments_it_leaves_without_an_id(caplog):
+    # Found probing: with 30 objects and max_tracks 10, new objects never got ids and nothing said
+    # so (no event, no log line, no counter).
+    stage = TrackingStage("cam0", TrackerSettings(max_tracks=10))
+    discs = [(DISC, 10 + 20 * (k % 6), 10 + 20 * (k // 6), 4) for k in range(30)]
+    with caplog.at_level("WARNING", logger="segstream.tracking"):
+        results = [stage.process(result_of(f, discs)) for f in range(5)]
+    things = [r.segments.track_ids[r.segments.isthing] for r in results]
+    assert (things[-1] != NO_TRACK).sum() == 10
+    assert stage.capacity_refused == 5 * 20  # 20 newcomers a frame got no track
+    capacity = [e for r in results for e in r.events if e.kind == "track_capacity"]
+    assert [(e.data["max_tracks"], e.data["frame"], e.data["refused"]) for e in capacity] == [(10, 0, 20)]
+    warnings = [r.getMessage() for r in caplog.records if "max_tracks" in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0].startswith("cam0: the tracker holds tracking.max_tracks (10)")
+
+
+def test_the_runtime_exposes_the_segments_a_full_tracker_left_without_an_id(clip):
+    from segstream.connectors.file_source import FileSource
+    from segstream.pipeline.runtime import Runtime
+    from tests.conftest import ColourSegmenter
+    from tests.test_runtime import CollectingSink
+
+    runtime = Runtime.from_config(pipeline_config(clip), [FileSource("cam0", str(clip))], ColourSegmenter(),
+                                  [CollectingSink()], progress=None)
+    runtime.run()
+    (stage,) = runtime._stages["cam0"]
+    gauge = runtime.metrics.gauges["track_capacity_refused"]
+    assert gauge.read() == {("cam0",): 0}  # one square: room to spare
+    stage.capacity_refused = 7  # as the stage counts them (see the test above)
+    assert gauge.read() == {("cam0",): 7}
+
+
 def test_tracking_can_be_switched_off(clip):
     from segstream.connectors.file_source import FileSource
     from segstream.pipeline.runtime import Runtime
