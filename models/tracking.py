@@ -13,11 +13,15 @@ that combines
 - class agreement.
 
 Gates refuse implausible pairs before the assignment: too little overlap without a similar
-embedding close by, or another class without strong overlap. A new thing is *tentative* until it
+embedding close by (a *lost* thing is found anywhere by a strong match, ``reid_similarity``:
+it may have turned while hidden), or another class without strong overlap. A new thing is *tentative* until it
 has been seen ``min_hits`` times and gets its id only when *confirmed*; a confirmed track that is
 not seen is *lost* and keeps its id for up to ``max_lost`` frames (an occlusion), then *ends*.
-While a thing is partly hidden its remembered shape is kept and moved by its velocity, so it can
-be found again when it reappears. Stuff gets one id per class for the life of the tracker. Ids
+While a thing is partly hidden (behind another thing, something unlabelled, or the frame border)
+its remembered shape and size are kept and moved with it, so it can be found again when it
+reappears: its motion is read from the box edges that are its own (not at the border, not against
+another thing, not lagging where the prediction says the edge should be), never from the centre of
+a shrinking visible part, which would give a false speed. Stuff gets one id per class for the life of the tracker. Ids
 start at 1 and are never reused. State is bounded: at most ``max_tracks`` tracks, each holding
 one mask crop at the reduced resolution, one embedding and a few numbers.
 
@@ -38,6 +42,9 @@ from segstream.models.results import ScaledLabelMap, map_every
 NO_TRACK = -1
 TENTATIVE, CONFIRMED, LOST = "tentative", "confirmed", "lost"
 _REFUSED = 1e6  # cost of a pair a gate refused; such pairs are dropped after the assignment
+_WHOLE = 0.9  # a detection with less of a thing's remembered area shows it partly hidden
+_BORDER, _CUT, _CONTACT, _OPEN = 0, 1, 2, 3  # how far a box edge is the thing's own (see _edges)
+_JUMP = 0.25  # a move of more than this share of a thing's size (+ 2 px) in a frame is not believed
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +62,7 @@ class TrackerSettings:
     min_overlap: float = 0.1
     min_similarity: float = 0.6
     max_shift: float = 1.0
+    reid_similarity: float = 0.9
     class_change_overlap: float = 0.3
     embedding_momentum: float = 0.7
     partial_area: float = 0.5
@@ -87,11 +95,13 @@ class TrackEvent:
 @dataclass(slots=True)
 class TrackUpdate:
     """What ``update`` decided for one frame: per segment row, its track id (``NO_TRACK`` while
-    tentative) and how many frames its track has been seen; and the tracks that started or ended."""
+    tentative) and how many frames its track has been seen; the tracks that started or ended; and
+    how many segments got no track because the tracker was full (``max_tracks``)."""
 
     track_ids: np.ndarray
     track_ages: np.ndarray
     events: list[TrackEvent] = field(default_factory=list)
+    capacity_refused: int = 0  # segments of this frame left without a track: max_tracks were kept
 
 
 @dataclass(slots=True, eq=False)
@@ -176,12 +186,13 @@ class SegmentTracker:
             track_ids[row], ages[row] = track.track_id, track.hits
 
         things = np.flatnonzero(isthing)
+        refused = 0
         if len(things) or self.tracks:
-            self._update_things(frame, label_map, np.asarray(segment_ids)[things], class_ids[things],
+            refused = self._update_things(frame, label_map, np.asarray(segment_ids)[things], class_ids[things],
                                 None if embeddings is None else np.asarray(embeddings, np.float32)[things],
                                 None if boxes is None else np.asarray(boxes, np.int64).reshape(-1, 4)[things],
                                 things, track_ids, ages, events)
-        return TrackUpdate(track_ids, ages, events)
+        return TrackUpdate(track_ids, ages, events, refused)
 
     def finish(self, reason: str = "end") -> list[TrackEvent]:
         """End every track (the source ended, or ``reason="failed"``: it failed); returns their
@@ -190,6 +201,13 @@ class SegmentTracker:
         ended += [t.event("ended", reason) for t in self.stuff.values()]
         self.tracks = []
         self.stuff = {}
+        return ended
+
+    def lose_things(self) -> list[TrackEvent]:
+        """End every thing's track as ``lost`` (its source was away longer than ``max_lost``
+        frames' time); stuff keeps its one id per class. Returns the ``ended`` events."""
+        ended = [t.event("ended", "lost") for t in self.tracks if t.track_id != NO_TRACK]
+        self.tracks = []
         return ended
 
     # --- stuff -----------------------------------------------------------------------------
@@ -209,7 +227,10 @@ class SegmentTracker:
 
     # --- things ----------------------------------------------------------------------------
 
-    def _update_things(self, frame, label_map, seg_ids, classes, embeddings, full_boxes, rows, track_ids, ages, events):
+    def _update_things(self, frame, label_map, seg_ids, classes, embeddings, full_boxes, rows, track_ids, ages,
+                       events) -> int:
+        """Match, start, keep and end the things' tracks; returns how many of this frame's things
+        were left without a track because ``max_tracks`` were kept."""
         s = self.settings
         stride = max(1, math.ceil(max(label_map.shape) / s.mask_side))
         small = map_every(label_map, stride)
@@ -279,10 +300,13 @@ class SegmentTracker:
             else:
                 track.state = LOST
                 alive.append(track)
+        refused = 0
         if len(alive) > s.max_tracks:
-            # Drop the tracks unseen longest first (tentative ones have no id to lose).
+            # Drop the tracks unseen longest first, then new things (tentative ones have no id to
+            # lose): a thing in view keeps its id rather than give it to a newcomer.
             alive.sort(key=lambda t: (t.key in seen, t.last_frame, t.state != TENTATIVE))
             for track in alive[: len(alive) - s.max_tracks]:
+                refused += track.key in seen
                 if track.track_id != NO_TRACK:
                     events.append(track.event("ended", "capacity"))
             alive = alive[len(alive) - s.max_tracks:]
@@ -293,6 +317,7 @@ class SegmentTracker:
         for det, track in matched_det.items():
             if track.key in kept and track.state == CONFIRMED:
                 track_ids[rows[det]], ages[rows[det]] = track.track_id, track.hits
+        return refused
 
     def _assign(self, group, dets, frame, codes, areas, boxes, classes, unit) -> list[tuple[_Track, int]]:
         s = self.settings
@@ -315,6 +340,9 @@ class SegmentTracker:
                 # A similar embedding close to where the track should be may stand in for overlap.
                 near = self._near(group, det_index, frame, boxes)
                 allowed |= (cosine >= s.min_similarity) & near & has[:, None]
+                # A lost thing may come back anywhere (it moved while hidden) if it looks the same.
+                lost = np.array([t.state == LOST for t in group])
+                allowed |= (cosine >= s.reid_similarity) & (lost & has)[:, None]
         allowed &= same | (iou >= s.class_change_overlap)
         cost = np.where(allowed, 1.0 - score / weight, _REFUSED)
         rows, cols = linear_sum_assignment(cost)
@@ -393,21 +421,37 @@ class SegmentTracker:
             return
         gap = max(1, frame - track.placed_frame)
         ch, cw = track.crop.shape
-        # Of the two edges along each axis, the one that moved most like the thing did so far:
-        # an edge that a coverer or the frame border cuts jumps, the other moves with the thing.
-        # Smoothed, so one bad frame does not fling the prediction.
-        vx = _steadier((x0 - track.x0) / gap, (x1 - track.x0 - cw) / gap, track.vx)
-        vy = _steadier((y0 - track.y0) / gap, (y1 - track.y0 - ch) / gap, track.vy)
+        # Where the remembered shape is now, from the edges of the box that nothing cuts: an edge
+        # at the frame border or against another thing may be where that covers this one, so it
+        # says nothing of the motion (a shrinking visible part's centre would give a false speed).
+        px, py = track.x0 + track.vx * gap, track.y0 + track.vy * gap
+        edges = _edges(codes, det, len(areas), crop, x0, y0, x1, y1)
+        if track.hits > 3:  # with a trusted velocity: the edge that stayed behind was cut by something unseen
+            edges[0], edges[2] = _uncut(x0, x1, cw, px, edges[0], edges[2])
+            edges[1], edges[3] = _uncut(y0, y1, ch, py, edges[1], edges[3])
+        # A thing cut at the border or behind something is whole only if no smaller than remembered.
+        whole = area >= (_WHOLE if min(edges) >= _CONTACT else 1.0) * track.full_area
+        nx = _anchor(x0, x1, cw, px, edges[0], edges[2])
+        ny = _anchor(y0, y1, ch, py, edges[1], edges[3])
+        vx, vy = (nx - track.x0) / gap, (ny - track.y0) / gap
         first = track.hits <= 2
+        # Smoothed, so one bad frame does not fling the prediction.
         track.vx = vx if first else 0.5 * track.vx + 0.5 * vx
         track.vy = vy if first else 0.5 * track.vy + 0.5 * vy
-        if area < s.partial_area * track.full_area:
-            # Partly hidden: keep the remembered shape, moving with the thing.
-            track.x0, track.y0 = track.predicted_origin(frame)
-            track.placed_frame = frame
-            track.full_area *= 0.98  # forget a size the thing may have lost for good
+        track.placed_frame = frame
+        if not whole:
+            # Partly hidden (or partly outside the frame): the remembered shape and size stay,
+            # moved to where the visible part says the thing is; what is seen replaces what was
+            # remembered there (a turning thing leaving the frame shows its current outline).
+            track.x0, track.y0 = nx, ny
+            left, top = x0 - round(nx), y0 - round(ny)
+            sx0, sy0, sx1, sy1 = max(left, 0), max(top, 0), min(left + crop.shape[1], cw), min(top + crop.shape[0], ch)
+            if sx0 < sx1 and sy0 < sy1:
+                track.crop = track.crop.copy()
+                track.crop[sy0:sy1, sx0:sx1] = crop[sy0 - top:sy1 - top, sx0 - left:sx1 - left]
+            track.full_area *= 0.995  # forget, slowly, a size the thing may have lost for good
             return
-        track.crop, track.x0, track.y0, track.placed_frame = crop, x0, y0, frame
+        track.crop, track.x0, track.y0 = crop, x0, y0
         track.full_area = area if area > track.full_area else 0.8 * track.full_area + 0.2 * area
 
     # --- ids ---------------------------------------------------------------------------------
@@ -450,6 +494,56 @@ def _tightened(codes: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     return tight
 
 
-def _steadier(first: float, second: float, expected: float) -> float:
-    """Whichever of two edge velocities is closer to the expected one."""
-    return first if abs(first - expected) <= abs(second - expected) else second
+def _edges(codes: np.ndarray, det: int, none: int, crop: np.ndarray, x0: int, y0: int, x1: int, y1: int) -> list[int]:
+    """How far the left, top, right and bottom edges of detection ``det``'s box can be trusted to
+    be the thing's own: ``_BORDER`` at the frame border, ``_CONTACT`` against another thing
+    (which may be in front: half or more of the mask's pixels on that edge lie within two pixels
+    of another detection), else ``_OPEN``. ``codes`` holds each pixel's detection index, ``none``
+    where there is none."""
+    height, width = codes.shape
+    sides = (
+        (x0 > 0, crop[:, 0], codes[y0:y1, max(x0 - 2, 0):x0]),
+        (y0 > 0, crop[0, :], codes[max(y0 - 2, 0):y0, x0:x1].T),
+        (x1 < width, crop[:, -1], codes[y0:y1, x1:x1 + 2]),
+        (y1 < height, crop[-1, :], codes[y1:y1 + 2, x0:x1].T),
+    )
+    result = []
+    for inside, edge, strip in sides:
+        if not inside:
+            result.append(_BORDER)
+            continue
+        other = ((strip != det) & (strip < none)).any(1)[edge]
+        result.append(_CONTACT if other.size and other.mean() >= 0.5 else _OPEN)
+    return result
+
+
+def _uncut(low: int, high: int, size: int, predicted: float, low_edge: int, high_edge: int) -> tuple[int, int]:
+    """The two edges along one axis, one of them marked ``_CUT`` where something (maybe unseen:
+    stuff, unlabelled pixels) cuts it: the extent shrank, and one edge is where the prediction put
+    it but the other lags."""
+    if min(low_edge, high_edge) >= _CONTACT and high - low < size:
+        low_off, high_off = abs(low - predicted), abs(high - predicted - size)
+        if low_off <= 1 and high_off >= low_off + 1:
+            return low_edge, _CUT
+        if high_off <= 1 and low_off >= high_off + 1:
+            return _CUT, high_edge
+    return low_edge, high_edge
+
+
+def _anchor(low: int, high: int, size: int, predicted: float, low_edge: int, high_edge: int) -> float:
+    """Where a remembered extent of ``size`` pixels starts along one axis, given the observed box
+    edges ``low``..``high``: of the starts the most trusted edges give (see ``_edges``; both
+    edges: their middle too), the one nearest the prediction; the prediction itself where both
+    edges are at the border or every start is implausibly far from it (a stray blob of pixels
+    stretched the box)."""
+    best = max(low_edge, high_edge)
+    candidates = [predicted]
+    if best >= _CONTACT:
+        if low_edge == best:
+            candidates.append(float(low))
+        if high_edge == best:
+            candidates.append(float(high - size))
+        if low_edge == high_edge:
+            candidates.append((low + high - size) / 2)
+    start = min(candidates[1:] or candidates, key=lambda c: abs(c - predicted))
+    return start if abs(start - predicted) <= 2 + _JUMP * size else predicted

@@ -162,6 +162,10 @@ def _parser() -> argparse.ArgumentParser:
                                "segments, and an oracle on them) instead of PQ; needs segstream[eval]")
     evaluate.add_argument("--no-model", action="store_true",
                           help="with --tracking: only the tracker on noisy ground truth (no model run)")
+    evaluate.add_argument("--config", type=Path, default=None, metavar="CONFIG",
+                          help="with --tracking: the tracker's settings from this config's tracking section")
+    evaluate.add_argument("--set", dest="overrides", action="append", default=[], metavar="tracking.KEY=VALUE",
+                          help="with --tracking: override one tracker setting, e.g. --set tracking.max_lost=60")
     evaluate.set_defaults(command=_evaluate)
 
     batch = commands.add_parser(
@@ -294,8 +298,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         from segstream.pipeline.track_evaluation import main_evaluate_tracking
 
         return int(main_evaluate_tracking(args) or 0)
-    if args.no_model:
-        raise SegstreamError("--no-model goes with --tracking")
+    if args.no_model or args.config or args.overrides:
+        raise SegstreamError("--no-model, --config and --set go with --tracking")
     from segstream.pipeline.evaluation import main_evaluate
 
     return int(main_evaluate(args) or 0)

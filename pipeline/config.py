@@ -507,8 +507,9 @@ class TrackingConfig(Strict):
     its id for ``max_lost`` frames (an occlusion), then its track ends. Matching scores mask
     overlap (``iou_weight``), query-embedding similarity (``embedding_weight``) and class
     agreement (``class_weight``); a pair needs ``min_overlap``, or an embedding similarity of
-    ``min_similarity`` within ``max_shift`` box diagonals of where the thing should be, and a
-    class change needs ``class_change_overlap``. ``embedding_momentum`` smooths a track's
+    ``min_similarity`` within ``max_shift`` box diagonals of where the thing should be (a lost
+    thing: anywhere at ``reid_similarity``; above 1: never), and a class change needs
+    ``class_change_overlap``. ``embedding_momentum`` smooths a track's
     embedding; a detection under ``partial_area`` of the thing's size counts as partly hidden.
     Overlaps are measured on label maps shrunk to a long side of ``mask_side`` pixels; at most
     ``max_tracks`` tracks are kept per source.
@@ -523,11 +524,19 @@ class TrackingConfig(Strict):
     min_overlap: Fraction01 = 0.1
     min_similarity: Annotated[float, Field(ge=-1, le=1)] = 0.6
     max_shift: PositiveFloat = 1.0
+    reid_similarity: Annotated[float, Field(ge=-1, le=2)] = 0.9
     class_change_overlap: Fraction01 = 0.3
     embedding_momentum: Annotated[float, Field(ge=0, lt=1)] = 0.7
     partial_area: Fraction01 = 0.5
     mask_side: Annotated[int, Field(ge=8)] = 480
     max_tracks: PositiveInt = 1000
+
+    @model_validator(mode="after")
+    def _some_weight_beyond_embeddings(self) -> TrackingConfig:
+        if self.iou_weight + self.class_weight <= 0:  # found probing: validate said ok, run raised
+            raise ValueError("iou_weight and class_weight are both 0 — give one of them a weight above 0 "
+                             "(embeddings alone cannot match things the model gives none for)")
+        return self
 
 
 class FilesSinkConfig(Strict):

@@ -873,6 +873,9 @@ class Runtime:
               lambda: {(sink.name,): sink.backlog for sink in sinks if hasattr(sink, "backlog")})
         gauge("sink_connected", "1 while a sink can write (0 while it is reconnecting).", ("sink",),
               lambda: {(sink.name,): float(getattr(sink, "connected", True)) for sink in sinks})
+        gauge("track_capacity_refused", "Segments left without a track id: the tracker held tracking.max_tracks.",
+              ("source",), lambda: {(name,): sum(getattr(stage, "capacity_refused", 0) for stage in stages)
+                                    for name, stages in list(self._stages.items())})
         device = self.model_stage.device
         if device.type == "cuda":
             import torch

@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import cv2
 import numpy as np
+from pydantic import Field
 from tqdm import tqdm
 
 from segstream.connectors.errors import ConfigError
@@ -33,7 +35,9 @@ from segstream.connectors.synthetic import synthetic_clip
 from segstream.models.processing import frame_label_map
 from segstream.models.results import NO_TRACK, FrameResult
 from segstream.models.tracking import SegmentTracker, TrackerSettings
+from segstream.pipeline.config import Strict, TrackingConfig, apply_override, config_data, validate_config
 from segstream.pipeline.evaluation import FRAMES_PER_SEED
+from segstream.pipeline.tracking import tracker_settings
 
 DROP_SHARE = 0.1
 
@@ -150,15 +154,22 @@ class TrackedScene:
         }
 
 
-def tracking_metrics(sequences: Sequence[TrackedScene]) -> dict:
-    """HOTA (with DetA, AssA), IDF1 (with IDP, IDR), ID switches, MOTA over all sequences,
-    combined as TrackEval combines sequences."""
+def require_trackeval() -> None:
+    """TrackEval is installed, or a ConfigError saying how to install it."""
     try:
-        from trackeval.metrics import CLEAR, HOTA, Identity
+        import trackeval.metrics  # noqa: F401
     except ImportError:
         raise ConfigError(
             "tracking metrics need TrackEval — pip install 'segstream[eval]' (or pip install trackeval)"
         ) from None
+
+
+def tracking_metrics(sequences: Sequence[TrackedScene]) -> dict:
+    """HOTA (with DetA, AssA), IDF1 (with IDP, IDR), ID switches, MOTA over all sequences,
+    combined as TrackEval combines sequences."""
+    require_trackeval()
+    from trackeval.metrics import CLEAR, HOTA, Identity
+
     metrics = [HOTA(), Identity({"PRINT_CONFIG": False}), CLEAR({"PRINT_CONFIG": False})]
     per_metric = {}
     for metric in metrics:
@@ -236,6 +247,25 @@ def evaluate_tracking(
     return results
 
 
+class _TrackingSection(Strict):
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+
+def evaluated_settings(config: Path | None, overrides: Sequence[str]) -> TrackerSettings:
+    """The tracker settings ``evaluate --tracking`` scores: the ``tracking:`` section of
+    ``config`` (the rest of it is not used), then ``--set tracking.KEY=VALUE`` overrides."""
+    for override in overrides:
+        if not override.strip().startswith("tracking."):
+            raise ConfigError(f"--set {override}: evaluate --tracking takes tracker settings only "
+                              "(tracking.KEY=VALUE, e.g. tracking.max_lost=60); the model is --preset/--checkpoint")
+    data: dict = {"tracking": {}}
+    if config is not None:
+        data = {"tracking": config_data(config).get("tracking") or {}}
+    for override in overrides:
+        apply_override(data, override)
+    return tracker_settings(validate_config(data, schema=_TrackingSection).tracking)
+
+
 def main_evaluate_tracking(args) -> int:
     """``segstream evaluate --tracking``: a table and one JSON line."""
     import json
@@ -243,16 +273,21 @@ def main_evaluate_tracking(args) -> int:
     from segstream.pipeline.evaluation import evaluation_model_config
     from segstream.pipeline.model_factory import build_segmenter
 
+    settings = evaluated_settings(args.config, args.overrides)
+    require_trackeval()  # before minutes of work, not after
     segment_fn = None
     name = None
     if not args.no_model:
         segmenter = build_segmenter(evaluation_model_config(args))
         segment_fn, name = segmenter.segment, segmenter.name
     width, height = args.size
-    results = evaluate_tracking(args.seeds, width, height, args.frames or FRAMES_PER_SEED, segment_fn=segment_fn)
+    results = evaluate_tracking(args.seeds, width, height, args.frames or FRAMES_PER_SEED, settings=settings,
+                                segment_fn=segment_fn)
+    changed = {k: v for k, v in asdict(settings).items() if v != getattr(TrackerSettings(), k)}
     print(
         f"tracking: {results['noisy_truth']['frames']} frames, {width}x{height}, seeds {' '.join(map(str, args.seeds))}"
         + (f", model {name}" if name else "")
+        + (", tracker " + " ".join(f"{k}={v}" for k, v in changed.items()) if changed else ", default tracker")
     )
     print(f"{'':28}{'IDF1':>7}{'HOTA':>7}{'DetA':>7}{'AssA':>7}{'IDSW':>6}{'MOTA':>7}")
     rows = {"noisy_truth": "tracker, noisy ground truth", "noisy_truth_all": "  same, against all things",

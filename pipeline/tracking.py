@@ -7,6 +7,7 @@ The math is ``segstream.models.tracking.SegmentTracker``; this module only maps 
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 
@@ -15,6 +16,9 @@ from segstream.models.tracking import SegmentTracker, TrackerSettings, TrackEven
 
 TRACK_STARTED = "track_started"
 TRACK_ENDED = "track_ended"
+TRACK_CAPACITY = "track_capacity"
+
+log = logging.getLogger("segstream.tracking")
 
 
 class TrackingStage:
@@ -23,9 +27,12 @@ class TrackingStage:
     Each event's ``data`` holds ``track_id``, ``class_id``, ``label``, ``isthing``,
     ``first_frame``, ``last_frame``, ``frames_seen`` and ``frame`` (the frame it was written
     at); ``track_ended`` adds ``reason``
-    (``lost``: unseen for more than ``max_lost`` frames, or the source back after an outage
-    longer than that; ``end``: the source ended;
+    (``lost``: unseen for more than ``max_lost`` frames, or the source back after an outage or a
+    pause longer than that, measured by its timestamps; ``end``: the source ended;
     ``capacity``: more than ``max_tracks`` tracks; ``frame_size``: the frame size changed).
+    The first time the tracker is full (``max_tracks``) it logs a warning and writes one
+    ``track_capacity`` event (``max_tracks``, ``frame``, ``refused``); ``capacity_refused``
+    counts the segments left without an id for it.
     """
 
     def __init__(self, source: str, settings: TrackerSettings = TrackerSettings()):
@@ -37,6 +44,8 @@ class TrackingStage:
         self._last_pts: float | None = None  # the last result's pts_seconds
         self._last_epoch = 0  # and its epoch (a source's reconnects)
         self._step_s: float | None = None  # about one frame's time
+        self.capacity_refused = 0  # segments left without a track id: the tracker held max_tracks
+        self._full_once = False  # the tracker has been full: warned and announced, once per source
 
     def process(self, result: FrameResult) -> FrameResult:
         if result.segment_map is None:
@@ -54,25 +63,36 @@ class TrackingStage:
         self._last_ts = result.capture_ts or time.time()
         self._last_frame = result.index
         result.events.extend(self._event(e, self._last_ts, result.index) for e in update.events)
+        full = update.capacity_refused or any(e.reason == "capacity" for e in update.events)
+        self.capacity_refused += update.capacity_refused
+        if full and not self._full_once:
+            self._full_once = True
+            settings = self.tracker.settings
+            log.warning("%s: the tracker holds tracking.max_tracks (%d) tracks from frame %d on: new things "
+                        "get no id (counted in segstream_track_capacity_refused) — raise max_tracks, or lower "
+                        "max_lost (%d) so unseen tracks end sooner", self.source, settings.max_tracks,
+                        result.index, settings.max_lost)
+            result.events.append(Event(self.source, TRACK_CAPACITY, self._last_ts, {
+                "max_tracks": settings.max_tracks, "frame": result.index, "refused": update.capacity_refused}))
         return result
 
     def _after_outage(self, result: FrameResult) -> None:
         """A source back after an outage longer than ``max_lost`` frames (its timeline says how
-        long: the gap in ``pts_seconds`` across the reconnect): its tracks ended unseen, as
-        ``lost``; what comes now starts new ones. Frame numbers alone would not tell: they go on
-        from the last frame delivered."""
+        long: the gap in ``pts_seconds``, over a reconnect or within one stream that paused): its
+        things' tracks ended unseen, as ``lost``; what comes now starts new ones. Stuff keeps its
+        id per class for the whole run. Frame numbers alone would not tell: they go on from the
+        last frame delivered."""
         last_pts, last_epoch = self._last_pts, self._last_epoch
         self._last_pts, self._last_epoch = result.pts_seconds, result.epoch
         if last_pts is None or result.pts_seconds is None:
             return
         step = result.pts_seconds - last_pts
-        if result.epoch == last_epoch:
-            if step > 0:  # the shortest recent step: drops make longer ones; a slower rate is followed
-                self._step_s = step if self._step_s is None else min(step, self._step_s * 1.05)
-            return
         if self._step_s is not None and step > (self.tracker.settings.max_lost + 1) * self._step_s:
             ts = result.capture_ts or time.time()
-            result.events.extend(self._event(e, ts, result.index) for e in self.tracker.finish("lost"))
+            result.events.extend(self._event(e, ts, result.index) for e in self.tracker.lose_things())
+        elif result.epoch == last_epoch and step > 0:
+            # The shortest recent step: drops make longer ones; a slower rate is followed.
+            self._step_s = step if self._step_s is None else min(step, self._step_s * 1.05)
 
     def finish(self, reason: str = "end") -> list[Event]:
         """The source ended (or failed: ``reason="failed"``): every track ends with that reason,

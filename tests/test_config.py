@@ -63,6 +63,14 @@ def test_validate_refuses_a_model_the_run_would_refuse(capsys, write, clip, over
     assert line.startswith(expected)
 
 
+def test_validate_and_run_refuse_tracker_weights_that_leave_nothing_but_embeddings(capsys, write, clip):
+    # found probing: validate said ok, run showed the tracker's ValueError in a traceback
+    sets = ["--set", "tracking.iou_weight=0", "--set", "tracking.class_weight=0"]
+    for command in ("validate", "run"):
+        (line,) = errors_of(capsys, [command, write(VALID.format(clip=clip)), *sets])
+        assert line.startswith("tracking: iou_weight and class_weight are both 0"), line
+
+
 def test_validate_and_run_list_the_model_s_mistake_with_the_others(capsys, write, clip):
     # found re-checking: an unknown preset was named only once every other error was fixed
     sets = ["--set", "model.preset=no_such_preset", "--set", "engine.batch_size=0"]
