@@ -30,33 +30,42 @@ _lock = threading.Lock()
 _secrets: set[str] = set()
 
 
-def remember(value: Any) -> None:
+def remember(value: Any, _seen: set[int] | None = None) -> None:
     """Keep ``value`` (a string, or the strings in a list or mapping) out of every scrubbed line."""
     if isinstance(value, str):
         for form in {value, unquote(value)}:
             if len(form) >= _MIN_LENGTH:
                 with _lock:
                     _secrets.add(form)
-    elif isinstance(value, dict):
-        for item in value.values():
-            remember(item)
-    elif isinstance(value, (list, tuple)):
-        for item in value:
-            remember(item)
+        return
+    if not isinstance(value, (dict, list, tuple)):
+        return
+    seen = set() if _seen is None else _seen
+    if id(value) in seen:  # shared by YAML aliases: once is enough
+        return
+    seen.add(id(value))
+    for item in value.values() if isinstance(value, dict) else value:
+        remember(item, seen)
 
 
-def remember_in(data: Any) -> None:
+def remember_in(data: Any, _seen: set[int] | None = None) -> None:
     """Remember the secrets of a config's raw data: values of credential-like keys, and the
-    passwords of URLs (``scheme://user:password@host``, or without a scheme)."""
+    passwords of URLs (``scheme://user:password@host``, or without a scheme). Each mapping and
+    list is visited once: YAML aliases share them (an alias bomb costs its size, not its expansion)."""
+    seen = set() if _seen is None else _seen
+    if isinstance(data, (dict, list)):
+        if id(data) in seen:
+            return
+        seen.add(id(data))
     if isinstance(data, dict):
         for key, value in data.items():
             if isinstance(key, str) and SECRET_NAME.search(key) and not key.endswith(_NAMES_A_PLACE):
-                remember(value)
+                remember(value, seen)
             else:
-                remember_in(value)
+                remember_in(value, seen)
     elif isinstance(data, list):
         for item in data:
-            remember_in(item)
+            remember_in(item, seen)
     elif isinstance(data, str) and "@" in data:
         for match in _USERINFO.finditer(data):
             remember(match.group("password"))
