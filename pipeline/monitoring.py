@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -323,6 +324,16 @@ class _BoundedHTTPServer(ThreadingHTTPServer):
             super().process_request_thread(request, client_address)
         finally:
             self._slots.release()
+
+    def handle_error(self, request, client_address) -> None:
+        """A client that hung up mid-answer (a scrape that timed out) is routine: nothing printed
+        (socketserver prints a traceback); anything else is one warning line."""
+        error = sys.exc_info()[1]
+        if isinstance(error, (ConnectionError, TimeoutError)):
+            log.debug("metrics and health port: %s went away: %s", client_address[0], error)
+            return
+        log.warning("metrics and health port: answering %s failed: %s: %s", client_address[0],
+                    type(error).__name__, error)
 
 
 def _handler(server: OpsServer, timeout_s: float) -> type[BaseHTTPRequestHandler]:

@@ -364,3 +364,23 @@ def test_the_request_line_reaches_the_log_escaped_and_the_server_header_names_no
     assert "\x1b" not in line and '"GET /\\x1b[2J\\x1b[31mFAKE HTTP/1.0" 404' in line
     headers = answer.split(b"\r\n\r\n", 1)[0].decode()
     assert "\r\nServer: segstream\r\n" in headers and "Python" not in headers
+
+
+def test_a_scraper_hanging_up_mid_answer_prints_no_traceback(capfd):
+    """Found probing: a client that reset the connection after GET /metrics (a scrape timing out)
+    printed a ConnectionResetError traceback each time; with JSON logs those lines were not JSON."""
+    import struct
+
+    server = OpsServer(RunMetrics(), "127.0.0.1", 0)
+    try:
+        for _ in range(10):
+            connection = socket.create_connection(server.address, timeout=5)
+            connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close = reset
+            connection.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            connection.close()
+        time.sleep(0.5)
+        status, _ = get(server.url + "/metrics")
+        assert status == 200
+    finally:
+        server.close()
+    assert "Traceback" not in capfd.readouterr().err
