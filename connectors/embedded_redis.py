@@ -18,6 +18,7 @@ from redis.retry import Retry
 from segstream.connectors.errors import SinkError
 
 _DB_FILENAME = "segstream.rdb"
+_running: set[EmbeddedRedis] = set()  # started and not closed: what an abort must stop (close_all)
 
 
 class EmbeddedRedis:
@@ -69,6 +70,7 @@ class EmbeddedRedis:
                 "connect to it with sinks.redis.url or pick another embedded directory"
             )
         self._server = server
+        _running.add(self)
         self.port = chosen or None
         self.socket_path = Path(server.socket_file)
         self.pid = server.pid
@@ -85,6 +87,7 @@ class EmbeddedRedis:
         server, self._server = self._server, None
         if server is None:
             return
+        _running.discard(self)
         # No retries: redis-py would otherwise retry the connection that SHUTDOWN closes, for seconds.
         stopper = redis.Redis(unix_socket_path=str(self.socket_path), retry=Retry(NoBackoff(), 0))
         try:
@@ -109,6 +112,16 @@ class EmbeddedRedis:
 
     def __exit__(self, *exc_info) -> None:
         self.close()
+
+
+def close_all() -> None:
+    """Stop every embedded Redis this process started and has not closed: for an abort, which
+    leaves the threads that own them (redis-server runs daemonised: it outlives us otherwise)."""
+    for server in list(_running):
+        try:
+            server.close()
+        except Exception:  # an abort goes on whatever one of them says
+            pass
 
 
 def _free_tcp_port() -> int:

@@ -28,6 +28,7 @@ from segstream.pipeline.config import (
     load_checked_config,
     read_yaml,
 )
+from segstream.pipeline import entry
 from segstream.pipeline.entry import abort_if_loading
 from segstream.pipeline.logs import (
     LOG_FORMATS,
@@ -67,7 +68,10 @@ def main(argv: list[str] | None = None) -> int:
         return error.exit_code
     except KeyboardInterrupt:
         os.write(2, signal_line("aborted", "ERROR"))
-        code = 128 + (_DrainOnSignal.aborted_by or signal.SIGINT)  # 130 for Ctrl-C, 143 for SIGTERM
+        code = 128 + (_DrainOnSignal.aborted_by or entry.aborted_by or signal.SIGINT)  # 130 Ctrl-C, 143 SIGTERM
+        embedded = sys.modules.get("segstream.connectors.embedded_redis")  # loaded: maybe one runs
+        if embedded is not None:
+            embedded.close_all()  # a daemonised redis-server would outlive us
         if _pipeline_threads_alive():
             # they may be inside torch or FFmpeg, and finalising the interpreter under them crashes
             sys.stdout.flush()
@@ -462,7 +466,7 @@ class _DrainOnSignal:
     def _handle(self, signum, frame) -> None:
         self.signals += 1
         if self.signals > 1:
-            abort_if_loading(frame)  # the model's modules may still be loading
+            abort_if_loading(frame, signum)  # the model's modules may still be loading
             _DrainOnSignal.aborted_by = signum  # the exit status says which signal aborted
             raise KeyboardInterrupt
         self.signum = signum
@@ -470,7 +474,7 @@ class _DrainOnSignal:
         # os.write, not print: print may be interrupted while holding stderr's buffer lock
         name = signal.Signals(signum).name
         if self._at_once:
-            abort_if_loading(frame)  # an interrupted import is not to be left half-done for the exit to find
+            abort_if_loading(frame, signum)  # an interrupted import is not to be left half-done for the exit to find
             self._at_once = False
             os.write(2, signal_line(f"{name}: stopping"))
             raise _StoppedBeforeRun

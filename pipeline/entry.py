@@ -1,4 +1,4 @@
-"""The ``segstream`` console command. Ctrl-C while a module loads (the CLI's own, or torch's when a
+"""The ``segstream`` console command. Ctrl-C (or SIGTERM) while a module loads (the CLI's own, or torch's when a
 command first needs it) ends the command at once, quietly, with 130: a KeyboardInterrupt raised
 inside an import leaves the module half-loaded (numpy then refuses to load again) or, raised
 inside torch's C++ start-up, aborts the interpreter. Anywhere else Ctrl-C behaves as usual, and
@@ -9,29 +9,42 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 
 from segstream.pipeline.logs import ENV_FORMAT, signal_line
 
 
+# The signal that aborted the command through ``_interrupt`` (the exit status is 128 + it).
+aborted_by: int | None = None
+
+
 def main() -> int:
-    signal.signal(signal.SIGINT, _interrupt)
+    # SIGTERM as Ctrl-C: without a handler it killed a command on the spot, leaving what it had
+    # started (bench's embedded Redis) running, and said nothing
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _interrupt)
     from segstream.pipeline.cli import main as cli_main
 
     return cli_main()
 
 
 def _interrupt(signum, frame) -> None:
-    abort_if_loading(frame)
+    global aborted_by
+    abort_if_loading(frame, signum)
+    aborted_by = signum
     raise KeyboardInterrupt
 
 
-def abort_if_loading(frame) -> None:
-    """Exit at once with 130 when ``frame`` (a signal handler's) is inside an import (an import
-    here would wait on the one interrupted; ``signal_line`` imports nothing). JSON as
+def abort_if_loading(frame, signum: int = signal.SIGINT) -> None:
+    """Exit at once with 128 + ``signum`` when ``frame`` (a signal handler's) is inside an import
+    (an import here would wait on the one interrupted; ``signal_line`` imports nothing). JSON as
     SEGSTREAM_LOG_FORMAT says: the command line's --log-format may not be read yet."""
     while frame is not None:
         if frame.f_code.co_filename.startswith("<frozen importlib"):
             as_json = os.environ.get(ENV_FORMAT, "").lower() == "json"
             os.write(2, signal_line("aborted while loading its modules", "ERROR", as_json))
-            os._exit(130)
+            embedded = sys.modules.get("segstream.connectors.embedded_redis")
+            if embedded is not None and hasattr(embedded, "close_all"):  # loaded whole: a daemonised
+                embedded.close_all()  # redis-server of ours would outlive us
+            os._exit(128 + signum)
         frame = frame.f_back

@@ -142,3 +142,25 @@ def test_a_stop_while_the_model_loads_says_the_run_never_began(tmp_path):
     assert lines[-2:] == ["segstream: SIGINT: stopping",
                           "segstream: stopped before the run began: no frame was read, nothing was published"], err
     assert not (tmp_path / "out" / "cam0.jsonl").exists()
+
+
+def test_sigterm_to_bench_aborts_it_and_stops_its_embedded_redis():
+    """Found probing: SIGTERM killed `segstream bench` on the spot, silently, and its embedded Redis
+    ran on (its parent gone) with its folder left behind; Ctrl-C cleaned up."""
+    command = Path(sys.executable).with_name("segstream")
+    process = subprocess.Popen([str(command), "bench", str(REPO / "configs" / "demo.yaml"), "--frames", "5000",
+                                "--set", "model.device=cpu", "--set", "ops.http=null"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = []
+    while not any("redis-cli -s " in line for line in lines):
+        line = process.stderr.readline()
+        assert line, "".join(lines)
+        lines.append(line)
+    socket_path = next(line for line in lines if "redis-cli -s " in line).split("redis-cli -s ")[1].split()[0]
+    assert subprocess.run(["pgrep", "-f", socket_path], capture_output=True).returncode == 0, "its Redis runs"
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 143, err
+    assert "segstream: aborted" in err and "Traceback" not in err
+    assert subprocess.run(["pgrep", "-f", socket_path], capture_output=True).returncode == 1, "its Redis stopped"
+    assert not Path(socket_path).parent.exists()
