@@ -39,8 +39,10 @@ class FilesSink:
     line goes to the file (unbuffered) as its result arrives, and ``publish_ts`` is that moment,
     so a result reported written is in the file.
 
-    A write that fails for a while (the disk full; or any error once the sink has written a line,
-    its folder removed) costs only its own entry: it is dropped, counted as
+    A file deleted, moved or replaced while the run writes to it (its folder removed) is noticed
+    at the next write: the lines written to it are said lost (a warning, ``status()``), and a new
+    file (and folder) is made at the path. A write that fails for a while (the disk full; or any
+    error once the sink has written a line) costs only its own entry: it is dropped, counted as
     ``sink_write_failed`` (``on_dropped``, ``status()``), and said once per file in a warning;
     the next entry tries again, on a line of its own after whatever the failed one left, and a
     line says when writing resumed. Other sinks (Redis) go on meanwhile. A sink that cannot write
@@ -64,6 +66,8 @@ class FilesSink:
         self.dropped: Counter[str] = Counter()
         self.events_dropped = 0
         self._files: dict[str, BinaryIO] = {}
+        self._lines: dict[str, int] = {}  # path -> lines this run wrote to the file now open there
+        self.lost_with_files = 0  # lines written to files deleted or replaced under us since
         self._failing: dict[str, int] = {}  # path -> entries dropped since its writes began failing
         self._wrote = False  # whether any line went to a file: after that, errors are dropped and counted
         self._last_error = ""
@@ -105,8 +109,10 @@ class FilesSink:
         if dropped or self.events_dropped:
             line = (f"files dropped {sum(dropped.values())} entries + {self.events_dropped} events "
                     f"(writes failed: {self._last_error})")
+        if self.lost_with_files:
+            line += ("; " if line else "") + f"files: {self.lost_with_files} lines lost with files deleted under us"
         return {"dropped": dropped, "events_dropped": self.events_dropped, "failing": sorted(self._failing),
-                "line": line}
+                "lost_with_files": self.lost_with_files, "line": line}
 
     def _write(self, path: Path, entry: dict) -> bool:
         """Append one entry's line; False (logged, the file closed) when the write fails."""
@@ -136,12 +142,22 @@ class FilesSink:
                     stale.close()
             return False
         self._wrote = True
+        self._lines[key] = self._lines.get(key, 0) + 1
         if key in self._failing:
             log.warning("writing to '%s' again after %d dropped entries", path, self._failing.pop(key))
         return True
 
     def _file(self, path: Path) -> BinaryIO:
         key = str(path)
+        if key in self._files and not self._still_there(path, self._files[key]):
+            gone = self._lines.pop(key, 0)
+            log.warning("'%s' was deleted or replaced while this run wrote to it: the %d entries this run had "
+                        "written to it went with it; writing to a new '%s'", path, gone, path)
+            self.lost_with_files += gone
+            with contextlib.suppress(OSError):
+                self._files.pop(key).close()
+            path.parent.mkdir(parents=True, exist_ok=True)  # its folder, if that went too
+            check_output_dir(path.parent)
         if key not in self._files:
             f = open_output(path, "ab", buffering=0)
             try:
@@ -151,7 +167,18 @@ class FilesSink:
                 f.close()
                 raise
             self._files[key] = f
+            self._lines[key] = 0
         return self._files[key]
+
+    @staticmethod
+    def _still_there(path: Path, f: BinaryIO) -> bool:
+        """Whether ``path`` still names the open file ``f`` (not deleted, moved or replaced)."""
+        try:
+            named = os.stat(path, follow_symlinks=False)
+        except OSError:
+            return False
+        opened = os.fstat(f.fileno())
+        return (named.st_ino, named.st_dev) == (opened.st_ino, opened.st_dev)
 
     def flush(self) -> None:
         """Nothing waits: every line went to the file as it was published."""

@@ -167,3 +167,23 @@ def _raised(call, *args) -> str:
         return str(error)
     return "nothing raised"
 
+
+
+def test_a_file_deleted_with_its_folder_mid_run_is_said_lost_and_written_anew(tmp_path, caplog):
+    """Found probing: `rm -rf` of the sink's folder mid-run lost every entry silently (writes to the
+    open, deleted file succeed), ending exit 0 with no folder and no file."""
+    import shutil
+
+    from tests.test_redis_wire import stamped, synthetic_scene
+
+    folder = tmp_path / "out"
+    sink = FilesSink(folder)
+    for index in range(3):
+        sink.publish(stamped(synthetic_scene("cam", index)))
+    shutil.rmtree(folder)
+    for index in range(3, 5):
+        sink.publish(stamped(synthetic_scene("cam", index)))
+    sink.close()
+    assert [int(entry["frame"]) for entry in read_entries(folder / "cam.jsonl")] == [3, 4]
+    assert sink.status()["lost_with_files"] == 3 and "3 lines lost with files deleted under us" in sink.status()["line"]
+    assert any("was deleted or replaced while this run wrote to it: the 3 entries" in r.message for r in caplog.records)
