@@ -314,7 +314,7 @@ class ModelConfig(Strict):
     # default preset (synthetic_senatra_tiny_192 for senatra).
     family: Annotated[str, Field(min_length=1)] | None = None
     checkpoint: str | None = None
-    task: Literal["panoptic", "semantic", "instance"] = "panoptic"
+    task: Literal["panoptic", "semantic", "instance"] | None = None  # null: the preset's own
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     device: Annotated[str, Field(pattern=r"^(auto|cpu|cuda|cuda:\d+)$")] = "auto"
     compile: bool = False

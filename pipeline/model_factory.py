@@ -101,7 +101,7 @@ def _build_senatra(preset: Preset, model_cfg, device: torch.device, precision: s
         )
     return SeNaTraSegmenter(
         load_senatra(preset, model_cfg.checkpoint),
-        task=model_cfg.task,
+        task=model_cfg.task or preset.task,
         labels=labels_of(preset, model_cfg),
         name=preset.name,
         device=device,
@@ -221,10 +221,10 @@ def check_model_config(model_cfg) -> Preset:
     preset = check_preset(model_cfg)
     # SeNaTra's native semantic output exists whatever the preset's task: its carried class logits.
     native_semantic = preset.family == "senatra" and model_cfg.task == "semantic"
-    if model_cfg.task != preset.task and not native_semantic:
+    if model_cfg.task not in (None, preset.task) and not native_semantic:  # None: the preset's
         raise ConfigError(
-            f"model.task: preset {preset.name} is a {preset.task} model, the config asks for {model_cfg.task} — "
-            f"set model.task to {preset.task} or choose a {model_cfg.task} preset"
+            f"model.task: preset {preset.name} is {_a(preset.task)} model, the config asks for {model_cfg.task} — "
+            f"remove model.task (or set it to {preset.task}), or choose {_a(model_cfg.task)} preset"
         )
     if preset.family not in FAMILY_BUILDERS:
         raise ConfigError(f"model.preset: {preset.name} is of family {preset.family!r}, which this segstream cannot run "
@@ -272,6 +272,10 @@ def _check_family_keys(model_cfg, preset: Preset) -> None:
                           + (f" (it reads {', '.join(f'model.{k}' for k in sorted(reads))})" if reads else ""))
 
 
+def _a(word: str) -> str:
+    return f"{'an' if word[0] in 'aeiou' else 'a'} {word}"
+
+
 def build_segmenter(model_cfg, batch_size: int = 8) -> FamilyAdapter:
     """The configured model on its device, weights loaded, behind its family's adapter
     (``model_cfg``: a ``ModelConfig``, a dict of the ``model:`` section's keys, or a preset's
@@ -279,8 +283,7 @@ def build_segmenter(model_cfg, batch_size: int = 8) -> FamilyAdapter:
     if isinstance(model_cfg, str):
         if model_cfg not in PRESETS:  # a plugin's, maybe
             load_plugins()
-        task = PRESETS[model_cfg].task if model_cfg in PRESETS else None  # else check_preset names the problem
-        model_cfg = {"preset": model_cfg} if task is None else {"preset": model_cfg, "task": task}
+        model_cfg = {"preset": model_cfg}  # at the preset's own task
     if isinstance(model_cfg, dict):
         from pydantic import ValidationError
 

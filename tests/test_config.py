@@ -114,7 +114,7 @@ def test_defaults_live_in_the_schema(write, clip):
     cfg = load_config(write(VALID.format(clip=clip)))
     assert isinstance(cfg.sources[0], FileSourceConfig) and isinstance(cfg.sources[1], SyntheticSourceConfig)
     assert cfg.sources[0].queue_size == 8 and cfg.sources[0].realtime is False
-    assert cfg.model.preset == SYNTHETIC_TINY.name and cfg.model.task == "panoptic" and cfg.engine.batch_size == 4
+    assert cfg.model.preset == SYNTHETIC_TINY.name and cfg.model.task is None and cfg.engine.batch_size == 4
     assert cfg.sinks.redis.stream == "segstream:{source}:frames" and cfg.sinks.files.enabled is False
 
 
@@ -428,3 +428,17 @@ def test_an_alias_bomb_is_refused_in_one_line_before_it_is_expanded(capsys, writ
             "the config expands to more than 100,000 values (nested YAML aliases: an alias bomb?) — write it "
             "without aliases of aliases")
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 500_000  # KiB: far from gigabytes
+
+
+def test_a_preset_runs_at_its_own_task_when_the_config_names_none(capsys, write):
+    """Found probing: a config naming only an instance preset was refused: 'preset ... is a
+    instance model, the config asks for panoptic' (it asked for nothing)."""
+    from segstream.pipeline.model_factory import check_model_config
+
+    cfg = load_config(write("sources: [{name: cam, type: synthetic}]\n"
+                            "model: {preset: coco_instance_eomt_large_640, checkpoint: random}\n"))
+    assert cfg.model.task is None and check_model_config(cfg.model).task == "instance"
+    (line,) = errors_of(capsys, ["validate", write("sources: [{name: cam, type: synthetic}]\nmodel: {preset: "
+                                                   "coco_instance_eomt_large_640, checkpoint: random, task: semantic}\n")])
+    assert line.startswith("model.task: preset coco_instance_eomt_large_640 is an instance model, the config asks "
+                           "for semantic — remove model.task")
