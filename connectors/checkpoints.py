@@ -132,7 +132,7 @@ def resolve_hf(reference: str) -> Path:
         from huggingface_hub import hf_hub_download
     except ImportError:
         raise CheckpointError(
-            f"'{reference}' needs huggingface_hub (pip install 'segstream[hub]'), or {local_hint}"
+            f"'{reference}' needs huggingface_hub (pip install -e \".[hub]\" in the segstream checkout), or {local_hint}"
         ) from None
     from huggingface_hub.errors import LocalEntryNotFoundError
 

@@ -12,7 +12,7 @@ task again (``batch.ray.retries``) from the start, in a fresh ``.partial`` folde
 driver records the video in the manifest once, when a task returns. The output folder must be
 one path that every node can write (a shared filesystem), and every node needs segstream.
 
-Ray is an optional extra: ``pip install 'segstream[ray]'``.
+Ray is an optional extra: ``pip install -e ".[ray]"`` in the checkout.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def _ray():
     try:
         import ray
     except ImportError:
-        raise ConfigError("--engine ray needs Ray: pip install 'segstream[ray]' (or choose --engine local)") from None
+        raise ConfigError("--engine ray needs Ray: pip install -e \".[ray]\" in the segstream checkout (or choose --engine local)") from None
     return ray
 
 

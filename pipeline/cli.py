@@ -19,6 +19,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from segstream import __version__
 from segstream.connectors.errors import ConfigError, SegstreamError, SinkError, SourceError
 from segstream.connectors.redis_connection import TlsFiles
 from segstream.pipeline.config import (
@@ -99,6 +100,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="segstream", description="Streaming video segmentation with EoMT, published to Redis Streams."
     )
+    parser.add_argument("--version", action="version", version=f"segstream {__version__}")
     logging_options(parser, None)
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
@@ -163,7 +165,7 @@ def _parser() -> argparse.ArgumentParser:
                                "instead of rendering --seeds")
     evaluate.add_argument("--tracking", action="store_true",
                           help="IDF1, HOTA and ID switches of the tracker (noisy ground truth, the model's "
-                               "segments, and an oracle on them) instead of PQ; needs segstream[eval]")
+                               "segments, and an oracle on them) instead of PQ; needs TrackEval: pip install -e \".[eval]\" in the checkout")
     evaluate.add_argument("--no-model", action="store_true",
                           help="with --tracking: only the tracker on noisy ground truth (no model run)")
     evaluate.add_argument("--config", type=Path, default=None, metavar="CONFIG",
@@ -178,13 +180,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     batch.add_argument("inputs", nargs="+", metavar="INPUT",
                        help="video files, folders (searched recursively), quoted globs ('archive/**/*.mp4'), or list "
-                            "files (.txt/.list, or @FILE: one path per line, relative to the list file, # comments)")
+                            "files (.txt/.list/.lst, or @FILE: one path per line, relative to the list file, # comments)")
     batch.add_argument("--config", type=Path, default=None, metavar="FILE",
                        help="pipeline config for the model, engine, sinks and the batch section (sources are not used)")
     overrides(batch)
     batch.add_argument("--out", type=Path, default=None, metavar="DIR", help="output folder (default: batch.output)")
     batch.add_argument("--engine", choices=["local", "ray"], default="local",
-                       help="local: this machine; ray: a Ray cluster, local by default (pip install 'segstream[ray]')")
+                       help="local: this machine; ray: a Ray cluster, local by default (pip install -e \".[ray]\" in the checkout)")
     batch.add_argument("--address", default=None, metavar="ADDR",
                        help="Ray cluster address: auto (the cluster this machine joined), head:6379, or "
                             "ray://head:10001 (needs pip install 'ray[client]') (default: batch.ray.address, else a "

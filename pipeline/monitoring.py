@@ -134,13 +134,15 @@ class RunMetricsCollector(Collector):
             labels=["source"])
         dropped = CounterMetricFamily(f"{PREFIX}_frames_dropped", "Frames dropped, per source and reason.",
                                       labels=["source", "reason"])
-        errors = CounterMetricFamily(f"{PREFIX}_decode_errors", "Packets the decoder rejected, per source.",
+        errors = CounterMetricFamily(f"{PREFIX}_decode_errors", "Frames the decoder rejected, or a stream lost before it "
+                                     "(a gap of up to a second in its steady frame rate), per source.",
                                      labels=["source"])
         reconnects = CounterMetricFamily(f"{PREFIX}_source_reconnects", "Reconnects, per source.", labels=["source"])
         state = GaugeMetricFamily(f"{PREFIX}_source_state", "1 for the state each source is in.",
                                   labels=["source", "state"])
         down = CounterMetricFamily(f"{PREFIX}_source_down_seconds",
-                                   "Seconds each source spent connecting, stalled or reconnecting.", labels=["source"])
+                                   "Seconds each source spent connecting, stalled or reconnecting, "
+                                   "and a stream's silences of over a second.", labels=["source"])
         missing = CounterMetricFamily(f"{PREFIX}_source_frames_missing",
                                       "Frames a damaged or truncated input lacked (never decoded), per source.",
                                       labels=["source"])

@@ -14,7 +14,7 @@ switches, MOTA) metrics over per-frame mask IoU:
 - ``oracle``: the same model segments, each given the identity of the ground-truth thing it
   overlaps most. The gap between ``model`` and ``oracle`` is what the tracker itself loses.
 
-TrackEval is an optional dependency (``pip install 'segstream[eval]'``): its metrics are the
+TrackEval is an optional dependency (``pip install -e ".[eval]"`` in the checkout): its metrics are the
 reference implementations of HOTA and IDF1.
 """
 
@@ -160,7 +160,7 @@ def require_trackeval() -> None:
         import trackeval.metrics  # noqa: F401
     except ImportError:
         raise ConfigError(
-            "tracking metrics need TrackEval — pip install 'segstream[eval]' (or pip install trackeval)"
+            "tracking metrics need TrackEval — pip install -e \".[eval]\" in the segstream checkout (or pip install trackeval)"
         ) from None
 
 

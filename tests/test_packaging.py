@@ -58,3 +58,13 @@ def test_the_public_api_resolves_and_importing_segstream_loads_no_torch(tmp_path
         "assert segstream.FrameResult.__module__ == 'segstream.models.results'\n"
     )
     subprocess.run([sys.executable, "-c", script], cwd=tmp_path, check=True, capture_output=True)
+
+
+def test_segstream_version_prints_the_package_version(tmp_path):
+    import segstream
+
+    out = subprocess.run(
+        [sys.executable, "-m", "segstream.pipeline.cli", "--version"], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == f"segstream {segstream.__version__}"
