@@ -267,9 +267,14 @@ class ImagesSourceConfig(_Buffered, Strict):
                 "images, one image or a glob such as frames/*.jpg; relative paths are relative to the config file's "
                 "directory"
             )
-        if not wildcard:
-            return str(resolved)
-        return str(_resolve(path, info)) if not Path(path).is_absolute() else path
+        checked = str(resolved) if not wildcard else (str(_resolve(path, info)) if not Path(path).is_absolute() else path)
+        from segstream.connectors.image_source import IMAGE_SUFFIXES, list_images
+
+        if not list_images(checked):  # the run would fail at once: said now (found probing)
+            raise ValueError(f"no images in '{path}'{_led_to(path, Path(checked))} — give a folder of "
+                             f"{'/'.join(s[1:] for s in IMAGE_SUFFIXES[:4])}... files, one image or a glob such "
+                             "as frames/*.png")
+        return checked
 
 
 class SyntheticSourceConfig(_Buffered, Strict):

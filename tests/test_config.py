@@ -100,9 +100,11 @@ def test_validate_names_the_model_that_model_family_alone_picks(capsys, write, c
 @pytest.mark.parametrize(
     "name", sorted(p.name for p in (Path(__file__).parents[1] / "configs").glob("*.yaml") if p.name != "pipeline.yaml")
 )
-def test_every_shipped_config_validates(capsys, monkeypatch, name):
+def test_every_shipped_config_validates(capsys, monkeypatch, tmp_path, name):
     for variable in ("SEGSTREAM_REDIS_URL", "CAM_PASSWORD", "LOBBY_PASSWORD", "FIELD_SRT_PASSPHRASE"):  # what they ask for
         monkeypatch.setenv(variable, "redis://localhost:6379/0" if "URL" in variable else "passw0rd-of-16ch")
+    (tmp_path / "0001.png").write_bytes(b"")  # a folder with an image (validate lists, it does not decode)
+    monkeypatch.setenv("SEGSTREAM_IMAGES", str(tmp_path))
     assert main(["validate", str(Path(__file__).parents[1] / "configs" / name)]) == 0
     out = capsys.readouterr().out
     # batch.yaml has no sources: its videos come from `segstream batch INPUTS`

@@ -25,11 +25,12 @@ def _error(**keys) -> str:
 
 
 @pytest.mark.parametrize("name", ["rtsp_camera", "usb_camera", "image_folder", "streams"])
-def test_every_example_config_validates(name, monkeypatch):
+def test_every_example_config_validates(name, monkeypatch, tmp_path):
     monkeypatch.setenv("CAM_PASSWORD", "x")
     monkeypatch.setenv("LOBBY_PASSWORD", "y")
     monkeypatch.setenv("FIELD_SRT_PASSPHRASE", "z" * 16)
-    monkeypatch.setenv("SEGSTREAM_IMAGES", str(CONFIGS))
+    (tmp_path / "0001.png").write_bytes(b"")  # a folder with an image (validate lists, it does not decode)
+    monkeypatch.setenv("SEGSTREAM_IMAGES", str(tmp_path))
     assert load_config(CONFIGS / f"{name}.yaml").sources
 
 
@@ -46,6 +47,7 @@ def test_live_sources_default_to_newest_frames_and_files_to_every_frame(clip, tm
     assert (kept.queue_size, kept.max_staleness_ms) == (5, None)
     whole = _source(type="file", path=str(clip))
     assert (whole.queue_size, whole.max_staleness_ms) == (8, None)
+    (tmp_path / "0001.png").write_bytes(b"")
     assert _source(type="images", path=str(tmp_path)).buffer_kind == "every_frame"
     assert _source(type="synthetic").required is False
 
@@ -92,6 +94,7 @@ def test_camera_keys_are_checked():
 
 def test_an_images_folder_must_exist(tmp_path):
     assert "does not exist" in _error(type="images", path=str(tmp_path / "nope" / "*.png"))
+    (tmp_path / "0001.png").write_bytes(b"")
     assert _source(type="images", path=str(tmp_path / "*.png")).path.endswith("*.png")
 
 
@@ -185,3 +188,10 @@ def test_the_status_line_interval_comes_from_ops(tmp_path):
     cfg = validate_config({"sources": [{"name": "s", "type": "synthetic", "num_frames": 1}],
                            "model": {"preset": "synthetic_eomt_tiny_256"}, "ops": {"status_interval_s": 60}})
     assert Runtime.from_config(cfg, [], ColourSegmenter(), []).progress_interval_s == 60
+
+
+def test_validate_says_an_images_source_finds_no_images_as_the_run_would(tmp_path):
+    """Found probing: configs/image_folder.yaml passed validate, then run failed: 'no images in ...'."""
+    (tmp_path / "notes.txt").write_text("x")
+    assert "no images in" in _error(type="images", path=str(tmp_path))
+    assert "no images in" in _error(type="images", path=str(tmp_path / "*.jpg"))
