@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import errno
+import fcntl
 import json
 import logging
 import os
@@ -49,7 +50,8 @@ class FilesSink:
     its first line (a folder in its place, no permission, a read-only disk) raises
     ``SinkError``: the run stops, saying why.
 
-    The sink never writes through a symbolic link, into anything but a regular file, or into a
+    One writer per file: a file another process holds (a second run with the same folder) is
+    refused (``SinkError``) rather than written between its lines. The sink never writes through a symbolic link, into anything but a regular file, or into a
     file another user owns in a folder every user can write (``connectors.output_files``): such
     a file is refused as a file that cannot be written is (above). A folder every user can write
     without the sticky bit is refused at once. New files get the mode the umask leaves of 0666
@@ -160,6 +162,12 @@ class FilesSink:
             check_output_dir(path.parent)
         if key not in self._files:
             f = open_output(path, "ab", buffering=0)
+            try:  # one writer per file: a second run with the same folder would interleave its lines
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.close()
+                raise SinkError(f"'{path}' is being written by another process (a second run with the same "
+                                "sinks.files.dir?) — stop it, or give this run a folder of its own") from None
             try:
                 if _ends_torn(path):  # a run or a write stopped in the middle of a line: ours start on a new one
                     f.write(b"\n")

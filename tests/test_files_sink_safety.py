@@ -187,3 +187,19 @@ def test_a_file_deleted_with_its_folder_mid_run_is_said_lost_and_written_anew(tm
     assert [int(entry["frame"]) for entry in read_entries(folder / "cam.jsonl")] == [3, 4]
     assert sink.status()["lost_with_files"] == 3 and "3 lines lost with files deleted under us" in sink.status()["line"]
     assert any("was deleted or replaced while this run wrote to it: the 3 entries" in r.message for r in caplog.records)
+
+
+def test_a_second_writer_of_the_same_file_is_refused_in_one_line(tmp_path):
+    """Found probing: two runs with the same sinks.files.dir appended to one JSONL, their lines
+    interleaved under two run_ids, with no word."""
+    from tests.test_redis_wire import stamped, synthetic_scene
+
+    first, second = FilesSink(tmp_path), FilesSink(tmp_path)
+    first.publish(stamped(synthetic_scene("cam", 0)))
+    with pytest.raises(SinkError, match=r"cam.jsonl' is being written by another process \(a second run with the "
+                                        r"same sinks.files.dir\?\) — stop it, or give this run a folder of its own"):
+        second.publish(stamped(synthetic_scene("cam", 1)))
+    first.close()
+    second.publish(stamped(synthetic_scene("cam", 2)))  # free again once the first let go
+    second.close()
+    assert [int(e["frame"]) for e in read_entries(tmp_path / "cam.jsonl")] == [0, 2]
