@@ -242,11 +242,16 @@ def main_evaluate(args) -> int:
 
     from segstream.pipeline.model_factory import build_segmenter, how_it_runs
 
-    segmenter = build_segmenter(evaluation_model_config(args))
+    model_cfg = evaluation_model_config(args)
     width, height = args.size
     clips = getattr(args, "clips", None)
-    frames = clip_frames(clips, args.frames) if clips else None
     per_seed = args.frames or FRAMES_PER_SEED
+    what = (f"clips {' '.join(str(c) for c in clips)}" if clips else
+            f"{len(args.seeds) * per_seed} frames of {len(args.seeds)} synthetic scenes at {width}x{height}")
+    # said at once: the model takes seconds to load, and the progress bar shows on a terminal only
+    print(f"segstream: evaluating {model_cfg.preset} on {what}", file=sys.stderr, flush=True)
+    segmenter = build_segmenter(model_cfg)
+    frames = clip_frames(clips, args.frames) if clips else None
     result = evaluate_segmenter(segmenter.segment, args.seeds, width, height, per_seed, segmenter.labels,
                                 frames=frames)
     scenes = f"clips {' '.join(str(c) for c in clips)}" if clips else (

@@ -165,3 +165,13 @@ def test_evaluate_says_which_classes_the_scenes_lack_and_draws_no_bar_into_a_log
     absent = [line for line in captured.out.splitlines() if "not in these scenes, nor predicted" in line]
     assert absent and "(tp 0, fp 0, fn 0)" not in captured.out
     assert "frame/s" not in captured.err and "\r" not in captured.err
+
+
+def test_evaluate_says_what_it_evaluates_before_the_model_loads(capsys):
+    """Found probing: `segstream evaluate` printed nothing until it finished (the bar shows on a
+    terminal only; the model loads first)."""
+    from segstream.pipeline.cli import main
+
+    assert main(["evaluate", "--seeds", "4", "--frames", "2", "--size", "160", "120", "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith("segstream: evaluating synthetic_eomt_tiny_256 on 2 frames of 1 synthetic scenes at 160x120")
