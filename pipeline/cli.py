@@ -495,5 +495,5 @@ class _DrainOnSignal:
             signal.signal(signum, handler)
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # python -m segstream.pipeline.cli: as the console command (its signal handling)
+    sys.exit(entry.main())

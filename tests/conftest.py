@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
@@ -15,6 +16,21 @@ from segstream.models.processing import Decision
 from segstream.models.segmenter import Prepared, results
 
 SQUARE_COLOUR = (255, 40, 40)
+
+
+@pytest.fixture(autouse=True)
+def _segstream_logging_as_it_was():
+    """A test that configures segstream's logging (the CLI's main does) leaves it as it found it:
+    the CLI's setup stops propagation, which hid later tests' records from caplog."""
+    from segstream.pipeline import logs
+
+    logger = logging.getLogger("segstream")
+    saved = list(logger.handlers), logger.propagate, logger.level, dict(logs._configured)
+    yield
+    logger.handlers[:] = saved[0]
+    logger.propagate = saved[1]
+    logger.setLevel(saved[2])
+    logs._configured.update(saved[3])
 
 
 def encode_clip(path: Path, frames: int = 40, fps: int = 10, width: int = 160, height: int = 120) -> Path:

@@ -134,7 +134,7 @@ def test_a_run_survives_redis_killed_mid_run_and_restarted_5_s_later(tmp_path):
     server = RedisProcess(tmp_path / "redis", ["--appendonly", "yes", "--appendfsync", "always"])
     config = tmp_path / "pipeline.yaml"
     config.write_text(
-        "sources:\n  - {name: cam0, type: synthetic, width: 96, height: 64, fps: 20, num_frames: 200, realtime: true}\n"
+        "sources:\n  - {name: cam0, type: synthetic, width: 96, height: 64, fps: 20, num_frames: 300, realtime: true}\n"
         "model: {device: cpu, precision: fp32}\n"
         "engine: {batch_size: 2, max_wait_ms: 5}\n"
         "ops: {http: null}\n"
@@ -160,7 +160,7 @@ def test_a_run_survives_redis_killed_mid_run_and_restarted_5_s_later(tmp_path):
     assert "Traceback" not in err
     assert re.search(r"redis unreachable for \d+ s, backlog 30/30", err), "the status line shows the outage"
     published, decoded, dropped, reasons = _summary(err)
-    assert decoded == 200 and published + dropped == decoded
+    assert decoded == 300 and published + dropped == decoded
     assert reasons.get("sink_backlog", 0) >= 50  # 5 s at 20 fps, minus a backlog of 30
     # the run rode the outage out, but what the backlog shed is lost: its exit must not say "all written"
     assert process.returncode == 1, err
