@@ -28,6 +28,18 @@ def server(tmp_path):
         yield process
 
 
+@pytest.fixture
+def caplog(caplog):
+    """The publisher's warnings, even after the CLI's logging setup (run by other tests) stopped
+    their propagation."""
+    logger = logging.getLogger("segstream.connectors.redis_sink")
+    logger.addHandler(caplog.handler)
+    logger.propagate = False  # each record once, however the CLI's setup left the loggers above
+    yield caplog
+    logger.propagate = True
+    logger.removeHandler(caplog.handler)
+
+
 def warnings_of(caplog, text: str) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and text in r.getMessage()]
 
