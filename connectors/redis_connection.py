@@ -198,9 +198,14 @@ def _url_problem(error: ValueError, url: str) -> str:
     return text
 
 
+# redis-py prefixes an error inside a pipeline with the command and all its arguments (an XADD's fields)
+_PIPELINE_PREFIX = re.compile(r"^Command # \d+ \(.*?\) of pipeline caused error: ", re.DOTALL)
+
+
 def error_summary(error: BaseException | None) -> str:
-    """The first line of an exception's message, for one-line user errors."""
-    text = str(error).strip()
+    """The first line of an exception's message, for one-line user errors (without the command a
+    pipeline's error quotes)."""
+    text = _PIPELINE_PREFIX.sub("", str(error).strip())
     return text.splitlines()[0] if text else type(error).__name__
 
 

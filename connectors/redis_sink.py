@@ -24,14 +24,21 @@ from segstream.connectors.redis_wire import (
     stream_name,
     to_wire,
 )
-from segstream.connectors.sink import DROPPED_BACKLOG, DROPPED_UNREACHABLE, DroppedCallback, WrittenCallback
+from segstream.connectors.sink import (
+    DROPPED_BACKLOG,
+    DROPPED_REFUSED,
+    DROPPED_UNREACHABLE,
+    DroppedCallback,
+    WrittenCallback,
+)
 from segstream.models.results import Event, FrameResult
 
 log = logging.getLogger(__name__)
 
 # Why a frame the publisher was handed never reached Redis (RunMetrics' dropped reasons).
 _RECHECK_S = 0.25  # while disconnected, how often poll() wants to be called
-
+# Refusals that a failover or a consumer's trimming can end: ridden out like an outage.
+_PASSING_REFUSALS = (redis.exceptions.OutOfMemoryError, redis.exceptions.ReadOnlyError)
 
 
 @dataclass(slots=True)
@@ -58,9 +65,12 @@ class RedisPublisher:
     are reported to ``on_dropped`` with the reason ``sink_backlog``); a background thread tries to reconnect, backing off with jitter up to
     ``reconnect_max_s``; once Redis answers, the backlog goes out in order, oldest first, and
     publishing goes on by itself. ``flush()`` waits up to ``drain_timeout_s`` for an unreachable
-    Redis, then drops what is left (``sink_unreachable``). Entries Redis itself refuses (a key
-    that is not a stream, out of memory, no permission) raise ``SinkError``. One thread publishes;
-    ``status()`` may be read from any thread.
+    Redis, then drops what is left (``sink_unreachable``). A Redis that refuses writes for now (out
+    of memory, a read-only replica) is ridden out the same way, with one warning; what it still
+    refuses at the end is dropped as ``sink_refused``. Entries Redis refuses for good (a key that is
+    not a stream, no permission) are dropped as ``sink_refused`` and raise ``SinkError``. After an
+    outage, a stream whose last written entry is gone (Redis restarted without its data, or was
+    flushed) gets one warning. One thread publishes; ``status()`` may be read from any thread.
     """
 
     name = "redis"
@@ -126,6 +136,11 @@ class RedisPublisher:
         self._connected = True
         self._down_since: float | None = None
         self._last_error = ""
+        self._refusal: str | None = None  # while Redis refuses writes for now: what to do about it
+        self._refused_since: float | None = None
+        self._refused_for_good = False  # a refusal ended publishing: nothing more is sent
+        self._last_id: dict[str, bytes] = {}  # per stream, the ID of the last entry written
+        self._lost: set[str] = set()  # streams already warned about as having lost entries
         self._reachable = threading.Event()
         self._stopping = threading.Event()
         self._backoff = Backoff(0.1, reconnect_max_s)
@@ -239,16 +254,17 @@ class RedisPublisher:
         then drop (and count) what is left."""
         self._pump(everything=True)
         deadline = time.monotonic() + self.drain_timeout_s
+        if self._queue and not self._connected:
+            log.warning("waiting up to %.0f s for Redis at %s to take %d waiting entries",
+                        self.drain_timeout_s, self._where, len(self._queue))
         while self._queue and not self._connected:
             left = deadline - time.monotonic()
             if left <= 0:
                 break
-            log.warning("waiting up to %.0f s for Redis at %s to take %d waiting entries",
-                        left, self._where, len(self._queue))
             self._reachable.wait(left)
             self._pump(everything=True)
         if self._queue:
-            self._drop_all(DROPPED_UNREACHABLE)
+            self._drop_all()
 
     def close(self) -> None:
         """Flush (without waiting for an unreachable Redis), then release the connection (and
@@ -257,9 +273,12 @@ class RedisPublisher:
             return
         self._closed = True
         try:
-            self._pump(everything=True)
-            if self._queue:
-                self._drop_all(DROPPED_UNREACHABLE)
+            try:
+                if not self._refused_for_good:
+                    self._pump(everything=True)
+            finally:
+                if self._queue:
+                    self._drop_all()
             self._report()
         finally:
             self._stopping.set()
@@ -274,6 +293,8 @@ class RedisPublisher:
         backlog, nbytes = len(self._queue), self._queued_bytes
         dropped = dict(self.dropped)
         state = "connected" if self._connected else f"unreachable for {time.monotonic() - (self._down_since or 0):.0f} s"
+        if self._refusal is not None:
+            state = f"refusing writes for {time.monotonic() - (self._refused_since or 0):.0f} s"
         parts = [f"redis {state}", f"backlog {backlog}/{self.max_backlog} ({nbytes / 2**20:.1f} MB)"]
         if self.peak_backlog:
             parts.append(f"peak {self.peak_backlog}")
@@ -320,11 +341,15 @@ class RedisPublisher:
         if self.on_dropped is not None:
             self.on_dropped([item.result], reason)
 
-    def _drop_all(self, reason: str) -> None:
+    def _drop_all(self) -> None:
+        """Drop what still waits at the end, counted by why it was never written."""
         count = len(self._queue)
+        reason = DROPPED_REFUSED if self._refusal is not None or self._refused_for_good else DROPPED_UNREACHABLE
         while self._queue:
             self._drop(self._queue.popleft(), reason)
-        log.warning("Redis at %s stayed unreachable: %d waiting entries dropped (%s)", self._where, count, reason)
+        why = ("still refused writes" if self._refusal is not None else "had refused this run's writes"
+               if self._refused_for_good else "stayed unreachable")
+        log.warning("Redis at %s %s: %d waiting entries dropped (%s)", self._where, why, count, reason)
 
     def _pump(self, everything: bool = False) -> None:
         """Send full or overdue batches (every batch with ``everything``) while Redis takes them."""
@@ -341,6 +366,7 @@ class RedisPublisher:
                 sent = self._send(batch)
             except SinkError:
                 self._forget(len(batch))  # refused is final: never sent again
+                self._refused_for_good = True
                 raise
             if not sent:
                 self._disconnected()
@@ -376,8 +402,13 @@ class RedisPublisher:
             # dropped from the backlog meanwhile leave no gap a reader would count as trimmed
             self._last_error = error_summary(error)
             return False
+        except _PASSING_REFUSALS as error:  # the whole batch, at MULTI or EXEC: kept, and sent again
+            self._last_error = error_summary(error)
+            self._refusal = _advice(error)
+            return False
         except redis.RedisError as error:
             self.failed += len(batch)
+            self._refused(batch)
             raise SinkError(
                 f"Redis at {self._where} refused a batch of {len(batch)} entries: "
                 f"{error_summary(error)} — {_advice(error)}"
@@ -385,10 +416,17 @@ class RedisPublisher:
         finally:
             pipe.reset()
         self.batches_sent += 1
+        if self._refusal is not None:
+            log.warning("Redis at %s takes writes again after %.1f s: sending a backlog of %d entries",
+                        self._where, time.monotonic() - (self._refused_since or time.monotonic()), len(self._queue))
+            self._refusal = self._refused_since = None
+            self._check_kept()
         refused = [(item.stream, r) for item, r in zip(batch, results) if isinstance(r, Exception)]
         written = [item for item, r in zip(batch, results) if not isinstance(r, Exception)]
-        for item in written:  # only what Redis took advances a stream's numbers
-            self._seq[item.stream] = max(self._seq[item.stream], int(item.fields["seq"]))
+        for item, entry_id in zip(batch, results):
+            if not isinstance(entry_id, Exception):  # only what Redis took advances a stream's numbers
+                self._seq[item.stream] = max(self._seq[item.stream], int(item.fields["seq"]))
+                self._last_id[item.stream] = entry_id
         self.published += len(written)
         self.per_stream.update(item.stream for item in written if item.result is not None)
         frames = [item.result for item in written if item.result is not None]
@@ -398,12 +436,23 @@ class RedisPublisher:
             self.on_written(frames)
         if refused:
             self.failed += len(refused)
+            self._refused([item for item, r in zip(batch, results) if isinstance(r, Exception)])
             stream, error = refused[0]
             raise SinkError(
                 f"Redis refused {len(refused)} of {len(batch)} entries (first, on {stream!r}: "
                 f"{error_summary(error)}) — {_advice(error)}"
             )
         return True
+
+    def _refused(self, items: list[_Outgoing]) -> None:
+        """Entries Redis refused were never written: dropped, and counted so."""
+        for item in items:
+            if item.result is not None:
+                self.dropped[DROPPED_REFUSED] += 1
+                if self.on_dropped is not None:
+                    self.on_dropped([item.result], DROPPED_REFUSED)
+            else:
+                self.events_dropped += 1
 
     def _last_seq(self, stream: str) -> int:
         """The ``seq`` of the stream's last entry (0: none, or written without one). A producer
@@ -431,9 +480,15 @@ class RedisPublisher:
         for item in self._queue:
             if item.result is not None:
                 item.result = _stand_in(item.result)
-        log.warning("lost Redis at %s (%s): publishing continues into a backlog of up to %d entries",
-                    self._where, self._last_error, self.max_backlog)
-        self._backoff.reset()
+        if self._refusal is None:
+            log.warning("lost Redis at %s (%s): publishing continues into a backlog of up to %d entries",
+                        self._where, self._last_error, self.max_backlog)
+            self._backoff.reset()
+        elif self._refused_since is None:  # warned once; each retry after that goes on backing off
+            self._refused_since = time.monotonic()
+            log.warning("Redis at %s refuses writes: %s — publishing continues into a backlog of up to %d entries, "
+                        "sent when Redis takes them again", self._where, self._refusal, self.max_backlog)
+            self._backoff.reset()
         self._probe = threading.Thread(target=self._reconnect, name="segstream-redis-reconnect", daemon=True)
         self._probe.start()
 
@@ -455,12 +510,32 @@ class RedisPublisher:
         down = time.monotonic() - (self._down_since or time.monotonic())
         self._connected = True
         self._down_since = None
-        self.reconnects += 1
         if self._probe is not None:
             self._probe.join()
             self._probe = None
+        if self._refusal is not None:  # answering, but maybe still refusing: the next batch tells
+            return
+        self.reconnects += 1
         log.warning("Redis at %s is back after %.1f s: sending a backlog of %d entries",
                     self._where, down, len(self._queue))
+        self._check_kept()
+
+    def _check_kept(self) -> None:
+        """After an outage: is the last entry written to each stream still there? (XRANGE id id,
+        one per stream.) If not, Redis lost entries this run counted as written: warn, once."""
+        for stream, entry_id in self._last_id.items():
+            if stream in self._lost:
+                continue
+            try:
+                kept = self.client.xrange(stream, entry_id, entry_id)
+            except redis.RedisError as error:  # a user without XRANGE, or gone again: nothing to tell
+                log.debug("cannot check the entries kept in %s (%s)", stream, error_summary(error))
+                return
+            if not kept:
+                self._lost.add(stream)
+                log.warning("Redis at %s lost entries while it was away: %s no longer holds the last entry this run "
+                            "wrote to it (%s), so entries counted as written are gone — it restarted without its "
+                            "data (no persistence) or was flushed", self._where, stream, _text(entry_id))
 
     def _report(self) -> None:
         """What this run published, per stream, with the newest entry as a reader decodes it."""
@@ -485,6 +560,10 @@ def _stand_in(result: FrameResult) -> FrameResult:
                        capture_ts=result.capture_ts, model=result.model, times=result.times, run_id=result.run_id)
 
 
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def _size(fields: dict[str, bytes | str]) -> int:
     return sum(len(k) + len(v) for k, v in fields.items())
 
@@ -499,6 +578,8 @@ def _check_transactions(client: redis.Redis) -> None:
     except redis.RedisError as error:  # no permission, or a proxy without transactions
         where = redis_address(client)
         client.close()
+        if isinstance(error, _PASSING_REFUSALS):
+            raise SinkError(f"Redis at {where} refuses writes: {_advice(error)}") from None
         raise SinkError(f"Redis at {where} refused MULTI/EXEC: {error_summary(error)} — {_advice(error)}") from None
 
 
@@ -512,8 +593,10 @@ def _advice(error: Exception) -> str:
         return _GRANT
     if text.startswith("WRONGTYPE"):
         return "that key is not a stream: delete it or change sinks.redis.stream"
-    if text.startswith("OOM"):
-        return "Redis is out of memory: lower sinks.redis.maxlen or raise its maxmemory"
+    if isinstance(error, redis.exceptions.OutOfMemoryError) or text.startswith("OOM"):
+        return "Redis is out of memory (maxmemory): raise maxmemory, lower sinks.redis.maxlen or trim other keys"
+    if isinstance(error, redis.exceptions.ReadOnlyError) or text.startswith("READONLY"):
+        return "the server is a read-only replica: point sinks.redis.url at the primary"
     if text.startswith("NOAUTH"):
         return "set the password (REDIS_PASSWORD)"
     return "check the Redis server log"

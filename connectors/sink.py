@@ -17,7 +17,8 @@ DroppedCallback = Callable[[Sequence[FrameResult], str], None]
 DROPPED_BACKLOG = "sink_backlog"  # its backlog was full while its server was unreachable: oldest first
 DROPPED_UNREACHABLE = "sink_unreachable"  # still waiting when the run ended and its server stayed away
 DROPPED_WRITE_FAILED = "sink_write_failed"  # its write failed (a file sink's disk full, its folder gone)
-SINK_DROPS = (DROPPED_BACKLOG, DROPPED_UNREACHABLE, DROPPED_WRITE_FAILED)  # output lost, not load shed: the run's exit says so
+DROPPED_REFUSED = "sink_refused"  # its server refused the write (Redis out of memory, a read-only replica, no permission)
+SINK_DROPS = (DROPPED_BACKLOG, DROPPED_UNREACHABLE, DROPPED_WRITE_FAILED, DROPPED_REFUSED)  # output lost, not load shed: the run's exit says so
 
 
 SINK_METHODS = ("publish", "publish_event", "poll", "flush", "close")  # what the runtime calls

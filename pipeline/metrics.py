@@ -19,14 +19,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from segstream.connectors.sink import DROPPED_BACKLOG, DROPPED_UNREACHABLE, DROPPED_WRITE_FAILED
+from segstream.connectors.sink import DROPPED_BACKLOG, DROPPED_REFUSED, DROPPED_UNREACHABLE, DROPPED_WRITE_FAILED
 
 # The timestamps a frame collects on its way, in order; a stage's latency is the time from the
 # previous one to its own.
 # Why frames are dropped: the batcher's (a newest-kept queue full, a frame older than its
 # staleness limit), the decoder's, and the sinks' (connectors/sink.py).
 QUEUE_FULL, STALE, DECODE_ERROR = "queue_full", "stale", "decode_error"
-DROP_REASONS = (QUEUE_FULL, STALE, DECODE_ERROR, DROPPED_BACKLOG, DROPPED_UNREACHABLE, DROPPED_WRITE_FAILED)
+DROP_REASONS = (QUEUE_FULL, STALE, DECODE_ERROR, DROPPED_BACKLOG, DROPPED_UNREACHABLE, DROPPED_WRITE_FAILED,
+                DROPPED_REFUSED)
 
 STAGES = ("decoded", "queued", "batched", "model_start", "model_end", "post_end", "staged", "published")
 # Upper bounds (seconds) of the latency histograms: Prometheus' defaults, plus the millisecond

@@ -1,0 +1,158 @@
+"""What a Redis that answers but refuses writes does to a run: out of memory and a read-only
+replica are ridden out like an outage; a refusal for good (no permission) ends publishing; either
+way a refused entry is counted dropped (``sink_refused``), never written. And a Redis back from an
+outage without its data is said so."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+
+import pytest
+
+from segstream.connectors.errors import SinkError
+from segstream.connectors.redis_sink import RedisPublisher
+from tests.redis_servers import RedisProcess, free_port
+from tests.test_redis_outage import REPO, _summary, frames_in, publisher_for, wait_until
+from tests.test_redis_sink import tiny_scene
+
+OUT_OF_MEMORY = "Redis is out of memory (maxmemory): raise maxmemory, lower sinks.redis.maxlen or trim other keys"
+READ_ONLY = "the server is a read-only replica: point sinks.redis.url at the primary"
+
+
+@pytest.fixture
+def server(tmp_path):
+    with RedisProcess(tmp_path / "redis", ["--maxmemory-policy", "noeviction"]) as process:
+        yield process
+
+
+@pytest.fixture
+def caplog(caplog):
+    """The publisher's warnings, even after the CLI's logging setup (run by other tests) stopped
+    their propagation."""
+    logger = logging.getLogger("segstream.connectors.redis_sink")
+    logger.addHandler(caplog.handler)
+    logger.propagate = False  # each record once, however the CLI's setup left the loggers above
+    yield caplog
+    logger.propagate = True
+    logger.removeHandler(caplog.handler)
+
+
+def warnings_of(caplog, text: str) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and text in r.getMessage()]
+
+
+def test_a_redis_out_of_memory_keeps_the_entries_and_sends_them_once_it_takes_writes(server, caplog):
+    publisher, written, dropped = publisher_for(server, reconnect_max_s=0.2)
+    publisher.publish(tiny_scene("cam0", 0))
+    server.client().config_set("maxmemory", "1")
+    for index in range(1, 4):
+        publisher.publish(tiny_scene("cam0", index))  # never raises
+        publisher.poll()
+    assert "refusing writes" in publisher.status()["line"] and publisher.backlog == 3
+    assert warnings_of(caplog, "refuses writes") == [
+        f"Redis at {server.url} refuses writes: {OUT_OF_MEMORY} — publishing continues into a backlog of up to "
+        "1000 entries, sent when Redis takes them again"
+    ]  # once, however often it is retried
+    server.client().config_set("maxmemory", "0")
+    wait_until(lambda: publisher.backlog == 0, step=publisher.poll)
+    assert frames_in(server) == [0, 1, 2, 3] and [r.index for r in written] == [0, 1, 2, 3] and dropped == []
+    assert len(warnings_of(caplog, "takes writes again")) == 1 and publisher.status()["connected"]
+    publisher.close()
+
+
+def test_a_read_only_replica_at_the_end_drops_what_waits_as_refused(server, caplog):
+    publisher, written, dropped = publisher_for(server, reconnect_max_s=0.2, drain_timeout_s=0.5)
+    server.client().execute_command("REPLICAOF", "127.0.0.1", str(free_port()))
+    for index in range(2):
+        publisher.publish(tiny_scene("cam0", index))
+    publisher.flush()
+    assert written == [] and dropped == [(0, "sink_refused"), (1, "sink_refused")]
+    assert publisher.status()["dropped"] == {"sink_refused": 2}
+    assert warnings_of(caplog, READ_ONLY) and warnings_of(caplog, "still refused writes: 2 waiting entries dropped")
+    publisher.close()
+
+
+def test_entries_refused_for_good_are_dropped_not_written_and_the_error_quotes_no_fields(server):
+    publisher, written, dropped = publisher_for(server)
+    publisher.publish(tiny_scene("cam0", 0))
+    server.client().execute_command("ACL", "SETUSER", "default", "-xadd")
+    with pytest.raises(SinkError) as refused:
+        publisher.publish(tiny_scene("cam0", 1))
+    assert [r.index for r in written] == [0] and dropped == [(1, "sink_refused")]
+    assert "no permissions to run the 'xadd' command" in str(refused.value)
+    assert "Command #" not in str(refused.value) and "label" not in str(refused.value)
+    publisher.close()  # nothing is sent again, nothing raised again
+
+
+def test_a_full_redis_at_start_is_one_line_naming_maxmemory(server):
+    server.client().config_set("maxmemory", "1")
+    with pytest.raises(SinkError) as refused:
+        RedisPublisher.from_config(server.url, None)
+    assert str(refused.value) == f"Redis at {server.url} refuses writes: {OUT_OF_MEMORY}"
+
+
+def test_redis_back_without_its_data_is_warned_once_per_stream(server, caplog):
+    publisher, _, _ = publisher_for(server)
+    for source in ("cam0", "cam1"):
+        publisher.publish(tiny_scene(source, 0))
+    server.kill()
+    publisher.publish(tiny_scene("cam0", 1))
+    server.start()  # without its data: it keeps none
+    wait_until(lambda: publisher.backlog == 0, step=publisher.poll)
+    lost = warnings_of(caplog, "lost entries while it was away")
+    assert len(lost) == 2 and {"segstream:cam0:frames", "segstream:cam1:frames"} == {
+        stream for stream in ("segstream:cam0:frames", "segstream:cam1:frames") for line in lost if stream in line}
+    server.client().flushall()  # gone again, not yet seen: no second warning for the same streams
+    server.kill()
+    server.start()
+    publisher.publish(tiny_scene("cam0", 2))
+    wait_until(lambda: publisher.backlog == 0, step=publisher.poll)
+    assert len(warnings_of(caplog, "lost entries while it was away")) == 2
+    publisher.close()
+
+
+def test_redis_back_with_its_data_warns_of_no_loss(tmp_path, caplog):
+    with RedisProcess(tmp_path / "redis", ["--appendonly", "yes", "--appendfsync", "always"]) as server:
+        publisher, _, _ = publisher_for(server)
+        publisher.publish(tiny_scene("cam0", 0))
+        server.kill()
+        publisher.publish(tiny_scene("cam0", 1))
+        server.start()
+        wait_until(lambda: publisher.backlog == 0, step=publisher.poll)
+        assert frames_in(server) == [0, 1] and warnings_of(caplog, "is back after")
+        assert not warnings_of(caplog, "lost entries")
+        publisher.close()
+
+
+def test_a_run_whose_redis_fills_up_counts_what_it_refused_and_exits_incomplete(server, tmp_path):
+    # Found by chaos testing: the run said "77 frames published" with 75 in the stream.
+    config = tmp_path / "pipeline.yaml"
+    config.write_text(
+        "sources:\n  - {name: cam0, type: synthetic, width: 96, height: 64, fps: 20, num_frames: 40, realtime: true}\n"
+        "model: {device: cpu, precision: fp32}\n"
+        "engine: {batch_size: 2, max_wait_ms: 5}\n"
+        "ops: {http: null}\n"
+        f"sinks:\n  redis: {{url: '{server.url}', pipeline_size: 4, drain_timeout_s: 1, reconnect_max_s: 0.5}}\n"
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "segstream.pipeline.cli", "run", str(config)],
+        env={**os.environ, "PYTHONPATH": str(REPO)}, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        client = server.client()
+        wait_until(lambda: client.xlen("segstream:cam0:frames") >= 5, timeout_s=120)
+        client.config_set("maxmemory", "1")
+        _, err = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 1 and "Traceback" not in err, err
+    published, decoded, dropped, reasons = _summary(err)
+    assert published == client.xlen("segstream:cam0:frames") and published + dropped == decoded == 40
+    assert reasons["sink_refused"] > 0 and OUT_OF_MEMORY in err
+    assert err.strip().splitlines()[-1].startswith(
+        f"segstream: error: the output is incomplete: {dropped} of {decoded} results were never written "
+        f"(sink_refused {reasons['sink_refused']}")
