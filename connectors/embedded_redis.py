@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -112,6 +113,23 @@ class EmbeddedRedis:
 
     def __exit__(self, *exc_info) -> None:
         self.close()
+
+
+def kill_all() -> None:
+    """SIGTERM every embedded Redis this process started and has not closed, wait for each to go
+    and remove its files: for a signal handler that interrupted an import (no client, no import,
+    no lock: only signals, sleeps and file removal)."""
+    for server in list(_running):
+        with contextlib.suppress(OSError):
+            os.kill(server.pid, signal.SIGTERM)
+    for server in list(_running):  # gone within moments: its files with it
+        inner = server._server
+        if inner is None:
+            continue
+        _wait_for_exit(server.pid, Path(inner.pidfile), timeout_s=3.0)
+        shutil.rmtree(inner.redis_dir, ignore_errors=True)
+        if server._own_directory:
+            shutil.rmtree(server.directory, ignore_errors=True)
 
 
 def close_all() -> None:

@@ -152,10 +152,14 @@ class FilesSink:
     def _file(self, path: Path) -> BinaryIO:
         key = str(path)
         if key in self._files and not self._still_there(path, self._files[key]):
-            gone = self._lines.pop(key, 0)
-            log.warning("'%s' was deleted or replaced while this run wrote to it: the %d entries this run had "
-                        "written to it went with it; writing to a new '%s'", path, gone, path)
-            self.lost_with_files += gone
+            written = self._lines.pop(key, 0)
+            if os.fstat(self._files[key].fileno()).st_nlink == 0:  # deleted: its lines are nowhere now
+                log.warning("'%s' was deleted while this run wrote to it: the %d entries this run had written to "
+                            "it went with it; writing to a new '%s'", path, written, path)
+                self.lost_with_files += written
+            else:  # moved (a log rotation): its lines are where it went
+                log.warning("'%s' was moved or replaced while this run wrote to it (its %d entries of this run "
+                            "went with the moved file); writing to a new '%s'", path, written, path)
             with contextlib.suppress(OSError):
                 self._files.pop(key).close()
             path.parent.mkdir(parents=True, exist_ok=True)  # its folder, if that went too

@@ -18,13 +18,13 @@ from urllib.parse import unquote
 from segstream.connectors.urls import REDACTED
 
 # Keys and variable names whose values are secrets.
-SECRET_NAME = re.compile(r"pass|pwd|secret|token|key|auth|credential|phrase", re.IGNORECASE)
+SECRET_NAME = re.compile(r"pass|(?<=_)pwd|secret|token|key|auth|credential|phrase", re.IGNORECASE)  # CAM_PWD, not $PWD
 # ``user:password@host`` with or without a scheme (and with ``:/`` or ``//`` mistyped): the
 # password is what lies between the first ':' after the user and the last '@' before the host.
-_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][\w+.-]*:/{1,2})?(?P<user>[^\s/@:'\"`=,;()\[\]{}]+):"
-                       r"(?P<password>[^\s'\"`]+)@(?=[\w\[])")
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][\w+.-]{0,30}:/{1,2})?(?P<user>[^\s/@:'\"`=,;()\[\]{}]{1,128}):"
+                       r"(?P<password>[^\s'\"`]{1,256})@(?=[\w\[])")  # bounded: no quadratic scans of long lines
 _NAMES_A_PLACE = ("_file", "_path", "_dir")  # tls.key_file: where a secret is, not the secret
-_MIN_LENGTH = 3  # shorter values would hide too much else ('1' in every number)
+_MIN_LENGTH = 4  # shorter values would hide too much else ('pts', digits in every number)
 
 _lock = threading.Lock()
 _secrets: set[str] = set()
@@ -32,6 +32,8 @@ _secrets: set[str] = set()
 
 def remember(value: Any, _seen: set[int] | None = None) -> None:
     """Keep ``value`` (a string, or the strings in a list or mapping) out of every scrubbed line."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = str(value)  # password: 12345678 reads as a number
     if isinstance(value, str):
         for form in {value, unquote(value)}:
             if len(form) >= _MIN_LENGTH:

@@ -635,7 +635,15 @@ def output_settings(cfg: PipelineConfig) -> dict:
     engine's batching or the concurrency, which change nothing in them."""
     from segstream.connectors.checkpoints import HF_PREFIX, RANDOM, checkpoint_path
 
-    model = cfg.model.model_dump(mode="json", exclude={"device", "compile"})
+    model = cfg.model.model_dump(mode="json", exclude={"device", "compile", "options"})
+    if cfg.model.options:  # a plugin family's own settings may hold secrets: their digest only
+        options = json.dumps(cfg.model.options, sort_keys=True, default=str).encode()
+        model["options_sha256"] = hashlib.sha256(options).hexdigest()
+    if model.get("task") is None:  # the preset's own: said as before the default was null
+        from segstream.models.presets import PRESETS
+
+        preset = PRESETS.get(cfg.model.preset)
+        model["task"] = preset.task if preset is not None else None
     checkpoint = model.get("checkpoint")
     if checkpoint and checkpoint != RANDOM and not checkpoint.startswith(HF_PREFIX):
         weights = checkpoint_path(checkpoint)  # a model folder's weights file: retrained in place, it changes

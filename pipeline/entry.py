@@ -44,7 +44,7 @@ def abort_if_loading(frame, signum: int = signal.SIGINT) -> None:
             as_json = os.environ.get(ENV_FORMAT, "").lower() == "json"
             os.write(2, signal_line("aborted while loading its modules", "ERROR", as_json))
             embedded = sys.modules.get("segstream.connectors.embedded_redis")
-            if embedded is not None and hasattr(embedded, "close_all"):  # loaded whole: a daemonised
-                embedded.close_all()  # redis-server of ours would outlive us
+            if embedded is not None and hasattr(embedded, "kill_all"):  # loaded whole: a daemonised
+                embedded.kill_all()  # redis-server of ours would outlive us (a signal only: no client here)
             os._exit(128 + signum)
         frame = frame.f_back

@@ -41,7 +41,10 @@ class _Scrub(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         from segstream.connectors.redaction import scrub
 
-        message = record.getMessage()
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed call: logging's own error handling says so, not us
+            return True
         clean = scrub(message)
         if clean != message:
             record.msg, record.args = clean, None

@@ -186,7 +186,7 @@ def test_a_file_deleted_with_its_folder_mid_run_is_said_lost_and_written_anew(tm
     sink.close()
     assert [int(entry["frame"]) for entry in read_entries(folder / "cam.jsonl")] == [3, 4]
     assert sink.status()["lost_with_files"] == 3 and "3 lines lost with files deleted under us" in sink.status()["line"]
-    assert any("was deleted or replaced while this run wrote to it: the 3 entries" in r.message for r in caplog.records)
+    assert any("was deleted while this run wrote to it: the 3 entries" in r.message for r in caplog.records)
 
 
 def test_a_second_writer_of_the_same_file_is_refused_in_one_line(tmp_path):
