@@ -136,10 +136,8 @@ def close_all() -> None:
     """Stop every embedded Redis this process started and has not closed: for an abort, which
     leaves the threads that own them (redis-server runs daemonised: it outlives us otherwise)."""
     for server in list(_running):
-        try:
+        with contextlib.suppress(Exception):  # an abort goes on whatever one of them says
             server.close()
-        except Exception:  # an abort goes on whatever one of them says
-            pass
 
 
 def _free_tcp_port() -> int:

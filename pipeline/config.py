@@ -770,7 +770,6 @@ def raw_config_data(path: str | Path, overrides: list[str] | tuple[str, ...] = (
     data = read_yaml(path)
     for override in overrides:
         apply_override(data, override)
-    remember_in(data)  # its secrets stay out of every line printed, errors included
     return data
 
 
@@ -999,7 +998,7 @@ def interpolate(data: Any, environ: typing.Mapping[str, str] | None = None,
         return node
 
     result = walk(data, [])
-    remember_in(result)  # the passwords the variables brought into URLs
+    remember_in(result)  # its secrets (as written, or brought by variables) stay out of every line printed
     if raising and problems:
         raise ConfigError("\n".join(_problem_lines(problems, data)))
     return result

@@ -240,7 +240,7 @@ def main_evaluate(args) -> int:
     table and as one JSON line (for scripts)."""
     import json
 
-    from segstream.pipeline.model_factory import build_segmenter, how_it_runs
+    from segstream.pipeline.model_factory import build_segmenter, how_it_ran
 
     model_cfg = evaluation_model_config(args)
     width, height = args.size
@@ -256,7 +256,8 @@ def main_evaluate(args) -> int:
                                 frames=frames)
     scenes = f"clips {' '.join(str(c) for c in clips)}" if clips else (
         f"{width}x{height}, seeds {' '.join(map(str, args.seeds))}")
-    print(f"model {segmenter.name}{how_it_runs(segmenter)}: {result['frames']} frames, {scenes}")
+    how = how_it_ran(getattr(segmenter, "precision", None), getattr(segmenter, "postprocess", None))
+    print(f"model {segmenter.name}{how}: {result['frames']} frames, {scenes}")
     print(f"{'':8}{'PQ':>8}{'SQ':>8}{'RQ':>8}")
     for group, suffix in (("all", ""), ("things", "_things"), ("stuff", "_stuff")):
         row = [result[f"{m}{suffix}"] for m in ("pq", "sq", "rq")]

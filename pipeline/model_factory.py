@@ -173,13 +173,9 @@ def register_family(name: str, builder: FamilyBuilder, default_preset: str | Non
 _QUERY_SETTINGS = {"score_threshold", "mask_threshold", "overlap_threshold", "postprocess"}
 
 
-def how_it_runs(adapter) -> str:
-    """`` (bf16, fast post-processing)`` for a header line: what of its precision and
-    post-processing mode an adapter has (a family of one's own may have neither: then "")."""
-    return how_it_ran(getattr(adapter, "precision", None), getattr(adapter, "postprocess", None))
-
-
 def how_it_ran(precision: str | None, postprocess: str | None) -> str:
+    """`` (bf16, fast post-processing)`` for a header line, naming only what a model has (a family
+    of one's own may have neither precision nor post-processing mode: then "")."""
     parts = [*([precision] if precision else []), *([f"{postprocess} post-processing"] if postprocess else [])]
     return f" ({', '.join(parts)})" if parts else ""
 
