@@ -86,9 +86,11 @@ def test_with_json_logs_the_lines_signals_bring_are_json_too(tmp_path, clip, che
     """Log shippers read every stderr line as JSON (found probing: the signal lines were text)."""
     import json
 
-    process, _ = start_pipeline(tmp_path, clip, checkpoint, "queue_size: 64", ("--log-format", "json"))
+    # as the test above: a deep queue, the second signal 0.1 s after the first, while the drain runs
+    # (CI once drained 64 frames in 0.36 s, and a SIGTERM during the interpreter's exit is SIG_DFL's)
+    process, _ = start_pipeline(tmp_path, clip, checkpoint, "queue_size: 256", ("--log-format", "json"))
     process.send_signal(signal.SIGTERM)
-    time.sleep(0.5)
+    time.sleep(0.1)
     process.send_signal(signal.SIGTERM)
     _, err = process.communicate(timeout=60)
     assert process.returncode == 143, err  # found probing: a second SIGTERM exited 130, Ctrl-C's status
