@@ -22,7 +22,24 @@ ENV_LEVEL = "SEGSTREAM_LOG_LEVEL"
 _configured = {"format": "text"}
 
 
-class _PlainFormatter(logging.Formatter):
+class _ScrubbedTracebacks:
+    """Tracebacks and stacks scrubbed as the message is: an exception's text may quote a URL
+    with its password (the ``_Scrub`` filter sees only the message)."""
+
+    def formatException(self, ei):
+        from segstream.connectors.redaction import scrub
+
+        text = super().formatException(ei)
+        return [scrub(line) for line in text] if isinstance(text, list) else scrub(text)
+
+    def formatStack(self, stack_info):
+        from segstream.connectors.redaction import scrub
+
+        text = super().formatStack(stack_info)
+        return [scrub(line) for line in text] if isinstance(text, list) else scrub(text)
+
+
+class _PlainFormatter(_ScrubbedTracebacks, logging.Formatter):
     """``segstream: message``, with the level named from warnings up, as the CLI's own lines read."""
 
     def format(self, record: logging.LogRecord) -> str:
@@ -32,6 +49,8 @@ class _PlainFormatter(logging.Formatter):
         text = f"segstream: {message}"
         if record.exc_info:
             text += "\n" + self.formatException(record.exc_info)
+        if record.stack_info:
+            text += "\n" + self.formatStack(record.stack_info)
         return text
 
 
@@ -79,7 +98,10 @@ def configure_logging(format: str | None = None, level: str | None = None, strea
     if format == "json":
         from pythonjsonlogger.json import JsonFormatter
 
-        handler.setFormatter(JsonFormatter(
+        class _JsonFormatter(_ScrubbedTracebacks, JsonFormatter):
+            pass
+
+        handler.setFormatter(_JsonFormatter(
             "{levelname}{name}{message}", style="{", timestamp="time",
             rename_fields={"levelname": "level", "name": "logger"},
         ))

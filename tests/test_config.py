@@ -377,6 +377,36 @@ def test_secrets_stay_out_of_log_records_too(capsys, monkeypatch):
     configure_logging("text")
 
 
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_secrets_stay_out_of_a_logged_traceback(capsys, log_format):
+    """Found reviewing: the filter scrubbed the message, the exception text under it went out as raised."""
+    import logging
+
+    from segstream.connectors.redaction import remember
+    from segstream.pipeline.logs import configure_logging
+
+    def connect_to_the_sink():
+        try:
+            raise OSError("refused by redis://default:Tr4ceSecret@cache:6379")
+        except OSError as refusal:
+            raise ConnectionError("retrying with T0kenInTrace") from refusal
+
+    configure_logging(log_format)
+    remember("T0kenInTrace")
+    try:
+        connect_to_the_sink()
+    except ConnectionError:
+        logging.getLogger("segstream.test").exception("the sink gave up")
+    finally:
+        configure_logging("text")
+    err = capsys.readouterr().err
+    logged = json.loads(err.strip().splitlines()[-1])["exc_info"] if log_format == "json" else err
+    assert "Tr4ceSecret" not in err and "T0kenInTrace" not in err, err
+    # the traceback itself is kept: where it was raised, both exceptions, their text less the secrets
+    assert "Traceback" in logged and "connect_to_the_sink" in logged, logged
+    assert "redis://default:***@cache:6379" in logged and "ConnectionError: retrying with ***" in logged, logged
+
+
 def test_a_config_printed_shows_no_password_or_stream_options(write):
     """Found probing: repr(cfg.sinks.redis) showed password='...', and a stream's options its passphrase."""
     cfg = load_config(write("sources: [{name: cam, type: stream, url: 'srt://h:9000', options: {passphrase: "
