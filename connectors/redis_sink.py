@@ -395,6 +395,8 @@ class RedisPublisher:
             numbered[item.stream] += 1
             item.fields["seq"] = str(numbered[item.stream])
             pipe.xadd(item.stream, item.fields, maxlen=self.maxlen, approximate=True)
+        # Asked before the backlog goes out: its MAXLEN ~ may trim the entry asked about.
+        gone = self._entries_gone() if self._refusal is not None else []
         try:
             results = pipe.execute(raise_on_error=False)
         except (redis.ConnectionError, redis.TimeoutError, OSError) as error:
@@ -420,7 +422,7 @@ class RedisPublisher:
             log.warning("Redis at %s takes writes again after %.1f s: sending a backlog of %d entries",
                         self._where, time.monotonic() - (self._refused_since or time.monotonic()), len(self._queue))
             self._refusal = self._refused_since = None
-            self._check_kept()
+            self._warn_lost(gone)
         refused = [(item.stream, r) for item, r in zip(batch, results) if isinstance(r, Exception)]
         written = [item for item, r in zip(batch, results) if not isinstance(r, Exception)]
         for item, entry_id in zip(batch, results):
@@ -518,11 +520,12 @@ class RedisPublisher:
         self.reconnects += 1
         log.warning("Redis at %s is back after %.1f s: sending a backlog of %d entries",
                     self._where, down, len(self._queue))
-        self._check_kept()
+        self._warn_lost(self._entries_gone())
 
-    def _check_kept(self) -> None:
-        """After an outage: is the last entry written to each stream still there? (XRANGE id id,
-        one per stream.) If not, Redis lost entries this run counted as written: warn, once."""
+    def _entries_gone(self) -> list[tuple[str, bytes]]:
+        """After an outage, before the backlog is sent: the streams that no longer hold the last
+        entry this run wrote to them (XRANGE id id, one per stream), with that entry's ID."""
+        gone = []
         for stream, entry_id in self._last_id.items():
             if stream in self._lost:
                 continue
@@ -530,8 +533,15 @@ class RedisPublisher:
                 kept = self.client.xrange(stream, entry_id, entry_id)
             except redis.RedisError as error:  # a user without XRANGE, or gone again: nothing to tell
                 log.debug("cannot check the entries kept in %s (%s)", stream, error_summary(error))
-                return
+                return gone
             if not kept:
+                gone.append((stream, entry_id))
+        return gone
+
+    def _warn_lost(self, gone: list[tuple[str, bytes]]) -> None:
+        """Redis lost entries this run counted as written: warn, once per stream."""
+        for stream, entry_id in gone:
+            if stream not in self._lost:
                 self._lost.add(stream)
                 log.warning("Redis at %s lost entries while it was away: %s no longer holds the last entry this run "
                             "wrote to it (%s), so entries counted as written are gone — it restarted without its "

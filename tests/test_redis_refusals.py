@@ -156,3 +156,37 @@ def test_a_run_whose_redis_fills_up_counts_what_it_refused_and_exits_incomplete(
     assert err.strip().splitlines()[-1].startswith(
         f"segstream: error: the output is incomplete: {dropped} of {decoded} results were never written "
         f"(sink_refused {reasons['sink_refused']}")
+
+
+def test_a_backlog_longer_than_maxlen_trimmed_by_our_own_maxlen_is_not_reported_lost(tmp_path, caplog):
+    """Found reviewing: after a refusal spell the check for lost entries ran after the first batch
+    of the backlog, whose MAXLEN ~ had trimmed the entry the check looks for."""
+    with RedisProcess(tmp_path / "redis", ["--maxmemory-policy", "noeviction", "--stream-node-max-entries", "4"]) as server:
+        publisher, written, dropped = publisher_for(server, maxlen=5, pipeline_size=50, reconnect_max_s=0.2)
+        publisher.publish(tiny_scene("cam0", 0))
+        server.client().config_set("maxmemory", "1")
+        for index in range(1, 31):
+            publisher.publish(tiny_scene("cam0", index))
+            publisher.poll()
+        assert publisher.backlog == 30
+        server.client().config_set("maxmemory", "0")
+        wait_until(lambda: publisher.backlog == 0, step=publisher.poll)
+        kept = frames_in(server)
+        assert len(written) == 31 and dropped == [] and 0 not in kept and kept[-1] == 30  # trimmed, by us
+        assert warnings_of(caplog, "takes writes again") and not warnings_of(caplog, "lost entries")
+        publisher.close()
+
+
+def test_a_redis_restarted_without_its_data_during_a_refusal_is_still_reported_lost(server, caplog):
+    publisher, _, _ = publisher_for(server, maxlen=5, pipeline_size=50, reconnect_max_s=0.2)
+    publisher.publish(tiny_scene("cam0", 0))
+    server.client().config_set("maxmemory", "1")
+    for index in range(1, 11):
+        publisher.publish(tiny_scene("cam0", index))
+        publisher.poll()
+    assert publisher.backlog == 10
+    server.kill()
+    server.start()  # without its data, and without the maxmemory set at run time
+    wait_until(lambda: publisher.backlog == 0, step=publisher.poll)
+    assert len(warnings_of(caplog, "lost entries while it was away")) == 1
+    publisher.close()
