@@ -42,7 +42,9 @@ class FilesSink:
 
     A file deleted, moved or replaced while the run writes to it (its folder removed) is noticed
     at the next write: the lines written to it are said lost (a warning, ``status()``), and a new
-    file (and folder) is made at the path. A write that fails for a while (the disk full; or any
+    file (and folder) is made at the path. A new file that cannot be had (another process holds
+    it, its folder is now one every user can write) is a failed write, as below: each later
+    write tries again. A write that fails for a while (the disk full; or any
     error once the sink has written a line) costs only its own entry: it is dropped, counted as
     ``sink_write_failed`` (``on_dropped``, ``status()``), and said once per file in a warning;
     the next entry tries again, on a line of its own after whatever the failed one left, and a
@@ -72,6 +74,7 @@ class FilesSink:
         self.lost_with_files = 0  # lines written to files deleted or replaced under us since
         self._failing: dict[str, int] = {}  # path -> entries dropped since its writes began failing
         self._wrote = False  # whether any line went to a file: after that, errors are dropped and counted
+        self._opened: set[str] = set()  # paths this run has had open: reopening one never stops the run
         self._last_error = ""
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
@@ -129,7 +132,7 @@ class FilesSink:
                     raise OSError(errno.EIO, "the file took none of the line")
                 written += taken
         except OSError as error:
-            if error.errno not in _PASSING and not self._wrote:
+            if error.errno not in _PASSING and not self._wrote and key not in self._opened:
                 # a sink that never wrote a line and will not (a folder where the file goes, no
                 # permission, a read-only disk): the run cannot write what it is for
                 raise SinkError(f"cannot write to '{path}': {error.strerror or error}") from None
@@ -162,14 +165,22 @@ class FilesSink:
                             "went with the moved file); writing to a new '%s'", path, written, path)
             with contextlib.suppress(OSError):
                 self._files.pop(key).close()
-            path.parent.mkdir(parents=True, exist_ok=True)  # its folder, if that went too
-            check_output_dir(path.parent)
         if key not in self._files:
+            reopening = key in self._opened
+            if reopening:  # a refusal now costs entries, counted, not the run: the next write tries again
+                path.parent.mkdir(parents=True, exist_ok=True)  # its folder, if that went too
+                try:
+                    check_output_dir(path.parent)
+                except SinkError as unsafe:
+                    raise OSError(errno.EPERM, str(unsafe)) from None
             f = open_output(path, "ab", buffering=0)
             try:  # one writer per file: a second run with the same folder would interleave its lines
                 fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 f.close()
+                if reopening:
+                    raise OSError(errno.EWOULDBLOCK, "another process writes it now (a second run with the same "
+                                  "sinks.files.dir?) — stop it, or give each run a folder of its own") from None
                 raise SinkError(f"'{path}' is being written by another process (a second run with the same "
                                 "sinks.files.dir?) — stop it, or give this run a folder of its own") from None
             try:
@@ -179,6 +190,7 @@ class FilesSink:
                 f.close()
                 raise
             self._files[key] = f
+            self._opened.add(key)
             self._lines[key] = 0
         return self._files[key]
 

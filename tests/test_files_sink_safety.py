@@ -203,3 +203,71 @@ def test_a_second_writer_of_the_same_file_is_refused_in_one_line(tmp_path):
     second.publish(stamped(synthetic_scene("cam", 2)))  # free again once the first let go
     second.close()
     assert [int(e["frame"]) for e in read_entries(tmp_path / "cam.jsonl")] == [0, 2]
+
+
+def test_a_deleted_file_whose_new_one_another_process_holds_costs_entries_counted_not_the_run(tmp_path, caplog):
+    """Found reviewing: a file deleted mid-run and taken by a second run before ours reopened it
+    stopped the run (SinkError) instead of counting what could not be written."""
+    import multiprocessing
+
+    from tests.test_redis_wire import stamped, synthetic_scene
+
+    import logging
+
+    logger = logging.getLogger("segstream.sinks")  # its records even after the CLI's setup stopped propagation
+    logger.addHandler(caplog.handler)
+    logger.propagate = False
+    sink = FilesSink(tmp_path)
+    dropped = []
+    sink.on_dropped = lambda rs, reason: dropped.extend((r.index, reason) for r in rs)
+    sink.publish(stamped(synthetic_scene("cam", 0)))
+    (tmp_path / "cam.jsonl").unlink()
+    context = multiprocessing.get_context("spawn")
+    holding, release = context.Event(), context.Event()
+    other = context.Process(target=_hold_lock, args=(str(tmp_path / "cam.jsonl"), holding, release))
+    other.start()
+    try:
+        assert holding.wait(60)
+        for index in range(1, 4):
+            sink.publish(stamped(synthetic_scene("cam", index)))  # never raises
+    finally:
+        release.set()
+        other.join(60)
+        logger.propagate = True
+        logger.removeHandler(caplog.handler)
+    sink.publish(stamped(synthetic_scene("cam", 4)))  # the other let go: written again
+    sink.close()
+    assert dropped == [(1, "sink_write_failed"), (2, "sink_write_failed"), (3, "sink_write_failed")]
+    assert sink.status()["dropped"] == {"sink_write_failed": 3} and "another process writes it" in sink.status()["line"]
+    said = [r.getMessage() for r in caplog.records if "another process writes it" in r.getMessage()]
+    assert said == [f"cannot write to '{tmp_path / 'cam.jsonl'}': another process writes it now (a second run with "
+                    "the same sinks.files.dir?) — stop it, or give each run a folder of its own; its entries are "
+                    "dropped (counted as sink_write_failed) until writes succeed again"]
+    assert [int(e["frame"]) for e in read_entries(tmp_path / "cam.jsonl")] == [4]
+
+
+def _hold_lock(path: str, holding, release) -> None:
+    """Another process: takes the file's exclusive lock, as a second run's files sink does, until released."""
+    import fcntl
+
+    with open(path, "ab") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        holding.set()
+        release.wait(60)
+
+
+def test_a_folder_made_anew_that_every_user_can_write_costs_entries_counted_not_the_run(tmp_path):
+    from tests.test_redis_wire import stamped, synthetic_scene
+
+    folder = tmp_path / "out"
+    sink = FilesSink(folder)
+    sink.publish(stamped(synthetic_scene("cam", 0)))
+    (folder / "cam.jsonl").unlink()
+    folder.chmod(0o777)  # what a careless `chmod -R 777` leaves: others could swap the new file
+    sink.publish(stamped(synthetic_scene("cam", 1)))  # never raises
+    assert not (folder / "cam.jsonl").exists() and sink.status()["dropped"] == {"sink_write_failed": 1}
+    assert "can be written by every user and has no sticky bit" in sink.status()["line"]
+    folder.chmod(0o755)
+    sink.publish(stamped(synthetic_scene("cam", 2)))
+    sink.close()
+    assert [int(e["frame"]) for e in read_entries(folder / "cam.jsonl")] == [2]
