@@ -58,6 +58,7 @@ log = logging.getLogger(__name__)
 
 LIST_SUFFIXES = (".txt", ".list", ".lst")
 MANIFEST = "manifest.jsonl"
+REDIS_MARKS = ".redis-marks.json"
 # Videos per runtime: each video is a source with its decode thread, so an archive of thousands
 # runs as a sequence of runtimes over groups of videos that share one warm model.
 GROUP_SIZE = 64
@@ -286,6 +287,65 @@ class Manifest:
     def close(self) -> None:
         self._file.close()
         self._compact()
+
+
+class RedisMarks:
+    """``.redis-marks.json``: where each video's Redis streams (frames and events) ended before
+    this batch began publishing it, kept until the video is done. A video begun again (the run
+    that started it was killed, or Redis never took all of it) is first cut back to its mark:
+    what the unfinished attempt published is deleted, so the stream holds each frame once."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.marks: dict[str, dict[str, str]] = {}
+        try:
+            if path.is_file() and not path.is_symlink():
+                self.marks = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):  # unreadable: nothing to cut back, as before marks were kept
+            self.marks = {}
+
+    def cut_back(self, publisher, jobs: Sequence[VideoJob]) -> None:
+        """Before ``jobs`` publish: delete what an unfinished attempt of each published after its
+        mark, then mark where each stream ends now."""
+        import redis
+
+        from segstream.connectors.redis_wire import stream_name
+
+        for job in jobs:
+            streams = [stream_name(publisher.stream_pattern, job.id), stream_name(publisher.events_pattern, job.id)]
+            try:
+                for stream, mark in self.marks.get(job.id, {}).items():
+                    removed = 0
+                    while ids := [entry_id for entry_id, _ in publisher.client.xrange(stream, f"({mark}", "+", count=1000)]:
+                        removed += publisher.client.xdel(stream, *ids)
+                    if removed:
+                        log.info("%s: %d entries an unfinished earlier run published to %s removed: it is published "
+                                 "again from its first frame", job.id, removed, stream)
+                ends = {stream: publisher.client.xrevrange(stream, count=1) for stream in streams}
+            except redis.RedisError as error:  # Redis away: the video's entries of an earlier run may stay twice
+                log.warning("%s: cannot cut its Redis streams back to where an earlier run began it (%s): entries "
+                            "that run published may be there twice", job.id, error)
+                continue
+            self.marks[job.id] = {stream: _text(end[0][0]) if end else "0-0" for stream, end in ends.items()}
+        self._save()
+
+    def forget(self, video_ids: Iterable[str]) -> None:
+        """The videos are done: a later run that does them again (changed) publishes them anew."""
+        for video_id in video_ids:
+            self.marks.pop(video_id, None)
+        self._save()
+
+    def _save(self) -> None:
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with open_output(tmp, "w", encoding="utf-8") as f:
+            json.dump(self.marks, f, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 @contextlib.contextmanager
@@ -591,6 +651,7 @@ def run_local(cfg: PipelineConfig, jobs: Sequence[VideoJob], root: Path, manifes
               progress: BatchProgress, control: BatchControl, adapter=None, server=None,
               run_id: str = "") -> list[VideoOutcome]:
     """Process ``jobs`` with the runtime on this machine, a group of videos per runtime."""
+    from segstream.connectors.redis_sink import RedisPublisher
     from segstream.pipeline.cli import WARM_UP_FRAME
     from segstream.pipeline.model_factory import build_segmenter
     from segstream.pipeline.runtime import Runtime
@@ -600,6 +661,7 @@ def run_local(cfg: PipelineConfig, jobs: Sequence[VideoJob], root: Path, manifes
         adapter = build_segmenter(cfg.model, batch_size=cfg.engine.batch_size)
     outcomes: list[VideoOutcome] = []
     warm_up: tuple[int, int] | None = WARM_UP_FRAME
+    marks: RedisMarks | None = None
     for start in range(0, len(jobs), GROUP_SIZE):
         group = jobs[start : start + GROUP_SIZE]
         if control.stopping.is_set():
@@ -611,8 +673,13 @@ def run_local(cfg: PipelineConfig, jobs: Sequence[VideoJob], root: Path, manifes
         slots = threading.Semaphore(cfg.batch.concurrency)
         sources = [BatchVideoSource(job, cfg.batch, slots, metrics, control.stopping) for job in group]
         sink = BatchSink(root, sources, adapter.labels, cfg, manifest, progress)
+        extra = _extra_sinks(cfg)
+        publisher = next((s for s in extra if isinstance(s, RedisPublisher)), None)
+        if publisher is not None:
+            marks = marks or RedisMarks(root / REDIS_MARKS)
+            marks.cut_back(publisher, group)
         runtime = Runtime.from_config(
-            cfg, sources, adapter, [sink, *_extra_sinks(cfg)], queue_size=cfg.batch.queue_size, metrics=metrics,
+            cfg, sources, adapter, [sink, *extra], queue_size=cfg.batch.queue_size, metrics=metrics,
             warm_up=warm_up, progress=None, run_id=run_id, stages=tracking_stages(cfg.tracking), publish_states=True,
         )
         warm_up = None  # the model is warm from the first group on
@@ -626,6 +693,8 @@ def run_local(cfg: PipelineConfig, jobs: Sequence[VideoJob], root: Path, manifes
             if outcome.status == "done" and any(lost.get(reason) for reason in SINK_DROPS):
                 outcome.status, outcome.reason = "failed", undelivered_reason(lost)
                 manifest.record(outcome)  # its files are whole, but a rerun must publish it again
+        if marks is not None:
+            marks.forget(outcome.job.id for outcome in sink.outcomes if outcome.status == "done")
     return outcomes
 
 

@@ -362,3 +362,51 @@ def test_a_damaged_video_is_done_with_its_missing_frames_in_the_table_and_the_ma
     assert any(line.startswith("cut ") and "damaged: its frames end after" in line for line in table)
     assert "2 done (" in table[-1] and "of which 1 damaged (frames missing: see the notes)" in table[-1]
     assert {r["id"]: r["frames_missing"] for r in manifest(out)}["cut"] == by_id["cut"].frames_missing
+
+
+_KILLED_MIDWAY = """
+import os, signal, sys
+import redis
+from segstream.pipeline.batch import run_batch
+from tests.conftest import ColourSegmenter
+from tests.test_batch import config
+
+out, video, url = sys.argv[1:]
+
+class KilledMidway(ColourSegmenter):
+    def forward(self, prepared):
+        if redis.Redis.from_url(url).xlen("segstream:long:frames") >= 5:  # entries out, the video not done
+            os.kill(os.getpid(), signal.SIGKILL)
+        return super().forward(prepared)
+
+cfg = config(out)
+cfg.sinks.redis.url, cfg.sinks.redis.pipeline_size = url, 1
+run_batch(cfg, [video], adapter=KilledMidway(delay_s=0.02), progress=False)
+"""
+
+
+def test_a_batch_killed_midway_and_resumed_leaves_each_frame_once_in_redis(tmp_path):
+    """Found reviewing: a video begun again from its start after a SIGKILL was published twice
+    from frame 0 up to where the killed run stopped."""
+    from tests.redis_servers import RedisProcess
+
+    video = encode_clip(tmp_path / "long.mp4", frames=40)
+    out = tmp_path / "out"
+    with RedisProcess(tmp_path / "redis") as server:
+        killed = subprocess.run([sys.executable, "-c", _KILLED_MIDWAY, str(out), str(video), server.url],
+                                env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=REPO, capture_output=True,
+                                text=True, timeout=120)
+        assert killed.returncode == -signal.SIGKILL, killed.stderr
+        client = server.client()
+        partial = [int(f[b"frame"]) for _, f in client.xrange("segstream:long:frames")]
+        assert 5 <= len(partial) < 40 and not (out / MANIFEST).read_text().strip()
+
+        cfg = config(out)
+        cfg.sinks.redis.url = server.url
+        outcomes, _, _ = run_batch(cfg, [str(video)], adapter=ColourSegmenter(), progress=False)
+        assert [o.status for o in outcomes] == ["done"]
+        entries = [f for _, f in client.xrange("segstream:long:frames")]
+        assert [int(f[b"frame"]) for f in entries] == list(range(40))
+        assert [int(f[b"seq"]) for f in entries] == list(range(1, 41)), "numbered on from where it was cut back to"
+        states = [event_from_wire(f) for _, f in client.xrange("segstream:long:events")]
+        assert len({e.run_id for e in states}) == 1, "the killed run's events went with its frames"
