@@ -304,24 +304,18 @@ class RedisMarks:
         except (OSError, ValueError):  # unreadable: nothing to cut back, as before marks were kept
             self.marks = {}
 
-    def cut_back(self, publisher, jobs: Sequence[VideoJob]) -> None:
+    def cut_back(self, client, patterns: Sequence[str], jobs: Sequence[VideoJob]) -> None:
         """Before ``jobs`` publish: delete what an unfinished attempt of each published after its
-        mark, then mark where each stream ends now."""
+        mark, then mark where each of its streams (``patterns`` named by video) ends now."""
         import redis
 
         from segstream.connectors.redis_wire import stream_name
 
         for job in jobs:
-            streams = [stream_name(publisher.stream_pattern, job.id), stream_name(publisher.events_pattern, job.id)]
+            streams = [stream_name(pattern, job.id) for pattern in patterns]
             try:
-                for stream, mark in self.marks.get(job.id, {}).items():
-                    removed = 0
-                    while ids := [entry_id for entry_id, _ in publisher.client.xrange(stream, f"({mark}", "+", count=1000)]:
-                        removed += publisher.client.xdel(stream, *ids)
-                    if removed:
-                        log.info("%s: %d entries an unfinished earlier run published to %s removed: it is published "
-                                 "again from its first frame", job.id, removed, stream)
-                ends = {stream: publisher.client.xrevrange(stream, count=1) for stream in streams}
+                cut_back(client, job.id, self.marks.get(job.id, {}))
+                ends = {stream: client.xrevrange(stream, count=1) for stream in streams}
             except redis.RedisError as error:  # Redis away: the video's entries of an earlier run may stay twice
                 log.warning("%s: cannot cut its Redis streams back to where an earlier run began it (%s): entries "
                             "that run published may be there twice", job.id, error)
@@ -342,6 +336,17 @@ class RedisMarks:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.path)
+
+
+def cut_back(client, video_id: str, marks: dict[str, str]) -> None:
+    """Delete what was published to each stream after its mark (``{stream: entry ID}``)."""
+    for stream, mark in marks.items():
+        removed = 0
+        while ids := [entry_id for entry_id, _ in client.xrange(stream, f"({mark}", "+", count=1000)]:
+            removed += client.xdel(stream, *ids)
+        if removed:
+            log.info("%s: %d entries an unfinished earlier attempt published to %s removed: it is published "
+                     "again from its first frame", video_id, removed, stream)
 
 
 def _text(value: bytes | str) -> str:
@@ -677,7 +682,7 @@ def run_local(cfg: PipelineConfig, jobs: Sequence[VideoJob], root: Path, manifes
         publisher = next((s for s in extra if isinstance(s, RedisPublisher)), None)
         if publisher is not None:
             marks = marks or RedisMarks(root / REDIS_MARKS)
-            marks.cut_back(publisher, group)
+            marks.cut_back(publisher.client, (publisher.stream_pattern, publisher.events_pattern), group)
         runtime = Runtime.from_config(
             cfg, sources, adapter, [sink, *extra], queue_size=cfg.batch.queue_size, metrics=metrics,
             warm_up=warm_up, progress=None, run_id=run_id, stages=tracking_stages(cfg.tracking), publish_states=True,

@@ -35,9 +35,12 @@ from segstream.pipeline.batch import (
     BatchControl,
     BatchProgress,
     Manifest,
+    RedisMarks,
+    REDIS_MARKS,
     VideoJob,
     VideoOutcome,
     _extra_sinks,
+    cut_back,
     judge,
     undelivered_reason,
 )
@@ -97,11 +100,12 @@ class ProgressBoard:
 
 
 def process_video(job: VideoJob, cfg_json: str, root: str, actor, labels, board, geometry=None,
-                  run_id: str = "") -> dict:
+                  run_id: str = "", mark: dict[str, str] | None = None) -> dict:
     """A Ray task: every frame of one video through ``actor`` into its outputs; returns what
     became of it (a video that cannot be decoded is a result, not an exception: it is not
     retried). With ``geometry`` (the model's ``InputGeometry``) frames are converted at the
-    model's input size (``engine.resize_in_decoder``)."""
+    model's input size (``engine.resize_in_decoder``). With ``mark`` (where its Redis streams
+    ended before the batch began it) it first deletes what an attempt that died published."""
     import ray
 
     from segstream.connectors.file_source import FileSource
@@ -128,6 +132,7 @@ def process_video(job: VideoJob, cfg_json: str, root: str, actor, labels, board,
 
     try:
         sinks = _extra_sinks(cfg)  # first: a video that cannot be opened says so on its events stream
+        _cut_back(sinks, job.id, mark)
         publish_state("connecting", "starting")
         source = FileSource(job.id, str(job.path), open_timeout_s=batch_cfg.open_timeout_s,
                             read_timeout_s=batch_cfg.read_timeout_s)
@@ -269,6 +274,34 @@ def run_ray(cfg: PipelineConfig, jobs: Sequence[VideoJob], root: Path, manifest:
             ray.shutdown()
 
 
+def _cut_back(sinks, video_id: str, mark: dict[str, str] | None) -> None:
+    """A retried task (its worker died mid-video) starts its streams again from the mark."""
+    import redis
+
+    from segstream.connectors.redis_sink import RedisPublisher
+
+    publisher = next((s for s in sinks if isinstance(s, RedisPublisher)), None)
+    if publisher is None or not mark:
+        return
+    try:
+        cut_back(publisher.client, video_id, mark)
+    except redis.RedisError as error:
+        log.warning("%s: cannot cut its Redis streams back to where the batch began it (%s): entries an attempt "
+                    "that died published may be there twice", video_id, error)
+
+
+def _marks(cfg, root: Path):
+    """The Redis client, stream patterns and ``RedisMarks`` of a batch that publishes to Redis."""
+    redis_cfg = cfg.sinks.redis
+    if not (redis_cfg.enabled and redis_cfg.url):
+        return None
+    from segstream.connectors.redis_connection import TlsFiles, connect_redis
+
+    tls = TlsFiles(redis_cfg.tls.ca_file, redis_cfg.tls.cert_file, redis_cfg.tls.key_file, redis_cfg.tls.check_hostname)
+    client = connect_redis(redis_cfg.url, redis_cfg.password, username=redis_cfg.username, tls=tls)
+    return client, (redis_cfg.stream, redis_cfg.events_stream), RedisMarks(root / REDIS_MARKS)
+
+
 def _signal_handlers() -> dict:
     if threading.current_thread() is not threading.main_thread():
         return {}
@@ -326,12 +359,18 @@ def _run(ray, cfg, jobs, root, manifest, progress, control, run_id) -> list[Vide
     queue = deque(enumerate(jobs))
     in_flight: dict = {}
     outcomes: list[VideoOutcome] = []
+    marking = _marks(cfg, root)
     try:
         while queue or in_flight:
             while queue and len(in_flight) < limit and not control.stopping.is_set():
                 i, job = queue.popleft()
+                mark = None
+                if marking is not None:
+                    client, patterns, marks = marking
+                    marks.cut_back(client, patterns, [job])
+                    mark = marks.marks.get(job.id)
                 ref = task.remote(job, cfg_json, str(root), actors[i % len(actors)], labels, board,
-                                  geometry if cfg.engine.resize_in_decoder else None, run_id)
+                                  geometry if cfg.engine.resize_in_decoder else None, run_id, mark)
                 in_flight[ref] = job
             if not in_flight:
                 break
@@ -351,11 +390,16 @@ def _run(ray, cfg, jobs, root, manifest, progress, control, run_id) -> list[Vide
                     tries = f" {settings.retries + 1} times" if died else ""
                     outcome = VideoOutcome(job, "failed", reason=f"its Ray task failed{tries}: {error}".splitlines()[0])
                 manifest.record(outcome)
+                if marking is not None and outcome.status == "done":
+                    marking[2].forget([job.id])
                 progress.ended_video(outcome)
                 outcomes.append(outcome)
     except BaseException:
         for ref in in_flight:
             ray.cancel(ref, force=True)
         raise
+    finally:
+        if marking is not None:
+            marking[0].close()
     outcomes += [VideoOutcome(job, "stopped") for _, job in queue]
     return outcomes

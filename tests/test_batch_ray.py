@@ -97,35 +97,43 @@ def _video_task_pids() -> list[int]:
     return pids
 
 
-def test_a_killed_worker_is_retried_and_the_manifest_shows_the_video_once(tmp_path):
+def test_a_killed_worker_is_retried_and_the_manifest_and_redis_show_the_video_once(tmp_path):
+    from tests.redis_servers import RedisProcess
+
     video = encode_clip(tmp_path / "long.mp4", frames=80)
     out = tmp_path / "out"
     result = {}
-    thread = threading.Thread(
-        target=lambda: result.update(outcomes=run_batch(config(out), [str(video)], engine="ray", progress=False)[0])
-    )
-    thread.start()
-    killed = None
-    deadline = time.monotonic() + 120
-    while killed is None:
-        assert time.monotonic() < deadline and thread.is_alive(), "the video task never got going"
-        written = list((out / ".partial").glob("long.*/panoptic/*.png")) if (out / ".partial").exists() else []
-        pids = _video_task_pids()
-        if len(written) >= 10 and pids:
-            os.kill(pids[0], signal.SIGKILL)
-            killed = pids[0]
-        time.sleep(0.05)
-    thread.join(180)
-    assert not thread.is_alive()
+    with RedisProcess(tmp_path / "redis") as server:
+        cfg = config(out)
+        cfg.sinks.redis.url = server.url
+        thread = threading.Thread(
+            target=lambda: result.update(outcomes=run_batch(cfg, [str(video)], engine="ray", progress=False)[0])
+        )
+        thread.start()
+        killed = None
+        deadline = time.monotonic() + 120
+        while killed is None:
+            assert time.monotonic() < deadline and thread.is_alive(), "the video task never got going"
+            written = list((out / ".partial").glob("long.*/panoptic/*.png")) if (out / ".partial").exists() else []
+            pids = _video_task_pids()
+            if len(written) >= 10 and pids:
+                os.kill(pids[0], signal.SIGKILL)
+                killed = pids[0]
+            time.sleep(0.05)
+        thread.join(180)
+        assert not thread.is_alive()
 
-    [outcome] = result["outcomes"]
-    assert outcome.status == "done" and outcome.frames == 80
-    records = [json.loads(line) for line in (out / MANIFEST).read_text().splitlines()]
-    assert [(r["id"], r["status"], r["frames"]) for r in records] == [("long", "done", 80)]
-    lines = (out / "long" / "frames.jsonl").read_text().splitlines()
-    assert [json.loads(line)["frame"] for line in lines] == [str(i) for i in range(80)], "whole, each frame once"
-    assert len(list((out / "long" / "panoptic").glob("*.png"))) == 80
-    assert not (out / ".partial").exists(), "the killed attempt's half-written folder is gone"
+        [outcome] = result["outcomes"]
+        assert outcome.status == "done" and outcome.frames == 80
+        records = [json.loads(line) for line in (out / MANIFEST).read_text().splitlines()]
+        assert [(r["id"], r["status"], r["frames"]) for r in records] == [("long", "done", 80)]
+        lines = (out / "long" / "frames.jsonl").read_text().splitlines()
+        assert [json.loads(line)["frame"] for line in lines] == [str(i) for i in range(80)], "whole, each frame once"
+        assert len(list((out / "long" / "panoptic").glob("*.png"))) == 80
+        assert not (out / ".partial").exists(), "the killed attempt's half-written folder is gone"
+        # what the killed attempt published went with it (found reviewing: its frames were in the stream twice)
+        published = [int(f[b"frame"]) for _, f in server.client().xrange("segstream:long:frames")]
+        assert published == list(range(80))
 
 
 def test_an_address_that_does_not_answer_and_an_unreachable_redis_fail_before_any_video():
@@ -148,3 +156,27 @@ def test_an_address_that_does_not_answer_and_an_unreachable_redis_fail_before_an
             _check_redis(cfg)
     for resolved_by_ray in (None, "auto", "ray://head:10001"):
         _check_reachable(resolved_by_ray)
+
+
+def test_a_batch_killed_midway_and_resumed_on_ray_leaves_each_frame_once_in_redis(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.redis_servers import RedisProcess
+    from tests.test_batch import _KILLED_MIDWAY, REPO
+
+    video = encode_clip(tmp_path / "long.mp4", frames=40)
+    out = tmp_path / "out"
+    with RedisProcess(tmp_path / "redis") as server:
+        killed = subprocess.run([sys.executable, "-c", _KILLED_MIDWAY, str(out), str(video), server.url],
+                                env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=REPO, capture_output=True,
+                                text=True, timeout=120)
+        assert killed.returncode == -signal.SIGKILL, killed.stderr
+        client = server.client()
+        assert 5 <= client.xlen("segstream:long:frames") < 40
+
+        cfg = config(out)
+        cfg.sinks.redis.url = server.url
+        outcomes, _, _ = run_batch(cfg, [str(video)], engine="ray", progress=False)
+        assert [o.status for o in outcomes] == ["done"]
+        assert [int(f[b"frame"]) for _, f in client.xrange("segstream:long:frames")] == list(range(40))
