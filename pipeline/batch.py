@@ -330,6 +330,10 @@ class RedisMarks:
         self._save()
 
     def _save(self) -> None:
+        if not self.marks:  # every video published whole: nothing to keep
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
+            return
         tmp = self.path.with_name(self.path.name + ".tmp")
         with open_output(tmp, "w", encoding="utf-8") as f:
             json.dump(self.marks, f, sort_keys=True)

@@ -14,7 +14,7 @@ from segstream.connectors.errors import ConfigError
 from segstream.connectors.files_sink import read_entries
 from segstream.connectors.redis_wire import event_from_wire, from_wire
 from segstream.connectors.coco_panoptic import read_coco_panoptic
-from segstream.pipeline.batch import MANIFEST, find_videos, output_lock, plan, run_batch, summary_table
+from segstream.pipeline.batch import MANIFEST, REDIS_MARKS, find_videos, output_lock, plan, run_batch, summary_table
 from segstream.pipeline.config import BatchPipelineConfig, validate_config
 from tests.conftest import ColourSegmenter, encode_clip
 
@@ -399,7 +399,7 @@ def test_a_batch_killed_midway_and_resumed_leaves_each_frame_once_in_redis(tmp_p
         assert killed.returncode == -signal.SIGKILL, killed.stderr
         client = server.client()
         partial = [int(f[b"frame"]) for _, f in client.xrange("segstream:long:frames")]
-        assert 5 <= len(partial) < 40 and not (out / MANIFEST).read_text().strip()
+        assert 5 <= len(partial) < 40 and not (out / MANIFEST).read_text().strip() and (out / REDIS_MARKS).exists()
 
         cfg = config(out)
         cfg.sinks.redis.url = server.url
@@ -410,3 +410,4 @@ def test_a_batch_killed_midway_and_resumed_leaves_each_frame_once_in_redis(tmp_p
         assert [int(f[b"seq"]) for f in entries] == list(range(1, 41)), "numbered on from where it was cut back to"
         states = [event_from_wire(f) for _, f in client.xrange("segstream:long:events")]
         assert len({e.run_id for e in states}) == 1, "the killed run's events went with its frames"
+        assert not (out / REDIS_MARKS).exists(), "the video is done: no mark is kept"

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import ray
 
-from segstream.pipeline.batch import MANIFEST, run_batch
+from segstream.pipeline.batch import MANIFEST, REDIS_MARKS, run_batch
 from segstream.pipeline.config import BatchPipelineConfig, validate_config
 from tests.conftest import encode_clip
 
@@ -34,7 +34,7 @@ def config(out: Path, resize_in_decoder: bool = False, **batch) -> BatchPipeline
 
 def tree(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file() and p.name not in (MANIFEST, ".lock")}
+            if p.is_file() and p.name not in (MANIFEST, ".lock", REDIS_MARKS)}
 
 
 def test_ray_outputs_and_published_events_equal_the_local_engines(tmp_path):
