@@ -309,6 +309,7 @@ class RedisMarks:
         mark, then mark where each of its streams (``patterns`` named by video) ends now."""
         import redis
 
+        from segstream.connectors.redis_connection import error_summary
         from segstream.connectors.redis_wire import stream_name
 
         for job in jobs:
@@ -318,7 +319,7 @@ class RedisMarks:
                 ends = {stream: client.xrevrange(stream, count=1) for stream in streams}
             except redis.RedisError as error:  # Redis away: the video's entries of an earlier run may stay twice
                 log.warning("%s: cannot cut its Redis streams back to where an earlier run began it (%s): entries "
-                            "that run published may be there twice", job.id, error)
+                            "that run published may be there twice", job.id, error_summary(error))
                 continue
             self.marks[job.id] = {stream: _text(end[0][0]) if end else "0-0" for stream, end in ends.items()}
         self._save()

@@ -278,6 +278,7 @@ def _cut_back(sinks, video_id: str, mark: dict[str, str] | None) -> None:
     """A retried task (its worker died mid-video) starts its streams again from the mark."""
     import redis
 
+    from segstream.connectors.redis_connection import error_summary
     from segstream.connectors.redis_sink import RedisPublisher
 
     publisher = next((s for s in sinks if isinstance(s, RedisPublisher)), None)
@@ -287,7 +288,7 @@ def _cut_back(sinks, video_id: str, mark: dict[str, str] | None) -> None:
         cut_back(publisher.client, video_id, mark)
     except redis.RedisError as error:
         log.warning("%s: cannot cut its Redis streams back to where the batch began it (%s): entries an attempt "
-                    "that died published may be there twice", video_id, error)
+                    "that died published may be there twice", video_id, error_summary(error))
 
 
 def _marks(cfg, root: Path):
