@@ -70,7 +70,7 @@ def test_sigterm_while_a_camera_is_still_opening_exits_long_before_the_open_time
                 process.kill()
     assert took < 10.0, took  # the open timeout is 60 s; a stop that waited for it would take that long
     assert process.returncode == 0, err
-    assert "Traceback" not in err and "stopped: 0 frames published" in err
+    assert "Traceback" not in err and "segstream: stopped: 0 frames published" in err
     assert "source gate connecting" in err and "source gate ended: stopped" in err
     assert _processes_in(tmpdir) == []  # no redis-server left
     assert list(tmpdir.iterdir()) == []  # no temporary directory left
@@ -104,7 +104,7 @@ def test_a_password_never_appears_in_output_logs_entries_or_events(tmp_path, red
     # a camera that failed: exit 1, and the run says which and why
     assert process.returncode == 1, process.stderr
     assert "segstream: error: source bad failed: " in process.stderr and "401 Unauthorized" in process.stderr
-    assert re.search(r"failed: \d+ frames published", process.stderr)
+    assert re.search(r"segstream: failed: \d+ frames published", process.stderr)
     assert re.search(r"segstream: \d+ frames, .*sources ", process.stderr), "a status line was printed"
     client = redis_server.client()
     stored = []
