@@ -18,7 +18,8 @@ over). A live HLS playlist opened again starts a few segments back: its first fr
 already delivered (the same timestamp and the same pixels), are skipped and counted. A live
 playlist its publisher finishes (``#EXT-X-ENDLIST``) ends the source, or with ``wait_for_input``
 is waited on until it is live again. Waiting for the consumer (back-pressure) is never a stall: the watchdog counts only time
-spent waiting for the input.
+spent waiting for the input; a timeout that ran out only because segstream itself was paused
+(SIGSTOP, suspend: ``pauses``) says so, with ``paused_s``, instead of blaming the input.
 
 Frame indices keep counting across sessions; PTS stay strictly increasing (``Timeline``), the
 gap over an outage being the real time it lasted; ``epoch`` counts the sessions that delivered
@@ -54,6 +55,7 @@ from segstream.connectors.av_input import (
 from segstream.connectors.clock import Pacer, Timeline
 from segstream.connectors.errors import SourceError
 from segstream.connectors.frames import Frame
+from segstream.connectors.pauses import pauses
 from segstream.connectors.source import StateListener
 from segstream.connectors.urls import exclusive_input, redact_url
 
@@ -285,6 +287,7 @@ class LiveSource:
         pacer = Pacer()  # plays an input with a length, or a live playlist's bursts, at its own rate
         delivered = _Delivered()  # of a live HLS playlist, to know its segments when opened again
         self._enter("connecting", f"opening '{self.shown}'", {"url": self.shown})
+        pauses.start()  # a stall over our own pause (SIGSTOP, suspend) is not the input's
         try:
             while not self._closed.is_set():
                 if not self._port_released():
@@ -444,6 +447,7 @@ class LiveSource:
         retrying it forever would hide the mistake; a source that has streamed retries (a camera
         rebooting may refuse accounts, a replugged one be missing, until it is up)."""
         timeout_s = self.policy.open_timeout_s
+        opening_since = time.monotonic()
         try:
             return capture.wait_open(timeout_s, self._closed, self.shown)
         except InputUnsupported:
@@ -454,7 +458,8 @@ class LiveSource:
                 raise InputRefused(f"{error} (before the first frame: not retried{hint})", error.missing) from None
             raise _Lost(str(error), {"phase": "open", "refused": True}) from None
         except InputTimeout as error:
-            raise _Lost(str(error), {"phase": "open", "timeout_s": timeout_s}) from None
+            reason, data = self._paused_over(opening_since, str(error), {"phase": "open", "timeout_s": timeout_s})
+            raise _Lost(reason, data) from None
         except SourceError as error:
             raise _Lost(str(error), {"phase": "open"}) from None
 
@@ -469,7 +474,7 @@ class LiveSource:
             except EOFError:
                 raise _Lost(f"'{self.shown}' ended the stream", {"phase": "read", "ended": True}) from None
             except InputTimeout as error:
-                self._stall(str(error), "read", error.timeout_s)
+                self._stall(str(error), "read", error.timeout_s, max(capture.last_read, waiting_since))
             except SourceError as error:
                 raise _Lost(str(error), {"phase": "read"}) from None
             if self._closed.is_set():
@@ -481,6 +486,7 @@ class LiveSource:
                         f"no data from '{self.shown}' for {policy.read_timeout_s:g} s (read timeout)",
                         "read",
                         policy.read_timeout_s,
+                        max(capture.last_read, waiting_since),
                     )
                 if now - waiting_since > policy.stall_timeout_s:
                     self._stall(
@@ -488,15 +494,30 @@ class LiveSource:
                         "(stall timeout)",
                         "stall",
                         policy.stall_timeout_s,
+                        waiting_since,
                     )
                 continue
             yield picture
             waiting_since = time.monotonic()
 
-    def _stall(self, reason: str, phase: str, timeout_s: float) -> None:
-        data = {"phase": phase, "timeout_s": timeout_s}
+    def _stall(self, reason: str, phase: str, timeout_s: float, since: float) -> None:
+        """Enter ``stalled`` and give the session up: nothing came since ``since`` (monotonic)."""
+        reason, data = self._paused_over(since, reason, {"phase": phase, "timeout_s": timeout_s})
         self._enter("stalled", reason, data)
         raise _Lost(reason, data)
+
+    def _paused_over(self, since: float, reason: str, data: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        """``reason`` and ``data`` of a timeout that ran out waiting since ``since``, or when
+        segstream itself was paused meanwhile (SIGSTOP, suspend) and would not have run out
+        without the pause, a reason that says so, not the input's fault, and ``paused_s``."""
+        paused_s = pauses.since(since)
+        if paused_s <= 0 or time.monotonic() - since - paused_s >= data["timeout_s"]:
+            return reason, data
+        return (
+            f"segstream was paused for {paused_s:.1f} s (SIGSTOP, suspend or VM pause), past the "
+            f"{data['timeout_s']:g} s {data['phase']} timeout of '{self.shown}': not the source's fault",
+            {**data, "paused_s": round(paused_s, 1)},
+        )
 
     def _streaming(self, info: InputInfo, picture: Picture, epoch: int, repeats: int,
                    restarted: str | None = None) -> None:

@@ -8,13 +8,19 @@ second one aborts with 128 + its number (130 for Ctrl-C, 143 for SIGTERM). A run
 
 from __future__ import annotations
 
+import sys
+
+if __name__ == "__main__":  # python -m: the module imported by entry.main runs, not a second copy of this one
+    from segstream.pipeline.entry import main as _console_command
+
+    sys.exit(_console_command())
+
 import argparse
 import contextlib
 import json
 import logging
 import os
 import signal
-import sys
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -493,7 +499,3 @@ class _DrainOnSignal:
     def __exit__(self, *exc) -> None:
         for signum, handler in self.previous.items():
             signal.signal(signum, handler)
-
-
-if __name__ == "__main__":  # python -m segstream.pipeline.cli: as the console command (its signal handling)
-    sys.exit(entry.main())

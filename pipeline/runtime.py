@@ -522,21 +522,21 @@ class Runtime:
             if publisher.ident is None or publisher.is_alive():
                 self._close_sinks()
             if self.progress:  # what the abort cut short: frames still in the engine are abandoned
-                print(self.report(time.monotonic() - start).summary("aborted"), file=self._progress_stream(), flush=True)
+                self._print_summary(self.report(time.monotonic() - start).summary("aborted"))
             raise
         if not sources_closed:
             self._close_sources()
         report = self.report(time.monotonic() - start)
         if self._errors:
             if self.progress:  # what the run did before it failed: the error's own line follows
-                print(report.summary("failed"), file=self._progress_stream(), flush=True)
+                self._print_summary(report.summary("failed"))
             raise self._errors[0]
         left_behind = {self.sources[i].name for i in self._left_behind}  # they may still count
         unbalanced = {name: s for name, s in report.sources.items() if not s.balanced and name not in left_behind}
         if unbalanced:
             raise RuntimeError(f"bug: frames lost between stages: {unbalanced}")
         if self.progress:
-            print(report.summary(), file=self._progress_stream(), flush=True)
+            self._print_summary(report.summary())
         return report
 
     # --- the threads -----------------------------------------------------------------------
@@ -987,6 +987,11 @@ class Runtime:
 
     def _progress_stream(self) -> TextIO:
         return sys.stderr if self.progress is True else self.progress
+
+    def _print_summary(self, summary: str) -> None:
+        # each line as the status lines and the CLI's own: ``segstream: ...`` (JSON logs drop the prefix)
+        lines = "".join(f"segstream: {line}\n" for line in summary.splitlines())
+        print(lines, end="", file=self._progress_stream(), flush=True)
 
     def _progress_line(self, elapsed_s: float) -> str:
         report = self.report(elapsed_s)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import zipfile
 from importlib import metadata
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -68,3 +71,29 @@ def test_segstream_version_prints_the_package_version(tmp_path):
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == f"segstream {segstream.__version__}"
+
+
+# Loaded first by ``sitecustomize``: at exit, how many copies of the CLI's drain-on-signal class the
+# process made and whose SIGTERM handler is installed.
+_COUNT_CLI_COPIES = """
+import atexit, gc, os, signal
+
+def _report():
+    copies = sum(isinstance(o, type) and o.__name__ == "_DrainOnSignal" for o in gc.get_objects())
+    handler = signal.getsignal(signal.SIGTERM)
+    os.write(2, f"copies={copies} sigterm={getattr(handler, '__module__', handler)}\\n".encode())
+
+atexit.register(_report)
+"""
+
+
+@pytest.mark.parametrize("module", ["segstream.pipeline.cli", "segstream"])
+def test_python_dash_m_runs_one_copy_of_the_cli_with_the_console_commands_signal_handling(tmp_path, module):
+    # found reviewing: -m segstream.pipeline.cli ran the module as __main__ and entry.main imported it
+    # again, two copies of its state (the abort's signal, the one the exit status reads)
+    (tmp_path / "sitecustomize.py").write_text(_COUNT_CLI_COPIES)
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-m", module, "--version"], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.startswith("segstream "), out.stderr
+    assert out.stderr.strip().splitlines()[-1] == "copies=1 sigterm=segstream.pipeline.entry"

@@ -104,7 +104,7 @@ def test_without_a_url_an_embedded_redis_is_started_and_announced(tmp_path, scen
     assert main(["run", str(config)]) == 0
     err = capsys.readouterr().err
     assert "redis-cli" in err and "segstream tail" in err
-    assert re.search(rf"done: {FRAMES} frames published", err)
+    assert re.search(rf"segstream: done: {FRAMES} frames published", err)
     # Before the embedded server goes, the run says what it holds, decoded by the shipped reader.
     assert re.search(rf"published {FRAMES} entries to segstream:cam0:frames \(XLEN {FRAMES}.*newest: .* frame={FRAMES - 1} ", err)
 
@@ -128,7 +128,7 @@ def test_sigterm_mid_run_leaves_only_whole_entries(tmp_path, scene_clip, redis_s
     _, err = process.communicate(timeout=120)
     assert process.returncode == 0, err
     assert "Traceback" not in err
-    summary = re.search(r"stopped: (\d+) frames published .*?(\d+) dropped", err)
+    summary = re.search(r"segstream: stopped: (\d+) frames published .*?(\d+) dropped", err)
     assert summary, err
     published, dropped = int(summary.group(1)), int(summary.group(2))
     per_source = re.search(r"cam0 (\d+)/(\d+)", err)

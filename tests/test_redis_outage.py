@@ -118,7 +118,7 @@ def test_flush_sends_everything_once_redis_is_back_within_the_drain_timeout(serv
 
 def _summary(err: str) -> tuple[int, int, int, dict[str, int]]:
     """published, decoded, dropped and dropped-by-reason of the run's final line."""
-    line = [l for l in err.splitlines() if l.startswith(("done:", "stopped:"))][-1]
+    line = [l for l in err.splitlines() if l.startswith(("segstream: done:", "segstream: stopped:"))][-1]
     match = re.search(r"cam0 (\d+)/(\d+)(?: dropped (\d+) \(([^)]*)\))?", line)
     reasons = {}
     if match.group(4):

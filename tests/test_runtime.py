@@ -245,7 +245,7 @@ def test_sink_error_stops_the_run_and_is_raised_after_the_runs_counts(clip, segm
     assert sink.closed
     # found probing: a run a full disk stopped printed its error alone, none of its counts
     (last,) = status.getvalue().splitlines()[-1:]
-    assert last.startswith("failed: ") and " frames published in " in last and "a " in last
+    assert last.startswith("segstream: failed: ") and " frames published in " in last and "a " in last
 
 
 def test_source_error_drains_the_others_and_is_raised(clip, segmenter):

@@ -58,8 +58,10 @@ def test_sigterm_drains_and_exits_zero(tmp_path, clip, checkpoint):
     _, err = process.communicate(timeout=60)
     assert process.returncode == 0, err
     assert "Traceback" not in err
+    # found reviewing: the summary alone had no "segstream: " (the status lines and the signal's line had)
+    assert all(line.startswith("segstream: ") for line in err.splitlines()), err
     # the runtime refuses to report unless decoded == published + dropped
-    published = int(re.search(r"stopped: (\d+) frames published", err).group(1))
+    published = int(re.search(r"segstream: stopped: (\d+) frames published", err).group(1))
     assert published == len(output.read_text().splitlines()) >= 3
 
 
@@ -74,7 +76,7 @@ def test_second_interrupt_aborts_with_130_and_counts_the_frames_it_abandoned(tmp
     assert "Traceback" not in err and "segstream: aborted" in err
     # nothing lost silently, an abort included: every decoded frame is published, dropped or
     # said to be abandoned (found probing: the frames an abort left in the engine were counted nowhere)
-    line = re.search(r"aborted: (\d+) frames published .*?, (\d+) dropped(?:, (\d+) abandoned in flight)?.*"
+    line = re.search(r"segstream: aborted: (\d+) frames published .*?, (\d+) dropped(?:, (\d+) abandoned in flight)?.*"
                      r"cam0 (\d+)/(\d+)", err)
     assert line, err
     published, dropped, abandoned, _, decoded = (int(n or 0) for n in line.groups())
