@@ -11,8 +11,6 @@ import os
 import signal
 import sys
 
-from segstream.pipeline.logs import ENV_FORMAT, signal_line
-
 
 # The signal that aborted the command through ``_interrupt`` (the exit status is 128 + it).
 aborted_by: int | None = None
@@ -41,10 +39,19 @@ def abort_if_loading(frame, signum: int = signal.SIGINT) -> None:
     SEGSTREAM_LOG_FORMAT says: the command line's --log-format may not be read yet."""
     while frame is not None:
         if frame.f_code.co_filename.startswith("<frozen importlib"):
-            as_json = os.environ.get(ENV_FORMAT, "").lower() == "json"
-            os.write(2, signal_line("aborted while loading its modules", "ERROR", as_json))
+            os.write(2, _loading_line())
             embedded = sys.modules.get("segstream.connectors.embedded_redis")
             if embedded is not None and hasattr(embedded, "kill_all"):  # loaded whole: a daemonised
                 embedded.kill_all()  # redis-server of ours would outlive us (a signal only: no client here)
             os._exit(128 + signum)
         frame = frame.f_back
+
+
+def _loading_line() -> bytes:
+    """What an abort inside an import says: ``logs`` itself may be the module still loading (the
+    handlers are installed before it, to leave the narrowest window for Python's own traceback)."""
+    logs = sys.modules.get("segstream.pipeline.logs")
+    if logs is None or not hasattr(logs, "signal_line"):
+        return b"segstream: aborted while loading its modules\n"
+    as_json = os.environ.get(logs.ENV_FORMAT, "").lower() == "json"
+    return logs.signal_line("aborted while loading its modules", "ERROR", as_json)
