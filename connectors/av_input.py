@@ -21,8 +21,8 @@ The file, stream and camera sources all decode through ``AVInput``:
 ``CaptureThread`` runs an input's blocking open and reads on a thread of its own. Whoever
 consumes its frames can then give up at its own deadline, or at once on ``close()``, whatever
 FFmpeg is doing: PyAV cannot interrupt a blocking open or read on request, only when its timeout
-runs out. A thread given up on ends by itself when FFmpeg's timeout returns, and closes its
-input on the way out.
+runs out. A thread given up on ends by itself when FFmpeg's timeout returns or its next packet
+comes, and closes its input on the way out.
 """
 
 from __future__ import annotations
@@ -194,6 +194,18 @@ class InputUnsupported(SourceError):
     retrying will not help."""
 
 
+class InputChanged(SourceError):
+    """A stream's decoder, having decoded it, makes no picture of a second of packets in a row:
+    another sender took over the address with another codec or stream parameters (an encoder
+    restarted as HEVC into the port an H.264 one used), which a decoder set up at the open cannot
+    read (it rejects the packets, or swallows them). ``unread``: those packets, all counted in
+    ``decode_errors``, no picture after them."""
+
+    def __init__(self, message: str, unread: int):
+        super().__init__(message)
+        self.unread = unread
+
+
 class InputRefused(SourceError):
     """The input is not there or not ours: the server refused the credentials or access (401,
     403), or has nothing at that path (404), or the device or file does not exist or may not be
@@ -285,6 +297,7 @@ class AVInput:
         scale: Callable[[int, int], tuple[int, int]] | None = None,
         lost_are_errors: bool = False,
         grace_s: float = 0.0,
+        sender_may_change: bool = False,
     ):
         self.target = target
         self.scale = scale
@@ -299,6 +312,8 @@ class AVInput:
         # a stream's lost frames count as decode errors as they come; a file's are told at its end
         self.lost_are_errors = lost_are_errors
         self.last_read = time.monotonic()  # when FFmpeg last handed over a packet
+        self.sender_may_change = sender_may_change
+        self.stop: threading.Event | None = None  # set: ``pictures()`` returns at the next packet
         self.orientation = orientation if orientation is not None else DisplayOrientation()
         self._relay: FFmpegRelay | None = None
         # FFmpeg's own deadlines come ``grace_s`` after the caller's (a watchdog that acts on
@@ -402,8 +417,15 @@ class AVInput:
         are counted and skipped; a failing read raises ``SourceError`` (``InputTimeout`` when
         FFmpeg's read timeout ran out)."""
         stream = self.stream
+        # once it has decoded, a second of packets (at least 10, more than a decoder's reorder delay)
+        # without a picture: the decoder set up at the open cannot read what comes now
+        live = self.sender_may_change and self.duration_s is None
+        change_after = max(10, round(self.fps or 25)) if live else None
+        decoded, without_picture, rejected = False, 0, 0
         try:
             for packet in self.container.demux(stream):
+                if self.stop is not None and self.stop.is_set():
+                    return  # let go (a decoder that outputs nothing would otherwise hold the port)
                 self.last_read = time.monotonic()
                 if packet.pts is not None and packet.has_sidedata("prft"):
                     wallclock, _ = _PRFT.unpack(bytes(packet.get_sidedata("prft"))[: _PRFT.size])
@@ -415,12 +437,23 @@ class AVInput:
                     return
                 except av.error.FFmpegError:
                     self.decode_errors += 1
+                    rejected += 1
                     if packet.pts is None:
                         self._rejected_untimed += 1
                     else:
                         bisect.insort(self._rejected, packet.pts)
-                    continue
+                    frames = []
+                if not frames and decoded and packet.size:
+                    without_picture += 1
+                    if change_after is not None and without_picture >= change_after:
+                        self.decode_errors += max(0, without_picture - rejected)  # swallowed: lost all the same
+                        raise InputChanged(
+                            f"the {stream.codec_context.name} decoder that read it made nothing of the last "
+                            f"{without_picture} packets ({rejected} rejected): another codec or stream parameters",
+                            without_picture,
+                        )
                 for frame in frames:
+                    decoded, without_picture, rejected = True, 0, 0
                     yield self._picture(frame)
             self._relay_ended()
         except av.error.ExitError:
@@ -696,6 +729,7 @@ class CaptureThread:
             if self._abandoned.is_set():
                 return
             self.input = source_input
+            source_input.stop = self._abandoned
             self._opened.set()
             for picture in source_input.pictures():
                 if not self._put(picture):

@@ -23,8 +23,11 @@ spent waiting for the input; a timeout that ran out only because segstream itsel
 
 Frame indices keep counting across sessions; PTS stay strictly increasing (``Timeline``), the
 gap over an outage being the real time it lasted; ``epoch`` counts the sessions that delivered
-frames. Frame size and codec may differ from one session to the next. Each state the source
-enters is reported to ``on_state`` (set by the runtime) with its reason.
+frames. Frame size and codec may differ from one session to the next. Another sender taking over
+a stream's address starts a new epoch too (``_Sender``); one whose stream the session's decoder
+cannot read (another codec: it makes nothing of a second of packets, ``InputChanged``) has the
+input opened again at once, with a new demuxer and decoder, rather than reconnected. Each state
+the source enters is reported to ``on_state`` (set by the runtime) with its reason.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ import numpy as np
 from segstream.connectors.av_input import (
     AVInput,
     CaptureThread,
+    InputChanged,
     InputInfo,
     InputRefused,
     InputTimeout,
@@ -271,6 +275,7 @@ class LiveSource:
             scale=self.decode_size,
             lost_are_errors=True,
             grace_s=_FFMPEG_TIMEOUT_MARGIN_S,
+            sender_may_change=True,
         )
 
     def frames(self) -> Iterator[Frame]:
@@ -286,6 +291,7 @@ class LiveSource:
         warned = False  # that a finite input is played as a stream
         pacer = Pacer()  # plays an input with a length, or a live playlist's bursts, at its own rate
         delivered = _Delivered()  # of a live HLS playlist, to know its segments when opened again
+        restarted: str | None = None  # why the input was opened again for a new sender, until its first frame
         self._enter("connecting", f"opening '{self.shown}'", {"url": self.shown})
         pauses.start()  # a stall over our own pause (SIGSTOP, suspend) is not the input's
         try:
@@ -349,7 +355,8 @@ class LiveSource:
                             self.epoch = epoch
                             if last_frame_at is not None:
                                 timeline.restart(time.monotonic() - last_frame_at)
-                            self._streaming(opened.info, picture, epoch, repeats)
+                            self._streaming(opened.info, picture, epoch, repeats, restarted=restarted, reopened=True)
+                            restarted = None
                         played.add(picture, step_s)
                         if remember:
                             delivered.add(picture)
@@ -381,6 +388,12 @@ class LiveSource:
                     break  # _read returns only once closed
                 except _Lost as lost:
                     reason, details = lost.reason, lost.data
+                    if details.get("changed") and not first:
+                        # a new sender this decoder cannot read: a new demuxer and decoder at once,
+                        # no reconnect; the packets it made nothing of leave their gap in the index
+                        restarted = reason
+                        index += details["unread"]
+                        continue
                     if finite is not None and first and "mp4" in opened.format_name and details.get("phase") == "read":
                         reason += (" — over HTTP an mp4 needs its index first (ffmpeg -movflags +faststart) or a server "
                                    "that sends byte ranges")
@@ -405,6 +418,7 @@ class LiveSource:
                     self._enter("failed", given_up, {**details, "attempts": limit})
                     raise SourceError(f"source {self.name} failed: {given_up}")
                 delay = self.policy.delay(failures, self._rng)
+                restarted = None  # lost, not handed over: what follows is a reconnect
                 self.reconnects += 1
                 self._enter(
                     "reconnecting", reason, {**details, "attempt": failures, "delay_s": round(delay, 3)}
@@ -475,6 +489,8 @@ class LiveSource:
                 raise _Lost(f"'{self.shown}' ended the stream", {"phase": "read", "ended": True}) from None
             except InputTimeout as error:
                 self._stall(str(error), "read", error.timeout_s, max(capture.last_read, waiting_since))
+            except InputChanged as error:
+                raise _Lost(str(error), {"phase": "read", "changed": True, "unread": error.unread}) from None
             except SourceError as error:
                 raise _Lost(str(error), {"phase": "read"}) from None
             if self._closed.is_set():
@@ -520,9 +536,9 @@ class LiveSource:
         )
 
     def _streaming(self, info: InputInfo, picture: Picture, epoch: int, repeats: int,
-                   restarted: str | None = None) -> None:
+                   restarted: str | None = None, reopened: bool = False) -> None:
         height, width = picture.size or picture.image.shape[:2]
-        fps = None if restarted else info.fps  # a new sender's rate is not the probed one's
+        fps = None if restarted and not reopened else info.fps  # a new sender's rate is the probed one's only reopened
         self.info = InputInfo(width, height, info.codec, info.pixel_format, fps)
         data = {"url": self.shown, "epoch": epoch, "reconnects": self.reconnects, **self.info.as_dict()}
         if self.describe is not None:

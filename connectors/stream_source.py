@@ -35,7 +35,9 @@ def stream_options(
             # three segments back would stay three segments behind for good
             options["live_start_index"] = "-1"
     elif scheme == "udp":
-        options.update(timeout=io_us, overrun_nonfatal="1", fifo_size="1000000")
+        # a sender restarted on the port may put its video on another PID of the same program: merged,
+        # its packets reach the decoder, which tells another codec; else FFmpeg adds a stream PyAV skips
+        options.update(timeout=io_us, overrun_nonfatal="1", fifo_size="1000000", merge_pmt_versions="1")
     # rtmp(s): `timeout` would mean "listen for a publisher"; rw_timeout alone bounds its reads
     if low_latency:
         # Probing ends at the first keyframe anyway; this bounds it when a stream never completes

@@ -40,12 +40,21 @@ def wait_for(condition: Callable[[], object], timeout_s: float, what: str, poll_
         time.sleep(poll_s)
 
 
-def pattern_args(size: str = "160x120", fps: int = 25, gop: int | None = None) -> list[str]:
-    """ffmpeg arguments: a moving test pattern, H.264 without B-frames, real time."""
+# each encoder's options for a live sender (x265 is quiet only when told in its own parameters)
+_ENCODER_ARGS = {
+    "libx264": ["-preset", "ultrafast", "-tune", "zerolatency"],
+    "libx265": ["-preset", "ultrafast", "-tune", "zerolatency", "-x265-params", "log-level=error"],
+}
+
+
+def pattern_args(size: str = "160x120", fps: int = 25, gop: int | None = None, codec: str = "libx264",
+                 pattern: str = "testsrc2") -> list[str]:
+    """ffmpeg arguments: a test pattern (moving by default; ``color=c=red`` a solid one), H.264
+    (or ``codec``) without B-frames, real time."""
+    joined = ":" if "=" in pattern else "="  # a pattern given with options of its own
     return [
-        "-re", "-f", "lavfi", "-i", f"testsrc2=size={size}:rate={fps}",
-        "-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency", "-g", str(gop or fps), "-bf", "0",
-        "-pix_fmt", "yuv420p",
+        "-re", "-f", "lavfi", "-i", f"{pattern}{joined}size={size}:rate={fps}",
+        "-c:v", codec, *_ENCODER_ARGS.get(codec, []), "-g", str(gop or fps), "-bf", "0", "-pix_fmt", "yuv420p",
     ]
 
 
@@ -97,8 +106,10 @@ class RtspCamera:
 class FfmpegStream:
     """ffmpeg as a camera that streams to or serves ``output`` (ffmpeg's output arguments)."""
 
-    def __init__(self, output: list[str], size: str = "160x120", fps: int = 25, gop: int | None = None):
-        self.command = [FFMPEG, "-nostdin", "-hide_banner", "-loglevel", "error", *pattern_args(size, fps, gop), *output]
+    def __init__(self, output: list[str], size: str = "160x120", fps: int = 25, gop: int | None = None,
+                 codec: str = "libx264", pattern: str = "testsrc2"):
+        arguments = pattern_args(size, fps, gop, codec, pattern)
+        self.command = [FFMPEG, "-nostdin", "-hide_banner", "-loglevel", "error", *arguments, *output]
         self.process: subprocess.Popen | None = None
 
     def start(self) -> FfmpegStream:

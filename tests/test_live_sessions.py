@@ -17,7 +17,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from segstream.connectors.av_input import InputInfo, Picture
+from segstream.connectors.av_input import InputChanged, InputInfo, Picture
 from segstream.connectors.errors import SourceError
 from segstream.connectors.live_source import LiveSource
 from tests.test_stream_source import QUICK, StateLog
@@ -130,6 +130,42 @@ def test_a_session_of_only_repeats_says_so_when_it_ends():
     reconnecting = [e for e in log.entries if e[1] == "reconnecting"]
     assert reconnecting[0][3].get("repeats_skipped") is None  # the first session ended with new frames
     assert reconnecting[1][3]["repeats_skipped"] == 6
+
+
+class ChangedSession(Session):
+    """A live stream's session whose decoder, after its pictures, made nothing of ``rejected``
+    packets: another sender took over with another codec (``InputChanged``)."""
+
+    def __init__(self, pictures: list[Picture], rejected: int):
+        super().__init__(pictures, format_name="mpegts")
+        self.rejected = rejected
+
+    def pictures(self):
+        yield from super().pictures()
+        self.decode_errors += self.rejected
+        raise InputChanged(f"the h264 decoder that read it made nothing of the last {self.rejected} packets "
+                           f"({self.rejected} rejected): another codec or stream parameters", self.rejected)
+
+
+def test_a_sender_the_decoder_cannot_read_is_opened_again_at_once_as_a_new_epoch():
+    delivered, log, _ = play(ChangedSession(frames(range(20)), 12),
+                             Session(frames(range(5, 25), shade=100), format_name="mpegts"))
+    assert log.states[:4] == ["connecting", "streaming", "streaming", "reconnecting"], log.entries  # then the end
+    renewed = log.entries[2]
+    assert renewed[3]["restarted"] is True and renewed[3]["epoch"] == 1 and renewed[3]["reconnects"] == 0
+    assert "a new sender: the h264 decoder that read it made nothing of the last 12 packets" in renewed[2]
+    assert shades(delivered) == shade_of(range(20)) + shade_of(range(5, 25), shade=100)
+    assert [f.epoch for f in delivered] == [0] * 20 + [1] * 20
+    assert [f.index for f in delivered] == list(range(20)) + list(range(32, 52))  # the 12 leave their gap
+    pts = [f.pts for f in delivered]
+    assert all(b > a for a, b in zip(pts, pts[1:]))
+
+
+def test_a_session_whose_decoder_never_read_it_is_lost_and_retried_as_any_other():
+    delivered, log, _ = play(ChangedSession([], 12), Session(frames(range(10)), format_name="mpegts"))
+    assert log.states[:3] == ["connecting", "reconnecting", "streaming"], log.entries
+    assert "restarted" not in log.first("streaming")[3]
+    assert [f.index for f in delivered] == list(range(10))
 
 
 def test_a_finite_video_missing_a_part_in_the_middle_fails_though_it_reaches_its_end():

@@ -641,6 +641,55 @@ def test_an_encoder_restarted_into_the_same_udp_port_is_a_new_epoch_of_the_same_
     assert all(0 < b - a < 10 for a, b in zip(seconds, seconds[1:])), "timestamps still measure seconds"
 
 
+DECODER = {"libx264": "h264", "libx265": "hevc", "mpeg2video": "mpeg2video"}  # what decodes each encoder's stream
+
+
+@pytest.mark.parametrize("first, second, moved", [
+    ("libx264", "libx265", []),
+    ("mpeg2video", "libx264", []),
+    ("libx264", "mpeg2video", ["-mpegts_start_pid", "0x200"]),  # its video on another PID
+])
+def test_an_encoder_restarted_into_the_same_udp_port_with_another_codec_is_read_by_a_new_decoder(first, second, moved):
+    """Found by a field-robotics probe: a camera restarted on its port as HEVC was fed to the H.264
+    decoder set up at the open (every packet rejected), one restarted from MPEG-2 as H.264 to the
+    MPEG-2 decoder (every packet swallowed); neither gave a frame again, and the stall's reconnect
+    waited on the session let go, which held the port while its packets kept coming. A sender that
+    moved its video to another PID (``moved``) was a stream PyAV skips, holding the port as well."""
+    import socket
+
+    port = free_port(socket.SOCK_DGRAM)
+    policy = ReconnectPolicy(open_timeout_s=5, read_timeout_s=2, stall_timeout_s=3, delay_s=0.2, max_delay_s=1)
+    source = StreamSource("enc", f"udp://127.0.0.1:{port}", policy=policy)
+    source.on_state = log = StateLog()
+    frames: list = []
+    thread = threading.Thread(target=lambda: frames.extend(source.frames()), daemon=True)
+    target = ["-f", "mpegts", f"udp://127.0.0.1:{port}?pkt_size=1316"]
+    try:
+        with FfmpegStream(target, size="160x120", fps=10, codec=first):
+            thread.start()
+            wait_for(lambda: len(frames) >= 10, 20, "the first sender's frames")
+        with FfmpegStream([*moved, *target], size="240x180", fps=10, codec=second, pattern="color=c=red"):
+            wait_for(lambda: sum(f.epoch == 1 for f in frames) >= 10, 30, f"frames of the {second} sender")
+    finally:
+        source.close()
+        thread.join(10)
+    streaming = [e for e in log.entries if e[1] == "streaming"]
+    assert [(e[3]["codec"], e[3]["epoch"], bool(e[3].get("restarted"))) for e in streaming] == [
+        (DECODER[first], 0, False), (DECODER[second], 1, True)], log.entries
+    assert "decoder that read it made nothing of the last" in streaming[1][2]
+    assert "reconnecting" not in log.states and source.reconnects == 0  # handed over, not lost
+    renewed = [f for f in frames if f.epoch == 1]
+    assert {f.image.shape for f in renewed} == {(180, 240, 3)}
+    assert all(f.image[..., 0].min() > 200 and f.image[..., 1:].max() < 60 for f in renewed), "solid red"
+    assert {f.image.shape for f in frames if f.epoch == 0} == {(120, 160, 3)}
+    # the packets the old decoder made nothing of are counted and leave their gap in the index
+    switch = frames.index(renewed[0])
+    assert frames[switch].index - frames[switch - 1].index - 1 >= 10
+    assert source.decode_errors >= 10
+    seconds = [f.pts_seconds for f in frames]
+    assert all(b > a for a, b in zip(seconds, seconds[1:]))
+
+
 def test_a_camera_down_for_the_whole_run_does_not_end_like_a_healthy_one():
     """Found probing 16 cameras: stopped, a camera that never connected ended "stopped" as the
     healthy ones did, and the summary did not set it apart."""
