@@ -31,6 +31,7 @@ import numpy as np
 from segstream.connectors.errors import ConfigError, SegstreamError
 from segstream.connectors.sink import SINK_DROPS
 from segstream.models.results import Event
+from segstream.pipeline import entry
 from segstream.pipeline.batch import (
     BatchControl,
     BatchProgress,
@@ -306,7 +307,7 @@ def _marks(cfg, root: Path):
 def _signal_handlers() -> dict:
     if threading.current_thread() is not threading.main_thread():
         return {}
-    return {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    return {signum: signal.getsignal(signum) for signum in entry.STOP_SIGNALS}
 
 
 def _restore(handlers: dict) -> None:

@@ -1,8 +1,8 @@
 """The ``segstream`` command: run, batch, render, validate, schema, tail, evaluate, demo.
 
 User errors (``SegstreamError``) end as one line ``segstream: error: ...`` and the error's exit
-code; Ctrl-C or SIGTERM drains the pipeline and exits 0 (from any state, start-up included), a
-second one aborts with 128 + its number (130 for Ctrl-C, 143 for SIGTERM). A run in which a source failed exits 1 and says which and why.
+code; Ctrl-C, SIGTERM or SIGHUP drains the pipeline and exits 0 (from any state, start-up included), a
+second one aborts with 128 + its number (130 for Ctrl-C, 143 for SIGTERM, 129 for SIGHUP). A run in which a source failed exits 1 and says which and why.
 ``--log-format json`` (or ``SEGSTREAM_LOG_FORMAT=json``) makes every line a JSON object.
 """
 
@@ -44,6 +44,7 @@ from segstream.pipeline.logs import (
     configure_logging,
     json_logging,
     signal_line,
+    write_line,
 )
 
 if TYPE_CHECKING:
@@ -74,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"segstream: error: {line}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:
-        os.write(2, signal_line("aborted", "ERROR"))
+        write_line(signal_line("aborted", "ERROR"))
         code = 128 + (_DrainOnSignal.aborted_by or entry.aborted_by or signal.SIGINT)  # 130 Ctrl-C, 143 SIGTERM
         embedded = sys.modules.get("segstream.connectors.embedded_redis")  # loaded: maybe one runs
         if embedded is not None:
@@ -479,20 +480,20 @@ class _DrainOnSignal:
             raise KeyboardInterrupt
         self.signum = signum
         self.stopping = True
-        # os.write, not print: print may be interrupted while holding stderr's buffer lock
+        # os.write (write_line), not print: print may be interrupted while holding stderr's buffer lock
         name = signal.Signals(signum).name
         if self._at_once:
             abort_if_loading(frame, signum)  # an interrupted import is not to be left half-done for the exit to find
             self._at_once = False
-            os.write(2, signal_line(f"{name}: stopping"))
+            write_line(signal_line(f"{name}: stopping"))
             raise _StoppedBeforeRun
         if self._runtime is not None:
             self._runtime.stop()
-        os.write(2, signal_line(f"{name}: {self.doing} ({name} again aborts)"))
+        write_line(signal_line(f"{name}: {self.doing} ({name} again aborts)"))
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGINT, signal.SIGTERM):
+            for signum in entry.STOP_SIGNALS:
                 self.previous[signum] = signal.signal(signum, self._handle)
         return self
 

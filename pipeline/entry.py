@@ -12,6 +12,10 @@ import signal
 import sys
 
 
+# What stops a command: Ctrl-C, SIGTERM, and SIGHUP (the terminal or SSH session that started it
+# went away): without a handler SIGHUP killed a run on the spot, undrained and unsaid.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
 # The signal that aborted the command through ``_interrupt`` (the exit status is 128 + it).
 aborted_by: int | None = None
 
@@ -19,7 +23,7 @@ aborted_by: int | None = None
 def main() -> int:
     # SIGTERM as Ctrl-C: without a handler it killed a command on the spot, leaving what it had
     # started (bench's embedded Redis) running, and said nothing
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    for signum in STOP_SIGNALS:
         signal.signal(signum, _interrupt)
     from segstream.pipeline.cli import main as cli_main
 
@@ -39,7 +43,10 @@ def abort_if_loading(frame, signum: int = signal.SIGINT) -> None:
     SEGSTREAM_LOG_FORMAT says: the command line's --log-format may not be read yet."""
     while frame is not None:
         if frame.f_code.co_filename.startswith("<frozen importlib"):
-            os.write(2, _loading_line())
+            try:
+                os.write(2, _loading_line())
+            except OSError:  # stderr a terminal that is gone (SIGHUP)
+                pass
             embedded = sys.modules.get("segstream.connectors.embedded_redis")
             if embedded is not None and hasattr(embedded, "kill_all"):  # loaded whole: a daemonised
                 embedded.kill_all()  # redis-server of ours would outlive us (a signal only: no client here)

@@ -133,6 +133,19 @@ def signal_line(message: str, level: str = "WARNING", as_json: bool | None = Non
     return (json.dumps({"level": level, "logger": "segstream.cli", "message": message, "time": stamp}) + "\n").encode()
 
 
+def write_line(line: bytes) -> None:
+    """``os.write`` of a ``signal_line`` to stderr. After a SIGHUP stderr may be a terminal that is
+    gone (EIO): then stdout and stderr become /dev/null, so that the run drains and every later
+    line (status, summary) is dropped, not an exception that ends the run undrained."""
+    try:
+        os.write(2, line)
+    except OSError:
+        null = os.open(os.devnull, os.O_WRONLY)
+        for fd in (1, 2):
+            os.dup2(null, fd)
+        os.close(null)
+
+
 class LogLines:
     """A text stream whose lines become INFO records of ``logger``: the console status line of
     a run, in the log when the log is JSON."""

@@ -374,6 +374,7 @@ class Runtime:
         # True means whatever sys.stderr is when the run starts (it may be redirected later).
         self.progress = progress
         self.progress_interval_s = progress_interval_s
+        self._unsayable = False  # its stream failed (a terminal gone): no more status lines
         self.metrics = metrics or RunMetrics()
         for name in names:
             self.metrics.source(name)
@@ -510,7 +511,7 @@ class Runtime:
                             self._leave_behind(i, decoder)
                 if self.progress and now - last_progress >= self.progress_interval_s:
                     last_progress = now
-                    print(self._progress_line(now - start), file=self._progress_stream(), flush=True)
+                    self._say(self._progress_line(now - start) + "\n")
         except BaseException:
             # second Ctrl-C: no draining; sinks are closed because some own a process (an embedded Redis)
             self._interrupted = True
@@ -990,8 +991,15 @@ class Runtime:
 
     def _print_summary(self, summary: str) -> None:
         # each line as the status lines and the CLI's own: ``segstream: ...`` (JSON logs drop the prefix)
-        lines = "".join(f"segstream: {line}\n" for line in summary.splitlines())
-        print(lines, end="", file=self._progress_stream(), flush=True)
+        self._say("".join(f"segstream: {line}\n" for line in summary.splitlines()))
+
+    def _say(self, text: str) -> None:
+        if self._unsayable:
+            return
+        try:
+            print(text, end="", file=self._progress_stream(), flush=True)
+        except OSError:  # a terminal that went away (SIGHUP): the run goes on, its lines unsaid
+            self._unsayable = True
 
     def _progress_line(self, elapsed_s: float) -> str:
         report = self.report(elapsed_s)

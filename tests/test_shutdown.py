@@ -1,5 +1,6 @@
 """SIGTERM / Ctrl-C on the real CLI running the real model: drain and exit 0, or abort on a second."""
 
+import json
 import os
 import re
 import signal
@@ -86,8 +87,6 @@ def test_second_interrupt_aborts_with_130_and_counts_the_frames_it_abandoned(tmp
 
 def test_with_json_logs_the_lines_signals_bring_are_json_too(tmp_path, clip, checkpoint):
     """Log shippers read every stderr line as JSON (found probing: the signal lines were text)."""
-    import json
-
     # as the test above: a deep queue, the second signal 0.1 s after the first, while the drain runs
     # (CI once drained 64 frames in 0.36 s, and a SIGTERM during the interpreter's exit is SIG_DFL's)
     process, _ = start_pipeline(tmp_path, clip, checkpoint, "queue_size: 256", ("--log-format", "json"))
@@ -99,6 +98,55 @@ def test_with_json_logs_the_lines_signals_bring_are_json_too(tmp_path, clip, che
     lines = [json.loads(line) for line in err.strip().splitlines()]  # each one JSON
     messages = [line["message"] for line in lines]
     assert "SIGTERM: stopping, draining queued frames (SIGTERM again aborts)" in messages and "aborted" in messages
+
+
+def test_sighup_drains_and_exits_zero(tmp_path, clip, checkpoint):
+    """A closed terminal or SSH session sends SIGHUP (found probing: it killed a run on the spot,
+    undrained, no line, no `ended` events)."""
+    process, output = start_pipeline(tmp_path, clip, checkpoint, "realtime: true")
+    process.send_signal(signal.SIGHUP)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err
+    assert "segstream: SIGHUP: stopping, draining queued frames (SIGHUP again aborts)" in err
+    published = int(re.search(r"stopped: (\d+) frames published", err).group(1))
+    assert published == len(output.read_text().splitlines()) >= 3
+
+
+def test_sighup_with_its_terminal_gone_still_drains(tmp_path, clip, checkpoint):
+    """Its terminal gone, every write to stderr fails (EIO): found probing, the first status
+    line or the summary raised, and the run ended with 1, undrained."""
+    import pty
+
+    config = tmp_path / "pipeline.yaml"
+    config.write_text(
+        f"sources:\n  - {{name: cam0, type: file, path: '{clip}', loop: true, realtime: true}}\n"
+        f"model: {{preset: {SYNTHETIC_TINY.name}, checkpoint: '{checkpoint}', device: cpu}}\n"
+        "engine: {batch_size: 1}\nops: {http: null, status_interval_s: 0.2}\n"
+        "sinks:\n  redis: {enabled: false}\n  files: {enabled: true, dir: out}\n"
+    )
+    terminal, its_end = pty.openpty()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "segstream.pipeline.cli", "run", str(config)], cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO)}, stdin=its_end, stdout=its_end, stderr=its_end,
+        start_new_session=True,
+    )
+    os.close(its_end)
+    output = tmp_path / "out" / "cam0.jsonl"
+    try:
+        deadline = time.monotonic() + 120
+        while not (output.exists() and len(output.read_text().splitlines()) >= 3):
+            assert process.poll() is None and time.monotonic() < deadline, "the run did not start publishing"
+            try:
+                os.read(terminal, 65536)  # the terminal reads what the run says, until it goes
+            except OSError:
+                pass
+            time.sleep(0.1)
+    finally:
+        os.close(terminal)  # the terminal goes away
+    process.send_signal(signal.SIGHUP)
+    assert process.wait(timeout=60) == 0
+    frames = [json.loads(line)["frame"] for line in output.read_text().splitlines()]
+    assert len(frames) >= 3 and frames == [str(i) for i in range(len(frames))]  # in order, none missing
 
 
 # after Python's own start-up: while the CLI loads, while it parses, while `validate` loads torch
