@@ -174,6 +174,11 @@ class _Lost(Exception):
         self.data = data or {}
 
 
+# MPEG-TS timestamps: 33 bits of a 90 kHz clock
+MPEG_TS_TIME_BASE = Fraction(1, 90000)
+MPEG_TS_WRAP = 1 << 33
+
+
 class _Sender:
     """Tells, from a live stream's pictures, when another sender took over the same address (an
     encoder restarted into the same UDP port): its frames change size, or its timestamps jump
@@ -198,7 +203,13 @@ class _Sender:
         if previous is not None and size != previous:
             return f"its frames changed size from {previous[1]}x{previous[0]} to {size[1]}x{size[0]}"
         if last is not None and picture.pts is not None and picture.time_base == last[1]:
-            jump = float((picture.pts - last[0]) * picture.time_base)
+            ticks = picture.pts - last[0]
+            if picture.time_base == MPEG_TS_TIME_BASE and picture.pts // MPEG_TS_WRAP != last[0] // MPEG_TS_WRAP:
+                # FFmpeg's wrap correction (2^33 added) made a new sender's clock, gone back 816 s,
+                # read as 26 hours ahead; a clock crossing the wrap is the smaller of the two
+                unwrapped = picture.pts % MPEG_TS_WRAP - last[0] % MPEG_TS_WRAP
+                ticks = unwrapped if abs(unwrapped) < abs(ticks) else ticks
+            jump = float(ticks * picture.time_base)
             waited = now - last[2]
             if jump > waited + self.JUMP_S or jump < -self.JUMP_S:
                 return f"its timestamps jumped {jump:+.1f} s in {waited:.1f} s"

@@ -243,3 +243,23 @@ def test_a_containers_length_which_its_audio_may_outlast_allows_more_slack():
     clip.video_duration = False
     delivered, log, error = play(clip)
     assert error is None and len(delivered) == 75 and log.states[-1] == "ended"
+
+
+def test_a_new_senders_clock_gone_back_is_said_so_through_the_mpeg_ts_wrap():
+    """Found by the SRE probe: a camera restarted with its clock 816 s back was logged as 'its
+    timestamps jumped +94627.9 s' (FFmpeg's wrap correction adds 2^33 ticks to a clock gone back)."""
+    from segstream.connectors.live_source import MPEG_TS_WRAP, _Sender
+
+    image = np.zeros((2, 2, 3), np.uint8)
+
+    def picture(pts: int) -> Picture:
+        return Picture(image, pts, Fraction(1, 90000), 3600, time.time(), None)
+
+    sender = _Sender("udp://127.0.0.1:5000")
+    assert sender.check(picture(1000 * 90000)) is None
+    assert sender.check(picture(184 * 90000 + MPEG_TS_WRAP)).startswith("its timestamps jumped -816.0 s in ")
+    crossing = _Sender("udp://127.0.0.1:5000")  # a clock that runs across the wrap goes on
+    assert crossing.check(picture(MPEG_TS_WRAP - 3600)) is None and crossing.check(picture(MPEG_TS_WRAP)) is None
+    ahead = _Sender("udp://127.0.0.1:5000")  # a clock a day ahead, no wrap: said as it is
+    assert ahead.check(picture(90000)) is None
+    assert ahead.check(picture(90000 + 90000 * 90000)).startswith("its timestamps jumped +90000.0 s")
