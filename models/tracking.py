@@ -431,6 +431,9 @@ class SegmentTracker:
             edges[1], edges[3] = _uncut(y0, y1, ch, py, edges[1], edges[3])
         # A thing cut at the border or behind something is whole only if no smaller than remembered.
         whole = area >= (_WHOLE if min(edges) >= _CONTACT else 1.0) * track.full_area
+        # What is seen reaches well past the remembered extent: the thing turned or grew while
+        # partly hidden, and the remembered shape no longer says where its parts are.
+        whole |= _outgrown(x1 - x0, cw) or _outgrown(y1 - y0, ch)
         nx = _anchor(x0, x1, cw, px, edges[0], edges[2])
         ny = _anchor(y0, y1, ch, py, edges[1], edges[3])
         vx, vy = (nx - track.x0) / gap, (ny - track.y0) / gap
@@ -528,6 +531,11 @@ def _uncut(low: int, high: int, size: int, predicted: float, low_edge: int, high
         if high_off <= 1 and low_off >= high_off + 1:
             return _CUT, high_edge
     return low_edge, high_edge
+
+
+def _outgrown(seen: int, remembered: int) -> bool:
+    """An extent seen this much beyond the remembered one is no mask noise or stray pixel."""
+    return seen > remembered + 2 + _JUMP * remembered
 
 
 def _anchor(low: int, high: int, size: int, predicted: float, low_edge: int, high_edge: int) -> float:
