@@ -462,6 +462,12 @@ class SegmentTracker:
         whole |= _outgrown(x1 - x0, cw) or _outgrown(y1 - y0, ch)
         nx = _anchor(x0, x1, cw, px, edges[0], edges[2])
         ny = _anchor(y0, y1, ch, py, edges[1], edges[3])
+        # Cut by a side of the frame, a rounded thing shows a chord: its other two ends are not
+        # its own either, so the prediction stands, only kept where the visible part fits.
+        if _BORDER in (edges[0], edges[2]) and y1 - y0 < ch:
+            ny = min(max(py, y1 - ch), y0)
+        if _BORDER in (edges[1], edges[3]) and x1 - x0 < cw:
+            nx = min(max(px, x1 - cw), x0)
         vx, vy = (nx - track.x0) / gap, (ny - track.y0) / gap
         first = track.hits <= 2
         # Smoothed, so one bad frame does not fling the prediction.
