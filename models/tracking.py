@@ -16,7 +16,9 @@ Gates refuse implausible pairs before the assignment: too little overlap without
 embedding close by (a *lost* thing is found anywhere by a strong match, ``reid_similarity``:
 it may have turned while hidden), or another class without strong overlap. A new thing is *tentative* until it
 has been seen ``min_hits`` times and gets its id only when *confirmed*; a confirmed track that is
-not seen is *lost* and keeps its id for up to ``max_lost`` frames (an occlusion), then *ends*.
+not seen is *lost* and keeps its id for up to ``max_lost`` frames (an occlusion), then *ends*;
+with ``max_lost_s`` set, for up to that many seconds of stream time between two sightings instead
+(frames given a time; a frame without one falls back to ``max_lost``).
 While a thing is partly hidden (behind another thing, something unlabelled, or the frame border)
 its remembered shape and size are kept and moved with it, so it can be found again when it
 reappears: its motion is read from the box edges that are its own (not at the border, not against
@@ -56,6 +58,7 @@ class TrackerSettings:
 
     min_hits: int = 2
     max_lost: int = 30
+    max_lost_s: float | None = None  # seconds of stream time; replaces max_lost where frames have a time
     iou_weight: float = 0.5
     embedding_weight: float = 0.4
     class_weight: float = 0.1
@@ -72,6 +75,8 @@ class TrackerSettings:
     def __post_init__(self) -> None:
         if self.min_hits < 1 or self.max_lost < 0 or self.max_tracks < 1 or self.mask_side < 8:
             raise ValueError("min_hits and max_tracks must be >= 1, max_lost >= 0, mask_side >= 8")
+        if self.max_lost_s is not None and not self.max_lost_s > 0:
+            raise ValueError("max_lost_s must be > 0 seconds (or None: max_lost frames)")
         if min(self.iou_weight, self.embedding_weight, self.class_weight) < 0 or not (
             self.iou_weight + self.class_weight > 0
         ):
@@ -114,6 +119,7 @@ class _Track:
     last_frame: int
     hits: int
     votes: dict[int, int]  # class id -> frames seen as that class (bounded by the label set)
+    last_time: float | None = None  # stream time (seconds) of the last sighting, when frames have one
     # Shape and motion at the reduced resolution (things only):
     crop: np.ndarray | None = None  # bool mask of the remembered shape
     x0: float = 0.0  # where the crop's top-left pixel was at `placed_frame`
@@ -148,6 +154,7 @@ class SegmentTracker:
         self._next_key = 0
         self._shape: tuple[int, int] | None = None
         self._last_frame: int | None = None
+        self._time: float | None = None  # the current frame's stream time (seconds), when given
 
     # --- the one entry point ---------------------------------------------------------------
 
@@ -160,12 +167,14 @@ class SegmentTracker:
         isthing: np.ndarray,
         embeddings: np.ndarray | None = None,
         boxes: np.ndarray | None = None,
+        time_s: float | None = None,
     ) -> TrackUpdate:
         """Track the segments of frame ``frame``: row i is the segment whose pixels hold
         ``segment_ids[i]`` in ``label_map`` (H x W int, -1 for none; a ``ScaledLabelMap`` is
         sampled without building the frame-size map). ``embeddings`` is S x D
         (D may be 0); ``boxes`` the segments' (x0, y0, x1, y1) in pixels, x1/y1 exclusive (measured
-        here when not given). Frames must come in increasing order."""
+        here when not given). ``time_s`` is the frame's stream time in seconds (its pts), which
+        ``max_lost_s`` measures; None where unknown. Frames must come in increasing order."""
         count = len(segment_ids)
         track_ids = np.full(count, NO_TRACK, np.int64)
         ages = np.zeros(count, np.int32)
@@ -173,6 +182,7 @@ class SegmentTracker:
         if self._last_frame is not None and frame <= self._last_frame:
             raise ValueError(f"frame {frame} comes after frame {self._last_frame}; frames must increase")
         self._last_frame = frame
+        self._time = time_s
         if self._shape is not None and self._shape != label_map.shape:
             # Remembered shapes mean nothing in a frame of another size (a camera reconnected).
             events += [t.event("ended", "frame_size") for t in self.tracks if t.track_id != NO_TRACK]
@@ -186,6 +196,13 @@ class SegmentTracker:
             track_ids[row], ages[row] = track.track_id, track.hits
 
         things = np.flatnonzero(isthing)
+        if time_s is not None and self.settings.max_lost_s is not None:
+            # Before matching: a thing unseen longer than that (a pause of the stream, too) must
+            # not take back its id now.
+            expired = [t for t in self.tracks if self._expired(t, frame)]
+            events += [t.event("ended", "lost") for t in expired if t.track_id != NO_TRACK]
+            gone = {t.key for t in expired}
+            self.tracks = [t for t in self.tracks if t.key not in gone]
         refused = 0
         if len(things) or self.tracks:
             refused = self._update_things(frame, label_map, np.asarray(segment_ids)[things], class_ids[things],
@@ -205,10 +222,18 @@ class SegmentTracker:
 
     def lose_things(self) -> list[TrackEvent]:
         """End every thing's track as ``lost`` (its source was away longer than ``max_lost``
-        frames' time); stuff keeps its one id per class. Returns the ``ended`` events."""
+        frames' time, or ``max_lost_s``); stuff keeps its one id per class. Returns the ``ended`` events."""
         ended = [t.event("ended", "lost") for t in self.tracks if t.track_id != NO_TRACK]
         self.tracks = []
         return ended
+
+    def _expired(self, track: _Track, frame: int) -> bool:
+        """Unseen too long: by stream time where ``max_lost_s`` is set and both frames have one,
+        else by ``max_lost`` frames."""
+        limit_s = self.settings.max_lost_s
+        if limit_s is not None and self._time is not None and track.last_time is not None:
+            return self._time - track.last_time > limit_s
+        return frame - track.last_frame > self.settings.max_lost
 
     # --- stuff -----------------------------------------------------------------------------
 
@@ -295,7 +320,7 @@ class SegmentTracker:
                 alive.append(track)
             elif track.state == TENTATIVE:
                 continue  # a tentative thing must be seen in consecutive frames; it never had an id
-            elif frame - track.last_frame > s.max_lost:
+            elif self._expired(track, frame):
                 events.append(track.event("ended", "lost"))
             else:
                 track.state = LOST
@@ -408,6 +433,7 @@ class SegmentTracker:
         track.votes[class_id] = track.votes.get(class_id, 0) + 1
         track.hits += 1
         track.last_frame = frame
+        track.last_time = self._time
         if unit is not None:
             vector = unit[det]
             if track.embedding is None or track.embedding.shape != vector.shape:
@@ -431,8 +457,17 @@ class SegmentTracker:
             edges[1], edges[3] = _uncut(y0, y1, ch, py, edges[1], edges[3])
         # A thing cut at the border or behind something is whole only if no smaller than remembered.
         whole = area >= (_WHOLE if min(edges) >= _CONTACT else 1.0) * track.full_area
+        # What is seen reaches well past the remembered extent: the thing turned or grew while
+        # partly hidden, and the remembered shape no longer says where its parts are.
+        whole |= _outgrown(x1 - x0, cw) or _outgrown(y1 - y0, ch)
         nx = _anchor(x0, x1, cw, px, edges[0], edges[2])
         ny = _anchor(y0, y1, ch, py, edges[1], edges[3])
+        # Cut by a side of the frame, a rounded thing shows a chord: its other two ends are not
+        # its own either, so the prediction stands, only kept where the visible part fits.
+        if _BORDER in (edges[0], edges[2]) and y1 - y0 < ch:
+            ny = min(max(py, y1 - ch), y0)
+        if _BORDER in (edges[1], edges[3]) and x1 - x0 < cw:
+            nx = min(max(px, x1 - cw), x0)
         vx, vy = (nx - track.x0) / gap, (ny - track.y0) / gap
         first = track.hits <= 2
         # Smoothed, so one bad frame does not fling the prediction.
@@ -528,6 +563,11 @@ def _uncut(low: int, high: int, size: int, predicted: float, low_edge: int, high
         if high_off <= 1 and low_off >= high_off + 1:
             return _CUT, high_edge
     return low_edge, high_edge
+
+
+def _outgrown(seen: int, remembered: int) -> bool:
+    """An extent seen this much beyond the remembered one is no mask noise or stray pixel."""
+    return seen > remembered + 2 + _JUMP * remembered
 
 
 def _anchor(low: int, high: int, size: int, predicted: float, low_edge: int, high_edge: int) -> float:

@@ -509,8 +509,10 @@ class TrackingConfig(Strict):
     """Stable segment ids across frames, per source (``segstream.models.tracking``).
 
     A new thing gets its id once seen in ``min_hits`` consecutive frames; a thing not seen keeps
-    its id for ``max_lost`` frames (an occlusion), then its track ends. Matching scores mask
-    overlap (``iou_weight``), query-embedding similarity (``embedding_weight``) and class
+    its id for ``max_lost`` frames (an occlusion), then its track ends; with ``max_lost_s`` set, for
+    that many seconds of the source's timestamps instead (the same time at any frame rate, with
+    frames dropped or a stream paused; frames without a timestamp still count ``max_lost``).
+    Matching scores mask overlap (``iou_weight``), query-embedding similarity (``embedding_weight``) and class
     agreement (``class_weight``); a pair needs ``min_overlap``, or an embedding similarity of
     ``min_similarity`` within ``max_shift`` box diagonals of where the thing should be (a lost
     thing: anywhere at ``reid_similarity``; above 1: never), and a class change needs
@@ -523,6 +525,7 @@ class TrackingConfig(Strict):
     enabled: bool = True
     min_hits: PositiveInt = 2
     max_lost: Annotated[int, Field(ge=0)] = 30
+    max_lost_s: Annotated[float, Field(gt=0)] | None = None
     iou_weight: Annotated[float, Field(ge=0)] = 0.5
     embedding_weight: Annotated[float, Field(ge=0)] = 0.4
     class_weight: Annotated[float, Field(ge=0)] = 0.1

@@ -27,8 +27,8 @@ class TrackingStage:
     Each event's ``data`` holds ``track_id``, ``class_id``, ``label``, ``isthing``,
     ``first_frame``, ``last_frame``, ``frames_seen`` and ``frame`` (the frame it was written
     at); ``track_ended`` adds ``reason``
-    (``lost``: unseen for more than ``max_lost`` frames, or the source back after an outage or a
-    pause longer than that, measured by its timestamps; ``end``: the source ended;
+    (``lost``: unseen for more than ``max_lost`` frames, or ``max_lost_s`` seconds of its
+    timestamps, or the source back after an outage or a pause longer than that; ``end``: the source ended;
     ``capacity``: more than ``max_tracks`` tracks; ``frame_size``: the frame size changed).
     The first time the tracker is full (``max_tracks``) it logs a warning and writes one
     ``track_capacity`` event (``max_tracks``, ``frame``, ``refused``); ``capacity_refused``
@@ -54,7 +54,7 @@ class TrackingStage:
         segments = result.segments
         update = self.tracker.update(
             result.index, result.segment_map, segments.ids, segments.class_ids, segments.isthing, segments.embeddings,
-            segments.boxes,
+            segments.boxes, result.pts_seconds,
         )
         segments.track_ids = update.track_ids
         segments.track_ages = update.track_ages
@@ -70,7 +70,7 @@ class TrackingStage:
             settings = self.tracker.settings
             log.warning("%s: the tracker holds tracking.max_tracks (%d) tracks from frame %d on: new things "
                         "get no id (counted in segstream_track_capacity_refused) — raise max_tracks, or lower "
-                        "max_lost (%d) so unseen tracks end sooner", self.source, settings.max_tracks,
+                        "max_lost (%d) or max_lost_s so unseen tracks end sooner", self.source, settings.max_tracks,
                         result.index, settings.max_lost)
             result.events.append(Event(self.source, TRACK_CAPACITY, self._last_ts, {
                 "max_tracks": settings.max_tracks, "frame": result.index, "refused": update.capacity_refused}))
@@ -81,11 +81,14 @@ class TrackingStage:
         long: the gap in ``pts_seconds``, over a reconnect or within one stream that paused): its
         things' tracks ended unseen, as ``lost``; what comes now starts new ones. Stuff keeps its
         id per class for the whole run. Frame numbers alone would not tell: they go on from the
-        last frame delivered."""
+        last frame delivered. With ``max_lost_s`` the tracker itself measures unseen time on the
+        same timestamps, so an outage needs nothing more here."""
         last_pts, last_epoch = self._last_pts, self._last_epoch
         self._last_pts, self._last_epoch = result.pts_seconds, result.epoch
         if last_pts is None or result.pts_seconds is None:
             return
+        if self.tracker.settings.max_lost_s is not None:
+            return  # the tracker measures unseen time on these same timestamps, outages included
         step = result.pts_seconds - last_pts
         if self._step_s is not None and step > (self.tracker.settings.max_lost + 1) * self._step_s:
             ts = result.capture_ts or time.time()
