@@ -198,3 +198,11 @@ def test_a_camera_that_is_not_plugged_in_fails_its_source(tmp_path, capsys):
     code, lines = connect(config, capsys)
     assert code == 1
     assert line_of(lines, "source usb") == f"FAIL  source usb: '{missing}' does not exist"
+
+
+def test_tls_asked_of_a_redis_without_it_fails_saying_so(tmp_path, redis_server, capsys):
+    redis = f"{{url: '{redis_server.url.replace('redis://', 'rediss://')}', password: '{PASSWORD}'}}"
+    code, lines = connect(write_config(tmp_path, FILE_SOURCE, redis), capsys)
+    assert code == 1
+    redis_line = line_of(lines, "redis")
+    assert redis_line.startswith("FAIL") and "if it has none, use redis://" in redis_line
