@@ -153,6 +153,46 @@ def resolve_hf(reference: str) -> Path:
     raise CheckpointError(f"cannot fetch {repo_id} from the model hub ({'; '.join(errors)}) — offline? {local_hint}")
 
 
+def hub_file_found(reference: str, timeout_s: float = 5.0) -> tuple[Path | None, str]:
+    """Where ``resolve_hf`` would take ``hf://owner/name[/file]`` from, found without downloading
+    it: the file in the local Hugging Face cache, else (None) the hub's answer to a metadata
+    request; and that, said (``segstream validate --connect``). Raises ``CheckpointError``
+    saying why the run could not fetch it."""
+    repo = reference[len(HF_PREFIX) :].strip("/")
+    parts = repo.split("/")
+    if problem := hub_reference_problem(reference):
+        raise CheckpointError(f"'{reference}' {problem} — e.g. hf://tue-mps/coco_panoptic_eomt_large_640")
+    repo_id, filename = "/".join(parts[:2]), "/".join(parts[2:]) or None
+    local_hint = (f"download the weights of {repo_id} on a machine with access and set model.checkpoint to the "
+                  "local file (pytorch_model.bin or model.safetensors)")
+    try:
+        from huggingface_hub import get_hf_file_metadata, hf_hub_url, try_to_load_from_cache
+    except ImportError:
+        raise CheckpointError(
+            f"'{reference}' needs huggingface_hub (pip install -e \".[hub]\" in the segstream checkout), or {local_hint}"
+        ) from None
+    names = [filename] if filename else list(CHECKPOINT_FILES)
+    for name in names:
+        cached = try_to_load_from_cache(repo_id, name)
+        if isinstance(cached, str):
+            return Path(cached), f"in the local Hugging Face cache ({cached})"
+    host = _unreachable_hub()
+    if host is not None:
+        raise CheckpointError(f"{repo_id} is not in the local Hugging Face cache, and the model hub's host {host} is "
+                              f"not known here (no network or no DNS) — {local_hint}")
+    errors = []
+    for name in names:
+        try:
+            found = get_hf_file_metadata(hf_hub_url(repo_id, name), timeout=timeout_s)
+        except Exception as exc:  # not found, gated, refused, timed out: each the run would meet
+            errors.append(f"{name}: {type(exc).__name__}")
+            continue
+        size = f", {found.size / 2**20:.0f} MiB" if found.size else ""
+        return None, f"on the model hub ({repo_id}/{name}{size}), downloaded when the run starts"
+    raise CheckpointError(f"the model hub does not give {repo_id} ({'; '.join(errors)}) — check the name and your "
+                          f"access (HF_TOKEN for a gated model), or {local_hint}")
+
+
 def _unreachable_hub() -> str | None:
     """The hub's host name when it does not resolve (or huggingface_hub is told to stay offline)."""
     import socket

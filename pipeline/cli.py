@@ -129,6 +129,10 @@ def _parser() -> argparse.ArgumentParser:
     validate = commands.add_parser("validate", help="check a config without running it")
     validate.add_argument("config", type=Path, metavar="CONFIG")
     overrides(validate)
+    validate.add_argument("--connect", action="store_true",
+                          help="also check what the run needs at its start, without running the model: the model's "
+                               "weights obtainable, Redis reachable and writable, each source's first frame, the "
+                               "ops port free (one line each; exit 1 if any fails)")
     validate.set_defaults(command=_validate)
 
     schema = commands.add_parser("schema", help="print the JSON Schema of the config file")
@@ -275,9 +279,14 @@ def _validate(args: argparse.Namespace) -> int:
         raise ConfigError(f"model.checkpoint: {error}") from None
     model = preset.name
     if batch:
-        print(f"ok: a batch config (videos from `segstream batch INPUTS`), model {model}")
+        summary = f"a batch config (videos from `segstream batch INPUTS`), model {model}"
     else:
-        print(f"ok: {len(cfg.sources)} source{'s' if len(cfg.sources) != 1 else ''}, model {model}")
+        summary = f"{len(cfg.sources)} source{'s' if len(cfg.sources) != 1 else ''}, model {model}"
+    if args.connect:
+        from segstream.pipeline.preflight import Check, preflight, report
+
+        return report([Check("config", True, summary), *preflight(cfg, preset, batch=batch)])
+    print(f"ok: {summary}")
     return 0
 
 

