@@ -377,6 +377,16 @@ def test_secrets_stay_out_of_log_records_too(capsys, monkeypatch):
     configure_logging("text")
 
 
+def test_scrubbing_leaves_a_user_without_password_and_a_redacted_url_as_they_are():
+    """Found in review: ``rtsp://***@cam`` (already redacted) and ``rtsp://admin@cam`` read
+    ``rtsp:***@cam``: the scheme's ':' taken for the user's, '//admin' for a password."""
+    from segstream.connectors.redaction import scrub
+
+    assert scrub("cannot open 'rtsp://***@cam:554/live'") == "cannot open 'rtsp://***@cam:554/live'"
+    assert scrub("cannot open 'rtsp://admin@cam/live'") == "cannot open 'rtsp://admin@cam/live'"
+    assert scrub("rtsp://admin:S3cret@cam/live and cam:0ther@host") == "rtsp://admin:***@cam/live and cam:***@host"
+
+
 @pytest.mark.parametrize("log_format", ["text", "json"])
 def test_secrets_stay_out_of_a_logged_traceback(capsys, log_format):
     """Found reviewing: the filter scrubbed the message, the exception text under it went out as raised."""
