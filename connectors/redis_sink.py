@@ -63,7 +63,8 @@ class RedisPublisher:
     queue, which becomes a backlog of at most ``max_backlog`` entries and ``max_backlog_bytes``
     bytes (beyond that the oldest frames are dropped, events only when no frame is left; frames
     are reported to ``on_dropped`` with the reason ``sink_backlog``); a background thread tries to reconnect, backing off with jitter up to
-    ``reconnect_max_s``; once Redis answers, the backlog goes out in order, oldest first, and
+    ``reconnect_max_s``; a write Redis does not answer within the client's socket timeout (``timeout_s``
+    in ``from_config``: a stopped or partitioned Redis) fails the same way; once Redis answers, the backlog goes out in order, oldest first, and
     publishing goes on by itself. ``flush()`` waits up to ``drain_timeout_s`` for an unreachable
     Redis, then drops what is left (``sink_unreachable``). A Redis that refuses writes for now (out
     of memory, a read-only replica) is ridden out the same way, with one warning; what it still
@@ -166,6 +167,7 @@ class RedisPublisher:
         max_backlog_bytes: int = 256 * 2**20,
         reconnect_max_s: float = 5.0,
         drain_timeout_s: float = 10.0,
+        timeout_s: float = 1.0,
         embedded_dir: Path | None = None,
         files_kept: bool = False,
     ) -> RedisPublisher:
@@ -182,8 +184,9 @@ class RedisPublisher:
             url, password, username, tls = embedded.url, None, None, None
         try:
             # Our own reconnects (backlog, backoff, counted) replace redis-py's per-command retries;
-            # a short connect timeout keeps a failed attempt from holding the publishing thread.
-            client = connect_redis(url, password, username=username, tls=tls, socket_timeout=5.0,
+            # short timeouts keep a hung Redis (stopped, partitioned) from holding the publishing thread:
+            # after timeout_s its write counts as failed and the results go to the backlog.
+            client = connect_redis(url, password, username=username, tls=tls, socket_timeout=timeout_s,
                                    connect_timeout=2.0, client_name="segstream-publisher")
             _check_transactions(client)
             publisher = cls(
@@ -362,6 +365,7 @@ class RedisPublisher:
             if not (everything or due or len(self._queue) >= self.pipeline_size):
                 return
             batch = [self._queue[i] for i in range(min(self.pipeline_size, len(self._queue)))]
+            attempt = time.monotonic()  # a hung write fails only at its timeout: Redis was away since now
             try:
                 sent = self._send(batch)
             except SinkError:
@@ -369,7 +373,7 @@ class RedisPublisher:
                 self._refused_for_good = True
                 raise
             if not sent:
-                self._disconnected()
+                self._disconnected(attempt)
                 return
             self._forget(len(batch))
 
@@ -474,9 +478,9 @@ class RedisPublisher:
 
     # --- outages ----------------------------------------------------------------------------
 
-    def _disconnected(self) -> None:
+    def _disconnected(self, since: float) -> None:
         self._connected = False
-        self._down_since = time.monotonic()
+        self._down_since = since
         self._reachable.clear()
         # What waits from now on may wait long: keep stand-ins, not label maps.
         for item in self._queue:
