@@ -7,6 +7,7 @@ import logging
 import threading
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,8 +71,9 @@ class RedisPublisher:
     of memory, a read-only replica) is ridden out the same way, with one warning; what it still
     refuses at the end is dropped as ``sink_refused``. Entries Redis refuses for good (a key that is
     not a stream, no permission) are dropped as ``sink_refused`` and raise ``SinkError``. After an
-    outage, a stream whose last written entry is gone (Redis restarted without its data, or was
-    flushed) gets one warning. One thread publishes; ``status()`` may be read from any thread.
+    outage, each stream whose last written entry is gone (Redis restarted without its data, or was
+    flushed) gets a warning, at each such loss; ``data_losses`` counts the outages that ended so
+    (reported to ``on_data_lost``). One thread publishes; ``status()`` may be read from any thread.
     """
 
     name = "redis"
@@ -128,6 +130,8 @@ class RedisPublisher:
         self.per_stream: Counter[str] = Counter()
         self.on_written: WrittenCallback | None = None
         self.on_dropped: DroppedCallback | None = None
+        self.data_losses = 0  # times Redis came back from an outage without entries this run wrote
+        self.on_data_lost: Callable[[], None] | None = None
         self._queue: deque[_Outgoing] = deque()
         self._queued_bytes = 0
         # per stream, the `seq` of the last entry written (docs/SCHEMA.md): read from the stream's
@@ -141,7 +145,6 @@ class RedisPublisher:
         self._refused_since: float | None = None
         self._refused_for_good = False  # a refusal ended publishing: nothing more is sent
         self._last_id: dict[str, bytes] = {}  # per stream, the ID of the last entry written
-        self._lost: set[str] = set()  # streams already warned about as having lost entries
         self._reachable = threading.Event()
         self._stopping = threading.Event()
         self._backoff = Backoff(0.1, reconnect_max_s)
@@ -303,6 +306,8 @@ class RedisPublisher:
             parts.append(f"peak {self.peak_backlog}")
         if self.reconnects:
             parts.append(f"{self.reconnects} reconnect{'s' if self.reconnects != 1 else ''}")
+        if self.data_losses:
+            parts.append(f"came back without written entries {self.data_losses} time{'s' if self.data_losses != 1 else ''}")
         if dropped or self.events_dropped:
             parts.append("dropped " + ", ".join(f"{v} ({k})" for k, v in sorted(dropped.items()))
                          + (f" + {self.events_dropped} events" if self.events_dropped else ""))
@@ -317,6 +322,7 @@ class RedisPublisher:
             "reconnects": self.reconnects,
             "dropped": dropped,
             "events_dropped": self.events_dropped,
+            "data_losses": self.data_losses,
             "published": self.published,
             "line": ", ".join(parts),
         }
@@ -531,8 +537,6 @@ class RedisPublisher:
         entry this run wrote to them (XRANGE id id, one per stream), with that entry's ID."""
         gone = []
         for stream, entry_id in self._last_id.items():
-            if stream in self._lost:
-                continue
             try:
                 kept = self.client.xrange(stream, entry_id, entry_id)
             except redis.RedisError as error:  # a user without XRANGE, or gone again: nothing to tell
@@ -543,13 +547,17 @@ class RedisPublisher:
         return gone
 
     def _warn_lost(self, gone: list[tuple[str, bytes]]) -> None:
-        """Redis lost entries this run counted as written: warn, once per stream."""
+        """Redis lost entries this run counted as written: warn per stream, and count the loss."""
+        if not gone:
+            return
+        self.data_losses += 1
+        if self.on_data_lost is not None:
+            self.on_data_lost()
         for stream, entry_id in gone:
-            if stream not in self._lost:
-                self._lost.add(stream)
-                log.warning("Redis at %s lost entries while it was away: %s no longer holds the last entry this run "
-                            "wrote to it (%s), so entries counted as written are gone — it restarted without its "
-                            "data (no persistence) or was flushed", self._where, stream, _text(entry_id))
+            del self._last_id[stream]  # told once per loss: the next one is of entries written after it
+            log.warning("Redis at %s lost entries while it was away: %s no longer holds the last entry this run "
+                        "wrote to it (%s), so entries counted as written are gone — it restarted without its "
+                        "data (no persistence) or was flushed", self._where, stream, _text(entry_id))
 
     def _report(self) -> None:
         """What this run published, per stream, with the newest entry as a reader decodes it."""
