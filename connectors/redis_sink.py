@@ -15,7 +15,15 @@ import redis
 
 from segstream.connectors.embedded_redis import EmbeddedRedis
 from segstream.connectors.errors import ConfigError, SegstreamError, SinkError
-from segstream.connectors.redis_connection import Backoff, TlsFiles, connect_redis, error_summary, redis_address
+from segstream.connectors.redis_connection import (
+    Backoff,
+    TlsFiles,
+    connect_redis,
+    credentials_problem,
+    error_summary,
+    is_credentials_refusal,
+    redis_address,
+)
 from segstream.connectors.redis_reader import StreamReader, summary_line
 from segstream.connectors.redis_wire import (
     DEFAULT_EVENTS_PATTERN,
@@ -412,7 +420,7 @@ class RedisPublisher:
         except (redis.ConnectionError, redis.TimeoutError, OSError) as error:
             # not written (or its reply lost): numbered afresh when sent again, so that entries
             # dropped from the backlog meanwhile leave no gap a reader would count as trimmed
-            self._last_error = error_summary(error)
+            self._last_error = self._connection_error(error)
             return False
         except _PASSING_REFUSALS as error:  # the whole batch, at MULTI or EXEC: kept, and sent again
             self._last_error = error_summary(error)
@@ -506,17 +514,23 @@ class RedisPublisher:
 
     def _reconnect(self) -> None:
         """Background: PING with backoff and jitter until Redis answers or the publisher closes."""
+        warned = self._last_error  # the outage's warning said it already
         while not self._stopping.wait(self._backoff.next()):
             try:
                 self.client.ping()
-            except (redis.ConnectionError, redis.TimeoutError, OSError) as error:
-                self._last_error = error_summary(error)
-                continue
-            except redis.RedisError as error:  # e.g. NOAUTH after a restart without the password
-                self._last_error = error_summary(error)
+            except (redis.ConnectionError, redis.TimeoutError, OSError, redis.RedisError) as error:
+                # e.g. a Redis restarted with requirepass: said once as at start, not as redis-py's HELLO error
+                self._last_error = self._connection_error(error)
+                if is_credentials_refusal(error) and self._last_error != warned:
+                    warned = self._last_error
+                    log.warning("%s; publishing continues into the backlog, retrying", self._last_error)
                 continue
             self._reachable.set()
             return
+
+    def _connection_error(self, error: BaseException) -> str:
+        """A failed write's or reconnect's error, in the start-up wording when it is the login."""
+        return credentials_problem(self.client, error) if is_credentials_refusal(error) else error_summary(error)
 
     def _reconnected(self) -> None:
         down = time.monotonic() - (self._down_since or time.monotonic())

@@ -14,6 +14,7 @@ import time
 import pytest
 
 from segstream.connectors.errors import SinkError
+from segstream.connectors.redis_connection import connect_redis
 from segstream.connectors.redis_sink import RedisPublisher
 from tests.redis_servers import RedisProcess, free_port
 from tests.test_redis_outage import REPO, _summary, frames_in, publisher_for, wait_until
@@ -231,4 +232,41 @@ def test_a_redis_restarted_without_its_data_during_a_refusal_is_still_reported_l
     server.start()  # without its data, and without the maxmemory set at run time
     wait_until(lambda: publisher.backlog == 0, step=publisher.poll)
     assert len(warnings_of(caplog, "lost entries while it was away")) == 1
+    publisher.close()
+
+
+def test_a_redis_restarted_with_a_password_is_said_so_as_at_start(server, caplog):
+    # Found probing: the reconnect attempts said "HELLO must be called with the client already authenticated".
+    publisher, _, _ = publisher_for(server, reconnect_max_s=0.2)
+    publisher.publish(tiny_scene("cam0", 0))
+    server.kill()
+    publisher.publish(tiny_scene("cam0", 1))
+    server.args = ["--requirepass", "s3cret"]
+    server.start()
+    wanted = (f"Redis at {server.url} wants a password and none was given: ")
+    wait_until(lambda: warnings_of(caplog, wanted), step=publisher.poll)
+    line = warnings_of(caplog, wanted)[0]
+    assert line.endswith("— set sinks.redis.password (REDIS_PASSWORD) (and the user, sinks.redis.username); "
+                         "publishing continues into the backlog, retrying"), line
+    assert "HELLO" not in line and wanted in publisher.status()["line"]
+    time.sleep(1)  # more attempts, refused alike: said once
+    assert len(warnings_of(caplog, wanted)) == 1
+    publisher.close()
+
+
+def test_a_redis_restarted_with_another_password_is_said_so_as_at_start(server, caplog):
+    client = connect_redis(server.url, connect_timeout=1.0, socket_timeout=2.0)
+    client.config_set("requirepass", "old")
+    publisher = RedisPublisher(connect_redis(server.url, "old", socket_timeout=2.0), max_batch_delay_s=0,
+                               reconnect_max_s=0.2)
+    publisher.publish(tiny_scene("cam0", 0))
+    server.kill()
+    publisher.publish(tiny_scene("cam0", 1))
+    server.args = ["--requirepass", "new"]
+    server.start()
+    wanted = f"Redis at {server.url} refused the credentials of the default user: "
+    wait_until(lambda: warnings_of(caplog, wanted), step=publisher.poll)
+    assert warnings_of(caplog, wanted)[0].endswith(
+        "— set the right password, sinks.redis.password (REDIS_PASSWORD), and user, sinks.redis.username; "
+        "publishing continues into the backlog, retrying")
     publisher.close()
