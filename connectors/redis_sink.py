@@ -153,6 +153,8 @@ class RedisPublisher:
         self._refused_since: float | None = None
         self._refused_for_good = False  # a refusal ended publishing: nothing more is sent
         self._last_id: dict[str, bytes] = {}  # per stream, the ID of the last entry written
+        self._outage_dropped = 0  # entries the full backlog shed during this outage (or refusal spell)
+        self._backlog_full_warned = False
         self._reachable = threading.Event()
         self._stopping = threading.Event()
         self._backoff = Backoff(0.1, reconnect_max_s)
@@ -345,6 +347,12 @@ class RedisPublisher:
             oldest = next((i for i, waiting in enumerate(self._queue) if waiting.result is not None), 0)
             dropped = self._queue[oldest]
             del self._queue[oldest]
+            self._outage_dropped += 1
+            if not self._backlog_full_warned:
+                self._backlog_full_warned = True
+                log.warning("Redis at %s: the backlog is full (max_backlog %d entries, max_backlog_mb %.0f): dropping "
+                            "the oldest results (events last) until Redis takes writes again, counted as %s",
+                            self._where, self.max_backlog, self.max_backlog_bytes / 2**20, DROPPED_BACKLOG)
             self._drop(dropped, DROPPED_BACKLOG)
         self.peak_backlog = max(self.peak_backlog, len(self._queue))
         self.peak_backlog_bytes = max(self.peak_backlog_bytes, self._queued_bytes)
@@ -437,8 +445,9 @@ class RedisPublisher:
             pipe.reset()
         self.batches_sent += 1
         if self._refusal is not None:
-            log.warning("Redis at %s takes writes again after %.1f s: sending a backlog of %d entries",
-                        self._where, time.monotonic() - (self._refused_since or time.monotonic()), len(self._queue))
+            log.warning("Redis at %s takes writes again after %.1f s: sending a backlog of %d entries%s",
+                        self._where, time.monotonic() - (self._refused_since or time.monotonic()), len(self._queue),
+                        self._shed_meanwhile())
             self._refusal = self._refused_since = None
             self._warn_lost(gone)
         refused = [(item.stream, r) for item, r in zip(batch, results) if isinstance(r, Exception)]
@@ -501,10 +510,12 @@ class RedisPublisher:
             if item.result is not None:
                 item.result = _stand_in(item.result)
         if self._refusal is None:
+            self._outage_dropped, self._backlog_full_warned = 0, False
             log.warning("lost Redis at %s (%s): publishing continues into a backlog of up to %d entries",
                         self._where, self._last_error, self.max_backlog)
             self._backoff.reset()
         elif self._refused_since is None:  # warned once; each retry after that goes on backing off
+            self._outage_dropped, self._backlog_full_warned = 0, False
             self._refused_since = time.monotonic()
             log.warning("Redis at %s refuses writes: %s — publishing continues into a backlog of up to %d entries, "
                         "sent when Redis takes them again", self._where, self._refusal, self.max_backlog)
@@ -542,9 +553,14 @@ class RedisPublisher:
         if self._refusal is not None:  # answering, but maybe still refusing: the next batch tells
             return
         self.reconnects += 1
-        log.warning("Redis at %s is back after %.1f s: sending a backlog of %d entries",
-                    self._where, down, len(self._queue))
+        log.warning("Redis at %s is back after %.1f s: sending a backlog of %d entries%s",
+                    self._where, down, len(self._queue), self._shed_meanwhile())
         self._warn_lost(self._entries_gone())
+
+    def _shed_meanwhile(self) -> str:
+        """For the line that ends an outage: what the full backlog dropped during it."""
+        shed, self._outage_dropped, self._backlog_full_warned = self._outage_dropped, 0, False
+        return f" ({shed} older ones were dropped, the backlog being full)" if shed else ""
 
     def _entries_gone(self) -> list[tuple[str, bytes]]:
         """After an outage, before the backlog is sent: the streams that no longer hold the last

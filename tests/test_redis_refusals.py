@@ -270,3 +270,22 @@ def test_a_redis_restarted_with_another_password_is_said_so_as_at_start(server, 
         "— set the right password, sinks.redis.password (REDIS_PASSWORD), and user, sinks.redis.username; "
         "publishing continues into the backlog, retrying")
     publisher.close()
+
+
+def test_a_full_backlog_is_warned_once_per_outage_and_its_drops_told_when_redis_is_back(server, caplog):
+    # Found probing: the sink_backlog drops showed only in INFO status lines.
+    publisher, _, dropped = publisher_for(server, max_backlog=20, reconnect_max_s=0.2)
+    for outage in range(2):
+        server.kill()
+        for index in range(50):
+            publisher.publish(tiny_scene("cam0", 100 * outage + index))
+        full = warnings_of(caplog, "the backlog is full")
+        assert len(full) == outage + 1 and full[-1] == (
+            f"Redis at {server.url}: the backlog is full (max_backlog 20 entries, max_backlog_mb 256): dropping the "
+            "oldest results (events last) until Redis takes writes again, counted as sink_backlog")
+        server.start()
+        wait_until(lambda: publisher.backlog == 0, step=publisher.poll)
+        assert warnings_of(caplog, "is back after")[-1].endswith(
+            "sending a backlog of 20 entries (30 older ones were dropped, the backlog being full)")
+    assert len(dropped) == 60
+    publisher.close()
