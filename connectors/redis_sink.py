@@ -153,6 +153,13 @@ class RedisPublisher:
         self._refused_since: float | None = None
         self._refused_for_good = False  # a refusal ended publishing: nothing more is sent
         self._last_id: dict[str, bytes] = {}  # per stream, the ID of the last entry written
+        # A connection redis-py opens again by itself (Redis restarted between two writes, unseen as an
+        # outage) is a new server session: what was written before it is checked as after an outage.
+        self._new_session = False
+        pool = client.connection_pool
+        pool.connection_kwargs["redis_connect_func"] = self._session_started
+        pool.disconnect()  # connections made before the hook would reconnect without it
+        pool.reset()
         self._outage_dropped = 0  # entries the full backlog shed during this outage (or refusal spell)
         self._backlog_full_warned = False
         self._reachable = threading.Event()
@@ -450,6 +457,10 @@ class RedisPublisher:
                         self._shed_meanwhile())
             self._refusal = self._refused_since = None
             self._warn_lost(gone)
+        elif self._new_session:
+            self._new_session = False
+            crowded = {stream for stream, n in Counter(item.stream for item in batch).items() if n >= self.maxlen}
+            self._warn_lost(self._entries_gone(skip=crowded))  # the last entries before this batch
         refused = [(item.stream, r) for item, r in zip(batch, results) if isinstance(r, Exception)]
         written = [item for item, r in zip(batch, results) if not isinstance(r, Exception)]
         for item, entry_id in zip(batch, results):
@@ -553,6 +564,7 @@ class RedisPublisher:
         if self._refusal is not None:  # answering, but maybe still refusing: the next batch tells
             return
         self.reconnects += 1
+        self._new_session = False  # checked here
         log.warning("Redis at %s is back after %.1f s: sending a backlog of %d entries%s",
                     self._where, down, len(self._queue), self._shed_meanwhile())
         self._warn_lost(self._entries_gone())
@@ -562,11 +574,18 @@ class RedisPublisher:
         shed, self._outage_dropped, self._backlog_full_warned = self._outage_dropped, 0, False
         return f" ({shed} older ones were dropped, the backlog being full)" if shed else ""
 
-    def _entries_gone(self) -> list[tuple[str, bytes]]:
+    def _session_started(self, connection: redis.connection.AbstractConnection) -> None:
+        """redis-py's hook for each connection it opens: log in as usual, and note the new session."""
+        connection.on_connect()
+        self._new_session = True
+
+    def _entries_gone(self, skip: set[str] = frozenset()) -> list[tuple[str, bytes]]:
         """After an outage, before the backlog is sent: the streams that no longer hold the last
         entry this run wrote to them (XRANGE id id, one per stream), with that entry's ID."""
         gone = []
         for stream, entry_id in self._last_id.items():
+            if stream in skip:  # this batch alone reaches MAXLEN: its trimming may have taken the entry
+                continue
             try:
                 kept = self.client.xrange(stream, entry_id, entry_id)
             except redis.RedisError as error:  # a user without XRANGE, or gone again: nothing to tell

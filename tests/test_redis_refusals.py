@@ -289,3 +289,20 @@ def test_a_full_backlog_is_warned_once_per_outage_and_its_drops_told_when_redis_
             "sending a backlog of 20 entries (30 older ones were dropped, the backlog being full)")
     assert len(dropped) == 60
     publisher.close()
+
+
+def test_redis_restarted_empty_between_two_writes_is_a_loss_too(server, caplog):
+    # Found fixing the above: redis-py reconnects by itself when Redis restarted between two writes, so no
+    # outage was seen and the loss went unsaid.
+    publisher, written, _ = publisher_for(server)
+    publisher.publish(tiny_scene("cam0", 0))
+    publisher.publish(tiny_scene("cam1", 0))
+    server.kill()
+    server.start()  # empty, and back before the next write
+    publisher.publish(tiny_scene("cam0", 1))
+    assert publisher.reconnects == 0 and [r.index for r in written] == [0, 0, 1], "no outage was seen"
+    lost = warnings_of(caplog, "lost entries while it was away")
+    assert len(lost) == 2 and publisher.data_losses == 1
+    publisher.publish(tiny_scene("cam0", 2))  # the same session: nothing more to say
+    assert len(warnings_of(caplog, "lost entries")) == 2 and publisher.data_losses == 1
+    publisher.close()
