@@ -111,15 +111,7 @@ def connect_redis(
         client.ping()
     except (redis.AuthenticationError, redis.exceptions.AuthorizationError) as error:
         client.close()
-        user = username or client.connection_pool.connection_kwargs.get("username")  # or the URL's
-        who = f"user {user!r}" if user else "the default user"
-        if not client.connection_pool.connection_kwargs.get("password"):
-            raise SinkError(f"Redis at {where} wants a password and none was given: {error_summary(error)} — "
-                            f"set {names.password}" + (f" (and the user, {names.username})" if not user else "")) from None
-        raise SinkError(
-            f"Redis at {where} refused the credentials of {who}: {error_summary(error)} — "
-            f"set the right password, {names.password}, and user, {names.username}"
-        ) from None
+        raise SinkError(credentials_problem(client, error, names)) from None
     except redis.exceptions.NoPermissionError as error:  # logged in, but PING or CLIENT SETNAME refused
         client.close()
         raise SinkError(
@@ -151,6 +143,28 @@ def connect_redis(
             hint = f"{hint}; a TLS port resets plain connections: if the server wants TLS, use rediss://"
         raise SinkError(f"cannot reach Redis at {where}: {text} — {hint}") from None
     return client
+
+
+def credentials_problem(client: redis.Redis, error: BaseException, names: SettingNames = SettingNames()) -> str:
+    """One line for Redis refusing ``client``'s credentials (none given, or wrong), at start or at
+    a reconnect (a server restarted with ``requirepass``)."""
+    where = redis_address(client)
+    user = client.connection_pool.connection_kwargs.get("username")  # set, or the URL's
+    text = error_summary(error)
+    if text.startswith("HELLO must be called"):  # RESP3's way of saying it, naming an option of the protocol
+        text = "Authentication required."
+    if not client.connection_pool.connection_kwargs.get("password"):
+        return (f"Redis at {where} wants a password and none was given: {text} — "
+                f"set {names.password}" + (f" (and the user, {names.username})" if not user else ""))
+    who = f"user {user!r}" if user else "the default user"
+    return (f"Redis at {where} refused the credentials of {who}: {text} — "
+            f"set the right password, {names.password}, and user, {names.username}")
+
+
+def is_credentials_refusal(error: BaseException) -> bool:
+    """Redis refused the login (a password wanted, or wrong), as redis-py reports it at connect."""
+    return isinstance(error, (redis.AuthenticationError, redis.exceptions.AuthorizationError)) or (
+        isinstance(error, redis.ResponseError) and str(error).startswith(("NOAUTH", "WRONGPASS")))
 
 
 def tls_query_problem(url: str) -> str | None:

@@ -7,6 +7,7 @@ import logging
 import threading
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +15,15 @@ import redis
 
 from segstream.connectors.embedded_redis import EmbeddedRedis
 from segstream.connectors.errors import ConfigError, SegstreamError, SinkError
-from segstream.connectors.redis_connection import Backoff, TlsFiles, connect_redis, error_summary, redis_address
+from segstream.connectors.redis_connection import (
+    Backoff,
+    TlsFiles,
+    connect_redis,
+    credentials_problem,
+    error_summary,
+    is_credentials_refusal,
+    redis_address,
+)
 from segstream.connectors.redis_reader import StreamReader, summary_line
 from segstream.connectors.redis_wire import (
     DEFAULT_EVENTS_PATTERN,
@@ -63,14 +72,16 @@ class RedisPublisher:
     queue, which becomes a backlog of at most ``max_backlog`` entries and ``max_backlog_bytes``
     bytes (beyond that the oldest frames are dropped, events only when no frame is left; frames
     are reported to ``on_dropped`` with the reason ``sink_backlog``); a background thread tries to reconnect, backing off with jitter up to
-    ``reconnect_max_s``; once Redis answers, the backlog goes out in order, oldest first, and
+    ``reconnect_max_s``; a write Redis does not answer within the client's socket timeout (``timeout_s``
+    in ``from_config``: a stopped or partitioned Redis) fails the same way; once Redis answers, the backlog goes out in order, oldest first, and
     publishing goes on by itself. ``flush()`` waits up to ``drain_timeout_s`` for an unreachable
     Redis, then drops what is left (``sink_unreachable``). A Redis that refuses writes for now (out
     of memory, a read-only replica) is ridden out the same way, with one warning; what it still
     refuses at the end is dropped as ``sink_refused``. Entries Redis refuses for good (a key that is
     not a stream, no permission) are dropped as ``sink_refused`` and raise ``SinkError``. After an
-    outage, a stream whose last written entry is gone (Redis restarted without its data, or was
-    flushed) gets one warning. One thread publishes; ``status()`` may be read from any thread.
+    outage, each stream whose last written entry is gone (Redis restarted without its data, or was
+    flushed) gets a warning, at each such loss; ``data_losses`` counts the outages that ended so
+    (reported to ``on_data_lost``). One thread publishes; ``status()`` may be read from any thread.
     """
 
     name = "redis"
@@ -127,6 +138,8 @@ class RedisPublisher:
         self.per_stream: Counter[str] = Counter()
         self.on_written: WrittenCallback | None = None
         self.on_dropped: DroppedCallback | None = None
+        self.data_losses = 0  # times Redis came back from an outage without entries this run wrote
+        self.on_data_lost: Callable[[], None] | None = None
         self._queue: deque[_Outgoing] = deque()
         self._queued_bytes = 0
         # per stream, the `seq` of the last entry written (docs/SCHEMA.md): read from the stream's
@@ -140,7 +153,15 @@ class RedisPublisher:
         self._refused_since: float | None = None
         self._refused_for_good = False  # a refusal ended publishing: nothing more is sent
         self._last_id: dict[str, bytes] = {}  # per stream, the ID of the last entry written
-        self._lost: set[str] = set()  # streams already warned about as having lost entries
+        # A connection redis-py opens again by itself (Redis restarted between two writes, unseen as an
+        # outage) is a new server session: what was written before it is checked as after an outage.
+        self._new_session = False
+        pool = client.connection_pool
+        pool.connection_kwargs["redis_connect_func"] = self._session_started
+        pool.disconnect()  # connections made before the hook would reconnect without it
+        pool.reset()
+        self._outage_dropped = 0  # entries the full backlog shed during this outage (or refusal spell)
+        self._backlog_full_warned = False
         self._reachable = threading.Event()
         self._stopping = threading.Event()
         self._backoff = Backoff(0.1, reconnect_max_s)
@@ -166,6 +187,7 @@ class RedisPublisher:
         max_backlog_bytes: int = 256 * 2**20,
         reconnect_max_s: float = 5.0,
         drain_timeout_s: float = 10.0,
+        timeout_s: float = 1.0,
         embedded_dir: Path | None = None,
         files_kept: bool = False,
     ) -> RedisPublisher:
@@ -182,8 +204,9 @@ class RedisPublisher:
             url, password, username, tls = embedded.url, None, None, None
         try:
             # Our own reconnects (backlog, backoff, counted) replace redis-py's per-command retries;
-            # a short connect timeout keeps a failed attempt from holding the publishing thread.
-            client = connect_redis(url, password, username=username, tls=tls, socket_timeout=5.0,
+            # short timeouts keep a hung Redis (stopped, partitioned) from holding the publishing thread:
+            # after timeout_s its write counts as failed and the results go to the backlog.
+            client = connect_redis(url, password, username=username, tls=tls, socket_timeout=timeout_s,
                                    connect_timeout=2.0, client_name="segstream-publisher")
             _check_transactions(client)
             publisher = cls(
@@ -300,6 +323,8 @@ class RedisPublisher:
             parts.append(f"peak {self.peak_backlog}")
         if self.reconnects:
             parts.append(f"{self.reconnects} reconnect{'s' if self.reconnects != 1 else ''}")
+        if self.data_losses:
+            parts.append(f"came back without written entries {self.data_losses} time{'s' if self.data_losses != 1 else ''}")
         if dropped or self.events_dropped:
             parts.append("dropped " + ", ".join(f"{v} ({k})" for k, v in sorted(dropped.items()))
                          + (f" + {self.events_dropped} events" if self.events_dropped else ""))
@@ -314,6 +339,7 @@ class RedisPublisher:
             "reconnects": self.reconnects,
             "dropped": dropped,
             "events_dropped": self.events_dropped,
+            "data_losses": self.data_losses,
             "published": self.published,
             "line": ", ".join(parts),
         }
@@ -328,6 +354,12 @@ class RedisPublisher:
             oldest = next((i for i, waiting in enumerate(self._queue) if waiting.result is not None), 0)
             dropped = self._queue[oldest]
             del self._queue[oldest]
+            self._outage_dropped += 1
+            if not self._backlog_full_warned:
+                self._backlog_full_warned = True
+                log.warning("Redis at %s: the backlog is full (max_backlog %d entries, max_backlog_mb %.0f): dropping "
+                            "the oldest results (events last) until Redis takes writes again, counted as %s",
+                            self._where, self.max_backlog, self.max_backlog_bytes / 2**20, DROPPED_BACKLOG)
             self._drop(dropped, DROPPED_BACKLOG)
         self.peak_backlog = max(self.peak_backlog, len(self._queue))
         self.peak_backlog_bytes = max(self.peak_backlog_bytes, self._queued_bytes)
@@ -362,6 +394,7 @@ class RedisPublisher:
             if not (everything or due or len(self._queue) >= self.pipeline_size):
                 return
             batch = [self._queue[i] for i in range(min(self.pipeline_size, len(self._queue)))]
+            attempt = time.monotonic()  # a hung write fails only at its timeout: Redis was away since now
             try:
                 sent = self._send(batch)
             except SinkError:
@@ -369,7 +402,7 @@ class RedisPublisher:
                 self._refused_for_good = True
                 raise
             if not sent:
-                self._disconnected()
+                self._disconnected(attempt)
                 return
             self._forget(len(batch))
 
@@ -402,7 +435,7 @@ class RedisPublisher:
         except (redis.ConnectionError, redis.TimeoutError, OSError) as error:
             # not written (or its reply lost): numbered afresh when sent again, so that entries
             # dropped from the backlog meanwhile leave no gap a reader would count as trimmed
-            self._last_error = error_summary(error)
+            self._last_error = self._connection_error(error)
             return False
         except _PASSING_REFUSALS as error:  # the whole batch, at MULTI or EXEC: kept, and sent again
             self._last_error = error_summary(error)
@@ -419,10 +452,15 @@ class RedisPublisher:
             pipe.reset()
         self.batches_sent += 1
         if self._refusal is not None:
-            log.warning("Redis at %s takes writes again after %.1f s: sending a backlog of %d entries",
-                        self._where, time.monotonic() - (self._refused_since or time.monotonic()), len(self._queue))
+            log.warning("Redis at %s takes writes again after %.1f s: sending a backlog of %d entries%s",
+                        self._where, time.monotonic() - (self._refused_since or time.monotonic()), len(self._queue),
+                        self._shed_meanwhile())
             self._refusal = self._refused_since = None
             self._warn_lost(gone)
+        elif self._new_session:
+            self._new_session = False
+            crowded = {stream for stream, n in Counter(item.stream for item in batch).items() if n >= self.maxlen}
+            self._warn_lost(self._entries_gone(skip=crowded))  # the last entries before this batch
         refused = [(item.stream, r) for item, r in zip(batch, results) if isinstance(r, Exception)]
         written = [item for item, r in zip(batch, results) if not isinstance(r, Exception)]
         for item, entry_id in zip(batch, results):
@@ -474,19 +512,21 @@ class RedisPublisher:
 
     # --- outages ----------------------------------------------------------------------------
 
-    def _disconnected(self) -> None:
+    def _disconnected(self, since: float) -> None:
         self._connected = False
-        self._down_since = time.monotonic()
+        self._down_since = since
         self._reachable.clear()
         # What waits from now on may wait long: keep stand-ins, not label maps.
         for item in self._queue:
             if item.result is not None:
                 item.result = _stand_in(item.result)
         if self._refusal is None:
+            self._outage_dropped, self._backlog_full_warned = 0, False
             log.warning("lost Redis at %s (%s): publishing continues into a backlog of up to %d entries",
                         self._where, self._last_error, self.max_backlog)
             self._backoff.reset()
         elif self._refused_since is None:  # warned once; each retry after that goes on backing off
+            self._outage_dropped, self._backlog_full_warned = 0, False
             self._refused_since = time.monotonic()
             log.warning("Redis at %s refuses writes: %s — publishing continues into a backlog of up to %d entries, "
                         "sent when Redis takes them again", self._where, self._refusal, self.max_backlog)
@@ -496,17 +536,23 @@ class RedisPublisher:
 
     def _reconnect(self) -> None:
         """Background: PING with backoff and jitter until Redis answers or the publisher closes."""
+        warned = self._last_error  # the outage's warning said it already
         while not self._stopping.wait(self._backoff.next()):
             try:
                 self.client.ping()
-            except (redis.ConnectionError, redis.TimeoutError, OSError) as error:
-                self._last_error = error_summary(error)
-                continue
-            except redis.RedisError as error:  # e.g. NOAUTH after a restart without the password
-                self._last_error = error_summary(error)
+            except (redis.ConnectionError, redis.TimeoutError, OSError, redis.RedisError) as error:
+                # e.g. a Redis restarted with requirepass: said once as at start, not as redis-py's HELLO error
+                self._last_error = self._connection_error(error)
+                if is_credentials_refusal(error) and self._last_error != warned:
+                    warned = self._last_error
+                    log.warning("%s; publishing continues into the backlog, retrying", self._last_error)
                 continue
             self._reachable.set()
             return
+
+    def _connection_error(self, error: BaseException) -> str:
+        """A failed write's or reconnect's error, in the start-up wording when it is the login."""
+        return credentials_problem(self.client, error) if is_credentials_refusal(error) else error_summary(error)
 
     def _reconnected(self) -> None:
         down = time.monotonic() - (self._down_since or time.monotonic())
@@ -518,16 +564,27 @@ class RedisPublisher:
         if self._refusal is not None:  # answering, but maybe still refusing: the next batch tells
             return
         self.reconnects += 1
-        log.warning("Redis at %s is back after %.1f s: sending a backlog of %d entries",
-                    self._where, down, len(self._queue))
+        self._new_session = False  # checked here
+        log.warning("Redis at %s is back after %.1f s: sending a backlog of %d entries%s",
+                    self._where, down, len(self._queue), self._shed_meanwhile())
         self._warn_lost(self._entries_gone())
 
-    def _entries_gone(self) -> list[tuple[str, bytes]]:
+    def _shed_meanwhile(self) -> str:
+        """For the line that ends an outage: what the full backlog dropped during it."""
+        shed, self._outage_dropped, self._backlog_full_warned = self._outage_dropped, 0, False
+        return f" ({shed} older ones were dropped, the backlog being full)" if shed else ""
+
+    def _session_started(self, connection: redis.connection.AbstractConnection) -> None:
+        """redis-py's hook for each connection it opens: log in as usual, and note the new session."""
+        connection.on_connect()
+        self._new_session = True
+
+    def _entries_gone(self, skip: set[str] = frozenset()) -> list[tuple[str, bytes]]:
         """After an outage, before the backlog is sent: the streams that no longer hold the last
         entry this run wrote to them (XRANGE id id, one per stream), with that entry's ID."""
         gone = []
         for stream, entry_id in self._last_id.items():
-            if stream in self._lost:
+            if stream in skip:  # this batch alone reaches MAXLEN: its trimming may have taken the entry
                 continue
             try:
                 kept = self.client.xrange(stream, entry_id, entry_id)
@@ -539,13 +596,17 @@ class RedisPublisher:
         return gone
 
     def _warn_lost(self, gone: list[tuple[str, bytes]]) -> None:
-        """Redis lost entries this run counted as written: warn, once per stream."""
+        """Redis lost entries this run counted as written: warn per stream, and count the loss."""
+        if not gone:
+            return
+        self.data_losses += 1
+        if self.on_data_lost is not None:
+            self.on_data_lost()
         for stream, entry_id in gone:
-            if stream not in self._lost:
-                self._lost.add(stream)
-                log.warning("Redis at %s lost entries while it was away: %s no longer holds the last entry this run "
-                            "wrote to it (%s), so entries counted as written are gone — it restarted without its "
-                            "data (no persistence) or was flushed", self._where, stream, _text(entry_id))
+            del self._last_id[stream]  # told once per loss: the next one is of entries written after it
+            log.warning("Redis at %s lost entries while it was away: %s no longer holds the last entry this run "
+                        "wrote to it (%s), so entries counted as written are gone — it restarted without its "
+                        "data (no persistence) or was flushed", self._where, stream, _text(entry_id))
 
     def _report(self) -> None:
         """What this run published, per stream, with the newest entry as a reader decodes it."""

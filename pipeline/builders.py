@@ -158,6 +158,7 @@ def _redis_sink(cfg: SinksConfig, embedded_dir: Path | None) -> Sink:
         max_backlog_bytes=int(redis.max_backlog_mb * 2**20),
         reconnect_max_s=redis.reconnect_max_s,
         drain_timeout_s=redis.drain_timeout_s,
+        timeout_s=redis.timeout_s,
         stream_pattern=redis.stream,
         maxlen=redis.maxlen,
         mask_encoding=redis.mask_encoding,

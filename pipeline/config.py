@@ -437,7 +437,8 @@ class RedisSinkConfig(Strict):
     in a backlog of at most ``max_backlog`` entries and ``max_backlog_mb`` megabytes (the oldest
     are dropped and counted beyond that), reconnect attempts back off up to
     ``reconnect_max_s``, and at the end the run waits up to ``drain_timeout_s`` for Redis to take
-    what is left."""
+    what is left. A write Redis does not answer within ``timeout_s`` (a hung or partitioned
+    server) is an outage too: the run does not wait longer for it."""
 
     enabled: bool = True
     url: str | None = None
@@ -448,6 +449,7 @@ class RedisSinkConfig(Strict):
     max_backlog_mb: PositiveFloat = 256.0
     reconnect_max_s: PositiveFloat = 5.0
     drain_timeout_s: Annotated[float, Field(ge=0)] = 10.0
+    timeout_s: PositiveFloat = 1.0
     stream: str = "segstream:{source}:frames"
     events_stream: str = "segstream:{source}:events"
     maxlen: PositiveInt = 10000

@@ -164,6 +164,7 @@ class RunMetrics:
         self.capture_to_publish = LatencyWindow(window)
         self.source_latency: dict[str, LatencyWindow] = {}  # capture to publish per source, recent 4096
         self.written: Counter = Counter()  # entries each sink has written
+        self.data_losses: Counter = Counter()  # per sink, times its store came back without entries it had taken
         self.first_decoded: float | None = None  # monotonic time of the run's first frame
         self.last_published: float | None = None  # and of its last write
         # thread name -> (monotonic time of its last progress, why it waits now or None if working)
@@ -260,6 +261,10 @@ class RunMetrics:
                 if previous is not None:
                     self.stage[name].add(times[name] - previous)
                 previous = times[name]
+
+    def data_lost(self, sink: str) -> None:
+        """``sink``'s store came back from an outage without entries the sink had written."""
+        self.data_losses[sink] += 1
 
     def wrote(self, sink: str, source: str, capture_ts: float, publish_ts: float, primary: bool) -> None:
         """A sink wrote one entry of ``source`` at ``publish_ts`` (Unix seconds); the primary

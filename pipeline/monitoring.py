@@ -169,6 +169,12 @@ class RunMetricsCollector(Collector):
         for sink, n in sorted(m.written.items()):
             written.add_metric([sink], n)
         yield written
+        losses = CounterMetricFamily(f"{PREFIX}_sink_data_loss",
+                                     "Times a sink's store came back from an outage without entries it had written.",
+                                     labels=["sink"])
+        for sink, n in sorted(m.data_losses.items()):
+            losses.add_metric([sink], n)
+        yield losses
 
         sizes = HistogramMetricFamily(f"{PREFIX}_batch_size", "Frames per model batch.")
         batch_sizes = dict(m.batch_sizes)

@@ -895,13 +895,16 @@ class Runtime:
     def _attach(self, sink: Sink) -> None:
         """Have the sink report what it writes (the first such sink's writes make the latency)
         and what it drops."""
+        name = getattr(sink, "name", type(sink).__name__)
         if hasattr(sink, "on_dropped"):
             sink.on_dropped = self._dropped_by_sink
+        if hasattr(sink, "on_data_lost"):
+            self.metrics.data_losses[name] += 0  # a series from the start, as for every counter
+            sink.on_data_lost = lambda: self.metrics.data_lost(name)
         if not hasattr(sink, "on_written"):
             return
         primary = not self._reporting
         self._reporting = True
-        name = getattr(sink, "name", type(sink).__name__)
 
         def written(results: Sequence[FrameResult]) -> None:
             now = time.monotonic()

@@ -230,3 +230,46 @@ def test_tail_follow_rides_out_a_redis_restart(tmp_path):
         server.close()
     assert tail.returncode == 0, err
     assert "lost Redis at" in err and "reconnected to Redis" in err and "Traceback" not in err
+
+
+def test_a_hung_redis_is_an_outage_the_backlog_absorbs(tmp_path):
+    # Found probing: a SIGSTOPped Redis (as a partition) held the publisher in a write for 5 s while
+    # the status said "connected"; the sources dropped ~80 frames as queue_full, as if the model were slow.
+    import signal
+
+    server = RedisProcess(tmp_path / "redis")
+    config = tmp_path / "pipeline.yaml"
+    config.write_text(
+        "sources:\n  - {name: cam0, type: synthetic, width: 96, height: 64, fps: 8, num_frames: 160, realtime: true}\n"
+        "model: {device: cpu, precision: fp32}\n"
+        "engine: {batch_size: 2, max_wait_ms: 5}\n"
+        "ops: {http: null, status_interval_s: 1}\n"
+        f"sinks:\n  redis: {{url: '{server.url}', max_backlog: 500, pipeline_size: 4, drain_timeout_s: 20}}\n"
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "segstream.pipeline.cli", "run", str(config)],
+        env={**os.environ, "PYTHONPATH": str(REPO)}, stderr=subprocess.PIPE, text=True,
+    )
+    stopped_for = 6.0
+    try:
+        client = server.client()
+        wait_until(lambda: client.xlen("segstream:cam0:frames") >= 20, timeout_s=120)
+        client.close()
+        server.process.send_signal(signal.SIGSTOP)
+        time.sleep(stopped_for)
+        server.process.send_signal(signal.SIGCONT)
+        _, err = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        server.close()
+    assert "Traceback" not in err
+    assert "lost Redis at" in err and "Timeout" in err, err
+    away = float(re.search(r"Redis at \S+ is back after ([\d.]+) s", err).group(1))
+    assert away >= stopped_for - 0.5, "the away time counts from the start of the write that hung"
+    published, decoded, dropped, reasons = _summary(err)
+    # the backlog took what came while Redis was stopped; only the first write's timeout (1 s, 8
+    # frames) held the source's queue of 8 (before: a 5 s write, ~30 frames dropped as queue_full)
+    assert decoded == 160 and published + dropped == decoded and set(reasons) <= {"queue_full"}, err
+    assert reasons.get("queue_full", 0) < 12, err
+    assert re.search(r"redis unreachable for \d+ s, backlog \d+/500 .*peak [4-9]\d", err), "the backlog held them"

@@ -9,10 +9,12 @@ import logging
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
 from segstream.connectors.errors import SinkError
+from segstream.connectors.redis_connection import connect_redis
 from segstream.connectors.redis_sink import RedisPublisher
 from tests.redis_servers import RedisProcess, free_port
 from tests.test_redis_outage import REPO, _summary, frames_in, publisher_for, wait_until
@@ -94,8 +96,11 @@ def test_a_full_redis_at_start_is_one_line_naming_maxmemory(server):
     assert str(refused.value) == f"Redis at {server.url} refuses writes: {OUT_OF_MEMORY}"
 
 
-def test_redis_back_without_its_data_is_warned_once_per_stream(server, caplog):
+def test_redis_back_without_its_data_is_warned_and_counted_at_each_loss(server, caplog):
+    # Found probing: a second loss in one run was not warned (once per stream for the whole run) nor counted.
     publisher, _, _ = publisher_for(server)
+    losses = []
+    publisher.on_data_lost = lambda: losses.append(1)
     for source in ("cam0", "cam1"):
         publisher.publish(tiny_scene(source, 0))
     server.kill()
@@ -105,13 +110,47 @@ def test_redis_back_without_its_data_is_warned_once_per_stream(server, caplog):
     lost = warnings_of(caplog, "lost entries while it was away")
     assert len(lost) == 2 and {"segstream:cam0:frames", "segstream:cam1:frames"} == {
         stream for stream in ("segstream:cam0:frames", "segstream:cam1:frames") for line in lost if stream in line}
-    server.client().flushall()  # gone again, not yet seen: no second warning for the same streams
-    server.kill()
-    server.start()
+    assert publisher.data_losses == 1 and len(losses) == 1
+    server.kill()  # cam0:1, written after the first loss, is lost too; cam1 has nothing new to lose
     publisher.publish(tiny_scene("cam0", 2))
+    server.start()
     wait_until(lambda: publisher.backlog == 0, step=publisher.poll)
-    assert len(warnings_of(caplog, "lost entries while it was away")) == 2
+    lost = warnings_of(caplog, "lost entries while it was away")
+    assert len(lost) == 3 and "segstream:cam0:frames" in lost[2]
+    assert publisher.data_losses == 2 and len(losses) == 2
+    assert "came back without written entries 2 times" in publisher.status()["line"]
     publisher.close()
+
+
+def test_a_run_counts_redis_data_losses_in_its_metrics_and_summary(server):
+    import threading
+
+    from segstream.connectors.synthetic import SyntheticSource
+    from segstream.pipeline.metrics import RunMetrics
+    from segstream.pipeline.monitoring import OpsServer
+    from segstream.pipeline.runtime import Runtime
+    from tests.conftest import ColourSegmenter
+    from tests.test_monitoring import get, samples
+
+    publisher = RedisPublisher.from_config(server.url, None, reconnect_max_s=0.2, drain_timeout_s=20)
+    metrics = RunMetrics()
+    runtime = Runtime([SyntheticSource("cam0", 96, 64, 20.0, 0, 80, realtime=True)], ColourSegmenter(), [publisher],
+                      batch_size=2, metrics=metrics, progress=None)
+    reports = []
+    running = threading.Thread(target=lambda: reports.append(runtime.run()))
+    running.start()
+    wait_until(lambda: server.client().xlen("segstream:cam0:frames") >= 10, timeout_s=60)
+    server.kill()
+    time.sleep(1)  # the run sees the outage
+    server.start()  # empty
+    running.join(120)
+    ops = OpsServer(metrics, "127.0.0.1", 0, stall_after_s=5)
+    try:
+        status, page = get(ops.url + "/metrics")
+    finally:
+        ops.close()
+    assert status == 200 and samples(page)[("segstream_sink_data_loss_total", (("sink", "redis"),))] == 1
+    assert "came back without written entries 1 time" in reports[0].summary()
 
 
 def test_redis_back_with_its_data_warns_of_no_loss(tmp_path, caplog):
@@ -193,4 +232,77 @@ def test_a_redis_restarted_without_its_data_during_a_refusal_is_still_reported_l
     server.start()  # without its data, and without the maxmemory set at run time
     wait_until(lambda: publisher.backlog == 0, step=publisher.poll)
     assert len(warnings_of(caplog, "lost entries while it was away")) == 1
+    publisher.close()
+
+
+def test_a_redis_restarted_with_a_password_is_said_so_as_at_start(server, caplog):
+    # Found probing: the reconnect attempts said "HELLO must be called with the client already authenticated".
+    publisher, _, _ = publisher_for(server, reconnect_max_s=0.2)
+    publisher.publish(tiny_scene("cam0", 0))
+    server.kill()
+    publisher.publish(tiny_scene("cam0", 1))
+    server.args = ["--requirepass", "s3cret"]
+    server.start()
+    wanted = (f"Redis at {server.url} wants a password and none was given: ")
+    wait_until(lambda: warnings_of(caplog, wanted), step=publisher.poll)
+    line = warnings_of(caplog, wanted)[0]
+    assert line.endswith("— set sinks.redis.password (REDIS_PASSWORD) (and the user, sinks.redis.username); "
+                         "publishing continues into the backlog, retrying"), line
+    assert "HELLO" not in line and wanted in publisher.status()["line"]
+    time.sleep(1)  # more attempts, refused alike: said once
+    assert len(warnings_of(caplog, wanted)) == 1
+    publisher.close()
+
+
+def test_a_redis_restarted_with_another_password_is_said_so_as_at_start(server, caplog):
+    client = connect_redis(server.url, connect_timeout=1.0, socket_timeout=2.0)
+    client.config_set("requirepass", "old")
+    publisher = RedisPublisher(connect_redis(server.url, "old", socket_timeout=2.0), max_batch_delay_s=0,
+                               reconnect_max_s=0.2)
+    publisher.publish(tiny_scene("cam0", 0))
+    server.kill()
+    publisher.publish(tiny_scene("cam0", 1))
+    server.args = ["--requirepass", "new"]
+    server.start()
+    wanted = f"Redis at {server.url} refused the credentials of the default user: "
+    wait_until(lambda: warnings_of(caplog, wanted), step=publisher.poll)
+    assert warnings_of(caplog, wanted)[0].endswith(
+        "— set the right password, sinks.redis.password (REDIS_PASSWORD), and user, sinks.redis.username; "
+        "publishing continues into the backlog, retrying")
+    publisher.close()
+
+
+def test_a_full_backlog_is_warned_once_per_outage_and_its_drops_told_when_redis_is_back(server, caplog):
+    # Found probing: the sink_backlog drops showed only in INFO status lines.
+    publisher, _, dropped = publisher_for(server, max_backlog=20, reconnect_max_s=0.2)
+    for outage in range(2):
+        server.kill()
+        for index in range(50):
+            publisher.publish(tiny_scene("cam0", 100 * outage + index))
+        full = warnings_of(caplog, "the backlog is full")
+        assert len(full) == outage + 1 and full[-1] == (
+            f"Redis at {server.url}: the backlog is full (max_backlog 20 entries, max_backlog_mb 256): dropping the "
+            "oldest results (events last) until Redis takes writes again, counted as sink_backlog")
+        server.start()
+        wait_until(lambda: publisher.backlog == 0, step=publisher.poll)
+        assert warnings_of(caplog, "is back after")[-1].endswith(
+            "sending a backlog of 20 entries (30 older ones were dropped, the backlog being full)")
+    assert len(dropped) == 60
+    publisher.close()
+
+
+def test_redis_restarted_empty_between_two_writes_is_a_loss_too(server, caplog):
+    # Found fixing the above: redis-py reconnects by itself when Redis restarted between two writes, so no
+    # outage was seen and the loss went unsaid.
+    publisher, written, _ = publisher_for(server)
+    publisher.publish(tiny_scene("cam0", 0))
+    publisher.publish(tiny_scene("cam1", 0))
+    server.kill()
+    server.start()  # empty, and back before the next write
+    publisher.publish(tiny_scene("cam0", 1))
+    assert publisher.reconnects == 0 and [r.index for r in written] == [0, 0, 1], "no outage was seen"
+    lost = warnings_of(caplog, "lost entries while it was away")
+    assert len(lost) == 2 and publisher.data_losses == 1
+    publisher.publish(tiny_scene("cam0", 2))  # the same session: nothing more to say
+    assert len(warnings_of(caplog, "lost entries")) == 2 and publisher.data_losses == 1
     publisher.close()
