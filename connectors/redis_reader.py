@@ -723,7 +723,9 @@ def tail(stream: str, url: str, count: int | None, follow: bool, out: TextIO | N
          tls: TlsFiles | None = None) -> int:
     """Print one line per entry of ``stream`` (a frames stream, or with ``events`` the matching
     events stream as well, interleaved in time order): the last ``count`` (all when None), then
-    new ones while ``follow``; returns the number of entries printed. Ctrl-C ends quietly.
+    new ones while ``follow``; returns the number of entries printed. Ctrl-C ends quietly. The
+    first entry's line ends with ``run=<run_id>``, and so does each line whose run_id differs from
+    the line's before it.
 
     What it prints comes from whoever can write the stream: control characters (a label's
     terminal escape sequences) are printed escaped (``\x1b``). An entry that is no segstream
@@ -736,9 +738,10 @@ def tail(stream: str, url: str, count: int | None, follow: bool, out: TextIO | N
     if events:
         streams.append(_events_stream_of(stream))
     printed = skipped = 0
+    shown_run = None  # the run_id of the last entry printed: said again only when it changes
 
     def show(entry_id: str, name: str, fields) -> None:
-        nonlocal printed, skipped
+        nonlocal printed, skipped, shown_run
         try:
             line = _entry_line(entry_id, name, fields)
         except WireFormatError as error:
@@ -746,6 +749,10 @@ def tail(stream: str, url: str, count: int | None, follow: bool, out: TextIO | N
             log.warning("entry %s of %s skipped: %s", terminal_safe(entry_id), terminal_safe(name),
                         terminal_safe(str(error)))
             return
+        run = _text(fields.get(b"run_id", b""))
+        if run and run != shown_run:  # which run wrote it: a restart, or a second publisher on the stream
+            line += f" run={terminal_safe(run)}"
+        shown_run = run or shown_run
         out.write(line + "\n")
         out.flush()  # a follower piped into another program sees each entry as it comes
         printed += 1

