@@ -530,11 +530,14 @@ class RedisPublisher:
             return []
         try:
             return self.client.xrevrange(stream, count=count)
-        except redis.ResponseError as error:
+        except redis.exceptions.NoPermissionError as error:
             self._unreadable = True
             log.warning("Redis at %s refuses XREVRANGE on %s (%s): seq starts at 1 on every run, and neither entries "
                         "lost in an outage nor another run writing the same streams can be detected — grant this user "
-                        "+xrevrange +xrange (README, Redis ACL)", self._where, stream, error_summary(error))
+                        "+xrevrange +xrange +xlen (README, Redis ACL)", self._where, stream, error_summary(error))
+            return []
+        except redis.ResponseError as error:  # not a stream (WRONGTYPE): the XADD says so, with advice
+            log.debug("cannot read the last entries of %s (%s)", stream, error_summary(error))
             return []
 
     def _other_writer(self, stream: str, other: str, evidence: str) -> None:
@@ -692,8 +695,9 @@ def _check_transactions(client: redis.Redis) -> None:
         raise SinkError(f"Redis at {where} refused MULTI/EXEC: {error_summary(error)} — {_advice(error)}") from None
 
 
-_GRANT = ("grant this user XADD, MULTI and EXEC on the stream keys, and the connection commands "
-          "(ACL: +xadd +multi +exec +@connection ~segstream:*, for the default stream names)")
+_GRANT = ("grant this user XADD, MULTI, EXEC, XREVRANGE, XRANGE and XLEN on the stream keys, and the connection "
+          "commands (ACL: +xadd +multi +exec +xrevrange +xrange +xlen +@connection ~segstream:*, for the default "
+          "stream names)")
 
 
 def _advice(error: Exception) -> str:

@@ -6,7 +6,9 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +20,7 @@ from segstream.connectors.redis_sink import RedisPublisher
 from segstream.connectors.redis_wire import to_wire
 from segstream.models.results import Event, FrameResult, Segments
 from segstream.pipeline.logs import configure_logging, set_run_id
+from tests.redis_servers import RedisProcess
 from tests.test_redis_wire import stamped
 
 
@@ -170,3 +173,48 @@ def test_a_run_says_its_run_id_in_its_first_line_and_on_metrics(tmp_path):
         configure_logging("text")
     assert f"segstream: run {runtime.run_id} starting" in out.getvalue().splitlines()
     assert values[("segstream_run_info", (("run_id", runtime.run_id),))] == 1
+
+
+def readme_publisher_acl() -> list[str]:
+    """The publishing ACL rules the README gives, e.g. ['+xadd', ..., '~segstream:*']."""
+    text = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    rules = re.search(r"\(`(\+xadd [^`]*)`", text.replace("\n", " ")).group(1)
+    return rules.split()
+
+
+def acl_publisher(server: RedisProcess, rules: list[str], run_id: str) -> RedisPublisher:
+    name = f"user-{run_id[-8:]}"
+    with server.client() as admin:
+        admin.acl_setuser(name, enabled=True, passwords=["+pw"], keys=[r[1:] for r in rules if r.startswith("~")],
+                          commands=[r for r in rules if not r.startswith("~")])
+    return RedisPublisher.from_config(server.url, "pw", username=name, pipeline_size=1, run_id=run_id)
+
+
+def test_the_readme_s_publisher_acl_lets_seq_go_on_across_runs(tmp_path, warnings):
+    """Found probing: with the README's ACL (no XREVRANGE) seq began at 1 on every run, silently."""
+    with RedisProcess(tmp_path) as server:
+        for run in ("20261202T100000Z-aaaaaaaa", "20261202T100500Z-bbbbbbbb"):
+            publisher = acl_publisher(server, readme_publisher_acl(), run)
+            for i in range(3):
+                publisher.publish(frame(i, run))
+            publisher.close()
+            time.sleep(redis_sink._RECENT_MIN_S)  # the next run starts later than three gaps between entries
+        with server.client() as reader:
+            seqs = [int(f[b"seq"]) for _, f in reader.xrange("segstream:cam0:frames")]
+    assert seqs == [1, 2, 3, 4, 5, 6]
+    assert "XREVRANGE" not in warnings.text and "another segstream run" not in warnings.text
+
+
+def test_a_publisher_that_may_not_read_its_stream_says_so_once_at_start(tmp_path, warnings):
+    with RedisProcess(tmp_path) as server:
+        publisher = acl_publisher(server, ["+xadd", "+multi", "+exec", "+@connection", "~segstream:*"],
+                                  "20261202T100000Z-eeeeeeee")
+        for i in range(3):
+            publisher.publish(frame(i, publisher.run_id))
+            publisher.publish(frame(i, publisher.run_id, source="cam1"))
+        publisher.close()
+        assert publisher.published == 6
+    lines = list(dict.fromkeys(r.getMessage() for r in warnings.records if "XREVRANGE" in r.getMessage()))
+    assert len(lines) == 1
+    assert "no permissions to run the 'xrevrange' command" in lines[0]
+    assert "seq starts at 1 on every run" in lines[0] and "+xrevrange" in lines[0]
