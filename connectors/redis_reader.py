@@ -393,7 +393,9 @@ class Subscription:
     logged as a warning: a consumer that falls that far behind loses them, and says so. A reader
     the stream's trimming overtook before it got them (its position is older than the
     stream's oldest entry), without a group or as its only consumer, counts the entries it missed
-    (by their ``seq``; entries of older pipelines by frame numbers) in ``trimmed`` too.
+    (by their ``seq``; entries of older pipelines by frame numbers) in ``trimmed`` too; in ``lost``
+    instead, with a warning that says Redis lost them, when trimming cannot explain the gap: the
+    group had to be created again, or (Redis 7) the stream holds every entry ever added to it.
 
     An entry that cannot be decoded (another schema version, a malformed field) raises
     ``WireFormatError`` naming it (``entry_id``) and is counted in ``malformed``; the entries
@@ -414,6 +416,8 @@ class Subscription:
         self.block_ms = block_ms
         self.claimed = 0  # entries taken over from other consumers
         self.trimmed = 0  # pending entries MAXLEN trimmed away before they were processed
+        self.lost = 0  # entries Redis lost (restarted empty, flushed) before this reader got them
+        self._group_lost = False  # the group was gone and created again: a gap after it is Redis's loss
         self.malformed = 0  # times an entry could not be decoded (each time WireFormatError was raised)
         self._held: deque[tuple[str, dict]] = deque()  # read, not yet handed over (after a malformed one)
         self._parse = parse
@@ -484,7 +488,10 @@ class Subscription:
         except redis.ResponseError as error:
             if "NOGROUP" not in str(error):
                 raise
-            log.warning("consumer group %s of %s is gone (Redis restarted?): creating it again", self.group, self.stream)
+            log.warning("consumer group %s of %s is gone: Redis lost it (restarted without its data, or was flushed "
+                        "or replaced) — creating it again; entries it lost with it are counted as lost when the next "
+                        "ones come", self.group, self.stream)
+            self._group_lost = True
             self._create_group(start="0")
             self._pending_cursor = "0"
             return []
@@ -557,6 +564,7 @@ class Subscription:
         frame numbers, within one run (a gap the pipeline's own drops left counts too: "about").
         In a group, only as its one consumer: the others take entries of the gap too."""
         previous, self._last_numbers = self._last_numbers, (_seq_of(entries[-1][1]), _frame_of(entries[-1][1]))
+        group_lost, self._group_lost = self._group_lost, False  # said of the first entries after it only
         first = (_seq_of(entries[0][1]), _frame_of(entries[0][1]))
         if previous is None:
             return
@@ -571,11 +579,34 @@ class Subscription:
         oldest = redis_client.xrange(self.stream, count=1)
         if not oldest or _id_key(_text(oldest[0][0])) <= _id_key(position):  # where it stood is still there
             return
-        if self.group is None or self._only_consumer(redis_client):
-            self.trimmed += missed
-            log.warning("%s: %s%d entries were trimmed away by the stream's MAXLEN before this reader got them "
-                        "(%d so far) — read faster, or raise sinks.redis.maxlen", self.stream, about, missed,
-                        self.trimmed)
+        if self.group is not None and not self._only_consumer(redis_client):
+            return
+        evidence = self._not_trimming(redis_client, group_lost)
+        if evidence is not None:
+            self.lost += missed
+            log.warning("%s: %s%d entries written after the last one this reader got are gone, and not by trimming "
+                        "(%s): Redis lost them (%d so far) — it restarted without its data, failed over to a replica "
+                        "behind it, or was flushed; check its persistence (appendonly) and failover", self.stream,
+                        about, missed, evidence, self.lost)
+            return
+        self.trimmed += missed
+        log.warning("%s: %s%d entries were trimmed away by the stream's MAXLEN before this reader got them "
+                    "(%d so far) — read faster, or raise sinks.redis.maxlen", self.stream, about, missed,
+                    self.trimmed)
+
+    def _not_trimming(self, redis_client: redis.Redis, group_lost: bool) -> str | None:
+        """What shows that a gap is no trimming (None: nothing does): the group was lost with
+        Redis's data, or the stream holds every entry ever added to it (Redis 7's entries-added)."""
+        if group_lost:
+            return "the consumer group was gone and had to be created again"
+        try:
+            info = redis_client.xinfo_stream(self.stream)
+        except redis.ResponseError:  # a user without XINFO: trimming is the likelier story
+            return None
+        added, length = info.get("entries-added", info.get(b"entries-added")), info.get("length", info.get(b"length"))
+        if added is not None and length is not None and int(added) <= int(length):
+            return f"the stream holds all {int(added)} entries ever added to it since it was created"
+        return None
 
     def _only_consumer(self, redis_client: redis.Redis) -> bool:
         """No other consumer of the group read lately (Redis keeps a dead one's name for ever: a
@@ -723,7 +754,9 @@ def tail(stream: str, url: str, count: int | None, follow: bool, out: TextIO | N
          tls: TlsFiles | None = None) -> int:
     """Print one line per entry of ``stream`` (a frames stream, or with ``events`` the matching
     events stream as well, interleaved in time order): the last ``count`` (all when None), then
-    new ones while ``follow``; returns the number of entries printed. Ctrl-C ends quietly.
+    new ones while ``follow``; returns the number of entries printed. Ctrl-C ends quietly. The
+    first entry's line ends with ``run=<run_id>``, and so does each line whose run_id differs from
+    the line's before it.
 
     What it prints comes from whoever can write the stream: control characters (a label's
     terminal escape sequences) are printed escaped (``\x1b``). An entry that is no segstream
@@ -736,9 +769,10 @@ def tail(stream: str, url: str, count: int | None, follow: bool, out: TextIO | N
     if events:
         streams.append(_events_stream_of(stream))
     printed = skipped = 0
+    shown_run = None  # the run_id of the last entry printed: said again only when it changes
 
     def show(entry_id: str, name: str, fields) -> None:
-        nonlocal printed, skipped
+        nonlocal printed, skipped, shown_run
         try:
             line = _entry_line(entry_id, name, fields)
         except WireFormatError as error:
@@ -746,6 +780,10 @@ def tail(stream: str, url: str, count: int | None, follow: bool, out: TextIO | N
             log.warning("entry %s of %s skipped: %s", terminal_safe(entry_id), terminal_safe(name),
                         terminal_safe(str(error)))
             return
+        run = _text(fields.get(b"run_id", b""))
+        if run and run != shown_run:  # which run wrote it: a restart, or a second publisher on the stream
+            line += f" run={terminal_safe(run)}"
+        shown_run = run or shown_run
         out.write(line + "\n")
         out.flush()  # a follower piped into another program sees each entry as it comes
         printed += 1

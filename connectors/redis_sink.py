@@ -3,6 +3,7 @@ rides out Redis outages without stopping the pipeline."""
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -48,6 +49,12 @@ log = logging.getLogger(__name__)
 _RECHECK_S = 0.25  # while disconnected, how often poll() wants to be called
 # Refusals that a failover or a consumer's trimming can end: ridden out like an outage.
 _PASSING_REFUSALS = (redis.exceptions.OutOfMemoryError, redis.exceptions.ReadOnlyError)
+# How often a stream this run writes is checked for entries of another run (one XREVRANGE COUNT 1).
+_WRITER_CHECK_S = 2.0
+# At start, another run's last entry counts as "still writing" when this recent (Redis's clock), or
+# more recent than three of its gaps between entries.
+_RECENT_MAX_S = 5.0
+_RECENT_MIN_S = 0.5
 
 
 @dataclass(slots=True)
@@ -100,6 +107,7 @@ class RedisPublisher:
         max_backlog_bytes: int = 256 * 2**20,
         reconnect_max_s: float = 5.0,
         drain_timeout_s: float = 10.0,
+        run_id: str = "",
     ) -> None:
         if mask_encoding not in MASK_ENCODINGS:
             raise ConfigError(
@@ -145,6 +153,12 @@ class RedisPublisher:
         # per stream, the `seq` of the last entry written (docs/SCHEMA.md): read from the stream's
         # last entry before the first write, so that it goes on across runs
         self._seq: dict[str, int] = {}
+        self.run_id = run_id  # this run's; when not given, the run_id of the first entry written
+        # runs other than this one seen writing to this run's streams: run_id -> the stream
+        self.other_writers: dict[str, str] = {}
+        self._ended: set[tuple[str, str]] = set()  # (run_id, source) whose end a state event said
+        self._writer_checked: dict[str, float] = {}  # per stream, when it was last checked for other writers
+        self._unreadable = False  # the last entry of a stream cannot be read (ACL): warned once
         self._where = redis_address(client)
         self._connected = True
         self._down_since: float | None = None
@@ -190,6 +204,7 @@ class RedisPublisher:
         timeout_s: float = 1.0,
         embedded_dir: Path | None = None,
         files_kept: bool = False,
+        run_id: str = "",
     ) -> RedisPublisher:
         """Connect to the Redis at ``url``, or with no url start an embedded one for this run.
 
@@ -207,13 +222,13 @@ class RedisPublisher:
             # short timeouts keep a hung Redis (stopped, partitioned) from holding the publishing thread:
             # after timeout_s its write counts as failed and the results go to the backlog.
             client = connect_redis(url, password, username=username, tls=tls, socket_timeout=timeout_s,
-                                   connect_timeout=2.0, client_name="segstream-publisher")
+                                   connect_timeout=2.0, client_name=_client_name(run_id))
             _check_transactions(client)
             publisher = cls(
                 client, stream_pattern, maxlen, mask_encoding, pipeline_size,
                 max_batch_delay_s=max_batch_delay_s, events_pattern=events_pattern, max_backlog=max_backlog,
                 max_backlog_bytes=max_backlog_bytes, reconnect_max_s=reconnect_max_s,
-                drain_timeout_s=drain_timeout_s,
+                drain_timeout_s=drain_timeout_s, run_id=run_id,
             )
         except BaseException:
             if embedded is not None:
@@ -412,9 +427,16 @@ class RedisPublisher:
 
     def _send(self, batch: list[_Outgoing]) -> bool:
         """One MULTI/EXEC of the batch; False when the connection failed (the batch stays queued)."""
+        if not self.run_id:
+            self.run_id = _text(batch[0].fields.get("run_id", ""))
         try:
             for stream in {item.stream for item in batch} - self._seq.keys():
                 self._seq[stream] = self._last_seq(stream)
+            for source in {_text(item.fields.get("source", "")) for item in batch if item.result is None}:
+                frames = stream_name(self.stream_pattern, source)  # a run writing events only still sees the other
+                if frames not in self._writer_checked:
+                    self._recent_writer(frames)
+            self._check_other_writers({item.stream for item in batch})
         except (redis.ConnectionError, redis.TimeoutError, OSError) as error:
             self._last_error = error_summary(error)
             return False
@@ -496,19 +518,74 @@ class RedisPublisher:
 
     def _last_seq(self, stream: str) -> int:
         """The ``seq`` of the stream's last entry (0: none, or written without one). A producer
-        allowed to write but not to read the stream starts at 0: readers then see the numbers go
-        back, as after a stream deleted, and start counting afresh."""
-        try:
-            last = self.client.xrevrange(stream, count=1)
-        except redis.ResponseError as error:
-            log.debug("cannot read the last entry of %s (%s): its seq starts at 1", stream, error_summary(error))
-            return 0
+        allowed to write but not to read the stream starts at 0 (warned once): readers then see the
+        numbers go back, as after a stream deleted, and start counting afresh."""
+        last = self._recent_writer(stream)
         if not last:
             return 0
         try:
-            return int(last[0][1].get(b"seq", last[0][1].get("seq", 0)))
+            return int(last[0][1].get(b"seq", 0))
         except (TypeError, ValueError):
             return 0
+
+    def _recent_writer(self, stream: str) -> list:
+        """The stream's last two entries; warns when the last is another run's, so recent that
+        the run still writes (and is not its end)."""
+        last = self._last_entries(stream, 2)
+        self._writer_checked[stream] = time.monotonic()
+        if not last:
+            return last
+        entry_id, fields = last[0]
+        other, source = _text(fields.get(b"run_id", b"")), _text(fields.get(b"source", b""))
+        if _finished(fields):
+            self._ended.add((other, source))
+        elif other and other != self.run_id and (other, source) not in self._ended:
+            age = time.time() - _entry_time(entry_id)
+            gap = _entry_time(entry_id) - _entry_time(last[1][0]) if len(last) > 1 else _RECENT_MAX_S
+            if age < min(_RECENT_MAX_S, max(_RECENT_MIN_S, 3 * gap)):
+                self._other_writer(stream, other, f"its last entry {_text(entry_id)} is {max(age, 0):.1f} s old")
+        return last
+
+    def _check_other_writers(self, streams: set[str]) -> None:
+        """Every ``_WRITER_CHECK_S`` per stream: a last entry newer than the one this run wrote
+        last, of another run, means another publisher writes the same stream."""
+        now = time.monotonic()
+        for stream in streams:
+            written = self._last_id.get(stream)
+            if written is None or now - self._writer_checked.get(stream, 0.0) < _WRITER_CHECK_S:
+                continue
+            self._writer_checked[stream] = now
+            last = self._last_entries(stream, 1)
+            if not last or _id_key(last[0][0]) <= _id_key(written):
+                continue
+            other = _text(last[0][1].get(b"run_id", b""))
+            if other and other != self.run_id:
+                self._other_writer(stream, other, f"its entry {_text(last[0][0])} came after this run's {_text(written)}")
+
+    def _last_entries(self, stream: str, count: int) -> list:
+        """The stream's newest ``count`` entries, newest first; [] when this user may not read them."""
+        if self._unreadable:
+            return []
+        try:
+            return self.client.xrevrange(stream, count=count)
+        except redis.exceptions.NoPermissionError as error:
+            self._unreadable = True
+            log.warning("Redis at %s refuses XREVRANGE on %s (%s): seq starts at 1 on every run, and neither entries "
+                        "lost in an outage nor another run writing the same streams can be detected — grant this user "
+                        "+xrevrange +xrange +xlen (README, Redis ACL)", self._where, stream, error_summary(error))
+            return []
+        except redis.ResponseError as error:  # not a stream (WRONGTYPE): the XADD says so, with advice
+            log.debug("cannot read the last entries of %s (%s)", stream, error_summary(error))
+            return []
+
+    def _other_writer(self, stream: str, other: str, evidence: str) -> None:
+        """Another run writes a stream this run writes: warned once per other run."""
+        if other in self.other_writers:
+            return
+        self.other_writers[other] = stream
+        log.warning("another segstream run (%s) writes to %s, as this run (%s) does: %s — two pipelines publish the "
+                    "same source names, so seq numbers collide and readers misread them; stop one of them, or give "
+                    "each its own source names or sinks.redis.stream", other, stream, self.run_id or "?", evidence)
 
     # --- outages ----------------------------------------------------------------------------
 
@@ -631,6 +708,31 @@ def _stand_in(result: FrameResult) -> FrameResult:
                        capture_ts=result.capture_ts, model=result.model, times=result.times, run_id=result.run_id)
 
 
+def _client_name(run_id: str) -> str:
+    """The connection's name (CLIENT LIST): which run of which program it is."""
+    return f"segstream-publisher:{run_id}" if run_id else "segstream-publisher"
+
+
+def _entry_time(entry_id: bytes | str) -> float:
+    """When Redis added an entry (its id's milliseconds), in Unix seconds."""
+    return int(_text(entry_id).partition("-")[0]) / 1000
+
+
+def _id_key(entry_id: bytes | str) -> tuple[int, int]:
+    millis, _, sequence = _text(entry_id).partition("-")
+    return int(millis), int(sequence or 0)
+
+
+def _finished(fields: dict) -> bool:
+    """An entry that says its run is over: the state event ``ended`` or ``failed``."""
+    if fields.get(b"event") != b"state":
+        return False
+    try:
+        return json.loads(fields.get(b"data", b"{}")).get("state") in ("ended", "failed")
+    except (ValueError, AttributeError):
+        return False
+
+
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
@@ -654,8 +756,9 @@ def _check_transactions(client: redis.Redis) -> None:
         raise SinkError(f"Redis at {where} refused MULTI/EXEC: {error_summary(error)} — {_advice(error)}") from None
 
 
-_GRANT = ("grant this user XADD, MULTI and EXEC on the stream keys, and the connection commands "
-          "(ACL: +xadd +multi +exec +@connection ~segstream:*, for the default stream names)")
+_GRANT = ("grant this user XADD, MULTI, EXEC, XREVRANGE, XRANGE and XLEN on the stream keys, and the connection "
+          "commands (ACL: +xadd +multi +exec +xrevrange +xrange +xlen +@connection ~segstream:*, for the default "
+          "stream names)")
 
 
 def _advice(error: Exception) -> str:

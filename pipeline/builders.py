@@ -144,7 +144,7 @@ class _Unopened:
         """Nothing was opened."""
 
 
-def _redis_sink(cfg: SinksConfig, embedded_dir: Path | None) -> Sink:
+def _redis_sink(cfg: SinksConfig, embedded_dir: Path | None, run_id: str = "") -> Sink:
     from segstream.connectors.redis_connection import TlsFiles
     from segstream.connectors.redis_sink import RedisPublisher
 
@@ -167,6 +167,7 @@ def _redis_sink(cfg: SinksConfig, embedded_dir: Path | None) -> Sink:
         max_batch_delay_s=redis.max_batch_delay_ms / 1000,
         events_pattern=redis.events_stream,
         embedded_dir=embedded_dir,
+        run_id=run_id,
     )
 
 
@@ -188,14 +189,15 @@ SINK_BUILDERS: dict[str, Callable[[SinksConfig, Path | None], Sink]] = {
 }
 
 
-def build_sinks(cfg: SinksConfig, embedded_dir: Path | None = None) -> list[Sink]:
+def build_sinks(cfg: SinksConfig, embedded_dir: Path | None = None, run_id: str = "") -> list[Sink]:
     """The enabled sinks. ``embedded_dir`` holds the data of an embedded Redis (``url: null``);
-    None means a temporary directory."""
+    None means a temporary directory. ``run_id`` names the Redis connection (CLIENT LIST)."""
     sinks: list[Sink] = []
     try:
         for section, builder in SINK_BUILDERS.items():
             if getattr(cfg, section).enabled:
-                sinks.append(builder(cfg, embedded_dir))
+                sinks.append(_redis_sink(cfg, embedded_dir, run_id) if builder is _redis_sink
+                             else builder(cfg, embedded_dir))
     except BaseException:
         for sink in sinks:
             sink.close()

@@ -43,6 +43,7 @@ from segstream.pipeline.logs import (
     LogLines,
     configure_logging,
     json_logging,
+    set_run_id,
     signal_line,
     write_line,
 )
@@ -382,9 +383,11 @@ def build_runtime(
     already built (``build_segmenter``) from ``cfg.model``; else it is built here."""
     from segstream.pipeline.builders import build_sinks, build_sources
     from segstream.pipeline.model_factory import build_segmenter
-    from segstream.pipeline.runtime import Runtime
+    from segstream.pipeline.runtime import Runtime, new_run_id
     from segstream.pipeline.tracking import tracking_stages
 
+    run_id = new_run_id()
+    set_run_id(run_id)
     own_sources, own_sinks = list(sources), list(sinks)
     built_sinks, built_sources, runtime = [], [], None
     try:
@@ -395,7 +398,7 @@ def build_runtime(
         if adapter is None:
             adapter = build_segmenter(cfg.model, batch_size=cfg.engine.batch_size)
         if not stopping():
-            built_sinks = build_sinks(cfg.sinks)
+            built_sinks = build_sinks(cfg.sinks, run_id=run_id)
         if not stopping():
             built_sources = build_sources(cfg.sources)
         if not stopping():
@@ -404,8 +407,9 @@ def build_runtime(
             runtime = Runtime.from_config(
                 cfg, [*built_sources, *own_sources], adapter, [*built_sinks, *own_sinks],
                 stages=[*tracking_stages(cfg.tracking), *stages], max_frames=max_frames, warm_up=WARM_UP_FRAME,
-                progress=progress, metrics=metrics, publish_states=True,
+                progress=progress, metrics=metrics, publish_states=True, run_id=run_id,
             )
+            log.info("run %s starting", run_id)  # once built: a start that fails stays its one error line
     finally:
         if runtime is None:  # stopped, or failed, before the run: an embedded Redis must not outlive us
             for part in [*built_sources, *own_sources, *built_sinks, *own_sinks]:

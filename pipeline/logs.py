@@ -2,8 +2,8 @@
 containers and log shippers (``--log-format json``, or ``SEGSTREAM_LOG_FORMAT=json``).
 
 Library code logs through ``logging.getLogger(__name__)``; only the CLI configures handlers. The
-JSON objects have ``time`` (ISO 8601, UTC), ``level``, ``logger``, ``message`` and any ``extra``
-fields; JSON formatting is python-json-logger's.
+JSON objects have ``time`` (ISO 8601, UTC), ``level``, ``logger``, ``message``, ``run_id`` while a
+run is on, and any ``extra`` fields; JSON formatting is python-json-logger's.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 ENV_FORMAT = "SEGSTREAM_LOG_FORMAT"
 ENV_LEVEL = "SEGSTREAM_LOG_LEVEL"
 _configured = {"format": "text"}
+_run = {"id": ""}  # the run this process runs now: every JSON record carries its run_id
 
 
 class _ScrubbedTracebacks:
@@ -70,6 +71,20 @@ class _Scrub(logging.Filter):
         return True
 
 
+class _RunId(logging.Filter):
+    """Adds ``run_id`` to each record while a run is on (``set_run_id``)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if _run["id"] and not hasattr(record, "run_id"):
+            record.run_id = _run["id"]
+        return True
+
+
+def set_run_id(run_id: str) -> None:
+    """The run id the JSON log records carry from now on ("" for none)."""
+    _run["id"] = run_id
+
+
 class _StderrHandler(logging.StreamHandler):
     """Writes to whatever ``sys.stderr`` is at the time of each record (it may be replaced
     after logging is configured: by a test's capture, by a redirect)."""
@@ -108,6 +123,8 @@ def configure_logging(format: str | None = None, level: str | None = None, strea
     else:
         handler.setFormatter(_PlainFormatter())
     handler.addFilter(_Scrub())
+    if format == "json":
+        handler.addFilter(_RunId())
     root = logging.getLogger("segstream")
     for old in list(root.handlers):
         root.removeHandler(old)

@@ -173,10 +173,12 @@ def test_an_acl_user_without_transactions_is_refused_at_start_naming_what_to_gra
     config = write_config(tmp_path, server, certs, password="bob-pw", username="bob")
     assert main(["run", str(config)]) == 1
     [line] = capsys.readouterr().err.strip().splitlines()
-    assert "no permissions to run the 'multi' command" in line and "+xadd +multi +exec +@connection" in line
+    assert "no permissions to run the 'multi' command" in line
+    assert "+xadd +multi +exec +xrevrange +xrange +xlen +@connection" in line
     # exactly what the README and the message grant is enough
     tls_client(server, certs).acl_setuser("carol", enabled=True, passwords=["+carol-pw"], keys=["segstream:*"],
-                                          commands=["+xadd", "+multi", "+exec", "+@connection"])
+                                          commands=["+xadd", "+multi", "+exec", "+xrevrange", "+xrange", "+xlen",
+                                                    "+@connection"])
     config = write_config(tmp_path, server, certs, password="carol-pw", username="carol")
     assert run_pipeline(load_config(config), progress=False).published == 6
     # a user with the stream commands but not EXISTS: the end-of-run report reads on (found in review)

@@ -247,3 +247,65 @@ def warnings_of(name: str):
         yield messages
     finally:
         logger.removeHandler(handler)
+
+
+def publish_numbered(server, seqs):
+    """XADD a frame entry per ``seq``, numbered as the pipeline numbers them."""
+    client = server.client()
+    for seq in seqs:
+        client.xadd("segstream:cam0:frames", {**to_wire(frame(seq), "idmap"), "seq": str(seq)})
+    client.close()
+
+
+def read_until(subscription, count: int) -> list[int]:
+    got: list[int] = []
+    deadline = time.monotonic() + 20
+    while len(got) < count and time.monotonic() < deadline:
+        got += [e.seq for e in subscription.read(block_ms=100)]
+    return got
+
+
+def test_entries_a_restarted_redis_lost_are_reported_as_lost_not_trimmed(server):
+    """Found probing: Redis replaced by an empty one was reported as MAXLEN trimming, with the advice
+    to read faster."""
+    publish_numbered(server, range(1, 6))
+    client = connect(server.url, reconnect_max_s=0.3)
+    subscription = client.frames("cam0", start="0", block_ms=100)
+    assert read_until(subscription, 5) == [1, 2, 3, 4, 5]
+    server.kill()
+    server.start()  # empty: entries 6..8, written before the restart, went with it
+    publish_numbered(server, range(9, 12))
+    with warnings_of("segstream.client") as logged:
+        assert read_until(subscription, 3) == [9, 10, 11]
+    assert (subscription.lost, subscription.trimmed) == (3, 0)
+    (line,) = [m for m in logged if "entries" in m]
+    assert "3 entries written after the last one this reader got are gone, and not by trimming" in line
+    assert "MAXLEN" not in line and "read faster" not in line
+
+
+def test_a_gap_after_a_lost_consumer_group_is_reported_as_lost(server):
+    publish_numbered(server, range(1, 4))
+    client = connect(server.url, reconnect_max_s=0.3)
+    subscription = client.frames("cam0", group="g", consumer="c", start="0", block_ms=100)
+    assert read_until(subscription, 3) == [1, 2, 3]
+    server.kill()
+    server.start()
+    publish_numbered(server, range(7, 9))  # the publisher went on numbering: 4..6 are gone
+    with warnings_of("segstream.client") as logged:
+        assert read_until(subscription, 2) == [7, 8]
+    assert (subscription.lost, subscription.trimmed) == (3, 0)
+    assert any("Redis lost it" in m for m in logged)
+    assert any("had to be created again" in m and "MAXLEN" not in m for m in logged)
+
+
+def test_a_gap_the_stream_s_trimming_left_is_still_called_trimming(server):
+    publish_numbered(server, range(1, 4))
+    client = connect(server.url)
+    subscription = client.frames("cam0", start="0", block_ms=100)
+    assert read_until(subscription, 3) == [1, 2, 3]
+    publish_numbered(server, range(4, 20))
+    server.client().xtrim("segstream:cam0:frames", maxlen=4, approximate=False)  # as the publisher's MAXLEN does
+    with warnings_of("segstream.client") as logged:
+        assert read_until(subscription, 4) == [16, 17, 18, 19]
+    assert (subscription.lost, subscription.trimmed) == (0, 12)
+    assert any("12 entries were trimmed away by the stream's MAXLEN" in m for m in logged)

