@@ -120,6 +120,7 @@ def test_a_run_after_another_ended_is_no_other_writer(server, client, warnings):
 def test_the_redis_connection_is_named_after_the_run(server, client):
     run = publisher(server, "20261202T100000Z-cccccccc")
     try:
+        run.publish(frame(0, run.run_id))  # connections opened for writes (and again after a restart) carry it
         names = [c["name"] for c in client.client_list()]
     finally:
         run.close()
