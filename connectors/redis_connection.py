@@ -53,6 +53,11 @@ COMMAND_LINE = SettingNames("--password ($REDIS_PASSWORD)", "--username ($REDIS_
                             "--tls-ca, --tls-cert, --tls-key")
 
 
+class RedisUnreachable(SinkError):
+    """Nothing answers at the Redis address (refused, timed out, no such host): unlike wrong
+    credentials, the same address may answer in a moment (``sinks.redis.start_wait_s``)."""
+
+
 def connect_redis(
     url: str,
     password: str | None = None,
@@ -141,7 +146,7 @@ def connect_redis(
             hint = f"{hint}; a server without TLS never answers TLS's hello: if it has none, use redis://"
         elif where.startswith("redis://") and "reset by peer" in text.lower():
             hint = f"{hint}; a TLS port resets plain connections: if the server wants TLS, use rediss://"
-        raise SinkError(f"cannot reach Redis at {where}: {text} — {hint}") from None
+        raise RedisUnreachable(f"cannot reach Redis at {where}: {text} — {hint}") from None
     return client
 
 

@@ -18,6 +18,7 @@ from segstream.connectors.embedded_redis import EmbeddedRedis
 from segstream.connectors.errors import ConfigError, SegstreamError, SinkError
 from segstream.connectors.redis_connection import (
     Backoff,
+    RedisUnreachable,
     TlsFiles,
     connect_redis,
     credentials_problem,
@@ -202,14 +203,16 @@ class RedisPublisher:
         reconnect_max_s: float = 5.0,
         drain_timeout_s: float = 10.0,
         timeout_s: float = 1.0,
+        start_wait_s: float = 0.0,
         embedded_dir: Path | None = None,
         files_kept: bool = False,
         run_id: str = "",
     ) -> RedisPublisher:
         """Connect to the Redis at ``url``, or with no url start an embedded one for this run.
 
-        A Redis that cannot be reached or refuses the credentials now fails with one line; once
-        running, outages are ridden out. The embedded Redis listens on a unix socket that only this
+        A Redis that refuses the credentials fails now with one line, and so does one that
+        cannot be reached once ``start_wait_s`` has passed (a Redis started beside the pipeline,
+        as orchestrators do, with no start order); once running, outages are ridden out. The embedded Redis listens on a unix socket that only this
         user can reach (``EmbeddedRedis``) and ignores the credentials; it stops on ``close()``,
         keeping its data only when ``embedded_dir`` is given.
         """
@@ -221,8 +224,9 @@ class RedisPublisher:
             # Our own reconnects (backlog, backoff, counted) replace redis-py's per-command retries;
             # short timeouts keep a hung Redis (stopped, partitioned) from holding the publishing thread:
             # after timeout_s its write counts as failed and the results go to the backlog.
-            client = connect_redis(url, password, username=username, tls=tls, socket_timeout=timeout_s,
-                                   connect_timeout=2.0, client_name=_client_name(run_id))
+            client = _connect_waiting(
+                start_wait_s, url, password, username=username, tls=tls, socket_timeout=timeout_s,
+                connect_timeout=2.0, client_name=_client_name(run_id))
             _check_transactions(client)
             publisher = cls(
                 client, stream_pattern, maxlen, mask_encoding, pipeline_size,
@@ -706,6 +710,26 @@ def _stand_in(result: FrameResult) -> FrameResult:
     time and stage times (the same dict), without label map or segments."""
     return FrameResult(result.source, result.index, result.width, result.height, None,
                        capture_ts=result.capture_ts, model=result.model, times=result.times, run_id=result.run_id)
+
+
+def _connect_waiting(wait_s: float, url: str, password: str | None, **options) -> redis.Redis:
+    """``connect_redis``, tried again each second for up to ``wait_s`` while nothing answers
+    (said once); wrong credentials, a bad URL or TLS settings fail at once."""
+    deadline, said = time.monotonic() + wait_s, False
+    while True:
+        try:
+            client = connect_redis(url, password, **options)
+            if said:
+                log.warning("Redis at %s answers after %.1f s", redis_address(client), wait_s - (deadline - time.monotonic()))
+            return client
+        except RedisUnreachable as error:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise
+            if not said:
+                said = True
+                log.warning("%s; waiting up to %g s for it (sinks.redis.start_wait_s)", str(error).split(" — ")[0], wait_s)
+            time.sleep(min(1.0, left))
 
 
 def _client_name(run_id: str) -> str:

@@ -159,6 +159,7 @@ def _redis_sink(cfg: SinksConfig, embedded_dir: Path | None, run_id: str = "") -
         reconnect_max_s=redis.reconnect_max_s,
         drain_timeout_s=redis.drain_timeout_s,
         timeout_s=redis.timeout_s,
+        start_wait_s=redis.start_wait_s,
         stream_pattern=redis.stream,
         maxlen=redis.maxlen,
         mask_encoding=redis.mask_encoding,

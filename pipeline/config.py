@@ -438,7 +438,9 @@ class RedisSinkConfig(Strict):
     are dropped and counted beyond that), reconnect attempts back off up to
     ``reconnect_max_s``, and at the end the run waits up to ``drain_timeout_s`` for Redis to take
     what is left. A write Redis does not answer within ``timeout_s`` (a hung or partitioned
-    server) is an outage too: the run does not wait longer for it."""
+    server) is an outage too: the run does not wait longer for it. A Redis that cannot be reached
+    when the run starts fails it, at once or, with ``start_wait_s``, once that many seconds have
+    passed with no answer (a Redis and a pipeline started together, as Kubernetes does)."""
 
     enabled: bool = True
     url: str | None = None
@@ -450,6 +452,7 @@ class RedisSinkConfig(Strict):
     reconnect_max_s: PositiveFloat = 5.0
     drain_timeout_s: Annotated[float, Field(ge=0)] = 10.0
     timeout_s: PositiveFloat = 1.0
+    start_wait_s: Annotated[float, Field(ge=0)] = 0.0
     stream: str = "segstream:{source}:frames"
     events_stream: str = "segstream:{source}:events"
     maxlen: PositiveInt = 10000

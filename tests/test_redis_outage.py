@@ -273,3 +273,60 @@ def test_a_hung_redis_is_an_outage_the_backlog_absorbs(tmp_path):
     assert decoded == 160 and published + dropped == decoded and set(reasons) <= {"queue_full"}, err
     assert reasons.get("queue_full", 0) < 12, err
     assert re.search(r"redis unreachable for \d+ s, backlog \d+/500 .*peak [4-9]\d", err), "the backlog held them"
+
+
+def test_a_run_started_before_its_redis_waits_for_it_with_start_wait_s(tmp_path):
+    """Found by the SRE probe: a Redis down at start failed the run at once, so a Redis and a
+    pipeline started together (Kubernetes has no start order) looped through crash restarts."""
+    import threading
+
+    from tests.redis_servers import free_port
+
+    port = free_port()
+    config = tmp_path / "pipeline.yaml"
+    config.write_text(
+        "sources:\n  - {name: cam0, type: synthetic, width: 96, height: 64, num_frames: 5}\n"
+        "model: {device: cpu, precision: fp32}\nops: {http: null}\n"
+        f"sinks:\n  redis: {{url: 'redis://127.0.0.1:{port}', start_wait_s: 60}}\n"
+    )
+    process = subprocess.Popen([sys.executable, "-m", "segstream.pipeline.cli", "run", str(config)],
+                               env={**os.environ, "PYTHONPATH": str(REPO)}, stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    waiting = threading.Event()
+
+    def read() -> None:
+        for line in process.stderr:
+            lines.append(line)
+            if "waiting up to 60 s for it (sinks.redis.start_wait_s)" in line:
+                waiting.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    server = None
+    try:
+        assert waiting.wait(120), "".join(lines)  # it waits: only then does its Redis start
+        server = RedisProcess(tmp_path / "redis", port=port)
+        assert process.wait(timeout=120) == 0, "".join(lines)
+        reader.join(10)
+        assert server.client().xlen("segstream:cam0:frames") == 5
+        assert any(f"Redis at redis://127.0.0.1:{port} answers after" in line for line in lines), "".join(lines)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        if server is not None:
+            server.kill()
+
+
+def test_without_start_wait_s_an_unreachable_redis_fails_the_run_at_once(tmp_path):
+    from tests.redis_servers import free_port
+
+    port = free_port()
+    config = tmp_path / "pipeline.yaml"
+    config.write_text(
+        "sources:\n  - {name: cam0, type: synthetic, num_frames: 5}\nmodel: {device: cpu}\nops: {http: null}\n"
+        f"sinks:\n  redis: {{url: 'redis://127.0.0.1:{port}'}}\n"
+    )
+    result = subprocess.run([sys.executable, "-m", "segstream.pipeline.cli", "run", str(config)],
+                            env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert f"cannot reach Redis at redis://127.0.0.1:{port}" in result.stderr and "start_wait_s" not in result.stderr
