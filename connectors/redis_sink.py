@@ -204,6 +204,7 @@ class RedisPublisher:
         drain_timeout_s: float = 10.0,
         timeout_s: float = 1.0,
         start_wait_s: float = 0.0,
+        stopping: Callable[[], bool] = lambda: False,
         embedded_dir: Path | None = None,
         files_kept: bool = False,
         run_id: str = "",
@@ -225,7 +226,7 @@ class RedisPublisher:
             # short timeouts keep a hung Redis (stopped, partitioned) from holding the publishing thread:
             # after timeout_s its write counts as failed and the results go to the backlog.
             client = _connect_waiting(
-                start_wait_s, url, password, username=username, tls=tls, socket_timeout=timeout_s,
+                start_wait_s, stopping, url, password, username=username, tls=tls, socket_timeout=timeout_s,
                 connect_timeout=2.0, client_name=_client_name(run_id))
             _check_transactions(client)
             publisher = cls(
@@ -712,9 +713,10 @@ def _stand_in(result: FrameResult) -> FrameResult:
                        capture_ts=result.capture_ts, model=result.model, times=result.times, run_id=result.run_id)
 
 
-def _connect_waiting(wait_s: float, url: str, password: str | None, **options) -> redis.Redis:
+def _connect_waiting(wait_s: float, stopping: Callable[[], bool], url: str, password: str | None,
+                     **options) -> redis.Redis:
     """``connect_redis``, tried again each second for up to ``wait_s`` while nothing answers
-    (said once); wrong credentials, a bad URL or TLS settings fail at once."""
+    (said once) and ``stopping()`` is false; wrong credentials, a bad URL or TLS settings fail at once."""
     deadline, said = time.monotonic() + wait_s, False
     while True:
         try:
@@ -724,12 +726,15 @@ def _connect_waiting(wait_s: float, url: str, password: str | None, **options) -
             return client
         except RedisUnreachable as error:
             left = deadline - time.monotonic()
-            if left <= 0:
+            if left <= 0 or stopping():
                 raise
             if not said:
                 said = True
                 log.warning("%s; waiting up to %g s for it (sinks.redis.start_wait_s)", str(error).split(" — ")[0], wait_s)
-            time.sleep(min(1.0, left))
+            for _ in range(10):  # a stop is seen within 0.1 s
+                if stopping():
+                    break
+                time.sleep(min(0.1, max(left / 10, 0.0)))
 
 
 def _client_name(run_id: str) -> str:

@@ -144,7 +144,7 @@ class _Unopened:
         """Nothing was opened."""
 
 
-def _redis_sink(cfg: SinksConfig, embedded_dir: Path | None, run_id: str = "") -> Sink:
+def _redis_sink(cfg: SinksConfig, embedded_dir: Path | None, run_id: str = "", stopping=lambda: False) -> Sink:
     from segstream.connectors.redis_connection import TlsFiles
     from segstream.connectors.redis_sink import RedisPublisher
 
@@ -160,6 +160,7 @@ def _redis_sink(cfg: SinksConfig, embedded_dir: Path | None, run_id: str = "") -
         drain_timeout_s=redis.drain_timeout_s,
         timeout_s=redis.timeout_s,
         start_wait_s=redis.start_wait_s,
+        stopping=stopping,
         stream_pattern=redis.stream,
         maxlen=redis.maxlen,
         mask_encoding=redis.mask_encoding,
@@ -190,14 +191,16 @@ SINK_BUILDERS: dict[str, Callable[[SinksConfig, Path | None], Sink]] = {
 }
 
 
-def build_sinks(cfg: SinksConfig, embedded_dir: Path | None = None, run_id: str = "") -> list[Sink]:
+def build_sinks(cfg: SinksConfig, embedded_dir: Path | None = None, run_id: str = "",
+                stopping=lambda: False) -> list[Sink]:
     """The enabled sinks. ``embedded_dir`` holds the data of an embedded Redis (``url: null``);
-    None means a temporary directory. ``run_id`` names the Redis connection (CLIENT LIST)."""
+    None means a temporary directory. ``run_id`` names the Redis connection (CLIENT LIST).
+    ``stopping()`` true ends a wait for Redis (``start_wait_s``) early."""
     sinks: list[Sink] = []
     try:
         for section, builder in SINK_BUILDERS.items():
             if getattr(cfg, section).enabled:
-                sinks.append(_redis_sink(cfg, embedded_dir, run_id) if builder is _redis_sink
+                sinks.append(_redis_sink(cfg, embedded_dir, run_id, stopping) if builder is _redis_sink
                              else builder(cfg, embedded_dir))
     except BaseException:
         for sink in sinks:

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 
 from segstream import __version__
 from segstream.connectors.errors import ConfigError, SegstreamError, SinkError, SourceError
-from segstream.connectors.redis_connection import TlsFiles
+from segstream.connectors.redis_connection import RedisUnreachable, TlsFiles
 from segstream.pipeline.config import (
     BatchPipelineConfig,
     PipelineConfig,
@@ -398,7 +398,11 @@ def build_runtime(
         if adapter is None:
             adapter = build_segmenter(cfg.model, batch_size=cfg.engine.batch_size)
         if not stopping():
-            built_sinks = build_sinks(cfg.sinks, run_id=run_id)
+            try:
+                built_sinks = build_sinks(cfg.sinks, run_id=run_id, stopping=stopping)
+            except RedisUnreachable:
+                if not stopping():  # stopped while waiting for Redis (start_wait_s): the run never began
+                    raise
         if not stopping():
             built_sources = build_sources(cfg.sources)
         if not stopping():

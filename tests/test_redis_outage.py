@@ -330,3 +330,37 @@ def test_without_start_wait_s_an_unreachable_redis_fails_the_run_at_once(tmp_pat
                             env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=120)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert f"cannot reach Redis at redis://127.0.0.1:{port}" in result.stderr and "start_wait_s" not in result.stderr
+
+
+def test_a_stop_while_waiting_for_redis_at_start_ends_the_run_that_never_began(tmp_path):
+    import signal
+    import threading
+
+    from tests.redis_servers import free_port
+
+    config = tmp_path / "pipeline.yaml"
+    config.write_text(
+        "sources:\n  - {name: cam0, type: synthetic, num_frames: 5}\nmodel: {device: cpu}\nops: {http: null}\n"
+        f"sinks:\n  redis: {{url: 'redis://127.0.0.1:{free_port()}', start_wait_s: 600}}\n"
+    )
+    process = subprocess.Popen([sys.executable, "-m", "segstream.pipeline.cli", "run", str(config)],
+                               env={**os.environ, "PYTHONPATH": str(REPO)}, stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    waiting = threading.Event()
+
+    def read() -> None:
+        for line in process.stderr:
+            lines.append(line)
+            if "(sinks.redis.start_wait_s)" in line:
+                waiting.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    try:
+        assert waiting.wait(120), "".join(lines)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0, "".join(lines)  # not the 600 s of the wait
+    finally:
+        if process.poll() is None:
+            process.kill()
+    time.sleep(0.2)
+    assert "Traceback" not in "".join(lines) and any("stopped before the run began" in line for line in lines), lines
