@@ -19,7 +19,6 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import os
 import resource
 import sys
 import threading
@@ -146,7 +145,7 @@ def run_bench(
     """All three measurements and their ratios, as a dict (``--json`` prints it)."""
     from segstream.pipeline.builders import build_sinks, build_sources
     from segstream.pipeline.cli import WARM_UP_FRAME
-    from segstream.pipeline.engine import engine_layout
+    from segstream.pipeline.engine import engine_layout, usable_cores
     from segstream.pipeline.metrics import RunMetrics
     from segstream.pipeline.model_factory import build_segmenter
     from segstream.pipeline.runtime import Runtime
@@ -157,9 +156,10 @@ def run_bench(
     # The network alone gets the whole machine: every core (unless engine.threads says) for one thread,
     # and, where the pipeline runs several model workers, the pipeline's layout too; the faster
     # of the two is what the pipeline is held against.
-    layout = engine_layout(device, os.cpu_count() or 1, compiled=bool(adapter.batch_buckets),
+    cores = usable_cores()  # the affinity and cgroup quota's, not the machine's
+    layout = engine_layout(device, cores, compiled=bool(adapter.batch_buckets),
                            workers=cfg.engine.model_workers, threads=cfg.engine.threads)
-    torch.set_num_threads(cfg.engine.threads or os.cpu_count() or 1)
+    torch.set_num_threads(cfg.engine.threads or cores)
     layouts = {f"1x{torch.get_num_threads()}": network_fps(adapter, batch, network_seconds)}
     if layout.workers > 1:
         torch.set_num_threads(layout.threads)
@@ -180,7 +180,7 @@ def run_bench(
         report = runtime.run()
     pipeline = report.published / metrics.streaming_s if metrics.streaming_s else 0.0
     pipeline_threads = torch.get_num_threads()
-    torch.set_num_threads(cfg.engine.threads or os.cpu_count() or 1)  # as the network alone's first layout
+    torch.set_num_threads(cfg.engine.threads or cores)  # as the network alone's first layout
     try:
         naive = naive_fps(cfg, adapter, naive_frames)
     finally:

@@ -24,7 +24,6 @@ import ctypes
 import functools
 import logging
 import math
-import os
 import queue
 import secrets
 import sys
@@ -41,7 +40,7 @@ from segstream.connectors.sink import SINK_DROPS, SINK_METHODS, Sink
 from segstream.connectors.source import VideoSource
 from segstream.models.results import Event, FrameResult
 from segstream.models.segmenter import FamilyAdapter
-from segstream.pipeline.engine import Batcher, BufferPolicy, InFlight, ModelStage, engine_layout
+from segstream.pipeline.engine import Batcher, BufferPolicy, InFlight, ModelStage, engine_layout, usable_cores
 from segstream.pipeline.metrics import RunMetrics, decode_thread
 from segstream.pipeline.source_states import SourceStates, first_frame
 
@@ -432,11 +431,19 @@ class Runtime:
         configured = {c.name for c in cfg.sources}
         own = [s.name for s in sources if s.name not in configured]  # sources of one's own: required
         engine = cfg.engine
+        cores = usable_cores()
         layout = engine_layout(
-            adapter.device, os.cpu_count() or 1, compiled=bool(adapter.batch_buckets),
+            adapter.device, cores, compiled=bool(adapter.batch_buckets),
             workers=engine.model_workers, threads=engine.threads, max_inflight=engine.max_inflight,
         )
         torch.set_num_threads(layout.threads)
+        from segstream.pipeline.model_factory import how_it_ran
+
+        # what the engine chose, said once: an operator sizing a box reads it here, not in bench only
+        log.info("model %s on %s%s, batch %d, %d model worker(s) x %d thread(s), %d usable core(s)",
+                 adapter.name, adapter.device,
+                 how_it_ran(getattr(adapter, "precision", None), getattr(adapter, "postprocess", None)),
+                 engine.batch_size, layout.workers, layout.threads, cores)
         return cls(
             sources,
             adapter,
