@@ -46,6 +46,7 @@ import av
 import numpy as np
 
 from segstream.connectors.errors import SourceError
+from segstream.connectors.frame_rate import FrameRateCap
 from segstream.connectors.ffmpeg_relay import RELAYED_SCHEMES, FFmpegRelay, demuxer_options, relay_program
 from segstream.connectors.urls import exclusive_input, redact_url, url_scheme
 
@@ -87,7 +88,7 @@ class Picture:
     stream's) that were lost before it (a source's frame index counts them, so an index is the
     frame's place in the input)."""
 
-    image: np.ndarray
+    image: np.ndarray | None  # None: over the source's max_fps (``FrameRateCap``), never converted
     pts: int | None
     time_base: Fraction
     step: int
@@ -301,6 +302,7 @@ class AVInput:
     ):
         self.target = target
         self.scale = scale
+        self.cap: FrameRateCap | None = None  # set: frames over its rate are decoded, never converted
         self.shown = shown if shown is not None else redact_url(target)
         self.timeout = timeout
         self.low_latency = low_latency
@@ -467,7 +469,8 @@ class AVInput:
                 ) from None
             raise SourceError(f"reading '{self.shown}' failed: {describe_error(error)}") from None
 
-    def _picture(self, frame: av.VideoFrame) -> Picture:
+    def _image(self, frame: av.VideoFrame) -> tuple[np.ndarray, tuple[int, int] | None]:
+        """The frame as RGB, as displayed, and its displayed size when scaled down here."""
         orient = self.orientation.transform(frame, self.shown)
         pixels, size = frame, None
         if self.scale is not None:
@@ -480,6 +483,9 @@ class AVInput:
                 pixels = frame.reformat(width=columns, height=rows, format="rgb24", interpolation="BILINEAR")
         image = orient(pixels.to_ndarray(format="rgb24"))
         del pixels
+        return image, size
+
+    def _picture(self, frame: av.VideoFrame) -> Picture:
         pts = self._timestamps.choose(frame.pts, frame.dts)
         sender = None
         if self._sender is not None and pts is not None:
@@ -500,6 +506,9 @@ class AVInput:
                            self.shown, self._gaps.gap_s - before)
         if self.lost_are_errors:
             skipped += lost
+        image, size = None, None
+        if self.cap is None or self.cap.keep(None if pts is None else float(pts * self.time_base)):
+            image, size = self._image(frame)  # the conversion a frame over max_fps is spared
         return Picture(image, pts, self.time_base, self.step, time.time(), sender, size, skipped)
 
     def close(self) -> None:

@@ -45,6 +45,7 @@ class CameraSource(LiveSource):
         driver: str | None = "v4l2",
         backend: str = "ffmpeg",
         seed: int | None = None,
+        max_fps: float | None = None,
     ):
         if backend not in ("ffmpeg", "opencv"):
             raise ValueError(f"unknown camera backend {backend!r} (ffmpeg or opencv)")
@@ -62,7 +63,7 @@ class CameraSource(LiveSource):
         path = camera_device(device)
         super().__init__(
             name, path, policy=policy, format=driver, options=options, low_latency=True, shown=path,
-            describe=self._negotiated, seed=seed,
+            describe=self._negotiated, seed=seed, max_fps=max_fps,
         )
 
     def _open(self):

@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from segstream.connectors.av_input import AVInput, CaptureThread, DisplayOrientation, InputInfo, InputTimeout
 from segstream.connectors.clock import Pacer, Timeline
 from segstream.connectors.errors import SourceError
+from segstream.connectors.frame_rate import FrameRateCap
 from segstream.connectors.frames import Frame
 from segstream.connectors.urls import redact_url
 
@@ -81,6 +82,7 @@ class FileSource:
         max_frames: int | None = None,
         open_timeout_s: float = 10.0,
         read_timeout_s: float = 10.0,
+        max_fps: float | None = None,
     ):
         self.name = name
         self.path = str(path)
@@ -91,6 +93,7 @@ class FileSource:
         self.timeout = (open_timeout_s, read_timeout_s)
         self.pacer = Pacer() if realtime else None
         self._finished_errors = 0  # decode errors of passes already read
+        self._cap = FrameRateCap(max_fps) if max_fps is not None else None  # one schedule over all passes
         self.frames_missing = 0  # about how many frames a damaged or truncated file lacks (Coverage)
         self.damage = ""  # and why, for people
         self._capture: CaptureThread | None = None
@@ -106,12 +109,20 @@ class FileSource:
         capture = self._capture
         return self._finished_errors + (capture.decode_errors if capture is not None else 0)
 
+    @property
+    def frames_skipped(self) -> int:
+        """Frames decoded and left out on purpose, over ``max_fps`` (never converted nor counted
+        as decoded by the runtime)."""
+        return self._cap.skipped if self._cap is not None else 0
+
     def _open(self) -> AVInput:
         try:
-            return AVInput(self.path, self.shown, timeout=self.timeout, orientation=self._orientation,
-                           scale=self.decode_size)
+            opened = AVInput(self.path, self.shown, timeout=self.timeout, orientation=self._orientation,
+                             scale=self.decode_size)
         except SourceError as error:
             raise SourceError(f"source {self.name}: {error}") from None
+        opened.cap = self._cap
+        return opened
 
     def frames(self) -> Iterator[Frame]:
         timeline = Timeline()
@@ -125,6 +136,7 @@ class FileSource:
                     opened, self._input = self._input, None
                     if opened is not None:
                         opened.scale = self.decode_size
+                        opened.cap = self._cap
                     capture = self._capture = CaptureThread(self.name, (lambda: opened) if opened else self._open)
                     capture.start()
                 if (reading := self.wait_open(capture)) is None:
@@ -137,8 +149,14 @@ class FileSource:
                     coverage.add(None if picture.pts is None else float(picture.pts * picture.time_base), float(step_s))
                     index += picture.skipped  # an index is the frame's place in the file, rejected ones counted
                     pts = timeline.place(picture.pts, picture.time_base, picture.step)
+                    if picture.image is None:  # over max_fps: its place counted, the frame left out
+                        index += 1
+                        passed += 1
+                        continue
                     pts_seconds = timeline.seconds(pts)
-                    if self.pacer is not None and not self.pacer.wait(pts_seconds, float(step_s), self._closed):
+                    # kept frames over max_fps are a period apart: no discontinuity for the pacer
+                    pace_s = max(float(step_s), self._cap.period_s) if self._cap is not None else float(step_s)
+                    if self.pacer is not None and not self.pacer.wait(pts_seconds, pace_s, self._closed):
                         return
                     yield Frame(
                         source=self.name,

@@ -18,6 +18,7 @@ import numpy as np
 
 from segstream.connectors.clock import Pacer
 from segstream.connectors.errors import SourceError
+from segstream.connectors.frame_rate import FrameRateCap
 from segstream.connectors.frames import Frame
 
 logger = logging.getLogger("segstream.sources")
@@ -66,12 +67,14 @@ class ImageFolderSource:
         loop: bool = False,
         realtime: bool = False,
         max_frames: int | None = None,
+        max_fps: float | None = None,
     ):
         if not fps > 0:
             raise SourceError(f"source {name}: fps must be positive, got {fps}")
         self.name = name
         self.path = str(path)
         self.fps = fps
+        self.cap = FrameRateCap(max_fps) if max_fps is not None else None
         self.loop = loop
         self.live = realtime
         self.max_frames = max_frames
@@ -87,7 +90,8 @@ class ImageFolderSource:
 
     def frames(self) -> Iterator[Frame]:
         pacer = Pacer() if self.live else None
-        step_s = float(self.time_base)
+        # kept frames over max_fps are a period apart: no discontinuity for the pacer
+        step_s = max(float(self.time_base), self.cap.period_s if self.cap is not None else 0.0)
         delivered = 0
         position = 0  # index and PTS: the place in the listing (a GIF's frames each one), counted on across passes
         epoch = 0
@@ -95,6 +99,11 @@ class ImageFolderSource:
         while not self._closed.is_set():
             read = 0
             for name in names:
+                if self.cap is not None and not name.lower().endswith(".gif") \
+                        and not self.cap.keep(float(position * self.time_base)):
+                    position += 1  # over max_fps: its place counted, the image never read
+                    read += 1
+                    continue
                 with closing(self._read(name)) as images:
                     for image in images:
                         if self._closed.is_set():
@@ -104,6 +113,9 @@ class ImageFolderSource:
                         if image is None:
                             continue
                         pts_seconds = float(pts * self.time_base)
+                        if self.cap is not None and name.lower().endswith(".gif") and not self.cap.keep(pts_seconds):
+                            read += 1
+                            continue
                         if pacer is not None and not pacer.wait(pts_seconds, step_s, self._closed):
                             return
                         yield Frame(self.name, pts, image, pts, self.time_base, pts_seconds, time.time(),
@@ -125,6 +137,11 @@ class ImageFolderSource:
             if not names:
                 raise SourceError(f"source {self.name}: the images in '{self.path}' are gone")
             epoch += 1
+
+    @property
+    def frames_skipped(self) -> int:
+        """Images left out on purpose, over ``max_fps``."""
+        return self.cap.skipped if self.cap is not None else 0
 
     def _read(self, name: str) -> Iterator[np.ndarray | None]:
         """The file's images (an animated GIF's frames), or one None when it cannot be read."""

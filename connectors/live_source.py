@@ -58,6 +58,7 @@ from segstream.connectors.av_input import (
 )
 from segstream.connectors.clock import Pacer, Timeline
 from segstream.connectors.errors import SourceError
+from segstream.connectors.frame_rate import FrameRateCap
 from segstream.connectors.frames import Frame
 from segstream.connectors.pauses import pauses
 from segstream.connectors.source import StateListener
@@ -238,9 +239,12 @@ class LiveSource:
         shown: str | None = None,
         describe: Callable[[InputInfo, Picture], dict[str, Any]] | None = None,
         seed: int | None = None,
+        max_fps: float | None = None,
     ):
         self.name = name
         self.target = target
+        self.max_fps = max_fps
+        self._finished_skipped = 0  # frames over max_fps of sessions already let go
         self.shown = shown if shown is not None else redact_url(target)
         self.policy = policy
         self.format = format
@@ -274,6 +278,21 @@ class LiveSource:
         capture = self._capture
         current = getattr(capture.input, "gap_s", 0.0) if capture is not None else 0.0
         return self._finished_gap_s + current
+
+    @property
+    def frames_skipped(self) -> int:
+        """Frames decoded and left out on purpose, over ``max_fps`` (never converted nor counted
+        as decoded by the runtime), over all sessions."""
+        capture = self._capture
+        cap = getattr(capture.input, "cap", None) if capture is not None else None
+        return self._finished_skipped + (cap.skipped if cap is not None else 0)
+
+    def _capped_open(self):
+        """A session's input (``_open``), with a frame-rate cap of its own when ``max_fps`` is set:
+        each session's first frame is kept, wherever its timestamps start."""
+        opened = self._open()
+        opened.cap = FrameRateCap(self.max_fps) if self.max_fps is not None else None
+        return opened
 
     def _open(self) -> AVInput:
         return AVInput(
@@ -312,7 +331,7 @@ class LiveSource:
                 with self._lock:
                     if self._closed.is_set():
                         break
-                    capture = self._capture = CaptureThread(self.name, self._open).start()
+                    capture = self._capture = CaptureThread(self.name, self._capped_open).start()
                 finite: float | None = None  # the input's length, when the source ends with it
                 first = True  # no frame yet from this session
                 played = _Played()
@@ -349,6 +368,9 @@ class LiveSource:
                     repeating = remember and epoch >= 0  # opened again: it starts with frames already delivered
                     sender = _Sender(self.shown) if length is None and not hls else None
                     for picture in self._read(capture):
+                        if picture.image is None:  # over max_fps: its place counted, the frame left out
+                            index += picture.skipped + 1
+                            continue
                         if sender is not None and (new_sender := sender.check(picture)) is not None:
                             epoch += 1  # a sender restarted on the same address: a new epoch, said so
                             self.epoch = epoch
@@ -378,7 +400,8 @@ class LiveSource:
                         # stands in for a camera: its frames are captured when due. A playlist's were
                         # captured when they came: the time they wait here is latency.
                         if length is not None or hls:
-                            if not pacer.wait(timeline.seconds(pts), step_s, self._closed):
+                            pace_s = max(step_s, 1 / self.max_fps) if self.max_fps is not None else step_s
+                            if not pacer.wait(timeline.seconds(pts), pace_s, self._closed):
                                 break
                             if length is not None:
                                 picture.capture_wall = time.time()
@@ -577,6 +600,8 @@ class LiveSource:
             if capture is not None:
                 self._finished_errors += capture.decode_errors
                 self._finished_gap_s += getattr(capture.input, "gap_s", 0.0)  # None before it opened
+                cap = getattr(capture.input, "cap", None)
+                self._finished_skipped += cap.skipped if cap is not None else 0
                 capture.abandon()
                 self._retired = capture
 

@@ -20,6 +20,7 @@ import numpy as np
 
 from segstream.connectors.av_input import InputInfo, InputRefused, Picture
 from segstream.connectors.errors import SourceError
+from segstream.connectors.frame_rate import FrameRateCap
 
 _MICROSECONDS = Fraction(1, 1_000_000)
 # The config's pixel formats, as V4L2 FOURCCs, and the names InputInfo uses for them (FFmpeg's).
@@ -57,6 +58,7 @@ class OpenCVInput:
         self._cv2 = cv2
         self.shown = shown
         self.scale = scale
+        self.cap: FrameRateCap | None = None  # set: frames over its rate are never resized or converted
         self.last_read = time.monotonic()
         linux = sys.platform.startswith("linux")
         path = f"/dev/video{device}" if isinstance(device, int) and linux else device
@@ -124,6 +126,8 @@ class OpenCVInput:
             self._driver_clock = False
             pts = self._last_pts + max(1, round((now - self._last_arrival) * 1e6))
         self._last_pts, self._last_arrival = pts, now
+        if self.cap is not None and not self.cap.keep(float(pts * self.time_base)):
+            return Picture(None, pts, self.time_base, self.step, time.time(), None)
         height, width = bgr.shape[:2]
         size = None
         if self.scale is not None:

@@ -61,9 +61,11 @@ class StreamSource(LiveSource):
         low_latency: bool = True,
         options: dict[str, Any] | None = None,
         seed: int | None = None,
+        max_fps: float | None = None,
     ):
         merged = stream_options(url, transport, policy.read_timeout_s, low_latency)
         merged.update({str(k): str(v) for k, v in (options or {}).items()})
         super().__init__(
-            name, url, policy=policy, options=merged, low_latency=low_latency, shown=redact_url(url), seed=seed
+            name, url, policy=policy, options=merged, low_latency=low_latency, shown=redact_url(url), seed=seed,
+            max_fps=max_fps,
         )

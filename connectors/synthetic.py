@@ -30,6 +30,7 @@ import cv2
 import numpy as np
 
 from segstream.connectors.errors import SourceError
+from segstream.connectors.frame_rate import FrameRateCap
 from segstream.connectors.frames import Frame
 from segstream.models.processing import frame_label_map
 from segstream.models.results import NO_TRACK, FrameResult, Segments
@@ -620,9 +621,11 @@ class SyntheticSource:
     """
 
     def __init__(
-        self, name: str, width: int, height: int, fps: float, seed: int, num_frames: int | None, realtime: bool = False
+        self, name: str, width: int, height: int, fps: float, seed: int, num_frames: int | None, realtime: bool = False,
+        max_fps: float | None = None,
     ):
         self.name = name
+        self.cap = FrameRateCap(max_fps) if max_fps is not None else None
         self.live = realtime
         self.num_frames = num_frames
         self.last_truth: FrameResult | None = None
@@ -639,7 +642,10 @@ class SyntheticSource:
                 delay = start + index / fps - time.monotonic()
                 if delay > 0 and self._closed.wait(delay):
                     return
-            image, truth = self._scene.render()
+            image, truth = self._scene.render()  # rendered even when left out: the scene moves on
+            if self.cap is not None and not self.cap.keep(float(index * self._time_base)):
+                index += 1
+                continue
             truth.source = self.name
             self.last_truth = truth
             yield Frame(
@@ -652,6 +658,11 @@ class SyntheticSource:
                 capture_wall=time.time(),
             )
             index += 1
+
+    @property
+    def frames_skipped(self) -> int:
+        """Frames left out on purpose, over ``max_fps``."""
+        return self.cap.skipped if self.cap is not None else 0
 
     def close(self) -> None:
         self._closed.set()

@@ -32,13 +32,15 @@ def _file_source(cfg: FileSourceConfig) -> VideoSource:
         max_frames=cfg.max_frames,
         open_timeout_s=cfg.open_timeout_s,
         read_timeout_s=cfg.read_timeout_s,
+        max_fps=cfg.max_fps,
     )
 
 
 def _synthetic_source(cfg: SyntheticSourceConfig) -> VideoSource:
     from segstream.connectors.synthetic import SyntheticSource
 
-    return SyntheticSource(cfg.name, cfg.width, cfg.height, cfg.fps, cfg.seed, cfg.num_frames, cfg.realtime)
+    return SyntheticSource(cfg.name, cfg.width, cfg.height, cfg.fps, cfg.seed, cfg.num_frames, cfg.realtime,
+                           max_fps=cfg.max_fps)
 
 
 def _reconnect_policy(cfg: StreamSourceConfig | CameraSourceConfig):
@@ -65,6 +67,7 @@ def _stream_source(cfg: StreamSourceConfig) -> VideoSource:
         policy=_reconnect_policy(cfg),
         low_latency=cfg.low_latency,
         options=cfg.options,
+        max_fps=cfg.max_fps,
     )
 
 
@@ -80,6 +83,7 @@ def _camera_source(cfg: CameraSourceConfig) -> VideoSource:
         pixel_format=cfg.pixel_format,
         policy=_reconnect_policy(cfg),
         backend=cfg.backend,
+        max_fps=cfg.max_fps,
     )
 
 
@@ -87,7 +91,8 @@ def _images_source(cfg: ImagesSourceConfig) -> VideoSource:
     from segstream.connectors.image_source import ImageFolderSource
 
     return ImageFolderSource(
-        cfg.name, cfg.path, fps=cfg.fps, loop=cfg.loop, realtime=cfg.realtime, max_frames=cfg.max_frames
+        cfg.name, cfg.path, fps=cfg.fps, loop=cfg.loop, realtime=cfg.realtime, max_frames=cfg.max_frames,
+        max_fps=cfg.max_fps,
     )
 
 

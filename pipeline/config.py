@@ -46,6 +46,8 @@ class Strict(BaseModel):
 
 
 BufferKind = Literal["every_frame", "newest"]
+# Every source's max_fps (``_Buffered``): frames per second of the input's time that go on to the model.
+MaxFps = PositiveFloat | None
 # Schemes that only `type: stream` reads: a live stream is never a file.
 _LIVE_ONLY_SCHEMES = tuple(scheme for scheme in STREAM_SCHEMES if scheme not in ("http", "https"))
 
@@ -54,8 +56,10 @@ class _Buffered:
     """What every source has: a queue of ``queue_size`` frames in front of the model, its
     ``buffer`` policy (``every_frame``: the source waits, nothing is dropped; ``newest``: the
     oldest frames are dropped, and frames older than ``max_staleness_ms`` when the model would
-    take them), and ``required`` (its failure ends the run; otherwise the other sources carry
-    on and the run reports it as failed)."""
+    take them), ``required`` (its failure ends the run; otherwise the other sources carry
+    on and the run reports it as failed), and ``max_fps``: at most that many frames per second of
+    the input's own time go on to the model, the others are left out before their conversion to
+    RGB and counted as skipped (null: every frame)."""
 
     @property
     def buffer_kind(self) -> str:
@@ -86,6 +90,7 @@ class FileSourceConfig(_Buffered, Strict):
     open_timeout_s: PositiveFloat = 10.0
     read_timeout_s: PositiveFloat = 10.0
     required: bool = False
+    max_fps: MaxFps = None
 
     @model_validator(mode="after")
     def _camera_defaults(self) -> FileSourceConfig:
@@ -150,6 +155,7 @@ class _LiveSourceKeys(_Buffered, Strict):
     buffer: BufferKind = "newest"
     max_staleness_ms: PositiveFloat | None = 500.0
     required: bool = False
+    max_fps: MaxFps = None
 
 
 class StreamSourceConfig(_LiveSourceKeys):
@@ -251,6 +257,7 @@ class ImagesSourceConfig(_Buffered, Strict):
     buffer: BufferKind | None = None
     max_staleness_ms: PositiveFloat | None = None
     required: bool = False
+    max_fps: MaxFps = None
 
     @field_validator("path")
     @classmethod
@@ -293,6 +300,7 @@ class SyntheticSourceConfig(_Buffered, Strict):
     buffer: BufferKind | None = None
     max_staleness_ms: PositiveFloat | None = None
     required: bool = False
+    max_fps: MaxFps = None
 
 
 SourceConfig = Annotated[

@@ -11,9 +11,10 @@ queues and connections register gauges that are read when someone asks (``/metri
 from __future__ import annotations
 
 import bisect
+import logging
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -94,7 +95,9 @@ class SourceCounts:
     it entered it, ``transitions`` how often it entered each state, ``reconnects`` how often
     it went reconnecting, ``epoch`` the timeline restarts of its newest frame. ``handed`` counts
     the frames handed to the sinks and never goes down (``published`` does, when a sink drops a
-    frame after all): it is what a Prometheus counter may show."""
+    frame after all): it is what a Prometheus counter and the status line may show. ``skipped``
+    counts the frames the source left out over its ``max_fps``: never decoded as far as these
+    counts go (intended, not a loss)."""
 
     decoded: int = 0
     published: int = 0
@@ -111,6 +114,7 @@ class SourceCounts:
     gap_s: float = 0.0  # a stream's gaps of more than a second within sessions (the source's own count)
     missing: int = 0  # about how many frames a damaged file lacked (never decoded: the source's own count)
     damage: str = ""  # and why, for people
+    skipped: int = 0  # frames left out on purpose over the source's max_fps (not in decoded: the source's own count)
 
     @property
     def dropped(self) -> int:
@@ -124,7 +128,7 @@ class SourceCounts:
         return SourceCounts(
             self.decoded, self.published, self.decode_errors, Counter(self.dropped_by), self.state, self.reason,
             self.state_since, self.reconnects, Counter(self.transitions), self.epoch, self.handed, self.down_s,
-            self.gap_s, self.missing, self.damage,
+            self.gap_s, self.missing, self.damage, self.skipped,
         )
 
 
@@ -207,6 +211,10 @@ class RunMetrics:
     def gaps(self, name: str, seconds: float) -> None:
         """A source's own total of gaps in its stream (``gap_s``), in seconds."""
         self.source(name).gap_s = seconds
+
+    def skipped(self, name: str, frames: int) -> None:
+        """A source's own total of frames it left out over its ``max_fps``."""
+        self.source(name).skipped = frames
 
     def missing(self, name: str, frames: int, why: str) -> None:
         """A source's own total of frames its input lacked (a damaged or truncated file), and why."""
@@ -304,3 +312,55 @@ class RunMetrics:
                 p50, p99 = window.percentiles(50, 99)
                 table[name] = {"p50_ms": 1000 * p50, "p99_ms": 1000 * p99, "max_ms": 1000 * window.max()}
         return table
+
+
+# The drops that say the engine cannot keep up with a source (not a sink's, not the decoder's).
+SHED_REASONS = (QUEUE_FULL, STALE)
+
+
+class OverloadWatch:
+    """Tells when a source loses more than ``share`` of its frames to the engine's shedding
+    (``queue_full``, ``stale``) over the last ``window_s`` seconds: once, and again only after it
+    kept up (under half that share over a window) and fell behind anew. Windows with fewer than
+    ``least`` frames decoded tell nothing (a source that barely delivers)."""
+
+    def __init__(self, window_s: float = 10.0, share: float = 0.2, least: int = 10):
+        self.window_s = window_s
+        self.share = share
+        self.least = least
+        self.overloaded: set[str] = set()
+        # (monotonic time, {source: (decoded, {reason: shed})}), oldest first, back to one window ago
+        self._samples: deque[tuple[float, dict[str, tuple[int, dict[str, int]]]]] = deque()
+
+    def observe(self, now: float, counts: Mapping[str, SourceCounts]) -> list[tuple[int, str]]:
+        """Take the counts at ``now``; returns the (logging level, message) pairs to log."""
+        self._samples.append((now, {
+            name: (c.decoded, {reason: c.dropped_by.get(reason, 0) for reason in SHED_REASONS})
+            for name, c in counts.items()
+        }))
+        while len(self._samples) > 1 and now - self._samples[1][0] >= self.window_s:
+            self._samples.popleft()
+        since, before = self._samples[0]
+        if now - since < self.window_s:
+            return []
+        said = []
+        for name, (decoded, shed) in self._samples[-1][1].items():
+            decoded_before, shed_before = before.get(name, (0, {}))
+            frames = decoded - decoded_before
+            lost = {reason: n - shed_before.get(reason, 0) for reason, n in shed.items()}
+            lost = {reason: n for reason, n in lost.items() if n > 0}
+            if frames < self.least:
+                continue
+            fraction = sum(lost.values()) / frames
+            if fraction > self.share and name not in self.overloaded:
+                self.overloaded.add(name)
+                reasons = ", ".join(f"{reason} {n}" for reason, n in lost.items())
+                said.append((logging.WARNING, (
+                    f"source {name} is overloaded: {100 * fraction:.0f}% of its frames dropped in the last "
+                    f"{now - since:.0f} s ({reasons}) — set or lower its max_fps (frames it leaves out are never "
+                    "converted), or give the engine less to do per frame (a smaller model, a GPU)")))
+            elif fraction < self.share / 2 and name in self.overloaded:
+                self.overloaded.discard(name)
+                said.append((logging.INFO, f"source {name} keeps up again: {100 * fraction:.0f}% of its frames "
+                                           f"dropped in the last {now - since:.0f} s"))
+        return said

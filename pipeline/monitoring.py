@@ -132,6 +132,10 @@ class RunMetricsCollector(Collector):
             f"{PREFIX}_frames_published",
             "Frames handed to the sinks, per source (one a sink drops later also counts in frames_dropped).",
             labels=["source"])
+        skipped = CounterMetricFamily(
+            f"{PREFIX}_frames_skipped",
+            "Frames a source left out on purpose over its max_fps, per source (not in frames_decoded, not a loss).",
+            labels=["source"])
         dropped = CounterMetricFamily(f"{PREFIX}_frames_dropped", "Frames dropped, per source and reason.",
                                       labels=["source", "reason"])
         errors = CounterMetricFamily(f"{PREFIX}_decode_errors", "Frames the decoder rejected, or a stream lost before it "
@@ -152,6 +156,7 @@ class RunMetricsCollector(Collector):
             missing.add_metric([source], c.missing)
             decoded.add_metric([source], c.decoded)
             published.add_metric([source], c.handed)
+            skipped.add_metric([source], c.skipped)
             errors.add_metric([source], c.decode_errors)
             # the frame-level reasons from 0, so a panel reads 0 rather than "no data" until a drop
             for reason, n in sorted({**dict.fromkeys(DROP_REASONS, 0), **c.dropped_by}.items()):
@@ -161,7 +166,7 @@ class RunMetricsCollector(Collector):
         for source, current in _source_states(m).items():  # every state, 0 but the current one
             for name in dict.fromkeys(("starting", *SOURCE_STATES, current)):
                 state.add_metric([source, name], float(name == current))
-        yield from (decoded, published, dropped, errors, reconnects, state, down, missing)
+        yield from (decoded, published, skipped, dropped, errors, reconnects, state, down, missing)
 
         yield CounterMetricFamily(f"{PREFIX}_batches", "Batches the model ran.", value=m.batches)
         yield CounterMetricFamily(f"{PREFIX}_model_frames", "Frames the model ran on.", value=m.model_frames)

@@ -41,7 +41,7 @@ from segstream.connectors.source import VideoSource
 from segstream.models.results import Event, FrameResult
 from segstream.models.segmenter import FamilyAdapter
 from segstream.pipeline.engine import Batcher, BufferPolicy, InFlight, ModelStage, engine_layout, usable_cores
-from segstream.pipeline.metrics import RunMetrics, decode_thread
+from segstream.pipeline.metrics import OverloadWatch, RunMetrics, decode_thread
 from segstream.pipeline.source_states import SourceStates, first_frame
 
 THREAD_PREFIX = "segstream-"
@@ -54,6 +54,7 @@ MANY_SOURCES = 4
 SOURCE_CLOSE_GRACE_S = 5.0
 log = logging.getLogger("segstream.runtime")
 QUEUE_SIZE = 8  # frames queued per source, where nothing says otherwise
+OVERLOAD_CHECK_S = 1.0  # how often the sources' share of dropped frames is looked at
 
 
 @functools.cache
@@ -110,6 +111,8 @@ class SourceReport:
     down_s: float = 0.0  # seconds spent connecting, stalled or reconnecting
     missing: int = 0  # about how many frames its input lacked (a damaged or truncated file: never decoded)
     damage: str = ""  # and why
+    skipped: int = 0  # frames left out on purpose over its max_fps: not decoded as far as these counts go
+    handed: int = 0  # frames handed to the sinks: published, and those a sink dropped after all
 
     @property
     def never_streamed(self) -> bool:
@@ -160,6 +163,15 @@ class RunReport:
         return sum(s.published for s in self.sources.values())
 
     @property
+    def handed(self) -> int:
+        """Frames handed to the sinks: a count that never goes down while the run goes on."""
+        return sum(s.handed for s in self.sources.values())
+
+    @property
+    def skipped(self) -> int:
+        return sum(s.skipped for s in self.sources.values())
+
+    @property
     def dropped(self) -> int:
         return sum(s.dropped for s in self.sources.values())
 
@@ -203,6 +215,7 @@ class RunReport:
             f"{name} {s.published}/{s.decoded}"
             + (f" dropped {s.dropped} ({', '.join(f'{k} {v}' for k, v in sorted(s.dropped_by.items()))})" if s.dropped else "")
             + (f" decode errors {s.decode_errors}" if s.decode_errors else "")
+            + (f" skipped {s.skipped} (max_fps)" if s.skipped else "")
             + (f" reconnects {s.reconnects}" if s.reconnects else "")
             + (f" down {s.down_s:.0f} s" if s.down_s >= 1 and not s.never_streamed else "")
             + (" NEVER STREAMED" if s.never_streamed and s.state != "failed" else "")
@@ -374,6 +387,8 @@ class Runtime:
         self.progress = progress
         self.progress_interval_s = progress_interval_s
         self._unsayable = False  # its stream failed (a terminal gone): no more status lines
+        self.overload = OverloadWatch()
+        self._last_line: tuple[float, int, int] | None = None  # elapsed s, frames in, frames out at the last status line
         self.metrics = metrics or RunMetrics()
         for name in names:
             self.metrics.source(name)
@@ -499,7 +514,7 @@ class Runtime:
                         break
             for t in threads[1:]:
                 t.start()
-            last_progress = start
+            last_progress = last_watch = start
             decoders = threads[self.model_workers:self.model_workers + len(self.sources)]
             closed_at = math.inf
             while alive := [t for t in threads if t.is_alive() and t not in self._left_behind.values()]:
@@ -516,6 +531,10 @@ class Runtime:
                         if since is not None and now - max(since, closed_at) > SOURCE_CLOSE_GRACE_S \
                                 and decoder.is_alive() and i not in self._left_behind:
                             self._leave_behind(i, decoder)
+                if now - last_watch >= OVERLOAD_CHECK_S:
+                    last_watch = now
+                    for level, message in self.overload.observe(now, self.metrics.snapshot()):
+                        log.log(level, message)
                 if self.progress and now - last_progress >= self.progress_interval_s:
                     last_progress = now
                     self._say(self._progress_line(now - start) + "\n")
@@ -582,6 +601,7 @@ class Runtime:
                 self.metrics.decode_errors(name, getattr(source, "decode_errors", 0))
                 self.metrics.gaps(name, getattr(source, "gap_s", 0.0))
                 self.metrics.missing(name, getattr(source, "frames_missing", 0), getattr(source, "damage", ""))
+                self.metrics.skipped(name, getattr(source, "frames_skipped", 0))
                 self.metrics.beat(beat, idle="back-pressure")
                 self._batcher.put(i, frame)
                 self.metrics.beat(beat)
@@ -607,6 +627,7 @@ class Runtime:
                     self.metrics.decode_errors(name, getattr(source, "decode_errors", 0))
                     missing, damage = getattr(source, "frames_missing", 0), getattr(source, "damage", "")
                     self.metrics.missing(name, missing, damage)
+                    self.metrics.skipped(name, getattr(source, "frames_skipped", 0))
                     if not failed:
                         stopped = self._stop_requested or self._aborted.is_set()
                         reason = "stopped" if stopped else "end of input"
@@ -972,7 +993,7 @@ class Runtime:
             sources={
                 name: SourceReport(
                     c.decoded, c.published, c.dropped, c.decode_errors, dict(c.dropped_by), c.state, c.reason,
-                    c.reconnects, dict(c.transitions), c.downtime(now), c.missing, c.damage,
+                    c.reconnects, dict(c.transitions), c.downtime(now), c.missing, c.damage, c.skipped, c.handed,
                 )
                 for name, c in counts.items()
             },
@@ -1019,8 +1040,16 @@ class Runtime:
         report = self.report(elapsed_s)
         latency = "" if math.isnan(report.latency_ms_p50) else f", latency p50 {report.latency_ms_p50:.0f} ms p99 {report.latency_ms_p99:.0f} ms"
         sinks = "".join(f", {status['line']}" for status in report.sinks.values() if status.get("line"))
+        # the rates since the last line: an overload shows as more in than out now, not averaged away
+        frames_in = report.decoded + sum(s.decode_errors for s in report.sources.values())
+        since, in_before, out_before = self._last_line or (0.0, 0, 0)
+        self._last_line = (elapsed_s, frames_in, report.handed)
+        span = elapsed_s - since
+        skipped = f", {report.skipped} skipped (max_fps)" if report.skipped else ""
+        rates = (f"{(frames_in - in_before) / span:.1f} in / {(report.handed - out_before) / span:.1f} out fps"
+                 if span > 0 else "0.0 in / 0.0 out fps")
         return (
-            f"segstream: {report.published} frames, {report.fps:.1f} fps, {report.dropped} dropped{latency}, "
+            f"segstream: {report.handed} frames, {rates}, {report.dropped} dropped{skipped}{latency}, "
             f"queues {self._batcher.depths(len(self.sources) > MANY_SOURCES)} in flight {self._to_post.qsize()}, "
             f"sources {self._states_line(report)}{sinks}"
         )

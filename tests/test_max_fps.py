@@ -1,0 +1,194 @@
+"""A source's max_fps: frames over it are left out early, counted as skipped, and leave gaps in
+the frame index; and an overload is named (status line rates, one warning per episode)."""
+
+import io
+import logging
+import socket
+import subprocess
+from collections import Counter
+
+import pytest
+
+from segstream.connectors.file_source import FileSource
+from segstream.connectors.frame_rate import FrameRateCap
+from segstream.connectors.live_source import ReconnectPolicy
+from segstream.connectors.stream_source import StreamSource
+from segstream.connectors.synthetic import SyntheticSource
+from segstream.pipeline.builders import build_sources
+from segstream.pipeline.config import ConfigError, load_config
+from segstream.pipeline.metrics import OverloadWatch, RunMetrics, SourceCounts
+from segstream.pipeline.monitoring import RunMetricsCollector
+from segstream.pipeline.runtime import Runtime
+from tests.conftest import CollectingSink, ColourSegmenter
+from tests.live_servers import FFMPEG, FfmpegStream, RecordingSink, free_port, run_in_thread, wait_for
+
+
+@pytest.fixture(scope="module")
+def clip_25fps(tmp_path_factory):
+    """2 s of a 25 fps H.264 clip: 50 frames, 40 ms apart."""
+    path = tmp_path_factory.mktemp("max_fps") / "25fps.mp4"
+    subprocess.run([FFMPEG, "-v", "error", "-f", "lavfi", "-i", "testsrc=size=160x120:rate=25", "-t", "2",
+                    "-c:v", "libx264", "-pix_fmt", "yuv420p", str(path)], check=True)
+    return path
+
+
+def test_the_cap_keeps_a_frame_per_period_of_stream_time_whatever_the_jitter():
+    exact = FrameRateCap(5)
+    kept = [k * 0.04 for k in range(250) if exact.keep(k * 0.04)]
+    assert len(kept) == 50 and exact.skipped == 200
+    assert min(b - a for a, b in zip(kept, kept[1:])) >= 0.2 - 1e-6
+    # timestamps up to 15 ms early or late (a camera's clock): still 5 a second, none lost to the rounding
+    jittery = FrameRateCap(5)
+    wobble = [0.0, 0.015, -0.015, 0.01, -0.005]
+    assert sum(jittery.keep(k * 0.04 + wobble[k % 5]) for k in range(250)) in (49, 50, 51)
+
+
+def test_the_cap_starts_anew_after_a_gap_and_carries_on_over_a_replay():
+    cap = FrameRateCap(5)
+    assert [cap.keep(t) for t in (0.0, 0.04, 0.08)] == [True, False, False]
+    assert cap.keep(7.0)  # 7 s of silence: kept at once, not held to the old schedule
+    assert not cap.keep(7.04) and cap.keep(7.2)
+    # a file played again: its timestamps start over, the schedule goes on one frame after the last
+    loop = FrameRateCap(5)
+    kept = [t for t in [k * 0.04 for k in range(50)] * 2 if loop.keep(t)]
+    assert len(kept) == 20
+
+
+def test_a_25_fps_file_at_max_fps_5_publishes_every_fifth_frame_and_counts_the_rest_as_skipped(clip_25fps):
+    sink = CollectingSink()
+    source = FileSource("cam", str(clip_25fps), max_fps=5)
+    progress = io.StringIO()
+    runtime = Runtime([source], ColourSegmenter(), [sink], batch_size=2, progress=progress)
+    report = runtime.run()
+    assert sink.indices("cam") == list(range(0, 50, 5))  # the index stays the frame's place in the file
+    seconds = [r.pts_seconds for r in sink.results]
+    assert min(b - a for a, b in zip(seconds, seconds[1:])) >= 0.2 - 1e-6
+    counts = report.sources["cam"]
+    assert (counts.decoded, counts.published, counts.skipped, counts.dropped) == (10, 10, 40, 0)
+    assert report.balanced  # skipped frames are outside decoded = published + dropped
+    assert "cam 10/10 skipped 40 (max_fps)" in report.summary()
+    scraped = {(s.name, tuple(s.labels.values())): s.value
+               for family in RunMetricsCollector(runtime.metrics).collect() for s in family.samples}
+    assert scraped[("segstream_frames_skipped_total", ("cam",))] == 40
+    assert scraped[("segstream_frames_decoded_total", ("cam",))] == 10
+
+
+def test_a_looped_file_keeps_its_rate_across_passes(clip_25fps):
+    source = FileSource("cam", str(clip_25fps), max_fps=5, loop=True, max_frames=25)
+    frames = list(source.frames())
+    seconds = [f.pts_seconds for f in frames]
+    assert min(b - a for a, b in zip(seconds, seconds[1:])) >= 0.2 - 1e-6  # also where the second pass begins
+    assert [f.index for f in frames] == list(range(0, 125, 5)) and source.frames_skipped == 96
+
+
+def test_max_fps_is_configured_on_every_source_type_and_must_be_positive(tmp_path, clip_25fps):
+    (tmp_path / "shots").mkdir()
+    subprocess.run([FFMPEG, "-v", "error", "-f", "lavfi", "-i", "testsrc=size=64x48:rate=25", "-frames:v", "20",
+                    str(tmp_path / "shots" / "%03d.png")], check=True)
+    config = tmp_path / "pipeline.yaml"
+    config.write_text(f"""
+sources:
+  - {{name: file, type: file, path: {clip_25fps}, max_fps: 5}}
+  - {{name: gen, type: synthetic, width: 64, height: 48, num_frames: 50, max_fps: 5}}
+  - {{name: shots, type: images, path: {tmp_path / "shots"}, max_fps: 5}}
+  - {{name: cam, type: stream, url: "udp://127.0.0.1:{free_port()}", max_fps: 2.5}}
+""")
+    cfg = load_config(config)
+    assert [s.max_fps for s in cfg.sources] == [5, 5, 5, 2.5]
+    sources = build_sources(cfg.sources)
+    try:
+        for source in sources[:3]:
+            assert len(list(source.frames())) == (10 if source.name != "shots" else 4)
+        assert sources[2].frames_skipped == 16 and sources[3].max_fps == 2.5
+    finally:
+        for source in sources:
+            source.close()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("sources: [{name: gen, type: synthetic, max_fps: 0}]\n")
+    with pytest.raises(ConfigError, match="max_fps"):
+        load_config(bad)
+
+
+def test_a_live_udp_camera_at_max_fps_5_delivers_5_of_its_25_frames_a_second():
+    port = free_port(socket.SOCK_DGRAM)
+    with FfmpegStream(["-f", "mpegts", f"udp://127.0.0.1:{port}?pkt_size=1316"], fps=25):
+        source = StreamSource("cam", f"udp://127.0.0.1:{port}", policy=ReconnectPolicy(open_timeout_s=10),
+                              max_fps=5)
+        record = RecordingSink()
+        runtime = Runtime([source], ColourSegmenter(), [record], progress=None)
+        thread, outcome = run_in_thread(runtime)
+        wait_for(lambda: len(record.of("cam")) >= 12, 30, "12 frames of the camera")
+        runtime.stop()
+        thread.join(20)
+    report = outcome["report"]
+    counts = report.sources["cam"]
+    seconds = [r.pts_seconds for r in record.of("cam")]
+    assert min(b - a for a, b in zip(seconds, seconds[1:])) >= 0.2 - 1e-6
+    # about four frames left out for each one kept (the first of the stream is kept)
+    assert 3 * counts.decoded <= counts.skipped <= 5 * counts.decoded + 4, (counts.decoded, counts.skipped)
+    assert report.balanced
+
+
+def _counts(decoded: int, queue_full: int = 0) -> dict[str, SourceCounts]:
+    return {"cam1": SourceCounts(decoded=decoded, dropped_by=Counter({"queue_full": queue_full} if queue_full else {}))}
+
+
+def test_an_overloaded_source_is_named_once_then_again_only_after_it_recovered_and_relapsed():
+    watch = OverloadWatch(window_s=10, share=0.2)
+    said = []
+    decoded = dropped = 0
+    # (seconds, frames decoded, of them dropped) per second: 12 s overloaded, 12 s keeping up, 12 s overloaded
+    for second in range(36):
+        decoded += 25
+        dropped += 12 if second < 12 or second >= 24 else 0
+        said += [(second, level, text) for level, text in watch.observe(float(second), _counts(decoded, dropped))]
+    warnings = [(second, text) for second, level, text in said if level == logging.WARNING]
+    assert len(warnings) == 2, said
+    assert warnings[0][0] == 10 and warnings[1][0] > 24
+    assert warnings[0][1].startswith("source cam1 is overloaded: 48% of its frames dropped in the last 10 s "
+                                     "(queue_full 120) — set or lower its max_fps")
+    assert [level for _, level, _ in said] == [logging.WARNING, logging.INFO, logging.WARNING]
+
+
+def test_a_run_whose_model_cannot_keep_up_with_a_live_source_warns_naming_it(caplog):
+    source = SyntheticSource("cam1", 64, 48, 25.0, 0, None, realtime=True)
+    runtime = Runtime([source], ColourSegmenter(delay_s=0.1), [CollectingSink()], batch_size=1, queue_size=1,
+                      progress=None)
+    runtime.overload = OverloadWatch(window_s=1.0)
+    caplog.set_level(logging.WARNING, "segstream.runtime")
+    thread, outcome = run_in_thread(runtime)
+    try:
+        wait_for(lambda: "source cam1 is overloaded" in caplog.text, 30, "the overload warning")
+    finally:
+        runtime.stop()
+        thread.join(20)
+    warned = [r for r in caplog.records if "is overloaded" in r.getMessage()]
+    assert len(warned) == 1 and warned[0].levelno == logging.WARNING
+    assert outcome["report"].sources["cam1"].dropped_by["queue_full"] > 0
+
+
+def test_a_source_that_keeps_up_is_never_named():
+    watch = OverloadWatch(window_s=10, share=0.2)
+    said = [watch.observe(float(s), _counts(25 * s, 2 * s)) for s in range(30)]  # 8% dropped
+    assert not any(said)
+
+
+def test_the_status_line_shows_the_last_intervals_rates_and_frames_that_never_go_down(clip_25fps):
+    runtime = Runtime([FileSource("cam", str(clip_25fps))], ColourSegmenter(), [], progress=None)
+    metrics: RunMetrics = runtime.metrics
+    for _ in range(50):
+        metrics.decoded("cam", 0.0)
+    for _ in range(40):
+        metrics.published("cam")
+    metrics.dropped("cam", "queue_full", 10)
+    first = runtime._progress_line(2.0)
+    assert first.startswith("segstream: 40 frames, 25.0 in / 20.0 out fps, 10 dropped, ")
+    for _ in range(10):
+        metrics.decoded("cam", 0.0)
+    for _ in range(5):
+        metrics.published("cam")
+    for _ in range(30):  # a sink's backlog overflows in an outage: those frames are dropped after all
+        metrics.unpublished("cam", "sink_backlog")
+    second = runtime._progress_line(4.0)
+    assert second.startswith("segstream: 45 frames, 5.0 in / 2.5 out fps, 40 dropped, "), second
+    assert runtime.report(4.0).published == 15  # the summary's published leaves the sink's drops out
