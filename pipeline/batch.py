@@ -185,8 +185,9 @@ def plan(paths: Sequence[Path], taken: dict[str, str] | None = None) -> list[Vid
     return jobs
 
 
-def probe(job: VideoJob) -> None:
-    """Fill in the frame count and rate the video's container states (for progress and ETA)."""
+def probe(job: VideoJob, max_fps: float | None = None) -> None:
+    """Fill in the frame count and rate the video's container states (for progress and ETA):
+    with ``max_fps`` below its rate, the frames that go on to the model."""
     import av
 
     from segstream.connectors.av_input import video_stream
@@ -202,6 +203,8 @@ def probe(job: VideoJob) -> None:
                 job.frames = math.ceil(float(stream.duration * stream.time_base) * job.fps)
             elif container.duration:
                 job.frames = math.ceil(container.duration / 1_000_000 * job.fps)
+            if job.frames and max_fps and max_fps < job.fps:
+                job.frames = math.ceil(job.frames * max_fps / job.fps)
     except (OSError, SegstreamError, av.FFmpegError):
         pass  # the run reports why it cannot be decoded
 
@@ -489,7 +492,7 @@ class BatchVideoSource:
                 if self._closed.is_set():
                     return
                 self._inner = FileSource(self.name, str(self.job.path), open_timeout_s=self.cfg.open_timeout_s,
-                                         read_timeout_s=self.cfg.read_timeout_s)
+                                         read_timeout_s=self.cfg.read_timeout_s, max_fps=self.cfg.max_fps)
                 self._inner.decode_size = self.decode_size
             with closing(self._inner.frames()) as frames:
                 for frame in frames:
@@ -732,6 +735,8 @@ def output_settings(cfg: PipelineConfig) -> dict:
     batch = cfg.batch
     outputs = {"jsonl": batch.jsonl, "coco_panoptic": batch.coco_panoptic, "overlay": batch.overlay,
                "mask_encoding": cfg.sinks.redis.mask_encoding, "resize_in_decoder": cfg.engine.resize_in_decoder}
+    if batch.max_fps:  # only when set: manifests from before the key stay matching every-frame runs
+        outputs["max_fps"] = batch.max_fps
     return {"model": model, "tracking": cfg.tracking.model_dump(mode="json"), "outputs": outputs}
 
 
@@ -861,7 +866,7 @@ def run_batch(cfg: PipelineConfig, inputs: Sequence[str], engine: str = "local",
                             " and ".join(sorted(changed)), ", ".join(f"{n} for {k}" for k, n in sorted(changed.items())))
             log.info("%d videos: %d to do, %d skipped (ended in an earlier run)", len(jobs), len(todo), skipped)
             for job in todo:
-                probe(job)
+                probe(job, cfg.batch.max_fps)
             control = BatchControl()
             metrics = RunMetrics()
             run_id = new_run_id()  # on what the batch publishes; its files hold none, to be the same each run

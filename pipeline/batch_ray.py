@@ -136,7 +136,7 @@ def process_video(job: VideoJob, cfg_json: str, root: str, actor, labels, board,
         _cut_back(sinks, job.id, mark)
         publish_state("connecting", "starting")
         source = FileSource(job.id, str(job.path), open_timeout_s=batch_cfg.open_timeout_s,
-                            read_timeout_s=batch_cfg.read_timeout_s)
+                            read_timeout_s=batch_cfg.read_timeout_s, max_fps=batch_cfg.max_fps)
         if geometry is not None:
             source.decode_size = geometry.scale
         outputs = VideoOutputs(

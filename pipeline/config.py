@@ -644,7 +644,9 @@ class BatchConfig(Strict):
     """``segstream batch``: what it writes under ``output`` for each video (``jsonl``: wire-schema
     entries; ``coco_panoptic``: a PNG per frame and a JSON per video; ``overlay``: an MP4 with the
     segments drawn), and how many videos the local engine decodes at once (``concurrency``).
-    Folders given as inputs are searched for files with one of ``extensions``."""
+    Folders given as inputs are searched for files with one of ``extensions``. ``max_fps``: at most
+    that many frames per second of each video's time go to the model (a sample of a long archive:
+    1 keeps a frame a second; null: every frame); the frames left out leave gaps in ``frame``."""
 
     output: str = "runs/batch"
     jsonl: bool = True
@@ -655,6 +657,7 @@ class BatchConfig(Strict):
     queue_size: PositiveInt = 8
     open_timeout_s: PositiveFloat = 10.0
     read_timeout_s: PositiveFloat = 10.0
+    max_fps: MaxFps = None
     ray: RayConfig = Field(default_factory=RayConfig)
 
 

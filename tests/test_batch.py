@@ -135,6 +135,24 @@ def test_a_rerun_skips_what_ended_and_redoes_a_changed_file(archive, tmp_path):
     assert sorted(r["id"] for r in manifest(out)) == ["bad", "one", "two"], "one line per video after compaction"
 
 
+def test_max_fps_samples_each_video_and_a_rerun_at_every_frame_does_it_again(tmp_path):
+    """A long archive sampled at a frame a second: `batch.max_fps` (found probing an edge box:
+    sources had it, batch did not)."""
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    encode_clip(videos / "one.mp4", frames=25, fps=10)
+    out = tmp_path / "out"
+    outcomes, _, _ = run_batch(config(out, max_fps=2), [str(videos)], adapter=ColourSegmenter(), progress=False)
+    assert [(o.job.id, o.status, o.frames, o.job.frames) for o in outcomes] == [("one", "done", 5, 5)]
+    entries = [from_wire(e) for e in read_entries(out / "one" / "frames.jsonl")]
+    assert [e.index for e in entries] == [0, 5, 10, 15, 20]  # its place in the video: gaps where left out
+    assert [c.index for c in read_coco_panoptic(out / "one" / "panoptic.json")] == [0, 5, 10, 15, 20]
+    outcomes, skipped, _ = run_batch(config(out, max_fps=2), [str(videos)], adapter=ColourSegmenter(), progress=False)
+    assert outcomes == [] and skipped == 1
+    outcomes, _, _ = run_batch(config(out), [str(videos)], adapter=ColourSegmenter(), progress=False)
+    assert [(o.job.id, o.status, o.frames) for o in outcomes] == [("one", "done", 25)]  # other settings: again
+
+
 def test_the_example_batch_config_needs_no_sources(monkeypatch):
     from segstream.pipeline.config import load_config
 
