@@ -1,0 +1,139 @@
+"""A full disk under the file outputs (preview, render, batch): frames are dropped and counted,
+the run goes on, and what cannot be finished is said in one line, never a traceback.
+
+Each test runs its program under ``unshare -m`` with a small tmpfs mounted in that private mount
+namespace only: the machine's mounts are never touched. That needs root (CAP_SYS_ADMIN), as in CI.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _can_unshare() -> str:
+    try:
+        done = subprocess.run(["unshare", "-m", "--propagation", "private", "true"], capture_output=True, text=True)
+    except FileNotFoundError:
+        return "no unshare command"
+    return "" if done.returncode == 0 else done.stderr.strip() or "unshare -m refused"
+
+
+_UNSHARE = _can_unshare()
+pytestmark = pytest.mark.skipif(bool(_UNSHARE), reason=f"a private mount namespace is needed to mount a tmpfs to "
+                                                       f"fill ({_UNSHARE}): run as root")
+
+
+def on_small_disk(mountpoint: Path, size: str, argv: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
+    """``argv`` run with a ``size`` tmpfs mounted at ``mountpoint`` in a mount namespace of its own."""
+    mountpoint.mkdir(parents=True, exist_ok=True)
+    command = " ".join(f"'{a}'" for a in argv)
+    return subprocess.run(
+        ["unshare", "-m", "--propagation", "private", "sh", "-c",
+         f"mount -t tmpfs -o size={size},mode=755 segstream-test '{mountpoint}' && exec {command}"],
+        cwd=REPO, capture_output=True, text=True, timeout=timeout,
+        env={**os.environ, "PYTHONPATH": str(REPO)})  # scripts import tests.conftest
+
+
+def noise_clip(path: Path, frames: int = 40) -> Path:
+    """Frames of noise: their preview does not compress, so its writes reach the disk at once."""
+    rng = np.random.default_rng(7)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 160, 120, "yuv420p"
+        for _ in range(frames):
+            image = rng.integers(0, 256, (120, 160, 3), dtype=np.uint8)
+            image[30:60, 40:70] = (220, 30, 30)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+_PREVIEW_RUN = textwrap.dedent('''
+    import json, logging, os, sys
+    import av
+    from segstream.connectors import preview_sink
+    from segstream.connectors.file_source import FileSource
+    from segstream.connectors.preview_sink import PreviewSink
+    from segstream.pipeline.runtime import Runtime
+    from tests.conftest import CollectingSink, ColourSegmenter
+
+    out, fmt, clip = sys.argv[1:4]
+    preview_sink.RETRY_S = 0.0  # the next frame after a failure tries again
+    with open(out + "/filler", "wb") as filler:  # the disk full from the first frame
+        try:
+            while True:
+                filler.write(bytes(65536))
+                filler.flush()
+        except OSError:
+            pass
+
+    class SpaceComesBack(CollectingSink):
+        """Frees the disk once the preview has been handed frame 30 (the encoder holds a dozen)."""
+        def publish(self, result):
+            super().publish(result)
+            if result.index == 30:
+                os.unlink(out + "/filler")
+
+    warnings = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: warnings.append(record.getMessage())
+    logging.getLogger("segstream").addHandler(handler)
+    preview, other = PreviewSink(out + "/prev", fmt), SpaceComesBack()
+    report = Runtime([FileSource("cam", clip)], ColourSegmenter(), [preview, other], progress=None).run()
+    files = {}
+    for root, _, names in os.walk(out + "/prev"):
+        for name in names:
+            path = os.path.join(root, name)
+            try:
+                with av.open(path) as container:
+                    files[path] = sum(1 for _ in container.decode(video=0))
+            except av.FFmpegError:
+                files[path] = None
+    print(json.dumps({"undelivered": report.undelivered, "balanced": report.balanced, "others": len(other.results),
+                      "status": report.sinks["preview"], "warnings": warnings, "files": files}))
+''')
+
+
+@pytest.mark.parametrize("fmt", ["mp4", "png"])
+def test_a_full_disk_costs_the_preview_only_its_frames_and_it_writes_again_once_space_comes_back(tmp_path, fmt):
+    # Found probing: a full disk under the preview stopped the whole run, Redis included
+    clip = noise_clip(tmp_path / "noise.mp4")
+    out = tmp_path / "disk"
+    script = tmp_path / "preview_run.py"
+    script.write_text(_PREVIEW_RUN)
+    done = on_small_disk(out, "4m", [sys.executable, str(script), str(out), fmt, str(clip)])
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    seen = json.loads(done.stdout)
+    status, said, files = seen["status"], seen["warnings"], seen["files"]
+    assert seen["others"] == 40  # the other sinks went on
+    lost = seen["undelivered"].get("sink_write_failed", 0)
+    assert lost > 0 and seen["balanced"] and status["dropped"] == {"sink_write_failed": lost}
+    first = "cam.mp4" if fmt == "mp4" else "cam/00000000.png"
+    assert said[0] == (f"preview of cam: cannot write '{out}/prev/{first}': No space left on device; its frames are "
+                       "dropped (counted as sink_write_failed) until writes succeed again")
+    resumed = [line for line in said if " again after " in line]
+    assert len(resumed) == 1 and resumed[0].endswith(f"again after {lost} dropped frames")  # once per spell
+    assert status["line"] == f"preview dropped {lost} frames"  # writing again: no failure to speak of
+    unfinished = status["unfinished"]
+    assert said[2:] == [f"preview '{path}' is unfinished and cannot be played (the {frames} frames written to it are "
+                        "lost): its writes failed (No space left on device)" for path, frames in sorted(unfinished.items())]
+    if fmt == "png":
+        assert lost == 31 and not unfinished  # frames 0 to 30 met a full disk, each on its own
+        assert sorted(os.path.basename(p) for p in files) == [f"{i:08d}.png" for i in range(31, 40)]
+        assert all(n == 1 for n in files.values())  # no picture cut short is left
+    else:
+        assert unfinished and all(files[path] is None for path in unfinished)  # left as they are, said so
+        playable = [n for path, n in files.items() if path not in unfinished]
+        assert len(playable) == 1 and playable[0] > 0
+        assert playable[0] + sum(unfinished.values()) + lost == 40  # every frame accounted for
