@@ -233,10 +233,19 @@ class Manifest:
             raise SinkError(f"cannot write '{error.filename or self.path}': {error.strerror or error}") from None
 
     def _compact(self) -> None:
+        """Rewrite the manifest with the newest line of each video; when that cannot be written
+        (the disk full) the manifest stays as it is, which means the same (its last line of a
+        video counts), and the half-written copy is removed."""
         tmp = self.path.with_name(self.path.name + ".tmp")
-        with open_output(tmp, "w", encoding="utf-8") as f:
-            f.write("".join(json.dumps(r, sort_keys=True) + "\n" for r in self.records.values()))
-        os.replace(tmp, self.path)
+        try:
+            with open_output(tmp, "w", encoding="utf-8") as f:
+                f.write("".join(json.dumps(r, sort_keys=True) + "\n" for r in self.records.values()))
+            os.replace(tmp, self.path)
+        except OSError as error:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            log.warning("cannot rewrite '%s' without its older lines (%s): it is kept as it is, which reads the "
+                        "same (the last line of each video counts)", self.path, error.strerror or error)
 
     def ids(self) -> dict[str, str]:
         return {record["id"]: video for video, record in self.records.items() if "id" in record}

@@ -137,3 +137,76 @@ def test_a_full_disk_costs_the_preview_only_its_frames_and_it_writes_again_once_
         playable = [n for path, n in files.items() if path not in unfinished]
         assert len(playable) == 1 and playable[0] > 0
         assert playable[0] + sum(unfinished.values()) + lost == 40  # every frame accounted for
+
+
+def test_render_to_a_full_disk_is_one_line_naming_the_full_disk(tmp_path):
+    # Found probing: a traceback, "PyAVCallbackError: Error in PyAV callback: '5'", from the MP4's close
+    from segstream.connectors.embedded_redis import EmbeddedRedis
+    from segstream.connectors.file_source import FileSource
+    from segstream.connectors.redis_reader import connect_redis
+    from segstream.connectors.redis_sink import RedisPublisher
+    from segstream.pipeline.runtime import Runtime
+    from tests.conftest import ColourSegmenter
+
+    clip = noise_clip(tmp_path / "noise.mp4")
+    out = tmp_path / "disk"
+    with EmbeddedRedis(tmp_path / "redis") as server:
+        publisher = RedisPublisher(connect_redis(server.url))
+        Runtime([FileSource("cam", str(clip))], ColourSegmenter(), [publisher], progress=None).run()
+        done = on_small_disk(out, "100k", [sys.executable, "-m", "segstream.pipeline.cli", "render",
+                                           "segstream:cam:frames", "--video", str(clip), "--out",
+                                           str(out / "x.mp4"), "--url", server.url])
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [f"segstream: error: cannot write {out}/x.mp4: No space left on device"]
+
+
+_FILL = "with open(sys.argv[1] + '/filler', 'wb', buffering=0) as f:\n    try:\n        while True:\n            f.write(bytes(65536)); f.flush()\n    except OSError:\n        pass\n"
+
+_MANIFEST_ON_A_FULL_DISK = textwrap.dedent('''
+    import json, logging, os, sys
+    from segstream.pipeline.batch import Manifest
+    logging.basicConfig(format="%(levelname)s %(message)s")
+    manifest = Manifest(sys.argv[1] + "/manifest.jsonl")
+    line = {"video": "/v/a.mp4", "id": "a", "status": "failed", "size": 1}
+    manifest._file.write(json.dumps(line) + "\\n" + json.dumps({**line, "status": "done"}) + "\\n")
+    manifest._file.flush()
+    manifest.records["/v/a.mp4"] = {**line, "status": "done"}
+''') + _FILL + textwrap.dedent('''
+    manifest.close()
+    files = sorted(os.listdir(sys.argv[1]))
+    os.unlink(sys.argv[1] + "/filler")
+    print(json.dumps({"files": files, "status": Manifest(sys.argv[1] + "/manifest.jsonl").records["/v/a.mp4"]["status"]}))
+''')
+
+
+def test_a_manifest_that_cannot_be_compacted_on_a_full_disk_is_kept_with_a_warning(tmp_path):
+    # Found probing: a traceback from Manifest._compact, and an empty manifest.jsonl.tmp left
+    out = tmp_path / "disk"
+    script = tmp_path / "manifest_full.py"
+    script.write_text(_MANIFEST_ON_A_FULL_DISK)
+    done = on_small_disk(out, "256k", [sys.executable, str(script), str(out)])
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout)
+    assert seen == {"files": ["filler", "manifest.jsonl"], "status": "done"}  # no .tmp left; the newest line counts
+    assert done.stderr.splitlines() == [
+        f"WARNING cannot rewrite '{out}/manifest.jsonl' without its older lines (No space left on device): it is kept "
+        "as it is, which reads the same (the last line of each video counts)"]
+
+
+@pytest.mark.parametrize("outputs", [["batch.coco_panoptic=true"], ["batch.overlay=true", "batch.coco_panoptic=false"]])
+def test_a_batch_on_a_full_disk_ends_in_one_line_naming_the_full_disk(tmp_path, outputs):
+    # Found probing: libpng's "Write Error" lines on stderr (COCO PNGs), and a traceback from the manifest
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for name in ("a", "b"):
+        noise_clip(videos / f"{name}.mp4")
+    out = tmp_path / "disk"
+    sets = [a for o in outputs for a in ("--set", o)]
+    done = on_small_disk(out, "300k", [sys.executable, "-m", "segstream.pipeline.cli", "batch", str(videos),
+                                       "--config", "configs/batch.yaml", "--set", "batch.jsonl=false", *sets,
+                                       "--concurrency", "1", "--out", str(out), "--no-progress"])
+    assert done.returncode == 1
+    lines = done.stderr.splitlines()
+    assert "Traceback" not in done.stderr and not any("libpng" in line for line in lines), done.stderr
+    assert lines[-1].startswith(f"segstream: error: cannot write {out}/.partial/")
+    assert lines[-1].endswith(": No space left on device")
