@@ -48,7 +48,8 @@ class FilesSink:
     error once the sink has written a line) costs only its own entry: it is dropped, counted as
     ``sink_write_failed`` (``on_dropped``, ``status()``), and said once per file in a warning;
     the next entry tries again, on a line of its own after whatever the failed one left, and a
-    line says when writing resumed. Other sinks (Redis) go on meanwhile. A sink that cannot write
+    line says when writing resumed. Other sinks (Redis) go on meanwhile; while a file's writes
+    fail, ``connected`` is False (``segstream_sink_connected``, ``/readyz``). A sink that cannot write
     its first line (a folder in its place, no permission, a read-only disk) raises
     ``SinkError``: the run stops, saying why.
 
@@ -106,6 +107,12 @@ class FilesSink:
 
     def events_path(self, source: str) -> Path:
         return self.directory / f"{source}.events.jsonl"
+
+    @property
+    def connected(self) -> bool:
+        """False from a failed write until the file writes again: the ``sink_connected`` gauge
+        and ``/readyz`` show a disk that takes nothing (entries are being dropped)."""
+        return not self._failing
 
     def status(self) -> dict:
         """What the sink dropped, with a ``line`` for status lines while it has dropped any."""

@@ -210,3 +210,48 @@ def test_a_batch_on_a_full_disk_ends_in_one_line_naming_the_full_disk(tmp_path, 
     assert "Traceback" not in done.stderr and not any("libpng" in line for line in lines), done.stderr
     assert lines[-1].startswith(f"segstream: error: cannot write {out}/.partial/")
     assert lines[-1].endswith(": No space left on device")
+
+
+_FILES_READINESS = textwrap.dedent('''
+    import json, os, sys
+    from segstream.connectors.files_sink import FilesSink
+    from segstream.connectors.file_source import FileSource
+    from segstream.pipeline.metrics import RunMetrics
+    from segstream.pipeline.monitoring import readiness
+    from segstream.pipeline.runtime import Runtime
+    from tests.conftest import CollectingSink, ColourSegmenter
+
+    out, clip = sys.argv[1:3]
+    files = FilesSink(out + "/files")
+''') + _FILL + textwrap.dedent('''
+    metrics, seen = RunMetrics(), {}
+
+    class Watcher(CollectingSink):
+        """Published after the files sink: what /readyz and the gauge say at frames 5 and 12."""
+        def publish(self, result):
+            super().publish(result)
+            if result.index in (5, 12):
+                verdict = readiness(metrics)
+                seen[result.index] = {"ready": verdict.ok, "sinks": verdict.parts["sinks_connected"],
+                                      "gauge": {k[0]: v for k, v in metrics.gauges["sink_connected"].read().items()},
+                                      "line": files.status()["line"]}
+            if result.index == 10:
+                os.unlink(out + "/filler")
+
+    Runtime([FileSource("cam", clip)], ColourSegmenter(), [files, Watcher()], metrics=metrics, progress=None).run()
+    print(json.dumps(seen))
+''')
+
+
+def test_a_files_sink_whose_writes_fail_is_not_connected_and_not_ready_until_it_writes_again(tmp_path, clip):
+    # Found probing: /readyz answered 200 and sink_connected{sink="files"} stayed 1 while every write failed
+    out = tmp_path / "disk"
+    script = tmp_path / "files_ready.py"
+    script.write_text(_FILES_READINESS)
+    done = on_small_disk(out, "256k", [sys.executable, str(script), str(out), str(clip)])
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout)
+    assert seen["5"]["sinks"] == {"files": False, "collect": True} and not seen["5"]["ready"]
+    assert seen["5"]["gauge"] == {"files": 0.0, "collect": 1.0}
+    assert seen["12"]["sinks"] == {"files": True, "collect": True} and seen["12"]["ready"]
+    assert seen["12"]["gauge"] == {"files": 1.0, "collect": 1.0}
