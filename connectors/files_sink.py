@@ -119,8 +119,9 @@ class FilesSink:
         dropped = dict(self.dropped)
         line = ""
         if dropped or self.events_dropped:
-            line = (f"files dropped {sum(dropped.values())} entries + {self.events_dropped} events "
-                    f"(writes failed: {self._last_error})")
+            line = f"files dropped {sum(dropped.values())} entries + {self.events_dropped} events"
+            if self._failing:  # said only while writes fail: once they succeed again, no failure is current
+                line += f" (writes failing: {self._last_error})"
         if self.lost_with_files:
             line += ("; " if line else "") + f"files: {self.lost_with_files} lines lost with files deleted under us"
         return {"dropped": dropped, "events_dropped": self.events_dropped, "failing": sorted(self._failing),

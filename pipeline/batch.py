@@ -376,8 +376,8 @@ def output_lock(root: Path) -> Iterator[None]:
         lock = open_output(root / ".lock", "a")
     except OSError as error:
         what = error.strerror or error
-        if error.filename and Path(error.filename) != root:  # its lock file
-            what = f"{Path(error.filename).name} {what}"
+        if error.filename and Path(error.filename) != root:  # a folder above it, or its lock file
+            what = f"'{error.filename}': {what}"
         raise ConfigError(
             f"cannot use '{root}' as the output folder ({what}) — give --out (or batch.output) "
             "a folder that can be created and written"

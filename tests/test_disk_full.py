@@ -7,6 +7,7 @@ namespace only: the machine's mounts are never touched. That needs root (CAP_SYS
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -255,3 +256,19 @@ def test_a_files_sink_whose_writes_fail_is_not_connected_and_not_ready_until_it_
     assert seen["5"]["gauge"] == {"files": 0.0, "collect": 1.0}
     assert seen["12"]["sinks"] == {"files": True, "collect": True} and seen["12"]["ready"]
     assert seen["12"]["gauge"] == {"files": 1.0, "collect": 1.0}
+    # found probing: the status lines still said "(writes failed: ...)" long after writing resumed
+    assert re.fullmatch(r"files dropped 6 entries \+ \d+ events \(writes failing: No space left on device\)",
+                        seen["5"]["line"])
+    assert re.fullmatch(r"files dropped 11 entries \+ \d+ events", seen["12"]["line"])
+
+
+def test_a_batch_output_folder_on_a_read_only_disk_names_the_folder_it_could_not_make(tmp_path, clip):
+    # Found probing: "(runs Read-only file system)", the folder's name run into the reason
+    disk = tmp_path / "ro"
+    done = on_small_disk(disk, "64k,ro", [sys.executable, "-m", "segstream.pipeline.cli", "batch", str(clip),
+                                          "--config", "configs/batch.yaml", "--out", str(disk / "runs" / "batch"),
+                                          "--no-progress"])
+    assert done.returncode == 2
+    assert done.stderr.splitlines()[-1] == (
+        f"segstream: error: cannot use '{disk}/runs/batch' as the output folder ('{disk}/runs': Read-only file "
+        "system) — give --out (or batch.output) a folder that can be created and written")
