@@ -22,6 +22,7 @@ import numpy as np
 from scipy import ndimage
 
 from segstream.connectors.errors import SinkError
+from segstream.connectors.output_files import open_output
 from segstream.models.label_sets import LabelSet
 from segstream.models.results import NO_TRACK, FrameResult, Segments
 
@@ -158,8 +159,16 @@ class CocoPanopticWriter:
 
 
 def _write_png(path: Path, bgr: np.ndarray) -> None:
-    if not cv2.imwrite(str(path), bgr, [cv2.IMWRITE_PNG_COMPRESSION, PNG_COMPRESSION]):
-        raise SinkError(f"cannot write {path}")
+    # encoded in memory and written by us: cv2.imwrite prints libpng's own "Write Error" to stderr
+    # on a full disk, and says no more than False
+    ok, png = cv2.imencode(".png", bgr, [cv2.IMWRITE_PNG_COMPRESSION, PNG_COMPRESSION])
+    if not ok:
+        raise SinkError(f"cannot encode {path}")
+    try:
+        with open_output(path, "wb") as f:
+            f.write(png.tobytes())
+    except OSError as error:
+        raise SinkError(f"cannot write {path}: {error.strerror or error}") from None
 
 
 def read_coco_panoptic(json_path: str | Path, png_dir: str | Path | None = None) -> list[FrameResult]:

@@ -48,7 +48,8 @@ class FilesSink:
     error once the sink has written a line) costs only its own entry: it is dropped, counted as
     ``sink_write_failed`` (``on_dropped``, ``status()``), and said once per file in a warning;
     the next entry tries again, on a line of its own after whatever the failed one left, and a
-    line says when writing resumed. Other sinks (Redis) go on meanwhile. A sink that cannot write
+    line says when writing resumed. Other sinks (Redis) go on meanwhile; while a file's writes
+    fail, ``connected`` is False (``segstream_sink_connected``, ``/readyz``). A sink that cannot write
     its first line (a folder in its place, no permission, a read-only disk) raises
     ``SinkError``: the run stops, saying why.
 
@@ -107,13 +108,20 @@ class FilesSink:
     def events_path(self, source: str) -> Path:
         return self.directory / f"{source}.events.jsonl"
 
+    @property
+    def connected(self) -> bool:
+        """False from a failed write until the file writes again: the ``sink_connected`` gauge
+        and ``/readyz`` show a disk that takes nothing (entries are being dropped)."""
+        return not self._failing
+
     def status(self) -> dict:
         """What the sink dropped, with a ``line`` for status lines while it has dropped any."""
         dropped = dict(self.dropped)
         line = ""
         if dropped or self.events_dropped:
-            line = (f"files dropped {sum(dropped.values())} entries + {self.events_dropped} events "
-                    f"(writes failed: {self._last_error})")
+            line = f"files dropped {sum(dropped.values())} entries + {self.events_dropped} events"
+            if self._failing:  # said only while writes fail: once they succeed again, no failure is current
+                line += f" (writes failing: {self._last_error})"
         if self.lost_with_files:
             line += ("; " if line else "") + f"files: {self.lost_with_files} lines lost with files deleted under us"
         return {"dropped": dropped, "events_dropped": self.events_dropped, "failing": sorted(self._failing),

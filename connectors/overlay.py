@@ -11,6 +11,7 @@ height, so a 1080p frame and a 320x240 one are both readable.
 from __future__ import annotations
 
 import colorsys
+import contextlib
 import logging
 from fractions import Fraction
 from pathlib import Path
@@ -127,6 +128,51 @@ def _draw_labels(out: np.ndarray, result: FrameResult, rows: np.ndarray, font_sc
         cv2.putText(out, text, (x + 1, y), _FONT, font_scale, _TEXT, thickness, cv2.LINE_AA)
 
 
+class OutputWriteError(SinkError):
+    """A picture or video could not be written or finished; ``errno`` is the file's own error
+    (ENOSPC for a full disk) where the file refused a write, else None (the encoder or muxer
+    failed); ``reason`` is what went wrong, without the file's name."""
+
+    def __init__(self, path: str | Path, reason: str, errno: int | None = None, verb: str = "write"):
+        super().__init__(f"cannot {verb} {path}: {reason}")
+        self.reason = reason
+        self.errno = errno
+
+
+class _RecordingFile:
+    """The MP4 file as PyAV writes to it, keeping the first error of a failed write: PyAV reports
+    it as a callback error whose text names neither the errno nor its meaning."""
+
+    def __init__(self, f):
+        self._f = f
+        self.error: OSError | None = None
+        self.written = 0  # bytes the file took
+
+    def _call(self, method, *args):
+        try:
+            return method(*args)
+        except OSError as error:
+            self.error = self.error or error
+            raise
+
+    def write(self, data):
+        taken = self._call(self._f.write, data)
+        self.written += len(data)
+        return taken
+
+    def seek(self, *args):
+        return self._call(self._f.seek, *args)
+
+    def tell(self):
+        return self._f.tell()
+
+    def flush(self):
+        return self._call(self._f.flush)
+
+    def close(self):
+        return self._call(self._f.close)
+
+
 class OverlayVideo:
     """An H.264 MP4 of frames with the timestamps they came with (``pts`` in ``time_base``), so
     gaps (dropped frames) keep their duration. The pictures are the same from run to run; the
@@ -169,8 +215,13 @@ class OverlayVideo:
             for packet in self._stream.encode(frame):
                 self._container.mux(packet)
         except (OSError, av.FFmpegError) as error:
-            raise SinkError(f"cannot write {self.path}: {error}") from None
+            raise self._failure(error) from None
         self.frames += 1
+
+    def _failure(self, error: Exception) -> OutputWriteError:
+        """The one-line error for a failed write, naming the file's own error where it had one."""
+        cause = self._file.error if self._file is not None and self._file.error is not None else error
+        return OutputWriteError(self.path, getattr(cause, "strerror", None) or str(cause), getattr(cause, "errno", None))
 
     def _fit(self, image: np.ndarray) -> np.ndarray:
         """``image`` scaled to fit the file's size, keeping its aspect, centred on black."""
@@ -192,14 +243,15 @@ class OverlayVideo:
         self._size = (width, height)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = open_output(self.path, "wb")
+            self._file = _RecordingFile(open_output(self.path, "wb"))
             self._container = av.open(self._file, "w", format="mp4", options={"fflags": "+bitexact"})
             self._stream = self._container.add_stream(
                 "libx264", rate=Fraction(self.fps_hint).limit_denominator(1001),
                 options={"crf": str(self.crf), "preset": "veryfast", "flags": "+bitexact"},
             )
         except (OSError, av.FFmpegError) as error:
-            raise SinkError(f"cannot create {self.path}: {error.strerror or error}") from None
+            raise OutputWriteError(self.path, getattr(error, "strerror", None) or str(error),
+                                   getattr(error, "errno", None), "create") from None
         self._stream.width, self._stream.height = width + width % 2, height + height % 2
         self._stream.pix_fmt = "yuv420p"
         self._stream.codec_context.time_base = self._time_base
@@ -209,15 +261,32 @@ class OverlayVideo:
         container, self._container = self._container, None
         if container is None:
             return
+        failed: Exception | None = None
         try:
             for packet in self._stream.encode():
                 container.mux(packet)
         except (OSError, av.FFmpegError) as error:
-            raise SinkError(f"cannot write {self.path}: {error}") from None
-        finally:
+            failed = error
+        try:  # writes the index (moov): without it the file cannot be played
             container.close()
-            if self._file is not None:
-                self._file.close()
+        except (OSError, av.FFmpegError) as error:
+            failed = failed or error
+        try:
+            self._file.close()
+        except OSError as error:
+            failed = failed or error
+        if failed is not None:
+            raise self._failure(failed) from None
+
+    @property
+    def written(self) -> int:
+        """Bytes the file has taken so far (the encoder holds the latest frames a while)."""
+        return self._file.written if self._file is not None else 0
+
+    def abandon(self) -> None:
+        """Close the file without finishing it (its writes failed: it cannot be played anyway)."""
+        with contextlib.suppress(SinkError):
+            self.close()
 
 
 def write_png(path: str | Path, image: np.ndarray) -> None:
@@ -230,4 +299,4 @@ def write_png(path: str | Path, image: np.ndarray) -> None:
         with open_output(path, "wb") as f:  # not cv2.imwrite: it follows a link put where the file goes
             f.write(png.tobytes())
     except OSError as error:
-        raise SinkError(f"cannot write {path}: {error.strerror or error}") from None
+        raise OutputWriteError(path, error.strerror or str(error), error.errno) from None

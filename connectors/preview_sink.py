@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import time
+from collections import Counter
 from pathlib import Path
 
 from segstream.connectors.errors import SinkError
 from segstream.connectors.output_files import check_output_dir
-from segstream.connectors.overlay import OverlayVideo, draw_overlay, write_png
-from segstream.connectors.sink import WrittenCallback
+from segstream.connectors.overlay import OverlayVideo, OutputWriteError, draw_overlay, write_png
+from segstream.connectors.sink import DROPPED_WRITE_FAILED, DroppedCallback, WrittenCallback
 from segstream.models.results import Event, FrameResult
 
 log = logging.getLogger(__name__)
+
+# Write errors that pass (space comes back, a disk recovers): the frame is dropped and counted,
+# as the files sink does; any other error stops the run (a folder where the file goes, a read-only disk).
+_PASSING = (errno.ENOSPC, errno.EDQUOT, errno.EIO)
+RETRY_S = 5.0  # an MP4 whose writes failed: how long its frames are dropped before a new file is tried
 
 
 class PreviewSink:
@@ -23,6 +31,14 @@ class PreviewSink:
     It asks the runtime for the decoded frames (``wants_images``); the runtime attaches each
     frame's image to its result until the sinks have published it, so memory stays bounded by
     the runtime's queues. Each run rewrites the files.
+
+    A write that fails for a while (the disk full) costs the preview its frames, not the run:
+    each is dropped and counted as ``sink_write_failed`` (``on_dropped``, ``status()``), said once
+    per failing spell in a warning, and a line says when writing resumed. A PNG is tried again
+    with the next frame. An MP4 whose write failed cannot be finished (it has no index, so no
+    player opens it); it is left as it is, said in one line when the run ends, and after
+    ``RETRY_S`` the frames go to a new file, ``<source>.2.mp4`` (then ``.3``...). The frames
+    the encoder held when the write failed are in no file.
     """
 
     name = "preview"
@@ -35,8 +51,17 @@ class PreviewSink:
         self.format = format
         self.opacity = opacity
         self.on_written: WrittenCallback | None = None
+        self.on_dropped: DroppedCallback | None = None
         self.frames = 0
+        self.dropped: Counter[str] = Counter()
         self._videos: dict[str, OverlayVideo] = {}
+        self._parts: dict[str, int] = {}  # source -> number of its current MP4 (1: <source>.mp4)
+        self._failing: dict[str, int] = {}  # source -> frames dropped since its writes began failing
+        self._retry_at: dict[str, float] = {}  # source -> when its next MP4 may be tried
+        self._unfinished: dict[Path, tuple[str, int]] = {}  # MP4s left unplayable -> why, frames held
+        self._said_unfinished: set[Path] = set()
+        self._wrote = False  # whether a frame was written: after that, any write error is dropped and counted
+        self._last_error = ""
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
         except OSError as error:
@@ -45,26 +70,94 @@ class PreviewSink:
 
     def path(self, source: str) -> Path:
         """Where ``source``'s preview goes: its MP4, or its folder of PNGs."""
-        return self.directory / (f"{source}.mp4" if self.format == "mp4" else source)
+        if self.format == "png":
+            return self.directory / source
+        part = self._parts.get(source, 1)
+        return self.directory / (f"{source}.mp4" if part == 1 else f"{source}.{part}.mp4")
 
     def publish(self, result: FrameResult) -> None:
         if result.image is None:
             raise SinkError("the preview sink got a result without its frame — run it inside the runtime, "
                             "which attaches frames for sinks that set wants_images")
-        picture = draw_overlay(result.image, result, self.opacity)
-        if self.format == "mp4":
-            video = self._videos.get(result.source)
-            if video is None:
-                video = self._videos[result.source] = OverlayVideo(self.path(result.source))
-            video.write(picture, result.pts, result.time_base)
-        else:
-            folder = self.path(result.source)
-            folder.mkdir(parents=True, exist_ok=True)
-            write_png(folder / f"{result.index:08d}.png", picture)
+        if not self._write(result):
+            self.dropped[DROPPED_WRITE_FAILED] += 1
+            if self.on_dropped is not None:
+                self.on_dropped([result], DROPPED_WRITE_FAILED)
+            return
         self.frames += 1
         result.publish_ts = time.time()
         if self.on_written is not None:
             self.on_written([result])
+
+    def _write(self, result: FrameResult) -> bool:
+        """Draw and write one frame; False (said once per failing spell) when its write failed."""
+        source = result.source
+        if source in self._retry_at and time.monotonic() < self._retry_at[source]:
+            self._failing[source] += 1
+            return False
+        picture = draw_overlay(result.image, result, self.opacity)
+        target = self.path(source)
+        try:
+            if self.format == "mp4":
+                video = self._videos.get(source)
+                if video is None:
+                    video = self._videos[source] = OverlayVideo(target)
+                video.write(picture, result.pts, result.time_base)
+            else:
+                target.mkdir(parents=True, exist_ok=True)
+                target = target / f"{result.index:08d}.png"
+                write_png(target, picture)
+        except (OutputWriteError, OSError) as error:
+            if error.errno not in _PASSING and not self._wrote:
+                raise  # a preview that never wrote a frame and will not: the run cannot make what it is for
+            self._failed(source, target, error)
+            return False
+        if self.format == "mp4" and not video.written:
+            return True  # in the encoder, not on the disk yet: a failing spell ends once the file takes bytes
+        self._wrote = True
+        if source in self._failing:
+            log.warning("preview of %s: writing to '%s' again after %d dropped frames", source, target,
+                        self._failing.pop(source))
+            self._retry_at.pop(source, None)
+        return True
+
+    def _failed(self, source: str, target: Path, error: OutputWriteError | OSError) -> None:
+        self._last_error = (error.reason if isinstance(error, OutputWriteError) else error.strerror) or str(error)
+        if source not in self._failing:
+            log.warning("preview of %s: cannot write '%s': %s; its frames are dropped (counted as %s) until writes "
+                        "succeed again", source, target, self._last_error, DROPPED_WRITE_FAILED)
+            self._failing[source] = 0
+        self._failing[source] += 1
+        if self.format == "png":
+            with contextlib.suppress(OSError):  # a PNG cut short is no picture: its space goes back
+                target.unlink()
+            return
+        video = self._videos.pop(source, None)
+        if video is not None:
+            video.abandon()
+            if video.frames or _size(video.path):
+                self._unfinished[video.path] = (self._last_error, video.frames)
+                self._parts[source] = self._parts.get(source, 1) + 1
+            else:  # nothing of it reached the disk: the next try takes its name
+                with contextlib.suppress(OSError):
+                    video.path.unlink()
+        self._retry_at[source] = time.monotonic() + RETRY_S
+
+    def status(self) -> dict:
+        """What the preview dropped, with a ``line`` for status lines while it has dropped any."""
+        dropped = dict(self.dropped)
+        line = ""
+        if dropped:
+            line = f"preview dropped {sum(dropped.values())} frames"
+            if self._failing:
+                line += f" (writes failing: {self._last_error})"
+        return {"dropped": dropped, "failing": sorted(self._failing),
+                "unfinished": {str(path): frames for path, (_, frames) in self._unfinished.items()}, "line": line}
+
+    @property
+    def connected(self) -> bool:
+        """False while the last write of some source failed (its frames are being dropped)."""
+        return not self._failing
 
     def publish_event(self, event: Event) -> None:
         pass
@@ -78,5 +171,22 @@ class PreviewSink:
     def close(self) -> None:
         videos, self._videos = self._videos, {}
         for source, video in videos.items():
-            video.close()
+            try:
+                video.close()
+            except OutputWriteError as error:
+                self._unfinished[video.path] = (error.reason, video.frames)
+                continue
             log.info("preview of %s: %d frames in %s", source, video.frames, video.path)
+        for path, (reason, frames) in sorted(self._unfinished.items()):
+            if path in self._said_unfinished:  # close is called twice when a run is aborted
+                continue
+            self._said_unfinished.add(path)
+            log.warning("preview '%s' is unfinished and cannot be played (the %d frames written to it are lost): its "
+                        "writes failed (%s)", path, frames, reason)
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0

@@ -16,6 +16,7 @@ decoded is recorded as failed, with the reason, and the others go on.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import glob
 import hashlib
@@ -236,10 +237,29 @@ class Manifest:
             raise SinkError(f"cannot write '{error.filename or self.path}': {error.strerror or error}") from None
 
     def _compact(self) -> None:
+        """Rewrite the manifest with the newest line of each video. When the disk is full the
+        manifest stays as it is, which means the same (its last line of a video counts), and the
+        half-written copy is removed; any other error (a link where the copy goes) raises."""
         tmp = self.path.with_name(self.path.name + ".tmp")
-        with open_output(tmp, "w", encoding="utf-8") as f:
-            f.write("".join(json.dumps(r, sort_keys=True) + "\n" for r in self.records.values()))
-        os.replace(tmp, self.path)
+        try:
+            f = open_output(tmp, "w", encoding="utf-8")
+        except OSError as error:
+            self._not_compacted(error)
+            return
+        try:
+            with f:
+                f.write("".join(json.dumps(r, sort_keys=True) + "\n" for r in self.records.values()))
+            os.replace(tmp, self.path)
+        except OSError as error:
+            with contextlib.suppress(OSError):  # ours, cut short
+                os.unlink(tmp)
+            self._not_compacted(error)
+
+    def _not_compacted(self, error: OSError) -> None:
+        if error.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EIO):
+            raise SinkError(f"cannot write '{error.filename or self.path}': {error.strerror or error}") from None
+        log.warning("cannot rewrite '%s' without its older lines (%s): it is kept as it is, which reads the same "
+                    "(the last line of each video counts)", self.path, error.strerror or error)
 
     def ids(self) -> dict[str, str]:
         return {record["id"]: video for video, record in self.records.items() if "id" in record}
@@ -370,8 +390,8 @@ def output_lock(root: Path) -> Iterator[None]:
         lock = open_output(root / ".lock", "a")
     except OSError as error:
         what = error.strerror or error
-        if error.filename and Path(error.filename) != root:  # its lock file
-            what = f"{Path(error.filename).name} {what}"
+        if error.filename and Path(error.filename) != root:  # a folder above it, or its lock file
+            what = f"'{error.filename}': {what}"
         raise ConfigError(
             f"cannot use '{root}' as the output folder ({what}) — give --out (or batch.output) "
             "a folder that can be created and written"

@@ -59,9 +59,12 @@ def render_stream(client, stream: str, video: str | Path, out: str | Path, opaci
                     )
                 writer.write(draw_overlay(frame.image, result, opacity), result.pts, result.time_base)
                 drawn = frame.index
+    except BaseException:
+        writer.abandon()  # its own error would hide the one that stopped the render
+        raise
     finally:
         source.close()
-        writer.close()
+    writer.close()
     return writer.frames, missing
 
 
