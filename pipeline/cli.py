@@ -26,7 +26,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from segstream import __version__
-from segstream.connectors.errors import ConfigError, SegstreamError, SinkError, SourceError
+from segstream.connectors.errors import (
+    THREAD_LIMIT_HINT,
+    ConfigError,
+    ResourceLimit,
+    SegstreamError,
+    SinkError,
+    SourceError,
+    thread_start_failed,
+)
 from segstream.connectors.redis_connection import RedisUnreachable, TlsFiles
 from segstream.pipeline.config import (
     BatchPipelineConfig,
@@ -66,15 +74,12 @@ def main(argv: list[str] | None = None) -> int:
             return int(exit.code or 0)
         configure_logging(getattr(args, "log_format", None), getattr(args, "log_level", None))
         return args.command(args)
+    except RuntimeError as error:
+        if not thread_start_failed(error):  # else a bug: its traceback
+            raise
+        return main_error(ResourceLimit(f"the system refused to start a thread ({THREAD_LIMIT_HINT})"))
     except SegstreamError as error:
-        from segstream.connectors.redaction import scrub  # a config's secrets, wherever a value landed
-
-        for line in scrub(str(error)).splitlines() or [type(error).__name__]:
-            if json_logging():
-                log.error(line)
-            else:
-                print(f"segstream: error: {line}", file=sys.stderr)
-        return error.exit_code
+        return main_error(error)
     except KeyboardInterrupt:
         write_line(signal_line("aborted", "ERROR"))
         code = 128 + (_DrainOnSignal.aborted_by or entry.aborted_by or signal.SIGINT)  # 130 Ctrl-C, 143 SIGTERM
@@ -87,6 +92,18 @@ def main(argv: list[str] | None = None) -> int:
             sys.stderr.flush()
             os._exit(code)
         return code
+
+
+def main_error(error: SegstreamError) -> int:
+    """Say a user error as the command's last line(s); its exit status."""
+    from segstream.connectors.redaction import scrub  # a config's secrets, wherever a value landed
+
+    for line in scrub(str(error)).splitlines() or [type(error).__name__]:
+        if json_logging():
+            log.error(line)
+        else:
+            print(f"segstream: error: {line}", file=sys.stderr)
+    return error.exit_code
 
 
 def _pipeline_threads_alive() -> bool:
