@@ -621,6 +621,9 @@ def open_error(error: BaseException, shown: str, open_timeout_s: float) -> Sourc
     if isinstance(error, av.error.InvalidDataError):  # a web page, a file of another kind: not going to change
         return InputRefused(f"cannot open '{shown}' as video ({describe_error(error)}) — check that the URL or path "
                             "is the video itself", missing=True)  # no video there (yet: a publisher starting)
+    if getattr(error, "errno", None) == errno.EMFILE:
+        return SourceError(f"cannot open '{shown}': too many open files in this process — raise `ulimit -n` "
+                             "(or the container's nofile limit), or run fewer sources")
     if getattr(error, "errno", None) == errno.ENOTTY:  # a device that is no camera (ioctl refused)
         return InputRefused(f"'{shown}' is not a video capture device — list the cameras with v4l2-ctl --list-devices")
     if getattr(error, "errno", None) == errno.EIO and exclusive_input(shown) and not shown.startswith("/dev/"):

@@ -17,9 +17,11 @@ if __name__ == "__main__":  # python -m: the module imported by entry.main runs,
 
 import argparse
 import contextlib
+import errno
 import json
 import logging
 import os
+import resource
 import signal
 import threading
 from pathlib import Path
@@ -80,6 +82,10 @@ def main(argv: list[str] | None = None) -> int:
         return main_error(ResourceLimit(f"the system refused to start a thread ({THREAD_LIMIT_HINT})"))
     except SegstreamError as error:
         return main_error(error)
+    except OSError as error:
+        if (limit := os_limit(error)) is None:  # else a bug: its traceback
+            raise
+        return main_error(limit)
     except KeyboardInterrupt:
         write_line(signal_line("aborted", "ERROR"))
         code = 128 + (_DrainOnSignal.aborted_by or entry.aborted_by or signal.SIGINT)  # 130 Ctrl-C, 143 SIGTERM
@@ -92,6 +98,22 @@ def main(argv: list[str] | None = None) -> int:
             sys.stderr.flush()
             os._exit(code)
         return code
+
+
+def os_limit(error: OSError) -> ResourceLimit | None:
+    """The user's line for an ``OSError`` that is a limit of this process or machine, not a bug:
+    no file descriptor left, no usable temporary directory. None for any other."""
+    if error.errno == errno.EMFILE:
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        return ResourceLimit(f"too many open files: this process may open {soft} (`ulimit -n`) — raise `ulimit -n` "
+                             "(or the container's nofile limit), or run fewer sources")
+    if error.errno == errno.ENFILE:
+        return ResourceLimit("too many open files on this machine (its file table is full: fs.file-max) — close "
+                             "other programs' files, or raise fs.file-max")
+    if error.errno == errno.ENOENT and str(error.strerror).startswith("No usable temporary directory"):
+        return ResourceLimit(f"{error.strerror}: each is full, missing or not writable — free space in /tmp or "
+                             "set TMPDIR to a writable directory")
+    return None
 
 
 def main_error(error: SegstreamError) -> int:

@@ -8,6 +8,8 @@ the count the pipeline needs does not depend on the machine's cores."""
 from __future__ import annotations
 
 import os
+import resource
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -112,3 +114,67 @@ def test_a_decoder_that_cannot_start_its_threads_names_the_limit_not_the_file(cl
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("LIMIT could not start the decoder's threads for "), done.stdout
     assert str(clip) in done.stdout and THREAD_LIMIT_HINT in done.stdout
+
+
+def _run(config: Path, cwd: Path | None = None, prefix: tuple[str, ...] = (), preexec=None, **env: str):
+    return subprocess.run(
+        [*prefix, sys.executable, "-m", "segstream.pipeline.cli", "run", str(config)],
+        capture_output=True, text=True, timeout=120, env={**_one_thread_pools(), **env}, cwd=cwd, preexec_fn=preexec,
+    )
+
+
+def _one_line(done: subprocess.CompletedProcess) -> str:
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    return done.stderr.strip().splitlines()[-1]
+
+
+def test_torch_that_cannot_be_mapped_within_ulimit_v_is_one_line_naming_it(tmp_path, clip):
+    # Found probing: `ulimit -v` of 3 GB or less gave `ImportError: libtorch_cuda.so: failed to map
+    # segment from shared object` with a traceback.
+    config = tmp_path / "run.yaml"
+    config.write_text(f"sources: [{{name: s, type: file, path: '{clip}'}}]\nmodel: {{device: cpu}}\nops: {{http: null}}\n"
+                      f"sinks: {{redis: {{enabled: false}}, files: {{enabled: true, dir: '{tmp_path / 'out'}'}}}}\n")
+
+    def address_space_of_2_gib():
+        resource.setrlimit(resource.RLIMIT_AS, (2 * 2**30, 2 * 2**30))
+
+    line = _one_line(_run(config, preexec=address_space_of_2_gib))
+    assert line.startswith("segstream: error: could not load lib"), line
+    assert "address-space limit (`ulimit -v`: 2048 MiB)" in line and "raise or lift `ulimit -v`" in line
+
+
+def test_file_descriptors_running_out_is_one_line_naming_ulimit_n(tmp_path, clip):
+    # Found probing: `ulimit -n 16`, 6 sources and the files sink gave `OSError: [Errno 24] Too many
+    # open files: '.../pycocotools/__init__.py'` with a traceback.
+    sources = "".join(f"  - {{name: s{i}, type: file, path: '{clip}'}}\n" for i in range(6))
+    config = tmp_path / "run.yaml"
+    config.write_text("sources:\n" + sources + "model: {device: cpu, precision: fp32}\nops: {http: null}\n"
+                      f"sinks: {{redis: {{enabled: false}}, files: {{enabled: true, dir: '{tmp_path / 'out'}'}}}}\n")
+
+    named = 0
+    for limit in (10, 12, 14, 16):  # where the descriptors run out (an import, a file, a write) varies: each is said
+        done = _run(config, preexec=lambda limit=limit: resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit)))
+        assert done.returncode in (0, 1) and "Traceback" not in done.stderr, done.stderr
+        named += "too many open files" in done.stderr and "`ulimit -n`" in done.stderr
+    assert named, "some of these limits are too low for the run"
+
+
+def test_no_usable_temporary_directory_is_one_line_saying_what_to_do(tmp_path):
+    # Found probing: /tmp full, TMPDIR unwritable and the working directory read-only gave
+    # `FileNotFoundError: No usable temporary directory found in [...]` from the embedded Redis.
+    if shutil.which("unshare") is None:
+        pytest.skip("no unshare(1) here to mount read-only temporary directories in a namespace of the test's own")
+    probe = subprocess.run(["unshare", "-m", "true"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip(f"cannot make a mount namespace here (unshare -m: {probe.stderr.strip()})")
+    read_only = tmp_path / "read-only"
+    read_only.mkdir()
+    mounts = " ".join(f"mount -t tmpfs -o ro,size=64k none {d};" for d in ("/tmp", "/var/tmp", "/usr/tmp", read_only)
+                      if Path(d).is_dir())
+    config = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"  # an embedded Redis: a temporary directory
+    done = _run(config, cwd=read_only, prefix=("unshare", "-m", "sh", "-c", mounts + ' exec "$@"', "sh"),
+                TMPDIR=str(read_only / "missing"), SEGSTREAM_REDIS_URL="")
+    line = _one_line(done)
+    assert line.startswith("segstream: error: No usable temporary directory found in ["), line
+    assert "set TMPDIR to a writable directory" in line
