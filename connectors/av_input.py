@@ -45,7 +45,7 @@ from urllib.parse import urlsplit
 import av
 import numpy as np
 
-from segstream.connectors.errors import SourceError
+from segstream.connectors.errors import THREAD_LIMIT_HINT, ResourceLimit, SourceError, thread_start_failed
 from segstream.connectors.frame_rate import FrameRateCap
 from segstream.connectors.ffmpeg_relay import RELAYED_SCHEMES, FFmpegRelay, demuxer_options, relay_program
 from segstream.connectors.urls import exclusive_input, redact_url, url_scheme
@@ -437,7 +437,9 @@ class AVInput:
                 except av.error.EOFError:
                     self._relay_ended()
                     return
-                except av.error.FFmpegError:
+                except av.error.FFmpegError as error:
+                    if error.errno == errno.EAGAIN:  # the decoder opens at its first packet, starting its threads
+                        raise self._threads_refused() from None
                     self.decode_errors += 1
                     rejected += 1
                     if packet.pts is None:
@@ -467,7 +469,12 @@ class AVInput:
                 raise InputTimeout(
                     f"no data from '{self.shown}' for {self.timeout[1]:g} s (read timeout)", "read", self.timeout[1]
                 ) from None
+            if error.errno == errno.EAGAIN:  # a file, a blocking read: what FFmpeg could not get is a thread
+                raise self._threads_refused() from None
             raise SourceError(f"reading '{self.shown}' failed: {describe_error(error)}") from None
+
+    def _threads_refused(self) -> ResourceLimit:
+        return ResourceLimit(f"could not start the decoder's threads for '{self.shown}' ({THREAD_LIMIT_HINT})")
 
     def _image(self, frame: av.VideoFrame) -> tuple[np.ndarray, tuple[int, int] | None]:
         """The frame as RGB, as displayed, and its displayed size when scaled down here."""
@@ -623,6 +630,9 @@ def open_error(error: BaseException, shown: str, open_timeout_s: float) -> Sourc
     if isinstance(error, av.error.InvalidDataError):  # a web page, a file of another kind: not going to change
         return InputRefused(f"cannot open '{shown}' as video ({describe_error(error)}) — check that the URL or path "
                             "is the video itself", missing=True)  # no video there (yet: a publisher starting)
+    if getattr(error, "errno", None) == errno.EMFILE:
+        return SourceError(f"cannot open '{shown}': too many open files in this process — raise `ulimit -n` "
+                             "(or the container's nofile limit), or run fewer sources")
     if getattr(error, "errno", None) == errno.ENOTTY:  # a device that is no camera (ioctl refused)
         return InputRefused(f"'{shown}' is not a video capture device — list the cameras with v4l2-ctl --list-devices")
     if getattr(error, "errno", None) == errno.EIO and exclusive_input(shown) and not shown.startswith("/dev/"):
@@ -714,7 +724,12 @@ class CaptureThread:
         self.thread = threading.Thread(target=self._run, name=f"segstream-capture-{name}", daemon=True)
 
     def start(self) -> CaptureThread:
-        self.thread.start()
+        try:
+            self.thread.start()
+        except RuntimeError as error:
+            if not thread_start_failed(error):
+                raise
+            raise ResourceLimit(f"the system refused to start its capture thread ({THREAD_LIMIT_HINT})") from None
         return self
 
     @property

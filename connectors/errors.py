@@ -42,3 +42,18 @@ class WireFormatError(SegstreamError):
     def __init__(self, message: str, entry_id: str | None = None):
         super().__init__(message)
         self.entry_id = entry_id
+
+
+class ResourceLimit(SegstreamError):
+    """The system refused a thread, a process or memory: a limit set on this process or its
+    container, not a fault of the input or the config."""
+
+
+# What to raise when a thread or process could not be started; Python and FFmpeg say only EAGAIN.
+THREAD_LIMIT_HINT = ("a process/thread limit? — raise `ulimit -u`, the container's pids limit or `ulimit -v`, "
+                     "or run fewer sources")
+
+
+def thread_start_failed(error: BaseException) -> bool:
+    """Whether ``error`` is Python's refusal to start a thread (``RuntimeError: can't start new thread``)."""
+    return isinstance(error, RuntimeError) and "can't start new thread" in str(error)

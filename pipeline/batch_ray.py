@@ -18,6 +18,7 @@ Ray is an optional extra: ``pip install -e ".[ray]"`` in the checkout.
 from __future__ import annotations
 
 import logging
+import re
 import signal
 import socket
 import threading
@@ -53,6 +54,22 @@ log = logging.getLogger(__name__)
 
 BATCHES_IN_FLIGHT = 2  # per video: one being segmented, one waiting, while the task decodes the next
 _POLL_S = 0.5
+_TERMINAL_CODES = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # Ray colours the task's name in its errors
+
+
+def ray_failure(error: BaseException) -> str:
+    """One line on why a Ray task failed: the exception inside it (the task's own, or the one a
+    task's ``ray.get`` met: the object store full, a worker that crashed) with its message, in
+    place of Ray's header (``ray::process_video() (pid=..., ip=...)``) and its colour codes."""
+    inner = error
+    while getattr(inner, "cause", None) is not None and inner.cause is not inner:
+        inner = inner.cause
+    lines = [line.strip() for line in _TERMINAL_CODES.sub("", str(inner)).splitlines()
+             if line.strip() and not line.strip().startswith(("ray::", "File \"", "Traceback"))]
+    if type(inner).__name__.startswith("RayTaskError"):  # no cause kept: its text ends in the exception's line
+        return lines[-1] if lines else "RayTaskError"
+    name = type(inner).__name__
+    return f"{name}: {lines[0]}" if lines else name
 
 
 def _ray():
@@ -390,7 +407,7 @@ def _run(ray, cfg, jobs, root, manifest, progress, control, run_id) -> list[Vide
                     # a worker that died is retried (batch.ray.retries); an error in the task is not
                     died = isinstance(error, (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError))
                     tries = f" {settings.retries + 1} times" if died else ""
-                    outcome = VideoOutcome(job, "failed", reason=f"its Ray task failed{tries}: {error}".splitlines()[0])
+                    outcome = VideoOutcome(job, "failed", reason=f"its Ray task failed{tries}: {ray_failure(error)}")
                 manifest.record(outcome)
                 if marking is not None and outcome.status == "done":
                     marking[2].forget([job.id])

@@ -17,16 +17,26 @@ if __name__ == "__main__":  # python -m: the module imported by entry.main runs,
 
 import argparse
 import contextlib
+import errno
 import json
 import logging
 import os
+import resource
 import signal
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from segstream import __version__
-from segstream.connectors.errors import ConfigError, SegstreamError, SinkError, SourceError
+from segstream.connectors.errors import (
+    THREAD_LIMIT_HINT,
+    ConfigError,
+    ResourceLimit,
+    SegstreamError,
+    SinkError,
+    SourceError,
+    thread_start_failed,
+)
 from segstream.connectors.redis_connection import RedisUnreachable, TlsFiles
 from segstream.pipeline.config import (
     BatchPipelineConfig,
@@ -66,15 +76,16 @@ def main(argv: list[str] | None = None) -> int:
             return int(exit.code or 0)
         configure_logging(getattr(args, "log_format", None), getattr(args, "log_level", None))
         return args.command(args)
+    except RuntimeError as error:
+        if not thread_start_failed(error):  # else a bug: its traceback
+            raise
+        return main_error(ResourceLimit(f"the system refused to start a thread ({THREAD_LIMIT_HINT})"))
     except SegstreamError as error:
-        from segstream.connectors.redaction import scrub  # a config's secrets, wherever a value landed
-
-        for line in scrub(str(error)).splitlines() or [type(error).__name__]:
-            if json_logging():
-                log.error(line)
-            else:
-                print(f"segstream: error: {line}", file=sys.stderr)
-        return error.exit_code
+        return main_error(error)
+    except OSError as error:
+        if (limit := os_limit(error)) is None:  # else a bug: its traceback
+            raise
+        return main_error(limit)
     except KeyboardInterrupt:
         write_line(signal_line("aborted", "ERROR"))
         code = 128 + (_DrainOnSignal.aborted_by or entry.aborted_by or signal.SIGINT)  # 130 Ctrl-C, 143 SIGTERM
@@ -87,6 +98,34 @@ def main(argv: list[str] | None = None) -> int:
             sys.stderr.flush()
             os._exit(code)
         return code
+
+
+def os_limit(error: OSError) -> ResourceLimit | None:
+    """The user's line for an ``OSError`` that is a limit of this process or machine, not a bug:
+    no file descriptor left, no usable temporary directory. None for any other."""
+    if error.errno == errno.EMFILE:
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        return ResourceLimit(f"too many open files: this process may open {soft} (`ulimit -n`) — raise `ulimit -n` "
+                             "(or the container's nofile limit), or run fewer sources")
+    if error.errno == errno.ENFILE:
+        return ResourceLimit("too many open files on this machine (its file table is full: fs.file-max) — close "
+                             "other programs' files, or raise fs.file-max")
+    if error.errno == errno.ENOENT and str(error.strerror).startswith("No usable temporary directory"):
+        return ResourceLimit(f"{error.strerror}: each is full, missing or not writable — free space in /tmp or "
+                             "set TMPDIR to a writable directory")
+    return None
+
+
+def main_error(error: SegstreamError) -> int:
+    """Say a user error as the command's last line(s); its exit status."""
+    from segstream.connectors.redaction import scrub  # a config's secrets, wherever a value landed
+
+    for line in scrub(str(error)).splitlines() or [type(error).__name__]:
+        if json_logging():
+            log.error(line)
+        else:
+            print(f"segstream: error: {line}", file=sys.stderr)
+    return error.exit_code
 
 
 def _pipeline_threads_alive() -> bool:

@@ -25,9 +25,32 @@ def main() -> int:
     # started (bench's embedded Redis) running, and said nothing
     for signum in STOP_SIGNALS:
         signal.signal(signum, _interrupt)
-    from segstream.pipeline.cli import main as cli_main
+    try:
+        from segstream.pipeline.cli import main as cli_main
 
-    return cli_main()
+        return cli_main()
+    except ImportError as error:
+        if "failed to map segment" not in str(error):  # else a broken install: its traceback
+            raise
+        os.write(2, _address_space_line(error))
+        return 1
+
+
+def _address_space_line(error: ImportError) -> bytes:
+    """What a library that could not be mapped within ``ulimit -v`` (RLIMIT_AS) says: torch and
+    FFmpeg map gigabytes of address space they never touch, so the limit, not memory, ran out."""
+    import resource
+
+    library = str(error).split(":")[0].strip() or "a library"
+    soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+    limit = "unlimited" if soft == resource.RLIM_INFINITY else f"{soft // 2**20} MiB"
+    message = (f"error: could not load {library} within this process's address-space limit (`ulimit -v`: {limit}) "
+               "— raise or lift `ulimit -v` (torch alone maps several GB it never uses); to cap memory, use "
+               "the container's memory limit instead")
+    logs = sys.modules.get("segstream.pipeline.logs")
+    if logs is None or not hasattr(logs, "signal_line"):
+        return f"segstream: {message}\n".encode()
+    return logs.signal_line(message, "ERROR", os.environ.get(logs.ENV_FORMAT, "").lower() == "json")
 
 
 def _interrupt(signum, frame) -> None:

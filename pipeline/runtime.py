@@ -34,7 +34,14 @@ from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, TextIO
 
-from segstream.connectors.errors import ConfigError, SegstreamError, SourceError
+from segstream.connectors.errors import (
+    THREAD_LIMIT_HINT,
+    ConfigError,
+    ResourceLimit,
+    SegstreamError,
+    SourceError,
+    thread_start_failed,
+)
 from segstream.connectors.frames import Frame, frame_problem
 from segstream.connectors.sink import SINK_DROPS, SINK_METHODS, Sink
 from segstream.connectors.source import VideoSource
@@ -507,13 +514,13 @@ class Runtime:
         ]
         sources_closed = False
         try:
-            threads[0].start()
+            _start(threads[0])
             if self.warm_up_size is not None:
                 while not self._decoding.wait(0.05):  # sources start once the model is warm
                     if self._stop_requested or self._errors or not threads[0].is_alive():
                         break
             for t in threads[1:]:
-                t.start()
+                _start(t)
             last_progress = last_watch = start
             decoders = threads[self.model_workers:self.model_workers + len(self.sources)]
             closed_at = math.inf
@@ -538,8 +545,9 @@ class Runtime:
                 if self.progress and now - last_progress >= self.progress_interval_s:
                     last_progress = now
                     self._say(self._progress_line(now - start) + "\n")
-        except BaseException:
-            # second Ctrl-C: no draining; sinks are closed because some own a process (an embedded Redis)
+        except BaseException as error:
+            # second Ctrl-C, a thread the system refused: no draining; sinks are closed because some
+            # own a process (an embedded Redis)
             self._interrupted = True
             self._abort()
             self._close_sources()
@@ -548,8 +556,14 @@ class Runtime:
                 publisher.join(1.0)  # aborted, it closes the sinks itself; closing them under it races its writes
             if publisher.ident is None or publisher.is_alive():
                 self._close_sinks()
+            if isinstance(error, ResourceLimit):  # the pipeline's threads, inside torch or FFmpeg, end before Python does
+                deadline = time.monotonic() + SOURCE_CLOSE_GRACE_S
+                for t in threads:
+                    if t.ident is not None:
+                        t.join(max(0.0, deadline - time.monotonic()))
             if self.progress:  # what the abort cut short: frames still in the engine are abandoned
-                self._print_summary(self.report(time.monotonic() - start).summary("aborted"))
+                outcome = "failed" if isinstance(error, ResourceLimit) else "aborted"
+                self._print_summary(self.report(time.monotonic() - start).summary(outcome))
             raise
         if not sources_closed:
             self._close_sources()
@@ -1064,6 +1078,16 @@ class Runtime:
             f"{state} {len(names)}" + ("" if state == "streaming" else f" ({' '.join(names)})")
             for state, names in by_state.items()
         )
+
+
+def _start(thread: threading.Thread) -> None:
+    try:
+        thread.start()
+    except RuntimeError as error:
+        if not thread_start_failed(error):
+            raise
+        name = thread.name.removeprefix(THREAD_PREFIX)
+        raise ResourceLimit(f"the system refused to start the pipeline's {name} thread ({THREAD_LIMIT_HINT})") from None
 
 
 def _reason(error: BaseException, source: str) -> str:

@@ -180,3 +180,34 @@ def test_a_batch_killed_midway_and_resumed_on_ray_leaves_each_frame_once_in_redi
         outcomes, _, _ = run_batch(cfg, [str(video)], engine="ray", progress=False)
         assert [o.status for o in outcomes] == ["done"]
         assert [int(f[b"frame"]) for _, f in client.xrange("segstream:long:frames")] == list(range(40))
+
+
+def _out_of_space():
+    raise OSError(28, "No space left on device")
+
+
+class _Full:
+    def segment(self):
+        _out_of_space()
+
+
+def _waits_on(actor):
+    return ray.get(actor.segment.remote())
+
+
+def test_a_failed_ray_task_is_told_by_the_error_inside_it_without_colour_codes():
+    # Found probing: with /dev/shm and /tmp tiny the manifest said only "its Ray task failed:
+    # \x1b[36mray::process_video()\x1b[39m (pid=12085, ip=192.0.2.2)", the cause in raylet logs.
+    from segstream.pipeline.batch_ray import ray_failure
+
+    own = ray.remote(max_retries=0)(_out_of_space)
+    nested = ray.remote(max_retries=0)(_waits_on)  # process_video's ray.get of the model actor's results
+    crashed = ray.remote(max_retries=0)(lambda: os._exit(1))
+    reasons = []
+    for ref in (own.remote(), nested.remote(ray.remote(_Full).remote()), crashed.remote()):
+        with pytest.raises(ray.exceptions.RayError) as failed:
+            ray.get(ref)
+        assert "\x1b[" in str(failed.value) or "WorkerCrashed" in type(failed.value).__name__, "Ray's own text"
+        reasons.append(ray_failure(failed.value))
+    assert reasons[0] == reasons[1] == "OSError: [Errno 28] No space left on device"
+    assert reasons[2].startswith("WorkerCrashedError: ") and "\n" not in reasons[2] and "\x1b" not in reasons[2]
