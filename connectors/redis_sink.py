@@ -48,8 +48,9 @@ log = logging.getLogger(__name__)
 
 # Why a frame the publisher was handed never reached Redis (RunMetrics' dropped reasons).
 _RECHECK_S = 0.25  # while disconnected, how often poll() wants to be called
-# Refusals that a failover or a consumer's trimming can end: ridden out like an outage.
+# Refusals that a failover, a consumer's trimming or disk space freed can end: ridden out like an outage.
 _PASSING_REFUSALS = (redis.exceptions.OutOfMemoryError, redis.exceptions.ReadOnlyError)
+_PASSING_PREFIXES = ("OOM", "READONLY", "MISCONF")  # MISCONF (its snapshots fail) has no class of its own in redis-py
 # How often a stream this run writes is checked for entries of another run (one XREVRANGE COUNT 1).
 _WRITER_CHECK_S = 2.0
 # At start, another run's last entry counts as "still writing" when this recent (Redis's clock), or
@@ -472,11 +473,11 @@ class RedisPublisher:
             # dropped from the backlog meanwhile leave no gap a reader would count as trimmed
             self._last_error = self._connection_error(error)
             return False
-        except _PASSING_REFUSALS as error:  # the whole batch, at MULTI or EXEC: kept, and sent again
-            self._last_error = error_summary(error)
-            self._refusal = _advice(error)
-            return False
         except redis.RedisError as error:
+            if _passing(error):  # the whole batch, at MULTI or EXEC: kept, and sent again
+                self._last_error = error_summary(error)
+                self._refusal = _advice(error)
+                return False
             self.failed += len(batch)
             self._refused(batch)
             raise SinkError(
@@ -848,7 +849,7 @@ def _check_transactions(client: redis.Redis) -> None:
     except redis.RedisError as error:  # no permission, or a proxy without transactions
         where = redis_address(client)
         client.close()
-        if isinstance(error, _PASSING_REFUSALS):
+        if _passing(error):
             raise SinkError(f"Redis at {where} refuses writes: {_advice(error)}") from None
         raise SinkError(f"Redis at {where} refused MULTI/EXEC: {error_summary(error)} — {_advice(error)}") from None
 
@@ -856,6 +857,11 @@ def _check_transactions(client: redis.Redis) -> None:
 _GRANT = ("grant this user XADD, MULTI, EXEC, XREVRANGE, XRANGE and XLEN on the stream keys, and the connection "
           "commands (ACL: +xadd +multi +exec +xrevrange +xrange +xlen +@connection ~segstream:*, for the default "
           "stream names)")
+
+
+def _passing(error: Exception) -> bool:
+    """A refusal for now (full, read-only, cannot persist), not for good."""
+    return isinstance(error, _PASSING_REFUSALS) or error_summary(error).startswith(_PASSING_PREFIXES)
 
 
 def _advice(error: Exception) -> str:
@@ -868,6 +874,10 @@ def _advice(error: Exception) -> str:
         return "Redis is out of memory (maxmemory): raise maxmemory, lower sinks.redis.maxlen or trim other keys"
     if isinstance(error, redis.exceptions.ReadOnlyError) or text.startswith("READONLY"):
         return "the server is a read-only replica: point sinks.redis.url at the primary"
+    if error_summary(error).startswith("MISCONF"):
+        return ("Redis cannot save its RDB snapshots (its disk full, or its dir not writable: see the Redis log) and "
+                "refuses writes until a save succeeds: free space where it saves; its next save (BGSAVE) ends the "
+                "refusal")
     if text.startswith("NOAUTH"):
         return "set the password (REDIS_PASSWORD)"
     return "check the Redis server log"

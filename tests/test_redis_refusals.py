@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -355,3 +356,29 @@ def test_a_redis_that_evicts_only_keys_with_a_ttl_is_not_warned(tmp_path, caplog
         publisher.publish(tiny_scene("cam0", 0))
         publisher.close()
         assert not warnings_of(caplog, "evicts whole keys") and not warnings_of(caplog, "lost entries")
+
+
+def test_a_redis_that_cannot_save_its_snapshots_is_ridden_out_and_takes_the_backlog_once_it_saves(tmp_path, caplog):
+    # Found probing: a Redis whose disk was full answered MISCONF and the run ended with an error.
+    with RedisProcess(tmp_path / "redis", ["--save", "3600 1", "--enable-protected-configs", "yes"]) as server:
+        publisher, written, dropped = publisher_for(server, reconnect_max_s=0.2)
+        publisher.publish(tiny_scene("cam0", 0))
+        admin = server.client()
+        shutil.rmtree(server.directory)  # where it saves is gone: its snapshot fails, as on a full disk
+        admin.bgsave()
+        wait_until(lambda: admin.info("persistence")["rdb_bgsave_in_progress"] == 0
+                   and admin.info("persistence")["rdb_last_bgsave_status"] == "err")
+        for index in range(1, 4):
+            publisher.publish(tiny_scene("cam0", index))  # never raises
+            publisher.poll()
+        assert "refusing writes" in publisher.status()["line"] and publisher.backlog == 3
+        refusal = warnings_of(caplog, "refuses writes")
+        assert len(refusal) == 1 and "cannot save its RDB snapshots (its disk full" in refusal[0]
+        saves = tmp_path / "redis-saves"
+        saves.mkdir()
+        admin.config_set("dir", str(saves))  # space again
+        admin.bgsave()
+        wait_until(lambda: publisher.backlog == 0, step=publisher.poll)
+        assert frames_in(server) == [0, 1, 2, 3] and [r.index for r in written] == [0, 1, 2, 3] and dropped == []
+        assert len(warnings_of(caplog, "takes writes again")) == 1
+        publisher.close()
