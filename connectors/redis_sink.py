@@ -186,6 +186,7 @@ class RedisPublisher:
         self._embedded: EmbeddedRedis | None = None
         self._closed = False
         self._evicted_keys: int | None = None  # INFO stats evicted_keys when last read; None: not readable
+        self._lengths_readable: bool | None = None  # whether this user may run XLEN (ACL), once known
         self._check_eviction_policy()
 
     @classmethod
@@ -447,6 +448,9 @@ class RedisPublisher:
                 if frames not in self._writer_checked:
                     self._recent_writer(frames)
             self._check_other_writers({item.stream for item in batch})
+            written_before = sorted({item.stream for item in batch} & self._last_id.keys())
+            if written_before and self._lengths_readable is None:  # a refused XLEN would abort the MULTI
+                self._lengths_readable = self._may_read_length(written_before[0])
         except (redis.ConnectionError, redis.TimeoutError, OSError) as error:
             self._last_error = error_summary(error)
             return False
@@ -454,7 +458,7 @@ class RedisPublisher:
         stamp = repr(now)
         pipe = self.client.pipeline(transaction=True)
         # Streams written before: their length before this batch, 0 when Redis evicted (or someone deleted) them.
-        checked = sorted({item.stream for item in batch} & self._last_id.keys())
+        checked = sorted({item.stream for item in batch} & self._last_id.keys()) if self._lengths_readable else []
         for stream in checked:
             pipe.xlen(stream)
         numbered = dict(self._seq)
@@ -710,6 +714,19 @@ class RedisPublisher:
         except redis.RedisError as error:
             log.debug("cannot read INFO %s of Redis at %s (%s)", section, self._where, error_summary(error))
             return {}
+
+    def _may_read_length(self, stream: str) -> bool:
+        """Whether this user may run XLEN; warned once when not (ACL)."""
+        try:
+            self.client.xlen(stream)
+        except redis.exceptions.NoPermissionError as error:
+            log.warning("Redis at %s refuses XLEN on %s (%s): a stream Redis evicts (maxmemory-policy allkeys-*) or "
+                        "someone deletes cannot be detected — grant this user +xlen (README, Redis ACL)",
+                        self._where, stream, error_summary(error))
+            return False
+        except redis.ResponseError:  # not a stream (WRONGTYPE): the XADD says so, with advice
+            pass
+        return True
 
     def _warn_vanished(self, gone: list[tuple[str, bytes]]) -> None:
         """Streams this run wrote found empty: evicted when INFO's evicted_keys grew, else deleted."""
