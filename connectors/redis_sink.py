@@ -185,7 +185,7 @@ class RedisPublisher:
         self._probe: threading.Thread | None = None
         self._embedded: EmbeddedRedis | None = None
         self._closed = False
-        self._evicted_keys: int | None = None  # INFO stats evicted_keys when last read; None: not readable
+        self._evicted_keys: int | None = None  # INFO stats evicted_keys at connect; None: not readable
         self._lengths_readable: bool | None = None  # whether this user may run XLEN (ACL), once known
         self._check_eviction_policy()
 
@@ -729,15 +729,15 @@ class RedisPublisher:
         return True
 
     def _warn_vanished(self, gone: list[tuple[str, bytes]]) -> None:
-        """Streams this run wrote found empty: evicted when INFO's evicted_keys grew, else deleted."""
+        """Streams this run wrote found empty: evicted when Redis evicted keys since this run connected
+        (INFO's evicted_keys; one eviction may take several streams, found at different writes), else deleted."""
         if not gone:
             return
         before, evicted = self._evicted_keys, self._info("stats").get("evicted_keys")
-        self._evicted_keys = evicted
         if before is not None and evicted is not None and evicted > before:
             policy = self._info("memory").get("maxmemory_policy", "?")
-            cause = (f"Redis evicted it (maxmemory-policy {policy}; evicted_keys went from {before} to {evicted}) — "
-                     "set maxmemory-policy noeviction on that Redis (docs/OPERATIONS.md)")
+            cause = (f"Redis evicted it (maxmemory-policy {policy}; evicted_keys went from {before} when this run "
+                     f"connected to {evicted}) — set maxmemory-policy noeviction on that Redis (docs/OPERATIONS.md)")
         else:
             cause = "it was deleted or emptied (DEL, XTRIM, FLUSHALL, or an eviction INFO does not show)"
         self._warn_lost(gone, cause)
