@@ -90,8 +90,9 @@ def model_check(model, preset) -> str:
 
 def redis_check(cfg: PipelineConfig, source_names: list[str]) -> str:
     """Connect as the run does (auth, TLS, PING), then ask Redis whether this user may run the
-    sink's MULTI/EXEC and XADD on each source's streams — queued in a transaction that is
-    discarded, so nothing is written."""
+    sink's MULTI/EXEC and XADD on each source's streams — queued in a transaction that EXEC
+    then refuses to run, so nothing is written (DISCARD, which the publisher ACL need not grant,
+    is not used)."""
     import redis
     import redis.exceptions
 
@@ -108,8 +109,9 @@ def redis_check(cfg: PipelineConfig, source_names: list[str]) -> str:
                            tls=TlsFiles(tls.ca_file, tls.cert_file, tls.key_file, tls.check_hostname),
                            socket_timeout=5.0, connect_timeout=2.0, client_name="segstream-preflight")
     where = redis_address(client)
-    grant = ("grant this user XADD, MULTI and EXEC on the stream keys and the connection commands (ACL: "
-             "+xadd +multi +exec +@connection ~segstream:*, for the default stream names; README: publisher ACL)")
+    grant = ("grant this user what the publisher runs on the stream keys and the connection commands (ACL: "
+             "+xadd +multi +exec +xrevrange +xrange +xlen +@connection ~segstream:*, for the default stream names; "
+             "README: publisher ACL)")
     keys = [stream_name(pattern, name) for name in source_names or ["preflight"]
             for pattern in (section.stream, section.events_stream)]
     try:
@@ -131,7 +133,9 @@ def redis_check(cfg: PipelineConfig, source_names: list[str]) -> str:
 
 def _xadd_refusals(client, keys: list[str]) -> list[str]:
     """The keys of ``keys`` on which Redis's ACL refuses XADD: checked when the command is queued
-    inside MULTI, which DISCARD then drops unrun."""
+    inside MULTI. A command of the wrong arity (MULTI with an argument: refused as the command
+    arrives, before any ACL check) then marks the transaction failed, so that EXEC answers
+    EXECABORT and runs nothing."""
     import redis.exceptions
 
     refused = []
@@ -145,8 +149,18 @@ def _xadd_refusals(client, keys: list[str]) -> list[str]:
                 connection.read_response()
             except redis.exceptions.NoPermissionError:
                 refused.append(key)
-        connection.send_command("DISCARD")
-        connection.read_response()
+        connection.send_command("MULTI", "preflight")  # wrong arity: the transaction cannot run
+        try:
+            connection.read_response()
+        except redis.exceptions.ResponseError:
+            pass
+        connection.send_command("EXEC")
+        try:
+            connection.read_response()
+        except redis.exceptions.ExecAbortError:  # nothing ran
+            pass
+        else:
+            raise RuntimeError("EXEC ran the pre-flight's transaction, which was to be refused")
     finally:
         client.connection_pool.release(connection)
     return refused

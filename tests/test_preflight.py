@@ -15,6 +15,7 @@ import pytest
 
 from segstream.pipeline.cli import main
 from tests.live_servers import RtspCamera, free_port
+from tests.test_run_identity import readme_publisher_acl
 from tests.redis_servers import RedisProcess
 
 PASSWORD = "pre-fl1ght-pw"
@@ -24,9 +25,10 @@ TINY = Path(__file__).resolve().parents[1] / "models" / "weights" / "synthetic_e
 
 @pytest.fixture(scope="module")
 def redis_server(tmp_path_factory):
-    # bob may log in and use transactions on segstream's keys, but not XADD: a publisher's ACL half done
+    # bob may log in and use transactions on segstream's keys, but not XADD: a publisher's ACL half done;
+    # pub has exactly the README's publisher ACL
     args = ["--requirepass", PASSWORD, "--user", "bob", "on", ">bob-pw", "~segstream:*", "+@connection",
-            "+multi", "+exec", "+discard", "+xrevrange"]
+            "+multi", "+exec", "+xrevrange", "--user", "pub", "on", ">pub-pw", *readme_publisher_acl()]
     with RedisProcess(tmp_path_factory.mktemp("redis"), args) as server:
         yield server
 
@@ -86,7 +88,16 @@ def test_an_acl_user_without_xadd_fails_naming_the_grant_and_nothing_is_written(
     redis_line = line_of(lines, "redis")
     assert redis_line.startswith("FAIL")
     assert "refuses XADD on segstream:cam0:frames, segstream:cam0:events" in redis_line
-    assert "+xadd +multi +exec +@connection ~segstream:*" in redis_line
+    assert "+xadd +multi +exec +xrevrange +xrange +xlen +@connection ~segstream:*" in redis_line
+    assert redis_server.client(password=PASSWORD).exists("segstream:cam0:frames", "segstream:cam0:events") == 0
+
+
+def test_the_readme_s_publisher_acl_passes_and_nothing_is_written(tmp_path, redis_server, capsys):
+    """Found by QA: the check's DISCARD, which the README's ACL does not grant, failed the very
+    user the run works with ('no permissions to run the discard command')."""
+    redis = f"{{url: '{redis_server.url}', username: pub, password: pub-pw}}"
+    code, lines = connect(write_config(tmp_path, FILE_SOURCE, redis), capsys)
+    assert line_of(lines, "redis").startswith("ok") and code == 0, lines
     assert redis_server.client(password=PASSWORD).exists("segstream:cam0:frames", "segstream:cam0:events") == 0
 
 
