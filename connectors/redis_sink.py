@@ -53,6 +53,7 @@ _PASSING_REFUSALS = (redis.exceptions.OutOfMemoryError, redis.exceptions.ReadOnl
 _PASSING_PREFIXES = ("OOM", "READONLY", "MISCONF")  # MISCONF (its snapshots fail) has no class of its own in redis-py
 # How often a stream this run writes is checked for entries of another run (one XREVRANGE COUNT 1).
 _WRITER_CHECK_S = 2.0
+_WRITER_WINDOW = 10  # entries read after this run's last at the previous check
 # At start, another run's last entry counts as "still writing" when this recent (Redis's clock), or
 # more recent than three of its gaps between entries.
 _RECENT_MAX_S = 5.0
@@ -161,6 +162,7 @@ class RedisPublisher:
         self.other_writers: dict[str, str] = {}
         self._ended: set[tuple[str, str]] = set()  # (run_id, source) whose end a state event said
         self._writer_checked: dict[str, float] = {}  # per stream, when it was last checked for other writers
+        self._writer_since: dict[str, bytes] = {}  # per stream, this run's last entry at that check
         self._unreadable = False  # the last entry of a stream cannot be read (ACL): warned once
         self._where = redis_address(client)
         self._connected = True
@@ -569,20 +571,36 @@ class RedisPublisher:
         return last
 
     def _check_other_writers(self, streams: set[str]) -> None:
-        """Every ``_WRITER_CHECK_S`` per stream: a last entry newer than the one this run wrote
-        last, of another run, means another publisher writes the same stream."""
+        """Every ``_WRITER_CHECK_S`` per stream: an entry of another run among the first
+        ``_WRITER_WINDOW`` after the one this run wrote last at the previous check, or as the
+        stream's last entry, means another publisher writes the same stream. (The last entry
+        alone missed a run writing as often as this one: at the check, the last was often ours.)"""
         now = time.monotonic()
         for stream in streams:
             written = self._last_id.get(stream)
             if written is None or now - self._writer_checked.get(stream, 0.0) < _WRITER_CHECK_S:
                 continue
             self._writer_checked[stream] = now
-            last = self._last_entries(stream, 1)
-            if not last or _id_key(last[0][0]) <= _id_key(written):
-                continue
-            other = _text(last[0][1].get(b"run_id", b""))
-            if other and other != self.run_id:
-                self._other_writer(stream, other, f"its entry {_text(last[0][0])} came after this run's {_text(written)}")
+            since, self._writer_since[stream] = self._writer_since.get(stream), written
+            entries = self._last_entries(stream, 1)
+            if since is not None:
+                entries += self._entries_after(stream, since, _WRITER_WINDOW)
+            for entry_id, fields in entries:
+                other = _text(fields.get(b"run_id", b""))
+                if other and other != self.run_id and _id_key(entry_id) > _id_key(since or written):
+                    self._other_writer(stream, other, f"its entry {_text(entry_id)} came after this run's "
+                                                      f"{_text(since or written)}")
+                    break
+
+    def _entries_after(self, stream: str, entry_id: bytes, count: int) -> list:
+        """The first ``count`` entries after ``entry_id``; [] when this user may not read them."""
+        if self._unreadable:
+            return []
+        try:
+            return self.client.xrange(stream, min=b"(" + entry_id, count=count)
+        except redis.RedisError as error:  # a user without XRANGE: the last entry is checked still
+            log.debug("cannot read the entries of %s after %s (%s)", stream, _text(entry_id), error_summary(error))
+            return []
 
     def _last_entries(self, stream: str, count: int) -> list:
         """The stream's newest ``count`` entries, newest first; [] when this user may not read them."""

@@ -84,6 +84,27 @@ def test_two_runs_writing_one_stream_each_warn_naming_the_other(server, client, 
     assert f"another segstream run ({second.run_id}) writes to segstream:cam0:frames" in lines[1]
 
 
+def test_the_first_run_sees_the_second_even_when_the_stream_ends_with_its_own_entry(server, client, monkeypatch):
+    """Found by QA: the first of two runs writing as often as each other never warned in one try
+    of three: at its check the stream's last entry was often its own."""
+    monkeypatch.setattr(redis_sink, "_WRITER_CHECK_S", 0.3)
+    first = publisher(server, "20261202T100000Z-aaaaaaaa")
+    second = publisher(server, "20261202T100500Z-bbbbbbbb")
+    try:
+        first.publish(frame(0, first.run_id))
+        time.sleep(0.4)
+        first.publish(frame(1, first.run_id))  # checked: nothing of another run yet
+        second.publish(frame(0, second.run_id))
+        first.publish(frame(2, first.run_id))  # within the check's interval: not checked
+        time.sleep(0.4)
+        assert client.xrevrange("segstream:cam0:frames", count=1)[0][1][b"run_id"] == first.run_id.encode()
+        first.publish(frame(3, first.run_id))  # checked: the stream ends with its own entry
+        assert list(first.other_writers) == [second.run_id]
+    finally:
+        first.close()
+        second.close()
+
+
 def test_a_second_run_that_writes_only_events_sees_the_run_writing_the_source_s_frames(server, client, warnings):
     """Found probing: a copy that could not bind the camera's port wrote reconnecting/ended events
     beside a source that was fine, unnoticed."""
