@@ -459,7 +459,7 @@ class RedisSinkConfig(Strict):
     max_backlog_mb: PositiveFloat = 256.0
     reconnect_max_s: PositiveFloat = 5.0
     drain_timeout_s: Annotated[float, Field(ge=0)] = 10.0
-    timeout_s: PositiveFloat = 1.0
+    timeout_s: Annotated[float, Field(ge=0.05)] = 1.0  # shorter: a healthy Redis read as gone, entries sent twice
     start_wait_s: Annotated[float, Field(ge=0)] = 0.0
     stream: str = "segstream:{source}:frames"
     events_stream: str = "segstream:{source}:events"
@@ -679,6 +679,22 @@ class PipelineConfig(Strict):
         if problem:
             raise ValueError(problem)
         return sources
+
+    @model_validator(mode="after")
+    def _ids_outlast_the_frame_interval(self) -> PipelineConfig:
+        # found by QA: max_fps 1 with max_lost_s 0.5 left every segment without an id, unsaid
+        lost_s = self.tracking.max_lost_s
+        if not self.tracking.enabled or lost_s is None:
+            return self
+        rates = [(f"source {s.name}'s", s.max_fps) for s in self.sources] + [("batch", self.batch.max_fps)]
+        for whose, max_fps in rates:
+            if max_fps is not None and lost_s < 1 / max_fps:
+                raise ValueError(
+                    f"tracking.max_lost_s ({lost_s:g} s) is shorter than the time between {whose} frames at its "
+                    f"max_fps {max_fps:g} ({1 / max_fps:g} s): no thing would keep its id from one frame to the "
+                    f"next — raise max_lost_s above {1 / max_fps:g} s"
+                )
+        return self
 
     @model_validator(mode="after")
     def _full_frames_for_the_preview(self) -> PipelineConfig:

@@ -3,6 +3,8 @@ occlusions, lifecycle, stuff, gates, bounded state."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -457,6 +459,30 @@ def test_max_lost_s_is_validated_and_reaches_the_tracker():
                              "tracking": {"max_lost_s": bad}})
     with pytest.raises(ValueError, match="max_lost_s"):
         TrackerSettings(max_lost_s=0)
+
+
+def test_max_lost_s_shorter_than_a_max_fps_frame_interval_is_refused():
+    """Found by QA: max_fps 1 with max_lost_s 0.5 left every segment without an id, unsaid."""
+    from segstream.connectors.errors import ConfigError
+    from segstream.pipeline.config import BatchPipelineConfig, validate_config
+
+    clip = str(Path(__file__).resolve().parents[1] / "samples" / "demo.mp4")
+    source = {"name": "cam1", "type": "file", "path": clip, "max_fps": 1}
+    with pytest.raises(ConfigError, match=r"max_lost_s \(0.5 s\) is shorter than the time between source cam1's"):
+        validate_config({"sources": [source], "tracking": {"max_lost_s": 0.5}})
+    with pytest.raises(ConfigError, match="between batch frames"):
+        validate_config({"batch": {"max_fps": 0.5}, "tracking": {"max_lost_s": 1}}, schema=BatchPipelineConfig)
+    validate_config({"sources": [source], "tracking": {"max_lost_s": 2}})  # a frame a second, lost for 2 s: fine
+    validate_config({"sources": [source], "tracking": {"max_lost_s": 0.5, "enabled": False}})
+
+
+def test_a_redis_timeout_too_short_for_a_healthy_redis_is_refused():
+    """Found by QA: timeout_s 0.001 read a healthy Redis as gone twice and sent 7 entries twice."""
+    from segstream.connectors.errors import ConfigError
+    from segstream.pipeline.config import validate_config
+
+    with pytest.raises(ConfigError, match="sinks.redis.timeout_s"):
+        validate_config({"sources": [{"name": "c", "type": "synthetic"}], "sinks": {"redis": {"timeout_s": 0.001}}})
 
 
 def thing_id(result):
