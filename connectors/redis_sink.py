@@ -830,8 +830,12 @@ def _connect_waiting(wait_s: float, stopping: Callable[[], bool], url: str, pass
             return client
         except RedisUnreachable as error:
             left = deadline - time.monotonic()
-            if left <= 0 or stopping():
+            if stopping():
                 raise
+            if left <= 0:
+                if not wait_s:
+                    raise
+                raise RedisUnreachable(str(error).replace(" — ", f" (waited {wait_s:g} s: sinks.redis.start_wait_s) — ", 1)) from None
             if not said:
                 said = True
                 log.warning("%s; waiting up to %g s for it (sinks.redis.start_wait_s)", str(error).split(" — ")[0], wait_s)

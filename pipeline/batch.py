@@ -789,7 +789,7 @@ def summary_table(outcomes: Sequence[VideoOutcome], skipped: int, manifest: Path
     stopped = sum(o.status == "stopped" for o in outcomes)
     frames = sum(o.frames for o in done)
     damaged = sum(bool(o.damage) for o in done)
-    totals = f"{len(done)} done ({frames} frames)"
+    totals = f"{len(done)} done ({frames} frame{'s' if frames != 1 else ''})"
     totals += f" of which {damaged} damaged (frames missing: see the notes)" if damaged else ""
     totals += f", {failed} failed, {skipped} skipped (ended in an earlier run"
     totals += f"; {failed_before} of them failed: --retry-failed tries again)" if failed_before else ")"

@@ -96,7 +96,13 @@ def redis_check(cfg: PipelineConfig, source_names: list[str]) -> str:
     import redis
     import redis.exceptions
 
-    from segstream.connectors.redis_connection import TlsFiles, connect_redis, error_summary, redis_address
+    from segstream.connectors.redis_connection import (
+        RedisUnreachable,
+        TlsFiles,
+        connect_redis,
+        error_summary,
+        redis_address,
+    )
     from segstream.connectors.redis_wire import stream_name
 
     section = cfg.sinks.redis
@@ -105,9 +111,15 @@ def redis_check(cfg: PipelineConfig, source_names: list[str]) -> str:
 
         return "no url: an embedded Redis starts with the run (its entries end with it)"
     tls = section.tls
-    client = connect_redis(section.url, section.password, username=section.username,
-                           tls=TlsFiles(tls.ca_file, tls.cert_file, tls.key_file, tls.check_hostname),
-                           socket_timeout=5.0, connect_timeout=2.0, client_name="segstream-preflight")
+    try:
+        client = connect_redis(section.url, section.password, username=section.username,
+                               tls=TlsFiles(tls.ca_file, tls.cert_file, tls.key_file, tls.check_hostname),
+                               socket_timeout=5.0, connect_timeout=2.0, client_name="segstream-preflight")
+    except RedisUnreachable as error:
+        if not section.start_wait_s:
+            raise
+        raise RedisUnreachable(f"{error} (the run would wait up to {section.start_wait_s:g} s for it: "
+                               "sinks.redis.start_wait_s)") from None
     where = redis_address(client)
     grant = ("grant this user what the publisher runs on the stream keys and the connection commands (ACL: "
              "+xadd +multi +exec +xrevrange +xrange +xlen +@connection ~segstream:*, for the default stream names; "

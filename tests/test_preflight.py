@@ -217,3 +217,11 @@ def test_tls_asked_of_a_redis_without_it_fails_saying_so(tmp_path, redis_server,
     assert code == 1
     redis_line = line_of(lines, "redis")
     assert redis_line.startswith("FAIL") and "if it has none, use redis://" in redis_line
+
+
+def test_an_unreachable_redis_the_run_would_wait_for_says_so(tmp_path, capsys):
+    """Found by QA: with start_wait_s the line read as if the run would fail at once."""
+    redis = f"{{url: 'redis://127.0.0.1:{free_port()}/0', start_wait_s: 30}}"
+    code, lines = connect(write_config(tmp_path, FILE_SOURCE, redis), capsys)
+    assert code == 1
+    assert line_of(lines, "redis").endswith("(the run would wait up to 30 s for it: sinks.redis.start_wait_s)")

@@ -364,3 +364,12 @@ def test_a_stop_while_waiting_for_redis_at_start_ends_the_run_that_never_began(t
             process.kill()
     time.sleep(0.2)
     assert "Traceback" not in "".join(lines) and any("stopped before the run began" in line for line in lines), lines
+
+
+def test_a_redis_that_never_answers_within_start_wait_s_says_how_long_it_was_waited_for():
+    """Found by QA: the final line read as if the run had not waited."""
+    from segstream.connectors.errors import SinkError
+    from tests.redis_servers import free_port
+
+    with pytest.raises(SinkError, match=r"\(waited 1.2 s: sinks.redis.start_wait_s\) — start Redis"):
+        RedisPublisher.from_config(f"redis://127.0.0.1:{free_port()}", None, start_wait_s=1.2)
