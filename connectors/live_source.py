@@ -19,7 +19,7 @@ already delivered (the same timestamp and the same pixels), are skipped and coun
 playlist its publisher finishes (``#EXT-X-ENDLIST``) ends the source, or with ``wait_for_input``
 is waited on until it is live again. Waiting for the consumer (back-pressure) is never a stall: the watchdog counts only time
 spent waiting for the input; a timeout that ran out only because segstream itself was paused
-(SIGSTOP, suspend: ``pauses``) says so, with ``paused_s``, instead of blaming the input.
+(SIGSTOP, suspend: ``pauses``), or in its aftermath, says so, with ``paused_s``, instead of blaming the input.
 
 Frame indices keep counting across sessions; PTS stay strictly increasing (``Timeline``), the
 gap over an outage being the real time it lasted; ``epoch`` counts the sessions that delivered
@@ -559,10 +559,18 @@ class LiveSource:
     def _paused_over(self, since: float, reason: str, data: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         """``reason`` and ``data`` of a timeout that ran out waiting since ``since``, or when
         segstream itself was paused meanwhile (SIGSTOP, suspend) and would not have run out
-        without the pause, a reason that says so, not the input's fault, and ``paused_s``."""
+        without the pause, a reason that says so, not the input's fault, and ``paused_s``. So
+        is a wait that began within a timeout after a pause ended: the pause's aftermath (a
+        socket's backlog read at once, then a stream that resyncs or lost what overran its buffer)."""
         paused_s = pauses.since(since)
-        if paused_s <= 0 or time.monotonic() - since - paused_s >= data["timeout_s"]:
-            return reason, data
+        if paused_s > 0:
+            if time.monotonic() - since - paused_s >= data["timeout_s"]:
+                return reason, data
+        else:
+            last = pauses.last()
+            if last is None or since - last[0] > data["timeout_s"]:
+                return reason, data
+            paused_s = last[1]
         return (
             f"segstream was paused for {paused_s:.1f} s (SIGSTOP, suspend or VM pause), past the "
             f"{data['timeout_s']:g} s {data['phase']} timeout of '{self.shown}': not the source's fault",

@@ -75,6 +75,12 @@ class PauseWatch:
         logger.warning("segstream was paused for %.1f s (SIGSTOP, suspend or VM pause): live sources got nothing "
                        "meanwhile, through no fault of theirs", paused_s)
 
+    def last(self) -> tuple[float, float] | None:
+        """The latest pause as ``(ended_at, seconds)``, a pause just ended included; None if none."""
+        self.check()
+        with self._lock:
+            return self._pauses[-1] if self._pauses else None
+
     def since(self, moment: float) -> float:
         """Seconds segstream was paused after ``moment`` (monotonic), a pause just ended included."""
         self.check()

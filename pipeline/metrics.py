@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from segstream.connectors.pauses import pauses
 from segstream.connectors.sink import DROPPED_BACKLOG, DROPPED_REFUSED, DROPPED_UNREACHABLE, DROPPED_WRITE_FAILED
 
 # The timestamps a frame collects on its way, in order; a stage's latency is the time from the
@@ -321,46 +322,79 @@ SHED_REASONS = (QUEUE_FULL, STALE)
 class OverloadWatch:
     """Tells when a source loses more than ``share`` of its frames to the engine's shedding
     (``queue_full``, ``stale``) over the last ``window_s`` seconds: once, and again only after it
-    kept up (under half that share over a window) and fell behind anew. Windows with fewer than
-    ``least`` frames decoded tell nothing (a source that barely delivers)."""
+    kept up (under half that share over a window) and fell behind anew. A window tells nothing
+    when it has fewer than ``least`` frames decoded (a source that barely delivers), when the
+    source was not streaming all along it (connecting, stalled, reconnecting, a gap in its
+    stream, a new sender: the burst after one is not an overload), when segstream itself was
+    paused in it (``paused_since``: seconds paused after a moment, SIGSTOP or suspend), or when
+    it is much longer than ``window_s`` (the run loop stood still). An overload also takes at
+    least ``least_dropped`` frames shed and at least one second's worth of the source's frames:
+    a handful of drops is no overload, whatever share of a slow source it is."""
 
-    def __init__(self, window_s: float = 10.0, share: float = 0.2, least: int = 10):
+    def __init__(self, window_s: float = 10.0, share: float = 0.2, least: int = 10, least_dropped: int = 10,
+                 paused_since: Callable[[float], float] = pauses.since):
         self.window_s = window_s
         self.share = share
         self.least = least
+        self.least_dropped = least_dropped
+        self.paused_since = paused_since
         self.overloaded: set[str] = set()
-        # (monotonic time, {source: (decoded, {reason: shed})}), oldest first, back to one window ago
-        self._samples: deque[tuple[float, dict[str, tuple[int, dict[str, int]]]]] = deque()
+        # (monotonic time, {source: _Sample}), oldest first, back to one window ago
+        self._samples: deque[tuple[float, dict[str, _Sample]]] = deque()
 
     def observe(self, now: float, counts: Mapping[str, SourceCounts]) -> list[tuple[int, str]]:
         """Take the counts at ``now``; returns the (logging level, message) pairs to log."""
-        self._samples.append((now, {
-            name: (c.decoded, {reason: c.dropped_by.get(reason, 0) for reason in SHED_REASONS})
-            for name, c in counts.items()
-        }))
+        self._samples.append((now, {name: _Sample.of(c) for name, c in counts.items()}))
         while len(self._samples) > 1 and now - self._samples[1][0] >= self.window_s:
             self._samples.popleft()
         since, before = self._samples[0]
-        if now - since < self.window_s:
+        span = now - since
+        if span < self.window_s or span > 1.5 * self.window_s or self.paused_since(since) > 0:
             return []
         said = []
-        for name, (decoded, shed) in self._samples[-1][1].items():
-            decoded_before, shed_before = before.get(name, (0, {}))
-            frames = decoded - decoded_before
-            lost = {reason: n - shed_before.get(reason, 0) for reason, n in shed.items()}
+        for name, after in self._samples[-1][1].items():
+            earlier = before.get(name)
+            if earlier is None or not after.streaming_since(earlier):
+                continue
+            frames = after.decoded - earlier.decoded
+            lost = {reason: n - earlier.shed.get(reason, 0) for reason, n in after.shed.items()}
             lost = {reason: n for reason, n in lost.items() if n > 0}
             if frames < self.least:
                 continue
-            fraction = sum(lost.values()) / frames
-            if fraction > self.share and name not in self.overloaded:
+            dropped = sum(lost.values())
+            fraction = dropped / frames
+            enough = dropped >= max(self.least_dropped, frames / span)
+            if fraction > self.share and enough and name not in self.overloaded:
                 self.overloaded.add(name)
                 reasons = ", ".join(f"{reason} {n}" for reason, n in lost.items())
                 said.append((logging.WARNING, (
                     f"source {name} is overloaded: {100 * fraction:.0f}% of its frames dropped in the last "
-                    f"{now - since:.0f} s ({reasons}) — set or lower its max_fps (frames it leaves out are never "
+                    f"{self.window_s:g} s ({reasons}) — set or lower its max_fps (frames it leaves out are never "
                     "converted), or give the engine less to do per frame (a smaller model, a GPU)")))
             elif fraction < self.share / 2 and name in self.overloaded:
                 self.overloaded.discard(name)
-                said.append((logging.INFO, f"source {name} keeps up again: {100 * fraction:.0f}% of its frames "
-                                           f"dropped in the last {now - since:.0f} s"))
+                said.append((logging.INFO, f"source {name} keeps up again: {100 * fraction:.0f}% of its "
+                                           f"{frames} frames dropped in the last {self.window_s:g} s"))
         return said
+
+
+@dataclass(frozen=True)
+class _Sample:
+    """What ``OverloadWatch`` keeps of a source's counts at one moment."""
+
+    decoded: int
+    shed: dict[str, int]
+    state: str | None
+    transitions: int
+    gap_s: float
+
+    @classmethod
+    def of(cls, counts: SourceCounts) -> _Sample:
+        return cls(counts.decoded, {reason: counts.dropped_by.get(reason, 0) for reason in SHED_REASONS},
+                   counts.state, sum(counts.transitions.values()), counts.gap_s)
+
+    def streaming_since(self, earlier: _Sample) -> bool:
+        """Whether the source streamed all along from ``earlier`` to this sample (a source
+        without states, None, counts as streaming)."""
+        return (self.state in (None, "streaming") and self.transitions == earlier.transitions
+                and self.gap_s == earlier.gap_s)

@@ -150,11 +150,78 @@ def test_an_overloaded_source_is_named_once_then_again_only_after_it_recovered_a
     assert [level for _, level, _ in said] == [logging.WARNING, logging.INFO, logging.WARNING]
 
 
+def _never_paused(moment: float) -> float:
+    return 0.0
+
+
+def _source(decoded: int, queue_full: int = 0, state: str = "streaming", transitions: int = 1,
+            gap_s: float = 0.0) -> dict[str, SourceCounts]:
+    return {"cam1": SourceCounts(decoded=decoded, dropped_by=Counter({"queue_full": queue_full}), state=state,
+                                 transitions=Counter({state: transitions}), gap_s=gap_s)}
+
+
+def test_a_handful_of_drops_of_a_slow_source_is_no_overload():
+    # a slow camera's start-up burst: 7 of the 24 frames of the window dropped (29%), 7 frames are no overload
+    watch = OverloadWatch(window_s=10, share=0.2, paused_since=_never_paused)
+    said = [watch.observe(float(s), _source(min(s, 3) * 8, 7 if s >= 2 else 0)) for s in range(15)]
+    assert not any(said), said
+    # 12 of 40 (a 4 fps source): at least 10 frames and a second's worth, named
+    named = OverloadWatch(window_s=10, share=0.2, paused_since=_never_paused)
+    said = [text for s in range(12) for _, text in named.observe(float(s), _source(4 * s, 12 if s >= 2 else 0))]
+    assert len(said) == 1 and said[0].startswith(
+        "source cam1 is overloaded: 30% of its frames dropped in the last 10 s (queue_full 12)"), said
+    # over a 2 s window a second's worth is half the share: 30 of 100 dropped at 50 fps is not named
+    short = OverloadWatch(window_s=2, share=0.2, least_dropped=10, paused_since=_never_paused)
+    said = [short.observe(float(s), _source(50 * s, 15 * max(0, s - 1))) for s in range(6)]
+    assert not any(said), said
+    assert short.observe(6.0, _source(300, 15 * 5 + 60)) != []  # 60 of 100 (more than 50): named
+
+
+def test_a_window_over_a_pause_of_segstream_or_a_reconnect_tells_nothing():
+    # 40% dropped, but segstream was paused in the window: the backlog after SIGCONT, not an overload
+    paused_at = 5.0
+    paused = OverloadWatch(window_s=10, share=0.2, paused_since=lambda moment: 9.0 if moment < paused_at else 0.0)
+    said = [paused.observe(float(s), _source(25 * s, 10 * s)) for s in range(15)]
+    assert not any(said[:15]), said
+    assert paused.observe(15.0, _source(375, 150)) != []  # once the window is past the pause, it is one
+    # a source that reconnected in the window (new transitions), then came back with a burst
+    burst = OverloadWatch(window_s=10, share=0.2, paused_since=_never_paused)
+    said = []
+    for s in range(20):
+        reconnected = s >= 3
+        said += burst.observe(float(s), _source(25 * s, 15 * max(0, s - 3), "streaming",
+                                                3 if reconnected else 1))
+    warned_at = [text for _, text in said]
+    assert len(warned_at) == 1  # named once the window no longer spans the reconnect (at 13 s)
+    assert OverloadWatch(window_s=10, paused_since=_never_paused).observe(0.0, _source(0)) == []
+    # a gap in the stream in the window: the catching up after it is not an overload either
+    gap = OverloadWatch(window_s=10, share=0.2, paused_since=_never_paused)
+    said = [gap.observe(float(s), _source(25 * s, 10 * s, gap_s=2.0 if s >= 5 else 0.0)) for s in range(15)]
+    assert not any(said), said
+    # a window much longer than 10 s (the run loop stood still) is not reported as "the last 13 s"
+    late = OverloadWatch(window_s=10, share=0.2, paused_since=_never_paused)
+    assert late.observe(0.0, _source(0)) == [] and late.observe(16.0, _source(400, 160)) == []
+
+
+def test_keeps_up_again_is_said_only_of_a_source_that_delivered_frames():
+    watch = OverloadWatch(window_s=10, share=0.2, paused_since=_never_paused)
+    said = [watch.observe(float(s), _source(25 * s, 12 * s)) for s in range(11)]
+    assert sum(len(texts) for texts in said) == 1 and "cam1" in watch.overloaded
+    # it goes reconnecting: 12 frames decoded, none dropped, then nothing for the rest of the window
+    quiet = [watch.observe(float(s), _source(250 + min(s - 10, 12), 120, "reconnecting", 2)) for s in range(11, 30)]
+    assert not any(quiet), quiet
+    assert "cam1" in watch.overloaded
+    # back and streaming, keeping up: said, with the frames it delivered
+    back = [text for s in range(30, 42) for _, text in watch.observe(float(s), _source(262 + 25 * (s - 30), 120,
+                                                                                        "streaming", 3))]
+    assert back == ["source cam1 keeps up again: 0% of its 250 frames dropped in the last 10 s"], back
+
+
 def test_a_run_whose_model_cannot_keep_up_with_a_live_source_warns_naming_it(caplog):
     source = SyntheticSource("cam1", 64, 48, 25.0, 0, None, realtime=True)
     runtime = Runtime([source], ColourSegmenter(delay_s=0.1), [CollectingSink()], batch_size=1, queue_size=1,
                       progress=None)
-    runtime.overload = OverloadWatch(window_s=1.0)
+    runtime.overload = OverloadWatch(window_s=3.0)  # long enough for drops over a second's worth of frames
     caplog.set_level(logging.WARNING, "segstream.runtime")
     thread, outcome = run_in_thread(runtime)
     try:

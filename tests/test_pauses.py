@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
 import sys
 import time
 
@@ -22,3 +26,49 @@ def test_a_thread_holding_the_interpreter_is_not_a_pause():
     finally:
         sys.setswitchinterval(interval)
     assert watch.since(busy_since - 1.0) == 0.0
+
+
+_AFTERMATH = """
+import json, time
+from segstream.connectors.live_source import LiveSource
+from segstream.connectors.pauses import pauses
+
+pauses.start()
+source = LiveSource("cam1", "udp://127.0.0.1:5078")
+print("ready", flush=True)
+while pauses.last() is None:
+    time.sleep(0.05)
+timeout = {"phase": "read", "timeout_s": 2.0}
+# the socket's backlog came at once after the pause, then the stream went quiet for a read timeout
+since = time.monotonic()
+time.sleep(2.0)
+after = source._paused_over(since, "no data from 'udp://127.0.0.1:5078' for 2 s (read timeout)", timeout)
+# quiet that began more than a timeout after the pause ended is the source's
+time.sleep(2.5)
+since = time.monotonic()
+time.sleep(2.0)
+later = source._paused_over(since, "no data from 'udp://127.0.0.1:5078' for 2 s (read timeout)", timeout)
+print(json.dumps([after, later]), flush=True)
+"""
+
+
+def test_a_timeout_in_the_aftermath_of_a_pause_is_put_down_to_the_pause_and_a_later_one_is_not():
+    child = subprocess.Popen([sys.executable, "-c", _AFTERMATH], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+    try:
+        assert child.stdout.readline().strip() == "ready", child.stderr.read()
+        time.sleep(0.3)
+        os.kill(child.pid, signal.SIGSTOP)
+        time.sleep(2.0)
+        os.kill(child.pid, signal.SIGCONT)
+        out, err = child.communicate(timeout=60)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert child.returncode == 0, err
+    (after_reason, after_data), (later_reason, later_data) = json.loads(out)
+    assert after_reason.startswith("segstream was paused for ") and "not the source's fault" in after_reason
+    assert after_data["paused_s"] >= MIN_PAUSE_S and after_data["phase"] == "read", after_data
+    assert later_reason == "no data from 'udp://127.0.0.1:5078' for 2 s (read timeout)"
+    assert "paused_s" not in later_data
