@@ -29,7 +29,7 @@ class FrameRateCap:
         last, self._last = self._last, seconds
         if last is not None and seconds > last:
             self._frame_s = seconds - last
-        elif last is not None and self._due is not None:
+        elif last is not None and self._due is not None and seconds < last:  # went back; a repeat moves nothing
             self._due += seconds - (last + self._frame_s)
         due = self._due
         if due is None or seconds >= due + self.period_s:

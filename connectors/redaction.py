@@ -22,8 +22,10 @@ SECRET_NAME = re.compile(r"pass|(?<=_)pwd|secret|token|key|auth|credential|phras
 # ``user:password@host`` with or without a scheme (and with ``:/`` or ``//`` mistyped): the
 # password is what lies between the first ':' after the user and the last '@' before the host.
 # A ':' before '//' is a scheme's: ``rtsp://admin@cam`` (a user, no password) and an URL already
-# redacted (``rtsp://***@cam``) stay as they are (they read ``rtsp:***@cam``).
-_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][\w+.-]{0,30}:/{1,2})?(?P<user>[^\s/@:'\"`=,;()\[\]{}]{1,128}):"
+# redacted (``rtsp://***@cam``) stay as they are (they read ``rtsp:***@cam``). After a scheme the
+# user may be empty: ``redis://:password@host``, Redis's own form.
+_USER = r"[^\s/@:'\"`=,;()\[\]{}]"
+_USERINFO = re.compile(rf"(?:(?P<scheme>[A-Za-z][\w+.-]{{0,30}}:/{{1,2}})(?P<user>{_USER}{{0,128}})|(?P<bare>{_USER}{{1,128}})):"
                        r"(?!//)(?P<password>[^\s'\"`]{1,256})@(?=[\w\[])")  # bounded: no quadratic scans of long lines
 _NAMES_A_PLACE = ("_file", "_path", "_dir")  # tls.key_file: where a secret is, not the secret
 _MIN_LENGTH = 4  # shorter values would hide too much else ('pts', digits in every number)
@@ -83,5 +85,6 @@ def scrub(text: str) -> str:
         if secret in text:
             text = text.replace(secret, REDACTED)
     if "@" in text:
-        text = _USERINFO.sub(lambda m: f"{m.group('scheme') or ''}{m.group('user')}:{REDACTED}@", text)
+        text = _USERINFO.sub(lambda m: f"{m.group('scheme') or ''}{m.group('user') or m.group('bare') or ''}:{REDACTED}@",
+                             text)
     return text

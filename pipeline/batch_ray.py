@@ -324,7 +324,7 @@ def _marks(cfg, root: Path):
 def _signal_handlers() -> dict:
     if threading.current_thread() is not threading.main_thread():
         return {}
-    return {signum: signal.getsignal(signum) for signum in entry.STOP_SIGNALS}
+    return {signum: signal.getsignal(signum) for signum in entry.stop_signals()}
 
 
 def _restore(handlers: dict) -> None:

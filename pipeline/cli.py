@@ -549,7 +549,7 @@ class _DrainOnSignal:
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            for signum in entry.STOP_SIGNALS:
+            for signum in entry.stop_signals():
                 self.previous[signum] = signal.signal(signum, self._handle)
         return self
 

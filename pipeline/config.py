@@ -688,11 +688,12 @@ class PipelineConfig(Strict):
             return self
         rates = [(f"source {s.name}'s", s.max_fps) for s in self.sources] + [("batch", self.batch.max_fps)]
         for whose, max_fps in rates:
-            if max_fps is not None and lost_s < 1 / max_fps:
+            # kept frames come up to an input frame later than 1/max_fps apart: two intervals are safe
+            if max_fps is not None and lost_s < 2 / max_fps:
                 raise ValueError(
-                    f"tracking.max_lost_s ({lost_s:g} s) is shorter than the time between {whose} frames at its "
-                    f"max_fps {max_fps:g} ({1 / max_fps:g} s): no thing would keep its id from one frame to the "
-                    f"next — raise max_lost_s above {1 / max_fps:g} s"
+                    f"tracking.max_lost_s ({lost_s:g} s) is shorter than two of {whose} frame intervals at its "
+                    f"max_fps {max_fps:g} ({2 / max_fps:g} s): things would lose their ids from one frame to "
+                    f"the next — set max_lost_s to {2 / max_fps:g} s or more"
                 )
         return self
 

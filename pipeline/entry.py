@@ -16,6 +16,12 @@ import sys
 # went away): without a handler SIGHUP killed a run on the spot, undrained and unsaid.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
+def stop_signals() -> tuple[int, ...]:
+    """``STOP_SIGNALS`` but SIGHUP where it is ignored already: ``nohup segstream run`` outlives
+    its terminal, as nohup's user means it to."""
+    return tuple(s for s in STOP_SIGNALS if not (s == signal.SIGHUP and signal.getsignal(s) is signal.SIG_IGN))
+
+
 # The signal that aborted the command through ``_interrupt`` (the exit status is 128 + it).
 aborted_by: int | None = None
 
@@ -23,7 +29,7 @@ aborted_by: int | None = None
 def main() -> int:
     # SIGTERM as Ctrl-C: without a handler it killed a command on the spot, leaving what it had
     # started (bench's embedded Redis) running, and said nothing
-    for signum in STOP_SIGNALS:
+    for signum in stop_signals():
         signal.signal(signum, _interrupt)
     try:
         from segstream.pipeline.cli import main as cli_main

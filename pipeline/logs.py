@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import errno
 import os
 import sys
 from datetime import datetime, timezone
@@ -156,7 +157,9 @@ def write_line(line: bytes) -> None:
     line (status, summary) is dropped, not an exception that ends the run undrained."""
     try:
         os.write(2, line)
-    except OSError:
+    except OSError as error:
+        if error.errno not in (errno.EIO, errno.ENXIO, errno.EPIPE):  # a full disk, a busy pipe: this line only
+            return
         null = os.open(os.devnull, os.O_WRONLY)
         for fd in (1, 2):
             os.dup2(null, fd)

@@ -175,7 +175,8 @@ class RunMetricsCollector(Collector):
             written.add_metric([sink], n)
         yield written
         losses = CounterMetricFamily(f"{PREFIX}_sink_data_loss",
-                                     "Times a sink's store came back from an outage without entries it had written.",
+                                     "Times a sink's store lost entries it had written (back from an outage without "
+                                     "them, or a stream evicted or deleted).",
                                      labels=["sink"])
         for sink, n in sorted(m.data_losses.items()):
             losses.add_metric([sink], n)

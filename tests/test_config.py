@@ -385,6 +385,8 @@ def test_scrubbing_leaves_a_user_without_password_and_a_redacted_url_as_they_are
     assert scrub("cannot open 'rtsp://***@cam:554/live'") == "cannot open 'rtsp://***@cam:554/live'"
     assert scrub("cannot open 'rtsp://admin@cam/live'") == "cannot open 'rtsp://admin@cam/live'"
     assert scrub("rtsp://admin:S3cret@cam/live and cam:0ther@host") == "rtsp://admin:***@cam/live and cam:***@host"
+    # found in review: the fix above let Redis's own form, an empty user, through
+    assert scrub("cannot reach Redis at redis://:s3cretpw@db:6379") == "cannot reach Redis at redis://:***@db:6379"
 
 
 @pytest.mark.parametrize("log_format", ["text", "json"])

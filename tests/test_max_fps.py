@@ -54,6 +54,13 @@ def test_the_cap_starts_anew_after_a_gap_and_carries_on_over_a_replay():
     assert len(kept) == 20
 
 
+def test_a_repeated_timestamp_does_not_move_the_cap_back():
+    """Found in review: every timestamp twice (a stream that repeats frames) kept twice the cap."""
+    cap = FrameRateCap(5.0)
+    kept = [i for i in range(100) if cap.keep((i // 2) * 0.04)]  # 25 fps, each pts twice: 2 s
+    assert 10 <= len(kept) <= 11
+
+
 def test_a_25_fps_file_at_max_fps_5_publishes_every_fifth_frame_and_counts_the_rest_as_skipped(clip_25fps):
     sink = CollectingSink()
     source = FileSource("cam", str(clip_25fps), max_fps=5)

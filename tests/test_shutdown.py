@@ -112,6 +112,35 @@ def test_sighup_drains_and_exits_zero(tmp_path, clip, checkpoint):
     assert published == len(output.read_text().splitlines()) >= 3
 
 
+def test_under_nohup_a_sighup_is_ignored_as_nohup_means(tmp_path, clip, checkpoint):
+    """Found in review: the SIGHUP handler replaced nohup's SIG_IGN, so `nohup segstream run` ended at logout."""
+    config = tmp_path / "pipeline.yaml"
+    config.write_text(
+        f"sources:\n  - {{name: cam0, type: file, path: '{clip}', loop: true, realtime: true}}\n"
+        f"model: {{preset: {SYNTHETIC_TINY.name}, checkpoint: '{checkpoint}', device: cpu}}\n"
+        "engine: {batch_size: 1}\nops: {http: null}\n"
+        "sinks:\n  redis: {enabled: false}\n  files: {enabled: true, dir: out}\n"
+    )
+    process = subprocess.Popen(["nohup", sys.executable, "-m", "segstream.pipeline.cli", "run", str(config)],
+                               cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    output = tmp_path / "out" / "cam0.jsonl"
+    try:
+        deadline = time.monotonic() + 120
+        while not (output.exists() and len(output.read_text().splitlines()) >= 3):
+            assert process.poll() is None and time.monotonic() < deadline, process.communicate()[1]
+            time.sleep(0.2)
+        process.send_signal(signal.SIGHUP)
+        time.sleep(1.0)
+        assert process.poll() is None  # still running
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0 and "SIGHUP" not in err, err
+
+
 def test_sighup_with_its_terminal_gone_still_drains(tmp_path, clip, checkpoint):
     """Its terminal gone, every write to stderr fails (EIO): found probing, the first status
     line or the summary raised, and the run ended with 1, undrained."""

@@ -468,10 +468,12 @@ def test_max_lost_s_shorter_than_a_max_fps_frame_interval_is_refused():
 
     clip = str(Path(__file__).resolve().parents[1] / "samples" / "demo.mp4")
     source = {"name": "cam1", "type": "file", "path": clip, "max_fps": 1}
-    with pytest.raises(ConfigError, match=r"max_lost_s \(0.5 s\) is shorter than the time between source cam1's"):
-        validate_config({"sources": [source], "tracking": {"max_lost_s": 0.5}})
-    with pytest.raises(ConfigError, match="between batch frames"):
-        validate_config({"batch": {"max_fps": 0.5}, "tracking": {"max_lost_s": 1}}, schema=BatchPipelineConfig)
+    # kept frames may be 1/max_fps and an input frame apart (1.001 s at 29.97 fps): one interval is not enough
+    for lost_s in (0.5, 1):
+        with pytest.raises(ConfigError, match=rf"max_lost_s \({lost_s} s\) is shorter than two of source cam1's"):
+            validate_config({"sources": [source], "tracking": {"max_lost_s": lost_s}})
+    with pytest.raises(ConfigError, match="two of batch frame intervals"):
+        validate_config({"batch": {"max_fps": 0.5}, "tracking": {"max_lost_s": 2}}, schema=BatchPipelineConfig)
     validate_config({"sources": [source], "tracking": {"max_lost_s": 2}})  # a frame a second, lost for 2 s: fine
     validate_config({"sources": [source], "tracking": {"max_lost_s": 0.5, "enabled": False}})
 
