@@ -77,7 +77,8 @@ class EmbeddedRedis:
         runtime = Path(tempfile.mkdtemp(prefix=_RUNTIME_PREFIX))
         # Who owns the server: a run killed before close() leaves it running, for the next start to stop.
         (runtime / _OWNER_FILE).write_text(json.dumps(
-            {"pid": os.getpid(), "started": _start_time(os.getpid()), "data": str(self.directory),
+            {"pid": os.getpid(), "started": _start_time(os.getpid()), "pid_namespace": _pid_namespace(),
+             "data": str(self.directory),
              "own_data": self._own_directory}))
         server_class = type("_Server", (_Server,), {"runtime": runtime})
         try:
@@ -181,6 +182,8 @@ def reap_orphans() -> None:
             owner = json.loads((runtime / _OWNER_FILE).read_text())
         except (OSError, ValueError):  # being set up, or not one of ours
             continue
+        if owner.get("pid_namespace") != _pid_namespace():  # another container's: its pids are not ours to judge
+            continue
         if _alive(owner.get("pid", 0), owner.get("started")):
             continue
         pid = _stop_orphan(runtime, owner)
@@ -216,6 +219,14 @@ def _stop_orphan(runtime: Path, owner: dict | None = None) -> int | None:
             (data / (_DB_FILENAME + ".settings")).unlink(missing_ok=True)
     shutil.rmtree(runtime, ignore_errors=True)
     return pid
+
+
+def _pid_namespace() -> int | None:
+    """This process's pid namespace (containers sharing a /tmp each have their own), None if unknown."""
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return None
 
 
 def _serves(pid: int, runtime: Path) -> bool:

@@ -152,7 +152,7 @@ class PreviewSink:
             if self._failing:
                 line += f" (writes failing: {self._last_error})"
         return {"dropped": dropped, "failing": sorted(self._failing),
-                "unfinished": {str(path): frames for path, (_, frames) in self._unfinished.items()}, "line": line}
+                "unfinished": {str(path): frames for path, (_, frames) in dict(self._unfinished).items()}, "line": line}
 
     @property
     def connected(self) -> bool:

@@ -359,11 +359,21 @@ class RedisMarks:
                 self.path.unlink()
             return
         tmp = self.path.with_name(self.path.name + ".tmp")
-        with open_output(tmp, "w", encoding="utf-8") as f:
-            json.dump(self.marks, f, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        try:
+            with open_output(tmp, "w", encoding="utf-8") as f:
+                json.dump(self.marks, f, sort_keys=True)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        except OSError as error:
+            if error.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EIO):
+                raise SinkError(f"cannot write '{error.filename or self.path}': {error.strerror or error}") from None
+            with contextlib.suppress(OSError):  # ours, cut short
+                os.unlink(tmp)
+            # found in review: a full disk here was a traceback; without the marks a rerun cannot cut back
+            log.warning("cannot save where the videos' Redis streams began in '%s' (%s): a video this run does not "
+                        "finish may have its entries twice in Redis after a rerun", self.path,
+                        error.strerror or error)
 
 
 def cut_back(client, video_id: str, marks: dict[str, str]) -> None:

@@ -272,3 +272,30 @@ def test_a_batch_output_folder_on_a_read_only_disk_names_the_folder_it_could_not
     assert done.stderr.splitlines()[-1] == (
         f"segstream: error: cannot use '{disk}/runs/batch' as the output folder ('{disk}/runs': Read-only file "
         "system) — give --out (or batch.output) a folder that can be created and written")
+
+
+_MARKS_ON_A_FULL_DISK = textwrap.dedent('''
+    import json, logging, os, sys
+    from segstream.pipeline.batch import RedisMarks
+    logging.basicConfig(format="%(levelname)s %(message)s")
+''') + _FILL + textwrap.dedent('''
+    marks = RedisMarks(__import__("pathlib").Path(sys.argv[1] + "/.redis-marks.json"))
+    marks.marks["a"] = {"segstream:a:frames": "0-0"}
+    marks._save()
+    files = sorted(os.listdir(sys.argv[1]))
+    os.unlink(sys.argv[1] + "/filler")
+    print(json.dumps(files))
+''')
+
+
+def test_batch_redis_marks_on_a_full_disk_are_a_warning_not_a_traceback(tmp_path):
+    # Found in review: RedisMarks._save had no error handling (a traceback, its .tmp left)
+    out = tmp_path / "disk"
+    script = tmp_path / "marks_full.py"
+    script.write_text(_MARKS_ON_A_FULL_DISK)
+    done = on_small_disk(out, "256k", [sys.executable, str(script), str(out)])
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == ["filler"]  # no .tmp left
+    assert done.stderr.splitlines() == [
+        f"WARNING cannot save where the videos' Redis streams began in '{out}/.redis-marks.json' (No space left on "
+        "device): a video this run does not finish may have its entries twice in Redis after a rerun"]

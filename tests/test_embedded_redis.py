@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from segstream.connectors.embedded_redis import EmbeddedRedis
+from segstream.connectors.embedded_redis import EmbeddedRedis, reap_orphans
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -37,6 +37,7 @@ def temp_dir(monkeypatch):
     monkeypatch.setattr(tempfile, "tempdir", str(temp))
     monkeypatch.setenv("TMPDIR", str(temp))
     yield temp
+    reap_orphans()  # a test that failed after its SIGKILL leaves no redis-server running
     shutil.rmtree(temp, ignore_errors=True)
 
 
