@@ -25,12 +25,23 @@ V1_PIDS = Path("/sys/fs/cgroup/pids")
 V2_ROOT = Path("/sys/fs/cgroup")
 
 
+def _own_cgroup(controller: str) -> str:
+    """This process's cgroup path for ``controller`` ("" for v2's unified one), from /proc/self/cgroup."""
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        if controllers.split(",") == [controller] or (controller == "" and controllers == ""):
+            return path.lstrip("/")
+    return ""
+
+
 def _pids_parent() -> Path | None:
+    """Our own pids cgroup (the test's group goes under it: the child stays within the job's limits)."""
     if (V1_PIDS / "cgroup.procs").exists():
-        return V1_PIDS
-    controls = V2_ROOT / "cgroup.subtree_control"
+        return V1_PIDS / _own_cgroup("pids")
+    own = V2_ROOT / _own_cgroup("")
+    controls = own / "cgroup.subtree_control"
     if controls.exists() and "pids" in controls.read_text().split():
-        return V2_ROOT
+        return own
     return None
 
 

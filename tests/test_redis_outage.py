@@ -272,7 +272,7 @@ def test_a_hung_redis_is_an_outage_the_backlog_absorbs(tmp_path):
     # frames) held the source's queue of 8 (before: a 5 s write, ~30 frames dropped as queue_full)
     assert decoded == 160 and published + dropped == decoded and set(reasons) <= {"queue_full"}, err
     assert reasons.get("queue_full", 0) < 12, err
-    assert re.search(r"redis unreachable for \d+ s, backlog \d+/500 .*peak [4-9]\d", err), "the backlog held them"
+    assert re.search(r"redis unreachable for \d+ s, backlog \d+/500 .*peak [2-9]\d", err), "the backlog held them"
 
 
 def test_a_run_started_before_its_redis_waits_for_it_with_start_wait_s(tmp_path):
