@@ -7,6 +7,7 @@ Nothing here unpickles arbitrary objects: safetensors files are read as tensors,
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import pickle
 import warnings
@@ -117,10 +118,11 @@ def _sharded(index: Path, shapes_only: bool = False) -> dict[str, Tensor]:
     return state
 
 
-def resolve_hf(reference: str) -> Path:
-    """Download ``hf://owner/name[/file]`` with huggingface_hub and return the local file."""
-    repo = reference[len(HF_PREFIX) :].strip("/")
-    parts = repo.split("/")
+def _hub_target(reference: str) -> tuple[str, list[str], str]:
+    """``hf://owner/name[/file]``'s repository, the files to look for in it, and what to do
+    without the hub; ``CheckpointError`` when the reference is malformed or huggingface_hub is
+    missing."""
+    parts = reference[len(HF_PREFIX) :].strip("/").split("/")
     if problem := hub_reference_problem(reference):
         raise CheckpointError(f"'{reference}' {problem} — e.g. hf://tue-mps/coco_panoptic_eomt_large_640")
     repo_id, filename = "/".join(parts[:2]), "/".join(parts[2:]) or None
@@ -129,14 +131,20 @@ def resolve_hf(reference: str) -> Path:
         "file (pytorch_model.bin or model.safetensors)"
     )
     try:
-        from huggingface_hub import hf_hub_download
+        importlib.import_module("huggingface_hub")
     except ImportError:
         raise CheckpointError(
             f"'{reference}' needs huggingface_hub (pip install -e \".[hub]\" in the segstream checkout), or {local_hint}"
         ) from None
+    return repo_id, [filename] if filename else list(CHECKPOINT_FILES), local_hint
+
+
+def resolve_hf(reference: str) -> Path:
+    """Download ``hf://owner/name[/file]`` with huggingface_hub and return the local file."""
+    repo_id, names, local_hint = _hub_target(reference)
+    from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
-    names = [filename] if filename else list(CHECKPOINT_FILES)
     for name in names:  # downloaded before: no network needed
         with contextlib.suppress(LocalEntryNotFoundError):
             return Path(hf_hub_download(repo_id, name, local_files_only=True))
@@ -158,20 +166,9 @@ def hub_file_found(reference: str, timeout_s: float = 5.0) -> tuple[Path | None,
     it: the file in the local Hugging Face cache, else (None) the hub's answer to a metadata
     request; and that, said (``segstream validate --connect``). Raises ``CheckpointError``
     saying why the run could not fetch it."""
-    repo = reference[len(HF_PREFIX) :].strip("/")
-    parts = repo.split("/")
-    if problem := hub_reference_problem(reference):
-        raise CheckpointError(f"'{reference}' {problem} — e.g. hf://tue-mps/coco_panoptic_eomt_large_640")
-    repo_id, filename = "/".join(parts[:2]), "/".join(parts[2:]) or None
-    local_hint = (f"download the weights of {repo_id} on a machine with access and set model.checkpoint to the "
-                  "local file (pytorch_model.bin or model.safetensors)")
-    try:
-        from huggingface_hub import get_hf_file_metadata, hf_hub_url, try_to_load_from_cache
-    except ImportError:
-        raise CheckpointError(
-            f"'{reference}' needs huggingface_hub (pip install -e \".[hub]\" in the segstream checkout), or {local_hint}"
-        ) from None
-    names = [filename] if filename else list(CHECKPOINT_FILES)
+    repo_id, names, local_hint = _hub_target(reference)
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url, try_to_load_from_cache
+
     for name in names:
         cached = try_to_load_from_cache(repo_id, name)
         if isinstance(cached, str):

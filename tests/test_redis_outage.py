@@ -275,19 +275,15 @@ def test_a_hung_redis_is_an_outage_the_backlog_absorbs(tmp_path):
     assert re.search(r"redis unreachable for \d+ s, backlog \d+/500 .*peak [2-9]\d", err), "the backlog held them"
 
 
-def test_a_run_started_before_its_redis_waits_for_it_with_start_wait_s(tmp_path):
-    """Found by the SRE probe: a Redis down at start failed the run at once, so a Redis and a
-    pipeline started together (Kubernetes has no start order) looped through crash restarts."""
+def _run_waiting_for_redis(tmp_path, port: int, wait_s: int, source: str):
+    """``segstream run`` of one synthetic source into a Redis at ``port`` that is not there, with
+    ``start_wait_s``; the process, its stderr lines as they come, and an event set once it waits."""
     import threading
 
-    from tests.redis_servers import free_port
-
-    port = free_port()
     config = tmp_path / "pipeline.yaml"
     config.write_text(
-        "sources:\n  - {name: cam0, type: synthetic, width: 96, height: 64, num_frames: 5}\n"
-        "model: {device: cpu, precision: fp32}\nops: {http: null}\n"
-        f"sinks:\n  redis: {{url: 'redis://127.0.0.1:{port}', start_wait_s: 60}}\n"
+        f"sources:\n  - {source}\nmodel: {{device: cpu, precision: fp32}}\nops: {{http: null}}\n"
+        f"sinks:\n  redis: {{url: 'redis://127.0.0.1:{port}', start_wait_s: {wait_s}}}\n"
     )
     process = subprocess.Popen([sys.executable, "-m", "segstream.pipeline.cli", "run", str(config)],
                                env={**os.environ, "PYTHONPATH": str(REPO)}, stderr=subprocess.PIPE, text=True)
@@ -297,11 +293,22 @@ def test_a_run_started_before_its_redis_waits_for_it_with_start_wait_s(tmp_path)
     def read() -> None:
         for line in process.stderr:
             lines.append(line)
-            if "waiting up to 60 s for it (sinks.redis.start_wait_s)" in line:
+            if f"waiting up to {wait_s} s for it (sinks.redis.start_wait_s)" in line:
                 waiting.set()
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
+    return process, lines, waiting, reader
+
+
+def test_a_run_started_before_its_redis_waits_for_it_with_start_wait_s(tmp_path):
+    """Found by the SRE probe: a Redis down at start failed the run at once, so a Redis and a
+    pipeline started together (Kubernetes has no start order) looped through crash restarts."""
+    from tests.redis_servers import free_port
+
+    port = free_port()
+    process, lines, waiting, reader = _run_waiting_for_redis(
+        tmp_path, port, 60, "{name: cam0, type: synthetic, width: 96, height: 64, num_frames: 5}")
     server = None
     try:
         assert waiting.wait(120), "".join(lines)  # it waits: only then does its Redis start
@@ -334,27 +341,11 @@ def test_without_start_wait_s_an_unreachable_redis_fails_the_run_at_once(tmp_pat
 
 def test_a_stop_while_waiting_for_redis_at_start_ends_the_run_that_never_began(tmp_path):
     import signal
-    import threading
 
     from tests.redis_servers import free_port
 
-    config = tmp_path / "pipeline.yaml"
-    config.write_text(
-        "sources:\n  - {name: cam0, type: synthetic, num_frames: 5}\nmodel: {device: cpu}\nops: {http: null}\n"
-        f"sinks:\n  redis: {{url: 'redis://127.0.0.1:{free_port()}', start_wait_s: 600}}\n"
-    )
-    process = subprocess.Popen([sys.executable, "-m", "segstream.pipeline.cli", "run", str(config)],
-                               env={**os.environ, "PYTHONPATH": str(REPO)}, stderr=subprocess.PIPE, text=True)
-    lines: list[str] = []
-    waiting = threading.Event()
-
-    def read() -> None:
-        for line in process.stderr:
-            lines.append(line)
-            if "(sinks.redis.start_wait_s)" in line:
-                waiting.set()
-
-    threading.Thread(target=read, daemon=True).start()
+    process, lines, waiting, reader = _run_waiting_for_redis(
+        tmp_path, free_port(), 600, "{name: cam0, type: synthetic, num_frames: 5}")
     try:
         assert waiting.wait(120), "".join(lines)
         process.send_signal(signal.SIGTERM)
@@ -362,7 +353,7 @@ def test_a_stop_while_waiting_for_redis_at_start_ends_the_run_that_never_began(t
     finally:
         if process.poll() is None:
             process.kill()
-    time.sleep(0.2)
+    reader.join(10)
     assert "Traceback" not in "".join(lines) and any("stopped before the run began" in line for line in lines), lines
 
 
