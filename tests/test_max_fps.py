@@ -85,7 +85,9 @@ def test_a_looped_file_keeps_its_rate_across_passes(clip_25fps):
     frames = list(source.frames())
     seconds = [f.pts_seconds for f in frames]
     assert min(b - a for a, b in zip(seconds, seconds[1:])) >= 0.2 - 1e-6  # also where the second pass begins
-    assert [f.index for f in frames] == list(range(0, 125, 5)) and source.frames_skipped == 96
+    assert [f.index for f in frames] == list(range(0, 125, 5))
+    # 96 left out between the 25 kept; the reader may have decoded a few past the last (CI once 98)
+    assert 96 <= source.frames_skipped < 96 + 5
 
 
 def test_max_fps_is_configured_on_every_source_type_and_must_be_positive(tmp_path, clip_25fps):
