@@ -116,6 +116,12 @@ def test_flush_sends_everything_once_redis_is_back_within_the_drain_timeout(serv
     publisher.close()
 
 
+def cli_run(config: Path) -> subprocess.Popen:
+    """``segstream run config`` as a user starts it, its stderr piped."""
+    return subprocess.Popen([sys.executable, "-m", "segstream.pipeline.cli", "run", str(config)],
+                            env={**os.environ, "PYTHONPATH": str(REPO)}, stderr=subprocess.PIPE, text=True)
+
+
 def _summary(err: str) -> tuple[int, int, int, dict[str, int]]:
     """published, decoded, dropped and dropped-by-reason of the run's final line."""
     line = [l for l in err.splitlines() if l.startswith(("segstream: done:", "segstream: stopped:"))][-1]
@@ -140,10 +146,7 @@ def test_a_run_survives_redis_killed_mid_run_and_restarted_5_s_later(tmp_path):
         "ops: {http: null}\n"
         f"sinks:\n  redis: {{url: '{server.url}', max_backlog: 30, pipeline_size: 4, drain_timeout_s: 20}}\n"
     )
-    process = subprocess.Popen(
-        [sys.executable, "-m", "segstream.pipeline.cli", "run", str(config)],
-        env={**os.environ, "PYTHONPATH": str(REPO)}, stderr=subprocess.PIPE, text=True,
-    )
+    process = cli_run(config)
     try:
         client = server.client()
         wait_until(lambda: client.xlen("segstream:cam0:frames") >= 15, timeout_s=120)
@@ -246,10 +249,7 @@ def test_a_hung_redis_is_an_outage_the_backlog_absorbs(tmp_path):
         "ops: {http: null, status_interval_s: 1}\n"
         f"sinks:\n  redis: {{url: '{server.url}', max_backlog: 500, pipeline_size: 4, drain_timeout_s: 20}}\n"
     )
-    process = subprocess.Popen(
-        [sys.executable, "-m", "segstream.pipeline.cli", "run", str(config)],
-        env={**os.environ, "PYTHONPATH": str(REPO)}, stderr=subprocess.PIPE, text=True,
-    )
+    process = cli_run(config)
     stopped_for = 5.0
     try:
         client = server.client()

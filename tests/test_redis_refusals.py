@@ -6,10 +6,7 @@ outage without its data is said so."""
 from __future__ import annotations
 
 import logging
-import os
 import shutil
-import subprocess
-import sys
 import time
 
 import pytest
@@ -18,7 +15,7 @@ from segstream.connectors.errors import SinkError
 from segstream.connectors.redis_connection import connect_redis
 from segstream.connectors.redis_sink import RedisPublisher
 from tests.redis_servers import RedisProcess, free_port
-from tests.test_redis_outage import REPO, _summary, frames_in, publisher_for, wait_until
+from tests.test_redis_outage import _summary, cli_run, frames_in, publisher_for, wait_until
 from tests.test_redis_sink import tiny_scene
 
 OUT_OF_MEMORY = "Redis is out of memory (maxmemory): raise maxmemory, lower sinks.redis.maxlen or trim other keys"
@@ -177,10 +174,7 @@ def test_a_run_whose_redis_fills_up_counts_what_it_refused_and_exits_incomplete(
         "ops: {http: null}\n"
         f"sinks:\n  redis: {{url: '{server.url}', pipeline_size: 4, drain_timeout_s: 1, reconnect_max_s: 0.5}}\n"
     )
-    process = subprocess.Popen(
-        [sys.executable, "-m", "segstream.pipeline.cli", "run", str(config)],
-        env={**os.environ, "PYTHONPATH": str(REPO)}, stderr=subprocess.PIPE, text=True,
-    )
+    process = cli_run(config)
     try:
         client = server.client()
         wait_until(lambda: client.xlen("segstream:cam0:frames") >= 5, timeout_s=120)
