@@ -48,6 +48,7 @@ import numpy as np
 from segstream.connectors.errors import THREAD_LIMIT_HINT, ResourceLimit, SourceError, thread_start_failed
 from segstream.connectors.frame_rate import FrameRateCap
 from segstream.connectors.ffmpeg_relay import RELAYED_SCHEMES, FFmpegRelay, demuxer_options, relay_program
+from segstream.connectors.threads import NamedThread
 from segstream.connectors.urls import exclusive_input, redact_url, url_scheme
 
 logger = logging.getLogger("segstream.sources")
@@ -721,7 +722,7 @@ class CaptureThread:
         self._abandoned = threading.Event()
         self.input: AVInput | None = None
         self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, name=f"segstream-capture-{name}", daemon=True)
+        self.thread = NamedThread(target=self._run, name=f"segstream-capture-{name}", daemon=True)
 
     def start(self) -> CaptureThread:
         try:

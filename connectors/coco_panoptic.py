@@ -23,6 +23,7 @@ from scipy import ndimage
 
 from segstream.connectors.errors import SinkError
 from segstream.connectors.output_files import open_output
+from segstream.connectors.threads import name_os_thread_as_python
 from segstream.models.label_sets import LabelSet
 from segstream.models.results import NO_TRACK, FrameResult, Segments
 
@@ -131,7 +132,8 @@ class CocoPanopticWriter:
 
     def _encode(self, path: Path, bgr: np.ndarray) -> None:
         if self._encoder is None:
-            self._encoder = ThreadPoolExecutor(PNG_WRITERS, thread_name_prefix="segstream-png")
+            self._encoder = ThreadPoolExecutor(PNG_WRITERS, thread_name_prefix="segstream-png",
+                                               initializer=name_os_thread_as_python)
         self._waiting.append(self._encoder.submit(_write_png, path, bgr))
         while len(self._waiting) > PNGS_WAITING or (self._waiting and self._waiting[0].done()):
             self._waiting.popleft().result()  # raises the SinkError of a PNG that could not be written

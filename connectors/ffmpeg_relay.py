@@ -22,6 +22,7 @@ import threading
 import time
 import weakref
 
+from segstream.connectors.threads import NamedThread
 from segstream.connectors.urls import url_scheme
 
 RELAYED_SCHEMES = ("srt", "rist")
@@ -106,9 +107,9 @@ class FFmpegRelay:
                     "-flush_packets", "1", "-f", "mpegts", "pipe:1"]
         self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                         stderr=subprocess.PIPE)
-        self._stderr = threading.Thread(target=self._read_errors, name="segstream-relay-stderr", daemon=True)
+        self._stderr = NamedThread(target=self._read_errors, name="segstream-relay-stderr", daemon=True)
         self._stderr.start()
-        self._watchdog = threading.Thread(target=self._watch, name="segstream-relay-watchdog", daemon=True)
+        self._watchdog = NamedThread(target=self._watch, name="segstream-relay-watchdog", daemon=True)
         self._watchdog.start()
         _RUNNING.add(self)
 

@@ -17,6 +17,8 @@ import threading
 import time
 from collections import deque
 
+from segstream.connectors.threads import NamedThread
+
 logger = logging.getLogger("segstream.sources")
 
 TICK_S = 0.1
@@ -50,7 +52,7 @@ class PauseWatch:
             if self._thread is None:
                 self._last = self._sample()
                 # not named as the runtime's threads (THREAD_PREFIX): an abort need not wait for it
-                self._thread = threading.Thread(target=self._watch, name="pause-watch", daemon=True)
+                self._thread = NamedThread(target=self._watch, name="pause-watch", daemon=True)
                 self._thread.start()
 
     def _watch(self) -> None:

@@ -42,6 +42,7 @@ from segstream.connectors.sink import (
     DroppedCallback,
     WrittenCallback,
 )
+from segstream.connectors.threads import NamedThread
 from segstream.models.results import Event, FrameResult
 
 log = logging.getLogger(__name__)
@@ -648,7 +649,7 @@ class RedisPublisher:
             log.warning("Redis at %s refuses writes: %s — publishing continues into a backlog of up to %d entries, "
                         "sent when Redis takes them again", self._where, self._refusal, self.max_backlog)
             self._backoff.reset()
-        self._probe = threading.Thread(target=self._reconnect, name="segstream-redis-reconnect", daemon=True)
+        self._probe = NamedThread(target=self._reconnect, name="segstream-redis-reconnect", daemon=True)
         self._probe.start()
 
     def _reconnect(self) -> None:

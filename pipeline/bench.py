@@ -21,13 +21,13 @@ import json
 import math
 import resource
 import sys
-import threading
 import time
 from typing import Any
 
 import torch
 
 from segstream.connectors.errors import ConfigError
+from segstream.connectors.threads import NamedThread
 from segstream.pipeline.config import PipelineConfig
 
 
@@ -90,7 +90,7 @@ def network_fps(adapter, frames: list, seconds: float = 3.0, workers: int = 1) -
             errors.append(error)
 
     # One worker runs in this thread: compiled CUDA graphs belong to the thread that warmed them.
-    threads = [threading.Thread(target=repeat, args=(i,), name=f"segstream-bench-{i}") for i in range(1, workers)]
+    threads = [NamedThread(target=repeat, args=(i,), name=f"segstream-bench-{i}") for i in range(1, workers)]
     start = time.perf_counter()
     for thread in threads:
         thread.start()
@@ -240,7 +240,7 @@ class _GpuUtilisation:
                 torch.cuda.utilization(self.device)
             except Exception:  # NVML (pynvml) is optional
                 return self
-            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread = NamedThread(target=self._sample, name="segstream-gpu-sampler", daemon=True)
             self._thread.start()
         return self
 

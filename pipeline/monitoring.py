@@ -31,6 +31,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from segstream import __version__
 from segstream.connectors.errors import ConfigError
 from segstream.connectors.source import SOURCE_STATES
+from segstream.connectors.threads import NamedThread
 from segstream.pipeline.metrics import DROP_REASONS, STAGES, LatencyWindow, RunMetrics, decode_thread
 
 log = logging.getLogger(__name__)
@@ -274,7 +275,7 @@ class OpsServer:
                 "port: set ops.http to a free one (e.g. --set ops.http=127.0.0.1:9109), or to null to turn it off"
             ) from None
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="segstream-ops-http", daemon=True)
+        self._thread = NamedThread(target=self._server.serve_forever, name="segstream-ops-http", daemon=True)
         self._thread.start()
         host, port = self._server.server_address[:2]
         self.address = (host, port)

@@ -45,6 +45,7 @@ from segstream.connectors.errors import (
 from segstream.connectors.frames import Frame, frame_problem
 from segstream.connectors.sink import SINK_DROPS, SINK_METHODS, Sink
 from segstream.connectors.source import VideoSource
+from segstream.connectors.threads import NamedThread
 from segstream.models.results import Event, FrameResult
 from segstream.models.segmenter import FamilyAdapter
 from segstream.pipeline.engine import Batcher, BufferPolicy, InFlight, ModelStage, engine_layout, usable_cores
@@ -500,17 +501,17 @@ class Runtime:
         self._register_gauges()
         start = time.monotonic()
         threads = [
-            threading.Thread(target=self._model, args=(w,), name=f"{THREAD_PREFIX}model{w or ''}", daemon=True)
+            NamedThread(target=self._model, args=(w,), name=f"{THREAD_PREFIX}model{w or ''}", daemon=True)
             for w in range(self.model_workers)
         ]
         threads += [
-            threading.Thread(target=self._decode, args=(i, s), name=f"{THREAD_PREFIX}decode-{s.name}", daemon=True)
+            NamedThread(target=self._decode, args=(i, s), name=f"{THREAD_PREFIX}decode-{s.name}", daemon=True)
             for i, s in enumerate(self.sources)
         ]
         threads += [
-            threading.Thread(target=self._post, name=f"{THREAD_PREFIX}post", daemon=True),
-            threading.Thread(target=self._stage, name=f"{THREAD_PREFIX}stage", daemon=True),
-            threading.Thread(target=self._publish, name=f"{THREAD_PREFIX}publish", daemon=True),
+            NamedThread(target=self._post, name=f"{THREAD_PREFIX}post", daemon=True),
+            NamedThread(target=self._stage, name=f"{THREAD_PREFIX}stage", daemon=True),
+            NamedThread(target=self._publish, name=f"{THREAD_PREFIX}publish", daemon=True),
         ]
         sources_closed = False
         try:

@@ -1,0 +1,47 @@
+"""Threads that carry their name into the operating system, so that ``top -H``, ``ps -L``, gdb,
+perf and a core dump tell segstream's threads apart (``decode-cam0``, ``model``, ``publish``)
+instead of showing every one of them as ``python``. Python only names its own thread objects
+(until 3.14); Linux takes at most 15 bytes, so the ``segstream-`` prefix stays behind."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import sys
+import threading
+
+OS_NAME_BYTES = 15  # Linux's TASK_COMM_LEN less its terminating zero
+_PR_SET_NAME = 15
+
+_libc = None
+if sys.platform.startswith("linux"):
+    try:
+        _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    except OSError:  # a libc that cannot be loaded leaves the names as they are: they are only for people
+        _libc = None
+
+
+def os_thread_name(name: str) -> bytes:
+    """The name the OS shows for a thread named ``name``: without ``segstream-``, at most 15 bytes,
+    cut at a character boundary."""
+    short = name.removeprefix("segstream-").encode()[:OS_NAME_BYTES]
+    return short.decode(errors="ignore").encode()
+
+
+def name_os_thread(name: str) -> None:
+    """Give the calling thread ``name`` in the OS (Linux; elsewhere nothing happens)."""
+    if _libc is not None:
+        _libc.prctl(_PR_SET_NAME, ctypes.c_char_p(os_thread_name(name)), 0, 0, 0)
+
+
+def name_os_thread_as_python() -> None:
+    """Give the calling thread its Python name in the OS (an executor's ``initializer``)."""
+    name_os_thread(threading.current_thread().name)
+
+
+class NamedThread(threading.Thread):
+    """A ``threading.Thread`` that names its OS thread after itself when it starts."""
+
+    def run(self) -> None:
+        name_os_thread(self.name)
+        super().run()

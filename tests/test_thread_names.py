@@ -1,0 +1,50 @@
+"""segstream's threads carry their names into the OS, where top -H, ps -L, gdb and perf see them."""
+
+import threading
+from pathlib import Path
+
+from segstream.connectors.file_source import FileSource
+from segstream.connectors.threads import NamedThread, os_thread_name
+from segstream.pipeline.runtime import Runtime
+from tests.conftest import CollectingSink
+
+
+def _os_names() -> set[str]:
+    """The OS names of this process's threads now."""
+    names = set()
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            names.add((task / "comm").read_text().strip())
+        except FileNotFoundError:  # the thread ended meanwhile
+            pass
+    return names
+
+
+def test_a_named_thread_takes_its_name_without_the_prefix_cut_to_what_linux_keeps():
+    seen = {}
+
+    def record():
+        seen["comm"] = Path(f"/proc/self/task/{threading.get_native_id()}/comm").read_text().strip()
+
+    thread = NamedThread(target=record, name="segstream-decode-loading-dock-east")
+    thread.start()
+    thread.join()
+    assert seen["comm"] == "decode-loading-" == os_thread_name(thread.name).decode()
+    assert os_thread_name("segstream-decode-caméra") == "decode-caméra".encode()[:15]
+    assert os_thread_name("segstream-decode-ééééééé").decode()  # never cut inside a character
+
+
+class _NamesSink(CollectingSink):
+    """Notes the process's OS thread names while the run is publishing."""
+
+    def publish(self, result):
+        if result.index == 20:
+            self.names = _os_names()
+        super().publish(result)
+
+
+def test_a_runs_threads_show_in_the_os_by_their_stage(clip, segmenter):
+    sink = _NamesSink()
+    before = _os_names()
+    Runtime([FileSource("dock", str(clip))], segmenter, [sink], batch_size=2, progress=None).run()
+    assert {"model", "decode-dock", "post", "stage", "publish"} <= sink.names - before
