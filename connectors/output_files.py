@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import os
+import resource
 import stat
 from pathlib import Path
 from typing import IO
@@ -46,6 +47,10 @@ def open_output(path: str | Path, mode: str = "ab", buffering: int = -1, encodin
     except OSError as error:
         if error.errno in (errno.ELOOP, errno.ENXIO) and (reason := _not_regular(path)):
             raise OSError(error.errno, reason, str(path)) from None
+        if error.errno == errno.EMFILE:
+            soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+            raise OSError(errno.EMFILE, f"too many open files in this process ({soft}, `ulimit -n`) — raise `ulimit -n` "
+                          "(or the container's nofile limit), or run fewer sources", str(path)) from None
         raise
     try:
         status = os.fstat(fd)

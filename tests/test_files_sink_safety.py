@@ -2,8 +2,11 @@
 (found by a security review: a link planted as cam.jsonl made a run append frames to a root-only
 file)."""
 
+import errno
 import os
 import stat
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -273,3 +276,21 @@ def test_a_folder_made_anew_that_every_user_can_write_costs_entries_counted_not_
     sink.publish(stamped(synthetic_scene("cam", 2)))
     sink.close()
     assert [int(e["frame"]) for e in read_entries(folder / "cam.jsonl")] == [2]
+
+
+def test_an_output_that_finds_no_file_descriptor_left_names_ulimit_n(tmp_path):
+    # Found probing: the files sink said only "Too many open files" where the rest of segstream
+    # names the limit to raise. In a process of its own: the limit is the whole process's.
+    script = (
+        "import os, resource, sys\n"
+        "from segstream.connectors.output_files import open_output\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir('/proc/self/fd')) - 1, 4096))  # less the listing's own\n"
+        "try:\n"
+        "    open_output(sys.argv[1])\n"
+        "except OSError as error:\n"
+        "    print(error.errno, error.strerror)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "dock.jsonl")], capture_output=True,
+                          text=True, timeout=60)
+    assert done.stdout.startswith(f"{errno.EMFILE} too many open files in this process ("), done
+    assert "raise `ulimit -n`" in done.stdout
