@@ -391,8 +391,13 @@ def _run(args: argparse.Namespace) -> int:
     if report.failed:
         # a live source that lost its camera must not look like a run that finished
         raise SourceError("\n".join(f"source {name} failed: {reason}" for name, reason in report.failed.items()))
+    lines = []
     if report.undelivered:
-        raise SinkError(undelivered_line(report.undelivered, report.published + sum(report.undelivered.values())))
+        lines.append(undelivered_line(report.undelivered, report.published + sum(report.undelivered.values())))
+    if report.data_losses:
+        lines.append(data_loss_line(report.data_losses))
+    if lines:
+        raise SinkError("; ".join(lines))
     return 0
 
 
@@ -402,6 +407,13 @@ def undelivered_line(lost: dict[str, int], results: int) -> str:
     reasons = ", ".join(f"{reason} {n}" for reason, n in sorted(lost.items()))
     return (f"the output is incomplete: {sum(lost.values())} of {results} results were never written ({reasons}); "
             "the warnings above say where and why")
+
+
+def data_loss_line(losses: dict[str, int]) -> str:
+    """The one line for a store that lost entries a sink had written to it."""
+    times = ", ".join(f"{sink} {n} time{'s' if n != 1 else ''}" for sink, n in sorted(losses.items()))
+    return (f"the output is incomplete: entries this run had written were lost from the store ({times}: restarted "
+            "without persistence, flushed, evicted or deleted); the warnings above name the streams")
 
 
 def build_runtime(

@@ -213,6 +213,13 @@ class RunReport:
             lost.update({reason: n for reason, n in s.dropped_by.items() if reason in SINK_DROPS and n})
         return dict(lost)
 
+    @property
+    def data_losses(self) -> dict[str, int]:
+        """Sink name -> times its store lost entries the sink had written (Redis back from an
+        outage without them, a stream evicted or deleted under the run): the run's output is
+        incomplete there too, though every result was written once."""
+        return {name: status["data_losses"] for name, status in self.sinks.items() if status.get("data_losses")}
+
     def summary(self, outcome: str | None = None) -> str:
         """The run's outcome (``done``, ``stopped``, ``failed``; or ``outcome``), counts, latency,
         and each source and sink: one line, or with more than ``MANY_SOURCES`` sources a line

@@ -148,7 +148,35 @@ def test_a_run_counts_redis_data_losses_in_its_metrics_and_summary(server):
     finally:
         ops.close()
     assert status == 200 and samples(page)[("segstream_sink_data_loss_total", (("sink", "redis"),))] == 1
-    assert "lost written entries 1 time" in reports[0].summary()
+    assert "lost written entries 1 time" in reports[0].summary() and reports[0].data_losses == {"redis": 1}
+
+
+def test_a_run_whose_redis_lost_what_it_wrote_exits_saying_its_output_is_incomplete(server, tmp_path):
+    # Found reviewing: every result was written once, so the run exited 0 while the entries were
+    # gone from Redis; a job runner or an archive's script reads only the exit status.
+    config = tmp_path / "pipeline.yaml"
+    config.write_text(
+        "sources:\n  - {name: cam0, type: synthetic, width: 96, height: 64, fps: 20, num_frames: 40, realtime: true}\n"
+        "model: {device: cpu, precision: fp32}\n"
+        "engine: {batch_size: 2, max_wait_ms: 5}\n"
+        "ops: {http: null}\n"
+        f"sinks:\n  redis: {{url: '{server.url}', pipeline_size: 4, drain_timeout_s: 20, reconnect_max_s: 0.2}}\n"
+    )
+    process = cli_run(config)
+    try:
+        client = server.client()
+        wait_until(lambda: client.xlen("segstream:cam0:frames") >= 5, timeout_s=120)
+        server.kill()
+        server.start()  # without what it had
+        _, err = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 1 and "Traceback" not in err, err
+    assert "lost written entries 1 time" in err
+    assert err.strip().splitlines()[-1].endswith(
+        "the output is incomplete: entries this run had written were lost from the store (redis 1 time: restarted "
+        "without persistence, flushed, evicted or deleted); the warnings above name the streams"), err
 
 
 def test_redis_back_with_its_data_warns_of_no_loss(tmp_path, caplog):
