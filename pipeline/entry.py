@@ -7,6 +7,7 @@ signal) does the same inside an import."""
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import sys
@@ -34,7 +35,11 @@ def main() -> int:
     try:
         from segstream.pipeline.cli import main as cli_main
 
-        return cli_main()
+        code = cli_main()
+        # The command's work is written and closed; what is left is finalising the interpreter, whose
+        # last garbage collection walks every object torch's import made (1-2 s on a busy machine).
+        gc.freeze()
+        return code
     except ImportError as error:
         if "failed to map segment" not in str(error):  # else a broken install: its traceback
             raise

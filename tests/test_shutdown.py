@@ -245,3 +245,17 @@ def test_sigterm_to_bench_aborts_it_and_stops_its_embedded_redis():
     assert "segstream: aborted" in err and "Traceback" not in err
     assert subprocess.run(["pgrep", "-f", socket_path], capture_output=True).returncode == 1, "its Redis stopped"
     assert not Path(socket_path).parent.exists()
+
+
+def test_a_finished_command_leaves_the_interpreter_no_last_garbage_collection_to_walk():
+    # Measured: 1.4-1.7 s between a run's summary line and its exit, the interpreter's last
+    # collection walking every object torch's import made (docs/BENCHMARKS.md, "Exit").
+    script = ("import gc, sys\n"
+              "sys.argv = ['segstream', 'validate', sys.argv[1]]\n"
+              "from segstream.pipeline.entry import main\n"
+              "code = main()\n"
+              "print(code, 'torch' in sys.modules, gc.get_freeze_count())\n")
+    done = subprocess.run([sys.executable, "-c", script, str(REPO / "configs" / "demo.yaml")], capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
+    code, torch_loaded, frozen = done.stdout.split()[-3:]
+    assert code == "0" and torch_loaded == "True" and int(frozen) > 100_000, done
