@@ -57,7 +57,7 @@ from segstream.connectors.av_input import (
     Picture,
 )
 from segstream.connectors.clock import Pacer, Timeline
-from segstream.connectors.errors import SourceError
+from segstream.connectors.errors import ResourceLimit, SourceError
 from segstream.connectors.frame_rate import FrameRateCap
 from segstream.connectors.frames import Frame
 from segstream.connectors.pauses import pauses
@@ -328,15 +328,15 @@ class LiveSource:
             while not self._closed.is_set():
                 if not self._port_released():
                     break
-                with self._lock:
-                    if self._closed.is_set():
-                        break
-                    capture = self._capture = CaptureThread(self.name, self._capped_open).start()
                 finite: float | None = None  # the input's length, when the source ends with it
                 first = True  # no frame yet from this session
                 played = _Played()
                 repeats = 0  # frames already delivered by an earlier session, skipped
                 try:
+                    with self._lock:
+                        if self._closed.is_set():
+                            break
+                        capture = self._capture = CaptureThread(self.name, self._capped_open).start()
                     opened = self._wait_open(capture, never_streamed=epoch < 0)
                     if opened is None:
                         break
@@ -436,6 +436,10 @@ class LiveSource:
                     if finite is not None and not first:  # opened again it would start over
                         ended = self._finite_end(reason, details, finite, played, opened.video_duration)
                         break
+                except ResourceLimit as error:
+                    # the machine's or container's limit (threads, pids), which other processes and
+                    # sources share: it may have room at the next attempt, so the camera waits, said so
+                    reason, details = str(error), {"phase": "open", "resource_limit": True}
                 except (InputUnsupported, InputRefused) as error:
                     failed = True
                     self._enter("failed", str(error), {"url": self.shown})

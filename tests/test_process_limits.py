@@ -127,6 +127,47 @@ def test_a_decoder_that_cannot_start_its_threads_names_the_limit_not_the_file(cl
     assert str(clip) in done.stdout and THREAD_LIMIT_HINT in done.stdout
 
 
+
+def test_a_camera_refused_its_capture_thread_waits_for_room_and_streams_when_there_is(clip, pids_cgroup):
+    # Found reviewing: a live source whose capture thread the limit refused at a reconnect failed
+    # the whole run, though the limit is shared and has room again once another process exits.
+    group, enter = pids_cgroup
+    (group / "pids.max").write_text("64")
+    script = textwrap.dedent(f"""
+        import threading
+        from segstream.connectors.live_source import ReconnectPolicy
+        from segstream.connectors.pauses import pauses
+        from segstream.connectors.stream_source import StreamSource
+        pauses.start()  # the process's pause watch, started with its first source
+        release = threading.Event()
+        while True:  # every thread slot the limit leaves is taken: the capture thread is refused
+            try:
+                threading.Thread(target=release.wait, daemon=True).start()
+            except RuntimeError:
+                break
+        states = []
+
+        def on_state(state, reason, data):
+            states.append((state, reason))
+            if state == "reconnecting":
+                release.set()  # the slots come free, as when another process ends
+
+        source = StreamSource("dock", {str(clip)!r}, policy=ReconnectPolicy(delay_s=0.2, max_delay_s=0.5))
+        source.on_state = on_state
+        frame = next(source.frames())
+        source.close()
+        for state, reason in states:
+            print(state, reason)
+        print("FRAME", frame.index)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                          env=_one_thread_pools(), preexec_fn=enter)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("connecting") and lines[-1] == "FRAME 0", done.stdout
+    assert any(line.startswith("reconnecting ") and THREAD_LIMIT_HINT in line for line in lines), done.stdout
+    assert any(line.startswith("streaming ") for line in lines), done.stdout
+
 def _run(config: Path, cwd: Path | None = None, prefix: tuple[str, ...] = (), preexec=None, **env: str):
     return subprocess.run(
         [*prefix, sys.executable, "-m", "segstream.pipeline.cli", "run", str(config)],
