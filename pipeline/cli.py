@@ -20,10 +20,12 @@ import contextlib
 import errno
 import json
 import logging
+import math
 import os
 import resource
 import signal
 import threading
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -502,6 +504,11 @@ class _StoppedBeforeRun(BaseException):  # not caught by the model's loaders' `e
     """A first SIGINT/SIGTERM inside ``_DrainOnSignal.at_once()``: there is nothing to drain yet."""
 
 
+# The same signal again within this many seconds of the first is that one sent twice, not a
+# second stop: a person's second Ctrl-C comes far later.
+SAME_SIGNAL_S = 0.2
+
+
 class _DrainOnSignal:
     """First SIGINT/SIGTERM: ``runtime.stop()`` (drain, exit 0), or while there is no runtime yet,
     ``stopping`` (nothing more is started), or inside ``at_once()``, ``_StoppedBeforeRun`` raised
@@ -517,6 +524,7 @@ class _DrainOnSignal:
         self.signum: int | None = None
         self.previous: dict[int, object] = {}
         self._at_once = False
+        self._first_at = -math.inf
 
     @contextlib.contextmanager
     def at_once(self):
@@ -541,12 +549,16 @@ class _DrainOnSignal:
             runtime.stop()
 
     def _handle(self, signum, frame) -> None:
+        now = time.monotonic()
+        if signum == self.signum and now - self._first_at < SAME_SIGNAL_S:
+            return  # one stop sent twice at once: GNU timeout signals its command, then its process group
         self.signals += 1
         if self.signals > 1:
             abort_if_loading(frame, signum)  # the model's modules may still be loading
             _DrainOnSignal.aborted_by = signum  # the exit status says which signal aborted
             raise KeyboardInterrupt
         self.signum = signum
+        self._first_at = now
         self.stopping = True
         # os.write (write_line), not print: print may be interrupted while holding stderr's buffer lock
         name = signal.Signals(signum).name
