@@ -864,7 +864,7 @@ def run_batch(cfg: PipelineConfig, inputs: Sequence[str], engine: str = "local",
     skipped, and the signal that stopped it (None if none did)."""
     from segstream.pipeline.cli import _DrainOnSignal
     from segstream.pipeline.monitoring import serve_ops
-    from segstream.pipeline.runtime import new_run_id
+    from segstream.pipeline.logs import new_run_id
 
     root = Path(cfg.batch.output)
     paths, warnings = find_videos(inputs, cfg.batch.extensions)

@@ -55,6 +55,7 @@ from segstream.pipeline.logs import (
     LogLines,
     configure_logging,
     json_logging,
+    new_run_id,
     set_run_id,
     signal_line,
     write_line,
@@ -420,7 +421,7 @@ def data_loss_line(losses: dict[str, int]) -> str:
 
 def build_runtime(
     cfg: PipelineConfig, max_frames: int | None = None, progress=True, metrics=None, stopping=lambda: False, *,
-    sources=(), sinks=(), stages=(), adapter=None,
+    sources=(), sinks=(), stages=(), adapter=None, run_id: str | None = None,
 ) -> Runtime | None:
     """Model, sinks and sources from ``cfg``, assembled into a Runtime ready to ``run()``; None
     when ``stopping()`` turned true while they were being built (what was built is released).
@@ -433,14 +434,16 @@ def build_runtime(
     ``Runtime.from_config`` for their queues), sinks after the config's sinks, stages after the
     config's tracker (so they see its track ids). They belong to the runtime from here on: its run
     closes them, and so does this function when it fails or returns None. ``adapter``: the model,
-    already built (``build_segmenter``) from ``cfg.model``; else it is built here."""
+    already built (``build_segmenter``) from ``cfg.model``; else it is built here. ``run_id``: the
+    run's id (``logs.new_run_id()``), when its log lines carry it already; else a new one."""
     from segstream.pipeline.builders import build_sinks, build_sources
     from segstream.pipeline.model_factory import build_segmenter
-    from segstream.pipeline.runtime import Runtime, new_run_id
+    from segstream.pipeline.runtime import Runtime
     from segstream.pipeline.tracking import tracking_stages
 
-    run_id = new_run_id()
-    set_run_id(run_id)
+    if run_id is None:
+        run_id = new_run_id()
+        set_run_id(run_id)
     own_sources, own_sinks = list(sources), list(sinks)
     built_sinks, built_sources, runtime = [], [], None
     try:
@@ -484,6 +487,8 @@ def run_pipeline(cfg: PipelineConfig, max_frames: int | None = None, progress=Tr
     from segstream.pipeline.monitoring import serve_ops
 
     metrics = RunMetrics()
+    run_id = new_run_id()
+    set_run_id(run_id)  # from the first line on, the endpoints' included
     with serve_ops(cfg.ops, metrics), _DrainOnSignal() as signals:
         try:
             with signals.at_once():  # a model may take minutes to build: a stop then is not kept waiting
@@ -492,7 +497,7 @@ def run_pipeline(cfg: PipelineConfig, max_frames: int | None = None, progress=Tr
             return None
         runtime = build_runtime(
             cfg, max_frames=max_frames, progress=progress, metrics=metrics, stopping=lambda: signals.stopping,
-            adapter=adapter,
+            adapter=adapter, run_id=run_id,
         )
         if runtime is None:
             return None

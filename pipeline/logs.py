@@ -8,11 +8,13 @@ run is on, and any ``extra`` fields; JSON formatting is python-json-logger's.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
-import errno
 import os
+import secrets
 import sys
+import time
 from datetime import datetime, timezone
 from typing import TextIO
 
@@ -79,6 +81,12 @@ class _RunId(logging.Filter):
         if _run["id"] and not hasattr(record, "run_id"):
             record.run_id = _run["id"]
         return True
+
+
+def new_run_id() -> str:
+    """A run's name: its start time (UTC) and 32 random bits, e.g. ``20261121T101502Z-3f2a9c1d``;
+    sortable by start and unique in practice."""
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(4)
 
 
 def set_run_id(run_id: str) -> None:
@@ -148,7 +156,10 @@ def signal_line(message: str, level: str = "WARNING", as_json: bool | None = Non
     if not (json_logging() if as_json is None else as_json):
         return f"segstream: {message}\n".encode()
     stamp = datetime.now(timezone.utc).isoformat()
-    return (json.dumps({"level": level, "logger": "segstream.cli", "message": message, "time": stamp}) + "\n").encode()
+    record = {"level": level, "logger": "segstream.cli", "message": message, "time": stamp}
+    if _run["id"]:
+        record["run_id"] = _run["id"]
+    return (json.dumps(record) + "\n").encode()
 
 
 def write_line(line: bytes) -> None:

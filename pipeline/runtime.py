@@ -25,7 +25,6 @@ import functools
 import logging
 import math
 import queue
-import secrets
 import sys
 import threading
 import time
@@ -49,6 +48,7 @@ from segstream.connectors.threads import NamedThread
 from segstream.models.results import Event, FrameResult
 from segstream.models.segmenter import FamilyAdapter
 from segstream.pipeline.engine import Batcher, BufferPolicy, InFlight, ModelStage, engine_layout, usable_cores
+from segstream.pipeline.logs import new_run_id
 from segstream.pipeline.metrics import OverloadWatch, RunMetrics, decode_thread
 from segstream.pipeline.source_states import SourceStates, first_frame
 
@@ -1107,9 +1107,3 @@ def _reason(error: BaseException, source: str) -> str:
     for prefix in (f"source {source} failed: ", f"source {source}: "):
         text = text.removeprefix(prefix)
     return text
-
-
-def new_run_id() -> str:
-    """A run's name: its start time (UTC) and 32 random bits, e.g. ``20261121T101502Z-3f2a9c1d``;
-    sortable by start and unique in practice."""
-    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(4)

@@ -116,6 +116,8 @@ def test_with_json_logs_the_lines_signals_bring_are_json_too(tmp_path, clip, che
     lines = [json.loads(line) for line in err.strip().splitlines()]  # each one JSON
     messages = [line["message"] for line in lines]
     assert "SIGTERM: stopping, draining queued frames (SIGTERM again aborts)" in messages and "aborted" in messages
+    # found probing: the signal lines and the first (the endpoints') had no run_id to filter a log by
+    assert len({line.get("run_id") for line in lines}) == 1 and lines[0]["run_id"], lines
 
 
 def test_sighup_drains_and_exits_zero(tmp_path, clip, checkpoint):
