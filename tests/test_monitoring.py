@@ -21,6 +21,7 @@ from segstream.pipeline.metrics import RunMetrics
 from segstream.pipeline.monitoring import OpsServer, serve_ops
 from segstream.pipeline.runtime import Runtime
 from tests.conftest import ColourSegmenter
+from tests.live_servers import free_port
 
 
 def get(url: str) -> tuple[int, str]:
@@ -132,6 +133,32 @@ def test_waiting_for_a_slow_camera_is_not_a_stall(served):
         status, body = get(server.url + "/healthz")
         assert status == 200, body
         assert json.loads(body)["threads"]["model"]["state"] == "idle: waiting for frames"
+    finally:
+        runtime.stop()
+        thread.join(30)
+
+
+def test_a_decode_thread_waiting_for_its_camera_to_connect_is_waiting_in_the_metric_too(served):
+    """Found probing: /healthz said the decode thread of a camera that never answered was
+    "idle: reconnecting" while segstream_thread_waiting said 0 (working) for it."""
+    from segstream.connectors.live_source import ReconnectPolicy
+    from segstream.connectors.stream_source import StreamSource
+
+    metrics, server = served
+    dead = StreamSource("dead", f"rtsp://127.0.0.1:{free_port()}/cam",
+                        policy=ReconnectPolicy(wait_for_input=True, delay_s=0.1, max_delay_s=0.2))
+    runtime = Runtime([dead], ColourSegmenter(), [], required=[], metrics=metrics, progress=None)
+    thread = threading.Thread(target=runtime.run)
+    thread.start()
+    try:
+        wait_for(lambda: metrics.source("dead").reconnects >= 1)
+        time.sleep(0.6)  # past the stall bound, the decode thread still inside the source's frames()
+        status, body = get(server.url + "/healthz")
+        state = json.loads(body)["threads"]["decode:dead"]["state"]
+        assert status == 200 and state in ("idle: connecting", "idle: reconnecting"), body
+        values = samples(get(server.url + "/metrics")[1])
+        assert values[("segstream_thread_waiting", (("thread", "decode:dead"),))] == 1
+        assert values[("segstream_healthy", ())] == 1
     finally:
         runtime.stop()
         thread.join(30)
