@@ -411,3 +411,57 @@ def test_a_scraper_hanging_up_mid_answer_prints_no_traceback(capfd):
     finally:
         server.close()
     assert "Traceback" not in capfd.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def finished_run_page(tmp_path_factory, clip) -> str:
+    """/metrics after a real run: a file source through the tracker into Redis and the files sink."""
+    from segstream.connectors.redis_connection import connect_redis
+    from segstream.connectors.redis_sink import RedisPublisher
+    from segstream.pipeline.tracking import TrackingStage
+    from tests.redis_servers import RedisProcess
+
+    folder = tmp_path_factory.mktemp("finished_run")
+    with RedisProcess(folder / "redis") as redis_server:
+        publisher = RedisPublisher(connect_redis(redis_server.url), max_backlog=50, max_batch_delay_s=0)
+        metrics = RunMetrics()
+        with OpsServer(metrics, "127.0.0.1", 0) as server:
+            Runtime([FileSource("file", str(clip))], ColourSegmenter(), [publisher, FilesSink(folder / "out")],
+                    stages=[TrackingStage], queue_size=3,
+                    metrics=metrics, progress=None).run()
+            return get(server.url + "/metrics")[1]
+
+
+def test_sinks_queues_and_sources_say_their_limits_formats_and_losses_from_the_start(finished_run_page):
+    """What alerting needed and could not get (found probing): backlog and queue limits to make
+    fullness a ratio, dropped events, Redis reconnects and outage seconds, and each source's format
+    and frame rate ("a camera delivering 5 of its 25 fps"); every count a series from 0."""
+    values = samples(finished_run_page)
+    assert values[("segstream_sink_backlog_limit", (("sink", "redis"),))] == 50
+    assert values[("segstream_queue_capacity", (("source", "file"),))] == 3
+    assert values[("segstream_queue_depth", (("source", "file"),))] == 0
+    assert values[("segstream_events_dropped_total", (("sink", "files"),))] == 0
+    assert values[("segstream_events_dropped_total", (("sink", "redis"),))] == 0
+    assert values[("segstream_sink_reconnects_total", (("sink", "redis"),))] == 0
+    assert values[("segstream_sink_down_seconds_total", (("sink", "redis"),))] == 0
+    assert values[("segstream_track_capacity_refused_total", (("source", "file"),))] == 0
+    info = {labels: v for (name, labels), v in values.items() if name == "segstream_source_info"}
+    assert info == {(("codec", "h264"), ("height", "120"), ("source", "file"), ("width", "160")): 1}
+    assert values[("segstream_source_nominal_fps", (("source", "file"),))] == 10
+    families = {family.name: family.type for family in text_string_to_metric_families(finished_run_page)}
+    assert families["segstream_track_capacity_refused"] == "counter"  # a running count, no longer a gauge
+
+
+def test_every_metric_the_alert_rules_use_is_exposed(finished_run_page):
+    """deploy/prometheus-rules.yml may only name metrics a run exposes: a renamed metric fails here."""
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    rules = yaml.safe_load((Path(__file__).resolve().parents[1] / "deploy" / "prometheus-rules.yml").read_text())
+    used = {name for group in rules["groups"] for rule in group["rules"]
+            for name in re.findall(r"\bsegstream_[a-z0-9_]+", rule["expr"])}
+    assert len(used) >= 15, used  # the rules are read, not an empty file
+    exposed = {s.name for family in text_string_to_metric_families(finished_run_page) for s in family.samples}
+    assert sorted(used - exposed) == []
