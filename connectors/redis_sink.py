@@ -674,6 +674,7 @@ class RedisPublisher:
         """A failed write's or reconnect's error, in the start-up wording when it is the login."""
         return credentials_problem(self.client, error) if is_credentials_refusal(error) else error_summary(error)
 
+    @property
     def down_seconds(self) -> float:
         """Seconds this run could not write (Redis unreachable or refusing writes), up to now."""
         with self._down_lock:

@@ -923,17 +923,19 @@ class Runtime:
               lambda: {("stages",): self._to_stage.qsize(), ("sinks",): self._to_sinks.qsize()})
         gauge("batches_waiting_post", "Batches whose network started and whose post-processing has not.", (),
               lambda: {(): self._to_post.qsize()})
-        gauge("publisher_backlog", "Entries a sink holds that are not written yet.", ("sink",),
-              lambda: {(sink.name,): sink.backlog for sink in sinks if hasattr(sink, "backlog")})
+        def of_sinks(attribute: str) -> Callable[[], dict]:
+            """Reads ``attribute`` of each sink that has one, by sink name."""
+            return lambda: {(sink.name,): getattr(sink, attribute) for sink in sinks if hasattr(sink, attribute)}
+
+        gauge("publisher_backlog", "Entries a sink holds that are not written yet.", ("sink",), of_sinks("backlog"))
         gauge("sink_backlog_limit", "Entries a sink's backlog holds at most (max_backlog); one more drops the "
-              "oldest frame (sink_backlog).", ("sink",),
-              lambda: {(sink.name,): sink.max_backlog for sink in sinks if hasattr(sink, "max_backlog")})
+              "oldest frame (sink_backlog).", ("sink",), of_sinks("max_backlog"))
         counter("events_dropped", "Events (track starts and ends, source states) a sink never wrote.", ("sink",),
-                lambda: {(sink.name,): sink.events_dropped for sink in sinks if hasattr(sink, "events_dropped")})
+                of_sinks("events_dropped"))
         counter("sink_reconnects", "Times a sink's store took writes again after an outage.", ("sink",),
-                lambda: {(sink.name,): sink.reconnects for sink in sinks if hasattr(sink, "reconnects")})
+                of_sinks("reconnects"))
         counter("sink_down_seconds", "Seconds a sink could not write (its store unreachable or refusing writes).",
-                ("sink",), lambda: {(sink.name,): sink.down_seconds() for sink in sinks if hasattr(sink, "down_seconds")})
+                ("sink",), of_sinks("down_seconds"))
         gauge("sink_connected", "1 while a sink can write (0 while it is reconnecting).", ("sink",),
               lambda: {(sink.name,): float(getattr(sink, "connected", True)) for sink in sinks})
         gauge("redis_other_writers", "Other runs seen writing to the Redis streams this run writes (same source names).",

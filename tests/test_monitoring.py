@@ -465,3 +465,14 @@ def test_every_metric_the_alert_rules_use_is_exposed(finished_run_page):
     assert len(used) >= 15, used  # the rules are read, not an empty file
     exposed = {s.name for family in text_string_to_metric_families(finished_run_page) for s in family.samples}
     assert sorted(used - exposed) == []
+
+
+def test_every_metric_a_run_exposes_is_in_the_operations_table(finished_run_page):
+    from pathlib import Path
+
+    table = (Path(__file__).resolve().parents[1] / "docs" / "OPERATIONS.md").read_text()
+    names = {family.name + ("_total" if family.type == "counter" else "")
+             for family in text_string_to_metric_families(finished_run_page)
+             if family.name.startswith("segstream_") and not family.name.endswith("_created")}  # a counter's start
+    assert len(names) > 30
+    assert sorted(name for name in names if f"`{name}`" not in table) == []
