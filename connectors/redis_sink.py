@@ -169,7 +169,7 @@ class RedisPublisher:
         self._connected = True
         self._down_since: float | None = None
         self.down_s = 0.0  # seconds unable to write, up to the last time Redis took writes again
-        self._down_lock = threading.Lock()  # down_s and _down_since change together for down_seconds()
+        self._down_lock = threading.Lock()  # down_s and _down_since change together for down_seconds
         self._last_error = ""
         self._refusal: str | None = None  # while Redis refuses writes for now: what to do about it
         self._refused_since: float | None = None
