@@ -76,6 +76,7 @@ class Batcher:
         self.names = list(names)
         self.max_bytes = max_bytes
         self.sizes = list(sizes)
+        self.capacities = list(sizes)  # each queue's room now: its size, or fewer frames of this size in max_bytes
         self.metrics = metrics
         self.policies = list(policies) if policies is not None else [None] * len(self.names)
         self.queues: list[deque[Frame]] = [deque() for _ in names]
@@ -93,6 +94,7 @@ class Batcher:
         capacity = self.sizes[i]
         if self.max_bytes is not None:
             capacity = min(capacity, max(1, self.max_bytes // max(1, frame.image.nbytes)))
+        self.capacities[i] = capacity
         with self.cond:
             q = self.queues[i]
             while not newest and len(q) >= capacity and not self.aborted and self.open[i]:

@@ -5,7 +5,8 @@ kept per stage as the most recent ``window`` samples (bounded memory however lon
 percentiles describe the recent past of a long run and the whole of a short one, and as
 cumulative histogram buckets over the whole run (what Prometheus scrapes). Each runtime thread
 leaves a heartbeat (when it last made progress, and why it waits if it does), and the owners of
-queues and connections register gauges that are read when someone asks (``/metrics``).
+queues and connections register gauges (and counters they keep) that are read when someone asks
+(``/metrics``).
 """
 
 from __future__ import annotations
@@ -145,12 +146,14 @@ def decode_thread(source: str) -> str:
 @dataclass(frozen=True, slots=True)
 class Gauge:
     """A value some component owns (a queue's depth, a sink's backlog), read when asked:
-    ``read()`` maps label values (in ``labels`` order) to the current value."""
+    ``read()`` maps label values (in ``labels`` order) to the current value. ``kind`` is
+    ``counter`` for a running count the component keeps (its reconnects), exported as one."""
 
     name: str
     help: str
     labels: tuple[str, ...]
     read: Callable[[], Mapping[tuple[str, ...], float]]
+    kind: str = "gauge"
 
 
 class RunMetrics:
@@ -185,6 +188,11 @@ class RunMetrics:
     def gauge(self, name: str, help: str, labels: tuple[str, ...], read: Callable[[], Mapping]) -> None:
         """Register (or replace) a value read when the metrics are scraped."""
         self.gauges[name] = Gauge(name, help, labels, read)
+
+    def counter(self, name: str, help: str, labels: tuple[str, ...], read: Callable[[], Mapping]) -> None:
+        """Register (or replace) a running count a component keeps, read when the metrics are
+        scraped (``name`` without ``_total``: Prometheus adds it)."""
+        self.gauges[name] = Gauge(name, help, labels, read, "counter")
 
     def source(self, name: str) -> SourceCounts:
         with self._lock:

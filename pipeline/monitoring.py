@@ -58,16 +58,27 @@ class Verdict:
         return json.dumps({"ok": self.ok, **self.parts}, indent=1, sort_keys=True).encode() + b"\n"
 
 
+def thread_waits(metrics: RunMetrics) -> dict[str, tuple[float, str | None]]:
+    """Each runtime thread's last progress (monotonic time) and why it waits now, None while it
+    works: its own reason, or for a decode thread working inside its source, the source's state
+    where that is one without frames (connecting, reconnecting, ...). ``/healthz`` and
+    ``segstream_thread_waiting`` both decide by this."""
+    source_state = {decode_thread(name): state for name, state in _source_states(metrics).items()}
+    waits = {}
+    for thread, (since, idle) in sorted(metrics.heartbeats.items()):
+        if idle is None and source_state.get(thread) in SOURCE_WAITING_STATES:
+            idle = source_state[thread]
+        waits[thread] = (since, idle)
+    return waits
+
+
 def liveness(metrics: RunMetrics, stall_after_s: float, now: float | None = None) -> Verdict:
     """Alive unless some runtime thread has been working without progress for ``stall_after_s``."""
     now = time.monotonic() if now is None else now
-    source_state = {decode_thread(name): state for name, state in _source_states(metrics).items()}
     threads = {}
     ok = True
-    for thread, (since, idle) in sorted(metrics.heartbeats.items()):
+    for thread, (since, idle) in thread_waits(metrics).items():
         age = now - since
-        if idle is None and source_state.get(thread) in SOURCE_WAITING_STATES:
-            idle = source_state[thread]
         stalled = idle is None and age > stall_after_s
         ok &= not stalled
         threads[thread] = {
@@ -213,7 +224,8 @@ class RunMetricsCollector(Collector):
         yield model
 
         for gauge in list(m.gauges.values()):
-            family = GaugeMetricFamily(f"{PREFIX}_{gauge.name}", gauge.help, labels=list(gauge.labels))
+            kind = CounterMetricFamily if gauge.kind == "counter" else GaugeMetricFamily
+            family = kind(f"{PREFIX}_{gauge.name}", gauge.help, labels=list(gauge.labels))
             for labels, value in sorted(_read_gauge(m, gauge.name).items()):
                 family.add_metric(list(labels), float(value))
             yield family
@@ -224,7 +236,7 @@ class RunMetricsCollector(Collector):
         waiting = GaugeMetricFamily(f"{PREFIX}_thread_waiting",
                                     "1 while a runtime thread waits for a known reason (/healthz says which).",
                                     labels=["thread"])
-        for thread, (since, idle) in sorted(m.heartbeats.items()):
+        for thread, (since, idle) in thread_waits(m).items():
             beats.add_metric([thread], now - since)
             waiting.add_metric([thread], float(idle is not None))
         yield beats

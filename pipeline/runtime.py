@@ -31,7 +31,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, TextIO
+from typing import Any, Protocol, TextIO
 
 from segstream.connectors.errors import (
     THREAD_LIMIT_HINT,
@@ -913,24 +913,46 @@ class Runtime:
     def _register_gauges(self) -> None:
         """What only the runtime can see, read when the metrics are scraped."""
         batcher, sinks = self._batcher, self.sinks
-        gauge = self.metrics.gauge
+        gauge, counter = self.metrics.gauge, self.metrics.counter
         gauge("queue_depth", "Frames waiting for the model, per source.", ("source",),
               lambda: {(name,): len(q) for name, q in zip(batcher.names, batcher.queues)})
+        gauge("queue_capacity", "Frames a source's queue holds at most (its queue_size, or fewer of this frame "
+              "size in engine.frame_budget_mb).", ("source",),
+              lambda: {(name,): size for name, size in zip(batcher.names, batcher.capacities)})
         gauge("results_waiting", "Results waiting for the per-source stages and for the sinks.", ("queue",),
               lambda: {("stages",): self._to_stage.qsize(), ("sinks",): self._to_sinks.qsize()})
         gauge("batches_waiting_post", "Batches whose network started and whose post-processing has not.", (),
               lambda: {(): self._to_post.qsize()})
-        gauge("publisher_backlog", "Entries a sink holds that are not written yet.", ("sink",),
-              lambda: {(sink.name,): sink.backlog for sink in sinks if hasattr(sink, "backlog")})
+        def of_sinks(attribute: str) -> Callable[[], dict]:
+            """Reads ``attribute`` of each sink that has one, by sink name."""
+            return lambda: {(sink.name,): getattr(sink, attribute) for sink in sinks if hasattr(sink, attribute)}
+
+        gauge("publisher_backlog", "Entries a sink holds that are not written yet.", ("sink",), of_sinks("backlog"))
+        gauge("sink_backlog_limit", "Entries a sink's backlog holds at most (max_backlog); one more drops the "
+              "oldest frame (sink_backlog).", ("sink",), of_sinks("max_backlog"))
+        counter("events_dropped", "Events (track starts and ends, source states) a sink never wrote.", ("sink",),
+                of_sinks("events_dropped"))
+        counter("sink_reconnects", "Times a sink's store took writes again after an outage.", ("sink",),
+                of_sinks("reconnects"))
+        counter("sink_down_seconds", "Seconds a sink could not write (its store unreachable or refusing writes).",
+                ("sink",), of_sinks("down_seconds"))
         gauge("sink_connected", "1 while a sink can write (0 while it is reconnecting).", ("sink",),
               lambda: {(sink.name,): float(getattr(sink, "connected", True)) for sink in sinks})
         gauge("redis_other_writers", "Other runs seen writing to the Redis streams this run writes (same source names).",
               ("sink",), lambda: {(sink.name,): len(sink.other_writers) for sink in sinks if hasattr(sink, "other_writers")})
         gauge("run_info", "Always 1; the label is this run's run_id, which every entry it publishes carries.", ("run_id",),
               lambda: {(self.run_id,): 1})
-        gauge("track_capacity_refused", "Segments left without a track id: the tracker held tracking.max_tracks.",
-              ("source",), lambda: {(name,): sum(getattr(stage, "capacity_refused", 0) for stage in stages)
-                                    for name, stages in list(self._stages.items())})
+        counter("track_capacity_refused", "Segments left without a track id: the tracker held tracking.max_tracks.",
+                ("source",), lambda: {(source.name,): sum(getattr(stage, "capacity_refused", 0)
+                                                          for stage in self._stages.get(source.name, ()))
+                                      for source in self.sources})
+        gauge("source_info", "1 for the format each source streams now (as decoded); a new series when it changes.",
+              ("source", "codec", "width", "height"), lambda: {
+                  (source.name, info.codec, str(info.width), str(info.height)): 1
+                  for source, info in self._source_infos()})
+        gauge("source_nominal_fps", "The frame rate each source's stream says it has (where it says one).",
+              ("source",), lambda: {(source.name,): info.fps for source, info in self._source_infos()
+                                    if info.fps})
         device = self.model_stage.device
         if device.type == "cuda":
             import torch
@@ -939,6 +961,10 @@ class Runtime:
                   lambda: {(str(device),): torch.cuda.memory_allocated(device)})
             gauge("gpu_memory_reserved_bytes", "GPU memory held by the caching allocator.", ("device",),
                   lambda: {(str(device),): torch.cuda.memory_reserved(device)})
+
+    def _source_infos(self) -> list[tuple[VideoSource, Any]]:
+        """The sources that know what they stream (``info``: codec, size, frame rate), with it."""
+        return [(source, info) for source in self.sources if (info := getattr(source, "info", None)) is not None]
 
     def _source_stages(self, source: str) -> list[FrameStage]:
         stages = self._stages.get(source)

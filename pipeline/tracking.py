@@ -69,7 +69,7 @@ class TrackingStage:
             self._full_once = True
             settings = self.tracker.settings
             log.warning("%s: the tracker holds tracking.max_tracks (%d) tracks from frame %d on: new things "
-                        "get no id (counted in segstream_track_capacity_refused) — raise max_tracks, or lower "
+                        "get no id (counted in segstream_track_capacity_refused_total) — raise max_tracks, or lower "
                         "max_lost (%d) or max_lost_s so unseen tracks end sooner", self.source, settings.max_tracks,
                         result.index, settings.max_lost)
             result.events.append(Event(self.source, TRACK_CAPACITY, self._last_ts, {

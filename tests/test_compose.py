@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
+import shutil
+import subprocess
+from pathlib import Path, PurePosixPath
 
 import pytest
 import yaml
@@ -157,6 +159,26 @@ def test_prometheus_scrapes_segstream_behind_a_profile(services):
     assert job["metrics_path"] == "/metrics"
     assert job["static_configs"][0]["targets"] == [f"segstream:{_ops_port()}"]
     assert "profiles" not in services["segstream"] and "profiles" not in services["redis"]
+
+
+def test_prometheus_loads_the_alert_rules_compose_mounts(services):
+    prometheus = services["prometheus"]
+    mounts = {volume.split(":")[1]: volume.split(":")[0] for volume in prometheus["volumes"]}
+    scrape = yaml.safe_load((ROOT / mounts["/etc/prometheus/prometheus.yml"]).read_text())
+    assert scrape["rule_files"]
+    for rule_file in scrape["rule_files"]:
+        in_container = str(PurePosixPath("/etc/prometheus") / rule_file)  # relative to prometheus.yml
+        assert in_container in mounts, f"prometheus.yml loads {rule_file}, which compose does not mount"
+        assert mounts[in_container] == f"./deploy/{rule_file}", "the same file beside it outside the container"
+        rules = yaml.safe_load((ROOT / mounts[in_container]).read_text())
+        assert rules["groups"] and all(group["rules"] for group in rules["groups"])
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool (Prometheus) is not installed")
+def test_prometheus_config_and_its_alert_rules_are_valid():
+    checked = subprocess.run(["promtool", "check", "config", str(ROOT / "deploy" / "prometheus.yml")],
+                             capture_output=True, text=True, timeout=60)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
 
 
 def test_consumer_runs_the_example_with_redis_from_the_environment(services):

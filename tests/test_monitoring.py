@@ -21,6 +21,7 @@ from segstream.pipeline.metrics import RunMetrics
 from segstream.pipeline.monitoring import OpsServer, serve_ops
 from segstream.pipeline.runtime import Runtime
 from tests.conftest import ColourSegmenter
+from tests.live_servers import free_port
 
 
 def get(url: str) -> tuple[int, str]:
@@ -132,6 +133,32 @@ def test_waiting_for_a_slow_camera_is_not_a_stall(served):
         status, body = get(server.url + "/healthz")
         assert status == 200, body
         assert json.loads(body)["threads"]["model"]["state"] == "idle: waiting for frames"
+    finally:
+        runtime.stop()
+        thread.join(30)
+
+
+def test_a_decode_thread_waiting_for_its_camera_to_connect_is_waiting_in_the_metric_too(served):
+    """Found probing: /healthz said the decode thread of a camera that never answered was
+    "idle: reconnecting" while segstream_thread_waiting said 0 (working) for it."""
+    from segstream.connectors.live_source import ReconnectPolicy
+    from segstream.connectors.stream_source import StreamSource
+
+    metrics, server = served
+    dead = StreamSource("dead", f"rtsp://127.0.0.1:{free_port()}/cam",
+                        policy=ReconnectPolicy(wait_for_input=True, delay_s=0.1, max_delay_s=0.2))
+    runtime = Runtime([dead], ColourSegmenter(), [], required=[], metrics=metrics, progress=None)
+    thread = threading.Thread(target=runtime.run)
+    thread.start()
+    try:
+        wait_for(lambda: metrics.source("dead").reconnects >= 1)
+        time.sleep(0.6)  # past the stall bound, the decode thread still inside the source's frames()
+        status, body = get(server.url + "/healthz")
+        state = json.loads(body)["threads"]["decode:dead"]["state"]
+        assert status == 200 and state in ("idle: connecting", "idle: reconnecting"), body
+        values = samples(get(server.url + "/metrics")[1])
+        assert values[("segstream_thread_waiting", (("thread", "decode:dead"),))] == 1
+        assert values[("segstream_healthy", ())] == 1
     finally:
         runtime.stop()
         thread.join(30)
@@ -384,3 +411,68 @@ def test_a_scraper_hanging_up_mid_answer_prints_no_traceback(capfd):
     finally:
         server.close()
     assert "Traceback" not in capfd.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def finished_run_page(tmp_path_factory, clip) -> str:
+    """/metrics after a real run: a file source through the tracker into Redis and the files sink."""
+    from segstream.connectors.redis_connection import connect_redis
+    from segstream.connectors.redis_sink import RedisPublisher
+    from segstream.pipeline.tracking import TrackingStage
+    from tests.redis_servers import RedisProcess
+
+    folder = tmp_path_factory.mktemp("finished_run")
+    with RedisProcess(folder / "redis") as redis_server:
+        publisher = RedisPublisher(connect_redis(redis_server.url), max_backlog=50, max_batch_delay_s=0)
+        metrics = RunMetrics()
+        with OpsServer(metrics, "127.0.0.1", 0) as server:
+            Runtime([FileSource("file", str(clip))], ColourSegmenter(), [publisher, FilesSink(folder / "out")],
+                    stages=[TrackingStage], queue_size=3,
+                    metrics=metrics, progress=None).run()
+            return get(server.url + "/metrics")[1]
+
+
+def test_sinks_queues_and_sources_say_their_limits_formats_and_losses_from_the_start(finished_run_page):
+    """What alerting needed and could not get (found probing): backlog and queue limits to make
+    fullness a ratio, dropped events, Redis reconnects and outage seconds, and each source's format
+    and frame rate ("a camera delivering 5 of its 25 fps"); every count a series from 0."""
+    values = samples(finished_run_page)
+    assert values[("segstream_sink_backlog_limit", (("sink", "redis"),))] == 50
+    assert values[("segstream_queue_capacity", (("source", "file"),))] == 3
+    assert values[("segstream_queue_depth", (("source", "file"),))] == 0
+    assert values[("segstream_events_dropped_total", (("sink", "files"),))] == 0
+    assert values[("segstream_events_dropped_total", (("sink", "redis"),))] == 0
+    assert values[("segstream_sink_reconnects_total", (("sink", "redis"),))] == 0
+    assert values[("segstream_sink_down_seconds_total", (("sink", "redis"),))] == 0
+    assert values[("segstream_track_capacity_refused_total", (("source", "file"),))] == 0
+    info = {labels: v for (name, labels), v in values.items() if name == "segstream_source_info"}
+    assert info == {(("codec", "h264"), ("height", "120"), ("source", "file"), ("width", "160")): 1}
+    assert values[("segstream_source_nominal_fps", (("source", "file"),))] == 10
+    families = {family.name: family.type for family in text_string_to_metric_families(finished_run_page)}
+    assert families["segstream_track_capacity_refused"] == "counter"  # a running count, no longer a gauge
+
+
+def test_every_metric_the_alert_rules_use_is_exposed(finished_run_page):
+    """deploy/prometheus-rules.yml may only name metrics a run exposes: a renamed metric fails here."""
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    rules = yaml.safe_load((Path(__file__).resolve().parents[1] / "deploy" / "prometheus-rules.yml").read_text())
+    used = {name for group in rules["groups"] for rule in group["rules"]
+            for name in re.findall(r"\bsegstream_[a-z0-9_]+", rule["expr"])}
+    assert len(used) >= 15, used  # the rules are read, not an empty file
+    exposed = {s.name for family in text_string_to_metric_families(finished_run_page) for s in family.samples}
+    assert sorted(used - exposed) == []
+
+
+def test_every_metric_a_run_exposes_is_in_the_operations_table(finished_run_page):
+    from pathlib import Path
+
+    table = (Path(__file__).resolve().parents[1] / "docs" / "OPERATIONS.md").read_text()
+    names = {family.name + ("_total" if family.type == "counter" else "")
+             for family in text_string_to_metric_families(finished_run_page)
+             if family.name.startswith("segstream_") and not family.name.endswith("_created")}  # a counter's start
+    assert len(names) > 30
+    assert sorted(name for name in names if f"`{name}`" not in table) == []

@@ -55,11 +55,14 @@ def test_while_redis_is_down_the_newest_entries_wait_and_go_out_in_order_when_it
         publisher.publish(tiny_scene("cam0", index))
     assert frames_in(server) == [0, 1, 2, 3, 4]
 
+    assert publisher.down_seconds == 0
     server.kill()
     started = time.monotonic()
     for index in range(5, 55):
         publisher.publish(tiny_scene("cam0", index))  # never raises, never blocks
     assert time.monotonic() - started < 2.0
+    time.sleep(0.3)
+    assert 0.3 <= publisher.down_seconds <= time.monotonic() - started  # segstream_sink_down_seconds_total
     status = publisher.status()
     assert not status["connected"] and status["backlog"] == 20 and "unreachable" in status["line"]
     assert dropped == [(index, "sink_backlog") for index in range(5, 35)]  # oldest first, each counted
@@ -68,6 +71,10 @@ def test_while_redis_is_down_the_newest_entries_wait_and_go_out_in_order_when_it
     wait_until(lambda: publisher.status()["backlog"] == 0, step=publisher.poll)
     assert frames_in(server) == list(range(35, 55))
     assert publisher.reconnects == 1 and publisher.status()["connected"]
+    down = publisher.down_seconds
+    assert 0.3 <= down <= time.monotonic() - started
+    time.sleep(0.1)
+    assert publisher.down_seconds == down  # no longer counting once Redis takes writes
     assert [r.index for r in written] == [*range(5), *range(35, 55)] and written[-1].publish_ts is not None
     publisher.publish(tiny_scene("cam0", 55))
     assert frames_in(server)[-1] == 55

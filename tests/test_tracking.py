@@ -543,6 +543,7 @@ def test_the_runtime_exposes_the_segments_a_full_tracker_left_without_an_id(clip
     runtime.run()
     (stage,) = runtime._stages["cam0"]
     gauge = runtime.metrics.gauges["track_capacity_refused"]
+    assert gauge.kind == "counter"  # segstream_track_capacity_refused_total: a running count
     assert gauge.read() == {("cam0",): 0}  # one square: room to spare
     stage.capacity_refused = 7  # as the stage counts them (see the test above)
     assert gauge.read() == {("cam0",): 7}
