@@ -87,6 +87,7 @@ def test_one_stop_sent_twice_at_once_drains_as_one(tmp_path, clip, checkpoint):
 def test_second_interrupt_aborts_with_130_and_counts_the_frames_it_abandoned(tmp_path, clip, checkpoint):
     # an offline source with a deep queue leaves seconds of frames to drain after the first Ctrl-C
     process, output = start_pipeline(tmp_path, clip, checkpoint, "queue_size: 256")
+    time.sleep(1)  # the decoder fills the queue (a loaded machine once had 16 frames in it at 0.3 s)
     process.send_signal(signal.SIGINT)
     time.sleep(0.3)  # the first one handled (and SAME_SIGNAL_S past), the drain of up to 256 frames under way, not over
     process.send_signal(signal.SIGINT)
@@ -108,6 +109,7 @@ def test_with_json_logs_the_lines_signals_bring_are_json_too(tmp_path, clip, che
     # as the test above: a deep queue, the second signal 0.3 s after the first, while the drain runs
     # (CI once drained 64 frames in 0.36 s, and a SIGTERM during the interpreter's exit is SIG_DFL's)
     process, _ = start_pipeline(tmp_path, clip, checkpoint, "queue_size: 256", ("--log-format", "json"))
+    time.sleep(1)  # the decoder fills the queue
     process.send_signal(signal.SIGTERM)
     time.sleep(0.3)
     process.send_signal(signal.SIGTERM)
