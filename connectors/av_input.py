@@ -308,6 +308,7 @@ class AVInput:
         self.timeout = timeout
         self.low_latency = low_latency
         self.decode_errors = 0
+        self.before_keyframe = 0  # a live stream's packets before its first picture: joined mid-GOP
         # the PTS of rejected packets not yet passed by a picture (sorted), and those without one
         self._rejected: list[int] = []
         self._rejected_untimed = 0
@@ -441,6 +442,11 @@ class AVInput:
                 except av.error.FFmpegError as error:
                     if error.errno == errno.EAGAIN:  # the decoder opens at its first packet, starting its threads
                         raise self._threads_refused() from None
+                    if not decoded and self.duration_s is None:
+                        # a live stream joined between keyframes: what precedes the first cannot be
+                        # decoded, and is no fault of the stream (nor a frame it lost)
+                        self.before_keyframe += 1
+                        continue
                     self.decode_errors += 1
                     rejected += 1
                     if packet.pts is None:
@@ -458,6 +464,9 @@ class AVInput:
                             without_picture,
                         )
                 for frame in frames:
+                    if not decoded and self.before_keyframe:
+                        logger.info("'%s': joined between keyframes; decoding began at the first, %d packets later",
+                                    self.shown, self.before_keyframe)
                     decoded, without_picture, rejected = True, 0, 0
                     yield self._picture(frame)
             self._relay_ended()

@@ -149,6 +149,27 @@ def test_a_udp_sender_that_stops_and_comes_back_is_read_again_without_address_in
     assert log.states.count("streaming") == 2, log.states
 
 
+
+def test_joining_a_stream_between_keyframes_is_no_decode_error():
+    # Found probing: a run started while a camera streamed counted the packets before its first
+    # keyframe (x264's default GOP: up to 10 s) as decode errors and dropped frames, so an alert on
+    # decode errors fired at every restart of segstream.
+    port = free_port()
+    policy = ReconnectPolicy(open_timeout_s=10, read_timeout_s=2, stall_timeout_s=8, delay_s=0.2, max_delay_s=1)
+    source = StreamSource("udp", f"udp://127.0.0.1:{port}", policy=policy)
+    source.on_state = StateLog()
+    indices = []
+    with FfmpegStream(["-f", "mpegts", f"udp://127.0.0.1:{port}?pkt_size=1316"], gop=75):  # a keyframe each 3 s
+        time.sleep(1.0)  # the source joins a GOP under way
+        thread = threading.Thread(target=lambda: indices.extend(f.index for f in source.frames()), daemon=True)
+        thread.start()
+        try:
+            wait_for(lambda: len(indices) >= 5, 20, "frames from the first keyframe on")
+        finally:
+            source.close()
+            thread.join(5)
+    assert source.decode_errors == 0 and indices[0] == 0, (source.decode_errors, indices[:3])
+
 def test_a_udp_port_nothing_is_sent_to_says_so_instead_of_an_input_output_error():
     policy = ReconnectPolicy(open_timeout_s=5, read_timeout_s=0.5, delay_s=0.1, max_delay_s=0.2)
     source = StreamSource("quiet", f"udp://127.0.0.1:{free_port()}", policy=policy)
