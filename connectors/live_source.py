@@ -604,7 +604,7 @@ class LiveSource:
         if listener is not None:
             listener(state, reason, data)
         else:
-            logger.info("source %s %s: %s", self.name, state, reason)
+            logger.info("source %s %s: %s", self.name, state, reason, extra={"source": self.name, "state": state})
 
     def _retire(self) -> None:
         with self._lock:

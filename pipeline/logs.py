@@ -14,6 +14,7 @@ import logging
 import os
 import secrets
 import sys
+import threading
 import time
 from datetime import datetime, timezone
 from typing import TextIO
@@ -135,12 +136,29 @@ def configure_logging(format: str | None = None, level: str | None = None, strea
     if format == "json":
         handler.addFilter(_RunId())
     root = logging.getLogger("segstream")
-    for old in list(root.handlers):
-        root.removeHandler(old)
-    root.addHandler(handler)
+    warned = logging.getLogger("py.warnings")  # a library's warnings.warn, as logging.captureWarnings routes them
+    for logger in (root, warned):
+        for old in list(logger.handlers):
+            logger.removeHandler(old)
+        logger.addHandler(handler)
+        logger.propagate = False
     root.setLevel(getattr(logging, level.upper(), logging.INFO))
-    root.propagate = False
     _configured["format"] = format
+    # With JSON logs every stderr line is one object: a library's warning and a thread's uncaught
+    # exception (Python prints both over several lines) become records too.
+    logging.captureWarnings(format == "json")
+    threading.excepthook = _thread_exception_record if format == "json" else threading.__excepthook__
+
+
+def _thread_exception_record(args) -> None:
+    """``threading.excepthook`` under JSON logs: the exception as one ERROR record, traceback in
+    ``exc_info``."""
+    if args.exc_type is SystemExit:
+        return
+    name = args.thread.name if args.thread is not None else "a thread"
+    logging.getLogger("segstream.threads").error(
+        "uncaught exception in thread %s", name, exc_info=(args.exc_type, args.exc_value, args.exc_traceback),
+        extra={"thread_name": name})
 
 
 def json_logging() -> bool:

@@ -350,8 +350,8 @@ class OverloadWatch:
         # (monotonic time, {source: _Sample}), oldest first, back to one window ago
         self._samples: deque[tuple[float, dict[str, _Sample]]] = deque()
 
-    def observe(self, now: float, counts: Mapping[str, SourceCounts]) -> list[tuple[int, str]]:
-        """Take the counts at ``now``; returns the (logging level, message) pairs to log."""
+    def observe(self, now: float, counts: Mapping[str, SourceCounts]) -> list[tuple[int, str, str]]:
+        """Take the counts at ``now``; returns the (logging level, message, source) to log."""
         self._samples.append((now, {name: _Sample.of(c) for name, c in counts.items()}))
         while len(self._samples) > 1 and now - self._samples[1][0] >= self.window_s:
             self._samples.popleft()
@@ -378,11 +378,11 @@ class OverloadWatch:
                 said.append((logging.WARNING, (
                     f"source {name} is overloaded: {100 * fraction:.0f}% of its frames dropped in the last "
                     f"{self.window_s:g} s ({reasons}) — set or lower its max_fps (frames it leaves out are never "
-                    "converted), or give the engine less to do per frame (a smaller model, a GPU)")))
+                    "converted), or give the engine less to do per frame (a smaller model, a GPU)"), name))
             elif fraction < self.share / 2 and name in self.overloaded:
                 self.overloaded.discard(name)
                 said.append((logging.INFO, f"source {name} keeps up again: {100 * fraction:.0f}% of its "
-                                           f"{frames} frames dropped in the last {self.window_s:g} s"))
+                                           f"{frames} frames dropped in the last {self.window_s:g} s", name))
         return said
 
 

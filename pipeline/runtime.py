@@ -548,8 +548,8 @@ class Runtime:
                             self._leave_behind(i, decoder)
                 if now - last_watch >= OVERLOAD_CHECK_S:
                     last_watch = now
-                    for level, message in self.overload.observe(now, self.metrics.snapshot()):
-                        log.log(level, message)
+                    for level, message, source in self.overload.observe(now, self.metrics.snapshot()):
+                        log.log(level, message, extra={"source": source})
                 if self.progress and now - last_progress >= self.progress_interval_s:
                     last_progress = now
                     self._say(self._progress_line(now - start) + "\n")

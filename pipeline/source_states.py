@@ -64,7 +64,7 @@ class SourceStates:
             self.metrics.source(source).epoch = int(details["epoch"])
         counts = self.metrics.source(source)
         level = logging.DEBUG if quiet else _LEVELS.get(state, logging.INFO)
-        logger.log(level, "source %s %s: %s", source, state, reason or previous)
+        logger.log(level, "source %s %s: %s", source, state, reason or previous, extra={"source": source, "state": state})
         if self.emit is None:
             return True
         self.emit(

@@ -150,7 +150,7 @@ def test_an_overloaded_source_is_named_once_then_again_only_after_it_recovered_a
     for second in range(36):
         decoded += 25
         dropped += 12 if second < 12 or second >= 24 else 0
-        said += [(second, level, text) for level, text in watch.observe(float(second), _counts(decoded, dropped))]
+        said += [(second, level, text) for level, text, _ in watch.observe(float(second), _counts(decoded, dropped))]
     warnings = [(second, text) for second, level, text in said if level == logging.WARNING]
     assert len(warnings) == 2, said
     assert warnings[0][0] == 10 and warnings[1][0] > 24
@@ -176,7 +176,7 @@ def test_a_handful_of_drops_of_a_slow_source_is_no_overload():
     assert not any(said), said
     # 12 of 40 (a 4 fps source): at least 10 frames and a second's worth, named
     named = OverloadWatch(window_s=10, share=0.2, paused_since=_never_paused)
-    said = [text for s in range(12) for _, text in named.observe(float(s), _source(4 * s, 12 if s >= 2 else 0))]
+    said = [text for s in range(12) for _, text, _ in named.observe(float(s), _source(4 * s, 12 if s >= 2 else 0))]
     assert len(said) == 1 and said[0].startswith(
         "source cam1 is overloaded: 30% of its frames dropped in the last 10 s (queue_full 12)"), said
     # over a 2 s window a second's worth is half the share: 30 of 100 dropped at 50 fps is not named
@@ -200,7 +200,7 @@ def test_a_window_over_a_pause_of_segstream_or_a_reconnect_tells_nothing():
         reconnected = s >= 3
         said += burst.observe(float(s), _source(25 * s, 15 * max(0, s - 3), "streaming",
                                                 3 if reconnected else 1))
-    warned_at = [text for _, text in said]
+    warned_at = [text for _, text, _ in said]
     assert len(warned_at) == 1  # named once the window no longer spans the reconnect (at 13 s)
     assert OverloadWatch(window_s=10, paused_since=_never_paused).observe(0.0, _source(0)) == []
     # a gap in the stream in the window: the catching up after it is not an overload either
@@ -221,7 +221,7 @@ def test_keeps_up_again_is_said_only_of_a_source_that_delivered_frames():
     assert not any(quiet), quiet
     assert "cam1" in watch.overloaded
     # back and streaming, keeping up: said, with the frames it delivered
-    back = [text for s in range(30, 42) for _, text in watch.observe(float(s), _source(262 + 25 * (s - 30), 120,
+    back = [text for s in range(30, 42) for _, text, _ in watch.observe(float(s), _source(262 + 25 * (s - 30), 120,
                                                                                         "streaming", 3))]
     assert back == ["source cam1 keeps up again: 0% of its 250 frames dropped in the last 10 s"], back
 

@@ -171,6 +171,49 @@ def test_json_log_records_carry_the_run_id():
     assert record["message"] == "a line of the run" and record["run_id"] == "20261202T100000Z-dddddddd"
 
 
+
+def test_with_json_logs_a_library_warning_and_a_thread_s_uncaught_exception_are_one_record_each():
+    # Found probing: Python prints both over several lines of plain text, which a log shipper
+    # reading JSON lines splits into unparsable pieces.
+    import threading
+    import warnings
+
+    out = io.StringIO()
+    configure_logging("json", stream=out)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            warnings.warn("a library's deprecation", DeprecationWarning)
+        thread = threading.Thread(target=lambda: 1 / 0, name="plugin-worker")
+        thread.start()
+        thread.join()
+    finally:
+        configure_logging("text")
+    records = [json.loads(line) for line in out.getvalue().splitlines()]  # every line one object
+    assert len(records) == 2, records
+    assert records[0]["logger"] == "py.warnings" and "a library's deprecation" in records[0]["message"]
+    assert records[1]["level"] == "ERROR" and records[1]["thread_name"] == "plugin-worker"
+    assert "ZeroDivisionError" in records[1]["exc_info"]
+    assert threading.excepthook is threading.__excepthook__  # text logs: Python's own again
+
+
+def test_with_json_logs_a_source_s_state_line_names_source_and_state_in_fields_of_their_own():
+    # Found probing: a Loki label had to be cut out of the message with a regular expression
+    from segstream.pipeline.metrics import RunMetrics
+    from segstream.pipeline.source_states import SourceStates
+
+    out = io.StringIO()
+    configure_logging("json", stream=out)
+    try:
+        states = SourceStates(RunMetrics(), None)
+        states.enter("dock-east", "connecting", "opening 'rtsp://***@cam/live'")
+        states.enter("dock-east", "reconnecting", "no data for 5 s (read timeout)")
+    finally:
+        configure_logging("text")
+    records = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [(r["source"], r["state"], r["level"]) for r in records] == [
+        ("dock-east", "connecting", "INFO"), ("dock-east", "reconnecting", "WARNING")]
+
 def test_a_run_says_its_run_id_in_its_first_line_and_on_metrics(tmp_path):
     from segstream.pipeline.cli import build_runtime
     from segstream.pipeline.config import validate_config
