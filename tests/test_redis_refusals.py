@@ -120,6 +120,29 @@ def test_redis_back_without_its_data_is_warned_and_counted_at_each_loss(server, 
     publisher.close()
 
 
+def run_and_meddle(server: RedisProcess, tmp_path, redis_options: str, meddle) -> tuple[int, str]:
+    """``segstream run`` of 40 realtime synthetic frames into ``server``; once 5 entries are in,
+    ``meddle(client)``. The run's exit status and stderr."""
+    config = tmp_path / "pipeline.yaml"
+    config.write_text(
+        "sources:\n  - {name: cam0, type: synthetic, width: 96, height: 64, fps: 20, num_frames: 40, realtime: true}\n"
+        "model: {device: cpu, precision: fp32}\n"
+        "engine: {batch_size: 2, max_wait_ms: 5}\n"
+        "ops: {http: null}\n"
+        f"sinks:\n  redis: {{url: '{server.url}', pipeline_size: 4, {redis_options}}}\n"
+    )
+    process = cli_run(config)
+    try:
+        client = server.client()
+        wait_until(lambda: client.xlen("segstream:cam0:frames") >= 5, timeout_s=120)
+        meddle(client)
+        _, err = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    return process.returncode, err
+
+
 def test_a_run_counts_redis_data_losses_in_its_metrics_and_summary(server):
     import threading
 
@@ -154,25 +177,13 @@ def test_a_run_counts_redis_data_losses_in_its_metrics_and_summary(server):
 def test_a_run_whose_redis_lost_what_it_wrote_exits_saying_its_output_is_incomplete(server, tmp_path):
     # Found reviewing: every result was written once, so the run exited 0 while the entries were
     # gone from Redis; a job runner or an archive's script reads only the exit status.
-    config = tmp_path / "pipeline.yaml"
-    config.write_text(
-        "sources:\n  - {name: cam0, type: synthetic, width: 96, height: 64, fps: 20, num_frames: 40, realtime: true}\n"
-        "model: {device: cpu, precision: fp32}\n"
-        "engine: {batch_size: 2, max_wait_ms: 5}\n"
-        "ops: {http: null}\n"
-        f"sinks:\n  redis: {{url: '{server.url}', pipeline_size: 4, drain_timeout_s: 20, reconnect_max_s: 0.2}}\n"
-    )
-    process = cli_run(config)
-    try:
-        client = server.client()
-        wait_until(lambda: client.xlen("segstream:cam0:frames") >= 5, timeout_s=120)
+    def restart_without_data(client):
         server.kill()
-        server.start()  # without what it had
-        _, err = process.communicate(timeout=120)
-    finally:
-        if process.poll() is None:
-            process.kill()
-    assert process.returncode == 1 and "Traceback" not in err, err
+        server.start()
+
+    returncode, err = run_and_meddle(server, tmp_path, "drain_timeout_s: 20, reconnect_max_s: 0.2",
+                                     restart_without_data)
+    assert returncode == 1 and "Traceback" not in err, err
     assert "lost written entries 1 time" in err
     assert err.strip().splitlines()[-1].endswith(
         "the output is incomplete: entries this run had written were lost from the store (redis 1 time: restarted "
@@ -194,24 +205,10 @@ def test_redis_back_with_its_data_warns_of_no_loss(tmp_path, caplog):
 
 def test_a_run_whose_redis_fills_up_counts_what_it_refused_and_exits_incomplete(server, tmp_path):
     # Found by chaos testing: the run said "77 frames published" with 75 in the stream.
-    config = tmp_path / "pipeline.yaml"
-    config.write_text(
-        "sources:\n  - {name: cam0, type: synthetic, width: 96, height: 64, fps: 20, num_frames: 40, realtime: true}\n"
-        "model: {device: cpu, precision: fp32}\n"
-        "engine: {batch_size: 2, max_wait_ms: 5}\n"
-        "ops: {http: null}\n"
-        f"sinks:\n  redis: {{url: '{server.url}', pipeline_size: 4, drain_timeout_s: 1, reconnect_max_s: 0.5}}\n"
-    )
-    process = cli_run(config)
-    try:
-        client = server.client()
-        wait_until(lambda: client.xlen("segstream:cam0:frames") >= 5, timeout_s=120)
-        client.config_set("maxmemory", "1")
-        _, err = process.communicate(timeout=120)
-    finally:
-        if process.poll() is None:
-            process.kill()
-    assert process.returncode == 1 and "Traceback" not in err, err
+    returncode, err = run_and_meddle(server, tmp_path, "drain_timeout_s: 1, reconnect_max_s: 0.5",
+                                     lambda client: client.config_set("maxmemory", "1"))
+    assert returncode == 1 and "Traceback" not in err, err
+    client = server.client()
     published, decoded, dropped, reasons = _summary(err)
     assert published == client.xlen("segstream:cam0:frames") and published + dropped == decoded == 40
     assert reasons["sink_refused"] > 0 and OUT_OF_MEMORY in err
