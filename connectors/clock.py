@@ -51,13 +51,19 @@ class Timeline:
         step_here = max(1, round(step * scale))
         if self.last is None:
             placed = 0 if pts is None else round(pts * scale)
+        elif self._restart_gap is not None:
+            gap = max(step_here, round(Fraction(self._restart_gap) / self.time_base))
+            placed = self.last + gap
+            if pts is None:
+                # a session's first frame without a PTS still comes after the outage; the first
+                # known PTS is placed after it (a gap of 0: one frame)
+                self.last = placed
+                self._restart_gap = 0.0
+                return placed
+            self._earlier.clear()
+            self._offset = placed - round(pts * scale)
         elif pts is None:
             placed = self.last + step_here
-        elif self._restart_gap is not None:
-            self._earlier.clear()
-            gap = max(step_here, round(Fraction(self._restart_gap) / self.time_base))
-            self._offset = self.last + gap - round(pts * scale)
-            placed = self.last + gap
         else:
             here = round(pts * scale)
             for n, offset in enumerate(self._earlier):

@@ -78,6 +78,17 @@ def test_a_real_step_back_and_a_restart_keep_their_offset():
     assert [timeline.place(p, MS, 40) for p in (0, 40, 200)] == [160, 200, 360], "a new session keeps its place"
 
 
+
+def test_a_reconnect_whose_first_frame_has_no_timestamp_still_comes_after_the_outage():
+    # Found by a soak: an RTSP camera's first frame after a 23.5 s outage had no PTS and was placed
+    # one frame after the last, so pts_s lost the outage and its tracks went on across it.
+    timeline = Timeline()
+    for p in (0, 40, 80, 120):
+        timeline.place(p, MS, 40)
+    timeline.restart(23.5)
+    assert timeline.place(None, MS, 40) == 120 + 23_500
+    assert [timeline.place(p, MS, 40) for p in (5000, 5040)] == [23_660, 23_700]  # the session's clock, after it
+
 def test_a_file_with_one_early_frame_keeps_the_rest_of_its_timestamps(tmp_path):
     whole = tmp_path / "whole.mkv"
     _ffmpeg("-f", "lavfi", "-i", "testsrc=size=64x48:rate=25", "-t", "1.2", "-c:v", "libx264", "-g", "1",
