@@ -97,6 +97,7 @@ class Picture:
     sender_wall: float | None
     size: tuple[int, int] | None = None
     skipped: int = 0
+    held_s: float = 0.0  # the reads stood still that long since the previous picture (a consumer's back-pressure)
 
 
 class SteadyGaps:
@@ -731,6 +732,7 @@ class CaptureThread:
         self._abandoned = threading.Event()
         self.input: AVInput | None = None
         self.error: BaseException | None = None
+        self.blocked_s = 0.0  # time the reads stood still for a consumer that took no picture (back-pressure)
         self.thread = NamedThread(target=self._run, name=f"segstream-capture-{name}", daemon=True)
 
     def start(self) -> CaptureThread:
@@ -765,7 +767,9 @@ class CaptureThread:
             self.input = source_input
             source_input.stop = self._abandoned
             self._opened.set()
-            for picture in source_input.pictures():
+            held = 0.0
+            for picture in source_input.pictures():  # the next is decoded once this one is handed over
+                picture.held_s, held = self.blocked_s - held, self.blocked_s
                 if not self._put(picture):
                     return
             self._put(_END)
@@ -778,13 +782,22 @@ class CaptureThread:
                 source_input.close()
 
     def _put(self, item: object) -> bool:
-        while not self._abandoned.is_set():
-            try:
-                self._items.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                pass
-        return False
+        try:
+            self._items.put_nowait(item)
+            return True
+        except queue.Full:
+            pass
+        waiting_since = time.monotonic()
+        try:
+            while not self._abandoned.is_set():
+                try:
+                    self._items.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    pass
+            return False
+        finally:
+            self.blocked_s += time.monotonic() - waiting_since
 
     def wait_open(self, timeout_s: float, stop: threading.Event, shown: str) -> AVInput | None:
         """The opened input; None when ``stop`` was set first. Raises the open's error, or

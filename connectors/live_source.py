@@ -183,24 +183,30 @@ MPEG_TS_WRAP = 1 << 33
 class _Sender:
     """Tells, from a live stream's pictures, when another sender took over the same address (an
     encoder restarted into the same UDP port): its frames change size, or its timestamps jump
-    ahead of the clock, or back, by more than ``JUMP_S``. The source then starts a new epoch in
+    ahead of the clock, or back, by more than ``JUMP_S``, or go on by less than half of a silence
+    of more than ``SILENCE_S`` before them (a clock that did not run through it: an encoder
+    restarted within the read timeout). The source then starts a new epoch in
     the same session (its timeline placed after the last frame by the time that passed, a
     ``streaming`` state with the new size): read on unannounced, frames changed size with no
     event and the first sender's timestamps jumped 26 hours ahead."""
 
     JUMP_S = 5.0
+    SILENCE_S = 1.0  # a silence longer than this that the timestamps do not show is a new sender's
 
     def __init__(self, shown: str):
         self.shown = shown
         self.size: tuple[int, int] | None = None
-        self.last: tuple[int, Any, float] | None = None  # pts, time base, monotonic time it was taken
+        self.last: tuple[int, Any, float] | None = None  # pts, time base, Unix time it was decoded
+        self.silence_s = 0.0  # before the picture last found to be a new sender's, when over SILENCE_S
+        self.held_s = 0.0  # back-pressure since the last picture checked, in pictures left out (max_fps)
 
     def check(self, picture: Picture) -> str | None:
         """Why ``picture`` comes from a new sender, or None (its size and timing go on)."""
-        size, now = picture.size or picture.image.shape[:2], time.monotonic()
-        previous, last = self.size, self.last
-        self.size = size
+        size, now = picture.size or picture.image.shape[:2], picture.capture_wall
+        previous, last, held_s = self.size, self.last, self.held_s + picture.held_s
+        self.size, self.held_s = size, 0.0
         self.last = (picture.pts, picture.time_base, now) if picture.pts is not None else None
+        self.silence_s = 0.0
         if previous is not None and size != previous:
             return f"its frames changed size from {previous[1]}x{previous[0]} to {size[1]}x{size[0]}"
         if last is not None and picture.pts is not None and picture.time_base == last[1]:
@@ -212,8 +218,17 @@ class _Sender:
                 ticks = unwrapped if abs(unwrapped) < abs(ticks) else ticks
             jump = float(ticks * picture.time_base)
             waited = now - last[2]
+            silence = waited - held_s  # a wait of ours (back-pressure) is no silence of the sender's
             if jump > waited + self.JUMP_S or jump < -self.JUMP_S:
+                self.silence_s = silence if silence > self.SILENCE_S else 0.0
                 return f"its timestamps jumped {jump:+.1f} s in {waited:.1f} s"
+            # A sender's clock runs through a silence of its own or the network's (its next frame is
+            # as much later); one that did not was started again: an encoder restarted within the
+            # read timeout, its clock from about where the old one began. Unless segstream itself
+            # was paused meanwhile (then the socket's buffered frames come late, not new).
+            if silence > self.SILENCE_S and jump < silence / 2 and not pauses.since(time.monotonic() - waited):
+                self.silence_s = silence
+                return f"its timestamps went {jump:+.1f} s on after {silence:.1f} s of silence"
         return None
 
 
@@ -370,10 +385,13 @@ class LiveSource:
                     for picture in self._read(capture):
                         if picture.image is None:  # over max_fps: its place counted, the frame left out
                             index += picture.skipped + 1
+                            if sender is not None:
+                                sender.held_s += picture.held_s
                             continue
                         if sender is not None and (new_sender := sender.check(picture)) is not None:
                             epoch += 1  # a sender restarted on the same address: a new epoch, said so
                             self.epoch = epoch
+                            self._finished_gap_s += sender.silence_s  # down meanwhile, as in any silence
                             timeline.restart(time.monotonic() - last_frame_at if last_frame_at is not None else 0.0)
                             self._streaming(opened.info, picture, epoch, 0, restarted=new_sender)
                         if repeating and delivered.holds(picture):

@@ -170,6 +170,50 @@ def test_joining_a_stream_between_keyframes_is_no_decode_error():
             thread.join(5)
     assert source.decode_errors == 0 and indices[0] == 0, (source.decode_errors, indices[:3])
 
+
+def test_a_udp_sender_restarted_within_the_read_timeout_is_a_new_sender_after_its_silence():
+    # Found by a soak: an encoder restarted 4.5 s after it stopped (under the 5 s read timeout),
+    # its clock back near where the first began, read on in the old epoch: pts_s went on 0.2 s,
+    # the silence was in no down time, and tracks went on across it.
+    port = free_port()
+    source = StreamSource("udp", f"udp://127.0.0.1:{port}", policy=ReconnectPolicy(read_timeout_s=5))
+    source.on_state = log = StateLog()
+    frames = []
+    thread = threading.Thread(target=lambda: frames.extend(source.frames()), daemon=True)
+    thread.start()
+    sender = ["-f", "mpegts", f"udp://127.0.0.1:{port}?pkt_size=1316"]
+    try:
+        with FfmpegStream(sender, fps=10):
+            wait_for(lambda: len(frames) >= 10, 20, "frames from the first sender")
+        time.sleep(2.5)
+        with FfmpegStream(sender, fps=10):
+            wait_for(lambda: sum(f.epoch == 1 for f in frames) >= 3, 20, "frames from the second sender")
+    finally:
+        source.close()
+        thread.join(5)
+    last, first = [f for f in frames if f.epoch == 0][-1], next(f for f in frames if f.epoch == 1)
+    assert first.pts_seconds - last.pts_seconds >= 2.0 and source.gap_s >= 2.0, (last, first, source.gap_s)
+    assert any(entry[1] == "streaming" and "of silence" in entry[2] for entry in log.entries), log.entries
+    assert log.states.count("reconnecting") == 0
+
+
+def test_a_consumer_that_takes_its_time_is_no_silence_of_the_sender():
+    # the reads stand still while the consumer takes no picture (back-pressure): frames decoded
+    # after seconds, their timestamps a frame on, are the same sender's
+    port = free_port()
+    source = StreamSource("udp", f"udp://127.0.0.1:{port}", policy=ReconnectPolicy(read_timeout_s=5))
+    source.on_state = log = StateLog()
+    epochs = []
+    with FfmpegStream(["-f", "mpegts", f"udp://127.0.0.1:{port}?pkt_size=1316"], fps=10):
+        for frame in source.frames():
+            epochs.append(frame.epoch)
+            if len(epochs) in (3, 6):
+                time.sleep(2.0)
+            if len(epochs) == 10:
+                break
+    source.close()
+    assert epochs == [0] * 10 and "restarted" not in str(log.entries), log.entries
+
 def test_a_udp_port_nothing_is_sent_to_says_so_instead_of_an_input_output_error():
     policy = ReconnectPolicy(open_timeout_s=5, read_timeout_s=0.5, delay_s=0.1, max_delay_s=0.2)
     source = StreamSource("quiet", f"udp://127.0.0.1:{free_port()}", policy=policy)
