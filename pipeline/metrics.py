@@ -2,11 +2,13 @@
 
 Counters are per source (decoded, published, dropped by reason, decode errors); latencies are
 kept per stage as the most recent ``window`` samples (bounded memory however long the run), so
-percentiles describe the recent past of a long run and the whole of a short one, and as
-cumulative histogram buckets over the whole run (what Prometheus scrapes). Each runtime thread
-leaves a heartbeat (when it last made progress, and why it waits if it does), and the owners of
-queues and connections register gauges (and counters they keep) that are read when someone asks
-(``/metrics``).
+percentiles describe the last ``window`` frames of a long run (55 min of one 20 fps source) and
+the whole of a short one (the summary's), and as cumulative histogram buckets over the whole run
+(what Prometheus scrapes); capture to publish also over the last ``recent_s`` seconds alone (the
+status line's: latency back to normal after an outage shows within that long, not an hour later).
+Each runtime thread leaves a heartbeat (when it last made progress, and why it waits if it does),
+and the owners of queues and connections register gauges (and counters they keep) that are read
+when someone asks (``/metrics``).
 """
 
 from __future__ import annotations
@@ -38,6 +40,35 @@ STAGES = ("decoded", "queued", "batched", "model_start", "model_end", "post_end"
 LATENCY_BUCKETS = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 30.0, 60.0
 )
+
+
+class RecentLatency:
+    """The latencies (seconds) of the samples added in the last ``span_s`` seconds (monotonic
+    time), at most ``limit`` of them (past that rate the span is shorter); thread-safe."""
+
+    def __init__(self, span_s: float = 60.0, limit: int = 65536):
+        self.span_s = span_s
+        self._lock = threading.Lock()
+        self._samples: deque[tuple[float, float]] = deque(maxlen=limit)  # (monotonic time, seconds)
+
+    def add(self, seconds: float, at: float) -> None:
+        with self._lock:
+            self._samples.append((at, seconds))
+            while self._samples[0][0] < at - self.span_s:
+                self._samples.popleft()
+
+    def values(self, now: float) -> np.ndarray:
+        """The latencies of the samples added from ``now - span_s`` on."""
+        with self._lock:
+            recent = [seconds for at, seconds in self._samples if at >= now - self.span_s]
+        return np.array(recent, np.float64)
+
+    def percentiles(self, now: float, *qs: float) -> list[float]:
+        """NaN for each of ``qs`` when nothing was added in the span before ``now``."""
+        values = self.values(now)
+        if values.size == 0:
+            return [float("nan")] * len(qs)
+        return [float(v) for v in np.percentile(values, qs)]
 
 
 class LatencyWindow:
@@ -161,7 +192,7 @@ class RunMetrics:
     (``written``); readers: the progress line, the final report, benchmarks, ``/metrics`` and
     the health checks."""
 
-    def __init__(self, sources: list[str] | tuple[str, ...] = (), window: int = 65536):
+    def __init__(self, sources: list[str] | tuple[str, ...] = (), window: int = 65536, recent_s: float = 60.0):
         self._lock = threading.Lock()
         self.sources: dict[str, SourceCounts] = {name: SourceCounts() for name in sources}
         self.batches = 0
@@ -169,7 +200,8 @@ class RunMetrics:
         self.batch_sizes: Counter = Counter()
         self.stage = {name: LatencyWindow(window) for name in STAGES[1:]}
         self.model_batch = LatencyWindow(window)  # seconds of network per batch
-        self.capture_to_publish = LatencyWindow(window)
+        self.capture_to_publish = LatencyWindow(window)  # the summary's and the benchmark's
+        self.recent_capture_to_publish = RecentLatency(recent_s)  # the status line's
         self.source_latency: dict[str, LatencyWindow] = {}  # capture to publish per source, recent 4096
         self.written: Counter = Counter()  # entries each sink has written
         self.data_losses: Counter = Counter()  # per sink, times its store came back without entries it had taken
@@ -290,6 +322,7 @@ class RunMetrics:
         if primary:
             latency = publish_ts - capture_ts
             self.capture_to_publish.add(latency)
+            self.recent_capture_to_publish.add(latency, time.monotonic())
             window = self.source_latency.get(source)
             if window is None:
                 with self._lock:  # read by /metrics from another thread

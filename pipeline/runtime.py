@@ -1086,7 +1086,9 @@ class Runtime:
 
     def _progress_line(self, elapsed_s: float) -> str:
         report = self.report(elapsed_s)
-        latency = "" if math.isnan(report.latency_ms_p50) else f", latency p50 {report.latency_ms_p50:.0f} ms p99 {report.latency_ms_p99:.0f} ms"
+        # the last minute's, not the summary's: latency back to normal after an outage shows within it
+        p50, p99 = self.metrics.recent_capture_to_publish.percentiles(time.monotonic(), 50, 99)
+        latency = "" if math.isnan(p50) else f", latency p50 {1000 * p50:.0f} ms p99 {1000 * p99:.0f} ms"
         sinks = "".join(f", {status['line']}" for status in report.sinks.values() if status.get("line"))
         # the rates since the last line: an overload shows as more in than out now, not averaged away
         frames_in = report.decoded + sum(s.decode_errors for s in report.sources.values())

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from segstream.models.results import Event
@@ -25,6 +26,23 @@ _LEVELS = {
     "ended": logging.INFO,
     "failed": logging.ERROR,
 }
+
+# A source that stays down says so at warning level this often, not at every reconnect attempt.
+OUTAGE_SUMMARY_S = 300.0
+
+
+@dataclass(slots=True)
+class _Outage:
+    """A source's time without frames, from its first ``stalled`` or ``reconnecting`` on."""
+
+    since: float
+    attempts: int = 0  # reconnect attempts so far
+    reason: str = ""  # of the last attempt
+    warned: float = 0.0  # when it was last said at warning level
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 60 else f"{seconds / 60:.1f} min"
 
 
 def first_frame(source: object, frame: Any) -> tuple[str, dict[str, Any]]:
@@ -43,11 +61,20 @@ def first_frame(source: object, frame: Any) -> tuple[str, dict[str, Any]]:
 class SourceStates:
     """Takes state transitions from the runtime and from sources that report their own; a
     transition to the current state, or out of ended or failed, is ignored. ``emit`` publishes
-    the events (None: log and count only)."""
+    the events (None: log and count only); ``clock`` is monotonic time.
 
-    def __init__(self, metrics: RunMetrics, emit: Callable[[Event], None] | None):
+    A source that stays down does not flood the log: its first reconnect attempt is a warning,
+    further ones for the same reason are logged at debug level, with a warning summing them up
+    every ``OUTAGE_SUMMARY_S`` of the outage; an attempt for another reason is a warning again,
+    and ``streaming`` after an outage says how long it lasted and how many attempts it took. Each
+    attempt is still counted and published as an event."""
+
+    def __init__(self, metrics: RunMetrics, emit: Callable[[Event], None] | None,
+                 clock: Callable[[], float] = time.monotonic):
         self.metrics = metrics
         self.emit = emit
+        self.clock = clock
+        self._outages: dict[str, _Outage] = {}  # per source down now (each source's states come from one thread)
 
     def enter(
         self, source: str, state: str, reason: str = "", data: dict[str, Any] | None = None, quiet: bool = False
@@ -56,15 +83,17 @@ class SourceStates:
         (the runtime's own states of a file or a generator: starting, first frame and end of
         input are no news; a batch's videos, whose end the batch reports itself)."""
         again = bool(data and data.get("restarted"))  # streaming anew: a new sender, a new epoch
-        previous = self.metrics.source_state(source, state, reason, time.monotonic(), again)
+        now = self.clock()
+        counts = self.metrics.source(source)
+        connecting_since = counts.state_since if counts.state == "connecting" else now
+        previous = self.metrics.source_state(source, state, reason, now, again)
         if previous is None:
             return False
         details = dict(data or {})
         if "epoch" in details:
             self.metrics.source(source).epoch = int(details["epoch"])
-        counts = self.metrics.source(source)
-        level = logging.DEBUG if quiet else _LEVELS.get(state, logging.INFO)
-        logger.log(level, "source %s %s: %s", source, state, reason or previous, extra={"source": source, "state": state})
+        # a source that never came up has been down since it began connecting
+        self._log(source, state, reason or previous, now, connecting_since, quiet)
         if self.emit is None:
             return True
         self.emit(
@@ -76,6 +105,32 @@ class SourceStates:
             )
         )
         return True
+
+    def _log(self, source: str, state: str, reason: str, now: float, down_since: float, quiet: bool) -> None:
+        level = logging.DEBUG if quiet else _LEVELS.get(state, logging.INFO)
+        extra = {"source": source, "state": state}
+        outage = self._outages.get(source)
+        if state in ("stalled", "reconnecting"):
+            if outage is None:
+                outage = self._outages[source] = _Outage(down_since, warned=now)
+            elif state == "reconnecting" and outage.attempts and reason == outage.reason and not quiet:
+                outage.attempts += 1
+                logger.debug("source %s %s: %s", source, state, reason, extra=extra)
+                if now - outage.warned >= OUTAGE_SUMMARY_S:
+                    outage.warned = now
+                    logger.log(level, "source %s still reconnecting: %d attempts in %s, last: %s", source,
+                               outage.attempts, _duration(now - outage.since), reason, extra=extra)
+                return
+            else:
+                outage.warned = now
+            outage.attempts += state == "reconnecting"
+            outage.reason = reason
+        elif outage is not None:
+            del self._outages[source]
+            if state == "streaming":
+                attempts = f"{outage.attempts} reconnect attempt{'' if outage.attempts == 1 else 's'}"
+                reason = f"{reason} (after {_duration(now - outage.since)} down, {attempts})"
+        logger.log(level, "source %s %s: %s", source, state, reason, extra=extra)
 
     def listener(self, source: str) -> Callable[..., None]:
         """The ``on_state(state, reason, data, quiet=False)`` callback for a source that reports
