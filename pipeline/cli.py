@@ -16,6 +16,7 @@ if __name__ == "__main__":  # python -m: the module imported by entry.main runs,
     sys.exit(_console_command())
 
 import argparse
+import atexit
 import contextlib
 import errno
 import json
@@ -78,7 +79,9 @@ def main(argv: list[str] | None = None) -> int:
         except SystemExit as exit:
             return int(exit.code or 0)
         configure_logging(getattr(args, "log_format", None), getattr(args, "log_level", None))
-        return args.command(args)
+        code = args.command(args)
+        _leave_past_stuck_threads(code)
+        return code
     except RuntimeError as error:
         if not thread_start_failed(error):  # else a bug: its traceback
             raise
@@ -95,12 +98,19 @@ def main(argv: list[str] | None = None) -> int:
         embedded = sys.modules.get("segstream.connectors.embedded_redis")  # loaded: maybe one runs
         if embedded is not None:
             embedded.close_all()  # a daemonised redis-server would outlive us
-        if _pipeline_threads_alive():
-            # they may be inside torch or FFmpeg, and finalising the interpreter under them crashes
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(code)
+        _leave_past_stuck_threads(code)
         return code
+
+
+def _leave_past_stuck_threads(code: int) -> None:
+    """Exit now, after the exit handlers, while a pipeline thread still runs: it may be inside
+    torch or FFmpeg (a camera's open that ignores close()), and finalising the interpreter under
+    it crashes (SIGSEGV, seen with a camera still opening at a stop)."""
+    if _pipeline_threads_alive():
+        atexit._run_exitfuncs()  # FFmpeg relays stopped, log handlers flushed
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
 
 
 def os_limit(error: OSError) -> ResourceLimit | None:

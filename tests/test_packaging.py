@@ -79,6 +79,7 @@ _COUNT_CLI_COPIES = """
 import atexit, gc, os, signal
 
 def _report():
+    gc.unfreeze()  # the command froze what it made (pipeline/entry.py): get_objects lists only the unfrozen
     copies = sum(isinstance(o, type) and o.__name__ == "_DrainOnSignal" for o in gc.get_objects())
     handler = signal.getsignal(signal.SIGTERM)
     os.write(2, f"copies={copies} sigterm={getattr(handler, '__module__', handler)}\\n".encode())
