@@ -204,16 +204,6 @@ class InputUnsupported(SourceError):
     retrying will not help."""
 
 
-@dataclass(frozen=True, slots=True)
-class CarriedPacket:
-    """A packet one session read and hands to the next one's decoder (``InputChanged``)."""
-
-    data: bytes
-    pts: int | None
-    dts: int | None
-    time_base: Fraction
-
-
 class InputChanged(SourceError):
     """A stream's decoder, having decoded it, makes no picture of a second of packets in a row:
     another sender took over the address with another codec or stream parameters (an encoder
@@ -224,7 +214,7 @@ class InputChanged(SourceError):
     to the input opened next instead, whose new decoder decodes them first (``AVInput.carried``):
     the new sender's first keyframe is among them."""
 
-    def __init__(self, message: str, unread: int, carried: tuple[CarriedPacket, ...] = ()):
+    def __init__(self, message: str, unread: int, carried: tuple[bytes, ...] = ()):
         super().__init__(message)
         self.unread = unread
         self.carried = carried
@@ -399,7 +389,7 @@ class AVInput:
         self._sender: tuple[int, float] | None = None  # (pts, sender Unix time) of the last packet with one
         self._timestamps = BestEffortTimestamp()
         # packets the last session's decoder could not read, decoded first (set before ``pictures()``)
-        self.carried: tuple[CarriedPacket, ...] = ()
+        self.carried: tuple[bytes, ...] = ()
 
     def _open_relayed(self, ffmpeg: str, options: dict[str, str], deadlines: tuple[float, float]):
         """The input through the system's ``ffmpeg`` (a protocol PyAV's FFmpeg lacks: SRT)."""
@@ -500,7 +490,7 @@ class AVInput:
                             f"the {context.name} decoder that read it made nothing of the last "
                             f"{without_picture} packets ({rejected} rejected): another codec or stream parameters",
                             0,
-                            tuple(CarriedPacket(bytes(p), p.pts, p.dts, p.time_base or self.time_base) for p in recent),
+                            tuple(bytes(p) for p in recent),
                         )
                 for frame in frames:
                     if not decoded and self.before_keyframe:
@@ -532,11 +522,11 @@ class AVInput:
         parser split them by the old codec's rules (an MPEG-2 frame's slices into packets of their
         own), and the first, of the old decoder's last picture, holds the new sender's first
         keyframe behind the old sender's last frame when that one stopped mid-frame (measured):
-        their bytes from the new codec's first sequence header on go through this codec's parser
-        again, into packets without timestamps (the old ones no longer belong to a frame)."""
+        their bytes (kept without timestamps: those no longer belong to a frame) from the new
+        codec's first sequence header on go through this codec's parser again."""
         carried, self.carried = self.carried, ()
         header = _SEQUENCE_HEADERS.get(self.stream.codec_context.name)
-        data = b"".join(kept.data for kept in carried)
+        data = b"".join(carried)
         found = header.search(data) if header is not None else None
         if found is None:
             return

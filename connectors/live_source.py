@@ -264,7 +264,7 @@ class LiveSource:
         self._finished_gap_s = 0.0
         self._capture: CaptureThread | None = None
         self._retired: CaptureThread | None = None  # the last session let go, maybe still closing
-        self._carried: tuple = ()  # packets a session its decoder could not read hands to the next one
+        self._carried: tuple[bytes, ...] = ()  # packets a session its decoder could not read hands to the next one
         self._rng = random.Random(seed)
         self._closed = threading.Event()
         self._lock = threading.Lock()
