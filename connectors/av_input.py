@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import bisect
 import errno
+import itertools
 import logging
 import queue
 import re
@@ -56,6 +57,13 @@ logger = logging.getLogger("segstream.sources")
 _PRFT = struct.Struct("=qi")  # AVProducerReferenceTime: int64 wallclock (us since the Unix epoch), int flags
 _DISPLAY_MATRIX = struct.Struct("=9i")
 _FIXED_ONE = 1 << 16  # the display matrix's 2x2 part is 16.16 fixed point
+# Where a codec's stream starts, in an MPEG-TS's Annex B byte stream: H.264's SPS NAL unit,
+# HEVC's VPS, MPEG-2's sequence header (a codec not listed: the packet is left out)
+_SEQUENCE_HEADERS = {
+    "h264": re.compile(rb"\x00\x00\x01[\x07\x27\x47\x67]"),
+    "hevc": re.compile(rb"\x00\x00\x01\x40\x01"),
+    "mpeg2video": re.compile(rb"\x00\x00\x01\xb3"),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,12 +209,16 @@ class InputChanged(SourceError):
     """A stream's decoder, having decoded it, makes no picture of a second of packets in a row:
     another sender took over the address with another codec or stream parameters (an encoder
     restarted as HEVC into the port an H.264 one used), which a decoder set up at the open cannot
-    read (it rejects the packets, or swallows them). ``unread``: those packets, all counted in
-    ``decode_errors``, no picture after them."""
+    read (it rejects the packets, or swallows them). ``unread``: packets counted lost here (in
+    ``decode_errors``, no picture after them); ``carried``: those packets (and the one of the last
+    picture, which may hold the new sender's first keyframe behind the old one's last frame), handed
+    to the input opened next instead, whose new decoder decodes them first (``AVInput.carried``):
+    the new sender's first keyframe is among them."""
 
-    def __init__(self, message: str, unread: int):
+    def __init__(self, message: str, unread: int, carried: tuple[bytes, ...] = ()):
         super().__init__(message)
         self.unread = unread
+        self.carried = carried
 
 
 class InputRefused(SourceError):
@@ -377,6 +389,8 @@ class AVInput:
         self.info = self._info(context)
         self._sender: tuple[int, float] | None = None  # (pts, sender Unix time) of the last packet with one
         self._timestamps = BestEffortTimestamp()
+        # packets the last session's decoder could not read, decoded first (set before ``pictures()``)
+        self.carried: tuple[bytes, ...] = ()
 
     def _open_relayed(self, ffmpeg: str, options: dict[str, str], deadlines: tuple[float, float]):
         """The input through the system's ``ffmpeg`` (a protocol PyAV's FFmpeg lacks: SRT)."""
@@ -420,54 +434,71 @@ class AVInput:
     def pictures(self) -> Iterator[Picture]:
         """Decoded frames in presentation order until the input ends. Packets the decoder rejects
         are counted and skipped; a failing read raises ``SourceError`` (``InputTimeout`` when
-        FFmpeg's read timeout ran out)."""
-        stream = self.stream
+        FFmpeg's read timeout ran out). The packets ``carried`` over from the last session are
+        decoded first."""
+        stream, context = self.stream, self.stream.codec_context
         # once it has decoded, a second of packets (at least 10, more than a decoder's reorder delay)
         # without a picture: the decoder set up at the open cannot read what comes now
         live = self.sender_may_change and self.duration_s is None
         change_after = max(10, round(self.fps or 25)) if live else None
-        decoded, without_picture, rejected = False, 0, 0
+        # the packets since the last picture, and its own: what InputChanged hands over. A live
+        # stream's rejected packets are counted once a picture follows them or the input ends,
+        # not when handed over: the next decoder may read them
+        recent: deque = deque(maxlen=(change_after or 0) + 1)
+        decoded, without_picture, rejected, handed = False, 0, 0, False
+        demuxed = ((packet, False) for packet in self.container.demux(stream))
         try:
-            for packet in self.container.demux(stream):
+            for packet, carried in itertools.chain(self._carried_packets(), demuxed):
                 if self.stop is not None and self.stop.is_set():
                     return  # let go (a decoder that outputs nothing would otherwise hold the port)
-                self.last_read = time.monotonic()
-                if packet.pts is not None and packet.has_sidedata("prft"):
+                if not carried:
+                    self.last_read = time.monotonic()
+                if packet.pts is not None and not carried and packet.has_sidedata("prft"):
                     wallclock, _ = _PRFT.unpack(bytes(packet.get_sidedata("prft"))[: _PRFT.size])
                     self._sender = (packet.pts, wallclock / 1e6)
+                failed = False
                 try:
-                    frames = packet.decode()
+                    frames = context.decode(packet)
                 except av.error.EOFError:
                     self._relay_ended()
                     return
                 except av.error.FFmpegError as error:
                     if error.errno == errno.EAGAIN:  # the decoder opens at its first packet, starting its threads
                         raise self._threads_refused() from None
-                    if not decoded and self.duration_s is None:
+                    if not decoded and self.duration_s is None and not carried:
                         # a live stream joined between keyframes: what precedes the first cannot be
                         # decoded, and is no fault of the stream (nor a frame it lost)
                         self.before_keyframe += 1
                         continue
-                    self.decode_errors += 1
+                    failed, frames = True, []
+                if failed or (carried and not frames and not decoded):  # a carried one swallowed: lost too
                     rejected += 1
+                    if change_after is None:
+                        self.decode_errors += 1
                     if packet.pts is None:
                         self._rejected_untimed += 1
                     else:
                         bisect.insort(self._rejected, packet.pts)
-                    frames = []
+                if frames:
+                    recent.clear()
+                if change_after is not None:
+                    recent.append(packet)
                 if not frames and decoded and packet.size:
                     without_picture += 1
                     if change_after is not None and without_picture >= change_after:
-                        self.decode_errors += max(0, without_picture - rejected)  # swallowed: lost all the same
+                        handed = True
                         raise InputChanged(
-                            f"the {stream.codec_context.name} decoder that read it made nothing of the last "
+                            f"the {context.name} decoder that read it made nothing of the last "
                             f"{without_picture} packets ({rejected} rejected): another codec or stream parameters",
-                            without_picture,
+                            0,
+                            tuple(bytes(p) for p in recent),
                         )
                 for frame in frames:
                     if not decoded and self.before_keyframe:
                         logger.info("'%s': joined between keyframes; decoding began at the first, %d packets later",
                                     self.shown, self.before_keyframe)
+                    if change_after is not None:
+                        self.decode_errors += rejected
                     decoded, without_picture, rejected = True, 0, 0
                     yield self._picture(frame)
             self._relay_ended()
@@ -483,6 +514,31 @@ class AVInput:
             if error.errno == errno.EAGAIN:  # a file, a blocking read: what FFmpeg could not get is a thread
                 raise self._threads_refused() from None
             raise SourceError(f"reading '{self.shown}' failed: {describe_error(error)}") from None
+        finally:
+            if change_after is not None and not handed:
+                self.decode_errors += rejected
+
+    def _carried_packets(self) -> Iterator[tuple[av.Packet, bool]]:
+        """The packets ``carried`` over from the last session, for this decoder. The old demuxer's
+        parser split them by the old codec's rules (an MPEG-2 frame's slices into packets of their
+        own), and the first, of the old decoder's last picture, holds the new sender's first
+        keyframe behind the old sender's last frame when that one stopped mid-frame (measured):
+        their bytes (kept without timestamps: those no longer belong to a frame) from the new
+        codec's first sequence header on go through this codec's parser again."""
+        carried, self.carried = self.carried, ()
+        header = _SEQUENCE_HEADERS.get(self.stream.codec_context.name)
+        data = b"".join(carried)
+        found = header.search(data) if header is not None else None
+        if found is None:
+            return
+        context = self.stream.codec_context
+        try:
+            packets = context.parse(data[found.start():]) + context.parse(None)
+        except av.error.FFmpegError:
+            return
+        for packet in packets:
+            packet.time_base = self.time_base
+            yield packet, True
 
     def _threads_refused(self) -> ResourceLimit:
         return ResourceLimit(f"could not start the decoder's threads for '{self.shown}' ({THREAD_LIMIT_HINT})")

@@ -26,7 +26,9 @@ gap over an outage being the real time it lasted; ``epoch`` counts the sessions 
 frames. Frame size and codec may differ from one session to the next. Another sender taking over
 a stream's address starts a new epoch too (``_Sender``); one whose stream the session's decoder
 cannot read (another codec: it makes nothing of a second of packets, ``InputChanged``) has the
-input opened again at once, with a new demuxer and decoder, rather than reconnected. Each state
+input opened again at once, with a new demuxer and decoder, rather than reconnected; the new
+decoder decodes the packets the old one made nothing of first (the new sender's first keyframe is
+among them). Each state
 the source enters is reported to ``on_state`` (set by the runtime) with its reason.
 """
 
@@ -277,6 +279,7 @@ class LiveSource:
         self._finished_gap_s = 0.0
         self._capture: CaptureThread | None = None
         self._retired: CaptureThread | None = None  # the last session let go, maybe still closing
+        self._carried: tuple[bytes, ...] = ()  # packets a session its decoder could not read hands to the next one
         self._rng = random.Random(seed)
         self._closed = threading.Event()
         self._lock = threading.Lock()
@@ -307,6 +310,7 @@ class LiveSource:
         each session's first frame is kept, wherever its timestamps start."""
         opened = self._open()
         opened.cap = FrameRateCap(self.max_fps) if self.max_fps is not None else None
+        opened.carried, self._carried = self._carried, ()
         return opened
 
     def _open(self) -> AVInput:
@@ -442,7 +446,8 @@ class LiveSource:
                     reason, details = lost.reason, lost.data
                     if details.get("changed") and not first:
                         # a new sender this decoder cannot read: a new demuxer and decoder at once,
-                        # no reconnect; the packets it made nothing of leave their gap in the index
+                        # no reconnect, that decode the packets it made nothing of first (the new
+                        # sender's first keyframe is among them); those counted lost leave their gap
                         restarted = reason
                         index += details["unread"]
                         continue
@@ -466,6 +471,11 @@ class LiveSource:
                     self._retire()
                 if self._closed.is_set():
                     break
+                if self._carried:  # not opened again at once: what the next decoder was to read is lost
+                    lost = len(self._carried) - 1  # the first gave the old decoder's last picture
+                    index += lost
+                    self._finished_errors += lost
+                    self._carried = ()
                 failures += 1
                 limit = self.policy.max_reconnects
                 if limit is not None and failures > limit:
@@ -546,6 +556,7 @@ class LiveSource:
             except InputTimeout as error:
                 self._stall(str(error), "read", error.timeout_s, max(capture.last_read, waiting_since))
             except InputChanged as error:
+                self._carried = error.carried  # for the next session's decoder, if it is opened at once
                 raise _Lost(str(error), {"phase": "read", "changed": True, "unread": error.unread}) from None
             except SourceError as error:
                 raise _Lost(str(error), {"phase": "read"}) from None
