@@ -106,6 +106,7 @@ class Picture:
     size: tuple[int, int] | None = None
     skipped: int = 0
     held_s: float = 0.0  # the reads stood still that long since the previous picture (a consumer's back-pressure)
+    decoded_at: float = 0.0  # monotonic time it left the decoder (``capture_wall`` is the Unix time)
 
 
 class SteadyGaps:
@@ -583,7 +584,8 @@ class AVInput:
         image, size = None, None
         if self.cap is None or self.cap.keep(None if pts is None else float(pts * self.time_base)):
             image, size = self._image(frame)  # the conversion a frame over max_fps is spared
-        return Picture(image, pts, self.time_base, self.step, time.time(), sender, size, skipped)
+        return Picture(image, pts, self.time_base, self.step, time.time(), sender, size, skipped,
+                       decoded_at=time.monotonic())
 
     def close(self) -> None:
         try:

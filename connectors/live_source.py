@@ -194,22 +194,33 @@ class _Sender:
 
     JUMP_S = 5.0
     SILENCE_S = 1.0  # a silence longer than this that the timestamps do not show is a new sender's
+    HELD_BACK = 3  # frames after such a silence that may still be the old sender's, held in the demuxer and decoder
 
-    def __init__(self, shown: str):
+    def __init__(self, shown: str, silences: bool = True):
         self.shown = shown
+        # a silence tells only where another sender can take the address over (UDP, a listener); a
+        # stream we connect to (RTSP, RTMP, HTTP, SRT caller) resumes after a stall with its backlog
+        self.silences = silences
         self.size: tuple[int, int] | None = None
-        self.last: tuple[int, Any, float] | None = None  # pts, time base, Unix time it was decoded
+        self.last: tuple[int, Any, float] | None = None  # pts, time base, monotonic time it was decoded
         self.silence_s = 0.0  # before the picture last found to be a new sender's, when over SILENCE_S
         self.held_s = 0.0  # back-pressure since the last picture checked, in pictures left out (max_fps)
+        # a silence the last pictures came after going on a frame at a time, and how many more may
+        # still be the old sender's (the demuxer and the decoder each hold one back): a jump tells
+        self.pending_s, self.pending_left = 0.0, 0
 
     def check(self, picture: Picture) -> str | None:
         """Why ``picture`` comes from a new sender, or None (its size and timing go on)."""
-        size, now = picture.size or picture.image.shape[:2], picture.capture_wall
+        size, now = picture.size or picture.image.shape[:2], picture.decoded_at  # not the Unix clock: it steps
         previous, last, held_s = self.size, self.last, self.held_s + picture.held_s
         self.size, self.held_s = size, 0.0
         self.last = (picture.pts, picture.time_base, now) if picture.pts is not None else None
-        self.silence_s = 0.0
+        self.silence_s, pending = 0.0, self.pending_s
+        self.pending_left = max(0, self.pending_left - 1)
+        if not self.pending_left:
+            self.pending_s = 0.0
         if previous is not None and size != previous:
+            self.silence_s, self.pending_s, self.pending_left = pending, 0.0, 0
             return f"its frames changed size from {previous[1]}x{previous[0]} to {size[1]}x{size[0]}"
         if last is not None and picture.pts is not None and picture.time_base == last[1]:
             ticks = picture.pts - last[0]
@@ -221,14 +232,26 @@ class _Sender:
             jump = float(ticks * picture.time_base)
             waited = now - last[2]
             silence = waited - held_s  # a wait of ours (back-pressure) is no silence of the sender's
+            step_s = float(picture.step * picture.time_base)
+            next_frame = 0 < jump <= 2 * step_s + 0.05  # one or two frames on: the same clock
             if jump > waited + self.JUMP_S or jump < -self.JUMP_S:
-                self.silence_s = silence if silence > self.SILENCE_S else 0.0
+                self.silence_s = max(silence if silence > self.SILENCE_S and self.silences else 0.0, pending)
+                self.pending_s, self.pending_left = 0.0, 0
                 return f"its timestamps jumped {jump:+.1f} s in {waited:.1f} s"
+            if pending and not next_frame:
+                self.silence_s, self.pending_s, self.pending_left = pending, 0.0, 0
+                return f"its timestamps went {jump:+.1f} s on after {pending:.1f} s of silence"
             # A sender's clock runs through a silence of its own or the network's (its next frame is
             # as much later); one that did not was started again: an encoder restarted within the
             # read timeout, its clock from about where the old one began. Unless segstream itself
-            # was paused meanwhile (then the socket's buffered frames come late, not new).
-            if silence > self.SILENCE_S and jump < silence / 2 and not pauses.since(time.monotonic() - waited):
+            # was paused meanwhile (then the socket's buffered frames come late, not new). Frames
+            # going on one at a time are the old sender's last (up to HELD_BACK), which the demuxer
+            # and decoder give only when the new sender's packets push them out: a jump then tells.
+            if (self.silences and silence > self.SILENCE_S and jump < silence / 2
+                    and not pauses.since(time.monotonic() - waited)):
+                if next_frame:
+                    self.pending_s, self.pending_left = silence, self.HELD_BACK
+                    return None
                 self.silence_s = silence
                 return f"its timestamps went {jump:+.1f} s on after {silence:.1f} s of silence"
         return None
@@ -385,7 +408,7 @@ class LiveSource:
                         )
                     remember = hls and length is None
                     repeating = remember and epoch >= 0  # opened again: it starts with frames already delivered
-                    sender = _Sender(self.shown) if length is None and not hls else None
+                    sender = _Sender(self.shown, exclusive_input(self.target)) if length is None and not hls else None
                     for picture in self._read(capture):
                         if picture.image is None:  # over max_fps: its place counted, the frame left out
                             index += picture.skipped + 1
@@ -396,7 +419,8 @@ class LiveSource:
                             epoch += 1  # a sender restarted on the same address: a new epoch, said so
                             self.epoch = epoch
                             self._finished_gap_s += sender.silence_s  # down meanwhile, as in any silence
-                            timeline.restart(time.monotonic() - last_frame_at if last_frame_at is not None else 0.0)
+                            since_last = time.monotonic() - last_frame_at if last_frame_at is not None else 0.0
+                            timeline.restart(max(since_last, sender.silence_s))  # the silence may precede the old sender's last frame
                             self._streaming(opened.info, picture, epoch, 0, restarted=new_sender)
                         if repeating and delivered.holds(picture):
                             repeats += 1
