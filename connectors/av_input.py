@@ -323,6 +323,7 @@ class AVInput:
         self.low_latency = low_latency
         self.decode_errors = 0
         self.before_keyframe = 0  # a live stream's packets before its first picture: joined mid-GOP
+        self.pending_rejected = 0  # a live stream's rejected packets no picture followed yet (decode_errors soon)
         # the PTS of rejected packets not yet passed by a picture (sorted), and those without one
         self._rejected: list[int] = []
         self._rejected_untimed = 0
@@ -466,7 +467,7 @@ class AVInput:
                 except av.error.FFmpegError as error:
                     if error.errno == errno.EAGAIN:  # the decoder opens at its first packet, starting its threads
                         raise self._threads_refused() from None
-                    if not decoded and self.duration_s is None and not carried:
+                    if not decoded and self.lost_are_errors and not carried:  # a live source's input
                         # a live stream joined between keyframes: what precedes the first cannot be
                         # decoded, and is no fault of the stream (nor a frame it lost)
                         self.before_keyframe += 1
@@ -476,6 +477,8 @@ class AVInput:
                     rejected += 1
                     if change_after is None:
                         self.decode_errors += 1
+                    else:
+                        self.pending_rejected = rejected  # read with decode_errors: a session may end here
                     if packet.pts is None:
                         self._rejected_untimed += 1
                     else:
@@ -499,7 +502,7 @@ class AVInput:
                         logger.info("'%s': joined between keyframes; decoding began at the first, %d packets later",
                                     self.shown, self.before_keyframe)
                     if change_after is not None:
-                        self.decode_errors += rejected
+                        self.decode_errors, self.pending_rejected = self.decode_errors + rejected, 0
                     decoded, without_picture, rejected = True, 0, 0
                     yield self._picture(frame)
             self._relay_ended()
@@ -517,7 +520,9 @@ class AVInput:
             raise SourceError(f"reading '{self.shown}' failed: {describe_error(error)}") from None
         finally:
             if change_after is not None and not handed:
-                self.decode_errors += rejected
+                self.decode_errors, self.pending_rejected = self.decode_errors + rejected, 0
+            elif handed:
+                self.pending_rejected = 0  # handed over: the next decoder's to read or count
 
     def _carried_packets(self) -> Iterator[tuple[av.Packet, bool]]:
         """The packets ``carried`` over from the last session, for this decoder. The old demuxer's
@@ -530,12 +535,15 @@ class AVInput:
         header = _SEQUENCE_HEADERS.get(self.stream.codec_context.name)
         data = b"".join(carried)
         found = header.search(data) if header is not None else None
-        if found is None:
-            return
         context = self.stream.codec_context
         try:
-            packets = context.parse(data[found.start():]) + context.parse(None)
+            packets = (context.parse(data[found.start():]) + context.parse(None)) if found is not None else None
         except av.error.FFmpegError:
+            packets = None
+        if packets is None:  # nothing this decoder can start from: lost, counted, their gap left in the index
+            if carried:
+                self.decode_errors += len(carried) - 1
+                self._rejected_untimed += len(carried) - 1
             return
         for packet in packets:
             packet.time_base = self.time_base
@@ -814,7 +822,8 @@ class CaptureThread:
         source_input = self.input
         if source_input is None:
             return 0
-        return source_input.decode_errors + (source_input.frames_lost if source_input.lost_are_errors else 0)
+        return (source_input.decode_errors + getattr(source_input, "pending_rejected", 0)
+                + (source_input.frames_lost if source_input.lost_are_errors else 0))
 
     def _run(self) -> None:
         source_input = None

@@ -608,7 +608,9 @@ class LiveSource:
             waiting_since = time.monotonic()
 
     def _stall(self, reason: str, phase: str, timeout_s: float, since: float) -> None:
-        """Enter ``stalled`` and give the session up: nothing came since ``since`` (monotonic)."""
+        """Enter ``stalled`` and give the session up: nothing came since ``since`` (monotonic).
+        That silence was down time too: the stalled state's own counts from now."""
+        self._finished_gap_s += max(0.0, time.monotonic() - since)
         reason, data = self._paused_over(since, reason, {"phase": phase, "timeout_s": timeout_s})
         self._enter("stalled", reason, data)
         raise _Lost(reason, data)
@@ -637,7 +639,10 @@ class LiveSource:
     def _streaming(self, info: InputInfo, picture: Picture, epoch: int, repeats: int,
                    restarted: str | None = None, reopened: bool = False) -> None:
         height, width = picture.size or picture.image.shape[:2]
-        fps = None if restarted and not reopened else info.fps  # a new sender's rate is the probed one's only reopened
+        fps = info.fps
+        if restarted and not reopened:  # read on in the same session: the probed rate is the old sender's
+            step_s = float(picture.step * picture.time_base)
+            fps = round(1 / step_s, 3) if step_s > 0 else None  # its own frames' duration tells
         self.info = InputInfo(width, height, info.codec, info.pixel_format, fps)
         data = {"url": self.shown, "epoch": epoch, "reconnects": self.reconnects, **self.info.as_dict()}
         if self.describe is not None:

@@ -79,9 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         except SystemExit as exit:
             return int(exit.code or 0)
         configure_logging(getattr(args, "log_format", None), getattr(args, "log_level", None))
-        code = args.command(args)
-        _leave_past_stuck_threads(code)
-        return code
+        return args.command(args)
     except RuntimeError as error:
         if not thread_start_failed(error):  # else a bug: its traceback
             raise
@@ -98,11 +96,11 @@ def main(argv: list[str] | None = None) -> int:
         embedded = sys.modules.get("segstream.connectors.embedded_redis")  # loaded: maybe one runs
         if embedded is not None:
             embedded.close_all()  # a daemonised redis-server would outlive us
-        _leave_past_stuck_threads(code)
+        leave_past_stuck_threads(code)
         return code
 
 
-def _leave_past_stuck_threads(code: int) -> None:
+def leave_past_stuck_threads(code: int) -> None:
     """Exit now, after the exit handlers, while a pipeline thread still runs: it may be inside
     torch or FFmpeg (a camera's open that ignores close()), and finalising the interpreter under
     it crashes (SIGSEGV, seen with a camera still opening at a stop)."""
@@ -594,4 +592,6 @@ class _DrainOnSignal:
 
     def __exit__(self, *exc) -> None:
         for signum, handler in self.previous.items():
-            signal.signal(signum, handler)
+            # after a drained stop, a stop signal more (timeout's second, a quick second Ctrl-C) is
+            # ignored: it would make the rest of the exit an abort (130) of a run whose output is whole
+            signal.signal(signum, signal.SIG_IGN if self.signum is not None else handler)

@@ -36,6 +36,9 @@ def main() -> int:
         from segstream.pipeline.cli import main as cli_main
 
         code = cli_main()
+        from segstream.pipeline.cli import leave_past_stuck_threads
+
+        leave_past_stuck_threads(code)  # the console command only: a program calling cli.main goes on
         # The command's work is written and closed; what is left is finalising the interpreter, whose
         # last garbage collection walks every object torch's import made (1-2 s on a busy machine).
         gc.freeze()

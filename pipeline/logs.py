@@ -136,18 +136,38 @@ def configure_logging(format: str | None = None, level: str | None = None, strea
     if format == "json":
         handler.addFilter(_RunId())
     root = logging.getLogger("segstream")
-    warned = logging.getLogger("py.warnings")  # a library's warnings.warn, as logging.captureWarnings routes them
-    for logger in (root, warned):
-        for old in list(logger.handlers):
-            logger.removeHandler(old)
-        logger.addHandler(handler)
-        logger.propagate = False
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.propagate = False
     root.setLevel(getattr(logging, level.upper(), logging.INFO))
     _configured["format"] = format
-    # With JSON logs every stderr line is one object: a library's warning and a thread's uncaught
-    # exception (Python prints both over several lines) become records too.
-    logging.captureWarnings(format == "json")
-    threading.excepthook = _thread_exception_record if format == "json" else threading.__excepthook__
+    _json_everywhere(handler if format == "json" else None)
+
+
+def _json_everywhere(handler: logging.Handler | None) -> None:
+    """With JSON logs (``handler``) every stderr line is one object: a library's warning and a
+    thread's uncaught exception, which Python prints over several lines, become records too.
+    Without (None), the process's own hooks as they were before are put back."""
+    warned = logging.getLogger("py.warnings")  # where logging.captureWarnings sends warnings.warn
+    if _hooks:
+        for old in list(warned.handlers):
+            warned.removeHandler(old)
+        warned.propagate = _hooks["propagate"]
+        threading.excepthook = _hooks["excepthook"]
+        logging.captureWarnings(_hooks["captured"])
+        _hooks.clear()
+    if handler is None:
+        return
+    _hooks.update(excepthook=threading.excepthook, propagate=warned.propagate,
+                  captured=getattr(logging, "_warnings_showwarning", None) is not None)
+    warned.addHandler(handler)
+    warned.propagate = False
+    logging.captureWarnings(True)
+    threading.excepthook = _thread_exception_record
+
+
+_hooks: dict = {}  # what _json_everywhere replaced, to put back
 
 
 def _thread_exception_record(args) -> None:

@@ -54,6 +54,7 @@ def test_sigterm_while_a_camera_is_still_opening_exits_long_before_the_open_time
         config.write_text(
             f"sources:\n  - {{name: gate, type: stream, url: 'rtsp://127.0.0.1:{camera.port}/cam', open_timeout_s: 60}}\n"
             f"model: {{preset: {SYNTHETIC_TINY.name}, device: cpu}}\n"
+            "ops: {http: null}\n"  # not the default port: other test files run beside this one
             "sinks:\n  redis: {url: null}\n"  # an embedded redis-server, in TMPDIR
         )
         process = _start(config, tmp_path, tmpdir)
@@ -94,6 +95,7 @@ def test_a_password_never_appears_in_output_logs_entries_or_events(tmp_path, red
             f"  - {{name: bad, type: stream, url: '{bad}', max_reconnects: 1, reconnect_delay_s: 0.2}}\n"
             f"model: {{preset: {SYNTHETIC_TINY.name}, device: cpu}}\n"
             "engine: {batch_size: 2}\n"
+            "ops: {http: null}\n"  # not the default port: other test files run beside this one
             f"sinks:\n  redis: {{url: '{redis_server.url}'}}\n  files: {{enabled: true, dir: out}}\n"
         )
         process = subprocess.run(
@@ -130,6 +132,7 @@ def test_a_stopped_and_continued_segstream_says_it_was_paused_instead_of_blaming
         config.write_text(
             f"sources:\n  - {{name: cam, type: stream, url: '{camera.url()}', read_timeout_s: 2}}\n"
             f"model: {{preset: {SYNTHETIC_TINY.name}, device: cpu}}\n"
+            "ops: {http: null}\n"  # not the default port: other test files run beside this one
             "sinks:\n  redis: {enabled: false}\n  files: {enabled: true, dir: out}\n"
         )
         process = _start(config, tmp_path, tmp_path)

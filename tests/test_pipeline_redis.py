@@ -50,6 +50,7 @@ def _config(tmp_path: Path, clip: Path, url: str | None, encoding: str = "rle", 
         f"sources:\n  - {{name: cam0, type: file, path: '{clip}'{extra_source}}}\n"
         f"model: {{preset: {SYNTHETIC_TINY.name}, device: cpu, precision: fp32}}\n"
         "engine: {batch_size: 3, max_wait_ms: 5}\n"
+        "ops: {http: null}\n"  # not the default port: other test files run beside this one
         f"sinks:\n  redis: {{{url_line}, mask_encoding: {encoding}, pipeline_size: 4}}\n"
     )
     return config

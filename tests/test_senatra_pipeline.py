@@ -41,6 +41,7 @@ def _config(tmp_path: Path, clip: Path, url: str, encoding: str) -> Path:
         f"sources:\n  - {{name: cam0, type: file, path: '{clip}'}}\n"
         "model: {family: senatra, device: cpu, precision: fp32}\n"
         "engine: {batch_size: 3, max_wait_ms: 5}\n"
+        "ops: {http: null}\n"  # not the default port: other test files run beside this one
         f"sinks:\n  redis: {{url: '{url}', mask_encoding: {encoding}, pipeline_size: 4}}\n"
     )
     return config

@@ -33,6 +33,7 @@ def start_pipeline(tmp_path: Path, clip: Path, checkpoint: Path, source: str,
         f"sources:\n  - {{name: cam0, type: file, path: '{clip}', loop: true, {source}}}\n"
         f"model: {{preset: {SYNTHETIC_TINY.name}, checkpoint: '{checkpoint}', device: cpu}}\n"
         "engine: {batch_size: 1}\n"
+        "ops: {http: '127.0.0.1:0'}\n"  # endpoints on a free port: other test files run beside this one
         "sinks:\n  redis: {enabled: false}\n  files: {enabled: true, dir: out}\n"
     )
     process = subprocess.Popen(
@@ -281,3 +282,22 @@ def test_a_finished_command_leaves_the_interpreter_no_last_garbage_collection_to
                           text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
     code, torch_loaded, frozen = done.stdout.split()[-3:]
     assert code == "0" and torch_loaded == "True" and int(frozen) > 100_000, done
+
+
+def test_after_a_drained_stop_another_stop_signal_is_no_abort():
+    # Found by release QA: a second Ctrl-C 0.15 s after the first, as the drain ended, made a whole
+    # run's exit "aborted" (130): the handlers were back to Python's once the run returned.
+    from segstream.pipeline.cli import _DrainOnSignal
+
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        with _DrainOnSignal() as drain:
+            os.kill(os.getpid(), signal.SIGTERM)  # the stop: the run drains and returns
+            time.sleep(0.05)
+        assert drain.signum == signal.SIGTERM
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN  # the rest of the exit is not cut short
+        with _DrainOnSignal():
+            pass
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN  # no stop: the handlers as they were
+    finally:
+        signal.signal(signal.SIGTERM, before)
