@@ -639,12 +639,12 @@ class LiveSource:
     def _streaming(self, info: InputInfo, picture: Picture, epoch: int, repeats: int,
                    restarted: str | None = None, reopened: bool = False) -> None:
         height, width = picture.size or picture.image.shape[:2]
-        fps = info.fps
-        if restarted and not reopened:  # read on in the same session: the probed rate is the old sender's
-            step_s = float(picture.step * picture.time_base)
-            fps = round(1 / step_s, 3) if step_s > 0 else None  # its own frames' duration tells
-        self.info = InputInfo(width, height, info.codec, info.pixel_format, fps)
+        fps = None if restarted and not reopened else info.fps  # a new sender's rate is the probed one's only reopened
+        # the source's nominal rate (segstream_source_nominal_fps) stays the one probed at the open
+        self.info = InputInfo(width, height, info.codec, info.pixel_format, info.fps)
         data = {"url": self.shown, "epoch": epoch, "reconnects": self.reconnects, **self.info.as_dict()}
+        if fps is None:
+            data["fps"] = None
         if self.describe is not None:
             data.update(self.describe(self.info, picture))
         reason = f"{width}x{height} {info.codec}" + (f" at {fps:g} fps" if fps else "")
