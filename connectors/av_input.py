@@ -210,11 +210,11 @@ class InputChanged(SourceError):
     """A stream's decoder, having decoded it, makes no picture of a second of packets in a row:
     another sender took over the address with another codec or stream parameters (an encoder
     restarted as HEVC into the port an H.264 one used), which a decoder set up at the open cannot
-    read (it rejects the packets, or swallows them). ``unread``: packets counted lost here (in
-    ``decode_errors``, no picture after them); ``carried``: those packets (and the one of the last
-    picture, which may hold the new sender's first keyframe behind the old one's last frame), handed
-    to the input opened next instead, whose new decoder decodes them first (``AVInput.carried``):
-    the new sender's first keyframe is among them."""
+    read (it rejects the packets, or swallows them). ``unread``: packets this session counted lost
+    itself (in ``decode_errors``; ``AVInput`` hands them over instead, and says 0); ``carried``:
+    those packets (and the one of the last picture, which may hold the new sender's first keyframe
+    behind the old one's last frame), handed to the input opened next, whose new decoder decodes
+    them first (``AVInput.carried``) and counts what it cannot."""
 
     def __init__(self, message: str, unread: int, carried: tuple[bytes, ...] = ()):
         super().__init__(message)
@@ -532,10 +532,10 @@ class AVInput:
         their bytes (kept without timestamps: those no longer belong to a frame) from the new
         codec's first sequence header on go through this codec's parser again."""
         carried, self.carried = self.carried, ()
-        header = _SEQUENCE_HEADERS.get(self.stream.codec_context.name)
+        context = self.stream.codec_context
+        header = _SEQUENCE_HEADERS.get(context.name)
         data = b"".join(carried)
         found = header.search(data) if header is not None else None
-        context = self.stream.codec_context
         try:
             packets = (context.parse(data[found.start():]) + context.parse(None)) if found is not None else None
         except av.error.FFmpegError:
@@ -822,7 +822,7 @@ class CaptureThread:
         source_input = self.input
         if source_input is None:
             return 0
-        return (source_input.decode_errors + getattr(source_input, "pending_rejected", 0)
+        return (source_input.decode_errors + source_input.pending_rejected
                 + (source_input.frames_lost if source_input.lost_are_errors else 0))
 
     def _run(self) -> None:

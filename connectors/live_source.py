@@ -220,8 +220,8 @@ class _Sender:
         if not self.pending_left:
             self.pending_s = 0.0
         if previous is not None and size != previous:
-            self.silence_s, self.pending_s, self.pending_left = pending, 0.0, 0
-            return f"its frames changed size from {previous[1]}x{previous[0]} to {size[1]}x{size[0]}"
+            return self._new(f"its frames changed size from {previous[1]}x{previous[0]} to {size[1]}x{size[0]}",
+                             pending)
         if last is not None and picture.pts is not None and picture.time_base == last[1]:
             ticks = picture.pts - last[0]
             if picture.time_base == MPEG_TS_TIME_BASE and picture.pts // MPEG_TS_WRAP != last[0] // MPEG_TS_WRAP:
@@ -235,12 +235,10 @@ class _Sender:
             step_s = float(picture.step * picture.time_base)
             next_frame = 0 < jump <= 2 * step_s + 0.05  # one or two frames on: the same clock
             if jump > waited + self.JUMP_S or jump < -self.JUMP_S:
-                self.silence_s = max(silence if silence > self.SILENCE_S and self.silences else 0.0, pending)
-                self.pending_s, self.pending_left = 0.0, 0
-                return f"its timestamps jumped {jump:+.1f} s in {waited:.1f} s"
+                return self._new(f"its timestamps jumped {jump:+.1f} s in {waited:.1f} s",
+                                 max(silence if silence > self.SILENCE_S and self.silences else 0.0, pending))
             if pending and not next_frame:
-                self.silence_s, self.pending_s, self.pending_left = pending, 0.0, 0
-                return f"its timestamps went {jump:+.1f} s on after {pending:.1f} s of silence"
+                return self._new(f"its timestamps went {jump:+.1f} s on after {pending:.1f} s of silence", pending)
             # A sender's clock runs through a silence of its own or the network's (its next frame is
             # as much later); one that did not was started again: an encoder restarted within the
             # read timeout, its clock from about where the old one began. Unless segstream itself
@@ -252,9 +250,13 @@ class _Sender:
                 if next_frame:
                     self.pending_s, self.pending_left = silence, self.HELD_BACK
                     return None
-                self.silence_s = silence
-                return f"its timestamps went {jump:+.1f} s on after {silence:.1f} s of silence"
+                return self._new(f"its timestamps went {jump:+.1f} s on after {silence:.1f} s of silence", silence)
         return None
+
+    def _new(self, reason: str, silence_s: float) -> str:
+        """``reason``, the picture being a new sender's after ``silence_s`` of silence."""
+        self.silence_s, self.pending_s, self.pending_left = silence_s, 0.0, 0
+        return reason
 
 
 class LiveSource:
@@ -314,8 +316,9 @@ class LiveSource:
 
     @property
     def gap_s(self) -> float:
-        """Seconds of gaps longer than a second in its timestamps within sessions (lost, or a
-        sender's pause: not counted as frames), over all sessions."""
+        """Seconds of silence not counted as frames nor in a state without frames, over all
+        sessions: gaps longer than a second in its timestamps within sessions (lost, or a sender's
+        pause), the silence before a stall, and that before a new sender's frames."""
         capture = self._capture
         current = getattr(capture.input, "gap_s", 0.0) if capture is not None else 0.0
         return self._finished_gap_s + current

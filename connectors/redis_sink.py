@@ -168,8 +168,8 @@ class RedisPublisher:
         self._where = redis_address(client)
         self._connected = True
         self._down_since: float | None = None
-        self.down_s = 0.0  # seconds unable to write, up to the last time Redis took writes again
-        self._down_lock = threading.Lock()  # down_s and _down_since change together for down_seconds
+        self._down_s = 0.0  # seconds unable to write, up to the last time Redis took writes again
+        self._down_lock = threading.Lock()  # _down_s and _down_since change together for down_seconds
         self._last_error = ""
         self._refusal: str | None = None  # while Redis refuses writes for now: what to do about it
         self._refused_since: float | None = None
@@ -678,14 +678,14 @@ class RedisPublisher:
     def down_seconds(self) -> float:
         """Seconds this run could not write (Redis unreachable or refusing writes), up to now."""
         with self._down_lock:
-            since, down_s = self._down_since, self.down_s
+            since, down_s = self._down_since, self._down_s
         return down_s + (max(0.0, time.monotonic() - since) if since is not None else 0.0)
 
     def _reconnected(self) -> None:
         down = time.monotonic() - (self._down_since or time.monotonic())
         self._connected = True
         with self._down_lock:
-            self.down_s += down
+            self._down_s += down
             self._down_since = None
         if self._probe is not None:
             self._probe.join()

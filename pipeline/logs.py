@@ -139,8 +139,8 @@ def configure_logging(format: str | None = None, level: str | None = None, strea
     for old in list(root.handlers):
         root.removeHandler(old)
     root.addHandler(handler)
-    root.propagate = False
     root.setLevel(getattr(logging, level.upper(), logging.INFO))
+    root.propagate = False
     _configured["format"] = format
     _json_everywhere(handler if format == "json" else None)
 
@@ -151,15 +151,14 @@ def _json_everywhere(handler: logging.Handler | None) -> None:
     Without (None), the process's own hooks as they were before are put back."""
     warned = logging.getLogger("py.warnings")  # where logging.captureWarnings sends warnings.warn
     if _hooks:
-        for old in list(warned.handlers):
-            warned.removeHandler(old)
+        warned.removeHandler(_hooks["handler"])  # ours alone: a handler the process had stays
         warned.propagate = _hooks["propagate"]
         threading.excepthook = _hooks["excepthook"]
         logging.captureWarnings(_hooks["captured"])
         _hooks.clear()
     if handler is None:
         return
-    _hooks.update(excepthook=threading.excepthook, propagate=warned.propagate,
+    _hooks.update(handler=handler, excepthook=threading.excepthook, propagate=warned.propagate,
                   captured=getattr(logging, "_warnings_showwarning", None) is not None)
     warned.addHandler(handler)
     warned.propagate = False

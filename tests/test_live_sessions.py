@@ -37,6 +37,7 @@ class Session:
         self.size_bytes = size_bytes
         self.video_duration = True  # the length is the video's own (an mp4's, a playlist's)
         self.decode_errors = 0
+        self.pending_rejected = 0
         self.frames_lost = 0
         self.lost_are_errors = True  # a stream's
         self.last_read = time.monotonic()
