@@ -44,6 +44,7 @@ class OpenCVInput:
     size_bytes: int | None = None
     lost_are_errors = True
     decode_errors = 0  # OpenCV does not tell; a failed read ends the session
+    pending_rejected = 0  # nor holds any back (AVInput counts a live stream's when a picture follows)
     frames_lost = 0
 
     def __init__(
