@@ -58,6 +58,8 @@ _WRITER_WINDOW = 10  # entries read after this run's last at the previous check
 # At start, another run's last entry counts as "still writing" when this recent (Redis's clock), or
 # more recent than three of its gaps between entries.
 _RECENT_MAX_S = 5.0
+# The fields that tell an entry of this run from any other: what an unanswered batch is looked for by.
+_TELLING = ("run_id", "seq", "publish_ts")
 _RECENT_MIN_S = 0.5
 
 
@@ -68,6 +70,16 @@ class _Outgoing:
     nbytes: int
     result: FrameResult | None  # None for an event
     queued: float  # monotonic time it was queued
+
+
+@dataclass(slots=True)
+class _Unanswered:
+    """A batch whose MULTI/EXEC got no reply (the write timed out, the connection broke): Redis may
+    have run it all the same (a stopped server runs what waits in its socket once resumed)."""
+
+    items: list[_Outgoing]
+    sent: list[dict[str, str]]  # per item, the fields that tell its entry: run_id, seq (publish_ts)
+    stamp: float  # its publish_ts
 
 
 class RedisPublisher:
@@ -175,6 +187,7 @@ class RedisPublisher:
         self._refused_since: float | None = None
         self._refused_for_good = False  # a refusal ended publishing: nothing more is sent
         self._last_id: dict[str, bytes] = {}  # per stream, the ID of the last entry written
+        self._unanswered: _Unanswered | None = None  # looked for in Redis before anything is sent again
         # A connection redis-py opens again by itself (Redis restarted between two writes, unseen as an
         # outage) is a new server session: what was written before it is checked as after an outage.
         self._new_session = False
@@ -382,7 +395,11 @@ class RedisPublisher:
         self._queued_bytes += item.nbytes
         while self._queue and (len(self._queue) > self.max_backlog or self._queued_bytes > self.max_backlog_bytes):
             # The oldest frame goes first; events (a track's start or end) only when no frame is left.
-            oldest = next((i for i, waiting in enumerate(self._queue) if waiting.result is not None), 0)
+            # An unanswered batch's frames go last: Redis may hold them, and a frame dropped is never sent.
+            unsure = {id(item) for item in self._unanswered.items} if self._unanswered is not None else set()
+            oldest = next((i for i, waiting in enumerate(self._queue)
+                           if waiting.result is not None and id(waiting) not in unsure),
+                          next((i for i, waiting in enumerate(self._queue) if waiting.result is not None), 0))
             dropped = self._queue[oldest]
             del self._queue[oldest]
             self._outage_dropped += 1
@@ -420,6 +437,14 @@ class RedisPublisher:
             if not self._reachable.is_set():
                 return
             self._reconnected()
+        if self._unanswered is not None:
+            attempt = time.monotonic()
+            try:
+                self._settle_unanswered()
+            except (redis.ConnectionError, redis.TimeoutError, OSError) as error:
+                self._last_error = self._connection_error(error)
+                self._disconnected(attempt)
+                return
         while self._queue:
             due = self._queue[0].queued + self.max_batch_delay_s <= time.monotonic()
             if not (everything or due or len(self._queue) >= self.pipeline_size):
@@ -478,9 +503,14 @@ class RedisPublisher:
         try:
             results = pipe.execute(raise_on_error=False)
         except (redis.ConnectionError, redis.TimeoutError, OSError) as error:
-            # not written (or its reply lost): numbered afresh when sent again, so that entries
-            # dropped from the backlog meanwhile leave no gap a reader would count as trimmed
+            # Not written, or written with its reply lost: looked for before anything is sent again
+            # (_settle_unanswered); what is not found is numbered afresh when sent again, so that
+            # entries dropped from the backlog meanwhile leave no gap a reader would count as trimmed.
             self._last_error = self._connection_error(error)
+            if not _never_sent(error):
+                self._unanswered = _Unanswered(
+                    list(batch), [{key: _text(item.fields[key]) for key in _TELLING if key in item.fields}
+                                  for item in batch], now)
             return False
         except redis.RedisError as error:
             if _passing(error):  # the whole batch, at MULTI or EXEC: kept, and sent again
@@ -532,6 +562,49 @@ class RedisPublisher:
                 f"{error_summary(error)}) — {_advice(error)}"
             )
         return True
+
+    def _settle_unanswered(self) -> None:
+        """Before anything is sent again: the entries of the unanswered batch Redis wrote after all,
+        found among each stream's newest entries by this run's id and their ``seq`` (and
+        ``publish_ts``), are written, not sent twice; the rest stay in the backlog."""
+        unanswered, self._unanswered = self._unanswered, None
+        waiting = {id(item) for item in self._queue}
+        wanted: dict[str, list[tuple[_Outgoing, dict[str, str]]]] = {}
+        for item, sent in zip(unanswered.items, unanswered.sent):
+            if id(item) in waiting:
+                wanted.setdefault(item.stream, []).append((item, sent))
+        found: dict[int, bytes] = {}  # id(item) -> its entry's ID
+        for stream, items in wanted.items():
+            try:
+                # a few more than the batch wrote to it: another writer's entries may have come after
+                newest = self.client.xrevrange(stream, count=len(items) + 16)
+            except redis.ResponseError as error:  # a user without XREVRANGE: sent again, as before
+                log.debug("cannot look for an unanswered batch in %s (%s)", stream, error_summary(error))
+                return
+            for entry_id, fields in newest:
+                stored = {_text(key): _text(value) for key, value in fields.items() if _text(key) in _TELLING}
+                for item, sent in items:
+                    if stored == sent and id(item) not in found:
+                        found[id(item)] = entry_id
+        if not found:
+            return
+        written = [item for item in self._queue if id(item) in found]
+        self._queue = deque(item for item in self._queue if id(item) not in found)
+        for item in written:
+            self._queued_bytes -= item.nbytes
+            self._seq[item.stream] = max(self._seq.get(item.stream, 0), int(item.fields["seq"]))
+            entry_id = found[id(item)]
+            if item.stream not in self._last_id or _id_key(entry_id) > _id_key(self._last_id[item.stream]):
+                self._last_id[item.stream] = entry_id
+        self.published += len(written)
+        self.per_stream.update(item.stream for item in written if item.result is not None)
+        frames = [item.result for item in written if item.result is not None]
+        for result in frames:
+            result.publish_ts = unanswered.stamp
+        log.info("Redis at %s had written %d entries of the batch whose reply never came: not sent again",
+                 self._where, len(written))
+        if self.on_written is not None and frames:
+            self.on_written(frames)
 
     def _refused(self, items: list[_Outgoing]) -> None:
         """Entries Redis refused were never written: dropped, and counted so."""
@@ -880,6 +953,12 @@ def _finished(fields: dict) -> bool:
         return json.loads(fields.get(b"data", b"{}")).get("state") in ("ended", "failed")
     except (ValueError, AttributeError):
         return False
+
+
+def _never_sent(error: BaseException) -> bool:
+    """Whether a failed write failed while connecting, before a byte of it went out: redis-py says
+    "Error 111 connecting to ..." or "Timeout connecting to server" then (and nothing else)."""
+    return "connecting to" in str(error)
 
 
 def _text(value: bytes | str) -> str:

@@ -371,3 +371,36 @@ def test_a_redis_that_never_answers_within_start_wait_s_says_how_long_it_was_wai
 
     with pytest.raises(SinkError, match=r"\(waited 1.2 s: sinks.redis.start_wait_s\) — start Redis"):
         RedisPublisher.from_config(f"redis://127.0.0.1:{free_port()}", None, start_wait_s=1.2)
+
+
+def test_a_batch_a_stopped_redis_wrote_after_its_timeout_is_not_written_twice(server):
+    # Found probing: a Redis stopped (SIGSTOP, a VM paused) past the write's timeout still ran the
+    # MULTI/EXEC waiting in its socket once resumed; the publisher, taking the reply as lost, sent
+    # the batch again: every entry of it was in the stream twice.
+    import signal
+
+    client = connect_redis(server.url, connect_timeout=1.0, socket_timeout=0.3)
+    publisher = RedisPublisher(client, max_batch_delay_s=0)
+    written, dropped = [], []
+    publisher.on_written = written.extend
+    publisher.on_dropped = lambda results, reason: dropped.extend((r.index, reason) for r in results)
+    for index in range(3):
+        publisher.publish(tiny_scene("cam0", index))
+    server.process.send_signal(signal.SIGSTOP)
+    try:
+        publisher.publish(tiny_scene("cam0", 3))  # times out: Redis holds it, unanswered
+        assert not publisher.status()["connected"]
+        publisher.publish(tiny_scene("cam0", 4))  # into the backlog
+    finally:
+        server.process.send_signal(signal.SIGCONT)
+    wait_until(lambda: publisher.status()["backlog"] == 0, step=publisher.poll)
+    entries = server.client().xrange("segstream:cam0:frames")
+    assert [int(fields[b"frame"]) for _, fields in entries] == [0, 1, 2, 3, 4], "frame 3 once"
+    assert [int(fields[b"seq"]) for _, fields in entries] == [1, 2, 3, 4, 5]
+    assert [r.index for r in written] == [0, 1, 2, 3, 4] and dropped == []
+    assert publisher.published == 5 and publisher.status()["connected"]
+    assert written[3].publish_ts is not None
+    publisher.publish(tiny_scene("cam0", 5))
+    assert int(server.client().xrange("segstream:cam0:frames")[-1][1][b"seq"]) == 6
+    assert publisher.data_losses == 0
+    publisher.close()
