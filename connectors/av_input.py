@@ -323,6 +323,7 @@ class AVInput:
         self.low_latency = low_latency
         self.decode_errors = 0
         self.before_keyframe = 0  # a live stream's packets before its first picture: joined mid-GOP
+        self.log_extra: dict[str, str] = {}  # fields of its log records (a JSON log's ``source``)
         self.pending_rejected = 0  # a live stream's rejected packets no picture followed yet (decode_errors soon)
         # the PTS of rejected packets not yet passed by a picture (sorted), and those without one
         self._rejected: list[int] = []
@@ -500,7 +501,7 @@ class AVInput:
                 for frame in frames:
                     if not decoded and self.before_keyframe:
                         logger.info("'%s': joined between keyframes; decoding began at the first, %d packets later",
-                                    self.shown, self.before_keyframe)
+                                    self.shown, self.before_keyframe, extra=self.log_extra)
                     if change_after is not None:
                         self.decode_errors, self.pending_rejected = self.decode_errors + rejected, 0
                     decoded, without_picture, rejected = True, 0, 0
@@ -586,7 +587,7 @@ class AVInput:
         self.frames_lost += lost
         if self._gaps.gap_s > before:
             logger.warning("'%s': no frames for %.1f s of the stream's time (lost, or its sender paused)",
-                           self.shown, self._gaps.gap_s - before)
+                           self.shown, self._gaps.gap_s - before, extra=self.log_extra)
         if self.lost_are_errors:
             skipped += lost
         image, size = None, None

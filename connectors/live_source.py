@@ -337,6 +337,7 @@ class LiveSource:
         opened = self._open()
         opened.cap = FrameRateCap(self.max_fps) if self.max_fps is not None else None
         opened.carried, self._carried = self._carried, ()
+        opened.log_extra = {"source": self.name}
         return opened
 
     def _open(self) -> AVInput:

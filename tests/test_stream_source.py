@@ -152,10 +152,11 @@ def test_a_udp_sender_that_stops_and_comes_back_is_read_again_without_address_in
 
 
 
-def test_joining_a_stream_between_keyframes_is_no_decode_error():
+def test_joining_a_stream_between_keyframes_is_no_decode_error(caplog):
     # Found probing: a run started while a camera streamed counted the packets before its first
     # keyframe (x264's default GOP: up to 10 s) as decode errors and dropped frames, so an alert on
     # decode errors fired at every restart of segstream.
+    caplog.set_level("INFO", logger="segstream")
     port = free_port()
     policy = ReconnectPolicy(open_timeout_s=10, read_timeout_s=2, stall_timeout_s=8, delay_s=0.2, max_delay_s=1)
     source = StreamSource("udp", f"udp://127.0.0.1:{port}", policy=policy)
@@ -171,6 +172,8 @@ def test_joining_a_stream_between_keyframes_is_no_decode_error():
             source.close()
             thread.join(5)
     assert source.decode_errors == 0 and indices[0] == 0, (source.decode_errors, indices[:3])
+    joined = [r for r in caplog.records if "joined between keyframes" in r.getMessage()]
+    assert joined and joined[0].source == "udp", "a JSON log's line names its source as a field"
 
 
 def test_a_udp_sender_restarted_within_the_read_timeout_is_a_new_sender_after_its_silence():
