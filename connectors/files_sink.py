@@ -9,6 +9,7 @@ import fcntl
 import json
 import logging
 import os
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -49,7 +50,9 @@ class FilesSink:
     ``sink_write_failed`` (``on_dropped``, ``status()``), and said once per file in a warning;
     the next entry tries again, on a line of its own after whatever the failed one left, and a
     line says when writing resumed. Other sinks (Redis) go on meanwhile; while a file's writes
-    fail, ``connected`` is False (``segstream_sink_connected``, ``/readyz``). A sink that cannot write
+    fail, ``connected`` is False (``segstream_sink_connected``, ``/readyz``), ``down_seconds`` counts
+    (from the first failed write until every file writes again) and each recovery counts in
+    ``reconnects`` (``segstream_sink_down_seconds_total``, ``segstream_sink_reconnects_total``). A sink that cannot write
     its first line (a folder in its place, no permission, a read-only disk) raises
     ``SinkError``: the run stops, saying why.
 
@@ -77,6 +80,10 @@ class FilesSink:
         self._wrote = False  # whether any line went to a file: after that, errors are dropped and counted
         self._opened: set[str] = set()  # paths this run has had open: reopening one never stops the run
         self._last_error = ""
+        self.reconnects = 0  # times every file wrote again after writes had failed
+        self._down_since: float | None = None  # monotonic time of the first failed write of a failing spell
+        self._down_s = 0.0  # seconds of failing spells that ended
+        self._down_lock = threading.Lock()  # _down_s and _down_since change together for down_seconds
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
         except OSError as error:
@@ -114,6 +121,13 @@ class FilesSink:
         and ``/readyz`` show a disk that takes nothing (entries are being dropped)."""
         return not self._failing
 
+    @property
+    def down_seconds(self) -> float:
+        """Seconds the sink could not write (some file's writes failing), up to now; any thread."""
+        with self._down_lock:
+            since, down_s = self._down_since, self._down_s
+        return down_s + (max(0.0, time.monotonic() - since) if since is not None else 0.0)
+
     def status(self) -> dict:
         """What the sink dropped, with a ``line`` for status lines while it has dropped any."""
         dropped = dict(self.dropped)
@@ -149,6 +163,9 @@ class FilesSink:
                 log.warning("cannot write to '%s': %s; its entries are dropped (counted as %s) until writes "
                             "succeed again", path, self._last_error, DROPPED_WRITE_FAILED)
             self._failing[key] = self._failing.get(key, 0) + 1
+            if self._down_since is None:
+                with self._down_lock:
+                    self._down_since = time.monotonic()
             stale = self._files.pop(key, None)
             if stale is not None:  # reopened for the next entry, which starts on a line of its own
                 with contextlib.suppress(OSError):
@@ -158,6 +175,11 @@ class FilesSink:
         self._lines[key] = self._lines.get(key, 0) + 1
         if key in self._failing:
             log.warning("writing to '%s' again after %d dropped entries", path, self._failing.pop(key))
+            if not self._failing and self._down_since is not None:
+                self.reconnects += 1
+                with self._down_lock:
+                    self._down_s += time.monotonic() - self._down_since
+                    self._down_since = None
         return True
 
     def _file(self, path: Path) -> BinaryIO:

@@ -231,11 +231,13 @@ _FILES_READINESS = textwrap.dedent('''
         """Published after the files sink: what /readyz and the gauge say at frames 5 and 12."""
         def publish(self, result):
             super().publish(result)
-            if result.index in (5, 12):
+            if result.index in (5, 12, 20):
                 verdict = readiness(metrics)
                 seen[result.index] = {"ready": verdict.ok, "sinks": verdict.parts["sinks_connected"],
                                       "gauge": {k[0]: v for k, v in metrics.gauges["sink_connected"].read().items()},
-                                      "line": files.status()["line"]}
+                                      "line": files.status()["line"],
+                                      "down": metrics.gauges["sink_down_seconds"].read()[("files",)],
+                                      "reconnects": metrics.gauges["sink_reconnects"].read()[("files",)]}
             if result.index == 10:
                 os.unlink(out + "/filler")
 
@@ -260,6 +262,10 @@ def test_a_files_sink_whose_writes_fail_is_not_connected_and_not_ready_until_it_
     assert re.fullmatch(r"files dropped 6 entries \+ \d+ events \(writes failing: No space left on device\)",
                         seen["5"]["line"])
     assert re.fullmatch(r"files dropped 11 entries \+ \d+ events", seen["12"]["line"])
+    # found probing: the files sink had no outage clock (segstream_sink_down_seconds_total), as Redis has
+    assert seen["5"]["down"] > 0 and seen["5"]["reconnects"] == 0
+    assert seen["12"]["down"] > seen["5"]["down"] and seen["12"]["reconnects"] == 1
+    assert seen["20"]["down"] == seen["12"]["down"], "the clock stops once the files write again"
 
 
 def test_a_batch_output_folder_on_a_read_only_disk_names_the_folder_it_could_not_make(tmp_path, clip):
