@@ -107,6 +107,7 @@ class Picture:
     skipped: int = 0
     held_s: float = 0.0  # the reads stood still that long since the previous picture (a consumer's back-pressure)
     decoded_at: float = 0.0  # monotonic time it left the decoder (``capture_wall`` is the Unix time)
+    gap_s: float = 0.0  # the silence before it its timestamps show, added to the input's ``gap_s``
 
 
 class SteadyGaps:
@@ -594,7 +595,7 @@ class AVInput:
         if self.cap is None or self.cap.keep(None if pts is None else float(pts * self.time_base)):
             image, size = self._image(frame)  # the conversion a frame over max_fps is spared
         return Picture(image, pts, self.time_base, self.step, time.time(), sender, size, skipped,
-                       decoded_at=time.monotonic())
+                       decoded_at=time.monotonic(), gap_s=self._gaps.gap_s - before)
 
     def close(self) -> None:
         try:

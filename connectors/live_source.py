@@ -422,7 +422,8 @@ class LiveSource:
                         if sender is not None and (new_sender := sender.check(picture)) is not None:
                             epoch += 1  # a sender restarted on the same address: a new epoch, said so
                             self.epoch = epoch
-                            self._finished_gap_s += sender.silence_s  # down meanwhile, as in any silence
+                            # down meanwhile, as in any silence; the part its timestamps show is in gap_s already
+                            self._finished_gap_s += max(0.0, sender.silence_s - picture.gap_s)
                             since_last = time.monotonic() - last_frame_at if last_frame_at is not None else 0.0
                             timeline.restart(max(since_last, sender.silence_s))  # the silence may precede the old sender's last frame
                             self._streaming(opened.info, picture, epoch, 0, restarted=new_sender)

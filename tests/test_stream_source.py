@@ -853,3 +853,32 @@ def test_an_srt_listener_s_relay_does_not_outlive_segstream(end):
     assert finished.returncode == (-signal.SIGKILL if end == "is killed" else 0)
     wait_for(lambda: not [p for p in os.listdir("/proc") if p.isdigit() and f":{port}?mode=listener" in _cmdline(int(p))],
              5, "the relay's end")
+
+
+def test_a_new_senders_silence_is_counted_once_in_the_down_time():
+    # Found reviewing: an encoder restarted whose timestamps went on by 1.5 s after a 4 s silence
+    # (less than half of it: a new sender) had both counted, the silence by the new-sender rule and
+    # the 1.5 s by the timestamps' gap: 5.5 s of down time for a 4 s outage.
+    port = free_port()
+    source = StreamSource("udp", f"udp://127.0.0.1:{port}", policy=ReconnectPolicy(read_timeout_s=8))
+    source.on_state = log = StateLog()
+    frames = []
+    thread = threading.Thread(target=lambda: frames.extend(source.frames()), daemon=True)
+    thread.start()
+    url = f"udp://127.0.0.1:{port}?pkt_size=1316"
+    try:
+        with FfmpegStream(["-t", "6", "-f", "mpegts", url], fps=10) as first:
+            first.process.wait(20)  # 6 s of frames, then it ends
+        ended = time.monotonic()
+        assert frames, "streaming before the first sender ended"
+        time.sleep(4.0)
+        # its clock 1.5 s on from where the first one's ended
+        with FfmpegStream(["-output_ts_offset", "7.5", "-f", "mpegts", url], fps=10):
+            wait_for(lambda: sum(f.epoch == 1 for f in frames) >= 3, 20, "frames from the second sender")
+            silence = next(f.capture_wall for f in frames if f.epoch == 1) - (time.time() - (time.monotonic() - ended))
+    finally:
+        source.close()
+        thread.join(5)
+    restarted = [entry[2] for entry in log.entries if entry[1] == "streaming" and "of silence" in entry[2]]
+    assert restarted, log.entries
+    assert silence - 0.5 <= source.gap_s <= silence + 0.5, (source.gap_s, silence, restarted)
