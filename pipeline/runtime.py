@@ -57,6 +57,8 @@ _END = object()
 _POLL_IDLE_S = 0.5
 # Past this many sources, the summary gives each its own line (and the status line sums queues).
 MANY_SOURCES = 4
+# sources named per state in the status line; more are counted (the final report names each)
+STATE_NAMES_SHOWN = 8
 # How long a stopped run waits for a source's frames() to return after close() before it ends
 # without that source (a source of one's own blocked in a read that ignores close()).
 SOURCE_CLOSE_GRACE_S = 5.0
@@ -1110,8 +1112,13 @@ class Runtime:
         by_state: dict[str, list[str]] = {}
         for name, source in report.sources.items():
             by_state.setdefault(source.state, []).append(name)
+        def named(names: list[str]) -> str:  # 50 cameras down are not 50 names every status interval
+            shown = names if len(names) <= STATE_NAMES_SHOWN else names[:STATE_NAMES_SHOWN - 1]
+            more = f" +{len(names) - len(shown)} more" if len(shown) < len(names) else ""
+            return f" ({' '.join(shown)}{more})"
+
         return ", ".join(
-            f"{state} {len(names)}" + ("" if state == "streaming" else f" ({' '.join(names)})")
+            f"{state} {len(names)}" + ("" if state == "streaming" else named(names))
             for state, names in by_state.items()
         )
 

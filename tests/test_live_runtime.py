@@ -150,6 +150,24 @@ def test_the_status_line_shows_each_sources_state(clip):
     assert any("sources streaming 1, reconnecting 1 (dead)" in line for line in lines), lines
 
 
+def test_the_status_line_names_at_most_a_few_sources_per_state():
+    # Found probing (50 cameras): every camera not streaming was named, ~500 characters every 2 s
+    from segstream.pipeline.runtime import STATE_NAMES_SHOWN, RunReport, SourceReport
+
+    sources = {f"c{i:02d}": SourceReport(state="reconnecting") for i in range(49)}
+    sources["live"] = SourceReport(state="streaming")
+    sources["gone"] = SourceReport(state="failed")
+    report = RunReport(sources=sources, batches=0, model_frames=0, elapsed_s=1.0, stopped=False,
+                       latency_ms_p50=0, latency_ms_p99=0, latency_ms_max=0)
+    shown = " ".join(f"c{i:02d}" for i in range(STATE_NAMES_SHOWN - 1))
+    assert Runtime._states_line(report) == (
+        f"reconnecting 49 ({shown} +{49 - STATE_NAMES_SHOWN + 1} more), streaming 1, failed 1 (gone)")
+    few = RunReport(sources={f"c{i}": SourceReport(state="reconnecting") for i in range(STATE_NAMES_SHOWN)},
+                    batches=0, model_frames=0, elapsed_s=1.0, stopped=False,
+                       latency_ms_p50=0, latency_ms_p99=0, latency_ms_max=0)
+    assert Runtime._states_line(few).endswith(f"c{STATE_NAMES_SHOWN - 1})"), "as many as fit are all named"
+
+
 def _frame(index: int, age_s: float = 0.0) -> Frame:
     frame = Frame("cam", index, np.zeros((2, 2, 3), np.uint8), index, None, None, time.time())
     frame.times["decoded"] = time.monotonic() - age_s
