@@ -164,7 +164,7 @@ def test_the_status_line_names_at_most_a_few_sources_per_state():
         f"reconnecting 49 ({shown} +{49 - STATE_NAMES_SHOWN + 1} more), streaming 1, failed 1 (gone)")
     few = RunReport(sources={f"c{i}": SourceReport(state="reconnecting") for i in range(STATE_NAMES_SHOWN)},
                     batches=0, model_frames=0, elapsed_s=1.0, stopped=False,
-                       latency_ms_p50=0, latency_ms_p99=0, latency_ms_max=0)
+                    latency_ms_p50=0, latency_ms_p99=0, latency_ms_max=0)
     assert Runtime._states_line(few).endswith(f"c{STATE_NAMES_SHOWN - 1})"), "as many as fit are all named"
 
 
