@@ -236,7 +236,10 @@ class Client:
         newest entry's scene was captured more than ``max_age_s`` ago (a stopped pipeline's last
         scene, or one a pipeline under overload took long over, is not the present)."""
         name = stream or stream_name(self.stream_pattern, _required(source))
-        reply = self.call(self.redis.xrevrange, name, "+", "-", count=1)
+        try:
+            reply = self.call(self.redis.xrevrange, name, "+", "-", count=1)
+        except _Stopped:  # stop() while Redis was away: nothing newer to give
+            return None
         entry = _frame_entry(_text(reply[0][0]), name, reply[0][1], None) if reply else None
         return entry if entry is not None and _fresh(entry, max_age_s) else None
 
@@ -253,6 +256,13 @@ class Client:
             raise ValueError(f"idle_s must be above 0 (seconds without a fresh entry), got {idle_s}")
         name = stream or stream_name(self.stream_pattern, _required(source))
         self.warn_if_missing(name)
+        try:
+            yield from self._follow_newest(name, block_ms, max_age_s, idle_s)
+        except _Stopped:  # stop() while Redis was away: the iteration ends, as it does otherwise
+            return
+
+    def _follow_newest(self, name: str, block_ms: int, max_age_s: float | None,
+                       idle_s: float | None) -> Iterator[Entry | None]:
         last = None
         since = time.monotonic()  # the last yield
         while not self._stop.is_set():
@@ -441,6 +451,8 @@ class Subscription:
         """Up to ``count`` entries in stream order; waits up to ``block_ms`` when none are there
         (None: returns at once)."""
         count = count or self.count
+        if self._stop.is_set() or self.client._stop.is_set():  # stopped: iteration ends, reads give nothing
+            return []
         if self._held:  # what an earlier read got after a malformed entry
             return self._take_held(count)
         try:
@@ -702,8 +714,12 @@ class StreamReader:
         return entry.result
 
 
-class _Stopped(Exception):
-    """A wait for Redis ended by stop()."""
+class _Stopped(SinkError):
+    """A wait for Redis ended by stop(): ``newest``, ``follow_newest`` and reads end quietly;
+    another call (``ack``, ``pending``) raises it, a ``SinkError`` saying so."""
+
+    def __init__(self) -> None:
+        super().__init__("stopped while waiting for Redis to come back (the client or subscription was stopped)")
 
 
 def _frame_entry(entry_id: str, stream: str, fields, subscription) -> Entry:

@@ -96,8 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         embedded = sys.modules.get("segstream.connectors.embedded_redis")  # loaded: maybe one runs
         if embedded is not None:
             embedded.close_all()  # a daemonised redis-server would outlive us
-        leave_past_stuck_threads(code)
-        return code
+        return code  # the console command leaves past stuck threads (entry.main); a program goes on
 
 
 def leave_past_stuck_threads(code: int) -> None:
@@ -592,6 +591,7 @@ class _DrainOnSignal:
 
     def __exit__(self, *exc) -> None:
         for signum, handler in self.previous.items():
-            # after a drained stop, a stop signal more (timeout's second, a quick second Ctrl-C) is
-            # ignored: it would make the rest of the exit an abort (130) of a run whose output is whole
-            signal.signal(signum, signal.SIG_IGN if self.signum is not None else handler)
+            # After a drained stop, the console command ignores a stop signal more (timeout's second,
+            # a quick second Ctrl-C): it would make the rest of the exit an abort (130) of a run whose
+            # output is whole. A program calling run_pipeline gets its own handlers back: it goes on.
+            signal.signal(signum, signal.SIG_IGN if self.signum is not None and entry.console else handler)

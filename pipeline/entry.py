@@ -25,9 +25,14 @@ def stop_signals() -> tuple[int, ...]:
 
 # The signal that aborted the command through ``_interrupt`` (the exit status is 128 + it).
 aborted_by: int | None = None
+# Whether this process is the console command (``main``), not a program calling segstream: only
+# the command's process is segstream's to end (stuck threads) and to shield (signals at its exit).
+console = False
 
 
 def main() -> int:
+    global console
+    console = True
     # SIGTERM as Ctrl-C: without a handler it killed a command on the spot, leaving what it had
     # started (bench's embedded Redis) running, and said nothing
     for signum in stop_signals():

@@ -404,3 +404,41 @@ def test_a_batch_a_stopped_redis_wrote_after_its_timeout_is_not_written_twice(se
     assert int(server.client().xrange("segstream:cam0:frames")[-1][1][b"seq"]) == 6
     assert publisher.data_losses == 0
     publisher.close()
+
+
+def test_a_client_stopped_while_redis_is_away_ends_its_reads_quietly(server):
+    # Found probing (a service embedding the SDK): stop() during an outage raised a private
+    # exception out of newest() and follow_newest(); read() after stop() still returned entries.
+    import threading
+
+    from segstream.client import connect
+    from segstream.connectors.errors import SinkError
+    from segstream.connectors.redis_wire import to_wire
+
+    server.client().xadd("segstream:cam0:frames", to_wire(tiny_scene("cam0", 0), "rle"))
+    reader = connect(server.url)
+    frames = reader.frames("cam0", start="0")
+    server.kill()
+    outcomes = {}
+
+    def call(name, function):
+        try:
+            outcomes[name] = function()
+        except BaseException as error:  # what leaked
+            outcomes[name] = error
+
+    threads = [threading.Thread(target=call, args=("newest", lambda: reader.newest("cam0"))),
+               threading.Thread(target=call, args=("follow", lambda: list(reader.follow_newest("cam0"))))]
+    for thread in threads:
+        thread.start()
+    time.sleep(1.0)  # both waiting for Redis
+    reader.stop()
+    for thread in threads:
+        thread.join(5)
+    assert outcomes == {"newest": None, "follow": []}, outcomes
+    server.start()
+    assert frames.read(block_ms=100) == [], "stopped: a read gives nothing"
+    with pytest.raises(SinkError):  # any other call waiting when stopped says so, as an SDK error
+        server.kill()
+        threading.Timer(0.5, reader.stop).start()
+        reader.call(reader.redis.ping)

@@ -287,10 +287,12 @@ def test_a_finished_command_leaves_the_interpreter_no_last_garbage_collection_to
 def test_after_a_drained_stop_another_stop_signal_is_no_abort():
     # Found by release QA: a second Ctrl-C 0.15 s after the first, as the drain ended, made a whole
     # run's exit "aborted" (130): the handlers were back to Python's once the run returned.
+    from segstream.pipeline import entry
     from segstream.pipeline.cli import _DrainOnSignal
 
     before = signal.getsignal(signal.SIGTERM)
     try:
+        entry.console = True  # as entry.main sets it
         with _DrainOnSignal() as drain:
             os.kill(os.getpid(), signal.SIGTERM)  # the stop: the run drains and returns
             time.sleep(0.05)
@@ -299,5 +301,25 @@ def test_after_a_drained_stop_another_stop_signal_is_no_abort():
         with _DrainOnSignal():
             pass
         assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN  # no stop: the handlers as they were
+    finally:
+        entry.console = False
+        signal.signal(signal.SIGTERM, before)
+
+
+def test_a_program_whose_run_a_signal_stopped_gets_its_own_handlers_back():
+    # Found probing (a service embedding segstream): after run_pipeline drained on a SIGTERM, the
+    # process ignored SIGINT, SIGTERM and SIGHUP for good; the service could no longer be stopped.
+    from segstream.pipeline.cli import _DrainOnSignal
+
+    def mine(signum, frame):
+        pass
+
+    before = signal.signal(signal.SIGTERM, mine)
+    try:
+        with _DrainOnSignal() as drain:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)
+        assert drain.signum == signal.SIGTERM
+        assert signal.getsignal(signal.SIGTERM) is mine
     finally:
         signal.signal(signal.SIGTERM, before)
