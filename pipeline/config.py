@@ -8,6 +8,7 @@ YAML reads (``sources[1].path``).
 
 from __future__ import annotations
 
+import copy
 import difflib
 import ipaddress
 import os
@@ -744,10 +745,20 @@ def json_schema() -> dict:
 
 
 def load_config(
-    path: str | Path, overrides: list[str] | tuple[str, ...] = (), schema: type[PipelineConfig] = PipelineConfig
+    path: str | Path | typing.Mapping[str, Any], overrides: list[str] | tuple[str, ...] = (),
+    schema: type[PipelineConfig] = PipelineConfig, *, base_dir: str | Path | None = None,
 ) -> PipelineConfig:
-    """Read, override, interpolate and validate the pipeline description at ``path``."""
-    return validate_config(config_data(path, overrides), base_dir=Path(path).resolve().parent, schema=schema)
+    """Read, override, interpolate and validate the pipeline description at ``path``, or given as
+    a mapping of the YAML's keys (a program's own config; not changed); relative paths in it are
+    relative to ``base_dir`` (a file's: its folder; a mapping's: the working directory). Every
+    problem is one ``ConfigError``."""
+    if isinstance(path, typing.Mapping):
+        data = copy.deepcopy(dict(path))
+        for override in overrides:
+            apply_override(data, override)
+        return validate_config(interpolate(data), base_dir=Path(base_dir or ".").resolve(), schema=schema)
+    folder = Path(base_dir).resolve() if base_dir is not None else Path(path).resolve().parent
+    return validate_config(config_data(path, overrides), base_dir=folder, schema=schema)
 
 
 def load_checked_config(

@@ -486,3 +486,21 @@ def test_a_preset_runs_at_its_own_task_when_the_config_names_none(capsys, write)
                                                    "coco_instance_eomt_large_640, checkpoint: random, task: semantic}\n")])
     assert line.startswith("model.task: preset coco_instance_eomt_large_640 is an instance model, the config asks "
                            "for semantic — remove model.task")
+
+
+def test_a_program_gives_its_config_as_a_mapping(tmp_path, monkeypatch):
+    # Found probing (a service embedding segstream): load_config took only a file; validating a
+    # dict meant a private function (or pydantic's own ValidationError, without ${VAR} or paths)
+    import segstream
+
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(b"")
+    monkeypatch.setenv("CAM_FPS", "3")
+    data = {"sources": [{"name": "a", "type": "file", "path": "clip.mp4", "max_fps": "${CAM_FPS}"}],
+            "model": {"device": "cpu"}}
+    cfg = segstream.load_config(data, ["engine.batch_size=2"], base_dir=tmp_path)
+    assert cfg.engine.batch_size == 2 and cfg.sources[0].max_fps == 3
+    assert Path(cfg.sources[0].path) == clip
+    assert data["sources"][0]["max_fps"] == "${CAM_FPS}" and "engine" not in data, "the caller's mapping is unchanged"
+    with pytest.raises(segstream.ConfigError, match="modle: unknown key — did you mean 'model'"):
+        segstream.load_config({"sources": data["sources"], "modle": {}}, base_dir=tmp_path)
