@@ -331,8 +331,10 @@ class Runtime:
     can be drained and is raised from ``run()``. A source that yields something other than a
     ``Frame`` with an H x W x 3 uint8 image fails, naming the frame; sinks and stage factories
     of the wrong shape are refused here. ``max_frames`` caps the frames taken from each
-    source. ``buffers`` gives each source's ``BufferPolicy`` (default: ``newest`` for live sources,
-    ``every_frame`` for the others). A source that fails (its ``frames()`` raises) ends the run
+    source. ``queue_size`` (all sources, or by name) and ``buffers`` (by name) give each source's
+    queue and ``BufferPolicy``; a source not named there gets the ``queue_size`` and
+    ``buffer_policy`` attributes it has (a source of one's own says what suits it), else
+    ``QUEUE_SIZE`` frames and ``newest`` when live, ``every_frame`` otherwise. A source that fails (its ``frames()`` raises) ends the run
     when it is ``required`` (None: every source is), else the others carry on and the report
     lists it in ``failed``. Source states are logged and counted; ``publish_states`` also publishes
     each transition as a ``state`` event (``segstream run`` turns it on). ``progress`` gets a status line every ``progress_interval_s`` and the
@@ -354,7 +356,7 @@ class Runtime:
         max_wait_ms: float = 20.0,
         max_inflight: int = 2,
         model_workers: int = 1,
-        queue_size: int | Mapping[str, int] = QUEUE_SIZE,
+        queue_size: int | Mapping[str, int] | None = None,
         frame_budget_mb: float | None = None,
         buffers: Mapping[str, BufferPolicy] | None = None,
         required: Collection[str] | None = None,
@@ -409,10 +411,17 @@ class Runtime:
         self.metrics = metrics or RunMetrics()
         for name in names:
             self.metrics.source(name)
-        sizes = [queue_size.get(n, QUEUE_SIZE) if isinstance(queue_size, Mapping) else queue_size for n in names]
+        # a source of one's own may say what suits it (``queue_size``, ``buffer_policy``); what the
+        # caller gives for its name comes first
+        if isinstance(queue_size, int):
+            sizes = [queue_size] * len(self.sources)
+        else:
+            given = queue_size or {}
+            sizes = [given[s.name] if s.name in given else _declared_queue(s) for s in self.sources]
         buffers = buffers or {}
         self.buffers = [
-            buffers.get(s.name) or BufferPolicy("newest" if s.live else "every_frame") for s in self.sources
+            buffers.get(s.name) or _declared_buffer(s) or BufferPolicy("newest" if s.live else "every_frame")
+            for s in self.sources
         ]
         self.required = set(names if required is None else required)
         max_bytes = None if frame_budget_mb is None else int(frame_budget_mb * 2**20)
@@ -452,9 +461,10 @@ class Runtime:
         """A runtime with the engine settings, queue sizes, buffer policies, required sources and
         per-source stages (the tracker of the ``tracking:`` section) of a ``PipelineConfig``;
         applies the engine's intra-op thread count to torch. ``sources`` may include sources of
-        one's own that the config does not name: they get the constructor's defaults (a queue of
-        ``QUEUE_SIZE`` frames, ``newest`` when live, else ``every_frame``) and are required (their
-        failure ends the run), unless ``queue_size``, ``buffers`` or ``required`` say otherwise."""
+        one's own that the config does not name: they get the constructor's defaults (the
+        ``queue_size`` and ``buffer_policy`` they declare, else a queue of ``QUEUE_SIZE`` frames,
+        ``newest`` when live, else ``every_frame``) and are required (their failure ends the run),
+        unless ``queue_size``, ``buffers`` or ``required`` say otherwise."""
         import torch
 
         from segstream.pipeline.tracking import tracking_stages
@@ -1121,6 +1131,25 @@ class Runtime:
             f"{state} {len(names)}" + ("" if state == "streaming" else named(names))
             for state, names in by_state.items()
         )
+
+
+def _declared_queue(source: VideoSource) -> int:
+    """The queue a source asks for (its ``queue_size``), else ``QUEUE_SIZE``."""
+    size = getattr(source, "queue_size", None)
+    if size is None:
+        return QUEUE_SIZE
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ConfigError(f"source {source.name}: queue_size must be a whole number of frames, 1 or more, got {size!r}")
+    return size
+
+
+def _declared_buffer(source: VideoSource) -> BufferPolicy | None:
+    """The buffer policy a source asks for (its ``buffer_policy``), if any."""
+    policy = getattr(source, "buffer_policy", None)
+    if policy is not None and not isinstance(policy, BufferPolicy):
+        raise ConfigError(f"source {source.name}: buffer_policy must be a segstream.BufferPolicy "
+                          f"(e.g. BufferPolicy('newest', max_staleness_s=0.2)), got {policy!r}")
+    return policy
 
 
 def _start(thread: threading.Thread) -> None:

@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from segstream.connectors.errors import SinkError, SourceError
+from segstream.connectors.errors import ConfigError, SinkError, SourceError
 from segstream.connectors.file_source import FileSource
 from segstream.connectors.files_sink import FilesSink, read_entries
 from segstream.connectors.frames import Frame
@@ -682,3 +682,43 @@ def test_with_many_sources_the_summary_gives_each_its_line_and_latency_and_the_s
     for _ in range(2):
         batcher.put(3, Frame("cam3", 0, np.zeros((2, 2, 3), np.uint8), None, None, None, 0.0), live=True)
     assert batcher.depths(total=True) == "2/12 (fullest cam3 2/2)"
+
+
+def test_a_source_of_ones_own_says_the_queue_and_buffer_that_suit_it():
+    # Found probing (frames pushed by a service's own code): a source given to build_runtime got
+    # a queue of 8 and no staleness limit; 376 ms p50 from push to sink, with no public way to change it
+    from segstream.pipeline.engine import BufferPolicy
+
+    class Burst:
+        live = True
+        queue_size = 1
+        buffer_policy = BufferPolicy("newest", max_staleness_s=0.05)
+
+        def __init__(self, name):
+            self.name = name
+
+        def frames(self):
+            for index in range(12):
+                yield Frame(self.name, index, np.zeros((32, 32, 3), np.uint8), index, None, None, time.time())
+                time.sleep(0.01)
+
+        def close(self):
+            pass
+
+    class Slow(ColourSegmenter):
+        def forward(self, prepared):
+            time.sleep(0.1)
+            return super().forward(prepared)
+
+    metrics = RunMetrics()
+    report = Runtime([Burst("pushed")], Slow(), [CollectingSink()], batch_size=1, metrics=metrics,
+                     progress=None).run()
+    assert metrics.gauges["queue_capacity"].read()[("pushed",)] == 1
+    pushed = report.sources["pushed"]
+    assert pushed.dropped_by.get("queue_full", 0) > 0 and pushed.published + pushed.dropped == 12, pushed
+
+    class Wrong(Burst):
+        buffer_policy = "newest"
+
+    with pytest.raises(ConfigError, match="buffer_policy must be a segstream.BufferPolicy"):
+        Runtime([Wrong("w")], ColourSegmenter(), [], progress=None)
