@@ -19,6 +19,7 @@ publishes one result at a time.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import ctypes
 import functools
@@ -28,6 +29,7 @@ import queue
 import sys
 import threading
 import time
+import weakref
 from collections import Counter
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -455,6 +457,7 @@ class Runtime:
         self._workers_left = model_workers
         self.warm_up_s = 0.0
         self.run_id = new_run_id() if run_id is None else run_id
+        self._finished = threading.Event()  # run() returned (or raised)
 
     @classmethod
     def from_config(cls, cfg, sources, adapter, sinks, **kwargs) -> Runtime:
@@ -514,6 +517,15 @@ class Runtime:
         if self._started:
             raise RuntimeError("a Runtime runs once; build a new one")
         self._started = True
+        _stopped_at_exit(self)
+        try:
+            return self._run()
+        finally:
+            with _RUNNING_LOCK:
+                _RUNNING.discard(self)
+            self._finished.set()
+
+    def _run(self) -> RunReport:
         fixed_heap_threshold()
         for sink in self.sinks:
             self._attach(sink)
@@ -1131,6 +1143,48 @@ class Runtime:
             f"{state} {len(names)}" + ("" if state == "streaming" else named(names))
             for state, names in by_state.items()
         )
+
+
+# Runs under way in this process, stopped (drained) when the program exits while they run.
+_RUNNING: weakref.WeakSet[Runtime] = weakref.WeakSet()
+_RUNNING_LOCK = threading.Lock()
+_EXIT_HOOKED = False
+EXIT_DRAIN_S = 20.0  # how long an exiting program waits for its runs to drain (a Redis away: its drain_timeout_s)
+
+
+def _stopped_at_exit(runtime: Runtime) -> None:
+    """Have ``runtime`` stopped if the program exits while it runs. A program that returns from
+    its main thread with a run on a thread of its own was killed (SIGABRT, "terminate called
+    without an active exception": torch's threads torn down under it), or hung forever (an
+    executor's thread, which the exit joins). The hook runs where the interpreter's exit starts,
+    before it joins threads (as ``concurrent.futures`` registers its own), so it is added at the
+    first run: after an executor's, and so called before it."""
+    global _EXIT_HOOKED
+    with _RUNNING_LOCK:
+        _RUNNING.add(runtime)
+        if _EXIT_HOOKED:
+            return
+        _EXIT_HOOKED = True
+    register = getattr(threading, "_register_atexit", None)
+    try:
+        (register or atexit.register)(_stop_running)
+    except RuntimeError:  # the interpreter is exiting already
+        pass
+
+
+def _stop_running() -> None:
+    with _RUNNING_LOCK:
+        running = [runtime for runtime in _RUNNING if not runtime._finished.is_set()]
+    if not running:
+        return
+    log.warning("the program is exiting while %d pipeline run(s) still run: stopping them, draining for up to %g s",
+                len(running), EXIT_DRAIN_S)
+    deadline = time.monotonic() + EXIT_DRAIN_S
+    for runtime in running:
+        runtime.stop()
+    for runtime in running:
+        if not runtime._finished.wait(max(0.0, deadline - time.monotonic())):
+            log.warning("a pipeline run did not finish draining within %g s of the program's exit", EXIT_DRAIN_S)
 
 
 def _declared_queue(source: VideoSource) -> int:

@@ -6,6 +6,7 @@ import re
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -323,3 +324,37 @@ def test_a_program_whose_run_a_signal_stopped_gets_its_own_handlers_back():
         assert signal.getsignal(signal.SIGTERM) is mine
     finally:
         signal.signal(signal.SIGTERM, before)
+
+
+@pytest.mark.parametrize("thread", ["daemon", "executor"])
+def test_a_program_that_exits_while_its_run_goes_on_drains_it(tmp_path, thread):
+    # Found probing (a service embedding segstream): leaving the program with a run on a thread of
+    # its own was killed with SIGABRT ("terminate called without an active exception"); on an
+    # executor's thread the exit hung for good.
+    script = tmp_path / "leave.py"
+    script.write_text(textwrap.dedent(f"""
+        import threading, time
+        from concurrent.futures import ThreadPoolExecutor
+        import segstream
+        cfg = segstream.load_config({{
+            "sources": [{{"name": "cam", "type": "synthetic", "width": 64, "height": 48, "fps": 20,
+                          "num_frames": 100000, "realtime": True}}],
+            "model": {{"device": "cpu", "precision": "fp32"}},
+            "sinks": {{"redis": {{"enabled": False}}, "files": {{"enabled": True, "dir": {str(tmp_path / "out")!r}}}}},
+            "ops": {{"http": None}},
+        }})
+        runtime = segstream.build_runtime(cfg, progress=False)
+        if {thread!r} == "daemon":
+            threading.Thread(target=runtime.run, daemon=True).start()
+        else:
+            ThreadPoolExecutor(1).submit(runtime.run)
+        time.sleep(2)
+        print("leaving", flush=True)
+    """))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 0 and done.stdout == "leaving\n", (done.returncode, done.stderr[-2000:])
+    assert "still run: stopping them" in done.stderr and "terminate called" not in done.stderr
+    events = [json.loads(line) for line in (tmp_path / "out" / "cam.events.jsonl").read_text().splitlines()]
+    states = [json.loads(e["data"])["state"] for e in events if e["event"] == "state"]
+    assert states[-1] == "ended", "drained: the source's end was written"
