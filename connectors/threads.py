@@ -39,8 +39,19 @@ def name_os_thread_as_python() -> None:
     name_os_thread(threading.current_thread().name)
 
 
+def run_id_of_thread() -> str | None:
+    """The run the calling thread works for (a ``NamedThread`` of a run), if it knows."""
+    return getattr(threading.current_thread(), "segstream_run_id", None)
+
+
 class NamedThread(threading.Thread):
-    """A ``threading.Thread`` that names its OS thread after itself when it starts."""
+    """A ``threading.Thread`` that names its OS thread after itself when it starts. It works for
+    the run its creator works for (``segstream_run_id``, which JSON log records carry): with two
+    runs in one process, each thread's records name its own."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.segstream_run_id = run_id_of_thread()
 
     def run(self) -> None:
         name_os_thread(self.name)

@@ -19,6 +19,8 @@ import time
 from datetime import datetime, timezone
 from typing import TextIO
 
+from segstream.connectors.threads import run_id_of_thread
+
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 ENV_FORMAT = "SEGSTREAM_LOG_FORMAT"
@@ -79,8 +81,10 @@ class _RunId(logging.Filter):
     """Adds ``run_id`` to each record while a run is on (``set_run_id``)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if _run["id"] and not hasattr(record, "run_id"):
-            record.run_id = _run["id"]
+        # a run's own threads know their run (two runs in one process); others the process's last
+        run_id = run_id_of_thread() or _run["id"]
+        if run_id and not hasattr(record, "run_id"):
+            record.run_id = run_id
         return True
 
 

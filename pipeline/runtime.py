@@ -518,9 +518,13 @@ class Runtime:
             raise RuntimeError("a Runtime runs once; build a new one")
         self._started = True
         _stopped_at_exit(self)
+        caller = threading.current_thread()  # its records, and the threads it starts (NamedThread), name this run
+        outer = getattr(caller, "segstream_run_id", None)
+        caller.segstream_run_id = self.run_id
         try:
             return self._run()
         finally:
+            caller.segstream_run_id = outer
             with _RUNNING_LOCK:
                 _RUNNING.discard(self)
             self._finished.set()

@@ -172,6 +172,42 @@ def test_json_log_records_carry_the_run_id():
 
 
 
+def test_two_runs_in_one_process_log_each_its_own_run_id():
+    # Found probing (a service running two cameras' pipelines in one process): every JSON record
+    # carried the run id of the pipeline built last
+    import socket
+    import threading
+
+    from segstream.connectors.live_source import ReconnectPolicy
+    from segstream.connectors.stream_source import StreamSource
+    from segstream.pipeline.runtime import Runtime
+    from tests.conftest import ColourSegmenter
+
+    def camera(name):  # nothing listens there: its states (connecting, reconnecting, failed) are logged
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        return StreamSource(name, f"rtsp://127.0.0.1:{port}/cam", policy=ReconnectPolicy(max_reconnects=1, delay_s=0.1))
+
+    out = io.StringIO()
+    configure_logging("json", stream=out)
+    try:
+        set_run_id("20261202T100000Z-99999999")  # the process's last: what the others must not carry
+        runs = {name: Runtime([camera(name)], ColourSegmenter(), [], progress=None, required=[],
+                              run_id=f"20261202T10000{i}Z-0000000{i}") for i, name in enumerate(["camA", "camB"])}
+        threads = [threading.Thread(target=runtime.run) for runtime in runs.values()]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+    finally:
+        set_run_id("")
+        configure_logging("text")
+    records = [json.loads(line) for line in out.getvalue().splitlines()]
+    by_source = {(r["source"], r["run_id"]) for r in records if "source" in r}
+    assert by_source == {(name, runtime.run_id) for name, runtime in runs.items()}, by_source
+
+
 def test_with_json_logs_a_library_warning_and_a_thread_s_uncaught_exception_are_one_record_each():
     # Found probing: Python prints both over several lines of plain text, which a log shipper
     # reading JSON lines splits into unparsable pieces.
