@@ -155,21 +155,26 @@ class SentinelGroup:
     """A master, a replica of it (``--replicaof``) and ``sentinels`` sentinels watching them as
     ``name``, quick to fail over (down after 500 ms); ports in ``SENTINEL_TEST_PORTS``.
     ``master_password`` is the master's and the replica's requirepass, ``sentinel_password`` the
-    sentinels' own."""
+    sentinels' own; with ``certs`` (``make_certificates``) every one of them speaks TLS alone."""
 
     def __init__(self, directory: Path, name: str = "segmaster", sentinels: int = 1,
-                 master_password: str | None = None, sentinel_password: str | None = None):
+                 master_password: str | None = None, sentinel_password: str | None = None,
+                 certs: dict[str, Path] | None = None):
         directory = Path(directory)
         self.name = name
         self.sentinel_password = sentinel_password
-        master_args = ["--requirepass", master_password] if master_password else []
+        tls = {"tls-cert-file": certs["server_cert"], "tls-key-file": certs["server_key"],
+               "tls-ca-cert-file": certs["ca"], "tls-replication": "yes", "tls-auth-clients": "no"} if certs else {}
+        self.client_options = {"ssl": True, "ssl_ca_certs": str(certs["ca"])} if certs else {}
+        master_args = [*(["--requirepass", master_password] if master_password else []),
+                       *(part for key, value in tls.items() for part in (f"--{key}", str(value)))]
         port = lambda: free_port(*SENTINEL_TEST_PORTS)  # noqa: E731
         # no 5 s wait before the replica's first sync (repl-diskless-sync-delay)
         replication = ["--repl-diskless-sync-delay", "0", *(["--masterauth", master_password] if master_password else [])]
-        self.master = RedisProcess(directory / "master", [*master_args, *replication], port=port())
+        self.master = RedisProcess(directory / "master", [*master_args, *replication], port=port(), tls=bool(certs))
         self.replica = RedisProcess(directory / "replica",
                                     [*master_args, *replication, "--replicaof", "127.0.0.1", str(self.master.port)],
-                                    port=port())
+                                    port=port(), tls=bool(certs))
         settings = [f"sentinel monitor {name} 127.0.0.1 {self.master.port} 1",
                     f"sentinel down-after-milliseconds {name} 500", f"sentinel failover-timeout {name} 2000"]
         if master_password:
@@ -177,22 +182,23 @@ class SentinelGroup:
         self.sentinels = []
         for i in range(sentinels):
             (directory / f"sentinel{i}").mkdir(parents=True)
-            lines = [*settings, *([f"requirepass {sentinel_password}"] if sentinel_password else [])]
+            lines = [*settings, *([f"requirepass {sentinel_password}"] if sentinel_password else []),
+                     *(f"{key} {value}" for key, value in tls.items())]
             (directory / f"sentinel{i}" / "sentinel.conf").write_text("\n".join(lines) + "\n")
-            self.sentinels.append(RedisProcess(directory / f"sentinel{i}", port=port(), sentinel=True))
-        self.wait_for(lambda: self.replica.port in self.replica_ports()
-                      and self.replica.client(password=master_password).info("replication")["master_link_status"] == "up")
+            self.sentinels.append(RedisProcess(directory / f"sentinel{i}", port=port(), sentinel=True, tls=bool(certs)))
+        self.wait_for(lambda: self.replica.port in self.replica_ports() and self.replica.client(
+            password=master_password, **self.client_options).info("replication")["master_link_status"] == "up")
 
     @property
     def sentinel_hosts(self) -> str:
         return ",".join(f"127.0.0.1:{sentinel.port}" for sentinel in self.sentinels)
 
     def url(self, name: str | None = None, login: str = "") -> str:
-        return f"redis+sentinel://{login}{self.sentinel_hosts}/{name or self.name}"
+        return f"{'rediss' if self.client_options else 'redis'}+sentinel://{login}{self.sentinel_hosts}/{name or self.name}"
 
     def ask(self, *command):
         """A command to the first sentinel."""
-        return self.sentinels[0].client(password=self.sentinel_password).execute_command(*command)
+        return self.sentinels[0].client(password=self.sentinel_password, **self.client_options).execute_command(*command)
 
     def master_port(self) -> int:
         return int(self.ask("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.name)[1])

@@ -238,3 +238,25 @@ def test_a_master_without_a_replica_in_sync_refuses_writes_for_now_and_the_backl
     assert frames_on(group.master)[0] == 0 and set(frames_on(group.master)[1:]) == {1}
     assert publisher.status()["dropped"] == {} and publisher.data_losses == 0
     publisher.close()
+
+
+def test_tls_reaches_the_sentinels_and_the_master_and_a_failover_keeps_it(tmp_path):
+    from segstream.connectors.redis_connection import TlsFiles
+    from tests.redis_servers import make_certificates
+
+    certs = make_certificates(tmp_path / "certs")
+    with SentinelGroup(tmp_path / "ha", certs=certs) as group:
+        url = group.url()
+        assert url.startswith("rediss+sentinel://")
+        tls = TlsFiles(str(certs["ca"]))
+        with pytest.raises(SinkError, match="not a rediss\\+sentinel:// URL"):
+            connect_redis(url.replace("rediss+", "redis+"), tls=tls)
+        client = connect_redis(url, tls=tls, connect_timeout=1.0, socket_timeout=2.0)
+        assert redis_address(client) == f"rediss://127.0.0.1:{group.master.port} (Sentinel master 'segmaster')"
+        publisher = RedisPublisher(client, max_batch_delay_s=0, reconnect_max_s=0.2)
+        publisher.publish(tiny_scene("cam0", 0))
+        group.master.kill()
+        until(lambda: publisher.reconnects == 1 and publisher.backlog == 0,
+              step=lambda: (publisher.publish(tiny_scene("cam0", 1)), publisher.poll()))
+        assert redis_address(client).startswith(f"rediss://127.0.0.1:{group.replica.port} ")
+        publisher.close()
