@@ -260,3 +260,29 @@ def test_tls_reaches_the_sentinels_and_the_master_and_a_failover_keeps_it(tmp_pa
               step=lambda: (publisher.publish(tiny_scene("cam0", 1)), publisher.poll()))
         assert redis_address(client).startswith(f"rediss://127.0.0.1:{group.replica.port} ")
         publisher.close()
+
+
+def test_a_consumer_following_a_stream_goes_on_reading_from_the_promoted_replica(group, caplog):
+    import threading
+
+    group.master.client().xadd("segstream:cam0:frames", _wire(0))
+    until(lambda: group.replica.client().xlen("segstream:cam0:frames") == 1)
+    subscription = connect(group.url(), max_block_ms=500, reconnect_max_s=0.3).frames("cam0", start="0")
+    read = []
+
+    def follow():
+        for entry in subscription:
+            read.append(entry.frame)
+            if entry.frame == 1:
+                return
+
+    with caplog.at_level(logging.WARNING, logger="segstream.connectors.redis_reader"):
+        follower = threading.Thread(target=follow, daemon=True)
+        follower.start()
+        until(lambda: read == [0])
+        group.master.kill()
+        until(lambda: group.master_port() == group.replica.port)
+        group.replica.client().xadd("segstream:cam0:frames", _wire(1))
+        follower.join(timeout=20)
+    assert read == [0, 1]
+    assert f"reconnected to Redis at redis://127.0.0.1:{group.replica.port} (Sentinel master 'segmaster')" in caplog.text
