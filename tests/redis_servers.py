@@ -171,23 +171,27 @@ class SentinelGroup:
         port = lambda: free_port(*SENTINEL_TEST_PORTS)  # noqa: E731
         # no 5 s wait before the replica's first sync (repl-diskless-sync-delay)
         replication = ["--repl-diskless-sync-delay", "0", *(["--masterauth", master_password] if master_password else [])]
-        self.master = RedisProcess(directory / "master", [*master_args, *replication], port=port(), tls=bool(certs))
-        self.replica = RedisProcess(directory / "replica",
-                                    [*master_args, *replication, "--replicaof", "127.0.0.1", str(self.master.port)],
-                                    port=port(), tls=bool(certs))
-        settings = [f"sentinel monitor {name} 127.0.0.1 {self.master.port} 1",
-                    f"sentinel down-after-milliseconds {name} 500", f"sentinel failover-timeout {name} 2000"]
-        if master_password:
-            settings.append(f"sentinel auth-pass {name} {master_password}")
-        self.sentinels = []
-        for i in range(sentinels):
-            (directory / f"sentinel{i}").mkdir(parents=True)
-            lines = [*settings, *([f"requirepass {sentinel_password}"] if sentinel_password else []),
-                     *(f"{key} {value}" for key, value in tls.items())]
-            (directory / f"sentinel{i}" / "sentinel.conf").write_text("\n".join(lines) + "\n")
-            self.sentinels.append(RedisProcess(directory / f"sentinel{i}", port=port(), sentinel=True, tls=bool(certs)))
-        self.wait_for(lambda: self.replica.port in self.replica_ports() and self.replica.client(
-            password=master_password, **self.client_options).info("replication")["master_link_status"] == "up")
+        self.sentinels: list[RedisProcess] = []
+        self.master = self.replica = None
+        try:
+            self.master = RedisProcess(directory / "master", [*master_args, *replication], port=port(), tls=bool(tls))
+            self.replica = RedisProcess(directory / "replica", [*master_args, *replication, "--replicaof", "127.0.0.1",
+                                                                str(self.master.port)], port=port(), tls=bool(tls))
+            settings = [f"sentinel monitor {name} 127.0.0.1 {self.master.port} 1",
+                        f"sentinel down-after-milliseconds {name} 500", f"sentinel failover-timeout {name} 2000",
+                        *([f"sentinel auth-pass {name} {master_password}"] if master_password else []),
+                        *([f"requirepass {sentinel_password}"] if sentinel_password else []),
+                        *(f"{key} {value}" for key, value in tls.items())]
+            for i in range(sentinels):
+                (directory / f"sentinel{i}").mkdir(parents=True)
+                (directory / f"sentinel{i}" / "sentinel.conf").write_text("\n".join(settings) + "\n")
+                self.sentinels.append(RedisProcess(directory / f"sentinel{i}", port=port(), sentinel=True,
+                                                   tls=bool(tls)))
+            self.wait_for(lambda: self.replica.port in self.replica_ports() and self.replica.client(
+                password=master_password, **self.client_options).info("replication")["master_link_status"] == "up")
+        except BaseException:  # what started before a failure must not outlive the test
+            self.close()
+            raise
 
     @property
     def sentinel_hosts(self) -> str:
@@ -224,7 +228,8 @@ class SentinelGroup:
 
     def close(self) -> None:
         for process in (*self.sentinels, self.replica, self.master):
-            process.close()
+            if process is not None:
+                process.close()
 
     def __enter__(self) -> SentinelGroup:
         return self
