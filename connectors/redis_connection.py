@@ -1,6 +1,12 @@
 """Connecting to Redis the way the publisher and every reader do: URL, ACL user or password, TLS,
 timeouts, one-line errors, and the backoff between reconnect attempts.
 
+A Redis behind Sentinel is named by ``redis+sentinel://[user:pass@]host1:26379,host2:26379/<master>[/db]``
+(``rediss+sentinel://`` for TLS to the sentinels and the master), the form of redis-vl and Prefect:
+the user and password are the master's, the sentinels' own login is ``SentinelAuth``. redis-py's
+``Sentinel`` finds the master, and again at each new connection, so a failover is an outage that
+ends on the promoted replica.
+
 Part of the consumer SDK (``segstream.client``): needs redis-py only.
 """
 
@@ -15,6 +21,7 @@ import redis
 import redis.exceptions
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
+from redis.sentinel import Sentinel, SentinelConnectionPool
 
 from segstream.connectors.errors import SinkError
 from segstream.connectors.urls import redact_url
@@ -41,16 +48,44 @@ class TlsFiles:
 
 
 @dataclass(frozen=True, slots=True)
+class SentinelAuth:
+    """The sentinels' own login (their ``requirepass``, or an ACL user), apart from the master's."""
+
+    username: str | None = None
+    password: str | None = None
+
+
+SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
+SENTINEL_PORT = 26379
+
+
+@dataclass(frozen=True, slots=True)
+class SentinelUrl:
+    """A parsed ``redis+sentinel://`` URL: where the sentinels listen, the master's name and database,
+    the master's login, and whether TLS is spoken (to the sentinels and the master alike)."""
+
+    sentinels: tuple[tuple[str, int], ...]
+    master: str
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+    tls: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class SettingNames:
     """Where a user sets each connection setting, for the hints of connection errors."""
 
     password: str = "sinks.redis.password (REDIS_PASSWORD)"
     username: str = "sinks.redis.username"
     tls: str = "sinks.redis.tls: ca_file, cert_file, key_file"
+    sentinel: str = "sinks.redis.sentinel.password and .username"
+    url: str = "sinks.redis.url"
 
 
 COMMAND_LINE = SettingNames("--password ($REDIS_PASSWORD)", "--username ($REDIS_USERNAME)",
-                            "--tls-ca, --tls-cert, --tls-key")
+                            "--tls-ca, --tls-cert, --tls-key",
+                            "--sentinel-password ($REDIS_SENTINEL_PASSWORD) and --sentinel-username", "--url")
 
 
 class RedisUnreachable(SinkError):
@@ -71,13 +106,15 @@ def connect_redis(
     protocol: int | None = None,
     hint: str = "start Redis or fix sinks.redis.url",
     names: SettingNames = SettingNames(),
+    sentinel: SentinelAuth | None = None,
 ) -> redis.Redis:
     """A client for ``url`` that has answered PING; failures become one-line ``SinkError``s
     that never show the password.
 
     The client returns bytes (the ``idmap`` field is binary). ``retries`` are redis-py's own
     reconnect attempts per command, with a short backoff. ``protocol`` 2 talks RESP2 to servers
-    older than Redis 6 (redis-py 8 speaks RESP3 by default).
+    older than Redis 6 (redis-py 8 speaks RESP3 by default). A ``redis+sentinel://`` URL asks its
+    sentinels (logging in with ``sentinel``) for the master, at this connection and each new one.
     """
     options: dict = dict(
         socket_connect_timeout=connect_timeout,
@@ -94,23 +131,26 @@ def connect_redis(
         options["username"] = username
     if protocol is not None:
         options["protocol"] = protocol
-    if problem := tls_query_problem(url):
-        raise SinkError(f"the Redis URL {redis_url_shown(url)} {problem}")
-    if url.startswith("rediss:"):
-        options.update((tls or TlsFiles()).options())
-    elif tls is not None and (tls.ca_file or tls.cert_file or tls.key_file):
-        raise SinkError(f"TLS files are set but {redis_url_shown(url)} is not a rediss:// URL — use rediss://")
-    try:
-        client = redis.Redis.from_url(url, **options)
-    except ValueError as error:
-        raise SinkError(
-            f"invalid Redis URL {redis_url_shown(url)}: {_url_problem(error, url)} — "
-            "use redis://host:port/db or rediss://"
-        ) from None
-    problem = database_problem(url)  # parsed by now: nothing of a password is taken for the path
-    if problem:
-        client.close()
-        raise SinkError(f"{redis_url_shown(url)} {problem} — use redis://host:port/0")
+    if is_sentinel_url(url):
+        client = _sentinel_master(url, options, tls, sentinel or SentinelAuth(), names)
+    else:
+        if problem := tls_query_problem(url):
+            raise SinkError(f"the Redis URL {redis_url_shown(url)} {problem}")
+        if url.startswith("rediss:"):
+            options.update((tls or TlsFiles()).options())
+        elif tls is not None and (tls.ca_file or tls.cert_file or tls.key_file):
+            raise SinkError(f"TLS files are set but {redis_url_shown(url)} is not a rediss:// URL — use rediss://")
+        try:
+            client = redis.Redis.from_url(url, **options)
+        except ValueError as error:
+            raise SinkError(
+                f"invalid Redis URL {redis_url_shown(url)}: {_url_problem(error, url)} — "
+                "use redis://host:port/db or rediss://"
+            ) from None
+        problem = database_problem(url)  # parsed by now: nothing of a password is taken for the path
+        if problem:
+            client.close()
+            raise SinkError(f"{redis_url_shown(url)} {problem} — use redis://host:port/0")
     where = redis_address(client)
     try:
         client.ping()
@@ -148,6 +188,132 @@ def connect_redis(
             hint = f"{hint}; a TLS port resets plain connections: if the server wants TLS, use rediss://"
         raise RedisUnreachable(f"cannot reach Redis at {where}: {text} — {hint}") from None
     return client
+
+
+def is_sentinel_url(url: str) -> bool:
+    return url.partition("://")[0].lower() in SENTINEL_SCHEMES
+
+
+_SENTINEL_FORM = "redis+sentinel://[user:password@]host1:26379,host2:26379/<master-name>[/db]"
+_BRACKETED = re.compile(r"\[([0-9A-Fa-f:.]+)\](?::(\d+))?")
+_PLAIN = re.compile(r"([\w.-]+)(?::(\d+))?")
+
+
+def parse_sentinel_url(url: str) -> SentinelUrl:
+    """``redis+sentinel://[user:password@]host1[:port],host2[:port]/<master-name>[/db]`` (port
+    26379 when left out; ``rediss+sentinel://`` for TLS). ``ValueError`` says what is wrong, in
+    words that never quote the password."""
+    from urllib.parse import unquote
+
+    scheme, _, rest = url.partition("://")
+    if scheme.lower() not in SENTINEL_SCHEMES:
+        raise ValueError("is not a redis+sentinel:// or rediss+sentinel:// URL")
+    userinfo, at, rest = rest.rpartition("@")
+    if "?" in rest or "#" in rest:
+        raise ValueError("has a query or fragment, which a Sentinel URL does not take (the sentinels' login is "
+                         "set apart: sinks.redis.sentinel)")
+    hosts, _, path = rest.partition("/")
+    sentinels = []
+    for part in hosts.split(","):
+        match = _BRACKETED.fullmatch(part) or _PLAIN.fullmatch(part)
+        if not part or match is None:
+            raise ValueError(f"lists {part!r} as a sentinel, which is no host[:port] (sentinels are separated "
+                             "by commas)")
+        port = int(match.group(2) or SENTINEL_PORT)
+        if not 0 < port < 65536:
+            raise ValueError(f"gives sentinel {match.group(1)} port {port}, out of range")
+        sentinels.append((match.group(1), port))
+    names = path.strip("/").split("/") if path.strip("/") else []
+    if not names:
+        raise ValueError("names no master: end it with /<master-name>, the name of the sentinels' "
+                         "'sentinel monitor' line")
+    if len(names) > 2 or (len(names) == 2 and not names[1].isdigit()):
+        raise ValueError(f"has the path '/{path.strip('/')}' where /<master-name>[/db] goes (db a number)")
+    user, colon, password = userinfo.partition(":") if at else ("", "", "")
+    return SentinelUrl(tuple(sentinels), unquote(names[0]), int(names[1]) if len(names) == 2 else 0,
+                       unquote(user) or None, unquote(password) if colon else None,
+                       scheme.lower() == "rediss+sentinel")
+
+
+# What the sentinels' own connections take of a master connection's options.
+_SENTINEL_OPTIONS = ("socket_connect_timeout", "socket_timeout", "socket_keepalive", "protocol", "retry")
+
+
+def _sentinel_master(url: str, options: dict, tls: TlsFiles | None, auth: SentinelAuth,
+                     names: SettingNames) -> redis.Redis:
+    """A client of the master the sentinels of ``url`` name, found now (one-line errors for no sentinel
+    answering, a master name they do not know, a login they refuse) and again at each new connection."""
+    try:
+        parsed = parse_sentinel_url(url)
+    except ValueError as error:
+        raise SinkError(f"the Sentinel URL {redis_url_shown(url)} {error} — use {_SENTINEL_FORM}") from None
+    if parsed.tls:
+        options.update((tls or TlsFiles()).options())
+    elif tls is not None and (tls.ca_file or tls.cert_file or tls.key_file):
+        raise SinkError(f"TLS files are set but {redis_url_shown(url)} is not a rediss+sentinel:// URL — use "
+                        "rediss+sentinel://")
+    sentinel_options = {key: value for key, value in options.items()
+                        if key in _SENTINEL_OPTIONS or key.startswith("ssl_")}
+    if parsed.tls:
+        sentinel_options["ssl"] = True
+    if auth.password is not None:
+        sentinel_options["password"] = auth.password
+    if auth.username is not None:
+        sentinel_options["username"] = auth.username
+    manager = Sentinel(list(parsed.sentinels), sentinel_kwargs=sentinel_options)
+    try:
+        _find_master(manager, parsed, auth, names)
+    finally:
+        for node in manager.sentinels:  # asked once; redis-py asks them afresh at each new master connection
+            node.connection_pool.disconnect()
+    master_options = dict(options, db=parsed.db, ssl=parsed.tls)
+    if parsed.password is not None:  # the URL's login, as redis-py's from_url lets it win
+        master_options["password"] = parsed.password
+    if parsed.username is not None:
+        master_options["username"] = parsed.username
+    return manager.master_for(parsed.master, **master_options)
+
+
+def _find_master(manager: Sentinel, parsed: SentinelUrl, auth: SentinelAuth, names: SettingNames) -> None:
+    """Ask each sentinel for the master until one knows it; else one line saying why none did."""
+    listed = ", ".join(_host_port(host, port) for host, port in parsed.sentinels)
+    unreachable, refused, known = [], None, set()
+    for node, (host, port) in zip(manager.sentinels, parsed.sentinels):
+        where = _host_port(host, port)
+        try:
+            if node.sentinel_get_master_addr_by_name(parsed.master):
+                return
+            known.update(_text(name) for name in node.sentinel_masters())
+        except redis.RedisError as error:
+            if is_credentials_refusal(error) or "without any password configured" in str(error):
+                refused = refused or (where, error)
+            elif isinstance(error, (redis.ConnectionError, redis.TimeoutError)):
+                unreachable.append(f"{where}: {error_summary(error)}")
+            else:  # answers, but knows no SENTINEL command
+                unreachable.append(f"{where} is a Redis server, not a sentinel")
+            continue
+        except OSError as error:
+            unreachable.append(f"{where}: {error_summary(error)}")
+            continue
+    if refused is not None:
+        where, error = refused
+        given = "a password" if auth.password is not None else "no password"
+        raise SinkError(f"the sentinel at {where} refused the login ({given} given: {error_summary(error)}) — set "
+                        f"the sentinels' own password, {names.sentinel} (their requirepass, not the master's)")
+    if known or len(unreachable) < len(parsed.sentinels):
+        they_know = f"they know {', '.join(repr(name) for name in sorted(known))}" if known else "they monitor none"
+        raise SinkError(f"the sentinels at {listed} know no master named {parsed.master!r} ({they_know}) — fix the "
+                        f"master name at the end of {names.url} (/<master-name>, as in their 'sentinel monitor' line)")
+    raise RedisUnreachable(f"no sentinel answers ({'; '.join(unreachable)}) — start the sentinels or fix the hosts "
+                           f"in {names.url} ({_SENTINEL_FORM})")
+
+
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def credentials_problem(client: redis.Redis, error: BaseException, names: SettingNames = SettingNames()) -> str:
@@ -193,6 +359,16 @@ def database_problem(url: str) -> str | None:
 
 def redis_address(client: redis.Redis) -> str:
     """Where ``client`` connects, without credentials: redis[s]://host:port or unix://path."""
+    pool = client.connection_pool
+    if isinstance(pool, SentinelConnectionPool):
+        scheme = "rediss" if "ssl_cert_reqs" in pool.connection_kwargs else "redis"
+        if pool.master_address is None:
+            sentinels = ",".join(_host_port(node.connection_pool.connection_kwargs.get("host", "?"),
+                                            node.connection_pool.connection_kwargs.get("port", SENTINEL_PORT))
+                                 for node in pool.sentinel_manager.sentinels)
+            return f"Sentinel master {pool.service_name!r} (sentinels {sentinels})"
+        host, port = pool.master_address
+        return f"{scheme}://{_host_port(host, port)} (Sentinel master {pool.service_name!r})"
     options = client.get_connection_kwargs()
     if options.get("path"):
         return f"unix://{options['path']}"

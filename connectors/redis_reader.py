@@ -35,7 +35,7 @@ import redis
 
 from segstream.connectors.errors import SinkError, WireFormatError
 from segstream.connectors.redis_connection import (
-    COMMAND_LINE, Backoff, SettingNames, TlsFiles, connect_redis, error_summary, redis_address,
+    COMMAND_LINE, Backoff, SentinelAuth, SettingNames, TlsFiles, connect_redis, error_summary, redis_address,
 )
 from segstream.connectors.redis_wire import (
     DEFAULT_EVENTS_PATTERN,
@@ -358,7 +358,8 @@ class Client:
 
 # Where an SDK user sets each connection setting: connect()'s arguments, not the pipeline's YAML.
 SDK_ARGUMENTS = SettingNames("connect(url, password=...)", "connect(url, username=...)",
-                             "connect(url, tls=TlsFiles(ca_file, cert_file, key_file))")
+                             "connect(url, tls=TlsFiles(ca_file, cert_file, key_file))",
+                             "connect(url, sentinel=SentinelAuth(username, password))", "connect()'s url")
 
 
 def connect(
@@ -367,6 +368,7 @@ def connect(
     *,
     username: str | None = None,
     tls: TlsFiles | None = None,
+    sentinel: SentinelAuth | None = None,
     protocol: int | None = None,
     max_block_ms: int = _MAX_BLOCK_MS,
     stream_pattern: str = DEFAULT_STREAM_PATTERN,
@@ -374,11 +376,12 @@ def connect(
     reconnect_max_s: float = 5.0,
     give_up_after_s: float | None = None,
 ) -> Client:
-    """A ``Client`` for ``url`` (redis://, rediss:// with ``tls``, unix://), with a socket
-    timeout longer than reads blocking up to ``max_block_ms``. Unreachable or wrong credentials
-    now: one-line ``SinkError``."""
+    """A ``Client`` for ``url`` (redis://, rediss:// with ``tls``, unix://, or
+    ``redis+sentinel://host1:26379,host2:26379/<master-name>[/db]`` with the sentinels' own login in
+    ``sentinel``: it follows a failover), with a socket timeout longer than reads blocking up to
+    ``max_block_ms``. Unreachable or wrong credentials now: one-line ``SinkError``."""
     client = connect_redis(
-        url, password, username=username, tls=tls, protocol=protocol,
+        url, password, username=username, tls=tls, sentinel=sentinel, protocol=protocol,
         socket_timeout=max_block_ms / 1000 + 5.0, client_name="segstream-reader",
         hint="start Redis or fix the URL", names=SDK_ARGUMENTS,
     )
@@ -767,7 +770,7 @@ def _text(value: bytes | str) -> str:
 
 def tail(stream: str, url: str, count: int | None, follow: bool, out: TextIO | None = None, *,
          events: bool = False, password: str | None = None, username: str | None = None,
-         tls: TlsFiles | None = None) -> int:
+         tls: TlsFiles | None = None, sentinel: SentinelAuth | None = None) -> int:
     """Print one line per entry of ``stream`` (a frames stream, or with ``events`` the matching
     events stream as well, interleaved in time order): the last ``count`` (all when None), then
     new ones while ``follow``; returns the number of entries printed. Ctrl-C ends quietly. The
@@ -778,7 +781,8 @@ def tail(stream: str, url: str, count: int | None, follow: bool, out: TextIO | N
     terminal escape sequences) are printed escaped (``\x1b``). An entry that is no segstream
     entry is skipped with a warning naming its id, counted, and the count said at the end."""
     out = sys.stdout if out is None else out
-    client = connect_redis(url, password, username=username, tls=tls, socket_timeout=_TAIL_BLOCK_MS / 1000 + 5.0,
+    client = connect_redis(url, password, username=username, tls=tls, sentinel=sentinel,
+                           socket_timeout=_TAIL_BLOCK_MS / 1000 + 5.0,
                            client_name="segstream-tail", names=COMMAND_LINE,
                            hint="start Redis or fix --url")
     streams = [stream]

@@ -13,12 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import redis
+from redis.sentinel import SentinelConnectionPool
 
 from segstream.connectors.embedded_redis import EmbeddedRedis
 from segstream.connectors.errors import ConfigError, SegstreamError, SinkError
 from segstream.connectors.redis_connection import (
     Backoff,
     RedisUnreachable,
+    SentinelAuth,
     TlsFiles,
     connect_redis,
     credentials_problem,
@@ -51,7 +53,8 @@ log = logging.getLogger(__name__)
 _RECHECK_S = 0.25  # while disconnected, how often poll() wants to be called
 # Refusals that a failover, a consumer's trimming or disk space freed can end: ridden out like an outage.
 _PASSING_REFUSALS = (redis.exceptions.OutOfMemoryError, redis.exceptions.ReadOnlyError)
-_PASSING_PREFIXES = ("OOM", "READONLY", "MISCONF")  # MISCONF (its snapshots fail) has no class of its own in redis-py
+# MISCONF (its snapshots fail) and NOREPLICAS (min-replicas-to-write unmet) have no class of their own in redis-py
+_PASSING_PREFIXES = ("OOM", "READONLY", "MISCONF", "NOREPLICAS")
 # How often a stream this run writes is checked for entries of another run (one XREVRANGE COUNT 1).
 _WRITER_CHECK_S = 2.0
 _WRITER_WINDOW = 10  # entries read after this run's last at the previous check
@@ -178,6 +181,7 @@ class RedisPublisher:
         self._writer_since: dict[str, bytes] = {}  # per stream, this run's last entry at that check
         self._unreadable = False  # the last entry of a stream cannot be read (ACL): warned once
         self._where = redis_address(client)
+        self._sentinel = isinstance(client.connection_pool, SentinelConnectionPool)  # a failover may change _where
         self._connected = True
         self._down_since: float | None = None
         self._down_s = 0.0  # seconds unable to write, up to the last time Redis took writes again
@@ -215,6 +219,7 @@ class RedisPublisher:
         *,
         username: str | None = None,
         tls: TlsFiles | None = None,
+        sentinel: SentinelAuth | None = None,
         stream_pattern: str = DEFAULT_STREAM_PATTERN,
         maxlen: int = 10000,
         mask_encoding: str = "rle",
@@ -249,8 +254,8 @@ class RedisPublisher:
             # short timeouts keep a hung Redis (stopped, partitioned) from holding the publishing thread:
             # after timeout_s its write counts as failed and the results go to the backlog.
             client = _connect_waiting(
-                start_wait_s, stopping, url, password, username=username, tls=tls, socket_timeout=timeout_s,
-                connect_timeout=2.0, client_name=_client_name(run_id))
+                start_wait_s, stopping, url, password, username=username, tls=tls, sentinel=sentinel,
+                socket_timeout=timeout_s, connect_timeout=2.0, client_name=_client_name(run_id))
             _check_transactions(client)
             publisher = cls(
                 client, stream_pattern, maxlen, mask_encoding, pipeline_size,
@@ -535,6 +540,9 @@ class RedisPublisher:
             self._warn_lost(gone)
         elif self._new_session:
             self._new_session = False
+            before, self._where = self._where, redis_address(self.client)
+            if before != self._where:  # redis-py reconnected by itself, to the master Sentinel now names
+                log.warning("Sentinel failed over: the master is now %s (was %s)", self._where, before)
             crowded = {stream for stream, n in Counter(item.stream for item in batch).items() if n >= self.maxlen}
             self._warn_lost(self._entries_gone(skip=crowded))  # the last entries before this batch
         # what the checks above did not already report (they forget the streams they report)
@@ -767,8 +775,13 @@ class RedisPublisher:
             return
         self.reconnects += 1
         self._new_session = False  # checked here
-        log.warning("Redis at %s is back after %.1f s: sending a backlog of %d entries%s",
-                    self._where, down, len(self._queue), self._shed_meanwhile())
+        before, self._where = self._where, redis_address(self.client)
+        if before != self._where:  # Sentinel named another master: a failover
+            log.warning("Sentinel failed over after %.1f s: the master is now %s (was %s): sending a backlog of %d "
+                        "entries%s", down, self._where, before, len(self._queue), self._shed_meanwhile())
+        else:
+            log.warning("Redis at %s is back after %.1f s: sending a backlog of %d entries%s",
+                        self._where, down, len(self._queue), self._shed_meanwhile())
         self._warn_lost(self._entries_gone())
 
     def _shed_meanwhile(self) -> str:
@@ -875,9 +888,12 @@ class RedisPublisher:
                             "%s, counted as written, are gone: %s",
                             self._where, stream, _text(entry_id), cause)
                 continue
+            why = ("it restarted without its data (no persistence) or was flushed" if not self._sentinel else
+                   "the master Sentinel promoted had not received them (replication is asynchronous), or it was "
+                   "flushed")
             log.warning("Redis at %s lost entries while it was away: %s no longer holds the last entry this run "
-                        "wrote to it (%s), so entries counted as written are gone — it restarted without its "
-                        "data (no persistence) or was flushed", self._where, stream, _text(entry_id))
+                        "wrote to it (%s), so entries counted as written are gone — %s",
+                        self._where, stream, _text(entry_id), why)
 
     def _report(self) -> None:
         """What this run published, per stream, with the newest entry as a reader decodes it."""
@@ -1003,11 +1019,15 @@ def _advice(error: Exception) -> str:
     if isinstance(error, redis.exceptions.OutOfMemoryError) or text.startswith("OOM"):
         return "Redis is out of memory (maxmemory): raise maxmemory, lower sinks.redis.maxlen or trim other keys"
     if isinstance(error, redis.exceptions.ReadOnlyError) or text.startswith("READONLY"):
-        return "the server is a read-only replica: point sinks.redis.url at the primary"
+        return ("the server is a read-only replica: point sinks.redis.url at the primary, or at its sentinels "
+                "(redis+sentinel://, which follow a failover)")
     if error_summary(error).startswith("MISCONF"):
         return ("Redis cannot save its RDB snapshots (its disk full, or its dir not writable: see the Redis log) and "
                 "refuses writes until a save succeeds: free space where it saves; its next save (BGSAVE) ends the "
                 "refusal")
+    if error_summary(error).startswith("NOREPLICAS"):
+        return ("the master has fewer replicas in sync than its min-replicas-to-write asks: start or reconnect its "
+                "replicas; it takes writes again once they catch up")
     if text.startswith("NOAUTH"):
         return "set the password (REDIS_PASSWORD)"
     return "check the Redis server log"

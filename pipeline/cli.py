@@ -40,7 +40,7 @@ from segstream.connectors.errors import (
     SourceError,
     thread_start_failed,
 )
-from segstream.connectors.redis_connection import RedisUnreachable, TlsFiles
+from segstream.connectors.redis_connection import RedisUnreachable, SentinelAuth, TlsFiles
 from segstream.pipeline.config import (
     BatchPipelineConfig,
     PipelineConfig,
@@ -286,11 +286,17 @@ def _at_least_one(text: str) -> int:
 def redis_options(command: argparse.ArgumentParser) -> None:
     """How a command that reads Redis connects: URL, credentials and TLS, as the sink's config has them."""
     command.add_argument("--url", default="redis://localhost:6379/0",
-                         help="Redis URL: redis://, rediss:// (TLS) or unix:// (default %(default)s)")
+                         help="Redis URL: redis://, rediss:// (TLS), unix://, or redis+sentinel://host1:26379,"
+                              "host2:26379/<master-name>[/db] (rediss+sentinel:// for TLS) (default %(default)s)")
     command.add_argument("--username", default=os.environ.get("REDIS_USERNAME") or None,
                          help="Redis ACL user (default: $REDIS_USERNAME)")
     command.add_argument("--password", default=os.environ.get("REDIS_PASSWORD") or None,
                          help="Redis password (default: $REDIS_PASSWORD)")
+    command.add_argument("--sentinel-username", default=os.environ.get("REDIS_SENTINEL_USERNAME") or None,
+                         help="with redis+sentinel://: the sentinels' ACL user (default: $REDIS_SENTINEL_USERNAME)")
+    command.add_argument("--sentinel-password", default=os.environ.get("REDIS_SENTINEL_PASSWORD") or None,
+                         help="with redis+sentinel://: the sentinels' own password, not the master's (default: "
+                              "$REDIS_SENTINEL_PASSWORD)")
     command.add_argument("--tls-ca", default=None, metavar="FILE",
                          help="with rediss://: the CA that signed the server's certificate (default: the system's)")
     command.add_argument("--tls-cert", default=None, metavar="FILE",
@@ -302,14 +308,22 @@ def redis_tls(args: argparse.Namespace) -> TlsFiles | None:
     """The TLS files of ``redis_options``, checked as the sink's config checks them."""
     if not (args.tls_ca or args.tls_cert or args.tls_key):
         return None
-    if not args.url.startswith("rediss://"):
-        raise SegstreamError("--tls-ca/--tls-cert/--tls-key are set but --url is not rediss:// — use rediss://host:port")
+    if not args.url.startswith(("rediss://", "rediss+sentinel://")):
+        raise SegstreamError("--tls-ca/--tls-cert/--tls-key are set but --url is not rediss:// — use rediss://host:port "
+                             "(rediss+sentinel:// behind Sentinel)")
     if bool(args.tls_cert) != bool(args.tls_key):
         raise SegstreamError("--tls-cert and --tls-key go together — give both or neither")
     for option, path in (("--tls-ca", args.tls_ca), ("--tls-cert", args.tls_cert), ("--tls-key", args.tls_key)):
         if path and not Path(path).is_file():
             raise SegstreamError(f"{option}: file '{path}' does not exist")
     return TlsFiles(args.tls_ca, args.tls_cert, args.tls_key)
+
+
+def redis_sentinel(args: argparse.Namespace) -> SentinelAuth | None:
+    """The sentinels' login of ``redis_options``."""
+    if args.sentinel_username is None and args.sentinel_password is None:
+        return None
+    return SentinelAuth(args.sentinel_username, args.sentinel_password)
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -352,7 +366,7 @@ def _tail(args: argparse.Namespace) -> int:
         raise SegstreamError(f"--count must be 0 or more (the newest entries to print), got {args.count}")
 
     tail(args.stream, url=args.url, count=args.count, follow=args.follow, events=args.events,
-         password=args.password, username=args.username, tls=redis_tls(args))
+         password=args.password, username=args.username, tls=redis_tls(args), sentinel=redis_sentinel(args))
     return 0
 
 

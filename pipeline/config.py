@@ -24,7 +24,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from segstream.connectors.errors import ConfigError
 from segstream.connectors.redaction import SECRET_NAME, remember, remember_in
-from segstream.connectors.redis_connection import database_problem, redis_url_shown, tls_query_problem
+from segstream.connectors.redis_connection import (
+    database_problem,
+    is_sentinel_url,
+    parse_sentinel_url,
+    redis_url_shown,
+    tls_query_problem,
+)
 from segstream.connectors.urls import (
     STREAM_SCHEMES,
     exclusive_input,
@@ -438,6 +444,16 @@ class RedisTlsConfig(Strict):
         return str(resolved)
 
 
+class RedisSentinelConfig(Strict):
+    """The sentinels' own login, for a ``redis+sentinel://`` url whose sentinels have a
+    ``requirepass`` (or ACL users) of their own: the url's user and password are the master's."""
+
+    username: str | None = None
+    password: str | None = Field(default=None, repr=False)
+
+    _nulls = field_validator("username", "password", mode="before")(_empty_is_null)
+
+
 class RedisSinkConfig(Strict):
     """Redis Streams, one stream per source; ``url: null`` starts an embedded Redis. Entries go
     out in pipelined batches of up to ``pipeline_size``, none waiting longer than
@@ -449,13 +465,17 @@ class RedisSinkConfig(Strict):
     what is left. A write Redis does not answer within ``timeout_s`` (a hung or partitioned
     server) is an outage too: the run does not wait longer for it. A Redis that cannot be reached
     when the run starts fails it, at once or, with ``start_wait_s``, once that many seconds have
-    passed with no answer (a Redis and a pipeline started together, as Kubernetes does)."""
+    passed with no answer (a Redis and a pipeline started together, as Kubernetes does). A
+    ``redis+sentinel://host1:26379,host2:26379/<master-name>[/db]`` url (``rediss+sentinel://``
+    for TLS) asks those sentinels for the master, again after each outage: a failover is an
+    outage that ends on the promoted replica; ``sentinel`` holds the sentinels' own login."""
 
     enabled: bool = True
     url: str | None = None
     username: str | None = None
     password: str | None = Field(default=None, repr=False)
     tls: RedisTlsConfig = Field(default_factory=RedisTlsConfig)
+    sentinel: RedisSentinelConfig = Field(default_factory=RedisSentinelConfig)
     max_backlog: PositiveInt = 1000
     max_backlog_mb: PositiveFloat = 256.0
     reconnect_max_s: PositiveFloat = 5.0
@@ -478,7 +498,15 @@ class RedisSinkConfig(Strict):
             return None
         parts = urlsplit(url)
         shown = redis_url_shown(url)  # never echo a password embedded in the URL
-        hint = "use redis://host:6379/0, rediss://host:6380/0 or unix:///path/to/redis.sock, or null for an embedded Redis"
+        hint = ("use redis://host:6379/0, rediss://host:6380/0, unix:///path/to/redis.sock, "
+                "redis+sentinel://host1:26379,host2:26379/<master-name>, or null for an embedded Redis")
+        if is_sentinel_url(url):
+            try:
+                parse_sentinel_url(url)
+            except ValueError as error:
+                raise ValueError(f"'{shown}' {error} — use redis+sentinel://host1:26379,host2:26379/<master-name>[/db]"
+                                 ) from None
+            return url
         if parts.scheme not in ("redis", "rediss", "unix"):
             raise ValueError(f"'{shown}' is not a Redis URL — {hint}")
         if parts.scheme == "unix" and not parts.path:
@@ -499,8 +527,13 @@ class RedisSinkConfig(Strict):
     @model_validator(mode="after")
     def _tls_needs_rediss(self) -> RedisSinkConfig:
         tls = self.tls
-        if (tls.ca_file or tls.cert_file or tls.key_file) and not (self.url or "").startswith("rediss://"):
-            raise ValueError("tls files are set but the url is not rediss:// — use rediss://host:port for TLS")
+        if (tls.ca_file or tls.cert_file or tls.key_file) and not (self.url or "").startswith(("rediss://",
+                                                                                                "rediss+sentinel://")):
+            raise ValueError("tls files are set but the url is not rediss:// — use rediss://host:port for TLS "
+                             "(rediss+sentinel:// behind Sentinel)")
+        if (self.sentinel.username or self.sentinel.password) and not is_sentinel_url(self.url or ""):
+            raise ValueError("sentinel.username/password are set but the url is no redis+sentinel:// URL — use "
+                             "redis+sentinel://host1:26379,host2:26379/<master-name>, or remove them")
         if bool(tls.cert_file) != bool(tls.key_file):
             raise ValueError("tls.cert_file and tls.key_file go together — set both or neither")
         return self

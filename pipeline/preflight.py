@@ -98,6 +98,7 @@ def redis_check(cfg: PipelineConfig, source_names: list[str]) -> str:
 
     from segstream.connectors.redis_connection import (
         RedisUnreachable,
+        SentinelAuth,
         TlsFiles,
         connect_redis,
         error_summary,
@@ -114,6 +115,7 @@ def redis_check(cfg: PipelineConfig, source_names: list[str]) -> str:
     try:
         client = connect_redis(section.url, section.password, username=section.username,
                                tls=TlsFiles(tls.ca_file, tls.cert_file, tls.key_file, tls.check_hostname),
+                               sentinel=SentinelAuth(section.sentinel.username, section.sentinel.password),
                                socket_timeout=5.0, connect_timeout=2.0, client_name="segstream-preflight")
     except RedisUnreachable as error:
         if not section.start_wait_s:

@@ -17,7 +17,7 @@ from segstream.connectors.file_source import FileSource
 from segstream.connectors.overlay import OverlayVideo, draw_overlay
 from segstream.connectors.redis_connection import COMMAND_LINE
 from segstream.connectors.redis_reader import StreamReader, _missing_stream_message, connect_redis
-from segstream.pipeline.cli import redis_tls
+from segstream.pipeline.cli import redis_sentinel, redis_tls
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,7 @@ def main_render(args) -> int:
     if not 0 <= args.opacity <= 1:
         raise SegstreamError(f"--opacity must be between 0 and 1, got {args.opacity}")
     client = connect_redis(args.url, args.password, username=args.username, tls=redis_tls(args),
+                           sentinel=redis_sentinel(args),
                            client_name="segstream-render", hint="start Redis or fix --url", names=COMMAND_LINE)
     try:
         written, missing = render_stream(client, args.stream, args.video, args.out, args.opacity)

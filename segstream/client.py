@@ -3,6 +3,7 @@
     from segstream.client import connect
 
     client = connect("redis://localhost:6379/0")          # rediss://, password=, username=, tls=
+    # behind Sentinel: connect("redis+sentinel://s1:26379,s2:26379/mymaster", sentinel=SentinelAuth(password=...))
     for entry in client.frames("cam0"):                   # every new frame entry, in order
         things = entry.segments[entry.segments.isthing]   # columns: ids, labels, track_ids, boxes...
         print(entry.frame, things.labels, things.track_ids)   # -1 (NO_TRACK): not tracked yet
@@ -24,13 +25,13 @@ Installed by the full ``segstream`` distribution and, without torch, by ``segstr
 """
 
 from segstream.connectors.errors import SegstreamError, SinkError, WireFormatError
-from segstream.connectors.redis_connection import TlsFiles
+from segstream.connectors.redis_connection import SentinelAuth, TlsFiles
 from segstream.connectors.redis_reader import Client, Entry, EventEntry, StreamReader, Subscription, connect, tail
 from segstream.connectors.redis_wire import SCHEMA_VERSION, from_wire, read_entry
 from segstream.models.results import NO_TRACK, Event, FrameResult, Level, Segments
 
 __all__ = [
     "Client", "Entry", "Event", "EventEntry", "FrameResult", "Level", "NO_TRACK", "SCHEMA_VERSION", "SegstreamError",
-    "Segments", "SinkError", "StreamReader", "Subscription", "TlsFiles", "WireFormatError", "connect", "from_wire",
+    "Segments", "SentinelAuth", "SinkError", "StreamReader", "Subscription", "TlsFiles", "WireFormatError", "connect", "from_wire",
     "read_entry", "tail",
 ]

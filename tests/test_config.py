@@ -179,6 +179,32 @@ def test_a_bad_redis_url_never_shows_its_password(capsys, write, clip, url):
     assert "Secr" not in line and "etPw" not in line and "SecretPw" not in line, line
 
 
+def test_a_sentinel_url_and_the_sentinels_own_login_are_taken(write, clip):
+    text = VALID.format(clip=clip).replace("redis://localhost:6379/0", "redis+sentinel://s1,s2:26380/mymaster/1") + (
+        "    sentinel: {password: sentinel-pw}\n")
+    redis = load_config(write(text)).sinks.redis
+    assert redis.url == "redis+sentinel://s1,s2:26380/mymaster/1" and redis.sentinel.password == "sentinel-pw"
+    assert "sentinel-pw" not in repr(redis)
+
+
+@pytest.mark.parametrize(("url", "says"), [
+    ("redis+sentinel://:Secr%2FetPw@s1:26379", "names no master: end it with /<master-name>"),
+    ("redis+sentinel://:SecretPw@s1:26379,s2:port/mymaster", "lists 's2:port' as a sentinel"),
+    ("rediss+sentinel://:SecretPw@s1/mymaster/zero", "where /<master-name>[/db] goes"),
+])
+def test_a_bad_sentinel_url_is_one_line_without_its_password(capsys, write, clip, url, says):
+    text = VALID.format(clip=clip).replace("redis://localhost:6379/0", url)
+    [line] = errors_of(capsys, ["validate", write(text)])
+    assert line.startswith("sinks.redis.url: '") and says in line and "***" in line
+    assert "Secr" not in line and "etPw" not in line, line
+
+
+def test_the_sentinels_login_without_a_sentinel_url_is_refused(capsys, write, clip):
+    text = VALID.format(clip=clip) + "    sentinel: {password: pw}\n"
+    [line] = errors_of(capsys, ["validate", write(text)])
+    assert "sentinel.username/password are set but the url is no redis+sentinel:// URL" in line
+
+
 def test_unset_variable_names_variable_and_key(capsys, write, clip, monkeypatch):
     monkeypatch.delenv("SEGSTREAM_TEST_PW", raising=False)
     text = VALID.format(clip=clip).replace(":-secret", "")
@@ -275,6 +301,7 @@ def test_schema_prints_json_schema(capsys):
     schema = json.loads(capsys.readouterr().out)
     assert set(schema["properties"]) == {"sources", "model", "engine", "tracking", "sinks", "ops", "batch"}
     assert schema["required"] == ["sources"]
+    assert set(schema["$defs"]["RedisSentinelConfig"]["properties"]) == {"username", "password"}
 
 
 def test_a_reference_in_url_credentials_is_percent_encoded_where_the_url_needs_it():
