@@ -171,7 +171,8 @@ def test_a_run_survives_redis_killed_mid_run_and_restarted_5_s_later(tmp_path):
     assert re.search(r"redis unreachable for \d+ s, backlog 30/30", err), "the status line shows the outage"
     published, decoded, dropped, reasons = _summary(err)
     assert decoded == 300 and published + dropped == decoded
-    assert reasons.get("sink_backlog", 0) >= 50  # 5 s at 20 fps, minus a backlog of 30
+    # 5 s at 20 fps, minus a backlog of 30: shed by the backlog, or before the model on a busy machine
+    assert reasons.get("sink_backlog", 0) > 0 and reasons.get("sink_backlog", 0) + reasons.get("queue_full", 0) >= 50
     # the run rode the outage out, but what the backlog shed is lost: its exit must not say "all written"
     assert process.returncode == 1, err
     lost = reasons["sink_backlog"] + reasons.get("sink_unreachable", 0)
