@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Sequence
 
 from segstream.models.results import Event, FrameResult
@@ -17,6 +18,7 @@ from segstream.models.tracking import SegmentTracker, TrackerSettings, TrackEven
 TRACK_STARTED = "track_started"
 TRACK_ENDED = "track_ended"
 TRACK_CAPACITY = "track_capacity"
+_STEPS_JUDGED = 5  # results in a row further apart than max_lost before it is said
 
 log = logging.getLogger("segstream.tracking")
 
@@ -46,11 +48,14 @@ class TrackingStage:
         self._step_s: float | None = None  # about one frame's time
         self.capacity_refused = 0  # segments left without a track id: the tracker held max_tracks
         self._full_once = False  # the tracker has been full: warned and announced, once per source
+        self._apart: deque[int] = deque(maxlen=_STEPS_JUDGED)  # frame numbers between the last results
+        self._apart_warned = False
 
     def process(self, result: FrameResult) -> FrameResult:
         if result.segment_map is None:
             raise ValueError(f"{result.source} frame {result.index} has no label map to track")
         self._after_outage(result)
+        self._check_apart(result)
         segments = result.segments
         update = self.tracker.update(
             result.index, result.segment_map, segments.ids, segments.class_ids, segments.isthing, segments.embeddings,
@@ -75,6 +80,23 @@ class TrackingStage:
             result.events.append(Event(self.source, TRACK_CAPACITY, self._last_ts, {
                 "max_tracks": settings.max_tracks, "frame": result.index, "refused": update.capacity_refused}))
         return result
+
+    def _check_apart(self, result: FrameResult) -> None:
+        """Warn once when results keep coming further apart in frame numbers than ``max_lost``
+        counts (``max_fps`` 2 of a 25 fps camera: 12 apart, against a max_lost of 2): a thing
+        missed in a single result (hidden for a moment) would lose its id. ``max_lost_s``
+        measures seconds instead."""
+        settings = self.tracker.settings
+        if self._apart_warned or settings.max_lost_s is not None or self._last_frame is None:
+            return
+        self._apart.append(result.index - self._last_frame)
+        if len(self._apart) == _STEPS_JUDGED and min(self._apart) > settings.max_lost:
+            self._apart_warned = True
+            log.warning("%s: its results reach the tracker %d or more frame numbers apart (max_fps, or frames dropped), "
+                        "more than tracking.max_lost (%d) counts: a thing missed in a single result loses its id — "
+                        "set tracking.max_lost_s (seconds of stream time), or max_lost to a few times %d",
+                        self.source, min(self._apart), settings.max_lost, max(self._apart),
+                        extra={"source": self.source})
 
     def _after_outage(self, result: FrameResult) -> None:
         """A source back after an outage longer than ``max_lost`` frames (its timeline says how

@@ -532,6 +532,26 @@ def test_a_full_tracker_says_so_once_and_counts_the_segments_it_leaves_without_a
     assert len(warnings) == 1 and warnings[0].startswith("cam0: the tracker holds tracking.max_tracks (10)")
 
 
+def test_results_further_apart_than_max_lost_are_said_once(caplog):
+    # Found probing: max_lost 2 (meant as results) with max_fps 2 of a 25 fps camera passed
+    # validate; its results came 12 frame numbers apart, so a thing hidden in a single result lost its id, unsaid
+    stage = TrackingStage("cam0", TrackerSettings(max_lost=2))
+    with caplog.at_level("WARNING", logger="segstream.tracking"):
+        results = [stage.process(result_of(12 * f, [(DISC, 30, 60, 10)] if f != 6 else [])) for f in range(10)]
+    ids = [int(r.segments.track_ids[r.segments.isthing][0]) for r in results[1:] if r.segments.isthing.any()]
+    assert ids[0] != ids[-1] and NO_TRACK not in ids[:4], "the case warned about: hidden once, its id is gone"
+    warnings = [r.getMessage() for r in caplog.records if "max_lost" in r.getMessage()]
+    assert warnings == ["cam0: its results reach the tracker 12 or more frame numbers apart (max_fps, or frames "
+                        "dropped), more than tracking.max_lost (2) counts: a thing missed in a single result loses "
+                        "its id — set tracking.max_lost_s (seconds of stream time), or max_lost to a few times 12"]
+    caplog.clear()
+    near = TrackingStage("cam0", TrackerSettings(max_lost=2))
+    with caplog.at_level("WARNING", logger="segstream.tracking"):
+        for f in range(10):  # a dropped frame now and then is no case of it
+            near.process(result_of(f + (f // 3) * 2, [(DISC, 30, 60, 10)]))
+    assert not [r for r in caplog.records if "max_lost" in r.getMessage()]
+
+
 def test_the_runtime_exposes_the_segments_a_full_tracker_left_without_an_id(clip):
     from segstream.connectors.file_source import FileSource
     from segstream.pipeline.runtime import Runtime
