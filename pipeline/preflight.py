@@ -236,17 +236,16 @@ def listener_check(url: str) -> str:
     parts = urlsplit(url)
     scheme = url_scheme(url)
     tcp = scheme in ("tcp", "rtsp", "rtmp", "http")
-    host = parts.hostname or ""
+    host = parts.hostname or ""  # FFmpeg binds a UDP input to the URL's host (a multicast group: the group)
     multicast = _multicast(host)
-    if scheme in ("udp", "rtp") and not multicast:
-        host = ""  # FFmpeg binds a unicast UDP input to every address; the URL's host is the sender's
     shared = multicast or "reuse=1" in parts.query
     port = parts.port
     if port is None:
         return f"'{redact_url(url)}' listens on a port FFmpeg picks"
     bind_port(host, port, socket.SOCK_STREAM if tcp else socket.SOCK_DGRAM, shared,
               f"source '{redact_url(url)}' cannot listen")
-    return (f"'{redact_url(url)}' listens on {'TCP' if tcp else 'UDP'} {host or '*'}:{port}, the port is free "
+    shown = "*" if host in ("", "0.0.0.0", "::") else host
+    return (f"'{redact_url(url)}' listens on {'TCP' if tcp else 'UDP'} {shown}:{port}, the port is free "
             "(a sender may start at any time: not waited for)")
 
 
@@ -278,7 +277,8 @@ def bind_port(host: str, port: int, kind: int, reuse: bool, failing: str, advice
             held = error.errno == errno.EADDRINUSE
             what = advice or ("stop what holds it, or give this source another port" if held else
                               "use an address of this machine, or 0.0.0.0")
-            raise SegstreamError(f"{failing} on {host or '*'}:{port} ({error.strerror}) — {what}") from None
+            shown = "*" if host in ("", "0.0.0.0", "::") else host
+            raise SegstreamError(f"{failing} on {shown}:{port} ({error.strerror}) — {what}") from None
 
 
 def _multicast(host: str) -> bool:

@@ -143,6 +143,13 @@ def test_a_udp_listener_reports_its_port_free_and_fails_when_something_holds_it(
         code, lines = connect(config, capsys)
     assert code == 1
     assert line_of(lines, "source encoder").startswith("FAIL") and "Address already in use" in line_of(lines, "source encoder")
+    # found probing: a UDP input on 127.0.0.1 was said to listen on *: FFmpeg binds the URL's host
+    local = write_config(tmp_path, f"  - {{name: encoder, type: stream, url: 'udp://127.0.0.1:{port}'}}")
+    code, lines = connect(local, capsys)
+    assert code == 0 and f"listens on UDP 127.0.0.1:{port}, the port is free" in line_of(lines, "source encoder")
+    elsewhere = write_config(tmp_path, f"  - {{name: encoder, type: stream, url: 'udp://192.0.2.7:{port}'}}")
+    code, lines = connect(elsewhere, capsys)  # not an address of this machine: the run could not bind it either
+    assert code == 1 and "use an address of this machine, or 0.0.0.0" in line_of(lines, "source encoder")
 
 
 def test_a_configured_ops_port_that_is_taken_fails(tmp_path, capsys):
