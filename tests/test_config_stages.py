@@ -177,15 +177,6 @@ def test_a_factory_that_raises_stops_the_start_with_one_line_naming_it(site):
     assert "Traceback" not in out.stderr and not (site / "out" / "cam1.jsonl").exists()
 
 
-def test_the_schema_shows_stages_and_custom_sinks():
-    from segstream.pipeline.config import json_schema
-
-    schema = json_schema()
-    assert "stages" in schema["properties"]
-    assert set(schema["$defs"]["StageConfig"]["properties"]) == {"use", "options", "sources"}
-    assert set(schema["$defs"]["CustomSinkConfig"]["properties"]) == {"use", "options"}
-
-
 def free_port() -> int:
     for port in range(30100, 30999):
         with socket.socket() as s:
