@@ -33,3 +33,17 @@ def test_the_readme_extending_example_runs_a_source_stage_sink_and_family_of_its
     assert "robot_cam turned_bright at frame" in out.stdout
     assert "done: " in out.stdout and " robot_cam " in out.stdout
     assert " demo 20/20" in out.stdout  # the config's own source ran beside it
+
+
+def test_the_readme_extending_yaml_is_a_valid_config_section():
+    import yaml
+
+    from segstream.pipeline.config import validate_config
+
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Extending segstream"):]
+    data = yaml.safe_load(re.search(r"```yaml\n(.*?)```", section, re.DOTALL).group(1))
+    sources = [{"name": name, "type": "synthetic"} for name in ("cam1", "cam2")]
+    cfg = validate_config({"sources": sources, **data})  # the shape only: its modules are examples
+    assert [s.use for s in cfg.stages] == ["my_package.stages:LineCrossing"] and cfg.stages[0].sources == ["cam1", "cam2"]
+    assert [s.use for s in cfg.sinks.custom] == ["my_package.sinks:KafkaSink"]
