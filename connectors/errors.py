@@ -29,6 +29,11 @@ class CheckpointError(SegstreamError):
     """A model checkpoint cannot be found, read, or does not fit the chosen preset."""
 
 
+class StageError(SegstreamError):
+    """A per-source stage named in a config (``stages:``) raised, or returned what the runtime
+    cannot use: the run stops, the line names the stage, the source and the frame."""
+
+
 class AdapterError(SegstreamError):
     """A model family's adapter (one of one's own, a plugin's) returned what the engine cannot
     use: class ids outside its label set, a label map of another shape, embeddings that do not

@@ -848,6 +848,9 @@ def load_batch_config(args) -> PipelineConfig:
         updates["ray"] = cfg.batch.ray.model_copy(update={"address": args.address})
     if updates:
         cfg = cfg.model_copy(update={"batch": cfg.batch.model_copy(update=updates)})
+    if cfg.stages:
+        raise ConfigError("stages: segstream batch does not run a config's stages (segstream run does) — remove the "
+                          "stages: section from the config for batch")
     if cfg.sources:
         log.info("the config's sources are not used: batch processes the videos given on the command line")
     if not (cfg.batch.jsonl or cfg.batch.coco_panoptic or cfg.batch.overlay

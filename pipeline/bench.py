@@ -39,7 +39,14 @@ def replicate(cfg: PipelineConfig, copies: int, frames: int | None) -> PipelineC
     ]
     if frames is not None:
         sources = [s.model_copy(update={"loop": True}) if s.type == "file" else s for s in sources]
-    return cfg.model_copy(update={"sources": sources})
+    stages = cfg.stages if copies <= 1 else first_source_stages(cfg)
+    return cfg.model_copy(update={"sources": sources, "stages": stages})
+
+
+def first_source_stages(cfg: PipelineConfig) -> list:
+    """The config's stages that run on its first source, for every source (its copies, the naive loop's)."""
+    first = cfg.sources[0].name
+    return [s.model_copy(update={"sources": None}) for s in cfg.stages if s.sources is None or first in s.sources]
 
 
 def _first_frames(cfg: PipelineConfig, count: int) -> list:
@@ -111,7 +118,10 @@ def naive_fps(cfg: PipelineConfig, adapter, frame_count: int) -> float:
     from segstream.pipeline.tracking import tracking_stages
 
     (source,) = build_sources([cfg.sources[0].model_copy(update={"realtime": False, "loop": True, "name": "naive"})])
-    stages = [factory("naive") for factory in tracking_stages(cfg.tracking)]
+    from segstream.pipeline.own_parts import build_stages
+
+    named = build_stages(first_source_stages(cfg), ["naive"])
+    stages = [factory("naive") for factory in [*tracking_stages(cfg.tracking), *named]]
     sinks = build_sinks(cfg.sinks)
     done = 0
     try:

@@ -199,7 +199,7 @@ SINK_BUILDERS: dict[str, Callable[[SinksConfig, Path | None], Sink]] = {
 
 def build_sinks(cfg: SinksConfig, embedded_dir: Path | None = None, run_id: str = "",
                 stopping=lambda: False) -> list[Sink]:
-    """The enabled sinks. ``embedded_dir`` holds the data of an embedded Redis (``url: null``);
+    """The enabled sinks, then the ``custom`` ones. ``embedded_dir`` holds the data of an embedded Redis (``url: null``);
     None means a temporary directory. ``run_id`` names the Redis connection (CLIENT LIST).
     ``stopping()`` true ends a wait for Redis (``start_wait_s``) early."""
     sinks: list[Sink] = []
@@ -208,6 +208,10 @@ def build_sinks(cfg: SinksConfig, embedded_dir: Path | None = None, run_id: str 
             if getattr(cfg, section).enabled:
                 sinks.append(_redis_sink(cfg, embedded_dir, run_id, stopping) if builder is _redis_sink
                              else builder(cfg, embedded_dir))
+        if cfg.custom:
+            from segstream.pipeline.own_parts import build_sinks as build_custom_sinks
+
+            sinks += build_custom_sinks(cfg.custom)
     except BaseException:
         for sink in sinks:
             sink.close()

@@ -442,21 +442,27 @@ def data_loss_line(losses: dict[str, int]) -> str:
 
 def build_runtime(
     cfg: PipelineConfig, max_frames: int | None = None, progress=True, metrics=None, stopping=lambda: False, *,
-    sources=(), sinks=(), stages=(), adapter=None, run_id: str | None = None,
+    sources=(), sinks=(), stages=(), adapter=None, run_id: str | None = None, ops: bool = False,
 ) -> Runtime | None:
-    """Model, sinks and sources from ``cfg``, assembled into a Runtime ready to ``run()``; None
-    when ``stopping()`` turned true while they were being built (what was built is released).
+    """Model, stages, sinks and sources from ``cfg``, assembled into a Runtime ready to ``run()``;
+    None when ``stopping()`` turned true while they were being built (what was built is released).
     For a program that embeds a pipeline: it runs ``runtime.run()`` on a thread of its own and
-    calls ``runtime.stop()`` from any other; no signal handlers and no ``ops.http`` endpoints
-    (``run_pipeline`` has both).
+    calls ``runtime.stop()`` from any other; no signal handlers (``run_pipeline`` has them).
+
+    ``ops=True`` serves the config's ``ops.http`` endpoints (``/metrics``, ``/healthz``,
+    ``/readyz``, for ``metrics`` or a new ``RunMetrics``) from now until ``run()`` returns, as
+    ``segstream run`` does; ``runtime.ops_address`` is where (host, port; None when ``ops.http``
+    is null or its default port is taken). A port the config names that is taken is a
+    ``ConfigError``. Without it (the default) nothing is served.
 
     ``sources``, ``sinks`` and ``stages`` (per-source stage factories, ``source name -> FrameStage``)
     of one's own run beside the config's: sources after the config's (names must differ; see
-    ``Runtime.from_config`` for their queues), sinks after the config's sinks, stages after the
-    config's tracker (so they see its track ids). They belong to the runtime from here on: its run
-    closes them, and so does this function when it fails or returns None. ``adapter``: the model,
-    already built (``build_segmenter``) from ``cfg.model``; else it is built here. ``run_id``: the
-    run's id (``logs.new_run_id()``), when its log lines carry it already; else a new one."""
+    ``Runtime.from_config`` for their queues), sinks after the config's sinks (``sinks.custom``
+    included), stages after the config's tracker and ``stages:``. They belong to the runtime from
+    here on: its run closes them, and so does this function when it fails or returns None.
+    ``adapter``: the model, already built (``build_segmenter``) from ``cfg.model``; else it is
+    built here. ``run_id``: the run's id (``logs.new_run_id()``), when its log lines carry it
+    already; else a new one."""
     from segstream.pipeline.builders import build_sinks, build_sources
     from segstream.pipeline.model_factory import build_segmenter
     from segstream.pipeline.runtime import Runtime
@@ -467,13 +473,26 @@ def build_runtime(
         set_run_id(run_id)
     own_sources, own_sinks = list(sources), list(sinks)
     built_sinks, built_sources, runtime = [], [], None
+    served = contextlib.ExitStack()
     try:
         clash = sorted({s.name for s in cfg.sources} & {s.name for s in own_sources})
         if clash:
             raise ConfigError(f"source name '{clash[0]}' is both in the config's sources and among the sources "
                               "passed to build_runtime — names must be unique")
+        server = None
+        if ops:
+            from segstream.pipeline.metrics import RunMetrics
+            from segstream.pipeline.monitoring import serve_ops
+
+            metrics = metrics or RunMetrics()
+            server = served.enter_context(serve_ops(cfg.ops, metrics))  # /readyz says not yet until the run starts
         if adapter is None:
             adapter = build_segmenter(cfg.model, batch_size=cfg.engine.batch_size)
+        named_stages = []
+        if cfg.stages:  # built before the sinks and sources open: a factory that raises is a start-up error
+            from segstream.pipeline.own_parts import build_stages
+
+            named_stages = build_stages(cfg.stages, [*(s.name for s in cfg.sources), *(s.name for s in own_sources)])
         if not stopping():
             try:
                 built_sinks = build_sinks(cfg.sinks, run_id=run_id, stopping=stopping)
@@ -487,14 +506,17 @@ def build_runtime(
                 progress = LogLines(logging.getLogger("segstream.status"))
             runtime = Runtime.from_config(
                 cfg, [*built_sources, *own_sources], adapter, [*built_sinks, *own_sinks],
-                stages=[*tracking_stages(cfg.tracking), *stages], max_frames=max_frames, warm_up=WARM_UP_FRAME,
-                progress=progress, metrics=metrics, publish_states=True, run_id=run_id,
+                stages=[*tracking_stages(cfg.tracking), *named_stages, *stages], max_frames=max_frames,
+                warm_up=WARM_UP_FRAME, progress=progress, metrics=metrics, publish_states=True, run_id=run_id,
             )
+            runtime.ops_address = None if server is None else server.address
+            runtime.at_end.append(served.pop_all().close)  # the endpoints live as long as the run
             log.info("run %s starting", run_id)  # once built: a start that fails stays its one error line
     finally:
         if runtime is None:  # stopped, or failed, before the run: an embedded Redis must not outlive us
             for part in [*built_sources, *own_sources, *built_sinks, *own_sinks]:
                 part.close()
+            served.close()
     return runtime
 
 

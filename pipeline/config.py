@@ -613,10 +613,39 @@ class PreviewSinkConfig(Strict):
     opacity: Fraction01 = 0.45
 
 
+# What ``use:`` names: ``module:attribute`` (the attribute may be dotted: ``module:Class.build``), or
+# the name of an installed entry point (group ``segstream.stages`` or ``segstream.sinks``).
+_DOTTED = r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*"
+PartName = Annotated[str, Field(pattern=rf"^({_DOTTED}:{_DOTTED}|[A-Za-z0-9_.-]+)$")]
+
+
+class CustomSinkConfig(Strict):
+    """A sink of one's own (a ``segstream.Sink``): ``use`` names its factory as
+    ``module:attribute`` (importable: installed, or on PYTHONPATH) or as an entry point of the
+    group ``segstream.sinks``; it is called as ``factory(**options)`` once per run. It gets every
+    result and event after the shipped sinks."""
+
+    use: PartName
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class StageConfig(Strict):
+    """A per-source stage of one's own (a ``segstream.FrameStage``): ``use`` names its factory as
+    ``module:attribute`` (importable: installed, or on PYTHONPATH) or as an entry point of the
+    group ``segstream.stages``; it is called as ``factory(source_name, **options)`` once per source
+    at the start. Stages run after the tracker, in the order listed; ``sources`` limits one to
+    those of the config's sources (null: every source)."""
+
+    use: PartName
+    options: dict[str, Any] = Field(default_factory=dict)
+    sources: Annotated[list[SourceName], Field(min_length=1)] | None = None
+
+
 class SinksConfig(Strict):
     redis: RedisSinkConfig = Field(default_factory=RedisSinkConfig)
     files: FilesSinkConfig = Field(default_factory=FilesSinkConfig)
     preview: PreviewSinkConfig = Field(default_factory=PreviewSinkConfig)
+    custom: list[CustomSinkConfig] = Field(default_factory=list)
 
 
 def _host_port(address: str) -> tuple[str, int]:
@@ -702,6 +731,7 @@ class PipelineConfig(Strict):
     model: ModelConfig = Field(default_factory=ModelConfig)
     engine: EngineConfig = Field(default_factory=EngineConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    stages: list[StageConfig] = Field(default_factory=list)
     sinks: SinksConfig = Field(default_factory=SinksConfig)
     ops: OpsConfig = Field(default_factory=OpsConfig)
     batch: BatchConfig = Field(default_factory=BatchConfig)
@@ -713,6 +743,18 @@ class PipelineConfig(Strict):
         if problem:
             raise ValueError(problem)
         return sources
+
+    @model_validator(mode="after")
+    def _stages_name_known_sources(self) -> PipelineConfig:
+        names = [source.name for source in self.sources]
+        for i, stage in enumerate(self.stages):
+            for name in stage.sources or ():
+                if name not in names:
+                    close = difflib.get_close_matches(name, names, n=1)
+                    hint = f"did you mean '{close[0]}'? " if close else ""
+                    raise ValueError(f"stages[{i}].sources: no source is named '{name}' — {hint}the config's sources "
+                                     f"are {', '.join(names) or 'none'}")
+        return self
 
     @model_validator(mode="after")
     def _ids_outlast_the_frame_interval(self) -> PipelineConfig:
@@ -798,7 +840,8 @@ def load_checked_config(
     path: str | Path, overrides: list[str] | tuple[str, ...] = (), schema: type[PipelineConfig] = PipelineConfig
 ) -> PipelineConfig:
     """``load_config``, whose errors also say what the model's own checks (preset, family, task,
-    weights) find, so that one run of a command lists every mistake."""
+    weights) find and whether the factories ``stages:`` and ``sinks.custom`` name import and take
+    their options, so that one run of a command lists every mistake."""
     raw = raw_config_data(path, overrides)  # a YAML error stops here
     unset: list[tuple[list, str]] = []
     data = interpolate(raw, problems=unset)  # an unset variable does not hide the other mistakes
@@ -811,6 +854,10 @@ def load_checked_config(
         lines += [line for line in str(error).splitlines() if not any(line.startswith(f"{b}:") for b in blank)]
         lines += _model_errors(data, base_dir)
         raise ConfigError("\n".join(lines)) from None
+    if config.stages or config.sinks.custom:  # imported, not called: a factory may be heavy
+        from segstream.pipeline.own_parts import check
+
+        lines += check(config)
     if lines:
         raise ConfigError("\n".join(lines))
     return config
@@ -1155,6 +1202,9 @@ def _error_line(error: dict, data: Any) -> str:
         return f"{where}: {error['msg']}{hint}"
     if kind == "string_pattern_mismatch" and path and path[-1] == "name":
         return f"{where}: {got!r} is not a valid source name — use letters, digits, '_', '.' and '-'"
+    if kind == "string_pattern_mismatch" and path and path[-1] == "use":
+        return (f"{where}: {got!r} names no factory — write module:attribute (e.g. my_package.stages:LineCrossing) "
+                "or an installed entry point's name")
     if kind == "string_pattern_mismatch" and path and path[-1] == "device":
         return f"{where}: {got!r} is not a device — use auto, cpu, cuda or cuda:N"
     return f"{where}: {error['msg']} (got {got!r})"

@@ -93,7 +93,7 @@ class FrameStage(Protocol):
     def process(self, result: FrameResult) -> FrameResult: ...
 
 
-StageFactory = Callable[[str], FrameStage]  # source name -> that source's stage
+StageFactory = Callable[[str], "FrameStage | None"]  # source name -> that source's stage (None: none there)
 
 
 @dataclass(slots=True)
@@ -458,11 +458,13 @@ class Runtime:
         self.warm_up_s = 0.0
         self.run_id = new_run_id() if run_id is None else run_id
         self._finished = threading.Event()  # run() returned (or raised)
+        self.at_end: list[Callable[[], None]] = []  # called, last first, when run() returns or raises
+        self.ops_address: tuple[str, int] | None = None  # where build_runtime(ops=True) serves the endpoints
 
     @classmethod
     def from_config(cls, cfg, sources, adapter, sinks, **kwargs) -> Runtime:
         """A runtime with the engine settings, queue sizes, buffer policies, required sources and
-        per-source stages (the tracker of the ``tracking:`` section) of a ``PipelineConfig``;
+        per-source stages (the tracker of the ``tracking:`` section, then ``stages:``) of a ``PipelineConfig``;
         applies the engine's intra-op thread count to torch. ``sources`` may include sources of
         one's own that the config does not name: they get the constructor's defaults (the
         ``queue_size`` and ``buffer_policy`` they declare, else a queue of ``QUEUE_SIZE`` frames,
@@ -472,7 +474,12 @@ class Runtime:
 
         from segstream.pipeline.tracking import tracking_stages
 
-        kwargs.setdefault("stages", tracking_stages(cfg.tracking))
+        if "stages" not in kwargs:
+            kwargs["stages"] = tracking_stages(cfg.tracking)
+            if cfg.stages:
+                from segstream.pipeline.own_parts import build_stages
+
+                kwargs["stages"] += build_stages(cfg.stages, [s.name for s in sources])
         configured = {c.name for c in cfg.sources}
         own = [s.name for s in sources if s.name not in configured]  # sources of one's own: required
         engine = cfg.engine
@@ -528,6 +535,8 @@ class Runtime:
             with _RUNNING_LOCK:
                 _RUNNING.discard(self)
             self._finished.set()
+            while self.at_end:  # what lives as long as the run (build_runtime's ops endpoints)
+                self.at_end.pop()()
 
     def _run(self) -> RunReport:
         fixed_heap_threshold()
@@ -997,7 +1006,9 @@ class Runtime:
     def _source_stages(self, source: str) -> list[FrameStage]:
         stages = self._stages.get(source)
         if stages is None:
-            stages = self._stages[source] = [factory(source) for factory in self.stage_factories]
+            # a factory's None: no stage of it for this source (a config stage limited to some sources)
+            stages = self._stages[source] = [stage for factory in self.stage_factories
+                                             if (stage := factory(source)) is not None]
         return stages
 
     def _attach(self, sink: Sink) -> None:

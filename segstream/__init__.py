@@ -38,6 +38,7 @@ _EXPORTS = {
     "SinkError": "segstream.connectors.errors",
     "CheckpointError": "segstream.connectors.errors",
     "AdapterError": "segstream.connectors.errors",
+    "StageError": "segstream.connectors.errors",
     "WireFormatError": "segstream.connectors.errors",
     "to_wire": "segstream.connectors.redis_wire",
     "from_wire": "segstream.connectors.redis_wire",
@@ -116,6 +117,7 @@ if TYPE_CHECKING:
         SegstreamError,
         SinkError,
         SourceError,
+        StageError,
         WireFormatError,
     )
     from segstream.connectors.camera_source import CameraSource

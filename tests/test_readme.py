@@ -10,11 +10,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run_readme_python(heading: str) -> subprocess.CompletedProcess:
-    """The first Python block of the README's section ``heading``, run from the repository."""
+def run_readme_python(heading: str, containing: str = "") -> subprocess.CompletedProcess:
+    """The first Python block of the README's section ``heading`` that holds ``containing``, run
+    from the repository."""
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     section = readme[readme.index(heading):]
-    code = re.search(r"```python\n(.*?)```", section, re.DOTALL).group(1)
+    code = next(block for block in re.findall(r"```python\n(.*?)```", section, re.DOTALL) if containing in block)
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     return out
@@ -27,8 +28,22 @@ def test_the_readme_python_example_runs():
 
 
 def test_the_readme_extending_example_runs_a_source_stage_sink_and_family_of_its_own():
-    out = run_readme_python("## Extending segstream")
+    out = run_readme_python("## Extending segstream", containing="build_runtime(")
     # the pushed frames turned bright half-way: the family, the stage and the sink all saw them
     assert "robot_cam turned_bright at frame" in out.stdout
     assert "done: " in out.stdout and " robot_cam " in out.stdout
     assert " demo 20/20" in out.stdout  # the config's own source ran beside it
+
+
+def test_the_readme_extending_yaml_is_a_valid_config_section():
+    import yaml
+
+    from segstream.pipeline.config import validate_config
+
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Extending segstream"):]
+    data = yaml.safe_load(re.search(r"```yaml\n(.*?)```", section, re.DOTALL).group(1))
+    sources = [{"name": name, "type": "synthetic"} for name in ("cam1", "cam2")]
+    cfg = validate_config({"sources": sources, **data})  # the shape only: its modules are examples
+    assert [s.use for s in cfg.stages] == ["my_package.stages:LineCrossing"] and cfg.stages[0].sources == ["cam1", "cam2"]
+    assert [s.use for s in cfg.sinks.custom] == ["my_package.sinks:KafkaSink"]

@@ -1,0 +1,225 @@
+"""Stages and sinks of one's own, named in a config: ``stages:`` and ``sinks.custom:``.
+
+``use`` names a factory as ``module:attribute`` (imported as Python imports: an installed
+package, or a module on PYTHONPATH) or as the name of an installed entry point (group
+``segstream.stages`` or ``segstream.sinks``). A stage's factory is called as
+``factory(source_name, **options)`` once for each source it applies to, when the run starts; a
+sink's as ``factory(**options)``. A factory that cannot be found, imported or called with its
+options is one ``ConfigError`` line naming the config's key (``segstream validate`` says so
+without calling it); one that raises is one line naming it. At run time, what a stage raises
+stops the run with one ``StageError`` line, what a sink raises with one ``SinkError`` line,
+each naming the part, its source and frame (the traceback is logged at debug level).
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from importlib.metadata import entry_points
+from typing import Any
+
+from segstream.connectors.errors import ConfigError, SinkError, StageError
+from segstream.models.results import Event, FrameResult
+
+STAGE_GROUP = "segstream.stages"
+SINK_GROUP = "segstream.sinks"
+SINK_METHODS = ("publish", "publish_event", "poll", "flush", "close")
+
+log = logging.getLogger("segstream.own_parts")
+
+
+def _reason(error: BaseException) -> str:
+    return " ".join(f"{type(error).__name__}: {error}".split())
+
+
+def _subject(item: Any = None) -> str:
+    """What a sink was given, for its error line."""
+    if isinstance(item, FrameResult):
+        return f" (frame {item.index} of source {item.source})"
+    if isinstance(item, Event):
+        return f" (event {item.kind} of source {item.source})"
+    return ""
+
+
+def resolve(use: str, group: str, where: str) -> Callable:
+    """The factory ``use`` names (``module:attribute`` or an entry point of ``group``); a
+    ``ConfigError`` line starting with ``where`` when it cannot be had."""
+    if ":" in use:
+        module_name, _, attribute = use.partition(":")
+        try:
+            factory: Any = importlib.import_module(module_name)
+        except Exception as error:  # the module's own import errors too: its fault, said in one line
+            raise ConfigError(f"{where}: cannot import module '{module_name}' ({_reason(error)}) — install its "
+                              "package, or put the folder that holds it on PYTHONPATH") from None
+        for part in attribute.split("."):
+            try:
+                factory = getattr(factory, part)
+            except AttributeError:
+                raise ConfigError(f"{where}: module '{module_name}' has no '{attribute}' — check the name after "
+                                  "the ':'") from None
+    else:
+        found = [entry for entry in entry_points(group=group) if entry.name == use]
+        if not found:
+            known = sorted(entry.name for entry in entry_points(group=group))
+            installed = f"installed: {', '.join(known)}" if known else "none is installed"
+            raise ConfigError(f"{where}: '{use}' is no entry point of the group {group} ({installed}) — write "
+                              "module:attribute, e.g. my_package.stages:LineCrossing")
+        try:
+            factory = found[0].load()
+        except Exception as error:
+            raise ConfigError(f"{where}: entry point {use} ({found[0].value}) failed to load: {_reason(error)}") from None
+    if not callable(factory):
+        raise ConfigError(f"{where}: {use} is a {type(factory).__name__}, not a factory to call — name a class or "
+                          "a function")
+    return factory
+
+
+def _call_problem(factory: Callable, args: tuple, options: dict) -> str | None:
+    """Why ``factory(*args, **options)`` cannot be called (None: it can, or its signature is not known)."""
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):  # some builtins and extension types do not say
+        return None
+    try:
+        signature.bind(*args, **options)
+    except TypeError as error:
+        return str(error)
+    return None
+
+
+def check(cfg) -> list[str]:
+    """The problems of a config's stages and custom sinks, one line each: importable, callable,
+    and callable with their options. Calls no factory (``segstream validate``)."""
+    lines = []
+    parts = [(f"stages[{i}]", stage, STAGE_GROUP, ("source",)) for i, stage in enumerate(cfg.stages)]
+    parts += [(f"sinks.custom[{i}]", sink, SINK_GROUP, ()) for i, sink in enumerate(cfg.sinks.custom)]
+    for where, part, group, args in parts:
+        try:
+            factory = resolve(part.use, group, f"{where}.use")
+        except ConfigError as error:
+            lines.append(str(error))
+            continue
+        problem = _call_problem(factory, args, part.options)
+        if problem is not None:
+            shown = ", ".join([*args, *(f"{key}=..." for key in part.options)])
+            lines.append(f"{where}.options: {part.use} cannot be called as {part.use}({shown}): {problem} — "
+                         "give the options its factory takes")
+    return lines
+
+
+def build_stages(stages: Sequence, source_names: Iterable[str]) -> list[Callable[[str], Any]]:
+    """One runtime stage factory per config stage, its stages already built for each of
+    ``source_names`` it applies to (``None`` for the others: no stage there)."""
+    names = list(source_names)
+    factories = []
+    for i, cfg in enumerate(stages):
+        factory = resolve(cfg.use, STAGE_GROUP, f"stages[{i}].use")
+        built: dict[str, NamedStage] = {}
+        for name in names:
+            if cfg.sources is not None and name not in cfg.sources:
+                continue
+            try:
+                stage = factory(name, **cfg.options)
+            except Exception as error:
+                log.debug("stage %s failed to build for source %s", cfg.use, name, exc_info=True)
+                raise ConfigError(f"stages[{i}]: {cfg.use}('{name}', ...) raised {_reason(error)}") from None
+            if not callable(getattr(stage, "process", None)):
+                raise ConfigError(f"stages[{i}]: {cfg.use}('{name}', ...) returned a {type(stage).__name__}, which "
+                                  "has no process(result) method — the factory returns a segstream.FrameStage")
+            built[name] = NamedStage(cfg.use, stage)
+        factories.append(built.get)
+    return factories
+
+
+def build_sinks(sinks: Sequence) -> list[NamedSink]:
+    """The config's custom sinks, built (each closed again if a later one fails)."""
+    built: list[NamedSink] = []
+    try:
+        for i, cfg in enumerate(sinks):
+            factory = resolve(cfg.use, SINK_GROUP, f"sinks.custom[{i}].use")
+            try:
+                sink = factory(**cfg.options)
+            except Exception as error:
+                log.debug("sink %s failed to build", cfg.use, exc_info=True)
+                raise ConfigError(f"sinks.custom[{i}]: {cfg.use}(...) raised {_reason(error)}") from None
+            if missing := [m for m in SINK_METHODS if not callable(getattr(sink, m, None))]:
+                raise ConfigError(f"sinks.custom[{i}]: {cfg.use}(...) returned a {type(sink).__name__}, which lacks "
+                                  f"{', '.join(missing)} — a sink has name, {', '.join(SINK_METHODS)} (segstream.Sink)")
+            built.append(NamedSink(cfg.use, sink))
+    except BaseException:
+        for sink in built:
+            sink.close()
+        raise
+    return built
+
+
+class NamedStage:
+    """A config-named stage as the runtime sees it: what it raises becomes a ``StageError``
+    naming it, the source and the frame."""
+
+    def __init__(self, use: str, stage: Any):
+        self.use, self.stage = use, stage
+
+    def process(self, result: FrameResult) -> FrameResult:
+        try:
+            given = self.stage.process(result)
+        except Exception as error:
+            log.debug("stage %s failed", self.use, exc_info=True)
+            raise StageError(f"stage {self.use} failed on frame {result.index} of source {result.source}: "
+                             f"{_reason(error)}") from error
+        if not isinstance(given, FrameResult):
+            raise StageError(f"stage {self.use} returned a {type(given).__name__} for frame {result.index} of source "
+                             f"{result.source} — process(result) returns the result it was given")
+        return given
+
+    def finish(self, reason: str) -> list:
+        finish = getattr(self.stage, "finish", None)
+        if finish is None:
+            return []
+        try:
+            return list(finish(reason))
+        except Exception as error:
+            log.debug("stage %s failed to finish", self.use, exc_info=True)
+            raise StageError(f"stage {self.use} failed in finish('{reason}'): {_reason(error)}") from error
+
+
+class NamedSink:
+    """A config-named sink as the runtime sees it: what its methods raise becomes a
+    ``SinkError`` naming it; every other attribute (``on_written``, ``source_ended``, ...) is the
+    sink's own, read and set through."""
+
+    def __init__(self, use: str, sink: Any):
+        object.__setattr__(self, "use", use)
+        object.__setattr__(self, "sink", sink)
+        object.__setattr__(self, "name", str(getattr(sink, "name", use)))
+
+    def __getattr__(self, attribute: str) -> Any:
+        return getattr(self.sink, attribute)
+
+    def __setattr__(self, attribute: str, value: Any) -> None:
+        setattr(self.sink, attribute, value)
+
+    def _call(self, method: str, *args: Any) -> Any:
+        try:
+            return getattr(self.sink, method)(*args)
+        except Exception as error:
+            log.debug("sink %s failed in %s", self.use, method, exc_info=True)
+            raise SinkError(f"sink {self.name} ({self.use}) failed in {method}{_subject(*args)}: "
+                            f"{_reason(error)}") from error
+
+    def publish(self, result: FrameResult) -> None:
+        self._call("publish", result)
+
+    def publish_event(self, event) -> None:
+        self._call("publish_event", event)
+
+    def poll(self) -> float | None:
+        return self._call("poll")
+
+    def flush(self) -> None:
+        self._call("flush")
+
+    def close(self) -> None:
+        self._call("close")

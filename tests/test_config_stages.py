@@ -1,0 +1,295 @@
+"""Stages and sinks of one's own named in a config (``stages:``, ``sinks.custom:``) run by the
+``segstream`` command itself, and a program's ``build_runtime(ops=True)`` keeps the ops endpoints
+(found by a probe: a launcher around build_runtime lost /metrics, drain on signals and the exit
+codes of ``segstream run``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+import segstream
+from segstream.connectors.errors import ConfigError
+from segstream.connectors.files_sink import read_entries
+from segstream.connectors.redis_wire import event_from_wire
+
+STAGES = '''
+import json
+import segstream
+
+class Counter:
+    """An event per frame that has segments, and one at the end with the count."""
+
+    def __init__(self, source, kind="counted", every=1):
+        self.source, self.kind, self.every, self.frames = source, kind, every, 0
+
+    def process(self, result):
+        self.frames += 1
+        if self.frames % self.every == 0:
+            result.events.append(segstream.Event(result.source, self.kind, 0.0, {"frame": result.index}))
+        return result
+
+    def finish(self, reason):
+        return [segstream.Event(self.source, self.kind + "_total", 0.0, {"frames": self.frames, "reason": reason})]
+
+class Boom:
+    def __init__(self, source):
+        pass
+
+    def process(self, result):
+        if result.index == 1:
+            raise ValueError("the line is not where it was")
+        return result
+
+def refuse(source):
+    raise RuntimeError("no licence for " + source)
+
+class Collect:
+    """A sink that writes what it gets to a JSON file when it closes."""
+
+    name = "collect"
+
+    def __init__(self, path):
+        self.path, self.frames, self.events = path, [], []
+
+    def publish(self, result):
+        self.frames.append([result.source, result.index])
+
+    def publish_event(self, event):
+        self.events.append([event.source, event.kind])
+
+    def poll(self):
+        return None
+
+    def flush(self):
+        pass
+
+    def close(self):
+        with open(self.path, "w") as f:
+            json.dump({"frames": self.frames, "events": self.events}, f)
+
+class Mark:
+    """Writes its source's name to ``path`` when built."""
+
+    def __init__(self, source, path):
+        with open(path, "a") as f:
+            f.write(source + " ")
+
+    def process(self, result):
+        return result
+
+class BrokenSink(Collect):
+    def publish(self, result):
+        raise ConnectionError("broker gone")
+
+not_a_factory = 3
+'''
+
+
+@pytest.fixture
+def site(tmp_path) -> Path:
+    (tmp_path / "mystages.py").write_text(STAGES, encoding="utf-8")
+    return tmp_path
+
+
+def write_config(site: Path, extra: str = "", sources: tuple[str, ...] = ("cam1",), custom: str = "[]") -> Path:
+    config = site / "pipeline.yaml"
+    listed = "\n".join(f"  - {{name: {name}, type: synthetic, width: 64, height: 48, num_frames: 3}}"
+                       for name in sources)
+    config.write_text(f"sources:\n{listed}\nmodel: {{device: cpu}}\nsinks:\n  redis: {{enabled: false}}\n"
+                      f"  files: {{enabled: true, dir: out}}\n  custom: {custom}\nops: {{http: null}}\n" + textwrap.dedent(extra),
+                      encoding="utf-8")
+    return config
+
+
+def segstream_cli(site: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    return subprocess.run([sys.executable, "-m", "segstream.pipeline.cli", *args], cwd=site, env=env,
+                          capture_output=True, text=True, timeout=180)
+
+
+def events(site: Path, source: str) -> list[tuple[str, dict]]:
+    return [(e.kind, e.data) for e in map(event_from_wire, read_entries(site / "out" / f"{source}.events.jsonl"))
+            if e.kind.startswith(("counted", "seen"))]  # not the tracker's nor the source's states
+
+
+def test_a_config_named_stage_and_sink_run_in_segstream_run_limited_to_their_sources(site):
+    config = write_config(site, """
+        stages:
+          - use: mystages:Counter
+            options: {kind: seen, every: 2}
+            sources: [cam2]
+          - {use: mystages:Counter}
+    """, sources=("cam1", "cam2"), custom="[{use: mystages:Collect, options: {path: collected.json}}]")
+    validated = segstream_cli(site, "validate", str(config))
+    assert validated.returncode == 0 and "ok: 2 sources" in validated.stdout, validated.stderr
+    ran = segstream_cli(site, "run", str(config))
+    assert ran.returncode == 0, ran.stderr
+    counted = [("counted", {"frame": i}) for i in range(3)] + [("counted_total", {"frames": 3, "reason": "end"})]
+    assert events(site, "cam1") == counted  # the first stage is cam2's alone
+    assert events(site, "cam2") == [("counted", {"frame": 0}), ("seen", {"frame": 1}), ("counted", {"frame": 1}),
+                                    ("counted", {"frame": 2}), ("seen_total", {"frames": 3, "reason": "end"}),
+                                    ("counted_total", {"frames": 3, "reason": "end"})]  # in the listed order
+    collected = json.loads((site / "collected.json").read_text())
+    assert sorted(collected["frames"]) == [[s, i] for s in ("cam1", "cam2") for i in range(3)]
+    assert ["cam2", "seen"] in collected["events"] and ["cam1", "counted_total"] in collected["events"]
+    assert ["cam1", "seen"] not in collected["events"]
+
+
+def test_an_entry_point_s_name_in_use_runs_its_stage(site):
+    info = site / "mystages-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: mystages\nVersion: 0.1\n", encoding="utf-8")
+    (info / "entry_points.txt").write_text("[segstream.stages]\ncounter = mystages:Counter\n", encoding="utf-8")
+    config = write_config(site, "stages: [{use: counter, options: {kind: entry}}]\n")
+    ran = segstream_cli(site, "run", str(config))
+    assert ran.returncode == 0, ran.stderr
+    kinds = [e.kind for e in map(event_from_wire, read_entries(site / "out" / "cam1.events.jsonl"))]
+    assert kinds.count("entry") == 3 and "entry_total" in kinds
+
+
+def test_a_sink_that_raises_stops_the_run_with_one_line_naming_it(site):
+    config = write_config(site, custom="[{use: 'mystages:BrokenSink', options: {path: x.json}}]")
+    ran = segstream_cli(site, "run", str(config))
+    assert ran.returncode == 1 and "Traceback" not in ran.stderr, ran.stderr
+    assert ran.stderr.splitlines()[-1] == ("segstream: error: sink collect (mystages:BrokenSink) failed in publish "
+                                           "(frame 0 of source cam1): ConnectionError: broker gone")
+
+
+def test_bench_runs_the_config_s_stages_in_the_pipeline_and_the_naive_loop(site):
+    config = write_config(site, "stages: [{use: 'mystages:Mark', options: {path: marks.txt}}]\n")
+    out = segstream_cli(site, "bench", str(config), "--sources", "2", "--frames", "3", "--naive-frames", "3",
+                        "--network-seconds", "0.2", "--json")
+    assert out.returncode == 0, out.stderr
+    assert sorted((site / "marks.txt").read_text().split()) == ["cam1-0", "cam1-1", "naive"]
+
+
+def test_batch_refuses_a_config_s_stages_in_one_line(site):
+    config = write_config(site, "stages: [{use: 'mystages:Counter'}]\n")
+    (site / "videos").mkdir()
+    out = segstream_cli(site, "batch", "videos", "--config", str(config))
+    assert out.returncode == 2
+    assert out.stderr == ("segstream: error: stages: segstream batch does not run a config's stages (segstream run "
+                          "does) — remove the stages: section from the config for batch\n")
+
+
+def test_a_stage_that_raises_stops_the_run_with_one_line_naming_it(site):
+    config = write_config(site, "stages: [{use: mystages:Boom}]\n")
+    ran = segstream_cli(site, "run", str(config))
+    assert ran.returncode == 1, ran.stderr
+    assert "Traceback" not in ran.stderr, ran.stderr
+    (line,) = [line for line in ran.stderr.splitlines() if line.startswith("segstream: error:")]
+    assert line == ("segstream: error: stage mystages:Boom failed on frame 1 of source cam1: ValueError: the line is "
+                    "not where it was")
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    ("stages: [{use: 'nowhere_module:Stage'}]\n",
+     "stages[0].use: cannot import module 'nowhere_module' (ModuleNotFoundError: No module named 'nowhere_module') "
+     "— install its package, or put the folder that holds it on PYTHONPATH"),
+    ("stages: [{use: 'mystages:Missing'}]\n", "stages[0].use: module 'mystages' has no 'Missing' — check the name "
+                                              "after the ':'"),
+    ({"custom": "[{use: 'mystages:not_a_factory'}]"},
+     "sinks.custom[0].use: mystages:not_a_factory is a int, not a factory to call — name a class or a function"),
+    ("stages: [{use: 'mystages:Counter', options: {evry: 2}}]\n",
+     "stages[0].options: mystages:Counter cannot be called as mystages:Counter(source, evry=...): got an unexpected "
+     "keyword argument 'evry' — give the options its factory takes"),
+    ("stages: [{use: 'mystages:Counter', sources: [garage]}]\n",
+     "config: stages[0].sources: no source is named 'garage' — the config's sources are cam1"),
+    ("stages: [{use: 'line_crossing'}]\n",
+     "stages[0].use: 'line_crossing' is no entry point of the group segstream.stages (none is installed) — write "
+     "module:attribute, e.g. my_package.stages:LineCrossing"),
+])
+def test_a_wrong_stage_or_sink_is_one_line_at_validate_and_at_run(site, extra, message):
+    config = write_config(site, **extra) if isinstance(extra, dict) else write_config(site, extra)
+    for command in ("validate", "run"):
+        out = segstream_cli(site, command, str(config))
+        assert out.returncode == 2, out.stderr
+        assert out.stderr == f"segstream: error: {message}\n"
+
+
+def test_a_factory_that_raises_stops_the_start_with_one_line_naming_it(site):
+    config = write_config(site, "stages: [{use: 'mystages:refuse'}]\n")
+    assert segstream_cli(site, "validate", str(config)).returncode == 0  # validate calls no factory
+    out = segstream_cli(site, "run", str(config))
+    assert out.returncode == 2
+    assert out.stderr.splitlines()[-1] == ("segstream: error: stages[0]: mystages:refuse('cam1', ...) raised "
+                                           "RuntimeError: no licence for cam1")
+    assert "Traceback" not in out.stderr and not (site / "out" / "cam1.jsonl").exists()
+
+
+def free_port() -> int:
+    for port in range(30100, 30999):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in 30100-30999")
+
+
+def test_build_runtime_with_ops_serves_the_endpoints_during_the_run_and_frees_the_port(tmp_path):
+    port = free_port()
+    config = tmp_path / "pipeline.yaml"
+    config.write_text(f"sources: [{{name: cam, type: synthetic, width: 64, height: 48, num_frames: 40, realtime: true, "
+                      f"fps: 20}}]\nmodel: {{device: cpu}}\nsinks: {{redis: {{enabled: false}}}}\n"
+                      f"ops: {{http: '127.0.0.1:{port}'}}\n", encoding="utf-8")
+    cfg = segstream.load_config(config)
+    runtime = segstream.build_runtime(cfg, progress=False, ops=True)
+    assert runtime.ops_address == ("127.0.0.1", port)
+    scraped = []
+
+    def scrape():
+        while not scraped:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
+                    body = response.read().decode()
+            except OSError:
+                time.sleep(0.05)
+                continue
+            if 'segstream_frames_published_total{source="cam"}' in body:
+                scraped.append(body)
+            time.sleep(0.05)
+
+    scraper = threading.Thread(target=scrape, daemon=True)
+    scraper.start()
+    report = runtime.run()
+    scraper.join(5)
+    assert scraped and report.published > 0
+    with pytest.raises(OSError):  # nothing answers any more
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2)
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # the scrapes' connections may linger in TIME_WAIT
+        s.bind(("127.0.0.1", port))
+        s.listen()  # the port is free again: a second run may serve on it
+
+
+def test_build_runtime_without_ops_serves_nothing(tmp_path):
+    port = free_port()
+    config = tmp_path / "pipeline.yaml"
+    config.write_text(f"sources: [{{name: cam, type: synthetic, width: 64, height: 48, num_frames: 2}}]\n"
+                      f"model: {{device: cpu}}\nsinks: {{redis: {{enabled: false}}}}\nops: {{http: '127.0.0.1:{port}'}}\n",
+                      encoding="utf-8")
+    runtime = segstream.build_runtime(segstream.load_config(config), progress=False)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", port))
+    assert runtime.ops_address is None
+    runtime.run()
+
+
+def test_a_factory_that_raises_in_build_runtime_is_a_config_error(site, monkeypatch):
+    monkeypatch.syspath_prepend(str(site))
+    cfg = segstream.load_config(write_config(site, "stages: [{use: 'mystages:refuse'}]\n"))
+    with pytest.raises(ConfigError, match=r"stages\[0\]: mystages:refuse\('cam1', ...\) raised RuntimeError"):
+        segstream.build_runtime(cfg, progress=False)
