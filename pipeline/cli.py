@@ -445,6 +445,7 @@ def build_runtime(
     already built (``build_segmenter``) from ``cfg.model``; else it is built here. ``run_id``: the
     run's id (``logs.new_run_id()``), when its log lines carry it already; else a new one."""
     from segstream.pipeline.builders import build_sinks, build_sources
+    from segstream.pipeline.filtering import segment_filters
     from segstream.pipeline.model_factory import build_segmenter
     from segstream.pipeline.runtime import Runtime
     from segstream.pipeline.tracking import tracking_stages
@@ -461,6 +462,8 @@ def build_runtime(
                               "passed to build_runtime — names must be unique")
         if adapter is None:
             adapter = build_segmenter(cfg.model, batch_size=cfg.engine.batch_size)
+        # the filters' class names, checked against the model's before a sink or source starts
+        segment_filters(cfg, adapter.labels, [s.name for s in cfg.sources])
         if not stopping():
             try:
                 built_sinks = build_sinks(cfg.sinks, run_id=run_id, stopping=stopping)
