@@ -246,20 +246,12 @@ def frame_label_map(
     else:
         rows, cols = nearest_index(h, height), nearest_index(w, width)
         kept = ScaledLabelMap(small, rows, cols)
-    areas, boxes = map_extents(small, count, np.bincount(rows, minlength=h), np.bincount(cols, minlength=w))
-    return kept, areas, boxes
-
-
-def map_extents(
-    small: np.ndarray, count: int, row_repeat: np.ndarray, col_repeat: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Frame-pixel areas (int64) and (x0, y0, x1, y1) boxes (int32, x1/y1 exclusive) of segments
-    0..count-1 of a decided map whose line i the frame copies ``row_repeat[i]`` / ``col_repeat[i]``
-    times (all ones for a frame-size map); values outside 0..count-1 are no segment."""
     areas = np.zeros(count, np.int64)
     boxes = np.zeros((count, 4), np.int32)
     if count == 0:
-        return areas, boxes
+        return kept, areas, boxes
+    row_repeat = np.bincount(rows, minlength=h)
+    col_repeat = np.bincount(cols, minlength=w)
     ids = np.where((small >= 0) & (small < count), small, count)  # count: no segment
     weights = (row_repeat[:, None] * col_repeat[None, :]).ravel()
     areas[:] = np.bincount(ids.ravel(), weights=weights, minlength=count + 1)[:count].round()
@@ -271,7 +263,7 @@ def map_extents(
     x0, x1 = _line_extent(ids.T, count, col_repeat[shown_cols])
     present = areas > 0
     boxes[present] = np.stack((x0, y0, x1, y1), axis=1)[present]
-    return areas, boxes
+    return kept, areas, boxes
 
 
 def _line_extent(ids: np.ndarray, count: int, repeat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from segstream.models.processing import map_extents
 from segstream.models.results import FrameResult, Level, ScaledLabelMap
 
 FILTER_REASONS = ("class", "score", "roi", "min_area")
@@ -76,7 +75,7 @@ class SegmentFilter:
 
     def __init__(self, settings: FilterSettings):
         self.settings = settings
-        self._roi_masks: dict[tuple, np.ndarray] = {}
+        self._roi_masks: dict[tuple, tuple[np.ndarray, np.ndarray] | None] = {}  # grid -> inside, outside
 
     def apply(self, result: FrameResult) -> dict[str, int]:
         """Drop and clip ``result``'s segments (segments, label map, hierarchy levels); returns
@@ -106,54 +105,58 @@ class SegmentFilter:
         else:
             row_repeat = np.ones(decided.shape[0], np.int64)
             col_repeat = np.ones(decided.shape[1], np.int64)
-        inside = self._roi_mask(decided.shape, (result.height, result.width), row_repeat, col_repeat)
+        region = self._roi_mask(decided.shape, (result.height, result.width), row_repeat, col_repeat)
+        inside = None if region is None else region[0]
         areas = segments.areas
         if inside is not None:
-            top = int(max(segments.ids.max(initial=-1), 0)) + 1
-            picked = decided[inside]
-            known = (picked >= 0) & (picked < top)
-            weights = None  # a frame-size map: one pixel each
-            if isinstance(stored, ScaledLabelMap):
-                weights = (row_repeat[:, None] * col_repeat[None, :])[inside][known]
-            areas = np.bincount(picked[known], weights=weights, minlength=top).round().astype(np.int64)
+            scaled = isinstance(stored, ScaledLabelMap)
+            areas = _areas(decided, inside, row_repeat, col_repeat, scaled, int(segments.ids.max(initial=-1)) + 1)
             areas = areas[segments.ids]
             drop(areas == 0, 3)
         if s.min_area > 0:
             drop(areas < s.min_area, 4)
-        return self._keep(result, reason, (decided, inside, row_repeat, col_repeat))
+        return self._keep(result, reason, (decided, region, row_repeat, col_repeat, areas))
 
     def _keep(self, result: FrameResult, reason: np.ndarray, grid: tuple | None) -> dict[str, int]:
         counts = {name: int(np.count_nonzero(reason == k)) for k, name in enumerate(FILTER_REASONS, 1)}
         kept = reason == 0
-        clipped = grid is not None and grid[1] is not None
-        if kept.all() and not clipped:
+        region = None if grid is None else grid[1]
+        if kept.all() and region is None:
             return counts
         segments = result.segments[kept]
         result.segments = segments
         if grid is None:
             return counts
-        decided, inside, row_repeat, col_repeat = grid
-        top = int(max(decided.max(initial=-1), result.segments.ids.max(initial=-1), 0)) + 2
-        lookup = np.full(top, -1, np.int32)  # value + 1 -> value kept, or -1
-        lookup[segments.ids + 1] = segments.ids
-        new = lookup[decided + 1]
-        cleared = (decided >= 0) & (new < 0)  # pixels of dropped segments
-        if inside is not None:
-            new[~inside] = -1
-            cleared |= ~inside
-            count = int(segments.ids.max(initial=-1)) + 1
-            areas, boxes = map_extents(new, count, row_repeat, col_repeat)
-            segments.areas, segments.boxes = areas[segments.ids], boxes[segments.ids]
+        decided, region, row_repeat, col_repeat, areas = grid
         stored = result.segment_map
+        if kept.all():
+            new = decided.copy()
+        else:
+            top = int(max(decided.max(initial=-1), result.segments.ids.max(initial=-1), 0)) + 2
+            lookup = np.full(top, -1, np.int32)  # value + 1 -> value kept, or -1
+            lookup[segments.ids + 1] = segments.ids
+            new = lookup[decided + 1]
+        if region is not None:
+            outside = region[1]
+            new[outside] = -1
+            clipped = np.flatnonzero(areas[kept] < segments.areas)
+            segments.areas = areas[kept]
+            segments.boxes = segments.boxes.copy()
+            for i in clipped:  # only a segment that lost pixels has a new box, found within its old one
+                segments.boxes[i] = _box_within(new, int(segments.ids[i]), segments.boxes[i], stored, row_repeat,
+                                                col_repeat)
         result.segment_map = ScaledLabelMap(new, stored.rows, stored.cols) if isinstance(stored, ScaledLabelMap) else new
         if result.levels:
+            cleared = (decided >= 0) & (new < 0)  # pixels of dropped segments, and outside the region
+            if region is not None:
+                cleared |= outside
             result.levels = _clear_levels(result.levels, stored, cleared)
         return counts
 
     def _roi_mask(self, shape: tuple[int, int], frame: tuple[int, int], row_repeat: np.ndarray,
-                  col_repeat: np.ndarray) -> np.ndarray | None:
-        """Which decided pixels lie inside the region of interest (their frame lines' centres);
-        None where there is no region of interest or it holds the whole frame."""
+                  col_repeat: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """Which decided pixels lie inside the region of interest (their frame lines' centres), and
+        which outside; None where there is no region of interest or it holds the whole frame."""
         if self.settings.roi is None:
             return None
         key = (shape, frame)
@@ -163,7 +166,8 @@ class SegmentFilter:
             height, width = frame
             vertices = np.asarray(self.settings.roi, np.float64) * (width, height)
             mask = polygon_inside(vertices, _line_centres(row_repeat), _line_centres(col_repeat))
-            self._roi_masks[key] = None if mask[row_repeat > 0][:, col_repeat > 0].all() else mask
+            whole = mask[row_repeat > 0][:, col_repeat > 0].all()
+            self._roi_masks[key] = None if whole else (mask, ~mask)
         return self._roi_masks[key]
 
 
@@ -192,12 +196,41 @@ def _clear_levels(levels: Sequence[Level], stored: np.ndarray | ScaledLabelMap, 
             col_repeat = np.bincount(own.cols, minlength=new.shape[1])
         else:
             row_repeat, col_repeat = np.ones(new.shape[0], np.int64), np.ones(new.shape[1], np.int64)
-        areas, _ = map_extents(new, len(present), row_repeat, col_repeat)
+        areas = _areas(new, None, row_repeat, col_repeat, isinstance(own, ScaledLabelMap), len(present))
         out.append(Level(ids=level.ids[keep], parents=level.parents[keep], areas=areas[level.ids[keep]],
                          segment_map=segment_map))
     for finer, coarser in zip(out, out[1:]):  # a parent that went: the segment has none left
         finer.parents = np.where(np.isin(finer.parents, coarser.ids), finer.parents, -1).astype(finer.parents.dtype)
     return out
+
+
+def _areas(decided: np.ndarray, inside: np.ndarray | None, row_repeat: np.ndarray, col_repeat: np.ndarray,
+           scaled: bool, count: int) -> np.ndarray:
+    """Frame pixels of each id 0..count-1 in ``decided`` (only where ``inside``, when given)."""
+    picked = decided if inside is None else decided[inside]
+    known = (picked >= 0) & (picked < count)
+    weights = None  # a frame-size map: one pixel each
+    if scaled:
+        weights = row_repeat[:, None] * col_repeat[None, :]
+        weights = (weights if inside is None else weights[inside])[known]
+    return np.bincount(picked[known], weights=weights, minlength=count).round().astype(np.int64)
+
+
+def _box_within(new: np.ndarray, segment_id: int, box: np.ndarray, stored: np.ndarray | ScaledLabelMap,
+                row_repeat: np.ndarray, col_repeat: np.ndarray) -> np.ndarray:
+    """The frame-pixel box (x0, y0, x1, y1) of ``segment_id``'s pixels in the decided map ``new``,
+    searched within its box before clipping (frame pixels) only."""
+    x0, y0, x1, y1 = (int(v) for v in box)
+    if isinstance(stored, ScaledLabelMap):  # the decided lines the frame's box copies
+        r0, r1, c0, c1 = stored.rows[y0], stored.rows[y1 - 1] + 1, stored.cols[x0], stored.cols[x1 - 1] + 1
+    else:
+        r0, r1, c0, c1 = y0, y1, x0, x1
+    held = new[r0:r1, c0:c1] == segment_id
+    rows = np.flatnonzero(held.any(axis=1) & (row_repeat[r0:r1] > 0)) + r0
+    cols = np.flatnonzero(held.any(axis=0) & (col_repeat[c0:c1] > 0)) + c0
+    row_end, col_end = np.cumsum(row_repeat), np.cumsum(col_repeat)
+    return np.array([col_end[cols[0]] - col_repeat[cols[0]], row_end[rows[0]] - row_repeat[rows[0]],
+                     col_end[cols[-1]], row_end[rows[-1]]], np.int32)
 
 
 def _same_grid(a: np.ndarray | ScaledLabelMap, b: np.ndarray | ScaledLabelMap) -> bool:
