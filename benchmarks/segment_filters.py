@@ -6,9 +6,9 @@ The demo config (configs/demo.yaml: samples/demo.mp4, 640x480, the shipped model
 segments ``--frames`` frames once, with fast post-processing (label maps kept at the model's
 256-pixel input as a ``ScaledLabelMap``) and with exact post-processing (frame-size maps); then
 each filter setting runs over copies of those results as the runtime's stage thread runs it.
-Prints the median and p90 milliseconds per frame and the share of the model's own time per frame
-(network and post-processing, batches of 4). Not a test: record results in docs/BENCHMARKS.md
-with the command and the machine.
+Prints the median and p90 milliseconds per frame, the share of the model's own time per frame
+(network and post-processing, batches of 4) and the segments dropped per frame. Not a test:
+record results in docs/BENCHMARKS.md with the command and the machine.
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ from segstream.pipeline.model_factory import build_segmenter
 DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 SETTINGS = {
     "classes (things only)": FilterSettings(keep_class_ids=frozenset({0, 1, 2, 3})),
-    "min_score 0.9 + min_area 500": FilterSettings(min_score=0.9, min_area=500),
+    "min_score 0.97 + min_area 3000": FilterSettings(min_score=0.97, min_area=3000),
     "roi (hexagon)": FilterSettings(roi=((0.1, 0.2), (0.5, 0.05), (0.9, 0.2), (0.9, 0.8), (0.5, 0.95), (0.1, 0.8))),
-    "all of them": FilterSettings(keep_class_ids=frozenset({0, 1, 2, 3, 4, 5}), min_score=0.9, min_area=500,
+    "all of them": FilterSettings(keep_class_ids=frozenset({0, 1, 2, 3, 4, 5}), min_score=0.97, min_area=3000,
                                   roi=((0.1, 0.2), (0.5, 0.05), (0.9, 0.2), (0.9, 0.8), (0.5, 0.95), (0.1, 0.8))),
 }
 
@@ -51,15 +51,17 @@ def segmented(postprocess: str, frames: list) -> tuple[list, float]:
     return results, (time.perf_counter() - start) / len(frames)
 
 
-def time_filter(settings: FilterSettings, results: list) -> list[float]:
+def time_filter(settings: FilterSettings, results: list) -> tuple[list[float], float]:
+    """Seconds per frame (the first frame rasterises the ROI for the frame size, once: left out)
+    and segments dropped per frame."""
     segment_filter = SegmentFilter(settings)
     copies = [copy.deepcopy(r) for r in results]
-    samples = []
+    samples, dropped = [], 0
     for result in copies:
         start = time.perf_counter()
-        segment_filter.apply(result)
+        dropped += sum(segment_filter.apply(result).values())
         samples.append(time.perf_counter() - start)
-    return samples[1:]  # the first frame rasterises the ROI for the frame size, once
+    return samples[1:], dropped / len(copies)
 
 
 def main() -> None:
@@ -67,15 +69,15 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=40)
     args = parser.parse_args()
     frames = demo_frames(load_config(DEMO).sources[0].path, args.frames)
-    print(f"{'post-processing':15} {'filters':30} {'median ms':>10} {'p90 ms':>8} {'of model':>9}")
+    print(f"{'post-processing':15} {'filters':30} {'median ms':>10} {'p90 ms':>8} {'of model':>9} {'dropped':>8}")
     for postprocess in ("fast", "exact"):
         results, model_s = segmented(postprocess, frames)
         print(f"{postprocess:15} {'(the model: network + post)':30} {1000 * model_s:10.2f} {'':8} {'100%':>9}")
         for name, settings in SETTINGS.items():
-            samples = time_filter(settings, results)
+            samples, dropped = time_filter(settings, results)
             median = statistics.median(samples)
             p90 = sorted(samples)[int(0.9 * (len(samples) - 1))]
-            print(f"{postprocess:15} {name:30} {1000 * median:10.3f} {1000 * p90:8.3f} {median / model_s:8.1%}")
+            print(f"{postprocess:15} {name:30} {1000 * median:10.3f} {1000 * p90:8.3f} {median / model_s:8.1%} {dropped:8.1f}")
 
 
 if __name__ == "__main__":
