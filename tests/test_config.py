@@ -273,7 +273,7 @@ def test_set_errors_are_config_errors(capsys, write, clip):
 def test_schema_prints_json_schema(capsys):
     assert main(["schema"]) == 0
     schema = json.loads(capsys.readouterr().out)
-    assert set(schema["properties"]) == {"sources", "model", "engine", "tracking", "sinks", "ops", "batch"}
+    assert set(schema["properties"]) == {"sources", "model", "engine", "tracking", "sinks", "ops", "batch", "filters"}
     assert schema["required"] == ["sources"]
 
 

@@ -5,6 +5,7 @@ colour segmenter on a clip whose square's position is known."""
 from __future__ import annotations
 
 import copy
+import json
 
 import numpy as np
 import pytest
@@ -16,7 +17,8 @@ from segstream.connectors.synthetic import synthetic_clip
 from segstream.models.results import ScaledLabelMap
 from segstream.models.segment_filter import FilterSettings, SegmentFilter
 from segstream.pipeline.builders import build_sources
-from segstream.pipeline.config import ModelConfig, json_schema, validate_config
+from segstream.pipeline.cli import main
+from segstream.pipeline.config import ModelConfig, validate_config
 from segstream.pipeline.metrics import RunMetrics
 from segstream.pipeline.model_factory import build_segmenter
 from segstream.pipeline.monitoring import OpsServer
@@ -248,8 +250,20 @@ def test_a_sources_filters_replace_the_top_level_ones_key_by_key():
     assert cfg.filters_of("not_in_config") == cfg.filters
 
 
-def test_the_schema_shows_the_filter_keys():
-    schema = json_schema()
+def test_segstream_schema_shows_the_filter_keys(capsys):
+    assert main(["schema"]) == 0
+    schema = json.loads(capsys.readouterr().out)
     keys = set(schema["$defs"]["FiltersConfig"]["properties"])
     assert keys == {"classes", "exclude_classes", "min_score", "min_area", "roi"}
     assert "filters" in schema["properties"] and "filters" in schema["$defs"]["SyntheticSourceConfig"]["properties"]
+
+
+def test_segstream_run_refuses_an_unknown_class_in_one_line_before_anything_starts(tmp_path, capsys):
+    config = tmp_path / "pipeline.yaml"
+    config.write_text("sources:\n  - {name: cam0, type: synthetic, num_frames: 2}\n"
+                      "model: {device: cpu}\nops: {http: null}\nfilters: {exclude_classes: [watr]}\n")
+    assert main(["run", str(config)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].endswith("filters.exclude_classes: the model's label set (synthetic) has no class 'watr' — "
+                            "did you mean 'water'?"), err
+    assert not any("Traceback" in line or "run " in line and "starting" in line for line in err)
