@@ -328,6 +328,11 @@ def _validate(args: argparse.Namespace) -> int:
             check_checkpoint(preset, cfg.model.checkpoint)  # a file that is no checkpoint, or not this model's
     except CheckpointError as error:
         raise ConfigError(f"model.checkpoint: {error}") from None
+    if preset.family in BUILTIN_FAMILIES:  # the filters' class names against the model's (a plugin names its own)
+        from segstream.pipeline.filtering import segment_filters
+        from segstream.pipeline.model_factory import labels_of
+
+        segment_filters(cfg, labels_of(preset, cfg.model), [s.name for s in cfg.sources])
     model = preset.name
     if batch:
         summary = f"a batch config (videos from `segstream batch INPUTS`), model {model}"
