@@ -77,7 +77,8 @@ def main() -> None:
             samples, dropped = time_filter(settings, results)
             median = statistics.median(samples)
             p90 = sorted(samples)[int(0.9 * (len(samples) - 1))]
-            print(f"{postprocess:15} {name:30} {1000 * median:10.3f} {1000 * p90:8.3f} {median / model_s:8.1%} {dropped:8.1f}")
+            print(f"{postprocess:15} {name:30} {1000 * median:10.3f} {1000 * p90:8.3f} {median / model_s:8.1%} "
+                  f"{dropped:8.1f}")
 
 
 if __name__ == "__main__":

@@ -145,7 +145,8 @@ class SegmentFilter:
             for i in clipped:  # only a segment that lost pixels has a new box, found within its old one
                 segments.boxes[i] = _box_within(new, int(segments.ids[i]), segments.boxes[i], stored, row_repeat,
                                                 col_repeat)
-        result.segment_map = ScaledLabelMap(new, stored.rows, stored.cols) if isinstance(stored, ScaledLabelMap) else new
+        scaled = isinstance(stored, ScaledLabelMap)
+        result.segment_map = ScaledLabelMap(new, stored.rows, stored.cols) if scaled else new
         if result.levels:
             cleared = (decided >= 0) & (new < 0)  # pixels of dropped segments, and outside the region
             if region is not None:
@@ -221,6 +222,8 @@ def _box_within(new: np.ndarray, segment_id: int, box: np.ndarray, stored: np.nd
     """The frame-pixel box (x0, y0, x1, y1) of ``segment_id``'s pixels in the decided map ``new``,
     searched within its box before clipping (frame pixels) only."""
     x0, y0, x1, y1 = (int(v) for v in box)
+    if x1 <= x0 or y1 <= y0:  # a family that gave no box: the whole frame
+        x0, y0, x1, y1 = 0, 0, int(col_repeat.sum()), int(row_repeat.sum())
     if isinstance(stored, ScaledLabelMap):  # the decided lines the frame's box copies
         r0, r1, c0, c1 = stored.rows[y0], stored.rows[y1 - 1] + 1, stored.cols[x0], stored.cols[x1 - 1] + 1
     else:

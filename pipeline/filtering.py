@@ -15,7 +15,7 @@ from segstream.models.label_sets import LabelSet
 from segstream.models.segment_filter import FilterSettings, SegmentFilter
 
 
-def filter_settings(cfg, labels: LabelSet, where: Callable[[str], str] = lambda key: f"filters.{key}") -> FilterSettings:
+def filter_settings(cfg, labels: LabelSet, where: Callable[[str], str] = "filters.{}".format) -> FilterSettings:
     """The settings of a ``FiltersConfig`` for a model that names ``labels``; a class name the
     label set lacks is a ConfigError naming the key (``where(key)``: its YAML path) and the
     closest names."""
@@ -24,9 +24,11 @@ def filter_settings(cfg, labels: LabelSet, where: Callable[[str], str] = lambda 
         for name in names:
             if name not in labels.names:
                 close = difflib.get_close_matches(name, labels.names, n=3)
+                more = " ..." if len(labels.names) > 20 else ""
                 hint = (f"did you mean {' or '.join(repr(c) for c in close)}?" if close
-                        else f"its classes are {', '.join(labels.names[:20])}{' ...' if len(labels.names) > 20 else ''}")
-                raise ConfigError(f"{where(key)}: the model's label set ({labels.name}) has no class {name!r} — {hint}")
+                        else f"its classes are {', '.join(labels.names[:20])}{more}")
+                raise ConfigError(f"{where(key)}: the model's label set ({labels.name}) has no class {name!r} "
+                                  f"— {hint}")
             ids.append(labels.names.index(name))
         return frozenset(ids)
 

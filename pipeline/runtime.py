@@ -10,9 +10,9 @@ batches are post-processed in the order they were taken, whichever worker ran th
 Each source's buffer policy decides what its full queue does: ``every_frame`` sources block
 (nothing is lost), ``newest`` sources drop their oldest queued frame and frames gone stale.
 Each source's results reach its segment filter (``filters:``), the per-source stages (the
-tracker's slot) and the sinks in frame order. Each source's state (connecting, streaming, ..., ended, failed) is logged, counted and
-published as a ``state`` event; a source that fails ends the run only when it is required.
-Stages know nothing of this: a source yields frames, the
+tracker's slot) and the sinks in frame order. Each source's state (connecting, streaming, ...,
+ended, failed) is logged, counted and published as a ``state`` event; a source that fails ends
+the run only when it is required. Stages know nothing of this: a source yields frames, the
 model stage maps batches to results, a per-source stage maps one result to one result, a sink
 publishes one result at a time.
 """
@@ -398,7 +398,7 @@ class Runtime:
                 if hasattr(source, "decode_size"):  # decodes with FFmpeg
                     source.decode_size = adapter.geometry.scale
         self.stage_factories = list(stages)
-        self.filters = dict(filters or {})
+        self.filters = {name: f for name, f in (filters or {}).items() if name in self._source_names}
         # segments each source's filter dropped, by reason: every series there from the start
         self.filtered: dict[tuple[str, str], int] = {
             (name, reason): 0 for name in self.filters for reason in FILTER_REASONS}

@@ -262,7 +262,8 @@ def test_segstream_run_refuses_an_unknown_class_in_one_line_before_anything_star
     config = tmp_path / "pipeline.yaml"
     config.write_text("sources:\n  - {name: cam0, type: synthetic, num_frames: 2}\n"
                       "model: {device: cpu}\nops: {http: null}\nfilters: {exclude_classes: [watr]}\n")
-    expected = "filters.exclude_classes: the model's label set (synthetic) has no class 'watr' — did you mean 'water'?"
+    expected = ("filters.exclude_classes: the model's label set (synthetic) has no class 'watr' — "
+                "did you mean 'water'?")
     assert main(["validate", str(config)]) == 2  # found before the model is built
     assert capsys.readouterr().err.strip().endswith(expected)
     assert main(["run", str(config)]) == 2
