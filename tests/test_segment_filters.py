@@ -270,3 +270,17 @@ def test_segstream_run_refuses_an_unknown_class_in_one_line_before_anything_star
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].endswith(expected), err
     assert not any("Traceback" in line or "run " in line and "starting" in line for line in err)
+
+
+def test_segstream_batch_applies_the_top_level_filters_to_every_video(clip, tmp_path):
+    from segstream.connectors.files_sink import read_entries
+    from segstream.pipeline.batch import run_batch
+    from segstream.pipeline.config import BatchPipelineConfig
+
+    cfg = validate_config({"batch": {"output": str(tmp_path / "out"), "coco_panoptic": False}, "ops": {"http": None},
+                           "filters": {"roi": LEFT_HALF}}, schema=BatchPipelineConfig)
+    (outcome,), _, _ = run_batch(cfg, [str(clip)], adapter=ColourSegmenter(), progress=False)
+    results = [from_wire(e) for e in read_entries(tmp_path / "out" / outcome.job.id / "frames.jsonl")]
+    assert len(results) == 40
+    assert all((r.label_map[:, 80:] == -1).all() for r in results)
+    assert sum(len(r.segments) == 0 for r in results) > 5  # the square's frames in the right half
