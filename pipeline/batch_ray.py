@@ -47,6 +47,7 @@ from segstream.pipeline.batch import (
     undelivered_reason,
 )
 from segstream.pipeline.config import BatchPipelineConfig, PipelineConfig
+from segstream.pipeline.filtering import filter_settings
 from segstream.pipeline.metrics import RunMetrics
 from segstream.pipeline.source_states import SourceStates, first_frame
 
@@ -128,6 +129,7 @@ def process_video(job: VideoJob, cfg_json: str, root: str, actor, labels, board,
 
     from segstream.connectors.file_source import FileSource
     from segstream.connectors.video_outputs import VideoOutputs
+    from segstream.pipeline.filtering import segment_filters
     from segstream.pipeline.tracking import tracking_stages
 
     cfg = BatchPipelineConfig.model_validate_json(cfg_json)
@@ -165,6 +167,7 @@ def process_video(job: VideoJob, cfg_json: str, root: str, actor, labels, board,
         pending: deque = deque()
         # The same per-source stages (the tracker) as the local engine, so the outputs are the same.
         stages = [factory(job.id) for factory in tracking_stages(cfg.tracking)]
+        segment_filter = segment_filters(cfg, labels, [job.id]).get(job.id)  # and the same filters before it
 
         def write_events(events) -> None:
             for event in events:
@@ -176,6 +179,8 @@ def process_video(job: VideoJob, cfg_json: str, root: str, actor, labels, board,
         def write(ref) -> None:
             frames, results = ref
             for frame, result in zip(frames, ray.get(results)):
+                if segment_filter is not None:
+                    segment_filter.apply(result)
                 for stage in stages:
                     result = stage.process(result)
                 if images:
@@ -372,6 +377,7 @@ def _run(ray, cfg, jobs, root, manifest, progress, control, run_id) -> list[Vide
         labels, geometry = ray.get([actors[0].labels.remote(), actors[0].geometry.remote()])
     except ray.exceptions.RayError as error:
         raise ConfigError(f"the model actor could not start: {error}") from None
+    filter_settings(cfg.filters, labels)  # its class names, checked once here rather than failing every video
     board = ray.remote(ProgressBoard).options(num_cpus=0).remote()
     task = ray.remote(process_video).options(num_cpus=settings.decode_cpus, max_retries=settings.retries,
                                              retry_exceptions=False)

@@ -341,6 +341,11 @@ def _validate(args: argparse.Namespace) -> int:
             check_checkpoint(preset, cfg.model.checkpoint)  # a file that is no checkpoint, or not this model's
     except CheckpointError as error:
         raise ConfigError(f"model.checkpoint: {error}") from None
+    if preset.family in BUILTIN_FAMILIES:  # the filters' class names against the model's (a plugin names its own)
+        from segstream.pipeline.filtering import segment_filters
+        from segstream.pipeline.model_factory import labels_of
+
+        segment_filters(cfg, labels_of(preset, cfg.model), [s.name for s in cfg.sources])
     model = preset.name
     if batch:
         summary = f"a batch config (videos from `segstream batch INPUTS`), model {model}"
@@ -464,6 +469,7 @@ def build_runtime(
     built here. ``run_id``: the run's id (``logs.new_run_id()``), when its log lines carry it
     already; else a new one."""
     from segstream.pipeline.builders import build_sinks, build_sources
+    from segstream.pipeline.filtering import segment_filters
     from segstream.pipeline.model_factory import build_segmenter
     from segstream.pipeline.runtime import Runtime
     from segstream.pipeline.tracking import tracking_stages
@@ -493,6 +499,8 @@ def build_runtime(
             from segstream.pipeline.own_parts import build_stages
 
             named_stages = build_stages(cfg.stages, [*(s.name for s in cfg.sources), *(s.name for s in own_sources)])
+        # the filters' class names, checked against the model's before a sink or source starts
+        segment_filters(cfg, adapter.labels, [s.name for s in cfg.sources])
         if not stopping():
             try:
                 built_sinks = build_sinks(cfg.sinks, run_id=run_id, stopping=stopping)

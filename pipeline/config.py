@@ -59,6 +59,73 @@ MaxFps = PositiveFloat | None
 _LIVE_ONLY_SCHEMES = tuple(scheme for scheme in STREAM_SCHEMES if scheme not in ("http", "https"))
 
 
+RoiPoint = tuple[Fraction01, Fraction01]
+ClassName = Annotated[str, Field(min_length=1)]
+
+
+class FiltersConfig(Strict):
+    """Segment filters, applied after post-processing and before the tracker and every sink: a
+    segment filtered out is in no entry, no mask, no track and no track event, and its pixels are
+    no segment (-1). ``classes``: keep only these class names (null: every class);
+    ``exclude_classes``: never these; ``min_score``: drop segments scored below it; ``min_area``:
+    drop segments covering fewer frame pixels (inside the ``roi``, when there is one); ``roi``: a
+    polygon of at least 3 ``[x, y]`` points, fractions 0..1 of the frame's width and height
+    (a camera that comes back at another resolution keeps its region): pixels outside it become
+    no segment, a segment partly inside keeps its inside pixels (area and box measured again),
+    one wholly outside is dropped. Every key applies to things and stuff alike. Class names are
+    checked against the model's label set when the run starts."""
+
+    classes: Annotated[list[ClassName], Field(min_length=1)] | None = None
+    exclude_classes: list[ClassName] = Field(default_factory=list)
+    min_score: Fraction01 = 0.0
+    min_area: NonNegativeInt = 0
+    roi: Annotated[list[RoiPoint], Field(min_length=3)] | None = None
+
+    @field_validator("classes", "exclude_classes")
+    @classmethod
+    def _distinct(cls, names: list[str] | None) -> list[str] | None:
+        if names is not None and (twice := sorted({n for n in names if names.count(n) > 1})):
+            raise ValueError(f"class '{twice[0]}' is listed twice — list each class once")
+        return names
+
+    @field_validator("roi", mode="before")
+    @classmethod
+    def _fractions(cls, roi: Any) -> Any:
+        # one line for pixel coordinates, not one per number out of range
+        numbers = [v for point in roi for v in point] if isinstance(roi, list) and all(
+            isinstance(p, (list, tuple)) for p in roi) else []
+        if any(isinstance(v, (int, float)) and not 0 <= v <= 1 for v in numbers):
+            bad = next(v for v in numbers if isinstance(v, (int, float)) and not 0 <= v <= 1)
+            raise ValueError(f"points are [x, y] fractions 0..1 of the frame's width and height, got {bad} — divide "
+                             "pixel coordinates by the width and height (fractions keep their place when a camera "
+                             "comes back at another resolution)")
+        return roi
+
+    @field_validator("roi")
+    @classmethod
+    def _encloses_area(cls, roi: list[tuple[float, float]] | None) -> list[tuple[float, float]] | None:
+        if roi is None:
+            return None
+        # the shoelace formula: twice the polygon's signed area
+        doubled = sum(x0 * y1 - x1 * y0 for (x0, y0), (x1, y1) in zip(roi, roi[1:] + roi[:1]))
+        if abs(doubled) < 1e-9:
+            raise ValueError("the polygon encloses no area (its points lie on one line) — give at least 3 points "
+                             "around the region, [x, y] fractions of width and height, e.g. "
+                             "[[0, 0.5], [1, 0.5], [1, 1], [0, 1]] for the lower half")
+        return roi
+
+    @model_validator(mode="after")
+    def _some_class_left(self) -> FiltersConfig:
+        if self.classes is not None and not set(self.classes) - set(self.exclude_classes):
+            raise ValueError("exclude_classes removes every class that classes keeps — nothing would be published")
+        return self
+
+    def over(self, base: FiltersConfig) -> FiltersConfig:
+        """These filters (a source's) key by key over ``base`` (the top-level ones): a key set
+        here replaces base's (null clears it), a key left out comes from base."""
+        return base.model_copy(update={key: getattr(self, key) for key in self.model_fields_set})
+
+
 class _Buffered:
     """What every source has: a queue of ``queue_size`` frames in front of the model, its
     ``buffer`` policy (``every_frame``: the source waits, nothing is dropped; ``newest``: the
@@ -66,7 +133,8 @@ class _Buffered:
     take them), ``required`` (its failure ends the run; otherwise the other sources carry
     on and the run reports it as failed), and ``max_fps``: at most that many frames per second of
     the input's own time go on to the model, the others are left out before their conversion to
-    RGB and counted as skipped (null: every frame)."""
+    RGB and counted as skipped (null: every frame). ``filters``: the source's segment filters,
+    key by key over the top-level ``filters:`` (``FiltersConfig.over``)."""
 
     @property
     def buffer_kind(self) -> str:
@@ -98,6 +166,7 @@ class FileSourceConfig(_Buffered, Strict):
     read_timeout_s: PositiveFloat = 10.0
     required: bool = False
     max_fps: MaxFps = None
+    filters: FiltersConfig = Field(default_factory=FiltersConfig)
 
     @model_validator(mode="after")
     def _camera_defaults(self) -> FileSourceConfig:
@@ -163,6 +232,7 @@ class _LiveSourceKeys(_Buffered, Strict):
     max_staleness_ms: PositiveFloat | None = 500.0
     required: bool = False
     max_fps: MaxFps = None
+    filters: FiltersConfig = Field(default_factory=FiltersConfig)
 
 
 class StreamSourceConfig(_LiveSourceKeys):
@@ -265,6 +335,7 @@ class ImagesSourceConfig(_Buffered, Strict):
     max_staleness_ms: PositiveFloat | None = None
     required: bool = False
     max_fps: MaxFps = None
+    filters: FiltersConfig = Field(default_factory=FiltersConfig)
 
     @field_validator("path")
     @classmethod
@@ -308,6 +379,7 @@ class SyntheticSourceConfig(_Buffered, Strict):
     max_staleness_ms: PositiveFloat | None = None
     required: bool = False
     max_fps: MaxFps = None
+    filters: FiltersConfig = Field(default_factory=FiltersConfig)
 
 
 SourceConfig = Annotated[
@@ -725,7 +797,8 @@ class BatchConfig(Strict):
 
 
 class PipelineConfig(Strict):
-    """The whole pipeline: sources -> model -> sinks."""
+    """The whole pipeline: sources -> model -> sinks. ``filters`` apply to every source (and
+    every video of ``segstream batch``); a source's own ``filters`` override them key by key."""
 
     sources: Annotated[list[SourceConfig], Field(min_length=1)]
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -735,6 +808,13 @@ class PipelineConfig(Strict):
     sinks: SinksConfig = Field(default_factory=SinksConfig)
     ops: OpsConfig = Field(default_factory=OpsConfig)
     batch: BatchConfig = Field(default_factory=BatchConfig)
+    filters: FiltersConfig = Field(default_factory=FiltersConfig)
+
+    def filters_of(self, source: str) -> FiltersConfig:
+        """The filters in force for ``source``: its own over the top-level ones (the top-level
+        ones for a source the config does not name)."""
+        own = next((s.filters for s in self.sources if s.name == source), None)
+        return self.filters if own is None else own.over(self.filters)
 
     @field_validator("sources")
     @classmethod

@@ -9,10 +9,10 @@ At most ``max_inflight`` batches are between the model threads and the end of po
 batches are post-processed in the order they were taken, whichever worker ran them.
 Each source's buffer policy decides what its full queue does: ``every_frame`` sources block
 (nothing is lost), ``newest`` sources drop their oldest queued frame and frames gone stale.
-Each source's results reach the per-source stages (the tracker's slot) and the sinks in frame
-order. Each source's state (connecting, streaming, ..., ended, failed) is logged, counted and
-published as a ``state`` event; a source that fails ends the run only when it is required.
-Stages know nothing of this: a source yields frames, the
+Each source's results reach its segment filter (``filters:``), the per-source stages (the
+tracker's slot) and the sinks in frame order. Each source's state (connecting, streaming, ...,
+ended, failed) is logged, counted and published as a ``state`` event; a source that fails ends
+the run only when it is required. Stages know nothing of this: a source yields frames, the
 model stage maps batches to results, a per-source stage maps one result to one result, a sink
 publishes one result at a time.
 """
@@ -48,6 +48,7 @@ from segstream.connectors.sink import SINK_DROPS, SINK_METHODS, Sink
 from segstream.connectors.source import VideoSource
 from segstream.connectors.threads import NamedThread
 from segstream.models.results import Event, FrameResult
+from segstream.models.segment_filter import FILTER_REASONS, SegmentFilter
 from segstream.models.segmenter import FamilyAdapter
 from segstream.pipeline.engine import Batcher, BufferPolicy, InFlight, ModelStage, engine_layout, usable_cores
 from segstream.pipeline.logs import new_run_id
@@ -344,7 +345,8 @@ class Runtime:
     ``warm_up`` (height, width) runs the model on blank frames of that size before the first
     frame is taken, so compilation does not count as latency. ``resize_in_decoder`` has sources
     that decode with FFmpeg convert frames at the adapter's ``geometry.scale`` (no sink may draw on
-    frames then).
+    frames then). ``filters`` (source name -> ``SegmentFilter``) drop and clip each source's
+    segments before its stages, counted in ``filtered`` ((source, reason) -> segments).
     """
 
     def __init__(
@@ -354,6 +356,7 @@ class Runtime:
         sinks: Sequence[Sink],
         *,
         stages: Sequence[StageFactory] = (),
+        filters: Mapping[str, SegmentFilter] | None = None,
         batch_size: int = 4,
         max_wait_ms: float = 20.0,
         max_inflight: int = 2,
@@ -399,6 +402,10 @@ class Runtime:
                 if hasattr(source, "decode_size"):  # decodes with FFmpeg
                     source.decode_size = adapter.geometry.scale
         self.stage_factories = list(stages)
+        self.filters = {name: f for name, f in (filters or {}).items() if name in self._source_names}
+        # segments each source's filter dropped, by reason: every series there from the start
+        self.filtered: dict[tuple[str, str], int] = {
+            (name, reason): 0 for name in self.filters for reason in FILTER_REASONS}
         self.model_workers = model_workers
         self.batch_size = batch_size
         self.max_wait_s = max_wait_ms / 1000
@@ -464,7 +471,8 @@ class Runtime:
     @classmethod
     def from_config(cls, cfg, sources, adapter, sinks, **kwargs) -> Runtime:
         """A runtime with the engine settings, queue sizes, buffer policies, required sources and
-        per-source stages (the tracker of the ``tracking:`` section, then ``stages:``) of a ``PipelineConfig``;
+        per-source stages (the tracker of the ``tracking:`` section, then ``stages:``) and segment filters
+        (``filters:``, class names checked against the adapter's labels: a ConfigError) of a ``PipelineConfig``;
         applies the engine's intra-op thread count to torch. ``sources`` may include sources of
         one's own that the config does not name: they get the constructor's defaults (the
         ``queue_size`` and ``buffer_policy`` they declare, else a queue of ``QUEUE_SIZE`` frames,
@@ -472,6 +480,7 @@ class Runtime:
         unless ``queue_size``, ``buffers`` or ``required`` say otherwise."""
         import torch
 
+        from segstream.pipeline.filtering import segment_filters
         from segstream.pipeline.tracking import tracking_stages
 
         if "stages" not in kwargs:
@@ -480,6 +489,8 @@ class Runtime:
                 from segstream.pipeline.own_parts import build_stages
 
                 kwargs["stages"] += build_stages(cfg.stages, [s.name for s in sources])
+        names = dict.fromkeys([*(c.name for c in cfg.sources), *(s.name for s in sources)])
+        kwargs.setdefault("filters", segment_filters(cfg, adapter.labels, names))
         configured = {c.name for c in cfg.sources}
         own = [s.name for s in sources if s.name not in configured]  # sources of one's own: required
         engine = cfg.engine
@@ -824,6 +835,9 @@ class Runtime:
                     break
                 if result is not None:
                     beat("stage")
+                    if (segment_filter := self.filters.get(result.source)) is not None:
+                        for reason, count in segment_filter.apply(result).items():
+                            self.filtered[result.source, reason] += count
                     for stage in self._source_stages(result.source):
                         given, result = result, stage.process(result)
                         if not isinstance(result, FrameResult):
@@ -983,6 +997,8 @@ class Runtime:
                 ("source",), lambda: {(source.name,): sum(getattr(stage, "capacity_refused", 0)
                                                           for stage in self._stages.get(source.name, ()))
                                       for source in self.sources})
+        counter("segments_filtered", "Segments a source's filters dropped before the tracker and the sinks, by reason "
+                "(class, score, roi, min_area).", ("source", "reason"), lambda: dict(self.filtered))
         gauge("source_info", "1 for the format each source streams now (as decoded); a new series when it changes.",
               ("source", "codec", "width", "height"), lambda: {
                   (source.name, info.codec, str(info.width), str(info.height)): 1

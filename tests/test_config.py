@@ -299,7 +299,8 @@ def test_set_errors_are_config_errors(capsys, write, clip):
 def test_schema_prints_json_schema(capsys):
     assert main(["schema"]) == 0
     schema = json.loads(capsys.readouterr().out)
-    assert set(schema["properties"]) == {"sources", "model", "engine", "tracking", "stages", "sinks", "ops", "batch"}
+    assert set(schema["properties"]) == {"sources", "model", "engine", "tracking", "stages", "sinks", "ops", "batch",
+                                         "filters"}
     assert schema["required"] == ["sources"]
     assert set(schema["$defs"]["RedisSentinelConfig"]["properties"]) == {"username", "password"}
     assert set(schema["$defs"]["StageConfig"]["properties"]) == {"use", "options", "sources"}

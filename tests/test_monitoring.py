@@ -434,9 +434,11 @@ def test_a_scraper_hanging_up_mid_answer_prints_no_traceback(capfd):
 
 @pytest.fixture(scope="module")
 def finished_run_page(tmp_path_factory, clip) -> str:
-    """/metrics after a real run: a file source through the tracker into Redis and the files sink."""
+    """/metrics after a real run: a file source through a segment filter and the tracker into Redis
+    and the files sink."""
     from segstream.connectors.redis_connection import connect_redis
     from segstream.connectors.redis_sink import RedisPublisher
+    from segstream.models.segment_filter import FilterSettings, SegmentFilter
     from segstream.pipeline.tracking import TrackingStage
     from tests.redis_servers import RedisProcess
 
@@ -446,7 +448,7 @@ def finished_run_page(tmp_path_factory, clip) -> str:
         metrics = RunMetrics()
         with OpsServer(metrics, "127.0.0.1", 0) as server:
             Runtime([FileSource("file", str(clip))], ColourSegmenter(), [publisher, FilesSink(folder / "out")],
-                    stages=[TrackingStage], queue_size=3,
+                    stages=[TrackingStage], queue_size=3, filters={"file": SegmentFilter(FilterSettings(min_area=1))},
                     metrics=metrics, progress=None).run()
             return get(server.url + "/metrics")[1]
 
@@ -458,6 +460,7 @@ def test_sinks_queues_and_sources_say_their_limits_formats_and_losses_from_the_s
     values = samples(finished_run_page)
     assert values[("segstream_sink_backlog_limit", (("sink", "redis"),))] == 50
     assert values[("segstream_queue_capacity", (("source", "file"),))] == 3
+    assert values[("segstream_segments_filtered_total", (("reason", "roi"), ("source", "file")))] == 0
     assert values[("segstream_queue_depth", (("source", "file"),))] == 0
     assert values[("segstream_events_dropped_total", (("sink", "files"),))] == 0
     assert values[("segstream_events_dropped_total", (("sink", "redis"),))] == 0
