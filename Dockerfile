@@ -31,9 +31,11 @@ RUN pip install --constraint constraints.txt .
 # ffmpeg receives SRT and RIST streams, which the FFmpeg in PyAV's wheels lacks
 RUN apt-get update && apt-get install -y --no-install-recommends tini ffmpeg && rm -rf /var/lib/apt/lists/*
 
-RUN useradd --system --create-home --uid 10001 segstream \
-    && mkdir /opt/segstream/runs && chown segstream /opt/segstream/runs
-USER segstream
+# A numeric user: Kubernetes' runAsNonRoot can check a number only (a name is refused). Group 0
+# may write runs/, as OpenShift runs images as a random user in group 0.
+RUN useradd --system --create-home --uid 10001 --gid 0 segstream \
+    && mkdir /opt/segstream/runs && chown 10001:0 /opt/segstream/runs && chmod g=u /opt/segstream/runs
+USER 10001:0
 # relative output folders (runs/out, runs/preview, runs/batch) go here: mount a volume on it
 VOLUME /opt/segstream/runs
 

@@ -247,7 +247,14 @@ class RedisPublisher:
         """
         embedded = None
         if url is None:
-            embedded = EmbeddedRedis(embedded_dir)
+            try:
+                embedded = EmbeddedRedis(embedded_dir)
+            except FileNotFoundError as error:  # tempfile's "No usable temporary directory found in [...]"
+                if not str(error.strerror).startswith("No usable temporary directory"):
+                    raise
+                raise SinkError("no sinks.redis.url set, and the embedded Redis that stands in needs a writable "
+                                "temporary directory, which this process has none of (a read-only root?) — set "
+                                "sinks.redis.url to your Redis, or TMPDIR to a writable directory") from None
             url, password, username, tls = embedded.url, None, None, None
         try:
             # Our own reconnects (backlog, backoff, counted) replace redis-py's per-command retries;

@@ -1,8 +1,8 @@
 """The ``segstream`` command: run, batch, render, validate, schema, tail, evaluate, demo.
 
 User errors (``SegstreamError``) end as one line ``segstream: error: ...`` and the error's exit
-code; Ctrl-C, SIGTERM or SIGHUP drains the pipeline and exits 0 (from any state, start-up included), a
-second one aborts with 128 + its number (130 for Ctrl-C, 143 for SIGTERM, 129 for SIGHUP). A run in which a source failed exits 1 and says which and why.
+code; Ctrl-C, SIGTERM or SIGHUP drains the pipeline and exits 0 (from any state once the command's
+modules have loaded; while they load, it ends at once with 128 + its number), a second one aborts with 128 + its number (130 for Ctrl-C, 143 for SIGTERM, 129 for SIGHUP). A run in which a source failed exits 1 and says which and why.
 ``--log-format json`` (or ``SEGSTREAM_LOG_FORMAT=json``) makes every line a JSON object.
 """
 

@@ -908,12 +908,32 @@ def load_config(
     relative to ``base_dir`` (a file's: its folder; a mapping's: the working directory). Every
     problem is one ``ConfigError``."""
     if isinstance(path, typing.Mapping):
-        data = copy.deepcopy(dict(path))
+        raw = copy.deepcopy(dict(path))
         for override in overrides:
-            apply_override(data, override)
-        return validate_config(interpolate(data), base_dir=Path(base_dir or ".").resolve(), schema=schema)
-    folder = Path(base_dir).resolve() if base_dir is not None else Path(path).resolve().parent
-    return validate_config(config_data(path, overrides), base_dir=folder, schema=schema)
+            apply_override(raw, override)
+        folder = Path(base_dir or ".").resolve()
+    else:
+        raw = raw_config_data(path, overrides)
+        folder = Path(base_dir).resolve() if base_dir is not None else Path(path).resolve().parent
+    if problem := _redis_url_left_empty(raw):
+        raise ConfigError(problem)
+    return validate_config(interpolate(raw), base_dir=folder, schema=schema)
+
+
+def _redis_url_left_empty(raw: dict) -> str | None:
+    """What is wrong when ``sinks.redis.url`` is ``${VAR}`` (no default) and VAR is set but empty
+    (an empty ConfigMap value, an optional Secret's key): an embedded Redis would stand in, and
+    the run's entries would end with it where no consumer reads them. ``${VAR:-}`` means that."""
+    sinks = raw.get("sinks") if isinstance(raw, dict) else None
+    redis_section = sinks.get("redis") if isinstance(sinks, dict) else None
+    url = redis_section.get("url") if isinstance(redis_section, dict) else None
+    reference = re.fullmatch(r"\$\{(\w+)\}", url) if isinstance(url, str) else None
+    if reference is None or os.environ.get(reference.group(1)) != "":
+        return None
+    name = reference.group(1)
+    return (f"sinks.redis.url: environment variable {name} is set but empty, so an embedded Redis would stand in "
+            f"for yours and the entries would end with the run — set {name}, or write ${{{name}:-}} where an "
+            "embedded Redis is meant")
 
 
 def load_checked_config(
@@ -927,6 +947,8 @@ def load_checked_config(
     data = interpolate(raw, problems=unset)  # an unset variable does not hide the other mistakes
     base_dir = Path(path).resolve().parent
     lines = _problem_lines(unset, raw)
+    if problem := _redis_url_left_empty(raw):
+        lines.append(problem)
     try:
         config = validate_config(data, base_dir=base_dir, schema=schema)
     except ConfigError as error:

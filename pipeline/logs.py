@@ -155,6 +155,11 @@ def _json_everywhere(handler: logging.Handler | None) -> None:
     Without (None), the process's own hooks as they were before are put back."""
     warned = logging.getLogger("py.warnings")  # where logging.captureWarnings sends warnings.warn
     if _hooks:
+        for logger, handlers, propagate in reversed(_hooks.get("adopted", [])):  # a library's own, as they were
+            logger.removeHandler(_hooks["handler"])
+            for old in handlers:
+                logger.addHandler(old)
+            logger.propagate = propagate
         warned.removeHandler(_hooks["handler"])  # ours alone: a handler the process had stays
         warned.propagate = _hooks["propagate"]
         threading.excepthook = _hooks["excepthook"]
@@ -171,6 +176,30 @@ def _json_everywhere(handler: logging.Handler | None) -> None:
 
 
 _hooks: dict = {}  # what _json_everywhere replaced, to put back
+
+
+def adopt_library_logs(prefix: str = "torch") -> None:
+    """With JSON logs, the records of a library that prints its own (torch's loggers, each with a
+    handler of its own writing glog-like text: dynamo's recompiles, cpp_extension's "No CUDA
+    runtime") go through segstream's JSON handler instead; call once the library is imported.
+    With text logs, nothing changes."""
+    if _configured["format"] != "json" or not _hooks:
+        return
+    ours = _hooks["handler"]
+    adopted = _hooks.setdefault("adopted", [])
+    top = logging.getLogger(prefix)
+    names = [name for name in logging.root.manager.loggerDict if name == prefix or name.startswith(prefix + ".")]
+    for name in [prefix, *sorted(set(names) - {prefix})]:
+        logger = logging.getLogger(name)
+        if any(logger is done for done, _, _ in adopted):
+            continue
+        theirs = [handler for handler in logger.handlers if handler is not ours]
+        adopted.append((logger, theirs, logger.propagate))
+        for handler in theirs:
+            logger.removeHandler(handler)
+        logger.propagate = logger is not top  # on to the top logger's handler: ours
+    if ours not in top.handlers:
+        top.addHandler(ours)
 
 
 def _thread_exception_record(args) -> None:

@@ -276,6 +276,9 @@ def build_segmenter(model_cfg, batch_size: int = 8) -> FamilyAdapter:
     """The configured model on its device, weights loaded, behind its family's adapter
     (``model_cfg``: a ``ModelConfig``, a dict of the ``model:`` section's keys, or a preset's
     name, which runs at that preset's task with the section's other defaults)."""
+    from segstream.pipeline.logs import adopt_library_logs
+
+    adopt_library_logs("torch")  # imported by now: its own log lines as JSON too, where the logs are
     if isinstance(model_cfg, str):
         if model_cfg not in PRESETS:  # a plugin's, maybe
             load_plugins()

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from segstream.connectors.errors import ConfigError
 from segstream.models.presets import SYNTHETIC_TINY
 from segstream.pipeline.cli import main
 from segstream.pipeline.config import FileSourceConfig, SyntheticSourceConfig, load_config
@@ -534,3 +535,19 @@ def test_a_program_gives_its_config_as_a_mapping(tmp_path, monkeypatch):
     assert data["sources"][0]["max_fps"] == "${CAM_FPS}" and "engine" not in data, "the caller's mapping is unchanged"
     with pytest.raises(segstream.ConfigError, match="modle: unknown key — did you mean 'model'"):
         segstream.load_config({"sources": data["sources"], "modle": {}}, base_dir=tmp_path)
+
+
+def test_a_redis_url_variable_set_but_empty_is_refused_where_no_default_was_written(tmp_path, monkeypatch, capsys):
+    # Found probing (Kubernetes): an empty ConfigMap value for SEGSTREAM_REDIS_URL started an
+    # embedded Redis in the pod; /readyz said ready while the entries went where no consumer reads
+    config = tmp_path / "pipeline.yaml"
+    config.write_text("sources:\n  - {name: cam, type: synthetic, num_frames: 2}\n"
+                      "sinks:\n  redis: {url: '${SEGSTREAM_REDIS_URL}'}\n")
+    monkeypatch.setenv("SEGSTREAM_REDIS_URL", "")
+    with pytest.raises(ConfigError, match=r"^sinks\.redis\.url: environment variable SEGSTREAM_REDIS_URL is set but "
+                                          r"empty, so an embedded Redis would stand in"):
+        load_config(config)
+    assert main(["validate", str(config)]) == 2
+    assert "write ${SEGSTREAM_REDIS_URL:-} where an embedded Redis is meant" in capsys.readouterr().err
+    config.write_text(config.read_text().replace("${SEGSTREAM_REDIS_URL}", "${SEGSTREAM_REDIS_URL:-}"))
+    assert load_config(config).sinks.redis.url is None  # said so: the embedded Redis is meant

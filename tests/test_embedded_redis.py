@@ -95,3 +95,16 @@ def test_an_embedded_redis_that_cannot_start_says_why_from_its_log(temp_dir):
     assert "(its log: Your current 'ulimit -n' of 32 is not enough for the server to start." in said.stdout
     assert said.stdout.rstrip().endswith("— set sinks.redis.url to an external Redis")
     assert list(temp_dir.iterdir()) == []  # neither its directory nor ours is left behind
+
+
+def test_no_temporary_directory_for_the_embedded_redis_is_one_line_naming_what_needs_it(monkeypatch, tmp_path):
+    # Found probing (a read-only container root): the error named no usable temporary directory but
+    # not that the embedded Redis, standing in for an unset sinks.redis.url, was what needed one
+    from segstream.connectors.errors import SinkError
+    from segstream.connectors.redis_sink import RedisPublisher
+
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    monkeypatch.setattr(tempfile, "_candidate_tempdir_list", lambda: [str(tmp_path / "gone")])
+    with pytest.raises(SinkError, match=r"^no sinks\.redis\.url set, and the embedded Redis that stands in needs a "
+                                        r"writable temporary directory.* set sinks\.redis\.url to your Redis"):
+        RedisPublisher.from_config(None, None)

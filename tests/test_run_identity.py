@@ -320,3 +320,28 @@ def test_a_publisher_that_may_not_read_its_stream_says_so_once_at_start(tmp_path
     assert len(lines) == 1
     assert "no permissions to run the 'xrevrange' command" in lines[0]
     assert "seq starts at 1 on every run" in lines[0] and "+xrevrange" in lines[0]
+
+
+def test_with_json_logs_torch_s_own_log_lines_are_json_records_too(capsys):
+    # Found probing (a log collector reading JSON lines): torch's loggers have handlers of their
+    # own, so "W1202 ... cpp_extension.py:183] No CUDA runtime is found" came out as plain text
+    import torch  # noqa: F401  (its loggers and their handlers exist from its import on)
+
+    from segstream.pipeline.logs import adopt_library_logs
+
+    configure_logging("json")
+    try:
+        set_run_id("20261202T100000Z-eeeeeeee")
+        adopt_library_logs("torch")
+        logging.getLogger("torch._dynamo").warning("a recompile")
+        logging.getLogger("torch.utils.cpp_extension").warning("No CUDA runtime is found")
+    finally:
+        set_run_id("")
+        configure_logging("text")
+    lines = capsys.readouterr().err.splitlines()
+    records = [json.loads(line) for line in lines]  # every line one object
+    assert [(r["logger"], r["message"], r["run_id"]) for r in records] == [
+        ("torch._dynamo", "a recompile", "20261202T100000Z-eeeeeeee"),
+        ("torch.utils.cpp_extension", "No CUDA runtime is found", "20261202T100000Z-eeeeeeee")]
+    assert logging.getLogger("torch").handlers and logging.getLogger("torch").handlers[0].formatter.__class__.__name__ \
+        != "_JsonFormatter", "text logs again: torch's own handlers are back"
