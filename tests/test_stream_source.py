@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import os
 import signal
+import socket
 import threading
 import time
 
@@ -163,7 +164,11 @@ def test_joining_a_stream_between_keyframes_is_no_decode_error(caplog):
     source.on_state = StateLog()
     indices = []
     with FfmpegStream(["-f", "mpegts", f"udp://127.0.0.1:{port}?pkt_size=1316"], gop=75):  # a keyframe each 3 s
-        time.sleep(1.0)  # the source joins a GOP under way
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as first:  # the stream began (its first keyframe)
+            first.bind(("127.0.0.1", port))
+            first.settimeout(20)
+            first.recv(2048)
+        time.sleep(0.5)  # the source joins a GOP under way (on a busy machine ffmpeg may take a second to start)
         thread = threading.Thread(target=lambda: indices.extend(f.index for f in source.frames()), daemon=True)
         thread.start()
         try:
