@@ -434,15 +434,16 @@ def undelivered_line(lost: dict[str, int], results: int) -> str:
     """The one line for results a sink took (``results`` in all) and never wrote: the output is
     incomplete."""
     reasons = ", ".join(f"{reason} {n}" for reason, n in sorted(lost.items()))
-    return (f"the output is incomplete: {sum(lost.values())} of {results} results were never written ({reasons}); "
-            "the warnings above say where and why")
+    return (f"the output is incomplete: {sum(lost.values())} of {results} results were never written by a sink "
+            f"({reasons}); the warnings above say which sink and why (another sink may hold them)")
 
 
 def data_loss_line(losses: dict[str, int]) -> str:
     """The one line for a store that lost entries a sink had written to it."""
     times = ", ".join(f"{sink} {n} time{'s' if n != 1 else ''}" for sink, n in sorted(losses.items()))
     return (f"the output is incomplete: entries this run had written were lost from the store ({times}: restarted "
-            "without persistence, flushed, evicted or deleted); the warnings above name the streams")
+            "without persistence, failed over to a replica that lacked them, flushed, evicted or deleted); the warnings "
+            "above name the streams")
 
 
 def build_runtime(

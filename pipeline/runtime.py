@@ -166,6 +166,8 @@ class RunReport:
     sinks: dict[str, dict] = field(default_factory=dict)  # each sink's ``status()``, where it has one
     # capture to publish per source (its recent 4096 entries): p50_ms, p99_ms, max_ms
     source_latency: dict[str, dict[str, float]] = field(default_factory=dict)
+    # reasons a sink gave for results it never wrote (its on_dropped): its own reasons too
+    sink_drop_reasons: frozenset[str] = frozenset()
 
     @property
     def decoded(self) -> int:
@@ -215,7 +217,8 @@ class RunReport:
         sources: what makes the run's output incomplete, unlike the engine's own shedding."""
         lost: Counter[str] = Counter()
         for s in self.sources.values():
-            lost.update({reason: n for reason, n in s.dropped_by.items() if reason in SINK_DROPS and n})
+            lost.update({reason: n for reason, n in s.dropped_by.items()
+                         if (reason in SINK_DROPS or reason in self.sink_drop_reasons) and n})
         return dict(lost)
 
     @property
@@ -459,6 +462,7 @@ class Runtime:
         self._errors: list[BaseException] = []
         self._started = False
         self._reporting = False  # some sink reports its writes (else publishing is the hand-off)
+        self._sink_drop_reasons: set[str] = set()  # what sinks said of results they never wrote
         self._decoding = threading.Event()  # the model is warm: sources may start
         self._workers_lock = threading.Lock()
         self._workers_left = model_workers
@@ -1053,7 +1057,8 @@ class Runtime:
 
     def _dropped_by_sink(self, results: Sequence[FrameResult], reason: str) -> None:
         """A sink gave up on results it was handed: they count as dropped, not published (once,
-        whichever sinks drop them)."""
+        whichever sinks drop them). Whatever the reason, the output is incomplete: the run says so."""
+        self._sink_drop_reasons.add(reason)
         for result in results:
             if "dropped" not in result.times:
                 result.times["dropped"] = time.monotonic()
@@ -1115,6 +1120,7 @@ class Runtime:
             },
             run_id=self.run_id,
             sinks=self._sink_status(),
+            sink_drop_reasons=frozenset(self._sink_drop_reasons),
         )
 
     def _sink_status(self) -> dict[str, dict]:

@@ -177,9 +177,9 @@ def test_a_run_survives_redis_killed_mid_run_and_restarted_5_s_later(tmp_path):
     assert process.returncode == 1, err
     lost = reasons["sink_backlog"] + reasons.get("sink_unreachable", 0)
     assert err.strip().splitlines()[-1] == (
-        f"segstream: error: the output is incomplete: {lost} of {published + lost} results were never written "
-        f"({', '.join(f'{r} {n}' for r, n in sorted(reasons.items()) if r.startswith('sink_'))}); "
-        "the warnings above say where and why"
+        f"segstream: error: the output is incomplete: {lost} of {published + lost} results were never written by a "
+        f"sink ({', '.join(f'{r} {n}' for r, n in sorted(reasons.items()) if r.startswith('sink_'))}); "
+        "the warnings above say which sink and why (another sink may hold them)"
     )
     assert re.search(r"redis connected, backlog 0/30 .*peak 30, 1 reconnect, dropped \d+ \(sink_backlog\)", err)
 

@@ -187,7 +187,8 @@ def test_a_run_whose_redis_lost_what_it_wrote_exits_saying_its_output_is_incompl
     assert "lost written entries 1 time" in err
     assert err.strip().splitlines()[-1].endswith(
         "the output is incomplete: entries this run had written were lost from the store (redis 1 time: restarted "
-        "without persistence, flushed, evicted or deleted); the warnings above name the streams"), err
+        "without persistence, failed over to a replica that lacked them, flushed, evicted or deleted); the warnings "
+        "above name the streams"), err
 
 
 def test_redis_back_with_its_data_warns_of_no_loss(tmp_path, caplog):
@@ -217,7 +218,7 @@ def test_a_run_whose_redis_fills_up_counts_what_it_refused_and_exits_incomplete(
     never_written = sum(n for reason, n in reasons.items() if reason.startswith("sink_"))
     taken = decoded - (dropped - never_written)
     assert err.strip().splitlines()[-1].startswith(
-        f"segstream: error: the output is incomplete: {never_written} of {taken} results were never written "
+        f"segstream: error: the output is incomplete: {never_written} of {taken} results were never written by a sink "
         f"(sink_refused {reasons['sink_refused']}")
 
 

@@ -722,3 +722,19 @@ def test_a_source_of_ones_own_says_the_queue_and_buffer_that_suit_it():
 
     with pytest.raises(ConfigError, match="buffer_policy must be a segstream.BufferPolicy"):
         Runtime([Wrong("w")], ColourSegmenter(), [], progress=None)
+
+
+def test_results_a_sink_drops_for_a_reason_of_its_own_make_the_output_incomplete(clip):
+    # Found by release QA: a custom sink reporting on_dropped(results, "kafka_down") had the run
+    # exit 0 ("done"), as only the shipped sinks' reasons counted as output lost
+    class Kafka(CollectingSink):
+        on_dropped = None
+
+        def publish(self, result):
+            if result.index % 2:
+                self.on_dropped([result], "kafka_down")
+            else:
+                super().publish(result)
+
+    report = Runtime([FileSource("cam", str(clip), max_frames=10)], ColourSegmenter(), [Kafka()], progress=None).run()
+    assert report.undelivered == {"kafka_down": 5} and report.sources["cam"].published == 5
