@@ -187,7 +187,22 @@ def connect_redis(
         elif where.startswith("redis://") and "reset by peer" in text.lower():
             hint = f"{hint}; a TLS port resets plain connections: if the server wants TLS, use rediss://"
         raise RedisUnreachable(f"cannot reach Redis at {where}: {text} — {hint}") from None
+    if _is_sentinel(client):
+        client.close()
+        raise SinkError(f"the server at {where} is a Redis Sentinel, which keeps no streams — name the master "
+                        "through it: redis+sentinel://host:26379/<master-name> (rediss+sentinel:// with TLS)")
     return client
+
+
+def _is_sentinel(client: redis.Redis) -> bool:
+    """Whether ``client`` reached a Sentinel (INFO's ``redis_mode``), not a Redis (found by
+    release QA: a sentinel's port as a plain URL ended in "unknown command 'EXISTS'")."""
+    if "Sentinel master" in redis_address(client):
+        return False  # reached through the sentinels: the master itself
+    try:
+        return client.info("server").get("redis_mode") == "sentinel"
+    except redis.RedisError:  # INFO refused (ACL): it answers as a Redis would
+        return False
 
 
 def is_sentinel_url(url: str) -> bool:

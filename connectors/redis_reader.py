@@ -848,6 +848,9 @@ def tail(stream: str, url: str, count: int | None, follow: bool, out: TextIO | N
             f"Redis at {redis_address(client)} refused: {error_summary(error)} — the user needs read access to "
             f"{' and '.join(streams)} (ACL: +@read, +@stream and the key pattern)"
         ) from None
+    except redis.ResponseError as error:  # another refusal: said in one line
+        raise SinkError(f"Redis at {redis_address(client)} refused: {error_summary(error)} — check that the URL names "
+                        "the Redis that keeps the streams") from None
     except redis.ResponseError as error:
         if "WRONGTYPE" not in str(error):
             raise

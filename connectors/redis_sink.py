@@ -593,8 +593,11 @@ class RedisPublisher:
             try:
                 # a few more than the batch wrote to it: another writer's entries may have come after
                 newest = self.client.xrevrange(stream, count=len(items) + 16)
-            except redis.ResponseError as error:  # a user without XREVRANGE: sent again, as before
-                log.debug("cannot look for an unanswered batch in %s (%s)", stream, error_summary(error))
+            except redis.ResponseError as error:  # a user without XREVRANGE: sent again, maybe twice
+                log.warning("Redis at %s: cannot look for the %d entries whose write got no reply in %s (%s): they are "
+                            "sent again, and may be in the stream twice (readers deduplicate on run_id and seq) — "
+                            "grant the user XREVRANGE (ACL: +xrevrange) to avoid it", self._where,
+                            len(unanswered.items), stream, error_summary(error))
                 return
             for entry_id, fields in newest:
                 stored = {_text(key): _text(value) for key, value in fields.items() if _text(key) in _TELLING}

@@ -155,6 +155,16 @@ def test_a_master_name_the_sentinels_do_not_know_is_one_line_and_a_failed_comman
         "'sentinel monitor' line)"]
 
 
+def test_a_sentinels_port_given_as_a_plain_redis_url_is_one_line_naming_the_sentinel_form(group):
+    # Found by release QA: `segstream tail --url redis://sentinel:26379` ended in a traceback
+    # ("unknown command 'EXISTS'"), run and validate in "refused MULTI/EXEC" cut short
+    port = group.sentinels[0].port
+    done = cli("tail", "segstream:cam0:frames", "--url", f"redis://127.0.0.1:{port}")
+    assert done.returncode != 0 and done.stderr.strip().splitlines() == [
+        f"segstream: error: the server at redis://127.0.0.1:{port} is a Redis Sentinel, which keeps no streams — "
+        "name the master through it: redis+sentinel://host:26379/<master-name> (rediss+sentinel:// with TLS)"]
+
+
 def test_no_sentinel_answering_is_said_naming_each():
     port = free_port(27000, 27999)
     with pytest.raises(RedisUnreachable, match=rf"^no sentinel answers \(127.0.0.1:{port}: .*refused.*\) — start "
