@@ -236,6 +236,8 @@ class Client:
         newest entry's scene was captured more than ``max_age_s`` ago (a stopped pipeline's last
         scene, or one a pipeline under overload took long over, is not the present)."""
         name = stream or stream_name(self.stream_pattern, _required(source))
+        if self._stop.is_set():  # stopped: no more reads (nor reconnect attempts)
+            return None
         try:
             reply = self.call(self.redis.xrevrange, name, "+", "-", count=1)
         except _Stopped:  # stop() while Redis was away: nothing newer to give

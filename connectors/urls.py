@@ -28,7 +28,10 @@ def redact_url(url: str, keep_user: bool = False) -> str:
     at = rest.rfind("@")
     if at >= 0:
         name, colon, _ = rest[:at].partition(":")
-        user = f"{name}{':' + REDACTED if colon else ''}@" if keep_user else f"{REDACTED}@"
+        if at == 0:  # nothing to hide: "udp://@239.1.1.1:5000", FFmpeg's way of saying a multicast group
+            user = "@"
+        else:
+            user = f"{name}{':' + REDACTED if colon else ''}@" if keep_user else f"{REDACTED}@"
         rest = rest[at + 1 :]
     cut = min((i for i in (rest.find("?"), rest.find("#")) if i >= 0), default=len(rest))
     address, tail = user + rest[:cut], rest[cut:]

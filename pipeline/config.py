@@ -81,6 +81,13 @@ class FiltersConfig(Strict):
     min_area: NonNegativeInt = 0
     roi: Annotated[list[RoiPoint], Field(min_length=3)] | None = None
 
+    @field_validator("exclude_classes", "min_score", "min_area", mode="before")
+    @classmethod
+    def _null_is_off(cls, value: Any, info: ValidationInfo) -> Any:
+        # a source's null turns off what the top-level filters set, as for classes and roi
+        return ({"exclude_classes": [], "min_score": 0.0, "min_area": 0}[info.field_name]
+                if value is None else value)
+
     @field_validator("classes", "exclude_classes")
     @classmethod
     def _distinct(cls, names: list[str] | None) -> list[str] | None:
@@ -108,6 +115,11 @@ class FiltersConfig(Strict):
             return None
         # the shoelace formula: twice the polygon's signed area
         doubled = sum(x0 * y1 - x1 * y0 for (x0, y0), (x1, y1) in zip(roi, roi[1:] + roi[:1]))
+        edges = list(zip(roi, roi[1:] + roi[:1]))
+        for i, j in ((i, j) for i in range(len(edges)) for j in range(i + 2, len(edges))):
+            if (i, j) != (0, len(edges) - 1) and _segments_cross(*edges[i], *edges[j]):
+                raise ValueError(f"the polygon's edges cross (edge {i + 1} and edge {j + 1}) — list its points in "
+                                 "order around the region, e.g. [[0, 0.5], [1, 0.5], [1, 1], [0, 1]] for the lower half")
         if abs(doubled) < 1e-9:
             raise ValueError("the polygon encloses no area (its points lie on one line) — give at least 3 points "
                              "around the region, [x, y] fractions of width and height, e.g. "
@@ -124,6 +136,15 @@ class FiltersConfig(Strict):
         """These filters (a source's) key by key over ``base`` (the top-level ones): a key set
         here replaces base's (null clears it), a key left out comes from base."""
         return base.model_copy(update={key: getattr(self, key) for key in self.model_fields_set})
+
+
+def _segments_cross(a: tuple[float, float], b: tuple[float, float], c: tuple[float, float],
+                    d: tuple[float, float]) -> bool:
+    """Whether the segments ab and cd cross at a point inside both (touching ends do not)."""
+    def side(p, q, r) -> float:
+        return (q[0] - p[0]) * (r[1] - p[1]) - (q[1] - p[1]) * (r[0] - p[0])
+
+    return side(a, b, c) * side(a, b, d) < 0 and side(c, d, a) * side(c, d, b) < 0
 
 
 class _Buffered:
@@ -203,8 +224,7 @@ class FileSourceConfig(_Buffered, Strict):
         if not resolved.is_file():
             raise ValueError(
                 f"file '{path}' does not exist{_led_to(path, resolved)} — fix the path; relative paths are relative "
-                "to "
-                "the config file's directory"
+                "to the config file's directory (a config given as a mapping: its base_dir)"
             )
         return str(resolved)
 
@@ -350,7 +370,7 @@ class ImagesSourceConfig(_Buffered, Strict):
             raise ValueError(
                 f"{what} '{folder or path}' does not exist{_led_to(folder or path, resolved)} — give a folder of "
                 "images, one image or a glob such as frames/*.jpg; relative paths are relative to the config file's "
-                "directory"
+                "directory (a config given as a mapping: its base_dir)"
             )
         checked = str(resolved) if not wildcard else (str(_resolve(path, info)) if not Path(path).is_absolute() else path)
         from segstream.connectors.image_source import IMAGE_SUFFIXES, list_images
@@ -907,8 +927,9 @@ def load_config(
     a mapping of the YAML's keys (a program's own config; not changed); relative paths in it are
     relative to ``base_dir`` (a file's: its folder; a mapping's: the working directory). Every
     problem is one ``ConfigError``."""
-    if isinstance(path, typing.Mapping):
-        raw = copy.deepcopy(dict(path))
+    if isinstance(path, typing.Mapping):  # x- keys are its own, as a file's
+        raw = copy.deepcopy({key: value for key, value in path.items()
+                             if not (isinstance(key, str) and key.startswith("x-"))})
         for override in overrides:
             apply_override(raw, override)
         folder = Path(base_dir or ".").resolve()

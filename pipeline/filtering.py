@@ -19,6 +19,8 @@ def filter_settings(cfg, labels: LabelSet, where: Callable[[str], str] = "filter
     """The settings of a ``FiltersConfig`` for a model that names ``labels``; a class name the
     label set lacks is a ConfigError naming the key (``where(key)``: its YAML path) and the
     closest names."""
+    problems: list[str] = []  # every unknown name, one line each
+
     def class_ids(key: str, names: Iterable[str]) -> frozenset[int]:
         ids = []
         for name in names:
@@ -27,14 +29,18 @@ def filter_settings(cfg, labels: LabelSet, where: Callable[[str], str] = "filter
                 more = " ..." if len(labels.names) > 20 else ""
                 hint = (f"did you mean {' or '.join(repr(c) for c in close)}?" if close
                         else f"its classes are {', '.join(labels.names[:20])}{more}")
-                raise ConfigError(f"{where(key)}: the model's label set ({labels.name}) has no class {name!r} "
-                                  f"— {hint}")
+                problems.append(f"{where(key)}: the model's label set ({labels.name}) has no class {name!r} — {hint}")
+                continue
             ids.append(labels.names.index(name))
         return frozenset(ids)
 
+    keep = None if cfg.classes is None else class_ids("classes", cfg.classes)
+    drop = class_ids("exclude_classes", cfg.exclude_classes)
+    if problems:
+        raise ConfigError("\n".join(problems))
     return FilterSettings(
-        keep_class_ids=None if cfg.classes is None else class_ids("classes", cfg.classes),
-        drop_class_ids=class_ids("exclude_classes", cfg.exclude_classes),
+        keep_class_ids=keep,
+        drop_class_ids=drop,
         min_score=cfg.min_score,
         min_area=cfg.min_area,
         roi=None if cfg.roi is None else tuple((float(x), float(y)) for x, y in cfg.roi),

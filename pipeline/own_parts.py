@@ -71,8 +71,9 @@ def resolve(use: str, group: str, where: str) -> Callable:
         except Exception as error:
             raise ConfigError(f"{where}: entry point {use} ({found[0].value}) failed to load: {_reason(error)}") from None
     if not callable(factory):
-        raise ConfigError(f"{where}: {use} is a {type(factory).__name__}, not a factory to call — name a class or "
-                          "a function")
+        kind = type(factory).__name__
+        raise ConfigError(f"{where}: {use} is {'an' if kind[0] in 'aeiou' else 'a'} {kind}, not a factory to call — "
+                          "name a class or a function")
     return factory
 
 

@@ -418,6 +418,11 @@ def test_scrubbing_leaves_a_user_without_password_and_a_redacted_url_as_they_are
     assert scrub("rtsp://admin:S3cret@cam/live and cam:0ther@host") == "rtsp://admin:***@cam/live and cam:***@host"
     # found in review: the fix above let Redis's own form, an empty user, through
     assert scrub("cannot reach Redis at redis://:s3cretpw@db:6379") == "cannot reach Redis at redis://:***@db:6379"
+    # found by release QA: FFmpeg's multicast form, an empty user info, was shown as if it held a password
+    from segstream.connectors.urls import redact_url
+
+    assert redact_url("udp://@239.1.1.1:5000") == "udp://@239.1.1.1:5000"
+    assert redact_url("redis://:pw@db:6379") == "redis://***@db:6379"
 
 
 @pytest.mark.parametrize("log_format", ["text", "json"])
@@ -533,6 +538,8 @@ def test_a_program_gives_its_config_as_a_mapping(tmp_path, monkeypatch):
     assert cfg.engine.batch_size == 2 and cfg.sources[0].max_fps == 3
     assert Path(cfg.sources[0].path) == clip
     assert data["sources"][0]["max_fps"] == "${CAM_FPS}" and "engine" not in data, "the caller's mapping is unchanged"
+    # found by release QA: a YAML file's x- keys (a place for anchors) were refused in a mapping
+    assert segstream.load_config({**data, "x-camera": {"type": "stream"}}, base_dir=tmp_path).sources[0].name == "a"
     with pytest.raises(segstream.ConfigError, match="modle: unknown key — did you mean 'model'"):
         segstream.load_config({"sources": data["sources"], "modle": {}}, base_dir=tmp_path)
 

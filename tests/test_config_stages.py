@@ -200,7 +200,7 @@ def test_a_stage_that_raises_stops_the_run_with_one_line_naming_it(site):
     ("stages: [{use: 'mystages:Missing'}]\n", "stages[0].use: module 'mystages' has no 'Missing' — check the name "
                                               "after the ':'"),
     ({"custom": "[{use: 'mystages:not_a_factory'}]"},
-     "sinks.custom[0].use: mystages:not_a_factory is a int, not a factory to call — name a class or a function"),
+     "sinks.custom[0].use: mystages:not_a_factory is an int, not a factory to call — name a class or a function"),
     ("stages: [{use: 'mystages:Counter', options: {evry: 2}}]\n",
      "stages[0].options: mystages:Counter cannot be called as mystages:Counter(source, evry=...): got an unexpected "
      "keyword argument 'evry' — give the options its factory takes"),

@@ -218,6 +218,11 @@ def test_a_class_name_the_model_lacks_is_one_error_naming_the_key_and_close_name
     with pytest.raises(ConfigError, match=r"^sources\[1\]\.filters\.exclude_classes: .* no class 'cat' — its classes "
                                           r"are disc, box, triangle, star, sky, grass, sand, water$"):
         Runtime.from_config(cfg, [], shipped, [], progress=None)
+    # found by release QA: validate said only the first of two names the model lacks
+    with pytest.raises(ConfigError) as both:
+        Runtime.from_config(synthetic_config(classes=["disk", "boxx"]), [], shipped, [], progress=None)
+    assert [line.split(" — ")[1] for line in str(both.value).splitlines()] == [
+        "did you mean 'disc'?", "did you mean 'box'?"]
 
 
 @pytest.mark.parametrize("filters, message", [
@@ -231,6 +236,9 @@ def test_a_class_name_the_model_lacks_is_one_error_naming_the_key_and_close_name
     ({"roi": [[0, 0], [640, 0], [640, 480]]}, r"filters\.roi: points are \[x, y\] fractions 0\.\.1 .* got 640 — divide"),
     ({"roi": [[0, 0], [1, 0], "x"]}, r"filters\.roi\[2\]: Input should be a valid"),
     ({"roi": [[0, 0], [0.5, 0.5], [1, 1]]}, r"filters\.roi: the polygon encloses no area"),
+    # found by release QA: a bow-tie was said to lie on one line (its two halves cancel), an uneven one passed
+    ({"roi": [[0, 0], [1, 1], [1, 0], [0, 1]]}, r"filters\.roi: the polygon's edges cross \(edge 1 and edge 3\)"),
+    ({"roi": [[0, 0], [1, 1], [1, 0], [0, 0.6]]}, r"filters\.roi: the polygon's edges cross"),
 ])
 def test_bad_filters_are_refused_in_one_line(filters, message):
     with pytest.raises(ConfigError, match=message) as error:
@@ -248,6 +256,13 @@ def test_a_sources_filters_replace_the_top_level_ones_key_by_key():
     assert (a.classes, a.min_area, a.roi) == (["disc"], 50, None)
     assert (b.classes, b.min_area, b.roi) == (["disc"], 10, [(0, 0), (1, 0), (1, 1)])
     assert cfg.filters_of("not_in_config") == cfg.filters
+    # found by release QA: null turned classes and roi off for a source, but was refused for these
+    off = validate_config({
+        "sources": [{"name": "a", "type": "synthetic",
+                     "filters": {"min_score": None, "min_area": None, "exclude_classes": None}}],
+        "filters": {"min_score": 0.5, "min_area": 10, "exclude_classes": ["sky"]},
+    }).filters_of("a")
+    assert (off.min_score, off.min_area, off.exclude_classes) == (0.0, 0, [])
 
 
 def test_segstream_schema_shows_the_filter_keys(capsys):
