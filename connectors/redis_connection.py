@@ -313,14 +313,20 @@ def _find_master(manager: Sentinel, parsed: SentinelUrl, auth: SentinelAuth, nam
     if refused is not None:
         where, error = refused
         given = "a password" if auth.password is not None else "no password"
-        raise SinkError(f"the sentinel at {where} refused the login ({given} given: {error_summary(error)}) — set "
-                        f"the sentinels' own password, {names.sentinel} (their requirepass, not the master's)")
+        said = error_summary(error)
+        if auth.password is None:  # Redis's own words on HELLO say nothing more than that
+            said = ""
+        raise SinkError(f"the sentinel at {where} refused the login ({given} given{': ' + said if said else ''}) — "
+                        f"set the sentinels' own password, {names.sentinel} (their requirepass, not the master's)")
     if known or len(unreachable) < len(parsed.sentinels):
         they_know = f"they know {', '.join(repr(name) for name in sorted(known))}" if known else "they monitor none"
         raise SinkError(f"the sentinels at {listed} know no master named {parsed.master!r} ({they_know}) — fix the "
                         f"master name at the end of {names.url} (/<master-name>, as in their 'sentinel monitor' line)")
+    hint = ""
+    if parsed.tls and all("Timeout" in line for line in unreachable):
+        hint = "; a sentinel without TLS never answers TLS's hello: if they have none, use redis+sentinel://"
     raise RedisUnreachable(f"no sentinel answers ({'; '.join(unreachable)}) — start the sentinels or fix the hosts "
-                           f"in {names.url} ({_SENTINEL_FORM})")
+                           f"in {names.url} ({_SENTINEL_FORM}){hint}")
 
 
 def _host_port(host: str, port: int) -> str:
