@@ -165,6 +165,14 @@ def test_a_sentinels_port_given_as_a_plain_redis_url_is_one_line_naming_the_sent
         "name the master through it: redis+sentinel://host:26379/<master-name> (rediss+sentinel:// with TLS)"]
 
 
+def test_tls_to_sentinels_without_it_hints_at_the_plain_form(group):
+    # found by release QA: plain rediss:// had this hint, the sentinel form only "start the sentinels"
+    url = group.url().replace("redis+sentinel://", "rediss+sentinel://")
+    with pytest.raises(RedisUnreachable, match=r"a sentinel without TLS never answers TLS's hello: if they have none, "
+                                               r"use redis\+sentinel://$"):
+        connect_redis(url, connect_timeout=1.0)
+
+
 def test_no_sentinel_answering_is_said_naming_each():
     port = free_port(27000, 27999)
     with pytest.raises(RedisUnreachable, match=rf"^no sentinel answers \(127.0.0.1:{port}: .*refused.*\) — start "
