@@ -278,9 +278,9 @@ def read_entries(path: str | Path) -> Iterator[dict[str, bytes | str]]:
                 if not isinstance(entry, dict):
                     raise ValueError("not a JSON object")
             except ValueError as error:
-                if line.startswith("{"):  # the start of an entry: a run stopped in the middle of writing it
-                    log.warning("%s: line %d is cut short, left out: the run writing it stopped in the middle of "
-                                "it", path, number)
+                if line.startswith("{"):  # the start of an entry: its write stopped in the middle
+                    log.warning("%s: line %d is cut short, left out: its write stopped in the middle (the run "
+                                "was killed, or the disk filled)", path, number)
                     continue
                 raise WireFormatError(f"{path}, line {number}: not an entry ({error}) — is this a segstream "
                                       "files output?") from None
