@@ -197,7 +197,7 @@ def connect_redis(
 def _is_sentinel(client: redis.Redis) -> bool:
     """Whether ``client`` reached a Sentinel (INFO's ``redis_mode``), not a Redis (found by
     release QA: a sentinel's port as a plain URL ended in "unknown command 'EXISTS'")."""
-    if "Sentinel master" in redis_address(client):
+    if isinstance(client.connection_pool, SentinelConnectionPool):
         return False  # reached through the sentinels: the master itself
     try:
         return client.info("server").get("redis_mode") == "sentinel"

@@ -850,12 +850,10 @@ def tail(stream: str, url: str, count: int | None, follow: bool, out: TextIO | N
             f"Redis at {redis_address(client)} refused: {error_summary(error)} — the user needs read access to "
             f"{' and '.join(streams)} (ACL: +@read, +@stream and the key pattern)"
         ) from None
-    except redis.ResponseError as error:  # another refusal: said in one line
-        raise SinkError(f"Redis at {redis_address(client)} refused: {error_summary(error)} — check that the URL names "
-                        "the Redis that keeps the streams") from None
     except redis.ResponseError as error:
-        if "WRONGTYPE" not in str(error):
-            raise
+        if "WRONGTYPE" not in str(error):  # another refusal: said in one line
+            raise SinkError(f"Redis at {redis_address(client)} refused: {error_summary(error)} — check that the URL "
+                            "names the Redis that keeps the streams") from None
         kinds = {name: _text(client.type(name)) for name in streams}
         wrong = next((name for name, kind in kinds.items() if kind not in ("stream", "none")), stream)
         raise SinkError(

@@ -582,7 +582,7 @@ class RedisPublisher:
         """Before anything is sent again: the entries of the unanswered batch Redis wrote after all,
         found among each stream's newest entries by this run's id and their ``seq`` (and
         ``publish_ts``), are written, not sent twice; the rest stay in the backlog."""
-        unanswered, self._unanswered = self._unanswered, None
+        unanswered = self._unanswered  # kept until the look is done: a connection lost meanwhile looks again
         waiting = {id(item) for item in self._queue}
         wanted: dict[str, list[tuple[_Outgoing, dict[str, str]]]] = {}
         for item, sent in zip(unanswered.items, unanswered.sent):
@@ -597,13 +597,14 @@ class RedisPublisher:
                 log.warning("Redis at %s: cannot look for the %d entries whose write got no reply in %s (%s): they are "
                             "sent again, and may be in the stream twice (readers deduplicate on run_id and seq) — "
                             "grant the user XREVRANGE (ACL: +xrevrange) to avoid it", self._where,
-                            len(unanswered.items), stream, error_summary(error))
-                return
+                            len(items), stream, error_summary(error))
+                continue
             for entry_id, fields in newest:
                 stored = {_text(key): _text(value) for key, value in fields.items() if _text(key) in _TELLING}
                 for item, sent in items:
                     if stored == sent and id(item) not in found:
                         found[id(item)] = entry_id
+        self._unanswered = None
         if not found:
             return
         written = [item for item in self._queue if id(item) in found]

@@ -221,9 +221,10 @@ def _box_within(new: np.ndarray, segment_id: int, box: np.ndarray, stored: np.nd
                 row_repeat: np.ndarray, col_repeat: np.ndarray) -> np.ndarray:
     """The frame-pixel box (x0, y0, x1, y1) of ``segment_id``'s pixels in the decided map ``new``,
     searched within its box before clipping (frame pixels) only."""
-    x0, y0, x1, y1 = (int(v) for v in box)
-    if x1 <= x0 or y1 <= y0:  # a family that gave no box: the whole frame
-        x0, y0, x1, y1 = 0, 0, int(col_repeat.sum()), int(row_repeat.sum())
+    width, height = int(col_repeat.sum()), int(row_repeat.sum())
+    x0, y0, x1, y1 = max(0, int(box[0])), max(0, int(box[1])), min(width, int(box[2])), min(height, int(box[3]))
+    if x1 <= x0 or y1 <= y0:  # a family that gave no box (or one off the frame): the whole frame
+        x0, y0, x1, y1 = 0, 0, width, height
     if isinstance(stored, ScaledLabelMap):  # the decided lines the frame's box copies
         r0, r1, c0, c1 = stored.rows[y0], stored.rows[y1 - 1] + 1, stored.cols[x0], stored.cols[x1 - 1] + 1
     else:
@@ -231,6 +232,10 @@ def _box_within(new: np.ndarray, segment_id: int, box: np.ndarray, stored: np.nd
     held = new[r0:r1, c0:c1] == segment_id
     rows = np.flatnonzero(held.any(axis=1) & (row_repeat[r0:r1] > 0)) + r0
     cols = np.flatnonzero(held.any(axis=0) & (col_repeat[c0:c1] > 0)) + c0
+    if not len(rows) or not len(cols):  # its pixels lie outside the box it came with (a family's loose box)
+        held = new == segment_id
+        rows = np.flatnonzero(held.any(axis=1) & (row_repeat > 0))
+        cols = np.flatnonzero(held.any(axis=0) & (col_repeat > 0))
     row_end, col_end = np.cumsum(row_repeat), np.cumsum(col_repeat)
     return np.array([col_end[cols[0]] - col_repeat[cols[0]], row_end[rows[0]] - row_repeat[rows[0]],
                      col_end[cols[-1]], row_end[rows[-1]]], np.int32)

@@ -857,6 +857,17 @@ class PipelineConfig(Strict):
         return self
 
     @model_validator(mode="after")
+    def _merged_filters_keep_a_class(self) -> PipelineConfig:
+        # found in review: a source's exclude_classes over the top-level classes (merged without
+        # the section's own checks) kept no class, and the source published nothing, unsaid
+        for i, source in enumerate(self.sources):
+            merged = self.filters_of(source.name)
+            if merged.classes is not None and not set(merged.classes) - set(merged.exclude_classes):
+                raise ValueError(f"sources[{i}].filters: its exclude_classes remove every class the filters' classes "
+                                 "keep — nothing of this source would be published")
+        return self
+
+    @model_validator(mode="after")
     def _ids_outlast_the_frame_interval(self) -> PipelineConfig:
         # found by QA: max_fps 1 with max_lost_s 0.5 left every segment without an id, unsaid
         lost_s = self.tracking.max_lost_s

@@ -52,7 +52,7 @@ from segstream.models.segment_filter import FILTER_REASONS, SegmentFilter
 from segstream.models.segmenter import FamilyAdapter
 from segstream.pipeline.engine import Batcher, BufferPolicy, InFlight, ModelStage, engine_layout, usable_cores
 from segstream.pipeline.logs import new_run_id
-from segstream.pipeline.metrics import OverloadWatch, RunMetrics, decode_thread
+from segstream.pipeline.metrics import DECODE_ERROR, SHED_REASONS, OverloadWatch, RunMetrics, decode_thread
 from segstream.pipeline.source_states import SourceStates, first_frame
 
 THREAD_PREFIX = "segstream-"
@@ -60,6 +60,7 @@ _END = object()
 _POLL_IDLE_S = 0.5
 # Past this many sources, the summary gives each its own line (and the status line sums queues).
 MANY_SOURCES = 4
+ENGINE_DROPS = (*SHED_REASONS, DECODE_ERROR)  # frames the engine itself leaves out: not a sink's output lost
 # sources named per state in the status line; more are counted (the final report names each)
 STATE_NAMES_SHOWN = 8
 # How long a stopped run waits for a source's frames() to return after close() before it ends
@@ -551,7 +552,10 @@ class Runtime:
                 _RUNNING.discard(self)
             self._finished.set()
             while self.at_end:  # what lives as long as the run (build_runtime's ops endpoints)
-                self.at_end.pop()()
+                try:
+                    self.at_end.pop()()
+                except Exception:  # the others still run; the run's own outcome stands
+                    log.warning("an end-of-run callback failed", exc_info=True)
 
     def _run(self) -> RunReport:
         fixed_heap_threshold()
@@ -1057,7 +1061,12 @@ class Runtime:
 
     def _dropped_by_sink(self, results: Sequence[FrameResult], reason: str) -> None:
         """A sink gave up on results it was handed: they count as dropped, not published (once,
-        whichever sinks drop them). Whatever the reason, the output is incomplete: the run says so."""
+        whichever sinks drop them). Whatever the reason, the output is incomplete: the run says so.
+        A sink's reason named as one of the engine's own (``queue_full``: load shed before the
+        model) is counted as ``sink_<reason>``, so that the engine's shedding is not taken for
+        lost output."""
+        if reason in ENGINE_DROPS:
+            reason = f"sink_{reason}"
         self._sink_drop_reasons.add(reason)
         for result in results:
             if "dropped" not in result.times:

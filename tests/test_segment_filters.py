@@ -263,6 +263,10 @@ def test_a_sources_filters_replace_the_top_level_ones_key_by_key():
         "filters": {"min_score": 0.5, "min_area": 10, "exclude_classes": ["sky"]},
     }).filters_of("a")
     assert (off.min_score, off.min_area, off.exclude_classes) == (0.0, 0, [])
+    # found in review: merged, a source's exclude_classes could cancel the top-level classes, unsaid
+    with pytest.raises(ConfigError, match=r"sources\[0\]\.filters: its exclude_classes remove every class"):
+        validate_config({"sources": [{"name": "a", "type": "synthetic", "filters": {"exclude_classes": ["disc"]}}],
+                         "filters": {"classes": ["disc"]}})
 
 
 def test_segstream_schema_shows_the_filter_keys(capsys):
@@ -299,3 +303,15 @@ def test_segstream_batch_applies_the_top_level_filters_to_every_video(clip, tmp_
     assert len(results) == 40
     assert all((r.label_map[:, 80:] == -1).all() for r in results)
     assert sum(len(r.segments) == 0 for r in results) > 5  # the square's frames in the right half
+
+
+def test_a_clipped_segment_outside_the_box_it_came_with_gets_its_box_from_its_pixels():
+    # found in review: a family's box that missed the segment's pixels (or ran off the frame)
+    # ended the run with an IndexError when the region of interest clipped it
+    from segstream.models.segment_filter import _box_within
+
+    new = np.full((40, 60), -1, np.int32)
+    new[30:35, 50:55] = 3
+    ones_r, ones_c = np.ones(40, np.int64), np.ones(60, np.int64)
+    assert _box_within(new, 3, np.array([0, 0, 10, 10]), new, ones_r, ones_c).tolist() == [50, 30, 55, 35]
+    assert _box_within(new, 3, np.array([45, 25, 90, 80]), new, ones_r, ones_c).tolist() == [50, 30, 55, 35]
