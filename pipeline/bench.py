@@ -111,7 +111,7 @@ def network_fps(adapter, frames: list, seconds: float = 3.0, workers: int = 1) -
 
 
 def naive_fps(cfg: PipelineConfig, adapter, frame_count: int) -> float:
-    """Decode, segment, track and publish one frame after another, on the intra-op threads torch
+    """Decode, segment, filter, track and publish one frame after another, on the intra-op threads torch
     has (``run_bench`` gives it every core, or ``engine.threads``, as a plain loop would have);
     frames per second from the first frame on (opening the source is not timed)."""
     from segstream.pipeline.builders import build_sinks, build_sources
@@ -120,8 +120,14 @@ def naive_fps(cfg: PipelineConfig, adapter, frame_count: int) -> float:
     (source,) = build_sources([cfg.sources[0].model_copy(update={"realtime": False, "loop": True, "name": "naive"})])
     from segstream.pipeline.own_parts import build_stages
 
+    from segstream.pipeline.filtering import filter_settings
+    from segstream.models.segment_filter import SegmentFilter
+
     named = build_stages(first_source_stages(cfg), ["naive"])
     stages = [factory("naive") for factory in [*tracking_stages(cfg.tracking), *named]]
+    # the first source's filters, as the engine applies them before its stages
+    settings = filter_settings(cfg.filters_of(cfg.sources[0].name), adapter.labels)
+    segment_filter = SegmentFilter(settings) if settings.active else None
     sinks = build_sinks(cfg.sinks)
     done = 0
     try:
@@ -132,6 +138,8 @@ def naive_fps(cfg: PipelineConfig, adapter, frame_count: int) -> float:
             (result,) = adapter.segment([frame.image])
             result.source, result.index, result.capture_ts = frame.source, frame.index, frame.capture_wall
             result.pts, result.time_base, result.pts_seconds = frame.pts, frame.time_base, frame.pts_seconds
+            if segment_filter is not None:
+                segment_filter.apply(result)
             for stage in stages:
                 result = stage.process(result)
             for sink in sinks:
