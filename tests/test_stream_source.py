@@ -181,16 +181,23 @@ def test_joining_a_stream_between_keyframes_is_no_decode_error(caplog):
     assert joined and joined[0].source == "udp", "a JSON log's line names its source as a field"
 
 
-def test_a_udp_sender_restarted_within_the_read_timeout_is_a_new_sender_after_its_silence():
-    # Found by a soak: an encoder restarted 4.5 s after it stopped (under the 5 s read timeout),
-    # its clock back near where the first began, read on in the old epoch: pts_s went on 0.2 s,
-    # the silence was in no down time, and tracks went on across it.
+def _udp_source_reading(read_timeout_s: float):
+    """A UDP source on a free port read on a thread: its port, the source, its state log, the
+    frames it gave so far, and the thread."""
     port = free_port()
-    source = StreamSource("udp", f"udp://127.0.0.1:{port}", policy=ReconnectPolicy(read_timeout_s=5))
+    source = StreamSource("udp", f"udp://127.0.0.1:{port}", policy=ReconnectPolicy(read_timeout_s=read_timeout_s))
     source.on_state = log = StateLog()
     frames = []
     thread = threading.Thread(target=lambda: frames.extend(source.frames()), daemon=True)
     thread.start()
+    return port, source, log, frames, thread
+
+
+def test_a_udp_sender_restarted_within_the_read_timeout_is_a_new_sender_after_its_silence():
+    # Found by a soak: an encoder restarted 4.5 s after it stopped (under the 5 s read timeout),
+    # its clock back near where the first began, read on in the old epoch: pts_s went on 0.2 s,
+    # the silence was in no down time, and tracks went on across it.
+    port, source, log, frames, thread = _udp_source_reading(read_timeout_s=5)
     sender = ["-f", "mpegts", f"udp://127.0.0.1:{port}?pkt_size=1316"]
     try:
         with FfmpegStream(sender, fps=10):
@@ -864,12 +871,7 @@ def test_a_new_senders_silence_is_counted_once_in_the_down_time():
     # Found reviewing: an encoder restarted whose timestamps went on by 1.5 s after a 4 s silence
     # (less than half of it: a new sender) had both counted, the silence by the new-sender rule and
     # the 1.5 s by the timestamps' gap: 5.5 s of down time for a 4 s outage.
-    port = free_port()
-    source = StreamSource("udp", f"udp://127.0.0.1:{port}", policy=ReconnectPolicy(read_timeout_s=8))
-    source.on_state = log = StateLog()
-    frames = []
-    thread = threading.Thread(target=lambda: frames.extend(source.frames()), daemon=True)
-    thread.start()
+    port, source, log, frames, thread = _udp_source_reading(read_timeout_s=8)
     url = f"udp://127.0.0.1:{port}?pkt_size=1316"
     try:
         with FfmpegStream(["-t", "6", "-f", "mpegts", url], fps=10) as first:
