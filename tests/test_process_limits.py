@@ -228,5 +228,7 @@ def test_no_usable_temporary_directory_is_one_line_saying_what_to_do(tmp_path):
     done = _run(config, cwd=read_only, prefix=("unshare", "-m", "sh", "-c", mounts + ' exec "$@"', "sh"),
                 TMPDIR=str(read_only / "missing"), SEGSTREAM_REDIS_URL="")
     line = _one_line(done)
-    assert line.startswith("segstream: error: No usable temporary directory found in ["), line
-    assert "set TMPDIR to a writable directory" in line
+    # found probing (a read-only container root): the line now says what needed one, and the way around it
+    assert line.startswith("segstream: error: no sinks.redis.url set, and the embedded Redis that stands in needs a "
+                           "writable temporary directory"), line
+    assert "set sinks.redis.url to your Redis, or TMPDIR to a writable directory" in line
