@@ -1180,6 +1180,7 @@ class Runtime:
         by_state: dict[str, list[str]] = {}
         for name, source in report.sources.items():
             by_state.setdefault(source.state, []).append(name)
+
         def named(names: list[str]) -> str:  # 50 cameras down are not 50 names every status interval
             shown = names if len(names) <= STATE_NAMES_SHOWN else names[:STATE_NAMES_SHOWN - 1]
             more = f" +{len(names) - len(shown)} more" if len(shown) < len(names) else ""
