@@ -15,7 +15,7 @@ def _os_names() -> set[str]:
     for task in Path("/proc/self/task").iterdir():
         try:
             names.add((task / "comm").read_text().strip())
-        except FileNotFoundError:  # the thread ended meanwhile
+        except (FileNotFoundError, ProcessLookupError):  # the thread ended meanwhile (ENOENT or ESRCH)
             pass
     return names
 
