@@ -136,10 +136,7 @@ def connect_redis(
     else:
         if problem := tls_query_problem(url):
             raise SinkError(f"the Redis URL {redis_url_shown(url)} {problem}")
-        if url.startswith("rediss:"):
-            options.update((tls or TlsFiles()).options())
-        elif tls is not None and (tls.ca_file or tls.cert_file or tls.key_file):
-            raise SinkError(f"TLS files are set but {redis_url_shown(url)} is not a rediss:// URL — use rediss://")
+        _add_tls(options, url.startswith("rediss:"), tls, url, "rediss://")
         try:
             client = redis.Redis.from_url(url, **options)
         except ValueError as error:
@@ -192,6 +189,15 @@ def connect_redis(
         raise SinkError(f"the server at {where} is a Redis Sentinel, which keeps no streams — name the master "
                         "through it: redis+sentinel://host:26379/<master-name> (rediss+sentinel:// with TLS)")
     return client
+
+
+def _add_tls(options: dict, wanted: bool, tls: TlsFiles | None, url: str, form: str) -> None:
+    """The TLS options of a URL that speaks TLS (``wanted``); TLS files given for one that does
+    not are one line naming the URL form that would use them."""
+    if wanted:
+        options.update((tls or TlsFiles()).options())
+    elif tls is not None and (tls.ca_file or tls.cert_file or tls.key_file):
+        raise SinkError(f"TLS files are set but {redis_url_shown(url)} is not a {form} URL — use {form}")
 
 
 def _is_sentinel(client: redis.Redis) -> bool:
@@ -262,11 +268,7 @@ def _sentinel_master(url: str, options: dict, tls: TlsFiles | None, auth: Sentin
         parsed = parse_sentinel_url(url)
     except ValueError as error:
         raise SinkError(f"the Sentinel URL {redis_url_shown(url)} {error} — use {_SENTINEL_FORM}") from None
-    if parsed.tls:
-        options.update((tls or TlsFiles()).options())
-    elif tls is not None and (tls.ca_file or tls.cert_file or tls.key_file):
-        raise SinkError(f"TLS files are set but {redis_url_shown(url)} is not a rediss+sentinel:// URL — use "
-                        "rediss+sentinel://")
+    _add_tls(options, parsed.tls, tls, url, "rediss+sentinel://")
     sentinel_options = {key: value for key, value in options.items()
                         if key in _SENTINEL_OPTIONS or key.startswith("ssl_")}
     if parsed.tls:

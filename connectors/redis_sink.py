@@ -61,9 +61,9 @@ _WRITER_WINDOW = 10  # entries read after this run's last at the previous check
 # At start, another run's last entry counts as "still writing" when this recent (Redis's clock), or
 # more recent than three of its gaps between entries.
 _RECENT_MAX_S = 5.0
+_RECENT_MIN_S = 0.5
 # The fields that tell an entry of this run from any other: what an unanswered batch is looked for by.
 _TELLING = ("run_id", "seq", "publish_ts")
-_RECENT_MIN_S = 0.5
 
 
 @dataclass(slots=True)
@@ -407,11 +407,7 @@ class RedisPublisher:
         self._queued_bytes += item.nbytes
         while self._queue and (len(self._queue) > self.max_backlog or self._queued_bytes > self.max_backlog_bytes):
             # The oldest frame goes first; events (a track's start or end) only when no frame is left.
-            # An unanswered batch's frames go last: Redis may hold them, and a frame dropped is never sent.
-            unsure = {id(item) for item in self._unanswered.items} if self._unanswered is not None else set()
-            oldest = next((i for i, waiting in enumerate(self._queue)
-                           if waiting.result is not None and id(waiting) not in unsure),
-                          next((i for i, waiting in enumerate(self._queue) if waiting.result is not None), 0))
+            oldest = self._oldest_to_shed()
             dropped = self._queue[oldest]
             del self._queue[oldest]
             self._outage_dropped += 1
@@ -423,6 +419,19 @@ class RedisPublisher:
             self._drop(dropped, DROPPED_BACKLOG)
         self.peak_backlog = max(self.peak_backlog, len(self._queue))
         self.peak_backlog_bytes = max(self.peak_backlog_bytes, self._queued_bytes)
+
+    def _oldest_to_shed(self) -> int:
+        """Where in the queue the entry a full backlog drops is: the oldest frame, events (a
+        track's start or end) only when no frame is left, and an unanswered batch's frames last
+        (Redis may hold them, and a frame dropped is never looked for)."""
+        unsure = {id(item) for item in self._unanswered.items} if self._unanswered is not None else set()
+        frames = (i for i, waiting in enumerate(self._queue) if waiting.result is not None)
+        first = None
+        for i in frames:
+            if id(self._queue[i]) not in unsure:
+                return i
+            first = i if first is None else first
+        return 0 if first is None else first
 
     def _drop(self, item: _Outgoing, reason: str) -> None:
         self._queued_bytes -= item.nbytes
@@ -556,18 +565,8 @@ class RedisPublisher:
         self._warn_vanished([(stream, self._last_id[stream]) for stream, length in zip(checked, lengths)
                              if length == 0 and stream in self._last_id])
         refused = [(item.stream, r) for item, r in zip(batch, results) if isinstance(r, Exception)]
-        written = [item for item, r in zip(batch, results) if not isinstance(r, Exception)]
-        for item, entry_id in zip(batch, results):
-            if not isinstance(entry_id, Exception):  # only what Redis took advances a stream's numbers
-                self._seq[item.stream] = max(self._seq[item.stream], int(item.fields["seq"]))
-                self._last_id[item.stream] = entry_id
-        self.published += len(written)
-        self.per_stream.update(item.stream for item in written if item.result is not None)
-        frames = [item.result for item in written if item.result is not None]
-        for result in frames:
-            result.publish_ts = now
-        if self.on_written is not None and frames:
-            self.on_written(frames)
+        # only what Redis took advances a stream's numbers
+        self._written([(item, r) for item, r in zip(batch, results) if not isinstance(r, Exception)], now)
         if refused:
             self.failed += len(refused)
             self._refused([item for item, r in zip(batch, results) if isinstance(r, Exception)])
@@ -609,19 +608,23 @@ class RedisPublisher:
             return
         written = [item for item in self._queue if id(item) in found]
         self._queue = deque(item for item in self._queue if id(item) not in found)
-        for item in written:
-            self._queued_bytes -= item.nbytes
-            self._seq[item.stream] = max(self._seq.get(item.stream, 0), int(item.fields["seq"]))
-            entry_id = found[id(item)]
-            if item.stream not in self._last_id or _id_key(entry_id) > _id_key(self._last_id[item.stream]):
-                self._last_id[item.stream] = entry_id
-        self.published += len(written)
-        self.per_stream.update(item.stream for item in written if item.result is not None)
-        frames = [item.result for item in written if item.result is not None]
-        for result in frames:
-            result.publish_ts = unanswered.stamp
+        self._queued_bytes -= sum(item.nbytes for item in written)
         log.info("Redis at %s had written %d entries of the batch whose reply never came: not sent again",
                  self._where, len(written))
+        self._written([(item, found[id(item)]) for item in written], unanswered.stamp)
+
+    def _written(self, entries: list[tuple[_Outgoing, bytes]], stamp: float) -> None:
+        """Entries Redis took (each with its ID, in the order written), their batch sent at
+        ``stamp``: the streams' numbers and last IDs advance, they are counted, and their results
+        go to ``on_written``."""
+        for item, entry_id in entries:
+            self._seq[item.stream] = max(self._seq.get(item.stream, 0), int(item.fields["seq"]))
+            self._last_id[item.stream] = entry_id
+        self.published += len(entries)
+        self.per_stream.update(item.stream for item, _ in entries if item.result is not None)
+        frames = [item.result for item, _ in entries if item.result is not None]
+        for result in frames:
+            result.publish_ts = stamp
         if self.on_written is not None and frames:
             self.on_written(frames)
 

@@ -319,11 +319,9 @@ def _marks(cfg, root: Path):
     redis_cfg = cfg.sinks.redis
     if not (redis_cfg.enabled and redis_cfg.url):
         return None
-    from segstream.connectors.redis_connection import SentinelAuth, TlsFiles, connect_redis
+    from segstream.connectors.redis_connection import connect_redis
 
-    tls = TlsFiles(redis_cfg.tls.ca_file, redis_cfg.tls.cert_file, redis_cfg.tls.key_file, redis_cfg.tls.check_hostname)
-    client = connect_redis(redis_cfg.url, redis_cfg.password, username=redis_cfg.username, tls=tls,
-                           sentinel=SentinelAuth(redis_cfg.sentinel.username, redis_cfg.sentinel.password))
+    client = connect_redis(redis_cfg.url, **redis_cfg.login())
     return client, (redis_cfg.stream, redis_cfg.events_stream), RedisMarks(root / REDIS_MARKS)
 
 
@@ -358,11 +356,9 @@ def _check_redis(cfg) -> None:
     redis_cfg = cfg.sinks.redis
     if not (redis_cfg.enabled and redis_cfg.url):
         return
-    from segstream.connectors.redis_connection import SentinelAuth, TlsFiles, connect_redis
+    from segstream.connectors.redis_connection import connect_redis
 
-    tls = TlsFiles(redis_cfg.tls.ca_file, redis_cfg.tls.cert_file, redis_cfg.tls.key_file, redis_cfg.tls.check_hostname)
-    connect_redis(redis_cfg.url, redis_cfg.password, username=redis_cfg.username, tls=tls,
-                  sentinel=SentinelAuth(redis_cfg.sentinel.username, redis_cfg.sentinel.password)).close()
+    connect_redis(redis_cfg.url, **redis_cfg.login()).close()
 
 
 def _run(ray, cfg, jobs, root, manifest, progress, control, run_id) -> list[VideoOutcome]:

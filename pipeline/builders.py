@@ -150,16 +150,12 @@ class _Unopened:
 
 
 def _redis_sink(cfg: SinksConfig, embedded_dir: Path | None, run_id: str = "", stopping=lambda: False) -> Sink:
-    from segstream.connectors.redis_connection import SentinelAuth, TlsFiles
     from segstream.connectors.redis_sink import RedisPublisher
 
     redis = cfg.redis
     return RedisPublisher.from_config(
         redis.url,
-        redis.password,
-        username=redis.username,
-        tls=TlsFiles(redis.tls.ca_file, redis.tls.cert_file, redis.tls.key_file, redis.tls.check_hostname),
-        sentinel=SentinelAuth(redis.sentinel.username, redis.sentinel.password),
+        **redis.login(),
         max_backlog=redis.max_backlog,
         max_backlog_bytes=int(redis.max_backlog_mb * 2**20),
         reconnect_max_s=redis.reconnect_max_s,

@@ -495,13 +495,14 @@ def build_runtime(
             server = served.enter_context(serve_ops(cfg.ops, metrics))  # /readyz says not yet until the run starts
         if adapter is None:
             adapter = build_segmenter(cfg.model, batch_size=cfg.engine.batch_size)
+        names = [*(s.name for s in cfg.sources), *(s.name for s in own_sources)]
         named_stages = []
         if cfg.stages:  # built before the sinks and sources open: a factory that raises is a start-up error
             from segstream.pipeline.own_parts import build_stages
 
-            named_stages = build_stages(cfg.stages, [*(s.name for s in cfg.sources), *(s.name for s in own_sources)])
+            named_stages = build_stages(cfg.stages, names)
         # the filters' class names, checked against the model's before a sink or source starts
-        segment_filters(cfg, adapter.labels, [s.name for s in cfg.sources])
+        filters = segment_filters(cfg, adapter.labels, names)
         if not stopping():
             try:
                 built_sinks = build_sinks(cfg.sinks, run_id=run_id, stopping=stopping)
@@ -515,8 +516,8 @@ def build_runtime(
                 progress = LogLines(logging.getLogger("segstream.status"))
             runtime = Runtime.from_config(
                 cfg, [*built_sources, *own_sources], adapter, [*built_sinks, *own_sinks],
-                stages=[*tracking_stages(cfg.tracking), *named_stages, *stages], max_frames=max_frames,
-                warm_up=WARM_UP_FRAME, progress=progress, metrics=metrics, publish_states=True, run_id=run_id,
+                stages=[*tracking_stages(cfg.tracking), *named_stages, *stages], filters=filters,
+                max_frames=max_frames, warm_up=WARM_UP_FRAME, progress=progress, metrics=metrics, publish_states=True, run_id=run_id,
             )
             runtime.ops_address = None if server is None else server.address
             runtime.at_end.append(served.pop_all().close)  # the endpoints live as long as the run

@@ -25,6 +25,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from segstream.connectors.errors import ConfigError
 from segstream.connectors.redaction import SECRET_NAME, remember, remember_in
 from segstream.connectors.redis_connection import (
+    SentinelAuth,
+    TlsFiles,
     database_problem,
     is_sentinel_url,
     parse_sentinel_url,
@@ -568,6 +570,14 @@ class RedisSinkConfig(Strict):
     password: str | None = Field(default=None, repr=False)
     tls: RedisTlsConfig = Field(default_factory=RedisTlsConfig)
     sentinel: RedisSentinelConfig = Field(default_factory=RedisSentinelConfig)
+
+    def login(self) -> dict:
+        """How to log in, as ``connect_redis`` (and the publisher) take it: password, username,
+        TLS files and the sentinels' own login."""
+        tls = self.tls
+        return {"password": self.password, "username": self.username,
+                "tls": TlsFiles(tls.ca_file, tls.cert_file, tls.key_file, tls.check_hostname),
+                "sentinel": SentinelAuth(self.sentinel.username, self.sentinel.password)}
     max_backlog: PositiveInt = 1000
     max_backlog_mb: PositiveFloat = 256.0
     reconnect_max_s: PositiveFloat = 5.0

@@ -21,11 +21,11 @@ from importlib.metadata import entry_points
 from typing import Any
 
 from segstream.connectors.errors import ConfigError, SinkError, StageError
+from segstream.connectors.sink import SINK_METHODS
 from segstream.models.results import Event, FrameResult
 
 STAGE_GROUP = "segstream.stages"
 SINK_GROUP = "segstream.sinks"
-SINK_METHODS = ("publish", "publish_event", "poll", "flush", "close")
 
 log = logging.getLogger("segstream.own_parts")
 

