@@ -447,3 +447,27 @@ def test_a_client_stopped_while_redis_is_away_ends_its_reads_quietly(server):
         server.kill()
         threading.Timer(0.5, reader.stop).start()
         reader.call(reader.redis.ping)
+
+
+def test_a_user_who_may_not_read_the_stream_is_told_an_unanswered_batch_may_be_written_twice(server, caplog):
+    # Found by release QA: with a user granted no XREVRANGE, the look for the batch could not be
+    # made, was said at debug level only, and the stream held the batch twice, unsaid
+    import signal
+
+    server.client().acl_setuser("writer", enabled=True, passwords=["+writer-pw"], keys=["segstream:*"],
+                                commands=["+xadd", "+multi", "+exec", "+xlen", "+@connection"])
+    client = connect_redis(server.url, "writer-pw", username="writer", connect_timeout=1.0, socket_timeout=0.3)
+    publisher = RedisPublisher(client, max_batch_delay_s=0)
+    for index in range(3):
+        publisher.publish(tiny_scene("cam0", index))
+    server.process.send_signal(signal.SIGSTOP)
+    try:
+        publisher.publish(tiny_scene("cam0", 3))  # times out: Redis holds it, unanswered
+    finally:
+        server.process.send_signal(signal.SIGCONT)
+    with caplog.at_level("WARNING", logger="segstream.connectors.redis_sink"):
+        wait_until(lambda: publisher.status()["backlog"] == 0, step=publisher.poll)
+    said = [r.getMessage() for r in caplog.records if "whose write got no reply" in r.getMessage()]
+    assert len(said) == 1 and "may be in the stream twice" in said[0] and "+xrevrange" in said[0], said
+    assert frames_in(server) == [0, 1, 2, 3, 3], "what the warning says would happen"
+    publisher.close()
