@@ -107,6 +107,11 @@ SOURCE_BUILDERS: dict[str, Callable[..., VideoSource]] = {
 }
 
 
+def build_source(cfg: SourceConfig) -> VideoSource:
+    """Open one configured source (a ``SegstreamError`` when it cannot be)."""
+    return SOURCE_BUILDERS[cfg.type](cfg)
+
+
 def build_sources(configs: Iterable[SourceConfig]) -> list[VideoSource]:
     """Open every configured source. One that cannot be opened (a missing or unreadable file)
     fails alone when it is not ``required`` and others remain: it becomes a source that fails
@@ -117,7 +122,7 @@ def build_sources(configs: Iterable[SourceConfig]) -> list[VideoSource]:
     try:
         for cfg in configs:
             try:
-                sources.append(SOURCE_BUILDERS[cfg.type](cfg))
+                sources.append(build_source(cfg))
             except SegstreamError as error:
                 if cfg.required or len(configs) == 1:
                     raise

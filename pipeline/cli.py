@@ -63,6 +63,8 @@ from segstream.pipeline.logs import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from segstream.pipeline.runtime import RunReport, Runtime
 
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
@@ -175,6 +177,15 @@ def _parser() -> argparse.ArgumentParser:
     overrides(demo)
     demo.add_argument("--max-frames", type=int, metavar="N", help="stop each source after N frames")
     demo.set_defaults(command=_run, config=DEMO_CONFIG)
+
+    reload = commands.add_parser(
+        "reload", help="apply a running pipeline's config file again: its sources added, removed or restarted, its "
+                       "filters (the run's config needs ops.reload: true)")
+    reload.add_argument("config", type=Path, metavar="CONFIG", help="the config file the run was started with")
+    overrides(reload)
+    reload.add_argument("--ops", metavar="HOST:PORT",
+                        help="where the run serves its endpoints (default: the config's ops.http)")
+    reload.set_defaults(command=_reload)
 
     validate = commands.add_parser("validate", help="check a config without running it")
     validate.add_argument("config", type=Path, metavar="CONFIG")
@@ -412,7 +423,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.max_frames is not None and args.max_frames <= 0:
         raise SegstreamError(f"--max-frames must be a positive number, got {args.max_frames}")
     cfg = load_checked_config(args.config, args.overrides)
-    report = run_pipeline(cfg, max_frames=args.max_frames)
+    report = run_pipeline(cfg, max_frames=args.max_frames,
+                          reload_from=lambda: load_checked_config(args.config, args.overrides))
     if report is None:  # a signal while the model, sinks or sources were being built
         line = signal_line("stopped before the run began: no frame was read, nothing was published", "INFO")
         sys.stderr.write(line.decode())
@@ -427,6 +439,43 @@ def _run(args: argparse.Namespace) -> int:
         lines.append(data_loss_line(report.data_losses))
     if lines:
         raise SinkError("; ".join(lines))
+    return 0
+
+
+def _reload(args: argparse.Namespace) -> int:
+    import urllib.error
+    import urllib.request
+
+    from segstream.pipeline.config import _host_port
+    from segstream.pipeline.reload import REMOVE_WAIT_S
+
+    cfg = load_checked_config(args.config, args.overrides)  # its mistakes said here, in full
+    if args.ops is not None:
+        try:
+            host, port = _host_port(args.ops)
+        except ValueError as error:
+            raise SegstreamError(f"--ops: {error}") from None
+    elif cfg.ops.address is None:
+        raise ConfigError(f"{args.config}: ops.http is null, so the run serves no endpoint to reload through — "
+                          "give its address with --ops HOST:PORT")
+    else:
+        host, port = cfg.ops.address
+    if port == 0:
+        raise ConfigError(f"{args.config}: ops.http picks a free port (0) — give the one the run took (its first "
+                          "lines say) with --ops HOST:PORT")
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+    url = f"http://{f'[{host}]' if ':' in host else host}:{port}/reload"
+    request = urllib.request.Request(url, method="POST", data=b"")
+    try:
+        with urllib.request.urlopen(request, timeout=REMOVE_WAIT_S + 30) as answer:
+            line = answer.read().decode(errors="replace").strip()
+    except urllib.error.HTTPError as error:
+        raise SegstreamError(error.read().decode(errors="replace").strip() or f"{url} answered {error.code}") from None
+    except (urllib.error.URLError, OSError) as error:
+        why = getattr(error, "reason", error)
+        raise SegstreamError(f"no segstream run answers at {url} ({getattr(why, 'strerror', None) or why}): is it "
+                             "running, with this config's ops.http (or give --ops HOST:PORT)?") from None
+    print(line)
     return 0
 
 
@@ -530,11 +579,13 @@ def build_runtime(
     return runtime
 
 
-def run_pipeline(cfg: PipelineConfig, max_frames: int | None = None, progress=True) -> RunReport | None:
+def run_pipeline(cfg: PipelineConfig, max_frames: int | None = None, progress=True,
+                 reload_from: Callable[[], PipelineConfig] | None = None) -> RunReport | None:
     """Build model, sinks and sources from ``cfg`` and run them. Ctrl-C/SIGTERM drains a run;
     while the model is being built it stops that at once, while sinks and sources are, it starts
     nothing more (then None: the run never began). The ``ops.http`` endpoints serve from before
-    the model loads (``/readyz`` says not yet)."""
+    the model loads (``/readyz`` says not yet). With ``ops.reload``, ``POST /reload`` applies the
+    sources of the config ``reload_from()`` reads (see ``segstream.pipeline.reload``)."""
     from segstream.pipeline.metrics import RunMetrics
     from segstream.pipeline.model_factory import build_segmenter
     from segstream.pipeline.monitoring import serve_ops
@@ -542,7 +593,7 @@ def run_pipeline(cfg: PipelineConfig, max_frames: int | None = None, progress=Tr
     metrics = RunMetrics()
     run_id = new_run_id()
     set_run_id(run_id)  # from the first line on, the endpoints' included
-    with serve_ops(cfg.ops, metrics), _DrainOnSignal() as signals:
+    with serve_ops(cfg.ops, metrics) as server, _DrainOnSignal() as signals:
         try:
             with signals.at_once():  # a model may take minutes to build: a stop then is not kept waiting
                 adapter = build_segmenter(cfg.model, batch_size=cfg.engine.batch_size)
@@ -555,7 +606,15 @@ def run_pipeline(cfg: PipelineConfig, max_frames: int | None = None, progress=Tr
         if runtime is None:
             return None
         signals.runtime = runtime
-        return runtime.run()
+        if server is not None and cfg.ops.reload and reload_from is not None:
+            from segstream.pipeline.reload import Reloader
+
+            server.reload = Reloader(runtime, cfg, reload_from)
+        try:
+            return runtime.run()
+        finally:
+            if server is not None:
+                server.reload = None
 
 
 class _StoppedBeforeRun(BaseException):  # not caught by the model's loaders' `except Exception`

@@ -764,11 +764,15 @@ class OpsConfig(Strict):
     port (null turns it off; port 0 picks a free one). ``/healthz`` fails once a stage that is
     working has made no progress for ``stall_after_s``; waiting for input or for a slower stage
     downstream is not a stall. ``status_interval_s``: how often ``segstream run`` writes its
-    status line (with JSON logs, an INFO record of ``segstream.status``)."""
+    status line (with JSON logs, an INFO record of ``segstream.status``). ``reload``: ``POST
+    /reload`` on that port (``segstream reload CONFIG`` sends it) reads the config file again and
+    applies its sources to the run: added, removed, restarted when their settings changed, new
+    filters; other sections take a restart."""
 
     http: str | None = "127.0.0.1:9108"
     stall_after_s: PositiveFloat = 60.0
     status_interval_s: PositiveFloat = 2.0
+    reload: bool = False
 
     _nulls = field_validator("http", mode="before")(_empty_is_null)
 

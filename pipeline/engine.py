@@ -108,6 +108,21 @@ class Batcher:
             q.append(frame)
             self.cond.notify_all()
 
+    def add(self, name: str, size: int, policy: BufferPolicy | None) -> int | None:
+        """A queue for a source added to a run under way; its index, or None when every source
+        has finished (the model stage is ending: nothing would take its frames) or the run aborted."""
+        with self.cond:
+            if self.aborted or not any(self.open):
+                return None
+            self.names.append(name)
+            self.sizes.append(size)
+            self.capacities.append(size)
+            self.policies.append(policy)
+            self.queues.append(deque())
+            self.batched.append(0)
+            self.open.append(True)  # last: a reader that sees it open finds the rest
+            return len(self.open) - 1
+
     def finish(self, i: int) -> None:
         with self.cond:
             self.open[i] = False
@@ -179,12 +194,17 @@ class Batcher:
 
     def depths(self, total: bool = False) -> str:
         """Each source's queue, ``cam0=1/2 cam1=0/2``; with ``total``, their sum and the fullest."""
+        shown = self.newest()
         if not total:
-            return " ".join(f"{n}={len(q)}/{s}" for n, q, s in zip(self.names, self.queues, self.sizes))
-        lengths = [len(q) for q in self.queues]
-        fullest = max(range(len(lengths)), key=lambda i: lengths[i] / max(1, self.sizes[i]))
-        return (f"{sum(lengths)}/{sum(self.sizes)} (fullest {self.names[fullest]} "
+            return " ".join(f"{self.names[i]}={len(self.queues[i])}/{self.sizes[i]}" for i in shown)
+        lengths = {i: len(self.queues[i]) for i in shown}
+        fullest = max(shown, key=lambda i: lengths[i] / max(1, self.sizes[i]))
+        return (f"{sum(lengths.values())}/{sum(self.sizes[i] for i in shown)} (fullest {self.names[fullest]} "
                 f"{lengths[fullest]}/{self.sizes[fullest]})")
+
+    def newest(self) -> list[int]:
+        """Each source name's newest queue (a source removed and added again has two), in order."""
+        return sorted({name: i for i, name in enumerate(self.names[:len(self.open)])}.values())
 
 
 @dataclass(frozen=True, slots=True)

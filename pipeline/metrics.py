@@ -249,6 +249,17 @@ class RunMetrics:
                 counts.decode_errors = total
                 counts.dropped_by[DECODE_ERROR] += new
 
+    def source_again(self, name: str) -> SourceCounts:
+        """A source added to the run under the name of one that ended: its states begin again
+        (ended and failed are final for one source), its counts go on. Returns the counts of the
+        sources that had the name before (a copy), to which the new one's own totals (decode errors,
+        gaps, skipped and missing frames) are added."""
+        counts = self.source(name)
+        with self._lock:
+            before = counts.copy()
+            counts.state, counts.reason = None, ""
+        return before
+
     def gaps(self, name: str, seconds: float) -> None:
         """A source's own total of gaps in its stream (``gap_s``), in seconds."""
         self.source(name).gap_s = seconds

@@ -20,7 +20,7 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -287,6 +287,9 @@ class OpsServer:
                 "port: set ops.http to a free one (e.g. --set ops.http=127.0.0.1:9109), or to null to turn it off"
             ) from None
         self._server.daemon_threads = True
+        # ``POST /reload``: None while no run takes reloads (``ops.reload`` off, or the run not started)
+        self.reload: Callable[[], tuple[bool, str]] | None = None
+        self.reloads = False  # ops.reload is on: a POST before the run starts is answered "not yet"
         self._thread = NamedThread(target=self._server.serve_forever, name="segstream-ops-http", daemon=True)
         self._thread.start()
         host, port = self._server.server_address[:2]
@@ -387,11 +390,30 @@ def _handler(server: OpsServer, timeout_s: float) -> type[BaseHTTPRequestHandler
                 self._answer(200 if verdict.ok else 503, verdict.body(), "application/json")
             elif path == "/":
                 self._answer(200, b"segstream: /metrics /healthz /readyz\n", "text/plain; charset=utf-8")
+            elif path == "/reload":
+                self._answer(405, b"POST /reload reloads the config's sources\n", "text/plain; charset=utf-8",
+                             {"Allow": "POST"})
             else:
                 self._answer(404, b"not found: try /metrics, /healthz or /readyz\n", "text/plain; charset=utf-8")
 
-        def _answer(self, status: int, body: bytes, content_type: str) -> None:
+        def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+            if self.path.split("?", 1)[0] != "/reload":
+                self._answer(404, b"not found: POST /reload is the one request that changes anything\n",
+                             "text/plain; charset=utf-8")
+                return
+            reload = server.reload
+            if reload is None:
+                status, line = (503, "the run has not started yet (or has ended): try again") if server.reloads else \
+                    (403, "reloading is off: set ops.reload: true in the config (it takes a restart)")
+            else:
+                applied, line = reload()
+                status = 200 if applied else 409
+            self._answer(status, f"{line}\n".encode(), "text/plain; charset=utf-8")
+
+        def _answer(self, status: int, body: bytes, content_type: str, headers: dict[str, str] | None = None) -> None:
             self.send_response(status)
+            for key, value in (headers or {}).items():
+                self.send_header(key, value)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
@@ -416,6 +438,7 @@ def serve_ops(ops, metrics: RunMetrics) -> Iterator[OpsServer | None]:
     host, port = ops.address
     try:
         server = OpsServer(metrics, host, port, ops.stall_after_s)
+        server.reloads = ops.reload
     except ConfigError as error:
         if "http" in ops.model_fields_set:
             raise

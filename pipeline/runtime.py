@@ -33,6 +33,7 @@ import weakref
 from collections import Counter
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any, Protocol, TextIO
 
 from segstream.connectors.errors import (
@@ -52,7 +53,9 @@ from segstream.models.segment_filter import FILTER_REASONS, SegmentFilter
 from segstream.models.segmenter import FamilyAdapter
 from segstream.pipeline.engine import Batcher, BufferPolicy, InFlight, ModelStage, engine_layout, usable_cores
 from segstream.pipeline.logs import new_run_id
-from segstream.pipeline.metrics import DECODE_ERROR, SHED_REASONS, OverloadWatch, RunMetrics, decode_thread
+from segstream.pipeline.metrics import (
+    DECODE_ERROR, SHED_REASONS, OverloadWatch, RunMetrics, SourceCounts, decode_thread,
+)
 from segstream.pipeline.source_states import SourceStates, first_frame
 
 THREAD_PREFIX = "segstream-"
@@ -384,7 +387,7 @@ class Runtime:
         if max_inflight < model_workers or model_workers < 1:
             raise ValueError("model_workers must be at least 1 and max_inflight at least model_workers")
         self.sources = list(sources)
-        self._source_names = frozenset(names)
+        self._source_names = set(names)  # every source the run has had (events may name one removed since)
         self.adapter = adapter
         self.sinks = list(sinks)
         for sink in self.sinks:
@@ -398,13 +401,15 @@ class Runtime:
         # decoded images ride along with results only while some sink draws on them
         self._wants_images = any(getattr(sink, "wants_images", False) for sink in self.sinks)
         self.model_stage = ModelStage(adapter, max_inflight, keep_images=self._wants_images)
+        self._decode_size = None  # what sources that decode with FFmpeg scale frames to (resize_in_decoder)
         if resize_in_decoder:
             if self._wants_images:
                 raise ConfigError("engine.resize_in_decoder: a sink draws on full-size frames (a preview or overlay) "
                                   "— turn one of them off")
+            self._decode_size = adapter.geometry.scale
             for source in self.sources:
                 if hasattr(source, "decode_size"):  # decodes with FFmpeg
-                    source.decode_size = adapter.geometry.scale
+                    source.decode_size = self._decode_size
         self.stage_factories = list(stages)
         self.filters = {name: f for name, f in (filters or {}).items() if name in self._source_names}
         # segments each source's filter dropped, by reason: every series there from the start
@@ -458,6 +463,17 @@ class Runtime:
         self._stage_done = False  # the stage thread has ended: nothing holds ended states any more
         self._stop_requested = False
         self._left_behind: dict[int, threading.Thread] = {}  # sources whose frames() ignored close()
+        # Sources added and removed while the run goes on: ``sources`` and the batcher's queues share
+        # their indices; a source added again under a name it had keeps one timeline (``_timeline``).
+        self._sources_lock = threading.Lock()
+        self._decoders: dict[int, threading.Thread] = {}
+        self._decoders_started = False
+        self._removed: set[int] = set()
+        self._closed_at: dict[int, float] = {}  # when each source was closed (removed, or the run stopping)
+        self._settled: set[int] = set()  # sources whose end has passed the stages
+        self._settled_cond = threading.Condition()
+        self._staged_before: dict[int, int] = {}  # results of the same name's earlier sources, staged before it
+        self._timeline: dict[str, tuple[int, int, float | None, float]] = {}  # name -> last index, epoch, pts s, wall
         self._in_frames: dict[int, float] = {}  # source -> since when its decode thread waits inside frames()
         self._sizes_taken: set[tuple[int, int]] = set()  # frame sizes the model's geometry takes
         self._errors: list[BaseException] = []
@@ -536,6 +552,99 @@ class Runtime:
         """Ask for a graceful end; returns at once (safe in a signal handler)."""
         self._stop_requested = True
 
+    def add_source(
+        self, source: VideoSource, *, queue_size: int | None = None, buffer: BufferPolicy | None = None,
+        required: bool = False, segment_filter: SegmentFilter | None = None,
+    ) -> None:
+        """Add a source to the run, before it starts or while it runs (from any thread): it decodes
+        at once, its frames batch with the others', it gets the per-source stages of the run (a
+        tracker of its own) and its results go to the same sinks. ``queue_size`` and ``buffer``
+        default as in the constructor; ``required``: its failure ends the run. A name may be used
+        again once ``remove_source`` has ended the source that had it: the new one goes on from
+        its timeline (frame numbers, ``epoch`` one more, timestamps after its last frame's, as
+        after a reconnect), counts and stages (which heard ``finish()`` when the other ended: a
+        tracker's ids go on). A ``ValueError`` for a name that runs or is still ending,
+        a ``RuntimeError`` once the run is ending (stopped, or every source has ended)."""
+        name = source.name
+        with self._sources_lock:
+            if self._stop_requested or self._errors or self._aborted.is_set() or self._finished.is_set():
+                raise RuntimeError(f"source {name} cannot be added: the run is ending")
+            earlier = [i for i, s in enumerate(self.sources) if s.name == name]
+            if any(i not in self._settled for i in earlier):
+                state = "is still ending (wait for remove_source)" if earlier[-1] in self._removed else "runs already"
+                raise ValueError(f"source {name} {state}: names must be unique")
+            size = _declared_queue(source) if queue_size is None else queue_size
+            policy = buffer or _declared_buffer(source) or BufferPolicy("newest" if source.live else "every_frame")
+            i = self._batcher.add(name, size, policy)
+            if i is None:
+                raise RuntimeError(f"source {name} cannot be added: every source of the run has ended, the run is "
+                                   "ending")
+            self._staged_before[i] = sum(self._batcher.batched[k] for k in earlier)
+            epoch = 0
+            if earlier:
+                self.metrics.source_again(name)
+                epoch = self._timeline[name][1] + 1 if name in self._timeline else 0
+            self.metrics.source(name)
+            if self._decode_size is not None and hasattr(source, "decode_size"):
+                source.decode_size = self._decode_size
+            if hasattr(source, "on_state"):
+                source.on_state = self.states.listener(name, epoch)
+            self.set_filter(name, segment_filter)
+            (self.required.add if required else self.required.discard)(name)
+            self.buffers.append(policy)
+            self._source_names.add(name)
+            self.sources.append(source)
+            if self._decoders_started:
+                _start(self._decoder(i, source))
+        log.info("source %s added%s", name, f" (epoch {epoch}: it goes on from the source that had its name)"
+                 if earlier else "")
+
+    def remove_source(self, name: str, wait_s: float | None = None) -> bool:
+        """Close the running source ``name`` (any thread): frames it decoded drain through the model,
+        its stages and the sinks, its tracks end, and it ends with the reason ``removed`` (not a
+        failure, even when it was required). With ``wait_s``, waits that long for its end to pass
+        the stages (after which the name may be added again); True when it has. A
+        ``ValueError`` when no source of that name runs."""
+        with self._sources_lock:
+            running = [i for i, s in enumerate(self.sources)
+                       if s.name == name and i not in self._removed and self._batcher.open[i]]
+            if not running:
+                raise ValueError(f"no source {name} runs (running: {', '.join(self.running_sources()) or 'none'})")
+            i = running[0]
+            self._removed.add(i)
+            self.required.discard(name)  # its end is no failure of the run
+            self._closed_at.setdefault(i, time.monotonic())
+            source = self.sources[i]
+        log.info("source %s removed: closing it, draining its frames", name)
+        try:
+            source.close()
+        except Exception as error:  # its frames() still ends (the removal is marked)
+            log.warning("source %s: close() failed while removing it: %s: %s", name, type(error).__name__, error)
+        if wait_s is None:
+            return i in self._settled
+        deadline = time.monotonic() + wait_s
+        with self._settled_cond:
+            while i not in self._settled and not self._finished.is_set():
+                if (left := deadline - time.monotonic()) <= 0:
+                    break
+                self._settled_cond.wait(min(left, 0.1))
+        return i in self._settled
+
+    def set_filter(self, name: str, segment_filter: SegmentFilter | None) -> None:
+        """Filter source ``name``'s segments with ``segment_filter`` (None: not at all) from its
+        next result on (any thread)."""
+        if segment_filter is None:
+            self.filters.pop(name, None)
+            return
+        for reason in FILTER_REASONS:
+            self.filtered.setdefault((name, reason), 0)
+        self.filters[name] = segment_filter
+
+    def running_sources(self) -> list[str]:
+        """The names of the sources that have not ended (nor been removed)."""
+        return [s.name for i, s in enumerate(self.sources)
+                if i not in self._removed and i < len(self._batcher.open) and self._batcher.open[i]]
+
     def run(self) -> RunReport:
         if self._started:
             raise RuntimeError("a Runtime runs once; build a new one")
@@ -567,10 +676,9 @@ class Runtime:
             NamedThread(target=self._model, args=(w,), name=f"{THREAD_PREFIX}model{w or ''}", daemon=True)
             for w in range(self.model_workers)
         ]
-        threads += [
-            NamedThread(target=self._decode, args=(i, s), name=f"{THREAD_PREFIX}decode-{s.name}", daemon=True)
-            for i, s in enumerate(self.sources)
-        ]
+        with self._sources_lock:
+            for i, source in enumerate(self.sources):
+                self._decoder(i, source)
         threads += [
             NamedThread(target=self._post, name=f"{THREAD_PREFIX}post", daemon=True),
             NamedThread(target=self._stage, name=f"{THREAD_PREFIX}stage", daemon=True),
@@ -585,23 +693,25 @@ class Runtime:
                         break
             for t in threads[1:]:
                 _start(t)
+            with self._sources_lock:  # sources added from now on start at once
+                for decoder in self._decoders.values():
+                    _start(decoder)
+                self._decoders_started = True
             last_progress = last_watch = start
-            decoders = threads[self.model_workers:self.model_workers + len(self.sources)]
-            closed_at = math.inf
-            while alive := [t for t in threads if t.is_alive() and t not in self._left_behind.values()]:
+            while alive := [t for t in [*threads, *self._decoders.values()]
+                            if t.is_alive() and t not in self._left_behind.values()]:
                 alive[-1].join(0.05)
                 if (self._stop_requested or self._errors) and not sources_closed:
                     self._close_sources()
-                    sources_closed, closed_at = True, time.monotonic()
+                    sources_closed = True
                 now = time.monotonic()
-                if now - closed_at > SOURCE_CLOSE_GRACE_S:
-                    for i, decoder in enumerate(decoders):
-                        # only a thread inside frames() since before the close: one waiting for queue
-                        # room (a slow model) is not the source's doing, and drains
-                        since = self._in_frames.get(i)
-                        if since is not None and now - max(since, closed_at) > SOURCE_CLOSE_GRACE_S \
-                                and decoder.is_alive() and i not in self._left_behind:
-                            self._leave_behind(i, decoder)
+                for i, decoder in list(self._decoders.items()):
+                    # closed (removed, or the run stopping) and still inside frames() since before the
+                    # close: one waiting for queue room (a slow model) is not the source's doing, and drains
+                    closed_at, since = self._closed_at.get(i), self._in_frames.get(i)
+                    if closed_at is not None and since is not None and now - max(since, closed_at) > SOURCE_CLOSE_GRACE_S \
+                            and decoder.is_alive() and i not in self._left_behind:
+                        self._leave_behind(i, decoder)
                 if now - last_watch >= OVERLOAD_CHECK_S:
                     last_watch = now
                     for level, message, source in self.overload.observe(now, self.metrics.snapshot()):
@@ -615,14 +725,14 @@ class Runtime:
             self._interrupted = True
             self._abort()
             self._close_sources()
-            publisher = threads[-1]  # the sink thread, started last
+            publisher = threads[-1]  # the sink thread
             if publisher.is_alive():
                 publisher.join(1.0)  # aborted, it closes the sinks itself; closing them under it races its writes
             if publisher.ident is None or publisher.is_alive():
                 self._close_sinks()
             if isinstance(error, ResourceLimit):  # the pipeline's threads, inside torch or FFmpeg, end before Python does
                 deadline = time.monotonic() + SOURCE_CLOSE_GRACE_S
-                for t in threads:
+                for t in [*threads, *self._decoders.values()]:
                     if t.ident is not None:
                         t.join(max(0.0, deadline - time.monotonic()))
             if self.progress:  # what the abort cut short: frames still in the engine are abandoned
@@ -646,6 +756,14 @@ class Runtime:
 
     # --- the threads -----------------------------------------------------------------------
 
+    def _decoder(self, i: int, source: VideoSource) -> threading.Thread:
+        """Source ``i``'s decode thread, not started yet (under ``_sources_lock``); it works for this run."""
+        thread = NamedThread(target=self._decode, args=(i, source), name=f"{THREAD_PREFIX}decode-{source.name}",
+                             daemon=True)
+        thread.segstream_run_id = self.run_id  # added from another thread (an HTTP request's) it still names the run
+        self._decoders[i] = thread
+        return thread
+
     def _decode(self, i: int, source: VideoSource) -> None:
         name = source.name
         counts = self.metrics.source(name)
@@ -653,13 +771,19 @@ class Runtime:
         beat = decode_thread(name)
         frames = None
         failed = False
+        # a source added again under a name that ran before: its counts and timeline go on
+        again = any(s.name == name for s in self.sources[:i])
+        before = self._timeline.get(name) if again else None
+        own = _OwnCounts(self.metrics, name, source, counts.copy() if again else None)
+        shift: _Shift | None = None
+        taken = 0
         try:
             self.metrics.beat(beat)
             if generic:
                 self.states.enter(name, "connecting", "starting", quiet=True)
             # stopped before it began (a signal while the model loaded): never opened, never dialled
             with self._inside_source(i):  # a frames() that connects before it returns its iterator
-                frames = iter(()) if self._stop_requested else iter(source.frames())
+                frames = iter(()) if self._stop_requested or i in self._removed else iter(source.frames())
             while True:
                 try:
                     with self._inside_source(i):
@@ -673,19 +797,21 @@ class Runtime:
                     number = frame.index if isinstance(frame, Frame) else counts.decoded
                     raise SourceError(f"source {name}: frame {number} {problem}")
                 frame.times["decoded"] = now = time.monotonic()
-                if generic and counts.decoded == 0:
+                if before is not None:
+                    shift = shift or _Shift(before, frame)
+                    shift.apply(frame)
+                if generic and taken == 0:
                     self.states.enter(name, "streaming", *first_frame(source, frame), quiet=True)
+                taken += 1
+                self._timeline[name] = (frame.index, frame.epoch, frame.pts_seconds, frame.capture_wall)
                 self.metrics.decoded(name, now)
-                self.metrics.decode_errors(name, getattr(source, "decode_errors", 0))
-                self.metrics.gaps(name, getattr(source, "gap_s", 0.0))
-                self.metrics.missing(name, getattr(source, "frames_missing", 0), getattr(source, "damage", ""))
-                self.metrics.skipped(name, getattr(source, "frames_skipped", 0))
+                own.count()
                 self.metrics.beat(beat, idle="back-pressure")
                 self._batcher.put(i, frame)
                 self.metrics.beat(beat)
-                if self._stop_requested or self._aborted.is_set():
+                if self._stop_requested or self._aborted.is_set() or i in self._removed:
                     break
-                if self.max_frames is not None and counts.decoded >= self.max_frames:
+                if self.max_frames is not None and taken >= self.max_frames:
                     self.states.enter(name, "ended", f"max_frames ({self.max_frames}) reached", quiet=generic)
                     break
         except BaseException as error:
@@ -702,17 +828,15 @@ class Runtime:
                         frames.close()  # runs the source's own cleanup now, in this thread
             finally:
                 if i not in self._left_behind:  # else its end was told when it was left behind
-                    self.metrics.decode_errors(name, getattr(source, "decode_errors", 0))
+                    own.count()
                     missing, damage = getattr(source, "frames_missing", 0), getattr(source, "damage", "")
-                    self.metrics.missing(name, missing, damage)
-                    self.metrics.skipped(name, getattr(source, "frames_skipped", 0))
                     if not failed:
                         stopped = self._stop_requested or self._aborted.is_set()
-                        reason = "stopped" if stopped else "end of input"
+                        reason = "removed" if i in self._removed else "stopped" if stopped else "end of input"
                         # a damaged file's end is no normal one (its frames end before the file says)
                         reason += f", damaged: about {missing} frames missing ({damage})" if missing else ""
                         self.states.enter(name, "ended", reason, {"frames_missing": missing} if missing else None,
-                                          quiet=generic and not missing)
+                                          quiet=generic and not missing and i not in self._removed)
                     self._batcher.finish(i)
                     self._to_stage.wake()  # its end may follow its last result at once
                 self.metrics.beat(beat, idle="ended")
@@ -832,8 +956,8 @@ class Runtime:
     def _stage(self) -> None:
         beat = self.metrics.beat
         ended = False
-        staged: Counter[str] = Counter()  # each source's results that passed the stages
-        settled: set[int] = set()  # sources whose end went to the sinks
+        staged: Counter[str] = Counter()  # each source name's results that passed the stages
+        settled = self._settled  # sources whose end went to the sinks
         try:
             while True:
                 beat("stage", idle="waiting for results")
@@ -880,9 +1004,12 @@ class Runtime:
         """Send each source whose last result has passed the stages (``all_ended``: every source)
         its ``SourceEnd``; False when the run aborted meanwhile."""
         for i, source in enumerate(self.sources):
-            if i in settled or (not all_ended and self._batcher.settled(i) != staged[source.name]):
+            if i in settled:
                 continue
-            settled.add(i)
+            if not all_ended and (
+                    (batched := self._batcher.settled(i)) is None
+                    or batched + self._staged_before.get(i, 0) != staged[source.name]):
+                continue
             events: list[Event] = []
             failed = self.metrics.source(source.name).state == "failed"
             for stage in self._stages.get(source.name, ()):  # its tracks end, saying whether it failed
@@ -893,6 +1020,9 @@ class Runtime:
             events += [state] if state is not None else []
             for event in events:
                 event.run_id = event.run_id or self.run_id
+            with self._settled_cond:
+                settled.add(i)
+                self._settled_cond.notify_all()
             if not self._to_sinks.put(SourceEnd(source.name, events)):
                 return False
         return True
@@ -974,10 +1104,10 @@ class Runtime:
         batcher, sinks = self._batcher, self.sinks
         gauge, counter = self.metrics.gauge, self.metrics.counter
         gauge("queue_depth", "Frames waiting for the model, per source.", ("source",),
-              lambda: {(name,): len(q) for name, q in zip(batcher.names, batcher.queues)})
+              lambda: {(batcher.names[i],): len(batcher.queues[i]) for i in batcher.newest()})
         gauge("queue_capacity", "Frames a source's queue holds at most (its queue_size, or fewer of this frame "
               "size in engine.frame_budget_mb).", ("source",),
-              lambda: {(name,): size for name, size in zip(batcher.names, batcher.capacities)})
+              lambda: {(batcher.names[i],): batcher.capacities[i] for i in batcher.newest()})
         gauge("results_waiting", "Results waiting for the per-source stages and for the sinks.", ("queue",),
               lambda: {("stages",): self._to_stage.qsize(), ("sinks",): self._to_sinks.qsize()})
         gauge("batches_waiting_post", "Batches whose network started and whose post-processing has not.", (),
@@ -1002,9 +1132,9 @@ class Runtime:
         gauge("run_info", "Always 1; the label is this run's run_id, which every entry it publishes carries.", ("run_id",),
               lambda: {(self.run_id,): 1})
         counter("track_capacity_refused", "Segments left without a track id: the tracker held tracking.max_tracks.",
-                ("source",), lambda: {(source.name,): sum(getattr(stage, "capacity_refused", 0)
-                                                          for stage in self._stages.get(source.name, ()))
-                                      for source in self.sources})
+                ("source",), lambda: {(name,): sum(getattr(stage, "capacity_refused", 0)
+                                                   for stage in self._stages.get(name, ()))
+                                      for name in self._source_names})
         counter("segments_filtered", "Segments a source's filters dropped before the tracker and the sinks, by reason "
                 "(class, score, roi, min_area).", ("source", "reason"), lambda: dict(self.filtered))
         gauge("source_info", "1 for the format each source streams now (as decoded); a new series when it changes.",
@@ -1025,7 +1155,8 @@ class Runtime:
 
     def _source_infos(self) -> list[tuple[VideoSource, Any]]:
         """The sources that know what they stream (``info``: codec, size, frame rate), with it."""
-        return [(source, info) for source in self.sources if (info := getattr(source, "info", None)) is not None]
+        return [(self.sources[i], info) for i in self._batcher.newest()
+                if (info := getattr(self.sources[i], "info", None)) is not None]
 
     def _source_stages(self, source: str) -> list[FrameStage]:
         stages = self._stages.get(source)
@@ -1089,7 +1220,12 @@ class Runtime:
         self._batcher.abort()
 
     def _close_sources(self) -> None:
-        for source in self.sources:
+        with self._sources_lock:  # a source added after this is refused (the run is ending)
+            now = time.monotonic()
+            closing = [(i, source) for i, source in enumerate(self.sources) if i not in self._removed]
+            for i, _ in closing:
+                self._closed_at.setdefault(i, now)
+        for _, source in closing:
             try:
                 source.close()
             except Exception as error:  # a failing close must not hide the run's outcome
@@ -1232,6 +1368,45 @@ def _stop_running() -> None:
     for runtime in running:
         if not runtime._finished.wait(max(0.0, deadline - time.monotonic())):
             log.warning("a pipeline run did not finish draining within %g s of the program's exit", EXIT_DRAIN_S)
+
+
+class _OwnCounts:
+    """What a source counts itself (decode errors, gaps, frames skipped or missing), into the
+    run's metrics; added to what sources of the same name counted before it (``base``)."""
+
+    def __init__(self, metrics: RunMetrics, name: str, source: VideoSource, base: SourceCounts | None):
+        self.metrics, self.name, self.source = metrics, name, source
+        self.base = base or SourceCounts()
+
+    def count(self) -> None:
+        source, base = self.source, self.base
+        self.metrics.decode_errors(self.name, base.decode_errors + getattr(source, "decode_errors", 0))
+        self.metrics.gaps(self.name, base.gap_s + getattr(source, "gap_s", 0.0))
+        missing = getattr(source, "frames_missing", 0)
+        self.metrics.missing(self.name, base.missing + missing, getattr(source, "damage", "") if missing else base.damage)
+        self.metrics.skipped(self.name, base.skipped + getattr(source, "frames_skipped", 0))
+
+
+class _Shift:
+    """The frames of a source added again under a name that ran before go on from its last frame
+    (``last``: index, epoch, pts in seconds, Unix time decoded): numbers after it, the epoch one
+    more, timestamps after it by the time that passed (as a reconnect's)."""
+
+    def __init__(self, last: tuple[int, int, float | None, float], first: Frame):
+        index, epoch, pts_s, wall = last
+        self.index = index + 1 - first.index
+        self.epoch = epoch + 1
+        self.seconds = None
+        if pts_s is not None and first.pts_seconds is not None:
+            self.seconds = pts_s + max(first.capture_wall - wall, 1e-3) - first.pts_seconds
+
+    def apply(self, frame: Frame) -> None:
+        frame.index += self.index
+        frame.epoch += self.epoch
+        if self.seconds is not None and frame.pts_seconds is not None:
+            frame.pts_seconds += self.seconds
+            if frame.pts is not None and frame.time_base:
+                frame.pts += round(Fraction(self.seconds) / frame.time_base)
 
 
 def _declared_queue(source: VideoSource) -> int:

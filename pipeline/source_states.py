@@ -132,11 +132,14 @@ class SourceStates:
                 reason = f"{reason} (after {_duration(now - outage.since)} down, {attempts})"
         logger.log(level, "source %s %s: %s", source, state, reason, extra=extra)
 
-    def listener(self, source: str) -> Callable[..., None]:
+    def listener(self, source: str, epoch: int = 0) -> Callable[..., None]:
         """The ``on_state(state, reason, data, quiet=False)`` callback for a source that reports
-        its own states."""
+        its own states; ``epoch`` is added to the epochs it reports (a source added again under a
+        name that ran before goes on from that one's epochs)."""
 
         def on_state(state: str, reason: str, data: dict[str, Any], quiet: bool = False) -> None:
+            if epoch and data and "epoch" in data:
+                data = {**data, "epoch": data["epoch"] + epoch}
             self.enter(source, state, reason, data, quiet)
 
         return on_state

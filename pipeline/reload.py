@@ -1,0 +1,149 @@
+"""Applying a changed config's sources to a run under way (``ops.reload``: ``POST /reload`` on
+the ops port, which ``segstream reload CONFIG`` sends).
+
+The config file is read again, with the run's ``--set`` overrides and the environment as it is
+now, and checked as at start (the model's class names for filters included); a config with a
+mistake changes nothing. Sources are matched by name: a new name is added, a missing one removed
+(its frames drain, its tracks end, it ends as ``removed``), one whose settings changed is removed
+and added again (it goes on from its timeline: see ``Runtime.add_source``); a change of filters
+alone (the source's own or the top-level ones) applies from the next frame without touching the
+source. Every other section (model, engine, tracking, stages, sinks, ops, batch) takes a restart:
+a reload that changes one says so and leaves it as it runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from segstream.connectors.errors import SegstreamError
+from segstream.pipeline.config import PipelineConfig, SourceConfig
+from segstream.pipeline.engine import BufferPolicy
+
+log = logging.getLogger(__name__)
+
+# The sections a reload leaves as they run.
+RESTART_SECTIONS = ("model", "engine", "tracking", "stages", "sinks", "ops", "batch")
+REMOVE_WAIT_S = 60.0  # how long a reload waits for a removed source's queued frames to drain
+
+
+@dataclass
+class Plan:
+    """What a reload changes: sources ``added``, ``removed`` (names), ``restarted`` (settings
+    changed), ``refiltered`` (names: filters changed alone), and the ``not_applied`` sections."""
+
+    added: list[SourceConfig] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    restarted: list[SourceConfig] = field(default_factory=list)
+    refiltered: list[str] = field(default_factory=list)
+    not_applied: list[str] = field(default_factory=list)
+
+    def line(self, unchanged: int) -> str:
+        parts = [f"{what} {', '.join(names)}" for what, names in (
+            ("added", [s.name for s in self.added]), ("removed", self.removed),
+            ("restarted", [s.name for s in self.restarted]), ("new filters for", self.refiltered)) if names]
+        done = "; ".join(parts) if parts else "no source changed"
+        left = (f"; not applied, they take a restart: {', '.join(self.not_applied)}" if self.not_applied else "")
+        return f"reloaded: {done} ({unchanged} unchanged){left}"
+
+
+def plan(running: PipelineConfig, new: PipelineConfig) -> Plan:
+    """What applying ``new`` to a run of ``running`` changes."""
+    before = {s.name: s for s in running.sources}
+    out = Plan()
+    for source in new.sources:
+        old = before.get(source.name)
+        if old is None:
+            out.added.append(source)
+        elif old.model_dump(exclude={"filters"}) != source.model_dump(exclude={"filters"}):
+            out.restarted.append(source)
+        elif running.filters_of(source.name) != new.filters_of(source.name):
+            out.refiltered.append(source.name)
+    names = {s.name for s in new.sources}
+    out.removed = [name for name in before if name not in names]
+    out.not_applied = [key for key in RESTART_SECTIONS if getattr(running, key) != getattr(new, key)]
+    return out
+
+
+class Reloader:
+    """Applies the config that ``load()`` reads to ``runtime``'s sources, one reload at a time;
+    called with no arguments, returns (applied, the line that says what happened)."""
+
+    def __init__(self, runtime, running: PipelineConfig, load: Callable[[], PipelineConfig]):
+        self.runtime = runtime
+        self.running = running  # the config whose sources and filters run now
+        self.load = load
+        self.outcomes: Counter[str] = Counter({"applied": 0, "refused": 0})
+        self._lock = threading.Lock()
+        runtime.metrics.counter("config_reloads", "Reloads of the config's sources (POST /reload), applied or "
+                                "refused (a mistake in the config, a source that cannot open: nothing changed).",
+                                ("outcome",), lambda: {(outcome,): n for outcome, n in self.outcomes.items()})
+
+    def __call__(self) -> tuple[bool, str]:
+        if not self._lock.acquire(blocking=False):
+            return False, "a reload is under way already: try again once it has ended"
+        try:
+            applied, line = self._reload()
+        finally:
+            self._lock.release()
+        self.outcomes["applied" if applied else "refused"] += 1
+        return applied, line
+
+    def _reload(self) -> tuple[bool, str]:
+        from segstream.pipeline.builders import build_source
+        from segstream.pipeline.filtering import segment_filters
+
+        runtime = self.runtime
+        try:
+            new = self.load()
+            filters = segment_filters(new, runtime.adapter.labels, [s.name for s in new.sources])
+        except SegstreamError as error:
+            return self._refused("; ".join(str(error).splitlines()))
+        changes = plan(self.running, new)
+        opened = {}
+        try:
+            for source in [*changes.added, *changes.restarted]:
+                opened[source.name] = build_source(source)
+        except SegstreamError as error:
+            for source in opened.values():
+                source.close()
+            return self._refused(str(error))
+        problems = []
+        for name in [*changes.removed, *(s.name for s in changes.restarted)]:
+            try:
+                if not runtime.remove_source(name, wait_s=REMOVE_WAIT_S):
+                    problems.append(f"source {name} was removed but its frames had not drained within "
+                                    f"{REMOVE_WAIT_S:g} s, so it was not added again")
+                    if (dropped := opened.pop(name, None)) is not None:
+                        dropped.close()
+            except ValueError:  # it had ended already (a file read to its end, a source that failed)
+                pass
+        for source in [*changes.added, *changes.restarted]:
+            if source.name not in opened:
+                continue
+            try:
+                runtime.add_source(
+                    opened[source.name], queue_size=source.queue_size, required=source.required,
+                    buffer=BufferPolicy(source.buffer_kind,
+                                        None if source.max_staleness_ms is None else source.max_staleness_ms / 1000),
+                    segment_filter=filters.get(source.name))
+            except (RuntimeError, ValueError) as error:
+                opened[source.name].close()
+                problems.append(str(error))
+        for name in changes.refiltered:
+            runtime.set_filter(name, filters.get(name))
+        # the next reload compares with what runs: the sections not applied stay as they run
+        self.running = new.model_copy(update={key: getattr(self.running, key) for key in changes.not_applied})
+        line = changes.line(len(new.sources) - len(changes.added) - len(changes.restarted) - len(changes.refiltered))
+        if problems:
+            line += "; but " + "; ".join(problems)
+        (log.warning if changes.not_applied or problems else log.info)("%s", line)
+        return not problems, line
+
+    def _refused(self, why: str) -> tuple[bool, str]:
+        line = f"reload refused, the run goes on unchanged: {why}"
+        log.warning("%s", line)
+        return False, line

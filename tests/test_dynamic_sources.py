@@ -1,0 +1,163 @@
+"""Sources added to and removed from a run under way (``Runtime.add_source``, ``remove_source``)."""
+
+import threading
+import time
+from fractions import Fraction
+
+import numpy as np
+import pytest
+
+from segstream.connectors.frames import Frame
+from segstream.pipeline.config import TrackingConfig
+from segstream.pipeline.runtime import Runtime
+from segstream.pipeline.tracking import tracking_stages
+from tests.conftest import SQUARE_COLOUR, CollectingSink, ColourSegmenter
+
+TIME_BASE = Fraction(1, 90_000)
+
+
+class SquareCamera:
+    """A live source: a red square moving right at ``fps`` until ``close()``."""
+
+    live = True
+
+    def __init__(self, name: str, fps: float = 100.0):
+        self.name = name
+        self.fps = fps
+        self.closed = threading.Event()
+
+    def frames(self):
+        index = 0
+        while not self.closed.wait(1 / self.fps):
+            image = np.full((48, 64, 3), 30, np.uint8)
+            x = index % 48
+            image[12:28, x:x + 16] = SQUARE_COLOUR
+            pts = round(index / self.fps / TIME_BASE)
+            yield Frame(self.name, index, image, pts, TIME_BASE, float(pts * TIME_BASE), time.time())
+            index += 1
+
+    def close(self):
+        self.closed.set()
+
+
+def _wait(condition, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+class _Running:
+    """A runtime run on a thread of its own; ``stop()`` returns its report."""
+
+    def __init__(self, runtime: Runtime):
+        self.runtime = runtime
+        self.report = self.error = None
+        self.thread = threading.Thread(target=self._run)
+        self.thread.start()
+
+    def _run(self):
+        try:
+            self.report = self.runtime.run()
+        except BaseException as error:  # surfaced by stop()
+            self.error = error
+
+    def stop(self):
+        self.runtime.stop()
+        self.thread.join(20)
+        assert not self.thread.is_alive()
+        if self.error is not None:
+            raise self.error
+        return self.report
+
+
+def _runtime(sources, sink, **kwargs) -> Runtime:
+    return Runtime(sources, ColourSegmenter(), [sink], batch_size=4, max_wait_ms=5, progress=None,
+                   publish_states=True, **kwargs)
+
+
+def _states(sink, source):
+    return [(e.data["state"], e.data["reason"]) for e in sink.events if e.source == source and e.kind == "state"]
+
+
+def test_a_source_added_while_the_run_goes_on_is_batched_with_the_others_and_keeps_its_order():
+    sink = CollectingSink()
+    run = _Running(_runtime([SquareCamera("a")], sink))
+    _wait(lambda: len(sink.indices("a")) >= 5)
+    run.runtime.add_source(SquareCamera("b"))
+    _wait(lambda: len(sink.indices("b")) >= 30)
+    report = run.stop()
+    assert sink.indices("b") == list(range(len(sink.indices("b"))))
+    assert sink.indices("a") == list(range(len(sink.indices("a"))))
+    after = [r.source for r in sink.results[sink.results.index(next(r for r in sink.results if r.source == "b")):]]
+    assert after.count("a") >= 10, "the first source goes on beside the added one"
+    assert report.sources["b"].published == len(sink.indices("b")) and report.balanced
+    assert [state for state, _ in _states(sink, "b")] == ["connecting", "streaming", "ended"]
+    assert run.runtime.running_sources() == []  # stopped: both ended
+
+
+def test_a_removed_source_ends_as_removed_its_tracks_end_and_the_others_go_on():
+    sink = CollectingSink()
+    stages = tracking_stages(TrackingConfig())
+    # a required source: removing it is no failure of the run
+    run = _Running(_runtime([SquareCamera("a"), SquareCamera("b")], sink, stages=stages, required=["a", "b"]))
+    _wait(lambda: len(sink.indices("a")) >= 10)
+    assert run.runtime.remove_source("a", wait_s=10)
+    removed_at = len(sink.results)
+    assert run.runtime.running_sources() == ["b"]
+    _wait(lambda: len([r for r in sink.results[removed_at:] if r.source == "b"]) >= 10)
+    report = run.stop()
+    assert not [r for r in sink.results[removed_at:] if r.source == "a"], "nothing of a after its end passed"
+    assert _states(sink, "a")[-1] == ("ended", "removed")
+    ended = [e for e in sink.events if e.source == "a" and e.kind == "track_ended"]
+    assert ended and all(e.data["reason"] == "end" for e in ended)
+    assert report.failed == {} and report.sources["a"].state == "ended" and report.balanced
+    assert report.sources["a"].published == len(sink.indices("a"))
+
+
+def test_a_name_added_again_goes_on_from_its_timeline_and_its_track_ids():
+    sink = CollectingSink()
+    run = _Running(_runtime([SquareCamera("a"), SquareCamera("keep")], sink,
+                            stages=tracking_stages(TrackingConfig())))
+    _wait(lambda: len(sink.indices("a")) >= 10)
+    assert run.runtime.remove_source("a", wait_s=10)
+    first = [r for r in sink.results if r.source == "a"]
+    run.runtime.add_source(SquareCamera("a"))
+    _wait(lambda: len(sink.indices("a")) >= len(first) + 10)
+    report = run.stop()
+    results = [r for r in sink.results if r.source == "a"]
+    assert [r.index for r in results] == list(range(len(results))), "frame numbers go on"
+    again = results[len(first):]
+    assert {r.epoch for r in first} == {0} and {r.epoch for r in again} == {1}
+    times = [r.pts_seconds for r in results]
+    assert all(b > a for a, b in zip(times, times[1:])), "timestamps go on after the last"
+    assert again[0].pts_seconds - first[-1].pts_seconds >= 0.01  # the time that passed between them
+    old_ids = {int(t) for r in first for t in r.segments.track_ids if t >= 0}
+    new_ids = {int(t) for r in again for t in r.segments.track_ids if t >= 0}
+    assert old_ids and new_ids and min(new_ids) > max(old_ids), "a new track, with an id never used before"
+    assert [s for s, _ in _states(sink, "a")].count("ended") == 2
+    counts = report.sources["a"]
+    assert counts.published == len(results) and counts.decoded == len(results) + counts.dropped
+
+
+def test_what_cannot_be_added_or_removed_is_said():
+    sink = CollectingSink()
+    run = _Running(_runtime([SquareCamera("a")], sink))
+    _wait(lambda: len(sink.indices("a")) >= 2)
+    with pytest.raises(ValueError, match="source a runs already"):
+        run.runtime.add_source(SquareCamera("a"))
+    with pytest.raises(ValueError, match=r"no source cam9 runs \(running: a\)"):
+        run.runtime.remove_source("cam9")
+    run.stop()
+    with pytest.raises(RuntimeError, match="source b cannot be added: the run is ending"):
+        run.runtime.add_source(SquareCamera("b"))
+
+
+def test_a_source_added_before_the_run_starts_runs_with_the_others(clip):
+    from segstream.connectors.file_source import FileSource
+
+    sink = CollectingSink()
+    runtime = _runtime([FileSource("a", str(clip))], sink)
+    runtime.add_source(FileSource("b", str(clip)), queue_size=2)
+    report = runtime.run()
+    assert sink.indices("a") == sink.indices("b") == list(range(40)) and report.balanced

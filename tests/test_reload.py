@@ -1,0 +1,159 @@
+"""``ops.reload``: a running ``segstream run`` takes its config file's sources again (``segstream
+reload CONFIG``, ``POST /reload``): sources added, removed, restarted, filters changed, mistakes
+refused with the run going on."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from segstream.models.presets import SYNTHETIC_TINY
+from segstream.pipeline.config import PipelineConfig
+from segstream.pipeline.reload import plan
+from tests.live_servers import free_port, wait_for
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PYTHONPATH": str(REPO)}
+
+
+def _config(path: Path, port: int, sources: list[str], extra: str = "", reload: bool = True) -> None:
+    lines = "".join(f"  - {{name: {name}, type: synthetic, width: 64, height: 48, fps: 20, num_frames: null, "
+                    f"realtime: true{', ' + opts if opts else ''}}}\n"
+                    for name, _, opts in (s.partition(" ") for s in sources))
+    path.write_text(
+        f"sources:\n{lines}"
+        f"model: {{preset: {SYNTHETIC_TINY.name}, device: cpu}}\n"
+        f"ops: {{http: '127.0.0.1:{port}', reload: {str(reload).lower()}}}\n"
+        f"sinks:\n  redis: {{enabled: false}}\n  files: {{enabled: true, dir: '{path.parent / 'out'}'}}\n"
+        f"{extra}"
+    )
+
+
+def _entries(path: Path, source: str) -> list[dict]:
+    file = path.parent / "out" / f"{source}.jsonl"
+    if not file.exists():
+        return []
+    return [json.loads(line) for line in file.read_text().splitlines() if line.endswith("}")]
+
+
+def _reload(path: Path, *more: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "segstream.pipeline.cli", "reload", str(path), *more],
+                          env=ENV, capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture
+def run(tmp_path):
+    """Starts ``segstream run`` on a config; SIGTERM at the end gives (returncode, stderr)."""
+    processes = []
+
+    def start(path: Path) -> subprocess.Popen:
+        process = subprocess.Popen([sys.executable, "-m", "segstream.pipeline.cli", "run", str(path)], env=ENV,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        processes.append(process)
+        return process
+
+    yield start
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+
+
+def _stop(process: subprocess.Popen) -> tuple[int, str]:
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    return process.returncode, err
+
+
+def test_a_reload_adds_removes_and_refilters_sources_while_the_others_run_on(tmp_path, run):
+    port = free_port()
+    path = tmp_path / "pipeline.yaml"
+    _config(path, port, ["a", "b"])
+    process = run(path)
+    wait_for(lambda: len(_entries(path, "b")) >= 5 or process.poll() is not None, 120, "b's first entries")
+    assert process.poll() is None, process.communicate()
+
+    # a removed, c added, b's filters changed (no segment is that big), the engine changed (not applied)
+    _config(path, port, ["b filters: {min_area: 100000}", "c"], extra="engine: {batch_size: 2}\n")
+    done = _reload(path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == ("reloaded: added c; removed a; new filters for b (0 unchanged); not applied, "
+                                   "they take a restart: engine")
+    a_at_reload = len(_entries(path, "a"))
+    b_at_reload = len(_entries(path, "b"))
+    wait_for(lambda: len(_entries(path, "c")) >= 5, 60, "c's first entries")
+    wait_for(lambda: len(_entries(path, "b")) >= b_at_reload + 5, 60, "b's entries after the reload")
+    assert len(_entries(path, "a")) == a_at_reload, "nothing of a after its removal was written"
+    assert [e["frame"] for e in _entries(path, "c")][:3] == ["0", "1", "2"]
+    assert all(json.loads(e["segments"]) == [] for e in _entries(path, "b")[b_at_reload + 2:])
+
+    # a mistake: nothing changes, the run goes on
+    _config(path, port, ["b", "c", "d filters: {classes: [no_such_class]}"])
+    refused = _reload(path)
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert refused.stderr.startswith("segstream: error: reload refused, the run goes on unchanged: ")
+    assert "no_such_class" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+
+    # a back, under its old name: its frames go on from where they stopped, in a new epoch
+    _config(path, port, ["a", "b filters: {min_area: 100000}", "c"])
+    again = _reload(path)
+    assert again.returncode == 0 and again.stdout.strip() == "reloaded: added a (2 unchanged)", again
+    wait_for(lambda: len(_entries(path, "a")) >= a_at_reload + 5, 60, "a's entries after it came back")
+    code, err = _stop(process)
+    entries = _entries(path, "a")
+    assert [int(e["frame"]) for e in entries] == list(range(len(entries)))
+    assert {e.get("epoch", "0") for e in entries[a_at_reload:]} == {"1"}
+    assert code == 0, err
+    assert "source a ended: removed" in err and "reloaded: added c; removed a" in err
+    assert "reload refused, the run goes on unchanged" in err
+
+
+def test_reloading_is_off_unless_the_config_turns_it_on_and_says_so(tmp_path, run):
+    port = free_port()
+    path = tmp_path / "pipeline.yaml"
+    _config(path, port, ["a"], reload=False)
+    process = run(path)
+    wait_for(lambda: len(_entries(path, "a")) >= 2 or process.poll() is not None, 120, "a's first entries")
+    done = _reload(path)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "reloading is off: set ops.reload: true in the config" in done.stderr
+    with pytest.raises(urllib.error.HTTPError) as answer:
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/reload", timeout=10)  # a GET
+    assert answer.value.code == 405
+    code, err = _stop(process)
+    assert code == 0, err
+
+
+def test_reload_with_no_run_listening_says_so(tmp_path):
+    path = tmp_path / "pipeline.yaml"
+    _config(path, free_port(), ["a"])
+    done = _reload(path)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "no segstream run answers at http://127.0.0.1:" in done.stderr and "is it running" in done.stderr
+    bad = _reload(path, "--ops", "nowhere")
+    assert bad.returncode == 1 and "--ops: 'nowhere' is not host:port" in bad.stderr
+
+
+def test_a_plan_names_what_changes(tmp_path):
+    def cfg(sources, **more):
+        return PipelineConfig.model_validate({"sources": [
+            {"name": name, "type": "synthetic", **opts} for name, opts in sources], **more})
+
+    running = cfg([("a", {}), ("b", {"seed": 1}), ("c", {}), ("d", {})])
+    new = cfg([("b", {"seed": 2}), ("c", {"filters": {"min_score": 0.9}}), ("d", {}), ("e", {})],
+              sinks={"files": {"enabled": True}})
+    changes = plan(running, new)
+    assert [s.name for s in changes.added] == ["e"] and changes.removed == ["a"]
+    assert [s.name for s in changes.restarted] == ["b"] and changes.refiltered == ["c"]
+    assert changes.not_applied == ["sinks"]
+    # the top-level filters change every source's that has none of its own
+    assert plan(running, cfg([("a", {}), ("b", {"seed": 1}), ("c", {}), ("d", {})],
+                             filters={"min_area": 5})).refiltered == ["a", "b", "c", "d"]
