@@ -9,7 +9,8 @@
 ``Client.frames`` / ``Client.events`` subscribe to a source's frames or events stream, plainly
 (XREAD) or in a consumer group (XREADGROUP, XACK, and XAUTOCLAIM of entries another consumer left
 pending for ``claim_idle_ms``); ``Client.newest`` and ``Client.follow_newest`` read only the
-newest entry (XREVRANGE COUNT 1). Entries are typed (``Entry``, ``EventEntry``) and decode their
+newest entry (XREVRANGE COUNT 1). Given several sources or a glob (``"lobby-*"``), they read
+them all in one blocking XREAD (``FanIn``), finding streams that appear later. Entries are typed (``Entry``, ``EventEntry``) and decode their
 masks to numpy only when asked. Reads reconnect by themselves with backoff and jitter; blocking
 reads never outlast the socket timeout (redis-py 8 defaults to 5 s). Needs redis-py, numpy and
 zstandard only.

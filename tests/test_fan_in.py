@@ -67,6 +67,8 @@ def test_interleaved_sources_come_in_arrival_order_with_their_source_names(serve
     assert [(e.source, e.frame) for e in got] == order
     assert [e.stream for e in got] == [f"segstream:{source}:frames" for source, _ in order]
     assert reader.streams == ["segstream:cam0:frames", "segstream:cam1:frames", "segstream:cam2:frames"]
+    one = connect(server.url).frames("cam1", start="0")  # one source: its own stream alone, as before
+    assert isinstance(one, Subscription) and [e.frame for e in one.read()] == [-1, 0, 1, 2]
 
 
 def test_a_read_that_fills_its_count_keeps_arrival_order_across_reads(server, publisher):
@@ -110,15 +112,6 @@ def test_a_listed_source_not_there_yet_is_waited_for_and_read_from_its_first_ent
     publish(publisher, "cam0", 1)
 
     assert [(e.source, e.frame) for e in read_until(reader, 3)] == [("late", 0), ("late", 1), ("cam0", 1)]
-
-
-def test_a_single_source_still_reads_its_own_stream_alone(server, publisher):
-    publish(publisher, "cam0", 0)
-    publish(publisher, "cam1", 0)
-    reader = connect(server.url).frames("cam0", start="0")
-
-    assert isinstance(reader, Subscription)
-    assert [(e.source, e.frame) for e in reader.read()] == [("cam0", 0)]
 
 
 def test_events_of_several_sources_come_in_one_reader(server, publisher):
