@@ -9,7 +9,8 @@
 ``Client.frames`` / ``Client.events`` subscribe to a source's frames or events stream, plainly
 (XREAD) or in a consumer group (XREADGROUP, XACK, and XAUTOCLAIM of entries another consumer left
 pending for ``claim_idle_ms``); ``Client.newest`` and ``Client.follow_newest`` read only the
-newest entry (XREVRANGE COUNT 1). Entries are typed (``Entry``, ``EventEntry``) and decode their
+newest entry (XREVRANGE COUNT 1). Given several sources or a glob (``"lobby-*"``), they read
+them all in one blocking XREAD (``FanIn``), finding streams that appear later. Entries are typed (``Entry``, ``EventEntry``) and decode their
 masks to numpy only when asked. Reads reconnect by themselves with backoff and jitter; blocking
 reads never outlast the socket timeout (redis-py 8 defaults to 5 s). Needs redis-py, numpy and
 zstandard only.
@@ -52,6 +53,7 @@ log = logging.getLogger("segstream.client")
 
 _TAIL_BLOCK_MS = 2000
 _MAX_BLOCK_MS = 5000
+_TAIL_DISCOVER_S = 2.0  # how often `segstream tail --follow` looks for new streams matching a glob
 
 
 class Entry:
@@ -214,21 +216,45 @@ class Client:
 
     # --- subscriptions ---------------------------------------------------------------------
 
-    def frames(self, source: str | None = None, *, stream: str | None = None, start: str = "$",
-               group: str | None = None, consumer: str | None = None, claim_idle_ms: int | None = 60_000,
-               count: int = 100, block_ms: int = 1000) -> Subscription:
-        """The frames of ``source`` (or of ``stream``): see ``Subscription``."""
-        name = stream or stream_name(self.stream_pattern, _required(source))
-        return Subscription(self, name, _frame_entry, start=start, group=group, consumer=consumer,
-                            claim_idle_ms=claim_idle_ms, count=count, block_ms=block_ms)
+    def frames(self, source: str | list[str] | None = None, *, stream: str | list[str] | None = None,
+               start: str = "$", group: str | None = None, consumer: str | None = None,
+               claim_idle_ms: int | None = 60_000, count: int = 100, block_ms: int = 1000,
+               discover_s: float = 2.0) -> Subscription | FanIn:
+        """The frames of ``source`` (or of ``stream``): see ``Subscription``. A list of sources
+        (streams), or a glob (``"*"``, ``"lobby-*"``; ``stream="segstream:*:frames"``), reads them
+        all in one: see ``FanIn``."""
+        return self._subscribe(self.stream_pattern, _frame_entry, source, stream, start=start, group=group,
+                               consumer=consumer, claim_idle_ms=claim_idle_ms, count=count, block_ms=block_ms,
+                               discover_s=discover_s)
 
-    def events(self, source: str | None = None, *, stream: str | None = None, start: str = "$",
-               group: str | None = None, consumer: str | None = None, claim_idle_ms: int | None = 60_000,
-               count: int = 100, block_ms: int = 1000) -> Subscription:
-        """The events of ``source`` (or of ``stream``): see ``Subscription``."""
-        name = stream or stream_name(self.events_pattern, _required(source))
-        return Subscription(self, name, _event_entry, start=start, group=group, consumer=consumer,
-                            claim_idle_ms=claim_idle_ms, count=count, block_ms=block_ms)
+    def events(self, source: str | list[str] | None = None, *, stream: str | list[str] | None = None,
+               start: str = "$", group: str | None = None, consumer: str | None = None,
+               claim_idle_ms: int | None = 60_000, count: int = 100, block_ms: int = 1000,
+               discover_s: float = 2.0) -> Subscription | FanIn:
+        """The events of ``source`` (or of ``stream``): see ``Subscription``; of several sources,
+        or of a glob of them, as ``frames`` reads their frames."""
+        return self._subscribe(self.events_pattern, _event_entry, source, stream, start=start, group=group,
+                               consumer=consumer, claim_idle_ms=claim_idle_ms, count=count, block_ms=block_ms,
+                               discover_s=discover_s)
+
+    def _subscribe(self, name_pattern: str, parse, source, stream, *, start: str, group: str | None,
+                   consumer: str | None, claim_idle_ms: int | None, count: int, block_ms: int,
+                   discover_s: float) -> Subscription | FanIn:
+        """A ``Subscription`` of one stream, or a ``FanIn`` of several or of a glob."""
+        given = _stream_names(name_pattern, source, stream)
+        if isinstance(given, str) and not _is_glob(given):
+            return Subscription(self, given, parse, start=start, group=group, consumer=consumer,
+                                claim_idle_ms=claim_idle_ms, count=count, block_ms=block_ms)
+        if group is not None:
+            raise ValueError("a consumer group reads one stream — subscribe to each source with group=..., "
+                             "or read them all without a group")
+        if isinstance(given, str):
+            return FanIn(self, parse, pattern=given, start=start, count=count, block_ms=block_ms,
+                         discover_s=discover_s)
+        if not given:
+            raise ValueError("name at least one source (or stream)")
+        return FanIn(self, parse, streams=list(dict.fromkeys(given)), start=start, count=count, block_ms=block_ms,
+                     discover_s=discover_s)
 
     def newest(self, source: str | None = None, *, stream: str | None = None,
                max_age_s: float | None = None) -> Entry | None:
@@ -245,29 +271,46 @@ class Client:
         entry = _frame_entry(_text(reply[0][0]), name, reply[0][1], None) if reply else None
         return entry if entry is not None and _fresh(entry, max_age_s) else None
 
-    def follow_newest(self, source: str | None = None, *, stream: str | None = None, block_ms: int = 1000,
-                      max_age_s: float | None = None, idle_s: float | None = None) -> Iterator[Entry | None]:
+    def follow_newest(self, source: str | list[str] | None = None, *, stream: str | list[str] | None = None,
+                      block_ms: int = 1000, max_age_s: float | None = None, idle_s: float | None = None,
+                      discover_s: float = 2.0) -> Iterator[Entry | None]:
         """Newest-only mode, for consumers that act on the present (a robot): yields the newest
         entry each time there is a newer one than the last yielded, skipping what came between;
         waits in a blocking XREAD (no polling). Entries whose scene was captured more than
         ``max_age_s`` ago are skipped (by this machine's clock against the pipeline's
         ``capture_ts``: keep both on NTP, and the limit above their skew and above the pipeline's
         own latency); with ``idle_s``, None is yielded after that long without
-        a fresh entry, so a watchdog can tell "no frames" from "waiting". Ends on ``stop()``."""
+        a fresh entry, so a watchdog can tell "no frames" from "waiting". Ends on ``stop()``.
+
+        Of several sources (a list, or a glob as ``frames`` takes): the newest entry of each
+        source that has a newer one, in the order they arrived, waiting on all in one XREAD;
+        with a glob, sources that appear are looked for every ``discover_s``."""
         if idle_s is not None and idle_s <= 0:
             raise ValueError(f"idle_s must be above 0 (seconds without a fresh entry), got {idle_s}")
-        name = stream or stream_name(self.stream_pattern, _required(source))
-        self.warn_if_missing(name)
+        given = _stream_names(self.stream_pattern, source, stream)
+        pattern = given if isinstance(given, str) and _is_glob(given) else None
+        names = [] if pattern is not None else [given] if isinstance(given, str) else list(dict.fromkeys(given))
+        if pattern is None and not names:
+            raise ValueError("name at least one source (or stream)")
+        for name in names:
+            self.warn_if_missing(name)
         try:
-            yield from self._follow_newest(name, block_ms, max_age_s, idle_s)
+            yield from self._follow_newest(names, pattern, block_ms, max_age_s, idle_s, discover_s)
         except _Stopped:  # stop() while Redis was away: the iteration ends, as it does otherwise
             return
 
-    def _follow_newest(self, name: str, block_ms: int, max_age_s: float | None,
-                       idle_s: float | None) -> Iterator[Entry | None]:
-        last = None
+    def _follow_newest(self, names: list[str], pattern: str | None, block_ms: int, max_age_s: float | None,
+                       idle_s: float | None, discover_s: float) -> Iterator[Entry | None]:
+        last: dict[str, str | None] = dict.fromkeys(names)  # each stream's last entry seen
+        woken = set(last)  # streams to take the newest entry of: at first, all
+        next_discovery = time.monotonic()
         since = time.monotonic()  # the last yield
         while not self._stop.is_set():
+            if pattern is not None and time.monotonic() >= next_discovery:
+                found = [n for n in self.call(_matching_streams, self.redis, pattern, key=pattern) if n not in last]
+                last.update(dict.fromkeys(found))
+                woken.update(found)
+                next_discovery = time.monotonic() + discover_s
             if idle_s is not None and time.monotonic() - since >= idle_s:
                 since = time.monotonic()
                 yield None
@@ -275,21 +318,30 @@ class Client:
             if idle_s is not None:  # wake for the next None; block_ms 0 (for ever) waits as long as that
                 until_idle_ms = max(1, int(1000 * (since + idle_s - time.monotonic())))
                 wait_ms = min(block_ms, until_idle_ms) if block_ms else until_idle_ms
-            if last is not None:
-                # Wake when anything newer than the last entry arrives, then take the newest.
-                self.call(self.redis.xread, {name: last}, count=1, block=self._fitted_block(wait_ms))
-            reply = self.call(self.redis.xrevrange, name, "+", "-", count=1)
-            if not reply:
+            if pattern is not None:  # and for the next look for new streams
+                until_discovery_ms = max(1, int(1000 * (next_discovery - time.monotonic())))
+                wait_ms = min(wait_ms, until_discovery_ms) if wait_ms else until_discovery_ms
+            if not woken and any(position is not None for position in last.values()):
+                # Wake when anything newer than a stream's last entry arrives, then take its newest.
+                positions = {name: position or "0-0" for name, position in last.items()}
+                reply = self.call(self.redis.xread, positions, count=1, block=self._fitted_block(wait_ms))
+                woken = {name for name, _ in _batches(reply)}
+            elif not woken:  # none has an entry yet: look again in a while
+                woken = set(last)
                 if self._stop.wait(min(wait_ms, 1000) / 1000):
                     return
-                continue
-            entry_id = _text(reply[0][0])
-            if entry_id != last:
-                last = entry_id
-                entry = _frame_entry(entry_id, name, reply[0][1], None)
-                if _fresh(entry, max_age_s):
-                    since = time.monotonic()
-                    yield entry
+            fresh = []
+            for name in sorted(woken):
+                reply = self.call(self.redis.xrevrange, name, "+", "-", count=1)
+                if reply and _text(reply[0][0]) != last[name]:
+                    last[name] = _text(reply[0][0])
+                    entry = _frame_entry(last[name], name, reply[0][1], None)
+                    if _fresh(entry, max_age_s):
+                        fresh.append(entry)
+            woken = set()
+            for entry in sorted(fresh, key=lambda e: _id_key(e.id)):
+                since = time.monotonic()
+                yield entry
 
     def stop(self) -> None:
         self._stop.set()
@@ -391,7 +443,72 @@ def connect(
                   reconnect_max_s=reconnect_max_s, give_up_after_s=give_up_after_s)
 
 
-class Subscription:
+class _Feed:
+    """What a ``Subscription`` (one stream) and a ``FanIn`` (many) share: reads that ride out
+    Redis outages through ``Client.call`` and end on ``stop()``, and read entries handed over in
+    order, a malformed one costing only itself."""
+
+    group: str | None = None
+
+    def __init__(self, client: Client, parse, *, count: int, block_ms: int, about: str):
+        self.client = client
+        self.count = count
+        self.block_ms = block_ms
+        self.malformed = 0  # times an entry could not be decoded (each time WireFormatError was raised)
+        self._held: deque[tuple[str, str, dict]] = deque()  # (stream, id, fields) read, not yet handed over
+        self._parse = parse
+        self._about = about  # the stream(s) a refusal names
+        self._stop = threading.Event()
+
+    def read(self, count: int | None = None, block_ms: int | None = None) -> list:
+        """Up to ``count`` entries in stream order; waits up to ``block_ms`` when none are there
+        (None: returns at once)."""
+        count = count or self.count
+        if self._stop.is_set() or self.client._stop.is_set():  # stopped: iteration ends, reads give nothing
+            return []
+        if self._held:  # what an earlier read got after a malformed entry
+            return self._take_held(count)
+        try:
+            return self.client.call(self._read, count, block_ms, on_reconnect=self._reconnected, key=self._about)
+        except _Stopped:
+            return []
+
+    def __iter__(self) -> Iterator:
+        while not (self._stop.is_set() or self.client._stop.is_set()):
+            yield from self.read(self.count, self.block_ms)
+
+    follow = __iter__
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _read(self, count: int, block_ms: int | None) -> list:
+        raise NotImplementedError
+
+    def _reconnected(self) -> None:
+        """What a reconnect changes for this reader (nothing, unless it reads in a group)."""
+
+    def _take_held(self, count: int | None = None) -> list:
+        """The entries read and not yet handed over, decoded, up to the first one that cannot be:
+        that one is raised by the next call (``WireFormatError`` with its ``entry_id``), and the
+        ones after it come with the call after that, so a malformed entry costs only itself."""
+        decoded = []
+        while self._held and (count is None or len(decoded) < count):
+            stream, entry_id, fields = self._held[0]
+            try:
+                parsed = self._parse(entry_id, stream, fields, self)
+            except WireFormatError as error:
+                if decoded:
+                    return decoded
+                self._held.popleft()
+                self.malformed += 1
+                raise WireFormatError(f"entry {entry_id} of {stream}: {error}", entry_id) from None
+            self._held.popleft()
+            decoded.append(parsed)
+        return decoded
+
+
+class Subscription(_Feed):
     """Entries of one stream as they come, from ``start`` ("0": the oldest still kept, "$": from
     now on, or an entry id), read ``count`` at a time, blocking up to ``block_ms`` when none wait.
 
@@ -422,22 +539,16 @@ class Subscription:
 
     def __init__(self, client: Client, stream: str, parse, *, start: str, group: str | None, consumer: str | None,
                  claim_idle_ms: int | None, count: int, block_ms: int):
-        self.client = client
+        super().__init__(client, parse, count=count, block_ms=block_ms, about=stream)
         self.stream = stream
         self.group = group
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
         self.claim_idle_ms = claim_idle_ms
-        self.count = count
-        self.block_ms = block_ms
         self.claimed = 0  # entries taken over from other consumers
         self.trimmed = 0  # pending entries MAXLEN trimmed away before they were processed
         self.lost = 0  # entries Redis lost (restarted empty, flushed) before this reader got them
         self._group_lost = False  # the group was gone and created again: a gap after it is Redis's loss
-        self.malformed = 0  # times an entry could not be decoded (each time WireFormatError was raised)
-        self._held: deque[tuple[str, dict]] = deque()  # read, not yet handed over (after a malformed one)
-        self._parse = parse
         self._start = start
-        self._stop = threading.Event()
         self._pending_cursor: str | None = None
         client.warn_if_missing(stream)
         # (seq, (run id, frame)) of the last entry read
@@ -451,25 +562,6 @@ class Subscription:
         else:
             self._create_group()
             self._pending_cursor = "0"
-
-    def read(self, count: int | None = None, block_ms: int | None = None) -> list:
-        """Up to ``count`` entries in stream order; waits up to ``block_ms`` when none are there
-        (None: returns at once)."""
-        count = count or self.count
-        if self._stop.is_set() or self.client._stop.is_set():  # stopped: iteration ends, reads give nothing
-            return []
-        if self._held:  # what an earlier read got after a malformed entry
-            return self._take_held(count)
-        try:
-            return self.client.call(self._read, count, block_ms, on_reconnect=self._reconnected, key=self.stream)
-        except _Stopped:
-            return []
-
-    def __iter__(self) -> Iterator:
-        while not (self._stop.is_set() or self.client._stop.is_set()):
-            yield from self.read(self.count, self.block_ms)
-
-    follow = __iter__
 
     def ack(self, *entries) -> int:
         """Acknowledge entries (or entry ids) of this group; returns how many were pending."""
@@ -485,9 +577,6 @@ class Subscription:
         info = self.client.call(self.client.redis.xpending, self.stream, self.group)
         return int(info["pending"])
 
-    def stop(self) -> None:
-        self._stop.set()
-
     # --- internals ---------------------------------------------------------------------
 
     def _read(self, count: int, block_ms: int | None) -> list:
@@ -496,9 +585,7 @@ class Subscription:
             reply = redis_client.xread({self.stream: self._position}, count=count,
                                        block=self.client._fitted_block(block_ms))
             entries = _entries(reply)
-            if entries:
-                self._overtaken(redis_client, entries, self._position)
-                self._position = entries[-1][0]
+            self._advance(redis_client, entries)
             return self._decoded(entries)
         try:
             return self._read_group(redis_client, count, block_ms)
@@ -547,32 +634,20 @@ class Subscription:
             self._group_last = entries[-1][0]
         return self._decoded(entries)
 
+    def _advance(self, redis_client: redis.Redis, entries: list[tuple[str, dict]]) -> None:
+        """Move this plain reader's position past ``entries`` (read by XREAD), counting what
+        trimming took between them and the last entry read."""
+        if entries:
+            self._overtaken(redis_client, entries, self._position)
+            self._position = entries[-1][0]
+
     def _decoded(self, entries: list[tuple[str, dict]]) -> list:
         trimmed = [entry_id for entry_id, fields in entries if not fields]  # pending entries MAXLEN trimmed meanwhile
         if trimmed and self.group is not None:
             self.client.redis.xack(self.stream, self.group, *trimmed)
             self._lost_to_trimming(len(trimmed))
-        self._held.extend((entry_id, fields) for entry_id, fields in entries if fields)
+        self._held.extend((self.stream, entry_id, fields) for entry_id, fields in entries if fields)
         return self._take_held()
-
-    def _take_held(self, count: int | None = None) -> list:
-        """The entries read and not yet handed over, decoded, up to the first one that cannot be:
-        that one is raised by the next call (``WireFormatError`` with its ``entry_id``), and the
-        ones after it come with the call after that, so a malformed entry costs only itself."""
-        decoded = []
-        while self._held and (count is None or len(decoded) < count):
-            entry_id, fields = self._held[0]
-            try:
-                parsed = self._parse(entry_id, self.stream, fields, self)
-            except WireFormatError as error:
-                if decoded:
-                    return decoded
-                self._held.popleft()
-                self.malformed += 1
-                raise WireFormatError(f"entry {entry_id} of {self.stream}: {error}", entry_id) from None
-            self._held.popleft()
-            decoded.append(parsed)
-        return decoded
 
     def _overtaken(self, redis_client: redis.Redis, entries: list[tuple[str, dict]], position: str) -> None:
         """Count the entries trimmed away between the last entry read (at ``position``) and these,
@@ -669,6 +744,80 @@ class Subscription:
         return _text(newest[0][0]) if newest else "0-0"
 
 
+class FanIn(_Feed):
+    """Entries of many streams (the ``streams`` named, or every stream matching the glob
+    ``pattern``) in one blocking XREAD over all of them, in the order they arrived (by entry id:
+    Redis's clock), each naming its stream and source. Streams there at the start begin at
+    ``start`` as a ``Subscription`` does ("$" resolved per stream; a named stream not there yet
+    is waited for, from its first entry). With a pattern, the streams are looked for again
+    (SCAN) every ``discover_s``: one that appeared meanwhile (a camera added to a running
+    pipeline) is read from its first entry, so nothing it published is missed.
+
+    Each stream keeps a ``Subscription``'s bookkeeping (``members``: its position, ``trimmed``
+    and ``lost``); outages, a malformed entry and ``stop()`` behave as for one stream. No
+    consumer groups: a group reads one stream (``Client.frames(source, group=...)``)."""
+
+    def __init__(self, client: Client, parse, *, streams: list[str] | None = None, pattern: str | None = None,
+                 start: str, count: int, block_ms: int, discover_s: float = 2.0):
+        if discover_s <= 0:
+            raise ValueError(f"discover_s must be above 0 (seconds between looks for new streams), got {discover_s}")
+        super().__init__(client, parse, count=count, block_ms=block_ms,
+                         about=pattern if pattern is not None else ", ".join(streams or []))
+        self.pattern = pattern
+        self.discover_s = discover_s
+        self.members: dict[str, Subscription] = {}
+        for name in streams if pattern is None else client.call(_matching_streams, client.redis, pattern, key=pattern):
+            self._add(name, start)
+        if pattern is not None and not self.members:
+            log.warning("%s", _missing_stream_message(client.redis, pattern, "waiting for a stream that matches"))
+        self._next_discovery = time.monotonic() + discover_s
+
+    streams = property(lambda self: list(self.members), doc="the streams read, in the order they were found")
+    trimmed = property(lambda self: sum(m.trimmed for m in self.members.values()))
+    lost = property(lambda self: sum(m.lost for m in self.members.values()))
+
+    def _read(self, count: int, block_ms: int | None) -> list:
+        redis_client = self.client.redis
+        if self.pattern is not None:
+            until_discovery_ms = self._discover()
+            # Wake for the next look; block_ms 0 (for ever) waits as long as that.
+            block_ms = block_ms if block_ms is None else min(block_ms or until_discovery_ms, until_discovery_ms)
+        if not self.members:
+            if block_ms:
+                self._stop.wait(block_ms / 1000)
+            return []
+        positions = {name: member._position for name, member in self.members.items()}
+        batches = _batches(redis_client.xread(positions, count=count, block=self.client._fitted_block(block_ms)))
+        # A stream that filled its count may hold more entries older than another's last: hand over
+        # only those up to the earliest such end, the rest come with the next read, in order.
+        horizon = min((_id_key(entries[-1][0]) for _, entries in batches if len(entries) >= count), default=None)
+        arrived = []
+        for name, entries in batches:
+            kept = [e for e in entries if horizon is None or _id_key(e[0]) <= horizon]
+            self.members[name]._advance(redis_client, kept)
+            arrived += [(name, entry_id, fields) for entry_id, fields in kept]
+        arrived.sort(key=lambda item: _millis(item[1]))  # Redis's clock; one millisecond's entries by stream
+        self._held.extend(arrived)
+        return self._take_held()
+
+    def _discover(self) -> int:
+        """Add the streams that match the pattern since the last look, when one is due; the ms
+        until the next."""
+        now = time.monotonic()
+        if now >= self._next_discovery:
+            for name in _matching_streams(self.client.redis, self.pattern):
+                if name not in self.members:
+                    log.info("found %s (matches %s): reading it from its first entry", name, self.pattern)
+                    self._add(name, "0")
+            self._next_discovery = now + self.discover_s
+        return max(1, int(1000 * (self._next_discovery - now)))
+
+
+    def _add(self, name: str, start: str) -> None:
+        self.members[name] = Subscription(self.client, name, self._parse, start=start, group=None, consumer=None,
+                                          claim_idle_ms=None, count=self.count, block_ms=self.block_ms)
+
+
 class StreamReader:
     """Reads ``(entry id, FrameResult)`` pairs from one frames stream, plainly or in a consumer
     group (the reader segstream shipped first; ``Client`` is the consumer SDK). Masks are
@@ -747,17 +896,42 @@ def _fresh(entry: Entry, max_age_s: float | None) -> bool:
     return time.time() - (entry.capture_ts or entry.publish_ts) <= max_age_s
 
 
-def _entries(reply) -> list[tuple[str, dict]]:
+def _batches(reply) -> list[tuple[str, list[tuple[str, dict]]]]:
+    """XREAD's (XREADGROUP's) reply as (stream, [(entry id, fields), ...]) per stream."""
     if not reply:
         return []
     if isinstance(reply, dict):  # RESP3: {stream: [[entries]]}; RESP2: [[stream, entries]]
-        batches = [entries for nested in reply.values() for entries in nested]
+        pairs = [(name, batch) for name, nested in reply.items() for batch in nested]
     else:
-        batches = [entries for _, entries in reply]
-    return [(_text(entry_id), fields) for batch in batches for entry_id, fields in batch]
+        pairs = list(reply)
+    return [(_text(name), [(_text(entry_id), fields) for entry_id, fields in batch]) for name, batch in pairs]
 
 
-def _required(source: str | None) -> str:
+def _entries(reply) -> list[tuple[str, dict]]:
+    return [entry for _, batch in _batches(reply) for entry in batch]
+
+
+def _matching_streams(client: redis.Redis, pattern: str) -> list[str]:
+    """The streams whose names match the glob ``pattern`` (SCAN), sorted."""
+    return sorted(_text(name) for name in client.scan_iter(match=pattern, count=1000, _type="stream"))
+
+
+def _is_glob(name: str) -> bool:
+    """A name with glob characters: a pattern of streams (source names have none)."""
+    return any(c in name for c in "*?[")
+
+
+def _stream_names(name_pattern: str, source: str | list[str] | None,
+                  stream: str | list[str] | None) -> str | list[str]:
+    """The stream (or streams, or glob of them) that ``source`` or ``stream`` names."""
+    if stream:
+        return stream
+    sources = _required(source)
+    return stream_name(name_pattern, sources) if isinstance(sources, str) else [
+        stream_name(name_pattern, s) for s in sources]
+
+
+def _required(source: str | list[str] | None) -> str | list[str]:
     if source is None:
         raise ValueError("name a source (or a stream)")
     return source
@@ -770,7 +944,7 @@ def _text(value: bytes | str) -> str:
 # --- segstream tail --------------------------------------------------------------------------
 
 
-def tail(stream: str, url: str, count: int | None, follow: bool, out: TextIO | None = None, *,
+def tail(stream: str | list[str], url: str, count: int | None, follow: bool, out: TextIO | None = None, *,
          events: bool = False, password: str | None = None, username: str | None = None,
          tls: TlsFiles | None = None, sentinel: SentinelAuth | None = None) -> int:
     """Print one line per entry of ``stream`` (a frames stream, or with ``events`` the matching
@@ -781,15 +955,24 @@ def tail(stream: str, url: str, count: int | None, follow: bool, out: TextIO | N
 
     What it prints comes from whoever can write the stream: control characters (a label's
     terminal escape sequences) are printed escaped (``\x1b``). An entry that is no segstream
-    entry is skipped with a warning naming its id, counted, and the count said at the end."""
+    entry is skipped with a warning naming its id, counted, and the count said at the end.
+
+    ``stream`` may be several streams, or globs of them (``segstream:*:frames``): their entries
+    interleaved in time order; while following, streams that come to match a glob are looked
+    for every few seconds and printed from their first entry."""
     out = sys.stdout if out is None else out
     client = connect_redis(url, password, username=username, tls=tls, sentinel=sentinel,
                            socket_timeout=_TAIL_BLOCK_MS / 1000 + 5.0,
                            client_name="segstream-tail", names=COMMAND_LINE,
                            hint="start Redis or fix --url")
-    streams = [stream]
-    if events:
-        streams.append(_events_stream_of(stream))
+    named = [stream] if isinstance(stream, str) else list(stream)
+    globs = [name for name in named if _is_glob(name)]
+    said = " ".join(named)  # what the user asked for, in messages
+
+    def with_events(found: list[str]) -> list[str]:
+        return [s for name in found for s in ([name, _events_stream_of(name)] if events else [name])]
+
+    streams = with_events([name for name in named if not _is_glob(name)])
     printed = skipped = 0
     shown_run = None  # the run_id of the last entry printed: said again only when it changes
 
@@ -811,8 +994,9 @@ def tail(stream: str, url: str, count: int | None, follow: bool, out: TextIO | N
         printed += 1
 
     try:
+        streams += with_events([n for glob in globs for n in _matching_streams(client, glob) if n not in streams])
         if not follow and not any(client.exists(s) for s in streams):
-            raise SinkError(_missing_stream_message(client, stream))
+            raise SinkError(_missing_stream_message(client, said))
         positions = {}
         backlog = []
         for name in streams:
@@ -828,15 +1012,22 @@ def tail(stream: str, url: str, count: int | None, follow: bool, out: TextIO | N
         for entry_id, name, fields in backlog:
             show(entry_id, name, fields)
         sdk = Client(client)  # following is a long watch: it rides out a Redis restart as the SDK does
+        next_discovery = time.monotonic() + _TAIL_DISCOVER_S
         while follow:
-            reply = sdk.call(client.xread, positions, count=500, block=_TAIL_BLOCK_MS)
+            if globs and time.monotonic() >= next_discovery:  # a camera added meanwhile: from its first entry
+                found = [n for glob in globs for n in sdk.call(_matching_streams, client, glob) if n not in positions]
+                positions.update(dict.fromkeys(with_events(list(dict.fromkeys(found))), "0-0"))
+                next_discovery = time.monotonic() + _TAIL_DISCOVER_S
+            if not positions:
+                time.sleep(_TAIL_DISCOVER_S)
+                continue
+            block_ms = _TAIL_BLOCK_MS if not globs else min(_TAIL_BLOCK_MS, _TAIL_DISCOVER_S * 1000)
+            reply = sdk.call(client.xread, positions, count=500, block=int(block_ms))
             arrived = []
-            for name, entries in (reply.items() if isinstance(reply, dict) else reply or []):
-                name = _text(name)
-                for batch in (entries if isinstance(reply, dict) else [entries]):
-                    for entry_id, fields in batch:
-                        arrived.append((_text(entry_id), name, fields))
-                        positions[name] = _text(entry_id)
+            for name, entries in _batches(reply):
+                for entry_id, fields in entries:
+                    arrived.append((entry_id, name, fields))
+                    positions[name] = entry_id
             for entry_id, name, fields in sorted(arrived, key=_time_order):
                 show(entry_id, name, fields)
     except KeyboardInterrupt:
@@ -848,14 +1039,14 @@ def tail(stream: str, url: str, count: int | None, follow: bool, out: TextIO | N
     except redis.exceptions.NoPermissionError as error:  # an ACL user without XREAD/EXISTS, or without these keys
         raise SinkError(
             f"Redis at {redis_address(client)} refused: {error_summary(error)} — the user needs read access to "
-            f"{' and '.join(streams)} (ACL: +@read, +@stream and the key pattern)"
+            f"{' and '.join(streams or named)} (ACL: +@read, +@stream and the key pattern)"
         ) from None
     except redis.ResponseError as error:
         if "WRONGTYPE" not in str(error):  # another refusal: said in one line
             raise SinkError(f"Redis at {redis_address(client)} refused: {error_summary(error)} — check that the URL "
                             "names the Redis that keeps the streams") from None
         kinds = {name: _text(client.type(name)) for name in streams}
-        wrong = next((name for name, kind in kinds.items() if kind not in ("stream", "none")), stream)
+        wrong = next((name for name, kind in kinds.items() if kind not in ("stream", "none")), streams[0])
         raise SinkError(
             f"'{wrong}' is not a stream (it holds a {kinds[wrong]}) — name a frames stream, as "
             "segstream:<source>:frames"

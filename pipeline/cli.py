@@ -199,8 +199,10 @@ def _parser() -> argparse.ArgumentParser:
     schema = commands.add_parser("schema", help="print the JSON Schema of the config file")
     schema.set_defaults(command=_schema)
 
-    tail = commands.add_parser("tail", help="print the entries of a segstream Redis stream")
-    tail.add_argument("stream", metavar="STREAM", help="stream name, e.g. segstream:cam0:frames")
+    tail = commands.add_parser("tail", help="print the entries of segstream Redis streams")
+    tail.add_argument("stream", metavar="STREAM", nargs="+",
+                      help="stream name, e.g. segstream:cam0:frames; several, or a glob ('segstream:*:frames') "
+                           "whose new streams --follow finds too")
     redis_options(tail)
     tail.add_argument("--count", type=int, default=10, metavar="N", help="newest entries to print (default %(default)s)")
     tail.add_argument("--follow", action="store_true", help="keep printing new entries as they arrive")

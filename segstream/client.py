@@ -10,8 +10,12 @@
         tracked = things.track_ids[things.track_ids >= 0]
         mask = entry.track_mask(int(tracked[0])) if len(tracked) else None
 
+    # Many cameras, one reader: one blocking XREAD, entries in arrival order, entry.source says
+    # whose; a glob finds cameras added later (looked for every discover_s) from their first entry.
+    for entry in client.frames(["cam0", "cam1"]): ...    # or client.frames("lobby-*"), frames("*")
+
     newest = client.newest("cam0")                        # only the newest entry (XREVRANGE COUNT 1)
-    for entry in client.follow_newest("cam0"): ...        # newest-only mode: never a backlog
+    for entry in client.follow_newest("cam0"): ...        # newest-only mode: never a backlog (also "cam*")
     for event in client.events("cam0", start="0"): ...    # track_started, track_ended, state, ...
 
     # Consumer groups: each entry to one consumer, acked once handled; entries a crashed
@@ -26,12 +30,14 @@ Installed by the full ``segstream`` distribution and, without torch, by ``segstr
 
 from segstream.connectors.errors import SegstreamError, SinkError, WireFormatError
 from segstream.connectors.redis_connection import SentinelAuth, TlsFiles
-from segstream.connectors.redis_reader import Client, Entry, EventEntry, StreamReader, Subscription, connect, tail
+from segstream.connectors.redis_reader import (
+    Client, Entry, EventEntry, FanIn, StreamReader, Subscription, connect, tail,
+)
 from segstream.connectors.redis_wire import SCHEMA_VERSION, from_wire, read_entry
 from segstream.models.results import NO_TRACK, Event, FrameResult, Level, Segments
 
 __all__ = [
-    "Client", "Entry", "Event", "EventEntry", "FrameResult", "Level", "NO_TRACK", "SCHEMA_VERSION", "SegstreamError",
+    "Client", "Entry", "Event", "EventEntry", "FanIn", "FrameResult", "Level", "NO_TRACK", "SCHEMA_VERSION", "SegstreamError",
     "Segments", "SentinelAuth", "SinkError", "StreamReader", "Subscription", "TlsFiles", "WireFormatError", "connect", "from_wire",
     "read_entry", "tail",
 ]
