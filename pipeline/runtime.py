@@ -474,6 +474,7 @@ class Runtime:
         self._settled_cond = threading.Condition()
         self._staged_before: dict[int, int] = {}  # results of the same name's earlier sources, staged before it
         self._timeline: dict[str, tuple[int, int, float | None, float]] = {}  # name -> last index, epoch, pts s, wall
+        self.lags: dict[str, float] = {}  # live source -> seconds its newest frame is behind its stream's clock
         self._in_frames: dict[int, float] = {}  # source -> since when its decode thread waits inside frames()
         self._sizes_taken: set[tuple[int, int]] = set()  # frame sizes the model's geometry takes
         self._errors: list[BaseException] = []
@@ -630,6 +631,10 @@ class Runtime:
                 self._settled_cond.wait(min(left, 0.1))
         return i in self._settled
 
+    def _removed_names(self) -> set[str]:
+        """The names of sources removed from the run and not added again."""
+        return {self.sources[i].name for i in self._removed} - set(self.running_sources())
+
     def set_filter(self, name: str, segment_filter: SegmentFilter | None) -> None:
         """Filter source ``name``'s segments with ``segment_filter`` (None: not at all) from its
         next result on (any thread)."""
@@ -776,6 +781,7 @@ class Runtime:
         before = self._timeline.get(name) if again else None
         own = _OwnCounts(self.metrics, name, source, counts.copy() if again else None)
         shift: _Shift | None = None
+        lag = _LiveLag() if source.live else None
         taken = 0
         try:
             self.metrics.beat(beat)
@@ -804,6 +810,8 @@ class Runtime:
                     self.states.enter(name, "streaming", *first_frame(source, frame), quiet=True)
                 taken += 1
                 self._timeline[name] = (frame.index, frame.epoch, frame.pts_seconds, frame.capture_wall)
+                if lag is not None:
+                    self.lags[name] = lag.behind(frame)
                 self.metrics.decoded(name, now)
                 own.count()
                 self.metrics.beat(beat, idle="back-pressure")
@@ -1141,6 +1149,10 @@ class Runtime:
               ("source", "codec", "width", "height"), lambda: {
                   (source.name, info.codec, str(info.width), str(info.height)): 1
                   for source, info in self._source_infos()})
+        gauge("source_lag_seconds", "How far a live source's newest decoded frame is behind its stream's own clock: "
+              "the wall time since its timestamps began (this epoch) minus the stream time since; back-pressure "
+              "(buffer every_frame behind a slower model) makes it grow.", ("source",),
+              lambda: {(name,): lag for name, lag in self.lags.items() if name not in self._removed_names()})
         gauge("source_nominal_fps", "The frame rate each source's stream says it has (where it says one).",
               ("source",), lambda: {(source.name,): info.fps for source, info in self._source_infos()
                                     if info.fps})
@@ -1385,6 +1397,24 @@ class _OwnCounts:
         missing = getattr(source, "frames_missing", 0)
         self.metrics.missing(self.name, base.missing + missing, getattr(source, "damage", "") if missing else base.damage)
         self.metrics.skipped(self.name, base.skipped + getattr(source, "frames_skipped", 0))
+
+
+class _LiveLag:
+    """How far a live source's frames are behind its stream's own clock: how much later than its
+    timestamps say each frame is decoded, against the earliest of its epoch (a frame that came as
+    soon as it could). Grows while the decoder is held back; a network's jitter is in it too."""
+
+    def __init__(self) -> None:
+        self.epoch: int | None = None
+        self.earliest = 0.0
+
+    def behind(self, frame: Frame) -> float:
+        if frame.pts_seconds is None:
+            return 0.0
+        offset = frame.capture_wall - frame.pts_seconds
+        if frame.epoch != self.epoch or offset < self.earliest:
+            self.epoch, self.earliest = frame.epoch, offset
+        return offset - self.earliest
 
 
 class _Shift:

@@ -435,7 +435,7 @@ def test_a_scraper_hanging_up_mid_answer_prints_no_traceback(capfd):
 @pytest.fixture(scope="module")
 def finished_run_page(tmp_path_factory, clip) -> str:
     """/metrics after a real run: a file source through a segment filter and the tracker into Redis
-    and the files sink."""
+    and the files sink, and a live source."""
     from segstream.connectors.redis_connection import connect_redis
     from segstream.connectors.redis_sink import RedisPublisher
     from segstream.models.segment_filter import FilterSettings, SegmentFilter
@@ -447,7 +447,8 @@ def finished_run_page(tmp_path_factory, clip) -> str:
         publisher = RedisPublisher(connect_redis(redis_server.url), max_backlog=50, max_batch_delay_s=0)
         metrics = RunMetrics()
         with OpsServer(metrics, "127.0.0.1", 0) as server:
-            Runtime([FileSource("file", str(clip))], ColourSegmenter(), [publisher, FilesSink(folder / "out")],
+            sources = [FileSource("file", str(clip)), SyntheticSource("live", 64, 48, 25, 0, 10, realtime=True)]
+            Runtime(sources, ColourSegmenter(), [publisher, FilesSink(folder / "out")],
                     stages=[TrackingStage], queue_size=3, filters={"file": SegmentFilter(FilterSettings(min_area=1))},
                     metrics=metrics, progress=None).run()
             return get(server.url + "/metrics")[1]

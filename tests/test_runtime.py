@@ -749,3 +749,31 @@ def test_results_a_sink_drops_for_a_reason_of_its_own_make_the_output_incomplete
     report = Runtime([FileSource("cam", str(clip), max_frames=10)], ColourSegmenter(), [Clashing()],
                      progress=None).run()
     assert report.undelivered == {"sink_queue_full": 5}
+
+
+def test_a_live_source_held_back_by_a_slower_model_shows_how_far_it_is_behind_live():
+    from segstream.pipeline.engine import BufferPolicy
+    from tests.test_dynamic_sources import SquareCamera
+
+    def lag_after(buffer: BufferPolicy) -> float:
+        camera = SquareCamera("cam", fps=50)
+        runtime = Runtime([camera], ColourSegmenter(delay_s=0.06), [CollectingSink()], batch_size=1,
+                          queue_size=1, buffers={"cam": buffer}, progress=None)
+        lags = []
+        gauge = runtime.metrics.gauges
+
+        def watch():
+            time.sleep(1.5)
+            lags.append(gauge["source_lag_seconds"].read())
+            runtime.stop()
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        runtime.run()
+        watcher.join()
+        (read,) = lags
+        return read[("cam",)]
+
+    # every frame of a 50 fps camera through a model of 16 fps: about 2/3 of the time is lag
+    assert lag_after(BufferPolicy("every_frame")) > 0.5
+    assert lag_after(BufferPolicy("newest")) < 0.15  # the decoder never waits: it keeps up with live
