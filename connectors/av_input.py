@@ -702,6 +702,9 @@ def open_error(error: BaseException, shown: str, open_timeout_s: float) -> Sourc
     if isinstance(error, av.error.InvalidDataError) and url_scheme(shown) not in ("", "file", "http", "https"):
         # FFmpeg's answer to an RTSP/RTMP/TCP server that accepted and then hung up or said nothing
         # within its socket timeout: a camera booting or at its session limit; retried
+        if exclusive_input(shown) and not shown.startswith("/dev/"):  # we listen: a sender sent what is no stream
+            return SourceError(f"what was sent to '{shown}' is no stream FFmpeg can read ({describe_error(error)}): "
+                               "the sender's data is not the format expected, or it sent nothing before the timeout")
         return SourceError(f"'{shown}' answered nothing usable ({describe_error(error)}): the server accepted the "
                            "connection, then closed it or stayed silent")
     if isinstance(error, av.error.InvalidDataError) and (why := _unreadable_file(shown)) is not None:

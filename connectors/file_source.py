@@ -12,6 +12,7 @@ from segstream.connectors.clock import Pacer, Timeline
 from segstream.connectors.errors import SourceError
 from segstream.connectors.frame_rate import FrameRateCap
 from segstream.connectors.frames import Frame
+from segstream.connectors.source import not_a_video_file, special_file
 from segstream.connectors.urls import redact_url
 
 _POLL_S = 0.1  # how often a wait for the next frame checks for close()
@@ -102,6 +103,9 @@ class FileSource:
         self._orientation = DisplayOrientation()  # read once for all the loops of the file
         self.decode_size: Callable[[int, int], tuple[int, int]] | None = None
         self.info: InputInfo | None = None  # what the open file delivers (codec, frame rate), once opened
+        if "://" not in self.path and (kind := special_file(self.path)) is not None:
+            # opening it would wait for a writer inside FFmpeg, where no signal reaches
+            raise SourceError(f"source {name}: {not_a_video_file(self.shown, kind)}")
         self._input: AVInput | None = None if "://" in self.path else self._open()
 
     @property

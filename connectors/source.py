@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from typing import Any, Iterator, Protocol
 
 from segstream.connectors.frames import Frame
@@ -45,3 +47,23 @@ class ReportsState(Protocol):
     Sources without it get the runtime's generic connecting -> streaming -> ended / failed."""
 
     on_state: StateListener | None
+
+
+def special_file(path: str | os.PathLike) -> str | None:
+    """What ``path`` is when it exists and is no regular file or folder (``a named pipe (FIFO)``,
+    a device, a socket); else None."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    for test, kind in ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return kind
+    return None
+
+
+def not_a_video_file(shown: str, kind: str) -> str:
+    """The line for a file input that is ``kind`` (``special_file``) instead of a video file."""
+    return (f"'{shown}' is {kind}, not a video file — a file source (and segstream batch) reads files it can seek "
+            "in: record the stream to a file, or send it to a stream source (udp://, tcp://, srt://)")

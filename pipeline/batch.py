@@ -192,7 +192,10 @@ def probe(job: VideoJob, max_fps: float | None = None) -> None:
     import av
 
     from segstream.connectors.av_input import video_stream
+    from segstream.connectors.source import special_file
 
+    if special_file(job.path) is not None:  # a FIFO would hold the open until a writer comes: its run says why
+        return
     try:
         with av.open(str(job.path), timeout=(5.0, 5.0)) as container:
             stream = video_stream(container, str(job.path))

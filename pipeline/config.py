@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from segstream.connectors.errors import ConfigError
 from segstream.connectors.redaction import SECRET_NAME, remember, remember_in
+from segstream.connectors.source import not_a_video_file, special_file
 from segstream.connectors.redis_connection import (
     SentinelAuth,
     TlsFiles,
@@ -46,7 +47,8 @@ PositiveInt = Annotated[int, Field(gt=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
 Fraction01 = Annotated[float, Field(ge=0, le=1)]
-SourceName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")]
+# at most 200 characters: a files sink's ``<name>.events.jsonl`` must fit a file name (255 bytes)
+SourceName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$", max_length=200)]
 
 
 class Strict(BaseModel):
@@ -223,6 +225,8 @@ class FileSourceConfig(_Buffered, Strict):
                 f"'{path}' is a pattern, and type: file reads one video — for a sequence of images use type: images "
                 "(it takes a glob); for many videos, segstream batch"
             )
+        if (kind := special_file(resolved)) is not None:
+            raise ValueError(not_a_video_file(path, kind))
         if not resolved.is_file():
             raise ValueError(
                 f"file '{path}' does not exist{_led_to(path, resolved)} — fix the path; relative paths are relative "
@@ -1090,6 +1094,10 @@ def _name_clash(names: list) -> str | None:
         if name is not None and name in seen:
             return f"source name '{name}' is used by sources[{seen[name]}] and sources[{i}] — names must be unique"
         seen.setdefault(name, i)
+    for i, name in enumerate(names):  # the files sink writes <name>.jsonl and <name>.events.jsonl
+        if isinstance(name, str) and name.endswith(".events") and name.removesuffix(".events") in seen:
+            return (f"source names '{name.removesuffix('.events')}' and '{name}' (sources[{i}]) would share the file "
+                    f"{name}.jsonl of the files sink (one's events, the other's frames) — rename one")
     return None
 
 
@@ -1148,6 +1156,9 @@ def read_yaml(path: str | Path) -> dict:
         raise ConfigError(f"{path}{where}: invalid YAML: {error.problem or error.context}") from None
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: invalid YAML: {error}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nested deeper than a config can be (hundreds of levels of lists or mappings) — "
+                          "is it the file you meant?") from None
     if data is None:
         raise ConfigError(f"config file '{path}' is empty — it needs at least a sources list")
     if not isinstance(data, dict):

@@ -429,3 +429,22 @@ def test_a_batch_killed_midway_and_resumed_leaves_each_frame_once_in_redis(tmp_p
         states = [event_from_wire(f) for _, f in client.xrange("segstream:long:events")]
         assert len({e.run_id for e in states}) == 1, "the killed run's events went with its frames"
         assert not (out / REDIS_MARKS).exists(), "the video is done: no mark is kept"
+
+
+def test_a_named_pipe_among_the_videos_fails_alone_instead_of_holding_the_batch(archive, tmp_path):
+    import os
+    import threading
+
+    fifo = tmp_path / "in" / "pipe.mp4"
+    fifo.parent.mkdir()
+    os.mkfifo(fifo)  # opened, it would wait for a writer inside FFmpeg, where no signal reaches
+    done = []
+    worker = threading.Thread(target=lambda: done.append(run_batch(
+        config(tmp_path / "out"), [str(fifo), str(archive / "a.mp4")], adapter=ColourSegmenter(), progress=False)),
+        daemon=True)
+    worker.start()
+    worker.join(60)
+    assert done, "the batch hung on the named pipe"
+    by_id = {o.job.id: o for o in done[0][0]}
+    assert by_id["a"].status == "done" and by_id["pipe"].status == "failed"
+    assert "is a named pipe (FIFO), not a video file" in by_id["pipe"].reason

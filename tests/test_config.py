@@ -558,3 +558,34 @@ def test_a_redis_url_variable_set_but_empty_is_refused_where_no_default_was_writ
     assert "write ${SEGSTREAM_REDIS_URL:-} where an embedded Redis is meant" in capsys.readouterr().err
     config.write_text(config.read_text().replace("${SEGSTREAM_REDIS_URL}", "${SEGSTREAM_REDIS_URL:-}"))
     assert load_config(config).sinks.redis.url is None  # said so: the embedded Redis is meant
+
+
+def test_yaml_nested_deeper_than_python_reads_is_one_line(capsys, write):
+    path = write("x-deep: " + "[" * 100_000 + "]" * 100_000 + "\nsources: []\n")
+    [line] = errors_of(capsys, ["validate", path])
+    assert line.startswith(f"{path}: nested deeper than a config can be")
+
+
+def test_source_names_whose_files_would_collide_or_be_too_long_are_refused(capsys, write, clip):
+    text = VALID.format(clip=clip).replace("name: synth", "name: cam0.events")
+    [line] = errors_of(capsys, ["validate", write(text)])
+    assert "source names 'cam0' and 'cam0.events' (sources[1]) would share the file cam0.events.jsonl" in line
+    text = VALID.format(clip=clip).replace("name: synth", "name: " + "a" * 201)
+    [line] = errors_of(capsys, ["validate", write(text)])
+    assert line.startswith("sources[1].name") and "at most 200 characters" in line
+
+
+def test_a_named_pipe_given_as_a_file_is_refused_before_anything_waits_on_it(capsys, write, tmp_path):
+    import os
+
+    from segstream.connectors.errors import SourceError
+    from segstream.connectors.file_source import FileSource
+
+    fifo = tmp_path / "camera.mp4"
+    os.mkfifo(fifo)
+    [line] = errors_of(capsys, ["validate", write(f"sources:\n  - {{name: cam0, type: file, path: '{fifo}'}}\n")])
+    assert line == (f"sources[0].path: '{fifo}' is a named pipe (FIFO), not a video file — a file source (and "
+                    "segstream batch) reads files it can seek in: record the stream to a file, or send it to a "
+                    "stream source (udp://, tcp://, srt://)")
+    with pytest.raises(SourceError, match="source cam0: .* is a named pipe"):
+        FileSource("cam0", str(fifo))  # opening it would wait for a writer, inside FFmpeg

@@ -889,3 +889,30 @@ def test_a_new_senders_silence_is_counted_once_in_the_down_time():
     restarted = [entry[2] for entry in log.entries if entry[1] == "streaming" and "of silence" in entry[2]]
     assert restarted, log.entries
     assert silence - 0.5 <= source.gap_s <= silence + 0.5, (source.gap_s, silence, restarted)
+
+
+def test_junk_sent_to_a_listening_port_is_said_to_be_the_sender_s_not_a_server_s():
+    # found probing: segstream listens here, yet the line spoke of a server that accepted and hung up
+    port = free_port(socket.SOCK_DGRAM)
+    source = StreamSource("udp", f"udp://127.0.0.1:{port}", policy=QUICK)
+    source.on_state = log = StateLog()
+    stop = threading.Event()
+
+    def junk():
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+            while not stop.wait(0.001):  # fast enough that FFmpeg's probe gives up before the open timeout
+                for _ in range(5):
+                    sender.sendto(os.urandom(1316), ("127.0.0.1", port))
+
+    sender = threading.Thread(target=junk, daemon=True)
+    sender.start()
+    reader = threading.Thread(target=take, args=(source, 1, 20), daemon=True)
+    reader.start()
+    try:
+        wait_for(lambda: "reconnecting" in log.states, 20, "the source to give up on the junk")
+    finally:
+        stop.set()
+        source.close()
+        reader.join(10)
+    reason = log.first("reconnecting")[2]
+    assert "is no stream FFmpeg can read" in reason and "server accepted" not in reason, reason
