@@ -12,16 +12,23 @@ Part of the consumer SDK (``segstream.client``): needs redis-py only.
 
 from __future__ import annotations
 
+import asyncio
 import random
 import re
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlsplit
 
 import redis
+import redis.asyncio
+import redis.asyncio.sentinel
 import redis.exceptions
+from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 from redis.sentinel import Sentinel, SentinelConnectionPool
+
+# The pools of clients that reach the master through the sentinels, of redis-py and of redis.asyncio
+_SENTINEL_POOLS = (SentinelConnectionPool, redis.asyncio.sentinel.SentinelConnectionPool)
 
 from segstream.connectors.errors import SinkError
 from segstream.connectors.urls import redact_url
@@ -97,6 +104,28 @@ def connect_redis(
     url: str,
     password: str | None = None,
     *,
+    hint: str = "start Redis or fix sinks.redis.url",
+    names: SettingNames = SettingNames(),
+    **settings,
+) -> redis.Redis:
+    """A client for ``url`` (see ``redis_client`` for the settings) that has answered PING;
+    failures become one-line ``SinkError``s that never show the password."""
+    client = redis_client(url, password, names=names, **settings)
+    try:
+        client.ping()
+    except (redis.RedisError, OSError) as error:
+        client.close()
+        raise connect_problem(client, error, names, hint) from None
+    if _is_sentinel(client):
+        client.close()
+        raise SinkError(_REACHED_A_SENTINEL.format(where=redis_address(client)))
+    return client
+
+
+def redis_client(
+    url: str,
+    password: str | None = None,
+    *,
     username: str | None = None,
     tls: TlsFiles | None = None,
     socket_timeout: float | None = 5.0,
@@ -104,12 +133,12 @@ def connect_redis(
     client_name: str | None = None,
     retries: int = 0,
     protocol: int | None = None,
-    hint: str = "start Redis or fix sinks.redis.url",
     names: SettingNames = SettingNames(),
     sentinel: SentinelAuth | None = None,
-) -> redis.Redis:
-    """A client for ``url`` that has answered PING; failures become one-line ``SinkError``s
-    that never show the password.
+    asynchronous: bool = False,
+) -> redis.Redis | redis.asyncio.Redis:
+    """The client ``connect_redis`` checks, not connected yet: a ``redis.asyncio.Redis`` when
+    ``asynchronous`` (what the asyncio SDK checks itself). A Sentinel URL asks its sentinels now.
 
     The client returns bytes (the ``idmap`` field is binary). ``retries`` are redis-py's own
     reconnect attempts per command, with a short backoff. ``protocol`` 2 talks RESP2 to servers
@@ -121,7 +150,7 @@ def connect_redis(
         socket_timeout=socket_timeout,
         health_check_interval=30,
         client_name=client_name,
-        retry=Retry(ExponentialBackoff(cap=1.0, base=0.1), retries),
+        retry=(AsyncRetry if asynchronous else Retry)(ExponentialBackoff(cap=1.0, base=0.1), retries),
     )
     if not url.startswith("unix:"):
         options["socket_keepalive"] = True  # TCP only; unix socket connections refuse the option
@@ -132,50 +161,45 @@ def connect_redis(
     if protocol is not None:
         options["protocol"] = protocol
     if is_sentinel_url(url):
-        client = _sentinel_master(url, options, tls, sentinel or SentinelAuth(), names)
-    else:
-        if problem := tls_query_problem(url):
-            raise SinkError(f"the Redis URL {redis_url_shown(url)} {problem}")
-        _add_tls(options, url.startswith("rediss:"), tls, url, "rediss://")
-        try:
-            client = redis.Redis.from_url(url, **options)
-        except ValueError as error:
-            raise SinkError(
-                f"invalid Redis URL {redis_url_shown(url)}: {_url_problem(error, url)} — "
-                "use redis://host:port/db or rediss://"
-            ) from None
-        problem = database_problem(url)  # parsed by now: nothing of a password is taken for the path
-        if problem:
-            client.close()
-            raise SinkError(f"{redis_url_shown(url)} {problem} — use redis://host:port/0")
-    where = redis_address(client)
+        return _sentinel_master(url, options, tls, sentinel or SentinelAuth(), names, asynchronous)
+    if problem := tls_query_problem(url):
+        raise SinkError(f"the Redis URL {redis_url_shown(url)} {problem}")
+    _add_tls(options, url.startswith("rediss:"), tls, url, "rediss://")
     try:
-        client.ping()
-    except (redis.AuthenticationError, redis.exceptions.AuthorizationError) as error:
-        client.close()
-        raise SinkError(credentials_problem(client, error, names)) from None
-    except redis.exceptions.NoPermissionError as error:  # logged in, but PING or CLIENT SETNAME refused
-        client.close()
+        client = (redis.asyncio.Redis if asynchronous else redis.Redis).from_url(url, **options)
+    except ValueError as error:
         raise SinkError(
-            f"Redis at {where} refused: {error_summary(error)} — grant the user the connection commands "
-            "(ACL: +@connection)"
+            f"invalid Redis URL {redis_url_shown(url)}: {_url_problem(error, url)} — "
+            "use redis://host:port/db or rediss://"
         ) from None
-    except redis.exceptions.InvalidResponse as error:  # an HTTP server, a database of another kind
-        client.close()
-        raise SinkError(
-            f"the server at {where} is not Redis: it answered PING with {error_summary(error)} — check the host "
-            "and port"
-        ) from None
-    except redis.ResponseError as error:
-        client.close()
+    problem = database_problem(url)  # parsed by now: nothing of a password is taken for the path
+    if problem:  # nothing connected yet: nothing to close
+        raise SinkError(f"{redis_url_shown(url)} {problem} — use redis://host:port/0")
+    return client
+
+
+_REACHED_A_SENTINEL = ("the server at {where} is a Redis Sentinel, which keeps no streams — name the master "
+                       "through it: redis+sentinel://host:26379/<master-name> (rediss+sentinel:// with TLS)")
+
+
+def connect_problem(client, error: BaseException, names: SettingNames, hint: str) -> BaseException:
+    """The one-line ``SinkError`` for ``client``'s first command (PING) failing with ``error``
+    (``error`` itself when it is none of the expected ones)."""
+    where = redis_address(client)
+    if isinstance(error, (redis.AuthenticationError, redis.exceptions.AuthorizationError)):
+        return SinkError(credentials_problem(client, error, names))
+    if isinstance(error, redis.exceptions.NoPermissionError):  # logged in, but PING or CLIENT SETNAME refused
+        return SinkError(f"Redis at {where} refused: {error_summary(error)} — grant the user the connection "
+                         "commands (ACL: +@connection)")
+    if isinstance(error, redis.exceptions.InvalidResponse):  # an HTTP server, a database of another kind
+        return SinkError(f"the server at {where} is not Redis: it answered PING with {error_summary(error)} — "
+                         "check the host and port")
+    if isinstance(error, redis.ResponseError):
         text = error_summary(error)
         if text.startswith(("NOAUTH", "WRONGPASS")):
-            raise SinkError(
-                f"Redis at {where} wants credentials: {text} — set {names.password}"
-            ) from None
-        raise SinkError(f"Redis at {where} refused PING: {text}") from None
-    except (redis.ConnectionError, redis.TimeoutError, OSError) as error:
-        client.close()
+            return SinkError(f"Redis at {where} wants credentials: {text} — set {names.password}")
+        return SinkError(f"Redis at {where} refused PING: {text}")
+    if isinstance(error, (redis.ConnectionError, redis.TimeoutError, OSError)):
         text = error_summary(error)
         if "certificate" in text.lower() or "ssl" in text.lower() or "tls" in text.lower():
             hint = f"check the TLS settings ({names.tls}) and the server's certificate"
@@ -183,12 +207,8 @@ def connect_redis(
             hint = f"{hint}; a server without TLS never answers TLS's hello: if it has none, use redis://"
         elif where.startswith("redis://") and "reset by peer" in text.lower():
             hint = f"{hint}; a TLS port resets plain connections: if the server wants TLS, use rediss://"
-        raise RedisUnreachable(f"cannot reach Redis at {where}: {text} — {hint}") from None
-    if _is_sentinel(client):
-        client.close()
-        raise SinkError(f"the server at {where} is a Redis Sentinel, which keeps no streams — name the master "
-                        "through it: redis+sentinel://host:26379/<master-name> (rediss+sentinel:// with TLS)")
-    return client
+        return RedisUnreachable(f"cannot reach Redis at {where}: {text} — {hint}")
+    return error
 
 
 def _add_tls(options: dict, wanted: bool, tls: TlsFiles | None, url: str, form: str) -> None:
@@ -198,6 +218,34 @@ def _add_tls(options: dict, wanted: bool, tls: TlsFiles | None, url: str, form: 
         options.update((tls or TlsFiles()).options())
     elif tls is not None and (tls.ca_file or tls.cert_file or tls.key_file):
         raise SinkError(f"TLS files are set but {redis_url_shown(url)} is not a {form} URL — use {form}")
+
+
+async def connect_redis_async(
+    url: str,
+    password: str | None = None,
+    *,
+    hint: str = "start Redis or fix sinks.redis.url",
+    names: SettingNames = SettingNames(),
+    **settings,
+) -> redis.asyncio.Redis:
+    """``connect_redis`` for asyncio: a ``redis.asyncio.Redis`` that has answered PING, with the
+    same settings and the same one-line errors."""
+    # Asking sentinels for the master (a Sentinel URL) blocks: off the event loop.
+    client = await asyncio.to_thread(redis_client, url, password, names=names, asynchronous=True, **settings)
+    try:
+        await client.ping()
+    except (redis.RedisError, OSError) as error:
+        await client.aclose()
+        raise connect_problem(client, error, names, hint) from None
+    if not isinstance(client.connection_pool, _SENTINEL_POOLS):
+        try:
+            mode = (await client.info("server")).get("redis_mode")
+        except redis.RedisError:  # INFO refused (ACL): it answers as a Redis would
+            mode = None
+        if mode == "sentinel":
+            await client.aclose()
+            raise SinkError(_REACHED_A_SENTINEL.format(where=redis_address(client)))
+    return client
 
 
 def _is_sentinel(client: redis.Redis) -> bool:
@@ -261,7 +309,7 @@ _SENTINEL_OPTIONS = ("socket_connect_timeout", "socket_timeout", "socket_keepali
 
 
 def _sentinel_master(url: str, options: dict, tls: TlsFiles | None, auth: SentinelAuth,
-                     names: SettingNames) -> redis.Redis:
+                     names: SettingNames, asynchronous: bool = False) -> redis.Redis | redis.asyncio.Redis:
     """A client of the master the sentinels of ``url`` name, found now (one-line errors for no sentinel
     answering, a master name they do not know, a login they refuse) and again at each new connection."""
     try:
@@ -277,17 +325,22 @@ def _sentinel_master(url: str, options: dict, tls: TlsFiles | None, auth: Sentin
         sentinel_options["password"] = auth.password
     if auth.username is not None:
         sentinel_options["username"] = auth.username
-    manager = Sentinel(list(parsed.sentinels), sentinel_kwargs=sentinel_options)
+    # Asked once here, by redis-py (the asyncio SDK too: its one-line errors are these); asked
+    # afresh at each new master connection by the client's own manager.
+    checked = dict(sentinel_options, retry=Retry(ExponentialBackoff(cap=1.0, base=0.1), 0))
+    manager = Sentinel(list(parsed.sentinels), sentinel_kwargs=checked if asynchronous else sentinel_options)
     try:
         _find_master(manager, parsed, auth, names)
     finally:
-        for node in manager.sentinels:  # asked once; redis-py asks them afresh at each new master connection
+        for node in manager.sentinels:
             node.connection_pool.disconnect()
     master_options = dict(options, db=parsed.db, ssl=parsed.tls)
     if parsed.password is not None:  # the URL's login, as redis-py's from_url lets it win
         master_options["password"] = parsed.password
     if parsed.username is not None:
         master_options["username"] = parsed.username
+    if asynchronous:
+        manager = redis.asyncio.sentinel.Sentinel(list(parsed.sentinels), sentinel_kwargs=sentinel_options)
     return manager.master_for(parsed.master, **master_options)
 
 
@@ -383,7 +436,7 @@ def database_problem(url: str) -> str | None:
 def redis_address(client: redis.Redis) -> str:
     """Where ``client`` connects, without credentials: redis[s]://host:port or unix://path."""
     pool = client.connection_pool
-    if isinstance(pool, SentinelConnectionPool):
+    if isinstance(pool, _SENTINEL_POOLS):
         scheme = "rediss" if "ssl_cert_reqs" in pool.connection_kwargs else "redis"
         if pool.master_address is None:
             sentinels = ",".join(_host_port(node.connection_pool.connection_kwargs.get("host", "?"),

@@ -29,7 +29,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from typing import Any, TextIO
+from typing import Any, NamedTuple, TextIO
 
 import numpy as np
 import redis
@@ -182,7 +182,193 @@ class EventEntry:
         return f"EventEntry({self.id}, {self.source} {self.kind} {self.data})"
 
 
-class Client:
+class _Command(NamedTuple):
+    """One Redis command a reader's steps ask for (``name`` is the redis-py method): the reading
+    logic yields these and gets their replies back, so the same steps run on a ``redis.Redis``
+    (``Client``) and on a ``redis.asyncio.Redis`` (``segstream.client.aio``)."""
+
+    name: str
+    args: tuple = ()
+    kwargs: dict = {}
+
+
+class _Pause(NamedTuple):
+    """A wait of ``seconds`` the steps ask for, ended early by ``stop()``."""
+
+    seconds: float
+
+
+class _Emit(NamedTuple):
+    """A value that ``follow_newest``'s steps hand to whoever iterates."""
+
+    value: Any
+
+
+def _command(name: str, *args, **kwargs) -> _Command:
+    return _Command(name, args, kwargs)
+
+
+def _run(steps: Iterator, redis_client: redis.Redis, pause: Callable[[float], bool] | None = None) -> Any:
+    """Run ``steps`` on ``redis_client``: each command's reply is sent back, each error thrown in
+    (the steps catch what they expect); ``pause`` waits and says whether ``stop()`` ended the wait
+    (the steps then end). Returns what the steps return."""
+    reply, error = None, None
+    while True:
+        try:
+            step = steps.send(reply) if error is None else steps.throw(error)
+        except StopIteration as done:
+            return done.value
+        reply, error = None, None
+        if isinstance(step, _Pause):
+            if pause is not None and pause(step.seconds):
+                steps.close()
+                raise _Stopped()
+            continue
+        try:
+            reply = getattr(redis_client, step.name)(*step.args, **step.kwargs)
+        except Exception as failed:  # noqa: BLE001 - handed to the steps, which raise what they do not expect
+            error = failed
+
+
+class _ClientBase:
+    """What ``Client`` and ``segstream.client.aio.Client`` share: the streams' names, what a
+    subscription's arguments mean, and how an outage is ridden out (when to warn, wait, give up)."""
+
+    def __init__(self, redis_client, *, stream_pattern: str, events_pattern: str, reconnect_max_s: float,
+                 give_up_after_s: float | None):
+        options = redis_client.get_connection_kwargs()
+        if options.get("decode_responses"):
+            raise SinkError(
+                "the Redis client decodes responses to text, but entries carry binary fields — "
+                "create it with decode_responses=False"
+            )
+        self.redis = redis_client
+        self.stream_pattern = stream_pattern
+        self.events_pattern = events_pattern
+        self.give_up_after_s = give_up_after_s
+        self.reconnects = 0
+        self._socket_timeout = options.get("socket_timeout")
+        self._backoff = Backoff(0.1, reconnect_max_s)
+
+    _subscription_class: type
+    _fan_in_class: type
+
+    def _subscribe(self, name_pattern: str, parse, source, stream, *, start: str, group: str | None,
+                   consumer: str | None, claim_idle_ms: int | None, count: int, block_ms: int,
+                   discover_s: float):
+        """A subscription of one stream, or a fan-in of several or of a glob."""
+        given = _stream_names(name_pattern, source, stream)
+        if isinstance(given, str) and not _is_glob(given):
+            return self._subscription_class(self, given, parse, start=start, group=group, consumer=consumer,
+                                            claim_idle_ms=claim_idle_ms, count=count, block_ms=block_ms)
+        if group is not None:
+            raise ValueError("a consumer group reads one stream — subscribe to each source with group=..., "
+                             "or read them all without a group")
+        if isinstance(given, str):
+            return self._fan_in_class(self, parse, pattern=given, start=start, count=count, block_ms=block_ms,
+                                      discover_s=discover_s)
+        if not given:
+            raise ValueError("name at least one source (or stream)")
+        return self._fan_in_class(self, parse, streams=list(dict.fromkeys(given)), start=start, count=count,
+                                  block_ms=block_ms, discover_s=discover_s)
+
+    def _newest_targets(self, source, stream, idle_s: float | None) -> tuple[list[str], str | None]:
+        """The streams (or the glob) ``follow_newest`` watches."""
+        if idle_s is not None and idle_s <= 0:
+            raise ValueError(f"idle_s must be above 0 (seconds without a fresh entry), got {idle_s}")
+        given = _stream_names(self.stream_pattern, source, stream)
+        pattern = given if isinstance(given, str) and _is_glob(given) else None
+        names = [] if pattern is not None else [given] if isinstance(given, str) else list(dict.fromkeys(given))
+        if pattern is None and not names:
+            raise ValueError("name at least one source (or stream)")
+        return names, pattern
+
+    def _follow_newest_steps(self, names: list[str], pattern: str | None, block_ms: int,
+                             max_age_s: float | None, idle_s: float | None, discover_s: float) -> Iterator:
+        """``follow_newest`` as steps: commands (each ridden through outages by the driver),
+        pauses, and the entries (None when idle) to hand over as ``_Emit``."""
+        last: dict[str, str | None] = dict.fromkeys(names)  # each stream's last entry seen
+        woken = set(last)  # streams to take the newest entry of: at first, all
+        next_discovery = time.monotonic()
+        since = time.monotonic()  # the last yield
+        while True:
+            if pattern is not None and time.monotonic() >= next_discovery:
+                found = [n for n in (yield from _matching_steps(pattern)) if n not in last]
+                last.update(dict.fromkeys(found))
+                woken.update(found)
+                next_discovery = time.monotonic() + discover_s
+            if idle_s is not None and time.monotonic() - since >= idle_s:
+                since = time.monotonic()
+                yield _Emit(None)
+            wait_ms = block_ms
+            if idle_s is not None:  # wake for the next None; block_ms 0 (for ever) waits as long as that
+                until_idle_ms = max(1, int(1000 * (since + idle_s - time.monotonic())))
+                wait_ms = min(block_ms, until_idle_ms) if block_ms else until_idle_ms
+            if pattern is not None:  # and for the next look for new streams
+                until_discovery_ms = max(1, int(1000 * (next_discovery - time.monotonic())))
+                wait_ms = min(wait_ms, until_discovery_ms) if wait_ms else until_discovery_ms
+            if not woken and any(position is not None for position in last.values()):
+                # Wake when anything newer than a stream's last entry arrives, then take its newest.
+                positions = {name: position or "0-0" for name, position in last.items()}
+                reply = yield _command("xread", positions, count=1, block=self._fitted_block(wait_ms))
+                woken = {name for name, _ in _batches(reply)}
+            elif not woken:  # none has an entry yet: look again in a while
+                woken = set(last)
+                yield _Pause(min(wait_ms, 1000) / 1000)
+            fresh = []
+            for name in sorted(woken):
+                reply = yield _command("xrevrange", name, "+", "-", count=1)
+                if reply and _text(reply[0][0]) != last[name]:
+                    last[name] = _text(reply[0][0])
+                    entry = _frame_entry(last[name], name, reply[0][1], None)
+                    if _fresh(entry, max_age_s):
+                        fresh.append(entry)
+            woken = set()
+            for entry in sorted(fresh, key=lambda e: _id_key(e.id)):
+                since = time.monotonic()
+                yield _Emit(entry)
+
+    def _lost(self, error: BaseException, down_since: float | None) -> float:
+        """A command failed to reach Redis: warns at the first failure of an outage, raises a
+        ``SinkError`` past ``give_up_after_s``; returns when the outage began."""
+        now = time.monotonic()
+        if down_since is None:
+            down_since = now
+            log.warning("lost Redis at %s (%s); reconnecting", redis_address(self.redis), error_summary(error))
+        if self.give_up_after_s is not None and now - down_since > self.give_up_after_s:
+            raise SinkError(
+                f"lost Redis at {redis_address(self.redis)} for {now - down_since:.0f} s: "
+                f"{error_summary(error)} — check that it still runs"
+            ) from None
+        return down_since
+
+    def _recovered(self, down_since: float) -> None:
+        self.reconnects += 1
+        self._backoff.reset()
+        log.warning("reconnected to Redis at %s after %.1f s", redis_address(self.redis), time.monotonic() - down_since)
+
+    def _credentials_refused(self, error: BaseException) -> SinkError:
+        return SinkError(f"Redis at {redis_address(self.redis)} refused the credentials: {error_summary(error)} "
+                         f"— set them with {SDK_ARGUMENTS.password} and {SDK_ARGUMENTS.username}")
+
+    def _refused(self, error: redis.ResponseError, key: str) -> SinkError:
+        return SinkError(_refusal(error, key, redis_address(self.redis)))
+
+    def _fitted_block(self, block_ms: int | None) -> int | None:
+        if block_ms is None or self._socket_timeout is None:
+            return block_ms
+        # Leave a fifth of the socket timeout for the reply to arrive after the server stops waiting.
+        longest = max(1, int(self._socket_timeout * 1000 * 0.8))
+        return longest if block_ms == 0 else min(block_ms, longest)
+
+
+# What reaching Redis can fail with (redis.asyncio raises the same classes); the credentials
+# errors among them are refusals, not outages.
+_REFUSED_LOGIN = (redis.AuthenticationError, redis.exceptions.AuthorizationError)
+_UNREACHABLE = (redis.ConnectionError, redis.TimeoutError, OSError)
+
+
+class Client(_ClientBase):
     """A connection to the Redis that segstream publishes to, and the streams of its sources.
 
     Every read retries through connection losses, waiting with backoff and jitter (up to
@@ -199,19 +385,8 @@ class Client:
         reconnect_max_s: float = 5.0,
         give_up_after_s: float | None = None,
     ):
-        options = redis_client.get_connection_kwargs()
-        if options.get("decode_responses"):
-            raise SinkError(
-                "the Redis client decodes responses to text, but entries carry binary fields — "
-                "create it with decode_responses=False"
-            )
-        self.redis = redis_client
-        self.stream_pattern = stream_pattern
-        self.events_pattern = events_pattern
-        self.give_up_after_s = give_up_after_s
-        self.reconnects = 0
-        self._socket_timeout = options.get("socket_timeout")
-        self._backoff = Backoff(0.1, reconnect_max_s)
+        super().__init__(redis_client, stream_pattern=stream_pattern, events_pattern=events_pattern,
+                         reconnect_max_s=reconnect_max_s, give_up_after_s=give_up_after_s)
         self._stop = threading.Event()
 
     # --- subscriptions ---------------------------------------------------------------------
@@ -236,25 +411,6 @@ class Client:
         return self._subscribe(self.events_pattern, _event_entry, source, stream, start=start, group=group,
                                consumer=consumer, claim_idle_ms=claim_idle_ms, count=count, block_ms=block_ms,
                                discover_s=discover_s)
-
-    def _subscribe(self, name_pattern: str, parse, source, stream, *, start: str, group: str | None,
-                   consumer: str | None, claim_idle_ms: int | None, count: int, block_ms: int,
-                   discover_s: float) -> Subscription | FanIn:
-        """A ``Subscription`` of one stream, or a ``FanIn`` of several or of a glob."""
-        given = _stream_names(name_pattern, source, stream)
-        if isinstance(given, str) and not _is_glob(given):
-            return Subscription(self, given, parse, start=start, group=group, consumer=consumer,
-                                claim_idle_ms=claim_idle_ms, count=count, block_ms=block_ms)
-        if group is not None:
-            raise ValueError("a consumer group reads one stream — subscribe to each source with group=..., "
-                             "or read them all without a group")
-        if isinstance(given, str):
-            return FanIn(self, parse, pattern=given, start=start, count=count, block_ms=block_ms,
-                         discover_s=discover_s)
-        if not given:
-            raise ValueError("name at least one source (or stream)")
-        return FanIn(self, parse, streams=list(dict.fromkeys(given)), start=start, count=count, block_ms=block_ms,
-                     discover_s=discover_s)
 
     def newest(self, source: str | None = None, *, stream: str | None = None,
                max_age_s: float | None = None) -> Entry | None:
@@ -285,63 +441,27 @@ class Client:
         Of several sources (a list, or a glob as ``frames`` takes): the newest entry of each
         source that has a newer one, in the order they arrived, waiting on all in one XREAD;
         with a glob, sources that appear are looked for every ``discover_s``."""
-        if idle_s is not None and idle_s <= 0:
-            raise ValueError(f"idle_s must be above 0 (seconds without a fresh entry), got {idle_s}")
-        given = _stream_names(self.stream_pattern, source, stream)
-        pattern = given if isinstance(given, str) and _is_glob(given) else None
-        names = [] if pattern is not None else [given] if isinstance(given, str) else list(dict.fromkeys(given))
-        if pattern is None and not names:
-            raise ValueError("name at least one source (or stream)")
+        names, pattern = self._newest_targets(source, stream, idle_s)
         for name in names:
             self.warn_if_missing(name)
+        steps = self._follow_newest_steps(names, pattern, block_ms, max_age_s, idle_s, discover_s)
+        reply = None
         try:
-            yield from self._follow_newest(names, pattern, block_ms, max_age_s, idle_s, discover_s)
+            while not self._stop.is_set():
+                step = steps.send(reply)
+                reply = None
+                if isinstance(step, _Emit):
+                    yield step.value
+                elif isinstance(step, _Pause):
+                    if self._stop.wait(step.seconds):
+                        return
+                else:
+                    reply = self.call(getattr(self.redis, step.name), *step.args, key=step.kwargs.get("match"),
+                                      **step.kwargs)
         except _Stopped:  # stop() while Redis was away: the iteration ends, as it does otherwise
             return
-
-    def _follow_newest(self, names: list[str], pattern: str | None, block_ms: int, max_age_s: float | None,
-                       idle_s: float | None, discover_s: float) -> Iterator[Entry | None]:
-        last: dict[str, str | None] = dict.fromkeys(names)  # each stream's last entry seen
-        woken = set(last)  # streams to take the newest entry of: at first, all
-        next_discovery = time.monotonic()
-        since = time.monotonic()  # the last yield
-        while not self._stop.is_set():
-            if pattern is not None and time.monotonic() >= next_discovery:
-                found = [n for n in self.call(_matching_streams, self.redis, pattern, key=pattern) if n not in last]
-                last.update(dict.fromkeys(found))
-                woken.update(found)
-                next_discovery = time.monotonic() + discover_s
-            if idle_s is not None and time.monotonic() - since >= idle_s:
-                since = time.monotonic()
-                yield None
-            wait_ms = block_ms
-            if idle_s is not None:  # wake for the next None; block_ms 0 (for ever) waits as long as that
-                until_idle_ms = max(1, int(1000 * (since + idle_s - time.monotonic())))
-                wait_ms = min(block_ms, until_idle_ms) if block_ms else until_idle_ms
-            if pattern is not None:  # and for the next look for new streams
-                until_discovery_ms = max(1, int(1000 * (next_discovery - time.monotonic())))
-                wait_ms = min(wait_ms, until_discovery_ms) if wait_ms else until_discovery_ms
-            if not woken and any(position is not None for position in last.values()):
-                # Wake when anything newer than a stream's last entry arrives, then take its newest.
-                positions = {name: position or "0-0" for name, position in last.items()}
-                reply = self.call(self.redis.xread, positions, count=1, block=self._fitted_block(wait_ms))
-                woken = {name for name, _ in _batches(reply)}
-            elif not woken:  # none has an entry yet: look again in a while
-                woken = set(last)
-                if self._stop.wait(min(wait_ms, 1000) / 1000):
-                    return
-            fresh = []
-            for name in sorted(woken):
-                reply = self.call(self.redis.xrevrange, name, "+", "-", count=1)
-                if reply and _text(reply[0][0]) != last[name]:
-                    last[name] = _text(reply[0][0])
-                    entry = _frame_entry(last[name], name, reply[0][1], None)
-                    if _fresh(entry, max_age_s):
-                        fresh.append(entry)
-            woken = set()
-            for entry in sorted(fresh, key=lambda e: _id_key(e.id)):
-                since = time.monotonic()
-                yield entry
+        finally:
+            steps.close()
 
     def stop(self) -> None:
         self._stop.set()
@@ -349,11 +469,7 @@ class Client:
     def warn_if_missing(self, stream: str) -> None:
         """Say so when ``stream`` is not there (a mistyped source name would wait in silence).
         Only a warning: a user the server does not let look (no EXISTS or SCAN) reads on."""
-        try:
-            if not self.redis.exists(stream):
-                log.warning("%s", _missing_stream_message(self.redis, stream, "check the source name; waiting for it"))
-        except redis.RedisError:
-            log.debug("could not check that %s exists", stream, exc_info=True)
+        _run(_warn_if_missing_steps(stream, redis_address(self.redis)), self.redis)
 
     def close(self) -> None:
         self.stop()
@@ -375,45 +491,33 @@ class Client:
         while True:
             try:
                 reply = command(*args, **kwargs)
-            except (redis.AuthenticationError, redis.exceptions.AuthorizationError) as error:  # ConnectionErrors too
-                raise SinkError(f"Redis at {redis_address(self.redis)} refused the credentials: {error_summary(error)} "
-                                f"— set them with {SDK_ARGUMENTS.password} and {SDK_ARGUMENTS.username}") from None
-            except (redis.ConnectionError, redis.TimeoutError, OSError) as error:
-                now = time.monotonic()
-                if down_since is None:
-                    down_since = now
-                    log.warning("lost Redis at %s (%s); reconnecting", redis_address(self.redis), error_summary(error))
-                if self.give_up_after_s is not None and now - down_since > self.give_up_after_s:
-                    raise SinkError(
-                        f"lost Redis at {redis_address(self.redis)} for {now - down_since:.0f} s: "
-                        f"{error_summary(error)} — check that it still runs"
-                    ) from None
+            except _REFUSED_LOGIN as error:  # ConnectionErrors too
+                raise self._credentials_refused(error) from None
+            except _UNREACHABLE as error:
+                down_since = self._lost(error, down_since)
                 if self._stop.wait(self._backoff.next()):
                     raise _Stopped() from None
                 continue
             except redis.ResponseError as error:  # NoPermissionError too: the server refused the command
-                raise SinkError(_refusal(error, key or _key_in(args), redis_address(self.redis))) from None
+                raise self._refused(error, key or _key_in(args)) from None
             if down_since is not None:
-                self.reconnects += 1
-                self._backoff.reset()
-                log.warning("reconnected to Redis at %s after %.1f s", redis_address(self.redis),
-                            time.monotonic() - down_since)
+                self._recovered(down_since)
                 if on_reconnect is not None:
                     on_reconnect()
             return reply
-
-    def _fitted_block(self, block_ms: int | None) -> int | None:
-        if block_ms is None or self._socket_timeout is None:
-            return block_ms
-        # Leave a fifth of the socket timeout for the reply to arrive after the server stops waiting.
-        longest = max(1, int(self._socket_timeout * 1000 * 0.8))
-        return longest if block_ms == 0 else min(block_ms, longest)
 
 
 # Where an SDK user sets each connection setting: connect()'s arguments, not the pipeline's YAML.
 SDK_ARGUMENTS = SettingNames("connect(url, password=...)", "connect(url, username=...)",
                              "connect(url, tls=TlsFiles(ca_file, cert_file, key_file))",
                              "connect(url, sentinel=SentinelAuth(username, password))", "connect()'s url")
+
+
+def reader_options(max_block_ms: int) -> dict:
+    """What ``connect`` (and the asyncio SDK's) asks of ``connect_redis`` beyond the user's settings:
+    a socket timeout longer than reads blocking up to ``max_block_ms``, the reader's name."""
+    return dict(socket_timeout=max_block_ms / 1000 + 5.0, client_name="segstream-reader",
+                hint="start Redis or fix the URL", names=SDK_ARGUMENTS)
 
 
 def connect(
@@ -434,23 +538,20 @@ def connect(
     ``redis+sentinel://host1:26379,host2:26379/<master-name>[/db]`` with the sentinels' own login in
     ``sentinel``: it follows a failover), with a socket timeout longer than reads blocking up to
     ``max_block_ms``. Unreachable or wrong credentials now: one-line ``SinkError``."""
-    client = connect_redis(
-        url, password, username=username, tls=tls, sentinel=sentinel, protocol=protocol,
-        socket_timeout=max_block_ms / 1000 + 5.0, client_name="segstream-reader",
-        hint="start Redis or fix the URL", names=SDK_ARGUMENTS,
-    )
+    client = connect_redis(url, password, username=username, tls=tls, sentinel=sentinel, protocol=protocol,
+                           **reader_options(max_block_ms))
     return Client(client, stream_pattern=stream_pattern, events_pattern=events_pattern,
                   reconnect_max_s=reconnect_max_s, give_up_after_s=give_up_after_s)
 
 
-class _Feed:
-    """What a ``Subscription`` (one stream) and a ``FanIn`` (many) share: reads that ride out
-    Redis outages through ``Client.call`` and end on ``stop()``, and read entries handed over in
-    order, a malformed one costing only itself."""
+class _FeedSteps:
+    """What a one-stream reader and a many-stream one know and do, without I/O: their reads are
+    steps (``_command`` ... replies) that ``Client`` runs on redis-py and the asyncio SDK on
+    ``redis.asyncio``; read entries are handed over in order, a malformed one costing only itself."""
 
     group: str | None = None
 
-    def __init__(self, client: Client, parse, *, count: int, block_ms: int, about: str):
+    def __init__(self, client: _ClientBase, parse, *, count: int, block_ms: int, about: str):
         self.client = client
         self.count = count
         self.block_ms = block_ms
@@ -460,29 +561,15 @@ class _Feed:
         self._about = about  # the stream(s) a refusal names
         self._stop = threading.Event()
 
-    def read(self, count: int | None = None, block_ms: int | None = None) -> list:
-        """Up to ``count`` entries in stream order; waits up to ``block_ms`` when none are there
-        (None: returns at once)."""
-        count = count or self.count
-        if self._stop.is_set() or self.client._stop.is_set():  # stopped: iteration ends, reads give nothing
-            return []
-        if self._held:  # what an earlier read got after a malformed entry
-            return self._take_held(count)
-        try:
-            return self.client.call(self._read, count, block_ms, on_reconnect=self._reconnected, key=self._about)
-        except _Stopped:
-            return []
-
-    def __iter__(self) -> Iterator:
-        while not (self._stop.is_set() or self.client._stop.is_set()):
-            yield from self.read(self.count, self.block_ms)
-
-    follow = __iter__
-
     def stop(self) -> None:
         self._stop.set()
 
-    def _read(self, count: int, block_ms: int | None) -> list:
+    def _start_steps(self) -> Iterator:
+        """What the reader does before its first read (finds its position, creates its group)."""
+        return
+        yield
+
+    def _read_steps(self, count: int, block_ms: int | None) -> Iterator:
         raise NotImplementedError
 
     def _reconnected(self) -> None:
@@ -508,7 +595,241 @@ class _Feed:
         return decoded
 
 
-class Subscription(_Feed):
+class _Feed(_FeedSteps):
+    """A reader on redis-py: reads ride out Redis outages through ``Client.call`` and end on
+    ``stop()`` (of the reader or its client)."""
+
+    client: Client
+
+    def read(self, count: int | None = None, block_ms: int | None = None) -> list:
+        """Up to ``count`` entries in stream order; waits up to ``block_ms`` when none are there
+        (None: returns at once)."""
+        count = count or self.count
+        if self._stopped():  # stopped: iteration ends, reads give nothing
+            return []
+        if self._held:  # what an earlier read got after a malformed entry
+            return self._take_held(count)
+        try:
+            return self.client.call(self._run, self._read_steps, count, block_ms, on_reconnect=self._reconnected,
+                                    key=self._about)
+        except _Stopped:
+            return []
+
+    def __iter__(self) -> Iterator:
+        while not self._stopped():
+            yield from self.read(self.count, self.block_ms)
+
+    follow = __iter__
+
+    def _begin(self) -> None:
+        self.client.call(self._run, self._start_steps, key=self._about)
+
+    def _run(self, make_steps: Callable[..., Iterator], *args) -> Any:
+        return _run(make_steps(*args), self.client.redis, self._pause)
+
+    def _pause(self, seconds: float) -> bool:
+        return self._stop.wait(seconds) or self._stopped()
+
+    def _stopped(self) -> bool:
+        return self._stop.is_set() or self.client._stop.is_set()
+
+
+class _SubscriptionSteps(_FeedSteps):
+    """A ``Subscription``'s bookkeeping and reads, without I/O (see ``Subscription``)."""
+
+    def __init__(self, client: _ClientBase, stream: str, parse, *, start: str, group: str | None,
+                 consumer: str | None, claim_idle_ms: int | None, count: int, block_ms: int):
+        super().__init__(client, parse, count=count, block_ms=block_ms, about=stream)
+        self.stream = stream
+        self.group = group
+        self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
+        self.claim_idle_ms = claim_idle_ms
+        self.claimed = 0  # entries taken over from other consumers
+        self.trimmed = 0  # pending entries MAXLEN trimmed away before they were processed
+        self.lost = 0  # entries Redis lost (restarted empty, flushed) before this reader got them
+        self._group_lost = False  # the group was gone and created again: a gap after it is Redis's loss
+        self._start = start
+        self._position = start  # where a reader without a group reads on from ("$" resolved at the start)
+        self._pending_cursor: str | None = None
+        # (seq, (run id, frame)) of the last entry read
+        self._last_numbers: tuple[int | None, tuple[bytes | None, int] | None] | None = None
+        self._group_last: str | None = None  # id of the last new entry the group gave this consumer
+        self._claim_cursor = "0-0"
+        self._next_claim = 0.0
+
+    def _start_steps(self) -> Iterator:
+        yield from _warn_if_missing_steps(self.stream, redis_address(self.client.redis))
+        if self.group is None:
+            # Resolve "$" now so that entries added between two reads are not skipped.
+            self._position = (yield from _newest_steps(self.stream)) if self._start == "$" else self._start
+        else:
+            yield from self._create_group_steps()
+            self._pending_cursor = "0"
+
+    def _read_steps(self, count: int, block_ms: int | None) -> Iterator:
+        if self.group is None:
+            reply = yield _command("xread", {self.stream: self._position}, count=count,
+                                   block=self.client._fitted_block(block_ms))
+            entries = _entries(reply)
+            yield from self._advance_steps(entries)
+            return (yield from self._decoded_steps(entries))
+        try:
+            return (yield from self._read_group_steps(count, block_ms))
+        except redis.ResponseError as error:
+            if "NOGROUP" not in str(error):
+                raise
+            log.warning("consumer group %s of %s is gone: Redis lost it (restarted without its data, or was flushed "
+                        "or replaced) — creating it again; entries it lost with it are counted as lost when the next "
+                        "ones come", self.group, self.stream)
+            self._group_lost = True
+            yield from self._create_group_steps(start="0")
+            self._pending_cursor = "0"
+            return []
+
+    def _read_group_steps(self, count: int, block_ms: int | None) -> Iterator:
+        if self._pending_cursor is not None:
+            reply = yield _command("xreadgroup", self.group, self.consumer, {self.stream: self._pending_cursor},
+                                   count=count)
+            entries = _entries(reply)
+            if entries:
+                self._pending_cursor = entries[-1][0]
+                return (yield from self._decoded_steps(entries))
+            self._pending_cursor = None
+        now = time.monotonic()
+        if self.claim_idle_ms is not None and now >= self._next_claim:
+            cursor, claimed, *deleted = yield _command("xautoclaim", self.stream, self.group, self.consumer,
+                                                       self.claim_idle_ms, self._claim_cursor, count=count)
+            self._claim_cursor = _text(cursor)
+            if deleted and deleted[0]:  # Redis 7 takes trimmed entries out of the pending list itself
+                self._lost_to_trimming(len(deleted[0]))
+            if self._claim_cursor == "0-0":  # scanned the whole pending list: rest a while
+                self._next_claim = now + self.claim_idle_ms / 2000
+            if any(i is None for i, _ in claimed):  # Redis 6.2: nil for a trimmed entry, its id unsaid
+                yield from self._ack_trimmed_steps()
+            entries = [(_text(i), fields) for i, fields in claimed if i is not None]
+            if entries:
+                self.claimed += len(entries)
+                return (yield from self._decoded_steps(entries))
+        if block_ms is not None and self.claim_idle_ms is not None:
+            # Wake in time for the next claim round even when no new entry comes.
+            block_ms = max(1, min(block_ms, int(1000 * (self._next_claim - time.monotonic())) + 1))
+        reply = yield _command("xreadgroup", self.group, self.consumer, {self.stream: ">"}, count=count,
+                               block=self.client._fitted_block(block_ms))
+        entries = _entries(reply)
+        if entries:
+            yield from self._overtaken_steps(entries, self._group_last or "0")
+            self._group_last = entries[-1][0]
+        return (yield from self._decoded_steps(entries))
+
+    def _advance_steps(self, entries: list[tuple[str, dict]]) -> Iterator:
+        """Move this plain reader's position past ``entries`` (read by XREAD), counting what
+        trimming took between them and the last entry read."""
+        if entries:
+            yield from self._overtaken_steps(entries, self._position)
+            self._position = entries[-1][0]
+
+    def _decoded_steps(self, entries: list[tuple[str, dict]]) -> Iterator:
+        trimmed = [entry_id for entry_id, fields in entries if not fields]  # pending entries MAXLEN trimmed meanwhile
+        if trimmed and self.group is not None:
+            yield _command("xack", self.stream, self.group, *trimmed)
+            self._lost_to_trimming(len(trimmed))
+        self._held.extend((self.stream, entry_id, fields) for entry_id, fields in entries if fields)
+        return self._take_held()
+
+    def _overtaken_steps(self, entries: list[tuple[str, dict]], position: str) -> Iterator:
+        """Count the entries trimmed away between the last entry read (at ``position``) and these,
+        when the stream's trimming overtook this reader. The entries' ``seq`` tells how many
+        exactly, across a pipeline's restart too; entries of older pipelines without it, their
+        frame numbers, within one run (a gap the pipeline's own drops left counts too: "about").
+        In a group, only as its one consumer: the others take entries of the gap too."""
+        previous, self._last_numbers = self._last_numbers, (_seq_of(entries[-1][1]), _frame_of(entries[-1][1]))
+        group_lost, self._group_lost = self._group_lost, False  # said of the first entries after it only
+        first = (_seq_of(entries[0][1]), _frame_of(entries[0][1]))
+        if previous is None:
+            return
+        if previous[0] is not None and first[0] is not None:
+            missed, about = first[0] - previous[0] - 1, ""  # negative: numbered afresh (a stream deleted)
+        elif previous[1] is not None and first[1] is not None and previous[1][0] == first[1][0]:
+            missed, about = first[1][1] - previous[1][1] - 1, "about "
+        else:
+            return
+        if missed <= 0:
+            return
+        oldest = yield _command("xrange", self.stream, count=1)
+        if not oldest or _id_key(_text(oldest[0][0])) <= _id_key(position):  # where it stood is still there
+            return
+        if self.group is not None and not (yield from self._only_consumer_steps()):
+            return
+        evidence = yield from self._not_trimming_steps(group_lost)
+        if evidence is not None:
+            self.lost += missed
+            log.warning("%s: %s%d entries written after the last one this reader got are gone, and not by trimming "
+                        "(%s): Redis lost them (%d so far) — it restarted without its data, failed over to a replica "
+                        "behind it, or was flushed; check its persistence (appendonly) and failover", self.stream,
+                        about, missed, evidence, self.lost)
+            return
+        self.trimmed += missed
+        log.warning("%s: %s%d entries were trimmed away by the stream's MAXLEN before this reader got them "
+                    "(%d so far) — read faster, or raise sinks.redis.maxlen", self.stream, about, missed,
+                    self.trimmed)
+
+    def _not_trimming_steps(self, group_lost: bool) -> Iterator:
+        """What shows that a gap is no trimming (None: nothing does): the group was lost with
+        Redis's data, or the stream holds every entry ever added to it (Redis 7's entries-added)."""
+        if group_lost:
+            return "the consumer group was gone and had to be created again"
+        try:
+            info = yield _command("xinfo_stream", self.stream)
+        except redis.ResponseError:  # a user without XINFO: trimming is the likelier story
+            return None
+        added, length = info.get("entries-added", info.get(b"entries-added")), info.get("length", info.get(b"length"))
+        if added is not None and length is not None and int(added) <= int(length):
+            return f"the stream holds all {int(added)} entries ever added to it since it was created"
+        return None
+
+    def _only_consumer_steps(self) -> Iterator:
+        """No other consumer of the group read lately (Redis keeps a dead one's name for ever: a
+        restarted consumer has a new one)."""
+        lately_ms = self.claim_idle_ms if self.claim_idle_ms is not None else 60_000
+        consumers = yield _command("xinfo_consumers", self.stream, self.group)
+        others = [c for c in consumers if _text(c.get("name", c.get(b"name", b""))) != self.consumer
+                  and int(c.get("idle", c.get(b"idle", 0))) < lately_ms]
+        return not others
+
+    def _ack_trimmed_steps(self) -> Iterator:
+        """Acknowledge the group's pending entries older than the stream's oldest one (trimmed)."""
+        oldest = yield _command("xrange", self.stream, count=1)
+        first = _id_key(_text(oldest[0][0])) if oldest else None
+        pending = yield _command("xpending_range", self.stream, self.group, min="-", max="+", count=1000)
+        gone = [_text(p["message_id"]) for p in pending if first is None or _id_key(_text(p["message_id"])) < first]
+        acknowledged = int((yield _command("xack", self.stream, self.group, *gone))) if gone else 0
+        if acknowledged:  # another consumer may have acknowledged some of them first
+            self._lost_to_trimming(acknowledged)
+
+    def _lost_to_trimming(self, count: int) -> None:
+        self.trimmed += count
+        log.warning("%d pending entries of %s (group %s) were trimmed away by the stream's MAXLEN before they were "
+                    "processed (%d so far) — raise sinks.redis.maxlen, or add consumers", count, self.stream,
+                    self.group, self.trimmed)
+
+    def _reconnected(self) -> None:
+        if self.group is not None:
+            self._pending_cursor = "0"  # what this consumer held may not have been processed
+
+    def _create_group_steps(self, start: str | None = None) -> Iterator:
+        try:
+            yield _command("xgroup_create", self.stream, self.group, id=start or self._start, mkstream=True)
+        except redis.ResponseError as error:
+            if "BUSYGROUP" not in str(error):  # the group is there already: fine
+                raise
+
+    def _ids(self, entries) -> list[str]:
+        if self.group is None:
+            raise ValueError("ack needs a subscription with a consumer group")
+        return [e if isinstance(e, str) else e.id for e in entries]
+
+
+class Subscription(_Feed, _SubscriptionSteps):
     """Entries of one stream as they come, from ``start`` ("0": the oldest still kept, "$": from
     now on, or an entry id), read ``count`` at a time, blocking up to ``block_ms`` when none wait.
 
@@ -539,35 +860,13 @@ class Subscription(_Feed):
 
     def __init__(self, client: Client, stream: str, parse, *, start: str, group: str | None, consumer: str | None,
                  claim_idle_ms: int | None, count: int, block_ms: int):
-        super().__init__(client, parse, count=count, block_ms=block_ms, about=stream)
-        self.stream = stream
-        self.group = group
-        self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
-        self.claim_idle_ms = claim_idle_ms
-        self.claimed = 0  # entries taken over from other consumers
-        self.trimmed = 0  # pending entries MAXLEN trimmed away before they were processed
-        self.lost = 0  # entries Redis lost (restarted empty, flushed) before this reader got them
-        self._group_lost = False  # the group was gone and created again: a gap after it is Redis's loss
-        self._start = start
-        self._pending_cursor: str | None = None
-        client.warn_if_missing(stream)
-        # (seq, (run id, frame)) of the last entry read
-        self._last_numbers: tuple[int | None, tuple[bytes | None, int] | None] | None = None
-        self._group_last: str | None = None  # id of the last new entry the group gave this consumer
-        self._claim_cursor = "0-0"
-        self._next_claim = 0.0
-        if group is None:
-            # Resolve "$" now so that entries added between two reads are not skipped.
-            self._position = self._newest_id() if start == "$" else start
-        else:
-            self._create_group()
-            self._pending_cursor = "0"
+        super().__init__(client, stream, parse, start=start, group=group, consumer=consumer,
+                         claim_idle_ms=claim_idle_ms, count=count, block_ms=block_ms)
+        self._begin()
 
     def ack(self, *entries) -> int:
         """Acknowledge entries (or entry ids) of this group; returns how many were pending."""
-        if self.group is None:
-            raise ValueError("ack needs a subscription with a consumer group")
-        ids = [e if isinstance(e, str) else e.id for e in entries]
+        ids = self._ids(entries)
         if not ids:
             return 0
         return int(self.client.call(self.client.redis.xack, self.stream, self.group, *ids))
@@ -577,174 +876,81 @@ class Subscription(_Feed):
         info = self.client.call(self.client.redis.xpending, self.stream, self.group)
         return int(info["pending"])
 
-    # --- internals ---------------------------------------------------------------------
 
-    def _read(self, count: int, block_ms: int | None) -> list:
-        redis_client = self.client.redis
-        if self.group is None:
-            reply = redis_client.xread({self.stream: self._position}, count=count,
-                                       block=self.client._fitted_block(block_ms))
-            entries = _entries(reply)
-            self._advance(redis_client, entries)
-            return self._decoded(entries)
-        try:
-            return self._read_group(redis_client, count, block_ms)
-        except redis.ResponseError as error:
-            if "NOGROUP" not in str(error):
-                raise
-            log.warning("consumer group %s of %s is gone: Redis lost it (restarted without its data, or was flushed "
-                        "or replaced) — creating it again; entries it lost with it are counted as lost when the next "
-                        "ones come", self.group, self.stream)
-            self._group_lost = True
-            self._create_group(start="0")
-            self._pending_cursor = "0"
+class _FanInSteps(_FeedSteps):
+    """A ``FanIn``'s bookkeeping and reads, without I/O (see ``FanIn``)."""
+
+    def __init__(self, client: _ClientBase, parse, *, streams: list[str] | None = None, pattern: str | None = None,
+                 start: str, count: int, block_ms: int, discover_s: float = 2.0):
+        if discover_s <= 0:
+            raise ValueError(f"discover_s must be above 0 (seconds between looks for new streams), got {discover_s}")
+        super().__init__(client, parse, count=count, block_ms=block_ms,
+                         about=pattern if pattern is not None else ", ".join(streams or []))
+        self.pattern = pattern
+        self.discover_s = discover_s
+        self.members: dict[str, _SubscriptionSteps] = {}
+        self._named = list(streams or [])
+        self._start = start
+        self._next_discovery = time.monotonic() + discover_s
+
+    streams = property(lambda self: list(self.members), doc="the streams read, in the order they were found")
+    trimmed = property(lambda self: sum(m.trimmed for m in self.members.values()))
+    lost = property(lambda self: sum(m.lost for m in self.members.values()))
+
+    def _start_steps(self) -> Iterator:
+        names = self._named if self.pattern is None else (yield from _matching_steps(self.pattern))
+        for name in names:
+            yield from self._add_steps(name, self._start)
+        if self.pattern is not None and not self.members:
+            message = yield from _missing_message_steps(self.pattern, redis_address(self.client.redis),
+                                                        "waiting for a stream that matches")
+            log.warning("%s", message)
+        self._next_discovery = time.monotonic() + self.discover_s
+
+    def _read_steps(self, count: int, block_ms: int | None) -> Iterator:
+        if self.pattern is not None:
+            until_discovery_ms = yield from self._discover_steps()
+            # Wake for the next look; block_ms 0 (for ever) waits as long as that.
+            block_ms = block_ms if block_ms is None else min(block_ms or until_discovery_ms, until_discovery_ms)
+        if not self.members:
+            if block_ms:
+                yield _Pause(block_ms / 1000)
             return []
-
-    def _read_group(self, redis_client: redis.Redis, count: int, block_ms: int | None) -> list:
-        if self._pending_cursor is not None:
-            reply = redis_client.xreadgroup(self.group, self.consumer, {self.stream: self._pending_cursor}, count=count)
-            entries = _entries(reply)
-            if entries:
-                self._pending_cursor = entries[-1][0]
-                return self._decoded(entries)
-            self._pending_cursor = None
-        now = time.monotonic()
-        if self.claim_idle_ms is not None and now >= self._next_claim:
-            cursor, claimed, *deleted = redis_client.xautoclaim(self.stream, self.group, self.consumer,
-                                                                self.claim_idle_ms, self._claim_cursor, count=count)
-            self._claim_cursor = _text(cursor)
-            if deleted and deleted[0]:  # Redis 7 takes trimmed entries out of the pending list itself
-                self._lost_to_trimming(len(deleted[0]))
-            if self._claim_cursor == "0-0":  # scanned the whole pending list: rest a while
-                self._next_claim = now + self.claim_idle_ms / 2000
-            if any(i is None for i, _ in claimed):  # Redis 6.2: nil for a trimmed entry, its id unsaid
-                self._ack_trimmed(redis_client)
-            entries = [(_text(i), fields) for i, fields in claimed if i is not None]
-            if entries:
-                self.claimed += len(entries)
-                return self._decoded(entries)
-        if block_ms is not None and self.claim_idle_ms is not None:
-            # Wake in time for the next claim round even when no new entry comes.
-            block_ms = max(1, min(block_ms, int(1000 * (self._next_claim - time.monotonic())) + 1))
-        reply = redis_client.xreadgroup(self.group, self.consumer, {self.stream: ">"}, count=count,
-                                        block=self.client._fitted_block(block_ms))
-        entries = _entries(reply)
-        if entries:
-            self._overtaken(redis_client, entries, self._group_last or "0")
-            self._group_last = entries[-1][0]
-        return self._decoded(entries)
-
-    def _advance(self, redis_client: redis.Redis, entries: list[tuple[str, dict]]) -> None:
-        """Move this plain reader's position past ``entries`` (read by XREAD), counting what
-        trimming took between them and the last entry read."""
-        if entries:
-            self._overtaken(redis_client, entries, self._position)
-            self._position = entries[-1][0]
-
-    def _decoded(self, entries: list[tuple[str, dict]]) -> list:
-        trimmed = [entry_id for entry_id, fields in entries if not fields]  # pending entries MAXLEN trimmed meanwhile
-        if trimmed and self.group is not None:
-            self.client.redis.xack(self.stream, self.group, *trimmed)
-            self._lost_to_trimming(len(trimmed))
-        self._held.extend((self.stream, entry_id, fields) for entry_id, fields in entries if fields)
+        positions = {name: member._position for name, member in self.members.items()}
+        batches = _batches((yield _command("xread", positions, count=count,
+                                           block=self.client._fitted_block(block_ms))))
+        # A stream that filled its count may hold more entries older than another's last: hand over
+        # only those up to the earliest such end, the rest come with the next read, in order.
+        horizon = min((_id_key(entries[-1][0]) for _, entries in batches if len(entries) >= count), default=None)
+        arrived = []
+        for name, entries in batches:
+            kept = [e for e in entries if horizon is None or _id_key(e[0]) <= horizon]
+            yield from self.members[name]._advance_steps(kept)
+            arrived += [(name, entry_id, fields) for entry_id, fields in kept]
+        arrived.sort(key=lambda item: _millis(item[1]))  # Redis's clock; one millisecond's entries by stream
+        self._held.extend(arrived)
         return self._take_held()
 
-    def _overtaken(self, redis_client: redis.Redis, entries: list[tuple[str, dict]], position: str) -> None:
-        """Count the entries trimmed away between the last entry read (at ``position``) and these,
-        when the stream's trimming overtook this reader. The entries' ``seq`` tells how many
-        exactly, across a pipeline's restart too; entries of older pipelines without it, their
-        frame numbers, within one run (a gap the pipeline's own drops left counts too: "about").
-        In a group, only as its one consumer: the others take entries of the gap too."""
-        previous, self._last_numbers = self._last_numbers, (_seq_of(entries[-1][1]), _frame_of(entries[-1][1]))
-        group_lost, self._group_lost = self._group_lost, False  # said of the first entries after it only
-        first = (_seq_of(entries[0][1]), _frame_of(entries[0][1]))
-        if previous is None:
-            return
-        if previous[0] is not None and first[0] is not None:
-            missed, about = first[0] - previous[0] - 1, ""  # negative: numbered afresh (a stream deleted)
-        elif previous[1] is not None and first[1] is not None and previous[1][0] == first[1][0]:
-            missed, about = first[1][1] - previous[1][1] - 1, "about "
-        else:
-            return
-        if missed <= 0:
-            return
-        oldest = redis_client.xrange(self.stream, count=1)
-        if not oldest or _id_key(_text(oldest[0][0])) <= _id_key(position):  # where it stood is still there
-            return
-        if self.group is not None and not self._only_consumer(redis_client):
-            return
-        evidence = self._not_trimming(redis_client, group_lost)
-        if evidence is not None:
-            self.lost += missed
-            log.warning("%s: %s%d entries written after the last one this reader got are gone, and not by trimming "
-                        "(%s): Redis lost them (%d so far) — it restarted without its data, failed over to a replica "
-                        "behind it, or was flushed; check its persistence (appendonly) and failover", self.stream,
-                        about, missed, evidence, self.lost)
-            return
-        self.trimmed += missed
-        log.warning("%s: %s%d entries were trimmed away by the stream's MAXLEN before this reader got them "
-                    "(%d so far) — read faster, or raise sinks.redis.maxlen", self.stream, about, missed,
-                    self.trimmed)
+    def _discover_steps(self) -> Iterator:
+        """Add the streams that match the pattern since the last look, when one is due; the ms
+        until the next."""
+        now = time.monotonic()
+        if now >= self._next_discovery:
+            for name in (yield from _matching_steps(self.pattern)):
+                if name not in self.members:
+                    log.info("found %s (matches %s): reading it from its first entry", name, self.pattern)
+                    yield from self._add_steps(name, "0")
+            self._next_discovery = now + self.discover_s
+        return max(1, int(1000 * (self._next_discovery - now)))
 
-    def _not_trimming(self, redis_client: redis.Redis, group_lost: bool) -> str | None:
-        """What shows that a gap is no trimming (None: nothing does): the group was lost with
-        Redis's data, or the stream holds every entry ever added to it (Redis 7's entries-added)."""
-        if group_lost:
-            return "the consumer group was gone and had to be created again"
-        try:
-            info = redis_client.xinfo_stream(self.stream)
-        except redis.ResponseError:  # a user without XINFO: trimming is the likelier story
-            return None
-        added, length = info.get("entries-added", info.get(b"entries-added")), info.get("length", info.get(b"length"))
-        if added is not None and length is not None and int(added) <= int(length):
-            return f"the stream holds all {int(added)} entries ever added to it since it was created"
-        return None
-
-    def _only_consumer(self, redis_client: redis.Redis) -> bool:
-        """No other consumer of the group read lately (Redis keeps a dead one's name for ever: a
-        restarted consumer has a new one)."""
-        lately_ms = self.claim_idle_ms if self.claim_idle_ms is not None else 60_000
-        consumers = redis_client.xinfo_consumers(self.stream, self.group)
-        others = [c for c in consumers if _text(c.get("name", c.get(b"name", b""))) != self.consumer
-                  and int(c.get("idle", c.get(b"idle", 0))) < lately_ms]
-        return not others
-
-    def _ack_trimmed(self, redis_client: redis.Redis) -> None:
-        """Acknowledge the group's pending entries older than the stream's oldest one (trimmed)."""
-        oldest = redis_client.xrange(self.stream, count=1)
-        first = _id_key(_text(oldest[0][0])) if oldest else None
-        pending = redis_client.xpending_range(self.stream, self.group, min="-", max="+", count=1000)
-        gone = [_text(p["message_id"]) for p in pending if first is None or _id_key(_text(p["message_id"])) < first]
-        acknowledged = int(redis_client.xack(self.stream, self.group, *gone)) if gone else 0
-        if acknowledged:  # another consumer may have acknowledged some of them first
-            self._lost_to_trimming(acknowledged)
-
-    def _lost_to_trimming(self, count: int) -> None:
-        self.trimmed += count
-        log.warning("%d pending entries of %s (group %s) were trimmed away by the stream's MAXLEN before they were "
-                    "processed (%d so far) — raise sinks.redis.maxlen, or add consumers", count, self.stream,
-                    self.group, self.trimmed)
-
-    def _reconnected(self) -> None:
-        if self.group is not None:
-            self._pending_cursor = "0"  # what this consumer held may not have been processed
-
-    def _create_group(self, start: str | None = None) -> None:
-        def xgroup_create(stream: str) -> None:
-            try:
-                self.client.redis.xgroup_create(stream, self.group, id=start or self._start, mkstream=True)
-            except redis.ResponseError as error:
-                if "BUSYGROUP" not in str(error):  # the group is there already: fine
-                    raise
-
-        self.client.call(xgroup_create, self.stream)
-
-    def _newest_id(self) -> str:
-        newest = self.client.call(self.client.redis.xrevrange, self.stream, "+", "-", count=1)
-        return _text(newest[0][0]) if newest else "0-0"
+    def _add_steps(self, name: str, start: str) -> Iterator:
+        member = _SubscriptionSteps(self.client, name, self._parse, start=start, group=None, consumer=None,
+                                    claim_idle_ms=None, count=self.count, block_ms=self.block_ms)
+        yield from member._start_steps()
+        self.members[name] = member
 
 
-class FanIn(_Feed):
+class FanIn(_Feed, _FanInSteps):
     """Entries of many streams (the ``streams`` named, or every stream matching the glob
     ``pattern``) in one blocking XREAD over all of them, in the order they arrived (by entry id:
     Redis's clock), each naming its stream and source. Streams there at the start begin at
@@ -759,63 +965,13 @@ class FanIn(_Feed):
 
     def __init__(self, client: Client, parse, *, streams: list[str] | None = None, pattern: str | None = None,
                  start: str, count: int, block_ms: int, discover_s: float = 2.0):
-        if discover_s <= 0:
-            raise ValueError(f"discover_s must be above 0 (seconds between looks for new streams), got {discover_s}")
-        super().__init__(client, parse, count=count, block_ms=block_ms,
-                         about=pattern if pattern is not None else ", ".join(streams or []))
-        self.pattern = pattern
-        self.discover_s = discover_s
-        self.members: dict[str, Subscription] = {}
-        for name in streams if pattern is None else client.call(_matching_streams, client.redis, pattern, key=pattern):
-            self._add(name, start)
-        if pattern is not None and not self.members:
-            log.warning("%s", _missing_stream_message(client.redis, pattern, "waiting for a stream that matches"))
-        self._next_discovery = time.monotonic() + discover_s
-
-    streams = property(lambda self: list(self.members), doc="the streams read, in the order they were found")
-    trimmed = property(lambda self: sum(m.trimmed for m in self.members.values()))
-    lost = property(lambda self: sum(m.lost for m in self.members.values()))
-
-    def _read(self, count: int, block_ms: int | None) -> list:
-        redis_client = self.client.redis
-        if self.pattern is not None:
-            until_discovery_ms = self._discover()
-            # Wake for the next look; block_ms 0 (for ever) waits as long as that.
-            block_ms = block_ms if block_ms is None else min(block_ms or until_discovery_ms, until_discovery_ms)
-        if not self.members:
-            if block_ms:
-                self._stop.wait(block_ms / 1000)
-            return []
-        positions = {name: member._position for name, member in self.members.items()}
-        batches = _batches(redis_client.xread(positions, count=count, block=self.client._fitted_block(block_ms)))
-        # A stream that filled its count may hold more entries older than another's last: hand over
-        # only those up to the earliest such end, the rest come with the next read, in order.
-        horizon = min((_id_key(entries[-1][0]) for _, entries in batches if len(entries) >= count), default=None)
-        arrived = []
-        for name, entries in batches:
-            kept = [e for e in entries if horizon is None or _id_key(e[0]) <= horizon]
-            self.members[name]._advance(redis_client, kept)
-            arrived += [(name, entry_id, fields) for entry_id, fields in kept]
-        arrived.sort(key=lambda item: _millis(item[1]))  # Redis's clock; one millisecond's entries by stream
-        self._held.extend(arrived)
-        return self._take_held()
-
-    def _discover(self) -> int:
-        """Add the streams that match the pattern since the last look, when one is due; the ms
-        until the next."""
-        now = time.monotonic()
-        if now >= self._next_discovery:
-            for name in _matching_streams(self.client.redis, self.pattern):
-                if name not in self.members:
-                    log.info("found %s (matches %s): reading it from its first entry", name, self.pattern)
-                    self._add(name, "0")
-            self._next_discovery = now + self.discover_s
-        return max(1, int(1000 * (self._next_discovery - now)))
+        super().__init__(client, parse, streams=streams, pattern=pattern, start=start, count=count,
+                         block_ms=block_ms, discover_s=discover_s)
+        self._begin()
 
 
-    def _add(self, name: str, start: str) -> None:
-        self.members[name] = Subscription(self.client, name, self._parse, start=start, group=None, consumer=None,
-                                          claim_idle_ms=None, count=self.count, block_ms=self.block_ms)
+Client._subscription_class = Subscription
+Client._fan_in_class = FanIn
 
 
 class StreamReader:
@@ -913,7 +1069,43 @@ def _entries(reply) -> list[tuple[str, dict]]:
 
 def _matching_streams(client: redis.Redis, pattern: str) -> list[str]:
     """The streams whose names match the glob ``pattern`` (SCAN), sorted."""
-    return sorted(_text(name) for name in client.scan_iter(match=pattern, count=1000, _type="stream"))
+    return _run(_matching_steps(pattern), client)
+
+
+def _matching_steps(pattern: str, most: int | None = None) -> Iterator:
+    """Steps of a SCAN for the streams whose names match the glob ``pattern``: their names,
+    sorted (the first ``most`` found, when given)."""
+    found: set[str] = set()
+    cursor = 0
+    while True:
+        cursor, names = yield _command("scan", cursor, match=pattern, count=1000, _type="stream")
+        found.update(_text(name) for name in names)
+        if int(cursor) == 0 or (most is not None and len(found) >= most):
+            return sorted(found)[:most]
+
+
+def _newest_steps(stream: str) -> Iterator:
+    """Steps that find the id of ``stream``'s newest entry ("0-0" when it has none)."""
+    newest = yield _command("xrevrange", stream, "+", "-", count=1)
+    return _text(newest[0][0]) if newest else "0-0"
+
+
+def _warn_if_missing_steps(stream: str, where: str) -> Iterator:
+    """Steps of ``Client.warn_if_missing``: a warning when ``stream`` is not there, a debug line
+    when the server does not let this user look."""
+    try:
+        if not (yield _command("exists", stream)):
+            message = yield from _missing_message_steps(stream, where, "check the source name; waiting for it")
+            log.warning("%s", message)
+    except redis.RedisError:
+        log.debug("could not check that %s exists", stream, exc_info=True)
+
+
+def _missing_message_steps(stream: str, where: str,
+                           advice: str = "check the name, or follow it to wait for entries") -> Iterator:
+    found = yield from _matching_steps("*", most=50)
+    known = ", ".join(found[:10]) + (" ..." if len(found) > 10 else "") if found else "none"
+    return f"no stream {stream!r} at {where} (streams there: {known}) — {advice}"
 
 
 def _is_glob(name: str) -> bool:
@@ -1108,8 +1300,7 @@ def _events_stream_of(stream: str) -> str:
 
 
 def _newest(client: redis.Redis, stream: str) -> str:
-    newest = client.xrevrange(stream, "+", "-", count=1)
-    return _text(newest[0][0]) if newest else "0-0"
+    return _run(_newest_steps(stream), client)
 
 
 def _millis(entry_id: str) -> int:
@@ -1177,7 +1368,4 @@ def _refusal(error: redis.ResponseError, key: str, where: str) -> str:
 
 def _missing_stream_message(client: redis.Redis, stream: str,
                             advice: str = "check the name, or follow it to wait for entries") -> str:
-    found = sorted(_text(key) for key in itertools.islice(client.scan_iter(match="*", count=1000, _type="stream"), 50))
-    known = ", ".join(found[:10]) + (" ..." if len(found) > 10 else "") if found else "none"
-    return f"no stream {stream!r} at {redis_address(client)} (streams there: {known}) — {advice}"
-
+    return _run(_missing_message_steps(stream, redis_address(client), advice), client)

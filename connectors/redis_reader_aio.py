@@ -1,0 +1,266 @@
+"""The consumer SDK for asyncio (``segstream.client.aio``), on ``redis.asyncio``.
+
+    from segstream.client import aio
+
+    async with await aio.connect("redis://localhost:6379/0") as client:
+        async for entry in client.frames("cam0"):          # or ["cam0", "cam1"], "lobby-*"
+            print(entry.frame, entry.segments.labels)
+
+The same reads as ``segstream.client``'s, run by the same steps (``redis_reader``'s
+``_SubscriptionSteps``, ``_FanInSteps``, ``follow_newest``'s): the same entries (``Entry``,
+``EventEntry``), start positions, ``trimmed`` / ``lost`` / ``malformed`` counts, outages ridden
+out with a warning and backoff. Only the driver differs: each command is awaited. Cancelling the
+task that iterates ends the iteration; ``close()`` (or leaving ``async with``) closes the
+connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import redis
+import redis.asyncio
+
+from segstream.connectors.errors import SinkError
+from segstream.connectors.redis_connection import SentinelAuth, TlsFiles, connect_redis_async, redis_address
+from segstream.connectors.redis_reader import (
+    _MAX_BLOCK_MS, _REFUSED_LOGIN, _UNREACHABLE, Entry, EventEntry, _ClientBase, _Command, _Emit, _event_entry,
+    _FanInSteps, _frame_entry, _fresh, _key_in, _Pause, _required, _Stopped, _SubscriptionSteps, _text,
+    _warn_if_missing_steps, reader_options,
+)
+from segstream.connectors.redis_wire import DEFAULT_EVENTS_PATTERN, DEFAULT_STREAM_PATTERN, stream_name
+
+__all__ = ["Client", "FanIn", "Subscription", "connect"]
+
+
+async def connect(
+    url: str,
+    password: str | None = None,
+    *,
+    username: str | None = None,
+    tls: TlsFiles | None = None,
+    sentinel: SentinelAuth | None = None,
+    protocol: int | None = None,
+    max_block_ms: int = _MAX_BLOCK_MS,
+    stream_pattern: str = DEFAULT_STREAM_PATTERN,
+    events_pattern: str = DEFAULT_EVENTS_PATTERN,
+    reconnect_max_s: float = 5.0,
+    give_up_after_s: float | None = None,
+) -> Client:
+    """``segstream.client.connect`` for asyncio: the same URLs, credentials, TLS and Sentinel
+    settings, and the same one-line ``SinkError`` when Redis is unreachable or refuses now."""
+    client = await connect_redis_async(url, password, username=username, tls=tls, sentinel=sentinel,
+                                       protocol=protocol, **reader_options(max_block_ms))
+    return Client(client, stream_pattern=stream_pattern, events_pattern=events_pattern,
+                  reconnect_max_s=reconnect_max_s, give_up_after_s=give_up_after_s)
+
+
+class Client(_ClientBase):
+    """``segstream.client.Client`` on a ``redis.asyncio.Redis``: every read awaited, riding out
+    connection losses the same way; ``stop()`` ends iterations, ``close()`` also the connections."""
+
+    redis: redis.asyncio.Redis
+
+    def __init__(self, redis_client: redis.asyncio.Redis, *, stream_pattern: str = DEFAULT_STREAM_PATTERN,
+                 events_pattern: str = DEFAULT_EVENTS_PATTERN, reconnect_max_s: float = 5.0,
+                 give_up_after_s: float | None = None):
+        super().__init__(redis_client, stream_pattern=stream_pattern, events_pattern=events_pattern,
+                         reconnect_max_s=reconnect_max_s, give_up_after_s=give_up_after_s)
+        self._stopped = asyncio.Event()
+
+    def frames(self, source: str | list[str] | None = None, *, stream: str | list[str] | None = None,
+               start: str = "$", group: str | None = None, consumer: str | None = None,
+               claim_idle_ms: int | None = 60_000, count: int = 100, block_ms: int = 1000,
+               discover_s: float = 2.0) -> Subscription | FanIn:
+        """As ``segstream.client.Client.frames``; iterate with ``async for``. The reader takes its
+        start position ("$": the newest entry) when it first reads."""
+        return self._subscribe(self.stream_pattern, _frame_entry, source, stream, start=start, group=group,
+                               consumer=consumer, claim_idle_ms=claim_idle_ms, count=count, block_ms=block_ms,
+                               discover_s=discover_s)
+
+    def events(self, source: str | list[str] | None = None, *, stream: str | list[str] | None = None,
+               start: str = "$", group: str | None = None, consumer: str | None = None,
+               claim_idle_ms: int | None = 60_000, count: int = 100, block_ms: int = 1000,
+               discover_s: float = 2.0) -> Subscription | FanIn:
+        """As ``segstream.client.Client.events``; iterate with ``async for``."""
+        return self._subscribe(self.events_pattern, _event_entry, source, stream, start=start, group=group,
+                               consumer=consumer, claim_idle_ms=claim_idle_ms, count=count, block_ms=block_ms,
+                               discover_s=discover_s)
+
+    async def newest(self, source: str | None = None, *, stream: str | None = None,
+                     max_age_s: float | None = None) -> Entry | None:
+        """As ``segstream.client.Client.newest``."""
+        name = stream or stream_name(self.stream_pattern, _required(source))
+        if self._stopped.is_set():
+            return None
+        try:
+            reply = await self.call(self.redis.xrevrange, name, "+", "-", count=1)
+        except _Stopped:
+            return None
+        entry = _frame_entry(_text(reply[0][0]), name, reply[0][1], None) if reply else None
+        return entry if entry is not None and _fresh(entry, max_age_s) else None
+
+    async def follow_newest(self, source: str | list[str] | None = None, *, stream: str | list[str] | None = None,
+                            block_ms: int = 1000, max_age_s: float | None = None, idle_s: float | None = None,
+                            discover_s: float = 2.0) -> AsyncIterator[Entry | None]:
+        """As ``segstream.client.Client.follow_newest``: only the newest entry each time there is
+        a newer one (None after ``idle_s`` without one), until ``stop()`` or cancellation."""
+        names, pattern = self._newest_targets(source, stream, idle_s)
+        for name in names:
+            await self.warn_if_missing(name)
+        steps = self._follow_newest_steps(names, pattern, block_ms, max_age_s, idle_s, discover_s)
+        reply = None
+        try:
+            while not self._stopped.is_set():
+                step = steps.send(reply)
+                reply = None
+                if isinstance(step, _Emit):
+                    yield step.value
+                elif isinstance(step, _Pause):
+                    if await self._pause(step.seconds):
+                        return
+                else:
+                    reply = await self.call(getattr(self.redis, step.name), *step.args,
+                                            key=step.kwargs.get("match"), **step.kwargs)
+        except _Stopped:
+            return
+        finally:
+            steps.close()
+
+    async def warn_if_missing(self, stream: str) -> None:
+        await _run(_warn_if_missing_steps(stream, redis_address(self.redis)), self.redis)
+
+    def stop(self) -> None:
+        """End iterations and waits for Redis (from the event loop's thread)."""
+        self._stopped.set()
+
+    async def close(self) -> None:
+        self.stop()
+        await self.redis.aclose()
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    async def call(self, command: Callable, *args, on_reconnect: Callable[[], None] | None = None,
+                   key: str | None = None, **kwargs) -> Any:
+        """Await one Redis command, riding out connection losses as ``segstream.client.Client.call``."""
+        down_since = None
+        while True:
+            try:
+                reply = await command(*args, **kwargs)
+            except _REFUSED_LOGIN as error:
+                raise self._credentials_refused(error) from None
+            except _UNREACHABLE as error:
+                down_since = self._lost(error, down_since)
+                if await self._pause(self._backoff.next()):
+                    raise _Stopped() from None
+                continue
+            except redis.ResponseError as error:
+                raise self._refused(error, key or _key_in(args)) from None
+            if down_since is not None:
+                self._recovered(down_since)
+                if on_reconnect is not None:
+                    on_reconnect()
+            return reply
+
+    async def _pause(self, seconds: float) -> bool:
+        """Wait ``seconds``; True when ``stop()`` ended the wait."""
+        try:
+            await asyncio.wait_for(self._stopped.wait(), seconds)
+        except TimeoutError:
+            return False
+        return True
+
+
+async def _run(steps: Iterator, redis_client: redis.asyncio.Redis,
+               pause: Callable[[float], Any] | None = None) -> Any:
+    """``redis_reader._run`` with each command awaited."""
+    reply, error = None, None
+    try:
+        while True:
+            try:
+                step = steps.send(reply) if error is None else steps.throw(error)
+            except StopIteration as done:
+                return done.value
+            reply, error = None, None
+            if isinstance(step, _Pause):
+                if pause is not None and await pause(step.seconds):
+                    raise _Stopped()
+                continue
+            try:
+                reply = await getattr(redis_client, step.name)(*step.args, **step.kwargs)
+            except Exception as failed:  # noqa: BLE001 - handed to the steps, which raise what they do not expect
+                error = failed
+    finally:
+        steps.close()
+
+
+class _Feed:
+    """Reading on ``redis.asyncio``: what ``Subscription`` and ``FanIn`` add to their steps."""
+
+    client: Client
+    _started = False
+
+    async def read(self, count: int | None = None, block_ms: int | None = None) -> list:
+        """Up to ``count`` entries in stream order; waits up to ``block_ms`` when none are there
+        (None: returns at once). A malformed entry raises ``WireFormatError`` as the sync reader's."""
+        count = count or self.count
+        if self._is_stopped():
+            return []
+        try:
+            if not self._started:
+                await self.client.call(self._run, self._start_steps, key=self._about)
+                self._started = True
+            if self._held:
+                return self._take_held(count)
+            return await self.client.call(self._run, self._read_steps, count, block_ms,
+                                          on_reconnect=self._reconnected, key=self._about)
+        except _Stopped:
+            return []
+
+    async def __aiter__(self) -> AsyncIterator:
+        while not self._is_stopped():
+            for entry in await self.read(self.count, self.block_ms):
+                yield entry
+
+    def _run(self, make_steps: Callable[..., Iterator], *args):
+        return _run(make_steps(*args), self.client.redis, self._pause)
+
+    async def _pause(self, seconds: float) -> bool:
+        return await self.client._pause(seconds) or self._is_stopped()
+
+    def _is_stopped(self) -> bool:
+        return self._stop.is_set() or self.client._stopped.is_set()
+
+
+class Subscription(_Feed, _SubscriptionSteps):
+    """``segstream.client.Subscription`` for ``async for``: one stream, plainly or in a consumer
+    group (``await entry.ack()``), the same bookkeeping (``trimmed``, ``lost``, ``malformed``,
+    ``claimed``)."""
+
+    async def ack(self, *entries: Entry | EventEntry | str) -> int:
+        """Acknowledge entries (or entry ids) of this group; returns how many were pending."""
+        ids = self._ids(entries)
+        if not ids:
+            return 0
+        return int(await self.client.call(self.client.redis.xack, self.stream, self.group, *ids))
+
+    async def pending(self) -> int:
+        """Entries of the group delivered but not acknowledged, all consumers together."""
+        if self.group is None:
+            raise SinkError("pending() needs a subscription with a consumer group")
+        info = await self.client.call(self.client.redis.xpending, self.stream, self.group)
+        return int(info["pending"])
+
+
+class FanIn(_Feed, _FanInSteps):
+    """``segstream.client.FanIn`` for ``async for``: many streams, or a glob, in one XREAD."""
+
+
+Client._subscription_class = Subscription
+Client._fan_in_class = FanIn

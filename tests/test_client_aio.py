@@ -1,0 +1,212 @@
+"""The asyncio SDK (segstream.client.aio) reads what the sync one reads, in the same order, and
+rides out outages, cancellation and malformed entries the same way, against a real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import threading
+import time
+import warnings
+
+import pytest
+
+from segstream.client import WireFormatError, aio, connect
+from segstream.connectors.redis_sink import RedisPublisher
+from tests.redis_servers import RedisProcess, free_port
+from tests.test_redis_sink import tiny_scene
+
+
+@pytest.fixture
+def server(tmp_path):
+    # Append-only, fsync always: what was written before a restart is there after it.
+    with RedisProcess(tmp_path / "redis", ["--appendonly", "yes", "--appendfsync", "always"],
+                      port=free_port(27700, 27799)) as process:
+        yield process
+
+
+def publish(server, *entries: tuple[str, int]) -> None:
+    connection = server.client()
+    publisher = RedisPublisher(connection, max_batch_delay_s=0)
+    for source, index in entries:
+        publisher.publish(tiny_scene(source, index))
+        publisher.flush()
+        time.sleep(0.003)  # arrival order is Redis's clock's
+    publisher.close()
+    connection.close()
+
+
+async def take(iterable, wanted: int, timeout_s: float = 15.0) -> list:
+    got = []
+
+    async def collect():
+        async for item in iterable:
+            got.append(item)
+            if len(got) == wanted:
+                return
+
+    await asyncio.wait_for(collect(), timeout_s)
+    return got
+
+
+def sync_read(server, source, wanted: int) -> list:
+    client = connect(server.url)
+    reader, got = client.frames(source, start="0"), []
+    deadline = time.monotonic() + 10
+    while len(got) < wanted and time.monotonic() < deadline:
+        got += reader.read(block_ms=200)
+    client.close()
+    return got
+
+
+def test_frames_are_the_sync_readers_entries_in_the_same_order(server):
+    publish(server, *[("cam0", i) for i in range(6)])
+
+    async def main():
+        async with await aio.connect(server.url) as client:
+            return await take(client.frames("cam0", start="0"), 6)
+
+    got, expected = asyncio.run(main()), sync_read(server, "cam0", 6)
+    assert len(expected) == 6
+    assert [(e.id, e.frame, e.seq) for e in got] == [(e.id, e.frame, e.seq) for e in expected]
+    assert [e.frame for e in got] == list(range(6))
+    assert all((a.label_map == b.label_map).all() and list(a.segments.labels) == list(b.segments.labels)
+               for a, b in zip(got, expected))
+
+
+def test_many_sources_and_a_glob_come_in_arrival_order(server):
+    order = [("cam0", 0), ("cam1", 0), ("cam1", 1), ("cam2", 0), ("cam0", 1), ("cam2", 1)]
+    publish(server, *order)
+
+    async def main():
+        async with await aio.connect(server.url) as client:
+            listed = await take(client.frames(["cam0", "cam1", "cam2"], start="0"), 6)
+            globbed = await take(client.frames("cam*", start="0"), 6)
+            return listed, globbed
+
+    listed, globbed = asyncio.run(main())
+    assert [(e.source, e.frame) for e in listed] == order
+    assert [(e.source, e.frame) for e in globbed] == order
+    assert [e.id for e in listed] == [e.id for e in sync_read(server, ["cam0", "cam1", "cam2"], 6)]
+
+
+def test_newest_and_follow_newest_give_only_the_newest_entry(server):
+    publish(server, *[("cam0", i) for i in range(5)])
+
+    async def main():
+        async with await aio.connect(server.url) as client:
+            newest = await client.newest("cam0")
+            follower = client.follow_newest("cam0", block_ms=200)
+            first = await asyncio.wait_for(anext(follower), 10)
+            await asyncio.to_thread(publish, server, ("cam0", 5), ("cam0", 6), ("cam0", 7))
+            second = await asyncio.wait_for(anext(follower), 10)
+            await follower.aclose()
+            return newest, first, second
+
+    newest, first, second = asyncio.run(main())
+    assert (newest.frame, first.frame) == (4, 4)
+    assert second.frame == 7, "the entries between were skipped"
+
+
+def test_a_redis_restart_mid_iteration_is_ridden_out_with_one_warning(server, caplog):
+    publish(server, ("cam0", 0), ("cam0", 1))
+
+    def restart_and_publish():
+        server.kill()
+        time.sleep(1.5)
+        server.start()
+        publish(server, ("cam0", 2), ("cam0", 3))
+
+    async def main():
+        async with await aio.connect(server.url, max_block_ms=500) as client:
+            reader = client.frames("cam0", start="0", block_ms=200)
+            got = await take(reader, 2)
+            restarting = threading.Thread(target=restart_and_publish)
+            restarting.start()
+            got += await take(reader, 2, timeout_s=30)
+            restarting.join()
+            return got, client.reconnects
+
+    with caplog.at_level(logging.WARNING, logger="segstream.client"):
+        got, reconnects = asyncio.run(main())
+    assert [e.frame for e in got] == [0, 1, 2, 3]
+    assert reconnects >= 1
+    lost = [r for r in caplog.records if r.getMessage().startswith("lost Redis")]
+    assert len(lost) == 1, [r.getMessage() for r in caplog.records]
+
+
+def test_cancelling_the_reading_task_ends_cleanly_and_close_closes_the_connections(server):
+    publish(server, ("cam0", 0))
+    observer = server.client()
+
+    def readers() -> int:
+        return sum(1 for c in observer.client_list() if c.get("name") == "segstream-reader")
+
+    async def main():
+        client = await aio.connect(server.url)
+        got = []
+
+        async def read():
+            async for entry in client.frames("cam0", start="0", block_ms=5000):
+                got.append(entry)
+
+        task = asyncio.create_task(read())
+        while not got:
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.2)  # in the blocking XREAD now
+        during = await asyncio.to_thread(readers)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await client.close()
+        others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        return got, during, others
+
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        got, during, others = asyncio.run(main())
+        gc.collect()
+    assert [e.frame for e in got] == [0]
+    assert during >= 1, "the check would pass trivially without a reader connected"
+    assert others == []
+    assert readers() == 0
+    assert [str(w.message) for w in said] == []
+    observer.close()
+
+
+def test_a_malformed_entry_is_raised_named_counted_and_costs_only_itself(server):
+    publish(server, ("cam0", 0))
+    bad = server.client().xadd("segstream:cam0:frames", {b"v": b"999", b"junk": b"1"}).decode()
+    publish(server, ("cam0", 1))
+
+    async def main():
+        async with await aio.connect(server.url) as client:
+            reader = client.frames("cam0", start="0")
+            first = await reader.read(block_ms=1000)
+            with pytest.raises(WireFormatError) as raised:
+                await reader.read(block_ms=1000)
+            rest = await reader.read(block_ms=1000)
+            return first, raised.value, rest, reader.malformed
+
+    first, error, rest, malformed = asyncio.run(main())
+    assert [e.frame for e in first] == [0] and [e.frame for e in rest] == [1]
+    assert error.entry_id == bad and bad in str(error)
+    assert malformed == 1
+
+
+def test_a_consumer_group_shares_entries_and_ack_is_awaited(server):
+    publish(server, *[("cam0", i) for i in range(4)])
+
+    async def main():
+        async with await aio.connect(server.url) as client:
+            reader = client.frames("cam0", group="g", consumer="w1", start="0")
+            got = await take(reader, 4)
+            before = await reader.pending()
+            for entry in got:
+                await entry.ack()
+            return got, before, await reader.pending()
+
+    got, before, after = asyncio.run(main())
+    assert [e.frame for e in got] == [0, 1, 2, 3]
+    assert (before, after) == (4, 0)
