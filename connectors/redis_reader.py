@@ -18,7 +18,7 @@ zstandard only.
 
 from __future__ import annotations
 
-import itertools
+import contextlib
 import json
 import logging
 import math
@@ -101,8 +101,17 @@ class Entry:
     def label_map(self) -> np.ndarray:
         """height x width int32: each pixel's segment id, -1 where none is."""
         if self.result.label_map is None:
-            self.result.label_map = self._masks.label_map()
+            with self._naming_entry():
+                self.result.label_map = self._masks.label_map()
         return self.result.label_map
+
+    @contextlib.contextmanager
+    def _naming_entry(self) -> Iterator[None]:
+        """Masks are decoded on first use, after the entry was read: a damaged one names its entry."""
+        try:
+            yield
+        except WireFormatError as error:
+            raise WireFormatError(f"entry {self.id} of {self.stream}: {error}") from None
 
     @property
     def levels(self) -> list[Level]:
@@ -110,13 +119,16 @@ class Entry:
         ``label_map`` each); [] for entries of models without one."""
         levels = self.result.levels
         if levels and levels[0].label_map is None:
-            for level, label_map in zip(levels, self._masks.level_maps()):
-                level.label_map = label_map
+            with self._naming_entry():
+                for level, label_map in zip(levels, self._masks.level_maps()):
+                    level.label_map = label_map
         return levels
 
     def mask(self, segment_id: int) -> np.ndarray:
-        """height x width bool mask of one segment."""
-        return self._masks.mask(int(segment_id))
+        """height x width bool mask of one segment; a ``WireFormatError`` naming the entry when its
+        mask is damaged."""
+        with self._naming_entry():
+            return self._masks.mask(int(segment_id))
 
     def track_mask(self, track_id: int) -> np.ndarray:
         """The mask of the segment that carries ``track_id``; KeyError if none does (and for

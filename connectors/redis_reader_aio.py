@@ -26,7 +26,7 @@ import redis.asyncio
 from segstream.connectors.errors import SinkError
 from segstream.connectors.redis_connection import SentinelAuth, TlsFiles, connect_redis_async, redis_address
 from segstream.connectors.redis_reader import (
-    _MAX_BLOCK_MS, _REFUSED_LOGIN, _UNREACHABLE, Entry, EventEntry, _ClientBase, _Command, _Emit, _event_entry,
+    _MAX_BLOCK_MS, _REFUSED_LOGIN, _UNREACHABLE, Entry, EventEntry, _ClientBase, _Emit, _event_entry,
     _FanInSteps, _frame_entry, _fresh, _key_in, _Pause, _required, _Stopped, _SubscriptionSteps, _text,
     _warn_if_missing_steps, reader_options,
 )

@@ -344,9 +344,14 @@ def _event_data(event: Event) -> str:
 def event_from_wire(fields: Mapping[bytes | str, bytes | str]) -> Event:
     """Read an events-stream entry; rejects versions other than 1 and malformed entries."""
     entry = {_text(key): _text(value) for key, value in fields.items()}
-    if entry.get("v") != str(SCHEMA_VERSION):
+    if "v" not in entry:
         raise WireFormatError(
-            f"events entry is schema v{entry.get('v', '?')} but this reader understands v{SCHEMA_VERSION} only"
+            f"events entry has no 'v' field (fields: {', '.join(sorted(entry)) or 'none'}) — it was not written by "
+            f"segstream schema v{SCHEMA_VERSION}"
+        )
+    if entry["v"] != str(SCHEMA_VERSION):
+        raise WireFormatError(
+            f"events entry is schema v{entry['v']} but this reader understands v{SCHEMA_VERSION} only"
         )
     missing = [name for name in ("source", "event", "ts", "data") if name not in entry]
     if missing:

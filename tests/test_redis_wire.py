@@ -373,3 +373,23 @@ def test_one_mask_decodes_alone_and_equals_the_label_maps(mask_encoding):
     np.testing.assert_array_equal(masks.label_map(), result.label_map)
     with pytest.raises(KeyError):
         masks.mask(999)
+
+
+def test_an_events_entry_without_a_version_says_so_and_lists_its_fields():
+    from segstream.connectors.redis_wire import event_from_wire
+
+    with pytest.raises(WireFormatError, match=r"events entry has no 'v' field \(fields: foo\) — it was not written"):
+        event_from_wire({"foo": "bar"})
+
+
+def test_a_damaged_mask_decoded_later_names_its_entry():
+    from segstream.connectors.redis_reader import Entry
+    from segstream.connectors.redis_wire import read_entry
+
+    fields = to_wire(synthetic_scene(), "rle")
+    segments = json.loads(fields["segments"])
+    segments[0]["rle"]["counts"] = segments[0]["rle"]["counts"][:-1] + "\x7f"  # cut inside a number
+    fields["segments"] = json.dumps(segments)
+    entry = Entry("1700000000000-0", "segstream:cam0:frames", *read_entry(fields))  # its metadata reads fine
+    with pytest.raises(WireFormatError, match=r"^entry 1700000000000-0 of segstream:cam0:frames: segment"):
+        entry.mask(segments[0]["id"])
