@@ -598,9 +598,15 @@ class AVInput:
                        decoded_at=time.monotonic(), gap_s=self._gaps.gap_s - before)
 
     def close(self) -> None:
+        container, self.container = self.container, None
         try:
-            self.container.close()
+            if container is not None:
+                container.close()
         finally:
+            # the decoder's threads live as long as its codec context, which lives as long as
+            # anything holds the stream: a retired input kept by its source (a source removed from
+            # the run, the session before a reconnect) must not keep them
+            self.stream = None
             if self._relay is not None:
                 self._relay.close()
 

@@ -181,10 +181,12 @@ def _parser() -> argparse.ArgumentParser:
     reload = commands.add_parser(
         "reload", help="apply a running pipeline's config file again: its sources added, removed or restarted, its "
                        "filters (the run's config needs ops.reload: true)")
-    reload.add_argument("config", type=Path, metavar="CONFIG", help="the config file the run was started with")
-    overrides(reload)
+    reload.add_argument("config", type=Path, metavar="CONFIG",
+                        help="the config file the run was started with (the run reads and checks it, with its own "
+                             "--set overrides and environment; here only its ops.http is read)")
     reload.add_argument("--ops", metavar="HOST:PORT",
-                        help="where the run serves its endpoints (default: the config's ops.http)")
+                        help="where the run serves its endpoints (default: the config's ops.http; give it when that "
+                             "key changed in the file since the run started)")
     reload.set_defaults(command=_reload)
 
     validate = commands.add_parser("validate", help="check a config without running it")
@@ -449,19 +451,17 @@ def _reload(args: argparse.Namespace) -> int:
     import urllib.request
 
     from segstream.pipeline.config import _host_port
-    from segstream.pipeline.reload import REMOVE_WAIT_S
+    from segstream.pipeline.reload import REMOVE_WAIT_S, ops_address
 
-    cfg = load_checked_config(args.config, args.overrides)  # its mistakes said here, in full
+    # The run reads and checks the file, with its own overrides and environment (a camera's
+    # password may be in the run's environment only): here, only where it listens is read.
     if args.ops is not None:
         try:
             host, port = _host_port(args.ops)
         except ValueError as error:
             raise SegstreamError(f"--ops: {error}") from None
-    elif cfg.ops.address is None:
-        raise ConfigError(f"{args.config}: ops.http is null, so the run serves no endpoint to reload through — "
-                          "give its address with --ops HOST:PORT")
     else:
-        host, port = cfg.ops.address
+        host, port = ops_address(args.config)
     if port == 0:
         raise ConfigError(f"{args.config}: ops.http picks a free port (0) — give the one the run took (its first "
                           "lines say) with --ops HOST:PORT")
@@ -472,7 +472,11 @@ def _reload(args: argparse.Namespace) -> int:
         with urllib.request.urlopen(request, timeout=REMOVE_WAIT_S + 30) as answer:
             line = answer.read().decode(errors="replace").strip()
     except urllib.error.HTTPError as error:
-        raise SegstreamError(error.read().decode(errors="replace").strip() or f"{url} answered {error.code}") from None
+        line = error.read().decode(errors="replace").strip() or f"{url} answered {error.code}"
+        if line.startswith("reloaded:"):  # applied in part: what was, and what takes a restart
+            print(line)
+            return 1
+        raise SegstreamError(line) from None
     except (urllib.error.URLError, OSError) as error:
         why = getattr(error, "reason", error)
         raise SegstreamError(f"no segstream run answers at {url} ({getattr(why, 'strerror', None) or why}): is it "

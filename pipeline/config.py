@@ -928,6 +928,12 @@ class BatchPipelineConfig(PipelineConfig):
         return self
 
 
+def config_folder(path: str | Path) -> Path:
+    """The folder a config file's relative paths start from: the one it is in as named (a link's
+    own, as docker-compose takes it), not the one a link leads to."""
+    return Path(os.path.abspath(path)).parent
+
+
 def _led_to(path: str, resolved: Path) -> str:
     """Where a path as written led, for a message, when that reads differently."""
     return "" if str(resolved) == path else f" ({resolved})"
@@ -935,12 +941,14 @@ def _led_to(path: str, resolved: Path) -> str:
 
 def _resolve(path: str, info: ValidationInfo) -> Path:
     """Relative paths in a config file are relative to that file's directory (as in
-    docker-compose), so a config works from wherever segstream is started."""
+    docker-compose), so a config works from wherever segstream is started. Made absolute, not
+    followed through links: a Kubernetes ConfigMap's files are links into a folder that each
+    update replaces, and a run reloading its config must find the same paths."""
     candidate = Path(path).expanduser()
     base = (info.context or {}).get("base_dir") if info is not None else None
     if base is not None and not candidate.is_absolute():
         candidate = Path(base) / candidate
-    return candidate.resolve() if candidate.exists() else candidate
+    return Path(os.path.abspath(candidate))
 
 
 def json_schema() -> dict:
@@ -964,7 +972,7 @@ def load_config(
         folder = Path(base_dir or ".").resolve()
     else:
         raw = raw_config_data(path, overrides)
-        folder = Path(base_dir).resolve() if base_dir is not None else Path(path).resolve().parent
+        folder = config_folder(path) if base_dir is None else Path(os.path.abspath(base_dir))
     if problem := _redis_url_left_empty(raw):
         raise ConfigError(problem)
     return validate_config(interpolate(raw), base_dir=folder, schema=schema)
@@ -995,7 +1003,7 @@ def load_checked_config(
     raw = raw_config_data(path, overrides)  # a YAML error stops here
     unset: list[tuple[list, str]] = []
     data = interpolate(raw, problems=unset)  # an unset variable does not hide the other mistakes
-    base_dir = Path(path).resolve().parent
+    base_dir = config_folder(path)
     lines = _problem_lines(unset, raw)
     if problem := _redis_url_left_empty(raw):
         lines.append(problem)

@@ -87,6 +87,7 @@ class Batcher:
         self._next = 0  # where the next round-robin pass starts
         self._taken = 0  # batches handed out: each gets the next sequence number
         self._forming = threading.Lock()
+        self.retired: set[int] = set()  # queues of sources removed from the run: left out of newest()
 
     def put(self, i: int, frame: Frame, live: bool | None = None) -> None:
         policy = self.policies[i]
@@ -197,14 +198,18 @@ class Batcher:
         shown = self.newest()
         if not total:
             return " ".join(f"{self.names[i]}={len(self.queues[i])}/{self.sizes[i]}" for i in shown)
+        if not shown:
+            return "0/0"
         lengths = {i: len(self.queues[i]) for i in shown}
         fullest = max(shown, key=lambda i: lengths[i] / max(1, self.sizes[i]))
         return (f"{sum(lengths.values())}/{sum(self.sizes[i] for i in shown)} (fullest {self.names[fullest]} "
                 f"{lengths[fullest]}/{self.sizes[fullest]})")
 
     def newest(self) -> list[int]:
-        """Each source name's newest queue (a source removed and added again has two), in order."""
-        return sorted({name: i for i, name in enumerate(self.names[:len(self.open)])}.values())
+        """Each source name's newest queue (a source removed and added again has two), in order;
+        none of a source removed (and not added again)."""
+        newest = {name: i for i, name in enumerate(self.names[:len(self.open)])}
+        return sorted(i for i in newest.values() if i not in self.retired)
 
 
 @dataclass(frozen=True, slots=True)

@@ -209,6 +209,7 @@ class RunMetrics:
         self.last_published: float | None = None  # and of its last write
         # thread name -> (monotonic time of its last progress, why it waits now or None if working)
         self.heartbeats: dict[str, tuple[float, str | None]] = {}
+        self.retired: set[str] = set()  # sources removed from the run: not on /metrics (see retire)
         self.gauges: dict[str, Gauge] = {}
         self.model_ready = False  # the model is loaded and warmed up: frames may come
 
@@ -258,7 +259,19 @@ class RunMetrics:
         with self._lock:
             before = counts.copy()
             counts.state, counts.reason = None, ""
+            self.retired.discard(name)
         return before
+
+    def retire(self, name: str) -> None:
+        """A source removed from the run has ended: its series leave /metrics (the run's report
+        keeps its counts), so that cameras coming and going do not grow the page for good."""
+        with self._lock:
+            self.retired.add(name)
+            self.heartbeats.pop(decode_thread(name), None)
+
+    def exposed(self) -> dict[str, SourceCounts]:
+        """``snapshot()`` of the sources whose series /metrics shows (all but the retired)."""
+        return {name: counts for name, counts in self.snapshot().items() if name not in self.retired}
 
     def gaps(self, name: str, seconds: float) -> None:
         """A source's own total of gaps in its stream (``gap_s``), in seconds."""

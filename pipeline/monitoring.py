@@ -101,7 +101,7 @@ def _source_states(metrics: RunMetrics) -> dict[str, str]:
     """Each source's state: the one the source reports where it does (``SourceCounts.state``),
     else streaming from its first decoded frame until its decode thread ends."""
     states = {}
-    for name, counts in metrics.snapshot().items():
+    for name, counts in metrics.exposed().items():
         reported = getattr(counts, "state", None)
         if reported is not None:
             states[name] = str(reported)
@@ -138,7 +138,7 @@ class RunMetricsCollector(Collector):
 
     def collect(self) -> Iterator:
         m = self.metrics
-        counts = m.snapshot()
+        counts = m.exposed()
         decoded = CounterMetricFamily(f"{PREFIX}_frames_decoded", "Frames decoded, per source.", labels=["source"])
         published = CounterMetricFamily(
             f"{PREFIX}_frames_published",
@@ -216,7 +216,8 @@ class RunMetricsCollector(Collector):
             f"{PREFIX}_capture_to_publish_seconds", "From a frame's capture to its entry being written, per source.",
             labels=["source"])
         for source, window in sorted(m.source_latencies().items()):
-            _add_histogram(capture, [source], window)
+            if source not in m.retired:
+                _add_histogram(capture, [source], window)
         yield capture
         model = HistogramMetricFamily(f"{PREFIX}_model_batch_seconds",
                                       "Upload, pre-processing and network time of each batch.")

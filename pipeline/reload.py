@@ -18,8 +18,11 @@ import threading
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from segstream.connectors.errors import SegstreamError
+from pydantic import ValidationError
+
+from segstream.connectors.errors import ConfigError, SegstreamError
 from segstream.pipeline.config import PipelineConfig, SourceConfig
 from segstream.pipeline.engine import BufferPolicy
 
@@ -27,6 +30,7 @@ log = logging.getLogger(__name__)
 
 # The sections a reload leaves as they run.
 RESTART_SECTIONS = ("model", "engine", "tracking", "stages", "sinks", "ops", "batch")
+MAX_REASONS = 3  # the mistakes a refusal's line names
 REMOVE_WAIT_S = 60.0  # how long a reload waits for a removed source's queued frames to drain
 
 
@@ -68,6 +72,24 @@ def plan(running: PipelineConfig, new: PipelineConfig) -> Plan:
     return out
 
 
+def ops_address(path: str | Path) -> tuple[str, int]:
+    """Where a run of the config at ``path`` serves its endpoints (its ``ops.http``, with
+    ``${VAR}`` from this environment): a ``ConfigError`` naming what stops that being known."""
+    from segstream.pipeline.config import OpsConfig, interpolate, read_yaml
+
+    try:
+        ops = OpsConfig.model_validate(interpolate(read_yaml(path).get("ops") or {}))
+    except (ConfigError, ValidationError) as error:
+        why = "; ".join(str(error).splitlines()[:1]) if isinstance(error, ConfigError) else \
+            "; ".join(f"ops.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+        raise ConfigError(f"{path}: where the run listens cannot be read ({why}) — give it with --ops HOST:PORT; "
+                          "nothing was sent") from None
+    if ops.address is None:
+        raise ConfigError(f"{path}: ops.http is null, so the run serves no endpoint to reload through — give its "
+                          "address with --ops HOST:PORT")
+    return ops.address
+
+
 class Reloader:
     """Applies the config that ``load()`` reads to ``runtime``'s sources, one reload at a time;
     called with no arguments, returns (applied, the line that says what happened)."""
@@ -76,23 +98,26 @@ class Reloader:
         self.runtime = runtime
         self.running = running  # the config whose sources and filters run now
         self.load = load
-        self.outcomes: Counter[str] = Counter({"applied": 0, "refused": 0})
+        self.outcomes: Counter[str] = Counter({"applied": 0, "partly": 0, "refused": 0})
         self._lock = threading.Lock()
-        runtime.metrics.counter("config_reloads", "Reloads of the config's sources (POST /reload), applied or "
-                                "refused (a mistake in the config, a source that cannot open: nothing changed).",
+        runtime.metrics.counter("config_reloads", "Reloads of the config file (POST /reload): applied; partly (a "
+                                "section that takes a restart changed, or a source could not be taken out in time); "
+                                "refused (a mistake in the file, a file source whose file is missing: nothing "
+                                "changed).",
                                 ("outcome",), lambda: {(outcome,): n for outcome, n in self.outcomes.items()})
 
     def __call__(self) -> tuple[bool, str]:
+        """(True when all of the file now runs, the line that says what happened)."""
         if not self._lock.acquire(blocking=False):
             return False, "a reload is under way already: try again once it has ended"
         try:
-            applied, line = self._reload()
+            outcome, line = self._reload()
         finally:
             self._lock.release()
-        self.outcomes["applied" if applied else "refused"] += 1
-        return applied, line
+        self.outcomes[outcome] += 1
+        return outcome == "applied", line
 
-    def _reload(self) -> tuple[bool, str]:
+    def _reload(self) -> tuple[str, str]:
         from segstream.pipeline.builders import build_source
         from segstream.pipeline.filtering import segment_filters
 
@@ -140,10 +165,15 @@ class Reloader:
         line = changes.line(len(new.sources) - len(changes.added) - len(changes.restarted) - len(changes.refiltered))
         if problems:
             line += "; but " + "; ".join(problems)
-        (log.warning if changes.not_applied or problems else log.info)("%s", line)
-        return not problems, line
+        partly = bool(changes.not_applied or problems)
+        (log.warning if partly else log.info)("%s", line)
+        return ("partly" if partly else "applied"), line
 
-    def _refused(self, why: str) -> tuple[bool, str]:
+    def _refused(self, why: str) -> tuple[str, str]:
+        lines = why.split("; ")
+        if len(lines) > MAX_REASONS:  # one mistake copied into many cameras is one line's worth
+            why = "; ".join([*lines[:MAX_REASONS], f"and {len(lines) - MAX_REASONS} more (segstream validate lists "
+                                                   "them all)"])
         line = f"reload refused, the run goes on unchanged: {why}"
         log.warning("%s", line)
-        return False, line
+        return "refused", line

@@ -249,6 +249,7 @@ class RunReport:
             + (f" abandoned {s.abandoned}" if s.abandoned else "")
             + (f" DAMAGED, about {s.missing} frames missing" if s.missing else "")
             + (" FAILED" if s.state == "failed" else "")  # the reason is in ``failed``, printed on its own line
+            + (" (removed)" if s.state == "ended" and s.reason.startswith("removed") else "")
             + (self._source_latency(name) if many else "")
             for name, s in self.sources.items()
         ]
@@ -445,9 +446,9 @@ class Runtime:
         max_bytes = None if frame_budget_mb is None else int(frame_budget_mb * 2**20)
         self._batcher = Batcher(names, sizes, self.metrics, self.buffers, max_bytes)
         self.states = SourceStates(self.metrics, self._state_event if publish_states else None)
-        for source in self.sources:
+        for i, source in enumerate(self.sources):
             if hasattr(source, "on_state"):  # it reports its own states
-                source.on_state = self.states.listener(source.name)
+                source.on_state = self._listener(i, source.name)
         self._aborted = threading.Event()
         # a second signal (KeyboardInterrupt in run()): even results ready for the sinks are abandoned
         self._interrupted = False
@@ -589,16 +590,16 @@ class Runtime:
             if self._decode_size is not None and hasattr(source, "decode_size"):
                 source.decode_size = self._decode_size
             if hasattr(source, "on_state"):
-                source.on_state = self.states.listener(name, epoch)
+                source.on_state = self._listener(i, name, epoch)
             self.set_filter(name, segment_filter)
             (self.required.add if required else self.required.discard)(name)
             self.buffers.append(policy)
             self._source_names.add(name)
             self.sources.append(source)
+            log.info("source %s added%s", name, f" (epoch {epoch}: it goes on from the source that had its name)"
+                     if earlier else "")
             if self._decoders_started:
                 _start(self._decoder(i, source))
-        log.info("source %s added%s", name, f" (epoch {epoch}: it goes on from the source that had its name)"
-                 if earlier else "")
 
     def remove_source(self, name: str, wait_s: float | None = None) -> bool:
         """Close the running source ``name`` (any thread): frames it decoded drain through the model,
@@ -631,9 +632,17 @@ class Runtime:
                 self._settled_cond.wait(min(left, 0.1))
         return i in self._settled
 
-    def _removed_names(self) -> set[str]:
-        """The names of sources removed from the run and not added again."""
-        return {self.sources[i].name for i in self._removed} - set(self.running_sources())
+    def _listener(self, i: int, name: str, epoch: int = 0) -> Callable[..., None]:
+        """The ``on_state`` of source ``i``, which reports its own states: a removed one's end
+        (``stopped``, to the source: it was closed) is said to be ``removed``."""
+        listener = self.states.listener(name, epoch)
+
+        def on_state(state: str, reason: str, data: dict[str, Any], quiet: bool = False) -> None:
+            if state == "ended" and i in self._removed and reason.startswith("stopped"):
+                reason = "removed" + reason.removeprefix("stopped")
+            listener(state, reason, data, quiet)
+
+        return on_state
 
     def set_filter(self, name: str, segment_filter: SegmentFilter | None) -> None:
         """Filter source ``name``'s segments with ``segment_filter`` (None: not at all) from its
@@ -681,9 +690,6 @@ class Runtime:
             NamedThread(target=self._model, args=(w,), name=f"{THREAD_PREFIX}model{w or ''}", daemon=True)
             for w in range(self.model_workers)
         ]
-        with self._sources_lock:
-            for i, source in enumerate(self.sources):
-                self._decoder(i, source)
         threads += [
             NamedThread(target=self._post, name=f"{THREAD_PREFIX}post", daemon=True),
             NamedThread(target=self._stage, name=f"{THREAD_PREFIX}stage", daemon=True),
@@ -699,8 +705,8 @@ class Runtime:
             for t in threads[1:]:
                 _start(t)
             with self._sources_lock:  # sources added from now on start at once
-                for decoder in self._decoders.values():
-                    _start(decoder)
+                for i, source in enumerate(self.sources):
+                    _start(self._decoder(i, source))
                 self._decoders_started = True
             last_progress = last_watch = start
             while alive := [t for t in [*threads, *self._decoders.values()]
@@ -1031,6 +1037,10 @@ class Runtime:
             with self._settled_cond:
                 settled.add(i)
                 self._settled_cond.notify_all()
+            if i in self._removed:  # gone from the status line, the queues and /metrics (not from the report)
+                self._batcher.retired.add(i)
+                if not any(s.name == source.name for s in self.sources[i + 1:]):
+                    self.metrics.retire(source.name)
             if not self._to_sinks.put(SourceEnd(source.name, events)):
                 return False
         return True
@@ -1142,9 +1152,10 @@ class Runtime:
         counter("track_capacity_refused", "Segments left without a track id: the tracker held tracking.max_tracks.",
                 ("source",), lambda: {(name,): sum(getattr(stage, "capacity_refused", 0)
                                                    for stage in self._stages.get(name, ()))
-                                      for name in self._source_names})
+                                      for name in self._source_names if name not in self.metrics.retired})
         counter("segments_filtered", "Segments a source's filters dropped before the tracker and the sinks, by reason "
-                "(class, score, roi, min_area).", ("source", "reason"), lambda: dict(self.filtered))
+                "(class, score, roi, min_area).", ("source", "reason"),
+                lambda: {key: n for key, n in self.filtered.items() if key[0] not in self.metrics.retired})
         gauge("source_info", "1 for the format each source streams now (as decoded); a new series when it changes.",
               ("source", "codec", "width", "height"), lambda: {
                   (source.name, info.codec, str(info.width), str(info.height)): 1
@@ -1152,7 +1163,7 @@ class Runtime:
         gauge("source_lag_seconds", "How far a live source's newest decoded frame is behind its stream's own clock: "
               "the wall time since its timestamps began (this epoch) minus the stream time since; back-pressure "
               "(buffer every_frame behind a slower model) makes it grow.", ("source",),
-              lambda: {(name,): lag for name, lag in self.lags.items() if name not in self._removed_names()})
+              lambda: {(name,): lag for name, lag in self.lags.items() if name not in self.metrics.retired})
         gauge("source_nominal_fps", "The frame rate each source's stream says it has (where it says one).",
               ("source",), lambda: {(source.name,): info.fps for source, info in self._source_infos()
                                     if info.fps})
@@ -1319,15 +1330,17 @@ class Runtime:
         return (
             f"segstream: {report.handed} frames, {rates}, {report.dropped} dropped{skipped}{latency}, "
             f"queues {self._batcher.depths(len(self.sources) > MANY_SOURCES)} in flight {self._to_post.qsize()}, "
-            f"sources {self._states_line(report)}{sinks}"
+            f"sources {self._states_line(report, self.metrics.retired)}{sinks}"
         )
 
     @staticmethod
-    def _states_line(report: RunReport) -> str:
-        """``streaming 7, reconnecting 1 (cam3)``: sources per state, named unless streaming."""
+    def _states_line(report: RunReport, removed: Collection[str] = ()) -> str:
+        """``streaming 7, reconnecting 1 (cam3)``: sources per state, named unless streaming;
+        sources ``removed`` from the run left out."""
         by_state: dict[str, list[str]] = {}
         for name, source in report.sources.items():
-            by_state.setdefault(source.state, []).append(name)
+            if name not in removed:
+                by_state.setdefault(source.state, []).append(name)
 
         def named(names: list[str]) -> str:  # 50 cameras down are not 50 names every status interval
             shown = names if len(names) <= STATE_NAMES_SHOWN else names[:STATE_NAMES_SHOWN - 1]

@@ -161,3 +161,72 @@ def test_a_source_added_before_the_run_starts_runs_with_the_others(clip):
     runtime.add_source(FileSource("b", str(clip)), queue_size=2)
     report = runtime.run()
     assert sink.indices("a") == sink.indices("b") == list(range(40)) and report.balanced
+
+
+def _threads() -> int:
+    import os
+
+    return len(os.listdir("/proc/self/task"))  # FFmpeg's decoder threads are no Python threads
+
+
+def test_a_decoding_source_removed_and_added_again_leaves_no_threads_behind():
+    # found probing: each removal of a streaming camera left its decoder's threads (and memory)
+    # until the run ended: the live source kept its retired input, which held the codec context
+    from segstream.connectors.live_source import ReconnectPolicy
+    from segstream.connectors.stream_source import StreamSource
+    from tests.live_servers import FfmpegStream, free_port
+
+    port = free_port()
+    url = f"udp://127.0.0.1:{port}"
+    policy = ReconnectPolicy(open_timeout_s=5, read_timeout_s=2, stall_timeout_s=3, delay_s=0.2, max_delay_s=1)
+    sink = CollectingSink()
+    run = _Running(_runtime([SquareCamera("keep")], sink))
+    with FfmpegStream(["-f", "mpegts", f"{url}?pkt_size=1316"], gop=5):
+
+        def cycle(k: int) -> None:
+            before = len(sink.indices("cam"))
+            run.runtime.add_source(StreamSource("cam", url, policy=policy))
+            _wait(lambda: len(sink.indices("cam")) >= before + 3, 20)
+            assert run.runtime.remove_source("cam", wait_s=10)
+
+        def settled() -> int:  # each removed input is closed by its capture thread once FFmpeg returns
+            counts = [_threads()]
+            for _ in range(60):
+                time.sleep(0.1)
+                counts.append(_threads())
+                if counts[-1] == counts[-6:][0] and len(counts) > 6:
+                    break
+            return counts[-1]
+
+        cycle(0)
+        base = settled()  # with what the first camera started once for the process (a pause watch)
+        for k in range(1, 5):
+            cycle(k)
+        after = settled()
+    run.stop()
+    assert after <= base, (base, after)
+    # a source that reports its own states: its end, closed by the removal, is said to be one
+    ends = [reason for state, reason in _states(sink, "cam") if state == "ended"]
+    assert len(ends) == 5 and all(reason == "removed" for reason in ends), ends
+
+
+def test_a_removed_source_leaves_the_status_line_the_queues_and_metrics_but_not_the_report():
+    from prometheus_client.core import CollectorRegistry
+    from prometheus_client.exposition import generate_latest
+
+    from segstream.pipeline.monitoring import RunMetricsCollector
+
+    sink = CollectingSink()
+    run = _Running(_runtime([SquareCamera("gone"), SquareCamera("stays")], sink))
+    _wait(lambda: len(sink.indices("gone")) >= 3)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(RunMetricsCollector(run.runtime.metrics, 60))
+    assert 'source="gone"' in generate_latest(registry).decode()
+    assert run.runtime.remove_source("gone", wait_s=10)
+    line = run.runtime._progress_line(1.0)
+    page = generate_latest(registry).decode()
+    report = run.stop()
+    assert "gone" not in line and "stays=" in line, line
+    assert 'source="gone"' not in page and 'source="stays"' in page
+    assert "decode-gone" not in page  # its thread ended: no heartbeat series either
+    assert f"gone {report.sources['gone'].published}/{report.sources['gone'].decoded} (removed)" in report.summary()
