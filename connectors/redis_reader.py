@@ -682,8 +682,8 @@ class Subscription(_Feed):
                         about, missed, evidence, self.lost)
             return
         self.trimmed += missed
-        log.warning("%s: %s%d entries were trimmed away by the stream's MAXLEN before this reader got them "
-                    "(%d so far) — read faster, or raise sinks.redis.maxlen", self.stream, about, missed,
+        log.warning("%s: %s%d entries were trimmed away by the stream's MAXLEN or max_age_s before this reader got "
+                    "them (%d so far) — read faster, or raise sinks.redis.maxlen (and max_age_s)", self.stream, about, missed,
                     self.trimmed)
 
     def _not_trimming(self, redis_client: redis.Redis, group_lost: bool) -> str | None:
@@ -721,8 +721,8 @@ class Subscription(_Feed):
 
     def _lost_to_trimming(self, count: int) -> None:
         self.trimmed += count
-        log.warning("%d pending entries of %s (group %s) were trimmed away by the stream's MAXLEN before they were "
-                    "processed (%d so far) — raise sinks.redis.maxlen, or add consumers", count, self.stream,
+        log.warning("%d pending entries of %s (group %s) were trimmed away by the stream's MAXLEN or max_age_s before "
+                    "they were processed (%d so far) — raise sinks.redis.maxlen (and max_age_s), or add consumers", count, self.stream,
                     self.group, self.trimmed)
 
     def _reconnected(self) -> None:
