@@ -81,6 +81,7 @@ class FilesSink:
         self._opened: set[str] = set()  # paths this run has had open: reopening one never stops the run
         self._last_error = ""
         self.reconnects = 0  # times every file wrote again after writes had failed
+        self.bytes_written = 0  # bytes of the lines written (entries and events)
         self._down_since: float | None = None  # monotonic time of the first failed write of a failing spell
         self._down_s = 0.0  # seconds of failing spells that ended
         self._down_lock = threading.Lock()  # _down_s and _down_since change together for down_seconds
@@ -172,6 +173,7 @@ class FilesSink:
                     stale.close()
             return False
         self._wrote = True
+        self.bytes_written += len(data)
         self._lines[key] = self._lines.get(key, 0) + 1
         if key in self._failing:
             log.warning("writing to '%s' again after %d dropped entries", path, self._failing.pop(key))

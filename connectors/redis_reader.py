@@ -781,9 +781,9 @@ class _SubscriptionSteps(_FeedSteps):
                         about, missed, evidence, self.lost)
             return
         self.trimmed += missed
-        log.warning("%s: %s%d entries were trimmed away by the stream's MAXLEN before this reader got them "
-                    "(%d so far) — read faster, or raise sinks.redis.maxlen", self.stream, about, missed,
-                    self.trimmed)
+        log.warning("%s: %s%d entries were trimmed away by the stream's MAXLEN or max_age_s before this reader got "
+                    "them (%d so far) — read faster, or raise sinks.redis.maxlen (and max_age_s)", self.stream, about,
+                    missed, self.trimmed)
 
     def _not_trimming_steps(self, group_lost: bool) -> Iterator:
         """What shows that a gap is no trimming (None: nothing does): the group was lost with
@@ -820,9 +820,9 @@ class _SubscriptionSteps(_FeedSteps):
 
     def _lost_to_trimming(self, count: int) -> None:
         self.trimmed += count
-        log.warning("%d pending entries of %s (group %s) were trimmed away by the stream's MAXLEN before they were "
-                    "processed (%d so far) — raise sinks.redis.maxlen, or add consumers", count, self.stream,
-                    self.group, self.trimmed)
+        log.warning("%d pending entries of %s (group %s) were trimmed away by the stream's MAXLEN or max_age_s "
+                    "before they were processed (%d so far) — raise sinks.redis.maxlen (and max_age_s), or add "
+                    "consumers", count, self.stream, self.group, self.trimmed)
 
     def _reconnected(self) -> None:
         if self.group is not None:

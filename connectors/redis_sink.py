@@ -88,6 +88,10 @@ class _Unanswered:
 class RedisPublisher:
     """The Redis sink: ``XADD <stream> MAXLEN ~ maxlen * <fields>`` per frame, pipelined.
 
+    With ``max_age_s``, each batch also trims the streams it writes (frames and events alike) of
+    entries more than that many seconds older than the stream's newest one, by Redis's clock
+    (``XTRIM <stream> MINID ~ <id>`` in the same MULTI/EXEC; Redis 6.2 or newer, checked at start).
+
     Entries wait in an outgoing queue until ``pipeline_size`` of them are there, the oldest has
     waited ``max_batch_delay_s`` (checked by ``publish`` and ``poll``, which the runtime calls
     when that delay runs out even if no frame follows), or ``flush()`` is called; a batch goes out
@@ -128,6 +132,7 @@ class RedisPublisher:
         reconnect_max_s: float = 5.0,
         drain_timeout_s: float = 10.0,
         run_id: str = "",
+        max_age_s: float | None = None,
     ) -> None:
         if mask_encoding not in MASK_ENCODINGS:
             raise ConfigError(
@@ -145,10 +150,14 @@ class RedisPublisher:
                 raise ConfigError(f"sinks.redis.{key} {pattern!r} may use only the {{source}} placeholder") from None
         if maxlen < 1 or pipeline_size < 1 or max_backlog < 1 or max_backlog_bytes < 1:
             raise ConfigError("sinks.redis.maxlen, pipeline_size and max_backlog must be at least 1")
+        if max_age_s is not None and not max_age_s > 0:
+            raise ConfigError(f"sinks.redis.max_age_s is {max_age_s} — give a number of seconds above 0, or null "
+                              "to keep entries by sinks.redis.maxlen alone")
         self.client = client
         self.stream_pattern = stream_pattern
         self.events_pattern = events_pattern
         self.maxlen = maxlen
+        self.max_age_s = max_age_s
         self.mask_encoding = mask_encoding
         self.pipeline_size = pipeline_size
         self.max_batch_delay_s = max_batch_delay_s
@@ -156,6 +165,7 @@ class RedisPublisher:
         self.max_backlog_bytes = max_backlog_bytes
         self.drain_timeout_s = drain_timeout_s
         self.published = 0  # entries written (frames and events)
+        self.bytes_written = 0  # bytes of those entries' field names and values, as sent
         self.failed = 0  # entries Redis refused
         self.batches_sent = 0
         self.reconnects = 0
@@ -210,6 +220,8 @@ class RedisPublisher:
         self._evicted_keys: int | None = None  # INFO stats evicted_keys at connect; None: not readable
         self._lengths_readable: bool | None = None  # whether this user may run XLEN (ACL), once known
         self._check_eviction_policy()
+        if max_age_s is not None:
+            self._check_minid()
 
     @classmethod
     def from_config(
@@ -236,6 +248,7 @@ class RedisPublisher:
         embedded_dir: Path | None = None,
         files_kept: bool = False,
         run_id: str = "",
+        max_age_s: float | None = None,
     ) -> RedisPublisher:
         """Connect to the Redis at ``url``, or with no url start an embedded one for this run.
 
@@ -268,7 +281,7 @@ class RedisPublisher:
                 client, stream_pattern, maxlen, mask_encoding, pipeline_size,
                 max_batch_delay_s=max_batch_delay_s, events_pattern=events_pattern, max_backlog=max_backlog,
                 max_backlog_bytes=max_backlog_bytes, reconnect_max_s=reconnect_max_s,
-                drain_timeout_s=drain_timeout_s, run_id=run_id,
+                drain_timeout_s=drain_timeout_s, run_id=run_id, max_age_s=max_age_s,
             )
         except BaseException:
             if embedded is not None:
@@ -519,6 +532,11 @@ class RedisPublisher:
             numbered[item.stream] += 1
             item.fields["seq"] = str(numbered[item.stream])
             pipe.xadd(item.stream, item.fields, maxlen=self.maxlen, approximate=True)
+        # XADD takes MAXLEN or MINID, not both: the age limit is one XTRIM per stream and batch. It
+        # counts from the stream's newest entry (Redis's clock, not this host's), so it never trims that one.
+        aged = self._age_limits({item.stream for item in batch}) if self.max_age_s is not None else []
+        for stream, min_id in aged:
+            pipe.xtrim(stream, minid=min_id, approximate=True)
         # Asked before the backlog goes out: its MAXLEN ~ may trim the entry asked about.
         gone = self._entries_gone() if self._refusal is not None else []
         try:
@@ -547,7 +565,7 @@ class RedisPublisher:
         finally:
             pipe.reset()
         self.batches_sent += 1
-        lengths, results = results[:len(checked)], results[len(checked):]
+        lengths, results = results[:len(checked)], results[len(checked):len(checked) + len(batch)]
         if self._refusal is not None:
             log.warning("Redis at %s takes writes again after %.1f s: sending a backlog of %d entries%s",
                         self._where, time.monotonic() - (self._refused_since or time.monotonic()), len(self._queue),
@@ -621,12 +639,32 @@ class RedisPublisher:
             self._seq[item.stream] = max(self._seq.get(item.stream, 0), int(item.fields["seq"]))
             self._last_id[item.stream] = entry_id
         self.published += len(entries)
+        self.bytes_written += sum(_wire_size(item.fields) for item, _ in entries)
         self.per_stream.update(item.stream for item, _ in entries if item.result is not None)
         frames = [item.result for item, _ in entries if item.result is not None]
         for result in frames:
             result.publish_ts = stamp
         if self.on_written is not None and frames:
             self.on_written(frames)
+
+    def _age_limits(self, streams: set[str]) -> list[tuple[str, str]]:
+        """Per stream this run wrote before, the oldest entry ID ``max_age_s`` keeps (its MINID)."""
+        age_ms = int(self.max_age_s * 1000)
+        return [(stream, f"{max(0, _id_key(self._last_id[stream])[0] - age_ms)}-0")
+                for stream in sorted(streams & self._last_id.keys())]
+
+    def _check_minid(self) -> None:
+        """Trimming by age needs XTRIM MINID (Redis 6.2): an older Redis fails the start, in one line."""
+        version = str(self._info("server").get("redis_version", ""))
+        try:
+            too_old = tuple(int(part) for part in version.split(".")[:2]) < (6, 2)
+        except ValueError:  # INFO refused (ACL), or a server that names no version: the first XTRIM tells
+            return
+        if too_old:
+            self.client.close()
+            raise SinkError(f"Redis at {self._where} is version {version}, which cannot trim streams by age (XTRIM "
+                            "MINID needs Redis 6.2 or newer) — upgrade Redis, or remove sinks.redis.max_age_s to keep "
+                            "entries by sinks.redis.maxlen alone")
 
     def _refused(self, items: list[_Outgoing]) -> None:
         """Entries Redis refused were never written: dropped, and counted so."""
@@ -919,7 +957,8 @@ class RedisPublisher:
                 newest = StreamReader(self.client, stream, decode_masks=False).latest()
             except (redis.RedisError, SegstreamError):  # a user without XREVRANGE: the report is shorter
                 continue
-            line = f"published {count} entries to {stream} (XLEN {length}, MAXLEN ~{self.maxlen})"
+            age = f", max age {self.max_age_s:g} s" if self.max_age_s is not None else ""
+            line = f"published {count} entries to {stream} (XLEN {length}, MAXLEN ~{self.maxlen}{age})"
             if newest is not None:
                 line += f"; newest: {summary_line(*newest)}"
             log.info(line)
@@ -999,6 +1038,12 @@ def _size(fields: dict[str, bytes | str]) -> int:
     return sum(len(k) + len(v) for k, v in fields.items())
 
 
+def _wire_size(fields: dict[str, bytes | str]) -> int:
+    """The bytes of an entry's field names and values as Redis receives them (text as UTF-8)."""
+    return sum(len(k.encode() if isinstance(k, str) else k) + len(v.encode() if isinstance(v, str) else v)
+               for k, v in fields.items())
+
+
 def _check_transactions(client: redis.Redis) -> None:
     """Batches go out as MULTI/EXEC: an ACL user without them is refused now, not at the first
     batch (found probing: the run died then, without its report)."""
@@ -1031,7 +1076,9 @@ def _advice(error: Exception) -> str:
     if text.startswith("WRONGTYPE"):
         return "that key is not a stream: delete it or change sinks.redis.stream"
     if isinstance(error, redis.exceptions.OutOfMemoryError) or text.startswith("OOM"):
-        return "Redis is out of memory (maxmemory): raise maxmemory, lower sinks.redis.maxlen or trim other keys"
+        return ("Redis is out of memory (maxmemory), and refuses XADD before its MAXLEN trims anything: trim the "
+                "stream by hand (XTRIM <stream> MAXLEN <n>) or raise maxmemory (a lower sinks.redis.maxlen or "
+                "max_age_s takes effect only once writes go through again)")
     if isinstance(error, redis.exceptions.ReadOnlyError) or text.startswith("READONLY"):
         return ("the server is a read-only replica: point sinks.redis.url at the primary, or at its sentinels "
                 "(redis+sentinel://, which follow a failover)")

@@ -170,6 +170,7 @@ def _redis_sink(cfg: SinksConfig, embedded_dir: Path | None, run_id: str = "", s
         stopping=stopping,
         stream_pattern=redis.stream,
         maxlen=redis.maxlen,
+        max_age_s=redis.max_age_s,
         mask_encoding=redis.mask_encoding,
         pipeline_size=redis.pipeline_size,
         files_kept=cfg.files.enabled,

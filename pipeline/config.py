@@ -566,7 +566,12 @@ class RedisSinkConfig(Strict):
     passed with no answer (a Redis and a pipeline started together, as Kubernetes does). A
     ``redis+sentinel://host1:26379,host2:26379/<master-name>[/db]`` url (``rediss+sentinel://``
     for TLS) asks those sentinels for the master, again after each outage: a failover is an
-    outage that ends on the promoted replica; ``sentinel`` holds the sentinels' own login."""
+    outage that ends on the promoted replica; ``sentinel`` holds the sentinels' own login.
+    Each stream (frames and events) keeps at least its ``maxlen`` newest entries (``MAXLEN ~``:
+    up to one stream node more), which is ``maxlen / fps`` seconds of a source and changes with
+    its fps or ``max_fps``; ``max_age_s`` also trims entries more than that many seconds older
+    than the stream's newest (``XTRIM MINID ~`` with each batch; Redis 6.2 or newer), so that
+    retention is a time whatever the frame rate, ``maxlen`` still capping the memory."""
 
     enabled: bool = True
     url: str | None = None
@@ -591,6 +596,7 @@ class RedisSinkConfig(Strict):
     stream: str = "segstream:{source}:frames"
     events_stream: str = "segstream:{source}:events"
     maxlen: PositiveInt = 10000
+    max_age_s: PositiveFloat | None = None
     mask_encoding: Literal["rle", "idmap"] = "rle"
     pipeline_size: PositiveInt = 32
     max_batch_delay_ms: Annotated[float, Field(ge=0)] = 20.0

@@ -1141,6 +1141,7 @@ class Runtime:
                 of_sinks("events_dropped"))
         counter("sink_reconnects", "Times a sink's store took writes again after an outage.", ("sink",),
                 of_sinks("reconnects"))
+        counter("sink_bytes_written", "Bytes of entries a sink wrote, as sent (Redis: field names and values; files: lines).", ("sink",), of_sinks("bytes_written"))
         counter("sink_down_seconds", "Seconds a sink could not write (its store unreachable or refusing writes).",
                 ("sink",), of_sinks("down_seconds"))
         gauge("sink_connected", "1 while a sink can write (0 while it is reconnecting).", ("sink",),

@@ -297,6 +297,14 @@ def test_set_errors_are_config_errors(capsys, write, clip):
     assert line == "engine.batch_size: Input should be greater than 0 (got 0)"
 
 
+def test_redis_max_age_s_is_off_by_default_and_must_be_above_0(capsys, write, clip):
+    path = write(VALID.format(clip=clip))
+    assert load_config(path).sinks.redis.max_age_s is None
+    assert load_config(path, ["sinks.redis.max_age_s=600"]).sinks.redis.max_age_s == 600
+    [line] = errors_of(capsys, ["validate", path, "--set", "sinks.redis.max_age_s=0"])
+    assert line == "sinks.redis.max_age_s: Input should be greater than 0 (got 0)"
+
+
 def test_schema_prints_json_schema(capsys):
     assert main(["schema"]) == 0
     schema = json.loads(capsys.readouterr().out)

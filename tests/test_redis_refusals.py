@@ -18,7 +18,9 @@ from tests.redis_servers import RedisProcess, free_port
 from tests.test_redis_outage import _summary, camera_run_config, cli_run, frames_in, publisher_for, wait_until
 from tests.test_redis_sink import tiny_scene
 
-OUT_OF_MEMORY = "Redis is out of memory (maxmemory): raise maxmemory, lower sinks.redis.maxlen or trim other keys"
+OUT_OF_MEMORY = ("Redis is out of memory (maxmemory), and refuses XADD before its MAXLEN trims anything: trim the "
+                 "stream by hand (XTRIM <stream> MAXLEN <n>) or raise maxmemory (a lower sinks.redis.maxlen or "
+                 "max_age_s takes effect only once writes go through again)")
 READ_ONLY = "the server is a read-only replica: point sinks.redis.url at the primary"
 
 

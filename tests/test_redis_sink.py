@@ -13,11 +13,13 @@ import pytest
 import redis
 
 from segstream.connectors.embedded_redis import EmbeddedRedis
-from segstream.connectors.errors import SinkError
+from segstream.connectors.errors import ConfigError, SinkError
+from segstream.connectors.files_sink import FilesSink
 from segstream.connectors.redis_reader import StreamReader, tail
 from segstream.connectors.redis_sink import RedisPublisher
 from segstream.pipeline.logs import configure_logging
-from segstream.models.results import FrameResult, Segments
+from segstream.models.results import Event, FrameResult, Segments
+from tests.redis_servers import RedisProcess, free_port
 from tests.test_redis_wire import stamped, synthetic_scene
 
 
@@ -409,7 +411,7 @@ def test_a_reader_the_stream_s_trimming_overtook_counts_what_it_missed(server, c
     configure_logging()
     assert [e.frame for e in reader.read(count=10)] == [12, 13, 14]
     assert reader.trimmed == 6  # frames 6 to 11
-    assert "about 6 entries were trimmed away by the stream's MAXLEN before this reader got them" in capsys.readouterr().err
+    assert "about 6 entries were trimmed away by the stream's MAXLEN or max_age_s before this reader got them" in capsys.readouterr().err
 
 
 def test_entries_are_numbered_per_stream_and_the_numbers_go_on_across_runs(client):
@@ -618,3 +620,62 @@ def test_entries_dropped_in_an_outage_leave_no_gap_in_the_numbers(tmp_path):
         entries = server.client().xrange("segstream:outage:frames")
     assert publisher.dropped["sink_backlog"] == 3
     assert [(int(f[b"frame"]), int(f[b"seq"])) for _, f in entries] == [(5, 3), (6, 4)]
+
+
+@pytest.fixture
+def one_entry_nodes(tmp_path):
+    """A redis-server whose stream nodes hold one entry each, as frame-sized entries (above
+    stream-node-max-bytes) do: ``~`` trimming is then exact, and tiny test entries show it."""
+    with RedisProcess(tmp_path / "redis", ["--stream-node-max-entries", "1"], port=free_port(27500, 27599)) as process:
+        yield process
+
+
+def test_max_age_s_trims_entries_older_than_it_from_frames_and_events_and_keeps_the_newer(one_entry_nodes):
+    client = one_entry_nodes.client()
+    publisher = RedisPublisher(client, maxlen=1000, pipeline_size=1, max_batch_delay_s=0, max_age_s=1.0)
+    for index in range(5):
+        publisher.publish(tiny_scene("cam0", index))
+    publisher.publish_event(Event("cam0", "track_started", 1.0, {"track_id": 1, "frame": 0}))
+    publisher.flush()
+    time.sleep(1.5)
+    for index in range(5, 10):
+        publisher.publish(tiny_scene("cam0", index))
+        time.sleep(0.05)
+    publisher.publish_event(Event("cam0", "track_ended", 2.0, {"track_id": 1}))
+    publisher.publish_event(Event("cam0", "track_ended", 2.1, {"track_id": 2}))
+    publisher.flush()
+
+    frames = [int(fields[b"frame"]) for _, fields in client.xrange("segstream:cam0:frames")]
+    events = [fields[b"event"] for _, fields in client.xrange("segstream:cam0:events")]
+    assert frames == [5, 6, 7, 8, 9]  # maxlen 1000 alone would keep all ten
+    assert events == [b"track_ended", b"track_ended"]
+    publisher.close()
+
+
+def test_a_non_positive_max_age_s_is_refused_in_one_line(client):
+    with pytest.raises(ConfigError, match="sinks.redis.max_age_s is 0 — give a number of seconds above 0"):
+        RedisPublisher(client, max_age_s=0)
+
+
+def test_bytes_written_are_the_field_names_and_values_redis_holds(client):
+    publisher = RedisPublisher(client, pipeline_size=3)
+    for index in range(7):
+        publisher.publish(synthetic_scene("cam0", index))
+    publisher.publish_event(Event("cam0", "track_started", 1.0, {"track_id": 1, "label": "café"}))
+    publisher.flush()
+
+    stored = sum(len(key) + len(value) for stream in ("segstream:cam0:frames", "segstream:cam0:events")
+                 for _, fields in client.xrange(stream) for key, value in fields.items())
+    assert publisher.bytes_written == stored and stored > 7 * 100
+    publisher.close()
+
+
+def test_the_files_sink_counts_the_bytes_of_its_lines(tmp_path):
+    sink = FilesSink(tmp_path / "out")
+    for index in range(3):
+        sink.publish(synthetic_scene("cam0", index))
+    sink.publish_event(Event("cam0", "track_started", 1.0, {"track_id": 1}))
+    sink.close()
+
+    on_disk = sum(path.stat().st_size for path in (tmp_path / "out").glob("*.jsonl"))
+    assert sink.bytes_written == on_disk > 0
