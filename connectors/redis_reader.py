@@ -210,10 +210,49 @@ class _Pause(NamedTuple):
     seconds: float
 
 
+class _StillDown(Exception):
+    """Redis is still away after the patience a caller gave ``call`` (``follow_newest``'s
+    ``idle_s``: its watchdog's None is due); the outage goes on, counted once."""
+
+
+class _Outage:
+    """Where an outage stands across ``call``s that hand it on (warned once, recovered once)."""
+
+    since: float | None = None
+
+
 class _Emit(NamedTuple):
     """A value that ``follow_newest``'s steps hand to whoever iterates."""
 
     value: Any
+
+
+def _patience(idle_s: float | None, yielded: float) -> float | None:
+    """How long an outage may last before ``follow_newest``'s watchdog None is due."""
+    return None if idle_s is None else max(0.0, yielded + idle_s - time.monotonic())
+
+
+def _wait_within(backoff_s: float, deadline: float | None) -> float:
+    """A reconnect's wait, cut short where a deadline comes first."""
+    return backoff_s if deadline is None else max(0.0, min(backoff_s, deadline - time.monotonic()))
+
+
+def _one_stream(pattern: str, source, stream) -> str:
+    """The one stream ``newest`` reads; a list or a glob is refused, saying what reads many."""
+    given = _stream_names(pattern, source, stream)
+    if not isinstance(given, str) or _is_glob(given):
+        raise ValueError("newest() reads one source; for the newest entry of each of several (a list or a glob), "
+                         "iterate follow_newest(...)")
+    return given
+
+
+def _named_entry(item, stream: str) -> Entry:
+    """An entry read by ``newest``: a malformed one names its id and stream, as a subscription's do."""
+    entry_id = _text(item[0])
+    try:
+        return _frame_entry(entry_id, stream, item[1], None)
+    except WireFormatError as error:
+        raise WireFormatError(f"entry {entry_id} of {stream}: {error}", entry_id) from None
 
 
 def _command(name: str, *args, **kwargs) -> _Command:
@@ -332,7 +371,7 @@ class _ClientBase:
                 reply = yield _command("xrevrange", name, "+", "-", count=1)
                 if reply and _text(reply[0][0]) != last[name]:
                     last[name] = _text(reply[0][0])
-                    entry = _frame_entry(last[name], name, reply[0][1], None)
+                    entry = _named_entry(reply[0], name)
                     if _fresh(entry, max_age_s):
                         fresh.append(entry)
             woken = set()
@@ -426,17 +465,17 @@ class Client(_ClientBase):
 
     def newest(self, source: str | None = None, *, stream: str | None = None,
                max_age_s: float | None = None) -> Entry | None:
-        """The newest frame entry (XREVRANGE + - COUNT 1); None for an empty stream, or when the
-        newest entry's scene was captured more than ``max_age_s`` ago (a stopped pipeline's last
-        scene, or one a pipeline under overload took long over, is not the present)."""
-        name = stream or stream_name(self.stream_pattern, _required(source))
+        """The newest frame entry (XREVRANGE + - COUNT 1) of one source; None for an empty stream,
+        or when the newest entry's scene was captured more than ``max_age_s`` ago (a stopped
+        pipeline's last scene, or one a pipeline under overload took long over, is not the present)."""
+        name = _one_stream(self.stream_pattern, source, stream)
         if self._stop.is_set():  # stopped: no more reads (nor reconnect attempts)
             return None
         try:
             reply = self.call(self.redis.xrevrange, name, "+", "-", count=1)
         except _Stopped:  # stop() while Redis was away: nothing newer to give
             return None
-        entry = _frame_entry(_text(reply[0][0]), name, reply[0][1], None) if reply else None
+        entry = _named_entry(reply[0], name) if reply else None
         return entry if entry is not None and _fresh(entry, max_age_s) else None
 
     def follow_newest(self, source: str | list[str] | None = None, *, stream: str | list[str] | None = None,
@@ -457,19 +496,26 @@ class Client(_ClientBase):
         for name in names:
             self.warn_if_missing(name)
         steps = self._follow_newest_steps(names, pattern, block_ms, max_age_s, idle_s, discover_s)
-        reply = None
+        reply, outage, yielded = None, _Outage(), time.monotonic()
         try:
             while not self._stop.is_set():
                 step = steps.send(reply)
                 reply = None
                 if isinstance(step, _Emit):
+                    yielded = time.monotonic()
                     yield step.value
                 elif isinstance(step, _Pause):
                     if self._stop.wait(step.seconds):
                         return
                 else:
-                    reply = self.call(getattr(self.redis, step.name), *step.args, key=step.kwargs.get("match"),
-                                      **step.kwargs)
+                    while True:  # Redis away: the watchdog's None still comes every idle_s
+                        try:
+                            reply = self.call(getattr(self.redis, step.name), *step.args, key=step.kwargs.get("match"),
+                                              outage=outage, patience_s=_patience(idle_s, yielded), **step.kwargs)
+                            break
+                        except _StillDown:
+                            yielded = time.monotonic()
+                            yield None
         except _Stopped:  # stop() while Redis was away: the iteration ends, as it does otherwise
             return
         finally:
@@ -496,24 +542,30 @@ class Client(_ClientBase):
     # --- plumbing ------------------------------------------------------------------------
 
     def call(self, command: Callable, *args, on_reconnect: Callable[[], None] | None = None,
-             key: str | None = None, **kwargs) -> Any:
+             key: str | None = None, outage: _Outage | None = None, patience_s: float | None = None,
+             **kwargs) -> Any:
         """Run one Redis command, riding out connection losses (see the class doc); a refusal is
-        a ``SinkError`` naming ``key`` (the stream it is about)."""
-        down_since = None
+        a ``SinkError`` naming ``key`` (the stream it is about). With ``patience_s``, an outage
+        longer than that raises ``_StillDown`` (``outage`` carries it on to the next call)."""
+        outage = outage or _Outage()
+        deadline = None if patience_s is None else time.monotonic() + patience_s
         while True:
             try:
                 reply = command(*args, **kwargs)
             except _REFUSED_LOGIN as error:  # ConnectionErrors too
                 raise self._credentials_refused(error) from None
             except _UNREACHABLE as error:
-                down_since = self._lost(error, down_since)
-                if self._stop.wait(self._backoff.next()):
+                outage.since = self._lost(error, outage.since)
+                if self._stop.wait(_wait_within(self._backoff.next(), deadline)):
                     raise _Stopped() from None
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise _StillDown() from None
                 continue
             except redis.ResponseError as error:  # NoPermissionError too: the server refused the command
                 raise self._refused(error, key or _key_in(args)) from None
-            if down_since is not None:
-                self._recovered(down_since)
+            if outage.since is not None:
+                self._recovered(outage.since)
+                outage.since = None
                 if on_reconnect is not None:
                     on_reconnect()
             return reply

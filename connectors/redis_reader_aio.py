@@ -17,6 +17,7 @@ connections.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
@@ -27,10 +28,11 @@ from segstream.connectors.errors import SinkError
 from segstream.connectors.redis_connection import SentinelAuth, TlsFiles, connect_redis_async, redis_address
 from segstream.connectors.redis_reader import (
     _MAX_BLOCK_MS, _REFUSED_LOGIN, _UNREACHABLE, Entry, EventEntry, _ClientBase, _Emit, _event_entry,
-    _FanInSteps, _frame_entry, _fresh, _key_in, _Pause, _required, _Stopped, _SubscriptionSteps, _text,
+    _FanInSteps, _frame_entry, _fresh, _key_in, _named_entry, _one_stream, _Outage, _patience, _Pause, _StillDown,
+    _Stopped, _SubscriptionSteps, _wait_within,
     _warn_if_missing_steps, reader_options,
 )
-from segstream.connectors.redis_wire import DEFAULT_EVENTS_PATTERN, DEFAULT_STREAM_PATTERN, stream_name
+from segstream.connectors.redis_wire import DEFAULT_EVENTS_PATTERN, DEFAULT_STREAM_PATTERN
 
 __all__ = ["Client", "FanIn", "Subscription", "connect"]
 
@@ -92,14 +94,14 @@ class Client(_ClientBase):
     async def newest(self, source: str | None = None, *, stream: str | None = None,
                      max_age_s: float | None = None) -> Entry | None:
         """As ``segstream.client.Client.newest``."""
-        name = stream or stream_name(self.stream_pattern, _required(source))
+        name = _one_stream(self.stream_pattern, source, stream)
         if self._stopped.is_set():
             return None
         try:
             reply = await self.call(self.redis.xrevrange, name, "+", "-", count=1)
         except _Stopped:
             return None
-        entry = _frame_entry(_text(reply[0][0]), name, reply[0][1], None) if reply else None
+        entry = _named_entry(reply[0], name) if reply else None
         return entry if entry is not None and _fresh(entry, max_age_s) else None
 
     async def follow_newest(self, source: str | list[str] | None = None, *, stream: str | list[str] | None = None,
@@ -111,19 +113,27 @@ class Client(_ClientBase):
         for name in names:
             await self.warn_if_missing(name)
         steps = self._follow_newest_steps(names, pattern, block_ms, max_age_s, idle_s, discover_s)
-        reply = None
+        reply, outage, yielded = None, _Outage(), time.monotonic()
         try:
             while not self._stopped.is_set():
                 step = steps.send(reply)
                 reply = None
                 if isinstance(step, _Emit):
+                    yielded = time.monotonic()
                     yield step.value
                 elif isinstance(step, _Pause):
                     if await self._pause(step.seconds):
                         return
                 else:
-                    reply = await self.call(getattr(self.redis, step.name), *step.args,
-                                            key=step.kwargs.get("match"), **step.kwargs)
+                    while True:  # Redis away: the watchdog's None still comes every idle_s
+                        try:
+                            reply = await self.call(getattr(self.redis, step.name), *step.args,
+                                                    key=step.kwargs.get("match"), outage=outage,
+                                                    patience_s=_patience(idle_s, yielded), **step.kwargs)
+                            break
+                        except _StillDown:
+                            yielded = time.monotonic()
+                            yield None
         except _Stopped:
             return
         finally:
@@ -147,23 +157,28 @@ class Client(_ClientBase):
         await self.close()
 
     async def call(self, command: Callable, *args, on_reconnect: Callable[[], None] | None = None,
-                   key: str | None = None, **kwargs) -> Any:
+                   key: str | None = None, outage: _Outage | None = None, patience_s: float | None = None,
+                   **kwargs) -> Any:
         """Await one Redis command, riding out connection losses as ``segstream.client.Client.call``."""
-        down_since = None
+        outage = outage or _Outage()
+        deadline = None if patience_s is None else time.monotonic() + patience_s
         while True:
             try:
                 reply = await command(*args, **kwargs)
             except _REFUSED_LOGIN as error:
                 raise self._credentials_refused(error) from None
             except _UNREACHABLE as error:
-                down_since = self._lost(error, down_since)
-                if await self._pause(self._backoff.next()):
+                outage.since = self._lost(error, outage.since)
+                if await self._pause(_wait_within(self._backoff.next(), deadline)):
                     raise _Stopped() from None
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise _StillDown() from None
                 continue
             except redis.ResponseError as error:
                 raise self._refused(error, key or _key_in(args)) from None
-            if down_since is not None:
-                self._recovered(down_since)
+            if outage.since is not None:
+                self._recovered(outage.since)
+                outage.since = None
                 if on_reconnect is not None:
                     on_reconnect()
             return reply

@@ -158,6 +158,7 @@ class RedisPublisher:
         self.events_pattern = events_pattern
         self.maxlen = maxlen
         self.max_age_s = max_age_s
+        self._trim_refused = False  # an XTRIM MINID refused (an ACL without +xtrim): said once
         self.mask_encoding = mask_encoding
         self.pipeline_size = pipeline_size
         self.max_batch_delay_s = max_batch_delay_s
@@ -565,6 +566,7 @@ class RedisPublisher:
         finally:
             pipe.reset()
         self.batches_sent += 1
+        results_all = results
         lengths, results = results[:len(checked)], results[len(checked):len(checked) + len(batch)]
         if self._refusal is not None:
             log.warning("Redis at %s takes writes again after %.1f s: sending a backlog of %d entries%s",
@@ -582,6 +584,11 @@ class RedisPublisher:
         # what the checks above did not already report (they forget the streams they report)
         self._warn_vanished([(stream, self._last_id[stream]) for stream, length in zip(checked, lengths)
                              if length == 0 and stream in self._last_id])
+        trims = [r for r in results_all[len(checked) + len(batch):] if isinstance(r, Exception)]
+        if trims and not self._trim_refused:  # max_age_s would do nothing, said once
+            self._trim_refused = True
+            log.warning("Redis at %s refused to trim by age (XTRIM MINID: %s): sinks.redis.max_age_s has no effect "
+                        "— allow +xtrim to the user, or use Redis 6.2 or newer", self._where, error_summary(trims[0]))
         refused = [(item.stream, r) for item, r in zip(batch, results) if isinstance(r, Exception)]
         # only what Redis took advances a stream's numbers
         self._written([(item, r) for item, r in zip(batch, results) if not isinstance(r, Exception)], now)
@@ -1072,6 +1079,8 @@ def _passing(error: Exception) -> bool:
 def _advice(error: Exception) -> str:
     text = str(error)
     if isinstance(error, redis.exceptions.NoPermissionError):  # redis-py keeps NOPERM's text, not the word
+        if "'xtrim'" in text.lower():
+            return "grant this user XTRIM too (ACL: +xtrim), with which sinks.redis.max_age_s trims streams by age"
         return _GRANT
     if text.startswith("WRONGTYPE"):
         return "that key is not a stream: delete it or change sinks.redis.stream"

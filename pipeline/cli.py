@@ -477,6 +477,9 @@ def _reload(args: argparse.Namespace) -> int:
             print(line)
             return 1
         raise SegstreamError(line) from None
+    except TimeoutError:  # it took the request: the reload goes on there, its log says how it ended
+        raise SegstreamError(f"the run at {url} took the reload but did not answer within {REMOVE_WAIT_S + 30:g} s "
+                             "(removed cameras still draining?) — its log says how the reload ended") from None
     except (urllib.error.URLError, OSError) as error:
         why = getattr(error, "reason", error)
         raise SegstreamError(f"no segstream run answers at {url} ({getattr(why, 'strerror', None) or why}): is it "

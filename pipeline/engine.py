@@ -180,7 +180,9 @@ class Batcher:
                 i = (self._next + k) % n
                 q = self.queues[i]
                 if q and len(batch) < size:
-                    if self.max_bytes is not None and batch and taken + q[0].image.nbytes > self.max_bytes * n:
+                    # the budgets of the run's sources (not of removed ones)
+                    if self.max_bytes is not None and batch and \
+                            taken + q[0].image.nbytes > self.max_bytes * max(1, n - len(self.retired)):
                         return  # the batch is full by its bytes
                     frame = q.popleft()
                     policy = self.policies[i]

@@ -250,17 +250,14 @@ class RunMetrics:
                 counts.decode_errors = total
                 counts.dropped_by[DECODE_ERROR] += new
 
-    def source_again(self, name: str) -> SourceCounts:
+    def source_again(self, name: str) -> None:
         """A source added to the run under the name of one that ended: its states begin again
-        (ended and failed are final for one source), its counts go on. Returns the counts of the
-        sources that had the name before (a copy), to which the new one's own totals (decode errors,
-        gaps, skipped and missing frames) are added."""
+        (ended and failed are final for one source), its counts go on (the new one's own totals,
+        decode errors, gaps, skipped and missing frames, are added to them: ``_OwnCounts``)."""
         counts = self.source(name)
         with self._lock:
-            before = counts.copy()
             counts.state, counts.reason = None, ""
             self.retired.discard(name)
-        return before
 
     def retire(self, name: str) -> None:
         """A source removed from the run has ended: its series leave /metrics (the run's report

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -136,16 +137,20 @@ class Reloader:
             for source in opened.values():
                 source.close()
             return self._refused(str(error))
-        problems = []
-        for name in [*changes.removed, *(s.name for s in changes.restarted)]:
+        problems, missing = [], set()  # what could not be done; the names that do not run as the file says
+        leaving = [*changes.removed, *(s.name for s in changes.restarted)]
+        for name in leaving:  # all closed at once: they drain together, against one deadline
             try:
-                if not runtime.remove_source(name, wait_s=REMOVE_WAIT_S):
-                    problems.append(f"source {name} was removed but its frames had not drained within "
-                                    f"{REMOVE_WAIT_S:g} s, so it was not added again")
-                    if (dropped := opened.pop(name, None)) is not None:
-                        dropped.close()
+                runtime.remove_source(name)
             except ValueError:  # it had ended already (a file read to its end, a source that failed)
                 pass
+        deadline = time.monotonic() + REMOVE_WAIT_S
+        for name in leaving:
+            if not runtime.wait_removed(name, max(0.0, deadline - time.monotonic())) and name in opened:
+                problems.append(f"source {name} was removed but its frames had not drained within "
+                                f"{REMOVE_WAIT_S:g} s, so it was not added again")
+                opened.pop(name).close()
+                missing.add(name)
         for source in [*changes.added, *changes.restarted]:
             if source.name not in opened:
                 continue
@@ -158,10 +163,14 @@ class Reloader:
             except (RuntimeError, ValueError) as error:
                 opened[source.name].close()
                 problems.append(str(error))
+                missing.add(source.name)
         for name in changes.refiltered:
             runtime.set_filter(name, filters.get(name))
-        # the next reload compares with what runs: the sections not applied stay as they run
-        self.running = new.model_copy(update={key: getattr(self.running, key) for key in changes.not_applied})
+        # the next reload compares with what runs: the sections not applied stay as they run, and a
+        # source that could not be added again is added by the next one
+        self.running = new.model_copy(update={
+            **{key: getattr(self.running, key) for key in changes.not_applied},
+            "sources": [s for s in new.sources if s.name not in missing]})
         line = changes.line(len(new.sources) - len(changes.added) - len(changes.restarted) - len(changes.refiltered))
         if problems:
             line += "; but " + "; ".join(problems)

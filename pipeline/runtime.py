@@ -108,6 +108,7 @@ class SourceEnd:
 
     source: str
     events: list[Event]
+    index: int = -1  # the source's index in the run
 
 
 @dataclass(slots=True)
@@ -472,6 +473,7 @@ class Runtime:
         self._removed: set[int] = set()
         self._closed_at: dict[int, float] = {}  # when each source was closed (removed, or the run stopping)
         self._settled: set[int] = set()  # sources whose end has passed the stages
+        self._published_ends: set[int] = set()  # and the sinks
         self._settled_cond = threading.Condition()
         self._staged_before: dict[int, int] = {}  # results of the same name's earlier sources, staged before it
         self._timeline: dict[str, tuple[int, int, float | None, float]] = {}  # name -> last index, epoch, pts s, wall
@@ -604,9 +606,9 @@ class Runtime:
     def remove_source(self, name: str, wait_s: float | None = None) -> bool:
         """Close the running source ``name`` (any thread): frames it decoded drain through the model,
         its stages and the sinks, its tracks end, and it ends with the reason ``removed`` (not a
-        failure, even when it was required). With ``wait_s``, waits that long for its end to pass
-        the stages (after which the name may be added again); True when it has. A
-        ``ValueError`` when no source of that name runs."""
+        failure, even when it was required). With ``wait_s``, waits that long for its end to reach
+        the sinks (after which the name may be added again); True when it has (``wait_removed``
+        waits later). A ``ValueError`` when no source of that name runs."""
         with self._sources_lock:
             running = [i for i, s in enumerate(self.sources)
                        if s.name == name and i not in self._removed and self._batcher.open[i]]
@@ -622,15 +624,20 @@ class Runtime:
             source.close()
         except Exception as error:  # its frames() still ends (the removal is marked)
             log.warning("source %s: close() failed while removing it: %s: %s", name, type(error).__name__, error)
-        if wait_s is None:
-            return i in self._settled
-        deadline = time.monotonic() + wait_s
+        return self.wait_removed(name, wait_s)
+
+    def wait_removed(self, name: str, wait_s: float | None) -> bool:
+        """Whether the end of every source ``name`` removed from the run has reached the sinks,
+        waiting up to ``wait_s`` for it."""
+        with self._sources_lock:
+            indices = {i for i, s in enumerate(self.sources) if s.name == name and i in self._removed}
+        deadline = time.monotonic() + (wait_s or 0.0)
         with self._settled_cond:
-            while i not in self._settled and not self._finished.is_set():
+            while not indices <= self._published_ends and not self._finished.is_set():
                 if (left := deadline - time.monotonic()) <= 0:
                     break
                 self._settled_cond.wait(min(left, 0.1))
-        return i in self._settled
+            return indices <= self._published_ends
 
     def _listener(self, i: int, name: str, epoch: int = 0) -> Callable[..., None]:
         """The ``on_state`` of source ``i``, which reports its own states: a removed one's end
@@ -709,7 +716,7 @@ class Runtime:
                     _start(self._decoder(i, source))
                 self._decoders_started = True
             last_progress = last_watch = start
-            while alive := [t for t in [*threads, *self._decoders.values()]
+            while alive := [t for t in [*threads, *list(self._decoders.values())]
                             if t.is_alive() and t not in self._left_behind.values()]:
                 alive[-1].join(0.05)
                 if (self._stop_requested or self._errors) and not sources_closed:
@@ -853,7 +860,8 @@ class Runtime:
                                           quiet=generic and not missing and i not in self._removed)
                     self._batcher.finish(i)
                     self._to_stage.wake()  # its end may follow its last result at once
-                self.metrics.beat(beat, idle="ended")
+                if i not in self._left_behind:  # else a source added since under its name beats on that key
+                    self.metrics.beat(beat, idle="ended")
 
     def _model_refuses(self, frame: Frame) -> str | None:
         """Why the model cannot take a frame of this size (a semantic model's windows of a
@@ -890,6 +898,7 @@ class Runtime:
                           "of close() and was left behind")
         self._batcher.finish(i)
         self._to_stage.wake()
+        self.metrics.beat(decode_thread(name), idle="ended")  # whatever its thread does now is not the run's
 
     def _model(self, worker: int) -> None:
         name = f"model{worker or ''}"
@@ -1034,14 +1043,9 @@ class Runtime:
             events += [state] if state is not None else []
             for event in events:
                 event.run_id = event.run_id or self.run_id
-            with self._settled_cond:
+            with self._sources_lock:  # add_source looks at settled under it
                 settled.add(i)
-                self._settled_cond.notify_all()
-            if i in self._removed:  # gone from the status line, the queues and /metrics (not from the report)
-                self._batcher.retired.add(i)
-                if not any(s.name == source.name for s in self.sources[i + 1:]):
-                    self.metrics.retire(source.name)
-            if not self._to_sinks.put(SourceEnd(source.name, events)):
+            if not self._to_sinks.put(SourceEnd(source.name, events, i)):
                 return False
         return True
 
@@ -1073,6 +1077,7 @@ class Runtime:
                             sink.publish_event(event)
                         if hasattr(sink, "source_ended"):
                             sink.source_ended(item.source)
+                    self._ended_out(item)
                 elif item is not None:
                     # Counted before the hand-off: a sink that drops it later takes it back (on_dropped).
                     self.metrics.published(item.source)
@@ -1098,6 +1103,18 @@ class Runtime:
             beat("publish", idle="ended")
 
     # --- helpers -----------------------------------------------------------------------------
+
+    def _ended_out(self, end: SourceEnd) -> None:
+        """A source's end has reached the sinks: ``remove_source`` may return; a removed source
+        (not added again meanwhile) leaves the status line, the queues and /metrics."""
+        with self._sources_lock:
+            if end.index in self._removed:
+                self._batcher.retired.add(end.index)
+                if not any(s.name == end.source for s in self.sources[end.index + 1:]):
+                    self.metrics.retire(end.source)
+        with self._settled_cond:
+            self._published_ends.add(end.index)
+            self._settled_cond.notify_all()
 
     def emit(self, event: Event) -> None:
         """Publish an event on its source's events stream (any thread; never blocks)."""
@@ -1153,10 +1170,10 @@ class Runtime:
         counter("track_capacity_refused", "Segments left without a track id: the tracker held tracking.max_tracks.",
                 ("source",), lambda: {(name,): sum(getattr(stage, "capacity_refused", 0)
                                                    for stage in self._stages.get(name, ()))
-                                      for name in self._source_names if name not in self.metrics.retired})
+                                      for name in list(self._source_names) if name not in self.metrics.retired})
         counter("segments_filtered", "Segments a source's filters dropped before the tracker and the sinks, by reason "
                 "(class, score, roi, min_area).", ("source", "reason"),
-                lambda: {key: n for key, n in self.filtered.items() if key[0] not in self.metrics.retired})
+                lambda: {key: n for key, n in list(self.filtered.items()) if key[0] not in self.metrics.retired})
         gauge("source_info", "1 for the format each source streams now (as decoded); a new series when it changes.",
               ("source", "codec", "width", "height"), lambda: {
                   (source.name, info.codec, str(info.width), str(info.height)): 1
@@ -1164,7 +1181,7 @@ class Runtime:
         gauge("source_lag_seconds", "How far a live source's newest decoded frame is behind its stream's own clock: "
               "the wall time since its timestamps began (this epoch) minus the stream time since; back-pressure "
               "(buffer every_frame behind a slower model) makes it grow.", ("source",),
-              lambda: {(name,): lag for name, lag in self.lags.items() if name not in self.metrics.retired})
+              lambda: {(name,): lag for name, lag in list(self.lags.items()) if name not in self.metrics.retired})
         gauge("source_nominal_fps", "The frame rate each source's stream says it has (where it says one).",
               ("source",), lambda: {(source.name,): info.fps for source, info in self._source_infos()
                                     if info.fps})

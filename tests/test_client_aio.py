@@ -210,3 +210,60 @@ def test_a_consumer_group_shares_entries_and_ack_is_awaited(server):
     got, before, after = asyncio.run(main())
     assert [e.frame for e in got] == [0, 1, 2, 3]
     assert (before, after) == (4, 0)
+
+
+def test_the_follow_newest_watchdog_keeps_saying_none_while_redis_is_away(server, caplog):
+    # found probing: with Redis away, follow_newest(idle_s=...) yielded nothing at all (sync and
+    # asyncio alike), so a robot's watchdog never fired exactly when the feed was gone
+    publish(server, ("cam0", 0))
+
+    def sync_follow() -> list:
+        client = connect(server.url, max_block_ms=500)
+        got, started = [], time.monotonic()
+        for item in client.follow_newest("cam0", block_ms=200, idle_s=0.5):
+            got.append((round(time.monotonic() - started, 1), item))
+            if len(got) == 1:
+                server.kill()
+            if time.monotonic() - started > 3.5:
+                break
+        client.close()
+        return got
+
+    async def async_follow() -> list:
+        async with await aio.connect(server.url, max_block_ms=500) as client:
+            got, started = [], time.monotonic()
+            async for item in client.follow_newest("cam0", block_ms=200, idle_s=0.5):
+                got.append(item)
+                if len(got) == 1:
+                    server.kill()
+                if time.monotonic() - started > 3.0:
+                    return got
+
+    with caplog.at_level(logging.WARNING, logger="segstream.client"):
+        got = sync_follow()
+    assert got[0][1] is not None and got[0][1].frame == 0
+    nones = [t for t, item in got[1:] if item is None]
+    assert len(nones) >= 4, got  # one every idle_s of the outage, not silence
+    assert len([r for r in caplog.records if r.getMessage().startswith("lost Redis")]) == 1  # said once
+    server.start()
+    got = asyncio.run(async_follow())
+    assert got[0] is not None and got.count(None) >= 4, got
+
+
+def test_newest_reads_one_source_and_names_a_malformed_entry(server):
+    publish(server, ("cam0", 0))
+    client = connect(server.url)
+    with pytest.raises(ValueError, match=r"newest\(\) reads one source; for the newest entry of each of several"):
+        client.newest("*")
+    with pytest.raises(ValueError, match="reads one source"):
+        asyncio.run(_newest_of(server, ["cam0", "cam1"]))
+    entry_id = server.client().xadd("segstream:cam0:frames", {"v": "1", "source": "cam0"}).decode()
+    with pytest.raises(WireFormatError, match=f"^entry {entry_id} of segstream:cam0:frames: ") as raised:
+        client.newest("cam0")
+    assert raised.value.entry_id == entry_id
+    client.close()
+
+
+async def _newest_of(server, source):
+    async with await aio.connect(server.url) as client:
+        return await client.newest(source)

@@ -679,3 +679,18 @@ def test_the_files_sink_counts_the_bytes_of_its_lines(tmp_path):
 
     on_disk = sum(path.stat().st_size for path in (tmp_path / "out").glob("*.jsonl"))
     assert sink.bytes_written == on_disk > 0
+
+
+def test_a_user_that_may_not_trim_is_told_to_grant_xtrim_for_max_age_s(one_entry_nodes):
+    import redis as redis_py
+
+    one_entry_nodes.client().acl_setuser("writer", enabled=True, passwords=["+pw"], keys=["segstream:*"],
+                                         commands=["+@all", "-xtrim"])
+    client = redis_py.Redis(port=one_entry_nodes.port, username="writer", password="pw")
+    publisher = RedisPublisher(client, maxlen=1000, pipeline_size=1, max_batch_delay_s=0, max_age_s=1.0)
+    with pytest.raises(SinkError, match=r"grant this user XTRIM too \(ACL: \+xtrim\), with which "
+                                        r"sinks.redis.max_age_s trims"):
+        for index in range(3):  # the first batch has nothing to trim after
+            publisher.publish(tiny_scene("cam0", index))
+        publisher.flush()
+    publisher.close()

@@ -775,5 +775,6 @@ def test_a_live_source_held_back_by_a_slower_model_shows_how_far_it_is_behind_li
         return read[("cam",)]
 
     # every frame of a 50 fps camera through a model of 16 fps: about 2/3 of the time is lag
-    assert lag_after(BufferPolicy("every_frame")) > 0.5
-    assert lag_after(BufferPolicy("newest")) < 0.15  # the decoder never waits: it keeps up with live
+    held_back = lag_after(BufferPolicy("every_frame"))
+    assert held_back > 0.5
+    assert lag_after(BufferPolicy("newest")) < held_back / 3  # the decoder never waits (a loaded CPU's jitter aside)
