@@ -323,6 +323,28 @@ class _ClientBase:
         return self._fan_in_class(self, parse, streams=list(dict.fromkeys(given)), start=start, count=count,
                                   block_ms=block_ms, discover_s=discover_s)
 
+    def frames(self, source: str | list[str] | None = None, *, stream: str | list[str] | None = None,
+               start: str = "$", group: str | None = None, consumer: str | None = None,
+               claim_idle_ms: int | None = 60_000, count: int = 100, block_ms: int = 1000,
+               discover_s: float = 2.0) -> Subscription | FanIn:
+        """The frames of ``source`` (or of ``stream``): see ``Subscription``. A list of sources
+        (streams), or a glob (``"*"``, ``"lobby-*"``; ``stream="segstream:*:frames"``), reads them
+        all in one: see ``FanIn``. With ``segstream.client.aio``, iterate with ``async for``; the
+        reader takes its start position ("$": the newest entry) when it first reads."""
+        return self._subscribe(self.stream_pattern, _frame_entry, source, stream, start=start, group=group,
+                               consumer=consumer, claim_idle_ms=claim_idle_ms, count=count, block_ms=block_ms,
+                               discover_s=discover_s)
+
+    def events(self, source: str | list[str] | None = None, *, stream: str | list[str] | None = None,
+               start: str = "$", group: str | None = None, consumer: str | None = None,
+               claim_idle_ms: int | None = 60_000, count: int = 100, block_ms: int = 1000,
+               discover_s: float = 2.0) -> Subscription | FanIn:
+        """The events of ``source`` (or of ``stream``): see ``Subscription``; of several sources,
+        or of a glob of them, as ``frames`` reads their frames."""
+        return self._subscribe(self.events_pattern, _event_entry, source, stream, start=start, group=group,
+                               consumer=consumer, claim_idle_ms=claim_idle_ms, count=count, block_ms=block_ms,
+                               discover_s=discover_s)
+
     def _newest_targets(self, source, stream, idle_s: float | None) -> tuple[list[str], str | None]:
         """The streams (or the glob) ``follow_newest`` watches."""
         if idle_s is not None and idle_s <= 0:
@@ -441,27 +463,6 @@ class Client(_ClientBase):
         self._stop = threading.Event()
 
     # --- subscriptions ---------------------------------------------------------------------
-
-    def frames(self, source: str | list[str] | None = None, *, stream: str | list[str] | None = None,
-               start: str = "$", group: str | None = None, consumer: str | None = None,
-               claim_idle_ms: int | None = 60_000, count: int = 100, block_ms: int = 1000,
-               discover_s: float = 2.0) -> Subscription | FanIn:
-        """The frames of ``source`` (or of ``stream``): see ``Subscription``. A list of sources
-        (streams), or a glob (``"*"``, ``"lobby-*"``; ``stream="segstream:*:frames"``), reads them
-        all in one: see ``FanIn``."""
-        return self._subscribe(self.stream_pattern, _frame_entry, source, stream, start=start, group=group,
-                               consumer=consumer, claim_idle_ms=claim_idle_ms, count=count, block_ms=block_ms,
-                               discover_s=discover_s)
-
-    def events(self, source: str | list[str] | None = None, *, stream: str | list[str] | None = None,
-               start: str = "$", group: str | None = None, consumer: str | None = None,
-               claim_idle_ms: int | None = 60_000, count: int = 100, block_ms: int = 1000,
-               discover_s: float = 2.0) -> Subscription | FanIn:
-        """The events of ``source`` (or of ``stream``): see ``Subscription``; of several sources,
-        or of a glob of them, as ``frames`` reads their frames."""
-        return self._subscribe(self.events_pattern, _event_entry, source, stream, start=start, group=group,
-                               consumer=consumer, claim_idle_ms=claim_idle_ms, count=count, block_ms=block_ms,
-                               discover_s=discover_s)
 
     def newest(self, source: str | None = None, *, stream: str | None = None,
                max_age_s: float | None = None) -> Entry | None:

@@ -27,8 +27,8 @@ import redis.asyncio
 from segstream.connectors.errors import SinkError
 from segstream.connectors.redis_connection import SentinelAuth, TlsFiles, connect_redis_async, redis_address
 from segstream.connectors.redis_reader import (
-    _MAX_BLOCK_MS, _REFUSED_LOGIN, _UNREACHABLE, Entry, EventEntry, _ClientBase, _Emit, _event_entry,
-    _FanInSteps, _frame_entry, _fresh, _key_in, _named_entry, _one_stream, _Outage, _patience, _Pause, _StillDown,
+    _MAX_BLOCK_MS, _REFUSED_LOGIN, _UNREACHABLE, Entry, EventEntry, _ClientBase, _Emit,
+    _FanInSteps, _fresh, _key_in, _named_entry, _one_stream, _Outage, _patience, _Pause, _StillDown,
     _Stopped, _SubscriptionSteps, _wait_within,
     _warn_if_missing_steps, reader_options,
 )
@@ -71,25 +71,6 @@ class Client(_ClientBase):
         super().__init__(redis_client, stream_pattern=stream_pattern, events_pattern=events_pattern,
                          reconnect_max_s=reconnect_max_s, give_up_after_s=give_up_after_s)
         self._stopped = asyncio.Event()
-
-    def frames(self, source: str | list[str] | None = None, *, stream: str | list[str] | None = None,
-               start: str = "$", group: str | None = None, consumer: str | None = None,
-               claim_idle_ms: int | None = 60_000, count: int = 100, block_ms: int = 1000,
-               discover_s: float = 2.0) -> Subscription | FanIn:
-        """As ``segstream.client.Client.frames``; iterate with ``async for``. The reader takes its
-        start position ("$": the newest entry) when it first reads."""
-        return self._subscribe(self.stream_pattern, _frame_entry, source, stream, start=start, group=group,
-                               consumer=consumer, claim_idle_ms=claim_idle_ms, count=count, block_ms=block_ms,
-                               discover_s=discover_s)
-
-    def events(self, source: str | list[str] | None = None, *, stream: str | list[str] | None = None,
-               start: str = "$", group: str | None = None, consumer: str | None = None,
-               claim_idle_ms: int | None = 60_000, count: int = 100, block_ms: int = 1000,
-               discover_s: float = 2.0) -> Subscription | FanIn:
-        """As ``segstream.client.Client.events``; iterate with ``async for``."""
-        return self._subscribe(self.events_pattern, _event_entry, source, stream, start=start, group=group,
-                               consumer=consumer, claim_idle_ms=claim_idle_ms, count=count, block_ms=block_ms,
-                               discover_s=discover_s)
 
     async def newest(self, source: str | None = None, *, stream: str | None = None,
                      max_age_s: float | None = None) -> Entry | None:
