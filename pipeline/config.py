@@ -949,7 +949,8 @@ def _resolve(path: str, info: ValidationInfo) -> Path:
     """Relative paths in a config file are relative to that file's directory (as in
     docker-compose), so a config works from wherever segstream is started. Made absolute, not
     followed through links: a Kubernetes ConfigMap's files are links into a folder that each
-    update replaces, and a run reloading its config must find the same paths."""
+    update replaces, and a run reloading its config must find the same paths. (So ``..`` goes up
+    from the path as written, not from where a link in it leads.)"""
     candidate = Path(path).expanduser()
     base = (info.context or {}).get("base_dir") if info is not None else None
     if base is not None and not candidate.is_absolute():
@@ -975,7 +976,7 @@ def load_config(
                              if not (isinstance(key, str) and key.startswith("x-"))})
         for override in overrides:
             apply_override(raw, override)
-        folder = Path(base_dir or ".").resolve()
+        folder = Path(os.path.abspath(base_dir or "."))
     else:
         raw = raw_config_data(path, overrides)
         folder = config_folder(path) if base_dir is None else Path(os.path.abspath(base_dir))
