@@ -54,8 +54,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"track_counter: error: {error}", file=sys.stderr)
         return 1
     count_once = client.redis.register_script(COUNT_ONCE)
-    events = client.events(args.source, group=args.group, consumer=args.consumer, start=args.start,
-                           claim_idle_ms=args.claim_idle_ms, block_ms=500)
+    try:
+        events = client.events(args.source, group=args.group, consumer=args.consumer, start=args.start,
+                               claim_idle_ms=args.claim_idle_ms, block_ms=500)
+    except ValueError as error:  # a glob or a list: a group reads one source's events
+        print(f"track_counter: error: --source {args.source}: {error}", file=sys.stderr)
+        return 2
     counted = 0
     last_event = time.monotonic()
     try:

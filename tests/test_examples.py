@@ -119,3 +119,9 @@ def test_track_counter_does_not_count_a_killed_run_s_tracks_as_active(published)
     assert result.returncode == 0, result.stderr
     old = result.stdout.split("run killedrun (ended or killed: no track active)")[1]
     assert "box          started     1  ended     0  active     0" in old
+
+
+def test_track_counter_given_a_glob_says_a_group_reads_one_source(published):
+    result = run_example("track_counter.py", "--url", published.url, "--source", "cam*", "--idle-exit", "1")
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.startswith("track_counter: error: --source cam*: a consumer group reads one stream")
