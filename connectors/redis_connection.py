@@ -27,11 +27,12 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 from redis.sentinel import Sentinel, SentinelConnectionPool
 
-# The pools of clients that reach the master through the sentinels, of redis-py and of redis.asyncio
-_SENTINEL_POOLS = (SentinelConnectionPool, redis.asyncio.sentinel.SentinelConnectionPool)
-
 from segstream.connectors.errors import SinkError
 from segstream.connectors.urls import redact_url
+
+# The pools of clients that reach the master through the sentinels, of redis-py and of redis.asyncio
+# (which ``import redis`` loads anyway)
+_SENTINEL_POOLS = (SentinelConnectionPool, redis.asyncio.sentinel.SentinelConnectionPool)
 
 
 @dataclass(frozen=True, slots=True)

@@ -566,8 +566,8 @@ class RedisPublisher:
         finally:
             pipe.reset()
         self.batches_sent += 1
-        results_all = results
-        lengths, results = results[:len(checked)], results[len(checked):len(checked) + len(batch)]
+        lengths, results, trims = (results[:len(checked)], results[len(checked):len(checked) + len(batch)],
+                                   results[len(checked) + len(batch):])
         if self._refusal is not None:
             log.warning("Redis at %s takes writes again after %.1f s: sending a backlog of %d entries%s",
                         self._where, time.monotonic() - (self._refused_since or time.monotonic()), len(self._queue),
@@ -584,11 +584,12 @@ class RedisPublisher:
         # what the checks above did not already report (they forget the streams they report)
         self._warn_vanished([(stream, self._last_id[stream]) for stream, length in zip(checked, lengths)
                              if length == 0 and stream in self._last_id])
-        trims = [r for r in results_all[len(checked) + len(batch):] if isinstance(r, Exception)]
-        if trims and not self._trim_refused:  # max_age_s would do nothing, said once
+        trim_errors = [r for r in trims if isinstance(r, Exception)]
+        if trim_errors and not self._trim_refused:  # max_age_s would do nothing, said once
             self._trim_refused = True
             log.warning("Redis at %s refused to trim by age (XTRIM MINID: %s): sinks.redis.max_age_s has no effect "
-                        "— allow +xtrim to the user, or use Redis 6.2 or newer", self._where, error_summary(trims[0]))
+                        "— allow +xtrim to the user, or use Redis 6.2 or newer", self._where,
+                        error_summary(trim_errors[0]))
         refused = [(item.stream, r) for item, r in zip(batch, results) if isinstance(r, Exception)]
         # only what Redis took advances a stream's numbers
         self._written([(item, r) for item, r in zip(batch, results) if not isinstance(r, Exception)], now)

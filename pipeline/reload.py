@@ -76,13 +76,18 @@ def plan(running: PipelineConfig, new: PipelineConfig) -> Plan:
 def ops_address(path: str | Path) -> tuple[str, int]:
     """Where a run of the config at ``path`` serves its endpoints (its ``ops.http``, with
     ``${VAR}`` from this environment): a ``ConfigError`` naming what stops that being known."""
-    from segstream.pipeline.config import OpsConfig, interpolate, read_yaml
+    from segstream.pipeline.config import OpsConfig, _error_line, interpolate, read_yaml
 
     try:
-        ops = OpsConfig.model_validate(interpolate(read_yaml(path).get("ops") or {}))
-    except (ConfigError, ValidationError) as error:
-        why = "; ".join(str(error).splitlines()[:1]) if isinstance(error, ConfigError) else \
-            "; ".join(f"ops.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+        section = {"ops": interpolate(read_yaml(path).get("ops") or {})}
+        ops = OpsConfig.model_validate(section["ops"])
+    except ConfigError as error:
+        why = str(error).splitlines()[0]
+    except ValidationError as error:  # as validate says it
+        why = "; ".join(_error_line({**e, "loc": ("ops", *e["loc"])}, section) for e in error.errors())
+    else:
+        why = None
+    if why is not None:
         raise ConfigError(f"{path}: where the run listens cannot be read ({why}) — give it with --ops HOST:PORT; "
                           "nothing was sent") from None
     if ops.address is None:
