@@ -58,6 +58,9 @@ _PASSING_PREFIXES = ("OOM", "READONLY", "MISCONF", "NOREPLICAS")
 # How often a stream this run writes is checked for entries of another run (one XREVRANGE COUNT 1).
 _WRITER_CHECK_S = 2.0
 _WRITER_WINDOW = 10  # entries read after this run's last at the previous check
+# another run not seen writing for this long no longer counts (segstream_redis_other_writers): checked
+# every _WRITER_CHECK_S, a run still writing is seen again well within it
+_WRITER_FORGET_S = 30.0
 # At start, another run's last entry counts as "still writing" when this recent (Redis's clock), or
 # more recent than three of its gaps between entries.
 _RECENT_MAX_S = 5.0
@@ -186,7 +189,8 @@ class RedisPublisher:
         self._seq: dict[str, int] = {}
         self.run_id = run_id  # this run's; when not given, the run_id of the first entry written
         # runs other than this one seen writing to this run's streams: run_id -> the stream
-        self.other_writers: dict[str, str] = {}
+        self.other_writers: dict[str, str] = {}  # every other run seen writing this run's streams -> a stream
+        self._writer_seen: dict[str, float] = {}  # other run -> its newest entry seen (Redis's clock, s)
         self._ended: set[tuple[str, str]] = set()  # (run_id, source) whose end a state event said
         self._writer_checked: dict[str, float] = {}  # per stream, when it was last checked for other writers
         self._writer_since: dict[str, bytes] = {}  # per stream, this run's last entry at that check
@@ -396,8 +400,9 @@ class RedisPublisher:
         if self.data_losses:
             parts.append(f"lost written entries {self.data_losses} time{'s' if self.data_losses != 1 else ''}")
         if dropped or self.events_dropped:
-            parts.append("dropped " + ", ".join(f"{v} ({k})" for k, v in sorted(dropped.items()))
-                         + (f" + {self.events_dropped} events" if self.events_dropped else ""))
+            events = [f"{self.events_dropped} event{'s' if self.events_dropped != 1 else ''}"] if self.events_dropped else []
+            parts.append("dropped " + " + ".join([", ".join(f"{v} ({k})" for k, v in sorted(dropped.items())), *events]
+                                                 if dropped else events))
         if not self._connected and self._last_error:
             parts.append(f"last error: {self._last_error}")
         return {
@@ -711,7 +716,7 @@ class RedisPublisher:
             age = time.time() - _entry_time(entry_id)
             gap = _entry_time(entry_id) - _entry_time(last[1][0]) if len(last) > 1 else _RECENT_MAX_S
             if age < min(_RECENT_MAX_S, max(_RECENT_MIN_S, 3 * gap)):
-                self._other_writer(stream, other, f"its last entry {_text(entry_id)} is {max(age, 0):.1f} s old")
+                self._other_writer(stream, other, entry_id, f"its last entry {_text(entry_id)} is {max(age, 0):.1f} s old")
         return last
 
     def _check_other_writers(self, streams: set[str]) -> None:
@@ -732,7 +737,7 @@ class RedisPublisher:
             for entry_id, fields in entries:
                 other = _text(fields.get(b"run_id", b""))
                 if other and other != self.run_id and _id_key(entry_id) > _id_key(since or written):
-                    self._other_writer(stream, other, f"its entry {_text(entry_id)} came after this run's "
+                    self._other_writer(stream, other, entry_id, f"its entry {_text(entry_id)} came after this run's "
                                                       f"{_text(since or written)}")
                     break
 
@@ -762,14 +767,24 @@ class RedisPublisher:
             log.debug("cannot read the last entries of %s (%s)", stream, error_summary(error))
             return []
 
-    def _other_writer(self, stream: str, other: str, evidence: str) -> None:
-        """Another run writes a stream this run writes: warned once per other run."""
+    def _other_writer(self, stream: str, other: str, entry_id: bytes, evidence: str) -> None:
+        """Another run writes a stream this run writes (its entry ``entry_id``): warned once per
+        other run."""
+        self._writer_seen[other] = max(self._writer_seen.get(other, 0.0), _entry_time(entry_id))
         if other in self.other_writers:
             return
         self.other_writers[other] = stream
         log.warning("another segstream run (%s) writes to %s, as this run (%s) does: %s — two pipelines publish the "
                     "same source names, so seq numbers collide and readers misread them; stop one of them, or give "
                     "each its own source names or sinks.redis.stream", other, stream, self.run_id or "?", evidence)
+
+    @property
+    def writing_now(self) -> int:
+        """The other runs seen writing this run's streams within the last ``_WRITER_FORGET_S``: one
+        that stopped (the old run of a rolling deploy) is no longer counted. By its entries' times:
+        a check may still find entries it wrote before it stopped."""
+        now = time.time()
+        return sum(now - seen < _WRITER_FORGET_S for seen in list(self._writer_seen.values()))
 
     # --- outages ----------------------------------------------------------------------------
 

@@ -76,13 +76,18 @@ class LatencyWindow:
     (``buckets`` are upper bounds); thread-safe for one writer."""
 
     def __init__(self, size: int = 65536, buckets: tuple[float, ...] = LATENCY_BUCKETS):
-        self._samples = np.zeros(size, np.float64)
+        self.size = size
+        # grows (doubling) to ``size`` as samples come: a camera that came and went after a few
+        # frames (sources added and removed while a run goes on) keeps a few, not ``size``
+        self._samples = np.zeros(min(size, 64), np.float64)
         self._count = 0
         self.buckets = tuple(buckets)
         self._in_bucket = [0] * (len(self.buckets) + 1)  # the last one: above every bound
         self._sum = 0.0
 
     def add(self, seconds: float) -> None:
+        if self._count == len(self._samples) < self.size:
+            self._samples = np.concatenate([self._samples, np.zeros(min(len(self._samples), self.size - self._count))])
         self._samples[self._count % len(self._samples)] = seconds
         self._in_bucket[bisect.bisect_left(self.buckets, seconds)] += 1
         self._sum += seconds

@@ -1163,8 +1163,9 @@ class Runtime:
                 ("sink",), of_sinks("down_seconds"))
         gauge("sink_connected", "1 while a sink can write (0 while it is reconnecting).", ("sink",),
               lambda: {(sink.name,): float(getattr(sink, "connected", True)) for sink in sinks})
-        gauge("redis_other_writers", "Other runs seen writing to the Redis streams this run writes (same source names).",
-              ("sink",), lambda: {(sink.name,): len(sink.other_writers) for sink in sinks if hasattr(sink, "other_writers")})
+        gauge("redis_other_writers", "Other runs seen writing to the Redis streams this run writes (same source names) "
+              "within the last 30 s.", ("sink",),
+              lambda: {(sink.name,): sink.writing_now for sink in sinks if hasattr(sink, "writing_now")})
         gauge("run_info", "Always 1; the label is this run's run_id, which every entry it publishes carries.", ("run_id",),
               lambda: {(self.run_id,): 1})
         counter("track_capacity_refused", "Segments left without a track id: the tracker held tracking.max_tracks.",

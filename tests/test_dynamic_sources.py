@@ -230,3 +230,21 @@ def test_a_removed_source_leaves_the_status_line_the_queues_and_metrics_but_not_
     assert 'source="gone"' not in page and 'source="stays"' in page
     assert "decode-gone" not in page  # its thread ended: no heartbeat series either
     assert f"gone {report.sources['gone'].published}/{report.sources['gone'].decoded} (removed)" in report.summary()
+
+
+def test_a_latency_window_holds_what_came_not_its_size():
+    """Found measuring cameras that come and go: every source name kept a 4096-sample window
+    (32 KB) for the rest of the run, however few frames it had; 1,000 short-lived cameras held 55 MB."""
+    from segstream.pipeline.metrics import LatencyWindow
+
+    few = LatencyWindow(4096)
+    for k in range(3):
+        few.add(k / 10)
+    assert few._samples.nbytes <= 64 * 8
+    assert few.values().tolist() == [0.0, 0.1, 0.2]
+    many = LatencyWindow(1000)
+    for k in range(2500):  # grown to its size, then the newest 1000 in a ring
+        many.add(float(k))
+    assert len(many._samples) == 1000
+    assert sorted(many.values().tolist()) == [float(k) for k in range(1500, 2500)]
+    assert many.count == 2500 and many.histogram()[1] == 2500

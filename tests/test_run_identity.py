@@ -84,6 +84,30 @@ def test_two_runs_writing_one_stream_each_warn_naming_the_other(server, client, 
     assert f"another segstream run ({second.run_id}) writes to segstream:cam0:frames" in lines[1]
 
 
+def test_a_run_that_stopped_writing_is_no_longer_counted(server, client, monkeypatch):
+    """Found probing (a rolling deploy): segstream_redis_other_writers stayed 1 after the old run
+    stopped, so SegstreamSecondWriter fired for the rest of the new run."""
+    monkeypatch.setattr(redis_sink, "_WRITER_CHECK_S", 0.0)
+    monkeypatch.setattr(redis_sink, "_WRITER_FORGET_S", 0.5)
+    old = publisher(server, "20261202T100000Z-aaaaaaaa")
+    new = publisher(server, "20261202T100500Z-bbbbbbbb")
+    try:
+        for i in range(3):
+            old.publish(frame(i, old.run_id))
+        new.publish(frame(0, new.run_id))
+        old.publish(frame(3, old.run_id))
+        new.publish(frame(1, new.run_id))  # the old run still writes
+        assert new.writing_now == 1
+        old.close()  # the old run is gone; the new one goes on writing
+        time.sleep(0.6)
+        for i in range(2, 4):
+            new.publish(frame(i, new.run_id))
+        assert new.writing_now == 0
+        assert list(new.other_writers) == [old.run_id]  # still warned of once
+    finally:
+        new.close()
+
+
 def test_the_first_run_sees_the_second_even_when_the_stream_ends_with_its_own_entry(server, client, monkeypatch):
     """Found by QA: the first of two runs writing as often as each other never warned in one try
     of three: at its check the stream's last entry was often its own."""
