@@ -1072,6 +1072,7 @@ class Runtime:
                 beat("publish")
                 self._publish_events()
                 if isinstance(item, SourceEnd):
+                    self._count_end(item)
                     for sink in self.sinks:
                         for event in item.events:
                             sink.publish_event(event)
@@ -1103,6 +1104,16 @@ class Runtime:
             beat("publish", idle="ended")
 
     # --- helpers -----------------------------------------------------------------------------
+
+    def _count_end(self, end: SourceEnd) -> None:
+        """A source's final state event says what became of its frames, so that a reader of its
+        events alone can tell that nothing went missing unsaid (SCHEMA, ``frames``)."""
+        counts = self.metrics.source(end.source).copy()
+        for event in end.events:
+            if event.kind == "state" and event.data.get("state") in ("ended", "failed"):
+                event.data["frames"] = {"decoded": counts.decoded, "decode_errors": counts.decode_errors,
+                                        "published": counts.published,
+                                        "dropped": dict(sorted(counts.dropped_by.items()))}
 
     def _ended_out(self, end: SourceEnd) -> None:
         """A source's end has reached the sinks: ``remove_source`` may return; a removed source

@@ -248,3 +248,22 @@ def test_a_latency_window_holds_what_came_not_its_size():
     assert len(many._samples) == 1000
     assert sorted(many.values().tolist()) == [float(k) for k in range(1500, 2500)]
     assert many.count == 2500 and many.histogram()[1] == 2500
+
+
+def test_a_source_s_final_state_event_says_what_became_of_its_frames():
+    """Found probing as an incident investigator: proving from the events stream alone that
+    nothing went missing unsaid needed the run's log summary or /metrics (gone with the run)."""
+    sink = CollectingSink()
+    # a 200 fps camera into a queue of 1: frames are dropped as queue_full
+    run = _Running(_runtime([SquareCamera("a", fps=200), SquareCamera("b")], sink, queue_size=1))
+    _wait(lambda: len(sink.indices("a")) >= 20)
+    assert run.runtime.remove_source("a", wait_s=10)
+    report = run.stop()
+    final = [e for e in sink.events if e.source == "a" and e.kind == "state"][-1]
+    assert final.data["state"] == "ended"
+    frames = final.data["frames"]
+    assert frames["published"] == len(sink.indices("a")) == report.sources["a"].published
+    assert frames["decoded"] + frames["decode_errors"] == frames["published"] + sum(frames["dropped"].values())
+    assert frames["decoded"] == report.sources["a"].decoded
+    assert [e for e in sink.events if e.source == "b" and e.kind == "state"][-1].data["frames"]["published"] == \
+        len(sink.indices("b"))
