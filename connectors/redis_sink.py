@@ -58,9 +58,11 @@ _PASSING_PREFIXES = ("OOM", "READONLY", "MISCONF", "NOREPLICAS")
 # How often a stream this run writes is checked for entries of another run (one XREVRANGE COUNT 1).
 _WRITER_CHECK_S = 2.0
 _WRITER_WINDOW = 10  # entries read after this run's last at the previous check
-# another run not seen writing for this long no longer counts (segstream_redis_other_writers): checked
-# every _WRITER_CHECK_S, a run still writing is seen again well within it
-_WRITER_FORGET_S = 30.0
+# another run whose entries have not been seen to grow for this long no longer counts
+# (segstream_redis_other_writers; the alert waits 3 min): checked every _WRITER_CHECK_S, a copy of
+# the run writing as often is seen again within a check or two; a much slower one, whose entries the
+# checks' window of _WRITER_WINDOW may miss, still within this most of the time
+_WRITER_FORGET_S = 120.0
 # At start, another run's last entry counts as "still writing" when this recent (Redis's clock), or
 # more recent than three of its gaps between entries.
 _RECENT_MAX_S = 5.0
@@ -190,7 +192,9 @@ class RedisPublisher:
         self.run_id = run_id  # this run's; when not given, the run_id of the first entry written
         # runs other than this one seen writing to this run's streams: run_id -> the stream
         self.other_writers: dict[str, str] = {}  # every other run seen writing this run's streams -> a stream
-        self._writer_seen: dict[str, float] = {}  # other run -> its newest entry seen (Redis's clock, s)
+        # other run -> its newest entry seen, and when (monotonic) it was first seen: by this host's
+        # clock alone (Redis's may be another's)
+        self._writer_seen: dict[str, tuple[tuple[int, int], float]] = {}
         self._ended: set[tuple[str, str]] = set()  # (run_id, source) whose end a state event said
         self._writer_checked: dict[str, float] = {}  # per stream, when it was last checked for other writers
         self._writer_since: dict[str, bytes] = {}  # per stream, this run's last entry at that check
@@ -770,7 +774,9 @@ class RedisPublisher:
     def _other_writer(self, stream: str, other: str, entry_id: bytes, evidence: str) -> None:
         """Another run writes a stream this run writes (its entry ``entry_id``): warned once per
         other run."""
-        self._writer_seen[other] = max(self._writer_seen.get(other, 0.0), _entry_time(entry_id))
+        newest = self._writer_seen.get(other)
+        if newest is None or _id_key(entry_id) > newest[0]:  # it wrote since: seen writing now
+            self._writer_seen[other] = (_id_key(entry_id), time.monotonic())
         if other in self.other_writers:
             return
         self.other_writers[other] = stream
@@ -780,11 +786,12 @@ class RedisPublisher:
 
     @property
     def writing_now(self) -> int:
-        """The other runs seen writing this run's streams within the last ``_WRITER_FORGET_S``: one
-        that stopped (the old run of a rolling deploy) is no longer counted. By its entries' times:
-        a check may still find entries it wrote before it stopped."""
-        now = time.time()
-        return sum(now - seen < _WRITER_FORGET_S for seen in list(self._writer_seen.values()))
+        """The other runs seen writing this run's streams within the last ``_WRITER_FORGET_S`` (120 s): one
+        that stopped (the old run of a rolling deploy) is no longer counted. Seen writing means an
+        entry newer than the newest seen of it: a check may still find entries it wrote before it
+        stopped."""
+        now = time.monotonic()
+        return sum(now - seen < _WRITER_FORGET_S for _, seen in list(self._writer_seen.values()))
 
     # --- outages ----------------------------------------------------------------------------
 

@@ -574,8 +574,10 @@ class Runtime:
             if self._stop_requested or self._errors or self._aborted.is_set() or self._finished.is_set():
                 raise RuntimeError(f"source {name} cannot be added: the run is ending")
             earlier = [i for i, s in enumerate(self.sources) if s.name == name]
-            if any(i not in self._settled for i in earlier):
-                state = "is still ending (wait for remove_source)" if earlier[-1] in self._removed else "runs already"
+            # its end must have reached the sinks: its final state event counts its frames (SCHEMA, frames)
+            if any(i not in self._published_ends for i in earlier):
+                state = "is still ending (wait for remove_source)" if earlier[-1] in self._removed | self._settled \
+                    else "runs already"
                 raise ValueError(f"source {name} {state}: names must be unique")
             size = _declared_queue(source) if queue_size is None else queue_size
             policy = buffer or _declared_buffer(source) or BufferPolicy("newest" if source.live else "every_frame")
@@ -1175,7 +1177,7 @@ class Runtime:
         gauge("sink_connected", "1 while a sink can write (0 while it is reconnecting).", ("sink",),
               lambda: {(sink.name,): float(getattr(sink, "connected", True)) for sink in sinks})
         gauge("redis_other_writers", "Other runs seen writing to the Redis streams this run writes (same source names) "
-              "within the last 30 s.", ("sink",),
+              "within the last 2 min.", ("sink",),
               lambda: {(sink.name,): sink.writing_now for sink in sinks if hasattr(sink, "writing_now")})
         gauge("run_info", "Always 1; the label is this run's run_id, which every entry it publishes carries.", ("run_id",),
               lambda: {(self.run_id,): 1})

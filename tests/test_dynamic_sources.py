@@ -254,8 +254,9 @@ def test_a_source_s_final_state_event_says_what_became_of_its_frames():
     """Found probing as an incident investigator: proving from the events stream alone that
     nothing went missing unsaid needed the run's log summary or /metrics (gone with the run)."""
     sink = CollectingSink()
-    # a 200 fps camera into a queue of 1: frames are dropped as queue_full
-    run = _Running(_runtime([SquareCamera("a", fps=200), SquareCamera("b")], sink, queue_size=1))
+    # a 200 fps camera into a queue of 1 before a model of 20 ms a batch: frames are dropped as queue_full
+    run = _Running(Runtime([SquareCamera("a", fps=200), SquareCamera("b")], ColourSegmenter(delay_s=0.02), [sink],
+                           batch_size=4, max_wait_ms=5, progress=None, publish_states=True, queue_size=1))
     _wait(lambda: len(sink.indices("a")) >= 20)
     assert run.runtime.remove_source("a", wait_s=10)
     report = run.stop()
@@ -263,6 +264,7 @@ def test_a_source_s_final_state_event_says_what_became_of_its_frames():
     assert final.data["state"] == "ended"
     frames = final.data["frames"]
     assert frames["published"] == len(sink.indices("a")) == report.sources["a"].published
+    assert frames["dropped"].get("queue_full", 0) > 0, frames
     assert frames["decoded"] + frames["decode_errors"] == frames["published"] + sum(frames["dropped"].values())
     assert frames["decoded"] == report.sources["a"].decoded
     assert [e for e in sink.events if e.source == "b" and e.kind == "state"][-1].data["frames"]["published"] == \
