@@ -150,6 +150,14 @@ def process_video(job: VideoJob, cfg_json: str, root: str, actor, labels, board,
     def publish_state(state: str, why: str, data: dict | None = None) -> None:
         states.enter(job.id, state, why, data, quiet=True)
 
+    decoded = 0
+
+    def final_counts() -> dict:
+        """What the local engine's final state event says of the video's frames (SCHEMA, frames)."""
+        errors = getattr(source, "decode_errors", 0) if source is not None else 0
+        return {"frames": {"decoded": decoded, "decode_errors": errors, "published": outputs.frames if outputs else 0,
+                           "dropped": {"decode_error": errors} if errors else {}}}
+
     try:
         sinks = _extra_sinks(cfg)  # first: a video that cannot be opened says so on its events stream
         _cut_back(sinks, job.id, mark)
@@ -197,6 +205,7 @@ def process_video(job: VideoJob, cfg_json: str, root: str, actor, labels, board,
         for number, frame in enumerate(source.frames()):
             if number == 0:
                 publish_state("streaming", *first_frame(source, frame))
+            decoded += 1
             batch.append(frame)
             if len(batch) == cfg.engine.batch_size:
                 pending.append((batch, actor.segment.remote(batch)))
@@ -210,7 +219,8 @@ def process_video(job: VideoJob, cfg_json: str, root: str, actor, labels, board,
         for stage in stages:  # the video's end: its tracks end, as in the local engine
             write_events(stage.finish() if hasattr(stage, "finish") else [])
         status, reason = judge(job, status, outputs.frames, reason)
-        publish_state("ended" if status == "done" else "failed", "end of input" if status == "done" else reason)
+        publish_state("ended" if status == "done" else "failed", "end of input" if status == "done" else reason,
+                      final_counts())
         for sink in sinks:
             sink.flush()
         lost: Counter[str] = Counter()
@@ -225,7 +235,7 @@ def process_video(job: VideoJob, cfg_json: str, root: str, actor, labels, board,
                 event.run_id = run_id
                 for sink in sinks or ():
                     sink.publish_event(event)
-        publish_state("failed", reason)
+        publish_state("failed", reason, final_counts())
     finally:
         for sink in sinks or ():
             sink.close()

@@ -51,8 +51,8 @@ def test_ray_outputs_and_published_events_equal_the_local_engines(tmp_path):
             cfg.sinks.redis.url = server.url
             outcomes[engine], _, _ = run_batch(cfg, inputs, engine=engine, progress=False)
             client = server.client()
-            published[engine] = {  # each video's events, states with their data keys
-                vid: [(e.kind, e.data.get("state"), e.data.get("track_id"), sorted(e.data))
+            published[engine] = {  # each video's events, states with their data keys (and what became of its frames)
+                vid: [(e.kind, e.data.get("state"), e.data.get("track_id"), sorted(e.data), e.data.get("frames"))
                       for _, f in client.xrange(f"segstream:{vid}:events") for e in [event_from_wire(f)]]
                 for vid in ("a", "broken")
             }
@@ -62,8 +62,9 @@ def test_ray_outputs_and_published_events_equal_the_local_engines(tmp_path):
     outputs = tree(tmp_path / "ray")
     assert outputs and outputs == tree(tmp_path / "local")
     assert published["ray"] == published["local"]
-    assert [s for kind, s, _, _ in published["ray"]["a"] if kind == "state"] == ["connecting", "streaming", "ended"]
-    assert {"width", "codec", "fps"} <= set([keys for kind, s, _, keys in published["ray"]["a"] if s == "streaming"][0])
+    assert [s for kind, s, _, _, _ in published["ray"]["a"] if kind == "state"] == ["connecting", "streaming", "ended"]
+    assert {"width", "codec", "fps"} <= set([keys for kind, s, _, keys, _ in published["ray"]["a"] if s == "streaming"][0])
+    assert published["ray"]["a"][-1][-1] == {"decoded": 10, "decode_errors": 0, "published": 10, "dropped": {}}
     assert published["ray"]["a"][-1][1] == "ended" and published["ray"]["broken"][-1][1] == "failed"
 
 
