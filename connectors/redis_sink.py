@@ -191,9 +191,9 @@ class RedisPublisher:
         self._seq: dict[str, int] = {}
         self.run_id = run_id  # this run's; when not given, the run_id of the first entry written
         # runs other than this one seen writing to this run's streams: run_id -> the stream
-        self.other_writers: dict[str, str] = {}  # every other run seen writing this run's streams -> a stream
-        # other run -> its newest entry seen, and when (monotonic) it was first seen: by this host's
-        # clock alone (Redis's may be another's)
+        self.other_writers: dict[str, str] = {}
+        # other run -> its newest entry seen, and when (monotonic) that entry was first seen: by this
+        # host's clock alone (Redis's may be another machine's)
         self._writer_seen: dict[str, tuple[tuple[int, int], float]] = {}
         self._ended: set[tuple[str, str]] = set()  # (run_id, source) whose end a state event said
         self._writer_checked: dict[str, float] = {}  # per stream, when it was last checked for other writers
@@ -404,9 +404,10 @@ class RedisPublisher:
         if self.data_losses:
             parts.append(f"lost written entries {self.data_losses} time{'s' if self.data_losses != 1 else ''}")
         if dropped or self.events_dropped:
-            events = [f"{self.events_dropped} event{'s' if self.events_dropped != 1 else ''}"] if self.events_dropped else []
-            parts.append("dropped " + " + ".join([", ".join(f"{v} ({k})" for k, v in sorted(dropped.items())), *events]
-                                                 if dropped else events))
+            lost = [", ".join(f"{v} ({k})" for k, v in sorted(dropped.items()))] if dropped else []
+            if self.events_dropped:
+                lost.append(f"{self.events_dropped} event{'s' if self.events_dropped != 1 else ''}")
+            parts.append("dropped " + " + ".join(lost))
         if not self._connected and self._last_error:
             parts.append(f"last error: {self._last_error}")
         return {
@@ -786,7 +787,7 @@ class RedisPublisher:
 
     @property
     def writing_now(self) -> int:
-        """The other runs seen writing this run's streams within the last ``_WRITER_FORGET_S`` (120 s): one
+        """The other runs seen writing this run's streams within the last ``_WRITER_FORGET_S``: one
         that stopped (the old run of a rolling deploy) is no longer counted. Seen writing means an
         entry newer than the newest seen of it: a check may still find entries it wrote before it
         stopped."""

@@ -48,7 +48,7 @@ from segstream.pipeline.batch import (
 )
 from segstream.pipeline.config import BatchPipelineConfig, PipelineConfig
 from segstream.pipeline.filtering import filter_settings
-from segstream.pipeline.metrics import RunMetrics
+from segstream.pipeline.metrics import RunMetrics, SourceCounts
 from segstream.pipeline.source_states import SourceStates, first_frame
 
 log = logging.getLogger(__name__)
@@ -155,8 +155,9 @@ def process_video(job: VideoJob, cfg_json: str, root: str, actor, labels, board,
     def final_counts() -> dict:
         """What the local engine's final state event says of the video's frames (SCHEMA, frames)."""
         errors = getattr(source, "decode_errors", 0) if source is not None else 0
-        return {"frames": {"decoded": decoded, "decode_errors": errors, "published": outputs.frames if outputs else 0,
-                           "dropped": {"decode_error": errors} if errors else {}}}
+        counts = SourceCounts(decoded=decoded, published=outputs.frames if outputs else 0, decode_errors=errors,
+                              dropped_by=Counter(decode_error=errors) if errors else Counter())
+        return {"frames": counts.outcome()}
 
     try:
         sinks = _extra_sinks(cfg)  # first: a video that cannot be opened says so on its events stream

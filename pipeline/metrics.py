@@ -162,6 +162,11 @@ class SourceCounts:
         """Seconds it has spent connecting, stalled or reconnecting, up to ``now``."""
         return self.down_s + self.gap_s + (max(0.0, now - self.state_since) if self.state in DOWN_STATES else 0.0)
 
+    def outcome(self) -> dict[str, object]:
+        """What became of the source's frames, as its final state event says (SCHEMA, ``frames``)."""
+        return {"decoded": self.decoded, "decode_errors": self.decode_errors, "published": self.published,
+                "dropped": dict(sorted(self.dropped_by.items()))}
+
     def copy(self) -> SourceCounts:
         return SourceCounts(
             self.decoded, self.published, self.decode_errors, Counter(self.dropped_by), self.state, self.reason,

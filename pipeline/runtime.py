@@ -1110,12 +1110,10 @@ class Runtime:
     def _count_end(self, end: SourceEnd) -> None:
         """A source's final state event says what became of its frames, so that a reader of its
         events alone can tell that nothing went missing unsaid (SCHEMA, ``frames``)."""
-        counts = self.metrics.source(end.source).copy()
+        outcome = self.metrics.source(end.source).copy().outcome()
         for event in end.events:
             if event.kind == "state" and event.data.get("state") in ("ended", "failed"):
-                event.data["frames"] = {"decoded": counts.decoded, "decode_errors": counts.decode_errors,
-                                        "published": counts.published,
-                                        "dropped": dict(sorted(counts.dropped_by.items()))}
+                event.data["frames"] = outcome
 
     def _ended_out(self, end: SourceEnd) -> None:
         """A source's end has reached the sinks: ``remove_source`` may return; a removed source
