@@ -381,6 +381,15 @@ def test_each_protocol_gets_its_own_timeout_option():
     assert "timeout" not in stream_options("rtmp://h/app/key", read_timeout_s=2)
 
 
+def test_a_live_stream_probes_five_frames_for_its_rate_not_twenty():
+    """Found probing as an incident investigator: FFmpeg read 20 frames for the rate before the first
+    left (2 s of a 10 fps camera), so each session's first frames came late, in a burst. What it
+    saves is measured in benchmarks/first_frame.py (BENCHMARKS), not asserted here."""
+    for url in ("udp://127.0.0.1:5000", "rtsp://h/x", "srt://h:9000", "http://h/x.m3u8"):
+        assert stream_options(url)["fpsprobesize"] == "5"
+    assert "fpsprobesize" not in stream_options("udp://127.0.0.1:5000", low_latency=False)
+
+
 @pytest.mark.parametrize("password", ["hun#ter22", "hun?ter22", "hu/n#ter22"])
 def test_a_password_with_an_unescaped_hash_or_question_mark_never_reaches_errors_or_states(password):
     source = StreamSource("cam", f"rtsp://admin:{password}@127.0.0.1:{free_port()}/cam",
