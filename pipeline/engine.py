@@ -53,6 +53,9 @@ class BufferPolicy:
             raise ValueError(f"buffer policy must be one of {', '.join(BUFFER_POLICIES)}, got {self.kind!r}")
 
 
+_NO_QUEUE: deque = deque(maxlen=0)  # a removed source's, once its end reached the sinks: nothing comes
+
+
 class Batcher:
     """One bounded FIFO per source behind one condition, so the model stage can wait on all.
 
@@ -88,6 +91,9 @@ class Batcher:
         self._taken = 0  # batches handed out: each gets the next sequence number
         self._forming = threading.Lock()
         self.retired: set[int] = set()  # queues of sources removed from the run: left out of newest()
+        # the queues the model stage walks: a removed source's leaves once its end reached the sinks,
+        # so that cameras coming and going do not lengthen every batch's round-robin for good
+        self.active: list[int] = list(range(len(self.names)))
 
     def put(self, i: int, frame: Frame, live: bool | None = None) -> None:
         policy = self.policies[i]
@@ -113,7 +119,7 @@ class Batcher:
         """A queue for a source added to a run under way; its index, or None when every source
         has finished (the model stage is ending: nothing would take its frames) or the run aborted."""
         with self.cond:
-            if self.aborted or not any(self.open):
+            if self.aborted or not self._any_open():
                 return None
             self.names.append(name)
             self.sizes.append(size)
@@ -122,7 +128,16 @@ class Batcher:
             self.queues.append(deque())
             self.batched.append(0)
             self.open.append(True)  # last: a reader that sees it open finds the rest
+            self.active = [*self.active, len(self.open) - 1]
             return len(self.open) - 1
+
+    def retire(self, i: int) -> None:
+        """Source ``i`` was removed and its end has reached the sinks: its (empty) queue leaves
+        the round-robin, ``newest()`` and the byte budget; its index stays taken."""
+        with self.cond:
+            self.retired.add(i)
+            self.active = [k for k in self.active if k != i]
+            self.queues[i] = _NO_QUEUE  # an empty deque holds 600 bytes
 
     def finish(self, i: int) -> None:
         with self.cond:
@@ -152,15 +167,15 @@ class Batcher:
         # take the frames in between, or a source's frames would end up out of order.
         with self._forming, self.cond:
             while not batch:  # stale frames may empty a batch before it leaves
-                while not self.aborted and not any(self.queues) and any(self.open):
+                while not self.aborted and not self._waiting() and self._any_open():
                     self.cond.wait()
-                if self.aborted or not any(self.queues):
+                if self.aborted or not self._waiting():
                     return None
                 deadline = time.monotonic() + max_wait_s
                 while True:
                     self._take_round_robin(batch, size)
                     left = deadline - time.monotonic()
-                    if len(batch) >= size or left <= 0 or not any(self.open) or self.aborted:
+                    if len(batch) >= size or left <= 0 or not self._any_open() or self.aborted:
                         break
                     self.cond.wait(left)
             seq = self._taken
@@ -171,18 +186,26 @@ class Batcher:
             frame.times["batched"] = now
         return seq, batch
 
+    def _waiting(self) -> bool:
+        """Whether a frame waits in some queue (under ``cond``)."""
+        return any(self.queues[i] for i in self.active)
+
+    def _any_open(self) -> bool:
+        return any(self.open[i] for i in self.active)
+
     def _take_round_robin(self, batch: list[Frame], size: int) -> None:
-        n = len(self.queues)
+        active = self.active
+        n = len(active)
         taken = sum(f.image.nbytes for f in batch)
-        while len(batch) < size and any(self.queues):
+        while len(batch) < size and self._waiting():
             now = time.monotonic()
             for k in range(n):
-                i = (self._next + k) % n
+                i = active[(self._next + k) % n]
                 q = self.queues[i]
                 if q and len(batch) < size:
                     # the budgets of the run's sources (not of removed ones)
                     if self.max_bytes is not None and batch and \
-                            taken + q[0].image.nbytes > self.max_bytes * max(1, n - len(self.retired)):
+                            taken + q[0].image.nbytes > self.max_bytes * max(1, n):
                         return  # the batch is full by its bytes
                     frame = q.popleft()
                     policy = self.policies[i]

@@ -278,7 +278,8 @@ class RunMetrics:
 
     def exposed(self) -> dict[str, SourceCounts]:
         """``snapshot()`` of the sources whose series /metrics shows (all but the retired)."""
-        return {name: counts for name, counts in self.snapshot().items() if name not in self.retired}
+        with self._lock:
+            return {name: counts.copy() for name, counts in self.sources.items() if name not in self.retired}
 
     def gaps(self, name: str, seconds: float) -> None:
         """A source's own total of gaps in its stream (``gap_s``), in seconds."""

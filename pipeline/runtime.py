@@ -101,6 +101,17 @@ class FrameStage(Protocol):
 StageFactory = Callable[[str], "FrameStage | None"]  # source name -> that source's stage (None: none there)
 
 
+@dataclass(frozen=True)
+class _Removed:
+    """What the run keeps of a source removed from it once its end has reached the sinks."""
+
+    name: str
+    live: bool
+
+    def close(self) -> None:
+        pass
+
+
 @dataclass(slots=True)
 class SourceEnd:
     """What follows a source's last result to the sinks: its stages' ``finish()`` events, then
@@ -714,8 +725,8 @@ class Runtime:
             for t in threads[1:]:
                 _start(t)
             with self._sources_lock:  # sources added from now on start at once
-                for i, source in enumerate(self.sources):
-                    _start(self._decoder(i, source))
+                for i in range(len(self.sources)):  # (a loop variable would hold a source for the whole run)
+                    _start(self._decoder(i, self.sources[i]))
                 self._decoders_started = True
             last_progress = last_watch = start
             while alive := [t for t in [*threads, *list(self._decoders.values())]
@@ -726,6 +737,9 @@ class Runtime:
                     sources_closed = True
                 now = time.monotonic()
                 for i, decoder in list(self._decoders.items()):
+                    if i in self._batcher.retired and not decoder.is_alive():  # removed and gone
+                        del self._decoders[i]
+                        continue
                     # closed (removed, or the run stopping) and still inside frames() since before the
                     # close: one waiting for queue room (a slow model) is not the source's doing, and drains
                     closed_at, since = self._closed_at.get(i), self._in_frames.get(i)
@@ -734,7 +748,7 @@ class Runtime:
                         self._leave_behind(i, decoder)
                 if now - last_watch >= OVERLOAD_CHECK_S:
                     last_watch = now
-                    for level, message, source in self.overload.observe(now, self.metrics.snapshot()):
+                    for level, message, source in self.overload.observe(now, self.metrics.exposed()):
                         log.log(level, message, extra={"source": source})
                 if self.progress and now - last_progress >= self.progress_interval_s:
                     last_progress = now
@@ -1028,7 +1042,8 @@ class Runtime:
     def _end_sources(self, staged: Counter[str], settled: set[int], all_ended: bool = False) -> bool:
         """Send each source whose last result has passed the stages (``all_ended``: every source)
         its ``SourceEnd``; False when the run aborted meanwhile."""
-        for i, source in enumerate(self.sources):
+        for i in self._batcher.active:  # a source no longer there (removed, its end out) has settled
+            source = self.sources[i]
             if i in settled:
                 continue
             if not all_ended and (
@@ -1120,9 +1135,13 @@ class Runtime:
         (not added again meanwhile) leaves the status line, the queues and /metrics."""
         with self._sources_lock:
             if end.index in self._removed:
-                self._batcher.retired.add(end.index)
+                self._batcher.retire(end.index)
                 if not any(s.name == end.source for s in self.sources[end.index + 1:]):
                     self.metrics.retire(end.source)
+                # what the run keeps of it is its name, not its decoder's memory (a synthetic scene, a
+                # container), which cameras coming and going would pile up
+                source = self.sources[end.index]
+                self.sources[end.index] = _Removed(source.name, source.live)
         with self._settled_cond:
             self._published_ends.add(end.index)
             self._settled_cond.notify_all()

@@ -250,6 +250,34 @@ def test_a_latency_window_holds_what_came_not_its_size():
     assert many.count == 2500 and many.histogram()[1] == 2500
 
 
+def test_cameras_that_come_and_go_leave_neither_their_decoder_nor_a_queue_to_walk():
+    """Found measuring churn (benchmarks/churn.py): each camera added and removed left its source
+    object (a synthetic scene: 66 KB), its decode thread and its empty queue, which every batch's
+    round-robin walked for the rest of the run."""
+    import gc
+    import weakref
+
+    sink = CollectingSink()
+    run = _Running(_runtime([SquareCamera("a")], sink))
+    gone = []
+    for k in range(5):
+        camera = SquareCamera(f"c{k}")
+        gone.append(weakref.ref(camera))
+        run.runtime.add_source(camera)
+        del camera
+        _wait(lambda: len(sink.indices(f"c{k}")) >= 2)
+        assert run.runtime.remove_source(f"c{k}", wait_s=10)
+    _wait(lambda: len(run.runtime._decoders) == 1)  # the run's loop lets go of ended decoders
+    gc.collect()
+    assert [ref() for ref in gone] == [None] * 5  # nothing of the run holds a removed source
+    assert run.runtime._batcher.active == [0]
+    run.runtime.add_source(SquareCamera("c0"))  # a name comes back: its timeline goes on
+    _wait(lambda: len(sink.indices("c0")) >= 4)
+    report = run.stop()
+    assert report.sources["c0"].published == len(sink.indices("c0"))
+    assert sorted(sink.indices("c0")) == list(range(len(sink.indices("c0"))))
+
+
 def test_a_source_s_final_state_event_says_what_became_of_its_frames():
     """Found probing as an incident investigator: proving from the events stream alone that
     nothing went missing unsaid needed the run's log summary or /metrics (gone with the run)."""
