@@ -317,9 +317,13 @@ class Manifest:
 
 class RedisMarks:
     """``.redis-marks.json``: where each video's Redis streams (frames and events) ended before
-    this batch began publishing it, kept until the video is done. A video begun again (the run
-    that started it was killed, or Redis never took all of it) is first cut back to its mark:
-    what the unfinished attempt published is deleted, so the stream holds each frame once."""
+    the batch of this output folder first published it, kept for as long as the folder. Every
+    video published again is first cut back to its mark, whatever became of the earlier attempt
+    (killed midway, finished but never taken by Redis, or finished and done again because its
+    file or the settings changed): what the batch published of it is deleted, so the stream
+    holds each frame once, from the latest attempt, as the video's folder holds its latest
+    outputs. (Marks dropped when their video finished went stale when a run was aborted before
+    saving them: one video done again lost its earlier copy while the others kept theirs.)"""
 
     def __init__(self, path: Path):
         self.path = path
@@ -331,36 +335,32 @@ class RedisMarks:
             self.marks = {}
 
     def cut_back(self, client, patterns: Sequence[str], jobs: Sequence[VideoJob]) -> None:
-        """Before ``jobs`` publish: delete what an unfinished attempt of each published after its
-        mark, then mark where each of its streams (``patterns`` named by video) ends now."""
+        """Before ``jobs`` publish: delete what an earlier attempt of each published after its
+        mark, or mark where each of its streams (``patterns`` named by video) ends now if it has
+        none yet."""
         import redis
 
         from segstream.connectors.redis_connection import error_summary
         from segstream.connectors.redis_wire import stream_name
 
+        marked = False
         for job in jobs:
+            mark = self.marks.get(job.id, {})
             streams = [stream_name(pattern, job.id) for pattern in patterns]
             try:
-                cut_back(client, job.id, self.marks.get(job.id, {}))
-                ends = {stream: client.xrevrange(stream, count=1) for stream in streams}
+                cut_back(client, job.id, mark)
+                ends = {stream: client.xrevrange(stream, count=1) for stream in streams if stream not in mark}
             except redis.RedisError as error:  # Redis away: the video's entries of an earlier run may stay twice
-                log.warning("%s: cannot cut its Redis streams back to where an earlier run began it (%s): entries "
-                            "that run published may be there twice", job.id, error_summary(error))
+                log.warning("%s: cannot cut its Redis streams back to where the batch first began it (%s): entries "
+                            "an earlier run published may be there twice", job.id, error_summary(error))
                 continue
-            self.marks[job.id] = {stream: _text(end[0][0]) if end else "0-0" for stream, end in ends.items()}
-        self._save()
-
-    def forget(self, video_ids: Iterable[str]) -> None:
-        """The videos are done: a later run that does them again (changed) publishes them anew."""
-        for video_id in video_ids:
-            self.marks.pop(video_id, None)
-        self._save()
+            if ends:  # a new video, or streams a changed config names
+                self.marks[job.id] = mark | {stream: _text(end[0][0]) if end else "0-0" for stream, end in ends.items()}
+                marked = True
+        if marked:
+            self._save()
 
     def _save(self) -> None:
-        if not self.marks:  # every video published whole: nothing to keep
-            with contextlib.suppress(FileNotFoundError):
-                self.path.unlink()
-            return
         tmp = self.path.with_name(self.path.name + ".tmp")
         try:
             with open_output(tmp, "w", encoding="utf-8") as f:
@@ -374,8 +374,8 @@ class RedisMarks:
             with contextlib.suppress(OSError):  # ours, cut short
                 os.unlink(tmp)
             # found in review: a full disk here was a traceback; without the marks a rerun cannot cut back
-            log.warning("cannot save where the videos' Redis streams began in '%s' (%s): a video this run does not "
-                        "finish may have its entries twice in Redis after a rerun", self.path,
+            log.warning("cannot save where the videos' Redis streams began in '%s' (%s): a video this run begins "
+                        "may have its entries twice in Redis when it is published again", self.path,
                         error.strerror or error)
 
 
@@ -386,8 +386,8 @@ def cut_back(client, video_id: str, marks: dict[str, str]) -> None:
         while ids := [entry_id for entry_id, _ in client.xrange(stream, f"({mark}", "+", count=1000)]:
             removed += client.xdel(stream, *ids)
         if removed:
-            log.info("%s: %d entries an unfinished earlier attempt published to %s removed: it is published "
-                     "again from its first frame", video_id, removed, stream)
+            log.info("%s: %d entries an earlier attempt published to %s removed: it is published again from "
+                     "its first frame", video_id, removed, stream)
 
 
 def _text(value: bytes | str) -> str:
@@ -739,8 +739,6 @@ def run_local(cfg: PipelineConfig, jobs: Sequence[VideoJob], root: Path, manifes
             if outcome.status == "done" and any(lost.get(reason) for reason in SINK_DROPS):
                 outcome.status, outcome.reason = "failed", undelivered_reason(lost)
                 manifest.record(outcome)  # its files are whole, but a rerun must publish it again
-        if marks is not None:
-            marks.forget(outcome.job.id for outcome in sink.outcomes if outcome.status == "done")
     return outcomes
 
 

@@ -424,8 +424,6 @@ def _run(ray, cfg, jobs, root, manifest, progress, control, run_id) -> list[Vide
                     tries = f" {settings.retries + 1} times" if died else ""
                     outcome = VideoOutcome(job, "failed", reason=f"its Ray task failed{tries}: {ray_failure(error)}")
                 manifest.record(outcome)
-                if marking is not None and outcome.status == "done":
-                    marking[2].forget([job.id])
                 progress.ended_video(outcome)
                 outcomes.append(outcome)
     except BaseException:

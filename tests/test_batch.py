@@ -428,7 +428,70 @@ def test_a_batch_killed_midway_and_resumed_leaves_each_frame_once_in_redis(tmp_p
         assert [int(f[b"seq"]) for f in entries] == list(range(1, 41)), "numbered on from where it was cut back to"
         states = [event_from_wire(f) for _, f in client.xrange("segstream:long:events")]
         assert len({e.run_id for e in states}) == 1, "the killed run's events went with its frames"
-        assert not (out / REDIS_MARKS).exists(), "the video is done: no mark is kept"
+        assert json.loads((out / REDIS_MARKS).read_text()) == {
+            "long": {"segstream:long:events": "0-0", "segstream:long:frames": "0-0"}
+        }, "the mark stays where the batch first began the video, for when it is done again"
+
+
+_INTERRUPTED = """
+import sys
+from segstream.pipeline.batch import run_batch
+from tests.conftest import ColourSegmenter
+from tests.test_batch import config
+
+out, url, *videos = sys.argv[1:]
+cfg = config(out, concurrency=1)
+cfg.sinks.redis.url, cfg.sinks.redis.pipeline_size = url, 1
+cfg.tracking.min_hits = 3  # other settings than the first run's: its videos are done again
+run_batch(cfg, videos, adapter=ColourSegmenter(delay_s=0.2), progress=False)
+"""
+
+
+def test_videos_done_again_after_an_interrupted_batch_each_hold_their_frames_once_in_redis(tmp_path):
+    """Found probing: done again after an interrupted batch, the video that batch had finished was
+    cut back to a mark the abort left (its earlier entries deleted) while the other kept its
+    earlier copy and got a second one."""
+    from tests.redis_servers import RedisProcess
+
+    videos = [encode_clip(tmp_path / "short.mp4", frames=4),
+              encode_clip(tmp_path / "long.mp4", frames=40)]
+    out = tmp_path / "out"
+    with RedisProcess(tmp_path / "redis") as server:
+        client = server.client()
+        cfg = config(out, concurrency=1)
+        cfg.sinks.redis.url = server.url
+        outcomes, _, _ = run_batch(cfg, list(map(str, videos)), adapter=ColourSegmenter(), progress=False)
+        assert [o.status for o in outcomes] == ["done", "done"]
+
+        # other settings, interrupted while the long video is midway: SIGINT drains, SIGTERM aborts
+        run = subprocess.Popen([sys.executable, "-c", _INTERRUPTED, str(out), server.url, *map(str, videos)],
+                               env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=REPO,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        first_run = client.xrange("segstream:long:frames", count=1)[0][1][b"run_id"]
+
+        def long_midway() -> bool:
+            newest = client.xrevrange("segstream:long:frames", count=1)
+            return bool(newest) and newest[0][1][b"run_id"] != first_run and int(newest[0][1][b"frame"]) >= 5
+
+        deadline = time.monotonic() + 60
+        while not long_midway() and run.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        run.send_signal(signal.SIGINT)
+        time.sleep(0.1)
+        run.send_signal(signal.SIGTERM)
+        assert run.wait(60) != 0, run.stderr.read()
+        records = {r["id"]: r for r in manifest(out)}
+        assert records["short"]["settings"]["tracking"]["min_hits"] == 3, "the short video was done again"
+        assert records["long"]["settings"]["tracking"]["min_hits"] == 2, "the long one was not"
+
+        cfg.tracking.min_hits = 4  # and again: both are done again
+        outcomes, _, _ = run_batch(cfg, list(map(str, videos)), adapter=ColourSegmenter(), progress=False)
+        assert [o.status for o in outcomes] == ["done", "done"]
+        for vid, frames in (("short", 4), ("long", 40)):
+            entries = [f for _, f in client.xrange(f"segstream:{vid}:frames")]
+            assert [int(f[b"frame"]) for f in entries] == list(range(frames)), vid
+            events = [event_from_wire(f) for _, f in client.xrange(f"segstream:{vid}:events")]
+            assert {f[b"run_id"] for f in entries} == {e.run_id.encode() for e in events} and len(events) > 3, vid
 
 
 def test_a_named_pipe_among_the_videos_fails_alone_instead_of_holding_the_batch(archive, tmp_path):
