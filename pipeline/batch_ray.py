@@ -169,8 +169,8 @@ def process_video(job: VideoJob, cfg_json: str, root: str, actor, labels, board,
             source.decode_size = geometry.scale
         outputs = VideoOutputs(
             root, job.id, labels, jsonl=batch_cfg.jsonl, coco_panoptic=batch_cfg.coco_panoptic,
-            overlay=batch_cfg.overlay, mask_encoding=cfg.sinks.redis.mask_encoding, video_name=job.path.name,
-            fps_hint=job.fps,
+            coco_images=batch_cfg.coco_images, overlay=batch_cfg.overlay, number=job.number,
+            mask_encoding=cfg.sinks.redis.mask_encoding, video_name=job.path.name, fps_hint=job.fps,
         )
         images = outputs.wants_images or any(getattr(s, "wants_images", False) for s in sinks)
         pending: deque = deque()

@@ -76,6 +76,10 @@ def test_video_ids_are_unique_source_names_and_keep_the_manifests(tmp_path):
     # a video the manifest knows keeps its id; another video cannot take it
     again = plan([paths[1], paths[0]], taken={"cam_1": str(paths[0])})
     assert [job.id for job in again] == ["y__cam_1", "cam_1"]
+    # numbers (COCO image ids): the manifest's are kept, new videos take the lowest free ones, so a
+    # resumed batch numbers its videos as an uninterrupted one did
+    assert [job.number for job in plan(paths)] == [1, 2, 3]
+    assert [job.number for job in plan(paths, numbers={str(paths[2]): 3, "gone.mp4": 1})] == [2, 4, 3]
 
 
 def test_every_frame_of_every_video_is_written_and_a_corrupt_one_is_reported(archive, tmp_path):
@@ -511,3 +515,51 @@ def test_a_named_pipe_among_the_videos_fails_alone_instead_of_holding_the_batch(
     by_id = {o.job.id: o for o in done[0][0]}
     assert by_id["a"].status == "done" and by_id["pipe"].status == "failed"
     assert "is a named pipe (FIFO), not a video file" in by_id["pipe"].reason
+
+
+def test_coco_image_ids_are_unique_across_a_batch_one_json_covers_it_and_file_names_exist(archive, tmp_path):
+    """Found probing: every video's JSON numbered its images from 0 (ids and PNG names collided
+    across a batch), there was no JSON of the whole batch, and images named .jpg files never written."""
+    import av
+    import cv2
+    import numpy as np
+    from pycocotools import mask as coco_mask
+
+    from segstream.connectors.coco_panoptic import rgb_to_id
+    from segstream.pipeline.batch import BATCH_PANOPTIC
+
+    out = tmp_path / "out"
+    clips = {"a": archive / "a.mp4", "b": archive / "day2" / "b.mp4", "c10": archive / "day2" / "c10.mp4"}
+    run_batch(config(out), [str(clips["a"])], adapter=ColourSegmenter(), progress=False)
+    assert "file_name" not in json.loads((out / "a" / "panoptic.json").read_text())["images"][0], \
+        "no JPEGs written: no file name that names none"
+    run_batch(config(out, coco_images=True), [str(archive / "a.mp4"), str(archive / "day2")],
+              adapter=ColourSegmenter(), progress=False)
+    assert {r["id"]: r["number"] for r in manifest(out)} == {"a": 1, "b": 2, "c10": 3}, "a keeps its number"
+
+    merged = json.loads((out / BATCH_PANOPTIC).read_text())
+    ids = [image["id"] for image in merged["images"]]
+    assert len(ids) == len(set(ids)) == 12 + 9 + 7
+    assert ids[:2] == [100_000_000, 100_000_001] and ids[-1] == 3 * 100_000_000 + 6, "video number x 1e8 + frame"
+    assert sorted(a["image_id"] for a in merged["annotations"]) == sorted(ids)
+    assert len({a["file_name"] for a in merged["annotations"]}) == len(ids)
+    assert merged["categories"] == [{"id": 1, "name": "square", "supercategory": "thing", "isthing": 1,
+                                     "color": merged["categories"][0]["color"]}]
+    for vid in clips:  # each video's own JSON has the same ids, its file names relative to its folders
+        own = json.loads((out / vid / "panoptic.json").read_text())
+        assert [i["id"] for i in own["images"]] == [i["id"] for i in merged["images"] if i["video_id"] == vid]
+    images = {image["id"]: image for image in merged["images"]}
+    for annotation in merged["annotations"][::5]:  # panopticapi's reading: file names relative to the JSON's folder
+        image = images[annotation["image_id"]]
+        ids_png = rgb_to_id(cv2.imread(str(out / annotation["file_name"]))[..., ::-1])
+        assert ids_png.shape == (image["height"], image["width"])
+        assert set(np.unique(ids_png)) - {0} == {s["id"] for s in annotation["segments_info"]}
+        for info in annotation["segments_info"]:
+            rle = coco_mask.encode(np.asfortranarray((ids_png == info["id"]).astype(np.uint8)))
+            assert int(coco_mask.area(rle)) == info["area"] and coco_mask.toBbox(rle).tolist() == info["bbox"]
+        picture = cv2.imread(str(out / image["file_name"]))[..., ::-1]
+        with av.open(str(clips[image["video_id"]])) as container:
+            frame = next(f for i, f in enumerate(container.decode(video=0)) if i == image["frame"])
+        assert np.abs(picture.astype(int) - frame.to_ndarray(format="rgb24")).mean() < 4, "the frame, as a JPEG"
+    frames = read_coco_panoptic(out / BATCH_PANOPTIC, png_dir=out)
+    assert [(f.source, f.index) for f in frames][:2] == [("a.mp4", 0), ("a.mp4", 1)] and len(frames) == len(ids)
