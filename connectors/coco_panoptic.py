@@ -9,7 +9,8 @@ batch as each has its own ``number``; ``file_name`` names the frame's JPEG when 
 written, and is left out when they are not), ``annotations`` (one per frame: ``file_name`` of
 its PNG and ``segments_info`` with id, category_id, area, bbox [x, y, w, h], iscrowd, plus
 segstream's score and track_id) and ``categories`` (the model's classes in class order; a
-class's category id is its COCO id where the label set has one, else class id + 1).
+class's category id is its COCO id where the label set has one, else class id + 1). What a
+batch writes, for its users: docs/OPERATIONS.md, "COCO panoptic files".
 """
 
 from __future__ import annotations
