@@ -131,9 +131,9 @@ class CocoPanopticWriter:
         segments = result.segments
         png_ids = np.asarray(result.label_map, np.int32) + 1  # no segment (-1) is void (0)
         file_name = f"{result.index:08d}.png"
-        image_id_ = image_id(self.number, int(result.index))
+        frame_image_id = image_id(self.number, int(result.index))
         self._encode(self.png_dir / file_name, np.ascontiguousarray(id_to_rgb(png_ids)[..., ::-1]), ".png")
-        image = {"id": image_id_, "width": int(result.width), "height": int(result.height)}
+        image = {"id": frame_image_id, "width": int(result.width), "height": int(result.height)}
         if self.image_dir is not None:
             if result.image is None or result.image.shape[:2] != png_ids.shape:
                 raise SinkError(f"{result.source} frame {result.index} came without its full-size image for the "
@@ -168,7 +168,7 @@ class CocoPanopticWriter:
         if self.video_id:
             image["video_id"] = self.video_id
         self._images.append(image)
-        self._annotations.append({"image_id": image_id_, "file_name": file_name, "segments_info": infos})
+        self._annotations.append({"image_id": frame_image_id, "file_name": file_name, "segments_info": infos})
 
     def _encode(self, path: Path, bgr: np.ndarray, kind: str) -> None:
         if self._encoder is None:
@@ -203,7 +203,10 @@ class CocoPanopticWriter:
 def _write_image(path: Path, bgr: np.ndarray, kind: str) -> None:
     # encoded in memory and written by us: cv2.imwrite prints libpng's own "Write Error" to stderr
     # on a full disk, and says no more than False
-    options = [cv2.IMWRITE_PNG_COMPRESSION, PNG_COMPRESSION] if kind == ".png" else [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY]
+    if kind == ".png":
+        options = [cv2.IMWRITE_PNG_COMPRESSION, PNG_COMPRESSION]
+    else:
+        options = [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY]
     ok, encoded = cv2.imencode(kind, bgr, options)
     if not ok:
         raise SinkError(f"cannot encode {path}")

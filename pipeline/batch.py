@@ -310,7 +310,8 @@ class Manifest:
     def record(self, outcome: VideoOutcome) -> None:
         job = outcome.job
         record = {
-            "video": str(job.path), "id": job.id, "number": job.number, "status": outcome.status, "frames": outcome.frames,
+            "video": str(job.path), "id": job.id, "number": job.number, "status": outcome.status,
+            "frames": outcome.frames,
             "decode_errors": outcome.decode_errors, "seconds": round(outcome.seconds, 3), "reason": outcome.reason,
             "frames_missing": outcome.frames_missing, "damage": outcome.damage,
             "outputs": outcome.outputs, "size": job.size, "mtime_ns": job.mtime_ns,
