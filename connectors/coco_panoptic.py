@@ -1,18 +1,27 @@
 """COCO panoptic files of a video: a PNG per frame and one JSON, as the COCO panoptic format
-defines them (what panopticapi's ``pq_compute`` and detectron2 read).
+defines them (what panopticapi's ``pq_compute`` and detectron2 read), optionally with the frames
+as JPEGs; and one JSON over the videos of a batch.
 
 Each PNG holds segment ids in its RGB channels, ``id = R + 256 G + 256^2 B``; id 0 is void (no
 segment). A frame's segment with label-map value ``k`` has PNG id ``k + 1``. The JSON has
-``images`` (one per frame: ``id`` is the frame index), ``annotations`` (one per frame:
-``file_name`` of its PNG and ``segments_info`` with id, category_id, area, bbox [x, y, w, h],
-iscrowd, plus segstream's score and track_id) and ``categories`` (the model's classes in class
-order; a class's category id is its COCO id where the label set has one, else class id + 1).
+``images`` (one per frame: ``id`` is ``image_id(number, frame)``, unique across the videos of a
+batch as each has its own ``number``; ``file_name`` names the frame's JPEG when they are
+written, and is left out when they are not), ``annotations`` (one per frame: ``file_name`` of
+its PNG and ``segments_info`` with id, category_id, area, bbox [x, y, w, h], iscrowd, plus
+segstream's score and track_id) and ``categories`` (the model's classes in class order; a
+class's category id is its COCO id where the label set has one, else class id + 1). What a
+batch writes, for its users: docs/OPERATIONS.md, "COCO panoptic files".
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import os
+import shutil
 from collections import deque
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
@@ -27,10 +36,23 @@ from segstream.connectors.threads import name_os_thread_as_python
 from segstream.models.label_sets import LabelSet
 from segstream.models.results import NO_TRACK, FrameResult, Segments
 
+log = logging.getLogger(__name__)
+
 PNG_COMPRESSION = 1  # zlib level: panoptic PNGs are flat colour fields, level 1 is 3x faster for ~10% more bytes
 # PNG encoding (34 ms a 1080p frame) runs on threads of its own, off the thread that writes the
 # results (cv2 releases the GIL), with at most this many frames waiting for them
 PNG_WRITERS, PNGS_WAITING = 2, 4
+JPEG_QUALITY = 95
+# image id = video number * FRAMES_PER_VIDEO + frame: unique across a batch, readable (300000012 is
+# frame 12 of video 3), and below 2^53 (exact in JavaScript) for 90 million videos
+FRAMES_PER_VIDEO = 100_000_000
+
+
+def image_id(number: int, frame: int) -> int:
+    """The COCO image id of frame ``frame`` of the batch's video ``number``."""
+    if not 0 <= frame < FRAMES_PER_VIDEO:
+        raise SinkError(f"frame {frame} is beyond the {FRAMES_PER_VIDEO} frames a video's COCO image ids can number")
+    return number * FRAMES_PER_VIDEO + frame
 
 
 def id_to_rgb(ids: np.ndarray) -> np.ndarray:
@@ -74,24 +96,33 @@ def categories(labels: LabelSet) -> list[dict]:
 
 class CocoPanopticWriter:
     """Writes ``<directory>/<name>/<frame>.png`` as frames come and ``<directory>/<name>.json``
-    on ``close()``: the layout of COCO's ``panoptic_val2017.json`` beside ``panoptic_val2017/``."""
+    on ``close()``: the layout of COCO's ``panoptic_val2017.json`` beside ``panoptic_val2017/``;
+    with ``images``, each frame too as ``<directory>/images/<frame>.jpg`` (as ``val2017/``).
+    ``number`` is the video's number in its batch (its image ids), ``video`` its file name and
+    ``video_id`` its id (kept with each image)."""
 
-    def __init__(self, directory: str | Path, labels: LabelSet, name: str = "panoptic", video: str = ""):
+    def __init__(self, directory: str | Path, labels: LabelSet, name: str = "panoptic", video: str = "", *,
+                 number: int = 0, video_id: str = "", images: bool = False):
         self.directory = Path(directory)
         self.labels = labels
         self.name = name
         self.video = video
+        self.video_id = video_id
+        self.number = number
         self.png_dir = self.directory / name
+        self.image_dir = self.directory / "images" if images else None
         self.json_path = self.directory / f"{name}.json"
         self._category = category_ids(labels)
         self._images: list[dict] = []
         self._annotations: list[dict] = []
         self._encoder: ThreadPoolExecutor | None = None
         self._waiting: deque[Future] = deque()
-        try:
-            self.png_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            raise SinkError(f"cannot create '{self.png_dir}': {error.strerror}") from None
+        for folder in (self.png_dir, self.image_dir):
+            try:
+                if folder is not None:
+                    folder.mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                raise SinkError(f"cannot create '{folder}': {error.strerror}") from None
 
     def add(self, result: FrameResult) -> None:
         """Write the PNG of one frame and remember its annotation."""
@@ -100,7 +131,15 @@ class CocoPanopticWriter:
         segments = result.segments
         png_ids = np.asarray(result.label_map, np.int32) + 1  # no segment (-1) is void (0)
         file_name = f"{result.index:08d}.png"
-        self._encode(self.png_dir / file_name, np.ascontiguousarray(id_to_rgb(png_ids)[..., ::-1]))
+        frame_image_id = image_id(self.number, int(result.index))
+        self._encode(self.png_dir / file_name, np.ascontiguousarray(id_to_rgb(png_ids)[..., ::-1]), ".png")
+        image = {"id": frame_image_id, "width": int(result.width), "height": int(result.height)}
+        if self.image_dir is not None:
+            if result.image is None or result.image.shape[:2] != png_ids.shape:
+                raise SinkError(f"{result.source} frame {result.index} came without its full-size image for the "
+                                "COCO images")
+            image["file_name"] = f"{result.index:08d}.jpg"
+            self._encode(self.image_dir / image["file_name"], np.ascontiguousarray(result.image[..., ::-1]), ".jpg")
         areas = np.bincount(png_ids.ravel(), minlength=int(segments.ids.max(initial=-1)) + 2)
         extents = ndimage.find_objects(png_ids)  # one pass: the bounding slices of ids 1, 2, ...
         infos = []
@@ -121,20 +160,21 @@ class CocoPanopticWriter:
             if int(segments.track_ids[row]) != NO_TRACK:
                 info["track_id"] = int(segments.track_ids[row])
             infos.append(info)
-        image = {"id": int(result.index), "width": int(result.width), "height": int(result.height),
-                 "file_name": f"{result.index:08d}.jpg", "frame": int(result.index)}
+        image["frame"] = int(result.index)
         if result.pts_seconds is not None:
             image["pts_s"] = float(result.pts_seconds)
         if self.video:
             image["video"] = self.video
+        if self.video_id:
+            image["video_id"] = self.video_id
         self._images.append(image)
-        self._annotations.append({"image_id": int(result.index), "file_name": file_name, "segments_info": infos})
+        self._annotations.append({"image_id": frame_image_id, "file_name": file_name, "segments_info": infos})
 
-    def _encode(self, path: Path, bgr: np.ndarray) -> None:
+    def _encode(self, path: Path, bgr: np.ndarray, kind: str) -> None:
         if self._encoder is None:
             self._encoder = ThreadPoolExecutor(PNG_WRITERS, thread_name_prefix="segstream-png",
                                                initializer=name_os_thread_as_python)
-        self._waiting.append(self._encoder.submit(_write_png, path, bgr))
+        self._waiting.append(self._encoder.submit(_write_image, path, bgr, kind))
         while len(self._waiting) > PNGS_WAITING or (self._waiting and self._waiting[0].done()):
             self._waiting.popleft().result()  # raises the SinkError of a PNG that could not be written
 
@@ -160,17 +200,78 @@ class CocoPanopticWriter:
             raise SinkError(f"cannot write '{self.json_path}': {error.strerror}") from None
 
 
-def _write_png(path: Path, bgr: np.ndarray) -> None:
+def _write_image(path: Path, bgr: np.ndarray, kind: str) -> None:
     # encoded in memory and written by us: cv2.imwrite prints libpng's own "Write Error" to stderr
     # on a full disk, and says no more than False
-    ok, png = cv2.imencode(".png", bgr, [cv2.IMWRITE_PNG_COMPRESSION, PNG_COMPRESSION])
+    if kind == ".png":
+        options = [cv2.IMWRITE_PNG_COMPRESSION, PNG_COMPRESSION]
+    else:
+        options = [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY]
+    ok, encoded = cv2.imencode(kind, bgr, options)
     if not ok:
         raise SinkError(f"cannot encode {path}")
     try:
         with open_output(path, "wb") as f:
-            f.write(png.tobytes())
+            f.write(encoded.tobytes())
     except OSError as error:
         raise SinkError(f"cannot write {path}: {error.strerror or error}") from None
+
+
+def write_batch_panoptic(path: str | Path, videos: Sequence[tuple[str, int]]) -> int:
+    """``path``: one COCO panoptic JSON over the videos ``(video id, number)`` of a batch, from
+    each one's ``<folder of path>/<video id>/panoptic.json``, in the given order, with every
+    ``file_name`` relative to the folder of ``path`` (``<video id>/panoptic/<frame>.png``,
+    ``<video id>/images/<frame>.jpg``). Written aside, one video in memory at a time, and moved
+    into place. A video whose JSON is missing or has other categories is left out, with a
+    warning. Returns how many videos it holds."""
+    path = Path(path)
+    root = path.parent
+    tmp, side = path.with_name(path.name + ".tmp"), path.with_name(path.name + ".annotations.tmp")
+    cats = None
+    merged = written = annotated = 0
+    try:
+        with open_output(tmp, "w", encoding="utf-8") as out, open_output(side, "w", encoding="utf-8") as annotations:
+            out.write('{"info":{"description":"segstream panoptic segmentation of a batch"},"licenses":[],"images":[')
+            for video_id, number in videos:
+                try:
+                    document = json.loads((root / video_id / "panoptic.json").read_text(encoding="utf-8"))
+                except (OSError, ValueError) as error:
+                    log.warning("%s: left out of %s: cannot read its panoptic.json (%s)", video_id, path.name,
+                                getattr(error, "strerror", None) or error)
+                    continue
+                if cats is None:
+                    cats = document["categories"]
+                elif document["categories"] != cats:
+                    log.warning("%s: left out of %s: its categories are another model's", video_id, path.name)
+                    continue
+                ids = {}
+                for image in document["images"]:
+                    own_id = image["id"]  # the manifest's number decides
+                    image["id"] = ids[own_id] = image_id(number, int(image.get("frame", own_id)))
+                    if "file_name" in image:
+                        image["file_name"] = f"{video_id}/images/{image['file_name']}"
+                    image.setdefault("video_id", video_id)
+                    out.write(("," if written else "") + json.dumps(image, separators=(",", ":")))
+                    written += 1
+                for annotation in document["annotations"]:
+                    annotation["image_id"] = ids[annotation["image_id"]]
+                    annotation["file_name"] = f"{video_id}/panoptic/{annotation['file_name']}"
+                    annotations.write(("," if annotated else "") + json.dumps(annotation, separators=(",", ":")))
+                    annotated += 1
+                merged += 1
+            annotations.close()
+            out.write('],"annotations":[')
+            with open(side, encoding="utf-8") as written_annotations:
+                shutil.copyfileobj(written_annotations, out)
+            out.write('],"categories":' + json.dumps(cats or [], separators=(",", ":")) + "}\n")
+        os.replace(tmp, path)
+    except OSError as error:
+        raise SinkError(f"cannot write '{path}': {error.strerror or error}") from None
+    finally:
+        for leftover in (tmp, side):
+            with contextlib.suppress(OSError):
+                os.unlink(leftover)
+    return merged
 
 
 def read_coco_panoptic(json_path: str | Path, png_dir: str | Path | None = None) -> list[FrameResult]:

@@ -4,6 +4,7 @@
     <root>/<video id>/events.jsonl       the source's events, when there are any
     <root>/<video id>/panoptic.json      COCO panoptic (connectors/coco_panoptic.py)
     <root>/<video id>/panoptic/*.png
+    <root>/<video id>/images/*.jpg       the frames the COCO JSON names (``coco_images``)
     <root>/<video id>/overlay.mp4        the segments drawn over the video
 
 Files are written under ``<root>/.partial/<video id>.<attempt>/`` and the folder is renamed to
@@ -52,7 +53,9 @@ class VideoOutputs:
         *,
         jsonl: bool = True,
         coco_panoptic: bool = True,
+        coco_images: bool = False,
         overlay: bool = False,
+        number: int = 0,
         mask_encoding: str = "rle",
         video_name: str = "",
         fps_hint: float = 25.0,
@@ -71,12 +74,13 @@ class VideoOutputs:
             raise SinkError(f"cannot create '{self.partial}': {error.strerror}") from None
         self._frames: IO[str] | None = self._open("frames.jsonl") if jsonl else None
         self._events: IO[str] | None = None
-        self._coco = CocoPanopticWriter(self.partial, labels, "panoptic", video_name) if coco_panoptic else None
+        self._coco = CocoPanopticWriter(self.partial, labels, "panoptic", video_name, number=number, video_id=video_id,
+                                        images=coco_images) if coco_panoptic else None
         self._overlay = OverlayVideo(self.partial / "overlay.mp4", fps_hint=fps_hint) if overlay else None
 
     @property
     def wants_images(self) -> bool:
-        return self._overlay is not None
+        return self._overlay is not None or (self._coco is not None and self._coco.image_dir is not None)
 
     def _open(self, name: str) -> IO[str]:
         try:

@@ -20,6 +20,7 @@ import errno
 import fcntl
 import glob
 import hashlib
+import itertools
 import json
 import logging
 import math
@@ -59,6 +60,7 @@ log = logging.getLogger(__name__)
 
 LIST_SUFFIXES = (".txt", ".list", ".lst")
 MANIFEST = "manifest.jsonl"
+BATCH_PANOPTIC = "panoptic_batch.json"
 REDIS_MARKS = ".redis-marks.json"
 # Videos per runtime: each video is a source with its decode thread, so an archive of thousands
 # runs as a sequence of runtimes over groups of videos that share one warm model.
@@ -71,11 +73,13 @@ _SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
 @dataclass(slots=True)
 class VideoJob:
-    """One video of a batch: its file, the id its outputs and stream are named by, and what its
-    container says about it (``frames`` may be None when it does not say)."""
+    """One video of a batch: its file, the id its outputs and stream are named by, its number
+    (its COCO image ids), and what its container says about it (``frames`` may be None when it
+    does not say)."""
 
     path: Path
     id: str
+    number: int = 0
     size: int = 0
     mtime_ns: int = 0
     frames: int | None = None
@@ -155,13 +159,18 @@ def _natural(path: Path) -> list:
     return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", str(path))]
 
 
-def plan(paths: Sequence[Path], taken: dict[str, str] | None = None) -> list[VideoJob]:
+def plan(paths: Sequence[Path], taken: dict[str, str] | None = None,
+         numbers: dict[str, int] | None = None) -> list[VideoJob]:
     """A job per video, each with an id that is a valid source name, unique in this batch and
-    not used by another video of the manifest (``taken``: id -> video path). A video listed in
-    the manifest keeps its id. The id is the file's stem (with its extension when the folder
-    holds another video of that stem: ``day1_mov``, ``day1_mp4``), with parent folder names
-    prepended until it is unique."""
+    not used by another video of the manifest (``taken``: id -> video path), and a number not
+    used by another (``numbers``: video path -> number; new videos take the lowest free ones). A
+    video listed in the manifest keeps its id and number. The id is the file's stem (with its
+    extension when the folder holds another video of that stem: ``day1_mov``, ``day1_mp4``),
+    with parent folder names prepended until it is unique."""
     taken = dict(taken or {})
+    numbers = dict(numbers or {})
+    used = set(numbers.values())
+    free = (n for n in itertools.count(1) if n not in used)  # a resumed batch numbers as an uninterrupted one
     owned = {path: vid for vid, path in taken.items()}
     stems = Counter((path.parent, path.stem) for path in paths)
     jobs = []
@@ -182,7 +191,8 @@ def plan(paths: Sequence[Path], taken: dict[str, str] | None = None) -> list[Vid
             size, mtime = stat.st_size, stat.st_mtime_ns
         except OSError:
             size, mtime = -1, -1
-        jobs.append(VideoJob(path, vid, size, mtime))
+        number = numbers.get(str(path))
+        jobs.append(VideoJob(path, vid, next(free) if number is None else number, size, mtime))
     return jobs
 
 
@@ -267,6 +277,10 @@ class Manifest:
     def ids(self) -> dict[str, str]:
         return {record["id"]: video for video, record in self.records.items() if "id" in record}
 
+    def numbers(self) -> dict[str, int]:
+        return {video: record["number"] for video, record in self.records.items()
+                if isinstance(record.get("number"), int)}
+
     def done(self, job: VideoJob, root: Path) -> bool:
         """Done in an earlier run, the file unchanged since, its outputs still there and made
         with the same settings (a record from before settings were kept is taken as made so)."""
@@ -296,7 +310,8 @@ class Manifest:
     def record(self, outcome: VideoOutcome) -> None:
         job = outcome.job
         record = {
-            "video": str(job.path), "id": job.id, "status": outcome.status, "frames": outcome.frames,
+            "video": str(job.path), "id": job.id, "number": job.number, "status": outcome.status,
+            "frames": outcome.frames,
             "decode_errors": outcome.decode_errors, "seconds": round(outcome.seconds, 3), "reason": outcome.reason,
             "frames_missing": outcome.frames_missing, "damage": outcome.damage,
             "outputs": outcome.outputs, "size": job.size, "mtime_ns": job.mtime_ns,
@@ -317,9 +332,13 @@ class Manifest:
 
 class RedisMarks:
     """``.redis-marks.json``: where each video's Redis streams (frames and events) ended before
-    this batch began publishing it, kept until the video is done. A video begun again (the run
-    that started it was killed, or Redis never took all of it) is first cut back to its mark:
-    what the unfinished attempt published is deleted, so the stream holds each frame once."""
+    the batch of this output folder first published it, kept for as long as the folder. Every
+    video published again is first cut back to its mark, whatever became of the earlier attempt
+    (killed midway, finished but never taken by Redis, or finished and done again because its
+    file or the settings changed): what the batch published of it is deleted, so the stream
+    holds each frame once, from the latest attempt, as the video's folder holds its latest
+    outputs. (Marks dropped when their video finished went stale when a run was aborted before
+    saving them: one video done again lost its earlier copy while the others kept theirs.)"""
 
     def __init__(self, path: Path):
         self.path = path
@@ -331,36 +350,32 @@ class RedisMarks:
             self.marks = {}
 
     def cut_back(self, client, patterns: Sequence[str], jobs: Sequence[VideoJob]) -> None:
-        """Before ``jobs`` publish: delete what an unfinished attempt of each published after its
-        mark, then mark where each of its streams (``patterns`` named by video) ends now."""
+        """Before ``jobs`` publish: delete what an earlier attempt of each published after its
+        mark, or mark where each of its streams (``patterns`` named by video) ends now if it has
+        none yet."""
         import redis
 
         from segstream.connectors.redis_connection import error_summary
         from segstream.connectors.redis_wire import stream_name
 
+        marked = False
         for job in jobs:
+            mark = self.marks.get(job.id, {})
             streams = [stream_name(pattern, job.id) for pattern in patterns]
             try:
-                cut_back(client, job.id, self.marks.get(job.id, {}))
-                ends = {stream: client.xrevrange(stream, count=1) for stream in streams}
+                cut_back(client, job.id, mark)
+                ends = {stream: client.xrevrange(stream, count=1) for stream in streams if stream not in mark}
             except redis.RedisError as error:  # Redis away: the video's entries of an earlier run may stay twice
-                log.warning("%s: cannot cut its Redis streams back to where an earlier run began it (%s): entries "
-                            "that run published may be there twice", job.id, error_summary(error))
+                log.warning("%s: cannot cut its Redis streams back to where the batch first began it (%s): entries "
+                            "an earlier run published may be there twice", job.id, error_summary(error))
                 continue
-            self.marks[job.id] = {stream: _text(end[0][0]) if end else "0-0" for stream, end in ends.items()}
-        self._save()
-
-    def forget(self, video_ids: Iterable[str]) -> None:
-        """The videos are done: a later run that does them again (changed) publishes them anew."""
-        for video_id in video_ids:
-            self.marks.pop(video_id, None)
-        self._save()
+            if ends:  # a new video, or streams a changed config names
+                self.marks[job.id] = mark | {stream: _text(end[0][0]) if end else "0-0" for stream, end in ends.items()}
+                marked = True
+        if marked:
+            self._save()
 
     def _save(self) -> None:
-        if not self.marks:  # every video published whole: nothing to keep
-            with contextlib.suppress(FileNotFoundError):
-                self.path.unlink()
-            return
         tmp = self.path.with_name(self.path.name + ".tmp")
         try:
             with open_output(tmp, "w", encoding="utf-8") as f:
@@ -374,8 +389,8 @@ class RedisMarks:
             with contextlib.suppress(OSError):  # ours, cut short
                 os.unlink(tmp)
             # found in review: a full disk here was a traceback; without the marks a rerun cannot cut back
-            log.warning("cannot save where the videos' Redis streams began in '%s' (%s): a video this run does not "
-                        "finish may have its entries twice in Redis after a rerun", self.path,
+            log.warning("cannot save where the videos' Redis streams began in '%s' (%s): a video this run begins "
+                        "may have its entries twice in Redis when it is published again", self.path,
                         error.strerror or error)
 
 
@@ -386,8 +401,8 @@ def cut_back(client, video_id: str, marks: dict[str, str]) -> None:
         while ids := [entry_id for entry_id, _ in client.xrange(stream, f"({mark}", "+", count=1000)]:
             removed += client.xdel(stream, *ids)
         if removed:
-            log.info("%s: %d entries an unfinished earlier attempt published to %s removed: it is published "
-                     "again from its first frame", video_id, removed, stream)
+            log.info("%s: %d entries an earlier attempt published to %s removed: it is published again from "
+                     "its first frame", video_id, removed, stream)
 
 
 def _text(value: bytes | str) -> str:
@@ -590,7 +605,7 @@ class BatchSink:
         self.cfg = cfg
         self.manifest = manifest
         self.progress = progress
-        self.wants_images = cfg.batch.overlay
+        self.wants_images = cfg.batch.overlay or (cfg.batch.coco_panoptic and cfg.batch.coco_images)
         self.on_written = None
         self.outcomes: list[VideoOutcome] = []
         self._pending = {source.name: source for source in sources}
@@ -605,8 +620,8 @@ class BatchSink:
             batch = self.cfg.batch
             outputs = self._outputs[video_id] = VideoOutputs(
                 self.root, video_id, self.labels, jsonl=batch.jsonl, coco_panoptic=batch.coco_panoptic,
-                overlay=batch.overlay, mask_encoding=self.cfg.sinks.redis.mask_encoding, video_name=job.path.name,
-                fps_hint=job.fps,
+                coco_images=batch.coco_images, overlay=batch.overlay, number=job.number,
+                mask_encoding=self.cfg.sinks.redis.mask_encoding, video_name=job.path.name, fps_hint=job.fps,
             )
         return outputs
 
@@ -739,8 +754,6 @@ def run_local(cfg: PipelineConfig, jobs: Sequence[VideoJob], root: Path, manifes
             if outcome.status == "done" and any(lost.get(reason) for reason in SINK_DROPS):
                 outcome.status, outcome.reason = "failed", undelivered_reason(lost)
                 manifest.record(outcome)  # its files are whole, but a rerun must publish it again
-        if marks is not None:
-            marks.forget(outcome.job.id for outcome in sink.outcomes if outcome.status == "done")
     return outcomes
 
 
@@ -770,7 +783,29 @@ def output_settings(cfg: PipelineConfig) -> dict:
                "mask_encoding": cfg.sinks.redis.mask_encoding, "resize_in_decoder": cfg.engine.resize_in_decoder}
     if batch.max_fps:  # only when set: manifests from before the key stay matching every-frame runs
         outputs["max_fps"] = batch.max_fps
+    if batch.coco_panoptic and batch.coco_images:  # the same
+        outputs["coco_images"] = True
     return {"model": model, "tracking": cfg.tracking.model_dump(mode="json"), "outputs": outputs}
+
+
+def write_batch_coco(root: Path, manifest: Manifest) -> None:
+    """``<root>/panoptic_batch.json``: the COCO panoptic JSON of every video the manifest lists as
+    done with this run's settings, by video id (the same bytes however many runs it took)."""
+    from segstream.connectors.coco_panoptic import write_batch_panoptic
+
+    videos, unnumbered = [], []
+    for record in manifest.records.values():
+        if record.get("status") != "done" or record.get("settings", manifest.settings) != manifest.settings:
+            continue
+        if isinstance(record.get("number"), int):
+            videos.append((record["id"], record["number"]))
+        else:
+            unnumbered.append(record["id"])
+    if unnumbered:
+        log.warning("%d videos done before their COCO image ids were unique across the batch are left out of %s (%s): "
+                    "delete their folders under '%s' to have them done again", len(unnumbered), BATCH_PANOPTIC,
+                    ", ".join(sorted(unnumbered)[:5]) + (", ..." if len(unnumbered) > 5 else ""), root)
+    write_batch_panoptic(root / BATCH_PANOPTIC, sorted(videos))
 
 
 def undelivered_reason(lost: dict[str, int]) -> str:
@@ -882,7 +917,7 @@ def run_batch(cfg: PipelineConfig, inputs: Sequence[str], engine: str = "local",
         clear_partial(root)
         manifest = Manifest(root / MANIFEST, output_settings(cfg))
         try:
-            jobs = plan(paths, manifest.ids())
+            jobs = plan(paths, manifest.ids(), manifest.numbers())
             todo, skipped = [], 0
             outcomes: list[VideoOutcome] = []
             changed: Counter[str] = Counter()
@@ -917,6 +952,8 @@ def run_batch(cfg: PipelineConfig, inputs: Sequence[str], engine: str = "local",
                         outcomes += run_ray(cfg, todo, root, manifest, bars, control, run_id)
                     else:
                         outcomes += run_local(cfg, todo, root, manifest, bars, control, adapter, server, run_id)
+            if cfg.batch.coco_panoptic:
+                write_batch_coco(root, manifest)
             return outcomes, skipped, signals.signum
         finally:
             manifest.close()

@@ -169,8 +169,8 @@ def process_video(job: VideoJob, cfg_json: str, root: str, actor, labels, board,
             source.decode_size = geometry.scale
         outputs = VideoOutputs(
             root, job.id, labels, jsonl=batch_cfg.jsonl, coco_panoptic=batch_cfg.coco_panoptic,
-            overlay=batch_cfg.overlay, mask_encoding=cfg.sinks.redis.mask_encoding, video_name=job.path.name,
-            fps_hint=job.fps,
+            coco_images=batch_cfg.coco_images, overlay=batch_cfg.overlay, number=job.number,
+            mask_encoding=cfg.sinks.redis.mask_encoding, video_name=job.path.name, fps_hint=job.fps,
         )
         images = outputs.wants_images or any(getattr(s, "wants_images", False) for s in sinks)
         pending: deque = deque()
@@ -424,8 +424,6 @@ def _run(ray, cfg, jobs, root, manifest, progress, control, run_id) -> list[Vide
                     tries = f" {settings.retries + 1} times" if died else ""
                     outcome = VideoOutcome(job, "failed", reason=f"its Ray task failed{tries}: {ray_failure(error)}")
                 manifest.record(outcome)
-                if marking is not None and outcome.status == "done":
-                    marking[2].forget([job.id])
                 progress.ended_video(outcome)
                 outcomes.append(outcome)
     except BaseException:

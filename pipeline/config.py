@@ -821,8 +821,9 @@ VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".ts", ".mt
 
 class BatchConfig(Strict):
     """``segstream batch``: what it writes under ``output`` for each video (``jsonl``: wire-schema
-    entries; ``coco_panoptic``: a PNG per frame and a JSON per video; ``overlay``: an MP4 with the
-    segments drawn), and how many videos the local engine decodes at once (``concurrency``).
+    entries; ``coco_panoptic``: a PNG per frame and a JSON per video, and one JSON over the batch;
+    ``coco_images``: with it, each frame as the JPEG the COCO JSON names; ``overlay``: an MP4 with
+    the segments drawn), and how many videos the local engine decodes at once (``concurrency``).
     Folders given as inputs are searched for files with one of ``extensions``. ``max_fps``: at most
     that many frames per second of each video's time go to the model (a sample of a long archive:
     1 keeps a frame a second; null: every frame); the frames left out leave gaps in ``frame``."""
@@ -830,6 +831,7 @@ class BatchConfig(Strict):
     output: str = "runs/batch"
     jsonl: bool = True
     coco_panoptic: bool = True
+    coco_images: bool = False
     overlay: bool = False
     concurrency: PositiveInt = 4
     extensions: list[str] = Field(default_factory=lambda: list(VIDEO_EXTENSIONS))
@@ -929,6 +931,11 @@ class BatchPipelineConfig(PipelineConfig):
         if self.engine.resize_in_decoder and self.batch.overlay:
             raise ValueError(
                 "engine.resize_in_decoder: the overlay video (batch.overlay) draws on full-size frames — turn one "
+                "of them off"
+            )
+        if self.engine.resize_in_decoder and self.batch.coco_panoptic and self.batch.coco_images:
+            raise ValueError(
+                "engine.resize_in_decoder: the COCO images (batch.coco_images) are the full-size frames — turn one "
                 "of them off"
             )
         return self

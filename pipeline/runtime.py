@@ -417,8 +417,8 @@ class Runtime:
         self._decode_size = None  # what sources that decode with FFmpeg scale frames to (resize_in_decoder)
         if resize_in_decoder:
             if self._wants_images:
-                raise ConfigError("engine.resize_in_decoder: a sink draws on full-size frames (a preview or overlay) "
-                                  "— turn one of them off")
+                raise ConfigError("engine.resize_in_decoder: a sink needs full-size frames (a preview, overlay or "
+                                  "COCO images) — turn one of them off")
             self._decode_size = adapter.geometry.scale
             for source in self.sources:
                 if hasattr(source, "decode_size"):  # decodes with FFmpeg

@@ -76,6 +76,10 @@ def test_video_ids_are_unique_source_names_and_keep_the_manifests(tmp_path):
     # a video the manifest knows keeps its id; another video cannot take it
     again = plan([paths[1], paths[0]], taken={"cam_1": str(paths[0])})
     assert [job.id for job in again] == ["y__cam_1", "cam_1"]
+    # numbers (COCO image ids): the manifest's are kept, new videos take the lowest free ones, so a
+    # resumed batch numbers its videos as an uninterrupted one did
+    assert [job.number for job in plan(paths)] == [1, 2, 3]
+    assert [job.number for job in plan(paths, numbers={str(paths[2]): 3, "gone.mp4": 1})] == [2, 4, 3]
 
 
 def test_every_frame_of_every_video_is_written_and_a_corrupt_one_is_reported(archive, tmp_path):
@@ -428,7 +432,70 @@ def test_a_batch_killed_midway_and_resumed_leaves_each_frame_once_in_redis(tmp_p
         assert [int(f[b"seq"]) for f in entries] == list(range(1, 41)), "numbered on from where it was cut back to"
         states = [event_from_wire(f) for _, f in client.xrange("segstream:long:events")]
         assert len({e.run_id for e in states}) == 1, "the killed run's events went with its frames"
-        assert not (out / REDIS_MARKS).exists(), "the video is done: no mark is kept"
+        assert json.loads((out / REDIS_MARKS).read_text()) == {
+            "long": {"segstream:long:events": "0-0", "segstream:long:frames": "0-0"}
+        }, "the mark stays where the batch first began the video, for when it is done again"
+
+
+_INTERRUPTED = """
+import sys
+from segstream.pipeline.batch import run_batch
+from tests.conftest import ColourSegmenter
+from tests.test_batch import config
+
+out, url, *videos = sys.argv[1:]
+cfg = config(out, concurrency=1)
+cfg.sinks.redis.url, cfg.sinks.redis.pipeline_size = url, 1
+cfg.tracking.min_hits = 3  # other settings than the first run's: its videos are done again
+run_batch(cfg, videos, adapter=ColourSegmenter(delay_s=0.2), progress=False)
+"""
+
+
+def test_videos_done_again_after_an_interrupted_batch_each_hold_their_frames_once_in_redis(tmp_path):
+    """Found probing: done again after an interrupted batch, the video that batch had finished was
+    cut back to a mark the abort left (its earlier entries deleted) while the other kept its
+    earlier copy and got a second one."""
+    from tests.redis_servers import RedisProcess
+
+    videos = [encode_clip(tmp_path / "short.mp4", frames=4),
+              encode_clip(tmp_path / "long.mp4", frames=40)]
+    out = tmp_path / "out"
+    with RedisProcess(tmp_path / "redis") as server:
+        client = server.client()
+        cfg = config(out, concurrency=1)
+        cfg.sinks.redis.url = server.url
+        outcomes, _, _ = run_batch(cfg, list(map(str, videos)), adapter=ColourSegmenter(), progress=False)
+        assert [o.status for o in outcomes] == ["done", "done"]
+
+        # other settings, interrupted while the long video is midway: SIGINT drains, SIGTERM aborts
+        run = subprocess.Popen([sys.executable, "-c", _INTERRUPTED, str(out), server.url, *map(str, videos)],
+                               env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=REPO,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        first_run = client.xrange("segstream:long:frames", count=1)[0][1][b"run_id"]
+
+        def long_midway() -> bool:
+            newest = client.xrevrange("segstream:long:frames", count=1)
+            return bool(newest) and newest[0][1][b"run_id"] != first_run and int(newest[0][1][b"frame"]) >= 5
+
+        deadline = time.monotonic() + 60
+        while not long_midway() and run.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        run.send_signal(signal.SIGINT)
+        time.sleep(0.1)
+        run.send_signal(signal.SIGTERM)
+        assert run.wait(60) != 0, run.stderr.read()
+        records = {r["id"]: r for r in manifest(out)}
+        assert records["short"]["settings"]["tracking"]["min_hits"] == 3, "the short video was done again"
+        assert records["long"]["settings"]["tracking"]["min_hits"] == 2, "the long one was not"
+
+        cfg.tracking.min_hits = 4  # and again: both are done again
+        outcomes, _, _ = run_batch(cfg, list(map(str, videos)), adapter=ColourSegmenter(), progress=False)
+        assert [o.status for o in outcomes] == ["done", "done"]
+        for vid, frames in (("short", 4), ("long", 40)):
+            entries = [f for _, f in client.xrange(f"segstream:{vid}:frames")]
+            assert [int(f[b"frame"]) for f in entries] == list(range(frames)), vid
+            events = [event_from_wire(f) for _, f in client.xrange(f"segstream:{vid}:events")]
+            assert {f[b"run_id"] for f in entries} == {e.run_id.encode() for e in events} and len(events) > 3, vid
 
 
 def test_a_named_pipe_among_the_videos_fails_alone_instead_of_holding_the_batch(archive, tmp_path):
@@ -448,3 +515,51 @@ def test_a_named_pipe_among_the_videos_fails_alone_instead_of_holding_the_batch(
     by_id = {o.job.id: o for o in done[0][0]}
     assert by_id["a"].status == "done" and by_id["pipe"].status == "failed"
     assert "is a named pipe (FIFO), not a video file" in by_id["pipe"].reason
+
+
+def test_coco_image_ids_are_unique_across_a_batch_one_json_covers_it_and_file_names_exist(archive, tmp_path):
+    """Found probing: every video's JSON numbered its images from 0 (ids and PNG names collided
+    across a batch), there was no JSON of the whole batch, and images named .jpg files never written."""
+    import av
+    import cv2
+    import numpy as np
+    from pycocotools import mask as coco_mask
+
+    from segstream.connectors.coco_panoptic import rgb_to_id
+    from segstream.pipeline.batch import BATCH_PANOPTIC
+
+    out = tmp_path / "out"
+    clips = {"a": archive / "a.mp4", "b": archive / "day2" / "b.mp4", "c10": archive / "day2" / "c10.mp4"}
+    run_batch(config(out), [str(clips["a"])], adapter=ColourSegmenter(), progress=False)
+    assert "file_name" not in json.loads((out / "a" / "panoptic.json").read_text())["images"][0], \
+        "no JPEGs written: no file name that names none"
+    run_batch(config(out, coco_images=True), [str(archive / "a.mp4"), str(archive / "day2")],
+              adapter=ColourSegmenter(), progress=False)
+    assert {r["id"]: r["number"] for r in manifest(out)} == {"a": 1, "b": 2, "c10": 3}, "a keeps its number"
+
+    merged = json.loads((out / BATCH_PANOPTIC).read_text())
+    ids = [image["id"] for image in merged["images"]]
+    assert len(ids) == len(set(ids)) == 12 + 9 + 7
+    assert ids[:2] == [100_000_000, 100_000_001] and ids[-1] == 3 * 100_000_000 + 6, "video number x 1e8 + frame"
+    assert sorted(a["image_id"] for a in merged["annotations"]) == sorted(ids)
+    assert len({a["file_name"] for a in merged["annotations"]}) == len(ids)
+    assert merged["categories"] == [{"id": 1, "name": "square", "supercategory": "thing", "isthing": 1,
+                                     "color": merged["categories"][0]["color"]}]
+    for vid in clips:  # each video's own JSON has the same ids, its file names relative to its folders
+        own = json.loads((out / vid / "panoptic.json").read_text())
+        assert [i["id"] for i in own["images"]] == [i["id"] for i in merged["images"] if i["video_id"] == vid]
+    images = {image["id"]: image for image in merged["images"]}
+    for annotation in merged["annotations"][::5]:  # panopticapi's reading: file names relative to the JSON's folder
+        image = images[annotation["image_id"]]
+        ids_png = rgb_to_id(cv2.imread(str(out / annotation["file_name"]))[..., ::-1])
+        assert ids_png.shape == (image["height"], image["width"])
+        assert set(np.unique(ids_png)) - {0} == {s["id"] for s in annotation["segments_info"]}
+        for info in annotation["segments_info"]:
+            rle = coco_mask.encode(np.asfortranarray((ids_png == info["id"]).astype(np.uint8)))
+            assert int(coco_mask.area(rle)) == info["area"] and coco_mask.toBbox(rle).tolist() == info["bbox"]
+        picture = cv2.imread(str(out / image["file_name"]))[..., ::-1]
+        with av.open(str(clips[image["video_id"]])) as container:
+            frame = next(f for i, f in enumerate(container.decode(video=0)) if i == image["frame"])
+        assert np.abs(picture.astype(int) - frame.to_ndarray(format="rgb24")).mean() < 4, "the frame, as a JPEG"
+    frames = read_coco_panoptic(out / BATCH_PANOPTIC, png_dir=out)
+    assert [(f.source, f.index) for f in frames][:2] == [("a.mp4", 0), ("a.mp4", 1)] and len(frames) == len(ids)

@@ -304,4 +304,4 @@ def test_batch_redis_marks_on_a_full_disk_are_a_warning_not_a_traceback(tmp_path
     assert json.loads(done.stdout) == ["filler"]  # no .tmp left
     assert done.stderr.splitlines() == [
         f"WARNING cannot save where the videos' Redis streams began in '{out}/.redis-marks.json' (No space left on "
-        "device): a video this run does not finish may have its entries twice in Redis after a rerun"]
+        "device): a video this run begins may have its entries twice in Redis when it is published again"]

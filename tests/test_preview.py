@@ -186,3 +186,22 @@ def test_a_stream_that_changes_size_is_scaled_into_one_video_not_an_error(tmp_pa
     # 640x360 into 320x240 keeps its 16:9: 320x180, with black bars of 30 rows above and below
     assert frames[3][5, 160].max() < 40 and frames[3][235, 160].max() < 40
     assert sum("changed size from 320x240 to 640x360" in w for w in warnings) == 1
+
+
+def test_frames_of_odd_size_are_padded_by_a_pixel_repeating_their_edge(tmp_path):
+    # what docs/OPERATIONS.md says of an MP4 of a 641x481 video: H.264 in yuv420p needs even sizes
+    from segstream.connectors.overlay import OverlayVideo
+
+    image = np.zeros((121, 161, 3), np.uint8)
+    image[:, 150:, 1] = 200  # the right edge green, the bottom edge red
+    image[110:, :150, 0] = 200
+    image[:100, 100:140:4] = 255  # white lines a scaling would smear
+    video = OverlayVideo(tmp_path / "v.mp4", fps_hint=10)
+    for _ in range(2):
+        video.write(image)
+    video.close()
+    frame = decode(tmp_path / "v.mp4")[0]
+    assert frame.shape == (122, 162, 3), "a pixel wider and taller, not scaled"
+    assert frame[60, 161, 1] > 150 and frame[121, 60, 0] > 150, "the new column and row repeat the edge"
+    assert frame[60, 60].max() < 40
+    assert frame[:100, 100:140:4].min() > 200 and frame[:100, 102:140:4].max() < 50, "not scaled"
