@@ -70,10 +70,32 @@ def test_preview_mp4_decodes_and_each_segment_carries_its_colour(tmp_path, big_c
 
 def test_preview_png_writes_one_picture_per_frame(tmp_path, clip):
     preview = PreviewSink(tmp_path, "png", OPACITY)
-    Runtime([FileSource("cam", str(clip), max_frames=5)], ColourSegmenter(), [preview], progress=None).run()
-    pictures = sorted((tmp_path / "cam").glob("*.png"))
+    report = Runtime([FileSource("cam", str(clip), max_frames=5)], ColourSegmenter(), [preview], progress=None).run()
+    pictures = sorted((tmp_path / "cam" / report.run_id).glob("*.png"))
     assert [p.name for p in pictures] == [f"{i:08d}.png" for i in range(5)]
     assert cv2.imread(str(pictures[0])).shape == (120, 160, 3)
+
+
+def test_a_restarted_run_keeps_the_earlier_runs_pngs_beside_its_own(tmp_path, clip):
+    # Found probing: run B's frames 0-4 were written over run A's (frame numbers start at 0 in each run)
+    def run(frames: int, opacity: float = OPACITY) -> tuple[str, dict[str, bytes]]:
+        preview = PreviewSink(tmp_path, "png", opacity, keep_runs=2)
+        source = FileSource("cam", str(clip), max_frames=frames)
+        run_id = Runtime([source], ColourSegmenter(), [preview], progress=None).run().run_id
+        return run_id, {p.name: p.read_bytes() for p in (tmp_path / "cam" / run_id).glob("*.png")}
+
+    first, first_pictures = run(8)
+    second, second_pictures = run(5, opacity=0.9)  # other pictures than run A's
+    assert first != second and len(first_pictures) == 8 and len(second_pictures) == 5
+    assert first_pictures["00000000.png"] != second_pictures["00000000.png"], "the comparison is not trivial"
+    kept = {p.name: p.read_bytes() for p in (tmp_path / "cam" / first).glob("*.png")}
+    assert kept == first_pictures, "run A's pictures are as run A wrote them"
+    latest = tmp_path / "cam" / "latest"
+    assert latest.is_symlink() and latest.resolve() == (tmp_path / "cam" / second).resolve()
+
+    third, _ = run(3)  # keep_runs=2: the oldest run's folder goes, disk use stays two runs' worth
+    assert sorted(p.name for p in (tmp_path / "cam").iterdir()) == sorted([second, third, "latest"])
+    assert latest.resolve() == (tmp_path / "cam" / third).resolve()
 
 
 def test_render_into_a_folder_is_one_line_not_a_traceback(tmp_path, big_clip, capsys):
