@@ -208,3 +208,35 @@ def test_a_stream_that_changes_size_is_scaled_into_one_video_not_an_error(tmp_pa
     # 640x360 into 320x240 keeps its 16:9: 320x180, with black bars of 30 rows above and below
     assert frames[3][5, 160].max() < 40 and frames[3][235, 160].max() < 40
     assert sum("changed size from 320x240 to 640x360" in w for w in warnings) == 1
+
+
+def test_render_of_a_restarted_pipelines_stream_draws_the_run_asked_for(tmp_path, big_clip, capsys):
+    # Found probing: a stream of run A (20 frames) then run B (5 frames, its numbers from 0 again)
+    # rendered run A, silently: run B's entries were taken for A's, out of frame order
+    from segstream.pipeline.cli import main
+
+    with EmbeddedRedis(tmp_path / "redis") as server:
+        runs = [Runtime([FileSource("cam", str(big_clip), max_frames=frames)], ColourSegmenter(),
+                        [RedisPublisher(connect_redis(server.url))], progress=None).run().run_id for frames in (20, 5)]
+        capsys.readouterr()
+
+        def render(*run: str) -> tuple[int, int, list[str]]:
+            out = tmp_path / f"render{len(list(tmp_path.glob('render*')))}.mp4"
+            code = main(["render", "segstream:cam:frames", "--video", str(big_clip), "--out", str(out),
+                         "--url", server.url, *run])
+            return code, len(decode(out)) if out.exists() else 0, capsys.readouterr().err.strip().splitlines()
+
+        code, frames, said = render()
+        assert (code, frames) == (0, 5), "the latest run by default"
+        assert said[0] == (f"segstream: warning: segstream:cam:frames holds 2 runs: 1 {runs[0]} (20 entries), "
+                           f"2 {runs[1]} (5 entries); drawing the latest, {runs[1]} — choose another with "
+                           "--run RUN_ID or --run NUMBER")
+        assert said[-1].endswith(f"wrote 5 frames of run {runs[1]} to {tmp_path / 'render0.mp4'}")
+        assert render("--run", runs[0])[:2] == (0, 20)
+        assert render("--run", "1")[:2] == render("--run", "-2")[:2] == (0, 20)
+        code, frames, said = render("--run", "latest")
+        assert (code, frames) == (0, 5) and not any("holds 2 runs" in line for line in said)
+        assert render("--run", "20261121T101502Z-3f2a9c1d") == (1, 0, [
+            f"segstream: error: segstream:cam:frames holds no run '20261121T101502Z-3f2a9c1d' — its runs: "
+            f"1 {runs[0]} (20 entries), 2 {runs[1]} (5 entries); give --run one of those run ids, a number from 1 "
+            "(the oldest) to 2, -1 or latest"])
