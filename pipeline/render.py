@@ -9,18 +9,25 @@ the stream by MAXLEN) are left out.
 A stream written by a pipeline that was restarted holds several runs (each with its own
 ``run_id``, frame numbers from 0 in each): one is drawn, the latest unless ``--run`` names another
 by run id or by number (1 the oldest, -1 the latest).
+
+The MP4 is written under a hidden name beside ``--out`` and renamed to it once finished, so
+``--out`` only ever holds a whole video: a render that fails (a video shorter than the stream, a
+full disk) or is interrupted removes what it wrote and leaves an earlier file there as it was.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from segstream.connectors.errors import SegstreamError, SinkError
 from segstream.connectors.file_source import FileSource
-from segstream.connectors.overlay import OverlayVideo, draw_overlay
+from segstream.connectors.overlay import OutputWriteError, OverlayVideo, draw_overlay
 from segstream.connectors.redis_connection import COMMAND_LINE
 from segstream.connectors.redis_reader import StreamReader, _missing_stream_message, connect_redis
 from segstream.models.results import FrameResult
@@ -104,8 +111,12 @@ def render_stream(client, stream: str, video: str | Path, out: str | Path, opaci
     if not runs:
         raise SegstreamError(f"{stream} has no entries to draw")
     chosen = pick_run(runs, stream, run)
+    out = Path(out)
+    if out.is_dir():
+        raise OutputWriteError(out, os.strerror(errno.EISDIR), errno.EISDIR, "create")
     source = FileSource("render", str(video))
-    writer = OverlayVideo(out)
+    partial = out.with_name(f".{out.name}.{os.getpid()}.part")  # hidden: no player offered it half done
+    writer = OverlayVideo(partial)
     frames = iter(source.frames())
     frame = None
     missing, drawn = 0, -1
@@ -116,9 +127,8 @@ def render_stream(client, stream: str, video: str | Path, out: str | Path, opaci
                     missing += 1
                 frame = next(frames, None)
                 if frame is None:
-                    raise SegstreamError(
-                        f"{video} ends before frame {result.index} of {stream} — is it the video the stream was made from?"
-                    )
+                    raise SegstreamError(f"{video} ends before frame {result.index} of {stream}, so {out} is not "
+                                         "written — is it the video the stream was made from?")
             if frame.index > result.index:
                 continue  # entries out of frame order (a looping source): drawn once, first come
             if (frame.width, frame.height) != (result.width, result.height):
@@ -128,12 +138,21 @@ def render_stream(client, stream: str, video: str | Path, out: str | Path, opaci
                 )
             writer.write(draw_overlay(frame.image, result, opacity), result.pts, result.time_base)
             drawn = frame.index
-    except BaseException:
+        writer.close()
+        if writer.frames:
+            try:
+                os.replace(partial, out)
+            except OSError as error:
+                raise OutputWriteError(partial, error.strerror or str(error), error.errno, "create") from None
+    except BaseException as error:
         writer.abandon()  # its own error would hide the one that stopped the render
+        with contextlib.suppress(FileNotFoundError):
+            partial.unlink()
+        if isinstance(error, OutputWriteError):  # said of the file asked for, not of its hidden name
+            raise OutputWriteError(out, error.reason, error.errno, error.verb) from None
         raise
     finally:
         source.close()
-    writer.close()
     return writer.frames, missing, chosen
 
 

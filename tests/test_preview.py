@@ -240,3 +240,60 @@ def test_render_of_a_restarted_pipelines_stream_draws_the_run_asked_for(tmp_path
             f"segstream: error: segstream:cam:frames holds no run '20261121T101502Z-3f2a9c1d' — its runs: "
             f"1 {runs[0]} (20 entries), 2 {runs[1]} (5 entries); give --run one of those run ids, a number from 1 "
             "(the oldest) to 2, -1 or latest"])
+
+
+def test_render_over_a_video_shorter_than_the_stream_leaves_no_partial_video(tmp_path, big_clip, capsys):
+    # Found probing: exit 1 with "ends before frame 5", and a 5-frame MP4 left at --out all the same
+    from segstream.pipeline.cli import main
+
+    short = encode_clip(tmp_path / "short.mp4", frames=5, width=320, height=240)
+    out = tmp_path / "out" / "render.mp4"
+    out.parent.mkdir()
+    with EmbeddedRedis(tmp_path / "redis") as server:
+        Runtime([FileSource("cam", str(big_clip))], ColourSegmenter(), [RedisPublisher(connect_redis(server.url))],
+                progress=None).run()
+        capsys.readouterr()
+        assert main(["render", "segstream:cam:frames", "--video", str(short), "--out", str(out),
+                     "--url", server.url]) == 1
+        assert capsys.readouterr().err.splitlines() == [
+            f"segstream: error: {short} ends before frame 5 of segstream:cam:frames, so {out} is not written — is it "
+            "the video the stream was made from?"]
+        assert list(out.parent.iterdir()) == [], "neither the video nor its hidden partial is left"
+
+        out.write_bytes(b"an earlier render")
+        assert main(["render", "segstream:cam:frames", "--video", str(short), "--out", str(out),
+                     "--url", server.url]) == 1
+        assert out.read_bytes() == b"an earlier render" and list(out.parent.iterdir()) == [out]
+
+
+def test_an_interrupted_render_leaves_the_earlier_video_and_no_partial_one(tmp_path):
+    # Found probing: Ctrl-C left at --out the frames drawn so far, in place of the earlier render
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    clip = encode_clip(tmp_path / "long.mp4", frames=300, width=320, height=240)
+    out = tmp_path / "out" / "render.mp4"
+    out.parent.mkdir()
+    out.write_bytes(b"an earlier render")
+    with EmbeddedRedis(tmp_path / "redis") as server:
+        Runtime([FileSource("cam", str(clip))], ColourSegmenter(), [RedisPublisher(connect_redis(server.url))],
+                progress=None).run()
+        render = subprocess.Popen([sys.executable, "-m", "segstream", "render", "segstream:cam:frames", "--video",
+                                   str(clip), "--out", str(out), "--url", server.url],
+                                  stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 60
+            while len(list(out.parent.iterdir())) == 1 and out.read_bytes() == b"an earlier render":
+                assert render.poll() is None and time.monotonic() < deadline, "the render never began writing"
+                time.sleep(0.005)
+            render.send_signal(signal.SIGINT)
+            _, err = render.communicate(timeout=60)
+        finally:
+            if render.poll() is None:
+                render.kill()
+    assert render.returncode == 130, err  # interrupted, not finished before the signal
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert out.read_bytes() == b"an earlier render"
+    assert list(out.parent.iterdir()) == [out], "no partial video is left beside it"
