@@ -131,12 +131,13 @@ def _draw_labels(out: np.ndarray, result: FrameResult, rows: np.ndarray, font_sc
 class OutputWriteError(SinkError):
     """A picture or video could not be written or finished; ``errno`` is the file's own error
     (ENOSPC for a full disk) where the file refused a write, else None (the encoder or muxer
-    failed); ``reason`` is what went wrong, without the file's name."""
+    failed); ``reason`` is what went wrong, without the file's name; ``verb`` what was tried."""
 
     def __init__(self, path: str | Path, reason: str, errno: int | None = None, verb: str = "write"):
         super().__init__(f"cannot {verb} {path}: {reason}")
         self.reason = reason
         self.errno = errno
+        self.verb = verb
 
 
 class _RecordingFile:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import os
+import shutil
 import time
 from collections import Counter
 from pathlib import Path
@@ -24,13 +26,19 @@ RETRY_S = 5.0  # an MP4 whose writes failed: how long its frames are dropped bef
 
 
 class PreviewSink:
-    """``<dir>/<source>.mp4`` (``format="mp4"``) or ``<dir>/<source>/<frame>.png`` per source,
-    each frame with its segments drawn (``segstream.connectors.overlay``). MP4 frames keep
-    their source timestamps, so dropped frames show as held frames, not as a faster video.
+    """``<dir>/<source>.mp4`` (``format="mp4"``) or ``<dir>/<source>/<run_id>/<frame>.png`` per
+    source, each frame with its segments drawn (``segstream.connectors.overlay``). MP4 frames
+    keep their source timestamps, so dropped frames show as held frames, not as a faster video.
+
+    PNGs go into a folder per run (the ``run_id`` of the results), so a restarted run, whose
+    frame numbers start at 0 again, leaves the earlier run's pictures as they were;
+    ``<dir>/<source>/latest`` links to the newest run's folder, and the folders of all but the
+    ``keep_runs`` most recently written runs are removed when a run starts. An MP4 is rewritten
+    by each run.
 
     It asks the runtime for the decoded frames (``wants_images``); the runtime attaches each
     frame's image to its result until the sinks have published it, so memory stays bounded by
-    the runtime's queues. Each run rewrites the files.
+    the runtime's queues.
 
     A write that fails for a while (the disk full) costs the preview its frames, not the run:
     each is dropped and counted as ``sink_write_failed`` (``on_dropped``, ``status()``), said once
@@ -44,12 +52,19 @@ class PreviewSink:
     name = "preview"
     wants_images = True
 
-    def __init__(self, directory: str | Path, format: str = "mp4", opacity: float = 0.45):
+    def __init__(self, directory: str | Path, format: str = "mp4", opacity: float = 0.45, keep_runs: int = 2):
         if format not in ("mp4", "png"):
             raise SinkError(f"preview format {format!r} is not one of mp4, png")
+        if keep_runs < 1:
+            raise SinkError(f"preview keep_runs must be 1 or more, got {keep_runs}")
         self.directory = Path(directory)
         self.format = format
         self.opacity = opacity
+        self.keep_runs = keep_runs
+        # the run folder of results that name no run (a sink used outside the runtime): this sink's start
+        self._unnamed_run = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        self._runs: dict[str, str] = {}  # source -> the run whose PNG folder it writes
+        self._latest: dict[str, str] = {}  # source -> the run its `latest` link names
         self.on_written: WrittenCallback | None = None
         self.on_dropped: DroppedCallback | None = None
         self.frames = 0
@@ -68,10 +83,10 @@ class PreviewSink:
             raise SinkError(f"cannot create preview directory '{self.directory}': {error.strerror}") from None
         check_output_dir(self.directory, "preview directory")
 
-    def path(self, source: str) -> Path:
-        """Where ``source``'s preview goes: its MP4, or its folder of PNGs."""
+    def path(self, source: str, run_id: str = "") -> Path:
+        """Where ``source``'s preview goes: its MP4, or its folder of PNGs of run ``run_id``."""
         if self.format == "png":
-            return self.directory / source
+            return self.directory / source / (run_id or self._unnamed_run)
         part = self._parts.get(source, 1)
         return self.directory / (f"{source}.mp4" if part == 1 else f"{source}.{part}.mp4")
 
@@ -96,7 +111,9 @@ class PreviewSink:
             self._failing[source] += 1
             return False
         picture = draw_overlay(result.image, result, self.opacity)
-        target = self.path(source)
+        target = self.path(source, result.run_id)
+        if self.format == "png":
+            target = target / f"{result.index:08d}.png"
         try:
             if self.format == "mp4":
                 video = self._videos.get(source)
@@ -104,9 +121,12 @@ class PreviewSink:
                     video = self._videos[source] = OverlayVideo(target)
                 video.write(picture, result.pts, result.time_base)
             else:
-                target.mkdir(parents=True, exist_ok=True)
-                target = target / f"{result.index:08d}.png"
+                target.parent.mkdir(parents=True, exist_ok=True)
+                if self._runs.get(source) != target.parent.name:
+                    self._start_run(source, target.parent)
                 write_png(target, picture)
+                if self._latest.get(source) != target.parent.name:
+                    self._point_latest(source, target.parent)
         except (OutputWriteError, OSError) as error:
             if error.errno not in _PASSING and not self._wrote:
                 raise  # a preview that never wrote a frame and will not: the run cannot make what it is for
@@ -120,6 +140,36 @@ class PreviewSink:
                         self._failing.pop(source))
             self._retry_at.pop(source, None)
         return True
+
+    def _start_run(self, source: str, folder: Path) -> None:
+        """Remove the PNG folders of the runs beyond ``keep_runs`` (the least recently written
+        ones), so restarts do not fill the disk."""
+        self._runs[source] = folder.name
+        runs = [entry for entry in os.scandir(folder.parent) if entry.is_dir(follow_symlinks=False)]
+        runs.sort(key=lambda entry: (entry.stat(follow_symlinks=False).st_mtime, entry.name), reverse=True)
+        for entry in [entry for entry in runs if entry.name != folder.name][self.keep_runs - 1 :]:
+            try:
+                shutil.rmtree(entry.path)
+            except OSError as error:
+                log.warning("preview of %s: cannot remove the earlier run's '%s': %s", source, entry.path,
+                            error.strerror)
+
+    def _point_latest(self, source: str, folder: Path) -> None:
+        """Make ``<source>/latest`` a link to the run's ``folder``, replaced in one step (a reader
+        never finds none); a full disk leaves it to the next frame."""
+        latest, link = folder.parent / "latest", folder.parent / f".latest.{os.getpid()}"
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                link.unlink()
+            link.symlink_to(folder.name)
+            os.replace(link, latest)
+        except OSError as error:
+            with contextlib.suppress(OSError):
+                link.unlink()
+            if error.errno in _PASSING:
+                return
+            log.warning("preview of %s: cannot point '%s' at '%s': %s", source, latest, folder, error.strerror)
+        self._latest[source] = folder.name
 
     def _failed(self, source: str, target: Path, error: OutputWriteError | OSError) -> None:
         self._last_error = (error.reason if isinstance(error, OutputWriteError) else error.strerror) or str(error)

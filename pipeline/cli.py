@@ -280,6 +280,8 @@ def _parser() -> argparse.ArgumentParser:
     render.add_argument("--out", type=Path, required=True, metavar="OUT.mp4", help="where to write the overlay video")
     redis_options(render)
     render.add_argument("--opacity", type=float, default=0.45, help="mask opacity, 0 to 1 (default %(default)s)")
+    render.add_argument("--run", metavar="RUN", help="the run to draw when the stream holds several (a restarted "
+                        "pipeline): its run_id, or a number, 1 the oldest, -1 the latest (default: the latest)")
     render.set_defaults(command=_render)
 
     for command in commands.choices.values():  # after the command too; left out there, the top-level value stands

@@ -717,12 +717,16 @@ class FilesSinkConfig(Strict):
 class PreviewSinkConfig(Strict):
     """Pictures of what the model sees: each source's frames with its segments drawn over them
     (masks coloured by track id, or by segment id until a tracker gives tracks; outlines; labels
-    with ids and scores), as ``<dir>/<source>.mp4`` or as ``<dir>/<source>/<frame>.png``."""
+    with ids and scores), as ``<dir>/<source>.mp4`` or as ``<dir>/<source>/<run_id>/<frame>.png``
+    (``<dir>/<source>/latest`` links to the newest run's folder). ``keep_runs``: how many runs'
+    PNG folders a source keeps (this run's and the one before by default); older ones are removed
+    when a run starts."""
 
     enabled: bool = False
     dir: str = "runs/preview"
     format: Literal["mp4", "png"] = "mp4"
     opacity: Fraction01 = 0.45
+    keep_runs: PositiveInt = 2
 
 
 # What ``use:`` names: ``module:attribute`` (the attribute may be dotted: ``module:Class.build``), or

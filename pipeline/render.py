@@ -5,67 +5,166 @@ Entries are read in stream order and matched to the video's frames by frame numb
 preview sink draws it and written with the entry's timestamps, so a render of a stream and the
 preview of the same run hold the same frames. Frames without an entry (dropped, or trimmed from
 the stream by MAXLEN) are left out.
+
+A stream written by a pipeline that was restarted holds several runs (each with its own
+``run_id``, frame numbers from 0 in each): one is drawn, the latest unless ``--run`` names another
+by run id or by number (1 the oldest, -1 the latest).
+
+The MP4 is written under a hidden name beside ``--out`` and renamed to it once finished, so
+``--out`` only ever holds a whole video: a render that fails (a video shorter than the stream, a
+full disk) or is interrupted removes what it wrote and leaves an earlier file there as it was.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from segstream.connectors.errors import SegstreamError, SinkError
 from segstream.connectors.file_source import FileSource
-from segstream.connectors.overlay import OverlayVideo, draw_overlay
+from segstream.connectors.overlay import OutputWriteError, OverlayVideo, draw_overlay
 from segstream.connectors.redis_connection import COMMAND_LINE
 from segstream.connectors.redis_reader import StreamReader, _missing_stream_message, connect_redis
+from segstream.models.results import FrameResult
 from segstream.pipeline.cli import redis_sentinel, redis_tls
 
 log = logging.getLogger(__name__)
 
 _PAGE = 256
+LATEST = "latest"
 
 
-def render_stream(client, stream: str, video: str | Path, out: str | Path, opacity: float = 0.45) -> tuple[int, int]:
-    """Draw every entry of ``stream`` over its frame of ``video`` into the MP4 ``out``; returns
-    the number of frames written, and of the video's frames up to the last entry that had none
-    (trimmed by the stream's MAXLEN, or dropped by the pipeline)."""
+@dataclass(slots=True)
+class StreamRun:
+    """One pipeline run's entries in a stream: its ``run_id`` ("" for entries written before
+    entries carried one), how many entries it has, the stream ID before its first entry (where
+    a read of it starts) and its last entry's ID."""
+
+    run_id: str
+    entries: int
+    after: str
+    last: str
+
+    @property
+    def name(self) -> str:
+        return self.run_id or "(entries without run_id)"
+
+
+def stream_runs(client, stream: str) -> list[StreamRun]:
+    """The runs whose entries ``stream`` holds, oldest first (by their first entry)."""
+    runs: dict[str, StreamRun] = {}
+    previous = "0"
+    reader = StreamReader(client, stream, start="0", decode_masks=False)
+    while entries := reader.read(count=_PAGE):
+        for entry_id, result in entries:
+            run = runs.setdefault(result.run_id, StreamRun(result.run_id, 0, previous, entry_id))
+            run.entries += 1
+            run.last = previous = entry_id
+    return list(runs.values())
+
+
+def pick_run(runs: list[StreamRun], stream: str, wanted: str | None) -> StreamRun:
+    """The run ``wanted`` names (a run id, ``latest``, or a number: 1 the oldest, -1 the latest;
+    None: the latest, said in a line when there are others)."""
+    choices = ", ".join(f"{number} {run.name} ({run.entries} entries)" for number, run in enumerate(runs, 1))
+    if wanted is None or wanted == LATEST:
+        chosen = runs[-1]
+        if wanted is None and len(runs) > 1:
+            log.warning("%s holds %d runs: %s; drawing the latest, %s — choose another with --run RUN_ID or "
+                        "--run NUMBER", stream, len(runs), choices, chosen.name)
+        return chosen
+    for run in runs:
+        if run.run_id == wanted:
+            return run
+    try:
+        number = int(wanted)
+    except ValueError:
+        number = 0
+    if 1 <= number <= len(runs) or -len(runs) <= number <= -1:
+        return runs[number - 1 if number > 0 else number]
+    raise SegstreamError(f"{stream} holds no run {wanted!r} — its runs: {choices}; give --run one of those run ids, "
+                         f"a number from 1 (the oldest) to {len(runs)}, -1 or {LATEST}")
+
+
+def _entry_key(entry_id: str) -> tuple[int, int]:
+    milliseconds, _, sequence = entry_id.partition("-")
+    return int(milliseconds), int(sequence or 0)
+
+
+def render_stream(client, stream: str, video: str | Path, out: str | Path, opacity: float = 0.45,
+                  run: str | None = None) -> tuple[int, int, StreamRun]:
+    """Draw the entries of one run of ``stream`` (``pick_run``) over their frames of ``video``
+    into the MP4 ``out``; returns the number of frames written, the number of the video's frames
+    up to the run's last entry that had none (trimmed by the stream's MAXLEN, or dropped by the
+    pipeline), and the run drawn."""
     if not client.exists(stream):
         raise SinkError(_missing_stream_message(client, stream))
     if stream.endswith(":events"):
         raise SegstreamError(f"{stream} is an events stream (track and source events, no masks) — render draws "
                              f"a frames stream, e.g. {stream[: -len(':events')]}:frames")
-    reader = StreamReader(client, stream, start="0")
+    runs = stream_runs(client, stream)
+    if not runs:
+        raise SegstreamError(f"{stream} has no entries to draw")
+    chosen = pick_run(runs, stream, run)
+    out = Path(out)
+    if out.is_dir():
+        raise OutputWriteError(out, os.strerror(errno.EISDIR), errno.EISDIR, "create")
     source = FileSource("render", str(video))
-    writer = OverlayVideo(out)
+    partial = out.with_name(f".{out.name}.{os.getpid()}.part")  # hidden: no player offered it half done
+    writer = OverlayVideo(partial)
     frames = iter(source.frames())
     frame = None
     missing, drawn = 0, -1
     try:
-        while entries := reader.read(count=_PAGE):
-            for _, result in entries:
-                while frame is None or frame.index < result.index:
-                    if frame is not None and frame.index > drawn:
-                        missing += 1
-                    frame = next(frames, None)
-                    if frame is None:
-                        raise SegstreamError(
-                            f"{video} ends before frame {result.index} of {stream} — is it the video the stream was made from?"
-                        )
-                if frame.index > result.index:
-                    continue  # entries out of frame order (a looping source): drawn once, first come
-                if (frame.width, frame.height) != (result.width, result.height):
-                    raise SegstreamError(
-                        f"frame {result.index} of {video} is {frame.width}x{frame.height} but the stream's entry is "
-                        f"{result.width}x{result.height} — is it the video the stream was made from?"
-                    )
-                writer.write(draw_overlay(frame.image, result, opacity), result.pts, result.time_base)
-                drawn = frame.index
-    except BaseException:
+        for result in _entries_of(StreamReader(client, stream, start=chosen.after), chosen):
+            while frame is None or frame.index < result.index:
+                if frame is not None and frame.index > drawn:
+                    missing += 1
+                frame = next(frames, None)
+                if frame is None:
+                    raise SegstreamError(f"{video} ends before frame {result.index} of {stream}, so {out} is not "
+                                         "written — is it the video the stream was made from?")
+            if frame.index > result.index:
+                continue  # entries out of frame order (a looping source): drawn once, first come
+            if (frame.width, frame.height) != (result.width, result.height):
+                raise SegstreamError(
+                    f"frame {result.index} of {video} is {frame.width}x{frame.height} but the stream's entry is "
+                    f"{result.width}x{result.height} — is it the video the stream was made from?"
+                )
+            writer.write(draw_overlay(frame.image, result, opacity), result.pts, result.time_base)
+            drawn = frame.index
+        writer.close()
+        if writer.frames:
+            try:
+                os.replace(partial, out)
+            except OSError as error:
+                raise OutputWriteError(partial, error.strerror or str(error), error.errno, "create") from None
+    except BaseException as error:
         writer.abandon()  # its own error would hide the one that stopped the render
+        with contextlib.suppress(FileNotFoundError):
+            partial.unlink()
+        if isinstance(error, OutputWriteError):  # said of the file asked for, not of its hidden name
+            raise OutputWriteError(out, error.reason, error.errno, error.verb) from None
         raise
     finally:
         source.close()
-    writer.close()
-    return writer.frames, missing
+    return writer.frames, missing, chosen
+
+
+def _entries_of(reader: StreamReader, run: StreamRun) -> Iterator[FrameResult]:
+    """The results of ``run``'s entries, in stream order, read up to its last entry."""
+    last = _entry_key(run.last)
+    while entries := reader.read(count=_PAGE):
+        for entry_id, result in entries:
+            if _entry_key(entry_id) > last:
+                return
+            if result.run_id == run.run_id:  # else another run's, written while this one ran
+                yield result
 
 
 def main_render(args) -> int:
@@ -75,7 +174,7 @@ def main_render(args) -> int:
                            sentinel=redis_sentinel(args),
                            client_name="segstream-render", hint="start Redis or fix --url", names=COMMAND_LINE)
     try:
-        written, missing = render_stream(client, args.stream, args.video, args.out, args.opacity)
+        written, missing, run = render_stream(client, args.stream, args.video, args.out, args.opacity, args.run)
     finally:
         client.close()
     if written == 0:
@@ -83,5 +182,5 @@ def main_render(args) -> int:
     if missing:
         log.warning("%d frames of %s have no entry in %s (trimmed by its MAXLEN, or dropped by the pipeline) and "
                     "are left out", missing, args.video, args.stream)
-    log.info("wrote %d frames to %s", written, args.out)
+    log.info("wrote %d frames of run %s to %s", written, run.name, args.out)
     return 0

@@ -101,7 +101,7 @@ _PREVIEW_RUN = textwrap.dedent('''
                     files[path] = sum(1 for _ in container.decode(video=0))
             except av.FFmpegError:
                 files[path] = None
-    print(json.dumps({"undelivered": report.undelivered, "balanced": report.balanced, "others": len(other.results),
+    print(json.dumps({"run_id": report.run_id, "undelivered": report.undelivered, "balanced": report.balanced, "others": len(other.results),
                       "status": report.sinks["preview"], "warnings": warnings, "files": files}))
 ''')
 
@@ -120,7 +120,7 @@ def test_a_full_disk_costs_the_preview_only_its_frames_and_it_writes_again_once_
     assert seen["others"] == 40  # the other sinks went on
     lost = seen["undelivered"].get("sink_write_failed", 0)
     assert lost > 0 and seen["balanced"] and status["dropped"] == {"sink_write_failed": lost}
-    first = "cam.mp4" if fmt == "mp4" else "cam/00000000.png"
+    first = "cam.mp4" if fmt == "mp4" else f"cam/{seen['run_id']}/00000000.png"
     assert said[0] == (f"preview of cam: cannot write '{out}/prev/{first}': No space left on device; its frames are "
                        "dropped (counted as sink_write_failed) until writes succeed again")
     resumed = [line for line in said if " again after " in line]

@@ -129,8 +129,8 @@ def test_the_preview_writes_through_no_link(results, tmp_path, secret, format):
     out = tmp_path / "preview"
     preview = PreviewSink(out, format)
     result = first_of(results, "a")
-    target = out / "a.mp4" if format == "mp4" else out / "a" / f"{result.index:08d}.png"
-    target.parent.mkdir(exist_ok=True)
+    target = out / "a.mp4" if format == "mp4" else preview.path("a", result.run_id) / f"{result.index:08d}.png"
+    target.parent.mkdir(parents=True, exist_ok=True)
     target.symlink_to(secret)
     result.image = np.zeros((result.height, result.width, 3), np.uint8)
     with pytest.raises(SinkError, match=r"is a symbolic link, which outputs never follow"):

@@ -70,10 +70,32 @@ def test_preview_mp4_decodes_and_each_segment_carries_its_colour(tmp_path, big_c
 
 def test_preview_png_writes_one_picture_per_frame(tmp_path, clip):
     preview = PreviewSink(tmp_path, "png", OPACITY)
-    Runtime([FileSource("cam", str(clip), max_frames=5)], ColourSegmenter(), [preview], progress=None).run()
-    pictures = sorted((tmp_path / "cam").glob("*.png"))
+    report = Runtime([FileSource("cam", str(clip), max_frames=5)], ColourSegmenter(), [preview], progress=None).run()
+    pictures = sorted((tmp_path / "cam" / report.run_id).glob("*.png"))
     assert [p.name for p in pictures] == [f"{i:08d}.png" for i in range(5)]
     assert cv2.imread(str(pictures[0])).shape == (120, 160, 3)
+
+
+def test_a_restarted_run_keeps_the_earlier_runs_pngs_beside_its_own(tmp_path, clip):
+    # Found probing: run B's frames 0-4 were written over run A's (frame numbers start at 0 in each run)
+    def run(frames: int, opacity: float = OPACITY) -> tuple[str, dict[str, bytes]]:
+        preview = PreviewSink(tmp_path, "png", opacity, keep_runs=2)
+        source = FileSource("cam", str(clip), max_frames=frames)
+        run_id = Runtime([source], ColourSegmenter(), [preview], progress=None).run().run_id
+        return run_id, {p.name: p.read_bytes() for p in (tmp_path / "cam" / run_id).glob("*.png")}
+
+    first, first_pictures = run(8)
+    second, second_pictures = run(5, opacity=0.9)  # other pictures than run A's
+    assert first != second and len(first_pictures) == 8 and len(second_pictures) == 5
+    assert first_pictures["00000000.png"] != second_pictures["00000000.png"], "the comparison is not trivial"
+    kept = {p.name: p.read_bytes() for p in (tmp_path / "cam" / first).glob("*.png")}
+    assert kept == first_pictures, "run A's pictures are as run A wrote them"
+    latest = tmp_path / "cam" / "latest"
+    assert latest.is_symlink() and latest.resolve() == (tmp_path / "cam" / second).resolve()
+
+    third, _ = run(3)  # keep_runs=2: the oldest run's folder goes, disk use stays two runs' worth
+    assert sorted(p.name for p in (tmp_path / "cam").iterdir()) == sorted([second, third, "latest"])
+    assert latest.resolve() == (tmp_path / "cam" / third).resolve()
 
 
 def test_render_into_a_folder_is_one_line_not_a_traceback(tmp_path, big_clip, capsys):
@@ -205,3 +227,92 @@ def test_frames_of_odd_size_are_padded_by_a_pixel_repeating_their_edge(tmp_path)
     assert frame[60, 161, 1] > 150 and frame[121, 60, 0] > 150, "the new column and row repeat the edge"
     assert frame[60, 60].max() < 40
     assert frame[:100, 100:140:4].min() > 200 and frame[:100, 102:140:4].max() < 50, "not scaled"
+
+
+def test_render_of_a_restarted_pipelines_stream_draws_the_run_asked_for(tmp_path, big_clip, capsys):
+    # Found probing: a stream of run A (20 frames) then run B (5 frames, its numbers from 0 again)
+    # rendered run A, silently: run B's entries were taken for A's, out of frame order
+    from segstream.pipeline.cli import main
+
+    with EmbeddedRedis(tmp_path / "redis") as server:
+        runs = [Runtime([FileSource("cam", str(big_clip), max_frames=frames)], ColourSegmenter(),
+                        [RedisPublisher(connect_redis(server.url))], progress=None).run().run_id for frames in (20, 5)]
+        capsys.readouterr()
+
+        def render(*run: str) -> tuple[int, int, list[str]]:
+            out = tmp_path / f"render{len(list(tmp_path.glob('render*')))}.mp4"
+            code = main(["render", "segstream:cam:frames", "--video", str(big_clip), "--out", str(out),
+                         "--url", server.url, *run])
+            return code, len(decode(out)) if out.exists() else 0, capsys.readouterr().err.strip().splitlines()
+
+        code, frames, said = render()
+        assert (code, frames) == (0, 5), "the latest run by default"
+        assert said[0] == (f"segstream: warning: segstream:cam:frames holds 2 runs: 1 {runs[0]} (20 entries), "
+                           f"2 {runs[1]} (5 entries); drawing the latest, {runs[1]} — choose another with "
+                           "--run RUN_ID or --run NUMBER")
+        assert said[-1].endswith(f"wrote 5 frames of run {runs[1]} to {tmp_path / 'render0.mp4'}")
+        assert render("--run", runs[0])[:2] == (0, 20)
+        assert render("--run", "1")[:2] == render("--run", "-2")[:2] == (0, 20)
+        code, frames, said = render("--run", "latest")
+        assert (code, frames) == (0, 5) and not any("holds 2 runs" in line for line in said)
+        assert render("--run", "20261121T101502Z-3f2a9c1d") == (1, 0, [
+            f"segstream: error: segstream:cam:frames holds no run '20261121T101502Z-3f2a9c1d' — its runs: "
+            f"1 {runs[0]} (20 entries), 2 {runs[1]} (5 entries); give --run one of those run ids, a number from 1 "
+            "(the oldest) to 2, -1 or latest"])
+
+
+def test_render_over_a_video_shorter_than_the_stream_leaves_no_partial_video(tmp_path, big_clip, capsys):
+    # Found probing: exit 1 with "ends before frame 5", and a 5-frame MP4 left at --out all the same
+    from segstream.pipeline.cli import main
+
+    short = encode_clip(tmp_path / "short.mp4", frames=5, width=320, height=240)
+    out = tmp_path / "out" / "render.mp4"
+    out.parent.mkdir()
+    with EmbeddedRedis(tmp_path / "redis") as server:
+        Runtime([FileSource("cam", str(big_clip))], ColourSegmenter(), [RedisPublisher(connect_redis(server.url))],
+                progress=None).run()
+        capsys.readouterr()
+        assert main(["render", "segstream:cam:frames", "--video", str(short), "--out", str(out),
+                     "--url", server.url]) == 1
+        assert capsys.readouterr().err.splitlines() == [
+            f"segstream: error: {short} ends before frame 5 of segstream:cam:frames, so {out} is not written — is it "
+            "the video the stream was made from?"]
+        assert list(out.parent.iterdir()) == [], "neither the video nor its hidden partial is left"
+
+        out.write_bytes(b"an earlier render")
+        assert main(["render", "segstream:cam:frames", "--video", str(short), "--out", str(out),
+                     "--url", server.url]) == 1
+        assert out.read_bytes() == b"an earlier render" and list(out.parent.iterdir()) == [out]
+
+
+def test_an_interrupted_render_leaves_the_earlier_video_and_no_partial_one(tmp_path):
+    # Found probing: Ctrl-C left at --out the frames drawn so far, in place of the earlier render
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    clip = encode_clip(tmp_path / "long.mp4", frames=300, width=320, height=240)
+    out = tmp_path / "out" / "render.mp4"
+    out.parent.mkdir()
+    out.write_bytes(b"an earlier render")
+    with EmbeddedRedis(tmp_path / "redis") as server:
+        Runtime([FileSource("cam", str(clip))], ColourSegmenter(), [RedisPublisher(connect_redis(server.url))],
+                progress=None).run()
+        render = subprocess.Popen([sys.executable, "-m", "segstream", "render", "segstream:cam:frames", "--video",
+                                   str(clip), "--out", str(out), "--url", server.url],
+                                  stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 60
+            while len(list(out.parent.iterdir())) == 1 and out.read_bytes() == b"an earlier render":
+                assert render.poll() is None and time.monotonic() < deadline, "the render never began writing"
+                time.sleep(0.005)
+            render.send_signal(signal.SIGINT)
+            _, err = render.communicate(timeout=60)
+        finally:
+            if render.poll() is None:
+                render.kill()
+    assert render.returncode == 130, err  # interrupted, not finished before the signal
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert out.read_bytes() == b"an earlier render"
+    assert list(out.parent.iterdir()) == [out], "no partial video is left beside it"
