@@ -563,7 +563,7 @@ def build_runtime(
         filters = segment_filters(cfg, adapter.labels, names)
         if not stopping():
             try:
-                built_sinks = build_sinks(cfg.sinks, run_id=run_id, stopping=stopping)
+                built_sinks = build_sinks(cfg.sinks, run_id=run_id, stopping=stopping, sources=names)
             except RedisUnreachable:
                 if not stopping():  # stopped while waiting for Redis (start_wait_s): the run never began
                     raise
