@@ -235,6 +235,22 @@ class InputRefused(SourceError):
         self.missing = missing
 
 
+class InputPortInUse(InputRefused):
+    """A source that listens (a UDP port, a TCP or SRT listener) found its port held by another
+    process: another run listening there, most often, which keeps it until it stops."""
+
+    def __init__(self, shown: str):
+        try:
+            port = urlsplit(shown).port
+        except ValueError:
+            port = None
+        proto = "TCP" if url_scheme(shown) in ("tcp", "rtsp", "rtmp", "http") else "UDP"
+        held = f"{proto} port {port}" if port is not None else "its port"
+        super().__init__(f"cannot open '{shown}': port in use — {held} is held by another process (another run "
+                         "listening on it?): stop that one, or give this source a port of its own")
+        self.port = port
+
+
 class DisplayOrientation:
     """The transform a video's display matrix asks for, remembered across the inputs one source
     opens of the same video (each loop of a file; a camera's next session may be another stream,
@@ -718,6 +734,8 @@ def open_error(error: BaseException, shown: str, open_timeout_s: float) -> Sourc
     if isinstance(error, av.error.InvalidDataError):  # a web page, a file of another kind: not going to change
         return InputRefused(f"cannot open '{shown}' as video ({describe_error(error)}) — check that the URL or path "
                             "is the video itself", missing=True)  # no video there (yet: a publisher starting)
+    if getattr(error, "errno", None) == errno.EADDRINUSE and exclusive_input(shown):
+        return InputPortInUse(shown)
     if getattr(error, "errno", None) == errno.EMFILE:
         return SourceError(f"cannot open '{shown}': too many open files in this process — raise `ulimit -n` "
                              "(or the container's nofile limit), or run fewer sources")

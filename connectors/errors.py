@@ -25,6 +25,17 @@ class SinkError(SegstreamError):
     """A sink (Redis, files) cannot be reached or written."""
 
 
+class ReaderError(SinkError):
+    """Redis refused a reader (``segstream.client``, ``segstream tail``): a command this user may
+    not run, a stream its ACL key patterns exclude, a key that is no stream. ``permission``: the
+    ACL rule to grant (``+xread``, ``~segstream:*:frames``), None when no permission is missing.
+    A ``SinkError``, as readers raised before, so ``except SinkError`` catches it still."""
+
+    def __init__(self, message: str, permission: str | None = None):
+        super().__init__(message)
+        self.permission = permission
+
+
 class CheckpointError(SegstreamError):
     """A model checkpoint cannot be found, read, or does not fit the chosen preset."""
 

@@ -13,7 +13,7 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Iterable, Iterator
 
 from segstream.connectors.errors import SinkError, WireFormatError
 from segstream.connectors.output_files import check_output_dir, open_output
@@ -62,11 +62,16 @@ class FilesSink:
     a file is refused as a file that cannot be written is (above). A folder every user can write
     without the sticky bit is refused at once. New files get the mode the umask leaves of 0666
     (0644 under the usual umask 022; ``umask 077`` keeps them to their user).
+
+    ``sources``: the names whose files, where they exist, are opened (and locked: one writer per
+    file) at once, so that files another run writes are refused before anything is published
+    anywhere; the others are made and opened at their first line (no empty files of a run that
+    never began).
     """
 
     name = "files"
 
-    def __init__(self, directory: str | Path, mask_encoding: str = "rle"):
+    def __init__(self, directory: str | Path, mask_encoding: str = "rle", sources: Iterable[str] = ()):
         self.directory = Path(directory)
         self.mask_encoding = mask_encoding
         self.on_written: WrittenCallback | None = None
@@ -90,6 +95,18 @@ class FilesSink:
         except OSError as error:
             raise SinkError(f"cannot create output directory '{self.directory}': {error.strerror}") from None
         check_output_dir(self.directory)
+        try:
+            for source in sources:
+                for path in (self.path(source), self.events_path(source)):
+                    if not os.path.lexists(path):  # no run writes it: made at its first line
+                        continue
+                    try:
+                        self._file(path)
+                    except OSError as error:
+                        raise SinkError(f"cannot write to '{path}': {error.strerror or error}") from None
+        except BaseException:
+            self.close()
+            raise
 
     def publish(self, result: FrameResult) -> None:
         now = time.time()

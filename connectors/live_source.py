@@ -53,6 +53,7 @@ from segstream.connectors.av_input import (
     CaptureThread,
     InputChanged,
     InputInfo,
+    InputPortInUse,
     InputRefused,
     InputTimeout,
     InputUnsupported,
@@ -304,6 +305,7 @@ class LiveSource:
         self._finished_gap_s = 0.0
         self._capture: CaptureThread | None = None
         self._retired: CaptureThread | None = None  # the last session let go, maybe still closing
+        self._port_held_since: float | None = None  # monotonic time of the first open that found the port held
         self._carried: tuple[bytes, ...] = ()  # packets a session its decoder could not read hands to the next one
         self._rng = random.Random(seed)
         self._closed = threading.Event()
@@ -554,13 +556,25 @@ class LiveSource:
         """The opened input, None once closed. An input missing or refusing us (wrong password,
         path or device) ends a source that never streamed, unless the policy waits for it:
         retrying it forever would hide the mistake; a source that has streamed retries (a camera
-        rebooting may refuse accounts, a replugged one be missing, until it is up)."""
+        rebooting may refuse accounts, a replugged one be missing, until it is up). A port to
+        listen on that another process holds is retried for ``open_timeout_s`` first (a session
+        or run letting go of it: a source removed and added again, a restart's overlap)."""
         timeout_s = self.policy.open_timeout_s
         opening_since = time.monotonic()
         try:
-            return capture.wait_open(timeout_s, self._closed, self.shown)
+            opened = capture.wait_open(timeout_s, self._closed, self.shown)
+            self._port_held_since = None
+            return opened
         except InputUnsupported:
             raise
+        except InputPortInUse as error:
+            now = time.monotonic()
+            held_s = now - (self._port_held_since or now)
+            self._port_held_since = self._port_held_since or now
+            if never_streamed and not self.policy.wait_for_input and held_s >= timeout_s:
+                raise InputRefused(f"{error} (for {held_s:.0f} s before the first frame: not retried further; "
+                                   "wait_for_input: true waits for it)") from None
+            raise _Lost(str(error), {"phase": "open", "refused": True}) from None
         except InputRefused as error:
             if never_streamed and not self.policy.wait_for_input:
                 hint = "; wait_for_input: true waits for it" if error.missing else ""

@@ -481,6 +481,13 @@ def error_summary(error: BaseException | None) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
+def key_refused(error: BaseException) -> bool:
+    """Whether Redis refused a command for its keys (NOPERM: the user's ACL key patterns do not
+    match them), not for the command itself."""
+    text = str(error).lower()
+    return isinstance(error, redis.exceptions.NoPermissionError) and "permissions to access" in text and "key" in text
+
+
 class Backoff:
     """Waits between reconnect attempts: doubling from ``first_s`` up to ``max_s``, each drawn
     uniformly from its upper half (jitter, so that many clients do not reconnect in step)."""

@@ -23,6 +23,7 @@ import json
 import logging
 import math
 import os
+import re
 import socket
 import sys
 import threading
@@ -34,14 +35,16 @@ from typing import Any, NamedTuple, TextIO
 import numpy as np
 import redis
 
-from segstream.connectors.errors import SinkError, WireFormatError
+from segstream.connectors.errors import ReaderError, SinkError, WireFormatError
 from segstream.connectors.redis_connection import (
-    COMMAND_LINE, Backoff, SentinelAuth, SettingNames, TlsFiles, connect_redis, error_summary, redis_address,
+    COMMAND_LINE, Backoff, SentinelAuth, SettingNames, TlsFiles, connect_redis, error_summary, key_refused,
+    redis_address,
 )
 from segstream.connectors.redis_wire import (
     DEFAULT_EVENTS_PATTERN,
     DEFAULT_STREAM_PATTERN,
     EncodedMasks,
+    acl_key_patterns,
     event_from_wire,
     from_wire,
     read_entry,
@@ -424,8 +427,9 @@ class _ClientBase:
         return SinkError(f"Redis at {redis_address(self.redis)} refused the credentials: {error_summary(error)} "
                          f"— set them with {SDK_ARGUMENTS.password} and {SDK_ARGUMENTS.username}")
 
-    def _refused(self, error: redis.ResponseError, key: str) -> SinkError:
-        return SinkError(_refusal(error, key, redis_address(self.redis)))
+    def _refused(self, error: redis.ResponseError, key: str) -> ReaderError:
+        acl_keys = acl_key_patterns(self.stream_pattern, self.events_pattern)
+        return _refusal(error, key, redis_address(self.redis), acl_keys)
 
     def _fitted_block(self, block_ms: int | None) -> int | None:
         if block_ms is None or self._socket_timeout is None:
@@ -546,8 +550,9 @@ class Client(_ClientBase):
              key: str | None = None, outage: _Outage | None = None, patience_s: float | None = None,
              **kwargs) -> Any:
         """Run one Redis command, riding out connection losses (see the class doc); a refusal is
-        a ``SinkError`` naming ``key`` (the stream it is about). With ``patience_s``, an outage
-        longer than that raises ``_StillDown`` (``outage`` carries it on to the next call)."""
+        a ``ReaderError`` naming ``key`` (the stream it is about) and the missing permission. With
+        ``patience_s``, an outage longer than that raises ``_StillDown`` (``outage`` carries it on
+        to the next call)."""
         outage = outage or _Outage()
         deadline = None if patience_s is None else time.monotonic() + patience_s
         while True:
@@ -1294,10 +1299,9 @@ def tail(stream: str | list[str], url: str, count: int | None, follow: bool, out
             f"lost Redis at {redis_address(client)}: {error_summary(error)} — check that it still runs"
         ) from None
     except redis.exceptions.NoPermissionError as error:  # an ACL user without XREAD/EXISTS, or without these keys
-        raise SinkError(
-            f"Redis at {redis_address(client)} refused: {error_summary(error)} — the user needs read access to "
-            f"{' and '.join(streams or named)} (ACL: +@read, +@stream and the key pattern)"
-        ) from None
+        names = streams or named
+        acl_keys = " ".join(f"~{name}" for name in names)  # a glob given is a key pattern as it is
+        raise _refusal(error, " and ".join(names), redis_address(client), acl_keys) from None
     except redis.ResponseError as error:
         if "WRONGTYPE" not in str(error):  # another refusal: said in one line
             raise SinkError(f"Redis at {redis_address(client)} refused: {error_summary(error)} — check that the URL "
@@ -1418,17 +1422,30 @@ def _key_in(args: tuple) -> str:
     return _text(keys[0]) if keys else "the stream"
 
 
-def _refusal(error: redis.ResponseError, key: str, where: str) -> str:
-    """One line for a command Redis refused about ``key``, saying what to do."""
+_READER_GRANT = "reading takes +@read +@stream; consumer groups also +xgroup +xreadgroup +xack +xautoclaim +xpending"
+
+
+def _refusal(error: redis.ResponseError, key: str, where: str, acl_keys: str) -> ReaderError:
+    """The one-line error for a command Redis refused about ``key``, naming the permission to
+    grant; ``acl_keys``: the ACL key patterns of the streams read."""
     text = error_summary(error)
+    if key_refused(error):
+        return ReaderError(f"Redis at {where} refused this user the key {key} ({text}): its ACL key patterns exclude "
+                           f"it — grant it {acl_keys} (ACL SETUSER <user> {acl_keys})", permission=acl_keys)
     if isinstance(error, redis.exceptions.NoPermissionError):
-        return (f"Redis at {where} refused: {text} — grant the user that command on {key} (reading takes "
-                "+@read +@stream; consumer groups also +xgroup +xreadgroup +xack +xautoclaim +xpending)")
+        command = re.search(r"'([\w|]+)' command", text)
+        if command is None:
+            return ReaderError(f"Redis at {where} refused: {text} — grant the user that command on {key} "
+                               f"({_READER_GRANT})")
+        name = command.group(1).lower()
+        return ReaderError(f"Redis at {where} refused: {text} — grant the user {name.upper()} on {key} "
+                           f"(ACL: +{name}; {_READER_GRANT})", permission=f"+{name}")
     if text.startswith("WRONGTYPE"):
-        return f"'{key}' is not a stream — name a segstream stream, as segstream:<source>:frames"
+        return ReaderError(f"'{key}' is not a stream — name a segstream stream, as segstream:<source>:frames")
     if "Invalid stream ID" in text:
-        return f"Redis at {where} refused a stream position: {text} — start at \"0\", \"$\" or an entry id (1700000000000-0)"
-    return f"Redis at {where} refused a command on {key}: {text}"
+        return ReaderError(f"Redis at {where} refused a stream position: {text} — start at \"0\", \"$\" or an "
+                           "entry id (1700000000000-0)")
+    return ReaderError(f"Redis at {where} refused a command on {key}: {text}")
 
 
 def _missing_stream_message(client: redis.Redis, stream: str,

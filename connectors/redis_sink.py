@@ -26,6 +26,7 @@ from segstream.connectors.redis_connection import (
     credentials_problem,
     error_summary,
     is_credentials_refusal,
+    key_refused,
     redis_address,
 )
 from segstream.connectors.redis_reader import StreamReader, summary_line
@@ -33,6 +34,7 @@ from segstream.connectors.redis_wire import (
     DEFAULT_EVENTS_PATTERN,
     DEFAULT_STREAM_PATTERN,
     MASK_ENCODINGS,
+    acl_key_patterns,
     event_to_wire,
     stream_name,
     to_wire,
@@ -161,6 +163,7 @@ class RedisPublisher:
         self.client = client
         self.stream_pattern = stream_pattern
         self.events_pattern = events_pattern
+        self._acl_keys = acl_key_patterns(stream_pattern, events_pattern)  # what to grant, in advice
         self.maxlen = maxlen
         self.max_age_s = max_age_s
         self._trim_refused = False  # an XTRIM MINID refused (an ACL without +xtrim): said once
@@ -285,7 +288,7 @@ class RedisPublisher:
             client = _connect_waiting(
                 start_wait_s, stopping, url, password, username=username, tls=tls, sentinel=sentinel,
                 socket_timeout=timeout_s, connect_timeout=2.0, client_name=_client_name(run_id))
-            _check_transactions(client)
+            _check_transactions(client, acl_key_patterns(stream_pattern, events_pattern))
             publisher = cls(
                 client, stream_pattern, maxlen, mask_encoding, pipeline_size,
                 max_batch_delay_s=max_batch_delay_s, events_pattern=events_pattern, max_backlog=max_backlog,
@@ -565,13 +568,13 @@ class RedisPublisher:
         except redis.RedisError as error:
             if _passing(error):  # the whole batch, at MULTI or EXEC: kept, and sent again
                 self._last_error = error_summary(error)
-                self._refusal = _advice(error)
+                self._refusal = _advice(error, self._acl_keys)
                 return False
             self.failed += len(batch)
             self._refused(batch)
             raise SinkError(
                 f"Redis at {self._where} refused a batch of {len(batch)} entries: "
-                f"{error_summary(error)} — {_advice(error)}"
+                f"{error_summary(error)} — {_advice(error, self._acl_keys)}"
             ) from None
         finally:
             pipe.reset()
@@ -609,7 +612,7 @@ class RedisPublisher:
             stream, error = refused[0]
             raise SinkError(
                 f"Redis refused {len(refused)} of {len(batch)} entries (first, on {stream!r}: "
-                f"{error_summary(error)}) — {_advice(error)}"
+                f"{error_summary(error)}) — {_advice(error, self._acl_keys)}"
             )
         return True
 
@@ -764,9 +767,11 @@ class RedisPublisher:
             return self.client.xrevrange(stream, count=count)
         except redis.exceptions.NoPermissionError as error:
             self._unreadable = True
+            grant = (keys_grant(self._acl_keys) if key_refused(error)
+                     else "grant this user +xrevrange +xrange +xlen (README, Redis ACL)")
             log.warning("Redis at %s refuses XREVRANGE on %s (%s): seq starts at 1 on every run, and neither entries "
-                        "lost in an outage nor another run writing the same streams can be detected — grant this user "
-                        "+xrevrange +xrange +xlen (README, Redis ACL)", self._where, stream, error_summary(error))
+                        "lost in an outage nor another run writing the same streams can be detected — %s",
+                        self._where, stream, error_summary(error), grant)
             return []
         except redis.ResponseError as error:  # not a stream (WRONGTYPE): the XADD says so, with advice
             log.debug("cannot read the last entries of %s (%s)", stream, error_summary(error))
@@ -1075,7 +1080,7 @@ def _wire_size(fields: dict[str, bytes | str]) -> int:
                for k, v in fields.items())
 
 
-def _check_transactions(client: redis.Redis) -> None:
+def _check_transactions(client: redis.Redis, acl_keys: str) -> None:
     """Batches go out as MULTI/EXEC: an ACL user without them is refused now, not at the first
     batch (found probing: the run died then, without its report)."""
     check = client.pipeline(transaction=True)
@@ -1086,13 +1091,21 @@ def _check_transactions(client: redis.Redis) -> None:
         where = redis_address(client)
         client.close()
         if _passing(error):
-            raise SinkError(f"Redis at {where} refuses writes: {_advice(error)}") from None
-        raise SinkError(f"Redis at {where} refused MULTI/EXEC: {error_summary(error)} — {_advice(error)}") from None
+            raise SinkError(f"Redis at {where} refuses writes: {_advice(error, acl_keys)}") from None
+        raise SinkError(f"Redis at {where} refused MULTI/EXEC: {error_summary(error)} — "
+                        f"{_advice(error, acl_keys)}") from None
 
 
-_GRANT = ("grant this user XADD, MULTI, EXEC, XREVRANGE, XRANGE and XLEN on the stream keys, and the connection "
-          "commands (ACL: +xadd +multi +exec +xrevrange +xrange +xlen +@connection ~segstream:*, for the default "
-          "stream names)")
+def publisher_grant(acl_keys: str) -> str:
+    """What to grant a publishing user, its stream keys given as ACL key patterns (``acl_key_patterns``)."""
+    return ("grant this user XADD, MULTI, EXEC, XREVRANGE, XRANGE and XLEN on the stream keys, and the connection "
+            f"commands (ACL: +xadd +multi +exec +xrevrange +xrange +xlen +@connection {acl_keys})")
+
+
+def keys_grant(acl_keys: str) -> str:
+    """The advice for a user whose ACL key patterns exclude the streams (its commands are not the problem)."""
+    return (f"this user's ACL key patterns exclude the stream keys: grant it {acl_keys} (ACL SETUSER <user> "
+            f"{acl_keys}), or set sinks.redis.stream and events_stream to keys it may write")
 
 
 def _passing(error: Exception) -> bool:
@@ -1100,12 +1113,15 @@ def _passing(error: Exception) -> bool:
     return isinstance(error, _PASSING_REFUSALS) or error_summary(error).startswith(_PASSING_PREFIXES)
 
 
-def _advice(error: Exception) -> str:
+def _advice(error: Exception, acl_keys: str) -> str:
+    """What to do about ``error``; ``acl_keys``: the stream keys' ACL key patterns."""
     text = str(error)
+    if key_refused(error):
+        return keys_grant(acl_keys)
     if isinstance(error, redis.exceptions.NoPermissionError):  # redis-py keeps NOPERM's text, not the word
         if "'xtrim'" in text.lower():
             return "grant this user XTRIM too (ACL: +xtrim), with which sinks.redis.max_age_s trims streams by age"
-        return _GRANT
+        return publisher_grant(acl_keys)
     if text.startswith("WRONGTYPE"):
         return "that key is not a stream: delete it or change sinks.redis.stream"
     if isinstance(error, redis.exceptions.OutOfMemoryError) or text.startswith("OOM"):

@@ -43,6 +43,16 @@ def stream_name(pattern: str, source: str) -> str:
     return pattern.format(source=source)
 
 
+def acl_key_patterns(*patterns: str) -> str:
+    """The Redis ACL key patterns that match every stream of ``patterns`` (``segstream:{source}:frames``
+    gives ``~segstream:*:frames``), for advice on what to grant a user."""
+    def glob(pattern: str) -> str:
+        literal = [part.translate({ord(c): "\\" + c for c in "*?[]\\"}) for part in pattern.split("{source}")]
+        return "~" + "*".join(literal)
+
+    return " ".join(dict.fromkeys(glob(pattern) for pattern in patterns))
+
+
 def to_wire(result: FrameResult, mask_encoding: str = "rle", publish_ts: float | None = None) -> dict[str, bytes | str]:
     """The stream entry for one processed frame; ``mask_encoding`` is ``rle`` (COCO RLE per
     segment) or ``idmap`` (one zstd-compressed label map); ``publish_ts`` defaults to now."""

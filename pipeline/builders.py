@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from segstream.connectors.errors import SegstreamError
@@ -181,10 +181,10 @@ def _redis_sink(cfg: SinksConfig, embedded_dir: Path | None, run_id: str = "", s
     )
 
 
-def _files_sink(cfg: SinksConfig, embedded_dir: Path | None) -> Sink:
+def _files_sink(cfg: SinksConfig, embedded_dir: Path | None, sources: Sequence[str] = ()) -> Sink:
     from segstream.connectors.files_sink import FilesSink
 
-    return FilesSink(cfg.files.dir, cfg.redis.mask_encoding)
+    return FilesSink(cfg.files.dir, cfg.redis.mask_encoding, sources=sources)
 
 
 def _preview_sink(cfg: SinksConfig, embedded_dir: Path | None) -> Sink:
@@ -200,16 +200,22 @@ SINK_BUILDERS: dict[str, Callable[[SinksConfig, Path | None], Sink]] = {
 
 
 def build_sinks(cfg: SinksConfig, embedded_dir: Path | None = None, run_id: str = "",
-                stopping=lambda: False) -> list[Sink]:
+                stopping=lambda: False, sources: Sequence[str] = ()) -> list[Sink]:
     """The enabled sinks, then the ``custom`` ones. ``embedded_dir`` holds the data of an embedded Redis (``url: null``);
     None means a temporary directory. ``run_id`` names the Redis connection (CLIENT LIST).
-    ``stopping()`` true ends a wait for Redis (``start_wait_s``) early."""
+    ``stopping()`` true ends a wait for Redis (``start_wait_s``) early. ``sources``: the run's
+    source names, whose output files are taken now (one run per file: another run's is refused
+    here, before any sink publishes)."""
     sinks: list[Sink] = []
     try:
         for section, builder in SINK_BUILDERS.items():
             if getattr(cfg, section).enabled:
-                sinks.append(_redis_sink(cfg, embedded_dir, run_id, stopping) if builder is _redis_sink
-                             else builder(cfg, embedded_dir))
+                if builder is _redis_sink:
+                    sinks.append(_redis_sink(cfg, embedded_dir, run_id, stopping))
+                elif builder is _files_sink:
+                    sinks.append(_files_sink(cfg, embedded_dir, sources))
+                else:
+                    sinks.append(builder(cfg, embedded_dir))
         if cfg.custom:
             from segstream.pipeline.own_parts import build_sinks as build_custom_sinks
 

@@ -565,7 +565,7 @@ def build_runtime(
         filters = segment_filters(cfg, adapter.labels, names)
         if not stopping():
             try:
-                built_sinks = build_sinks(cfg.sinks, run_id=run_id, stopping=stopping)
+                built_sinks = build_sinks(cfg.sinks, run_id=run_id, stopping=stopping, sources=names)
             except RedisUnreachable:
                 if not stopping():  # stopped while waiting for Redis (start_wait_s): the run never began
                     raise
@@ -600,11 +600,13 @@ def run_pipeline(cfg: PipelineConfig, max_frames: int | None = None, progress=Tr
     from segstream.pipeline.metrics import RunMetrics
     from segstream.pipeline.model_factory import build_segmenter
     from segstream.pipeline.monitoring import serve_ops
+    from segstream.pipeline.preflight import check_sink_permissions
 
     metrics = RunMetrics()
     run_id = new_run_id()
     set_run_id(run_id)  # from the first line on, the endpoints' included
     with serve_ops(cfg.ops, metrics) as server, _DrainOnSignal() as signals:
+        check_sink_permissions(cfg)  # a user Redis refuses is told before the model takes seconds to load
         try:
             with signals.at_once():  # a model may take minutes to build: a stop then is not kept waiting
                 adapter = build_segmenter(cfg.model, batch_size=cfg.engine.batch_size)

@@ -100,9 +100,11 @@ def redis_check(cfg: PipelineConfig, source_names: list[str]) -> str:
         RedisUnreachable,
         connect_redis,
         error_summary,
+        key_refused,
         redis_address,
     )
-    from segstream.connectors.redis_wire import stream_name
+    from segstream.connectors.redis_sink import keys_grant, publisher_grant
+    from segstream.connectors.redis_wire import acl_key_patterns, stream_name
 
     section = cfg.sinks.redis
     if section.url is None:
@@ -118,9 +120,8 @@ def redis_check(cfg: PipelineConfig, source_names: list[str]) -> str:
         raise RedisUnreachable(f"{error} (the run would wait up to {section.start_wait_s:g} s for it: "
                                "sinks.redis.start_wait_s)") from None
     where = redis_address(client)
-    grant = ("grant this user what the publisher runs on the stream keys and the connection commands (ACL: "
-             "+xadd +multi +exec +xrevrange +xrange +xlen +@connection ~segstream:*, for the default stream names; "
-             "README: publisher ACL)")
+    acl_keys = acl_key_patterns(section.stream, section.events_stream)
+    grant = f"{publisher_grant(acl_keys)}; README: publisher ACL"
     keys = [stream_name(pattern, name) for name in source_names or ["preflight"]
             for pattern in (section.stream, section.events_stream)]
     try:
@@ -133,6 +134,9 @@ def redis_check(cfg: PipelineConfig, source_names: list[str]) -> str:
         except redis.RedisError as error:
             raise SegstreamError(f"Redis at {where} refused MULTI/EXEC: {error_summary(error)}") from None
         refused = _xadd_refusals(client, keys)
+        if any(key_refused(error) for error in refused.values()):
+            raise SegstreamError(f"Redis at {where} refuses this user the keys {', '.join(refused)} (its ACL key "
+                                 f"patterns) — {keys_grant(acl_keys)}")
         if refused:
             raise SegstreamError(f"Redis at {where} refuses XADD on {', '.join(refused)} — {grant}")
     finally:
@@ -140,14 +144,30 @@ def redis_check(cfg: PipelineConfig, source_names: list[str]) -> str:
     return f"{where} answers PING; this user may XADD to {', '.join(keys)}"
 
 
-def _xadd_refusals(client, keys: list[str]) -> list[str]:
-    """The keys of ``keys`` on which Redis's ACL refuses XADD: checked when the command is queued
+def check_sink_permissions(cfg: PipelineConfig) -> None:
+    """``segstream run``'s look, before its model loads, at what ``validate --connect`` checks of
+    Redis: a user Redis refuses (its commands or its keys) is told at once, not after the model
+    loaded. A Redis not up yet is left to the sink when it is to wait for one (``start_wait_s``)."""
+    from segstream.connectors.redis_connection import RedisUnreachable
+
+    section = cfg.sinks.redis
+    if not section.enabled or section.url is None:  # an embedded Redis lets its own user do anything
+        return
+    try:
+        redis_check(cfg, [s.name for s in cfg.sources])
+    except RedisUnreachable:
+        if not section.start_wait_s:
+            raise
+
+
+def _xadd_refusals(client, keys: list[str]) -> dict:
+    """The keys of ``keys`` on which Redis's ACL refuses XADD, with its error: checked when the command is queued
     inside MULTI. A command of the wrong arity (MULTI with an argument: refused as the command
     arrives, before any ACL check) then marks the transaction failed, so that EXEC answers
     EXECABORT and runs nothing."""
     import redis.exceptions
 
-    refused = []
+    refused = {}
     connection = client.connection_pool.get_connection()
     try:
         connection.send_command("MULTI")
@@ -156,8 +176,8 @@ def _xadd_refusals(client, keys: list[str]) -> list[str]:
             connection.send_command("XADD", key, "MAXLEN", "~", "1", "*", "preflight", "1")
             try:
                 connection.read_response()
-            except redis.exceptions.NoPermissionError:
-                refused.append(key)
+            except redis.exceptions.NoPermissionError as error:
+                refused[key] = error
         connection.send_command("MULTI", "preflight")  # wrong arity: the transaction cannot run
         try:
             connection.read_response()

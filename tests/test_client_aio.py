@@ -267,3 +267,49 @@ def test_newest_reads_one_source_and_names_a_malformed_entry(server):
 async def _newest_of(server, source):
     async with await aio.connect(server.url) as client:
         return await client.newest(source)
+
+
+@pytest.fixture
+def tenant_server(tmp_path):
+    """A Redis with cam0's entries and two readers it refuses: one without XREAD, one whose key
+    patterns are another tenant's."""
+    with RedisProcess(tmp_path / "redis", port=free_port(16500, 16599)) as process:
+        with process.client() as admin:
+            admin.acl_setuser("noxread", enabled=True, passwords=["+pw"], keys=["segstream:*"],
+                              commands=["+@all", "-xread"])
+            admin.acl_setuser("other", enabled=True, passwords=["+pw"], keys=["other:*"], commands=["+@all"])
+        publish(process, ("cam0", 0))
+        yield process
+
+
+REFUSALS = [
+    ("noxread", "+xread", r"no permissions to run the 'xread' command — grant the user XREAD on segstream:cam0:frames "
+                          r"\(ACL: \+xread; "),
+    ("other", "~segstream:*:frames ~segstream:*:events",
+     r"refused this user the key segstream:cam0:frames \(.*\): its ACL key patterns exclude it — grant it "
+     r"~segstream:\*:frames ~segstream:\*:events \(ACL SETUSER <user> "),
+]
+
+
+@pytest.mark.parametrize("user,permission,line", REFUSALS)
+def test_a_reader_refused_by_redis_gets_a_reader_error_naming_the_missing_permission(tenant_server, user,
+                                                                                      permission, line):
+    """Found probing: the SDK raised SinkError, a writer's error, with advice for writers."""
+    from segstream.client import ReaderError
+
+    client = connect(tenant_server.url, username=user, password="pw")
+    with pytest.raises(ReaderError, match=line) as raised:
+        client.frames("cam0", start="0").read(block_ms=100)
+    client.close()
+    assert raised.value.permission == permission and type(raised.value).__name__ == "ReaderError"
+
+    async def read_async():
+        reader = await aio.connect(tenant_server.url, username=user, password="pw")
+        try:
+            await take(reader.frames("cam0", start="0"), 1)
+        finally:
+            await reader.close()
+
+    with pytest.raises(ReaderError, match=line) as raised:
+        asyncio.run(read_async())
+    assert raised.value.permission == permission

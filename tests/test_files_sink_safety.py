@@ -208,6 +208,27 @@ def test_a_second_writer_of_the_same_file_is_refused_in_one_line(tmp_path):
     assert [int(e["frame"]) for e in read_entries(tmp_path / "cam.jsonl")] == [0, 2]
 
 
+def test_a_run_whose_files_another_run_holds_is_refused_before_it_publishes_anywhere(tmp_path, capsys):
+    """Found probing: the refused run had already put its `connecting` event into the Redis
+    stream the other run's readers follow."""
+    from segstream.pipeline.cli import main
+    from tests.redis_servers import RedisProcess
+    from tests.test_redis_outage import camera_run_config
+    from tests.test_redis_wire import stamped, synthetic_scene
+
+    out = tmp_path / "out"
+    other_run = FilesSink(out)
+    other_run.publish(stamped(synthetic_scene("cam0", 0)))
+    with RedisProcess(tmp_path / "redis") as server:
+        config = camera_run_config(tmp_path, f"{{url: '{server.url}'}}", 10, 5)
+        config.write_text(config.read_text() + f"  files: {{enabled: true, dir: '{out}'}}\n")
+        assert main(["run", str(config)]) == 1
+        assert server.client().keys("*") == []
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert "cam0.jsonl' is being written by another process" in line
+    other_run.close()
+
+
 def test_a_deleted_file_whose_new_one_another_process_holds_costs_entries_counted_not_the_run(tmp_path, caplog):
     """Found reviewing: a file deleted mid-run and taken by a second run before ours reopened it
     stopped the run (SinkError) instead of counting what could not be written."""

@@ -232,3 +232,58 @@ def test_an_unreachable_redis_the_run_would_wait_for_says_so(tmp_path, capsys):
     code, lines = connect(write_config(tmp_path, FILE_SOURCE, redis), capsys)
     assert code == 1
     assert line_of(lines, "redis").endswith("(the run would wait up to 30 s for it: sinks.redis.start_wait_s)")
+
+
+TENANT_STREAMS = "stream: 'tenant1:{source}:frames', events_stream: 'tenant1:{source}:events'"
+TENANT_KEYS = "~tenant1:*:frames ~tenant1:*:events"
+
+
+@pytest.fixture
+def other_tenant(redis_server) -> str:
+    """A user with every command, on another tenant's keys only."""
+    redis_server.client(password=PASSWORD).acl_setuser("t1", enabled=True, passwords=["+t1-pw"], keys=["other:*"],
+                                                       commands=["+@all"])
+    return f"{{url: '{redis_server.url}', username: t1, password: t1-pw, {TENANT_STREAMS}}}"
+
+
+def test_a_user_whose_key_patterns_exclude_the_streams_is_told_the_keys_before_the_model_loads(
+        tmp_path, other_tenant, capsys):
+    """Found probing: the line advised commands the user had and named ~segstream:* whatever the
+    streams were, and came only once the model had loaded. Here the model cannot load (no CUDA
+    GPU): the Redis line comes first, or not at all."""
+    import torch
+
+    device = "cpu" if torch.cuda.is_available() else "cuda"
+    config = write_config(tmp_path, "  - {name: cam0, type: synthetic, width: 96, height: 64, num_frames: 3}",
+                          other_tenant, model=f"{{preset: synthetic_eomt_tiny_256, device: {device}}}")
+    assert main(["run", str(config)]) == 1
+    captured = capsys.readouterr()
+    [line] = captured.err.strip().splitlines()
+    assert "refuses this user the keys tenant1:cam0:frames, tenant1:cam0:events (its ACL key patterns)" in line
+    assert f"grant it {TENANT_KEYS} (ACL SETUSER <user> {TENANT_KEYS})" in line
+    assert "+xadd" not in line and "segstream:*" not in line and "Traceback" not in captured.err
+
+
+def test_validate_connect_names_the_key_patterns_a_user_lacks(tmp_path, other_tenant, capsys):
+    code, lines = connect(write_config(tmp_path, FILE_SOURCE, other_tenant), capsys)
+    redis_line = line_of(lines, "redis")
+    assert code == 1 and redis_line.startswith("FAIL")
+    assert f"this user's ACL key patterns exclude the stream keys: grant it {TENANT_KEYS}" in redis_line
+    assert "+xadd" not in redis_line
+
+
+def test_the_publisher_says_a_refused_key_is_its_key_pattern_not_its_commands(redis_server, other_tenant, caplog):
+    from segstream.connectors.errors import SinkError
+    from segstream.connectors.redis_connection import connect_redis
+    from segstream.connectors.redis_sink import RedisPublisher
+    from tests.test_redis_sink import tiny_scene
+
+    client = connect_redis(redis_server.url, password="t1-pw", username="t1", socket_timeout=2.0)
+    publisher = RedisPublisher(client, "tenant1:{source}:frames", events_pattern="tenant1:{source}:events",
+                               max_batch_delay_s=0)
+    with pytest.raises(SinkError, match=r"key patterns exclude the stream keys: grant it ~tenant1:\*:frames "):
+        publisher.publish(tiny_scene("cam0", 0))
+        publisher.flush()
+    [warning] = [r.getMessage() for r in caplog.records if "XREVRANGE" in r.getMessage()]
+    assert f"key patterns exclude the stream keys: grant it {TENANT_KEYS}" in warning and "+xrevrange" not in warning
+    publisher.close()

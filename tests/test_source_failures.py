@@ -34,3 +34,27 @@ def test_a_required_source_that_cannot_be_opened_stops_the_run_before_it_starts(
     err = capsys.readouterr().err
     assert "cannot open" in err and "Traceback" not in err
     assert not (tmp_path / "out" / "good.jsonl").exists()
+
+
+def test_a_listen_port_another_run_holds_ends_the_run_with_one_line_naming_it(tmp_path, capsys):
+    """Found probing: a second config on the same UDP port retried 'Address already in use' for good."""
+    import socket
+
+    from tests.redis_servers import free_port
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as other_run:
+        port = free_port(16500, 16599)
+        other_run.bind(("0.0.0.0", port))
+        path = tmp_path / "run.yaml"
+        path.write_text(
+            f"sources:\n  - {{name: cam, type: stream, url: 'udp://@:{port}', required: true, "
+            "open_timeout_s: 1}\n"
+            "model: {device: cpu, precision: fp32}\nops: {http: null}\n"
+            f"sinks: {{redis: {{enabled: false}}, files: {{enabled: true, dir: '{tmp_path / 'out'}'}}}}\n"
+        )
+        assert main(["run", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith(
+        f"segstream: error: source cam failed: cannot open 'udp://@:{port}': port in use — UDP port {port} is held by "
+        "another process")

@@ -925,3 +925,49 @@ def test_junk_sent_to_a_listening_port_is_said_to_be_the_sender_s_not_a_server_s
         reader.join(10)
     reason = log.first("reconnecting")[2]
     assert "is no stream FFmpeg can read" in reason and "server accepted" not in reason, reason
+
+
+@contextlib.contextmanager
+def udp_port_held():
+    """A UDP port of this test's range that another socket (another run, say) holds."""
+    from tests.redis_servers import free_port as free_port_in
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as holder:
+        port = free_port_in(16500, 16599)
+        holder.bind(("0.0.0.0", port))
+        yield holder, port
+
+
+def test_a_udp_port_another_process_holds_fails_the_source_after_its_open_timeout_naming_the_port():
+    """Found probing: two configs listening on one port, the second retried 'Address already in
+    use' for good. It tries for open_timeout_s (a session letting go of the port) and fails."""
+    policy = dataclasses.replace(QUICK, open_timeout_s=2)
+    with udp_port_held() as (_, port):
+        source = StreamSource("udp", f"udp://@:{port}", policy=policy)
+        source.on_state = log = StateLog()
+        started = time.monotonic()
+        with pytest.raises(SourceError, match=rf"port in use — UDP port {port} is held by another process \(another "
+                                              r"run listening on it\?\): stop that one, or give this source a port of "
+                                              r"its own \(for \d+ s before the first frame: not retried further; "
+                                              r"wait_for_input: true waits for it\)"):
+            take(source, 1)
+    assert policy.open_timeout_s <= time.monotonic() - started < policy.open_timeout_s + 3
+    assert log.states[0] == "connecting" and log.states[-1] == "failed" and "reconnecting" in log.states
+    assert all("port in use" in reason for _, state, reason, _ in log.entries if state == "reconnecting")
+
+
+def test_a_source_waiting_for_a_held_udp_port_says_port_in_use_and_streams_once_it_is_free():
+    policy = dataclasses.replace(QUICK, wait_for_input=True)
+    with udp_port_held() as (holder, port):
+        source = StreamSource("udp", f"udp://127.0.0.1:{port}", policy=policy)
+        source.on_state = log = StateLog()
+        frames = []
+        consumer = threading.Thread(target=lambda: frames.extend(take(source, 5)), daemon=True)
+        consumer.start()
+        wait_for(lambda: "reconnecting" in log.states, 10, "a retry")
+        _, state, reason, _ = log.first("reconnecting")
+        assert f"port in use — UDP port {port} is held by another process" in reason
+        holder.close()
+        with FfmpegStream(["-f", "mpegts", f"udp://127.0.0.1:{port}?pkt_size=1316"]):
+            consumer.join(30)
+    assert len(frames) == 5 and log.states[-2:] == ["streaming", "ended"], log.entries

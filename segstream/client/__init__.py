@@ -28,7 +28,7 @@ Installed by the full ``segstream`` distribution and, without torch, by ``segstr
 (``pip install ./clients/python``). docs/SCHEMA.md describes the wire format.
 """
 
-from segstream.connectors.errors import SegstreamError, SinkError, WireFormatError
+from segstream.connectors.errors import ReaderError, SegstreamError, SinkError, WireFormatError
 from segstream.connectors.redis_connection import SentinelAuth, TlsFiles
 from segstream.connectors.redis_reader import (
     Client, Entry, EventEntry, FanIn, StreamReader, Subscription, connect, tail,
@@ -37,7 +37,8 @@ from segstream.connectors.redis_wire import SCHEMA_VERSION, from_wire, read_entr
 from segstream.models.results import NO_TRACK, Event, FrameResult, Level, Segments
 
 __all__ = [
-    "Client", "Entry", "Event", "EventEntry", "FanIn", "FrameResult", "Level", "NO_TRACK", "SCHEMA_VERSION", "SegstreamError",
+    "Client", "Entry", "Event", "EventEntry", "FanIn", "FrameResult", "Level", "NO_TRACK", "ReaderError",
+    "SCHEMA_VERSION", "SegstreamError",
     "Segments", "SentinelAuth", "SinkError", "StreamReader", "Subscription", "TlsFiles", "WireFormatError", "connect", "from_wire",
     "read_entry", "tail",
 ]
