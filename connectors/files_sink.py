@@ -124,6 +124,15 @@ class FilesSink:
         if not self._write(self.events_path(event.source), event_to_wire(event)):
             self.events_dropped += 1
 
+    def source_ended(self, source: str) -> None:
+        """Its last lines are written: its files are closed (a file deleted now frees its space at
+        once; a name added again opens them anew)."""
+        for path in (self.path(source), self.events_path(source)):
+            self._lines.pop(str(path), None)
+            if (f := self._files.pop(str(path), None)) is not None:
+                with contextlib.suppress(OSError):
+                    f.close()
+
     def poll(self) -> float | None:
         return None
 

@@ -343,6 +343,14 @@ class RedisPublisher:
                                 time.monotonic()))
         self._pump()
 
+    def source_removed(self, source: str) -> None:
+        """The source was removed from the run and all it sent is queued: once written, its streams
+        are no longer this run's to watch (an operator erasing them is no loss of this run's output)."""
+        streams = {stream_name(self.stream_pattern, source), stream_name(self.events_pattern, source)}
+        self._pump(everything=True)  # what is still queued for it, written now where Redis answers
+        for stream in streams:
+            self._last_id.pop(stream, None)
+
     def poll(self) -> float | None:
         """Send what is due; the seconds until the next call is needed, None with nothing queued."""
         self._pump()

@@ -1095,6 +1095,8 @@ class Runtime:
                             sink.publish_event(event)
                         if hasattr(sink, "source_ended"):
                             sink.source_ended(item.source)
+                        if item.index in self._removed and hasattr(sink, "source_removed"):
+                            sink.source_removed(item.source)
                     self._ended_out(item)
                 elif item is not None:
                     # Counted before the hand-off: a sink that drops it later takes it back (on_dropped).

@@ -402,3 +402,37 @@ def test_a_redis_that_cannot_save_its_snapshots_is_ridden_out_and_takes_the_back
         assert frames_in(server) == [0, 1, 2, 3] and [r.index for r in written] == [0, 1, 2, 3] and dropped == []
         assert len(warnings_of(caplog, "takes writes again")) == 1
         publisher.close()
+
+
+def test_a_removed_camera_s_streams_may_be_erased_without_counting_as_a_loss(server, tmp_path):
+    # Found probing as a data-protection officer: deleting the streams of a camera already
+    # removed by a reload (an erasure request) made the run count a loss and exit 1
+    import os
+    import threading
+
+    from segstream.connectors.files_sink import FilesSink
+    from segstream.connectors.synthetic import SyntheticSource
+    from segstream.pipeline.runtime import Runtime
+    from tests.conftest import ColourSegmenter
+
+    publisher = RedisPublisher.from_config(server.url, None)
+    files = FilesSink(tmp_path / "out")
+    runtime = Runtime([SyntheticSource(name, 96, 64, 20.0, 0, None, realtime=True) for name in ("stays", "gone")],
+                      ColourSegmenter(), [publisher, files], batch_size=2, progress=None, publish_states=True)
+    reports = []
+    running = threading.Thread(target=lambda: reports.append(runtime.run()))
+    running.start()
+    client = server.client()
+    wait_until(lambda: client.xlen("segstream:gone:frames") >= 5, timeout_s=60)
+    assert runtime.remove_source("gone", wait_s=20)
+    open_files = {os.path.realpath(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")}
+    assert str(tmp_path / "out" / "gone.jsonl") not in open_files, "a removed camera's files are closed"
+    assert client.delete("segstream:gone:frames", "segstream:gone:events") == 2
+    (tmp_path / "out" / "gone.jsonl").unlink()
+    wait_until(lambda: client.xlen("segstream:stays:frames") >= 40, timeout_s=60)
+    client.delete("segstream:stays:events")  # a camera still running: its loss counts as before
+    wait_until(lambda: client.xlen("segstream:stays:frames") >= 60, timeout_s=60)
+    runtime.stop()
+    running.join(60)
+    assert publisher.data_losses == 1 and reports[0].data_losses == {"redis": 1}
+    assert files.lost_with_files == 0
