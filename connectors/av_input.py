@@ -223,6 +223,11 @@ class InputChanged(SourceError):
         self.carried = carried
 
 
+class InputUnreachable(SourceError):
+    """No server took the connection: refused (nothing listens on the port: a camera rebooting,
+    a server down) or no route to the host."""
+
+
 class InputRefused(SourceError):
     """The input is not there or not ours: the server refused the credentials or access (401,
     403), or has nothing at that path (404), or the device or file does not exist or may not be
@@ -720,7 +725,9 @@ def open_error(error: BaseException, shown: str, open_timeout_s: float) -> Sourc
     if isinstance(error, av.error.HTTPNotFoundError):
         return InputRefused(f"cannot open '{shown}': {describe_error(error)}", missing=True)
     if isinstance(error, av.error.ConnectionRefusedError):
-        return SourceError(f"connection refused by '{shown}' (is the server or camera up?)")
+        return InputUnreachable(f"connection refused by '{shown}' (is the server or camera up?)")
+    if getattr(error, "errno", None) in (errno.EHOSTUNREACH, errno.ENETUNREACH):
+        return InputUnreachable(f"cannot reach '{shown}' ({describe_error(error)}): is the camera on the network?")
     if isinstance(error, av.error.InvalidDataError) and url_scheme(shown) not in ("", "file", "http", "https"):
         # FFmpeg's answer to an RTSP/RTMP/TCP server that accepted and then hung up or said nothing
         # within its socket timeout: a camera booting or at its session limit; retried

@@ -38,6 +38,7 @@ import hashlib
 import logging
 import math
 import random
+import socket
 import threading
 import time
 from collections import deque
@@ -56,6 +57,7 @@ from segstream.connectors.av_input import (
     InputPortInUse,
     InputRefused,
     InputTimeout,
+    InputUnreachable,
     InputUnsupported,
     Picture,
 )
@@ -65,11 +67,12 @@ from segstream.connectors.frame_rate import FrameRateCap
 from segstream.connectors.frames import Frame
 from segstream.connectors.pauses import pauses
 from segstream.connectors.source import StateListener
-from segstream.connectors.urls import exclusive_input, redact_url
+from segstream.connectors.urls import exclusive_input, redact_url, rtsp_address
 
 logger = logging.getLogger("segstream.sources")
 
 _POLL_S = 0.1  # how often a wait for the next frame checks close() and the watchdog
+_PORT_CHECK_S = 0.5  # how often a reconnect's wait checks whether the server's port accepts again
 # FFmpeg's own timeouts run this much longer than ours: ours decide and report, FFmpeg's only
 # end a capture thread that was given up on.
 _FFMPEG_TIMEOUT_MARGIN_S = 1.0
@@ -105,6 +108,15 @@ class ReconnectPolicy:
     def delay(self, attempt: int, rng: random.Random) -> float:
         base = min(self.max_delay_s, self.delay_s * 2 ** max(0, attempt - 1))
         return base / 2 + rng.uniform(0, base / 2)
+
+
+def _port_accepts(address: tuple[str, int], timeout_s: float) -> bool:
+    """Whether a TCP connection to ``address`` is accepted within ``timeout_s`` (closed at once)."""
+    try:
+        socket.create_connection(address, timeout=timeout_s).close()
+    except OSError:
+        return False
+    return True
 
 
 def _length(seconds: float) -> str:
@@ -520,7 +532,7 @@ class LiveSource:
                 self._enter(
                     "reconnecting", reason, {**details, "attempt": failures, "delay_s": round(delay, 3)}
                 )
-                if self._closed.wait(delay):
+                if self._wait_to_retry(delay, details.get("unreachable", False)):
                     break
         except GeneratorExit:
             raise
@@ -534,6 +546,29 @@ class LiveSource:
                     ended = (f"stopped before it ever streamed ({self.reconnects} reconnect attempt"
                              f"{'s' if self.reconnects != 1 else ''}; the last because: {reason})")
                 self._enter("ended", ended, {"never_streamed": True} if epoch < 0 and self.reconnects else {})
+
+    def _wait_to_retry(self, delay: float, unreachable: bool) -> bool:
+        """Wait ``delay`` before the next attempt (True: closed meanwhile). An RTSP camera is
+        retried at once when its port, refusing or unreachable before, accepts a connection
+        (checked every ``_PORT_CHECK_S``): a camera that comes back is read within a second, not at
+        the end of a backoff grown over its outage. A port that accepted all along (a server that
+        answers badly) waits its backoff. RTSP only: a camera serves many clients, and a bare
+        connection closed at once costs it nothing; FFmpeg serving HTTP, TCP or RTMP itself
+        (``-listen 1``) takes one client, which the check would use up."""
+        address = rtsp_address(self.target)
+        if address is None:
+            return self._closed.wait(delay)
+        deadline = time.monotonic() + delay
+        while (left := deadline - time.monotonic()) > 0:
+            if self._closed.wait(min(left, _PORT_CHECK_S)):
+                return True
+            accepts = _port_accepts(address, _PORT_CHECK_S)
+            if accepts and unreachable:
+                logger.info("source %s: '%s' accepts connections again: retrying now, %.1f s before its backoff "
+                         "ended", self.name, self.shown, max(0.0, deadline - time.monotonic()))
+                return False
+            unreachable = unreachable or not accepts
+        return self._closed.is_set()
 
     def _finite_end(self, reason: str, details: dict[str, Any], length: float, played: _Played,
                     video_length: bool) -> str:
@@ -583,6 +618,8 @@ class LiveSource:
         except InputTimeout as error:
             reason, data = self._paused_over(opening_since, str(error), {"phase": "open", "timeout_s": timeout_s})
             raise _Lost(reason, data) from None
+        except InputUnreachable as error:
+            raise _Lost(str(error), {"phase": "open", "unreachable": True}) from None
         except SourceError as error:
             raise _Lost(str(error), {"phase": "open"}) from None
 

@@ -1,4 +1,5 @@
-"""Stream URLs: which schemes are streams, and how a URL is shown without its credentials."""
+"""Stream URLs: which schemes are streams, how a URL is shown without its credentials, and the
+address of an RTSP server."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from urllib.parse import parse_qsl, quote, urlsplit
 # Schemes of live network streams (``type: stream``); http(s) may also be a plain file.
 STREAM_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "tcp", "udp", "srt", "rist")
 REDACTED = "***"
+_RTSP_PORTS = {"rtsp": 554, "rtsps": 322}  # when a URL names none
 # Query parameters whose values are secrets in signed or tokenised stream URLs.
 _SECRET_QUERY_KEY = re.compile(r"pass|pwd|secret|token|key|sig|auth|credential|session", re.IGNORECASE)
 
@@ -102,3 +104,17 @@ def hub_reference_problem(reference: str) -> str | None:
     if any(part in ("", ".", "..") for part in parts[2:]):
         return "names its file with an empty, '.' or '..' part"
     return None
+
+
+def rtsp_address(target: str) -> tuple[str, int] | None:
+    """The host and TCP port of the RTSP server an ``rtsp://`` or ``rtsps://`` URL reads from;
+    None for anything else, and for a URL where we listen (``rtsp_flags=listen``)."""
+    scheme = url_scheme(target)
+    if scheme not in _RTSP_PORTS or exclusive_input(target):
+        return None
+    try:
+        parts = urlsplit(target)
+        port = parts.port or _RTSP_PORTS[scheme]
+    except ValueError:  # a port that is no number
+        return None
+    return (parts.hostname, port) if parts.hostname else None

@@ -160,6 +160,30 @@ def test_a_camera_gone_for_good_fails_after_max_reconnects_and_the_run_reports_i
     assert report.balanced
 
 
+def test_a_camera_back_after_a_long_outage_is_read_at_once_not_after_its_backoff(tmp_path):
+    # Found probing as an incident investigator: a camera back after an outage was read 14 s later,
+    # at the end of a backoff grown while it was away (blind meanwhile, its downtime overstated)
+    with RtspCamera(tmp_path) as camera:
+        record = RecordingSink()
+        policy = ReconnectPolicy(open_timeout_s=5, read_timeout_s=1, stall_timeout_s=2, delay_s=30, max_delay_s=30)
+        source = StreamSource("cam", camera.url(), policy=policy, seed=1)
+        runtime = Runtime([source], ColourSegmenter(), [record], publish_states=True, progress=None)
+        thread, outcome = run_in_thread(runtime)
+        try:
+            wait_for(lambda: len(record.of("cam")) >= 5, 30, "frames before the outage")
+            camera.kill()
+            wait_for(lambda: "reconnecting" in record.states("cam"), 10, "the source to notice the outage")
+            waited = [e.data["delay_s"] for e in record.events if e.kind == "state" and e.data["state"] == "reconnecting"]
+            assert waited[-1] >= 15  # attempt 1 of a 30 s backoff: 15-30 s
+            time.sleep(2)  # the port refuses meanwhile
+            camera.start()  # with 13 s or more of its backoff left
+            wait_for(lambda: any(r.epoch == 1 for r in record.of("cam")), 10, "frames from the camera back")
+        finally:
+            runtime.stop()
+            thread.join(30)
+    assert outcome["report"].sources["cam"].reconnects == 1
+
+
 def test_credentials_refused_before_the_first_frame_fail_the_source_at_once(tmp_path):
     """A wrong password is a wrong URL: retried forever (the default), it would only look like a
     camera that is down. The source fails at once and the run says why."""

@@ -195,3 +195,16 @@ def test_validate_says_an_images_source_finds_no_images_as_the_run_would(tmp_pat
     (tmp_path / "notes.txt").write_text("x")
     assert "no images in" in _error(type="images", path=str(tmp_path))
     assert "no images in" in _error(type="images", path=str(tmp_path / "*.jpg"))
+
+
+def test_the_rtsp_server_a_stream_is_read_from_for_its_reconnects():
+    from segstream.connectors.urls import rtsp_address
+
+    assert rtsp_address("rtsp://admin:pw@10.0.0.5/live") == ("10.0.0.5", 554)
+    assert rtsp_address("rtsps://cam.example:8322/x") == ("cam.example", 8322)
+    assert rtsp_address("RTSP://[::1]/live") == ("::1", 554)
+    # others are not checked: FFmpeg serving HTTP, TCP or RTMP itself (-listen 1) takes one client
+    for not_checked in ("rtsp://0.0.0.0:8554/x?rtsp_flags=listen", "rtmp://10.0.0.5/app/key",
+                        "http://10.0.0.5/live.ts", "tcp://10.0.0.9:9000", "udp://@:5000", "srt://10.0.0.5:9000",
+                        "/dev/video0", "clip.mp4", "rtsp://host:port/x"):
+        assert rtsp_address(not_checked) is None, not_checked
