@@ -329,8 +329,8 @@ class Manifest:
         record = {
             "video": job.key, "id": job.id, "number": job.number, "status": outcome.status,
             "frames": outcome.frames,
-            "decode_errors": outcome.decode_errors, "seconds": round(outcome.seconds, 3), "reason": scrub(outcome.reason),
-            "frames_missing": outcome.frames_missing, "damage": scrub(outcome.damage),
+            "decode_errors": outcome.decode_errors, "seconds": round(outcome.seconds, 3),
+            "reason": scrub(outcome.reason), "frames_missing": outcome.frames_missing, "damage": scrub(outcome.damage),
             "outputs": outcome.outputs, "size": job.size, "mtime_ns": job.mtime_ns,
             "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
@@ -638,7 +638,8 @@ class BatchSink:
             outputs = self._outputs[video_id] = VideoOutputs(
                 self.root, video_id, self.labels, jsonl=batch.jsonl, coco_panoptic=batch.coco_panoptic,
                 coco_images=batch.coco_images, overlay=batch.overlay, number=job.number,
-                mask_encoding=self.cfg.sinks.redis.mask_encoding, video_name=mask_userinfo(job.path.name), fps_hint=job.fps,
+                mask_encoding=self.cfg.sinks.redis.mask_encoding, video_name=mask_userinfo(job.path.name),
+                fps_hint=job.fps,
             )
         return outputs
 

@@ -129,7 +129,8 @@ def test_a_file_over_http_is_named_once_whether_served_missing_or_the_server_dow
     with StaticHttpServer(tmp_path / "www") as server:
         url = f"http://viewer:VodPw_3@127.0.0.1:{server.port}"
         for clip, said in (("x.mp4", "decodes"), ("missing.mp4", "404 Not Found")):
-            code, lines = connect(write_config(tmp_path, f"  - {{name: vod, type: file, path: '{url}/{clip}'}}"), capsys)
+            config = write_config(tmp_path, f"  - {{name: vod, type: file, path: '{url}/{clip}'}}")
+            code, lines = connect(config, capsys)
             line = line_of(lines, "source vod")
             assert line.count("source vod") == 1 and said in line and "VodPw_3" not in line, line
             assert code == (0 if clip == "x.mp4" else 1)
