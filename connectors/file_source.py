@@ -119,12 +119,18 @@ class FileSource:
         as decoded by the runtime)."""
         return self._cap.skipped if self._cap is not None else 0
 
+    def _named(self, error: SourceError) -> SourceError:
+        """``error`` as this source's, named once: an open fails on the capture thread (named
+        there) and is raised again by ``wait_open``."""
+        text, prefix = str(error), f"source {self.name}: "
+        return SourceError(text if text.startswith(prefix) else prefix + text)
+
     def _open(self) -> AVInput:
         try:
             opened = AVInput(self.path, self.shown, timeout=self.timeout, orientation=self._orientation,
                              scale=self.decode_size)
         except SourceError as error:
-            raise SourceError(f"source {self.name}: {error}") from None
+            raise self._named(error) from None
         opened.cap = self._cap
         return opened
 
@@ -208,7 +214,7 @@ class FileSource:
         try:
             return capture.wait_open(self.timeout[0], self._closed, self.shown)
         except SourceError as error:
-            raise SourceError(f"source {self.name}: {error}") from None
+            raise self._named(error) from None
 
     def _pictures(self, capture: CaptureThread):
         """The pass's pictures until its end; a read that delivers nothing for the read timeout
@@ -220,7 +226,7 @@ class FileSource:
             except EOFError:
                 return
             except SourceError as error:
-                raise SourceError(f"source {self.name}: {error}") from None
+                raise self._named(error) from None
             if self._closed.is_set():
                 return
             if picture is None:

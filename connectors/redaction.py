@@ -84,6 +84,12 @@ def scrub(text: str) -> str:
     for secret in secrets:
         if secret in text:
             text = text.replace(secret, REDACTED)
+    return mask_userinfo(text)
+
+
+def mask_userinfo(text: str) -> str:
+    """``text`` with whatever looks like a URL's ``user:password@`` as ``user:***@``, and nothing
+    else changed: the same text whatever config was read (a file path kept as a key stays one)."""
     if "@" in text:
         text = _USERINFO.sub(lambda m: f"{m.group('scheme') or ''}{m.group('user') or m.group('bare') or ''}:{REDACTED}@",
                              text)

@@ -42,7 +42,9 @@ from tqdm import tqdm
 from segstream.connectors.errors import ConfigError, SegstreamError, SinkError
 from segstream.connectors.frames import Frame
 from segstream.connectors.output_files import check_output_dir, open_output
+from segstream.connectors.redaction import mask_userinfo, scrub
 from segstream.connectors.sink import SINK_DROPS
+from segstream.connectors.urls import redact_url
 from segstream.connectors.video_outputs import VideoOutputs, clear_partial
 from segstream.models.label_sets import LabelSet
 from segstream.models.results import Event, FrameResult
@@ -66,6 +68,7 @@ REDIS_MARKS = ".redis-marks.json"
 # runs as a sequence of runtimes over groups of videos that share one warm model.
 GROUP_SIZE = 64
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 
 
 # --- what to process ------------------------------------------------------------------------
@@ -84,6 +87,12 @@ class VideoJob:
     mtime_ns: int = 0
     frames: int | None = None
     fps: float = 25.0
+
+    @property
+    def key(self) -> str:
+        """The path as the manifest keeps it: a name shaped like a URL's ``user:password@`` is
+        kept masked, as everything batch writes or prints is."""
+        return mask_userinfo(str(self.path))
 
 
 @dataclass(slots=True)
@@ -114,7 +123,7 @@ def find_videos(inputs: Sequence[str], extensions: Iterable[str]) -> tuple[list[
     """The video files ``inputs`` name, in order without repeats, and a warning per input that
     named none. An input is a file, a folder (searched recursively for ``extensions``), a glob,
     or a list file (``@FILE``, or a .txt/.list/.lst file: one input per line, ``#`` comments,
-    relative paths relative to the list file)."""
+    relative paths relative to the list file). A URL is refused: batch reads files."""
     suffixes = {e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions}
     found: dict[Path, None] = {}
     warnings = []
@@ -122,6 +131,12 @@ def find_videos(inputs: Sequence[str], extensions: Iterable[str]) -> tuple[list[
     def add(item: str, base: Path | None) -> None:
         listed = item.startswith("@")
         text = item[1:] if listed else item
+        if _URL.match(text):  # as a path it would be a missing file, its password in the manifest
+            raise ConfigError(
+                f"'{redact_url(text, keep_user=True)}' is a URL, and segstream batch takes video files, folders, "
+                "globs and list files on this machine — download the video first, or process the URL with "
+                "`segstream run` (a source of type: stream, or type: file for an http(s) video)"
+            )
         path = Path(text).expanduser()
         if base is not None and not path.is_absolute():
             path = base / path
@@ -175,23 +190,25 @@ def plan(paths: Sequence[Path], taken: dict[str, str] | None = None,
     stems = Counter((path.parent, path.stem) for path in paths)
     jobs = []
     for path in paths:
-        vid = owned.get(str(path))
+        key = mask_userinfo(str(path))
+        vid = owned.get(key)
         if vid is None:
-            name = path.stem if stems[path.parent, path.stem] == 1 else f"{path.stem}_{path.suffix.lstrip('.')}"
-            parts = [_SAFE.sub("_", part).strip("_.") or "video" for part in (*path.parent.parts[1:], name)]
+            shown = Path(key)  # the id names folders and streams: no password in it either
+            name = shown.stem if stems[path.parent, path.stem] == 1 else f"{shown.stem}_{shown.suffix.lstrip('.')}"
+            parts = [_SAFE.sub("_", part).strip("_.") or "video" for part in (*shown.parent.parts[1:], name)]
             for depth in range(1, len(parts) + 1):
                 vid = "__".join(parts[-depth:])
                 if vid not in taken:
                     break
             else:
                 vid = f"{parts[-1]}-{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"
-            taken[vid] = str(path)
+            taken[vid] = key
         try:
             stat = path.stat()
             size, mtime = stat.st_size, stat.st_mtime_ns
         except OSError:
             size, mtime = -1, -1
-        number = numbers.get(str(path))
+        number = numbers.get(key)
         jobs.append(VideoJob(path, vid, next(free) if number is None else number, size, mtime))
     return jobs
 
@@ -284,7 +301,7 @@ class Manifest:
     def done(self, job: VideoJob, root: Path) -> bool:
         """Done in an earlier run, the file unchanged since, its outputs still there and made
         with the same settings (a record from before settings were kept is taken as made so)."""
-        record = self.records.get(str(job.path))
+        record = self.records.get(job.key)
         return (
             record is not None and record.get("status") == "done"
             and record.get("size") == job.size and record.get("mtime_ns") == job.mtime_ns
@@ -295,14 +312,14 @@ class Manifest:
     def other_settings(self, job: VideoJob) -> list[str]:
         """The parts of the settings (``model``, ``tracking``, ``outputs``) that differ from
         those the video's record was made with."""
-        record = self.records.get(str(job.path)) or {}
+        record = self.records.get(job.key) or {}
         made = record.get("settings")
         if made is None or self.settings is None:
             return []
         return [key for key in self.settings if made.get(key) != self.settings[key]]
 
     def failed(self, job: VideoJob) -> dict | None:
-        record = self.records.get(str(job.path))
+        record = self.records.get(job.key)
         if record is not None and record.get("status") == "failed" and record.get("size") == job.size:
             return record
         return None
@@ -310,10 +327,10 @@ class Manifest:
     def record(self, outcome: VideoOutcome) -> None:
         job = outcome.job
         record = {
-            "video": str(job.path), "id": job.id, "number": job.number, "status": outcome.status,
+            "video": job.key, "id": job.id, "number": job.number, "status": outcome.status,
             "frames": outcome.frames,
-            "decode_errors": outcome.decode_errors, "seconds": round(outcome.seconds, 3), "reason": outcome.reason,
-            "frames_missing": outcome.frames_missing, "damage": outcome.damage,
+            "decode_errors": outcome.decode_errors, "seconds": round(outcome.seconds, 3),
+            "reason": scrub(outcome.reason), "frames_missing": outcome.frames_missing, "damage": scrub(outcome.damage),
             "outputs": outcome.outputs, "size": job.size, "mtime_ns": job.mtime_ns,
             "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
@@ -621,7 +638,8 @@ class BatchSink:
             outputs = self._outputs[video_id] = VideoOutputs(
                 self.root, video_id, self.labels, jsonl=batch.jsonl, coco_panoptic=batch.coco_panoptic,
                 coco_images=batch.coco_images, overlay=batch.overlay, number=job.number,
-                mask_encoding=self.cfg.sinks.redis.mask_encoding, video_name=job.path.name, fps_hint=job.fps,
+                mask_encoding=self.cfg.sinks.redis.mask_encoding, video_name=mask_userinfo(job.path.name),
+                fps_hint=job.fps,
             )
         return outputs
 
@@ -828,7 +846,7 @@ def summary_table(outcomes: Sequence[VideoOutcome], skipped: int, manifest: Path
         lines.append(f"{'video':<{width}}  {'status':<7}{'frames':>8}{'seconds':>9}{'fps':>8}  note")
         for o in shown:
             fps = f"{o.frames / o.seconds:8.1f}" if o.seconds > 0 and o.frames else f"{'':8}"
-            lines.append(f"{o.job.id:<{width}}  {o.status:<7}{o.frames:>8}{o.seconds:>9.1f}{fps}  {o.note}")
+            lines.append(f"{o.job.id:<{width}}  {o.status:<7}{o.frames:>8}{o.seconds:>9.1f}{fps}  {scrub(o.note)}")
         if len(shown) < len(ran):
             lines.append(f"({len(ran) - len(shown)} more done videos not listed; the manifest has them all)")
     done = [o for o in outcomes if o.status == "done"]
@@ -922,7 +940,7 @@ def run_batch(cfg: PipelineConfig, inputs: Sequence[str], engine: str = "local",
             outcomes: list[VideoOutcome] = []
             changed: Counter[str] = Counter()
             for job in jobs:
-                if manifest.records.get(str(job.path), {}).get("status") == "done":
+                if manifest.records.get(job.key, {}).get("status") == "done":
                     changed.update(manifest.other_settings(job))
                 earlier = manifest.failed(job)
                 if manifest.done(job, root) or (earlier is not None and not retry_failed):

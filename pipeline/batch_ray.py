@@ -128,6 +128,7 @@ def process_video(job: VideoJob, cfg_json: str, root: str, actor, labels, board,
     import ray
 
     from segstream.connectors.file_source import FileSource
+    from segstream.connectors.redaction import mask_userinfo
     from segstream.connectors.video_outputs import VideoOutputs
     from segstream.pipeline.filtering import segment_filters
     from segstream.pipeline.tracking import tracking_stages
@@ -170,7 +171,7 @@ def process_video(job: VideoJob, cfg_json: str, root: str, actor, labels, board,
         outputs = VideoOutputs(
             root, job.id, labels, jsonl=batch_cfg.jsonl, coco_panoptic=batch_cfg.coco_panoptic,
             coco_images=batch_cfg.coco_images, overlay=batch_cfg.overlay, number=job.number,
-            mask_encoding=cfg.sinks.redis.mask_encoding, video_name=job.path.name, fps_hint=job.fps,
+            mask_encoding=cfg.sinks.redis.mask_encoding, video_name=mask_userinfo(job.path.name), fps_hint=job.fps,
         )
         images = outputs.wants_images or any(getattr(s, "wants_images", False) for s in sinks)
         pending: deque = deque()

@@ -53,7 +53,8 @@ SourceName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$", max_length=200)]
 
 class Strict(BaseModel):
     # no inf or nan: a wait of inf ms got through to time arithmetic that cannot take it
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    # each key's docstring is its description in `segstream schema`
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, use_attribute_docstrings=True)
 
 
 BufferKind = Literal["every_frame", "newest"]
@@ -80,10 +81,15 @@ class FiltersConfig(Strict):
     checked against the model's label set when the run starts."""
 
     classes: Annotated[list[ClassName], Field(min_length=1)] | None = None
+    """Keep only segments of these class names (null: every class)."""
     exclude_classes: list[ClassName] = Field(default_factory=list)
+    """Never keep segments of these class names."""
     min_score: Fraction01 = 0.0
+    """Drop segments scored below this (0..1)."""
     min_area: NonNegativeInt = 0
+    """Drop segments covering fewer frame pixels than this (inside the roi, when there is one)."""
     roi: Annotated[list[RoiPoint], Field(min_length=3)] | None = None
+    """A polygon of at least 3 [x, y] points, fractions 0..1 of the frame: pixels outside it are no segment."""
 
     @field_validator("exclude_classes", "min_score", "min_area", mode="before")
     @classmethod
@@ -179,19 +185,33 @@ class FileSourceConfig(_Buffered, Strict):
     """
 
     name: SourceName
+    """The source's name: its streams, files and metrics are named by it (letters, digits, _ . -)."""
     type: Literal["file"]
+    """file: a video file."""
     path: str
+    """The video: a local path (relative to the config file's folder) or an http(s) URL."""
     realtime: bool = False
+    """Play at the input's own frame rate, as a camera would, instead of as fast as the model takes it."""
     loop: bool = False
+    """Start over at the end, for as long as the run lasts."""
     max_frames: PositiveInt | None = None
+    """Stop after this many frames (null: the whole input)."""
     queue_size: PositiveInt = 8
+    """Frames held in front of the model for this source."""
     buffer: BufferKind | None = None
+    """When the queue is full: every_frame (the source waits) or newest (the oldest frame is dropped)."""
     max_staleness_ms: PositiveFloat | None = None
+    """With buffer newest: frames older than this when the model would take them are dropped (null: no limit)."""
     open_timeout_s: PositiveFloat = 10.0
+    """Seconds an open (connect, handshake, probing) may take before it fails."""
     read_timeout_s: PositiveFloat = 10.0
+    """Seconds without data, once open, before the read fails."""
     required: bool = False
+    """Whether this source's failure ends the run (otherwise the others carry on)."""
     max_fps: MaxFps = None
+    """At most this many frames per second of the input's own time go to the model (null: every frame)."""
     filters: FiltersConfig = Field(default_factory=FiltersConfig)
+    """This source's segment filters, key by key over the top-level filters."""
 
     @model_validator(mode="after")
     def _camera_defaults(self) -> FileSourceConfig:
@@ -247,18 +267,31 @@ class _LiveSourceKeys(_Buffered, Strict):
     to go live again, instead of ending the source. They keep the newest frames by default."""
 
     open_timeout_s: PositiveFloat = 10.0
+    """Seconds an open (connect, handshake, probing) may take before it fails."""
     read_timeout_s: PositiveFloat = 5.0
+    """Seconds without data, once open, before the read fails."""
     stall_timeout_s: PositiveFloat = 10.0
+    """Seconds without a frame before the source counts as lost and reconnects."""
     max_reconnects: NonNegativeInt | None = None
+    """Reconnect attempts since the last frame before the source fails (null: forever)."""
     reconnect_delay_s: PositiveFloat = 0.5
+    """Seconds before the first reconnect attempt; doubled per failed attempt."""
     reconnect_max_delay_s: PositiveFloat = 30.0
+    """The longest wait between reconnect attempts, in seconds."""
     wait_for_input: bool = False
+    """Keep trying an input that refuses the credentials or is not there yet, instead of failing at once."""
     queue_size: PositiveInt = 2
+    """Frames held in front of the model for this source."""
     buffer: BufferKind = "newest"
+    """When the queue is full: every_frame (the source waits) or newest (the oldest frame is dropped)."""
     max_staleness_ms: PositiveFloat | None = 500.0
+    """With buffer newest: frames older than this when the model would take them are dropped (null: no limit)."""
     required: bool = False
+    """Whether this source's failure ends the run (otherwise the others carry on)."""
     max_fps: MaxFps = None
+    """At most this many frames per second of the input's own time go to the model (null: every frame)."""
     filters: FiltersConfig = Field(default_factory=FiltersConfig)
+    """This source's segment filters, key by key over the top-level filters."""
 
 
 class StreamSourceConfig(_LiveSourceKeys):
@@ -269,11 +302,17 @@ class StreamSourceConfig(_LiveSourceKeys):
     """
 
     name: SourceName
+    """The source's name: its streams, files and metrics are named by it (letters, digits, _ . -)."""
     type: Literal["stream"]
+    """stream: a live network stream."""
     url: Annotated[str, Field(repr=False)]  # may hold credentials: never in a repr
+    """The stream's URL (rtsp, rtmp, http(s), tcp, udp, srt...); credentials in it are never printed."""
     transport: Literal["tcp", "udp"] = "tcp"
+    """RTSP's transport: tcp or udp."""
     low_latency: bool = True
+    """Turn off demuxer buffering and shorten stream probing."""
     options: dict[str, str | int | float] = Field(default_factory=dict, repr=False)  # may hold a passphrase
+    """Extra FFmpeg input options, by name."""
 
     @field_validator("url")
     @classmethod
@@ -319,13 +358,21 @@ class CameraSourceConfig(_LiveSourceKeys):
     ``opencv`` (OpenCV's VideoCapture: V4L2 on Linux, the platform's camera API elsewhere)."""
 
     name: SourceName
+    """The source's name: its streams, files and metrics are named by it (letters, digits, _ . -)."""
     type: Literal["camera"]
+    """camera: a local camera (V4L2 on Linux)."""
     device: NonNegativeInt | str = 0
+    """The camera: an index (0 is /dev/video0) or a device path."""
     width: PositiveInt | None = None
+    """Frame width in pixels to ask the camera for (null: the driver's choice; with height)."""
     height: PositiveInt | None = None
+    """Frame height in pixels to ask the camera for (null: the driver's choice; with width)."""
     fps: PositiveFloat | None = None
+    """Frame rate to ask the camera for (null: the driver's choice)."""
     pixel_format: Literal["MJPG", "YUYV"] | None = None
+    """Pixel format to ask the camera for: MJPG or YUYV (null: the driver's choice)."""
     backend: Literal["ffmpeg", "opencv"] = "ffmpeg"
+    """How the camera is read: ffmpeg (FFmpeg's v4l2 input) or opencv (OpenCV's VideoCapture)."""
 
     @field_validator("device")
     @classmethod
@@ -350,18 +397,31 @@ class ImagesSourceConfig(_Buffered, Strict):
     plays them at that rate; ``loop`` starts over (listing the folder again)."""
 
     name: SourceName
+    """The source's name: its streams, files and metrics are named by it (letters, digits, _ . -)."""
     type: Literal["images"]
+    """images: still images played as video."""
     path: str
+    """A folder of images, a glob (shots/**/*.png) or one image file, relative to the config file's folder."""
     fps: PositiveFloat = 25.0
+    """Frames per second the images' timestamps are spaced by (and played at, with realtime)."""
     loop: bool = False
+    """Start over at the end, listing the folder again."""
     realtime: bool = False
+    """Play at the input's own frame rate, as a camera would, instead of as fast as the model takes it."""
     max_frames: PositiveInt | None = None
+    """Stop after this many frames (null: the whole input)."""
     queue_size: PositiveInt = 8
+    """Frames held in front of the model for this source."""
     buffer: BufferKind | None = None
+    """When the queue is full: every_frame (the source waits) or newest (the oldest frame is dropped)."""
     max_staleness_ms: PositiveFloat | None = None
+    """With buffer newest: frames older than this when the model would take them are dropped (null: no limit)."""
     required: bool = False
+    """Whether this source's failure ends the run (otherwise the others carry on)."""
     max_fps: MaxFps = None
+    """At most this many frames per second of the input's own time go to the model (null: every frame)."""
     filters: FiltersConfig = Field(default_factory=FiltersConfig)
+    """This source's segment filters, key by key over the top-level filters."""
 
     @field_validator("path")
     @classmethod
@@ -393,19 +453,33 @@ class SyntheticSourceConfig(_Buffered, Strict):
     ``num_frames: null`` runs until stopped."""
 
     name: SourceName
+    """The source's name: its streams, files and metrics are named by it (letters, digits, _ . -)."""
     type: Literal["synthetic"]
+    """synthetic: generated scenes with known ground truth."""
     width: PositiveInt = 640
+    """Frame width in pixels."""
     height: PositiveInt = 480
+    """Frame height in pixels."""
     fps: PositiveFloat = 25.0
+    """Frames per second of the scene's timestamps (and of playing, with realtime)."""
     seed: int = 0
+    """Random seed of the scenes: the same seed, the same frames."""
     num_frames: PositiveInt | None = 250
+    """Frames to generate (null: until the run is stopped)."""
     realtime: bool = False
+    """Play at the input's own frame rate, as a camera would, instead of as fast as the model takes it."""
     queue_size: PositiveInt = 8
+    """Frames held in front of the model for this source."""
     buffer: BufferKind | None = None
+    """When the queue is full: every_frame (the source waits) or newest (the oldest frame is dropped)."""
     max_staleness_ms: PositiveFloat | None = None
+    """With buffer newest: frames older than this when the model would take them are dropped (null: no limit)."""
     required: bool = False
+    """Whether this source's failure ends the run (otherwise the others carry on)."""
     max_fps: MaxFps = None
+    """At most this many frames per second of the input's own time go to the model (null: every frame)."""
     filters: FiltersConfig = Field(default_factory=FiltersConfig)
+    """This source's segment filters, key by key over the top-level filters."""
 
 
 SourceConfig = Annotated[
@@ -428,24 +502,37 @@ class ModelConfig(Strict):
     """
 
     preset: Annotated[str, Field(min_length=1)] = "synthetic_eomt_tiny_256"
+    """The model preset: its architecture, input size, labels and weights."""
     # Model family (eomt, senatra): checked against the preset's; alone, it picks the family's
     # default preset (synthetic_senatra_tiny_192 for senatra).
     family: Annotated[str, Field(min_length=1)] | None = None
+    """The model family (eomt, senatra): checked against the preset's; alone, it picks the family's default preset."""
     checkpoint: str | None = None
+    """Weights: a file, a model folder, hf://owner/repo, or random (null: the preset's own)."""
     task: Literal["panoptic", "semantic", "instance"] | None = None  # null: the preset's own
+    """panoptic, semantic or instance (null: the preset's own)."""
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    """auto, fp32, bf16 or fp16 (auto: bf16 where the hardware computes it natively)."""
     device: Annotated[str, Field(pattern=r"^(auto|cpu|cuda|cuda:\d+)$")] = "auto"
+    """auto, cpu, cuda or cuda:N."""
     compile: bool = False
+    """Compile the model with torch.compile (a slower start, maybe faster frames)."""
     postprocess: Literal["fast", "exact"] = "fast"
+    """fast (decide pixels at the model's resolution) or exact (at the frame's, as the official code)."""
     score_threshold: Fraction01 = 0.8
+    """Segments scored below this are dropped (0..1)."""
     mask_threshold: Fraction01 = 0.5
+    """Mask probability above which a pixel belongs to a segment (0..1)."""
     overlap_threshold: Fraction01 = 0.8
+    """The share of a segment's mask that must survive overlaps for it to be kept (0..1)."""
     # Your own classes: a label-set JSON file (the shipped ones' schema); the preset then gives
     # the architecture only, with as many classes as the file has, and the checkpoint the weights.
     labels: str | None = None
+    """A label-set JSON file of your own model's classes (the preset then gives the architecture only)."""
     # A plugin family's own settings, for its builder to read (model_cfg.options); the shipped
     # families take none.
     options: dict[str, Any] = Field(default_factory=dict, repr=False)  # may hold a plugin's keys
+    """A plugin model family's own settings, for its builder (the shipped families take none)."""
 
     @field_validator("labels")
     @classmethod
@@ -509,12 +596,19 @@ class EngineConfig(Strict):
     preview, which draws on full frames."""
 
     batch_size: PositiveInt = 4
+    """Frames per model batch, from all sources together."""
     max_wait_ms: Annotated[float, Field(ge=0)] = 20.0
+    """Milliseconds a batch waits for more frames after its first."""
     model_workers: PositiveInt | None = None
+    """Threads running the model, each a whole batch at a time (null: chosen for the device)."""
     threads: PositiveInt | None = None
+    """Intra-op threads per model worker (null: chosen for the device)."""
     max_inflight: PositiveInt | None = None
+    """At most this many batches between the start of their network and the end of post-processing (null: chosen)."""
     frame_budget_mb: PositiveFloat | None = 64.0
+    """Megabytes of decoded frames each source's queue may hold (null: no cap)."""
     resize_in_decoder: bool = False
+    """Convert frames to RGB at the model's input size in the decoder (less work; not with the preview)."""
 
 
 def _empty_is_null(value: Any) -> Any:
@@ -527,9 +621,13 @@ class RedisTlsConfig(Strict):
     system's CAs), and a client certificate and key for servers that ask for one."""
 
     ca_file: str | None = None
+    """The CA certificate that signed the server's (null: the system's CAs)."""
     cert_file: str | None = None
+    """A client certificate, for servers that ask for one."""
     key_file: str | None = None
+    """The client certificate's private key."""
     check_hostname: bool = True
+    """Check that the server's certificate names the host of the url."""
 
     @field_validator("ca_file", "cert_file", "key_file")
     @classmethod
@@ -547,7 +645,9 @@ class RedisSentinelConfig(Strict):
     ``requirepass`` (or ACL users) of their own: the url's user and password are the master's."""
 
     username: str | None = None
+    """The sentinels' own user (the url's is the master's)."""
     password: str | None = Field(default=None, repr=False)
+    """The sentinels' own password (the url's is the master's); never printed."""
 
     _nulls = field_validator("username", "password", mode="before")(_empty_is_null)
 
@@ -574,11 +674,17 @@ class RedisSinkConfig(Strict):
     retention is a time whatever the frame rate, ``maxlen`` still capping the memory."""
 
     enabled: bool = True
+    """Publish to Redis Streams."""
     url: str | None = None
+    """redis://, rediss:// (TLS) or redis+sentinel:// URL (null: an embedded Redis starts with the run)."""
     username: str | None = None
+    """The ACL user to log in as, with password."""
     password: str | None = Field(default=None, repr=False)
+    """The password (an ACL user's, or requirepass); never printed."""
     tls: RedisTlsConfig = Field(default_factory=RedisTlsConfig)
+    """TLS files for a rediss:// url."""
     sentinel: RedisSentinelConfig = Field(default_factory=RedisSentinelConfig)
+    """The sentinels' own login, for a redis+sentinel:// url."""
 
     def login(self) -> dict:
         """How to log in, as ``connect_redis`` (and the publisher) take it: password, username,
@@ -588,18 +694,31 @@ class RedisSinkConfig(Strict):
                 "tls": TlsFiles(tls.ca_file, tls.cert_file, tls.key_file, tls.check_hostname),
                 "sentinel": SentinelAuth(self.sentinel.username, self.sentinel.password)}
     max_backlog: PositiveInt = 1000
+    """Entries kept while Redis is away; beyond it the oldest are dropped and counted."""
     max_backlog_mb: PositiveFloat = 256.0
+    """Megabytes of entries kept while Redis is away; beyond it the oldest are dropped and counted."""
     reconnect_max_s: PositiveFloat = 5.0
+    """The longest wait, in seconds, between reconnect attempts."""
     drain_timeout_s: Annotated[float, Field(ge=0)] = 10.0
+    """Seconds the run's end waits for Redis to take what is left."""
     timeout_s: Annotated[float, Field(ge=0.05)] = 1.0  # shorter: a healthy Redis read as gone, entries sent twice
+    """Seconds a write may go unanswered before Redis counts as away."""
     start_wait_s: Annotated[float, Field(ge=0)] = 0.0
+    """Seconds the start waits for an unreachable Redis before the run fails (0: fail at once)."""
     stream: str = "segstream:{source}:frames"
+    """The frames stream's name; {source} is the source's name."""
     events_stream: str = "segstream:{source}:events"
+    """The events stream's name; {source} is the source's name."""
     maxlen: PositiveInt = 10000
+    """Each stream keeps at least this many newest entries (MAXLEN ~)."""
     max_age_s: PositiveFloat | None = None
+    """Also trim entries more than this many seconds older than the stream's newest (null: by maxlen only)."""
     mask_encoding: Literal["rle", "idmap"] = "rle"
+    """How masks travel: rle (per segment) or idmap (one label map per frame)."""
     pipeline_size: PositiveInt = 32
+    """At most this many entries per pipelined write to Redis."""
     max_batch_delay_ms: Annotated[float, Field(ge=0)] = 20.0
+    """Milliseconds an entry may wait for its batch to fill before it is sent."""
 
     _nulls = field_validator("url", "username", "password", mode="before")(_empty_is_null)
 
@@ -682,21 +801,37 @@ class TrackingConfig(Strict):
     """
 
     enabled: bool = True
+    """Give segments ids that stay the same across frames."""
     min_hits: PositiveInt = 2
+    """Consecutive frames a new thing must be seen in before it gets its id."""
     max_lost: Annotated[int, Field(ge=0)] = 30
+    """Frames a thing not seen keeps its id (an occlusion) before its track ends."""
     max_lost_s: Annotated[float, Field(gt=0)] | None = None
+    """Seconds of the source's time a thing not seen keeps its id, instead of max_lost frames."""
     iou_weight: Annotated[float, Field(ge=0)] = 0.5
+    """Weight of mask overlap in the matching score."""
     embedding_weight: Annotated[float, Field(ge=0)] = 0.4
+    """Weight of query-embedding similarity in the matching score."""
     class_weight: Annotated[float, Field(ge=0)] = 0.1
+    """Weight of class agreement in the matching score."""
     min_overlap: Fraction01 = 0.1
+    """Mask overlap (IoU) a pair needs to match (or min_similarity)."""
     min_similarity: Annotated[float, Field(ge=-1, le=1)] = 0.6
+    """Embedding similarity a pair needs to match without min_overlap, within max_shift."""
     max_shift: PositiveFloat = 1.0
+    """How far, in box diagonals, a thing may be from where it should be to match by similarity."""
     reid_similarity: Annotated[float, Field(ge=-1, le=2)] = 0.9
+    """Embedding similarity a lost thing needs to be matched anywhere (above 1: never)."""
     class_change_overlap: Fraction01 = 0.3
+    """Mask overlap a match needs when the class changes."""
     embedding_momentum: Annotated[float, Field(ge=0, lt=1)] = 0.7
+    """How much of a track's embedding is kept at each update (0..1)."""
     partial_area: Fraction01 = 0.5
+    """A detection under this share of the thing's size counts as partly hidden."""
     mask_side: Annotated[int, Field(ge=8)] = 480
+    """Long side, in pixels, of the label maps overlaps are measured on."""
     max_tracks: PositiveInt = 1000
+    """Tracks kept per source at most."""
 
     @model_validator(mode="after")
     def _some_weight_beyond_embeddings(self) -> TrackingConfig:
@@ -711,7 +846,9 @@ class FilesSinkConfig(Strict):
     ``mask_encoding``) as Redis."""
 
     enabled: bool = False
+    """Write each source's entries to a JSONL file."""
     dir: str = "runs/out"
+    """The folder of the JSONL files, one per source."""
 
 
 class PreviewSinkConfig(Strict):
@@ -723,10 +860,15 @@ class PreviewSinkConfig(Strict):
     when a run starts."""
 
     enabled: bool = False
+    """Draw each source's segments over its frames."""
     dir: str = "runs/preview"
+    """The folder of the previews: <dir>/<source>.mp4, or <dir>/<source>/<run_id>/ of PNGs."""
     format: Literal["mp4", "png"] = "mp4"
+    """mp4 (a video per source) or png (a picture per frame)."""
     opacity: Fraction01 = 0.45
+    """Opacity of the masks drawn over the frames (0..1)."""
     keep_runs: PositiveInt = 2
+    """How many runs' PNG folders each source keeps; older ones are removed when a run starts."""
 
 
 # What ``use:`` names: ``module:attribute`` (the attribute may be dotted: ``module:Class.build``), or
@@ -742,7 +884,9 @@ class CustomSinkConfig(Strict):
     result and event after the shipped sinks."""
 
     use: PartName
+    """The sink's factory: module:attribute, or an entry point of group segstream.sinks."""
     options: dict[str, Any] = Field(default_factory=dict)
+    """Keyword arguments for the factory."""
 
 
 class StageConfig(Strict):
@@ -753,15 +897,22 @@ class StageConfig(Strict):
     those of the config's sources (null: every source)."""
 
     use: PartName
+    """The stage's factory: module:attribute, or an entry point of group segstream.stages."""
     options: dict[str, Any] = Field(default_factory=dict)
+    """Keyword arguments for the factory (after the source's name)."""
     sources: Annotated[list[SourceName], Field(min_length=1)] | None = None
+    """The sources it runs on (null: every source)."""
 
 
 class SinksConfig(Strict):
     redis: RedisSinkConfig = Field(default_factory=RedisSinkConfig)
+    """Redis Streams, one stream per source."""
     files: FilesSinkConfig = Field(default_factory=FilesSinkConfig)
+    """JSONL files, one per source."""
     preview: PreviewSinkConfig = Field(default_factory=PreviewSinkConfig)
+    """Pictures of the segments drawn over the frames."""
     custom: list[CustomSinkConfig] = Field(default_factory=list)
+    """Sinks of one's own."""
 
 
 def _host_port(address: str) -> tuple[str, int]:
@@ -784,9 +935,13 @@ class OpsConfig(Strict):
     filters; other sections take a restart."""
 
     http: str | None = "127.0.0.1:9108"
+    """host:port of /metrics, /healthz and /readyz (null: off; port 0: a free one)."""
     stall_after_s: PositiveFloat = 60.0
+    """/healthz fails once a working stage has made no progress for this many seconds."""
     status_interval_s: PositiveFloat = 2.0
+    """Seconds between segstream run's status lines."""
     reload: bool = False
+    """Serve POST /reload on the ops port: read the config again and apply its sources."""
 
     _nulls = field_validator("http", mode="before")(_empty_is_null)
 
@@ -810,12 +965,19 @@ class RayConfig(Strict):
     ``decode_cpus`` CPUs; a video whose worker dies is tried again up to ``retries`` times."""
 
     address: str | None = None
+    """The Ray cluster's address (null: start a local Ray)."""
     model_actors: PositiveInt | None = None
+    """Model replicas (null: one per GPU of the cluster, or one without GPUs)."""
     actor_cpus: PositiveFloat = 1.0
+    """CPUs each model actor holds."""
     actor_gpus: Annotated[float, Field(ge=0)] | None = None
+    """GPUs each model actor holds (null: 1 when the model runs on CUDA, else 0)."""
     videos_in_flight: PositiveInt | None = None
+    """Videos decoding at once (null: two per model actor)."""
     decode_cpus: PositiveFloat = 1.0
+    """CPUs each decoding task holds."""
     retries: Annotated[int, Field(ge=0)] = 3
+    """Times a video whose worker dies is tried again."""
 
     _nulls = field_validator("address", mode="before")(_empty_is_null)
 
@@ -833,17 +995,29 @@ class BatchConfig(Strict):
     1 keeps a frame a second; null: every frame); the frames left out leave gaps in ``frame``."""
 
     output: str = "runs/batch"
+    """The output folder: a folder per video, and manifest.jsonl."""
     jsonl: bool = True
+    """Write each video's entries as JSONL (the wire schema)."""
     coco_panoptic: bool = True
+    """Write COCO panoptic: a PNG per frame, a JSON per video and one over the batch."""
     coco_images: bool = False
+    """With coco_panoptic, write each frame as the JPEG the COCO JSON names."""
     overlay: bool = False
+    """Write an MP4 per video with the segments drawn."""
     concurrency: PositiveInt = 4
+    """Videos the local engine decodes at once."""
     extensions: list[str] = Field(default_factory=lambda: list(VIDEO_EXTENSIONS))
+    """File extensions of the videos searched for in folders given as inputs."""
     queue_size: PositiveInt = 8
+    """Frames held in front of the model for each video."""
     open_timeout_s: PositiveFloat = 10.0
+    """Seconds opening a video may take before it fails."""
     read_timeout_s: PositiveFloat = 10.0
+    """Seconds without data from a video before it fails."""
     max_fps: MaxFps = None
+    """At most this many frames per second of each video's time go to the model (null: every frame)."""
     ray: RayConfig = Field(default_factory=RayConfig)
+    """The Ray engine (--engine ray)."""
 
 
 class PipelineConfig(Strict):
@@ -851,14 +1025,23 @@ class PipelineConfig(Strict):
     every video of ``segstream batch``); a source's own ``filters`` override them key by key."""
 
     sources: Annotated[list[SourceConfig], Field(min_length=1)]
+    """The inputs: files, streams, cameras, image folders or synthetic scenes."""
     model: ModelConfig = Field(default_factory=ModelConfig)
+    """The segmentation model."""
     engine: EngineConfig = Field(default_factory=EngineConfig)
+    """How frames are batched and the model run."""
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    """Stable segment ids across frames."""
     stages: list[StageConfig] = Field(default_factory=list)
+    """Per-source stages of one's own, after the tracker."""
     sinks: SinksConfig = Field(default_factory=SinksConfig)
+    """Where results go."""
     ops: OpsConfig = Field(default_factory=OpsConfig)
+    """Metrics, health and reload over HTTP, and status lines."""
     batch: BatchConfig = Field(default_factory=BatchConfig)
+    """segstream batch: what it writes and how many videos at once."""
     filters: FiltersConfig = Field(default_factory=FiltersConfig)
+    """Segment filters for every source (a source's own override them key by key)."""
 
     def filters_of(self, source: str) -> FiltersConfig:
         """The filters in force for ``source``: its own over the top-level ones (the top-level
@@ -929,6 +1112,7 @@ class BatchPipelineConfig(PipelineConfig):
     needs no sources (any it has are not used)."""
 
     sources: list[SourceConfig] = Field(default_factory=list)
+    """Not used: segstream batch takes its videos from the command line."""
 
     @model_validator(mode="after")
     def _full_frames_for_the_overlay(self) -> BatchPipelineConfig:

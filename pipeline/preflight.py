@@ -210,20 +210,20 @@ def source_check(cfg: SourceConfig) -> str:
         cfg = cfg.model_copy(update={"max_reconnects": 0, "wait_for_input": False})
     try:
         source = SOURCE_BUILDERS[cfg.type](cfg)
-    except SegstreamError as error:  # the line says which source already
+        try:
+            if live:
+                picture = _first_live_picture(source, cfg)
+                height, width = picture.image.shape[:2]
+                return f"'{source.shown}' gave a first frame, {width}x{height}"
+            frame = next(iter(source.frames()), None)
+            if frame is None:
+                raise SegstreamError(f"'{getattr(source, 'shown', cfg.name)}' gave no frame — it holds no picture")
+            height, width = frame.image.shape[:2]
+            return f"'{getattr(source, 'shown', cfg.name)}' decodes, first frame {width}x{height}"
+        finally:
+            source.close()
+    except SegstreamError as error:  # the check's line says which source already (found probing: thrice)
         raise SegstreamError(str(error).removeprefix(f"source {cfg.name}: ")) from None
-    try:
-        if live:
-            picture = _first_live_picture(source, cfg)
-            height, width = picture.image.shape[:2]
-            return f"'{source.shown}' gave a first frame, {width}x{height}"
-        frame = next(iter(source.frames()), None)
-        if frame is None:
-            raise SegstreamError(f"'{getattr(source, 'shown', cfg.name)}' gave no frame — it holds no picture")
-        height, width = frame.image.shape[:2]
-        return f"'{getattr(source, 'shown', cfg.name)}' decodes, first frame {width}x{height}"
-    finally:
-        source.close()
 
 
 def _first_live_picture(source, cfg):

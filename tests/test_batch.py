@@ -563,3 +563,41 @@ def test_coco_image_ids_are_unique_across_a_batch_one_json_covers_it_and_file_na
         assert np.abs(picture.astype(int) - frame.to_ndarray(format="rgb24")).mean() < 4, "the frame, as a JPEG"
     frames = read_coco_panoptic(out / BATCH_PANOPTIC, png_dir=out)
     assert [(f.source, f.index) for f in frames][:2] == [("a.mp4", 0), ("a.mp4", 1)] and len(frames) == len(ids)
+
+
+@pytest.mark.parametrize("listed", [False, True], ids=["argument", "list-file"])
+def test_a_url_input_is_refused_in_one_line_with_its_password_masked_and_nothing_written(tmp_path, capsys, listed):
+    from segstream.pipeline.cli import main
+
+    url = "http://camadmin:BatchPw_9@127.0.0.1:16903/x.mp4"  # nothing listens: batch must not get that far
+    given = url
+    if listed:
+        (tmp_path / "videos.txt").write_text(f"{url}\n")
+        given = str(tmp_path / "videos.txt")
+    out = tmp_path / "b1"
+    code = main(["batch", given, "--out", str(out), "--set", "ops.http=null", "--no-progress"])
+    captured = capsys.readouterr()
+    assert code == 2 and captured.out == "" and captured.err.count("\n") == 1, captured
+    assert "BatchPw_9" not in captured.err and "camadmin:***@127.0.0.1:16903" in captured.err
+    assert "is a URL" in captured.err and "folders" in captured.err and "segstream run" in captured.err
+    assert not out.exists(), "nothing written"
+
+
+def test_paths_shaped_like_urls_with_passwords_keep_them_out_of_the_manifest_table_and_ids(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    real = tmp_path / "cams" / "viewer:FilePw_42@nvr" / "clip.mp4"  # a real file, a folder named like credentials
+    real.parent.mkdir(parents=True)
+    encode_clip(real, frames=3)
+    encode_clip(tmp_path / "clip.mp4", frames=3)  # the same stem: the id takes the folder's name too
+    missing = "camadmin:BatchPw_9@127.0.0.1:16903/x.mp4"  # a URL without its scheme: a missing file
+    out = tmp_path / "out"
+    inputs = [str(tmp_path / "clip.mp4"), str(real), missing]
+    outcomes, skipped, _ = run_batch(config(out), inputs, adapter=ColourSegmenter(), progress=False)
+    assert {o.job.id: o.status for o in outcomes} == {"viewer_nvr__clip": "done", "clip": "done", "x": "failed"}
+    table = summary_table(outcomes, skipped, out / MANIFEST)
+    written = [table, (out / MANIFEST).read_text(), *(str(p) for p in out.rglob("*"))]
+    for secret in ("FilePw_42", "BatchPw_9"):
+        assert not any(secret in text for text in written), (secret, written)
+    assert "camadmin:***@127.0.0.1:16903" in (out / MANIFEST).read_text()
+    again, skipped, _ = run_batch(config(out), inputs, adapter=ColourSegmenter(), progress=False)
+    assert skipped == 3 and [o.status for o in again] == ["skipped"], "the masked manifest still resumes"

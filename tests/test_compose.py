@@ -249,6 +249,13 @@ def test_the_segstream_containers_run_read_only_without_capabilities(compose, na
     assert "privileged" not in service
 
 
+@pytest.mark.parametrize("name", ["redis", "segstream", "consumer"])
+def test_the_services_that_hold_a_password_dump_no_core(compose, name):
+    # found probing: a core dump of the pipeline held the camera and Redis passwords in clear
+    assert "REDIS_PASSWORD" in compose["services"][name]["environment"]
+    assert compose["services"][name]["ulimits"]["core"] == 0
+
+
 def test_the_read_only_pipeline_writes_only_to_its_volume_and_memory(compose):
     app = compose["services"]["segstream"]
     writable = [v for v in app["volumes"] if not v.endswith(":ro")]

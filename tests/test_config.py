@@ -316,6 +316,27 @@ def test_schema_prints_json_schema(capsys):
     assert set(schema["$defs"]["SinksConfig"]["properties"]) == {"redis", "files", "preview", "custom"}
 
 
+def test_every_key_of_the_printed_schema_has_a_one_line_description(capsys):
+    assert main(["schema"]) == 0
+    schema = json.loads(capsys.readouterr().out)
+    keys = {}
+
+    def walk(node, where: str) -> None:
+        if isinstance(node, dict):
+            for key, value in node.get("properties", {}).items():
+                keys[f"{where}.{key}".lstrip(".")] = value.get("description", "")
+            for key, value in node.items():
+                walk(value, f"{where}.{key}".lstrip(".") if key != "properties" else where)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item, where)
+
+    walk(schema, "")
+    # found probing: not one key had a description (sinks.redis.maxlen, max_age_s, files, preview...)
+    assert len(keys) > 150 and "$defs.RedisSinkConfig.maxlen" in keys and "$defs.PreviewSinkConfig.opacity" in keys
+    assert not [key for key, said in keys.items() if not said.strip() or "\n" in said], keys
+
+
 def test_a_reference_in_url_credentials_is_percent_encoded_where_the_url_needs_it():
     from segstream.pipeline.config import interpolate
 

@@ -120,6 +120,25 @@ def test_a_file_that_does_not_decode_fails_its_source(tmp_path, capsys):
     assert line_of(lines, "source cam0").startswith("FAIL") and "clip.mp4" in line_of(lines, "source cam0")
 
 
+def test_a_file_over_http_is_named_once_whether_served_missing_or_the_server_down(tmp_path, capsys):
+    from tests.conftest import encode_clip
+    from tests.live_servers import StaticHttpServer
+
+    (tmp_path / "www").mkdir()
+    encode_clip(tmp_path / "www" / "x.mp4", frames=3)
+    with StaticHttpServer(tmp_path / "www") as server:
+        url = f"http://viewer:VodPw_3@127.0.0.1:{server.port}"
+        for clip, said in (("x.mp4", "decodes"), ("missing.mp4", "404 Not Found")):
+            config = write_config(tmp_path, f"  - {{name: vod, type: file, path: '{url}/{clip}'}}")
+            code, lines = connect(config, capsys)
+            line = line_of(lines, "source vod")
+            assert line.count("source vod") == 1 and said in line and "VodPw_3" not in line, line
+            assert code == (0 if clip == "x.mp4" else 1)
+    code, lines = connect(write_config(tmp_path, f"  - {{name: vod, type: file, path: '{url}/x.mp4'}}"), capsys)
+    line = line_of(lines, "source vod")  # found probing: "source vod: source vod: source vod: connection refused"
+    assert code == 1 and line.count("source vod") == 1 and "connection refused" in line and "VodPw_3" not in line, line
+
+
 def test_an_rtsp_camera_gives_a_first_frame_and_a_dead_one_fails(tmp_path, capsys):
     with RtspCamera(tmp_path) as camera:
         dead = f"rtsp://127.0.0.1:{free_port()}/cam"
