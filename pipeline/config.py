@@ -1177,7 +1177,19 @@ def load_config(
         folder = config_folder(path) if base_dir is None else Path(os.path.abspath(base_dir))
     if problem := _redis_url_left_empty(raw):
         raise ConfigError(problem)
+    if problem := _batch_config_for_run(raw, schema):
+        raise ConfigError(problem)
     return validate_config(interpolate(raw), base_dir=folder, schema=schema)
+
+
+def _batch_config_for_run(raw: dict, schema: type[PipelineConfig]) -> str | None:
+    """What is wrong when a config for ``segstream batch`` (``batch:``, no ``sources:``) is read
+    as one for ``segstream run``."""
+    if schema is PipelineConfig and isinstance(raw, dict) and "batch" in raw and "sources" not in raw:
+        return ("sources: required key is missing — this is a config for segstream batch (it has batch: and no "
+                "sources:): run it with segstream batch VIDEOS --config FILE, or load it with load_config(..., "
+                "schema=BatchPipelineConfig)")
+    return None
 
 
 def _redis_url_left_empty(raw: dict) -> str | None:
@@ -1209,6 +1221,8 @@ def load_checked_config(
     lines = _problem_lines(unset, raw)
     if problem := _redis_url_left_empty(raw):
         lines.append(problem)
+    if problem := _batch_config_for_run(raw, schema):
+        raise ConfigError(problem)
     try:
         config = validate_config(data, base_dir=base_dir, schema=schema)
     except ConfigError as error:

@@ -618,3 +618,16 @@ def test_a_named_pipe_given_as_a_file_is_refused_before_anything_waits_on_it(cap
                     "stream source (udp://, tcp://, srt://)")
     with pytest.raises(SourceError, match="source cam0: .* is a named pipe"):
         FileSource("cam0", str(fifo))  # opening it would wait for a writer, inside FFmpeg
+
+
+def test_a_batch_config_read_for_a_run_says_it_is_one(tmp_path, capsys):
+    # Found probing as an export engineer: load_config of configs/batch.yaml said only that sources were missing
+    from segstream.pipeline.cli import main
+    from segstream.pipeline.config import BatchPipelineConfig, load_config
+
+    config = Path(__file__).parent.parent / "configs" / "batch.yaml"
+    with pytest.raises(ConfigError, match=r"this is a config for segstream batch .* schema=BatchPipelineConfig"):
+        load_config(config)
+    assert isinstance(load_config(config, schema=BatchPipelineConfig), BatchPipelineConfig)
+    assert main(["run", str(config)]) == 2
+    assert "run it with segstream batch VIDEOS --config FILE" in capsys.readouterr().err
