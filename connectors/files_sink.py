@@ -160,7 +160,10 @@ class FilesSink:
         dropped = dict(self.dropped)
         line = ""
         if dropped or self.events_dropped:
-            line = f"files dropped {sum(dropped.values())} entries + {self.events_dropped} events"
+            entries, events = sum(dropped.values()), self.events_dropped
+            parts = ([f"{entries} entr{'ies' if entries != 1 else 'y'}"] if entries else []) + \
+                    ([f"{events} event{'s' if events != 1 else ''}"] if events else [])
+            line = "files dropped " + " + ".join(parts)
             if self._failing:  # said only while writes fail: once they succeed again, no failure is current
                 line += f" (writes failing: {self._last_error})"
         if self.lost_with_files:

@@ -259,9 +259,9 @@ def test_a_files_sink_whose_writes_fail_is_not_connected_and_not_ready_until_it_
     assert seen["12"]["sinks"] == {"files": True, "collect": True} and seen["12"]["ready"]
     assert seen["12"]["gauge"] == {"files": 1.0, "collect": 1.0}
     # found probing: the status lines still said "(writes failed: ...)" long after writing resumed
-    assert re.fullmatch(r"files dropped 6 entries \+ \d+ events \(writes failing: No space left on device\)",
+    assert re.fullmatch(r"files dropped 6 entries( \+ \d+ events?)? \(writes failing: No space left on device\)",
                         seen["5"]["line"])
-    assert re.fullmatch(r"files dropped 11 entries \+ \d+ events", seen["12"]["line"])
+    assert re.fullmatch(r"files dropped 11 entries( \+ \d+ events?)?", seen["12"]["line"])
     # found probing: the files sink had no outage clock (segstream_sink_down_seconds_total), as Redis has
     assert seen["5"]["down"] > 0 and seen["5"]["reconnects"] == 0
     assert seen["12"]["down"] > seen["5"]["down"] and seen["12"]["reconnects"] == 1
