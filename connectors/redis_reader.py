@@ -240,13 +240,55 @@ def _wait_within(backoff_s: float, deadline: float | None) -> float:
     return backoff_s if deadline is None else max(0.0, min(backoff_s, deadline - time.monotonic()))
 
 
-def _one_stream(pattern: str, source, stream) -> str:
-    """The one stream ``newest`` reads; a list or a glob is refused, saying what reads many."""
+def _one_stream(pattern: str, source, stream, what: str = "newest") -> str:
+    """The one stream ``newest`` (or ``at``) reads; a list or a glob is refused, saying what reads many."""
     given = _stream_names(pattern, source, stream)
     if not isinstance(given, str) or _is_glob(given):
-        raise ValueError("newest() reads one source; for the newest entry of each of several (a list or a glob), "
-                         "iterate follow_newest(...)")
+        more = ("for the newest entry of each of several (a list or a glob), iterate follow_newest(...)"
+                if what == "newest" else "call it for each")
+        raise ValueError(f"{what}() reads one source; {more}")
     return given
+
+
+def _nearest_steps(name: str, ts: float, within_s: float | None) -> Iterator:
+    """The steps of ``at``: the entry of stream ``name`` whose ``capture_ts`` is nearest ``ts``
+    (None for an empty stream, or one further than ``within_s`` from it). A stream's entries are in the order of their capture times, and of
+    their IDs: a bisection over the IDs' milliseconds (XRANGE start + COUNT 1 at each step, about 30
+    for a day's stream) finds the two entries around ``ts`` whatever the Redis server's clock."""
+    first = yield _command("xrange", name, "-", "+", count=1)
+    last = yield _command("xrevrange", name, "+", "-", count=1)
+    if not first or not last:
+        return None
+    before, after = _named_entry(first[0], name), _named_entry(last[0], name)
+    if ts <= _when(before) or ts >= _when(after):
+        return _within(before if ts <= _when(before) else after, ts, within_s)
+    low, high = _id_ms(before.id), _id_ms(after.id)
+    while True:  # before is captured before ts, after at or after it
+        middle = (low + high) // 2
+        start = str(middle) if middle > low else f"({before.id}"
+        found = yield _command("xrange", name, start, "+", count=1)
+        entry = _named_entry(found[0], name) if found else None
+        if entry is None or entry.id == after.id:
+            if start.startswith("("):  # nothing between them
+                break
+            high = middle  # nothing from middle on before after
+        elif _when(entry) >= ts:
+            after, high = entry, _id_ms(entry.id)
+        else:
+            before, low = entry, _id_ms(entry.id)
+    return _within(before if ts - _when(before) <= _when(after) - ts else after, ts, within_s)
+
+
+def _within(entry: Entry, ts: float, within_s: float | None) -> Entry | None:
+    return entry if within_s is None or abs(_when(entry) - ts) <= within_s else None
+
+
+def _when(entry: Entry) -> float:
+    return entry.capture_ts or entry.publish_ts
+
+
+def _id_ms(entry_id: str) -> int:
+    return int(entry_id.partition("-")[0])
 
 
 def _named_entry(item, stream: str) -> Entry:
@@ -482,6 +524,26 @@ class Client(_ClientBase):
             return None
         entry = _named_entry(reply[0], name) if reply else None
         return entry if entry is not None and _fresh(entry, max_age_s) else None
+
+    def at(self, ts: float, source: str | None = None, *, stream: str | None = None,
+           within_s: float | None = None) -> Entry | None:
+        """The frame entry of one source captured nearest the wall-clock time ``ts`` (seconds, as
+        ``capture_ts``); None for an empty stream, or when the nearest was captured more than
+        ``within_s`` from ``ts`` (the camera was down then, or the entries were trimmed). Found by
+        bisection (about 30 reads for a day's stream), by the entries' own capture times: the
+        Redis server's clock and write delays do not matter. A stream written by two runs at
+        once (SCHEMA) has its capture times out of order: the answer is then one near ``ts``."""
+        name = _one_stream(self.stream_pattern, source, stream, "at")
+        steps, reply = _nearest_steps(name, ts, within_s), None
+        try:
+            while True:
+                try:
+                    step = steps.send(reply)
+                except StopIteration as done:
+                    return done.value
+                reply = self.call(getattr(self.redis, step.name), *step.args, key=name, **step.kwargs)
+        except _Stopped:
+            return None
 
     def follow_newest(self, source: str | list[str] | None = None, *, stream: str | list[str] | None = None,
                       block_ms: int = 1000, max_age_s: float | None = None, idle_s: float | None = None,
@@ -1208,10 +1270,12 @@ def _text(value: bytes | str) -> str:
 
 def tail(stream: str | list[str], url: str, count: int | None, follow: bool, out: TextIO | None = None, *,
          events: bool = False, password: str | None = None, username: str | None = None,
-         tls: TlsFiles | None = None, sentinel: SentinelAuth | None = None) -> int:
+         tls: TlsFiles | None = None, sentinel: SentinelAuth | None = None, at: float | None = None) -> int:
     """Print one line per entry of ``stream`` (a frames stream, or with ``events`` the matching
     events stream as well, interleaved in time order): the last ``count`` (all when None), then
-    new ones while ``follow``; returns the number of entries printed. Ctrl-C ends quietly. The
+    new ones while ``follow``; returns the number of entries printed. With ``at`` (wall-clock
+    seconds), the last ``count`` up to each frames stream's entry captured nearest that time
+    (``Client.at``), and its events up to that entry. Ctrl-C ends quietly. The
     first entry's line ends with ``run=<run_id>``, and so does each line whose run_id differs from
     the line's before it.
 
@@ -1261,11 +1325,17 @@ def tail(stream: str | list[str], url: str, count: int | None, follow: bool, out
             raise SinkError(_missing_stream_message(client, said))
         positions = {}
         backlog = []
+        frames_of = {_events_stream_of(name): name for name in streams} if events else {}
+        until = {}  # with at: the ID of each frames stream's entry nearest it ("+": the newest)
         for name in streams:
+            if at is not None and name not in frames_of:
+                nearest = _run(_nearest_steps(name, at, None), client)
+                until[name] = nearest.id if nearest is not None else "+"
+            last = until.get(frames_of.get(name, name), "+")
             if count is None:
-                found = client.xrange(name, "-", "+")
+                found = client.xrange(name, "-", last)
             else:
-                found = list(reversed(client.xrevrange(name, "+", "-", count=count))) if count > 0 else []
+                found = list(reversed(client.xrevrange(name, last, "-", count=count))) if count > 0 else []
             backlog += [(_text(i), name, f) for i, f in found]
             positions[name] = _text(found[-1][0]) if found else _newest(client, name)
         backlog.sort(key=_time_order)

@@ -28,7 +28,7 @@ from segstream.connectors.errors import SinkError
 from segstream.connectors.redis_connection import SentinelAuth, TlsFiles, connect_redis_async, redis_address
 from segstream.connectors.redis_reader import (
     _MAX_BLOCK_MS, _REFUSED_LOGIN, _UNREACHABLE, Entry, EventEntry, _ClientBase, _Emit,
-    _FanInSteps, _fresh, _key_in, _named_entry, _one_stream, _Outage, _patience, _Pause, _StillDown,
+    _FanInSteps, _fresh, _key_in, _named_entry, _nearest_steps, _one_stream, _Outage, _patience, _Pause, _StillDown,
     _Stopped, _SubscriptionSteps, _wait_within,
     _warn_if_missing_steps, reader_options,
 )
@@ -84,6 +84,21 @@ class Client(_ClientBase):
             return None
         entry = _named_entry(reply[0], name) if reply else None
         return entry if entry is not None and _fresh(entry, max_age_s) else None
+
+    async def at(self, ts: float, source: str | None = None, *, stream: str | None = None,
+                 within_s: float | None = None) -> Entry | None:
+        """As ``segstream.client.Client.at``: the frame entry captured nearest ``ts``."""
+        name = _one_stream(self.stream_pattern, source, stream, "at")
+        steps, reply = _nearest_steps(name, ts, within_s), None
+        try:
+            while True:
+                try:
+                    step = steps.send(reply)
+                except StopIteration as done:
+                    return done.value
+                reply = await self.call(getattr(self.redis, step.name), *step.args, key=name, **step.kwargs)
+        except _Stopped:
+            return None
 
     async def follow_newest(self, source: str | list[str] | None = None, *, stream: str | list[str] | None = None,
                             block_ms: int = 1000, max_age_s: float | None = None, idle_s: float | None = None,

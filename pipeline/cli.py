@@ -208,6 +208,9 @@ def _parser() -> argparse.ArgumentParser:
     redis_options(tail)
     tail.add_argument("--count", type=int, default=10, metavar="N", help="newest entries to print (default %(default)s)")
     tail.add_argument("--follow", action="store_true", help="keep printing new entries as they arrive")
+    tail.add_argument("--at", metavar="TIME",
+                      help="print the --count entries up to the one captured nearest TIME: ISO 8601 with its zone "
+                           "(2026-12-03T07:10:00Z, ...+01:00) or seconds since the epoch")
     tail.add_argument("--events", action="store_true",
                       help="also print the source's events stream (track starts and ends, source states)")
     tail.set_defaults(command=_tail)
@@ -387,9 +390,32 @@ def _tail(args: argparse.Namespace) -> int:
     if args.count < 0:
         raise SegstreamError(f"--count must be 0 or more (the newest entries to print), got {args.count}")
 
+    at = None if args.at is None else wall_time(args.at)
+    if at is not None and args.follow:
+        raise SegstreamError("--at and --follow: --at prints what was captured around a past time, --follow what "
+                             "comes next — give one")
     tail(args.stream, url=args.url, count=args.count, follow=args.follow, events=args.events,
-         password=args.password, username=args.username, tls=redis_tls(args), sentinel=redis_sentinel(args))
+         password=args.password, username=args.username, tls=redis_tls(args), sentinel=redis_sentinel(args), at=at)
     return 0
+
+
+def wall_time(text: str) -> float:
+    """``--at``'s time as seconds since the epoch: ISO 8601 with its zone, or a number of seconds."""
+    from datetime import datetime
+
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise SegstreamError(f"--at {text!r} is no time — give ISO 8601 with its zone (2026-12-03T07:10:00Z) or "
+                             "seconds since the epoch") from None
+    if when.tzinfo is None:
+        raise SegstreamError(f"--at {text!r} has no time zone, and capture times are UTC — add Z (UTC) or the "
+                             "offset (+01:00)")
+    return when.timestamp()
 
 
 def _bench(args: argparse.Namespace) -> int:

@@ -250,6 +250,41 @@ def test_the_follow_newest_watchdog_keeps_saying_none_while_redis_is_away(server
     assert got[0] is not None and got.count(None) >= 4, got
 
 
+def test_at_finds_the_entry_captured_nearest_a_time_whatever_redis_s_clock(server, capsys):
+    # Found probing as a timing engineer: no way to find the entry of a given moment but reading
+    # the whole stream. Capture times here are of 2023 (tiny_scene), Redis's IDs of today.
+    from segstream.pipeline.cli import main
+
+    connection = server.client()
+    publisher = RedisPublisher(connection, max_batch_delay_s=0)
+    for index in range(300):
+        publisher.publish(tiny_scene("cam0", index))
+    publisher.flush()
+    publisher.close()
+    captured = [1_700_000_000.25 + index / 30 for index in range(300)]  # tiny_scene's
+    client = connect(server.url)
+    assert client.at(captured[123] + 0.01, "cam0").frame == 123
+    assert client.at(captured[123] + 0.02, "cam0").frame == 124  # nearer the next
+    assert client.at(captured[0] - 60, "cam0").frame == 0 and client.at(captured[-1] + 60, "cam0").frame == 299
+    assert client.at(captured[-1] + 60, "cam0", within_s=1) is None
+    assert client.at(captured[5], "nocam") is None
+    with pytest.raises(ValueError, match=r"at\(\) reads one source"):
+        client.at(captured[5], "cam*")
+    client.close()
+
+    async def main_aio():
+        async with await aio.connect(server.url) as client:
+            return await client.at(captured[200] - 0.01, "cam0")
+
+    assert asyncio.run(main_aio()).frame == 200
+    assert main(["tail", "segstream:cam0:frames", "--url", server.url, "--at", "2023-11-14T22:13:24.35Z",
+                 "--count", "3"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[2] for line in lines] == ["frame=121", "frame=122", "frame=123"]  # 123 at 20.25 + 123/30 s
+    assert main(["tail", "segstream:cam0:frames", "--url", server.url, "--at", "2023-11-14T22:13:24"]) == 1
+    assert "has no time zone" in capsys.readouterr().err
+
+
 def test_newest_reads_one_source_and_names_a_malformed_entry(server):
     publish(server, ("cam0", 0))
     client = connect(server.url)
