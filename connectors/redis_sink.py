@@ -1224,10 +1224,13 @@ def _check_transactions(client: redis.Redis, acl_keys: str) -> None:
                         f"{_advice(error, acl_keys)}") from None
 
 
-def publisher_grant(acl_keys: str) -> str:
-    """What to grant a publishing user, its stream keys given as ACL key patterns (``acl_key_patterns``)."""
-    return ("grant this user XADD, MULTI, EXEC, XREVRANGE, XRANGE and XLEN on the stream keys, and the connection "
-            f"commands (ACL: +xadd +multi +exec +xrevrange +xrange +xlen +@connection {acl_keys})")
+def publisher_grant(acl_keys: str, aged: bool = False) -> str:
+    """What to grant a publishing user, its stream keys given as ACL key patterns (``acl_key_patterns``);
+    ``aged``: with sinks.redis.max_age_s, which trims (XTRIM) and expires (PEXPIRE) them too."""
+    names, rules = (("XRANGE, XLEN, XTRIM and PEXPIRE", "+xlen +xtrim +pexpire") if aged else
+                    ("XRANGE and XLEN", "+xlen"))
+    return (f"grant this user XADD, MULTI, EXEC, XREVRANGE, {names} on the stream keys, and the connection "
+            f"commands (ACL: +xadd +multi +exec +xrevrange +xrange {rules} +@connection {acl_keys})")
 
 
 def keys_grant(acl_keys: str) -> str:

@@ -15,7 +15,9 @@ import redis
 from segstream.connectors.redis_sink import RedisPublisher
 from segstream.models.results import Event
 from tests.redis_servers import RedisProcess, free_port
+from tests.test_preflight import FILE_SOURCE, connect, line_of, write_config
 from tests.test_redis_sink import tiny_scene
+from tests.test_run_identity import readme_publisher_acl
 
 PORTS = (16800, 16899)
 SLACK_S = 1.0  # docs/OPERATIONS.md: a stream no batch writes is trimmed once a second
@@ -108,3 +110,32 @@ def test_a_user_without_pexpire_is_warned_once_counted_and_the_run_goes_on(serve
     assert publisher.expiry_refused == 4
     assert "4 streams kept past max_age_s once unwritten (no +pexpire)" in status["line"]
     assert server.client().pttl("segstream:cam0:frames") == -1  # what the warning says is not done
+
+
+def test_validate_connect_fails_a_user_without_xtrim_when_max_age_s_is_set(tmp_path, server, capsys):
+    acl_user(server, "notrim", readme_publisher_acl()).close()
+    redis_section = f"{{url: '{server.url}', username: notrim, password: pw, max_age_s: 600}}"
+    code, lines = connect(write_config(tmp_path, FILE_SOURCE, redis_section), capsys)
+    redis_line = line_of(lines, "redis")
+    assert code == 1 and redis_line.startswith("FAIL"), lines
+    assert "refuses XTRIM, with which sinks.redis.max_age_s trims the streams" in redis_line
+    assert "+xtrim +pexpire" in redis_line
+
+    without_max_age = f"{{url: '{server.url}', username: notrim, password: pw}}"
+    code, lines = connect(write_config(tmp_path, FILE_SOURCE, without_max_age), capsys)
+    assert code == 0 and line_of(lines, "redis").startswith("ok"), lines
+
+    acl_user(server, "aged", readme_max_age_acl()).close()  # what the README says to grant
+    readme_user = f"{{url: '{server.url}', username: aged, password: pw, max_age_s: 600}}"
+    code, lines = connect(write_config(tmp_path, FILE_SOURCE, readme_user), capsys)
+    assert code == 0 and line_of(lines, "redis").endswith("and trim and expire them by age"), lines
+
+
+def test_validate_connect_says_what_a_user_without_pexpire_leaves_undone_and_passes(tmp_path, server, capsys):
+    acl_user(server, "noexpire", [rule for rule in readme_max_age_acl() if rule != "+pexpire"]).close()
+    redis_section = f"{{url: '{server.url}', username: noexpire, password: pw, max_age_s: 600}}"
+    code, lines = connect(write_config(tmp_path, FILE_SOURCE, redis_section), capsys)
+    redis_line = line_of(lines, "redis")
+    assert code == 0 and redis_line.startswith("ok"), lines
+    assert "but not PEXPIRE" in redis_line and "grant +pexpire" in redis_line
+    assert server.client().keys("segstream:*") == []  # nothing written, nothing expired
