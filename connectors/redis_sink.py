@@ -29,13 +29,14 @@ from segstream.connectors.redis_connection import (
     key_refused,
     redis_address,
 )
-from segstream.connectors.redis_reader import StreamReader, summary_line
+from segstream.connectors.redis_reader import summary_line
 from segstream.connectors.redis_wire import (
     DEFAULT_EVENTS_PATTERN,
     DEFAULT_STREAM_PATTERN,
     MASK_ENCODINGS,
     acl_key_patterns,
     event_to_wire,
+    from_wire,
     stream_name,
     to_wire,
 )
@@ -1116,15 +1117,16 @@ class RedisPublisher:
         if not self._connected:
             return
         for stream, count in sorted(self.per_stream.items()):
-            try:
+            try:  # XLEN and XREVRANGE alone: a reader's start would ask EXISTS, which a publisher need not have
                 length = self.client.xlen(stream)
-                newest = StreamReader(self.client, stream, decode_masks=False).latest()
+                newest = [(_text(entry_id), from_wire(fields, decode_masks=False))
+                          for entry_id, fields in self.client.xrevrange(stream, count=1)]
             except (redis.RedisError, SegstreamError):  # a user without XREVRANGE: the report is shorter
                 continue
             age = f", max age {self.max_age_s:g} s" if self.max_age_s is not None else ""
             line = f"published {count} entries to {stream} (XLEN {length}, MAXLEN ~{self.maxlen}{age})"
-            if newest is not None:
-                line += f"; newest: {summary_line(*newest)}"
+            if newest:
+                line += f"; newest: {summary_line(*newest[0])}"
             log.info(line)
 
 

@@ -139,3 +139,16 @@ def test_validate_connect_says_what_a_user_without_pexpire_leaves_undone_and_pas
     assert code == 0 and redis_line.startswith("ok"), lines
     assert "but not PEXPIRE" in redis_line and "grant +pexpire" in redis_line
     assert server.client().keys("segstream:*") == []  # nothing written, nothing expired
+
+
+def test_the_readme_s_publisher_acl_with_max_age_s_ends_a_run_without_a_refused_command(server, caplog):
+    # found probing: the end-of-run report read the stream through a reader, whose start asks EXISTS
+    client = acl_user(server, "pub", readme_max_age_acl())
+    publisher = RedisPublisher(client, maxlen=1000, pipeline_size=1, max_batch_delay_s=0, max_age_s=5.0)
+    with caplog.at_level(logging.DEBUG, logger="segstream"):
+        for index in range(3):
+            publisher.publish(tiny_scene("gate", index))
+        publisher.close()
+    assert "newest: " in caplog.text and "gate frame=2" in caplog.text
+    assert "permission" not in caplog.text.lower() and "could not check" not in caplog.text
+    assert 0 < server.client().pttl("segstream:gate:frames") <= 5000
