@@ -14,15 +14,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
-import socket
-import subprocess
 import tempfile
 import time
 
 import redis
 
-REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+from redis_sizing import redis_server  # benchmarks/, beside this script
+
 CASES = ("no trim", "MINID ~", "MINID exact", "MINID exact + PEXPIRE")
 SIZES = {"event (60 B)": 60, "frame (6 kB)": 6000}
 
@@ -40,10 +38,9 @@ def measure(client: redis.Redis, case: str, size: int, seconds: float, age_ms: i
         if case.endswith("PEXPIRE"):
             batch.pexpire("stream", age_ms)
         newest = batch.execute()[0]
-    stats = client.info("commandstats")
-    per_call = {name: stats.get(f"cmdstat_{name}", {}).get("usec_per_call", 0.0) for name in ("xadd", "xtrim", "pexpire")}
-    calls = stats["cmdstat_xadd"]["calls"]
-    per_call["batch"] = sum(stats.get(f"cmdstat_{name}", {}).get("usec", 0) for name in ("xadd", "xtrim", "pexpire")) / calls
+    stats = {name: client.info("commandstats").get(f"cmdstat_{name}", {}) for name in ("xadd", "xtrim", "pexpire")}
+    per_call = {name: stat.get("usec_per_call", 0.0) for name, stat in stats.items()}
+    per_call["batch"] = sum(stat.get("usec", 0) for stat in stats.values()) / stats["xadd"]["calls"]
     return per_call
 
 
@@ -51,31 +48,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=3.0)
     args = parser.parse_args()
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    with tempfile.TemporaryDirectory() as data:
-        server = subprocess.Popen([REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                                   "--appendonly", "no", "--dir", data], stdout=subprocess.DEVNULL)
-        try:
-            client = redis.Redis(port=port)
-            for _ in range(100):
-                try:
-                    client.ping()
-                    break
-                except redis.ConnectionError:
-                    time.sleep(0.05)
-            print(f"{'entry':14} {'case':24} {'XADD us':>8} {'XTRIM us':>9} {'PEXPIRE us':>11} {'batch us':>9} {'ratio':>6}")
-            for entry, size in SIZES.items():
-                alone = None
-                for case in CASES:
-                    cost = measure(client, case, size, args.seconds, 1000)
-                    alone = alone or cost["batch"]
-                    print(f"{entry:14} {case:24} {cost['xadd']:8.2f} {cost['xtrim']:9.2f} {cost['pexpire']:11.2f} "
-                          f"{cost['batch']:9.2f} {cost['batch'] / alone:5.2f}x")
-        finally:
-            server.kill()
-            server.wait()
+    with tempfile.TemporaryDirectory() as data, redis_server(data) as (client, _):
+        print(f"{'entry':14} {'case':24} {'XADD us':>8} {'XTRIM us':>9} {'PEXPIRE us':>11} {'batch us':>9} "
+              f"{'ratio':>6}")
+        for entry, size in SIZES.items():
+            alone = None
+            for case in CASES:
+                cost = measure(client, case, size, args.seconds, 1000)
+                alone = alone or cost["batch"]
+                print(f"{entry:14} {case:24} {cost['xadd']:8.2f} {cost['xtrim']:9.2f} {cost['pexpire']:11.2f} "
+                      f"{cost['batch']:9.2f} {cost['batch'] / alone:5.2f}x")
 
 
 if __name__ == "__main__":
