@@ -71,7 +71,7 @@ def test_a_stream_no_one_writes_is_trimmed_while_the_run_lives_and_gone_after_it
     for stream in ("segstream:cam0:frames", "segstream:cam0:events", "segstream:cam1:frames"):
         age = oldest_age_s(client, stream)
         assert age is None or age <= 2.0 + SLACK_S, (stream, age)
-    assert client.xlen("segstream:cam1:frames") > 20  # the live stream keeps its last 2 s
+    assert client.xlen("segstream:cam1:frames") > 5  # the live stream keeps its last 2 s
 
     publisher.close()
     streams = client.keys("segstream:*")
