@@ -24,6 +24,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import redis
@@ -54,6 +56,26 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+@contextmanager
+def redis_server(directory: str) -> Iterator[tuple[redis.Redis, int]]:
+    """A redis-server of its own on a free port, persisting nothing, once it answers PING: its client and port."""
+    port = free_port()
+    server = subprocess.Popen([REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                               "--appendonly", "no", "--dir", directory], stdout=subprocess.DEVNULL)
+    try:
+        client = redis.Redis(port=port)
+        for _ in range(100):
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        yield client, port
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
 
 
 def clip(folder: Path, scene: str, size: str, frames: int, fps: int) -> Path:
@@ -89,41 +111,28 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=40, help="frames per run (default 40)")
     parser.add_argument("--fps", type=float, default=25.0, help="frame rate the rates are computed at (default 25)")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="segstream-sizing-") as tmp:
-        folder, port = Path(tmp), free_port()
-        server = subprocess.Popen([REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                                   "--appendonly", "no", "--dir", tmp], stdout=subprocess.DEVNULL)
-        try:
-            client = redis.Redis(port=port)
-            for _ in range(100):
-                try:
-                    client.ping()
-                    break
-                except redis.ConnectionError:
-                    time.sleep(0.05)
-            print(f"redis-server {client.info('server')['redis_version']}, stream-node-max-bytes "
-                  f"{client.config_get('stream-node-max-bytes')['stream-node-max-bytes']}; "
-                  f"{args.frames} frames per run, rates at {args.fps:g} fps")
-            print(f"{'scene':<9} {'size':>9} {'encoding':>8} {'segs':>5} {'payload B':>10} {'Redis B':>9} "
-                  f"{'overhead':>8} {'MB/cam-h':>9} {'Mbit/s':>7}")
-            for scene in ("demo", "testsrc2"):
-                for size in SIZES:
-                    video = clip(folder, scene, size, args.frames, int(args.fps))
-                    for encoding in ("rle", "idmap"):
-                        name = f"{scene}-{size}-{encoding}"
-                        run(folder, name, video, port, encoding, 10000, args.frames)
-                        m = measure(client, f"segstream:{name}:frames")
-                        print(f"{scene:<9} {size:>9} {encoding:>8} {m['segments']:>5.1f} {m['payload']:>10.0f} "
-                              f"{m['memory']:>9.0f} {m['memory'] / m['payload'] - 1:>8.0%} "
-                              f"{m['memory'] * args.fps * 3600 / 1e6:>9.0f} {m['payload'] * args.fps * 8 / 1e6:>7.2f}")
-            maxlen = args.frames // 2
-            run(folder, "trimmed", clip(folder, "demo", SIZES[0], args.frames, int(args.fps)), port, "rle", maxlen,
-                args.frames)
-            print(f"MAXLEN ~ {maxlen} after {args.frames} entries of the demo at 640x480 (each above 4096 bytes): "
-                  f"XLEN {client.xlen('segstream:trimmed:frames')}")
-        finally:
-            server.terminate()
-            server.wait(timeout=10)
+    with tempfile.TemporaryDirectory(prefix="segstream-sizing-") as tmp, redis_server(tmp) as (client, port):
+        folder = Path(tmp)
+        print(f"redis-server {client.info('server')['redis_version']}, stream-node-max-bytes "
+              f"{client.config_get('stream-node-max-bytes')['stream-node-max-bytes']}; "
+              f"{args.frames} frames per run, rates at {args.fps:g} fps")
+        print(f"{'scene':<9} {'size':>9} {'encoding':>8} {'segs':>5} {'payload B':>10} {'Redis B':>9} "
+              f"{'overhead':>8} {'MB/cam-h':>9} {'Mbit/s':>7}")
+        for scene in ("demo", "testsrc2"):
+            for size in SIZES:
+                video = clip(folder, scene, size, args.frames, int(args.fps))
+                for encoding in ("rle", "idmap"):
+                    name = f"{scene}-{size}-{encoding}"
+                    run(folder, name, video, port, encoding, 10000, args.frames)
+                    m = measure(client, f"segstream:{name}:frames")
+                    print(f"{scene:<9} {size:>9} {encoding:>8} {m['segments']:>5.1f} {m['payload']:>10.0f} "
+                          f"{m['memory']:>9.0f} {m['memory'] / m['payload'] - 1:>8.0%} "
+                          f"{m['memory'] * args.fps * 3600 / 1e6:>9.0f} {m['payload'] * args.fps * 8 / 1e6:>7.2f}")
+        maxlen = args.frames // 2
+        run(folder, "trimmed", clip(folder, "demo", SIZES[0], args.frames, int(args.fps)), port, "rle", maxlen,
+            args.frames)
+        print(f"MAXLEN ~ {maxlen} after {args.frames} entries of the demo at 640x480 (each above 4096 bytes): "
+              f"XLEN {client.xlen('segstream:trimmed:frames')}")
 
 
 if __name__ == "__main__":

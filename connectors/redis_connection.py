@@ -16,7 +16,7 @@ import asyncio
 import random
 import re
 from dataclasses import dataclass
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import redis
 import redis.asyncio
@@ -156,6 +156,10 @@ def redis_client(
     if not url.startswith("unix:"):
         options["socket_keepalive"] = True  # TCP only; unix socket connections refuse the option
     if password is not None:
+        if (in_url := _url_password(url)) is not None and in_url != password:
+            # redis-py would log in with the URL's, silently: a rotated secret set in one place only
+            raise SinkError(f"the Redis URL {redis_url_shown(url)} has a password and {names.password} another one, "
+                            "and the URL's would be used — keep the password in one of them")
         options["password"] = password
     if username is not None:
         options["username"] = username
@@ -451,6 +455,16 @@ def redis_address(client: redis.Redis) -> str:
         return f"unix://{options['path']}"
     scheme = "rediss" if "ssl_cert_reqs" in options else "redis"
     return f"{scheme}://{options.get('host', 'localhost')}:{options.get('port', 6379)}"
+
+
+def _url_password(url: str) -> str | None:
+    """The password a Redis URL carries (in its user info, or a ``password=`` query parameter), if any."""
+    try:
+        parts = urlsplit(url)
+        query = dict(parse_qsl(parts.query)).get("password")
+        return unquote(parts.password) if parts.password else query or None
+    except ValueError:  # a URL that does not parse says so when it is used
+        return None
 
 
 def redis_url_shown(url: str) -> str:

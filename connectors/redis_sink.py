@@ -29,13 +29,14 @@ from segstream.connectors.redis_connection import (
     key_refused,
     redis_address,
 )
-from segstream.connectors.redis_reader import StreamReader, summary_line
+from segstream.connectors.redis_reader import summary_line
 from segstream.connectors.redis_wire import (
     DEFAULT_EVENTS_PATTERN,
     DEFAULT_STREAM_PATTERN,
     MASK_ENCODINGS,
     acl_key_patterns,
     event_to_wire,
+    from_wire,
     stream_name,
     to_wire,
 )
@@ -71,6 +72,10 @@ _RECENT_MAX_S = 5.0
 _RECENT_MIN_S = 0.5
 # The fields that tell an entry of this run from any other: what an unanswered batch is looked for by.
 _TELLING = ("run_id", "seq", "publish_ts")
+# With max_age_s: how often the streams this run wrote and no batch wrote meanwhile (a camera down
+# or removed) are trimmed by age; what the age limit may be exceeded by, with Redis's clock as
+# estimated from the replies (one round trip behind).
+_SWEEP_S = 1.0
 
 
 @dataclass(slots=True)
@@ -95,9 +100,14 @@ class _Unanswered:
 class RedisPublisher:
     """The Redis sink: ``XADD <stream> MAXLEN ~ maxlen * <fields>`` per frame, pipelined.
 
-    With ``max_age_s``, each batch also trims the streams it writes (frames and events alike) of
-    entries more than that many seconds older than the stream's newest one, by Redis's clock
-    (``XTRIM <stream> MINID ~ <id>`` in the same MULTI/EXEC; Redis 6.2 or newer, checked at start).
+    With ``max_age_s`` no stream this run writes keeps an entry older than that, by Redis's clock
+    (docs/OPERATIONS.md, Retention): each batch trims the streams it writes exactly (``XTRIM
+    <stream> MINID <id>``; Redis 6.2 or newer, checked at start) and sets each one's time to live to
+    ``max_age_s`` (``PEXPIRE``), in the same MULTI/EXEC; every ``_SWEEP_S`` the streams no batch
+    wrote meanwhile (a camera down, or removed) are trimmed the same way; at ``close()`` each stream
+    whose newest entry is this run's expires when its oldest entry reaches ``max_age_s``. A user
+    without +pexpire is warned once and counted (``expiry_refused``): trimming still holds while
+    the run lives.
 
     Entries wait in an outgoing queue until ``pipeline_size`` of them are there, the oldest has
     waited ``max_batch_delay_s`` (checked by ``publish`` and ``poll``, which the runtime calls
@@ -167,6 +177,12 @@ class RedisPublisher:
         self.maxlen = maxlen
         self.max_age_s = max_age_s
         self._trim_refused = False  # an XTRIM MINID refused (an ACL without +xtrim): said once
+        self._may_expire: bool | None = None  # whether this user may PEXPIRE (ACL), once asked
+        self._unexpired: set[str] = set()
+        self._written_at: dict[str, float] = {}  # per stream, when (monotonic) a batch last wrote it
+        # an entry ID's milliseconds (Redis's clock), and when (monotonic) its reply came back
+        self._redis_clock: tuple[int, float] | None = None
+        self._swept = time.monotonic()
         self.mask_encoding = mask_encoding
         self.pipeline_size = pipeline_size
         self.max_batch_delay_s = max_batch_delay_s
@@ -354,6 +370,8 @@ class RedisPublisher:
     def poll(self) -> float | None:
         """Send what is due; the seconds until the next call is needed, None with nothing queued."""
         self._pump()
+        if self.max_age_s is not None:
+            self._sweep()
         if not self._queue:
             return None
         if not self._connected:
@@ -392,6 +410,8 @@ class RedisPublisher:
                     self._drop_all()
             self._check_vanished_at_end()
             self._report()
+            if self.max_age_s is not None:
+                self._expire_at_end()
         finally:
             self._stopping.set()
             if self._probe is not None:
@@ -419,6 +439,9 @@ class RedisPublisher:
             if self.events_dropped:
                 lost.append(f"{self.events_dropped} event{'s' if self.events_dropped != 1 else ''}")
             parts.append("dropped " + " + ".join(lost))
+        if self.expiry_refused:
+            parts.append(f"{self.expiry_refused} stream{'s' if self.expiry_refused != 1 else ''} kept past max_age_s "
+                         "once unwritten (no +pexpire)")
         if not self._connected and self._last_error:
             parts.append(f"last error: {self._last_error}")
         return {
@@ -431,6 +454,7 @@ class RedisPublisher:
             "dropped": dropped,
             "events_dropped": self.events_dropped,
             "data_losses": self.data_losses,
+            "expiry_refused": self.expiry_refused,
             "published": self.published,
             "line": ", ".join(parts),
         }
@@ -526,6 +550,7 @@ class RedisPublisher:
         """One MULTI/EXEC of the batch; False when the connection failed (the batch stays queued)."""
         if not self.run_id:
             self.run_id = _text(batch[0].fields.get("run_id", ""))
+        self._forget_aged()
         try:
             for stream in {item.stream for item in batch} - self._seq.keys():
                 self._seq[stream] = self._last_seq(stream)
@@ -537,6 +562,8 @@ class RedisPublisher:
             written_before = sorted({item.stream for item in batch} & self._last_id.keys())
             if written_before and self._lengths_readable is None:  # a refused XLEN would abort the MULTI
                 self._lengths_readable = self._may_read_length(written_before[0])
+            if self.max_age_s is not None and self._may_expire is None:  # as would a refused PEXPIRE
+                self._may_expire = self._may_set_expiry(batch[0].stream)
         except (redis.ConnectionError, redis.TimeoutError, OSError) as error:
             self._last_error = error_summary(error)
             return False
@@ -554,11 +581,18 @@ class RedisPublisher:
             numbered[item.stream] += 1
             item.fields["seq"] = str(numbered[item.stream])
             pipe.xadd(item.stream, item.fields, maxlen=self.maxlen, approximate=True)
-        # XADD takes MAXLEN or MINID, not both: the age limit is one XTRIM per stream and batch. It
-        # counts from the stream's newest entry (Redis's clock, not this host's), so it never trims that one.
-        aged = self._age_limits({item.stream for item in batch}) if self.max_age_s is not None else []
-        for stream, min_id in aged:
-            pipe.xtrim(stream, minid=min_id, approximate=True)
+        # XADD takes MAXLEN or MINID, not both: the age limit is one exact XTRIM per stream and batch
+        # (`~` keeps whole nodes of up to 100 small entries: hours of a low-rate events stream), on
+        # Redis's clock as its last reply showed it, so never this batch's entries; and a time to
+        # live, which any later write pushes forward, for when no one writes the stream any more.
+        streams = sorted({item.stream for item in batch})
+        min_id = self._oldest_kept()
+        aged = streams if min_id is not None else []
+        for stream in aged:
+            pipe.xtrim(stream, minid=min_id, approximate=False)
+        if self._may_expire:
+            for stream in streams:
+                pipe.pexpire(stream, int(self.max_age_s * 1000))
         # Asked before the backlog goes out: its MAXLEN ~ may trim the entry asked about.
         gone = self._entries_gone() if self._refusal is not None else []
         try:
@@ -588,7 +622,7 @@ class RedisPublisher:
             pipe.reset()
         self.batches_sent += 1
         lengths, results, trims = (results[:len(checked)], results[len(checked):len(checked) + len(batch)],
-                                   results[len(checked) + len(batch):])
+                                   results[len(checked) + len(batch):len(checked) + len(batch) + len(aged)])
         if self._refusal is not None:
             log.warning("Redis at %s takes writes again after %.1f s: sending a backlog of %d entries%s",
                         self._where, time.monotonic() - (self._refused_since or time.monotonic()), len(self._queue),
@@ -667,6 +701,13 @@ class RedisPublisher:
         for item, entry_id in entries:
             self._seq[item.stream] = max(self._seq.get(item.stream, 0), int(item.fields["seq"]))
             self._last_id[item.stream] = entry_id
+        if entries and self.max_age_s is not None:
+            answered = time.monotonic()
+            self._redis_clock = (max(_id_key(entry_id)[0] for _, entry_id in entries), answered)
+            for item, _ in entries:
+                self._written_at[item.stream] = answered
+                if self._may_expire is False:
+                    self._unexpired.add(item.stream)
         self.published += len(entries)
         self.bytes_written += sum(_wire_size(item.fields) for item, _ in entries)
         self.per_stream.update(item.stream for item, _ in entries if item.result is not None)
@@ -676,11 +717,96 @@ class RedisPublisher:
         if self.on_written is not None and frames:
             self.on_written(frames)
 
-    def _age_limits(self, streams: set[str]) -> list[tuple[str, str]]:
-        """Per stream this run wrote before, the oldest entry ID ``max_age_s`` keeps (its MINID)."""
-        age_ms = int(self.max_age_s * 1000)
-        return [(stream, f"{max(0, _id_key(self._last_id[stream])[0] - age_ms)}-0")
-                for stream in sorted(streams & self._last_id.keys())]
+    def _oldest_kept(self) -> str | None:
+        """The oldest entry ID ``max_age_s`` keeps now (a MINID), by Redis's clock as the last
+        written entry's ID showed it (so up to a round trip behind); None before any is known."""
+        if self.max_age_s is None or self._redis_clock is None:
+            return None
+        millis, seen = self._redis_clock
+        now_ms = millis + int((time.monotonic() - seen) * 1000)
+        return f"{max(0, now_ms - int(self.max_age_s * 1000))}-0"
+
+    def _forget_aged(self) -> None:
+        """With ``max_age_s``: a stream no batch wrote for about that long is empty, or gone, by design:
+        its last entry is no longer looked for (an outage, eviction or deletion is not told from it)."""
+        if self.max_age_s is None:
+            return
+        aged = time.monotonic() - (self.max_age_s - min(_SWEEP_S, self.max_age_s / 2))
+        for stream, at in self._written_at.items():
+            if at < aged:
+                self._last_id.pop(stream, None)
+
+    def _may_set_expiry(self, stream: str) -> bool:
+        """Whether this user may PEXPIRE (asked on a stream the batch is about to write, whose time to
+        live the batch sets again); warned once when not: ``max_age_s`` then holds only while the run lives."""
+        try:
+            self.client.pexpire(stream, int(self.max_age_s * 1000))
+        except redis.exceptions.NoPermissionError as error:
+            if key_refused(error):  # the XADD says so, with advice
+                return True
+            log.warning("Redis at %s refuses PEXPIRE (%s): sinks.redis.max_age_s holds while this run lives, but the "
+                        "streams it stops writing keep their last entries for good once it ends — grant this user "
+                        "+pexpire (README, Redis ACL)", self._where, error_summary(error))
+            return False
+        except redis.ResponseError as error:  # a proxy without it: likewise
+            log.warning("Redis at %s refused PEXPIRE (%s): the streams this run stops writing keep their last entries "
+                        "for good once it ends, whatever sinks.redis.max_age_s", self._where, error_summary(error))
+            return False
+        return True
+
+    @property
+    def expiry_refused(self) -> int:
+        """Streams this run wrote that got no time to live (PEXPIRE refused): they keep their last
+        entries past ``max_age_s`` once no one writes them."""
+        return len(self._unexpired)
+
+    def _sweep(self) -> None:
+        """Every ``_SWEEP_S``: the streams this run wrote and no batch wrote since the last sweep (a
+        camera down, or removed) trimmed by age as a batch would, in one pipeline. One idle for
+        longer than ``max_age_s`` is empty (or expired) by then, and no longer swept."""
+        now = time.monotonic()
+        min_id = self._oldest_kept()
+        if now - self._swept < _SWEEP_S or min_id is None or not self._connected or self._refusal is not None:
+            return
+        since, self._swept = self._swept, now
+        idle = [stream for stream, at in self._written_at.items() if at < since]
+        if not idle:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for stream in idle:
+            pipe.xtrim(stream, minid=min_id, approximate=False)
+            if now - self._written_at[stream] > self.max_age_s + 2 * _SWEEP_S:
+                del self._written_at[stream]
+                self._last_id.pop(stream, None)
+        try:
+            pipe.execute(raise_on_error=False)  # a refusal was said at the batches
+        except redis.RedisError as error:  # an outage: the next batch finds it
+            log.debug("cannot trim the idle streams by age (%s)", error_summary(error))
+
+    def _expire_at_end(self) -> None:
+        """At close: no one is left to trim, so each stream whose newest entry is still this run's expires
+        when its oldest entry (after a last trim) reaches ``max_age_s`` (PEXPIREAT), its newer entries with
+        it. A stream another writer wrote since is left to that writer's own trimming and expiry."""
+        streams = sorted(self._written_at.keys() & self._last_id.keys())
+        if not streams or not self._may_expire or not self._connected or self._refused_for_good:
+            return
+        min_id = self._oldest_kept()
+        pipe = self.client.pipeline(transaction=False)
+        for stream in streams:
+            pipe.xtrim(stream, minid=min_id, approximate=False)
+            pipe.xrange(stream, count=1)
+            pipe.xrevrange(stream, count=1)
+        try:
+            replies = pipe.execute(raise_on_error=False)
+            expiring = self.client.pipeline(transaction=False)
+            for stream, oldest, newest in zip(streams, replies[1::3], replies[2::3]):
+                if isinstance(oldest, Exception) or isinstance(newest, Exception) or not oldest or not newest:
+                    continue
+                if newest[0][0] == self._last_id[stream]:
+                    expiring.pexpireat(stream, _id_key(oldest[0][0])[0] + int(self.max_age_s * 1000))
+            expiring.execute(raise_on_error=False)
+        except redis.RedisError as error:  # the time to live of the last batch still holds
+            log.debug("cannot shorten the streams' time to live at the end (%s)", error_summary(error))
 
     def _check_minid(self) -> None:
         """Trimming by age needs XTRIM MINID (Redis 6.2): an older Redis fails the start, in one line."""
@@ -893,6 +1019,7 @@ class RedisPublisher:
     def _entries_gone(self, skip: set[str] = frozenset()) -> list[tuple[str, bytes]]:
         """After an outage, before the backlog is sent: the streams that no longer hold the last
         entry this run wrote to them (XRANGE id id, one per stream), with that entry's ID."""
+        self._forget_aged()
         gone = []
         for stream, entry_id in self._last_id.items():
             if stream in skip:  # this batch alone reaches MAXLEN: its trimming may have taken the entry
@@ -908,12 +1035,13 @@ class RedisPublisher:
 
     def _check_eviction_policy(self) -> None:
         """Warn once when this Redis, full, deletes whole keys: a maxmemory with an allkeys-* policy
-        (volatile-* ones evict only keys with a TTL, which these streams never have)."""
+        (volatile-* ones evict only keys with a TTL, which these streams have with ``max_age_s`` alone)."""
         memory = self._info("memory")
         self._evicted_keys = self._info("stats").get("evicted_keys")
         self._new_session = False  # the first connection: nothing written yet to check
         policy, limit = str(memory.get("maxmemory_policy", "")), int(memory.get("maxmemory", 0) or 0)
-        if limit and policy.startswith("allkeys-"):
+        evicts_streams = policy.startswith("allkeys-") or (self.max_age_s is not None and policy.startswith("volatile-"))
+        if limit and evicts_streams:
             log.warning("Redis at %s has maxmemory %d MB with maxmemory-policy %s: once full it evicts whole keys, "
                         "these streams and every entry in them included, counted as data loss when seen — "
                         "set maxmemory-policy noeviction (then a full Redis refuses writes, and the backlog rides "
@@ -956,6 +1084,7 @@ class RedisPublisher:
 
     def _check_vanished_at_end(self) -> None:
         """At close: the streams this run wrote that Redis evicted after their last write (one XLEN each)."""
+        self._forget_aged()
         streams = sorted(self._last_id)
         if not streams or not self._connected or self._refused_for_good:
             return
@@ -996,15 +1125,16 @@ class RedisPublisher:
         if not self._connected:
             return
         for stream, count in sorted(self.per_stream.items()):
-            try:
+            try:  # XLEN and XREVRANGE alone: a reader's start would ask EXISTS, which a publisher need not have
                 length = self.client.xlen(stream)
-                newest = StreamReader(self.client, stream, decode_masks=False).latest()
+                newest = [(_text(entry_id), from_wire(fields, decode_masks=False))
+                          for entry_id, fields in self.client.xrevrange(stream, count=1)]
             except (redis.RedisError, SegstreamError):  # a user without XREVRANGE: the report is shorter
                 continue
             age = f", max age {self.max_age_s:g} s" if self.max_age_s is not None else ""
             line = f"published {count} entries to {stream} (XLEN {length}, MAXLEN ~{self.maxlen}{age})"
-            if newest is not None:
-                line += f"; newest: {summary_line(*newest)}"
+            if newest:
+                line += f"; newest: {summary_line(*newest[0])}"
             log.info(line)
 
 
@@ -1104,10 +1234,13 @@ def _check_transactions(client: redis.Redis, acl_keys: str) -> None:
                         f"{_advice(error, acl_keys)}") from None
 
 
-def publisher_grant(acl_keys: str) -> str:
-    """What to grant a publishing user, its stream keys given as ACL key patterns (``acl_key_patterns``)."""
-    return ("grant this user XADD, MULTI, EXEC, XREVRANGE, XRANGE and XLEN on the stream keys, and the connection "
-            f"commands (ACL: +xadd +multi +exec +xrevrange +xrange +xlen +@connection {acl_keys})")
+def publisher_grant(acl_keys: str, aged: bool = False) -> str:
+    """What to grant a publishing user, its stream keys given as ACL key patterns (``acl_key_patterns``);
+    ``aged``: with sinks.redis.max_age_s, which trims (XTRIM) and expires (PEXPIRE) them too."""
+    names, rules = (("XRANGE, XLEN, XTRIM and PEXPIRE", "+xlen +xtrim +pexpire") if aged else
+                    ("XRANGE and XLEN", "+xlen"))
+    return (f"grant this user XADD, MULTI, EXEC, XREVRANGE, {names} on the stream keys, and the connection "
+            f"commands (ACL: +xadd +multi +exec +xrevrange +xrange {rules} +@connection {acl_keys})")
 
 
 def keys_grant(acl_keys: str) -> str:

@@ -669,9 +669,11 @@ class RedisSinkConfig(Strict):
     outage that ends on the promoted replica; ``sentinel`` holds the sentinels' own login.
     Each stream (frames and events) keeps at least its ``maxlen`` newest entries (``MAXLEN ~``:
     up to one stream node more), which is ``maxlen / fps`` seconds of a source and changes with
-    its fps or ``max_fps``; ``max_age_s`` also trims entries more than that many seconds older
-    than the stream's newest (``XTRIM MINID ~`` with each batch; Redis 6.2 or newer), so that
-    retention is a time whatever the frame rate, ``maxlen`` still capping the memory."""
+    its fps or ``max_fps``; with ``max_age_s`` no entry older than that many seconds stays (exact
+    ``XTRIM MINID`` and ``PEXPIRE`` with each batch, the streams no batch writes trimmed each
+    second, each stream expiring at the end of the run; Redis 6.2 or newer), so that retention is a
+    time whatever the frame rate and whether or not the source streams, ``maxlen`` still capping the
+    memory."""
 
     enabled: bool = True
     """Publish to Redis Streams."""

@@ -90,9 +90,10 @@ def model_check(model, preset) -> str:
 
 def redis_check(cfg: PipelineConfig, source_names: list[str]) -> str:
     """Connect as the run does (auth, TLS, PING), then ask Redis whether this user may run the
-    sink's MULTI/EXEC and XADD on each source's streams — queued in a transaction that EXEC
-    then refuses to run, so nothing is written (DISCARD, which the publisher ACL need not grant,
-    is not used)."""
+    sink's MULTI/EXEC and XADD on each source's streams, and with ``max_age_s`` XTRIM and PEXPIRE
+    — queued in a transaction that EXEC then refuses to run, so nothing is written (DISCARD,
+    which the publisher ACL need not grant, is not used). Without XTRIM the check fails (the
+    first batch would); without PEXPIRE it passes, saying so, as the run goes on without it."""
     import redis
     import redis.exceptions
 
@@ -121,7 +122,7 @@ def redis_check(cfg: PipelineConfig, source_names: list[str]) -> str:
                                "sinks.redis.start_wait_s)") from None
     where = redis_address(client)
     acl_keys = acl_key_patterns(section.stream, section.events_stream)
-    grant = f"{publisher_grant(acl_keys)}; README: publisher ACL"
+    grant = f"{publisher_grant(acl_keys, section.max_age_s is not None)}; README: publisher ACL"
     keys = [stream_name(pattern, name) for name in source_names or ["preflight"]
             for pattern in (section.stream, section.events_stream)]
     try:
@@ -133,15 +134,28 @@ def redis_check(cfg: PipelineConfig, source_names: list[str]) -> str:
             raise SegstreamError(f"Redis at {where} refuses MULTI/EXEC: {error_summary(error)} — {grant}") from None
         except redis.RedisError as error:
             raise SegstreamError(f"Redis at {where} refused MULTI/EXEC: {error_summary(error)}") from None
-        refused = _xadd_refusals(client, keys)
+        commands = [("XADD", key, "MAXLEN", "~", "1", "*", "preflight", "1") for key in keys]
+        if section.max_age_s is not None:
+            commands += [("XTRIM", keys[0], "MINID", "0"), ("PEXPIRE", keys[0], "1000")]
+        refused = _queued_refusals(client, commands)
         if any(key_refused(error) for error in refused.values()):
-            raise SegstreamError(f"Redis at {where} refuses this user the keys {', '.join(refused)} (its ACL key "
+            named = dict.fromkeys(command[1] for command in refused)  # each key once, in the order asked
+            raise SegstreamError(f"Redis at {where} refuses this user the keys {', '.join(named)} (its ACL key "
                                  f"patterns) — {keys_grant(acl_keys)}")
-        if refused:
-            raise SegstreamError(f"Redis at {where} refuses XADD on {', '.join(refused)} — {grant}")
+        if refused.keys() & set(commands[:len(keys)]):
+            refused_on = [command[1] for command in commands[:len(keys)] if command in refused]
+            raise SegstreamError(f"Redis at {where} refuses XADD on {', '.join(refused_on)} — {grant}")
+        if any(command[0] == "XTRIM" for command in refused):
+            raise SegstreamError(f"Redis at {where} refuses XTRIM, with which sinks.redis.max_age_s trims the streams "
+                                 f"(the run's first batch would fail) — {grant}")
     finally:
         client.close()
-    return f"{where} answers PING; this user may XADD to {', '.join(keys)}"
+    said = f"{where} answers PING; this user may XADD to {', '.join(keys)}"
+    if section.max_age_s is not None:
+        said += (" and trim them by age, but not PEXPIRE: streams a run stops writing keep their last entries "
+                 "past sinks.redis.max_age_s once it ends — grant +pexpire" if refused
+                 else " and trim and expire them by age")
+    return said
 
 
 def check_sink_permissions(cfg: PipelineConfig) -> None:
@@ -160,8 +174,8 @@ def check_sink_permissions(cfg: PipelineConfig) -> None:
             raise
 
 
-def _xadd_refusals(client, keys: list[str]) -> dict:
-    """The keys of ``keys`` on which Redis's ACL refuses XADD, with its error: checked when the command is queued
+def _queued_refusals(client, commands: list[tuple[str, ...]]) -> dict:
+    """The commands of ``commands`` Redis's ACL refuses, with its error: checked when each is queued
     inside MULTI. A command of the wrong arity (MULTI with an argument: refused as the command
     arrives, before any ACL check) then marks the transaction failed, so that EXEC answers
     EXECABORT and runs nothing."""
@@ -172,12 +186,12 @@ def _xadd_refusals(client, keys: list[str]) -> dict:
     try:
         connection.send_command("MULTI")
         connection.read_response()
-        for key in keys:
-            connection.send_command("XADD", key, "MAXLEN", "~", "1", "*", "preflight", "1")
+        for command in commands:
+            connection.send_command(*command)
             try:
                 connection.read_response()
             except redis.exceptions.NoPermissionError as error:
-                refused[key] = error
+                refused[command] = error
         connection.send_command("MULTI", "preflight")  # wrong arity: the transaction cannot run
         try:
             connection.read_response()

@@ -1195,6 +1195,9 @@ class Runtime:
                 ("sink",), of_sinks("down_seconds"))
         gauge("sink_connected", "1 while a sink can write (0 while it is reconnecting).", ("sink",),
               lambda: {(sink.name,): float(getattr(sink, "connected", True)) for sink in sinks})
+        gauge("redis_streams_unexpired", "Streams the Redis sink wrote without a time to live, its user refused "
+              "PEXPIRE: with max_age_s, they keep their last entries once no run writes them (grant +pexpire).", ("sink",),
+              of_sinks("expiry_refused"))
         gauge("redis_other_writers", "Other runs seen writing to the Redis streams this run writes (same source names) "
               "within the last 2 min.", ("sink",),
               lambda: {(sink.name,): sink.writing_now for sink in sinks if hasattr(sink, "writing_now")})

@@ -30,6 +30,17 @@ def test_redis_service_runs_without_append_only_file_and_reports_health(services
     assert "redis-cli" in redis["healthcheck"]["test"][1] and "ping" in redis["healthcheck"]["test"][1]
 
 
+def test_redis_service_writes_no_snapshot_of_the_streams_to_disk(services):
+    # found probing: --appendonly no left Redis's default save points, whose RDB files held entries
+    # max_age_s had removed from the streams
+    import shlex
+
+    shell, flag, script = services["redis"]["command"]
+    arguments = shlex.split(script)
+    assert (shell, flag, arguments[:2]) == ("sh", "-c", ["exec", "redis-server"])
+    assert arguments[arguments.index("--save") + 1] == ""
+
+
 def test_segstream_service_runs_the_mounted_config_on_one_gpu(services):
     app = services["segstream"]
 

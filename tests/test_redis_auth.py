@@ -9,7 +9,7 @@ from segstream.connectors.errors import ConfigError, SinkError
 from segstream.connectors.redis_connection import TlsFiles, connect_redis
 from segstream.pipeline.cli import main, run_pipeline
 from segstream.pipeline.config import load_config, validate_config
-from tests.redis_servers import RedisProcess, make_certificates
+from tests.redis_servers import RedisProcess, free_port, make_certificates
 
 PASSWORD = "s3cret-pw"
 ALICE = "alice-pw"
@@ -256,3 +256,16 @@ def test_tls_against_a_plain_port_and_plain_against_a_tls_port_name_the_likely_m
     with RedisProcess(tmp_path / "plain") as plain:
         with pytest.raises(SinkError, match="if it has none, use redis://"):
             connect_redis(plain.url.replace("redis://", "rediss://"), None, connect_timeout=1.0, socket_timeout=1.0)
+
+
+def test_a_url_password_and_another_password_setting_are_refused_in_one_line(tmp_path):
+    # redis-py logs in with the URL's, and the setting (a rotated secret, say) went unused in silence
+    with RedisProcess(tmp_path / "redis", ["--requirepass", "in-url"], port=free_port(16800, 16899)) as protected:
+        url = f"redis://:in-url@127.0.0.1:{protected.port}/0"
+        with pytest.raises(SinkError) as refused:
+            connect_redis(url, "from-the-setting")
+        assert str(refused.value) == (f"the Redis URL redis://:***@127.0.0.1:{protected.port}/0 has a password and "
+                                      "sinks.redis.password (REDIS_PASSWORD) another one, and the URL's would be "
+                                      "used — keep the password in one of them")
+        assert "from-the-setting" not in str(refused.value)
+        connect_redis(url, "in-url").close()  # the same password twice is no conflict
