@@ -810,9 +810,10 @@ class _SubscriptionSteps(_FeedSteps):
         except redis.ResponseError as error:
             if "NOGROUP" not in str(error):
                 raise
-            log.warning("consumer group %s of %s is gone: Redis lost it (restarted without its data, or was flushed "
-                        "or replaced) — creating it again; entries it lost with it are counted as lost when the next "
-                        "ones come", self.group, self.stream)
+            log.warning("consumer group %s of %s is gone with its stream: the stream expired (a pipeline with "
+                        "sinks.redis.max_age_s stopped writing it for that long, or ended), or Redis lost it (restarted "
+                        "without its data, or was flushed or replaced) — creating it again; entries it lost with it "
+                        "are counted as lost when the next ones come", self.group, self.stream)
             self._group_lost = True
             yield from self._create_group_steps(start="0")
             self._pending_cursor = "0"

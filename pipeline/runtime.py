@@ -30,7 +30,7 @@ import sys
 import threading
 import time
 import weakref
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -72,6 +72,7 @@ SOURCE_CLOSE_GRACE_S = 5.0
 log = logging.getLogger("segstream.runtime")
 QUEUE_SIZE = 8  # frames queued per source, where nothing says otherwise
 OVERLOAD_CHECK_S = 1.0  # how often the sources' share of dropped frames is looked at
+STATE_ORDER_WAIT_S = 10.0  # the longest a state event waits for the source's frames decoded before it
 
 
 @functools.cache
@@ -472,6 +473,8 @@ class Runtime:
         self._stages: dict[str, list[FrameStage]] = {}
         self._events: queue.SimpleQueue[Event] = queue.SimpleQueue()
         self._ended_states: dict[str, Event] = {}  # held until the source's last result is published
+        # other state events, each with the source's frames decoded before it and when it goes anyway
+        self._held_states: dict[str, deque[tuple[int, float, Event]]] = {}
         self._ended_lock = threading.Lock()
         self._stage_done = False  # the stage thread has ended: nothing holds ended states any more
         self._stop_requested = False
@@ -1068,12 +1071,30 @@ class Runtime:
 
     def _state_event(self, event: Event) -> None:
         """A source's final state (``ended``, ``failed``) waits for its last result
-        (``SourceEnd``); others go now."""
+        (``SourceEnd``); another waits for the frames the source decoded before it (published or
+        dropped), so that it follows them in the sinks as it did at the source (a camera's
+        ``reconnecting`` after the session's last frames), for at most ``STATE_ORDER_WAIT_S``."""
         with self._ended_lock:
             if event.data["state"] in ("ended", "failed") and not self._stage_done:
                 self._ended_states[event.source] = event
                 return
+            if not self._stage_done:
+                before = self.metrics.source(event.source).decoded
+                held = self._held_states.setdefault(event.source, deque())
+                held.append((before, time.monotonic() + STATE_ORDER_WAIT_S, event))
+                return
         self.emit(event)
+
+    def _release_states(self, source: str | None = None, everything: bool = False) -> None:
+        """Emit the held state events whose source's earlier frames have all reached the sinks (or
+        been dropped), or that waited long enough; all of ``source``'s (its end is here), or all."""
+        now = time.monotonic()
+        with self._ended_lock:
+            for name, held in self._held_states.items():
+                counts = self.metrics.source(name)
+                done = counts.handed + sum(counts.dropped_by[reason] for reason in SHED_REASONS)
+                while held and (everything or name == source or held[0][0] <= done or held[0][1] <= now):
+                    self.emit(held.popleft()[2])
 
     def _publish(self) -> None:
         beat = self.metrics.beat
@@ -1089,6 +1110,8 @@ class Runtime:
                 beat("publish")
                 self._publish_events()
                 if isinstance(item, SourceEnd):
+                    self._release_states(item.source)
+                    self._publish_events()
                     self._count_end(item)
                     for sink in self.sinks:
                         for event in item.events:
@@ -1111,7 +1134,7 @@ class Runtime:
                 due = [d for d in (sink.poll() for sink in self.sinks) if d is not None]
                 wait = max(0.0, min(due)) if due else _POLL_IDLE_S
             ended = True
-            self._publish_events()
+            self._publish_events(everything=True)
             for sink in self.sinks:
                 sink.flush()
         except BaseException as error:
@@ -1157,7 +1180,8 @@ class Runtime:
         self._events.put(event)
         self._to_sinks.wake()
 
-    def _publish_events(self) -> None:
+    def _publish_events(self, everything: bool = False) -> None:
+        self._release_states(everything=everything)
         while True:
             try:
                 event = self._events.get_nowait()

@@ -297,3 +297,55 @@ def test_a_source_s_final_state_event_says_what_became_of_its_frames():
     assert frames["decoded"] == report.sources["a"].decoded
     assert [e for e in sink.events if e.source == "b" and e.kind == "state"][-1].data["frames"]["published"] == \
         len(sink.indices("b"))
+
+
+class _Ordered(CollectingSink):
+    """Keeps results and events in the one order the sinks got them."""
+
+    def __init__(self):
+        super().__init__()
+        self.order = []
+
+    def publish(self, result):
+        super().publish(result)
+        self.order.append(("frame", result.source, result.index))
+
+    def publish_event(self, event):
+        super().publish_event(event)
+        if event.kind == "state":
+            self.order.append(("state", event.source, event.data["state"]))
+
+
+class _DroppingCamera(SquareCamera):
+    """A camera that reports its own states: 6 frames, a lost session, 6 frames of the next
+    (every frame kept, so that the order is all there is to check)."""
+
+    live = False
+
+    def __init__(self, name: str):
+        super().__init__(name)
+        self.on_state = None
+
+    def frames(self):
+        self.on_state("streaming", "first session", {})
+        for index in range(12):
+            if index == 6:
+                self.on_state("reconnecting", "the camera's stream ended", {"phase": "read"})
+                self.on_state("streaming", "second session", {})
+            image = np.full((48, 64, 3), 30, np.uint8)
+            yield Frame(self.name, index, image, index * 900, TIME_BASE, index / 100, time.time(), epoch=index // 6)
+        self.on_state("ended", "end of input", {})
+
+
+def test_a_state_event_follows_the_frames_decoded_before_it():
+    """Found probing as a timing engineer: a camera's ``reconnecting`` event reached Redis before
+    the session's last frames, which were still in the model: a consumer merging the streams saw
+    the camera drop before frames it had sent."""
+    sink = _Ordered()
+    runtime = Runtime([_DroppingCamera("cam")], ColourSegmenter(delay_s=0.05), [sink], batch_size=2, max_wait_ms=5,
+                      progress=None, publish_states=True, queue_size=8)
+    runtime.run()
+    order = [entry[1:] for entry in sink.order if entry[1] == "cam"]
+    lost = order.index(("cam", "reconnecting"))
+    assert order[:lost] == [("cam", "streaming")] + [("cam", index) for index in range(6)]
+    assert order[lost + 1:] == [("cam", "streaming")] + [("cam", index) for index in range(6, 12)] + [("cam", "ended")]
