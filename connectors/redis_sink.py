@@ -70,6 +70,7 @@ _WRITER_FORGET_S = 120.0
 # more recent than three of its gaps between entries.
 _RECENT_MAX_S = 5.0
 _RECENT_MIN_S = 0.5
+_CLOCK_SKEW_S = 2.0  # this machine's clock this far from Redis's is warned (segstream_redis_clock_offset_seconds)
 # The fields that tell an entry of this run from any other: what an unanswered batch is looked for by.
 _TELLING = ("run_id", "seq", "publish_ts")
 # With max_age_s: how often the streams this run wrote and no batch wrote meanwhile (a camera down
@@ -247,6 +248,9 @@ class RedisPublisher:
         self._closed = False
         self._evicted_keys: int | None = None  # INFO stats evicted_keys at connect; None: not readable
         self._lengths_readable: bool | None = None  # whether this user may run XLEN (ACL), once known
+        # Redis's clock minus this machine's, seconds: from INFO at connect, then from each batch's IDs
+        self.clock_offset_s: float | None = None
+        self._clock_warned = False
         self._check_eviction_policy()
         if max_age_s is not None:
             self._check_minid()
@@ -645,6 +649,8 @@ class RedisPublisher:
             log.warning("Redis at %s refused to trim by age (XTRIM MINID: %s): sinks.redis.max_age_s has no effect "
                         "— allow +xtrim to the user, or use Redis 6.2 or newer", self._where,
                         error_summary(trim_errors[0]))
+        if written := next((r for r in results if not isinstance(r, Exception)), None):
+            self._clock(_id_key(written)[0] / 1000, now)  # stamped just before the batch went: a round trip early
         refused = [(item.stream, r) for item, r in zip(batch, results) if isinstance(r, Exception)]
         # only what Redis took advances a stream's numbers
         self._written([(item, r) for item, r in zip(batch, results) if not isinstance(r, Exception)], now)
@@ -855,7 +861,7 @@ class RedisPublisher:
         if _finished(fields):
             self._ended.add((other, source))
         elif other and other != self.run_id and (other, source) not in self._ended:
-            age = time.time() - _entry_time(entry_id)
+            age = time.time() + (self.clock_offset_s or 0.0) - _entry_time(entry_id)  # on Redis's clock
             gap = _entry_time(entry_id) - _entry_time(last[1][0]) if len(last) > 1 else _RECENT_MAX_S
             if age < min(_RECENT_MAX_S, max(_RECENT_MIN_S, 3 * gap)):
                 self._other_writer(stream, other, entry_id, f"its last entry {_text(entry_id)} is {max(age, 0):.1f} s old")
@@ -1038,6 +1044,8 @@ class RedisPublisher:
         (volatile-* ones evict only keys with a TTL, which these streams have with ``max_age_s`` alone)."""
         memory = self._info("memory")
         self._evicted_keys = self._info("stats").get("evicted_keys")
+        if (server_us := self._info("server").get("server_time_usec")) is not None:
+            self._clock(int(server_us) / 1e6, time.time())
         self._new_session = False  # the first connection: nothing written yet to check
         policy, limit = str(memory.get("maxmemory_policy", "")), int(memory.get("maxmemory", 0) or 0)
         evicts_streams = policy.startswith("allkeys-") or (self.max_age_s is not None and policy.startswith("volatile-"))
@@ -1046,6 +1054,18 @@ class RedisPublisher:
                         "these streams and every entry in them included, counted as data loss when seen — "
                         "set maxmemory-policy noeviction (then a full Redis refuses writes, and the backlog rides "
                         "it out; docs/OPERATIONS.md)", self._where, max(1, limit // 2**20), policy)
+
+    def _clock(self, redis_s: float, local_s: float) -> None:
+        """Note Redis's clock against this machine's (``redis_s`` read at ``local_s``); warned once
+        when they are more than ``_CLOCK_SKEW_S`` apart."""
+        self.clock_offset_s = offset = redis_s - local_s
+        if abs(offset) > _CLOCK_SKEW_S and not self._clock_warned:
+            self._clock_warned = True
+            log.warning("this machine's clock is %.1f s %s that of Redis at %s: entries' capture_ts and publish_ts "
+                        "(this machine's) and their IDs (Redis's) disagree by that much, and a reader comparing "
+                        "capture_ts with its own clock (max_age_s, follow_newest) is off by the difference between "
+                        "its clock and this one — keep the machines on NTP", abs(offset),
+                        "behind" if offset > 0 else "ahead of", self._where)
 
     def _info(self, section: str) -> dict:
         """INFO <section>, or {} when this user may not run INFO (ACL) or Redis does not answer."""

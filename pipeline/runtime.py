@@ -1225,6 +1225,10 @@ class Runtime:
         gauge("redis_other_writers", "Other runs seen writing to the Redis streams this run writes (same source names) "
               "within the last 2 min.", ("sink",),
               lambda: {(sink.name,): sink.writing_now for sink in sinks if hasattr(sink, "writing_now")})
+        gauge("redis_clock_offset_seconds", "The Redis server's clock minus this machine's (from the IDs of the "
+              "entries it writes): entries' capture_ts and their IDs disagree by that much.", ("sink",),
+              lambda: {(sink.name,): offset for sink in sinks if (offset := getattr(sink, "clock_offset_s", None))
+                       is not None})
         gauge("run_info", "Always 1; the label is this run's run_id, which every entry it publishes carries.", ("run_id",),
               lambda: {(self.run_id,): 1})
         counter("track_capacity_refused", "Segments left without a track id: the tracker held tracking.max_tracks.",

@@ -162,6 +162,31 @@ def test_a_run_after_another_ended_is_no_other_writer(server, client, warnings):
     assert [int(f[b"seq"]) for _, f in client.xrange("segstream:cam0:frames")] == [1, 2, 3, 4]
 
 
+def test_a_clock_behind_redis_s_is_measured_and_takes_no_killed_run_for_a_live_one(server, client, warnings,
+                                                                                  monkeypatch):
+    """Found probing as a timing engineer: a run whose machine's clock was 30 s behind Redis's,
+    started after another run was killed, said the killed run still wrote (its last entry's age,
+    Redis's time against this machine's, came out negative)."""
+    import types
+
+    killed = to_wire(frame(7, "20261202T100000Z-aaaaaaaa"), "rle")  # a run killed 10 s ago, by Redis's clock
+    seconds, micros = client.time()
+    client.xadd("segstream:cam0:frames", killed, id=f"{seconds * 1000 + micros // 1000 - 10_000}-0")
+    behind = types.SimpleNamespace(**{name: getattr(time, name) for name in dir(time) if not name.startswith("_")})
+    behind.time = lambda: time.time() - 30  # this machine's clock, 30 s behind Redis's
+    monkeypatch.setattr(redis_sink, "time", behind)
+    new = publisher(server, "20261202T100500Z-bbbbbbbb")
+    try:
+        new.publish(frame(0, new.run_id))
+        assert 29 < new.clock_offset_s < 31
+        assert not new.other_writers
+    finally:
+        new.close()
+    said = [r.getMessage() for r in warnings.records]
+    assert any("this machine's clock is 30.0 s behind that of Redis" in line for line in said), said
+    assert not any("another segstream run" in line for line in said), said
+
+
 def test_the_redis_connection_is_named_after_the_run(server, client):
     run = publisher(server, "20261202T100000Z-cccccccc")
     try:
