@@ -71,6 +71,7 @@ _WRITER_FORGET_S = 120.0
 _RECENT_MAX_S = 5.0
 _RECENT_MIN_S = 0.5
 _CLOCK_SKEW_S = 2.0  # this machine's clock this far from Redis's is warned (segstream_redis_clock_offset_seconds)
+_CLOCK_READINGS = 20  # the batches whose least reading of Redis's clock is taken
 # The fields that tell an entry of this run from any other: what an unanswered batch is looked for by.
 _TELLING = ("run_id", "seq", "publish_ts")
 # With max_age_s: how often the streams this run wrote and no batch wrote meanwhile (a camera down
@@ -248,8 +249,10 @@ class RedisPublisher:
         self._closed = False
         self._evicted_keys: int | None = None  # INFO stats evicted_keys at connect; None: not readable
         self._lengths_readable: bool | None = None  # whether this user may run XLEN (ACL), once known
-        # Redis's clock minus this machine's, seconds: from INFO at connect, then from each batch's IDs
+        # Redis's clock minus this machine's, seconds: the least of the recent readings (INFO at
+        # connect, each batch's IDs), each high by the time the reading took to reach Redis
         self.clock_offset_s: float | None = None
+        self._clock_readings: deque[float] = deque(maxlen=_CLOCK_READINGS)
         self._clock_warned = False
         self._check_eviction_policy()
         if max_age_s is not None:
@@ -1056,9 +1059,11 @@ class RedisPublisher:
                         "it out; docs/OPERATIONS.md)", self._where, max(1, limit // 2**20), policy)
 
     def _clock(self, redis_s: float, local_s: float) -> None:
-        """Note Redis's clock against this machine's (``redis_s`` read at ``local_s``); warned once
-        when they are more than ``_CLOCK_SKEW_S`` apart."""
-        self.clock_offset_s = offset = redis_s - local_s
+        """Note Redis's clock against this machine's (``redis_s`` read at ``local_s``): the least of
+        the recent readings (a batch that waited, Redis busy, reads high); warned once when they are
+        more than ``_CLOCK_SKEW_S`` apart."""
+        self._clock_readings.append(redis_s - local_s)
+        self.clock_offset_s = offset = min(self._clock_readings)
         if abs(offset) > _CLOCK_SKEW_S and not self._clock_warned:
             self._clock_warned = True
             log.warning("this machine's clock is %.1f s %s that of Redis at %s: entries' capture_ts and publish_ts "
