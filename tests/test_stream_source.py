@@ -571,7 +571,9 @@ def test_a_live_playlist_plays_at_its_rate_and_ends_without_replaying_when_its_p
     assert all(f.epoch == 0 for f in frames), "frames of a second session: the last segments again"
     intervals = [b - a for a, b in zip(arrivals[5:30], arrivals[6:30])]
     # a half-second segment of 12 frames unpaced: 11 intervals of almost nothing, then a long one
-    assert sum(i < 0.01 for i in intervals) < len(intervals) / 2, intervals
+    # (22 of 24 measured); paced, 6 of 24 on a quiet machine, 13 of 24 on one busy with other jobs
+    # (a paced source catches up after a delay)
+    assert sum(i < 0.01 for i in intervals) < 0.75 * len(intervals), intervals
     assert log.states[-1] == "ended" and "publisher finished" in log.entries[-1][2], log.entries
 
 
