@@ -250,7 +250,11 @@ class RunReport:
         and each source and sink: one line, or with more than ``MANY_SOURCES`` sources a line
         and then one per source, with that source's latency."""
         mean_batch = self.model_frames / self.batches if self.batches else 0.0
-        many = len(self.sources) > MANY_SOURCES
+        removed = [name for name, s in self.sources.items() if s.state == "ended" and s.reason.startswith("removed")]
+        if len(removed) <= MANY_SOURCES:  # each said; more (cameras coming and going) in one line
+            removed = []
+        listed = {name: s for name, s in self.sources.items() if name not in set(removed)} if removed else self.sources
+        many = len(listed) + bool(removed) > MANY_SOURCES
         sources = [
             f"{name} {s.published}/{s.decoded}"
             + (f" dropped {s.dropped} ({', '.join(f'{k} {v}' for k, v in sorted(s.dropped_by.items()))})" if s.dropped else "")
@@ -264,8 +268,13 @@ class RunReport:
             + (" FAILED" if s.state == "failed" else "")  # the reason is in ``failed``, printed on its own line
             + (" (removed)" if s.state == "ended" and s.reason.startswith("removed") else "")
             + (self._source_latency(name) if many else "")
-            for name, s in self.sources.items()
+            for name, s in listed.items()
         ]
+        if removed:
+            gone = [self.sources[name] for name in removed]
+            dropped = sum(s.dropped for s in gone)
+            sources.append(f"{len(removed)} sources removed during the run {sum(s.published for s in gone)}/"
+                           f"{sum(s.decoded for s in gone)}" + (f" dropped {dropped}" if dropped else ""))
         latency = (
             f"latency p50 {self.latency_ms_p50:.0f} ms p99 {self.latency_ms_p99:.0f} ms max {self.latency_ms_max:.0f} ms"
             if not math.isnan(self.latency_ms_p50) else "latency n/a"
@@ -274,7 +283,7 @@ class RunReport:
         sinks = "".join(f"; {status['line']}" for status in self.sinks.values() if status.get("line"))
         abandoned = f", {self.abandoned} abandoned in flight" if self.abandoned else ""
         if many:  # the sinks on the first line, each source on its own after it
-            tail = f"{latency}{sinks}; {len(sources)} sources:" + "".join(f"\n  {line}" for line in sources)
+            tail = f"{latency}{sinks}; {len(self.sources)} sources:" + "".join(f"\n  {line}" for line in sources)
         else:
             tail = f"{latency}; {', '.join(sources)}{sinks}"
         return (

@@ -349,3 +349,20 @@ def test_a_state_event_follows_the_frames_decoded_before_it():
     lost = order.index(("cam", "reconnecting"))
     assert order[:lost] == [("cam", "streaming")] + [("cam", index) for index in range(6)]
     assert order[lost + 1:] == [("cam", "streaming")] + [("cam", index) for index in range(6, 12)] + [("cam", "ended")]
+
+
+def test_the_summary_sums_up_many_sources_removed_in_one_line():
+    """A long run with cameras coming and going printed a line for every camera it ever had."""
+    sink = CollectingSink()
+    run = _Running(_runtime([SquareCamera("a")], sink))
+    for k in range(6):
+        run.runtime.add_source(SquareCamera(f"c{k}"))
+        _wait(lambda: len(sink.indices(f"c{k}")) >= 2)
+        assert run.runtime.remove_source(f"c{k}", wait_s=10)
+    report = run.stop()
+    summary = report.summary()
+    published = sum(report.sources[f"c{k}"].published for k in range(6))
+    decoded = sum(report.sources[f"c{k}"].decoded for k in range(6))
+    assert summary.endswith(f"; a {report.sources['a'].published}/{report.sources['a'].decoded}, "
+                            f"6 sources removed during the run {published}/{decoded}"), summary
+    assert set(report.sources) == {"a", *(f"c{k}" for k in range(6))}  # the report keeps each
