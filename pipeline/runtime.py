@@ -1099,11 +1099,13 @@ class Runtime:
         been dropped), or that waited long enough; all of ``source``'s (its end is here), or all."""
         now = time.monotonic()
         with self._ended_lock:
-            for name, held in self._held_states.items():
+            for name, held in list(self._held_states.items()):
                 counts = self.metrics.source(name)
                 done = counts.handed + sum(counts.dropped_by[reason] for reason in SHED_REASONS)
                 while held and (everything or name == source or held[0][0] <= done or held[0][1] <= now):
                     self.emit(held.popleft()[2])
+                if not held:  # (cameras coming and going leave no names here)
+                    del self._held_states[name]
 
     def _publish(self) -> None:
         beat = self.metrics.beat
