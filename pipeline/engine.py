@@ -128,8 +128,13 @@ class Batcher:
             self.queues.append(deque())
             self.batched.append(0)
             self.open.append(True)  # last: a reader that sees it open finds the rest
-            self.active = [*self.active, len(self.open) - 1]
             return len(self.open) - 1
+
+    def activate(self, i: int) -> None:
+        """Queue ``i`` (``add``'s) joins the round-robin and ``newest()``: once the caller's own
+        lists have the source (a thread walking them by these indices finds it)."""
+        with self.cond:
+            self.active = [*self.active, i]
 
     def retire(self, i: int) -> None:
         """Source ``i`` was removed and its end has reached the sinks: its (empty) queue leaves
@@ -233,8 +238,7 @@ class Batcher:
     def newest(self) -> list[int]:
         """Each source name's newest queue (a source removed and added again has two), in order;
         none of a source removed (and not added again)."""
-        newest = {name: i for i, name in enumerate(self.names[:len(self.open)])}
-        return sorted(i for i in newest.values() if i not in self.retired)
+        return sorted({self.names[i]: i for i in self.active}.values())
 
 
 @dataclass(frozen=True, slots=True)

@@ -623,6 +623,7 @@ class Runtime:
             self.buffers.append(policy)
             self._source_names.add(name)
             self.sources.append(source)
+            self._batcher.activate(i)  # now: the stage and /metrics walk the active queues' sources
             log.info("source %s added%s", name, f" (epoch {epoch}: it goes on from the source that had its name)"
                      if earlier else "")
             if self._decoders_started:

@@ -366,3 +366,22 @@ def test_the_summary_sums_up_many_sources_removed_in_one_line():
     assert summary.endswith(f"; a {report.sources['a'].published}/{report.sources['a'].decoded}, "
                             f"6 sources removed during the run {published}/{decoded}"), summary
     assert set(report.sources) == {"a", *(f"c{k}" for k in range(6))}  # the report keeps each
+
+
+def test_a_source_added_while_results_flow_is_walked_only_once_the_run_has_it(monkeypatch):
+    """Found in review: the stage thread walked the batcher's queues and looked their sources up
+    while add_source was still filling in the new one (an IndexError ended the run)."""
+    sink = CollectingSink()
+    run = _Running(_runtime([SquareCamera("a")], sink))
+    _wait(lambda: len(sink.indices("a")) >= 2)
+    slow = run.runtime.set_filter
+
+    def set_filter_slowly(name, segment_filter):
+        time.sleep(0.3)  # the stage thread passes results meanwhile
+        slow(name, segment_filter)
+
+    monkeypatch.setattr(run.runtime, "set_filter", set_filter_slowly)
+    run.runtime.add_source(SquareCamera("b"))
+    _wait(lambda: len(sink.indices("b")) >= 2)
+    report = run.stop()
+    assert not report.failed and report.sources["b"].published >= 2
