@@ -252,6 +252,7 @@ class RedisPublisher:
         # Redis's clock minus this machine's, seconds: the least of the recent readings (INFO at
         # connect, each batch's IDs), each high by the time the reading took to reach Redis
         self.clock_offset_s: float | None = None
+        self._unwatched: set[str] = set()  # streams of sources removed from the run: no loss of its to watch
         self._clock_readings: deque[float] = deque(maxlen=_CLOCK_READINGS)
         self._clock_warned = False
         self._check_eviction_policy()
@@ -353,8 +354,9 @@ class RedisPublisher:
         fields = to_wire(result, self.mask_encoding)
         # Once encoded, only a stand-in waits for the batch: a 4K label map (33 MB) must not stay
         # in memory for every buffered entry.
-        self._enqueue(_Outgoing(stream_name(self.stream_pattern, result.source), fields, _size(fields),
-                                _stand_in(result), time.monotonic()))
+        stream = stream_name(self.stream_pattern, result.source)
+        self._unwatched.discard(stream)  # a source of that name added again
+        self._enqueue(_Outgoing(stream, fields, _size(fields), _stand_in(result), time.monotonic()))
         self._pump()
 
     def publish_event(self, event: Event) -> None:
@@ -362,8 +364,9 @@ class RedisPublisher:
         if self._closed:
             raise SinkError("the Redis publisher is closed — publish before close()")
         fields = event_to_wire(event)
-        self._enqueue(_Outgoing(stream_name(self.events_pattern, event.source), fields, _size(fields), None,
-                                time.monotonic()))
+        stream = stream_name(self.events_pattern, event.source)
+        self._unwatched.discard(stream)
+        self._enqueue(_Outgoing(stream, fields, _size(fields), None, time.monotonic()))
         self._pump()
 
     def source_removed(self, source: str) -> None:
@@ -371,6 +374,7 @@ class RedisPublisher:
         are no longer this run's to watch (an operator erasing them is no loss of this run's output)."""
         streams = {stream_name(self.stream_pattern, source), stream_name(self.events_pattern, source)}
         self._pump(everything=True)  # what is still queued for it, written now where Redis answers
+        self._unwatched |= streams  # and what waits (Redis away) is not watched once written either
         for stream in streams:
             self._last_id.pop(stream, None)
 
@@ -709,7 +713,8 @@ class RedisPublisher:
         go to ``on_written``."""
         for item, entry_id in entries:
             self._seq[item.stream] = max(self._seq.get(item.stream, 0), int(item.fields["seq"]))
-            self._last_id[item.stream] = entry_id
+            if item.stream not in self._unwatched:
+                self._last_id[item.stream] = entry_id
         if entries and self.max_age_s is not None:
             answered = time.monotonic()
             self._redis_clock = (max(_id_key(entry_id)[0] for _, entry_id in entries), answered)

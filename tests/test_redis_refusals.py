@@ -436,3 +436,21 @@ def test_a_removed_camera_s_streams_may_be_erased_without_counting_as_a_loss(ser
     running.join(60)
     assert publisher.data_losses == 1 and reports[0].data_losses == {"redis": 1}
     assert files.lost_with_files == 0
+
+
+def test_a_camera_removed_while_redis_is_away_may_be_erased_once_its_backlog_is_in(server):
+    # Found in review: its backlog, written after the outage, had the run watch its streams again
+    publisher = RedisPublisher.from_config(server.url, None, reconnect_max_s=0.2, drain_timeout_s=20)
+    publisher.publish(tiny_scene("gone", 0))
+    publisher.flush()
+    server.kill()
+    publisher.publish(tiny_scene("gone", 1))
+    publisher.poll()
+    publisher.source_removed("gone")  # its last entry waits in the backlog
+    server.start()
+    wait_until(lambda: publisher.backlog == 0, step=publisher.poll)
+    client = server.client()
+    assert client.xlen("segstream:gone:frames") == 1
+    client.delete("segstream:gone:frames")
+    publisher.close()
+    assert publisher.data_losses == 0
