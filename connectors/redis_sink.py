@@ -106,10 +106,10 @@ class RedisPublisher:
     (docs/OPERATIONS.md, Retention): each batch trims the streams it writes exactly (``XTRIM
     <stream> MINID <id>``; Redis 6.2 or newer, checked at start) and sets each one's time to live to
     ``max_age_s`` (``PEXPIRE``), in the same MULTI/EXEC; every ``_SWEEP_S`` the streams no batch
-    wrote meanwhile (a camera down, or removed) are trimmed the same way; at ``close()`` each stream
-    whose newest entry is this run's expires when its oldest entry reaches ``max_age_s``. A user
-    without +pexpire is warned once and counted (``expiry_refused``): trimming still holds while
-    the run lives.
+    wrote meanwhile (a camera down, or removed) are trimmed the same way, and once more at ``close()``;
+    after that a stream goes whole ``max_age_s`` after its last write (its time to live), holding
+    entries up to twice ``max_age_s`` old until then. A user without +pexpire is warned once and
+    counted (``expiry_refused``): trimming still holds while the run lives.
 
     Entries wait in an outgoing queue until ``pipeline_size`` of them are there, the oldest has
     waited ``max_batch_delay_s`` (checked by ``publish`` and ``poll``, which the runtime calls
@@ -422,7 +422,7 @@ class RedisPublisher:
             self._check_vanished_at_end()
             self._report()
             if self.max_age_s is not None:
-                self._expire_at_end()
+                self._trim_at_end()
         finally:
             self._stopping.set()
             if self._probe is not None:
@@ -797,30 +797,21 @@ class RedisPublisher:
         except redis.RedisError as error:  # an outage: the next batch finds it
             log.debug("cannot trim the idle streams by age (%s)", error_summary(error))
 
-    def _expire_at_end(self) -> None:
-        """At close: no one is left to trim, so each stream whose newest entry is still this run's expires
-        when its oldest entry (after a last trim) reaches ``max_age_s`` (PEXPIREAT), its newer entries with
-        it. A stream another writer wrote since is left to that writer's own trimming and expiry."""
-        streams = sorted(self._written_at.keys() & self._last_id.keys())
-        if not streams or not self._may_expire or not self._connected or self._refused_for_good:
-            return
+    def _trim_at_end(self) -> None:
+        """At close, a last exact trim of the streams this run wrote: from here on only their time
+        to live (``max_age_s`` after each one's last write) deletes what they hold, the older entries
+        with the newest, so that a restart within ``max_age_s`` finds them (and their consumer groups)."""
+        streams = sorted(self._written_at)
         min_id = self._oldest_kept()
+        if not streams or min_id is None or not self._connected or self._refused_for_good:
+            return
         pipe = self.client.pipeline(transaction=False)
         for stream in streams:
             pipe.xtrim(stream, minid=min_id, approximate=False)
-            pipe.xrange(stream, count=1)
-            pipe.xrevrange(stream, count=1)
         try:
-            replies = pipe.execute(raise_on_error=False)
-            expiring = self.client.pipeline(transaction=False)
-            for stream, oldest, newest in zip(streams, replies[1::3], replies[2::3]):
-                if isinstance(oldest, Exception) or isinstance(newest, Exception) or not oldest or not newest:
-                    continue
-                if newest[0][0] == self._last_id[stream]:
-                    expiring.pexpireat(stream, _id_key(oldest[0][0])[0] + int(self.max_age_s * 1000))
-            expiring.execute(raise_on_error=False)
-        except redis.RedisError as error:  # the time to live of the last batch still holds
-            log.debug("cannot shorten the streams' time to live at the end (%s)", error_summary(error))
+            pipe.execute(raise_on_error=False)
+        except redis.RedisError as error:  # gone: what the last batch trimmed stands
+            log.debug("cannot trim the streams by age at the end (%s)", error_summary(error))
 
     def _check_minid(self) -> None:
         """Trimming by age needs XTRIM MINID (Redis 6.2): an older Redis fails the start, in one line."""
