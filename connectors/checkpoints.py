@@ -39,7 +39,17 @@ def shipped_weights(filename: str) -> Path:
 def read_state_dict(path: Path, shapes_only: bool = False) -> dict[str, Tensor]:
     """Tensors of a safetensors file, or of a pickled state dict loaded with weights_only; which
     one a file is, its first bytes say (a download may be saved under any name). With
-    ``shapes_only``, tensors on the meta device: names and shapes, the weights left on disk."""
+    ``shapes_only``, tensors on the meta device: names and shapes, the weights left on disk. Keys
+    as the network has them: without what DataParallel or torch.compile put before them."""
+    state = _read_state_dict(path, shapes_only)
+    # saved from DataParallel/DistributedDataParallel ("module."), from torch.compile's wrapper
+    # ("_orig_mod."), or both; a compiled submodule has "._orig_mod." inside its keys
+    while state and (wrapper := next((p for p in _KEY_WRAPPERS if all(k.startswith(p) for k in state)), None)):
+        state = {k[len(wrapper):]: v for k, v in state.items()}
+    return {k.replace("._orig_mod.", "."): v for k, v in state.items()}
+
+
+def _read_state_dict(path: Path, shapes_only: bool) -> dict[str, Tensor]:
     if path.name.endswith(".index.json") and path.is_file():
         return _sharded(path, shapes_only)
     if not path.is_file():
@@ -94,13 +104,12 @@ def read_state_dict(path: Path, shapes_only: bool = False) -> dict[str, Tensor]:
         held = ", ".join(f"{k!r}" for k in list(state)[:8]) if isinstance(state, dict) else type(state).__name__
         raise CheckpointError(f"checkpoint '{path}' is not a state dict of tensors (it holds {held}) — save "
                               "model.state_dict() itself, or put it under 'state_dict'")
-    if state and all(k.startswith("module.") for k in state):  # saved from DataParallel/DistributedDataParallel
-        state = {k[len("module."):]: v for k, v in state.items()}
     return state
 
 
 # Keys under which training scripts keep the weights (Lightning, most loops, EMA copies last).
 _WRAPPERS = ("state_dict", "model_state_dict", "model", "network", "module", "ema")
+_KEY_WRAPPERS = ("module.", "_orig_mod.")  # what wrapped networks put before every key
 
 
 def _sharded(index: Path, shapes_only: bool = False) -> dict[str, Tensor]:

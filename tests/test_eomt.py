@@ -229,9 +229,16 @@ def test_wrapped_data_parallel_compiled_and_sharded_checkpoints_load(tmp_path):
         "model_state_dict.pt": {"model_state_dict": official, "optimizer": {"lr": 0.1}},
         "data_parallel.pt": {f"module.{k}": v for k, v in official.items()},
         "compiled.ckpt": {"state_dict": compiled, "epoch": 3},
+        # found probing as a SeNaTra user: a whole compiled network's keys begin with _orig_mod.
+        "compiled_whole.pt": {f"_orig_mod.{k}": v for k, v in official.items()},
+        "ddp_compiled.pt": {"model": {f"module._orig_mod.{k}": v for k, v in official.items()}},
     }
     for name, state in variants.items():
         torch.save(state, tmp_path / name)
+    from safetensors.torch import save_file
+
+    save_file({f"_orig_mod.{k}": v.contiguous() for k, v in official.items()}, tmp_path / "compiled.safetensors")
+    for name in [*variants, "compiled.safetensors"]:
         loaded = load_eomt(preset, str(tmp_path / name)).state_dict()
         assert all(torch.equal(loaded[k], ours[k]) for k in ours), name
     reference.save_pretrained(tmp_path / "sharded", max_shard_size="100KB")
