@@ -62,3 +62,21 @@ def test_the_naive_loop_tracks_as_the_pipeline_does(tmp_path):
     results = [from_wire(entry) for entry in read_entries(tmp_path / "naive.jsonl")]
     assert len(results) == 6 and all(len(r.segments) for r in results)
     assert all((r.segments.track_ids > 0).all() for r in results[1:])
+
+
+def test_the_naive_loop_is_held_at_its_better_thread_count(monkeypatch, capsys):
+    # found probing as a SeNaTra user: on cores other work shared, the naive loop on two threads
+    # ran at a sixth of its one-thread rate, and the printed ratio flattered the pipeline
+    import torch
+
+    from segstream.pipeline import bench
+    from segstream.pipeline.engine import usable_cores
+
+    if usable_cores() < 2:
+        pytest.skip("one core: a single thread count to try")
+    slow_on_many = {1: 30.0}
+    monkeypatch.setattr(bench, "naive_fps", lambda cfg, adapter, frames: slow_on_many.get(torch.get_num_threads(), 5.0))
+    assert main(["bench", str(DEMO), "--frames", "8", "--network-seconds", "0.2", "--json",
+                 "--set", "model.device=cpu"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (result["fps"]["naive"], result["naive_threads"]) == (30.0, 1)
