@@ -57,6 +57,7 @@ log = logging.getLogger("segstream.client")
 _TAIL_BLOCK_MS = 2000
 _MAX_BLOCK_MS = 5000
 _TAIL_DISCOVER_S = 2.0  # how often `segstream tail --follow` looks for new streams matching a glob
+_NEAREST_CHUNK = 16  # entries read at once where ``at``'s bisection is down to a millisecond (a batch's)
 
 
 class Entry:
@@ -254,7 +255,8 @@ def _nearest_steps(name: str, ts: float, within_s: float | None) -> Iterator:
     """The steps of ``at``: the entry of stream ``name`` whose ``capture_ts`` is nearest ``ts``
     (None for an empty stream, or one further than ``within_s`` from it). A stream's entries are in the order of their capture times, and of
     their IDs: a bisection over the IDs' milliseconds (XRANGE start + COUNT 1 at each step, about 30
-    for a day's stream) finds the two entries around ``ts`` whatever the Redis server's clock."""
+    for a day's stream), then the entries of the last millisecond or two (a batch's share one)
+    ``_NEAREST_CHUNK`` at a time, finds the two entries around ``ts`` whatever the Redis server's clock."""
     first = yield _command("xrange", name, "-", "+", count=1)
     last = yield _command("xrevrange", name, "+", "-", count=1)
     if not first or not last:
@@ -265,12 +267,20 @@ def _nearest_steps(name: str, ts: float, within_s: float | None) -> Iterator:
     low, high = _id_ms(before.id), _id_ms(after.id)
     while True:  # before is captured before ts, after at or after it
         middle = (low + high) // 2
-        start = str(middle) if middle > low else f"({before.id}"
-        found = yield _command("xrange", name, start, "+", count=1)
+        if middle <= low:  # within a millisecond or two (a batch's entries): those between, a few at a time
+            found = yield _command("xrange", name, f"({before.id}", f"({after.id}", count=_NEAREST_CHUNK)
+            between = [_named_entry(item, name) for item in found]
+            if not between:
+                break
+            at = next((k for k, entry in enumerate(between) if _when(entry) >= ts), None)
+            if at is not None:
+                before, after = between[at - 1] if at else before, between[at]
+                break
+            before = between[-1]
+            continue
+        found = yield _command("xrange", name, str(middle), "+", count=1)
         entry = _named_entry(found[0], name) if found else None
         if entry is None or entry.id == after.id:
-            if start.startswith("("):  # nothing between them
-                break
             high = middle  # nothing from middle on before after
         elif _when(entry) >= ts:
             after, high = entry, _id_ms(entry.id)

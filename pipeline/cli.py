@@ -403,15 +403,20 @@ def wall_time(text: str) -> float:
     """``--at``'s time as seconds since the epoch: ISO 8601 with its zone, or a number of seconds."""
     from datetime import datetime
 
+    no_time = SegstreamError(f"--at {text!r} is no time — give ISO 8601 with its zone (2026-12-03T07:10:00Z) or "
+                             "seconds since the epoch")
     try:
-        return float(text)
+        seconds = float(text)
     except ValueError:
         pass
-    try:
-        when = datetime.fromisoformat(text)
+    else:
+        if not math.isfinite(seconds):
+            raise no_time
+        return seconds
+    try:  # (Python 3.10 reads no Z)
+        when = datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith(("Z", "z")) else text)
     except ValueError:
-        raise SegstreamError(f"--at {text!r} is no time — give ISO 8601 with its zone (2026-12-03T07:10:00Z) or "
-                             "seconds since the epoch") from None
+        raise no_time from None
     if when.tzinfo is None:
         raise SegstreamError(f"--at {text!r} has no time zone, and capture times are UTC — add Z (UTC) or the "
                              "offset (+01:00)")
