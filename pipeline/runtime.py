@@ -1045,10 +1045,12 @@ class Runtime:
                 self._to_stage.drain()
         finally:
             with self._ended_lock:  # a run that failed first: its sources still say they ended
-                held, self._ended_states = list(self._ended_states.values()), {}
-                self._stage_done = True  # any later ended state goes out at once
-            for event in held:
-                self.emit(event)
+                held = [event for states in self._held_states.values() for _, _, event in states]
+                held += self._ended_states.values()  # after the states before them
+                self._held_states, self._ended_states = {}, {}
+                self._stage_done = True  # any later state goes out at once, after these
+                for event in held:
+                    self.emit(event)
             self._to_sinks.end()
             beat("stage", idle="ended")
 

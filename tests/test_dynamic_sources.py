@@ -385,3 +385,22 @@ def test_a_source_added_while_results_flow_is_walked_only_once_the_run_has_it(mo
     _wait(lambda: len(sink.indices("b")) >= 2)
     report = run.stop()
     assert not report.failed and report.sources["b"].published >= 2
+
+
+def test_after_a_failure_the_states_held_for_their_frames_still_come_before_the_final_one():
+    """Found in review: a stage that failed left the held reconnecting and streaming after ended."""
+
+    class Failing:
+        def process(self, result):
+            if result.index == 3:
+                raise RuntimeError("a stage's bug")
+            return result
+
+    sink = _Ordered()
+    runtime = Runtime([_DroppingCamera("cam")], ColourSegmenter(delay_s=0.3), [sink], batch_size=1, max_wait_ms=5,
+                      progress=None, publish_states=True, queue_size=16, stages=[lambda name: Failing()])
+    with pytest.raises(RuntimeError, match="a stage's bug"):
+        runtime.run()
+    states = [entry[2] for entry in sink.order if entry[0] == "state"]
+    assert states[-1] in ("ended", "failed") and states.count(states[-1]) == 1, states
+    assert states[:3] == ["streaming", "reconnecting", "streaming"], states
