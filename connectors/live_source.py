@@ -73,6 +73,7 @@ logger = logging.getLogger("segstream.sources")
 
 _POLL_S = 0.1  # how often a wait for the next frame checks close() and the watchdog
 _PORT_CHECK_S = 0.5  # how often a reconnect's wait checks whether the server's port accepts again
+_RESOLVE_AGAIN_S = 30.0  # how old a camera's looked-up address may get before it is looked up again
 # FFmpeg's own timeouts run this much longer than ours: ours decide and report, FFmpeg's only
 # end a capture thread that was given up on.
 _FFMPEG_TIMEOUT_MARGIN_S = 1.0
@@ -110,13 +111,49 @@ class ReconnectPolicy:
         return base / 2 + rng.uniform(0, base / 2)
 
 
-def _port_accepts(address: tuple[str, int], timeout_s: float) -> bool:
-    """Whether a TCP connection to ``address`` is accepted within ``timeout_s`` (closed at once)."""
+def _port_accepts(address: tuple[int, tuple], timeout_s: float) -> bool:
+    """Whether a TCP connection to ``address`` (family, socket address) is accepted within
+    ``timeout_s`` (closed at once)."""
+    family, sockaddr = address
     try:
-        socket.create_connection(address, timeout=timeout_s).close()
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.settimeout(timeout_s)
+            probe.connect(sockaddr)
     except OSError:
         return False
     return True
+
+
+class _Resolver:
+    """A host name's address, looked up on a thread of its own (``getaddrinfo`` takes no timeout,
+    and a network that is down may keep it for many seconds: the source's wait must not), at most
+    one lookup at a time, again once the last is ``_RESOLVE_AGAIN_S`` old."""
+
+    def __init__(self):
+        self._found: tuple[float, tuple[int, tuple] | None] | None = None  # (when, address)
+        self._looking: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def get(self, host: str, port: int) -> tuple[int, tuple] | None:
+        """The address last found for ``host``:``port``; None before the first lookup ends (or when
+        it found none)."""
+        with self._lock:
+            found, looking = self._found, self._looking
+            stale = found is None or time.monotonic() - found[0] > _RESOLVE_AGAIN_S
+            if stale and (looking is None or not looking.is_alive()):
+                self._looking = threading.Thread(target=self._look, args=(host, port), daemon=True,
+                                                 name="segstream-resolve")
+                self._looking.start()
+        return found[1] if found is not None else None
+
+    def _look(self, host: str, port: int) -> None:
+        try:
+            info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            address = (info[0][0], info[0][4]) if info else None
+        except OSError:
+            address = None
+        with self._lock:
+            self._found = (time.monotonic(), address)
 
 
 def _length(seconds: float) -> str:
@@ -320,6 +357,7 @@ class LiveSource:
         self._port_held_since: float | None = None  # monotonic time of the first open that found the port held
         self._carried: tuple[bytes, ...] = ()  # packets a session its decoder could not read hands to the next one
         self._rng = random.Random(seed)
+        self._resolver = _Resolver()  # its host's address, for the reconnect waits' port checks
         self._closed = threading.Event()
         self._lock = threading.Lock()
 
@@ -532,7 +570,7 @@ class LiveSource:
                 self._enter(
                     "reconnecting", reason, {**details, "attempt": failures, "delay_s": round(delay, 3)}
                 )
-                if self._wait_to_retry(delay, details.get("unreachable", False)):
+                if self._wait_to_retry(delay):
                     break
         except GeneratorExit:
             raise
@@ -547,27 +585,30 @@ class LiveSource:
                              f"{'s' if self.reconnects != 1 else ''}; the last because: {reason})")
                 self._enter("ended", ended, {"never_streamed": True} if epoch < 0 and self.reconnects else {})
 
-    def _wait_to_retry(self, delay: float, unreachable: bool) -> bool:
+    def _wait_to_retry(self, delay: float) -> bool:
         """Wait ``delay`` before the next attempt (True: closed meanwhile). An RTSP camera is
-        retried at once when its port, refusing or unreachable before, accepts a connection
-        (checked every ``_PORT_CHECK_S``): a camera that comes back is read within a second, not at
-        the end of a backoff grown over its outage. A port that accepted all along (a server that
-        answers badly) waits its backoff. RTSP only: a camera serves many clients, and a bare
-        connection closed at once costs it nothing; FFmpeg serving HTTP, TCP or RTMP itself
-        (``-listen 1``) takes one client, which the check would use up."""
+        retried at once when its port, seen refusing or unreachable during the wait, accepts a
+        connection (checked every ``_PORT_CHECK_S``): a camera that comes back is read within a
+        second, not at the end of a backoff grown over its outage. A port that accepted all along
+        (a server that answers badly) waits its backoff. RTSP only: a camera serves many clients,
+        and a bare connection closed at once costs it nothing; FFmpeg serving HTTP, TCP or RTMP
+        itself (``-listen 1``) takes one client, which the check would use up."""
         address = rtsp_address(self.target)
         if address is None:
             return self._closed.wait(delay)
         deadline = time.monotonic() + delay
+        seen_closed = False
         while (left := deadline - time.monotonic()) > 0:
             if self._closed.wait(min(left, _PORT_CHECK_S)):
                 return True
-            accepts = _port_accepts(address, _PORT_CHECK_S)
-            if accepts and unreachable:
+            if (resolved := self._resolver.get(*address)) is None:  # a name still being looked up
+                continue
+            accepts = _port_accepts(resolved, _PORT_CHECK_S)
+            if accepts and seen_closed:
                 logger.info("source %s: '%s' accepts connections again: retrying now, %.1f s before its backoff "
-                         "ended", self.name, self.shown, max(0.0, deadline - time.monotonic()))
+                            "ended", self.name, self.shown, max(0.0, deadline - time.monotonic()))
                 return False
-            unreachable = unreachable or not accepts
+            seen_closed = seen_closed or not accepts
         return self._closed.is_set()
 
     def _finite_end(self, reason: str, details: dict[str, Any], length: float, played: _Played,
