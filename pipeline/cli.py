@@ -88,6 +88,10 @@ def main(argv: list[str] | None = None) -> int:
         return main_error(ResourceLimit(f"the system refused to start a thread ({THREAD_LIMIT_HINT})"))
     except SegstreamError as error:
         return main_error(error)
+    except BrokenPipeError:  # what read our output went away (`| head -1`): quiet, as other tools are
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nor a word at exit's flush
+        return 128 + signal.SIGPIPE
     except OSError as error:
         if (limit := os_limit(error)) is None:  # else a bug: its traceback
             raise
@@ -122,6 +126,9 @@ def os_limit(error: OSError) -> ResourceLimit | None:
     if error.errno == errno.ENFILE:
         return ResourceLimit("too many open files on this machine (its file table is full: fs.file-max) — close "
                              "other programs' files, or raise fs.file-max")
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):  # writing the output (a table, JSON) to a full disk
+        where = f"'{error.filename}'" if error.filename else "the output"
+        return ResourceLimit(f"cannot write {where}: {error.strerror} — free space, or write it elsewhere")
     if error.errno == errno.ENOENT and str(error.strerror).startswith("No usable temporary directory"):
         return ResourceLimit(f"{error.strerror}: each is full, missing or not writable — free space in /tmp or "
                              "set TMPDIR to a writable directory")

@@ -146,7 +146,7 @@ def render_stream(client, stream: str, video: str | Path, out: str | Path, opaci
                 raise OutputWriteError(partial, error.strerror or str(error), error.errno, "create") from None
     except BaseException as error:
         writer.abandon()  # its own error would hide the one that stopped the render
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):  # never made (a read-only folder), or not ours to remove
             partial.unlink()
         if isinstance(error, OutputWriteError):  # said of the file asked for, not of its hidden name
             raise OutputWriteError(out, error.reason, error.errno, error.verb) from None

@@ -631,3 +631,21 @@ def test_a_batch_config_read_for_a_run_says_it_is_one(tmp_path, capsys):
     assert isinstance(load_config(config, schema=BatchPipelineConfig), BatchPipelineConfig)
     assert main(["run", str(config)]) == 2
     assert "run it with segstream batch VIDEOS --config FILE" in capsys.readouterr().err
+
+
+def test_output_to_a_reader_that_went_away_or_a_full_disk_is_no_traceback():
+    # Found probing as an automation engineer: `segstream schema | head -1` and `> /dev/full` ended in tracebacks
+    import subprocess
+    import sys
+
+    piped = subprocess.run(f"'{sys.executable}' -m segstream schema | head -c 1", shell=True, capture_output=True,
+                           text=True, executable="/bin/bash")
+    assert piped.stdout == "{" and piped.stderr == "", piped.stderr
+    closed = subprocess.run(f"'{sys.executable}' -m segstream schema | head -c 1; exit ${{PIPESTATUS[0]}}", shell=True,
+                            capture_output=True, text=True, executable="/bin/bash")
+    assert closed.returncode == 141  # as a tool killed by SIGPIPE
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([sys.executable, "-m", "segstream", "schema"], stdout=full, stderr=subprocess.PIPE,
+                              text=True)
+    assert done.returncode == 1 and done.stderr.strip().splitlines() == [
+        "segstream: error: cannot write the output: No space left on device — free space, or write it elsewhere"]
