@@ -21,7 +21,9 @@ import json
 import math
 import resource
 import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -41,6 +43,19 @@ def replicate(cfg: PipelineConfig, copies: int, frames: int | None) -> PipelineC
         sources = [s.model_copy(update={"loop": True}) if s.type == "file" else s for s in sources]
     stages = cfg.stages if copies <= 1 else first_source_stages(cfg)
     return cfg.model_copy(update={"sources": sources, "stages": stages})
+
+
+def bench_outputs(cfg: PipelineConfig, scratch: Path) -> PipelineConfig:
+    """``cfg`` writing what the bench publishes beside the run's own outputs, never into them:
+    Redis streams named ``bench-<source>`` where ``<source>`` was (the same key prefix, so the
+    same ACL), files and previews in ``scratch``. The sinks' costs are measured all the same."""
+    sinks = cfg.sinks
+    redis = sinks.redis.model_copy(update={key: getattr(sinks.redis, key).replace("{source}", "bench-{source}")
+                                           for key in ("stream", "events_stream")})
+    files = sinks.files.model_copy(update={"dir": str(scratch / "files")})
+    preview = sinks.preview.model_copy(update={"dir": str(scratch / "preview")})
+    return cfg.model_copy(update={"sinks": sinks.model_copy(update={"redis": redis, "files": files,
+                                                                      "preview": preview})})
 
 
 def first_source_stages(cfg: PipelineConfig) -> list:
@@ -319,8 +334,9 @@ def main_bench(args) -> int:
     if args.frames is not None and args.frames < 1:
         raise ConfigError(f"--frames must be a positive number, got {args.frames}")
     cfg = load_checked_config(args.config, args.overrides)
-    result = run_bench(cfg, sources=args.sources, frames=args.frames, naive_frames=args.naive_frames,
-                       network_seconds=args.network_seconds)
+    with tempfile.TemporaryDirectory(prefix="segstream-bench-") as scratch:
+        result = run_bench(bench_outputs(cfg, Path(scratch)), sources=args.sources, frames=args.frames,
+                           naive_frames=args.naive_frames, network_seconds=args.network_seconds)
     if args.json:
         print(json.dumps(result))
     else:

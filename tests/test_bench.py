@@ -80,3 +80,17 @@ def test_the_naive_loop_is_held_at_its_better_thread_count(monkeypatch, capsys):
                  "--set", "model.device=cpu"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert (result["fps"]["naive"], result["naive_threads"]) == (30.0, 1)
+
+
+def test_bench_publishes_beside_the_run_s_streams_and_files_not_into_them(tmp_path, capsys):
+    # Found probing as an automation engineer: bench added its entries to the live camera's stream
+    # (and a 'naive' stream a camera of that name would share), and to the run's files
+    from tests.redis_servers import RedisProcess
+
+    with RedisProcess(tmp_path / "redis") as server:
+        assert main(["bench", str(DEMO), "--frames", "6", "--naive-frames", "3", "--network-seconds", "0.2",
+                     "--json", "--set", "model.device=cpu", "--set", f"sinks.redis.url={server.url}",
+                     "--set", "sinks.files.enabled=true", "--set", f"sinks.files.dir={tmp_path / 'out'}"]) == 0
+        keys = sorted(key.decode() for key in server.client().keys("*"))
+    assert keys == ["segstream:bench-demo:events", "segstream:bench-demo:frames", "segstream:bench-naive:frames"], keys
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
