@@ -336,13 +336,13 @@ def redis_tls(args: argparse.Namespace) -> TlsFiles | None:
     if not (args.tls_ca or args.tls_cert or args.tls_key):
         return None
     if not args.url.startswith(("rediss://", "rediss+sentinel://")):
-        raise SegstreamError("--tls-ca/--tls-cert/--tls-key are set but --url is not rediss:// — use rediss://host:port "
+        raise ConfigError("--tls-ca/--tls-cert/--tls-key are set but --url is not rediss:// — use rediss://host:port "
                              "(rediss+sentinel:// behind Sentinel)")
     if bool(args.tls_cert) != bool(args.tls_key):
-        raise SegstreamError("--tls-cert and --tls-key go together — give both or neither")
+        raise ConfigError("--tls-cert and --tls-key go together — give both or neither")
     for option, path in (("--tls-ca", args.tls_ca), ("--tls-cert", args.tls_cert), ("--tls-key", args.tls_key)):
         if path and not Path(path).is_file():
-            raise SegstreamError(f"{option}: file '{path}' does not exist")
+            raise ConfigError(f"{option}: file '{path}' does not exist")
     return TlsFiles(args.tls_ca, args.tls_cert, args.tls_key)
 
 
@@ -395,11 +395,11 @@ def _tail(args: argparse.Namespace) -> int:
     from segstream.connectors.redis_reader import tail
 
     if args.count < 0:
-        raise SegstreamError(f"--count must be 0 or more (the newest entries to print), got {args.count}")
+        raise ConfigError(f"--count must be 0 or more (the newest entries to print), got {args.count}")
 
     at = None if args.at is None else wall_time(args.at)
     if at is not None and args.follow:
-        raise SegstreamError("--at and --follow: --at prints what was captured around a past time, --follow what "
+        raise ConfigError("--at and --follow: --at prints what was captured around a past time, --follow what "
                              "comes next — give one")
     tail(args.stream, url=args.url, count=args.count, follow=args.follow, events=args.events,
          password=args.password, username=args.username, tls=redis_tls(args), sentinel=redis_sentinel(args), at=at)
@@ -410,7 +410,7 @@ def wall_time(text: str) -> float:
     """``--at``'s time as seconds since the epoch: ISO 8601 with its zone, or a number of seconds."""
     from datetime import datetime
 
-    no_time = SegstreamError(f"--at {text!r} is no time — give ISO 8601 with its zone (2026-12-03T07:10:00Z) or "
+    no_time = ConfigError(f"--at {text!r} is no time — give ISO 8601 with its zone (2026-12-03T07:10:00Z) or "
                              "seconds since the epoch")
     try:
         seconds = float(text)
@@ -425,7 +425,7 @@ def wall_time(text: str) -> float:
     except ValueError:
         raise no_time from None
     if when.tzinfo is None:
-        raise SegstreamError(f"--at {text!r} has no time zone, and capture times are UTC — add Z (UTC) or the "
+        raise ConfigError(f"--at {text!r} has no time zone, and capture times are UTC — add Z (UTC) or the "
                              "offset (+01:00)")
     return when.timestamp()
 
@@ -438,14 +438,14 @@ def _bench(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     if args.tracking and args.clips:
-        raise SegstreamError("--clips goes with PQ; --tracking renders its scenes from --seeds (their tracks' "
+        raise ConfigError("--clips goes with PQ; --tracking renders its scenes from --seeds (their tracks' "
                              "ground truth) — drop one of them")
     if args.tracking:
         from segstream.pipeline.track_evaluation import main_evaluate_tracking
 
         return int(main_evaluate_tracking(args) or 0)
     if args.no_model or args.config or args.overrides:
-        raise SegstreamError("--no-model, --config and --set go with --tracking")
+        raise ConfigError("--no-model, --config and --set go with --tracking")
     from segstream.pipeline.evaluation import main_evaluate
 
     return int(main_evaluate(args) or 0)
@@ -465,7 +465,7 @@ def _render(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     if args.max_frames is not None and args.max_frames <= 0:
-        raise SegstreamError(f"--max-frames must be a positive number, got {args.max_frames}")
+        raise ConfigError(f"--max-frames must be a positive number, got {args.max_frames}")
     cfg = load_checked_config(args.config, args.overrides)
     report = run_pipeline(cfg, max_frames=args.max_frames,
                           reload_from=lambda: load_checked_config(args.config, args.overrides))
@@ -499,7 +499,7 @@ def _reload(args: argparse.Namespace) -> int:
         try:
             host, port = _host_port(args.ops)
         except ValueError as error:
-            raise SegstreamError(f"--ops: {error}") from None
+            raise ConfigError(f"--ops: {error}") from None
     else:
         host, port = ops_address(args.config)
     if port == 0:

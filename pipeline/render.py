@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from segstream.connectors.errors import SegstreamError, SinkError
+from segstream.connectors.errors import ConfigError, SegstreamError, SinkError
 from segstream.connectors.file_source import FileSource
 from segstream.connectors.overlay import OutputWriteError, OverlayVideo, draw_overlay
 from segstream.connectors.redis_connection import COMMAND_LINE
@@ -169,7 +169,7 @@ def _entries_of(reader: StreamReader, run: StreamRun) -> Iterator[FrameResult]:
 
 def main_render(args) -> int:
     if not 0 <= args.opacity <= 1:
-        raise SegstreamError(f"--opacity must be between 0 and 1, got {args.opacity}")
+        raise ConfigError(f"--opacity must be between 0 and 1, got {args.opacity}")
     client = connect_redis(args.url, args.password, username=args.username, tls=redis_tls(args),
                            sentinel=redis_sentinel(args),
                            client_name="segstream-render", hint="start Redis or fix --url", names=COMMAND_LINE)

@@ -281,12 +281,12 @@ def test_at_finds_the_entry_captured_nearest_a_time_whatever_redis_s_clock(serve
                  "--count", "3"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[2] for line in lines] == ["frame=121", "frame=122", "frame=123"]  # 123 at 20.25 + 123/30 s
-    assert main(["tail", "segstream:cam0:frames", "--url", server.url, "--at", "2023-11-14T22:13:24"]) == 1
+    assert main(["tail", "segstream:cam0:frames", "--url", server.url, "--at", "2023-11-14T22:13:24"]) == 2
     assert "has no time zone" in capsys.readouterr().err
     from segstream.pipeline.cli import wall_time
 
     assert wall_time("2023-11-14T22:13:24.35Z") == wall_time("2023-11-14T23:13:24.35+01:00") == captured[123]
-    assert main(["tail", "segstream:cam0:frames", "--url", server.url, "--at", "nan"]) == 1
+    assert main(["tail", "segstream:cam0:frames", "--url", server.url, "--at", "nan"]) == 2
     assert "'nan' is no time" in capsys.readouterr().err
 
 

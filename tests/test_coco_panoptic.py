@@ -98,5 +98,5 @@ def test_pq_from_the_coco_files_alone_equals_segstream_evaluate(tmp_path, clips,
     # Found probing: --frames was ignored with --clips, and --clips with --tracking
     assert main(["evaluate", "--clips", *map(str, clips), "--device", "cpu", "--frames", "3"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["frames"] == 3 * len(clips)
-    assert main(["evaluate", "--tracking", "--clips", str(clips[0])]) == 1
+    assert main(["evaluate", "--tracking", "--clips", str(clips[0])]) == 2
     assert "--clips goes with PQ" in capsys.readouterr().err

@@ -126,7 +126,7 @@ def test_render_of_an_events_stream_names_the_frames_stream_to_draw(tmp_path, bi
 def test_tail_refuses_a_negative_count(capsys):
     from segstream.pipeline.cli import main
 
-    assert main(["tail", "segstream:cam:frames", "--count", "-3"]) == 1
+    assert main(["tail", "segstream:cam:frames", "--count", "-3"]) == 2
     assert capsys.readouterr().err.startswith("segstream: error: --count must be 0 or more")
 
 

@@ -139,7 +139,7 @@ def test_tail_errors_name_its_own_options(tmp_path, tls_server, capsys, monkeypa
     assert main(["tail", "segstream:cam0:frames", "--url", server.url, "--tls-ca", str(certs["ca"])]) == 1
     [line] = capsys.readouterr().err.strip().splitlines()
     assert "certificate" in line and "--tls-ca, --tls-cert, --tls-key" in line
-    assert main(["tail", "segstream:cam0:frames", "--url", "redis://localhost:1", *tls]) == 1
+    assert main(["tail", "segstream:cam0:frames", "--url", "redis://localhost:1", *tls]) == 2
     [line] = capsys.readouterr().err.strip().splitlines()
     assert line == ("segstream: error: --tls-ca/--tls-cert/--tls-key are set but --url is not rediss:// — use "
                     "rediss://host:port (rediss+sentinel:// behind Sentinel)")

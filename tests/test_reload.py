@@ -189,7 +189,7 @@ def test_reload_with_no_run_listening_says_so(tmp_path):
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert "no segstream run answers at http://127.0.0.1:" in done.stderr and "is it running" in done.stderr
     bad = _reload(path, "--ops", "nowhere")
-    assert bad.returncode == 1 and "--ops: 'nowhere' is not host:port" in bad.stderr
+    assert bad.returncode == 2 and "--ops: 'nowhere' is not host:port" in bad.stderr
 
 
 def test_a_plan_names_what_changes(tmp_path):
