@@ -772,6 +772,7 @@ def run_local(cfg: PipelineConfig, jobs: Sequence[VideoJob], root: Path, manifes
             if outcome.status == "done" and any(lost.get(reason) for reason in SINK_DROPS):
                 outcome.status, outcome.reason = "failed", undelivered_reason(lost)
                 manifest.record(outcome)  # its files are whole, but a rerun must publish it again
+                log.warning("%s: failed after all: %s", outcome.job.id, outcome.reason)  # said done before
     return outcomes
 
 

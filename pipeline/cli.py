@@ -312,9 +312,10 @@ def _at_least_one(text: str) -> int:
 
 def redis_options(command: argparse.ArgumentParser) -> None:
     """How a command that reads Redis connects: URL, credentials and TLS, as the sink's config has them."""
-    command.add_argument("--url", default="redis://localhost:6379/0",
+    command.add_argument("--url", default=os.environ.get("SEGSTREAM_REDIS_URL") or "redis://localhost:6379/0",
                          help="Redis URL: redis://, rediss:// (TLS), unix://, or redis+sentinel://host1:26379,"
-                              "host2:26379/<master-name>[/db] (rediss+sentinel:// for TLS) (default %(default)s)")
+                              "host2:26379/<master-name>[/db] (rediss+sentinel:// for TLS) (default: "
+                              "$SEGSTREAM_REDIS_URL, else redis://localhost:6379/0)")
     command.add_argument("--username", default=os.environ.get("REDIS_USERNAME") or None,
                          help="Redis ACL user (default: $REDIS_USERNAME)")
     command.add_argument("--password", default=os.environ.get("REDIS_PASSWORD") or None,
@@ -518,8 +519,9 @@ def _reload(args: argparse.Namespace) -> int:
             return 1
         raise SegstreamError(line) from None
     except TimeoutError:  # it took the request: the reload goes on there, its log says how it ended
-        raise SegstreamError(f"the run at {url} took the reload but did not answer within {REMOVE_WAIT_S + 30:g} s "
-                             "(removed cameras still draining?) — its log says how the reload ended") from None
+        raise SegstreamError(f"{url} did not answer within {REMOVE_WAIT_S + 30:g} s: a run there may be applying the "
+                             "reload still (removed cameras draining), or what listens there is no segstream run — "
+                             "its log says which, and how the reload ended") from None
     except (urllib.error.URLError, OSError) as error:
         why = getattr(error, "reason", error)
         raise SegstreamError(f"no segstream run answers at {url} ({getattr(why, 'strerror', None) or why}): is it "

@@ -121,8 +121,12 @@ def configure_logging(format: str | None = None, level: str | None = None, strea
     info)."""
     format = (format or os.environ.get(ENV_FORMAT) or "text").lower()
     level = (level or os.environ.get(ENV_LEVEL) or "info").lower()
-    if format not in LOG_FORMATS:
-        format = "text"
+    # a variable's typo is said (once the handler is set), as --log-format's would be refused
+    unknown = [f"{name}={value!r} is none of {', '.join(choices)}: using {fallback}" for name, value, choices, fallback
+               in ((ENV_FORMAT, format, LOG_FORMATS, "text"), (ENV_LEVEL, level, LOG_LEVELS, "info"))
+               if value not in choices]
+    format = format if format in LOG_FORMATS else "text"
+    level = level if level in LOG_LEVELS else "info"
     handler = logging.StreamHandler(stream) if stream is not None else _StderrHandler()
     if format == "json":
         from pythonjsonlogger.json import JsonFormatter
@@ -147,6 +151,8 @@ def configure_logging(format: str | None = None, level: str | None = None, strea
     root.propagate = False
     _configured["format"] = format
     _json_everywhere(handler if format == "json" else None)
+    for line in unknown:
+        root.warning(line)
 
 
 def _json_everywhere(handler: logging.Handler | None) -> None:

@@ -1,6 +1,7 @@
 """segstream batch on the local engine: inputs, every frame written, failures recorded, resuming."""
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -259,7 +260,7 @@ def test_a_rerun_that_skips_a_video_that_failed_before_exits_1(tmp_path, capsys)
     assert "1 of them failed: --retry-failed tries again" in capsys.readouterr().out
 
 
-def test_a_video_whose_results_never_reached_redis_is_failed_and_retried(tmp_path, monkeypatch):
+def test_a_video_whose_results_never_reached_redis_is_failed_and_retried(tmp_path, monkeypatch, caplog):
     # Found probing: with Redis gone, the manifest said "done", so a rerun never published the video.
     from segstream.pipeline import batch
     from tests.redis_servers import RedisProcess
@@ -277,6 +278,8 @@ def test_a_video_whose_results_never_reached_redis_is_failed_and_retried(tmp_pat
 
     cfg = config(tmp_path / "out")
     cfg.sinks.redis.url, cfg.sinks.redis.drain_timeout_s = server.url, 0.2
+    logger = logging.getLogger("segstream")  # heard whatever logging setup earlier tests left
+    logger.addHandler(caplog.handler)
     try:
         monkeypatch.setattr(batch, "_extra_sinks", sinks_then_redis_goes)
         outcomes, _, _ = run_batch(cfg, [str(videos)], adapter=ColourSegmenter(), progress=False)
@@ -284,6 +287,9 @@ def test_a_video_whose_results_never_reached_redis_is_failed_and_retried(tmp_pat
             ("failed", "4 results never reached a sink (sink_unreachable 4); --retry-failed publishes it again")
         ]
         assert manifest(tmp_path / "out")[-1]["status"] == "failed"
+        # its log said done when its files were; found probing as an automation engineer: said again
+        assert any(r.getMessage().startswith("one: failed after all: 4 results never reached a sink")
+                   for r in caplog.records)
 
         monkeypatch.setattr(batch, "_extra_sinks", build)
         server.start()
@@ -291,6 +297,7 @@ def test_a_video_whose_results_never_reached_redis_is_failed_and_retried(tmp_pat
         assert [o.status for o in outcomes] == ["done"]
         assert [int(f[b"frame"]) for _, f in server.client().xrange("segstream:one:frames")] == [0, 1, 2, 3]
     finally:
+        logger.removeHandler(caplog.handler)
         server.close()
 
 

@@ -394,3 +394,30 @@ def test_with_json_logs_torch_s_own_log_lines_are_json_records_too(capsys):
         ("torch.utils.cpp_extension", "No CUDA runtime is found", "20261202T100000Z-eeeeeeee")]
     assert logging.getLogger("torch").handlers and logging.getLogger("torch").handlers[0].formatter.__class__.__name__ \
         != "_JsonFormatter", "text logs again: torch's own handlers are back"
+
+
+def test_a_log_setting_in_the_environment_that_is_none_is_said(monkeypatch, capsys):
+    # Found probing as an automation engineer: SEGSTREAM_LOG_LEVEL=bogus was silently taken as info
+    from segstream.pipeline.cli import main
+
+    monkeypatch.setenv("SEGSTREAM_LOG_LEVEL", "verbose")
+    monkeypatch.setenv("SEGSTREAM_LOG_FORMAT", "xml")
+    try:
+        assert main(["validate", str(Path(__file__).parents[1] / "configs" / "demo.yaml")]) == 0
+    finally:
+        configure_logging("text", "info")
+    err = capsys.readouterr().err
+    assert "SEGSTREAM_LOG_LEVEL='verbose' is none of debug, info, warning, error: using info" in err
+    assert "SEGSTREAM_LOG_FORMAT='xml' is none of text, json: using text" in err
+
+
+def test_tail_reads_the_redis_url_from_the_environment_as_the_demo_does(server, client, monkeypatch, capsys):
+    # Found probing as an automation engineer: SEGSTREAM_REDIS_URL was ignored by tail and render
+    from segstream.pipeline.cli import main
+
+    first = publisher(server, "20261202T100000Z-aaaaaaaa")
+    first.publish(frame(0, first.run_id))
+    first.close()
+    monkeypatch.setenv("SEGSTREAM_REDIS_URL", server.url)
+    assert main(["tail", "segstream:cam0:frames"]) == 0
+    assert "frame=0" in capsys.readouterr().out
