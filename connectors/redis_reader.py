@@ -253,10 +253,11 @@ def _one_stream(pattern: str, source, stream, what: str = "newest") -> str:
 
 def _nearest_steps(name: str, ts: float, within_s: float | None) -> Iterator:
     """The steps of ``at``: the entry of stream ``name`` whose ``capture_ts`` is nearest ``ts``
-    (None for an empty stream, or one further than ``within_s`` from it). A stream's entries are in the order of their capture times, and of
-    their IDs: a bisection over the IDs' milliseconds (XRANGE start + COUNT 1 at each step, about 30
-    for a day's stream), then the entries of the last millisecond or two (a batch's share one)
-    ``_NEAREST_CHUNK`` at a time, finds the two entries around ``ts`` whatever the Redis server's clock."""
+    (None for an empty stream, or one further than ``within_s`` from it). A stream's entries are
+    in the order of their capture times, and of their IDs: a bisection over the IDs' milliseconds
+    (XRANGE start + COUNT 1 at each step, about 30 for a day's stream), then the entries of the last
+    millisecond or two (a batch's share one) ``_NEAREST_CHUNK`` at a time, finds the two entries
+    around ``ts`` whatever the Redis server's clock."""
     first = yield _command("xrange", name, "-", "+", count=1)
     last = yield _command("xrevrange", name, "+", "-", count=1)
     if not first or not last:
@@ -820,10 +821,10 @@ class _SubscriptionSteps(_FeedSteps):
         except redis.ResponseError as error:
             if "NOGROUP" not in str(error):
                 raise
-            log.warning("consumer group %s of %s is gone with its stream: the stream expired (a pipeline with "
-                        "sinks.redis.max_age_s stopped writing it for that long, or ended), or Redis lost it (restarted "
-                        "without its data, or was flushed or replaced) — creating it again; entries it lost with it "
-                        "are counted as lost when the next ones come", self.group, self.stream)
+            log.warning("consumer group %s of %s is gone with its stream: the stream expired (a pipeline "
+                        "with sinks.redis.max_age_s stopped writing it for that long, or ended), or Redis lost it "
+                        "(restarted without its data, or was flushed or replaced) — creating it again; entries it "
+                        "lost with it are counted as lost when the next ones come", self.group, self.stream)
             self._group_lost = True
             yield from self._create_group_steps(start="0")
             self._pending_cursor = "0"

@@ -102,7 +102,7 @@ class FrameStage(Protocol):
 StageFactory = Callable[[str], "FrameStage | None"]  # source name -> that source's stage (None: none there)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _Removed:
     """What the run keeps of a source removed from it once its end has reached the sinks."""
 
@@ -1181,6 +1181,7 @@ class Runtime:
                 # container), which cameras coming and going would pile up
                 source = self.sources[end.index]
                 self.sources[end.index] = _Removed(source.name, source.live)
+                self._staged_before.pop(end.index, None)
         with self._settled_cond:
             self._published_ends.add(end.index)
             self._settled_cond.notify_all()
