@@ -2,24 +2,24 @@
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import errno
 import fcntl
-import json
 import logging
 import os
 import threading
 import time
 from collections import Counter
 from pathlib import Path
-from typing import BinaryIO, Iterable, Iterator
+from typing import BinaryIO, Iterable
 
-from segstream.connectors.errors import SinkError, WireFormatError
+from segstream.connectors.errors import SinkError
 from segstream.connectors.output_files import check_output_dir, open_output
-from segstream.connectors.redis_wire import event_to_wire, to_wire
+from segstream.connectors.redis_wire import entry_line, event_to_wire, read_entries, to_wire
 from segstream.connectors.sink import DROPPED_WRITE_FAILED, DroppedCallback, WrittenCallback
 from segstream.models.results import Event, FrameResult
+
+__all__ = ["FilesSink", "entry_line", "read_entries"]  # the JSONL form lives with the wire format
 
 log = logging.getLogger("segstream.sinks")
 
@@ -275,15 +275,6 @@ class FilesSink:
                 f.close()
 
 
-def entry_line(entry: dict[str, bytes | str]) -> str:
-    """One stream entry as a JSONL line (binary fields as base64 text), newline included."""
-    return json.dumps(
-        {k: base64.b64encode(v).decode("ascii") if isinstance(v, bytes) else v for k, v in entry.items()},
-        separators=(",", ":"),
-        ensure_ascii=False,
-    ) + "\n"
-
-
 def _ends_torn(path: Path) -> bool:
     """Whether the file's last line has no newline (its writer stopped in the middle of it)."""
     try:
@@ -295,27 +286,3 @@ def _ends_torn(path: Path) -> bool:
             return f.read(1) != b"\n"
     except OSError:
         return False
-
-
-def read_entries(path: str | Path) -> Iterator[dict[str, bytes | str]]:
-    """The entries of a ``FilesSink`` file, as field maps for ``redis_wire.from_wire``. A line cut
-    short (its writer stopped in the middle of it: killed, or the disk full; a restarted run goes
-    on after it) is left out with a warning; any other line that is not an entry raises
-    ``WireFormatError`` naming the file and line."""
-    with Path(path).open(encoding="utf-8", errors="replace") as f:
-        for number, line in enumerate(f, 1):
-            try:
-                entry = json.loads(line)
-                if not isinstance(entry, dict):
-                    raise ValueError("not a JSON object")
-            except ValueError as error:
-                if line.startswith("{"):  # the start of an entry: its write stopped in the middle
-                    log.warning("%s: line %d is cut short, left out: its write stopped in the middle (the run "
-                                "was killed, or the disk filled)", path, number)
-                    continue
-                raise WireFormatError(f"{path}, line {number}: not an entry ({error}) — is this a segstream "
-                                      "files output?") from None
-            for binary in ("idmap", "levels_idmap"):
-                if binary in entry:
-                    entry[binary] = base64.b64decode(entry[binary])
-            yield entry

@@ -28,6 +28,7 @@ import socket
 import sys
 import threading
 import time
+from pathlib import Path
 from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple, TextIO
@@ -47,6 +48,7 @@ from segstream.connectors.redis_wire import (
     acl_key_patterns,
     event_from_wire,
     from_wire,
+    read_entries,
     read_entry,
     stream_name,
 )
@@ -1186,6 +1188,16 @@ def _event_entry(entry_id: str, stream: str, fields, subscription) -> EventEntry
         raise SinkError(f"'{stream}' holds frame entries, not events — read it with client.frames(), or name the "
                         "events stream (segstream:<source>:events)")
     return EventEntry(entry_id, stream, event_from_wire(fields), subscription, _seq_of(fields))
+
+
+def read_file(path: str | Path) -> Iterator[Entry | EventEntry]:
+    """The entries of a files sink's (or ``segstream batch``'s) JSONL file as the SDK's: frame
+    entries, their masks and levels decoded on first use, and event entries; each one's ``id`` is
+    its number in the file, from 1, and its ``stream`` the file's path."""
+    name = str(path)
+    for number, fields in enumerate(read_entries(path), 1):
+        yield _event_entry(str(number), name, fields, None) if "event" in fields else \
+            _frame_entry(str(number), name, fields, None)
 
 
 def _fresh(entry: Entry, max_age_s: float | None) -> bool:

@@ -9,9 +9,13 @@ module without torch); writing ``rle`` masks also needs pycocotools.
 
 from __future__ import annotations
 
+import base64
 import json
+import logging
 import time
+from collections.abc import Iterator
 from fractions import Fraction
+from pathlib import Path
 from typing import Mapping, NamedTuple
 
 import numpy as np
@@ -19,6 +23,8 @@ import zstandard
 
 from segstream.connectors.errors import WireFormatError
 from segstream.models.results import NO_TRACK, Event, FrameResult, Level, ScaledLabelMap, Segments
+
+log = logging.getLogger("segstream.sinks")
 
 SCHEMA_VERSION = 1
 DEFAULT_STREAM_PATTERN = "segstream:{source}:frames"
@@ -622,3 +628,38 @@ def _time_base(value: str) -> Fraction | None:
         return Fraction(int(numerator), int(denominator))
     except (ValueError, ZeroDivisionError):
         raise WireFormatError(f"field 'time_base' is {value!r}, expected 'num/den'") from None
+
+
+# --- the JSONL form (the files sink's, segstream batch's) ------------------------------------
+
+def entry_line(entry: dict[str, bytes | str]) -> str:
+    """One stream entry as a JSONL line (binary fields as base64 text), newline included."""
+    return json.dumps(
+        {k: base64.b64encode(v).decode("ascii") if isinstance(v, bytes) else v for k, v in entry.items()},
+        separators=(",", ":"),
+        ensure_ascii=False,
+    ) + "\n"
+
+
+def read_entries(path: str | Path) -> Iterator[dict[str, bytes | str]]:
+    """The entries of a ``FilesSink`` file (or a batch's JSONL), as field maps for ``from_wire``. A line cut
+    short (its writer stopped in the middle of it: killed, or the disk full; a restarted run goes
+    on after it) is left out with a warning; any other line that is not an entry raises
+    ``WireFormatError`` naming the file and line."""
+    with Path(path).open(encoding="utf-8", errors="replace") as f:
+        for number, line in enumerate(f, 1):
+            try:
+                entry = json.loads(line)
+                if not isinstance(entry, dict):
+                    raise ValueError("not a JSON object")
+            except ValueError as error:
+                if line.startswith("{"):  # the start of an entry: its write stopped in the middle
+                    log.warning("%s: line %d is cut short, left out: its write stopped in the middle (the run "
+                                "was killed, or the disk filled)", path, number)
+                    continue
+                raise WireFormatError(f"{path}, line {number}: not an entry ({error}) — is this a segstream "
+                                      "files output?") from None
+            for binary in ("idmap", "levels_idmap"):
+                if binary in entry:
+                    entry[binary] = base64.b64decode(entry[binary])
+            yield entry

@@ -73,6 +73,21 @@ def test_rle_entries_decode_without_a_coco_library():
     assert result.segments.track_ids.tolist() == [7, 9, 1] and result.run_id == "20261121T101502Z-3f2a9c1d"
 
 
+def test_a_files_sink_s_jsonl_reads_as_the_same_entries(tmp_path):
+    # Found probing as a SeNaTra user: the torch-free client had no way to read the files sink
+    from segstream.client import read_file
+    from segstream.connectors.redis_wire import entry_line
+
+    path = tmp_path / "cam0.jsonl"
+    lines = [entry_line(to_wire(frame(index), encoding)) for index, encoding in ((0, "idmap"), (1, "rle"))]
+    path.write_text("".join(lines) + entry_line(event_to_wire(Event("cam0", "track_started", 5.0, {"track_id": 11}))))
+    first, second, event = read_file(path)
+    assert (first.id, first.frame, second.frame, event.kind, event.id) == ("1", 0, 1, "track_started", "3")
+    assert isinstance(first, Entry) and isinstance(event, EventEntry) and first.stream == str(path)
+    np.testing.assert_array_equal(first.label_map, frame(0).label_map)
+    np.testing.assert_array_equal(second.track_mask(11), frame(1).label_map == 5)
+
+
 def test_following_from_now_yields_only_new_entries_in_order(server):
     publish(server, range(2))
     client = connect(server.url)
