@@ -442,8 +442,30 @@ def _refuse_misfit_senatra(path: Path, preset: Preset, model: SeNaTra, state: di
         raise CheckpointError(
             f"checkpoint '{path}' does not fit preset {preset.name} (dims {list(cfg.dims)}, depths "
             f"{list(cfg.depths)}, {cfg.downsampling} downsampling, {cfg.num_classes} classes, embedding "
-            f"{cfg.embed_dim}): " + "; ".join(problems) + _eomt_given_to_senatra(state)
+            f"{cfg.embed_dim}): " + "; ".join(problems) + (_eomt_given_to_senatra(state) or _senatra_fits(state))
         )
+
+
+def _senatra_fits(state: dict[str, Tensor]) -> str:
+    """Advice for a SeNaTra checkpoint that did not fit: the presets of its shape (built on the
+    meta device: no memory, no time), or that it is one's uniform-downsampling ablation."""
+    from dataclasses import replace
+
+    from segstream.models.presets import PRESETS
+
+    def fits(config) -> bool:
+        with torch.device("meta"):
+            expected = SeNaTra(config).state_dict()
+        return expected.keys() == state.keys() and all(expected[k].shape == state[k].shape for k in expected)
+
+    senatra = [p for p in PRESETS.values() if p.family == "senatra"]
+    if fitting := [p.name for p in senatra if fits(p.config)]:
+        return f" — it fits model.preset {' or '.join(fitting)}"
+    if ablation := [p.name for p in senatra if fits(replace(p.config, downsampling="uniform"))]:
+        return (f" — it is {ablation[0]}'s network with uniform downsampling (the ablation scripts/train_senatra.py "
+                "--downsampling uniform trains), which no preset runs: benchmarks/senatra_grouping.py "
+                "--uniform-checkpoint compares it with grouping")
+    return ""
 
 
 def _eomt_given_to_senatra(state: dict[str, Tensor]) -> str:

@@ -180,6 +180,16 @@ def test_checkpoints_that_do_not_fit_the_preset_say_so(tmp_path):
         load_senatra(SYNTHETIC_SENATRA, str(path))
     with pytest.raises(CheckpointError, match="no published weights"):
         load_senatra(PRESETS["ade20k_senatra_tiny_512"])
+    # found probing as a SeNaTra user: the line did not say which preset fits, nor what the
+    # repository's own uniform-downsampling ablation is
+    shipped_size = tmp_path / "small.pt"
+    torch.save(SeNaTra(SYNTHETIC_SENATRA.config).state_dict(), shipped_size)
+    with pytest.raises(CheckpointError, match=r"— it fits model.preset synthetic_senatra_tiny_192$"):
+        load_senatra(PRESETS["ade20k_senatra_tiny_512"], str(shipped_size))
+    ablation = tmp_path / "uniform.pt"
+    torch.save(SeNaTra(replace(SYNTHETIC_SENATRA.config, downsampling="uniform")).state_dict(), ablation)
+    with pytest.raises(CheckpointError, match=r"synthetic_senatra_tiny_192's network with uniform downsampling"):
+        load_senatra(SYNTHETIC_SENATRA, str(ablation))
 
 
 def test_segment_embeddings_are_the_mean_final_token_over_each_segment():
