@@ -638,10 +638,11 @@ def run_pipeline(cfg: PipelineConfig, max_frames: int | None = None, progress=Tr
     the model loads (``/readyz`` says not yet). With ``ops.reload``, ``POST /reload`` applies the
     sources of the config ``reload_from()`` reads (see ``segstream.pipeline.reload``)."""
     from segstream.pipeline.metrics import RunMetrics
-    from segstream.pipeline.model_factory import build_segmenter
+    from segstream.pipeline.model_factory import build_segmenter, check_model_config
     from segstream.pipeline.monitoring import serve_ops
     from segstream.pipeline.preflight import check_sink_permissions
 
+    check_model_config(cfg.model)  # a model section that cannot run is said before anything listens
     metrics = RunMetrics()
     run_id = new_run_id()
     set_run_id(run_id)  # from the first line on, the endpoints' included

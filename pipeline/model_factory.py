@@ -218,9 +218,15 @@ def check_model_config(model_cfg) -> Preset:
     # SeNaTra's native semantic output exists whatever the preset's task: its carried class logits.
     native_semantic = preset.family == "senatra" and model_cfg.task == "semantic"
     if model_cfg.task not in (None, preset.task) and not native_semantic:  # None: the preset's
+        task = model_cfg.task
+        ours = [p.name for p in PRESETS.values() if p.family == preset.family and p.task == task][:3]
+        others = [p.name for p in PRESETS.values() if p.task == task][:3]
+        which = (f"{_a(task)} preset ({', '.join(ours)})" if ours else
+                 f"{_a(task)} preset of another family ({', '.join(others)}: no {preset.family} preset is one)"
+                 if others else f"a model of your own ({task}: no preset is one)")
         raise ConfigError(
-            f"model.task: preset {preset.name} is {_a(preset.task)} model, the config asks for {model_cfg.task} — "
-            f"remove model.task (or set it to {preset.task}), or choose {_a(model_cfg.task)} preset"
+            f"model.task: preset {preset.name} is {_a(preset.task)} model, the config asks for {task} — "
+            f"remove model.task (or set it to {preset.task}), or choose {which}"
         )
     if preset.family not in FAMILY_BUILDERS:
         raise ConfigError(f"model.preset: {preset.name} is of family {preset.family!r}, which this segstream cannot run "

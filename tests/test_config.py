@@ -649,3 +649,18 @@ def test_output_to_a_reader_that_went_away_or_a_full_disk_is_no_traceback():
                               text=True)
     assert done.returncode == 1 and done.stderr.strip().splitlines() == [
         "segstream: error: cannot write the output: No space left on device — free space, or write it elsewhere"]
+
+
+def test_a_task_no_preset_of_the_family_has_names_those_that_have_it_and_run_says_so_before_listening(
+        tmp_path, capsys):
+    # Found probing as a SeNaTra user: "choose an instance preset" (SeNaTra has none), said by run
+    # after its metrics port was opened and announced
+    config = tmp_path / "run.yaml"
+    config.write_text("sources: [{name: cam, type: synthetic}]\nmodel: {family: senatra, device: cpu, task: instance}\n"
+                      "ops: {http: '127.0.0.1:0'}\n")
+    assert main(["run", str(config)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["segstream: error: model.task: preset synthetic_senatra_tiny_192 is a panoptic model, the config "
+                   "asks for instance — remove model.task (or set it to panoptic), or choose an instance preset of "
+                   "another family (coco_instance_eomt_large_640, coco_instance_eomt_large_1280: no senatra preset "
+                   "is one)"], err
