@@ -71,9 +71,11 @@ class FilesSink:
 
     name = "files"
 
-    def __init__(self, directory: str | Path, mask_encoding: str = "rle", sources: Iterable[str] = ()):
+    def __init__(self, directory: str | Path, mask_encoding: str = "rle", sources: Iterable[str] = (),
+                 levels: bool = True):
         self.directory = Path(directory)
         self.mask_encoding = mask_encoding
+        self.levels = levels  # a model's segment hierarchy written (SeNaTra's levels)
         self.on_written: WrittenCallback | None = None
         self.on_dropped: DroppedCallback | None = None
         self.dropped: Counter[str] = Counter()
@@ -110,7 +112,7 @@ class FilesSink:
 
     def publish(self, result: FrameResult) -> None:
         now = time.time()
-        entry = to_wire(result, self.mask_encoding, publish_ts=now)
+        entry = to_wire(result, self.mask_encoding, publish_ts=now, levels=self.levels)
         if not self._write(self.path(result.source), entry):
             self.dropped[DROPPED_WRITE_FAILED] += 1
             if self.on_dropped is not None:

@@ -152,6 +152,7 @@ class RedisPublisher:
         drain_timeout_s: float = 10.0,
         run_id: str = "",
         max_age_s: float | None = None,
+        levels: bool = True,
     ) -> None:
         if mask_encoding not in MASK_ENCODINGS:
             raise ConfigError(
@@ -186,6 +187,7 @@ class RedisPublisher:
         self._redis_clock: tuple[int, float] | None = None
         self._swept = time.monotonic()
         self.mask_encoding = mask_encoding
+        self.levels = levels  # a model's segment hierarchy published (SeNaTra's levels)
         self.pipeline_size = pipeline_size
         self.max_batch_delay_s = max_batch_delay_s
         self.max_backlog = max_backlog
@@ -285,6 +287,7 @@ class RedisPublisher:
         files_kept: bool = False,
         run_id: str = "",
         max_age_s: float | None = None,
+        levels: bool = True,
     ) -> RedisPublisher:
         """Connect to the Redis at ``url``, or with no url start an embedded one for this run.
 
@@ -317,7 +320,7 @@ class RedisPublisher:
                 client, stream_pattern, maxlen, mask_encoding, pipeline_size,
                 max_batch_delay_s=max_batch_delay_s, events_pattern=events_pattern, max_backlog=max_backlog,
                 max_backlog_bytes=max_backlog_bytes, reconnect_max_s=reconnect_max_s,
-                drain_timeout_s=drain_timeout_s, run_id=run_id, max_age_s=max_age_s,
+                drain_timeout_s=drain_timeout_s, run_id=run_id, max_age_s=max_age_s, levels=levels,
             )
         except BaseException:
             if embedded is not None:
@@ -351,7 +354,7 @@ class RedisPublisher:
         """Queue the entry for ``result``; sends the batch once it is full or old enough."""
         if self._closed:
             raise SinkError("the Redis publisher is closed — publish before close()")
-        fields = to_wire(result, self.mask_encoding)
+        fields = to_wire(result, self.mask_encoding, levels=self.levels)
         # Once encoded, only a stand-in waits for the batch: a 4K label map (33 MB) must not stay
         # in memory for every buffered entry.
         stream = stream_name(self.stream_pattern, result.source)

@@ -59,9 +59,11 @@ def acl_key_patterns(*patterns: str) -> str:
     return " ".join(dict.fromkeys(glob(pattern) for pattern in patterns))
 
 
-def to_wire(result: FrameResult, mask_encoding: str = "rle", publish_ts: float | None = None) -> dict[str, bytes | str]:
+def to_wire(result: FrameResult, mask_encoding: str = "rle", publish_ts: float | None = None,
+            levels: bool = True) -> dict[str, bytes | str]:
     """The stream entry for one processed frame; ``mask_encoding`` is ``rle`` (COCO RLE per
-    segment) or ``idmap`` (one zstd-compressed label map); ``publish_ts`` defaults to now."""
+    segment) or ``idmap`` (one zstd-compressed label map); ``publish_ts`` defaults to now; without
+    ``levels``, no segment hierarchy (a model's levels are left out)."""
     if mask_encoding not in MASK_ENCODINGS:
         raise WireFormatError(
             f"unknown mask encoding {mask_encoding!r} — use one of {', '.join(MASK_ENCODINGS)}"
@@ -109,7 +111,7 @@ def to_wire(result: FrameResult, mask_encoding: str = "rle", publish_ts: float |
             np.ascontiguousarray(result.label_map, dtype="<i4").tobytes()
         )
     fields["segments"] = json.dumps(records, separators=(",", ":"), ensure_ascii=False)
-    if result.levels:
+    if result.levels and levels:
         _levels_to_wire(result, mask_encoding, fields)
     return fields
 

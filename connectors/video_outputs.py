@@ -60,12 +60,14 @@ class VideoOutputs:
         video_name: str = "",
         fps_hint: float = 25.0,
         opacity: float = 0.45,
+        levels: bool = True,
     ):
         self.root = Path(root)
         self.video_id = video_id
         self.final = self.root / video_id
         self.partial = self.root / PARTIAL / f"{video_id}.{uuid.uuid4().hex[:12]}"
         self.mask_encoding = mask_encoding
+        self.levels = levels
         self.opacity = opacity
         self.frames = 0
         try:
@@ -91,7 +93,7 @@ class VideoOutputs:
     def write(self, result: FrameResult) -> None:
         try:
             if self._frames is not None:
-                entry = to_wire(result, self.mask_encoding, publish_ts=0.0)
+                entry = to_wire(result, self.mask_encoding, publish_ts=0.0, levels=self.levels)
                 entry["capture_ts"] = NO_TIME
                 entry["run_id"] = ""
                 self._frames.write(entry_line(entry))

@@ -638,7 +638,8 @@ class BatchSink:
             outputs = self._outputs[video_id] = VideoOutputs(
                 self.root, video_id, self.labels, jsonl=batch.jsonl, coco_panoptic=batch.coco_panoptic,
                 coco_images=batch.coco_images, overlay=batch.overlay, number=job.number,
-                mask_encoding=self.cfg.sinks.redis.mask_encoding, video_name=mask_userinfo(job.path.name),
+                mask_encoding=self.cfg.sinks.redis.mask_encoding, levels=self.cfg.sinks.redis.levels,
+                video_name=mask_userinfo(job.path.name),
                 fps_hint=job.fps,
             )
         return outputs
@@ -800,6 +801,8 @@ def output_settings(cfg: PipelineConfig) -> dict:
     batch = cfg.batch
     outputs = {"jsonl": batch.jsonl, "coco_panoptic": batch.coco_panoptic, "overlay": batch.overlay,
                "mask_encoding": cfg.sinks.redis.mask_encoding, "resize_in_decoder": cfg.engine.resize_in_decoder}
+    if not cfg.sinks.redis.levels:  # only when off: manifests from before the key stay matching
+        outputs["levels"] = False
     if batch.max_fps:  # only when set: manifests from before the key stay matching every-frame runs
         outputs["max_fps"] = batch.max_fps
     if batch.coco_panoptic and batch.coco_images:  # the same

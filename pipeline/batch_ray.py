@@ -171,7 +171,8 @@ def process_video(job: VideoJob, cfg_json: str, root: str, actor, labels, board,
         outputs = VideoOutputs(
             root, job.id, labels, jsonl=batch_cfg.jsonl, coco_panoptic=batch_cfg.coco_panoptic,
             coco_images=batch_cfg.coco_images, overlay=batch_cfg.overlay, number=job.number,
-            mask_encoding=cfg.sinks.redis.mask_encoding, video_name=mask_userinfo(job.path.name), fps_hint=job.fps,
+            mask_encoding=cfg.sinks.redis.mask_encoding, levels=cfg.sinks.redis.levels,
+            video_name=mask_userinfo(job.path.name), fps_hint=job.fps,
         )
         images = outputs.wants_images or any(getattr(s, "wants_images", False) for s in sinks)
         pending: deque = deque()

@@ -172,6 +172,7 @@ def _redis_sink(cfg: SinksConfig, embedded_dir: Path | None, run_id: str = "", s
         maxlen=redis.maxlen,
         max_age_s=redis.max_age_s,
         mask_encoding=redis.mask_encoding,
+        levels=redis.levels,
         pipeline_size=redis.pipeline_size,
         files_kept=cfg.files.enabled,
         max_batch_delay_s=redis.max_batch_delay_ms / 1000,
@@ -184,7 +185,7 @@ def _redis_sink(cfg: SinksConfig, embedded_dir: Path | None, run_id: str = "", s
 def _files_sink(cfg: SinksConfig, embedded_dir: Path | None, sources: Sequence[str] = ()) -> Sink:
     from segstream.connectors.files_sink import FilesSink
 
-    return FilesSink(cfg.files.dir, cfg.redis.mask_encoding, sources=sources)
+    return FilesSink(cfg.files.dir, cfg.redis.mask_encoding, sources=sources, levels=cfg.redis.levels)
 
 
 def _preview_sink(cfg: SinksConfig, embedded_dir: Path | None) -> Sink:

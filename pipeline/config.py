@@ -714,9 +714,11 @@ class RedisSinkConfig(Strict):
     maxlen: PositiveInt = 10000
     """Each stream keeps at least this many newest entries (MAXLEN ~)."""
     max_age_s: PositiveFloat | None = None
-    """Also trim entries more than this many seconds older than the stream's newest (null: by maxlen only)."""
+    """Also trim entries older than this many seconds, and let a stream no run writes go as long after its last entry (null: by maxlen only)."""
     mask_encoding: Literal["rle", "idmap"] = "rle"
     """How masks travel: rle (per segment) or idmap (one label map per frame)."""
+    levels: bool = True
+    """Publish a model's segment hierarchy (SeNaTra's levels); false leaves it out of entries and files."""
     pipeline_size: PositiveInt = 32
     """At most this many entries per pipelined write to Redis."""
     max_batch_delay_ms: Annotated[float, Field(ge=0)] = 20.0

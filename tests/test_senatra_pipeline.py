@@ -87,6 +87,24 @@ def test_senatra_hierarchy_reaches_redis_as_the_model_made_it(tmp_path, clip, re
     assert summary_line("1-0", entries[0]).endswith(f" levels={sizes}")
 
 
+def test_levels_left_out_make_entries_the_size_of_a_panoptic_model_s(tmp_path, clip, redis_server):
+    # Found probing as a SeNaTra user: the hierarchy made each entry about ten times the size of its
+    # segments (rle, 320x240), with no way to leave it out
+    client = redis_server.client()
+    client.delete(STREAM)
+    path = _config(tmp_path, clip, redis_server.url, "rle")
+    config = load_config(path, ["sinks.redis.levels=false", "sinks.files.enabled=true",
+                                f"sinks.files.dir={tmp_path / 'out'}"])
+    assert run_pipeline(config).published == FRAMES
+    entries = [fields for _, fields in client.xrange(STREAM)]
+    assert len(entries) == FRAMES and not any(b"levels" in fields or b"levels_idmap" in fields for fields in entries)
+    from segstream.client import read_file
+
+    written = list(read_file(tmp_path / "out" / "cam0.jsonl"))
+    assert len(written) == FRAMES and all(entry.levels == [] for entry in written)
+    assert all(entry.segments.labels.size for entry in written)  # the panoptic result is all there
+
+
 def test_family_alone_picks_its_shipped_model_and_a_mismatch_is_named():
     assert build_segmenter(ModelConfig(family="senatra", device="cpu")).name == SYNTHETIC_SENATRA.name
     with pytest.raises(ConfigError, match="preset synthetic_eomt_tiny_256 is a eomt model.*senatra"):
