@@ -84,6 +84,7 @@ class Batcher:
         self.policies = list(policies) if policies is not None else [None] * len(self.names)
         self.queues: list[deque[Frame]] = [deque() for _ in names]
         self.open = [True] * len(names)
+        self._open_count = len(names)  # queues not finished (added ones before they are active too)
         self.batched = [0] * len(names)  # each source's frames handed to the model
         self.cond = threading.Condition()
         self.aborted = False
@@ -128,6 +129,7 @@ class Batcher:
             self.queues.append(deque())
             self.batched.append(0)
             self.open.append(True)  # last: a reader that sees it open finds the rest
+            self._open_count += 1  # the model stage waits for it from now, active or not yet
             return len(self.open) - 1
 
     def activate(self, i: int) -> None:
@@ -135,6 +137,7 @@ class Batcher:
         lists have the source (a thread walking them by these indices finds it)."""
         with self.cond:
             self.active = [*self.active, i]
+            self.cond.notify_all()
 
     def retire(self, i: int) -> None:
         """Source ``i`` was removed and its end has reached the sinks: its (empty) queue leaves
@@ -146,6 +149,8 @@ class Batcher:
 
     def finish(self, i: int) -> None:
         with self.cond:
+            if self.open[i]:
+                self._open_count -= 1
             self.open[i] = False
             self.cond.notify_all()
 
@@ -196,7 +201,7 @@ class Batcher:
         return any(self.queues[i] for i in self.active)
 
     def _any_open(self) -> bool:
-        return any(self.open[i] for i in self.active)
+        return self._open_count > 0
 
     def _take_round_robin(self, batch: list[Frame], size: int) -> None:
         active = self.active

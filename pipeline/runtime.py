@@ -1045,9 +1045,10 @@ class Runtime:
                 self._to_stage.drain()
         finally:
             with self._ended_lock:  # a run that failed first: its sources still say they ended
-                held = [event for states in self._held_states.values() for _, _, event in states]
-                held += self._ended_states.values()  # after the states before them
-                self._held_states, self._ended_states = {}, {}
+                # (with the states held before them: the publisher releases the others' in order)
+                held = [event for name in self._ended_states for *_, event in self._held_states.pop(name, ())]
+                held += self._ended_states.values()
+                self._ended_states = {}
                 self._stage_done = True  # any later state goes out at once, after these
                 for event in held:
                     self.emit(event)

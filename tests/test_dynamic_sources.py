@@ -404,3 +404,58 @@ def test_after_a_failure_the_states_held_for_their_frames_still_come_before_the_
     states = [entry[2] for entry in sink.order if entry[0] == "state"]
     assert states[-1] in ("ended", "failed") and states.count(states[-1]) == 1, states
     assert states[:3] == ["streaming", "reconnecting", "streaming"], states
+
+
+def test_a_state_after_a_source_s_last_frames_follows_them_at_the_end_of_a_run():
+    """Found in review: at the end of a normal run the held states went out ahead of the frames
+    still waiting for a slow sink (frame 10, reconnecting, frame 11)."""
+
+    class Slow(_Ordered):
+        def publish(self, result):
+            time.sleep(0.03)
+            super().publish(result)
+
+    class LateDrop(_DroppingCamera):
+        def frames(self):
+            self.on_state("streaming", "first session", {})
+            for index in range(12):
+                image = np.full((48, 64, 3), 30, np.uint8)
+                yield Frame(self.name, index, image, index * 900, TIME_BASE, index / 100, time.time())
+            self.on_state("reconnecting", "the camera's stream ended", {"phase": "read"})
+            self.on_state("ended", "gave up", {})
+
+    sink = Slow()
+    Runtime([LateDrop("cam")], ColourSegmenter(), [sink], batch_size=2, max_wait_ms=5, progress=None,
+            publish_states=True, queue_size=8).run()
+    assert [entry[1:] for entry in sink.order if entry[1] == "cam"][-3:] == [
+        ("cam", 11), ("cam", "reconnecting"), ("cam", "ended")]
+
+
+def test_a_source_added_as_the_run_s_last_other_source_ends_is_still_taken(monkeypatch):
+    """Found in review: the model stage ended when the last active source did, while a source being
+    added had a queue but was not active yet: its frames were never taken, and the run never ended."""
+
+    class Finite(SquareCamera):
+        live = False
+
+        def frames(self):
+            for index in range(40):
+                image = np.full((48, 64, 3), 30, np.uint8)
+                yield Frame(self.name, index, image, index * 900, TIME_BASE, index / 100, time.time())
+
+    sink = CollectingSink()
+    first = SquareCamera("a")
+    run = _Running(_runtime([first], sink, queue_size=4))
+    _wait(lambda: len(sink.indices("a")) >= 2)
+    slow = run.runtime.set_filter
+
+    def set_filter_slowly(name, segment_filter):
+        first.close()  # the run's last other source ends between the new queue and its activation
+        time.sleep(1.0)
+        slow(name, segment_filter)
+
+    monkeypatch.setattr(run.runtime, "set_filter", set_filter_slowly)
+    run.runtime.add_source(Finite("b"), queue_size=4)
+    run.thread.join(20)
+    assert not run.thread.is_alive() and run.error is None
+    assert run.report.sources["b"].published == 40
