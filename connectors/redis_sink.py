@@ -106,9 +106,9 @@ class RedisPublisher:
     (docs/OPERATIONS.md, Retention): each batch trims the streams it writes exactly (``XTRIM
     <stream> MINID <id>``; Redis 6.2 or newer, checked at start) and sets each one's time to live to
     ``max_age_s`` (``PEXPIRE``), in the same MULTI/EXEC; every ``_SWEEP_S`` the streams no batch
-    wrote meanwhile (a camera down, or removed) are trimmed the same way, and once more at ``close()``;
-    after that a stream goes whole ``max_age_s`` after its last write (its time to live), holding
-    entries up to twice ``max_age_s`` old until then. A user without +pexpire is warned once and
+    wrote meanwhile (a camera down, or removed) are trimmed the same way; once no run writes a
+    stream, it goes whole ``max_age_s`` after its last write (its time to live), holding entries up
+    to twice ``max_age_s`` old until then. A user without +pexpire is warned once and
     counted (``expiry_refused``): trimming still holds while the run lives.
 
     Entries wait in an outgoing queue until ``pipeline_size`` of them are there, the oldest has
@@ -254,7 +254,7 @@ class RedisPublisher:
         # Redis's clock minus this machine's, seconds: the least of the recent readings (INFO at
         # connect, each batch's IDs), each high by the time the reading took to reach Redis
         self.clock_offset_s: float | None = None
-        self._unwatched: set[str] = set()  # streams of sources removed from the run: no loss of its to watch
+        self._unwatched: set[str] = set()  # streams of removed sources whose last entries wait for Redis
         self._clock_readings: deque[float] = deque(maxlen=_CLOCK_READINGS)
         self._clock_warned = False
         self._check_eviction_policy()
@@ -377,7 +377,7 @@ class RedisPublisher:
         are no longer this run's to watch (an operator erasing them is no loss of this run's output)."""
         streams = {stream_name(self.stream_pattern, source), stream_name(self.events_pattern, source)}
         self._pump(everything=True)  # what is still queued for it, written now where Redis answers
-        self._unwatched |= streams  # and what waits (Redis away) is not watched once written either
+        self._unwatched |= streams & {item.stream for item in self._queue}  # what waits (Redis away), once written
         for stream in streams:
             self._last_id.pop(stream, None)
 
@@ -424,8 +424,6 @@ class RedisPublisher:
                     self._drop_all()
             self._check_vanished_at_end()
             self._report()
-            if self.max_age_s is not None:
-                self._trim_at_end()
         finally:
             self._stopping.set()
             if self._probe is not None:
@@ -718,6 +716,8 @@ class RedisPublisher:
             self._seq[item.stream] = max(self._seq.get(item.stream, 0), int(item.fields["seq"]))
             if item.stream not in self._unwatched:
                 self._last_id[item.stream] = entry_id
+        if self._unwatched:  # a removed source's last waiting entries written: nothing of it is left to skip
+            self._unwatched &= {item.stream for item in self._queue}
         if entries and self.max_age_s is not None:
             answered = time.monotonic()
             self._redis_clock = (max(_id_key(entry_id)[0] for _, entry_id in entries), answered)
@@ -799,22 +799,6 @@ class RedisPublisher:
             pipe.execute(raise_on_error=False)  # a refusal was said at the batches
         except redis.RedisError as error:  # an outage: the next batch finds it
             log.debug("cannot trim the idle streams by age (%s)", error_summary(error))
-
-    def _trim_at_end(self) -> None:
-        """At close, a last exact trim of the streams this run wrote: from here on only their time
-        to live (``max_age_s`` after each one's last write) deletes what they hold, the older entries
-        with the newest, so that a restart within ``max_age_s`` finds them (and their consumer groups)."""
-        streams = sorted(self._written_at)
-        min_id = self._oldest_kept()
-        if not streams or min_id is None or not self._connected or self._refused_for_good:
-            return
-        pipe = self.client.pipeline(transaction=False)
-        for stream in streams:
-            pipe.xtrim(stream, minid=min_id, approximate=False)
-        try:
-            pipe.execute(raise_on_error=False)
-        except redis.RedisError as error:  # gone: what the last batch trimmed stands
-            log.debug("cannot trim the streams by age at the end (%s)", error_summary(error))
 
     def _check_minid(self) -> None:
         """Trimming by age needs XTRIM MINID (Redis 6.2): an older Redis fails the start, in one line."""
