@@ -124,33 +124,37 @@ def _port_accepts(address: tuple[int, tuple], timeout_s: float) -> bool:
     return True
 
 
+LOOKING = object()  # what ``_Resolver.get`` says before its first lookup has ended
+
+
 class _Resolver:
     """A host name's address, looked up on a thread of its own (``getaddrinfo`` takes no timeout,
     and a network that is down may keep it for many seconds: the source's wait must not), at most
-    one lookup at a time, again once the last is ``_RESOLVE_AGAIN_S`` old."""
+    one lookup at a time; a found address is looked up again once ``_RESOLVE_AGAIN_S`` old, a
+    failed lookup at the next ``get``."""
 
     def __init__(self):
-        self._found: tuple[float, tuple[int, tuple] | None] | None = None  # (when, address)
+        self._found: tuple[float, tuple[int, tuple] | None] | None = None  # (when, address or None: none found)
         self._looking: threading.Thread | None = None
         self._lock = threading.Lock()
 
-    def get(self, host: str, port: int) -> tuple[int, tuple] | None:
-        """The address last found for ``host``:``port``; None before the first lookup ends (or when
-        it found none)."""
+    def get(self, host: str, port: int) -> tuple[int, tuple] | None | object:
+        """The address last found for ``host``:``port``; None when the last lookup found none (a name
+        that does not resolve now: the camera is unreachable), ``LOOKING`` before the first ends."""
         with self._lock:
             found, looking = self._found, self._looking
-            stale = found is None or time.monotonic() - found[0] > _RESOLVE_AGAIN_S
-            if stale and (looking is None or not looking.is_alive()):
+            again = found is None or found[1] is None or time.monotonic() - found[0] > _RESOLVE_AGAIN_S
+            if again and (looking is None or not looking.is_alive()):
                 self._looking = threading.Thread(target=self._look, args=(host, port), daemon=True,
                                                  name="segstream-resolve")
                 self._looking.start()
-        return found[1] if found is not None else None
+        return found[1] if found is not None else LOOKING
 
     def _look(self, host: str, port: int) -> None:
         try:
             info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
             address = (info[0][0], info[0][4]) if info else None
-        except OSError:
+        except (OSError, UnicodeError):  # no such name now; a label too long for IDNA
             address = None
         with self._lock:
             self._found = (time.monotonic(), address)
@@ -570,7 +574,7 @@ class LiveSource:
                 self._enter(
                     "reconnecting", reason, {**details, "attempt": failures, "delay_s": round(delay, 3)}
                 )
-                if self._wait_to_retry(delay):
+                if self._wait_to_retry(delay, details.get("unreachable", False)):
                     break
         except GeneratorExit:
             raise
@@ -585,10 +589,10 @@ class LiveSource:
                              f"{'s' if self.reconnects != 1 else ''}; the last because: {reason})")
                 self._enter("ended", ended, {"never_streamed": True} if epoch < 0 and self.reconnects else {})
 
-    def _wait_to_retry(self, delay: float) -> bool:
+    def _wait_to_retry(self, delay: float, seen_closed: bool) -> bool:
         """Wait ``delay`` before the next attempt (True: closed meanwhile). An RTSP camera is
-        retried at once when its port, seen refusing or unreachable during the wait, accepts a
-        connection (checked every ``_PORT_CHECK_S``): a camera that comes back is read within a
+        retried at once when its port, refusing or unreachable at the attempt (``seen_closed``) or
+        during the wait, accepts a connection (checked every ``_PORT_CHECK_S``): a camera that comes back is read within a
         second, not at the end of a backoff grown over its outage. A port that accepted all along
         (a server that answers badly) waits its backoff. RTSP only: a camera serves many clients,
         and a bare connection closed at once costs it nothing; FFmpeg serving HTTP, TCP or RTMP
@@ -597,13 +601,12 @@ class LiveSource:
         if address is None:
             return self._closed.wait(delay)
         deadline = time.monotonic() + delay
-        seen_closed = False
         while (left := deadline - time.monotonic()) > 0:
             if self._closed.wait(min(left, _PORT_CHECK_S)):
                 return True
-            if (resolved := self._resolver.get(*address)) is None:  # a name still being looked up
+            if (resolved := self._resolver.get(*address)) is LOOKING:  # its name being looked up
                 continue
-            accepts = _port_accepts(resolved, _PORT_CHECK_S)
+            accepts = resolved is not None and _port_accepts(resolved, _PORT_CHECK_S)
             if accepts and seen_closed:
                 logger.info("source %s: '%s' accepts connections again: retrying now, %.1f s before its backoff "
                             "ended", self.name, self.shown, max(0.0, deadline - time.monotonic()))

@@ -208,3 +208,27 @@ def test_the_rtsp_server_a_stream_is_read_from_for_its_reconnects():
                         "http://10.0.0.5/live.ts", "tcp://10.0.0.9:9000", "udp://@:5000", "srt://10.0.0.5:9000",
                         "/dev/video0", "clip.mp4", "rtsp://host:port/x"):
         assert rtsp_address(not_checked) is None, not_checked
+
+
+def test_a_camera_s_name_is_looked_up_beside_its_reconnect_wait_and_again_after_a_failure():
+    # Found in review: getaddrinfo takes no timeout (a down network held the wait), a failed lookup
+    # was kept for 30 s, and a label too long for IDNA killed the lookup's thread with a traceback
+    import time
+
+    from segstream.connectors.live_source import LOOKING, _Resolver
+
+    def settled(resolver, host):
+        deadline = time.monotonic() + 10
+        while (found := resolver.get(host, 554)) is LOOKING and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return found
+
+    local = _Resolver()
+    assert local.get("127.0.0.1", 554) is LOOKING  # the first answer comes from its own thread
+    assert settled(local, "127.0.0.1")[1] == ("127.0.0.1", 554)
+    for unknown in ("camera.invalid", "x" * 70 + ".example"):
+        resolver = _Resolver()
+        assert settled(resolver, unknown) is None
+        first = resolver._looking
+        resolver.get(unknown, 554)  # looked up again at once, not kept for 30 s
+        assert resolver._looking is not first
