@@ -230,5 +230,6 @@ def test_a_camera_s_name_is_looked_up_beside_its_reconnect_wait_and_again_after_
         resolver = _Resolver()
         assert settled(resolver, unknown) is None
         first = resolver._looking
+        first.join(5)
         resolver.get(unknown, 554)  # looked up again at once, not kept for 30 s
         assert resolver._looking is not first
