@@ -127,8 +127,8 @@ def network_fps(adapter, frames: list, seconds: float = 3.0, workers: int = 1) -
 
 def naive_fps(cfg: PipelineConfig, adapter, frame_count: int) -> float:
     """Decode, segment, filter, track and publish one frame after another, on the intra-op threads torch
-    has (``run_bench`` gives it every core, or ``engine.threads``, as a plain loop would have);
-    frames per second from the first frame on (opening the source is not timed)."""
+    has (``run_bench`` tries every core, or ``engine.threads``, and one); frames per second from the
+    first frame on (opening the source is not timed)."""
     from segstream.pipeline.builders import build_sinks, build_sources
     from segstream.pipeline.tracking import tracking_stages
 
@@ -144,6 +144,7 @@ def naive_fps(cfg: PipelineConfig, adapter, frame_count: int) -> float:
     settings = filter_settings(cfg.filters_of(cfg.sources[0].name), adapter.labels)
     segment_filter = SegmentFilter(settings) if settings.active else None
     sinks = build_sinks(cfg.sinks)
+    drawn = any(getattr(sink, "wants_images", False) for sink in sinks)  # a preview draws on the frame
     done = 0
     try:
         frames = source.frames()
@@ -157,6 +158,8 @@ def naive_fps(cfg: PipelineConfig, adapter, frame_count: int) -> float:
                 segment_filter.apply(result)
             for stage in stages:
                 result = stage.process(result)
+            if drawn:
+                result.image = frame.image
             for sink in sinks:
                 sink.publish(result)
                 sink.flush()

@@ -94,3 +94,10 @@ def test_bench_publishes_beside_the_run_s_streams_and_files_not_into_them(tmp_pa
         keys = sorted(key.decode() for key in server.client().keys("*"))
     assert keys == ["segstream:bench-demo:events", "segstream:bench-demo:frames", "segstream:bench-naive:frames"], keys
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
+def test_bench_with_a_preview_draws_in_the_naive_loop_too(tmp_path, capsys):
+    # Found probing (release QA): the naive loop handed the preview sink results without their frame
+    assert main(["bench", str(DEMO), "--frames", "6", "--naive-frames", "3", "--network-seconds", "0.2", "--json",
+                 "--set", "model.device=cpu", "--set", "sinks.preview.enabled=true"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["fps"]["naive"] > 0

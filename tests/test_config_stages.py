@@ -171,7 +171,8 @@ def test_bench_runs_the_config_s_stages_in_the_pipeline_and_the_naive_loop(site)
     out = segstream_cli(site, "bench", str(config), "--sources", "2", "--frames", "3", "--naive-frames", "3",
                         "--network-seconds", "0.2", "--json")
     assert out.returncode == 0, out.stderr
-    assert sorted((site / "marks.txt").read_text().split()) == ["cam1-0", "cam1-1", "naive"]
+    marks = (site / "marks.txt").read_text().split()  # the naive loop's once per thread count it was tried at
+    assert sorted(set(marks)) == ["cam1-0", "cam1-1", "naive"] and marks.count("cam1-0") == 1
 
 
 def test_batch_refuses_a_config_s_stages_in_one_line(site):
