@@ -59,6 +59,7 @@ log = logging.getLogger("segstream.client")
 _TAIL_BLOCK_MS = 2000
 _MAX_BLOCK_MS = 5000
 _TAIL_DISCOVER_S = 2.0  # how often `segstream tail --follow` looks for new streams matching a glob
+_AT_FAR_S = 1.0  # `tail --at`: an entry this far from the time asked is said to be
 _NEAREST_CHUNK = 16  # entries read at once where ``at``'s bisection is down to a millisecond (a batch's)
 
 
@@ -260,6 +261,8 @@ def _nearest_steps(name: str, ts: float, within_s: float | None) -> Iterator:
     (XRANGE start + COUNT 1 at each step, about 30 for a day's stream), then the entries of the last
     millisecond or two (a batch's share one) ``_NEAREST_CHUNK`` at a time, finds the two entries
     around ``ts`` whatever the Redis server's clock."""
+    if not math.isfinite(ts) or (within_s is not None and not within_s >= 0):
+        raise ValueError(f"at() takes a finite time and a within_s of 0 or more, got {ts!r} and {within_s!r}")
     first = yield _command("xrange", name, "-", "+", count=1)
     last = yield _command("xrevrange", name, "+", "-", count=1)
     if not first or not last:
@@ -1355,6 +1358,9 @@ def tail(stream: str | list[str], url: str, count: int | None, follow: bool, out
             if at is not None and name not in frames_of:
                 nearest = _run(_nearest_steps(name, at, None), client)
                 until[name] = nearest.id if nearest is not None else "+"
+                if nearest is not None and abs(off := _when(nearest) - at) > _AT_FAR_S:  # down then, or trimmed
+                    log.warning("%s: the entry captured nearest the time asked was captured %.1f s %s it",
+                                terminal_safe(name), abs(off), "after" if off > 0 else "before")
             last = until.get(frames_of.get(name, name), "+")
             if count is None:
                 found = client.xrange(name, "-", last)

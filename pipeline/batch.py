@@ -935,6 +935,9 @@ def run_batch(cfg: PipelineConfig, inputs: Sequence[str], engine: str = "local",
         log.warning(warning)
     if not paths:
         raise ConfigError("no videos to process: " + ("; ".join(warnings) or "no inputs given"))
+    if not any(path.exists() for path in paths):  # a missing one among others fails as a video; all: a mistake
+        missing = ", ".join(f"'{path}'" for path in paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
+        raise ConfigError(f"no videos to process: {missing} do{'es' if len(paths) == 1 else ''} not exist")
     with output_lock(root):
         clear_partial(root)
         manifest = Manifest(root / MANIFEST, output_settings(cfg))

@@ -411,8 +411,8 @@ def wall_time(text: str) -> float:
     """``--at``'s time as seconds since the epoch: ISO 8601 with its zone, or a number of seconds."""
     from datetime import datetime
 
-    no_time = ConfigError(f"--at {text!r} is no time — give ISO 8601 with its zone (2026-12-03T07:10:00Z) or "
-                             "seconds since the epoch")
+    no_time = ConfigError(f"--at {text!r} is no time — give a date and time with its zone (2026-12-03T07:10:00Z) "
+                          "or seconds since the epoch")
     try:
         seconds = float(text)
     except ValueError:
@@ -421,6 +421,8 @@ def wall_time(text: str) -> float:
         if not math.isfinite(seconds):
             raise no_time
         return seconds
+    if not any(separator in text for separator in "T t"):  # a date alone: midnight of no zone
+        raise no_time
     try:  # (Python 3.10 reads no Z)
         when = datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith(("Z", "z")) else text)
     except ValueError:

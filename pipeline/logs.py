@@ -119,11 +119,13 @@ def configure_logging(format: str | None = None, level: str | None = None, strea
     """Send the ``segstream`` loggers to ``stream`` (default: stderr) as ``format`` (text or json;
     default from SEGSTREAM_LOG_FORMAT, else text) at ``level`` (default SEGSTREAM_LOG_LEVEL, else
     info)."""
+    said = {ENV_FORMAT: format, ENV_LEVEL: level}  # what the caller gave, else the variable's
     format = (format or os.environ.get(ENV_FORMAT) or "text").lower()
     level = (level or os.environ.get(ENV_LEVEL) or "info").lower()
-    # a variable's typo is said (once the handler is set), as --log-format's would be refused
-    unknown = [f"{name}={value!r} is none of {', '.join(choices)}: using {fallback}" for name, value, choices, fallback
-               in ((ENV_FORMAT, format, LOG_FORMATS, "text"), (ENV_LEVEL, level, LOG_LEVELS, "info"))
+    # a typo is said (once the handler is set), as --log-format's would be refused
+    unknown = [f"{name if said[name] is None else what}={value!r} is none of {', '.join(choices)}: using {fallback}"
+               for name, what, value, choices, fallback in ((ENV_FORMAT, "log format", format, LOG_FORMATS, "text"),
+                                                            (ENV_LEVEL, "log level", level, LOG_LEVELS, "info"))
                if value not in choices]
     format = format if format in LOG_FORMATS else "text"
     level = level if level in LOG_LEVELS else "info"

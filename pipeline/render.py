@@ -87,7 +87,7 @@ def pick_run(runs: list[StreamRun], stream: str, wanted: str | None) -> StreamRu
         number = 0
     if 1 <= number <= len(runs) or -len(runs) <= number <= -1:
         return runs[number - 1 if number > 0 else number]
-    raise SegstreamError(f"{stream} holds no run {wanted!r} — its runs: {choices}; give --run one of those run ids, "
+    raise ConfigError(f"{stream} holds no run {wanted!r} — its runs: {choices}; give --run one of those run ids, "
                          f"a number from 1 (the oldest) to {len(runs)}, -1 or {LATEST}")
 
 
@@ -170,6 +170,9 @@ def _entries_of(reader: StreamReader, run: StreamRun) -> Iterator[FrameResult]:
 def main_render(args) -> int:
     if not 0 <= args.opacity <= 1:
         raise ConfigError(f"--opacity must be between 0 and 1, got {args.opacity}")
+    if not Path(args.video).is_file():  # before asking Redis anything
+        raise ConfigError(f"--video '{args.video}' does not exist or is no file — give the video the stream was "
+                          "made from")
     client = connect_redis(args.url, args.password, username=args.username, tls=redis_tls(args),
                            sentinel=redis_sentinel(args),
                            client_name="segstream-render", hint="start Redis or fix --url", names=COMMAND_LINE)

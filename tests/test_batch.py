@@ -186,6 +186,16 @@ def test_an_output_folder_that_is_a_file_is_one_line_not_a_traceback(archive, tm
     assert taken.read_text() == "a file where the output folder should be"
 
 
+def test_a_batch_whose_inputs_all_do_not_exist_does_nothing_and_exits_2(archive, tmp_path, capsys):
+    # Found probing (release QA): a mistyped only input loaded the model, wrote a manifest and exited 1
+    from segstream.pipeline.cli import main
+
+    code = main(["batch", str(tmp_path / "nothing_here"), "--out", str(tmp_path / "out")])
+    assert code == 2 and capsys.readouterr().err.strip() == (
+        f"segstream: error: no videos to process: '{tmp_path / 'nothing_here'}' does not exist")
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_batch_that_would_write_nothing_is_refused(archive, capsys):
     from segstream.pipeline.cli import main
 

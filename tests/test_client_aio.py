@@ -270,6 +270,9 @@ def test_at_finds_the_entry_captured_nearest_a_time_whatever_redis_s_clock(serve
     assert client.at(captured[5], "nocam") is None
     with pytest.raises(ValueError, match=r"at\(\) reads one source"):
         client.at(captured[5], "cam*")
+    for bad in ({"ts": float("nan")}, {"ts": captured[5], "within_s": -1}):  # found probing (release QA)
+        with pytest.raises(ValueError, match="a finite time and a within_s of 0 or more"):
+            client.at(source="cam0", **bad)
     client.close()
 
     async def main_aio():
@@ -288,6 +291,10 @@ def test_at_finds_the_entry_captured_nearest_a_time_whatever_redis_s_clock(serve
     assert wall_time("2023-11-14T22:13:24.35Z") == wall_time("2023-11-14T23:13:24.35+01:00") == captured[123]
     assert main(["tail", "segstream:cam0:frames", "--url", server.url, "--at", "nan"]) == 2
     assert "'nan' is no time" in capsys.readouterr().err
+    # found probing (release QA): a time far from every entry printed the newest, unsaid
+    assert main(["tail", "segstream:cam0:frames", "--url", server.url, "--at", "2030-01-01T00:00:00Z",
+                 "--count", "1"]) == 0
+    assert "the entry captured nearest the time asked was captured" in capsys.readouterr().err
 
 
 def test_newest_reads_one_source_and_names_a_malformed_entry(server):

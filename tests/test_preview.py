@@ -255,10 +255,15 @@ def test_render_of_a_restarted_pipelines_stream_draws_the_run_asked_for(tmp_path
         assert render("--run", "1")[:2] == render("--run", "-2")[:2] == (0, 20)
         code, frames, said = render("--run", "latest")
         assert (code, frames) == (0, 5) and not any("holds 2 runs" in line for line in said)
-        assert render("--run", "20261121T101502Z-3f2a9c1d") == (1, 0, [
+        assert render("--run", "20261121T101502Z-3f2a9c1d") == (2, 0, [
             f"segstream: error: segstream:cam:frames holds no run '20261121T101502Z-3f2a9c1d' — its runs: "
             f"1 {runs[0]} (20 entries), 2 {runs[1]} (5 entries); give --run one of those run ids, a number from 1 "
             "(the oldest) to 2, -1 or latest"])
+        # found probing (release QA): a missing --video was exit 1, after Redis was asked
+        code = main(["render", "segstream:cam:frames", "--video", str(tmp_path / "none.mp4"), "--out",
+                     str(tmp_path / "x.mp4"), "--url", "redis://127.0.0.1:1"])
+        assert code == 2 and capsys.readouterr().err.strip().endswith(
+            f"--video '{tmp_path / 'none.mp4'}' does not exist or is no file — give the video the stream was made from")
 
 
 def test_render_over_a_video_shorter_than_the_stream_leaves_no_partial_video(tmp_path, big_clip, capsys):
