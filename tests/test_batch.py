@@ -475,7 +475,7 @@ def test_videos_done_again_after_an_interrupted_batch_each_hold_their_frames_onc
     from tests.redis_servers import RedisProcess
 
     videos = [encode_clip(tmp_path / "short.mp4", frames=4),
-              encode_clip(tmp_path / "long.mp4", frames=40)]
+              encode_clip(tmp_path / "long.mp4", frames=120)]  # seconds of work left when it is stopped
     out = tmp_path / "out"
     with RedisProcess(tmp_path / "redis") as server:
         client = server.client()
@@ -508,7 +508,7 @@ def test_videos_done_again_after_an_interrupted_batch_each_hold_their_frames_onc
         cfg.tracking.min_hits = 4  # and again: both are done again
         outcomes, _, _ = run_batch(cfg, list(map(str, videos)), adapter=ColourSegmenter(), progress=False)
         assert [o.status for o in outcomes] == ["done", "done"]
-        for vid, frames in (("short", 4), ("long", 40)):
+        for vid, frames in (("short", 4), ("long", 120)):
             entries = [f for _, f in client.xrange(f"segstream:{vid}:frames")]
             assert [int(f[b"frame"]) for f in entries] == list(range(frames)), vid
             events = [event_from_wire(f) for _, f in client.xrange(f"segstream:{vid}:events")]
