@@ -946,9 +946,13 @@ def run_batch(cfg: PipelineConfig, inputs: Sequence[str], engine: str = "local",
             todo, skipped = [], 0
             outcomes: list[VideoOutcome] = []
             changed: Counter[str] = Counter()
+            rewritten: list[str] = []  # ids of videos done before whose file changed since
             for job in jobs:
-                if manifest.records.get(job.key, {}).get("status") == "done":
+                record = manifest.records.get(job.key, {})
+                if record.get("status") == "done":
                     changed.update(manifest.other_settings(job))
+                    if (record.get("size"), record.get("mtime_ns")) != (job.size, job.mtime_ns):
+                        rewritten.append(job.id)
                 earlier = manifest.failed(job)
                 if manifest.done(job, root) or (earlier is not None and not retry_failed):
                     skipped += 1
@@ -957,6 +961,10 @@ def run_batch(cfg: PipelineConfig, inputs: Sequence[str], engine: str = "local",
                         outcomes.append(VideoOutcome(job, "skipped", reason=f"failed before: {earlier['reason']}"))
                 else:
                     todo.append(job)
+            if rewritten:  # its outputs (and Redis entries) of the earlier file are replaced
+                log.warning("%d video%s done before changed since (size or time): done again (%s)", len(rewritten),
+                            "s" if len(rewritten) != 1 else "", ", ".join(rewritten[:5]) +
+                            (f" and {len(rewritten) - 5} more" if len(rewritten) > 5 else ""))
             if changed:  # one archive, one model: outputs of other settings are not mixed in
                 log.warning("videos done before with other %s settings are done again (%s)",
                             " and ".join(sorted(changed)), ", ".join(f"{n} for {k}" for k, n in sorted(changed.items())))

@@ -8,7 +8,7 @@
 - pipeline: the configured run (every source, ``--sources N`` copies of the first), from the
   first decoded frame to the last published entry, after the model's warm-up.
 - naive: decode, pre-process + network + post-process, publish, one frame after another, with
-  the same sinks; the faster of every core and one intra-op thread.
+  the same sinks; the faster of every core (or ``engine.threads``) and one intra-op thread.
 
 Ratios compare the three at the same batch size on the same machine in the same process, so
 they are meaningful where absolute numbers are not.

@@ -113,7 +113,7 @@ def test_every_frame_of_every_video_is_written_and_a_corrupt_one_is_reported(arc
     assert not (out / ".partial").exists() and not (out / "corrupt").exists()
 
 
-def test_a_rerun_skips_what_ended_and_redoes_a_changed_file(archive, tmp_path):
+def test_a_rerun_skips_what_ended_and_redoes_a_changed_file(archive, tmp_path, caplog):
     videos = tmp_path / "videos"
     videos.mkdir()
     encode_clip(videos / "one.mp4", frames=5)
@@ -132,8 +132,16 @@ def test_a_rerun_skips_what_ended_and_redoes_a_changed_file(archive, tmp_path):
     )
 
     encode_clip(videos / "two.mp4", frames=8)  # the file changed: its outputs are stale
-    outcomes, skipped, _ = run_batch(config(out), [str(videos)], adapter=ColourSegmenter(), progress=False)
+    logger = logging.getLogger("segstream")  # heard whatever logging setup earlier tests left
+    logger.addHandler(caplog.handler)
+    try:
+        outcomes, skipped, _ = run_batch(config(out), [str(videos)], adapter=ColourSegmenter(), progress=False)
+    finally:
+        logger.removeHandler(caplog.handler)
     assert [(o.job.id, o.status, o.frames) for o in outcomes if o.status != "skipped"] == [("two", "done", 8)]
+    # found probing (release QA): OPERATIONS promised a warning, and none said why it was done again
+    assert "1 video done before changed since (size or time): done again (two)" in [
+        r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert skipped == 2
     outcomes, _, _ = run_batch(config(out), [str(videos)], retry_failed=True, adapter=ColourSegmenter(), progress=False)
     assert [(o.job.id, o.status) for o in outcomes] == [("bad", "failed")]
