@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
@@ -19,6 +20,8 @@ from segstream.pipeline.config import (
     StreamSourceConfig,
     SyntheticSourceConfig,
 )
+
+log = logging.getLogger("segstream.sinks")
 
 
 def _file_source(cfg: FileSourceConfig) -> VideoSource:
@@ -208,6 +211,10 @@ def build_sinks(cfg: SinksConfig, embedded_dir: Path | None = None, run_id: str 
     source names, whose output files are taken now (one run per file: another run's is refused
     here, before any sink publishes)."""
     sinks: list[Sink] = []
+    for section in ("files", "preview"):  # a folder given, the sink left off: nothing would be written there
+        if not getattr(cfg, section).enabled and "dir" in getattr(cfg, section).model_fields_set:
+            log.warning("sinks.%s.dir is set but sinks.%s.enabled is not true: nothing is written there — set "
+                        "sinks.%s.enabled: true", section, section, section)
     try:
         for section, builder in SINK_BUILDERS.items():
             if getattr(cfg, section).enabled:
