@@ -264,7 +264,7 @@ class OverlayVideo:
             return
         failed: Exception | None = None
         try:
-            for packet in self._stream.encode():
+            for packet in self._stream.encode() if self._stream is not None else ():  # (stopped while opening)
                 container.mux(packet)
         except (OSError, av.FFmpegError) as error:
             failed = error

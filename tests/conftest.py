@@ -33,6 +33,20 @@ def _segstream_logging_as_it_was():
     logs._configured.update(saved[3])
 
 
+@pytest.fixture(autouse=True)
+def _no_secrets_from_other_tests():
+    """The secrets a test's config made segstream remember (kept out of every line it says) go
+    with the test: a passphrase 'short' in one hid '.../short.mp4' in a later test's message."""
+    from segstream.connectors import redaction
+
+    with redaction._lock:
+        saved = set(redaction._secrets)
+    yield
+    with redaction._lock:
+        redaction._secrets.clear()
+        redaction._secrets.update(saved)
+
+
 def encode_clip(path: Path, frames: int = 40, fps: int = 10, width: int = 160, height: int = 120) -> Path:
     """An H.264 mp4 of a red square moving right over a dark grey background."""
     with av.open(str(path), "w") as container:

@@ -79,13 +79,14 @@ def test_a_files_sink_s_jsonl_reads_as_the_same_entries(tmp_path):
     from segstream.connectors.redis_wire import entry_line
 
     path = tmp_path / "cam0.jsonl"
-    lines = [entry_line(to_wire(frame(index), encoding)) for index, encoding in ((0, "idmap"), (1, "rle"))]
-    path.write_text("".join(lines) + entry_line(event_to_wire(Event("cam0", "track_started", 5.0, {"track_id": 11}))))
+    rle = json.loads((DATA / "rle_entry.json").read_text())  # written by the full package (RLE needs pycocotools)
+    path.write_text(entry_line(to_wire(frame(0), "idmap")) + entry_line(rle["fields"])
+                    + entry_line(event_to_wire(Event("cam0", "track_started", 5.0, {"track_id": 11}))))
     first, second, event = read_file(path)
-    assert (first.id, first.frame, second.frame, event.kind, event.id) == ("1", 0, 1, "track_started", "3")
+    assert (first.id, first.frame, second.id, event.kind, event.id) == ("1", 0, "2", "track_started", "3")
     assert isinstance(first, Entry) and isinstance(event, EventEntry) and first.stream == str(path)
     np.testing.assert_array_equal(first.label_map, frame(0).label_map)
-    np.testing.assert_array_equal(second.track_mask(11), frame(1).label_map == 5)
+    np.testing.assert_array_equal(second.label_map, np.array(rle["label_map"], np.int32))
 
 
 def test_following_from_now_yields_only_new_entries_in_order(server):
