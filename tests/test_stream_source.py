@@ -905,7 +905,9 @@ def test_a_new_senders_silence_is_counted_once_in_the_down_time():
 def test_junk_sent_to_a_listening_port_is_said_to_be_the_sender_s_not_a_server_s():
     # found probing: segstream listens here, yet the line spoke of a server that accepted and hung up
     port = free_port(socket.SOCK_DGRAM)
-    source = StreamSource("udp", f"udp://127.0.0.1:{port}", policy=QUICK)
+    # FFmpeg's probe gives up on the junk in about a second; a machine busy with other work sends it
+    # slower (CI once saw the 5 s open timeout run out first)
+    source = StreamSource("udp", f"udp://127.0.0.1:{port}", policy=dataclasses.replace(QUICK, open_timeout_s=20))
     source.on_state = log = StateLog()
     stop = threading.Event()
 
@@ -920,7 +922,7 @@ def test_junk_sent_to_a_listening_port_is_said_to_be_the_sender_s_not_a_server_s
     reader = threading.Thread(target=take, args=(source, 1, 20), daemon=True)
     reader.start()
     try:
-        wait_for(lambda: "reconnecting" in log.states, 20, "the source to give up on the junk")
+        wait_for(lambda: "reconnecting" in log.states, 30, "the source to give up on the junk")
     finally:
         stop.set()
         source.close()
