@@ -413,11 +413,8 @@ def wall_time(text: str) -> float:
 
     no_time = ConfigError(f"--at {text!r} is no time — give a date and time with its zone (2026-12-03T07:10:00Z) "
                           "or seconds since the epoch")
-    try:
+    with contextlib.suppress(ValueError):  # else a date and time
         seconds = float(text)
-    except ValueError:
-        pass
-    else:
         if not math.isfinite(seconds):
             raise no_time
         return seconds

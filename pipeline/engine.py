@@ -91,7 +91,7 @@ class Batcher:
         self._next = 0  # where the next round-robin pass starts
         self._taken = 0  # batches handed out: each gets the next sequence number
         self._forming = threading.Lock()
-        self.retired: set[int] = set()  # queues of sources removed from the run: left out of newest()
+        self.retired: set[int] = set()  # queues of sources removed from the run whose end reached the sinks
         # the queues the model stage walks: a removed source's leaves once its end reached the sinks,
         # so that cameras coming and going do not lengthen every batch's round-robin for good
         self.active: list[int] = list(range(len(self.names)))

@@ -109,9 +109,6 @@ class _Removed:
     name: str
     live: bool
 
-    def close(self) -> None:
-        pass
-
 
 @dataclass(slots=True)
 class SourceEnd:
@@ -1101,6 +1098,8 @@ class Runtime:
     def _release_states(self, source: str | None = None, everything: bool = False) -> None:
         """Emit the held state events whose source's earlier frames have all reached the sinks (or
         been dropped), or that waited long enough; all of ``source``'s (its end is here), or all."""
+        if not self._held_states:  # the common case, at every result published: nothing held
+            return
         now = time.monotonic()
         with self._ended_lock:
             for name, held in list(self._held_states.items()):
@@ -1125,8 +1124,7 @@ class Runtime:
                 beat("publish")
                 self._publish_events()
                 if isinstance(item, SourceEnd):
-                    self._release_states(item.source)
-                    self._publish_events()
+                    self._publish_events(item.source)  # the states held before its end, too
                     self._count_end(item)
                     for sink in self.sinks:
                         for event in item.events:
@@ -1196,8 +1194,8 @@ class Runtime:
         self._events.put(event)
         self._to_sinks.wake()
 
-    def _publish_events(self, everything: bool = False) -> None:
-        self._release_states(everything=everything)
+    def _publish_events(self, source: str | None = None, everything: bool = False) -> None:
+        self._release_states(source, everything)
         while True:
             try:
                 event = self._events.get_nowait()

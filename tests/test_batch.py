@@ -132,12 +132,7 @@ def test_a_rerun_skips_what_ended_and_redoes_a_changed_file(archive, tmp_path, c
     )
 
     encode_clip(videos / "two.mp4", frames=8)  # the file changed: its outputs are stale
-    logger = logging.getLogger("segstream")  # heard whatever logging setup earlier tests left
-    logger.addHandler(caplog.handler)
-    try:
-        outcomes, skipped, _ = run_batch(config(out), [str(videos)], adapter=ColourSegmenter(), progress=False)
-    finally:
-        logger.removeHandler(caplog.handler)
+    outcomes, skipped, _ = run_batch(config(out), [str(videos)], adapter=ColourSegmenter(), progress=False)
     assert [(o.job.id, o.status, o.frames) for o in outcomes if o.status != "skipped"] == [("two", "done", 8)]
     # found probing (release QA): OPERATIONS promised a warning, and none said why it was done again
     assert "1 video done before changed since (size or time): done again (two)" in [
@@ -296,8 +291,6 @@ def test_a_video_whose_results_never_reached_redis_is_failed_and_retried(tmp_pat
 
     cfg = config(tmp_path / "out")
     cfg.sinks.redis.url, cfg.sinks.redis.drain_timeout_s = server.url, 0.2
-    logger = logging.getLogger("segstream")  # heard whatever logging setup earlier tests left
-    logger.addHandler(caplog.handler)
     try:
         monkeypatch.setattr(batch, "_extra_sinks", sinks_then_redis_goes)
         outcomes, _, _ = run_batch(cfg, [str(videos)], adapter=ColourSegmenter(), progress=False)
@@ -315,7 +308,6 @@ def test_a_video_whose_results_never_reached_redis_is_failed_and_retried(tmp_pat
         assert [o.status for o in outcomes] == ["done"]
         assert [int(f[b"frame"]) for _, f in server.client().xrange("segstream:one:frames")] == [0, 1, 2, 3]
     finally:
-        logger.removeHandler(caplog.handler)
         server.close()
 
 
