@@ -106,9 +106,10 @@ class RedisPublisher:
     (docs/OPERATIONS.md, Retention): each batch trims the streams it writes exactly (``XTRIM
     <stream> MINID <id>``; Redis 6.2 or newer, checked at start) and sets each one's time to live to
     ``max_age_s`` (``PEXPIRE``), in the same MULTI/EXEC; every ``_SWEEP_S`` the streams no batch
-    wrote meanwhile (a camera down, or removed) are trimmed the same way; once no run writes a
-    stream, it goes whole ``max_age_s`` after its last write (its time to live), holding entries up
-    to twice ``max_age_s`` old until then. A user without +pexpire is warned once and
+    wrote meanwhile (a camera down, a source ended or removed) are trimmed the same way, and those
+    of sources still in the run get their time to live again (a camera down keeps its consumer
+    groups); once no run writes a stream, it goes whole ``max_age_s`` after its last write (or the
+    last sweep), holding entries up to twice ``max_age_s`` old until then. A user without +pexpire is warned once and
     counted (``expiry_refused``): trimming still holds while the run lives.
 
     Entries wait in an outgoing queue until ``pipeline_size`` of them are there, the oldest has
@@ -255,6 +256,9 @@ class RedisPublisher:
         # connect, each batch's IDs), each high by the time the reading took to reach Redis
         self.clock_offset_s: float | None = None
         self._unwatched: set[str] = set()  # streams of removed sources whose last entries wait for Redis
+        # With max_age_s: streams of sources that ended (or were removed), which the sweep lets expire;
+        # those of the run's other sources, however long idle, it keeps (their consumer groups too)
+        self._ended: set[str] = set()
         self._clock_readings: deque[float] = deque(maxlen=_CLOCK_READINGS)
         self._clock_warned = False
         self._check_eviction_policy()
@@ -359,6 +363,7 @@ class RedisPublisher:
         # in memory for every buffered entry.
         stream = stream_name(self.stream_pattern, result.source)
         self._unwatched.discard(stream)  # a source of that name added again
+        self._ended.discard(stream)
         self._enqueue(_Outgoing(stream, fields, _size(fields), _stand_in(result), time.monotonic()))
         self._pump()
 
@@ -369,8 +374,15 @@ class RedisPublisher:
         fields = event_to_wire(event)
         stream = stream_name(self.events_pattern, event.source)
         self._unwatched.discard(stream)
+        self._ended.discard(stream)
         self._enqueue(_Outgoing(stream, fields, _size(fields), None, time.monotonic()))
         self._pump()
+
+    def source_ended(self, source: str) -> None:
+        """The source ended and all it sent is queued: with ``max_age_s`` its streams are left to
+        expire once no one writes them, as at the run's end."""
+        if self.max_age_s is not None:
+            self._ended |= {stream_name(self.stream_pattern, source), stream_name(self.events_pattern, source)}
 
     def source_removed(self, source: str) -> None:
         """The source was removed from the run and all it sent is queued: once written, its streams
@@ -778,12 +790,15 @@ class RedisPublisher:
         return len(self._unexpired)
 
     def _sweep(self) -> None:
-        """Every ``_SWEEP_S``: the streams this run wrote and no batch wrote since the last sweep (a
-        camera down, or removed) trimmed by age as a batch would, in one pipeline. One idle for
-        longer than ``max_age_s`` is empty (or expired) by then, and no longer swept."""
+        """Every ``_SWEEP_S`` (a quarter of ``max_age_s`` when shorter): the streams this run wrote and no batch wrote since the last sweep (a
+        camera down, or a source ended or removed) trimmed by age as a batch would, in one pipeline.
+        Those of sources still in the run also get their time to live again: a camera down for
+        longer than ``max_age_s`` keeps its (empty) streams and their consumer groups while the run
+        lives. An ended source's stream idle for longer than ``max_age_s`` is expired by then, and no
+        longer swept."""
         now = time.monotonic()
         min_id = self._oldest_kept()
-        if now - self._swept < _SWEEP_S or min_id is None or not self._connected or self._refusal is not None:
+        if now - self._swept < min(_SWEEP_S, self.max_age_s / 4) or min_id is None or not self._connected or self._refusal is not None:
             return
         since, self._swept = self._swept, now
         idle = [stream for stream, at in self._written_at.items() if at < since]
@@ -792,9 +807,13 @@ class RedisPublisher:
         pipe = self.client.pipeline(transaction=False)
         for stream in idle:
             pipe.xtrim(stream, minid=min_id, approximate=False)
-            if now - self._written_at[stream] > self.max_age_s + 2 * _SWEEP_S:
+            if stream not in self._ended:
+                if self._may_expire:
+                    pipe.pexpire(stream, int(self.max_age_s * 1000))
+            elif now - self._written_at[stream] > self.max_age_s + 2 * _SWEEP_S:
                 del self._written_at[stream]
                 self._last_id.pop(stream, None)
+                self._ended.discard(stream)
         try:
             pipe.execute(raise_on_error=False)  # a refusal was said at the batches
         except redis.RedisError as error:  # an outage: the next batch finds it

@@ -83,6 +83,35 @@ def test_a_stream_no_one_writes_is_trimmed_while_the_run_lives_and_gone_max_age_
     assert client.keys("segstream:*") == []
 
 
+def test_a_camera_down_longer_than_max_age_s_keeps_its_empty_stream_and_groups_until_its_source_ends(server):
+    # cam0 writes once, a reader's group on it, then its camera stays down while cam1 streams: its
+    # stream is emptied by age but kept with its group while cam0 is in the run; once cam0 ends it
+    # goes max_age_s after its last write
+    client = server.client()
+    publisher = RedisPublisher(client, pipeline_size=1, max_batch_delay_s=0, max_age_s=1.0)
+    publisher.publish(tiny_scene("cam0", 0))
+    publisher.flush()
+    client.xgroup_create("segstream:cam0:frames", "readers", id="0")
+
+    def stream_for(seconds: float) -> None:
+        started = time.monotonic()
+        while time.monotonic() - started < seconds:
+            publisher.publish(tiny_scene("cam1", 0))
+            publisher.poll()
+            time.sleep(0.05)
+
+    stream_for(3.0)
+    assert client.xlen("segstream:cam0:frames") == 0  # trimmed by age
+    assert [group["name"] for group in client.xinfo_groups("segstream:cam0:frames")] == [b"readers"]
+    assert 0 < client.pttl("segstream:cam0:frames") <= 1000
+
+    publisher.source_ended("cam0")
+    stream_for(1.0 + 2 * SLACK_S + 0.5)
+    assert client.exists("segstream:cam0:frames") == 0
+    assert client.xlen("segstream:cam1:frames") > 0
+    publisher.close()
+
+
 def test_an_events_stream_holds_nothing_older_than_max_age_s_after_a_write(server):
     # events are small: a hundred share one stream node, which `MINID ~` keeps whole
     client = server.client()
