@@ -153,6 +153,7 @@ class SourceCounts:
     missing: int = 0  # about how many frames a damaged file lacked (never decoded: the source's own count)
     damage: str = ""  # and why, for people
     skipped: int = 0  # frames left out on purpose over the source's max_fps (not in decoded: the source's own count)
+    connect_s: float = 0.0  # seconds its first connect took, up to its first streaming (in down_s too)
 
     @property
     def dropped(self) -> int:
@@ -171,7 +172,7 @@ class SourceCounts:
         return SourceCounts(
             self.decoded, self.published, self.decode_errors, Counter(self.dropped_by), self.state, self.reason,
             self.state_since, self.reconnects, Counter(self.transitions), self.epoch, self.handed, self.down_s,
-            self.gap_s, self.missing, self.damage, self.skipped,
+            self.gap_s, self.missing, self.damage, self.skipped, self.connect_s,
         )
 
 
@@ -307,6 +308,8 @@ class RunMetrics:
                 return None
             if previous in DOWN_STATES:
                 counts.down_s += max(0.0, at - counts.state_since)
+                if previous == "connecting" and state == "streaming" and not counts.transitions["streaming"]:
+                    counts.connect_s = max(0.0, at - counts.state_since)
             counts.state, counts.reason, counts.state_since = state, reason, at
             counts.transitions[state] += 1
             if state == "reconnecting":

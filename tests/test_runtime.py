@@ -684,6 +684,24 @@ def test_with_many_sources_the_summary_gives_each_its_line_and_latency_and_the_s
     assert batcher.depths(total=True) == "2/12 (fullest cam3 2/2)"
 
 
+def test_the_summary_tells_a_camera_s_first_connect_from_its_outages():
+    # found at stop 28: a camera that took 3 s to connect and was later down 5 s showed "down 8 s"
+    from segstream.pipeline.runtime import RunReport, SourceReport
+
+    metrics = RunMetrics()
+    for state, at in (("connecting", 100.0), ("streaming", 103.0), ("reconnecting", 110.0), ("streaming", 115.0),
+                      ("reconnecting", 120.0), ("streaming", 120.5)):
+        metrics.source_state("cam", state, "", at)
+    counts = metrics.snapshot()["cam"]
+    assert counts.connect_s == 3.0 and counts.downtime(130.0) == 8.5  # segstream_source_down_seconds: all of it
+    report = SourceReport(10, 10, 0, 0, {}, "streaming", "", 2, dict(counts.transitions), counts.downtime(130.0),
+                          connect_s=counts.connect_s)
+    line = RunReport({"cam": report}, 1, 10, 5.0, True, 100.0, 200.0, 300.0).summary()
+    assert " reconnects 2 connect 3 s down 6 s" in line, line
+    quick = SourceReport(10, 10, 0, 0, {}, "streaming", "", 0, {"streaming": 1}, 0.4, connect_s=0.4)
+    assert " down" not in RunReport({"cam": quick}, 1, 10, 5.0, True, 100.0, 200.0, 300.0).summary()
+
+
 def test_a_source_of_ones_own_says_the_queue_and_buffer_that_suit_it():
     # Found probing (frames pushed by a service's own code): a source given to build_runtime got
     # a queue of 8 and no staleness limit; 376 ms p50 from push to sink, with no public way to change it
