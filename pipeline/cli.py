@@ -194,6 +194,9 @@ def _parser() -> argparse.ArgumentParser:
     reload.add_argument("--ops", metavar="HOST:PORT",
                         help="where the run serves its endpoints (default: the config's ops.http; give it when that "
                              "key changed in the file since the run started)")
+    reload.add_argument("--timeout", type=_seconds, default=None, metavar="S",
+                        help="give up waiting for the run's answer after S seconds (default: as long as the run may "
+                             "take, removed cameras draining); the reload goes on in the run, whose log says how it ended")
     reload.set_defaults(command=_reload)
 
     validate = commands.add_parser("validate", help="check a config without running it")
@@ -297,6 +300,17 @@ def _parser() -> argparse.ArgumentParser:
     for command in commands.choices.values():  # after the command too; left out there, the top-level value stands
         logging_options(command, argparse.SUPPRESS)
     return parser
+
+
+def _seconds(text: str) -> float:
+    """A number of seconds above 0, for argparse (its message names the option)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not value > 0 or math.isinf(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds above 0")
+    return value
 
 
 def _at_least_one(text: str) -> int:
@@ -508,8 +522,9 @@ def _reload(args: argparse.Namespace) -> int:
     host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
     url = f"http://{f'[{host}]' if ':' in host else host}:{port}/reload"
     request = urllib.request.Request(url, method="POST", data=b"")
+    timeout = REMOVE_WAIT_S + 30 if args.timeout is None else args.timeout
     try:
-        with urllib.request.urlopen(request, timeout=REMOVE_WAIT_S + 30) as answer:
+        with urllib.request.urlopen(request, timeout=timeout) as answer:
             line = answer.read().decode(errors="replace").strip()
     except urllib.error.HTTPError as error:
         line = error.read().decode(errors="replace").strip() or f"{url} answered {error.code}"
@@ -518,7 +533,7 @@ def _reload(args: argparse.Namespace) -> int:
             return 1
         raise SegstreamError(line) from None
     except TimeoutError:  # it took the request: the reload goes on there, its log says how it ended
-        raise SegstreamError(f"{url} did not answer within {REMOVE_WAIT_S + 30:g} s: a run there may be applying the "
+        raise SegstreamError(f"{url} did not answer within {timeout:g} s: a run there may be applying the "
                              "reload still (removed cameras draining), or what listens there is no segstream run — "
                              "its log says which, and how the reload ended") from None
     except (urllib.error.URLError, OSError) as error:

@@ -192,6 +192,24 @@ def test_reload_with_no_run_listening_says_so(tmp_path):
     assert bad.returncode == 2 and "--ops: 'nowhere' is not host:port" in bad.stderr
 
 
+def test_reload_gives_up_after_its_timeout_and_says_the_reload_may_go_on(tmp_path):
+    # a script's reload waited the run's whole 90 s: a listener that takes the request and never answers
+    import socket
+    import time
+
+    path = tmp_path / "pipeline.yaml"
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        _config(path, silent.getsockname()[1], ["a"])
+        started = time.monotonic()
+        done = _reload(path, "--timeout", "1.5")
+        took = time.monotonic() - started
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert "did not answer within 1.5 s: a run there may be applying the reload still" in done.stderr
+    assert took < 30  # not the default 90 s
+    bad = _reload(path, "--timeout", "0")
+    assert bad.returncode == 2 and "--timeout: '0' is not a number of seconds above 0" in bad.stderr
+
+
 def test_a_plan_names_what_changes(tmp_path):
     def cfg(sources, **more):
         return PipelineConfig.model_validate({"sources": [
