@@ -585,7 +585,8 @@ def build_runtime(
     already; else a new one."""
     from segstream.pipeline.builders import build_sinks, build_sources
     from segstream.pipeline.filtering import segment_filters
-    from segstream.pipeline.model_factory import build_segmenter
+    from segstream.pipeline.model_factory import build_segmenter, check_model_config
+    from segstream.pipeline.preflight import check_sink_permissions
     from segstream.pipeline.runtime import Runtime
     from segstream.pipeline.tracking import tracking_stages
 
@@ -607,9 +608,11 @@ def build_runtime(
 
             metrics = metrics or RunMetrics()
             server = served.enter_context(serve_ops(cfg.ops, metrics))  # /readyz says not yet until the run starts
-        if adapter is None:
-            adapter = build_segmenter(cfg.model, batch_size=cfg.engine.batch_size)
         names = [*(s.name for s in cfg.sources), *(s.name for s in own_sources)]
+        if adapter is None:  # as run_pipeline does first: what cannot run is said before the model loads
+            check_model_config(cfg.model)
+            check_sink_permissions(cfg, names)
+            adapter = build_segmenter(cfg.model, batch_size=cfg.engine.batch_size)
         named_stages = []
         if cfg.stages:  # built before the sinks and sources open: a factory that raises is a start-up error
             from segstream.pipeline.own_parts import build_stages

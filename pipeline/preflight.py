@@ -158,17 +158,18 @@ def redis_check(cfg: PipelineConfig, source_names: list[str]) -> str:
     return said
 
 
-def check_sink_permissions(cfg: PipelineConfig) -> None:
+def check_sink_permissions(cfg: PipelineConfig, names: list[str] | None = None) -> None:
     """``segstream run``'s look, before its model loads, at what ``validate --connect`` checks of
     Redis: a user Redis refuses (its commands or its keys) is told at once, not after the model
-    loaded. A Redis not up yet is left to the sink when it is to wait for one (``start_wait_s``)."""
+    loaded. A Redis not up yet is left to the sink when it is to wait for one (``start_wait_s``).
+    ``names``: the run's source names (default: the config's)."""
     from segstream.connectors.redis_connection import RedisUnreachable
 
     section = cfg.sinks.redis
     if not section.enabled or section.url is None:  # an embedded Redis lets its own user do anything
         return
     try:
-        redis_check(cfg, [s.name for s in cfg.sources])
+        redis_check(cfg, [s.name for s in cfg.sources] if names is None else names)
     except RedisUnreachable:
         if not section.start_wait_s:
             raise

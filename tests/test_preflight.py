@@ -283,6 +283,27 @@ def test_a_user_whose_key_patterns_exclude_the_streams_is_told_the_keys_before_t
     assert "+xadd" not in line and "segstream:*" not in line and "Traceback" not in captured.err
 
 
+def test_build_runtime_tells_a_refused_user_before_its_model_loads_with_its_own_sources_names(
+        tmp_path, other_tenant):
+    """Found at stop 28: an embedding program's build_runtime loaded the model and started the run;
+    the refusal came with the first write. The model here cannot load (no CUDA GPU): the Redis
+    error comes first, naming the keys of the program's own source too."""
+    import torch
+
+    from segstream.connectors.errors import SegstreamError
+    from segstream.connectors.synthetic import SyntheticSource
+    from segstream.pipeline.cli import build_runtime
+    from segstream.pipeline.config import load_config
+
+    device = "cpu" if torch.cuda.is_available() else "cuda"
+    config = write_config(tmp_path, "  - {name: cam0, type: synthetic, width: 96, height: 64, num_frames: 3}",
+                          other_tenant, model=f"{{preset: synthetic_eomt_tiny_256, device: {device}}}")
+    own = SyntheticSource("mine", width=96, height=64, fps=10, seed=0, num_frames=3)
+    with pytest.raises(SegstreamError, match="refuses this user the keys") as refused:
+        build_runtime(load_config(config), progress=False, sources=[own])
+    assert "tenant1:mine:frames" in str(refused.value)
+
+
 def test_validate_connect_names_the_key_patterns_a_user_lacks(tmp_path, other_tenant, capsys):
     code, lines = connect(write_config(tmp_path, FILE_SOURCE, other_tenant), capsys)
     redis_line = line_of(lines, "redis")
