@@ -6,8 +6,10 @@ Each time a newer entry than the last one handled exists, it takes the newest (X
 woken by a blocking XREAD, no polling), skipping whatever came between, and prints what a
 planner would use: how old the frame is, and each thing with its track id, centre and size,
 largest first. A slow consumer never falls behind: it only ever sees the present. Needs only
-``pip install ./clients/python`` (no torch). Redis credentials come from --password or
-REDIS_PASSWORD; the URL and source may come from SEGSTREAM_REDIS_URL and SEGSTREAM_SOURCE.
+``pip install ./clients/python`` (no torch). Redis credentials come from --username and
+--password, or REDIS_USERNAME and REDIS_PASSWORD; the URL and source may come from
+SEGSTREAM_REDIS_URL and SEGSTREAM_SOURCE. A pipeline that writes other keys (its
+``sinks.redis.stream``, a tenant's prefix) is read with --stream, the same pattern.
 """
 
 from __future__ import annotations
@@ -38,13 +40,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Act on the newest segstream frame only.")
     parser.add_argument("--url", default=os.environ.get("SEGSTREAM_REDIS_URL", "redis://localhost:6379/0"))
     parser.add_argument("--source", default=os.environ.get("SEGSTREAM_SOURCE", "sample"))
+    parser.add_argument("--username", default=os.environ.get("REDIS_USERNAME") or None)
     parser.add_argument("--password", default=os.environ.get("REDIS_PASSWORD") or None)
+    parser.add_argument("--stream", default="segstream:{source}:frames", metavar="PATTERN",
+                        help="the pipeline's sinks.redis.stream (default %(default)s)")
     parser.add_argument("--count", type=int, default=None, metavar="N", help="stop after N entries (default: never)")
     parser.add_argument("--max-age", type=float, default=None, metavar="S",
                         help="leave out scenes captured more than S seconds ago (a stopped or overloaded pipeline's)")
     args = parser.parse_args(argv)
     try:
-        client = connect(args.url, args.password)
+        client = connect(args.url, args.password, username=args.username, stream_pattern=args.stream)
     except SegstreamError as error:
         print(f"newest_only: error: {error}", file=sys.stderr)
         return 1

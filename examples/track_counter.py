@@ -9,7 +9,10 @@ so an entry is counted exactly once even when a crashed worker's entries are cla
 (after --claim-idle-ms) or delivered twice. Counts are kept per pipeline run: a run that was
 killed never ends its tracks, and the next run (a new run id) starts afresh, so only the newest
 run's tracks are active. Prints the counts on exit (Ctrl-C, or --idle-exit seconds without an
-event). Needs only ``pip install ./clients/python`` (no torch).
+event). Needs only ``pip install ./clients/python`` (no torch). Redis credentials come from
+--username and --password, or REDIS_USERNAME and REDIS_PASSWORD; a pipeline that writes other
+keys (its ``sinks.redis.events_stream``, a tenant's prefix) is read with --events-stream, the
+same pattern, and the counts go where --counts-key says.
 """
 
 from __future__ import annotations
@@ -32,15 +35,19 @@ return 0
 """
 
 
-def counts_key(source: str) -> str:
-    return f"segstream:{source}:track_counts"
+COUNTS_KEY = "segstream:{source}:track_counts"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Count tracks per class in a consumer group.")
     parser.add_argument("--url", default=os.environ.get("SEGSTREAM_REDIS_URL", "redis://localhost:6379/0"))
     parser.add_argument("--source", default=os.environ.get("SEGSTREAM_SOURCE", "sample"))
+    parser.add_argument("--username", default=os.environ.get("REDIS_USERNAME") or None)
     parser.add_argument("--password", default=os.environ.get("REDIS_PASSWORD") or None)
+    parser.add_argument("--events-stream", default="segstream:{source}:events", metavar="PATTERN",
+                        help="the pipeline's sinks.redis.events_stream (default %(default)s)")
+    parser.add_argument("--counts-key", default=COUNTS_KEY, metavar="PATTERN",
+                        help="the hash the counts go to (default %(default)s)")
     parser.add_argument("--group", default="track-counter")
     parser.add_argument("--consumer", default=f"{socket.gethostname()}-{os.getpid()}")
     parser.add_argument("--claim-idle-ms", type=int, default=30_000,
@@ -49,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--idle-exit", type=float, default=None, metavar="S", help="exit after S s without events")
     args = parser.parse_args(argv)
     try:
-        client = connect(args.url, args.password)
+        client = connect(args.url, args.password, username=args.username, events_pattern=args.events_stream)
     except SegstreamError as error:
         print(f"track_counter: error: {error}", file=sys.stderr)
         return 1
@@ -60,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:  # a glob or a list: a group reads one source's events
         print(f"track_counter: error: --source {args.source}: {error}", file=sys.stderr)
         return 2
+    counts_key = args.counts_key.replace("{source}", args.source)
     counted = 0
     last_event = time.monotonic()
     try:
@@ -80,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
                 if field is None:
                     events.ack(event)  # other kinds (source states) are not ours to count
                     continue
-                counted += client.call(count_once, keys=[events.stream, counts_key(args.source)],
+                counted += client.call(count_once, keys=[events.stream, counts_key],
                                        args=[args.group, event.id, field])
     except KeyboardInterrupt:
         pass
@@ -88,11 +96,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"track_counter: error: {error}", file=sys.stderr)
         client.close()
         return 1
-    totals = {k.decode(): int(v) for k, v in client.redis.hgetall(counts_key(args.source)).items()}
+    totals = {k.decode(): int(v) for k, v in client.redis.hgetall(counts_key).items()}
     newest = client.redis.xrevrange(events.stream, count=1)
     newest_run = newest[0][1].get(b"run_id", b"").decode() if newest else ""
     client.close()
-    print(f"{args.consumer}: counted {counted} events; tracks per class in {counts_key(args.source)}:")
+    print(f"{args.consumer}: counted {counted} events; tracks per class in {counts_key}:")
     runs = sorted({key.split("|", 1)[0] for key in totals}, key=lambda run: (run != newest_run, run))
     for run in runs:
         print(f"  run {run or '-'}" + (" (the newest)" if run == newest_run else " (ended or killed: no track active)"))

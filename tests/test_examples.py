@@ -35,9 +35,9 @@ def published(tmp_path_factory):
         yield server
 
 
-def run_example(name: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+def run_example(name: str, *args: str, timeout: float = 60, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(REPO / "examples" / name), *args], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, "PYTHONPATH": str(REPO)})
+                          timeout=timeout, env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})})
 
 
 def test_track_counter_counts_each_started_track_once_per_class_across_workers(published):
@@ -78,6 +78,28 @@ def test_newest_only_prints_the_newest_frame_then_each_newer_one(published):
     out, err = process.communicate(timeout=30)
     assert process.returncode == 0, err
     assert out.startswith(f"frame {FRAMES + 5} (")
+
+
+def test_the_examples_read_a_tenant_s_streams_as_its_acl_user(published):
+    # found at stop 28: neither example took a stream pattern or a username, so a tenant's consumer
+    # (OPERATIONS, several pipelines on one machine) could not run them
+    admin = published.client()
+    for kind in ("frames", "events"):
+        for entry_id, fields in admin.xrange(f"segstream:cam0:{kind}"):
+            admin.xadd(f"tenant1:cam0:{kind}", fields)
+    admin.acl_setuser("reader1", enabled=True, passwords=["+r1-pw"], keys=["tenant1:*"],
+                      commands=["+@read", "+@stream", "+@connection", "+@hash", "+@scripting"])
+    env = {"REDIS_USERNAME": "reader1", "REDIS_PASSWORD": "r1-pw"}
+    newest = run_example("newest_only.py", "--url", published.url, "--source", "cam0",
+                         "--stream", "tenant1:{source}:frames", "--count", "1", env=env)
+    assert newest.returncode == 0, newest.stderr
+    assert newest.stdout.startswith("frame ")
+    counted = run_example("track_counter.py", "--url", published.url, "--source", "cam0", "--idle-exit", "1",
+                          "--events-stream", "tenant1:{source}:events", "--counts-key", "tenant1:{source}:counts",
+                          env=env)
+    assert counted.returncode == 0, counted.stderr
+    assert "tracks per class in tenant1:cam0:counts:" in counted.stdout
+    assert admin.hlen("tenant1:cam0:counts") > 0
 
 
 def test_an_example_pointed_at_no_redis_says_so_in_one_line():
