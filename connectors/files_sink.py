@@ -63,10 +63,11 @@ class FilesSink:
     without the sticky bit is refused at once. New files get the mode the umask leaves of 0666
     (0644 under the usual umask 022; ``umask 077`` keeps them to their user).
 
-    ``sources``: the names whose files, where they exist, are opened (and locked: one writer per
-    file) at once, so that files another run writes are refused before anything is published
-    anywhere; the others are made and opened at their first line (no empty files of a run that
-    never began).
+    ``sources``: the names whose files are opened (and locked: one writer per file) at once, made
+    where missing, so that files another run writes, or one starting at the same moment, are
+    refused before anything is published anywhere; a file made so that is still empty when its
+    source ends or the sink closes is removed (no empty files of a run that never began). Other
+    names' files are made and opened at their first line.
     """
 
     name = "files"
@@ -86,6 +87,7 @@ class FilesSink:
         self._failing: dict[str, int] = {}  # path -> entries dropped since its writes began failing
         self._wrote = False  # whether any line went to a file: after that, errors are dropped and counted
         self._opened: set[str] = set()  # paths this run has had open: reopening one never stops the run
+        self._made: set[str] = set()  # paths made empty at start, removed at the end if still empty
         self._last_error = ""
         self.reconnects = 0  # times every file wrote again after writes had failed
         self.bytes_written = 0  # bytes of the lines written (entries and events)
@@ -100,8 +102,8 @@ class FilesSink:
         try:
             for source in sources:
                 for path in (self.path(source), self.events_path(source)):
-                    if not os.path.lexists(path):  # no run writes it: made at its first line
-                        continue
+                    if not os.path.lexists(path):
+                        self._made.add(str(path))
                     try:
                         self._file(path)
                     except OSError as error:
@@ -132,8 +134,7 @@ class FilesSink:
         for path in (self.path(source), self.events_path(source)):
             self._lines.pop(str(path), None)
             if (f := self._files.pop(str(path), None)) is not None:
-                with contextlib.suppress(OSError):
-                    f.close()
+                self._release(str(path), f)
 
     def poll(self) -> float | None:
         return None
@@ -272,9 +273,20 @@ class FilesSink:
 
     def close(self) -> None:
         files, self._files = self._files, {}
-        for f in files.values():
-            with contextlib.suppress(OSError):  # a file whose last write failed
-                f.close()
+        for path, f in files.items():
+            self._release(path, f)
+
+    def _release(self, path: str, f: BinaryIO) -> None:
+        """Close one file; one made at start and never written is removed first (still locked:
+        no other run writes it meanwhile), unless something else now stands at its path."""
+        if path in self._made:
+            self._made.discard(path)
+            with contextlib.suppress(OSError):
+                mine, there = os.fstat(f.fileno()), os.lstat(path)
+                if mine.st_size == 0 and (mine.st_dev, mine.st_ino) == (there.st_dev, there.st_ino):
+                    os.unlink(path)
+        with contextlib.suppress(OSError):  # a file whose last write failed
+            f.close()
 
 
 def _ends_torn(path: Path) -> bool:

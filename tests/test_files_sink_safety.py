@@ -208,6 +208,25 @@ def test_a_second_writer_of_the_same_file_is_refused_in_one_line(tmp_path):
     assert [int(e["frame"]) for e in read_entries(tmp_path / "cam.jsonl")] == [0, 2]
 
 
+def test_two_runs_starting_at_once_on_a_new_folder_are_told_apart_at_start_and_leave_no_empty_file(tmp_path):
+    """Found at stop 28: on a folder without the sources' files both runs started, and the second
+    failed at its first line, after it had published elsewhere."""
+    from tests.test_redis_wire import stamped, synthetic_scene
+
+    first = FilesSink(tmp_path, sources=["cam"])
+    with pytest.raises(SinkError, match=r"cam.jsonl' is being written by another process"):
+        FilesSink(tmp_path, sources=["cam"])
+    first.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # made at start, never written: removed
+
+    again = FilesSink(tmp_path, sources=["cam"])
+    again.publish(stamped(synthetic_scene("cam", 0)))
+    again.source_ended("cam")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cam.jsonl"]  # written: kept; no empty events file
+    assert [int(e["frame"]) for e in read_entries(tmp_path / "cam.jsonl")] == [0]
+    again.close()
+
+
 def test_a_run_whose_files_another_run_holds_is_refused_before_it_publishes_anywhere(tmp_path, capsys):
     """Found probing: the refused run had already put its `connecting` event into the Redis
     stream the other run's readers follow."""
