@@ -6,6 +6,10 @@ A segment's colour comes from its track id, or from its segment id while it has 
 colour in every frame, run and process. Masks are blended with integer arithmetic, so the same
 frame and result always give the same pixels. Outline width and text size follow the frame
 height, so a 1080p frame and a 320x240 one are both readable.
+
+A level of a frame's segment hierarchy (``FrameResult.levels``) is drawn the same way: its
+segments have no class, score or track, so each is coloured by its id as an untracked segment
+and labelled with the level and its id (``L0 s12``).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import numpy as np
 
 from segstream.connectors.errors import SinkError
 from segstream.connectors.output_files import open_output
-from segstream.models.results import NO_TRACK, FrameResult
+from segstream.models.results import NO_TRACK, FrameResult, Segments
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +46,9 @@ def id_colour(identity: int, tracked: bool = True) -> tuple[int, int, int]:
     return int(round(r * 255)), int(round(g * 255)), int(round(b * 255))
 
 
-def segment_colours(result: FrameResult) -> np.ndarray:
+def segment_colours(result: FrameResult | Segments) -> np.ndarray:
     """S x 3 uint8: the colour of each segment of ``result`` (by track id where it has one)."""
-    segments = result.segments
+    segments = result.segments if isinstance(result, FrameResult) else result
     colours = [
         id_colour(int(track), True) if int(track) != NO_TRACK else id_colour(int(segment), False)
         for segment, track in zip(segments.ids, segments.track_ids)
@@ -58,18 +62,36 @@ def scale_for(height: int) -> tuple[float, int, int]:
     return font_scale, max(1, round(font_scale * 1.6)), max(1, round(height / 400))
 
 
-def draw_overlay(image: np.ndarray, result: FrameResult, opacity: float = 0.45, labels: bool = True) -> np.ndarray:
+def level_segments(result: FrameResult, level: int) -> Segments:
+    """Level ``level`` of ``result``'s hierarchy (0 the finest) as segments to draw: no class
+    (-1), no score (NaN), no track, labelled with the level (``L<level>``)."""
+    if not 0 <= level < len(result.levels):
+        raise ValueError(f"frame {result.index} of {result.source} has {len(result.levels)} hierarchy levels, "
+                         f"no level {level}")
+    drawn = result.levels[level]
+    count = len(drawn.ids)
+    return Segments.build(ids=drawn.ids, class_ids=np.full(count, -1), labels=[f"L{level}"] * count,
+                          isthing=np.zeros(count, bool), scores=np.full(count, np.nan), areas=drawn.areas)
+
+
+def draw_overlay(image: np.ndarray, result: FrameResult, opacity: float = 0.45, labels: bool = True,
+                 level: int | None = None) -> np.ndarray:
     """A copy of ``image`` (H x W x 3 uint8 RGB) with each segment of ``result`` blended in its
     colour (``opacity`` of the way from the pixel to the colour), outlined in its colour, and
-    (``labels``) named with its label, id (``#track`` or ``s<segment>``) and score."""
-    label_map = result.label_map  # built once: a scaled map is brought to frame size on each read
+    (``labels``) named with its label, id (``#track`` or ``s<segment>``) and score. ``level``:
+    level ``level`` of the result's hierarchy (0 the finest) is drawn instead of its segments."""
+    # label maps read once: a scaled map is brought to frame size on each read
+    if level is None:
+        segments, label_map = result.segments, result.label_map
+    else:
+        segments = level_segments(result, level)  # ValueError when the result has no such level
+        label_map = result.levels[level].label_map
     if label_map is None:
         raise ValueError("the result carries no label map to draw; read it with masks")
     if image.shape[:2] != label_map.shape:
         raise ValueError(f"frame is {image.shape[1]}x{image.shape[0]} but the segmentation is "
                          f"{label_map.shape[1]}x{label_map.shape[0]}")
     out = np.array(image, np.uint8, copy=True)
-    segments = result.segments
     if not len(segments):
         return out
     # each pixel's row in `segments` + 1 (0: no segment); palette row 0 is unused black
@@ -77,7 +99,7 @@ def draw_overlay(image: np.ndarray, result: FrameResult, opacity: float = 0.45, 
     lookup = np.zeros(top + 2, np.int32)
     lookup[segments.ids.astype(np.int64) + 1] = np.arange(1, len(segments) + 1, dtype=np.int32)
     rows = lookup[np.clip(label_map, -1, top) + 1]
-    palette = np.concatenate([np.zeros((1, 3), np.uint8), segment_colours(result)])
+    palette = np.concatenate([np.zeros((1, 3), np.uint8), segment_colours(segments)])
     if len(palette) <= 256:  # OpenCV's table lookup: 10x faster than numpy's gather at 1080p
         table = np.zeros((256, 1, 3), np.uint8)
         table[: len(palette), 0] = palette
@@ -100,14 +122,16 @@ def draw_overlay(image: np.ndarray, result: FrameResult, opacity: float = 0.45, 
         edge = cv2.dilate(edge, np.ones((outline, outline), np.uint8))
     cv2.copyTo(painted, edge & inside, out)
     if labels:
-        _draw_labels(out, result, rows, font_scale, thickness)
+        # a level's segments are many and small (hundreds at the finest): labels would hide the picture
+        _draw_labels(out, segments, rows, font_scale, thickness, fitting_only=level is not None)
     return out
 
 
-def _draw_labels(out: np.ndarray, result: FrameResult, rows: np.ndarray, font_scale: float, thickness: int) -> None:
+def _draw_labels(out: np.ndarray, segments: Segments, rows: np.ndarray, font_scale: float, thickness: int,
+                 fitting_only: bool = False) -> None:
     """Each segment's label at its most interior point (farthest from its border), found on a
-    coarse grid so it stays cheap at 1080p."""
-    segments = result.segments
+    coarse grid so it stays cheap at 1080p; a segment without a score (NaN) is labelled without
+    one. ``fitting_only``: only segments that hold their label's box (nine tenths of it) are labelled."""
     height, width = rows.shape
     step = max(1, min(height, width) // 120)
     coarse = np.ascontiguousarray(rows[::step, ::step])
@@ -120,10 +144,13 @@ def _draw_labels(out: np.ndarray, result: FrameResult, rows: np.ndarray, font_sc
         cx, cy = int(cx) * step, int(cy) * step
         track = int(segments.track_ids[row])
         identity = f"#{track}" if track != NO_TRACK else f"s{int(segments.ids[row])}"
-        text = f"{segments.labels[row]} {identity} {float(segments.scores[row]):.2f}"
+        score = float(segments.scores[row])
+        text = f"{segments.labels[row]} {identity}" + ("" if np.isnan(score) else f" {score:.2f}")
         (tw, th), baseline = cv2.getTextSize(text, _FONT, font_scale, thickness)
         x = min(max(0, cx - tw // 2), max(0, width - tw - 2))
         y = min(max(th + 2, cy + th // 2), height - baseline - 1)
+        if fitting_only and (rows[y - th - 2 : y + baseline, x : x + tw + 2] != row + 1).mean() > 0.1:
+            continue
         cv2.rectangle(out, (x, y - th - 2), (x + tw + 2, y + baseline), _TEXT_BACKGROUND, cv2.FILLED)
         cv2.putText(out, text, (x + 1, y), _FONT, font_scale, _TEXT, thickness, cv2.LINE_AA)
 

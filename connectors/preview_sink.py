@@ -40,6 +40,10 @@ class PreviewSink:
     frame's image to its result until the sinks have published it, so memory stays bounded by
     the runtime's queues.
 
+    ``level`` draws that level of each result's segment hierarchy (``FrameResult.levels``, 0 the
+    finest) instead of its segments; a result without it stops the run (the config check refuses
+    the shipped models that have none, so only a model of one's own meets this).
+
     A write that fails for a while (the disk full) costs the preview its frames, not the run:
     each is dropped and counted as ``sink_write_failed`` (``on_dropped``, ``status()``), said once
     per failing spell in a warning, and a line says when writing resumed. A PNG is tried again
@@ -52,15 +56,19 @@ class PreviewSink:
     name = "preview"
     wants_images = True
 
-    def __init__(self, directory: str | Path, format: str = "mp4", opacity: float = 0.45, keep_runs: int = 2):
+    def __init__(self, directory: str | Path, format: str = "mp4", opacity: float = 0.45, keep_runs: int = 2,
+                 level: int | None = None):
         if format not in ("mp4", "png"):
             raise SinkError(f"preview format {format!r} is not one of mp4, png")
         if keep_runs < 1:
             raise SinkError(f"preview keep_runs must be 1 or more, got {keep_runs}")
+        if level is not None and level < 0:
+            raise SinkError(f"preview level must be 0 (the finest) or more, got {level}")
         self.directory = Path(directory)
         self.format = format
         self.opacity = opacity
         self.keep_runs = keep_runs
+        self.level = level
         # the run folder of results that name no run (a sink used outside the runtime): this sink's start
         self._unnamed_run = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         self._runs: dict[str, str] = {}  # source -> the run whose PNG folder it writes
@@ -110,7 +118,11 @@ class PreviewSink:
         if source in self._retry_at and time.monotonic() < self._retry_at[source]:
             self._failing[source] += 1
             return False
-        picture = draw_overlay(result.image, result, self.opacity)
+        if self.level is not None and self.level >= len(result.levels):
+            raise SinkError(f"sinks.preview.level: frame {result.index} of {source} has {len(result.levels)} "
+                            f"hierarchy levels, no level {self.level} — lower sinks.preview.level, or set it to null "
+                            "to draw the frame's segments")
+        picture = draw_overlay(result.image, result, self.opacity, level=self.level)
         target = self.path(source, result.run_id)
         if self.format == "png":
             target = target / f"{result.index:08d}.png"

@@ -911,6 +911,10 @@ def load_batch_config(args) -> PipelineConfig:
     if cfg.stages:
         raise ConfigError("stages: segstream batch does not run a config's stages (segstream run does) — remove the "
                           "stages: section from the config for batch")
+    if cfg.sinks.preview.level is not None:  # a level the model lacks: said before any video starts
+        from segstream.pipeline.model_factory import check_drawn_level, check_model_config
+
+        check_drawn_level(cfg.sinks.preview, check_model_config(cfg.model))
     if cfg.sources:
         log.info("the config's sources are not used: batch processes the videos given on the command line")
     if not (cfg.batch.jsonl or cfg.batch.coco_panoptic or cfg.batch.overlay

@@ -194,7 +194,8 @@ def _files_sink(cfg: SinksConfig, embedded_dir: Path | None, sources: Sequence[s
 def _preview_sink(cfg: SinksConfig, embedded_dir: Path | None) -> Sink:
     from segstream.connectors.preview_sink import PreviewSink
 
-    return PreviewSink(cfg.preview.dir, cfg.preview.format, cfg.preview.opacity, cfg.preview.keep_runs)
+    return PreviewSink(cfg.preview.dir, cfg.preview.format, cfg.preview.opacity, cfg.preview.keep_runs,
+                       cfg.preview.level)
 
 
 # In publishing order: the first enabled sink's writes are the run's publish times.

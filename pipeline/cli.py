@@ -295,6 +295,8 @@ def _parser() -> argparse.ArgumentParser:
     render.add_argument("--opacity", type=float, default=0.45, help="mask opacity, 0 to 1 (default %(default)s)")
     render.add_argument("--run", metavar="RUN", help="the run to draw when the stream holds several (a restarted "
                         "pipeline): its run_id, or a number, 1 the oldest, -1 the latest (default: the latest)")
+    render.add_argument("--level", type=int, metavar="K", help="draw level K of each entry's segment hierarchy "
+                        "(0 the finest; SeNaTra models write them) instead of its segments")
     render.set_defaults(command=_render)
 
     for command in commands.choices.values():  # after the command too; left out there, the top-level value stands
@@ -371,10 +373,11 @@ def redis_sentinel(args: argparse.Namespace) -> SentinelAuth | None:
 def _validate(args: argparse.Namespace) -> int:
     # a config without sources is one for `segstream batch`, which takes its videos from the command line
     batch = "sources" not in read_yaml(args.config)
-    from segstream.pipeline.model_factory import BUILTIN_FAMILIES, check_model_config
+    from segstream.pipeline.model_factory import BUILTIN_FAMILIES, check_drawn_level, check_model_config
 
     cfg = load_checked_config(args.config, args.overrides, schema=BatchPipelineConfig if batch else PipelineConfig)
     preset = check_model_config(cfg.model)  # unknown preset or family, a task the preset lacks
+    check_drawn_level(cfg.sinks.preview, preset)
     from segstream.connectors.checkpoints import check_checkpoint
     from segstream.connectors.errors import CheckpointError
 
@@ -655,11 +658,12 @@ def run_pipeline(cfg: PipelineConfig, max_frames: int | None = None, progress=Tr
     the model loads (``/readyz`` says not yet). With ``ops.reload``, ``POST /reload`` applies the
     sources of the config ``reload_from()`` reads (see ``segstream.pipeline.reload``)."""
     from segstream.pipeline.metrics import RunMetrics
-    from segstream.pipeline.model_factory import build_segmenter, check_model_config
+    from segstream.pipeline.model_factory import build_segmenter, check_drawn_level, check_model_config
     from segstream.pipeline.monitoring import serve_ops
     from segstream.pipeline.preflight import check_sink_permissions
 
-    check_model_config(cfg.model)  # a model section that cannot run is said before anything listens
+    # a model section that cannot run is said before anything listens
+    check_drawn_level(cfg.sinks.preview, check_model_config(cfg.model))
     metrics = RunMetrics()
     run_id = new_run_id()
     set_run_id(run_id)  # from the first line on, the endpoints' included

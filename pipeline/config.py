@@ -861,7 +861,8 @@ class PreviewSinkConfig(Strict):
     with ids and scores), as ``<dir>/<source>.mp4`` or as ``<dir>/<source>/<run_id>/<frame>.png``
     (``<dir>/<source>/latest`` links to the newest run's folder). ``keep_runs``: how many runs'
     PNG folders a source keeps (this run's and the one before by default); older ones are removed
-    when a run starts."""
+    when a run starts. ``level``: draw that level of the model's segment hierarchy (SeNaTra's
+    levels, 0 the finest) instead of the frame's segments; a model without one is refused."""
 
     enabled: bool = False
     """Draw each source's segments over its frames."""
@@ -873,6 +874,8 @@ class PreviewSinkConfig(Strict):
     """Opacity of the masks drawn over the frames (0..1)."""
     keep_runs: PositiveInt = 2
     """How many runs' PNG folders each source keeps; older ones are removed when a run starts."""
+    level: NonNegativeInt | None = None
+    """Draw this level of the model's segment hierarchy (SeNaTra; 0 the finest), not the segments (null)."""
 
 
 # What ``use:`` names: ``module:attribute`` (the attribute may be dotted: ``module:Class.build``), or

@@ -253,6 +253,29 @@ def check_model_config(model_cfg) -> Preset:
     return preset
 
 
+def hierarchy_depth(preset: Preset) -> int | None:
+    """How many levels of segment hierarchy (``FrameResult.levels``) the preset's model gives each
+    frame: SeNaTra one per grouping step, EoMT none; None for a family of one's own (unknown
+    before it runs)."""
+    if preset.family == "senatra":
+        return len(preset.config.dims) - 1
+    return 0 if preset.family == "eomt" else None
+
+
+def check_drawn_level(preview_cfg, preset: Preset) -> None:
+    """Refuse ``sinks.preview.level`` (with the preview on) when the model has no such level."""
+    level = preview_cfg.level
+    depth = hierarchy_depth(preset)
+    if not preview_cfg.enabled or level is None or depth is None or level < depth:
+        return
+    if depth == 0:
+        raise ConfigError(f"sinks.preview.level: {preset.name} is {_a(preset.family)} model, which makes no segment "
+                          "hierarchy to draw — set sinks.preview.level to null (the frame's segments), or run a "
+                          "SeNaTra model")
+    raise ConfigError(f"sinks.preview.level: {preset.name} makes {depth} hierarchy levels, 0 (the finest) to "
+                      f"{depth - 1}, not level {level} — set sinks.preview.level to one of those, or to null")
+
+
 def _check_family_keys(model_cfg, preset: Preset) -> None:
     """Refuse settings the preset's family does not read (they would be ignored): options for a
     shipped family, and keys outside what a family registered with ``settings`` reads."""

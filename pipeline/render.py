@@ -10,6 +10,10 @@ A stream written by a pipeline that was restarted holds several runs (each with 
 ``run_id``, frame numbers from 0 in each): one is drawn, the latest unless ``--run`` names another
 by run id or by number (1 the oldest, -1 the latest).
 
+``--level K`` draws level K of each entry's segment hierarchy (``levels``, 0 the finest; SeNaTra
+models write them) instead of its segments; a run with an entry of fewer levels is refused before
+anything is drawn.
+
 The MP4 is written under a hidden name beside ``--out`` and renamed to it once finished, so
 ``--out`` only ever holds a whole video: a render that fails (a video shorter than the stream, a
 full disk) or is interrupted removes what it wrote and leaves an earlier file there as it was.
@@ -43,12 +47,15 @@ LATEST = "latest"
 class StreamRun:
     """One pipeline run's entries in a stream: its ``run_id`` ("" for entries written before
     entries carried one), how many entries it has, the stream ID before its first entry (where
-    a read of it starts) and its last entry's ID."""
+    a read of it starts) and its last entry's ID; the fewest hierarchy levels an entry of it has,
+    and the frame of the first entry that has that few."""
 
     run_id: str
     entries: int
     after: str
     last: str
+    levels: int = 0
+    fewest_levels_at: int = 0
 
     @property
     def name(self) -> str:
@@ -62,8 +69,11 @@ def stream_runs(client, stream: str) -> list[StreamRun]:
     reader = StreamReader(client, stream, start="0", decode_masks=False)
     while entries := reader.read(count=_PAGE):
         for entry_id, result in entries:
-            run = runs.setdefault(result.run_id, StreamRun(result.run_id, 0, previous, entry_id))
+            run = runs.setdefault(result.run_id, StreamRun(result.run_id, 0, previous, entry_id,
+                                                           len(result.levels), result.index))
             run.entries += 1
+            if len(result.levels) < run.levels:
+                run.levels, run.fewest_levels_at = len(result.levels), result.index
             run.last = previous = entry_id
     return list(runs.values())
 
@@ -91,17 +101,30 @@ def pick_run(runs: list[StreamRun], stream: str, wanted: str | None) -> StreamRu
                          f"a number from 1 (the oldest) to {len(runs)}, -1 or {LATEST}")
 
 
+def check_level(run: StreamRun, stream: str, level: int) -> None:
+    """Refuse ``--level`` when an entry of ``run`` has no level ``level``."""
+    if level < run.levels:
+        return
+    where = f"frame {run.fewest_levels_at} of {stream} (run {run.name})"
+    if run.levels == 0:
+        raise ConfigError(f"--level {level}: {where} has no segment hierarchy (its model makes none, or "
+                          "sinks.redis.levels was false) — leave --level out to draw the entries' segments")
+    raise ConfigError(f"--level {level}: {where} has {run.levels} hierarchy level{'s' if run.levels > 1 else ''} "
+                      f"— give --level 0 (the finest) to {run.levels - 1}, or leave --level out to draw the "
+                      "entries' segments")
+
+
 def _entry_key(entry_id: str) -> tuple[int, int]:
     milliseconds, _, sequence = entry_id.partition("-")
     return int(milliseconds), int(sequence or 0)
 
 
 def render_stream(client, stream: str, video: str | Path, out: str | Path, opacity: float = 0.45,
-                  run: str | None = None) -> tuple[int, int, StreamRun]:
+                  run: str | None = None, level: int | None = None) -> tuple[int, int, StreamRun]:
     """Draw the entries of one run of ``stream`` (``pick_run``) over their frames of ``video``
-    into the MP4 ``out``; returns the number of frames written, the number of the video's frames
-    up to the run's last entry that had none (trimmed by the stream's MAXLEN, or dropped by the
-    pipeline), and the run drawn."""
+    into the MP4 ``out`` (their segments, or level ``level`` of their hierarchy); returns the
+    number of frames written, the number of the video's frames up to the run's last entry that
+    had none (trimmed by the stream's MAXLEN, or dropped by the pipeline), and the run drawn."""
     if not client.exists(stream):
         raise SinkError(_missing_stream_message(client, stream))
     if stream.endswith(":events"):
@@ -111,6 +134,8 @@ def render_stream(client, stream: str, video: str | Path, out: str | Path, opaci
     if not runs:
         raise SegstreamError(f"{stream} has no entries to draw")
     chosen = pick_run(runs, stream, run)
+    if level is not None:
+        check_level(chosen, stream, level)
     out = Path(out)
     if out.is_dir():
         raise OutputWriteError(out, os.strerror(errno.EISDIR), errno.EISDIR, "create")
@@ -136,7 +161,7 @@ def render_stream(client, stream: str, video: str | Path, out: str | Path, opaci
                     f"frame {result.index} of {video} is {frame.width}x{frame.height} but the stream's entry is "
                     f"{result.width}x{result.height} — is it the video the stream was made from?"
                 )
-            writer.write(draw_overlay(frame.image, result, opacity), result.pts, result.time_base)
+            writer.write(draw_overlay(frame.image, result, opacity, level=level), result.pts, result.time_base)
             drawn = frame.index
         writer.close()
         if writer.frames:
@@ -170,6 +195,8 @@ def _entries_of(reader: StreamReader, run: StreamRun) -> Iterator[FrameResult]:
 def main_render(args) -> int:
     if not 0 <= args.opacity <= 1:
         raise ConfigError(f"--opacity must be between 0 and 1, got {args.opacity}")
+    if args.level is not None and args.level < 0:
+        raise ConfigError(f"--level must be 0 (the finest level) or more, got {args.level}")
     if not Path(args.video).is_file():  # before asking Redis anything
         raise ConfigError(f"--video '{args.video}' does not exist or is no file — give the video the stream was "
                           "made from")
@@ -177,7 +204,8 @@ def main_render(args) -> int:
                            sentinel=redis_sentinel(args),
                            client_name="segstream-render", hint="start Redis or fix --url", names=COMMAND_LINE)
     try:
-        written, missing, run = render_stream(client, args.stream, args.video, args.out, args.opacity, args.run)
+        written, missing, run = render_stream(client, args.stream, args.video, args.out, args.opacity, args.run,
+                                              args.level)
     finally:
         client.close()
     if written == 0:

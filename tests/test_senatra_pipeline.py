@@ -1,20 +1,27 @@
 """SeNaTra through the whole pipeline: an H.264 clip, `model.family: senatra`, a real Redis, and
-the hierarchy read back with the shipped reader, checked against the model's own output."""
+the hierarchy read back with the shipped reader, checked against the model's own output; a level
+of it drawn where segments are drawn (`segstream render --level`, the preview's `level`), and a
+level the model does not make refused."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import av
+import cv2
 import numpy as np
 import pytest
 
 from segstream.connectors.embedded_redis import EmbeddedRedis
-from segstream.connectors.errors import ConfigError
+from segstream.connectors.errors import ConfigError, SinkError
 from segstream.connectors.file_source import FileSource
+from segstream.connectors.overlay import draw_overlay, id_colour
+from segstream.connectors.preview_sink import PreviewSink
 from segstream.connectors.redis_reader import StreamReader, summary_line
 from segstream.connectors.synthetic import write_clip
 from segstream.models.presets import SYNTHETIC_SENATRA
-from segstream.pipeline.cli import run_pipeline
+from segstream.models.results import FrameResult
+from segstream.pipeline.cli import main, run_pipeline
 from segstream.pipeline.config import ModelConfig, load_config
 from segstream.pipeline.model_factory import build_segmenter
 
@@ -128,3 +135,151 @@ def test_eomts_query_settings_given_to_senatra_are_refused_not_ignored():
     # evaluate and Ray's actors pass every field at its default: that is no setting given
     everything = ModelConfig.model_validate_json(ModelConfig(preset="synthetic_senatra_tiny_192").model_dump_json())
     assert check_model_config(everything).family == "senatra"
+
+
+DRAWN_STREAM = "segstream:drawn:frames"
+OPACITY = 0.5
+PREVIEW_LEVEL = 1
+
+
+def _drawing_config(folder: Path, clip: Path, url: str, model: str = "{family: senatra, device: cpu, precision: fp32}",
+                    preview: str = "") -> Path:
+    config = folder / "pipeline.yaml"
+    config.write_text(
+        f"sources:\n  - {{name: drawn, type: file, path: '{clip}'}}\n"
+        f"model: {model}\n"
+        "engine: {batch_size: 3, max_wait_ms: 5}\n"
+        "ops: {http: null}\n"
+        f"sinks:\n  redis: {{url: '{url}'}}\n"
+        f"  preview: {{enabled: true, format: png, dir: '{folder / 'preview'}', opacity: {OPACITY}{preview}}}\n"
+    )
+    return config
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory, clip, redis_server):
+    """One SeNaTra run: its stream in Redis (with the hierarchy), a PNG preview of level 1, the
+    entries read back with their masks, and the clip's frames."""
+    folder = tmp_path_factory.mktemp("run")
+    redis_server.client().delete(DRAWN_STREAM)
+    config = _drawing_config(folder, clip, redis_server.url, preview=f", level: {PREVIEW_LEVEL}")
+    report = run_pipeline(load_config(config))
+    assert report.published == FRAMES
+    entries = [entry for _, entry in StreamReader(redis_server.client(), DRAWN_STREAM).read(count=100)]
+    frames = [frame.image for frame in FileSource("ref", str(clip)).frames()]
+    assert len(entries) == len(frames) == FRAMES and all(len(entry.levels) == 3 for entry in entries)
+    return folder / "preview" / "drawn" / report.run_id, entries, frames
+
+
+def _decode(path: Path) -> list[np.ndarray]:
+    with av.open(str(path)) as container:
+        return [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+
+
+def _render(tmp_path: Path, clip: Path, url: str, *options: str) -> int:
+    return main(["render", DRAWN_STREAM, "--video", str(clip), "--out", str(tmp_path / "out.mp4"), "--url", url,
+                 "--opacity", str(OPACITY), *options])
+
+
+def test_render_level_draws_the_levels_map_instead_of_the_segments(tmp_path, clip, redis_server, recorded):
+    _, entries, frames = recorded
+    assert _render(tmp_path / "segments", clip, redis_server.url) == 0
+    assert _render(tmp_path / "coarsest", clip, redis_server.url, "--level", "2") == 0
+    segments, coarsest = _decode(tmp_path / "segments" / "out.mp4"), _decode(tmp_path / "coarsest" / "out.mp4")
+    assert len(segments) == len(coarsest) == FRAMES
+    for entry, image, drawn, plain in zip(entries, frames, coarsest, segments):
+        level = entry.levels[2]
+        assert len(level.ids) > len(entry.segments), "the level has more segments: the comparison is not trivial"
+        off_level = np.abs(drawn.astype(int) - draw_overlay(image, entry, OPACITY, level=2)).mean()
+        off_segments = np.abs(drawn.astype(int) - draw_overlay(image, entry, OPACITY)).mean()
+        # x264 at crf 20 brings this scene's plain frames back 4 levels off on average, sharp colours more
+        assert off_level < 12 and off_segments > 5 * off_level, "the level as the overlay draws it (x264 aside)"
+        assert np.abs(drawn.astype(int) - plain).mean() > 10, "the default render draws the segments, not the level"
+        # the level's map: its largest segment's interior blended in the colour of its (untracked) id
+        largest = int(level.ids[np.argmax(level.areas)])
+        inside = cv2.erode((level.label_map == largest).astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
+        expected = (1 - OPACITY) * image[inside] + OPACITY * np.array(id_colour(largest, tracked=False), float)
+        assert inside.sum() > 500
+        assert (np.abs(drawn[inside] - expected).max(axis=1) <= 16).mean() > 0.6, "all but its label has its colour"
+
+
+def test_render_of_a_level_an_entry_lacks_is_one_line_and_exit_2(tmp_path, clip, redis_server, recorded, capsys):
+    run_id = recorded[1][0].run_id
+    capsys.readouterr()
+    assert _render(tmp_path, clip, redis_server.url, "--level", "3") == 2
+    err = capsys.readouterr().err
+    assert err == (f"segstream: error: --level 3: frame 0 of {DRAWN_STREAM} (run {run_id}) has 3 hierarchy "
+                   "levels — give --level 0 (the finest) to 2, or leave --level out to draw the entries' segments\n")
+    assert not (tmp_path / "out.mp4").exists() and not list(tmp_path.glob(".out.mp4*"))
+    assert _render(tmp_path, clip, redis_server.url, "--level", "-1") == 2
+    assert capsys.readouterr().err.startswith("segstream: error: --level must be 0 (the finest level) or more")
+
+
+def test_render_level_of_a_stream_without_hierarchy_is_one_line_and_exit_2(tmp_path, clip, redis_server, recorded,
+                                                                            capsys):
+    stream = "segstream:flat:frames"
+    client = redis_server.client()
+    client.delete(stream)
+    for _, fields in client.xrange(DRAWN_STREAM):  # the same entries, their hierarchy left out
+        client.xadd(stream, {k: v for k, v in fields.items() if k not in (b"levels", b"levels_idmap")})
+    capsys.readouterr()
+    assert main(["render", stream, "--video", str(clip), "--out", str(tmp_path / "out.mp4"), "--url",
+                 redis_server.url, "--level", "0"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith(f"segstream: error: --level 0: frame 0 of {stream} (run ")
+    assert err[0].endswith("has no segment hierarchy (its model makes none, or sinks.redis.levels was false) — "
+                           "leave --level out to draw the entries' segments")
+    assert not (tmp_path / "out.mp4").exists()
+
+
+def test_preview_level_writes_pngs_of_that_level(recorded):
+    folder, entries, frames = recorded
+    pictures = sorted(folder.glob("*.png"))
+    assert [p.name for p in pictures] == [f"{i:08d}.png" for i in range(FRAMES)]
+    for picture, entry, image in zip(pictures, entries, frames):
+        drawn = cv2.cvtColor(cv2.imread(str(picture)), cv2.COLOR_BGR2RGB)
+        level = draw_overlay(image, entry, OPACITY, level=PREVIEW_LEVEL)
+        assert not np.array_equal(level, draw_overlay(image, entry, OPACITY)), "the comparison is not trivial"
+        # the decoded frame the runtime drew on and the reference decode of the clip are the same frames
+        assert np.array_equal(drawn, level)
+
+
+def test_preview_level_is_refused_for_a_model_without_it(tmp_path, clip, redis_server, capsys):
+    eomt = _drawing_config(tmp_path, clip, redis_server.url, model="{preset: synthetic_eomt_tiny_256, device: cpu}",
+                   preview=", level: 0")
+    for command in (["validate", str(eomt)], ["run", str(eomt)]):
+        capsys.readouterr()
+        assert main(command) == 2
+        err = capsys.readouterr().err.splitlines()
+        assert err == ["segstream: error: sinks.preview.level: synthetic_eomt_tiny_256 is an eomt model, which makes no "
+                       "segment hierarchy to draw — set sinks.preview.level to null (the frame's segments), or run a "
+                       "SeNaTra model"]
+    assert not (tmp_path / "preview").exists(), "refused before the preview started"
+    deep = _drawing_config(tmp_path, clip, redis_server.url, preview=", level: 3")
+    assert main(["validate", str(deep)]) == 2
+    assert capsys.readouterr().err == ("segstream: error: sinks.preview.level: synthetic_senatra_tiny_192 makes 3 "
+                                       "hierarchy levels, 0 (the finest) to 2, not level 3 — set sinks.preview.level "
+                                       "to one of those, or to null\n")
+    assert main(["validate", str(_drawing_config(tmp_path, clip, redis_server.url, preview=", level: 2"))]) == 0
+    negative = _drawing_config(tmp_path, clip, redis_server.url, preview=", level: -1")
+    assert main(["validate", str(negative)]) == 2
+    assert "sinks.preview.level" in capsys.readouterr().err
+
+
+def test_batch_refuses_a_preview_level_the_model_lacks_before_any_video(tmp_path, clip, capsys):
+    assert main(["batch", str(clip), "--out", str(tmp_path / "out"), "--set", "model.preset=synthetic_eomt_tiny_256",
+                 "--set", "model.device=cpu", "--set", "sinks.preview.enabled=true",
+                 "--set", f"sinks.preview.dir={tmp_path / 'preview'}", "--set", "sinks.preview.level=0"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["segstream: error: sinks.preview.level: synthetic_eomt_tiny_256 is an eomt model, which makes no "
+                   "segment hierarchy to draw — set sinks.preview.level to null (the frame's segments), or run a "
+                   "SeNaTra model"]
+    assert not (tmp_path / "out").exists() and not (tmp_path / "preview").exists()
+
+
+def test_preview_of_a_result_without_the_level_stops_with_one_line(tmp_path):
+    # a model of one's own, whose levels no config check knows: said at its first frame
+    result = FrameResult("cam", 4, 8, 6, np.zeros((6, 8), np.int32), image=np.zeros((6, 8, 3), np.uint8))
+    with pytest.raises(SinkError, match=r"^sinks.preview.level: frame 4 of cam has 0 hierarchy levels, no level 1 — "):
+        PreviewSink(tmp_path, "png", level=1).publish(result)
+    assert not list(tmp_path.rglob("*.png"))
