@@ -60,6 +60,13 @@ class WireFormatError(SegstreamError):
         self.entry_id = entry_id
 
 
+class IdleTimeout(SegstreamError):
+    """A wait given a limit saw nothing for that long (``segstream tail --follow --idle-timeout``);
+    124, the status of ``timeout(1)`` when its time runs out."""
+
+    exit_code = 124
+
+
 class ResourceLimit(SegstreamError):
     """The system refused a thread, a process or memory: a limit set on this process or its
     container, not a fault of the input or the config."""

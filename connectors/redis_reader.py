@@ -36,7 +36,7 @@ from typing import Any, NamedTuple, TextIO
 import numpy as np
 import redis
 
-from segstream.connectors.errors import ReaderError, SinkError, WireFormatError
+from segstream.connectors.errors import IdleTimeout, ReaderError, SinkError, SourceError, WireFormatError
 from segstream.connectors.redis_connection import (
     COMMAND_LINE, Backoff, SentinelAuth, SettingNames, TlsFiles, connect_redis, error_summary, key_refused,
     redis_address,
@@ -44,6 +44,7 @@ from segstream.connectors.redis_connection import (
 from segstream.connectors.redis_wire import (
     DEFAULT_EVENTS_PATTERN,
     DEFAULT_STREAM_PATTERN,
+    SEGMENT_KEYS,
     EncodedMasks,
     acl_key_patterns,
     event_from_wire,
@@ -61,6 +62,8 @@ _MAX_BLOCK_MS = 5000
 _TAIL_DISCOVER_S = 2.0  # how often `segstream tail --follow` looks for new streams matching a glob
 _AT_FAR_S = 1.0  # `tail --at`: an entry this far from the time asked is said to be
 _NEAREST_CHUNK = 16  # entries read at once where ``at``'s bisection is down to a millisecond (a batch's)
+_STATE_LOOKBACK = 100  # `tail --until-ended`: newest events entries read for the source's last state
+_FINAL_STATES = ("ended", "failed")  # docs/SCHEMA.md: a source writes nothing after these (but a new start)
 
 
 class Entry:
@@ -1173,6 +1176,10 @@ class StreamReader:
         return entry.result
 
 
+class _SourcesEnded(Exception):
+    """``tail(until_ended=True)``: every source followed has ended; the tail is done."""
+
+
 class _Stopped(SinkError):
     """A wait for Redis ended by stop(): ``newest``, ``follow_newest`` and reads end quietly;
     another call (``ack``, ``pending``) raises it, a ``SinkError`` saying so."""
@@ -1297,7 +1304,8 @@ def _text(value: bytes | str) -> str:
 
 def tail(stream: str | list[str], url: str, count: int | None, follow: bool, out: TextIO | None = None, *,
          events: bool = False, password: str | None = None, username: str | None = None,
-         tls: TlsFiles | None = None, sentinel: SentinelAuth | None = None, at: float | None = None) -> int:
+         tls: TlsFiles | None = None, sentinel: SentinelAuth | None = None, at: float | None = None,
+         json_lines: bool = False, idle_timeout_s: float | None = None, until_ended: bool = False) -> int:
     """Print one line per entry of ``stream`` (a frames stream, or with ``events`` the matching
     events stream as well, interleaved in time order): the last ``count`` (all when None), then
     new ones while ``follow``; returns the number of entries printed. With ``at`` (wall-clock
@@ -1312,7 +1320,13 @@ def tail(stream: str | list[str], url: str, count: int | None, follow: bool, out
 
     ``stream`` may be several streams, or globs of them (``segstream:*:frames``): their entries
     interleaved in time order; while following, streams that come to match a glob are looked
-    for every few seconds and printed from their first entry."""
+    for every few seconds and printed from their first entry.
+
+    ``json_lines``: each entry as one JSON object (``entry_record``) instead of a line for people.
+    While following, ``idle_timeout_s`` gives up after that long without an entry printed
+    (``IdleTimeout``); ``until_ended`` returns once the source of every stream followed has
+    reached its final state (``ended``, or ``failed``: a ``SourceError`` naming it), as its
+    events stream says, already when it starts."""
     out = sys.stdout if out is None else out
     client = connect_redis(url, password, username=username, tls=tls, sentinel=sentinel,
                            socket_timeout=_TAIL_BLOCK_MS / 1000 + 5.0,
@@ -1322,37 +1336,72 @@ def tail(stream: str | list[str], url: str, count: int | None, follow: bool, out
     globs = [name for name in named if _is_glob(name)]
     said = " ".join(named)  # what the user asked for, in messages
 
+    watched_events = events or until_ended  # until_ended reads the source's states, printed or not
+
     def with_events(found: list[str]) -> list[str]:
-        return [s for name in found for s in ([name, _events_stream_of(name)] if events else [name])]
+        return [s for name in found for s in ([name, _events_stream_of(name)] if watched_events else [name])]
 
     streams = with_events([name for name in named if not _is_glob(name)])
+    frames_of: dict[str, str] = {}  # events stream -> its frames stream, for the events streams read
     printed = skipped = 0
     shown_run = None  # the run_id of the last entry printed: said again only when it changes
+    final_states: dict[str, Event | None] = {}  # frames stream -> its source's final state event, if it has one
+
+    def shown(name: str) -> bool:
+        return events or name not in frames_of
 
     def show(entry_id: str, name: str, fields) -> None:
         nonlocal printed, skipped, shown_run
         try:
-            line = _entry_line(entry_id, name, fields)
+            line = json.dumps(entry_record(entry_id, name, fields)) if json_lines else _entry_line(entry_id, name, fields)
         except WireFormatError as error:
             skipped += 1
             log.warning("entry %s of %s skipped: %s", terminal_safe(entry_id), terminal_safe(name),
                         terminal_safe(str(error)))
             return
         run = _text(fields.get(b"run_id", b""))
-        if run and run != shown_run:  # which run wrote it: a restart, or a second publisher on the stream
+        if run and run != shown_run and not json_lines:  # which run wrote it: a restart, or a second publisher
             line += f" run={terminal_safe(run)}"
         shown_run = run or shown_run
         out.write(line + "\n")
         out.flush()  # a follower piped into another program sees each entry as it comes
         printed += 1
 
+    def note_state(name: str, fields) -> None:
+        """Keep what a source's entry says of its end: a final state ends it, anything after that
+        (a run started again, a source added again) begins it anew."""
+        frames_name = frames_of.get(name, name)
+        if name not in frames_of:  # a frame entry
+            final_states[frames_name] = None
+            return
+        with contextlib.suppress(WireFormatError):
+            event = event_from_wire(fields)
+            if event.kind == "state":
+                final_states[frames_name] = event if event.data.get("state") in _FINAL_STATES else None
+
+    def check_ended() -> None:
+        """With until_ended, return (``_SourcesEnded``) once every frames stream followed has ended."""
+        followed = [name for name in positions if name not in frames_of]
+        if not followed or any(final_states.get(name) is None for name in followed):
+            return
+        ends = [final_states[name] for name in followed]
+        for event in ends:
+            if event.data.get("state") == "ended":
+                log.info("source %s ended (%s)", terminal_safe(event.source), terminal_safe(_reason(event)))
+        failed = [event for event in ends if event.data.get("state") == "failed"]
+        if failed:
+            raise SourceError("; ".join(f"source {terminal_safe(e.source)} failed: {terminal_safe(_reason(e))}"
+                                        for e in failed) + " — its run's log says more")
+        raise _SourcesEnded
+
     try:
         streams += with_events([n for glob in globs for n in _matching_streams(client, glob) if n not in streams])
+        if watched_events:
+            frames_of.update({_events_stream_of(name): name for name in streams})
         if not follow and not any(client.exists(s) for s in streams):
             raise SinkError(_missing_stream_message(client, said))
         positions = {}
         backlog = []
-        frames_of = {_events_stream_of(name): name for name in streams} if events else {}
         until = {}  # with at: the ID of each frames stream's entry nearest it ("+": the newest)
         for name in streams:
             if at is not None and name not in frames_of:
@@ -1362,7 +1411,12 @@ def tail(stream: str | list[str], url: str, count: int | None, follow: bool, out
                     log.warning("%s: the entry captured nearest the time asked was captured %.1f s %s it",
                                 terminal_safe(name), abs(off), "after" if off > 0 else "before")
             last = until.get(frames_of.get(name, name), "+")
-            if count is None:
+            if until_ended and name in frames_of:  # its newest state says whether its source has ended
+                for _, fields in reversed(client.xrevrange(name, "+", "-", count=_STATE_LOOKBACK)):
+                    note_state(name, fields)
+            if not shown(name):  # read for its states only
+                found = []
+            elif count is None:
                 found = client.xrange(name, "-", last)
             else:
                 found = list(reversed(client.xrevrange(name, last, "-", count=count))) if count > 0 else []
@@ -1375,24 +1429,42 @@ def tail(stream: str | list[str], url: str, count: int | None, follow: bool, out
             show(entry_id, name, fields)
         sdk = Client(client)  # following is a long watch: it rides out a Redis restart as the SDK does
         next_discovery = time.monotonic() + _TAIL_DISCOVER_S
+        quiet_since = time.monotonic()  # the last entry printed while following
         while follow:
+            if until_ended:
+                check_ended()
             if globs and time.monotonic() >= next_discovery:  # a camera added meanwhile: from its first entry
                 found = [n for glob in globs for n in sdk.call(_matching_streams, client, glob) if n not in positions]
-                positions.update(dict.fromkeys(with_events(list(dict.fromkeys(found))), "0-0"))
+                found = with_events(list(dict.fromkeys(found)))
+                if watched_events:
+                    frames_of.update({_events_stream_of(name): name for name in found})
+                positions.update(dict.fromkeys(found, "0-0"))
                 next_discovery = time.monotonic() + _TAIL_DISCOVER_S
-            if not positions:
-                time.sleep(_TAIL_DISCOVER_S)
-                continue
             block_ms = _TAIL_BLOCK_MS if not globs else min(_TAIL_BLOCK_MS, _TAIL_DISCOVER_S * 1000)
+            if idle_timeout_s is not None:
+                left_s = quiet_since + idle_timeout_s - time.monotonic()
+                if left_s <= 0:
+                    raise IdleTimeout(f"no new entry of {terminal_safe(said)} for {idle_timeout_s:g} s "
+                                      "(--idle-timeout) — check that its pipeline runs, or wait longer")
+                block_ms = min(block_ms, max(1, left_s * 1000))
+            if not positions:
+                time.sleep(block_ms / 1000)
+                continue
             reply = sdk.call(client.xread, positions, count=500, block=int(block_ms))
             arrived = []
             for name, entries in _batches(reply):
                 for entry_id, fields in entries:
                     arrived.append((entry_id, name, fields))
                     positions[name] = entry_id
+            before = printed
             for entry_id, name, fields in sorted(arrived, key=_time_order):
-                show(entry_id, name, fields)
-    except KeyboardInterrupt:
+                if until_ended:
+                    note_state(name, fields)
+                if shown(name):
+                    show(entry_id, name, fields)
+            if printed > before:
+                quiet_since = time.monotonic()
+    except (KeyboardInterrupt, _SourcesEnded):
         pass
     except (redis.ConnectionError, redis.TimeoutError) as error:
         raise SinkError(
@@ -1418,6 +1490,38 @@ def tail(stream: str | list[str], url: str, count: int | None, follow: bool, out
             log.warning("%d entr%s could not be read as segstream entries (skipped, each named above)", skipped,
                         "y" if skipped == 1 else "ies")
     return printed
+
+
+def entry_record(entry_id: str, stream: str, fields) -> dict[str, Any]:
+    """What ``segstream tail --json`` prints of an entry: a frame's metadata and segments, their
+    keys as the wire names them, without masks (``Client.at`` or ``Entry.mask`` decode those); an
+    event's kind, time and data. ``type`` says which; ``id`` and ``stream`` where it was read."""
+    if b"event" in fields or "event" in fields:
+        event = event_from_wire(fields)
+        return {"type": "event", "id": entry_id, "stream": stream, "seq": _seq_of(fields), "run_id": event.run_id,
+                "source": event.source, "kind": event.kind, "ts": event.ts, "data": event.data}
+    result = from_wire(fields, decode_masks=False)
+    record = {
+        "type": "frame", "id": entry_id, "stream": stream, "seq": _seq_of(fields), "run_id": result.run_id,
+        "source": result.source, "frame": result.index, "epoch": result.epoch, "pts": result.pts,
+        "time_base": None if result.time_base is None
+        else f"{result.time_base.numerator}/{result.time_base.denominator}", "pts_s": result.pts_seconds,
+        "capture_ts": result.capture_ts, "sender_ts": result.sender_ts, "publish_ts": result.publish_ts,
+        "latency_s": result.latency_s, "width": result.width, "height": result.height, "model": result.model,
+        "file": result.file,
+        "segments": [{key: segment[key] for key in SEGMENT_KEYS} for segment in result.segments],
+    }
+    if result.levels:
+        record["levels"] = [
+            {"segments": [{"id": int(i), "parent": int(p), "area": int(a)}
+                          for i, p, a in zip(level.ids, level.parents, level.areas)]}
+            for level in result.levels
+        ]
+    return record
+
+
+def _reason(event: Event) -> str:
+    return str(event.data.get("reason") or "no reason given")
 
 
 def summary_line(entry_id: str, entry: FrameResult) -> str:

@@ -38,6 +38,7 @@ _REQUIRED_FIELDS = (
 _SEGMENT_KEYS = ("id", "class_id", "label", "isthing", "score", "area", "box")
 # Written by every writer since tracking; a reader takes their absence as "not tracked".
 _TRACK_KEYS = ("track_id", "track_age")
+SEGMENT_KEYS = _SEGMENT_KEYS + _TRACK_KEYS  # a segment object's keys, its mask (``rle``) aside
 # Largest frame an entry may claim: bounds the memory a malformed entry can make us allocate.
 _MAX_PIXELS = 16384 * 16384
 # Most hierarchy levels an entry may hold (SeNaTra has 3); bounds the same memory.
@@ -82,7 +83,7 @@ def to_wire(result: FrameResult, mask_encoding: str = "rle", publish_ts: float |
             f"segment ids of {result.source} frame {result.index} must be distinct and >= 0, got {ids}"
         )
 
-    records = [{key: segment[key] for key in _SEGMENT_KEYS + _TRACK_KEYS} for segment in segments]
+    records = [{key: segment[key] for key in SEGMENT_KEYS} for segment in segments]
     fields: dict[str, bytes | str] = {
         "v": str(SCHEMA_VERSION),
         "run_id": result.run_id,

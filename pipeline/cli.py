@@ -18,6 +18,7 @@ if __name__ == "__main__":  # python -m: the module imported by entry.main runs,
 import argparse
 import atexit
 import contextlib
+import dataclasses
 import errno
 import json
 import logging
@@ -206,6 +207,8 @@ def _parser() -> argparse.ArgumentParser:
                           help="also check what the run needs at its start, without running the model: the model's "
                                "weights obtainable, Redis reachable and writable, each source's first frame, the "
                                "ops port free (one line each; exit 1 if any fails)")
+    validate.add_argument("--json", action="store_true",
+                          help="print one JSON object instead of lines: ok, the errors, with --connect the checks")
     validate.set_defaults(command=_validate)
 
     schema = commands.add_parser("schema", help="print the JSON Schema of the config file")
@@ -223,6 +226,14 @@ def _parser() -> argparse.ArgumentParser:
                            "(2026-12-03T07:10:00Z, ...+01:00) or seconds since the epoch")
     tail.add_argument("--events", action="store_true",
                       help="also print the source's events stream (track starts and ends, source states)")
+    tail.add_argument("--json", action="store_true",
+                      help="print one JSON object per entry (JSON Lines) instead of a line for people: a frame's "
+                           "metadata and segments without masks, an event's kind, time and data")
+    tail.add_argument("--idle-timeout", type=_positive_seconds, default=None, metavar="S",
+                      help="with --follow: give up after S seconds without a new entry (exit 124)")
+    tail.add_argument("--until-ended", action="store_true",
+                      help="with --follow: exit once the source of every stream followed has ended, as its events "
+                           "stream says (its state ended: exit 0; failed: exit 1), at once if it already has")
     tail.set_defaults(command=_tail)
 
     bench = commands.add_parser(
@@ -261,6 +272,7 @@ def _parser() -> argparse.ArgumentParser:
                           help="with --tracking: the tracker's settings from this config's tracking section")
     evaluate.add_argument("--set", dest="overrides", action="append", default=[], metavar="tracking.KEY=VALUE",
                           help="with --tracking: override one tracker setting, e.g. --set tracking.max_lost=60")
+    evaluate.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     evaluate.set_defaults(command=_evaluate)
 
     batch = commands.add_parser(
@@ -326,6 +338,17 @@ def _at_least_one(text: str) -> int:
     return value
 
 
+def _positive_seconds(text: str) -> float:
+    """argparse type: a number of seconds above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not value > 0 or not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, got {text}")
+    return value
+
+
 def redis_options(command: argparse.ArgumentParser) -> None:
     """How a command that reads Redis connects: URL, credentials and TLS, as the sink's config has them."""
     command.add_argument("--url", default=os.environ.get("SEGSTREAM_REDIS_URL") or "redis://localhost:6379/0",
@@ -371,6 +394,18 @@ def redis_sentinel(args: argparse.Namespace) -> SentinelAuth | None:
 
 
 def _validate(args: argparse.Namespace) -> int:
+    if not args.json:
+        return _validated(args)
+    try:
+        return _validated(args)
+    except SegstreamError as error:  # the report a script reads; the error's line(s) still go to stderr
+        from segstream.connectors.redaction import scrub
+
+        print(json.dumps({"ok": False, "config": str(args.config), "errors": scrub(str(error)).splitlines()}))
+        raise
+
+
+def _validated(args: argparse.Namespace) -> int:
     # a config without sources is one for `segstream batch`, which takes its videos from the command line
     batch = "sources" not in read_yaml(args.config)
     from segstream.pipeline.model_factory import BUILTIN_FAMILIES, check_drawn_level, check_model_config
@@ -399,8 +434,17 @@ def _validate(args: argparse.Namespace) -> int:
     if args.connect:
         from segstream.pipeline.preflight import Check, preflight, report
 
-        return report([Check("config", True, summary), *preflight(cfg, preset, batch=batch)])
-    print(f"ok: {summary}")
+        checks = [Check("config", True, summary), *preflight(cfg, preset, batch=batch)]
+        if args.json:
+            passed = all(check.ok for check in checks)
+            print(json.dumps({"ok": passed, "config": str(args.config), "summary": summary, "errors": [],
+                              "checks": [dataclasses.asdict(check) for check in checks]}))
+            return 0 if passed else 1
+        return report(checks)
+    if args.json:
+        print(json.dumps({"ok": True, "config": str(args.config), "summary": summary, "errors": []}))
+    else:
+        print(f"ok: {summary}")
     return 0
 
 
@@ -419,8 +463,12 @@ def _tail(args: argparse.Namespace) -> int:
     if at is not None and args.follow:
         raise ConfigError("--at and --follow: --at prints what was captured around a past time, --follow what "
                              "comes next — give one")
+    if not args.follow and (args.idle_timeout is not None or args.until_ended):
+        option = "--idle-timeout" if args.idle_timeout is not None else "--until-ended"
+        raise ConfigError(f"{option} says when --follow stops waiting — add --follow")
     tail(args.stream, url=args.url, count=args.count, follow=args.follow, events=args.events,
-         password=args.password, username=args.username, tls=redis_tls(args), sentinel=redis_sentinel(args), at=at)
+         password=args.password, username=args.username, tls=redis_tls(args), sentinel=redis_sentinel(args), at=at,
+         json_lines=args.json, idle_timeout_s=args.idle_timeout, until_ended=args.until_ended)
     return 0
 
 

@@ -11,6 +11,7 @@ Ground-truth pixels without a segment stay void and are ignored, as in COCO.
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -237,7 +238,7 @@ def evaluation_model_config(args):
 
 def main_evaluate(args) -> int:
     """``segstream evaluate``: PQ of a synthetic-scene model on held-out seeds, printed as a
-    table and as one JSON line (for scripts)."""
+    table and one JSON line of its averages, or (``--json``) as one JSON object alone."""
     import json
 
     from segstream.pipeline.model_factory import build_segmenter, how_it_ran
@@ -256,13 +257,25 @@ def main_evaluate(args) -> int:
                                 frames=frames)
     scenes = f"clips {' '.join(str(c) for c in clips)}" if clips else (
         f"{width}x{height}, seeds {' '.join(map(str, args.seeds))}")
-    how = how_it_ran(getattr(segmenter, "precision", None), getattr(segmenter, "postprocess", None))
+    precision, postprocess = getattr(segmenter, "precision", None), getattr(segmenter, "postprocess", None)
+    names = segmenter.labels.names
+    if getattr(args, "json", False):
+        print(json.dumps({
+            "model": segmenter.name, "precision": precision, "postprocess": postprocess,
+            **({"clips": [str(c) for c in clips]} if clips else {"size": [width, height], "seeds": list(args.seeds)}),
+            # an average of no class (no stuff in the scenes) is null: NaN is no JSON
+            **{k: None if isinstance(v, float) and math.isnan(v) else v for k, v in result.items() if k != "per_class"},
+            # a class neither in the scenes nor predicted is left out, as it is of the averages
+            "per_class": {names[class_id]: stats for class_id, stats in sorted(result["per_class"].items())
+                          if stats["tp"] + stats["fp"] + stats["fn"]},
+        }))
+        return 0
+    how = how_it_ran(precision, postprocess)
     print(f"model {segmenter.name}{how}: {result['frames']} frames, {scenes}")
     print(f"{'':8}{'PQ':>8}{'SQ':>8}{'RQ':>8}")
     for group, suffix in (("all", ""), ("things", "_things"), ("stuff", "_stuff")):
         row = [result[f"{m}{suffix}"] for m in ("pq", "sq", "rq")]
         print(f"{group:8}" + "".join(f"{100 * v:8.1f}" for v in row))
-    names = segmenter.labels.names
     for class_id, stats in sorted(result["per_class"].items()):
         if stats["tp"] + stats["fp"] + stats["fn"] == 0:
             print(f"  {names[class_id]:10} not in these scenes, nor predicted (left out of the averages)")

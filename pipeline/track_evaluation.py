@@ -267,7 +267,7 @@ def evaluated_settings(config: Path | None, overrides: Sequence[str]) -> Tracker
 
 
 def main_evaluate_tracking(args) -> int:
-    """``segstream evaluate --tracking``: a table and one JSON line."""
+    """``segstream evaluate --tracking``: a table and one JSON line, or (``--json``) one JSON object alone."""
     import json
 
     from segstream.pipeline.evaluation import evaluation_model_config
@@ -284,6 +284,12 @@ def main_evaluate_tracking(args) -> int:
     results = evaluate_tracking(args.seeds, width, height, args.frames or FRAMES_PER_SEED, settings=settings,
                                 segment_fn=segment_fn)
     changed = {k: v for k, v in asdict(settings).items() if v != getattr(TrackerSettings(), k)}
+    if "model" in results and results["oracle"]["idf1"] > 0:
+        results["model_vs_oracle_idf1"] = results["model"]["idf1"] / results["oracle"]["idf1"]
+    if getattr(args, "json", False):  # "model" names the metrics on the model's segments, as in the JSON line
+        print(json.dumps({**results, "model_name": name, "size": [width, height], "seeds": list(args.seeds),
+                          "tracker": asdict(settings)}))
+        return 0
     print(
         f"tracking: {results['noisy_truth']['frames']} frames, {width}x{height}, seeds {' '.join(map(str, args.seeds))}"
         + (f", model {name}" if name else "")
@@ -297,8 +303,7 @@ def main_evaluate_tracking(args) -> int:
             r = results[key]
             print(f"{title:28}" + "".join(f"{100 * r[m]:7.1f}" for m in ("idf1", "hota", "deta", "assa"))
                   + f"{r['id_switches']:6d}{100 * r['mota']:7.1f}")
-    if "model" in results and results["oracle"]["idf1"] > 0:
-        results["model_vs_oracle_idf1"] = results["model"]["idf1"] / results["oracle"]["idf1"]
+    if "model_vs_oracle_idf1" in results:
         print(f"tracker / oracle IDF1 on the model's segments: {results['model_vs_oracle_idf1']:.3f}")
     print(json.dumps(results))
     return 0
