@@ -195,7 +195,7 @@ def _parser() -> argparse.ArgumentParser:
     reload.add_argument("--ops", metavar="HOST:PORT",
                         help="where the run serves its endpoints (default: the config's ops.http; give it when that "
                              "key changed in the file since the run started)")
-    reload.add_argument("--timeout", type=_seconds, default=None, metavar="S",
+    reload.add_argument("--timeout", type=_positive_seconds, default=None, metavar="S",
                         help="give up waiting for the run's answer after S seconds (default: as long as the run may "
                              "take, removed cameras draining); the reload goes on in the run, whose log says how it ended")
     reload.set_defaults(command=_reload)
@@ -314,17 +314,6 @@ def _parser() -> argparse.ArgumentParser:
     for command in commands.choices.values():  # after the command too; left out there, the top-level value stands
         logging_options(command, argparse.SUPPRESS)
     return parser
-
-
-def _seconds(text: str) -> float:
-    """A number of seconds above 0, for argparse (its message names the option)."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not value > 0 or math.isinf(value):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds above 0")
-    return value
 
 
 def _at_least_one(text: str) -> int:

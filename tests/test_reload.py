@@ -207,7 +207,7 @@ def test_reload_gives_up_after_its_timeout_and_says_the_reload_may_go_on(tmp_pat
     assert "did not answer within 1.5 s: a run there may be applying the reload still" in done.stderr
     assert took < 30  # not the default 90 s
     bad = _reload(path, "--timeout", "0")
-    assert bad.returncode == 2 and "--timeout: '0' is not a number of seconds above 0" in bad.stderr
+    assert bad.returncode == 2 and "--timeout: must be a number of seconds above 0, got 0" in bad.stderr
 
 
 def test_a_plan_names_what_changes(tmp_path):
