@@ -155,3 +155,12 @@ class CollectingSink:
 
     def indices(self, source):
         return [r.index for r in self.results if r.source == source]
+
+
+@pytest.fixture
+def client(server):
+    """A client of the module's ``server`` fixture (a Redis), on an emptied Redis (FLUSHALL)."""
+    connection = server.client()
+    connection.flushall()
+    yield connection
+    connection.close()

@@ -33,14 +33,6 @@ def server(tmp_path_factory):
         yield redis_server
 
 
-@pytest.fixture
-def client(server):
-    connection = server.client()
-    connection.flushall()
-    yield connection
-    connection.close()
-
-
 def state(name: str, reason: str = "end of input") -> dict:
     return event_to_wire(Event("cam0", "state", 2.0, {"state": name, "previous": "streaming", "reason": reason},
                                run_id="run-1"))

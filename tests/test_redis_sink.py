@@ -29,14 +29,6 @@ def server():
         yield embedded
 
 
-@pytest.fixture
-def client(server):
-    connection = server.client()
-    connection.flushall()
-    yield connection
-    connection.close()
-
-
 def tiny_scene(source: str, index: int) -> FrameResult:
     """An 8 x 8 frame with one segment: cheap enough to publish thousands."""
     label_map = np.full((8, 8), -1, np.int32)

@@ -31,14 +31,6 @@ def server():
 
 
 @pytest.fixture
-def client(server):
-    connection = server.client()
-    connection.flushall()
-    yield connection
-    connection.close()
-
-
-@pytest.fixture
 def warnings(caplog):
     """The sink's log lines, whatever logging setup other tests left behind."""
     logger = logging.getLogger("segstream.connectors")
