@@ -753,6 +753,7 @@ class _DrainOnSignal:
         self.signum: int | None = None
         self.previous: dict[int, object] = {}
         self._at_once = False
+        self._stop_after = False  # a first signal inside an import of at_once's work: stopped once it returns
         self._first_at = -math.inf
 
     @contextlib.contextmanager
@@ -766,6 +767,9 @@ class _DrainOnSignal:
             yield
         finally:
             self._at_once = False
+        if self._stop_after:
+            self._stop_after = False
+            raise _StoppedBeforeRun
 
     @property
     def runtime(self):
@@ -783,7 +787,8 @@ class _DrainOnSignal:
             return  # one stop sent twice at once: GNU timeout signals its command, then its process group
         self.signals += 1
         if self.signals > 1:
-            abort_if_loading(frame, signum)  # the model's modules may still be loading
+            if entry.console:  # a program's process is its own to end: it gets the KeyboardInterrupt
+                abort_if_loading(frame, signum)  # the model's modules may still be loading
             _DrainOnSignal.aborted_by = signum  # the exit status says which signal aborted
             raise KeyboardInterrupt
         self.signum = signum
@@ -792,6 +797,12 @@ class _DrainOnSignal:
         # os.write (write_line), not print: print may be interrupted while holding stderr's buffer lock
         name = signal.Signals(signum).name
         if self._at_once:
+            if not entry.console and entry.loading(frame):
+                # A program calling us (a notebook's kernel) lives on: a module left half-loaded
+                # would fail its later imports. The stop waits for the import, then at_once ends.
+                self._stop_after = True
+                write_line(signal_line(f"{name}: stopping once the modules being loaded are ({name} again aborts)"))
+                return
             abort_if_loading(frame, signum)  # an interrupted import is not to be left half-done for the exit to find
             self._at_once = False
             write_line(signal_line(f"{name}: stopping"))

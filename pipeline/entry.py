@@ -79,21 +79,28 @@ def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
+def loading(frame) -> bool:
+    """Whether ``frame`` (a signal handler's) is inside an import."""
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            return True
+        frame = frame.f_back
+    return False
+
+
 def abort_if_loading(frame, signum: int = signal.SIGINT) -> None:
     """Exit at once with 128 + ``signum`` when ``frame`` (a signal handler's) is inside an import
     (an import here would wait on the one interrupted; ``signal_line`` imports nothing). JSON as
     SEGSTREAM_LOG_FORMAT says: the command line's --log-format may not be read yet."""
-    while frame is not None:
-        if frame.f_code.co_filename.startswith("<frozen importlib"):
-            try:
-                os.write(2, _loading_line())
-            except OSError:  # stderr a terminal that is gone (SIGHUP)
-                pass
-            embedded = sys.modules.get("segstream.connectors.embedded_redis")
-            if embedded is not None and hasattr(embedded, "kill_all"):  # loaded whole: a daemonised
-                embedded.kill_all()  # redis-server of ours would outlive us (a signal only: no client here)
-            os._exit(128 + signum)
-        frame = frame.f_back
+    if loading(frame):
+        try:
+            os.write(2, _loading_line())
+        except OSError:  # stderr a terminal that is gone (SIGHUP)
+            pass
+        embedded = sys.modules.get("segstream.connectors.embedded_redis")
+        if embedded is not None and hasattr(embedded, "kill_all"):  # loaded whole: a daemonised
+            embedded.kill_all()  # redis-server of ours would outlive us (a signal only: no client here)
+        os._exit(128 + signum)
 
 
 def _loading_line() -> bytes:

@@ -311,8 +311,12 @@ class OpsServer:
         return f"http://{f'[{host}]' if ':' in host else host}:{port}"
 
     def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        """Stop serving and free the port, also when a KeyboardInterrupt (a second Ctrl-C) cuts
+        the wait for the serving thread short: the port is closed all the same."""
+        try:
+            self._server.shutdown()
+        finally:
+            self._server.server_close()
         self._thread.join(5)
 
     def __enter__(self) -> OpsServer:

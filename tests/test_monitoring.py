@@ -499,3 +499,36 @@ def test_every_metric_a_run_exposes_is_in_the_operations_table(finished_run_page
              if family.name.startswith("segstream_") and not family.name.endswith("_created")}  # a counter's start
     assert len(names) > 30
     assert sorted(name for name in names if f"`{name}`" not in table) == []
+
+
+def test_an_interrupt_while_the_endpoints_close_still_frees_their_port():
+    """Found probing from a notebook: a second Ctrl-C during close() (its wait for the serving
+    thread, up to half a second) left the port held, so running the cell again was refused."""
+    import signal
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    port = free_port()
+    server = OpsServer(RunMetrics(), "127.0.0.1", port)
+    time.sleep(0.05)  # serving: its next look at shutdown comes up to 0.5 s later
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.01)
+        with pytest.raises(KeyboardInterrupt):
+            server.close()
+            time.sleep(1)  # were close() quick, the interrupt lands here
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    deadline = time.monotonic() + 2  # free once the serving thread's select (up to 0.5 s) lets the socket go
+    while True:
+        with socket.socket() as again:
+            try:
+                again.bind(("127.0.0.1", port))
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+        time.sleep(0.05)
+

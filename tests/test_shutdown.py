@@ -223,6 +223,31 @@ def test_ctrl_c_while_the_command_starts_up_ends_without_a_traceback(delay_s):
         assert process.returncode == 130 and "segstream: aborted" in err, (process.returncode, err)
 
 
+def test_a_program_s_interrupt_inside_an_import_of_the_model_s_build_waits_for_it_and_stops(tmp_path):
+    """Found probing from a notebook: an interrupt while the model's modules loaded ended the
+    kernel (os._exit(130), the console command's way); a program calling segstream lives on, so the
+    stop waits for the import to finish and the build then stops as before the run."""
+    (tmp_path / "slow_module.py").write_text(
+        "import os, signal, time\nos.kill(os.getpid(), signal.SIGINT)\ntime.sleep(0.3)\nloaded = True\n")
+    program = textwrap.dedent("""
+        import sys
+        from segstream.pipeline.cli import _DrainOnSignal, _StoppedBeforeRun
+        with _DrainOnSignal() as signals:
+            try:
+                with signals.at_once():
+                    import slow_module
+                print("not stopped")
+            except _StoppedBeforeRun:
+                print("stopped after the import:", sys.modules["slow_module"].loaded)
+        print("lives on")
+    """)
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=60, cwd=tmp_path,
+                          env={**os.environ, "PYTHONPATH": f"{REPO}:{tmp_path}"})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["stopped after the import: True", "lives on"]
+    assert "SIGINT: stopping once the modules being loaded are" in done.stderr
+
+
 def test_a_stop_while_the_model_loads_says_the_run_never_began(tmp_path):
     """Found probing: SIGINT while the model was being built ended with exit 0 and not a word, as if
     the run had finished with nothing to do, and only once the model was built (a published
