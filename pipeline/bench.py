@@ -215,7 +215,7 @@ def run_bench(
     with utilisation:
         report = runtime.run()
     pipeline = report.published / metrics.streaming_s if metrics.streaming_s else 0.0
-    pipeline_threads = torch.get_num_threads()
+    pipeline_threads = runtime.threads  # torch's intra-op threads while the pipeline ran
     # the naive loop's best too: on every core (the network alone's first layout) and, with several,
     # on one (where other work shares the cores, threads that wait on each other lose most)
     naive, naive_threads = 0.0, 1

@@ -602,7 +602,7 @@ class EngineConfig(Strict):
     model_workers: PositiveInt | None = None
     """Threads running the model, each a whole batch at a time (null: chosen for the device)."""
     threads: PositiveInt | None = None
-    """Intra-op threads per model worker (null: chosen for the device)."""
+    """Intra-op threads per model worker (null: chosen for the device); torch's setting is process-wide, so it is set while a run lasts and given back after."""
     max_inflight: PositiveInt | None = None
     """At most this many batches between the start of their network and the end of post-processing (null: chosen)."""
     frame_budget_mb: PositiveFloat | None = 64.0

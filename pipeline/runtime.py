@@ -402,6 +402,7 @@ class Runtime:
         progress_interval_s: float = 2.0,
         run_id: str | None = None,
         resize_in_decoder: bool = False,
+        threads: int | None = None,
     ):
         names = [s.name for s in sources]
         if len(set(names)) != len(names):
@@ -438,6 +439,9 @@ class Runtime:
         self.filtered: dict[tuple[str, str], int] = {
             (name, reason): 0 for name in self.filters for reason in FILTER_REASONS}
         self.model_workers = model_workers
+        # torch's intra-op threads while the run lasts (a process-wide setting: the caller's is
+        # given back when run() returns); None leaves it as it is
+        self.threads = threads
         self.batch_size = batch_size
         self.max_wait_s = max_wait_ms / 1000
         self.max_frames = max_frames
@@ -520,13 +524,12 @@ class Runtime:
         """A runtime with the engine settings, queue sizes, buffer policies, required sources and
         per-source stages (the tracker of the ``tracking:`` section, then ``stages:``) and segment filters
         (``filters:``, class names checked against the adapter's labels: a ConfigError) of a ``PipelineConfig``;
-        applies the engine's intra-op thread count to torch. ``sources`` may include sources of
+        torch's intra-op thread count as the engine's layout says while it runs (``threads``).
+        ``sources`` may include sources of
         one's own that the config does not name: they get the constructor's defaults (the
         ``queue_size`` and ``buffer_policy`` they declare, else a queue of ``QUEUE_SIZE`` frames,
         ``newest`` when live, else ``every_frame``) and are required (their failure ends the run),
         unless ``queue_size``, ``buffers`` or ``required`` say otherwise."""
-        import torch
-
         from segstream.pipeline.filtering import segment_filters
         from segstream.pipeline.tracking import tracking_stages
 
@@ -546,7 +549,6 @@ class Runtime:
             adapter.device, cores, compiled=bool(adapter.batch_buckets),
             workers=engine.model_workers, threads=engine.threads, max_inflight=engine.max_inflight,
         )
-        torch.set_num_threads(layout.threads)
         from segstream.pipeline.model_factory import how_it_ran
 
         # what the engine chose, said once: an operator sizing a box reads it here, not in bench only
@@ -571,6 +573,7 @@ class Runtime:
             required=kwargs.pop("required", [s.name for s in cfg.sources if s.required] + own),
             resize_in_decoder=kwargs.pop("resize_in_decoder", engine.resize_in_decoder),
             progress_interval_s=kwargs.pop("progress_interval_s", cfg.ops.status_interval_s),
+            threads=kwargs.pop("threads", layout.threads),
             **kwargs,
         )
 
@@ -699,9 +702,17 @@ class Runtime:
         caller = threading.current_thread()  # its records, and the threads it starts (NamedThread), name this run
         outer = getattr(caller, "segstream_run_id", None)
         caller.segstream_run_id = self.run_id
+        callers_threads = None
+        if self.threads is not None:
+            import torch
+
+            callers_threads = torch.get_num_threads()
+            torch.set_num_threads(self.threads)
         try:
             return self._run()
         finally:
+            if callers_threads is not None:  # a notebook's own torch work after the run gets its threads back
+                torch.set_num_threads(callers_threads)
             caller.segstream_run_id = outer
             with _RUNNING_LOCK:
                 _RUNNING.discard(self)

@@ -742,6 +742,34 @@ def test_a_source_of_ones_own_says_the_queue_and_buffer_that_suit_it():
         Runtime([Wrong("w")], ColourSegmenter(), [], progress=None)
 
 
+def test_a_run_sets_torch_s_threads_while_it_lasts_and_gives_the_caller_s_back(clip):
+    # found probing from a notebook: a run left torch on the engine's thread count for good
+    import torch
+
+    from segstream.pipeline.config import validate_config
+
+    seen = []
+
+    class Looking(CollectingSink):
+        def publish(self, result):
+            seen.append(torch.get_num_threads())
+            super().publish(result)
+
+    cfg = validate_config({"sources": [{"name": "cam", "type": "file", "path": str(clip)}],
+                           "engine": {"threads": 1}, "sinks": {"redis": {"enabled": False}}, "ops": {"http": None}})
+    callers = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        runtime = Runtime.from_config(cfg, [FileSource("cam", str(clip), max_frames=3)], ColourSegmenter(), [Looking()],
+                                      progress=None)
+        assert torch.get_num_threads() == 3  # built, not running: untouched
+        runtime.run()
+        assert seen and set(seen) == {1}
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(callers)
+
+
 def test_results_a_sink_drops_for_a_reason_of_its_own_make_the_output_incomplete(clip):
     # Found by release QA: a custom sink reporting on_dropped(results, "kafka_down") had the run
     # exit 0 ("done"), as only the shipped sinks' reasons counted as output lost
