@@ -78,6 +78,9 @@ _TELLING = ("run_id", "seq", "publish_ts")
 # or removed) are trimmed by age; what the age limit may be exceeded by, with Redis's clock as
 # estimated from the replies (one round trip behind).
 _SWEEP_S = 1.0
+# The newest entries of a source's events stream looked through for the end of the run that wrote
+# its frames stream last (this run's own first events may have come after it).
+_ENDED_LOOKBACK = 8
 
 
 @dataclass(slots=True)
@@ -868,9 +871,19 @@ class RedisPublisher:
         elif other and other != self.run_id and (other, source) not in self._ended:
             age = time.time() + (self.clock_offset_s or 0.0) - _entry_time(entry_id)  # on Redis's clock
             gap = _entry_time(entry_id) - _entry_time(last[1][0]) if len(last) > 1 else _RECENT_MAX_S
-            if age < min(_RECENT_MAX_S, max(_RECENT_MIN_S, 3 * gap)):
+            if age < min(_RECENT_MAX_S, max(_RECENT_MIN_S, 3 * gap)) and not self._said_ended(other, source):
                 self._other_writer(stream, other, entry_id, f"its last entry {_text(entry_id)} is {max(age, 0):.1f} s old")
         return last
+
+    def _said_ended(self, run_id: str, source: str) -> bool:
+        """Whether ``run_id``'s ``ended`` (or ``failed``) state of ``source`` is among the newest
+        entries of its events stream: a run that ended just before this one began (a restart, a
+        notebook's cell run again) is no other writer, however recent its last frame."""
+        for _, fields in self._last_entries(stream_name(self.events_pattern, source), _ENDED_LOOKBACK):
+            if _text(fields.get(b"run_id", b"")) == run_id and _finished(fields):
+                self._ended.add((run_id, source))
+                return True
+        return False
 
     def _check_other_writers(self, streams: set[str]) -> None:
         """Every ``_WRITER_CHECK_S`` per stream: an entry of another run among the first

@@ -154,6 +154,25 @@ def test_a_run_after_another_ended_is_no_other_writer(server, client, warnings):
     assert [int(f[b"seq"]) for _, f in client.xrange("segstream:cam0:frames")] == [1, 2, 3, 4]
 
 
+@pytest.mark.parametrize("first", ["frame", "event"])
+def test_a_run_begun_at_once_after_another_ended_is_no_other_writer(server, client, warnings, first):
+    # found probing from a notebook: a cell run again within half a second of the last run's end
+    # took that run for another writer (7 false warnings in 8 back-to-back runs)
+    earlier = publisher(server, "20261202T100000Z-aaaaaaaa")
+    for i in range(3):
+        earlier.publish(frame(i, earlier.run_id))
+    earlier.publish_event(Event("cam0", "state", time.time(), {"state": "ended"}, earlier.run_id))
+    earlier.publish_event(Event("cam0", "track_ended", time.time(), {"track_id": 1}, earlier.run_id))
+    earlier.close()
+    later = publisher(server, "20261202T100500Z-bbbbbbbb")
+    if first == "event":
+        later.publish_event(Event("cam0", "state", time.time(), {"state": "connecting"}, later.run_id))
+    later.publish(frame(0, later.run_id))
+    later.close()
+    assert later.other_writers == {}
+    assert "another segstream run" not in warnings.text
+
+
 def test_a_clock_behind_redis_s_is_measured_and_takes_no_killed_run_for_a_live_one(server, client, warnings,
                                                                                   monkeypatch):
     """Found probing as a timing engineer: a run whose machine's clock was 30 s behind Redis's,
