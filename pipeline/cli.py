@@ -694,10 +694,11 @@ def run_pipeline(cfg: PipelineConfig, max_frames: int | None = None, progress=Tr
     nothing more (then None: the run never began). The ``ops.http`` endpoints serve from before
     the model loads (``/readyz`` says not yet). With ``ops.reload``, ``POST /reload`` applies the
     sources of the config ``reload_from()`` reads (see ``segstream.pipeline.reload``)."""
-    from segstream.pipeline.metrics import RunMetrics
-    from segstream.pipeline.model_factory import build_segmenter, check_drawn_level, check_model_config
-    from segstream.pipeline.monitoring import serve_ops
-    from segstream.pipeline.preflight import check_sink_permissions
+    with whole_imports():  # torch's, the first time
+        from segstream.pipeline.metrics import RunMetrics
+        from segstream.pipeline.model_factory import build_segmenter, check_drawn_level, check_model_config
+        from segstream.pipeline.monitoring import serve_ops
+        from segstream.pipeline.preflight import check_sink_permissions
 
     # a model section that cannot run is said before anything listens
     check_drawn_level(cfg.sinks.preview, check_model_config(cfg.model))
@@ -727,6 +728,26 @@ def run_pipeline(cfg: PipelineConfig, max_frames: int | None = None, progress=Tr
         finally:
             if server is not None:
                 server.reload = None
+
+
+@contextlib.contextmanager
+def whole_imports():
+    """Imports a Ctrl-C must not cut in half in a program that calls segstream (a notebook's
+    kernel): a module left half-loaded (torch's first import takes seconds) fails every later
+    import until the interpreter restarts. A SIGINT meanwhile is held, and raised as
+    KeyboardInterrupt once they are done. The console command aborts such imports its own way
+    (``entry``); off the main thread no signal arrives."""
+    if entry.console or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if held:
+        raise KeyboardInterrupt
 
 
 class _StoppedBeforeRun(BaseException):  # not caught by the model's loaders' `except Exception`

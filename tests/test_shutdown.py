@@ -248,6 +248,26 @@ def test_a_program_s_interrupt_inside_an_import_of_the_model_s_build_waits_for_i
     assert "SIGINT: stopping once the modules being loaded are" in done.stderr
 
 
+def test_a_program_s_interrupt_during_torch_s_first_import_comes_once_the_import_is_whole(tmp_path):
+    """Found probing from a notebook: a Ctrl-C during the first run's import of torch left torch
+    half-loaded, and every later run failed until the kernel restarted."""
+    (tmp_path / "slow_module.py").write_text(
+        "import os, signal, time\nos.kill(os.getpid(), signal.SIGINT)\ntime.sleep(0.3)\nloaded = True\n")
+    program = textwrap.dedent("""
+        import sys
+        from segstream.pipeline.cli import whole_imports
+        try:
+            with whole_imports():
+                import slow_module
+        except KeyboardInterrupt:
+            print("interrupted after the import:", sys.modules["slow_module"].loaded)
+    """)
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=60, cwd=tmp_path,
+                          env={**os.environ, "PYTHONPATH": f"{REPO}:{tmp_path}"})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["interrupted after the import: True"]
+
+
 def test_a_stop_while_the_model_loads_says_the_run_never_began(tmp_path):
     """Found probing: SIGINT while the model was being built ended with exit 0 and not a word, as if
     the run had finished with nothing to do, and only once the model was built (a published
