@@ -682,7 +682,14 @@ def build_runtime(
     finally:
         if runtime is None:  # stopped, or failed, before the run: an embedded Redis must not outlive us
             for part in [*built_sources, *own_sources, *built_sinks, *own_sinks]:
-                part.close()
+                close = getattr(part, "close", None)
+                if not callable(close):  # a part that is no sink or source: the error that says so goes on
+                    continue
+                try:
+                    close()
+                except Exception as error:  # nor may a close that fails hide why the build failed
+                    log.warning("closing %s after the failed start failed too: %s: %s",
+                                getattr(part, "name", type(part).__name__), type(error).__name__, error)
             served.close()
     return runtime
 

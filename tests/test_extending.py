@@ -358,3 +358,16 @@ def test_segment_takes_a_read_only_frame_without_a_warning_and_leaves_it_as_it_w
         warnings.simplefilter("error")
         (result,) = adapter.segment([frame])
     assert result.label_map.shape == (48, 64) and (frame == 90).all()
+
+
+def test_build_runtime_given_something_that_is_no_sink_says_what_a_sink_has():
+    # found by the typed-API probe: the refusal was hidden by an AttributeError from closing it
+    import segstream
+
+    cfg = segstream.load_config({"sources": [{"name": "cam", "type": "synthetic", "width": 64, "height": 48,
+                                              "num_frames": 2}],
+                                 "model": {"device": "cpu"}, "sinks": {"redis": {"enabled": False}},
+                                 "ops": {"http": None}})
+    with pytest.raises(TypeError, match="lacks .*: a sink has"):
+        segstream.build_runtime(cfg, progress=False, sinks=[object()])
+
