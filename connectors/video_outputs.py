@@ -55,6 +55,7 @@ class VideoOutputs:
         coco_panoptic: bool = True,
         coco_images: bool = False,
         overlay: bool = False,
+        overlay_level: int | None = None,
         number: int = 0,
         mask_encoding: str = "rle",
         video_name: str = "",
@@ -69,6 +70,7 @@ class VideoOutputs:
         self.mask_encoding = mask_encoding
         self.levels = levels
         self.opacity = opacity
+        self.overlay_level = overlay_level  # the hierarchy level the overlay draws (None: the segments)
         self.frames = 0
         try:
             self.partial.mkdir(parents=True)
@@ -102,7 +104,12 @@ class VideoOutputs:
             if self._overlay is not None:
                 if result.image is None:
                     raise SinkError(f"{result.source} frame {result.index} came without its image for the overlay")
-                self._overlay.write(draw_overlay(result.image, result, self.opacity), result.pts, result.time_base)
+                if self.overlay_level is not None and self.overlay_level >= len(result.levels):
+                    raise SinkError(f"batch.overlay_level: frame {result.index} of {result.source} has "
+                                    f"{len(result.levels)} hierarchy levels, no level {self.overlay_level} — lower "
+                                    "batch.overlay_level, or set it to null to draw the segments")
+                image = draw_overlay(result.image, result, self.opacity, level=self.overlay_level)
+                self._overlay.write(image, result.pts, result.time_base)
         except OSError as error:
             raise SinkError(f"cannot write the outputs of {self.video_id}: {error.strerror}") from None
         self.frames += 1

@@ -637,7 +637,8 @@ class BatchSink:
             batch = self.cfg.batch
             outputs = self._outputs[video_id] = VideoOutputs(
                 self.root, video_id, self.labels, jsonl=batch.jsonl, coco_panoptic=batch.coco_panoptic,
-                coco_images=batch.coco_images, overlay=batch.overlay, number=job.number,
+                coco_images=batch.coco_images, overlay=batch.overlay, overlay_level=batch.overlay_level,
+                number=job.number,
                 mask_encoding=self.cfg.sinks.redis.mask_encoding, levels=self.cfg.sinks.redis.levels,
                 video_name=mask_userinfo(job.path.name),
                 fps_hint=job.fps,
@@ -807,6 +808,8 @@ def output_settings(cfg: PipelineConfig) -> dict:
         outputs["max_fps"] = batch.max_fps
     if batch.coco_panoptic and batch.coco_images:  # the same
         outputs["coco_images"] = True
+    if batch.overlay and batch.overlay_level is not None:  # the same
+        outputs["overlay_level"] = batch.overlay_level
     return {"model": model, "tracking": cfg.tracking.model_dump(mode="json"), "outputs": outputs}
 
 
@@ -911,10 +914,12 @@ def load_batch_config(args) -> PipelineConfig:
     if cfg.stages:
         raise ConfigError("stages: segstream batch does not run a config's stages (segstream run does) — remove the "
                           "stages: section from the config for batch")
-    if cfg.sinks.preview.level is not None:  # a level the model lacks: said before any video starts
-        from segstream.pipeline.model_factory import check_drawn_level, check_model_config
+    if cfg.sinks.preview.level is not None or cfg.batch.overlay_level is not None:  # a level the model lacks:
+        from segstream.pipeline.model_factory import check_drawn_level, check_model_config  # said before any video
 
-        check_drawn_level(cfg.sinks.preview, check_model_config(cfg.model))
+        preset = check_model_config(cfg.model)
+        check_drawn_level(cfg.sinks.preview, preset)
+        check_drawn_level(None, preset, "batch.overlay_level", cfg.batch.overlay_level)
     if cfg.sources:
         log.info("the config's sources are not used: batch processes the videos given on the command line")
     if not (cfg.batch.jsonl or cfg.batch.coco_panoptic or cfg.batch.overlay

@@ -170,7 +170,8 @@ def process_video(job: VideoJob, cfg_json: str, root: str, actor, labels, board,
             source.decode_size = geometry.scale
         outputs = VideoOutputs(
             root, job.id, labels, jsonl=batch_cfg.jsonl, coco_panoptic=batch_cfg.coco_panoptic,
-            coco_images=batch_cfg.coco_images, overlay=batch_cfg.overlay, number=job.number,
+            coco_images=batch_cfg.coco_images, overlay=batch_cfg.overlay, overlay_level=batch_cfg.overlay_level,
+            number=job.number,
             mask_encoding=cfg.sinks.redis.mask_encoding, levels=cfg.sinks.redis.levels,
             video_name=mask_userinfo(job.path.name), fps_hint=job.fps,
         )

@@ -996,7 +996,7 @@ class BatchConfig(Strict):
     """``segstream batch``: what it writes under ``output`` for each video (``jsonl``: wire-schema
     entries; ``coco_panoptic``: a PNG per frame and a JSON per video, and one JSON over the batch;
     ``coco_images``: with it, each frame as the JPEG the COCO JSON names; ``overlay``: an MP4 with
-    the segments drawn), and how many videos the local engine decodes at once (``concurrency``).
+    the segments drawn, or with ``overlay_level`` that level of the model's hierarchy), and how many videos the local engine decodes at once (``concurrency``).
     Folders given as inputs are searched for files with one of ``extensions``. ``max_fps``: at most
     that many frames per second of each video's time go to the model (a sample of a long archive:
     1 keeps a frame a second; null: every frame); the frames left out leave gaps in ``frame``."""
@@ -1011,6 +1011,8 @@ class BatchConfig(Strict):
     """With coco_panoptic, write each frame as the JPEG the COCO JSON names."""
     overlay: bool = False
     """Write an MP4 per video with the segments drawn."""
+    overlay_level: NonNegativeInt | None = None
+    """With overlay, draw this level of the model's segment hierarchy (SeNaTra's; 0 the finest) instead of the segments (null: the segments)."""
     concurrency: PositiveInt = 4
     """Videos the local engine decodes at once."""
     extensions: list[str] = Field(default_factory=lambda: list(VIDEO_EXTENSIONS))
@@ -1123,6 +1125,9 @@ class BatchPipelineConfig(PipelineConfig):
 
     @model_validator(mode="after")
     def _full_frames_for_the_overlay(self) -> BatchPipelineConfig:
+        if self.batch.overlay_level is not None and not self.batch.overlay:
+            raise ValueError("batch.overlay_level: it draws on the overlay video, which is off — set batch.overlay "
+                             "to true, or remove batch.overlay_level")
         if self.engine.resize_in_decoder and self.batch.overlay:
             raise ValueError(
                 "engine.resize_in_decoder: the overlay video (batch.overlay) draws on full-size frames — turn one "

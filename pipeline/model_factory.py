@@ -262,18 +262,23 @@ def hierarchy_depth(preset: Preset) -> int | None:
     return 0 if preset.family == "eomt" else None
 
 
-def check_drawn_level(preview_cfg, preset: Preset) -> None:
-    """Refuse ``sinks.preview.level`` (with the preview on) when the model has no such level."""
-    level = preview_cfg.level
+def check_drawn_level(preview_cfg, preset: Preset, key: str = "sinks.preview.level",
+                      level: int | None = None) -> None:
+    """Refuse a level to draw the model has not: ``sinks.preview.level`` (with the preview on), or
+    the ``level`` of another drawing (``key``, e.g. ``batch.overlay_level``; ``preview_cfg`` None)."""
+    if preview_cfg is not None:
+        if not preview_cfg.enabled:
+            return
+        level = preview_cfg.level
     depth = hierarchy_depth(preset)
-    if not preview_cfg.enabled or level is None or depth is None or level < depth:
+    if level is None or depth is None or level < depth:
         return
     if depth == 0:
-        raise ConfigError(f"sinks.preview.level: {preset.name} is {_a(preset.family)} model, which makes no segment "
-                          "hierarchy to draw — set sinks.preview.level to null (the frame's segments), or run a "
+        raise ConfigError(f"{key}: {preset.name} is {_a(preset.family)} model, which makes no segment "
+                          f"hierarchy to draw — set {key} to null (the frame's segments), or run a "
                           "SeNaTra model")
-    raise ConfigError(f"sinks.preview.level: {preset.name} makes {depth} hierarchy levels, 0 (the finest) to "
-                      f"{depth - 1}, not level {level} — set sinks.preview.level to one of those, or to null")
+    raise ConfigError(f"{key}: {preset.name} makes {depth} hierarchy levels, 0 (the finest) to "
+                      f"{depth - 1}, not level {level} — set {key} to one of those, or to null")
 
 
 def _check_family_keys(model_cfg, preset: Preset) -> None:

@@ -5,6 +5,7 @@ level the model does not make refused."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import av
@@ -275,6 +276,42 @@ def test_batch_refuses_a_preview_level_the_model_lacks_before_any_video(tmp_path
                    "segment hierarchy to draw — set sinks.preview.level to null (the frame's segments), or run a "
                    "SeNaTra model"]
     assert not (tmp_path / "out").exists() and not (tmp_path / "preview").exists()
+
+
+def _first_frame(video: Path) -> np.ndarray:
+    with av.open(str(video)) as container:
+        return next(container.decode(video=0)).to_ndarray(format="rgb24").astype(np.int16)
+
+
+def test_batch_overlay_level_draws_that_level_and_is_named_in_the_manifest(tmp_path, clip):
+    # left by the levels change: the batch overlay drew segments only
+    common = ["batch", str(clip), "--set", "model.family=senatra", "--set", "model.device=cpu",
+              "--set", "batch.overlay=true", "--set", "batch.coco_panoptic=false", "--set", "batch.jsonl=false"]
+    assert main([*common, "--out", str(tmp_path / "segments"), "--progress"]) == 0
+    assert main([*common, "--out", str(tmp_path / "level"), "--set", "batch.overlay_level=2", "--no-progress"]) == 0
+    [segments] = (tmp_path / "segments").glob("*/overlay.mp4")
+    [level] = (tmp_path / "level").glob("*/overlay.mp4")
+    plain = av.open(str(clip))
+    original = next(plain.decode(video=0)).to_ndarray(format="rgb24").astype(np.int16)
+    plain.close()
+    drawn_segments, drawn_level = _first_frame(segments), _first_frame(level)
+    assert np.abs(drawn_level - drawn_segments).mean() > 5  # another picture than the segments'
+    assert np.abs(drawn_level - original).mean() > 5  # and a drawn one
+    manifest = [json.loads(line) for line in (tmp_path / "level" / "manifest.jsonl").read_text().splitlines()]
+    assert manifest[-1]["settings"]["outputs"]["overlay_level"] == 2
+
+
+def test_batch_overlay_level_is_refused_without_the_overlay_and_for_a_model_without_it(tmp_path, clip, capsys):
+    base = ["batch", str(clip), "--out", str(tmp_path / "out"), "--set", "model.device=cpu"]
+    assert main([*base, "--set", "model.family=senatra", "--set", "batch.overlay_level=1"]) == 2
+    assert "batch.overlay_level: it draws on the overlay video, which is off" in capsys.readouterr().err
+    assert main([*base, "--set", "model.preset=synthetic_eomt_tiny_256", "--set", "batch.overlay=true",
+                 "--set", "batch.overlay_level=0"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["segstream: error: batch.overlay_level: synthetic_eomt_tiny_256 is an eomt model, which makes no "
+                   "segment hierarchy to draw — set batch.overlay_level to null (the frame's segments), or run a "
+                   "SeNaTra model"]
+    assert not (tmp_path / "out").exists()
 
 
 def test_preview_of_a_result_without_the_level_stops_with_one_line(tmp_path):
