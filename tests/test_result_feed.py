@@ -3,6 +3,7 @@ results, and ``load_config``'s overrides as Python values."""
 
 from __future__ import annotations
 
+import _thread
 import gc
 import socket
 import textwrap
@@ -113,6 +114,21 @@ def test_ctrl_c_in_the_loop_stops_the_run_and_is_raised():
         watch()
     gc.collect()
     assert _segstream_threads() <= before
+
+
+def test_ctrl_c_while_the_loop_waits_for_a_result_stops_the_run_and_is_raised():
+    before = _segstream_threads()
+    cfg = _config(sources=[{"name": "cam", "type": "synthetic", "width": 64, "height": 48, "num_frames": 100000,
+                            "realtime": True, "fps": 0.5}])  # a frame every 2 s: the loop waits
+    feed = segstream.results(cfg)
+    assert next(feed).index == 0
+    ctrl_c = threading.Timer(0.5, _thread.interrupt_main)
+    ctrl_c.start()
+    with pytest.raises(KeyboardInterrupt):
+        next(feed)
+    ctrl_c.join()
+    assert _segstream_threads() <= before
+    assert list(feed) == []
 
 
 def test_images_come_with_the_results_only_when_asked_for():
