@@ -99,6 +99,10 @@ class Segments:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def __repr__(self) -> str:
+        embeddings = f"; embeddings {self.embeddings.shape[0]}x{self.embeddings.shape[1]}" if self.embeddings.size else ""
+        return f"Segments({len(self)}{': ' + label_summary(self.labels) if len(self) else ''}{embeddings})"
+
     def __getitem__(self, index: Any) -> Segments:
         """The segments selected by a boolean mask, an index array or a slice, as new columns."""
         if isinstance(index, (int, np.integer)):
@@ -153,6 +157,10 @@ class ScaledLabelMap:
             if lines[0] < 0 or lines[-1] >= size or (len(lines) > 1 and (np.diff(lines) < 0).any()):
                 raise ValueError(f"a scaled label map's {name} must not decrease and must lie in 0..{size - 1}")
 
+    def __repr__(self) -> str:
+        (h, w), (dh, dw) = self.shape, self.decided.shape
+        return f"ScaledLabelMap({w}x{h} frame from {dw}x{dh} decided)"
+
     @property
     def shape(self) -> tuple[int, int]:
         """(height, width) of the frame."""
@@ -169,6 +177,21 @@ class ScaledLabelMap:
     def every(self, stride: int) -> np.ndarray:
         """``full()[::stride, ::stride]`` without building the frame-size map."""
         return self.decided[self.rows[::stride]][:, self.cols[::stride]]
+
+
+# labels named in one-line reprs; the rest are counted
+LABELS_SHOWN = 4
+
+
+def label_summary(labels: Sequence[str]) -> str:
+    """``person x2, car, road, sky, +3 more``: each label once, with its count, in order of first
+    appearance."""
+    counts: dict[str, int] = {}
+    for label in labels:
+        counts[str(label)] = counts.get(str(label), 0) + 1
+    named = [label if n == 1 else f"{label} x{n}" for label, n in list(counts.items())[:LABELS_SHOWN]]
+    more = len(counts) - LABELS_SHOWN
+    return ", ".join(named + ([f"+{more} more"] if more > 0 else []))
 
 
 def _label_map(holder: Level | FrameResult) -> np.ndarray | None:
@@ -256,6 +279,20 @@ class FrameResult:
     levels: list[Level] = field(default_factory=list)
 
     label_map = _FRAME_SIZE_MAP
+
+    def __repr__(self) -> str:
+        parts = [f"{self.source} frame {self.index}", f"{self.width}x{self.height}", f"{len(self.segments)} segments"]
+        if len(self.segments):
+            parts[-1] += f" ({label_summary(self.segments.labels)})"
+        if (tracked := int((self.segments.track_ids != NO_TRACK).sum())) > 0:
+            parts.append(f"{tracked} tracked")
+        if self.levels:
+            parts.append(f"{len(self.levels)} levels")
+        if self.events:
+            parts.append(f"{len(self.events)} events")
+        if self.image is not None:
+            parts.append("image")
+        return f"FrameResult({', '.join(parts)})"
 
     def masks(self) -> dict[int, np.ndarray]:
         """Segment id -> height x width bool mask."""

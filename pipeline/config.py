@@ -1171,22 +1171,28 @@ def json_schema() -> dict:
 
 
 def load_config(
-    path: str | Path | typing.Mapping[str, Any], overrides: list[str] | tuple[str, ...] = (),
+    path: str | Path | typing.Mapping[str, Any],
+    overrides: str | typing.Iterable[str] | typing.Mapping[str, Any] = (),
     schema: type[PipelineConfig] = PipelineConfig, *, base_dir: str | Path | None = None,
 ) -> PipelineConfig:
     """Read, override, interpolate and validate the pipeline description at ``path``, or given as
     a mapping of the YAML's keys (a program's own config; not changed); relative paths in it are
     relative to ``base_dir`` (a file's: its folder; a mapping's: the working directory). Every
-    problem is one ``ConfigError``."""
+    problem is one ``ConfigError``.
+
+    ``overrides`` are what ``--set`` gives the CLI: one ``"engine.batch_size=8"``, a list of
+    them (each value typed like a YAML scalar), or a mapping ``{"engine.batch_size": 8}`` (each
+    value taken as it is); a key's dots (or ``[0]``) walk into mappings and lists."""
+    pairs = override_pairs(overrides)
     if isinstance(path, typing.Mapping):  # x- keys are its own, as a file's
         raw = copy.deepcopy({key: value for key, value in path.items()
                              if not (isinstance(key, str) and key.startswith("x-"))})
-        for override in overrides:
-            apply_override(raw, override)
         folder = Path(os.path.abspath(base_dir or "."))
     else:
-        raw = raw_config_data(path, overrides)
+        raw = read_yaml(path)
         folder = config_folder(path) if base_dir is None else Path(os.path.abspath(base_dir))
+    for key, value in pairs:
+        set_config_key(raw, key, value, "override")
     if problem := _redis_url_left_empty(raw):
         raise ConfigError(problem)
     if problem := _batch_config_for_run(raw, schema):
@@ -1409,10 +1415,42 @@ def apply_override(data: dict, override: str) -> None:
     key, sep, text = override.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"--set {override}: expected KEY=VALUE, e.g. --set engine.batch_size=8")
+    set_config_key(data, key, _scalar(text), "--set")
+
+
+def override_pairs(overrides: str | typing.Iterable[str] | typing.Mapping[str, Any]) -> list[tuple[str, Any]]:
+    """``load_config``'s overrides as (key, value) pairs: one ``"KEY=VALUE"``, a list of them
+    (values typed like YAML scalars), or a mapping of key -> value (values as they are)."""
+    example = "e.g. \"engine.batch_size=8\", a list of such strings, or {\"engine.batch_size\": 8}"
+    if isinstance(overrides, typing.Mapping):
+        for key in overrides:
+            if not isinstance(key, str) or not key.strip():
+                raise ConfigError(f"override {key!r}: a key is a dotted path such as 'engine.batch_size' ({example})")
+        return list(overrides.items())
+    if isinstance(overrides, str):
+        overrides = [overrides]
+    pairs = []
+    for override in overrides:
+        if not isinstance(override, str):
+            raise ConfigError(f"override {override!r}: expected a KEY=VALUE string ({example})")
+        key, sep, text = override.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {override!r}: expected KEY=VALUE ({example})")
+        pairs.append((key, _scalar(text)))
+    return pairs
+
+
+def _scalar(text: str) -> Any:
+    """An override's value as YAML types a scalar (4, true, null, 0.5), else the text."""
     try:
-        value = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError:
-        value = text
+        return text
+
+
+def set_config_key(data: dict, key: str, value: Any, given_by: str) -> None:
+    """Set the dotted ``key`` of ``data`` to ``value`` (``sources.0.path`` and ``sources[0].path``
+    both index lists); errors start with ``given_by`` and the key (``--set engine.x``)."""
     parts = [int(p) if p.isdigit() else p for p in re.sub(r"\[(\d+)\]", r".\1", key.strip()).split(".")]
     node: Any = data
     for depth, part in enumerate(parts):
@@ -1420,16 +1458,16 @@ def apply_override(data: dict, override: str) -> None:
         here = _format_path(parts[:depth]) or "the top level"
         if isinstance(node, list):
             if not isinstance(part, int):
-                raise ConfigError(f"--set {key}: {here} is a list; index it with a number, e.g. {here}.0")
+                raise ConfigError(f"{given_by} {key}: {here} is a list; index it with a number, e.g. {here}.0")
             if part > len(node):
-                raise ConfigError(f"--set {key}: {here} has {len(node)} entries (indices 0 to {len(node) - 1})")
+                raise ConfigError(f"{given_by} {key}: {here} has {len(node)} entries (indices 0 to {len(node) - 1})")
             if part == len(node):
                 node.append({})
         elif isinstance(node, dict):
             if not last and not isinstance(node.get(part), (dict, list)):
                 node[part] = {}
         else:
-            raise ConfigError(f"--set {key}: {here} is a single value, not a mapping or list")
+            raise ConfigError(f"{given_by} {key}: {here} is a single value, not a mapping or list")
         if last:
             node[part] = value
         else:

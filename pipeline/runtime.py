@@ -581,6 +581,11 @@ class Runtime:
         """Ask for a graceful end; returns at once (safe in a signal handler)."""
         self._stop_requested = True
 
+    @property
+    def stopping(self) -> bool:
+        """``stop()`` has been called: the run drains and ends."""
+        return self._stop_requested
+
     def add_source(
         self, source: VideoSource, *, queue_size: int | None = None, buffer: BufferPolicy | None = None,
         required: bool = False, segment_filter: SegmentFilter | None = None,

@@ -5,7 +5,8 @@ light (no torch) for programs that only read streams.
 
     import segstream
     cfg = segstream.load_config("configs/demo.yaml")
-    report = segstream.run_pipeline(cfg)
+    for result in segstream.results(cfg, max_frames=20):   # FrameResults, in memory
+        print(result)
 
 Extending it (``README.md``, "Extending segstream"): sources (``VideoSource``), per-source stages
 (``FrameStage``), sinks (``Sink``) and model families (``register_family``, ``register_preset``,
@@ -82,6 +83,9 @@ _EXPORTS = {
     "RunReport": "segstream.pipeline.runtime",
     "run_pipeline": "segstream.pipeline.cli",
     "build_runtime": "segstream.pipeline.cli",
+    "results": "segstream.pipeline.result_feed",
+    "ResultFeed": "segstream.pipeline.result_feed",
+    "draw_overlay": "segstream.connectors.overlay",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
@@ -126,6 +130,7 @@ if TYPE_CHECKING:
     from segstream.connectors.file_source import FileSource
     from segstream.connectors.frames import Frame
     from segstream.connectors.image_source import ImageFolderSource
+    from segstream.connectors.overlay import draw_overlay
     from segstream.connectors.redis_reader import Client, Entry, EventEntry, StreamReader, connect
     from segstream.connectors.redis_wire import from_wire, to_wire
     from segstream.connectors.sink import Sink
@@ -145,4 +150,5 @@ if TYPE_CHECKING:
     from segstream.pipeline.engine import BufferPolicy
     from segstream.pipeline.model_factory import build_segmenter, register_family
     from segstream.pipeline.plugins import load_plugins
+    from segstream.pipeline.result_feed import ResultFeed, results
     from segstream.pipeline.runtime import FrameStage, RunReport, Runtime

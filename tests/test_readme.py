@@ -2,29 +2,51 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
+from tests.redis_servers import RedisProcess, free_port
+
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run_readme_python(heading: str, containing: str = "") -> subprocess.CompletedProcess:
+def run_readme_python(heading: str, containing: str = "", env: dict | None = None) -> subprocess.CompletedProcess:
     """The first Python block of the README's section ``heading`` that holds ``containing``, run
     from the repository."""
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     section = readme[readme.index(heading):]
     code = next(block for block in re.findall(r"```python\n(.*?)```", section, re.DOTALL) if containing in block)
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300,
+                         env=None if env is None else {**os.environ, **env})
     assert out.returncode == 0, out.stderr
     return out
 
 
 def test_the_readme_python_example_runs():
-    out = run_readme_python("## From Python")
+    overlay = REPO / "overlay.png"
+    overlay.unlink(missing_ok=True)
+    try:
+        out = run_readme_python("## From Python")
+        from PIL import Image
+
+        with Image.open(overlay) as picture:  # the last result's segments drawn on its frame
+            assert picture.size == (640, 480)
+    finally:
+        overlay.unlink(missing_ok=True)
+    # the results came to the loop in order, and break stopped it at frame 10
+    shown = re.findall(r"^FrameResult\(demo frame (\d+), 640x480, \d+ segments", out.stdout, re.MULTILINE)
+    assert shown == [str(i) for i in range(11)]
     assert "done: 20 frames published" in out.stdout + out.stderr
     assert "(480, 640)" in out.stdout
+
+
+def test_the_readme_reads_a_finished_run_back_from_a_redis_of_its_own(tmp_path):
+    with RedisProcess(tmp_path / "redis", port=free_port(27600, 27649)) as server:
+        out = run_readme_python("## From Python", containing="start=\"0\"", env={"SEGSTREAM_REDIS_URL": server.url})
+    assert out.stdout.startswith("20 Entry(")
 
 
 def test_the_readme_extending_example_runs_a_source_stage_sink_and_family_of_its_own():

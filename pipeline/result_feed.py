@@ -1,0 +1,213 @@
+"""A pipeline's results in the caller's own loop: ``segstream.results(cfg)``.
+
+The run goes on a thread of its own (``build_runtime`` + ``Runtime.run``); a sink of this module
+hands each result to the loop through a bounded queue, so a loop slower than the pipeline holds the
+pipeline back as a slow sink would.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import queue
+import threading
+import weakref
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+from segstream.connectors.threads import NamedThread
+from segstream.models.results import Event, FrameResult
+from segstream.pipeline.config import PipelineConfig
+from segstream.pipeline.runtime import THREAD_PREFIX, RunReport, Runtime
+
+RESULTS_WAITING = 8  # results the pipeline may be ahead of the loop, by default
+_WAIT_S = 0.1  # how often a hand-off waiting for room looks whether the feed was closed
+_END = object()
+
+
+class _Handoff:
+    """The sink that hands results to a ``ResultFeed``'s loop (after the config's sinks): it waits
+    for room while the run goes on, drops what does not fit once the run is stopping (the loop has
+    gone), and nothing once the feed is closed."""
+
+    name = "results"
+
+    def __init__(self, waiting: int, images: bool):
+        self.queue: queue.Queue = queue.Queue(waiting)
+        self.wants_images = images  # the runtime then attaches each decoded frame to its result
+        self.closed = threading.Event()
+        self.runtime: Runtime | None = None  # set once built
+
+    def publish(self, result: FrameResult) -> None:
+        if self.wants_images:  # the runtime takes the frame off its result once every sink has it
+            result = dataclasses.replace(result)
+        self.put(result)
+
+    def put(self, item: Any) -> None:
+        said = False
+        while not self.closed.is_set():
+            try:
+                self.queue.put(item, timeout=_WAIT_S)
+                return
+            except queue.Full:
+                runtime = self.runtime
+                if runtime is not None and runtime.stopping and item is not _END:
+                    return
+                if runtime is not None and not said:  # /healthz: waiting, not stalled
+                    runtime.metrics.beat("publish", idle="back-pressure (the results loop)")
+                    said = True
+
+    def publish_event(self, event: Event) -> None:
+        """Not handed on: a result carries its own events, and the source states are the report's."""
+
+    def poll(self) -> float | None:
+        return None
+
+    def flush(self) -> None:
+        """Nothing waits here: each result is handed over in ``publish``."""
+
+    def close(self) -> None:
+        """The feed ends the hand-off (``closed``), not the run."""
+
+
+class ResultFeed:
+    """The results of one run as they reach the sinks, in each source's frame order (sources
+    interleave as they come). Iterate it; ``close()`` (also at ``break`` out of a ``with`` block,
+    at an exception there, or when the feed is garbage collected) stops the run, waits for its
+    threads to end and releases what it held (ports, an embedded Redis). An error of the run is
+    raised from the iteration; ``report`` is the ``RunReport`` once the run has ended, ``error``
+    what ended it when it failed (``close()`` raises neither). ``runtime`` is the ``Runtime``
+    that runs: its ``metrics``, ``add_source`` and ``remove_source`` work while the loop goes on
+    (its ``stop()`` ends the run too; the results then drained reach the loop while there is room
+    for them, and only the config's sinks otherwise)."""
+
+    def __init__(self, runtime: Runtime, handoff: _Handoff):
+        self.report: RunReport | None = None
+        self.error: BaseException | None = None
+        self.runtime, self._handoff = runtime, handoff
+        self._outcome: list = []  # the run thread's report or error; it holds no reference to the feed
+        self._thread = NamedThread(target=_run, args=(runtime, handoff, self._outcome),
+                                   name=f"{THREAD_PREFIX}results", daemon=True)
+        self._done = False
+        self._thread.start()
+        _OPEN.add(self)
+
+    def __iter__(self) -> Iterator[FrameResult]:
+        return self
+
+    def __next__(self) -> FrameResult:
+        if self._done:
+            raise StopIteration
+        try:
+            while True:
+                try:
+                    item = self._handoff.queue.get(timeout=_WAIT_S)
+                    break
+                except queue.Empty:
+                    if not self._thread.is_alive() and self._handoff.queue.empty():
+                        item = _END  # (a thread never ends without its end marker; this keeps a bug from hanging)
+                        break
+        except BaseException:  # Ctrl-C while waiting for a result
+            self.close()
+            raise
+        if item is not _END:
+            return item
+        self._finish()
+        if self.error is not None:
+            raise self.error
+        raise StopIteration
+
+    def close(self) -> None:
+        """Stop the run (what is in flight drains into the config's sinks, not into this feed),
+        wait for its threads and release its resources. Does nothing the second time."""
+        if self._done:
+            return
+        self._done = True
+        _OPEN.discard(self)
+        self.runtime.stop()
+        self._handoff.closed.set()
+        self._finish()
+
+    def _finish(self) -> None:
+        self._done = True
+        _OPEN.discard(self)
+        self._thread.join()
+        outcome = self._outcome[0] if self._outcome else None
+        if isinstance(outcome, BaseException):
+            self.error = outcome
+        else:
+            self.report = outcome
+
+    def __enter__(self) -> ResultFeed:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if not getattr(self, "_done", True):
+            self.close()
+
+
+# feeds not closed yet: closed when the program exits, before the runtime's own exit hook waits
+# for their runs (a loop that will never come back must not hold them)
+_OPEN: weakref.WeakSet[ResultFeed] = weakref.WeakSet()
+
+
+def _close_open_feeds() -> None:
+    for feed in list(_OPEN):
+        feed.runtime.stop()
+        feed._handoff.closed.set()
+
+
+_register = getattr(threading, "_register_atexit", None)
+if _register is not None:
+    _register(_close_open_feeds)
+
+
+def _run(runtime: Runtime, handoff: _Handoff, outcome: list) -> None:
+    try:
+        outcome.append(runtime.run())
+    except BaseException as error:
+        outcome.append(error)
+    finally:
+        handoff.put(_END)
+
+
+def results(
+    cfg: PipelineConfig, max_frames: int | None = None, *, images: bool = False, waiting: int = RESULTS_WAITING,
+    progress: bool = False, ops: bool = False, sources: Sequence = (), sinks: Sequence = (),
+    stages: Iterable = (),
+) -> ResultFeed:
+    """Run ``cfg`` on a thread of its own and hand its results (``FrameResult``) to the caller's
+    loop as they reach the sinks, in each source's frame order::
+
+        for result in segstream.results(cfg, max_frames=100):
+            print(result)
+
+    The config's sinks (Redis, files, ...) still get every result, before the loop does.
+    ``max_frames`` caps the frames taken from each source; the run ends when its sources do.
+
+    At most ``waiting`` results wait for the loop: a loop slower than the pipeline holds it back
+    (back-pressure), and then a file is read more slowly while a live source (a camera, a
+    stream) drops frames, counted as the run counts them (``report``, the summary).
+
+    ``break`` stops the run: what it has in flight drains into the config's sinks, its threads
+    end and its ports (``ops=True``'s endpoints, an embedded Redis) are free once the feed is
+    closed, which a ``with`` block (``with segstream.results(cfg) as feed:``) or ``close()``
+    does at once, and garbage collection otherwise (a plain ``for`` loop's feed, as soon as the
+    loop is left). An error of the run (a source, a stage, a sink) is raised from the loop;
+    Ctrl-C while the loop waits for a result stops the run and is raised.
+
+    ``images=True`` attaches each decoded frame (``result.image``, H x W x 3 uint8 RGB) for
+    ``segstream.draw_overlay``; it is None otherwise (and not allowed with
+    ``engine.resize_in_decoder``). ``progress`` prints the status line and summary as ``segstream
+    run`` does; ``ops``, ``sources``, ``sinks`` and ``stages`` are ``build_runtime``'s."""
+    from segstream.pipeline.cli import build_runtime
+
+    if waiting < 1:
+        raise ValueError(f"waiting must be at least 1 (results ahead of the loop), got {waiting}")
+    handoff = _Handoff(waiting, images)
+    runtime = build_runtime(cfg, max_frames=max_frames, progress=progress, ops=ops, sources=sources,
+                            sinks=[*sinks, handoff], stages=stages)
+    handoff.runtime = runtime
+    return ResultFeed(runtime, handoff)

@@ -1,0 +1,179 @@
+"""The Python API a notebook uses: results in memory (``segstream.results``), short reprs of
+results, and ``load_config``'s overrides as Python values."""
+
+from __future__ import annotations
+
+import _thread
+import gc
+import socket
+import textwrap
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import segstream
+from segstream.pipeline.runtime import THREAD_PREFIX
+from tests.redis_servers import free_port
+
+DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+
+
+def _config(**extra) -> segstream.PipelineConfig:
+    sources = extra.pop("sources", [{"name": "cam", "type": "synthetic", "width": 64, "height": 48, "num_frames": 30}])
+    return segstream.load_config({
+        "sources": sources,
+        "model": {"device": "cpu", "precision": "fp32"},
+        "sinks": {"redis": {"enabled": False}},
+        "ops": {"http": None},
+        **extra,
+    })
+
+
+def _segstream_threads() -> set[str]:
+    return {t.name for t in threading.enumerate() if t.name.startswith(THREAD_PREFIX)}
+
+
+def test_the_loop_gets_every_result_of_each_source_in_frame_order_and_the_report():
+    sources = [{"name": name, "type": "synthetic", "width": 64, "height": 48, "num_frames": 12} for name in "ab"]
+    with segstream.results(_config(sources=sources)) as feed:
+        got = [(result.source, result.index) for result in feed]
+    assert [i for source, i in got if source == "a"] == list(range(12))
+    assert [i for source, i in got if source == "b"] == list(range(12))
+    assert feed.report is not None and feed.report.sources["a"].published == 12
+    assert feed.error is None
+
+
+def test_break_stops_the_run_ends_its_threads_and_frees_its_ops_port():
+    port = free_port(27600, 27649)
+    before = _segstream_threads()
+    cfg = _config(sources=[{"name": "cam", "type": "synthetic", "width": 64, "height": 48, "num_frames": 100000,
+                            "realtime": True, "fps": 30}], ops={"http": f"127.0.0.1:{port}"})
+    seen = []
+    for result in segstream.results(cfg, ops=True):
+        seen.append(result.index)
+        if len(seen) == 1:  # the endpoints serve while the loop runs
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+                assert response.status == 200
+        if len(seen) == 3:
+            break
+    assert seen == [0, 1, 2]
+    assert _segstream_threads() <= before
+    with socket.socket() as again:
+        again.bind(("127.0.0.1", port))
+
+
+def test_a_loop_slower_than_the_pipeline_holds_a_recorded_source_back_instead_of_losing_frames():
+    cfg = _config(sources=[{"name": "cam", "type": "synthetic", "width": 64, "height": 48, "num_frames": 200}])
+    with segstream.results(cfg, waiting=2) as feed:
+        first = next(feed)
+        time.sleep(1.0)  # the pipeline fills what lies between the source and the loop, then waits
+        held = feed.runtime.metrics.source("cam").decoded
+        time.sleep(1.0)
+        still = feed.runtime.metrics.source("cam").decoded
+        rest = [result.index for result in feed]
+    assert first.index == 0 and held == still < 100
+    assert rest == list(range(1, 200)) and feed.report.sources["cam"].dropped == 0
+
+
+def test_an_error_of_a_config_stage_is_raised_in_the_loop(tmp_path, monkeypatch):
+    (tmp_path / "feedstages.py").write_text(textwrap.dedent("""
+        class Boom:
+            def __init__(self, source):
+                pass
+
+            def process(self, result):
+                if result.index == 5:
+                    raise ValueError("the line is not where it was")
+                return result
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    before = _segstream_threads()
+    seen = []
+    with pytest.raises(segstream.StageError, match="the line is not where it was"):
+        for result in segstream.results(_config(stages=[{"use": "feedstages:Boom"}])):
+            seen.append(result.index)
+    assert seen == [0, 1, 2, 3, 4]
+    assert _segstream_threads() <= before
+
+
+def test_ctrl_c_in_the_loop_stops_the_run_and_is_raised():
+    before = _segstream_threads()
+    cfg = _config(sources=[{"name": "cam", "type": "synthetic", "width": 64, "height": 48, "num_frames": 100000,
+                            "realtime": True, "fps": 30}])
+
+    def watch():
+        for result in segstream.results(cfg):
+            if result.index == 2:
+                raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        watch()
+    gc.collect()
+    assert _segstream_threads() <= before
+
+
+def test_ctrl_c_while_the_loop_waits_for_a_result_stops_the_run_and_is_raised():
+    before = _segstream_threads()
+    cfg = _config(sources=[{"name": "cam", "type": "synthetic", "width": 64, "height": 48, "num_frames": 100000,
+                            "realtime": True, "fps": 0.5}])  # a frame every 2 s: the loop waits
+    feed = segstream.results(cfg)
+    assert next(feed).index == 0
+    ctrl_c = threading.Timer(0.5, _thread.interrupt_main)
+    ctrl_c.start()
+    with pytest.raises(KeyboardInterrupt):
+        next(feed)
+    ctrl_c.join()
+    assert _segstream_threads() <= before
+    assert list(feed) == []
+
+
+def test_images_come_with_the_results_only_when_asked_for():
+    cfg = _config(sources=[{"name": "cam", "type": "synthetic", "width": 64, "height": 48, "num_frames": 6}])
+    with_images = list(segstream.results(cfg, images=True))
+    assert len(with_images) == 6
+    for result in with_images:
+        assert result.image.shape == (48, 64, 3) and result.image.dtype == np.uint8 and result.image.any()
+        drawn = segstream.draw_overlay(result.image, result)
+        assert drawn.shape == (48, 64, 3) and not np.array_equal(drawn, result.image)
+    assert all(result.image is None for result in segstream.results(cfg))
+
+
+def test_reprs_of_a_result_its_segments_and_a_scaled_map_are_one_short_line():
+    labels = ["person", "person", "car", "road", "sky", "tree"] * 20
+    segments = segstream.Segments.build(range(120), [i % 6 for i in range(120)], labels, [True] * 120,
+                                        embeddings=np.ones((120, 256)))
+    scaled = segstream.ScaledLabelMap(np.zeros((256, 256), np.int32), np.arange(1080) * 256 // 1080,
+                                      np.arange(1920) * 256 // 1920)
+    result = segstream.FrameResult("cam0", 12, 1920, 1080, scaled, segments)
+    for text in (repr(result), repr(segments), repr(scaled)):
+        assert "\n" not in text and len(text) < 120, text
+    assert repr(result) == "FrameResult(cam0 frame 12, 1920x1080, 120 segments (person x40, car x20, road x20, sky x20, +1 more))"
+    assert repr(segments) == "Segments(120: person x40, car x20, road x20, sky x20, +1 more; embeddings 120x256)"
+    assert repr(scaled) == "ScaledLabelMap(1920x1080 frame from 256x256 decided)"
+
+
+@pytest.mark.parametrize("overrides", [
+    "engine.batch_size=8",
+    ["engine.batch_size=8", "engine.max_wait_ms=5"],
+    {"engine.batch_size": 8, "sources[0].name": "gate"},
+])
+def test_load_config_takes_overrides_as_one_string_a_list_or_a_mapping(overrides):
+    cfg = segstream.load_config(DEMO, overrides)
+    assert cfg.engine.batch_size == 8
+    assert cfg.engine.max_wait_ms == (5 if isinstance(overrides, list) else 20)
+    assert cfg.sources[0].name == ("gate" if isinstance(overrides, dict) else "demo")
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ("engine", "override 'engine': expected KEY=VALUE"),
+    ([8], "override 8: expected a KEY=VALUE string"),
+    ({"sources.x": 1}, "override sources.x: sources is a list"),
+])
+def test_load_config_s_override_errors_name_the_override_not_the_cli_flag(overrides, message):
+    with pytest.raises(segstream.ConfigError) as error:
+        segstream.load_config(DEMO, overrides)
+    assert str(error.value).startswith(message) and "--set" not in str(error.value)
