@@ -91,6 +91,10 @@ class Entry(Generic[_Acked]):
     """
 
     __slots__ = ("id", "stream", "result", "seq", "_masks", "_subscription")
+    id: str
+    stream: str
+    result: FrameResult
+    seq: int | None
 
     def __init__(self, entry_id: str, stream: str, result: FrameResult, masks: EncodedMasks, subscription=None,
                  seq: int | None = None):
@@ -234,6 +238,10 @@ class EventEntry(Generic[_Acked]):
     ``state``, ...), ``ts`` (Unix seconds), ``data`` (its details), ``run_id``."""
 
     __slots__ = ("id", "stream", "event", "seq", "_subscription")
+    id: str
+    stream: str
+    event: Event
+    seq: int | None
 
     def __init__(self, entry_id: str, stream: str, event: Event, subscription=None, seq: int | None = None):
         self.id = entry_id

@@ -36,10 +36,9 @@ class CountingSink:
 
 
 class SilentSource:
-    live: Final = False  # read-only members: the runtime only reads them
-
     def __init__(self, name: str) -> None:
         self._name = name
+        self.live: Final = False  # read-only members: the runtime only reads them
 
     @property
     def name(self) -> str:
