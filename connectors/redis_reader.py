@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from collections import deque
 from collections.abc import Callable, Iterator
-from typing import Any, NamedTuple, TextIO
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TextIO
 
 import numpy as np
 import redis
@@ -55,6 +55,20 @@ from segstream.connectors.redis_wire import (
 )
 from segstream.models.results import NO_TRACK, Event, FrameResult, Level, Segments
 
+if TYPE_CHECKING:  # a TypeVar's default is for type checkers only (typing's has none before Python 3.13)
+    from typing_extensions import TypeVar
+
+    # What an entry's ack() returns: the count of the sync reader, or an awaitable of it for
+    # segstream.client.aio's entries (a bare ``Entry`` is the sync reader's).
+    _Acked = TypeVar("_Acked", default=int)
+else:
+    from typing import TypeVar
+
+    _Acked = TypeVar("_Acked")
+_Item = TypeVar("_Item")  # what a reader hands over: Entry or EventEntry
+_Frames = TypeVar("_Frames")  # what a client's frames() returns (the sync or the asyncio readers)
+_Events = TypeVar("_Events")
+
 log = logging.getLogger("segstream.client")
 
 _TAIL_BLOCK_MS = 2000
@@ -66,7 +80,7 @@ _STATE_LOOKBACK = 100  # `tail --until-ended`: newest events entries read for th
 _FINAL_STATES = ("ended", "failed")  # docs/SCHEMA.md: a source writes nothing after these (but a new start)
 
 
-class Entry:
+class Entry(Generic[_Acked]):
     """One frame's entry: its metadata and segments at once, its masks decoded on first use.
 
     ``segments`` has numpy columns (``ids``, ``class_ids``, ``labels``, ``isthing``, ``scores``,
@@ -77,6 +91,10 @@ class Entry:
     """
 
     __slots__ = ("id", "stream", "result", "seq", "_masks", "_subscription")
+    id: str
+    stream: str
+    result: FrameResult
+    seq: int | None
 
     def __init__(self, entry_id: str, stream: str, result: FrameResult, masks: EncodedMasks, subscription=None,
                  seq: int | None = None):
@@ -87,21 +105,65 @@ class Entry:
         self._masks = masks
         self._subscription = subscription
 
-    source = property(lambda self: self.result.source)
-    frame = property(lambda self: self.result.index, doc="frame index within the source")
-    run_id = property(lambda self: self.result.run_id)
-    file = property(lambda self: self.result.file, doc="the image file of the frame (image folder sources), else None")
-    width = property(lambda self: self.result.width)
-    height = property(lambda self: self.result.height)
-    pts = property(lambda self: self.result.pts)
-    pts_seconds = property(lambda self: self.result.pts_seconds)
-    capture_ts = property(lambda self: self.result.capture_ts)
-    sender_ts = property(lambda self: self.result.sender_ts,
-                         doc="when the camera captured the frame, by its own clock (RTCP), else None: align cameras on it")
-    epoch = property(lambda self: self.result.epoch, doc="how often the source's timeline restarted before this frame")
-    publish_ts = property(lambda self: self.result.publish_ts)
-    model = property(lambda self: self.result.model)
-    latency_s = property(lambda self: self.result.latency_s)
+    @property
+    def source(self) -> str:
+        return self.result.source
+
+    @property
+    def frame(self) -> int:
+        """frame index within the source"""
+        return self.result.index
+
+    @property
+    def run_id(self) -> str:
+        return self.result.run_id
+
+    @property
+    def file(self) -> str | None:
+        """the image file of the frame (image folder sources), else None"""
+        return self.result.file
+
+    @property
+    def width(self) -> int:
+        return self.result.width
+
+    @property
+    def height(self) -> int:
+        return self.result.height
+
+    @property
+    def pts(self) -> int | None:
+        return self.result.pts
+
+    @property
+    def pts_seconds(self) -> float | None:
+        return self.result.pts_seconds
+
+    @property
+    def capture_ts(self) -> float:
+        return self.result.capture_ts
+
+    @property
+    def sender_ts(self) -> float | None:
+        """when the camera captured the frame, by its own clock (RTCP), else None: align cameras on it"""
+        return self.result.sender_ts
+
+    @property
+    def epoch(self) -> int:
+        """how often the source's timeline restarted before this frame"""
+        return self.result.epoch
+
+    @property
+    def publish_ts(self) -> float | None:
+        return self.result.publish_ts
+
+    @property
+    def model(self) -> str:
+        return self.result.model
+
+    @property
+    def latency_s(self) -> float | None:
+        return self.result.latency_s
 
     @property
     def segments(self) -> Segments:
@@ -110,10 +172,12 @@ class Entry:
     @property
     def label_map(self) -> np.ndarray:
         """height x width int32: each pixel's segment id, -1 where none is."""
-        if self.result.label_map is None:
+        label_map = self.result.label_map
+        if label_map is None:
             with self._naming_entry():
-                self.result.label_map = self._masks.label_map()
-        return self.result.label_map
+                label_map = self._masks.label_map()
+            self.result.label_map = label_map
+        return label_map
 
     @contextlib.contextmanager
     def _naming_entry(self) -> Iterator[None]:
@@ -152,7 +216,7 @@ class Entry:
         """Segment id -> mask, for every segment."""
         return {int(i): self.label_map == i for i in self.segments.ids}
 
-    def ack(self) -> int:
+    def ack(self) -> _Acked:
         """Acknowledge this entry to the consumer group it was read in (by the process that read it)."""
         if self._subscription is None or self._subscription.group is None:
             raise ValueError("only entries read in a consumer group can be acknowledged, by the process that read them")
@@ -169,11 +233,15 @@ class Entry:
         return f"Entry({self.id}, {self.source} frame {self.frame}, {len(self.segments)} segments)"
 
 
-class EventEntry:
+class EventEntry(Generic[_Acked]):
     """One entry of a source's events stream: ``kind`` (``track_started``, ``track_ended``,
     ``state``, ...), ``ts`` (Unix seconds), ``data`` (its details), ``run_id``."""
 
     __slots__ = ("id", "stream", "event", "seq", "_subscription")
+    id: str
+    stream: str
+    event: Event
+    seq: int | None
 
     def __init__(self, entry_id: str, stream: str, event: Event, subscription=None, seq: int | None = None):
         self.id = entry_id
@@ -182,13 +250,27 @@ class EventEntry:
         self.seq = seq  # the entry's number in its stream, None if unnumbered
         self._subscription = subscription
 
-    source = property(lambda self: self.event.source)
-    kind = property(lambda self: self.event.kind)
-    ts = property(lambda self: self.event.ts)
-    data = property(lambda self: self.event.data)
-    run_id = property(lambda self: self.event.run_id)
+    @property
+    def source(self) -> str:
+        return self.event.source
 
-    def ack(self) -> int:
+    @property
+    def kind(self) -> str:
+        return self.event.kind
+
+    @property
+    def ts(self) -> float:
+        return self.event.ts
+
+    @property
+    def data(self) -> dict[str, Any]:
+        return self.event.data
+
+    @property
+    def run_id(self) -> str:
+        return self.event.run_id
+
+    def ack(self) -> _Acked:
         if self._subscription is None or self._subscription.group is None:
             raise ValueError("only entries read in a consumer group can be acknowledged, by the process that read them")
         return self._subscription.ack(self)
@@ -345,7 +427,7 @@ def _run(steps: Iterator, redis_client: redis.Redis, pause: Callable[[float], bo
             error = failed
 
 
-class _ClientBase:
+class _ClientBase(Generic[_Frames, _Events]):
     """What ``Client`` and ``segstream.client.aio.Client`` share: the streams' names, what a
     subscription's arguments mean, and how an outage is ridden out (when to warn, wait, give up)."""
 
@@ -370,7 +452,7 @@ class _ClientBase:
 
     def _subscribe(self, name_pattern: str, parse, source, stream, *, start: str, group: str | None,
                    consumer: str | None, claim_idle_ms: int | None, count: int, block_ms: int,
-                   discover_s: float):
+                   discover_s: float) -> Any:
         """A subscription of one stream, or a fan-in of several or of a glob."""
         given = _stream_names(name_pattern, source, stream)
         if isinstance(given, str) and not _is_glob(given):
@@ -390,7 +472,7 @@ class _ClientBase:
     def frames(self, source: str | list[str] | None = None, *, stream: str | list[str] | None = None,
                start: str = "$", group: str | None = None, consumer: str | None = None,
                claim_idle_ms: int | None = 60_000, count: int = 100, block_ms: int = 1000,
-               discover_s: float = 2.0) -> Subscription | FanIn:
+               discover_s: float = 2.0) -> _Frames:
         """The frames of ``source`` (or of ``stream``): see ``Subscription``. A list of sources
         (streams), or a glob (``"*"``, ``"lobby-*"``; ``stream="segstream:*:frames"``), reads them
         all in one: see ``FanIn``. With ``segstream.client.aio``, iterate with ``async for``; the
@@ -402,7 +484,7 @@ class _ClientBase:
     def events(self, source: str | list[str] | None = None, *, stream: str | list[str] | None = None,
                start: str = "$", group: str | None = None, consumer: str | None = None,
                claim_idle_ms: int | None = 60_000, count: int = 100, block_ms: int = 1000,
-               discover_s: float = 2.0) -> Subscription | FanIn:
+               discover_s: float = 2.0) -> _Events:
         """The events of ``source`` (or of ``stream``): see ``Subscription``; of several sources,
         or of a glob of them, as ``frames`` reads their frames."""
         return self._subscribe(self.events_pattern, _event_entry, source, stream, start=start, group=group,
@@ -506,7 +588,7 @@ _REFUSED_LOGIN = (redis.AuthenticationError, redis.exceptions.AuthorizationError
 _UNREACHABLE = (redis.ConnectionError, redis.TimeoutError, OSError)
 
 
-class Client(_ClientBase):
+class Client(_ClientBase["Subscription[Entry] | FanIn[Entry]", "Subscription[EventEntry] | FanIn[EventEntry]"]):
     """A connection to the Redis that segstream publishes to, and the streams of its sources.
 
     Every read retries through connection losses, waiting with backoff and jitter (up to
@@ -695,14 +777,15 @@ def connect(
                   reconnect_max_s=reconnect_max_s, give_up_after_s=give_up_after_s)
 
 
-class _FeedSteps:
+class _FeedSteps(Generic[_Item]):
     """What a one-stream reader and a many-stream one know and do, without I/O: their reads are
     steps (``_command`` ... replies) that ``Client`` runs on redis-py and the asyncio SDK on
     ``redis.asyncio``; read entries are handed over in order, a malformed one costing only itself."""
 
     group: str | None = None
 
-    def __init__(self, client: _ClientBase, parse, *, count: int, block_ms: int, about: str):
+    def __init__(self, client: _ClientBase[Any, Any], parse: Callable[..., _Item], *, count: int, block_ms: int,
+                 about: str):
         self.client = client
         self.count = count
         self.block_ms = block_ms
@@ -726,11 +809,11 @@ class _FeedSteps:
     def _reconnected(self) -> None:
         """What a reconnect changes for this reader (nothing, unless it reads in a group)."""
 
-    def _take_held(self, count: int | None = None) -> list:
+    def _take_held(self, count: int | None = None) -> list[_Item]:
         """The entries read and not yet handed over, decoded, up to the first one that cannot be:
         that one is raised by the next call (``WireFormatError`` with its ``entry_id``), and the
         ones after it come with the call after that, so a malformed entry costs only itself."""
-        decoded = []
+        decoded: list[_Item] = []
         while self._held and (count is None or len(decoded) < count):
             stream, entry_id, fields = self._held[0]
             try:
@@ -746,13 +829,13 @@ class _FeedSteps:
         return decoded
 
 
-class _Feed(_FeedSteps):
+class _Feed(_FeedSteps[_Item]):
     """A reader on redis-py: reads ride out Redis outages through ``Client.call`` and end on
     ``stop()`` (of the reader or its client)."""
 
     client: Client
 
-    def read(self, count: int | None = None, block_ms: int | None = None) -> list:
+    def read(self, count: int | None = None, block_ms: int | None = None) -> list[_Item]:
         """Up to ``count`` entries in stream order; waits up to ``block_ms`` when none are there
         (None: returns at once)."""
         count = count or self.count
@@ -766,7 +849,7 @@ class _Feed(_FeedSteps):
         except _Stopped:
             return []
 
-    def __iter__(self) -> Iterator:
+    def __iter__(self) -> Iterator[_Item]:
         while not self._stopped():
             yield from self.read(self.count, self.block_ms)
 
@@ -785,7 +868,7 @@ class _Feed(_FeedSteps):
         return self._stop.is_set() or self.client._stop.is_set()
 
 
-class _SubscriptionSteps(_FeedSteps):
+class _SubscriptionSteps(_FeedSteps[_Item]):
     """A ``Subscription``'s bookkeeping and reads, without I/O (see ``Subscription``)."""
 
     def __init__(self, client: _ClientBase, stream: str, parse, *, start: str, group: str | None,
@@ -981,7 +1064,7 @@ class _SubscriptionSteps(_FeedSteps):
         return [e if isinstance(e, str) else e.id for e in entries]
 
 
-class Subscription(_Feed, _SubscriptionSteps):
+class Subscription(_Feed[_Item], _SubscriptionSteps[_Item]):
     """Entries of one stream as they come, from ``start`` ("0": the oldest still kept, "$": from
     now on, or an entry id), read ``count`` at a time, blocking up to ``block_ms`` when none wait.
 
@@ -1029,7 +1112,7 @@ class Subscription(_Feed, _SubscriptionSteps):
         return int(info["pending"])
 
 
-class _FanInSteps(_FeedSteps):
+class _FanInSteps(_FeedSteps[_Item]):
     """A ``FanIn``'s bookkeeping and reads, without I/O (see ``FanIn``)."""
 
     def __init__(self, client: _ClientBase, parse, *, streams: list[str] | None = None, pattern: str | None = None,
@@ -1040,7 +1123,7 @@ class _FanInSteps(_FeedSteps):
                          about=pattern if pattern is not None else ", ".join(streams or []))
         self.pattern = pattern
         self.discover_s = discover_s
-        self.members: dict[str, _SubscriptionSteps] = {}
+        self.members: dict[str, _SubscriptionSteps[_Item]] = {}
         self._named = list(streams or [])
         self._start = start
         self._next_discovery = time.monotonic() + discover_s
@@ -1102,7 +1185,7 @@ class _FanInSteps(_FeedSteps):
         self.members[name] = member
 
 
-class FanIn(_Feed, _FanInSteps):
+class FanIn(_Feed[_Item], _FanInSteps[_Item]):
     """Entries of many streams (the ``streams`` named, or every stream matching the glob
     ``pattern``) in one blocking XREAD over all of them, in the order they arrived (by entry id:
     Redis's clock), each naming its stream and source. Streams there at the start begin at

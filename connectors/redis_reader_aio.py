@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any, Generic
 
 import redis
 import redis.asyncio
@@ -29,12 +29,16 @@ from segstream.connectors.redis_connection import SentinelAuth, TlsFiles, connec
 from segstream.connectors.redis_reader import (
     _MAX_BLOCK_MS, _REFUSED_LOGIN, _UNREACHABLE, Entry, EventEntry, _ClientBase, _Emit,
     _FanInSteps, _fresh, _key_in, _named_entry, _nearest_steps, _one_stream, _Outage, _patience, _Pause, _StillDown,
-    _Stopped, _SubscriptionSteps, _wait_within,
+    _Stopped, _SubscriptionSteps, _wait_within, _Item,
     _warn_if_missing_steps, reader_options,
 )
 from segstream.connectors.redis_wire import DEFAULT_EVENTS_PATTERN, DEFAULT_STREAM_PATTERN
 
-__all__ = ["Client", "FanIn", "Subscription", "connect"]
+__all__ = ["AsyncEntry", "AsyncEventEntry", "Client", "FanIn", "Subscription", "connect"]
+
+# This reader's entries: their ack() is awaited (``await entry.ack()``).
+AsyncEntry = Entry[Awaitable[int]]
+AsyncEventEntry = EventEntry[Awaitable[int]]
 
 
 async def connect(
@@ -59,7 +63,8 @@ async def connect(
                   reconnect_max_s=reconnect_max_s, give_up_after_s=give_up_after_s)
 
 
-class Client(_ClientBase):
+class Client(_ClientBase["Subscription[AsyncEntry] | FanIn[AsyncEntry]",
+                         "Subscription[AsyncEventEntry] | FanIn[AsyncEventEntry]"]):
     """``segstream.client.Client`` on a ``redis.asyncio.Redis``: every read awaited, riding out
     connection losses the same way; ``stop()`` ends iterations, ``close()`` also the connections."""
 
@@ -211,13 +216,13 @@ async def _run(steps: Iterator, redis_client: redis.asyncio.Redis,
         steps.close()
 
 
-class _Feed:
+class _Feed(Generic[_Item]):
     """Reading on ``redis.asyncio``: what ``Subscription`` and ``FanIn`` add to their steps."""
 
     client: Client
     _started = False
 
-    async def read(self, count: int | None = None, block_ms: int | None = None) -> list:
+    async def read(self, count: int | None = None, block_ms: int | None = None) -> list[_Item]:
         """Up to ``count`` entries in stream order; waits up to ``block_ms`` when none are there
         (None: returns at once). A malformed entry raises ``WireFormatError`` as the sync reader's."""
         count = count or self.count
@@ -234,7 +239,7 @@ class _Feed:
         except _Stopped:
             return []
 
-    async def __aiter__(self) -> AsyncIterator:
+    async def __aiter__(self) -> AsyncIterator[_Item]:
         while not self._is_stopped():
             for entry in await self.read(self.count, self.block_ms):
                 yield entry
@@ -249,12 +254,12 @@ class _Feed:
         return self._stop.is_set() or self.client._stopped.is_set()
 
 
-class Subscription(_Feed, _SubscriptionSteps):
+class Subscription(_Feed[_Item], _SubscriptionSteps[_Item]):
     """``segstream.client.Subscription`` for ``async for``: one stream, plainly or in a consumer
     group (``await entry.ack()``), the same bookkeeping (``trimmed``, ``lost``, ``malformed``,
     ``claimed``)."""
 
-    async def ack(self, *entries: Entry | EventEntry | str) -> int:
+    async def ack(self, *entries: Entry[Any] | EventEntry[Any] | str) -> int:
         """Acknowledge entries (or entry ids) of this group; returns how many were pending."""
         ids = self._ids(entries)
         if not ids:
@@ -269,7 +274,7 @@ class Subscription(_Feed, _SubscriptionSteps):
         return int(info["pending"])
 
 
-class FanIn(_Feed, _FanInSteps):
+class FanIn(_Feed[_Item], _FanInSteps[_Item]):
     """``segstream.client.FanIn`` for ``async for``: many streams, or a glob, in one XREAD."""
 
 

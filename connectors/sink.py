@@ -46,7 +46,8 @@ class Sink(Protocol):
     ``Runtime.remove_source``): what the sink wrote of it is no longer the run's to watch.
     """
 
-    name: str
+    @property  # read-only: the runtime only reads it, so a sink's own may be a property or Final
+    def name(self) -> str: ...
 
     def publish(self, result: FrameResult) -> None: ...
 

@@ -17,8 +17,12 @@ class VideoSource(Protocol):
     counts what it drops. Offline sources get back-pressure and lose nothing.
     """
 
-    name: str
-    live: bool
+    # read-only (the runtime only reads them): a source's own may be properties or Final
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def live(self) -> bool: ...
 
     def frames(self) -> Iterator[Frame]:
         """Yield frames in order until the source ends or ``close()`` is called."""

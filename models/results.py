@@ -203,13 +203,6 @@ def _set_label_map(holder: Level | FrameResult, value: np.ndarray | None) -> Non
     holder.segment_map = value
 
 
-# ``label_map`` of a Level and a FrameResult: their ``segment_map`` at frame size.
-_FRAME_SIZE_MAP = property(
-    _label_map, _set_label_map,
-    doc="The frame-size label map, or None; a new array each read where ``segment_map`` is scaled.",
-)
-
-
 def map_every(label_map: np.ndarray | ScaledLabelMap, stride: int) -> np.ndarray:
     """Every ``stride``-th row and column of a frame-size or scaled label map."""
     if isinstance(label_map, ScaledLabelMap):
@@ -231,7 +224,14 @@ class Level:
     areas: np.ndarray
     segment_map: np.ndarray | ScaledLabelMap | None
 
-    label_map = _FRAME_SIZE_MAP
+    @property
+    def label_map(self) -> np.ndarray | None:
+        """The frame-size label map, or None; a new array each read where ``segment_map`` is scaled."""
+        return _label_map(self)
+
+    @label_map.setter
+    def label_map(self, value: np.ndarray | None) -> None:
+        _set_label_map(self, value)
 
 
 @dataclass(slots=True, eq=False)
@@ -278,7 +278,14 @@ class FrameResult:
     run_id: str = ""
     levels: list[Level] = field(default_factory=list)
 
-    label_map = _FRAME_SIZE_MAP
+    @property
+    def label_map(self) -> np.ndarray | None:
+        """The frame-size label map, or None; a new array each read where ``segment_map`` is scaled."""
+        return _label_map(self)
+
+    @label_map.setter
+    def label_map(self, value: np.ndarray | None) -> None:
+        _set_label_map(self, value)
 
     def __repr__(self) -> str:
         parts = [f"{self.source} frame {self.index}", f"{self.width}x{self.height}", f"{len(self.segments)} segments"]

@@ -65,11 +65,21 @@ class FamilyAdapter(Protocol):
     uint8 RGB numpy frames to ``FrameResult``s: ``segment_frames(self, images)`` implements it
     for any adapter."""
 
-    name: str
-    family: str
-    labels: LabelSet
-    device: torch.device
-    batch_buckets: tuple[int, ...]
+    # read-only (the engine only reads them): an adapter's own may be properties or Final
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def family(self) -> str: ...
+
+    @property
+    def labels(self) -> LabelSet: ...
+
+    @property
+    def device(self) -> torch.device: ...
+
+    @property
+    def batch_buckets(self) -> tuple[int, ...]: ...
 
     @property
     def geometry(self) -> InputGeometry: ...

@@ -64,9 +64,14 @@ from segstream.pipeline.logs import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterable
+    from typing import TextIO
 
-    from segstream.pipeline.runtime import RunReport, Runtime
+    from segstream.connectors.sink import Sink
+    from segstream.connectors.source import VideoSource
+    from segstream.models.segmenter import FamilyAdapter
+    from segstream.pipeline.metrics import RunMetrics
+    from segstream.pipeline.runtime import RunReport, Runtime, StageFactory
 
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 # Frames of this size (height, width) warm the model up before the sources start: the network's
@@ -601,8 +606,10 @@ def data_loss_line(losses: dict[str, int]) -> str:
 
 
 def build_runtime(
-    cfg: PipelineConfig, max_frames: int | None = None, progress=True, metrics=None, stopping=lambda: False, *,
-    sources=(), sinks=(), stages=(), adapter=None, run_id: str | None = None, ops: bool = False,
+    cfg: PipelineConfig, max_frames: int | None = None, progress: TextIO | bool | None = True,
+    metrics: RunMetrics | None = None, stopping: Callable[[], bool] = lambda: False, *,
+    sources: Iterable[VideoSource] = (), sinks: Iterable[Sink] = (), stages: Iterable[StageFactory] = (),
+    adapter: FamilyAdapter | None = None, run_id: str | None = None, ops: bool = False,
 ) -> Runtime | None:
     """Model, stages, sinks and sources from ``cfg``, assembled into a Runtime ready to ``run()``;
     None when ``stopping()`` turned true while they were being built (what was built is released).
@@ -694,7 +701,7 @@ def build_runtime(
     return runtime
 
 
-def run_pipeline(cfg: PipelineConfig, max_frames: int | None = None, progress=True,
+def run_pipeline(cfg: PipelineConfig, max_frames: int | None = None, progress: TextIO | bool | None = True,
                  reload_from: Callable[[], PipelineConfig] | None = None) -> RunReport | None:
     """Build model, sinks and sources from ``cfg`` and run them. Ctrl-C/SIGTERM drains a run;
     while the model is being built it stops that at once, while sinks and sources are, it starts

@@ -13,6 +13,7 @@ import difflib
 import inspect
 import logging
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 
@@ -109,8 +110,10 @@ def _build_senatra(preset: Preset, model_cfg, device: torch.device, precision: s
     )
 
 
-# builder(preset, model_cfg, device, precision, max_batch) -> the family's adapter
-FamilyBuilder = Callable[[Preset, object, torch.device, str, int], FamilyAdapter]
+# builder(preset, model_cfg, device, precision, max_batch) -> the family's adapter. model_cfg is Any,
+# not object: a builder takes its own family's config class, and Callable's parameters are
+# contravariant, so with object a builder typed with that class would not type-check as one.
+FamilyBuilder = Callable[[Preset, Any, torch.device, str, int], FamilyAdapter]
 FAMILY_BUILDERS: dict[str, FamilyBuilder] = {"eomt": _build_eomt, "senatra": _build_senatra}
 # The families whose weights segstream loads itself (connectors/checkpoints.py): it checks them too.
 BUILTIN_FAMILIES = frozenset(FAMILY_BUILDERS)

@@ -42,3 +42,19 @@ def test_the_client_installs_and_passes_its_tests_in_a_fresh_venv_without_torch(
     full_only = subprocess.run([str(python), "-c", "import segstream; segstream.Runtime"], cwd=tmp_path,
                                capture_output=True, text=True)
     assert "needs the full segstream distribution" in full_only.stderr
+    assert "not on PyPI" in full_only.stderr and "pip install segstream" not in full_only.stderr  # README's word
+    # The package's names are the ones that load here: a star import and help() list them, none fails.
+    listed = subprocess.run(
+        [str(python), "-c", "import pydoc, segstream\nfrom segstream import *\npydoc.render_doc(segstream)\n"
+                            "print(' '.join(segstream.__all__)); print(' '.join(dir(segstream)))"],
+        cwd=tmp_path, capture_output=True, text=True)
+    assert listed.returncode == 0, listed.stderr[-2000:]
+    all_names, dir_names = (set(line.split()) for line in listed.stdout.splitlines())
+    assert {"Client", "connect", "Entry", "FrameResult", "SegstreamError", "EncodedMasks", "__version__"} <= all_names
+    assert not all_names & {"Runtime", "build_runtime", "EoMT", "Sink"}
+    assert dir_names == all_names
+    # PEP 561: the client's annotations are for type checkers too
+    typed = subprocess.run([str(python), "-c", "import pathlib, segstream; "
+                            "print((pathlib.Path(segstream.__file__).parent / 'py.typed').is_file())"],
+                           cwd=tmp_path, capture_output=True, text=True, check=True).stdout
+    assert typed.strip() == "True"

@@ -50,6 +50,7 @@ def test_a_built_wheel_holds_only_segstream_with_its_data(tmp_path):
     assert "segstream/pipeline/cli.py" in names and "segstream/connectors/redis_wire.py" in names
     # `segstream demo` from any install: its config and the clip it names (found probing: neither was there)
     assert "segstream/configs/demo.yaml" in names and "segstream/samples/demo.mp4" in names
+    assert "segstream/py.typed" in names  # PEP 561: without it mypy and pyright ignore the annotations
 
 
 def test_the_public_api_resolves_and_importing_segstream_loads_no_torch(tmp_path):

@@ -34,11 +34,11 @@ from segstream.connectors.redis_connection import SentinelAuth, TlsFiles
 from segstream.connectors.redis_reader import (
     Client, Entry, EventEntry, FanIn, StreamReader, Subscription, connect, read_file, tail,
 )
-from segstream.connectors.redis_wire import SCHEMA_VERSION, from_wire, read_entry
+from segstream.connectors.redis_wire import SCHEMA_VERSION, EncodedMasks, from_wire, read_entry
 from segstream.models.results import NO_TRACK, Event, FrameResult, Level, Segments
 
 __all__ = [
-    "Client", "Entry", "Event", "EventEntry", "FanIn", "FrameResult", "Level", "NO_TRACK", "ReaderError",
+    "Client", "EncodedMasks", "Entry", "Event", "EventEntry", "FanIn", "FrameResult", "Level", "NO_TRACK", "ReaderError",
     "SCHEMA_VERSION", "SegstreamError",
     "Segments", "SentinelAuth", "SinkError", "StreamReader", "Subscription", "TlsFiles", "WireFormatError", "connect", "from_wire",
     "read_entry", "read_file", "tail",

@@ -12,11 +12,12 @@
             async for entry in client.frames("cam0", group="analytics", consumer="w1"):
                 await entry.ack()
 
-Entries are ``segstream.client.Entry`` / ``EventEntry``; start positions, trimmed / lost /
+Entries are ``segstream.client.Entry`` / ``EventEntry`` (typed ``AsyncEntry`` / ``AsyncEventEntry``:
+their ``ack()`` is awaited); start positions, trimmed / lost /
 malformed counts and outage handling are the sync reader's. Cancelling the iterating task ends
 the iteration; ``close()`` or leaving ``async with`` closes the connections.
 """
 
-from segstream.connectors.redis_reader_aio import Client, FanIn, Subscription, connect
+from segstream.connectors.redis_reader_aio import AsyncEntry, AsyncEventEntry, Client, FanIn, Subscription, connect
 
-__all__ = ["Client", "FanIn", "Subscription", "connect"]
+__all__ = ["AsyncEntry", "AsyncEventEntry", "Client", "FanIn", "Subscription", "connect"]
