@@ -58,6 +58,8 @@ class Strict(BaseModel):
 
 
 BufferKind = Literal["every_frame", "newest"]
+# Stream schemes whose URL must name a host: they connect to one (udp, srt, tcp and rist may listen instead).
+_HOST_NEEDED = ("rtsp", "rtsps", "rtmp", "rtmps", "http", "https")
 # Every source's max_fps (``_Buffered``): frames per second of the input's time that go on to the model.
 MaxFps = PositiveFloat | None
 # Schemes that only `type: stream` reads: a live stream is never a file.
@@ -328,6 +330,16 @@ class StreamSourceConfig(_LiveSourceKeys):
         if unescaped_userinfo(url):
             raise ValueError(f"the password in '{redact_url(url)}' has a '/', '?' or '#' — percent-encode it "
                              "(%2F, %3F, %23; '@' is %40), or FFmpeg reads the address up to it")
+        parts = urlsplit(url)
+        try:
+            port = parts.port
+        except ValueError:  # out of 0-65535, or not a number: FFmpeg's "Invalid argument" at every retry
+            port = -1
+        if port is not None and not 0 < port < 65536:
+            raise ValueError(f"'{redact_url(url)}' has port '{parts.netloc.rpartition(':')[2]}' — a port is a "
+                             "number from 1 to 65535")
+        if scheme in _HOST_NEEDED and not parts.hostname:  # a listener (udp://@:1234) has none
+            raise ValueError(f"'{redact_url(url)}' names no host — give the camera's or server's address")
         return url
 
     @model_validator(mode="after")

@@ -61,6 +61,17 @@ def test_a_stream_url_must_be_a_stream_and_its_password_is_never_echoed():
         assert "hun" not in error and "ter22" not in error and "ftp://***@cam/live" in error, error
 
 
+def test_a_stream_url_with_an_impossible_port_or_no_host_to_connect_to_is_refused():
+    # found probing camera interop: both passed validate, then retried for ever ("Invalid argument")
+    error = _error(type="stream", url="rtsp://admin:Secret123@127.0.0.1:99999/cam")
+    assert "has port '99999' — a port is a number from 1 to 65535" in error and "Secret123" not in error
+    assert "has port 'abc'" in _error(type="stream", url="rtsp://cam:abc/live")
+    error = _error(type="stream", url="rtsp://admin:Secret123@/cam")
+    assert "names no host — give the camera's or server's address" in error and "Secret123" not in error
+    for listener in ("udp://@:1234", "srt://:9000?mode=listener", "tcp://:9001?listen=1"):  # no host: they listen
+        assert _source(type="stream", url=listener).url == listener
+
+
 def test_a_password_with_a_slash_question_mark_or_hash_must_be_percent_encoded():
     # Found probing: rtsp://admin:C@m:P#ss/1@host/cam passed validate, then failed with
     # "Invalid argument" on every reconnect for ever
