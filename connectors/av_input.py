@@ -114,11 +114,12 @@ class SteadyGaps:
     """Frames an input lost before its decoder saw them. Where the recent frames came at one
     steady rate (of the last ``WINDOW`` intervals, at least ``MIN_INTERVALS``, every one a whole
     number of frames, three in four exactly one), a gap of two frames up to a second's worth holds
-    frames that never arrived, when the interval just before it was one frame. Not a loss: a
-    longer gap (a pause: a camera that sends on motion), a variable rate's intervals, and a gap
-    that follows another (a change of rate: night mode, a smart codec's skipping, whose first
-    interval is the only one counted; a burst of losses is undercounted rather than a change of
-    rate counted). Timestamps that go back (a wrap, a discontinuity) start the judgment afresh.
+    frames that never arrived, when the interval just before it and the one just after it are one
+    frame: the gap's frames are counted at the picture after it (the frame index then shows the
+    gap a picture late). Not a loss: a longer gap (a pause: a camera that sends on motion), a
+    variable rate's intervals, and a gap followed or preceded by another (a change of rate: night
+    mode, a smart codec's skipping; a burst of losses is undercounted rather than a change of rate
+    counted). Timestamps that go back (a wrap, a discontinuity) start the judgment afresh.
 
     With ``unit_s`` (the seconds of a PTS unit), a silence of more than a second up to
     ``max_silence_s`` (a stream's read timeout) that no frames were counted for is added to
@@ -135,6 +136,7 @@ class SteadyGaps:
         self.gap_s = 0.0  # silences of more than a second up to ``max_silence_s``, not counted as frames
         self.last: int | None = None
         self.recent: deque[int] = deque(maxlen=self.WINDOW)  # intervals in frames; 0: not a whole number
+        self.pending = 0  # the last gap's frames: lost if the next interval is one frame, else a change of rate
 
     def lost_before(self, pts: int | None, rejected: int) -> int:
         """Frames lost just before the picture at ``pts``, besides the ``rejected`` ones."""
@@ -143,14 +145,16 @@ class SteadyGaps:
         if self.last is None or pts < self.last:
             self.last = pts
             self.recent.clear()
+            self.pending = 0
             return 0
         if pts == self.last:
             return 0
         frames = (pts - self.last) / self.step
         whole = round(frames) if abs(frames - round(frames)) <= 0.02 else 0
-        lost = max(0, whole - 1 - rejected) if self._steady(whole) else 0
+        lost = self.pending if whole == 1 else 0  # the rate went on: the gap before held lost frames
+        self.pending = max(0, whole - 1 - rejected) if self._steady(whole) else 0
         silence_s = (pts - self.last - self.step * (1 + rejected)) * self.unit_s  # the rejected came
-        if not lost and 1.0 < silence_s <= self.max_silence_s:
+        if not self.pending and 1.0 < silence_s <= self.max_silence_s:
             self.gap_s += silence_s
         self.recent.append(whole)
         self.last = pts
@@ -305,7 +309,19 @@ def video_stream(container, shown: str):
         cover = " (only a cover picture)" if streams.video else ""
         raise SourceError(f"'{shown}' has no video stream{cover}")
     best = streams.best("video")
-    return next((s for s in moving if best is not None and s.index == best.index), moving[0])
+    chosen = next((s for s in moving if best is not None and s.index == best.index), moving[0])
+    if len(moving) > 1:  # a camera's second (sub) stream, or a file's other angle: said, not silently passed over
+        others = ", ".join(f"#{s.index} {_stream_text(s)}" for s in moving if s is not chosen)
+        logger.info("'%s' has %d video streams: reading #%d %s (FFmpeg's best), not %s", shown, len(moving),
+                    chosen.index, _stream_text(chosen), others)
+    return chosen
+
+
+def _stream_text(stream) -> str:
+    """``320x240 h264`` (a size not known yet: the codec alone)."""
+    context = stream.codec_context
+    size = f"{context.width}x{context.height} " if context.width and context.height else ""
+    return f"{size}{context.name}"
 
 
 class AVInput:

@@ -40,7 +40,7 @@ class Coverage:
 
     def missing(self, reading: AVInput) -> tuple[int, str]:
         """About how many frames are missing, and why (0 and "" when none seem to be)."""
-        # one frame alone is also what a change of rate looks like (SteadyGaps counts its first interval)
+        # one frame alone is a thin case to call a file damaged for
         lost = reading.frames_lost if reading.frames_lost > 1 else 0
         gaps = f"about {lost} frames missing in gaps of its steady frame rate" if lost else ""
         duration_s = reading.duration_s

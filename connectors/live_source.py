@@ -750,7 +750,7 @@ class LiveSource:
         reason = f"{width}x{height} {info.codec}" + (f" at {fps:g} fps" if fps else "")
         if restarted:
             data["restarted"] = True
-            reason += f", a new sender: {restarted}"
+            reason += f", its stream started anew: {restarted}"  # another sender, or the camera's own new settings
         if repeats:
             data["repeats_skipped"] = repeats
             reason += f", after skipping {repeats} frames it had delivered before"

@@ -154,7 +154,7 @@ def test_a_sender_the_decoder_cannot_read_is_opened_again_at_once_as_a_new_epoch
     assert log.states[:4] == ["connecting", "streaming", "streaming", "reconnecting"], log.entries  # then the end
     renewed = log.entries[2]
     assert renewed[3]["restarted"] is True and renewed[3]["epoch"] == 1 and renewed[3]["reconnects"] == 0
-    assert "a new sender: the h264 decoder that read it made nothing of the last 12 packets" in renewed[2]
+    assert "its stream started anew: the h264 decoder that read it made nothing of the last 12 packets" in renewed[2]
     assert shades(delivered) == shade_of(range(20)) + shade_of(range(5, 25), shade=100)
     assert [f.epoch for f in delivered] == [0] * 20 + [1] * 20
     assert [f.index for f in delivered] == list(range(20)) + list(range(32, 52))  # the 12 leave their gap

@@ -213,3 +213,20 @@ def test_a_cover_picture_before_the_video_is_passed_over_for_the_video(tmp_path)
             "-c:v", "png", "-disposition:v", "attached_pic", str(song))
     with pytest.raises(SourceError, match=r"has no video stream \(only a cover picture\)$"):
         FileSource("song", str(song))
+
+
+def test_a_file_with_two_video_streams_says_which_it_reads(tmp_path, caplog):
+    # found probing camera interop: the other stream was passed over without a word
+    import logging
+
+    path = tmp_path / "two.ts"
+    _ffmpeg("-f", "lavfi", "-i", "mandelbrot=size=160x120:rate=10", "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=10",
+            "-t", "1", "-map", "0:v", "-map", "1:v", "-c:v", "libx264", "-pix_fmt", "yuv420p", str(path))
+    with caplog.at_level(logging.INFO, logger="segstream.sources"):
+        frames = list(FileSource("two", str(path)).frames())
+    [said] = [r.getMessage() for r in caplog.records if "video streams" in r.getMessage()]
+    read, other = ("160x120", "320x240") if "reading #0 160x120" in said else ("320x240", "160x120")
+    assert f"has 2 video streams: reading #{0 if read == '160x120' else 1} {read} h264 (FFmpeg's best), not " \
+           f"#{1 if read == '160x120' else 0} {other} h264" in said, said
+    width, height = (int(n) for n in read.split("x"))
+    assert frames and {frame.image.shape[:2] for frame in frames} == {(height, width)}  # the one it says

@@ -728,8 +728,8 @@ def test_an_encoder_restarted_into_the_same_udp_port_is_a_new_epoch_of_the_same_
     streaming = [e for e in log.entries if e[1] == "streaming"]
     assert [(e[3]["width"], e[3]["epoch"], bool(e[3].get("restarted"))) for e in streaming] == [
         (160, 0, False), (240, 1, True), (240, 2, True)]
-    assert "a new sender: its frames changed size from 160x120 to 240x180" in streaming[1][2]
-    assert "a new sender: its timestamps jumped +8999" in streaming[2][2]
+    assert "its stream started anew: its frames changed size from 160x120 to 240x180" in streaming[1][2]
+    assert "its stream started anew: its timestamps jumped +8999" in streaming[2][2]
     assert "reconnecting" not in log.states  # the same session: nothing to open again
     assert {f.image.shape for f in frames if f.epoch == 1} == {(180, 240, 3)}
     assert {f.image.shape for f in frames if f.epoch == 0} == {(120, 160, 3)}
