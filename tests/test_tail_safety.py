@@ -14,7 +14,7 @@ import time
 from segstream.connectors.redis_reader import tail
 from segstream.connectors.redis_wire import event_to_wire, to_wire
 from segstream.models.results import Event
-from tests.test_redis_sink import client, server  # noqa: F401 (fixtures: an embedded Redis, flushed per test)
+from tests.test_redis_sink import server  # noqa: F401 (fixture: an embedded Redis; conftest's client flushes it per test)
 from tests.test_redis_wire import synthetic_scene
 
 HOSTILE = "disc\x1b[2J\x1b[31mFAKE"
