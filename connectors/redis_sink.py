@@ -399,13 +399,16 @@ class RedisPublisher:
     def poll(self) -> float | None:
         """Send what is due; the seconds until the next call is needed, None with nothing queued."""
         self._pump()
-        if self.max_age_s is not None:
+        sweep = None
+        if self.max_age_s is not None:  # the next sweep's time: a short max_age_s needs it sooner than an idle wake
             self._sweep()
+            sweep = max(0.0, self._swept + self._sweep_s - time.monotonic())
         if not self._queue:
-            return None
+            return sweep
         if not self._connected:
-            return _RECHECK_S
-        return max(0.0, self._queue[0].queued + self.max_batch_delay_s - time.monotonic())
+            return _RECHECK_S if sweep is None else min(_RECHECK_S, sweep)
+        due = max(0.0, self._queue[0].queued + self.max_batch_delay_s - time.monotonic())
+        return due if sweep is None else min(due, sweep)
 
     def flush(self) -> None:
         """Send everything queued; if Redis is unreachable, wait up to ``drain_timeout_s`` for it,
@@ -801,10 +804,11 @@ class RedisPublisher:
         longer swept."""
         now = time.monotonic()
         min_id = self._oldest_kept()
-        if now - self._swept < min(_SWEEP_S, self.max_age_s / 4) or min_id is None or not self._connected or self._refusal is not None:
+        if now - self._swept < self._sweep_s or min_id is None or not self._connected or self._refusal is not None:
             return
-        since, self._swept = self._swept, now
-        idle = [stream for stream, at in self._written_at.items() if at < since]
+        self._swept = now
+        # not written for a sweep's time: its time to live, set at its last write, is renewed well before it runs out
+        idle = [stream for stream, at in self._written_at.items() if at < now - self._sweep_s]
         if not idle:
             return
         pipe = self.client.pipeline(transaction=False)
@@ -821,6 +825,11 @@ class RedisPublisher:
             pipe.execute(raise_on_error=False)  # a refusal was said at the batches
         except redis.RedisError as error:  # an outage: the next batch finds it
             log.debug("cannot trim the idle streams by age (%s)", error_summary(error))
+
+    @property
+    def _sweep_s(self) -> float:
+        """How often idle streams are swept: every ``_SWEEP_S``, or a quarter of ``max_age_s`` when shorter."""
+        return min(_SWEEP_S, self.max_age_s / 4)
 
     def _check_minid(self) -> None:
         """Trimming by age needs XTRIM MINID (Redis 6.2): an older Redis fails the start, in one line."""

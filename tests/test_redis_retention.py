@@ -112,6 +112,25 @@ def test_a_camera_down_longer_than_max_age_s_keeps_its_empty_stream_and_groups_u
     publisher.close()
 
 
+def test_a_short_max_age_s_keeps_a_down_camera_s_streams_when_polled_as_the_run_polls(server):
+    # release QA: with max_age_s 0.8 the streams went within 1.5 s of the camera going down; the
+    # run wakes its sinks when poll() says, else every half second (runtime._POLL_IDLE_S)
+    from segstream.pipeline.runtime import _POLL_IDLE_S
+
+    client = server.client()
+    publisher = RedisPublisher(client, pipeline_size=1, max_batch_delay_s=0, max_age_s=0.4)
+    publisher.publish(tiny_scene("cam0", 0))
+    publisher.flush()
+    client.xgroup_create("segstream:cam0:frames", "readers", id="0")
+    started = time.monotonic()
+    while time.monotonic() - started < 3.0:
+        due = publisher.poll()
+        time.sleep(_POLL_IDLE_S if due is None else min(due, _POLL_IDLE_S))
+    assert client.exists("segstream:cam0:frames") == 1
+    assert [group["name"] for group in client.xinfo_groups("segstream:cam0:frames")] == [b"readers"]
+    publisher.close()
+
+
 def test_an_events_stream_holds_nothing_older_than_max_age_s_after_a_write(server):
     # events are small: a hundred share one stream node, which `MINID ~` keeps whole
     client = server.client()
