@@ -153,7 +153,8 @@ class SourceCounts:
     missing: int = 0  # about how many frames a damaged file lacked (never decoded: the source's own count)
     damage: str = ""  # and why, for people
     skipped: int = 0  # frames left out on purpose over the source's max_fps (not in decoded: the source's own count)
-    connect_s: float = 0.0  # seconds its first connect took, up to its first streaming (in down_s too)
+    connect_s: float = 0.0  # seconds from its first state to its first streaming, retries included (in down_s too)
+    first_at: float | None = None  # time.monotonic() of its first state
 
     @property
     def dropped(self) -> int:
@@ -172,7 +173,7 @@ class SourceCounts:
         return SourceCounts(
             self.decoded, self.published, self.decode_errors, Counter(self.dropped_by), self.state, self.reason,
             self.state_since, self.reconnects, Counter(self.transitions), self.epoch, self.handed, self.down_s,
-            self.gap_s, self.missing, self.damage, self.skipped, self.connect_s,
+            self.gap_s, self.missing, self.damage, self.skipped, self.connect_s, self.first_at,
         )
 
 
@@ -306,10 +307,12 @@ class RunMetrics:
             previous = counts.state
             if (previous == state and state != "reconnecting" and not again) or previous in ("ended", "failed"):
                 return None
+            if counts.first_at is None:
+                counts.first_at = at
             if previous in DOWN_STATES:
                 counts.down_s += max(0.0, at - counts.state_since)
-                if previous == "connecting" and state == "streaming" and not counts.transitions["streaming"]:
-                    counts.connect_s = max(0.0, at - counts.state_since)
+            if state == "streaming" and not counts.transitions["streaming"]:  # its start-up, retries included
+                counts.connect_s = min(counts.down_s, max(0.0, at - counts.first_at))
             counts.state, counts.reason, counts.state_since = state, reason, at
             counts.transitions[state] += 1
             if state == "reconnecting":

@@ -140,7 +140,12 @@ class SourceReport:
     damage: str = ""  # and why
     skipped: int = 0  # frames left out on purpose over its max_fps: not decoded as far as these counts go
     handed: int = 0  # frames handed to the sinks: published, and those a sink dropped after all
-    connect_s: float = 0.0  # of down_s, the first connect's seconds up to its first frames (start-up, not an outage)
+    connect_s: float = 0.0  # of down_s, the start-up's seconds up to its first frames, retries included (not an outage)
+
+    @property
+    def streamed(self) -> bool:
+        """Whether it delivered frames at some point (a live source's ``streaming``, or any frame)."""
+        return bool(self.decoded or self.transitions.get("streaming"))
 
     @property
     def never_streamed(self) -> bool:
@@ -259,8 +264,9 @@ class RunReport:
             + (f" decode errors {s.decode_errors}" if s.decode_errors else "")
             + (f" skipped {s.skipped} (max_fps)" if s.skipped else "")
             + (f" reconnects {s.reconnects}" if s.reconnects else "")
-            + (f" connect {s.connect_s:.0f} s" if s.connect_s >= 1 else "")
-            + (f" down {s.down_s - s.connect_s:.0f} s" if s.down_s - s.connect_s >= 1 and not s.never_streamed else "")
+            + (f" connect {s.connect_s:.0f} s" if s.connect_s >= 1 and s.streamed else "")
+            + (f" down {s.down_s - s.connect_s:.0f} s" if s.down_s - s.connect_s >= 1 and s.streamed else "")
+            + (f" connecting {s.down_s:.0f} s" if s.down_s >= 1 and not s.streamed and not s.never_streamed else "")
             + (" NEVER STREAMED" if s.never_streamed and s.state != "failed" else "")
             + (f" abandoned {s.abandoned}" if s.abandoned else "")
             + (f" DAMAGED, about {s.missing} frames missing" if s.missing else "")

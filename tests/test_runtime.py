@@ -700,6 +700,18 @@ def test_the_summary_tells_a_camera_s_first_connect_from_its_outages():
     assert " reconnects 2 connect 3 s down 6 s" in line, line
     quick = SourceReport(10, 10, 0, 0, {}, "streaming", "", 0, {"streaming": 1}, 0.4, connect_s=0.4)
     assert " down" not in RunReport({"cam": quick}, 1, 10, 5.0, True, 100.0, 200.0, 300.0).summary()
+    # release QA: a camera that needed retries before its first frames read "down 9 s", no connect
+    retried = RunMetrics()
+    for state, at in (("connecting", 0.0), ("reconnecting", 5.0), ("streaming", 9.0)):
+        retried.source_state("cam", state, "", at)
+    assert retried.snapshot()["cam"].connect_s == 9.0
+    late = SourceReport(28, 28, 0, 0, {}, "streaming", "", 1, {"reconnecting": 1, "streaming": 1}, 9.0, connect_s=9.0)
+    line = RunReport({"cam": late}, 1, 28, 5.0, True, 100.0, 200.0, 300.0).summary()
+    assert " reconnects 1 connect 9 s" in line and " down" not in line, line
+    # and one stopped during its first attempt, no frame yet, still connecting (not NEVER STREAMED: it never gave up)
+    waiting = SourceReport(0, 0, 0, 0, {}, "ended", "stopped", 0, {"connecting": 1}, 6.0)
+    line = RunReport({"cam": waiting}, 1, 0, 5.0, True, 100.0, 200.0, 300.0).summary()
+    assert " connecting 6 s" in line and " down" not in line and "NEVER" not in line, line
 
 
 def test_a_source_of_ones_own_says_the_queue_and_buffer_that_suit_it():
