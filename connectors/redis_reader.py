@@ -1725,6 +1725,9 @@ def _refusal(error: redis.ResponseError, key: str, where: str, acl_keys: str) ->
             return ReaderError(f"Redis at {where} refused: {text} — grant the user that command on {key} "
                                f"({_READER_GRANT})")
         name = command.group(1).lower()
+        if not name.startswith("x"):  # not a stream command (a script's EVALSHA, SCRIPT LOAD): no key to name
+            return ReaderError(f"Redis at {where} refused: {text} — grant the user {name.upper()} (ACL: +{name})",
+                               permission=f"+{name}")
         return ReaderError(f"Redis at {where} refused: {text} — grant the user {name.upper()} on {key} "
                            f"(ACL: +{name}; {_READER_GRANT})", permission=f"+{name}")
     if text.startswith("WRONGTYPE"):

@@ -12,7 +12,9 @@ run's tracks are active. Prints the counts on exit (Ctrl-C, or --idle-exit secon
 event). Needs only ``pip install ./clients/python`` (no torch). Redis credentials come from
 --username and --password, or REDIS_USERNAME and REDIS_PASSWORD; a pipeline that writes other
 keys (its ``sinks.redis.events_stream``, a tenant's prefix) is read with --events-stream, the
-same pattern, and the counts go where --counts-key says.
+same pattern, and the counts go where --counts-key says. Its ACL user needs consumer groups'
+commands and the Lua script's: ``+@stream +@read +@connection +hincrby +hgetall +evalsha
++script|load`` on the events stream and the counts key.
 """
 
 from __future__ import annotations

@@ -454,3 +454,15 @@ def test_a_camera_removed_while_redis_is_away_may_be_erased_once_its_backlog_is_
     client.delete("segstream:gone:frames")
     publisher.close()
     assert publisher.data_losses == 0
+
+
+def test_a_refused_script_command_is_named_without_a_stream_to_grant_it_on():
+    # release QA: track_counter's refused EVALSHA read "grant the user EVALSHA on the stream"
+    import redis
+
+    from segstream.connectors.redis_reader import _refusal
+
+    error = redis.exceptions.NoPermissionError(
+        "this user has no permissions to run the 'evalsha' command")
+    said = str(_refusal(error, "tenant1:cam:events", "redis://127.0.0.1:6379", "~tenant1:*"))
+    assert "grant the user EVALSHA (ACL: +evalsha)" in said and " on tenant1:cam:events" not in said
