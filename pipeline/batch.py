@@ -788,11 +788,12 @@ def output_settings(cfg: PipelineConfig) -> dict:
     if cfg.model.options:  # a plugin family's own settings may hold secrets: their digest only
         options = json.dumps(cfg.model.options, sort_keys=True, default=str).encode()
         model["options_sha256"] = hashlib.sha256(options).hexdigest()
-    if model.get("task") is None:  # the preset's own: said as before the default was null
-        from segstream.models.presets import PRESETS
+    from segstream.pipeline.model_factory import check_preset
 
-        preset = PRESETS.get(cfg.model.preset)
-        model["task"] = preset.task if preset is not None else None
+    preset = check_preset(cfg.model)  # the one that runs: a family-only section's is the family's, not the default
+    model["preset"] = preset.name
+    if model.get("task") is None:  # the preset's own: said as before the default was null
+        model["task"] = preset.task
     checkpoint = model.get("checkpoint")
     if checkpoint and checkpoint != RANDOM and not checkpoint.startswith(HF_PREFIX):
         weights = checkpoint_path(checkpoint)  # a model folder's weights file: retrained in place, it changes

@@ -299,6 +299,7 @@ def test_batch_overlay_level_draws_that_level_and_is_named_in_the_manifest(tmp_p
     assert np.abs(drawn_level - original).mean() > 5  # and a drawn one
     manifest = [json.loads(line) for line in (tmp_path / "level" / "manifest.jsonl").read_text().splitlines()]
     assert manifest[-1]["settings"]["outputs"]["overlay_level"] == 2
+    assert manifest[-1]["settings"]["model"]["preset"] == SYNTHETIC_SENATRA.name  # release QA: it said the EoMT default
 
 
 def test_batch_overlay_level_is_refused_without_the_overlay_and_for_a_model_without_it(tmp_path, clip, capsys):
