@@ -88,6 +88,9 @@ def draw_overlay(image: np.ndarray, result: FrameResult, opacity: float = 0.45, 
         label_map = result.levels[level].label_map
     if label_map is None:
         raise ValueError("the result carries no label map to draw; read it with masks")
+    if image is None:
+        raise ValueError(f"no frame to draw {result.source} frame {result.index} on (image is None) — pass the decoded "
+                         "frame, or ask segstream.results(..., images=True) for it")
     if image.shape[:2] != label_map.shape:
         raise ValueError(f"frame is {image.shape[1]}x{image.shape[0]} but the segmentation is "
                          f"{label_map.shape[1]}x{label_map.shape[0]}")

@@ -259,7 +259,7 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], metavar="SEED")
     evaluate.add_argument("--frames", type=_at_least_one, default=None, metavar="N",
                           help="frames per seed (default 50), or with --clips the first N of each clip (default all)")
-    evaluate.add_argument("--size", type=int, nargs=2, default=[640, 480], metavar=("WIDTH", "HEIGHT"))
+    evaluate.add_argument("--size", type=_scene_side, nargs=2, default=[640, 480], metavar=("WIDTH", "HEIGHT"))
     evaluate.add_argument("--checkpoint", default=None, help="local path or hf://org/name; default: the preset's weights")
     evaluate.add_argument("--preset", default=None, help="a model trained on synthetic scenes (default: the shipped one)")
     evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default %(default)s)")
@@ -319,6 +319,17 @@ def _parser() -> argparse.ArgumentParser:
     for command in commands.choices.values():  # after the command too; left out there, the top-level value stands
         logging_options(command, argparse.SUPPRESS)
     return parser
+
+
+def _scene_side(text: str) -> int:
+    """argparse type: a synthetic scene's width or height, 16 pixels or more."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of pixels, got {text!r}") from None
+    if value < 16:
+        raise argparse.ArgumentTypeError(f"must be at least 16 pixels, got {value}")
+    return value
 
 
 def _at_least_one(text: str) -> int:

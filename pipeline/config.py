@@ -1184,7 +1184,7 @@ def json_schema() -> dict:
 
 def load_config(
     path: str | Path | typing.Mapping[str, Any],
-    overrides: str | typing.Iterable[str] | typing.Mapping[str, Any] = (),
+    overrides: str | typing.Iterable[str] | typing.Mapping[str, Any] | None = (),
     schema: type[PipelineConfig] = PipelineConfig, *, base_dir: str | Path | None = None,
 ) -> PipelineConfig:
     """Read, override, interpolate and validate the pipeline description at ``path``, or given as
@@ -1430,10 +1430,14 @@ def apply_override(data: dict, override: str) -> None:
     set_config_key(data, key, _scalar(text), "--set")
 
 
-def override_pairs(overrides: str | typing.Iterable[str] | typing.Mapping[str, Any]) -> list[tuple[str, Any]]:
+def override_pairs(overrides: str | typing.Iterable[str] | typing.Mapping[str, Any] | None) -> list[tuple[str, Any]]:
     """``load_config``'s overrides as (key, value) pairs: one ``"KEY=VALUE"``, a list of them
     (values typed like YAML scalars), or a mapping of key -> value (values as they are)."""
     example = "e.g. \"engine.batch_size=8\", a list of such strings, or {\"engine.batch_size\": 8}"
+    if overrides is None:  # none, as () says
+        return []
+    if not isinstance(overrides, (str, typing.Mapping, typing.Iterable)):
+        raise ConfigError(f"overrides {overrides!r}: not a KEY=VALUE string, a list of them or a mapping ({example})")
     if isinstance(overrides, typing.Mapping):
         for key in overrides:
             if not isinstance(key, str) or not key.strip():

@@ -153,6 +153,9 @@ def test_evaluate_refuses_zero_frames_instead_of_printing_nan(capsys):
     assert main(["evaluate", "--seeds", "0", "--frames", "0"]) == 2
     captured = capsys.readouterr()
     assert "--frames: must be at least 1, got 0" in captured.err and "nan" not in captured.out.lower()
+    # release QA: a scene too small to draw exited 1, as if evaluating had failed
+    assert main(["evaluate", "--seeds", "0", "--size", "0", "120"]) == 2
+    assert "--size: must be at least 16 pixels, got 0" in capsys.readouterr().err
 
 
 def test_evaluate_says_which_classes_the_scenes_lack_and_draws_no_bar_into_a_log(capsys):

@@ -172,8 +172,21 @@ def test_load_config_takes_overrides_as_one_string_a_list_or_a_mapping(overrides
     ("engine", "override 'engine': expected KEY=VALUE"),
     ([8], "override 8: expected a KEY=VALUE string"),
     ({"sources.x": 1}, "override sources.x: sources is a list"),
+    (5, "overrides 5: not a KEY=VALUE string, a list of them or a mapping"),  # release QA: a raw TypeError
 ])
 def test_load_config_s_override_errors_name_the_override_not_the_cli_flag(overrides, message):
     with pytest.raises(segstream.ConfigError) as error:
         segstream.load_config(DEMO, overrides)
     assert str(error.value).startswith(message) and "--set" not in str(error.value)
+
+
+def test_load_config_takes_none_for_no_overrides_and_draw_overlay_without_a_frame_says_how_to_get_one():
+    # release QA: None raised "'NoneType' object is not iterable"; a feed's result without images=True,
+    # "'NoneType' object has no attribute 'shape'"
+    assert segstream.load_config(DEMO, None).sources[0].name == "demo"
+    cfg = segstream.load_config(DEMO, {"sources[0].max_frames": 1, "sinks.redis.enabled": False, "ops.http": None})
+    with segstream.results(cfg) as feed:
+        result = next(iter(feed))
+    with pytest.raises(ValueError, match=r"image is None\) — pass the decoded frame, or ask "
+                                         r"segstream.results\(..., images=True\) for it"):
+        segstream.draw_overlay(result.image, result)
