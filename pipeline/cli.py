@@ -321,26 +321,23 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _scene_side(text: str) -> int:
-    """argparse type: a synthetic scene's width or height, 16 pixels or more."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number of pixels, got {text!r}") from None
-    if value < 16:
-        raise argparse.ArgumentTypeError(f"must be at least 16 pixels, got {value}")
-    return value
+def _whole_number(least: int, unit: str = "") -> Callable[[str], int]:
+    """argparse type: a whole number of ``least`` or more (``unit``: what it counts, for messages)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number{' of ' + unit if unit else ''}, "
+                                             f"got {text!r}") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"must be at least {least}{' ' + unit if unit else ''}, got {value}")
+        return value
+
+    return parse
 
 
-def _at_least_one(text: str) -> int:
-    """argparse type: a whole number of 1 or more."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+_at_least_one = _whole_number(1)
+_scene_side = _whole_number(16, "pixels")  # a synthetic scene's width or height
 
 
 def _positive_seconds(text: str) -> float:
