@@ -261,7 +261,7 @@ class RedisPublisher:
         self._unwatched: set[str] = set()  # streams of removed sources whose last entries wait for Redis
         # With max_age_s: streams of sources that ended (or were removed), which the sweep lets expire;
         # those of the run's other sources, however long idle, it keeps (their consumer groups too)
-        self._ended: set[str] = set()
+        self._ended_streams: set[str] = set()
         self._clock_readings: deque[float] = deque(maxlen=_CLOCK_READINGS)
         self._clock_warned = False
         self._check_eviction_policy()
@@ -366,7 +366,7 @@ class RedisPublisher:
         # in memory for every buffered entry.
         stream = stream_name(self.stream_pattern, result.source)
         self._unwatched.discard(stream)  # a source of that name added again
-        self._ended.discard(stream)
+        self._ended_streams.discard(stream)
         self._enqueue(_Outgoing(stream, fields, _size(fields), _stand_in(result), time.monotonic()))
         self._pump()
 
@@ -377,7 +377,7 @@ class RedisPublisher:
         fields = event_to_wire(event)
         stream = stream_name(self.events_pattern, event.source)
         self._unwatched.discard(stream)
-        self._ended.discard(stream)
+        self._ended_streams.discard(stream)
         self._enqueue(_Outgoing(stream, fields, _size(fields), None, time.monotonic()))
         self._pump()
 
@@ -385,7 +385,7 @@ class RedisPublisher:
         """The source ended and all it sent is queued: with ``max_age_s`` its streams are left to
         expire once no one writes them, as at the run's end."""
         if self.max_age_s is not None:
-            self._ended |= {stream_name(self.stream_pattern, source), stream_name(self.events_pattern, source)}
+            self._ended_streams |= {stream_name(self.stream_pattern, source), stream_name(self.events_pattern, source)}
 
     def source_removed(self, source: str) -> None:
         """The source was removed from the run and all it sent is queued: once written, its streams
@@ -814,13 +814,13 @@ class RedisPublisher:
         pipe = self.client.pipeline(transaction=False)
         for stream in idle:
             pipe.xtrim(stream, minid=min_id, approximate=False)
-            if stream not in self._ended:
+            if stream not in self._ended_streams:
                 if self._may_expire:
                     pipe.pexpire(stream, int(self.max_age_s * 1000))
             elif now - self._written_at[stream] > self.max_age_s + 2 * _SWEEP_S:
                 del self._written_at[stream]
                 self._last_id.pop(stream, None)
-                self._ended.discard(stream)
+                self._ended_streams.discard(stream)
         try:
             pipe.execute(raise_on_error=False)  # a refusal was said at the batches
         except redis.RedisError as error:  # an outage: the next batch finds it
