@@ -112,8 +112,8 @@ class RedisPublisher:
     wrote meanwhile (a camera down, a source ended or removed) are trimmed the same way, and those
     of sources still in the run get their time to live again (a camera down keeps its consumer
     groups); once no run writes a stream, it goes whole ``max_age_s`` after its last write (or the
-    last sweep), holding entries up to twice ``max_age_s`` old until then. A user without +pexpire is warned once and
-    counted (``expiry_refused``): trimming still holds while the run lives.
+    last sweep), holding entries up to twice ``max_age_s`` old until then. A user without
+    +pexpire is warned once and counted (``expiry_refused``): trimming still holds while the run lives.
 
     Entries wait in an outgoing queue until ``pipeline_size`` of them are there, the oldest has
     waited ``max_batch_delay_s`` (checked by ``publish`` and ``poll``, which the runtime calls
@@ -397,7 +397,8 @@ class RedisPublisher:
             self._last_id.pop(stream, None)
 
     def poll(self) -> float | None:
-        """Send what is due; the seconds until the next call is needed, None with nothing queued."""
+        """Send what is due; the seconds until the next call is needed (with ``max_age_s`` at most
+        until the next sweep), None with nothing queued and no ``max_age_s``."""
         self._pump()
         sweep = None
         if self.max_age_s is not None:  # the next sweep's time: a short max_age_s needs it sooner than an idle wake
@@ -803,10 +804,12 @@ class RedisPublisher:
         lives. An ended source's stream idle for longer than ``max_age_s`` is expired by then, and no
         longer swept."""
         now = time.monotonic()
-        min_id = self._oldest_kept()
-        if now - self._swept < self._sweep_s or min_id is None or not self._connected or self._refusal is not None:
+        if now - self._swept < self._sweep_s:
             return
-        self._swept = now
+        self._swept = now  # also when nothing can be swept yet: poll() then says the next sweep is a sweep away
+        min_id = self._oldest_kept()
+        if min_id is None or not self._connected or self._refusal is not None:
+            return
         # not written for a sweep's time: its time to live, set at its last write, is renewed well before it runs out
         idle = [stream for stream, at in self._written_at.items() if at < now - self._sweep_s]
         if not idle:

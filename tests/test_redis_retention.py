@@ -131,6 +131,28 @@ def test_a_short_max_age_s_keeps_a_down_camera_s_streams_when_polled_as_the_run_
     publisher.close()
 
 
+def test_with_max_age_s_poll_never_asks_to_be_called_at_once_over_and_over(tmp_path, server):
+    # review: before the first write, and while Redis was away, poll() said "now" at every call
+    # and the run's publishing thread spun (17,475 polls in 2 s)
+    client = server.client()
+    publisher = RedisPublisher(client, pipeline_size=1, max_batch_delay_s=0, max_age_s=0.4)
+
+    def spins() -> int:
+        calls, started = 0, time.monotonic()
+        while time.monotonic() - started < 0.5:
+            due = publisher.poll()
+            calls += 1
+            time.sleep(0.1 if due is None else min(due, 0.1))
+        return calls
+
+    assert spins() <= 10  # nothing written yet: a sweep's time apart (0.1 s), not at once
+    publisher.publish(tiny_scene("cam0", 0))
+    publisher.flush()
+    server.kill()  # Redis away
+    assert spins() <= 10
+    publisher.close()
+
+
 def test_an_events_stream_holds_nothing_older_than_max_age_s_after_a_write(server):
     # events are small: a hundred share one stream node, which `MINID ~` keeps whole
     client = server.client()
