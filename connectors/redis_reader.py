@@ -72,6 +72,7 @@ _Events = TypeVar("_Events")
 log = logging.getLogger("segstream.client")
 
 _TAIL_BLOCK_MS = 2000
+_TAIL_READ = 500  # entries of each stream one XREAD of tail --follow takes at most
 _MAX_BLOCK_MS = 5000
 _TAIL_DISCOVER_S = 2.0  # how often `segstream tail --follow` looks for new streams matching a glob
 _AT_FAR_S = 1.0  # `tail --at`: an entry this far from the time asked is said to be
@@ -1451,11 +1452,14 @@ def tail(stream: str | list[str], url: str, count: int | None, follow: bool, out
         printed += 1
 
     def note_state(name: str, fields) -> None:
-        """Keep what a source's entry says of its end: a final state ends it, anything after that
-        (a run started again, a source added again) begins it anew."""
+        """Keep what a source's entry says of its end: a final state ends it; another state after
+        it (a source added again), or a frame of another run (a run started again), begins it
+        anew. A frame of the ended run is one written before its end (a burst read in parts)."""
         frames_name = frames_of.get(name, name)
         if name not in frames_of:  # a frame entry
-            final_states[frames_name] = None
+            end = final_states.get(frames_name)
+            if end is None or end.run_id != _text(fields.get(b"run_id", b"")):
+                final_states[frames_name] = None
             return
         with contextlib.suppress(WireFormatError):
             event = event_from_wire(fields)
@@ -1513,8 +1517,9 @@ def tail(stream: str | list[str], url: str, count: int | None, follow: bool, out
         sdk = Client(client)  # following is a long watch: it rides out a Redis restart as the SDK does
         next_discovery = time.monotonic() + _TAIL_DISCOVER_S
         quiet_since = time.monotonic()  # the last entry printed while following
+        more_waiting = False  # the last read filled its count for some stream: entries before an end may wait still
         while follow:
-            if until_ended:
+            if until_ended and not more_waiting:
                 check_ended()
             if globs and time.monotonic() >= next_discovery:  # a camera added meanwhile: from its first entry
                 found = [n for glob in globs for n in sdk.call(_matching_streams, client, glob) if n not in positions]
@@ -1533,10 +1538,12 @@ def tail(stream: str | list[str], url: str, count: int | None, follow: bool, out
             if not positions:
                 time.sleep(block_ms / 1000)
                 continue
-            reply = sdk.call(client.xread, positions, count=500, block=int(block_ms))
+            reply = sdk.call(client.xread, positions, count=_TAIL_READ, block=int(block_ms))
             arrived = []
+            more_waiting = False
             for name, entries in _batches(reply):
-                for entry_id, fields in entries:
+                more_waiting |= len(entries) >= _TAIL_READ  # one XREAD reads all streams at once: the end, if
+                for entry_id, fields in entries:  # in it, came after every entry read here or waiting still
                     arrived.append((entry_id, name, fields))
                     positions[name] = entry_id
             before = printed

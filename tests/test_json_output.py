@@ -114,6 +114,27 @@ def test_tail_json_follow_prints_each_entry_as_it_comes_and_ends_with_its_source
     assert "source cam0 ended (end of input)" in err
 
 
+def test_tail_until_ended_prints_every_entry_before_the_end_however_many_came_at_once(server, client):
+    # review: 1,500 frames and their end in one burst: one read took 500 frames and the end, and
+    # tail exited 0 without the other 1,000
+    process = follower(server, "--json", "--until-ended")
+    try:
+        wait_until_reading(process, client)
+        entry = {**to_wire(synthetic_scene("cam0", 0), "rle"), "run_id": "run-1"}  # the run that ends
+        burst = client.pipeline(transaction=True)  # all at once: one XREAD sees the end with a full count
+        for index in range(1500):
+            burst.xadd(FRAMES, {**entry, "frame": str(index)})
+        burst.xadd(EVENTS, state("ended"))
+        burst.execute()
+        out, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 0, err
+    assert [json.loads(line)["frame"] for line in out.splitlines()] == list(range(1500))
+
+
 def test_tail_until_ended_of_a_source_that_already_ended_exits_at_once(server, client, capsys):
     client.xadd(FRAMES, to_wire(synthetic_scene("cam0", 0), "rle"))
     client.xadd(EVENTS, state("ended"))
