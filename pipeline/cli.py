@@ -49,6 +49,7 @@ from segstream.pipeline.config import (
     load_checked_config,
     read_yaml,
 )
+from segstream.connectors.threads import NamedThread
 from segstream.pipeline import entry
 from segstream.pipeline.entry import abort_if_loading
 from segstream.pipeline.logs import (
@@ -779,6 +780,8 @@ class _StoppedBeforeRun(BaseException):  # not caught by the model's loaders' `e
 # The same signal again within this many seconds of the first is that one sent twice, not a
 # second stop: a person's second Ctrl-C comes far later.
 SAME_SIGNAL_S = 0.2
+# How often a stop that waits for an import looks whether the import has ended.
+_NUDGE_S = 0.05
 
 
 class _DrainOnSignal:
@@ -796,7 +799,9 @@ class _DrainOnSignal:
         self.signum: int | None = None
         self.previous: dict[int, object] = {}
         self._at_once = False
-        self._stop_after = False  # a first signal inside an import of at_once's work: stopped once it returns
+        self._stop_after = False  # a first signal inside an import of at_once's work: stopped once it ends
+        self._nudged = False  # a signal the watcher of such a stop sent
+        self._nudge_lock = threading.Lock()
         self._first_at = -math.inf
 
     @contextlib.contextmanager
@@ -809,7 +814,8 @@ class _DrainOnSignal:
         try:
             yield
         finally:
-            self._at_once = False
+            with self._nudge_lock:
+                self._at_once = False
         if self._stop_after:
             self._stop_after = False
             raise _StoppedBeforeRun
@@ -826,6 +832,13 @@ class _DrainOnSignal:
 
     def _handle(self, signum, frame) -> None:
         now = time.monotonic()
+        if self._nudged or self._stop_after:  # a stop waiting for an import: the watcher's nudge, or the stop again
+            self._nudged = False
+            if not self._stop_after or entry.loading(frame):
+                return
+            self._stop_after = False
+            self._at_once = False
+            raise _StoppedBeforeRun
         if signum == self.signum and now - self._first_at < SAME_SIGNAL_S:
             return  # one stop sent twice at once: GNU timeout signals its command, then its process group
         self.signals += 1
@@ -842,9 +855,11 @@ class _DrainOnSignal:
         if self._at_once:
             if not entry.console and entry.loading(frame):
                 # A program calling us (a notebook's kernel) lives on: a module left half-loaded
-                # would fail its later imports. The stop waits for the import, then at_once ends.
+                # would fail its later imports. The stop waits for the import to end, then stops the work.
                 self._stop_after = True
-                write_line(signal_line(f"{name}: stopping once the modules being loaded are ({name} again aborts)"))
+                write_line(signal_line(f"{name}: stopping once the modules being loaded are"))
+                NamedThread(target=self._nudge_after_imports, args=(signum,), name="segstream-stop-after-import",
+                            daemon=True).start()
                 return
             abort_if_loading(frame, signum)  # an interrupted import is not to be left half-done for the exit to find
             self._at_once = False
@@ -853,6 +868,23 @@ class _DrainOnSignal:
         if self._runtime is not None:
             self._runtime.stop()
         write_line(signal_line(f"{name}: {self.doing} ({name} again aborts)"))
+
+    def _nudge_after_imports(self, signum: int) -> None:
+        """While a stop waits for an import: once the main thread is out of imports, signal it
+        again, so that the handler stops the work there (and again, should it be in another)."""
+        main = threading.main_thread().ident
+        while True:
+            with self._nudge_lock:  # at_once's end takes it too: no nudge comes after the work ended
+                if not (self._stop_after and self._at_once):
+                    return
+                frame = sys._current_frames().get(main)
+                if frame is None:
+                    return
+                if not entry.loading(frame):
+                    self._nudged = True
+                    signal.pthread_kill(main, signum)
+                del frame
+            time.sleep(_NUDGE_S)
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():

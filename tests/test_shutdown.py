@@ -230,21 +230,27 @@ def test_a_program_s_interrupt_inside_an_import_of_the_model_s_build_waits_for_i
     (tmp_path / "slow_module.py").write_text(
         "import os, signal, time\nos.kill(os.getpid(), signal.SIGINT)\ntime.sleep(0.3)\nloaded = True\n")
     program = textwrap.dedent("""
-        import sys
+        import sys, time
         from segstream.pipeline.cli import _DrainOnSignal, _StoppedBeforeRun
         with _DrainOnSignal() as signals:
             try:
                 with signals.at_once():
                     import slow_module
+                    started = time.monotonic()
+                    while time.monotonic() - started < 5:  # the rest of the build (weights, compile): not waited for
+                        sum(range(1000))
+                    print("built")
                 print("not stopped")
             except _StoppedBeforeRun:
                 print("stopped after the import:", sys.modules["slow_module"].loaded)
         print("lives on")
     """)
+    started = time.monotonic()
     done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=60, cwd=tmp_path,
                           env={**os.environ, "PYTHONPATH": f"{REPO}:{tmp_path}"})
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ["stopped after the import: True", "lives on"]
+    assert time.monotonic() - started < 4.5  # stopped at the import's end, not the build's (review)
     assert "SIGINT: stopping once the modules being loaded are" in done.stderr
 
 
