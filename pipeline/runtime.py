@@ -354,6 +354,34 @@ class _Channel:
         return self._queue.qsize()
 
 
+# torch's intra-op thread count is the process's: runs at once in one process share it. The
+# caller's count is kept when the first of them starts and given back when the last one ends.
+_TORCH_THREADS_LOCK = threading.Lock()
+_torch_threads_users = 0
+_callers_torch_threads = 0
+
+
+def _torch_threads_taken(threads: int) -> None:
+    global _torch_threads_users, _callers_torch_threads
+    import torch
+
+    with _TORCH_THREADS_LOCK:
+        if not _torch_threads_users:
+            _callers_torch_threads = torch.get_num_threads()
+        _torch_threads_users += 1
+        torch.set_num_threads(threads)
+
+
+def _torch_threads_given_back() -> None:
+    global _torch_threads_users
+    import torch
+
+    with _TORCH_THREADS_LOCK:
+        _torch_threads_users -= 1
+        if not _torch_threads_users:
+            torch.set_num_threads(_callers_torch_threads)
+
+
 class Runtime:
     """Runs sources -> model stage -> per-source stages -> sinks until the sources end or
     ``stop()`` is called.
@@ -713,17 +741,13 @@ class Runtime:
         caller = threading.current_thread()  # its records, and the threads it starts (NamedThread), name this run
         outer = getattr(caller, "segstream_run_id", None)
         caller.segstream_run_id = self.run_id
-        callers_threads = None
         if self.threads is not None:
-            import torch
-
-            callers_threads = torch.get_num_threads()
-            torch.set_num_threads(self.threads)
+            _torch_threads_taken(self.threads)
         try:
             return self._run()
         finally:
-            if callers_threads is not None:  # a notebook's own torch work after the run gets its threads back
-                torch.set_num_threads(callers_threads)
+            if self.threads is not None:  # a notebook's own torch work after the run gets its threads back
+                _torch_threads_given_back()
             caller.segstream_run_id = outer
             with _RUNNING_LOCK:
                 _RUNNING.discard(self)

@@ -778,6 +778,15 @@ def test_a_run_sets_torch_s_threads_while_it_lasts_and_gives_the_caller_s_back(c
         runtime.run()
         assert seen and set(seen) == {1}
         assert torch.get_num_threads() == 3
+        # review: two runs at once, the first ending first, gave back the count the second found
+        from segstream.pipeline.runtime import _torch_threads_given_back, _torch_threads_taken
+
+        _torch_threads_taken(2)
+        _torch_threads_taken(1)
+        _torch_threads_given_back()
+        assert torch.get_num_threads() == 1  # the other run goes on
+        _torch_threads_given_back()
+        assert torch.get_num_threads() == 3
     finally:
         torch.set_num_threads(callers)
 
