@@ -639,12 +639,13 @@ def build_runtime(
     ``adapter``: the model, already built (``build_segmenter``) from ``cfg.model``; else it is
     built here. ``run_id``: the run's id (``logs.new_run_id()``), when its log lines carry it
     already; else a new one."""
-    from segstream.pipeline.builders import build_sinks, build_sources
-    from segstream.pipeline.filtering import segment_filters
-    from segstream.pipeline.model_factory import build_segmenter, check_model_config
-    from segstream.pipeline.preflight import check_sink_permissions
-    from segstream.pipeline.runtime import Runtime
-    from segstream.pipeline.tracking import tracking_stages
+    with whole_imports():  # torch's, the first time (segstream.results from a notebook)
+        from segstream.pipeline.builders import build_sinks, build_sources
+        from segstream.pipeline.filtering import segment_filters
+        from segstream.pipeline.model_factory import build_segmenter, check_drawn_level, check_model_config
+        from segstream.pipeline.preflight import check_sink_permissions
+        from segstream.pipeline.runtime import Runtime
+        from segstream.pipeline.tracking import tracking_stages
 
     if run_id is None:
         run_id = new_run_id()
@@ -666,7 +667,7 @@ def build_runtime(
             server = served.enter_context(serve_ops(cfg.ops, metrics))  # /readyz says not yet until the run starts
         names = [*(s.name for s in cfg.sources), *(s.name for s in own_sources)]
         if adapter is None:  # as run_pipeline does first: what cannot run is said before the model loads
-            check_model_config(cfg.model)
+            check_drawn_level(cfg.sinks.preview, check_model_config(cfg.model))
             check_sink_permissions(cfg, names)
             adapter = build_segmenter(cfg.model, batch_size=cfg.engine.batch_size)
         named_stages = []
@@ -757,20 +758,25 @@ def run_pipeline(cfg: PipelineConfig, max_frames: int | None = None, progress: T
 def whole_imports():
     """Imports a Ctrl-C must not cut in half in a program that calls segstream (a notebook's
     kernel): a module left half-loaded (torch's first import takes seconds) fails every later
-    import until the interpreter restarts. A SIGINT meanwhile is held, and raised as
-    KeyboardInterrupt once they are done. The console command aborts such imports its own way
-    (``entry``); off the main thread no signal arrives."""
-    if entry.console or threading.current_thread() is not threading.main_thread():
+    import until the interpreter restarts. A SIGINT meanwhile is held, and handed to the handler
+    that was there once they are done (Python's own raises KeyboardInterrupt; a draining run's
+    stops it). The console command aborts such imports its own way (``entry``); off the main
+    thread no signal arrives; a handler installed from C cannot be put back, so none is held then."""
+    previous = signal.getsignal(signal.SIGINT)
+    if entry.console or threading.current_thread() is not threading.main_thread() or previous is None:
         yield
         return
     held = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+    signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
     try:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
     if held:
-        raise KeyboardInterrupt
+        if callable(previous):
+            previous(signal.SIGINT, None)
+        elif previous == signal.SIG_DFL:
+            raise KeyboardInterrupt
 
 
 class _StoppedBeforeRun(BaseException):  # not caught by the model's loaders' `except Exception`

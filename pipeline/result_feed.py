@@ -144,8 +144,13 @@ class ResultFeed:
         self.close()
 
     def __del__(self) -> None:
+        # (collected on the run's own thread, it could not wait for that thread: stopped only)
         if not getattr(self, "_done", True):
-            self.close()
+            if threading.current_thread() is self._thread:
+                self.runtime.stop()
+                self._handoff.closed.set()
+            else:
+                self.close()
 
 
 # feeds not closed yet: closed when the program exits, before the runtime's own exit hook waits

@@ -208,3 +208,13 @@ def test_load_config_takes_none_for_no_overrides_and_draw_overlay_without_a_fram
     with pytest.raises(ValueError, match=r"image is None\) — pass the decoded frame, or ask "
                                          r"segstream.results\(..., images=True\) for it"):
         segstream.draw_overlay(result.image, result)
+
+
+def test_results_refuse_a_preview_level_the_model_lacks_before_it_loads(tmp_path):
+    # review: build_runtime (under results) checked the model section but not the level to draw,
+    # which then failed at the first frame
+    cfg = _config(sinks={"redis": {"enabled": False},
+                         "preview": {"enabled": True, "dir": str(tmp_path / "preview"), "level": 0}})
+    with pytest.raises(segstream.ConfigError, match="sinks.preview.level: synthetic_eomt_tiny_256 is an eomt model"):
+        segstream.results(cfg)
+    assert not (tmp_path / "preview").exists()
