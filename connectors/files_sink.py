@@ -240,6 +240,10 @@ class FilesSink:
             f = open_output(path, "ab", buffering=0)
             try:  # one writer per file: a second run with the same folder would interleave its lines
                 fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                if not self._still_there(path, f):  # locked once its holder removed it (an empty file of
+                    f.close()  # a run that never wrote): the file now at the path is the one to lock
+                    f = open_output(path, "ab", buffering=0)
+                    fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 f.close()
                 if reopening:
