@@ -416,6 +416,8 @@ def _validated(args: argparse.Namespace) -> int:
     cfg = load_checked_config(args.config, args.overrides, schema=BatchPipelineConfig if batch else PipelineConfig)
     preset = check_model_config(cfg.model)  # unknown preset or family, a task the preset lacks
     check_drawn_level(cfg.sinks.preview, preset)
+    if batch:
+        check_drawn_level(None, preset, "batch.overlay_level", cfg.batch.overlay_level)
     from segstream.connectors.checkpoints import check_checkpoint
     from segstream.connectors.errors import CheckpointError
 
@@ -440,7 +442,8 @@ def _validated(args: argparse.Namespace) -> int:
         checks = [Check("config", True, summary), *preflight(cfg, preset, batch=batch)]
         if args.json:
             passed = all(check.ok for check in checks)
-            print(json.dumps({"ok": passed, "config": str(args.config), "summary": summary, "errors": [],
+            errors = [f"{check.what}: {check.said}" for check in checks if not check.ok]
+            print(json.dumps({"ok": passed, "config": str(args.config), "summary": summary, "errors": errors,
                               "checks": [dataclasses.asdict(check) for check in checks]}))
             return 0 if passed else 1
         return report(checks)

@@ -245,6 +245,7 @@ def test_validate_connect_json_lists_each_check(tmp_path, capsys):
     assert set(checks) == {"config", "model", "redis", "source cam0"}
     assert checks["config"]["ok"] and checks["model"]["ok"] and checks["source cam0"]["ok"]
     assert not checks["redis"]["ok"] and "refused the credentials" in checks["redis"]["said"]
+    assert report["errors"] == [f"redis: {checks['redis']['said']}"]  # review: a script reading errors saw none
 
 
 def test_evaluate_json_prints_the_numbers_of_its_table(capsys):

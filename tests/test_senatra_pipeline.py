@@ -313,6 +313,11 @@ def test_batch_overlay_level_is_refused_without_the_overlay_and_for_a_model_with
                    "segment hierarchy to draw — set batch.overlay_level to null (the frame's segments), or run a "
                    "SeNaTra model"]
     assert not (tmp_path / "out").exists()
+    # and validate of the batch config says it too (review: it passed, and batch then refused it)
+    config = tmp_path / "batch.yaml"
+    config.write_text("model: {preset: synthetic_eomt_tiny_256, device: cpu}\nbatch: {overlay: true, overlay_level: 0}\n")
+    assert main(["validate", str(config)]) == 2
+    assert "batch.overlay_level: synthetic_eomt_tiny_256 is an eomt model" in capsys.readouterr().err
 
 
 def test_preview_of_a_result_without_the_level_stops_with_one_line(tmp_path):
