@@ -1458,7 +1458,7 @@ def tail(stream: str | list[str], url: str, count: int | None, follow: bool, out
         frames_name = frames_of.get(name, name)
         if name not in frames_of:  # a frame entry
             end = final_states.get(frames_name)
-            if end is None or end.run_id != _text(fields.get(b"run_id", b"")):
+            if end is None or not end.run_id or end.run_id != _text(fields.get(b"run_id", b"")):
                 final_states[frames_name] = None
             return
         with contextlib.suppress(WireFormatError):
@@ -1517,7 +1517,10 @@ def tail(stream: str | list[str], url: str, count: int | None, follow: bool, out
         sdk = Client(client)  # following is a long watch: it rides out a Redis restart as the SDK does
         next_discovery = time.monotonic() + _TAIL_DISCOVER_S
         quiet_since = time.monotonic()  # the last entry printed while following
-        more_waiting = False  # the last read filled its count for some stream: entries before an end may wait still
+        # the last read filled its count for some stream: entries before an end may wait still (and
+        # before the first read: frames written between the backlog's read and the states' are)
+        more_waiting = True
+        first_read = True
         while follow:
             if until_ended and not more_waiting:
                 check_ended()
@@ -1538,7 +1541,8 @@ def tail(stream: str | list[str], url: str, count: int | None, follow: bool, out
             if not positions:
                 time.sleep(block_ms / 1000)
                 continue
-            reply = sdk.call(client.xread, positions, count=_TAIL_READ, block=int(block_ms))
+            reply = sdk.call(client.xread, positions, count=_TAIL_READ, block=None if first_read else int(block_ms))
+            first_read = False
             arrived = []
             more_waiting = False
             for name, entries in _batches(reply):

@@ -820,6 +820,8 @@ class _DrainOnSignal:
         if self.stopping:
             raise _StoppedBeforeRun
         self._at_once = True
+        if not entry.console and threading.current_thread() is threading.main_thread() and self.previous:
+            NamedThread(target=self._watch_for_a_waiting_stop, name="segstream-stop-watch", daemon=True).start()
         try:
             yield
         finally:
@@ -841,7 +843,7 @@ class _DrainOnSignal:
 
     def _handle(self, signum, frame) -> None:
         now = time.monotonic()
-        if self._nudged or self._stop_after:  # a stop waiting for an import: the watcher's nudge, or the stop again
+        if self._nudged:  # the watcher's, for a stop waiting for an import
             self._nudged = False
             if not self._stop_after or entry.loading(frame):
                 return
@@ -865,10 +867,8 @@ class _DrainOnSignal:
             if not entry.console and entry.loading(frame):
                 # A program calling us (a notebook's kernel) lives on: a module left half-loaded
                 # would fail its later imports. The stop waits for the import to end, then stops the work.
-                self._stop_after = True
-                write_line(signal_line(f"{name}: stopping once the modules being loaded are"))
-                NamedThread(target=self._nudge_after_imports, args=(signum,), name="segstream-stop-after-import",
-                            daemon=True).start()
+                self._stop_after = True  # at_once's watcher stops the work once the import has ended
+                write_line(signal_line(f"{name}: stopping once the modules being loaded are ({name} again aborts)"))
                 return
             abort_if_loading(frame, signum)  # an interrupted import is not to be left half-done for the exit to find
             self._at_once = False
@@ -878,21 +878,23 @@ class _DrainOnSignal:
             self._runtime.stop()
         write_line(signal_line(f"{name}: {self.doing} ({name} again aborts)"))
 
-    def _nudge_after_imports(self, signum: int) -> None:
-        """While a stop waits for an import: once the main thread is out of imports, signal it
-        again, so that the handler stops the work there (and again, should it be in another)."""
+    def _watch_for_a_waiting_stop(self) -> None:
+        """For at_once's work in a program: while a stop waits for an import, once the main thread
+        is out of imports, signal it (once: the handler clears ``_nudged``) so that the handler
+        stops the work there (and again, should it be in another import by then). Started with the
+        work, not by the handler: a thread started inside a signal handler may wait on a lock the
+        interrupted code holds."""
         main = threading.main_thread().ident
         while True:
             with self._nudge_lock:  # at_once's end takes it too: no nudge comes after the work ended
-                if not (self._stop_after and self._at_once):
+                if not self._at_once:
                     return
-                frame = sys._current_frames().get(main)
-                if frame is None:
-                    return
-                if not entry.loading(frame):
-                    self._nudged = True
-                    signal.pthread_kill(main, signum)
-                del frame
+                if self._stop_after and not self._nudged:
+                    frame = sys._current_frames().get(main)
+                    if frame is not None and not entry.loading(frame):
+                        self._nudged = True
+                        signal.pthread_kill(main, self.signum or signal.SIGINT)
+                    del frame
             time.sleep(_NUDGE_S)
 
     def __enter__(self):

@@ -144,13 +144,16 @@ class ResultFeed:
         self.close()
 
     def __del__(self) -> None:
-        # (collected on the run's own thread, it could not wait for that thread: stopped only)
-        if not getattr(self, "_done", True):
-            if threading.current_thread() is self._thread:
-                self.runtime.stop()
-                self._handoff.closed.set()
-            else:
-                self.close()
+        if getattr(self, "_done", True):
+            return
+        # A collection may run on any thread: on one of this run's (which the wait would wait for)
+        # the run is stopped, not waited for; it ends by itself.
+        if threading.current_thread() is self._thread or getattr(
+                threading.current_thread(), "segstream_run_id", None) == self.runtime.run_id:
+            self.runtime.stop()
+            self._handoff.closed.set()
+        else:
+            self.close()
 
 
 # feeds not closed yet: closed when the program exits, before the runtime's own exit hook waits

@@ -368,8 +368,8 @@ def _torch_threads_taken(threads: int) -> None:
     with _TORCH_THREADS_LOCK:
         if not _torch_threads_users:
             _callers_torch_threads = torch.get_num_threads()
-        _torch_threads_users += 1
         torch.set_num_threads(threads)
+        _torch_threads_users += 1
 
 
 def _torch_threads_given_back() -> None:
@@ -741,12 +741,14 @@ class Runtime:
         caller = threading.current_thread()  # its records, and the threads it starts (NamedThread), name this run
         outer = getattr(caller, "segstream_run_id", None)
         caller.segstream_run_id = self.run_id
-        if self.threads is not None:
-            _torch_threads_taken(self.threads)
+        taken = False
         try:
+            if self.threads is not None:
+                _torch_threads_taken(self.threads)
+                taken = True
             return self._run()
         finally:
-            if self.threads is not None:  # a notebook's own torch work after the run gets its threads back
+            if taken:  # a notebook's own torch work after the run gets its threads back
                 _torch_threads_given_back()
             caller.segstream_run_id = outer
             with _RUNNING_LOCK:
