@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import _thread
 import gc
+import signal
 import socket
 import textwrap
 import threading
@@ -140,11 +141,17 @@ def test_ctrl_c_while_the_loop_waits_for_a_result_stops_the_run_and_is_raised():
     cfg = _config(sources=[{"name": "tick", "type": "synthetic", "width": 64, "height": 48, "num_frames": 1}])
     feed = segstream.results(cfg, sources=[_OneFrameThenSilence("cam")])
     assert sorted((next(feed).source, next(feed).source)) == ["cam", "tick"]  # then nothing comes
+    # Python's own Ctrl-C handler, as a notebook's kernel has it (a test run before this one in the
+    # same worker, Ray's, may have left another: CI saw the interrupt never arrive)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     ctrl_c = threading.Timer(0.5, _thread.interrupt_main)
-    ctrl_c.start()
-    with pytest.raises(KeyboardInterrupt):
-        next(feed)
-    ctrl_c.join()
+    try:
+        ctrl_c.start()
+        with pytest.raises(KeyboardInterrupt):
+            next(feed)
+        ctrl_c.join()
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert _segstream_threads() <= before
     assert list(feed) == []
 

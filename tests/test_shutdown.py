@@ -342,7 +342,7 @@ def test_after_a_drained_stop_another_stop_signal_is_no_abort():
     from segstream.pipeline import entry
     from segstream.pipeline.cli import _DrainOnSignal
 
-    before = signal.getsignal(signal.SIGTERM)
+    before = {signum: signal.getsignal(signum) for signum in entry.stop_signals()}
     try:
         entry.console = True  # as entry.main sets it
         with _DrainOnSignal() as drain:
@@ -355,7 +355,8 @@ def test_after_a_drained_stop_another_stop_signal_is_no_abort():
         assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN  # no stop: the handlers as they were
     finally:
         entry.console = False
-        signal.signal(signal.SIGTERM, before)
+        for signum, handler in before.items():  # all of them: SIGINT left ignored broke a later test's Ctrl-C
+            signal.signal(signum, handler)
 
 
 def test_a_program_whose_run_a_signal_stopped_gets_its_own_handlers_back():
