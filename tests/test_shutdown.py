@@ -260,7 +260,9 @@ def test_a_program_s_interrupt_during_torch_s_first_import_comes_once_the_import
     (tmp_path / "slow_module.py").write_text(
         "import os, signal, time\nos.kill(os.getpid(), signal.SIGINT)\ntime.sleep(0.3)\nloaded = True\n")
     program = textwrap.dedent("""
-        import sys
+        import signal, sys
+        # a notebook kernel's Ctrl-C handler: a test run in the background inherits SIGINT ignored
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         from segstream.pipeline.cli import whole_imports
         try:
             with whole_imports():
