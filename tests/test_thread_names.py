@@ -9,12 +9,12 @@ from segstream.pipeline.runtime import Runtime
 from tests.conftest import CollectingSink
 
 
-def _os_names() -> set[str]:
-    """The OS names of this process's threads now."""
-    names = set()
+def _os_threads() -> dict[str, str]:
+    """This process's threads now: their OS names by thread id."""
+    names = {}
     for task in Path("/proc/self/task").iterdir():
         try:
-            names.add((task / "comm").read_text().strip())
+            names[task.name] = (task / "comm").read_text().strip()
         except (FileNotFoundError, ProcessLookupError):  # the thread ended meanwhile (ENOENT or ESRCH)
             pass
     return names
@@ -39,12 +39,14 @@ class _NamesSink(CollectingSink):
 
     def publish(self, result):
         if result.index == 20:
-            self.names = _os_names()
+            self.threads = _os_threads()
         super().publish(result)
 
 
 def test_a_runs_threads_show_in_the_os_by_their_stage(clip, segmenter):
     sink = _NamesSink()
-    before = _os_names()
+    before = _os_threads()
     Runtime([FileSource("dock", str(clip))], segmenter, [sink], batch_size=2, progress=None).run()
-    assert {"model", "decode-dock", "post", "stage", "publish"} <= sink.names - before
+    # the run's own threads, by id: a thread of the same name another test left ending is not this run's
+    started = {name for tid, name in sink.threads.items() if tid not in before}
+    assert {"model", "decode-dock", "post", "stage", "publish"} <= started
