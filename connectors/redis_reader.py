@@ -1520,7 +1520,6 @@ def tail(stream: str | list[str], url: str, count: int | None, follow: bool, out
         # the last read filled its count for some stream: entries before an end may wait still (and
         # before the first read: frames written between the backlog's read and the states' are)
         more_waiting = True
-        first_read = True
         while follow:
             if until_ended and not more_waiting:
                 check_ended()
@@ -1541,8 +1540,8 @@ def tail(stream: str | list[str], url: str, count: int | None, follow: bool, out
             if not positions:
                 time.sleep(block_ms / 1000)
                 continue
-            reply = sdk.call(client.xread, positions, count=_TAIL_READ, block=None if first_read else int(block_ms))
-            first_read = False
+            # entries waiting: taken at once; else a wait for new ones
+            reply = sdk.call(client.xread, positions, count=_TAIL_READ, block=None if more_waiting else int(block_ms))
             arrived = []
             more_waiting = False
             for name, entries in _batches(reply):

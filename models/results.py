@@ -194,13 +194,21 @@ def label_summary(labels: Sequence[str]) -> str:
     return ", ".join(named + ([f"+{more} more"] if more > 0 else []))
 
 
-def _label_map(holder: Level | FrameResult) -> np.ndarray | None:
-    stored = holder.segment_map
-    return stored.full() if isinstance(stored, ScaledLabelMap) else stored
+class _FrameSizeMap:
+    """``label_map`` of a Level and a FrameResult: their ``segment_map`` at frame size."""
 
+    __slots__ = ()
+    segment_map: np.ndarray | ScaledLabelMap | None
 
-def _set_label_map(holder: Level | FrameResult, value: np.ndarray | None) -> None:
-    holder.segment_map = value
+    @property
+    def label_map(self) -> np.ndarray | None:
+        """The frame-size label map, or None; a new array each read where ``segment_map`` is scaled."""
+        stored = self.segment_map
+        return stored.full() if isinstance(stored, ScaledLabelMap) else stored
+
+    @label_map.setter
+    def label_map(self, value: np.ndarray | None) -> None:
+        self.segment_map = value
 
 
 def map_every(label_map: np.ndarray | ScaledLabelMap, stride: int) -> np.ndarray:
@@ -211,7 +219,7 @@ def map_every(label_map: np.ndarray | ScaledLabelMap, stride: int) -> np.ndarray
 
 
 @dataclass(slots=True, eq=False)
-class Level:
+class Level(_FrameSizeMap):
     """One level of a frame's segment hierarchy (SeNaTra: the hard segments of one grouping
     stage). Segment i has id ``ids[i]`` (its value in ``label_map``), covers ``areas[i]`` pixels and
     lies inside segment ``parents[i]`` of the next coarser level (-1 at the coarsest).
@@ -224,18 +232,9 @@ class Level:
     areas: np.ndarray
     segment_map: np.ndarray | ScaledLabelMap | None
 
-    @property
-    def label_map(self) -> np.ndarray | None:
-        """The frame-size label map, or None; a new array each read where ``segment_map`` is scaled."""
-        return _label_map(self)
-
-    @label_map.setter
-    def label_map(self, value: np.ndarray | None) -> None:
-        _set_label_map(self, value)
-
 
 @dataclass(slots=True, eq=False)
-class FrameResult:
+class FrameResult(_FrameSizeMap):
     """The segmentation of one frame of one source.
 
     ``label_map`` is height x width int32: the ``Segments.ids`` value of each pixel, -1 where no
@@ -277,15 +276,6 @@ class FrameResult:
     file: str | None = None
     run_id: str = ""
     levels: list[Level] = field(default_factory=list)
-
-    @property
-    def label_map(self) -> np.ndarray | None:
-        """The frame-size label map, or None; a new array each read where ``segment_map`` is scaled."""
-        return _label_map(self)
-
-    @label_map.setter
-    def label_map(self, value: np.ndarray | None) -> None:
-        _set_label_map(self, value)
 
     def __repr__(self) -> str:
         parts = [f"{self.source} frame {self.index}", f"{self.width}x{self.height}", f"{len(self.segments)} segments"]

@@ -916,11 +916,9 @@ def load_batch_config(args) -> PipelineConfig:
         raise ConfigError("stages: segstream batch does not run a config's stages (segstream run does) — remove the "
                           "stages: section from the config for batch")
     if cfg.sinks.preview.level is not None or cfg.batch.overlay_level is not None:  # a level the model lacks:
-        from segstream.pipeline.model_factory import check_drawn_level, check_model_config  # said before any video
+        from segstream.pipeline.model_factory import check_model_section  # said before any video
 
-        preset = check_model_config(cfg.model)
-        check_drawn_level(cfg.sinks.preview, preset)
-        check_drawn_level(None, preset, "batch.overlay_level", cfg.batch.overlay_level)
+        check_model_section(cfg, batch=True)
     if cfg.sources:
         log.info("the config's sources are not used: batch processes the videos given on the command line")
     if not (cfg.batch.jsonl or cfg.batch.coco_panoptic or cfg.batch.overlay

@@ -411,13 +411,10 @@ def _validate(args: argparse.Namespace) -> int:
 def _validated(args: argparse.Namespace) -> int:
     # a config without sources is one for `segstream batch`, which takes its videos from the command line
     batch = "sources" not in read_yaml(args.config)
-    from segstream.pipeline.model_factory import BUILTIN_FAMILIES, check_drawn_level, check_model_config
+    from segstream.pipeline.model_factory import BUILTIN_FAMILIES, check_model_section
 
     cfg = load_checked_config(args.config, args.overrides, schema=BatchPipelineConfig if batch else PipelineConfig)
-    preset = check_model_config(cfg.model)  # unknown preset or family, a task the preset lacks
-    check_drawn_level(cfg.sinks.preview, preset)
-    if batch:
-        check_drawn_level(None, preset, "batch.overlay_level", cfg.batch.overlay_level)
+    preset = check_model_section(cfg, batch=batch)  # unknown preset or family, a task it lacks, a level to draw
     from segstream.connectors.checkpoints import check_checkpoint
     from segstream.connectors.errors import CheckpointError
 
@@ -645,7 +642,7 @@ def build_runtime(
     with whole_imports():  # torch's, the first time (segstream.results from a notebook)
         from segstream.pipeline.builders import build_sinks, build_sources
         from segstream.pipeline.filtering import segment_filters
-        from segstream.pipeline.model_factory import build_segmenter, check_drawn_level, check_model_config
+        from segstream.pipeline.model_factory import build_segmenter, check_model_section
         from segstream.pipeline.preflight import check_sink_permissions
         from segstream.pipeline.runtime import Runtime
         from segstream.pipeline.tracking import tracking_stages
@@ -670,7 +667,7 @@ def build_runtime(
             server = served.enter_context(serve_ops(cfg.ops, metrics))  # /readyz says not yet until the run starts
         names = [*(s.name for s in cfg.sources), *(s.name for s in own_sources)]
         if adapter is None:  # as run_pipeline does first: what cannot run is said before the model loads
-            check_drawn_level(cfg.sinks.preview, check_model_config(cfg.model))
+            check_model_section(cfg)
             check_sink_permissions(cfg, names)
             adapter = build_segmenter(cfg.model, batch_size=cfg.engine.batch_size)
         named_stages = []
@@ -723,12 +720,12 @@ def run_pipeline(cfg: PipelineConfig, max_frames: int | None = None, progress: T
     sources of the config ``reload_from()`` reads (see ``segstream.pipeline.reload``)."""
     with whole_imports():  # torch's, the first time
         from segstream.pipeline.metrics import RunMetrics
-        from segstream.pipeline.model_factory import build_segmenter, check_drawn_level, check_model_config
+        from segstream.pipeline.model_factory import build_segmenter, check_model_section
         from segstream.pipeline.monitoring import serve_ops
         from segstream.pipeline.preflight import check_sink_permissions
 
     # a model section that cannot run is said before anything listens
-    check_drawn_level(cfg.sinks.preview, check_model_config(cfg.model))
+    check_model_section(cfg)
     metrics = RunMetrics()
     run_id = new_run_id()
     set_run_id(run_id)  # from the first line on, the endpoints' included

@@ -265,14 +265,21 @@ def hierarchy_depth(preset: Preset) -> int | None:
     return 0 if preset.family == "eomt" else None
 
 
-def check_drawn_level(preview_cfg, preset: Preset, key: str = "sinks.preview.level",
-                      level: int | None = None) -> None:
-    """Refuse a level to draw the model has not: ``sinks.preview.level`` (with the preview on), or
-    the ``level`` of another drawing (``key``, e.g. ``batch.overlay_level``; ``preview_cfg`` None)."""
-    if preview_cfg is not None:
-        if not preview_cfg.enabled:
-            return
-        level = preview_cfg.level
+def check_model_section(cfg, batch: bool = False) -> Preset:
+    """The preset a config's ``model:`` section resolves to, after every check that needs no
+    weights (``check_model_config``), and the levels of the model's hierarchy the config draws
+    (``sinks.preview.level`` with the preview on; for a batch, ``batch.overlay_level`` with the
+    overlay on) checked against it: what cannot run is said before anything starts."""
+    preset = check_model_config(cfg.model)
+    if cfg.sinks.preview.enabled:
+        _check_drawn_level(cfg.sinks.preview.level, preset, "sinks.preview.level")
+    if batch and cfg.batch.overlay:
+        _check_drawn_level(cfg.batch.overlay_level, preset, "batch.overlay_level")
+    return preset
+
+
+def _check_drawn_level(level: int | None, preset: Preset, key: str) -> None:
+    """Refuse a level to draw (config key ``key``) the preset's model does not make."""
     depth = hierarchy_depth(preset)
     if level is None or depth is None or level < depth:
         return

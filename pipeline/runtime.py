@@ -559,8 +559,7 @@ class Runtime:
         per-source stages (the tracker of the ``tracking:`` section, then ``stages:``) and segment filters
         (``filters:``, class names checked against the adapter's labels: a ConfigError) of a ``PipelineConfig``;
         torch's intra-op thread count as the engine's layout says while it runs (``threads``).
-        ``sources`` may include sources of
-        one's own that the config does not name: they get the constructor's defaults (the
+        ``sources`` may include sources of one's own that the config does not name: they get the constructor's defaults (the
         ``queue_size`` and ``buffer_policy`` they declare, else a queue of ``QUEUE_SIZE`` frames,
         ``newest`` when live, else ``every_frame``) and are required (their failure ends the run),
         unless ``queue_size``, ``buffers`` or ``required`` say otherwise."""

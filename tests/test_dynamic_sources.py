@@ -12,6 +12,7 @@ from segstream.pipeline.config import TrackingConfig
 from segstream.pipeline.runtime import Runtime
 from segstream.pipeline.tracking import tracking_stages
 from tests.conftest import SQUARE_COLOUR, CollectingSink, ColourSegmenter
+from tests.test_thread_names import _os_threads
 
 TIME_BASE = Fraction(1, 90_000)
 
@@ -169,19 +170,6 @@ def _threads() -> int:
     return len(os.listdir("/proc/self/task"))  # FFmpeg's decoder threads are no Python threads
 
 
-def _thread_names() -> list[str]:
-    """The process's threads by their system names (Python's and FFmpeg's alike)."""
-    import os
-
-    names = []
-    for task in os.listdir("/proc/self/task"):
-        try:
-            names.append(open(f"/proc/self/task/{task}/comm").read().strip())
-        except OSError:  # ended meanwhile
-            pass
-    return sorted(names)
-
-
 def test_a_decoding_source_removed_and_added_again_leaves_no_threads_behind():
     # found probing: each removal of a streaming camera left its decoder's threads (and memory)
     # until the run ended: the live source kept its retired input, which held the codec context
@@ -216,7 +204,7 @@ def test_a_decoding_source_removed_and_added_again_leaves_no_threads_behind():
         deadline = time.monotonic() + 30  # a loaded machine's capture threads take their time to end
         while (after := _threads()) > base and time.monotonic() < deadline:
             time.sleep(0.1)
-        names = _thread_names()  # for the message: which threads stayed (CI once saw two more after 15 s)
+        names = sorted(_os_threads().values())  # for the message: which stayed (CI once saw two more after 15 s)
     run.stop()
     assert after <= base, (base, after, names)
     # a source that reports its own states: its end, closed by the removal, is said to be one
