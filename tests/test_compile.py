@@ -1,16 +1,31 @@
-"""EoMT under torch.compile (inductor, CPU here): one static graph per batch bucket, same answers."""
+"""EoMT under torch.compile (inductor, CPU here): one static graph per batch bucket, same answers.
+
+Both tests compile the same small network at the same input size: inductor's graph cache then
+compiles each bucket's graph once for the module (a cold compile is tens of CPU-seconds a graph on
+CI's two cores; the weights are graph inputs, so the second test's other weights still hit it)."""
 
 import numpy as np
+import pytest
 import torch
 import torch._dynamo
 
 from segstream.connectors.checkpoints import load_eomt
 from segstream.connectors.synthetic import SyntheticScene
-from segstream.models.eomt import EoMTConfig
+from segstream.models.eomt import EoMT, EoMTConfig
 from segstream.models.label_sets import load_label_set
-from segstream.models.presets import SYNTHETIC_TINY
 from segstream.models.segmenter import EoMTSegmenter, Prepared, batch_buckets
 from tests.eomt_reference import preset_for, reference_model, write_checkpoints
+
+SMALL = EoMTConfig(img_size=64, dim=64, depth=3, heads=2, num_queries=10, num_classes=19, num_query_blocks=2)
+
+
+@pytest.fixture(scope="module")
+def small_model(tmp_path_factory) -> EoMT:
+    """Random weights made confident, and queries owning mostly separate regions, so that the maps
+    hold several classes and panoptic segments to compare."""
+    reference = reference_model(SMALL, seed=3, confident=True, mask_offset=1.2)
+    paths = write_checkpoints(reference, tmp_path_factory.mktemp("compile"))
+    return load_eomt(preset_for(SMALL, "semantic", "cityscapes"), str(paths["official"]))
 
 
 def _spy(segmenter: EoMTSegmenter) -> list[int]:
@@ -33,13 +48,13 @@ def test_buckets_are_powers_of_two_up_to_the_largest_batch():
     assert batch_buckets(8) == (1, 2, 4, 8)
 
 
-def test_compiled_model_reuses_one_graph_per_bucket_and_matches_eager():
-    model = load_eomt(SYNTHETIC_TINY)
-    labels = load_label_set(SYNTHETIC_TINY.label_set)
+def test_compiled_model_reuses_one_graph_per_bucket_and_matches_eager(small_model):
+    model = small_model
+    labels = load_label_set("cityscapes")
     scene = SyntheticScene(width=200, height=150, seed=3)
     frames = [scene.render()[0] for _ in range(8)]
-    eager = EoMTSegmenter(model, "panoptic", labels, SYNTHETIC_TINY.name, precision="fp32", postprocess="exact")
-    compiled = EoMTSegmenter(model, "panoptic", labels, SYNTHETIC_TINY.name, precision="fp32", postprocess="exact",
+    eager = EoMTSegmenter(model, "panoptic", labels, "t", precision="fp32", postprocess="exact")
+    compiled = EoMTSegmenter(model, "panoptic", labels, "t", precision="fp32", postprocess="exact",
                              compile=True, max_batch=4)
     assert compiled.batch_buckets == (1, 2, 4) and eager.batch_buckets == ()
     seen = _spy(compiled)
@@ -76,11 +91,8 @@ def test_compiled_model_reuses_one_graph_per_bucket_and_matches_eager():
     torch.testing.assert_close(compiled_out.mask_logits, eager_out.mask_logits, atol=1e-4, rtol=1e-4)
 
 
-def test_compiled_semantic_model_runs_any_count_of_windows_in_bucket_graphs(tmp_path):
-    cfg = EoMTConfig(img_size=64, dim=64, depth=3, heads=2, num_queries=10, num_classes=19, num_query_blocks=2)
-    # Random weights made confident, so that the windows' maps hold several classes to compare.
-    paths = write_checkpoints(reference_model(cfg, seed=3, confident=True), tmp_path)
-    model = load_eomt(preset_for(cfg, "semantic", "cityscapes"), str(paths["official"]))
+def test_compiled_semantic_model_runs_any_count_of_windows_in_bucket_graphs(small_model):
+    model = small_model
     labels = load_label_set("cityscapes")
     wide = SyntheticScene(width=200, height=150, seed=4).render()[0]  # 2 windows
     wider = SyntheticScene(width=300, height=100, seed=5).render()[0]  # 3 windows
