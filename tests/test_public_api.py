@@ -54,3 +54,13 @@ def test_the_lazy_loader_is_hidden_from_type_checkers():
     (hidden,) = [s for s in _module_level() if isinstance(s, ast.If) and isinstance(s.test, ast.UnaryOp)
                  and isinstance(s.test.op, ast.Not) and getattr(s.test.operand, "id", None) == "TYPE_CHECKING"]
     assert "__getattr__" in {s.name for s in hidden.body if isinstance(s, ast.FunctionDef)}
+
+
+def test_every_error_the_readme_lists_is_a_public_name():
+    """README's table of errors is what a program catches: each is ``segstream.<Name>``
+    (ResourceLimit, raised by ``run()`` when the system refuses a thread, was not)."""
+    readme = (INIT.parents[1] / "README.md").read_text()
+    table = readme[readme.index("| error | exit | raised when |"):].split("\n\n")[0]
+    listed = {line.split("`")[1] for line in table.splitlines()[2:]}
+    assert {"ResourceLimit", "IdleTimeout", "ConfigError"} <= listed
+    assert listed <= set(ast.literal_eval(_assigned("_EXPORTS")))
