@@ -1424,10 +1424,8 @@ def read_yaml(path: str | Path) -> dict:
 def apply_override(data: dict, override: str) -> None:
     """Apply one ``--set a.b.c=value`` (``sources.0.path`` and ``sources[0].path`` both index
     lists; ``value`` is typed like a YAML scalar: 4, true, null, 0.5, text)."""
-    key, sep, text = override.partition("=")
-    if not sep or not key.strip():
-        raise ConfigError(f"--set {override}: expected KEY=VALUE, e.g. --set engine.batch_size=8")
-    set_config_key(data, key, _scalar(text), "--set")
+    key, value = _override_pair(override, f"--set {override}: expected KEY=VALUE, e.g. --set engine.batch_size=8")
+    set_config_key(data, key, value, "--set")
 
 
 def override_pairs(overrides: str | typing.Iterable[str] | typing.Mapping[str, Any] | None) -> list[tuple[str, Any]]:
@@ -1449,11 +1447,17 @@ def override_pairs(overrides: str | typing.Iterable[str] | typing.Mapping[str, A
     for override in overrides:
         if not isinstance(override, str):
             raise ConfigError(f"override {override!r}: expected a KEY=VALUE string ({example})")
-        key, sep, text = override.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"override {override!r}: expected KEY=VALUE ({example})")
-        pairs.append((key, _scalar(text)))
+        pairs.append(_override_pair(override, f"override {override!r}: expected KEY=VALUE ({example})"))
     return pairs
+
+
+def _override_pair(override: str, problem: str) -> tuple[str, Any]:
+    """One ``KEY=VALUE`` as its key and its value typed like a YAML scalar; ``problem`` is the
+    error when it is no such pair."""
+    key, sep, text = override.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(problem)
+    return key, _scalar(text)
 
 
 def _scalar(text: str) -> Any:
