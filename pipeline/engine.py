@@ -204,29 +204,42 @@ class Batcher:
         return self._open_count > 0
 
     def _take_round_robin(self, batch: list[Frame], size: int) -> None:
+        """Fill ``batch`` with a frame of each source in turn. A pass begins at the source after
+        the last one taken from (each source once a rotation, evenly spaced, when every queue is
+        full), and a source whose oldest frames went stale still gets its turn with a fresh one."""
         active = self.active
         n = len(active)
         taken = sum(f.image.nbytes for f in batch)
         while len(batch) < size and self._waiting():
             now = time.monotonic()
+            start = self._next
             for k in range(n):
-                i = active[(self._next + k) % n]
+                if len(batch) >= size:
+                    break
+                position = (start + k) % n
+                i = active[position]
                 q = self.queues[i]
-                if q and len(batch) < size:
-                    # the budgets of the run's sources (not of removed ones)
-                    if self.max_bytes is not None and batch and \
-                            taken + q[0].image.nbytes > self.max_bytes * max(1, n):
-                        return  # the batch is full by its bytes
-                    frame = q.popleft()
-                    policy = self.policies[i]
-                    limit = policy.max_staleness_s if policy is not None and policy.kind == "newest" else None
-                    if limit is not None and now - frame.times.get("decoded", frame.times["queued"]) > limit:
-                        self.metrics.dropped(self.names[i], STALE)
-                    else:
-                        batch.append(frame)
-                        self.batched[i] += 1
-                        taken += frame.image.nbytes
-            self._next = (self._next + 1) % n
+                self._drop_stale(i, now)
+                if not q:
+                    continue
+                # the budgets of the run's sources (not of removed ones)
+                if self.max_bytes is not None and batch and taken + q[0].image.nbytes > self.max_bytes * max(1, n):
+                    return  # the batch is full by its bytes
+                frame = q.popleft()
+                batch.append(frame)
+                self.batched[i] += 1
+                taken += frame.image.nbytes
+                self._next = (position + 1) % n
+
+    def _drop_stale(self, i: int, now: float) -> None:
+        """Drop the frames at the head of source ``i``'s queue that waited longer than its
+        ``newest`` policy's ``max_staleness_s`` (counted as ``stale``)."""
+        policy = self.policies[i]
+        limit = policy.max_staleness_s if policy is not None and policy.kind == "newest" else None
+        q = self.queues[i]
+        while limit is not None and q and now - q[0].times.get("decoded", q[0].times["queued"]) > limit:
+            q.popleft()
+            self.metrics.dropped(self.names[i], STALE)
 
     def depths(self, total: bool = False) -> str:
         """Each source's queue, ``cam0=1/2 cam1=0/2``; with ``total``, their sum and the fullest."""
