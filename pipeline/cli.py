@@ -817,7 +817,7 @@ class _DrainOnSignal:
         if self.stopping:
             raise _StoppedBeforeRun
         self._at_once = True
-        if not entry.console and threading.current_thread() is threading.main_thread() and self.previous:
+        if threading.current_thread() is threading.main_thread() and self.previous:
             NamedThread(target=self._watch_for_a_waiting_stop, name="segstream-stop-watch", daemon=True).start()
         try:
             yield
@@ -861,13 +861,14 @@ class _DrainOnSignal:
         # os.write (write_line), not print: print may be interrupted while holding stderr's buffer lock
         name = signal.Signals(signum).name
         if self._at_once:
-            if not entry.console and entry.loading(frame):
+            if entry.loading(frame):
                 # A program calling us (a notebook's kernel) lives on: a module left half-loaded
-                # would fail its later imports. The stop waits for the import to end, then stops the work.
+                # would fail its later imports; the console command's first stop is a clean one
+                # (exit 0, as a supervisor's stop at start-up should be), not an abort (130).
+                # The stop waits for the import to end, then stops the work.
                 self._stop_after = True  # at_once's watcher stops the work once the import has ended
                 write_line(signal_line(f"{name}: stopping once the modules being loaded are ({name} again aborts)"))
                 return
-            abort_if_loading(frame, signum)  # an interrupted import is not to be left half-done for the exit to find
             self._at_once = False
             write_line(signal_line(f"{name}: stopping"))
             raise _StoppedBeforeRun
@@ -876,7 +877,7 @@ class _DrainOnSignal:
         write_line(signal_line(f"{name}: {self.doing} ({name} again aborts)"))
 
     def _watch_for_a_waiting_stop(self) -> None:
-        """For at_once's work in a program: while a stop waits for an import, once the main thread
+        """For at_once's work: while a stop waits for an import, once the main thread
         is out of imports, signal it (once: the handler clears ``_nudged``) so that the handler
         stops the work there (and again, should it be in another import by then). Started with the
         work, not by the handler: a thread started inside a signal handler may wait on a lock the
@@ -898,6 +899,10 @@ class _DrainOnSignal:
         if threading.current_thread() is threading.main_thread():
             for signum in entry.stop_signals():
                 self.previous[signum] = signal.signal(signum, self._handle)
+            if entry.console and entry.pending_stop is not None:  # a stop sent while the command started
+                self.signals, self.signum, self._first_at = 1, entry.pending_stop, time.monotonic()
+                self.stopping = True
+                entry.pending_stop = None
         return self
 
     def __exit__(self, *exc) -> None:

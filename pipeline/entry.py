@@ -1,5 +1,7 @@
 """The ``segstream`` console command. Ctrl-C (or SIGTERM) while a module loads (the CLI's own, or torch's when a
-command first needs it) ends the command at once, quietly, with 130: a KeyboardInterrupt raised
+command first needs it) ends the command at once, quietly, with 130 — but for ``run`` and ``demo``,
+whose first stop drains: that one waits for the run's handler, and the run stops before it begins
+(exit 0), as it does for a stop later in its start-up. A KeyboardInterrupt raised
 inside an import leaves the module half-loaded (numpy then refuses to load again) or, raised
 inside torch's C++ start-up, aborts the interpreter. Anywhere else Ctrl-C behaves as usual, and
 commands that drain on a signal (run, batch) install their own handler, whose abort (a second
@@ -72,11 +74,46 @@ def _address_space_line(error: ImportError) -> bytes:
     return logs.signal_line(message, "ERROR", os.environ.get(logs.ENV_FORMAT, "").lower() == "json")
 
 
+# Commands whose first stop signal drains (exit 0): one that comes before the run installs its own
+# handler waits here for it, and the run then stops before it begins.
+DRAINING_COMMANDS = ("run", "demo")
+# That first signal, until the run's handler takes it up.
+pending_stop: int | None = None
+
+
 def _interrupt(signum, frame) -> None:
-    global aborted_by
+    global aborted_by, pending_stop
+    if pending_stop is None and _command() in DRAINING_COMMANDS:
+        # a supervisor's stop during start-up is a stop like any other, not an abort (it was 130/143):
+        # no import is cut in half, and the run, once its handler is in place, begins nothing
+        pending_stop = signum
+        name = signal.Signals(signum).name
+        _write_line(f"{name}: stopping once the modules being loaded are ({name} again aborts)")
+        return
     abort_if_loading(frame, signum)
     aborted_by = signum
     raise KeyboardInterrupt
+
+
+def _command() -> str | None:
+    """The console command's subcommand (``run`` in ``segstream run x.yaml``); the parser takes no
+    option before it but ``--version``/``--help``."""
+    return sys.argv[1] if len(sys.argv) > 1 and not sys.argv[1].startswith("-") else None
+
+
+def _write_line(message: str) -> None:
+    """One INFO line from a signal handler, before ``logs`` may be loaded (JSON as
+    SEGSTREAM_LOG_FORMAT says)."""
+    logs = sys.modules.get("segstream.pipeline.logs")
+    if logs is None or not hasattr(logs, "signal_line"):
+        line = f"segstream: {message}\n".encode()
+    else:
+        as_json = logs.json_logging() or os.environ.get(logs.ENV_FORMAT, "").lower() == "json"
+        line = logs.signal_line(message, "INFO", as_json)
+    try:
+        os.write(2, line)
+    except OSError:  # stderr a terminal that is gone (SIGHUP)
+        pass
 
 
 def loading(frame) -> bool:

@@ -223,6 +223,28 @@ def test_ctrl_c_while_the_command_starts_up_ends_without_a_traceback(delay_s):
         assert process.returncode == 130 and "segstream: aborted" in err, (process.returncode, err)
 
 
+# while the CLI loads, while torch loads, while the model is built, as the run starts
+@pytest.mark.parametrize(("signum", "delay_s"), [(signal.SIGINT, 0.15), (signal.SIGINT, 0.6), (signal.SIGTERM, 1.2),
+                                                 (signal.SIGINT, 2.5)])
+def test_a_stop_while_run_starts_up_is_a_clean_stop_not_an_abort(tmp_path, signum, delay_s):
+    """Found probing 48 sources: a supervisor's SIGTERM 1.5 s after `segstream run` started exited
+    143 (Ctrl-C 130, "aborted while loading its modules"), though nothing had run; the same stop at 4 s
+    exited 0. README: a run's first stop signal drains and exits 0."""
+    config = tmp_path / "pipeline.yaml"
+    config.write_text("sources:\n  - {name: cam0, type: synthetic, num_frames: 400, fps: 20, realtime: true}\n"
+                      "model: {device: cpu}\nsinks:\n  redis: {enabled: false}\n  files: {enabled: true, dir: out}\n"
+                      "ops: {http: null}\n")
+    command = Path(sys.executable).with_name("segstream")
+    process = subprocess.Popen([str(command), "run", str(config)], cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+    time.sleep(delay_s)
+    assert process.poll() is None, "the run ended before the signal: the test tests nothing"
+    process.send_signal(signum)
+    err = process.communicate(timeout=60)[1]
+    assert process.returncode == 0, err
+    assert "Traceback" not in err and "aborted" not in err, err
+    assert "stopped before the run began" in err or "stopped" in err.splitlines()[-1], err
+
+
 def test_a_program_s_interrupt_inside_an_import_of_the_model_s_build_waits_for_it_and_stops(tmp_path):
     """Found probing from a notebook: an interrupt while the model's modules loaded ended the
     kernel (os._exit(130), the console command's way); a program calling segstream lives on, so the
