@@ -309,3 +309,144 @@ def read_coco_panoptic(json_path: str | Path, png_dir: str | Path | None = None)
             segment_map=(ids - 1).astype(np.int32), segments=segments, pts_seconds=image.get("pts_s"),
         ))
     return frames
+
+
+class CocoPanopticDataset:
+    """Pictures of one's own with their ground truth in the COCO panoptic format: what
+    ``scripts/train_synthetic.py --data`` trains on and ``segstream evaluate --data`` measures.
+
+    ``json_path`` is the JSON; its PNGs are in ``masks`` (default: the folder named like the JSON,
+    COCO's layout, else ``panoptic/`` beside it, a batch's) and its pictures in ``images`` (default
+    ``images/`` beside it, where a batch with ``batch.coco_images: true`` writes them; COCO keeps
+    them apart, e.g. ``train2017/``). Classes are the categories in the order of their ids (class
+    id i is the i-th smallest category id); ``labels`` names them. A frame's ground truth has
+    segment ids 0..S-1 in ``segments_info`` order; crowd regions (``iscrowd: 1``), PNG colours no
+    segment names, and segments of no pixel are void (-1). Every problem is one ``ConfigError``
+    naming the file and what to do, the pictures' and PNGs' existence checked at once."""
+
+    def __init__(self, json_path: str | Path, masks: str | Path | None = None, images: str | Path | None = None):
+        from segstream.connectors.errors import ConfigError
+
+        self.json_path = path = Path(json_path)
+        try:
+            document = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: no such file — give the COCO panoptic JSON of your annotations") from None
+        except (OSError, UnicodeDecodeError) as error:
+            raise ConfigError(f"cannot read {path}: {getattr(error, 'strerror', None) or error}") from None
+        except json.JSONDecodeError as error:
+            raise ConfigError(f"{path} is not valid JSON: {error}") from None
+        problem = _coco_document_problem(document)
+        if problem:
+            raise ConfigError(f"{path}: {problem} (the COCO panoptic format: docs/OPERATIONS.md, \"COCO panoptic files\")")
+        cats = sorted(document["categories"], key=lambda c: c["id"])
+        self.categories = cats
+        self._class_of = {c["id"]: i for i, c in enumerate(cats)}
+        # named after the data: the JSON's name, or its folder's for a batch's panoptic.json
+        name = path.stem if path.stem != "panoptic" else path.resolve().parent.name or path.stem
+        self.labels = LabelSet(name, tuple(str(c["name"]) for c in cats), tuple(bool(c["isthing"]) for c in cats))
+        if masks is None:
+            masks = path.with_suffix("") if path.with_suffix("").is_dir() else path.parent / "panoptic"
+        self.masks = Path(masks)
+        self.images = Path(images) if images is not None else path.parent / "images"
+        pictures = {image["id"]: image for image in document["images"]}
+        self.samples: list[tuple[dict, dict]] = []
+        for k, annotation in enumerate(document["annotations"]):
+            image = pictures.get(annotation["image_id"])
+            if image is None:
+                raise ConfigError(f"{path}: annotations[{k}] is of image {annotation['image_id']}, which images lacks")
+            if not image.get("file_name"):
+                raise ConfigError(f"{path}: image {image['id']} names no picture (file_name) — a batch writes them "
+                                  "with batch.coco_images: true")
+            unknown = {s["category_id"] for s in annotation["segments_info"]} - self._class_of.keys()
+            if unknown:
+                raise ConfigError(f"{path}: annotations[{k}] has category ids {sorted(unknown)} that categories lacks")
+            self.samples.append((image, annotation))
+        if not self.samples:
+            raise ConfigError(f"{path}: no annotations — nothing to train on or measure")
+        for folder, key, what, option in ((self.images, 0, "picture", "--images"), (self.masks, 1, "PNG", "--masks")):
+            missing = [str(folder / pair[key]["file_name"]) for pair in self.samples
+                       if not (folder / pair[key]["file_name"]).is_file()]
+            if missing:
+                raise ConfigError(f"{missing[0]}: no such {what} ({len(missing)} of {len(self.samples)} missing) "
+                                  f"— give the folder that holds them with {option}")
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __iter__(self):
+        return (self[k] for k in range(len(self)))
+
+    def __getitem__(self, k: int) -> tuple[np.ndarray, FrameResult]:
+        """Picture ``k`` (H x W x 3 uint8 RGB) and its ground truth."""
+        from segstream.connectors.errors import ConfigError
+
+        image_entry, annotation = self.samples[k]
+        picture_path, png_path = self.images / image_entry["file_name"], self.masks / annotation["file_name"]
+        bgr = cv2.imread(str(picture_path), cv2.IMREAD_COLOR)
+        png = cv2.imread(str(png_path), cv2.IMREAD_COLOR)
+        for read, where in ((bgr, picture_path), (png, png_path)):
+            if read is None:
+                raise ConfigError(f"{where}: not an image OpenCV can read")
+        if png.shape != bgr.shape:
+            raise ConfigError(f"{png_path}: {png.shape[1]}x{png.shape[0]}, but its picture {picture_path} is "
+                              f"{bgr.shape[1]}x{bgr.shape[0]}")
+        ids = rgb_to_id(png[..., ::-1])
+        present, inverse, counts = np.unique(ids, return_inverse=True, return_counts=True)
+        kept = []  # (PNG id, class id) of the segments that are no crowd and own pixels
+        for info in annotation["segments_info"]:
+            at = int(np.searchsorted(present, info["id"]))
+            if not info.get("iscrowd") and at < len(present) and present[at] == info["id"]:
+                kept.append((info["id"], self._class_of[info["category_id"]]))
+        value = np.full(len(present), -1, np.int32)  # each PNG colour's segment, -1: void
+        for j, (png_id, _) in enumerate(kept):
+            value[np.searchsorted(present, png_id)] = j
+        label_map = value[inverse.reshape(ids.shape)]
+        areas = np.bincount(label_map[label_map >= 0].ravel(), minlength=len(kept)) if kept else np.zeros(0, np.int64)
+        class_ids = [c for _, c in kept]
+        segments = Segments.build(
+            ids=range(len(kept)), class_ids=class_ids, labels=[self.labels.names[c] for c in class_ids],
+            isthing=[self.labels.isthing[c] for c in class_ids], areas=areas,
+        )
+        height, width = label_map.shape
+        truth = FrameResult(source=self.labels.name, index=k, width=width, height=height, segment_map=label_map,
+                            segments=segments, file=str(picture_path))
+        return np.ascontiguousarray(bgr[..., ::-1]), truth
+
+    def label_file_data(self) -> dict:
+        """The classes as a label-set file (``model.labels``), each with its ``coco_id``."""
+        return {"name": self.labels.name, "source": f"categories of {self.json_path.name}",
+                "classes": [{"id": i, "name": str(c["name"]), "isthing": bool(c["isthing"]), "coco_id": c["id"]}
+                            for i, c in enumerate(self.categories)]}
+
+
+def _coco_document_problem(document) -> str | None:
+    """What keeps a parsed JSON from being COCO panoptic annotations, or None."""
+    if not isinstance(document, dict):
+        return "the top level is not an object with images, annotations and categories"
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(document.get(key), list):
+            return f"it has no {key} list — is it a COCO panoptic JSON (not a detection/instances one)?"
+    if not document["categories"]:
+        return "categories is empty"
+    names = set()
+    for k, c in enumerate(document["categories"]):
+        if not (isinstance(c, dict) and isinstance(c.get("id"), int) and isinstance(c.get("name"), str)
+                and c.get("isthing") in (0, 1, True, False)):
+            return f"categories[{k}] needs an integer id, a name and isthing 0 or 1"
+        if c["name"] in names:
+            return f"categories[{k}]: the name {c['name']!r} is used twice"
+        names.add(c["name"])
+    if len({c["id"] for c in document["categories"]}) != len(document["categories"]):
+        return "two categories have one id"
+    for k, image in enumerate(document["images"]):
+        if not (isinstance(image, dict) and "id" in image):
+            return f"images[{k}] has no id"
+    for k, annotation in enumerate(document["annotations"]):
+        if not (isinstance(annotation, dict) and "image_id" in annotation and isinstance(annotation.get("file_name"), str)
+                and isinstance(annotation.get("segments_info"), list)):
+            return f"annotations[{k}] needs image_id, file_name (its PNG) and segments_info"
+        for s in annotation["segments_info"]:
+            if not (isinstance(s, dict) and isinstance(s.get("id"), int) and isinstance(s.get("category_id"), int)):
+                return f"annotations[{k}].segments_info: each segment needs an integer id and category_id"
+    return None

@@ -256,7 +256,7 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     bench.set_defaults(command=_bench)
 
-    evaluate = commands.add_parser("evaluate", help="measure segmentation quality on synthetic scenes")
+    evaluate = commands.add_parser("evaluate", help="measure segmentation quality on synthetic scenes or your own pictures")
     evaluate.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], metavar="SEED")
     evaluate.add_argument("--frames", type=_at_least_one, default=None, metavar="N",
                           help="frames per seed (default 50), or with --clips the first N of each clip (default all)")
@@ -269,6 +269,14 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--clips", type=Path, nargs="+", default=None, metavar="VIDEO",
                           help="evaluate on encoded synthetic clips (ground truth in <stem>_truth.npz beside each) "
                                "instead of rendering --seeds")
+    evaluate.add_argument("--data", type=Path, default=None, metavar="JSON",
+                          help="evaluate on pictures of your own: a COCO panoptic JSON (its PNGs in the folder "
+                               "named like it or panoptic/ beside it, its pictures in images/ beside it)")
+    evaluate.add_argument("--masks", type=Path, default=None, metavar="DIR", help="with --data: the folder of its PNGs")
+    evaluate.add_argument("--images", type=Path, default=None, metavar="DIR",
+                          help="with --data: the folder of its pictures")
+    evaluate.add_argument("--labels", type=Path, default=None, metavar="FILE",
+                          help="the model's label-set file (model.labels), e.g. the one its training wrote")
     evaluate.add_argument("--tracking", action="store_true",
                           help="IDF1, HOTA and ID switches of the tracker (noisy ground truth, the model's "
                                "segments, and an oracle on them) instead of PQ; needs TrackEval: pip install -e \".[eval]\" in the checkout")

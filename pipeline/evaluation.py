@@ -135,16 +135,23 @@ def evaluate_segmenter(
     batch_size: int = 4,
     progress: bool = True,
     frames: Iterable[tuple[np.ndarray, FrameResult]] | None = None,
+    truth_labels: LabelSet | None = None,
 ) -> dict:
     """PQ of ``segment_fn`` over the first ``num_frames`` frames of each synthetic scene in ``seeds``
     (or over ``frames``, pairs of an image and its ground truth, when given).
 
     ``segment_fn`` takes a list of RGB uint8 frames and returns one prediction per frame; it is
     called with up to ``batch_size`` frames at a time. ``label_set`` is the one the segmenter
-    predicts in; it must be the synthetic scenes' own. Returns pq, sq, rq and their ``_things`` /
+    predicts in; it must be the classes of the ground truth: ``truth_labels`` (``frames`` of
+    one's own), else the synthetic scenes'. Returns pq, sq, rq and their ``_things`` /
     ``_stuff`` variants, ``per_class`` and ``frames``.
     """
-    if not _synthetic_classes(label_set):
+    if truth_labels is not None:
+        if (label_set.names, label_set.isthing) != (truth_labels.names, truth_labels.isthing):
+            raise ConfigError(f"the model's classes ({', '.join(label_set.names)}) are not those of the ground truth "
+                              f"({', '.join(truth_labels.names)}), in the same order and thing/stuff — evaluate the "
+                              "model trained on it, with the labels file its training wrote")
+    elif not _synthetic_classes(label_set):
         raise ConfigError(
             f"the model predicts the {label_set.name!r} classes but synthetic scenes are labelled with "
             f"the {LABEL_SET!r} ones; evaluate a model trained on synthetic scenes"
@@ -217,7 +224,9 @@ def evaluation_model_config(args):
     preset = args.preset or SYNTHETIC_TINY.name
     if preset not in PRESETS:  # a plugin's, maybe
         load_plugins()
-    if preset in PRESETS and not _synthetic_classes(PRESETS[preset].label_set):
+    own_data = getattr(args, "data", None) is not None
+    if not own_data and preset in PRESETS and not _synthetic_classes(PRESETS[preset].label_set) \
+            and getattr(args, "labels", None) is None:
         synthetic = ", ".join(name for name, p in PRESETS.items() if _synthetic_classes(p.label_set))
         raise ConfigError(
             f"--preset {preset}: it predicts the {PRESETS[preset].label_set!r} classes but synthetic scenes "
@@ -225,6 +234,8 @@ def evaluation_model_config(args):
         )
     values = {"preset": preset, "checkpoint": args.checkpoint, "device": args.device,
               "precision": args.precision, "postprocess": args.postprocess}
+    if getattr(args, "labels", None) is not None:
+        values["labels"] = str(args.labels)
     try:
         return ModelConfig(**values)
     except ValidationError as error:
@@ -243,26 +254,49 @@ def main_evaluate(args) -> int:
 
     from segstream.pipeline.model_factory import build_segmenter, how_it_ran
 
+    from segstream.connectors.coco_panoptic import CocoPanopticDataset
+
+    data = getattr(args, "data", None)
+    clips = getattr(args, "clips", None)
+    if data is not None and clips:
+        raise ConfigError("--data and --clips: give one (pictures of your own, or encoded synthetic clips)")
+    for option in ("masks", "images"):
+        if getattr(args, option, None) is not None and data is None:
+            raise ConfigError(f"--{option} goes with --data (pictures of your own)")
+    dataset = CocoPanopticDataset(data, args.masks, args.images) if data is not None else None
     model_cfg = evaluation_model_config(args)
     width, height = args.size
-    clips = getattr(args, "clips", None)
     per_seed = args.frames or FRAMES_PER_SEED
-    what = (f"clips {' '.join(str(c) for c in clips)}" if clips else
-            f"{len(args.seeds) * per_seed} frames of {len(args.seeds)} synthetic scenes at {width}x{height}")
+    if dataset is not None:
+        what = f"{len(dataset)} pictures of {data}"
+    elif clips:
+        what = f"clips {' '.join(str(c) for c in clips)}"
+    else:
+        what = f"{len(args.seeds) * per_seed} frames of {len(args.seeds)} synthetic scenes at {width}x{height}"
     # said at once: the model takes seconds to load, and the progress bar shows on a terminal only
     print(f"segstream: evaluating {model_cfg.preset} on {what}", file=sys.stderr, flush=True)
     segmenter = build_segmenter(model_cfg)
-    frames = clip_frames(clips, args.frames) if clips else None
+    frames = clip_frames(clips, args.frames) if clips else dataset
+    if dataset is not None and args.frames:
+        frames = (dataset[k] for k in range(min(args.frames, len(dataset))))
     result = evaluate_segmenter(segmenter.segment, args.seeds, width, height, per_seed, segmenter.labels,
-                                frames=frames)
-    scenes = f"clips {' '.join(str(c) for c in clips)}" if clips else (
-        f"{width}x{height}, seeds {' '.join(map(str, args.seeds))}")
+                                frames=frames, truth_labels=dataset.labels if dataset is not None else None)
+    if dataset is not None:
+        scenes = f"{data}"
+    else:
+        scenes = f"clips {' '.join(str(c) for c in clips)}" if clips else (
+            f"{width}x{height}, seeds {' '.join(map(str, args.seeds))}")
     precision, postprocess = getattr(segmenter, "precision", None), getattr(segmenter, "postprocess", None)
     names = segmenter.labels.names
+    # which weights were measured: the preset's own, or a file (two runs of one preset told apart)
+    checkpoint = str(Path(model_cfg.checkpoint).resolve()) if model_cfg.checkpoint not in (None, "random") and \
+        "://" not in str(model_cfg.checkpoint) else model_cfg.checkpoint
     if getattr(args, "json", False):
+        where = ({"data": str(data)} if dataset is not None else {"clips": [str(c) for c in clips]} if clips
+                 else {"size": [width, height], "seeds": list(args.seeds)})
         print(json.dumps({
-            "model": segmenter.name, "precision": precision, "postprocess": postprocess,
-            **({"clips": [str(c) for c in clips]} if clips else {"size": [width, height], "seeds": list(args.seeds)}),
+            "model": segmenter.name, "checkpoint": checkpoint, "precision": precision, "postprocess": postprocess,
+            **where,
             # an average of no class (no stuff in the scenes) is null: NaN is no JSON
             **{k: None if isinstance(v, float) and math.isnan(v) else v for k, v in result.items() if k != "per_class"},
             # a class neither in the scenes nor predicted is left out, as it is of the averages
@@ -271,7 +305,8 @@ def main_evaluate(args) -> int:
         }))
         return 0
     how = how_it_ran(precision, postprocess)
-    print(f"model {segmenter.name}{how}: {result['frames']} frames, {scenes}")
+    weights = f" ({checkpoint})" if checkpoint is not None else ""
+    print(f"model {segmenter.name}{weights}{how}: {result['frames']} frames, {scenes}")
     print(f"{'':8}{'PQ':>8}{'SQ':>8}{'RQ':>8}")
     for group, suffix in (("all", ""), ("things", "_things"), ("stuff", "_stuff")):
         row = [result[f"{m}{suffix}"] for m in ("pq", "sq", "rq")]

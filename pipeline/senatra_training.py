@@ -39,7 +39,9 @@ from segstream.connectors.synthetic import CLASSES
 from segstream.models.results import FrameResult
 from segstream.models.senatra import SeNaTra, SeNaTraConfig, SeNaTraOutput, densify, memberships
 from segstream.models.senatra_adapter import STEM, scale_frames
-from segstream.pipeline.training import SceneFeed, _lr_at  # EoMT's warm-up + poly schedule, same fields
+from segstream.pipeline.training import (  # EoMT's warm-up + poly schedule, same fields
+    SceneFeed, TrainingRun, _lr_at, save_state, write_safetensors,
+)
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +76,8 @@ class SeNaTraTrainReport:
     images: int
     parts: dict[str, float]  # mean of each loss over the last 50 steps
     skipped: int = 0  # steps whose gradient was not finite (no update)
+    stopped: bool = False  # a stop came before the schedule's end (the model is not finished)
+    done: float = 1.0  # the share of the schedule done
 
 
 @dataclass(slots=True)
@@ -182,28 +186,39 @@ def losses_of(output: SeNaTraOutput, targets: list[NativeTarget], settings: SeNa
 
 
 def train_senatra(
-    settings: SeNaTraTrainSettings, model: SeNaTra | None = None, progress: bool = True
+    settings: SeNaTraTrainSettings, model: SeNaTra | None = None, progress: bool = True,
+    run: TrainingRun | None = None,
 ) -> tuple[SeNaTra, SeNaTraTrainReport]:
+    run = run or TrainingRun()
     if settings.threads:
         torch.set_num_threads(settings.threads)
     torch.manual_seed(settings.seed)
     cfg = settings.config
-    if cfg.num_classes != len(CLASSES):
-        raise ValueError(f"synthetic scenes have {len(CLASSES)} classes, the config {cfg.num_classes}")
+    classes = run.data.labels.num_classes if run.data is not None else len(CLASSES)
+    if cfg.num_classes != classes:
+        raise ValueError(f"the training pictures have {classes} classes, the config {cfg.num_classes}")
     model = (model or SeNaTra(cfg)).train()
     optimizer = torch.optim.AdamW(_param_groups(model, settings.weight_decay), lr=settings.lr)
-    feed = SceneFeed(settings)
+    step = skipped = 0
+    spent_before = 0.0
+    if run.resume is not None:
+        model.load_state_dict(run.resume["modules"]["model"])
+        optimizer.load_state_dict(run.resume["optimizer"])
+        torch.set_rng_state(run.resume["torch_rng"])
+        step, spent_before = run.resume["step"], run.resume["elapsed_s"]
+    feed = run.feed(settings, step)
     fixed = training_batch(feed, cfg) if settings.fixed_batch else None
 
     budget = settings.minutes * 60
     losses: list[float] = []
     history: dict[str, list[float]] = {}
-    start = time.perf_counter()
-    bar = tqdm(total=settings.steps, disable=not progress, file=sys.stderr, unit="step", mininterval=10)
-    step = skipped = 0
+    start = saved = time.perf_counter()
+    bar = tqdm(total=settings.steps, initial=step, disable=None if progress else True, file=sys.stderr, unit="step",
+               mininterval=10)
     while True:
-        done = step / settings.steps if settings.steps is not None else (time.perf_counter() - start) / budget
-        if done >= 1:
+        done = (step / settings.steps if settings.steps is not None
+                else (spent_before + time.perf_counter() - start) / budget)
+        if done >= 1 or run.stop.is_set():
             break
         lr = _lr_at(done, settings)
         for group in optimizer.param_groups:
@@ -229,11 +244,19 @@ def train_senatra(
         bar.update(1)
         if step % settings.log_every == 0:
             means = {k: round(float(np.mean(v[-settings.log_every :])), 4) for k, v in history.items()}
-            log.info("step %d  %.0f s  lr %.2e  grad %.2f  %s", step, time.perf_counter() - start, lr,
+            log.info("step %d  %.0f s  lr %.2e  grad %.2f  %s", step, spent_before + time.perf_counter() - start, lr,
                      float(grad_norm), json.dumps(means))
+        if run.state_path is not None and time.perf_counter() - saved >= run.every_s:
+            save_state(run.state_path, "senatra", settings, {"model": model}, optimizer, step,
+                       spent_before + time.perf_counter() - start)
+            saved = time.perf_counter()
     bar.close()
+    seconds = spent_before + time.perf_counter() - start
+    stopped = done < 1
+    if stopped and run.state_path is not None:
+        save_state(run.state_path, "senatra", settings, {"model": model}, optimizer, step, seconds)
     parts = {k: float(np.mean(v[-50:])) for k, v in history.items()}
-    report = SeNaTraTrainReport(step, time.perf_counter() - start, losses, step * settings.batch_size, parts, skipped)
+    report = SeNaTraTrainReport(step, seconds, losses, step * settings.batch_size, parts, skipped, stopped, min(1.0, done))
     return model.eval(), report
 
 
@@ -241,11 +264,7 @@ def save_senatra(model: SeNaTra, path, metadata: dict) -> None:
     """Weights as safetensors, with the architecture and training facts in its metadata."""
     from pathlib import Path
 
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"format": "segstream-senatra", "config": json.dumps(asdict(model.cfg))}
     meta |= {k: str(v) for k, v in metadata.items()}
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(state, str(path), metadata=meta)
+    write_safetensors(state, Path(path), meta)

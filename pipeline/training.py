@@ -12,10 +12,13 @@ share of the budget spent, so the run ends on time however fast or loaded the ma
 from __future__ import annotations
 
 import json
+import os
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -62,6 +65,89 @@ class TrainReport:
     seconds: float
     losses: list[float]
     images: int
+    stopped: bool = False  # a stop came before the schedule's end (the model is not finished)
+    done: float = 1.0  # the share of the schedule done
+
+
+@dataclass
+class TrainingRun:
+    """What a training loop is told from outside its settings: ``stop`` (set by a signal) ends it
+    after the step under way; ``resume`` is a state ``save_state`` wrote, to go on from; with
+    ``state_path`` the loop keeps its state there every ``every_s`` seconds and when it stops, so
+    that a run killed or stopped goes on with ``--resume``; ``data`` are pictures of one's own
+    (a ``CocoPanopticDataset``) instead of synthetic scenes."""
+
+    stop: threading.Event = field(default_factory=threading.Event)
+    resume: dict | None = None
+    state_path: Path | None = None
+    every_s: float = 300.0
+    data: Any = None
+
+    def feed(self, settings, step: int) -> SceneFeed:
+        return DatasetFeed(settings, self.data, step) if self.data is not None else SceneFeed(settings, step)
+
+
+def save_state(path: Path, kind: str, settings, modules: dict[str, nn.Module], optimizer, step: int,
+               elapsed_s: float) -> None:
+    """What a training run needs to go on where it stopped: its weights (``modules``), optimizer,
+    step, time spent and settings; written whole or not at all (a kill mid-write keeps the last)."""
+    state = {
+        "kind": kind, "settings": settings_record(settings), "step": step, "elapsed_s": elapsed_s,
+        "modules": {name: module.state_dict() for name, module in modules.items()},
+        "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.writing")
+    torch.save(state, partial)
+    os.replace(partial, path)
+
+
+def load_state(path: Path, kind: str, settings) -> dict:
+    """A state ``save_state`` wrote, checked to be of this kind of model and these settings; a
+    ValueError says what differs."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no saved state to resume from (a run keeps it there while it trains, "
+                         "and removes it when it ends)") from None
+    except Exception as error:  # a truncated or foreign file: torch says pickle/zip things
+        raise ValueError(f"{path}: not a training state this script saved ({type(error).__name__}: {error})") from None
+    if not isinstance(state, dict) or state.get("kind") != kind:
+        raise ValueError(f"{path}: not the state of a {kind} training run")
+    mine = settings_record(settings)
+    differ = [f"{key} {state['settings'].get(key)!r} there, {value!r} here" for key, value in mine.items()
+              if state["settings"].get(key) != value]
+    if differ:
+        raise ValueError(f"{path} was saved with other settings ({'; '.join(differ)}) — resume with the options "
+                         "the run began with")
+    return state
+
+
+def settings_record(settings) -> dict:
+    """The settings that make a run what it is, as plain values (a resumed run must have the same)."""
+    record = {}
+    for key in ("minutes", "steps", "batch_size", "lr", "seed", "patch_class_weight", "downsampling"):
+        if hasattr(settings, key):
+            record[key] = getattr(settings, key)
+    record["config"] = json.dumps(asdict(settings.config), sort_keys=True)
+    if record.get("steps") is not None:
+        record["minutes"] = None  # the budget does not count when steps are set
+    return record
+
+
+def write_safetensors(state: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    """``state`` as safetensors at ``path``: written beside it and moved into place (an
+    interrupted write leaves the old file), readable by all as the umask allows (safetensors
+    itself makes files its owner's only: a container's other user could not read them)."""
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.writing")
+    save_file(state, str(partial), metadata=metadata)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(partial, 0o666 & ~umask)
+    os.replace(partial, path)
 
 
 def annealing(progress: float, blocks: int, power: float = 0.9) -> list[float]:
@@ -85,10 +171,11 @@ def annealing(progress: float, blocks: int, power: float = 0.9) -> list[float]:
 class SceneFeed:
     """Training frames and targets from a rotating pool of synthetic scenes."""
 
-    def __init__(self, settings: TrainSettings):
+    def __init__(self, settings: TrainSettings, offset: int = 0):
+        # ``offset``: a resumed run's step, so that it draws other scenes than its first part did
         self.settings = settings
-        self.rng = np.random.default_rng(settings.seed)
-        self.next_seed = FIRST_TRAINING_SEED + settings.seed * 100_000
+        self.rng = np.random.default_rng([settings.seed, offset])
+        self.next_seed = FIRST_TRAINING_SEED + settings.seed * 100_000 + offset
         self.pool = [self._new_scene() for _ in range(settings.scenes)]
 
     def _new_scene(self) -> list:
@@ -121,6 +208,23 @@ class SceneFeed:
             shares.append(patch_shares)
         pixels, _ = letterbox(images, cfg.img_size)
         return pixels, targets, torch.stack(shares)
+
+
+class DatasetFeed(SceneFeed):
+    """Training frames and targets drawn from pictures of one's own (a ``CocoPanopticDataset``):
+    a random picture each time, mirrored left-right half the time."""
+
+    def __init__(self, settings, dataset, offset: int = 0):
+        self.settings = settings
+        self.dataset = dataset
+        self.rng = np.random.default_rng([settings.seed, offset])
+
+    def draw(self) -> tuple[np.ndarray, FrameResult]:
+        image, truth = self.dataset[int(self.rng.integers(len(self.dataset)))]
+        if self.rng.random() < 0.5:
+            image = np.ascontiguousarray(image[:, ::-1])
+            truth.segment_map = np.ascontiguousarray(truth.label_map[:, ::-1])
+        return image, truth
 
 
 def training_targets(truth: FrameResult, cfg: EoMTConfig) -> tuple[Target, torch.Tensor]:
@@ -188,7 +292,9 @@ def _param_groups(modules: list[nn.Module], weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def train(settings: TrainSettings, model: EoMT | None = None, progress: bool = True) -> tuple[EoMT, TrainReport]:
+def train(settings: TrainSettings, model: EoMT | None = None, progress: bool = True,
+          run: TrainingRun | None = None) -> tuple[EoMT, TrainReport]:
+    run = run or TrainingRun()
     if settings.threads:
         torch.set_num_threads(settings.threads)
     torch.manual_seed(settings.seed)
@@ -198,22 +304,31 @@ def train(settings: TrainSettings, model: EoMT | None = None, progress: bool = T
     optimizer = torch.optim.AdamW(
         _param_groups([model, patch_classifier], settings.weight_decay), lr=settings.lr, betas=(0.9, 0.999)
     )
-    feed = SceneFeed(settings)
+    step, spent_before = 0, 0.0
+    if run.resume is not None:
+        model.load_state_dict(run.resume["modules"]["model"])
+        patch_classifier.load_state_dict(run.resume["modules"]["patch_classifier"])
+        optimizer.load_state_dict(run.resume["optimizer"])
+        torch.set_rng_state(run.resume["torch_rng"])
+        step, spent_before = run.resume["step"], run.resume["elapsed_s"]
+    feed = run.feed(settings, step)
     fixed = feed.batch(cfg) if settings.fixed_batch else None
+    modules = {"model": model, "patch_classifier": patch_classifier}
 
     budget = settings.minutes * 60
     losses: list[float] = []
-    start = time.perf_counter()
-    bar = tqdm(total=settings.steps, disable=not progress, file=sys.stderr, unit="step", dynamic_ncols=True)
-    step = 0
+    start = saved = time.perf_counter()
+    # disable=None: a bar on a terminal only (a log file gets no carriage-return lines)
+    bar = tqdm(total=settings.steps, initial=step, disable=None if progress else True, file=sys.stderr, unit="step",
+               dynamic_ncols=True)
     while True:
         # Progress through the schedule is the share of steps done, or of the time budget spent,
         # so a machine that speeds up or slows down mid-run still ends on schedule.
         if settings.steps is not None:
             progress_done = step / settings.steps
         else:
-            progress_done = (time.perf_counter() - start) / budget
-        if progress_done >= 1:
+            progress_done = (spent_before + time.perf_counter() - start) / budget
+        if progress_done >= 1 or run.stop.is_set():
             break
         for group in optimizer.param_groups:
             group["lr"] = _lr_at(progress_done, settings)
@@ -239,20 +354,25 @@ def train(settings: TrainSettings, model: EoMT | None = None, progress: bool = T
         bar.update(1)
         if step % 10 == 0:
             bar.set_postfix(loss=f"{np.mean(losses[-10:]):.3f}", mask_attn=f"{float(model.attn_mask_probs[-1]):.2f}")
+        if run.state_path is not None and time.perf_counter() - saved >= run.every_s:
+            save_state(run.state_path, "eomt", settings, modules, optimizer, step,
+                       spent_before + time.perf_counter() - start)
+            saved = time.perf_counter()
     bar.close()
-    model.attn_mask_probs.zero_()
     seconds = time.perf_counter() - start
-    return model.eval(), TrainReport(step, seconds, losses, step * settings.batch_size)
+    stopped = progress_done < 1
+    if stopped and run.state_path is not None:
+        save_state(run.state_path, "eomt", settings, modules, optimizer, step, spent_before + seconds)
+    model.attn_mask_probs.zero_()
+    report = TrainReport(step, spent_before + seconds, losses, step * settings.batch_size, stopped, min(1.0, progress_done))
+    return model.eval(), report
 
 
 def save_model(model: EoMT, path: Path, metadata: dict) -> None:
     """Weights as safetensors, with the architecture and training facts in its metadata."""
-    from safetensors.torch import save_file
-
-    path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"format": "segstream", "config": json.dumps(asdict(model.cfg))} | {k: str(v) for k, v in metadata.items()}
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(state, str(path), metadata=meta)
+    write_safetensors(state, Path(path), meta)
 
 
 def smoke_config() -> EoMTConfig:

@@ -1,0 +1,195 @@
+"""What the two training scripts (``scripts/train_synthetic.py``, ``scripts/train_senatra.py``)
+share: their common options, pictures of one's own (``--data``, COCO panoptic), a stop that
+keeps the work (the first Ctrl-C or SIGTERM ends the run after the step under way, keeps its
+state for ``--resume`` and the weights so far; a second aborts), a state kept every few minutes
+(a killed run goes on from there), and one line for a mistake instead of a traceback.
+
+Files beside ``--out`` (``model.safetensors``): ``model.labels.json`` (``--data``'s classes,
+for ``model.labels``), ``model.state.pt`` (while a run is unfinished: what ``--resume`` reads)
+and ``model.partial.safetensors`` (the weights of a stopped run, to try out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import signal
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import torch
+
+from segstream.connectors.errors import ConfigError, SegstreamError
+from segstream.pipeline.training import TrainingRun, load_state, settings_record
+
+
+def _positive(kind: type) -> Callable[[str], float | int]:
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not (value > 0 and math.isfinite(value)):
+            raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
+        return value
+
+    return parse
+
+
+def add_common_arguments(parser: argparse.ArgumentParser, out: Path, lr: float) -> None:
+    parser.add_argument("--minutes", type=_positive(float), default=44.0, help="time budget; sets the schedule length")
+    parser.add_argument("--steps", type=_positive(int), default=None, help="fixed step count instead of a time budget")
+    parser.add_argument("--batch-size", type=_positive(int), default=8)
+    parser.add_argument("--lr", type=_positive(float), default=lr)
+    parser.add_argument("--seed", type=int, default=0)
+    # not the shipped file: a short trial run must not replace the model the demo and tests use
+    parser.add_argument("--out", type=Path, default=out,
+                        help="where the weights go (the shipped ones are in models/weights/); "
+                             "its .labels.json, .state.pt and .partial.safetensors beside it")
+    parser.add_argument("--data", type=Path, default=None, metavar="JSON",
+                        help="train on pictures of your own: a COCO panoptic JSON, its PNGs in the folder named "
+                             "like it or panoptic/ beside it, its pictures in images/ beside it (what "
+                             "`segstream batch` writes with batch.coco_images: true); classes from its categories")
+    parser.add_argument("--masks", type=Path, default=None, metavar="DIR", help="with --data: the folder of its PNGs")
+    parser.add_argument("--images", type=Path, default=None, metavar="DIR",
+                        help="with --data: the folder of its pictures")
+    parser.add_argument("--val", type=Path, default=None, metavar="JSON",
+                        help="with --data: held-out pictures (same layout) whose PQ is measured at the end")
+    parser.add_argument("--resume", action="store_true",
+                        help="go on from the state a stopped or killed run kept beside --out (same options)")
+    parser.add_argument("--save-every", type=_positive(float), default=5.0, metavar="MIN",
+                        help="keep the run's state every MIN minutes (default 5), for --resume after a kill")
+
+
+def beside(out: Path, kind: str) -> Path:
+    """``model.safetensors`` -> ``model.<kind>`` (labels.json, state.pt, partial.safetensors)."""
+    return out.with_name(f"{out.name.removesuffix('.safetensors')}.{kind}")
+
+
+def open_data(args: argparse.Namespace):
+    """``--data`` (and ``--val``) as ``CocoPanopticDataset``s, or None without ``--data``."""
+    from segstream.connectors.coco_panoptic import CocoPanopticDataset
+
+    if args.data is None:
+        for option in ("masks", "images", "val"):
+            if getattr(args, option) is not None:
+                raise ConfigError(f"--{option} goes with --data (pictures of your own); without it the run trains "
+                                  "on synthetic scenes")
+        return None, None
+    data = CocoPanopticDataset(args.data, args.masks, args.images)
+    val = CocoPanopticDataset(args.val) if args.val is not None else None
+    if val is not None and (val.labels.names, val.labels.isthing) != (data.labels.names, data.labels.isthing):
+        raise ConfigError(f"--val {args.val}: its categories ({', '.join(val.labels.names)}) are not --data's "
+                          f"({', '.join(data.labels.names)})")
+    return data, val
+
+
+def check_device(device: str) -> None:
+    try:
+        torch.device(device)
+    except RuntimeError:
+        raise ConfigError(f"--device {device}: not a device torch knows — use cpu, cuda or cuda:N") from None
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device}: this torch sees no CUDA GPU — use --device cpu")
+
+
+def training_run(args: argparse.Namespace, kind: str, settings, data) -> TrainingRun:
+    """The run's control: its state file beside ``--out``, read back with ``--resume``."""
+    state_path = beside(args.out, "state.pt")
+    try:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConfigError(f"--out {args.out}: cannot make its folder ({error.strerror})") from None
+    run = TrainingRun(state_path=state_path, every_s=args.save_every * 60, data=data)
+    if args.resume:
+        try:
+            run.resume = load_state(state_path, kind, settings)
+        except ValueError as error:
+            raise ConfigError(f"--resume: {error}") from None
+        print(f"resuming at step {run.resume['step']} ({run.resume['elapsed_s'] / 60:.1f} min trained) from "
+              f"{state_path}", file=sys.stderr, flush=True)
+    elif state_path.exists():
+        raise ConfigError(f"{state_path} holds an unfinished run of --out {args.out}: go on with --resume, or delete "
+                          "it to start again")
+    return run
+
+
+@contextlib.contextmanager
+def stop_on_signals(run: TrainingRun) -> Iterator[list[int]]:
+    """The first SIGINT/SIGTERM sets ``run.stop`` (the loop ends after its step; the signal is
+    appended to the yielded list); a second raises KeyboardInterrupt (abort)."""
+    got: list[int] = []
+
+    def handle(signum, frame) -> None:
+        if got:
+            raise KeyboardInterrupt
+        got.append(signum)
+        run.stop.set()
+        name = signal.Signals(signum).name
+        print(f"\n{name}: stopping after this step, keeping the work for --resume ({name} again aborts)",
+              file=sys.stderr, flush=True)
+
+    before = {s: signal.signal(s, handle) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield got
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
+
+
+def finish(args: argparse.Namespace, report, signals: list[int], save: Callable[[Path, dict], None], facts: dict,
+           data, run_hint: dict, held_out: Callable[[], dict] | None = None) -> int:
+    """Write the outcome and say where it is: a finished run's weights at ``--out`` (its
+    ``--data`` classes beside them; the kept state removed), then ``held_out()``'s measures, or a
+    stopped run's weights so far beside it; the facts as JSON on stdout. Returns the exit status."""
+    metadata = {k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in facts.items()}
+    if report.stopped:
+        partial = beside(args.out, "partial.safetensors")
+        save(partial, metadata | {"finished": "false", "schedule_done": f"{report.done:.4f}"})
+        print(json.dumps(facts | {"finished": False, "schedule_done": round(report.done, 4)}, indent=1), flush=True)
+        print(f"stopped at step {report.steps} ({100 * report.done:.0f}% of the schedule): go on with the same "
+              f"command and --resume ({beside(args.out, 'state.pt')}); the weights so far, unfinished, are in "
+              f"{partial}", file=sys.stderr)
+        return 128 + (signals[0] if signals else signal.SIGINT)
+    save(args.out, metadata)
+    hint = dict(run_hint, checkpoint=str(args.out.resolve()))
+    if data is not None:
+        labels = beside(args.out, "labels.json")
+        labels.write_text(json.dumps(data.label_file_data(), indent=1) + "\n", encoding="utf-8")
+        hint["labels"] = str(labels.resolve())
+    for leftover in (beside(args.out, "state.pt"), beside(args.out, "partial.safetensors")):
+        leftover.unlink(missing_ok=True)
+    facts = facts | {"out": str(args.out)}
+    if held_out is not None:  # after the weights are safe: a failure here loses no training
+        facts["held_out"] = held_out()
+    print(json.dumps(facts, indent=1), flush=True)
+    print(f"weights in {args.out}; run them with  model: {json.dumps(hint)}", file=sys.stderr)
+    return 0
+
+
+def main_guard(main: Callable[[], int]) -> int:
+    """A mistake (a bad option, file or state) is one line and its exit status, not a traceback."""
+    try:
+        return main()
+    except SegstreamError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:  # the second stop signal
+        print("aborted: nothing more was written", file=sys.stderr)
+        return 130
+
+
+def held_out_summary(result: dict) -> dict:
+    """PQ, SQ, RQ (and of things, of stuff) as fractions, null where no segment of the kind was."""
+    return {k: None if isinstance(v, float) and math.isnan(v) else round(v, 4) for k, v in result.items()
+            if k in ("pq", "sq", "rq", "pq_things", "pq_stuff", "frames")}
+
+
+def settings_summary(settings) -> dict:
+    """The settings for the printed facts (plain JSON, not strings within strings)."""
+    record = settings_record(settings)
+    record.pop("config")
+    return record

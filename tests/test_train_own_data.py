@@ -1,0 +1,211 @@
+"""Training and evaluating on pictures of one's own (COCO panoptic, as a batch writes it), and a
+training run that is stopped or killed keeping its work for --resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from segstream.connectors.coco_panoptic import CocoPanopticDataset, CocoPanopticWriter, id_to_rgb
+from segstream.connectors.errors import ConfigError
+from segstream.connectors.synthetic import SyntheticScene
+from segstream.models.label_sets import LabelSet, load_label_set
+from segstream.pipeline.training import TrainingRun, TrainSettings, load_state, smoke_config, train
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_scenes(folder: Path, frames: int, seed: int) -> list:
+    """Synthetic frames and their truth written as a batch writes COCO panoptic (pictures too)."""
+    writer = CocoPanopticWriter(folder, load_label_set("synthetic"), images=True)
+    scene = SyntheticScene(width=96, height=72, seed=seed)
+    truths = []
+    for index in range(frames):
+        image, truth = scene.render()
+        truth.index, truth.image = index, image
+        writer.add(truth)
+        truths.append(truth)
+    writer.close()
+    return truths
+
+
+def test_a_batch_s_coco_files_read_back_as_the_ground_truth_they_were_written_from(tmp_path):
+    truths = write_scenes(tmp_path / "day1", 3, seed=2)
+    data = CocoPanopticDataset(tmp_path / "day1" / "panoptic.json")
+    assert len(data) == 3 and data.labels.names == load_label_set("synthetic").names
+    assert data.labels.name == "day1"  # a batch's panoptic.json is named by its folder
+    for (image, truth), want in zip(data, truths, strict=True):
+        assert image.shape == (72, 96, 3) and image.dtype == np.uint8
+        kept = [i for i in range(len(want.segments)) if (want.label_map == i).any()]
+        remap = np.full(len(want.segments) + 1, -1)
+        remap[kept] = np.arange(len(kept))
+        assert np.array_equal(truth.label_map, remap[want.label_map])
+        assert truth.segments.class_ids.tolist() == want.segments.class_ids[kept].tolist()
+        assert truth.segments.ids.tolist() == list(range(len(kept)))
+
+
+def test_coco_s_own_ids_category_gaps_and_crowds_become_contiguous_classes_and_void(tmp_path):
+    """COCO's PNG ids are any numbers and its category ids have gaps; a crowd region is void."""
+    ids = np.zeros((4, 6), np.int64)
+    ids[:, :2], ids[:, 2:4], ids[:, 4:] = 3_000_001, 7, 255 * 256  # a person, the road, a crowd of people
+    (tmp_path / "panoptic_val").mkdir()
+    (tmp_path / "images").mkdir()
+    cv2.imwrite(str(tmp_path / "panoptic_val" / "a.png"), id_to_rgb(ids)[..., ::-1])
+    cv2.imwrite(str(tmp_path / "images" / "a.png"), np.full((4, 6, 3), 90, np.uint8))
+    document = {
+        "images": [{"id": 5, "file_name": "a.png", "width": 6, "height": 4}],
+        "annotations": [{"image_id": 5, "file_name": "a.png", "segments_info": [
+            {"id": 3_000_001, "category_id": 1, "iscrowd": 0}, {"id": 7, "category_id": 128, "iscrowd": 0},
+            {"id": 255 * 256, "category_id": 1, "iscrowd": 1}, {"id": 99, "category_id": 1}]}],  # 99: no pixel
+        "categories": [{"id": 128, "name": "road", "isthing": 0}, {"id": 1, "name": "person", "isthing": 1}],
+    }
+    (tmp_path / "panoptic_val.json").write_text(json.dumps(document))
+    data = CocoPanopticDataset(tmp_path / "panoptic_val.json")
+    assert data.labels == LabelSet("panoptic_val", ("person", "road"), (True, False))
+    _, truth = data[0]
+    assert truth.label_map.tolist() == [[0, 0, 1, 1, -1, -1]] * 4
+    assert truth.segments.class_ids.tolist() == [0, 1] and truth.segments.areas.tolist() == [8, 8]
+    assert [(c["id"], c["name"], c["coco_id"]) for c in data.label_file_data()["classes"]] == [
+        (0, "person", 1), (1, "road", 128)]
+
+
+def test_data_that_is_not_coco_panoptic_or_misses_files_is_one_line_naming_it(tmp_path):
+    write_scenes(tmp_path / "day1", 2, seed=1)
+    json_path = tmp_path / "day1" / "panoptic.json"
+    (tmp_path / "day1" / "images" / "00000001.jpg").unlink()
+    with pytest.raises(ConfigError, match=r"00000001.jpg: no such picture \(1 of 2 missing\) — give the folder "
+                                          r"that holds them with --images"):
+        CocoPanopticDataset(json_path)
+    instances = tmp_path / "instances.json"
+    instances.write_text(json.dumps({"images": [], "annotations": [{"image_id": 1, "bbox": [0, 0, 1, 1]}],
+                                     "categories": [{"id": 1, "name": "a", "isthing": 1}]}))
+    with pytest.raises(ConfigError, match=r"annotations\[0\] needs image_id, file_name \(its PNG\) and segments_info"):
+        CocoPanopticDataset(instances)
+    with pytest.raises(ConfigError, match="no such file"):
+        CocoPanopticDataset(tmp_path / "nothing.json")
+
+
+class _StopAfter:
+    """A dataset that sets ``run.stop`` once ``draws`` pictures were taken: the run stops after
+    the step that took them."""
+
+    def __init__(self, data, run: TrainingRun, draws: int):
+        self.data, self.run, self.draws, self.labels = data, run, draws, data.labels
+
+    def __len__(self):
+        return len(self.data)
+
+    def __getitem__(self, k):
+        self.draws -= 1
+        if self.draws == 0:
+            self.run.stop.set()
+        return self.data[k]
+
+
+def test_a_stopped_run_keeps_its_state_and_a_resumed_one_goes_on_from_its_step(tmp_path):
+    write_scenes(tmp_path / "day1", 4, seed=3)
+    data = CocoPanopticDataset(tmp_path / "day1" / "panoptic.json")
+    settings = TrainSettings(config=smoke_config(), steps=5, batch_size=2, lr=2e-3)
+    state_path = tmp_path / "m.state.pt"
+    run = TrainingRun(state_path=state_path)
+    run.data = _StopAfter(data, run, draws=2 * 2)
+    _, report = train(settings, progress=False, run=run)
+    assert report.stopped and report.steps == 2 and report.done == pytest.approx(0.4)
+    state = load_state(state_path, "eomt", settings)
+    assert state["step"] == 2
+
+    resumed = TrainingRun(state_path=state_path, resume=state, data=data)
+    model, report = train(settings, progress=False, run=resumed)
+    assert not report.stopped and report.steps == 5 and len(report.losses) == 3  # steps 3 to 5 only
+    assert float(model.attn_mask_probs.sum()) == 0
+    other = TrainSettings(config=smoke_config(), steps=5, batch_size=4, lr=2e-3)
+    with pytest.raises(ValueError, match=r"other settings \(batch_size 2 there, 4 here\)"):
+        load_state(state_path, "eomt", other)
+
+
+def _script(*args: str, cwd: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(REPO / "scripts" / "train_synthetic.py"), *args], cwd=cwd,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_the_script_trains_on_coco_data_stops_on_sigint_resumes_and_writes_readable_weights_and_labels(tmp_path):
+    """Found probing as a model trainer: no way to train on one's own pictures; Ctrl-C threw the
+    whole run away (a traceback, exit 1) and nothing resumed; weights came out owner-only (-rw-------)
+    from safetensors, unreadable by a container's other user."""
+    write_scenes(tmp_path / "train", 4, seed=4)
+    write_scenes(tmp_path / "val", 2, seed=5)
+    args = ["--data", "train/panoptic.json", "--val", "val/panoptic.json", "--steps", "6", "--batch-size", "1",
+            "--out", "out/m.safetensors", "--save-every", "0.001"]
+    process = _script(*args, cwd=tmp_path)
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "out" / "m.state.pt").exists():  # kept after every step here: it has begun
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    assert "Traceback" not in err and "go on with the same command and --resume" in err, err
+    assert json.loads(out)["finished"] is False
+    assert (tmp_path / "out" / "m.partial.safetensors").exists() and not (tmp_path / "out" / "m.safetensors").exists()
+
+    again = _script(*args, cwd=tmp_path)  # without --resume: the unfinished run is not thrown away
+    assert again.wait(timeout=120) == 2 and "go on with --resume, or delete it" in again.communicate()[1]
+
+    umask = os.umask(0o022)  # as a shell's usual one: files the group and others may read
+    try:
+        resumed = _script(*args, "--resume", cwd=tmp_path)
+        out, err = resumed.communicate(timeout=300)
+    finally:
+        os.umask(umask)
+    assert resumed.returncode == 0, err
+    facts = json.loads(out)
+    assert facts["steps"] == 6 and facts["held_out"]["frames"] == 2 and facts["settings"]["batch_size"] == 1
+    weights, labels = tmp_path / "out" / "m.safetensors", tmp_path / "out" / "m.labels.json"
+    assert oct(weights.stat().st_mode & 0o777) == "0o644"
+    assert [c["name"] for c in json.loads(labels.read_text())["classes"]] == list(load_label_set("synthetic").names)
+    assert not (tmp_path / "out" / "m.state.pt").exists() and not (tmp_path / "out" / "m.partial.safetensors").exists()
+    assert f'"checkpoint": "{weights}", "labels": "{labels}"' in err
+
+    # the trained model measured on the held-out pictures, the weights named
+    done = subprocess.run([sys.executable, "-m", "segstream", "evaluate", "--data", "val/panoptic.json", "--checkpoint",
+                           str(weights), "--labels", str(labels), "--json", "--device", "cpu"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["checkpoint"] == str(weights) and result["data"] == "val/panoptic.json" and result["frames"] == 2
+
+
+def test_bad_training_options_are_one_line_each(tmp_path, monkeypatch, capsys):
+    """Found probing: --steps 0 was a ZeroDivisionError traceback, --device cuda without a GPU a
+    RuntimeError's."""
+    import runpy
+
+    import torch
+
+    from segstream.pipeline.train_cli import main_guard
+
+    script = runpy.run_path(str(REPO / "scripts" / "train_synthetic.py"), run_name="train_synthetic")
+    cases = [(["--steps", "0"], "argument --steps: must be more than 0, got 0"),
+             (["--masks", "x"], "--masks goes with --data"),
+             (["--resume", "--out", "none/m.safetensors"], "--resume: none/m.state.pt: no saved state to resume from")]
+    if not torch.cuda.is_available():
+        cases.append((["--device", "cuda"], "--device cuda: this torch sees no CUDA GPU — use --device cpu"))
+    monkeypatch.chdir(tmp_path)
+    for args, said in cases:
+        monkeypatch.setattr(sys, "argv", ["train_synthetic.py", *args])
+        try:
+            code = main_guard(script["main"])
+        except SystemExit as exit:  # argparse's own
+            code = exit.code
+        err = capsys.readouterr().err
+        # one line says it (argparse's usage lines before its own, as for segstream's commands)
+        assert code == 2 and said in err.strip().splitlines()[-1] and "Traceback" not in err, (args, err)
