@@ -587,7 +587,11 @@ class LiveSource:
                 if epoch < 0 and ended == "stopped" and self.reconnects:  # down the whole run: not a normal end
                     ended = (f"stopped before it ever streamed ({self.reconnects} reconnect attempt"
                              f"{'s' if self.reconnects != 1 else ''}; the last because: {reason})")
-                self._enter("ended", ended, {"never_streamed": True} if epoch < 0 and self.reconnects else {})
+                elif epoch < 0 and ended == "stopped":
+                    ended = "stopped while connecting, before it ever streamed"
+                # SCHEMA: no frame ever delivered (also when stopped during its first attempt; found
+                # probing: such a camera's ended event looked like a healthy one's)
+                self._enter("ended", ended, {"never_streamed": True} if epoch < 0 else {})
 
     def _wait_to_retry(self, delay: float, seen_closed: bool) -> bool:
         """Wait ``delay`` before the next attempt (True: closed meanwhile). An RTSP camera is

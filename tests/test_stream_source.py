@@ -811,6 +811,34 @@ def test_a_camera_down_for_the_whole_run_does_not_end_like_a_healthy_one():
     assert ended[-1].data["never_streamed"] is True
 
 
+def test_a_camera_stopped_during_its_first_attempt_ends_as_one_that_never_streamed():
+    """Left from stop 28: a camera stopped while its first attempt still waited (a camera that
+    takes the connection and says nothing) ended "stopped", as a healthy one does, without
+    never_streamed."""
+    import socket
+
+    listener = socket.create_server(("127.0.0.1", 0))  # accepts, never answers RTSP
+    port = listener.getsockname()[1]
+    policy = ReconnectPolicy(open_timeout_s=30, read_timeout_s=30, stall_timeout_s=30, delay_s=0.1, max_delay_s=0.2)
+    source = StreamSource("mute", f"rtsp://127.0.0.1:{port}/never", policy=policy)
+    record = RecordingSink()
+    runtime = Runtime([source], ColourSegmenter(), [record], publish_states=True, progress=None)
+    try:
+        thread, outcome = run_in_thread(runtime)
+        accepted, _ = listener.accept()  # its first attempt is under way
+        time.sleep(0.5)
+        runtime.stop()
+        thread.join(40)
+        accepted.close()
+    finally:
+        listener.close()
+    assert not thread.is_alive()
+    assert source.reconnects == 0
+    [ended] = [e for e in record.events if e.kind == "state" and e.data["state"] == "ended"]
+    assert ended.data["never_streamed"] is True
+    assert ended.data["reason"] == "stopped while connecting, before it ever streamed"
+
+
 def test_srt_without_an_ffmpeg_that_has_it_fails_at_once_saying_what_to_install(monkeypatch):
     monkeypatch.setenv("PATH", "/nonexistent")  # no ffmpeg on PATH
     source = StreamSource("srt", "srt://127.0.0.1:9", policy=QUICK)
