@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import bisect
 import logging
+import math
 import threading
 import time
 from collections import Counter, deque
@@ -411,26 +412,32 @@ class OverloadWatch:
     a handful of drops is no overload, whatever share of a slow source it is."""
 
     def __init__(self, window_s: float = 10.0, share: float = 0.2, least: int = 10, least_dropped: int = 10,
-                 paused_since: Callable[[float], float] = pauses.since):
+                 paused_since: Callable[[float], float] = pauses.since, group_s: float = 30.0):
         self.window_s = window_s
         self.share = share
         self.least = least
         self.least_dropped = least_dropped
         self.paused_since = paused_since
+        # after a warning (or a "keeps up again"), the sources that follow within group_s are said together, in
+        # one line when it has passed: 44 cameras falling behind one model are one line, not 44 with the same advice
+        self.group_s = group_s
         self.overloaded: set[str] = set()
         # (monotonic time, {source: _Sample}), oldest first, back to one window ago
         self._samples: deque[tuple[float, dict[str, _Sample]]] = deque()
+        self._said_at: dict[bool, float] = {}  # overloaded (True) or keeping up again: when last said
+        self._said_of: dict[bool, set[str]] = {True: set(), False: set()}  # and of which sources
+        self._held: dict[bool, dict[str, _Window]] = {True: {}, False: {}}  # to be said once group_s has passed
 
-    def observe(self, now: float, counts: Mapping[str, SourceCounts]) -> list[tuple[int, str, str]]:
-        """Take the counts at ``now``; returns the (logging level, message, source) to log."""
+    def observe(self, now: float, counts: Mapping[str, SourceCounts]) -> list[tuple[int, str, tuple[str, ...]]]:
+        """Take the counts at ``now``; returns the (logging level, message, sources it names) to log."""
         self._samples.append((now, {name: _Sample.of(c) for name, c in counts.items()}))
         while len(self._samples) > 1 and now - self._samples[1][0] >= self.window_s:
             self._samples.popleft()
         since, before = self._samples[0]
         span = now - since
         if span < self.window_s or span > 1.5 * self.window_s or self.paused_since(since) > 0:
-            return []
-        said = []
+            return self._due(now)
+        turned: dict[bool, dict[str, _Window]] = {True: {}, False: {}}
         for name, after in self._samples[-1][1].items():
             earlier = before.get(name)
             if earlier is None or not after.streaming_since(earlier):
@@ -445,16 +452,77 @@ class OverloadWatch:
             enough = dropped >= max(self.least_dropped, frames / span)
             if fraction > self.share and enough and name not in self.overloaded:
                 self.overloaded.add(name)
-                reasons = ", ".join(f"{reason} {n}" for reason, n in lost.items())
-                said.append((logging.WARNING, (
-                    f"source {name} is overloaded: {100 * fraction:.0f}% of its frames dropped in the last "
-                    f"{self.window_s:g} s ({reasons}) — set or lower its max_fps (frames it leaves out are never "
-                    "converted), or give the engine less to do per frame (a smaller model, a GPU)"), name))
+                turned[True][name] = _Window(frames, fraction, lost)
             elif fraction < self.share / 2 and name in self.overloaded:
                 self.overloaded.discard(name)
-                said.append((logging.INFO, f"source {name} keeps up again: {100 * fraction:.0f}% of its "
-                                           f"{frames} frames dropped in the last {self.window_s:g} s", name))
+                turned[False][name] = _Window(frames, fraction, lost)
+        said = []
+        for overloaded, sources in turned.items():
+            for name in list(sources):  # held and turned back before it was said: nothing to say of either
+                if self._held[not overloaded].pop(name, None) is not None:
+                    del sources[name]
+            if not sources:
+                continue
+            # a source of the last line that turned back and again is a new episode of its own: said at once
+            if now - self._said_at.get(overloaded, -math.inf) >= self.group_s \
+                    or sources.keys() <= self._said_of[overloaded]:
+                said.append(self._say(overloaded, sources, now))
+            else:
+                self._held[overloaded].update(sources)
+        return said + self._due(now)
+
+    def flush(self) -> list[tuple[int, str, tuple[str, ...]]]:
+        """What is held back to be said together, said now (the run ends)."""
+        said = [self._line(overloaded, sources) for overloaded, sources in self._held.items() if sources]
+        self._held = {True: {}, False: {}}
         return said
+
+    def _due(self, now: float) -> list[tuple[int, str, tuple[str, ...]]]:
+        said = []
+        for overloaded, sources in self._held.items():
+            if sources and now - self._said_at.get(overloaded, -math.inf) >= self.group_s:
+                said.append(self._say(overloaded, sources, now))
+                self._held[overloaded] = {}
+        return said
+
+    def _say(self, overloaded: bool, sources: dict[str, _Window], now: float) -> tuple[int, str, tuple[str, ...]]:
+        self._said_at[overloaded] = now
+        self._said_of[overloaded] = set(sources)
+        return self._line(overloaded, sources)
+
+    def _line(self, overloaded: bool, sources: dict[str, _Window]) -> tuple[int, str, tuple[str, ...]]:
+        names = tuple(sources)
+        shares = sorted(round(100 * w.fraction) for w in sources.values())
+        share = f"{shares[0]}%" if shares[0] == shares[-1] else f"{shares[0]}-{shares[-1]}%"
+        if overloaded:
+            lost: Counter[str] = Counter()
+            for window in sources.values():
+                lost.update(window.lost)
+            reasons = ", ".join(f"{reason} {n}" for reason, n in lost.items())
+            if len(names) == 1:
+                return logging.WARNING, (
+                    f"source {names[0]} is overloaded: {share} of its frames dropped in the last {self.window_s:g} s "
+                    f"({reasons}) — set or lower its max_fps (frames it leaves out are never converted), or give the "
+                    "engine less to do per frame (a smaller model, a GPU)"), names
+            return logging.WARNING, (
+                f"sources {', '.join(names)} ({len(names)} sources) are overloaded: {share} of their frames dropped "
+                f"in the last {self.window_s:g} s ({reasons}) — set or lower their max_fps (frames they leave out are "
+                "never converted), or give the engine less to do per frame (a smaller model, a GPU)"), names
+        frames = sum(w.frames for w in sources.values())
+        if len(names) == 1:
+            return logging.INFO, (f"source {names[0]} keeps up again: {share} of its {frames} frames dropped in the "
+                                  f"last {self.window_s:g} s"), names
+        return logging.INFO, (f"sources {', '.join(names)} ({len(names)} sources) keep up again: {share} of their "
+                              f"{frames} frames dropped in the last {self.window_s:g} s"), names
+
+
+@dataclass(frozen=True)
+class _Window:
+    """A source's last window, as the overload line tells it."""
+
+    frames: int
+    fraction: float
+    lost: dict[str, int]
 
 
 @dataclass(frozen=True)

@@ -807,8 +807,7 @@ class Runtime:
                         self._leave_behind(i, decoder)
                 if now - last_watch >= OVERLOAD_CHECK_S:
                     last_watch = now
-                    for level, message, source in self.overload.observe(now, self.metrics.exposed()):
-                        log.log(level, message, extra={"source": source})
+                    self._say_overload(self.overload.observe(now, self.metrics.exposed()))
                 if self.progress and now - last_progress >= self.progress_interval_s:
                     last_progress = now
                     self._say(self._progress_line(now - start) + "\n")
@@ -834,6 +833,7 @@ class Runtime:
             raise
         if not sources_closed:
             self._close_sources()
+        self._say_overload(self.overload.flush())
         report = self.report(time.monotonic() - start)
         if self._errors:
             if self.progress:  # what the run did before it failed: the error's own line follows
@@ -846,6 +846,11 @@ class Runtime:
         if self.progress:
             self._print_summary(report.summary())
         return report
+
+    @staticmethod
+    def _say_overload(lines: list[tuple[int, str, tuple[str, ...]]]) -> None:
+        for level, message, names in lines:  # one source's line carries it as a field, a group's the list
+            log.log(level, message, extra={"source": names[0]} if len(names) == 1 else {"sources": list(names)})
 
     # --- the threads -----------------------------------------------------------------------
 

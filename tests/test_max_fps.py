@@ -243,6 +243,35 @@ def test_a_run_whose_model_cannot_keep_up_with_a_live_source_warns_naming_it(cap
     assert outcome["report"].sources["cam1"].dropped_by["queue_full"] > 0
 
 
+def _fleet(second: int, starts: dict[str, int]) -> dict[str, SourceCounts]:
+    """25 fps sources that each lose 12 frames a second from their start on."""
+    return {name: SourceCounts(decoded=25 * second, dropped_by=Counter({"queue_full": 12 * max(0, second - start)}),
+                               state="streaming", transitions=Counter({"streaming": 1}))
+            for name, start in starts.items()}
+
+
+def test_sources_that_fall_behind_together_are_named_in_one_warning():
+    # found probing 44 cameras on one model: 44 warnings of the same advice within 30 s
+    starts = {f"cam{k:02}": 0 if k == 0 else 12 + k // 4 for k in range(44)}  # the first, then 4 more a second
+    watch = OverloadWatch(window_s=10, share=0.2, paused_since=_never_paused)
+    said = [(s, level, text, names) for s in range(70)
+            for level, text, names in watch.observe(float(s), _fleet(s, starts))]
+    assert watch.overloaded == set(starts)
+    assert [level for _, level, _, _ in said] == [logging.WARNING, logging.WARNING], said
+    (first_at, _, first, alone), (then_at, _, then, together) = said
+    assert alone == ("cam00",) and first.startswith("source cam00 is overloaded: ")  # one source: as it was
+    assert together == tuple(f"cam{k:02}" for k in range(1, 44)) and then_at - first_at == 30
+    assert then.startswith("sources cam01, cam02, cam03, ") and "cam43 (43 sources) are overloaded: " in then
+    assert then.count("max_fps") == 1, then  # the advice once
+    # a run that ends while some are held back says them as it ends
+    ending = OverloadWatch(window_s=10, share=0.2, paused_since=_never_paused)
+    said = [text for s in range(20) for _, text, _ in ending.observe(float(s), _fleet(s, starts))]
+    assert len(said) == 1
+    held = ending.flush()
+    assert len(held) == 1 and held[0][0] == logging.WARNING and "(" in held[0][1] and "sources) are overloaded" in held[0][1]
+    assert ending.flush() == []
+
+
 def test_a_source_that_keeps_up_is_never_named():
     watch = OverloadWatch(window_s=10, share=0.2)
     said = [watch.observe(float(s), _counts(25 * s, 2 * s)) for s in range(30)]  # 8% dropped
