@@ -242,13 +242,16 @@ class Batcher:
             self.metrics.dropped(self.names[i], STALE)
 
     def depths(self, total: bool = False) -> str:
-        """Each source's queue, ``cam0=1/2 cam1=0/2``; with ``total``, their sum and the fullest."""
+        """Each source's queue, ``cam0=1/2 cam1=0/2``; with ``total``, their sum and the fullest (or
+        that all are full)."""
         shown = self.newest()
         if not total:
             return " ".join(f"{self.names[i]}={len(self.queues[i])}/{self.sizes[i]}" for i in shown)
         if not shown:
             return "0/0"
         lengths = {i: len(self.queues[i]) for i in shown}
+        if len(shown) > 1 and all(lengths[i] >= self.sizes[i] for i in shown):  # naming one would single it out
+            return f"{sum(lengths.values())}/{sum(self.sizes[i] for i in shown)} (all {len(shown)} full)"
         fullest = max(shown, key=lambda i: lengths[i] / max(1, self.sizes[i]))
         return (f"{sum(lengths.values())}/{sum(self.sizes[i] for i in shown)} (fullest {self.names[fullest]} "
                 f"{lengths[fullest]}/{self.sizes[fullest]})")

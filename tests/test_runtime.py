@@ -682,6 +682,11 @@ def test_with_many_sources_the_summary_gives_each_its_line_and_latency_and_the_s
     for _ in range(2):
         batcher.put(3, Frame("cam3", 0, np.zeros((2, 2, 3), np.uint8), None, None, None, 0.0), live=True)
     assert batcher.depths(total=True) == "2/12 (fullest cam3 2/2)"
+    # found probing 48 cameras: with every queue full it named the first one, "fullest cam0 2/2"
+    for i in range(6):
+        while batcher.depths().split()[i] != f"cam{i}=2/2":
+            batcher.put(i, Frame(f"cam{i}", 0, np.zeros((2, 2, 3), np.uint8), None, None, None, 0.0), live=True)
+    assert batcher.depths(total=True) == "12/12 (all 6 full)"
 
 
 def test_the_summary_tells_a_camera_s_first_connect_from_its_outages():
