@@ -18,7 +18,6 @@ if __name__ == "__main__":  # python -m: the module imported by entry.main runs,
 import argparse
 import atexit
 import contextlib
-import dataclasses
 import errno
 import json
 import logging
@@ -449,7 +448,7 @@ def _validated(args: argparse.Namespace) -> int:
             passed = all(check.ok for check in checks)
             errors = [f"{check.what}: {check.said}" for check in checks if not check.ok]
             print(json.dumps({"ok": passed, "config": str(args.config), "summary": summary, "errors": errors,
-                              "checks": [dataclasses.asdict(check) for check in checks]}))
+                              "checks": [check.shown() for check in checks]}))
             return 0 if passed else 1
         return report(checks)
     if args.json:

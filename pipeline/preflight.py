@@ -29,6 +29,11 @@ class Check:
     what: str
     ok: bool
     said: str
+    retried: bool = False  # a live source not answering: the run starts all the same and retries it
+
+    def shown(self) -> dict:
+        """The check as ``--json`` gives it."""
+        return {"what": self.what, "ok": self.ok, "said": self.said}
 
     def line(self) -> str:
         return f"{'ok  ' if self.ok else 'FAIL'}  {self.what}: {self.said}"
@@ -42,7 +47,7 @@ def checked(what: str, check: Callable[[], str]) -> Check:
     except SegstreamError as error:
         from segstream.connectors.redaction import scrub
 
-        return Check(what, False, scrub(str(error)).replace("\n", "; "))
+        return Check(what, False, scrub(str(error)).replace("\n", "; "), isinstance(error, SourceDown))
     except Exception as error:
         text = str(error).strip()
         return Check(what, False, f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__)
@@ -210,6 +215,11 @@ def _queued_refusals(client, commands: list[tuple[str, ...]]) -> dict:
     return refused
 
 
+class SourceDown(SegstreamError):
+    """A live source that does not answer (nothing listens, no route, no answer within its open
+    timeout): the run starts all the same and keeps retrying it."""
+
+
 def source_check(cfg: SourceConfig) -> str:
     """The source opened through the run's own builder and open path, to its first frame; a
     listener's port checked free instead (the sender may start at any time)."""
@@ -220,7 +230,10 @@ def source_check(cfg: SourceConfig) -> str:
         return f"synthetic {cfg.width}x{cfg.height}, nothing to open"
     from segstream.pipeline.builders import SOURCE_BUILDERS
 
+    from segstream.connectors.av_input import InputRefused, InputTimeout, InputUnreachable
+
     live = cfg.type in ("stream", "camera")
+    configured = cfg
     if live:  # the run retries a failed open for good; here the first answer is the one reported
         cfg = cfg.model_copy(update={"max_reconnects": 0, "wait_for_input": False})
     try:
@@ -238,7 +251,15 @@ def source_check(cfg: SourceConfig) -> str:
         finally:
             source.close()
     except SegstreamError as error:  # the check's line says which source already (found probing: thrice)
-        raise SegstreamError(str(error).removeprefix(f"source {cfg.name}: ")) from None
+        said = str(error).removeprefix(f"source {cfg.name}: ")
+        # down, or (wait_for_input) not there yet: the run does not fail for it but retries, so say that
+        if live and (isinstance(error, (InputTimeout, InputUnreachable))
+                     or isinstance(error, InputRefused) and configured.wait_for_input):
+            attempts = configured.max_reconnects
+            retries = "keeps retrying it" if attempts is None else f"retries it (up to {attempts} attempts)"
+            raise SourceDown(f"{said} — `segstream run` starts all the same and {retries}; its frames come once "
+                             "it answers") from None
+        raise SegstreamError(said) from None
 
 
 def _first_live_picture(source, cfg):
@@ -325,6 +346,13 @@ def report(checks: list[Check]) -> int:
     for check in checks:
         print(check.line(), flush=True)
     failed = [check.what for check in checks if not check.ok]
+    down = [check.what for check in checks if not check.ok and check.retried]
+    if failed and len(down) == len(failed):
+        it, answers, is_ = ("it", "it answers", "it is") if len(down) == 1 else ("them", "they answer", "they are")
+        print(f"FAIL: {len(failed)} of {len(checks)} checks failed ({', '.join(failed)}): `segstream run` would "
+              f"start, and retry {', '.join(down)} until {answers}: no frames from {it} till then — check that "
+              f"{is_} on and reachable", flush=True)
+        return 1
     if failed:
         print(f"FAIL: {len(failed)} of {len(checks)} checks failed ({', '.join(failed)}): `segstream run` would not "
               "start cleanly — fix the lines above", flush=True)

@@ -151,6 +151,22 @@ def test_an_rtsp_camera_gives_a_first_frame_and_a_dead_one_fails(tmp_path, capsy
     assert lines[-1].startswith("FAIL: 1 of 4 checks failed (source gone)")
 
 
+def test_a_camera_that_is_down_fails_saying_the_run_would_start_and_retry_it(tmp_path, capsys):
+    # found probing: a camera merely down read "`segstream run` would not start cleanly", though run starts and retries
+    dead = f"  - {{name: gone, type: stream, url: 'rtsp://127.0.0.1:{free_port()}/cam', open_timeout_s: 3}}"
+    code, lines = connect(write_config(tmp_path, dead), capsys)
+    assert code == 1
+    assert line_of(lines, "source gone").startswith("FAIL") and line_of(lines, "source gone").endswith(
+        "`segstream run` starts all the same and keeps retrying it; its frames come once it answers")
+    assert lines[-1] == ("FAIL: 1 of 3 checks failed (source gone): `segstream run` would start, and retry source gone "
+                         "until it answers: no frames from it till then — check that it is on and reachable")
+    # with something the run cannot start without, it is still "would not start cleanly"
+    redis = f"{{url: 'redis://127.0.0.1:{free_port()}/0'}}"
+    code, lines = connect(write_config(tmp_path, dead, redis), capsys)
+    assert code == 1 and lines[-1].startswith("FAIL: 2 of 4 checks failed (redis, source gone): `segstream run` "
+                                              "would not start cleanly"), lines
+
+
 def test_a_udp_listener_reports_its_port_free_and_fails_when_something_holds_it(tmp_path, capsys):
     port = free_port(socket.SOCK_DGRAM)
     config = write_config(tmp_path, f"  - {{name: encoder, type: stream, url: 'udp://0.0.0.0:{port}'}}")
