@@ -913,7 +913,8 @@ class Runtime:
                 if self._stop_requested or self._aborted.is_set() or i in self._removed:
                     break
                 if self.max_frames is not None and taken >= self.max_frames:
-                    self.states.enter(name, "ended", f"max_frames ({self.max_frames}) reached", quiet=generic)
+                    self.states.enter(name, "ended", f"max_frames ({self.max_frames}) reached",
+                                      quiet=generic and not self._others_going(i))
                     break
         except BaseException as error:
             failed = True
@@ -936,12 +937,20 @@ class Runtime:
                         reason = "removed" if i in self._removed else "stopped" if stopped else "end of input"
                         # a damaged file's end is no normal one (its frames end before the file says)
                         reason += f", damaged: about {missing} frames missing ({damage})" if missing else ""
+                        # a file's end is news while the run goes on; at a stop, or as the last, the summary tells it
+                        told = missing or i in self._removed or not stopped and self._others_going(i)
                         self.states.enter(name, "ended", reason, {"frames_missing": missing} if missing else None,
-                                          quiet=generic and not missing and i not in self._removed)
+                                          quiet=generic and not told)
                     self._batcher.finish(i)
                     self._to_stage.wake()  # its end may follow its last result at once
                 if i not in self._left_behind:  # else a source added since under its name beats on that key
                     self.metrics.beat(beat, idle="ended")
+
+    def _others_going(self, i: int) -> bool:
+        """Whether a source of the run other than source ``i`` has not ended (the run goes on after it)."""
+        sources, removed = list(self.sources), set(self._removed)  # copies: a source added meanwhile may wait
+        others = {s.name for j, s in enumerate(sources) if j != i and j not in removed} - {sources[i].name}
+        return any(self.metrics.source(name).state not in ("ended", "failed") for name in others)
 
     def _model_refuses(self, frame: Frame) -> str | None:
         """Why the model cannot take a frame of this size (a semantic model's windows of a

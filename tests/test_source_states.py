@@ -106,3 +106,17 @@ def test_each_outage_of_a_camera_starts_its_count_anew(records):
     assert records.said() == [f"source cam reconnecting: {REFUSED}"] * 2
     assert records.said(logging.INFO)[-1] == (
         "source cam streaming: first frame 640x480 h264 (after 10 s down, 2 reconnect attempts)")
+
+
+def test_a_file_that_ends_while_the_run_goes_on_logs_its_end_the_last_one_leaves_it_to_the_summary(records, tmp_path):
+    # found probing an archive run: file sources logged no state at all, though README says each source's is logged
+    from segstream.connectors.file_source import FileSource
+    from segstream.pipeline.runtime import Runtime
+    from tests.conftest import ColourSegmenter, encode_clip
+
+    short, long = encode_clip(tmp_path / "short.mp4", frames=5), encode_clip(tmp_path / "long.mp4", frames=40)
+    Runtime([FileSource("short", str(short)), FileSource("long", str(long))], ColourSegmenter(), [],
+            progress=None).run()
+    info = [(r.getMessage(), r.source) for r in records.records if r.levelno >= logging.INFO]
+    assert info == [("source short ended: end of input", "short")], info  # not connecting, streaming: no news
+    assert "source long ended: end of input" in [r.getMessage() for r in records.records]  # at debug level
