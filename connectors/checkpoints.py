@@ -7,12 +7,15 @@ Nothing here unpickles arbitrary objects: safetensors files are read as tensors,
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib
 import json
 import pickle
 import warnings
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,6 +24,7 @@ from torch import Tensor
 from segstream.connectors.errors import CheckpointError
 from segstream.connectors.urls import hub_reference_problem
 from segstream.models.eomt import EoMT, convert_state_dict, state_dict_problems
+from segstream.models.label_sets import LabelSet
 from segstream.models.presets import Preset
 from segstream.models.senatra import SeNaTra
 
@@ -372,6 +376,8 @@ def _params_estimate(config) -> float:
 def _refuse_misfit_eomt(path: Path, preset: Preset, model: EoMT, state: dict[str, Tensor]) -> None:
     problems = state_dict_problems(model, state)
     if problems:
+        _refuse_other_classes(path, preset, state, "class_head.bias", 1,
+                              lambda config: not state_dict_problems(EoMT(config), state))
         shown = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
         raise CheckpointError(
             f"checkpoint '{path}' does not fit preset {preset.name} "
@@ -379,6 +385,25 @@ def _refuse_misfit_eomt(path: Path, preset: Preset, model: EoMT, state: dict[str
             f"{preset.config.num_classes} classes, "
             f"{preset.config.num_queries} queries, input {preset.config.img_size}): {shown}{_what_fits(state)}"
         )
+
+
+def _refuse_other_classes(path: Path, preset: Preset, state: dict[str, Tensor], head: str, extra: int,
+                          fits: Callable[[Any], bool]) -> None:
+    """With a label set of one's own (``model.labels``), a checkpoint that fits the architecture but
+    for its class head: said as the two class counts, not as tensor shapes (``extra``: the head's
+    outputs beyond the classes, EoMT's "no object")."""
+    labels = preset.label_set
+    if not isinstance(labels, LabelSet) or head not in state or state[head].ndim != 1:
+        return
+    classes = state[head].shape[0] - extra
+    if classes == labels.num_classes or classes < 1:
+        return
+    with torch.device("meta"):
+        if not fits(dataclasses.replace(preset.config, num_classes=classes)):
+            return
+    raise CheckpointError(
+        f"model.labels ('{labels.name}') names {labels.num_classes} classes while the class head of checkpoint "
+        f"'{path}' has {classes} — fix the labels file or the checkpoint (they must be of the same training)")
 
 
 def _what_fits(state: dict[str, Tensor]) -> str:
@@ -438,6 +463,11 @@ def _refuse_misfit_senatra(path: Path, preset: Preset, model: SeNaTra, state: di
         for k, v in expected.items() if k in state and state[k].shape != v.shape
     ][:3]
     if problems:
+        def fits(config) -> bool:
+            expected = SeNaTra(config).state_dict()
+            return expected.keys() == state.keys() and all(expected[k].shape == state[k].shape for k in expected)
+
+        _refuse_other_classes(path, preset, state, "head.fc2.bias", 0, fits)
         cfg = preset.config
         raise CheckpointError(
             f"checkpoint '{path}' does not fit preset {preset.name} (dims {list(cfg.dims)}, depths "

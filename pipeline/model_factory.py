@@ -68,7 +68,7 @@ def with_own_labels(preset: Preset, model_cfg) -> Preset:
         return preset
     labels = read_label_set_file(model_cfg.labels)
     return dataclasses.replace(
-        preset, name=f"{preset.name}:{labels.name}", weights="",
+        preset, name=f"{preset.name}:{labels.name}", weights="", label_set=labels,
         config=dataclasses.replace(preset.config, num_classes=labels.num_classes),
     )
 

@@ -352,3 +352,32 @@ def test_validate_refuses_a_checkpoint_that_is_none_or_does_not_fit_without_load
                       f"model: {{family: senatra, checkpoint: '{tmp_path / 'fits.pt'}'}}\n")
     assert main(["validate", str(config)]) == 2
     assert "it is an EoMT checkpoint: run it with an EoMT preset" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("preset", ["synthetic_eomt_tiny_256", "synthetic_senatra_tiny_192"])
+def test_a_labels_file_of_fewer_classes_than_the_checkpoint_says_the_two_counts(tmp_path, capsys, preset):
+    # found probing: an 8-class checkpoint with a 5-class labels file read "class_head.bias: shape (9,),
+    # expected (6,) ... use model.preset synthetic_eomt_tiny_256", the preset already set
+    import json
+
+    from segstream.pipeline.cli import main
+    from segstream.pipeline.config import ModelConfig
+    from segstream.pipeline.model_factory import build_segmenter
+
+    weights = Path(__file__).resolve().parents[1] / "models" / "weights" / f"{preset}.safetensors"
+    labels = tmp_path / "five.json"
+    labels.write_text(json.dumps({"name": "five", "classes": [
+        {"id": i, "name": f"c{i}", "isthing": i < 2} for i in range(5)]}))
+    said = (f"model.labels ('five') names 5 classes while the class head of checkpoint '{weights}' has 8 — fix the "
+            "labels file or the checkpoint")
+    family = "senatra" if "senatra" in preset else "eomt"
+    cfg = ModelConfig(family=family, preset=preset, checkpoint=str(weights), labels=str(labels), device="cpu")
+    with pytest.raises(CheckpointError) as raised:
+        build_segmenter(cfg, batch_size=1)
+    assert str(raised.value).startswith(said), raised.value
+    config = tmp_path / "site.yaml"
+    config.write_text(f"sources: [{{name: s, type: synthetic}}]\nmodel: {{family: {family}, preset: {preset}, "
+                      f"checkpoint: '{weights}', labels: '{labels}'}}\n")
+    assert main(["validate", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert said in err and "class_head" not in err and "head.fc2" not in err, err
