@@ -514,7 +514,7 @@ class ModelConfig(Strict):
     """
 
     preset: Annotated[str, Field(min_length=1)] = "synthetic_eomt_tiny_256"
-    """The model preset: its architecture, input size, labels and weights."""
+    """The model preset: its architecture, input size, labels and weights (null: as left out, the family's default)."""
     # Model family (eomt, senatra): checked against the preset's; alone, it picks the family's
     # default preset (synthetic_senatra_tiny_192 for senatra).
     family: Annotated[str, Field(min_length=1)] | None = None
@@ -545,6 +545,14 @@ class ModelConfig(Strict):
     # families take none.
     options: dict[str, Any] = Field(default_factory=dict, repr=False)  # may hold a plugin's keys
     """A plugin model family's own settings, for its builder (the shipped families take none)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_preset_is_the_default(cls, data: Any) -> Any:
+        # preset: null (a YAML key left empty, --set model.preset=null) means what leaving it out does
+        if isinstance(data, dict) and data.get("preset", "") is None:
+            data = {k: v for k, v in data.items() if k != "preset"}
+        return data
 
     @field_validator("labels")
     @classmethod

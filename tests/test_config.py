@@ -97,6 +97,20 @@ def test_validate_names_the_model_that_model_family_alone_picks(capsys, write, c
     assert capsys.readouterr().out.strip() == "ok: 2 sources, model synthetic_senatra_tiny_192"
 
 
+def test_model_preset_null_means_the_family_s_default_in_yaml_and_in_set(capsys, write, clip, tmp_path):
+    # found probing: --set model.preset=null gave rc 2 "model.preset: Input should be a valid string (got None)"
+    config = tmp_path / "family.yaml"
+    config.write_text(f"sources: [{{name: cam0, type: file, path: '{clip}'}}]\nmodel: {{family: senatra, preset: null}}\n")
+    assert main(["validate", str(config)]) == 0
+    assert capsys.readouterr().out.strip() == "ok: 1 source, model synthetic_senatra_tiny_192"
+    assert main(["validate", write(VALID.format(clip=clip)), "--set", "model.preset=null"]) == 0
+    assert capsys.readouterr().out.strip() == "ok: 2 sources, model synthetic_eomt_tiny_256"
+    assert main(["validate", write(VALID.format(clip=clip)), "--set", "model.family=senatra",
+                 "--set", "model.preset=null"]) == 0
+    assert capsys.readouterr().out.strip() == "ok: 2 sources, model synthetic_senatra_tiny_192"
+    assert load_config(config).model.preset == "synthetic_eomt_tiny_256"  # the schema's default, as when left out
+
+
 # pipeline.yaml is the container's: its paths exist in the image (tests/test_compose.py checks it)
 @pytest.mark.parametrize(
     "name", sorted(p.name for p in (Path(__file__).parents[1] / "configs").glob("*.yaml") if p.name != "pipeline.yaml")
