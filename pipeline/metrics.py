@@ -505,15 +505,26 @@ class OverloadWatch:
                     f"({reasons}) — set or lower its max_fps (frames it leaves out are never converted), or give the "
                     "engine less to do per frame (a smaller model, a GPU)"), names
             return logging.WARNING, (
-                f"sources {', '.join(names)} ({len(names)} sources) are overloaded: {share} of their frames dropped "
+                f"sources {_some(names)} ({len(names)} sources) are overloaded: {share} of their frames dropped "
                 f"in the last {self.window_s:g} s ({reasons}) — set or lower their max_fps (frames they leave out are "
                 "never converted), or give the engine less to do per frame (a smaller model, a GPU)"), names
         frames = sum(w.frames for w in sources.values())
         if len(names) == 1:
             return logging.INFO, (f"source {names[0]} keeps up again: {share} of its {frames} frames dropped in the "
                                   f"last {self.window_s:g} s"), names
-        return logging.INFO, (f"sources {', '.join(names)} ({len(names)} sources) keep up again: {share} of their "
+        return logging.INFO, (f"sources {_some(names)} ({len(names)} sources) keep up again: {share} of their "
                               f"{frames} frames dropped in the last {self.window_s:g} s"), names
+
+
+# A line names at most this many sources (a JSON log line's `sources` has them all).
+NAMED_AT_MOST = 12
+
+
+def _some(names: tuple[str, ...]) -> str:
+    """``cam01, cam02, ...`` and how many more, for a line that stays readable with 400 sources."""
+    if len(names) <= NAMED_AT_MOST:
+        return ", ".join(names)
+    return f"{', '.join(names[:NAMED_AT_MOST])} and {len(names) - NAMED_AT_MOST} more"
 
 
 @dataclass(frozen=True)

@@ -261,7 +261,8 @@ def test_sources_that_fall_behind_together_are_named_in_one_warning():
     (first_at, _, first, alone), (then_at, _, then, together) = said
     assert alone == ("cam00",) and first.startswith("source cam00 is overloaded: ")  # one source: as it was
     assert together == tuple(f"cam{k:02}" for k in range(1, 44)) and then_at - first_at == 30
-    assert then.startswith("sources cam01, cam02, cam03, ") and "cam43 (43 sources) are overloaded: " in then
+    # at most 12 names in the line (found reviewing: 400 cameras would be one line of 400 names)
+    assert then.startswith("sources cam01, cam02, cam03, ") and "cam12 and 31 more (43 sources) are overloaded: " in then
     assert then.count("max_fps") == 1, then  # the advice once
     # a run that ends while some are held back says them as it ends
     ending = OverloadWatch(window_s=10, share=0.2, paused_since=_never_paused)
