@@ -221,7 +221,8 @@ def evaluation_model_config(args):
 
     from segstream.pipeline.plugins import load_plugins
 
-    preset = args.preset or SYNTHETIC_TINY.name
+    # a checkpoint segstream's training wrote says its preset (a SeNaTra one needs no --preset)
+    preset = args.preset or _preset_of_checkpoint(args.checkpoint) or SYNTHETIC_TINY.name
     if preset not in PRESETS:  # a plugin's, maybe
         load_plugins()
     own_data = getattr(args, "data", None) is not None
@@ -243,8 +244,28 @@ def evaluation_model_config(args):
         for problem in error.errors():
             field = str(problem["loc"][0]) if problem["loc"] else ""
             message = problem["msg"].removeprefix("Value error, ")
+            if field == "checkpoint":  # the config's words for leaving it out
+                message = message.replace("use null for the preset's weights", "leave --checkpoint out for the "
+                                          "preset's own weights")
             lines.append(f"--{field} {values.get(field)}: {message}" if field in values else message)
         raise ConfigError("\n".join(lines)) from None
+
+
+def _preset_of_checkpoint(checkpoint: str | None) -> str | None:
+    """The preset a safetensors file written by segstream's training scripts names in its
+    metadata, when it is one that is known; else None."""
+    from segstream.models.presets import PRESETS
+
+    if checkpoint is None or not checkpoint.endswith(".safetensors") or not Path(checkpoint).is_file():
+        return None
+    try:
+        from safetensors import safe_open
+
+        with safe_open(checkpoint, framework="pt") as weights:
+            preset = (weights.metadata() or {}).get("preset")
+    except Exception:  # not readable as safetensors: loading it says why, in its own words
+        return None
+    return preset if preset in PRESETS else None
 
 
 def main_evaluate(args) -> int:

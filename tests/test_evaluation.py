@@ -135,6 +135,26 @@ def test_evaluate_names_a_missing_checkpoint_in_one_line_without_traceback(capsy
         assert main(["evaluate", *tracking, "--seeds", "0", "--frames", "1", "--checkpoint", "/nonexistent.safetensors"]) == 2
         err = capsys.readouterr().err
         assert err.startswith("segstream: error: --checkpoint /nonexistent.safetensors:") and "Traceback" not in err
+        # the command's words, not the config's ("use null for the preset's weights": found probing)
+        assert "null" not in err and (tracking or "leave --checkpoint out for the preset's own weights" in err), err
+
+
+def test_evaluate_takes_the_preset_a_trained_checkpoint_names_and_says_which_weights_it_measured(tmp_path, capsys):
+    """Found probing as a model trainer: a SeNaTra checkpoint of one's own needed --preset (the error
+    said 'set model.family: senatra', a config's words), and the output named no weights."""
+    import json
+
+    from segstream.models.presets import SYNTHETIC_SENATRA
+    from segstream.models.senatra import SeNaTra
+    from segstream.pipeline.cli import main
+    from segstream.pipeline.senatra_training import save_senatra
+
+    weights = tmp_path / "mine.safetensors"
+    save_senatra(SeNaTra(SYNTHETIC_SENATRA.config), weights, {"preset": SYNTHETIC_SENATRA.name})
+    assert main(["evaluate", "--seeds", "0", "--frames", "1", "--size", "64", "48", "--device", "cpu",
+                 "--checkpoint", str(weights), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["model"] == SYNTHETIC_SENATRA.name and result["checkpoint"] == str(weights)
 
 
 def test_evaluate_refuses_a_preset_of_another_label_set_before_fetching_weights(capsys):
