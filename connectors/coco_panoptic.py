@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -38,6 +39,7 @@ from segstream.models.results import NO_TRACK, FrameResult, Segments
 
 log = logging.getLogger(__name__)
 
+BATCH_PANOPTIC_NAME = "panoptic_batch.json"  # a batch's JSON over all its videos (pipeline.batch.BATCH_PANOPTIC)
 PNG_COMPRESSION = 1  # zlib level: panoptic PNGs are flat colour fields, level 1 is 3x faster for ~10% more bytes
 # PNG encoding (34 ms a 1080p frame) runs on threads of its own, off the thread that writes the
 # results (cv2 releases the GIL), with at most this many frames waiting for them
@@ -72,6 +74,8 @@ def category_ids(labels: LabelSet) -> list[int]:
     """The COCO category id of each class: its ``coco_id`` in the shipped label set file where it
     has one (so outputs of COCO models match COCO's ground truth), else class id + 1 (COCO ids
     start at 1)."""
+    if labels.coco_ids is not None:  # a label-set file of one's own that says them (training's does)
+        return list(labels.coco_ids)
     fallback = [class_id + 1 for class_id in range(labels.num_classes)]
     source = resources.files("segstream.models").joinpath("labels", f"{labels.name}.json")
     try:
@@ -324,12 +328,15 @@ class CocoPanopticDataset:
     segment names, and segments of no pixel are void (-1). Every problem is one ``ConfigError``
     naming the file and what to do, the pictures' and PNGs' existence checked at once."""
 
-    def __init__(self, json_path: str | Path, masks: str | Path | None = None, images: str | Path | None = None):
+    def __init__(self, json_path: str | Path, masks: str | Path | None = None, images: str | Path | None = None,
+                 options: tuple[str, str] = ("--masks", "--images")):
+        # ``options``: the command's options that name the two folders, for its messages
         from segstream.connectors.errors import ConfigError
 
         self.json_path = path = Path(json_path)
         try:
-            document = json.loads(path.read_text(encoding="utf-8"))
+            # utf-8-sig: a byte-order mark (some Windows tools write one) is no reason to refuse
+            document = json.loads(path.read_text(encoding="utf-8-sig"))
         except FileNotFoundError:
             raise ConfigError(f"{path}: no such file — give the COCO panoptic JSON of your annotations") from None
         except (OSError, UnicodeDecodeError) as error:
@@ -344,12 +351,17 @@ class CocoPanopticDataset:
         self._class_of = {c["id"]: i for i, c in enumerate(cats)}
         # named after the data: the JSON's name, or its folder's for a batch's panoptic.json
         name = path.stem if path.stem != "panoptic" else path.resolve().parent.name or path.stem
-        self.labels = LabelSet(name, tuple(str(c["name"]) for c in cats), tuple(bool(c["isthing"]) for c in cats))
+        self.labels = LabelSet(name, tuple(str(c["name"]) for c in cats), tuple(bool(c["isthing"]) for c in cats),
+                               coco_ids=tuple(c["id"] for c in cats))
+        batch_wide = path.name == BATCH_PANOPTIC_NAME  # its file names are relative to its folder
         if masks is None:
-            masks = path.with_suffix("") if path.with_suffix("").is_dir() else path.parent / "panoptic"
+            masks = (path.parent if batch_wide else path.with_suffix("") if path.with_suffix("").is_dir()
+                     else path.parent / "panoptic")
         self.masks = Path(masks)
-        self.images = Path(images) if images is not None else path.parent / "images"
+        self.images = Path(images) if images is not None else path.parent if batch_wide else path.parent / "images"
         pictures = {image["id"]: image for image in document["images"]}
+        if len(pictures) != len(document["images"]):
+            raise ConfigError(f"{path}: two images have one id")
         self.samples: list[tuple[dict, dict]] = []
         for k, annotation in enumerate(document["annotations"]):
             image = pictures.get(annotation["image_id"])
@@ -364,12 +376,16 @@ class CocoPanopticDataset:
             self.samples.append((image, annotation))
         if not self.samples:
             raise ConfigError(f"{path}: no annotations — nothing to train on or measure")
-        for folder, key, what, option in ((self.images, 0, "picture", "--images"), (self.masks, 1, "PNG", "--masks")):
+        self.labelled: list[int] | None = None  # check()'s: the pictures with a labelled segment
+        problems = []  # both folders' at once: one run of the command finds both
+        for folder, key, what, option in ((self.images, 0, "picture", options[1]), (self.masks, 1, "PNG", options[0])):
             missing = [str(folder / pair[key]["file_name"]) for pair in self.samples
                        if not (folder / pair[key]["file_name"]).is_file()]
             if missing:
-                raise ConfigError(f"{missing[0]}: no such {what} ({len(missing)} of {len(self.samples)} missing) "
-                                  f"— give the folder that holds them with {option}")
+                problems.append(f"{missing[0]}: no such {what} ({len(missing)} of {len(self.samples)} missing) — give "
+                                f"the folder that holds them with {option}")
+        if problems:
+            raise ConfigError("; ".join(problems))
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -413,9 +429,23 @@ class CocoPanopticDataset:
                             segments=segments, file=str(picture_path))
         return np.ascontiguousarray(bgr[..., ::-1]), truth
 
-    def label_file_data(self) -> dict:
-        """The classes as a label-set file (``model.labels``), each with its ``coco_id``."""
-        return {"name": self.labels.name, "source": f"categories of {self.json_path.name}",
+    def check(self, progress: bool = True) -> list[int]:
+        """Read every picture and PNG once (a bad one found now, not hours into a training run):
+        the indices of those with a labelled segment (a picture not labelled yet teaches nothing)."""
+        from tqdm import tqdm
+
+        labelled = self.labelled = []
+        # disable=None: a bar on a terminal only
+        for k in tqdm(range(len(self)), desc="checking pictures", unit="picture", file=sys.stderr,
+                      disable=None if progress else True):
+            if len(self[k][1].segments):
+                labelled.append(k)
+        return labelled
+
+    def label_file_data(self, name: str | None = None) -> dict:
+        """The classes as a label-set file (``model.labels``), each with its ``coco_id``; ``name``
+        is the set's (the model's name in entries: ``<preset>:<name>``), by default the data's."""
+        return {"name": name or self.labels.name, "source": f"categories of {self.json_path.name}",
                 "classes": [{"id": i, "name": str(c["name"]), "isthing": bool(c["isthing"]), "coco_id": c["id"]}
                             for i, c in enumerate(self.categories)]}
 

@@ -23,6 +23,9 @@ class LabelSet:
     name: str
     names: tuple[str, ...]
     isthing: tuple[bool, ...]
+    # each class's COCO category id, where a label-set file of one's own gives every class one
+    # (``coco_id``; training on COCO data writes them): COCO outputs then use the data's own ids
+    coco_ids: tuple[int, ...] | None = None
 
     @property
     def num_classes(self) -> int:
@@ -79,10 +82,15 @@ class LabelSet:
                 f"label set {set_name!r}: class ids must be contiguous from 0 to {len(by_id) - 1}; "
                 f"missing {missing}, out of range {extra}"
             )
+        coco = {entry.get("id"): entry.get("coco_id") for entry in classes}
+        coco_ids = tuple(coco[i] for i in expected)
+        if not all(isinstance(c, int) and not isinstance(c, bool) for c in coco_ids) or len(set(coco_ids)) != len(coco_ids):
+            coco_ids = None  # none, or not one distinct id a class: COCO outputs number classes themselves
         return cls(
             name=set_name,
             names=tuple(by_id[i][0] for i in expected),
             isthing=tuple(by_id[i][1] for i in expected),
+            coco_ids=coco_ids,
         )
 
 

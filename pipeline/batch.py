@@ -62,7 +62,7 @@ log = logging.getLogger(__name__)
 
 LIST_SUFFIXES = (".txt", ".list", ".lst")
 MANIFEST = "manifest.jsonl"
-BATCH_PANOPTIC = "panoptic_batch.json"
+BATCH_PANOPTIC = "panoptic_batch.json"  # as connectors.coco_panoptic.BATCH_PANOPTIC_NAME (not imported: cv2)
 REDIS_MARKS = ".redis-marks.json"
 # Videos per runtime: each video is a source with its decode thread, so an archive of thousands
 # runs as a sequence of runtimes over groups of videos that share one warm model.

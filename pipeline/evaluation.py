@@ -337,5 +337,7 @@ def main_evaluate(args) -> int:
             print(f"  {names[class_id]:10} not in these scenes, nor predicted (left out of the averages)")
             continue
         print(f"  {names[class_id]:10} PQ {100 * stats['pq']:5.1f}  (tp {stats['tp']}, fp {stats['fp']}, fn {stats['fn']})")
-    print(json.dumps({k: v for k, v in result.items() if k != "per_class"}))
+    # NaN is no JSON: an average of no class is null, as with --json (found probing: the line said NaN)
+    print(json.dumps({k: None if isinstance(v, float) and math.isnan(v) else v for k, v in result.items()
+                      if k != "per_class"}))
     return 0

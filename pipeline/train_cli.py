@@ -17,12 +17,13 @@ import json
 import math
 import signal
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
 
-from segstream.connectors.errors import ConfigError, SegstreamError
+from segstream.connectors.errors import ConfigError, ResourceLimit, SegstreamError
 from segstream.pipeline.training import TrainingRun, load_state, settings_record
 
 
@@ -58,6 +59,12 @@ def add_common_arguments(parser: argparse.ArgumentParser, out: Path, lr: float) 
                         help="with --data: the folder of its pictures")
     parser.add_argument("--val", type=Path, default=None, metavar="JSON",
                         help="with --data: held-out pictures (same layout) whose PQ is measured at the end")
+    parser.add_argument("--val-masks", type=Path, default=None, metavar="DIR", help="with --val: the folder of its PNGs")
+    parser.add_argument("--val-images", type=Path, default=None, metavar="DIR",
+                        help="with --val: the folder of its pictures")
+    parser.add_argument("--name", default=None,
+                        help="with --data: the name of its classes' set, which entries add to the model's name "
+                             "(<preset>:<name>; default: the data's, its JSON's or folder's name)")
     parser.add_argument("--resume", action="store_true",
                         help="go on from the state a stopped or killed run kept beside --out (same options)")
     parser.add_argument("--save-every", type=_positive(float), default=5.0, metavar="MIN",
@@ -74,16 +81,31 @@ def open_data(args: argparse.Namespace):
     from segstream.connectors.coco_panoptic import CocoPanopticDataset
 
     if args.data is None:
-        for option in ("masks", "images", "val"):
+        for option in ("masks", "images", "val", "val_masks", "val_images", "name"):
             if getattr(args, option) is not None:
-                raise ConfigError(f"--{option} goes with --data (pictures of your own); without it the run trains "
-                                  "on synthetic scenes")
+                raise ConfigError(f"--{option.replace('_', '-')} goes with --data (pictures of your own); without it "
+                                  "the run trains on synthetic scenes")
         return None, None
+    if args.val is None and (args.val_masks is not None or args.val_images is not None):
+        raise ConfigError("--val-masks and --val-images go with --val (held-out pictures)")
     data = CocoPanopticDataset(args.data, args.masks, args.images)
-    val = CocoPanopticDataset(args.val) if args.val is not None else None
-    if val is not None and (val.labels.names, val.labels.isthing) != (data.labels.names, data.labels.isthing):
-        raise ConfigError(f"--val {args.val}: its categories ({', '.join(val.labels.names)}) are not --data's "
-                          f"({', '.join(data.labels.names)})")
+    val = None
+    if args.val is not None:
+        val = CocoPanopticDataset(args.val, args.val_masks, args.val_images, options=("--val-masks", "--val-images"))
+        if (val.labels.names, val.labels.isthing) != (data.labels.names, data.labels.isthing):
+            raise ConfigError(f"--val {args.val}: its categories ({', '.join(val.labels.names)}) are not --data's "
+                              f"({', '.join(data.labels.names)})")
+    print(f"checking the {len(data)} pictures of {args.data}" + (f" and the {len(val)} of {args.val}" if val else ""),
+          file=sys.stderr, flush=True)
+    labelled = data.check()  # a bad picture is found now, not hours into the run
+    if not labelled:
+        raise ConfigError(f"--data {args.data}: none of its {len(data)} pictures has a labelled segment — nothing "
+                          "to train on")
+    if len(labelled) < len(data):
+        print(f"{len(data) - len(labelled)} of the {len(data)} pictures have no labelled segment (all void or "
+              "crowd): left out of training", file=sys.stderr, flush=True)
+    if val is not None:
+        val.check()
     return data, val
 
 
@@ -99,10 +121,13 @@ def check_device(device: str) -> None:
 def training_run(args: argparse.Namespace, kind: str, settings, data) -> TrainingRun:
     """The run's control: its state file beside ``--out``, read back with ``--resume``."""
     state_path = beside(args.out, "state.pt")
-    try:
+    try:  # found now, not when the first state or the weights are written
         args.out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=args.out.parent, prefix=".segstream-"):
+            pass
     except OSError as error:
-        raise ConfigError(f"--out {args.out}: cannot make its folder ({error.strerror})") from None
+        raise ConfigError(f"--out {args.out}: cannot write in its folder ({error.strerror}) — give one you can "
+                          "write to") from None
     run = TrainingRun(state_path=state_path, every_s=args.save_every * 60, data=data)
     if args.resume:
         try:
@@ -148,17 +173,20 @@ def finish(args: argparse.Namespace, report, signals: list[int], save: Callable[
     metadata = {k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in facts.items()}
     if report.stopped:
         partial = beside(args.out, "partial.safetensors")
-        save(partial, metadata | {"finished": "false", "schedule_done": f"{report.done:.4f}"})
+        with written(partial):
+            save(partial, metadata | {"finished": "false", "schedule_done": f"{report.done:.4f}"})
         print(json.dumps(facts | {"finished": False, "schedule_done": round(report.done, 4)}, indent=1), flush=True)
         print(f"stopped at step {report.steps} ({100 * report.done:.0f}% of the schedule): go on with the same "
               f"command and --resume ({beside(args.out, 'state.pt')}); the weights so far, unfinished, are in "
               f"{partial}", file=sys.stderr)
         return 128 + (signals[0] if signals else signal.SIGINT)
-    save(args.out, metadata)
+    with written(args.out):
+        save(args.out, metadata)
     hint = dict(run_hint, checkpoint=str(args.out.resolve()))
     if data is not None:
         labels = beside(args.out, "labels.json")
-        labels.write_text(json.dumps(data.label_file_data(), indent=1) + "\n", encoding="utf-8")
+        with written(labels):
+            labels.write_text(json.dumps(data.label_file_data(args.name), indent=1) + "\n", encoding="utf-8")
         hint["labels"] = str(labels.resolve())
     for leftover in (beside(args.out, "state.pt"), beside(args.out, "partial.safetensors")):
         leftover.unlink(missing_ok=True)
@@ -168,6 +196,18 @@ def finish(args: argparse.Namespace, report, signals: list[int], save: Callable[
     print(json.dumps(facts, indent=1), flush=True)
     print(f"weights in {args.out}; run them with  model: {json.dumps(hint)}", file=sys.stderr)
     return 0
+
+
+@contextlib.contextmanager
+def written(path: Path) -> Iterator[None]:
+    """A file that cannot be written (a full disk, a folder made read-only) is one line, exit 1."""
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except (OSError, SafetensorError) as error:
+        reason = getattr(error, "strerror", None) or str(error)
+        raise ResourceLimit(f"cannot write {path}: {reason} — free space, or give another --out") from None
 
 
 def main_guard(main: Callable[[], int]) -> int:

@@ -96,10 +96,17 @@ def save_state(path: Path, kind: str, settings, modules: dict[str, nn.Module], o
         "modules": {name: module.state_dict() for name, module in modules.items()},
         "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.writing")
-    torch.save(state, partial)
-    os.replace(partial, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(state, partial)
+        os.replace(partial, path)
+    except (OSError, RuntimeError) as error:  # torch says a full disk as a RuntimeError of its writer
+        partial.unlink(missing_ok=True)
+        from segstream.connectors.errors import ResourceLimit
+
+        raise ResourceLimit(f"cannot keep the run's state in {path} ({getattr(error, 'strerror', None) or error}) — "
+                            "free space, then go on with --resume from the last state kept") from None
 
 
 def load_state(path: Path, kind: str, settings) -> dict:
@@ -111,12 +118,18 @@ def load_state(path: Path, kind: str, settings) -> dict:
         raise ValueError(f"{path}: no saved state to resume from (a run keeps it there while it trains, "
                          "and removes it when it ends)") from None
     except Exception as error:  # a truncated or foreign file: torch says pickle/zip things
-        raise ValueError(f"{path}: not a training state this script saved ({type(error).__name__}: {error})") from None
+        said = str(error).splitlines()[0][:160] if str(error) else ""
+        raise ValueError(f"{path}: not a training state this script saved ({type(error).__name__}: {said}) — "
+                         "delete it to start again") from None
     if not isinstance(state, dict) or state.get("kind") != kind:
         raise ValueError(f"{path}: not the state of a {kind} training run")
     mine = settings_record(settings)
     differ = [f"{key} {state['settings'].get(key)!r} there, {value!r} here" for key, value in mine.items()
-              if state["settings"].get(key) != value]
+              if state["settings"].get(key) != value and key != "config"]
+    if state["settings"].get("config") != mine["config"]:  # said by what differs, not as two JSONs
+        theirs, ours = json.loads(state["settings"]["config"]), json.loads(mine["config"])
+        differ += [f"{key} {theirs.get(key)!r} there, {value!r} here" for key, value in ours.items()
+                   if theirs.get(key) != value]
     if differ:
         raise ValueError(f"{path} was saved with other settings ({'; '.join(differ)}) — resume with the options "
                          "the run began with")
@@ -218,9 +231,11 @@ class DatasetFeed(SceneFeed):
         self.settings = settings
         self.dataset = dataset
         self.rng = np.random.default_rng([settings.seed, offset])
+        # the pictures with a labelled segment (the training script checks them all first)
+        self.indices = getattr(dataset, "labelled", None) or list(range(len(dataset)))
 
     def draw(self) -> tuple[np.ndarray, FrameResult]:
-        image, truth = self.dataset[int(self.rng.integers(len(self.dataset)))]
+        image, truth = self.dataset[self.indices[int(self.rng.integers(len(self.indices)))]]
         if self.rng.random() < 0.5:
             image = np.ascontiguousarray(image[:, ::-1])
             truth.segment_map = np.ascontiguousarray(truth.label_map[:, ::-1])
@@ -246,7 +261,8 @@ def training_targets(truth: FrameResult, cfg: EoMTConfig) -> tuple[Target, torch
     masks = F.adaptive_avg_pool2d(onehot, cfg.mask_size)
     present = masks.flatten(1).sum(1) > 0
 
-    class_map = classes[scaled]  # segment ids are 0..S-1, in list order
+    # segment ids are 0..S-1, in list order; void (-1, unlabelled pixels of one's own pictures) is no class
+    class_map = torch.cat([classes, classes.new_full((1,), -1)])[scaled]
     onehot = torch.zeros((cfg.num_classes, cfg.img_size, cfg.img_size))
     onehot[:, :h, :w] = (class_map[None] == torch.arange(cfg.num_classes)[:, None, None]).float()
     shares = F.adaptive_avg_pool2d(onehot, cfg.grid_size).flatten(1).T

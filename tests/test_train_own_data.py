@@ -70,7 +70,7 @@ def test_coco_s_own_ids_category_gaps_and_crowds_become_contiguous_classes_and_v
     }
     (tmp_path / "panoptic_val.json").write_text(json.dumps(document))
     data = CocoPanopticDataset(tmp_path / "panoptic_val.json")
-    assert data.labels == LabelSet("panoptic_val", ("person", "road"), (True, False))
+    assert data.labels == LabelSet("panoptic_val", ("person", "road"), (True, False), coco_ids=(1, 128))
     _, truth = data[0]
     assert truth.label_map.tolist() == [[0, 0, 1, 1, -1, -1]] * 4
     assert truth.segments.class_ids.tolist() == [0, 1] and truth.segments.areas.tolist() == [8, 8]
@@ -209,3 +209,127 @@ def test_bad_training_options_are_one_line_each(tmp_path, monkeypatch, capsys):
         err = capsys.readouterr().err
         # one line says it (argparse's usage lines before its own, as for segstream's commands)
         assert code == 2 and said in err.strip().splitlines()[-1] and "Traceback" not in err, (args, err)
+
+
+def _edit(json_path: Path, change) -> None:
+    document = json.loads(json_path.read_text(encoding="utf-8-sig"))
+    change(document)
+    json_path.write_text(json.dumps(document))
+
+
+def test_pictures_without_a_labelled_segment_are_left_out_and_void_pixels_are_no_class(tmp_path):
+    """Found probing a labelling loop: a picture not labelled yet (all void, or all crowd) crashed
+    training with an IndexError; and void pixels counted as the last segment's class in the
+    patch-class targets."""
+    from segstream.pipeline.training import DatasetFeed, training_targets
+
+    write_scenes(tmp_path / "day1", 3, seed=6)
+    json_path = tmp_path / "day1" / "panoptic.json"
+
+    def unlabel(document):
+        for s in document["annotations"][0]["segments_info"]:
+            s["iscrowd"] = 1
+        document["annotations"][1]["segments_info"] = []
+
+    _edit(json_path, unlabel)
+    data = CocoPanopticDataset(json_path)
+    assert data.check(progress=False) == [2] and data.labelled == [2]
+    feed = DatasetFeed(TrainSettings(config=smoke_config(), batch_size=2), data)
+    assert all(len(feed.draw()[1].segments) for _ in range(10))
+
+    _, truth = data[2]
+    cfg = smoke_config()
+    truth.segment_map = truth.label_map.copy()
+    truth.segment_map[:, : truth.width // 2] = -1  # the left half unlabelled
+    target, shares = training_targets(truth, cfg)
+    grid = shares.reshape(cfg.grid_size, cfg.grid_size, cfg.num_classes).sum(-1)
+    assert grid[:, 0].max() == 0  # void patches hold no class (they held the last segment's)
+    assert grid[0, -1] > 0.99  # a labelled patch (top right) is wholly its classes
+
+
+def test_a_training_label_file_s_coco_ids_are_the_ids_a_batch_writes(tmp_path):
+    """Found probing: a model trained on COCO data whose categories are 10, 40, 90 wrote categories
+    1, 2, 3 in its batch's COCO JSON; the round trip to the labelling tool lost the data's ids."""
+    from segstream.connectors.coco_panoptic import categories
+    from segstream.models.label_sets import read_label_set_file
+
+    write_scenes(tmp_path / "day1", 1, seed=7)
+    json_path = tmp_path / "day1" / "panoptic.json"
+    _edit(json_path, lambda d: [c.update(id=10 * c["id"]) for c in d["categories"]] and None or [
+        s.update(category_id=10 * s["category_id"]) for a in d["annotations"] for s in a["segments_info"]])
+    data = CocoPanopticDataset(json_path)
+    written = tmp_path / "m.labels.json"
+    written.write_text(json.dumps(data.label_file_data("warehouse")))
+    labels = read_label_set_file(written)
+    assert labels.name == "warehouse" and labels.coco_ids == tuple(10 * (k + 1) for k in range(len(labels.names)))
+    assert [c["id"] for c in categories(labels)] == list(labels.coco_ids)
+    assert load_label_set("synthetic").coco_ids is None and [c["id"] for c in categories(load_label_set("synthetic"))] \
+        == list(range(1, 9))
+
+
+def test_a_batch_wide_json_a_bom_a_held_out_set_s_own_folders_and_duplicate_ids(tmp_path):
+    write_scenes(tmp_path / "out" / "day1", 2, seed=8)
+    # a batch's panoptic_batch.json names its files from its own folder
+    batch_json = tmp_path / "out" / "panoptic_batch.json"
+    document = json.loads((tmp_path / "out" / "day1" / "panoptic.json").read_text())
+    for image, annotation in zip(document["images"], document["annotations"]):
+        image["file_name"], annotation["file_name"] = f"day1/images/{image['file_name']}", f"day1/panoptic/{annotation['file_name']}"
+    batch_json.write_text("\ufeff" + json.dumps(document), encoding="utf-8")  # with a byte-order mark
+    assert len(CocoPanopticDataset(batch_json)) == 2
+    # both folders wrong: both said at once, by the options of the set they are about
+    with pytest.raises(ConfigError, match=r"no such picture .* with --val-images; .* no such PNG .* with --val-masks"):
+        CocoPanopticDataset(batch_json, tmp_path, tmp_path, options=("--val-masks", "--val-images"))
+    _edit(batch_json, lambda d: d["images"].append(dict(d["images"][0])))
+    with pytest.raises(ConfigError, match="two images have one id"):
+        CocoPanopticDataset(batch_json)
+
+
+def test_an_unwritable_out_a_corrupt_state_and_another_data_s_state_are_one_line_each(tmp_path, monkeypatch, capsys):
+    """Found probing: a read-only --out was found when the weights were saved, after the training,
+    as a 22-line SafetensorError traceback; a corrupt state said torch's zip internals."""
+    import runpy
+
+    from segstream.pipeline.train_cli import main_guard
+
+    script = runpy.run_path(str(REPO / "scripts" / "train_synthetic.py"), run_name="train_synthetic")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a_file").write_text("")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "m.state.pt").write_bytes(b"PK\x03\x04 not a whole zip")
+    for args, code, said in [
+        (["--out", "a_file/m.safetensors"], 2, "--out a_file/m.safetensors: cannot write in its folder"),
+        (["--out", "out/m.safetensors", "--resume"], 2, "not a training state this script saved"),
+    ]:
+        monkeypatch.setattr(sys, "argv", ["train_synthetic.py", "--steps", "1", *args])
+        assert main_guard(script["main"]) == code
+        err = capsys.readouterr().err
+        assert said in err and "Traceback" not in err and len(err.strip().splitlines()) <= 2, err
+    assert "delete it to start again" in err
+    settings = TrainSettings(config=smoke_config(), steps=5)
+    from segstream.pipeline.training import save_state
+
+    model = __import__("segstream.models.eomt", fromlist=["EoMT"]).EoMT(smoke_config())
+    import torch
+
+    save_state(tmp_path / "s.pt", "eomt", settings, {"model": model}, torch.optim.AdamW(model.parameters()), 1, 1.0)
+    from dataclasses import replace
+
+    other = TrainSettings(config=replace(smoke_config(), num_classes=5), steps=5)
+    with pytest.raises(ValueError, match=r"other settings \(num_classes 8 there, 5 here\)"):
+        load_state(tmp_path / "s.pt", "eomt", other)
+
+
+def test_evaluate_s_closing_json_line_is_json_when_an_average_has_no_class(tmp_path, capsys):
+    """Found probing: evaluate's table ended with {"pq": NaN, ...}, which is no JSON."""
+    from segstream.pipeline.cli import main
+
+    write_scenes(tmp_path / "crowd", 1, seed=9)
+    _edit(tmp_path / "crowd" / "panoptic.json",
+          lambda d: [s.update(iscrowd=1) for a in d["annotations"] for s in a["segments_info"]])
+    assert main(["evaluate", "--data", str(tmp_path / "crowd" / "panoptic.json"), "--device", "cpu"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+
+    def no_constants(name):
+        raise AssertionError(f"{name} in {last}")
+
+    assert json.loads(last, parse_constant=no_constants)["pq"] is None
