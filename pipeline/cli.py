@@ -51,6 +51,7 @@ from segstream.pipeline.config import (
 from segstream.connectors.threads import NamedThread
 from segstream.pipeline import entry
 from segstream.pipeline.entry import abort_if_loading
+from segstream.pipeline.train_cli import DATA_LAYOUT, add_data_arguments
 from segstream.pipeline.logs import (
     LOG_FORMATS,
     LOG_LEVELS,
@@ -268,12 +269,7 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--clips", type=Path, nargs="+", default=None, metavar="VIDEO",
                           help="evaluate on encoded synthetic clips (ground truth in <stem>_truth.npz beside each) "
                                "instead of rendering --seeds")
-    evaluate.add_argument("--data", type=Path, default=None, metavar="JSON",
-                          help="evaluate on pictures of your own: a COCO panoptic JSON (its PNGs in the folder "
-                               "named like it or panoptic/ beside it, its pictures in images/ beside it)")
-    evaluate.add_argument("--masks", type=Path, default=None, metavar="DIR", help="with --data: the folder of its PNGs")
-    evaluate.add_argument("--images", type=Path, default=None, metavar="DIR",
-                          help="with --data: the folder of its pictures")
+    add_data_arguments(evaluate, "--data", f"evaluate on pictures of your own: {DATA_LAYOUT}")
     evaluate.add_argument("--labels", type=Path, default=None, metavar="FILE",
                           help="the model's label-set file (model.labels), e.g. the one its training wrote")
     evaluate.add_argument("--tracking", action="store_true",

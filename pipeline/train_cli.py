@@ -21,10 +21,10 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import torch
-
 from segstream.connectors.errors import ConfigError, ResourceLimit, SegstreamError
-from segstream.pipeline.training import TrainingRun, load_state, settings_record
+
+# torch and the training loop are imported where they are used: segstream evaluate's parser takes
+# add_data_arguments from here
 
 
 def _positive(kind: type) -> Callable[[str], float | int]:
@@ -40,6 +40,18 @@ def _positive(kind: type) -> Callable[[str], float | int]:
     return parse
 
 
+DATA_LAYOUT = ("a COCO panoptic JSON, its PNGs in the folder named like it or panoptic/ beside it, its pictures "
+               "in images/ beside it")
+
+
+def add_data_arguments(parser: argparse.ArgumentParser, option: str, what: str, masks: str = "--masks",
+                       images: str = "--images") -> None:
+    """``option`` JSON and the options that name its two folders (training's and evaluate's)."""
+    parser.add_argument(option, type=Path, default=None, metavar="JSON", help=what)
+    parser.add_argument(masks, type=Path, default=None, metavar="DIR", help=f"with {option}: the folder of its PNGs")
+    parser.add_argument(images, type=Path, default=None, metavar="DIR", help=f"with {option}: the folder of its pictures")
+
+
 def add_common_arguments(parser: argparse.ArgumentParser, out: Path, lr: float) -> None:
     parser.add_argument("--minutes", type=_positive(float), default=44.0, help="time budget; sets the schedule length")
     parser.add_argument("--steps", type=_positive(int), default=None, help="fixed step count instead of a time budget")
@@ -50,18 +62,10 @@ def add_common_arguments(parser: argparse.ArgumentParser, out: Path, lr: float) 
     parser.add_argument("--out", type=Path, default=out,
                         help="where the weights go (the shipped ones are in models/weights/); "
                              "its .labels.json, .state.pt and .partial.safetensors beside it")
-    parser.add_argument("--data", type=Path, default=None, metavar="JSON",
-                        help="train on pictures of your own: a COCO panoptic JSON, its PNGs in the folder named "
-                             "like it or panoptic/ beside it, its pictures in images/ beside it (what "
-                             "`segstream batch` writes with batch.coco_images: true); classes from its categories")
-    parser.add_argument("--masks", type=Path, default=None, metavar="DIR", help="with --data: the folder of its PNGs")
-    parser.add_argument("--images", type=Path, default=None, metavar="DIR",
-                        help="with --data: the folder of its pictures")
-    parser.add_argument("--val", type=Path, default=None, metavar="JSON",
-                        help="with --data: held-out pictures (same layout) whose PQ is measured at the end")
-    parser.add_argument("--val-masks", type=Path, default=None, metavar="DIR", help="with --val: the folder of its PNGs")
-    parser.add_argument("--val-images", type=Path, default=None, metavar="DIR",
-                        help="with --val: the folder of its pictures")
+    add_data_arguments(parser, "--data", "train on pictures of your own: " + DATA_LAYOUT + " (what `segstream "
+                       "batch` writes with batch.coco_images: true); classes from its categories")
+    add_data_arguments(parser, "--val", "with --data: held-out pictures (the same layout) whose PQ is measured at "
+                       "the end", "--val-masks", "--val-images")
     parser.add_argument("--name", default=None,
                         help="with --data: the name of its classes' set, which entries add to the model's name "
                              "(<preset>:<name>; default: the data's, its JSON's or folder's name)")
@@ -110,6 +114,8 @@ def open_data(args: argparse.Namespace):
 
 
 def check_device(device: str) -> None:
+    import torch
+
     try:
         torch.device(device)
     except RuntimeError:
@@ -118,8 +124,10 @@ def check_device(device: str) -> None:
         raise ConfigError(f"--device {device}: this torch sees no CUDA GPU — use --device cpu")
 
 
-def training_run(args: argparse.Namespace, kind: str, settings, data) -> TrainingRun:
+def training_run(args: argparse.Namespace, kind: str, settings, data):
     """The run's control: its state file beside ``--out``, read back with ``--resume``."""
+    from segstream.pipeline.training import TrainingRun, load_state
+
     state_path = beside(args.out, "state.pt")
     try:  # found now, not when the first state or the weights are written
         args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -143,7 +151,7 @@ def training_run(args: argparse.Namespace, kind: str, settings, data) -> Trainin
 
 
 @contextlib.contextmanager
-def stop_on_signals(run: TrainingRun) -> Iterator[list[int]]:
+def stop_on_signals(run) -> Iterator[list[int]]:
     """The first SIGINT/SIGTERM sets ``run.stop`` (the loop ends after its step; the signal is
     appended to the yielded list); a second raises KeyboardInterrupt (abort)."""
     got: list[int] = []
@@ -230,6 +238,8 @@ def held_out_summary(result: dict) -> dict:
 
 def settings_summary(settings) -> dict:
     """The settings for the printed facts (plain JSON, not strings within strings)."""
+    from segstream.pipeline.training import settings_record
+
     record = settings_record(settings)
     record.pop("config")
     return record
