@@ -27,7 +27,8 @@ ENV = {**os.environ, "PYTHONPATH": str(REPO)}
 def _config(path: Path, port: int, sources: list[str], extra: str = "", reload: bool = True,
             out: Path | None = None) -> None:
     """Sources as ``name [more keys]``: a synthetic camera unless the keys give a type."""
-    synthetic = "type: synthetic, width: 64, height: 48, fps: 20, num_frames: null, realtime: true"
+    # 8 fps: enough frames to see each change within a second, at little CPU (CI's two cores)
+    synthetic = "type: synthetic, width: 64, height: 48, fps: 8, num_frames: null, realtime: true"
     lines = "".join(f"  - {{name: {name}, {opts if 'type:' in opts else synthetic + (', ' + opts if opts else '')}}}\n"
                     for name, _, opts in (s.partition(" ") for s in sources))
     path.write_text(

@@ -218,7 +218,7 @@ def wait_for_stop_handlers(process: subprocess.Popen, timeout_s: float = 30.0) -
 
 
 # after Python's own start-up: while the CLI loads, while it parses, while `validate` loads torch
-@pytest.mark.parametrize("delay_s", [0.0, 0.05, 0.1, 0.2, 0.4, 0.8])
+@pytest.mark.parametrize("delay_s", [0.0, 0.15, 0.6])
 def test_ctrl_c_while_the_command_starts_up_ends_without_a_traceback(delay_s):
     """An interrupt while modules load ends the command quietly with 130 (found probing: a
     KeyboardInterrupt traceback in the first 0.2 s; then, in CI, one while argparse built the
@@ -240,8 +240,7 @@ def test_ctrl_c_while_the_command_starts_up_ends_without_a_traceback(delay_s):
 
 
 # while the CLI loads, while torch loads, while the model is built, as the run starts
-@pytest.mark.parametrize(("signum", "delay_s"), [(signal.SIGINT, 0.0), (signal.SIGINT, 0.5), (signal.SIGTERM, 1.0),
-                                                 (signal.SIGINT, 2.0)])
+@pytest.mark.parametrize(("signum", "delay_s"), [(signal.SIGINT, 0.0), (signal.SIGTERM, 1.0)])
 def test_a_stop_while_run_starts_up_is_a_clean_stop_not_an_abort(tmp_path, signum, delay_s):
     """Found probing 48 sources: a supervisor's SIGTERM 1.5 s after `segstream run` started exited
     143 (Ctrl-C 130, "aborted while loading its modules"), though nothing had run; the same stop at 4 s
