@@ -462,8 +462,8 @@ def _coco_document_problem(document) -> str | None:
     names = set()
     for k, c in enumerate(document["categories"]):
         if not (isinstance(c, dict) and isinstance(c.get("id"), int) and isinstance(c.get("name"), str)
-                and c.get("isthing") in (0, 1, True, False)):
-            return f"categories[{k}] needs an integer id, a name and isthing 0 or 1"
+                and c["name"].strip() and c.get("isthing") in (0, 1, True, False)):
+            return f"categories[{k}] needs an integer id, a name (not empty) and isthing 0 or 1"
         if c["name"] in names:
             return f"categories[{k}]: the name {c['name']!r} is used twice"
         names.add(c["name"])

@@ -733,7 +733,8 @@ def run_pipeline(cfg: PipelineConfig, max_frames: int | None = None, progress: T
     run_id = new_run_id()
     set_run_id(run_id)  # from the first line on, the endpoints' included
     with serve_ops(cfg.ops, metrics) as server, _DrainOnSignal() as signals:
-        check_sink_permissions(cfg)  # a user Redis refuses is told before the model takes seconds to load
+        if not signals.stopping:  # (a stop sent during start-up: nothing will be written, nothing to check)
+            check_sink_permissions(cfg)  # a user Redis refuses is told before the model takes seconds to load
         try:
             with signals.at_once():  # a model may take minutes to build: a stop then is not kept waiting
                 adapter = build_segmenter(cfg.model, batch_size=cfg.engine.batch_size)
@@ -788,7 +789,7 @@ class _StoppedBeforeRun(BaseException):  # not caught by the model's loaders' `e
 
 # The same signal again within this many seconds of the first is that one sent twice, not a
 # second stop: a person's second Ctrl-C comes far later.
-SAME_SIGNAL_S = 0.2
+SAME_SIGNAL_S = entry.SAME_SIGNAL_S
 # How often a stop that waits for an import looks whether the import has ended.
 _NUDGE_S = 0.05
 
@@ -903,7 +904,7 @@ class _DrainOnSignal:
             for signum in entry.stop_signals():
                 self.previous[signum] = signal.signal(signum, self._handle)
             if entry.console and entry.pending_stop is not None:  # a stop sent while the command started
-                self.signals, self.signum, self._first_at = 1, entry.pending_stop, time.monotonic()
+                self.signals, self.signum, self._first_at = 1, entry.pending_stop, entry.pending_since
                 self.stopping = True
                 entry.pending_stop = None
         return self

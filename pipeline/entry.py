@@ -13,6 +13,7 @@ import gc
 import os
 import signal
 import sys
+import time
 
 
 # What stops a command: Ctrl-C, SIGTERM, and SIGHUP (the terminal or SSH session that started it
@@ -77,18 +78,24 @@ def _address_space_line(error: ImportError) -> bytes:
 # Commands whose first stop signal drains (exit 0): one that comes before the run installs its own
 # handler waits here for it, and the run then stops before it begins.
 DRAINING_COMMANDS = ("run", "demo")
-# That first signal, until the run's handler takes it up.
+# That first signal, until the run's handler takes it up, and when it came (time.monotonic()).
 pending_stop: int | None = None
+pending_since = 0.0
+# The same signal again within this many seconds of the first is that one sent twice (GNU timeout
+# signals its command, then its process group), not a second stop: as the run's handler has it.
+SAME_SIGNAL_S = 0.2
 
 
 def _interrupt(signum, frame) -> None:
-    global aborted_by, pending_stop
+    global aborted_by, pending_stop, pending_since
+    if pending_stop == signum and time.monotonic() - pending_since < SAME_SIGNAL_S:
+        return
     if pending_stop is None and _command() in DRAINING_COMMANDS:
         # a supervisor's stop during start-up is a stop like any other, not an abort (it was 130/143):
         # no import is cut in half, and the run, once its handler is in place, begins nothing
-        pending_stop = signum
+        pending_stop, pending_since = signum, time.monotonic()
         name = signal.Signals(signum).name
-        _write_line(f"{name}: stopping once the modules being loaded are ({name} again aborts)")
+        _write_line(f"{name}: stopping once the command has started ({name} again aborts)")
         return
     abort_if_loading(frame, signum)
     aborted_by = signum

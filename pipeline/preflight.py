@@ -253,8 +253,9 @@ def source_check(cfg: SourceConfig) -> str:
     except SegstreamError as error:  # the check's line says which source already (found probing: thrice)
         said = str(error).removeprefix(f"source {cfg.name}: ")
         # down, or (wait_for_input) not there yet: the run does not fail for it but retries, so say that
-        if live and (isinstance(error, (InputTimeout, InputUnreachable))
-                     or isinstance(error, InputRefused) and configured.wait_for_input):
+        # (with max_reconnects: 0 the run gives it up at once: that is a run that does not start cleanly)
+        if live and configured.max_reconnects != 0 and (isinstance(error, (InputTimeout, InputUnreachable))
+                                                        or isinstance(error, InputRefused) and configured.wait_for_input):
             attempts = configured.max_reconnects
             retries = "keeps retrying it" if attempts is None else f"retries it (up to {attempts} attempts)"
             raise SourceDown(f"{said} — `segstream run` starts all the same and {retries}; its frames come once "

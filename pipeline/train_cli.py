@@ -15,6 +15,7 @@ import argparse
 import contextlib
 import json
 import math
+import os
 import signal
 import sys
 import tempfile
@@ -23,11 +24,14 @@ from pathlib import Path
 
 from segstream.connectors.errors import ConfigError, ResourceLimit, SegstreamError
 
+# The second stop signal, which aborted the run (its exit status is 128 + it).
+_aborted_by: int | None = None
+
 # torch and the training loop are imported where they are used: segstream evaluate's parser takes
 # add_data_arguments from here
 
 
-def _positive(kind: type) -> Callable[[str], float | int]:
+def positive(kind: type) -> Callable[[str], float | int]:
     def parse(text: str):
         try:
             value = kind(text)
@@ -53,10 +57,10 @@ def add_data_arguments(parser: argparse.ArgumentParser, option: str, what: str, 
 
 
 def add_common_arguments(parser: argparse.ArgumentParser, out: Path, lr: float) -> None:
-    parser.add_argument("--minutes", type=_positive(float), default=44.0, help="time budget; sets the schedule length")
-    parser.add_argument("--steps", type=_positive(int), default=None, help="fixed step count instead of a time budget")
-    parser.add_argument("--batch-size", type=_positive(int), default=8)
-    parser.add_argument("--lr", type=_positive(float), default=lr)
+    parser.add_argument("--minutes", type=positive(float), default=44.0, help="time budget; sets the schedule length")
+    parser.add_argument("--steps", type=positive(int), default=None, help="fixed step count instead of a time budget")
+    parser.add_argument("--batch-size", type=positive(int), default=8)
+    parser.add_argument("--lr", type=positive(float), default=lr)
     parser.add_argument("--seed", type=int, default=0)
     # not the shipped file: a short trial run must not replace the model the demo and tests use
     parser.add_argument("--out", type=Path, default=out,
@@ -71,7 +75,7 @@ def add_common_arguments(parser: argparse.ArgumentParser, out: Path, lr: float) 
                              "(<preset>:<name>; default: the data's, its JSON's or folder's name)")
     parser.add_argument("--resume", action="store_true",
                         help="go on from the state a stopped or killed run kept beside --out (same options)")
-    parser.add_argument("--save-every", type=_positive(float), default=5.0, metavar="MIN",
+    parser.add_argument("--save-every", type=positive(float), default=5.0, metavar="MIN",
                         help="keep the run's state every MIN minutes (default 5), for --resume after a kill")
 
 
@@ -124,11 +128,12 @@ def check_device(device: str) -> None:
         raise ConfigError(f"--device {device}: this torch sees no CUDA GPU — use --device cpu")
 
 
-def training_run(args: argparse.Namespace, kind: str, settings, data):
-    """The run's control: its state file beside ``--out``, read back with ``--resume``."""
-    from segstream.pipeline.training import TrainingRun, load_state
-
+def check_out(args: argparse.Namespace) -> None:
+    """What ``--out`` (and ``--resume``) can be told before anything is read or trained: a file
+    in a folder this process may write, and a kept state there exactly when resuming."""
     state_path = beside(args.out, "state.pt")
+    if args.out.is_dir():
+        raise ConfigError(f"--out {args.out}: a folder — give the weights file's path, e.g. {args.out / 'model.safetensors'}")
     try:  # found now, not when the first state or the weights are written
         args.out.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=args.out.parent, prefix=".segstream-"):
@@ -136,17 +141,27 @@ def training_run(args: argparse.Namespace, kind: str, settings, data):
     except OSError as error:
         raise ConfigError(f"--out {args.out}: cannot write in its folder ({error.strerror}) — give one you can "
                           "write to") from None
+    if args.resume and not state_path.exists():
+        raise ConfigError(f"--resume: {state_path}: no saved state to resume from (a run keeps it there while it "
+                          "trains, and removes it when it ends)")
+    if not args.resume and state_path.exists():
+        raise ConfigError(f"{state_path} holds an unfinished run of --out {args.out}: go on with --resume, or delete "
+                          "it to start again")
+
+
+def training_run(args: argparse.Namespace, kind: str, settings, data):
+    """The run's control: its state file beside ``--out``, read back with ``--resume``."""
+    from segstream.pipeline.training import TrainingRun, load_state
+
+    state_path = beside(args.out, "state.pt")
     run = TrainingRun(state_path=state_path, every_s=args.save_every * 60, data=data)
     if args.resume:
         try:
-            run.resume = load_state(state_path, kind, settings)
+            run.resume = load_state(state_path, kind, settings, data)
         except ValueError as error:
             raise ConfigError(f"--resume: {error}") from None
         print(f"resuming at step {run.resume['step']} ({run.resume['elapsed_s'] / 60:.1f} min trained) from "
               f"{state_path}", file=sys.stderr, flush=True)
-    elif state_path.exists():
-        raise ConfigError(f"{state_path} holds an unfinished run of --out {args.out}: go on with --resume, or delete "
-                          "it to start again")
     return run
 
 
@@ -157,15 +172,22 @@ def stop_on_signals(run) -> Iterator[list[int]]:
     got: list[int] = []
 
     def handle(signum, frame) -> None:
+        global _aborted_by
         if got:
+            _aborted_by = signum
             raise KeyboardInterrupt
         got.append(signum)
         run.stop.set()
         name = signal.Signals(signum).name
-        print(f"\n{name}: stopping after this step, keeping the work for --resume ({name} again aborts)",
-              file=sys.stderr, flush=True)
+        # os.write: print may be interrupted holding stderr's lock (the progress bar's, a log line's)
+        line = f"\n{name}: stopping after this step, keeping the work for --resume ({name} again aborts)\n"
+        with contextlib.suppress(OSError):
+            os.write(2, line.encode())
 
-    before = {s: signal.signal(s, handle) for s in (signal.SIGINT, signal.SIGTERM)}
+    stops = [signal.SIGINT, signal.SIGTERM]
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:  # a closed terminal stops it too (nohup: not)
+        stops.append(signal.SIGHUP)
+    before = {s: signal.signal(s, handle) for s in stops}
     try:
         yield got
     finally:
@@ -179,6 +201,12 @@ def finish(args: argparse.Namespace, report, signals: list[int], save: Callable[
     ``--data`` classes beside them; the kept state removed), then ``held_out()``'s measures, or a
     stopped run's weights so far beside it; the facts as JSON on stdout. Returns the exit status."""
     metadata = {k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in facts.items()}
+    labels = beside(args.out, "labels.json")
+    if data is not None:  # the partial weights of one's own classes need it too
+        with written(labels):
+            labels.write_text(json.dumps(data.label_file_data(args.name), indent=1) + "\n", encoding="utf-8")
+    else:
+        labels.unlink(missing_ok=True)  # an earlier --data run's at this --out: not these weights' classes
     if report.stopped:
         partial = beside(args.out, "partial.safetensors")
         with written(partial):
@@ -186,15 +214,12 @@ def finish(args: argparse.Namespace, report, signals: list[int], save: Callable[
         print(json.dumps(facts | {"finished": False, "schedule_done": round(report.done, 4)}, indent=1), flush=True)
         print(f"stopped at step {report.steps} ({100 * report.done:.0f}% of the schedule): go on with the same "
               f"command and --resume ({beside(args.out, 'state.pt')}); the weights so far, unfinished, are in "
-              f"{partial}", file=sys.stderr)
+              f"{partial}" + (f" (their classes: {labels})" if data is not None else ""), file=sys.stderr)
         return 128 + (signals[0] if signals else signal.SIGINT)
     with written(args.out):
         save(args.out, metadata)
     hint = dict(run_hint, checkpoint=str(args.out.resolve()))
     if data is not None:
-        labels = beside(args.out, "labels.json")
-        with written(labels):
-            labels.write_text(json.dumps(data.label_file_data(args.name), indent=1) + "\n", encoding="utf-8")
         hint["labels"] = str(labels.resolve())
     for leftover in (beside(args.out, "state.pt"), beside(args.out, "partial.safetensors")):
         leftover.unlink(missing_ok=True)
@@ -227,7 +252,7 @@ def main_guard(main: Callable[[], int]) -> int:
         return error.exit_code
     except KeyboardInterrupt:  # the second stop signal
         print("aborted: nothing more was written", file=sys.stderr)
-        return 130
+        return 128 + (_aborted_by or signal.SIGINT)
 
 
 def held_out_summary(result: dict) -> dict:
@@ -242,4 +267,5 @@ def settings_summary(settings) -> dict:
 
     record = settings_record(settings)
     record.pop("config")
+    record.pop("data")  # the facts say it
     return record

@@ -88,11 +88,11 @@ class TrainingRun:
 
 
 def save_state(path: Path, kind: str, settings, modules: dict[str, nn.Module], optimizer, step: int,
-               elapsed_s: float) -> None:
+               elapsed_s: float, data=None) -> None:
     """What a training run needs to go on where it stopped: its weights (``modules``), optimizer,
     step, time spent and settings; written whole or not at all (a kill mid-write keeps the last)."""
     state = {
-        "kind": kind, "settings": settings_record(settings), "step": step, "elapsed_s": elapsed_s,
+        "kind": kind, "settings": settings_record(settings, data), "step": step, "elapsed_s": elapsed_s,
         "modules": {name: module.state_dict() for name, module in modules.items()},
         "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
     }
@@ -109,7 +109,7 @@ def save_state(path: Path, kind: str, settings, modules: dict[str, nn.Module], o
                             "free space, then go on with --resume from the last state kept") from None
 
 
-def load_state(path: Path, kind: str, settings) -> dict:
+def load_state(path: Path, kind: str, settings, data=None) -> dict:
     """A state ``save_state`` wrote, checked to be of this kind of model and these settings; a
     ValueError says what differs."""
     try:
@@ -123,7 +123,7 @@ def load_state(path: Path, kind: str, settings) -> dict:
                          "delete it to start again") from None
     if not isinstance(state, dict) or state.get("kind") != kind:
         raise ValueError(f"{path}: not the state of a {kind} training run")
-    mine = settings_record(settings)
+    mine = settings_record(settings, data)
     differ = [f"{key} {state['settings'].get(key)!r} there, {value!r} here" for key, value in mine.items()
               if state["settings"].get(key) != value and key != "config"]
     if state["settings"].get("config") != mine["config"]:  # said by what differs, not as two JSONs
@@ -136,9 +136,10 @@ def load_state(path: Path, kind: str, settings) -> dict:
     return state
 
 
-def settings_record(settings) -> dict:
-    """The settings that make a run what it is, as plain values (a resumed run must have the same)."""
-    record = {}
+def settings_record(settings, data=None) -> dict:
+    """The settings that make a run what it is, as plain values (a resumed run must have the same):
+    with ``data`` (one's own pictures) its JSON's path too."""
+    record = {"data": str(Path(data.json_path).resolve()) if data is not None else None}
     for key in ("minutes", "steps", "batch_size", "lr", "seed", "patch_class_weight", "downsampling"):
         if hasattr(settings, key):
             record[key] = getattr(settings, key)
@@ -156,11 +157,15 @@ def write_safetensors(state: dict[str, torch.Tensor], path: Path, metadata: dict
 
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.writing")
-    save_file(state, str(partial), metadata=metadata)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(partial, 0o666 & ~umask)
-    os.replace(partial, path)
+    try:
+        save_file(state, str(partial), metadata=metadata)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(partial, 0o666 & ~umask)
+        os.replace(partial, path)
+    except BaseException:  # a full disk must not keep a model-sized file it cannot use
+        partial.unlink(missing_ok=True)
+        raise
 
 
 def annealing(progress: float, blocks: int, power: float = 0.9) -> list[float]:
@@ -372,13 +377,13 @@ def train(settings: TrainSettings, model: EoMT | None = None, progress: bool = T
             bar.set_postfix(loss=f"{np.mean(losses[-10:]):.3f}", mask_attn=f"{float(model.attn_mask_probs[-1]):.2f}")
         if run.state_path is not None and time.perf_counter() - saved >= run.every_s:
             save_state(run.state_path, "eomt", settings, modules, optimizer, step,
-                       spent_before + time.perf_counter() - start)
+                       spent_before + time.perf_counter() - start, run.data)
             saved = time.perf_counter()
     bar.close()
     seconds = time.perf_counter() - start
     stopped = progress_done < 1
     if stopped and run.state_path is not None:
-        save_state(run.state_path, "eomt", settings, modules, optimizer, step, spent_before + seconds)
+        save_state(run.state_path, "eomt", settings, modules, optimizer, step, spent_before + seconds, run.data)
     model.attn_mask_probs.zero_()
     report = TrainReport(step, spent_before + seconds, losses, step * settings.batch_size, stopped, min(1.0, progress_done))
     return model.eval(), report

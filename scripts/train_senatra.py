@@ -34,7 +34,8 @@ from segstream.pipeline.evaluation import evaluate_segmenter
 from segstream.pipeline.segment_metrics import evaluate_semantic
 from segstream.pipeline.senatra_training import SeNaTraTrainSettings, save_senatra, train_senatra
 from segstream.pipeline.train_cli import (
-    add_common_arguments, finish, held_out_summary, main_guard, open_data, settings_summary, stop_on_signals,
+    positive,
+    add_common_arguments, check_out, finish, held_out_summary, main_guard, open_data, settings_summary, stop_on_signals,
     training_run,
 )
 
@@ -59,10 +60,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_arguments(parser, Path("runs/train") / SYNTHETIC_SENATRA.weights, lr=1e-3)
     parser.add_argument("--downsampling", choices=("grouping", "uniform"), default="grouping")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: two runs share 2 cores fairly)")
+    parser.add_argument("--threads", type=positive(int), default=1,
+                        help="torch threads (1: two runs share 2 cores fairly); it trains on the CPU")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 
+    check_out(args)  # before the pictures are read: a mistake here is said at once
     data, val = open_data(args)
     config = replace(SYNTHETIC_SENATRA.config, downsampling=args.downsampling)
     if data is not None:

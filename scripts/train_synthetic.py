@@ -28,7 +28,7 @@ import torch
 
 from segstream.models.presets import SYNTHETIC_TINY
 from segstream.pipeline.train_cli import (
-    add_common_arguments, check_device, finish, held_out_summary, main_guard, open_data, settings_summary,
+    add_common_arguments, check_device, check_out, finish, held_out_summary, main_guard, open_data, settings_summary,
     stop_on_signals, training_run,
 )
 from segstream.pipeline.training import TrainSettings, save_model, train
@@ -54,6 +54,7 @@ def main() -> int:
     args = parser.parse_args()
 
     check_device(args.device)
+    check_out(args)  # before the pictures are read: a mistake here is said at once
     data, val = open_data(args)
     config = SYNTHETIC_TINY.config
     if data is not None:

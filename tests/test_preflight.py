@@ -165,6 +165,10 @@ def test_a_camera_that_is_down_fails_saying_the_run_would_start_and_retry_it(tmp
     code, lines = connect(write_config(tmp_path, dead, redis), capsys)
     assert code == 1 and lines[-1].startswith("FAIL: 2 of 4 checks failed (redis, source gone): `segstream run` "
                                               "would not start cleanly"), lines
+    # found reviewing: with max_reconnects 0 the run gives the camera up at once, it retries nothing
+    code, lines = connect(write_config(tmp_path, dead.replace("open_timeout_s: 3", "open_timeout_s: 3, max_reconnects: 0")),
+                          capsys)
+    assert code == 1 and "retries" not in line_of(lines, "source gone") and "would not start cleanly" in lines[-1], lines
 
 
 def test_a_udp_listener_reports_its_port_free_and_fails_when_something_holds_it(tmp_path, capsys):

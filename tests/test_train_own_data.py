@@ -99,7 +99,7 @@ class _StopAfter:
     the step that took them."""
 
     def __init__(self, data, run: TrainingRun, draws: int):
-        self.data, self.run, self.draws, self.labels = data, run, draws, data.labels
+        self.data, self.run, self.draws, self.labels, self.json_path = data, run, draws, data.labels, data.json_path
 
     def __len__(self):
         return len(self.data)
@@ -120,8 +120,10 @@ def test_a_stopped_run_keeps_its_state_and_a_resumed_one_goes_on_from_its_step(t
     run.data = _StopAfter(data, run, draws=2 * 2)
     _, report = train(settings, progress=False, run=run)
     assert report.stopped and report.steps == 2 and report.done == pytest.approx(0.4)
-    state = load_state(state_path, "eomt", settings)
+    state = load_state(state_path, "eomt", settings, data)
     assert state["step"] == 2
+    with pytest.raises(ValueError, match=r"other settings \(data '.*day1/panoptic.json' there, None here\)"):
+        load_state(state_path, "eomt", settings)  # the state of a run on other pictures (found reviewing)
 
     resumed = TrainingRun(state_path=state_path, resume=state, data=data)
     model, report = train(settings, progress=False, run=resumed)
@@ -129,7 +131,7 @@ def test_a_stopped_run_keeps_its_state_and_a_resumed_one_goes_on_from_its_step(t
     assert float(model.attn_mask_probs.sum()) == 0
     other = TrainSettings(config=smoke_config(), steps=5, batch_size=4, lr=2e-3)
     with pytest.raises(ValueError, match=r"other settings \(batch_size 2 there, 4 here\)"):
-        load_state(state_path, "eomt", other)
+        load_state(state_path, "eomt", other, data)
 
 
 def _script(*args: str, cwd: Path) -> subprocess.Popen:
@@ -157,6 +159,8 @@ def test_the_script_trains_on_coco_data_stops_on_sigint_resumes_and_writes_reada
     assert "Traceback" not in err and "go on with the same command and --resume" in err, err
     assert json.loads(out)["finished"] is False
     assert (tmp_path / "out" / "m.partial.safetensors").exists() and not (tmp_path / "out" / "m.safetensors").exists()
+    # found reviewing: the partial weights of one's own classes came without the labels file they need
+    assert (tmp_path / "out" / "m.labels.json").exists() and "their classes: " in err
 
     umask = os.umask(0o022)  # as a shell's usual one: files the group and others may read
     try:
@@ -298,8 +302,11 @@ def test_an_unwritable_out_a_corrupt_state_and_another_data_s_state_are_one_line
     (tmp_path / "a_file").write_text("")
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "m.state.pt").write_bytes(b"PK\x03\x04 not a whole zip")
+    (tmp_path / "adir").mkdir()
     for args, code, said in [
         (["--out", "a_file/m.safetensors"], 2, "--out a_file/m.safetensors: cannot write in its folder"),
+        # found reviewing: a folder as --out was found after the whole training, advised to free space
+        (["--out", "adir"], 2, "--out adir: a folder — give the weights file's path"),
         (["--out", "out/m.safetensors", "--resume"], 2, "not a training state this script saved"),
     ]:
         monkeypatch.setattr(sys, "argv", ["train_synthetic.py", "--steps", "1", *args])
@@ -307,6 +314,13 @@ def test_an_unwritable_out_a_corrupt_state_and_another_data_s_state_are_one_line
         err = capsys.readouterr().err
         assert said in err and "Traceback" not in err and len(err.strip().splitlines()) <= 2, err
     assert "delete it to start again" in err
+
+    # found reviewing: a write that fails kept a model-sized hidden file beside the target
+    from segstream.pipeline.training import save_model
+
+    with pytest.raises(OSError):
+        save_model(__import__("segstream.models.eomt", fromlist=["EoMT"]).EoMT(smoke_config()), tmp_path / "adir", {})
+    assert not list(tmp_path.glob(".adir*"))
     settings = TrainSettings(config=smoke_config(), steps=5)
     from segstream.pipeline.training import save_state
 
