@@ -75,12 +75,11 @@ def test_ray_resizes_in_the_decoder_as_the_local_engine_does(tmp_path):
 
     write_clip(tmp_path / "vga.mp4", tmp_path / "vga.npz", 640, 480, 6, seed=4)
     inputs = [str(tmp_path / "vga.mp4")]
-    run_batch(config(tmp_path / "full"), inputs, engine="local", progress=False)
     run_batch(config(tmp_path / "local", resize_in_decoder=True), inputs, engine="local", progress=False)
     run_batch(config(tmp_path / "ray", resize_in_decoder=True), inputs, engine="ray", progress=False)
     outputs = tree(tmp_path / "ray")
     assert outputs and outputs == tree(tmp_path / "local")
-    assert outputs != tree(tmp_path / "full")  # the model saw other pixels
+    # (that the local engine's decoder resizes at all is tests/test_decoder_resize.py's to show)
     entries = [json.loads(line) for line in outputs["vga/frames.jsonl"].decode().splitlines()]
     assert len(entries) == 6 and all((e["width"], e["height"]) == ("640", "480") for e in entries)
 
