@@ -1,12 +1,12 @@
 """What the two training scripts (``scripts/train_synthetic.py``, ``scripts/train_senatra.py``)
 share: their common options, pictures of one's own (``--data``, COCO panoptic), a stop that
-keeps the work (the first Ctrl-C or SIGTERM ends the run after the step under way, keeps its
+keeps the work (the first Ctrl-C, SIGTERM or SIGHUP ends the run after the step under way, keeps its
 state for ``--resume`` and the weights so far; a second aborts), a state kept every few minutes
 (a killed run goes on from there), and one line for a mistake instead of a traceback.
 
 Files beside ``--out`` (``model.safetensors``): ``model.labels.json`` (``--data``'s classes,
 for ``model.labels``), ``model.state.pt`` (while a run is unfinished: what ``--resume`` reads)
-and ``model.partial.safetensors`` (the weights of a stopped run, to try out).
+and ``model.partial.safetensors`` with ``model.partial.labels.json`` (a stopped run's, to try out).
 """
 
 from __future__ import annotations
@@ -84,18 +84,24 @@ def beside(out: Path, kind: str) -> Path:
     return out.with_name(f"{out.name.removesuffix('.safetensors')}.{kind}")
 
 
-def open_data(args: argparse.Namespace):
-    """``--data`` (and ``--val``) as ``CocoPanopticDataset``s, or None without ``--data``."""
-    from segstream.connectors.coco_panoptic import CocoPanopticDataset
-
+def _check_data_options(args: argparse.Namespace) -> None:
+    """The data options that go with others (no file is looked at)."""
     if args.data is None:
         for option in ("masks", "images", "val", "val_masks", "val_images", "name"):
             if getattr(args, option) is not None:
                 raise ConfigError(f"--{option.replace('_', '-')} goes with --data (pictures of your own); without it "
                                   "the run trains on synthetic scenes")
-        return None, None
     if args.val is None and (args.val_masks is not None or args.val_images is not None):
         raise ConfigError("--val-masks and --val-images go with --val (held-out pictures)")
+
+
+def open_data(args: argparse.Namespace):
+    """``--data`` (and ``--val``) as ``CocoPanopticDataset``s, or None without ``--data``."""
+    from segstream.connectors.coco_panoptic import CocoPanopticDataset
+
+    _check_data_options(args)
+    if args.data is None:
+        return None, None
     data = CocoPanopticDataset(args.data, args.masks, args.images)
     val = None
     if args.val is not None:
@@ -131,6 +137,7 @@ def check_device(device: str) -> None:
 def check_out(args: argparse.Namespace) -> None:
     """What ``--out`` (and ``--resume``) can be told before anything is read or trained: a file
     in a folder this process may write, and a kept state there exactly when resuming."""
+    _check_data_options(args)  # a plain mistake makes no --out folder
     state_path = beside(args.out, "state.pt")
     if args.out.is_dir():
         raise ConfigError(f"--out {args.out}: a folder — give the weights file's path, e.g. {args.out / 'model.safetensors'}")
@@ -167,8 +174,10 @@ def training_run(args: argparse.Namespace, kind: str, settings, data):
 
 @contextlib.contextmanager
 def stop_on_signals(run) -> Iterator[list[int]]:
-    """The first SIGINT/SIGTERM sets ``run.stop`` (the loop ends after its step; the signal is
-    appended to the yielded list); a second raises KeyboardInterrupt (abort)."""
+    """The first SIGINT/SIGTERM/SIGHUP sets ``run.stop`` (the loop ends after its step; the signal
+    is appended to the yielded list); a second raises KeyboardInterrupt (abort, exit 128 + it)."""
+    global _aborted_by
+    _aborted_by = None
     got: list[int] = []
 
     def handle(signum, frame) -> None:
@@ -199,36 +208,50 @@ def finish(args: argparse.Namespace, report, signals: list[int], save: Callable[
            data, run_hint: dict, held_out: Callable[[], dict] | None = None) -> int:
     """Write the outcome and say where it is: a finished run's weights at ``--out`` (its
     ``--data`` classes beside them; the kept state removed), then ``held_out()``'s measures, or a
-    stopped run's weights so far beside it; the facts as JSON on stdout. Returns the exit status."""
+    stopped run's weights so far beside it (with its classes: ``partial.labels.json``; a finished
+    model at ``--out`` keeps its own); the facts as JSON on stdout. Returns the exit status."""
     metadata = {k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in facts.items()}
-    labels = beside(args.out, "labels.json")
-    if data is not None:  # the partial weights of one's own classes need it too
-        with written(labels):
-            labels.write_text(json.dumps(data.label_file_data(args.name), indent=1) + "\n", encoding="utf-8")
-    else:
-        labels.unlink(missing_ok=True)  # an earlier --data run's at this --out: not these weights' classes
     if report.stopped:
-        partial = beside(args.out, "partial.safetensors")
+        partial, partial_labels = beside(args.out, "partial.safetensors"), beside(args.out, "partial.labels.json")
         with written(partial):
             save(partial, metadata | {"finished": "false", "schedule_done": f"{report.done:.4f}"})
-        print(json.dumps(facts | {"finished": False, "schedule_done": round(report.done, 4)}, indent=1), flush=True)
-        print(f"stopped at step {report.steps} ({100 * report.done:.0f}% of the schedule): go on with the same "
-              f"command and --resume ({beside(args.out, 'state.pt')}); the weights so far, unfinished, are in "
-              f"{partial}" + (f" (their classes: {labels})" if data is not None else ""), file=sys.stderr)
+        _write_labels(partial_labels, data, args.name)
+        _say(json.dumps(facts | {"finished": False, "schedule_done": round(report.done, 4)}, indent=1), sys.stdout)
+        _say(f"stopped at step {report.steps} ({100 * report.done:.0f}% of the schedule): go on with the same "
+             f"command and --resume ({beside(args.out, 'state.pt')}); the weights so far, unfinished, are in "
+             f"{partial}" + (f" (their classes: {partial_labels})" if data is not None else ""), sys.stderr)
         return 128 + (signals[0] if signals else signal.SIGINT)
     with written(args.out):
         save(args.out, metadata)
+    labels = beside(args.out, "labels.json")
+    _write_labels(labels, data, args.name)  # after the weights: the two change together
     hint = dict(run_hint, checkpoint=str(args.out.resolve()))
     if data is not None:
         hint["labels"] = str(labels.resolve())
-    for leftover in (beside(args.out, "state.pt"), beside(args.out, "partial.safetensors")):
-        leftover.unlink(missing_ok=True)
+    for leftover in ("state.pt", "partial.safetensors", "partial.labels.json"):
+        beside(args.out, leftover).unlink(missing_ok=True)
     facts = facts | {"out": str(args.out)}
     if held_out is not None:  # after the weights are safe: a failure here loses no training
         facts["held_out"] = held_out()
-    print(json.dumps(facts, indent=1), flush=True)
-    print(f"weights in {args.out}; run them with  model: {json.dumps(hint)}", file=sys.stderr)
+    _say(json.dumps(facts, indent=1), sys.stdout)
+    _say(f"weights in {args.out}; run them with  model: {json.dumps(hint)}", sys.stderr)
     return 0
+
+
+def _write_labels(path: Path, data, name: str | None) -> None:
+    """``data``'s classes as a labels file at ``path``; without data (synthetic scenes) none: an
+    earlier --data run's there would name other classes than these weights'."""
+    if data is None:
+        path.unlink(missing_ok=True)
+        return
+    with written(path):
+        path.write_text(json.dumps(data.label_file_data(name), indent=1) + "\n", encoding="utf-8")
+
+
+def _say(text: str, stream) -> None:
+    """A line of the outcome; a terminal that went away (SIGHUP) takes nothing from what was written."""
+    with contextlib.suppress(OSError):
+        print(text, file=stream, flush=True)
 
 
 @contextlib.contextmanager

@@ -34,9 +34,8 @@ from segstream.pipeline.evaluation import evaluate_segmenter
 from segstream.pipeline.segment_metrics import evaluate_semantic
 from segstream.pipeline.senatra_training import SeNaTraTrainSettings, save_senatra, train_senatra
 from segstream.pipeline.train_cli import (
-    positive,
-    add_common_arguments, check_out, finish, held_out_summary, main_guard, open_data, settings_summary, stop_on_signals,
-    training_run,
+    add_common_arguments, check_out, finish, held_out_summary, main_guard, open_data, positive, settings_summary,
+    stop_on_signals, training_run,
 )
 
 HELD_OUT = (0, 1)

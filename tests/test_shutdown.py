@@ -239,8 +239,8 @@ def test_ctrl_c_while_the_command_starts_up_ends_without_a_traceback(delay_s):
         assert process.returncode == 130 and "segstream: aborted" in err, (process.returncode, err)
 
 
-# while the CLI loads, while torch loads, while the model is built, as the run starts
-@pytest.mark.parametrize(("signum", "delay_s"), [(signal.SIGINT, 0.0), (signal.SIGTERM, 1.0)])
+# while the CLI loads, while torch loads, and (2.5 s) the run's own handler before the run begins
+@pytest.mark.parametrize(("signum", "delay_s"), [(signal.SIGINT, 0.0), (signal.SIGTERM, 1.0), (signal.SIGINT, 2.5)])
 def test_a_stop_while_run_starts_up_is_a_clean_stop_not_an_abort(tmp_path, signum, delay_s):
     """Found probing 48 sources: a supervisor's SIGTERM 1.5 s after `segstream run` started exited
     143 (Ctrl-C 130, "aborted while loading its modules"), though nothing had run; the same stop at 4 s

@@ -85,6 +85,9 @@ def test_data_that_is_not_coco_panoptic_or_misses_files_is_one_line_naming_it(tm
     with pytest.raises(ConfigError, match=r"00000001.jpg: no such picture \(1 of 2 missing\) — give the folder "
                                           r"that holds them with --images"):
         CocoPanopticDataset(json_path)
+    _edit(json_path, lambda d: d["categories"][0].update(name=" "))
+    with pytest.raises(ConfigError, match=r"categories\[0\] needs an integer id, a name \(not empty\)"):
+        CocoPanopticDataset(json_path)
     instances = tmp_path / "instances.json"
     instances.write_text(json.dumps({"images": [], "annotations": [{"image_id": 1, "bbox": [0, 0, 1, 1]}],
                                      "categories": [{"id": 1, "name": "a", "isthing": 1}]}))
@@ -160,7 +163,8 @@ def test_the_script_trains_on_coco_data_stops_on_sigint_resumes_and_writes_reada
     assert json.loads(out)["finished"] is False
     assert (tmp_path / "out" / "m.partial.safetensors").exists() and not (tmp_path / "out" / "m.safetensors").exists()
     # found reviewing: the partial weights of one's own classes came without the labels file they need
-    assert (tmp_path / "out" / "m.labels.json").exists() and "their classes: " in err
+    assert (tmp_path / "out" / "m.partial.labels.json").exists() and "their classes: " in err
+    assert not (tmp_path / "out" / "m.labels.json").exists()  # the finished model's name, none here yet
 
     umask = os.umask(0o022)  # as a shell's usual one: files the group and others may read
     try:
@@ -174,7 +178,7 @@ def test_the_script_trains_on_coco_data_stops_on_sigint_resumes_and_writes_reada
     weights, labels = tmp_path / "out" / "m.safetensors", tmp_path / "out" / "m.labels.json"
     assert oct(weights.stat().st_mode & 0o777) == "0o644"
     assert [c["name"] for c in json.loads(labels.read_text())["classes"]] == list(load_label_set("synthetic").names)
-    assert not (tmp_path / "out" / "m.state.pt").exists() and not (tmp_path / "out" / "m.partial.safetensors").exists()
+    assert not [p.name for p in (tmp_path / "out").glob("m.*") if p.name not in ("m.safetensors", "m.labels.json")]
     assert f'"checkpoint": "{weights}", "labels": "{labels}"' in err
 
     # the trained model measured on the held-out pictures (in this process: a command's start is seconds of CI)
@@ -184,6 +188,7 @@ def test_the_script_trains_on_coco_data_stops_on_sigint_resumes_and_writes_reada
                  "--labels", str(labels), "--json", "--device", "cpu"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["checkpoint"] == str(weights) and result["frames"] == 2
+    assert result["data"] == str(tmp_path / "val" / "panoptic.json")
 
 
 def test_bad_training_options_are_one_line_each(tmp_path, monkeypatch, capsys):
@@ -349,3 +354,62 @@ def test_evaluate_s_closing_json_line_is_json_when_an_average_has_no_class(tmp_p
         raise AssertionError(f"{name} in {last}")
 
     assert json.loads(last, parse_constant=no_constants)["pq"] is None
+
+
+def test_a_stopped_run_leaves_a_finished_model_s_labels_alone(tmp_path):
+    """Found reviewing the mend: a stopped run wrote its classes over (or, without --data, deleted)
+    the labels file of the finished model at the same --out, which it does not replace."""
+    import argparse
+
+    from segstream.pipeline.training import TrainReport
+    from segstream.pipeline.train_cli import finish
+
+    write_scenes(tmp_path / "b", 1, seed=11)
+    data = CocoPanopticDataset(tmp_path / "b" / "panoptic.json")
+    out = tmp_path / "m.safetensors"
+    out.write_bytes(b"the finished model")
+    (tmp_path / "m.labels.json").write_text("its classes")
+    args = argparse.Namespace(out=out, name=None)
+    stopped = TrainReport(3, 1.0, [1.0], 3, stopped=True, done=0.3)
+    for given in (data, None):
+        code = finish(args, stopped, [signal.SIGTERM], lambda path, meta: path.write_bytes(b"partial"), {}, given, {})
+        assert code == 143
+        assert out.read_bytes() == b"the finished model" and (tmp_path / "m.labels.json").read_text() == "its classes"
+    assert not (tmp_path / "m.partial.labels.json").exists()  # the last stop was of a run without --data
+
+
+def test_a_second_stop_signal_aborts_training_with_its_own_status():
+    """Found reviewing: the second signal's exit was 130 whichever it was."""
+    from segstream.pipeline.train_cli import main_guard, stop_on_signals
+
+    def training():
+        with stop_on_signals(TrainingRun()) as got:
+            os.kill(os.getpid(), signal.SIGTERM)
+            deadline = time.monotonic() + 5
+            while not got and time.monotonic() < deadline:
+                time.sleep(0.01)
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+        return 0
+
+    assert main_guard(training) == 143
+
+
+def test_a_senatra_run_on_one_s_own_pictures_stops_and_resumes_from_its_state(tmp_path):
+    """Found reviewing: nothing trained SeNaTra on --data with a kept state (its resume was refused)."""
+    from dataclasses import replace
+
+    from segstream.models.presets import SYNTHETIC_SENATRA
+    from segstream.pipeline.senatra_training import SeNaTraTrainSettings, train_senatra
+
+    write_scenes(tmp_path / "day1", 2, seed=12)
+    data = CocoPanopticDataset(tmp_path / "day1" / "panoptic.json")
+    data.check(progress=False)
+    settings = SeNaTraTrainSettings(config=replace(SYNTHETIC_SENATRA.config), steps=3, batch_size=1, threads=1)
+    run = TrainingRun(state_path=tmp_path / "s.state.pt")
+    run.data = _StopAfter(data, run, draws=1)
+    _, report = train_senatra(settings, progress=False, run=run)
+    assert report.stopped and report.steps == 1
+    state = load_state(tmp_path / "s.state.pt", "senatra", settings, data)
+    _, report = train_senatra(settings, progress=False, run=TrainingRun(resume=state, data=data))
+    assert not report.stopped and report.steps == 3
