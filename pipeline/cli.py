@@ -257,10 +257,13 @@ def _parser() -> argparse.ArgumentParser:
     bench.set_defaults(command=_bench)
 
     evaluate = commands.add_parser("evaluate", help="measure segmentation quality on synthetic scenes or your own pictures")
-    evaluate.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], metavar="SEED")
+    # None: the defaults (0 1 2; 640 480), so that --data and --clips can refuse them when given
+    evaluate.add_argument("--seeds", type=int, nargs="+", default=None, metavar="SEED",
+                          help="the synthetic scenes (default 0 1 2)")
     evaluate.add_argument("--frames", type=_at_least_one, default=None, metavar="N",
                           help="frames per seed (default 50), or with --clips the first N of each clip (default all)")
-    evaluate.add_argument("--size", type=_scene_side, nargs=2, default=[640, 480], metavar=("WIDTH", "HEIGHT"))
+    evaluate.add_argument("--size", type=_scene_side, nargs=2, default=None, metavar=("WIDTH", "HEIGHT"),
+                          help="the synthetic scenes' frame size (default 640 480)")
     evaluate.add_argument("--checkpoint", default=None, help="local path or hf://org/name; default: the preset's weights")
     evaluate.add_argument("--preset", default=None, help="a model trained on synthetic scenes (default: the shipped one)")
     evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default %(default)s)")

@@ -183,6 +183,7 @@ def truth_path(video: Path) -> Path:
 
 
 FRAMES_PER_SEED = 50  # evaluate's --frames when it renders scenes
+DEFAULT_SEEDS, DEFAULT_SIZE = (0, 1, 2), (640, 480)  # its --seeds and --size
 
 
 def clip_frames(videos: Sequence[Path], per_clip: int | None = None) -> Iterator[tuple[np.ndarray, FrameResult]]:
@@ -284,6 +285,13 @@ def main_evaluate(args) -> int:
     for option in ("masks", "images"):
         if getattr(args, option, None) is not None and data is None:
             raise ConfigError(f"--{option} goes with --data (pictures of your own)")
+    for option, given in (("--seeds", args.seeds), ("--size", args.size)):
+        if given is not None and (data is not None or clips):
+            # found reviewing: they were ignored without a word
+            raise ConfigError(f"{option} is for rendered synthetic scenes; with {'--data' if data else '--clips'} the "
+                              "frames are those given")
+    args.seeds = args.seeds if args.seeds is not None else list(DEFAULT_SEEDS)
+    args.size = args.size if args.size is not None else list(DEFAULT_SIZE)
     dataset = CocoPanopticDataset(data, args.masks, args.images) if data is not None else None
     model_cfg = evaluation_model_config(args)
     width, height = args.size

@@ -280,7 +280,10 @@ def main_evaluate_tracking(args) -> int:
     if not args.no_model:
         segmenter = build_segmenter(evaluation_model_config(args))
         segment_fn, name = segmenter.segment, segmenter.name
-    width, height = args.size
+    from segstream.pipeline.evaluation import DEFAULT_SEEDS, DEFAULT_SIZE
+
+    args.seeds = args.seeds if args.seeds is not None else list(DEFAULT_SEEDS)
+    width, height = args.size if args.size is not None else DEFAULT_SIZE
     results = evaluate_tracking(args.seeds, width, height, args.frames or FRAMES_PER_SEED, settings=settings,
                                 segment_fn=segment_fn)
     changed = {k: v for k, v in asdict(settings).items() if v != getattr(TrackerSettings(), k)}

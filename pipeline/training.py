@@ -138,8 +138,9 @@ def load_state(path: Path, kind: str, settings, data=None) -> dict:
 
 def settings_record(settings, data=None) -> dict:
     """The settings that make a run what it is, as plain values (a resumed run must have the same):
-    with ``data`` (one's own pictures) its JSON's path too."""
-    record = {"data": str(Path(data.json_path).resolve()) if data is not None else None}
+    with ``data`` (one's own pictures) the paths of its JSON and of its PNGs' and pictures' folders."""
+    record = {"data": None if data is None else " ".join(
+        str(Path(p).resolve()) for p in (data.json_path, getattr(data, "masks", ""), getattr(data, "images", "")))}
     for key in ("minutes", "steps", "batch_size", "lr", "seed", "patch_class_weight", "downsampling"):
         if hasattr(settings, key):
             record[key] = getattr(settings, key)

@@ -103,6 +103,7 @@ class _StopAfter:
 
     def __init__(self, data, run: TrainingRun, draws: int):
         self.data, self.run, self.draws, self.labels, self.json_path = data, run, draws, data.labels, data.json_path
+        self.masks, self.images = data.masks, data.images
 
     def __len__(self):
         return len(self.data)
@@ -125,8 +126,14 @@ def test_a_stopped_run_keeps_its_state_and_a_resumed_one_goes_on_from_its_step(t
     assert report.stopped and report.steps == 2 and report.done == pytest.approx(0.4)
     state = load_state(state_path, "eomt", settings, data)
     assert state["step"] == 2
-    with pytest.raises(ValueError, match=r"other settings \(data '.*day1/panoptic.json' there, None here\)"):
+    with pytest.raises(ValueError, match=r"other settings \(data '.*day1/panoptic.json .*' there, None here\)"):
         load_state(state_path, "eomt", settings)  # the state of a run on other pictures (found reviewing)
+    import shutil
+
+    shutil.copytree(tmp_path / "day1" / "images", tmp_path / "copy")
+    elsewhere = CocoPanopticDataset(tmp_path / "day1" / "panoptic.json", images=tmp_path / "copy")
+    with pytest.raises(ValueError, match="other settings"):  # the same JSON, its pictures from another folder
+        load_state(state_path, "eomt", settings, elsewhere)
 
     resumed = TrainingRun(state_path=state_path, resume=state, data=data)
     model, report = train(settings, progress=False, run=resumed)
@@ -354,6 +361,9 @@ def test_evaluate_s_closing_json_line_is_json_when_an_average_has_no_class(tmp_p
         raise AssertionError(f"{name} in {last}")
 
     assert json.loads(last, parse_constant=no_constants)["pq"] is None
+    # found reviewing: --seeds and --size were ignored with --data without a word
+    assert main(["evaluate", "--data", str(tmp_path / "crowd" / "panoptic.json"), "--size", "64", "48"]) == 2
+    assert "--size is for rendered synthetic scenes; with --data the frames are those given" in capsys.readouterr().err
 
 
 def test_a_stopped_run_leaves_a_finished_model_s_labels_alone(tmp_path):
