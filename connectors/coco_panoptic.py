@@ -24,7 +24,6 @@ import sys
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from importlib import resources
 from pathlib import Path
 
 import cv2
@@ -71,20 +70,12 @@ def rgb_to_id(rgb: np.ndarray) -> np.ndarray:
 
 
 def category_ids(labels: LabelSet) -> list[int]:
-    """The COCO category id of each class: its ``coco_id`` in the shipped label set file where it
-    has one (so outputs of COCO models match COCO's ground truth), else class id + 1 (COCO ids
-    start at 1)."""
-    if labels.coco_ids is not None:  # a label-set file of one's own that says them (training's does)
+    """The COCO category id of each class: the label set's ``coco_ids`` where its file gives them
+    (the shipped COCO sets: outputs of COCO models match COCO's ground truth; a training's on COCO
+    data: the data's own ids), else class id + 1 (COCO ids start at 1)."""
+    if labels.coco_ids is not None:
         return list(labels.coco_ids)
-    fallback = [class_id + 1 for class_id in range(labels.num_classes)]
-    source = resources.files("segstream.models").joinpath("labels", f"{labels.name}.json")
-    try:
-        classes = json.loads(source.read_text(encoding="utf-8"))["classes"]
-    except (OSError, ValueError, KeyError):
-        return fallback
-    coco = {c["id"]: c.get("coco_id") for c in classes if isinstance(c, dict)}
-    ids = [coco.get(class_id) for class_id in range(labels.num_classes)]
-    return ids if all(isinstance(i, int) for i in ids) and len(set(ids)) == len(ids) else fallback
+    return [class_id + 1 for class_id in range(labels.num_classes)]
 
 
 def categories(labels: LabelSet) -> list[dict]:

@@ -69,10 +69,7 @@ def _address_space_line(error: ImportError) -> bytes:
     message = (f"error: could not load {library} within this process's address-space limit (`ulimit -v`: {limit}) "
                "— raise or lift `ulimit -v` (torch alone maps several GB it never uses); to cap memory, use "
                "the container's memory limit instead")
-    logs = sys.modules.get("segstream.pipeline.logs")
-    if logs is None or not hasattr(logs, "signal_line"):
-        return f"segstream: {message}\n".encode()
-    return logs.signal_line(message, "ERROR", os.environ.get(logs.ENV_FORMAT, "").lower() == "json")
+    return _line(message, "ERROR")
 
 
 # Commands whose first stop signal drains (exit 0): one that comes before the run installs its own
@@ -95,7 +92,7 @@ def _interrupt(signum, frame) -> None:
         # no import is cut in half, and the run, once its handler is in place, begins nothing
         pending_stop, pending_since = signum, time.monotonic()
         name = signal.Signals(signum).name
-        _write_line(f"{name}: stopping once the command has started ({name} again aborts)")
+        _write(_line(f"{name}: stopping once the command has started ({name} again aborts)", "INFO"))
         return
     abort_if_loading(frame, signum)
     aborted_by = signum
@@ -108,15 +105,19 @@ def _command() -> str | None:
     return sys.argv[1] if len(sys.argv) > 1 and not sys.argv[1].startswith("-") else None
 
 
-def _write_line(message: str) -> None:
-    """One INFO line from a signal handler, before ``logs`` may be loaded (JSON as
-    SEGSTREAM_LOG_FORMAT says)."""
+def _line(message: str, level: str) -> bytes:
+    """``message`` as the command's stderr lines are (``segstream: ...``, or a JSON object with
+    JSON logs), from a signal handler or before ``logs`` is loaded (or while it is: the handlers
+    are in before it); JSON as SEGSTREAM_LOG_FORMAT says, or --log-format once it was read.
+    Imports nothing."""
     logs = sys.modules.get("segstream.pipeline.logs")
     if logs is None or not hasattr(logs, "signal_line"):
-        line = f"segstream: {message}\n".encode()
-    else:
-        as_json = logs.json_logging() or os.environ.get(logs.ENV_FORMAT, "").lower() == "json"
-        line = logs.signal_line(message, "INFO", as_json)
+        return f"segstream: {message}\n".encode()
+    as_json = logs.json_logging() or os.environ.get(logs.ENV_FORMAT, "").lower() == "json"
+    return logs.signal_line(message, level, as_json)
+
+
+def _write(line: bytes) -> None:
     try:
         os.write(2, line)
     except OSError:  # stderr a terminal that is gone (SIGHUP)
@@ -137,21 +138,8 @@ def abort_if_loading(frame, signum: int = signal.SIGINT) -> None:
     (an import here would wait on the one interrupted; ``signal_line`` imports nothing). JSON as
     SEGSTREAM_LOG_FORMAT says: the command line's --log-format may not be read yet."""
     if loading(frame):
-        try:
-            os.write(2, _loading_line())
-        except OSError:  # stderr a terminal that is gone (SIGHUP)
-            pass
+        _write(_line("aborted while loading its modules", "ERROR"))
         embedded = sys.modules.get("segstream.connectors.embedded_redis")
         if embedded is not None and hasattr(embedded, "kill_all"):  # loaded whole: a daemonised
             embedded.kill_all()  # redis-server of ours would outlive us (a signal only: no client here)
         os._exit(128 + signum)
-
-
-def _loading_line() -> bytes:
-    """What an abort inside an import says: ``logs`` itself may be the module still loading (the
-    handlers are installed before it, to leave the narrowest window for Python's own traceback)."""
-    logs = sys.modules.get("segstream.pipeline.logs")
-    if logs is None or not hasattr(logs, "signal_line"):
-        return b"segstream: aborted while loading its modules\n"
-    as_json = os.environ.get(logs.ENV_FORMAT, "").lower() == "json"
-    return logs.signal_line("aborted while loading its modules", "ERROR", as_json)

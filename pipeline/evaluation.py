@@ -252,6 +252,11 @@ def evaluation_model_config(args):
         raise ConfigError("\n".join(lines)) from None
 
 
+def json_safe(averages: dict) -> dict:
+    """PQ's averages for JSON: an average over no class (NaN, which is no JSON) is null."""
+    return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in averages.items()}
+
+
 def _preset_of_checkpoint(checkpoint: str | None) -> str | None:
     """The preset a safetensors file written by segstream's training scripts names in its
     metadata, when it is one that is known; else None."""
@@ -327,7 +332,7 @@ def main_evaluate(args) -> int:
             "model": segmenter.name, "checkpoint": checkpoint, "precision": precision, "postprocess": postprocess,
             **where,
             # an average of no class (no stuff in the scenes) is null: NaN is no JSON
-            **{k: None if isinstance(v, float) and math.isnan(v) else v for k, v in result.items() if k != "per_class"},
+            **json_safe({k: v for k, v in result.items() if k != "per_class"}),
             # a class neither in the scenes nor predicted is left out, as it is of the averages
             "per_class": {names[class_id]: stats for class_id, stats in sorted(result["per_class"].items())
                           if stats["tp"] + stats["fp"] + stats["fn"]},
@@ -346,6 +351,5 @@ def main_evaluate(args) -> int:
             continue
         print(f"  {names[class_id]:10} PQ {100 * stats['pq']:5.1f}  (tp {stats['tp']}, fp {stats['fp']}, fn {stats['fn']})")
     # NaN is no JSON: an average of no class is null, as with --json (found probing: the line said NaN)
-    print(json.dumps({k: None if isinstance(v, float) and math.isnan(v) else v for k, v in result.items()
-                      if k != "per_class"}))
+    print(json.dumps(json_safe({k: v for k, v in result.items() if k != "per_class"})))
     return 0

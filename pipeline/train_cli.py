@@ -18,7 +18,6 @@ import math
 import os
 import signal
 import sys
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -141,6 +140,8 @@ def check_out(args: argparse.Namespace) -> None:
     state_path = beside(args.out, "state.pt")
     if args.out.is_dir():
         raise ConfigError(f"--out {args.out}: a folder — give the weights file's path, e.g. {args.out / 'model.safetensors'}")
+    import tempfile
+
     try:  # found now, not when the first state or the weights are written
         args.out.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=args.out.parent, prefix=".segstream-"):
@@ -280,8 +281,10 @@ def main_guard(main: Callable[[], int]) -> int:
 
 def held_out_summary(result: dict) -> dict:
     """PQ, SQ, RQ (and of things, of stuff) as fractions, null where no segment of the kind was."""
-    return {k: None if isinstance(v, float) and math.isnan(v) else round(v, 4) for k, v in result.items()
-            if k in ("pq", "sq", "rq", "pq_things", "pq_stuff", "frames")}
+    from segstream.pipeline.evaluation import json_safe
+
+    kept = json_safe({k: v for k, v in result.items() if k in ("pq", "sq", "rq", "pq_things", "pq_stuff", "frames")})
+    return {k: v if v is None else round(v, 4) for k, v in kept.items()}
 
 
 def settings_summary(settings) -> dict:

@@ -11,11 +11,13 @@ share of the budget spent, so the run ends on time however fast or loaded the ma
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -96,13 +98,10 @@ def save_state(path: Path, kind: str, settings, modules: dict[str, nn.Module], o
         "modules": {name: module.state_dict() for name, module in modules.items()},
         "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
     }
-    partial = path.with_name(f".{path.name}.writing")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(state, partial)
-        os.replace(partial, path)
+        with _replacing(path) as partial:
+            torch.save(state, partial)
     except (OSError, RuntimeError) as error:  # torch says a full disk as a RuntimeError of its writer
-        partial.unlink(missing_ok=True)
         from segstream.connectors.errors import ResourceLimit
 
         raise ResourceLimit(f"cannot keep the run's state in {path} ({getattr(error, 'strerror', None) or error}) — "
@@ -156,15 +155,23 @@ def write_safetensors(state: dict[str, torch.Tensor], path: Path, metadata: dict
     itself makes files its owner's only: a container's other user could not read them)."""
     from safetensors.torch import save_file
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.writing")
-    try:
+    with _replacing(path) as partial:
         save_file(state, str(partial), metadata=metadata)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(partial, 0o666 & ~umask)
+
+
+@contextlib.contextmanager
+def _replacing(path: Path) -> Iterator[Path]:
+    """A file written beside ``path`` (the yielded path) and moved into place when whole: a kill
+    or a full disk mid-write keeps the old ``path``, and leaves no model-sized half file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.writing")
+    try:
+        yield partial
         os.replace(partial, path)
-    except BaseException:  # a full disk must not keep a model-sized file it cannot use
+    except BaseException:
         partial.unlink(missing_ok=True)
         raise
 
