@@ -597,6 +597,63 @@ class ModelConfig(Strict):
             )
         return str(resolved)
 
+    @model_validator(mode="after")
+    def _what_the_checkpoint_says(self) -> ModelConfig:
+        # Weights written by segstream's training name their preset, and a run on pictures of one's
+        # own writes their classes beside them (model.labels.json): a config naming only the
+        # checkpoint runs them as trained (a SeNaTra one needed model.family, own classes model.labels).
+        weights = weights_file(self.checkpoint)
+        if weights is None:
+            return self
+        if "preset" not in self.model_fields_set:
+            from segstream.models.presets import PRESETS
+
+            preset = preset_of_checkpoint(weights)
+            if preset in PRESETS and self.family in (None, PRESETS[preset].family):
+                self.preset = preset
+        labels = weights.with_name(f"{weights.name.removesuffix('.safetensors')}.labels.json")
+        if self.labels is None and weights.name.endswith(".safetensors") and labels.is_file():
+            from segstream.models.label_sets import read_label_set_file
+
+            try:
+                read_label_set_file(labels)
+            except ValueError as error:
+                raise ValueError(f"the labels file beside the checkpoint, {labels}, is not a label set ({error}) — fix or "
+                                 "remove it, or set model.labels to the file of the checkpoint's classes") from None
+            self.labels = str(labels)
+        return self
+
+
+def weights_file(checkpoint: str | None) -> Path | None:
+    """The local weights file a ``model.checkpoint`` names (a model folder's own), else None."""
+    if checkpoint is None or checkpoint == "random" or "://" in checkpoint:
+        return None
+    path = Path(checkpoint)
+    if path.is_dir():
+        from segstream.connectors.checkpoints import checkpoint_in_folder
+        from segstream.connectors.errors import CheckpointError
+
+        try:
+            return checkpoint_in_folder(path)
+        except CheckpointError:
+            return None
+    return path if path.is_file() else None
+
+
+def preset_of_checkpoint(path: Path) -> str | None:
+    """The preset a safetensors file written by segstream's training names in its metadata
+    (``preset``), else None; a file that is no safetensors says why when it is loaded."""
+    if not path.name.endswith(".safetensors"):
+        return None
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="numpy") as weights:
+            preset = (weights.metadata() or {}).get("preset")
+    except Exception:  # not readable as safetensors: loading it says why, in its own words
+        return None
+    return preset if isinstance(preset, str) else None
+
 
 class EngineConfig(Strict):
     """The model stage: batches of up to ``batch_size`` frames from all sources together,

@@ -218,12 +218,15 @@ def evaluation_model_config(args):
     from pydantic import ValidationError
 
     from segstream.models.presets import PRESETS, SYNTHETIC_TINY
-    from segstream.pipeline.config import ModelConfig
+    from segstream.pipeline.config import ModelConfig, preset_of_checkpoint, weights_file
 
     from segstream.pipeline.plugins import load_plugins
 
     # a checkpoint segstream's training wrote says its preset (a SeNaTra one needs no --preset)
-    preset = args.preset or _preset_of_checkpoint(args.checkpoint) or SYNTHETIC_TINY.name
+    weights = weights_file(str(args.checkpoint)) if args.checkpoint is not None else None
+    preset = args.preset or (weights and preset_of_checkpoint(weights)) or SYNTHETIC_TINY.name
+    if preset not in PRESETS and not args.preset:
+        preset = SYNTHETIC_TINY.name
     if preset not in PRESETS:  # a plugin's, maybe
         load_plugins()
     own_data = getattr(args, "data", None) is not None
@@ -255,23 +258,6 @@ def evaluation_model_config(args):
 def json_safe(averages: dict) -> dict:
     """PQ's averages for JSON: an average over no class (NaN, which is no JSON) is null."""
     return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in averages.items()}
-
-
-def _preset_of_checkpoint(checkpoint: str | None) -> str | None:
-    """The preset a safetensors file written by segstream's training scripts names in its
-    metadata, when it is one that is known; else None."""
-    from segstream.models.presets import PRESETS
-
-    if checkpoint is None or not checkpoint.endswith(".safetensors") or not Path(checkpoint).is_file():
-        return None
-    try:
-        from safetensors import safe_open
-
-        with safe_open(checkpoint, framework="pt") as weights:
-            preset = (weights.metadata() or {}).get("preset")
-    except Exception:  # not readable as safetensors: loading it says why, in its own words
-        return None
-    return preset if preset in PRESETS else None
 
 
 def main_evaluate(args) -> int:

@@ -248,13 +248,14 @@ def train_senatra(
                      float(grad_norm), json.dumps(means))
         if run.state_path is not None and time.perf_counter() - saved >= run.every_s:
             save_state(run.state_path, "senatra", settings, {"model": model}, optimizer, step,
-                       spent_before + time.perf_counter() - start, run.data)
+                       spent_before + time.perf_counter() - start, run.data, run.init)
             saved = time.perf_counter()
     bar.close()
     seconds = spent_before + time.perf_counter() - start
     stopped = done < 1
     if stopped and run.state_path is not None:
-        save_state(run.state_path, "senatra", settings, {"model": model}, optimizer, step, seconds, run.data)
+        save_state(run.state_path, "senatra", settings, {"model": model}, optimizer, step, seconds, run.data,
+                   run.init)
     parts = {k: float(np.mean(v[-50:])) for k, v in history.items()}
     report = SeNaTraTrainReport(step, seconds, losses, step * settings.batch_size, parts, skipped, stopped, min(1.0, done))
     return model.eval(), report

@@ -19,6 +19,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Iterator
+from typing import Any
 from pathlib import Path
 
 from segstream.connectors.errors import ConfigError, ResourceLimit, SegstreamError
@@ -72,6 +73,10 @@ def add_common_arguments(parser: argparse.ArgumentParser, out: Path, lr: float) 
     parser.add_argument("--name", default=None,
                         help="with --data: the name of its classes' set, which entries add to the model's name "
                              "(<preset>:<name>; default: the data's, its JSON's or folder's name)")
+    parser.add_argument("--init", default=None, metavar="WEIGHTS",
+                        help="fine-tune: start from these weights of the same architecture (a file, a model folder, "
+                             "or 'shipped' for the shipped model's) instead of random ones; a class head of another "
+                             "class count (--data's) starts fresh")
     parser.add_argument("--resume", action="store_true",
                         help="go on from the state a stopped or killed run kept beside --out (same options)")
     parser.add_argument("--save-every", type=positive(float), default=5.0, metavar="MIN",
@@ -149,12 +154,37 @@ def check_out(args: argparse.Namespace) -> None:
     except OSError as error:
         raise ConfigError(f"--out {args.out}: cannot write in its folder ({error.strerror}) — give one you can "
                           "write to") from None
+    if args.init not in (None, "shipped") and not Path(args.init).exists():
+        raise ConfigError(f"--init {args.init}: no such file — give the weights to start from (or 'shipped')")
     if args.resume and not state_path.exists():
         raise ConfigError(f"--resume: {state_path}: no saved state to resume from (a run keeps it there while it "
                           "trains, and removes it when it ends)")
     if not args.resume and state_path.exists():
         raise ConfigError(f"{state_path} holds an unfinished run of --out {args.out}: go on with --resume, or delete "
                           "it to start again")
+
+
+def initial_model(args: argparse.Namespace, run, build: Callable[[], Any], preset) -> Any:
+    """With ``--init`` (and not resuming: the state has its own weights), ``build()``'s model with
+    those weights loaded (the file read is ``run.init``); else None, for the training's own start.
+    Weights of another architecture are one line."""
+    import torch
+
+    from segstream.connectors.errors import CheckpointError
+    from segstream.pipeline.training import start_from
+
+    if args.init is None or args.resume:
+        return None
+    torch.manual_seed(args.seed)  # a fresh class head's
+    model = build()
+    try:
+        path, fresh = start_from(model, preset.weights if args.init == "shipped" else args.init, preset.family)
+    except (CheckpointError, ValueError) as error:
+        raise ConfigError(f"--init {args.init}: {error}") from None
+    print(f"starting from {path}" + (f" (its class head, of other classes, starts fresh: {', '.join(fresh)})"
+                                     if fresh else ""), file=sys.stderr, flush=True)
+    run.init = str(path)
+    return model
 
 
 def training_run(args: argparse.Namespace, kind: str, settings, data):
@@ -168,6 +198,7 @@ def training_run(args: argparse.Namespace, kind: str, settings, data):
             run.resume = load_state(state_path, kind, settings, data)
         except ValueError as error:
             raise ConfigError(f"--resume: {error}") from None
+        run.init = run.resume.get("init")
         print(f"resuming at step {run.resume['step']} ({run.resume['elapsed_s'] / 60:.1f} min trained) from "
               f"{state_path}", file=sys.stderr, flush=True)
     return run

@@ -84,19 +84,20 @@ class TrainingRun:
     state_path: Path | None = None
     every_s: float = 300.0
     data: Any = None
+    init: str | None = None  # the weights it started from (--init), kept in its state
 
     def feed(self, settings, step: int) -> SceneFeed:
         return DatasetFeed(settings, self.data, step) if self.data is not None else SceneFeed(settings, step)
 
 
 def save_state(path: Path, kind: str, settings, modules: dict[str, nn.Module], optimizer, step: int,
-               elapsed_s: float, data=None) -> None:
+               elapsed_s: float, data=None, init: str | None = None) -> None:
     """What a training run needs to go on where it stopped: its weights (``modules``), optimizer,
     step, time spent and settings; written whole or not at all (a kill mid-write keeps the last)."""
     state = {
         "kind": kind, "settings": settings_record(settings, data), "step": step, "elapsed_s": elapsed_s,
         "modules": {name: module.state_dict() for name, module in modules.items()},
-        "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
+        "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(), "init": init,
     }
     try:
         with _replacing(path) as partial:
@@ -385,16 +386,48 @@ def train(settings: TrainSettings, model: EoMT | None = None, progress: bool = T
             bar.set_postfix(loss=f"{np.mean(losses[-10:]):.3f}", mask_attn=f"{float(model.attn_mask_probs[-1]):.2f}")
         if run.state_path is not None and time.perf_counter() - saved >= run.every_s:
             save_state(run.state_path, "eomt", settings, modules, optimizer, step,
-                       spent_before + time.perf_counter() - start, run.data)
+                       spent_before + time.perf_counter() - start, run.data, run.init)
             saved = time.perf_counter()
     bar.close()
     seconds = time.perf_counter() - start
     stopped = progress_done < 1
     if stopped and run.state_path is not None:
-        save_state(run.state_path, "eomt", settings, modules, optimizer, step, spent_before + seconds, run.data)
+        save_state(run.state_path, "eomt", settings, modules, optimizer, step, spent_before + seconds, run.data, run.init)
     model.attn_mask_probs.zero_()
     report = TrainReport(step, spent_before + seconds, losses, step * settings.batch_size, stopped, min(1.0, progress_done))
     return model.eval(), report
+
+
+# The class head's tensors, which another class count shapes otherwise (they start fresh then).
+CLASS_HEADS = {"eomt": ("class_head.weight", "class_head.bias"), "senatra": ("head.fc2.weight", "head.fc2.bias")}
+
+
+def start_from(model: nn.Module, reference: str, family: str) -> tuple[Path, list[str]]:
+    """Load the weights ``reference`` names (a file, a model folder, a shipped weights file's
+    name) into ``model`` to fine-tune it: every tensor must fit, except the class head's when
+    the classes are others (those stay as initialised: returned, with the file read). Anything
+    else that does not fit raises ValueError naming it."""
+    from segstream.connectors.checkpoints import checkpoint_in_folder, checkpoint_path, read_state_dict
+
+    path = checkpoint_path(reference)
+    if path.is_dir():
+        path = checkpoint_in_folder(path)
+    state = read_state_dict(path)
+    if family == "eomt":
+        from segstream.models.eomt import convert_state_dict
+
+        state = convert_state_dict(state)
+    own = model.state_dict()
+    fresh = [k for k in CLASS_HEADS[family] if k in state and k in own and state[k].shape != own[k].shape]
+    problems = [f"missing {k}" for k in own if k not in state and k != "attn_mask_probs"]  # EoMT's schedule
+    problems += [f"unexpected {k}" for k in state if k not in own]
+    problems += [f"{k}: shape {tuple(state[k].shape)}, expected {tuple(own[k].shape)}"
+                 for k in own if k in state and k not in fresh and state[k].shape != own[k].shape]
+    if problems:
+        more = f" (+{len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise ValueError(f"not weights of this model's architecture: {'; '.join(problems[:3])}{more}")
+    model.load_state_dict({k: v for k, v in state.items() if k not in fresh}, strict=False)  # all else checked
+    return path, fresh
 
 
 def save_model(model: EoMT, path: Path, metadata: dict) -> None:

@@ -12,7 +12,8 @@ instead of grouping, everything else equal). After training, the model is evalua
 scenes (PQ and mIoU, seeds 0 and 1, 20 frames of 320x240 each) through the pipeline's adapter, or
 with --data on --val's pictures (PQ). Ctrl-C or SIGTERM stops it after the step under way and
 keeps the work: the same command with --resume goes on (also after a kill, from the state kept
-every --save-every minutes).
+every --save-every minutes). --init shipped starts from the shipped model's weights (fine-tuning;
+a class head of another class count starts fresh).
 """
 
 from __future__ import annotations
@@ -34,8 +35,8 @@ from segstream.pipeline.evaluation import evaluate_segmenter
 from segstream.pipeline.segment_metrics import evaluate_semantic
 from segstream.pipeline.senatra_training import SeNaTraTrainSettings, save_senatra, train_senatra
 from segstream.pipeline.train_cli import (
-    add_common_arguments, check_out, finish, held_out_summary, main_guard, open_data, positive, settings_summary,
-    stop_on_signals, training_run,
+    add_common_arguments, check_out, finish, held_out_summary, initial_model, main_guard, open_data, positive,
+    settings_summary, stop_on_signals, training_run,
 )
 
 HELD_OUT = (0, 1)
@@ -74,8 +75,9 @@ def main() -> int:
         seed=args.seed, threads=args.threads,
     )
     run = training_run(args, "senatra", settings, data)
+    start = initial_model(args, run, lambda: SeNaTra(config), SYNTHETIC_SENATRA)  # fine-tuning: --init's weights
     with stop_on_signals(run) as signals:
-        model, report = train_senatra(settings, run=run)
+        model, report = train_senatra(settings, model=start, run=run)
     facts = {
         "preset": SYNTHETIC_SENATRA.name,
         "data": str(args.data) if data is not None else "synthetic scenes",
@@ -87,6 +89,7 @@ def main() -> int:
         "final_losses": {k: round(v, 4) for k, v in report.parts.items()},
         "machine": f"{platform.machine()} {torch.get_num_threads()} threads",
         "torch": torch.__version__,
+        "init": run.init,
         "settings": settings_summary(settings) | {"threads": args.threads},
     }
     # fractions (0.263), as evaluate's JSON; the model card quotes them as percentages (26.3)

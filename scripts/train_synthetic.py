@@ -12,8 +12,9 @@ runs/train/ unless --out says otherwise (the second line replaces the shipped on
 SIGTERM stops it after the step under way and keeps the work: the same command with --resume
 goes on (also after a kill, from the state kept every --save-every minutes).
 
---data trains from scratch (no pretrained backbone here): expect it to need many labelled pictures
-and a GPU's hours for classes harder than the synthetic scenes'.
+--data trains from random weights, or with --init shipped from the shipped model's (fine-tuning; a
+class head of another class count starts fresh). There is no backbone pretrained on real pictures
+here: classes unlike the synthetic scenes' need many labelled pictures and a GPU's hours.
 """
 
 from __future__ import annotations
@@ -26,10 +27,11 @@ from pathlib import Path
 
 import torch
 
+from segstream.models.eomt import EoMT
 from segstream.models.presets import SYNTHETIC_TINY
 from segstream.pipeline.train_cli import (
-    add_common_arguments, check_device, check_out, finish, held_out_summary, main_guard, open_data, settings_summary,
-    stop_on_signals, training_run,
+    add_common_arguments, check_device, check_out, finish, held_out_summary, initial_model, main_guard, open_data,
+    settings_summary, stop_on_signals, training_run,
 )
 from segstream.pipeline.training import TrainSettings, save_model, train
 
@@ -70,8 +72,9 @@ def main() -> int:
         patch_class_weight=args.patch_class_weight,
     )
     run = training_run(args, "eomt", settings, data)
+    start = initial_model(args, run, lambda: EoMT(config), SYNTHETIC_TINY)  # fine-tuning: --init's weights
     with stop_on_signals(run) as signals:
-        model, report = train(settings, run=run)
+        model, report = train(settings, model=start, run=run)
     recent = report.losses[-50:]
     facts = {
         "preset": SYNTHETIC_TINY.name,
@@ -84,6 +87,7 @@ def main() -> int:
         "device": args.device,
         "machine": f"{platform.machine()} {torch.get_num_threads()} threads",
         "torch": torch.__version__,
+        "init": run.init,
         "settings": settings_summary(settings),
     }
     held_out = (lambda: held_out_pq(model, data.labels, val)) if val is not None else None
