@@ -540,9 +540,14 @@ def _render(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     if args.max_frames is not None and args.max_frames <= 0:
         raise ConfigError(f"--max-frames must be a positive number, got {args.max_frames}")
+    from segstream.pipeline.config import overrides_by_name
+
+    # a reload applies the overrides to the file as it is then: each source's by its name, not its place
+    args.overrides = overrides_by_name(args.config, args.overrides)
     cfg = load_checked_config(args.config, args.overrides)
     report = run_pipeline(cfg, max_frames=args.max_frames,
-                          reload_from=lambda: load_checked_config(args.config, args.overrides))
+                          reload_from=lambda: load_checked_config(args.config, args.overrides),
+                          config_file=Path(args.config))
     if report is None:  # a signal while the model, sinks or sources were being built
         line = signal_line("stopped before the run began: no frame was read, nothing was published", "INFO")
         sys.stderr.write(line.decode())
@@ -562,6 +567,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _reload(args: argparse.Namespace) -> int:
     import urllib.error
+    import urllib.parse
     import urllib.request
 
     from segstream.pipeline.config import _host_port
@@ -580,7 +586,9 @@ def _reload(args: argparse.Namespace) -> int:
         raise ConfigError(f"{args.config}: ops.http picks a free port (0) — give the one the run took (its first "
                           "lines say) with --ops HOST:PORT")
     host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
-    url = f"http://{f'[{host}]' if ':' in host else host}:{port}/reload"
+    # the file meant: a run told to reload another than its own refuses (it reads its own, always)
+    url = f"http://{f'[{host}]' if ':' in host else host}:{port}/reload?" + urllib.parse.urlencode(
+        {"config": os.path.abspath(args.config)})
     request = urllib.request.Request(url, method="POST", data=b"")
     timeout = REMOVE_WAIT_S + 30 if args.timeout is None else args.timeout
     try:
@@ -718,12 +726,14 @@ def build_runtime(
 
 
 def run_pipeline(cfg: PipelineConfig, max_frames: int | None = None, progress: TextIO | bool | None = True,
-                 reload_from: Callable[[], PipelineConfig] | None = None) -> RunReport | None:
+                 reload_from: Callable[[], PipelineConfig] | None = None,
+                 config_file: Path | None = None) -> RunReport | None:
     """Build model, sinks and sources from ``cfg`` and run them. Ctrl-C/SIGTERM drains a run;
     while the model is being built it stops that at once, while sinks and sources are, it starts
     nothing more (then None: the run never began). The ``ops.http`` endpoints serve from before
     the model loads (``/readyz`` says not yet). With ``ops.reload``, ``POST /reload`` applies the
-    sources of the config ``reload_from()`` reads (see ``segstream.pipeline.reload``)."""
+    sources of the config ``reload_from()`` reads (see ``segstream.pipeline.reload``), the file
+    ``config_file`` (a reload asked for another file is refused)."""
     with whole_imports():  # torch's, the first time
         from segstream.pipeline.metrics import RunMetrics
         from segstream.pipeline.model_factory import build_segmenter, check_model_section
@@ -753,7 +763,7 @@ def run_pipeline(cfg: PipelineConfig, max_frames: int | None = None, progress: T
         if server is not None and cfg.ops.reload and reload_from is not None:
             from segstream.pipeline.reload import Reloader
 
-            server.reload = Reloader(runtime, cfg, reload_from)
+            server.reload = Reloader(runtime, cfg, reload_from, config_file)
         try:
             return runtime.run()
         finally:

@@ -1533,22 +1533,59 @@ def _scalar(text: str) -> Any:
         return text
 
 
+# A key's parts: ``name``, ``0``, ``[0]`` or ``[a name]`` (a list's entry by its name: it may hold dots).
+_KEY_PART = re.compile(r"\[([^\]]+)\]|([^.\[\]]+)")
+
+
+def _key_parts(key: str, given_by: str) -> list:
+    """``sources[cam.1].filters.min_score`` -> ["sources", Named("cam.1"), "filters", "min_score"];
+    a plain number is a list index."""
+    parts: list = []
+    rest = key.strip()
+    while rest:
+        match = _KEY_PART.match(rest)
+        if match is None:
+            raise ConfigError(f"{given_by} {key}: not a key — dotted names and numbers, a list's entry as [N] or "
+                              "[its name], e.g. sources[cam-1].max_fps")
+        named, plain = match.groups()
+        parts.append(int(named) if named and named.isdigit() else _Named(named) if named is not None else
+                     int(plain) if plain.isdigit() else plain)
+        rest = rest[match.end():]
+        if rest.startswith("."):
+            rest = rest[1:]
+            if not rest or rest.startswith("."):
+                raise ConfigError(f"{given_by} {key}: an empty part — e.g. engine.batch_size")
+    return parts
+
+
+class _Named(str):
+    """A list's entry named in brackets (``sources[cam-1]``): the mapping whose ``name`` it is."""
+
+
 def set_config_key(data: dict, key: str, value: Any, given_by: str) -> None:
     """Set the dotted ``key`` of ``data`` to ``value`` (``sources.0.path`` and ``sources[0].path``
-    both index lists); errors start with ``given_by`` and the key (``--set engine.x``)."""
-    parts = [int(p) if p.isdigit() else p for p in re.sub(r"\[(\d+)\]", r".\1", key.strip()).split(".")]
+    both index lists; ``sources[cam-1].path`` or ``sources.cam-1.path`` is the entry named
+    cam-1); errors start with ``given_by`` and the key (``--set engine.x``)."""
+    parts = _key_parts(key, given_by)
     node: Any = data
     for depth, part in enumerate(parts):
         last = depth == len(parts) - 1
         here = _format_path(parts[:depth]) or "the top level"
         if isinstance(node, list):
             if not isinstance(part, int):
-                raise ConfigError(f"{given_by} {key}: {here} is a list; index it with a number, e.g. {here}.0")
+                names = [entry.get("name") for entry in node if isinstance(entry, dict)]
+                if not any(isinstance(name, str) for name in names):
+                    raise ConfigError(f"{given_by} {key}: {here} is a list; index it with a number, e.g. {here}.0")
+                if part not in names:
+                    shown = ", ".join(str(n) for n in names if isinstance(n, str))
+                    raise ConfigError(f"{given_by} {key}: {here} has no entry named '{part}' (its names: {shown})")
+                part = names.index(part)
             if part > len(node):
                 raise ConfigError(f"{given_by} {key}: {here} has {len(node)} entries (indices 0 to {len(node) - 1})")
             if part == len(node):
                 node.append({})
         elif isinstance(node, dict):
+            part = str(part) if isinstance(part, _Named) else part
             if not last and not isinstance(node.get(part), (dict, list)):
                 node[part] = {}
         else:
@@ -1557,6 +1594,29 @@ def set_config_key(data: dict, key: str, value: Any, given_by: str) -> None:
             node[part] = value
         else:
             node = node[part]
+
+
+def overrides_by_name(path: str | Path, overrides: typing.Iterable[str]) -> list[str]:
+    """``--set`` overrides of ``sources.N`` rewritten to name the source the file has there
+    (``sources[its name]``), so that a reload of a file whose sources moved applies each to the
+    same camera. Entries past the file's own (added by overrides) keep their index; a file that
+    cannot be read is said by loading it."""
+    try:
+        sources = read_yaml(path).get("sources")
+    except (ConfigError, AttributeError):
+        return list(overrides)
+    named = []
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        match = re.match(r"\s*sources(?:\.(\d+)|\[(\d+)\])(?=$|[.\[])", key)
+        if sep and match and isinstance(sources, list):
+            index = int(match.group(1) or match.group(2))
+            entry = sources[index] if index < len(sources) else None
+            name = entry.get("name") if isinstance(entry, dict) else None
+            if isinstance(name, str) and name:
+                override = f"sources[{name}]{key[match.end():]}={value}"
+        named.append(override)
+    return named
 
 
 _REFERENCE = re.compile(r"\$\$|\$\{([^}]*)\}")

@@ -411,7 +411,10 @@ def _handler(server: OpsServer, timeout_s: float) -> type[BaseHTTPRequestHandler
                 status, line = (503, "the run has not started yet (or has ended): try again") if server.reloads else \
                     (403, "reloading is off: set ops.reload: true in the config (it takes a restart)")
             else:
-                applied, line = reload()
+                from urllib.parse import parse_qs, urlsplit
+
+                asked_for = parse_qs(urlsplit(self.path).query).get("config", [None])[0]  # segstream reload's file
+                applied, line = reload(asked_for)
                 status = 200 if applied else 409
             self._answer(status, f"{line}\n".encode(), "text/plain; charset=utf-8")
 

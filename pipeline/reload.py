@@ -14,6 +14,7 @@ a reload that changes one says so and leaves it as it runs.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections import Counter
@@ -100,10 +101,12 @@ class Reloader:
     """Applies the config that ``load()`` reads to ``runtime``'s sources, one reload at a time;
     called with no arguments, returns (applied, the line that says what happened)."""
 
-    def __init__(self, runtime, running: PipelineConfig, load: Callable[[], PipelineConfig]):
+    def __init__(self, runtime, running: PipelineConfig, load: Callable[[], PipelineConfig],
+                 file: Path | None = None):
         self.runtime = runtime
         self.running = running  # the config whose sources and filters run now
         self.load = load
+        self.file = file  # the file load() reads, when it is one
         self.outcomes: Counter[str] = Counter({"applied": 0, "partly": 0, "refused": 0})
         self._lock = threading.Lock()
         runtime.metrics.counter("config_reloads", "Reloads of the config file (POST /reload): applied; partly (a "
@@ -112,8 +115,16 @@ class Reloader:
                                 "changed).",
                                 ("outcome",), lambda: {(outcome,): n for outcome, n in self.outcomes.items()})
 
-    def __call__(self) -> tuple[bool, str]:
-        """(True when all of the file now runs, the line that says what happened)."""
+    def __call__(self, asked_for: str | None = None) -> tuple[bool, str]:
+        """(True when all of the file now runs, the line that says what happened). ``asked_for``:
+        the file the reload was asked for (``segstream reload FILE``), refused when it is another
+        file on this machine than the run's own."""
+        if asked_for and self.file is not None and os.path.exists(asked_for) and self.file.exists() \
+                and not os.path.samefile(asked_for, self.file):
+            # found probing: reload of an edited copy said "no source changed", the run having read its own
+            self.outcomes["refused"] += 1
+            return False, self._refused(f"this run reads {os.path.abspath(self.file)}, not {asked_for} — edit the "
+                                        "run's own file, then reload it (another file takes a new run)")[1]
         if not self._lock.acquire(blocking=False):
             return False, "a reload is under way already: try again once it has ended"
         try:

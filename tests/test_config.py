@@ -303,6 +303,27 @@ def test_set_overrides_with_yaml_typing_and_list_index(write, clip, tmp_path):
     assert cfg.model.postprocess == "exact" and cfg.model.precision == "auto"
 
 
+def test_set_names_a_source_by_its_name_and_a_run_s_index_overrides_follow_the_source(write, clip, capsys):
+    """Found probing a fleet's configs: `--set sources.a-cam03.max_fps=1` was refused ("index it
+    with a number"), and a `sources.N` override applied at a reload to whichever source the file
+    then had at N."""
+    from segstream.pipeline.config import overrides_by_name
+
+    path = write(VALID.format(clip=clip).replace("name: synth", "name: synth.1"))
+    cfg = load_config(path, ["sources.cam0.max_fps=2", "sources[synth.1].fps=12.5"])
+    assert cfg.sources[0].max_fps == 2 and cfg.sources[1].fps == 12.5
+    [line] = errors_of(capsys, ["validate", path, "--set", "sources.cam9.max_fps=2"])
+    assert line == "--set sources.cam9.max_fps: sources has no entry named 'cam9' (its names: cam0, synth.1)"
+    # a run's overrides by index name the source there at its start; one past the file's stays an index
+    named = overrides_by_name(path, ["sources.1.fps=5", "sources[0].max_fps=1", "sources.2.name=x", "engine.threads=1"])
+    assert named == ["sources[synth.1].fps=5", "sources[cam0].max_fps=1", "sources.2.name=x", "engine.threads=1"]
+    moved = write(VALID.format(clip=clip).replace("name: synth", "name: synth.1").replace(
+        "sources:\n", "sources:\n  - {name: new, type: synthetic}\n"))
+    cfg = load_config(moved, named[:2])
+    assert [(s.name, s.max_fps, getattr(s, "fps", None)) for s in cfg.sources] == \
+        [("new", None, 25.0), ("cam0", 1, None), ("synth.1", None, 5)]
+
+
 def test_set_errors_are_config_errors(capsys, write, clip):
     path = write(VALID.format(clip=clip))
     [line] = errors_of(capsys, ["validate", path, "--set", "sources.5.path=x.mp4"])

@@ -57,8 +57,8 @@ def run(tmp_path):
     """Starts ``segstream run`` on a config; SIGTERM at the end gives (returncode, stderr)."""
     processes = []
 
-    def start(path: Path, env: dict | None = None) -> subprocess.Popen:
-        process = subprocess.Popen([sys.executable, "-m", "segstream.pipeline.cli", "run", str(path)],
+    def start(path: Path, env: dict | None = None, *more: str) -> subprocess.Popen:
+        process = subprocess.Popen([sys.executable, "-m", "segstream.pipeline.cli", "run", str(path), *more],
                                    env={**ENV, **(env or {})},
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         processes.append(process)
@@ -150,11 +150,19 @@ def test_the_run_checks_a_reloaded_file_with_its_own_environment_and_a_configmap
     video = "vid type: file, path: clip.mp4, loop: true, realtime: true"
     publish(1, [video])
     path = mounted / "pipeline.yaml"
-    process = run(path, env={"CAMERA_NAME": "lobby"})
+    # found probing a fleet's configs: a --set of sources.N went, at a reload, to whichever source
+    # the file then had at N; it is the source that was there at the start's (vid's), by its name
+    process = run(path, {"CAMERA_NAME": "lobby"}, "--set", "sources.0.filters.min_area=100000")
     wait_for(lambda: len(_entries(path, "vid")) >= 3 or process.poll() is not None, 120, "vid's first entries")
     assert process.poll() is None, process.communicate()
 
-    publish(2, [video, "'${CAMERA_NAME}'"])  # a variable only the run has
+    # found probing: `segstream reload OTHER.yaml` said "no source changed", the run reading its own
+    other = tmp_path / "other.yaml"
+    _config(other, port, ["x"])
+    refused = _reload(other)
+    assert refused.returncode == 1 and f"this run reads {path}, not {other}" in refused.stderr, refused
+
+    publish(2, ["'${CAMERA_NAME}'", video])  # a variable only the run has; vid second now
     import shutil
 
     shutil.rmtree(mounted / "..v1")

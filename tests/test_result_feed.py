@@ -196,7 +196,7 @@ def test_load_config_takes_overrides_as_one_string_a_list_or_a_mapping(overrides
 @pytest.mark.parametrize("overrides, message", [
     ("engine", "override 'engine': expected KEY=VALUE"),
     ([8], "override 8: expected a KEY=VALUE string"),
-    ({"sources.x": 1}, "override sources.x: sources is a list"),
+    ({"sources.x": 1}, "override sources.x: sources has no entry named 'x' (its names: demo)"),
     (5, "overrides 5: not a KEY=VALUE string, a list of them or a mapping"),  # release QA: a raw TypeError
 ])
 def test_load_config_s_override_errors_name_the_override_not_the_cli_flag(overrides, message):
