@@ -156,7 +156,7 @@ def redis_client(
     if not url.startswith("unix:"):
         options["socket_keepalive"] = True  # TCP only; unix socket connections refuse the option
     if password is not None:
-        if (in_url := _url_password(url)) is not None and in_url != password:
+        if (in_url := url_password(url)) is not None and in_url != password:
             # redis-py would log in with the URL's, silently: a rotated secret set in one place only
             raise SinkError(f"the Redis URL {redis_url_shown(url)} has a password and {names.password} another one, "
                             "and the URL's would be used — keep the password in one of them")
@@ -457,7 +457,7 @@ def redis_address(client: redis.Redis) -> str:
     return f"{scheme}://{options.get('host', 'localhost')}:{options.get('port', 6379)}"
 
 
-def _url_password(url: str) -> str | None:
+def url_password(url: str) -> str | None:
     """The password a Redis URL carries (in its user info, or a ``password=`` query parameter), if any."""
     try:
         parts = urlsplit(url)

@@ -28,6 +28,7 @@ from segstream.connectors.source import not_a_video_file, special_file
 from segstream.connectors.redis_connection import (
     SentinelAuth,
     TlsFiles,
+    url_password,
     database_problem,
     is_sentinel_url,
     parse_sentinel_url,
@@ -848,6 +849,14 @@ class RedisSinkConfig(Strict):
                              "redis+sentinel://host1:26379,host2:26379/<master-name>, or remove them")
         if bool(tls.cert_file) != bool(tls.key_file):
             raise ValueError("tls.cert_file and tls.key_file go together — set both or neither")
+        # found probing a fleet's configs: these were found by `validate --connect` only, or not at all
+        if self.password is not None and self.url and (in_url := url_password(self.url)) is not None \
+                and in_url != self.password:
+            raise ValueError(f"the url {redis_url_shown(self.url)} has a password and sinks.redis.password another "
+                             "one, and the URL's would be used — keep the password in one of them")
+        if self.stream == self.events_stream:
+            raise ValueError(f"stream and events_stream are both '{self.stream}': frames and events would be mixed "
+                             "in one stream — give them different names")
         return self
 
     @field_validator("stream", "events_stream")
@@ -1243,8 +1252,11 @@ def _resolve(path: str, info: ValidationInfo) -> Path:
 
 
 def json_schema() -> dict:
-    """The JSON Schema of the YAML file (``segstream schema``)."""
-    return PipelineConfig.model_json_schema()
+    """The JSON Schema of the YAML file (``segstream schema``); the top level's ``x-`` keys are the
+    file's own (YAML anchors to reuse), as ``load_config`` takes them."""
+    schema = PipelineConfig.model_json_schema()
+    schema["patternProperties"] = {"^x-": {}}  # found probing: editors flagged every anchored config
+    return schema
 
 
 def load_config(

@@ -351,6 +351,33 @@ def test_schema_prints_json_schema(capsys):
     assert set(schema["$defs"]["SinksConfig"]["properties"]) == {"redis", "files", "preview", "custom"}
 
 
+def test_the_schema_takes_a_file_s_x_keys_and_validate_finds_conflicts_the_run_would_meet(capsys, write, clip):
+    """Found probing a fleet's configs: the schema refused the top-level x- keys README gives for
+    anchors (editors flagged every such file); a password in the Redis URL and another in
+    sinks.redis.password passed plain validate (found at the run's connect); frames and events
+    written to one stream passed too, and were mixed."""
+    import jsonschema
+    import yaml
+
+    assert main(["schema"]) == 0
+    schema = json.loads(capsys.readouterr().out)
+    anchored = "x-file: &file {type: file, path: a.mp4}\nsources:\n  - {<<: *file, name: a}\n"
+    jsonschema.validate(yaml.safe_load(anchored), schema)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(yaml.safe_load(anchored.replace("x-file", "file")), schema)
+
+    base = VALID.format(clip=clip).replace("url: redis://localhost", "url: redis://:url-pw@localhost")
+    [line] = errors_of(capsys, ["validate", write(base)])
+    assert line == ("sinks.redis: the url redis://:***@localhost:6379/0 has a password and sinks.redis.password "
+                    "another one, and the URL's would be used — keep the password in one of them")
+    assert "url-pw" not in line
+    assert load_config(write(base.replace("${SEGSTREAM_TEST_PW:-secret}", "url-pw"))).sinks.redis.password == "url-pw"
+    [line] = errors_of(capsys, ["validate", write(VALID.format(clip=clip)), "--set",
+                                "sinks.redis.events_stream=segstream:{source}:frames"])
+    assert line == ("sinks.redis: stream and events_stream are both 'segstream:{source}:frames': frames and events "
+                    "would be mixed in one stream — give them different names")
+
+
 def test_every_key_of_the_printed_schema_has_a_one_line_description(capsys):
     assert main(["schema"]) == 0
     schema = json.loads(capsys.readouterr().out)
