@@ -1642,7 +1642,9 @@ def _escape_userinfo(text: str) -> str:
     return quote(text, safe="!$&'()*+,;=")
 
 
-_VARIABLE = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)(?::-(.*))?", re.DOTALL)
+# NAME, NAME:-default (unset or empty), NAME-default (unset), NAME:?why (unset or empty is an
+# error saying why), NAME?why (unset is): docker-compose's forms.
+_VARIABLE = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)(?:(:?)([-?])(.*))?", re.DOTALL)
 # Values a config may expand to, YAML aliases expanded: far past any real pipeline, far below
 # what nested aliases ("billion laughs") expand to.
 MAX_CONFIG_VALUES = 100_000
@@ -1652,8 +1654,9 @@ def interpolate(data: Any, environ: typing.Mapping[str, str] | None = None,
                 problems: list[tuple[list, str]] | None = None) -> Any:
     """Replace ``${VAR}`` and ``${VAR:-default}`` in every string value (``$$`` is a literal ``$``).
 
-    The default applies when VAR is unset or empty; an unset VAR without default is an error
-    naming the variable and the key. A reference in the credentials of a URL
+    The default applies when VAR is unset or empty (``${VAR-default}``: unset only); an unset VAR
+    without default is an error naming the variable and the key, as is ``${VAR:?why}`` when VAR
+    is unset or empty (``${VAR?why}``: unset), saying ``why``. A reference in the credentials of a URL
     (``rtsp://user:${PASSWORD}@host/...``) is percent-encoded where the URL needs it, so that a
     password with ``@ : / ? # %`` works as it is: the variable holds the password as written.
     """
@@ -1662,10 +1665,12 @@ def interpolate(data: Any, environ: typing.Mapping[str, str] | None = None,
     problems = [] if problems is None else problems
 
     def substitute(text: str, path: list) -> str:
-        credentials = _URL_CREDENTIALS.match(text)
+        # found where a reference is (its ${NAME:?why} may hold '?', '/' or '@'): at the same places
+        credentials = _URL_CREDENTIALS.match(_REFERENCE.sub(lambda m: "x" * len(m.group(0)), text))
         # With no ':' of its own between user and password, the first ':' a value brings is that
         # separator (``rtsp://${AUTH}@host`` with AUTH=user:password) and stays one.
-        separator_written = credentials is not None and ":" in _REFERENCE.sub("", credentials.group(1))
+        separator_written = credentials is not None and ":" in _REFERENCE.sub(
+            "", text[credentials.start(1):credentials.end(1)])
 
         def one(match: re.Match) -> str:
             value = resolve(match)
@@ -1680,18 +1685,20 @@ def interpolate(data: Any, environ: typing.Mapping[str, str] | None = None,
             ref = _VARIABLE.fullmatch(match.group(1))
             if ref is None:
                 problems.append((path, f"'{match.group(0)}' is not a variable reference — "
-                                 "write ${NAME} or ${NAME:-default}"))
+                                 "write ${NAME}, ${NAME:-default} or ${NAME:?what it is}"))
                 return match.group(0)
-            name, default = ref.groups()
+            name, colon, kind, text = ref.groups()
             value = env.get(name)
             if value and SECRET_NAME.search(name):  # CAM_PASSWORD, HF_TOKEN: wherever it lands
                 remember(value)
-            if value is None or (value == "" and default is not None):
-                if default is None:
-                    problems.append((path, f"environment variable {name} is not set — "
-                                     f"export it or write ${{{name}:-default}}"))
-                    return ""
-                return default
+            if value is None or (value == "" and colon):
+                if kind == "-":
+                    return text
+                said = f" ({text})" if kind == "?" and text else ""
+                empty = "is empty" if value == "" else "is not set"
+                problems.append((path, f"environment variable {name} {empty}{said} — export it"
+                                 + ("" if kind == "?" else f" or write ${{{name}:-default}}")))
+                return ""
             return value
 
         return _REFERENCE.sub(one, text)

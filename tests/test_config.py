@@ -267,6 +267,29 @@ def test_variables_and_defaults_are_interpolated(write, clip, monkeypatch):
     assert load_config(write(text)).sinks.redis.password == "from-env"
 
 
+def test_docker_compose_s_other_variable_forms_required_with_a_reason_and_unset_only_defaults(capsys, write,
+                                                                                               monkeypatch):
+    """Found probing a fleet's configs: ${VAR:?message} (docker-compose's "required") was refused
+    as "not a variable reference"."""
+    monkeypatch.delenv("SEGSTREAM_TEST_CAMPW", raising=False)
+    monkeypatch.setenv("SEGSTREAM_TEST_EMPTY", "")
+    text = ("sources:\n  - {name: cam, type: stream, url: 'rtsp://admin:${SEGSTREAM_TEST_CAMPW:?the lobby camera "
+            "password}@10.0.0.1/live'}\n")
+    assert errors_of(capsys, ["validate", write(text)]) == [
+        "sources[0].url: environment variable SEGSTREAM_TEST_CAMPW is not set (the lobby camera "
+        "password) — export it"]
+    monkeypatch.setenv("SEGSTREAM_TEST_CAMPW", "")
+    [line] = errors_of(capsys, ["validate", write(text)])
+    assert "SEGSTREAM_TEST_CAMPW is empty (the lobby camera password)" in line
+    monkeypatch.setenv("SEGSTREAM_TEST_CAMPW", "p@ss")
+    assert load_config(write(text)).sources[0].url == "rtsp://admin:p%40ss@10.0.0.1/live"
+    # ${VAR-default}: the default for an unset variable only; ${VAR?why}: an empty one is taken
+    text = "sources:\n  - {name: 'a${SEGSTREAM_TEST_EMPTY-x}${SEGSTREAM_TEST_UNSET-b}${SEGSTREAM_TEST_EMPTY?y}', " \
+           "type: synthetic}\n"
+    monkeypatch.delenv("SEGSTREAM_TEST_UNSET", raising=False)
+    assert load_config(write(text)).sources[0].name == "ab"
+
+
 def test_bad_yaml_names_the_line(capsys, write):
     path = write("sources:\n  - name: cam0\n    type: [file\n")
     [line] = errors_of(capsys, ["validate", path])
