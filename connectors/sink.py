@@ -35,6 +35,13 @@ class Sink(Protocol):
     ``publish_event`` takes an event of a source (its state, a track's start or end), published
     in order with that source's results.
 
+    A result reaches ``publish`` with ``publish_ts`` (and so ``latency_s``) set when no sink of the
+    run has ``on_written``: the runtime stamps it as it hands the result to the sinks. Where one
+    has, that sink sets it as it writes, and another sink's ``publish`` may see None.
+    ``wants_images = True`` (an attribute) has the runtime attach each decoded frame as
+    ``result.image`` (H x W x 3 uint8 RGB); the runtime sets ``result.image`` to None once every
+    sink's ``publish`` has returned, so a sink that keeps the frame keeps its own reference.
+
     Optional: a sink without ``on_written`` has written a result when ``publish`` returns. A sink
     that writes later has the attribute ``on_written`` (set by the runtime before the first
     publish) and calls it with the results it has written, or with stand-ins that carry their

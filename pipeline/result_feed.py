@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import queue
 import threading
+import time
 import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
@@ -26,8 +27,8 @@ _END = object()
 
 class _Handoff:
     """The sink that hands results to a ``ResultFeed``'s loop (after the config's sinks): it waits
-    for room while the run goes on, drops what does not fit once the run is stopping (the loop has
-    gone), and nothing once the feed is closed."""
+    for room while the loop goes on, a stopping run's drain included, and hands over nothing once
+    the feed is closed (the loop has gone)."""
 
     name = "results"
 
@@ -38,6 +39,8 @@ class _Handoff:
         self.runtime: Runtime | None = None  # set once built
 
     def publish(self, result: FrameResult) -> None:
+        if result.publish_ts is None:  # a sink that writes later (Redis) stamps its own copy, later
+            result.publish_ts = time.time()
         if self.wants_images:  # the runtime takes the frame off its result once every sink has it
             result = dataclasses.replace(result)
         self.put(result)
@@ -50,8 +53,6 @@ class _Handoff:
                 return
             except queue.Full:
                 runtime = self.runtime
-                if runtime is not None and runtime.stopping and item is not _END:
-                    return
                 if runtime is not None and not said:  # /healthz: waiting, not stalled
                     runtime.metrics.beat("publish", idle="back-pressure (the results loop)")
                     said = True
@@ -76,9 +77,11 @@ class ResultFeed:
     threads to end and releases what it held (ports, an embedded Redis). An error of the run is
     raised from the iteration; ``report`` is the ``RunReport`` once the run has ended, ``error``
     what ended it when it failed (``close()`` raises neither). ``runtime`` is the ``Runtime``
-    that runs: its ``metrics``, ``add_source`` and ``remove_source`` work while the loop goes on
-    (its ``stop()`` ends the run too; the results then drained reach the loop while there is room
-    for them, and only the config's sinks otherwise)."""
+    that runs: its ``metrics``, ``add_source`` and ``remove_source`` work while the loop goes on.
+    Its ``stop()`` ends the run too: every result then drained reaches the loop (at most
+    ``waiting`` ahead of it, the drain waiting for the loop as the run did), and the loop ends
+    after the last; one that stops iterating without closing the feed holds the drain until
+    it is closed."""
 
     def __init__(self, runtime: Runtime, handoff: _Handoff):
         self.report: RunReport | None = None
@@ -204,7 +207,13 @@ def results(
     closed, which a ``with`` block (``with segstream.results(cfg) as feed:``) or ``close()``
     does at once, and garbage collection otherwise (a plain ``for`` loop's feed, as soon as the
     loop is left). An error of the run (a source, a stage, a sink) is raised from the loop;
-    Ctrl-C while the loop waits for a result stops the run and is raised.
+    Ctrl-C while the loop waits for a result stops the run and is raised. ``feed.runtime.stop()``
+    ends the run without leaving the loop: the results drained then still come to it, with the
+    same back-pressure, and the loop ends after the last.
+
+    Each result carries ``publish_ts`` and ``latency_s``: as the runtime handed it to the sinks,
+    or as the config's first sink that reports its writes (files, preview) wrote it; where that
+    sink writes later (Redis, in batches), as the feed took it.
 
     ``images=True`` attaches each decoded frame (``result.image``, H x W x 3 uint8 RGB) for
     ``segstream.draw_overlay``; it is None otherwise (and not allowed with

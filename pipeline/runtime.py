@@ -171,7 +171,8 @@ class RunReport:
     every source when the run ends without error (a rejected packet is a frame dropped as
     ``decode_error``); ``stopped`` tells a run ended by ``stop()`` from one whose sources ran out,
     ``failed`` which sources failed and why. Latencies are capture to publish (as the first sink
-    wrote each entry), in ms."""
+    with ``on_written`` wrote each entry; with no such sink, as the runtime handed it to the
+    sinks), in ms."""
 
     sources: dict[str, SourceReport]
     batches: int
@@ -1200,6 +1201,8 @@ class Runtime:
                 elif item is not None:
                     # Counted before the hand-off: a sink that drops it later takes it back (on_dropped).
                     self.metrics.published(item.source)
+                    if not self._reporting:  # stamped before the sinks, so that they (and a results loop) see it
+                        item.publish_ts, item.times["published"] = time.time(), time.monotonic()
                     for sink in self.sinks:
                         sink.publish(item)
                         for event in item.events:
@@ -1387,8 +1390,8 @@ class Runtime:
                 self.metrics.unpublished(result.source, reason)
 
     def _written_at_handoff(self, result: FrameResult) -> None:
-        result.publish_ts = time.time()
-        result.times["published"] = time.monotonic()
+        """No sink reports its writes: a result is published when the runtime hands it to the
+        sinks (``publish_ts``, stamped just before)."""
         self.metrics.wrote("handoff", result.source, result.capture_ts, result.publish_ts, primary=True)
         self.metrics.stages(result.times)
 

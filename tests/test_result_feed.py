@@ -18,6 +18,7 @@ import pytest
 
 import segstream
 from segstream.pipeline.runtime import THREAD_PREFIX
+from tests.conftest import CollectingSink
 from tests.redis_servers import free_port
 
 DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
@@ -165,6 +166,69 @@ def test_images_come_with_the_results_only_when_asked_for():
         drawn = segstream.draw_overlay(result.image, result)
         assert drawn.shape == (48, 64, 3) and not np.array_equal(drawn, result.image)
     assert all(result.image is None for result in segstream.results(cfg))
+
+
+def test_stop_while_the_loop_is_slow_still_hands_the_loop_every_result_drained():
+    """Found probing: ``feed.runtime.stop()`` with a loop slower than the pipeline lost what the
+    stop drained (the loop got 38 of 66 results published, the summary said 0 dropped): the
+    hand-off dropped each result that found no room once the run was stopping."""
+    sources = [{"name": name, "type": "synthetic", "width": 64, "height": 48, "num_frames": 200} for name in "ab"]
+    got = []
+    with segstream.results(_config(sources=sources), waiting=2) as feed:
+        for result in feed:
+            got.append((result.source, result.index))
+            if len(got) == 3:
+                time.sleep(0.5)  # the pipeline fills what lies between the sources and the loop
+                feed.runtime.stop()
+            elif 3 < len(got) <= 8:
+                time.sleep(0.15)  # slower than the hand-off's look at the room it waits for (0.1 s)
+    report = feed.report
+    assert report.stopped and report.dropped == 0 and feed.error is None
+    assert len(got) > 3 + 2, "the stop drained no more than the hand-off holds: nothing to lose"
+    assert len(got) == report.published == report.handed
+    for name in "ab":
+        assert [i for source, i in got if source == name] == list(range(report.sources[name].published))
+
+
+class _LatencySeen(CollectingSink):
+    """A sink of one's own that notes the latency each result has as it is handed over."""
+
+    name = "latency_seen"
+
+    def publish(self, result):
+        self.results.append(result.latency_s)
+
+
+@pytest.mark.parametrize("images, redis", [(True, False), (False, False), (True, True)])
+def test_the_loops_results_and_a_sink_see_when_each_result_was_published(images, redis):
+    """Found probing: with ``images=True`` every result's ``publish_ts`` and ``latency_s`` were
+    None (the hand-off copied the result before the runtime stamped it), and a sink's
+    ``publish`` never saw a latency (stamped after the sinks returned); with Redis, which stamps
+    its own copies later, the loop's results had none either."""
+    cfg = _config(sources=[{"name": "cam", "type": "synthetic", "width": 64, "height": 48, "num_frames": 6}],
+                  sinks={"redis": {"enabled": redis}})
+    sink = _LatencySeen()
+    with segstream.results(cfg, images=images, sinks=[sink]) as feed:
+        results = list(feed)
+    assert len(results) == 6 and all((result.image is not None) == images for result in results)
+    for result in results:
+        assert result.publish_ts is not None and 0 <= result.latency_s < 30, result.latency_s
+    if not redis:  # a sink that writes later (Redis) stamps its results after the sinks were called
+        assert len(sink.results) == 6 and all(latency is not None and latency >= 0 for latency in sink.results)
+
+
+def test_draw_overlay_on_a_frame_that_is_not_uint8_rgb_says_what_it_takes():
+    """Found probing: a float32 frame failed inside OpenCV ("arithm.cpp:713 ... output array type
+    must be explicitly specified")."""
+    label_map = np.zeros((48, 64), np.int32)
+    result = segstream.FrameResult("cam", 0, 64, 48, label_map, segstream.Segments.build([0], [0], ["sky"], [False]))
+    frame = np.zeros((48, 64, 3), np.uint8)
+    assert segstream.draw_overlay(frame, result).shape == (48, 64, 3)
+    with pytest.raises(ValueError, match=r"^draw_overlay draws on an H x W x 3 uint8 RGB frame, got a 48x64x3 "
+                                         r"float32 array \(a float frame in 0..1"):
+        segstream.draw_overlay(frame.astype(np.float32) / 255, result)
+    with pytest.raises(ValueError, match="got a 48x64 uint8 array"):
+        segstream.draw_overlay(frame[..., 0], result)
 
 
 def test_reprs_of_a_result_its_segments_and_a_scaled_map_are_one_short_line():
