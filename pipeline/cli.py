@@ -587,9 +587,9 @@ def _reload(args: argparse.Namespace) -> int:
                           "lines say) with --ops HOST:PORT")
     host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
     # the file meant: a run told to reload another than its own refuses (it reads its own, always)
-    url = f"http://{f'[{host}]' if ':' in host else host}:{port}/reload?" + urllib.parse.urlencode(
-        {"config": os.path.abspath(args.config)})
-    request = urllib.request.Request(url, method="POST", data=b"")
+    url = f"http://{f'[{host}]' if ':' in host else host}:{port}/reload"
+    asked = f"{url}?{urllib.parse.urlencode({'config': os.path.abspath(args.config)})}"
+    request = urllib.request.Request(asked, method="POST", data=b"")
     timeout = REMOVE_WAIT_S + 30 if args.timeout is None else args.timeout
     try:
         with urllib.request.urlopen(request, timeout=timeout) as answer:

@@ -8,6 +8,7 @@ YAML reads (``sources[1].path``).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import difflib
 import ipaddress
@@ -849,7 +850,13 @@ class RedisSinkConfig(Strict):
                              "redis+sentinel://host1:26379,host2:26379/<master-name>, or remove them")
         if bool(tls.cert_file) != bool(tls.key_file):
             raise ValueError("tls.cert_file and tls.key_file go together — set both or neither")
+        return self
+
+    @model_validator(mode="after")
+    def _one_password_and_two_streams(self) -> RedisSinkConfig:
         # found probing a fleet's configs: these were found by `validate --connect` only, or not at all
+        if not self.enabled:
+            return self
         if self.password is not None and self.url and (in_url := url_password(self.url)) is not None \
                 and in_url != self.password:
             raise ValueError(f"the url {redis_url_shown(self.url)} has a password and sinks.redis.password another "
@@ -1547,6 +1554,7 @@ def _scalar(text: str) -> Any:
 
 # A key's parts: ``name``, ``0``, ``[0]`` or ``[a name]`` (a list's entry by its name: it may hold dots).
 _KEY_PART = re.compile(r"\[([^\]]+)\]|([^.\[\]]+)")
+_DIGITS = re.compile(r"[0-9]+")  # an index (str.isdigit takes '²', which int() refuses)
 
 
 def _key_parts(key: str, given_by: str) -> list:
@@ -1560,8 +1568,8 @@ def _key_parts(key: str, given_by: str) -> list:
             raise ConfigError(f"{given_by} {key}: not a key — dotted names and numbers, a list's entry as [N] or "
                               "[its name], e.g. sources[cam-1].max_fps")
         named, plain = match.groups()
-        parts.append(int(named) if named and named.isdigit() else _Named(named) if named is not None else
-                     int(plain) if plain.isdigit() else plain)
+        parts.append(int(named) if named and _DIGITS.fullmatch(named) else _Named(named) if named is not None else
+                     int(plain) if _DIGITS.fullmatch(plain) else plain)
         rest = rest[match.end():]
         if rest.startswith("."):
             rest = rest[1:]
@@ -1585,7 +1593,7 @@ def set_config_key(data: dict, key: str, value: Any, given_by: str) -> None:
         here = _format_path(parts[:depth]) or "the top level"
         if isinstance(node, list):
             if not isinstance(part, int):
-                names = [entry.get("name") for entry in node if isinstance(entry, dict)]
+                names = [entry.get("name") if isinstance(entry, dict) else None for entry in node]
                 if not any(isinstance(name, str) for name in names):
                     raise ConfigError(f"{given_by} {key}: {here} is a list; index it with a number, e.g. {here}.0")
                 if part not in names:
@@ -1609,25 +1617,33 @@ def set_config_key(data: dict, key: str, value: Any, given_by: str) -> None:
 
 
 def overrides_by_name(path: str | Path, overrides: typing.Iterable[str]) -> list[str]:
-    """``--set`` overrides of ``sources.N`` rewritten to name the source the file has there
-    (``sources[its name]``), so that a reload of a file whose sources moved applies each to the
-    same camera. Entries past the file's own (added by overrides) keep their index; a file that
-    cannot be read is said by loading it."""
+    """``--set`` overrides of ``sources.N`` rewritten to name the source there (``sources[its
+    name]``), as the file and the overrides before it have it, so that a reload of a file whose
+    sources moved applies each to the same camera. Entries past the file's own (added by
+    overrides) and names of digits only keep their index; a file that cannot be read is said by
+    loading it."""
     try:
-        sources = read_yaml(path).get("sources")
-    except (ConfigError, AttributeError):
+        data = read_yaml(path)
+    except ConfigError:
         return list(overrides)
+    sources = data.get("sources") if isinstance(data, dict) else None
+    if not isinstance(sources, list):
+        return list(overrides)
+    own = len(sources)
     named = []
     for override in overrides:
         key, sep, value = override.partition("=")
-        match = re.match(r"\s*sources(?:\.(\d+)|\[(\d+)\])(?=$|[.\[])", key)
+        match = re.match(r"\s*sources(?:\.([0-9]+)|\[([0-9]+)\])(?=$|[.\[])", key)
+        sources = data.get("sources")
         if sep and match and isinstance(sources, list):
             index = int(match.group(1) or match.group(2))
-            entry = sources[index] if index < len(sources) else None
+            entry = sources[index] if index < min(own, len(sources)) else None
             name = entry.get("name") if isinstance(entry, dict) else None
-            if isinstance(name, str) and name:
+            if isinstance(name, str) and name and not _DIGITS.fullmatch(name):
                 override = f"sources[{name}]{key[match.end():]}={value}"
         named.append(override)
+        with contextlib.suppress(ConfigError):  # (loading says it) the next overrides see what this one did
+            set_config_key(data, *_override_pair(override, ""), "override")
     return named
 
 

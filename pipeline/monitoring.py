@@ -289,7 +289,7 @@ class OpsServer:
             ) from None
         self._server.daemon_threads = True
         # ``POST /reload``: None while no run takes reloads (``ops.reload`` off, or the run not started)
-        self.reload: Callable[[], tuple[bool, str]] | None = None
+        self.reload: Callable[[str | None], tuple[bool, str]] | None = None  # (the file asked for)
         self.reloads = False  # ops.reload is on: a POST before the run starts is answered "not yet"
         self._thread = NamedThread(target=self._server.serve_forever, name="segstream-ops-http", daemon=True)
         self._thread.start()

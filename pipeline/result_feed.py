@@ -8,21 +8,27 @@ pipeline back as a slow sink would.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import queue
 import threading
 import time
 import weakref
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from segstream.connectors.threads import NamedThread
 from segstream.models.results import Event, FrameResult
 from segstream.pipeline.config import PipelineConfig
-from segstream.pipeline.runtime import THREAD_PREFIX, RunReport, Runtime
+from segstream.pipeline.runtime import EXIT_FIRST, THREAD_PREFIX, RunReport, Runtime
 
 RESULTS_WAITING = 8  # results the pipeline may be ahead of the loop, by default
 _WAIT_S = 0.1  # how often a hand-off waiting for room looks whether the feed was closed
+# A stopping run's drain waits this long for a loop that takes nothing (it left without closing
+# the feed: a plain `for` loop's `break` with the feed still referenced); then the results not
+# handed over are counted as dropped (results_loop_gone) and the drain goes on.
+LOOP_GONE_S = 10.0
 _END = object()
+log = logging.getLogger(__name__)
 
 
 class _Handoff:
@@ -37,6 +43,8 @@ class _Handoff:
         self.wants_images = images  # the runtime then attaches each decoded frame to its result
         self.closed = threading.Event()
         self.runtime: Runtime | None = None  # set once built
+        self.on_dropped: Callable[[Sequence[FrameResult], str], None] | None = None  # set by the runtime
+        self._gone = False  # a stopping run's loop took nothing for LOOP_GONE_S: the rest is dropped
 
     def publish(self, result: FrameResult) -> None:
         if result.publish_ts is None:  # a sink that writes later (Redis) stamps its own copy, later
@@ -47,7 +55,8 @@ class _Handoff:
 
     def put(self, item: Any) -> None:
         said = False
-        while not self.closed.is_set():
+        full_since = None
+        while not self.closed.is_set() and not (self._gone and item is not _END):
             try:
                 self.queue.put(item, timeout=_WAIT_S)
                 return
@@ -56,6 +65,16 @@ class _Handoff:
                 if runtime is not None and not said:  # /healthz: waiting, not stalled
                     runtime.metrics.beat("publish", idle="back-pressure (the results loop)")
                     said = True
+                if runtime is not None and runtime.stopping and item is not _END:
+                    full_since = full_since or time.monotonic()
+                    if time.monotonic() - full_since >= LOOP_GONE_S:
+                        # found reviewing: stop(), then a `break` with the feed referenced held the run for ever
+                        log.warning("the results loop took nothing for %g s of the run's drain: it has gone without "
+                                    "closing its feed; the results left are counted as dropped (results_loop_gone)",
+                                    LOOP_GONE_S)
+                        self._gone = True
+        if self._gone and item is not _END and self.on_dropped is not None:
+            self.on_dropped([item], "results_loop_gone")
 
     def publish_event(self, event: Event) -> None:
         """Not handed on: a result carries its own events, and the source states are the report's."""
@@ -80,8 +99,9 @@ class ResultFeed:
     that runs: its ``metrics``, ``add_source`` and ``remove_source`` work while the loop goes on.
     Its ``stop()`` ends the run too: every result then drained reaches the loop (at most
     ``waiting`` ahead of it, the drain waiting for the loop as the run did), and the loop ends
-    after the last; one that stops iterating without closing the feed holds the drain until
-    it is closed."""
+    after the last; one that stops iterating without closing the feed holds the drain for
+    ``LOOP_GONE_S``, then the results it did not take are counted as dropped
+    (``results_loop_gone``)."""
 
     def __init__(self, runtime: Runtime, handoff: _Handoff):
         self.report: RunReport | None = None
@@ -170,6 +190,9 @@ def _close_open_feeds() -> None:
         feed._handoff.closed.set()
 
 
+# first of the runtime's own exit hook (registered after this one, so called before it), and on
+# its own should a feed's run not have reached that hook's registration
+EXIT_FIRST.append(_close_open_feeds)
 _register = getattr(threading, "_register_atexit", None)
 if _register is not None:
     _register(_close_open_feeds)

@@ -171,8 +171,7 @@ class RunReport:
     every source when the run ends without error (a rejected packet is a frame dropped as
     ``decode_error``); ``stopped`` tells a run ended by ``stop()`` from one whose sources ran out,
     ``failed`` which sources failed and why. Latencies are capture to publish (as the first sink
-    with ``on_written`` wrote each entry; with no such sink, as the runtime handed it to the
-    sinks), in ms."""
+    with ``on_written`` wrote each entry; with no such sink, once every sink had it), in ms."""
 
     sources: dict[str, SourceReport]
     batches: int
@@ -1202,7 +1201,7 @@ class Runtime:
                     # Counted before the hand-off: a sink that drops it later takes it back (on_dropped).
                     self.metrics.published(item.source)
                     if not self._reporting:  # stamped before the sinks, so that they (and a results loop) see it
-                        item.publish_ts, item.times["published"] = time.time(), time.monotonic()
+                        item.publish_ts = time.time()
                     for sink in self.sinks:
                         sink.publish(item)
                         for event in item.events:
@@ -1390,9 +1389,11 @@ class Runtime:
                 self.metrics.unpublished(result.source, reason)
 
     def _written_at_handoff(self, result: FrameResult) -> None:
-        """No sink reports its writes: a result is published when the runtime hands it to the
-        sinks (``publish_ts``, stamped just before)."""
-        self.metrics.wrote("handoff", result.source, result.capture_ts, result.publish_ts, primary=True)
+        """No sink reports its writes: a result is published once every sink has it (its
+        ``publish_ts``, which the sinks and a results loop read, was stamped as they got it; the
+        run's latencies end here, the sinks' own time, a slow results loop's included)."""
+        result.times["published"] = time.monotonic()
+        self.metrics.wrote("handoff", result.source, result.capture_ts, time.time(), primary=True)
         self.metrics.stages(result.times)
 
     def _fail(self, error: BaseException, drain: bool) -> None:
@@ -1543,7 +1544,14 @@ def _stopped_at_exit(runtime: Runtime) -> None:
         pass
 
 
+# Called at the program's exit before its runs are stopped and waited for: segstream.results
+# closes the feeds still open there (a loop that is gone must not hold its run's drain).
+EXIT_FIRST: list[Callable[[], None]] = []
+
+
 def _stop_running() -> None:
+    for hook in EXIT_FIRST:
+        hook()
     with _RUNNING_LOCK:
         running = [runtime for runtime in _RUNNING if not runtime._finished.is_set()]
     if not running:

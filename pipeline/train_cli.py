@@ -178,13 +178,25 @@ def initial_model(args: argparse.Namespace, run, build: Callable[[], Any], prese
     torch.manual_seed(args.seed)  # a fresh class head's
     model = build()
     try:
-        path, fresh = start_from(model, preset.weights if args.init == "shipped" else args.init, preset.family)
+        path, fresh = start_from(model, _init_file(args, preset.family), preset.family)
     except (CheckpointError, ValueError) as error:
         raise ConfigError(f"--init {args.init}: {error}") from None
     print(f"starting from {path}" + (f" (its class head, of other classes, starts fresh: {', '.join(fresh)})"
                                      if fresh else ""), file=sys.stderr, flush=True)
     run.init = str(path)
     return model
+
+
+def _init_file(args: argparse.Namespace, family: str) -> str:
+    """The weights file ``--init`` names: ``shipped``, the shipped model's of the script's family;
+    a model folder, its weights file."""
+    from segstream.connectors.checkpoints import checkpoint_in_folder, checkpoint_path
+    from segstream.models.presets import SYNTHETIC_SENATRA, SYNTHETIC_TINY
+
+    if args.init == "shipped":
+        return str(checkpoint_path({"eomt": SYNTHETIC_TINY, "senatra": SYNTHETIC_SENATRA}[family].weights))
+    path = Path(args.init).resolve()
+    return str(checkpoint_in_folder(path) if path.is_dir() else path)
 
 
 def training_run(args: argparse.Namespace, kind: str, settings, data):
@@ -199,6 +211,11 @@ def training_run(args: argparse.Namespace, kind: str, settings, data):
         except ValueError as error:
             raise ConfigError(f"--resume: {error}") from None
         run.init = run.resume.get("init")
+        if args.init is not None and _init_file(args, kind) != run.init:
+            # found reviewing: --init was ignored on --resume, a random start kept while fine-tuning was asked for
+            raise ConfigError(f"--resume with --init {args.init}: the kept state started from "
+                              f"{run.init or 'random weights'} — resume as it began, or delete {state_path} to "
+                              "start again")
         print(f"resuming at step {run.resume['step']} ({run.resume['elapsed_s'] / 60:.1f} min trained) from "
               f"{state_path}", file=sys.stderr, flush=True)
     return run
@@ -242,7 +259,7 @@ def finish(args: argparse.Namespace, report, signals: list[int], save: Callable[
     ``--data`` classes beside them; the kept state removed), then ``held_out()``'s measures, or a
     stopped run's weights so far beside it (with its classes: ``partial.labels.json``; a finished
     model at ``--out`` keeps its own); the facts as JSON on stdout. Returns the exit status."""
-    metadata = {k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in facts.items()}
+    metadata = {k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in facts.items() if v is not None}
     if report.stopped:
         partial, partial_labels = beside(args.out, "partial.safetensors"), beside(args.out, "partial.labels.json")
         with written(partial):

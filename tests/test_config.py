@@ -345,6 +345,12 @@ def test_set_names_a_source_by_its_name_and_a_run_s_index_overrides_follow_the_s
     cfg = load_config(moved, named[:2])
     assert [(s.name, s.max_fps, getattr(s, "fps", None)) for s in cfg.sources] == \
         [("new", None, 25.0), ("cam0", 1, None), ("synth.1", None, 5)]
+    # found reviewing: a rename among the overrides broke the start ("no entry named cam0"); names of
+    # digits only were taken back as indices (the override went to another camera)
+    digits = write("sources:\n  - {name: '7', type: synthetic}\n  - {name: lobby, type: synthetic}\n")
+    named = overrides_by_name(digits, ["sources.1.name=hall", "sources.1.max_fps=2", "sources.0.max_fps=3"])
+    assert named == ["sources[lobby].name=hall", "sources[hall].max_fps=2", "sources.0.max_fps=3"]
+    assert [(s.name, s.max_fps) for s in load_config(digits, named).sources] == [("7", 3), ("hall", 2)]
 
 
 def test_set_errors_are_config_errors(capsys, write, clip):

@@ -190,6 +190,48 @@ def test_stop_while_the_loop_is_slow_still_hands_the_loop_every_result_drained()
         assert [i for source, i in got if source == name] == list(range(report.sources[name].published))
 
 
+def test_a_loop_gone_without_closing_its_feed_holds_a_stopped_run_s_drain_briefly_and_is_counted(monkeypatch):
+    """Found reviewing: with the drain handing every result to the loop, ``stop()`` and then a
+    ``break`` out of a plain ``for`` loop, the feed still referenced, held the run for ever."""
+    from segstream.pipeline import result_feed
+
+    monkeypatch.setattr(result_feed, "LOOP_GONE_S", 0.5)
+    source = {"name": "cam", "type": "synthetic", "width": 64, "height": 48, "num_frames": 400}
+    feed = segstream.results(_config(sources=[source]), waiting=1)
+    for index, _ in enumerate(feed):
+        if index == 2:
+            feed.runtime.stop()
+            time.sleep(0.5)  # what lies between the source and the loop fills
+            break
+    assert feed.runtime._finished.wait(30), "the run still drains into a loop that has gone"
+    feed.close()
+    report = feed.report
+    assert report.undelivered.get("results_loop_gone", 0) > 0, report.undelivered
+    assert report.published + report.undelivered["results_loop_gone"] == report.handed
+
+
+def test_a_program_that_exits_with_a_feed_open_does_not_wait_for_its_drain(tmp_path):
+    """Found reviewing: a program returning from its main with a feed open (a module's global)
+    waited the exit's whole 20 s for a drain held by the loop that had gone (the runtime's exit
+    hook ran before the feeds were closed)."""
+    import subprocess
+    import sys
+
+    program = textwrap.dedent("""
+        import time, segstream
+        cfg = segstream.load_config({
+            "sources": [{"name": "cam", "type": "synthetic", "width": 64, "height": 48, "num_frames": 400}],
+            "model": {"device": "cpu", "precision": "fp32"},
+            "sinks": {"redis": {"enabled": False}}, "ops": {"http": None}})
+        feed = segstream.results(cfg, waiting=1)
+        next(feed)
+        time.sleep(1.5)  # the pipeline fills up to the hand-off
+    """)
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "did not finish draining" not in done.stderr, done.stderr
+
+
 class _LatencySeen(CollectingSink):
     """A sink of one's own that notes the latency each result has as it is handed over."""
 

@@ -174,6 +174,12 @@ def test_the_script_trains_on_coco_data_stops_on_sigint_resumes_and_writes_reada
     assert (tmp_path / "out" / "m.partial.labels.json").exists() and "their classes: " in err
     assert not (tmp_path / "out" / "m.labels.json").exists()  # the finished model's name, none here yet
 
+    # found reviewing: --resume took the state's start whatever --init said
+    other = _script(*args[:-1], str(REPO / "models" / "weights" / "synthetic_senatra_tiny_192.safetensors"),
+                    "--resume", cwd=tmp_path)
+    out, err = other.communicate(timeout=120)
+    assert other.returncode == 2 and "the kept state started from " in err and "Traceback" not in err, err
+
     umask = os.umask(0o022)  # as a shell's usual one: files the group and others may read
     try:
         resumed = _script(*args, "--resume", cwd=tmp_path)
@@ -197,7 +203,7 @@ def test_the_script_trains_on_coco_data_stops_on_sigint_resumes_and_writes_reada
     from segstream.pipeline.cli import main
 
     assert main(["evaluate", "--data", str(tmp_path / "val" / "panoptic.json"), "--checkpoint", str(weights),
-                 "--labels", str(labels), "--json", "--device", "cpu"]) == 0
+                 "--json", "--device", "cpu"]) == 0  # its classes: the labels file beside it
     result = json.loads(capsys.readouterr().out)
     assert result["checkpoint"] == str(weights) and result["frames"] == 2
     assert result["data"] == str(tmp_path / "val" / "panoptic.json")
