@@ -30,6 +30,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import yaml
+
 from segstream import __version__
 from segstream.connectors.errors import (
     THREAD_LIMIT_HINT,
@@ -206,15 +208,23 @@ def _parser() -> argparse.ArgumentParser:
                              "take, removed cameras draining); the reload goes on in the run, whose log says how it ended")
     reload.set_defaults(command=_reload)
 
-    validate = commands.add_parser("validate", help="check a config without running it")
-    validate.add_argument("config", type=Path, metavar="CONFIG")
+    validate = commands.add_parser("validate", help="check configs without running them")
+    validate.add_argument("config", type=Path, metavar="CONFIG", nargs="+",
+                          help="one config file or several (each is said; the exit status is the worst)")
     overrides(validate)
     validate.add_argument("--connect", action="store_true",
                           help="also check what the run needs at its start, without running the model: the model's "
                                "weights obtainable, Redis reachable and writable, each source's first frame, the "
                                "ops port free (one line each; exit 1 if any fails)")
     validate.add_argument("--json", action="store_true",
-                          help="print one JSON object instead of lines: ok, the errors, with --connect the checks")
+                          help="print one JSON object (a line per config) instead of lines: ok, the errors, with "
+                               "--connect the checks")
+    validate.add_argument("--print", action="store_true",
+                          help="print the config as the run takes it: defaults filled in, variables and --set "
+                               "applied, secrets as *** (YAML on stdout; with --json its 'effective' key)")
+    validate.add_argument("--no-files", action="store_true",
+                          help="do not look at the files the config names (videos, image folders, checkpoint, "
+                               "labels, TLS files): for a config checked away from the host it runs on")
     validate.set_defaults(command=_validate)
 
     schema = commands.add_parser("schema", help="print the JSON Schema of the config file")
@@ -403,33 +413,47 @@ def redis_sentinel(args: argparse.Namespace) -> SentinelAuth | None:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    if not args.json:
-        return _validated(args)
-    try:
-        return _validated(args)
-    except SegstreamError as error:  # the report a script reads; the error's line(s) still go to stderr
-        from segstream.connectors.redaction import scrub
+    """Each config in turn (a fleet's, in CI): its errors, then the next one's; the exit status
+    is the worst (2: a config error; 1: a --connect check failed)."""
+    several = len(args.config) > 1
+    worst = 0
+    for config in args.config:
+        try:
+            code = _validated(args, config, several)
+        except SegstreamError as error:
+            if args.json:  # the report a script reads; the error's line(s) still go to stderr
+                from segstream.connectors.redaction import scrub
 
-        print(json.dumps({"ok": False, "config": str(args.config), "errors": scrub(str(error)).splitlines()}))
-        raise
+                print(json.dumps({"ok": False, "config": str(config), "errors": scrub(str(error)).splitlines()}),
+                      flush=True)
+            if not several:
+                raise
+            code = main_error(type(error)("\n".join(f"{config}: {line}" for line in str(error).splitlines())))
+        worst = max(worst, code)
+    return worst
 
 
-def _validated(args: argparse.Namespace) -> int:
+def _validated(args: argparse.Namespace, config: Path, several: bool = False) -> int:
     # a config without sources is one for `segstream batch`, which takes its videos from the command line
-    batch = "sources" not in read_yaml(args.config)
+    batch = "sources" not in read_yaml(config)
+    from segstream.pipeline.config import labels_unread
     from segstream.pipeline.model_factory import BUILTIN_FAMILIES, check_model_section
 
-    cfg = load_checked_config(args.config, args.overrides, schema=BatchPipelineConfig if batch else PipelineConfig)
-    preset = check_model_section(cfg, batch=batch)  # unknown preset or family, a task it lacks, a level to draw
+    files = not args.no_files
+    cfg = load_checked_config(config, args.overrides, schema=BatchPipelineConfig if batch else PipelineConfig,
+                              files=files)
+    checked = cfg if files else cfg.model_copy(update={"model": labels_unread(cfg.model)})
+    preset = check_model_section(checked, batch=batch)  # unknown preset or family, a task it lacks, a level to draw
     from segstream.connectors.checkpoints import check_checkpoint
     from segstream.connectors.errors import CheckpointError
 
     try:
-        if preset.family in BUILTIN_FAMILIES:  # a plugin's family loads (and checks) its weights itself
+        if preset.family in BUILTIN_FAMILIES and files:  # a plugin's family loads (and checks) its weights itself
             check_checkpoint(preset, cfg.model.checkpoint)  # a file that is no checkpoint, or not this model's
     except CheckpointError as error:
         raise ConfigError(f"model.checkpoint: {error}") from None
-    if preset.family in BUILTIN_FAMILIES:  # the filters' class names against the model's (a plugin names its own)
+    if preset.family in BUILTIN_FAMILIES and checked.model.labels == cfg.model.labels:
+        # the filters' class names against the model's (a plugin names its own; labels not read: not known)
         from segstream.pipeline.filtering import segment_filters
         from segstream.pipeline.model_factory import labels_of
 
@@ -439,6 +463,9 @@ def _validated(args: argparse.Namespace) -> int:
         summary = f"a batch config (videos from `segstream batch INPUTS`), model {model}"
     else:
         summary = f"{len(cfg.sources)} source{'s' if len(cfg.sources) != 1 else ''}, model {model}"
+    if not files:
+        summary += " (the files it names not looked at)"
+    effective = _effective(cfg) if args.print else None
     if args.connect:
         from segstream.pipeline.preflight import Check, preflight, report
 
@@ -446,15 +473,43 @@ def _validated(args: argparse.Namespace) -> int:
         if args.json:
             passed = all(check.ok for check in checks)
             errors = [f"{check.what}: {check.said}" for check in checks if not check.ok]
-            print(json.dumps({"ok": passed, "config": str(args.config), "summary": summary, "errors": errors,
-                              "checks": [check.shown() for check in checks]}))
+            print(json.dumps({"ok": passed, "config": str(config), "summary": summary, "errors": errors,
+                              "checks": [check.shown() for check in checks]}
+                             | ({"effective": effective} if effective is not None else {})), flush=True)
             return 0 if passed else 1
-        return report(checks)
+        if several:
+            print(f"{config}:", flush=True)
+        code = report(checks)
+        if effective is not None:
+            print(yaml.safe_dump(effective, sort_keys=False, allow_unicode=True), end="", flush=True)
+        return code
     if args.json:
-        print(json.dumps({"ok": True, "config": str(args.config), "summary": summary, "errors": []}))
+        print(json.dumps({"ok": True, "config": str(config), "summary": summary, "errors": []}
+                         | ({"effective": effective} if effective is not None else {})), flush=True)
+    elif effective is not None:  # the config alone on stdout, for a diff or a file
+        print(f"ok: {config}: {summary}" if several else f"ok: {summary}", file=sys.stderr, flush=True)
+        print(yaml.safe_dump(effective, sort_keys=False, allow_unicode=True), end="", flush=True)
     else:
-        print(f"ok: {summary}")
+        print(f"ok: {config}: {summary}" if several else f"ok: {summary}", flush=True)
     return 0
+
+
+def _effective(cfg: PipelineConfig) -> dict:
+    """The config as the run takes it (defaults filled in, variables and overrides applied,
+    paths made absolute), its secrets as ***: every password, and what a variable of a secret's
+    name brought."""
+    from segstream.connectors.redaction import scrub
+
+    def masked(node, key=""):
+        if isinstance(node, dict):
+            return {k: masked(v, str(k)) for k, v in node.items()}
+        if isinstance(node, list):
+            return [masked(v, key) for v in node]
+        if isinstance(node, str):
+            return "***" if key in ("password", "passphrase") and node else scrub(node)
+        return node
+
+    return masked(cfg.model_dump(mode="json", exclude_none=False))
 
 
 def _schema(args: argparse.Namespace) -> int:

@@ -238,6 +238,8 @@ class FileSourceConfig(_Buffered, Strict):
                 )
             return path
         resolved = _resolve(path, info)
+        if not _files_checked(info):
+            return str(resolved)
         if resolved.is_dir():
             raise ValueError(
                 f"'{path}' is a folder{_led_to(path, resolved)}, not a video file — for a folder of pictures use "
@@ -445,6 +447,8 @@ class ImagesSourceConfig(_Buffered, Strict):
         resolved = _resolve(folder or ".", info)
         if not wildcard and resolved.is_file():  # one image
             return str(resolved)
+        if not _files_checked(info):
+            return str(_resolve(path, info)) if not Path(path).is_absolute() else path
         if not resolved.is_dir():
             what = "folder" if wildcard else "path"
             raise ValueError(
@@ -564,6 +568,8 @@ class ModelConfig(Strict):
         from segstream.models.label_sets import read_label_set_file
 
         resolved = _resolve(labels, info)
+        if not _files_checked(info):
+            return str(resolved)
         try:
             read_label_set_file(resolved)
         except ValueError as error:
@@ -583,6 +589,8 @@ class ModelConfig(Strict):
         if "://" in checkpoint:
             raise ValueError(f"'{checkpoint}' is not a checkpoint reference — use hf://<org>/<name> or a local path")
         resolved = _resolve(checkpoint, info)
+        if not _files_checked(info):
+            return str(resolved)
         if resolved.is_dir():  # a model folder: its weights file (checked now, loaded later)
             from segstream.connectors.checkpoints import checkpoint_in_folder
             from segstream.connectors.errors import CheckpointError
@@ -714,7 +722,7 @@ class RedisTlsConfig(Strict):
         if path is None or path == "":
             return None
         resolved = _resolve(path, info)
-        if not resolved.is_file():
+        if _files_checked(info) and not resolved.is_file():
             raise ValueError(f"file '{path}' does not exist ({resolved}) — fix the path")
         return str(resolved)
 
@@ -1245,6 +1253,12 @@ def _led_to(path: str, resolved: Path) -> str:
     return "" if str(resolved) == path else f" ({resolved})"
 
 
+def _files_checked(info: ValidationInfo | None) -> bool:
+    """Whether the files a config names are looked at (``segstream validate --no-files``: not, for
+    a config checked away from the host it runs on)."""
+    return info is None or (info.context or {}).get("files", True)
+
+
 def _resolve(path: str, info: ValidationInfo) -> Path:
     """Relative paths in a config file are relative to that file's directory (as in
     docker-compose), so a config works from wherever segstream is started. Made absolute, not
@@ -1323,11 +1337,13 @@ def _redis_url_left_empty(raw: dict) -> str | None:
 
 
 def load_checked_config(
-    path: str | Path, overrides: list[str] | tuple[str, ...] = (), schema: type[PipelineConfig] = PipelineConfig
+    path: str | Path, overrides: list[str] | tuple[str, ...] = (), schema: type[PipelineConfig] = PipelineConfig,
+    files: bool = True,
 ) -> PipelineConfig:
     """``load_config``, whose errors also say what the model's own checks (preset, family, task,
     weights) find and whether the factories ``stages:`` and ``sinks.custom`` name import and take
-    their options, so that one run of a command lists every mistake."""
+    their options, so that one run of a command lists every mistake. ``files=False``: the files
+    it names are not looked at (``validate --no-files``)."""
     raw = raw_config_data(path, overrides)  # a YAML error stops here
     unset: list[tuple[list, str]] = []
     data = interpolate(raw, problems=unset)  # an unset variable does not hide the other mistakes
@@ -1338,11 +1354,11 @@ def load_checked_config(
     if problem := _batch_config_for_run(raw, schema):
         raise ConfigError(problem)
     try:
-        config = validate_config(data, base_dir=base_dir, schema=schema)
+        config = validate_config(data, base_dir=base_dir, schema=schema, files=files)
     except ConfigError as error:
         blank = [_where(where, raw) for where, _ in unset]  # what a missing variable left empty fails too
         lines += [line for line in str(error).splitlines() if not any(line.startswith(f"{b}:") for b in blank)]
-        lines += _model_errors(data, base_dir)
+        lines += _model_errors(data, base_dir, files)
         raise ConfigError("\n".join(lines)) from None
     if config.stages or config.sinks.custom:  # imported, not called: a factory may be heavy
         from segstream.pipeline.own_parts import check
@@ -1353,14 +1369,14 @@ def load_checked_config(
     return config
 
 
-def _model_errors(data: dict, base_dir: Path) -> list[str]:
+def _model_errors(data: dict, base_dir: Path, files: bool = True) -> list[str]:
     """What the model's checks say of its section, where the section alone is valid (else the
     schema's errors already name it)."""
     from segstream.pipeline.model_factory import check_model_config, check_preset  # torch: on errors only
 
     section = data.get("model") or {}
     try:
-        model = ModelConfig.model_validate(section, context={"base_dir": base_dir})
+        model = ModelConfig.model_validate(section, context={"base_dir": base_dir, "files": files})
     except ValueError:  # pydantic's ValidationError: its errors are the config's; the preset may be wrong too
         names = {key: section[key] for key in ("preset", "family") if isinstance(section, dict) and key in section}
         try:
@@ -1371,10 +1387,18 @@ def _model_errors(data: dict, base_dir: Path) -> list[str]:
     else:
         check = check_model_config
     try:
-        check(model)
+        check(model if files else labels_unread(model))
     except ConfigError as error:
         return [str(error)]
     return []
+
+
+def labels_unread(model: ModelConfig) -> ModelConfig:
+    """``model`` as ``validate --no-files`` checks it: a ``model.labels`` file that is not here
+    is left out (its classes are the host's to read)."""
+    if model.labels and not Path(model.labels).is_file():
+        return model.model_copy(update={"labels": None})
+    return model
 
 
 def config_data(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> dict:
@@ -1440,13 +1464,14 @@ def _name_clash(names: list) -> str | None:
 
 
 def validate_config(
-    data: Any, base_dir: Path | None = None, schema: type[PipelineConfig] = PipelineConfig
+    data: Any, base_dir: Path | None = None, schema: type[PipelineConfig] = PipelineConfig, files: bool = True
 ) -> PipelineConfig:
-    """Validate plain data (already interpolated); all problems become one ConfigError."""
+    """Validate plain data (already interpolated); all problems become one ConfigError.
+    ``files=False`` leaves the files it names unread (``validate --no-files``)."""
     if not isinstance(data, dict):
         raise ConfigError("the config must be a mapping with the keys sources, model, engine, tracking and sinks")
     try:
-        return schema.model_validate(data, context={"base_dir": base_dir})
+        return schema.model_validate(data, context={"base_dir": base_dir, "files": files})
     except ValidationError as error:
         lines = [_error_line(e, data) for e in error.errors()]
         # the checks of a whole section run only once its fields are valid; the names need no more

@@ -3,6 +3,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import yaml
 
 from segstream.connectors.errors import ConfigError
 from segstream.models.presets import SYNTHETIC_TINY
@@ -351,6 +352,41 @@ def test_set_names_a_source_by_its_name_and_a_run_s_index_overrides_follow_the_s
     named = overrides_by_name(digits, ["sources.1.name=hall", "sources.1.max_fps=2", "sources.0.max_fps=3"])
     assert named == ["sources[lobby].name=hall", "sources[hall].max_fps=2", "sources.0.max_fps=3"]
     assert [(s.name, s.max_fps) for s in load_config(digits, named).sources] == [("7", 3), ("hall", 2)]
+
+
+def test_validate_takes_a_fleet_s_files_away_from_their_host_and_prints_the_effective_config(capsys, tmp_path,
+                                                                                             monkeypatch):
+    """Found probing a fleet's configs: validate took one file; in CI (away from the host) it
+    failed on the videos and weights only the host has; nothing showed the config as the run
+    takes it (defaults, variables, --set applied)."""
+    monkeypatch.setenv("SEGSTREAM_TEST_CAMPW", "hunter2")
+    host = tmp_path / "host.yaml"
+    host.write_text("sources:\n"
+                    "  - {name: cam, type: stream, url: 'rtsp://admin:${SEGSTREAM_TEST_CAMPW}@10.0.0.1/live'}\n"
+                    "  - {name: vid, type: file, path: /nowhere/clip.mp4}\n"
+                    "model: {checkpoint: /nowhere/model.safetensors, labels: /nowhere/labels.json}\n"
+                    "sinks: {redis: {url: 'redis://:redis-pw@localhost:6379/0'}}\n")
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("sources:\n  - {name: cam, type: steam}\n")
+    lines = errors_of(capsys, ["validate", str(host)])
+    assert any("/nowhere/clip.mp4" in line for line in lines) and any("/nowhere/model" in line for line in lines)
+    # away from the host: the files are not looked at; a mistake in another file is still said, named
+    assert main(["validate", "--no-files", str(host), str(typo)]) == 2
+    out, err = capsys.readouterr()
+    assert out == f"ok: {host}: 2 sources, model synthetic_eomt_tiny_256 (the files it names not looked at)\n"
+    assert err == f"segstream: error: {typo}: sources[0].type: unknown source type 'steam' — use file, stream, " \
+                  "camera, images, synthetic\n"
+    # the effective config, secrets as ***, alone on stdout
+    assert main(["validate", "--no-files", "--print", str(host), "--set", "engine.batch_size=8"]) == 0
+    out, err = capsys.readouterr()
+    effective = yaml.safe_load(out)
+    assert effective["engine"]["batch_size"] == 8 and effective["engine"]["max_wait_ms"] == 20.0
+    assert effective["sources"][0]["url"] == "rtsp://admin:***@10.0.0.1/live"
+    assert effective["sinks"]["redis"]["url"] == "redis://:***@localhost:6379/0"
+    assert "hunter2" not in out and "redis-pw" not in out and err.startswith("ok: ")
+    assert main(["validate", "--no-files", "--json", str(host), str(typo)]) == 2
+    reports = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(r["config"], r["ok"]) for r in reports] == [(str(host), True), (str(typo), False)]
 
 
 def test_set_errors_are_config_errors(capsys, write, clip):
