@@ -1697,7 +1697,8 @@ def interpolate(data: Any, environ: typing.Mapping[str, str] | None = None,
 
     The default applies when VAR is unset or empty (``${VAR-default}``: unset only); an unset VAR
     without default is an error naming the variable and the key, as is ``${VAR:?why}`` when VAR
-    is unset or empty (``${VAR?why}``: unset), saying ``why``. A reference in the credentials of a URL
+    is unset or empty (``${VAR?why}``: unset), saying ``why``. ``${file:/run/secrets/x}`` is that
+    file's text (a mounted secret's, read again at each reload), taken as a secret. A reference in the credentials of a URL
     (``rtsp://user:${PASSWORD}@host/...``) is percent-encoded where the URL needs it, so that a
     password with ``@ : / ? # %`` works as it is: the variable holds the password as written.
     """
@@ -1723,6 +1724,8 @@ def interpolate(data: Any, environ: typing.Mapping[str, str] | None = None,
         def resolve(match: re.Match) -> str:
             if match.group(0) == "$$":
                 return "$"
+            if match.group(1).startswith("file:"):
+                return file_secret(match.group(1).removeprefix("file:"), path, problems)
             ref = _VARIABLE.fullmatch(match.group(1))
             if ref is None:
                 problems.append((path, f"'{match.group(0)}' is not a variable reference — "
@@ -1767,6 +1770,40 @@ def interpolate(data: Any, environ: typing.Mapping[str, str] | None = None,
     if raising and problems:
         raise ConfigError("\n".join(_problem_lines(problems, data)))
     return result
+
+
+MAX_SECRET_BYTES = 64 * 1024  # a password, a token, a key: not a video
+
+
+def file_secret(name: str, path: list, problems: list[tuple[list, str]]) -> str:
+    """The text of the secret file ``name`` (``${file:NAME}``), its one closing line end left out
+    (what an editor or ``kubectl create secret --from-file`` leaves); never printed. A problem is
+    added to ``problems`` (and "" returned)."""
+    where = Path(name)
+    if not where.is_absolute():
+        problems.append((path, f"${{file:{name}}}: give the secret file's absolute path, e.g. ${{file:/run/secrets/"
+                               f"{where.name or 'name'}}}"))
+        return ""
+    try:
+        with open(where, "rb") as file:
+            data = file.read(MAX_SECRET_BYTES + 1)
+    except OSError as error:
+        problems.append((path, f"${{file:{name}}}: cannot read it ({error.strerror}) — mount the secret there, or fix "
+                               "the path"))
+        return ""
+    if len(data) > MAX_SECRET_BYTES:
+        problems.append((path, f"${{file:{name}}}: over {MAX_SECRET_BYTES // 1024} KiB, which is no secret — name the "
+                               "file that holds the password or token"))
+        return ""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        problems.append((path, f"${{file:{name}}}: not UTF-8 text — a secret here is a password or token as text"))
+        return ""
+    text = text.removesuffix("\n").removesuffix("\r")
+    if text:
+        remember(text)
+    return text
 
 
 def _problem_lines(problems: list[tuple[list, str]], data: Any) -> list[str]:

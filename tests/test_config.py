@@ -291,6 +291,27 @@ def test_docker_compose_s_other_variable_forms_required_with_a_reason_and_unset_
     assert load_config(write(text)).sources[0].name == "ab"
 
 
+def test_a_secret_comes_from_a_mounted_file_read_at_each_load_and_is_never_printed(capsys, write, tmp_path):
+    """Found probing a fleet's configs: secrets came from the run's environment only (Docker's and
+    Kubernetes' secrets are files), so a rotated camera password needed a restart of every camera."""
+    secret = tmp_path / "cam_password"
+    secret.write_text("p@ss:w/rd\n")  # as an editor or kubectl leaves it: one closing line end
+    path = write(f"sources:\n  - {{name: cam, type: stream, url: 'rtsp://admin:${{file:{secret}}}@10.0.0.1/live'}}\n"
+                 f"sinks: {{redis: {{url: 'redis://localhost:6379/0', password: '${{file:{secret}}}'}}}}\n")
+    cfg = load_config(path)
+    assert cfg.sources[0].url == "rtsp://admin:p%40ss%3Aw%2Frd@10.0.0.1/live" and cfg.sinks.redis.password == "p@ss:w/rd"
+    secret.write_text("rotated")  # a reload reads the config again, and the file with it
+    assert load_config(path).sinks.redis.password == "rotated"
+    assert main(["validate", "--print", path]) == 0
+    assert "rotated" not in capsys.readouterr().out
+    secret.unlink()
+    [line] = errors_of(capsys, ["validate", path])
+    assert line == (f"sources[0].url and 1 more place: ${{file:{secret}}}: cannot read it (No such file or directory) "
+                    "— mount the secret there, or fix the path")
+    [line] = errors_of(capsys, ["validate", write("sources:\n  - {name: '${file:pw}', type: synthetic}\n")])
+    assert line == "sources[0].name: ${file:pw}: give the secret file's absolute path, e.g. ${file:/run/secrets/pw}"
+
+
 def test_bad_yaml_names_the_line(capsys, write):
     path = write("sources:\n  - name: cam0\n    type: [file\n")
     [line] = errors_of(capsys, ["validate", path])
