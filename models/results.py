@@ -298,6 +298,15 @@ class FrameResult(_FrameSizeMap):
             raise ValueError("this result carries no label map; read it again with masks")
         return {int(segment_id): label_map == segment_id for segment_id in self.segments.ids}
 
+    def mask_array(self) -> np.ndarray:
+        """S x height x width bool: segment i's mask in row i, as ``segments``' other arrays
+        (``boxes``, ``class_ids``, ``track_ids``) are ordered; what detection libraries take
+        (supervision's ``Detections(mask=...)``)."""
+        label_map = self.label_map
+        if label_map is None:
+            raise ValueError("this result carries no label map; read it again with masks")
+        return label_map[None] == np.asarray(self.segments.ids).reshape(-1, 1, 1)
+
     @property
     def latency_s(self) -> float | None:
         """Capture to publish, in seconds, once published."""

@@ -38,9 +38,11 @@ class _Handoff:
 
     name = "results"
 
-    def __init__(self, waiting: int, images: bool):
+    def __init__(self, waiting: int, images: bool, events: bool = False):
         self.queue: queue.Queue = queue.Queue(waiting)
         self.wants_images = images  # the runtime then attaches each decoded frame to its result
+        self.events = events  # the sources' own events (states) go to the loop too
+        self._carried: list[Event] = []  # the events of the result just handed over (it carries them)
         self.closed = threading.Event()
         self.runtime: Runtime | None = None  # set once built
         self.on_dropped: Callable[[Sequence[FrameResult], str], None] | None = None  # set by the runtime
@@ -49,6 +51,7 @@ class _Handoff:
     def publish(self, result: FrameResult) -> None:
         if result.publish_ts is None:  # a sink that writes later (Redis) stamps its own copy, later
             result.publish_ts = time.time()
+        self._carried = result.events
         if self.wants_images:  # the runtime takes the frame off its result once every sink has it
             result = dataclasses.replace(result)
         self.put(result)
@@ -77,7 +80,11 @@ class _Handoff:
             self.on_dropped([item], "results_loop_gone")
 
     def publish_event(self, event: Event) -> None:
-        """Not handed on: a result carries its own events, and the source states are the report's."""
+        """With ``events``, a source's own events (its states: connecting, streaming,
+        reconnecting, failed, ended) go to the loop in their place among its results; a
+        result's (tracks started and ended) are its ``events``."""
+        if self.events and not any(event is carried for carried in self._carried):
+            self.put(event)
 
     def poll(self) -> float | None:
         return None
@@ -117,7 +124,7 @@ class ResultFeed:
     def __iter__(self) -> Iterator[FrameResult]:
         return self
 
-    def __next__(self) -> FrameResult:
+    def __next__(self) -> FrameResult:  # (an Event too, for results(events=True))
         if self._done:
             raise StopIteration
         try:
@@ -210,7 +217,7 @@ def _run(runtime: Runtime, handoff: _Handoff, outcome: list) -> None:
 def results(
     cfg: PipelineConfig, max_frames: int | None = None, *, images: bool = False, waiting: int = RESULTS_WAITING,
     progress: bool = False, ops: bool = False, sources: Sequence = (), sinks: Sequence = (),
-    stages: Iterable = (),
+    stages: Iterable = (), events: bool = False, adapter: Any = None,
 ) -> ResultFeed:
     """Run ``cfg`` on a thread of its own and hand its results (``FrameResult``) to the caller's
     loop as they reach the sinks, in each source's frame order::
@@ -240,14 +247,20 @@ def results(
 
     ``images=True`` attaches each decoded frame (``result.image``, H x W x 3 uint8 RGB) for
     ``segstream.draw_overlay``; it is None otherwise (and not allowed with
-    ``engine.resize_in_decoder``). ``progress`` prints the status line and summary as ``segstream
-    run`` does; ``ops``, ``sources``, ``sinks`` and ``stages`` are ``build_runtime``'s."""
+    ``engine.resize_in_decoder``). ``events=True`` has the loop get each source's own events
+    too (``segstream.Event``, ``kind`` ``state``: connecting, streaming, reconnecting, failed,
+    ended, with the reason in ``data``), in their place among its results, and the tracks ended
+    by a source's end; a result's own track events are its ``events`` either way. ``adapter`` runs a model already built
+    (``segstream.build_segmenter(cfg.model)``) instead of building the config's: runs one after
+    another (a folder of videos) load it once. ``progress`` prints the status line and summary
+    as ``segstream run`` does; ``ops``, ``sources``, ``sinks`` and ``stages`` are
+    ``build_runtime``'s."""
     from segstream.pipeline.cli import build_runtime
 
     if waiting < 1:
         raise ValueError(f"waiting must be at least 1 (results ahead of the loop), got {waiting}")
-    handoff = _Handoff(waiting, images)
+    handoff = _Handoff(waiting, images, events)
     runtime = build_runtime(cfg, max_frames=max_frames, progress=progress, ops=ops, sources=sources,
-                            sinks=[*sinks, handoff], stages=stages)
+                            sinks=[*sinks, handoff], stages=stages, adapter=adapter)
     handoff.runtime = runtime
     return ResultFeed(runtime, handoff)

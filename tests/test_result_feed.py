@@ -232,6 +232,34 @@ def test_a_program_that_exits_with_a_feed_open_does_not_wait_for_its_drain(tmp_p
     assert "did not finish draining" not in done.stderr, done.stderr
 
 
+def test_the_loop_can_see_its_sources_states_run_on_a_model_built_once_and_stack_masks(tmp_path, monkeypatch):
+    """Found probing as a Roboflow inference user: the loop never learnt that a camera failed or
+    reconnected (state events were thrown away); each run of a folder of videos built its model
+    again; masks came as a dict keyed by segment id, not an array in the segments' order."""
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"\0" * 5000)
+    sources = [{"name": "cam", "type": "synthetic", "width": 64, "height": 48, "num_frames": 3},
+               {"name": "bad", "type": "file", "path": str(bad)}]
+    cfg = _config(sources=sources)
+    adapter = segstream.build_segmenter(cfg.model, batch_size=cfg.engine.batch_size)
+    from segstream.pipeline import model_factory
+
+    monkeypatch.setattr(model_factory, "build_segmenter", lambda *a, **k: pytest.fail("the model was built again"))
+    for _ in range(2):  # two runs, one model
+        with segstream.results(cfg, events=True, adapter=adapter) as feed:
+            items = list(feed)
+        states = [(e.source, e.data["state"]) for e in items if isinstance(e, segstream.Event) and e.kind == "state"]
+        assert ("bad", "failed") in states and ("cam", "streaming") in states
+        cam = [i.data["state"] if isinstance(i, segstream.Event) else i.index for i in items
+               if i.source == "cam" and (not isinstance(i, segstream.Event) or i.kind == "state")]
+        assert cam == ["connecting", "streaming", 0, 1, 2, "ended"]  # in their place among its results
+        assert feed.report.failed.keys() == {"bad"}
+    result = next(i for i in items if isinstance(i, segstream.FrameResult))
+    masks = result.mask_array()
+    assert masks.shape == (len(result.segments), 48, 64) and masks.dtype == bool
+    assert all((masks[row] == result.masks()[int(i)]).all() for row, i in enumerate(result.segments.ids))
+
+
 class _LatencySeen(CollectingSink):
     """A sink of one's own that notes the latency each result has as it is handed over."""
 
