@@ -251,6 +251,7 @@ class Manifest:
     def __init__(self, path: str | Path, settings: dict | None = None):
         self.path = Path(path)
         self.settings = settings  # what decides a video's outputs (``output_settings``), kept with each
+        self.made_by: dict | None = None  # the run and software that made them (``made_by``), kept with each
         self.records: dict[str, dict] = {}
         self._lock = threading.Lock()
         try:
@@ -310,13 +311,18 @@ class Manifest:
         )
 
     def other_settings(self, job: VideoJob) -> list[str]:
-        """The parts of the settings (``model``, ``tracking``, ``outputs``) that differ from
-        those the video's record was made with."""
-        record = self.records.get(job.key) or {}
+        """The parts of the settings (``model``, ``tracking``, ``outputs``, ``filters``) that
+        differ from those the video's record was made with."""
+        return self.settings_differ(self.records.get(job.key) or {})
+
+    def settings_differ(self, record: dict) -> list[str]:
+        """The parts of this run's settings that differ from those ``record`` was made with
+        (none for a record from before settings were kept)."""
         made = record.get("settings")
         if made is None or self.settings is None:
             return []
-        return [key for key in self.settings if made.get(key) != self.settings[key]]
+        keys = [*self.settings, *(key for key in made if key not in self.settings)]  # a setting no longer set
+        return [key for key in keys if not same_settings(made, self.settings, key)]
 
     def failed(self, job: VideoJob) -> dict | None:
         record = self.records.get(job.key)
@@ -336,6 +342,8 @@ class Manifest:
         }
         if self.settings is not None:
             record["settings"] = self.settings
+        if self.made_by is not None:
+            record["made_by"] = self.made_by
         with self._lock:
             self._file.write(json.dumps(record, sort_keys=True) + "\n")
             self._file.flush()
@@ -779,12 +787,16 @@ def run_local(cfg: PipelineConfig, jobs: Sequence[VideoJob], root: Path, manifes
 
 
 def output_settings(cfg: PipelineConfig) -> dict:
-    """What decides what a video's outputs hold, as kept in the manifest: the model (and its
-    checkpoint file's size and time), the tracker and what is written. Not the device, the
-    engine's batching or the concurrency, which change nothing in them."""
+    """What decides what a video's outputs hold, as kept in the manifest: the model (its
+    weights file's size, time and sha256, and the precision it computes in, ``auto`` resolved),
+    the tracker, the segment filters and what is written. Not the device, the engine's batching
+    or the concurrency, which change nothing in them (measured in docs/BENCHMARKS.md)."""
     from segstream.connectors.checkpoints import HF_PREFIX, RANDOM, checkpoint_path
+    from segstream.pipeline.model_factory import resolve_device, resolve_precision
 
     model = cfg.model.model_dump(mode="json", exclude={"device", "compile", "options"})
+    # found probing reproducibility: "auto" was kept, which is bf16 on one machine and fp32 on another
+    model["precision"] = resolve_precision(cfg.model.precision, resolve_device(cfg.model.device))
     if cfg.model.options:  # a plugin family's own settings may hold secrets: their digest only
         options = json.dumps(cfg.model.options, sort_keys=True, default=str).encode()
         model["options_sha256"] = hashlib.sha256(options).hexdigest()
@@ -794,12 +806,15 @@ def output_settings(cfg: PipelineConfig) -> dict:
     model["preset"] = preset.name
     if model.get("task") is None:  # the preset's own: said as before the default was null
         model["task"] = preset.task
-    checkpoint = model.get("checkpoint")
+    checkpoint = model.get("checkpoint") or preset.weights  # the preset's own: a new release may ship others
     if checkpoint and checkpoint != RANDOM and not checkpoint.startswith(HF_PREFIX):
         weights = checkpoint_path(checkpoint)  # a model folder's weights file: retrained in place, it changes
         if weights.is_file():
             stat = weights.stat()
-            model["checkpoint_file"] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+            # found probing reproducibility: other weights of the same size and time (cp -p, rsync -a) were taken
+            # for the same; the digest tells
+            model["checkpoint_file"] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+                                        "sha256": file_sha256(weights)}
     batch = cfg.batch
     outputs = {"jsonl": batch.jsonl, "coco_panoptic": batch.coco_panoptic, "overlay": batch.overlay,
                "mask_encoding": cfg.sinks.redis.mask_encoding, "resize_in_decoder": cfg.engine.resize_in_decoder}
@@ -811,7 +826,56 @@ def output_settings(cfg: PipelineConfig) -> dict:
         outputs["coco_images"] = True
     if batch.overlay and batch.overlay_level is not None:  # the same
         outputs["overlay_level"] = batch.overlay_level
-    return {"model": model, "tracking": cfg.tracking.model_dump(mode="json"), "outputs": outputs}
+    settings = {"model": model, "tracking": cfg.tracking.model_dump(mode="json"), "outputs": outputs}
+    if cfg.filters != type(cfg.filters)():  # only when set: manifests from before the key stay matching
+        settings["filters"] = cfg.filters.model_dump(mode="json")  # found probing: a new min_score redid nothing
+    return settings
+
+
+def made_by(run_id: str, cfg: PipelineConfig) -> dict:
+    """What a manifest line says made a video's outputs, beyond its settings: the run (its
+    ``run_id`` is on what it published to Redis), the device it ran on and the software's versions."""
+    import platform
+
+    import av
+    import torch
+
+    from segstream import __version__
+    from segstream.pipeline.model_factory import resolve_device
+
+    return {"run_id": run_id, "device": str(resolve_device(cfg.model.device)), "segstream": __version__,
+            "torch": torch.__version__, "av": av.__version__, "libavcodec": ".".join(map(str, av.library_versions.get("libavcodec", ()))),
+            "python": platform.python_version(), "host": platform.node()}
+
+
+def file_sha256(path: Path) -> str:
+    """The file's SHA-256, read in 1 MiB pieces (a published checkpoint is a GB or more)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        while piece := file.read(1 << 20):
+            digest.update(piece)
+    return digest.hexdigest()
+
+
+def same_settings(made: dict, now: dict, key: str) -> bool:
+    """Whether the manifest's ``made[key]`` is ``now[key]``; records from before a setting was
+    kept are read as made with what they could not say: a weights file without its sha256 is
+    the same by size and time, a precision ``auto`` any, a missing ``filters`` none set."""
+    before, after = made.get(key), now.get(key)
+    if key != "model" or not isinstance(before, dict) or not isinstance(after, dict):
+        return before == after
+    before, after = dict(before), dict(after)
+    if before.get("precision") == "auto":
+        before["precision"] = after.get("precision")
+    file_before, file_after = before.get("checkpoint_file"), after.get("checkpoint_file")
+    if isinstance(file_after, dict):
+        if file_before is None and before.get("checkpoint") is None:  # the preset's own, not kept then
+            before["checkpoint_file"] = file_after
+        elif isinstance(file_before, dict):
+            compared = ("size", "sha256") if "sha256" in file_before else ("size", "mtime_ns")
+            before["checkpoint_file"] = after["checkpoint_file"] = {k: file_before.get(k) for k in compared}
+            after["checkpoint_file"] = {k: file_after.get(k) for k in compared}
+    return before == after
 
 
 def write_batch_coco(root: Path, manifest: Manifest) -> None:
@@ -821,7 +885,7 @@ def write_batch_coco(root: Path, manifest: Manifest) -> None:
 
     videos, unnumbered = [], []
     for record in manifest.records.values():
-        if record.get("status") != "done" or record.get("settings", manifest.settings) != manifest.settings:
+        if record.get("status") != "done" or manifest.settings_differ(record):
             continue
         if isinstance(record.get("number"), int):
             videos.append((record["id"], record["number"]))
@@ -982,6 +1046,8 @@ def run_batch(cfg: PipelineConfig, inputs: Sequence[str], engine: str = "local",
             control = BatchControl()
             metrics = RunMetrics()
             run_id = new_run_id()  # on what the batch publishes; its files hold none, to be the same each run
+            manifest.made_by = made_by(run_id, cfg)  # in the manifest: its entries in Redis traced to their line
+            log.info("batch run %s", run_id)
             with serve_ops(cfg.ops, metrics) as server, _progress(todo, progress) as bars:
                 if server is not None:
                     server.collector.extra.append(_BatchCollector(bars, skipped))

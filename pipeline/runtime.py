@@ -585,8 +585,9 @@ class Runtime:
         from segstream.pipeline.model_factory import how_it_ran
 
         # what the engine chose, said once: an operator sizing a box reads it here, not in bench only
-        log.info("model %s on %s%s, batch %d, %d model worker(s) x %d thread(s), %d usable core(s)",
-                 adapter.name, adapter.device,
+        # the weights file named too: a checkpoint of one's own runs under its preset's name
+        log.info("model %s%s on %s%s, batch %d, %d model worker(s) x %d thread(s), %d usable core(s)",
+                 adapter.name, f" ({cfg.model.checkpoint})" if cfg.model.checkpoint else "", adapter.device,
                  how_it_ran(getattr(adapter, "precision", None), getattr(adapter, "postprocess", None)),
                  engine.batch_size, layout.workers, layout.threads, cores)
         return cls(

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+import segstream
 from segstream.connectors.errors import ConfigError
 from segstream.connectors.files_sink import read_entries
 from segstream.connectors.redis_wire import event_from_wire, from_wire
@@ -373,6 +374,42 @@ def test_a_rerun_with_other_model_or_outputs_does_the_videos_again(tmp_path, mon
     assert run(**changes) == ([], 1)
     (folder / "model.safetensors").write_bytes(b"weights v2, retrained")
     assert run(**changes) == (["done"], 0)
+    # found probing reproducibility: other weights of the same size and time (cp -p, rsync -a, tar)
+    # were taken for the same, and a new filters: redid nothing
+    stat = (folder / "model.safetensors").stat()
+    (folder / "model.safetensors").write_bytes(b"weights v3, retrained")
+    os.utime(folder / "model.safetensors", ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert run(**changes) == (["done"], 0)
+    os.utime(folder / "model.safetensors")  # touched only: the same weights
+    assert run(**changes) == ([], 1)
+    assert run(**changes, filters={"min_score": 0.99}) == (["done"], 0)
+    assert manifest(out)[-1]["settings"]["filters"]["min_score"] == 0.99
+    assert run(**changes, filters={"min_score": 0.99}) == ([], 1)
+    assert run(**changes) == (["done"], 0), "filters no longer set: done again"
+    # what made it, for an audit: the run (its Redis entries' run_id), the device, the versions
+    record = manifest(out)[-1]
+    assert record["made_by"]["device"] == "cpu" and record["made_by"]["segstream"] == segstream.__version__
+    assert record["made_by"]["run_id"] and record["settings"]["model"]["precision"] == "fp32"
+    assert len(record["settings"]["model"]["checkpoint_file"]["sha256"]) == 64
+
+
+def test_a_manifest_of_an_earlier_release_keeps_its_videos_done(tmp_path):
+    """Records written before the weights' digest and the resolved precision were kept are read
+    as made with what they could not say: no archive is done again by an upgrade."""
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    encode_clip(videos / "one.mp4", frames=3)
+    out = tmp_path / "out"
+    assert run_batch(config(out), [str(videos)], adapter=ColourSegmenter(), progress=False)[1] == 0
+    [record] = manifest(out)
+    model = record["settings"]["model"]
+    assert model["checkpoint"] is None and "sha256" in model["checkpoint_file"]  # the preset's own weights
+    del model["checkpoint_file"]  # as an earlier release wrote it
+    model["precision"] = "auto"
+    record.pop("made_by")
+    (out / "manifest.jsonl").write_text(json.dumps(record) + "\n")
+    outcomes, skipped, _ = run_batch(config(out), [str(videos)], adapter=ColourSegmenter(), progress=False)
+    assert (outcomes, skipped) == ([], 1)
 
 
 def test_a_damaged_video_is_done_with_its_missing_frames_in_the_table_and_the_manifest(tmp_path):
