@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import importlib
 import json
 import pickle
@@ -236,6 +237,25 @@ def checkpoint_path(reference: str) -> Path:
         if shipped.exists():
             return shipped
     return path
+
+
+def local_weights(checkpoint: str | None, preset_weights: str | None) -> Path | None:
+    """The local weights file a run reads: ``model.checkpoint``'s (a model folder's own), or the
+    preset's shipped file; None for a hub reference, ``random``, or a file that is not there."""
+    reference = checkpoint or preset_weights
+    if not reference or reference == RANDOM or reference.startswith(HF_PREFIX):
+        return None
+    path = checkpoint_path(reference)
+    return path if path.is_file() else None
+
+
+def file_sha256(path: Path) -> str:
+    """The file's SHA-256, read in 1 MiB pieces (a published checkpoint is a GB or more)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        while piece := file.read(1 << 20):
+            digest.update(piece)
+    return digest.hexdigest()
 
 
 def checkpoint_in_folder(folder: Path) -> Path:

@@ -791,7 +791,7 @@ def output_settings(cfg: PipelineConfig) -> dict:
     weights file's size, time and sha256, and the precision it computes in, ``auto`` resolved),
     the tracker, the segment filters and what is written. Not the device, the engine's batching
     or the concurrency, which change nothing in them (measured in docs/BENCHMARKS.md)."""
-    from segstream.connectors.checkpoints import HF_PREFIX, RANDOM, checkpoint_path
+    from segstream.connectors.checkpoints import file_sha256, local_weights
     from segstream.pipeline.model_factory import resolve_device, resolve_precision
 
     model = cfg.model.model_dump(mode="json", exclude={"device", "compile", "options"})
@@ -806,15 +806,13 @@ def output_settings(cfg: PipelineConfig) -> dict:
     model["preset"] = preset.name
     if model.get("task") is None:  # the preset's own: said as before the default was null
         model["task"] = preset.task
-    checkpoint = model.get("checkpoint") or preset.weights  # the preset's own: a new release may ship others
-    if checkpoint and checkpoint != RANDOM and not checkpoint.startswith(HF_PREFIX):
-        weights = checkpoint_path(checkpoint)  # a model folder's weights file: retrained in place, it changes
-        if weights.is_file():
-            stat = weights.stat()
-            # found probing reproducibility: other weights of the same size and time (cp -p, rsync -a) were taken
-            # for the same; the digest tells
-            model["checkpoint_file"] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
-                                        "sha256": file_sha256(weights)}
+    # a model folder's weights file: retrained in place, it changes; the preset's own: a release may ship others
+    if (weights := local_weights(model.get("checkpoint"), preset.weights)) is not None:
+        stat = weights.stat()
+        # found probing reproducibility: other weights of the same size and time (cp -p, rsync -a) were taken
+        # for the same; the digest tells
+        model["checkpoint_file"] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+                                    "sha256": file_sha256(weights)}
     batch = cfg.batch
     outputs = {"jsonl": batch.jsonl, "coco_panoptic": batch.coco_panoptic, "overlay": batch.overlay,
                "mask_encoding": cfg.sinks.redis.mask_encoding, "resize_in_decoder": cfg.engine.resize_in_decoder}
@@ -846,15 +844,6 @@ def made_by(run_id: str, cfg: PipelineConfig) -> dict:
     return {"run_id": run_id, "device": str(resolve_device(cfg.model.device)), "segstream": __version__,
             "torch": torch.__version__, "av": av.__version__, "libavcodec": ".".join(map(str, av.library_versions.get("libavcodec", ()))),
             "python": platform.python_version(), "host": platform.node()}
-
-
-def file_sha256(path: Path) -> str:
-    """The file's SHA-256, read in 1 MiB pieces (a published checkpoint is a GB or more)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        while piece := file.read(1 << 20):
-            digest.update(piece)
-    return digest.hexdigest()
 
 
 def same_settings(made: dict, now: dict, key: str) -> bool:

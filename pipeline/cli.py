@@ -760,7 +760,8 @@ def build_runtime(
             runtime = Runtime.from_config(
                 cfg, [*built_sources, *own_sources], adapter, [*built_sinks, *own_sinks],
                 stages=[*tracking_stages(cfg.tracking), *named_stages, *stages], filters=filters,
-                max_frames=max_frames, warm_up=WARM_UP_FRAME, progress=progress, metrics=metrics, publish_states=True, run_id=run_id,
+                max_frames=max_frames, warm_up=WARM_UP_FRAME, progress=progress, metrics=metrics, publish_states=True,
+                publish_settings=True, run_id=run_id,
             )
             runtime.ops_address = None if server is None else server.address
             runtime.at_end.append(served.pop_all().close)  # the endpoints live as long as the run

@@ -403,8 +403,10 @@ class Runtime:
     ``QUEUE_SIZE`` frames and ``newest`` when live, ``every_frame`` otherwise. A source that fails (its ``frames()`` raises) ends the run
     when it is ``required`` (None: every source is), else the others carry on and the report
     lists it in ``failed``. Source states are logged and counted; ``publish_states`` also publishes
-    each transition as a ``state`` event (``segstream run`` turns it on). ``progress`` gets a status line every ``progress_interval_s`` and the
-    summary.
+    each transition as a ``state`` event (``segstream run`` turns it on), ``publish_settings`` a
+    ``settings`` event with each source's first frame and the first after its filters changed
+    (``made_by``: the model, its weights and the versions; ``segstream run`` and ``results``).
+    ``progress`` gets a status line every ``progress_interval_s`` and the summary.
     ``warm_up`` (height, width) runs the model on blank frames of that size before the first
     frame is taken, so compilation does not count as latency. ``resize_in_decoder`` has sources
     that decode with FFmpeg convert frames at the adapter's ``geometry.scale`` (no sink may draw on
@@ -429,6 +431,7 @@ class Runtime:
         buffers: Mapping[str, BufferPolicy] | None = None,
         required: Collection[str] | None = None,
         publish_states: bool = False,
+        publish_settings: bool = False,
         max_frames: int | None = None,
         metrics: RunMetrics | None = None,
         warm_up: tuple[int, int] | None = None,
@@ -469,6 +472,14 @@ class Runtime:
                     source.decode_size = self._decode_size
         self.stage_factories = list(stages)
         self.filters = {name: f for name, f in (filters or {}).items() if name in self._source_names}
+        # What made this run's results, in each source's `settings` event (SCHEMA): the model and the
+        # software; from_config adds the weights file and its digest.
+        self.made_by: dict[str, Any] = {
+            "model": adapter.name, "precision": getattr(adapter, "precision", None),
+            "postprocess": getattr(adapter, "postprocess", None), "device": str(getattr(adapter, "device", "")),
+            **_versions()}
+        self._announced: dict[str, SegmentFilter | None] = {}  # by source: the filter its last settings event said
+        self._publish_settings = publish_settings
         # segments each source's filter dropped, by reason: every series there from the start
         self.filtered: dict[tuple[str, str], int] = {
             (name, reason): 0 for name in self.filters for reason in FILTER_REASONS}
@@ -590,7 +601,7 @@ class Runtime:
                  adapter.name, f" ({cfg.model.checkpoint})" if cfg.model.checkpoint else "", adapter.device,
                  how_it_ran(getattr(adapter, "precision", None), getattr(adapter, "postprocess", None)),
                  engine.batch_size, layout.workers, layout.threads, cores)
-        return cls(
+        runtime = cls(
             sources,
             adapter,
             sinks,
@@ -610,6 +621,9 @@ class Runtime:
             threads=kwargs.pop("threads", layout.threads),
             **kwargs,
         )
+        if runtime._publish_settings:  # (a batch's manifest says them, hashed once for the batch)
+            runtime.made_by |= _weights_made_by(cfg)
+        return runtime
 
     def stop(self) -> None:
         """Ask for a graceful end; returns at once (safe in a signal handler)."""
@@ -660,6 +674,7 @@ class Runtime:
             if hasattr(source, "on_state"):
                 source.on_state = self._listener(i, name, epoch)
             self.set_filter(name, segment_filter)
+            self._announced.pop(name, None)  # added (again): its first frame says its settings
             (self.required.add if required else self.required.discard)(name)
             self.buffers.append(policy)
             self._source_names.add(name)
@@ -727,6 +742,18 @@ class Runtime:
         for reason in FILTER_REASONS:
             self.filtered.setdefault((name, reason), 0)
         self.filters[name] = segment_filter
+
+    def _settings_event(self, result: FrameResult, segment_filter: SegmentFilter | None) -> Event:
+        """A source's ``settings`` event: what made its results from ``result`` on."""
+        names = self.adapter.labels.names
+        kept = segment_filter.settings if segment_filter is not None else None
+        filters = None if kept is None or not kept.active else {
+            "classes": None if kept.keep_class_ids is None else [names[i] for i in sorted(kept.keep_class_ids)],
+            "exclude_classes": [names[i] for i in sorted(kept.drop_class_ids)],
+            "min_score": kept.min_score, "min_area": kept.min_area,
+            "roi": None if kept.roi is None else [list(vertex) for vertex in kept.roi]}
+        return Event(result.source, "settings", result.capture_ts or time.time(),
+                     {"frame": result.index, **self.made_by, "filters": filters})
 
     def running_sources(self) -> list[str]:
         """The names of the sources that have not ended (nor been removed)."""
@@ -1083,6 +1110,11 @@ class Runtime:
                     if (segment_filter := self.filters.get(result.source)) is not None:
                         for reason, count in segment_filter.apply(result).items():
                             self.filtered[result.source, reason] += count
+                    if self._publish_settings and self._announced.get(result.source, _UNSAID) is not segment_filter:
+                        # the settings this frame was made with, written after it: a source's first, and the
+                        # first after a reload changed its filters (found probing reproducibility: no trace)
+                        self._announced[result.source] = segment_filter
+                        result.events.insert(0, self._settings_event(result, segment_filter))
                     for stage in self._source_stages(result.source):
                         given, result = result, stage.process(result)
                         if not isinstance(result, FrameResult):
@@ -1565,6 +1597,30 @@ def _stop_running() -> None:
     for runtime in running:
         if not runtime._finished.wait(max(0.0, deadline - time.monotonic())):
             log.warning("a pipeline run did not finish draining within %g s of the program's exit", EXIT_DRAIN_S)
+
+
+_UNSAID = object()  # a source whose settings event is still to be written
+
+
+def _versions() -> dict[str, str]:
+    import torch  # (engine imports it before this module)
+
+    from segstream import __version__
+
+    return {"segstream": __version__, "torch": torch.__version__}
+
+
+def _weights_made_by(cfg) -> dict[str, Any]:
+    """The weights file a config's model reads and its SHA-256 (hashed once, at the run's start),
+    or the hub reference; for a source's ``settings`` event."""
+    from segstream.connectors.checkpoints import file_sha256, local_weights
+    from segstream.pipeline.model_factory import check_preset
+
+    preset = check_preset(cfg.model)
+    weights = local_weights(cfg.model.checkpoint, preset.weights)
+    if weights is None:
+        return {"checkpoint": cfg.model.checkpoint or preset.weights or None}
+    return {"checkpoint": str(weights), "checkpoint_sha256": file_sha256(weights)}
 
 
 class _OwnCounts:

@@ -359,3 +359,27 @@ def test_results_refuse_a_preview_level_the_model_lacks_before_it_loads(tmp_path
     with pytest.raises(segstream.ConfigError, match="sinks.preview.level: synthetic_eomt_tiny_256 is an eomt model"):
         segstream.results(cfg)
     assert not (tmp_path / "preview").exists()
+
+
+def test_each_source_s_first_frame_and_a_change_of_its_filters_say_what_made_its_results():
+    """Found probing as a reproducibility engineer: no output said which weights or settings made
+    it (entries name the preset only, the same for any checkpoint), and a reload that changed a
+    source's filters mid-run left no trace."""
+    from segstream.connectors.checkpoints import file_sha256
+    from segstream.models.segment_filter import FilterSettings, SegmentFilter
+
+    weights = Path(segstream.__file__).resolve().parents[1] / "models" / "weights" / "synthetic_eomt_tiny_256.safetensors"
+    cfg = _config(filters={"min_score": 0.85, "exclude_classes": ["sky"]})
+    said = []
+    with segstream.results(cfg, max_frames=8) as feed:
+        for result in feed:
+            said += [(result.index, e.data) for e in result.events if e.kind == "settings"]
+            if result.index == 2:  # as a reload does
+                feed.runtime.set_filter("cam", SegmentFilter(FilterSettings(min_score=0.95)))
+    (first, start), (later, changed) = said
+    assert first == start["frame"] == 0 and start["checkpoint"] == str(weights)
+    assert start["checkpoint_sha256"] == file_sha256(weights) and start["precision"] == "fp32"
+    assert start["model"] == "synthetic_eomt_tiny_256" and start["segstream"] == segstream.__version__
+    assert start["filters"] == {"classes": None, "exclude_classes": ["sky"], "min_score": 0.85, "min_area": 0,
+                                "roi": None}
+    assert later == changed["frame"] > 2 and changed["filters"]["min_score"] == 0.95
