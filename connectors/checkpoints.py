@@ -249,13 +249,32 @@ def local_weights(checkpoint: str | None, preset_weights: str | None) -> Path | 
     return path if path.is_file() else None
 
 
+# (path, inode, size, mtime, ctime) -> SHA-256: runs one after another hash once; a file written
+# again has another ctime, whatever time it was given back (cp -p, rsync -a)
+_DIGESTS: dict[tuple[str, int, int, int, int], str] = {}
+
+
 def file_sha256(path: Path) -> str:
-    """The file's SHA-256, read in 1 MiB pieces (a published checkpoint is a GB or more)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        while piece := file.read(1 << 20):
-            digest.update(piece)
-    return digest.hexdigest()
+    """The file's SHA-256, read in 1 MiB pieces (a published checkpoint is a GB or more); for a
+    sharded checkpoint's index, of the index and every shard it names (retrained in place, the
+    shards change, not the index). Kept for the process while a file is not written again."""
+    if path.name.endswith(".index.json"):
+        shards = sorted(set(json.loads(path.read_text(encoding="utf-8")).get("weight_map", {}).values()))
+        parts = [path, *(path.parent / shard for shard in shards)]
+        return hashlib.sha256("".join(_one_file_sha256(part) for part in parts).encode()).hexdigest()
+    return _one_file_sha256(path)
+
+
+def _one_file_sha256(path: Path) -> str:
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+    if key not in _DIGESTS:
+        digest = hashlib.sha256()
+        with open(path, "rb") as file:
+            while piece := file.read(1 << 20):
+                digest.update(piece)
+        _DIGESTS[key] = digest.hexdigest()
+    return _DIGESTS[key]
 
 
 def checkpoint_in_folder(folder: Path) -> Path:

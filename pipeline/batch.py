@@ -786,17 +786,19 @@ def run_local(cfg: PipelineConfig, jobs: Sequence[VideoJob], root: Path, manifes
     return outcomes
 
 
-def output_settings(cfg: PipelineConfig) -> dict:
+def output_settings(cfg: PipelineConfig, resolved: bool = True) -> dict:
     """What decides what a video's outputs hold, as kept in the manifest: the model (its
     weights file's size, time and sha256, and the precision it computes in, ``auto`` resolved),
     the tracker, the segment filters and what is written. Not the device, the engine's batching
-    or the concurrency, which change nothing in them (measured in docs/BENCHMARKS.md)."""
+    or the concurrency, which change nothing in them (measured in docs/BENCHMARKS.md). Not
+    ``resolved`` (Ray: its workers' GPUs are not the driver's), the precision as configured."""
     from segstream.connectors.checkpoints import file_sha256, local_weights
     from segstream.pipeline.model_factory import resolve_device, resolve_precision
 
     model = cfg.model.model_dump(mode="json", exclude={"device", "compile", "options"})
     # found probing reproducibility: "auto" was kept, which is bf16 on one machine and fp32 on another
-    model["precision"] = resolve_precision(cfg.model.precision, resolve_device(cfg.model.device))
+    if resolved:
+        model["precision"] = resolve_precision(cfg.model.precision, resolve_device(cfg.model.device))
     if cfg.model.options:  # a plugin family's own settings may hold secrets: their digest only
         options = json.dumps(cfg.model.options, sort_keys=True, default=str).encode()
         model["options_sha256"] = hashlib.sha256(options).hexdigest()
@@ -830,20 +832,17 @@ def output_settings(cfg: PipelineConfig) -> dict:
     return settings
 
 
-def made_by(run_id: str, cfg: PipelineConfig) -> dict:
+def made_by(run_id: str, cfg: PipelineConfig, engine: str = "local") -> dict:
     """What a manifest line says made a video's outputs, beyond its settings: the run (its
-    ``run_id`` is on what it published to Redis), the device it ran on and the software's versions."""
+    ``run_id`` is on what it published to Redis), the device it ran on (on Ray: as configured,
+    the workers choose) and the software's versions."""
     import platform
 
-    import av
-    import torch
-
-    from segstream import __version__
     from segstream.pipeline.model_factory import resolve_device
+    from segstream.pipeline.runtime import software_versions
 
-    return {"run_id": run_id, "device": str(resolve_device(cfg.model.device)), "segstream": __version__,
-            "torch": torch.__version__, "av": av.__version__, "libavcodec": ".".join(map(str, av.library_versions.get("libavcodec", ()))),
-            "python": platform.python_version(), "host": platform.node()}
+    device = str(resolve_device(cfg.model.device)) if engine == "local" else f"{engine}: {cfg.model.device}"
+    return {"run_id": run_id, "device": device, **software_versions(), "host": platform.node()}
 
 
 def same_settings(made: dict, now: dict, key: str) -> bool:
@@ -862,7 +861,7 @@ def same_settings(made: dict, now: dict, key: str) -> bool:
             before["checkpoint_file"] = file_after
         elif isinstance(file_before, dict):
             compared = ("size", "sha256") if "sha256" in file_before else ("size", "mtime_ns")
-            before["checkpoint_file"] = after["checkpoint_file"] = {k: file_before.get(k) for k in compared}
+            before["checkpoint_file"] = {k: file_before.get(k) for k in compared}
             after["checkpoint_file"] = {k: file_after.get(k) for k in compared}
     return before == after
 
@@ -1001,7 +1000,7 @@ def run_batch(cfg: PipelineConfig, inputs: Sequence[str], engine: str = "local",
         raise ConfigError(f"no videos to process: {missing} do{'es' if len(paths) == 1 else ''} not exist")
     with output_lock(root):
         clear_partial(root)
-        manifest = Manifest(root / MANIFEST, output_settings(cfg))
+        manifest = Manifest(root / MANIFEST, output_settings(cfg, resolved=engine == "local"))
         try:
             jobs = plan(paths, manifest.ids(), manifest.numbers())
             todo, skipped = [], 0
@@ -1035,7 +1034,7 @@ def run_batch(cfg: PipelineConfig, inputs: Sequence[str], engine: str = "local",
             control = BatchControl()
             metrics = RunMetrics()
             run_id = new_run_id()  # on what the batch publishes; its files hold none, to be the same each run
-            manifest.made_by = made_by(run_id, cfg)  # in the manifest: its entries in Redis traced to their line
+            manifest.made_by = made_by(run_id, cfg, engine)  # in the manifest: its Redis entries traced to their line
             log.info("batch run %s", run_id)
             with serve_ops(cfg.ops, metrics) as server, _progress(todo, progress) as bars:
                 if server is not None:

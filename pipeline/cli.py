@@ -224,7 +224,8 @@ def _parser() -> argparse.ArgumentParser:
                                "applied, secrets as *** (YAML on stdout; with --json its 'effective' key)")
     validate.add_argument("--no-files", action="store_true",
                           help="do not look at the files the config names (videos, image folders, checkpoint, "
-                               "labels, TLS files): for a config checked away from the host it runs on")
+                               "labels, TLS files, ${file:} secrets): for a config checked away from the host it runs "
+                               "on (a checkpoint's own preset is then not read from it: name model.preset)")
     validate.set_defaults(command=_validate)
 
     schema = commands.add_parser("schema", help="print the JSON Schema of the config file")
@@ -481,14 +482,16 @@ def _validated(args: argparse.Namespace, config: Path, several: bool = False) ->
             print(f"{config}:", flush=True)
         code = report(checks)
         if effective is not None:
-            print(yaml.safe_dump(effective, sort_keys=False, allow_unicode=True), end="", flush=True)
+            print(yaml.safe_dump(effective, sort_keys=False, allow_unicode=True, explicit_start=several), end="",
+                  flush=True)
         return code
     if args.json:
         print(json.dumps({"ok": True, "config": str(config), "summary": summary, "errors": []}
                          | ({"effective": effective} if effective is not None else {})), flush=True)
     elif effective is not None:  # the config alone on stdout, for a diff or a file
         print(f"ok: {config}: {summary}" if several else f"ok: {summary}", file=sys.stderr, flush=True)
-        print(yaml.safe_dump(effective, sort_keys=False, allow_unicode=True), end="", flush=True)
+        print(yaml.safe_dump(effective, sort_keys=False, allow_unicode=True, explicit_start=several), end="",
+                  flush=True)
     else:
         print(f"ok: {config}: {summary}" if several else f"ok: {summary}", flush=True)
     return 0
@@ -499,6 +502,7 @@ def _effective(cfg: PipelineConfig) -> dict:
     paths made absolute), its secrets as ***: every password, and what a variable of a secret's
     name brought."""
     from segstream.connectors.redaction import scrub
+    from segstream.connectors.urls import redact_url
 
     def masked(node, key=""):
         if isinstance(node, dict):
@@ -506,7 +510,10 @@ def _effective(cfg: PipelineConfig) -> dict:
         if isinstance(node, list):
             return [masked(v, key) for v in node]
         if isinstance(node, str):
-            return "***" if key in ("password", "passphrase") and node else scrub(node)
+            if key in ("password", "passphrase") and node:
+                return "***"
+            # a URL's query too (?password=, ?passphrase= of SRT): found reviewing
+            return scrub(redact_url(node, keep_user=True) if "://" in node else node)
         return node
 
     return masked(cfg.model_dump(mode="json", exclude_none=False))

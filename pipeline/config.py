@@ -636,18 +636,15 @@ class ModelConfig(Strict):
 
 def weights_file(checkpoint: str | None) -> Path | None:
     """The local weights file a ``model.checkpoint`` names (a model folder's own), else None."""
-    if checkpoint is None or checkpoint == "random" or "://" in checkpoint:
+    if checkpoint is None:
         return None
-    path = Path(checkpoint)
-    if path.is_dir():
-        from segstream.connectors.checkpoints import checkpoint_in_folder
-        from segstream.connectors.errors import CheckpointError
+    from segstream.connectors.checkpoints import local_weights
+    from segstream.connectors.errors import CheckpointError
 
-        try:
-            return checkpoint_in_folder(path)
-        except CheckpointError:
-            return None
-    return path if path.is_file() else None
+    try:
+        return local_weights(checkpoint, None)
+    except CheckpointError:  # a folder without weights: loading it says so
+        return None
 
 
 def preset_of_checkpoint(path: Path) -> str | None:
@@ -1346,7 +1343,7 @@ def load_checked_config(
     it names are not looked at (``validate --no-files``)."""
     raw = raw_config_data(path, overrides)  # a YAML error stops here
     unset: list[tuple[list, str]] = []
-    data = interpolate(raw, problems=unset)  # an unset variable does not hide the other mistakes
+    data = interpolate(raw, problems=unset, files=files)  # an unset variable does not hide the other mistakes
     base_dir = config_folder(path)
     lines = _problem_lines(unset, raw)
     if problem := _redis_url_left_empty(raw):
@@ -1394,9 +1391,10 @@ def _model_errors(data: dict, base_dir: Path, files: bool = True) -> list[str]:
 
 
 def labels_unread(model: ModelConfig) -> ModelConfig:
-    """``model`` as ``validate --no-files`` checks it: a ``model.labels`` file that is not here
-    is left out (its classes are the host's to read)."""
-    if model.labels and not Path(model.labels).is_file():
+    """``model`` as ``validate --no-files`` checks it: its ``model.labels`` file is left unread
+    (its classes are the host's to read), unless a missing checkpoint makes it an error anyway
+    (said before the file would be read)."""
+    if model.labels and model.checkpoint:
         return model.model_copy(update={"labels": None})
     return model
 
@@ -1692,13 +1690,14 @@ MAX_CONFIG_VALUES = 100_000
 
 
 def interpolate(data: Any, environ: typing.Mapping[str, str] | None = None,
-                problems: list[tuple[list, str]] | None = None) -> Any:
+                problems: list[tuple[list, str]] | None = None, files: bool = True) -> Any:
     """Replace ``${VAR}`` and ``${VAR:-default}`` in every string value (``$$`` is a literal ``$``).
 
     The default applies when VAR is unset or empty (``${VAR-default}``: unset only); an unset VAR
     without default is an error naming the variable and the key, as is ``${VAR:?why}`` when VAR
     is unset or empty (``${VAR?why}``: unset), saying ``why``. ``${file:/run/secrets/x}`` is that
-    file's text (a mounted secret's, read again at each reload), taken as a secret. A reference in the credentials of a URL
+    file's text (a mounted secret's, read again at each reload), taken as a secret; with
+    ``files=False`` (``validate --no-files``) it is ``***``, unread. A reference in the credentials of a URL
     (``rtsp://user:${PASSWORD}@host/...``) is percent-encoded where the URL needs it, so that a
     password with ``@ : / ? # %`` works as it is: the variable holds the password as written.
     """
@@ -1725,7 +1724,7 @@ def interpolate(data: Any, environ: typing.Mapping[str, str] | None = None,
             if match.group(0) == "$$":
                 return "$"
             if match.group(1).startswith("file:"):
-                return file_secret(match.group(1).removeprefix("file:"), path, problems)
+                return file_secret(match.group(1).removeprefix("file:"), path, problems) if files else "***"
             ref = _VARIABLE.fullmatch(match.group(1))
             if ref is None:
                 problems.append((path, f"'{match.group(0)}' is not a variable reference — "

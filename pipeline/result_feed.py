@@ -76,7 +76,7 @@ class _Handoff:
                                     "closing its feed; the results left are counted as dropped (results_loop_gone)",
                                     LOOP_GONE_S)
                         self._gone = True
-        if self._gone and item is not _END and self.on_dropped is not None:
+        if self._gone and isinstance(item, FrameResult) and self.on_dropped is not None:  # (an event: not counted)
             self.on_dropped([item], "results_loop_gone")
 
     def publish_event(self, event: Event) -> None:

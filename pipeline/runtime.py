@@ -477,7 +477,7 @@ class Runtime:
         self.made_by: dict[str, Any] = {
             "model": adapter.name, "precision": getattr(adapter, "precision", None),
             "postprocess": getattr(adapter, "postprocess", None), "device": str(getattr(adapter, "device", "")),
-            **_versions()}
+            **software_versions()}
         self._announced: dict[str, SegmentFilter | None] = {}  # by source: the filter its last settings event said
         self._publish_settings = publish_settings
         # segments each source's filter dropped, by reason: every series there from the start
@@ -1602,12 +1602,18 @@ def _stop_running() -> None:
 _UNSAID = object()  # a source whose settings event is still to be written
 
 
-def _versions() -> dict[str, str]:
+def software_versions() -> dict[str, str]:
+    """The versions of what computes and decodes: segstream, torch, PyAV, its libavcodec, Python."""
+    import platform
+
+    import av
     import torch  # (engine imports it before this module)
 
     from segstream import __version__
 
-    return {"segstream": __version__, "torch": torch.__version__}
+    return {"segstream": __version__, "torch": torch.__version__, "av": av.__version__,
+            "libavcodec": ".".join(map(str, av.library_versions.get("libavcodec", ()))),
+            "python": platform.python_version()}
 
 
 def _weights_made_by(cfg) -> dict[str, Any]:
@@ -1616,10 +1622,12 @@ def _weights_made_by(cfg) -> dict[str, Any]:
     from segstream.connectors.checkpoints import file_sha256, local_weights
     from segstream.pipeline.model_factory import check_preset
 
+    from segstream.connectors.redaction import mask_userinfo
+
     preset = check_preset(cfg.model)
     weights = local_weights(cfg.model.checkpoint, preset.weights)
-    if weights is None:
-        return {"checkpoint": cfg.model.checkpoint or preset.weights or None}
+    if weights is None:  # a hub reference (a plugin's URL: its credentials masked), random
+        return {"checkpoint": mask_userinfo(cfg.model.checkpoint or preset.weights or "") or None}
     return {"checkpoint": str(weights), "checkpoint_sha256": file_sha256(weights)}
 
 

@@ -393,6 +393,35 @@ def test_a_rerun_with_other_model_or_outputs_does_the_videos_again(tmp_path, mon
     assert len(record["settings"]["model"]["checkpoint_file"]["sha256"]) == 64
 
 
+def test_a_ray_driver_without_the_workers_gpu_keeps_the_precision_as_configured(tmp_path, monkeypatch):
+    """Found reviewing: the settings resolved the device on the driver, so a CPU driver refused
+    model.device: cuda (the Ray workers' GPU) and recorded its own fp32 for an auto the workers ran
+    in bf16."""
+    from segstream.pipeline import batch
+
+    cfg = config(tmp_path / "out")
+    cfg.model.device, cfg.model.precision = "cuda", "auto"
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    assert batch.output_settings(cfg, resolved=False)["model"]["precision"] == "auto"
+    assert batch.made_by("run-1", cfg, "ray")["device"] == "ray: cuda"
+    with pytest.raises(ConfigError):  # the local engine runs here: its device must be here
+        batch.output_settings(cfg)
+
+
+def test_a_sharded_checkpoint_s_digest_covers_its_shards(tmp_path):
+    """Found reviewing: only the index of a sharded model folder was hashed, which stays the same
+    when its shards are retrained in place."""
+    from segstream.connectors.checkpoints import file_sha256
+
+    index = tmp_path / "model.safetensors.index.json"
+    index.write_text(json.dumps({"weight_map": {"a": "model-1.safetensors", "b": "model-2.safetensors"}}))
+    (tmp_path / "model-1.safetensors").write_bytes(b"one")
+    (tmp_path / "model-2.safetensors").write_bytes(b"two")
+    before = file_sha256(index)
+    (tmp_path / "model-2.safetensors").write_bytes(b"TWO")
+    assert file_sha256(index) != before
+
+
 def test_a_manifest_of_an_earlier_release_keeps_its_videos_done(tmp_path):
     """Records written before the weights' digest and the resolved precision were kept are read
     as made with what they could not say: no archive is done again by an upgrade."""

@@ -38,15 +38,19 @@ def tree(root: Path) -> dict[str, bytes]:
 
 
 def test_ray_outputs_and_published_events_equal_the_local_engines(tmp_path):
+    """Both engines with the decoder converting frames at the model's size (resize_in_decoder; one
+    batch for both, for CI's time): the same files and the same events, describing full frames."""
     from segstream.connectors.redis_wire import event_from_wire
+    from segstream.connectors.synthetic import write_clip
     from tests.redis_servers import RedisProcess
 
     videos = [encode_clip(tmp_path / "a.mp4", frames=10), encode_clip(tmp_path / "b.mp4", frames=7)]
+    write_clip(tmp_path / "vga.mp4", tmp_path / "vga.npz", 640, 480, 6, seed=4)  # larger than the model's input
     (tmp_path / "broken.mp4").write_bytes(b"not a video" * 50)
-    inputs = [str(v) for v in videos] + [str(tmp_path / "broken.mp4")]
+    inputs = [str(v) for v in videos] + [str(tmp_path / "vga.mp4"), str(tmp_path / "broken.mp4")]
     outcomes, published = {}, {}
     for engine in ("local", "ray"):
-        cfg = config(tmp_path / engine)
+        cfg = config(tmp_path / engine, resize_in_decoder=True)
         with RedisProcess(tmp_path / f"redis-{engine}") as server:
             cfg.sinks.redis.url = server.url
             outcomes[engine], _, _ = run_batch(cfg, inputs, engine=engine, progress=False)
@@ -66,19 +70,6 @@ def test_ray_outputs_and_published_events_equal_the_local_engines(tmp_path):
     assert {"width", "codec", "fps"} <= set([keys for kind, s, _, keys, _ in published["ray"]["a"] if s == "streaming"][0])
     assert published["ray"]["a"][-1][-1] == {"decoded": 10, "decode_errors": 0, "published": 10, "dropped": {}}
     assert published["ray"]["a"][-1][1] == "ended" and published["ray"]["broken"][-1][1] == "failed"
-
-
-def test_ray_resizes_in_the_decoder_as_the_local_engine_does(tmp_path):
-    """Frames larger than the model's input, converted at its size by each video task's decoder:
-    the same outputs as the local engine, describing the full frames."""
-    from segstream.connectors.synthetic import write_clip
-
-    write_clip(tmp_path / "vga.mp4", tmp_path / "vga.npz", 640, 480, 6, seed=4)
-    inputs = [str(tmp_path / "vga.mp4")]
-    run_batch(config(tmp_path / "local", resize_in_decoder=True), inputs, engine="local", progress=False)
-    run_batch(config(tmp_path / "ray", resize_in_decoder=True), inputs, engine="ray", progress=False)
-    outputs = tree(tmp_path / "ray")
-    assert outputs and outputs == tree(tmp_path / "local")
     # (that the local engine's decoder resizes at all is tests/test_decoder_resize.py's to show)
     entries = [json.loads(line) for line in outputs["vga/frames.jsonl"].decode().splitlines()]
     assert len(entries) == 6 and all((e["width"], e["height"]) == ("640", "480") for e in entries)

@@ -385,16 +385,19 @@ def test_validate_takes_a_fleet_s_files_away_from_their_host_and_prints_the_effe
     host.write_text("sources:\n"
                     "  - {name: cam, type: stream, url: 'rtsp://admin:${SEGSTREAM_TEST_CAMPW}@10.0.0.1/live'}\n"
                     "  - {name: vid, type: file, path: /nowhere/clip.mp4}\n"
+                    "  - {name: srt, type: stream, url: 'srt://10.0.0.2:9000?passphrase=averylongpass1'}\n"
+                    "  - {name: cam2, type: stream, url: 'rtsp://10.0.0.3/live?user=admin&password=rtspqs77'}\n"
                     "model: {checkpoint: /nowhere/model.safetensors, labels: /nowhere/labels.json}\n"
-                    "sinks: {redis: {url: 'redis://:redis-pw@localhost:6379/0'}}\n")
+                    "sinks: {redis: {url: 'redis://localhost:6379/0', password: '${file:/run/secrets/nowhere}'}}\n")
     typo = tmp_path / "typo.yaml"
     typo.write_text("sources:\n  - {name: cam, type: steam}\n")
     lines = errors_of(capsys, ["validate", str(host)])
     assert any("/nowhere/clip.mp4" in line for line in lines) and any("/nowhere/model" in line for line in lines)
+    assert any("${file:/run/secrets/nowhere}: cannot read it" in line for line in lines)
     # away from the host: the files are not looked at; a mistake in another file is still said, named
     assert main(["validate", "--no-files", str(host), str(typo)]) == 2
     out, err = capsys.readouterr()
-    assert out == f"ok: {host}: 2 sources, model synthetic_eomt_tiny_256 (the files it names not looked at)\n"
+    assert out == f"ok: {host}: 4 sources, model synthetic_eomt_tiny_256 (the files it names not looked at)\n"
     assert err == f"segstream: error: {typo}: sources[0].type: unknown source type 'steam' — use file, stream, " \
                   "camera, images, synthetic\n"
     # the effective config, secrets as ***, alone on stdout
@@ -403,8 +406,20 @@ def test_validate_takes_a_fleet_s_files_away_from_their_host_and_prints_the_effe
     effective = yaml.safe_load(out)
     assert effective["engine"]["batch_size"] == 8 and effective["engine"]["max_wait_ms"] == 20.0
     assert effective["sources"][0]["url"] == "rtsp://admin:***@10.0.0.1/live"
-    assert effective["sinks"]["redis"]["url"] == "redis://:***@localhost:6379/0"
-    assert "hunter2" not in out and "redis-pw" not in out and err.startswith("ok: ")
+    # found reviewing: credentials in a URL's query (SRT's passphrase, a camera's password) were printed
+    assert effective["sources"][2]["url"] == "srt://10.0.0.2:9000?passphrase=***"
+    assert effective["sources"][3]["url"] == "rtsp://10.0.0.3/live?user=admin&password=***"
+    assert effective["sinks"]["redis"]["password"] == "***"  # (a mounted secret, not read away from its host)
+    assert "hunter2" not in out and "averylongpass1" not in out and "rtspqs77" not in out and err.startswith("ok: ")
+    # a labels file without weights is refused there too (found reviewing: --no-files let it through)
+    no_weights = tmp_path / "no_weights.yaml"
+    no_weights.write_text("sources:\n  - {name: cam, type: synthetic}\nmodel: {labels: /nowhere/labels.json}\n")
+    [line] = errors_of(capsys, ["validate", "--no-files", str(no_weights)])
+    assert line.startswith("model.labels: a model of your own classes needs its weights")
+    broken = tmp_path / "labels.json"
+    broken.write_text("{not json")
+    assert main(["validate", "--no-files", str(host), "--set", f"model.labels={broken}"]) == 0, capsys.readouterr()
+    capsys.readouterr()
     assert main(["validate", "--no-files", "--json", str(host), str(typo)]) == 2
     reports = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [(r["config"], r["ok"]) for r in reports] == [(str(host), True), (str(typo), False)]
