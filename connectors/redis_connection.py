@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import random
 import re
+import time
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -96,6 +97,11 @@ COMMAND_LINE = SettingNames("--password ($REDIS_PASSWORD)", "--username ($REDIS_
                             "--sentinel-password ($REDIS_SENTINEL_PASSWORD) and --sentinel-username", "--url")
 
 
+# How long a connect waits for a Redis that answers LOADING (restarted, reading its dataset from
+# disk): found as a flaky test, a client connecting just after a restart failed with "start Redis".
+LOADING_WAIT_S = 30.0
+
+
 class RedisUnreachable(SinkError):
     """Nothing answers at the Redis address (refused, timed out, no such host): unlike wrong
     credentials, the same address may answer in a moment (``sinks.redis.start_wait_s``)."""
@@ -112,11 +118,20 @@ def connect_redis(
     """A client for ``url`` (see ``redis_client`` for the settings) that has answered PING;
     failures become one-line ``SinkError``s that never show the password."""
     client = redis_client(url, password, names=names, **settings)
-    try:
-        client.ping()
-    except (redis.RedisError, OSError) as error:
-        client.close()
-        raise connect_problem(client, error, names, hint) from None
+    deadline = time.monotonic() + LOADING_WAIT_S
+    while True:
+        try:
+            client.ping()
+            break
+        except redis.exceptions.BusyLoadingError as error:  # restarted, reading its dataset: it answers soon
+            if time.monotonic() < deadline:
+                time.sleep(0.1)
+                continue
+            client.close()
+            raise connect_problem(client, error, names, hint) from None
+        except (redis.RedisError, OSError) as error:
+            client.close()
+            raise connect_problem(client, error, names, hint) from None
     if _is_sentinel(client):
         client.close()
         raise SinkError(_REACHED_A_SENTINEL.format(where=redis_address(client)))
@@ -204,6 +219,9 @@ def connect_problem(client, error: BaseException, names: SettingNames, hint: str
         if text.startswith(("NOAUTH", "WRONGPASS")):
             return SinkError(f"Redis at {where} wants credentials: {text} — set {names.password}")
         return SinkError(f"Redis at {where} refused PING: {text}")
+    if isinstance(error, redis.exceptions.BusyLoadingError):
+        return RedisUnreachable(f"Redis at {where} is still loading its dataset after {LOADING_WAIT_S:g} s — wait "
+                                "for it to finish (its log says how far it is), then try again")
     if isinstance(error, (redis.ConnectionError, redis.TimeoutError, OSError)):
         text = error_summary(error)
         if "certificate" in text.lower() or "ssl" in text.lower() or "tls" in text.lower():
@@ -237,11 +255,20 @@ async def connect_redis_async(
     same settings and the same one-line errors."""
     # Asking sentinels for the master (a Sentinel URL) blocks: off the event loop.
     client = await asyncio.to_thread(redis_client, url, password, names=names, asynchronous=True, **settings)
-    try:
-        await client.ping()
-    except (redis.RedisError, OSError) as error:
-        await client.aclose()
-        raise connect_problem(client, error, names, hint) from None
+    deadline = time.monotonic() + LOADING_WAIT_S
+    while True:
+        try:
+            await client.ping()
+            break
+        except redis.exceptions.BusyLoadingError as error:  # restarted, reading its dataset: it answers soon
+            if time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+                continue
+            await client.aclose()
+            raise connect_problem(client, error, names, hint) from None
+        except (redis.RedisError, OSError) as error:
+            await client.aclose()
+            raise connect_problem(client, error, names, hint) from None
     if not isinstance(client.connection_pool, _SENTINEL_POOLS):
         try:
             mode = (await client.info("server")).get("redis_mode")

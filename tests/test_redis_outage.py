@@ -471,3 +471,48 @@ def test_a_user_who_may_not_read_the_stream_is_told_an_unanswered_batch_may_be_w
     assert len(said) == 1 and "may be in the stream twice" in said[0] and "+xrevrange" in said[0], said
     assert frames_in(server) == [0, 1, 2, 3, 3], "what the warning says would happen"
     publisher.close()
+
+
+def test_a_client_connecting_while_a_restarted_redis_loads_its_dataset_waits_for_it(tmp_path):
+    """Found as a flaky test: a client connecting just after Redis restarted failed with "cannot
+    reach Redis ... loading the dataset in memory — start Redis" (LOADING), sync and asyncio alike."""
+    import asyncio
+
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    from segstream.connectors.redis_connection import connect_redis_async
+
+    server = RedisProcess(tmp_path / "redis", ["--save", "3600 1", "--enable-debug-command", "yes"])
+    try:
+        client = server.client()
+        client.execute_command("DEBUG", "POPULATE", 10000)
+        client.save()
+        client.close()
+        # 100 µs a key: a second of loading, answering LOADING meanwhile (events every KB read)
+        server.args = ["--save", "3600 1", "--key-load-delay", "100", "--loading-process-events-interval-bytes", "1024"]
+
+        def restarted_and_loading() -> None:
+            server.kill()
+            server.start()
+            # no retries of redis-py's own (it retries LOADING as a connection error by default)
+            probe, deadline = server.client(retry=Retry(NoBackoff(), 0)), time.monotonic() + 10
+            while True:  # until it says LOADING (it may answer once before it begins)
+                try:
+                    probe.ping()
+                except redis.exceptions.BusyLoadingError:
+                    return
+                assert time.monotonic() < deadline, "the restarted Redis never said it was loading"
+                time.sleep(0.01)
+
+        restarted_and_loading()
+        connect_redis(server.url).close()
+        restarted_and_loading()
+
+        async def connect_async() -> None:
+            await (await connect_redis_async(server.url)).aclose()
+
+        asyncio.run(connect_async())
+    finally:
+        server.kill()
