@@ -792,8 +792,8 @@ def output_settings(cfg: PipelineConfig, resolved: bool = True) -> dict:
     the tracker, the segment filters and what is written. Not the device, the engine's batching
     or the concurrency, which change nothing in them (measured in docs/BENCHMARKS.md). Not
     ``resolved`` (Ray: its workers' GPUs are not the driver's), the precision as configured."""
-    from segstream.connectors.checkpoints import file_sha256, local_weights
-    from segstream.pipeline.model_factory import resolve_device, resolve_precision
+    from segstream.connectors.checkpoints import file_sha256
+    from segstream.pipeline.model_factory import resolve_device, resolve_precision, weights_read
 
     model = cfg.model.model_dump(mode="json", exclude={"device", "compile", "options"})
     # found probing reproducibility: "auto" was kept, which is bf16 on one machine and fp32 on another
@@ -809,7 +809,7 @@ def output_settings(cfg: PipelineConfig, resolved: bool = True) -> dict:
     if model.get("task") is None:  # the preset's own: said as before the default was null
         model["task"] = preset.task
     # a model folder's weights file: retrained in place, it changes; the preset's own: a release may ship others
-    if (weights := local_weights(model.get("checkpoint"), preset.weights)) is not None:
+    if (weights := weights_read(cfg.model)) is not None:
         stat = weights.stat()
         # found probing reproducibility: other weights of the same size and time (cp -p, rsync -a) were taken
         # for the same; the digest tells

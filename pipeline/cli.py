@@ -144,15 +144,16 @@ def os_limit(error: OSError) -> ResourceLimit | None:
     return None
 
 
-def main_error(error: SegstreamError) -> int:
-    """Say a user error as the command's last line(s); its exit status."""
+def main_error(error: SegstreamError, about: str = "") -> int:
+    """Say a user error as the command's last line(s), each after ``about`` (a config of several
+    given); its exit status."""
     from segstream.connectors.redaction import scrub  # a config's secrets, wherever a value landed
 
     for line in scrub(str(error)).splitlines() or [type(error).__name__]:
         if json_logging():
-            log.error(line)
+            log.error(about + line)
         else:
-            print(f"segstream: error: {line}", file=sys.stderr)
+            print(f"segstream: error: {about}{line}", file=sys.stderr)
     return error.exit_code
 
 
@@ -429,7 +430,7 @@ def _validate(args: argparse.Namespace) -> int:
                       flush=True)
             if not several:
                 raise
-            code = main_error(type(error)("\n".join(f"{config}: {line}" for line in str(error).splitlines())))
+            code = main_error(error, f"{config}: ")
         worst = max(worst, code)
     return worst
 
@@ -466,7 +467,11 @@ def _validated(args: argparse.Namespace, config: Path, several: bool = False) ->
         summary = f"{len(cfg.sources)} source{'s' if len(cfg.sources) != 1 else ''}, model {model}"
     if not files:
         summary += " (the files it names not looked at)"
+    said = f"ok: {config}: {summary}" if several else f"ok: {summary}"
     effective = _effective(cfg) if args.print else None
+    # the config alone on stdout (--- between several), for a diff or a file
+    shown = "" if not effective or args.json else yaml.safe_dump(effective, sort_keys=False, allow_unicode=True,
+                                                                 explicit_start=several)
     if args.connect:
         from segstream.pipeline.preflight import Check, preflight, report
 
@@ -481,19 +486,14 @@ def _validated(args: argparse.Namespace, config: Path, several: bool = False) ->
         if several:
             print(f"{config}:", flush=True)
         code = report(checks)
-        if effective is not None:
-            print(yaml.safe_dump(effective, sort_keys=False, allow_unicode=True, explicit_start=several), end="",
-                  flush=True)
+        print(shown, end="", flush=True)
         return code
     if args.json:
         print(json.dumps({"ok": True, "config": str(config), "summary": summary, "errors": []}
                          | ({"effective": effective} if effective is not None else {})), flush=True)
-    elif effective is not None:  # the config alone on stdout, for a diff or a file
-        print(f"ok: {config}: {summary}" if several else f"ok: {summary}", file=sys.stderr, flush=True)
-        print(yaml.safe_dump(effective, sort_keys=False, allow_unicode=True, explicit_start=several), end="",
-                  flush=True)
     else:
-        print(f"ok: {config}: {summary}" if several else f"ok: {summary}", flush=True)
+        print(said, file=sys.stderr if effective else sys.stdout, flush=True)
+        print(shown, end="", flush=True)
     return 0
 
 

@@ -447,8 +447,9 @@ class ImagesSourceConfig(_Buffered, Strict):
         resolved = _resolve(folder or ".", info)
         if not wildcard and resolved.is_file():  # one image
             return str(resolved)
+        checked = str(resolved) if not wildcard else (str(_resolve(path, info)) if not Path(path).is_absolute() else path)
         if not _files_checked(info):
-            return str(_resolve(path, info)) if not Path(path).is_absolute() else path
+            return checked
         if not resolved.is_dir():
             what = "folder" if wildcard else "path"
             raise ValueError(
@@ -456,7 +457,6 @@ class ImagesSourceConfig(_Buffered, Strict):
                 "images, one image or a glob such as frames/*.jpg; relative paths are relative to the config file's "
                 "directory (a config given as a mapping: its base_dir)"
             )
-        checked = str(resolved) if not wildcard else (str(_resolve(path, info)) if not Path(path).is_absolute() else path)
         from segstream.connectors.image_source import IMAGE_SUFFIXES, list_images
 
         if not list_images(checked):  # the run would fail at once: said now (found probing)

@@ -13,11 +13,12 @@ import difflib
 import inspect
 import logging
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from segstream.connectors.checkpoints import RANDOM, load_eomt, load_senatra, no_weights
+from segstream.connectors.checkpoints import RANDOM, load_eomt, load_senatra, local_weights, no_weights
 from segstream.connectors.errors import AdapterError, ConfigError, SegstreamError
 from segstream.models.label_sets import LabelSet, load_label_set, read_label_set_file
 from segstream.models.presets import PRESETS, SYNTHETIC_SENATRA, SYNTHETIC_TINY, Preset, get_preset
@@ -212,6 +213,12 @@ def check_preset(model_cfg) -> Preset:
             f"drop model.family or choose a {family} preset ({choices})"
         )
     return preset
+
+
+def weights_read(model_cfg) -> Path | None:
+    """The local weights file the ``model:`` section reads: its checkpoint (a model folder's own)
+    or the preset's shipped file; None for a hub reference or random weights."""
+    return local_weights(model_cfg.checkpoint, check_preset(model_cfg).weights)
 
 
 def check_model_config(model_cfg) -> Preset:

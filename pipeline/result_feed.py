@@ -19,7 +19,7 @@ from typing import Any
 from segstream.connectors.threads import NamedThread
 from segstream.models.results import Event, FrameResult
 from segstream.pipeline.config import PipelineConfig
-from segstream.pipeline.runtime import EXIT_FIRST, THREAD_PREFIX, RunReport, Runtime
+from segstream.pipeline.runtime import EXIT_FIRST, THREAD_PREFIX, RunReport, Runtime, stopped_at_exit
 
 RESULTS_WAITING = 8  # results the pipeline may be ahead of the loop, by default
 _WAIT_S = 0.1  # how often a hand-off waiting for room looks whether the feed was closed
@@ -118,8 +118,9 @@ class ResultFeed:
         self._thread = NamedThread(target=_run, args=(runtime, handoff, self._outcome),
                                    name=f"{THREAD_PREFIX}results", daemon=True)
         self._done = False
-        self._thread.start()
         _OPEN.add(self)
+        stopped_at_exit(runtime)  # the exit hook is in before the run's thread starts (it closes this feed first)
+        self._thread.start()
 
     def __iter__(self) -> Iterator[FrameResult]:
         return self
@@ -197,12 +198,7 @@ def _close_open_feeds() -> None:
         feed._handoff.closed.set()
 
 
-# first of the runtime's own exit hook (registered after this one, so called before it), and on
-# its own should a feed's run not have reached that hook's registration
-EXIT_FIRST.append(_close_open_feeds)
-_register = getattr(threading, "_register_atexit", None)
-if _register is not None:
-    _register(_close_open_feeds)
+EXIT_FIRST.append(_close_open_feeds)  # called by the runtime's exit hook before it waits for the runs
 
 
 def _run(runtime: Runtime, handoff: _Handoff, outcome: list) -> None:

@@ -474,7 +474,7 @@ class Runtime:
         self.filters = {name: f for name, f in (filters or {}).items() if name in self._source_names}
         # What made this run's results, in each source's `settings` event (SCHEMA): the model and the
         # software; from_config adds the weights file and its digest.
-        self.made_by: dict[str, Any] = {
+        self.made_by: dict[str, Any] = {} if not publish_settings else {
             "model": adapter.name, "precision": getattr(adapter, "precision", None),
             "postprocess": getattr(adapter, "postprocess", None), "device": str(getattr(adapter, "device", "")),
             **software_versions()}
@@ -764,7 +764,7 @@ class Runtime:
         if self._started:
             raise RuntimeError("a Runtime runs once; build a new one")
         self._started = True
-        _stopped_at_exit(self)
+        stopped_at_exit(self)
         caller = threading.current_thread()  # its records, and the threads it starts (NamedThread), name this run
         outer = getattr(caller, "segstream_run_id", None)
         caller.segstream_run_id = self.run_id
@@ -1557,7 +1557,7 @@ _EXIT_HOOKED = False
 EXIT_DRAIN_S = 20.0  # how long an exiting program waits for its runs to drain (a Redis away: its drain_timeout_s)
 
 
-def _stopped_at_exit(runtime: Runtime) -> None:
+def stopped_at_exit(runtime: Runtime) -> None:
     """Have ``runtime`` stopped if the program exits while it runs. A program that returns from
     its main thread with a run on a thread of its own was killed (SIGABRT, "terminate called
     without an active exception": torch's threads torn down under it), or hung forever (an
@@ -1619,15 +1619,13 @@ def software_versions() -> dict[str, str]:
 def _weights_made_by(cfg) -> dict[str, Any]:
     """The weights file a config's model reads and its SHA-256 (hashed once, at the run's start),
     or the hub reference; for a source's ``settings`` event."""
-    from segstream.connectors.checkpoints import file_sha256, local_weights
-    from segstream.pipeline.model_factory import check_preset
-
+    from segstream.connectors.checkpoints import file_sha256
     from segstream.connectors.redaction import mask_userinfo
+    from segstream.pipeline.model_factory import check_preset, weights_read
 
-    preset = check_preset(cfg.model)
-    weights = local_weights(cfg.model.checkpoint, preset.weights)
+    weights = weights_read(cfg.model)
     if weights is None:  # a hub reference (a plugin's URL: its credentials masked), random
-        return {"checkpoint": mask_userinfo(cfg.model.checkpoint or preset.weights or "") or None}
+        return {"checkpoint": mask_userinfo(cfg.model.checkpoint or check_preset(cfg.model).weights or "") or None}
     return {"checkpoint": str(weights), "checkpoint_sha256": file_sha256(weights)}
 
 

@@ -40,7 +40,7 @@ from segstream.models.results import FrameResult
 from segstream.models.senatra import SeNaTra, SeNaTraConfig, SeNaTraOutput, densify, memberships
 from segstream.models.senatra_adapter import STEM, scale_frames
 from segstream.pipeline.training import (  # EoMT's warm-up + poly schedule, same fields
-    SceneFeed, TrainingRun, _lr_at, save_state, write_safetensors,
+    SceneFeed, TrainingRun, _lr_at, write_safetensors,
 )
 
 log = logging.getLogger(__name__)
@@ -247,15 +247,13 @@ def train_senatra(
             log.info("step %d  %.0f s  lr %.2e  grad %.2f  %s", step, spent_before + time.perf_counter() - start, lr,
                      float(grad_norm), json.dumps(means))
         if run.state_path is not None and time.perf_counter() - saved >= run.every_s:
-            save_state(run.state_path, "senatra", settings, {"model": model}, optimizer, step,
-                       spent_before + time.perf_counter() - start, run.data, run.init)
+            run.keep("senatra", settings, {"model": model}, optimizer, step, spent_before + time.perf_counter() - start)
             saved = time.perf_counter()
     bar.close()
     seconds = spent_before + time.perf_counter() - start
     stopped = done < 1
     if stopped and run.state_path is not None:
-        save_state(run.state_path, "senatra", settings, {"model": model}, optimizer, step, seconds, run.data,
-                   run.init)
+        run.keep("senatra", settings, {"model": model}, optimizer, step, seconds)
     parts = {k: float(np.mean(v[-50:])) for k, v in history.items()}
     report = SeNaTraTrainReport(step, seconds, losses, step * settings.batch_size, parts, skipped, stopped, min(1.0, done))
     return model.eval(), report

@@ -188,15 +188,13 @@ def initial_model(args: argparse.Namespace, run, build: Callable[[], Any], prese
 
 
 def _init_file(args: argparse.Namespace, family: str) -> str:
-    """The weights file ``--init`` names: ``shipped``, the shipped model's of the script's family;
-    a model folder, its weights file."""
-    from segstream.connectors.checkpoints import checkpoint_in_folder, checkpoint_path
+    """The weights file ``--init`` names (``shipped``: the shipped model's of the script's family;
+    a model folder: its weights file)."""
+    from segstream.connectors.checkpoints import checkpoint_path
     from segstream.models.presets import SYNTHETIC_SENATRA, SYNTHETIC_TINY
 
-    if args.init == "shipped":
-        return str(checkpoint_path({"eomt": SYNTHETIC_TINY, "senatra": SYNTHETIC_SENATRA}[family].weights))
-    path = Path(args.init).resolve()
-    return str(checkpoint_in_folder(path) if path.is_dir() else path)
+    shipped = {"eomt": SYNTHETIC_TINY, "senatra": SYNTHETIC_SENATRA}[family].weights
+    return str(checkpoint_path(shipped if args.init == "shipped" else str(Path(args.init).resolve())))
 
 
 def training_run(args: argparse.Namespace, kind: str, settings, data):

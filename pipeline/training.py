@@ -89,6 +89,10 @@ class TrainingRun:
     def feed(self, settings, step: int) -> SceneFeed:
         return DatasetFeed(settings, self.data, step) if self.data is not None else SceneFeed(settings, step)
 
+    def keep(self, kind: str, settings, modules: dict[str, nn.Module], optimizer, step: int, elapsed_s: float) -> None:
+        """Keep the run's state at ``state_path`` (``save_state``), with its data and its start."""
+        save_state(self.state_path, kind, settings, modules, optimizer, step, elapsed_s, self.data, self.init)
+
 
 def save_state(path: Path, kind: str, settings, modules: dict[str, nn.Module], optimizer, step: int,
                elapsed_s: float, data=None, init: str | None = None) -> None:
@@ -385,14 +389,13 @@ def train(settings: TrainSettings, model: EoMT | None = None, progress: bool = T
         if step % 10 == 0:
             bar.set_postfix(loss=f"{np.mean(losses[-10:]):.3f}", mask_attn=f"{float(model.attn_mask_probs[-1]):.2f}")
         if run.state_path is not None and time.perf_counter() - saved >= run.every_s:
-            save_state(run.state_path, "eomt", settings, modules, optimizer, step,
-                       spent_before + time.perf_counter() - start, run.data, run.init)
+            run.keep("eomt", settings, modules, optimizer, step, spent_before + time.perf_counter() - start)
             saved = time.perf_counter()
     bar.close()
     seconds = time.perf_counter() - start
     stopped = progress_done < 1
     if stopped and run.state_path is not None:
-        save_state(run.state_path, "eomt", settings, modules, optimizer, step, spent_before + seconds, run.data, run.init)
+        run.keep("eomt", settings, modules, optimizer, step, spent_before + seconds)
     model.attn_mask_probs.zero_()
     report = TrainReport(step, spent_before + seconds, losses, step * settings.batch_size, stopped, min(1.0, progress_done))
     return model.eval(), report
@@ -407,11 +410,9 @@ def start_from(model: nn.Module, reference: str, family: str) -> tuple[Path, lis
     name) into ``model`` to fine-tune it: every tensor must fit, except the class head's when
     the classes are others (those stay as initialised: returned, with the file read). Anything
     else that does not fit raises ValueError naming it."""
-    from segstream.connectors.checkpoints import checkpoint_in_folder, checkpoint_path, read_state_dict
+    from segstream.connectors.checkpoints import checkpoint_path, read_state_dict
 
-    path = checkpoint_path(reference)
-    if path.is_dir():
-        path = checkpoint_in_folder(path)
+    path = checkpoint_path(reference)  # (a model folder's weights file)
     state = read_state_dict(path)
     if family == "eomt":
         from segstream.models.eomt import convert_state_dict
