@@ -31,6 +31,7 @@ import bisect
 import errno
 import itertools
 import logging
+import math
 import queue
 import re
 import socket
@@ -283,17 +284,15 @@ class DisplayOrientation:
         known = self._known
         if known is not None and known[0] == rotation:
             return known[1]
-        side_data = frame.side_data
-        matrix = side_data.get("DISPLAYMATRIX")
+        entries = _display_matrix(frame, rotation)
         orient: Callable[[np.ndarray], np.ndarray] = _identity
-        if matrix is not None:
-            orient = display_transform(_DISPLAY_MATRIX.unpack(bytes(matrix)[: _DISPLAY_MATRIX.size])) or _identity
+        if entries is not None:
+            orient = display_transform(entries) or _identity
             if orient is _identity and rotation % 90:
                 if not self._warned:
                     self._warned = True
                     logger.warning("'%s' asks for a rotation that is not a multiple of 90 degrees; frames are "
                                    "left as stored", shown)
-        del side_data, matrix
         self._known = (rotation, orient)
         self.transposes = orient(np.zeros((2, 1, 1), np.uint8)).shape[0] == 1
         return orient
@@ -655,6 +654,26 @@ def _identity(image: np.ndarray) -> np.ndarray:
 def _unit(value: int) -> int:
     """-1, 0 or 1: a 16.16 matrix entry of a right-angle transform, rounded."""
     return int(round(value / _FIXED_ONE))
+
+
+def _display_matrix(frame: av.VideoFrame, rotation: float) -> tuple[int, ...] | None:
+    """The entries of ``frame``'s display matrix (None: it has none). PyAV 18 cannot list side
+    data of a type newer than it names: a JPEG's EXIF (type 31, which FFmpeg 8 attaches to every
+    picture with EXIF) made reading any of it raise. Such a frame's matrix is built from its
+    rotation, which PyAV reads without the list, as FFmpeg's ``av_display_rotation_set`` writes
+    it; a mirroring EXIF orientation (2, 4, 5, 7: rare, not what phones write) is then not seen."""
+    try:
+        side_data = frame.side_data
+    except ValueError:
+        if not rotation:
+            return None
+        turn = math.radians(rotation)
+        cos, sin = (round(v * _FIXED_ONE) for v in (math.cos(turn), math.sin(turn)))
+        return (cos, -sin, 0, sin, cos, 0, 0, 0, 1 << 30)
+    matrix = side_data.get("DISPLAYMATRIX")
+    entries = None if matrix is None else _DISPLAY_MATRIX.unpack(bytes(matrix)[: _DISPLAY_MATRIX.size])
+    del side_data, matrix  # a reference to the container keeps the frame's buffers (see above)
+    return entries
 
 
 def display_transform(matrix: tuple[int, ...]) -> Callable[[np.ndarray], np.ndarray] | None:
