@@ -1295,9 +1295,16 @@ def load_config(
         raw = copy.deepcopy({key: value for key, value in path.items()
                              if not (isinstance(key, str) and key.startswith("x-"))})
         folder = Path(os.path.abspath(base_dir or "."))
-    else:
-        raw = read_yaml(path)
-        folder = config_folder(path) if base_dir is None else Path(os.path.abspath(base_dir))
+        return _loaded_config(raw, pairs, schema, folder)
+    raw = read_yaml(path)
+    folder = config_folder(path) if base_dir is None else Path(os.path.abspath(base_dir))
+    try:
+        return _loaded_config(raw, pairs, schema, folder)
+    except ConfigError as error:
+        raise ConfigError(located(str(error), path, [key for key, _ in pairs], "the overrides")) from None
+
+
+def _loaded_config(raw: dict, pairs: list[tuple[str, Any]], schema: type[PipelineConfig], folder: Path) -> PipelineConfig:
     for key, value in pairs:
         set_config_key(raw, key, value, "override")
     if problem := _redis_url_left_empty(raw):
@@ -1305,6 +1312,94 @@ def load_config(
     if problem := _batch_config_for_run(raw, schema):
         raise ConfigError(problem)
     return validate_config(interpolate(raw), base_dir=folder, schema=schema)
+
+
+# The path an error line starts with: ``sources[0].max_fps``, then ``(source cam1)`` where it has one.
+_LINE_PATH = re.compile(r"(?P<path>[A-Za-z_][\w-]*(?:\.[\w-]+|\[\d+\])*)(?: \((?P<source>source [^)]*)\))?: ")
+
+
+def located(text: str, path: str | Path, overrides: typing.Iterable[str] = (), given_by: str = "--set") -> str:
+    """The lines of a config error with where each key is written: the line of the file that
+    ``path`` names (``sources[0].max_fps (source cam1, line 12): ...``; an entry merged from a
+    YAML anchor: the anchor's line), or ``from --set`` (``given_by``) for one an override wrote. A line not about a
+    key, or a key the file does not have (nor any key above it), is left as it is."""
+    try:
+        lines_of = yaml_lines(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError):
+        return text
+    written = []
+    for override in overrides:
+        key = override.partition("=")[0] if "=" in override else override
+        try:
+            written.append(tuple(str(part) for part in _key_parts(key, "--set")))
+        except ConfigError:
+            continue
+    out = []
+    for line in text.splitlines():
+        match = _LINE_PATH.match(line)
+        if match is None or match["path"].partition(".")[0].partition("[")[0] not in lines_of.get((), ()):
+            out.append(line)
+            continue
+        parts = tuple(int(p[1:-1]) if p.startswith("[") else p
+                      for p in re.findall(r"\[\d+\]|[^.\[\]]+", match["path"]))
+        named = tuple(str(part) for part in parts)
+        source = match["source"]
+        by_name = (*named[:1], source.removeprefix("source "), *named[2:]) if source else named
+        if any(named[:len(key)] == key or by_name[:len(key)] == key for key in written):
+            where = f"from {given_by}"
+        else:
+            found = next((lines_of[parts[:depth]] for depth in range(len(parts), 0, -1) if parts[:depth] in lines_of),
+                         None)
+            if found is None:
+                out.append(line)
+                continue
+            where = f"line {found}"
+        said = f"{source}, {where}" if source else where
+        out.append(f"{match['path']} ({said}): {line[match.end():]}")
+    return "\n".join(out)
+
+
+def yaml_lines(text: str) -> dict[tuple, Any]:
+    """Where each key and list entry of a YAML document is written: its path (``("sources", 0,
+    "url")``) -> its line (1-based); ``()`` -> the top-level keys. Keys merged from an anchor
+    (``<<: *camera``) are at the anchor's lines, unless the mapping writes them itself; what
+    lies below an alias is found where its anchor is written."""
+    root = yaml.compose(text, Loader=yaml.SafeLoader)
+    lines: dict[tuple, Any] = {}
+    walked: set[int] = set()  # an anchor's node once: aliases of aliases would expand exponentially
+
+    def walk(node: yaml.Node, path: tuple) -> None:
+        if id(node) in walked:
+            return
+        walked.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node, line in _mapping_entries(node):
+                lines.setdefault((*path, key_node.value), line)
+                walk(value_node, (*path, key_node.value))
+        elif isinstance(node, yaml.SequenceNode):
+            for index, item in enumerate(node.value):
+                lines.setdefault((*path, index), item.start_mark.line + 1)
+                walk(item, (*path, index))
+
+    walk(root, ())
+    lines[()] = {key[0] for key in lines if len(key) == 1}
+    return lines
+
+
+def _mapping_entries(node: yaml.MappingNode, merged_in: set[int] | None = None) -> list[tuple[yaml.Node, yaml.Node, int]]:
+    """A mapping's (key, value, line) entries, its own first, then those merged into it (each
+    merged mapping once)."""
+    merged_in = set() if merged_in is None else merged_in
+    own, merged = [], []
+    for key_node, value_node in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            for source in (value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]):
+                if isinstance(source, yaml.MappingNode) and id(source) not in merged_in:
+                    merged_in.add(id(source))
+                    merged += _mapping_entries(source, merged_in)
+        elif isinstance(key_node, yaml.ScalarNode):
+            own.append((key_node, value_node, key_node.start_mark.line + 1))
+    return own + merged
 
 
 def _batch_config_for_run(raw: dict, schema: type[PipelineConfig]) -> str | None:
@@ -1341,6 +1436,15 @@ def load_checked_config(
     weights) find and whether the factories ``stages:`` and ``sinks.custom`` name import and take
     their options, so that one run of a command lists every mistake. ``files=False``: the files
     it names are not looked at (``validate --no-files``)."""
+    try:
+        return _checked_config(path, overrides, schema, files)
+    except ConfigError as error:
+        raise ConfigError(located(str(error), path, overrides)) from None
+
+
+def _checked_config(
+    path: str | Path, overrides: list[str] | tuple[str, ...], schema: type[PipelineConfig], files: bool,
+) -> PipelineConfig:
     raw = raw_config_data(path, overrides)  # a YAML error stops here
     unset: list[tuple[list, str]] = []
     data = interpolate(raw, problems=unset, files=files)  # an unset variable does not hide the other mistakes

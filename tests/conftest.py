@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 from pathlib import Path
 
@@ -45,6 +46,13 @@ def _no_secrets_from_other_tests():
     with redaction._lock:
         redaction._secrets.clear()
         redaction._secrets.update(saved)
+
+
+def unlocated(text: str) -> str:
+    """A config error's lines without where the file (or an override) writes each key (``,
+    line 12`` / `` (line 12)``): for tests of what the lines say, not of where."""
+    text = re.sub(r", (?:line \d+|from (?:--set|the overrides))\)", ")", text)
+    return re.sub(r" \((?:line \d+|from (?:--set|the overrides))\)", "", text)
 
 
 def encode_clip(path: Path, frames: int = 40, fps: int = 10, width: int = 160, height: int = 120) -> Path:

@@ -9,6 +9,7 @@ from segstream.connectors.errors import ConfigError
 from segstream.models.presets import SYNTHETIC_TINY
 from segstream.pipeline.cli import main
 from segstream.pipeline.config import FileSourceConfig, SyntheticSourceConfig, load_config
+from tests.conftest import unlocated
 
 VALID = """
 sources:
@@ -42,7 +43,7 @@ def errors_of(capsys, argv) -> list[str]:
     assert "Traceback" not in err
     lines = err.strip().splitlines()
     assert lines and all(line.startswith("segstream: error: ") for line in lines)
-    return [line.removeprefix("segstream: error: ") for line in lines]
+    return [unlocated(line.removeprefix("segstream: error: ")) for line in lines]
 
 
 def test_valid_config_validates(capsys, write, clip, monkeypatch):
@@ -398,7 +399,7 @@ def test_validate_takes_a_fleet_s_files_away_from_their_host_and_prints_the_effe
     assert main(["validate", "--no-files", str(host), str(typo)]) == 2
     out, err = capsys.readouterr()
     assert out == f"ok: {host}: 4 sources, model synthetic_eomt_tiny_256 (the files it names not looked at)\n"
-    assert err == f"segstream: error: {typo}: sources[0].type: unknown source type 'steam' — use file, stream, " \
+    assert err == f"segstream: error: {typo}: sources[0].type (line 2): unknown source type 'steam' — use file, stream, " \
                   "camera, images, synthetic\n"
     # the effective config, secrets as ***, alone on stdout
     assert main(["validate", "--no-files", "--print", str(host), "--set", "engine.batch_size=8"]) == 0
@@ -423,6 +424,44 @@ def test_validate_takes_a_fleet_s_files_away_from_their_host_and_prints_the_effe
     assert main(["validate", "--no-files", "--json", str(host), str(typo)]) == 2
     reports = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [(r["config"], r["ok"]) for r in reports] == [(str(host), True), (str(typo), False)]
+
+
+def test_each_error_says_the_line_of_the_file_that_writes_its_key_or_the_set_that_gave_it(capsys, write, clip):
+    """A fleet's file of 30 cameras: "sources[17].transport" meant counting entries by hand, and a
+    key merged from an anchor is written elsewhere. Each line now says the file's line (the
+    anchor's for a merged key, the entry's for a missing key) or the --set that wrote the value."""
+    path = write(f"""\
+        x-camera: &camera
+          type: stream
+          transport: udpp
+        sources:
+          - name: lobby
+            type: file
+            path: '{clip}'
+            max_fps: -3
+          - {{<<: *camera, name: dock, url: 'udp://0.0.0.0:5000'}}
+          - name: gate
+            type: stream
+        engine:
+          batch_size: zero
+        """)
+    assert main(["validate", path, "--set", "engine.max_wait_ms=-1", "--set", "sources.gate.url=rtsp://h/x",
+                 "--set", "sources[gate].queue_size=-2"]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == [
+        "segstream: error: sources[0].max_fps (source lobby, line 8): Input should be greater than 0 (got -3)",
+        "segstream: error: sources[1].transport (source dock, line 3): Input should be 'tcp' or 'udp' (got 'udpp')",
+        "segstream: error: sources[2].queue_size (source gate, from --set): Input should be greater than 0 (got -2)",
+        "segstream: error: engine.batch_size (line 13): Input should be a valid integer, unable to parse string as "
+        "an integer (got 'zero')",
+        "segstream: error: engine.max_wait_ms (from --set): Input should be greater than or equal to 0 (got -1)",
+    ]
+    assert main(["validate", path]) == 2  # a missing key: the line of the entry that lacks it
+    assert "sources[2].url (source gate, line 10): required key is missing" in capsys.readouterr().err
+    with pytest.raises(ConfigError) as raised:  # the library's overrides are named as such
+        load_config(path, {"sources.gate.url": "rtsp://h/x", "engine.batch_size": 0})
+    assert str(raised.value).splitlines()[-1] == ("engine.batch_size (from the overrides): Input should be greater "
+                                                  "than 0 (got 0)")
 
 
 def test_set_errors_are_config_errors(capsys, write, clip):
@@ -743,8 +782,8 @@ def test_a_redis_url_variable_set_but_empty_is_refused_where_no_default_was_writ
     config.write_text("sources:\n  - {name: cam, type: synthetic, num_frames: 2}\n"
                       "sinks:\n  redis: {url: '${SEGSTREAM_REDIS_URL}'}\n")
     monkeypatch.setenv("SEGSTREAM_REDIS_URL", "")
-    with pytest.raises(ConfigError, match=r"^sinks\.redis\.url: environment variable SEGSTREAM_REDIS_URL is set but "
-                                          r"empty, so an embedded Redis would stand in"):
+    with pytest.raises(ConfigError, match=r"^sinks\.redis\.url \(line 4\): environment variable SEGSTREAM_REDIS_URL is set "
+                                          r"but empty, so an embedded Redis would stand in"):
         load_config(config)
     assert main(["validate", str(config)]) == 2
     assert "write ${SEGSTREAM_REDIS_URL:-} where an embedded Redis is meant" in capsys.readouterr().err

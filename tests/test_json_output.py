@@ -225,7 +225,7 @@ def test_validate_json_says_ok_or_each_error_and_exits_as_the_text_does(tmp_path
     captured = capsys.readouterr()
     report = json.loads(captured.out)
     assert report["ok"] is False and len(report["errors"]) >= 2
-    assert "sources[0].path: required key is missing" in report["errors"]
+    assert "sources[0].path (line 2): required key is missing" in report["errors"]  # where the file writes it
     assert any(line.startswith("engine.batch_size") for line in report["errors"])
     assert [f"segstream: error: {line}" for line in report["errors"]] == captured.err.splitlines()
 
