@@ -173,17 +173,22 @@ def test_render_of_a_recorded_stream_gives_the_preview_frames(tmp_path, big_clip
 
 
 def test_render_of_a_trimmed_stream_says_how_many_frames_it_left_out(tmp_path, big_clip, capsys):
-    """MAXLEN kept the last 8 of 20 entries (found probing: "wrote 8 frames", nothing more)."""
+    """MAXLEN kept the last 8 of 20 entries (found probing: "wrote 8 frames", nothing more), and
+    the last 2 are gone too (found probing: the frames after the last entry were not counted)."""
     from segstream.pipeline.cli import main
 
     with EmbeddedRedis(tmp_path / "redis") as server:
         publisher = RedisPublisher(connect_redis(server.url))
         Runtime([FileSource("cam", str(big_clip))], ColourSegmenter(), [publisher], progress=None).run()
-        connect_redis(server.url).xtrim("segstream:cam:frames", maxlen=8, approximate=False)
+        client = connect_redis(server.url)
+        client.xtrim("segstream:cam:frames", maxlen=8, approximate=False)
+        client.xdel("segstream:cam:frames", *[entry_id for entry_id, _ in
+                                              client.xrevrange("segstream:cam:frames", count=2)])
         assert main(["render", "segstream:cam:frames", "--video", str(big_clip), "--out",
                      str(tmp_path / "render.mp4"), "--url", server.url]) == 0
     err = capsys.readouterr().err
-    assert "12 frames of" in err and "have no entry in segstream:cam:frames" in err and "wrote 8 frames" in err
+    assert "14 of the 20 frames of" in err and "have no entry in segstream:cam:frames" in err, err
+    assert "wrote 6 frames" in err
 
 
 def test_a_stream_that_changes_size_is_scaled_into_one_video_not_an_error(tmp_path, monkeypatch):
