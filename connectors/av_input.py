@@ -108,6 +108,7 @@ class Picture:
     held_s: float = 0.0  # the reads stood still that long since the previous picture (a consumer's back-pressure)
     decoded_at: float = 0.0  # monotonic time it left the decoder (``capture_wall`` is the Unix time)
     gap_s: float = 0.0  # the silence before it its timestamps show, added to the input's ``gap_s``
+    sample_aspect: Fraction | None = None  # a pixel's width:height as displayed, when not square
 
 
 class SteadyGaps:
@@ -448,6 +449,8 @@ class AVInput:
         self._gaps = SteadyGaps(self.step, self.fps, float(self.time_base), timeout[1] if lost_are_errors else 0.0,
                                 hindsight=not lost_are_errors)
         self.info = self._info(context)
+        sar = self.stream.sample_aspect_ratio or context.sample_aspect_ratio
+        self.sample_aspect: Fraction | None = Fraction(sar) if sar and sar > 0 and sar != 1 else None
         self._sender: tuple[int, float] | None = None  # (pts, sender Unix time) of the last packet with one
         self._timestamps = BestEffortTimestamp()
         # packets the last session's decoder could not read, decoded first (set before ``pictures()``)
@@ -651,8 +654,11 @@ class AVInput:
         image, size = None, None
         if self.cap is None or self.cap.keep(None if pts is None else float(pts * self.time_base)):
             image, size = self._image(frame)  # the conversion a frame over max_fps is spared
+        aspect = self.sample_aspect
+        if aspect is not None and self.orientation.transposes:
+            aspect = 1 / aspect  # a pixel's width turned into its height
         return Picture(image, pts, self.time_base, self.step, time.time(), sender, size, skipped,
-                       decoded_at=time.monotonic(), gap_s=self._gaps.gap_s - before)
+                       decoded_at=time.monotonic(), gap_s=self._gaps.gap_s - before, sample_aspect=aspect)
 
     def close(self) -> None:
         container, self.container = self.container, None

@@ -162,7 +162,8 @@ def render_stream(client, stream: str, video: str | Path, out: str | Path, opaci
                     f"frame {result.index} of {video} is {frame.width}x{frame.height} but the stream's entry is "
                     f"{result.width}x{result.height} — is it the video the stream was made from?"
                 )
-            writer.write(draw_overlay(frame.image, result, opacity, level=level), result.pts, result.time_base)
+            writer.write(draw_overlay(frame.image, result, opacity, level=level), result.pts, result.time_base,
+                         frame.sample_aspect)
             drawn = frame.index
         if frame is not None and frame.index > drawn:
             missing += 1
