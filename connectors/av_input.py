@@ -109,18 +109,23 @@ class Picture:
     held_s: float = 0.0  # the reads stood still that long since the previous picture (a consumer's back-pressure)
     decoded_at: float = 0.0  # monotonic time it left the decoder (``capture_wall`` is the Unix time)
     gap_s: float = 0.0  # the silence before it its timestamps show, added to the input's ``gap_s``
+    sample_aspect: Fraction | None = None  # a pixel's width:height as displayed, when not square
 
 
 class SteadyGaps:
     """Frames an input lost before its decoder saw them. Where the recent frames came at one
     steady rate (of the last ``WINDOW`` intervals, at least ``MIN_INTERVALS``, every one a whole
-    number of frames, three in four exactly one), a gap of two frames up to a second's worth holds
-    frames that never arrived, when the interval just before it and the one just after it are one
-    frame: the gap's frames are counted at the picture after it (the frame index then shows the
-    gap a picture late). Not a loss: a longer gap (a pause: a camera that sends on motion), a
-    variable rate's intervals, and a gap followed or preceded by another (a change of rate: night
-    mode, a smart codec's skipping; a burst of losses is undercounted rather than a change of rate
-    counted). Timestamps that go back (a wrap, a discontinuity) start the judgment afresh.
+    number of frames, three in four exactly one), a burst of gaps (one, or several back to back)
+    of two frames up to a second's worth in all holds frames that never arrived, when the interval
+    just before it and the one just after it are one frame: the burst's frames are counted at the
+    picture after it (the frame index then shows the gap a picture late). Not a loss: a longer
+    gap or burst (a pause: a camera that sends on motion; a change of rate: night mode, a smart
+    codec's skipping), a variable rate's intervals. Timestamps that go back (a wrap, a
+    discontinuity) start the judgment afresh.
+
+    With ``hindsight`` (a file's, whose losses are told at its end), gaps among the first
+    ``MIN_INTERVALS`` intervals, before the rate showed, count once ``MIN_INTERVALS`` intervals of
+    one frame follow them.
 
     With ``unit_s`` (the seconds of a PTS unit), a silence of more than a second up to
     ``max_silence_s`` (a stream's read timeout) that no frames were counted for is added to
@@ -130,14 +135,19 @@ class SteadyGaps:
     MIN_INTERVALS = 10
     STEADY = 0.75
 
-    def __init__(self, step: int, fps: float | None, unit_s: float = 0.0, max_silence_s: float = 0.0):
+    def __init__(self, step: int, fps: float | None, unit_s: float = 0.0, max_silence_s: float = 0.0,
+                 hindsight: bool = False):
         self.step = step
         self.max_gap = max(2, round(fps or 25))
         self.unit_s, self.max_silence_s = unit_s, max_silence_s
+        self.hindsight = hindsight
         self.gap_s = 0.0  # silences of more than a second up to ``max_silence_s``, not counted as frames
         self.last: int | None = None
         self.recent: deque[int] = deque(maxlen=self.WINDOW)  # intervals in frames; 0: not a whole number
-        self.pending = 0  # the last gap's frames: lost if the next interval is one frame, else a change of rate
+        self.pending = 0  # the burst's frames: lost if the next interval is one frame
+        self.span = 0  # the burst's length in frames: past a second's worth, a change of rate
+        self.early = 0  # gaps before the rate showed (``hindsight``): lost once the rate shows steady
+        self.calm = 0  # one-frame intervals since the last gap
 
     def lost_before(self, pts: int | None, rejected: int) -> int:
         """Frames lost just before the picture at ``pts``, besides the ``rejected`` ones."""
@@ -146,24 +156,34 @@ class SteadyGaps:
         if self.last is None or pts < self.last:
             self.last = pts
             self.recent.clear()
-            self.pending = 0
+            self.pending = self.span = self.early = self.calm = 0
             return 0
         if pts == self.last:
             return 0
         frames = (pts - self.last) / self.step
         whole = round(frames) if abs(frames - round(frames)) <= 0.02 else 0
-        lost = self.pending if whole == 1 else 0  # the rate went on: the gap before held lost frames
-        self.pending = max(0, whole - 1 - rejected) if self._steady(whole) else 0
+        missed, lost, counted = max(0, whole - 1 - rejected), 0, False
+        self.calm = self.calm + 1 if whole == 1 else 0
+        if whole == 1:  # the rate went on: the burst before held lost frames
+            lost, self.pending, self.span = self.pending, 0, 0
+            if self.early and self.calm >= self.MIN_INTERVALS:
+                lost, self.early = lost + self.early, 0
+        elif whole >= 2 and self.span + whole <= self.max_gap and (self.span or self._steady()):
+            self.pending, self.span, counted = self.pending + missed, self.span + whole, True
+        elif self.hindsight and 2 <= whole <= self.max_gap and len(self.recent) < self.MIN_INTERVALS:
+            self.early, counted = self.early + missed, True
+        else:  # a pause, a change of rate, a variable rate: nothing lost
+            self.pending = self.span = self.early = 0
         silence_s = (pts - self.last - self.step * (1 + rejected)) * self.unit_s  # the rejected came
-        if not self.pending and 1.0 < silence_s <= self.max_silence_s:
+        if not counted and 1.0 < silence_s <= self.max_silence_s:
             self.gap_s += silence_s
         self.recent.append(whole)
         self.last = pts
         return lost
 
-    def _steady(self, whole: int) -> bool:
+    def _steady(self) -> bool:
         recent = self.recent
-        if not 2 <= whole <= self.max_gap or len(recent) < self.MIN_INTERVALS or recent[-1] != 1 or 0 in recent:
+        if len(recent) < self.MIN_INTERVALS or recent[-1] != 1 or 0 in recent:
             return False
         return recent.count(1) >= self.STEADY * len(recent)
 
@@ -425,8 +445,11 @@ class AVInput:
         self.step = max(1, round(1 / (rate * self.time_base))) if rate else max(1, round(1 / (25 * self.time_base)))
         # a stream's silences longer than a second, up to its read timeout (past it, a stall;
         # a longer jump of the timestamps alone is a new sender's)
-        self._gaps = SteadyGaps(self.step, self.fps, float(self.time_base), timeout[1] if lost_are_errors else 0.0)
+        self._gaps = SteadyGaps(self.step, self.fps, float(self.time_base), timeout[1] if lost_are_errors else 0.0,
+                                hindsight=not lost_are_errors)
         self.info = self._info(context)
+        sar = self.stream.sample_aspect_ratio or context.sample_aspect_ratio
+        self.sample_aspect: Fraction | None = Fraction(sar) if sar and sar > 0 and sar != 1 else None
         self._sender: tuple[int, float] | None = None  # (pts, sender Unix time) of the last packet with one
         self._timestamps = BestEffortTimestamp()
         # packets the last session's decoder could not read, decoded first (set before ``pictures()``)
@@ -630,8 +653,11 @@ class AVInput:
         image, size = None, None
         if self.cap is None or self.cap.keep(None if pts is None else float(pts * self.time_base)):
             image, size = self._image(frame)  # the conversion a frame over max_fps is spared
+        aspect = self.sample_aspect
+        if aspect is not None and self.orientation.transposes:
+            aspect = 1 / aspect  # a pixel's width turned into its height
         return Picture(image, pts, self.time_base, self.step, time.time(), sender, size, skipped,
-                       decoded_at=time.monotonic(), gap_s=self._gaps.gap_s - before)
+                       decoded_at=time.monotonic(), gap_s=self._gaps.gap_s - before, sample_aspect=aspect)
 
     def close(self) -> None:
         container, self.container = self.container, None

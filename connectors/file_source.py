@@ -179,6 +179,7 @@ class FileSource:
                         epoch=epoch,
                         sender_wall=picture.sender_wall,
                         size=picture.size,
+                        sample_aspect=picture.sample_aspect,
                     )
                     index += 1
                     passed += 1

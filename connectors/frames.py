@@ -22,6 +22,8 @@ class Frame:
     the decoder to what the model sees (``engine.resize_in_decoder``); None when ``image`` is the
     frame itself. ``height`` and ``width`` are the frame's either way. ``file`` is the file the
     frame was read from, for sources that read one file a frame (an image folder); else None.
+    ``sample_aspect`` is the width:height of one of the frame's pixels as displayed (the video's
+    sample aspect ratio, turned with the frame) when they are not square; None when they are.
     """
 
     source: str
@@ -36,6 +38,7 @@ class Frame:
     sender_wall: float | None = None
     size: tuple[int, int] | None = None
     file: str | None = None
+    sample_aspect: Fraction | None = None
 
     @property
     def height(self) -> int:

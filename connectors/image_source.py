@@ -47,6 +47,45 @@ def list_images(pattern: str) -> list[str]:
     return sorted(names, key=natural_key)
 
 
+def gif_images(data: bytes) -> tuple[list[bytes], bool]:
+    """A GIF file's bytes cut into one piece per image, as FFmpeg's GIF decoder takes them (the
+    first with the header and global palette, each with the extensions before it), and whether
+    its blocks were whole. FFmpeg's demuxer cuts a GIF at its frames' delays: one without them
+    (GIF87a, PIL's ``save_all`` without ``duration``) came as one packet, of which the decoder
+    made the first image only. The bytes after the last whole image, if any, are one more piece."""
+    if len(data) < 13 or data[:6] not in (b"GIF87a", b"GIF89a"):
+        return [data], False
+    palette = data[10]
+    at = 13 + (3 << ((palette & 7) + 1) if palette & 0x80 else 0)
+    images, start, whole = [], 0, False
+    while at < len(data):
+        if data[at] == 0x3B:  # the trailer
+            whole = True
+            break
+        if data[at] == 0x21:  # an extension: its label, then data sub-blocks
+            at = _past_sub_blocks(data, at + 2)
+        elif data[at] == 0x2C and at + 10 <= len(data):  # an image: descriptor, local palette, LZW data
+            packed = data[at + 9]
+            at = _past_sub_blocks(data, at + 11 + (3 << ((packed & 7) + 1) if packed & 0x80 else 0))
+            if at <= len(data):
+                images.append(data[start:at])
+                start = at
+        else:
+            break
+    whole = whole or (at == len(data) and start == at)
+    if start < len(data) and not whole:
+        images.append(data[start:])
+    return images, whole
+
+
+def _past_sub_blocks(data: bytes, at: int) -> int:
+    """Where a run of GIF data sub-blocks starting at ``at`` ends (past its empty block); past
+    the end of ``data`` when it is cut short."""
+    while at < len(data) and data[at]:
+        at += data[at] + 1
+    return at + 1
+
+
 class ImageFolderSource:
     """Images of a folder (or a glob such as ``shots/**/*.png``, or one image file) as frames,
     one per image, and one per frame of an animated GIF.
@@ -145,15 +184,15 @@ class ImageFolderSource:
 
     def _read(self, name: str) -> Iterator[np.ndarray | None]:
         """The file's images (an animated GIF's frames), or one None when it cannot be read."""
-        if name.lower().endswith(".gif"):
-            yield from self._gif_frames(name)
-            return
         try:
             data = np.fromfile(name, np.uint8)
         except OSError as error:
             logger.warning("source %s: cannot read %s (%s); skipped", self.name, name, error.strerror)
             self.decode_errors += 1
             yield None
+            return
+        if name.lower().endswith(".gif") and data[:4].tobytes() == b"GIF8":
+            yield from self._gif_frames(name, data.tobytes())
             return
         image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
         if image is None:
@@ -164,25 +203,29 @@ class ImageFolderSource:
             return
         yield cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
-    def _gif_frames(self, name: str) -> Iterator[np.ndarray | None]:
+    def _gif_frames(self, name: str, data: bytes) -> Iterator[np.ndarray | None]:
         """Every frame of a GIF, composed as FFmpeg's decoder shows it (as ``type: file`` reads
-        it); one None for the rest when it breaks off."""
-        count = 0
-        try:
-            with av.open(name) as container:
-                for frame in container.decode(video=0):
-                    count += 1
-                    yield frame.to_ndarray(format="rgb24")
-        except (av.error.FFmpegError, IndexError, OSError) as error:
-            why = getattr(error, "strerror", None) or type(error).__name__
-        else:
-            if count:
-                return
-            why = "no frames"
-        where = f"after its frame {count}" if count else "at all"
-        logger.warning("source %s: %s could not be decoded %s (%s); skipped", self.name, name, where, why)
-        self.decode_errors += 1
-        yield None
+        it), one image of the file at a time; a None for each that cannot be decoded."""
+        images, whole = gif_images(data)
+        context = av.CodecContext.create("gif", "r")
+        failed, why = 0, "" if whole else "its blocks break off"
+        for image in images:
+            try:
+                frames = context.decode(av.Packet(image))
+            except av.error.FFmpegError as error:
+                frames, why = [], error.strerror or type(error).__name__
+            if frames:
+                yield frames[0].to_ndarray(format="rgb24")
+                continue
+            failed += 1
+            yield None
+        if not images:
+            failed += 1
+            yield None
+        if failed:
+            logger.warning("source %s: %d image%s of %s could not be decoded (%s); skipped", self.name, failed,
+                           "s" * (failed > 1), name, why or "no picture")
+            self.decode_errors += failed
 
     def close(self) -> None:
         self._closed.set()

@@ -524,6 +524,7 @@ class LiveSource:
                             epoch=epoch,
                             sender_wall=picture.sender_wall,
                             size=picture.size,
+                            sample_aspect=picture.sample_aspect,
                         )
                         index += 1
                     break  # _read returns only once closed

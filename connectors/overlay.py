@@ -215,7 +215,8 @@ class OverlayVideo:
     file's bytes may not be (x264 in a busy process made different choices for an occasional
     frame, even single-threaded). One file holds one size: frames of another size (a stream that
     changed resolution) are scaled to fit the first, letterboxed, with a warning; odd sizes are
-    padded by a pixel (H.264 in yuv420p needs even ones)."""
+    padded by a pixel (H.264 in yuv420p needs even ones). The first frame's ``sample_aspect`` (a
+    pixel's width:height, None when square) is the file's, so a player shows it as the source."""
 
     def __init__(self, path: str | Path, crf: int = 20, fps_hint: float = 25.0):
         self.path = Path(path)
@@ -230,10 +231,11 @@ class OverlayVideo:
         self._size: tuple[int, int] | None = None
         self._resized: set[tuple[int, int]] = set()  # the other sizes met, warned of once each
 
-    def write(self, image: np.ndarray, pts: int | None = None, time_base: Fraction | None = None) -> None:
+    def write(self, image: np.ndarray, pts: int | None = None, time_base: Fraction | None = None,
+              sample_aspect: Fraction | None = None) -> None:
         height, width = image.shape[:2]
         if self._container is None:
-            self._open(width, height, time_base)
+            self._open(width, height, time_base, sample_aspect)
         elif (width, height) != self._size:
             image = self._fit(image)
             height, width = image.shape[:2]
@@ -274,7 +276,7 @@ class OverlayVideo:
         fitted[top : top + h, left : left + w] = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
         return fitted
 
-    def _open(self, width: int, height: int, time_base: Fraction | None) -> None:
+    def _open(self, width: int, height: int, time_base: Fraction | None, sample_aspect: Fraction | None) -> None:
         self._time_base = time_base or 1 / Fraction(self.fps_hint).limit_denominator(1001)
         self._size = (width, height)
         try:
@@ -291,6 +293,8 @@ class OverlayVideo:
         self._stream.width, self._stream.height = width + width % 2, height + height % 2
         self._stream.pix_fmt = "yuv420p"
         self._stream.codec_context.time_base = self._time_base
+        if sample_aspect is not None:
+            self._stream.codec_context.sample_aspect_ratio = sample_aspect
 
     def close(self) -> None:
         """Finish the file (an MP4 cannot be read before this)."""

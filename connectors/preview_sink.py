@@ -131,7 +131,7 @@ class PreviewSink:
                 video = self._videos.get(source)
                 if video is None:
                     video = self._videos[source] = OverlayVideo(target)
-                video.write(picture, result.pts, result.time_base)
+                video.write(picture, result.pts, result.time_base, result.sample_aspect)
             else:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 if self._runs.get(source) != target.parent.name:

@@ -109,7 +109,7 @@ class VideoOutputs:
                                     f"{len(result.levels)} hierarchy levels, no level {self.overlay_level} — lower "
                                     "batch.overlay_level, or set it to null to draw the segments")
                 image = draw_overlay(result.image, result, self.opacity, level=self.overlay_level)
-                self._overlay.write(image, result.pts, result.time_base)
+                self._overlay.write(image, result.pts, result.time_base, result.sample_aspect)
         except OSError as error:
             raise SinkError(f"cannot write the outputs of {self.video_id}: {error.strerror}") from None
         self.frames += 1

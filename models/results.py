@@ -246,7 +246,8 @@ class FrameResult(_FrameSizeMap):
     batched, model_start, model_end, post_end, staged, published). ``events`` are what the
     per-source stages noticed at this frame (a track started or ended); sinks publish them after
     the frame's own entry. ``image`` is the decoded frame (H x W x 3 uint8 RGB), attached by the
-    runtime only while a sink that draws on frames needs it (a preview), else None. ``epoch``
+    runtime only while a sink that draws on frames needs it (a preview), else None, with its
+    ``sample_aspect`` (``Frame.sample_aspect``: a pixel's width:height, None when square). ``epoch``
     counts the restarts of the source's timeline before this frame (reconnects, loops);
     ``sender_ts`` is the Unix time at which the sender captured the frame when the stream says so
     (RTCP sender reports), else None. ``file`` is the image file the frame was read from (image
@@ -271,6 +272,7 @@ class FrameResult(_FrameSizeMap):
     times: dict[str, float] = field(default_factory=dict)
     events: list[Event] = field(default_factory=list)
     image: np.ndarray | None = None
+    sample_aspect: Fraction | None = None
     epoch: int = 0
     sender_ts: float | None = None
     file: str | None = None

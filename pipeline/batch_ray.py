@@ -196,7 +196,7 @@ def process_video(job: VideoJob, cfg_json: str, root: str, actor, labels, board,
                 for stage in stages:
                     result = stage.process(result)
                 if images:
-                    result.image = frame.image
+                    result.image, result.sample_aspect = frame.image, frame.sample_aspect
                 result.run_id = run_id
                 outputs.write(result)
                 for sink in sinks:

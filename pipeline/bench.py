@@ -159,7 +159,7 @@ def naive_fps(cfg: PipelineConfig, adapter, frame_count: int) -> float:
             for stage in stages:
                 result = stage.process(result)
             if drawn:
-                result.image = frame.image
+                result.image, result.sample_aspect = frame.image, frame.sample_aspect
             for sink in sinks:
                 sink.publish(result)
                 sink.flush()

@@ -3,8 +3,8 @@
 Entries are read in stream order and matched to the video's frames by frame number (the
 ``frame`` field, counted as a file source counts them); each matched frame is drawn as the
 preview sink draws it and written with the entry's timestamps, so a render of a stream and the
-preview of the same run hold the same frames. Frames without an entry (dropped, or trimmed from
-the stream by MAXLEN) are left out.
+preview of the same run hold the same frames. Frames without an entry (dropped, trimmed from the
+stream by MAXLEN, or after the run's last entry) are left out, and counted.
 
 A stream written by a pipeline that was restarted holds several runs (each with its own
 ``run_id``, frame numbers from 0 in each): one is drawn, the latest unless ``--run`` names another
@@ -123,8 +123,9 @@ def render_stream(client, stream: str, video: str | Path, out: str | Path, opaci
                   run: str | None = None, level: int | None = None) -> tuple[int, int, StreamRun]:
     """Draw the entries of one run of ``stream`` (``pick_run``) over their frames of ``video``
     into the MP4 ``out`` (their segments, or level ``level`` of their hierarchy); returns the
-    number of frames written, the number of the video's frames up to the run's last entry that
-    had none (trimmed by the stream's MAXLEN, or dropped by the pipeline), and the run drawn."""
+    number of frames written, the number of the video's frames that had no entry (trimmed by the
+    stream's MAXLEN, dropped or left out by the pipeline, or after the run's last entry), and the
+    run drawn."""
     if not client.exists(stream):
         raise SinkError(_missing_stream_message(client, stream))
     if stream.endswith(":events"):
@@ -161,8 +162,12 @@ def render_stream(client, stream: str, video: str | Path, out: str | Path, opaci
                     f"frame {result.index} of {video} is {frame.width}x{frame.height} but the stream's entry is "
                     f"{result.width}x{result.height} — is it the video the stream was made from?"
                 )
-            writer.write(draw_overlay(frame.image, result, opacity, level=level), result.pts, result.time_base)
+            writer.write(draw_overlay(frame.image, result, opacity, level=level), result.pts, result.time_base,
+                         frame.sample_aspect)
             drawn = frame.index
+        if frame is not None and frame.index > drawn:
+            missing += 1
+        missing += sum(1 for _ in frames)  # after the run's last entry
         writer.close()
         if writer.frames:
             try:
@@ -211,7 +216,8 @@ def main_render(args) -> int:
     if written == 0:
         raise SegstreamError(f"{args.stream} has no entries to draw")
     if missing:
-        log.warning("%d frames of %s have no entry in %s (trimmed by its MAXLEN, or dropped by the pipeline) and "
-                    "are left out", missing, args.video, args.stream)
+        log.warning("%d of the %d frames of %s have no entry in %s (trimmed by its MAXLEN, dropped or left out by "
+                    "the pipeline, or after the run's last entry) and are left out", missing, written + missing,
+                    args.video, args.stream)
     log.info("wrote %d frames of run %s to %s", written, run.name, args.out)
     return 0

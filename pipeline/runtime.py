@@ -1089,7 +1089,7 @@ class Runtime:
         self.metrics.batch(len(results), self.model_stage.network_seconds(batch))
         if self._wants_images:
             for frame, result in zip(batch.frames, results):
-                result.image = frame.image
+                result.image, result.sample_aspect = frame.image, frame.sample_aspect
         self.metrics.beat("post", idle="back-pressure")
         return all(self._to_stage.put(result) for result in results)
 

@@ -138,3 +138,25 @@ def test_an_animated_gif_in_a_folder_or_a_glob_gives_all_its_frames(folder):
     brightness = [f.image.mean() for f in frames[2:6]]
     assert brightness == sorted(set(brightness)), "each frame of the GIF, in order"
     assert len(list(ImageFolderSource("stills", str(folder / "*.gif")).frames())) == 4
+
+
+def test_an_animated_gif_without_frame_delays_gives_all_its_frames_and_counts_one_it_cannot_decode(tmp_path):
+    # Found probing: PIL's save_all without duration writes no delays, FFmpeg's demuxer then hands
+    # the whole file over as one packet, and its decoder made the first of the frames only.
+    import re
+
+    _gif(tmp_path / "timed.gif", 3)
+    data = (tmp_path / "timed.gif").read_bytes()
+    untimed = b"GIF87a" + re.sub(rb"\x21\xf9\x04.{4}\x00|\x21\xff\x0bNETSCAPE2\.0\x03\x01..\x00", b"", data[6:],
+                                  flags=re.S)  # graphic control and looping extensions taken out
+    assert len(untimed) == len(data) - 3 * 8 - 19, "the delays must be gone for this test to mean anything"
+    (tmp_path / "untimed.gif").write_bytes(untimed)
+    source = ImageFolderSource("stills", str(tmp_path / "untimed.gif"))
+    frames = list(source.frames())
+    assert [f.index for f in frames] == [0, 1, 2] and source.decode_errors == 0
+    assert [round(f.image.mean() / 80) for f in frames] == [0, 1, 2], "each frame, in order"
+
+    second = untimed.index(b"\x2c", untimed.index(b"\x2c") + 1)  # the second image's descriptor
+    (tmp_path / "broken.gif").write_bytes(untimed[:second] + b"\x99" + untimed[second + 1:])
+    broken = ImageFolderSource("stills", str(tmp_path / "broken.gif"))
+    assert [f.index for f in broken.frames()] == [0] and broken.decode_errors == 1, "the rest counted, not silent"

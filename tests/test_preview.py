@@ -173,17 +173,22 @@ def test_render_of_a_recorded_stream_gives_the_preview_frames(tmp_path, big_clip
 
 
 def test_render_of_a_trimmed_stream_says_how_many_frames_it_left_out(tmp_path, big_clip, capsys):
-    """MAXLEN kept the last 8 of 20 entries (found probing: "wrote 8 frames", nothing more)."""
+    """MAXLEN kept the last 8 of 20 entries (found probing: "wrote 8 frames", nothing more), and
+    the last 2 are gone too (found probing: the frames after the last entry were not counted)."""
     from segstream.pipeline.cli import main
 
     with EmbeddedRedis(tmp_path / "redis") as server:
         publisher = RedisPublisher(connect_redis(server.url))
         Runtime([FileSource("cam", str(big_clip))], ColourSegmenter(), [publisher], progress=None).run()
-        connect_redis(server.url).xtrim("segstream:cam:frames", maxlen=8, approximate=False)
+        client = connect_redis(server.url)
+        client.xtrim("segstream:cam:frames", maxlen=8, approximate=False)
+        client.xdel("segstream:cam:frames", *[entry_id for entry_id, _ in
+                                              client.xrevrange("segstream:cam:frames", count=2)])
         assert main(["render", "segstream:cam:frames", "--video", str(big_clip), "--out",
                      str(tmp_path / "render.mp4"), "--url", server.url]) == 0
     err = capsys.readouterr().err
-    assert "12 frames of" in err and "have no entry in segstream:cam:frames" in err and "wrote 8 frames" in err
+    assert "14 of the 20 frames of" in err and "have no entry in segstream:cam:frames" in err, err
+    assert "wrote 6 frames" in err
 
 
 def test_a_stream_that_changes_size_is_scaled_into_one_video_not_an_error(tmp_path, monkeypatch):
@@ -321,3 +326,51 @@ def test_an_interrupted_render_leaves_the_earlier_video_and_no_partial_one(tmp_p
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert out.read_bytes() == b"an earlier render"
     assert list(out.parent.iterdir()) == [out], "no partial video is left beside it"
+
+
+def _non_square_clip(path, rotation: int = 0):
+    """Six 160x240 frames of pixels twice as wide as tall (SAR 2:1), shown 320x240."""
+    from fractions import Fraction
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 160, 240, "yuv420p"
+        stream.options = {"preset": "ultrafast"}
+        stream.codec_context.sample_aspect_ratio = Fraction(2, 1)
+        if rotation:
+            stream.set_display_rotation(rotation)
+        for n in range(6):
+            image = np.full((240, 160, 3), 40 * n, np.uint8)
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        container.mux(stream.encode(None))
+    return path
+
+
+def test_previews_batch_overlays_and_render_keep_the_source_s_non_square_pixels(tmp_path):
+    # Found probing: a 320x480 video of 2:1 pixels came out of all three with square ones
+    # (sample_aspect_ratio N/A), so it played squashed to half its width.
+    from fractions import Fraction
+
+    from segstream.pipeline.batch import run_batch
+    from segstream.pipeline.cli import main
+    from segstream.pipeline.config import BatchPipelineConfig, validate_config
+
+    def aspect(path) -> Fraction | None:
+        with av.open(str(path)) as container:
+            return container.streams.video[0].sample_aspect_ratio
+
+    clip, turned = _non_square_clip(tmp_path / "wide.mp4"), _non_square_clip(tmp_path / "turned.mp4", rotation=90)
+    assert aspect(clip) == 2, "the clip must have non-square pixels for this test to mean anything"
+    with EmbeddedRedis(tmp_path / "redis") as server:
+        publisher = RedisPublisher(connect_redis(server.url))
+        preview = PreviewSink(tmp_path / "preview", "mp4", OPACITY)
+        Runtime([FileSource("wide", str(clip)), FileSource("turned", str(turned))], ColourSegmenter(),
+                [publisher, preview], progress=None).run()
+        assert main(["render", "segstream:wide:frames", "--video", str(clip), "--out", str(tmp_path / "render.mp4"),
+                     "--url", server.url]) == 0
+    cfg = validate_config({"batch": {"output": str(tmp_path / "batch"), "overlay": True}, "ops": {"http": None}},
+                          schema=BatchPipelineConfig)
+    run_batch(cfg, [str(clip)], adapter=ColourSegmenter(), progress=False)
+    for made in (tmp_path / "preview" / "wide.mp4", tmp_path / "render.mp4", tmp_path / "batch" / "wide" / "overlay.mp4"):
+        assert aspect(made) == 2, made
+    assert aspect(tmp_path / "preview" / "turned.mp4") == Fraction(1, 2), "a pixel's width turned into its height"
