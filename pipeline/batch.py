@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import glob
 import hashlib
 import itertools
@@ -307,22 +308,16 @@ class Manifest:
             record is not None and record.get("status") == "done"
             and record.get("size") == job.size and record.get("mtime_ns") == job.mtime_ns
             and (root / record.get("id", "")).is_dir()
-            and not self.other_settings(job)
+            and not self.changes(record)
         )
 
-    def other_settings(self, job: VideoJob) -> list[str]:
-        """The parts of the settings (``model``, ``tracking``, ``outputs``, ``filters``) that
-        differ from those the video's record was made with."""
-        return self.settings_differ(self.records.get(job.key) or {})
-
-    def settings_differ(self, record: dict) -> list[str]:
-        """The parts of this run's settings that differ from those ``record`` was made with
-        (none for a record from before settings were kept)."""
+    def changes(self, record: dict) -> dict[str, str]:
+        """How this run's settings differ from those ``record`` was made with, by setting
+        (``settings_changes``); none for a record from before settings were kept."""
         made = record.get("settings")
         if made is None or self.settings is None:
-            return []
-        keys = [*self.settings, *(key for key in made if key not in self.settings)]  # a setting no longer set
-        return [key for key in keys if not same_settings(made, self.settings, key)]
+            return {}
+        return settings_changes(made, self.settings)
 
     def failed(self, job: VideoJob) -> dict | None:
         record = self.records.get(job.key)
@@ -845,13 +840,45 @@ def made_by(run_id: str, cfg: PipelineConfig, engine: str = "local") -> dict:
     return {"run_id": run_id, "device": device, **software_versions(), "host": platform.node()}
 
 
-def same_settings(made: dict, now: dict, key: str) -> bool:
-    """Whether the manifest's ``made[key]`` is ``now[key]``; records from before a setting was
-    kept are read as made with what they could not say: a weights file without its sha256 is
-    the same by size and time, a precision ``auto`` any, a missing ``filters`` none set."""
-    before, after = made.get(key), now.get(key)
-    if key != "model" or not isinstance(before, dict) or not isinstance(after, dict):
-        return before == after
+_ABSENT = object()  # a key a record or this run's settings do not have
+# Settings added since a release whose default does not do what that release did: a record
+# without one matches only a value that does, and its note says what that was. A new setting
+# whose default does what the releases before it did needs nothing here.
+BEFORE_ADDED = {
+    # 1e7dd33's tracker found a lost thing only where it should be, never anywhere: above 1 is never
+    "tracking.reid_similarity": (lambda value: value > 1, "no re-identification then"),
+}
+
+
+@functools.cache
+def _schema_defaults() -> dict[str, dict]:
+    """The defaults of the settings' sections that mirror a schema, as ``output_settings`` keeps them."""
+    from segstream.pipeline.config import FiltersConfig, ModelConfig, TrackingConfig
+
+    return {"model": ModelConfig().model_dump(mode="json"), "tracking": TrackingConfig().model_dump(mode="json"),
+            "filters": FiltersConfig().model_dump(mode="json")}
+
+
+def settings_changes(made: dict, now: dict) -> dict[str, str]:
+    """How the settings ``now`` differ from ``made`` (a manifest record's), by setting
+    (``tracking.min_hits``): ``2 → 3``. A setting a record does not have (an earlier release
+    wrote it, or it was not set) reads as what that release did: the schema's default, unless
+    ``BEFORE_ADDED`` says otherwise (``not recorded (no re-identification then) → 0.9``); a key of
+    ``outputs`` is kept only when set, so its absence is its default on both sides. Records
+    from before the weights' digest was kept compare the preset's own weights as the same, and
+    a weights file without its sha256 by size and time; a precision ``auto`` is any."""
+    made, now = dict(made), dict(now)
+    if isinstance(made.get("model"), dict) and isinstance(now.get("model"), dict):
+        made["model"], now["model"] = _weights_as_recorded(made["model"], now["model"])
+    changes: dict[str, str] = {}
+    defaults = _schema_defaults()
+    for section in [*now, *(key for key in made if key not in now)]:
+        _changes(section, made.get(section, _ABSENT), now.get(section, _ABSENT), defaults.get(section, _ABSENT), changes)
+    return changes
+
+
+def _weights_as_recorded(before: dict, after: dict) -> tuple[dict, dict]:
+    """The model settings, the precision and the weights file as precise as ``before`` kept them."""
     before, after = dict(before), dict(after)
     if before.get("precision") == "auto":
         before["precision"] = after.get("precision")
@@ -863,7 +890,32 @@ def same_settings(made: dict, now: dict, key: str) -> bool:
             compared = ("size", "sha256") if "sha256" in file_before else ("size", "mtime_ns")
             before["checkpoint_file"] = {k: file_before.get(k) for k in compared}
             after["checkpoint_file"] = {k: file_after.get(k) for k in compared}
-    return before == after
+    return before, after
+
+
+def _changes(name: str, before, after, default, changes: dict[str, str]) -> None:
+    """Add to ``changes`` how ``before`` (recorded) became ``after`` (now), key by key within dicts."""
+    if after is _ABSENT:  # a section kept only when set: not set now is its default
+        after = default
+    if before is _ABSENT and isinstance(after, dict) and isinstance(default, dict):
+        before = {}  # a section not kept then: each of its keys reads as before it was added
+    if isinstance(before, dict) and isinstance(after, dict):
+        defaults = default if isinstance(default, dict) else {}
+        for key in [*after, *(key for key in before if key not in after)]:
+            _changes(f"{name}.{key}", before.get(key, _ABSENT), after.get(key, _ABSENT), defaults.get(key, _ABSENT),
+                     changes)
+        return
+    if before is _ABSENT:
+        same_as_then, note = BEFORE_ADDED.get(name, (lambda value: value == default, ""))
+        if after is _ABSENT or not same_as_then(after):
+            changes[name] = f"not recorded{f' ({note})' if note else ''} → {_shown(after)}"
+    elif before != after:
+        changes[name] = f"{_shown(before)} → {_shown(after)}"
+
+
+def _shown(value) -> str:
+    text = "not set" if value is _ABSENT else json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= 48 else text[:47] + "…"
 
 
 def write_batch_coco(root: Path, manifest: Manifest) -> None:
@@ -873,7 +925,7 @@ def write_batch_coco(root: Path, manifest: Manifest) -> None:
 
     videos, unnumbered = [], []
     for record in manifest.records.values():
-        if record.get("status") != "done" or manifest.settings_differ(record):
+        if record.get("status") != "done" or manifest.changes(record):
             continue
         if isinstance(record.get("number"), int):
             videos.append((record["id"], record["number"]))
@@ -1010,7 +1062,7 @@ def run_batch(cfg: PipelineConfig, inputs: Sequence[str], engine: str = "local",
             for job in jobs:
                 record = manifest.records.get(job.key, {})
                 if record.get("status") == "done":
-                    changed.update(manifest.other_settings(job))
+                    changed.update({key.split('.')[0] for key in manifest.changes(record)})
                     if (record.get("size"), record.get("mtime_ns")) != (job.size, job.mtime_ns):
                         rewritten.append(job.id)
                 earlier = manifest.failed(job)

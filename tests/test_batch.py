@@ -441,6 +441,60 @@ def test_a_manifest_of_an_earlier_release_keeps_its_videos_done(tmp_path):
     assert (outcomes, skipped) == ([], 1)
 
 
+# A line of manifest.jsonl as release 1e7dd33 wrote it (found probing an upgrade from it): no number
+# or made_by, no weights' digest, precision auto, and none of the settings added since
+RELEASE_1E7DD33_RECORD = {
+    "damage": "", "decode_errors": 0, "finished": "2026-12-03T17:15:58+00:00", "frames": 3, "frames_missing": 0,
+    "id": "one", "outputs": ["one/events.jsonl", "one/frames.jsonl", "one/panoptic", "one/panoptic.json"],
+    "reason": "", "seconds": 0.5, "status": "done",
+    "settings": {
+        "model": {"checkpoint": None, "family": None, "mask_threshold": 0.5, "overlap_threshold": 0.8,
+                  "postprocess": "fast", "precision": "auto", "preset": "synthetic_eomt_tiny_256",
+                  "score_threshold": 0.8, "task": "panoptic"},
+        "outputs": {"coco_panoptic": True, "jsonl": True, "mask_encoding": "rle", "overlay": False,
+                    "resize_in_decoder": False},
+        "tracking": {"class_change_overlap": 0.3, "class_weight": 0.1, "embedding_momentum": 0.7,
+                     "embedding_weight": 0.4, "enabled": True, "iou_weight": 0.5, "mask_side": 480, "max_lost": 30,
+                     "max_shift": 1.0, "max_tracks": 1000, "min_hits": 2, "min_overlap": 0.1, "min_similarity": 0.6,
+                     "partial_area": 0.5},
+    },
+}
+
+
+def test_a_video_done_by_release_1e7dd33_is_done_again_only_for_a_setting_that_may_change_it(tmp_path):
+    """Found probing an upgrade: the first batch after it did every finished video again, as
+    made with other settings, for the keys 1e7dd33 did not write. A key a record lacks reads as
+    what that release did: model.labels and tracking.max_lost_s unset do the same, while
+    re-identifying lost things (tracking.reid_similarity up to 1), which its tracker never did,
+    may give other track ids."""
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    encode_clip(videos / "one.mp4", frames=3)
+    out = tmp_path / "out"
+    run_batch(config(out), [str(videos)], adapter=ColourSegmenter(), progress=False)  # its outputs
+
+    def as_1e7dd33_wrote_it() -> None:
+        stat = (videos / "one.mp4").stat()
+        record = {**RELEASE_1E7DD33_RECORD, "video": str((videos / "one.mp4").resolve()), "size": stat.st_size,
+                  "mtime_ns": stat.st_mtime_ns}
+        (out / MANIFEST).write_text(json.dumps(record) + "\n")
+
+    def run(**tracking) -> tuple[list[str], int]:
+        cfg = config(out)
+        for key, value in tracking.items():
+            setattr(cfg.tracking, key, value)
+        outcomes, skipped, _ = run_batch(cfg, [str(videos)], adapter=ColourSegmenter(), progress=False)
+        return [o.status for o in outcomes], skipped
+
+    as_1e7dd33_wrote_it()
+    assert run(reid_similarity=2.0) == ([], 1), "no re-identification, as 1e7dd33: the same outputs"
+    assert "number" not in manifest(out)[0], "kept as it was"
+    assert run() == (["done"], 0), "re-identification on: done again"
+    assert run() == ([], 1)
+    as_1e7dd33_wrote_it()
+    assert run(reid_similarity=2.0, max_lost_s=2.0) == (["done"], 0), "a lost track kept by time, not frames"
+
+
 def test_a_damaged_video_is_done_with_its_missing_frames_in_the_table_and_the_manifest(tmp_path):
     videos = tmp_path / "videos"
     videos.mkdir()
