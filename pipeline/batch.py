@@ -918,6 +918,15 @@ def _shown(value) -> str:
     return text if len(text) <= 48 else text[:47] + "…"
 
 
+def _changes_listed(changed: Counter[str], limit: int = 8) -> str:
+    """``tracking.min_hits: 2 → 3 (4 videos); ...``: what changed for how many videos, the most
+    frequent first."""
+    listed = [f"{change} ({n} video{'s' if n != 1 else ''})" for change, n in changed.most_common(limit)]
+    if len(changed) > limit:
+        listed.append(f"and {len(changed) - limit} more (the manifest keeps each video's settings)")
+    return "; ".join(listed)
+
+
 def write_batch_coco(root: Path, manifest: Manifest) -> None:
     """``<root>/panoptic_batch.json``: the COCO panoptic JSON of every video the manifest lists as
     done with this run's settings, by video id (the same bytes however many runs it took)."""
@@ -1057,12 +1066,15 @@ def run_batch(cfg: PipelineConfig, inputs: Sequence[str], engine: str = "local",
             jobs = plan(paths, manifest.ids(), manifest.numbers())
             todo, skipped = [], 0
             outcomes: list[VideoOutcome] = []
-            changed: Counter[str] = Counter()
+            changed: Counter[str] = Counter()  # "tracking.min_hits: 2 → 3": the videos done before with it
+            redone = 0  # videos done before with other settings
             rewritten: list[str] = []  # ids of videos done before whose file changed since
             for job in jobs:
                 record = manifest.records.get(job.key, {})
                 if record.get("status") == "done":
-                    changed.update({key.split('.')[0] for key in manifest.changes(record)})
+                    changes = manifest.changes(record)
+                    changed.update(f"{key}: {change}" for key, change in changes.items())
+                    redone += bool(changes)
                     if (record.get("size"), record.get("mtime_ns")) != (job.size, job.mtime_ns):
                         rewritten.append(job.id)
                 earlier = manifest.failed(job)
@@ -1078,8 +1090,8 @@ def run_batch(cfg: PipelineConfig, inputs: Sequence[str], engine: str = "local",
                             "s" if len(rewritten) != 1 else "", ", ".join(rewritten[:5]) +
                             (f" and {len(rewritten) - 5} more" if len(rewritten) > 5 else ""))
             if changed:  # one archive, one model: outputs of other settings are not mixed in
-                log.warning("videos done before with other %s settings are done again (%s)",
-                            " and ".join(sorted(changed)), ", ".join(f"{n} for {k}" for k, n in sorted(changed.items())))
+                log.warning("%d video%s done before with other settings %s done again: %s", redone,
+                            "s" if redone != 1 else "", "are" if redone != 1 else "is", _changes_listed(changed))
             log.info("%d videos: %d to do, %d skipped (ended in an earlier run)", len(jobs), len(todo), skipped)
             for job in todo:
                 probe(job, cfg.batch.max_fps)

@@ -360,7 +360,8 @@ def test_a_rerun_with_other_model_or_outputs_does_the_videos_again(tmp_path, mon
     assert run() == (["done"], 0)
     assert run(engine={"batch_size": 2}) == ([], 1), "batching changes no output"
     assert run(model={"score_threshold": 0.5}) == (["done"], 0)
-    assert warnings == ["videos done before with other model settings are done again (1 for model)"]
+    assert warnings == ["1 video done before with other settings is done again: model.score_threshold: 0.8 → 0.5 "
+                        "(1 video)"]
     assert run(model={"score_threshold": 0.5}) == ([], 1)
     assert run(model={"score_threshold": 0.5}, batch={"overlay": True}) == (["done"], 0)
     assert (out / "one" / "overlay.mp4").is_file()
@@ -461,12 +462,12 @@ RELEASE_1E7DD33_RECORD = {
 }
 
 
-def test_a_video_done_by_release_1e7dd33_is_done_again_only_for_a_setting_that_may_change_it(tmp_path):
+def test_a_video_done_by_release_1e7dd33_is_done_again_only_for_a_setting_that_may_change_it(tmp_path, caplog):
     """Found probing an upgrade: the first batch after it did every finished video again, as
     made with other settings, for the keys 1e7dd33 did not write. A key a record lacks reads as
     what that release did: model.labels and tracking.max_lost_s unset do the same, while
     re-identifying lost things (tracking.reid_similarity up to 1), which its tracker never did,
-    may give other track ids."""
+    may give other track ids. The warning names the setting, so an operator knows why."""
     videos = tmp_path / "videos"
     videos.mkdir()
     encode_clip(videos / "one.mp4", frames=3)
@@ -489,7 +490,11 @@ def test_a_video_done_by_release_1e7dd33_is_done_again_only_for_a_setting_that_m
     as_1e7dd33_wrote_it()
     assert run(reid_similarity=2.0) == ([], 1), "no re-identification, as 1e7dd33: the same outputs"
     assert "number" not in manifest(out)[0], "kept as it was"
+    caplog.clear()
     assert run() == (["done"], 0), "re-identification on: done again"
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [
+        "1 video done before with other settings is done again: tracking.reid_similarity: not recorded "
+        "(no re-identification then) → 0.9 (1 video)"]
     assert run() == ([], 1)
     as_1e7dd33_wrote_it()
     assert run(reid_similarity=2.0, max_lost_s=2.0) == (["done"], 0), "a lost track kept by time, not frames"
