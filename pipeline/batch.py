@@ -929,22 +929,42 @@ def _changes_listed(changed: Counter[str], limit: int = 8) -> str:
 
 def write_batch_coco(root: Path, manifest: Manifest) -> None:
     """``<root>/panoptic_batch.json``: the COCO panoptic JSON of every video the manifest lists as
-    done with this run's settings, by video id (the same bytes however many runs it took)."""
+    done with this run's settings, by video id (the same bytes however many runs it took). A
+    warning names each video done that it leaves out, and why."""
     from segstream.connectors.coco_panoptic import write_batch_panoptic
 
     videos, unnumbered = [], []
+    other: dict[str, list[str]] = {}  # how the settings changed since: the ids of the videos done so
     for record in manifest.records.values():
-        if record.get("status") != "done" or manifest.changes(record):
+        if record.get("status") != "done":
             continue
-        if isinstance(record.get("number"), int):
+        if changes := manifest.changes(record):
+            other.setdefault("; ".join(f"{key}: {change}" for key, change in changes.items()), []).append(record["id"])
+        elif isinstance(record.get("number"), int):
             videos.append((record["id"], record["number"]))
         else:
             unnumbered.append(record["id"])
+    if other:  # found probing: videos of an earlier release were left out of it without a word
+        left_out = sum(len(ids) for ids in other.values())
+        groups = sorted(other.items(), key=lambda item: (-len(item[1]), min(item[1])))
+        named = [f"{_named(sorted(ids))} ({why})" for why, ids in groups[:5]]
+        if len(groups) > 5:
+            named.append(f"{sum(len(ids) for _, ids in groups[5:])} more with other changes (the manifest keeps "
+                         "each video's settings)")
+        them = "them" if left_out != 1 else "it"
+        log.warning("%d video%s done with other settings than this run's %s left out of %s: %s — give %s to a batch "
+                    "with these settings to have %s done again", left_out, "s" if left_out != 1 else "",
+                    "are" if left_out != 1 else "is", BATCH_PANOPTIC, "; ".join(named), them, them)
     if unnumbered:
         log.warning("%d videos done before their COCO image ids were unique across the batch are left out of %s (%s): "
                     "delete their folders under '%s' to have them done again", len(unnumbered), BATCH_PANOPTIC,
-                    ", ".join(sorted(unnumbered)[:5]) + (", ..." if len(unnumbered) > 5 else ""), root)
+                    _named(sorted(unnumbered)), root)
     write_batch_panoptic(root / BATCH_PANOPTIC, sorted(videos))
+
+
+def _named(ids: Sequence[str], limit: int = 10) -> str:
+    """``a, b, c and 7 more``."""
+    return ", ".join(ids[:limit]) + (f" and {len(ids) - limit} more" if len(ids) > limit else "")
 
 
 def undelivered_reason(lost: dict[str, int]) -> str:
@@ -1087,8 +1107,7 @@ def run_batch(cfg: PipelineConfig, inputs: Sequence[str], engine: str = "local",
                     todo.append(job)
             if rewritten:  # its outputs (and Redis entries) of the earlier file are replaced
                 log.warning("%d video%s done before changed since (size or time): done again (%s)", len(rewritten),
-                            "s" if len(rewritten) != 1 else "", ", ".join(rewritten[:5]) +
-                            (f" and {len(rewritten) - 5} more" if len(rewritten) > 5 else ""))
+                            "s" if len(rewritten) != 1 else "", _named(rewritten, 5))
             if changed:  # one archive, one model: outputs of other settings are not mixed in
                 log.warning("%d video%s done before with other settings %s done again: %s", redone,
                             "s" if redone != 1 else "", "are" if redone != 1 else "is", _changes_listed(changed))

@@ -500,6 +500,35 @@ def test_a_video_done_by_release_1e7dd33_is_done_again_only_for_a_setting_that_m
     assert run(reid_similarity=2.0, max_lost_s=2.0) == (["done"], 0), "a lost track kept by time, not frames"
 
 
+def test_every_done_video_left_out_of_the_batch_json_is_named_in_a_warning_with_why(tmp_path, caplog):
+    """Found probing an upgrade: a batch of one new video into a copy of an earlier release's
+    folder wrote a panoptic_batch.json of the new video alone and said nothing of the others,
+    done with other settings (OPERATIONS promised a warning naming them)."""
+    from segstream.pipeline.batch import BATCH_PANOPTIC
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for name in ("one", "two", "three"):
+        encode_clip(videos / f"{name}.mp4", frames=2)
+    out = tmp_path / "out"
+    run_batch(config(out), [str(videos / "one.mp4"), str(videos / "two.mp4")], adapter=ColourSegmenter(), progress=False)
+    records = {record["id"]: record for record in manifest(out)}
+    stat = (videos / "one.mp4").stat()
+    records["one"] = {**RELEASE_1E7DD33_RECORD, "video": records["one"]["video"], "size": stat.st_size,
+                      "mtime_ns": stat.st_mtime_ns}
+    records["two"]["settings"]["model"]["score_threshold"] = 0.5
+    (out / MANIFEST).write_text("".join(json.dumps(record) + "\n" for record in records.values()))
+
+    caplog.clear()
+    run_batch(config(out), [str(videos / "three.mp4")], adapter=ColourSegmenter(), progress=False)
+    merged = json.loads((out / BATCH_PANOPTIC).read_text())
+    assert {image["video_id"] for image in merged["images"]} == {"three"}
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [
+        "2 videos done with other settings than this run's are left out of panoptic_batch.json: one "
+        "(tracking.reid_similarity: not recorded (no re-identification then) → 0.9); two (model.score_threshold: "
+        "0.5 → 0.8) — give them to a batch with these settings to have them done again"]
+
+
 def test_a_damaged_video_is_done_with_its_missing_frames_in_the_table_and_the_manifest(tmp_path):
     videos = tmp_path / "videos"
     videos.mkdir()
