@@ -27,6 +27,7 @@ import logging
 import math
 import os
 import re
+import shlex
 import sys
 import threading
 import time
@@ -152,7 +153,8 @@ def find_videos(inputs: Sequence[str], extensions: Iterable[str]) -> tuple[list[
         elif path.is_dir():
             videos = sorted((p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in suffixes), key=_natural)
             if not videos:
-                warnings.append(f"folder '{path}' holds no video files ({', '.join(sorted(suffixes))})")
+                warnings.append(f"folder '{path}' holds no video files ({', '.join(sorted(suffixes))})"
+                                + _pictures_hint(path))
             for video in videos:
                 found.setdefault(video.resolve())
         elif glob.has_magic(str(path)):
@@ -168,6 +170,19 @@ def find_videos(inputs: Sequence[str], extensions: Iterable[str]) -> tuple[list[
     for item in inputs:
         add(item, None)
     return list(found), warnings
+
+
+def _pictures_hint(folder: Path) -> str:
+    """For a folder of pictures: how to segment them (found probing: batch said only "no video files")."""
+    from segstream.connectors.image_source import IMAGE_SUFFIXES
+
+    found = Counter(p.suffix.lower() for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not found:
+        return ""
+    n, kinds = sum(found.values()), sorted(found)
+    return (f" but {n} picture{'s' if n != 1 else ''} ({', '.join(kinds)}): segment each as a video of one frame "
+            f"with --set 'batch.extensions=[{','.join(kinds)}]', or all in order as one source with `segstream run "
+            f"configs/image_folder.yaml --set {shlex.quote(f'sources.0.path={folder}')}` (a source of type: images)")
 
 
 def _natural(path: Path) -> list:

@@ -200,6 +200,30 @@ def test_a_batch_whose_inputs_all_do_not_exist_does_nothing_and_exits_2(archive,
     assert not (tmp_path / "out").exists()
 
 
+def test_a_folder_of_pictures_is_refused_with_how_to_segment_them_and_that_works(tmp_path, capsys):
+    # Found probing: a folder of pictures said only "holds no video files", while one picture given alone works
+    import cv2
+    import numpy as np
+
+    from segstream.pipeline.cli import main
+
+    pictures = tmp_path / "shots"
+    pictures.mkdir()
+    for name in ("a.png", "b.png", "c.jpg"):
+        cv2.imwrite(str(pictures / name), np.full((48, 64, 3), 90, np.uint8))
+    code = main(["batch", str(pictures), "--out", str(tmp_path / "out")])
+    assert code == 2 and capsys.readouterr().err.strip().splitlines()[-1].endswith(
+        f"holds no video files (.avi, .flv, .m4v, .mkv, .mov, .mp4, .mpeg, .mpg, .mts, .ts, .webm, .wmv) but 3 pictures "
+        f"(.jpg, .png): segment each as a video of one frame with --set 'batch.extensions=[.jpg,.png]', or all in "
+        f"order as one source with `segstream run configs/image_folder.yaml --set sources.0.path={pictures}` "
+        f"(a source of type: images)")
+    assert not (tmp_path / "out").exists()
+    outcomes, _, _ = run_batch(config(tmp_path / "out", extensions=[".jpg", ".png"]), [str(pictures)],
+                               adapter=ColourSegmenter(), progress=False)
+    assert sorted((o.job.id, o.status, o.frames) for o in outcomes) == [("a", "done", 1), ("b", "done", 1),
+                                                                         ("c", "done", 1)]
+
+
 def test_a_batch_that_would_write_nothing_is_refused(archive, capsys):
     from segstream.pipeline.cli import main
 
