@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import glob
 import hashlib
 import itertools
@@ -26,6 +27,7 @@ import logging
 import math
 import os
 import re
+import shlex
 import sys
 import threading
 import time
@@ -151,7 +153,8 @@ def find_videos(inputs: Sequence[str], extensions: Iterable[str]) -> tuple[list[
         elif path.is_dir():
             videos = sorted((p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in suffixes), key=_natural)
             if not videos:
-                warnings.append(f"folder '{path}' holds no video files ({', '.join(sorted(suffixes))})")
+                warnings.append(f"folder '{path}' holds no video files ({', '.join(sorted(suffixes))})"
+                                + _pictures_hint(path))
             for video in videos:
                 found.setdefault(video.resolve())
         elif glob.has_magic(str(path)):
@@ -167,6 +170,19 @@ def find_videos(inputs: Sequence[str], extensions: Iterable[str]) -> tuple[list[
     for item in inputs:
         add(item, None)
     return list(found), warnings
+
+
+def _pictures_hint(folder: Path) -> str:
+    """For a folder of pictures: how to segment them (found probing: batch said only "no video files")."""
+    from segstream.connectors.image_source import IMAGE_SUFFIXES
+
+    found = Counter(p.suffix.lower() for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not found:
+        return ""
+    n, kinds = sum(found.values()), sorted(found)
+    return (f" but {n} picture{'s' if n != 1 else ''} ({', '.join(kinds)}): segment each as a video of one frame "
+            f"with --set 'batch.extensions=[{','.join(kinds)}]', or all in order as one source with `segstream run "
+            f"configs/image_folder.yaml --set {shlex.quote(f'sources.0.path={folder}')}` (a source of type: images)")
 
 
 def _natural(path: Path) -> list:
@@ -307,22 +323,16 @@ class Manifest:
             record is not None and record.get("status") == "done"
             and record.get("size") == job.size and record.get("mtime_ns") == job.mtime_ns
             and (root / record.get("id", "")).is_dir()
-            and not self.other_settings(job)
+            and not self.changes(record)
         )
 
-    def other_settings(self, job: VideoJob) -> list[str]:
-        """The parts of the settings (``model``, ``tracking``, ``outputs``, ``filters``) that
-        differ from those the video's record was made with."""
-        return self.settings_differ(self.records.get(job.key) or {})
-
-    def settings_differ(self, record: dict) -> list[str]:
-        """The parts of this run's settings that differ from those ``record`` was made with
-        (none for a record from before settings were kept)."""
+    def changes(self, record: dict) -> dict[str, str]:
+        """How this run's settings differ from those ``record`` was made with, by setting
+        (``settings_changes``); none for a record from before settings were kept."""
         made = record.get("settings")
         if made is None or self.settings is None:
-            return []
-        keys = [*self.settings, *(key for key in made if key not in self.settings)]  # a setting no longer set
-        return [key for key in keys if not same_settings(made, self.settings, key)]
+            return {}
+        return settings_changes(made, self.settings)
 
     def failed(self, job: VideoJob) -> dict | None:
         record = self.records.get(job.key)
@@ -845,13 +855,45 @@ def made_by(run_id: str, cfg: PipelineConfig, engine: str = "local") -> dict:
     return {"run_id": run_id, "device": device, **software_versions(), "host": platform.node()}
 
 
-def same_settings(made: dict, now: dict, key: str) -> bool:
-    """Whether the manifest's ``made[key]`` is ``now[key]``; records from before a setting was
-    kept are read as made with what they could not say: a weights file without its sha256 is
-    the same by size and time, a precision ``auto`` any, a missing ``filters`` none set."""
-    before, after = made.get(key), now.get(key)
-    if key != "model" or not isinstance(before, dict) or not isinstance(after, dict):
-        return before == after
+_ABSENT = object()  # a key a record or this run's settings do not have
+# Settings added since a release whose default does not do what that release did: a record
+# without one matches only a value that does, and its note says what that was. A new setting
+# whose default does what the releases before it did needs nothing here.
+BEFORE_ADDED = {
+    # 1e7dd33's tracker found a lost thing only where it should be, never anywhere: above 1 is never
+    "tracking.reid_similarity": (lambda value: value > 1, "no re-identification then"),
+}
+
+
+@functools.cache
+def _schema_defaults() -> dict[str, dict]:
+    """The defaults of the settings' sections that mirror a schema, as ``output_settings`` keeps them."""
+    from segstream.pipeline.config import FiltersConfig, ModelConfig, TrackingConfig
+
+    return {"model": ModelConfig().model_dump(mode="json"), "tracking": TrackingConfig().model_dump(mode="json"),
+            "filters": FiltersConfig().model_dump(mode="json")}
+
+
+def settings_changes(made: dict, now: dict) -> dict[str, str]:
+    """How the settings ``now`` differ from ``made`` (a manifest record's), by setting
+    (``tracking.min_hits``): ``2 → 3``. A setting a record does not have (an earlier release
+    wrote it, or it was not set) reads as what that release did: the schema's default, unless
+    ``BEFORE_ADDED`` says otherwise (``not recorded (no re-identification then) → 0.9``); a key of
+    ``outputs`` is kept only when set, so its absence is its default on both sides. Records
+    from before the weights' digest was kept compare the preset's own weights as the same, and
+    a weights file without its sha256 by size and time; a precision ``auto`` is any."""
+    made, now = dict(made), dict(now)
+    if isinstance(made.get("model"), dict) and isinstance(now.get("model"), dict):
+        made["model"], now["model"] = _weights_as_recorded(made["model"], now["model"])
+    changes: dict[str, str] = {}
+    defaults = _schema_defaults()
+    for section in [*now, *(key for key in made if key not in now)]:
+        _changes(section, made.get(section, _ABSENT), now.get(section, _ABSENT), defaults.get(section, _ABSENT), changes)
+    return changes
+
+
+def _weights_as_recorded(before: dict, after: dict) -> tuple[dict, dict]:
+    """The model settings, the precision and the weights file as precise as ``before`` kept them."""
     before, after = dict(before), dict(after)
     if before.get("precision") == "auto":
         before["precision"] = after.get("precision")
@@ -863,27 +905,81 @@ def same_settings(made: dict, now: dict, key: str) -> bool:
             compared = ("size", "sha256") if "sha256" in file_before else ("size", "mtime_ns")
             before["checkpoint_file"] = {k: file_before.get(k) for k in compared}
             after["checkpoint_file"] = {k: file_after.get(k) for k in compared}
-    return before == after
+    return before, after
+
+
+def _changes(name: str, before, after, default, changes: dict[str, str]) -> None:
+    """Add to ``changes`` how ``before`` (recorded) became ``after`` (now), key by key within dicts."""
+    if after is _ABSENT:  # a section kept only when set: not set now is its default
+        after = default
+    if before is _ABSENT and isinstance(after, dict) and isinstance(default, dict):
+        before = {}  # a section not kept then: each of its keys reads as before it was added
+    if isinstance(before, dict) and isinstance(after, dict):
+        defaults = default if isinstance(default, dict) else {}
+        for key in [*after, *(key for key in before if key not in after)]:
+            _changes(f"{name}.{key}", before.get(key, _ABSENT), after.get(key, _ABSENT), defaults.get(key, _ABSENT),
+                     changes)
+        return
+    if before is _ABSENT:
+        same_as_then, note = BEFORE_ADDED.get(name, (lambda value: value == default, ""))
+        if after is _ABSENT or not same_as_then(after):
+            changes[name] = f"not recorded{f' ({note})' if note else ''} → {_shown(after)}"
+    elif before != after:
+        changes[name] = f"{_shown(before)} → {_shown(after)}"
+
+
+def _shown(value) -> str:
+    text = "not set" if value is _ABSENT else json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= 48 else text[:47] + "…"
+
+
+def _changes_listed(changed: Counter[str], limit: int = 8) -> str:
+    """``tracking.min_hits: 2 → 3 (4 videos); ...``: what changed for how many videos, the most
+    frequent first."""
+    listed = [f"{change} ({n} video{'s' if n != 1 else ''})" for change, n in changed.most_common(limit)]
+    if len(changed) > limit:
+        listed.append(f"and {len(changed) - limit} more (the manifest keeps each video's settings)")
+    return "; ".join(listed)
 
 
 def write_batch_coco(root: Path, manifest: Manifest) -> None:
     """``<root>/panoptic_batch.json``: the COCO panoptic JSON of every video the manifest lists as
-    done with this run's settings, by video id (the same bytes however many runs it took)."""
+    done with this run's settings, by video id (the same bytes however many runs it took). A
+    warning names each video done that it leaves out, and why."""
     from segstream.connectors.coco_panoptic import write_batch_panoptic
 
     videos, unnumbered = [], []
+    other: dict[str, list[str]] = {}  # how the settings changed since: the ids of the videos done so
     for record in manifest.records.values():
-        if record.get("status") != "done" or manifest.settings_differ(record):
+        if record.get("status") != "done":
             continue
-        if isinstance(record.get("number"), int):
+        if changes := manifest.changes(record):
+            other.setdefault("; ".join(f"{key}: {change}" for key, change in changes.items()), []).append(record["id"])
+        elif isinstance(record.get("number"), int):
             videos.append((record["id"], record["number"]))
         else:
             unnumbered.append(record["id"])
+    if other:  # found probing: videos of an earlier release were left out of it without a word
+        left_out = sum(len(ids) for ids in other.values())
+        groups = sorted(other.items(), key=lambda item: (-len(item[1]), min(item[1])))
+        named = [f"{_named(sorted(ids))} ({why})" for why, ids in groups[:5]]
+        if len(groups) > 5:
+            named.append(f"{sum(len(ids) for _, ids in groups[5:])} more with other changes (the manifest keeps "
+                         "each video's settings)")
+        them = "them" if left_out != 1 else "it"
+        log.warning("%d video%s done with other settings than this run's %s left out of %s: %s — give %s to a batch "
+                    "with these settings to have %s done again", left_out, "s" if left_out != 1 else "",
+                    "are" if left_out != 1 else "is", BATCH_PANOPTIC, "; ".join(named), them, them)
     if unnumbered:
         log.warning("%d videos done before their COCO image ids were unique across the batch are left out of %s (%s): "
                     "delete their folders under '%s' to have them done again", len(unnumbered), BATCH_PANOPTIC,
-                    ", ".join(sorted(unnumbered)[:5]) + (", ..." if len(unnumbered) > 5 else ""), root)
+                    _named(sorted(unnumbered)), root)
     write_batch_panoptic(root / BATCH_PANOPTIC, sorted(videos))
+
+
+def _named(ids: Sequence[str], limit: int = 10) -> str:
+    """``a, b, c and 7 more``."""
+    return ", ".join(ids[:limit]) + (f" and {len(ids) - limit} more" if len(ids) > limit else "")
 
 
 def undelivered_reason(lost: dict[str, int]) -> str:
@@ -1005,12 +1101,15 @@ def run_batch(cfg: PipelineConfig, inputs: Sequence[str], engine: str = "local",
             jobs = plan(paths, manifest.ids(), manifest.numbers())
             todo, skipped = [], 0
             outcomes: list[VideoOutcome] = []
-            changed: Counter[str] = Counter()
+            changed: Counter[str] = Counter()  # "tracking.min_hits: 2 → 3": the videos done before with it
+            redone = 0  # videos done before with other settings
             rewritten: list[str] = []  # ids of videos done before whose file changed since
             for job in jobs:
                 record = manifest.records.get(job.key, {})
                 if record.get("status") == "done":
-                    changed.update(manifest.other_settings(job))
+                    changes = manifest.changes(record)
+                    changed.update(f"{key}: {change}" for key, change in changes.items())
+                    redone += bool(changes)
                     if (record.get("size"), record.get("mtime_ns")) != (job.size, job.mtime_ns):
                         rewritten.append(job.id)
                 earlier = manifest.failed(job)
@@ -1023,11 +1122,10 @@ def run_batch(cfg: PipelineConfig, inputs: Sequence[str], engine: str = "local",
                     todo.append(job)
             if rewritten:  # its outputs (and Redis entries) of the earlier file are replaced
                 log.warning("%d video%s done before changed since (size or time): done again (%s)", len(rewritten),
-                            "s" if len(rewritten) != 1 else "", ", ".join(rewritten[:5]) +
-                            (f" and {len(rewritten) - 5} more" if len(rewritten) > 5 else ""))
+                            "s" if len(rewritten) != 1 else "", _named(rewritten, 5))
             if changed:  # one archive, one model: outputs of other settings are not mixed in
-                log.warning("videos done before with other %s settings are done again (%s)",
-                            " and ".join(sorted(changed)), ", ".join(f"{n} for {k}" for k, n in sorted(changed.items())))
+                log.warning("%d video%s done before with other settings %s done again: %s", redone,
+                            "s" if redone != 1 else "", "are" if redone != 1 else "is", _changes_listed(changed))
             log.info("%d videos: %d to do, %d skipped (ended in an earlier run)", len(jobs), len(todo), skipped)
             for job in todo:
                 probe(job, cfg.batch.max_fps)

@@ -200,6 +200,30 @@ def test_a_batch_whose_inputs_all_do_not_exist_does_nothing_and_exits_2(archive,
     assert not (tmp_path / "out").exists()
 
 
+def test_a_folder_of_pictures_is_refused_with_how_to_segment_them_and_that_works(tmp_path, capsys):
+    # Found probing: a folder of pictures said only "holds no video files", while one picture given alone works
+    import cv2
+    import numpy as np
+
+    from segstream.pipeline.cli import main
+
+    pictures = tmp_path / "shots"
+    pictures.mkdir()
+    for name in ("a.png", "b.png", "c.jpg"):
+        cv2.imwrite(str(pictures / name), np.full((48, 64, 3), 90, np.uint8))
+    code = main(["batch", str(pictures), "--out", str(tmp_path / "out")])
+    assert code == 2 and capsys.readouterr().err.strip().splitlines()[-1].endswith(
+        f"holds no video files (.avi, .flv, .m4v, .mkv, .mov, .mp4, .mpeg, .mpg, .mts, .ts, .webm, .wmv) but 3 pictures "
+        f"(.jpg, .png): segment each as a video of one frame with --set 'batch.extensions=[.jpg,.png]', or all in "
+        f"order as one source with `segstream run configs/image_folder.yaml --set sources.0.path={pictures}` "
+        f"(a source of type: images)")
+    assert not (tmp_path / "out").exists()
+    outcomes, _, _ = run_batch(config(tmp_path / "out", extensions=[".jpg", ".png"]), [str(pictures)],
+                               adapter=ColourSegmenter(), progress=False)
+    assert sorted((o.job.id, o.status, o.frames) for o in outcomes) == [("a", "done", 1), ("b", "done", 1),
+                                                                         ("c", "done", 1)]
+
+
 def test_a_batch_that_would_write_nothing_is_refused(archive, capsys):
     from segstream.pipeline.cli import main
 
@@ -360,7 +384,8 @@ def test_a_rerun_with_other_model_or_outputs_does_the_videos_again(tmp_path, mon
     assert run() == (["done"], 0)
     assert run(engine={"batch_size": 2}) == ([], 1), "batching changes no output"
     assert run(model={"score_threshold": 0.5}) == (["done"], 0)
-    assert warnings == ["videos done before with other model settings are done again (1 for model)"]
+    assert warnings == ["1 video done before with other settings is done again: model.score_threshold: 0.8 → 0.5 "
+                        "(1 video)"]
     assert run(model={"score_threshold": 0.5}) == ([], 1)
     assert run(model={"score_threshold": 0.5}, batch={"overlay": True}) == (["done"], 0)
     assert (out / "one" / "overlay.mp4").is_file()
@@ -439,6 +464,93 @@ def test_a_manifest_of_an_earlier_release_keeps_its_videos_done(tmp_path):
     (out / "manifest.jsonl").write_text(json.dumps(record) + "\n")
     outcomes, skipped, _ = run_batch(config(out), [str(videos)], adapter=ColourSegmenter(), progress=False)
     assert (outcomes, skipped) == ([], 1)
+
+
+# A line of manifest.jsonl as release 1e7dd33 wrote it (found probing an upgrade from it): no number
+# or made_by, no weights' digest, precision auto, and none of the settings added since
+RELEASE_1E7DD33_RECORD = {
+    "damage": "", "decode_errors": 0, "finished": "2026-12-03T17:15:58+00:00", "frames": 3, "frames_missing": 0,
+    "id": "one", "outputs": ["one/events.jsonl", "one/frames.jsonl", "one/panoptic", "one/panoptic.json"],
+    "reason": "", "seconds": 0.5, "status": "done",
+    "settings": {
+        "model": {"checkpoint": None, "family": None, "mask_threshold": 0.5, "overlap_threshold": 0.8,
+                  "postprocess": "fast", "precision": "auto", "preset": "synthetic_eomt_tiny_256",
+                  "score_threshold": 0.8, "task": "panoptic"},
+        "outputs": {"coco_panoptic": True, "jsonl": True, "mask_encoding": "rle", "overlay": False,
+                    "resize_in_decoder": False},
+        "tracking": {"class_change_overlap": 0.3, "class_weight": 0.1, "embedding_momentum": 0.7,
+                     "embedding_weight": 0.4, "enabled": True, "iou_weight": 0.5, "mask_side": 480, "max_lost": 30,
+                     "max_shift": 1.0, "max_tracks": 1000, "min_hits": 2, "min_overlap": 0.1, "min_similarity": 0.6,
+                     "partial_area": 0.5},
+    },
+}
+
+
+def test_a_video_done_by_release_1e7dd33_is_done_again_only_for_a_setting_that_may_change_it(tmp_path, caplog):
+    """Found probing an upgrade: the first batch after it did every finished video again, as
+    made with other settings, for the keys 1e7dd33 did not write. A key a record lacks reads as
+    what that release did: model.labels and tracking.max_lost_s unset do the same, while
+    re-identifying lost things (tracking.reid_similarity up to 1), which its tracker never did,
+    may give other track ids. The warning names the setting, so an operator knows why."""
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    encode_clip(videos / "one.mp4", frames=3)
+    out = tmp_path / "out"
+    run_batch(config(out), [str(videos)], adapter=ColourSegmenter(), progress=False)  # its outputs
+
+    def as_1e7dd33_wrote_it() -> None:
+        stat = (videos / "one.mp4").stat()
+        record = {**RELEASE_1E7DD33_RECORD, "video": str((videos / "one.mp4").resolve()), "size": stat.st_size,
+                  "mtime_ns": stat.st_mtime_ns}
+        (out / MANIFEST).write_text(json.dumps(record) + "\n")
+
+    def run(**tracking) -> tuple[list[str], int]:
+        cfg = config(out)
+        for key, value in tracking.items():
+            setattr(cfg.tracking, key, value)
+        outcomes, skipped, _ = run_batch(cfg, [str(videos)], adapter=ColourSegmenter(), progress=False)
+        return [o.status for o in outcomes], skipped
+
+    as_1e7dd33_wrote_it()
+    assert run(reid_similarity=2.0) == ([], 1), "no re-identification, as 1e7dd33: the same outputs"
+    assert "number" not in manifest(out)[0], "kept as it was"
+    caplog.clear()
+    assert run() == (["done"], 0), "re-identification on: done again"
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [
+        "1 video done before with other settings is done again: tracking.reid_similarity: not recorded "
+        "(no re-identification then) → 0.9 (1 video)"]
+    assert run() == ([], 1)
+    as_1e7dd33_wrote_it()
+    assert run(reid_similarity=2.0, max_lost_s=2.0) == (["done"], 0), "a lost track kept by time, not frames"
+
+
+def test_every_done_video_left_out_of_the_batch_json_is_named_in_a_warning_with_why(tmp_path, caplog):
+    """Found probing an upgrade: a batch of one new video into a copy of an earlier release's
+    folder wrote a panoptic_batch.json of the new video alone and said nothing of the others,
+    done with other settings (OPERATIONS promised a warning naming them)."""
+    from segstream.pipeline.batch import BATCH_PANOPTIC
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for name in ("one", "two", "three"):
+        encode_clip(videos / f"{name}.mp4", frames=2)
+    out = tmp_path / "out"
+    run_batch(config(out), [str(videos / "one.mp4"), str(videos / "two.mp4")], adapter=ColourSegmenter(), progress=False)
+    records = {record["id"]: record for record in manifest(out)}
+    stat = (videos / "one.mp4").stat()
+    records["one"] = {**RELEASE_1E7DD33_RECORD, "video": records["one"]["video"], "size": stat.st_size,
+                      "mtime_ns": stat.st_mtime_ns}
+    records["two"]["settings"]["model"]["score_threshold"] = 0.5
+    (out / MANIFEST).write_text("".join(json.dumps(record) + "\n" for record in records.values()))
+
+    caplog.clear()
+    run_batch(config(out), [str(videos / "three.mp4")], adapter=ColourSegmenter(), progress=False)
+    merged = json.loads((out / BATCH_PANOPTIC).read_text())
+    assert {image["video_id"] for image in merged["images"]} == {"three"}
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [
+        "2 videos done with other settings than this run's are left out of panoptic_batch.json: one "
+        "(tracking.reid_similarity: not recorded (no re-identification then) → 0.9); two (model.score_threshold: "
+        "0.5 → 0.8) — give them to a batch with these settings to have them done again"]
 
 
 def test_a_damaged_video_is_done_with_its_missing_frames_in_the_table_and_the_manifest(tmp_path):
