@@ -166,9 +166,14 @@ class SourceCounts:
         return self.down_s + self.gap_s + (max(0.0, now - self.state_since) if self.state in DOWN_STATES else 0.0)
 
     def outcome(self) -> dict[str, object]:
-        """What became of the source's frames, as its final state event says (SCHEMA, ``frames``)."""
-        return {"decoded": self.decoded, "decode_errors": self.decode_errors, "published": self.published,
-                "dropped": dict(sorted(self.dropped_by.items()))}
+        """What became of the source's frames, as its final state event says (SCHEMA, ``frames``):
+        ``skipped`` where its ``max_fps`` left frames out (a reader can then tell frames with no
+        entry from frames the input never had)."""
+        outcome: dict[str, object] = {"decoded": self.decoded, "decode_errors": self.decode_errors,
+                                      "published": self.published, "dropped": dict(sorted(self.dropped_by.items()))}
+        if self.skipped:
+            outcome["skipped"] = self.skipped
+        return outcome
 
     def copy(self) -> SourceCounts:
         return SourceCounts(

@@ -65,7 +65,7 @@ def test_a_25_fps_file_at_max_fps_5_publishes_every_fifth_frame_and_counts_the_r
     sink = CollectingSink()
     source = FileSource("cam", str(clip_25fps), max_fps=5)
     progress = io.StringIO()
-    runtime = Runtime([source], ColourSegmenter(), [sink], batch_size=2, progress=progress)
+    runtime = Runtime([source], ColourSegmenter(), [sink], batch_size=2, progress=progress, publish_states=True)
     report = runtime.run()
     assert sink.indices("cam") == list(range(0, 50, 5))  # the index stays the frame's place in the file
     seconds = [r.pts_seconds for r in sink.results]
@@ -78,6 +78,10 @@ def test_a_25_fps_file_at_max_fps_5_publishes_every_fifth_frame_and_counts_the_r
                for family in RunMetricsCollector(runtime.metrics).collect() for s in family.samples}
     assert scraped[("segstream_frames_skipped_total", ("cam",))] == 40
     assert scraped[("segstream_frames_decoded_total", ("cam",))] == 10
+    # the source's end says so too: a reader of its streams alone (a redaction job) can tell the 40
+    # frames with no entry from frames the file never had (found by a probe: "published 10" alone)
+    (ended,) = [e for e in sink.events if e.kind == "state" and e.data["state"] == "ended"]
+    assert ended.data["frames"] == {"decoded": 10, "decode_errors": 0, "published": 10, "dropped": {}, "skipped": 40}
 
 
 def test_a_looped_file_keeps_its_rate_across_passes(clip_25fps):
