@@ -74,6 +74,25 @@ def test_segstream_version_prints_the_package_version(tmp_path):
     assert out.stdout.strip() == f"segstream {segstream.__version__}"
 
 
+def test_one_version_in_every_place_that_says_it_and_the_changelog_s_newest(tmp_path):
+    """Every build said 0.1.0 for a month of changes (found by an upgrade probe: an operator could
+    not tell which release a pod ran, nor what changed): the version is written in both
+    distributions and the package, the installed one is it, and docs/CHANGELOG.md's newest
+    entry is about it."""
+    import importlib.metadata
+    import re
+    import tomllib
+
+    import segstream
+
+    repo = Path(__file__).resolve().parent.parent
+    written = {tomllib.loads((repo / where).read_text())["project"]["version"]
+               for where in ("pyproject.toml", "clients/python/pyproject.toml")}
+    assert written == {segstream.__version__} == {importlib.metadata.version("segstream")}
+    newest = re.search(r"^## (\S+)", (repo / "docs" / "CHANGELOG.md").read_text(), re.MULTILINE)
+    assert newest and newest.group(1) == segstream.__version__
+
+
 # Loaded first by ``sitecustomize``: at exit, how many copies of the CLI's drain-on-signal class the
 # process made and whose SIGTERM handler is installed.
 _COUNT_CLI_COPIES = """
