@@ -51,6 +51,13 @@ class AdapterError(SegstreamError):
     match its segments."""
 
 
+class FrameError(SegstreamError, ValueError, TypeError):
+    """A frame given to segstream is not what it takes: ``adapter.segment()`` a list of H x W x 3
+    uint8 RGB arrays with pixels (of a shape the model can window), ``draw_overlay`` such a frame
+    of its result's size. A service maps it to its client's error (HTTP 400); still a
+    ``ValueError`` and a ``TypeError``, as these were raised before."""
+
+
 class WireFormatError(SegstreamError):
     """A Redis stream entry is not in a schema version this reader understands. ``entry_id``
     names the entry when a subscription read it (to acknowledge it in a consumer group)."""

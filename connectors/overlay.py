@@ -24,7 +24,7 @@ import av
 import cv2
 import numpy as np
 
-from segstream.connectors.errors import SinkError
+from segstream.connectors.errors import FrameError, SinkError
 from segstream.connectors.output_files import open_output
 from segstream.models.results import NO_TRACK, FrameResult, Segments
 
@@ -89,15 +89,15 @@ def draw_overlay(image: np.ndarray, result: FrameResult, opacity: float = 0.45, 
     if label_map is None:
         raise ValueError("the result carries no label map to draw; read it with masks")
     if image is None:
-        raise ValueError(f"no frame to draw {result.source} frame {result.index} on (image is None) — pass the decoded "
+        raise FrameError(f"no frame to draw {result.source} frame {result.index} on (image is None) — pass the decoded "
                          "frame, or ask segstream.results(..., images=True) for it")
     if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         got = (f"a {'x'.join(map(str, image.shape))} {image.dtype} array" if isinstance(image, np.ndarray)
                else f"a {type(image).__name__}")
-        raise ValueError(f"draw_overlay draws on an H x W x 3 uint8 RGB frame, got {got} "
+        raise FrameError(f"draw_overlay draws on an H x W x 3 uint8 RGB frame, got {got} "
                          "(a float frame in 0..1: (image * 255).astype(np.uint8))")
     if image.shape[:2] != label_map.shape:
-        raise ValueError(f"frame is {image.shape[1]}x{image.shape[0]} but the segmentation is "
+        raise FrameError(f"frame is {image.shape[1]}x{image.shape[0]} but the segmentation is "
                          f"{label_map.shape[1]}x{label_map.shape[0]}")
     out = np.array(image, np.uint8, copy=True)
     if not len(segments):

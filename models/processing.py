@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from segstream.connectors.errors import FrameError
 from segstream.models.results import ScaledLabelMap
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -148,7 +149,7 @@ def window_layout(height: int, width: int, size: int) -> WindowLayout:
     long_side = max(h, w)
     count = math.ceil(long_side / size)
     if count > MAX_WINDOWS:
-        raise ValueError(f"a {width}x{height} frame would need {count} windows of {size} x {size} for a semantic "
+        raise FrameError(f"a {width}x{height} frame would need {count} windows of {size} x {size} for a semantic "
                          f"model (at most {MAX_WINDOWS}): crop it nearer to square first")
     overlap = count * size - long_side
     # The official code spreads the overlap evenly over the window boundaries.

@@ -280,7 +280,8 @@ class FrameResult(_FrameSizeMap):
     levels: list[Level] = field(default_factory=list)
 
     def __repr__(self) -> str:
-        parts = [f"{self.source} frame {self.index}", f"{self.width}x{self.height}", f"{len(self.segments)} segments"]
+        frame = f"{self.source} frame {self.index}" if self.source else f"frame {self.index}"  # segment()'s: no source
+        parts = [frame, f"{self.width}x{self.height}", f"{len(self.segments)} segments"]
         if len(self.segments):
             parts[-1] += f" ({label_summary(self.segments.labels)})"
         if (tracked := int((self.segments.track_ids != NO_TRACK).sum())) > 0:

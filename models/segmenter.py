@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from segstream.connectors.errors import AdapterError
+from segstream.connectors.errors import AdapterError, FrameError
 from segstream.models.eomt import EoMT, EoMTOutput
 from segstream.models.label_sets import LabelSet
 from segstream.models.processing import (
@@ -283,7 +283,7 @@ def segment_frames(
     the frames)."""
     if isinstance(images, np.ndarray) or isinstance(images, (str, bytes)):
         shape = getattr(images, "shape", None)
-        raise TypeError(f"segment() takes a list of frames (each H x W x 3 uint8 RGB), got "
+        raise FrameError(f"segment() takes a list of frames (each H x W x 3 uint8 RGB), got "
                         f"{type(images).__name__}{'' if shape is None else f' {shape}'} — wrap one frame as "
                         "[frame], or pass list(batch)")
     if not images:
@@ -297,11 +297,11 @@ def segment_frames(
 def upload(image: np.ndarray, device: torch.device) -> Tensor:
     """An H x W x 3 uint8 RGB frame as a tensor on ``device``."""
     if not isinstance(image, np.ndarray):
-        raise TypeError(f"frames must be numpy arrays (H x W x 3 uint8 RGB), got {type(image).__name__}")
+        raise FrameError(f"frames must be numpy arrays (H x W x 3 uint8 RGB), got {type(image).__name__}")
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"frames must be H x W x 3 uint8 RGB, got {image.dtype} {image.shape}")
+        raise FrameError(f"frames must be H x W x 3 uint8 RGB, got {image.dtype} {image.shape}")
     if image.shape[0] == 0 or image.shape[1] == 0:
-        raise ValueError(f"a frame has no pixels ({image.shape[0]} x {image.shape[1]})")
+        raise FrameError(f"a frame has no pixels ({image.shape[0]} x {image.shape[1]})")
     if not image.flags.writeable:  # torch warns of (and will not share) memory it may not write: a copy
         image = image.copy()
     return torch.from_numpy(np.ascontiguousarray(image)).to(device)

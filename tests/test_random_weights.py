@@ -104,16 +104,23 @@ def test_random_weights_segment_at_every_size_not_only_the_one_they_were_tuned_o
 def test_the_python_api_says_what_is_wrong_with_its_input():
     # Found probing: a single frame gave "truth value of an array is ambiguous", a 0x0 frame a
     # ZeroDivisionError, a dict config an AttributeError
-    from segstream.connectors.errors import ConfigError
+    import segstream
+    from segstream.connectors.errors import ConfigError, FrameError
 
     segmenter = build_segmenter({"device": "cpu", "precision": "fp32"})
     frame = np.zeros((48, 64, 3), np.uint8)
-    with pytest.raises(TypeError, match=r"takes a list of frames .*wrap one frame as \[frame\]"):
+    # each a segstream.FrameError (found by an image-service probe: a service could not map bad
+    # uploads to one exception class), still the TypeError or ValueError it was
+    with pytest.raises(FrameError, match=r"takes a list of frames .*wrap one frame as \[frame\]") as raised:
         segmenter.segment(frame)
-    with pytest.raises(TypeError, match="frames must be numpy arrays"):
+    assert isinstance(raised.value, TypeError) and isinstance(raised.value, segstream.SegstreamError)
+    with pytest.raises(FrameError, match="frames must be numpy arrays"):
         segmenter.segment(["frame.png"])
-    with pytest.raises(ValueError, match="a frame has no pixels"):
+    with pytest.raises(FrameError, match="a frame has no pixels") as raised:
         segmenter.segment([np.zeros((0, 0, 3), np.uint8)])
+    assert isinstance(raised.value, ValueError)
+    with pytest.raises(FrameError, match="frames must be H x W x 3 uint8 RGB, got uint8 \\(48, 64\\)"):
+        segmenter.segment([frame[..., 0]])
     with pytest.raises(ConfigError, match="model.precision: Input should be"):
         build_segmenter({"precision": "fp64"})
     assert len(segmenter.segment([frame, frame])) == 2

@@ -303,7 +303,7 @@ def test_draw_overlay_on_a_frame_that_is_not_uint8_rgb_says_what_it_takes():
     with pytest.raises(ValueError, match=r"^draw_overlay draws on an H x W x 3 uint8 RGB frame, got a 48x64x3 "
                                          r"float32 array \(a float frame in 0..1"):
         segstream.draw_overlay(frame.astype(np.float32) / 255, result)
-    with pytest.raises(ValueError, match="got a 48x64 uint8 array"):
+    with pytest.raises(segstream.FrameError, match="got a 48x64 uint8 array"):  # a ValueError too
         segstream.draw_overlay(frame[..., 0], result)
 
 
@@ -319,6 +319,8 @@ def test_reprs_of_a_result_its_segments_and_a_scaled_map_are_one_short_line():
     assert repr(result) == "FrameResult(cam0 frame 12, 1920x1080, 120 segments (person x40, car x20, road x20, sky x20, +1 more))"
     assert repr(segments) == "Segments(120: person x40, car x20, road x20, sky x20, +1 more; embeddings 120x256)"
     assert repr(scaled) == "ScaledLabelMap(1920x1080 frame from 256x256 decided)"
+    # adapter.segment()'s results have no source (found probing: "FrameResult( frame 0, ...")
+    assert repr(segstream.FrameResult("", 0, 64, 48, None, segments[:0])) == "FrameResult(frame 0, 64x48, 0 segments)"
 
 
 @pytest.mark.parametrize("overrides", [
