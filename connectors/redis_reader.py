@@ -44,13 +44,13 @@ from segstream.connectors.redis_connection import (
 from segstream.connectors.redis_wire import (
     DEFAULT_EVENTS_PATTERN,
     DEFAULT_STREAM_PATTERN,
-    SEGMENT_KEYS,
     EncodedMasks,
     acl_key_patterns,
     event_from_wire,
     from_wire,
     read_entries,
     read_entry,
+    result_record,
     stream_name,
 )
 from segstream.models.results import NO_TRACK, Event, FrameResult, Level, Segments
@@ -1593,24 +1593,8 @@ def entry_record(entry_id: str, stream: str, fields) -> dict[str, Any]:
         event = event_from_wire(fields)
         return {"type": "event", "id": entry_id, "stream": stream, "seq": _seq_of(fields), "run_id": event.run_id,
                 "source": event.source, "kind": event.kind, "ts": event.ts, "data": event.data}
-    result = from_wire(fields, decode_masks=False)
-    record = {
-        "type": "frame", "id": entry_id, "stream": stream, "seq": _seq_of(fields), "run_id": result.run_id,
-        "source": result.source, "frame": result.index, "epoch": result.epoch, "pts": result.pts,
-        "time_base": None if result.time_base is None
-        else f"{result.time_base.numerator}/{result.time_base.denominator}", "pts_s": result.pts_seconds,
-        "capture_ts": result.capture_ts, "sender_ts": result.sender_ts, "publish_ts": result.publish_ts,
-        "latency_s": result.latency_s, "width": result.width, "height": result.height, "model": result.model,
-        "file": result.file,
-        "segments": [{key: segment[key] for key in SEGMENT_KEYS} for segment in result.segments],
-    }
-    if result.levels:
-        record["levels"] = [
-            {"segments": [{"id": int(i), "parent": int(p), "area": int(a)}
-                          for i, p, a in zip(level.ids, level.parents, level.areas)]}
-            for level in result.levels
-        ]
-    return record
+    return {"type": "frame", "id": entry_id, "stream": stream, "seq": _seq_of(fields),
+            **result_record(from_wire(fields, decode_masks=False))}
 
 
 def _reason(event: Event) -> str:

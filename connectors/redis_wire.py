@@ -117,6 +117,60 @@ def to_wire(result: FrameResult, mask_encoding: str = "rle", publish_ts: float |
     return fields
 
 
+RECORD_MASKS = ("rle", "polygons")
+
+
+def result_record(result: FrameResult, masks: str | None = None) -> dict:
+    """``result`` as plain JSON-ready values: the keys of ``segstream tail --json``'s frame object
+    (docs/SCHEMA.md's names) but those of the stream it was read from, each segment's with its
+    mask where ``masks`` says: ``"rle"``, COCO's compressed RLE as entries carry it (``{"size":
+    [height, width], "counts": "..."}``); ``"polygons"``, the outlines as COCO polygons (a list
+    of ``[x0, y0, x1, y1, ...]`` in pixels, one per outer boundary; holes are not kept; needs
+    OpenCV); None, no masks."""
+    if masks is not None and masks not in RECORD_MASKS:
+        raise ValueError(f"masks={masks!r}: use 'rle', 'polygons' or None")
+    segments = [{key: segment[key] for key in SEGMENT_KEYS} for segment in result.segments]
+    if masks is not None:
+        label_map = result.segment_map
+        if label_map is None:
+            raise ValueError(f"{result.source} frame {result.index} carries no label map for its masks — read it "
+                             "with masks, or ask for masks=None")
+        ids = [int(i) for i in result.segments.ids]
+        if masks == "rle":
+            for record, counts in zip(segments, _coco_rle_counts(label_map, ids)):
+                record["rle"] = {"size": [result.height, result.width], "counts": counts}
+        else:
+            for record, outline in zip(segments, _polygons(result.label_map, ids)):
+                record["polygons"] = outline
+    record = {
+        "run_id": result.run_id, "source": result.source, "frame": result.index, "epoch": result.epoch,
+        "pts": result.pts, "time_base": None if result.time_base is None
+        else f"{result.time_base.numerator}/{result.time_base.denominator}", "pts_s": result.pts_seconds,
+        "capture_ts": result.capture_ts, "sender_ts": result.sender_ts, "publish_ts": result.publish_ts,
+        "latency_s": result.latency_s, "width": result.width, "height": result.height, "model": result.model,
+        "file": result.file, "segments": segments,
+    }
+    if result.levels:
+        record["levels"] = [
+            {"segments": [{"id": int(i), "parent": int(p), "area": int(a)}
+                          for i, p, a in zip(level.ids, level.parents, level.areas)]}
+            for level in result.levels
+        ]
+    return record
+
+
+def _polygons(label_map: np.ndarray, ids: list[int]) -> Iterator[list[list[int]]]:
+    """Each id's outer outlines as COCO polygons (flat x, y lists of at least three points)."""
+    try:
+        import cv2
+    except ImportError:
+        raise ValueError("masks='polygons' needs OpenCV (pip install opencv-python-headless)") from None
+    for segment_id in ids:
+        mask = (label_map == segment_id).astype(np.uint8)
+        contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        yield [contour.reshape(-1).tolist() for contour in contours if len(contour) >= 3]
+
+
 def _levels_to_wire(result: FrameResult, mask_encoding: str, fields: dict[str, bytes | str]) -> None:
     """The optional hierarchy: ``levels`` (JSON, finest level first, each ``{"segments": [{id,
     parent, area[, rle]}]}``) and, with idmap encoding, ``levels_idmap`` (all level maps stacked)."""

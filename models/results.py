@@ -310,6 +310,15 @@ class FrameResult(_FrameSizeMap):
             raise ValueError("this result carries no label map; read it again with masks")
         return label_map[None] == np.asarray(self.segments.ids).reshape(-1, 1, 1)
 
+    def to_dict(self, masks: str | None = None) -> dict[str, Any]:
+        """The result as plain JSON-ready values (``json.dumps(result.to_dict("rle"))``): the keys
+        of ``segstream tail --json``'s frame object (docs/SCHEMA.md), each segment's mask where
+        ``masks`` says: ``"rle"``, COCO's compressed RLE as stream entries carry it; ``"polygons"``,
+        COCO polygons of its outer outlines (``[[x0, y0, x1, y1, ...], ...]``); None, none."""
+        from segstream.connectors.redis_wire import result_record
+
+        return result_record(self, masks)
+
     @property
     def latency_s(self) -> float | None:
         """Capture to publish, in seconds, once published."""

@@ -13,7 +13,11 @@ import sys
 import time
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
+
+import segstream
 
 from segstream.connectors.redis_wire import event_to_wire, to_wire
 from segstream.models.results import Event
@@ -278,3 +282,39 @@ def test_evaluate_tracking_json_prints_the_numbers_of_its_table(capsys):
     truth = result["noisy_truth"]
     assert [float(v) for v in row] == [round(100 * truth[m], 1) for m in ("idf1", "hota", "deta", "assa")] + [
         truth["id_switches"], round(100 * truth["mota"], 1)]
+
+
+def test_a_result_to_dict_is_tail_json_s_frame_object_with_its_masks_as_rle_or_polygons():
+    """Found by an image-service probe: a result had no documented JSON form (to_wire's are
+    Redis field strings, segments JSON inside JSON); a service's clients want COCO RLE or polygons."""
+    from pycocotools import mask as coco_mask
+
+    from segstream.connectors.redis_reader import entry_record
+
+    label_map = np.full((40, 60), -1, np.int32)
+    label_map[5:15, 10:30] = 3  # a rectangle
+    label_map[20:35, 40:55] = 7
+    label_map[25:30, 45:50] = -1  # with a hole
+    segments = segstream.Segments.build([3, 7], [1, 2], ["box", "disc"], [True, True], scores=[0.9, 0.8])
+    result = segstream.FrameResult("cam", 4, 60, 40, label_map, segments, pts=400, capture_ts=100.0)
+
+    plain = result.to_dict()
+    wire = entry_record("1-0", "segstream:cam:frames", to_wire(result, publish_ts=101.0))
+    assert set(wire) - set(plain) == {"type", "id", "stream", "seq"}
+    assert {k: v for k, v in wire.items() if k in plain and k not in ("publish_ts", "latency_s")} == {
+        k: v for k, v in plain.items() if k not in ("publish_ts", "latency_s")}
+    assert json.loads(json.dumps(plain)) == plain
+
+    with_rle = json.loads(json.dumps(result.to_dict(masks="rle")))
+    for segment, mask in zip(with_rle["segments"], result.mask_array()):
+        rle = {"size": segment["rle"]["size"], "counts": segment["rle"]["counts"].encode()}
+        assert (coco_mask.decode(rle).astype(bool) == mask).all()
+
+    with_polygons = json.loads(json.dumps(result.to_dict(masks="polygons")))
+    [box_outline] = with_polygons["segments"][0]["polygons"]
+    drawn = np.zeros((40, 60), np.uint8)
+    cv2.fillPoly(drawn, [np.array(box_outline).reshape(-1, 2)], 1)
+    assert (drawn.astype(bool) == result.mask_array()[0]).all()  # the rectangle exactly
+    assert len(with_polygons["segments"][1]["polygons"]) == 1  # the outer outline; the hole is not kept
+    with pytest.raises(ValueError, match="masks='png': use 'rle', 'polygons' or None"):
+        result.to_dict(masks="png")
