@@ -1,0 +1,128 @@
+"""Video files read over HTTP from a small object store of our own: HTTP/1.1 with keep-alive and
+byte ranges, as S3 and its kind serve them, and the ways such a store fails (a 503 while it
+throttles, a connection cut mid-file)."""
+
+from __future__ import annotations
+
+import http.server
+import threading
+
+import av
+import numpy as np
+import pytest
+
+from segstream.connectors.errors import SourceError
+from segstream.connectors.file_source import FileSource
+
+
+def _encode_moov_at_end(path, frames: int = 40, fps: int = 10, gop: int = 10):
+    """An H.264 MP4 as muxers write it by default: its index (moov) after the media (mdat), so a
+    reader seeks to the end and back. Noise frames, ~190 kB: more than FFmpeg's first reads."""
+    noise = np.random.default_rng(0)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = 96, 64, "yuv420p"
+        stream.options = {"preset": "ultrafast", "g": str(gop)}
+        for _ in range(frames):
+            image = noise.integers(0, 256, (64, 96, 3), np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    data = path.read_bytes()
+    assert data.index(b"moov") > data.index(b"mdat")  # else the test would pass trivially
+    return data
+
+
+class ObjectStore(http.server.ThreadingHTTPServer):
+    """Serves ``data`` at every path, HTTP/1.1 with keep-alive and byte ranges. ``failures`` are
+    answered first, one per request, before the data: ``503``/``500`` (the status, with
+    Retry-After: 1 for a 503). ``cut``: every answer that starts before the middle of the data
+    stops there and closes the connection (a resumed request, from the middle, gets the rest).
+    ``requests`` holds each request's Range header."""
+
+    daemon_threads = True
+
+    def __init__(self, data: bytes, failures=(), cut: bool = False):
+        super().__init__(("127.0.0.1", 0), _StoreHandler)
+        self.data, self.failures, self.cut = data, list(failures), cut
+        self.requests: list[str | None] = []
+        self.lock = threading.Lock()
+
+    def url(self, name: str = "clip.mp4") -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/bucket/{name}?X-Amz-Signature=SECRET"
+
+    def __enter__(self) -> ObjectStore:
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.shutdown()
+        self.server_close()
+
+
+class _StoreHandler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: ObjectStore
+
+    def log_message(self, format, *args):
+        pass
+
+    def do_GET(self):
+        store = self.server
+        with store.lock:
+            store.requests.append(self.headers.get("Range"))
+            failure = store.failures.pop(0) if store.failures else None
+        if failure is not None:
+            body = b"<Error><Code>SlowDown</Code></Error>"
+            self.send_response(failure)
+            if failure == 503:
+                self.send_header("Retry-After", "1")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
+        size = len(store.data)
+        start, end = 0, size - 1
+        if (ranged := self.headers.get("Range", "")).startswith("bytes="):
+            first, _, last = ranged[6:].partition("-")
+            start, end = int(first or 0), int(last) if last else size - 1
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
+        else:
+            self.send_response(200)
+        self.send_header("Accept-Ranges", "bytes")
+        self.send_header("Content-Length", str(end - start + 1))
+        self.end_headers()  # as Python's server does: no "Connection: close" though asked to close
+        body = store.data[start:end + 1]
+        try:
+            if store.cut and start < size // 2:
+                self.wfile.write(body[: size // 2 - start])
+                self.wfile.flush()
+                self.close_connection = True
+                self.connection.shutdown(2)
+                return
+            self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+
+@pytest.fixture(scope="module")
+def moov_at_end(tmp_path_factory) -> bytes:
+    return _encode_moov_at_end(tmp_path_factory.mktemp("store") / "clip.mp4")
+
+
+def _read_all(url: str) -> tuple[list[int], FileSource]:
+    source = FileSource("cloud", url, open_timeout_s=10, read_timeout_s=10)
+    try:
+        return [frame.index for frame in source.frames()], source
+    finally:
+        source.close()
+
+
+def test_a_moov_at_end_mp4_from_a_keep_alive_range_server_delivers_every_frame(moov_at_end):
+    with ObjectStore(moov_at_end) as store:
+        indexes, source = _read_all(store.url())
+    assert indexes == list(range(40))
+    assert source.frames_missing == 0 and source.damage == ""
+    assert len(store.requests) >= 3  # it did seek to the index at the end and back
