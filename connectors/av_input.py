@@ -27,14 +27,17 @@ comes, and closes its input on the way out.
 
 from __future__ import annotations
 
+import base64
 import bisect
 import errno
+import http.client
 import itertools
 import logging
 import math
 import queue
 import re
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -42,7 +45,9 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
-from urllib.parse import urlsplit
+import urllib.error
+import urllib.request
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import av
 import numpy as np
@@ -407,6 +412,8 @@ class AVInput:
                     ) from None
                 raise open_error(error, self.shown, timeout[0]) from None
             self.container = self._open_relayed(ffmpeg, options or {}, deadlines)
+        except av.error.HTTPServerError:
+            raise self._server_error("cannot open") from None
         except Exception as error:
             raise open_error(error, self.shown, timeout[0]) from None
         try:
@@ -578,12 +585,20 @@ class AVInput:
                 ) from None
             if error.errno == errno.EAGAIN:  # a file, a blocking read: what FFmpeg could not get is a thread
                 raise self._threads_refused() from None
+            if isinstance(error, av.error.HTTPServerError):  # resuming a cut connection
+                raise self._server_error("cannot read") from None
             raise SourceError(f"reading '{self.shown}' failed: {describe_error(error)}") from None
         finally:
             if change_after is not None and not handed:
                 self.decode_errors, self.pending_rejected = self.decode_errors + rejected, 0
             elif handed:
                 self.pending_rejected = 0  # handed over: the next decoder's to read or count
+
+    def _server_error(self, doing: str) -> SourceError:
+        """An http(s) server's error (5xx), named by the status it answers now: FFmpeg says only "5XX"."""
+        status = http_status(self.target, min(self.timeout[0], 5.0)) or "5XX"
+        return SourceError(f"{doing} '{self.shown}': the server answered {status} — a server error: the server or "
+                           "object store is overloaded or failing; try again later")
 
     def _carried_packets(self) -> Iterator[tuple[av.Packet, bool]]:
         """The packets ``carried`` over from the last session, for this decoder. The old demuxer's
@@ -855,6 +870,30 @@ def _unreadable_file(target: str) -> str | None:
         return ("an MP4/MOV without its index (moov atom not found): an unfinished recording, stopped before the "
                 "file was closed — a repair tool (untrunc) can rebuild the index from a good file of the same recorder")
     return None
+
+
+def http_status(url: str, timeout_s: float) -> str | None:
+    """What an http(s) server answers for ``url`` now, as ``503 Service Unavailable (Retry-After:
+    30)``, asked once more with a one-byte ranged GET for a failure FFmpeg names only by its class
+    ("5XX"). None when the answer is the data, or when the server cannot be asked."""
+    parts = urlsplit(url)
+    headers = {"Range": "bytes=0-0"}
+    if parts.username is not None:  # FFmpeg sends the URL's user and password as Basic auth
+        user = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+        headers["Authorization"] = "Basic " + base64.b64encode(user.encode()).decode()
+    plain = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2], fragment=""))
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE  # FFmpeg's default: tls_verify 0
+    try:
+        with urllib.request.urlopen(urllib.request.Request(plain, headers=headers), timeout=timeout_s,
+                                    context=context):
+            return None
+    except urllib.error.HTTPError as error:
+        with error:
+            wait = error.headers.get("Retry-After")
+            return f"{error.code} {error.reason}" + (f" (Retry-After: {wait})" if wait else "")
+    except (OSError, ValueError, http.client.HTTPException):
+        return None
 
 
 def _unknown_host(url: str) -> str | None:

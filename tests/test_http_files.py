@@ -36,8 +36,7 @@ def _encode_moov_at_end(path, frames: int = 40, fps: int = 10, gop: int = 10):
 
 class ObjectStore(http.server.ThreadingHTTPServer):
     """Serves ``data`` at every path, HTTP/1.1 with keep-alive and byte ranges. ``failures`` are
-    answered first, one per request, before the data: ``503``/``500`` (the status, with
-    Retry-After: 1 for a 503). ``cut``: every answer that starts before the middle of the data
+    answered first, one per request, before the data: (status, Retry-After seconds or None). ``cut``: every answer that starts before the middle of the data
     stops there and closes the connection (a resumed request, from the middle, gets the rest).
     ``requests`` holds each request's Range header."""
 
@@ -74,10 +73,11 @@ class _StoreHandler(http.server.BaseHTTPRequestHandler):
             store.requests.append(self.headers.get("Range"))
             failure = store.failures.pop(0) if store.failures else None
         if failure is not None:
+            status, wait_s = failure
             body = b"<Error><Code>SlowDown</Code></Error>"
-            self.send_response(failure)
-            if failure == 503:
-                self.send_header("Retry-After", "1")
+            self.send_response(status)
+            if wait_s is not None:
+                self.send_header("Retry-After", str(wait_s))
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
@@ -126,3 +126,20 @@ def test_a_moov_at_end_mp4_from_a_keep_alive_range_server_delivers_every_frame(m
     assert indexes == list(range(40))
     assert source.frames_missing == 0 and source.damage == ""
     assert len(store.requests) >= 3  # it did seek to the index at the end and back
+
+
+def test_an_object_store_throttling_with_503s_is_asked_again_until_it_serves_every_frame(moov_at_end):
+    with ObjectStore(moov_at_end, failures=[(503, 1), (503, 1)]) as store:
+        indexes, _ = _read_all(store.url())
+    assert indexes == list(range(40))
+    assert store.requests[:3] == ["bytes=0-"] * 3  # the two 503s, then the data
+
+
+@pytest.mark.parametrize("status, named", [(503, "503 Service Unavailable"), (500, "500 Internal Server Error")])
+def test_a_server_error_that_outlasts_the_retries_is_named_by_its_status(moov_at_end, status, named):
+    # a Retry-After beyond the retries' 4 s ends them at once (the test needs not wait through them)
+    with ObjectStore(moov_at_end, failures=[(status, 30)] * 10) as store:
+        with pytest.raises(SourceError) as raised:
+            _read_all(store.url())
+    assert f"the server answered {named} (Retry-After: 30)" in str(raised.value)
+    assert "SECRET" not in str(raised.value)
