@@ -396,6 +396,8 @@ class AVInput:
         self.last_read = time.monotonic()  # when FFmpeg last handed over a packet
         self.sender_may_change = sender_may_change
         self.stop: threading.Event | None = None  # set: ``pictures()`` returns at the next packet
+        # an http input told to resume a lost connection with a Range request (a file's)
+        self.resumes = (options or {}).get("reconnect") == "1"
         self.orientation = orientation if orientation is not None else DisplayOrientation()
         self._relay: FFmpegRelay | None = None
         # FFmpeg's own deadlines come ``grace_s`` after the caller's (a watchdog that acts on
@@ -587,6 +589,10 @@ class AVInput:
                 raise self._threads_refused() from None
             if isinstance(error, av.error.HTTPServerError):  # resuming a cut connection
                 raise self._server_error("cannot read") from None
+            if error.errno == errno.EIO and self.resumes:
+                raise SourceError(f"reading '{self.shown}' failed ({describe_error(error)}): the connection to the "
+                                  "server was lost and could not be resumed, or the server serves no byte ranges (an "
+                                  "MP4 with its index at the end needs them; -movflags +faststart puts it first)") from None
             raise SourceError(f"reading '{self.shown}' failed: {describe_error(error)}") from None
         finally:
             if change_after is not None and not handed:
@@ -814,6 +820,11 @@ def open_error(error: BaseException, shown: str, open_timeout_s: float) -> Sourc
                            "connection, then closed it or stayed silent")
     if isinstance(error, av.error.InvalidDataError) and (why := _unreadable_file(shown)) is not None:
         return InputRefused(f"cannot open '{shown}': {why}", missing=True)
+    if isinstance(error, av.error.InvalidDataError) and url_scheme(shown) in ("http", "https"):
+        # FFmpeg's answer to a connection lost before the header, or an MP4's index at its end, as well
+        return InputRefused(f"cannot open '{shown}' as video ({describe_error(error)}) — the connection may have "
+                            "been lost before its header or index (an MP4's moov atom) arrived, and could not be "
+                            "resumed; else check that the URL is the video itself", missing=True)
     if isinstance(error, av.error.InvalidDataError):  # a web page, a file of another kind: not going to change
         return InputRefused(f"cannot open '{shown}' as video ({describe_error(error)}) — check that the URL or path "
                             "is the video itself", missing=True)  # no video there (yet: a publisher starting)

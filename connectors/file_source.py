@@ -30,6 +30,9 @@ def http_file_options(path: str) -> dict[str, str]:
     offset: an MP4 with its index at the end lost its first keyframe groups, unnoticed (10 of 40
     frames, measured with PyAV 18.1).
 
+    A connection lost before the end is resumed with a Range request from where it stopped
+    (``reconnect``; every object store serves ranges).
+
     A 429 or 5xx answer (an object store's SlowDown, 503) is asked again after 0, 1 and 3 s, or
     after the server's Retry-After where that is within 4 s: bounded, 4 s of waits in all, within
     the default open timeout (10 s), after which the error names the status (``AVInput``).
@@ -37,6 +40,7 @@ def http_file_options(path: str) -> dict[str, str]:
     if url_scheme(path) not in ("http", "https"):
         return {}
     return {
+        "reconnect": "1",
         "reconnect_on_network_error": "1",
         "reconnect_on_http_error": "429,5xx",
         "reconnect_delay_max": "4",

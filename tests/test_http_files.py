@@ -5,6 +5,7 @@ throttles, a connection cut mid-file)."""
 from __future__ import annotations
 
 import http.server
+import io
 import threading
 
 import av
@@ -37,14 +38,15 @@ def _encode_moov_at_end(path, frames: int = 40, fps: int = 10, gop: int = 10):
 class ObjectStore(http.server.ThreadingHTTPServer):
     """Serves ``data`` at every path, HTTP/1.1 with keep-alive and byte ranges. ``failures`` are
     answered first, one per request, before the data: (status, Retry-After seconds or None). ``cut``: every answer that starts before the middle of the data
-    stops there and closes the connection (a resumed request, from the middle, gets the rest).
+    stops there and closes the connection (a resumed request, from the middle, gets the rest);
+    without ``ranges`` the server ignores Range headers and answers from the start.
     ``requests`` holds each request's Range header."""
 
     daemon_threads = True
 
-    def __init__(self, data: bytes, failures=(), cut: bool = False):
+    def __init__(self, data: bytes, failures=(), cut: bool = False, ranges: bool = True):
         super().__init__(("127.0.0.1", 0), _StoreHandler)
-        self.data, self.failures, self.cut = data, list(failures), cut
+        self.data, self.failures, self.cut, self.ranges = data, list(failures), cut, ranges
         self.requests: list[str | None] = []
         self.lock = threading.Lock()
 
@@ -84,14 +86,14 @@ class _StoreHandler(http.server.BaseHTTPRequestHandler):
             return
         size = len(store.data)
         start, end = 0, size - 1
-        if (ranged := self.headers.get("Range", "")).startswith("bytes="):
+        if (ranged := self.headers.get("Range", "")).startswith("bytes=") and store.ranges:
             first, _, last = ranged[6:].partition("-")
             start, end = int(first or 0), int(last) if last else size - 1
             self.send_response(206)
             self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
         else:
             self.send_response(200)
-        self.send_header("Accept-Ranges", "bytes")
+        self.send_header("Accept-Ranges", "bytes" if store.ranges else "none")
         self.send_header("Content-Length", str(end - start + 1))
         self.end_headers()  # as Python's server does: no "Connection: close" though asked to close
         body = store.data[start:end + 1]
@@ -143,3 +145,28 @@ def test_a_server_error_that_outlasts_the_retries_is_named_by_its_status(moov_at
             _read_all(store.url())
     assert f"the server answered {named} (Retry-After: 30)" in str(raised.value)
     assert "SECRET" not in str(raised.value)
+
+
+def test_a_connection_cut_mid_file_is_resumed_from_where_it_stopped(moov_at_end):
+    with ObjectStore(moov_at_end, cut=True) as store:
+        indexes, source = _read_all(store.url())
+    assert indexes == list(range(40))
+    assert source.frames_missing == 0
+    assert f"bytes={len(moov_at_end) // 2}-" in store.requests  # resumed at the cut, not read again
+
+
+def test_a_cut_that_cannot_be_resumed_says_the_connection_was_lost(moov_at_end, tmp_path):
+    faststart = tmp_path / "faststart.mp4"  # its index first: the cut comes while reading frames
+    with av.open(io.BytesIO(moov_at_end)) as original, av.open(str(faststart), "w",
+                                                               options={"movflags": "faststart"}) as copy:
+        stream = copy.add_stream_from_template(original.streams.video[0])
+        for packet in original.demux(original.streams.video[0]):
+            if packet.dts is not None:
+                packet.stream = stream
+                copy.mux(packet)
+    # a server without byte ranges: the connection cannot be resumed
+    for data, said in ((moov_at_end, "the connection may have been lost before its header or index"),
+                       (faststart.read_bytes(), "the connection to the server was lost and could not be resumed, or the server")):
+        with ObjectStore(data, cut=True, ranges=False) as store:
+            with pytest.raises(SourceError, match=said):
+                _read_all(store.url())
