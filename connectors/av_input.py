@@ -27,14 +27,17 @@ comes, and closes its input on the way out.
 
 from __future__ import annotations
 
+import base64
 import bisect
 import errno
+import http.client
 import itertools
 import logging
 import math
 import queue
 import re
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -42,7 +45,9 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
-from urllib.parse import urlsplit
+import urllib.error
+import urllib.request
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import av
 import numpy as np
@@ -391,6 +396,8 @@ class AVInput:
         self.last_read = time.monotonic()  # when FFmpeg last handed over a packet
         self.sender_may_change = sender_may_change
         self.stop: threading.Event | None = None  # set: ``pictures()`` returns at the next packet
+        # an http input told to resume a lost connection with a Range request (a file's)
+        self.resumes = (options or {}).get("reconnect") == "1"
         self.orientation = orientation if orientation is not None else DisplayOrientation()
         self._relay: FFmpegRelay | None = None
         # FFmpeg's own deadlines come ``grace_s`` after the caller's (a watchdog that acts on
@@ -407,6 +414,8 @@ class AVInput:
                     ) from None
                 raise open_error(error, self.shown, timeout[0]) from None
             self.container = self._open_relayed(ffmpeg, options or {}, deadlines)
+        except av.error.HTTPServerError:
+            raise self._server_error("cannot open") from None
         except Exception as error:
             raise open_error(error, self.shown, timeout[0]) from None
         try:
@@ -578,12 +587,24 @@ class AVInput:
                 ) from None
             if error.errno == errno.EAGAIN:  # a file, a blocking read: what FFmpeg could not get is a thread
                 raise self._threads_refused() from None
+            if isinstance(error, av.error.HTTPServerError):  # resuming a cut connection
+                raise self._server_error("cannot read") from None
+            if error.errno == errno.EIO and self.resumes:
+                raise SourceError(f"reading '{self.shown}' failed ({describe_error(error)}): the connection to the "
+                                  "server was lost and could not be resumed, or the server serves no byte ranges (an "
+                                  "MP4 with its index at the end needs them; -movflags +faststart puts it first)") from None
             raise SourceError(f"reading '{self.shown}' failed: {describe_error(error)}") from None
         finally:
             if change_after is not None and not handed:
                 self.decode_errors, self.pending_rejected = self.decode_errors + rejected, 0
             elif handed:
                 self.pending_rejected = 0  # handed over: the next decoder's to read or count
+
+    def _server_error(self, doing: str) -> SourceError:
+        """An http(s) server's error (5xx), named by the status it answers now: FFmpeg says only "5XX"."""
+        status = http_status(self.target, min(self.timeout[0], 5.0)) or "5XX"
+        return SourceError(f"{doing} '{self.shown}': the server answered {status} — a server error: the server or "
+                           "object store is overloaded or failing; try again later")
 
     def _carried_packets(self) -> Iterator[tuple[av.Packet, bool]]:
         """The packets ``carried`` over from the last session, for this decoder. The old demuxer's
@@ -799,6 +820,11 @@ def open_error(error: BaseException, shown: str, open_timeout_s: float) -> Sourc
                            "connection, then closed it or stayed silent")
     if isinstance(error, av.error.InvalidDataError) and (why := _unreadable_file(shown)) is not None:
         return InputRefused(f"cannot open '{shown}': {why}", missing=True)
+    if isinstance(error, av.error.InvalidDataError) and url_scheme(shown) in ("http", "https"):
+        # FFmpeg's answer to a connection lost before the header, or an MP4's index at its end, as well
+        return InputRefused(f"cannot open '{shown}' as video ({describe_error(error)}) — the connection may have "
+                            "been lost before its header or index (an MP4's moov atom) arrived, and could not be "
+                            "resumed; else check that the URL is the video itself", missing=True)
     if isinstance(error, av.error.InvalidDataError):  # a web page, a file of another kind: not going to change
         return InputRefused(f"cannot open '{shown}' as video ({describe_error(error)}) — check that the URL or path "
                             "is the video itself", missing=True)  # no video there (yet: a publisher starting)
@@ -855,6 +881,30 @@ def _unreadable_file(target: str) -> str | None:
         return ("an MP4/MOV without its index (moov atom not found): an unfinished recording, stopped before the "
                 "file was closed — a repair tool (untrunc) can rebuild the index from a good file of the same recorder")
     return None
+
+
+def http_status(url: str, timeout_s: float) -> str | None:
+    """What an http(s) server answers for ``url`` now, as ``503 Service Unavailable (Retry-After:
+    30)``, asked once more with a one-byte ranged GET for a failure FFmpeg names only by its class
+    ("5XX"). None when the answer is the data, or when the server cannot be asked."""
+    parts = urlsplit(url)
+    headers = {"Range": "bytes=0-0"}
+    if parts.username is not None:  # FFmpeg sends the URL's user and password as Basic auth
+        user = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+        headers["Authorization"] = "Basic " + base64.b64encode(user.encode()).decode()
+    plain = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2], fragment=""))
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE  # FFmpeg's default: tls_verify 0
+    try:
+        with urllib.request.urlopen(urllib.request.Request(plain, headers=headers), timeout=timeout_s,
+                                    context=context):
+            return None
+    except urllib.error.HTTPError as error:
+        with error:
+            wait = error.headers.get("Retry-After")
+            return f"{error.code} {error.reason}" + (f" (Retry-After: {wait})" if wait else "")
+    except (OSError, ValueError, http.client.HTTPException):
+        return None
 
 
 def _unknown_host(url: str) -> str | None:

@@ -10,14 +10,19 @@ from urllib.parse import parse_qsl, quote, urlsplit
 STREAM_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "tcp", "udp", "srt", "rist")
 REDACTED = "***"
 _RTSP_PORTS = {"rtsp": 554, "rtsps": 322}  # when a URL names none
-# Query parameters whose values are secrets in signed or tokenised stream URLs.
-_SECRET_QUERY_KEY = re.compile(r"pass|pwd|secret|token|key|sig|auth|credential|session", re.IGNORECASE)
+# Query parameters whose values are secrets in signed or tokenised stream URLs: names holding one
+# of these words, and short names that are secrets alone (an Azure Functions key, ``code``; a
+# CloudFront policy, ``Policy``) but words of harmless names in others (``codec``).
+_SECRET_QUERY_KEY = re.compile(r"pass|pwd|secret|token|key|sig|auth|credential|session|jwt|^(code|policy)$",
+                               re.IGNORECASE)
 
 
 def redact_url(url: str, keep_user: bool = False) -> str:
-    """``url`` with its user info and the values of credential-like query parameters replaced
-    by ``***``: ``rtsp://admin:pw@cam/live?token=x`` -> ``rtsp://***@cam/live?token=***``
-    (with ``keep_user``, only the password: ``redis://alice:***@host``).
+    """``url`` with its user info, the values of credential-like query parameters and its
+    fragment replaced by ``***``: ``rtsp://admin:pw@cam/live?token=x`` ->
+    ``rtsp://***@cam/live?token=***`` (with ``keep_user``, only the password:
+    ``redis://alice:***@host``). A fragment is never sent to the server, and may hold a token
+    (``#access_token=...``).
 
     The user info is everything up to the last ``@``, so a password with an unescaped ``/``,
     ``@``, ``?`` or ``#`` in it is hidden too (an ``@`` in a path or query hides more than it
@@ -37,14 +42,14 @@ def redact_url(url: str, keep_user: bool = False) -> str:
         rest = rest[at + 1 :]
     cut = min((i for i in (rest.find("?"), rest.find("#")) if i >= 0), default=len(rest))
     address, tail = user + rest[:cut], rest[cut:]
-    if tail.startswith("?"):
-        query, hash_sign, fragment = tail[1:].partition("#")
+    query, hash_sign, fragment = tail.partition("#")
+    if query.startswith("?"):
         pairs = [
             f"{quote(k, safe='')}={REDACTED if _SECRET_QUERY_KEY.search(k) else quote(v, safe='')}"
-            for k, v in parse_qsl(query, keep_blank_values=True)
+            for k, v in parse_qsl(query[1:], keep_blank_values=True)
         ]
-        tail = "?" + "&".join(pairs) + hash_sign + fragment
-    return f"{scheme}://{address}{tail}"
+        query = "?" + "&".join(pairs)
+    return f"{scheme}://{address}{query}{hash_sign}{REDACTED if fragment else ''}"
 
 
 def url_scheme(target: str) -> str:

@@ -15,6 +15,7 @@ decoded is recorded as failed, with the reason, and the others go on.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import fcntl
@@ -1004,7 +1005,10 @@ def summary_table(outcomes: Sequence[VideoOutcome], skipped: int, manifest: Path
             fps = f"{o.frames / o.seconds:8.1f}" if o.seconds > 0 and o.frames else f"{'':8}"
             lines.append(f"{o.job.id:<{width}}  {o.status:<7}{o.frames:>8}{o.seconds:>9.1f}{fps}  {scrub(o.note)}")
         if len(shown) < len(ran):
-            lines.append(f"({len(ran) - len(shown)} more done videos not listed; the manifest has them all)")
+            listed = {id(o) for o in shown}
+            left = collections.Counter(o.status for o in ran if id(o) not in listed)
+            kinds = ", ".join(f"{n} {status}" for status, n in sorted(left.items()))
+            lines.append(f"({len(ran) - len(shown)} more videos not listed: {kinds}; the manifest has them all)")
     done = [o for o in outcomes if o.status == "done"]
     failed = sum(o.status == "failed" for o in outcomes)
     failed_before = sum(o.status == "skipped" for o in outcomes)

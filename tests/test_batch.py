@@ -16,7 +16,8 @@ from segstream.connectors.errors import ConfigError
 from segstream.connectors.files_sink import read_entries
 from segstream.connectors.redis_wire import event_from_wire, from_wire
 from segstream.connectors.coco_panoptic import read_coco_panoptic
-from segstream.pipeline.batch import MANIFEST, REDIS_MARKS, find_videos, output_lock, plan, run_batch, summary_table
+from segstream.pipeline.batch import (MANIFEST, REDIS_MARKS, VideoJob, VideoOutcome, find_videos, output_lock, plan, run_batch,
+                                      summary_table)
 from segstream.pipeline.config import BatchPipelineConfig, validate_config
 from tests.conftest import ColourSegmenter, encode_clip
 
@@ -796,3 +797,13 @@ def test_paths_shaped_like_urls_with_passwords_keep_them_out_of_the_manifest_tab
     assert "camadmin:***@127.0.0.1:16903" in (out / MANIFEST).read_text()
     again, skipped, _ = run_batch(config(out), inputs, adapter=ColourSegmenter(), progress=False)
     assert skipped == 3 and [o.status for o in again] == ["skipped"], "the masked manifest still resumes"
+
+
+def test_the_table_says_what_the_videos_it_leaves_out_became(tmp_path):
+    # found probing: 1 done and 3000 failed said "(2901 more done videos not listed ...)"
+    outcomes = [VideoOutcome(VideoJob(tmp_path / "real.mp4", "real"), "done", frames=30, seconds=1.0)]
+    outcomes += [VideoOutcome(VideoJob(tmp_path / f"m{i}.mp4", f"m{i}"), "failed", reason="does not exist")
+                 for i in range(300)]
+    table = summary_table(outcomes, 0, tmp_path / MANIFEST, limit=100).splitlines()
+    assert sum(" failed " in line for line in table) == 100
+    assert "(201 more videos not listed: 1 done, 200 failed; the manifest has them all)" in table

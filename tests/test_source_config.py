@@ -191,6 +191,21 @@ def test_urls_are_shown_without_any_part_of_a_password():
     assert redact_url("rtsp://cam/live") == "rtsp://cam/live"
 
 
+def test_shown_urls_hide_function_keys_cloudfront_policies_and_fragments_but_not_camera_parameters():
+    from segstream.connectors.urls import redact_url
+
+    # found probing: an Azure Functions key, a CloudFront signed URL's policy and a fragment were shown
+    assert (redact_url("https://f.azurewebsites.net/api/clip?code=FUNCSECRET&name=a.mp4")
+            == "https://f.azurewebsites.net/api/clip?code=***&name=a.mp4")
+    assert (redact_url("https://d1.cloudfront.net/a.mp4?Policy=POLICYSECRET&Signature=SIG&Key-Pair-Id=K2ID")
+            == "https://d1.cloudfront.net/a.mp4?Policy=***&Signature=***&Key-Pair-Id=***")
+    assert redact_url("https://host/a.mp4#access_token=FRAGSECRET") == "https://host/a.mp4#***"
+    assert redact_url("https://host/a.mp4?x=1#t") == "https://host/a.mp4?x=1#***"
+    # a camera's own parameters stay readable
+    assert (redact_url("rtsp://cam/stream?channel=1&subtype=0&codec=h264&profile=main")
+            == "rtsp://cam/stream?channel=1&subtype=0&codec=h264&profile=main")
+
+
 def test_the_status_line_interval_comes_from_ops(tmp_path):
     # Found probing: with JSON logs the status line was an INFO record every 2 s, 43k a day, fixed
     from segstream.pipeline.runtime import Runtime
