@@ -245,10 +245,10 @@ def plan(paths: Sequence[Path | str], taken: dict[str, str] | None = None,
     free = (n for n in itertools.count(1) if n not in used)  # a resumed batch numbers as an uninterrupted one
     owned = {path: vid for vid, path in taken.items()}
     jobs = [_job(path) for path in paths]
-    shown = {job.key: _named_path(job) for job in jobs}  # the id names folders and streams: no password in it
-    stems = Counter((named.parent, named.stem) for named in shown.values())
-    for job in jobs:
-        key, path = job.key, shown[job.key]
+    shown = [_named_path(job) for job in jobs]  # the id names folders and streams: no password in it
+    stems = Counter((named.parent, named.stem) for named in shown)
+    for job, path in zip(jobs, shown):
+        key = job.key
         vid = owned.get(key)
         if vid is None:
             name = path.stem if stems[path.parent, path.stem] == 1 else f"{path.stem}_{path.suffix.lstrip('.')}"
@@ -258,7 +258,7 @@ def plan(paths: Sequence[Path | str], taken: dict[str, str] | None = None,
                 if vid not in taken:
                     break
             else:
-                vid = f"{parts[-1]}-{hashlib.sha1(key.encode()).hexdigest()[:8]}"
+                vid = f"{parts[-1]}-{hashlib.sha1((key if job.url else job.source).encode()).hexdigest()[:8]}"
             taken[vid] = key
         job.id = vid
         number = numbers.get(key)
@@ -311,7 +311,8 @@ def probe(job: VideoJob, max_fps: float | None = None) -> None:
     from segstream.connectors.av_input import video_stream
     from segstream.connectors.source import special_file
 
-    if not job.url and special_file(job.path) is not None:  # a FIFO would hold the open until a writer comes: its run says why
+    # a FIFO would hold the open until a writer comes: its run says why
+    if not job.url and special_file(job.path) is not None:
         return
     try:
         with av.open(job.source, timeout=(5.0, 5.0)) as container:
@@ -656,6 +657,7 @@ class BatchVideoSource:
                     return
                 self._inner = FileSource(self.name, self.job.source, open_timeout_s=self.cfg.open_timeout_s,
                                          read_timeout_s=self.cfg.read_timeout_s, max_fps=self.cfg.max_fps)
+                self._inner.shown = self.job.key  # what its messages name a URL by: not even its query's keys
                 self._inner.decode_size = self.decode_size
             with closing(self._inner.frames()) as frames:
                 for frame in frames:
@@ -1172,7 +1174,8 @@ def run_batch(cfg: PipelineConfig, inputs: Sequence[str], engine: str = "local",
         log.warning(warning)
     if not paths:
         raise ConfigError("no videos to process: " + ("; ".join(warnings) or "no inputs given"))
-    if not any(isinstance(path, str) or path.exists() for path in paths):  # a missing one among others fails as a video; all: a mistake
+    # a missing one among others fails as a video; all: a mistake (a URL is not known missing until read)
+    if not any(isinstance(path, str) or path.exists() for path in paths):
         missing = ", ".join(f"'{path}'" for path in paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
         raise ConfigError(f"no videos to process: {missing} do{'es' if len(paths) == 1 else ''} not exist")
     with output_lock(root):

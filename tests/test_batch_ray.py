@@ -217,5 +217,5 @@ def test_presigned_urls_on_ray_are_read_whole_and_recorded_without_their_query(t
     assert sorted((o.job.id, o.status, o.frames) for o in outcomes) == [("clip", "done", 3), ("gone", "failed", 0)]
     records = {json.loads(line)["id"]: json.loads(line) for line in (out / MANIFEST).read_text().splitlines()}
     assert records["clip"]["video"] == f"{store.base}/clip.mp4" and records["clip"]["etag"]
-    assert records["gone"]["reason"] == f"source gone: cannot open '{store.base}/gone.mp4': 404 Not Found — check the path of the URL"
+    assert records["gone"]["reason"].startswith(f"source gone: cannot open '{store.base}/gone.mp4': 404 Not Found")
     assert SIGNATURE not in written(out)
