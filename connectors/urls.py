@@ -52,6 +52,30 @@ def redact_url(url: str, keep_user: bool = False) -> str:
     return f"{scheme}://{address}{query}{hash_sign}{REDACTED if fragment else ''}"
 
 
+def url_identity(url: str) -> str:
+    """What names the file a URL reads, kept where the URL itself may not be: the URL without
+    its user info, query and fragment (``https://bucket.s3.amazonaws.com/cams/a.mp4`` for a
+    presigned URL of it, whatever its signature), scheme and host in lower case."""
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
+    if ":" in host:  # an IPv6 address
+        host = f"[{host}]"
+    try:
+        port = f":{parts.port}" if parts.port is not None else ""
+    except ValueError:  # a port that is no number: kept as written, the URL fails when read
+        port = parts.netloc.rpartition("@")[2].removeprefix(parts.hostname or "")
+    return f"{parts.scheme.lower()}://{host}{port}{parts.path}"
+
+
+def url_secrets(url: str) -> list[str]:
+    """What in ``url`` is secret: its password, its whole query (a presigned URL's signature,
+    credential and token) and the values of credential-like query parameters."""
+    parts = urlsplit(url)
+    found = [parts.password or "", parts.query]
+    found += [v for k, v in parse_qsl(parts.query, keep_blank_values=True) if _SECRET_QUERY_KEY.search(k)]
+    return [secret for secret in found if secret]
+
+
 def url_scheme(target: str) -> str:
     """The lower-case scheme of a URL, '' for a path."""
     return urlsplit(target).scheme.lower() if "://" in target else ""

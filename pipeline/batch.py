@@ -37,17 +37,18 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import IO
+from urllib.parse import unquote, urlsplit
 
 from tqdm import tqdm
 
 from segstream.connectors.errors import ConfigError, SegstreamError, SinkError
 from segstream.connectors.frames import Frame
 from segstream.connectors.output_files import check_output_dir, open_output
-from segstream.connectors.redaction import mask_userinfo, scrub
+from segstream.connectors.redaction import mask_userinfo, remember, scrub
 from segstream.connectors.sink import SINK_DROPS
-from segstream.connectors.urls import redact_url
+from segstream.connectors.urls import redact_url, url_identity, url_scheme, url_secrets
 from segstream.connectors.video_outputs import VideoOutputs, clear_partial
 from segstream.models.label_sets import LabelSet
 from segstream.models.results import Event, FrameResult
@@ -81,21 +82,51 @@ _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 class VideoJob:
     """One video of a batch: its file, the id its outputs and stream are named by, its number
     (its COCO image ids), and what its container says about it (``frames`` may be None when it
-    does not say)."""
+    does not say).
+
+    A video read over http(s) has its ``url`` (with its query: a presigned URL's signature, never
+    written or printed) and, as ``path``, the URL's path; its ``size``, ``mtime_ns`` and ``etag``
+    are what its server says (None where it says nothing)."""
 
     path: Path
     id: str
     number: int = 0
-    size: int = 0
-    mtime_ns: int = 0
+    size: int | None = 0
+    mtime_ns: int | None = 0
     frames: int | None = None
     fps: float = 25.0
+    url: str = ""
+    etag: str | None = None
 
     @property
     def key(self) -> str:
-        """The path as the manifest keeps it: a name shaped like a URL's ``user:password@`` is
-        kept masked, as everything batch writes or prints is."""
-        return mask_userinfo(str(self.path))
+        """What the manifest knows the video by: a URL without its query, fragment and user info
+        (signed again, it is the same video), a path with a name shaped like a URL's
+        ``user:password@`` masked, as everything batch writes or prints is."""
+        return url_identity(self.url) if self.url else mask_userinfo(str(self.path))
+
+    @property
+    def source(self) -> str:
+        """What is opened to read it: the file's path, or the whole URL."""
+        return self.url or str(self.path)
+
+    @property
+    def name(self) -> str:
+        """Its file name, as the outputs name it (COCO ``file_name``)."""
+        return unquote(self.path.name) if self.url else mask_userinfo(self.path.name)
+
+    def told(self, text: str) -> str:
+        """``text`` (a reason it failed) with its URL as ``key``: not even the redacted query."""
+        return text.replace(redact_url(self.url), self.key).replace(self.url, self.key) if self.url else text
+
+    def unchanged(self, record: dict) -> bool:
+        """Whether the file is the one ``record`` (its manifest line) was made from: a file by its
+        size and time; a URL by what its server says (ETag, length, time), each compared where
+        both the record and the server have it, so a server that says nothing says unchanged."""
+        if not self.url:
+            return (record.get("size"), record.get("mtime_ns")) == (self.size, self.mtime_ns)
+        return all(record.get(k) is None or now is None or record.get(k) == now
+                   for k, now in (("etag", self.etag), ("size", self.size), ("mtime_ns", self.mtime_ns)))
 
 
 @dataclass(slots=True)
@@ -122,23 +153,32 @@ class VideoOutcome:
         return "; ".join(notes + ([f"damaged: {self.damage}"] if self.damage else []))
 
 
-def find_videos(inputs: Sequence[str], extensions: Iterable[str]) -> tuple[list[Path], list[str]]:
-    """The video files ``inputs`` name, in order without repeats, and a warning per input that
-    named none. An input is a file, a folder (searched recursively for ``extensions``), a glob,
-    or a list file (``@FILE``, or a .txt/.list/.lst file: one input per line, ``#`` comments,
-    relative paths relative to the list file). A URL is refused: batch reads files."""
+def find_videos(inputs: Sequence[str], extensions: Iterable[str]) -> tuple[list[Path | str], list[str]]:
+    """The videos ``inputs`` name (files, and http(s) URLs as given), in order without repeats,
+    and a warning per input that named none. An input is a file, an http(s) URL of a video file
+    (a presigned one too: its secrets are remembered, so no line prints them), a folder (searched
+    recursively for ``extensions``), a glob, or a list file (``@FILE``, or a .txt/.list/.lst
+    file: one input per line, ``#`` comments, relative paths relative to the list file). Two URLs
+    of one file (signed twice) are one video. A URL of another scheme (a stream) is refused."""
     suffixes = {e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions}
-    found: dict[Path, None] = {}
+    found: dict[Path | str, None] = {}
+    urls: set[str] = set()  # the identities of the URLs found
     warnings = []
 
     def add(item: str, base: Path | None) -> None:
         listed = item.startswith("@")
         text = item[1:] if listed else item
+        if _URL.match(text) and url_scheme(text) in ("http", "https") and not listed:
+            remember(url_secrets(text))
+            if url_identity(text) not in urls:
+                urls.add(url_identity(text))
+                found.setdefault(text)
+            return
         if _URL.match(text):  # as a path it would be a missing file, its password in the manifest
             raise ConfigError(
-                f"'{redact_url(text, keep_user=True)}' is a URL, and segstream batch takes video files, folders, "
-                "globs and list files on this machine — download the video first, or process the URL with "
-                "`segstream run` (a source of type: stream, or type: file for an http(s) video)"
+                f"'{redact_url(text, keep_user=True)}' is a URL, and segstream batch takes video files, http(s) URLs "
+                "of video files, folders, globs and list files — process a stream with `segstream run` (a source "
+                "of type: stream)"
             )
         path = Path(text).expanduser()
         if base is not None and not path.is_absolute():
@@ -191,43 +231,77 @@ def _natural(path: Path) -> list:
     return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", str(path))]
 
 
-def plan(paths: Sequence[Path], taken: dict[str, str] | None = None,
+def plan(paths: Sequence[Path | str], taken: dict[str, str] | None = None,
          numbers: dict[str, int] | None = None) -> list[VideoJob]:
     """A job per video, each with an id that is a valid source name, unique in this batch and
     not used by another video of the manifest (``taken``: id -> video path), and a number not
     used by another (``numbers``: video path -> number; new videos take the lowest free ones). A
     video listed in the manifest keeps its id and number. The id is the file's stem (with its
     extension when the folder holds another video of that stem: ``day1_mov``, ``day1_mp4``),
-    with parent folder names prepended until it is unique."""
+    with parent folder names prepended until it is unique; a URL's (an http(s) one, a str in
+    ``paths``) is its path's, with its folders and host as the parent folders."""
     taken = dict(taken or {})
     numbers = dict(numbers or {})
     used = set(numbers.values())
     free = (n for n in itertools.count(1) if n not in used)  # a resumed batch numbers as an uninterrupted one
     owned = {path: vid for vid, path in taken.items()}
-    stems = Counter((path.parent, path.stem) for path in paths)
-    jobs = []
-    for path in paths:
-        key = mask_userinfo(str(path))
+    jobs = [_job(path) for path in paths]
+    shown = [_named_path(job) for job in jobs]  # the id names folders and streams: no password in it
+    stems = Counter((named.parent, named.stem) for named in shown)
+    for job, path in zip(jobs, shown):
+        key = job.key
         vid = owned.get(key)
         if vid is None:
-            shown = Path(key)  # the id names folders and streams: no password in it either
-            name = shown.stem if stems[path.parent, path.stem] == 1 else f"{shown.stem}_{shown.suffix.lstrip('.')}"
-            parts = [_SAFE.sub("_", part).strip("_.") or "video" for part in (*shown.parent.parts[1:], name)]
+            name = path.stem if stems[path.parent, path.stem] == 1 else f"{path.stem}_{path.suffix.lstrip('.')}"
+            parts = [_SAFE.sub("_", part).strip("_.") or "video" for part in (*path.parent.parts[1:], name)]
             for depth in range(1, len(parts) + 1):
                 vid = "__".join(parts[-depth:])
                 if vid not in taken:
                     break
             else:
-                vid = f"{parts[-1]}-{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"
+                vid = f"{parts[-1]}-{hashlib.sha1((key if job.url else job.source).encode()).hexdigest()[:8]}"
             taken[vid] = key
-        try:
-            stat = path.stat()
-            size, mtime = stat.st_size, stat.st_mtime_ns
-        except OSError:
-            size, mtime = -1, -1
+        job.id = vid
         number = numbers.get(key)
-        jobs.append(VideoJob(path, vid, next(free) if number is None else number, size, mtime))
+        job.number = next(free) if number is None else number
     return jobs
+
+
+def _job(path: Path | str) -> VideoJob:
+    """A job of a file (its size and time now; -1 when it is missing) or a URL (``size``,
+    ``mtime_ns`` and ``etag`` unknown until its server is asked: ``ask_servers``)."""
+    if isinstance(path, str):
+        return VideoJob(Path(unquote(urlsplit(path).path) or "/video"), "", url=path, size=None, mtime_ns=None)
+    try:
+        stat = path.stat()
+        size, mtime = stat.st_size, stat.st_mtime_ns
+    except OSError:
+        size, mtime = -1, -1
+    return VideoJob(path, "", size=size, mtime_ns=mtime)
+
+
+def _named_path(job: VideoJob) -> PurePosixPath | Path:
+    """The path a video's id is made from: a file's (masked), a URL's under its host."""
+    if not job.url:
+        return Path(job.key)
+    parts = urlsplit(job.url)
+    return PurePosixPath("/", parts.hostname or "host", *job.path.parts[1:])
+
+
+def ask_servers(jobs: Sequence[VideoJob], timeout_s: float, workers: int = 8) -> None:
+    """Fill in the version (ETag, length, time) of each URL's file, as its server says it, a few
+    servers asked at once. A server that refuses (an expired signature: 403) or is away leaves
+    them unknown, which compares as unchanged: the video is read only if it is not done."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from segstream.connectors.remote_files import remote_version
+
+    remote = [job for job in jobs if job.url]
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="http-version") as pool:
+        for job, version in zip(remote, pool.map(lambda job: remote_version(job.url, timeout_s), remote)):
+            job.etag, job.size, job.mtime_ns = version.etag, version.size, version.mtime_ns
+            if version.problem:
+                log.debug("%s: its server did not say its version (%s)", job.key, version.problem)
 
 
 def probe(job: VideoJob, max_fps: float | None = None) -> None:
@@ -238,11 +312,12 @@ def probe(job: VideoJob, max_fps: float | None = None) -> None:
     from segstream.connectors.av_input import video_stream
     from segstream.connectors.source import special_file
 
-    if special_file(job.path) is not None:  # a FIFO would hold the open until a writer comes: its run says why
+    # a FIFO would hold the open until a writer comes: its run says why
+    if not job.url and special_file(job.path) is not None:
         return
     try:
-        with av.open(str(job.path), timeout=(5.0, 5.0)) as container:
-            stream = video_stream(container, str(job.path))
+        with av.open(job.source, timeout=(5.0, 5.0)) as container:
+            stream = video_stream(container, job.key)
             rate = stream.average_rate or stream.guessed_rate
             job.fps = float(rate) if rate else 25.0
             if stream.frames:
@@ -321,8 +396,7 @@ class Manifest:
         with the same settings (a record from before settings were kept is taken as made so)."""
         record = self.records.get(job.key)
         return (
-            record is not None and record.get("status") == "done"
-            and record.get("size") == job.size and record.get("mtime_ns") == job.mtime_ns
+            record is not None and record.get("status") == "done" and job.unchanged(record)
             and (root / record.get("id", "")).is_dir()
             and not self.changes(record)
         )
@@ -337,7 +411,12 @@ class Manifest:
 
     def failed(self, job: VideoJob) -> dict | None:
         record = self.records.get(job.key)
-        if record is not None and record.get("status") == "failed" and record.get("size") == job.size:
+        if record is None or record.get("status") != "failed":
+            return None
+        if job.url:  # tried again when its server says otherwise than then (a 404 then, there now)
+            then = (record.get("etag"), record.get("size"), record.get("mtime_ns"))
+            return record if then == (job.etag, job.size, job.mtime_ns) else None
+        if record.get("size") == job.size:
             return record
         return None
 
@@ -351,6 +430,8 @@ class Manifest:
             "outputs": outcome.outputs, "size": job.size, "mtime_ns": job.mtime_ns,
             "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
+        if job.url:
+            record["etag"] = job.etag
         if self.settings is not None:
             record["settings"] = self.settings
         if self.made_by is not None:
@@ -575,8 +656,9 @@ class BatchVideoSource:
             with self._lock:
                 if self._closed.is_set():
                     return
-                self._inner = FileSource(self.name, str(self.job.path), open_timeout_s=self.cfg.open_timeout_s,
+                self._inner = FileSource(self.name, self.job.source, open_timeout_s=self.cfg.open_timeout_s,
                                          read_timeout_s=self.cfg.read_timeout_s, max_fps=self.cfg.max_fps)
+                self._inner.shown = self.job.key  # what its messages name a URL by: not even its query's keys
                 self._inner.decode_size = self.decode_size
             with closing(self._inner.frames()) as frames:
                 for frame in frames:
@@ -620,10 +702,11 @@ class BatchVideoSource:
 
 
 def judge(job: VideoJob, status: str, frames: int, reason: str) -> tuple[str, str]:
-    """A video that decoded to its end without a single frame has failed too."""
+    """A video that decoded to its end without a single frame has failed too. A reason names a
+    URL as the manifest does (``VideoJob.told``)."""
     if status == "done" and frames == 0:
-        return "failed", f"'{job.path}' has no decodable video frames"
-    return status, reason
+        return "failed", f"'{job.key}' has no decodable video frames"
+    return status, job.told(reason)
 
 
 class BatchSink:
@@ -659,7 +742,7 @@ class BatchSink:
                 coco_images=batch.coco_images, overlay=batch.overlay, overlay_level=batch.overlay_level,
                 number=job.number,
                 mask_encoding=self.cfg.sinks.redis.mask_encoding, levels=self.cfg.sinks.redis.levels,
-                video_name=mask_userinfo(job.path.name),
+                video_name=job.name,
                 fps_hint=job.fps,
             )
         return outputs
@@ -1095,7 +1178,8 @@ def run_batch(cfg: PipelineConfig, inputs: Sequence[str], engine: str = "local",
         log.warning(warning)
     if not paths:
         raise ConfigError("no videos to process: " + ("; ".join(warnings) or "no inputs given"))
-    if not any(path.exists() for path in paths):  # a missing one among others fails as a video; all: a mistake
+    # a missing one among others fails as a video; all: a mistake (a URL is not known missing until read)
+    if not any(isinstance(path, str) or path.exists() for path in paths):
         missing = ", ".join(f"'{path}'" for path in paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
         raise ConfigError(f"no videos to process: {missing} do{'es' if len(paths) == 1 else ''} not exist")
     with output_lock(root):
@@ -1103,6 +1187,7 @@ def run_batch(cfg: PipelineConfig, inputs: Sequence[str], engine: str = "local",
         manifest = Manifest(root / MANIFEST, output_settings(cfg, resolved=engine == "local"))
         try:
             jobs = plan(paths, manifest.ids(), manifest.numbers())
+            ask_servers(jobs, cfg.batch.open_timeout_s)
             todo, skipped = [], 0
             outcomes: list[VideoOutcome] = []
             changed: Counter[str] = Counter()  # "tracking.min_hits: 2 → 3": the videos done before with it
@@ -1114,7 +1199,7 @@ def run_batch(cfg: PipelineConfig, inputs: Sequence[str], engine: str = "local",
                     changes = manifest.changes(record)
                     changed.update(f"{key}: {change}" for key, change in changes.items())
                     redone += bool(changes)
-                    if (record.get("size"), record.get("mtime_ns")) != (job.size, job.mtime_ns):
+                    if not job.unchanged(record):
                         rewritten.append(job.id)
                 earlier = manifest.failed(job)
                 if manifest.done(job, root) or (earlier is not None and not retry_failed):

@@ -128,7 +128,6 @@ def process_video(job: VideoJob, cfg_json: str, root: str, actor, labels, board,
     import ray
 
     from segstream.connectors.file_source import FileSource
-    from segstream.connectors.redaction import mask_userinfo
     from segstream.connectors.video_outputs import VideoOutputs
     from segstream.pipeline.filtering import segment_filters
     from segstream.pipeline.tracking import tracking_stages
@@ -164,8 +163,9 @@ def process_video(job: VideoJob, cfg_json: str, root: str, actor, labels, board,
         sinks = _extra_sinks(cfg)  # first: a video that cannot be opened says so on its events stream
         _cut_back(sinks, job.id, mark)
         publish_state("connecting", "starting")
-        source = FileSource(job.id, str(job.path), open_timeout_s=batch_cfg.open_timeout_s,
+        source = FileSource(job.id, job.source, open_timeout_s=batch_cfg.open_timeout_s,
                             read_timeout_s=batch_cfg.read_timeout_s, max_fps=batch_cfg.max_fps)
+        source.shown = job.key  # what its messages name a URL by: not even its query's keys
         if geometry is not None:
             source.decode_size = geometry.scale
         outputs = VideoOutputs(
@@ -173,7 +173,7 @@ def process_video(job: VideoJob, cfg_json: str, root: str, actor, labels, board,
             coco_images=batch_cfg.coco_images, overlay=batch_cfg.overlay, overlay_level=batch_cfg.overlay_level,
             number=job.number,
             mask_encoding=cfg.sinks.redis.mask_encoding, levels=cfg.sinks.redis.levels,
-            video_name=mask_userinfo(job.path.name), fps_hint=job.fps,
+            video_name=job.name, fps_hint=job.fps,
         )
         images = outputs.wants_images or any(getattr(s, "wants_images", False) for s in sinks)
         pending: deque = deque()
@@ -233,7 +233,7 @@ def process_video(job: VideoJob, cfg_json: str, root: str, actor, labels, board,
         if any(lost.get(reason) for reason in SINK_DROPS):
             undelivered = undelivered_reason(lost)
     except SegstreamError as error:
-        status, reason = "failed", str(error)
+        status, reason = "failed", job.told(str(error))
         for stage in stages:  # as the local engine: its tracks end, saying it failed (its files are discarded)
             for event in stage.finish("failed") if hasattr(stage, "finish") else []:
                 event.run_id = run_id

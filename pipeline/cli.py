@@ -304,8 +304,10 @@ def _parser() -> argparse.ArgumentParser:
         description="Process every frame of each video; a re-run skips the videos the manifest lists as done.",
     )
     batch.add_argument("inputs", nargs="+", metavar="INPUT",
-                       help="video files, folders (searched recursively), quoted globs ('archive/**/*.mp4'), or list "
-                            "files (.txt/.list/.lst, or @FILE: one path per line, relative to the list file, # comments)")
+                       help="video files, http(s) URLs of video files (presigned ones too: known without their query, "
+                            "which is never written), folders (searched recursively), quoted globs ('archive/**/*.mp4'), "
+                            "or list files (.txt/.list/.lst, or @FILE: one path or URL per line, a path relative to the "
+                            "list file, # comments)")
     batch.add_argument("--config", type=Path, default=None, metavar="FILE",
                        help="pipeline config for the model, engine, sinks and the batch section (sources are not used)")
     overrides(batch)

@@ -762,10 +762,12 @@ def test_coco_image_ids_are_unique_across_a_batch_one_json_covers_it_and_file_na
 
 
 @pytest.mark.parametrize("listed", [False, True], ids=["argument", "list-file"])
-def test_a_url_input_is_refused_in_one_line_with_its_password_masked_and_nothing_written(tmp_path, capsys, listed):
+def test_a_stream_url_input_is_refused_in_one_line_with_its_password_masked_and_nothing_written(tmp_path, capsys,
+                                                                                               listed):
     from segstream.pipeline.cli import main
 
-    url = "http://camadmin:BatchPw_9@127.0.0.1:16903/x.mp4"  # nothing listens: batch must not get that far
+    # nothing listens: batch must not get that far (an http(s) URL is a video file: tests/test_batch_urls.py)
+    url = "rtsp://camadmin:BatchPw_9@127.0.0.1:16903/x"
     given = url
     if listed:
         (tmp_path / "videos.txt").write_text(f"{url}\n")

@@ -202,3 +202,20 @@ def test_a_failed_ray_task_is_told_by_the_error_inside_it_without_colour_codes()
         reasons.append(ray_failure(failed.value))
     assert reasons[0] == reasons[1] == "OSError: [Errno 28] No space left on device"
     assert reasons[2].startswith("WorkerCrashedError: ") and "\n" not in reasons[2] and "\x1b" not in reasons[2]
+
+
+def test_presigned_urls_on_ray_are_read_whole_and_recorded_without_their_query(tmp_path):
+    """The workers get the whole URL (the server refuses one without its signature) and the
+    manifest, the outputs and the reasons only its identity."""
+    from tests.test_batch_urls import SIGNATURE, ObjectStore, written
+
+    encode_clip(tmp_path / "clip.mp4", frames=3)
+    out = tmp_path / "out"
+    with ObjectStore(tmp_path) as store:
+        outcomes, _, _ = run_batch(config(out), [store.url("clip.mp4"), store.url("gone.mp4")], engine="ray",
+                                   progress=False)
+    assert sorted((o.job.id, o.status, o.frames) for o in outcomes) == [("clip", "done", 3), ("gone", "failed", 0)]
+    records = {json.loads(line)["id"]: json.loads(line) for line in (out / MANIFEST).read_text().splitlines()}
+    assert records["clip"]["video"] == f"{store.base}/clip.mp4" and records["clip"]["etag"]
+    assert records["gone"]["reason"].startswith(f"source gone: cannot open '{store.base}/gone.mp4': 404 Not Found")
+    assert SIGNATURE not in written(out)

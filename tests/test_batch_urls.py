@@ -1,0 +1,176 @@
+"""segstream batch over http(s) URLs of video files (presigned object-store URLs): a URL is known by
+itself without its query, so a URL signed again is the same video; its server's ETag, length and
+time tell a changed file; nothing secret is written or printed."""
+
+import email.utils
+import hashlib
+import http.server
+import json
+import threading
+from pathlib import Path
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import pytest
+
+from segstream.connectors.redis_wire import event_from_wire
+from segstream.connectors.remote_files import remote_version
+from segstream.connectors.urls import url_identity
+from segstream.pipeline.batch import MANIFEST, find_videos, plan, run_batch, summary_table
+from segstream.pipeline.config import BatchPipelineConfig, validate_config
+from tests.conftest import ColourSegmenter, encode_clip
+
+SIGNATURE = "Sig0nlyF0rTests9c1d"  # a fake X-Amz-Signature: it must appear nowhere the batch writes or prints
+
+
+class ObjectStore:
+    """A folder served as an object store serves presigned GET URLs: a GET without an
+    ``X-Amz-Signature`` and any HEAD (the signature covers the method) are 403, a missing object
+    404; ranges, ETag (the content's digest), Content-Length and Last-Modified as S3 sends them."""
+
+    def __init__(self, folder: Path):
+        store = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format, *args):
+                pass
+
+            def do_HEAD(self):
+                self._answer(403, b"")
+
+            def do_GET(self):
+                url = urlsplit(self.path)
+                store.requests.append(self.path)
+                if "X-Amz-Signature" not in parse_qs(url.query):
+                    return self._answer(403, b"<Error><Code>AccessDenied</Code></Error>")
+                file = folder / unquote(url.path).lstrip("/")
+                if not file.is_file():
+                    return self._answer(404, b"<Error><Code>NoSuchKey</Code></Error>")
+                data = file.read_bytes()
+                start, end = 0, len(data) - 1
+                ranged = self.headers.get("Range", "").removeprefix("bytes=")
+                if ranged:
+                    first, _, last = ranged.partition("-")
+                    start, end = int(first or 0), min(int(last) if last else end, end)
+                self.send_response(206 if ranged else 200)
+                if ranged:
+                    self.send_header("Content-Range", f"bytes {start}-{end}/{len(data)}")
+                self.send_header("Content-Length", str(end - start + 1))
+                self.send_header("Accept-Ranges", "bytes")
+                self.send_header("ETag", f'"{hashlib.md5(data).hexdigest()}"')
+                self.send_header("Last-Modified", email.utils.formatdate(file.stat().st_mtime, usegmt=True))
+                self.end_headers()
+                self.wfile.write(data[start : end + 1])
+
+            def _answer(self, code: int, body: bytes) -> None:
+                self.send_response(code)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.requests: list[str] = []
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.base = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def url(self, name: str, signature: str = SIGNATURE) -> str:
+        return (f"{self.base}/{name}?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIDTEST%2F20261203"
+                f"&X-Amz-Expires=3600&X-Amz-SignedHeaders=host&X-Amz-Signature={signature}")
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def config(out: Path, **extra) -> BatchPipelineConfig:
+    return validate_config({"batch": {"output": str(out)}, "ops": {"http": None}, **extra}, schema=BatchPipelineConfig)
+
+
+def written(root: Path) -> str:
+    """Every file under ``root``, its path and its bytes, as one text to search."""
+    return "\n".join(f"{p}\n{p.read_bytes().decode('latin-1')}" for p in sorted(root.rglob("*")) if p.is_file())
+
+
+def test_a_url_is_known_without_its_query_fragment_and_user_info_and_named_by_its_file():
+    signed = "https://Viewer:Pw_777@Bucket.S3.amazonaws.com/cams/day1/clip.mp4?X-Amz-Signature=abc#t=3"
+    assert url_identity(signed) == "https://bucket.s3.amazonaws.com/cams/day1/clip.mp4"
+    again = "https://bucket.s3.amazonaws.com/cams/day1/clip.mp4?X-Amz-Signature=other"
+    found, _ = find_videos([signed, again, "https://bucket.s3.amazonaws.com/cams/day2/clip.mp4?sig=1"], [".mp4"])
+    assert found == [signed, "https://bucket.s3.amazonaws.com/cams/day2/clip.mp4?sig=1"], "signed twice: one video"
+    jobs = plan(found)
+    assert [(job.id, job.key, job.name) for job in jobs] == [
+        ("clip", "https://bucket.s3.amazonaws.com/cams/day1/clip.mp4", "clip.mp4"),
+        ("day2__clip", "https://bucket.s3.amazonaws.com/cams/day2/clip.mp4", "clip.mp4"),
+    ]
+    assert jobs[0].source == signed, "what is read is the whole URL"
+    # a stream is still for segstream run
+    with pytest.raises(Exception, match="segstream run"):
+        find_videos(["rtsp://cam/live"], [".mp4"])
+
+
+def test_presigned_urls_are_done_skipped_when_signed_again_redone_when_changed_and_a_404_fails(
+        tmp_path, capfd, caplog):
+    from tests.redis_servers import RedisProcess
+
+    bucket = tmp_path / "bucket"
+    (bucket / "cams").mkdir(parents=True)
+    encode_clip(bucket / "cams" / "one.mp4", frames=5)
+    encode_clip(bucket / "two.mp4", frames=6)
+    out = tmp_path / "out"
+    with ObjectStore(bucket) as store, RedisProcess(tmp_path / "redis") as redis_server:
+        listing = tmp_path / "urls.txt"  # presigned URLs in a list file, and one on the command line
+        listing.write_text(f"{store.url('cams/one.mp4')}\n{store.url('gone.mp4')}\n")
+        cfg = config(out, sinks={"redis": {"url": redis_server.url}})
+        outcomes, skipped, _ = run_batch(cfg, [str(listing), store.url("two.mp4")], adapter=ColourSegmenter(),
+                                         progress=False)
+        assert {(o.job.id, o.status, o.frames) for o in outcomes} == {("one", "done", 5), ("two", "done", 6),
+                                                                      ("gone", "failed", 0)}
+        gone = next(o for o in outcomes if o.job.id == "gone")
+        assert "404" in gone.reason, gone.reason
+        records = {json.loads(line)["id"]: json.loads(line) for line in (out / MANIFEST).read_text().splitlines()}
+        assert records["one"]["video"] == f"{store.base}/cams/one.mp4" and records["one"]["etag"], records["one"]
+        assert json.loads((out / "one" / "panoptic.json").read_text())["images"][0]["video"] == "one.mp4"
+        assert gone.reason == (f"source gone: cannot open '{store.base}/gone.mp4': 404 Not Found — check the path "
+                               "of the URL"), "named without its query"
+        table = summary_table(outcomes, skipped, out / MANIFEST)
+        client = redis_server.client()
+        entries = [fields for key in client.keys("segstream:*") if client.type(key) == b"stream"
+                   for _, fields in client.xrange(key)]
+        failed = [event_from_wire(f) for _, f in client.xrange("segstream:gone:events")][-1]
+        assert failed.data["state"] == "failed" and failed.data["reason"] == gone.reason, "the states went to Redis"
+
+        # signed again tomorrow: the same videos, done (or failed) already
+        cfg = config(out, sinks={"redis": {"url": redis_server.url}})
+        resigned = [store.url(name, "NewSig2") for name in ("cams/one.mp4", "two.mp4", "gone.mp4")]
+        again, skipped, _ = run_batch(cfg, resigned, adapter=ColourSegmenter(), progress=False)
+        assert skipped == 3 and [(o.job.id, o.status) for o in again] == [("gone", "skipped")]
+
+        encode_clip(bucket / "two.mp4", frames=8)  # the object replaced: another ETag and length
+        resigned = [store.url(name, "NewSig3") for name in ("cams/one.mp4", "two.mp4")]
+        changed, skipped, _ = run_batch(config(out), resigned, adapter=ColourSegmenter(), progress=False)
+        assert [(o.job.id, o.status, o.frames) for o in changed] == [("two", "done", 8)] and skipped == 1
+        assert any("changed since" in r.getMessage() and "(two)" in r.getMessage() for r in caplog.records)
+        assert not any(request.startswith("/two.mp4") and "X-Amz" not in request for request in store.requests)
+        secrets_seen = [table, written(out), *(str(f) for f in entries), *(r.getMessage() for r in caplog.records)]
+    printed = capfd.readouterr()
+    for secret in (SIGNATURE, "NewSig2", "NewSig3", "AKIDTEST", "X-Amz-"):  # not even the query's keys
+        assert not any(secret in text for text in secrets_seen), secret
+        assert secret not in printed.out and secret not in printed.err, secret
+
+
+def test_a_server_that_says_no_version_leaves_a_done_video_done(tmp_path):
+    encode_clip(tmp_path / "v.mp4", frames=2)
+    with ObjectStore(tmp_path) as store:
+        version = remote_version(store.url("v.mp4"))
+        assert version.etag and version.size == (tmp_path / "v.mp4").stat().st_size and version.mtime_ns
+        assert remote_version(store.url("v.mp4").partition("?")[0]).problem == "HTTP 403 Forbidden"
+    job = plan([store.url("v.mp4")])[0]
+    record = {"etag": version.etag, "size": version.size, "mtime_ns": version.mtime_ns}
+    assert job.unchanged(record), "nothing said now (the server is away, the signature expired): unchanged"
+    job.etag = '"another"'
+    assert not job.unchanged(record)
