@@ -151,9 +151,19 @@ def test_labels_are_drawn_and_scale_with_the_frame():
         assert height // 4 <= rows.min() and rows.max() <= 3 * height // 4, "label inside its segment"
 
 
-def test_render_of_a_recorded_stream_gives_the_preview_frames(tmp_path, big_clip):
+def test_render_of_a_recorded_stream_gives_the_preview_frames(tmp_path, big_clip, monkeypatch):
+    from segstream.connectors.redis_reader import StreamReader
     from segstream.pipeline.cli import main
 
+    # render holds a few decoded entries at a time, whatever the stream's length: pages of 256
+    # frame-size label maps held 8 GB at 4K (found by a 4K probe: 29 MB of memory per entry)
+    asked, read = [], StreamReader.read
+
+    def read_counted(reader, count=None, **kwargs):
+        asked.append((reader.decode_masks, count))
+        return read(reader, count=count, **kwargs)
+
+    monkeypatch.setattr(StreamReader, "read", read_counted)
     with EmbeddedRedis(tmp_path / "redis") as server:
         publisher = RedisPublisher(connect_redis(server.url))
         preview = PreviewSink(tmp_path / "preview", "mp4", OPACITY)
@@ -163,6 +173,7 @@ def test_render_of_a_recorded_stream_gives_the_preview_frames(tmp_path, big_clip
                      "--url", server.url, "--opacity", str(OPACITY)]) == 0
         assert main(["render", "segstream:nope:frames", "--video", str(big_clip), "--out", str(tmp_path / "x.mp4"),
                      "--url", server.url]) == 1
+    assert max(count for decoded, count in asked if decoded) <= 8
     rendered, previewed = decode(out), decode(tmp_path / "preview" / "cam.mp4")
     assert len(rendered) == len(previewed) == 20
     # the same pictures go into both encoders; x264 may now and then code a frame differently
