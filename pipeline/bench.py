@@ -52,8 +52,10 @@ def bench_outputs(cfg: PipelineConfig, scratch: Path) -> PipelineConfig:
     sinks = cfg.sinks
     redis = sinks.redis.model_copy(update={key: getattr(sinks.redis, key).replace("{source}", "bench-{source}")
                                            for key in ("stream", "events_stream")})
-    files = sinks.files.model_copy(update={"dir": str(scratch / "files")})
-    preview = sinks.preview.model_copy(update={"dir": str(scratch / "preview")})
+    # a sink left off keeps its settings as written: a folder given it would be warned of as unused
+    files = sinks.files.model_copy(update={"dir": str(scratch / "files")}) if sinks.files.enabled else sinks.files
+    preview = (sinks.preview.model_copy(update={"dir": str(scratch / "preview")}) if sinks.preview.enabled
+               else sinks.preview)
     return cfg.model_copy(update={"sinks": sinks.model_copy(update={"redis": redis, "files": files,
                                                                       "preview": preview})})
 
