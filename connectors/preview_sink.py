@@ -11,6 +11,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import cv2
+
 from segstream.connectors.errors import SinkError
 from segstream.connectors.output_files import check_output_dir
 from segstream.connectors.overlay import OverlayVideo, OutputWriteError, draw_overlay, write_png
@@ -57,7 +59,7 @@ class PreviewSink:
     wants_images = True
 
     def __init__(self, directory: str | Path, format: str = "mp4", opacity: float = 0.45, keep_runs: int = 2,
-                 level: int | None = None):
+                 level: int | None = None, max_width: int | None = None):
         if format not in ("mp4", "png"):
             raise SinkError(f"preview format {format!r} is not one of mp4, png")
         if keep_runs < 1:
@@ -69,6 +71,7 @@ class PreviewSink:
         self.opacity = opacity
         self.keep_runs = keep_runs
         self.level = level
+        self.max_width = max_width  # wider pictures are scaled down to it (an H.264 4K frame: 0.3 s of a CPU)
         # the run folder of results that name no run (a sink used outside the runtime): this sink's start
         self._unnamed_run = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         self._runs: dict[str, str] = {}  # source -> the run whose PNG folder it writes
@@ -123,6 +126,9 @@ class PreviewSink:
                             f"hierarchy levels, no level {self.level} — lower sinks.preview.level, or set it to null "
                             "to draw the frame's segments")
         picture = draw_overlay(result.image, result, self.opacity, level=self.level)
+        if self.max_width is not None and picture.shape[1] > self.max_width:
+            height = max(1, round(picture.shape[0] * self.max_width / picture.shape[1]))
+            picture = cv2.resize(picture, (self.max_width, height), interpolation=cv2.INTER_AREA)
         target = self.path(source, result.run_id)
         if self.format == "png":
             target = target / f"{result.index:08d}.png"

@@ -195,7 +195,7 @@ def _preview_sink(cfg: SinksConfig, embedded_dir: Path | None) -> Sink:
     from segstream.connectors.preview_sink import PreviewSink
 
     return PreviewSink(cfg.preview.dir, cfg.preview.format, cfg.preview.opacity, cfg.preview.keep_runs,
-                       cfg.preview.level)
+                       cfg.preview.level, cfg.preview.max_width)
 
 
 # In publishing order: the first enabled sink's writes are the run's publish times.

@@ -974,6 +974,8 @@ class PreviewSinkConfig(Strict):
     """How many runs' PNG folders each source keeps; older ones are removed when a run starts."""
     level: NonNegativeInt | None = None
     """Draw this level of the model's segment hierarchy (SeNaTra; 0 the finest), not the segments (null)."""
+    max_width: Annotated[int, Field(ge=16)] | None = None
+    """Scale previews down to at most this many pixels wide (null: the frame's width); 4K frames took the run to 1-3 fps."""
 
 
 # What ``use:`` names: ``module:attribute`` (the attribute may be dotted: ``module:Class.build``), or
