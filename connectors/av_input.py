@@ -41,7 +41,7 @@ import ssl
 import struct
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -125,12 +125,14 @@ class SteadyGaps:
     just before it and the one just after it are one frame: the burst's frames are counted at the
     picture after it (the frame index then shows the gap a picture late). Not a loss: a longer
     gap or burst (a pause: a camera that sends on motion; a change of rate: night mode, a smart
-    codec's skipping), a variable rate's intervals. Timestamps that go back (a wrap, a
-    discontinuity) start the judgment afresh.
+    codec's skipping), a burst of three or more gaps all of one size but one at most (a while at
+    a lower rate: half the rate for half a second), a variable rate's intervals. Timestamps that go back (a wrap,
+    a discontinuity) start the judgment afresh.
 
     With ``hindsight`` (a file's, whose losses are told at its end), gaps among the first
     ``MIN_INTERVALS`` intervals, before the rate showed, count once ``MIN_INTERVALS`` intervals of
-    one frame follow them.
+    one frame follow them and the window is steady with them (not so a slow intro: ten frames at
+    3 fps before a 30 fps file's steady rate).
 
     With ``unit_s`` (the seconds of a PTS unit), a silence of more than a second up to
     ``max_silence_s`` (a stream's read timeout) that no frames were counted for is added to
@@ -151,6 +153,8 @@ class SteadyGaps:
         self.recent: deque[int] = deque(maxlen=self.WINDOW)  # intervals in frames; 0: not a whole number
         self.pending = 0  # the burst's frames: lost if the next interval is one frame
         self.span = 0  # the burst's length in frames: past a second's worth, a change of rate
+        self.sizes: Counter[int] = Counter()  # its gaps' sizes, and how many gaps
+        self.gaps = 0
         self.early = 0  # gaps before the rate showed (``hindsight``): lost once the rate shows steady
         self.calm = 0  # one-frame intervals since the last gap
 
@@ -161,7 +165,7 @@ class SteadyGaps:
         if self.last is None or pts < self.last:
             self.last = pts
             self.recent.clear()
-            self.pending = self.span = self.early = self.calm = 0
+            self.pending = self.span = self.early = self.calm = self.gaps = 0
             return 0
         if pts == self.last:
             return 0
@@ -169,16 +173,22 @@ class SteadyGaps:
         whole = round(frames) if abs(frames - round(frames)) <= 0.02 else 0
         missed, lost, counted = max(0, whole - 1 - rejected), 0, False
         self.calm = self.calm + 1 if whole == 1 else 0
-        if whole == 1:  # the rate went on: the burst before held lost frames
-            lost, self.pending, self.span = self.pending, 0, 0
+        if whole == 1:  # the rate went on: the burst before held lost frames, unless a lower rate's
+            lower_rate = self.gaps >= 3 and self.sizes.most_common(1)[0][1] >= self.gaps - 1
+            lost = 0 if lower_rate else self.pending
+            self.pending = self.span = self.gaps = 0
             if self.early and self.calm >= self.MIN_INTERVALS:
-                lost, self.early = lost + self.early, 0
+                lost, self.early = lost + (self.early if self._steady() else 0), 0
         elif whole >= 2 and self.span + whole <= self.max_gap and (self.span or self._steady()):
+            if not self.span:
+                self.sizes = Counter()
             self.pending, self.span, counted = self.pending + missed, self.span + whole, True
+            self.sizes[whole] += 1
+            self.gaps += 1
         elif self.hindsight and 2 <= whole <= self.max_gap and len(self.recent) < self.MIN_INTERVALS:
             self.early, counted = self.early + missed, True
         else:  # a pause, a change of rate, a variable rate: nothing lost
-            self.pending = self.span = self.early = 0
+            self.pending = self.span = self.early = self.gaps = 0
         silence_s = (pts - self.last - self.step * (1 + rejected)) * self.unit_s  # the rejected came
         if not counted and 1.0 < silence_s <= self.max_silence_s:
             self.gap_s += silence_s

@@ -223,6 +223,12 @@ def test_steady_gaps_count_short_gaps_of_a_steady_rate_only():
         assert [gaps.lost_before(t, 0) for t in early][-1] == told, "told at the tenth one-frame interval"
     unsure = SteadyGaps(step=40, fps=25, hindsight=True)
     assert sum(unsure.lost_before(t, 0) for t in early[:-1]) == 0, "nine intervals do not show the rate"
+    # found in review: variable-rate files read as damaged: a slow intro (nine intervals of ten
+    # frames, a 3 fps title before the file's 30), and half the rate for half a second mid-file
+    intro = SteadyGaps(step=40, fps=30, hindsight=True)
+    assert sum(intro.lost_before(t, 0) for t in [400 * n for n in range(10)] + [3600 + 40 * n for n in range(60)]) == 0
+    dip = steady + [steady[-1] + 120] + [steady[-1] + 120 + 80 * n for n in range(1, 7)]  # gaps 3, then six of 2
+    assert sum(lost(dip + [dip[-1] + 40 * n for n in range(1, 5)], fps=30)) == 0, "a lower rate for a while"
     # found probing 16 cameras: a stream's 3 s blip was told nowhere; it is told in seconds (lost or
     # paused: not guessed as frames), up to the read timeout (a longer jump is a new sender's)
     for gap_ms, frames, seconds in ((3000, 0, 2.96), (600, 14, 0.0), (6000, 0, 0.0)):
