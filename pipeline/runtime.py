@@ -71,6 +71,8 @@ STATE_NAMES_SHOWN = 8
 SOURCE_CLOSE_GRACE_S = 5.0
 log = logging.getLogger("segstream.runtime")
 QUEUE_SIZE = 8  # frames queued per source, where nothing says otherwise
+BEHIND_WARN_S = 2.0  # a live source this far behind its stream's clock is named in a warning
+CLOCK_DRIFT = 1e-3  # how much slower than this machine's a source's clock may run (1 ms a second) and show no lag
 OVERLOAD_CHECK_S = 1.0  # how often the sources' share of dropped frames is looked at
 STATE_ORDER_WAIT_S = 10.0  # the longest a state event waits for the source's frames decoded before it
 
@@ -902,7 +904,7 @@ class Runtime:
         before = self._timeline.get(name) if again else None
         own = _OwnCounts(self.metrics, name, source, counts.copy() if again else None)
         shift: _Shift | None = None
-        lag = _LiveLag() if source.live else None
+        lag = _LiveLag(name, self.buffers[i]) if source.live else None
         taken = 0
         try:
             self.metrics.beat(beat)
@@ -1356,7 +1358,8 @@ class Runtime:
                   for source, info in self._source_infos()})
         gauge("source_lag_seconds", "How far a live source's newest decoded frame is behind its stream's own clock: "
               "the wall time since its timestamps began (this epoch) minus the stream time since; back-pressure "
-              "(buffer every_frame behind a slower model) makes it grow.", ("source",),
+              "(buffer every_frame behind a slower model) or a decoder slower than the stream makes it grow.",
+              ("source",),
               lambda: {(name,): lag for name, lag in list(self.lags.items()) if name not in self.metrics.retired})
         gauge("source_nominal_fps", "The frame rate each source's stream says it has (where it says one).",
               ("source",), lambda: {(source.name,): info.fps for source, info in self._source_infos()
@@ -1649,19 +1652,46 @@ class _OwnCounts:
 class _LiveLag:
     """How far a live source's frames are behind its stream's own clock: how much later than its
     timestamps say each frame is decoded, against the earliest of its epoch (a frame that came as
-    soon as it could). Grows while the decoder is held back; a network's jitter is in it too."""
+    soon as it could: a late start and a network's jitter are not lag). Grows while the decoder is
+    held back, by a slower model (``every_frame``) or by its own work (a stream too large to decode
+    in real time, whose packets wait in FFmpeg's input buffer). Past ``BEHIND_WARN_S`` the source
+    is named in a warning, once, and again only after it caught up (under half of it)."""
 
-    def __init__(self) -> None:
+    def __init__(self, name: str, policy: BufferPolicy) -> None:
+        self.name, self.policy = name, policy
         self.epoch: int | None = None
-        self.earliest = 0.0
+        self.earliest = 0.0  # the offset of a frame that came as soon as it could
+        self.earliest_at = 0.0  # as of this capture_wall
+        self.warned = False
 
     def behind(self, frame: Frame) -> float:
         if frame.pts_seconds is None:
             return 0.0
         offset = frame.capture_wall - frame.pts_seconds
-        if frame.epoch != self.epoch or offset < self.earliest:
-            self.epoch, self.earliest = frame.epoch, offset
-        return offset - self.earliest
+        # a camera's clock that runs slower than ours is no lag either: the mark follows it up to CLOCK_DRIFT
+        earliest = self.earliest + CLOCK_DRIFT * (frame.capture_wall - self.earliest_at)
+        if frame.epoch != self.epoch or offset < earliest:
+            self.epoch, earliest = frame.epoch, offset
+        self.earliest, self.earliest_at = earliest, frame.capture_wall
+        behind = offset - earliest
+        if behind > BEHIND_WARN_S and not self.warned:
+            self.warned = True
+            log.warning("source %s is %.1f s behind live: %s", self.name, behind, self._why(),
+                        extra={"source": self.name})
+        elif behind < BEHIND_WARN_S / 2 and self.warned:
+            self.warned = False
+            log.info("source %s keeps up with live again (%.1f s behind)", self.name, behind,
+                     extra={"source": self.name})
+        return behind
+
+    def _why(self) -> str:
+        if self.policy.kind == "every_frame":
+            return ("with buffer every_frame it waits for the model, and the stream waits meanwhile — use buffer "
+                    "newest to stay live, or give the engine less to do per frame (max_fps, a smaller model, a GPU)")
+        return ("its frames are decoded slower than they come, and the stream waits in the input's buffer (frames "
+                "lost there, once it is full) — max_fps does not make decoding cheaper: have the camera or encoder "
+                "send a smaller stream (resolution, frame rate), or give the source more CPU (fewer sources or a "
+                "lighter model on this machine)")
 
 
 class _Shift:

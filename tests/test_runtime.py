@@ -850,3 +850,42 @@ def test_a_live_source_held_back_by_a_slower_model_shows_how_far_it_is_behind_li
     held_back = lag_after(BufferPolicy("every_frame"))
     assert held_back > 0.5
     assert lag_after(BufferPolicy("newest")) < held_back / 3  # the decoder never waits (a loaded CPU's jitter aside)
+
+
+def test_a_live_source_behind_live_is_warned_once_and_again_only_after_it_caught_up(caplog):
+    from fractions import Fraction
+
+    from segstream.pipeline.engine import BufferPolicy
+    from segstream.pipeline.runtime import BEHIND_WARN_S, _LiveLag
+
+    lag = _LiveLag("cam", BufferPolicy("newest"))
+
+    def frame(pts_s: float, decoded_at: float, epoch: int = 0) -> Frame:
+        return Frame("cam", 0, np.zeros((2, 2, 3), np.uint8), round(pts_s * 25), Fraction(1, 25), pts_s,
+                     capture_wall=1e9 + decoded_at, epoch=epoch)
+
+    def warnings() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+
+    with caplog.at_level("INFO", logger="segstream.runtime"):
+        # a late start and jitter are no lag: the earliest frame (decoded 0.2 s after its time) counts as live
+        assert lag.behind(frame(0.0, 0.5)) == 0 and lag.behind(frame(1.0, 1.2)) == 0
+        assert lag.behind(frame(2.0, 2.8)) == pytest.approx(0.6, abs=0.01)
+        assert lag.behind(frame(3.0, 3.2 + BEHIND_WARN_S)) == pytest.approx(BEHIND_WARN_S, abs=0.01)
+        assert warnings() == []
+        lag.behind(frame(4.0, 4.2 + BEHIND_WARN_S + 0.3))
+        lag.behind(frame(5.0, 5.2 + BEHIND_WARN_S + 2.0))  # still behind: not said again
+        (said,) = warnings()
+        assert said.startswith("source cam is 2.3 s behind live:") and "max_fps does not make decoding cheaper" in said
+        lag.behind(frame(6.0, 6.2 + BEHIND_WARN_S))  # better, not caught up
+        assert "keeps up with live again" not in caplog.text
+        lag.behind(frame(7.0, 7.6))
+        assert "source cam keeps up with live again (0.4 s behind)" in caplog.text
+        lag.behind(frame(8.0, 8.2 + BEHIND_WARN_S + 0.6))
+        assert len(warnings()) == 2
+        # a new epoch (a reconnect) starts from its own first frame
+        assert lag.behind(frame(20.0, 30.0, epoch=1)) == 0
+        # a camera whose clock runs 0.05% slower than ours: 10 s apart after a day, and no lag
+        slow = _LiveLag("cam", BufferPolicy("newest"))
+        assert max(slow.behind(frame(t, t * 1.0005, epoch=2)) for t in range(0, 86400, 60)) < 0.1
+        assert len(warnings()) == 2

@@ -234,6 +234,60 @@ def test_a_consumer_that_takes_its_time_is_no_silence_of_the_sender():
     source.close()
     assert epochs == [0] * 10 and "restarted" not in str(log.entries), log.entries
 
+def _behind_live(frames) -> list[float]:
+    """Each frame's lag behind its stream's clock: decoded how much later than its timestamp says,
+    against the earliest frame (as the runtime's ``source_lag_seconds``)."""
+    offsets = [f.capture_wall - f.pts_seconds for f in frames]
+    return [offset - min(offsets[:n + 1]) for n, offset in enumerate(offsets)]
+
+
+def test_a_udp_stream_read_slower_than_it_comes_stays_a_bounded_time_behind_live():
+    # Found probing 4K: FFmpeg's UDP buffer of 188 MB held a minute of a stream whose decoder could
+    # not keep up, unseen. Read at a fifth of its rate, a stream of 80 Mbit/s (mostly padding) falls
+    # 0.8 s behind a second; the buffer holds about 0.3 s of it, the rest is lost there.
+    port = free_port()
+    source = StreamSource("udp", f"udp://127.0.0.1:{port}", policy=ReconnectPolicy(read_timeout_s=5))
+    frames = []
+    with FfmpegStream(["-muxrate", "80M", "-f", "mpegts", f"udp://127.0.0.1:{port}?pkt_size=1316"]):
+        started = None
+        for frame in source.frames():
+            frames.append(frame)
+            started = started or time.monotonic()
+            if time.monotonic() - started > 6:
+                break
+            time.sleep(0.2)  # a decoder at 5 fps of a 25 fps stream
+    source.close()
+    behind = _behind_live(frames)
+    assert len(frames) >= 20
+    # 1,000,000 packets of buffer: 4.3 s behind after 6 s, growing by 0.8 s a second
+    assert max(behind) < 3.0, [round(b, 2) for b in behind]
+    assert source.gap_s > 0 or source.decode_errors > 0, "the frames the buffer lost show as a gap or errors"
+
+
+def test_a_stream_held_back_by_a_slower_model_is_named_in_a_warning_and_its_lag_shown(caplog):
+    port = free_port()
+    source = StreamSource("cam", f"udp://127.0.0.1:{port}", policy=ReconnectPolicy(read_timeout_s=5))
+    # every frame of a 25 fps stream through a model of 10 fps: 0.6 s more behind live each second
+    runtime = Runtime([source], ColourSegmenter(delay_s=0.1), [RecordingSink()], batch_size=1, queue_size=1,
+                      buffers={"cam": BufferPolicy("every_frame")}, progress=None)
+
+    def behind() -> float:  # the gauge of /metrics, there once the run started
+        gauge = runtime.metrics.gauges.get("source_lag_seconds")
+        return gauge.read().get(("cam",), 0.0) if gauge is not None else 0.0
+
+    with caplog.at_level("WARNING", logger="segstream.runtime"), \
+            FfmpegStream(["-f", "mpegts", f"udp://127.0.0.1:{port}?pkt_size=1316"]):
+        thread, _ = run_in_thread(runtime)
+        try:
+            wait_for(lambda: behind() > 2.5, 20, "the stream 2.5 s behind live")
+        finally:
+            runtime.stop()
+            thread.join(10)
+    (warning,) = [r for r in caplog.records if "behind live" in r.getMessage()]
+    assert warning.levelname == "WARNING" and warning.source == "cam"
+    assert warning.getMessage().startswith("source cam is 2.") and "buffer newest" in warning.getMessage()
+
+
 def test_a_udp_port_nothing_is_sent_to_says_so_instead_of_an_input_output_error():
     policy = ReconnectPolicy(open_timeout_s=5, read_timeout_s=0.5, delay_s=0.1, max_delay_s=0.2)
     source = StreamSource("quiet", f"udp://127.0.0.1:{free_port()}", policy=policy)
