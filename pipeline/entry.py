@@ -9,6 +9,7 @@ signal) does the same inside an import."""
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import signal
@@ -40,6 +41,11 @@ def main() -> int:
     # started (bench's embedded Redis) running, and said nothing
     for signum in stop_signals():
         signal.signal(signum, _interrupt)
+    # a terminal or pipe whose encoding lacks a character (a class name in Chinese, a path with é,
+    # under LANG=C or a Latin-1 locale) gets it escaped, as standard error does: printing it raised
+    # UnicodeEncodeError from tail and validate --print (found by an i18n probe)
+    with contextlib.suppress(AttributeError, ValueError):  # a stream replaced by one of another kind
+        sys.stdout.reconfigure(errors="backslashreplace")
     try:
         from segstream.pipeline.cli import main as cli_main
 

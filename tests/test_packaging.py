@@ -118,3 +118,18 @@ def test_python_dash_m_runs_one_copy_of_the_cli_with_the_console_commands_signal
                          text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.startswith("segstream "), out.stderr
     assert out.stderr.strip().splitlines()[-1] == "copies=1 sigterm=segstream.pipeline.entry"
+
+
+def test_output_a_terminal_cannot_encode_is_escaped_not_a_traceback(tmp_path):
+    """Found by an i18n probe: under LANG=C or a Latin-1 locale, `validate --print` of a path with
+    an é and `tail` of a class named in Chinese died with UnicodeEncodeError; the command escapes
+    what its standard output cannot encode, as standard error does."""
+    folder = tmp_path / "vidé"
+    folder.mkdir()
+    (folder / "été.mp4").write_bytes((Path(__file__).resolve().parent.parent / "samples" / "demo.mp4").read_bytes())
+    (folder / "c.yaml").write_text("sources:\n  - {name: cam, type: file, path: été.mp4}\n", encoding="utf-8")
+    out = subprocess.run([sys.executable, "-m", "segstream", "validate", str(folder / "c.yaml"), "--print", "--no-files"],
+                         capture_output=True, env={**os.environ, "PYTHONIOENCODING": "ascii"}, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr.decode()
+    assert b"Traceback" not in out.stderr
+    assert b"vid\\xe9/\\xe9t\\xe9.mp4" in out.stdout
