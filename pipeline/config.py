@@ -21,7 +21,7 @@ from typing import Annotated, Any, Literal, Union
 from urllib.parse import parse_qsl, quote, urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from segstream.connectors.errors import ConfigError
 from segstream.connectors.redaction import SECRET_NAME, remember, remember_in
@@ -50,7 +50,18 @@ PositiveFloat = Annotated[float, Field(gt=0)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
 Fraction01 = Annotated[float, Field(ge=0, le=1)]
 # at most 200 characters: a files sink's ``<name>.events.jsonl`` must fit a file name (255 bytes)
-SourceName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$", max_length=200)]
+# ASCII (a Redis key, a file and a /metrics label each), and not `.` or `..` alone: the files sink's
+# `..jsonl` and the preview's `../` are other files than the source's (found by an i18n probe)
+_NAME_RULE = "use ASCII letters, digits, '_', '.' and '-' (not '.' or '..' alone)"
+
+
+def _not_dots(name: str) -> str:
+    if name in (".", ".."):
+        raise ValueError(f"{name!r} is not a valid source name — {_NAME_RULE}")
+    return name
+
+
+SourceName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$", max_length=200), AfterValidator(_not_dots)]
 
 
 class Strict(BaseModel):
@@ -1981,7 +1992,7 @@ def _error_line(error: dict, data: Any) -> str:
         hint = " — put the password in quotes" if kind == "string_type" else ""
         return f"{where}: {error['msg']}{hint}"
     if kind == "string_pattern_mismatch" and path and path[-1] == "name":
-        return f"{where}: {got!r} is not a valid source name — use letters, digits, '_', '.' and '-'"
+        return f"{where}: {got!r} is not a valid source name — {_NAME_RULE}"
     if kind == "string_pattern_mismatch" and path and path[-1] == "use":
         return (f"{where}: {got!r} names no factory — write module:attribute (e.g. my_package.stages:LineCrossing) "
                 "or an installed entry point's name")

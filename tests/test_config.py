@@ -464,6 +464,18 @@ def test_each_error_says_the_line_of_the_file_that_writes_its_key_or_the_set_tha
                                                   "than 0 (got 0)")
 
 
+@pytest.mark.parametrize("name", ["Kamera Süd", "摄像头1", "..", "."])
+def test_a_source_name_that_is_no_ascii_word_or_only_dots_is_refused_saying_what_a_name_takes(capsys, write, clip,
+                                                                                                name):
+    """Found by an i18n probe: 'use letters' read as refusing ü and 摄, which are letters to their
+    users; and `..` passed, its files sink output `..jsonl` and preview `../` landing elsewhere."""
+    path = write(f"sources:\n  - {{name: '{name}', type: file, path: '{clip}'}}\n")
+    [line] = errors_of(capsys, ["validate", path])
+    assert line == (f"sources[0].name: {name!r} is not a valid source name — use ASCII letters, digits, '_', '.' "
+                    "and '-' (not '.' or '..' alone)")
+    assert load_config(write(f"sources:\n  - {{name: '...', type: file, path: '{clip}'}}\n")).sources[0].name == "..."
+
+
 def test_set_errors_are_config_errors(capsys, write, clip):
     path = write(VALID.format(clip=clip))
     [line] = errors_of(capsys, ["validate", path, "--set", "sources.5.path=x.mp4"])
