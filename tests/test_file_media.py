@@ -61,6 +61,13 @@ def test_rotated_clips_come_out_as_ffmpeg_displays_them(tmp_path, rotation):
     assert frames[0].image.flags.c_contiguous
 
 
+def _video_frames() -> set[int]:
+    """The ids of the decoded frames the garbage collector tracks now."""
+    import gc
+
+    return {id(o) for o in gc.get_objects() if isinstance(o, av.VideoFrame)}
+
+
 def test_reading_rotation_keeps_no_decoded_frame_alive(tmp_path):
     # PyAV's side-data container and its frame form a reference cycle: reading the display
     # matrix of every frame kept each decoded frame until a full garbage collection.
@@ -70,12 +77,13 @@ def test_reading_rotation_keeps_no_decoded_frame_alive(tmp_path):
 
     clip = _marked_clip(tmp_path / "rot90.mp4", 90, frames=40)
     gc.collect()
+    before = _video_frames()  # another test's, held by a thread of its that has not ended yet
     gc.disable()  # as between automatic collections: only reference counting frees frames
     try:
         frames = FileSource("phone", str(clip)).frames()
         for _ in range(40):
             next(frames)
-        alive = sum(isinstance(o, av.VideoFrame) for o in gc.get_objects())
+        alive = len(_video_frames() - before)
         frames.close()
     finally:
         gc.enable()
@@ -89,11 +97,12 @@ def test_looping_a_clip_reads_its_display_matrix_once(tmp_path):
 
     clip = _marked_clip(tmp_path / "rot90.mp4", 90, frames=8)
     gc.collect()
+    before = _video_frames()
     gc.disable()
     try:
         frames = FileSource("phone", str(clip), loop=True, max_frames=80).frames()
         shapes = {next(frames).image.shape for _ in range(80)}
-        alive = sum(isinstance(o, av.VideoFrame) for o in gc.get_objects())
+        alive = len(_video_frames() - before)
         frames.close()
     finally:
         gc.enable()
