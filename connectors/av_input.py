@@ -27,7 +27,6 @@ comes, and closes its input on the way out.
 
 from __future__ import annotations
 
-import base64
 import bisect
 import errno
 import http.client
@@ -37,7 +36,6 @@ import math
 import queue
 import re
 import socket
-import ssl
 import struct
 import threading
 import time
@@ -45,9 +43,8 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
-import urllib.error
-import urllib.request
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.error import HTTPError
+from urllib.parse import urlsplit
 
 import av
 import numpy as np
@@ -55,6 +52,7 @@ import numpy as np
 from segstream.connectors.errors import THREAD_LIMIT_HINT, ResourceLimit, SourceError, thread_start_failed
 from segstream.connectors.frame_rate import FrameRateCap
 from segstream.connectors.ffmpeg_relay import RELAYED_SCHEMES, FFmpegRelay, demuxer_options, relay_program
+from segstream.connectors.remote_files import first_byte
 from segstream.connectors.threads import NamedThread
 from segstream.connectors.urls import exclusive_input, redact_url, url_scheme
 
@@ -897,19 +895,10 @@ def http_status(url: str, timeout_s: float) -> str | None:
     """What an http(s) server answers for ``url`` now, as ``503 Service Unavailable (Retry-After:
     30)``, asked once more with a one-byte ranged GET for a failure FFmpeg names only by its class
     ("5XX"). None when the answer is the data, or when the server cannot be asked."""
-    parts = urlsplit(url)
-    headers = {"Range": "bytes=0-0"}
-    if parts.username is not None:  # FFmpeg sends the URL's user and password as Basic auth
-        user = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
-        headers["Authorization"] = "Basic " + base64.b64encode(user.encode()).decode()
-    plain = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2], fragment=""))
-    context = ssl.create_default_context()
-    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE  # FFmpeg's default: tls_verify 0
     try:
-        with urllib.request.urlopen(urllib.request.Request(plain, headers=headers), timeout=timeout_s,
-                                    context=context):
-            return None
-    except urllib.error.HTTPError as error:
+        first_byte(url, timeout_s)
+        return None
+    except HTTPError as error:
         with error:
             wait = error.headers.get("Retry-After")
             return f"{error.code} {error.reason}" + (f" (Retry-After: {wait})" if wait else "")

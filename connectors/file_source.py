@@ -19,7 +19,7 @@ _POLL_S = 0.1  # how often a wait for the next frame checks for close()
 log = logging.getLogger(__name__)
 
 
-def http_file_options(path: str) -> dict[str, str]:
+def http_file_options(path: str, open_timeout_s: float = 10.0) -> dict[str, str]:
     """FFmpeg's http options for a video file read over http(s) (an object store's), none for a
     local path.
 
@@ -34,17 +34,20 @@ def http_file_options(path: str) -> dict[str, str]:
     (``reconnect``; every object store serves ranges).
 
     A 429 or 5xx answer (an object store's SlowDown, 503) is asked again after 0, 1 and 3 s, or
-    after the server's Retry-After where that is within 4 s: bounded, 4 s of waits in all, within
-    the default open timeout (10 s), after which the error names the status (``AVInput``).
+    after the server's Retry-After where that is within 4 s: bounded, 4 s of waits in all and
+    at most half the open timeout (a refused connection is retried too: with an open timeout of
+    3 s it read as a timeout, found in review), after which the error names the status
+    (``AVInput``).
     """
     if url_scheme(path) not in ("http", "https"):
         return {}
+    waits = str(max(0, min(4, int(open_timeout_s // 2))))  # FFmpeg checks the total before each wait
     return {
         "reconnect": "1",
         "reconnect_on_network_error": "1",
         "reconnect_on_http_error": "429,5xx",
-        "reconnect_delay_max": "4",
-        "reconnect_delay_total_max": "4",
+        "reconnect_delay_max": waits,
+        "reconnect_delay_total_max": waits,
         "reconnect_max_retries": "3",
     }
 
@@ -157,7 +160,8 @@ class FileSource:
 
     def _open(self) -> AVInput:
         try:
-            opened = AVInput(self.path, self.shown, options=http_file_options(self.path), timeout=self.timeout,
+            opened = AVInput(self.path, self.shown, options=http_file_options(self.path, self.timeout[0]),
+                             timeout=self.timeout,
                              orientation=self._orientation, scale=self.decode_size)
         except SourceError as error:
             raise self._named(error) from None

@@ -8,10 +8,13 @@ URL is signed for one method, and a GET URL answers a HEAD with 403.
 from __future__ import annotations
 
 import base64
+import http.client
 import logging
+import ssl
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
+from email.message import Message
 from email.utils import parsedate_to_datetime
 from urllib.parse import unquote, urlsplit, urlunsplit
 
@@ -29,24 +32,34 @@ class RemoteVersion:
     problem: str = ""
 
 
+def first_byte(url: str, timeout_s: float) -> tuple[int, Message]:
+    """The status and headers of a GET of ``url``'s first byte, asked as FFmpeg asks for the
+    file: the URL's user and password as Basic auth, its certificate not verified (FFmpeg's
+    ``tls_verify`` 0: an internal object store's own CA), no fragment. Raises urllib's
+    ``HTTPError`` for an error status, ``OSError``/``ValueError``/``HTTPException`` for none."""
+    parts = urlsplit(url)
+    headers = {"Range": "bytes=0-0", "Accept-Encoding": "identity"}
+    if parts.username is not None:  # urllib takes no user info in the URL
+        login = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+        headers["Authorization"] = "Basic " + base64.b64encode(login.encode()).decode()
+    plain = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2], fragment=""))
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    with urllib.request.urlopen(urllib.request.Request(plain, headers=headers), timeout=timeout_s,
+                                context=context) as response:
+        response.read(1)
+        return response.status, response.headers
+
+
 def remote_version(url: str, timeout_s: float = 10.0) -> RemoteVersion:
     """Ask the server of ``url`` for its file's version (one request, one byte of body read).
     Never raises: a server that refuses or cannot be reached gives a version with ``problem``."""
-    parts = urlsplit(url)
-    headers = {"Range": "bytes=0-0", "Accept-Encoding": "identity"}
-    if parts.username is not None:  # urllib takes no user info in the URL; FFmpeg sends it as Basic auth
-        login = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
-        headers["Authorization"] = "Basic " + base64.b64encode(login.encode()).decode()
-        parts = parts._replace(netloc=parts.netloc.rpartition("@")[2])
-    request = urllib.request.Request(urlunsplit(parts), headers=headers)
     try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as response:
-            response.read(1)
-            found = response.headers
-            status = response.status
+        status, found = first_byte(url, timeout_s)
     except urllib.error.HTTPError as error:
-        return RemoteVersion(problem=f"HTTP {error.code} {error.reason}")
-    except (OSError, ValueError) as error:  # no answer, a bad address: the reader says why
+        with error:
+            return RemoteVersion(problem=f"HTTP {error.code} {error.reason}")
+    except (OSError, ValueError, http.client.HTTPException) as error:  # no answer, a bad address: the reader says why
         return RemoteVersion(problem=type(error).__name__)
     size = None
     if status == 206:  # Content-Range: bytes 0-0/1234 (or */* when the server does not know)

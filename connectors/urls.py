@@ -4,7 +4,7 @@ address of an RTSP server."""
 from __future__ import annotations
 
 import re
-from urllib.parse import parse_qsl, quote, urlsplit
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 # Schemes of live network streams (``type: stream``); http(s) may also be a plain file.
 STREAM_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "tcp", "udp", "srt", "rist")
@@ -52,27 +52,44 @@ def redact_url(url: str, keep_user: bool = False) -> str:
     return f"{scheme}://{address}{query}{hash_sign}{REDACTED if fragment else ''}"
 
 
+# A presigned URL's signing parameters: S3's and GCS's (X-Amz-*, X-Goog-*, and their V2 forms),
+# CloudFront's, Azure's SAS; they change each time the same object is signed again.
+_SIGNING_QUERY_KEY = re.compile(
+    r"^(x-amz-.*|x-goog-.*|expires|signature|policy|key-pair-id|awsaccesskeyid|googleaccessid"
+    r"|sv|ss|srt|sp|se|st|spr|sig|sr|si|sdd|ses|skoid|sktid|skt|ske|sks|skv|rscc|rscd|rsce|rscl|rsct)$",
+    re.IGNORECASE)
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
 def url_identity(url: str) -> str:
     """What names the file a URL reads, kept where the URL itself may not be: the URL without
-    its user info, query and fragment (``https://bucket.s3.amazonaws.com/cams/a.mp4`` for a
-    presigned URL of it, whatever its signature), scheme and host in lower case."""
+    its user info, fragment, a presigned URL's signing parameters and any parameter named like a
+    credential (``https://bucket.s3.amazonaws.com/cams/a.mp4`` for a presigned URL of it,
+    whatever its signature); the other parameters stay, sorted (``?versionId=3``, a download
+    endpoint's ``?file=b.mp4``: another object). Scheme and host in lower case, without the
+    scheme's default port."""
     parts = urlsplit(url)
-    host = (parts.hostname or "").lower()
+    scheme, host = parts.scheme.lower(), (parts.hostname or "").lower()
     if ":" in host:  # an IPv6 address
         host = f"[{host}]"
     try:
-        port = f":{parts.port}" if parts.port is not None else ""
+        port = f":{parts.port}" if parts.port not in (None, _DEFAULT_PORTS.get(scheme)) else ""
     except ValueError:  # a port that is no number: kept as written, the URL fails when read
         port = parts.netloc.rpartition("@")[2].removeprefix(parts.hostname or "")
-    return f"{parts.scheme.lower()}://{host}{port}{parts.path}"
+    kept = sorted((k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True)
+                  if not _SIGNING_QUERY_KEY.match(k) and not _SECRET_QUERY_KEY.search(k))
+    query = "?" + "&".join(f"{quote(k, safe='')}={quote(v, safe='')}" for k, v in kept) if kept else ""
+    return f"{scheme}://{host}{port}{parts.path}{query}"
 
 
 def url_secrets(url: str) -> list[str]:
-    """What in ``url`` is secret: its password, its whole query (a presigned URL's signature,
-    credential and token) and the values of credential-like query parameters."""
+    """What in ``url`` is secret: its password, and the values of its query's credential-like
+    parameters (a presigned URL's signature, credential and token), as written and decoded."""
     parts = urlsplit(url)
-    found = [parts.password or "", parts.query]
+    found = [parts.password or ""]
     found += [v for k, v in parse_qsl(parts.query, keep_blank_values=True) if _SECRET_QUERY_KEY.search(k)]
+    found += [part.partition("=")[2] for part in parts.query.split("&")
+              if _SECRET_QUERY_KEY.search(unquote(part.partition("=")[0]))]
     return [secret for secret in found if secret]
 
 

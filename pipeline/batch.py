@@ -113,7 +113,7 @@ class VideoJob:
     @property
     def name(self) -> str:
         """Its file name, as the outputs name it (COCO ``file_name``)."""
-        return unquote(self.path.name) if self.url else mask_userinfo(self.path.name)
+        return self.path.name if self.url else mask_userinfo(self.path.name)  # a URL's: unquoted once, by _job
 
     def told(self, text: str) -> str:
         """``text`` (a reason it failed) with its URL as ``key``: not even the redacted query."""
@@ -271,7 +271,9 @@ def _job(path: Path | str) -> VideoJob:
     """A job of a file (its size and time now; -1 when it is missing) or a URL (``size``,
     ``mtime_ns`` and ``etag`` unknown until its server is asked: ``ask_servers``)."""
     if isinstance(path, str):
-        return VideoJob(Path(unquote(urlsplit(path).path) or "/video"), "", url=path, size=None, mtime_ns=None)
+        # the path's last name (https://host/ alone: "video")
+        return VideoJob(Path(unquote(urlsplit(path).path).rstrip("/") or "/video"), "", url=path, size=None,
+                        mtime_ns=None)
     try:
         stat = path.stat()
         size, mtime = stat.st_size, stat.st_mtime_ns

@@ -1314,7 +1314,7 @@ def load_config(
     try:
         return _loaded_config(raw, pairs, schema, folder)
     except ConfigError as error:
-        raise ConfigError(located(str(error), path, [key for key, _ in pairs], "the overrides")) from None
+        raise ConfigError(located(str(error), path, pairs, "the overrides")) from None
 
 
 def _loaded_config(raw: dict, pairs: list[tuple[str, Any]], schema: type[PipelineConfig], folder: Path) -> PipelineConfig:
@@ -1331,20 +1331,22 @@ def _loaded_config(raw: dict, pairs: list[tuple[str, Any]], schema: type[Pipelin
 _LINE_PATH = re.compile(r"(?P<path>[A-Za-z_][\w-]*(?:\.[\w-]+|\[\d+\])*)(?: \((?P<source>source [^)]*)\))?: ")
 
 
-def located(text: str, path: str | Path, overrides: typing.Iterable[str] = (), given_by: str = "--set") -> str:
+def located(text: str, path: str | Path, overrides: typing.Sequence[tuple[str, Any]] = (),
+            given_by: str = "--set") -> str:
     """The lines of a config error with where each key is written: the line of the file that
     ``path`` names (``sources[0].max_fps (source cam1, line 12): ...``; an entry merged from a
-    YAML anchor: the anchor's line), or ``from --set`` (``given_by``) for one an override wrote. A line not about a
-    key, or a key the file does not have (nor any key above it), is left as it is."""
+    YAML anchor: the anchor's line), or ``from --set`` (``given_by``) for one an override (a
+    key and its value) wrote. A line not about a key, or a key the file does not have (nor any
+    key above it), is left as it is."""
     try:
         lines_of = yaml_lines(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError):
+        data = read_yaml(path)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError, ConfigError):
         return text
-    written = []
-    for override in overrides:
-        key = override.partition("=")[0] if "=" in override else override
+    written = []  # each override's key as indices, as the file and the overrides before it have it
+    for key, value in overrides:
         try:
-            written.append(tuple(str(part) for part in _key_parts(key, "--set")))
+            written.append(tuple(str(part) for part in set_config_key(data, key, value, "--set")))
         except ConfigError:
             continue
     out = []
@@ -1357,8 +1359,7 @@ def located(text: str, path: str | Path, overrides: typing.Iterable[str] = (), g
                       for p in re.findall(r"\[\d+\]|[^.\[\]]+", match["path"]))
         named = tuple(str(part) for part in parts)
         source = match["source"]
-        by_name = (*named[:1], source.removeprefix("source "), *named[2:]) if source else named
-        if any(named[:len(key)] == key or by_name[:len(key)] == key for key in written):
+        if any(named[:len(key)] == key for key in written):
             where = f"from {given_by}"
         else:
             found = next((lines_of[parts[:depth]] for depth in range(len(parts), 0, -1) if parts[:depth] in lines_of),
@@ -1452,7 +1453,11 @@ def load_checked_config(
     try:
         return _checked_config(path, overrides, schema, files)
     except ConfigError as error:
-        raise ConfigError(located(str(error), path, overrides)) from None
+        pairs = []
+        for override in overrides:  # those that are no KEY=VALUE were said as such
+            with contextlib.suppress(ConfigError):
+                pairs.append(_override_pair(override, ""))
+        raise ConfigError(located(str(error), path, pairs)) from None
 
 
 def _checked_config(
@@ -1722,11 +1727,13 @@ class _Named(str):
     """A list's entry named in brackets (``sources[cam-1]``): the mapping whose ``name`` it is."""
 
 
-def set_config_key(data: dict, key: str, value: Any, given_by: str) -> None:
+def set_config_key(data: dict, key: str, value: Any, given_by: str) -> list:
     """Set the dotted ``key`` of ``data`` to ``value`` (``sources.0.path`` and ``sources[0].path``
     both index lists; ``sources[cam-1].path`` or ``sources.cam-1.path`` is the entry named
-    cam-1); errors start with ``given_by`` and the key (``--set engine.x``)."""
+    cam-1); errors start with ``given_by`` and the key (``--set engine.x``). Returns the key's
+    parts as set, a list entry by its index."""
     parts = _key_parts(key, given_by)
+    resolved: list = []
     node: Any = data
     for depth, part in enumerate(parts):
         last = depth == len(parts) - 1
@@ -1750,10 +1757,12 @@ def set_config_key(data: dict, key: str, value: Any, given_by: str) -> None:
                 node[part] = {}
         else:
             raise ConfigError(f"{given_by} {key}: {here} is a single value, not a mapping or list")
+        resolved.append(part)
         if last:
             node[part] = value
         else:
             node = node[part]
+    return resolved
 
 
 def overrides_by_name(path: str | Path, overrides: typing.Iterable[str]) -> list[str]:

@@ -458,6 +458,11 @@ def test_each_error_says_the_line_of_the_file_that_writes_its_key_or_the_set_tha
     ]
     assert main(["validate", path]) == 2  # a missing key: the line of the entry that lacks it
     assert "sources[2].url (source gate, line 10): required key is missing" in capsys.readouterr().err
+    # an override of a source renamed by a later one is still the override's (found in review)
+    assert main(["validate", path, "--set", "sources.dock.transport=bad", "--set", "sources.dock.name=pier",
+                 "--set", "sources.gate.url=rtsp://h/x"]) == 2
+    assert ("sources[1].transport (source pier, from --set): Input should be 'tcp' or 'udp' (got 'bad')"
+            in capsys.readouterr().err)
     with pytest.raises(ConfigError) as raised:  # the library's overrides are named as such
         load_config(path, {"sources.gate.url": "rtsp://h/x", "engine.batch_size": 0})
     assert str(raised.value).splitlines()[-1] == ("engine.batch_size (from the overrides): Input should be greater "

@@ -170,3 +170,19 @@ def test_a_cut_that_cannot_be_resumed_says_the_connection_was_lost(moov_at_end, 
         with ObjectStore(data, cut=True, ranges=False) as store:
             with pytest.raises(SourceError, match=said):
                 _read_all(store.url())
+
+
+def test_a_refused_connection_is_said_as_refused_within_a_short_open_timeout():
+    """Found in review: the retries of a lost connection retried a refused one for 4 s, so with
+    an open timeout of 3 s a server that was down read as a timeout. They take at most half the
+    open timeout."""
+    import socket
+    import time
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    started = time.monotonic()
+    with pytest.raises(SourceError, match="connection refused by"):
+        list(FileSource("down", f"http://127.0.0.1:{port}/v.mp4", open_timeout_s=3.0).frames())
+    assert time.monotonic() - started < 2.5
