@@ -48,6 +48,7 @@ from segstream.connectors.frames import Frame
 from segstream.connectors.output_files import check_output_dir, open_output
 from segstream.connectors.redaction import mask_userinfo, remember, scrub
 from segstream.connectors.sink import SINK_DROPS
+from segstream.connectors.text_files import read_saved_text
 from segstream.connectors.urls import redact_url, url_identity, url_scheme, url_secrets
 from segstream.connectors.video_outputs import VideoOutputs, clear_partial
 from segstream.models.label_sets import LabelSet
@@ -158,7 +159,8 @@ def find_videos(inputs: Sequence[str], extensions: Iterable[str]) -> tuple[list[
     and a warning per input that named none. An input is a file, an http(s) URL of a video file
     (a presigned one too: its secrets are remembered, so no line prints them), a folder (searched
     recursively for ``extensions``), a glob, or a list file (``@FILE``, or a .txt/.list/.lst
-    file: one input per line, ``#`` comments, relative paths relative to the list file). Two URLs
+    file: one input per line, ``#`` comments, relative paths relative to the list file; UTF-8, or
+    UTF-16 with its byte-order mark, as Windows editors save it). Two URLs
     of one file (signed twice) are one video. A URL of another scheme (a stream) is refused."""
     suffixes = {e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions}
     found: dict[Path | str, None] = {}
@@ -185,9 +187,11 @@ def find_videos(inputs: Sequence[str], extensions: Iterable[str]) -> tuple[list[
             path = base / path
         if listed or (path.is_file() and path.suffix.lower() in LIST_SUFFIXES):
             try:
-                lines = path.read_text(encoding="utf-8").splitlines()
+                lines = read_saved_text(path).splitlines()
             except OSError as error:
                 raise ConfigError(f"cannot read the list file '{path}': {error.strerror}") from None
+            except ValueError as error:
+                raise ConfigError(f"the list file {error}") from None
             for line in lines:
                 if (line := line.strip()) and not line.startswith("#"):
                     add(line, path.parent)

@@ -1,5 +1,6 @@
 """segstream batch on the local engine: inputs, every frame written, failures recorded, resuming."""
 
+import codecs
 import json
 import logging
 import os
@@ -66,6 +67,27 @@ def test_inputs_are_files_folders_globs_and_list_files(archive, tmp_path):
     assert names == ["a.mp4", "b.mp4", "c10.mp4", "corrupt.mp4", "missing.mp4"]
     assert found[-1] == tmp_path / "missing.mp4"
     assert warnings == [f"'{tmp_path / 'none*.mp4'}' matches no file"]
+
+
+def test_a_list_file_saved_by_a_windows_editor_is_read_whole(tmp_path, capsys):
+    # Found probing (i18n): a UTF-8 BOM made the first line '\ufeff# Liste', a path; UTF-16 was a traceback
+    from segstream.pipeline.cli import main
+
+    (tmp_path / "été").mkdir()
+    video = tmp_path / "été" / "Kamera Süd.mp4"
+    video.write_bytes(b"")
+    text = "# Liste\r\nété/Kamera Süd.mp4\r\n"
+    saved = {"bom.txt": codecs.BOM_UTF8 + text.encode(), "notepad_unicode.txt": text.encode("utf-16"),
+             "utf16be.lst": codecs.BOM_UTF16_BE + text.encode("utf-16-be")}
+    for name, data in saved.items():
+        (tmp_path / name).write_bytes(data)
+        assert find_videos([str(tmp_path / name)], [".mp4"]) == ([video], []), name
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes(text.encode("latin-1"))
+    code = main(["batch", str(latin1), "--out", str(tmp_path / "out")])
+    assert code == 2 and capsys.readouterr().err.strip() == (
+        f"segstream: error: the list file '{latin1}' is not UTF-8 text (byte 0xe9 at offset 9) — save it as UTF-8")
+    assert not (tmp_path / "out").exists()
 
 
 def test_video_ids_are_unique_source_names_and_keep_the_manifests(tmp_path):
