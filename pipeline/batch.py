@@ -271,7 +271,7 @@ def plan(paths: Sequence[Path | str], taken: dict[str, str] | None = None,
                 if vid.lower() not in folded:
                     break
             else:
-                vid = f"{parts[-1]}-{hashlib.sha1((key if job.url else job.source).encode()).hexdigest()[:8]}"
+                vid = f"{parts[-1]}-{_short_hash(key if job.url else job.source)}"
             taken[vid] = key
             folded.add(vid.lower())
         job.id = vid
@@ -285,14 +285,17 @@ def _id_part(name: str) -> str:
     '.', '-'): its letters spelled in ASCII where they can be (Kamera Süd: ``Kamera_Sud``,
     İstanbul ı: ``Istanbul_i``), and where characters could not be kept (摄像头1), what is left
     with a short hash of the name (``1-<hash>``; ``video-<hash>`` for none left), so that two
-    such names never make one id. The hash is of the name in NFC: macOS's NFD names give the same
-    (a name not in UTF-8, read with surrogate escapes, hashes its own bytes)."""
+    such names never make one id. The hash is of the name in NFC: macOS's NFD names give the same."""
     name = unicodedata.normalize("NFC", name)
     spelled = "".join(c for c in unicodedata.normalize("NFKD", name.translate(_SPELLED)) if not unicodedata.combining(c))
     part = _SAFE.sub("_", spelled).strip("_.") or "video"
-    if spelled.isascii():
-        return part
-    return f"{part}-{hashlib.sha1(name.encode('utf-8', 'surrogateescape')).hexdigest()[:8]}"
+    return part if spelled.isascii() else f"{part}-{_short_hash(name)}"
+
+
+def _short_hash(text: str) -> str:
+    """8 hex digits of ``text``'s SHA-1 (a file name not in UTF-8, read with surrogate escapes,
+    hashes its own bytes: such a path was a traceback)."""
+    return hashlib.sha1(text.encode("utf-8", "surrogateescape")).hexdigest()[:8]
 
 
 def _job(path: Path | str) -> VideoJob:

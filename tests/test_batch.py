@@ -125,6 +125,11 @@ def test_video_ids_spell_names_in_ascii_never_collapse_and_never_differ_only_in_
     assert [TypeAdapter(SourceName).validate_python(vid) for vid in ids] == ids
     # the hash is of the name: another batch, or the name as macOS writes it (NFD), gives the same id
     assert [job.id for job in plan([Path(unicodedata.normalize("NFD", str(paths[3]))), paths[0]])] == [ids[3], ids[0]]
+    # a name not in UTF-8 (a Latin-1 disk): read with surrogate escapes, it hashes its bytes, also where every id is taken
+    latin1 = Path(os.fsdecode(b"/archive/caf\xe9.mp4"))
+    [job] = plan([latin1])
+    assert re.fullmatch(r"caf-[0-9a-f]{8}", job.id)
+    assert re.fullmatch(r"caf-[0-9a-f]{8}-[0-9a-f]{8}", plan([latin1], taken={job.id: "x", f"archive__{job.id}": "y"})[0].id)
     # one stem in one folder but for case: the extensions tell them apart, as for one stem
     assert [job.id for job in plan([tmp_path / "Day1.mov", tmp_path / "day1.mp4"])] == ["Day1_mov", "day1_mp4"]
     # videos of a manifest keep the ids an earlier release gave them; a new one takes none of them, ignoring case
