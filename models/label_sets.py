@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import functools
 import json
+import unicodedata
 from pathlib import Path
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
 from typing import TYPE_CHECKING, Any
+
+from segstream.connectors.text_files import read_saved_text
 
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable
@@ -66,6 +69,9 @@ class LabelSet:
             cname = entry.get("name")
             if not isinstance(cname, str) or not cname.strip():
                 raise ValueError(f"{where} (id {cid}): 'name' must be a non-empty string")
+            if (shown := _unprintable(cname)) is not None:
+                raise ValueError(f"{where} (id {cid}): 'name' holds {shown}, which would reach terminals and logs "
+                                 "raw (a line break, a colour, text turned around) — write the name without it")
             flag = entry.get("isthing")
             if not isinstance(flag, bool):
                 raise ValueError(f"{where} (id {cid}): 'isthing' must be true or false, got {flag!r}")
@@ -92,6 +98,20 @@ class LabelSet:
             isthing=tuple(by_id[i][1] for i in expected),
             coco_ids=coco_ids,
         )
+
+
+# Explicit bidi embeddings, overrides and isolates: they reorder the text after them on a terminal.
+# (The marks LRM, RLM and ALM are left to right-to-left names, as ZWJ and ZWNJ are to scripts that use them.)
+_BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def _unprintable(name: str) -> str | None:
+    """The first character of ``name`` a terminal or log would act on rather than show (a control
+    character, a line or paragraph separator, a bidi override), written as ``\\xNN``/``\\uNNNN``."""
+    for char in name:
+        if unicodedata.category(char) in ("Cc", "Zl", "Zp") or char in _BIDI_CONTROLS:
+            return f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}"
+    return None
 
 
 def _labels_dir() -> Traversable:
@@ -125,13 +145,17 @@ def load_label_set(name: str) -> LabelSet:
 
 def read_label_set_file(path: str | Path) -> LabelSet:
     """A label set of one's own: a JSON file of the same schema as the shipped ones
-    (``{"name", "classes": [{"id", "name", "isthing"}]}``). Raises ValueError saying what is wrong."""
+    (``{"name", "classes": [{"id", "name", "isthing"}]}``), in UTF-8 (a byte-order mark allowed)
+    or UTF-16 with its mark, as Windows editors save it. Raises ValueError saying what is wrong."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = read_saved_text(path)
     except OSError as error:
         raise ValueError(f"cannot read '{path}' ({error.strerror})") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as error:
         raise ValueError(f"'{path}' is not valid JSON: {error}") from None
-    return LabelSet.from_dict(data)
+    try:
+        return LabelSet.from_dict(data)
+    except ValueError as error:
+        raise ValueError(f"'{path}': {error}") from None

@@ -32,6 +32,7 @@ import shlex
 import sys
 import threading
 import time
+import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import closing
@@ -48,6 +49,7 @@ from segstream.connectors.frames import Frame
 from segstream.connectors.output_files import check_output_dir, open_output
 from segstream.connectors.redaction import mask_userinfo, remember, scrub
 from segstream.connectors.sink import SINK_DROPS
+from segstream.connectors.text_files import read_saved_text
 from segstream.connectors.urls import redact_url, url_identity, url_scheme, url_secrets
 from segstream.connectors.video_outputs import VideoOutputs, clear_partial
 from segstream.models.label_sets import LabelSet
@@ -73,6 +75,9 @@ REDIS_MARKS = ".redis-marks.json"
 GROUP_SIZE = 64
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+# Letters NFKD does not take apart into an ASCII letter and marks, spelled in ASCII (İ and é it does)
+_SPELLED = str.maketrans({"ı": "i", "ß": "ss", "ẞ": "SS", "æ": "ae", "Æ": "AE", "œ": "oe", "Œ": "OE", "ø": "o",
+                          "Ø": "O", "ł": "l", "Ł": "L", "đ": "d", "Đ": "D", "ð": "d", "Ð": "D", "þ": "th", "Þ": "Th"})
 
 
 # --- what to process ------------------------------------------------------------------------
@@ -158,7 +163,8 @@ def find_videos(inputs: Sequence[str], extensions: Iterable[str]) -> tuple[list[
     and a warning per input that named none. An input is a file, an http(s) URL of a video file
     (a presigned one too: its secrets are remembered, so no line prints them), a folder (searched
     recursively for ``extensions``), a glob, or a list file (``@FILE``, or a .txt/.list/.lst
-    file: one input per line, ``#`` comments, relative paths relative to the list file). Two URLs
+    file: one input per line, ``#`` comments, relative paths relative to the list file; UTF-8, or
+    UTF-16 with its byte-order mark, as Windows editors save it). Two URLs
     of one file (signed twice) are one video. A URL of another scheme (a stream) is refused."""
     suffixes = {e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions}
     found: dict[Path | str, None] = {}
@@ -185,9 +191,11 @@ def find_videos(inputs: Sequence[str], extensions: Iterable[str]) -> tuple[list[
             path = base / path
         if listed or (path.is_file() and path.suffix.lower() in LIST_SUFFIXES):
             try:
-                lines = path.read_text(encoding="utf-8").splitlines()
+                lines = read_saved_text(path).splitlines()
             except OSError as error:
                 raise ConfigError(f"cannot read the list file '{path}': {error.strerror}") from None
+            except ValueError as error:
+                raise ConfigError(f"the list file {error}") from None
             for line in lines:
                 if (line := line.strip()) and not line.startswith("#"):
                     add(line, path.parent)
@@ -238,8 +246,9 @@ def plan(paths: Sequence[Path | str], taken: dict[str, str] | None = None,
     used by another (``numbers``: video path -> number; new videos take the lowest free ones). A
     video listed in the manifest keeps its id and number. The id is the file's stem (with its
     extension when the folder holds another video of that stem: ``day1_mov``, ``day1_mp4``),
-    with parent folder names prepended until it is unique; a URL's (an http(s) one, a str in
-    ``paths``) is its path's, with its folders and host as the parent folders."""
+    with parent folder names prepended until it is unique, ignoring case (output folders may be
+    on a filesystem that does); a URL's (an http(s) one, a str in ``paths``) is its path's, with
+    its folders and host as the parent folders. Each name is spelled in ASCII (``_id_part``)."""
     taken = dict(taken or {})
     numbers = dict(numbers or {})
     used = set(numbers.values())
@@ -247,24 +256,46 @@ def plan(paths: Sequence[Path | str], taken: dict[str, str] | None = None,
     owned = {path: vid for vid, path in taken.items()}
     jobs = [_job(path) for path in paths]
     shown = [_named_path(job) for job in jobs]  # the id names folders and streams: no password in it
-    stems = Counter((named.parent, named.stem) for named in shown)
+    stems = Counter((named.parent, named.stem.casefold()) for named in shown)
+    names = Counter((named.parent, named.name.casefold()) for named in shown)  # where an extension tells none apart
+    folded = {vid.lower() for vid in taken}  # ids are ASCII
     for job, path in zip(jobs, shown):
         key = job.key
         vid = owned.get(key)
         if vid is None:
-            name = path.stem if stems[path.parent, path.stem] == 1 else f"{path.stem}_{path.suffix.lstrip('.')}"
-            parts = [_SAFE.sub("_", part).strip("_.") or "video" for part in (*path.parent.parts[1:], name)]
+            alone = stems[path.parent, path.stem.casefold()] == 1 or names[path.parent, path.name.casefold()] > 1
+            name = path.stem if alone else f"{path.stem}_{path.suffix.lstrip('.')}"
+            parts = [_id_part(part) for part in (*path.parent.parts[1:], name)]
             for depth in range(1, len(parts) + 1):
                 vid = "__".join(parts[-depth:])
-                if vid not in taken:
+                if vid.lower() not in folded:
                     break
             else:
-                vid = f"{parts[-1]}-{hashlib.sha1((key if job.url else job.source).encode()).hexdigest()[:8]}"
+                vid = f"{parts[-1]}-{_short_hash(key if job.url else job.source)}"
             taken[vid] = key
+            folded.add(vid.lower())
         job.id = vid
         number = numbers.get(key)
         job.number = next(free) if number is None else number
     return jobs
+
+
+def _id_part(name: str) -> str:
+    """A file's or folder's name as a part of an id, a source name (ASCII letters, digits, '_',
+    '.', '-'): its letters spelled in ASCII where they can be (Kamera Süd: ``Kamera_Sud``,
+    İstanbul ı: ``Istanbul_i``), and where characters could not be kept (摄像头1), what is left
+    with a short hash of the name (``1-<hash>``; ``video-<hash>`` for none left), so that two
+    such names never make one id. The hash is of the name in NFC: macOS's NFD names give the same."""
+    name = unicodedata.normalize("NFC", name)
+    spelled = "".join(c for c in unicodedata.normalize("NFKD", name.translate(_SPELLED)) if not unicodedata.combining(c))
+    part = _SAFE.sub("_", spelled).strip("_.") or "video"
+    return part if spelled.isascii() else f"{part}-{_short_hash(name)}"
+
+
+def _short_hash(text: str) -> str:
+    """8 hex digits of ``text``'s SHA-1 (a file name not in UTF-8, read with surrogate escapes,
+    hashes its own bytes: such a path was a traceback)."""
+    return hashlib.sha1(text.encode("utf-8", "surrogateescape")).hexdigest()[:8]
 
 
 def _job(path: Path | str) -> VideoJob:

@@ -1,15 +1,19 @@
 """segstream batch on the local engine: inputs, every frame written, failures recorded, resuming."""
 
+import codecs
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+import unicodedata
 from pathlib import Path
 
 import pytest
+from pydantic import TypeAdapter
 
 import segstream
 from segstream.connectors.errors import ConfigError
@@ -18,7 +22,7 @@ from segstream.connectors.redis_wire import event_from_wire, from_wire
 from segstream.connectors.coco_panoptic import read_coco_panoptic
 from segstream.pipeline.batch import (MANIFEST, REDIS_MARKS, VideoJob, VideoOutcome, find_videos, output_lock, plan, run_batch,
                                       summary_table)
-from segstream.pipeline.config import BatchPipelineConfig, validate_config
+from segstream.pipeline.config import BatchPipelineConfig, SourceName, validate_config
 from tests.conftest import ColourSegmenter, encode_clip
 
 REPO = Path(__file__).resolve().parents[1]
@@ -68,6 +72,27 @@ def test_inputs_are_files_folders_globs_and_list_files(archive, tmp_path):
     assert warnings == [f"'{tmp_path / 'none*.mp4'}' matches no file"]
 
 
+def test_a_list_file_saved_by_a_windows_editor_is_read_whole(tmp_path, capsys):
+    # Found probing (i18n): a UTF-8 BOM made the first line '\ufeff# Liste', a path; UTF-16 was a traceback
+    from segstream.pipeline.cli import main
+
+    (tmp_path / "été").mkdir()
+    video = tmp_path / "été" / "Kamera Süd.mp4"
+    video.write_bytes(b"")
+    text = "# Liste\r\nété/Kamera Süd.mp4\r\n"
+    saved = {"bom.txt": codecs.BOM_UTF8 + text.encode(), "notepad_unicode.txt": text.encode("utf-16"),
+             "utf16be.lst": codecs.BOM_UTF16_BE + text.encode("utf-16-be")}
+    for name, data in saved.items():
+        (tmp_path / name).write_bytes(data)
+        assert find_videos([str(tmp_path / name)], [".mp4"]) == ([video], []), name
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes(text.encode("latin-1"))
+    code = main(["batch", str(latin1), "--out", str(tmp_path / "out")])
+    assert code == 2 and capsys.readouterr().err.strip() == (
+        f"segstream: error: the list file '{latin1}' is not UTF-8 text (byte 0xe9 at offset 9) — save it as UTF-8")
+    assert not (tmp_path / "out").exists()
+
+
 def test_video_ids_are_unique_source_names_and_keep_the_manifests(tmp_path):
     paths = [tmp_path / "x" / "cam 1.mp4", tmp_path / "y" / "cam 1.mp4", tmp_path / "cam 1.mkv"]
     ids = [job.id for job in plan(paths)]
@@ -83,6 +108,55 @@ def test_video_ids_are_unique_source_names_and_keep_the_manifests(tmp_path):
     # resumed batch numbers its videos as an uninterrupted one did
     assert [job.number for job in plan(paths)] == [1, 2, 3]
     assert [job.number for job in plan(paths, numbers={str(paths[2]): 3, "gone.mp4": 1})] == [2, 4, 3]
+
+
+def test_video_ids_spell_names_in_ascii_never_collapse_and_never_differ_only_in_case(tmp_path):
+    # Found probing (i18n): non-ASCII letters were dropped (摄像头1 -> '1', İstanbul -> 'stanbul', all-CJK -> 'video',
+    # 'video__video'), and 'Kamera_S_d' and 'kamera_s_d' were two folders on NTFS, SMB and macOS but one
+    paths = [tmp_path / "été" / "Kamera Süd.mp4", tmp_path / "été" / "kamera süd.mp4", tmp_path / "İstanbul ı.mp4",
+             tmp_path / "摄像头1.mp4", tmp_path / "监控1.mp4", tmp_path / "东门" / "西门.mp4", tmp_path / "摄像头" / "东门.mp4",
+             tmp_path / "监控" / "东门.mp4", tmp_path / "Straße Ærø.mp4"]
+    ids = [job.id for job in plan(paths)]
+    assert ids[:3] + ids[-1:] == ["Kamera_Sud", "ete__kamera_sud", "Istanbul_i", "Strasse_AEro"]
+    assert re.fullmatch(r"1-[0-9a-f]{8}", ids[3]) and re.fullmatch(r"1-[0-9a-f]{8}", ids[4])
+    assert re.fullmatch(r"video-[0-9a-f]{8}", ids[5]) and re.fullmatch(r"video-[0-9a-f]{8}", ids[6])
+    assert re.fullmatch(r"video-[0-9a-f]{8}__video-[0-9a-f]{8}", ids[7])
+    assert len({vid.lower() for vid in ids}) == len(ids)
+    assert [TypeAdapter(SourceName).validate_python(vid) for vid in ids] == ids
+    # the hash is of the name: another batch, or the name as macOS writes it (NFD), gives the same id
+    assert [job.id for job in plan([Path(unicodedata.normalize("NFD", str(paths[3]))), paths[0]])] == [ids[3], ids[0]]
+    # a name not in UTF-8 (a Latin-1 disk): read with surrogate escapes, it hashes its bytes, also where every id is taken
+    latin1 = Path(os.fsdecode(b"/archive/caf\xe9.mp4"))
+    [job] = plan([latin1])
+    assert re.fullmatch(r"caf-[0-9a-f]{8}", job.id)
+    assert re.fullmatch(r"caf-[0-9a-f]{8}-[0-9a-f]{8}", plan([latin1], taken={job.id: "x", f"archive__{job.id}": "y"})[0].id)
+    # one stem in one folder but for case: the extensions tell them apart, as for one stem
+    assert [job.id for job in plan([tmp_path / "Day1.mov", tmp_path / "day1.mp4"])] == ["Day1_mov", "day1_mp4"]
+    # videos of a manifest keep the ids an earlier release gave them; a new one takes none of them, ignoring case
+    taken = {"Kamera_S_d": str(paths[0]), "kamera_s_d": str(paths[1]), "1": str(paths[3])}
+    again = plan([*paths[:4], tmp_path / "new" / "KAMERA_S_D.mp4", tmp_path / "new" / "1.mp4"], taken=taken)
+    assert [job.id for job in again] == ["Kamera_S_d", "kamera_s_d", "Istanbul_i", "1", "new__KAMERA_S_D", "new__1"]
+
+
+def test_a_video_done_under_an_id_of_an_earlier_release_keeps_it_and_a_new_one_gets_the_new_id(tmp_path):
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    encode_clip(videos / "Kamera Süd.mp4", frames=3)
+    out = tmp_path / "out"
+    assert run_batch(config(out), [str(videos)], adapter=ColourSegmenter(), progress=False)[1] == 0
+    [record] = manifest(out)
+    assert record["id"] == "Kamera_Sud" and (out / "Kamera_Sud" / "frames.jsonl").is_file()
+    record["id"] = "Kamera_S_d"  # as the release before wrote it, with its folder
+    (out / "manifest.jsonl").write_text(json.dumps(record) + "\n")
+    (out / "Kamera_Sud").rename(out / "Kamera_S_d")
+    encode_clip(videos / "kamera süd.mp4", frames=2)
+    encode_clip(videos / "KAMERA_S_D.mp4", frames=2)  # its own id would be the old one's but for case
+    outcomes, skipped, _ = run_batch(config(out), [str(videos)], adapter=ColourSegmenter(), progress=False)
+    assert skipped == 1
+    assert sorted((o.job.id, o.status) for o in outcomes) == [("kamera_sud", "done"), ("videos__KAMERA_S_D", "done")]
+    assert sorted(r["id"] for r in manifest(out)) == ["Kamera_S_d", "kamera_sud", "videos__KAMERA_S_D"]
+    assert sorted(p.name for p in out.iterdir() if p.is_dir() and not p.name.startswith(".")) == \
+        ["Kamera_S_d", "kamera_sud", "videos__KAMERA_S_D"]
 
 
 def test_every_frame_of_every_video_is_written_and_a_corrupt_one_is_reported(archive, tmp_path):

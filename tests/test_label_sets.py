@@ -1,6 +1,9 @@
+import codecs
+import json
+
 import pytest
 
-from segstream.models.label_sets import LabelSet, available_label_sets, load_label_set
+from segstream.models.label_sets import LabelSet, available_label_sets, load_label_set, read_label_set_file
 
 SHIPPED = ("ade20k", "cityscapes", "coco_instance", "coco_panoptic")
 
@@ -108,3 +111,38 @@ def test_from_dict_rejects_bad_entries(entry, word):
 def test_from_dict_rejects_missing_classes():
     with pytest.raises(ValueError, match="classes"):
         LabelSet.from_dict({"name": "t", "classes": []})
+
+
+def _write_set(path, names, encoding="utf-8", bom=b""):
+    classes = [{"id": i, "name": name, "isthing": True} for i, name in enumerate(names)]
+    path.write_bytes(bom + json.dumps({"name": "own", "classes": classes}, ensure_ascii=False).encode(encoding))
+    return path
+
+
+def test_a_labels_file_saved_by_a_windows_editor_is_read_and_another_encoding_is_one_line(tmp_path):
+    # Found probing (i18n): a UTF-8 BOM was "not valid JSON" while BOM'd YAML configs were read; UTF-16 a codec error
+    names = ["Gräs", "空", "Straße"]
+    for path in (_write_set(tmp_path / "bom.json", names, bom=codecs.BOM_UTF8),
+                 _write_set(tmp_path / "notepad_unicode.json", names, encoding="utf-16")):
+        assert read_label_set_file(path).names == tuple(names), path
+    latin1 = _write_set(tmp_path / "latin1.json", ["Gräs"], encoding="latin-1")
+    with pytest.raises(ValueError) as caught:
+        read_label_set_file(latin1)
+    assert str(caught.value) == f"'{latin1}' is not UTF-8 text (byte 0xe4 at offset 49) — save it as UTF-8"
+
+
+@pytest.mark.parametrize("name, shown", [("line1\nline2", r"\x0a"), ("\x1b[31mred", r"\x1b"), ("\u202eevil", r"\u202e"),
+                                         ("a\u2028b", r"\u2028"), ("tab\there", r"\x09"), ("c1\x9b", r"\x9b")])
+def test_a_class_name_a_terminal_would_act_on_is_refused_naming_file_class_and_character(tmp_path, name, shown):
+    # Found probing (i18n): these reached run's log lines raw (an ESC, a record split in two)
+    path = _write_set(tmp_path / "labels.json", ["ok", name])
+    with pytest.raises(ValueError) as caught:
+        read_label_set_file(path)
+    message = str(caught.value)
+    assert message.startswith(f"'{path}': label set 'own', classes[1] (id 1): 'name' holds {shown},")
+    assert "\n" not in message and "\x1b" not in message and "\u202e" not in message
+
+
+def test_right_to_left_and_joined_names_are_kept(tmp_path):
+    names = ["\u05e9\u05de\u05d9\u05dd\u200f", "\u0645\u06cc\u200c\u0631\u0648\u062f", "👩\u200d🚒"]  # RLM, ZWNJ, ZWJ
+    assert read_label_set_file(_write_set(tmp_path / "labels.json", names)).names == tuple(names)

@@ -1,0 +1,28 @@
+"""Text files a person saved by hand (list files, label sets), read in the encodings Windows
+editors write: UTF-8 with or without a byte-order mark (Notepad, PowerShell 5.1's Out-File
+-Encoding utf8), and UTF-16 with its mark (Notepad's "Unicode", PowerShell 5.1's ``>``)."""
+
+from __future__ import annotations
+
+import codecs
+from pathlib import Path
+
+__all__ = ["read_saved_text"]
+
+
+def read_saved_text(path: str | Path) -> str:
+    """The text of ``path``, decoded by its byte-order mark (none: UTF-8), the mark left out.
+    Raises OSError when the file cannot be read, and ValueError (one line naming the file and
+    saying to save it as UTF-8) when its bytes are not text in that encoding."""
+    data = Path(path).read_bytes()
+    if data.startswith(codecs.BOM_UTF8):
+        encoding, name = "utf-8-sig", "UTF-8"
+    elif data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        encoding, name = "utf-16", "UTF-16, as its byte-order mark says,"
+    else:
+        encoding, name = "utf-8", "UTF-8"
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as error:
+        raise ValueError(f"'{path}' is not {name} text (byte {error.object[error.start]:#04x} at offset "
+                         f"{error.start}) — save it as UTF-8") from None
