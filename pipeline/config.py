@@ -24,6 +24,7 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from segstream.connectors.errors import ConfigError
+from segstream.connectors.text_files import read_saved_text
 from segstream.connectors.redaction import SECRET_NAME, remember, remember_in
 from segstream.connectors.source import not_a_video_file, special_file
 from segstream.connectors.redis_connection import (
@@ -1339,9 +1340,9 @@ def located(text: str, path: str | Path, overrides: typing.Sequence[tuple[str, A
     key and its value) wrote. A line not about a key, or a key the file does not have (nor any
     key above it), is left as it is."""
     try:
-        lines_of = yaml_lines(Path(path).read_text(encoding="utf-8"))
+        lines_of = yaml_lines(read_saved_text(path))
         data = read_yaml(path)
-    except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError, ConfigError):
+    except (OSError, ValueError, yaml.YAMLError, RecursionError, ConfigError):
         return text
     written = []  # each override's key as indices, as the file and the overrides before it have it
     for key, value in overrides:
@@ -1626,11 +1627,13 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 def read_yaml(path: str | Path) -> dict:
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_saved_text(path)  # a Windows editor's UTF-16 too
     except FileNotFoundError:
         raise ConfigError(f"config file '{path}' does not exist") from None
-    except (OSError, UnicodeDecodeError) as error:
+    except OSError as error:
         raise ConfigError(f"cannot read config file '{path}': {error}") from None
+    except ValueError as error:
+        raise ConfigError(f"config file {error}") from None
     try:
         data = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.MarkedYAMLError as error:

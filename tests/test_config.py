@@ -481,6 +481,19 @@ def test_a_source_name_that_is_no_ascii_word_or_only_dots_is_refused_saying_what
     assert load_config(write(f"sources:\n  - {{name: '...', type: file, path: '{clip}'}}\n")).sources[0].name == "..."
 
 
+def test_a_config_saved_as_utf_16_is_read_and_one_in_another_encoding_is_one_line(capsys, tmp_path, clip):
+    """Found by an i18n probe: Notepad's "Unicode" (UTF-16) config was a raw codec error."""
+    config = tmp_path / "windows.yaml"
+    config.write_text(f"sources:\r\n  - {{name: cam, type: file, path: '{clip}', max_fps: -1}}\r\n", encoding="utf-16")
+    [line] = errors_of(capsys, ["validate", str(config)])
+    assert line == "sources[0].max_fps: Input should be greater than 0 (got -1)"
+    assert main(["validate", str(config)]) == 2
+    assert "(line 2)" in capsys.readouterr().err  # where, in the UTF-16 file too
+    config.write_bytes(b"sources: [caf\xe9]\n")
+    [line] = errors_of(capsys, ["validate", str(config)])
+    assert line == f"config file '{config}' is not UTF-8 text (byte 0xe9 at offset 13) — save it as UTF-8"
+
+
 def test_set_errors_are_config_errors(capsys, write, clip):
     path = write(VALID.format(clip=clip))
     [line] = errors_of(capsys, ["validate", path, "--set", "sources.5.path=x.mp4"])
