@@ -38,7 +38,7 @@ def main() -> None:
     try:
         time.sleep(1.0)
         source = StreamSource("net", url)
-        seen: list[tuple[int, float]] = []
+        seen: list[tuple[int, float | None]] = []
         until = time.monotonic() + args.seconds
         for frame in source.frames():
             seen.append((frame.index, frame.pts_seconds))
@@ -48,9 +48,14 @@ def main() -> None:
     finally:
         sender.kill()
         sender.wait()
+    if len(seen) < 2 or seen[0][1] is None or seen[-1][1] is None:
+        raise SystemExit(f"the stream gave {len(seen)} frames with timestamps: nothing to compare")
     (first, start), (last, end) = seen[0], seen[-1]
-    print(f"decoded {len(seen)}, decode errors {source.decode_errors}, frame numbers span {last - first + 1}, "
-          f"timestamps span {round((end - start) * 25) + 1} frames")
+    fps = 25  # the sample clip's rate, which ffmpeg keeps
+    spanned = round((end - start) * fps) + 1
+    counted = last - first + 1
+    print(f"decoded {len(seen)}, decode errors {source.decode_errors}, frame numbers span {counted}, "
+          f"timestamps span {spanned} frames: {spanned - counted} of {spanned - len(seen)} lost frames uncounted")
 
 
 if __name__ == "__main__":

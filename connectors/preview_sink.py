@@ -66,6 +66,8 @@ class PreviewSink:
             raise SinkError(f"preview keep_runs must be 1 or more, got {keep_runs}")
         if level is not None and level < 0:
             raise SinkError(f"preview level must be 0 (the finest) or more, got {level}")
+        if max_width is not None and max_width < 16:
+            raise SinkError(f"preview max_width must be 16 pixels or more, got {max_width}")
         self.directory = Path(directory)
         self.format = format
         self.opacity = opacity

@@ -15,10 +15,11 @@ from segstream.connectors.urls import redact_url, url_scheme
 # `timeout` made the RTSP client listen for a connection instead.
 _RTSP_TIMEOUT_OPTION = "timeout" if av.library_versions["libavformat"] >= (59,) else "stimeout"
 
-# FFmpeg's UDP input buffer, in 188-byte packets (3 MB: 1 s of a 24 Mbit/s 4K stream, 6 s of a
-# 4 Mbit/s 1080p one). What a decoder cannot keep up with waits there, unseen by any count, until
-# it is full and packets are lost: 1,000,000 (188 MB) let a 4K stream fall a minute behind live.
-UDP_FIFO_PACKETS = 16384
+# FFmpeg's UDP input buffer, in 188-byte packets: FFmpeg's own default (5.4 MB: 1.8 s of a
+# 24 Mbit/s 4K stream, 11 s of a 4 Mbit/s 1080p one). What a decoder cannot keep up with waits
+# there, unseen by any count, until it is full and packets are lost: 1,000,000 (188 MB) let a 4K
+# stream fall a minute behind live; less than FFmpeg's default lost packets of a healthy stream.
+UDP_FIFO_PACKETS = 28672
 
 
 def stream_options(

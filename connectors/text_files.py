@@ -17,12 +17,17 @@ def read_saved_text(path: str | Path) -> str:
     data = Path(path).read_bytes()
     if data.startswith(codecs.BOM_UTF8):
         encoding, name = "utf-8-sig", "UTF-8"
+    elif data.startswith((codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE)):  # before UTF-16's: FF FE 00 00 starts with FF FE
+        encoding, name = "utf-32", "UTF-32, as its byte-order mark says,"
     elif data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         encoding, name = "utf-16", "UTF-16, as its byte-order mark says,"
     else:
         encoding, name = "utf-8", "UTF-8"
     try:
-        return data.decode(encoding)
+        text = data.decode(encoding)
     except UnicodeDecodeError as error:
         raise ValueError(f"'{path}' is not {name} text (byte {error.object[error.start]:#04x} at offset "
                          f"{error.start}) — save it as UTF-8") from None
+    if "\0" in text:  # UTF-16 without its mark reads as UTF-8 full of NULs
+        raise ValueError(f"'{path}' holds NUL characters (UTF-16 without a byte-order mark?) — save it as UTF-8")
+    return text

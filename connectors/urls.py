@@ -52,22 +52,21 @@ def redact_url(url: str, keep_user: bool = False) -> str:
     return f"{scheme}://{address}{query}{hash_sign}{REDACTED if fragment else ''}"
 
 
-# A presigned URL's signing parameters: S3's and GCS's (X-Amz-*, X-Goog-*, and their V2 forms),
-# CloudFront's, Azure's SAS; they change each time the same object is signed again.
-_SIGNING_QUERY_KEY = re.compile(
-    r"^(x-amz-.*|x-goog-.*|expires|signature|policy|key-pair-id|awsaccesskeyid|googleaccessid"
-    r"|sv|ss|srt|sp|se|st|spr|sig|sr|si|sdd|ses|skoid|sktid|skt|ske|sks|skv|rscc|rscd|rsce|rscl|rsct)$",
-    re.IGNORECASE)
+# The query parameters that name an object rather than sign a request for it: an object version
+# (S3's versionId, GCS's generation) and a download endpoint's file; every other parameter (a
+# signature, its date and expiry: S3's, GCS's, a CDN's md5/hmac/hdnts, whatever their names) changes
+# each time the same object is signed again, and may be a secret.
+_IDENTITY_QUERY_KEY = re.compile(r"^(versionid|generation|file|filename|name|path|object|objectkey|id)$",
+                                 re.IGNORECASE)
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 def url_identity(url: str) -> str:
     """What names the file a URL reads, kept where the URL itself may not be: the URL without
-    its user info, fragment, a presigned URL's signing parameters and any parameter named like a
-    credential (``https://bucket.s3.amazonaws.com/cams/a.mp4`` for a presigned URL of it,
-    whatever its signature); the other parameters stay, sorted (``?versionId=3``, a download
-    endpoint's ``?file=b.mp4``: another object). Scheme and host in lower case, without the
-    scheme's default port."""
+    its user info, fragment and query (``https://bucket.s3.amazonaws.com/cams/a.mp4`` for a
+    presigned URL of it, whatever its signature), but for the parameters that name an object
+    (``?versionId=3``, a download endpoint's ``?file=b.mp4``: another object), sorted. Scheme and
+    host in lower case, without the scheme's default port."""
     parts = urlsplit(url)
     scheme, host = parts.scheme.lower(), (parts.hostname or "").lower()
     if ":" in host:  # an IPv6 address
@@ -76,21 +75,24 @@ def url_identity(url: str) -> str:
         port = f":{parts.port}" if parts.port not in (None, _DEFAULT_PORTS.get(scheme)) else ""
     except ValueError:  # a port that is no number: kept as written, the URL fails when read
         port = parts.netloc.rpartition("@")[2].removeprefix(parts.hostname or "")
-    kept = sorted((k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True)
-                  if not _SIGNING_QUERY_KEY.match(k) and not _SECRET_QUERY_KEY.search(k))
-    query = "?" + "&".join(f"{quote(k, safe='')}={quote(v, safe='')}" for k, v in kept) if kept else ""
+    kept = sorted((k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if _IDENTITY_QUERY_KEY.match(k))
+    query = "?" + "&".join(f"{quote(k, safe='')}={quote(v, safe='/')}" for k, v in kept) if kept else ""
     return f"{scheme}://{host}{port}{parts.path}{query}"
 
 
 def url_secrets(url: str) -> list[str]:
-    """What in ``url`` is secret: its password, and the values of its query's credential-like
-    parameters (a presigned URL's signature, credential and token), as written and decoded."""
+    """What in ``url`` is secret: its password, the values of its query's credential-like
+    parameters (a presigned URL's signature, credential and token), as written and decoded, and
+    its whole query where it holds more than what names the object (``url_identity``: a CDN's
+    signature of any name)."""
     parts = urlsplit(url)
-    found = [parts.password or ""]
-    found += [v for k, v in parse_qsl(parts.query, keep_blank_values=True) if _SECRET_QUERY_KEY.search(k)]
-    found += [part.partition("=")[2] for part in parts.query.split("&")
-              if _SECRET_QUERY_KEY.search(unquote(part.partition("=")[0]))]
-    return [secret for secret in found if secret]
+    written = [part.partition("=") for part in parts.query.split("&") if part]
+    secret = [(unquote(key), value) for key, _, value in written
+              if _SECRET_QUERY_KEY.search(unquote(key)) and not _IDENTITY_QUERY_KEY.match(unquote(key))]
+    signed = any(not _IDENTITY_QUERY_KEY.match(unquote(key)) for key, _, _ in written)
+    found = [parts.password or "", parts.query if signed else ""]
+    found += [value for _, value in secret] + [unquote(value.replace("+", " ")) for _, value in secret]
+    return [text for text in found if text]
 
 
 def url_scheme(target: str) -> str:

@@ -109,7 +109,7 @@ def _unprintable(name: str) -> str | None:
     """The first character of ``name`` a terminal or log would act on rather than show (a control
     character, a line or paragraph separator, a bidi override), written as ``\\xNN``/``\\uNNNN``."""
     for char in name:
-        if unicodedata.category(char) in ("Cc", "Zl", "Zp") or char in _BIDI_CONTROLS:
+        if unicodedata.category(char) in ("Cc", "Cs", "Zl", "Zp") or char in _BIDI_CONTROLS:
             return f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}"
     return None
 

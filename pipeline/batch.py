@@ -105,8 +105,8 @@ class VideoJob:
 
     @property
     def key(self) -> str:
-        """What the manifest knows the video by: a URL without its query, fragment and user info
-        (signed again, it is the same video), a path with a name shaped like a URL's
+        """What the manifest knows the video by: a URL's identity (``url_identity``: without its
+        signature, so signed again it is the same video), a path with a name shaped like a URL's
         ``user:password@`` masked, as everything batch writes or prints is."""
         return url_identity(self.url) if self.url else mask_userinfo(str(self.path))
 
@@ -121,7 +121,7 @@ class VideoJob:
         return self.path.name if self.url else mask_userinfo(self.path.name)  # a URL's: unquoted once, by _job
 
     def told(self, text: str) -> str:
-        """``text`` (a reason it failed) with its URL as ``key``: not even the redacted query."""
+        """``text`` (a reason it failed) with its URL as ``key``: not even the signature's redacted parameters."""
         return text.replace(redact_url(self.url), self.key).replace(self.url, self.key) if self.url else text
 
     def unchanged(self, record: dict) -> bool:
@@ -691,7 +691,7 @@ class BatchVideoSource:
                     return
                 self._inner = FileSource(self.name, self.job.source, open_timeout_s=self.cfg.open_timeout_s,
                                          read_timeout_s=self.cfg.read_timeout_s, max_fps=self.cfg.max_fps)
-                self._inner.shown = self.job.key  # what its messages name a URL by: not even its query's keys
+                self._inner.shown = self.job.key  # what its messages name a URL by: not even its signature's parameter names
                 self._inner.decode_size = self.decode_size
             with closing(self._inner.frames()) as frames:
                 for frame in frames:

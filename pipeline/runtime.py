@@ -1654,14 +1654,19 @@ class _LiveLag:
     timestamps say each frame is decoded, against the earliest of its epoch (a frame that came as
     soon as it could: a late start and a network's jitter are not lag). Grows while the decoder is
     held back, by a slower model (``every_frame``) or by its own work (a stream too large to decode
-    in real time, whose packets wait in FFmpeg's input buffer). Past ``BEHIND_WARN_S`` the source
-    is named in a warning, once, and again only after it caught up (under half of it)."""
+    in real time, whose packets wait in FFmpeg's input buffer), a little at each frame. A
+    ``newest`` source's frame later than the one before it by more than ``BEHIND_WARN_S`` beyond
+    what their timestamps say is a pause of the sender (a publisher that paused, its timestamps
+    going on from where they stopped), not lag: the mark starts again there (an ``every_frame``
+    source waits that long for a slow model). Past ``BEHIND_WARN_S`` the source is
+    named in a warning, once, and again only after it caught up (under half of it)."""
 
     def __init__(self, name: str, policy: BufferPolicy) -> None:
         self.name, self.policy = name, policy
         self.epoch: int | None = None
         self.earliest = 0.0  # the offset of a frame that came as soon as it could
         self.earliest_at = 0.0  # as of this capture_wall
+        self.last_offset = 0.0  # the frame before's
         self.warned = False
 
     def behind(self, frame: Frame) -> float:
@@ -1670,8 +1675,10 @@ class _LiveLag:
         offset = frame.capture_wall - frame.pts_seconds
         # a camera's clock that runs slower than ours is no lag either: the mark follows it up to CLOCK_DRIFT
         earliest = self.earliest + CLOCK_DRIFT * (frame.capture_wall - self.earliest_at)
-        if frame.epoch != self.epoch or offset < earliest:
+        paused = self.policy.kind != "every_frame" and offset - self.last_offset > BEHIND_WARN_S
+        if frame.epoch != self.epoch or offset < earliest or paused:
             self.epoch, earliest = frame.epoch, offset
+        self.last_offset = offset
         self.earliest, self.earliest_at = earliest, frame.capture_wall
         behind = offset - earliest
         if behind > BEHIND_WARN_S and not self.warned:

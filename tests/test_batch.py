@@ -81,7 +81,7 @@ def test_a_list_file_saved_by_a_windows_editor_is_read_whole(tmp_path, capsys):
     video.write_bytes(b"")
     text = "# Liste\r\nété/Kamera Süd.mp4\r\n"
     saved = {"bom.txt": codecs.BOM_UTF8 + text.encode(), "notepad_unicode.txt": text.encode("utf-16"),
-             "utf16be.lst": codecs.BOM_UTF16_BE + text.encode("utf-16-be")}
+             "utf16be.lst": codecs.BOM_UTF16_BE + text.encode("utf-16-be"), "utf32.txt": text.encode("utf-32")}
     for name, data in saved.items():
         (tmp_path / name).write_bytes(data)
         assert find_videos([str(tmp_path / name)], [".mp4"]) == ([video], []), name
@@ -91,6 +91,12 @@ def test_a_list_file_saved_by_a_windows_editor_is_read_whole(tmp_path, capsys):
     assert code == 2 and capsys.readouterr().err.strip() == (
         f"segstream: error: the list file '{latin1}' is not UTF-8 text (byte 0xe9 at offset 9) — save it as UTF-8")
     assert not (tmp_path / "out").exists()
+    marked = tmp_path / "no_mark.txt"  # UTF-16 without its mark: valid UTF-8, full of NULs (found in review)
+    marked.write_bytes("# Liste\r\nclip.mp4\r\n".encode("utf-16-le"))
+    assert main(["batch", str(marked), "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"segstream: error: the list file '{marked}' holds NUL characters (UTF-16 without a byte-order mark?) — "
+        "save it as UTF-8")
 
 
 def test_video_ids_are_unique_source_names_and_keep_the_manifests(tmp_path):

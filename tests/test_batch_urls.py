@@ -15,7 +15,7 @@ import pytest
 
 from segstream.connectors.redis_wire import event_from_wire
 from segstream.connectors.remote_files import remote_version
-from segstream.connectors.urls import url_identity
+from segstream.connectors.urls import url_identity, url_secrets
 from segstream.pipeline.batch import MANIFEST, find_videos, plan, run_batch, summary_table
 from segstream.pipeline.config import BatchPipelineConfig, validate_config
 from tests.conftest import ColourSegmenter, encode_clip
@@ -127,6 +127,12 @@ def test_a_url_is_known_without_its_query_fragment_and_user_info_and_named_by_it
         "https://h/get?file=a.mp4", "https://h/get?file=b.mp4", "https://b/x.mp4?versionId=1",
         "https://b/x.mp4?versionId=2", "https://b/%2525.mp4", "https://b/"]
     assert [job.name for job in plan(found)][-2:] == ["%25.mp4", "video"], "a path unquoted once; a bare host"
+    # a CDN's signature of any name is no part of the object's name, and is secret (found in review)
+    for signed in ("https://cdn/a.mp4?md5=AbCdEf123&expires=1700000000", "https://cdn/a.mp4?hdnts=st%3D1~hmac%3Dab",
+                   "https://cdn/a.mp4?x-oss-date=20240101T000000Z&x-oss-signature=zz"):
+        assert url_identity(signed) == "https://cdn/a.mp4" and url_secrets(signed)[0] == urlsplit(signed).query
+    assert url_identity("https://api/download?objectKey=cams/b.mp4&X-Amz-Signature=s") == (
+        "https://api/download?objectKey=cams/b.mp4")
     # a stream is still for segstream run
     with pytest.raises(Exception, match="segstream run"):
         find_videos(["rtsp://cam/live"], [".mp4"])

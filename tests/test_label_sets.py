@@ -146,3 +146,11 @@ def test_a_class_name_a_terminal_would_act_on_is_refused_naming_file_class_and_c
 def test_right_to_left_and_joined_names_are_kept(tmp_path):
     names = ["\u05e9\u05de\u05d9\u05dd\u200f", "\u0645\u06cc\u200c\u0631\u0648\u062f", "👩\u200d🚒"]  # RLM, ZWNJ, ZWJ
     assert read_label_set_file(_write_set(tmp_path / "labels.json", names)).names == tuple(names)
+
+
+def test_a_class_name_with_a_lone_surrogate_is_refused(tmp_path):
+    # found in review: JSON's "\ud800" loaded, and publishing its entries raised UnicodeEncodeError
+    path = tmp_path / "labels.json"
+    path.write_text(json.dumps({"name": "own", "classes": [{"id": 0, "name": "a\ud800", "isthing": True}]}))
+    with pytest.raises(ValueError, match=r"classes\[0\] \(id 0\): 'name' holds \\ud800,"):
+        read_label_set_file(path)

@@ -881,11 +881,18 @@ def test_a_live_source_behind_live_is_warned_once_and_again_only_after_it_caught
         assert "keeps up with live again" not in caplog.text
         lag.behind(frame(7.0, 7.6))
         assert "source cam keeps up with live again (0.4 s behind)" in caplog.text
-        lag.behind(frame(8.0, 8.2 + BEHIND_WARN_S + 0.6))
+        lag.behind(frame(8.0, 8.2 + BEHIND_WARN_S / 2))
+        lag.behind(frame(9.0, 9.2 + BEHIND_WARN_S + 0.6))
         assert len(warnings()) == 2
+        # a sender that paused for 10 s, its timestamps going on from where they stopped: no lag
+        assert lag.behind(frame(10.0, 20.2 + BEHIND_WARN_S + 0.6)) == 0
         # a new epoch (a reconnect) starts from its own first frame
         assert lag.behind(frame(20.0, 30.0, epoch=1)) == 0
         # a camera whose clock runs 0.05% slower than ours: 10 s apart after a day, and no lag
         slow = _LiveLag("cam", BufferPolicy("newest"))
         assert max(slow.behind(frame(t, t * 1.0005, epoch=2)) for t in range(0, 86400, 60)) < 0.1
         assert len(warnings()) == 2
+        # a source that waits for a slow model (every_frame) falls behind in steps of its wait
+        waiting = _LiveLag("cam", BufferPolicy("every_frame"))
+        assert [round(waiting.behind(frame(t, t * 3.5, epoch=3)), 1) for t in range(3)] == [0, 2.5, 5.0]
+        assert len(warnings()) == 3
