@@ -31,6 +31,7 @@ from pathlib import Path
 
 from segstream.connectors.errors import ConfigError, SegstreamError, SinkError
 from segstream.connectors.file_source import FileSource
+from segstream.connectors.frames import Frame
 from segstream.connectors.overlay import OutputWriteError, OverlayVideo, draw_overlay
 from segstream.connectors.redis_connection import COMMAND_LINE
 from segstream.connectors.redis_reader import StreamReader, _missing_stream_message, connect_redis
@@ -169,7 +170,8 @@ def render_stream(client, stream: str, video: str | Path, out: str | Path, opaci
             drawn = frame.index
         if frame is not None and frame.index > drawn:
             missing += 1
-        missing += sum(1 for _ in frames)  # after the run's last entry
+        frames.close()
+        missing += _frames_after(video, frame)  # after the run's last entry
         writer.close()
         if writer.frames:
             try:
@@ -186,6 +188,27 @@ def render_stream(client, stream: str, video: str | Path, out: str | Path, opaci
     finally:
         source.close()
     return writer.frames, missing, chosen
+
+
+def _frames_after(video: str | Path, last: Frame | None) -> int:
+    """How many frames ``video`` holds after ``last`` (the last one read), counted from its
+    packets, none decoded (decoding the rest of a long 4K recording behind a short run took
+    minutes): those whose timestamps come after it, or all but the frames read where the video
+    gives no timestamps."""
+    import av
+
+    from segstream.connectors.av_input import video_stream
+
+    if last is None:
+        return 0
+    with av.open(str(video)) as container:
+        stream = video_stream(container, str(video))  # the one the source read
+        if last.pts is None or last.time_base is None:
+            return max(0, sum(1 for p in container.demux(stream) if p.size) - (last.index + 1))
+        at = round(last.pts * last.time_base / stream.time_base)
+        with contextlib.suppress(av.FFmpegError):
+            container.seek(at, stream=stream)
+        return sum(1 for p in container.demux(stream) if p.size and p.pts is not None and p.pts > at)
 
 
 def _entries_of(reader: StreamReader, run: StreamRun) -> Iterator[FrameResult]:
