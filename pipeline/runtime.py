@@ -72,6 +72,7 @@ SOURCE_CLOSE_GRACE_S = 5.0
 log = logging.getLogger("segstream.runtime")
 QUEUE_SIZE = 8  # frames queued per source, where nothing says otherwise
 BEHIND_WARN_S = 2.0  # a live source this far behind its stream's clock is named in a warning
+BEHIND_SHOWN_S = 1.0  # and this far, on the status line
 CLOCK_DRIFT = 1e-3  # how much slower than this machine's a source's clock may run (1 ms a second) and show no lag
 OVERLOAD_CHECK_S = 1.0  # how often the sources' share of dropped frames is looked at
 STATE_ORDER_WAIT_S = 10.0  # the longest a state event waits for the source's frames decoded before it
@@ -1530,8 +1531,22 @@ class Runtime:
         return (
             f"segstream: {report.handed} frames, {rates}, {report.dropped} dropped{skipped}{latency}, "
             f"queues {self._batcher.depths(len(self.sources) > MANY_SOURCES)} in flight {self._to_post.qsize()}, "
-            f"sources {self._states_line(report, self.metrics.retired)}{sinks}"
+            f"sources {self._states_line(report, self.metrics.retired)}"
+            f"{self._behind_line(self.lags, self.metrics.retired)}{sinks}"
         )
+
+    @staticmethod
+    def _behind_line(lags: dict[str, float], removed: Collection[str] = ()) -> str:
+        """``, behind live cam4k 3.2 s cam2 1.4 s``: the live sources more than ``BEHIND_SHOWN_S``
+        behind their streams' clocks, the furthest first (a source 3 s behind read as healthy
+        beside a latency of 300 ms, which counts from decoding)."""
+        behind = sorted(((lag, name) for name, lag in list(lags.items())
+                         if lag > BEHIND_SHOWN_S and name not in removed), reverse=True)
+        if not behind:
+            return ""
+        shown = behind if len(behind) <= STATE_NAMES_SHOWN else behind[:STATE_NAMES_SHOWN - 1]
+        more = f" +{len(behind) - len(shown)} more" if len(shown) < len(behind) else ""
+        return ", behind live " + " ".join(f"{name} {lag:.1f} s" for lag, name in shown) + more
 
     @staticmethod
     def _states_line(report: RunReport, removed: Collection[str] = ()) -> str:

@@ -168,6 +168,18 @@ def test_the_status_line_names_at_most_a_few_sources_per_state():
     assert Runtime._states_line(few).endswith(f"c{STATE_NAMES_SHOWN - 1})"), "as many as fit are all named"
 
 
+def test_the_status_line_names_the_live_sources_behind_live_furthest_first():
+    """A source 3 s behind live read as healthy on the status line beside a latency of 300 ms
+    (which counts from decoding); only /metrics and a warning said it."""
+    from segstream.pipeline.runtime import STATE_NAMES_SHOWN
+
+    assert Runtime._behind_line({"a": 0.3, "b": 1.4, "c": 3.24}) == ", behind live c 3.2 s b 1.4 s"
+    assert Runtime._behind_line({"a": 0.3}) == "" and Runtime._behind_line({"c": 3.0}, removed={"c"}) == ""
+    many = Runtime._behind_line({f"c{i:02d}": 2.0 + i / 100 for i in range(20)})
+    assert many.startswith(", behind live c19 2.2 s c18 2.2 s") and many.endswith(
+        f" +{20 - STATE_NAMES_SHOWN + 1} more")
+
+
 def _frame(index: int, age_s: float = 0.0) -> Frame:
     frame = Frame("cam", index, np.zeros((2, 2, 3), np.uint8), index, None, None, time.time())
     frame.times["decoded"] = time.monotonic() - age_s

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import os
 import signal
 import socket
@@ -268,8 +269,9 @@ def test_a_stream_held_back_by_a_slower_model_is_named_in_a_warning_and_its_lag_
     port = free_port()
     source = StreamSource("cam", f"udp://127.0.0.1:{port}", policy=ReconnectPolicy(read_timeout_s=5))
     # every frame of a 25 fps stream through a model of 10 fps: 0.6 s more behind live each second
+    progress = io.StringIO()
     runtime = Runtime([source], ColourSegmenter(delay_s=0.1), [RecordingSink()], batch_size=1, queue_size=1,
-                      buffers={"cam": BufferPolicy("every_frame")}, progress=None)
+                      buffers={"cam": BufferPolicy("every_frame")}, progress=progress, progress_interval_s=0.5)
 
     def behind() -> float:  # the gauge of /metrics, there once the run started
         gauge = runtime.metrics.gauges.get("source_lag_seconds")
@@ -286,6 +288,7 @@ def test_a_stream_held_back_by_a_slower_model_is_named_in_a_warning_and_its_lag_
     (warning,) = [r for r in caplog.records if "behind live" in r.getMessage()]
     assert warning.levelname == "WARNING" and warning.source == "cam"
     assert warning.getMessage().startswith("source cam is 2.") and "buffer newest" in warning.getMessage()
+    assert ", behind live cam " in progress.getvalue()  # the status line says it too
 
 
 def test_a_udp_port_nothing_is_sent_to_says_so_instead_of_an_input_output_error():
