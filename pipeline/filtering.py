@@ -8,6 +8,7 @@ results before the per-source stages (the tracker) and the sinks.
 from __future__ import annotations
 
 import difflib
+import unicodedata
 from collections.abc import Callable, Iterable
 
 from segstream.connectors.errors import ConfigError
@@ -21,17 +22,21 @@ def filter_settings(cfg, labels: LabelSet, where: Callable[[str], str] = "filter
     closest names."""
     problems: list[str] = []  # every unknown name, one line each
 
+    # names as Unicode's NFC writes them: macOS writes a file's "Gräs" as a + combining diaeresis,
+    # which looked the same as the label set's and matched nothing ("did you mean 'Gräs'?")
+    known = [unicodedata.normalize("NFC", label) for label in labels.names]
+
     def class_ids(key: str, names: Iterable[str]) -> frozenset[int]:
         ids = []
         for name in names:
-            if name not in labels.names:
+            if unicodedata.normalize("NFC", name) not in known:
                 close = difflib.get_close_matches(name, labels.names, n=3)
                 more = " ..." if len(labels.names) > 20 else ""
                 hint = (f"did you mean {' or '.join(repr(c) for c in close)}?" if close
                         else f"its classes are {', '.join(labels.names[:20])}{more}")
                 problems.append(f"{where(key)}: the model's label set ({labels.name}) has no class {name!r} — {hint}")
                 continue
-            ids.append(labels.names.index(name))
+            ids.append(known.index(unicodedata.normalize("NFC", name)))
         return frozenset(ids)
 
     keep = None if cfg.classes is None else class_ids("classes", cfg.classes)

@@ -315,3 +315,16 @@ def test_a_clipped_segment_outside_the_box_it_came_with_gets_its_box_from_its_pi
     ones_r, ones_c = np.ones(40, np.int64), np.ones(60, np.int64)
     assert _box_within(new, 3, np.array([0, 0, 10, 10]), new, ones_r, ones_c).tolist() == [50, 30, 55, 35]
     assert _box_within(new, 3, np.array([45, 25, 90, 80]), new, ones_r, ones_c).tolist() == [50, 30, 55, 35]
+
+
+def test_a_class_name_written_decomposed_matches_its_composed_label():
+    """Found by an i18n probe: macOS writes "Gräs" as a + U+0308, which looked the same as the
+    label set's and matched nothing: "has no class 'Gräs' — did you mean 'Gräs'?"."""
+    from segstream.models.label_sets import LabelSet
+    from segstream.pipeline.config import FiltersConfig
+    from segstream.pipeline.filtering import filter_settings
+
+    labels = LabelSet.from_dict({"name": "own", "classes": [{"id": 0, "name": "Sand", "isthing": False},
+                                                            {"id": 1, "name": "Gr\u00e4s", "isthing": False}]})
+    settings = filter_settings(FiltersConfig(classes=["Gra\u0308s"], exclude_classes=["Sand"]), labels)
+    assert settings.keep_class_ids == frozenset({1}) and settings.drop_class_ids == frozenset({0})
