@@ -193,22 +193,24 @@ def render_stream(client, stream: str, video: str | Path, out: str | Path, opaci
 def _frames_after(video: str | Path, last: Frame | None) -> int:
     """How many frames ``video`` holds after ``last`` (the last one read), counted from its
     packets, none decoded (decoding the rest of a long 4K recording behind a short run took
-    minutes): those whose timestamps come after it, or all but the frames read where the video
-    gives no timestamps."""
+    minutes): all its video packets but the frames read (``last.index`` counts those it lost or
+    rejected too). Not by timestamps: an elementary stream has none, a concatenated TS starts
+    them again, and B-frames put them out of the packets' order. 0 when the video cannot be read
+    again (the count is for the warning only)."""
     import av
 
     from segstream.connectors.av_input import video_stream
 
     if last is None:
         return 0
-    with av.open(str(video)) as container:
-        stream = video_stream(container, str(video))  # the one the source read
-        if last.pts is None or last.time_base is None:
-            return max(0, sum(1 for p in container.demux(stream) if p.size) - (last.index + 1))
-        at = round(last.pts * last.time_base / stream.time_base)
-        with contextlib.suppress(av.FFmpegError):
-            container.seek(at, stream=stream)
-        return sum(1 for p in container.demux(stream) if p.size and p.pts is not None and p.pts > at)
+    try:
+        with av.open(str(video)) as container:
+            stream = video_stream(container, str(video))  # the one the source read
+            packets = sum(1 for p in container.demux(stream) if p.size and not p.is_discard)
+    except (av.FFmpegError, SegstreamError, OSError) as error:
+        log.warning("could not count the frames of %s after frame %d: %s", video, last.index, error)
+        return 0
+    return max(0, packets - (last.index + 1))
 
 
 def _entries_of(reader: StreamReader, run: StreamRun) -> Iterator[FrameResult]:

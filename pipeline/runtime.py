@@ -1532,8 +1532,13 @@ class Runtime:
             f"segstream: {report.handed} frames, {rates}, {report.dropped} dropped{skipped}{latency}, "
             f"queues {self._batcher.depths(len(self.sources) > MANY_SOURCES)} in flight {self._to_post.qsize()}, "
             f"sources {self._states_line(report, self.metrics.retired)}"
-            f"{self._behind_line(self.lags, self.metrics.retired)}{sinks}"
+            f"{self._behind_line(self.lags, self._not_streaming(report))}{sinks}"
         )
+
+    def _not_streaming(self, report: RunReport) -> set[str]:
+        """The sources removed from the run or in another state than streaming: their last lag is
+        no longer theirs to show."""
+        return set(self.metrics.retired) | {name for name, s in report.sources.items() if s.state != "streaming"}
 
     @staticmethod
     def _behind_line(lags: dict[str, float], removed: Collection[str] = ()) -> str:

@@ -171,10 +171,16 @@ def test_the_status_line_names_at_most_a_few_sources_per_state():
 def test_the_status_line_names_the_live_sources_behind_live_furthest_first():
     """A source 3 s behind live read as healthy on the status line beside a latency of 300 ms
     (which counts from decoding); only /metrics and a warning said it."""
-    from segstream.pipeline.runtime import STATE_NAMES_SHOWN
+    from segstream.pipeline.runtime import STATE_NAMES_SHOWN, RunReport, SourceReport
 
     assert Runtime._behind_line({"a": 0.3, "b": 1.4, "c": 3.24}) == ", behind live c 3.2 s b 1.4 s"
     assert Runtime._behind_line({"a": 0.3}) == "" and Runtime._behind_line({"c": 3.0}, removed={"c"}) == ""
+    # a source that ended, stalled or reconnects keeps its last lag in the gauge; not on the line
+    runtime = Runtime([], ColourSegmenter(), [], progress=None)
+    report = RunReport(sources={"up": SourceReport(state="streaming"), "down": SourceReport(state="reconnecting")},
+                       batches=0, model_frames=0, elapsed_s=1.0, stopped=False, latency_ms_p50=0, latency_ms_p99=0,
+                       latency_ms_max=0)
+    assert runtime._not_streaming(report) == {"down"}
     many = Runtime._behind_line({f"c{i:02d}": 2.0 + i / 100 for i in range(20)})
     assert many.startswith(", behind live c19 2.2 s c18 2.2 s") and many.endswith(
         f" +{20 - STATE_NAMES_SHOWN + 1} more")

@@ -399,3 +399,24 @@ def test_a_preview_is_scaled_down_to_max_width_keeping_its_aspect(tmp_path, big_
             pictures = [cv2.imread(str(p)) for p in sorted((tmp_path / fmt / "cam" / "latest").glob("*.png"))]
         assert len(pictures) == 20
         assert {p.shape[:2] for p in pictures} == {(72, 96)}  # of 320x240
+
+
+def test_the_frames_after_a_renders_last_entry_are_counted_from_packets_whatever_their_timestamps(tmp_path):
+    """render counts the video's frames after the run's last entry without decoding them; by
+    timestamps it miscounted (found in review): an elementary stream has none, a TS joined to
+    itself starts them again, B-frames in a TS put them out of the packets' order."""
+    import subprocess
+
+    from segstream.pipeline.render import _frames_after
+    from tests.live_servers import FFMPEG
+
+    ts = tmp_path / "a.ts"
+    encode = [FFMPEG, "-v", "error", "-f", "lavfi", "-i", "testsrc=size=64x48:rate=25", "-frames:v", "30", "-c:v",
+              "libx264", "-bf", "3", "-g", "12"]
+    subprocess.run([*encode, str(ts)], check=True)
+    subprocess.run([*encode, "-f", "h264", str(tmp_path / "raw.h264")], check=True)
+    (tmp_path / "joined.ts").write_bytes(ts.read_bytes() * 2)
+    for video in (ts, tmp_path / "raw.h264", tmp_path / "joined.ts"):
+        frames = list(FileSource("v", str(video)).frames())
+        for k in (0, 7, len(frames) - 1):
+            assert _frames_after(video, frames[k]) == len(frames) - k - 1, (video.name, k)
