@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import bisect
 import errno
-import http.client
 import itertools
 import logging
 import math
@@ -43,7 +42,6 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
-from urllib.error import HTTPError
 from urllib.parse import urlsplit
 
 import av
@@ -52,7 +50,7 @@ import numpy as np
 from segstream.connectors.errors import THREAD_LIMIT_HINT, ResourceLimit, SourceError, thread_start_failed
 from segstream.connectors.frame_rate import FrameRateCap
 from segstream.connectors.ffmpeg_relay import RELAYED_SCHEMES, FFmpegRelay, demuxer_options, relay_program
-from segstream.connectors.remote_files import first_byte
+from segstream.connectors.remote_files import http_status
 from segstream.connectors.threads import NamedThread
 from segstream.connectors.urls import exclusive_input, redact_url, url_scheme
 
@@ -889,21 +887,6 @@ def _unreadable_file(target: str) -> str | None:
         return ("an MP4/MOV without its index (moov atom not found): an unfinished recording, stopped before the "
                 "file was closed — a repair tool (untrunc) can rebuild the index from a good file of the same recorder")
     return None
-
-
-def http_status(url: str, timeout_s: float) -> str | None:
-    """What an http(s) server answers for ``url`` now, as ``503 Service Unavailable (Retry-After:
-    30)``, asked once more with a one-byte ranged GET for a failure FFmpeg names only by its class
-    ("5XX"). None when the answer is the data, or when the server cannot be asked."""
-    try:
-        first_byte(url, timeout_s)
-        return None
-    except HTTPError as error:
-        with error:
-            wait = error.headers.get("Retry-After")
-            return f"{error.code} {error.reason}" + (f" (Retry-After: {wait})" if wait else "")
-    except (OSError, ValueError, http.client.HTTPException):
-        return None
 
 
 def _unknown_host(url: str) -> str | None:

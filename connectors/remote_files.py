@@ -1,5 +1,6 @@
 """What an http(s) server says about a file without sending it: its version (ETag), length and
-time, to tell whether the file changed since it was last read.
+time, to tell whether the file changed since it was last read; and the status it answers now,
+to name an error FFmpeg names only by its class ("5XX").
 
 Asked with a GET of its first byte (``Range: bytes=0-0``), not a HEAD: a presigned S3 or GCS
 URL is signed for one method, and a GET URL answers a HEAD with 403.
@@ -8,6 +9,7 @@ URL is signed for one method, and a GET URL answers a HEAD with 403.
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.client
 import logging
 import ssl
@@ -69,8 +71,21 @@ def remote_version(url: str, timeout_s: float = 10.0) -> RemoteVersion:
         size = int(length)
     mtime_ns = None
     if modified := found.get("Last-Modified"):
-        try:
+        with contextlib.suppress(TypeError, ValueError):  # a date it does not write as HTTP's
             mtime_ns = int(parsedate_to_datetime(modified).timestamp()) * 1_000_000_000
-        except (TypeError, ValueError):
-            pass
     return RemoteVersion(found.get("ETag") or None, size, mtime_ns)
+
+
+def http_status(url: str, timeout_s: float) -> str | None:
+    """What an http(s) server answers for ``url`` now, as ``503 Service Unavailable (Retry-After:
+    30)``, asked once more with a one-byte ranged GET for a failure FFmpeg names only by its class
+    ("5XX"). None when the answer is the data, or when the server cannot be asked."""
+    try:
+        first_byte(url, timeout_s)
+        return None
+    except urllib.error.HTTPError as error:
+        with error:
+            wait = error.headers.get("Retry-After")
+            return f"{error.code} {error.reason}" + (f" (Retry-After: {wait})" if wait else "")
+    except (OSError, ValueError, http.client.HTTPException):
+        return None

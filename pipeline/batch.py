@@ -15,7 +15,6 @@ decoded is recorded as failed, with the reason, and the others go on.
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import errno
 import fcntl
@@ -176,8 +175,8 @@ def find_videos(inputs: Sequence[str], extensions: Iterable[str]) -> tuple[list[
         text = item[1:] if listed else item
         if _URL.match(text) and url_scheme(text) in ("http", "https") and not listed:
             remember(url_secrets(text))
-            if url_identity(text) not in urls:
-                urls.add(url_identity(text))
+            if (identity := url_identity(text)) not in urls:
+                urls.add(identity)
                 found.setdefault(text)
             return
         if _URL.match(text):  # as a path it would be a missing file, its password in the manifest
@@ -1122,7 +1121,7 @@ def summary_table(outcomes: Sequence[VideoOutcome], skipped: int, manifest: Path
             lines.append(f"{o.job.id:<{width}}  {o.status:<7}{o.frames:>8}{o.seconds:>9.1f}{fps}  {scrub(o.note)}")
         if len(shown) < len(ran):
             listed = {id(o) for o in shown}
-            left = collections.Counter(o.status for o in ran if id(o) not in listed)
+            left = Counter(o.status for o in ran if id(o) not in listed)
             kinds = ", ".join(f"{n} {status}" for status, n in sorted(left.items()))
             lines.append(f"({len(ran) - len(shown)} more videos not listed: {kinds}; the manifest has them all)")
     done = [o for o in outcomes if o.status == "done"]

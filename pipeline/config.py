@@ -1356,8 +1356,7 @@ def located(text: str, path: str | Path, overrides: typing.Sequence[tuple[str, A
         if match is None or match["path"].partition(".")[0].partition("[")[0] not in lines_of.get((), ()):
             out.append(line)
             continue
-        parts = tuple(int(p[1:-1]) if p.startswith("[") else p
-                      for p in re.findall(r"\[\d+\]|[^.\[\]]+", match["path"]))
+        parts = tuple(_key_parts(match["path"], "config"))  # as an override's key is read
         named = tuple(str(part) for part in parts)
         source = match["source"]
         if any(named[:len(key)] == key for key in written):

@@ -58,6 +58,18 @@ def manifest(root: Path) -> list[dict]:
     return [json.loads(line) for line in (root / MANIFEST).read_text().splitlines()]
 
 
+def _one_video_done(tmp_path: Path, name: str) -> tuple[Path, Path, dict]:
+    """A folder with one 3-frame video ``name``, batched into ``out``: the folder, ``out`` and the
+    video's manifest line."""
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    encode_clip(videos / name, frames=3)
+    out = tmp_path / "out"
+    assert run_batch(config(out), [str(videos)], adapter=ColourSegmenter(), progress=False)[1] == 0
+    [record] = manifest(out)
+    return videos, out, record
+
+
 def test_inputs_are_files_folders_globs_and_list_files(archive, tmp_path):
     listing = tmp_path / "videos.txt"
     listing.write_text(f"# the second day\n{archive / 'day2' / 'b.mp4'}\n\nmissing.mp4\n")
@@ -145,12 +157,7 @@ def test_video_ids_spell_names_in_ascii_never_collapse_and_never_differ_only_in_
 
 
 def test_a_video_done_under_an_id_of_an_earlier_release_keeps_it_and_a_new_one_gets_the_new_id(tmp_path):
-    videos = tmp_path / "videos"
-    videos.mkdir()
-    encode_clip(videos / "Kamera Süd.mp4", frames=3)
-    out = tmp_path / "out"
-    assert run_batch(config(out), [str(videos)], adapter=ColourSegmenter(), progress=False)[1] == 0
-    [record] = manifest(out)
+    videos, out, record = _one_video_done(tmp_path, "Kamera Süd.mp4")
     assert record["id"] == "Kamera_Sud" and (out / "Kamera_Sud" / "frames.jsonl").is_file()
     record["id"] = "Kamera_S_d"  # as the release before wrote it, with its folder
     (out / "manifest.jsonl").write_text(json.dumps(record) + "\n")
@@ -531,12 +538,7 @@ def test_a_sharded_checkpoint_s_digest_covers_its_shards(tmp_path):
 def test_a_manifest_of_an_earlier_release_keeps_its_videos_done(tmp_path):
     """Records written before the weights' digest and the resolved precision were kept are read
     as made with what they could not say: no archive is done again by an upgrade."""
-    videos = tmp_path / "videos"
-    videos.mkdir()
-    encode_clip(videos / "one.mp4", frames=3)
-    out = tmp_path / "out"
-    assert run_batch(config(out), [str(videos)], adapter=ColourSegmenter(), progress=False)[1] == 0
-    [record] = manifest(out)
+    videos, out, record = _one_video_done(tmp_path, "one.mp4")
     model = record["settings"]["model"]
     assert model["checkpoint"] is None and "sha256" in model["checkpoint_file"]  # the preset's own weights
     del model["checkpoint_file"]  # as an earlier release wrote it

@@ -207,7 +207,8 @@ def test_a_failed_ray_task_is_told_by_the_error_inside_it_without_colour_codes()
 def test_presigned_urls_on_ray_are_read_whole_and_recorded_without_their_query(tmp_path):
     """The workers get the whole URL (the server refuses one without its signature) and the
     manifest, the outputs and the reasons only its identity."""
-    from tests.test_batch_urls import SIGNATURE, ObjectStore, written
+    from tests.object_store import SIGNATURE, ObjectStore
+    from tests.test_batch_urls import written
 
     encode_clip(tmp_path / "clip.mp4", frames=3)
     out = tmp_path / "out"

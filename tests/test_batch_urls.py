@@ -2,14 +2,9 @@
 itself without its query, so a URL signed again is the same video; its server's ETag, length and
 time tell a changed file; nothing secret is written or printed."""
 
-import email.utils
-import hashlib
-import http.server
 import json
-import ssl
-import threading
 from pathlib import Path
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -19,81 +14,8 @@ from segstream.connectors.urls import url_identity, url_secrets
 from segstream.pipeline.batch import MANIFEST, find_videos, plan, run_batch, summary_table
 from segstream.pipeline.config import BatchPipelineConfig, validate_config
 from tests.conftest import ColourSegmenter, encode_clip
+from tests.object_store import SIGNATURE, ObjectStore
 from tests.redis_servers import make_certificates
-
-SIGNATURE = "Sig0nlyF0rTests9c1d"  # a fake X-Amz-Signature: it must appear nowhere the batch writes or prints
-
-
-class ObjectStore:
-    """A folder served as an object store serves presigned GET URLs: a GET without an
-    ``X-Amz-Signature`` and any HEAD (the signature covers the method) are 403, a missing object
-    404; ranges, ETag (the content's digest), Content-Length and Last-Modified as S3 sends them."""
-
-    def __init__(self, folder: Path, certificates: dict[str, Path] | None = None):
-        store = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, format, *args):
-                pass
-
-            def do_HEAD(self):
-                self._answer(403, b"")
-
-            def do_GET(self):
-                url = urlsplit(self.path)
-                store.requests.append(self.path)
-                if "X-Amz-Signature" not in parse_qs(url.query):
-                    return self._answer(403, b"<Error><Code>AccessDenied</Code></Error>")
-                file = folder / unquote(url.path).lstrip("/")
-                if not file.is_file():
-                    return self._answer(404, b"<Error><Code>NoSuchKey</Code></Error>")
-                data = file.read_bytes()
-                start, end = 0, len(data) - 1
-                ranged = self.headers.get("Range", "").removeprefix("bytes=")
-                if ranged:
-                    first, _, last = ranged.partition("-")
-                    start, end = int(first or 0), min(int(last) if last else end, end)
-                self.send_response(206 if ranged else 200)
-                if ranged:
-                    self.send_header("Content-Range", f"bytes {start}-{end}/{len(data)}")
-                self.send_header("Content-Length", str(end - start + 1))
-                self.send_header("Accept-Ranges", "bytes")
-                self.send_header("ETag", f'"{hashlib.md5(data).hexdigest()}"')
-                self.send_header("Last-Modified", email.utils.formatdate(file.stat().st_mtime, usegmt=True))
-                self.end_headers()
-                self.wfile.write(data[start : end + 1])
-
-            def _answer(self, code: int, body: bytes) -> None:
-                self.send_response(code)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-        self.requests: list[str] = []
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        scheme = "http"
-        if certificates is not None:  # HTTPS with a certificate of a CA of its own (an internal store's)
-            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            context.load_cert_chain(certificates["server_cert"], certificates["server_key"])
-            self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
-            scheme = "https"
-        self.base = f"{scheme}://127.0.0.1:{self.server.server_address[1]}"
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def url(self, name: str, signature: str = SIGNATURE) -> str:
-        return (f"{self.base}/{name}?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIDTEST%2F20261203"
-                f"&X-Amz-Expires=3600&X-Amz-SignedHeaders=host&X-Amz-Signature={signature}")
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
-
 
 def config(out: Path, **extra) -> BatchPipelineConfig:
     return validate_config({"batch": {"output": str(out)}, "ops": {"http": None}, **extra}, schema=BatchPipelineConfig)
@@ -180,7 +102,7 @@ def test_presigned_urls_are_done_skipped_when_signed_again_redone_when_changed_a
         changed, skipped, _ = run_batch(config(out), resigned, adapter=ColourSegmenter(), progress=False)
         assert [(o.job.id, o.status, o.frames) for o in changed] == [("two", "done", 8)] and skipped == 1
         assert any("changed since" in r.getMessage() and "(two)" in r.getMessage() for r in caplog.records)
-        assert not any(request.startswith("/two.mp4") and "X-Amz" not in request for request in store.requests)
+        assert not any(request.startswith("/two.mp4") and "X-Amz" not in request for request in store.paths)
         secrets_seen = [table, written(out), *(str(f) for f in entries), *(r.getMessage() for r in caplog.records)]
     printed = capfd.readouterr()
     for secret in (SIGNATURE, "NewSig2", "NewSig3", "AKIDTEST", "X-Amz-"):  # not even the query's keys
@@ -201,5 +123,5 @@ def test_a_server_that_says_no_version_leaves_a_done_video_done(tmp_path):
     assert not job.unchanged(record)
     # found in review: an internal store's own CA made every answer unknown, so a changed video
     # was never done again (FFmpeg, which reads the video, verifies no certificate either)
-    with ObjectStore(tmp_path, make_certificates(tmp_path / "tls")) as store:
+    with ObjectStore(tmp_path, certificates=make_certificates(tmp_path / "tls")) as store:
         assert remote_version(store.url("v.mp4")).etag == version.etag

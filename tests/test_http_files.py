@@ -4,9 +4,7 @@ throttles, a connection cut mid-file)."""
 
 from __future__ import annotations
 
-import http.server
 import io
-import threading
 
 import av
 import numpy as np
@@ -14,6 +12,7 @@ import pytest
 
 from segstream.connectors.errors import SourceError
 from segstream.connectors.file_source import FileSource
+from tests.object_store import SIGNATURE, ObjectStore
 
 
 def _encode_moov_at_end(path, frames: int = 40, fps: int = 10, gop: int = 10):
@@ -35,78 +34,14 @@ def _encode_moov_at_end(path, frames: int = 40, fps: int = 10, gop: int = 10):
     return data
 
 
-class ObjectStore(http.server.ThreadingHTTPServer):
-    """Serves ``data`` at every path, HTTP/1.1 with keep-alive and byte ranges. ``failures`` are
-    answered first, one per request, before the data: (status, Retry-After seconds or None). ``cut``: every answer that starts before the middle of the data
-    stops there and closes the connection (a resumed request, from the middle, gets the rest);
-    without ``ranges`` the server ignores Range headers and answers from the start.
-    ``requests`` holds each request's Range header."""
-
-    daemon_threads = True
-
-    def __init__(self, data: bytes, failures=(), cut: bool = False, ranges: bool = True):
-        super().__init__(("127.0.0.1", 0), _StoreHandler)
-        self.data, self.failures, self.cut, self.ranges = data, list(failures), cut, ranges
-        self.requests: list[str | None] = []
-        self.lock = threading.Lock()
-
-    def url(self, name: str = "clip.mp4") -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}/bucket/{name}?X-Amz-Signature=SECRET"
-
-    def __enter__(self) -> ObjectStore:
-        threading.Thread(target=self.serve_forever, daemon=True).start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.shutdown()
-        self.server_close()
+def _store(folder, data: bytes, **options) -> ObjectStore:
+    """An object store holding ``data`` as ``bucket/clip.mp4`` (``store.url(CLIP)``)."""
+    (folder / "bucket").mkdir(parents=True, exist_ok=True)
+    (folder / CLIP).write_bytes(data)
+    return ObjectStore(folder, **options)
 
 
-class _StoreHandler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server: ObjectStore
-
-    def log_message(self, format, *args):
-        pass
-
-    def do_GET(self):
-        store = self.server
-        with store.lock:
-            store.requests.append(self.headers.get("Range"))
-            failure = store.failures.pop(0) if store.failures else None
-        if failure is not None:
-            status, wait_s = failure
-            body = b"<Error><Code>SlowDown</Code></Error>"
-            self.send_response(status)
-            if wait_s is not None:
-                self.send_header("Retry-After", str(wait_s))
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-            return
-        size = len(store.data)
-        start, end = 0, size - 1
-        if (ranged := self.headers.get("Range", "")).startswith("bytes=") and store.ranges:
-            first, _, last = ranged[6:].partition("-")
-            start, end = int(first or 0), int(last) if last else size - 1
-            self.send_response(206)
-            self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
-        else:
-            self.send_response(200)
-        self.send_header("Accept-Ranges", "bytes" if store.ranges else "none")
-        self.send_header("Content-Length", str(end - start + 1))
-        self.end_headers()  # as Python's server does: no "Connection: close" though asked to close
-        body = store.data[start:end + 1]
-        try:
-            if store.cut and start < size // 2:
-                self.wfile.write(body[: size // 2 - start])
-                self.wfile.flush()
-                self.close_connection = True
-                self.connection.shutdown(2)
-                return
-            self.wfile.write(body)
-        except (BrokenPipeError, ConnectionResetError):
-            pass
+CLIP = "bucket/clip.mp4"
 
 
 @pytest.fixture(scope="module")
@@ -122,37 +57,37 @@ def _read_all(url: str) -> tuple[list[int], FileSource]:
         source.close()
 
 
-def test_a_moov_at_end_mp4_from_a_keep_alive_range_server_delivers_every_frame(moov_at_end):
-    with ObjectStore(moov_at_end) as store:
-        indexes, source = _read_all(store.url())
+def test_a_moov_at_end_mp4_from_a_keep_alive_range_server_delivers_every_frame(moov_at_end, tmp_path):
+    with _store(tmp_path, moov_at_end) as store:
+        indexes, source = _read_all(store.url(CLIP))
     assert indexes == list(range(40))
     assert source.frames_missing == 0 and source.damage == ""
     assert len(store.requests) >= 3  # it did seek to the index at the end and back
 
 
-def test_an_object_store_throttling_with_503s_is_asked_again_until_it_serves_every_frame(moov_at_end):
-    with ObjectStore(moov_at_end, failures=[(503, 1), (503, 1)]) as store:
-        indexes, _ = _read_all(store.url())
+def test_an_object_store_throttling_with_503s_is_asked_again_until_it_serves_every_frame(moov_at_end, tmp_path):
+    with _store(tmp_path, moov_at_end, failures=[(503, 1), (503, 1)]) as store:
+        indexes, _ = _read_all(store.url(CLIP))
     assert indexes == list(range(40))
-    assert store.requests[:3] == ["bytes=0-"] * 3  # the two 503s, then the data
+    assert store.ranges_asked[:3] == ["bytes=0-"] * 3  # the two 503s, then the data
 
 
 @pytest.mark.parametrize("status, named", [(503, "503 Service Unavailable"), (500, "500 Internal Server Error")])
-def test_a_server_error_that_outlasts_the_retries_is_named_by_its_status(moov_at_end, status, named):
+def test_a_server_error_that_outlasts_the_retries_is_named_by_its_status(moov_at_end, status, named, tmp_path):
     # a Retry-After beyond the retries' 4 s ends them at once (the test needs not wait through them)
-    with ObjectStore(moov_at_end, failures=[(status, 30)] * 10) as store:
+    with _store(tmp_path, moov_at_end, failures=[(status, 30)] * 10) as store:
         with pytest.raises(SourceError) as raised:
-            _read_all(store.url())
+            _read_all(store.url(CLIP))
     assert f"the server answered {named} (Retry-After: 30)" in str(raised.value)
-    assert "SECRET" not in str(raised.value)
+    assert SIGNATURE not in str(raised.value)
 
 
-def test_a_connection_cut_mid_file_is_resumed_from_where_it_stopped(moov_at_end):
-    with ObjectStore(moov_at_end, cut=True) as store:
-        indexes, source = _read_all(store.url())
+def test_a_connection_cut_mid_file_is_resumed_from_where_it_stopped(moov_at_end, tmp_path):
+    with _store(tmp_path, moov_at_end, cut=True) as store:
+        indexes, source = _read_all(store.url(CLIP))
     assert indexes == list(range(40))
     assert source.frames_missing == 0
-    assert f"bytes={len(moov_at_end) // 2}-" in store.requests  # resumed at the cut, not read again
+    assert f"bytes={len(moov_at_end) // 2}-" in store.ranges_asked  # resumed at the cut, not read again
 
 
 def test_a_cut_that_cannot_be_resumed_says_the_connection_was_lost(moov_at_end, tmp_path):
@@ -167,9 +102,9 @@ def test_a_cut_that_cannot_be_resumed_says_the_connection_was_lost(moov_at_end, 
     # a server without byte ranges: the connection cannot be resumed
     for data, said in ((moov_at_end, "the connection may have been lost before its header or index"),
                        (faststart.read_bytes(), "the connection to the server was lost and could not be resumed, or the server")):
-        with ObjectStore(data, cut=True, ranges=False) as store:
+        with _store(tmp_path / "store", data, cut=True, ranges=False) as store:
             with pytest.raises(SourceError, match=said):
-                _read_all(store.url())
+                _read_all(store.url(CLIP))
 
 
 def test_a_refused_connection_is_said_as_refused_within_a_short_open_timeout():
