@@ -987,7 +987,7 @@ class PreviewSinkConfig(Strict):
     level: NonNegativeInt | None = None
     """Draw this level of the model's segment hierarchy (SeNaTra; 0 the finest), not the segments (null)."""
     max_width: Annotated[int, Field(ge=16)] | None = None
-    """Scale previews down to at most this many pixels wide (null: the frame's width); 4K frames took the run to 1-3 fps."""
+    """Scale previews down to at most this many pixels wide (null: the frame's width); 4K is slow to encode on a CPU."""
 
 
 # What ``use:`` names: ``module:attribute`` (the attribute may be dotted: ``module:Class.build``), or

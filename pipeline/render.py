@@ -41,7 +41,7 @@ from segstream.pipeline.cli import redis_sentinel, redis_tls
 log = logging.getLogger(__name__)
 
 _PAGE = 256  # entries read a time without their masks (the runs of a stream)
-# and with them, decoded (a frame-size label map each: 33 MB at 4K): 256 held 8 GB (found by a 4K probe)
+# and with them, decoded (a frame-size label map each: 33 MB at 4K, so 256 would hold 8 GB)
 _DRAWN_PAGE = 8
 LATEST = "latest"
 
