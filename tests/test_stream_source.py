@@ -245,7 +245,7 @@ def _behind_live(frames) -> list[float]:
 def test_a_udp_stream_read_slower_than_it_comes_stays_a_bounded_time_behind_live():
     # Found probing 4K: FFmpeg's UDP buffer of 188 MB held a minute of a stream whose decoder could
     # not keep up, unseen. Read at a fifth of its rate, a stream of 80 Mbit/s (mostly padding) falls
-    # 0.8 s behind a second; the buffer holds about 0.3 s of it, the rest is lost there.
+    # 0.8 s behind a second; the buffer (FFmpeg's default) holds about 0.5 s of it, the rest is lost there.
     port = free_port()
     source = StreamSource("udp", f"udp://127.0.0.1:{port}", policy=ReconnectPolicy(read_timeout_s=5))
     frames = []
@@ -262,7 +262,10 @@ def test_a_udp_stream_read_slower_than_it_comes_stays_a_bounded_time_behind_live
     assert len(frames) >= 20
     # 1,000,000 packets of buffer: 4.3 s behind after 6 s, growing by 0.8 s a second
     assert max(behind) < 3.0, [round(b, 2) for b in behind]
-    assert source.gap_s > 0 or source.decode_errors > 0, "the frames the buffer lost show as a gap or errors"
+    # the buffer lost what it could not hold: the timestamps span more frames than came (lost whole,
+    # they are not all counted: README, "Buffer policies"; counted or not varied from run to run)
+    spanned = round((frames[-1].pts_seconds - frames[0].pts_seconds) * 25) + 1
+    assert spanned > len(frames) + source.decode_errors, (spanned, len(frames), source.decode_errors)
 
 
 def test_a_stream_held_back_by_a_slower_model_is_named_in_a_warning_and_its_lag_shown(caplog):
