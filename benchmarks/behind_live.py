@@ -2,9 +2,10 @@
 sample clip upscaled to 3840x2160 at 60 fps (H.264, about 24 Mbit/s) sent in real time as
 MPEG-TS over UDP, read by `segstream run` (the shipped model on the CPU, no sinks), its
 `segstream_source_lag_seconds` read from /metrics every 10 s; with the source's UDP buffer as it
-is, and as it was (`--fifo 1000000`, 188 MB).
+is, and as it was (`--fifo 1000000`, 188 MB); with the source's catch-up (`max_behind_s`, 2 s by
+default) or without it (`--max-behind null`).
 
-    python benchmarks/behind_live.py --seconds 30 [--fifo 1000000]
+    python benchmarks/behind_live.py --seconds 30 [--fifo 1000000] [--max-behind null]
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, default=30)
     parser.add_argument("--fifo", type=int, help="the source's FFmpeg UDP fifo_size (packets); default: segstream's")
+    parser.add_argument("--max-behind", help="the source's max_behind_s (seconds, or null); default: segstream's")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         clip = Path(scratch) / "4k60.mp4"
@@ -48,6 +50,7 @@ def main() -> None:
                         "-preset", "ultrafast", "-b:v", "24M", "-g", "60", str(clip)], check=True)
         udp, ops = free_port(socket.SOCK_DGRAM), free_port()
         options = f", options: {{fifo_size: '{args.fifo}'}}" if args.fifo else ""
+        options += f", max_behind_s: {args.max_behind}" if args.max_behind else ""
         config = Path(scratch) / "live.yaml"
         config.write_text(f"sources:\n  - {{name: cam4k, type: stream, url: 'udp://127.0.0.1:{udp}'{options}}}\n"
                           "model: {preset: synthetic_eomt_tiny_256, device: cpu}\n"
@@ -67,7 +70,8 @@ def main() -> None:
             sender.kill()
             run.send_signal(signal.SIGINT)
             _, err = run.communicate(timeout=60)
-        summary = [line for line in err.splitlines() if "frames published" in line or "behind live" in line]
+        summary = [line for line in err.splitlines()
+                   if "frames published" in line or "behind live" in line or "stopped:" in line]
         print("\n".join(summary))
 
 

@@ -47,6 +47,7 @@ from urllib.parse import urlsplit
 import av
 import numpy as np
 
+from segstream.connectors.catch_up import CatchUp
 from segstream.connectors.errors import THREAD_LIMIT_HINT, ResourceLimit, SourceError, thread_start_failed
 from segstream.connectors.frame_rate import FrameRateCap
 from segstream.connectors.ffmpeg_relay import RELAYED_SCHEMES, FFmpegRelay, demuxer_options, relay_program
@@ -56,6 +57,7 @@ from segstream.connectors.urls import exclusive_input, redact_url, url_scheme
 
 logger = logging.getLogger("segstream.sources")
 
+_NO_TIMESTAMPS = 0x80  # AVFMT_NOTIMESTAMPS: the format carries no timestamps
 _PRFT = struct.Struct("=qi")  # AVProducerReferenceTime: int64 wallclock (us since the Unix epoch), int flags
 _DISPLAY_MATRIX = struct.Struct("=9i")
 _FIXED_ONE = 1 << 16  # the display matrix's 2x2 part is 16.16 fixed point
@@ -110,6 +112,7 @@ class Picture:
     held_s: float = 0.0  # the reads stood still that long since the previous picture (a consumer's back-pressure)
     decoded_at: float = 0.0  # monotonic time it left the decoder (``capture_wall`` is the Unix time)
     gap_s: float = 0.0  # the silence before it its timestamps show, added to the input's ``gap_s``
+    left_out: int = 0  # frames just before it left undecoded to catch up with live (``CatchUp``)
     sample_aspect: Fraction | None = None  # a pixel's width:height as displayed, when not square
 
 
@@ -386,6 +389,7 @@ class AVInput:
         self.target = target
         self.scale = scale
         self.cap: FrameRateCap | None = None  # set: frames over its rate are decoded, never converted
+        self.catch_up: CatchUp | None = None  # set: a live stream behind live leaves packets undecoded
         self.shown = shown if shown is not None else redact_url(target)
         self.timeout = timeout
         self.low_latency = low_latency
@@ -396,6 +400,7 @@ class AVInput:
         # the PTS of rejected packets not yet passed by a picture (sorted), and those without one
         self._rejected: list[int] = []
         self._rejected_untimed = 0
+        self._left_out: list[int] = []  # and of packets left undecoded to catch up (``catch_up``)
         self.frames_lost = 0  # frames that never reached the decoder (SteadyGaps)
         # a stream's lost frames count as decode errors as they come; a file's are told at its end
         self.lost_are_errors = lost_are_errors
@@ -458,6 +463,17 @@ class AVInput:
         rate = self.stream.guessed_rate or self.stream.average_rate or self.stream.base_rate
         self.fps = float(rate) if rate else None
         self.step = max(1, round(1 / (rate * self.time_base))) if rate else max(1, round(1 / (25 * self.time_base)))
+        # A live input whose format carries no timestamps (MJPEG over HTTP, a raw H.264 stream): FFmpeg
+        # makes them up at a guessed rate, an MJPEG camera's 25 fps whatever it sends (a 10 fps camera
+        # read 0.6 s further behind live each second, its max_fps kept one frame in 12): its frames are
+        # timed by when they leave the decoder instead, and an MJPEG stream's rate is not known.
+        self.wall_times = sender_may_change and self.duration_s is None and bool(self.container.format.flags & _NO_TIMESTAMPS)
+        if self.wall_times:
+            self.time_base = Fraction(1, 1_000_000)
+            self.step = round(1_000_000 / (self.fps or 25))
+            if context.name == "mjpeg":
+                self.fps = None
+        self._wall_start: float | None = None  # the Unix time of the first picture, with ``wall_times``
         # a stream's silences longer than a second, up to its read timeout (past it, a stall;
         # a longer jump of the timestamps alone is a new sender's)
         self._gaps = SteadyGaps(self.step, self.fps, float(self.time_base), timeout[1] if lost_are_errors else 0.0,
@@ -525,6 +541,8 @@ class AVInput:
         recent: deque = deque(maxlen=(change_after or 0) + 1)
         decoded, without_picture, rejected, handed = False, 0, 0, False
         demuxed = ((packet, False) for packet in self.container.demux(stream))
+        catch_up = self.catch_up if not self.wall_times else None  # made-up timestamps tell no backlog
+        jpeg = context.name == "mjpeg" and live  # (a file's JPEG may carry more after its end: a motion photo's video)
         try:
             for packet, carried in itertools.chain(self._carried_packets(), demuxed):
                 if self.stop is not None and self.stop.is_set():
@@ -534,9 +552,15 @@ class AVInput:
                 if packet.pts is not None and not carried and packet.has_sidedata("prft"):
                     wallclock, _ = _PRFT.unpack(bytes(packet.get_sidedata("prft"))[: _PRFT.size])
                     self._sender = (packet.pts, wallclock / 1e6)
-                failed = False
+                if catch_up is not None and not carried and catch_up.skip(packet.pts, packet.is_keyframe):
+                    if packet.pts is not None:  # its place counted at the picture after it, as a rejected one's
+                        bisect.insort(self._left_out, packet.pts)
+                    continue
+                # a JPEG cut short (a camera's frame over a dropped connection): the decoder would fill
+                # in what is missing with the last frame's pixels and hand it over as whole
+                failed = jpeg and packet.size > 0 and _jpeg_cut_short(packet)
                 try:
-                    frames = context.decode(packet)
+                    frames = [] if failed else context.decode(packet)
                 except av.error.EOFError:
                     self._relay_ended()
                     return
@@ -658,6 +682,10 @@ class AVInput:
 
     def _picture(self, frame: av.VideoFrame) -> Picture:
         pts = self._timestamps.choose(frame.pts, frame.dts)
+        if self.wall_times:
+            now = time.time()
+            self._wall_start = self._wall_start or now
+            pts = round((now - self._wall_start) * 1_000_000)
         sender = None
         if self._sender is not None and pts is not None:
             sender_pts, sender_wall = self._sender
@@ -669,8 +697,10 @@ class AVInput:
         passed = len(self._rejected) if back else bisect.bisect_left(self._rejected, pts)
         del self._rejected[:passed]
         skipped, self._rejected_untimed = passed + self._rejected_untimed, 0
+        left_out = len(self._left_out) if back else bisect.bisect_left(self._left_out, pts)
+        del self._left_out[:left_out]
         before = self._gaps.gap_s
-        lost = self._gaps.lost_before(pts, skipped)
+        lost = self._gaps.lost_before(pts, skipped + left_out)
         self.frames_lost += lost
         if self._gaps.gap_s > before:
             logger.warning("'%s': no frames for %.1f s of the stream's time (lost, or its sender paused)",
@@ -684,7 +714,8 @@ class AVInput:
         if aspect is not None and self.orientation.transposes:
             aspect = 1 / aspect  # a pixel's width turned into its height
         return Picture(image, pts, self.time_base, self.step, time.time(), sender, size, skipped,
-                       decoded_at=time.monotonic(), gap_s=self._gaps.gap_s - before, sample_aspect=aspect)
+                       decoded_at=time.monotonic(), gap_s=self._gaps.gap_s - before, sample_aspect=aspect,
+                       left_out=left_out)
 
     def close(self) -> None:
         container, self.container = self.container, None
@@ -698,6 +729,12 @@ class AVInput:
             self.stream = None
             if self._relay is not None:
                 self._relay.close()
+
+
+def _jpeg_cut_short(packet: av.Packet) -> bool:
+    """Whether a JPEG lacks its end-of-image marker near its end (after it, at most a transport's
+    padding: an MJPEG part's line end)."""
+    return b"\xff\xd9" not in bytes(memoryview(packet)[-64:])
 
 
 def _identity(image: np.ndarray) -> np.ndarray:

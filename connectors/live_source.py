@@ -61,6 +61,7 @@ from segstream.connectors.av_input import (
     InputUnsupported,
     Picture,
 )
+from segstream.connectors.catch_up import CatchUp
 from segstream.connectors.clock import Pacer, Timeline
 from segstream.connectors.errors import ResourceLimit, SourceError
 from segstream.connectors.frame_rate import FrameRateCap
@@ -288,7 +289,8 @@ class _Sender:
             silence = waited - held_s  # a wait of ours (back-pressure) is no silence of the sender's
             step_s = float(picture.step * picture.time_base)
             next_frame = 0 < jump <= 2 * step_s + 0.05  # one or two frames on: the same clock
-            if jump > waited + self.JUMP_S or jump < -self.JUMP_S:
+            caught_up_s = picture.left_out * step_s  # frames left undecoded, read faster than they came
+            if jump - caught_up_s > waited + self.JUMP_S or jump < -self.JUMP_S:
                 return self._new(f"its timestamps jumped {jump:+.1f} s in {waited:.1f} s",
                                  max(silence if silence > self.SILENCE_S and self.silences else 0.0, pending))
             if pending and not next_frame:
@@ -336,11 +338,14 @@ class LiveSource:
         describe: Callable[[InputInfo, Picture], dict[str, Any]] | None = None,
         seed: int | None = None,
         max_fps: float | None = None,
+        max_behind_s: float | None = None,
     ):
         self.name = name
         self.target = target
         self.max_fps = max_fps
         self._finished_skipped = 0  # frames over max_fps of sessions already let go
+        # one for all its sessions: what it left undecoded, and whether it said so
+        self.catch_up = CatchUp(max_behind_s, name, {"source": name}) if max_behind_s is not None else None
         self.shown = shown if shown is not None else redact_url(target)
         self.policy = policy
         self.format = format
@@ -381,17 +386,26 @@ class LiveSource:
 
     @property
     def frames_skipped(self) -> int:
-        """Frames decoded and left out on purpose, over ``max_fps`` (never converted nor counted
-        as decoded by the runtime), over all sessions."""
+        """Frames left out on purpose, over all sessions: decoded over ``max_fps`` (never converted
+        nor counted as decoded by the runtime), and left undecoded to catch up with live
+        (``frames_caught_up``)."""
         capture = self._capture
         cap = getattr(capture.input, "cap", None) if capture is not None else None
-        return self._finished_skipped + (cap.skipped if cap is not None else 0)
+        return self._finished_skipped + (cap.skipped if cap is not None else 0) + self.frames_caught_up
+
+    @property
+    def frames_caught_up(self) -> int:
+        """Frames left undecoded to catch up with live (``max_behind_s``), over all sessions."""
+        return self.catch_up.skipped if self.catch_up is not None else 0
 
     def _capped_open(self):
         """A session's input (``_open``), with a frame-rate cap of its own when ``max_fps`` is set:
         each session's first frame is kept, wherever its timestamps start."""
         opened = self._open()
         opened.cap = FrameRateCap(self.max_fps) if self.max_fps is not None else None
+        if self.catch_up is not None:
+            self.catch_up.start(float(opened.time_base))
+            opened.catch_up = self.catch_up
         opened.carried, self._carried = self._carried, ()
         opened.log_extra = {"source": self.name}
         return opened
@@ -471,7 +485,7 @@ class LiveSource:
                     sender = _Sender(self.shown, exclusive_input(self.target)) if length is None and not hls else None
                     for picture in self._read(capture):
                         if picture.image is None:  # over max_fps: its place counted, the frame left out
-                            index += picture.skipped + 1
+                            index += picture.skipped + picture.left_out + 1
                             if sender is not None:
                                 sender.held_s += picture.held_s
                             continue
@@ -501,7 +515,8 @@ class LiveSource:
                         if remember:
                             delivered.add(picture)
                         pts = timeline.place(picture.pts, picture.time_base, picture.step)
-                        index += picture.skipped  # frames the decoder rejected leave a gap, as drops do
+                        # frames the decoder rejected leave a gap, as drops do, and those left undecoded
+                        index += picture.skipped + picture.left_out
                         # A live stream comes at its rate; an input with a length, and a live playlist
                         # (a segment's frames decode at once), are played at theirs. A finite video
                         # stands in for a camera: its frames are captured when due. A playlist's were
@@ -700,7 +715,9 @@ class LiveSource:
                         policy.read_timeout_s,
                         max(capture.last_read, waiting_since),
                     )
-                if now - waiting_since > policy.stall_timeout_s:
+                # packets left undecoded to catch up with live are a stream that goes on, not a stall
+                skipping = self.catch_up.last_skip if self.catch_up is not None else 0.0
+                if now - max(waiting_since, skipping) > policy.stall_timeout_s:
                     self._stall(
                         f"no frame from '{self.shown}' for {policy.stall_timeout_s:g} s while data arrives "
                         "(stall timeout)",

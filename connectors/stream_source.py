@@ -60,7 +60,8 @@ def stream_options(
 
 class StreamSource(LiveSource):
     """A network stream at ``url`` (always live). ``transport`` (tcp or udp) applies to RTSP;
-    ``options`` are extra FFmpeg options that take precedence over ours."""
+    ``options`` are extra FFmpeg options that take precedence over ours; ``max_behind_s`` (None:
+    never) how far behind live its decoding may fall before it catches up (``CatchUp``)."""
 
     def __init__(
         self,
@@ -73,10 +74,11 @@ class StreamSource(LiveSource):
         options: dict[str, Any] | None = None,
         seed: int | None = None,
         max_fps: float | None = None,
+        max_behind_s: float | None = None,
     ):
         merged = stream_options(url, transport, policy.read_timeout_s, low_latency)
         merged.update({str(k): str(v) for k, v in (options or {}).items()})
         super().__init__(
             name, url, policy=policy, options=merged, low_latency=low_latency, shown=redact_url(url), seed=seed,
-            max_fps=max_fps,
+            max_fps=max_fps, max_behind_s=max_behind_s,
         )

@@ -71,6 +71,7 @@ def _stream_source(cfg: StreamSourceConfig) -> VideoSource:
         low_latency=cfg.low_latency,
         options=cfg.options,
         max_fps=cfg.max_fps,
+        max_behind_s=cfg.max_behind_s,
     )
 
 

@@ -504,7 +504,7 @@ def _effective(cfg: PipelineConfig) -> dict:
     paths made absolute), its secrets as ***: every password, and what a variable of a secret's
     name brought."""
     from segstream.connectors.redaction import scrub
-    from segstream.connectors.urls import redact_url
+    from segstream.connectors.urls import redact_url, url_scheme
 
     def masked(node, key=""):
         if isinstance(node, dict):
@@ -518,7 +518,11 @@ def _effective(cfg: PipelineConfig) -> dict:
             return scrub(redact_url(node, keep_user=True) if "://" in node else node)
         return node
 
-    return masked(cfg.model_dump(mode="json", exclude_none=False))
+    effective = masked(cfg.model_dump(mode="json", exclude_none=False))
+    for source in effective["sources"]:  # RTSP's transport is no setting of another URL (a probe read udp:// as tcp)
+        if source.get("type") == "stream" and url_scheme(source["url"]) not in ("rtsp", "rtsps"):
+            del source["transport"]
+    return effective
 
 
 def _schema(args: argparse.Namespace) -> int:

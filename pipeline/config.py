@@ -316,7 +316,10 @@ class StreamSourceConfig(_LiveSourceKeys):
     """A network stream, always live: ``rtsp://``, ``rtsps://``, ``rtmp(s)://``, ``http(s)://``
     (progressive or HLS), ``tcp://``, ``udp://``, ``srt://``. Credentials in the URL (best as
     ``${VAR}``) are never printed. ``transport`` (tcp or udp) is RTSP's; ``low_latency`` turns off
-    demuxer buffering and shortens stream probing; ``options`` are extra FFmpeg options.
+    demuxer buffering and shortens stream probing; ``options`` are extra FFmpeg options. A stream
+    decoded slower than it comes, ``max_behind_s`` behind live, leaves the frames waiting undecoded
+    up to a keyframe near live, counted as skipped (README, "Buffer policies"); a source whose
+    frames all count (``buffer: every_frame``) never does.
     """
 
     name: SourceName
@@ -329,6 +332,8 @@ class StreamSourceConfig(_LiveSourceKeys):
     """RTSP's transport: tcp or udp."""
     low_latency: bool = True
     """Turn off demuxer buffering and shorten stream probing."""
+    max_behind_s: PositiveFloat | None = 2.0
+    """Seconds behind live past which the waiting frames are left undecoded up to a keyframe near live (null: never)."""
     options: dict[str, str | int | float] = Field(default_factory=dict, repr=False)  # may hold a passphrase
     """Extra FFmpeg input options, by name."""
 
@@ -357,6 +362,16 @@ class StreamSourceConfig(_LiveSourceKeys):
         if scheme in _HOST_NEEDED and not parts.hostname:  # a listener (udp://@:1234) has none
             raise ValueError(f"'{redact_url(url)}' names no host — give the camera's or server's address")
         return url
+
+    @model_validator(mode="after")
+    def _catch_up_drops(self) -> StreamSourceConfig:
+        """Catching up leaves frames out: no source whose frames all count does (``every_frame``)."""
+        if self.buffer == "every_frame" and self.max_behind_s is not None:
+            if "max_behind_s" in self.model_fields_set:
+                raise ValueError("max_behind_s leaves frames undecoded to catch up with live, and buffer every_frame "
+                                 "keeps every frame — remove max_behind_s, or use buffer newest")
+            object.__setattr__(self, "max_behind_s", None)  # its default, a newest source's
+        return self
 
     @model_validator(mode="after")
     def _transport_is_rtsps(self) -> StreamSourceConfig:

@@ -135,8 +135,8 @@ class SourceCounts:
     it went reconnecting, ``epoch`` the timeline restarts of its newest frame. ``handed`` counts
     the frames handed to the sinks and never goes down (``published`` does, when a sink drops a
     frame after all): it is what a Prometheus counter and the status line may show. ``skipped``
-    counts the frames the source left out over its ``max_fps``: never decoded as far as these
-    counts go (intended, not a loss)."""
+    counts the frames the source left out on purpose: over its ``max_fps``, and (``caught_up``)
+    undecoded to catch up with live (``max_behind_s``); never decoded as far as these counts go."""
 
     decoded: int = 0
     published: int = 0
@@ -153,9 +153,10 @@ class SourceCounts:
     gap_s: float = 0.0  # a stream's gaps of more than a second within sessions (the source's own count)
     missing: int = 0  # about how many frames a damaged file lacked (never decoded: the source's own count)
     damage: str = ""  # and why, for people
-    skipped: int = 0  # frames left out on purpose over the source's max_fps (not in decoded: the source's own count)
+    skipped: int = 0  # frames left out on purpose (not in decoded: the source's own count)
     connect_s: float = 0.0  # seconds from its first state to its first streaming, retries included (in down_s too)
     first_at: float | None = None  # time.monotonic() of its first state
+    caught_up: int = 0  # of skipped, those left undecoded to catch up with live (max_behind_s)
 
     @property
     def dropped(self) -> int:
@@ -167,19 +168,22 @@ class SourceCounts:
 
     def outcome(self) -> dict[str, object]:
         """What became of the source's frames, as its final state event says (SCHEMA, ``frames``):
-        ``skipped`` where its ``max_fps`` left frames out (a reader can then tell frames with no
-        entry from frames the input never had)."""
+        ``skipped`` where it left frames out on purpose, and of them ``caught_up`` those left
+        undecoded to catch up with live (a reader can then tell frames with no entry from frames
+        the input never had)."""
         outcome: dict[str, object] = {"decoded": self.decoded, "decode_errors": self.decode_errors,
                                       "published": self.published, "dropped": dict(sorted(self.dropped_by.items()))}
         if self.skipped:
             outcome["skipped"] = self.skipped
+        if self.caught_up:
+            outcome["caught_up"] = self.caught_up
         return outcome
 
     def copy(self) -> SourceCounts:
         return SourceCounts(
             self.decoded, self.published, self.decode_errors, Counter(self.dropped_by), self.state, self.reason,
             self.state_since, self.reconnects, Counter(self.transitions), self.epoch, self.handed, self.down_s,
-            self.gap_s, self.missing, self.damage, self.skipped, self.connect_s, self.first_at,
+            self.gap_s, self.missing, self.damage, self.skipped, self.connect_s, self.first_at, self.caught_up,
         )
 
 
@@ -293,9 +297,11 @@ class RunMetrics:
         """A source's own total of gaps in its stream (``gap_s``), in seconds."""
         self.source(name).gap_s = seconds
 
-    def skipped(self, name: str, frames: int) -> None:
-        """A source's own total of frames it left out over its ``max_fps``."""
-        self.source(name).skipped = frames
+    def skipped(self, name: str, frames: int, caught_up: int = 0) -> None:
+        """A source's own totals of frames it left out on purpose, and of them those left
+        undecoded to catch up with live."""
+        counts = self.source(name)
+        counts.skipped, counts.caught_up = frames, caught_up
 
     def missing(self, name: str, frames: int, why: str) -> None:
         """A source's own total of frames its input lacked (a damaged or truncated file), and why."""

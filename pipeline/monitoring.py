@@ -146,7 +146,12 @@ class RunMetricsCollector(Collector):
             labels=["source"])
         skipped = CounterMetricFamily(
             f"{PREFIX}_frames_skipped",
-            "Frames a source left out on purpose over its max_fps, per source (not in frames_decoded, not a loss).",
+            "Frames a source left out on purpose, per source: over its max_fps, and undecoded to catch up with live "
+            "(frames_caught_up); not in frames_decoded, not a loss.",
+            labels=["source"])
+        caught_up = CounterMetricFamily(
+            f"{PREFIX}_frames_caught_up",
+            "Frames a live source left undecoded to catch up with live (max_behind_s), per source; in frames_skipped too.",
             labels=["source"])
         dropped = CounterMetricFamily(f"{PREFIX}_frames_dropped", "Frames dropped, per source and reason.",
                                       labels=["source", "reason"])
@@ -169,6 +174,7 @@ class RunMetricsCollector(Collector):
             decoded.add_metric([source], c.decoded)
             published.add_metric([source], c.handed)
             skipped.add_metric([source], c.skipped)
+            caught_up.add_metric([source], c.caught_up)
             errors.add_metric([source], c.decode_errors)
             # the frame-level reasons from 0, so a panel reads 0 rather than "no data" until a drop
             for reason, n in sorted({**dict.fromkeys(DROP_REASONS, 0), **c.dropped_by}.items()):
@@ -178,7 +184,7 @@ class RunMetricsCollector(Collector):
         for source, current in _source_states(m).items():  # every state, 0 but the current one
             for name in dict.fromkeys(("starting", *SOURCE_STATES, current)):
                 state.add_metric([source, name], float(name == current))
-        yield from (decoded, published, skipped, dropped, errors, reconnects, state, down, missing)
+        yield from (decoded, published, skipped, caught_up, dropped, errors, reconnects, state, down, missing)
 
         yield CounterMetricFamily(f"{PREFIX}_batches", "Batches the model ran.", value=m.batches)
         yield CounterMetricFamily(f"{PREFIX}_model_frames", "Frames the model ran on.", value=m.model_frames)

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any, Protocol, TextIO
 
+from segstream.connectors.catch_up import CLOCK_DRIFT
 from segstream.connectors.errors import (
     THREAD_LIMIT_HINT,
     ConfigError,
@@ -73,7 +74,6 @@ log = logging.getLogger("segstream.runtime")
 QUEUE_SIZE = 8  # frames queued per source, where nothing says otherwise
 BEHIND_WARN_S = 2.0  # a live source this far behind its stream's clock is named in a warning
 BEHIND_SHOWN_S = 1.0  # and this far, on the status line
-CLOCK_DRIFT = 1e-3  # how much slower than this machine's a source's clock may run (1 ms a second) and show no lag
 OVERLOAD_CHECK_S = 1.0  # how often the sources' share of dropped frames is looked at
 STATE_ORDER_WAIT_S = 10.0  # the longest a state event waits for the source's frames decoded before it
 
@@ -123,6 +123,15 @@ class SourceEnd:
     index: int = -1  # the source's index in the run
 
 
+def skipped_why(skipped: int, caught_up: int) -> str:
+    """Why frames were left out: ``max_fps``, ``behind live`` (catch-up), or both with their counts."""
+    if not caught_up:
+        return "max_fps"
+    if caught_up == skipped:
+        return "behind live"
+    return f"max_fps {skipped - caught_up}, behind live {caught_up}"
+
+
 @dataclass(slots=True)
 class SourceReport:
     """One source's run: frames decoded, published and dropped (by reason: ``queue_full``,
@@ -141,9 +150,10 @@ class SourceReport:
     down_s: float = 0.0  # seconds spent connecting, stalled or reconnecting
     missing: int = 0  # about how many frames its input lacked (a damaged or truncated file: never decoded)
     damage: str = ""  # and why
-    skipped: int = 0  # frames left out on purpose over its max_fps: not decoded as far as these counts go
+    skipped: int = 0  # frames left out on purpose (max_fps, catch-up): not decoded as far as these counts go
     handed: int = 0  # frames handed to the sinks: published, and those a sink dropped after all
     connect_s: float = 0.0  # of down_s, the start-up's seconds up to its first frames, retries included (not an outage)
+    caught_up: int = 0  # of skipped, frames left undecoded to catch up with live (max_behind_s)
 
     @property
     def streamed(self) -> bool:
@@ -210,6 +220,10 @@ class RunReport:
         return sum(s.skipped for s in self.sources.values())
 
     @property
+    def caught_up(self) -> int:
+        return sum(s.caught_up for s in self.sources.values())
+
+    @property
     def dropped(self) -> int:
         return sum(s.dropped for s in self.sources.values())
 
@@ -265,7 +279,7 @@ class RunReport:
             f"{name} {s.published}/{s.decoded}"
             + (f" dropped {s.dropped} ({', '.join(f'{k} {v}' for k, v in sorted(s.dropped_by.items()))})" if s.dropped else "")
             + (f" decode errors {s.decode_errors}" if s.decode_errors else "")
-            + (f" skipped {s.skipped} (max_fps)" if s.skipped else "")
+            + (f" skipped {s.skipped} ({skipped_why(s.skipped, s.caught_up)})" if s.skipped else "")
             + (f" reconnects {s.reconnects}" if s.reconnects else "")
             + (f" connect {s.connect_s:.0f} s" if s.connect_s >= 1 and s.streamed else "")
             + (f" down {s.down_s - s.connect_s:.0f} s" if s.down_s - s.connect_s >= 1 and s.streamed else "")
@@ -905,7 +919,7 @@ class Runtime:
         before = self._timeline.get(name) if again else None
         own = _OwnCounts(self.metrics, name, source, counts.copy() if again else None)
         shift: _Shift | None = None
-        lag = _LiveLag(name, self.buffers[i]) if source.live else None
+        lag = _LiveLag(name, self.buffers[i], getattr(source, "catch_up", None) is not None) if source.live else None
         taken = 0
         try:
             self.metrics.beat(beat)
@@ -1470,7 +1484,7 @@ class Runtime:
                 name: SourceReport(
                     c.decoded, c.published, c.dropped, c.decode_errors, dict(c.dropped_by), c.state, c.reason,
                     c.reconnects, dict(c.transitions), c.downtime(now), c.missing, c.damage, c.skipped, c.handed,
-                    c.connect_s,
+                    c.connect_s, c.caught_up,
                 )
                 for name, c in counts.items()
             },
@@ -1525,7 +1539,7 @@ class Runtime:
         since, in_before, out_before = self._last_line or (0.0, 0, 0)
         self._last_line = (elapsed_s, frames_in, report.handed)
         span = elapsed_s - since
-        skipped = f", {report.skipped} skipped (max_fps)" if report.skipped else ""
+        skipped = f", {report.skipped} skipped ({skipped_why(report.skipped, report.caught_up)})" if report.skipped else ""
         rates = (f"{(frames_in - in_before) / span:.1f} in / {(report.handed - out_before) / span:.1f} out fps"
                  if span > 0 else "0.0 in / 0.0 out fps")
         return (
@@ -1666,7 +1680,8 @@ class _OwnCounts:
         self.metrics.gaps(self.name, base.gap_s + getattr(source, "gap_s", 0.0))
         missing = getattr(source, "frames_missing", 0)
         self.metrics.missing(self.name, base.missing + missing, getattr(source, "damage", "") if missing else base.damage)
-        self.metrics.skipped(self.name, base.skipped + getattr(source, "frames_skipped", 0))
+        self.metrics.skipped(self.name, base.skipped + getattr(source, "frames_skipped", 0),
+                             base.caught_up + getattr(source, "frames_caught_up", 0))
 
 
 class _LiveLag:
@@ -1679,10 +1694,11 @@ class _LiveLag:
     what their timestamps say is a pause of the sender (a publisher that paused, its timestamps
     going on from where they stopped), not lag: the mark starts again there (an ``every_frame``
     source waits that long for a slow model). Past ``BEHIND_WARN_S`` the source is
-    named in a warning, once, and again only after it caught up (under half of it)."""
+    named in a warning, once, and again only after it caught up (under half of it); not so a
+    source that ``catches_up`` itself (``max_behind_s``), which says so."""
 
-    def __init__(self, name: str, policy: BufferPolicy) -> None:
-        self.name, self.policy = name, policy
+    def __init__(self, name: str, policy: BufferPolicy, catches_up: bool = False) -> None:
+        self.name, self.policy, self.catches_up = name, policy, catches_up
         self.epoch: int | None = None
         self.earliest = 0.0  # the offset of a frame that came as soon as it could
         self.earliest_at = 0.0  # as of this capture_wall
@@ -1701,7 +1717,7 @@ class _LiveLag:
         self.last_offset = offset
         self.earliest, self.earliest_at = earliest, frame.capture_wall
         behind = offset - earliest
-        if behind > BEHIND_WARN_S and not self.warned:
+        if behind > BEHIND_WARN_S and not self.warned and not self.catches_up:
             self.warned = True
             log.warning("source %s is %.1f s behind live: %s", self.name, behind, self._why(),
                         extra={"source": self.name})
@@ -1717,8 +1733,8 @@ class _LiveLag:
                     "newest to stay live, or give the engine less to do per frame (max_fps, a smaller model, a GPU)")
         return ("its frames are decoded slower than they come, and the stream waits in the input's buffer (frames "
                 "lost there, once it is full) — max_fps does not make decoding cheaper: have the camera or encoder "
-                "send a smaller stream (resolution, frame rate), or give the source more CPU (fewer sources or a "
-                "lighter model on this machine)")
+                "send a smaller stream (resolution, frame rate), give the source more CPU (fewer sources or a "
+                "lighter model on this machine), or let it skip to a keyframe near live (max_behind_s, null here)")
 
 
 class _Shift:

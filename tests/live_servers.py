@@ -1,6 +1,6 @@
 """Real servers on loopback for the live-source tests: an RTSP camera (tests/rtsp_server.py
-relaying ffmpeg's RTP), ffmpeg streaming over HTTP, HLS, UDP and TCP, and a server that accepts
-connections and never says a word."""
+relaying ffmpeg's RTP), ffmpeg streaming over HTTP, HLS, UDP and TCP, an MJPEG IP camera, and a
+server that accepts connections and never says a word."""
 
 from __future__ import annotations
 
@@ -193,6 +193,69 @@ class StaticHttpServer:
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
     def log_message(self, format, *args):
         pass
+
+
+class MjpegCamera:
+    """An IP camera that serves MJPEG over HTTP (``multipart/x-mixed-replace``, a JPEG a part with
+    its Content-Length) at ``fps``, each frame a moving square; with ``cut_every`` N, every Nth
+    frame is sent cut short at half its bytes (a camera's frame over a dropped link). ``sent``
+    counts the frames sent, ``cut`` those cut short."""
+
+    BOUNDARY = "camframe"
+
+    def __init__(self, fps: float = 10, size: tuple[int, int] = (160, 120), cut_every: int = 0):
+        self.fps, self.size, self.cut_every = fps, size, cut_every
+        self.sent = self.cut = 0
+        camera = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 (http.server's name)
+                self.send_response(200)
+                self.send_header("Content-Type", f"multipart/x-mixed-replace; boundary={MjpegCamera.BOUNDARY}")
+                self.end_headers()
+                try:
+                    camera._serve(self.wfile)
+                except OSError:  # the reader went away
+                    pass
+
+            def log_message(self, format, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/mjpg/video.mjpg"
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def _serve(self, out) -> None:
+        import cv2
+        import numpy as np
+
+        width, height = self.size
+        started = time.monotonic()
+        n = 0
+        while not self._stop.is_set():
+            image = np.full((height, width, 3), 60, np.uint8)
+            x = (n * 7) % (width - 20)
+            image[40:60, x:x + 20] = (0, 0, 230)
+            data = cv2.imencode(".jpg", image)[1].tobytes()
+            n += 1
+            if self.cut_every and n % self.cut_every == 0:
+                data, self.cut = data[: len(data) // 2], self.cut + 1
+            out.write(f"--{self.BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(data)}\r\n\r\n".encode()
+                      + data + b"\r\n")
+            out.flush()
+            self.sent += 1
+            time.sleep(max(0.0, started + n / self.fps - time.monotonic()))
+
+    def __enter__(self) -> MjpegCamera:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self.server.shutdown()
+        self.server.server_close()
 
 
 class RecordingSink(CollectingSink):

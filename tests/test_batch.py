@@ -13,6 +13,7 @@ import unicodedata
 from pathlib import Path
 
 import pytest
+import torch
 from pydantic import TypeAdapter
 
 import segstream
@@ -20,6 +21,7 @@ from segstream.connectors.errors import ConfigError
 from segstream.connectors.files_sink import read_entries
 from segstream.connectors.redis_wire import event_from_wire, from_wire
 from segstream.connectors.coco_panoptic import read_coco_panoptic
+from segstream.models.segmenter import default_precision
 from segstream.pipeline.batch import (MANIFEST, REDIS_MARKS, VideoJob, VideoOutcome, find_videos, output_lock, plan, run_batch,
                                       summary_table)
 from segstream.pipeline.config import BatchPipelineConfig, SourceName, validate_config
@@ -502,7 +504,9 @@ def test_a_rerun_with_other_model_or_outputs_does_the_videos_again(tmp_path, mon
     # what made it, for an audit: the run (its Redis entries' run_id), the device, the versions
     record = manifest(out)[-1]
     assert record["made_by"]["device"] == "cpu" and record["made_by"]["segstream"] == segstream.__version__
-    assert record["made_by"]["run_id"] and record["settings"]["model"]["precision"] == "fp32"
+    # auto resolved as on this machine (bf16 where the CPU computes it natively: it failed on one with AVX-512 BF16)
+    resolved = default_precision(torch.device("cpu"))
+    assert record["made_by"]["run_id"] and record["settings"]["model"]["precision"] == resolved
     assert len(record["settings"]["model"]["checkpoint_file"]["sha256"]) == 64
 
 

@@ -411,6 +411,8 @@ def test_validate_takes_a_fleet_s_files_away_from_their_host_and_prints_the_effe
     assert effective["sources"][2]["url"] == "srt://10.0.0.2:9000?passphrase=***"
     assert effective["sources"][3]["url"] == "rtsp://10.0.0.3/live?user=admin&password=***"
     assert effective["sinks"]["redis"]["password"] == "***"  # (a mounted secret, not read away from its host)
+    # RTSP's transport is said of RTSP only (found probing: srt:// and udp:// read as "transport: tcp")
+    assert effective["sources"][0]["transport"] == "tcp" and "transport" not in effective["sources"][2]
     assert "hunter2" not in out and "averylongpass1" not in out and "rtspqs77" not in out and err.startswith("ok: ")
     # a labels file without weights is refused there too (found reviewing: --no-files let it through)
     no_weights = tmp_path / "no_weights.yaml"

@@ -1,0 +1,136 @@
+"""A live stream's catch-up (``max_behind_s``): when decoding falls behind the stream, the packets
+waiting in the input's buffer are read and left undecoded up to a keyframe near live, instead of
+decoded one by one late (a stream too large to decode in real time fell further behind until
+FFmpeg's buffer overflowed and lost packets mid-frame)."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+logger = logging.getLogger("segstream.connectors")
+
+# how much slower than this machine's clock a stream's may run (1 ms a second) and show no lag
+CLOCK_DRIFT = 1e-3
+# caught up with no keyframe for this long (a stream refreshed by intra slices has none after its
+# first): decoding goes on from any frame, the decoder's errors counted as they come
+KEYFRAME_WAIT_S = 10.0
+# skipped packets read at least this much faster than their timestamps run are a backlog; judged
+# once this much of the stream's time was skipped
+BACKLOG_SPEED = 2.0
+PROBE_S = 0.5
+
+
+class CatchUp:
+    """Decides, packet by packet in the order they are read, which a behind-live stream leaves
+    undecoded. A packet is behind by how much later it is read than its timestamp says, against
+    the earliest such offset of the stream (a packet that came as soon as it could: a late start
+    and a network's jitter are not lag; a clock up to ``CLOCK_DRIFT`` slower than ours neither).
+    An offset more than ``max_behind_s`` above the packet before's is a sender's pause or a jump
+    of its timestamps, not lag: the mark starts again there. Past ``max_behind_s`` it skips
+    packets until a keyframe read less than half of it behind, which is decoded; a reference
+    frame skipped would leave the frames after it undecodable (or, past ``KEYFRAME_WAIT_S`` of the
+    stream's time without one, until any packet). Skipped packets that come no faster than
+    ``BACKLOG_SPEED`` times their timestamps' pace are no backlog: the input itself is slower than
+    its timestamps (a server slower than real time, an MJPEG camera's made-up rate), and
+    catch-up is off for the session from the next keyframe. One a source: ``start`` at each
+    session's input; ``skipped`` counts the packets (frames) left out, ``times`` the catch-ups, over
+    all sessions. The first catch-up is a warning, later ones are counted."""
+
+    def __init__(self, max_behind_s: float, name: str = "", log_extra: dict | None = None):
+        self.max_behind_s, self.name, self.log_extra = max_behind_s, name, log_extra or {}
+        self.skipped = 0
+        self.times = 0
+        self.told = self.told_off = False
+        self.last_skip = 0.0  # monotonic time of the last packet skipped (a stall watchdog's sign of life)
+        self.start(1.0)
+
+    def start(self, time_base: float) -> None:
+        """A new session's stream, its timestamps in ``time_base`` seconds: lag is measured anew."""
+        self.time_base = time_base
+        self.skipping = self.off = self._giving_up = False
+        self._from = (0.0, 0.0)  # the Unix time and stream time (s) a catch-up began at
+        self._earliest: float | None = None
+        self._earliest_at = 0.0
+        self._last = 0.0  # the offset of the packet before
+        self._since = 0  # packets skipped in this catch-up
+        self._near_since: float | None = None  # the stream time it got within half of max_behind_s
+        self._behind_at_start = 0.0
+
+    def behind(self, pts: int, now: float) -> float:
+        """How far behind live the packet at ``pts`` read at ``now`` (Unix time) is."""
+        offset = now - pts * self.time_base
+        earliest = self._earliest
+        if earliest is not None:
+            earliest += CLOCK_DRIFT * (now - self._earliest_at)
+        if earliest is None or offset < earliest or offset - self._last > self.max_behind_s:
+            earliest = offset
+        self._last, self._earliest, self._earliest_at = offset, earliest, now
+        return offset - earliest
+
+    def skip(self, pts: int | None, keyframe: bool, now: float | None = None) -> bool:
+        """Whether to leave the packet at ``pts`` undecoded (one without a timestamp: as the one before)."""
+        if pts is None:
+            if self.skipping:
+                self._count()
+            return self.skipping
+        now = time.time() if now is None else now
+        behind = self.behind(pts, now)
+        if self.off:
+            return False
+        seconds = pts * self.time_base
+        if not self.skipping:
+            if behind <= self.max_behind_s:
+                return False
+            self.skipping, self.times, self._since, self._behind_at_start = True, self.times + 1, 0, behind
+            self._near_since, self._giving_up, self._from = None, False, (now, seconds)
+        elif self._giving_up:
+            if keyframe:
+                self.skipping, self.off = False, True
+                self._gave_up(behind)
+                return False
+        elif behind < self.max_behind_s / 2:
+            if self._near_since is None or seconds < self._near_since:
+                self._near_since = seconds
+            if keyframe or seconds - self._near_since > KEYFRAME_WAIT_S:
+                self.skipping = False
+                self._caught_up(behind, keyframe)
+                return False
+        elif seconds - self._from[1] >= PROBE_S and (now - self._from[0]) * BACKLOG_SPEED > seconds - self._from[1]:
+            # the packets skipped came about as fast as their timestamps run: nothing waits to be
+            # skipped (a server slower than real time, timestamps that are not the camera's clock)
+            self._giving_up = True
+            if keyframe:
+                self.skipping, self.off = False, True
+                self._gave_up(behind)
+                return False
+        self._count()
+        return True
+
+    def _count(self) -> None:
+        self.skipped, self._since, self.last_skip = self.skipped + 1, self._since + 1, time.monotonic()
+
+    def _gave_up(self, behind: float) -> None:
+        if not self.told_off:
+            self.told_off = True
+            logger.warning(
+                "source %s is %.1f s behind live and its packets come no faster than their timestamps run (a server "
+                "slower than real time, or timestamps that are not the camera's clock): nothing waits to be skipped "
+                "— catch-up is off for it until it reconnects (%d frames were left out finding that)", self.name,
+                behind, self._since, extra=self.log_extra)
+        else:
+            logger.debug("source %s: catch-up off until it reconnects", self.name, extra=self.log_extra)
+
+    def _caught_up(self, behind: float, keyframe: bool) -> None:
+        at = "a keyframe" if keyframe else f"a frame that is no keyframe (none for {KEYFRAME_WAIT_S:g} s)"
+        if not self.told:
+            self.told = True
+            logger.warning(
+                "source %s fell %.1f s behind live (its frames are decoded slower than they come): %d frames were "
+                "left undecoded up to %s %.1f s behind — later catch-ups are counted (frames_skipped), not logged; "
+                "have the camera send a smaller stream, give the source more CPU, or set max_behind_s: null to "
+                "decode every frame, late", self.name, self._behind_at_start, self._since, at, behind,
+                extra=self.log_extra)
+        else:
+            logger.debug("source %s caught up with live: %d frames left undecoded", self.name, self._since,
+                         extra=self.log_extra)

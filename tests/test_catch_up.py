@@ -1,0 +1,188 @@
+"""A live stream that is decoded slower than it comes catches up (``max_behind_s``): the frames
+waiting in the input's buffer are left undecoded up to a keyframe near live, counted, instead of
+decoded one by one further and further behind."""
+
+import io
+import logging
+import time
+
+from segstream.connectors.catch_up import KEYFRAME_WAIT_S, PROBE_S, CatchUp
+from segstream.connectors.live_source import ReconnectPolicy
+from segstream.connectors.stream_source import StreamSource
+from segstream.pipeline.config import ConfigError, load_config
+from segstream.pipeline.engine import BufferPolicy
+from segstream.pipeline.monitoring import RunMetricsCollector
+from segstream.pipeline.runtime import Runtime
+from tests.conftest import ColourSegmenter
+from tests.live_servers import FfmpegStream, RecordingSink, free_port, run_in_thread, wait_for
+
+FPS = 25
+
+
+def _read(catch_up: CatchUp, packets: int, read_fps: float, gop: int = 10, start: float = 1000.0,
+          first: int = 0) -> list[bool]:
+    """Which of ``packets`` packets of a 25 fps stream (a keyframe every ``gop``) read at
+    ``read_fps`` (each skipped one read at once) are skipped."""
+    skipped, now = [], start + first / FPS
+    for n in range(first, first + packets):
+        skip = catch_up.skip(n, n % gop == 0, now)
+        skipped.append(skip)
+        now += 0.0 if skip else 1 / read_fps
+    return skipped
+
+
+def test_a_stream_decoded_slower_than_it_comes_skips_to_a_keyframe_near_live_and_goes_on():
+    catch_up = CatchUp(1.0)
+    catch_up.start(1 / FPS)
+    skipped = _read(catch_up, 200, read_fps=10)  # 0.6 s more behind each second of the stream
+    first = skipped.index(True)
+    # 0.06 s more behind at each packet (read 0.1 s apart, 0.04 s of the stream): past 1.0 s at the 17th
+    assert 16 <= first <= 18, first
+    resumed = skipped.index(False, first)
+    assert resumed % 10 == 0, "decoding resumes at a keyframe"
+    assert catch_up.times >= 2 and catch_up.skipped == sum(skipped)
+    # never more than max_behind_s behind, by the packets' own timestamps
+    now, worst = 1000.0, 0.0
+    for n, skip in enumerate(skipped):
+        worst = max(worst, now - (1000.0 + n / FPS))
+        now += 0.0 if skip else 0.1
+    assert worst < 1.0 + 0.1, worst
+
+
+def test_a_stream_that_keeps_up_skips_nothing_whatever_its_jitter_or_its_pauses():
+    catch_up = CatchUp(1.0)
+    catch_up.start(1 / FPS)
+    assert not any(_read(catch_up, 500, read_fps=FPS))
+    # a network's jitter (a burst of 0.8 s late packets) is no lag past max_behind_s
+    late = [catch_up.skip(n, n % 10 == 0, 1000.0 + n / FPS + (0.8 if 520 <= n < 530 else 0.0))
+            for n in range(500, 600)]
+    assert not any(late)
+    # a sender's pause of 5 s (its timestamps going on where they stopped) is not lag
+    paused = [catch_up.skip(n, n % 10 == 0, 1000.0 + n / FPS + 5.0) for n in range(600, 700)]
+    assert not any(paused)
+    # a clock 0.5 ms a second slower than ours, for an hour: not lag either
+    slow = CatchUp(1.0)
+    slow.start(1 / FPS)
+    assert not any(slow.skip(n, n % 10 == 0, 1000.0 + n / FPS * 1.0005) for n in range(0, 3600 * FPS, 5))
+    assert slow.skipped == 0 and slow.times == 0
+
+
+def test_a_keyframe_far_behind_is_skipped_too_and_a_stream_without_keyframes_resumes_after_a_while():
+    catch_up = CatchUp(1.0)
+    catch_up.start(1 / FPS)
+    # read 0.1 s late more at each packet: 1.1 s behind at the 11th
+    assert not any(catch_up.skip(n, n == 0, 1000.0 + n / FPS + 0.1 * n) for n in range(11))
+    assert catch_up.skip(11, False, 1000.0 + 11 / FPS + 1.1)
+    assert catch_up.skip(20, True, 1000.0 + 20 / FPS + 0.9)  # a keyframe still 0.9 s behind: skipped
+    assert catch_up.skip(25, False, 1000.0 + 25 / FPS + 0.3)  # near live, no keyframe: skipped
+    assert not catch_up.skip(30, True, 1000.0 + 30 / FPS + 0.3)  # a keyframe 0.3 s behind: decoded
+    # a stream refreshed by intra slices (no keyframe after its first) goes on after KEYFRAME_WAIT_S
+    refresh = CatchUp(1.0)
+    refresh.start(1 / FPS)
+    assert not any(refresh.skip(n, n == 0, 1000.0 + n / FPS + 0.1 * n) for n in range(11))
+    assert refresh.skip(11, False, 1000.0 + 11 / FPS + 1.1)
+    near = [refresh.skip(n, False, 1000.0 + n / FPS) for n in range(12, 12 + int((KEYFRAME_WAIT_S + 1) * FPS))]
+    assert near[0] and not near[-1] and near.index(False) >= KEYFRAME_WAIT_S * FPS
+
+
+def test_a_new_session_measures_its_lag_anew_and_the_counts_add_up():
+    catch_up = CatchUp(1.0)
+    catch_up.start(1 / FPS)
+    _read(catch_up, 200, read_fps=10)
+    before = catch_up.skipped
+    catch_up.start(1 / 90_000)  # reconnected: another time base, timestamps from anywhere
+    assert not catch_up.skip(5_000_000, True, 5000.0) and not catch_up.skipping
+    assert catch_up.skipped == before
+
+
+def test_every_frame_is_no_buffer_to_catch_up_and_the_default_is_newest_s_only(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("sources:\n  - {name: cam, type: stream, url: 'udp://127.0.0.1:5000'}\n"
+                    "  - {name: all, type: stream, url: 'udp://127.0.0.1:5001', buffer: every_frame}\n")
+    cfg = load_config(path)
+    assert cfg.sources[0].max_behind_s == 2.0 and cfg.sources[1].max_behind_s is None
+    path.write_text("sources:\n  - {name: all, type: stream, url: 'udp://127.0.0.1:5001', buffer: every_frame, "
+                    "max_behind_s: 3}\n")
+    try:
+        load_config(path)
+    except ConfigError as error:
+        assert "max_behind_s leaves frames undecoded" in str(error) and "buffer every_frame" in str(error)
+    else:
+        raise AssertionError("every_frame with max_behind_s was taken")
+
+
+def test_a_udp_stream_read_slower_than_it_comes_catches_up_and_counts_what_it_left_out(caplog):
+    # Read at a fifth of its rate, a stream falls 0.8 s further behind live each second (FFmpeg's
+    # buffer holds it all: without catch-up, 4.8 s behind after 6 s, every frame decoded late).
+    port = free_port()
+    source = StreamSource("udp", f"udp://127.0.0.1:{port}", policy=ReconnectPolicy(read_timeout_s=5),
+                          max_behind_s=1.0)
+    frames = []
+    with caplog.at_level(logging.WARNING, logger="segstream.connectors"), \
+            FfmpegStream(["-f", "mpegts", f"udp://127.0.0.1:{port}?pkt_size=1316"], gop=10):
+        started = None
+        for frame in source.frames():
+            frames.append(frame)
+            started = started or frame.capture_wall
+            if frame.capture_wall - started > 6:
+                break
+            time.sleep(0.2)  # a decoder at 5 fps of a 25 fps stream
+    source.close()
+    offsets = [f.capture_wall - f.pts_seconds for f in frames]
+    behind = [offset - min(offsets[:n + 1]) for n, offset in enumerate(offsets)]
+    assert max(behind) < 2.0, [round(b, 2) for b in behind]
+    left_out = frames[-1].index - frames[0].index + 1 - len(frames)
+    assert 0 < left_out <= source.frames_caught_up <= source.frames_skipped, (left_out, source.frames_caught_up)
+    # every frame of the stream's span is accounted for: decoded, or left out and counted
+    spanned = round((frames[-1].pts_seconds - frames[0].pts_seconds) * FPS) + 1
+    assert abs(spanned - (len(frames) + left_out)) <= 1, (spanned, len(frames), left_out)
+    assert source.decode_errors == 0 and {f.epoch for f in frames} == {frames[0].epoch}
+    (said,) = [r for r in caplog.records if "behind live" in r.getMessage()]
+    assert said.getMessage().startswith("source udp fell 1.") and said.source == "udp"
+
+
+def test_a_stream_held_back_catches_up_and_the_run_counts_and_shows_it():
+    port = free_port()
+    source = StreamSource("cam", f"udp://127.0.0.1:{port}", policy=ReconnectPolicy(read_timeout_s=5),
+                          max_behind_s=1.0)
+    # every frame of a 25 fps stream through a model of 10 fps: 0.6 s more behind live each second
+    progress = io.StringIO()
+    runtime = Runtime([source], ColourSegmenter(delay_s=0.1), [RecordingSink()], batch_size=1, queue_size=1,
+                      buffers={"cam": BufferPolicy("every_frame")}, progress=progress, progress_interval_s=0.5)
+    with FfmpegStream(["-f", "mpegts", f"udp://127.0.0.1:{port}?pkt_size=1316"], gop=10):
+        thread, _ = run_in_thread(runtime)
+        try:
+            wait_for(lambda: runtime.metrics.sources["cam"].caught_up > 20, 30, "frames left out to catch up")
+            lags = []
+            for _ in range(10):  # the gauge of /metrics
+                time.sleep(0.3)
+                lags.append(runtime.metrics.gauges["source_lag_seconds"].read().get(("cam",), 0.0))
+        finally:
+            runtime.stop()
+            thread.join(10)
+    assert max(lags) < 2.0, lags
+    report = runtime.report(1.0)
+    counts = report.sources["cam"]
+    assert 0 < counts.caught_up == counts.skipped and report.balanced
+    assert f"skipped {counts.skipped} (behind live)" in report.summary()
+    assert " skipped (behind live)" in progress.getvalue()
+    scraped = {(s.name, tuple(s.labels.values())): s.value
+               for family in RunMetricsCollector(runtime.metrics).collect() for s in family.samples}
+    assert scraped[("segstream_frames_caught_up_total", ("cam",))] == counts.caught_up
+    assert scraped[("segstream_frames_skipped_total", ("cam",))] == counts.skipped
+
+
+def test_packets_that_come_no_faster_than_their_timestamps_are_no_backlog_and_turn_catch_up_off(caplog):
+    """Found probing: an MJPEG camera at 10 fps that FFmpeg times at 25 fps, and an HLS server slower
+    than real time, fell behind for good while skipping found no backlog: every frame was skipped
+    until the stall watchdog reconnected, again and again."""
+    catch_up = CatchUp(1.0, "lobby")
+    catch_up.start(1 / FPS)
+    with caplog.at_level(logging.WARNING, logger="segstream.connectors"):
+        skipped = [catch_up.skip(n, True, 1000.0 + n * 0.1) for n in range(300)]  # every frame a keyframe
+    assert catch_up.off and not any(skipped[-200:])
+    assert 0 < sum(skipped) <= PROBE_S * FPS + 1, sum(skipped)
+    (said,) = [r for r in caplog.records if "no faster than their timestamps" in r.getMessage()]
+    assert said.getMessage().startswith("source lobby is 1.") and "until it reconnects" in said.getMessage()
+    catch_up.start(1 / FPS)  # a new session tries again
+    assert not catch_up.off

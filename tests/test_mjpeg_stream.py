@@ -1,0 +1,44 @@
+"""MJPEG IP cameras over HTTP (``multipart/x-mixed-replace``): a format without timestamps, whose
+frames FFmpeg would time at a made-up 25 fps, and whose frames cut short by a dropped link the
+decoder would fill in with the last frame's pixels."""
+
+from segstream.connectors.live_source import ReconnectPolicy
+from segstream.connectors.stream_source import StreamSource
+from tests.live_servers import MjpegCamera
+
+
+def _take(source: StreamSource, count: int) -> list:
+    frames = []
+    for frame in source.frames():
+        frames.append(frame)
+        if len(frames) == count:
+            break
+    source.close()
+    return frames
+
+
+def test_a_10_fps_mjpeg_camera_is_timed_by_its_frames_arrival_and_stays_live():
+    # Found probing: timed at FFmpeg's made-up 25 fps, a 10 fps camera read 0.6 s further behind
+    # live each second (a lag warning telling to fix a camera that was fine; catch-up skipping its
+    # frames until the stall watchdog reconnected), and its max_fps kept one frame in 12.
+    with MjpegCamera(fps=10) as camera:
+        source = StreamSource("lobby", camera.url, policy=ReconnectPolicy(read_timeout_s=5), max_behind_s=1.0)
+        frames = _take(source, 40)
+    seconds = [f.pts_seconds for f in frames]
+    span = seconds[-1] - seconds[10]  # after the start's burst (frames read while probing)
+    assert 2.5 < span < 3.5, seconds
+    offsets = [f.capture_wall - f.pts_seconds for f in frames[10:]]
+    assert max(offsets) - min(offsets) < 0.3, "its timestamps keep pace with the clock"
+    assert source.info.fps is None and source.frames_skipped == 0
+    assert [f.index for f in frames] == list(range(40))
+
+
+def test_an_mjpeg_frame_cut_short_is_counted_as_a_decode_error_not_published_as_whole():
+    with MjpegCamera(fps=20, cut_every=4) as camera:
+        source = StreamSource("lobby", camera.url, policy=ReconnectPolicy(read_timeout_s=5))
+        frames = _take(source, 30)
+    assert source.decode_errors >= 9, (source.decode_errors, camera.cut)
+    indices = [f.index for f in frames]
+    assert len(set(b - a for a, b in zip(indices, indices[1:])) - {1, 2}) == 0, indices
+    # each cut frame leaves its place in the index (one cut after the last frame taken may be counted too)
+    assert 0 <= len(frames) + source.decode_errors - (indices[-1] + 1) <= 1, (indices, source.decode_errors)
