@@ -132,6 +132,21 @@ class Batcher:
             self._open_count += 1  # the model stage waits for it from now, active or not yet
             return len(self.open) - 1
 
+    def hold(self) -> bool:
+        """Keep the model stage from ending while no source is open (a reload replacing every
+        source removes them before it adds the new ones); False when it has ended already."""
+        with self.cond:
+            if self.aborted or not self._any_open():
+                return False
+            self._open_count += 1
+            return True
+
+    def release(self) -> None:
+        """``hold``'s end: with no source open now, the model stage ends."""
+        with self.cond:
+            self._open_count -= 1
+            self.cond.notify_all()
+
     def activate(self, i: int) -> None:
         """Queue ``i`` (``add``'s) joins the round-robin and ``newest()``: once the caller's own
         lists have the source (a thread walking them by these indices finds it)."""

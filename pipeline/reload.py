@@ -154,32 +154,35 @@ class Reloader:
                 source.close()
             return self._refused(str(error))
         problems, missing = [], set()  # what could not be done; the names that do not run as the file says
-        leaving = [*changes.removed, *(s.name for s in changes.restarted)]
-        for name in leaving:  # all closed at once: they drain together, against one deadline
-            try:
-                runtime.remove_source(name)
-            except ValueError:  # it had ended already (a file read to its end, a source that failed)
-                pass
-        deadline = time.monotonic() + REMOVE_WAIT_S
-        for name in leaving:
-            if not runtime.wait_removed(name, max(0.0, deadline - time.monotonic())) and name in opened:
-                problems.append(f"source {name} was removed but its frames had not drained within "
-                                f"{REMOVE_WAIT_S:g} s, so it was not added again")
-                opened.pop(name).close()
-                missing.add(name)
-        for source in [*changes.added, *changes.restarted]:
-            if source.name not in opened:
-                continue
-            try:
-                runtime.add_source(
-                    opened[source.name], queue_size=source.queue_size, required=source.required,
-                    buffer=BufferPolicy(source.buffer_kind,
-                                        None if source.max_staleness_ms is None else source.max_staleness_ms / 1000),
-                    segment_filter=filters.get(source.name))
-            except (RuntimeError, ValueError) as error:
-                opened[source.name].close()
-                problems.append(str(error))
-                missing.add(source.name)
+        # held open: with every source leaving (one camera changed, an anchor all share), the run
+        # ended before the new ones came, with exit 0 (found probing a systemd deployment)
+        with runtime.held_open():
+            leaving = [*changes.removed, *(s.name for s in changes.restarted)]
+            for name in leaving:  # all closed at once: they drain together, against one deadline
+                try:
+                    runtime.remove_source(name)
+                except ValueError:  # it had ended already (a file read to its end, a source that failed)
+                    pass
+            deadline = time.monotonic() + REMOVE_WAIT_S
+            for name in leaving:
+                if not runtime.wait_removed(name, max(0.0, deadline - time.monotonic())) and name in opened:
+                    problems.append(f"source {name} was removed but its frames had not drained within "
+                                    f"{REMOVE_WAIT_S:g} s, so it was not added again")
+                    opened.pop(name).close()
+                    missing.add(name)
+            for source in [*changes.added, *changes.restarted]:
+                if source.name not in opened:
+                    continue
+                try:
+                    runtime.add_source(
+                        opened[source.name], queue_size=source.queue_size, required=source.required,
+                        buffer=BufferPolicy(source.buffer_kind,
+                                            None if source.max_staleness_ms is None else source.max_staleness_ms / 1000),
+                        segment_filter=filters.get(source.name))
+                except (RuntimeError, ValueError) as error:
+                    opened[source.name].close()
+                    problems.append(str(error))
+                    missing.add(source.name)
         for name in changes.refiltered:
             runtime.set_filter(name, filters.get(name))
         # the next reload compares with what runs: the sections not applied stay as they run, and a

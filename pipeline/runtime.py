@@ -702,6 +702,17 @@ class Runtime:
             if self._decoders_started:
                 _start(self._decoder(i, source))
 
+    @contextlib.contextmanager
+    def held_open(self) -> Iterator[None]:
+        """Within it the run does not end for having no source left (sources removed to be added
+        again, all of them: a reload that changes every camera); after it, a run with none ends."""
+        held = self._batcher.hold()
+        try:
+            yield
+        finally:
+            if held:
+                self._batcher.release()
+
     def remove_source(self, name: str, wait_s: float | None = None) -> bool:
         """Close the running source ``name`` (any thread): frames it decoded drain through the model,
         its stages and the sinks, its tracks end, and it ends with the reason ``removed`` (not a

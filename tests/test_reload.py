@@ -124,6 +124,31 @@ def test_a_reload_adds_removes_and_refilters_sources_while_the_others_run_on(tmp
     assert "a " in err.split("stopped: ")[1] and "(removed)" not in err.split("stopped: ")[1]  # a came back
 
 
+def test_a_reload_that_changes_or_renames_every_source_keeps_the_run_going(tmp_path, run):
+    """Found probing a systemd deployment: a one-camera site's changed setting (or an anchor all
+    cameras share) removed every source before adding them again, so the run ended, with exit 0:
+    Restart=on-failure left the site down after a routine rollout."""
+    port = free_port()
+    path = tmp_path / "pipeline.yaml"
+    _config(path, port, ["gate"])
+    process = run(path)
+    wait_for(lambda: len(_entries(path, "gate")) >= 5 or process.poll() is not None, 120, "gate's first entries")
+    assert process.poll() is None, process.communicate()
+    _config(path, port, ["gate max_fps: 4"])
+    done = _reload(path)
+    assert (done.returncode, done.stdout.strip()) == (0, "reloaded: restarted gate (0 unchanged)"), done
+    at_reload = len(_entries(path, "gate"))
+    wait_for(lambda: len(_entries(path, "gate")) >= at_reload + 3 or process.poll() is not None, 60,
+             "gate's entries after the reload")
+    _config(path, port, ["yard"])
+    renamed = _reload(path)
+    assert (renamed.returncode, renamed.stdout.strip()) == (0, "reloaded: added yard; removed gate (0 unchanged)")
+    wait_for(lambda: len(_entries(path, "yard")) >= 3 or process.poll() is not None, 60, "yard's entries")
+    assert process.poll() is None, process.communicate()
+    code, err = _stop(process)
+    assert code == 0 and "every source of the run has ended" not in err, err
+
+
 def test_the_run_checks_a_reloaded_file_with_its_own_environment_and_a_configmap_s_links(tmp_path, run):
     # found probing: segstream reload checked the file with the shell's environment (a camera's
     # password in the service's only); a ConfigMap (files linked into a folder each update
