@@ -2,7 +2,7 @@
 sample clip upscaled to 3840x2160 at 60 fps (H.264, about 24 Mbit/s) sent in real time as
 MPEG-TS over UDP, read by `segstream run` (the shipped model on the CPU, no sinks), its
 `segstream_source_lag_seconds` read from /metrics every 10 s; with the source's UDP buffer as it
-is, and as it was (`--fifo 1000000`, 188 MB); with the source's catch-up (`max_behind_s`, 2 s by
+is, and as it was (`--fifo 1000000`, 188 MB); with the source's catch-up (`max_behind_s`, 1 s by
 default) or without it (`--max-behind null`).
 
     python benchmarks/behind_live.py --seconds 30 [--fifo 1000000] [--max-behind null]

@@ -332,7 +332,7 @@ class StreamSourceConfig(_LiveSourceKeys):
     """RTSP's transport: tcp or udp."""
     low_latency: bool = True
     """Turn off demuxer buffering and shorten stream probing."""
-    max_behind_s: PositiveFloat | None = 2.0
+    max_behind_s: PositiveFloat | None = 1.0
     """Seconds behind live past which the waiting frames are left undecoded up to a keyframe near live (null: never)."""
     options: dict[str, str | int | float] = Field(default_factory=dict, repr=False)  # may hold a passphrase
     """Extra FFmpeg input options, by name."""

@@ -100,7 +100,7 @@ def test_every_frame_is_no_buffer_to_catch_up_and_the_default_is_newest_s_only(t
     path.write_text("sources:\n  - {name: cam, type: stream, url: 'udp://127.0.0.1:5000'}\n"
                     "  - {name: all, type: stream, url: 'udp://127.0.0.1:5001', buffer: every_frame}\n")
     cfg = load_config(path)
-    assert cfg.sources[0].max_behind_s == 2.0 and cfg.sources[1].max_behind_s is None
+    assert cfg.sources[0].max_behind_s == 1.0 and cfg.sources[1].max_behind_s is None
     path.write_text("sources:\n  - {name: all, type: stream, url: 'udp://127.0.0.1:5001', buffer: every_frame, "
                     "max_behind_s: 3}\n")
     try:
