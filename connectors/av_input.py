@@ -428,12 +428,23 @@ class AVInput:
         except av.error.HTTPServerError:
             raise self._server_error("cannot open") from None
         except Exception as error:
+            verified = url_scheme(target) == "https" and str((options or {}).get("tls_verify")) == "1"
+            if verified and getattr(error, "errno", None) == errno.EIO:  # FFmpeg says only "Input/output error"
+                raise InputRefused(
+                    f"cannot open '{self.shown}': the TLS handshake failed (Input/output error) — with tls_verify: 1 "
+                    "that is most often a certificate not trusted: give its CA with options: {ca_file: /path/ca.pem}, "
+                    "and use the host name the certificate names") from None
             raise open_error(error, self.shown, timeout[0]) from None
         try:
             self.stream = video_stream(self.container, self.shown)
         except BaseException:
             self.close()
             raise
+        # the other streams are not read: an HLS master playlist's other variants (and audio renditions)
+        # are then not downloaded at all (every variant's segments were, doubling a camera's traffic)
+        for other in self.container.streams:
+            if other.index != self.stream.index:
+                other.discard = av.stream.Discard.all
         context = self.stream.codec_context
         # Slice threads lose nothing; frame threads hide decode errors and add latency.
         context.thread_type = "SLICE"

@@ -2,7 +2,9 @@
 
 User errors (``SegstreamError``) end as one line ``segstream: error: ...`` and the error's exit
 code; Ctrl-C, SIGTERM or SIGHUP drains the pipeline and exits 0 (from any state once the command's
-modules have loaded; while they load, it ends at once with 128 + its number), a second one aborts with 128 + its number (130 for Ctrl-C, 143 for SIGTERM, 129 for SIGHUP). A run in which a source failed exits 1 and says which and why.
+modules have loaded; while they load, it ends at once with 128 + its number), a second one aborts with 128 + its number (130 for Ctrl-C, 143 for SIGTERM, 129 for SIGHUP); a run with no
+terminal and reloading on (a service) takes SIGHUP for a reload. A run in which a source failed
+exits 1 and says which and why.
 ``--log-format json`` (or ``SEGSTREAM_LOG_FORMAT=json``) makes every line a JSON object.
 """
 
@@ -833,11 +835,43 @@ def run_pipeline(cfg: PipelineConfig, max_frames: int | None = None, progress: T
             from segstream.pipeline.reload import Reloader
 
             server.reload = Reloader(runtime, cfg, reload_from, config_file)
+            if entry.console and not entry.had_terminal:  # a service's: systemd's ExecReload=kill -HUP
+                signals.on_hangup = _ReloadOnHangup(server.reload)
         try:
             return runtime.run()
         finally:
             if server is not None:
                 server.reload = None
+            if signals.on_hangup is not None:
+                signals.on_hangup.close()
+                signals.on_hangup = None
+
+
+class _ReloadOnHangup:
+    """A SIGHUP to a run with reloading on and no terminal to hang up (a service) reloads its
+    config, as a daemon's SIGHUP does, instead of stopping it (``ExecReload=/bin/kill -HUP
+    $MAINPID`` stopped the site with exit 0). The signal handler only asks; a thread reloads."""
+
+    def __init__(self, reload: Callable[[], tuple[bool, str]]):
+        self.reload = reload
+        self._asked = threading.Event()
+        self._closed = False
+        NamedThread(target=self._run, name="segstream-hangup-reload", daemon=True).start()
+
+    def __call__(self) -> None:
+        self._asked.set()
+
+    def close(self) -> None:
+        self._closed = True
+        self._asked.set()
+
+    def _run(self) -> None:
+        while True:
+            self._asked.wait()
+            self._asked.clear()
+            if self._closed:
+                return
+            self.reload()  # says what it did (or why not) in the log, as a reload by HTTP does
 
 
 @contextlib.contextmanager
@@ -895,6 +929,7 @@ class _DrainOnSignal:
         self._nudged = False  # a signal the watcher of such a stop sent
         self._nudge_lock = threading.Lock()
         self._first_at = -math.inf
+        self.on_hangup: Callable[[], None] | None = None  # set: a SIGHUP asks for a reload, not a stop
 
     @contextlib.contextmanager
     def at_once(self):
@@ -933,6 +968,10 @@ class _DrainOnSignal:
             self._stop_after = False
             self._at_once = False
             raise _StoppedBeforeRun
+        if signum == signal.SIGHUP and self.on_hangup is not None and not self.stopping:
+            write_line(signal_line("SIGHUP: reloading the config (no terminal to hang up: a service's reload)"))
+            self.on_hangup()
+            return
         if signum == self.signum and now - self._first_at < SAME_SIGNAL_S:
             return  # one stop sent twice at once: GNU timeout signals its command, then its process group
         self.signals += 1

@@ -32,11 +32,24 @@ aborted_by: int | None = None
 # Whether this process is the console command (``main``), not a program calling segstream: only
 # the command's process is segstream's to end (stuck threads) and to shield (signals at its exit).
 console = False
+# Whether the console command started with a controlling terminal: without one (a service:
+# systemd, a supervisor), a SIGHUP is no terminal hanging up but a reload asked for.
+had_terminal = True
+
+
+def controlling_terminal() -> bool:
+    """Whether this process has a controlling terminal (``/dev/tty`` opens)."""
+    try:
+        os.close(os.open("/dev/tty", os.O_RDONLY | os.O_NOCTTY))
+        return True
+    except OSError:
+        return False
 
 
 def main() -> int:
-    global console
+    global console, had_terminal
     console = True
+    had_terminal = controlling_terminal()
     # SIGTERM as Ctrl-C: without a handler it killed a command on the spot, leaving what it had
     # started (bench's embedded Redis) running, and said nothing
     for signum in stop_signals():

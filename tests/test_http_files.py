@@ -121,3 +121,22 @@ def test_a_refused_connection_is_said_as_refused_within_a_short_open_timeout():
     with pytest.raises(SourceError, match="connection refused by"):
         list(FileSource("down", f"http://127.0.0.1:{port}/v.mp4", open_timeout_s=3.0).frames())
     assert time.monotonic() - started < 2.5
+
+
+def test_a_certificate_not_trusted_under_tls_verify_is_said_as_such_and_a_given_ca_is_trusted(moov_at_end, tmp_path):
+    """Found probing HLS cameras: with tls_verify: 1, a server whose certificate is not trusted
+    failed with FFmpeg's bare "Input/output error" (and without it, nothing is verified:
+    docs/OPERATIONS.md, "Security notes")."""
+    from segstream.connectors.av_input import AVInput, InputRefused
+    from tests.redis_servers import make_certificates
+
+    certificates = make_certificates(tmp_path / "certs")
+    with _store(tmp_path / "store", moov_at_end, certificates=certificates) as store:
+        with pytest.raises(InputRefused, match=r"TLS handshake failed .* give its CA with options: \{ca_file"):
+            AVInput(store.url(CLIP), options={"tls_verify": "1"}, timeout=(5, 5))
+        trusted = AVInput(store.url(CLIP), options={"tls_verify": "1", "ca_file": str(certificates["ca"])},
+                          timeout=(5, 5))
+        try:
+            assert next(iter(trusted.pictures())).image is not None
+        finally:
+            trusted.close()

@@ -149,6 +149,32 @@ def test_a_reload_that_changes_or_renames_every_source_keeps_the_run_going(tmp_p
     assert code == 0 and "every source of the run has ended" not in err, err
 
 
+def test_a_sighup_to_a_run_without_a_terminal_reloads_it_as_a_service_s_reload_does(tmp_path):
+    """Found probing a systemd deployment: ExecReload=/bin/kill -HUP $MAINPID stopped the site (exit
+    0, which Restart=on-failure leaves stopped). A run with no controlling terminal (started in a
+    session of its own, as a service is) and reloading on reads its file again on SIGHUP."""
+    port = free_port()
+    path = tmp_path / "pipeline.yaml"
+    _config(path, port, ["a"])
+    process = subprocess.Popen([sys.executable, "-m", "segstream", "run", str(path)], env=ENV, text=True,
+                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               start_new_session=True)
+    try:
+        wait_for(lambda: len(_entries(path, "a")) >= 3 or process.poll() is not None, 120, "a's first entries")
+        assert process.poll() is None, process.communicate()
+        _config(path, port, ["a", "b"])
+        process.send_signal(signal.SIGHUP)
+        wait_for(lambda: len(_entries(path, "b")) >= 3 or process.poll() is not None, 60, "b's entries")
+        assert process.poll() is None, process.communicate()
+        code, err = _stop(process)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert code == 0, err
+    assert "SIGHUP: reloading the config" in err and "reloaded: added b (1 unchanged)" in err, err
+
+
 def test_the_run_checks_a_reloaded_file_with_its_own_environment_and_a_configmap_s_links(tmp_path, run):
     # found probing: segstream reload checked the file with the shell's environment (a camera's
     # password in the service's only); a ConfigMap (files linked into a folder each update
