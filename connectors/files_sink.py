@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import BinaryIO, Iterable
 
 from segstream.connectors.errors import SinkError
-from segstream.connectors.output_files import check_output_dir, open_output
+from segstream.connectors.output_files import absolute, check_output_dir, open_output
 from segstream.connectors.redis_wire import entry_line, event_to_wire, read_entries, to_wire
 from segstream.connectors.sink import DROPPED_WRITE_FAILED, DroppedCallback, WrittenCallback
 from segstream.models.results import Event, FrameResult
@@ -97,7 +97,8 @@ class FilesSink:
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
         except OSError as error:
-            raise SinkError(f"cannot create output directory '{self.directory}': {error.strerror}") from None
+            raise SinkError(f"cannot create output directory '{self.directory}'{absolute(self.directory)}: "
+                            f"{error.strerror}") from None
         check_output_dir(self.directory)
         try:
             for source in sources:

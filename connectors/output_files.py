@@ -22,6 +22,12 @@ from segstream.connectors.errors import SinkError
 _DO = "remove it, or choose a folder of your own for the outputs"
 
 
+def absolute(path: str | Path) -> str:
+    """`` (/the/absolute/path)`` of a relative path, for a message (a service's working folder is
+    not its user's shell's), else nothing."""
+    return "" if os.path.isabs(path) else f" ({os.path.abspath(path)})"
+
+
 def check_output_dir(directory: str | Path, what: str = "output directory") -> None:
     """Raise ``SinkError`` for a folder every user can write that has no sticky bit."""
     try:

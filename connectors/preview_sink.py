@@ -14,7 +14,7 @@ from pathlib import Path
 import cv2
 
 from segstream.connectors.errors import SinkError
-from segstream.connectors.output_files import check_output_dir
+from segstream.connectors.output_files import absolute, check_output_dir
 from segstream.connectors.overlay import OverlayVideo, OutputWriteError, draw_overlay, write_png
 from segstream.connectors.sink import DROPPED_WRITE_FAILED, DroppedCallback, WrittenCallback
 from segstream.models.results import Event, FrameResult
@@ -93,7 +93,8 @@ class PreviewSink:
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
         except OSError as error:
-            raise SinkError(f"cannot create preview directory '{self.directory}': {error.strerror}") from None
+            raise SinkError(f"cannot create preview directory '{self.directory}'{absolute(self.directory)}: "
+                            f"{error.strerror}") from None
         check_output_dir(self.directory, "preview directory")
 
     def path(self, source: str, run_id: str = "") -> Path:

@@ -1079,6 +1079,14 @@ class OpsConfig(Strict):
 
     _nulls = field_validator("http", mode="before")(_empty_is_null)
 
+    @field_validator("http", mode="before")
+    @classmethod
+    def _port_alone(cls, http: Any) -> Any:
+        if isinstance(http, int) and not isinstance(http, bool):  # --set ops.http=9108 (found probing)
+            raise ValueError(f"{http} is a port alone — write host:port: 127.0.0.1:{http} (this machine only) or "
+                             f"0.0.0.0:{http} (every interface)")
+        return http
+
     @field_validator("http")
     @classmethod
     def _address(cls, http: str | None) -> str | None:
@@ -1813,7 +1821,8 @@ def overrides_by_name(path: str | Path, overrides: typing.Iterable[str]) -> list
     return named
 
 
-_REFERENCE = re.compile(r"\$\$|\$\{([^}]*)\}")
+# ${NAME...}, $$, and ${file:PATH} whose path may hold variables (${file:${CREDENTIALS_DIRECTORY}/pw}: systemd's)
+_REFERENCE = re.compile(r"\$\$|\$\{(file:(?:\$\{[^{}]*\}|[^{}])*|[^}]*)\}")
 # The credentials of a URL as written in the config, before references are replaced.
 _URL_CREDENTIALS = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://([^/?#@]*)@")
 
@@ -1839,7 +1848,7 @@ def interpolate(data: Any, environ: typing.Mapping[str, str] | None = None,
     The default applies when VAR is unset or empty (``${VAR-default}``: unset only); an unset VAR
     without default is an error naming the variable and the key, as is ``${VAR:?why}`` when VAR
     is unset or empty (``${VAR?why}``: unset), saying ``why``. ``${file:/run/secrets/x}`` is that
-    file's text (a mounted secret's, read again at each reload), taken as a secret; with
+    file's text (its path may hold variables: ``${file:${CREDENTIALS_DIRECTORY}/x}``) (a mounted secret's, read again at each reload), taken as a secret; with
     ``files=False`` (``validate --no-files``) it is ``***``, unread. A reference in the credentials of a URL
     (``rtsp://user:${PASSWORD}@host/...``) is percent-encoded where the URL needs it, so that a
     password with ``@ : / ? # %`` works as it is: the variable holds the password as written.
@@ -1867,7 +1876,8 @@ def interpolate(data: Any, environ: typing.Mapping[str, str] | None = None,
             if match.group(0) == "$$":
                 return "$"
             if match.group(1).startswith("file:"):
-                return file_secret(match.group(1).removeprefix("file:"), path, problems) if files else "***"
+                name = _REFERENCE.sub(resolve, match.group(1).removeprefix("file:"))  # its variables first
+                return file_secret(name, path, problems) if files else "***"
             ref = _VARIABLE.fullmatch(match.group(1))
             if ref is None:
                 problems.append((path, f"'{match.group(0)}' is not a variable reference — "

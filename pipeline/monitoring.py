@@ -15,6 +15,7 @@ Both health answers carry a JSON body saying why, for people reading ``curl`` ou
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import sys
@@ -125,6 +126,15 @@ def _read_gauge(metrics: RunMetrics, name: str) -> dict:
     except Exception:  # a gauge of a component that is going away: no value this time
         log.debug("gauge %s could not be read", name, exc_info=True)
         return {}
+
+
+def privileged_port(error: int | None, port: int) -> str | None:
+    """What to do when binding ``port`` was refused for want of privilege (a port below 1024, a
+    user's: found probing a service on port 80), else None."""
+    if error != errno.EACCES or not 0 < port < 1024:
+        return None
+    return (f"ports below 1024 take root or CAP_NET_BIND_SERVICE (a systemd unit's AmbientCapabilities=) — use a port "
+            f"from 1024 up (e.g. {port + 9000 if port + 9000 < 65536 else 9108}), or give the user that capability")
 
 
 class RunMetricsCollector(Collector):
@@ -289,10 +299,10 @@ class OpsServer:
         try:
             self._server = _BoundedHTTPServer((host, port), handler, max_connections, self.refused)
         except OSError as error:
-            raise ConfigError(
-                f"ops.http: cannot listen on {host}:{port} ({error.strerror}) — another segstream may hold the "
-                "port: set ops.http to a free one (e.g. --set ops.http=127.0.0.1:9109), or to null to turn it off"
-            ) from None
+            advice = privileged_port(error.errno, port) or (
+                "another segstream may hold the port: set ops.http to a free one (e.g. --set "
+                "ops.http=127.0.0.1:9109), or to null to turn it off")
+            raise ConfigError(f"ops.http: cannot listen on {host}:{port} ({error.strerror}) — {advice}") from None
         self._server.daemon_threads = True
         # ``POST /reload``: None while no run takes reloads (``ops.reload`` off, or the run not started)
         self.reload: Callable[[str | None], tuple[bool, str]] | None = None  # (the file asked for)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import importlib
+import os
 import socket
 import threading
 from collections.abc import Callable
@@ -63,9 +64,38 @@ def preflight(cfg: PipelineConfig, preset, batch: bool = False) -> list[Check]:
         if cfg.sinks.redis.enabled:
             checks.append(checked("redis", lambda: redis_check(cfg, [s.name for s in sources])))
         checks += [future.result() for future in opening]
+    for what, folder in output_folders(cfg, batch):
+        checks.append(checked(what, lambda folder=folder: folder_check(folder)))
     if not batch and cfg.ops.address is not None:
         checks.append(checked("ops.http", lambda: port_check(cfg.ops.address, "http" in cfg.ops.model_fields_set)))
     return checks
+
+
+def output_folders(cfg: PipelineConfig, batch: bool = False) -> list[tuple[str, str]]:
+    """The folders the run writes into, by the key that names them (enabled sinks, batch's output)."""
+    sinks = cfg.sinks
+    folders = [("sinks.files.dir", sinks.files.dir)] if sinks.files.enabled else []
+    folders += [("sinks.preview.dir", sinks.preview.dir)] if sinks.preview.enabled else []
+    if batch:
+        folders.append(("batch.output", cfg.batch.output))
+    return folders
+
+
+def folder_check(folder: str) -> str:
+    """That this user may write in ``folder``, or make it (its nearest existing parent): found
+    probing a service whose working folder was read-only, which validate --connect passed and the
+    run refused at once. Named absolute: a relative folder is the working folder's."""
+    path = os.path.abspath(folder)
+    existing = path
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise SegstreamError(f"{path}: {existing} is a file, not a folder — choose another path")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        where = "" if existing == path else f" (it would be made in {existing})"
+        raise SegstreamError(f"{path} cannot be written by this user{where} — choose a folder it may write (relative "
+                             f"paths are the working folder's, {os.getcwd()}), or give it the right to")
+    return f"{path} can be written" if existing == path else f"{path} can be made (in {existing})"
 
 
 def model_check(model, preset) -> str:
@@ -326,9 +356,12 @@ def bind_port(host: str, port: int, kind: int, reuse: bool, failing: str, advice
         try:
             probe.bind((host, port))
         except OSError as error:
+            from segstream.pipeline.monitoring import privileged_port
+
             held = error.errno == errno.EADDRINUSE
-            what = advice or ("stop what holds it, or give this source another port" if held else
-                              "use an address of this machine, or 0.0.0.0")
+            what = privileged_port(error.errno, port) or advice or (
+                "stop what holds it, or give this source another port" if held else
+                "use an address of this machine, or 0.0.0.0")
             shown = "*" if host in ("", "0.0.0.0", "::") else host
             raise SegstreamError(f"{failing} on {shown}:{port} ({error.strerror}) — {what}") from None
 

@@ -292,7 +292,8 @@ def test_docker_compose_s_other_variable_forms_required_with_a_reason_and_unset_
     assert load_config(write(text)).sources[0].name == "ab"
 
 
-def test_a_secret_comes_from_a_mounted_file_read_at_each_load_and_is_never_printed(capsys, write, tmp_path):
+def test_a_secret_comes_from_a_mounted_file_read_at_each_load_and_is_never_printed(capsys, write, tmp_path,
+                                                                                   monkeypatch):
     """Found probing a fleet's configs: secrets came from the run's environment only (Docker's and
     Kubernetes' secrets are files), so a rotated camera password needed a restart of every camera."""
     secret = tmp_path / "cam_password"
@@ -311,6 +312,13 @@ def test_a_secret_comes_from_a_mounted_file_read_at_each_load_and_is_never_print
                     "— mount the secret there, or fix the path")
     [line] = errors_of(capsys, ["validate", write("sources:\n  - {name: '${file:pw}', type: synthetic}\n")])
     assert line == "sources[0].name: ${file:pw}: give the secret file's absolute path, e.g. ${file:/run/secrets/pw}"
+    # a path of variables: systemd's LoadCredential= gives the folder in CREDENTIALS_DIRECTORY (found probing it)
+    secret.write_text("from-systemd")
+    monkeypatch.setenv("SEGSTREAM_TEST_CREDENTIALS", str(secret.parent))
+    path = write(f"sources:\n  - {{name: cam, type: synthetic}}\n"
+                 f"sinks: {{redis: {{url: 'redis://localhost:6379/0', "
+                 f"password: '${{file:${{SEGSTREAM_TEST_CREDENTIALS}}/{secret.name}}}'}}}}\n")
+    assert load_config(path).sinks.redis.password == "from-systemd"
 
 
 def test_bad_yaml_names_the_line(capsys, write):

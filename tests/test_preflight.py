@@ -201,6 +201,29 @@ def test_a_configured_ops_port_that_is_taken_fails(tmp_path, capsys):
     assert line_of(lines, "ops.http").startswith("FAIL") and "--set ops.http=" in line_of(lines, "ops.http")
 
 
+def test_the_folders_the_run_writes_are_checked_and_named_absolute(tmp_path, capsys, monkeypatch):
+    """Found probing a systemd deployment: validate --connect passed a config whose run failed at
+    once, its working folder read-only for the service's user (a relative output folder is the
+    working folder's). Here a file stands where a folder's parent should be (root may write anywhere)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").write_text("not a folder")
+    config = write_config(tmp_path, FILE_SOURCE)
+    code, lines = connect(config, capsys, "--set", "sinks.files.enabled=true", "--set", "sinks.preview.enabled=true",
+                          "--set", f"sinks.preview.dir={tmp_path / 'previews'}")
+    assert code == 1
+    assert line_of(lines, "sinks.files.dir") == (f"FAIL  sinks.files.dir: {tmp_path}/runs/out: {tmp_path}/runs is a file, "
+                                                 "not a folder — choose another path")
+    assert line_of(lines, "sinks.preview.dir") == f"ok    sinks.preview.dir: {tmp_path}/previews can be made (in {tmp_path})"
+    code, lines = connect(config, capsys)  # the files sink off: no folder of its to check
+    assert code == 0 and not [line for line in lines if "sinks.files.dir" in line]
+    # the run's own refusal names the folder absolute too
+    from segstream.connectors.errors import SinkError
+    from segstream.connectors.files_sink import FilesSink
+
+    with pytest.raises(SinkError, match=f"cannot create output directory 'runs/out' \\({tmp_path}/runs/out\\): "):
+        FilesSink("runs/out")
+
+
 def hub_subprocess(config: Path, hf_home: Path, *extra: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(hf_home)}
     env.pop("HF_HUB_CACHE", None)
@@ -347,3 +370,20 @@ def test_the_publisher_says_a_refused_key_is_its_key_pattern_not_its_commands(re
     [warning] = [r.getMessage() for r in caplog.records if "XREVRANGE" in r.getMessage()]
     assert f"key patterns exclude the stream keys: grant it {TENANT_KEYS}" in warning and "+xrevrange" not in warning
     publisher.close()
+
+
+def test_a_port_alone_and_a_privileged_port_are_said_with_what_to_write(capsys, tmp_path):
+    """Found probing a systemd deployment: --set ops.http=9108 said "Input should be a valid
+    string", and a user's port 80 "Permission denied — set ops.http to a free one"."""
+    import errno as errnos
+
+    from segstream.pipeline.monitoring import privileged_port
+
+    config = write_config(tmp_path, FILE_SOURCE)
+    assert main(["validate", str(config), "--set", "ops.http=9108"]) == 2
+    assert capsys.readouterr().err == (
+        "segstream: error: ops.http (from --set): 9108 is a port alone — write host:port: 127.0.0.1:9108 (this "
+        "machine only) or 0.0.0.0:9108 (every interface)\n")
+    said = privileged_port(errnos.EACCES, 80)
+    assert said.startswith("ports below 1024 take root or CAP_NET_BIND_SERVICE") and "9080" in said
+    assert privileged_port(errnos.EACCES, 8080) is None and privileged_port(errnos.EADDRINUSE, 80) is None
