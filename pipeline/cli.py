@@ -61,6 +61,7 @@ from segstream.pipeline.logs import (
     LOG_LEVELS,
     LogLines,
     configure_logging,
+    journal_prefix,
     json_logging,
     new_run_id,
     set_run_id,
@@ -155,7 +156,7 @@ def main_error(error: SegstreamError, about: str = "") -> int:
         if json_logging():
             log.error(about + line)
         else:
-            print(f"segstream: error: {about}{line}", file=sys.stderr)
+            print(f"{journal_prefix(logging.ERROR)}segstream: error: {about}{line}", file=sys.stderr)
     return error.exit_code
 
 

@@ -29,6 +29,33 @@ _configured = {"format": "text"}
 _run = {"id": ""}  # the run this process runs now: every JSON record carries its run_id
 
 
+# syslog's priorities of logging's levels, for journald (``journal_prefix``)
+_PRIORITIES = ((logging.CRITICAL, 2), (logging.ERROR, 3), (logging.WARNING, 4), (logging.INFO, 6))
+
+
+def journal_prefix(levelno: int) -> str:
+    """``<N>``, the syslog priority journald reads at the start of a line, when standard error
+    is journald's stream (systemd says which in ``JOURNAL_STREAM``, device:inode); else "".
+    Without it journald stores every line at one priority, and ``journalctl -p warning`` showed
+    none of segstream's warnings (found probing a systemd deployment)."""
+    stream = os.environ.get("JOURNAL_STREAM")
+    if not stream:
+        return ""
+    try:
+        stat = os.fstat(2)
+    except OSError:
+        return ""
+    if stream != f"{stat.st_dev}:{stat.st_ino}":
+        return ""
+    return f"<{next((n for level, n in _PRIORITIES if levelno >= level), 7)}>"
+
+
+def _prefixed(text: str, levelno: int) -> str:
+    """Each line of ``text`` with ``journal_prefix`` (a traceback's lines at the record's priority)."""
+    prefix = journal_prefix(levelno)
+    return "\n".join(prefix + line for line in text.split("\n")) if prefix else text
+
+
 class _ScrubbedTracebacks:
     """Tracebacks and stacks scrubbed as the message is: an exception's text may quote a URL
     with its password (the ``_Scrub`` filter sees only the message)."""
@@ -58,7 +85,7 @@ class _PlainFormatter(_ScrubbedTracebacks, logging.Formatter):
             text += "\n" + self.formatException(record.exc_info)
         if record.stack_info:
             text += "\n" + self.formatStack(record.stack_info)
-        return text
+        return _prefixed(text, record.levelno)
 
 
 class _Scrub(logging.Filter):
@@ -134,7 +161,8 @@ def configure_logging(format: str | None = None, level: str | None = None, strea
         from pythonjsonlogger.json import JsonFormatter
 
         class _JsonFormatter(_ScrubbedTracebacks, JsonFormatter):
-            pass
+            def format(self, record: logging.LogRecord) -> str:
+                return journal_prefix(record.levelno) + super().format(record)
 
         handler.setFormatter(_JsonFormatter(
             "{levelname}{name}{message}", style="{", timestamp="time",
@@ -231,13 +259,14 @@ def signal_line(message: str, level: str = "WARNING", as_json: bool | None = Non
     may be interrupted holding a lock): ``segstream: message``, or with JSON logs (``as_json``;
     None: as logging is configured) a JSON object with the keys of the other lines. Imports
     nothing when called."""
+    prefix = journal_prefix(getattr(logging, level, logging.WARNING))
     if not (json_logging() if as_json is None else as_json):
-        return f"segstream: {message}\n".encode()
+        return f"{prefix}segstream: {message}\n".encode()
     stamp = datetime.now(timezone.utc).isoformat()
     record = {"level": level, "logger": "segstream.cli", "message": message, "time": stamp}
     if _run["id"]:
         record["run_id"] = _run["id"]
-    return (json.dumps(record) + "\n").encode()
+    return (prefix + json.dumps(record) + "\n").encode()
 
 
 def write_line(line: bytes) -> None:

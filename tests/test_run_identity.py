@@ -6,7 +6,10 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -429,3 +432,38 @@ def test_tail_reads_the_redis_url_from_the_environment_as_the_demo_does(server, 
     monkeypatch.setenv("SEGSTREAM_REDIS_URL", server.url)
     assert main(["tail", "segstream:cam0:frames"]) == 0
     assert "frame=0" in capsys.readouterr().out
+
+
+def test_under_journald_each_line_carries_its_priority_for_journalctl_p(tmp_path):
+    """Found probing a systemd deployment: journald stored every line at one priority, so
+    ``journalctl -p warning`` showed none of segstream's warnings. systemd names its stream in
+    JOURNAL_STREAM (device:inode of standard error); here a file stands in for it."""
+    log = tmp_path / "journal"
+    program = ("import logging, sys\n"
+               "from segstream.pipeline.logs import configure_logging, signal_line, write_line\n"
+               "configure_logging(sys.argv[1])\n"
+               "logging.getLogger('segstream.x').info('an info')\n"
+               "logging.getLogger('segstream.x').warning('a warning')\n"
+               "write_line(signal_line('SIGTERM: stopping'))\n")
+    for form in ("text", "json"):
+        with open(log, "w") as stderr:
+            stat = os.fstat(stderr.fileno())
+            env = {**os.environ, "JOURNAL_STREAM": f"{stat.st_dev}:{stat.st_ino}"}
+            subprocess.run([sys.executable, "-c", program, form], stderr=stderr, env=env, check=True, timeout=60)
+        lines = log.read_text().splitlines()
+        assert [line[:3] for line in lines] == ["<6>", "<4>", "<4>"], lines
+        if form == "json":
+            assert json.loads(lines[1][3:])["message"] == "a warning"
+        else:
+            assert lines[1] == "<4>segstream: warning: a warning"
+    with open(log, "w") as stderr:  # the command's own error line
+        stat = os.fstat(stderr.fileno())
+        env = {**os.environ, "JOURNAL_STREAM": f"{stat.st_dev}:{stat.st_ino}"}
+        subprocess.run([sys.executable, "-m", "segstream", "validate", str(tmp_path / "none.yaml")], stderr=stderr,
+                       env=env, timeout=60)
+    assert log.read_text().startswith("<3>segstream: error: "), log.read_text()
+    # not journald's (another file, or no JOURNAL_STREAM): no prefix
+    with open(log, "w") as stderr:
+        env = {**os.environ, "JOURNAL_STREAM": "1:2"}
+        subprocess.run([sys.executable, "-c", program, "text"], stderr=stderr, env=env, check=True, timeout=60)
+    assert log.read_text().splitlines()[0] == "segstream: an info"
