@@ -67,7 +67,7 @@ from segstream.connectors.errors import ResourceLimit, SourceError
 from segstream.connectors.frame_rate import FrameRateCap
 from segstream.connectors.frames import Frame
 from segstream.connectors.pauses import pauses
-from segstream.connectors.source import StateListener
+from segstream.connectors.source import DOWN_STATES, StateListener
 from segstream.connectors.urls import exclusive_input, redact_url, rtsp_address
 
 logger = logging.getLogger("segstream.sources")
@@ -173,9 +173,11 @@ class _Played:
     def __init__(self):
         self.seconds = 0.0
         self.skipped_s = 0.0
+        self.frames = 0
         self._previous_s: float | None = None
 
     def add(self, picture: Picture, step_s: float) -> None:
+        self.frames += 1
         at_s = float(picture.pts * picture.time_base) if picture.pts is not None else None
         ahead_s = at_s - self._previous_s if at_s is not None and self._previous_s is not None else None
         if ahead_s is not None and 0 < ahead_s <= max(1.0, 2 * step_s):
@@ -558,7 +560,8 @@ class LiveSource:
                     if first and repeats:
                         details = {**details, "repeats_skipped": repeats}
                     if finite is not None and not first:  # opened again it would start over
-                        ended = self._finite_end(reason, details, finite, played, opened.video_duration)
+                        ended = self._finite_end(reason, details, finite, played, opened.video_duration,
+                                                 opened.format_name)
                         break
                 except ResourceLimit as error:
                     # the machine's or container's limit (threads, pids), which other processes and
@@ -635,11 +638,17 @@ class LiveSource:
         return self._closed.is_set()
 
     def _finite_end(self, reason: str, details: dict[str, Any], length: float, played: _Played,
-                    video_length: bool) -> str:
+                    video_length: bool, format_name: str = "") -> str:
         """How a session of a finite input that was lost (``reason``) ends the source: normally
         when the input ended it having played it whole (its length unknown: its data ran to its
         end; a jump in its timestamps alone may be a playlist's discontinuity, not a loss), else
-        as failed."""
+        as failed; failed too a single picture (a camera's snapshot URL: it ended the source
+        after one frame, exit 0, found probing MJPEG cameras)."""
+        if details.get("ended") and played.frames == 1 and format_name.endswith("_pipe"):
+            picture = (f"'{self.shown}' is a single picture (a camera's snapshot URL?), not a video stream — a stream "
+                       "source reads video and does not poll pictures: give the camera's MJPEG (multipart) or RTSP URL")
+            self._enter("failed", picture, {**details, "url": self.shown})
+            raise SourceError(f"source {self.name} failed: {picture}")
         slack = _FINITE_SLACK_S if video_length else _CONTAINER_SLACK_S
         if details.get("ended") and (length == math.inf or played.seconds >= length - slack):
             return f"'{self.shown}' is a finite video and has ended"
@@ -731,8 +740,11 @@ class LiveSource:
 
     def _stall(self, reason: str, phase: str, timeout_s: float, since: float) -> None:
         """Enter ``stalled`` and give the session up: nothing came since ``since`` (monotonic).
-        That silence was down time too: the stalled state's own counts from now."""
-        self._finished_gap_s += max(0.0, time.monotonic() - since)
+        That silence was down time too, unless it was spent in a down state already (a session
+        opened while reconnecting that brought nothing new: a stale playlist's, counted twice,
+        found probing HLS): the stalled state's own counts from now."""
+        if self.state not in DOWN_STATES:
+            self._finished_gap_s += max(0.0, time.monotonic() - since)
         reason, data = self._paused_over(since, reason, {"phase": phase, "timeout_s": timeout_s})
         self._enter("stalled", reason, data)
         raise _Lost(reason, data)

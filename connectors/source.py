@@ -37,6 +37,8 @@ class VideoSource(Protocol):
 # they stop coming while its input is open; reconnecting while it waits to try again and tries;
 # ended when it finished or was closed, failed when it gave up. Ended and failed are final.
 SOURCE_STATES = ("connecting", "streaming", "stalled", "reconnecting", "ended", "failed")
+# The states in which a source delivers no frames although it should (its down time).
+DOWN_STATES = ("connecting", "stalled", "reconnecting")
 
 
 class StateListener(Protocol):

@@ -469,6 +469,9 @@ class ImagesSourceConfig(_Buffered, Strict):
     @field_validator("path")
     @classmethod
     def _folder_exists(cls, path: str, info: ValidationInfo) -> str:
+        if re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", path):  # found probing: read as a local path, said missing
+            raise ValueError(f"'{redact_url(path)}' is a URL — type: images reads a local folder, image or glob; a "
+                             "camera's pictures are not polled: give its MJPEG or RTSP URL to a stream source")
         wildcard = re.search(r"[*?\[]", path)
         folder = path[: wildcard.start()].rpartition("/")[0] if wildcard else path
         resolved = _resolve(folder or ".", info)

@@ -26,6 +26,7 @@ import numpy as np
 
 from segstream.connectors.pauses import pauses
 from segstream.connectors.sink import DROPPED_BACKLOG, DROPPED_REFUSED, DROPPED_UNREACHABLE, DROPPED_WRITE_FAILED
+from segstream.connectors.source import DOWN_STATES
 
 # The timestamps a frame collects on its way, in order; a stage's latency is the time from the
 # previous one to its own.
@@ -185,10 +186,6 @@ class SourceCounts:
             self.state_since, self.reconnects, Counter(self.transitions), self.epoch, self.handed, self.down_s,
             self.gap_s, self.missing, self.damage, self.skipped, self.connect_s, self.first_at, self.caught_up,
         )
-
-
-# The states in which a source delivers no frames although it should.
-DOWN_STATES = ("connecting", "stalled", "reconnecting")
 
 
 def decode_thread(source: str) -> str:

@@ -264,3 +264,19 @@ def test_a_new_senders_clock_gone_back_is_said_so_through_the_mpeg_ts_wrap():
     ahead = _Sender("udp://127.0.0.1:5000")  # a clock a day ahead, no wrap: said as it is
     assert ahead.check(picture(90000)) is None
     assert ahead.check(picture(90000 + 90000 * 90000)).startswith("its timestamps jumped +90000.0 s")
+
+
+def test_a_stall_counts_its_silence_as_down_time_once():
+    """Found probing HLS cameras: a stale playlist opened again while reconnecting, bringing
+    nothing new until its read timeout, had that silence counted twice (in the reconnecting
+    state's time and as a gap): 87 s down for 67 s without frames."""
+    from segstream.connectors.live_source import _Lost
+
+    source = LiveSource("cam", "udp://127.0.0.1:9", policy=QUICK)
+    for state, counted in (("reconnecting", 0.0), ("streaming", 5.0)):
+        source.state = state
+        before = source.gap_s
+        with pytest.raises(_Lost):
+            source._stall("no data for 5 s (read timeout)", "read", 5.0, time.monotonic() - 5.0)
+        assert source.gap_s - before == pytest.approx(counted, abs=0.2), state
+    source.close()

@@ -42,3 +42,27 @@ def test_an_mjpeg_frame_cut_short_is_counted_as_a_decode_error_not_published_as_
     assert len(set(b - a for a, b in zip(indices, indices[1:])) - {1, 2}) == 0, indices
     # each cut frame leaves its place in the index (one cut after the last frame taken may be counted too)
     assert 0 <= len(frames) + source.decode_errors - (indices[-1] + 1) <= 1, (indices, source.decode_errors)
+
+
+def test_a_snapshot_url_read_as_a_stream_fails_saying_it_is_one_picture(tmp_path):
+    """Found probing: a camera's /snapshot.jpg as a stream gave one frame and ended the source as a
+    finite video that had ended (exit 0); pictures are not polled."""
+    import cv2
+    import numpy as np
+    import pytest
+
+    from segstream.connectors.errors import SourceError
+    from tests.live_servers import StaticHttpServer
+
+    cv2.imwrite(str(tmp_path / "snapshot.jpg"), np.zeros((120, 160, 3), np.uint8))
+    with StaticHttpServer(tmp_path) as server:
+        source = StreamSource("gate", f"http://127.0.0.1:{server.port}/snapshot.jpg", policy=ReconnectPolicy())
+        with pytest.raises(SourceError, match=r"is a single picture \(a camera's snapshot URL\?\), not a video "
+                                              r"stream — .* give the camera's MJPEG \(multipart\) or RTSP URL"):
+            list(source.frames())
+    assert source.state == "failed"
+    # nor does an images source take a URL (it was looked for as a local path)
+    from segstream.pipeline.config import ConfigError, validate_config
+
+    with pytest.raises(ConfigError, match=r"'http://\*\*\*@127.0.0.1/snapshot.jpg' is a URL — type: images reads a local"):
+        validate_config({"sources": [{"name": "gate", "type": "images", "path": "http://admin:pw@127.0.0.1/snapshot.jpg"}]})
