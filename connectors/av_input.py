@@ -51,7 +51,7 @@ from segstream.connectors.catch_up import CatchUp
 from segstream.connectors.errors import THREAD_LIMIT_HINT, ResourceLimit, SourceError, thread_start_failed
 from segstream.connectors.frame_rate import FrameRateCap
 from segstream.connectors.ffmpeg_relay import RELAYED_SCHEMES, FFmpegRelay, demuxer_options, relay_program
-from segstream.connectors.remote_files import http_status
+from segstream.connectors.remote_files import first_byte, http_status
 from segstream.connectors.threads import NamedThread
 from segstream.connectors.urls import exclusive_input, redact_url, url_scheme
 
@@ -429,6 +429,9 @@ class AVInput:
             raise self._server_error("cannot open") from None
         except Exception as error:
             verified = url_scheme(target) == "https" and str((options or {}).get("tls_verify")) == "1"
+            if isinstance(error, av.error.InvalidDataError) and (page := _web_page(target)) is not None:
+                raise InputRefused(f"'{self.shown}' answered a web page ({page}), not video — a camera's login or "
+                                   "settings page? check the URL's path (the camera's stream URL) and credentials") from None
             if verified and getattr(error, "errno", None) == errno.EIO:  # FFmpeg says only "Input/output error"
                 raise InputRefused(
                     f"cannot open '{self.shown}': the TLS handshake failed (Input/output error) — with tls_verify: 1 "
@@ -900,6 +903,19 @@ def open_error(error: BaseException, shown: str, open_timeout_s: float) -> Sourc
     if isinstance(error, (av.error.FFmpegError, OSError)):
         return SourceError(f"cannot open '{shown}': {describe_error(error)}")
     return SourceError(f"cannot open '{shown}': {type(error).__name__}")
+
+
+def _web_page(target: str) -> str | None:
+    """The content type of an http(s) ``target`` that answers a web page (HTML, JSON, text), which
+    FFmpeg calls invalid data (found probing: a camera's login page read as a lost connection);
+    None for anything else or a server that cannot be asked."""
+    if url_scheme(target) not in ("http", "https"):
+        return None
+    try:
+        kind = first_byte(target, 3.0)[1].get_content_type()
+    except Exception:  # not asked: FFmpeg's own reading stands
+        return None
+    return kind if kind in ("text/html", "text/plain", "application/json", "application/xhtml+xml") else None
 
 
 _BOX = struct.Struct(">I4s")  # an ISO BMFF (MP4, MOV) box header: size, type

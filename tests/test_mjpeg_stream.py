@@ -66,3 +66,18 @@ def test_a_snapshot_url_read_as_a_stream_fails_saying_it_is_one_picture(tmp_path
 
     with pytest.raises(ConfigError, match=r"'http://\*\*\*@127.0.0.1/snapshot.jpg' is a URL — type: images reads a local"):
         validate_config({"sources": [{"name": "gate", "type": "images", "path": "http://admin:pw@127.0.0.1/snapshot.jpg"}]})
+
+
+def test_a_camera_answering_its_login_page_is_said_to_answer_a_web_page(tmp_path):
+    """Found probing: a camera that answered 200 with an HTML login page was said as a connection
+    lost before an MP4's index arrived."""
+    import pytest
+
+    from segstream.connectors.errors import SourceError
+    from tests.live_servers import StaticHttpServer
+
+    (tmp_path / "login.html").write_text("<html><body><form>user <input name=u></form></body></html>" * 20)
+    with StaticHttpServer(tmp_path) as server:
+        source = StreamSource("gate", f"http://127.0.0.1:{server.port}/login.html", policy=ReconnectPolicy())
+        with pytest.raises(SourceError, match=r"answered a web page \(text/html\), not video — a camera's login"):
+            list(source.frames())
