@@ -593,7 +593,7 @@ class AVInput:
                         self.decode_errors += 1
                     else:
                         self.pending_rejected = rejected  # read with decode_errors: a session may end here
-                    if packet.pts is None:
+                    if packet.pts is None or self.wall_times:  # (made-up timestamps: not the pictures' times)
                         self._rejected_untimed += 1
                     else:
                         bisect.insort(self._rejected, packet.pts)
