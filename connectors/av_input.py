@@ -401,6 +401,9 @@ class AVInput:
         self._rejected: list[int] = []
         self._rejected_untimed = 0
         self._left_out: list[int] = []  # and of packets left undecoded to catch up (``catch_up``)
+        self._left_out_untimed = 0
+        self._read_wait_s = 0.0  # how long the last read waited for its packet
+        self._read_wall = time.time()  # when the last packet was read (Unix time)
         self.frames_lost = 0  # frames that never reached the decoder (SteadyGaps)
         # a stream's lost frames count as decode errors as they come; a file's are told at its end
         self.lost_are_errors = lost_are_errors
@@ -431,7 +434,8 @@ class AVInput:
             verified = url_scheme(target) == "https" and str((options or {}).get("tls_verify")) == "1"
             if isinstance(error, av.error.InvalidDataError) and (page := _web_page(target)) is not None:
                 raise InputRefused(f"'{self.shown}' answered a web page ({page}), not video — a camera's login or "
-                                   "settings page? check the URL's path (the camera's stream URL) and credentials") from None
+                                   "settings page? check the URL's path (the camera's stream URL) and credentials",
+                                   missing=True) from None
             if verified and getattr(error, "errno", None) == errno.EIO:  # FFmpeg says only "Input/output error"
                 raise InputRefused(
                     f"cannot open '{self.shown}': the TLS handshake failed (Input/output error) — with tls_verify: 1 "
@@ -481,7 +485,8 @@ class AVInput:
         # makes them up at a guessed rate, an MJPEG camera's 25 fps whatever it sends (a 10 fps camera
         # read 0.6 s further behind live each second, its max_fps kept one frame in 12): its frames are
         # timed by when they leave the decoder instead, and an MJPEG stream's rate is not known.
-        self.wall_times = sender_may_change and self.duration_s is None and bool(self.container.format.flags & _NO_TIMESTAMPS)
+        self.wall_times = (sender_may_change and self.duration_s is None and self.size_bytes is None
+                           and bool(self.container.format.flags & _NO_TIMESTAMPS))
         if self.wall_times:
             self.time_base = Fraction(1, 1_000_000)
             self.step = round(1_000_000 / (self.fps or 25))
@@ -554,8 +559,8 @@ class AVInput:
         # not when handed over: the next decoder may read them
         recent: deque = deque(maxlen=(change_after or 0) + 1)
         decoded, without_picture, rejected, handed = False, 0, 0, False
-        demuxed = ((packet, False) for packet in self.container.demux(stream))
-        catch_up = self.catch_up if not self.wall_times else None  # made-up timestamps tell no backlog
+        demuxed = self._demuxed(stream)
+        catch_up = self.catch_up
         jpeg = context.name == "mjpeg" and live  # (a file's JPEG may carry more after its end: a motion photo's video)
         try:
             for packet, carried in itertools.chain(self._carried_packets(), demuxed):
@@ -566,15 +571,25 @@ class AVInput:
                 if packet.pts is not None and not carried and packet.has_sidedata("prft"):
                     wallclock, _ = _PRFT.unpack(bytes(packet.get_sidedata("prft"))[: _PRFT.size])
                     self._sender = (packet.pts, wallclock / 1e6)
-                if catch_up is not None and not carried and catch_up.skip(packet.pts, packet.is_keyframe):
-                    if packet.pts is not None:  # its place counted at the picture after it, as a rejected one's
-                        bisect.insort(self._left_out, packet.pts)
-                    continue
+                if catch_up is not None and not carried:
+                    if catch_up.skip(packet.pts, packet.is_keyframe, waited_s=self._read_wait_s):
+                        # its place counted at the picture after it, as a rejected one's
+                        if packet.pts is None:
+                            self._left_out_untimed += 1
+                        else:
+                            bisect.insort(self._left_out, packet.pts)
+                        continue
                 # a JPEG cut short (a camera's frame over a dropped connection): the decoder would fill
                 # in what is missing with the last frame's pixels and hand it over as whole
                 failed = jpeg and packet.size > 0 and _jpeg_cut_short(packet)
                 try:
-                    frames = [] if failed else context.decode(packet)
+                    if catch_up is not None and catch_up.resumed:
+                        # decoding resumes at a keyframe after skipped ones: the frames the decoder held,
+                        # then a decoder started afresh (an open GOP's leading frames refer to skipped
+                        # ones: a fresh decoder drops them instead of inventing their references)
+                        frames = [*_drained(context), *context.decode(packet)]
+                    else:
+                        frames = [] if failed else context.decode(packet)
                 except av.error.EOFError:
                     self._relay_ended()
                     return
@@ -644,6 +659,20 @@ class AVInput:
             elif handed:
                 self.pending_rejected = 0  # handed over: the next decoder's to read or count
 
+    def _demuxed(self, stream) -> Iterator[tuple[av.Packet, bool]]:
+        """The stream's packets (not carried over), each read's wait kept in ``_read_wait_s``: a
+        read that had to wait found no backlog (``CatchUp``)."""
+        packets = self.container.demux(stream)
+        while True:
+            asked = time.monotonic()
+            packet = next(packets, None)
+            if packet is None:
+                return
+            self._read_wait_s = time.monotonic() - asked
+            if self.wall_times:
+                self._read_wall = time.time()
+            yield packet, False
+
     def _server_error(self, doing: str) -> SourceError:
         """An http(s) server's error (5xx), named by the status it answers now: FFmpeg says only "5XX"."""
         status = http_status(self.target, min(self.timeout[0], 5.0)) or "5XX"
@@ -696,10 +725,10 @@ class AVInput:
 
     def _picture(self, frame: av.VideoFrame) -> Picture:
         pts = self._timestamps.choose(frame.pts, frame.dts)
-        if self.wall_times:
-            now = time.time()
-            self._wall_start = self._wall_start or now
-            pts = round((now - self._wall_start) * 1_000_000)
+        if self.wall_times:  # when its packet was read (one packet a picture: no reordering in such formats)
+            read = self._read_wall
+            self._wall_start = self._wall_start or read
+            pts = round((read - self._wall_start) * 1_000_000)
         sender = None
         if self._sender is not None and pts is not None:
             sender_pts, sender_wall = self._sender
@@ -713,6 +742,7 @@ class AVInput:
         skipped, self._rejected_untimed = passed + self._rejected_untimed, 0
         left_out = len(self._left_out) if back else bisect.bisect_left(self._left_out, pts)
         del self._left_out[:left_out]
+        left_out, self._left_out_untimed = left_out + self._left_out_untimed, 0
         before = self._gaps.gap_s
         lost = self._gaps.lost_before(pts, skipped + left_out)
         self.frames_lost += lost
@@ -746,9 +776,21 @@ class AVInput:
 
 
 def _jpeg_cut_short(packet: av.Packet) -> bool:
-    """Whether a JPEG lacks its end-of-image marker near its end (after it, at most a transport's
-    padding: an MJPEG part's line end)."""
-    return b"\xff\xd9" not in bytes(memoryview(packet)[-64:])
+    """Whether a JPEG lacks its end-of-image marker after its last scan's start (entropy-coded
+    data never holds one; after it, a camera may pad the frame with bytes of its own)."""
+    data = bytes(packet)
+    scan = data.rfind(b"\xff\xda")
+    return scan < 0 or data.find(b"\xff\xd9", scan) < 0
+
+
+def _drained(context) -> list[av.VideoFrame]:
+    """The frames a decoder still holds, and the decoder started afresh."""
+    try:
+        frames = list(context.decode(None))
+    except av.error.FFmpegError:
+        frames = []
+    context.flush_buffers()
+    return frames
 
 
 def _identity(image: np.ndarray) -> np.ndarray:
@@ -912,9 +954,12 @@ def _web_page(target: str) -> str | None:
     if url_scheme(target) not in ("http", "https"):
         return None
     try:
-        kind = first_byte(target, 3.0)[1].get_content_type()
+        headers = first_byte(target, 3.0)[1]
     except Exception:  # not asked: FFmpeg's own reading stands
         return None
+    if "Content-Type" not in headers:  # (an absent type reads as text/plain)
+        return None
+    kind = headers.get_content_type()
     return kind if kind in ("text/html", "text/plain", "application/json", "application/xhtml+xml") else None
 
 

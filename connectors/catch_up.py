@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass, field
 
 logger = logging.getLogger("segstream.connectors")
 
@@ -19,36 +20,47 @@ KEYFRAME_WAIT_S = 10.0
 # once this much of the stream's time was skipped
 BACKLOG_SPEED = 2.0
 PROBE_S = 0.5
+# a read that waited this long for its packet (at least; half a frame where that is more) found
+# none waiting: the packet came as soon as it could, and no backlog is behind it
+EDGE_WAIT_S = 0.01
+
+
+@dataclass(slots=True)
+class CatchUpTally:
+    """What a source's sessions' catch-ups did, over all its sessions: packets (frames) left
+    undecoded, catch-ups, whether the first catch-up and the first give-up were said, and when
+    the last packet was skipped (monotonic: a stall watchdog's sign of life)."""
+
+    skipped: int = 0
+    times: int = 0
+    told: bool = False
+    told_off: bool = False
+    last_skip: float = 0.0
+    log_extra: dict = field(default_factory=dict)
 
 
 class CatchUp:
-    """Decides, packet by packet in the order they are read, which a behind-live stream leaves
-    undecoded. A packet is behind by how much later it is read than its timestamp says, against
-    the earliest such offset of the stream (a packet that came as soon as it could: a late start
-    and a network's jitter are not lag; a clock up to ``CLOCK_DRIFT`` slower than ours neither).
-    An offset more than ``max_behind_s`` above the packet before's is a sender's pause or a jump
-    of its timestamps, not lag: the mark starts again there. Past ``max_behind_s`` it skips
-    packets until a keyframe read less than half of it behind, which is decoded; a reference
-    frame skipped would leave the frames after it undecodable (or, past ``KEYFRAME_WAIT_S`` of the
-    stream's time without one, until any packet). Skipped packets that come no faster than
-    ``BACKLOG_SPEED`` times their timestamps' pace are no backlog: the input itself is slower than
-    its timestamps (a server slower than real time, an MJPEG camera's made-up rate), and
-    catch-up is off for the session from the next keyframe. One a source: ``start`` at each
-    session's input; ``skipped`` counts the packets (frames) left out, ``times`` the catch-ups, over
-    all sessions. The first catch-up is a warning, later ones are counted."""
+    """Decides, packet by packet in the order one session reads them, which a behind-live stream
+    leaves undecoded. A packet is behind by how much later it is read than its timestamp says,
+    against the earliest such offset (a packet that came as soon as it could: a late start is not
+    lag; a clock up to ``CLOCK_DRIFT`` slower than ours neither). A read that had to wait for its
+    packet (``waited_s`` past ``EDGE_WAIT_S``, or half a frame) is at the live edge, whatever its
+    offset: the mark starts again there, so a network that holds packets back (jitter, a burst
+    after a stall) is no lag, nor a clock that drifts; so does an offset more than
+    ``max_behind_s`` above the packet before's (a sender's pause, a jump of its timestamps). Past
+    ``max_behind_s`` it skips packets until a keyframe read less than half of it behind, which is
+    decoded (``resumed`` then says so: a decoder that held frames is drained and started afresh);
+    a reference frame skipped would leave the frames after it undecodable (or, past
+    ``KEYFRAME_WAIT_S`` of the stream's time without one, until any packet). Skipped packets that
+    come no faster than ``BACKLOG_SPEED`` times their timestamps' pace are no backlog (a server
+    slower than real time): catch-up is off for the session from the next keyframe. The first
+    catch-up and the first give-up of a source are warnings; the rest is counted in ``tally``."""
 
-    def __init__(self, max_behind_s: float, name: str = "", log_extra: dict | None = None):
-        self.max_behind_s, self.name, self.log_extra = max_behind_s, name, log_extra or {}
-        self.skipped = 0
-        self.times = 0
-        self.told = self.told_off = False
-        self.last_skip = 0.0  # monotonic time of the last packet skipped (a stall watchdog's sign of life)
-        self.start(1.0)
-
-    def start(self, time_base: float) -> None:
-        """A new session's stream, its timestamps in ``time_base`` seconds: lag is measured anew."""
-        self.time_base = time_base
-        self.skipping = self.off = self._giving_up = False
+    def __init__(self, max_behind_s: float, time_base: float, frame_s: float, tally: CatchUpTally,
+                 name: str = ""):
+        self.max_behind_s, self.time_base, self.name, self.tally = max_behind_s, time_base, name, tally
+        self.edge_wait_s = max(EDGE_WAIT_S, frame_s / 2)
+        self.skipping = self.off = self.resumed = self._giving_up = False
         self._from = (0.0, 0.0)  # the Unix time and stream time (s) a catch-up began at
         self._earliest: float | None = None
         self._earliest_at = 0.0
@@ -57,80 +69,85 @@ class CatchUp:
         self._near_since: float | None = None  # the stream time it got within half of max_behind_s
         self._behind_at_start = 0.0
 
-    def behind(self, pts: int, now: float) -> float:
-        """How far behind live the packet at ``pts`` read at ``now`` (Unix time) is."""
+    def behind(self, pts: int, now: float, waited_s: float = 0.0) -> float:
+        """How far behind live the packet at ``pts`` read at ``now`` (Unix time), after waiting
+        ``waited_s`` for it, is."""
         offset = now - pts * self.time_base
         earliest = self._earliest
         if earliest is not None:
             earliest += CLOCK_DRIFT * (now - self._earliest_at)
-        if earliest is None or offset < earliest or offset - self._last > self.max_behind_s:
+        if (earliest is None or offset < earliest or offset - self._last > self.max_behind_s
+                or waited_s >= self.edge_wait_s):
             earliest = offset
         self._last, self._earliest, self._earliest_at = offset, earliest, now
         return offset - earliest
 
-    def skip(self, pts: int | None, keyframe: bool, now: float | None = None) -> bool:
+    def skip(self, pts: int | None, keyframe: bool, now: float | None = None, waited_s: float = 0.0) -> bool:
         """Whether to leave the packet at ``pts`` undecoded (one without a timestamp: as the one before)."""
+        self.resumed = False
         if pts is None:
             if self.skipping:
                 self._count()
             return self.skipping
         now = time.time() if now is None else now
-        behind = self.behind(pts, now)
+        behind = self.behind(pts, now, waited_s)
         if self.off:
             return False
         seconds = pts * self.time_base
         if not self.skipping:
             if behind <= self.max_behind_s:
                 return False
-            self.skipping, self.times, self._since, self._behind_at_start = True, self.times + 1, 0, behind
+            self.skipping, self._since, self._behind_at_start = True, 0, behind
+            self.tally.times += 1
             self._near_since, self._giving_up, self._from = None, False, (now, seconds)
         elif self._giving_up:
             if keyframe:
-                self.skipping, self.off = False, True
+                self.skipping, self.off, self.resumed = False, True, True
                 self._gave_up(behind)
                 return False
         elif behind < self.max_behind_s / 2:
             if self._near_since is None or seconds < self._near_since:
                 self._near_since = seconds
             if keyframe or seconds - self._near_since > KEYFRAME_WAIT_S:
-                self.skipping = False
+                self.skipping, self.resumed = False, True
                 self._caught_up(behind, keyframe)
                 return False
-        elif seconds - self._from[1] >= PROBE_S and (now - self._from[0]) * BACKLOG_SPEED > seconds - self._from[1]:
+        elif (seconds - self._from[1] >= PROBE_S and waited_s < self.edge_wait_s
+              and (now - self._from[0]) * BACKLOG_SPEED > seconds - self._from[1]):
             # the packets skipped came about as fast as their timestamps run: nothing waits to be
-            # skipped (a server slower than real time, timestamps that are not the camera's clock)
+            # skipped (a server slower than real time)
             self._giving_up = True
             if keyframe:
-                self.skipping, self.off = False, True
+                self.skipping, self.off, self.resumed = False, True, True
                 self._gave_up(behind)
                 return False
         self._count()
         return True
 
     def _count(self) -> None:
-        self.skipped, self._since, self.last_skip = self.skipped + 1, self._since + 1, time.monotonic()
+        tally = self.tally
+        tally.skipped, tally.last_skip, self._since = tally.skipped + 1, time.monotonic(), self._since + 1
 
     def _gave_up(self, behind: float) -> None:
-        if not self.told_off:
-            self.told_off = True
+        if not self.tally.told_off:
+            self.tally.told_off = True
             logger.warning(
                 "source %s is %.1f s behind live and its packets come no faster than their timestamps run (a server "
-                "slower than real time, or timestamps that are not the camera's clock): nothing waits to be skipped "
-                "— catch-up is off for it until it reconnects (%d frames were left out finding that)", self.name,
-                behind, self._since, extra=self.log_extra)
+                "slower than real time?): nothing waits to be skipped — catch-up is off for it until it reconnects "
+                "(%d frames were left out finding that)", self.name, behind, self._since, extra=self.tally.log_extra)
         else:
-            logger.debug("source %s: catch-up off until it reconnects", self.name, extra=self.log_extra)
+            logger.debug("source %s: catch-up off until it reconnects", self.name, extra=self.tally.log_extra)
 
     def _caught_up(self, behind: float, keyframe: bool) -> None:
         at = "a keyframe" if keyframe else f"a frame that is no keyframe (none for {KEYFRAME_WAIT_S:g} s)"
-        if not self.told:
-            self.told = True
+        if not self.tally.told:
+            self.tally.told = True
             logger.warning(
                 "source %s fell %.1f s behind live (its frames are decoded slower than they come): %d frames were "
                 "left undecoded up to %s %.1f s behind — later catch-ups are counted (frames_skipped), not logged; "
                 "have the camera send a smaller stream, give the source more CPU, or set max_behind_s: null to "
                 "decode every frame, late", self.name, self._behind_at_start, self._since, at, behind,
-                extra=self.log_extra)
+                extra=self.tally.log_extra)
         else:
             logger.debug("source %s caught up with live: %d frames left undecoded", self.name, self._since,
-                         extra=self.log_extra)
+                         extra=self.tally.log_extra)

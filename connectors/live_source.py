@@ -61,7 +61,7 @@ from segstream.connectors.av_input import (
     InputUnsupported,
     Picture,
 )
-from segstream.connectors.catch_up import CatchUp
+from segstream.connectors.catch_up import CatchUp, CatchUpTally
 from segstream.connectors.clock import Pacer, Timeline
 from segstream.connectors.errors import ResourceLimit, SourceError
 from segstream.connectors.frame_rate import FrameRateCap
@@ -346,8 +346,9 @@ class LiveSource:
         self.target = target
         self.max_fps = max_fps
         self._finished_skipped = 0  # frames over max_fps of sessions already let go
-        # one for all its sessions: what it left undecoded, and whether it said so
-        self.catch_up = CatchUp(max_behind_s, name, {"source": name}) if max_behind_s is not None else None
+        self.max_behind_s = max_behind_s
+        # what its sessions' catch-ups left undecoded, and whether they said so
+        self.catch_up_tally = CatchUpTally(log_extra={"source": name}) if max_behind_s is not None else None
         self.shown = shown if shown is not None else redact_url(target)
         self.policy = policy
         self.format = format
@@ -398,16 +399,21 @@ class LiveSource:
     @property
     def frames_caught_up(self) -> int:
         """Frames left undecoded to catch up with live (``max_behind_s``), over all sessions."""
-        return self.catch_up.skipped if self.catch_up is not None else 0
+        return self.catch_up_tally.skipped if self.catch_up_tally is not None else 0
+
+    @property
+    def catches_up(self) -> bool:
+        """Whether it leaves frames undecoded to catch up with live (and says so itself)."""
+        return self.max_behind_s is not None
 
     def _capped_open(self):
         """A session's input (``_open``), with a frame-rate cap of its own when ``max_fps`` is set:
         each session's first frame is kept, wherever its timestamps start."""
         opened = self._open()
         opened.cap = FrameRateCap(self.max_fps) if self.max_fps is not None else None
-        if self.catch_up is not None:
-            self.catch_up.start(float(opened.time_base))
-            opened.catch_up = self.catch_up
+        if self.max_behind_s is not None and not opened.wall_times:  # (made-up timestamps tell no lag)
+            opened.catch_up = CatchUp(self.max_behind_s, float(opened.time_base), float(opened.step * opened.time_base),
+                                      self.catch_up_tally, self.name)
         opened.carried, self._carried = self._carried, ()
         opened.log_extra = {"source": self.name}
         return opened
@@ -725,7 +731,7 @@ class LiveSource:
                         max(capture.last_read, waiting_since),
                     )
                 # packets left undecoded to catch up with live are a stream that goes on, not a stall
-                skipping = self.catch_up.last_skip if self.catch_up is not None else 0.0
+                skipping = self.catch_up_tally.last_skip if self.catch_up_tally is not None else 0.0
                 if now - max(waiting_since, skipping) > policy.stall_timeout_s:
                     self._stall(
                         f"no frame from '{self.shown}' for {policy.stall_timeout_s:g} s while data arrives "

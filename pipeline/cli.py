@@ -25,6 +25,7 @@ import json
 import logging
 import math
 import os
+import queue
 import resource
 import signal
 import threading
@@ -843,9 +844,9 @@ def run_pipeline(cfg: PipelineConfig, max_frames: int | None = None, progress: T
         finally:
             if server is not None:
                 server.reload = None
-            if signals.on_hangup is not None:
-                signals.on_hangup.close()
-                signals.on_hangup = None
+            hangup, signals.on_hangup = signals.on_hangup, None  # a SIGHUP from now on stops the run
+            if hangup is not None:
+                hangup.close()
 
 
 class _ReloadOnHangup:
@@ -855,24 +856,26 @@ class _ReloadOnHangup:
 
     def __init__(self, reload: Callable[[], tuple[bool, str]]):
         self.reload = reload
-        self._asked = threading.Event()
-        self._closed = False
+        # SimpleQueue.put may be called from a signal handler (an Event's lock, taken by the main
+        # thread when the handler interrupts it, would deadlock: found reviewing)
+        self._asked: queue.SimpleQueue = queue.SimpleQueue()
         NamedThread(target=self._run, name="segstream-hangup-reload", daemon=True).start()
 
     def __call__(self) -> None:
-        self._asked.set()
+        self._asked.put(True)
 
     def close(self) -> None:
-        self._closed = True
-        self._asked.set()
+        self._asked.put(False)
 
     def _run(self) -> None:
-        while True:
-            self._asked.wait()
-            self._asked.clear()
-            if self._closed:
-                return
-            self.reload()  # says what it did (or why not) in the log, as a reload by HTTP does
+        while self._asked.get():
+            try:
+                applied, line = self.reload()
+            except Exception as error:  # the thread lives on for the next SIGHUP; the run goes on
+                log.error("SIGHUP: the reload failed: %s: %s", type(error).__name__, error)
+                continue
+            if not applied and line.startswith("a reload is under way"):  # the reloader says nothing of it
+                log.warning("SIGHUP: %s", line)
 
 
 @contextlib.contextmanager

@@ -1879,7 +1879,10 @@ def interpolate(data: Any, environ: typing.Mapping[str, str] | None = None,
             if match.group(0) == "$$":
                 return "$"
             if match.group(1).startswith("file:"):
+                said = len(problems)
                 name = _REFERENCE.sub(resolve, match.group(1).removeprefix("file:"))  # its variables first
+                if len(problems) > said:  # a variable of its path is missing: that alone is said
+                    return ""
                 return file_secret(name, path, problems) if files else "***"
             ref = _VARIABLE.fullmatch(match.group(1))
             if ref is None:

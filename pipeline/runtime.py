@@ -930,7 +930,7 @@ class Runtime:
         before = self._timeline.get(name) if again else None
         own = _OwnCounts(self.metrics, name, source, counts.copy() if again else None)
         shift: _Shift | None = None
-        lag = _LiveLag(name, self.buffers[i], getattr(source, "catch_up", None) is not None) if source.live else None
+        lag = _LiveLag(name, self.buffers[i], getattr(source, "catches_up", False)) if source.live else None
         taken = 0
         try:
             self.metrics.beat(beat)

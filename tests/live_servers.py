@@ -198,13 +198,14 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
 class MjpegCamera:
     """An IP camera that serves MJPEG over HTTP (``multipart/x-mixed-replace``, a JPEG a part with
     its Content-Length) at ``fps``, each frame a moving square; with ``cut_every`` N, every Nth
-    frame is sent cut short at half its bytes (a camera's frame over a dropped link). ``sent``
+    frame is sent cut short at half its bytes (a camera's frame over a dropped link); ``pad``
+    zero bytes follow each JPEG's end (as some cameras send them). ``sent``
     counts the frames sent, ``cut`` those cut short."""
 
     BOUNDARY = "camframe"
 
-    def __init__(self, fps: float = 10, size: tuple[int, int] = (160, 120), cut_every: int = 0):
-        self.fps, self.size, self.cut_every = fps, size, cut_every
+    def __init__(self, fps: float = 10, size: tuple[int, int] = (160, 120), cut_every: int = 0, pad: int = 0):
+        self.fps, self.size, self.cut_every, self.pad = fps, size, cut_every, pad
         self.sent = self.cut = 0
         camera = self
 
@@ -242,6 +243,7 @@ class MjpegCamera:
             n += 1
             if self.cut_every and n % self.cut_every == 0:
                 data, self.cut = data[: len(data) // 2], self.cut + 1
+            data += bytes(self.pad)  # a camera's padding after the end-of-image marker
             out.write(f"--{self.BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(data)}\r\n\r\n".encode()
                       + data + b"\r\n")
             out.flush()

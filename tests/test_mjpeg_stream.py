@@ -34,7 +34,8 @@ def test_a_10_fps_mjpeg_camera_is_timed_by_its_frames_arrival_and_stays_live():
 
 
 def test_an_mjpeg_frame_cut_short_is_counted_as_a_decode_error_not_published_as_whole():
-    with MjpegCamera(fps=20, cut_every=4) as camera:
+    # (padded after their end, as some cameras send them: found reviewing, every frame was rejected)
+    with MjpegCamera(fps=20, cut_every=4, pad=100) as camera:
         source = StreamSource("lobby", camera.url, policy=ReconnectPolicy(read_timeout_s=5))
         frames = _take(source, 30)
     assert source.decode_errors >= 9, (source.decode_errors, camera.cut)
@@ -81,3 +82,20 @@ def test_a_camera_answering_its_login_page_is_said_to_answer_a_web_page(tmp_path
         source = StreamSource("gate", f"http://127.0.0.1:{server.port}/login.html", policy=ReconnectPolicy())
         with pytest.raises(SourceError, match=r"answered a web page \(text/html\), not video — a camera's login"):
             list(source.frames())
+
+
+def test_a_raw_h264_file_over_http_read_as_a_stream_plays_at_its_own_rate(tmp_path):
+    """Found reviewing: a raw H.264 file served over HTTP (a format without timestamps, but with a
+    size: a file, not a live stream) was timed by arrival and played at decoding speed."""
+    import subprocess
+
+    from tests.live_servers import FFMPEG, StaticHttpServer
+
+    subprocess.run([FFMPEG, "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=160x120:rate=25", "-t", "2",
+                    "-c:v", "libx264", "-bf", "0", "-f", "h264", str(tmp_path / "clip.h264")], check=True)
+    with StaticHttpServer(tmp_path) as server:
+        source = StreamSource("raw", f"http://127.0.0.1:{server.port}/clip.h264", policy=ReconnectPolicy())
+        frames = list(source.frames())
+    assert len(frames) == 50
+    assert abs(frames[-1].pts_seconds - frames[0].pts_seconds - 49 / 25) < 0.01
+    assert frames[-1].capture_wall - frames[0].capture_wall > 1.5, "played at its own rate, as a live stream"

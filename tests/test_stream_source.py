@@ -691,7 +691,8 @@ def test_a_web_page_instead_of_a_stream_fails_at_once_saying_so(tmp_path):
     with StaticHttpServer(tmp_path) as server:
         source = StreamSource("cam", f"http://127.0.0.1:{server.port}/index.html", policy=QUICK)
         source.on_state = log = StateLog()
-        with pytest.raises(SourceError, match="as video .*the video itself.*not retried; wait_for_input: true waits"):
+        with pytest.raises(SourceError, match=r"answered a web page \(text/html\), not video .*not retried; "
+                                              "wait_for_input: true waits"):
             list(source.frames())
     assert "reconnecting" not in log.states and log.states[-1] == "failed"
 
