@@ -20,9 +20,15 @@ KEYFRAME_WAIT_S = 10.0
 # once this much of the stream's time was skipped
 BACKLOG_SPEED = 2.0
 PROBE_S = 0.5
-# a read that waited this long for its packet (at least; half a frame where that is more) found
-# none waiting: the packet came as soon as it could, and no backlog is behind it
+# Reads that found no packet waiting, so that no backlog is behind them (the live edge): one that
+# waited HOLD_S (a network that held packets back), or EDGE_READS in a row that each waited
+# EDGE_WAIT_S (a quarter of a frame where that is more). A busy machine's scheduling alone made
+# single reads of a backlog wait up to 15 ms (4K60 over UDP on two cores, the model running:
+# 1 read in 1,000 over 10 ms, never two in a row), and one such read taken for the edge let the
+# stream fall twice as far behind before catching up.
+HOLD_S = 0.1
 EDGE_WAIT_S = 0.01
+EDGE_READS = 3
 
 
 @dataclass(slots=True)
@@ -43,9 +49,9 @@ class CatchUp:
     """Decides, packet by packet in the order one session reads them, which a behind-live stream
     leaves undecoded. A packet is behind by how much later it is read than its timestamp says,
     against the earliest such offset (a packet that came as soon as it could: a late start is not
-    lag; a clock up to ``CLOCK_DRIFT`` slower than ours neither). A read that had to wait for its
-    packet (``waited_s`` past ``EDGE_WAIT_S``, or half a frame) is at the live edge, whatever its
-    offset: the mark starts again there, so a network that holds packets back (jitter, a burst
+    lag; a clock up to ``CLOCK_DRIFT`` slower than ours neither). Reads that had to wait for their
+    packets (``waited_s``: one past ``HOLD_S``, or ``EDGE_READS`` in a row) are at the live edge,
+    whatever their offset: the mark starts again there, so a network that holds packets back (jitter, a burst
     after a stall) is no lag, nor a clock that drifts; so does an offset more than
     ``max_behind_s`` above the packet before's (a sender's pause, a jump of its timestamps). Past
     ``max_behind_s`` it skips packets until a keyframe read less than half of it behind, which is
@@ -59,7 +65,8 @@ class CatchUp:
     def __init__(self, max_behind_s: float, time_base: float, frame_s: float, tally: CatchUpTally,
                  name: str = ""):
         self.max_behind_s, self.time_base, self.name, self.tally = max_behind_s, time_base, name, tally
-        self.edge_wait_s = max(EDGE_WAIT_S, frame_s / 2)
+        self.edge_wait_s = max(EDGE_WAIT_S, frame_s / 4)
+        self._waiting_reads = 0  # reads in a row that waited edge_wait_s
         self.skipping = self.off = self.resumed = self._giving_up = False
         self._from = (0.0, 0.0)  # the Unix time and stream time (s) a catch-up began at
         self._earliest: float | None = None
@@ -76,8 +83,9 @@ class CatchUp:
         earliest = self._earliest
         if earliest is not None:
             earliest += CLOCK_DRIFT * (now - self._earliest_at)
-        if (earliest is None or offset < earliest or offset - self._last > self.max_behind_s
-                or waited_s >= self.edge_wait_s):
+        self._waiting_reads = self._waiting_reads + 1 if waited_s >= self.edge_wait_s else 0
+        at_edge = waited_s >= HOLD_S or self._waiting_reads >= EDGE_READS
+        if earliest is None or offset < earliest or offset - self._last > self.max_behind_s or at_edge:
             earliest = offset
         self._last, self._earliest, self._earliest_at = offset, earliest, now
         return offset - earliest
@@ -112,7 +120,7 @@ class CatchUp:
                 self.skipping, self.resumed = False, True
                 self._caught_up(behind, keyframe)
                 return False
-        elif (seconds - self._from[1] >= PROBE_S and waited_s < self.edge_wait_s
+        elif (seconds - self._from[1] >= PROBE_S and waited_s < HOLD_S
               and (now - self._from[0]) * BACKLOG_SPEED > seconds - self._from[1]):
             # the packets skipped came about as fast as their timestamps run: nothing waits to be
             # skipped (a server slower than real time)
