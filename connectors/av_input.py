@@ -493,6 +493,7 @@ class AVInput:
             if context.name == "mjpeg":
                 self.fps = None
         self._wall_start: float | None = None  # the Unix time of the first picture, with ``wall_times``
+        self._wall_last: int | None = None  # and the last picture's pts
         # a stream's silences longer than a second, up to its read timeout (past it, a stall;
         # a longer jump of the timestamps alone is a new sender's)
         self._gaps = SteadyGaps(self.step, self.fps, float(self.time_base), timeout[1] if lost_are_errors else 0.0,
@@ -571,7 +572,7 @@ class AVInput:
                 if packet.pts is not None and not carried and packet.has_sidedata("prft"):
                     wallclock, _ = _PRFT.unpack(bytes(packet.get_sidedata("prft"))[: _PRFT.size])
                     self._sender = (packet.pts, wallclock / 1e6)
-                if catch_up is not None and not carried:
+                if catch_up is not None and not carried and packet.size:  # (the last, empty one flushes)
                     if catch_up.skip(packet.pts, packet.is_keyframe, waited_s=self._read_wait_s):
                         # its place counted at the picture after it, as a rejected one's
                         if packet.pts is None:
@@ -582,14 +583,12 @@ class AVInput:
                 # a JPEG cut short (a camera's frame over a dropped connection): the decoder would fill
                 # in what is missing with the last frame's pixels and hand it over as whole
                 failed = jpeg and packet.size > 0 and _jpeg_cut_short(packet)
+                # decoding resumes at a keyframe after skipped ones: the frames the decoder held, then a
+                # decoder started afresh (an open GOP's leading frames refer to skipped ones: a fresh
+                # decoder drops them instead of inventing their references)
+                held = _drained(context) if catch_up is not None and catch_up.resumed else []
                 try:
-                    if catch_up is not None and catch_up.resumed:
-                        # decoding resumes at a keyframe after skipped ones: the frames the decoder held,
-                        # then a decoder started afresh (an open GOP's leading frames refer to skipped
-                        # ones: a fresh decoder drops them instead of inventing their references)
-                        frames = [*_drained(context), *context.decode(packet)]
-                    else:
-                        frames = [] if failed else context.decode(packet)
+                    frames = [*held, *([] if failed else context.decode(packet))]
                 except av.error.EOFError:
                     self._relay_ended()
                     return
@@ -601,7 +600,7 @@ class AVInput:
                         # decoded, and is no fault of the stream (nor a frame it lost)
                         self.before_keyframe += 1
                         continue
-                    failed, frames = True, []
+                    failed, frames = True, held
                 if failed or (carried and not frames and not decoded):  # a carried one swallowed: lost too
                     rejected += 1
                     if change_after is None:
@@ -725,10 +724,13 @@ class AVInput:
 
     def _picture(self, frame: av.VideoFrame) -> Picture:
         pts = self._timestamps.choose(frame.pts, frame.dts)
-        if self.wall_times:  # when its packet was read (one packet a picture: no reordering in such formats)
+        if self.wall_times:  # when its packet was read; pictures a read released together a frame apart
             read = self._read_wall
             self._wall_start = self._wall_start or read
             pts = round((read - self._wall_start) * 1_000_000)
+            if self._wall_last is not None and pts <= self._wall_last:
+                pts = self._wall_last + self.step
+            self._wall_last = pts
         sender = None
         if self._sender is not None and pts is not None:
             sender_pts, sender_wall = self._sender

@@ -51,7 +51,7 @@ class CatchUp:
     against the earliest such offset (a packet that came as soon as it could: a late start is not
     lag; a clock up to ``CLOCK_DRIFT`` slower than ours neither). Reads that had to wait for their
     packets (``waited_s``: one past ``HOLD_S``, or ``EDGE_READS`` in a row) are at the live edge,
-    whatever their offset: the mark starts again there, so a network that holds packets back (jitter, a burst
+    whatever their offset (not so a playlist's: ``edge_from_waits``): the mark starts again there, so a network that holds packets back (jitter, a burst
     after a stall) is no lag, nor a clock that drifts; so does an offset more than
     ``max_behind_s`` above the packet before's (a sender's pause, a jump of its timestamps). Past
     ``max_behind_s`` it skips packets until a keyframe read less than half of it behind, which is
@@ -63,8 +63,11 @@ class CatchUp:
     catch-up and the first give-up of a source are warnings; the rest is counted in ``tally``."""
 
     def __init__(self, max_behind_s: float, time_base: float, frame_s: float, tally: CatchUpTally,
-                 name: str = ""):
+                 name: str = "", edge_from_waits: bool = True):
         self.max_behind_s, self.time_base, self.name, self.tally = max_behind_s, time_base, name, tally
+        # a playlist's read that waits fetches its next segment, there already however far behind:
+        # no sign of the live edge (found reviewing: such a stream fell behind by a fetch a segment)
+        self.edge_from_waits = edge_from_waits
         self.edge_wait_s = max(EDGE_WAIT_S, frame_s / 4)
         self._waiting_reads = 0  # reads in a row that waited edge_wait_s
         self.skipping = self.off = self.resumed = self._giving_up = False
@@ -83,6 +86,7 @@ class CatchUp:
         earliest = self._earliest
         if earliest is not None:
             earliest += CLOCK_DRIFT * (now - self._earliest_at)
+        waited_s = waited_s if self.edge_from_waits else 0.0
         self._waiting_reads = self._waiting_reads + 1 if waited_s >= self.edge_wait_s else 0
         at_edge = waited_s >= HOLD_S or self._waiting_reads >= EDGE_READS
         if earliest is None or offset < earliest or offset - self._last > self.max_behind_s or at_edge:

@@ -413,7 +413,7 @@ class LiveSource:
         opened.cap = FrameRateCap(self.max_fps) if self.max_fps is not None else None
         if self.max_behind_s is not None and not opened.wall_times:  # (made-up timestamps tell no lag)
             opened.catch_up = CatchUp(self.max_behind_s, float(opened.time_base), float(opened.step * opened.time_base),
-                                      self.catch_up_tally, self.name)
+                                      self.catch_up_tally, self.name, edge_from_waits=opened.format_name not in _MANIFESTS)
         opened.carried, self._carried = self._carried, ()
         opened.log_extra = {"source": self.name}
         return opened

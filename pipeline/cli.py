@@ -859,16 +859,18 @@ class _ReloadOnHangup:
         # SimpleQueue.put may be called from a signal handler (an Event's lock, taken by the main
         # thread when the handler interrupts it, would deadlock: found reviewing)
         self._asked: queue.SimpleQueue = queue.SimpleQueue()
+        self._closed = False  # a SIGHUP queued before the run ended reloads nothing (found reviewing)
         NamedThread(target=self._run, name="segstream-hangup-reload", daemon=True).start()
 
     def __call__(self) -> None:
         self._asked.put(True)
 
     def close(self) -> None:
+        self._closed = True
         self._asked.put(False)
 
     def _run(self) -> None:
-        while self._asked.get():
+        while self._asked.get() and not self._closed:
             try:
                 applied, line = self.reload()
             except Exception as error:  # the thread lives on for the next SIGHUP; the run goes on

@@ -211,3 +211,49 @@ def test_a_busy_machine_s_scheduling_of_single_reads_is_no_live_edge():
         skipped.append((quiet.skip(n, n % 10 == 0, now), busy.skip(n, n % 10 == 0, now, waited_s=0.015 * (n % 7 == 0))))
         now += 0.0 if skipped[-1][0] else 0.1  # decoded at 10 fps of a 25 fps stream
     assert [q for q, _ in skipped] == [b for _, b in skipped] and any(q for q, _ in skipped)
+
+
+def test_a_playlist_s_segment_fetches_are_no_live_edge():
+    """Found reviewing: a behind-live HLS source's read at a segment's end fetches the next segment
+    (there already, however far behind), and a fetch of 0.15 s taken for the live edge restarted
+    the lag's mark: the stream fell 1.5 s further behind every 20 s, unseen."""
+    def lag_after(edge_from_waits: bool) -> float:
+        catch_up = CatchUp(1.0, 1 / FPS, 1 / FPS, CatchUpTally(), edge_from_waits=edge_from_waits)
+        now = 1000.0
+        for n in range(100 * FPS):  # 100 s of 2 s segments, decoded at half the stream's rate
+            waited = 0.15 if n % (2 * FPS) == 0 else 0.0  # the next segment's fetch
+            now += waited
+            if not catch_up.skip(n, n % FPS == 0, now, waited_s=waited):
+                now += 2 / FPS
+        return now - (1000.0 + n / FPS)
+
+    assert lag_after(edge_from_waits=False) < 1.5
+    assert lag_after(edge_from_waits=True) > 5.0  # what a live stream's waits would make of it
+
+
+def test_where_decoding_resumes_the_decoder_gives_the_frames_it_held_and_decodes_afresh():
+    from fractions import Fraction
+
+    import av
+    import numpy as np
+
+    from segstream.connectors.av_input import _drained
+
+    encoder = av.CodecContext.create("libx264", "w")
+    encoder.width, encoder.height, encoder.pix_fmt = 64, 48, "yuv420p"
+    encoder.time_base = Fraction(1, FPS)
+    encoder.options = {"preset": "fast", "bf": "2", "g": "5", "keyint_min": "5", "sc_threshold": "0"}
+    packets = []
+    for n in range(20):
+        frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), n * 10, np.uint8), format="rgb24").reformat(
+            format="yuv420p")
+        frame.pts = n
+        packets += encoder.encode(frame)
+    packets += encoder.encode(None)
+    decoder = av.CodecContext.create("h264", "r")
+    out = [f for p in packets[:8] for f in decoder.decode(p)]
+    held = _drained(decoder)
+    assert held and len(out) + len(held) == 8, (len(out), len(held))  # B-frames: the decoder held some
+    resume = next(i for i, p in enumerate(packets) if i >= 10 and p.is_keyframe)
+    after = [f for p in packets[resume:] for f in decoder.decode(p)] + list(decoder.decode(None))
+    assert [f.pts for f in after] == list(range(resume, 20)), [f.pts for f in after]
