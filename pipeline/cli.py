@@ -826,6 +826,12 @@ def run_pipeline(cfg: PipelineConfig, max_frames: int | None = None, progress: T
                 adapter = build_segmenter(cfg.model, batch_size=cfg.engine.batch_size)
         except _StoppedBeforeRun:
             return None
+        except SegstreamError:
+            # the stop raised inside torch's C code, which made its own error of it ("could not determine
+            # the shape of object type ..."): a checkpoint read as broken (exit 1), found by CI
+            if signals.stopping:
+                return None
+            raise
         runtime = build_runtime(
             cfg, max_frames=max_frames, progress=progress, metrics=metrics, stopping=lambda: signals.stopping,
             adapter=adapter, run_id=run_id,

@@ -263,6 +263,35 @@ def test_a_stop_while_run_starts_up_is_a_clean_stop_not_an_abort(tmp_path, signu
     assert "stopped before the run began" in err or "stopped" in err.splitlines()[-1], err
 
 
+def test_a_stop_that_torch_turned_into_an_error_of_its_own_while_the_model_loads_is_a_clean_stop(tmp_path):
+    """Found by CI: SIGINT while the checkpoint was being read raised inside torch's C code, which
+    made its own error of it ("could not determine the shape of object type ..."): the run said the
+    shipped checkpoint could not be read and exited 1. Here a build catches the stop as torch did."""
+    program = textwrap.dedent("""
+        import os, signal, time
+        from segstream.connectors.errors import CheckpointError
+        from segstream.pipeline import model_factory
+        from segstream.pipeline.cli import run_pipeline
+        from segstream.pipeline.config import validate_config
+
+        def build_segmenter(*args, **kwargs):
+            try:
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(1)
+            except BaseException as error:
+                raise CheckpointError(f"checkpoint cannot be read ({error!r})") from None
+
+        model_factory.build_segmenter = build_segmenter
+        cfg = validate_config({"sources": [{"name": "cam0", "type": "synthetic", "num_frames": 5}],
+                               "sinks": {"redis": {"enabled": False}}, "ops": {"http": None}})
+        print("report:", run_pipeline(cfg, progress=False))
+    """)
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "report: None", (done.stdout, done.stderr)
+
+
 def test_a_program_s_interrupt_inside_an_import_of_the_model_s_build_waits_for_it_and_stops(tmp_path):
     """Found probing from a notebook: an interrupt while the model's modules loaded ended the
     kernel (os._exit(130), the console command's way); a program calling segstream lives on, so the
