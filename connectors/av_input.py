@@ -51,7 +51,7 @@ from segstream.connectors.catch_up import CatchUp
 from segstream.connectors.errors import THREAD_LIMIT_HINT, ResourceLimit, SourceError, thread_start_failed
 from segstream.connectors.frame_rate import FrameRateCap
 from segstream.connectors.ffmpeg_relay import RELAYED_SCHEMES, FFmpegRelay, demuxer_options, relay_program
-from segstream.connectors.remote_files import first_byte, http_status
+from segstream.connectors.remote_files import http_status, web_page
 from segstream.connectors.threads import NamedThread
 from segstream.connectors.urls import exclusive_input, redact_url, url_scheme
 
@@ -432,7 +432,7 @@ class AVInput:
             raise self._server_error("cannot open") from None
         except Exception as error:
             verified = url_scheme(target) == "https" and str((options or {}).get("tls_verify")) == "1"
-            if isinstance(error, av.error.InvalidDataError) and (page := _web_page(target)) is not None:
+            if isinstance(error, av.error.InvalidDataError) and (page := web_page(target)) is not None:
                 raise InputRefused(f"'{self.shown}' answered a web page ({page}), not video — a camera's login or "
                                    "settings page? check the URL's path (the camera's stream URL) and credentials",
                                    missing=True) from None
@@ -484,7 +484,7 @@ class AVInput:
         # A live input whose format carries no timestamps (MJPEG over HTTP, a raw H.264 stream): FFmpeg
         # makes them up at a guessed rate, an MJPEG camera's 25 fps whatever it sends (a 10 fps camera
         # read 0.6 s further behind live each second, its max_fps kept one frame in 12): its frames are
-        # timed by when they leave the decoder instead, and an MJPEG stream's rate is not known.
+        # timed by when their packets are read instead, and an MJPEG stream's rate is not known.
         self.wall_times = (sender_may_change and self.duration_s is None and self.size_bytes is None
                            and bool(self.container.format.flags & _NO_TIMESTAMPS))
         if self.wall_times:
@@ -947,22 +947,6 @@ def open_error(error: BaseException, shown: str, open_timeout_s: float) -> Sourc
     if isinstance(error, (av.error.FFmpegError, OSError)):
         return SourceError(f"cannot open '{shown}': {describe_error(error)}")
     return SourceError(f"cannot open '{shown}': {type(error).__name__}")
-
-
-def _web_page(target: str) -> str | None:
-    """The content type of an http(s) ``target`` that answers a web page (HTML, JSON, text), which
-    FFmpeg calls invalid data (found probing: a camera's login page read as a lost connection);
-    None for anything else or a server that cannot be asked."""
-    if url_scheme(target) not in ("http", "https"):
-        return None
-    try:
-        headers = first_byte(target, 3.0)[1]
-    except Exception:  # not asked: FFmpeg's own reading stands
-        return None
-    if "Content-Type" not in headers:  # (an absent type reads as text/plain)
-        return None
-    kind = headers.get_content_type()
-    return kind if kind in ("text/html", "text/plain", "application/json", "application/xhtml+xml") else None
 
 
 _BOX = struct.Struct(">I4s")  # an ISO BMFF (MP4, MOV) box header: size, type

@@ -112,27 +112,23 @@ class CatchUp:
             self.skipping, self._since, self._behind_at_start = True, 0, behind
             self.tally.times += 1
             self._near_since, self._giving_up, self._from = None, False, (now, seconds)
-        elif self._giving_up:
-            if keyframe:
-                self.skipping, self.off, self.resumed = False, True, True
-                self._gave_up(behind)
-                return False
-        elif behind < self.max_behind_s / 2:
-            if self._near_since is None or seconds < self._near_since:
-                self._near_since = seconds
-            if keyframe or seconds - self._near_since > KEYFRAME_WAIT_S:
-                self.skipping, self.resumed = False, True
-                self._caught_up(behind, keyframe)
-                return False
-        elif (seconds - self._from[1] >= PROBE_S and waited_s < HOLD_S
-              and (now - self._from[0]) * BACKLOG_SPEED > seconds - self._from[1]):
-            # the packets skipped came about as fast as their timestamps run: nothing waits to be
-            # skipped (a server slower than real time)
-            self._giving_up = True
-            if keyframe:
-                self.skipping, self.off, self.resumed = False, True, True
-                self._gave_up(behind)
-                return False
+        elif not self._giving_up:  # (giving up waits for a keyframe, below)
+            if behind < self.max_behind_s / 2:
+                if self._near_since is None or seconds < self._near_since:
+                    self._near_since = seconds
+                if keyframe or seconds - self._near_since > KEYFRAME_WAIT_S:
+                    self.skipping, self.resumed = False, True
+                    self._caught_up(behind, keyframe)
+                    return False
+            elif (seconds - self._from[1] >= PROBE_S and waited_s < HOLD_S
+                  and (now - self._from[0]) * BACKLOG_SPEED > seconds - self._from[1]):
+                # the packets skipped came about as fast as their timestamps run: nothing waits to be
+                # skipped (a server slower than real time)
+                self._giving_up = True
+        if self._giving_up and keyframe:
+            self.skipping, self.off, self.resumed = False, True, True
+            self._gave_up(behind)
+            return False
         self._count()
         return True
 

@@ -89,3 +89,19 @@ def http_status(url: str, timeout_s: float) -> str | None:
             return f"{error.code} {error.reason}" + (f" (Retry-After: {wait})" if wait else "")
     except (OSError, ValueError, http.client.HTTPException):
         return None
+
+
+def web_page(url: str) -> str | None:
+    """The content type of an http(s) ``url`` that answers a web page (HTML, JSON, text), which
+    FFmpeg calls invalid data (found probing: a camera's login page read as a lost connection);
+    None for anything else or a server that cannot be asked."""
+    if urlsplit(url).scheme not in ("http", "https"):
+        return None
+    try:
+        headers = first_byte(url, 3.0)[1]
+    except Exception:  # not asked: FFmpeg's own reading stands
+        return None
+    if "Content-Type" not in headers:  # (an absent type reads as text/plain)
+        return None
+    kind = headers.get_content_type()
+    return kind if kind in ("text/html", "text/plain", "application/json", "application/xhtml+xml") else None

@@ -1851,7 +1851,8 @@ def interpolate(data: Any, environ: typing.Mapping[str, str] | None = None,
     The default applies when VAR is unset or empty (``${VAR-default}``: unset only); an unset VAR
     without default is an error naming the variable and the key, as is ``${VAR:?why}`` when VAR
     is unset or empty (``${VAR?why}``: unset), saying ``why``. ``${file:/run/secrets/x}`` is that
-    file's text (its path may hold variables: ``${file:${CREDENTIALS_DIRECTORY}/x}``) (a mounted secret's, read again at each reload), taken as a secret; with
+    file's text (a mounted secret's, read again at each reload; its path may hold variables:
+    ``${file:${CREDENTIALS_DIRECTORY}/x}``), taken as a secret; with
     ``files=False`` (``validate --no-files``) it is ``***``, unread. A reference in the credentials of a URL
     (``rtsp://user:${PASSWORD}@host/...``) is percent-encoded where the URL needs it, so that a
     password with ``@ : / ? # %`` works as it is: the variable holds the password as written.

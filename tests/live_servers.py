@@ -4,6 +4,7 @@ server that accepts connections and never says a word."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import http.server
 import os
@@ -176,7 +177,7 @@ class StaticHttpServer:
     """Serves a folder over HTTP on loopback (for HLS playlists and segments ffmpeg writes)."""
 
     def __init__(self, folder: Path):
-        handler = functools.partial(_QuietHandler, directory=str(folder))
+        handler = functools.partial(QuietHandler, directory=str(folder))
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self.port = self.server.server_address[1]
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -190,7 +191,7 @@ class StaticHttpServer:
         self.server.server_close()
 
 
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
     def log_message(self, format, *args):
         pass
 
@@ -209,18 +210,13 @@ class MjpegCamera:
         self.sent = self.cut = 0
         camera = self
 
-        class Handler(http.server.BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_GET(self):  # noqa: N802 (http.server's name)
                 self.send_response(200)
                 self.send_header("Content-Type", f"multipart/x-mixed-replace; boundary={MjpegCamera.BOUNDARY}")
                 self.end_headers()
-                try:
+                with contextlib.suppress(OSError):  # the reader went away
                     camera._serve(self.wfile)
-                except OSError:  # the reader went away
-                    pass
-
-            def log_message(self, format, *args):
-                pass
 
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True

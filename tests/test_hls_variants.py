@@ -7,7 +7,7 @@ import subprocess
 import threading
 
 from segstream.connectors.av_input import AVInput
-from tests.live_servers import FFMPEG
+from tests.live_servers import FFMPEG, QuietHandler
 
 
 def test_a_master_playlist_s_other_variants_are_not_downloaded(tmp_path):
@@ -23,13 +23,10 @@ def test_a_master_playlist_s_other_variants_are_not_downloaded(tmp_path):
         "#EXT-X-STREAM-INF:BANDWIDTH=200000,RESOLUTION=160x120\nlo/index.m3u8\n")
     requests = collections.Counter()
 
-    class Counting(http.server.SimpleHTTPRequestHandler):
+    class Counting(QuietHandler):
         def do_GET(self):  # noqa: N802 (http.server's name)
             requests[self.path.split("/")[1]] += 1
             return super().do_GET()
-
-        def log_message(self, format, *args):
-            pass
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Counting, directory=str(tmp_path)))
     threading.Thread(target=server.serve_forever, daemon=True).start()

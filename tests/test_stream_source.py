@@ -562,7 +562,7 @@ def test_a_finite_video_lost_part_way_fails_instead_of_starting_over(tmp_path):
     import subprocess
 
     from tests.conftest import encode_clip
-    from tests.live_servers import FFMPEG, _QuietHandler
+    from tests.live_servers import FFMPEG, QuietHandler
 
     clip = encode_clip(tmp_path / "clip.mp4", frames=40)
     subprocess.run([FFMPEG, "-v", "error", "-i", str(clip), "-c", "copy", "-movflags", "+faststart",
@@ -570,7 +570,7 @@ def test_a_finite_video_lost_part_way_fails_instead_of_starting_over(tmp_path):
     data = (tmp_path / "fast.mp4").read_bytes()
     release = threading.Event()
 
-    class HalfThenSilent(_QuietHandler):
+    class HalfThenSilent(QuietHandler):
         def do_GET(self):
             self.send_response(200)
             self.send_header("Content-Type", "video/mp4")
