@@ -1,7 +1,8 @@
 # segstream: EoMT segmentation of video streams, published to Redis Streams.
 # GPU at run time comes from the NVIDIA container toolkit (see docker-compose.yml); the PyPI
 # torch wheels bring their own CUDA libraries, and PyAV's wheels their own FFmpeg.
-FROM python:3.11-slim
+# Debian 12 named, not the floating tag: a rebuild gets the same system (its ffmpeg 5.1, below).
+FROM python:3.11-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \

@@ -148,7 +148,8 @@ def _hub_target(reference: str) -> tuple[str, list[str], str]:
         importlib.import_module("huggingface_hub")
     except ImportError:
         raise CheckpointError(
-            f"'{reference}' needs huggingface_hub (pip install -e \".[hub]\" in the segstream checkout), or {local_hint}"
+            f"'{reference}' needs huggingface_hub, which is not installed here (pip install huggingface_hub: segstream's "
+            f"hub extra), or {local_hint}"
         ) from None
     return repo_id, [filename] if filename else list(CHECKPOINT_FILES), local_hint
 
@@ -386,9 +387,13 @@ def load_eomt(preset: Preset, checkpoint: str | None = None) -> EoMT:
 def check_checkpoint(preset: Preset, checkpoint: str | None = None) -> None:
     """What loading ``checkpoint`` into ``preset`` would refuse, found without loading it: the
     file's kind, and its tensors' names and shapes against the preset's (``segstream validate``;
-    the weights stay on disk). A hub reference and ``random`` are not checked."""
+    the weights stay on disk). A hub reference is checked only for huggingface_hub being installed
+    (what the run needs to read it), ``random`` not at all."""
     reference = checkpoint or preset.weights
-    if not reference or reference == RANDOM or reference.startswith(HF_PREFIX):
+    if reference and reference.startswith(HF_PREFIX):
+        _hub_target(reference)  # an install without the hub extra: said now, not when the run starts
+        return
+    if not reference or reference == RANDOM:
         return
     path = checkpoint_path(reference)
     state = read_state_dict(path, shapes_only=True)

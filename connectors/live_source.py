@@ -771,8 +771,8 @@ class LiveSource:
                 return reason, data
             paused_s = last[1]
         return (
-            f"segstream was paused for {paused_s:.1f} s (SIGSTOP, suspend or VM pause), past the "
-            f"{data['timeout_s']:g} s {data['phase']} timeout of '{self.shown}': not the source's fault",
+            f"segstream was paused for {paused_s:.1f} s (SIGSTOP, suspend, VM pause, or a machine too busy to run it), "
+            f"past the {data['timeout_s']:g} s {data['phase']} timeout of '{self.shown}': not the source's fault",
             {**data, "paused_s": round(paused_s, 1)},
         )
 

@@ -74,8 +74,8 @@ class PauseWatch:
             if paused_s < MIN_PAUSE_S or self._thread is None:
                 return
             self._pauses.append((now[0], paused_s))
-        logger.warning("segstream was paused for %.1f s (SIGSTOP, suspend or VM pause): live sources got nothing "
-                       "meanwhile, through no fault of theirs", paused_s)
+        logger.warning("segstream was paused for %.1f s (SIGSTOP, suspend, VM pause, or a machine too busy to run it): "
+                       "live sources got nothing meanwhile, through no fault of theirs", paused_s)
 
     def last(self) -> tuple[float, float] | None:
         """The latest pause as ``(ended_at, seconds)``, a pause just ended included; None if none."""

@@ -77,7 +77,7 @@ def _ray():
     try:
         import ray
     except ImportError:
-        raise ConfigError("--engine ray needs Ray: pip install -e \".[ray]\" in the segstream checkout (or choose --engine local)") from None
+        raise ConfigError("--engine ray needs Ray, which is not installed here — pip install ray (segstream's ray extra), or choose --engine local") from None
     return ray
 
 

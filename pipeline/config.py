@@ -1649,12 +1649,19 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+# The configs shipped in the package (segstream/configs/ of an installed wheel; configs/ of a checkout)
+SHIPPED_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
 def read_yaml(path: str | Path) -> dict:
     path = Path(path)
     try:
         text = read_saved_text(path)  # a Windows editor's UTF-16 too
     except FileNotFoundError:
-        raise ConfigError(f"config file '{path}' does not exist") from None
+        shipped = SHIPPED_CONFIGS / path.name
+        # the README's `configs/...` paths are a checkout's: an installed segstream has them elsewhere
+        hint = f" — segstream ships a config of that name: {shipped} (copy it to edit it)" if shipped.is_file() else ""
+        raise ConfigError(f"config file '{path}' does not exist{hint}") from None
     except OSError as error:
         raise ConfigError(f"cannot read config file '{path}': {error}") from None
     except ValueError as error:

@@ -160,7 +160,7 @@ def require_trackeval() -> None:
         import trackeval.metrics  # noqa: F401
     except ImportError:
         raise ConfigError(
-            "tracking metrics need TrackEval — pip install -e \".[eval]\" in the segstream checkout (or pip install trackeval)"
+            "tracking metrics need TrackEval, which is not installed here — pip install trackeval (segstream's eval extra)"
         ) from None
 
 

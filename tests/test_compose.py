@@ -24,7 +24,7 @@ def services():
 def test_redis_service_runs_without_append_only_file_and_reports_health(services):
     redis = services["redis"]
 
-    assert redis["image"] == "redis:7-alpine"
+    assert redis["image"] == "redis:7.4-alpine"  # pinned: a floating tag changes under a site
     assert "--appendonly no" in " ".join(redis["command"])
     assert any(str(port).endswith("6379:6379") for port in redis["ports"])
     assert "redis-cli" in redis["healthcheck"]["test"][1] and "ping" in redis["healthcheck"]["test"][1]
@@ -73,7 +73,7 @@ def test_segstream_healthcheck_is_valid_python(services):
 def test_dockerfile_installs_with_constraints_and_runs_segstream_unprivileged():
     dockerfile = (ROOT / "Dockerfile").read_text()
 
-    assert dockerfile.count("FROM ") == 1 and "FROM python:3.11-slim" in dockerfile
+    assert dockerfile.count("FROM ") == 1 and "FROM python:3.11-slim-bookworm" in dockerfile
     assert re.search(r"pip install --constraint constraints\.txt \.$", dockerfile, re.M)
     users = re.findall(r"^USER (\S+)", dockerfile, re.M)
     # found probing: Kubernetes' runAsNonRoot refuses an image whose user is a name (it cannot check it)

@@ -332,6 +332,17 @@ def test_missing_config_file(capsys, tmp_path):
     assert line == f"config file '{tmp_path / 'nope.yaml'}' does not exist"
 
 
+def test_a_shipped_config_s_name_not_found_here_says_where_the_installed_one_is(capsys, tmp_path, monkeypatch):
+    # the air-gapped install probe: the README's configs/... paths are a checkout's; a wheel has them elsewhere
+    from segstream.pipeline.config import SHIPPED_CONFIGS
+
+    monkeypatch.chdir(tmp_path)
+    [line] = errors_of(capsys, ["validate", "configs/rtsp_camera.yaml"])
+    assert line == (f"config file 'configs/rtsp_camera.yaml' does not exist — segstream ships a config of that name: "
+                    f"{SHIPPED_CONFIGS / 'rtsp_camera.yaml'} (copy it to edit it)")
+    assert (SHIPPED_CONFIGS / "rtsp_camera.yaml").is_file()
+
+
 def test_duplicate_source_names(capsys, write, clip):
     text = VALID.format(clip=clip).replace("name: synth", "name: cam0")
     [line] = errors_of(capsys, ["validate", write(text)])

@@ -73,8 +73,6 @@ def test_reading_rotation_keeps_no_decoded_frame_alive(tmp_path):
     # matrix of every frame kept each decoded frame until a full garbage collection.
     import gc
 
-    import av
-
     clip = _marked_clip(tmp_path / "rot90.mp4", 90, frames=40)
     gc.collect()
     before = _video_frames()  # another test's, held by a thread of its that has not ended yet

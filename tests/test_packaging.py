@@ -133,3 +133,35 @@ def test_output_a_terminal_cannot_encode_is_escaped_not_a_traceback(tmp_path):
     assert out.returncode == 0, out.stderr.decode()
     assert b"Traceback" not in out.stderr
     assert b"vid\\xe9/\\xe9t\\xe9.mp4" in out.stdout
+
+
+def test_constraints_pin_every_package_the_installed_extras_bring():
+    # the air-gapped install probe: 39 packages of CI's tree were unpinned, so a wheel folder made a month
+    # later held other versions than CI tested. The tree of segstream's requirements and extras, as installed.
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    repo = Path(__file__).resolve().parents[1]
+    pinned = {canonicalize_name(line.split("==")[0]): line.split("==")[1].strip()
+              for line in (repo / "constraints.txt").read_text().splitlines() if "==" in line and not line.startswith("#")}
+    seen, unpinned, wrong = set(), [], []
+    waiting = [(req, ("test", "hub", "eval", "ray")) for req in metadata.requires("segstream") or []]
+    while waiting:
+        text, extras = waiting.pop()
+        req = Requirement(text)
+        name = canonicalize_name(req.name)
+        if name in seen or (req.marker and not any(req.marker.evaluate({"extra": e}) for e in extras or ("",))):
+            continue
+        try:
+            version = metadata.version(name)
+        except metadata.PackageNotFoundError:  # a marker's platform or Python version not this one's
+            continue
+        seen.add(name)
+        if name not in pinned:
+            unpinned.append(f"{name}=={version}")
+        elif pinned[name] != version:
+            wrong.append(f"{name}: {pinned[name]} pinned, {version} installed")
+        waiting += [(r, tuple(req.extras)) for r in metadata.requires(name) or []]
+    assert len(seen) > 60
+    assert not unpinned, f"add to constraints.txt: {' '.join(sorted(unpinned))}"
+    assert not wrong, wrong

@@ -249,6 +249,20 @@ def test_a_published_presets_weights_not_cached_fail_offline_where_plain_validat
     assert "set model.checkpoint to the local file" in model_line
 
 
+def test_plain_validate_fails_a_hub_model_where_huggingface_hub_is_not_installed(tmp_path):
+    # the air-gapped install probe: validate said ok, and the run then failed for want of the hub extra
+    config = write_config(tmp_path, FILE_SOURCE)
+    without_hub = ("import sys; sys.modules['huggingface_hub'] = None; from segstream.pipeline.entry import main; "
+                   "sys.argv[0] = 'segstream'; sys.exit(main())")
+    done = subprocess.run([sys.executable, "-c", without_hub, "validate", str(config),
+                           "--set", "model.preset=coco_panoptic_eomt_small_640_2x"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "hf://tue-mps/coco_panoptic_eomt_small_640_2x' needs huggingface_hub, which is not installed here" in done.stderr
+    assert "pip install huggingface_hub" in done.stderr and "set model.checkpoint to the local file" in done.stderr
+
+
 def test_a_hub_checkpoint_fails_when_offline_and_not_cached_and_passes_once_in_the_cache(tmp_path):
     model = "{preset: synthetic_eomt_tiny_256, device: cpu, checkpoint: 'hf://acme/tiny-site/model.safetensors'}"
     config = write_config(tmp_path, FILE_SOURCE, model=model)

@@ -14,8 +14,10 @@ import time
 from segstream.connectors.redis_reader import tail
 from segstream.connectors.redis_wire import event_to_wire, to_wire
 from segstream.models.results import Event
-from tests.test_redis_sink import server  # noqa: F401 (fixture: an embedded Redis; conftest's client flushes it per test)
+from tests import test_redis_sink
 from tests.test_redis_wire import synthetic_scene
+
+server = test_redis_sink.server  # the fixture: an embedded Redis (conftest's client flushes it per test)
 
 HOSTILE = "disc\x1b[2J\x1b[31mFAKE"
 
