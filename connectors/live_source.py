@@ -296,7 +296,12 @@ class _Sender:
                 return self._new(f"its timestamps jumped {jump:+.1f} s in {waited:.1f} s",
                                  max(silence if silence > self.SILENCE_S and self.silences else 0.0, pending))
             if pending and not next_frame:
-                return self._new(f"its timestamps went {jump:+.1f} s on after {pending:.1f} s of silence", pending)
+                if jump < pending / 2:
+                    return self._new(f"its timestamps went {jump:+.1f} s on after {pending:.1f} s of silence", pending)
+                # the frames held back were the old sender's last, and its clock ran through the silence: the
+                # network's outage, not a new sender (a 4 s one was read as one: a new epoch, its tracks ended)
+                self.pending_s, self.pending_left = 0.0, 0
+                return None
             # A sender's clock runs through a silence of its own or the network's (its next frame is
             # as much later); one that did not was started again: an encoder restarted within the
             # read timeout, its clock from about where the old one began. Unless segstream itself

@@ -218,6 +218,62 @@ def test_a_udp_sender_restarted_within_the_read_timeout_is_a_new_sender_after_it
     assert log.states.count("reconnecting") == 0
 
 
+class _UdpLink:
+    """A UDP link between a sender and a port that can go down (``down``: its datagrams are lost)."""
+
+    def __init__(self, to_port: int):
+        self.port, self.down, self.lost = free_port(socket.SOCK_DGRAM), False, 0
+        self._in = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self._in.bind(("127.0.0.1", self.port))
+        self._in.settimeout(0.2)
+        self._out, self._to = socket.socket(socket.AF_INET, socket.SOCK_DGRAM), ("127.0.0.1", to_port)
+        self._closed = False
+        self._thread = threading.Thread(target=self._forward, daemon=True)
+        self._thread.start()
+
+    def _forward(self):
+        while not self._closed:
+            try:
+                data = self._in.recv(65536)
+            except OSError:
+                continue
+            if self.down:
+                self.lost += 1
+            else:
+                self._out.sendto(data, self._to)
+
+    def close(self):
+        self._closed = True
+        self._thread.join(2)
+        self._in.close()
+        self._out.close()
+
+
+def test_a_network_outage_under_the_read_timeout_is_the_same_sender_going_on():
+    # Found probing cameras on jittery links: a 4 s outage of the network (the sender streaming on, its
+    # clock running through it) read as "its stream started anew" after the old sender's frames held
+    # back in the decoder: a new epoch, and every track ended.
+    port, source, log, frames, thread = _udp_source_reading(read_timeout_s=8)
+    link = _UdpLink(port)
+    try:
+        with FfmpegStream(["-f", "mpegts", f"udp://127.0.0.1:{link.port}?pkt_size=1316"], fps=10):
+            wait_for(lambda: len(frames) >= 10, 20, "frames before the outage")
+            link.down = True
+            time.sleep(4.0)
+            link.down = False
+            before = len(frames)
+            wait_for(lambda: len(frames) >= before + 10, 20, "frames after the outage")
+    finally:
+        source.close()
+        thread.join(5)
+        link.close()
+    assert link.lost > 20, link.lost
+    assert log.states.count("streaming") == 1 and {f.epoch for f in frames} == {0}, log.entries
+    gaps = [b.pts_seconds - a.pts_seconds for a, b in zip(frames, frames[1:])]
+    assert 3.5 <= max(gaps) <= 4.6, max(gaps)  # the outage is in the frames' timeline, as it was in the sender's
+    assert 3.5 <= source.gap_s <= 4.6, source.gap_s  # and in the down time, once
+
+
 def test_a_consumer_that_takes_its_time_is_no_silence_of_the_sender():
     # the reads stand still while the consumer takes no picture (back-pressure): frames decoded
     # after seconds, their timestamps a frame on, are the same sender's
