@@ -31,7 +31,7 @@ import numpy as np
 from scipy import ndimage
 
 from segstream.connectors.errors import SinkError
-from segstream.connectors.output_files import open_output
+from segstream.connectors.output_files import open_output, replace_synced
 from segstream.connectors.threads import name_os_thread_as_python
 from segstream.models.label_sets import LabelSet
 from segstream.models.results import NO_TRACK, FrameResult, Segments
@@ -259,7 +259,7 @@ def write_batch_panoptic(path: str | Path, videos: Sequence[tuple[str, int]]) ->
             with open(side, encoding="utf-8") as written_annotations:
                 shutil.copyfileobj(written_annotations, out)
             out.write('],"categories":' + json.dumps(cats or [], separators=(",", ":")) + "}\n")
-        os.replace(tmp, path)
+        replace_synced(tmp, path)
     except OSError as error:
         raise SinkError(f"cannot write '{path}': {error.strerror or error}") from None
     finally:

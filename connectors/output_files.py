@@ -92,3 +92,33 @@ def _shared(directory: Path) -> bool:
         return bool(os.stat(directory).st_mode & stat.S_IWOTH)
     except OSError:
         return False
+
+
+# Durability: a file written and renamed into place, or a line that says a file is done, survives a
+# power cut only if the file's data reached the disk first (ext4 and XFS may write the rename, or the
+# appended line, before the data: a file recorded done came back empty).
+
+
+def sync_path(path: str | Path) -> None:
+    """``path`` (a file, or a folder's entries) on disk (fsync)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | (os.O_DIRECTORY if os.path.isdir(path) else 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def sync_tree(folder: str | Path) -> None:
+    """Every file and folder under ``folder``, and ``folder`` itself, on disk."""
+    for where, _, files in os.walk(folder):
+        for name in files:
+            sync_path(os.path.join(where, name))
+        sync_path(where)
+
+
+def replace_synced(written: str | Path, path: str | Path) -> None:
+    """``os.replace(written, path)`` once ``written`` is on disk, then the rename too: after a
+    power cut ``path`` is the old file or the new one whole, never the new one empty."""
+    sync_path(written)
+    os.replace(written, path)
+    sync_path(os.path.dirname(os.path.abspath(path)))

@@ -29,7 +29,7 @@ from typing import IO
 from segstream.connectors.coco_panoptic import CocoPanopticWriter
 from segstream.connectors.errors import SinkError
 from segstream.connectors.files_sink import entry_line
-from segstream.connectors.output_files import open_output
+from segstream.connectors.output_files import open_output, sync_path, sync_tree
 from segstream.connectors.overlay import OverlayVideo, draw_overlay
 from segstream.connectors.redis_wire import event_to_wire, to_wire
 from segstream.models.label_sets import LabelSet
@@ -133,9 +133,15 @@ class VideoOutputs:
         self._frames = self._events = self._coco = self._overlay = None
 
     def commit(self) -> list[str]:
-        """Finish every file and move the folder into place (replacing an older one); returns
-        the outputs' paths relative to the root."""
-        self._close_writers()
+        """Finish every file, have them on disk, and move the folder into place (replacing an older
+        one), on disk too: what the manifest then records done survives a power cut. Returns the
+        outputs' paths relative to the root."""
+        try:
+            self._close_writers()  # a full disk may show only now, as the last buffers go out
+            sync_tree(self.partial)
+        except OSError as error:
+            raise SinkError(f"cannot finish the outputs of {self.video_id} in '{self.partial}': "
+                            f"{error.strerror or error}") from None
         outputs = sorted(str(p.relative_to(self.partial)) for p in self.partial.iterdir())
         old = None
         try:
@@ -143,6 +149,7 @@ class VideoOutputs:
                 old = self.partial.with_name(self.partial.name + ".old")
                 os.rename(self.final, old)
             os.rename(self.partial, self.final)
+            sync_path(self.root)
         except OSError as error:
             raise SinkError(f"cannot move '{self.partial}' to '{self.final}': {error.strerror}") from None
         if old is not None:
@@ -158,6 +165,13 @@ class VideoOutputs:
         shutil.rmtree(self.partial, ignore_errors=True)
 
 
-def clear_partial(root: str | Path) -> None:
-    """Remove what stopped or killed runs left half-written under ``root``."""
-    shutil.rmtree(Path(root) / PARTIAL, ignore_errors=True)
+def clear_partial(root: str | Path) -> list[str]:
+    """Remove what stopped or killed runs left half-written under ``root``; returns the ids of
+    the videos whose outputs those were."""
+    folder = Path(root) / PARTIAL
+    try:
+        names = [p.name.removesuffix(".old") for p in folder.iterdir()]
+    except OSError:
+        names = []
+    shutil.rmtree(folder, ignore_errors=True)
+    return sorted({name.rpartition(".")[0] or name for name in names})

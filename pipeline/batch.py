@@ -45,7 +45,7 @@ from tqdm import tqdm
 
 from segstream.connectors.errors import ConfigError, SegstreamError, SinkError
 from segstream.connectors.frames import Frame
-from segstream.connectors.output_files import check_output_dir, open_output
+from segstream.connectors.output_files import check_output_dir, open_output, replace_synced
 from segstream.connectors.redaction import mask_userinfo, remember, scrub
 from segstream.connectors.sink import SINK_DROPS
 from segstream.connectors.text_files import read_saved_text
@@ -367,6 +367,18 @@ def probe(job: VideoJob, max_fps: float | None = None) -> None:
 # --- the manifest ----------------------------------------------------------------------------
 
 
+def read_manifest(path: Path) -> dict[str, dict]:
+    """The newest line of each video in the manifest at ``path`` (``OSError`` if unreadable)."""
+    records = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+            records[record["video"]] = record
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue
+    return records
+
+
 class Manifest:
     """``manifest.jsonl``: one line per video that ended (done or failed), appended and synced
     as each ends, so it survives a killed run; on opening and closing it is rewritten with only
@@ -380,12 +392,7 @@ class Manifest:
         self._lock = threading.Lock()
         try:
             if self.path.is_file() and not self.path.is_symlink():
-                for line in self.path.read_text(encoding="utf-8").splitlines():
-                    try:
-                        record = json.loads(line)
-                        self.records[record["video"]] = record
-                    except (json.JSONDecodeError, KeyError, TypeError):
-                        continue
+                self.records = read_manifest(self.path)
                 self._compact()
             self._file: IO[str] = open_output(self.path, "a", encoding="utf-8")
         except OSError as error:
@@ -404,7 +411,7 @@ class Manifest:
         try:
             with f:
                 f.write("".join(json.dumps(r, sort_keys=True) + "\n" for r in self.records.values()))
-            os.replace(tmp, self.path)
+            replace_synced(tmp, self.path)
         except OSError as error:
             with contextlib.suppress(OSError):  # ours, cut short
                 os.unlink(tmp)
@@ -529,9 +536,7 @@ class RedisMarks:
         try:
             with open_output(tmp, "w", encoding="utf-8") as f:
                 json.dump(self.marks, f, sort_keys=True)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
+            replace_synced(tmp, self.path)
         except OSError as error:
             if error.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EIO):
                 raise SinkError(f"cannot write '{error.filename or self.path}': {error.strerror or error}") from None
@@ -1215,7 +1220,9 @@ def run_batch(cfg: PipelineConfig, inputs: Sequence[str], engine: str = "local",
         missing = ", ".join(f"'{path}'" for path in paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
         raise ConfigError(f"no videos to process: {missing} do{'es' if len(paths) == 1 else ''} not exist")
     with output_lock(root):
-        clear_partial(root)
+        if unfinished := clear_partial(root):  # a run stopped by a kill, a power cut or an OOM killer
+            log.warning("an earlier run stopped before finishing %d video%s (%s): their half-written outputs were "
+                        "removed", len(unfinished), "s" if len(unfinished) != 1 else "", _named(unfinished, 5))
         manifest = Manifest(root / MANIFEST, output_settings(cfg, resolved=engine == "local"))
         try:
             jobs = plan(paths, manifest.ids(), manifest.numbers())
@@ -1295,8 +1302,17 @@ def _progress(jobs: Sequence[VideoJob], enabled: bool | None) -> Iterator[BatchP
 
 def main_batch(args) -> int:
     cfg = load_batch_config(args)
-    outcomes, skipped, signum = run_batch(cfg, args.inputs, args.engine, args.retry_failed, args.progress)
-    print(summary_table(outcomes, skipped, Path(cfg.batch.output) / MANIFEST))
+    manifest = Path(cfg.batch.output) / MANIFEST
+    try:
+        outcomes, skipped, signum = run_batch(cfg, args.inputs, args.engine, args.retry_failed, args.progress)
+    except SinkError as error:  # outputs that cannot be written (a full disk): no video after could be either
+        try:
+            done = sum(record.get("status") == "done" for record in read_manifest(manifest).values())
+        except OSError:
+            raise error from None
+        raise SinkError(f"{error} — the batch stopped there; {done} video{'s' if done != 1 else ''} done, as "
+                        f"{manifest} records: the same command again does the rest") from None
+    print(summary_table(outcomes, skipped, manifest))
     if signum is not None and any(o.status == "stopped" for o in outcomes):
         return 128 + signum
     # a video that failed before and was skipped is still not done: a cron job must not read "all done"

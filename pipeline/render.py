@@ -33,6 +33,7 @@ from segstream.connectors.errors import ConfigError, SegstreamError, SinkError
 from segstream.connectors.file_source import FileSource
 from segstream.connectors.frames import Frame
 from segstream.connectors.overlay import OutputWriteError, OverlayVideo, draw_overlay
+from segstream.connectors.output_files import replace_synced
 from segstream.connectors.redis_connection import COMMAND_LINE
 from segstream.connectors.redis_reader import StreamReader, _missing_stream_message, connect_redis
 from segstream.models.results import FrameResult
@@ -175,7 +176,7 @@ def render_stream(client, stream: str, video: str | Path, out: str | Path, opaci
         writer.close()
         if writer.frames:
             try:
-                os.replace(partial, out)
+                replace_synced(partial, out)
             except OSError as error:
                 raise OutputWriteError(partial, error.strerror or str(error), error.errno, "create") from None
     except BaseException as error:

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from segstream.connectors.output_files import replace_synced
 from segstream.connectors.synthetic import SyntheticScene
 from segstream.models.criterion import LossWeights, Target, mask_classification_loss
 from segstream.models.eomt import EoMT, EoMTConfig
@@ -169,13 +170,14 @@ def write_safetensors(state: dict[str, torch.Tensor], path: Path, metadata: dict
 
 @contextlib.contextmanager
 def _replacing(path: Path) -> Iterator[Path]:
-    """A file written beside ``path`` (the yielded path) and moved into place when whole: a kill
-    or a full disk mid-write keeps the old ``path``, and leaves no model-sized half file."""
+    """A file written beside ``path`` (the yielded path) and moved into place when whole and on
+    disk: a kill, a full disk or a power cut mid-write keeps the old ``path``, and leaves no
+    model-sized half file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.writing")
     try:
         yield partial
-        os.replace(partial, path)
+        replace_synced(partial, path)
     except BaseException:
         partial.unlink(missing_ok=True)
         raise

@@ -895,3 +895,45 @@ def test_the_table_says_what_the_videos_it_leaves_out_became(tmp_path):
     table = summary_table(outcomes, 0, tmp_path / MANIFEST, limit=100).splitlines()
     assert sum(" failed " in line for line in table) == 100
     assert "(201 more videos not listed: 1 done, 200 failed; the manifest has them all)" in table
+
+
+def test_a_video_is_on_disk_whole_before_the_manifest_records_it_done(tmp_path, monkeypatch):
+    # Found probing power cuts (an ext4 image copied mid-run): every video the manifest recorded done
+    # had a 0-byte panoptic.json, and the next run skipped them all and exited 0. Each file, its
+    # folders, and the rename into place are synced before the video's manifest line.
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for name in ("one", "two"):
+        encode_clip(videos / f"{name}.mp4", frames=3)
+    out = tmp_path / "out"
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.readlink(f"/proc/self/fd/{fd}")), real_fsync(fd))[1])
+    cfg = config(out, overlay=True, coco_panoptic=True, concurrency=1)
+    outcomes, _, _ = run_batch(cfg, [str(videos)], adapter=ColourSegmenter(), progress=False)
+    assert sorted(o.status for o in outcomes) == ["done", "done"]
+    manifest_syncs = [i for i, path in enumerate(synced) if path == str(out / MANIFEST)]
+    for video in ("one", "two"):
+        files = {str(p.relative_to(out / video)) for p in (out / video).rglob("*") if p.is_file()}
+        assert {"frames.jsonl", "panoptic.json", "overlay.mp4"} <= files and len(files) >= 6, files
+        partial = re.compile(rf"{re.escape(str(out))}/\.partial/{video}\.[0-9a-f]+(/.*)?$")
+        own = [i for i, path in enumerate(synced) if partial.match(path)]
+        assert files <= {partial.match(synced[i]).group(1).lstrip("/") for i in own if partial.match(synced[i]).group(1)}
+        recorded = next(i for i in manifest_syncs if i > own[-1])  # the line that says it is done
+        assert str(out) in synced[own[-1]:recorded], "the folder's rename into place, synced before the line"
+    # the batch's own COCO file, written aside and moved into place, is synced before it is moved
+    batch_json = str(out / "panoptic_batch.json.tmp")
+    assert batch_json in synced and synced.index(batch_json) < len(synced) - 1 and synced[-1] == str(out)
+
+
+def test_a_batch_says_which_videos_a_run_before_it_left_unfinished(tmp_path, caplog):
+    # Found probing kill -9: the next run removed the half-written folders without a word
+    videos, out, _ = _one_video_done(tmp_path, "one.mp4")
+    for leftover in ("two.0123456789ab", "three.ba9876543210", "three.ba9876543210.old"):
+        (out / ".partial" / leftover).mkdir(parents=True)
+    caplog.set_level(logging.WARNING, logger="segstream")
+    run_batch(config(out), [str(videos)], adapter=ColourSegmenter(), progress=False)
+    said = [r.getMessage() for r in caplog.records if "stopped before finishing" in r.getMessage()]
+    assert said == ["an earlier run stopped before finishing 2 videos (three, two): their half-written outputs were "
+                    "removed"]
+    assert not (out / ".partial").exists()
