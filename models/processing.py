@@ -229,6 +229,15 @@ def nearest_index(source: int, target: int) -> np.ndarray:
     return cv2.resize(lines, (1, target), interpolation=cv2.INTER_NEAREST_EXACT)[:, 0]
 
 
+def scale_label_map(label_map: np.ndarray, height: int, width: int) -> Tensor:
+    """A label map at ``height`` x ``width``, each output pixel the label under its centre (as
+    ``nearest_index``): a training target that sits where the scaled image's pixels do (torch's
+    legacy ``nearest`` takes the label at the output pixel's corner, half a source pixel up-left
+    of the image, which taught the models to draw their masks that far down-right)."""
+    rows, cols = nearest_index(label_map.shape[0], height), nearest_index(label_map.shape[1], width)
+    return torch.from_numpy(np.ascontiguousarray(label_map[np.ix_(rows, cols)]).astype(np.int64))
+
+
 def frame_label_map(
     small: np.ndarray, count: int, frame: tuple[int, int]
 ) -> tuple[np.ndarray | ScaledLabelMap, np.ndarray, np.ndarray]:

@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from segstream.connectors.synthetic import CLASSES
+from segstream.models.processing import scale_label_map
 from segstream.models.results import FrameResult
 from segstream.models.senatra import SeNaTra, SeNaTraConfig, SeNaTraOutput, densify, memberships
 from segstream.models.senatra_adapter import STEM, scale_frames
@@ -91,10 +92,9 @@ class NativeTarget:
 
 
 def native_target(truth: FrameResult, scaled: tuple[int, int], padded: tuple[int, int]) -> NativeTarget:
-    """The truth scaled like the input (nearest), as segment shares per stem cell."""
+    """The truth scaled like the input (the label under each pixel's centre), as segment shares per stem cell."""
     h, w = scaled
-    label = torch.from_numpy(truth.label_map.astype(np.int64))[None, None].float()
-    label = F.interpolate(label, (h, w), mode="nearest")[0, 0].long()
+    label = scale_label_map(truth.label_map, h, w)
     ids = torch.from_numpy(truth.segments.ids.astype(np.int64))
     onehot = torch.zeros((len(ids), *padded))
     onehot[:, :h, :w] = (label[None] == ids[:, None, None]).float()

@@ -32,7 +32,7 @@ from segstream.connectors.output_files import replace_synced
 from segstream.connectors.synthetic import SyntheticScene
 from segstream.models.criterion import LossWeights, Target, mask_classification_loss
 from segstream.models.eomt import EoMT, EoMTConfig
-from segstream.models.processing import letterbox, letterbox_size
+from segstream.models.processing import letterbox, letterbox_size, scale_label_map
 from segstream.models.results import FrameResult
 
 # Seeds below this are held out for evaluation; training scenes never use them.
@@ -271,8 +271,7 @@ def training_targets(truth: FrameResult, cfg: EoMTConfig) -> tuple[Target, torch
       zero on padding), for the auxiliary patch-class loss.
     """
     h, w = letterbox_size(truth.height, truth.width, cfg.img_size)
-    panoptic = torch.from_numpy(truth.label_map.astype(np.int64))[None, None].float()
-    scaled = F.interpolate(panoptic, (h, w), mode="nearest")[0, 0].long()
+    scaled = scale_label_map(truth.label_map, h, w)
     ids = torch.from_numpy(truth.segments.ids.astype(np.int64))
     classes = torch.from_numpy(truth.segments.class_ids.astype(np.int64))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from safetensors import safe_open
 
@@ -86,6 +87,30 @@ def test_targets_follow_the_letterbox_of_the_input():
     # 128x96 letterboxed to 64: the bottom quarter is padding, owned by no segment.
     assert target.masks[:, 12:].sum() == 0
     assert torch.allclose(target.masks[:, :12].sum(0), torch.ones(12, 16))
+
+
+def test_targets_sit_where_the_scaled_image_s_pixels_do():
+    # Found by a geometry audit: the label map was scaled with torch's legacy nearest (the label at
+    # each output pixel's corner), half a source pixel off the image, and the shipped model learnt to
+    # draw its masks about 0.4 input pixels down-right. Each segment's centroid in the target, against
+    # where its pixels' centroid lands in the target's cells (centre-aligned scaling), over two scenes.
+    cfg = smoke_config()
+    shifts = []
+    for seed in (3, 4):
+        _, truth = SyntheticScene(width=256, height=192, seed=seed).render()
+        target, _ = training_targets(truth, cfg)
+        cell = truth.width / cfg.mask_size  # frame pixels per mask cell (the letterbox keeps the ratio)
+        assert len(target.masks) == len(truth.segments)  # a target mask for each segment, in order
+        for mask, segment in zip(target.masks, truth.segments.ids.tolist(), strict=True):
+            rows, cols = np.nonzero(truth.label_map == segment)
+            if len(rows) < 400:  # a few cells: their centroid says little
+                continue
+            weights = mask / mask.sum()
+            got = [(weights.sum(1) * torch.arange(mask.shape[0])).sum(), (weights.sum(0) * torch.arange(mask.shape[1])).sum()]
+            want = [(rows.mean() + 0.5) / cell - 0.5, (cols.mean() + 0.5) / cell - 0.5]
+            shifts.append([float(g - w) for g, w in zip(got, want)])
+    mean = np.mean(shifts, axis=0)
+    assert len(shifts) >= 6 and np.all(np.abs(mean) < 0.04), (len(shifts), mean)  # the legacy scaling: +0.125 each way
 
 
 def test_patch_class_loss_takes_part_in_training():
