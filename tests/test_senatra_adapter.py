@@ -20,7 +20,7 @@ from segstream.models.processing import normalize
 from segstream.models.results import ScaledLabelMap
 from segstream.models.senatra import SeNaTra, SeNaTraConfig, carry, hierarchy
 from segstream.models.segmenter import results, upload
-from segstream.models.senatra_adapter import SeNaTraSegmenter, scale_frames, stem_to_scaled
+from segstream.models.senatra_adapter import SeNaTraSegmenter, SizeGroups, scale_frames, stem_to_scaled
 from segstream.pipeline.training import FIRST_TRAINING_SEED
 
 SMALL = SeNaTraConfig(
@@ -60,6 +60,22 @@ def test_frames_are_scaled_by_their_long_side_and_padded_to_whole_stem_cells():
     assert torch.allclose(pixels[0, :, 72:], black.expand(3, 24, 96))
     pixels, scaled = scale_frames([torch.zeros(30, 90, 3, dtype=torch.uint8)], 90)
     assert scaled == [(30, 90)] and pixels.shape[-2:] == (32, 92)
+
+
+def test_a_frame_s_segments_do_not_depend_on_the_frames_batched_with_it():
+    # Found by a geometry audit: a wide frame padded to a taller one's size in a batch had up to 3.8% of
+    # its pixels change class, so a batch's outputs changed with its concurrency and a live run's with
+    # which cameras' frames met in a batch. Frames of other sizes now run apart, each at its own.
+    segmenter = SeNaTraSegmenter(_model(), "panoptic", LABELS, "small")
+    wide, = _frames(count=1, width=240, height=80)
+    tall, = _frames(count=1, width=120, height=160, seed=FIRST_TRAINING_SEED + 1)
+    alone = segmenter.segment([wide])[0]
+    together = segmenter.segment([tall, wide, tall])
+    assert np.array_equal(together[1].label_map, alone.label_map)
+    assert together[1].segments.class_ids.tolist() == alone.segments.class_ids.tolist()
+    assert [len(level.ids) for level in together[1].levels] == [len(level.ids) for level in alone.levels]
+    assert np.array_equal(together[0].label_map, together[2].label_map)  # the same frame twice in one group
+    assert np.array_equal(together[0].label_map, segmenter.segment([tall])[0].label_map)
 
 
 def test_every_finer_segment_lies_inside_its_parent_at_frame_size():
@@ -208,12 +224,16 @@ def test_segment_embeddings_are_the_mean_final_token_over_each_segment():
 
 def test_frames_of_different_sizes_in_one_batch_get_no_segments_from_padding():
     segmenter = SeNaTraSegmenter(_model(seed=5, downsampling="uniform"), "panoptic", LABELS, "small")
-    frames = _frames(count=1, width=160, height=60) + _frames(count=1, width=60, height=160)
+    frames = _frames(count=1, width=160, height=62) + _frames(count=1, width=62, height=160)
     prepared = segmenter.prepare([upload(f, segmenter.device) for f in frames])
-    assert prepared.pixels.shape[-2:] == (96, 96)  # 96x36 and 36x96 padded to one size
+    assert prepared.pixels.shape[-2:] == (96, 96)  # 96x37 and 37x96 padded to one size
     outputs = segmenter.forward(prepared)
-    b, m, _ = outputs.class_logits.shape  # a 3x3 final grid: the last row/column is padding only
-    outputs = outputs._replace(class_logits=10 * F.one_hot(torch.arange(m) % 8, 8).float().expand(b, m, 8))
+    assert isinstance(outputs, SizeGroups) and [frames for frames, _ in outputs.groups] == [[0], [1]]
+    # each run apart at its own size, padded to whole stem cells (37 -> 40): every token given a class
+    for k, (frames, group) in enumerate(outputs.groups):
+        assert group.pixel_logits.shape[-2:] == [(10, 24), (24, 10)][k]
+        b, m, _ = group.class_logits.shape
+        outputs.groups[k] = (frames, group._replace(class_logits=10 * F.one_hot(torch.arange(m) % 8, 8).float().expand(b, m, 8)))
     for result in results(segmenter, outputs, prepared, segmenter.decide(outputs, prepared)):
         assert (result.segments.areas > 0).all(), result.segments.areas
         assert result.segments.areas.sum() == result.width * result.height
