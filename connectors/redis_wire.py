@@ -160,15 +160,31 @@ def result_record(result: FrameResult, masks: str | None = None) -> dict:
 
 
 def _polygons(label_map: np.ndarray, ids: list[int]) -> Iterator[list[list[int]]]:
-    """Each id's outer outlines as COCO polygons (flat x, y lists of at least three points)."""
+    """Each id's outer outlines as COCO polygons (flat x, y lists of at least three points) along
+    its pixels' edges, in COCO's coordinates (pixel x spans x to x + 1): drawn back by COCO's tools
+    (pycocotools' ``frPyObjects``) they give the mask's pixels exactly. OpenCV's contours run
+    through the outline pixels' centres, half a pixel inside: traced on the mask scaled 2x, each
+    point is a sub-pixel at the left or top (even) or right or bottom (odd) of its pixel, whose
+    edge is then ``ceil(point / 2)``."""
     try:
         import cv2
     except ImportError:
         raise ValueError("masks='polygons' needs OpenCV (pip install opencv-python-headless)") from None
     for segment_id in ids:
-        mask = (label_map == segment_id).astype(np.uint8)
-        contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-        yield [contour.reshape(-1).tolist() for contour in contours if len(contour) >= 3]
+        rows, cols = np.nonzero(label_map == segment_id)
+        if not len(rows):
+            yield []
+            continue
+        top, left = rows.min(), cols.min()
+        crop = (label_map[top : rows.max() + 1, left : cols.max() + 1] == segment_id).astype(np.uint8)
+        contours, _ = cv2.findContours(crop.repeat(2, 0).repeat(2, 1), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        outlines = []
+        for contour in contours:
+            points = (contour.reshape(-1, 2) + 1) // 2 + (left, top)
+            points = points[np.r_[True, np.any(points[1:] != points[:-1], axis=1)]]  # two sub-pixels, one edge
+            if len(points) >= 3:
+                outlines.append(points.reshape(-1).tolist())
+        yield outlines
 
 
 def _levels_to_wire(result: FrameResult, mask_encoding: str, fields: dict[str, bytes | str]) -> None:
