@@ -5,7 +5,8 @@ code; Ctrl-C, SIGTERM or SIGHUP drains the pipeline and exits 0 (from any state 
 modules have loaded; while they load, it ends at once with 128 + its number), a second one aborts with 128 + its number (130 for Ctrl-C, 143 for SIGTERM, 129 for SIGHUP); a run with no
 terminal and reloading on (a service) takes SIGHUP for a reload. A run in which a source failed
 exits 1 and says which and why.
-``--log-format json`` (or ``SEGSTREAM_LOG_FORMAT=json``) makes every line a JSON object.
+``--log-format json`` (or ``SEGSTREAM_LOG_FORMAT=json``) makes every line a JSON object, a usage
+mistake's too (exit 2).
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ from segstream.pipeline import entry
 from segstream.pipeline.entry import abort_if_loading
 from segstream.pipeline.train_cli import DATA_LAYOUT, add_data_arguments
 from segstream.pipeline.logs import (
+    ENV_FORMAT,
     LOG_FORMATS,
     LOG_LEVELS,
     LogLines,
@@ -89,11 +91,21 @@ log = logging.getLogger("segstream.cli")
 
 def main(argv: list[str] | None = None) -> int:
     try:
+        argv = sys.argv[1:] if argv is None else list(argv)
+        _Parser.json_errors = _json_logs_asked(argv)
         try:
-            args = _parser().parse_args(argv)
+            parser = _parser()
+            args, unknown = parser.parse_known_args(argv)
+            if unknown:  # said by the command's parser, with its usage (the top-level one's said segstream's)
+                getattr(args, "parser", parser).error(f"unrecognized arguments: {' '.join(unknown)}")
         except SystemExit as exit:
             return int(exit.code or 0)
-        configure_logging(getattr(args, "log_format", None), getattr(args, "log_level", None))
+        try:
+            configure_logging(getattr(args, "log_format", None), getattr(args, "log_level", None))
+        except ConfigError:
+            if _Parser.json_errors:  # a bad SEGSTREAM_LOG_LEVEL under JSON logs: its line JSON too
+                configure_logging("json", "info")
+            raise
         return args.command(args)
     except RuntimeError as error:
         if not thread_start_failed(error):  # else a bug: its traceback
@@ -169,15 +181,47 @@ def _pipeline_threads_alive() -> bool:
     return prefix is not None and any(t.name.startswith(prefix) and t.is_alive() for t in threading.enumerate())
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, its commands' too, without abbreviated options (a script's ``--max``
+    would break the day another ``--max-...`` came), and whose usage errors are one JSON line
+    under JSON logs, as every other line then is."""
+
+    json_errors = False  # JSON logs asked for (main sets it before parsing: no logging yet)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, allow_abbrev=False, **kwargs)
+
+    def error(self, message: str):
+        if not _Parser.json_errors:
+            super().error(message)
+        line = f"{self.prog}: {message} — `{self.prog} --help` says how it is used"
+        sys.stderr.write(signal_line(line, "ERROR", as_json=True).decode())
+        self.exit(2)
+
+
+def _json_logs_asked(argv: list[str]) -> bool:
+    """Whether ``argv`` (else SEGSTREAM_LOG_FORMAT) asks for JSON logs: read before argparse, so
+    that its own errors follow it. The last --log-format wins, as argparse's does."""
+    asked = os.environ.get(ENV_FORMAT)
+    for i, arg in enumerate(argv):
+        if arg == "--":
+            break
+        if arg == "--log-format" and i + 1 < len(argv):
+            asked = argv[i + 1]
+        elif arg.startswith("--log-format="):
+            asked = arg.partition("=")[2]
+    return (asked or "").lower() == "json"
+
+
 def _parser() -> argparse.ArgumentParser:
     def logging_options(p: argparse.ArgumentParser, default) -> None:
-        p.add_argument("--log-format", choices=LOG_FORMATS, default=default,
+        p.add_argument("--log-format", type=str.lower, choices=LOG_FORMATS, default=default,
                        help="text lines for people, or one JSON object per line for containers "
                             "(default: $SEGSTREAM_LOG_FORMAT, else text)")
-        p.add_argument("--log-level", choices=LOG_LEVELS, default=default,
-                       help="least severe level logged (default: $SEGSTREAM_LOG_LEVEL, else info)")
+        p.add_argument("--log-level", type=str.lower, choices=LOG_LEVELS, default=default,
+                       help="least severe level logged, in any case (default: $SEGSTREAM_LOG_LEVEL, else info)")
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="segstream", description="Streaming video segmentation with EoMT, published to Redis Streams."
     )
     parser.add_argument("--version", action="version", version=f"segstream {__version__}")
@@ -343,6 +387,8 @@ def _parser() -> argparse.ArgumentParser:
 
     for command in commands.choices.values():  # after the command too; left out there, the top-level value stands
         logging_options(command, argparse.SUPPRESS)
+        command.set_defaults(parser=command)  # whose usage an unrecognized argument is said with
+    parser.set_defaults(parser=parser)
     return parser
 
 

@@ -19,6 +19,7 @@ import time
 from datetime import datetime, timezone
 from typing import TextIO
 
+from segstream.connectors.errors import ConfigError
 from segstream.connectors.threads import run_id_of_thread
 
 LOG_FORMATS = ("text", "json")
@@ -145,17 +146,16 @@ class _StderrHandler(logging.StreamHandler):
 def configure_logging(format: str | None = None, level: str | None = None, stream: TextIO | None = None) -> None:
     """Send the ``segstream`` loggers to ``stream`` (default: stderr) as ``format`` (text or json;
     default from SEGSTREAM_LOG_FORMAT, else text) at ``level`` (default SEGSTREAM_LOG_LEVEL, else
-    info)."""
+    info), either in any case; a value that is none of them is a ``ConfigError``."""
     said = {ENV_FORMAT: format, ENV_LEVEL: level}  # what the caller gave, else the variable's
     format = (format or os.environ.get(ENV_FORMAT) or "text").lower()
     level = (level or os.environ.get(ENV_LEVEL) or "info").lower()
-    # a typo is said (once the handler is set), as --log-format's would be refused
-    unknown = [f"{name if said[name] is None else what}={value!r} is none of {', '.join(choices)}: using {fallback}"
-               for name, what, value, choices, fallback in ((ENV_FORMAT, "log format", format, LOG_FORMATS, "text"),
-                                                            (ENV_LEVEL, "log level", level, LOG_LEVELS, "info"))
-               if value not in choices]
-    format = format if format in LOG_FORMATS else "text"
-    level = level if level in LOG_LEVELS else "info"
+    # a typo is refused, as --log-format's is: a service meant to log JSON went on in text
+    for name, what, value, choices in ((ENV_FORMAT, "log format", format, LOG_FORMATS),
+                                       (ENV_LEVEL, "log level", level, LOG_LEVELS)):
+        if value not in choices:
+            given = f"{name}={value!r}" if said[name] is None else f"{what} {value!r}"
+            raise ConfigError(f"{given} is none of {', '.join(choices)}")
     handler = logging.StreamHandler(stream) if stream is not None else _StderrHandler()
     if format == "json":
         from pythonjsonlogger.json import JsonFormatter
@@ -181,8 +181,6 @@ def configure_logging(format: str | None = None, level: str | None = None, strea
     root.propagate = False
     _configured["format"] = format
     _json_everywhere(handler if format == "json" else None)
-    for line in unknown:
-        root.warning(line)
 
 
 def _json_everywhere(handler: logging.Handler | None) -> None:

@@ -1,0 +1,69 @@
+"""The command line itself: how its options are read and how a mistake in them is said."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from segstream.pipeline.cli import main
+
+DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+
+
+@pytest.mark.parametrize("argv", [
+    ["--log-format", "json", "run", "x.yaml", "--bogus"],
+    ["--log-format=json", "nosuchcmd"],
+    ["run", "x.yaml", "--log-format", "json", "--max-frames", "many"],
+    ["--log-format", "json"],
+])
+def test_a_usage_error_under_json_logs_is_one_json_line(capsys, argv):
+    # found probing as a CLI reviewer: argparse's usage and error, several plain lines, broke a log shipper's JSON
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    [line] = captured.err.splitlines()
+    record = json.loads(line)
+    assert record["level"] == "ERROR" and record["logger"] == "segstream.cli" and "time" in record
+    assert "--help` says how it is used" in record["message"] and captured.out == ""
+
+
+def test_a_usage_error_follows_json_logs_asked_for_in_the_environment(capsys, monkeypatch):
+    monkeypatch.setenv("SEGSTREAM_LOG_FORMAT", "JSON")
+    assert main(["run", "x.yaml", "--bogus"]) == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert "segstream run: unrecognized arguments: --bogus" in json.loads(line)["message"]
+    # the command line's format wins over the environment's
+    assert main(["--log-format", "text", "run", "x.yaml", "--bogus"]) == 2
+    assert capsys.readouterr().err.startswith("usage: segstream run")
+
+
+def test_an_unrecognized_argument_is_said_with_the_command_s_usage(capsys):
+    # found probing as a CLI reviewer: `segstream run x --bogus` printed segstream's usage, not run's
+    assert main(["run", "x.yaml", "--bogus"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: segstream run ") and "segstream run: error: unrecognized arguments: --bogus" in err
+
+
+def test_an_abbreviated_option_is_refused(capsys):
+    # found probing as a CLI reviewer: `demo --max 2` ran as --max-frames 2, and would break once another
+    # --max-... option came
+    assert main(["demo", "--max", "2"]) == 2
+    assert "unrecognized arguments: --max 2" in capsys.readouterr().err
+    assert main(["validate", str(DEMO), "--conn"]) == 2
+    assert "unrecognized arguments: --conn" in capsys.readouterr().err
+
+
+def test_the_log_level_and_format_are_taken_in_any_case(capsys, monkeypatch):
+    # found probing as a CLI reviewer: --log-level WARNING was refused, SEGSTREAM_LOG_LEVEL=WARNING taken
+    assert main(["--log-level", "WARNING", "--log-format", "Text", "validate", str(DEMO)]) == 0
+    monkeypatch.setenv("SEGSTREAM_LOG_LEVEL", "WARNING")
+    assert main(["validate", str(DEMO)]) == 0
+    assert capsys.readouterr().out.startswith("ok: ")
+
+
+def test_a_bad_log_level_in_the_environment_under_json_logs_is_said_in_json(capsys, monkeypatch):
+    monkeypatch.setenv("SEGSTREAM_LOG_LEVEL", "verbose")
+    assert main(["--log-format", "json", "validate", str(DEMO)]) == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert json.loads(line)["message"] == "SEGSTREAM_LOG_LEVEL='verbose' is none of debug, info, warning, error"
