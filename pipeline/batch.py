@@ -864,7 +864,11 @@ def _extra_sinks(cfg: PipelineConfig) -> list:
     sinks_cfg = cfg.sinks
     if sinks_cfg.redis.enabled and sinks_cfg.redis.url is None:
         sinks_cfg = sinks_cfg.model_copy(update={"redis": sinks_cfg.redis.model_copy(update={"enabled": False})})
-    return build_sinks(sinks_cfg)
+    # a sink left off is none: its folder, given, was said once (load_batch_config), not by each group or Ray
+    # task (a task's config, written out whole, gave every default: it warned of folders the user never set)
+    left_off = {section: type(getattr(sinks_cfg, section))() for section in ("files", "preview")
+                if not getattr(sinks_cfg, section).enabled}
+    return build_sinks(sinks_cfg.model_copy(update=left_off))
 
 
 def run_local(cfg: PipelineConfig, jobs: Sequence[VideoJob], root: Path, manifest: Manifest,
@@ -917,18 +921,19 @@ def run_local(cfg: PipelineConfig, jobs: Sequence[VideoJob], root: Path, manifes
     return outcomes
 
 
-def output_settings(cfg: PipelineConfig, resolved: bool = True) -> dict:
+def output_settings(cfg: PipelineConfig) -> dict:
     """What decides what a video's outputs hold, as kept in the manifest: the model (its
-    weights file's size, time and sha256, and the precision it computes in, ``auto`` resolved),
-    the tracker, the segment filters and what is written. Not the device, the engine's batching
-    or the concurrency, which change nothing in them (measured in docs/BENCHMARKS.md). Not
-    ``resolved`` (Ray: its workers' GPUs are not the driver's), the precision as configured."""
+    weights file's size, time and sha256, and the precision it computes in, ``auto`` resolved
+    on this machine: the Ray engine resolves it where its model actors run first, see
+    ``batch_ray.settle_model``), the tracker, the segment filters and what is written. Not the
+    device, the engine's batching or the concurrency, which change nothing in them (measured in
+    docs/BENCHMARKS.md)."""
     from segstream.connectors.checkpoints import file_sha256
     from segstream.pipeline.model_factory import resolve_device, resolve_precision, weights_read
 
     model = cfg.model.model_dump(mode="json", exclude={"device", "compile", "options"})
     # found probing reproducibility: "auto" was kept, which is bf16 on one machine and fp32 on another
-    if resolved:
+    if cfg.model.precision == "auto":
         model["precision"] = resolve_precision(cfg.model.precision, resolve_device(cfg.model.device))
     if cfg.model.options:  # a plugin family's own settings may hold secrets: their digest only
         options = json.dumps(cfg.model.options, sort_keys=True, default=str).encode()
@@ -1193,6 +1198,10 @@ def load_batch_config(args) -> PipelineConfig:
         check_model_section(cfg, batch=True)
     if cfg.sources:
         log.info("the config's sources are not used: batch processes the videos given on the command line")
+    from segstream.pipeline.builders import unused_sink_folders
+
+    for line in unused_sink_folders(cfg.sinks):
+        log.warning(line)
     if not (cfg.batch.jsonl or cfg.batch.coco_panoptic or cfg.batch.overlay
             or (cfg.sinks.redis.enabled and cfg.sinks.redis.url) or cfg.sinks.files.enabled or cfg.sinks.preview.enabled):
         raise ConfigError("batch writes nothing: enable batch.jsonl, batch.coco_panoptic, batch.overlay, or a sink "
@@ -1219,11 +1228,16 @@ def run_batch(cfg: PipelineConfig, inputs: Sequence[str], engine: str = "local",
     if not any(isinstance(path, str) or path.exists() for path in paths):
         missing = ", ".join(f"'{path}'" for path in paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
         raise ConfigError(f"no videos to process: {missing} do{'es' if len(paths) == 1 else ''} not exist")
-    with output_lock(root):
+    with output_lock(root), contextlib.ExitStack() as cluster:
         if unfinished := clear_partial(root):  # a run stopped by a kill, a power cut or an OOM killer
             log.warning("an earlier run stopped before finishing %d video%s (%s): their half-written outputs were "
                         "removed", len(unfinished), "s" if len(unfinished) != 1 else "", _named(unfinished, 5))
-        manifest = Manifest(root / MANIFEST, output_settings(cfg, resolved=engine == "local"))
+        if engine == "ray":  # joined first: the precision the manifest records is decided where the model runs
+            from segstream.pipeline.batch_ray import joined_ray, settle_model
+
+            ray = cluster.enter_context(joined_ray(cfg))
+            cfg = settle_model(ray, cfg)
+        manifest = Manifest(root / MANIFEST, output_settings(cfg))
         try:
             jobs = plan(paths, manifest.ids(), manifest.numbers())
             ask_servers(jobs, cfg.batch.open_timeout_s)
@@ -1270,7 +1284,7 @@ def run_batch(cfg: PipelineConfig, inputs: Sequence[str], engine: str = "local",
                     if engine == "ray":
                         from segstream.pipeline.batch_ray import run_ray
 
-                        outcomes += run_ray(cfg, todo, root, manifest, bars, control, run_id)
+                        outcomes += run_ray(ray, cfg, todo, root, manifest, bars, control, run_id)
                     else:
                         outcomes += run_local(cfg, todo, root, manifest, bars, control, adapter, server, run_id)
             if cfg.batch.coco_panoptic:

@@ -205,6 +205,13 @@ SINK_BUILDERS: dict[str, Callable[[SinksConfig, Path | None], Sink]] = {
 }
 
 
+def unused_sink_folders(cfg: SinksConfig) -> list[str]:
+    """A line for each sink given a folder and left off: nothing would be written there."""
+    return [f"sinks.{section}.dir is set but sinks.{section}.enabled is not true: nothing is written there — set "
+            f"sinks.{section}.enabled: true" for section in ("files", "preview")
+            if not getattr(cfg, section).enabled and "dir" in getattr(cfg, section).model_fields_set]
+
+
 def build_sinks(cfg: SinksConfig, embedded_dir: Path | None = None, run_id: str = "",
                 stopping=lambda: False, sources: Sequence[str] = ()) -> list[Sink]:
     """The enabled sinks, then the ``custom`` ones. ``embedded_dir`` holds the data of an embedded Redis (``url: null``);
@@ -213,10 +220,8 @@ def build_sinks(cfg: SinksConfig, embedded_dir: Path | None = None, run_id: str 
     source names, whose output files are taken now (one run per file: another run's is refused
     here, before any sink publishes)."""
     sinks: list[Sink] = []
-    for section in ("files", "preview"):  # a folder given, the sink left off: nothing would be written there
-        if not getattr(cfg, section).enabled and "dir" in getattr(cfg, section).model_fields_set:
-            log.warning("sinks.%s.dir is set but sinks.%s.enabled is not true: nothing is written there — set "
-                        "sinks.%s.enabled: true", section, section, section)
+    for line in unused_sink_folders(cfg):
+        log.warning(line)
     try:
         for section, builder in SINK_BUILDERS.items():
             if getattr(cfg, section).enabled:

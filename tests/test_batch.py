@@ -510,17 +510,19 @@ def test_a_rerun_with_other_model_or_outputs_does_the_videos_again(tmp_path, mon
     assert len(record["settings"]["model"]["checkpoint_file"]["sha256"]) == 64
 
 
-def test_a_ray_driver_without_the_workers_gpu_keeps_the_precision_as_configured(tmp_path, monkeypatch):
+def test_a_ray_driver_without_the_workers_gpu_records_the_precision_the_workers_settled(tmp_path, monkeypatch):
     """Found reviewing: the settings resolved the device on the driver, so a CPU driver refused
     model.device: cuda (the Ray workers' GPU) and recorded its own fp32 for an auto the workers ran
-    in bf16."""
+    in bf16. The Ray engine settles auto where its actors run (tests/test_batch_ray.py); a
+    precision given is recorded as it is, the device not looked at."""
     from segstream.pipeline import batch
 
     cfg = config(tmp_path / "out")
-    cfg.model.device, cfg.model.precision = "cuda", "auto"
+    cfg.model.device, cfg.model.precision = "cuda", "bf16"
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)
-    assert batch.output_settings(cfg, resolved=False)["model"]["precision"] == "auto"
+    assert batch.output_settings(cfg)["model"]["precision"] == "bf16"
     assert batch.made_by("run-1", cfg, "ray")["device"] == "ray: cuda"
+    cfg.model.precision = "auto"
     with pytest.raises(ConfigError):  # the local engine runs here: its device must be here
         batch.output_settings(cfg)
 
