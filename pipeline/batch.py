@@ -48,7 +48,7 @@ from segstream.connectors.frames import Frame
 from segstream.connectors.output_files import check_output_dir, open_output, replace_synced
 from segstream.connectors.redaction import mask_userinfo, remember, scrub
 from segstream.connectors.sink import SINK_DROPS
-from segstream.connectors.text_files import read_saved_text
+from segstream.connectors.text_files import STDIN, read_saved_text, streamed
 from segstream.connectors.urls import redact_url, url_identity, url_scheme, url_secrets
 from segstream.connectors.video_outputs import VideoOutputs, clear_partial
 from segstream.models.label_sets import LabelSet
@@ -161,8 +161,9 @@ def find_videos(inputs: Sequence[str], extensions: Iterable[str]) -> tuple[list[
     """The videos ``inputs`` name (files, and http(s) URLs as given), in order without repeats,
     and a warning per input that named none. An input is a file, an http(s) URL of a video file
     (a presigned one too: its secrets are remembered, so no line prints them), a folder (searched
-    recursively for ``extensions``), a glob, or a list file (``@FILE``, or a .txt/.list/.lst
-    file: one input per line, ``#`` comments, relative paths relative to the list file; UTF-8, or
+    recursively for ``extensions``), a glob, or a list file (``@FILE``, ``@-`` standard input, or
+    a .txt/.list/.lst file: one input per line, ``#`` comments, relative paths relative to the
+    list file, of standard input or a pipe to the working directory; UTF-8, or
     UTF-16 with its byte-order mark, as Windows editors save it). Two URLs
     of one file (signed twice) are one video. A URL of another scheme (a stream) is refused."""
     suffixes = {e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions}
@@ -186,7 +187,7 @@ def find_videos(inputs: Sequence[str], extensions: Iterable[str]) -> tuple[list[
                 "of type: stream)"
             )
         path = Path(text).expanduser()
-        if base is not None and not path.is_absolute():
+        if base is not None and not path.is_absolute() and not (listed and text == STDIN):
             path = base / path
         if listed or (path.is_file() and path.suffix.lower() in LIST_SUFFIXES):
             try:
@@ -195,9 +196,9 @@ def find_videos(inputs: Sequence[str], extensions: Iterable[str]) -> tuple[list[
                 raise ConfigError(f"cannot read the list file '{path}': {error.strerror}") from None
             except ValueError as error:
                 raise ConfigError(f"the list file {error}") from None
-            for line in lines:
+            for line in lines:  # (a list from standard input, `@-`, or a pipe: relative to the working directory)
                 if (line := line.strip()) and not line.startswith("#"):
-                    add(line, path.parent)
+                    add(line, None if streamed(path) else path.parent)
         elif path.is_dir():
             videos = sorted((p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in suffixes), key=_natural)
             if not videos:

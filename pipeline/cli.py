@@ -355,7 +355,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="video files, http(s) URLs of video files (presigned ones too: known without their query, "
                             "which is never written), folders (searched recursively), quoted globs ('archive/**/*.mp4'), "
                             "or list files (.txt/.list/.lst, or @FILE: one path or URL per line, a path relative to the "
-                            "list file, # comments)")
+                            "list file, # comments; @- reads the list from standard input, its paths relative to the "
+                            "working directory)")
     batch.add_argument("--config", type=Path, default=None, metavar="FILE",
                        help="pipeline config for the model, engine, sinks and the batch section (sources are not used)")
     overrides(batch)

@@ -86,6 +86,20 @@ def test_inputs_are_files_folders_globs_and_list_files(archive, tmp_path):
     assert warnings == [f"'{tmp_path / 'none*.mp4'}' matches no file"]
 
 
+def test_a_list_from_standard_input_names_videos_relative_to_the_working_directory(archive, tmp_path, monkeypatch):
+    # found probing as a CLI reviewer: `ls *.mp4 | segstream batch @- ...` looked for a list file named '-'
+    import io
+
+    from segstream.connectors import text_files
+
+    monkeypatch.setattr(text_files, "_read_once", {}, raising=False)
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"a.mp4\nday2/b.mp4\n")))
+    monkeypatch.chdir(archive)
+    found, warnings = find_videos(["@-"], [".mp4"])
+    assert found == [archive / "a.mp4", archive / "day2" / "b.mp4"] and warnings == []
+    assert find_videos(["@-"], [".mp4"])[0] == found, "standard input read once, as often as it is named"
+
+
 def test_a_list_file_saved_by_a_windows_editor_is_read_whole(tmp_path, capsys):
     # Found probing (i18n): a UTF-8 BOM made the first line '\ufeff# Liste', a path; UTF-16 was a traceback
     from segstream.pipeline.cli import main

@@ -67,3 +67,21 @@ def test_a_bad_log_level_in_the_environment_under_json_logs_is_said_in_json(caps
     assert main(["--log-format", "json", "validate", str(DEMO)]) == 2
     [line] = capsys.readouterr().err.splitlines()
     assert json.loads(line)["message"] == "SEGSTREAM_LOG_LEVEL='verbose' is none of debug, info, warning, error"
+
+
+@pytest.mark.parametrize("name", ["/dev/stdin", "-"])
+def test_a_config_from_standard_input_is_read_once_its_paths_from_the_working_directory(tmp_path, name):
+    # found probing as a CLI reviewer: `validate /dev/stdin` said the config is empty (the file was read twice)
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import encode_clip
+
+    encode_clip(tmp_path / "clip.mp4", frames=2)
+    config = "sources:\n  - {name: cam, type: file, path: clip.mp4}\nsinks: {redis: {enabled: false}}\n"
+    checked = subprocess.run([sys.executable, "-m", "segstream", "validate", name, "--print"], input=config, text=True,
+                             capture_output=True, cwd=tmp_path, timeout=120,
+                             env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert checked.returncode == 0, checked.stderr
+    assert f"path: {tmp_path / 'clip.mp4'}" in checked.stdout
