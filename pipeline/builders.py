@@ -158,7 +158,8 @@ class _Unopened:
         """Nothing was opened."""
 
 
-def _redis_sink(cfg: SinksConfig, embedded_dir: Path | None, run_id: str = "", stopping=lambda: False) -> Sink:
+def _redis_sink(cfg: SinksConfig, embedded_dir: Path | None, run_id: str = "", stopping=lambda: False,
+                sources: Sequence[str] = ()) -> Sink:
     from segstream.connectors.redis_sink import RedisPublisher
 
     redis = cfg.redis
@@ -183,6 +184,7 @@ def _redis_sink(cfg: SinksConfig, embedded_dir: Path | None, run_id: str = "", s
         events_pattern=redis.events_stream,
         embedded_dir=embedded_dir,
         run_id=run_id,
+        sources=sources,
     )
 
 
@@ -226,7 +228,7 @@ def build_sinks(cfg: SinksConfig, embedded_dir: Path | None = None, run_id: str 
         for section, builder in SINK_BUILDERS.items():
             if getattr(cfg, section).enabled:
                 if builder is _redis_sink:
-                    sinks.append(_redis_sink(cfg, embedded_dir, run_id, stopping))
+                    sinks.append(_redis_sink(cfg, embedded_dir, run_id, stopping, sources))
                 elif builder is _files_sink:
                     sinks.append(_files_sink(cfg, embedded_dir, sources))
                 else:
