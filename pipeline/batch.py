@@ -1170,6 +1170,9 @@ class _BatchCollector:
 
 
 def load_batch_config(args) -> PipelineConfig:
+    if getattr(args, "address", None) is not None and getattr(args, "engine", "local") != "ray":
+        raise ConfigError(f"--address {args.address}: the Ray cluster to join, for --engine ray — add --engine ray, "
+                          "or leave --address out to run here")  # it was ignored: the batch ran on this machine
     if args.config is None:  # the defaults: the shipped model
         data: dict = {}
         for override in args.overrides:

@@ -445,6 +445,21 @@ def redis_options(command: argparse.ArgumentParser) -> None:
     command.add_argument("--tls-key", default=None, metavar="FILE", help="with --tls-cert: its private key")
 
 
+def redis_url(args: argparse.Namespace) -> str:
+    """``--url``, checked as the sink's config checks its url: a value that is no Redis URL is a
+    mistake in what was asked (exit 2), not a Redis that cannot be reached."""
+    from pydantic import ValidationError
+
+    from segstream.pipeline.config import RedisSinkConfig
+
+    try:
+        RedisSinkConfig(url=args.url)
+    except ValidationError as error:
+        said = error.errors()[0]["msg"].removeprefix("Value error, ").replace(", or null for an embedded Redis", "")
+        raise ConfigError(f"--url: {said}") from None
+    return args.url
+
+
 def redis_tls(args: argparse.Namespace) -> TlsFiles | None:
     """The TLS files of ``redis_options``, checked as the sink's config checks them."""
     if not (args.tls_ca or args.tls_cert or args.tls_key):
@@ -594,7 +609,7 @@ def _tail(args: argparse.Namespace) -> int:
     if not args.follow and (args.idle_timeout is not None or args.until_ended):
         option = "--idle-timeout" if args.idle_timeout is not None else "--until-ended"
         raise ConfigError(f"{option} says when --follow stops waiting — add --follow")
-    tail(args.stream, url=args.url, count=args.count, follow=args.follow, events=args.events,
+    tail(args.stream, url=redis_url(args), count=args.count, follow=args.follow, events=args.events,
          password=args.password, username=args.username, tls=redis_tls(args), sentinel=redis_sentinel(args), at=at,
          json_lines=args.json, idle_timeout_s=args.idle_timeout, until_ended=args.until_ended)
     return 0
@@ -652,6 +667,8 @@ def _batch(args: argparse.Namespace) -> int:
 
 def _render(args: argparse.Namespace) -> int:
     from segstream.pipeline.render import main_render
+
+    redis_url(args)
 
     return main_render(args)
 

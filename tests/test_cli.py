@@ -85,3 +85,19 @@ def test_a_config_from_standard_input_is_read_once_its_paths_from_the_working_di
                              env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
     assert checked.returncode == 0, checked.stderr
     assert f"path: {tmp_path / 'clip.mp4'}" in checked.stdout
+
+
+@pytest.mark.parametrize(("argv", "said"), [
+    # found probing as a CLI reviewer: a URL of another scheme was exit 1, as if Redis could not be reached
+    (["tail", "segstream:cam0:frames", "--url", "http://x"], "--url: 'http://x' is not a Redis URL"),
+    (["render", "s", "--video", "v.mp4", "--out", "r.mp4", "--url", "http://u:pw@x"],
+     "--url: 'http://u:***@x' is not a Redis URL"),
+    # it wrote a file named '-'
+    (["render", "s", "--video", "v.mp4", "--out", "-"], "--out -: an MP4 cannot go to standard output"),
+    # the local engine ignored it
+    (["batch", "v.mp4", "--address", "auto"], "--address auto: the Ray cluster to join, for --engine ray"),
+])
+def test_an_option_value_that_cannot_be_is_one_line_and_exit_2(capsys, argv, said):
+    assert main(argv) == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"segstream: error: {said}"), line
