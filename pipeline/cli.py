@@ -86,6 +86,9 @@ DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 # Frames of this size (height, width) warm the model up before the sources start: the network's
 # input size does not depend on the frame's, so any size compiles what the run will use.
 WARM_UP_FRAME = (480, 640)
+# How long `reload` waits for the run's answer: reload.REMOVE_WAIT_S (60 s, removed cameras draining)
+# and 30 s for the rest (a constant here: importing reload loads torch, and --help says it)
+RELOAD_WAIT_S = 90.0
 log = logging.getLogger("segstream.cli")
 
 
@@ -222,7 +225,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="least severe level logged, in any case (default: $SEGSTREAM_LOG_LEVEL, else info)")
 
     parser = _Parser(
-        prog="segstream", description="Streaming video segmentation with EoMT, published to Redis Streams."
+        prog="segstream", description="Streaming video segmentation with EoMT, published to Redis Streams.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"segstream {__version__}")
     logging_options(parser, None)
@@ -233,7 +237,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="override one config value, e.g. --set engine.batch_size=8 --set sources.0.path=x.mp4")
 
     run = commands.add_parser("run", help="run the pipeline described by a YAML config")
-    run.add_argument("config", type=Path, metavar="CONFIG")
+    run.add_argument("config", type=Path, metavar="CONFIG",
+                     help="the pipeline's YAML config file (- reads it from standard input; its relative paths are "
+                          "then relative to the working directory)")
     overrides(run)
     run.add_argument("--max-frames", type=int, metavar="N", help="stop each source after N frames")
     run.set_defaults(command=_run)
@@ -253,13 +259,15 @@ def _parser() -> argparse.ArgumentParser:
                         help="where the run serves its endpoints (default: the config's ops.http; give it when that "
                              "key changed in the file since the run started)")
     reload.add_argument("--timeout", type=_positive_seconds, default=None, metavar="S",
-                        help="give up waiting for the run's answer after S seconds (default: as long as the run may "
-                             "take, removed cameras draining); the reload goes on in the run, whose log says how it ended")
+                        help=f"give up waiting for the run's answer after S seconds (default {RELOAD_WAIT_S:g}: "
+                             "removed cameras may take that long to drain), exit 1; the reload goes on in the run, "
+                             "whose log says how it ended")
     reload.set_defaults(command=_reload)
 
     validate = commands.add_parser("validate", help="check configs without running them")
     validate.add_argument("config", type=Path, metavar="CONFIG", nargs="+",
-                          help="one config file or several (each is said; the exit status is the worst)")
+                          help="one config file or several (each is said; the exit status is the worst); - reads "
+                               "one from standard input")
     overrides(validate)
     validate.add_argument("--connect", action="store_true",
                           help="also check what the run needs at its start, without running the model: the model's "
@@ -305,12 +313,15 @@ def _parser() -> argparse.ArgumentParser:
     bench = commands.add_parser(
         "bench", help="measure the network alone, the pipeline and a naive loop on a config, in one run"
     )
-    bench.add_argument("config", type=Path, metavar="CONFIG")
+    bench.add_argument("config", type=Path, metavar="CONFIG",
+                       help="the pipeline's YAML config to measure (its model, engine, sinks and first source)")
     overrides(bench)
-    bench.add_argument("--sources", type=int, default=1, metavar="N", help="run N copies of the first source")
+    bench.add_argument("--sources", type=int, default=1, metavar="N",
+                       help="run N copies of the first source (default %(default)s: the config's sources)")
     bench.add_argument("--frames", type=int, default=None, metavar="N",
                        help="frames per source (files loop to last that long); default: each source once")
-    bench.add_argument("--naive-frames", type=int, default=100, metavar="N", help="frames of the naive loop")
+    bench.add_argument("--naive-frames", type=int, default=100, metavar="N",
+                       help="frames of the naive loop (default %(default)s)")
     bench.add_argument("--network-seconds", type=float, default=3.0, metavar="S",
                        help="how long to time the network alone (default %(default)s)")
     bench.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
@@ -327,8 +338,11 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--checkpoint", default=None, help="local path or hf://org/name; default: the preset's weights")
     evaluate.add_argument("--preset", default=None, help="a model trained on synthetic scenes (default: the shipped one)")
     evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default %(default)s)")
-    evaluate.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
-    evaluate.add_argument("--postprocess", default="fast", choices=["fast", "exact"])
+    evaluate.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                          help="what the model computes in, as model.precision (default %(default)s: bf16 where the "
+                               "hardware computes it natively, else fp16 on a GPU, fp32 on the CPU)")
+    evaluate.add_argument("--postprocess", default="fast", choices=["fast", "exact"],
+                          help="how masks are made, as model.postprocess (default %(default)s)")
     evaluate.add_argument("--clips", type=Path, nargs="+", default=None, metavar="VIDEO",
                           help="evaluate on encoded synthetic clips (ground truth in <stem>_truth.npz beside each) "
                                "instead of rendering --seeds")
@@ -365,9 +379,11 @@ def _parser() -> argparse.ArgumentParser:
                        help="local: this machine; ray: a Ray cluster, local by default (pip install -e \".[ray]\" in the checkout)")
     batch.add_argument("--address", default=None, metavar="ADDR",
                        help="Ray cluster address: auto (the cluster this machine joined), head:6379, or "
-                            "ray://head:10001 (needs pip install 'ray[client]') (default: batch.ray.address, else a "
-                            "local Ray)")
-    batch.add_argument("--concurrency", type=int, default=None, metavar="N", help="videos decoded at once (local engine)")
+                            "ray://head:10001 (needs pip install 'ray[client]'); with --engine ray only (default: "
+                            "batch.ray.address, else a local Ray)")
+    batch.add_argument("--concurrency", type=int, default=None, metavar="N",
+                       help="videos decoded at once, local engine (default: the config's batch.concurrency, 4 unless "
+                            "set)")
     batch.add_argument("--retry-failed", action="store_true",
                        help="process videos that failed in an earlier run again (default: skip them)")
     batch.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
@@ -391,6 +407,29 @@ def _parser() -> argparse.ArgumentParser:
         command.set_defaults(parser=command)  # whose usage an unrecognized argument is said with
     parser.set_defaults(parser=parser)
     return parser
+
+
+# ``segstream --help``'s end: what a script reads of it, as README's tables say
+EPILOG = """exit codes:
+  0        done (a run a first signal stopped, drained, too)
+  1        the work failed or is incomplete (a source failed, a sink lost output, a video of a batch
+           failed, Redis unreachable or refusing, a validate --connect check or a reload failed)
+  2        nothing was done: a mistake in what was asked (a config error, a bad option value,
+           a file that does not exist)
+  124      a time limit given ran out (tail --follow --idle-timeout)
+  128+N    stopped by signal N before the work was done (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP;
+           141: the reader of its output went away)
+
+environment:
+  SEGSTREAM_LOG_FORMAT     text or json, as --log-format
+  SEGSTREAM_LOG_LEVEL      debug, info, warning or error, as --log-level
+  SEGSTREAM_REDIS_URL      tail and render: the Redis to read, as --url
+  REDIS_USERNAME, REDIS_PASSWORD
+                           tail and render: the Redis login, as --username and --password
+  REDIS_SENTINEL_USERNAME, REDIS_SENTINEL_PASSWORD
+                           tail and render: the sentinels' own login
+  and any ${VAR} a config names (${VAR:-default} for one that may be unset)
+"""
 
 
 def _whole_number(least: int, unit: str = "") -> Callable[[str], int]:
@@ -707,7 +746,7 @@ def _reload(args: argparse.Namespace) -> int:
     import urllib.request
 
     from segstream.pipeline.config import _host_port
-    from segstream.pipeline.reload import REMOVE_WAIT_S, ops_address
+    from segstream.pipeline.reload import ops_address
 
     # The run reads and checks the file, with its own overrides and environment (a camera's
     # password may be in the run's environment only): here, only where it listens is read.
@@ -726,7 +765,7 @@ def _reload(args: argparse.Namespace) -> int:
     url = f"http://{f'[{host}]' if ':' in host else host}:{port}/reload"
     asked = f"{url}?{urllib.parse.urlencode({'config': os.path.abspath(args.config)})}"
     request = urllib.request.Request(asked, method="POST", data=b"")
-    timeout = REMOVE_WAIT_S + 30 if args.timeout is None else args.timeout
+    timeout = RELOAD_WAIT_S if args.timeout is None else args.timeout
     try:
         with urllib.request.urlopen(request, timeout=timeout) as answer:
             line = answer.read().decode(errors="replace").strip()

@@ -101,3 +101,42 @@ def test_an_option_value_that_cannot_be_is_one_line_and_exit_2(capsys, argv, sai
     assert main(argv) == 2
     [line] = capsys.readouterr().err.splitlines()
     assert line.startswith(f"segstream: error: {said}"), line
+
+
+def test_help_ends_with_the_exit_codes_and_every_variable_segstream_reads(capsys):
+    # found probing as a CLI reviewer: --help named neither, and several options had no help or default
+    import re
+
+    assert main(["--help"]) == 0
+    epilog = capsys.readouterr().out.partition("exit codes:")[2]
+    for code in ("0", "1", "2", "124", "128+N"):
+        assert re.search(rf"^  {re.escape(code)} ", epilog, re.MULTILINE), code
+    root = Path(__file__).resolve().parents[1]
+    read = {name for folder in ("pipeline", "connectors") for file in (root / folder).glob("*.py")
+            for name in re.findall(r'"((?:SEGSTREAM|REDIS)_[A-Z_]+)"', file.read_text())}
+    assert len(read) >= 7 and all(name in epilog for name in read), read
+
+
+@pytest.mark.parametrize(("command", "option", "said"), [
+    ("run", "CONFIG", "the pipeline's YAML config file"),
+    ("bench", "CONFIG", "the pipeline's YAML config to measure"),
+    ("bench", "--sources", "(default 1"),
+    ("bench", "--naive-frames", "(default 100)"),
+    ("batch", "--concurrency", "4 unless set"),
+    ("evaluate", "--precision", "(default auto"),
+    ("evaluate", "--postprocess", "(default fast)"),
+    ("reload", "--timeout", "(default 90:"),
+])
+def test_each_option_says_what_it_is_and_its_default(capsys, command, option, said):
+    assert main([command, "--help"]) == 0
+    out = capsys.readouterr().out
+    listed = out[out.index("\n  " + option, out.index("\n\n")) + 3:]  # its entry, past the usage
+    entry = listed[:next((i for i in range(len(listed)) if listed.startswith("\n  -", i)), len(listed))]
+    assert said in " ".join(entry.split()), f"{command} {option}: {entry}"  # argparse's wrapping undone
+
+
+def test_reload_waits_as_long_as_its_help_says_longer_than_a_removed_camera_drains():
+    from segstream.pipeline.cli import RELOAD_WAIT_S
+    from segstream.pipeline.reload import REMOVE_WAIT_S
+
+    assert RELOAD_WAIT_S == 90 and RELOAD_WAIT_S > REMOVE_WAIT_S
