@@ -371,10 +371,11 @@ def to_wire_scene(source: str, index: int) -> dict:
 
 
 def test_tail_of_a_url_whose_database_is_not_a_number_is_one_line(capsys):
-    """redis-py read redis://host/abc as database 0 (found reviewing: config refused it, tail did not)."""
+    """redis-py read redis://host/abc as database 0 (found reviewing: config refused it, tail did not);
+    a bad option value, exit 2 (it was 1, as for a Redis not reached: found probing as a CLI reviewer)."""
     from segstream.pipeline.cli import main
 
-    assert main(["tail", "segstream:cam0:frames", "--url", "redis://127.0.0.1:6379/abc"]) == 1
+    assert main(["tail", "segstream:cam0:frames", "--url", "redis://127.0.0.1:6379/abc"]) == 2
     [line] = capsys.readouterr().err.strip().splitlines()
     assert "names database 'abc', not a number" in line
 
