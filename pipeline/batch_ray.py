@@ -335,7 +335,7 @@ def settle_model(ray, cfg: PipelineConfig) -> PipelineConfig:
     resources an actor takes, so that the manifest records what the actors compute in (the local
     engine's ``auto`` is resolved on its machine): the same settings on both engines, and every
     actor in the one precision recorded."""
-    actors, gpus = _resources(ray, cfg)
+    _, gpus = _resources(ray, cfg)
     model = cfg.model
     if gpus > 0 and model.device == "auto":
         model = model.model_copy(update={"device": "cuda"})
