@@ -4,11 +4,12 @@ rides out Redis outages without stopping the pipeline."""
 from __future__ import annotations
 
 import json
+import shlex
 import logging
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -295,6 +296,7 @@ class RedisPublisher:
         run_id: str = "",
         max_age_s: float | None = None,
         levels: bool = True,
+        sources: Sequence[str] = (),
     ) -> RedisPublisher:
         """Connect to the Redis at ``url``, or with no url start an embedded one for this run.
 
@@ -302,7 +304,8 @@ class RedisPublisher:
         cannot be reached once ``start_wait_s`` has passed (a Redis started beside the pipeline,
         as orchestrators do, with no start order); once running, outages are ridden out. The embedded Redis listens on a unix socket that only this
         user can reach (``EmbeddedRedis``) and ignores the credentials; it stops on ``close()``,
-        keeping its data only when ``embedded_dir`` is given.
+        keeping its data only when ``embedded_dir`` is given; its log line names the streams of
+        ``sources`` (the run's source names) to watch.
         """
         embedded = None
         if url is None:
@@ -335,7 +338,10 @@ class RedisPublisher:
             raise
         if embedded is not None:
             publisher._embedded = embedded
-            example = stream_name(stream_pattern, "<source>")
+            # the run's own streams, quoted for a shell (`<source>` pasted into bash was a redirection)
+            names = list(sources)
+            example = (" ".join(shlex.quote(stream_name(stream_pattern, name)) for name in names) if 0 < len(names) <= 3
+                       else shlex.quote(stream_name(stream_pattern, "*")))
             log.info(
                 "no sinks.redis.url set, so an embedded Redis runs until this run ends, and its entries with it\n"
                 f"  while it runs, connect: redis-cli -s {embedded.socket_path}\n"

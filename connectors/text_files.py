@@ -5,16 +5,51 @@ editors write: UTF-8 with or without a byte-order mark (Notepad, PowerShell 5.1'
 from __future__ import annotations
 
 import codecs
+import os
+import stat
+import sys
 from pathlib import Path
 
-__all__ = ["read_saved_text"]
+__all__ = ["read_saved_text", "streamed"]
+
+STDIN = "-"  # the name that reads standard input
+_read_once: dict[str, bytes] = {}  # what a stream held: read again, it would be empty
+
+
+def streamed(path: str | Path) -> bool:
+    """Whether ``path`` is standard input (``-``) or a file that can be read once only: a pipe,
+    ``/dev/stdin``, a shell's ``<(...)``. Its relative paths start from the working directory."""
+    if str(path) == STDIN:
+        return True
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+
+def _bytes(path: str | Path) -> bytes:
+    """The bytes of ``path``; of a stream, those it held the first time it was read."""
+    if not streamed(path):
+        return Path(path).read_bytes()
+    if str(path) not in _read_once:
+        stdin = getattr(sys.stdin, "buffer", None)
+        if str(path) != STDIN:
+            data = Path(path).read_bytes()
+        elif stdin is not None:
+            data = stdin.read()
+        else:  # a stream put in its place (a test's, a notebook's)
+            data = sys.stdin.read().encode()
+        _read_once[str(path)] = data
+    return _read_once[str(path)]
 
 
 def read_saved_text(path: str | Path) -> str:
-    """The text of ``path``, decoded by its byte-order mark (none: UTF-8), the mark left out.
+    """The text of ``path`` (``-``: standard input; a stream read once, however often asked),
+    decoded by its byte-order mark (none: UTF-8), the mark left out.
     Raises OSError when the file cannot be read, and ValueError (one line naming the file and
     saying to save it as UTF-8) when its bytes are not text in that encoding."""
-    data = Path(path).read_bytes()
+    data = _bytes(path)
     if data.startswith(codecs.BOM_UTF8):
         encoding, name = "utf-8-sig", "UTF-8"
     elif data.startswith((codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE)):  # before UTF-16's: FF FE 00 00 starts with FF FE

@@ -48,7 +48,7 @@ from segstream.connectors.frames import Frame
 from segstream.connectors.output_files import check_output_dir, open_output, replace_synced
 from segstream.connectors.redaction import mask_userinfo, remember, scrub
 from segstream.connectors.sink import SINK_DROPS
-from segstream.connectors.text_files import read_saved_text
+from segstream.connectors.text_files import STDIN, read_saved_text, streamed
 from segstream.connectors.urls import redact_url, url_identity, url_scheme, url_secrets
 from segstream.connectors.video_outputs import VideoOutputs, clear_partial
 from segstream.models.label_sets import LabelSet
@@ -161,8 +161,9 @@ def find_videos(inputs: Sequence[str], extensions: Iterable[str]) -> tuple[list[
     """The videos ``inputs`` name (files, and http(s) URLs as given), in order without repeats,
     and a warning per input that named none. An input is a file, an http(s) URL of a video file
     (a presigned one too: its secrets are remembered, so no line prints them), a folder (searched
-    recursively for ``extensions``), a glob, or a list file (``@FILE``, or a .txt/.list/.lst
-    file: one input per line, ``#`` comments, relative paths relative to the list file; UTF-8, or
+    recursively for ``extensions``), a glob, or a list file (``@FILE``, ``@-`` standard input, or
+    a .txt/.list/.lst file: one input per line, ``#`` comments, relative paths relative to the
+    list file, of standard input or a pipe to the working directory; UTF-8, or
     UTF-16 with its byte-order mark, as Windows editors save it). Two URLs
     of one file (signed twice) are one video. A URL of another scheme (a stream) is refused."""
     suffixes = {e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions}
@@ -186,7 +187,7 @@ def find_videos(inputs: Sequence[str], extensions: Iterable[str]) -> tuple[list[
                 "of type: stream)"
             )
         path = Path(text).expanduser()
-        if base is not None and not path.is_absolute():
+        if base is not None and not path.is_absolute() and not (listed and text == STDIN):
             path = base / path
         if listed or (path.is_file() and path.suffix.lower() in LIST_SUFFIXES):
             try:
@@ -195,9 +196,9 @@ def find_videos(inputs: Sequence[str], extensions: Iterable[str]) -> tuple[list[
                 raise ConfigError(f"cannot read the list file '{path}': {error.strerror}") from None
             except ValueError as error:
                 raise ConfigError(f"the list file {error}") from None
-            for line in lines:
+            for line in lines:  # (a list from standard input, `@-`, or a pipe: relative to the working directory)
                 if (line := line.strip()) and not line.startswith("#"):
-                    add(line, path.parent)
+                    add(line, None if streamed(path) else path.parent)
         elif path.is_dir():
             videos = sorted((p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in suffixes), key=_natural)
             if not videos:
@@ -864,7 +865,11 @@ def _extra_sinks(cfg: PipelineConfig) -> list:
     sinks_cfg = cfg.sinks
     if sinks_cfg.redis.enabled and sinks_cfg.redis.url is None:
         sinks_cfg = sinks_cfg.model_copy(update={"redis": sinks_cfg.redis.model_copy(update={"enabled": False})})
-    return build_sinks(sinks_cfg)
+    # a sink left off is none: its folder, given, was said once (load_batch_config), not by each group or Ray
+    # task (a task's config, written out whole, gave every default: it warned of folders the user never set)
+    left_off = {section: type(getattr(sinks_cfg, section))() for section in ("files", "preview")
+                if not getattr(sinks_cfg, section).enabled}
+    return build_sinks(sinks_cfg.model_copy(update=left_off))
 
 
 def run_local(cfg: PipelineConfig, jobs: Sequence[VideoJob], root: Path, manifest: Manifest,
@@ -917,18 +922,19 @@ def run_local(cfg: PipelineConfig, jobs: Sequence[VideoJob], root: Path, manifes
     return outcomes
 
 
-def output_settings(cfg: PipelineConfig, resolved: bool = True) -> dict:
+def output_settings(cfg: PipelineConfig) -> dict:
     """What decides what a video's outputs hold, as kept in the manifest: the model (its
-    weights file's size, time and sha256, and the precision it computes in, ``auto`` resolved),
-    the tracker, the segment filters and what is written. Not the device, the engine's batching
-    or the concurrency, which change nothing in them (measured in docs/BENCHMARKS.md). Not
-    ``resolved`` (Ray: its workers' GPUs are not the driver's), the precision as configured."""
+    weights file's size, time and sha256, and the precision it computes in, ``auto`` resolved
+    on this machine: the Ray engine resolves it where its model actors run first, see
+    ``batch_ray.settle_model``), the tracker, the segment filters and what is written. Not the
+    device, the engine's batching or the concurrency, which change nothing in them (measured in
+    docs/BENCHMARKS.md)."""
     from segstream.connectors.checkpoints import file_sha256
     from segstream.pipeline.model_factory import resolve_device, resolve_precision, weights_read
 
     model = cfg.model.model_dump(mode="json", exclude={"device", "compile", "options"})
     # found probing reproducibility: "auto" was kept, which is bf16 on one machine and fp32 on another
-    if resolved:
+    if cfg.model.precision == "auto":
         model["precision"] = resolve_precision(cfg.model.precision, resolve_device(cfg.model.device))
     if cfg.model.options:  # a plugin family's own settings may hold secrets: their digest only
         options = json.dumps(cfg.model.options, sort_keys=True, default=str).encode()
@@ -1164,6 +1170,9 @@ class _BatchCollector:
 
 
 def load_batch_config(args) -> PipelineConfig:
+    if getattr(args, "address", None) is not None and getattr(args, "engine", "local") != "ray":
+        raise ConfigError(f"--address {args.address}: the Ray cluster to join, for --engine ray — add --engine ray, "
+                          "or leave --address out to run here")  # it was ignored: the batch ran on this machine
     if args.config is None:  # the defaults: the shipped model
         data: dict = {}
         for override in args.overrides:
@@ -1193,6 +1202,10 @@ def load_batch_config(args) -> PipelineConfig:
         check_model_section(cfg, batch=True)
     if cfg.sources:
         log.info("the config's sources are not used: batch processes the videos given on the command line")
+    from segstream.pipeline.builders import unused_sink_folders
+
+    for line in unused_sink_folders(cfg.sinks):
+        log.warning(line)
     if not (cfg.batch.jsonl or cfg.batch.coco_panoptic or cfg.batch.overlay
             or (cfg.sinks.redis.enabled and cfg.sinks.redis.url) or cfg.sinks.files.enabled or cfg.sinks.preview.enabled):
         raise ConfigError("batch writes nothing: enable batch.jsonl, batch.coco_panoptic, batch.overlay, or a sink "
@@ -1219,11 +1232,16 @@ def run_batch(cfg: PipelineConfig, inputs: Sequence[str], engine: str = "local",
     if not any(isinstance(path, str) or path.exists() for path in paths):
         missing = ", ".join(f"'{path}'" for path in paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
         raise ConfigError(f"no videos to process: {missing} do{'es' if len(paths) == 1 else ''} not exist")
-    with output_lock(root):
+    with output_lock(root), contextlib.ExitStack() as cluster:
         if unfinished := clear_partial(root):  # a run stopped by a kill, a power cut or an OOM killer
             log.warning("an earlier run stopped before finishing %d video%s (%s): their half-written outputs were "
                         "removed", len(unfinished), "s" if len(unfinished) != 1 else "", _named(unfinished, 5))
-        manifest = Manifest(root / MANIFEST, output_settings(cfg, resolved=engine == "local"))
+        if engine == "ray":  # joined first: the precision the manifest records is decided where the model runs
+            from segstream.pipeline.batch_ray import joined_ray, settle_model
+
+            ray = cluster.enter_context(joined_ray(cfg))
+            cfg = settle_model(ray, cfg)
+        manifest = Manifest(root / MANIFEST, output_settings(cfg))
         try:
             jobs = plan(paths, manifest.ids(), manifest.numbers())
             ask_servers(jobs, cfg.batch.open_timeout_s)
@@ -1270,7 +1288,7 @@ def run_batch(cfg: PipelineConfig, inputs: Sequence[str], engine: str = "local",
                     if engine == "ray":
                         from segstream.pipeline.batch_ray import run_ray
 
-                        outcomes += run_ray(cfg, todo, root, manifest, bars, control, run_id)
+                        outcomes += run_ray(ray, cfg, todo, root, manifest, bars, control, run_id)
                     else:
                         outcomes += run_local(cfg, todo, root, manifest, bars, control, adapter, server, run_id)
             if cfg.batch.coco_panoptic:

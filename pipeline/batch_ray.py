@@ -17,14 +17,17 @@ Ray is an optional extra: ``pip install -e ".[ray]"`` in the checkout.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import re
 import signal
 import socket
+import sys
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +51,7 @@ from segstream.pipeline.batch import (
 )
 from segstream.pipeline.config import BatchPipelineConfig, PipelineConfig
 from segstream.pipeline.filtering import filter_settings
+from segstream.pipeline.logs import adopt_library_logs, configure_logging, json_logging, log_settings
 from segstream.pipeline.metrics import RunMetrics, SourceCounts
 from segstream.pipeline.source_states import SourceStates, first_frame
 
@@ -84,11 +88,13 @@ def _ray():
 class ModelActor:
     """One replica of the model (a Ray actor): segments batches of frames in order."""
 
-    def __init__(self, model_json: str, batch_size: int):
+    def __init__(self, model_json: str, batch_size: int, logs: tuple[str, str] | None = None):
         from segstream.pipeline.config import ModelConfig
         from segstream.pipeline.engine import ModelStage
         from segstream.pipeline.model_factory import build_segmenter
 
+        if logs is not None:
+            configure_logging(*logs)
         self.adapter = build_segmenter(ModelConfig.model_validate_json(model_json), batch_size=batch_size)
         self.stage = ModelStage(self.adapter, max_inflight=1)
 
@@ -119,13 +125,17 @@ class ProgressBoard:
 
 
 def process_video(job: VideoJob, cfg_json: str, root: str, actor, labels, board, geometry=None,
-                  run_id: str = "", mark: dict[str, str] | None = None) -> dict:
+                  run_id: str = "", mark: dict[str, str] | None = None, logs: tuple[str, str] | None = None) -> dict:
     """A Ray task: every frame of one video through ``actor`` into its outputs; returns what
     became of it (a video that cannot be decoded is a result, not an exception: it is not
     retried). With ``geometry`` (the model's ``InputGeometry``) frames are converted at the
     model's input size (``engine.resize_in_decoder``). With ``mark`` (where its Redis streams
-    ended before the batch began it) it first deletes what an attempt that died published."""
+    ended before the batch began it) it first deletes what an attempt that died published.
+    ``logs``: the driver's log format and level (``logs.log_settings``), for this worker's lines."""
     import ray
+
+    if logs is not None:
+        configure_logging(*logs)
 
     from segstream.connectors.file_source import FileSource
     from segstream.connectors.video_outputs import VideoOutputs
@@ -281,13 +291,13 @@ def _resources(ray, cfg: PipelineConfig) -> tuple[int, float]:
     return actors, per_actor
 
 
-def run_ray(cfg: PipelineConfig, jobs: Sequence[VideoJob], root: Path, manifest: Manifest,
-            progress: BatchProgress, control: BatchControl, run_id: str = "") -> list[VideoOutcome]:
-    """Process ``jobs`` on Ray: the cluster at ``batch.ray.address``, or the Ray this process
-    already joined, or a local one started for this batch."""
+@contextlib.contextmanager
+def joined_ray(cfg: PipelineConfig) -> Iterator:
+    """The ``ray`` module, joined to the cluster at ``batch.ray.address``, or the Ray this
+    process already joined, or a local one started for this batch (shut down at the end)."""
+    _quiet_ray_output()
     ray = _ray()
-    # the tasks run in other processes, maybe on other machines, in other working directories
-    root = Path(root).resolve()
+    adopt_library_logs("ray")  # its driver's warnings (joining included): JSON records under JSON logs
     _check_redis(cfg)  # as the local engine does before its first video, not as each video's failure
     started_here = not ray.is_initialized()
     if started_here:
@@ -301,14 +311,62 @@ def run_ray(cfg: PipelineConfig, jobs: Sequence[VideoJob], root: Path, manifest:
         finally:
             _restore(handlers)  # Ray's own SIGTERM handler aborted the batch instead of draining it
     try:
+        yield ray
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+def _quiet_ray_output() -> None:
+    """Ray's forwarded worker lines as segstream's other lines are: no colour codes where
+    NO_COLOR is set or standard error is no terminal; under JSON logs no ``(task pid=...)``
+    prefix and no "[repeated 2x]" suffix, which made the workers' JSON lines none. Read when
+    Ray is imported (the prefix, the suffix) or prints (the colour); a user's own setting stands."""
+    if os.environ.get("NO_COLOR") or not sys.stderr.isatty():
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")
+    if json_logging():
+        os.environ.setdefault("RAY_DISABLE_WORKER_LOG_PREFIX", "1")
+        os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+
+def settle_model(ray, cfg: PipelineConfig) -> PipelineConfig:
+    """``cfg`` with the model's device and precision as the model actors will run it: ``cuda``
+    for ``auto`` where they hold GPUs, and ``auto`` precision resolved by a task on the
+    resources an actor takes, so that the manifest records what the actors compute in (the local
+    engine's ``auto`` is resolved on its machine): the same settings on both engines, and every
+    actor in the one precision recorded."""
+    _, gpus = _resources(ray, cfg)
+    model = cfg.model
+    if gpus > 0 and model.device == "auto":
+        model = model.model_copy(update={"device": "cuda"})
+    if model.precision == "auto":
+        task = ray.remote(_precision_here).options(num_cpus=cfg.batch.ray.actor_cpus, num_gpus=gpus)
+        try:
+            precision = ray.get(task.remote(model.precision, model.device))
+        except ray.exceptions.RayTaskError as error:  # model.device: cuda on workers without one, say
+            raise ConfigError(ray_failure(error).removeprefix("ConfigError: ")) from None
+        model = model.model_copy(update={"precision": precision})
+    return cfg.model_copy(update={"model": model})
+
+
+def _precision_here(precision: str, device: str) -> str:
+    """A Ray task: ``precision`` resolved on the machine it runs on."""
+    from segstream.pipeline.model_factory import resolve_device, resolve_precision
+
+    return resolve_precision(precision, resolve_device(device))
+
+
+def run_ray(ray, cfg: PipelineConfig, jobs: Sequence[VideoJob], root: Path, manifest: Manifest,
+            progress: BatchProgress, control: BatchControl, run_id: str = "") -> list[VideoOutcome]:
+    """Process ``jobs`` on the Ray ``joined_ray`` joined, the model as ``settle_model`` settled it."""
+    # the tasks run in other processes, maybe on other machines, in other working directories
+    root = Path(root).resolve()
+    try:
         return _run(ray, cfg, jobs, root, manifest, progress, control, run_id)
     except ray.exceptions.RayError as error:  # the cluster went away under the batch
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise SegstreamError(f"lost the Ray cluster during the batch ({type(error).__name__}: {first}) — the "
                              "videos finished so far are recorded; run the same command again to go on") from None
-    finally:
-        if started_here:
-            ray.shutdown()
 
 
 def _cut_back(sinks, video_id: str, mark: dict[str, str] | None) -> None:
@@ -378,11 +436,10 @@ def _check_redis(cfg) -> None:
 def _run(ray, cfg, jobs, root, manifest, progress, control, run_id) -> list[VideoOutcome]:
     settings = cfg.batch.ray
     actors_wanted, gpus = _resources(ray, cfg)
-    if gpus > 0 and cfg.model.device == "auto":
-        cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"device": "cuda"})})
     actor_class = ray.remote(ModelActor).options(num_cpus=settings.actor_cpus, num_gpus=gpus, max_restarts=3,
                                                  max_task_retries=3)
-    actors = [actor_class.remote(cfg.model.model_dump_json(), cfg.engine.batch_size) for _ in range(actors_wanted)]
+    logs = log_settings()  # the workers' lines as the driver's: the format and level it was given
+    actors = [actor_class.remote(cfg.model.model_dump_json(), cfg.engine.batch_size, logs) for _ in range(actors_wanted)]
     try:
         labels, geometry = ray.get([actors[0].labels.remote(), actors[0].geometry.remote()])
     except ray.exceptions.RayError as error:
@@ -407,7 +464,7 @@ def _run(ray, cfg, jobs, root, manifest, progress, control, run_id) -> list[Vide
                     marks.cut_back(client, patterns, [job])
                     mark = marks.marks.get(job.id)
                 ref = task.remote(job, cfg_json, str(root), actors[i % len(actors)], labels, board,
-                                  geometry if cfg.engine.resize_in_decoder else None, run_id, mark)
+                                  geometry if cfg.engine.resize_in_decoder else None, run_id, mark, logs)
                 in_flight[ref] = job
             if not in_flight:
                 break

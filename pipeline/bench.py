@@ -338,6 +338,10 @@ def main_bench(args) -> int:
         raise ConfigError(f"--sources must be at least 1, got {args.sources}")
     if args.frames is not None and args.frames < 1:
         raise ConfigError(f"--frames must be a positive number, got {args.frames}")
+    if args.naive_frames < 1:  # the naive loop's source loops: it stops at this count, or never
+        raise ConfigError(f"--naive-frames must be at least 1, got {args.naive_frames}")
+    if not (args.network_seconds > 0 and math.isfinite(args.network_seconds)):
+        raise ConfigError(f"--network-seconds must be a number of seconds above 0, got {args.network_seconds}")
     cfg = load_checked_config(args.config, args.overrides)
     with tempfile.TemporaryDirectory(prefix="segstream-bench-") as scratch:
         result = run_bench(bench_outputs(cfg, Path(scratch)), sources=args.sources, frames=args.frames,

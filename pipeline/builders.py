@@ -158,7 +158,8 @@ class _Unopened:
         """Nothing was opened."""
 
 
-def _redis_sink(cfg: SinksConfig, embedded_dir: Path | None, run_id: str = "", stopping=lambda: False) -> Sink:
+def _redis_sink(cfg: SinksConfig, embedded_dir: Path | None, run_id: str = "", stopping=lambda: False,
+                sources: Sequence[str] = ()) -> Sink:
     from segstream.connectors.redis_sink import RedisPublisher
 
     redis = cfg.redis
@@ -183,6 +184,7 @@ def _redis_sink(cfg: SinksConfig, embedded_dir: Path | None, run_id: str = "", s
         events_pattern=redis.events_stream,
         embedded_dir=embedded_dir,
         run_id=run_id,
+        sources=sources,
     )
 
 
@@ -205,6 +207,13 @@ SINK_BUILDERS: dict[str, Callable[[SinksConfig, Path | None], Sink]] = {
 }
 
 
+def unused_sink_folders(cfg: SinksConfig) -> list[str]:
+    """A line for each sink given a folder and left off: nothing would be written there."""
+    return [f"sinks.{section}.dir is set but sinks.{section}.enabled is not true: nothing is written there — set "
+            f"sinks.{section}.enabled: true" for section in ("files", "preview")
+            if not getattr(cfg, section).enabled and "dir" in getattr(cfg, section).model_fields_set]
+
+
 def build_sinks(cfg: SinksConfig, embedded_dir: Path | None = None, run_id: str = "",
                 stopping=lambda: False, sources: Sequence[str] = ()) -> list[Sink]:
     """The enabled sinks, then the ``custom`` ones. ``embedded_dir`` holds the data of an embedded Redis (``url: null``);
@@ -213,15 +222,13 @@ def build_sinks(cfg: SinksConfig, embedded_dir: Path | None = None, run_id: str 
     source names, whose output files are taken now (one run per file: another run's is refused
     here, before any sink publishes)."""
     sinks: list[Sink] = []
-    for section in ("files", "preview"):  # a folder given, the sink left off: nothing would be written there
-        if not getattr(cfg, section).enabled and "dir" in getattr(cfg, section).model_fields_set:
-            log.warning("sinks.%s.dir is set but sinks.%s.enabled is not true: nothing is written there — set "
-                        "sinks.%s.enabled: true", section, section, section)
+    for line in unused_sink_folders(cfg):
+        log.warning(line)
     try:
         for section, builder in SINK_BUILDERS.items():
             if getattr(cfg, section).enabled:
                 if builder is _redis_sink:
-                    sinks.append(_redis_sink(cfg, embedded_dir, run_id, stopping))
+                    sinks.append(_redis_sink(cfg, embedded_dir, run_id, stopping, sources))
                 elif builder is _files_sink:
                     sinks.append(_files_sink(cfg, embedded_dir, sources))
                 else:

@@ -5,7 +5,8 @@ code; Ctrl-C, SIGTERM or SIGHUP drains the pipeline and exits 0 (from any state 
 modules have loaded; while they load, it ends at once with 128 + its number), a second one aborts with 128 + its number (130 for Ctrl-C, 143 for SIGTERM, 129 for SIGHUP); a run with no
 terminal and reloading on (a service) takes SIGHUP for a reload. A run in which a source failed
 exits 1 and says which and why.
-``--log-format json`` (or ``SEGSTREAM_LOG_FORMAT=json``) makes every line a JSON object.
+``--log-format json`` (or ``SEGSTREAM_LOG_FORMAT=json``) makes every line a JSON object, a usage
+mistake's too (exit 2).
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ from segstream.pipeline import entry
 from segstream.pipeline.entry import abort_if_loading
 from segstream.pipeline.train_cli import DATA_LAYOUT, add_data_arguments
 from segstream.pipeline.logs import (
+    ENV_FORMAT,
     LOG_FORMATS,
     LOG_LEVELS,
     LogLines,
@@ -84,16 +86,29 @@ DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 # Frames of this size (height, width) warm the model up before the sources start: the network's
 # input size does not depend on the frame's, so any size compiles what the run will use.
 WARM_UP_FRAME = (480, 640)
+# How long `reload` waits for the run's answer: reload.REMOVE_WAIT_S (60 s, removed cameras draining)
+# and 30 s for the rest (a constant here: importing reload loads torch, and --help says it)
+RELOAD_WAIT_S = 90.0
 log = logging.getLogger("segstream.cli")
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
+        argv = sys.argv[1:] if argv is None else list(argv)
+        _Parser.json_errors = _json_logs_asked(argv)
         try:
-            args = _parser().parse_args(argv)
+            parser = _parser()
+            args, unknown = parser.parse_known_args(argv)
+            if unknown:  # said by the command's parser, with its usage (the top-level one's said segstream's)
+                getattr(args, "parser", parser).error(f"unrecognized arguments: {' '.join(unknown)}")
         except SystemExit as exit:
             return int(exit.code or 0)
-        configure_logging(getattr(args, "log_format", None), getattr(args, "log_level", None))
+        try:
+            configure_logging(getattr(args, "log_format", None), getattr(args, "log_level", None))
+        except ConfigError:
+            if _Parser.json_errors:  # a bad SEGSTREAM_LOG_LEVEL under JSON logs: its line JSON too
+                configure_logging("json", "info")
+            raise
         return args.command(args)
     except RuntimeError as error:
         if not thread_start_failed(error):  # else a bug: its traceback
@@ -169,16 +184,49 @@ def _pipeline_threads_alive() -> bool:
     return prefix is not None and any(t.name.startswith(prefix) and t.is_alive() for t in threading.enumerate())
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, its commands' too, without abbreviated options (a script's ``--max``
+    would break the day another ``--max-...`` came), and whose usage errors are one JSON line
+    under JSON logs, as every other line then is."""
+
+    json_errors = False  # JSON logs asked for (main sets it before parsing: no logging yet)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, allow_abbrev=False, **kwargs)
+
+    def error(self, message: str):
+        if not _Parser.json_errors:
+            super().error(message)
+        line = f"{self.prog}: {message} — `{self.prog} --help` says how it is used"
+        sys.stderr.write(signal_line(line, "ERROR", as_json=True).decode())
+        self.exit(2)
+
+
+def _json_logs_asked(argv: list[str]) -> bool:
+    """Whether ``argv`` (else SEGSTREAM_LOG_FORMAT) asks for JSON logs: read before argparse, so
+    that its own errors follow it. The last --log-format wins, as argparse's does."""
+    asked = os.environ.get(ENV_FORMAT)
+    for i, arg in enumerate(argv):
+        if arg == "--":
+            break
+        if arg == "--log-format" and i + 1 < len(argv):
+            asked = argv[i + 1]
+        elif arg.startswith("--log-format="):
+            asked = arg.partition("=")[2]
+    return (asked or "").lower() == "json"
+
+
 def _parser() -> argparse.ArgumentParser:
     def logging_options(p: argparse.ArgumentParser, default) -> None:
-        p.add_argument("--log-format", choices=LOG_FORMATS, default=default,
+        p.add_argument("--log-format", type=str.lower, choices=LOG_FORMATS, default=default,
                        help="text lines for people, or one JSON object per line for containers "
                             "(default: $SEGSTREAM_LOG_FORMAT, else text)")
-        p.add_argument("--log-level", choices=LOG_LEVELS, default=default,
-                       help="least severe level logged (default: $SEGSTREAM_LOG_LEVEL, else info)")
+        p.add_argument("--log-level", type=str.lower, choices=LOG_LEVELS, default=default,
+                       help="least severe level logged, in any case (default: $SEGSTREAM_LOG_LEVEL, else info)")
 
-    parser = argparse.ArgumentParser(
-        prog="segstream", description="Streaming video segmentation with EoMT, published to Redis Streams."
+    parser = _Parser(
+        prog="segstream", description="Streaming video segmentation with EoMT, published to Redis Streams.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"segstream {__version__}")
     logging_options(parser, None)
@@ -189,7 +237,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="override one config value, e.g. --set engine.batch_size=8 --set sources.0.path=x.mp4")
 
     run = commands.add_parser("run", help="run the pipeline described by a YAML config")
-    run.add_argument("config", type=Path, metavar="CONFIG")
+    run.add_argument("config", type=Path, metavar="CONFIG",
+                     help="the pipeline's YAML config file (- reads it from standard input; its relative paths are "
+                          "then relative to the working directory)")
     overrides(run)
     run.add_argument("--max-frames", type=int, metavar="N", help="stop each source after N frames")
     run.set_defaults(command=_run)
@@ -209,13 +259,15 @@ def _parser() -> argparse.ArgumentParser:
                         help="where the run serves its endpoints (default: the config's ops.http; give it when that "
                              "key changed in the file since the run started)")
     reload.add_argument("--timeout", type=_positive_seconds, default=None, metavar="S",
-                        help="give up waiting for the run's answer after S seconds (default: as long as the run may "
-                             "take, removed cameras draining); the reload goes on in the run, whose log says how it ended")
+                        help=f"give up waiting for the run's answer after S seconds (default {RELOAD_WAIT_S:g}: "
+                             "removed cameras may take that long to drain), exit 1; the reload goes on in the run, "
+                             "whose log says how it ended")
     reload.set_defaults(command=_reload)
 
     validate = commands.add_parser("validate", help="check configs without running them")
     validate.add_argument("config", type=Path, metavar="CONFIG", nargs="+",
-                          help="one config file or several (each is said; the exit status is the worst)")
+                          help="one config file or several (each is said; the exit status is the worst); - reads "
+                               "one from standard input")
     overrides(validate)
     validate.add_argument("--connect", action="store_true",
                           help="also check what the run needs at its start, without running the model: the model's "
@@ -261,12 +313,15 @@ def _parser() -> argparse.ArgumentParser:
     bench = commands.add_parser(
         "bench", help="measure the network alone, the pipeline and a naive loop on a config, in one run"
     )
-    bench.add_argument("config", type=Path, metavar="CONFIG")
+    bench.add_argument("config", type=Path, metavar="CONFIG",
+                       help="the pipeline's YAML config to measure (its model, engine, sinks and first source)")
     overrides(bench)
-    bench.add_argument("--sources", type=int, default=1, metavar="N", help="run N copies of the first source")
+    bench.add_argument("--sources", type=int, default=1, metavar="N",
+                       help="run N copies of the first source (default %(default)s: the config's sources)")
     bench.add_argument("--frames", type=int, default=None, metavar="N",
                        help="frames per source (files loop to last that long); default: each source once")
-    bench.add_argument("--naive-frames", type=int, default=100, metavar="N", help="frames of the naive loop")
+    bench.add_argument("--naive-frames", type=int, default=100, metavar="N",
+                       help="frames of the naive loop (default %(default)s)")
     bench.add_argument("--network-seconds", type=float, default=3.0, metavar="S",
                        help="how long to time the network alone (default %(default)s)")
     bench.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
@@ -283,8 +338,11 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--checkpoint", default=None, help="local path or hf://org/name; default: the preset's weights")
     evaluate.add_argument("--preset", default=None, help="a model trained on synthetic scenes (default: the shipped one)")
     evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default %(default)s)")
-    evaluate.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
-    evaluate.add_argument("--postprocess", default="fast", choices=["fast", "exact"])
+    evaluate.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                          help="what the model computes in, as model.precision (default %(default)s: bf16 where the "
+                               "hardware computes it natively, else fp16 on a GPU, fp32 on the CPU)")
+    evaluate.add_argument("--postprocess", default="fast", choices=["fast", "exact"],
+                          help="how masks are made, as model.postprocess (default %(default)s)")
     evaluate.add_argument("--clips", type=Path, nargs="+", default=None, metavar="VIDEO",
                           help="evaluate on encoded synthetic clips (ground truth in <stem>_truth.npz beside each) "
                                "instead of rendering --seeds")
@@ -311,7 +369,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="video files, http(s) URLs of video files (presigned ones too: known without their query, "
                             "which is never written), folders (searched recursively), quoted globs ('archive/**/*.mp4'), "
                             "or list files (.txt/.list/.lst, or @FILE: one path or URL per line, a path relative to the "
-                            "list file, # comments)")
+                            "list file, # comments; @- reads the list from standard input, its paths relative to the "
+                            "working directory)")
     batch.add_argument("--config", type=Path, default=None, metavar="FILE",
                        help="pipeline config for the model, engine, sinks and the batch section (sources are not used)")
     overrides(batch)
@@ -320,9 +379,11 @@ def _parser() -> argparse.ArgumentParser:
                        help="local: this machine; ray: a Ray cluster, local by default (pip install -e \".[ray]\" in the checkout)")
     batch.add_argument("--address", default=None, metavar="ADDR",
                        help="Ray cluster address: auto (the cluster this machine joined), head:6379, or "
-                            "ray://head:10001 (needs pip install 'ray[client]') (default: batch.ray.address, else a "
-                            "local Ray)")
-    batch.add_argument("--concurrency", type=int, default=None, metavar="N", help="videos decoded at once (local engine)")
+                            "ray://head:10001 (needs pip install 'ray[client]'); with --engine ray only (default: "
+                            "batch.ray.address, else a local Ray)")
+    batch.add_argument("--concurrency", type=int, default=None, metavar="N",
+                       help="videos decoded at once, local engine (default: the config's batch.concurrency, 4 unless "
+                            "set)")
     batch.add_argument("--retry-failed", action="store_true",
                        help="process videos that failed in an earlier run again (default: skip them)")
     batch.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
@@ -343,7 +404,32 @@ def _parser() -> argparse.ArgumentParser:
 
     for command in commands.choices.values():  # after the command too; left out there, the top-level value stands
         logging_options(command, argparse.SUPPRESS)
+        command.set_defaults(parser=command)  # whose usage an unrecognized argument is said with
+    parser.set_defaults(parser=parser)
     return parser
+
+
+# ``segstream --help``'s end: what a script reads of it, as README's tables say
+EPILOG = """exit codes:
+  0        done (a run a first signal stopped, drained, too)
+  1        the work failed or is incomplete (a source failed, a sink lost output, a video of a batch
+           failed, Redis unreachable or refusing, a validate --connect check or a reload failed)
+  2        nothing was done: a mistake in what was asked (a config error, a bad option value,
+           a file that does not exist)
+  124      a time limit given ran out (tail --follow --idle-timeout)
+  128+N    stopped by signal N before the work was done (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP;
+           141: the reader of its output went away)
+
+environment:
+  SEGSTREAM_LOG_FORMAT     text or json, as --log-format
+  SEGSTREAM_LOG_LEVEL      debug, info, warning or error, as --log-level
+  SEGSTREAM_REDIS_URL      tail and render: the Redis to read, as --url
+  REDIS_USERNAME, REDIS_PASSWORD
+                           tail and render: the Redis login, as --username and --password
+  REDIS_SENTINEL_USERNAME, REDIS_SENTINEL_PASSWORD
+                           tail and render: the sentinels' own login
+  and any ${VAR} a config names (${VAR:-default} for one that may be unset)
+"""
 
 
 def _whole_number(least: int, unit: str = "") -> Callable[[str], int]:
@@ -396,6 +482,21 @@ def redis_options(command: argparse.ArgumentParser) -> None:
     command.add_argument("--tls-cert", default=None, metavar="FILE",
                          help="with rediss://: this client's certificate, for servers that ask for one")
     command.add_argument("--tls-key", default=None, metavar="FILE", help="with --tls-cert: its private key")
+
+
+def redis_url(args: argparse.Namespace) -> str:
+    """``--url``, checked as the sink's config checks its url: a value that is no Redis URL is a
+    mistake in what was asked (exit 2), not a Redis that cannot be reached."""
+    from pydantic import ValidationError
+
+    from segstream.pipeline.config import RedisSinkConfig
+
+    try:
+        RedisSinkConfig(url=args.url)
+    except ValidationError as error:
+        said = error.errors()[0]["msg"].removeprefix("Value error, ").replace(", or null for an embedded Redis", "")
+        raise ConfigError(f"--url: {said}") from None
+    return args.url
 
 
 def redis_tls(args: argparse.Namespace) -> TlsFiles | None:
@@ -547,7 +648,7 @@ def _tail(args: argparse.Namespace) -> int:
     if not args.follow and (args.idle_timeout is not None or args.until_ended):
         option = "--idle-timeout" if args.idle_timeout is not None else "--until-ended"
         raise ConfigError(f"{option} says when --follow stops waiting — add --follow")
-    tail(args.stream, url=args.url, count=args.count, follow=args.follow, events=args.events,
+    tail(args.stream, url=redis_url(args), count=args.count, follow=args.follow, events=args.events,
          password=args.password, username=args.username, tls=redis_tls(args), sentinel=redis_sentinel(args), at=at,
          json_lines=args.json, idle_timeout_s=args.idle_timeout, until_ended=args.until_ended)
     return 0
@@ -606,6 +707,8 @@ def _batch(args: argparse.Namespace) -> int:
 def _render(args: argparse.Namespace) -> int:
     from segstream.pipeline.render import main_render
 
+    redis_url(args)
+
     return main_render(args)
 
 
@@ -643,7 +746,7 @@ def _reload(args: argparse.Namespace) -> int:
     import urllib.request
 
     from segstream.pipeline.config import _host_port
-    from segstream.pipeline.reload import REMOVE_WAIT_S, ops_address
+    from segstream.pipeline.reload import ops_address
 
     # The run reads and checks the file, with its own overrides and environment (a camera's
     # password may be in the run's environment only): here, only where it listens is read.
@@ -662,7 +765,7 @@ def _reload(args: argparse.Namespace) -> int:
     url = f"http://{f'[{host}]' if ':' in host else host}:{port}/reload"
     asked = f"{url}?{urllib.parse.urlencode({'config': os.path.abspath(args.config)})}"
     request = urllib.request.Request(asked, method="POST", data=b"")
-    timeout = REMOVE_WAIT_S + 30 if args.timeout is None else args.timeout
+    timeout = RELOAD_WAIT_S if args.timeout is None else args.timeout
     try:
         with urllib.request.urlopen(request, timeout=timeout) as answer:
             line = answer.read().decode(errors="replace").strip()

@@ -24,7 +24,7 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from segstream.connectors.errors import ConfigError
-from segstream.connectors.text_files import read_saved_text
+from segstream.connectors.text_files import read_saved_text, streamed
 from segstream.connectors.redaction import SECRET_NAME, remember, remember_in
 from segstream.connectors.source import not_a_video_file, special_file
 from segstream.connectors.redis_connection import (
@@ -1281,8 +1281,9 @@ class BatchPipelineConfig(PipelineConfig):
 
 def config_folder(path: str | Path) -> Path:
     """The folder a config file's relative paths start from: the one it is in as named (a link's
-    own, as docker-compose takes it), not the one a link leads to."""
-    return Path(os.path.abspath(path)).parent
+    own, as docker-compose takes it), not the one a link leads to; for a config read from
+    standard input or a pipe, the working directory."""
+    return Path.cwd() if streamed(path) else Path(os.path.abspath(path)).parent
 
 
 def _led_to(path: str, resolved: Path) -> str:

@@ -19,13 +19,14 @@ import time
 from datetime import datetime, timezone
 from typing import TextIO
 
+from segstream.connectors.errors import ConfigError
 from segstream.connectors.threads import run_id_of_thread
 
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 ENV_FORMAT = "SEGSTREAM_LOG_FORMAT"
 ENV_LEVEL = "SEGSTREAM_LOG_LEVEL"
-_configured = {"format": "text"}
+_configured = {"format": "text", "level": "info"}
 _run = {"id": ""}  # the run this process runs now: every JSON record carries its run_id
 
 
@@ -145,17 +146,16 @@ class _StderrHandler(logging.StreamHandler):
 def configure_logging(format: str | None = None, level: str | None = None, stream: TextIO | None = None) -> None:
     """Send the ``segstream`` loggers to ``stream`` (default: stderr) as ``format`` (text or json;
     default from SEGSTREAM_LOG_FORMAT, else text) at ``level`` (default SEGSTREAM_LOG_LEVEL, else
-    info)."""
+    info), either in any case; a value that is none of them is a ``ConfigError``."""
     said = {ENV_FORMAT: format, ENV_LEVEL: level}  # what the caller gave, else the variable's
     format = (format or os.environ.get(ENV_FORMAT) or "text").lower()
     level = (level or os.environ.get(ENV_LEVEL) or "info").lower()
-    # a typo is said (once the handler is set), as --log-format's would be refused
-    unknown = [f"{name if said[name] is None else what}={value!r} is none of {', '.join(choices)}: using {fallback}"
-               for name, what, value, choices, fallback in ((ENV_FORMAT, "log format", format, LOG_FORMATS, "text"),
-                                                            (ENV_LEVEL, "log level", level, LOG_LEVELS, "info"))
-               if value not in choices]
-    format = format if format in LOG_FORMATS else "text"
-    level = level if level in LOG_LEVELS else "info"
+    # a typo is refused, as --log-format's is: a service meant to log JSON went on in text
+    for name, what, value, choices in ((ENV_FORMAT, "log format", format, LOG_FORMATS),
+                                       (ENV_LEVEL, "log level", level, LOG_LEVELS)):
+        if value not in choices:
+            given = f"{name}={value!r}" if said[name] is None else f"{what} {value!r}"
+            raise ConfigError(f"{given} is none of {', '.join(choices)}")
     handler = logging.StreamHandler(stream) if stream is not None else _StderrHandler()
     if format == "json":
         from pythonjsonlogger.json import JsonFormatter
@@ -179,10 +179,8 @@ def configure_logging(format: str | None = None, level: str | None = None, strea
     root.addHandler(handler)
     root.setLevel(getattr(logging, level.upper(), logging.INFO))
     root.propagate = False
-    _configured["format"] = format
+    _configured["format"], _configured["level"] = format, level
     _json_everywhere(handler if format == "json" else None)
-    for line in unknown:
-        root.warning(line)
 
 
 def _json_everywhere(handler: logging.Handler | None) -> None:
@@ -192,7 +190,8 @@ def _json_everywhere(handler: logging.Handler | None) -> None:
     warned = logging.getLogger("py.warnings")  # where logging.captureWarnings sends warnings.warn
     if _hooks:
         for logger, handlers, propagate in reversed(_hooks.get("adopted", [])):  # a library's own, as they were
-            logger.removeHandler(_hooks["handler"])
+            for forward in [h for h in logger.handlers if isinstance(h, _Forward)]:
+                logger.removeHandler(forward)
             for old in handlers:
                 logger.addHandler(old)
             logger.propagate = propagate
@@ -217,8 +216,8 @@ _hooks: dict = {}  # what _json_everywhere replaced, to put back
 def adopt_library_logs(prefix: str = "torch") -> None:
     """With JSON logs, the records of a library that prints its own (torch's loggers, each with a
     handler of its own writing glog-like text: dynamo's recompiles, cpp_extension's "No CUDA
-    runtime") go through segstream's JSON handler instead; call once the library is imported.
-    With text logs, nothing changes."""
+    runtime"; Ray's) go through segstream's JSON handler instead; call once the library is
+    imported. With text logs, nothing changes."""
     if _configured["format"] != "json" or not _hooks:
         return
     ours = _hooks["handler"]
@@ -229,13 +228,28 @@ def adopt_library_logs(prefix: str = "torch") -> None:
         logger = logging.getLogger(name)
         if any(logger is done for done, _, _ in adopted):
             continue
-        theirs = [handler for handler in logger.handlers if handler is not ours]
+        theirs = [handler for handler in logger.handlers if not isinstance(handler, _Forward)]
         adopted.append((logger, theirs, logger.propagate))
         for handler in theirs:
             logger.removeHandler(handler)
         logger.propagate = logger is not top  # on to the top logger's handler: ours
-    if ours not in top.handlers:
-        top.addHandler(ours)
+    if not any(isinstance(handler, _Forward) for handler in top.handlers):
+        top.addHandler(_Forward(ours))
+
+
+class _Forward(logging.Handler):
+    """Hands a library's records to segstream's handler; a formatter the library sets on its
+    logger's handlers (``ray.init`` sets its own) stays off ours."""
+
+    def __init__(self, target: logging.Handler):
+        super().__init__()
+        self.target = target
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.target.handle(record)
+
+    def setFormatter(self, fmt) -> None:
+        pass
 
 
 def _thread_exception_record(args) -> None:
@@ -247,6 +261,12 @@ def _thread_exception_record(args) -> None:
     logging.getLogger("segstream.threads").error(
         "uncaught exception in thread %s", name, exc_info=(args.exc_type, args.exc_value, args.exc_traceback),
         extra={"thread_name": name})
+
+
+def log_settings() -> tuple[str, str]:
+    """The format and level ``configure_logging`` was last given (resolved), for another
+    process to log as this one does (a Ray worker)."""
+    return _configured["format"], _configured["level"]
 
 
 def json_logging() -> bool:

@@ -226,6 +226,9 @@ def _entries_of(reader: StreamReader, run: StreamRun) -> Iterator[FrameResult]:
 
 
 def main_render(args) -> int:
+    if str(args.out) == "-":  # it wrote a file named '-'
+        raise ConfigError("--out -: an MP4 cannot go to standard output (its index is written once the video "
+                          "ends, and a player needs it first) — give a file name, such as --out overlay.mp4")
     if not 0 <= args.opacity <= 1:
         raise ConfigError(f"--opacity must be between 0 and 1, got {args.opacity}")
     if args.level is not None and args.level < 0:

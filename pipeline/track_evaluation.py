@@ -217,7 +217,9 @@ def evaluate_tracking(
     model: list[TrackedScene] = []
     oracle: list[TrackedScene] = []
     total = len(seeds) * num_frames
-    with tqdm(total=total, desc="evaluate tracking", unit="frame", file=sys.stderr, disable=not progress) as bar:
+    # disable=None: a bar on a terminal only (a log file or pipe gets no carriage-return lines)
+    with tqdm(total=total, desc="evaluate tracking", unit="frame", file=sys.stderr,
+              disable=None if progress else True) as bar:
         for seed in seeds:
             rng = np.random.default_rng([seed, 0x7EAC])
             noisy_tracker, model_tracker = SegmentTracker(settings), SegmentTracker(settings)

@@ -86,6 +86,20 @@ def test_inputs_are_files_folders_globs_and_list_files(archive, tmp_path):
     assert warnings == [f"'{tmp_path / 'none*.mp4'}' matches no file"]
 
 
+def test_a_list_from_standard_input_names_videos_relative_to_the_working_directory(archive, tmp_path, monkeypatch):
+    # found probing as a CLI reviewer: `ls *.mp4 | segstream batch @- ...` looked for a list file named '-'
+    import io
+
+    from segstream.connectors import text_files
+
+    monkeypatch.setattr(text_files, "_read_once", {}, raising=False)
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"a.mp4\nday2/b.mp4\n")))
+    monkeypatch.chdir(archive)
+    found, warnings = find_videos(["@-"], [".mp4"])
+    assert found == [archive / "a.mp4", archive / "day2" / "b.mp4"] and warnings == []
+    assert find_videos(["@-"], [".mp4"])[0] == found, "standard input read once, as often as it is named"
+
+
 def test_a_list_file_saved_by_a_windows_editor_is_read_whole(tmp_path, capsys):
     # Found probing (i18n): a UTF-8 BOM made the first line '\ufeff# Liste', a path; UTF-16 was a traceback
     from segstream.pipeline.cli import main
@@ -510,17 +524,19 @@ def test_a_rerun_with_other_model_or_outputs_does_the_videos_again(tmp_path, mon
     assert len(record["settings"]["model"]["checkpoint_file"]["sha256"]) == 64
 
 
-def test_a_ray_driver_without_the_workers_gpu_keeps_the_precision_as_configured(tmp_path, monkeypatch):
+def test_a_ray_driver_without_the_workers_gpu_records_the_precision_the_workers_settled(tmp_path, monkeypatch):
     """Found reviewing: the settings resolved the device on the driver, so a CPU driver refused
     model.device: cuda (the Ray workers' GPU) and recorded its own fp32 for an auto the workers ran
-    in bf16."""
+    in bf16. The Ray engine settles auto where its actors run (tests/test_batch_ray.py); a
+    precision given is recorded as it is, the device not looked at."""
     from segstream.pipeline import batch
 
     cfg = config(tmp_path / "out")
-    cfg.model.device, cfg.model.precision = "cuda", "auto"
+    cfg.model.device, cfg.model.precision = "cuda", "bf16"
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)
-    assert batch.output_settings(cfg, resolved=False)["model"]["precision"] == "auto"
+    assert batch.output_settings(cfg)["model"]["precision"] == "bf16"
     assert batch.made_by("run-1", cfg, "ray")["device"] == "ray: cuda"
+    cfg.model.precision = "auto"
     with pytest.raises(ConfigError):  # the local engine runs here: its device must be here
         batch.output_settings(cfg)
 

@@ -220,3 +220,76 @@ def test_presigned_urls_on_ray_are_read_whole_and_recorded_without_their_query(t
     assert records["clip"]["video"] == f"{store.base}/clip.mp4" and records["clip"]["etag"]
     assert records["gone"]["reason"].startswith(f"source gone: cannot open '{store.base}/gone.mp4': 404 Not Found")
     assert SIGNATURE not in written(out)
+
+
+def test_either_engine_skips_what_the_other_did_its_settings_being_the_same(tmp_path):
+    # found probing as a CLI reviewer: Ray recorded model.precision auto where the local engine recorded
+    # what auto is here (bf16 or fp32), so switching engines did every video again
+    import torch
+
+    from segstream.models.segmenter import default_precision
+
+    here = default_precision(torch.device("cpu"))  # auto, as the local engine resolves it and Ray's actors do
+    video = str(encode_clip(tmp_path / "a.mp4", frames=4))
+    for first, then in (("local", "ray"), ("ray", "local")):
+        out = tmp_path / first
+        outcomes, skipped, _ = run_batch(config(out), [video], engine=first, progress=False)
+        assert [o.status for o in outcomes] == ["done"] and skipped == 0
+        outcomes, skipped, _ = run_batch(config(out), [video], engine=then, progress=False)
+        assert outcomes == [] and skipped == 1, f"{then} after {first}: done again"
+        record = json.loads((out / MANIFEST).read_text().splitlines()[-1])
+        assert record["settings"]["model"]["precision"] == here
+
+
+_SAYING_SINK = """
+import logging
+
+
+class SayingSink:
+    name = "saying"
+
+    def __init__(self):
+        logging.getLogger("segstream.saying").warning("a sink built in a Ray worker")
+
+    def publish(self, result): pass
+    def publish_event(self, event): pass
+    def poll(self): pass
+    def flush(self): pass
+    def close(self): pass
+"""
+
+
+def test_ray_s_lines_under_json_logs_are_json_and_without_colour_in_text(tmp_path):
+    # found probing as a CLI reviewer: Ray's WARNING lines and its workers' lines, prefixed "(process_video
+    # pid=...)" in colour codes, broke --log-format json and ignored NO_COLOR; each task warned of
+    # sinks.files.dir and sinks.preview.dir, which the user had not set (its config written out whole)
+    import subprocess
+    import sys
+
+    from tests.test_batch import REPO
+
+    video = str(encode_clip(tmp_path / "a.mp4", frames=4))
+    (tmp_path / "saying_sink.py").write_text(_SAYING_SINK)  # its line comes from the worker
+    config_file = tmp_path / "batch.yaml"
+    config_file.write_text("model: {device: cpu}\nengine: {batch_size: 2}\nops: {http: null}\n"
+                           "sinks: {custom: [{use: 'saying_sink:SayingSink'}]}\n")
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("RAY_", "NO_COLOR"))}
+
+    def batch(out: str, *options: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "segstream", *options[:2], "batch", "--engine", "ray", video,
+                               "--config", str(config_file), "--out", str(tmp_path / out), *options[2:]],
+                              env={**env, "PYTHONPATH": f"{REPO}:{tmp_path}"}, cwd=tmp_path, capture_output=True,
+                              text=True, timeout=240)
+
+    plain = batch("plain", "--log-level", "info")
+    assert plain.returncode == 0, plain.stderr
+    [worker] = [line for line in plain.stderr.splitlines() if "a sink built in a Ray worker" in line]
+    assert worker.endswith("segstream: warning: a sink built in a Ray worker"), "logged as the driver logs"
+    assert "\x1b" not in plain.stderr, "no colour codes where standard error is no terminal"
+    assert " is set but " not in plain.stderr, "a setting the user left alone"
+
+    logged = batch("json", "--log-format", "json")
+    assert logged.returncode == 0, logged.stderr
+    records = [json.loads(line) for line in logged.stderr.splitlines()]  # every line one object
+    assert any(r["message"] == "a sink built in a Ray worker" and r["logger"] == "segstream.saying" for r in records)
+    assert any(r["message"].startswith("a: done") for r in records)

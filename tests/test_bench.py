@@ -53,6 +53,20 @@ def test_bench_refuses_nonsense_counts(capsys):
     assert "--sources must be at least 1" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(("option", "value", "said"), [
+    ("--naive-frames", "0", "--naive-frames must be at least 1"),
+    ("--naive-frames", "-3", "--naive-frames must be at least 1"),
+    ("--network-seconds", "0", "--network-seconds must be a number of seconds above 0"),
+    ("--network-seconds", "-1", "--network-seconds must be a number of seconds above 0"),
+    ("--network-seconds", "nan", "--network-seconds must be a number of seconds above 0"),
+])
+def test_bench_refuses_a_naive_loop_or_network_time_of_nothing(capsys, option, value, said):
+    # found probing as a CLI reviewer: --naive-frames 0 never ended (the loop stopped only at its count)
+    assert main(["bench", str(DEMO), option, value, "--frames", "8", "--json"]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert said in line
+
+
 def test_the_naive_loop_tracks_as_the_pipeline_does(tmp_path):
     # found probing: BENCHMARKS said the naive loop tracks; it published every segment untracked
     from segstream.connectors.files_sink import read_entries

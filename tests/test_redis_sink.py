@@ -301,20 +301,29 @@ def test_a_run_s_embedded_redis_listens_on_a_socket_only_its_user_can_reach(tmp_
 
 def test_without_url_an_embedded_redis_runs_until_close(tmp_path, capsys):
     configure_logging()  # the publisher logs how to connect; the CLI sends that to stderr
-    publisher = RedisPublisher.from_config(None, None, embedded_dir=tmp_path)
+    publisher = RedisPublisher.from_config(None, None, embedded_dir=tmp_path, sources=["cam0"])
     url = publisher._embedded.url
     publisher.publish(tiny_scene("cam0", 0))
     publisher.flush()
 
     message = capsys.readouterr().err
     assert url.startswith("unix:///") and f"redis-cli -s {url.removeprefix('unix://')}" in message
-    assert f"segstream tail segstream:<source>:frames --url {url}" in message
+    # the run's own stream, to paste into a shell (found probing as a CLI reviewer: `<source>` was a redirection)
+    assert f"segstream tail segstream:cam0:frames --url {url}" in message
     assert redis.Redis.from_url(url).xlen("segstream:cam0:frames") == 1
 
     publisher.close()
     with pytest.raises(redis.ConnectionError):
         redis.Redis.from_url(url, retry=None).ping()
     assert (tmp_path / "segstream.rdb").exists()
+
+
+def test_the_embedded_redis_watch_line_of_several_or_unknown_sources_is_a_quoted_glob(tmp_path, capsys):
+    configure_logging()
+    for sources, said in ((["cam 1", "cam2"], "segstream tail 'segstream:cam 1:frames' segstream:cam2:frames --url"),
+                          ([], "segstream tail 'segstream:*:frames' --url")):
+        RedisPublisher.from_config(None, None, embedded_dir=tmp_path / str(len(sources)), sources=sources).close()
+        assert said in capsys.readouterr().err
 
 
 def test_an_embedded_redis_that_cannot_start_leaves_no_directory_behind(tmp_path, monkeypatch):
@@ -362,10 +371,11 @@ def to_wire_scene(source: str, index: int) -> dict:
 
 
 def test_tail_of_a_url_whose_database_is_not_a_number_is_one_line(capsys):
-    """redis-py read redis://host/abc as database 0 (found reviewing: config refused it, tail did not)."""
+    """redis-py read redis://host/abc as database 0 (found reviewing: config refused it, tail did not);
+    a bad option value, exit 2 (it was 1, as for a Redis not reached: found probing as a CLI reviewer)."""
     from segstream.pipeline.cli import main
 
-    assert main(["tail", "segstream:cam0:frames", "--url", "redis://127.0.0.1:6379/abc"]) == 1
+    assert main(["tail", "segstream:cam0:frames", "--url", "redis://127.0.0.1:6379/abc"]) == 2
     [line] = capsys.readouterr().err.strip().splitlines()
     assert "names database 'abc', not a number" in line
 

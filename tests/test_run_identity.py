@@ -410,16 +410,19 @@ def test_with_json_logs_torch_s_own_log_lines_are_json_records_too(capsys):
         != "_JsonFormatter", "text logs again: torch's own handlers are back"
 
 
-def test_a_log_setting_in_the_environment_that_is_none_is_said(monkeypatch, capsys):
-    # Found probing as an automation engineer: SEGSTREAM_LOG_LEVEL=bogus was silently taken as info
+@pytest.mark.parametrize(("name", "value", "said"), [
+    ("SEGSTREAM_LOG_LEVEL", "verbose", "SEGSTREAM_LOG_LEVEL='verbose' is none of debug, info, warning, error"),
+    ("SEGSTREAM_LOG_FORMAT", "xml", "SEGSTREAM_LOG_FORMAT='xml' is none of text, json"),
+])
+def test_a_log_setting_in_the_environment_that_is_none_is_refused(monkeypatch, capsys, name, value, said):
+    # Found probing as an automation engineer: SEGSTREAM_LOG_LEVEL=bogus was silently taken as info;
+    # then as a CLI reviewer: a warning and text logs for a service meant to log JSON (the flag's typo is exit 2)
     from segstream.pipeline.cli import main
 
-    monkeypatch.setenv("SEGSTREAM_LOG_LEVEL", "verbose")
-    monkeypatch.setenv("SEGSTREAM_LOG_FORMAT", "xml")
-    assert main(["validate", str(Path(__file__).parents[1] / "configs" / "demo.yaml")]) == 0  # (conftest restores logging)
-    err = capsys.readouterr().err
-    assert "SEGSTREAM_LOG_LEVEL='verbose' is none of debug, info, warning, error: using info" in err
-    assert "SEGSTREAM_LOG_FORMAT='xml' is none of text, json: using text" in err
+    monkeypatch.setenv(name, value)
+    assert main(["validate", str(Path(__file__).parents[1] / "configs" / "demo.yaml")]) == 2  # (conftest restores logging)
+    captured = capsys.readouterr()
+    assert captured.err == f"segstream: error: {said}\n" and captured.out == ""
 
 
 def test_tail_reads_the_redis_url_from_the_environment_as_the_demo_does(server, client, monkeypatch, capsys):

@@ -74,6 +74,13 @@ def test_evaluate_tracking_prints_the_table_and_one_json_line(capsys):
     assert 0 < result["model"]["idf1"] <= 1 and result["model"]["gt_tracks"] > 0
 
 
+def test_evaluate_tracking_draws_no_bar_into_a_log(capsys):
+    # found probing as a CLI reviewer: its bar went into files and pipes, unlike evaluate's own
+    assert main(["evaluate", "--tracking", "--no-model", "--seeds", "0", "--frames", "4", "--size", "160", "120"]) == 0
+    err = capsys.readouterr().err
+    assert "frame/s" not in err and "\r" not in err and "evaluate tracking" not in err
+
+
 def test_evaluate_tracking_scores_the_tracker_settings_a_config_and_set_give(capsys, tmp_path):
     config = tmp_path / "tracker.yaml"
     config.write_text("sources: []\ntracking:\n  max_lost: 0\n  min_hits: 3\n")
