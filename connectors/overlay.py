@@ -212,8 +212,8 @@ class _RecordingFile:
 
 # The colours of the videos segstream writes (previews, overlays, renders): BT.709, limited range,
 # what players take HD video to be
-OUTPUT_TAGS = {"colorspace": int(Colorspace.ITU709), "color_range": int(ColorRange.MPEG),
-               "color_trc": int(ColorTrc.BT709), "color_primaries": int(ColorPrimaries.BT709)}
+OUTPUT_TAGS = {"colorspace": Colorspace.ITU709, "color_range": ColorRange.MPEG, "color_trc": ColorTrc.BT709,
+               "color_primaries": ColorPrimaries.BT709}
 
 
 class VideoColours:

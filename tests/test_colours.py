@@ -12,12 +12,12 @@ from fractions import Fraction
 import av
 import numpy as np
 import pytest
-
+from segstream.connectors.errors import ConfigError
 from segstream.connectors.file_source import FileSource
 from segstream.connectors.overlay import OverlayVideo
-from segstream.connectors.errors import ConfigError
 from segstream.pipeline.config import load_config
 from segstream.pipeline.source_states import first_frame
+
 from tests.conftest import unlocated
 
 # saturated, pastel, grey, near black, near white: 4 x 3 patches
@@ -140,7 +140,7 @@ def test_an_hdr_video_is_tone_mapped_to_sdr_and_said(hdr_clips, name, raw_error)
     assert _error(raw, expected) > raw_error
     frames, source = _read(clip)
     assert _error(frames[0].image, expected) < 8
-    reason, data = first_frame(source, frames[0])
+    data = first_frame(source, frames[0])[1]
     assert data["hdr"] == name and data["pixel_format"] == "yuv420p10le"
 
 
