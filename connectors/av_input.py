@@ -40,7 +40,7 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from urllib.parse import urlsplit
 
@@ -48,6 +48,8 @@ import av
 import numpy as np
 
 from segstream.connectors.catch_up import CatchUp
+from segstream.connectors.colour import ColourConversion
+from segstream.connectors.deinterlace import Deinterlacer, field_order
 from segstream.connectors.errors import THREAD_LIMIT_HINT, ResourceLimit, SourceError, thread_start_failed
 from segstream.connectors.frame_rate import FrameRateCap
 from segstream.connectors.ffmpeg_relay import RELAYED_SCHEMES, FFmpegRelay, demuxer_options, relay_program
@@ -73,22 +75,34 @@ _SEQUENCE_HEADERS = {
 @dataclass(frozen=True, slots=True)
 class InputInfo:
     """What an opened input delivers: frame size (as decoded, before any rotation), codec, pixel
-    format, frame rate."""
+    format, frame rate; once frames came, ``hdr`` (``pq`` or ``hlg``: tone-mapped to SDR for
+    the model), ``interlaced`` (the field order, ``tff``, ``bff`` or ``unknown``, of frames
+    flagged interlaced) and ``deinterlaced`` (whether they were made whole)."""
 
     width: int
     height: int
     codec: str
     pixel_format: str | None
     fps: float | None
+    hdr: str | None = None
+    interlaced: str | None = None
+    deinterlaced: bool = False
 
     def as_dict(self) -> dict:
-        return {
+        """The keys of a ``streaming`` event; ``hdr``, ``interlaced`` and ``deinterlaced`` only where
+        there is something to say."""
+        said = {
             "width": self.width,
             "height": self.height,
             "codec": self.codec,
             "pixel_format": self.pixel_format,
             "fps": None if self.fps is None else round(self.fps, 3),
         }
+        if self.hdr is not None:
+            said["hdr"] = self.hdr
+        if self.interlaced is not None or self.deinterlaced:
+            said.update(interlaced=self.interlaced, deinterlaced=self.deinterlaced)
+        return said
 
 
 @dataclass(slots=True)
@@ -365,7 +379,10 @@ class AVInput:
     redacted URL). ``format`` forces a demuxer (``v4l2``); ``options`` are FFmpeg's format and
     protocol options. ``timeout`` = (open, read) seconds, enforced by PyAV's interrupt callback
     ``grace_s`` later (messages name ``timeout``).
-    ``low_latency`` asks the decoder to output each frame as soon as it can. ``scale``, when set,
+    ``low_latency`` asks the decoder to output each frame as soon as it can. ``colour`` converts
+    frames to RGB (``ColourConversion``: HDR tone-mapped to SDR) and ``fields`` deinterlaces
+    them (``Deinterlacer``); a source keeps one of each across the inputs it opens, as it does
+    its ``orientation``. ``scale``, when set,
     gives for a displayed (height, width) the size the model scales a frame to; frames larger than
     that are converted to RGB at that size in one step (FFmpeg's bilinear, area-aware when
     shrinking), instead of at full size and resized again by the model.
@@ -381,6 +398,8 @@ class AVInput:
         timeout: tuple[float, float] = (10.0, 10.0),
         low_latency: bool = False,
         orientation: DisplayOrientation | None = None,
+        colour: ColourConversion | None = None,
+        fields: Deinterlacer | None = None,
         scale: Callable[[int, int], tuple[int, int]] | None = None,
         lost_are_errors: bool = False,
         grace_s: float = 0.0,
@@ -413,6 +432,8 @@ class AVInput:
         # an http input told to resume a lost connection with a Range request (a file's)
         self.resumes = (options or {}).get("reconnect") == "1"
         self.orientation = orientation if orientation is not None else DisplayOrientation()
+        self.colour = colour if colour is not None else ColourConversion()
+        self.fields = fields if fields is not None else Deinterlacer()
         self._relay: FFmpegRelay | None = None
         # FFmpeg's own deadlines come ``grace_s`` after the caller's (a watchdog that acts on
         # the caller's); messages name the caller's
@@ -505,6 +526,7 @@ class AVInput:
         self._timestamps = BestEffortTimestamp()
         # packets the last session's decoder could not read, decoded first (set before ``pictures()``)
         self.carried: tuple[bytes, ...] = ()
+        self._reformatter = self.colour.lend()  # given back by close()
 
     def _open_relayed(self, ffmpeg: str, options: dict[str, str], deadlines: tuple[float, float]):
         """The input through the system's ``ffmpeg`` (a protocol PyAV's FFmpeg lacks: SRT)."""
@@ -563,6 +585,7 @@ class AVInput:
         demuxed = self._demuxed(stream)
         catch_up = self.catch_up
         jpeg = context.name == "mjpeg" and live  # (a file's JPEG may carry more after its end: a motion photo's video)
+        fields = self.fields.for_input(self.shown, self.log_extra)
         try:
             for packet, carried in itertools.chain(self._carried_packets(), demuxed):
                 if self.stop is not None and self.stop.is_set():
@@ -590,6 +613,8 @@ class AVInput:
                 try:
                     frames = [*held, *([] if failed else context.decode(packet))]
                 except av.error.EOFError:
+                    for whole in fields.flush():
+                        yield self._picture(whole)
                     self._relay_ended()
                     return
                 except av.error.FFmpegError as error:
@@ -632,7 +657,10 @@ class AVInput:
                     if change_after is not None:
                         self.decode_errors, self.pending_rejected = self.decode_errors + rejected, 0
                     decoded, without_picture, rejected = True, 0, 0
-                    yield self._picture(frame)
+                    for whole in fields.frames(frame):  # the frame before, where deinterlacing holds one back
+                        yield self._picture(whole)
+            for whole in fields.flush():
+                yield self._picture(whole)
             self._relay_ended()
         except av.error.ExitError:
             raise InputTimeout(
@@ -709,17 +737,19 @@ class AVInput:
     def _image(self, frame: av.VideoFrame) -> tuple[np.ndarray, tuple[int, int] | None]:
         """The frame as RGB, as displayed, and its displayed size when scaled down here."""
         orient = self.orientation.transform(frame, self.shown)
-        pixels, size = frame, None
+        stored, size = None, None
         if self.scale is not None:
             turned = self.orientation.transposes
             height, width = (frame.width, frame.height) if turned else (frame.height, frame.width)
             h, w = self.scale(height, width)
             if h < height and w < width:
                 size = (height, width)
-                rows, columns = (w, h) if turned else (h, w)
-                pixels = frame.reformat(width=columns, height=rows, format="rgb24", interpolation="BILINEAR")
-        image = orient(pixels.to_ndarray(format="rgb24"))
-        del pixels
+                stored = (h, w) if turned else (w, h)  # (width, height) as stored
+        image = orient(self.colour.rgb(frame, stored, self._reformatter, self.shown, self.log_extra))
+        described = (self.colour.hdr, self.fields.interlaced, self.fields.deinterlaced)
+        if described != (self.info.hdr, self.info.interlaced is not None, self.info.deinterlaced):
+            self.info = replace(self.info, hdr=described[0], deinterlaced=described[2],
+                                interlaced=field_order(self.stream.codec_context) if described[1] else None)
         return image, size
 
     def _picture(self, frame: av.VideoFrame) -> Picture:
@@ -775,6 +805,9 @@ class AVInput:
             self.stream = None
             if self._relay is not None:
                 self._relay.close()
+            reformatter, self._reformatter = getattr(self, "_reformatter", None), None
+            if reformatter is not None:
+                self.colour.give_back(reformatter)
 
 
 def _jpeg_cut_short(packet: av.Packet) -> bool:

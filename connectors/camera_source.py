@@ -7,6 +7,7 @@ import logging
 from typing import Any
 
 from segstream.connectors.av_input import InputInfo, Picture
+from segstream.connectors.deinterlace import Deinterlace
 from segstream.connectors.live_source import LiveSource, ReconnectPolicy
 
 logger = logging.getLogger("segstream.sources")
@@ -46,6 +47,7 @@ class CameraSource(LiveSource):
         backend: str = "ffmpeg",
         seed: int | None = None,
         max_fps: float | None = None,
+        deinterlace: Deinterlace = "auto",
     ):
         if backend not in ("ffmpeg", "opencv"):
             raise ValueError(f"unknown camera backend {backend!r} (ffmpeg or opencv)")
@@ -63,7 +65,7 @@ class CameraSource(LiveSource):
         path = camera_device(device)
         super().__init__(
             name, path, policy=policy, format=driver, options=options, low_latency=True, shown=path,
-            describe=self._negotiated, seed=seed, max_fps=max_fps,
+            describe=self._negotiated, seed=seed, max_fps=max_fps, deinterlace=deinterlace,
         )
 
     def _open(self):

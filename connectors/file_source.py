@@ -9,6 +9,8 @@ from collections.abc import Callable, Iterator
 
 from segstream.connectors.av_input import AVInput, CaptureThread, DisplayOrientation, InputInfo, InputTimeout
 from segstream.connectors.clock import Pacer, Timeline
+from segstream.connectors.colour import ColourConversion
+from segstream.connectors.deinterlace import Deinterlace, Deinterlacer
 from segstream.connectors.errors import SourceError
 from segstream.connectors.frame_rate import FrameRateCap
 from segstream.connectors.frames import Frame
@@ -104,7 +106,9 @@ class FileSource:
     opened by ``frames()``. Reading runs on a thread of its own (``CaptureThread``), so
     ``close()`` ends ``frames()`` at once whatever FFmpeg is doing. ``decode_size``, set before
     ``frames()`` (the runtime does, for ``engine.resize_in_decoder``), has frames converted at
-    the size the model scales them to (see ``AVInput``).
+    the size the model scales them to (see ``AVInput``). Frames come as SDR RGB (HDR
+    tone-mapped, ``ColourConversion``); ``deinterlace`` (auto: the frames flagged interlaced;
+    True: all; False: none) has interlaced frames made whole (``Deinterlacer``).
     """
 
     def __init__(
@@ -117,6 +121,7 @@ class FileSource:
         open_timeout_s: float = 10.0,
         read_timeout_s: float = 10.0,
         max_fps: float | None = None,
+        deinterlace: Deinterlace = "auto",
     ):
         self.name = name
         self.path = str(path)
@@ -134,6 +139,8 @@ class FileSource:
         self._closed = threading.Event()
         self._lock = threading.Lock()
         self._orientation = DisplayOrientation()  # read once for all the loops of the file
+        self._colour = ColourConversion()  # and its colours and fields, told once
+        self._fields = Deinterlacer(deinterlace)
         self.decode_size: Callable[[int, int], tuple[int, int]] | None = None
         self.info: InputInfo | None = None  # what the open file delivers (codec, frame rate), once opened
         if "://" not in self.path and (kind := special_file(self.path)) is not None:
@@ -162,7 +169,8 @@ class FileSource:
         try:
             opened = AVInput(self.path, self.shown, options=http_file_options(self.path, self.timeout[0]),
                              timeout=self.timeout,
-                             orientation=self._orientation, scale=self.decode_size)
+                             orientation=self._orientation, colour=self._colour, fields=self._fields,
+                             scale=self.decode_size)
         except SourceError as error:
             raise self._named(error) from None
         opened.cap = self._cap
@@ -202,6 +210,7 @@ class FileSource:
                     pace_s = max(float(step_s), self._cap.period_s) if self._cap is not None else float(step_s)
                     if self.pacer is not None and not self.pacer.wait(pts_seconds, pace_s, self._closed):
                         return
+                    self.info = reading.info  # with what its frames showed (HDR, interlaced)
                     yield Frame(
                         source=self.name,
                         index=index,

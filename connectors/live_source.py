@@ -43,7 +43,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from typing import Any
 
@@ -62,6 +62,8 @@ from segstream.connectors.av_input import (
     Picture,
 )
 from segstream.connectors.catch_up import CatchUp, CatchUpTally
+from segstream.connectors.colour import ColourConversion
+from segstream.connectors.deinterlace import Deinterlace, Deinterlacer
 from segstream.connectors.clock import Pacer, Timeline
 from segstream.connectors.errors import ResourceLimit, SourceError
 from segstream.connectors.frame_rate import FrameRateCap
@@ -346,6 +348,7 @@ class LiveSource:
         seed: int | None = None,
         max_fps: float | None = None,
         max_behind_s: float | None = None,
+        deinterlace: Deinterlace = "auto",
     ):
         self.name = name
         self.target = target
@@ -365,6 +368,8 @@ class LiveSource:
         self.reconnects = 0
         self.epoch = 0
         self.info: InputInfo | None = None  # of the session now streaming
+        self.colour = ColourConversion()  # its sessions' frames to RGB, told once
+        self.fields = Deinterlacer(deinterlace)
         # for a displayed (height, width), the size to decode at (set by the runtime; see AVInput)
         self.decode_size: Callable[[int, int], tuple[int, int]] | None = None
         self._finished_errors = 0
@@ -431,6 +436,8 @@ class LiveSource:
             options=self.options,
             timeout=(self.policy.open_timeout_s, self.policy.read_timeout_s),
             low_latency=self.low_latency,
+            colour=self.colour,
+            fields=self.fields,
             scale=self.decode_size,
             lost_are_errors=True,
             grace_s=_FFMPEG_TIMEOUT_MARGIN_S,
@@ -786,7 +793,7 @@ class LiveSource:
         height, width = picture.size or picture.image.shape[:2]
         fps = None if restarted and not reopened else info.fps  # a new sender's rate is the probed one's only reopened
         # the source's nominal rate (segstream_source_nominal_fps) stays the one probed at the open
-        self.info = InputInfo(width, height, info.codec, info.pixel_format, info.fps)
+        self.info = replace(info, width=width, height=height)
         data = {"url": self.shown, "epoch": epoch, "reconnects": self.reconnects, **self.info.as_dict()}
         if fps is None:
             data["fps"] = None

@@ -23,6 +23,7 @@ from pathlib import Path
 import av
 import cv2
 import numpy as np
+from av.video.reformatter import ColorPrimaries, ColorRange, ColorTrc, Colorspace, VideoReformatter
 
 from segstream.connectors.errors import FrameError, SinkError
 from segstream.connectors.output_files import open_output
@@ -209,14 +210,46 @@ class _RecordingFile:
         return self._call(self._f.close)
 
 
+# The colours of the videos segstream writes (previews, overlays, renders): BT.709, limited range,
+# what players take HD video to be
+OUTPUT_TAGS = {"colorspace": Colorspace.ITU709, "color_range": ColorRange.MPEG, "color_trc": ColorTrc.BT709,
+               "color_primaries": ColorPrimaries.BT709}
+
+
+class VideoColours:
+    """RGB pictures as the BT.709 limited-range YUV a video encoder takes, each frame tagged so
+    (PyAV's own conversion uses BT.601 and tags nothing: players take HD for BT.709, and the
+    colours shifted by 12 levels on average)."""
+
+    def __init__(self, pix_fmt: str = "yuv420p"):
+        self.pix_fmt = pix_fmt
+        self._reformatter = VideoReformatter()
+
+    @staticmethod
+    def tag(codec_context) -> None:
+        """Have the encoder write the tags into the stream (H.264's VUI, MP4's colr box)."""
+        for name, value in OUTPUT_TAGS.items():
+            setattr(codec_context, name, value)
+
+    def frame(self, image: np.ndarray, pts: int | None = None, time_base: Fraction | None = None) -> av.VideoFrame:
+        rgb = av.VideoFrame.from_ndarray(image, format="rgb24")
+        yuv = self._reformatter.reformat(rgb, format=self.pix_fmt, dst_colorspace=Colorspace.ITU709,
+                                         dst_color_range=ColorRange.MPEG)
+        for name, value in OUTPUT_TAGS.items():
+            setattr(yuv, name, value)
+        yuv.pts, yuv.time_base = pts, time_base
+        return yuv
+
+
 class OverlayVideo:
     """An H.264 MP4 of frames with the timestamps they came with (``pts`` in ``time_base``), so
     gaps (dropped frames) keep their duration. The pictures are the same from run to run; the
     file's bytes may not be (x264 in a busy process made different choices for an occasional
     frame, even single-threaded). One file holds one size: frames of another size (a stream that
     changed resolution) are scaled to fit the first, letterboxed, with a warning; odd sizes are
-    padded by a pixel (H.264 in yuv420p needs even ones). The first frame's ``sample_aspect`` (a
-    pixel's width:height, None when square) is the file's, so a player shows it as the source."""
+    padded by a pixel (H.264 in yuv420p needs even ones). Its colours are BT.709, limited range,
+    tagged so (``VideoColours``). The first frame's ``sample_aspect`` (a pixel's width:height,
+    None when square) is the file's, so a player shows it as the source."""
 
     def __init__(self, path: str | Path, crf: int = 20, fps_hint: float = 25.0):
         self.path = Path(path)
@@ -230,6 +263,7 @@ class OverlayVideo:
         self._last_pts: int | None = None
         self._size: tuple[int, int] | None = None
         self._resized: set[tuple[int, int]] = set()  # the other sizes met, warned of once each
+        self._colours = VideoColours("yuv420p")
 
     def write(self, image: np.ndarray, pts: int | None = None, time_base: Fraction | None = None,
               sample_aspect: Fraction | None = None) -> None:
@@ -247,8 +281,7 @@ class OverlayVideo:
             pts = self._last_pts + 1  # the muxer refuses timestamps that do not increase
         self._last_pts = pts
         padded = np.pad(image, ((0, height % 2), (0, width % 2), (0, 0)), mode="edge")
-        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(padded), format="rgb24")
-        frame.pts, frame.time_base = pts, self._time_base
+        frame = self._colours.frame(np.ascontiguousarray(padded), pts, self._time_base)
         try:
             for packet in self._stream.encode(frame):
                 self._container.mux(packet)
@@ -291,7 +324,8 @@ class OverlayVideo:
             raise OutputWriteError(self.path, getattr(error, "strerror", None) or str(error),
                                    getattr(error, "errno", None), "create") from None
         self._stream.width, self._stream.height = width + width % 2, height + height % 2
-        self._stream.pix_fmt = "yuv420p"
+        self._stream.pix_fmt = self._colours.pix_fmt
+        self._colours.tag(self._stream.codec_context)
         self._stream.codec_context.time_base = self._time_base
         if sample_aspect is not None:
             self._stream.codec_context.sample_aspect_ratio = sample_aspect

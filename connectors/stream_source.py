@@ -8,6 +8,7 @@ from typing import Any
 
 import av
 
+from segstream.connectors.deinterlace import Deinterlace
 from segstream.connectors.live_source import _FFMPEG_TIMEOUT_MARGIN_S, LiveSource, ReconnectPolicy
 from segstream.connectors.urls import redact_url, url_scheme
 
@@ -61,7 +62,8 @@ def stream_options(
 class StreamSource(LiveSource):
     """A network stream at ``url`` (always live). ``transport`` (tcp or udp) applies to RTSP;
     ``options`` are extra FFmpeg options that take precedence over ours; ``max_behind_s`` (None:
-    never) how far behind live its decoding may fall before it catches up (``CatchUp``)."""
+    never) how far behind live its decoding may fall before it catches up (``CatchUp``);
+    ``deinterlace`` as a file's (``FileSource``)."""
 
     def __init__(
         self,
@@ -75,10 +77,11 @@ class StreamSource(LiveSource):
         seed: int | None = None,
         max_fps: float | None = None,
         max_behind_s: float | None = None,
+        deinterlace: Deinterlace = "auto",
     ):
         merged = stream_options(url, transport, policy.read_timeout_s, low_latency)
         merged.update({str(k): str(v) for k, v in (options or {}).items()})
         super().__init__(
             name, url, policy=policy, options=merged, low_latency=low_latency, shown=redact_url(url), seed=seed,
-            max_fps=max_fps, max_behind_s=max_behind_s,
+            max_fps=max_fps, max_behind_s=max_behind_s, deinterlace=deinterlace,
         )

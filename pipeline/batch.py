@@ -695,7 +695,8 @@ class BatchVideoSource:
                 if self._closed.is_set():
                     return
                 self._inner = FileSource(self.name, self.job.source, open_timeout_s=self.cfg.open_timeout_s,
-                                         read_timeout_s=self.cfg.read_timeout_s, max_fps=self.cfg.max_fps)
+                                         read_timeout_s=self.cfg.read_timeout_s, max_fps=self.cfg.max_fps,
+                                         deinterlace=self.cfg.deinterlace)
                 self._inner.shown = self.job.key  # what its messages name a URL by: not even its signature's parameter names
                 self._inner.decode_size = self.decode_size
             with closing(self._inner.frames()) as frames:

@@ -174,7 +174,8 @@ def process_video(job: VideoJob, cfg_json: str, root: str, actor, labels, board,
         _cut_back(sinks, job.id, mark)
         publish_state("connecting", "starting")
         source = FileSource(job.id, job.source, open_timeout_s=batch_cfg.open_timeout_s,
-                            read_timeout_s=batch_cfg.read_timeout_s, max_fps=batch_cfg.max_fps)
+                            read_timeout_s=batch_cfg.read_timeout_s, max_fps=batch_cfg.max_fps,
+                            deinterlace=batch_cfg.deinterlace)
         source.shown = job.key  # what its messages name a URL by: not even its query's keys
         if geometry is not None:
             source.decode_size = geometry.scale

@@ -36,6 +36,7 @@ def _file_source(cfg: FileSourceConfig) -> VideoSource:
         open_timeout_s=cfg.open_timeout_s,
         read_timeout_s=cfg.read_timeout_s,
         max_fps=cfg.max_fps,
+        deinterlace=cfg.deinterlace,
     )
 
 
@@ -72,6 +73,7 @@ def _stream_source(cfg: StreamSourceConfig) -> VideoSource:
         options=cfg.options,
         max_fps=cfg.max_fps,
         max_behind_s=cfg.max_behind_s,
+        deinterlace=cfg.deinterlace,
     )
 
 
@@ -88,6 +90,7 @@ def _camera_source(cfg: CameraSourceConfig) -> VideoSource:
         policy=_reconnect_policy(cfg),
         backend=cfg.backend,
         max_fps=cfg.max_fps,
+        deinterlace=cfg.deinterlace,
     )
 
 

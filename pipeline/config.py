@@ -21,7 +21,7 @@ from typing import Annotated, Any, Literal, Union
 from urllib.parse import parse_qsl, quote, urlsplit
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from segstream.connectors.errors import ConfigError
 from segstream.connectors.text_files import read_saved_text, streamed
@@ -76,6 +76,16 @@ BufferKind = Literal["every_frame", "newest"]
 _HOST_NEEDED = ("rtsp", "rtsps", "rtmp", "rtmps", "http", "https")
 # Every source's max_fps (``_Buffered``): frames per second of the input's time that go on to the model.
 MaxFps = PositiveFloat | None
+
+
+def _deinterlace_mode(value: Any) -> Any:
+    if isinstance(value, bool) or value == "auto":
+        return value
+    raise ValueError(f"must be auto, true or false, not {value!r}")
+
+
+# A video source's deinterlacing (``Deinterlacer``): auto (the frames flagged interlaced), true (every frame), false.
+Deinterlace = Annotated[Literal["auto"] | bool, BeforeValidator(_deinterlace_mode)]
 # Schemes that only `type: stream` reads: a live stream is never a file.
 _LIVE_ONLY_SCHEMES = tuple(scheme for scheme in STREAM_SCHEMES if scheme not in ("http", "https"))
 
@@ -226,6 +236,8 @@ class FileSourceConfig(_Buffered, Strict):
     """Whether this source's failure ends the run (otherwise the others carry on)."""
     max_fps: MaxFps = None
     """At most this many frames per second of the input's own time go to the model (null: every frame)."""
+    deinterlace: Deinterlace = "auto"
+    """Interlaced video's frames made whole (FFmpeg's bwdif, a frame per frame): auto (the frames flagged interlaced), true (every frame), false (none)."""
     filters: FiltersConfig = Field(default_factory=FiltersConfig)
     """This source's segment filters, key by key over the top-level filters."""
 
@@ -308,6 +320,8 @@ class _LiveSourceKeys(_Buffered, Strict):
     """Whether this source's failure ends the run (otherwise the others carry on)."""
     max_fps: MaxFps = None
     """At most this many frames per second of the input's own time go to the model (null: every frame)."""
+    deinterlace: Deinterlace = "auto"
+    """Interlaced video's frames made whole (FFmpeg's bwdif, a frame per frame): auto (the frames flagged interlaced), true (every frame), false (none)."""
     filters: FiltersConfig = Field(default_factory=FiltersConfig)
     """This source's segment filters, key by key over the top-level filters."""
 
@@ -426,6 +440,13 @@ class CameraSourceConfig(_LiveSourceKeys):
             raise ValueError(f"'{device}' is a file, not a camera — to play a video as a camera, use type: file "
                              "with realtime: true")
         return device
+
+    @model_validator(mode="after")
+    def _deinterlaced_by_ffmpeg(self) -> CameraSourceConfig:
+        if self.backend == "opencv" and self.deinterlace is True:
+            raise ValueError("deinterlace: true needs backend: ffmpeg (OpenCV's frames are not deinterlaced) — "
+                             "use backend: ffmpeg, or remove deinterlace")
+        return self
 
     @model_validator(mode="after")
     def _width_with_height(self) -> CameraSourceConfig:
@@ -1163,6 +1184,8 @@ class BatchConfig(Strict):
     """Seconds without data from a video before it fails."""
     max_fps: MaxFps = None
     """At most this many frames per second of each video's time go to the model (null: every frame)."""
+    deinterlace: Deinterlace = "auto"
+    """Interlaced videos' frames made whole (FFmpeg's bwdif, a frame per frame): auto (the frames flagged interlaced), true (every frame), false (none)."""
     ray: RayConfig = Field(default_factory=RayConfig)
     """The Ray engine (--engine ray)."""
 
