@@ -609,7 +609,8 @@ class AVInput:
                 # decoding resumes at a keyframe after skipped ones: the frames the decoder held, then a
                 # decoder started afresh (an open GOP's leading frames refer to skipped ones: a fresh
                 # decoder drops them instead of inventing their references)
-                held = _drained(context) if catch_up is not None and catch_up.resumed else []
+                resumed = catch_up is not None and catch_up.resumed
+                held = _drained(context) if resumed else []
                 try:
                     frames = [*held, *([] if failed else context.decode(packet))]
                 except av.error.EOFError:
@@ -650,7 +651,10 @@ class AVInput:
                             0,
                             tuple(bytes(p) for p in recent),
                         )
-                for frame in frames:
+                for n, frame in enumerate(frames):
+                    if resumed and n == len(held):  # the deinterlacer's neighbour is from before the skip
+                        for whole in fields.flush():
+                            yield self._picture(whole)
                     if not decoded and self.before_keyframe:
                         logger.info("'%s': joined between keyframes; decoding began at the first, %d packets later",
                                     self.shown, self.before_keyframe, extra=self.log_extra)
@@ -658,6 +662,9 @@ class AVInput:
                         self.decode_errors, self.pending_rejected = self.decode_errors + rejected, 0
                     decoded, without_picture, rejected = True, 0, 0
                     for whole in fields.frames(frame):  # the frame before, where deinterlacing holds one back
+                        yield self._picture(whole)
+                if resumed and len(frames) == len(held):
+                    for whole in fields.flush():
                         yield self._picture(whole)
             for whole in fields.flush():
                 yield self._picture(whole)

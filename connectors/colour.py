@@ -31,6 +31,10 @@ from av.video.reformatter import (
     VideoReformatter,
 )
 
+# A context each input keeps holds its threads while it lives (swscale's default: one a core, idle
+# between frames): 30 sources on a 64-core host held 1,900 threads, near a container's pids limit
+SWSCALE_THREADS = 2
+
 logger = logging.getLogger("segstream.sources")
 
 # FFmpeg's AVColorTransferCharacteristic values of the HDR transfers, and the names segstream says
@@ -82,7 +86,7 @@ class ColourConversion:
             return frame.to_ndarray(format="rgb24")
         if bt2020:  # an HDR frame that names no primaries: BT.2020's, as HDR10's and HLG's are
             frame.color_primaries = ColorPrimaries.BT2020
-        return reformatter.reformat(frame, **how).to_ndarray()
+        return reformatter.reformat(frame, **how, threads=SWSCALE_THREADS).to_ndarray()
 
     def _conversion(self, frame: av.VideoFrame, size: tuple[int, int] | None, shown: str,
                     log_extra: dict | None) -> tuple[dict | None, bool, str | None]:

@@ -62,7 +62,7 @@ class FieldFilter:
         self.shown = shown
         self.log_extra = log_extra
         self._graph: av.filter.Graph | None = None
-        self._shape: tuple | None = None  # (width, height, format, time base) the graph was made for
+        self._shape: tuple | None = None  # (width, height, format, time base, matrix, range) the graph was made for
         self._times: deque[tuple[int | None, int | None, Fraction | None]] = deque()  # pushed frames' (pts, dts)
 
     def frames(self, frame: av.VideoFrame) -> Iterator[av.VideoFrame]:
@@ -76,7 +76,7 @@ class FieldFilter:
                 self._graph is None and source.mode == "auto" and not source.interlaced):
             yield frame
             return
-        shape = (frame.width, frame.height, frame.format.name, frame.time_base)
+        shape = (frame.width, frame.height, frame.format.name, frame.time_base, frame.colorspace, frame.color_range)
         if shape != self._shape:
             yield from self.flush()
             if not self._start(frame, shape):
@@ -111,8 +111,12 @@ class FieldFilter:
         every = "all" if source.mode is True else "interlaced"
         graph = av.filter.Graph()
         try:
-            buffer = graph.add_buffer(width=frame.width, height=frame.height, format=frame.format.name,
-                                      time_base=frame.time_base or Fraction(1, 90_000))
+            # the frame's matrix and range given to the filter: a format bwdif does not take (yuyv422,
+            # nv12) is converted on the way in, and without them its frames came out untagged (BT.601)
+            time_base = frame.time_base or Fraction(1, 90_000)
+            buffer = graph.add("buffer", f"video_size={frame.width}x{frame.height}:pix_fmt={frame.format.name}:"
+                                         f"time_base={time_base.numerator}/{time_base.denominator}:"
+                                         f"colorspace={int(frame.colorspace)}:range={int(frame.color_range)}")
             bwdif = graph.add(Deinterlacer.FILTER, f"mode=send_frame:parity=auto:deint={every}")
             sink = graph.add("buffersink")
             buffer.link_to(bwdif)

@@ -100,10 +100,16 @@ def _shared(directory: Path) -> bool:
 
 
 def sync_path(path: str | Path) -> None:
-    """``path`` (a file, or a folder's entries) on disk (fsync)."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | (os.O_DIRECTORY if os.path.isdir(path) else 0))
+    """``path`` (a file, or a folder's entries) on disk (fsync). A folder on a file system that
+    cannot sync one (EINVAL: vboxsf, some FUSE and CIFS mounts) is left as it is, as databases do:
+    its rename is as durable there as the file system makes it."""
+    folder = os.path.isdir(path)
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | (os.O_DIRECTORY if folder else 0))
     try:
         os.fsync(fd)
+    except OSError as error:
+        if not (folder and error.errno in (errno.EINVAL, errno.EBADF, errno.ENOTSUP)):
+            raise
     finally:
         os.close(fd)
 

@@ -26,6 +26,7 @@ import numpy as np
 from av.video.reformatter import ColorPrimaries, ColorRange, ColorTrc, Colorspace, VideoReformatter
 
 from segstream.connectors.errors import FrameError, SinkError
+from segstream.connectors.colour import SWSCALE_THREADS
 from segstream.connectors.output_files import open_output
 from segstream.models.results import NO_TRACK, FrameResult, Segments
 
@@ -234,7 +235,7 @@ class VideoColours:
     def frame(self, image: np.ndarray, pts: int | None = None, time_base: Fraction | None = None) -> av.VideoFrame:
         rgb = av.VideoFrame.from_ndarray(image, format="rgb24")
         yuv = self._reformatter.reformat(rgb, format=self.pix_fmt, dst_colorspace=Colorspace.ITU709,
-                                         dst_color_range=ColorRange.MPEG)
+                                         dst_color_range=ColorRange.MPEG, threads=SWSCALE_THREADS)
         for name, value in OUTPUT_TAGS.items():
             setattr(yuv, name, value)
         yuv.pts, yuv.time_base = pts, time_base

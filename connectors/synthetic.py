@@ -692,9 +692,13 @@ def write_clip(
         with av.open(str(path_video), "w") as container:
             stream = container.add_stream("libx264", rate=rate, options={"crf": str(crf)})
             stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+            # PyAV converts RGB with BT.601, limited range: said in the stream, or an HD clip's untagged
+            # colours are read as BT.709 (as players read them), 5 levels off
+            stream.codec_context.colorspace, stream.codec_context.color_range = BT601_MATRIX, LIMITED_RANGE
             for index, (image, truth) in enumerate(synthetic_clip(width, height, num_frames, seed, fps)):
                 frame = av.VideoFrame.from_ndarray(image, format="rgb24")
                 frame.pts, frame.time_base = index, 1 / rate
+                frame.colorspace, frame.color_range = BT601_MATRIX, LIMITED_RANGE
                 container.mux(stream.encode(frame))
                 maps.append(truth.label_map)
                 frames.append([_truth_row(segment) for segment in truth.segments])
@@ -705,6 +709,9 @@ def write_clip(
     panoptic = np.stack(maps) if maps else np.zeros((0, height, width), dtype=np.int32)
     with open(path_truth, "wb") as out:
         np.savez_compressed(out, panoptic=panoptic, meta=np.array(json.dumps(meta)))
+
+
+BT601_MATRIX, LIMITED_RANGE = 6, 1  # FFmpeg's AVCOL_SPC_SMPTE170M and AVCOL_RANGE_MPEG
 
 
 def _truth_row(segment: dict) -> dict:

@@ -1174,6 +1174,10 @@ def load_batch_config(args) -> PipelineConfig:
     if getattr(args, "address", None) is not None and getattr(args, "engine", "local") != "ray":
         raise ConfigError(f"--address {args.address}: the Ray cluster to join, for --engine ray — add --engine ray, "
                           "or leave --address out to run here")  # it was ignored: the batch ran on this machine
+    stdin = ("-", "/dev/stdin", "/dev/fd/0")
+    if str(args.config) in stdin and any(str(i)[1:] in stdin for i in args.inputs if str(i).startswith("@")):
+        raise ConfigError("standard input can be the config (--config -) or the list of videos (@-), not both — "
+                          "give one of them as a file")  # both read one stream: the config came out as a video path
     if args.config is None:  # the defaults: the shipped model
         data: dict = {}
         for override in args.overrides:

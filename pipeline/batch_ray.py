@@ -341,7 +341,8 @@ def settle_model(ray, cfg: PipelineConfig) -> PipelineConfig:
     if gpus > 0 and model.device == "auto":
         model = model.model_copy(update={"device": "cuda"})
     if model.precision == "auto":
-        task = ray.remote(_precision_here).options(num_cpus=cfg.batch.ray.actor_cpus, num_gpus=gpus)
+        # max_calls=1: the worker exits after it, rather than hold the CUDA context its question made
+        task = ray.remote(num_cpus=cfg.batch.ray.actor_cpus, num_gpus=gpus, max_calls=1)(_precision_here)
         try:
             precision = ray.get(task.remote(model.precision, model.device))
         except ray.exceptions.RayTaskError as error:  # model.device: cuda on workers without one, say

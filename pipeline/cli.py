@@ -720,9 +720,14 @@ def _run(args: argparse.Namespace) -> int:
     # a reload applies the overrides to the file as it is then: each source's by its name, not its place
     args.overrides = overrides_by_name(args.config, args.overrides)
     cfg = load_checked_config(args.config, args.overrides)
-    report = run_pipeline(cfg, max_frames=args.max_frames,
-                          reload_from=lambda: load_checked_config(args.config, args.overrides),
-                          config_file=Path(args.config))
+
+    def reload_from() -> PipelineConfig:
+        if str(args.config) in ("-", "/dev/stdin", "/dev/fd/0"):  # its text was read once, at the start
+            raise ConfigError("the run's config came from standard input, which cannot be read again — start "
+                              "the run from a file to reload it")
+        return load_checked_config(args.config, args.overrides)
+
+    report = run_pipeline(cfg, max_frames=args.max_frames, reload_from=reload_from, config_file=Path(args.config))
     if report is None:  # a signal while the model, sinks or sources were being built
         line = signal_line("stopped before the run began: no frame was read, nothing was published", "INFO")
         sys.stderr.write(line.decode())

@@ -100,6 +100,15 @@ def test_a_list_from_standard_input_names_videos_relative_to_the_working_directo
     assert find_videos(["@-"], [".mp4"])[0] == found, "standard input read once, as often as it is named"
 
 
+def test_standard_input_cannot_be_both_the_config_and_the_list(tmp_path):
+    # Found reviewing: both read one stream, and the config's text came out as a video that does not exist
+    done = subprocess.run([sys.executable, "-m", "segstream", "batch", "@-", "--config", "-", "--out", str(tmp_path)],
+                          input="model: {}\n", capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip() == ("segstream: error: standard input can be the config (--config -) or the list of "
+                                   "videos (@-), not both — give one of them as a file")
+
+
 def test_a_list_file_saved_by_a_windows_editor_is_read_whole(tmp_path, capsys):
     # Found probing (i18n): a UTF-8 BOM made the first line '\ufeff# Liste', a path; UTF-16 was a traceback
     from segstream.pipeline.cli import main
@@ -953,3 +962,21 @@ def test_a_batch_says_which_videos_a_run_before_it_left_unfinished(tmp_path, cap
     assert said == ["an earlier run stopped before finishing 2 videos (three, two): their half-written outputs were "
                     "removed"]
     assert not (out / ".partial").exists()
+
+
+def test_a_file_system_that_cannot_sync_a_folder_still_records_videos_done(tmp_path, monkeypatch):
+    # Found reviewing: fsync of a folder is EINVAL on vboxsf and some FUSE and CIFS mounts; it failed
+    # every video after its folder was in place, so a rerun stopped at the first one again
+    import errno
+    import stat
+
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    _, out, record = _one_video_done(tmp_path, "one.mp4")
+    assert record["status"] == "done" and (out / "one" / "frames.jsonl").is_file()
