@@ -118,10 +118,20 @@ def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
+# segstream's own options, each taking a value, which may come before the subcommand
+_GLOBAL_OPTIONS = ("--log-format", "--log-level")
+
+
 def _command() -> str | None:
-    """The console command's subcommand (``run`` in ``segstream run x.yaml``); the parser takes no
-    option before it but ``--version``/``--help``."""
-    return sys.argv[1] if len(sys.argv) > 1 and not sys.argv[1].startswith("-") else None
+    """The console command's subcommand (``run`` in ``segstream --log-format json run x.yaml``):
+    the first argument that is no option nor an option's value."""
+    args = iter(sys.argv[1:])
+    for arg in args:
+        if arg in _GLOBAL_OPTIONS:
+            next(args, None)
+        elif not arg.startswith("-"):
+            return arg
+    return None
 
 
 def _line(message: str, level: str) -> bytes:

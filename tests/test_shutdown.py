@@ -239,9 +239,13 @@ def test_ctrl_c_while_the_command_starts_up_ends_without_a_traceback(delay_s):
         assert process.returncode == 130 and "segstream: aborted" in err, (process.returncode, err)
 
 
-# while the CLI loads, while torch loads, and (2.5 s) the run's own handler before the run begins
-@pytest.mark.parametrize(("signum", "delay_s"), [(signal.SIGINT, 0.0), (signal.SIGTERM, 1.0), (signal.SIGINT, 2.5)])
-def test_a_stop_while_run_starts_up_is_a_clean_stop_not_an_abort(tmp_path, signum, delay_s):
+# while the CLI loads, while torch loads, and (2.5 s) the run's own handler before the run begins; and
+# with segstream's own options before the command (found by a CLI fix: `segstream --log-format json run`
+# was not taken for a run, and the stop aborted it)
+@pytest.mark.parametrize(("signum", "delay_s", "before"), [(signal.SIGINT, 0.0, ()), (signal.SIGTERM, 1.0, ()),
+                                                          (signal.SIGINT, 2.5, ()),
+                                                          (signal.SIGTERM, 1.0, ("--log-format", "json"))])
+def test_a_stop_while_run_starts_up_is_a_clean_stop_not_an_abort(tmp_path, signum, delay_s, before):
     """Found probing 48 sources: a supervisor's SIGTERM 1.5 s after `segstream run` started exited
     143 (Ctrl-C 130, "aborted while loading its modules"), though nothing had run; the same stop at 4 s
     exited 0. README: a run's first stop signal drains and exits 0."""
@@ -250,7 +254,8 @@ def test_a_stop_while_run_starts_up_is_a_clean_stop_not_an_abort(tmp_path, signu
                       "model: {device: cpu}\nsinks:\n  redis: {enabled: false}\n  files: {enabled: true, dir: out}\n"
                       "ops: {http: null}\n")
     command = Path(sys.executable).with_name("segstream")
-    process = subprocess.Popen([str(command), "run", str(config)], cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen([str(command), *before, "run", str(config)], cwd=tmp_path, stderr=subprocess.PIPE,
+                               text=True)
     wait_for_stop_handlers(process)
     time.sleep(delay_s)
     assert process.poll() is None, "the run ended before the signal: the test tests nothing"
