@@ -317,5 +317,10 @@ class LogLines:
                 self.logger.info(line.removeprefix("segstream: "))
         return len(text)
 
+    def record(self, text: str, **fields) -> None:
+        """``text``'s lines as records, the first with ``fields`` (a JSON line's keys)."""
+        for n, line in enumerate(line for line in text.splitlines() if line.strip()):
+            self.logger.info(line.removeprefix("segstream: "), extra=fields if n == 0 else None)
+
     def flush(self) -> None:
         pass

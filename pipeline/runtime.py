@@ -314,6 +314,28 @@ class RunReport:
             f"{tail}"
         )
 
+    def as_dict(self, outcome: str | None = None) -> dict[str, Any]:
+        """The summary's figures as JSON values (the summary line's ``summary`` field in JSON logs):
+        a log pipeline reads them without parsing the line."""
+
+        def ms(value: float) -> float | None:
+            return None if math.isnan(value) else round(value, 1)
+
+        return {
+            "outcome": outcome or ("failed" if self.failed else "stopped" if self.stopped else "done"),
+            "run_id": self.run_id, "elapsed_s": round(self.elapsed_s, 3), "fps": round(self.fps, 2),
+            "decoded": self.decoded, "published": self.published, "dropped": self.dropped, "skipped": self.skipped,
+            "batches": self.batches,
+            "latency_ms": {"p50": ms(self.latency_ms_p50), "p99": ms(self.latency_ms_p99), "max": ms(self.latency_ms_max)},
+            "sources": {
+                name: {"state": s.state, "reason": s.reason, "decoded": s.decoded, "published": s.published,
+                       "dropped": s.dropped, "dropped_by": dict(s.dropped_by), "decode_errors": s.decode_errors,
+                       "skipped": s.skipped, "caught_up": s.caught_up, "reconnects": s.reconnects,
+                       "down_s": round(s.down_s, 1), "missing": s.missing}
+                for name, s in self.sources.items()
+            },
+        }
+
     def _source_latency(self, name: str) -> str:
         latency = self.source_latency.get(name)
         return f", latency p50 {latency['p50_ms']:.0f} ms p99 {latency['p99_ms']:.0f} ms" if latency else ""
@@ -885,7 +907,7 @@ class Runtime:
                         t.join(max(0.0, deadline - time.monotonic()))
             if self.progress:  # what the abort cut short: frames still in the engine are abandoned
                 outcome = "failed" if isinstance(error, ResourceLimit) else "aborted"
-                self._print_summary(self.report(time.monotonic() - start).summary(outcome))
+                self._print_summary(self.report(time.monotonic() - start), outcome)
             raise
         if not sources_closed:
             self._close_sources()
@@ -893,14 +915,14 @@ class Runtime:
         report = self.report(time.monotonic() - start)
         if self._errors:
             if self.progress:  # what the run did before it failed: the error's own line follows
-                self._print_summary(report.summary("failed"))
+                self._print_summary(report, "failed")
             raise self._errors[0]
         left_behind = {self.sources[i].name for i in self._left_behind}  # they may still count
         unbalanced = {name: s for name, s in report.sources.items() if not s.balanced and name not in left_behind}
         if unbalanced:
             raise RuntimeError(f"bug: frames lost between stages: {unbalanced}")
         if self.progress:
-            self._print_summary(report.summary())
+            self._print_summary(report)
         return report
 
     @staticmethod
@@ -1527,7 +1549,12 @@ class Runtime:
     def _progress_stream(self) -> TextIO:
         return sys.stderr if self.progress is True else self.progress
 
-    def _print_summary(self, summary: str) -> None:
+    def _print_summary(self, report: RunReport, outcome: str | None = None) -> None:
+        summary = report.summary(outcome)
+        stream = self._progress_stream()
+        if hasattr(stream, "record") and not self._unsayable:  # JSON logs: the figures as a field too
+            stream.record(summary, summary=report.as_dict(outcome))
+            return
         # each line as the status lines and the CLI's own: ``segstream: ...`` (JSON logs drop the prefix)
         self._say("".join(f"segstream: {line}\n" for line in summary.splitlines()))
 

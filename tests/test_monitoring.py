@@ -249,7 +249,11 @@ def test_status_line_goes_to_the_json_log(tmp_path, clip):
         configure_logging("text")
     records = [json.loads(line) for line in stream.getvalue().splitlines()]
     assert records and all(r["logger"] == "segstream.status" for r in records)
-    assert any(r["message"].startswith("done: 10 frames published") for r in records)
+    [done] = [r for r in records if r["message"].startswith("done: 10 frames published")]
+    # found probing as a CLI reviewer: the summary's figures were only in its text
+    summary = done["summary"]
+    assert (summary["outcome"], summary["published"], summary["decoded"], summary["dropped"]) == ("done", 10, 10, 0)
+    assert summary["sources"]["cam"]["published"] == 10 and summary["latency_ms"]["p50"] >= 0
 
 
 def test_the_status_line_s_latency_recovers_after_an_outage_while_the_summary_keeps_the_run_s(clip):
