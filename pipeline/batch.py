@@ -1152,6 +1152,19 @@ def summary_table(outcomes: Sequence[VideoOutcome], skipped: int, manifest: Path
     return "\n".join(lines)
 
 
+def summary_json(outcomes: Sequence[VideoOutcome], skipped: int, manifest: Path) -> Iterator[dict]:
+    """``summary_table`` for scripts: each video this run touched (as its manifest line names it),
+    then the totals."""
+    for o in outcomes:
+        yield {"type": "video", "video": o.job.key, "id": o.job.id, "status": o.status, "frames": o.frames,
+               "decode_errors": o.decode_errors, "seconds": round(o.seconds, 3), "frames_missing": o.frames_missing,
+               "damage": scrub(o.damage), "reason": scrub(o.reason), "outputs": o.outputs}
+    counts = Counter(o.status for o in outcomes)
+    yield {"type": "summary", "done": counts["done"], "failed": counts["failed"], "stopped": counts["stopped"],
+           "skipped": skipped, "skipped_failed_before": counts["skipped"],
+           "frames": sum(o.frames for o in outcomes if o.status == "done"), "manifest": str(manifest)}
+
+
 class _BatchCollector:
     """``segstream_batch_videos{status}`` for /metrics: done, failed, skipped and pending."""
 
@@ -1335,7 +1348,11 @@ def main_batch(args) -> int:
             raise error from None
         raise SinkError(f"{error} — the batch stopped there; {done} video{'s' if done != 1 else ''} done, as "
                         f"{manifest} records: the same command again does the rest") from None
-    print(summary_table(outcomes, skipped, manifest))
+    if getattr(args, "json", False):
+        for line in summary_json(outcomes, skipped, manifest):
+            print(json.dumps(line), flush=True)
+    else:
+        print(summary_table(outcomes, skipped, manifest))
     if signum is not None and any(o.status == "stopped" for o in outcomes):
         return 128 + signum
     # a video that failed before and was skipped is still not done: a cron job must not read "all done"

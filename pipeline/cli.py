@@ -388,6 +388,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="process videos that failed in an earlier run again (default: skip them)")
     batch.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                        help="progress bars (default: when stderr is a terminal)")
+    batch.add_argument("--json", action="store_true",
+                       help="instead of the table, one JSON object per video this run touched and one of the totals "
+                            "(JSON Lines, on stdout)")
     batch.set_defaults(command=_batch)
 
     render = commands.add_parser("render", help="draw a recorded Redis stream over its source video, as an MP4")

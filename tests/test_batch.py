@@ -980,3 +980,24 @@ def test_a_file_system_that_cannot_sync_a_folder_still_records_videos_done(tmp_p
     monkeypatch.setattr(os, "fsync", fsync)
     _, out, record = _one_video_done(tmp_path, "one.mp4")
     assert record["status"] == "done" and (out / "one" / "frames.jsonl").is_file()
+
+
+def test_batch_json_prints_one_object_per_video_and_the_totals(tmp_path, capsys):
+    # found probing as a CLI reviewer: a script had only the aligned table (free-text notes) or the manifest
+    from segstream.pipeline.cli import main
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    encode_clip(videos / "one.mp4", frames=3)
+    (videos / "broken.mp4").write_bytes(b"not a video" * 50)
+    out = tmp_path / "out"
+    code = main(["batch", str(videos), "--out", str(out), "--json", "--no-progress", "--set", "model.device=cpu",
+                 "--set", "ops.http=null"])
+    assert code == 1  # a video failed
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    videos_said = {line["id"]: line for line in lines if line["type"] == "video"}
+    assert videos_said["one"]["status"] == "done" and videos_said["one"]["frames"] == 3
+    assert "one/frames.jsonl" in videos_said["one"]["outputs"]
+    assert videos_said["broken"]["status"] == "failed" and videos_said["broken"]["reason"]
+    assert lines[-1] == {"type": "summary", "done": 1, "failed": 1, "stopped": 0, "skipped": 0,
+                         "skipped_failed_before": 0, "frames": 3, "manifest": str(out / MANIFEST)}
