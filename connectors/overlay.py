@@ -25,8 +25,8 @@ import cv2
 import numpy as np
 from av.video.reformatter import ColorPrimaries, ColorRange, ColorTrc, Colorspace, VideoReformatter
 
-from segstream.connectors.errors import FrameError, SinkError
 from segstream.connectors.colour import SWSCALE_THREADS
+from segstream.connectors.errors import FrameError, SinkError
 from segstream.connectors.output_files import open_output
 from segstream.models.results import NO_TRACK, FrameResult, Segments
 

@@ -4,8 +4,8 @@ rides out Redis outages without stopping the pipeline."""
 from __future__ import annotations
 
 import json
-import shlex
 import logging
+import shlex
 import threading
 import time
 from collections import Counter, deque

@@ -10,7 +10,7 @@ import stat
 import sys
 from pathlib import Path
 
-__all__ = ["read_saved_text", "streamed"]
+__all__ = ["read_saved_text", "standard_input", "streamed"]
 
 STDIN = "-"  # the name that reads standard input
 _read_once: dict[str, bytes] = {}  # what a stream held: read again, it would be empty
@@ -26,6 +26,16 @@ def streamed(path: str | Path) -> bool:
     except OSError:
         return False
     return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+
+def standard_input(path: str | Path) -> bool:
+    """Whether ``path`` reads this process' standard input (``-``, ``/dev/stdin``, ``/dev/fd/0``)."""
+    if str(path) == STDIN:
+        return True
+    try:
+        return streamed(path) and os.path.samestat(os.stat(path), os.fstat(0))
+    except OSError:
+        return False
 
 
 def _bytes(path: str | Path) -> bytes:

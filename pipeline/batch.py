@@ -48,7 +48,7 @@ from segstream.connectors.frames import Frame
 from segstream.connectors.output_files import check_output_dir, open_output, replace_synced
 from segstream.connectors.redaction import mask_userinfo, remember, scrub
 from segstream.connectors.sink import SINK_DROPS
-from segstream.connectors.text_files import STDIN, read_saved_text, streamed
+from segstream.connectors.text_files import STDIN, read_saved_text, standard_input, streamed
 from segstream.connectors.urls import redact_url, url_identity, url_scheme, url_secrets
 from segstream.connectors.video_outputs import VideoOutputs, clear_partial
 from segstream.models.label_sets import LabelSet
@@ -866,11 +866,9 @@ def _extra_sinks(cfg: PipelineConfig) -> list:
     sinks_cfg = cfg.sinks
     if sinks_cfg.redis.enabled and sinks_cfg.redis.url is None:
         sinks_cfg = sinks_cfg.model_copy(update={"redis": sinks_cfg.redis.model_copy(update={"enabled": False})})
-    # a sink left off is none: its folder, given, was said once (load_batch_config), not by each group or Ray
-    # task (a task's config, written out whole, gave every default: it warned of folders the user never set)
-    left_off = {section: type(getattr(sinks_cfg, section))() for section in ("files", "preview")
-                if not getattr(sinks_cfg, section).enabled}
-    return build_sinks(sinks_cfg.model_copy(update=left_off))
+    # a folder given to a sink left off is said once (load_batch_config), not by each group or Ray task (a
+    # task's config, written out whole, gave every default: it warned of folders the user never set)
+    return build_sinks(sinks_cfg, tell_unused=False)
 
 
 def run_local(cfg: PipelineConfig, jobs: Sequence[VideoJob], root: Path, manifest: Manifest,
@@ -1187,8 +1185,8 @@ def load_batch_config(args) -> PipelineConfig:
     if getattr(args, "address", None) is not None and getattr(args, "engine", "local") != "ray":
         raise ConfigError(f"--address {args.address}: the Ray cluster to join, for --engine ray — add --engine ray, "
                           "or leave --address out to run here")  # it was ignored: the batch ran on this machine
-    stdin = ("-", "/dev/stdin", "/dev/fd/0")
-    if str(args.config) in stdin and any(str(i)[1:] in stdin for i in args.inputs if str(i).startswith("@")):
+    if args.config is not None and standard_input(args.config) and any(
+            standard_input(str(i)[1:]) for i in args.inputs if str(i).startswith("@")):
         raise ConfigError("standard input can be the config (--config -) or the list of videos (@-), not both — "
                           "give one of them as a file")  # both read one stream: the config came out as a video path
     if args.config is None:  # the defaults: the shipped model

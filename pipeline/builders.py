@@ -218,14 +218,15 @@ def unused_sink_folders(cfg: SinksConfig) -> list[str]:
 
 
 def build_sinks(cfg: SinksConfig, embedded_dir: Path | None = None, run_id: str = "",
-                stopping=lambda: False, sources: Sequence[str] = ()) -> list[Sink]:
+                stopping=lambda: False, sources: Sequence[str] = (), tell_unused: bool = True) -> list[Sink]:
     """The enabled sinks, then the ``custom`` ones. ``embedded_dir`` holds the data of an embedded Redis (``url: null``);
     None means a temporary directory. ``run_id`` names the Redis connection (CLIENT LIST).
     ``stopping()`` true ends a wait for Redis (``start_wait_s``) early. ``sources``: the run's
     source names, whose output files are taken now (one run per file: another run's is refused
-    here, before any sink publishes)."""
+    here, before any sink publishes). ``tell_unused``: warn of a folder given to a sink left off
+    (a batch says it once, not in each of its groups and Ray tasks)."""
     sinks: list[Sink] = []
-    for line in unused_sink_folders(cfg):
+    for line in unused_sink_folders(cfg) if tell_unused else ():
         log.warning(line)
     try:
         for section, builder in SINK_BUILDERS.items():

@@ -55,6 +55,7 @@ from segstream.pipeline.config import (
     read_yaml,
 )
 from segstream.connectors.threads import NamedThread
+from segstream.connectors.text_files import streamed
 from segstream.pipeline import entry
 from segstream.pipeline.entry import abort_if_loading
 from segstream.pipeline.train_cli import DATA_LAYOUT, add_data_arguments
@@ -725,9 +726,9 @@ def _run(args: argparse.Namespace) -> int:
     cfg = load_checked_config(args.config, args.overrides)
 
     def reload_from() -> PipelineConfig:
-        if str(args.config) in ("-", "/dev/stdin", "/dev/fd/0"):  # its text was read once, at the start
-            raise ConfigError("the run's config came from standard input, which cannot be read again — start "
-                              "the run from a file to reload it")
+        if streamed(args.config):  # its text was read once, at the start
+            raise ConfigError("the run's config came from standard input or a pipe, which cannot be read again — "
+                              "start the run from a file to reload it")
         return load_checked_config(args.config, args.overrides)
 
     report = run_pipeline(cfg, max_frames=args.max_frames, reload_from=reload_from, config_file=Path(args.config))

@@ -249,7 +249,7 @@ class _Forward(logging.Handler):
         self.target.handle(record)
 
     def setFormatter(self, fmt) -> None:
-        pass
+        """Ignored: the library's formatter is not segstream's (the records keep the handler's own)."""
 
 
 def _thread_exception_record(args) -> None:
@@ -312,15 +312,13 @@ class LogLines:
         self.logger = logger
 
     def write(self, text: str) -> int:
-        for line in text.splitlines():
-            if line.strip():
-                self.logger.info(line.removeprefix("segstream: "))
+        self.record(text)
         return len(text)
 
     def record(self, text: str, **fields) -> None:
         """``text``'s lines as records, the first with ``fields`` (a JSON line's keys)."""
         for n, line in enumerate(line for line in text.splitlines() if line.strip()):
-            self.logger.info(line.removeprefix("segstream: "), extra=fields if n == 0 else None)
+            self.logger.info(line.removeprefix("segstream: "), extra=fields if n == 0 and fields else None)
 
     def flush(self) -> None:
         pass
