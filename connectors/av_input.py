@@ -60,6 +60,7 @@ from segstream.connectors.urls import exclusive_input, redact_url, url_scheme
 logger = logging.getLogger("segstream.sources")
 
 _NO_TIMESTAMPS = 0x80  # AVFMT_NOTIMESTAMPS: the format carries no timestamps
+_INDEXED_FORMATS = {"mov", "mp4", "matroska", "webm"}  # FFmpeg's names of formats with an index of every sample
 _PRFT = struct.Struct("=qi")  # AVProducerReferenceTime: int64 wallclock (us since the Unix epoch), int flags
 _DISPLAY_MATRIX = struct.Struct("=9i")
 _FIXED_ONE = 1 << 16  # the display matrix's 2x2 part is 16.16 fixed point
@@ -495,6 +496,10 @@ class AVInput:
         elif len(self.container.streams) == 1:  # the container's duration is its one stream's
             self.video_duration = True
         self.format_name: str = self.container.format.name
+        # A file whose container indexes every sample (MP4/MOV, Matroska/WebM) holds what its recorder
+        # wrote: a gap of its steady rate is the recorder's (a phone skipping frames in the dark), not a
+        # frame lost on the way to the decoder (found probing: an intact phone clip was called damaged)
+        self.indexed = not lost_are_errors and bool(set(self.format_name.split(",")) & _INDEXED_FORMATS)
         # The input's size in bytes when the server or file says (a file over HTTP, without a
         # duration when its format has none, as MPEG-TS), None for a stream without an end.
         self.size_bytes: int | None = self.container.size if (self.container.size or 0) > 0 else None
@@ -693,6 +698,12 @@ class AVInput:
             elif handed:
                 self.pending_rejected = 0  # handed over: the next decoder's to read or count
 
+    @property
+    def rejected_at_end(self) -> int:
+        """Rejected packets (counted in ``decode_errors``) that no picture followed: a file's
+        damaged tail."""
+        return len(self._rejected) + self._rejected_untimed
+
     def _demuxed(self, stream) -> Iterator[tuple[av.Packet, bool]]:
         """The stream's packets (not carried over), each read's wait kept in ``_read_wait_s``: a
         read that had to wait found no backlog (``CatchUp``)."""
@@ -783,7 +794,7 @@ class AVInput:
         del self._left_out[:left_out]
         left_out, self._left_out_untimed = left_out + self._left_out_untimed, 0
         before = self._gaps.gap_s
-        lost = self._gaps.lost_before(pts, skipped + left_out)
+        lost = self._gaps.lost_before(pts, skipped + left_out) if not self.indexed else 0
         self.frames_lost += lost
         if self._gaps.gap_s > before:
             logger.warning("'%s': no frames for %.1f s of the stream's time (lost, or its sender paused)",

@@ -157,7 +157,8 @@ class VideoOutcome:
         return "; ".join(notes + ([f"damaged: {self.damage}"] if self.damage else []))
 
 
-def find_videos(inputs: Sequence[str], extensions: Iterable[str]) -> tuple[list[Path | str], list[str]]:
+def find_videos(inputs: Sequence[str], extensions: Iterable[str],
+                outputs: Iterable[Path | str] = ()) -> tuple[list[Path | str], list[str]]:
     """The videos ``inputs`` name (files, and http(s) URLs as given), in order without repeats,
     and a warning per input that named none. An input is a file, an http(s) URL of a video file
     (a presigned one too: its secrets are remembered, so no line prints them), a folder (searched
@@ -165,8 +166,32 @@ def find_videos(inputs: Sequence[str], extensions: Iterable[str]) -> tuple[list[
     a .txt/.list/.lst file: one input per line, ``#`` comments, relative paths relative to the
     list file, of standard input or a pipe to the working directory; UTF-8, or
     UTF-16 with its byte-order mark, as Windows editors save it). Two URLs
-    of one file (signed twice) are one video. A URL of another scheme (a stream) is refused."""
+    of one file (signed twice) are one video. A URL of another scheme (a stream) is refused.
+    A folder's or a glob's search leaves out hidden files and folders (a Mac's ``._clip.mov``
+    beside each clip on a USB stick is no video) and what lies under ``outputs`` (the batch's own
+    folders: a batch writing into the folder it reads took its overlays as new videos on every
+    rerun, found probing); a file named on its own is taken as named."""
     suffixes = {e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions}
+    written = [Path(folder).expanduser().resolve() for folder in outputs]
+
+    def searched(candidates: Iterable[Path], top: Path) -> list[Path]:
+        """The files of a folder's or glob's search that may be inputs, in natural order."""
+        kept = []
+        for candidate in candidates:
+            if not candidate.is_file():
+                continue
+            try:
+                below = candidate.relative_to(top).parts
+            except ValueError:
+                below = (candidate.name,)
+            if any(part.startswith(".") for part in below):
+                continue
+            real = candidate.resolve()
+            if any(real.is_relative_to(folder) for folder in written):
+                continue
+            kept.append(candidate)
+        return sorted(kept, key=_natural)
+
     found: dict[Path | str, None] = {}
     urls: set[str] = set()  # the identities of the URLs found
     warnings = []
@@ -200,14 +225,15 @@ def find_videos(inputs: Sequence[str], extensions: Iterable[str]) -> tuple[list[
                 if (line := line.strip()) and not line.startswith("#"):
                     add(line, None if streamed(path) else path.parent)
         elif path.is_dir():
-            videos = sorted((p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in suffixes), key=_natural)
+            videos = searched((p for p in path.rglob("*") if p.suffix.lower() in suffixes), path)
             if not videos:
                 warnings.append(f"folder '{path}' holds no video files ({', '.join(sorted(suffixes))})"
                                 + _pictures_hint(path))
             for video in videos:
                 found.setdefault(video.resolve())
         elif glob.has_magic(str(path)):
-            matches = sorted((Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file()), key=_natural)
+            top = Path(*itertools.takewhile(lambda part: not glob.has_magic(part), path.parts))
+            matches = searched((Path(p) for p in glob.glob(str(path), recursive=True)), top)
             if not matches:
                 warnings.append(f"'{text}' matches no file")
             for match in matches:
@@ -219,6 +245,11 @@ def find_videos(inputs: Sequence[str], extensions: Iterable[str]) -> tuple[list[
     for item in inputs:
         add(item, None)
     return list(found), warnings
+
+
+def _output_folders(cfg: PipelineConfig) -> list[str]:
+    """The folders a batch writes videos into: never searched for inputs."""
+    return [cfg.batch.output] + [sink.dir for sink in (cfg.sinks.files, cfg.sinks.preview) if sink.enabled]
 
 
 def _pictures_hint(folder: Path) -> str:
@@ -1239,7 +1270,7 @@ def run_batch(cfg: PipelineConfig, inputs: Sequence[str], engine: str = "local",
     from segstream.pipeline.logs import new_run_id
 
     root = Path(cfg.batch.output)
-    paths, warnings = find_videos(inputs, cfg.batch.extensions)
+    paths, warnings = find_videos(inputs, cfg.batch.extensions, _output_folders(cfg))
     for warning in warnings:
         log.warning(warning)
     if not paths:

@@ -1148,7 +1148,8 @@ class RayConfig(Strict):
     _nulls = field_validator("address", mode="before")(_empty_is_null)
 
 
-VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".ts", ".mts", ".mpg", ".mpeg", ".flv", ".wmv")
+VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".ts", ".mts", ".m2ts", ".mpg", ".mpeg", ".flv",
+                    ".wmv", ".3gp", ".3g2", ".mxf", ".ogv", ".dv")
 
 
 class BatchConfig(Strict):

@@ -86,6 +86,30 @@ def test_inputs_are_files_folders_globs_and_list_files(archive, tmp_path):
     assert warnings == [f"'{tmp_path / 'none*.mp4'}' matches no file"]
 
 
+def test_a_batch_writing_into_the_folder_it_reads_never_takes_its_own_outputs_or_hidden_files_as_videos(tmp_path):
+    # Found probing as a claims team: `batch claim --out claim/results` took results/a/overlay.mp4
+    # as a new video on every rerun, and a Mac's `._a.mp4` beside each clip failed the batch
+    claim = tmp_path / "claim"
+    (claim / ".thumbnails").mkdir(parents=True)
+    encode_clip(claim / "a.mp4", frames=3)
+    (claim / "._a.mp4").write_bytes(b"\x00\x05\x16\x07" + bytes(60))  # AppleDouble: the Mac's metadata of a.mp4
+    encode_clip(claim / ".thumbnails" / "t.mp4", frames=2)
+    encode_clip(claim / "dash.m2ts", frames=2)
+    encode_clip(claim / "old phone.3gp", frames=2)
+    out = claim / "results"
+    for _ in range(2):
+        outcomes, skipped, _ = run_batch(config(out, overlay=True), [str(claim)], adapter=ColourSegmenter(),
+                                         progress=False)
+        assert all(outcome.status == "done" for outcome in outcomes), [outcome.reason for outcome in outcomes]
+    assert (out / "a" / "overlay.mp4").is_file()
+    assert skipped == 3 and outcomes == [], "the rerun found the same three videos, done before"
+    assert sorted(record["video"].rsplit("/", 1)[-1] for record in manifest(out)) == ["a.mp4", "dash.m2ts",
+                                                                                       "old phone.3gp"]
+    found, _ = find_videos([str(claim / "**" / "*.mp4")], [".mp4"], outputs=[out])
+    assert found == [claim / "a.mp4"], "a glob leaves them out too"
+    assert find_videos([str(claim / "._a.mp4")], [".mp4"], outputs=[out])[0] == [claim / "._a.mp4"], "named: taken"
+
+
 def test_a_list_from_standard_input_names_videos_relative_to_the_working_directory(archive, tmp_path, monkeypatch):
     # found probing as a CLI reviewer: `ls *.mp4 | segstream batch @- ...` looked for a list file named '-'
     import io
@@ -326,7 +350,8 @@ def test_a_folder_of_pictures_is_refused_with_how_to_segment_them_and_that_works
         cv2.imwrite(str(pictures / name), np.full((48, 64, 3), 90, np.uint8))
     code = main(["batch", str(pictures), "--out", str(tmp_path / "out")])
     assert code == 2 and capsys.readouterr().err.strip().splitlines()[-1].endswith(
-        f"holds no video files (.avi, .flv, .m4v, .mkv, .mov, .mp4, .mpeg, .mpg, .mts, .ts, .webm, .wmv) but 3 pictures "
+        f"holds no video files (.3g2, .3gp, .avi, .dv, .flv, .m2ts, .m4v, .mkv, .mov, .mp4, .mpeg, .mpg, .mts, .mxf, "
+        f".ogv, .ts, .webm, .wmv) but 3 pictures "
         f"(.jpg, .png): segment each as a video of one frame with --set 'batch.extensions=[.jpg,.png]', or all in "
         f"order as one source with `segstream run configs/image_folder.yaml --set sources.0.path={pictures}` "
         f"(a source of type: images)")

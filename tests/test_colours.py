@@ -75,7 +75,9 @@ BT709 = {"colorspace": 1, "color_range": 1, "color_trc": 1, "color_primaries": 1
 
 
 def _read(path: str, **options) -> tuple[list, FileSource]:
-    source = FileSource("clip", path, **options)
+    # an HDR input's first frame waits for its tone-mapping tables (2.7 s here): on a machine as
+    # busy as a test run with probes beside it, that passed the default read timeout of 10 s
+    source = FileSource("clip", path, **{"read_timeout_s": 60.0, **options})
     try:
         return list(source.frames()), source
     finally:

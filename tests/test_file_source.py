@@ -180,6 +180,25 @@ def test_frames_lost_in_a_steady_stream_and_a_truncated_file_are_counted_as_miss
     assert 0 < delivered < 90
     assert abs(delivered + cut.decode_errors + cut.frames_missing - 100) <= 2 and "of the 4.00 s it lists" in cut.damage
 
+    # a file's tail zeroed as a copy cut short leaves it: its frames rejected are not missing too
+    tail = bytearray(data)
+    tail[len(data) * 6 // 10:] = bytes(len(data) - len(data) * 6 // 10)
+    (tmp_path / "zeroed.mp4").write_bytes(bytes(tail))
+    zeroed = FileSource("cam", str(tmp_path / "zeroed.mp4"))
+    delivered = len(list(zeroed.frames()))
+    assert 0 < delivered < 90 and zeroed.decode_errors > 0
+    assert abs(delivered + zeroed.decode_errors + zeroed.frames_missing - 100) <= 2, \
+        (delivered, zeroed.decode_errors, zeroed.frames_missing)
+
+    # a phone's clip skipping every 7th frame of a steady 25 fps: in an MP4 or MKV (an index of
+    # every sample) the recorder's rate, in a TS (a stream's recording) frames lost on the way
+    skipping = [k / 25 for k in range(80) if k % 7 != 6][:60]
+    for name in ("phone.mp4", "phone.mkv"):
+        phone = FileSource("cam", str(_encode(tmp_path / name, 60, times=skipping)))
+        assert len(list(phone.frames())) == 60 and phone.frames_missing == 0 and phone.damage == "", name
+    recorded = FileSource("cam", str(_encode(tmp_path / "recorded.ts", 60, times=skipping, fmt="mpegts")))
+    assert len(list(recorded.frames())) == 60 and recorded.frames_missing >= 8
+
     # variable rates: jittery intervals, and 25 fps slowed to 12.5 for 2 s (a phone in the dark)
     slowed = [i / 25 for i in range(20)] + [0.8 + i / 12.5 for i in range(25)] + [2.8 + i / 25 for i in range(15)]
     for healthy in (whole, _encode(tmp_path / "vfr.mkv", 40, times=[i * 0.1 - (i % 3) * 0.03 for i in range(40)]),

@@ -147,7 +147,7 @@ def _counts(decoded: int, queue_full: int = 0) -> dict[str, SourceCounts]:
 
 
 def test_an_overloaded_source_is_named_once_then_again_only_after_it_recovered_and_relapsed():
-    watch = OverloadWatch(window_s=10, share=0.2)
+    watch = OverloadWatch(window_s=10, share=0.2, paused_since=_never_paused)
     said = []
     decoded = dropped = 0
     # (seconds, frames decoded, of them dropped) per second: 12 s overloaded, 12 s keeping up, 12 s overloaded
