@@ -241,8 +241,8 @@ def test_without_crowd_the_counts_are_torchmetrics_panoptic_quality():
     """Our own matching (it handles crowd regions) counts as torchmetrics' PanopticQuality does,
     given unlabelled predicted pixels as a class of their own (which no ground truth has): on
     eroded, dilated, dropped, split, relabelled and partly unlabelled predictions, with void."""
-    torch = pytest.importorskip("torch")
-    from torchmetrics.detection import PanopticQuality
+    import torch
+    from torchmetrics.detection import PanopticQuality  # the test extra's
 
     from segstream.pipeline.track_evaluation import noisy_detections
 
