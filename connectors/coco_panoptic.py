@@ -22,7 +22,7 @@ import os
 import shutil
 import sys
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -316,7 +316,8 @@ class CocoPanopticDataset:
     them apart, e.g. ``train2017/``). Classes are the categories in the order of their ids (class
     id i is the i-th smallest category id); ``labels`` names them. A frame's ground truth has
     segment ids 0..S-1 in ``segments_info`` order; crowd regions (``iscrowd: 1``), PNG colours no
-    segment names, and segments of no pixel are void (-1). Every problem is one ``ConfigError``
+    segment names, and segments of no pixel are void (-1); ``scored_frames`` gives the crowd
+    regions apart, for PQ. Every problem is one ``ConfigError``
     naming the file and what to do, the pictures' and PNGs' existence checked at once."""
 
     def __init__(self, json_path: str | Path, masks: str | Path | None = None, images: str | Path | None = None,
@@ -385,7 +386,17 @@ class CocoPanopticDataset:
         return (self[k] for k in range(len(self)))
 
     def __getitem__(self, k: int) -> tuple[np.ndarray, FrameResult]:
-        """Picture ``k`` (H x W x 3 uint8 RGB) and its ground truth."""
+        """Picture ``k`` (H x W x 3 uint8 RGB) and its ground truth, crowd regions void: what training learns."""
+        image, truth, _ = self._read(k)
+        return image, truth
+
+    def scored_frames(self, count: int | None = None) -> Iterator[tuple[np.ndarray, FrameResult, np.ndarray]]:
+        """The first ``count`` pictures (None: all) as ``segstream evaluate --data`` scores them:
+        each picture, its ground truth and its crowd regions (H x W, the class id of each pixel of
+        an ``iscrowd`` segment, -1 elsewhere: ``PanopticTally.add``'s ``crowd``)."""
+        return (self._read(k) for k in range(len(self) if count is None else min(count, len(self))))
+
+    def _read(self, k: int) -> tuple[np.ndarray, FrameResult, np.ndarray]:
         from segstream.connectors.errors import ConfigError
 
         image_entry, annotation = self.samples[k]
@@ -401,14 +412,19 @@ class CocoPanopticDataset:
         ids = rgb_to_id(png[..., ::-1])
         present, inverse, counts = np.unique(ids, return_inverse=True, return_counts=True)
         kept = []  # (PNG id, class id) of the segments that are no crowd and own pixels
+        crowd_class = np.full(len(present), -1, np.int32)  # each PNG colour's crowd class, -1: none
         for info in annotation["segments_info"]:
             at = int(np.searchsorted(present, info["id"]))
-            if not info.get("iscrowd") and at < len(present) and present[at] == info["id"]:
-                kept.append((info["id"], self._class_of[info["category_id"]]))
+            if at < len(present) and present[at] == info["id"]:
+                if info.get("iscrowd"):
+                    crowd_class[at] = self._class_of[info["category_id"]]
+                else:
+                    kept.append((info["id"], self._class_of[info["category_id"]]))
         value = np.full(len(present), -1, np.int32)  # each PNG colour's segment, -1: void
         for j, (png_id, _) in enumerate(kept):
             value[np.searchsorted(present, png_id)] = j
-        label_map = value[inverse.reshape(ids.shape)]
+        inverse = inverse.reshape(ids.shape)
+        label_map = value[inverse]
         areas = np.bincount(label_map[label_map >= 0].ravel(), minlength=len(kept)) if kept else np.zeros(0, np.int64)
         class_ids = [c for _, c in kept]
         segments = Segments.build(
@@ -418,7 +434,7 @@ class CocoPanopticDataset:
         height, width = label_map.shape
         truth = FrameResult(source=self.labels.name, index=k, width=width, height=height, segment_map=label_map,
                             segments=segments, file=str(picture_path))
-        return np.ascontiguousarray(bgr[..., ::-1]), truth
+        return np.ascontiguousarray(bgr[..., ::-1]), truth, crowd_class[inverse]
 
     def check(self, progress: bool = True) -> list[int]:
         """Read every picture and PNG once (a bad one found now, not hours into a training run):

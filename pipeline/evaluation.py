@@ -1,12 +1,22 @@
-"""Panoptic quality (PQ, SQ, RQ) of a segmenter on held-out synthetic scenes.
+"""Panoptic quality (PQ, SQ, RQ) of a segmenter on held-out synthetic scenes or pictures of one's own.
 
-The counting is torchmetrics' ``PanopticQuality``. One adjustment makes it follow the COCO
-panoptic definition: torchmetrics treats a predicted pixel of no known class as void and then
-forgives any ground-truth segment that is mostly void in the prediction, so a model that leaves
-an object unlabelled would not be charged a false negative. Unlabelled predicted pixels are
-therefore given a class of their own ("unlabelled", a stuff class that no ground truth has): a
-missed segment counts as a miss, and the unlabelled class itself is left out of every average.
-Ground-truth pixels without a segment stay void and are ignored, as in COCO.
+The counting is COCO's panoptic quality (Kirillov et al. 2019, as COCO's ``panopticapi``
+``pq_compute`` counts it), frame by frame:
+
+- a predicted and a ground-truth segment of one class match when their IoU is above 0.5, IoU
+  being intersection / (union - the prediction's pixels on void): a true positive each;
+- an unmatched ground-truth segment is a false negative, an unmatched prediction a false
+  positive unless more than half of it lies on void and on crowd regions of its own class;
+- void is ground-truth pixels of no segment; crowd regions (``iscrowd: 1``, ``add``'s ``crowd``)
+  are never matched nor false negatives, and their pixels stay in the union;
+- predicted pixels of no segment are no class: a ground-truth segment the model left unlabelled
+  is a false negative (torchmetrics reads such pixels as void and forgives a segment mostly under them);
+- a frame's segments of one stuff class count as one segment (COCO's format has one per class).
+
+SQ is a class's mean IoU over its true positives, RQ tp / (tp + fp/2 + fn/2), PQ = SQ x RQ; the
+averages are over the classes with tp + fp + fn > 0. Without crowd regions the counts are those
+of torchmetrics' ``PanopticQuality`` given unlabelled pixels as a class of their own (the tests
+compare them), in float64.
 """
 
 from __future__ import annotations
@@ -17,14 +27,25 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
-from torchmetrics.detection import PanopticQuality
 from tqdm import tqdm
 
 from segstream.connectors.errors import ConfigError
 from segstream.connectors.synthetic import CLASSES, LABEL_SET, synthetic_clip
 from segstream.models.label_sets import LabelSet
 from segstream.models.results import FrameResult, Segments
+
+
+# What the counts mean, said in evaluate --json and in README's "What evaluate counts"
+PQ_DEFINITIONS = {
+    "pq": "COCO panoptic quality (Kirillov et al. 2019; panopticapi pq_compute), frame by frame",
+    "match": "same class and IoU > 0.5, IoU = intersection / (union - prediction on void)",
+    "void": "ground truth of no segment: out of the IoU; a prediction more than half on void and on crowd of its "
+            "class is no false positive",
+    "crowd": "iscrowd regions: never matched, no false negative, in the IoU's union",
+    "unlabelled": "predicted pixels of no segment: no class (a ground-truth segment left unlabelled is missed)",
+    "stuff": "a frame's segments of one stuff class are one segment",
+    "averages": "over the classes with tp + fp + fn > 0",
+}
 
 
 class PanopticTally:
@@ -36,29 +57,79 @@ class PanopticTally:
     def __init__(self, thing_ids: Iterable[int], stuff_ids: Iterable[int]):
         self.thing_ids = sorted(int(c) for c in thing_ids)
         self.stuff_ids = sorted(int(c) for c in stuff_ids)
-        self.unlabelled = max(self.thing_ids + self.stuff_ids, default=-1) + 1
+        self._stuff = set(self.stuff_ids)
+        self._known = set(self.thing_ids) | self._stuff
+        size = max(self._known, default=-1) + 1
         self.frames = 0
-        self._metric = PanopticQuality(
-            things=set(self.thing_ids),
-            stuffs=set(self.stuff_ids) | {self.unlabelled},
-            return_sq_and_rq=True,
-            return_per_class=True,
-        )
+        self._tp, self._fp, self._fn = (np.zeros(size, np.int64) for _ in range(3))
+        self._iou = np.zeros(size, np.float64)
 
-    def add(self, prediction: FrameResult, truth: FrameResult) -> None:
-        """Count one frame. Label maps hold segment ids (-1 or any unlisted id: no segment)."""
+    def add(self, prediction: FrameResult, truth: FrameResult, crowd: np.ndarray | None = None) -> None:
+        """Count one frame. Label maps hold segment ids (-1 or any unlisted id: no segment).
+        ``crowd`` (H x W) holds the class id of each pixel of a crowd region, -1 elsewhere; those
+        pixels are of no segment in ``truth``."""
         pred_map, gt_map = prediction.label_map, truth.label_map
         if pred_map.shape != gt_map.shape:
             raise ValueError(f"prediction map is {pred_map.shape}, ground truth {gt_map.shape}")
-        known = set(self.thing_ids) | set(self.stuff_ids)
-        strange = sorted({int(c) for c in prediction.segments.class_ids} - known)
-        if strange:
-            raise ValueError(f"predicted class ids {strange} are not in the label set")
-        preds = _pairs(pred_map, prediction.segments, self.unlabelled)
-        # -1 is no class at all, which torchmetrics reads as void in the ground truth.
-        target = _pairs(gt_map, truth.segments, -1)
-        self._metric.update(preds[None], target[None])
+        if crowd is not None and crowd.shape != gt_map.shape:
+            raise ValueError(f"crowd map is {crowd.shape}, ground truth {gt_map.shape}")
+        for what, segments in (("predicted", prediction.segments), ("ground-truth", truth.segments)):
+            strange = sorted({int(c) for c in segments.class_ids} - self._known)
+            if strange:
+                raise ValueError(f"{what} class ids {strange} are not in the label set")
+        gt_unit, gt_class = self._units(gt_map, truth.segments)
+        pred_unit, pred_class = self._units(pred_map, prediction.segments)
+        g, p = len(gt_class), len(pred_class)
+        # Ground-truth rows: its segments, then one crowd region per class, then void.
+        unlisted = gt_unit == g
+        crowd_class = np.zeros(0, np.int64)
+        if crowd is not None:
+            on_crowd = unlisted & (crowd >= 0)
+            crowd_class, region = np.unique(crowd[on_crowd], return_inverse=True)
+            gt_unit[on_crowd] = g + region
+            unlisted &= ~on_crowd
+        void = g + len(crowd_class)
+        gt_unit[unlisted] = void
+        inter = np.bincount((gt_unit * (p + 1) + pred_unit).ravel(), minlength=(void + 1) * (p + 1))
+        inter = inter.reshape(void + 1, p + 1)
+        gt_area, pred_area, on_void = inter[:g].sum(1), inter[:, :p].sum(0), inter[void, :p]
+        pairs = inter[:g, :p]
+        union = gt_area[:, None] + pred_area[None, :] - pairs - on_void[None, :]
+        iou = np.divide(pairs, union, out=np.zeros(pairs.shape), where=pairs > 0)
+        # IoU > 0.5 leaves at most one match in each row and column
+        matched = (iou > 0.5) & (gt_class[:, None] == pred_class[None, :])
+        rows, cols = np.nonzero(matched)
+        np.add.at(self._tp, gt_class[rows], 1)
+        np.add.at(self._iou, gt_class[rows], iou[rows, cols])
+        np.add.at(self._fn, gt_class[(gt_area > 0) & ~matched.any(1)], 1)
+        ignored = on_void.copy()
+        for k, class_id in enumerate(crowd_class):
+            ignored += np.where(pred_class == class_id, inter[g + k, :p], 0)
+        np.add.at(self._fp, pred_class[(pred_area > 0) & ~matched.any(0) & (2 * ignored <= pred_area)], 1)
         self.frames += 1
+
+    def _units(self, label_map: np.ndarray, segments: Segments) -> tuple[np.ndarray, np.ndarray]:
+        """The segments as counted: each pixel's (U where no segment is) and the U classes. A
+        thing segment is one; a class's stuff segments are one together."""
+        ids = segments.ids.astype(np.int64)
+        if len(ids) and ids.min() < 0:
+            raise ValueError(f"segment ids must be >= 0, got {int(ids.min())}")
+        classes: list[int] = []
+        stuff_unit: dict[int, int] = {}
+        row_unit = np.zeros(len(ids), np.int64)
+        for row, class_id in enumerate(segments.class_ids.tolist()):
+            unit = stuff_unit.get(class_id)
+            if unit is None:
+                unit = len(classes)
+                classes.append(class_id)
+                if class_id in self._stuff:
+                    stuff_unit[class_id] = unit
+            row_unit[row] = unit
+        top = int(ids.max()) if len(ids) else 0
+        # index id + 1 for listed ids, 0 for -1 and for anything unlisted or out of range
+        lookup = np.full(top + 3, len(classes), np.int64)
+        lookup[ids + 1] = row_unit
+        return lookup[np.clip(label_map.astype(np.int64), -1, top + 1) + 1], np.array(classes, np.int64)
 
     def summary(self) -> dict:
         """PQ/SQ/RQ over all classes, things and stuff, plus ``per_class`` and ``frames``.
@@ -67,23 +138,12 @@ class PanopticTally:
         negative somewhere); a group with no such class reads NaN. ``per_class`` maps class id to
         its pq, sq, rq, tp, fp, fn.
         """
-        per_class = self._metric.compute()  # C x 3 (pq, sq, rq): things, then stuff, ids ascending
-        order = self.thing_ids + self.stuff_ids + [self.unlabelled]
-        tp = self._metric.true_positives.tolist()
-        fp = self._metric.false_positives.tolist()
-        fn = self._metric.false_negatives.tolist()
-        rows = {
-            class_id: {
-                "pq": float(per_class[i, 0]),
-                "sq": float(per_class[i, 1]),
-                "rq": float(per_class[i, 2]),
-                "tp": int(tp[i]),
-                "fp": int(fp[i]),
-                "fn": int(fn[i]),
-            }
-            for i, class_id in enumerate(order)
-            if class_id != self.unlabelled
-        }
+        rows = {}
+        for class_id in self.thing_ids + self.stuff_ids:
+            tp, fp, fn = int(self._tp[class_id]), int(self._fp[class_id]), int(self._fn[class_id])
+            sq = float(self._iou[class_id] / tp) if tp else 0.0
+            rq = tp / (tp + 0.5 * fp + 0.5 * fn) if tp + fp + fn else 0.0
+            rows[class_id] = {"pq": sq * rq, "sq": sq, "rq": rq, "tp": tp, "fp": fp, "fn": fn}
         result: dict = {}
         groups = {"": self.thing_ids + self.stuff_ids, "_things": self.thing_ids, "_stuff": self.stuff_ids}
         for group, ids in groups.items():
@@ -93,21 +153,6 @@ class PanopticTally:
         result["per_class"] = rows
         result["frames"] = self.frames
         return result
-
-
-def _pairs(label_map: np.ndarray, segments: Segments, no_class: int) -> torch.Tensor:
-    """H x W x 2 (category, instance) as torchmetrics wants it; instance is the segment id."""
-    ids = segments.ids.astype(np.int64)
-    top = int(ids.max()) if len(ids) else 0
-    if len(ids) and ids.min() < 0:
-        raise ValueError(f"segment ids must be >= 0, got {int(ids.min())}")
-    # Lookup index: id + 1 for listed ids, 0 for -1 and for anything unlisted or out of range.
-    lookup = np.full(top + 3, no_class, dtype=np.int64)
-    lookup[ids + 1] = segments.class_ids
-    index = np.clip(label_map.astype(np.int64), -1, top + 1) + 1
-    category = lookup[index]
-    instance = np.where(category == no_class, 0, label_map)
-    return torch.from_numpy(np.stack([category, instance.astype(np.int64)], axis=-1))
 
 
 def panoptic_quality(
@@ -134,11 +179,12 @@ def evaluate_segmenter(
     label_set: LabelSet,
     batch_size: int = 4,
     progress: bool = True,
-    frames: Iterable[tuple[np.ndarray, FrameResult]] | None = None,
+    frames: Iterable[tuple[np.ndarray, FrameResult] | tuple[np.ndarray, FrameResult, np.ndarray]] | None = None,
     truth_labels: LabelSet | None = None,
 ) -> dict:
     """PQ of ``segment_fn`` over the first ``num_frames`` frames of each synthetic scene in ``seeds``
-    (or over ``frames``, pairs of an image and its ground truth, when given).
+    (or over ``frames``, when given: pairs of an image and its ground truth, or triples adding its
+    crowd regions as ``PanopticTally.add`` takes them, ``CocoPanopticDataset.scored_frames``').
 
     ``segment_fn`` takes a list of RGB uint8 frames and returns one prediction per frame; it is
     called with up to ``batch_size`` frames at a time. ``label_set`` is the one the segmenter
@@ -162,11 +208,11 @@ def evaluate_segmenter(
     # disable=None: a bar on a terminal only (a log file gets no carriage-return lines)
     with tqdm(total=total, desc="evaluate", unit="frame", file=sys.stderr, disable=None if progress else True) as bar:
         while batch := [item for _, item in zip(range(batch_size), frames)]:
-            predictions = segment_fn([image for image, _ in batch])
+            predictions = segment_fn([image for image, *_ in batch])
             if len(predictions) != len(batch):
                 raise ValueError(f"segment_fn returned {len(predictions)} predictions for {len(batch)} frames")
-            for prediction, (_, truth) in zip(predictions, batch):
-                tally.add(prediction, truth)
+            for prediction, (_, truth, *crowd) in zip(predictions, batch):
+                tally.add(prediction, truth, *crowd)
             bar.update(len(batch))
     return tally.summary()
 
@@ -296,9 +342,11 @@ def main_evaluate(args) -> int:
     # said at once: the model takes seconds to load, and the progress bar shows on a terminal only
     print(f"segstream: evaluating {model_cfg.preset} on {what}", file=sys.stderr, flush=True)
     segmenter = build_segmenter(model_cfg)
-    frames = clip_frames(clips, args.frames) if clips else dataset
-    if dataset is not None and args.frames:
-        frames = (dataset[k] for k in range(min(args.frames, len(dataset))))
+    frames: Iterable | None = None  # the synthetic scenes, rendered
+    if clips:
+        frames = clip_frames(clips, args.frames)
+    elif dataset is not None:
+        frames = dataset.scored_frames(args.frames)  # with crowd regions, which COCO's PQ counts its own way
     result = evaluate_segmenter(segmenter.segment, args.seeds, width, height, per_seed, segmenter.labels,
                                 frames=frames, truth_labels=dataset.labels if dataset is not None else None)
     if dataset is not None:
@@ -322,6 +370,7 @@ def main_evaluate(args) -> int:
             # a class neither in the scenes nor predicted is left out, as it is of the averages
             "per_class": {names[class_id]: stats for class_id, stats in sorted(result["per_class"].items())
                           if stats["tp"] + stats["fp"] + stats["fn"]},
+            "definitions": PQ_DEFINITIONS,
         }))
         return 0
     how = how_it_ran(precision, postprocess)

@@ -11,8 +11,12 @@ switches, MOTA) metrics over per-frame mask IoU:
   the things the tracker was given (a dropped mask cannot get an id, so against every thing
   IDF1 could not pass about 0.947), and also against every thing (``noisy_truth_all``).
 - ``model``: the tracker on the shipped model's segments (masks, classes, query embeddings).
-- ``oracle``: the same model segments, each given the identity of the ground-truth thing it
-  overlaps most. The gap between ``model`` and ``oracle`` is what the tracker itself loses.
+- ``oracle``: the same model segments, each ground-truth thing's identity given to the predicted
+  thing that overlaps it most (a split thing's other parts get ids of their own). The gap
+  between ``model`` and ``oracle`` is what the tracker itself loses.
+
+TrackEval's metrics are called directly, without its loaders, so their input checks are made
+here: a track id given to two things in one frame is refused (``TrackedScene.add``).
 
 TrackEval is an optional dependency (``pip install -e ".[eval]"`` in the checkout): its metrics are the
 reference implementations of HOTA and IDF1.
@@ -79,18 +83,20 @@ def noisy_detections(truth: FrameResult, rng: np.random.Generator, drop: float =
 
 
 def oracle_identities(prediction: FrameResult, truth: FrameResult, fresh: Iterable[int]) -> np.ndarray:
-    """For each predicted segment, the track id of the ground-truth thing it shares most pixels
-    with; a segment on no thing gets the next id from ``fresh`` (a false positive of its own)."""
+    """The oracle's track id of each predicted segment. Each predicted thing is assigned to the
+    ground-truth thing it shares most pixels with; of those assigned to one, the one sharing most
+    takes its track id (a split thing's other parts are false positives). Every other segment,
+    stuff too, gets the next id from ``fresh``: no id is given twice in a frame."""
     inter = _intersections(truth, prediction)
-    gt_things = truth.segments.track_ids
-    ids = np.full(len(prediction.segments), NO_TRACK, np.int64)
-    for j in range(len(prediction.segments)):
-        column = np.where(truth.segments.isthing, inter[:, j], 0) if len(gt_things) else np.zeros(0)
-        if column.size and column.max() > 0:
-            ids[j] = gt_things[int(column.argmax())]
-        else:
-            ids[j] = next(fresh)
-    return ids
+    inter[~truth.segments.isthing] = 0
+    inter[:, ~prediction.segments.isthing] = 0
+    owner = np.full(len(prediction.segments), -1)  # the ground-truth row whose id each segment takes
+    if inter.size:
+        nearest, overlaps = inter.argmax(0), inter.max(0) > 0
+        for row in np.unique(nearest[overlaps]):
+            claims = np.flatnonzero(overlaps & (nearest == row))
+            owner[claims[int(inter[row, claims].argmax())]] = row
+    return np.array([truth.segments.track_ids[row] if row >= 0 else next(fresh) for row in owner], np.int64)
 
 
 def _intersections(truth: FrameResult, prediction: FrameResult) -> np.ndarray:
@@ -134,8 +140,15 @@ class TrackedScene:
             _codes(prediction.label_map, prediction.segments.ids).ravel(), minlength=len(prediction.segments) + 1
         )[pred_rows].astype(np.float64)
         union = gt_area[:, None] + pred_area[None, :] - inter
-        self.gt_ids.append(truth.segments.track_ids[gt_rows].astype(np.int64))
-        self.tracker_ids.append(track_ids[pred_rows].astype(np.int64))
+        gt_ids, tracker_ids = truth.segments.track_ids[gt_rows].astype(np.int64), track_ids[pred_rows].astype(np.int64)
+        # TrackEval's loaders refuse these; its metrics, called directly, would count such an id once
+        for what, ids in (("ground-truth", gt_ids), ("tracker", tracker_ids)):
+            values, counts = np.unique(ids, return_counts=True)
+            if (counts > 1).any():
+                raise ValueError(f"frame {truth.index}: {what} track ids {values[counts > 1].tolist()} are given to "
+                                 "more than one thing")
+        self.gt_ids.append(gt_ids)
+        self.tracker_ids.append(tracker_ids)
         self.similarity.append(np.where(union > 0, inter / np.maximum(union, 1), 0.0))
 
     def trackeval_data(self) -> dict:
@@ -162,6 +175,20 @@ def require_trackeval() -> None:
         raise ConfigError(
             "tracking metrics need TrackEval, which is not installed here — pip install trackeval (segstream's eval extra)"
         ) from None
+
+
+def tracking_definitions() -> dict:
+    """What the tracking metrics are, said in ``evaluate --tracking --json`` (README: "What evaluate counts")."""
+    require_trackeval()
+    import trackeval
+
+    return {
+        "scored": "things only, any class against any class",
+        "similarity": "mask IoU per frame; IDF1 and MOTA match at IoU >= 0.5",
+        "hota": "HOTA, DetA and AssA averaged over alpha 0.05 to 0.95",
+        "trackeval": trackeval.__version__,
+        "oracle": "a ground-truth thing's id on the predicted thing overlapping it most, fresh ids on the others",
+    }
 
 
 def tracking_metrics(sequences: Sequence[TrackedScene]) -> dict:
@@ -293,7 +320,7 @@ def main_evaluate_tracking(args) -> int:
         results["model_vs_oracle_idf1"] = results["model"]["idf1"] / results["oracle"]["idf1"]
     if getattr(args, "json", False):  # "model" names the metrics on the model's segments, as in the JSON line
         print(json.dumps({**results, "model_name": name, "size": [width, height], "seeds": list(args.seeds),
-                          "tracker": asdict(settings)}))
+                          "tracker": asdict(settings), "definitions": tracking_definitions()}))
         return 0
     print(
         f"tracking: {results['noisy_truth']['frames']} frames, {width}x{height}, seeds {' '.join(map(str, args.seeds))}"

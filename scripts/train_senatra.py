@@ -52,7 +52,7 @@ def held_out_quality(model: SeNaTra, name: str) -> dict:
 
 def held_out_pq(model: SeNaTra, labels, val) -> dict:
     segmenter = SeNaTraSegmenter(model, "panoptic", labels, SYNTHETIC_SENATRA.name)
-    return held_out_summary(evaluate_segmenter(segmenter.segment, (), 0, 0, 0, labels, frames=val,
+    return held_out_summary(evaluate_segmenter(segmenter.segment, (), 0, 0, 0, labels, frames=val.scored_frames(),
                                                truth_labels=val.labels, progress=False))
 
 

@@ -41,8 +41,8 @@ def held_out_pq(model, labels, val) -> dict:
     from segstream.pipeline.evaluation import evaluate_segmenter
 
     segmenter = EoMTSegmenter(model.to("cpu"), "panoptic", labels, SYNTHETIC_TINY.name, precision="fp32")
-    result = evaluate_segmenter(segmenter.segment, (), 0, 0, 0, labels, frames=val, truth_labels=val.labels,
-                                progress=False)
+    result = evaluate_segmenter(segmenter.segment, (), 0, 0, 0, labels, frames=val.scored_frames(),
+                                truth_labels=val.labels, progress=False)
     return held_out_summary(result)
 
 

@@ -9,7 +9,7 @@ from segstream.connectors.errors import ConfigError
 from segstream.connectors.synthetic import CLASSES, synthetic_clip, truth_result
 from segstream.models.label_sets import load_label_set
 from segstream.models.results import FrameResult, Segments
-from segstream.pipeline.evaluation import evaluate_segmenter, panoptic_quality
+from segstream.pipeline.evaluation import PanopticTally, evaluate_segmenter, panoptic_quality
 
 THINGS, STUFF = (0, 1, 2, 3), (4, 5, 6, 7)
 DISC, BOX, SKY, GRASS, SAND, WATER = 0, 1, 4, 5, 6, 7
@@ -31,8 +31,8 @@ def _as_prediction(truth: FrameResult) -> FrameResult:
 
 def _truth(grid: list[str], legend: dict[str, tuple[int, int]]) -> FrameResult:
     """A ground-truth frame drawn as text: each letter maps to (segment id, class id); segment ids
-    must be 0..S-1."""
-    label_map = np.array([[legend[c][0] for c in row] for row in grid], dtype=np.int32)
+    must be 0..S-1; '.' is a pixel of no segment (void, or crowd)."""
+    label_map = np.array([[legend[c][0] if c != "." else -1 for c in row] for row in grid], dtype=np.int32)
     rows = [
         (cid, CLASSES[cid].isthing, sid if CLASSES[cid].isthing else -1, int((label_map == sid).sum()))
         for sid, cid in sorted(legend.values())
@@ -198,3 +198,93 @@ def test_evaluate_says_what_it_evaluates_before_the_model_loads(capsys):
     assert main(["evaluate", "--seeds", "4", "--frames", "2", "--size", "160", "120", "--device", "cpu"]) == 0
     err = capsys.readouterr().err
     assert err.startswith("segstream: evaluating synthetic_eomt_tiny_256 on 2 frames of 1 synthetic scenes at 160x120")
+
+
+def _counts(result: dict, class_id: int) -> tuple[int, int, int]:
+    row = result["per_class"][class_id]
+    return row["tp"], row["fp"], row["fn"]
+
+
+def _scored(prediction: FrameResult, truth: FrameResult, crowd: np.ndarray) -> dict:
+    tally = PanopticTally(THINGS, STUFF)
+    tally.add(prediction, truth, crowd)
+    return tally.summary()
+
+
+def test_crowd_regions_count_as_coco_counts_them():
+    """COCO's PQ (panopticapi pq_compute): a crowd region is matched by nothing and missed by
+    nobody, but its pixels stay in the IoU's union, and only a crowd of a prediction's own class
+    excuses it. Found auditing: evaluate --data made crowd void, which let any crowd excuse any
+    prediction and took crowd pixels out of the union."""
+    # A disc of 4 pixels and, beside it, 4 pixels of a crowd of discs.
+    truth = _truth(["SAA..S", "SAA..S"], {"S": (0, SKY), "A": (1, DISC)})
+    discs = np.where(truth.label_map < 0, DISC, -1)
+    # A prediction over both: IoU 4 / 8 is no match (void would make it 4 / 4), half on crowd no excuse.
+    covering = _prediction(["SAAAAS", "SAAAAS"], {"S": (0, SKY), "A": (1, DISC)})
+    assert _counts(_scored(covering, truth, discs), DISC) == (0, 1, 1)
+    # One pixel onto the crowd: a match of IoU 4 / 5.
+    spilling = _prediction(["SAAA.S", "SAA..S"], {"S": (0, SKY), "A": (1, DISC)})
+    result = _scored(spilling, truth, discs)
+    assert _counts(result, DISC) == (1, 0, 0) and result["per_class"][DISC]["sq"] == pytest.approx(0.8)
+
+    # A crowd of boxes: a disc predicted on it is a false positive (void would excuse it) ...
+    truth = _truth(["SS..", "SS.."], {"S": (0, SKY)})
+    boxes = np.where(truth.label_map < 0, BOX, -1)
+    on_boxes = _prediction(["SSAA", "SSAA"], {"S": (0, SKY), "A": (1, DISC)})
+    assert _counts(_scored(on_boxes, truth, boxes), DISC) == (0, 1, 0)
+    # ... a box predicted mostly on it (3 of its 4 pixels) is excused, and the crowd is missed by nobody.
+    on_crowd = _prediction(["SBBB", "SSSB"], {"S": (0, SKY), "B": (1, BOX)})
+    assert _counts(_scored(on_crowd, truth, boxes), BOX) == (0, 0, 0)
+
+
+def test_without_crowd_the_counts_are_torchmetrics_panoptic_quality():
+    """Our own matching (it handles crowd regions) counts as torchmetrics' PanopticQuality does,
+    given unlabelled predicted pixels as a class of their own (which no ground truth has): on
+    eroded, dilated, dropped, split, relabelled and partly unlabelled predictions, with void."""
+    import torch
+    from torchmetrics.detection import PanopticQuality  # the test extra's
+
+    from segstream.pipeline.track_evaluation import noisy_detections
+
+    unlabelled = len(CLASSES)
+    reference = PanopticQuality(things=set(THINGS), stuffs=set(STUFF) | {unlabelled}, return_sq_and_rq=True,
+                                return_per_class=True)
+    ours = PanopticTally(THINGS, STUFF)
+    rng = np.random.default_rng(7)
+
+    def as_pairs(result: FrameResult, no_class: int) -> torch.Tensor:
+        lookup = {int(i): int(c) for i, c in zip(result.segments.ids, result.segments.class_ids)}
+        category = np.vectorize(lambda v: lookup.get(int(v), no_class))(result.label_map)
+        instance = np.where(category == no_class, 0, result.label_map)
+        return torch.from_numpy(np.stack([category, instance], -1).astype(np.int64))[None]
+
+    for seed in (1, 2):
+        for _, truth in synthetic_clip(96, 72, 6, seed):
+            prediction = noisy_detections(truth, rng, drop=0.2)
+            label_map, segments = prediction.label_map.copy(), prediction.segments
+            y, x = rng.integers(0, 60), rng.integers(0, 80)
+            label_map[y : y + 12, x : x + 16] = -1  # left unlabelled
+            split = int(rng.integers(len(segments)))  # a thing or stuff segment split in two
+            half = (label_map == segments.ids[split]) & (np.arange(96) < rng.integers(20, 76))[None, :]
+            label_map[half] = 99
+            class_ids = segments.class_ids.copy()
+            relabel = rng.random(len(class_ids)) < 0.15
+            class_ids[relabel] = rng.integers(0, len(CLASSES), int(relabel.sum()))
+            prediction = _result(label_map, [*segments.ids.tolist(), 99], [*class_ids.tolist(), class_ids[split]])
+            truth_map = truth.label_map.copy()
+            truth_map[rng.integers(0, 60) :][:10, rng.integers(0, 80) :][:, :14] = -1  # void
+            truth = FrameResult("", 0, 96, 72, truth_map, truth.segments)
+            ours.add(prediction, truth)
+            reference.update(as_pairs(prediction, unlabelled), as_pairs(truth, -1))
+
+    result = ours.summary()
+    expected = reference.compute()  # per class (pq, sq, rq): things, then stuff, then unlabelled
+    counts = (reference.true_positives.tolist(), reference.false_positives.tolist(),
+              reference.false_negatives.tolist())
+    for i, class_id in enumerate([*THINGS, *STUFF]):
+        assert _counts(result, class_id) == tuple(c[i] for c in counts), CLASSES[class_id].name
+        for k, key in enumerate(("pq", "sq", "rq")):  # torchmetrics' IoUs and RQ are float32
+            assert result["per_class"][class_id][key] == pytest.approx(float(expected[i, k]), abs=1e-6)
+    totals = [sum(c[: len(THINGS) + len(STUFF)]) for c in counts]
+    assert min(totals) > 5, f"tp, fp, fn {totals}: too few of one to compare"
+    assert 0.3 < result["pq"] < 0.9

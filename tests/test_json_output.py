@@ -266,6 +266,8 @@ def test_evaluate_json_prints_the_numbers_of_its_table(capsys):
     assert per_class and set(per_class) == set(result["per_class"])
     for name, stats in result["per_class"].items():
         assert f"PQ {100 * stats['pq']:5.1f}  (tp {stats['tp']}, fp {stats['fp']}, fn {stats['fn']})" in per_class[name]
+    # which PQ it is, said beside the numbers (README: "What evaluate counts")
+    assert "IoU > 0.5" in result["definitions"]["match"] and "tp + fp + fn > 0" in result["definitions"]["averages"]
 
 
 def test_evaluate_tracking_json_prints_the_numbers_of_its_table(capsys):
@@ -281,6 +283,10 @@ def test_evaluate_tracking_json_prints_the_numbers_of_its_table(capsys):
     truth = result["noisy_truth"]
     assert [float(v) for v in row] == [round(100 * truth[m], 1) for m in ("idf1", "hota", "deta", "assa")] + [
         truth["id_switches"], round(100 * truth["mota"], 1)]
+    import trackeval
+
+    assert result["definitions"]["trackeval"] == trackeval.__version__
+    assert "mask IoU" in result["definitions"]["similarity"] and "alpha" in result["definitions"]["hota"]
 
 
 def test_a_result_to_dict_is_tail_json_s_frame_object_with_its_masks_as_rle_or_polygons():

@@ -6,9 +6,10 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
-from segstream.connectors.synthetic import synthetic_clip
-from segstream.models.results import NO_TRACK
+from segstream.connectors.synthetic import synthetic_clip, truth_result
+from segstream.models.results import NO_TRACK, FrameResult, Segments
 from segstream.pipeline.cli import main
 from segstream.pipeline.track_evaluation import TrackedScene, noisy_detections, oracle_identities, tracking_metrics
 
@@ -44,6 +45,117 @@ def test_the_oracle_gives_each_segment_the_truth_it_overlaps():
     things = truth.segments.isthing
     np.testing.assert_array_equal(ids[things], truth.segments.track_ids[things])
     assert (ids[~things] >= 1000).all()  # stuff overlaps no thing: a false positive of its own
+
+
+def _with_segments(frame: FrameResult, label_map: np.ndarray, ids: list[int], class_ids: list[int]) -> FrameResult:
+    """``frame``'s prediction replaced by things ``ids`` of ``class_ids`` on ``label_map``."""
+    segments = Segments.build(ids=ids, class_ids=class_ids, labels=["thing"] * len(ids), isthing=[True] * len(ids),
+                              areas=[int((label_map == i).sum()) for i in ids])
+    return FrameResult("", frame.index, frame.width, frame.height, label_map, segments)
+
+
+def _split_largest_thing(prediction: FrameResult) -> FrameResult:
+    """The prediction with its largest thing cut in two at its middle row: one object, two segments."""
+    things = np.flatnonzero(prediction.segments.isthing)
+    if not len(things):
+        return prediction
+    row = things[int(prediction.segments.areas[things].argmax())]
+    label_map = prediction.label_map.copy()
+    mask = label_map == prediction.segments.ids[row]
+    ys = np.flatnonzero(mask.any(1))
+    new_id = int(prediction.segments.ids.max()) + 1
+    label_map[(ys[0] + ys[-1]) // 2 + 1 :][mask[(ys[0] + ys[-1]) // 2 + 1 :]] = new_id
+    ids = [int(i) for i in prediction.segments.ids] + [new_id]
+    class_ids = [int(c) for c in prediction.segments.class_ids] + [int(prediction.segments.class_ids[row])]
+    things = [*prediction.segments.isthing.tolist(), True]
+    segments = Segments.build(ids=ids, class_ids=class_ids, labels=["x"] * len(ids), isthing=things,
+                              areas=[int((label_map == i).sum()) for i in ids])
+    return FrameResult("", prediction.index, prediction.width, prediction.height, label_map, segments)
+
+
+def _trackeval_from_files(folder, frames) -> dict:
+    """TrackEval's own MOTS Challenge run on ``frames`` (truth, prediction, track ids) written as
+    its files: its loader checks the input (one id per thing and frame) before scoring it."""
+    import trackeval
+    from pycocotools import mask as coco_mask
+
+    def line(frame: int, track: int, mask: np.ndarray) -> str:
+        rle = coco_mask.encode(np.asfortranarray(mask.astype(np.uint8)))["counts"].decode()
+        return f"{frame + 1} {track} 2 {mask.shape[0]} {mask.shape[1]} {rle}\n"
+
+    gt, tracker, tracker_number = [], [], {}
+    for k, (truth, prediction, ids) in enumerate(frames):
+        for row in np.flatnonzero(truth.segments.isthing):
+            gt.append(line(k, int(truth.segments.track_ids[row]) + 1, truth.label_map == truth.segments.ids[row]))
+        for row in np.flatnonzero(prediction.segments.isthing):
+            number = tracker_number.setdefault(int(ids[row]), len(tracker_number) + 1)
+            tracker.append(line(k, number, prediction.label_map == prediction.segments.ids[row]))
+    (folder / "gt" / "scene" / "gt").mkdir(parents=True)
+    (folder / "gt" / "scene" / "gt" / "gt.txt").write_text("".join(gt))
+    (folder / "trackers" / "oracle" / "data").mkdir(parents=True)
+    (folder / "trackers" / "oracle" / "data" / "scene.txt").write_text("".join(tracker))
+    quiet = {"PRINT_CONFIG": False}
+    evaluator = trackeval.Evaluator({**quiet, "PRINT_RESULTS": False, "OUTPUT_SUMMARY": False, "OUTPUT_DETAILED": False,
+                                     "PLOT_CURVES": False, "TIME_PROGRESS": False, "USE_PARALLEL": False,
+                                     "BREAK_ON_ERROR": True, "LOG_ON_ERROR": str(folder / "error.log")})
+    dataset = trackeval.datasets.MOTSChallenge({**quiet, "GT_FOLDER": str(folder / "gt"), "SKIP_SPLIT_FOL": True,
+                                                "TRACKERS_FOLDER": str(folder / "trackers"),
+                                                "SEQ_INFO": {"scene": len(frames)}})
+    metrics = [trackeval.metrics.HOTA(), trackeval.metrics.Identity(quiet), trackeval.metrics.CLEAR(quiet)]
+    results, _ = evaluator.evaluate([dataset], metrics)
+    scores = results["MOTSChallenge"]["oracle"]["COMBINED_SEQ"]["pedestrian"]
+    return {"hota": float(np.mean(scores["HOTA"]["HOTA"])), "idf1": float(scores["Identity"]["IDF1"]),
+            "mota": float(scores["CLEAR"]["MOTA"]), "id_switches": int(scores["CLEAR"]["IDSW"])}
+
+
+def test_the_oracle_gives_a_split_thing_s_id_to_its_larger_part_only():
+    """Found auditing: both halves of a split thing got its id, which TrackEval's metrics (called
+    without its loader's checks) count once: IDF1 1.0 with MOTA 0.0. One id per frame: the
+    larger half keeps it, the other half is a false positive (IDF1 2/3)."""
+    truth_map = np.full((10, 20), -1, np.int32)
+    truth_map[0:10, 0:10] = 0
+    halves = truth_map.copy()
+    halves[6:10, 0:10] = 1  # IoU 0.6 and 0.4 with the thing
+    scene = TrackedScene()
+    fresh = iter(range(1000, 2000))
+    for index in range(4):
+        truth = truth_result(truth_map, [(0, True, 7, 100)], index)
+        prediction = _with_segments(truth, halves, [0, 1], [0, 0])
+        ids = oracle_identities(prediction, truth, fresh)
+        assert ids[0] == 7 and ids[1] >= 1000
+        scene.add(truth, prediction, ids)
+    result = tracking_metrics([scene])
+    assert result["idf1"] == pytest.approx(2 / 3) and result["mota"] == 0.0
+
+
+def test_the_oracle_scores_what_trackeval_s_own_loader_scores(tmp_path):
+    """On a scene whose largest thing is split in two in every frame (and other things eroded,
+    dilated, dropped), the oracle's scores are TrackEval's own run from MOTS files, which refuses
+    a tracker id given twice in a frame."""
+    rng = np.random.default_rng(4)
+    frames, scene = [], TrackedScene()
+    fresh = iter(range(10**9, 2 * 10**9))
+    for truth in truths(20):
+        prediction = _split_largest_thing(noisy_detections(truth, rng))
+        ids = oracle_identities(prediction, truth, fresh)
+        scene.add(truth, prediction, ids)
+        frames.append((truth, prediction, ids))
+    ours = tracking_metrics([scene])
+    theirs = _trackeval_from_files(tmp_path, frames)
+    assert 0.5 < theirs["idf1"] < 0.95, "a split in every frame leaves false positives"
+    for key, value in theirs.items():
+        assert ours[key] == pytest.approx(value, abs=1e-12), key
+
+
+def test_a_track_id_given_twice_in_a_frame_is_refused():
+    """TrackEval's metrics would count such an id once; it can only be a bug of ours."""
+    truth = truths(1)[0]
+    ids = truth.segments.track_ids.copy()
+    things = np.flatnonzero(truth.segments.isthing)
+    assert len(things) >= 2
+    ids[things[1]] = ids[things[0]]
+    with pytest.raises(ValueError, match=rf"frame 0: tracker track ids \[{ids[things[0]]}\] are given to more than one"):
+        TrackedScene().add(truth, truth, ids)
 
 
 def test_perfect_identities_score_one_and_a_swap_is_counted():

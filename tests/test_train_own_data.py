@@ -55,7 +55,8 @@ def test_a_batch_s_coco_files_read_back_as_the_ground_truth_they_were_written_fr
 
 
 def test_coco_s_own_ids_category_gaps_and_crowds_become_contiguous_classes_and_void(tmp_path):
-    """COCO's PNG ids are any numbers and its category ids have gaps; a crowd region is void."""
+    """COCO's PNG ids are any numbers and its category ids have gaps; a crowd region is void, and
+    given apart for PQ."""
     ids = np.zeros((4, 6), np.int64)
     ids[:, :2], ids[:, 2:4], ids[:, 4:] = 3_000_001, 7, 255 * 256  # a person, the road, a crowd of people
     (tmp_path / "panoptic_val").mkdir()
@@ -75,6 +76,9 @@ def test_coco_s_own_ids_category_gaps_and_crowds_become_contiguous_classes_and_v
     _, truth = data[0]
     assert truth.label_map.tolist() == [[0, 0, 1, 1, -1, -1]] * 4
     assert truth.segments.class_ids.tolist() == [0, 1] and truth.segments.areas.tolist() == [8, 8]
+    ((_, scored, crowd),) = data.scored_frames()
+    assert scored.label_map.tolist() == truth.label_map.tolist()
+    assert crowd.tolist() == [[-1, -1, -1, -1, 0, 0]] * 4  # person's class id
     assert [(c["id"], c["name"], c["coco_id"]) for c in data.label_file_data()["classes"]] == [
         (0, "person", 1), (1, "road", 128)]
 
@@ -377,6 +381,28 @@ def test_evaluate_s_closing_json_line_is_json_when_an_average_has_no_class(tmp_p
     # found reviewing: --seeds and --size were ignored with --data without a word
     assert main(["evaluate", "--data", str(tmp_path / "crowd" / "panoptic.json"), "--size", "64", "48"]) == 2
     assert "--size is for rendered synthetic scenes; with --data the frames are those given" in capsys.readouterr().err
+
+
+def test_evaluate_data_counts_crowd_regions_by_coco_s_rules(tmp_path, capsys):
+    """A crowd excuses only predictions of its own class (found auditing: evaluate --data made
+    crowd void, which excused any). Every segment here is a crowd of the next class: whatever the
+    model finds lies on a crowd of another class, a false positive."""
+    from segstream.pipeline.cli import main
+
+    write_scenes(tmp_path / "crowd", 1, seed=9)
+
+    def crowd_of_another_class(document):
+        count = len(document["categories"])
+        for segment in document["annotations"][0]["segments_info"]:
+            segment.update(iscrowd=1, category_id=segment["category_id"] % count + 1)
+
+    _edit(tmp_path / "crowd" / "panoptic.json", crowd_of_another_class)
+    assert main(["evaluate", "--data", str(tmp_path / "crowd" / "panoptic.json"), "--device", "cpu", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    counts = [(c["tp"], c["fp"], c["fn"]) for c in result["per_class"].values()]
+    assert counts and all(tp == fn == 0 and fp > 0 for tp, fp, fn in counts), counts
+    assert result["pq"] == 0.0
+    assert "crowd" in result["definitions"] and "IoU > 0.5" in result["definitions"]["match"]
 
 
 def test_a_stopped_run_leaves_a_finished_model_s_labels_alone(tmp_path):
