@@ -996,24 +996,33 @@ class RedisPublisher:
             log.warning("Redis at %s refuses writes: %s — publishing continues into a backlog of up to %d entries, "
                         "sent when Redis takes them again", self._where, self._refusal, self.max_backlog)
             self._backoff.reset()
-        self._probe = NamedThread(target=self._reconnect, name="segstream-redis-reconnect", daemon=True)
+        # a key the batches write, which the user's ACL lets it XADD to
+        key = self._queue[0].stream if self._queue else stream_name(self.stream_pattern, "probe")
+        self._probe = NamedThread(target=self._reconnect, args=(key,), name="segstream-redis-reconnect", daemon=True)
         self._probe.start()
 
-    def _reconnect(self) -> None:
-        """Background: PING with backoff and jitter until Redis answers or the publisher closes."""
+    def _reconnect(self, key: str) -> None:
+        """Background, with backoff and jitter until Redis answers a write or the publisher closes:
+        ``XADD key 0-0``, which Redis refuses for its ID (writing nothing, making no key) — but only
+        once it takes writes. A PING is answered while writes are paused (CLIENT PAUSE WRITE, and a
+        FAILOVER's pause), so the backlog sent then hung again: one pause read as many outages."""
         warned = self._last_error  # the outage's warning said it already
         while not self._stopping.wait(self._backoff.next()):
             try:
-                self.client.ping()
-            except (redis.ConnectionError, redis.TimeoutError, OSError, redis.RedisError) as error:
+                self.client.execute_command("XADD", key, "0-0", "probe", "1")
+            except (redis.RedisError, OSError) as error:
+                if isinstance(error, redis.ResponseError) and not _still_away(error):
+                    break  # answered as a write is: its ID refused, or writes for now (the batch tells)
                 # e.g. a Redis restarted with requirepass: said once as at start, not as redis-py's HELLO error
                 self._last_error = self._connection_error(error)
                 if is_credentials_refusal(error) and self._last_error != warned:
                     warned = self._last_error
                     log.warning("%s; publishing continues into the backlog, retrying", self._last_error)
-                continue
-            self._reachable.set()
+            else:
+                break  # (no Redis writes an entry 0-0)
+        else:
             return
+        self._reachable.set()
 
     def _connection_error(self, error: BaseException) -> str:
         """A failed write's or reconnect's error, in the start-up wording when it is the login."""
@@ -1254,6 +1263,13 @@ def _finished(fields: dict) -> bool:
         return json.loads(fields.get(b"data", b"{}")).get("state") in ("ended", "failed")
     except (ValueError, AttributeError):
         return False
+
+
+def _still_away(error: redis.ResponseError) -> bool:
+    """A reply that says Redis does not serve commands yet: a script or function runs too long
+    (BUSY), a replica that lost its master (MASTERDOWN), or the login (a Redis back with a password)."""
+    return (isinstance(error, redis.exceptions.MasterDownError) or str(error).startswith("BUSY ")
+            or is_credentials_refusal(error))
 
 
 def _never_sent(error: BaseException) -> bool:
