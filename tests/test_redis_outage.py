@@ -378,7 +378,7 @@ def test_a_redis_that_never_answers_within_start_wait_s_says_how_long_it_was_wai
         RedisPublisher.from_config(f"redis://127.0.0.1:{free_port()}", None, start_wait_s=1.2)
 
 
-def test_a_batch_a_stopped_redis_wrote_after_its_timeout_is_not_written_twice(server):
+def test_a_batch_a_stopped_redis_wrote_after_its_timeout_is_not_written_twice(server, caplog):
     # Found probing: a Redis stopped (SIGSTOP, a VM paused) past the write's timeout still ran the
     # MULTI/EXEC waiting in its socket once resumed; the publisher, taking the reply as lost, sent
     # the batch again: every entry of it was in the stream twice.
@@ -398,13 +398,16 @@ def test_a_batch_a_stopped_redis_wrote_after_its_timeout_is_not_written_twice(se
         publisher.publish(tiny_scene("cam0", 4))  # into the backlog
     finally:
         server.process.send_signal(signal.SIGCONT)
-    wait_until(lambda: publisher.status()["backlog"] == 0, step=publisher.poll)
+    with caplog.at_level("INFO", logger="segstream.connectors.redis_sink"):
+        wait_until(lambda: publisher.status()["backlog"] == 0, step=publisher.poll)
     entries = server.client().xrange("segstream:cam0:frames")
     assert [int(fields[b"frame"]) for _, fields in entries] == [0, 1, 2, 3, 4], "frame 3 once"
     assert [int(fields[b"seq"]) for _, fields in entries] == [1, 2, 3, 4, 5]
     assert [r.index for r in written] == [0, 1, 2, 3, 4] and dropped == []
     assert publisher.published == 5 and publisher.status()["connected"]
     assert written[3].publish_ts is not None
+    assert caplog.messages.count(f"Redis at {server.url} had written 1 entry of the batch whose reply never came: not "
+                                 "sent again") == 1  # found probing: "had written 1 entries"
     publisher.publish(tiny_scene("cam0", 5))
     assert int(server.client().xrange("segstream:cam0:frames")[-1][1][b"seq"]) == 6
     assert publisher.data_losses == 0
