@@ -130,6 +130,8 @@ def connect_redis(
             client.close()
             raise connect_problem(client, error, names, hint) from None
         except (redis.RedisError, OSError) as error:
+            if _up_refusing_writes(error):
+                break
             client.close()
             raise connect_problem(client, error, names, hint) from None
     if _is_sentinel(client):
@@ -267,6 +269,8 @@ async def connect_redis_async(
             await client.aclose()
             raise connect_problem(client, error, names, hint) from None
         except (redis.RedisError, OSError) as error:
+            if _up_refusing_writes(error):
+                break
             await client.aclose()
             raise connect_problem(client, error, names, hint) from None
     if not isinstance(client.connection_pool, _SENTINEL_POOLS):
@@ -278,6 +282,13 @@ async def connect_redis_async(
             await client.aclose()
             raise SinkError(_REACHED_A_SENTINEL.format(where=redis_address(client)))
     return client
+
+
+def _up_refusing_writes(error: BaseException) -> bool:
+    """A PING refused by a Redis that cannot save its snapshots (MISCONF): it refuses PING with the
+    writes, but it is up, its reads go on, and a publisher rides the refusal out as it would one
+    met later."""
+    return isinstance(error, redis.ResponseError) and error_summary(error).startswith("MISCONF")
 
 
 def _is_sentinel(client: redis.Redis) -> bool:
@@ -517,9 +528,9 @@ _PIPELINE_PREFIX = re.compile(r"^Command # \d+ \(.*?\) of pipeline caused error:
 
 def error_summary(error: BaseException | None) -> str:
     """The first line of an exception's message, for one-line user errors (without the command a
-    pipeline's error quotes)."""
+    pipeline's error quotes, nor the arguments Redis quotes of an unknown command: an entry's fields)."""
     text = _PIPELINE_PREFIX.sub("", str(error).strip())
-    return text.splitlines()[0] if text else type(error).__name__
+    return text.splitlines()[0].split(", with args beginning with:")[0] if text else type(error).__name__
 
 
 def key_refused(error: BaseException) -> bool:

@@ -127,10 +127,10 @@ class RedisPublisher:
     bytes (beyond that the oldest frames are dropped, events only when no frame is left; frames
     are reported to ``on_dropped`` with the reason ``sink_backlog``); a background thread tries to reconnect, backing off with jitter up to
     ``reconnect_max_s``; a write Redis does not answer within the client's socket timeout (``timeout_s``
-    in ``from_config``: a stopped or partitioned Redis) fails the same way; once Redis answers, the backlog goes out in order, oldest first, and
-    publishing goes on by itself. ``flush()`` waits up to ``drain_timeout_s`` for an unreachable
+    in ``from_config``: a stopped or partitioned Redis, writes paused) fails the same way; once Redis
+    answers a write, the backlog goes out in order, oldest first, and publishing goes on by itself. ``flush()`` waits up to ``drain_timeout_s`` for an unreachable
     Redis, then drops what is left (``sink_unreachable``). A Redis that refuses writes for now (out
-    of memory, a read-only replica) is ridden out the same way, with one warning; what it still
+    of memory, a read-only replica), from the start or later, is ridden out the same way, with one warning; what it still
     refuses at the end is dropped as ``sink_refused``. Entries Redis refuses for good (a key that is
     not a stream, no permission) are dropped as ``sink_refused`` and raise ``SinkError``. After an
     outage, each stream whose last written entry is gone (Redis restarted without its data, or was
@@ -205,6 +205,7 @@ class RedisPublisher:
         self.reconnects = 0
         self.dropped: Counter[str] = Counter()  # frames never written, by reason
         self.events_dropped = 0
+        self._events_dropped_by: Counter[str] = Counter()  # the same events, by reason
         self.peak_backlog = 0
         self.peak_backlog_bytes = 0
         self.per_stream: Counter[str] = Counter()
@@ -473,8 +474,10 @@ class RedisPublisher:
             parts.append(f"lost written entries {self.data_losses} time{'s' if self.data_losses != 1 else ''}")
         if dropped or self.events_dropped:
             lost = [", ".join(f"{v} ({k})" for k, v in sorted(dropped.items()))] if dropped else []
-            if self.events_dropped:
-                lost.append(f"{self.events_dropped} event{'s' if self.events_dropped != 1 else ''}")
+            if self.events_dropped:  # with their reasons, as frames have theirs (a refused key of events)
+                reasons = ", ".join(f"{v} {k}" if len(self._events_dropped_by) > 1 else k
+                                    for k, v in sorted(self._events_dropped_by.items()))
+                lost.append(f"{self.events_dropped} event{'s' if self.events_dropped != 1 else ''} ({reasons})")
             parts.append("dropped " + " + ".join(lost))
         if self.expiry_refused:
             parts.append(f"{self.expiry_refused} stream{'s' if self.expiry_refused != 1 else ''} kept past max_age_s "
@@ -533,6 +536,7 @@ class RedisPublisher:
         self._queued_bytes -= item.nbytes
         if item.result is None:
             self.events_dropped += 1
+            self._events_dropped_by[reason] += 1
             return
         self.dropped[reason] += 1
         if self.on_dropped is not None:
@@ -645,15 +649,15 @@ class RedisPublisher:
                                   for item in batch], now)
             return False
         except redis.RedisError as error:
-            if _passing(error):  # the whole batch, at MULTI or EXEC: kept, and sent again
+            if refused_for_now(error):  # the whole batch, at MULTI or EXEC: kept, and sent again
                 self._last_error = error_summary(error)
-                self._refusal = _advice(error, self._acl_keys)
+                self._refusal = refusal_advice(error, self._acl_keys)
                 return False
             self.failed += len(batch)
             self._refused(batch)
             raise SinkError(
                 f"Redis at {self._where} refused a batch of {len(batch)} entries: "
-                f"{error_summary(error)} — {_advice(error, self._acl_keys)}"
+                f"{error_summary(error)} — {refusal_advice(error, self._acl_keys)}"
             ) from None
         finally:
             pipe.reset()
@@ -689,11 +693,19 @@ class RedisPublisher:
         self._written([(item, r) for item, r in zip(batch, results) if not isinstance(r, Exception)], now)
         if refused:
             self.failed += len(refused)
-            self._refused([item for item, r in zip(batch, results) if isinstance(r, Exception)])
-            stream, error = refused[0]
+            items = [item for item, r in zip(batch, results) if isinstance(r, Exception)]
+            self._refused(items)
+            (stream, error), events = refused[0], sum(item.result is None for item in items)
+            frames, kinds = len(items) - events, []
+            kinds += [f"{frames} frame{'s' if frames != 1 else ''}"] if frames else []
+            kinds += [f"{events} event{'s' if events != 1 else ''}"] if events else []
+            others = len(batch) - len(items)
+            written = f"; {others} other{'s' if others != 1 else ''} written" if others else ""
+            setting = "events_stream" if items[0].result is None else "stream"
             raise SinkError(
-                f"Redis refused {len(refused)} of {len(batch)} entries (first, on {stream!r}: "
-                f"{error_summary(error)}) — {_advice(error, self._acl_keys)}"
+                f"Redis at {self._where} refused {len(refused)} of {len(batch)} entries ({' and '.join(kinds)}"
+                f"{written}; first, on {stream!r}: {error_summary(error)}) — "
+                f"{refusal_advice(error, self._acl_keys, setting)}"
             )
         return True
 
@@ -729,8 +741,8 @@ class RedisPublisher:
         written = [item for item in self._queue if id(item) in found]
         self._queue = deque(item for item in self._queue if id(item) not in found)
         self._queued_bytes -= sum(item.nbytes for item in written)
-        log.info("Redis at %s had written %d entries of the batch whose reply never came: not sent again",
-                 self._where, len(written))
+        log.info("Redis at %s had written %d entr%s of the batch whose reply never came: not sent again",
+                 self._where, len(written), "y" if len(written) == 1 else "ies")
         self._written([(item, found[id(item)]) for item in written], unanswered.stamp)
 
     def _written(self, entries: list[tuple[_Outgoing, bytes]], stamp: float) -> None:
@@ -778,9 +790,10 @@ class RedisPublisher:
             if at < aged:
                 self._last_id.pop(stream, None)
 
-    def _may_set_expiry(self, stream: str) -> bool:
+    def _may_set_expiry(self, stream: str) -> bool | None:
         """Whether this user may PEXPIRE (asked on a stream the batch is about to write, whose time to
-        live the batch sets again); warned once when not: ``max_age_s`` then holds only while the run lives."""
+        live the batch sets again); warned once when not: ``max_age_s`` then holds only while the run
+        lives. None while Redis refuses writes for now (MISCONF, NOREPLICAS): asked at the next batch."""
         try:
             self.client.pexpire(stream, int(self.max_age_s * 1000))
         except redis.exceptions.NoPermissionError as error:
@@ -791,6 +804,8 @@ class RedisPublisher:
                         "+pexpire (README, Redis ACL)", self._where, error_summary(error))
             return False
         except redis.ResponseError as error:  # a proxy without it: likewise
+            if refused_for_now(error):  # the batch meets the refusal too, and rides it out
+                return None
             log.warning("Redis at %s refused PEXPIRE (%s): the streams this run stops writing keep their last entries "
                         "for good once it ends, whatever sinks.redis.max_age_s", self._where, error_summary(error))
             return False
@@ -862,6 +877,7 @@ class RedisPublisher:
                     self.on_dropped([item.result], DROPPED_REFUSED)
             else:
                 self.events_dropped += 1
+                self._events_dropped_by[DROPPED_REFUSED] += 1
 
     def _last_seq(self, stream: str) -> int:
         """The ``seq`` of the stream's last entry (0: none, or written without one). A producer
@@ -996,24 +1012,33 @@ class RedisPublisher:
             log.warning("Redis at %s refuses writes: %s — publishing continues into a backlog of up to %d entries, "
                         "sent when Redis takes them again", self._where, self._refusal, self.max_backlog)
             self._backoff.reset()
-        self._probe = NamedThread(target=self._reconnect, name="segstream-redis-reconnect", daemon=True)
+        # a key the batches write, which the user's ACL lets it XADD to
+        key = self._queue[0].stream if self._queue else stream_name(self.stream_pattern, "probe")
+        self._probe = NamedThread(target=self._reconnect, args=(key,), name="segstream-redis-reconnect", daemon=True)
         self._probe.start()
 
-    def _reconnect(self) -> None:
-        """Background: PING with backoff and jitter until Redis answers or the publisher closes."""
+    def _reconnect(self, key: str) -> None:
+        """Background, with backoff and jitter until Redis answers a write or the publisher closes:
+        ``XADD key 0-0``, which Redis refuses for its ID (writing nothing, making no key) — but only
+        once it takes writes. A PING is answered while writes are paused (CLIENT PAUSE WRITE, and a
+        FAILOVER's pause), so the backlog sent then hung again: one pause read as many outages."""
         warned = self._last_error  # the outage's warning said it already
         while not self._stopping.wait(self._backoff.next()):
             try:
-                self.client.ping()
-            except (redis.ConnectionError, redis.TimeoutError, OSError, redis.RedisError) as error:
+                self.client.execute_command("XADD", key, "0-0", "probe", "1")
+            except (redis.RedisError, OSError) as error:
+                if isinstance(error, redis.ResponseError) and not _still_away(error):
+                    break  # answered as a write is: its ID refused, or writes for now (the batch tells)
                 # e.g. a Redis restarted with requirepass: said once as at start, not as redis-py's HELLO error
                 self._last_error = self._connection_error(error)
                 if is_credentials_refusal(error) and self._last_error != warned:
                     warned = self._last_error
                     log.warning("%s; publishing continues into the backlog, retrying", self._last_error)
-                continue
-            self._reachable.set()
+            else:
+                break  # (no Redis writes an entry 0-0)
+        else:
             return
+        self._reachable.set()
 
     def _connection_error(self, error: BaseException) -> str:
         """A failed write's or reconnect's error, in the start-up wording when it is the login."""
@@ -1256,6 +1281,13 @@ def _finished(fields: dict) -> bool:
         return False
 
 
+def _still_away(error: redis.ResponseError) -> bool:
+    """A reply that says Redis does not serve commands yet: a script or function runs too long
+    (BUSY), a replica that lost its master (MASTERDOWN), or the login (a Redis back with a password)."""
+    return (isinstance(error, redis.exceptions.MasterDownError) or str(error).startswith("BUSY ")
+            or is_credentials_refusal(error))
+
+
 def _never_sent(error: BaseException) -> bool:
     """Whether a failed write failed while connecting, before a byte of it went out: redis-py says
     "Error 111 connecting to ..." or "Timeout connecting to server" then (and nothing else)."""
@@ -1278,18 +1310,20 @@ def _wire_size(fields: dict[str, bytes | str]) -> int:
 
 def _check_transactions(client: redis.Redis, acl_keys: str) -> None:
     """Batches go out as MULTI/EXEC: an ACL user without them is refused now, not at the first
-    batch (found probing: the run died then, without its report)."""
+    batch (found probing: the run died then, without its report). A Redis that refuses writes for
+    now (full, cannot persist: it refuses even a PING queued in MULTI) is no reason not to start:
+    the first batch finds the refusal and the run rides it out, as it would a minute later."""
     check = client.pipeline(transaction=True)
     check.ping()
     try:
         check.execute()
     except redis.RedisError as error:  # no permission, or a proxy without transactions
+        if refused_for_now(error):
+            return
         where = redis_address(client)
         client.close()
-        if _passing(error):
-            raise SinkError(f"Redis at {where} refuses writes: {_advice(error, acl_keys)}") from None
         raise SinkError(f"Redis at {where} refused MULTI/EXEC: {error_summary(error)} — "
-                        f"{_advice(error, acl_keys)}") from None
+                        f"{refusal_advice(error, acl_keys)}") from None
 
 
 def publisher_grant(acl_keys: str, aged: bool = False) -> str:
@@ -1307,14 +1341,29 @@ def keys_grant(acl_keys: str) -> str:
             f"{acl_keys}), or set sinks.redis.stream and events_stream to keys it may write")
 
 
-def _passing(error: Exception) -> bool:
+def refused_for_now(error: Exception) -> bool:
     """A refusal for now (full, read-only, cannot persist), not for good."""
     return isinstance(error, _PASSING_REFUSALS) or error_summary(error).startswith(_PASSING_PREFIXES)
 
 
-def _advice(error: Exception, acl_keys: str) -> str:
-    """What to do about ``error``; ``acl_keys``: the stream keys' ACL key patterns."""
+def cluster_refusal(error: Exception) -> bool:
+    """A reply only a Redis Cluster node gives (CROSSSLOT, MOVED, ASK, TRYAGAIN, CLUSTERDOWN): a
+    batch's keys hash to many slots, which one MULTI/EXEC of a cluster cannot write."""
+    return (isinstance(error, (redis.exceptions.ClusterCrossSlotError, redis.exceptions.AskError,
+                               redis.exceptions.TryAgainError, redis.exceptions.ClusterDownError))
+            and not isinstance(error, redis.exceptions.MasterDownError))  # a replica's, which redis-py files there
+
+
+CLUSTER_ADVICE = ("Redis Cluster is not supported: point sinks.redis.url at a standalone Redis, or at Sentinel "
+                  "(redis+sentinel://)")
+
+
+def refusal_advice(error: Exception, acl_keys: str, setting: str = "stream") -> str:
+    """What to do about ``error``; ``acl_keys``: the stream keys' ACL key patterns; ``setting``:
+    the sinks.redis key that names the stream refused (stream, or events_stream)."""
     text = str(error)
+    if cluster_refusal(error):
+        return CLUSTER_ADVICE
     if key_refused(error):
         return keys_grant(acl_keys)
     if isinstance(error, redis.exceptions.NoPermissionError):  # redis-py keeps NOPERM's text, not the word
@@ -1322,7 +1371,7 @@ def _advice(error: Exception, acl_keys: str) -> str:
             return "grant this user XTRIM too (ACL: +xtrim), with which sinks.redis.max_age_s trims streams by age"
         return publisher_grant(acl_keys)
     if text.startswith("WRONGTYPE"):
-        return "that key is not a stream: delete it or change sinks.redis.stream"
+        return f"that key is not a stream: delete it or change sinks.redis.{setting}"
     if isinstance(error, redis.exceptions.OutOfMemoryError) or text.startswith("OOM"):
         return ("Redis is out of memory (maxmemory), and refuses XADD before its MAXLEN trims anything: trim the "
                 "stream by hand (XTRIM <stream> MAXLEN <n>) or raise maxmemory (a lower sinks.redis.maxlen or "
@@ -1339,4 +1388,7 @@ def _advice(error: Exception, acl_keys: str) -> str:
                 "replicas; it takes writes again once they catch up")
     if text.startswith("NOAUTH"):
         return "set the password (REDIS_PASSWORD)"
+    if text.lower().startswith("unknown command"):
+        return ("this Redis has renamed or disabled it (rename-command in its config), or is too old for it: the "
+                "publisher needs it under its own name")
     return "check the Redis server log"

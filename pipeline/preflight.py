@@ -20,6 +20,8 @@ from segstream.pipeline.config import PipelineConfig, SourceConfig
 
 # the time a hub metadata request may take: a run would wait on the same network
 HUB_TIMEOUT_S = 5.0
+# the time Redis may take to answer one command of the check (a run's writes wait sinks.redis.timeout_s)
+REDIS_TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +130,10 @@ def redis_check(cfg: PipelineConfig, source_names: list[str]) -> str:
     sink's MULTI/EXEC and XADD on each source's streams, and with ``max_age_s`` XTRIM and PEXPIRE
     — queued in a transaction that EXEC then refuses to run, so nothing is written (DISCARD,
     which the publisher ACL need not grant, is not used). Without XTRIM the check fails (the
-    first batch would); without PEXPIRE it passes, saying so, as the run goes on without it."""
+    first batch would); without PEXPIRE it passes, saying so, as the run goes on without it.
+    A Redis that refuses writes for now (full, cannot persist, too few replicas, a read-only
+    replica) passes too, saying so: the run starts and rides it out as a running one does. A key
+    of the streams that holds something else, and a Redis Cluster node, fail: the run's writes would."""
     import redis
     import redis.exceptions
 
@@ -139,7 +144,14 @@ def redis_check(cfg: PipelineConfig, source_names: list[str]) -> str:
         key_refused,
         redis_address,
     )
-    from segstream.connectors.redis_sink import keys_grant, publisher_grant
+    from segstream.connectors.redis_sink import (
+        CLUSTER_ADVICE,
+        cluster_refusal,
+        keys_grant,
+        publisher_grant,
+        refusal_advice,
+        refused_for_now,
+    )
     from segstream.connectors.redis_wire import acl_key_patterns, stream_name
 
     section = cfg.sinks.redis
@@ -148,7 +160,7 @@ def redis_check(cfg: PipelineConfig, source_names: list[str]) -> str:
 
         return "no url: an embedded Redis starts with the run (its entries end with it)"
     try:
-        client = connect_redis(section.url, **section.login(), socket_timeout=5.0, connect_timeout=2.0,
+        client = connect_redis(section.url, **section.login(), socket_timeout=REDIS_TIMEOUT_S, connect_timeout=2.0,
                                client_name="segstream-preflight")
     except RedisUnreachable as error:
         if not section.start_wait_s:
@@ -158,8 +170,10 @@ def redis_check(cfg: PipelineConfig, source_names: list[str]) -> str:
     where = redis_address(client)
     acl_keys = acl_key_patterns(section.stream, section.events_stream)
     grant = f"{publisher_grant(acl_keys, section.max_age_s is not None)}; README: publisher ACL"
-    keys = [stream_name(pattern, name) for name in source_names or ["preflight"]
-            for pattern in (section.stream, section.events_stream)]
+    settings = {stream_name(pattern, name): setting for name in source_names or ["preflight"]
+                for setting, pattern in (("stream", section.stream), ("events_stream", section.events_stream))}
+    keys = list(settings)
+    for_now = None  # Redis's refusal of writes for now, which the run rides out
     try:
         transaction = client.pipeline(transaction=True)
         transaction.ping()
@@ -168,29 +182,96 @@ def redis_check(cfg: PipelineConfig, source_names: list[str]) -> str:
         except redis.exceptions.NoPermissionError as error:
             raise SegstreamError(f"Redis at {where} refuses MULTI/EXEC: {error_summary(error)} — {grant}") from None
         except redis.RedisError as error:
-            raise SegstreamError(f"Redis at {where} refused MULTI/EXEC: {error_summary(error)}") from None
+            if not refused_for_now(error):  # full, it refuses even a PING queued in MULTI
+                raise SegstreamError(f"Redis at {where} refused MULTI/EXEC: {error_summary(error)} — "
+                                     f"{refusal_advice(error, acl_keys)}") from None
+            for_now = error
         commands = [("XADD", key, "MAXLEN", "~", "1", "*", "preflight", "1") for key in keys]
         if section.max_age_s is not None:
             commands += [("XTRIM", keys[0], "MINID", "0"), ("PEXPIRE", keys[0], "1000")]
         refused = _queued_refusals(client, commands)
+        if clustered := [error for error in refused.values() if cluster_refusal(error)]:
+            raise SegstreamError(f"Redis at {where} is a node of a Redis Cluster ({error_summary(clustered[0])}) — "
+                                 f"{CLUSTER_ADVICE}")
         if any(key_refused(error) for error in refused.values()):
-            named = dict.fromkeys(command[1] for command in refused)  # each key once, in the order asked
+            # each key once, in the order asked
+            named = dict.fromkeys(command[1] for command, error in refused.items() if key_refused(error))
             raise SegstreamError(f"Redis at {where} refuses this user the keys {', '.join(named)} (its ACL key "
                                  f"patterns) — {keys_grant(acl_keys)}")
-        if refused.keys() & set(commands[:len(keys)]):
-            refused_on = [command[1] for command in commands[:len(keys)] if command in refused]
-            raise SegstreamError(f"Redis at {where} refuses XADD on {', '.join(refused_on)} — {grant}")
-        if any(command[0] == "XTRIM" for command in refused):
-            raise SegstreamError(f"Redis at {where} refuses XTRIM, with which sinks.redis.max_age_s trims the streams "
-                                 f"(the run's first batch would fail) — {grant}")
+        # the ACL is checked before a refusal for now: what remains of those is Redis's state, not the user's
+        for_now = for_now or next((error for error in refused.values() if refused_for_now(error)), None)
+        held = refused.pop(HELD, None)
+        refused = {command: error for command, error in refused.items() if not refused_for_now(error)}
+        if refused_on := [command[1] for command in commands[:len(keys)] if command in refused]:
+            first = refused[commands[keys.index(refused_on[0])]]
+            if isinstance(first, redis.exceptions.NoPermissionError):
+                raise SegstreamError(f"Redis at {where} refuses XADD on {', '.join(refused_on)} — {grant}")
+            raise SegstreamError(f"Redis at {where} refuses XADD on {', '.join(refused_on)}: {error_summary(first)} — "
+                                 f"{refusal_advice(first, acl_keys)}")
+        if ("EXEC",) in refused:
+            error = refused[("EXEC",)]
+            raise SegstreamError(f"Redis at {where} refused EXEC: {error_summary(error)} — "
+                                 f"{refusal_advice(error, acl_keys)}")
+        if trim := next((error for command, error in refused.items() if command[0] == "XTRIM"), None):
+            permission = isinstance(trim, redis.exceptions.NoPermissionError)
+            raise SegstreamError(f"Redis at {where} refuses XTRIM{'' if permission else f' ({error_summary(trim)})'}, "
+                                 "with which sinks.redis.max_age_s trims the streams (the run's first batch would fail) "
+                                 f"— {grant if permission else refusal_advice(trim, acl_keys)}")
+        if wrong := _not_streams(client, keys):
+            raise SegstreamError(_not_streams_said(where, wrong, settings))
+        if held is not None:  # Redis checks a command's ACL, keys and its own state before it holds it
+            return (f"{where} answers PING, but held a write of this check for {REDIS_TIMEOUT_S:g} s: its writes are "
+                    "paused (CLIENT PAUSE WRITE, a FAILOVER under way), or it hangs — `segstream run` starts all the same, "
+                    "and keeps its results in its backlog (sinks.redis.max_backlog) until Redis takes them; check "
+                    "again once it takes writes, to know this user's permissions")
+    except redis.RedisError as error:  # the connection lost midway, or an answer none of the above expects
+        raise SegstreamError(f"Redis at {where} failed the check midway: {error_summary(error)} — try again; "
+                             "if it fails the same way, see the Redis server log") from None
     finally:
         client.close()
-    said = f"{where} answers PING; this user may XADD to {', '.join(keys)}"
+    # (a Redis that cannot save its snapshots refuses PING with the writes)
+    said = f"{where} answers{' PING' if for_now is None else ''}; this user may XADD to {', '.join(keys)}"
     if section.max_age_s is not None:
         said += (" and trim them by age, but not PEXPIRE: streams a run stops writing keep their last entries "
                  "past sinks.redis.max_age_s once it ends — grant +pexpire" if refused
                  else " and trim and expire them by age")
+    if for_now is not None:
+        said += (f"; but Redis refuses writes for now: {refusal_advice(for_now, acl_keys)} — `segstream run` starts "
+                 "all the same, and keeps its results in its backlog (sinks.redis.max_backlog) until Redis takes them")
     return said
+
+
+# _queued_refusals' key for a command Redis held rather than answered
+HELD = ("held",)
+
+
+def _not_streams(client, keys: list[str]) -> dict[str, str | None]:
+    """The keys of ``keys`` that hold something other than a stream (XLEN answers WRONGTYPE), each
+    with its type (None when this user may not ask TYPE). A user without XLEN: not known here,
+    the run's first write tells."""
+    import redis
+
+    asked = client.pipeline(transaction=False)
+    for key in keys:
+        asked.xlen(key)
+    wrong = [key for key, answer in zip(keys, asked.execute(raise_on_error=False))
+             if isinstance(answer, redis.ResponseError) and str(answer).startswith("WRONGTYPE")]
+    if not wrong:
+        return {}
+    asked = client.pipeline(transaction=False)
+    for key in wrong:
+        asked.type(key)
+    return {key: None if isinstance(kind, Exception) else kind.decode() if isinstance(kind, bytes) else kind
+            for key, kind in zip(wrong, asked.execute(raise_on_error=False))}
+
+
+def _not_streams_said(where: str, wrong: dict[str, str | None], settings: dict[str, str]) -> str:
+    """The line for stream keys that hold something else: which, and what to do."""
+    held = " and ".join(f"{key} (a {kind})" if kind else key for key, kind in wrong.items())
+    named = " and ".join(f"sinks.redis.{setting}" for setting in dict.fromkeys(settings[key] for key in wrong))
+    them = "them" if len(wrong) > 1 else "it"
+    return (f"Redis at {where} holds {held}, which the run would write as {'streams' if len(wrong) > 1 else 'a stream'} "
+            f"— delete {them} (DEL {' '.join(wrong)}) if nothing needs {them}, or set {named} to other keys")
 
 
 def check_sink_permissions(cfg: PipelineConfig, names: list[str] | None = None) -> None:
@@ -211,10 +292,13 @@ def check_sink_permissions(cfg: PipelineConfig, names: list[str] | None = None) 
 
 
 def _queued_refusals(client, commands: list[tuple[str, ...]]) -> dict:
-    """The commands of ``commands`` Redis's ACL refuses, with its error: checked when each is queued
-    inside MULTI. A command of the wrong arity (MULTI with an argument: refused as the command
-    arrives, before any ACL check) then marks the transaction failed, so that EXEC answers
-    EXECABORT and runs nothing."""
+    """The commands of ``commands`` Redis refuses, with its error: checked when each is queued
+    inside MULTI (by the ACL; a Redis Cluster for keys of slots it does not serve; one full, for
+    any command; one without the command), EXEC's refusal of them all (a cluster's CROSSSLOT) as
+    ``("EXEC",)``, and a command Redis holds (writes paused: CLIENT PAUSE WRITE, a FAILOVER) as
+    ``HELD``. A command of the wrong arity (MULTI with an argument: refused as the command arrives,
+    before any ACL check) then marks the transaction failed, so that EXEC answers EXECABORT and
+    runs nothing."""
     import redis.exceptions
 
     refused = {}
@@ -222,24 +306,29 @@ def _queued_refusals(client, commands: list[tuple[str, ...]]) -> dict:
     try:
         connection.send_command("MULTI")
         connection.read_response()
-        for command in commands:
-            connection.send_command(*command)
+        try:
+            for command in commands:
+                connection.send_command(*command)
+                try:
+                    connection.read_response()
+                except redis.exceptions.ResponseError as error:  # the ACL's, a cluster's, an unknown command's, OOM...
+                    refused[command] = error
+            connection.send_command("MULTI", "preflight")  # wrong arity: the transaction cannot run
             try:
                 connection.read_response()
-            except redis.exceptions.NoPermissionError as error:
-                refused[command] = error
-        connection.send_command("MULTI", "preflight")  # wrong arity: the transaction cannot run
-        try:
-            connection.read_response()
-        except redis.exceptions.ResponseError:
-            pass
-        connection.send_command("EXEC")
-        try:
-            connection.read_response()
-        except redis.exceptions.ExecAbortError:  # nothing ran
-            pass
-        else:
-            raise RuntimeError("EXEC ran the pre-flight's transaction, which was to be refused")
+            except redis.exceptions.ResponseError:
+                pass
+            connection.send_command("EXEC")
+            try:
+                connection.read_response()
+            except redis.exceptions.ExecAbortError:  # nothing ran
+                pass
+            except redis.exceptions.ResponseError as error:  # refused as a whole (a cluster's CROSSSLOT): nothing ran
+                refused[("EXEC",)] = error
+            else:
+                raise RuntimeError("EXEC ran the pre-flight's transaction, which was to be refused")
+        except redis.exceptions.TimeoutError as error:  # a command held, past every check: the rest not asked
+            refused[HELD] = error  # (redis-py dropped the connection, and with it the transaction)
     finally:
         client.connection_pool.release(connection)
     return refused

@@ -401,3 +401,150 @@ def test_a_port_alone_and_a_privileged_port_are_said_with_what_to_write(capsys, 
     said = privileged_port(errnos.EACCES, 80)
     assert said.startswith("ports below 1024 take root or CAP_NET_BIND_SERVICE") and "9080" in said
     assert privileged_port(errnos.EACCES, 8080) is None and privileged_port(errnos.EADDRINUSE, 80) is None
+
+
+def cannot_save(server: RedisProcess) -> None:
+    """Make ``server`` (started with ``--save``) fail its snapshots: it answers MISCONF to writes."""
+    import time
+
+    admin = server.client()
+    shutil.rmtree(server.directory)  # where it saves is gone, as on a full disk
+    admin.bgsave()
+    deadline = time.monotonic() + 15
+    while admin.info("persistence")["rdb_bgsave_in_progress"] or admin.info("persistence")["rdb_last_bgsave_status"] != "err":
+        assert time.monotonic() < deadline, "the snapshot did not fail"
+        time.sleep(0.05)
+
+
+REFUSING_FOR_NOW = {  # what makes a Redis refuse writes for now, and the advice the running publisher gives then
+    "full": (["--maxmemory-policy", "noeviction"], lambda server: server.client().config_set("maxmemory", "1"),
+             "Redis is out of memory (maxmemory), and refuses XADD before its MAXLEN trims anything: trim the stream "
+             "by hand (XTRIM <stream> MAXLEN <n>) or raise maxmemory"),
+    "cannot save": (["--save", "3600 1", "--enable-protected-configs", "yes"], cannot_save,
+                    "Redis cannot save its RDB snapshots (its disk full, or its dir not writable"),
+    "too few replicas": (["--min-replicas-to-write", "1"], lambda server: None,
+                         "the master has fewer replicas in sync than its min-replicas-to-write asks"),
+}
+
+
+@pytest.mark.parametrize("state", sorted(REFUSING_FOR_NOW))
+def test_a_redis_refusing_writes_for_now_is_a_warning_and_the_run_starts_all_the_same(tmp_path, capsys, state):
+    """Found by a Redis operator: a Redis already full failed `validate --connect` and kept `run`
+    from starting ("refused MULTI/EXEC: command not allowed when used memory > 'maxmemory'"), though
+    a run already going rides the same state out with its backlog. So do MISCONF and NOREPLICAS."""
+    from segstream.pipeline.config import load_config
+    from segstream.pipeline.preflight import check_sink_permissions
+
+    args, refuse, advice = REFUSING_FOR_NOW[state]
+    with RedisProcess(tmp_path / "redis", args) as server:
+        refuse(server)
+        config = write_config(tmp_path, FILE_SOURCE, f"{{url: '{server.url}'}}")
+        code, lines = connect(config, capsys)
+        redis_line = line_of(lines, "redis")
+        assert code == 0 and redis_line.startswith(f"ok    redis: {server.url} answers"), lines
+        assert "this user may XADD to segstream:cam0:frames, segstream:cam0:events; but Redis refuses writes for now: " \
+               f"{advice}" in redis_line, redis_line
+        assert redis_line.endswith("— `segstream run` starts all the same, and keeps its results in its backlog "
+                                   "(sinks.redis.max_backlog) until Redis takes them")
+        assert lines[-1].startswith("ok: all 4 checks passed")
+        check_sink_permissions(load_config(config))  # the run's own look before its model loads: no refusal
+        assert server.client().keys("*") == []  # nothing written
+
+
+def cluster_node(directory: Path) -> RedisProcess:
+    """A Redis Cluster of one node serving every slot (cluster_state ok)."""
+    import time
+
+    node = RedisProcess(directory, ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"])
+    try:
+        admin = node.client()
+        admin.execute_command("CLUSTER", "ADDSLOTS", *range(16384))
+        deadline = time.monotonic() + 20
+        while admin.cluster("info")["cluster_state"] != "ok":
+            assert time.monotonic() < deadline, "the one-node cluster did not come up"
+            time.sleep(0.05)
+    except BaseException:
+        node.close()
+        raise
+    return node
+
+
+def run_before_the_model(config: Path, capsys) -> tuple[int, str]:
+    """``segstream run`` of ``config`` with a model that cannot load here (CUDA asked on a machine
+    without it, or the CPU where there is one): its exit status and stderr's one line, which must
+    come from before the model loads."""
+    import torch
+
+    text = config.read_text().replace("device: cpu", f"device: {'cpu' if torch.cuda.is_available() else 'cuda'}")
+    config.write_text(text)
+    code = main(["run", str(config)])
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1, captured.err
+    return code, lines[0]
+
+
+QUEUED_REFUSALS = {  # a Redis that refuses the check's XADD as it is queued, for another reason than the ACL's
+    "a cluster node": (cluster_node, "is a node of a Redis Cluster (Keys in request don't hash to the same slot) — "
+                       "Redis Cluster is not supported: point sinks.redis.url at a standalone Redis, or at Sentinel "
+                       "(redis+sentinel://)"),
+    "XADD renamed away": (lambda directory: RedisProcess(directory, ["--rename-command", "XADD", ""]),
+                          "refuses XADD on segstream:cam0:frames, segstream:cam0:events: unknown command 'XADD' — this "
+                          "Redis has renamed or disabled it (rename-command in its config), or is too old for it: the "
+                          "publisher needs it under its own name"),
+}
+
+
+@pytest.mark.parametrize("refusing", sorted(QUEUED_REFUSALS))
+def test_a_refusal_as_the_check_queues_its_commands_is_one_line_not_a_traceback(tmp_path, capsys, refusing):
+    """Found by a Redis operator: `run` pointed at a Redis Cluster node ended in a 26-line
+    traceback (ClusterCrossSlotError), and validate --connect said "FAIL redis:
+    ClusterCrossSlotError: ...": a refusal at queue time other than the ACL's escaped."""
+    start, refused = QUEUED_REFUSALS[refusing]
+    with start(tmp_path / "redis") as server:
+        config = write_config(tmp_path, "  - {name: cam0, type: synthetic, width: 96, height: 64, num_frames: 3}",
+                              f"{{url: '{server.url}'}}")
+        code, lines = connect(config, capsys)
+        said = f"Redis at {server.url} {refused}"
+        assert code == 1 and line_of(lines, "redis") == f"FAIL  redis: {said}", lines
+        assert run_before_the_model(config, capsys) == (1, f"segstream: error: {said}")
+        assert server.client().dbsize() == 0
+
+
+def test_a_stream_key_that_holds_another_type_fails_before_the_model_loads(tmp_path, capsys):
+    """Found by a Redis operator: with `SET segstream:cam:frames hello`, validate --connect said ok
+    and `run` failed only after its model loaded ("that key is not a stream")."""
+    with RedisProcess(tmp_path / "redis") as server:
+        server.client().set("segstream:cam0:frames", "hello")
+        config = write_config(tmp_path, "  - {name: cam0, type: synthetic, width: 96, height: 64, num_frames: 3}",
+                              f"{{url: '{server.url}'}}")
+        code, lines = connect(config, capsys)
+        said = (f"Redis at {server.url} holds segstream:cam0:frames (a string), which the run would write as a stream "
+                "— delete it (DEL segstream:cam0:frames) if nothing needs it, or set sinks.redis.stream to other keys")
+        assert code == 1 and line_of(lines, "redis") == f"FAIL  redis: {said}", lines
+        assert run_before_the_model(config, capsys) == (1, f"segstream: error: {said}")
+        server.client().hset("segstream:cam0:events", "a", "b")  # both: each key named, and the setting of each
+        code, lines = connect(config, capsys)
+        assert code == 1 and line_of(lines, "redis").endswith(
+            "holds segstream:cam0:frames (a string) and segstream:cam0:events (a hash), which the run would write as "
+            "streams — delete them (DEL segstream:cam0:frames segstream:cam0:events) if nothing needs them, or set "
+            "sinks.redis.stream and sinks.redis.events_stream to other keys"), lines
+        assert server.client().get("segstream:cam0:frames") == b"hello"
+
+
+def test_writes_paused_during_the_check_are_a_warning_not_a_failure(tmp_path, capsys):
+    # CLIENT PAUSE WRITE (what a FAILOVER does for its while) holds the check's queued XADD
+    with RedisProcess(tmp_path / "redis") as server:
+        config = write_config(tmp_path, FILE_SOURCE, f"{{url: '{server.url}'}}")
+        server.client().execute_command("CLIENT", "PAUSE", "8000", "WRITE")
+        try:
+            code, lines = connect(config, capsys)
+        finally:
+            server.client().execute_command("CLIENT", "UNPAUSE")
+        assert code == 0 and line_of(lines, "redis") == (
+            f"ok    redis: {server.url} answers PING, but held a write of this check for 5 s: its writes are paused "
+            "(CLIENT PAUSE WRITE, a FAILOVER under way), or it hangs — `segstream run` starts all the same, and keeps "
+            "its results in its backlog (sinks.redis.max_backlog) until Redis takes them; check again once it takes "
+            "writes, to know this user's permissions"), lines
+        assert server.client().keys("*") == []

@@ -378,7 +378,7 @@ def test_a_redis_that_never_answers_within_start_wait_s_says_how_long_it_was_wai
         RedisPublisher.from_config(f"redis://127.0.0.1:{free_port()}", None, start_wait_s=1.2)
 
 
-def test_a_batch_a_stopped_redis_wrote_after_its_timeout_is_not_written_twice(server):
+def test_a_batch_a_stopped_redis_wrote_after_its_timeout_is_not_written_twice(server, caplog):
     # Found probing: a Redis stopped (SIGSTOP, a VM paused) past the write's timeout still ran the
     # MULTI/EXEC waiting in its socket once resumed; the publisher, taking the reply as lost, sent
     # the batch again: every entry of it was in the stream twice.
@@ -398,13 +398,16 @@ def test_a_batch_a_stopped_redis_wrote_after_its_timeout_is_not_written_twice(se
         publisher.publish(tiny_scene("cam0", 4))  # into the backlog
     finally:
         server.process.send_signal(signal.SIGCONT)
-    wait_until(lambda: publisher.status()["backlog"] == 0, step=publisher.poll)
+    with caplog.at_level("INFO", logger="segstream.connectors.redis_sink"):
+        wait_until(lambda: publisher.status()["backlog"] == 0, step=publisher.poll)
     entries = server.client().xrange("segstream:cam0:frames")
     assert [int(fields[b"frame"]) for _, fields in entries] == [0, 1, 2, 3, 4], "frame 3 once"
     assert [int(fields[b"seq"]) for _, fields in entries] == [1, 2, 3, 4, 5]
     assert [r.index for r in written] == [0, 1, 2, 3, 4] and dropped == []
     assert publisher.published == 5 and publisher.status()["connected"]
     assert written[3].publish_ts is not None
+    assert caplog.messages.count(f"Redis at {server.url} had written 1 entry of the batch whose reply never came: not "
+                                 "sent again") == 1  # found probing: "had written 1 entries"
     publisher.publish(tiny_scene("cam0", 5))
     assert int(server.client().xrange("segstream:cam0:frames")[-1][1][b"seq"]) == 6
     assert publisher.data_losses == 0
@@ -516,3 +519,41 @@ def test_a_client_connecting_while_a_restarted_redis_loads_its_dataset_waits_for
         asyncio.run(connect_async())
     finally:
         server.kill()
+
+
+@pytest.mark.parametrize("hold", ["CLIENT PAUSE WRITE", "DEBUG SLEEP"])
+def test_redis_holding_writes_for_seconds_is_one_outage(tmp_path, caplog, hold):
+    """Found by a Redis operator: `CLIENT PAUSE 10000 WRITE` (what a FAILOVER does for its while)
+    read as 8 outages and 8 reconnects, each "is back after 1.1 s" false: the reconnect probe's
+    PING is answered while writes are paused, and the backlog sent then hung again. Redis is back
+    once it answers a write; a Redis that answers nothing (DEBUG SLEEP) is one outage as before."""
+    import threading
+
+    with RedisProcess(tmp_path / "redis", ["--enable-debug-command", "yes"]) as server:
+        client = connect_redis(server.url, connect_timeout=1.0, socket_timeout=0.3)
+        publisher = RedisPublisher(client, max_batch_delay_s=0, reconnect_max_s=0.3)
+        written = []
+        publisher.on_written = written.extend
+        publisher.publish(tiny_scene("cam0", 0))
+        held_s = 3.0
+        if hold == "CLIENT PAUSE WRITE":
+            server.client().execute_command("CLIENT", "PAUSE", int(held_s * 1000), "WRITE")
+        else:  # its client waits with it
+            threading.Thread(target=server.client().execute_command, args=("DEBUG", "SLEEP", held_s)).start()
+            time.sleep(0.1)
+        started, index = time.monotonic(), 1
+        with caplog.at_level("WARNING", logger="segstream.connectors.redis_sink"):
+            while time.monotonic() - started < held_s + 1.5:  # a camera's results, through the hold and after
+                publisher.publish(tiny_scene("cam0", index))
+                publisher.poll()
+                index += 1
+                time.sleep(0.05)
+            wait_until(lambda: publisher.backlog == 0, step=publisher.poll)
+        lost = [m for m in caplog.messages if m.startswith(f"lost Redis at {server.url}")]
+        back = [m for m in caplog.messages if f"Redis at {server.url} is back after" in m]
+        assert len(lost) == 1 and len(back) == 1 and publisher.reconnects == 1, caplog.messages
+        away = float(back[0].split("is back after ")[1].split(" s")[0])
+        assert held_s - 0.5 <= away <= held_s + 1.5 and held_s - 0.5 <= publisher.down_seconds <= held_s + 1.5, back
+        assert frames_in(server) == list(range(index)) == [r.index for r in written], "each once, in order"
+        assert server.client().keys("*") == [b"segstream:cam0:frames"], "the probe writes nothing"
+        publisher.close()

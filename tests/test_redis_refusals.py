@@ -46,14 +46,25 @@ def warnings_of(caplog, text: str) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and text in r.getMessage()]
 
 
-def test_a_redis_out_of_memory_keeps_the_entries_and_sends_them_once_it_takes_writes(server, caplog):
-    publisher, written, dropped = publisher_for(server, reconnect_max_s=0.2)
+@pytest.mark.parametrize("filled", ["while publishing", "before the start"])
+def test_a_redis_out_of_memory_keeps_the_entries_and_sends_them_once_it_takes_writes(server, caplog, filled):
+    """Before the start too: found by a Redis operator, a Redis already full (maxmemory, noeviction)
+    failed the start ("refused MULTI/EXEC: command not allowed when used memory > 'maxmemory'"),
+    while a run already going rode the same state out with its backlog."""
+    if filled == "before the start":
+        server.client().config_set("maxmemory", "1")
+        publisher = RedisPublisher.from_config(server.url, None, reconnect_max_s=0.2, max_batch_delay_s=0)
+        written, dropped = [], []
+        publisher.on_written = written.extend
+        publisher.on_dropped = lambda results, reason: dropped.extend((r.index, reason) for r in results)
+    else:
+        publisher, written, dropped = publisher_for(server, reconnect_max_s=0.2)
     publisher.publish(tiny_scene("cam0", 0))
     server.client().config_set("maxmemory", "1")
     for index in range(1, 4):
         publisher.publish(tiny_scene("cam0", index))  # never raises
         publisher.poll()
-    assert "refusing writes" in publisher.status()["line"] and publisher.backlog == 3
+    assert "refusing writes" in publisher.status()["line"] and publisher.backlog == 3 + (filled == "before the start")
     assert warnings_of(caplog, "refuses writes") == [
         f"Redis at {server.url} refuses writes: {OUT_OF_MEMORY} — publishing continues into a backlog of up to "
         "1000 entries, sent when Redis takes them again"
@@ -62,6 +73,7 @@ def test_a_redis_out_of_memory_keeps_the_entries_and_sends_them_once_it_takes_wr
     wait_until(lambda: publisher.backlog == 0, step=publisher.poll)
     assert frames_in(server) == [0, 1, 2, 3] and [r.index for r in written] == [0, 1, 2, 3] and dropped == []
     assert len(warnings_of(caplog, "takes writes again")) == 1 and publisher.status()["connected"]
+    assert publisher.reconnects == 0  # a refusal is no lost connection
     publisher.close()
 
 
@@ -89,11 +101,51 @@ def test_entries_refused_for_good_are_dropped_not_written_and_the_error_quotes_n
     publisher.close()  # nothing is sent again, nothing raised again
 
 
-def test_a_full_redis_at_start_is_one_line_naming_maxmemory(server):
-    server.client().config_set("maxmemory", "1")
-    with pytest.raises(SinkError) as refused:
-        RedisPublisher.from_config(server.url, None)
-    assert str(refused.value) == f"Redis at {server.url} refuses writes: {OUT_OF_MEMORY}"
+def test_too_few_replicas_at_start_are_ridden_out_and_the_streams_still_expire_by_age(server, caplog):
+    """NOREPLICAS (min-replicas-to-write unmet) at start: the run starts, and the PEXPIRE it asks
+    first, refused for now as the writes are, does not turn expiry off for the whole run."""
+    admin = server.client()
+    admin.config_set("min-replicas-to-write", "1")
+    publisher = RedisPublisher.from_config(server.url, None, reconnect_max_s=0.2, max_batch_delay_s=0, max_age_s=60)
+    publisher.publish(tiny_scene("cam0", 0))
+    publisher.poll()
+    assert publisher.backlog == 1 and "fewer replicas in sync" in warnings_of(caplog, "refuses writes")[0]
+    admin.config_set("min-replicas-to-write", "0")
+    wait_until(lambda: publisher.backlog == 0, step=publisher.poll)
+    assert frames_in(server) == [0] and 0 < admin.pttl("segstream:cam0:frames") <= 60_000
+    assert not warnings_of(caplog, "PEXPIRE") and publisher.expiry_refused == 0
+    publisher.close()
+
+
+def test_a_run_started_on_a_full_redis_starts_and_sends_its_backlog_once_redis_takes_writes(server, tmp_path):
+    """Found by a Redis operator: `segstream run` on a Redis already full said "refused MULTI/EXEC"
+    and exited 1 (sinks.redis.start_wait_s did not help). It starts, warns once with what to do,
+    and writes every result once Redis has room."""
+    admin = server.client()
+    admin.config_set("maxmemory", "1")
+    config = camera_run_config(tmp_path, f"{{url: '{server.url}', pipeline_size: 4, reconnect_max_s: 0.2, "
+                                         "drain_timeout_s: 30}", 20, 40)
+    process = cli_run(config)
+    said = []
+    try:
+        for line in process.stderr:  # the run's lines, until it says Redis refuses its writes
+            said.append(line)
+            if "refuses writes" in line:
+                admin.config_set("maxmemory", "0")
+                break
+        _, rest = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    err = "".join(said) + rest
+    assert process.returncode == 0 and "Traceback" not in err, err
+    assert [line for line in said if "refuses writes" in line][0].rstrip().endswith(
+        f"Redis at {server.url} refuses writes: {OUT_OF_MEMORY} — publishing continues into a backlog of up to 1000 "
+        "entries, sent when Redis takes them again"), err
+    published, decoded, dropped, reasons = _summary(err)
+    # what the sink took it wrote; a loaded machine may drop frames before the model (queue_full)
+    assert published == admin.xlen("segstream:cam0:frames") and published + dropped == decoded == 40, err
+    assert set(reasons) <= {"queue_full"} and "takes writes again" in err, err
 
 
 def test_redis_back_without_its_data_is_warned_and_counted_at_each_loss(server, caplog):

@@ -334,15 +334,39 @@ def test_an_embedded_redis_that_cannot_start_leaves_no_directory_behind(tmp_path
 
 
 def test_a_key_that_is_not_a_stream_is_refused_with_advice(client):
+    from segstream.connectors.redis_connection import redis_address
+
     client.set("segstream:cam0:frames", "not a stream")
     publisher = RedisPublisher(client, max_batch_delay_s=3600)
     publisher.publish(tiny_scene("cam0", 0))
     publisher.publish(tiny_scene("cam1", 0))
 
-    with pytest.raises(SinkError, match="refused 1 of 2 entries.*WRONGTYPE.*not a stream"):
+    with pytest.raises(SinkError) as refused:
         publisher.flush()
 
+    # found by a Redis operator: the line named no Redis, unlike the others
+    assert str(refused.value) == (
+        f"Redis at {redis_address(client)} refused 1 of 2 entries (1 frame; 1 other written; first, on "
+        "'segstream:cam0:frames': WRONGTYPE Operation against a key holding the wrong kind of value) — that key is "
+        "not a stream: delete it or change sinks.redis.stream")
     assert (publisher.published, publisher.failed) == (1, 1)
+
+
+def test_an_events_key_that_is_not_a_stream_names_events_stream_and_counts_the_events_refused(client):
+    # found by a Redis operator: the advice named sinks.redis.stream, and the summary counted events without why
+    client.set("segstream:cam0:events", "not a stream")
+    publisher = RedisPublisher(client, max_batch_delay_s=3600)
+    publisher.publish(tiny_scene("cam0", 0))
+    for track in (1, 2):
+        publisher.publish_event(Event("cam0", "track_started", 1.0, {"track_id": track, "frame": 0}))
+
+    with pytest.raises(SinkError, match=r"refused 2 of 3 entries \(2 events; 1 other written; first, on "
+                       r"'segstream:cam0:events': WRONGTYPE .* — that key is not a stream: delete it or change "
+                       r"sinks.redis.events_stream$"):
+        publisher.flush()
+
+    assert publisher.status()["line"].endswith("dropped 2 events (sink_refused)")
+    assert (publisher.published, publisher.events_dropped) == (1, 2)
 
 
 def test_a_consumer_group_on_redis_6_counts_pending_entries_trimmed_away(server, client, capsys):
