@@ -15,7 +15,7 @@ and labelled with the level and its id (``L0 s12``).
 from __future__ import annotations
 
 import colorsys
-import contextlib
+import errno
 import logging
 from fractions import Fraction
 from pathlib import Path
@@ -179,19 +179,28 @@ class OutputWriteError(SinkError):
 
 class _RecordingFile:
     """The MP4 file as PyAV writes to it, keeping the first error of a failed write: PyAV reports
-    it as a callback error whose text names neither the errno nor its meaning."""
+    it as a callback error whose text names neither the errno nor its meaning. A KeyboardInterrupt
+    (Ctrl-C's handler ran inside a write) is kept in ``interrupted`` and every call after it fails:
+    PyAV swallows one raised in its callback, printing a traceback, and went on writing the file
+    without those bytes."""
 
     def __init__(self, f):
         self._f = f
         self.error: OSError | None = None
+        self.interrupted: BaseException | None = None
         self.written = 0  # bytes the file took
 
     def _call(self, method, *args):
+        if self.interrupted is not None:
+            raise OSError(errno.EINTR, "interrupted")
         try:
             return method(*args)
         except OSError as error:
             self.error = self.error or error
             raise
+        except BaseException as error:
+            self.interrupted = error
+            raise OSError(errno.EINTR, "interrupted") from None
 
     def write(self, data):
         taken = self._call(self._f.write, data)
@@ -202,12 +211,15 @@ class _RecordingFile:
         return self._call(self._f.seek, *args)
 
     def tell(self):
-        return self._f.tell()
+        return self._call(self._f.tell)
 
     def flush(self):
         return self._call(self._f.flush)
 
     def close(self):
+        if self.interrupted is not None:
+            self._f.close()  # the descriptor is ours to give back all the same
+            return None
         return self._call(self._f.close)
 
 
@@ -288,10 +300,19 @@ class OverlayVideo:
                 self._container.mux(packet)
         except (OSError, av.FFmpegError) as error:
             raise self._failure(error) from None
+        self._raise_interrupt()
         self.frames += 1
 
-    def _failure(self, error: Exception) -> OutputWriteError:
-        """The one-line error for a failed write, naming the file's own error where it had one."""
+    def _raise_interrupt(self) -> None:
+        """Raise the KeyboardInterrupt that came while PyAV wrote the file (where PyAV took it)."""
+        if self._file is not None and self._file.interrupted is not None:
+            raise self._file.interrupted
+
+    def _failure(self, error: Exception) -> Exception:
+        """The one-line error for a failed write, naming the file's own error where it had one (or
+        the KeyboardInterrupt that failed it)."""
+        if self._file is not None and self._file.interrupted is not None:
+            return self._file.interrupted
         cause = self._file.error if self._file is not None and self._file.error is not None else error
         return OutputWriteError(self.path, getattr(cause, "strerror", None) or str(cause), getattr(cause, "errno", None))
 
@@ -322,6 +343,7 @@ class OverlayVideo:
                 options={"crf": str(self.crf), "preset": "veryfast", "flags": "+bitexact"},
             )
         except (OSError, av.FFmpegError) as error:
+            self._raise_interrupt()
             raise OutputWriteError(self.path, getattr(error, "strerror", None) or str(error),
                                    getattr(error, "errno", None), "create") from None
         self._stream.width, self._stream.height = width + width % 2, height + height % 2
@@ -337,9 +359,11 @@ class OverlayVideo:
         if container is None:
             return
         failed: Exception | None = None
+        broken = self._file is not None and (self._file.error is not None or self._file.interrupted is not None)
         try:
-            for packet in self._stream.encode() if self._stream is not None else ():  # (stopped while opening)
-                container.mux(packet)
+            if not broken:  # muxing on after the file refused a write (the header's) crashed PyAV (SIGSEGV)
+                for packet in self._stream.encode() if self._stream is not None else ():  # (stopped while opening)
+                    container.mux(packet)
         except (OSError, av.FFmpegError) as error:
             failed = error
         try:  # writes the index (moov): without it the file cannot be played
@@ -352,6 +376,7 @@ class OverlayVideo:
             failed = failed or error
         if failed is not None:
             raise self._failure(failed) from None
+        self._raise_interrupt()
 
     @property
     def written(self) -> int:
@@ -360,8 +385,13 @@ class OverlayVideo:
 
     def abandon(self) -> None:
         """Close the file without finishing it (its writes failed: it cannot be played anyway)."""
-        with contextlib.suppress(SinkError):
+        try:
             self.close()
+        except SinkError:
+            pass
+        except KeyboardInterrupt as error:
+            if self._file is None or error is not self._file.interrupted:
+                raise  # a new one; the one that failed the file is the caller's already
 
 
 def write_png(path: str | Path, image: np.ndarray) -> None:

@@ -339,6 +339,48 @@ def test_an_interrupted_render_leaves_the_earlier_video_and_no_partial_one(tmp_p
     assert list(out.parent.iterdir()) == [out], "no partial video is left beside it"
 
 
+def test_a_ctrl_c_inside_the_video_file_s_write_is_an_abort_not_a_write_error(tmp_path, monkeypatch, capfd):
+    # Found in CI: Ctrl-C arriving while PyAV wrote the MP4 raised its KeyboardInterrupt inside PyAV's
+    # file callback, which swallows it and fails the write: "cannot create render.mp4: Bad file
+    # descriptor", exit 1. Here the console's handler runs inside that callback, as the signal did.
+    import signal
+
+    from segstream.connectors import overlay
+    from segstream.pipeline import entry
+    from segstream.pipeline.cli import main
+
+    clip = encode_clip(tmp_path / "clip.mp4", frames=20, width=160, height=120)
+    out = tmp_path / "out" / "render.mp4"
+    out.parent.mkdir()
+    out.write_bytes(b"an earlier render")
+    with EmbeddedRedis(tmp_path / "redis") as server:
+        Runtime([FileSource("cam", str(clip))], ColourSegmenter(), [RedisPublisher(connect_redis(server.url))],
+                progress=None).run()
+        monkeypatch.setattr(entry, "aborted_by", None)
+        monkeypatch.setattr(entry, "_command", lambda: "render")
+        opened, signals = overlay.open_output, [signal.SIGINT]
+
+        class File:  # the MP4 file, whose first write the signal interrupts
+            def __init__(self, *args, **kwargs):
+                self._f = opened(*args, **kwargs)
+
+            def __getattr__(self, name):
+                return getattr(self._f, name)
+
+            def write(self, data):
+                if signals:
+                    entry._interrupt(signals.pop(), None)  # what the signal's handler does there
+                return self._f.write(data)
+
+        monkeypatch.setattr(overlay, "open_output", File)
+        code = main(["render", "segstream:cam:frames", "--video", str(clip), "--out", str(out), "--url", server.url])
+    err = capfd.readouterr().err
+    assert code == 130, err
+    assert len(err.strip().splitlines()) == 1 and "aborted" in err, err  # no "Exception ignored" traceback
+    assert out.read_bytes() == b"an earlier render"
+    assert list(out.parent.iterdir()) == [out], "no partial video is left beside it"
+
+
 def _non_square_clip(path, rotation: int = 0):
     """Six 160x240 frames of pixels twice as wide as tall (SAR 2:1), shown 320x240."""
     from fractions import Fraction
