@@ -7,7 +7,9 @@ The file, stream and camera sources all decode through ``AVInput``:
   entries come out the way a player shows them.
 - The decoder is never frame-threaded: frame threading hides the errors of damaged packets
   (and on some inputs drops their frames) and delays every frame by a frame per thread. Slice
-  threading loses nothing, so every packet the decoder rejects is counted in ``decode_errors``.
+  threading loses nothing, so every packet the decoder rejects is counted in ``decode_errors``,
+  as is every frame it decodes marked corrupt (pixels made up: concealed damage, a missing
+  reference), which is left out.
 - Frames that never reached the decoder (packets a network lost, a damaged file's) are counted
   in ``frames_lost`` where the input's frames come at one steady rate (``SteadyGaps``); every
   picture says how many rejected frames (and, for a stream, lost ones) came just before it
@@ -208,6 +210,18 @@ class SteadyGaps:
             self.gap_s += silence_s
         self.recent.append(whole)
         self.last = pts
+        return lost
+
+    def lost_at_end(self) -> int:
+        """With ``hindsight``: the frames of the burst of gaps the input ended in, which no interval
+        of one frame came to confirm. A recording cut mid-file ends so: the B-frames shown before
+        its last decoded frame had their packets after the cut (found probing: a TS cut mid-GOP
+        ended two frames short of its last one, and nothing counted them)."""
+        if not self.hindsight or not self.pending:
+            return 0
+        lower_rate = self.gaps >= 3 and self.sizes.most_common(1)[0][1] >= self.gaps - 1
+        lost = 0 if lower_rate else self.pending
+        self.pending = self.span = self.gaps = 0
         return lost
 
     def _steady(self) -> bool:
@@ -425,6 +439,7 @@ class AVInput:
         self._read_wait_s = 0.0  # how long the last read waited for its packet
         self._read_wall = time.time()  # when the last packet was read (Unix time)
         self.frames_lost = 0  # frames that never reached the decoder (SteadyGaps)
+        self.frames_cut = 0  # of them, a file's in the gaps it ended in (``SteadyGaps.lost_at_end``)
         # a stream's lost frames count as decode errors as they come; a file's are told at its end
         self.lost_are_errors = lost_are_errors
         self.last_read = time.monotonic()  # when FFmpeg last handed over a packet
@@ -480,6 +495,12 @@ class AVInput:
         context.thread_count = 0
         if low_latency:
             context.flags |= av.codec.context.Flags.low_delay
+        if not lost_are_errors:
+            # A file's frames whose references are missing (a recording cut mid-GOP: a TS's first 20
+            # frames, measured) come out marked corrupt and are counted (``pictures()``): without it
+            # the decoder kept them, and they were neither delivered nor counted. A live stream's
+            # decoder keeps them still: what precedes its first keyframe is no loss of the stream's.
+            context.flags |= av.codec.context.Flags.output_corrupt
         self.time_base = self.stream.time_base or Fraction(1, 1_000_000)
         # The input's length in seconds when it has one (a file, a video-on-demand playlist), None
         # for live streams, read now (the capture thread may close the container at any time): the
@@ -591,6 +612,20 @@ class AVInput:
         catch_up = self.catch_up
         jpeg = context.name == "mjpeg" and live  # (a file's JPEG may carry more after its end: a motion photo's video)
         fields = self.fields.for_input(self.shown, self.log_extra)
+
+        def reject(pts: int | None) -> None:
+            """Count a frame the decoder rejected (or made up), its place kept for the picture after it."""
+            nonlocal rejected
+            rejected += 1
+            if change_after is None:
+                self.decode_errors += 1
+            else:
+                self.pending_rejected = rejected  # read with decode_errors: a session may end here
+            if pts is None or self.wall_times:  # (made-up timestamps: not the pictures' times)
+                self._rejected_untimed += 1
+            else:
+                bisect.insort(self._rejected, pts)
+
         try:
             for packet, carried in itertools.chain(self._carried_packets(), demuxed):
                 if self.stop is not None and self.stop.is_set():
@@ -621,6 +656,7 @@ class AVInput:
                 except av.error.EOFError:
                     for whole in fields.flush():
                         yield self._picture(whole)
+                    self._ended()
                     self._relay_ended()
                     return
                 except av.error.FFmpegError as error:
@@ -633,20 +669,16 @@ class AVInput:
                         continue
                     failed, frames = True, held
                 if failed or (carried and not frames and not decoded):  # a carried one swallowed: lost too
-                    rejected += 1
-                    if change_after is None:
-                        self.decode_errors += 1
-                    else:
-                        self.pending_rejected = rejected  # read with decode_errors: a session may end here
-                    if packet.pts is None or self.wall_times:  # (made-up timestamps: not the pictures' times)
-                        self._rejected_untimed += 1
-                    else:
-                        bisect.insort(self._rejected, packet.pts)
-                if frames:
+                    reject(packet.pts)
+                # A frame FFmpeg marks corrupt holds pixels it made up (a damaged packet's concealed
+                # blocks, a missing reference's grey): rejected below as its packet would have been,
+                # its place kept (published, its entries were taken for whole ones: found probing)
+                pictured = any(not frame.is_corrupt for frame in frames)
+                if pictured:
                     recent.clear()
                 if change_after is not None:
                     recent.append(packet)
-                if not frames and decoded and packet.size:
+                if not pictured and decoded and packet.size:
                     without_picture += 1
                     if change_after is not None and without_picture >= change_after:
                         handed = True
@@ -660,6 +692,12 @@ class AVInput:
                     if resumed and n == len(held):  # the deinterlacer's neighbour is from before the skip
                         for whole in fields.flush():
                             yield self._picture(whole)
+                    if frame.is_corrupt:
+                        if not decoded and self.lost_are_errors and not carried:  # joined mid-GOP, as above
+                            self.before_keyframe += 1
+                        else:
+                            reject(self._timestamps.choose(frame.pts, frame.dts))
+                        continue
                     if not decoded and self.before_keyframe:
                         logger.info("'%s': joined between keyframes; decoding began at the first, %d packets later",
                                     self.shown, self.before_keyframe, extra=self.log_extra)
@@ -673,6 +711,7 @@ class AVInput:
                         yield self._picture(whole)
             for whole in fields.flush():
                 yield self._picture(whole)
+            self._ended()
             self._relay_ended()
         except av.error.ExitError:
             raise InputTimeout(
@@ -697,6 +736,18 @@ class AVInput:
                 self.decode_errors, self.pending_rejected = self.decode_errors + rejected, 0
             elif handed:
                 self.pending_rejected = 0  # handed over: the next decoder's to read or count
+
+    def _ended(self) -> None:
+        """At a file's end (not an indexed one's: its gaps are its recorder's): frames lost in the
+        gaps before its last frame, the last decoded or the last rejected (a frame cut short with
+        the file), are lost at its end (``frames_cut``)."""
+        if self.lost_are_errors or self.indexed:
+            return
+        if self._rejected:  # the rejected one is a frame's place: the gap before it is the file's
+            self.frames_lost += self._gaps.lost_before(self._rejected[-1], len(self._rejected) - 1)
+        cut = self._gaps.lost_at_end()
+        self.frames_lost += cut
+        self.frames_cut += cut
 
     @property
     def rejected_at_end(self) -> int:

@@ -65,28 +65,36 @@ class Coverage:
         self.first: float | None = None
         self.last: float | None = None
         self.step_s = 0.0
+        self.leading = 0  # frames rejected before the first (decode errors already)
 
-    def add(self, seconds: float | None, step_s: float) -> None:
+    def add(self, seconds: float | None, step_s: float, skipped: int = 0) -> None:
         if seconds is None or step_s <= 0:
             return
         if self.first is None:
-            self.first = seconds
+            self.first, self.leading = seconds, skipped
         self.last, self.step_s = max(seconds, self.last or seconds), step_s
 
     def missing(self, reading: AVInput) -> tuple[int, str]:
         """About how many frames are missing, and why (0 and "" when none seem to be)."""
-        # one frame alone is a thin case to call a file damaged for
-        lost = reading.frames_lost if reading.frames_lost > 1 else 0
-        gaps = f"about {lost} frames missing in gaps of its steady frame rate" if lost else ""
+        # one frame alone is a thin case to call a file damaged for, unless at its end: the frames a
+        # cut left out there are shown before its last one (B-frames), which no recorder skips
+        cut = reading.frames_cut
+        within = reading.frames_lost - cut if reading.frames_lost - cut > 1 else 0
+        lost = within + cut
+        said = [f"about {within} frames missing in gaps of its steady frame rate"] if within else []
+        said += [f"{cut} frame{'s' if cut > 1 else ''} shown before its last one never came (cut off mid-file?)"] if cut else []
+        gaps = "; ".join(said)
         duration_s = reading.duration_s
         # without the video's own length, the container's may be its longer audio's: not judged
         if self.first is None or duration_s is None or not reading.video_duration:
             return lost, gaps
         covered = self.last + self.step_s - self.first
-        if duration_s - covered > max(0.5, 0.05 * duration_s):
-            # the packets rejected after the last frame are decode errors already (found probing: a
-            # file whose last 40% was zeroed had its 47 lost frames counted twice)
-            short = max(0, round((duration_s - covered) / self.step_s) - reading.rejected_at_end)
+        # the packets rejected after the last frame are decode errors already (found probing: a
+        # file whose last 40% was zeroed had its 47 lost frames counted twice), as are the frames
+        # rejected before the first (a recording cut mid-GOP: its first frames' references)
+        counted_s = (reading.rejected_at_end + self.leading) * self.step_s
+        if duration_s - covered - counted_s > max(0.5, 0.05 * duration_s):
+            short = max(0, round((duration_s - covered - counted_s) / self.step_s))
             ends = f"its frames end after {covered:.2f} s of the {duration_s:.2f} s it lists (truncated?)"
             return lost + short, f"{gaps}; {ends}" if gaps else ends
         return lost, gaps
@@ -100,8 +108,8 @@ class FileSource:
     the source ``live``; a jump in the timestamps re-anchors the pacing instead of sleeping
     through the gap. ``loop`` starts over at the end: PTS keep increasing (each pass is placed one
     frame after the previous one), ``Frame.index`` counts on and ``Frame.epoch`` counts the
-    passes. Packets the decoder rejects are skipped and counted in ``decode_errors``, and leave a
-    gap in ``Frame.index`` (an index is the frame's place in the file); frames lost before the
+    passes. Packets the decoder rejects, and frames it decodes marked corrupt, are skipped and
+    counted in ``decode_errors``, and leave a gap in ``Frame.index`` (an index is the frame's place in the file); frames lost before the
     decoder, and a file that ends early, are told at the end of a pass (``frames_missing``,
     ``damage``). ``max_frames`` counts frames delivered. A local file is opened in the
     constructor, so that a bad path fails before the pipeline starts; a URL is
@@ -200,7 +208,8 @@ class FileSource:
                 coverage = Coverage()
                 for picture in self._pictures(capture):
                     step_s = picture.step * picture.time_base
-                    coverage.add(None if picture.pts is None else float(picture.pts * picture.time_base), float(step_s))
+                    coverage.add(None if picture.pts is None else float(picture.pts * picture.time_base), float(step_s),
+                                 picture.skipped)
                     index += picture.skipped  # an index is the frame's place in the file, rejected ones counted
                     pts = timeline.place(picture.pts, picture.time_base, picture.step)
                     if picture.image is None:  # over max_fps: its place counted, the frame left out

@@ -230,3 +230,85 @@ def test_a_file_with_two_video_streams_says_which_it_reads(tmp_path, caplog):
            f"#{1 if read == '160x120' else 0} {other} h264" in said, said
     width, height = (int(n) for n in read.split("x"))
     assert frames and {frame.image.shape[:2] for frame in frames} == {(height, width)}  # the one it says
+
+def _h264(path: Path, *args: str, seconds: float = 2, rate: int = 25) -> Path:
+    """A 320x240 H.264 clip of a moving test pattern (single-threaded x264: the same bytes each time)."""
+    _ffmpeg("-f", "lavfi", "-i", f"testsrc2=size=320x240:rate={rate}", "-t", str(seconds), "-c:v", "libx264",
+            "-preset", "veryfast", "-pix_fmt", "yuv420p", "-threads", "1", *args, str(path))
+    return path
+
+
+def _corrupt_pts(path: Path, **flags: bool) -> list[int]:
+    """The PTS of the frames plain PyAV decodes from ``path`` that FFmpeg marks corrupt."""
+    with av.open(str(path)) as container:
+        context = container.streams.video[0].codec_context
+        if flags.get("output_corrupt"):
+            context.flags |= av.codec.context.Flags.output_corrupt
+        return [f.pts for p in container.demux(container.streams.video[0]) for f in context.decode(p) if f.is_corrupt]
+
+
+def test_a_frame_ffmpeg_decodes_corrupt_is_left_out_and_counted_as_a_decode_error_in_its_place(tmp_path):
+    # Found probing phone footage: a frame decoded from a damaged packet (its blocks concealed with
+    # the last frame's) was published as an ordinary frame, and nothing counted it.
+    clip = _h264(tmp_path / "clip.mp4", "-bf", "0", "-g", "50")
+    with av.open(str(clip)) as container:
+        video = container.streams.video[0]
+        packets = [p for p in container.demux(video) if p.size]
+        step = round(1 / (video.average_rate * video.time_base))
+        hit = packets[20]
+        assert not hit.is_keyframe
+        pts, pos, size = hit.pts, hit.pos, hit.size
+    data = bytearray(clip.read_bytes())
+    data[pos + size // 3: pos + size] = bytes(size - size // 3)  # its last two thirds lost
+    damaged = tmp_path / "damaged.mp4"
+    damaged.write_bytes(bytes(data))
+    assert _corrupt_pts(damaged) == [pts], "FFmpeg must decode that frame, marked corrupt, to mean anything"
+
+    source = FileSource("cam", str(damaged))
+    frames = list(source.frames())
+    assert (len(frames), source.decode_errors) == (49, 1)
+    assert 20 not in {f.index for f in frames} and [f.index for f in frames] == [f.pts // step for f in frames]
+    assert (source.frames_missing, source.damage) == (0, "")
+
+    # a recording cut mid-GOP: the frames before its first keyframe lack their references (made
+    # up from grey where the decoder is asked to output them; kept back and never counted before)
+    whole = _h264(tmp_path / "whole.ts", "-bf", "0", "-g", "25", "-f", "mpegts")
+    with av.open(str(whole)) as source_file, av.open(str(tmp_path / "cut.ts"), "w", format="mpegts") as out:
+        video = source_file.streams.video[0]
+        copy = out.add_stream_from_template(video)
+        for n, packet in enumerate(p for p in source_file.demux(video) if p.size):
+            if n >= 5:
+                packet.stream = copy
+                out.mux(packet)
+    assert len(_corrupt_pts(tmp_path / "cut.ts", output_corrupt=True)) == 20 and not _corrupt_pts(tmp_path / "cut.ts")
+    cut = FileSource("cut", str(tmp_path / "cut.ts"))
+    frames = list(cut.frames())
+    assert (len(frames), cut.decode_errors, cut.frames_missing) == (25, 20, 0)
+    assert frames[0].index == 20, "the first frame's place in the file"
+
+
+def test_a_truncated_ts_counts_the_frames_its_cut_left_out_before_its_last_one(tmp_path):
+    # Found probing: a TS with B-frames cut mid-file ended in a gap (its last P-frame decoded, the
+    # B-frames shown before it cut off): those frames were neither delivered nor counted.
+    whole = _h264(tmp_path / "whole.ts", "-bf", "2", "-g", "25", "-f", "mpegts", seconds=4)
+    with av.open(str(whole)) as container:
+        video = container.streams.video[0]
+        packets = [(p.pts, p.pos) for p in container.demux(video) if p.size]
+        step = round(1 / (video.average_rate * video.time_base))
+    # cut where the next packets are the B-frames of the P-frame before: past the middle, ahead of it
+    at = next(n for n in range(len(packets) // 2, len(packets) - 2)
+              if packets[n + 1][0] < packets[n][0] and packets[n + 2][0] < packets[n][0])
+    (tmp_path / "cut.ts").write_bytes(whole.read_bytes()[: packets[at + 1][1]])
+    last = packets[at][0]
+    shown_before = sorted(pts for pts, _ in packets[: at + 1])
+    gap = (last - shown_before[-2]) // step - 1
+    assert gap >= 1, "the file must end in a gap to mean anything"
+
+    source = FileSource("cut", str(tmp_path / "cut.ts"))
+    frames = list(source.frames())
+    assert (len(frames), source.decode_errors) == (at + 1, 0), "every frame whose packet came is delivered"
+    assert source.frames_missing == gap and f"{gap} frame" in source.damage and "never came" in source.damage
+    assert frames[-1].index + 1 + source.frames_missing == (last - packets[0][0]) // step + 1
+    # the whole file ends without one
+    intact = FileSource("whole", str(whole))
+    assert len(list(intact.frames())) == 100 and (intact.frames_missing, intact.damage) == (0, "")
