@@ -80,7 +80,9 @@ class InputInfo:
     """What an opened input delivers: frame size (as decoded, before any rotation), codec, pixel
     format, frame rate; once frames came, ``hdr`` (``pq`` or ``hlg``: tone-mapped to SDR for
     the model), ``interlaced`` (the field order, ``tff``, ``bff`` or ``unknown``, of frames
-    flagged interlaced) and ``deinterlaced`` (whether they were made whole)."""
+    flagged interlaced) and ``deinterlaced`` (whether they were made whole). ``stream``: the
+    video stream read, as ``#0 320x240 h264`` (its index in the input); ``other_streams``: the
+    input's other video streams, not read (a camera's sub stream, a dashcam's rear camera)."""
 
     width: int
     height: int
@@ -90,10 +92,12 @@ class InputInfo:
     hdr: str | None = None
     interlaced: str | None = None
     deinterlaced: bool = False
+    stream: str = ""
+    other_streams: tuple[str, ...] = ()
 
     def as_dict(self) -> dict:
-        """The keys of a ``streaming`` event; ``hdr``, ``interlaced`` and ``deinterlaced`` only where
-        there is something to say."""
+        """The keys of a ``streaming`` event; ``hdr``, ``interlaced`` and ``deinterlaced``, and the
+        video streams read and not read, only where there is something to say."""
         said = {
             "width": self.width,
             "height": self.height,
@@ -105,6 +109,8 @@ class InputInfo:
             said["hdr"] = self.hdr
         if self.interlaced is not None or self.deinterlaced:
             said.update(interlaced=self.interlaced, deinterlaced=self.deinterlaced)
+        if self.other_streams:
+            said.update(video_stream=self.stream, other_video_streams=list(self.other_streams))
         return said
 
 
@@ -364,26 +370,32 @@ class DisplayOrientation:
 def video_stream(container, shown: str):
     """The video stream FFmpeg would pick (``av_find_best_stream``: the default one, with most
     frames probed, the highest bit rate), never an attached picture (a cover): a file whose first
-    video stream was its cover was read as one frame. ``SourceError`` when there is none."""
+    video stream was its cover was read as one frame. ``SourceError`` when there is none. The
+    others are ``other_video_streams``'."""
     streams = container.streams
-    moving = [s for s in streams.video if not s.disposition & av.stream.Disposition.attached_pic]
+    moving = _moving(container)
     if not moving:
         cover = " (only a cover picture)" if streams.video else ""
         raise SourceError(f"'{shown}' has no video stream{cover}")
     best = streams.best("video")
-    chosen = next((s for s in moving if best is not None and s.index == best.index), moving[0])
-    if len(moving) > 1:  # a camera's second (sub) stream, or a file's other angle: said, not silently passed over
-        others = ", ".join(f"#{s.index} {_stream_text(s)}" for s in moving if s is not chosen)
-        logger.info("'%s' has %d video streams: reading #%d %s (FFmpeg's best), not %s", shown, len(moving),
-                    chosen.index, _stream_text(chosen), others)
-    return chosen
+    return next((s for s in moving if best is not None and s.index == best.index), moving[0])
 
 
-def _stream_text(stream) -> str:
-    """``320x240 h264`` (a size not known yet: the codec alone)."""
+def other_video_streams(container, chosen) -> tuple[str, ...]:
+    """The input's video streams other than ``chosen``, as ``stream_text`` says them: a camera's
+    second (sub) stream, a dashcam's rear camera, not read (and said so, not passed over unseen)."""
+    return tuple(stream_text(s) for s in _moving(container) if s.index != chosen.index)
+
+
+def _moving(container) -> list:
+    return [s for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic]
+
+
+def stream_text(stream) -> str:
+    """``#0 320x240 h264``: its index in the input, size (when known yet) and codec."""
     context = stream.codec_context
     size = f"{context.width}x{context.height} " if context.width and context.height else ""
-    return f"{size}{context.name}"
+    return f"#{stream.index} {size}{context.name}"
 
 
 class AVInput:
@@ -484,6 +496,10 @@ class AVInput:
         except BaseException:
             self.close()
             raise
+        self.other_streams = other_video_streams(self.container, self.stream)
+        if self.other_streams:  # once per input (the batch's probe of the file no longer says it too)
+            logger.info("'%s' has %d video streams: reading %s (FFmpeg's best), not %s", self.shown,
+                        len(self.other_streams) + 1, stream_text(self.stream), ", ".join(self.other_streams))
         # the other streams are not read: an HLS master playlist's other variants (and audio renditions)
         # are then not downloaded at all (every variant's segments were, doubling a camera's traffic)
         for other in self.container.streams:
@@ -591,7 +607,8 @@ class AVInput:
         return self._gaps.gap_s
 
     def _info(self, context) -> InputInfo:
-        return InputInfo(context.width, context.height, context.name, context.pix_fmt, self.fps)
+        return InputInfo(context.width, context.height, context.name, context.pix_fmt, self.fps,
+                         stream=stream_text(self.stream), other_streams=self.other_streams)
 
     def pictures(self) -> Iterator[Picture]:
         """Decoded frames in presentation order until the input ends. Packets the decoder rejects

@@ -147,6 +147,8 @@ class VideoOutcome:
     outputs: list[str] = field(default_factory=list)
     frames_missing: int = 0  # about how many frames a damaged or truncated file lacks
     damage: str = ""  # and why
+    video_stream: str = ""  # the video stream read, ``#0 320x240 h264`` ("": the file never opened)
+    other_video_streams: list[str] = field(default_factory=list)  # the file's others, not read
 
     @property
     def note(self) -> str:
@@ -154,7 +156,10 @@ class VideoOutcome:
         if self.status == "failed":
             return self.reason
         notes = [f"{self.decode_errors} decode errors"] if self.decode_errors else []
-        return "; ".join(notes + ([f"damaged: {self.damage}"] if self.damage else []))
+        notes += [f"damaged: {self.damage}"] if self.damage else []
+        if self.other_video_streams:
+            notes.append(f"read video stream {self.video_stream}, not {', '.join(self.other_video_streams)}")
+        return "; ".join(notes)
 
 
 def find_videos(inputs: Sequence[str], extensions: Iterable[str],
@@ -498,6 +503,7 @@ class Manifest:
             "frames": outcome.frames,
             "decode_errors": outcome.decode_errors, "seconds": round(outcome.seconds, 3),
             "reason": scrub(outcome.reason), "frames_missing": outcome.frames_missing, "damage": scrub(outcome.damage),
+            "video_stream": outcome.video_stream, "other_video_streams": outcome.other_video_streams,
             "outputs": outcome.outputs, "size": job.size, "mtime_ns": job.mtime_ns,
             "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
@@ -707,6 +713,12 @@ class BatchVideoSource:
         """About how many frames the file lacks, and why (``FileSource``'s judgment)."""
         return getattr(self._inner, "frames_missing", 0), getattr(self._inner, "damage", "")
 
+    @property
+    def streams(self) -> tuple[str, list[str]]:
+        """The video stream read and the file's others, not read ("" and none: never opened)."""
+        info = getattr(self._inner, "info", None)
+        return (info.stream, list(info.other_streams)) if info is not None else ("", [])
+
     def frames(self) -> Iterator[Frame]:
         from segstream.connectors.file_source import FileSource
 
@@ -867,7 +879,8 @@ class BatchSink:
         status, reason = judge(source.job, status, frames, reason)
         seconds = time.monotonic() - source.started if source.started is not None else 0.0
         outcome = VideoOutcome(source.job, status, frames, source.decode_errors, seconds, reason,
-                               frames_missing=source.damage[0], damage=source.damage[1])
+                               frames_missing=source.damage[0], damage=source.damage[1],
+                               video_stream=source.streams[0], other_video_streams=source.streams[1])
         if status == "done":
             outcome.outputs = outputs.commit() if outputs else []
         elif outputs is not None:
@@ -1187,7 +1200,8 @@ def summary_json(outcomes: Sequence[VideoOutcome], skipped: int, manifest: Path)
     for o in outcomes:
         yield {"type": "video", "video": o.job.key, "id": o.job.id, "status": o.status, "frames": o.frames,
                "decode_errors": o.decode_errors, "seconds": round(o.seconds, 3), "frames_missing": o.frames_missing,
-               "damage": scrub(o.damage), "reason": scrub(o.reason), "outputs": o.outputs}
+               "damage": scrub(o.damage), "video_stream": o.video_stream, "other_video_streams": o.other_video_streams,
+               "reason": scrub(o.reason), "outputs": o.outputs}
     counts = Counter(o.status for o in outcomes)
     yield {"type": "summary", "done": counts["done"], "failed": counts["failed"], "stopped": counts["stopped"],
            "skipped": skipped, "skipped_failed_before": counts["skipped"],

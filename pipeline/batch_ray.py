@@ -266,9 +266,11 @@ def process_video(job: VideoJob, cfg_json: str, root: str, actor, labels, board,
             outputs.discard()
     if status == "done" and undelivered:  # as the local engine: its files are whole, a rerun publishes it
         status, reason = "failed", undelivered
+    info = source.info if source else None
     return {"status": status, "reason": reason, "frames": frames, "outputs": written,
             "decode_errors": source.decode_errors if source else 0, "seconds": time.monotonic() - started,
-            "frames_missing": source.frames_missing if source else 0, "damage": source.damage if source else ""}
+            "frames_missing": source.frames_missing if source else 0, "damage": source.damage if source else "",
+            "video_stream": info.stream if info else "", "other_video_streams": list(info.other_streams) if info else []}
 
 
 def _resources(ray, cfg: PipelineConfig) -> tuple[int, float]:
@@ -479,7 +481,8 @@ def _run(ray, cfg, jobs, root, manifest, progress, control, run_id) -> list[Vide
                     result = ray.get(ref)
                     outcome = VideoOutcome(job, result["status"], result["frames"], result["decode_errors"],
                                            result["seconds"], result["reason"], result["outputs"],
-                                           result["frames_missing"], result["damage"])
+                                           result["frames_missing"], result["damage"], result["video_stream"],
+                                           result["other_video_streams"])
                 except ray.exceptions.RayError as error:
                     # a worker that died is retried (batch.ray.retries); an error in the task is not
                     died = isinstance(error, (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError))

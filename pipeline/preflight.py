@@ -359,14 +359,15 @@ def source_check(cfg: SourceConfig) -> str:
         source = SOURCE_BUILDERS[cfg.type](cfg)
         try:
             if live:
-                picture = _first_live_picture(source, cfg)
+                picture, info = _first_live_picture(source, cfg)
                 height, width = picture.image.shape[:2]
-                return f"'{source.shown}' gave a first frame, {width}x{height}"
+                return f"'{source.shown}' gave a first frame, {width}x{height}{_streams_said(info)}"
             frame = next(iter(source.frames()), None)
             if frame is None:
                 raise SegstreamError(f"'{getattr(source, 'shown', cfg.name)}' gave no frame — it holds no picture")
             height, width = frame.image.shape[:2]
-            return f"'{getattr(source, 'shown', cfg.name)}' decodes, first frame {width}x{height}"
+            said = _streams_said(getattr(source, "info", None))
+            return f"'{getattr(source, 'shown', cfg.name)}' decodes, first frame {width}x{height}{said}"
         finally:
             source.close()
     except SegstreamError as error:  # the check's line says which source already (found probing: thrice)
@@ -382,9 +383,17 @@ def source_check(cfg: SourceConfig) -> str:
         raise SegstreamError(said) from None
 
 
+def _streams_said(info) -> str:
+    """`` (video stream #0 320x240 h264 of 2; not read: #1 ...)`` for an input with several, else ""."""
+    others = getattr(info, "other_streams", ())
+    if not others:
+        return ""
+    return f" (video stream {info.stream} of {len(others) + 1}; not read: {', '.join(others)})"
+
+
 def _first_live_picture(source, cfg):
     """A live source's first picture, through its own open (FFmpeg's or OpenCV's) on a capture
-    thread, within its open timeout and then its stall timeout."""
+    thread, within its open timeout and then its stall timeout, and what its input delivers."""
     from segstream.connectors.av_input import CaptureThread
 
     capture = CaptureThread(cfg.name, source._open).start()
@@ -397,7 +406,7 @@ def _first_live_picture(source, cfg):
         if picture is None:
             raise SegstreamError(f"'{source.shown}' opened but gave no frame within {cfg.stall_timeout_s:g} s "
                                  "(stall_timeout_s) — check that it sends video")
-        return picture
+        return picture, getattr(capture.input, "info", None)
     finally:
         capture.abandon()
 

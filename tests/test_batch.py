@@ -23,7 +23,7 @@ from segstream.connectors.redis_wire import event_from_wire, from_wire
 from segstream.connectors.coco_panoptic import read_coco_panoptic
 from segstream.models.segmenter import default_precision
 from segstream.pipeline.batch import (MANIFEST, REDIS_MARKS, VideoJob, VideoOutcome, find_videos, output_lock, plan, run_batch,
-                                      summary_table)
+                                      summary_json, summary_table)
 from segstream.pipeline.config import BatchPipelineConfig, SourceName, validate_config
 from tests.conftest import ColourSegmenter, encode_clip
 
@@ -716,6 +716,35 @@ def test_a_damaged_video_is_done_with_its_missing_frames_in_the_table_and_the_ma
     assert any(line.startswith("cut ") and "damaged: its frames end after" in line for line in table)
     assert "2 done (" in table[-1] and "of which 1 damaged (frames missing: see the notes)" in table[-1]
     assert {r["id"]: r["frames_missing"] for r in manifest(out)}["cut"] == by_id["cut"].frames_missing
+
+
+def test_a_file_with_two_video_streams_says_in_the_manifest_and_json_which_it_read(tmp_path, caplog):
+    # Found probing: a camera's recording with its main and sub stream (a dashcam's front and rear)
+    # said which it read in an INFO line only, logged twice (the batch's probe and the decode)
+    from tests.live_servers import FFMPEG
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for name, size in (("main.mp4", "320x240"), ("sub.mp4", "160x120")):
+        subprocess.run([FFMPEG, "-v", "error", "-f", "lavfi", "-i", f"testsrc2=size={size}:rate=10", "-t", "1",
+                        "-c:v", "libx264", "-pix_fmt", "yuv420p", str(tmp_path / name)], check=True)
+    subprocess.run([FFMPEG, "-v", "error", "-i", str(tmp_path / "main.mp4"), "-i", str(tmp_path / "sub.mp4"),
+                    "-map", "0", "-map", "1", "-c", "copy", str(videos / "two.mkv")], check=True)
+    encode_clip(videos / "one.mp4", frames=5)
+    out = tmp_path / "out"
+    with caplog.at_level(logging.INFO, logger="segstream"):
+        outcomes, skipped, _ = run_batch(config(out), [str(videos)], adapter=ColourSegmenter(), progress=False)
+    assert len([r for r in caplog.records if "video streams" in r.getMessage()]) == 1
+    by_id = {o.job.id: o for o in outcomes}
+    assert by_id["two"].status == "done" and by_id["two"].frames == 10
+    records = {r["id"]: r for r in manifest(out)}
+    said = {video: (records[video]["video_stream"], records[video]["other_video_streams"]) for video in records}
+    assert said == {"two": ("#0 320x240 h264", ["#1 160x120 h264"]), "one": ("#0 160x120 h264", [])}, said
+    lines = {line["id"]: line for line in summary_json(outcomes, skipped, out / MANIFEST) if line["type"] == "video"}
+    assert {video: (lines[video]["video_stream"], lines[video]["other_video_streams"]) for video in lines} == said
+    table = summary_table(outcomes, skipped, out / MANIFEST).splitlines()
+    assert any(line.startswith("two ") and line.endswith("read video stream #0 320x240 h264, not #1 160x120 h264")
+               for line in table), table
 
 
 _KILLED_MIDWAY = """

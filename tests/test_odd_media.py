@@ -223,13 +223,25 @@ def test_a_file_with_two_video_streams_says_which_it_reads(tmp_path, caplog):
     _ffmpeg("-f", "lavfi", "-i", "mandelbrot=size=160x120:rate=10", "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=10",
             "-t", "1", "-map", "0:v", "-map", "1:v", "-c:v", "libx264", "-pix_fmt", "yuv420p", str(path))
     with caplog.at_level(logging.INFO, logger="segstream.sources"):
-        frames = list(FileSource("two", str(path)).frames())
+        source = FileSource("two", str(path))
+        frames = list(source.frames())
     [said] = [r.getMessage() for r in caplog.records if "video streams" in r.getMessage()]
     read, other = ("160x120", "320x240") if "reading #0 160x120" in said else ("320x240", "160x120")
+    said_read = (0, 1) if read == "160x120" else (1, 0)
     assert f"has 2 video streams: reading #{0 if read == '160x120' else 1} {read} h264 (FFmpeg's best), not " \
            f"#{1 if read == '160x120' else 0} {other} h264" in said, said
     width, height = (int(n) for n in read.split("x"))
     assert frames and {frame.image.shape[:2] for frame in frames} == {(height, width)}  # the one it says
+    # and where a user looks besides the log: the streaming event, validate --connect's line
+    from segstream.pipeline.config import FileSourceConfig
+    from segstream.pipeline.preflight import source_check
+
+    said = source.info.as_dict()
+    assert (said["video_stream"], said["other_video_streams"]) == (f"#{said_read[0]} {read} h264",
+                                                                   [f"#{said_read[1]} {other} h264"])
+    assert source_check(FileSourceConfig(name="two", type="file", path=str(path))).endswith(
+        f"(video stream #{said_read[0]} {read} h264 of 2; not read: #{said_read[1]} {other} h264)")
+
 
 def _h264(path: Path, *args: str, seconds: float = 2, rate: int = 25) -> Path:
     """A 320x240 H.264 clip of a moving test pattern (single-threaded x264: the same bytes each time)."""
