@@ -334,6 +334,9 @@ class RunReport:
                        "down_s": round(s.down_s, 1), "missing": s.missing}
                 for name, s in self.sources.items()
             },
+            # each sink's counts (what it dropped, what its store lost), as its part of the line says them
+            "sinks": {name: {key: value for key, value in status.items() if key != "line"}
+                      for name, status in self.sinks.items()},
         }
 
     def _source_latency(self, name: str) -> str:
@@ -1442,7 +1445,9 @@ class Runtime:
             sink.on_dropped = self._dropped_by_sink
         if hasattr(sink, "on_data_lost"):
             self.metrics.data_losses[name] += 0  # a series from the start, as for every counter
-            sink.on_data_lost = lambda: self.metrics.data_lost(name)
+            self.metrics.entries_lost[name, "frames"] += 0
+            self.metrics.entries_lost[name, "events"] += 0
+            sink.on_data_lost = lambda frames, events: self.metrics.data_lost(name, frames, events)
         if not hasattr(sink, "on_written"):
             return
         primary = not self._reporting
