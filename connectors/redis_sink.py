@@ -82,6 +82,12 @@ _SWEEP_S = 1.0
 # The newest entries of a source's events stream looked through for the end of the run that wrote
 # its frames stream last (this run's own first events may have come after it).
 _ENDED_LOOKBACK = 8
+# After a loss, the entries before the last one this run wrote looked through for its newest that
+# Redis still holds (another run's may lie between); none of them this run's: the loss is bounded.
+_SURVIVOR_LOOKBACK = 32
+# With max_age_s, per stream, where this run's entries stood in time (an ID's milliseconds and its
+# seq), one mark per 1/_MARKS_PER_AGE of max_age_s: what a loss took of what the age limit keeps.
+_MARKS_PER_AGE = 32
 
 
 @dataclass(slots=True)
@@ -136,7 +142,13 @@ class RedisPublisher:
     outage, each stream whose last written entry is gone (Redis restarted without its data, or was
     flushed) gets a warning, at each such loss; so does a stream found empty before a write to it
     (Redis evicted it: a maxmemory with an ``allkeys-*`` policy, warned at start; or it was
-    deleted); ``data_losses`` counts each such loss (reported to ``on_data_lost``). One thread publishes; ``status()`` may be read from any thread.
+    deleted); ``data_losses`` counts each such loss, ``entries_lost`` the entries it took, frames
+    and events apart (reported to ``on_data_lost``): those of this run's entries that its own
+    retention (``maxlen``, ``max_age_s``) still kept, found by their ``seq`` before the newest of
+    them Redis still holds; where that cannot be told exactly (more than ``maxlen`` written since,
+    an age limit, another run writing the stream, entries this user may not read) the count is a
+    lower bound, and said "at least" (``entries_lost_at_least``). One thread publishes;
+    ``status()`` may be read from any thread.
     """
 
     name = "redis"
@@ -212,7 +224,13 @@ class RedisPublisher:
         self.on_written: WrittenCallback | None = None
         self.on_dropped: DroppedCallback | None = None
         self.data_losses = 0  # times Redis lost entries this run wrote (outage, restart, eviction, deletion)
-        self.on_data_lost: Callable[[], None] | None = None
+        self.entries_lost: Counter[str] = Counter(frames=0, events=0)  # the entries those losses took
+        self.entries_lost_at_least = False  # some loss could only be bounded from below
+        self.on_data_lost: Callable[[int, int], None] | None = None  # (frames, events) at each loss
+        # per stream, this run's entries written since its last loss was counted (or since it was first written)
+        self._span: Counter[str] = Counter()
+        self._event_streams: set[str] = set()
+        self._marks: dict[str, deque[tuple[int, int]]] = {}  # with max_age_s: (ID milliseconds, seq) per stream
         self._queue: deque[_Outgoing] = deque()
         self._queued_bytes = 0
         # per stream, the `seq` of the last entry written (docs/SCHEMA.md): read from the stream's
@@ -471,7 +489,7 @@ class RedisPublisher:
         if self.reconnects:
             parts.append(f"{self.reconnects} reconnect{'s' if self.reconnects != 1 else ''}")
         if self.data_losses:
-            parts.append(f"lost written entries {self.data_losses} time{'s' if self.data_losses != 1 else ''}")
+            parts.append(self._lost_words())
         if dropped or self.events_dropped:
             lost = [", ".join(f"{v} ({k})" for k, v in sorted(dropped.items()))] if dropped else []
             if self.events_dropped:  # with their reasons, as frames have theirs (a refused key of events)
@@ -494,10 +512,20 @@ class RedisPublisher:
             "dropped": dropped,
             "events_dropped": self.events_dropped,
             "data_losses": self.data_losses,
+            "entries_lost": {"frames": self.entries_lost["frames"], "events": self.entries_lost["events"]},
+            "entries_lost_at_least": self.entries_lost_at_least,
             "expiry_refused": self.expiry_refused,
             "published": self.published,
             "line": ", ".join(parts),
         }
+
+    def _lost_words(self) -> str:
+        """``lost 37 written entries (30 frames, 7 events) in 2 losses``, for the status line."""
+        frames, events = self.entries_lost["frames"], self.entries_lost["events"]
+        bound = "at least " if self.entries_lost_at_least else ""
+        return (f"lost {bound}{frames + events} written entr{'y' if frames + events == 1 else 'ies'} "
+                f"({frames} frame{'s' if frames != 1 else ''}, {events} event{'s' if events != 1 else ''}) "
+                f"in {self.data_losses} loss{'es' if self.data_losses != 1 else ''}")
 
     # --- the queue ------------------------------------------------------------------------
 
@@ -750,9 +778,10 @@ class RedisPublisher:
         ``stamp``: the streams' numbers and last IDs advance, they are counted, and their results
         go to ``on_written``."""
         for item, entry_id in entries:
-            self._seq[item.stream] = max(self._seq.get(item.stream, 0), int(item.fields["seq"]))
+            seq = int(item.fields["seq"])
+            self._seq[item.stream] = max(self._seq.get(item.stream, 0), seq)
             if item.stream not in self._unwatched:
-                self._last_id[item.stream] = entry_id
+                self._account(item, entry_id, seq)
         if self._unwatched:  # a removed source's last waiting entries written: nothing of it is left to skip
             self._unwatched &= {item.stream for item in self._queue}
         if entries and self.max_age_s is not None:
@@ -770,6 +799,64 @@ class RedisPublisher:
             result.publish_ts = stamp
         if self.on_written is not None and frames:
             self.on_written(frames)
+
+    def _account(self, item: _Outgoing, entry_id: bytes, seq: int) -> None:
+        """An entry written to a stream this run watches: what a loss of it would take is counted
+        from here (its last ID, the entries since the last loss, with max_age_s where they stand in time)."""
+        stream = item.stream
+        if stream not in self._last_id:  # first written, or its last loss told, or forgotten: counted afresh
+            self._span[stream] = 0
+            self._marks.pop(stream, None)
+        self._last_id[stream] = entry_id
+        self._span[stream] += 1
+        if item.result is None:
+            self._event_streams.add(stream)
+        if self.max_age_s is not None:
+            marks = self._marks.setdefault(stream, deque(maxlen=_MARKS_PER_AGE + 8))  # more than max_age_s apart
+            millis = _id_key(entry_id)[0]
+            if not marks or millis - marks[-1][0] >= self.max_age_s * 1000 / _MARKS_PER_AGE:
+                marks.append((millis, seq))
+
+    def _loss(self, stream: str, entry_id: bytes, emptied: bool = False) -> tuple[str, bytes, int, bool]:
+        """What a loss took of this run's entries in ``stream``, whose last one written, ``entry_id``,
+        is gone: (stream, entry_id, entries, exact). The entries after the newest of this run's that
+        Redis still holds (by ``seq``, contiguous per stream and run), else those this run wrote since
+        its last loss that ``maxlen`` and ``max_age_s`` keep; not ``exact`` where only bounded from
+        below. ``emptied``: the stream was found empty, nothing to look through."""
+        span, last_seq = self._span[stream], self._seq.get(stream, 0)
+        exact = True
+        if not emptied:
+            older = []
+            try:  # Redis's entries at or before the lost one: its restart kept an older snapshot, or AOF lost a second
+                older = self.client.xrevrange(stream, max=entry_id, count=_SURVIVOR_LOOKBACK)
+            except redis.RedisError as error:
+                log.debug("cannot read what %s still holds (%s)", stream, error_summary(error))
+                exact = False
+            kept = next((fields for _, fields in older if _text(fields.get(b"run_id", b"")) == self.run_id), None)
+            if kept is not None:
+                try:
+                    after = last_seq - int(kept.get(b"seq", b""))
+                except ValueError:
+                    after, exact = span, False
+                if 0 < after < span:  # Redis trims oldest first: all after the one kept were kept too
+                    return stream, entry_id, after, exact
+            elif len(older) == _SURVIVOR_LOOKBACK:  # another run's entries all the way back: this run's unseen
+                exact = False
+        lost = span
+        if stream in self.other_writers.values():  # its entries trimmed this run's too: only the last is sure
+            return stream, entry_id, 1, False
+        if lost > self.maxlen:  # MAXLEN ~ keeps at least maxlen, whole nodes more at Redis's choice
+            lost, exact = self.maxlen, False
+        if self.max_age_s is not None and self._redis_clock is not None:
+            millis, seen = self._redis_clock
+            cutoff = millis + (time.monotonic() - seen) * 1000 - self.max_age_s * 1000
+            marks = self._marks.get(stream, ())
+            young = next(((i, seq) for i, (at, seq) in enumerate(marks) if at >= cutoff), None)
+            if young is None:  # older than max_age_s but its last: the age limit may have taken them anyway
+                lost, exact = min(lost, int(_id_key(entry_id)[0] >= cutoff)), False
+            elif not (young[0] == 0 and young[1] == last_seq - span + 1):  # not all of them young
+                lost, exact = min(lost, last_seq - young[1] + 1), False
+        return stream, entry_id, lost, exact
 
     def _oldest_kept(self) -> str | None:
         """The oldest entry ID ``max_age_s`` keeps now (a MINID), by Redis's clock as the last
@@ -1083,9 +1170,10 @@ class RedisPublisher:
         connection.on_connect()
         self._new_session = True
 
-    def _entries_gone(self, skip: set[str] = frozenset()) -> list[tuple[str, bytes]]:
-        """After an outage, before the backlog is sent: the streams that no longer hold the last
-        entry this run wrote to them (XRANGE id id, one per stream), with that entry's ID."""
+    def _entries_gone(self, skip: set[str] = frozenset()) -> list[tuple[str, bytes, int, bool]]:
+        """After an outage, before the backlog is sent (its MAXLEN ~ may trim what is looked for):
+        the streams that no longer hold the last entry this run wrote to them (XRANGE id id, one
+        per stream), with what the loss took (``_loss``)."""
         self._forget_aged()
         gone = []
         for stream, entry_id in self._last_id.items():
@@ -1097,7 +1185,7 @@ class RedisPublisher:
                 log.debug("cannot check the entries kept in %s (%s)", stream, error_summary(error))
                 return gone
             if not kept:
-                gone.append((stream, entry_id))
+                gone.append(self._loss(stream, entry_id))
         return gone
 
     def _check_eviction_policy(self) -> None:
@@ -1163,7 +1251,7 @@ class RedisPublisher:
                      f"connected to {evicted}) — set maxmemory-policy noeviction on that Redis (docs/OPERATIONS.md)")
         else:
             cause = "it was deleted or emptied (DEL, XTRIM, FLUSHALL, or an eviction INFO does not show)"
-        self._warn_lost(gone, cause)
+        self._warn_lost([self._loss(stream, entry_id, emptied=True) for stream, entry_id in gone], cause)
 
     def _check_vanished_at_end(self) -> None:
         """At close: the streams this run wrote that Redis evicted after their last write (one XLEN each)."""
@@ -1182,26 +1270,31 @@ class RedisPublisher:
         self._warn_vanished([(stream, self._last_id[stream]) for stream, length in zip(streams, lengths)
                              if length == 0])
 
-    def _warn_lost(self, gone: list[tuple[str, bytes]], cause: str | None = None) -> None:
-        """Redis lost entries this run counted as written: warn per stream, and count the loss."""
+    def _warn_lost(self, gone: list[tuple[str, bytes, int, bool]], cause: str | None = None) -> None:
+        """Redis lost entries this run counted as written (per stream: the last one's ID, how many,
+        whether exactly): warn per stream, and count the loss and its entries."""
         if not gone:
             return
-        self.data_losses += 1
-        if self.on_data_lost is not None:
-            self.on_data_lost()
-        for stream, entry_id in gone:
+        taken: Counter[str] = Counter()
+        for stream, entry_id, count, exact in gone:
             del self._last_id[stream]  # told once per loss: the next one is of entries written after it
+            taken["events" if stream in self._event_streams else "frames"] += count
+            self.entries_lost_at_least |= not exact
+            entries = f"{'' if exact else 'at least '}{count} entr{'y' if count == 1 else 'ies'}"
             if cause is not None:
-                log.warning("Redis at %s lost entries: %s was found empty, so the entries this run wrote to it up to "
-                            "%s, counted as written, are gone: %s",
-                            self._where, stream, _text(entry_id), cause)
+                log.warning("Redis at %s lost entries: %s was found empty, so %s this run wrote to it up to %s, "
+                            "counted as written, are gone: %s", self._where, stream, entries, _text(entry_id), cause)
                 continue
             why = ("it restarted without its data (no persistence) or was flushed" if not self._sentinel else
                    "the master Sentinel promoted had not received them (replication is asynchronous), or it was "
                    "flushed")
             log.warning("Redis at %s lost entries while it was away: %s no longer holds the last entry this run "
-                        "wrote to it (%s), so entries counted as written are gone — %s",
-                        self._where, stream, _text(entry_id), why)
+                        "wrote to it (%s), so %s counted as written are gone — %s",
+                        self._where, stream, _text(entry_id), entries, why)
+        self.data_losses += 1
+        self.entries_lost.update(taken)
+        if self.on_data_lost is not None:
+            self.on_data_lost(taken["frames"], taken["events"])
 
     def _report(self) -> None:
         """What this run published, per stream, with the newest entry as a reader decodes it."""

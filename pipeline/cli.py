@@ -743,7 +743,7 @@ def _run(args: argparse.Namespace) -> int:
     if report.undelivered:
         lines.append(undelivered_line(report.undelivered, report.published + sum(report.undelivered.values())))
     if report.data_losses:
-        lines.append(data_loss_line(report.data_losses))
+        lines.append(data_loss_line({name: report.sinks[name] for name in report.data_losses}))
     if lines:
         raise SinkError("; ".join(lines))
     return 0
@@ -804,10 +804,16 @@ def undelivered_line(lost: dict[str, int], results: int) -> str:
             f"({reasons}); the warnings above say which sink and why (another sink may hold them)")
 
 
-def data_loss_line(losses: dict[str, int]) -> str:
-    """The one line for a store that lost entries a sink had written to it."""
-    times = ", ".join(f"{sink} {n} time{'s' if n != 1 else ''}" for sink, n in sorted(losses.items()))
-    return (f"the output is incomplete: entries this run had written were lost from the store ({times}: restarted "
+def data_loss_line(losses: dict[str, dict]) -> str:
+    """The one line for a store that lost entries a sink had written to it (each such sink's ``status()``)."""
+    told = []
+    for sink, status in sorted(losses.items()):
+        lost, times = status.get("entries_lost", {}), status["data_losses"]
+        frames, events = lost.get("frames", 0), lost.get("events", 0)
+        told.append(f"{sink} {'at least ' if status.get('entries_lost_at_least') else ''}{frames} "
+                    f"frame{'s' if frames != 1 else ''} and {events} event{'s' if events != 1 else ''} "
+                    f"in {times} loss{'es' if times != 1 else ''}")
+    return (f"the output is incomplete: entries this run had written were lost from the store ({'; '.join(told)}: restarted "
             "without persistence, failed over to a replica that lacked them, flushed, evicted or deleted); the warnings "
             "above name the streams")
 

@@ -224,6 +224,7 @@ class RunMetrics:
         self.source_latency: dict[str, LatencyWindow] = {}  # capture to publish per source, recent 4096
         self.written: Counter = Counter()  # entries each sink has written
         self.data_losses: Counter = Counter()  # per sink, times its store came back without entries it had taken
+        self.entries_lost: Counter = Counter()  # per (sink, kind: frames or events), the entries those losses took
         self.first_decoded: float | None = None  # monotonic time of the run's first frame
         self.last_published: float | None = None  # and of its last write
         # thread name -> (monotonic time of its last progress, why it waits now or None if working)
@@ -358,9 +359,12 @@ class RunMetrics:
                     self.stage[name].add(times[name] - previous)
                 previous = times[name]
 
-    def data_lost(self, sink: str) -> None:
-        """``sink``'s store came back from an outage without entries the sink had written."""
+    def data_lost(self, sink: str, frames: int = 0, events: int = 0) -> None:
+        """``sink``'s store came back from an outage without entries the sink had written: that
+        many frames and events (at least)."""
         self.data_losses[sink] += 1
+        self.entries_lost[sink, "frames"] += frames
+        self.entries_lost[sink, "events"] += events
 
     def wrote(self, sink: str, source: str, capture_ts: float, publish_ts: float, primary: bool) -> None:
         """A sink wrote one entry of ``source`` at ``publish_ts`` (Unix seconds); the primary

@@ -209,6 +209,13 @@ class RunMetricsCollector(Collector):
         for sink, n in sorted(m.data_losses.items()):
             losses.add_metric([sink], n)
         yield losses
+        entries_lost = CounterMetricFamily(f"{PREFIX}_sink_entries_lost",
+                                           "Entries a sink had written that its store lost since, by kind (frames, "
+                                           "events): at least that many where the warning says 'at least'.",
+                                           labels=["sink", "kind"])
+        for (sink, kind), n in sorted(m.entries_lost.items()):
+            entries_lost.add_metric([sink, kind], n)
+        yield entries_lost
 
         sizes = HistogramMetricFamily(f"{PREFIX}_batch_size", "Frames per model batch.")
         batch_sizes = dict(m.batch_sizes)

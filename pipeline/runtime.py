@@ -201,6 +201,8 @@ class RunReport:
     source_latency: dict[str, dict[str, float]] = field(default_factory=dict)
     # reasons a sink gave for results it never wrote (its on_dropped): its own reasons too
     sink_drop_reasons: frozenset[str] = frozenset()
+    # events never handed to the sinks: publishing ended first (a sink refused for good, an abort)
+    events_abandoned: int = 0
 
     @property
     def decoded(self) -> int:
@@ -304,6 +306,9 @@ class RunReport:
         outcome = outcome or ("failed" if self.failed else "stopped" if self.stopped else "done")
         sinks = "".join(f"; {status['line']}" for status in self.sinks.values() if status.get("line"))
         abandoned = f", {self.abandoned} abandoned in flight" if self.abandoned else ""
+        if self.events_abandoned:
+            abandoned += (f", {self.events_abandoned} event{'s' if self.events_abandoned != 1 else ''} abandoned "
+                          "(never handed to the sinks)")
         if many:  # the sinks on the first line, each source on its own after it
             tail = f"{latency}{sinks}; {len(self.sources)} sources:" + "".join(f"\n  {line}" for line in sources)
         else:
@@ -325,6 +330,7 @@ class RunReport:
             "outcome": outcome or ("failed" if self.failed else "stopped" if self.stopped else "done"),
             "run_id": self.run_id, "elapsed_s": round(self.elapsed_s, 3), "fps": round(self.fps, 2),
             "decoded": self.decoded, "published": self.published, "dropped": self.dropped, "skipped": self.skipped,
+            "events_abandoned": self.events_abandoned,
             "batches": self.batches,
             "latency_ms": {"p50": ms(self.latency_ms_p50), "p99": ms(self.latency_ms_p99), "max": ms(self.latency_ms_max)},
             "sources": {
@@ -334,6 +340,9 @@ class RunReport:
                        "down_s": round(s.down_s, 1), "missing": s.missing}
                 for name, s in self.sources.items()
             },
+            # each sink's counts (what it dropped, what its store lost), as its part of the line says them
+            "sinks": {name: {key: value for key, value in status.items() if key != "line"}
+                      for name, status in self.sinks.items()},
         }
 
     def _source_latency(self, name: str) -> str:
@@ -384,10 +393,11 @@ class _Channel:
         except queue.Full:
             pass
 
-    def drain(self) -> None:
-        """Consume up to the end marker (after a failure, so producers are never stuck)."""
-        while self._queue.get() is not _END:
-            pass
+    def drain(self, each: Callable[[object], None] = lambda item: None) -> None:
+        """Consume up to the end marker (after a failure, so producers are never stuck), each item
+        to ``each``."""
+        while (item := self._queue.get()) is not _END:
+            each(item)
 
     def qsize(self) -> int:
         return self._queue.qsize()
@@ -568,6 +578,9 @@ class Runtime:
         self._to_sinks = _Channel(batch_size, self._aborted)
         self._stages: dict[str, list[FrameStage]] = {}
         self._events: queue.SimpleQueue[Event] = queue.SimpleQueue()
+        self._handing: list[Event] = []  # events taken for the sinks and not yet handed to every one
+        self._events_abandoned = 0  # events taken for the sinks that never reached them (publishing failed)
+        self._sinks_ended = False  # the publishing thread is done: events still waiting never go out
         self._ended_states: dict[str, Event] = {}  # held until the source's last result is published
         # other state events, each with the source's frames decoded before it and when it goes anyway
         self._held_states: dict[str, deque[tuple[int, float, Event]]] = {}
@@ -1272,6 +1285,7 @@ class Runtime:
                 if isinstance(item, SourceEnd):
                     self._publish_events(item.source)  # the states held before its end, too
                     self._count_end(item)
+                    self._handing = list(item.events)
                     for sink in self.sinks:
                         for event in item.events:
                             sink.publish_event(event)
@@ -1279,16 +1293,19 @@ class Runtime:
                             sink.source_ended(item.source)
                         if item.index in self._removed and hasattr(sink, "source_removed"):
                             sink.source_removed(item.source)
+                    self._handing = []
                     self._ended_out(item)
                 elif item is not None:
                     # Counted before the hand-off: a sink that drops it later takes it back (on_dropped).
                     self.metrics.published(item.source)
                     if not self._reporting:  # stamped before the sinks, so that they (and a results loop) see it
                         item.publish_ts = time.time()
+                    self._handing = list(item.events)
                     for sink in self.sinks:
                         sink.publish(item)
                         for event in item.events:
                             sink.publish_event(event)
+                    self._handing = []
                     item.image = None  # drawn by now; results kept downstream must not hold frames
                     if not self._reporting:
                         self._written_at_handoff(item)
@@ -1300,11 +1317,29 @@ class Runtime:
                 sink.flush()
         except BaseException as error:
             self._fail(error, drain=False)
+            # the events no sink will see now (a sink refused for good): counted, as the frames are
+            self._events_abandoned += len(self._handing)
             if not ended:
-                self._to_sinks.drain()
+                self._to_sinks.drain(self._abandon_events)
         finally:
             self._close_sinks()
+            self._sinks_ended = True
             beat("publish", idle="ended")
+
+    def _abandon_events(self, item: object) -> None:
+        """A result or source end that never reached the sinks: its events are counted abandoned
+        (its frame is, as decoded and neither published nor dropped)."""
+        self._events_abandoned += len(getattr(item, "events", None) or ())
+
+    @property
+    def events_abandoned(self) -> int:
+        """Events taken for the sinks that never reached them, and once publishing has ended, those
+        still waiting (states held, emitted since): a sink that refused for good ends it early."""
+        if not self._sinks_ended:
+            return self._events_abandoned
+        with self._ended_lock:
+            held = sum(len(states) for states in self._held_states.values()) + len(self._ended_states)
+        return self._events_abandoned + held + self._events.qsize()
 
     # --- helpers -----------------------------------------------------------------------------
 
@@ -1349,8 +1384,10 @@ class Runtime:
                 event = self._events.get_nowait()
             except queue.Empty:
                 return
+            self._handing = [event]
             for sink in self.sinks:
                 sink.publish_event(event)
+            self._handing = []
 
     def _register_gauges(self) -> None:
         """What only the runtime can see, read when the metrics are scraped."""
@@ -1374,6 +1411,8 @@ class Runtime:
               "oldest frame (sink_backlog).", ("sink",), of_sinks("max_backlog"))
         counter("events_dropped", "Events (track starts and ends, source states) a sink never wrote.", ("sink",),
                 of_sinks("events_dropped"))
+        counter("events_abandoned", "Events never handed to the sinks: publishing ended first (a sink refused writes "
+                "for good, an abort).", (), lambda: {(): self.events_abandoned})
         counter("sink_reconnects", "Times a sink's store took writes again after an outage.", ("sink",),
                 of_sinks("reconnects"))
         counter("sink_bytes_written", "Bytes of entries a sink wrote, as sent (Redis: field names and values; files: lines).", ("sink",), of_sinks("bytes_written"))
@@ -1442,7 +1481,9 @@ class Runtime:
             sink.on_dropped = self._dropped_by_sink
         if hasattr(sink, "on_data_lost"):
             self.metrics.data_losses[name] += 0  # a series from the start, as for every counter
-            sink.on_data_lost = lambda: self.metrics.data_lost(name)
+            self.metrics.entries_lost[name, "frames"] += 0
+            self.metrics.entries_lost[name, "events"] += 0
+            sink.on_data_lost = lambda frames, events: self.metrics.data_lost(name, frames, events)
         if not hasattr(sink, "on_written"):
             return
         primary = not self._reporting
@@ -1537,6 +1578,7 @@ class Runtime:
             run_id=self.run_id,
             sinks=self._sink_status(),
             sink_drop_reasons=frozenset(self._sink_drop_reasons),
+            events_abandoned=self.events_abandoned,
         )
 
     def _sink_status(self) -> dict[str, dict]:

@@ -6,6 +6,7 @@ outage without its data is said so."""
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 import time
 
@@ -152,7 +153,7 @@ def test_redis_back_without_its_data_is_warned_and_counted_at_each_loss(server, 
     # Found probing: a second loss in one run was not warned (once per stream for the whole run) nor counted.
     publisher, _, _ = publisher_for(server)
     losses = []
-    publisher.on_data_lost = lambda: losses.append(1)
+    publisher.on_data_lost = lambda frames, events: losses.append((frames, events))
     for source in ("cam0", "cam1"):
         publisher.publish(tiny_scene(source, 0))
     server.kill()
@@ -162,15 +163,15 @@ def test_redis_back_without_its_data_is_warned_and_counted_at_each_loss(server, 
     lost = warnings_of(caplog, "lost entries while it was away")
     assert len(lost) == 2 and {"segstream:cam0:frames", "segstream:cam1:frames"} == {
         stream for stream in ("segstream:cam0:frames", "segstream:cam1:frames") for line in lost if stream in line}
-    assert publisher.data_losses == 1 and len(losses) == 1
+    assert publisher.data_losses == 1 and losses == [(2, 0)]  # cam0:0 and cam1:0
     server.kill()  # cam0:1, written after the first loss, is lost too; cam1 has nothing new to lose
     publisher.publish(tiny_scene("cam0", 2))
     server.start()
     wait_until(lambda: publisher.backlog == 0, step=publisher.poll)
     lost = warnings_of(caplog, "lost entries while it was away")
     assert len(lost) == 3 and "segstream:cam0:frames" in lost[2]
-    assert publisher.data_losses == 2 and len(losses) == 2
-    assert "lost written entries 2 times" in publisher.status()["line"]
+    assert publisher.data_losses == 2 and losses == [(2, 0), (1, 0)]
+    assert "lost 3 written entries (3 frames, 0 events) in 2 losses" in publisher.status()["line"]
     publisher.close()
 
 
@@ -217,8 +218,13 @@ def test_a_run_counts_redis_data_losses_in_its_metrics_and_summary(server):
         status, page = get(ops.url + "/metrics")
     finally:
         ops.close()
+    lost = reports[0].sinks["redis"]["entries_lost"]
     assert status == 200 and samples(page)[("segstream_sink_data_loss_total", (("sink", "redis"),))] == 1
-    assert "lost written entries 1 time" in reports[0].summary() and reports[0].data_losses == {"redis": 1}
+    assert lost["frames"] >= 10 and not reports[0].sinks["redis"]["entries_lost_at_least"]
+    for kind in ("frames", "events"):
+        assert samples(page)[("segstream_sink_entries_lost_total", (("kind", kind), ("sink", "redis")))] == lost[kind]
+    assert (f"lost {lost['frames'] + lost['events']} written entries ({lost['frames']} frames, {lost['events']} "
+            "event") in reports[0].summary() and reports[0].data_losses == {"redis": 1}
 
 
 def test_a_run_whose_redis_lost_what_it_wrote_exits_saying_its_output_is_incomplete(server, tmp_path):
@@ -231,10 +237,12 @@ def test_a_run_whose_redis_lost_what_it_wrote_exits_saying_its_output_is_incompl
     returncode, err = run_and_meddle(server, tmp_path, "drain_timeout_s: 20, reconnect_max_s: 0.2",
                                      restart_without_data)
     assert returncode == 1 and "Traceback" not in err, err
-    assert "lost written entries 1 time" in err
+    told = re.search(r"lost \d+ written entries \((\d+) frames, (\d+) events?\) in 1 loss", err)
+    assert told and int(told[1]) >= 5, err
     assert err.strip().splitlines()[-1].endswith(
-        "the output is incomplete: entries this run had written were lost from the store (redis 1 time: restarted "
-        "without persistence, failed over to a replica that lacked them, flushed, evicted or deleted); the warnings "
+        f"the output is incomplete: entries this run had written were lost from the store (redis {told[1]} frames and "
+        f"{told[2]} event{'s' if told[2] != '1' else ''} in 1 loss: restarted without persistence, failed over to a "
+        "replica that lacked them, flushed, evicted or deleted); the warnings "
         "above name the streams"), err
 
 
@@ -382,7 +390,7 @@ def test_a_redis_that_evicts_keys_is_warned_at_start_and_its_evicted_streams_cou
                                               "--maxmemory-samples", "64"]) as server:
         publisher, written, _ = publisher_for(server)
         losses = []
-        publisher.on_data_lost = lambda: losses.append(1)
+        publisher.on_data_lost = lambda frames, events: losses.append((frames, events))
         assert len(warnings_of(caplog, "maxmemory-policy allkeys-lru: once full it evicts whole keys")) == 1
         for index in range(3):
             publisher.publish(tiny_scene("cam0", index))
@@ -401,8 +409,8 @@ def test_a_redis_that_evicts_keys_is_warned_at_start_and_its_evicted_streams_cou
         assert len(lost) == 1 and "segstream:cam0:frames was found empty" in lost[0]
         assert "Redis evicted it (maxmemory-policy allkeys-lru; evicted_keys went from 0 when this run connected" in lost[0]
         assert "noeviction" in lost[0]
-        assert publisher.data_losses == 1 and losses == [1] and [r.index for r in written] == [0, 1, 2, 0, 3]
-        assert "lost written entries 1 time" in publisher.status()["line"]
+        assert publisher.data_losses == 1 and losses == [(3, 0)] and [r.index for r in written] == [0, 1, 2, 0, 3]
+        assert "lost 3 written entries (3 frames, 0 events) in 1 loss" in publisher.status()["line"]
         publisher.publish(tiny_scene("cam0", 4))  # kept: nothing more to say
         assert publisher.data_losses == 1
         publisher.publish(tiny_scene("cam1", 1))  # the same eviction, found at this stream's next write
@@ -518,3 +526,124 @@ def test_a_refused_script_command_is_named_without_a_stream_to_grant_it_on():
         "this user has no permissions to run the 'evalsha' command")
     said = str(_refusal(error, "tenant1:cam:events", "redis://127.0.0.1:6379", "~tenant1:*"))
     assert "grant the user EVALSHA (ACL: +evalsha)" in said and " on tenant1:cam:events" not in said
+
+
+def test_a_loss_counts_the_entries_it_took_frames_and_events_apart(server, caplog):
+    # Found by an operator: the loss was counted as a time ("lost written entries 1 time"), not as
+    # the entries gone.
+    from segstream.models.results import Event
+
+    publisher, _, _ = publisher_for(server)
+    losses = []
+    publisher.on_data_lost = lambda frames, events: losses.append((frames, events))
+    for index in range(7):
+        publisher.publish(tiny_scene("cam0", index))
+    for track in range(3):
+        publisher.publish_event(Event("cam0", "track_started", 1.0, {"track_id": track}))
+    publisher.flush()
+    server.kill()
+    server.start()  # without its data
+    publisher.publish(tiny_scene("cam0", 7))
+    wait_until(lambda: publisher.backlog == 0, step=publisher.poll)
+    assert losses == [(7, 3)] and publisher.entries_lost == {"frames": 7, "events": 3}
+    assert "lost 10 written entries (7 frames, 3 events) in 1 loss" in publisher.status()["line"]
+    lost = warnings_of(caplog, "lost entries while it was away")
+    assert any("segstream:cam0:frames" in line and "so 7 entries counted as written are gone" in line for line in lost)
+    assert any("segstream:cam0:events" in line and "so 3 entries counted as written are gone" in line for line in lost)
+    publisher.close()
+
+
+def test_a_redis_back_with_an_older_snapshot_counts_only_the_entries_after_it(server, caplog):
+    # Redis restarted from its last RDB snapshot: the entries before it are still there, not lost.
+    from segstream.models.results import Event
+
+    publisher, _, _ = publisher_for(server)
+    for index in range(5):
+        publisher.publish(tiny_scene("cam0", index))
+    publisher.publish_event(Event("cam0", "track_started", 1.0, {"track_id": 1}))
+    publisher.flush()
+    server.client().save()
+    for index in range(5, 9):
+        publisher.publish(tiny_scene("cam0", index))
+    publisher.publish_event(Event("cam0", "track_ended", 2.0, {"track_id": 1}))
+    publisher.publish_event(Event("cam0", "track_started", 2.0, {"track_id": 2}))
+    publisher.flush()
+    server.kill()
+    server.start()  # loads the snapshot: frames 0-4 and the first event
+    assert frames_in(server) == [0, 1, 2, 3, 4]
+    publisher.publish(tiny_scene("cam0", 9))
+    wait_until(lambda: publisher.backlog == 0, step=publisher.poll)
+    assert publisher.entries_lost == {"frames": 4, "events": 2} and not publisher.entries_lost_at_least
+    assert "lost 6 written entries (4 frames, 2 events) in 1 loss" in publisher.status()["line"]
+    publisher.close()
+
+
+def test_a_loss_of_more_than_maxlen_entries_is_counted_as_at_least_maxlen(server, caplog):
+    # MAXLEN ~ keeps at least maxlen entries, and more at Redis's choice: those beyond it are no loss
+    # to count, and how many Redis still held is unknown.
+    publisher, _, _ = publisher_for(server, maxlen=5)
+    for index in range(12):
+        publisher.publish(tiny_scene("cam0", index))
+    publisher.flush()
+    server.kill()
+    server.start()
+    publisher.publish(tiny_scene("cam0", 12))
+    wait_until(lambda: publisher.backlog == 0, step=publisher.poll)
+    assert publisher.entries_lost == {"frames": 5, "events": 0} and publisher.entries_lost_at_least
+    assert "lost at least 5 written entries (5 frames, 0 events) in 1 loss" in publisher.status()["line"]
+    assert any("so at least 5 entries counted as written" in line for line in warnings_of(caplog, "lost entries"))
+    publisher.close()
+
+
+class _Announces:
+    """A per-source stage that attaches one event to each result: events the sinks must account for."""
+
+    def __init__(self, made: list):
+        self.made = made
+
+    def process(self, result):
+        from segstream.models.results import Event
+
+        result.events.append(Event(result.source, "note", result.capture_ts, {"frame": result.index}))
+        self.made.append(result.index)
+        return result
+
+
+def test_events_never_handed_to_a_sink_that_refused_for_good_are_counted(server):
+    # Found by an operator: after Redis refused writes for good (an ACL without XADD) the events still
+    # on their way to the sinks were counted nowhere.
+    import threading
+
+    from segstream.connectors.synthetic import SyntheticSource
+    from segstream.pipeline.metrics import RunMetrics
+    from segstream.pipeline.runtime import Runtime
+    from tests.conftest import ColourSegmenter
+
+    made: list[int] = []
+    publisher = RedisPublisher.from_config(server.url, None, pipeline_size=4, drain_timeout_s=1)
+    runtime = Runtime([SyntheticSource("cam0", 96, 64, 40.0, 0, 400, realtime=True)], ColourSegmenter(), [publisher],
+                      batch_size=2, metrics=RunMetrics(), progress=None, stages=[lambda source: _Announces(made)])
+    outcome = []
+    running = threading.Thread(target=lambda: outcome.append(_outcome(runtime.run)))
+    running.start()
+    admin = server.client()
+    wait_until(lambda: admin.xlen("segstream:cam0:events") >= 10, timeout_s=60)
+    admin.execute_command("ACL", "SETUSER", "default", "-xadd")
+    running.join(60)
+    assert isinstance(outcome[0], SinkError), outcome
+    report = runtime.report(1.0)
+    status = report.sinks["redis"]
+    written = sum(fields[b"event"] == b"note" for _, fields in admin.xrange("segstream:cam0:events"))
+    # the states the run emits (none from this source) would be counted too: every note is accounted for
+    assert written + status["events_dropped"] + report.events_abandoned == len(made) > written, (
+        written, status, report.events_abandoned, len(made))
+    abandoned = report.events_abandoned
+    assert not abandoned or f"{abandoned} event{'s' if abandoned != 1 else ''} abandoned" in report.summary()
+    assert report.as_dict()["events_abandoned"] == report.events_abandoned
+
+
+def _outcome(call):
+    try:
+        return call()
+    except Exception as error:
+        return error
