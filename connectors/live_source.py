@@ -295,7 +295,8 @@ class _Sender:
             next_frame = 0 < jump <= 2 * step_s + 0.05  # one or two frames on: the same clock
             caught_up_s = picture.left_out * step_s  # frames left undecoded, read faster than they came
             if jump - caught_up_s > waited + self.JUMP_S or jump < -self.JUMP_S:
-                return self._new(f"its timestamps jumped {jump:+.1f} s in {waited:.1f} s",
+                # after a silence, the old sender's frames held back came first: the wait was the silence
+                return self._new(f"its timestamps jumped {jump:+.1f} s in {max(waited, pending):.1f} s",
                                  max(silence if silence > self.SILENCE_S and self.silences else 0.0, pending))
             if pending and not next_frame:
                 if jump < pending / 2:

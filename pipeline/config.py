@@ -74,6 +74,8 @@ class Strict(BaseModel):
 BufferKind = Literal["every_frame", "newest"]
 # Stream schemes whose URL must name a host: they connect to one (udp, srt, tcp and rist may listen instead).
 _HOST_NEEDED = ("rtsp", "rtsps", "rtmp", "rtmps", "http", "https")
+# Stream schemes without a default port: a URL of one must name its port.
+_PORT_NEEDED = ("tcp", "udp", "srt", "rist")
 # Every source's max_fps (``_Buffered``): frames per second of the input's time that go on to the model.
 MaxFps = PositiveFloat | None
 
@@ -375,6 +377,12 @@ class StreamSourceConfig(_LiveSourceKeys):
                              "number from 1 to 65535")
         if scheme in _HOST_NEEDED and not parts.hostname:  # a listener (udp://@:1234) has none
             raise ValueError(f"'{redact_url(url)}' names no host — give the camera's or server's address")
+        if scheme in _PORT_NEEDED and port is None and "localport=" not in parts.query:
+            # a UDP input without one listened on a port FFmpeg picked anew at each open, which no
+            # sender can reach: NEVER STREAMED after validate --connect said ok (found probing a drone link)
+            example = "udp://@:5000" if scheme == "udp" else f"{scheme}://{parts.hostname or '0.0.0.0'}:5000"
+            raise ValueError(f"'{redact_url(url)}' names no port — {scheme}:// has no default one: give the port "
+                             f"the stream is sent to or served on (e.g. {example})")
         return url
 
     @model_validator(mode="after")

@@ -12,7 +12,7 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from segstream.connectors.errors import SegstreamError
 from segstream.connectors.urls import exclusive_input, redact_url, url_scheme
@@ -420,8 +420,11 @@ def listener_check(url: str) -> str:
     multicast = _multicast(host)
     shared = multicast or "reuse=1" in parts.query
     port = parts.port
-    if port is None:
-        return f"'{redact_url(url)}' listens on a port FFmpeg picks"
+    if port is None:  # the config refuses a listener without one, but for udp's localport option
+        localport = parse_qs(parts.query).get("localport", [""])[0]
+        if not localport.isdigit():
+            return f"'{redact_url(url)}' listens on a port FFmpeg picks"
+        port = int(localport)
     bind_port(host, port, socket.SOCK_STREAM if tcp else socket.SOCK_DGRAM, shared,
               f"source '{redact_url(url)}' cannot listen")
     shown = "*" if host in ("", "0.0.0.0", "::") else host

@@ -85,7 +85,11 @@ class SourceStates:
         again = bool(data and data.get("restarted"))  # streaming anew: a new sender, a new epoch
         now = self.clock()
         counts = self.metrics.source(source)
-        connecting_since = counts.state_since if counts.state == "connecting" else now
+        down_since = counts.state_since if counts.state == "connecting" else now
+        if state == "stalled" and counts.state == "streaming" and data and "timeout_s" in data:
+            # silent since its last frame, a timeout before the stall could be told: an outage of
+            # 12 s was said to be 8 s when it ended (found probing a drone link)
+            down_since = now - float(data["timeout_s"])
         previous = self.metrics.source_state(source, state, reason, now, again)
         if previous is None:
             return False
@@ -93,7 +97,7 @@ class SourceStates:
         if "epoch" in details:
             self.metrics.source(source).epoch = int(details["epoch"])
         # a source that never came up has been down since it began connecting
-        self._log(source, state, reason or previous, now, connecting_since, quiet)
+        self._log(source, state, reason or previous, now, down_since, quiet)
         if self.emit is None:
             return True
         self.emit(

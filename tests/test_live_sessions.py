@@ -266,6 +266,24 @@ def test_a_new_senders_clock_gone_back_is_said_so_through_the_mpeg_ts_wrap():
     assert ahead.check(picture(90000 + 90000 * 90000)).startswith("its timestamps jumped +90000.0 s")
 
 
+def test_a_new_senders_jump_after_a_silence_says_the_silence_not_the_time_since_the_old_senders_last_frame():
+    """Found probing a drone link: a sender killed and started again 2 s later, 7.6 s back in its
+    file, was 'its timestamps jumped -7.6 s in 0.0 s': the old sender's last frame, held back in the
+    demuxer through the silence, came out just before the new sender's first."""
+    from segstream.connectors.live_source import _Sender
+
+    image, now = np.zeros((2, 2, 3), np.uint8), 100.0
+
+    def picture(pts_s: float, decoded_at: float) -> Picture:
+        return Picture(image, round(pts_s * 90000), Fraction(1, 90000), 3600, time.time(), None, decoded_at=decoded_at)
+
+    sender = _Sender("udp://127.0.0.1:5000")
+    assert sender.check(picture(20.0, now)) is None
+    assert sender.check(picture(20.04, now + 2.0)) is None  # the old sender's last, out after the silence
+    reason = sender.check(picture(12.44, now + 2.0))
+    assert reason == "its timestamps jumped -7.6 s in 2.0 s", reason
+
+
 def test_a_stall_counts_its_silence_as_down_time_once():
     """Found probing HLS cameras: a stale playlist opened again while reconnecting, bringing
     nothing new until its read timeout, had that silence counted twice (in the reconnecting

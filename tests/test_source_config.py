@@ -72,6 +72,21 @@ def test_a_stream_url_with_an_impossible_port_or_no_host_to_connect_to_is_refuse
         assert _source(type="stream", url=listener).url == listener
 
 
+def test_a_udp_tcp_srt_or_rist_url_without_a_port_is_refused():
+    # Found probing a drone link: udp://127.0.0.1 passed validate --connect ("listens on a port FFmpeg
+    # picks"), then listened on a random port at each open, which no sender could reach: NEVER STREAMED
+    error = _error(type="stream", url="udp://127.0.0.1")
+    assert "names no port — udp:// has no default one" in error and "udp://@:5000" in error, error
+    for url in ("srt://admin:Secret123@relay", "tcp://10.0.0.5", "rist://@"):
+        error = _error(type="stream", url=url)
+        assert "names no port" in error and "Secret123" not in error, error
+    assert _source(type="stream", url="udp://@?localport=5000").url == "udp://@?localport=5000"
+    from segstream.pipeline.preflight import listener_check
+
+    assert "listens on UDP *:45219, the port is free" in listener_check("udp://@?localport=45219")  # validate --connect
+    assert _source(type="stream", url="rtsp://cam/live").url == "rtsp://cam/live"  # 554 by default
+
+
 def test_a_password_with_a_slash_question_mark_or_hash_must_be_percent_encoded():
     # Found probing: rtsp://admin:C@m:P#ss/1@host/cam passed validate, then failed with
     # "Invalid argument" on every reconnect for ever

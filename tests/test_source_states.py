@@ -108,6 +108,23 @@ def test_each_outage_of_a_camera_starts_its_count_anew(records):
         "source cam streaming: first frame 640x480 h264 (after 10 s down, 2 reconnect attempts)")
 
 
+def test_an_outage_that_began_with_a_stall_counts_from_the_last_frame_not_from_the_stall(records):
+    # Found probing a drone's UDP link: out 12 s, "after 8 s down" (the 5 s read timeout before the stall
+    # was not counted), while the run's summary and the frames' timestamps said 12-13 s
+    clock = _Clock()
+    states = SourceStates(RunMetrics(["cam"]), None, clock=clock)
+    states.enter("cam", "streaming", "first frame 640x480 h264")
+    clock.now += 100  # the last frame; the stall is told a timeout later
+    clock.now += 5
+    states.enter("cam", "stalled", "no data for 5 s (read timeout)", {"phase": "read", "timeout_s": 5.0})
+    clock.now += 3
+    states.enter("cam", "reconnecting", REFUSED)
+    clock.now += 4
+    states.enter("cam", "streaming", "first frame 640x480 h264")
+    assert records.said(logging.INFO)[-1] == (
+        "source cam streaming: first frame 640x480 h264 (after 12 s down, 1 reconnect attempt)")
+
+
 def test_a_file_that_ends_while_the_run_goes_on_logs_its_end_the_last_one_leaves_it_to_the_summary(records, tmp_path):
     # found probing an archive run: file sources logged no state at all, though README says each source's is logged
     from segstream.connectors.file_source import FileSource
