@@ -404,6 +404,8 @@ def _parser() -> argparse.ArgumentParser:
                         "pipeline): its run_id, or a number, 1 the oldest, -1 the latest (default: the latest)")
     render.add_argument("--level", type=int, metavar="K", help="draw level K of each entry's segment hierarchy "
                         "(0 the finest; SeNaTra models write them) instead of its segments")
+    render.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                        help="a progress bar (default: when stderr is a terminal)")
     render.set_defaults(command=_render)
 
     for command in commands.choices.values():  # after the command too; left out there, the top-level value stands

@@ -25,9 +25,12 @@ import contextlib
 import errno
 import logging
 import os
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from tqdm import tqdm
 
 from segstream.connectors.errors import ConfigError, SegstreamError, SinkError
 from segstream.connectors.file_source import FileSource
@@ -38,6 +41,7 @@ from segstream.connectors.redis_connection import COMMAND_LINE
 from segstream.connectors.redis_reader import StreamReader, _missing_stream_message, connect_redis
 from segstream.models.results import FrameResult
 from segstream.pipeline.cli import redis_sentinel, redis_tls
+from segstream.pipeline.logs import json_logging
 
 log = logging.getLogger(__name__)
 
@@ -124,9 +128,11 @@ def _entry_key(entry_id: str) -> tuple[int, int]:
 
 
 def render_stream(client, stream: str, video: str | Path, out: str | Path, opacity: float = 0.45,
-                  run: str | None = None, level: int | None = None) -> tuple[int, int, StreamRun]:
+                  run: str | None = None, level: int | None = None,
+                  progress: bool | None = False) -> tuple[int, int, StreamRun]:
     """Draw the entries of one run of ``stream`` (``pick_run``) over their frames of ``video``
-    into the MP4 ``out`` (their segments, or level ``level`` of their hierarchy); returns the
+    into the MP4 ``out`` (their segments, or level ``level`` of their hierarchy), with a progress
+    bar on stderr (``progress`` None: when it is a terminal); returns the
     number of frames written, the number of the video's frames that had no entry (trimmed by the
     stream's MAXLEN, dropped or left out by the pipeline, or after the run's last entry), and the
     run drawn."""
@@ -150,6 +156,9 @@ def render_stream(client, stream: str, video: str | Path, out: str | Path, opaci
     frames = iter(source.frames())
     frame = None
     missing, drawn = 0, -1
+    # a 5K render of a long flight wrote nothing for minutes but its last line (found probing drone footage)
+    bar = tqdm(total=chosen.entries, desc="render", unit="frame", file=sys.stderr,
+               disable=True if progress is False or json_logging() else None if progress is None else False)
     try:
         for result in _entries_of(StreamReader(client, stream, start=chosen.after), chosen):
             while frame is None or frame.index < result.index:
@@ -169,6 +178,7 @@ def render_stream(client, stream: str, video: str | Path, out: str | Path, opaci
             writer.write(draw_overlay(frame.image, result, opacity, level=level), result.pts, result.time_base,
                          frame.sample_aspect)
             drawn = frame.index
+            bar.update()
         if frame is not None and frame.index > drawn:
             missing += 1
         frames.close()
@@ -187,6 +197,7 @@ def render_stream(client, stream: str, video: str | Path, out: str | Path, opaci
             raise OutputWriteError(out, error.reason, error.errno, error.verb) from None
         raise
     finally:
+        bar.close()
         source.close()
     return writer.frames, missing, chosen
 
@@ -241,7 +252,7 @@ def main_render(args) -> int:
                            client_name="segstream-render", hint="start Redis or fix --url", names=COMMAND_LINE)
     try:
         written, missing, run = render_stream(client, args.stream, args.video, args.out, args.opacity, args.run,
-                                              args.level)
+                                              args.level, getattr(args, "progress", None))
     finally:
         client.close()
     if written == 0:

@@ -202,6 +202,23 @@ def test_render_of_a_trimmed_stream_says_how_many_frames_it_left_out(tmp_path, b
     assert "wrote 6 frames" in err
 
 
+def test_render_shows_its_progress_when_asked_or_on_a_terminal_and_not_in_a_log(tmp_path, big_clip, capsys):
+    # Found probing drone footage: a long 5K render said nothing for minutes but its last line
+    from segstream.pipeline.cli import main
+
+    with EmbeddedRedis(tmp_path / "redis") as server:
+        Runtime([FileSource("cam", str(big_clip))], ColourSegmenter(), [RedisPublisher(connect_redis(server.url))],
+                progress=None).run()
+        render = ["render", "segstream:cam:frames", "--video", str(big_clip), "--out", str(tmp_path / "r.mp4"),
+                  "--url", server.url]
+        assert main(render + ["--progress"]) == 0
+        shown = capsys.readouterr().err
+        assert main(render) == 0  # stderr no terminal: no bar
+        logged = capsys.readouterr().err
+    assert "render: 100%" in shown and "20/20" in shown, shown
+    assert "render:" not in logged and "wrote 20 frames" in logged, logged
+
+
 def test_a_stream_that_changes_size_is_scaled_into_one_video_not_an_error(tmp_path, monkeypatch):
     # Found probing: a TS that went from 320x240 to 640x360 mid-file stopped the whole batch
     # ("frames changed size"), losing the videos in progress with it.
