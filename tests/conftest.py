@@ -18,6 +18,21 @@ from segstream.models.segmenter import Prepared, results
 
 SQUARE_COLOUR = (255, 40, 40)
 
+# The files that take longest (minutes of a CI worker; measured from a full run's junit times), run
+# first: xdist gives each worker a whole file (--dist loadfile), and by default the files with the
+# most tests first, which left the few-test, long files (compile, training, the client's venv) to
+# the end, one worker busy while the others idled. Longest first evens the three workers' ends.
+SLOWEST_FILES = ("test_stream_source.py", "test_train_own_data.py", "test_compile.py", "test_shutdown.py",
+                 "test_config_stages.py", "test_redis_outage.py", "test_reload.py", "test_batch_ray.py",
+                 "test_client_distribution.py", "test_disk_full.py", "test_colours.py", "test_preflight.py")
+
+
+def pytest_collection_modifyitems(items):
+    """The files of SLOWEST_FILES first, in its order (pyproject's --no-loadscope-reorder keeps it);
+    each file's tests in their own order."""
+    rank = {name: number for number, name in enumerate(SLOWEST_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
 
 @pytest.fixture(autouse=True)
 def _segstream_logging_as_it_was():
