@@ -457,6 +457,7 @@ def load_eomt(preset: Preset, checkpoint: str | None = None) -> EoMT:
     state = convert_state_dict(read_state_dict(path))
     model = EoMT(preset.config)
     _refuse_misfit_eomt(path, preset, model, state)
+    _refuse_other_labels(path, preset)
     model.load_state_dict(state, strict=False)
     return model
 
@@ -481,6 +482,7 @@ def check_checkpoint(preset: Preset, checkpoint: str | None = None) -> None:
             _refuse_misfit_senatra(path, preset, SeNaTra(preset.config), state)
         else:
             _refuse_misfit_eomt(path, preset, EoMT(preset.config), convert_state_dict(state))
+    _refuse_other_labels(path, preset)
     if any(v.is_meta for v in state.values()):  # left on disk: read now, a tensor at a time
         bad, total = nonfinite_tensors(path)
         if bad:
@@ -531,6 +533,52 @@ def _refuse_other_classes(path: Path, preset: Preset, state: dict[str, Tensor], 
         f"'{path}' has {classes} — fix the labels file or the checkpoint (they must be of the same training)")
 
 
+# The safetensors metadata key under which training writes its class names (a JSON list, class id order).
+LABELS_KEY = "labels"
+
+
+def trained_labels(path: Path) -> tuple[str, ...] | None:
+    """The class names a safetensors checkpoint was trained on, as its training wrote them in its
+    metadata (``LABELS_KEY``); None for a file without them (published weights, older training,
+    another format)."""
+    try:
+        with path.open("rb") as file:
+            head = file.read(8)
+            length = int.from_bytes(head, "little")
+            if len(head) < 8 or length > _MAX_SAFETENSORS_HEADER:
+                return None
+            metadata = json.loads(file.read(length)).get("__metadata__") or {}
+        names = json.loads(metadata[LABELS_KEY])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return tuple(str(n) for n in names) if isinstance(names, list) else None
+
+
+def _refuse_other_labels(path: Path, preset: Preset) -> None:
+    """Refuse a checkpoint whose training named its classes otherwise than the run would: of the
+    same count, the weights load and every segment gets another class's name."""
+    theirs = trained_labels(path)
+    if theirs is None:
+        return
+    own = isinstance(preset.label_set, LabelSet)
+    labels = preset.label_set if own else _shipped_labels(str(preset.label_set))
+    if theirs == labels.names:
+        return
+    here = f"model.labels ('{labels.name}')" if own else f"preset {preset.name}'s label set ({labels.name})"
+    differ = next((i for i, (a, b) in enumerate(zip(theirs, labels.names)) if a != b), min(len(theirs), len(labels.names)))
+    first = (f"class {differ} is '{theirs[differ]}' there, '{labels.names[differ]}' here" if differ < min(
+        len(theirs), len(labels.names)) else f"{len(theirs)} classes there, {labels.num_classes} here")
+    raise CheckpointError(
+        f"checkpoint '{path}' was trained on other classes than {here} names ({first}) — set model.labels to the "
+        "labels file its training wrote beside it (model.labels.json)")
+
+
+def _shipped_labels(name: str) -> LabelSet:
+    from segstream.models.label_sets import load_label_set
+
+    return load_label_set(name)
+
+
 def _what_fits(state: dict[str, Tensor]) -> str:
     """Advice for a checkpoint that did not fit: what it is, and the presets of that shape."""
     from segstream.models.eomt import infer_config
@@ -575,6 +623,7 @@ def load_senatra(preset: Preset, checkpoint: str | None = None) -> SeNaTra:
     state = read_state_dict(path)
     model = SeNaTra(preset.config)
     _refuse_misfit_senatra(path, preset, model, state)
+    _refuse_other_labels(path, preset)
     model.load_state_dict(state)
     return model
 
