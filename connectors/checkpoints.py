@@ -510,7 +510,7 @@ def _refuse_misfit_eomt(path: Path, preset: Preset, model: EoMT, state: dict[str
             f"checkpoint '{path}' does not fit preset {preset.name} "
             f"(dim {preset.config.dim}, {preset.config.depth} blocks, {preset.config.num_query_blocks} query blocks, "
             f"{preset.config.num_classes} classes, "
-            f"{preset.config.num_queries} queries, input {preset.config.img_size}): {shown}{_what_fits(state)}"
+            f"{preset.config.num_queries} queries, input {preset.config.img_size}): {shown}{_what_fits(state, preset, problems)}"
         )
 
 
@@ -579,8 +579,9 @@ def _shipped_labels(name: str) -> LabelSet:
     return load_label_set(name)
 
 
-def _what_fits(state: dict[str, Tensor]) -> str:
-    """Advice for a checkpoint that did not fit: what it is, and the presets of that shape."""
+def _what_fits(state: dict[str, Tensor], preset: Preset, problems: list[str]) -> str:
+    """Advice for a checkpoint that did not fit: what it is, and the presets of that shape; of
+    ``preset``'s shape, none (``problems`` said it: tensors missing or extra, query blocks)."""
     from segstream.models.eomt import infer_config
     from segstream.models.presets import PRESETS
 
@@ -589,6 +590,12 @@ def _what_fits(state: dict[str, Tensor]) -> str:
     except (KeyError, ValueError, IndexError, AttributeError, TypeError):
         return " — it is not an EoMT checkpoint (is it SeNaTra's? then set model.family: senatra)"
     shape = (found.dim, found.depth, found.num_classes, found.num_queries, found.img_size)
+    cfg = preset.config
+    if (cfg.dim, cfg.depth, cfg.num_classes, cfg.num_queries, cfg.img_size) == shape:
+        if all(p.startswith(("missing keys", "unexpected keys")) for p in problems):
+            return (" — its architecture is this preset's, but its tensors are not exactly the model's (saved from "
+                    "part of it, or beside other modules?): save model.state_dict() of this model alone")
+        return ""
     fitting = [p.name for p in PRESETS.values() if p.family == "eomt" and
                (p.config.dim, p.config.depth, p.config.num_classes, p.config.num_queries, p.config.img_size) == shape]
     it = (f" — the checkpoint is an EoMT of dim {found.dim}, {found.depth} blocks, {found.num_classes} classes, "

@@ -69,3 +69,19 @@ def test_a_pytorch_file_under_a_safetensors_name_is_read_by_its_first_bytes(tmp_
     check_checkpoint(TINY, str(path))
     model = load_eomt(TINY, str(path))
     assert torch.equal(model.state_dict()["q.weight"], shipped_state["q.weight"])
+
+
+def test_a_checkpoint_of_the_preset_s_shape_with_a_tensor_missing_or_extra_is_not_told_to_use_that_preset(
+        tmp_path, shipped_state):
+    # found probing: "missing keys (1): mask_head.4.bias ... use model.preset synthetic_eomt_tiny_256", the preset set
+    missing = {k: v for k, v in shipped_state.items() if k != "mask_head.4.bias"}
+    extra = {**shipped_state, "extra.head.weight": torch.zeros(2)}
+    for state, named in ((missing, "missing keys (1): mask_head.4.bias"),
+                         (extra, "unexpected keys (1): extra.head.weight")):
+        save_file(state, str(tmp_path / "odd.safetensors"))
+        for check in (load_eomt, check_checkpoint):
+            with pytest.raises(CheckpointError) as refused:
+                check(TINY, str(tmp_path / "odd.safetensors"))
+            line = str(refused.value)
+            assert named in line and "its architecture is this preset's" in line, line
+            assert "use model.preset" not in line
