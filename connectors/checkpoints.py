@@ -47,6 +47,7 @@ def read_state_dict(path: Path, shapes_only: bool = False) -> dict[str, Tensor]:
     ``shapes_only``, tensors on the meta device: names and shapes, the weights left on disk. Keys
     as the network has them: without what DataParallel or torch.compile put before them."""
     state = _read_state_dict(path, shapes_only)
+    _refuse_nonfinite(path, state)
     # saved from DataParallel/DistributedDataParallel ("module."), from torch.compile's wrapper
     # ("_orig_mod."), or both; a compiled submodule has "._orig_mod." inside its keys
     while state and (wrapper := next((p for p in _KEY_WRAPPERS if all(k.startswith(p) for k in state)), None)):
@@ -65,7 +66,11 @@ def _read_state_dict(path: Path, shapes_only: bool) -> dict[str, Tensor]:
     except OSError as error:
         raise CheckpointError(f"checkpoint '{path}' cannot be read ({error.strerror}) — check its permissions") from None
     # safetensors: the header's length (8 bytes, little-endian), then the JSON header itself
-    safetensors = len(head) == 9 and head[8:] == b"{" and int.from_bytes(head[:8], "little") < path.stat().st_size
+    safetensors = len(head) == 9 and head[8:] == b"{" and int.from_bytes(head[:8], "little") <= _MAX_SAFETENSORS_HEADER
+    if safetensors:
+        _refuse_truncated_safetensors(path, int.from_bytes(head[:8], "little"))
+    if not head:
+        raise CheckpointError(f"checkpoint '{path}' is empty (0 bytes) — download or copy it again")
     if not safetensors and not head.startswith((b"PK\x03\x04", b"\x80")):  # torch.save's zip, or a bare pickle
         raise CheckpointError(
             f"checkpoint '{path}' is not a checkpoint: neither a safetensors file nor one PyTorch saved "
@@ -85,8 +90,14 @@ def _read_state_dict(path: Path, shapes_only: bool) -> dict[str, Tensor]:
             # torch's note about pickle protocols is noise to someone loading weights
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
             # mapped, not read, for shapes (torch.save's zip format; an old bare pickle is read)
-            mapped = shapes_only and head.startswith(b"PK\x03\x04")
-            state = torch.load(str(path), map_location="cpu", weights_only=True, mmap=mapped)
+            # torch.load reads a path ending in .safetensors as safetensors whatever it holds: such a
+            # path goes as an open file (which torch cannot map)
+            mapped = shapes_only and head.startswith(b"PK\x03\x04") and not path.name.endswith(".safetensors")
+            if mapped:
+                state = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+            else:
+                with path.open("rb") as file:
+                    state = torch.load(file, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         # torch's own message advises weights_only=False, i.e. running the file's code: never.
         raise CheckpointError(
@@ -95,6 +106,11 @@ def _read_state_dict(path: Path, shapes_only: bool) -> dict[str, Tensor]:
         ) from None
     except Exception as exc:  # any decoding failure is the file's fault, not ours
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "central directory" in reason or "zip archive" in reason:
+            # torch.save's zip without its end (miniz says so in five sentences): cut short in a copy
+            raise CheckpointError(f"checkpoint '{path}' is truncated: PyTorch's zip archive lacks its end "
+                                  f"({path.stat().st_size} bytes) — copy or download it again") from None
+        reason = reason.split(". ")[0]  # a reader's first sentence: the line stays one line
         raise CheckpointError(
             f"checkpoint '{path}' cannot be read ({reason}) — it must be a safetensors file or a "
             "PyTorch state dict of tensors"
@@ -110,6 +126,67 @@ def _read_state_dict(path: Path, shapes_only: bool) -> dict[str, Tensor]:
         raise CheckpointError(f"checkpoint '{path}' is not a state dict of tensors (it holds {held}) — save "
                               "model.state_dict() itself, or put it under 'state_dict'")
     return state
+
+
+def _refuse_truncated_safetensors(path: Path, header_length: int) -> None:
+    """A file that begins as safetensors but is shorter than its header says (a download or copy
+    cut short): said as such, with the two sizes."""
+    size = path.stat().st_size
+    if 8 + header_length > size:
+        raise CheckpointError(f"checkpoint '{path}' is truncated: its safetensors header alone is {header_length} "
+                              f"bytes, the file has {size} — download or copy it again")
+    try:
+        with path.open("rb") as file:
+            file.seek(8)
+            header = json.loads(file.read(header_length))
+        end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+    except (OSError, ValueError, TypeError, KeyError, IndexError, AttributeError):
+        return  # a header that does not parse: the reader says what is wrong
+    if 8 + header_length + end > size:
+        raise CheckpointError(f"checkpoint '{path}' is truncated: its header says {8 + header_length + end} bytes, "
+                              f"the file has {size} — download or copy it again")
+
+
+_MAX_SAFETENSORS_HEADER = 100_000_000  # the most the safetensors reader takes
+
+
+def _refuse_nonfinite(path: Path, state: object) -> None:
+    """Refuse weights holding NaN or infinity (a training run that diverged): a model of them
+    finds no segment in any frame, and says nothing. Tensors left on disk (meta) are not looked at."""
+    if not isinstance(state, dict):
+        return
+    bad = [k for k, v in state.items() if isinstance(v, Tensor) and v.is_floating_point() and not v.is_meta
+           and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointError(nonfinite_line(path, bad, len(state)))
+
+
+def nonfinite_line(path: Path, names: list[str], total: int) -> str:
+    return (f"checkpoint '{path}' holds NaN or infinite weights in {len(names)} of its {total} tensors (e.g. "
+            f"{names[0]}) — it is broken (a training run that diverged?): train it again, with a lower --lr")
+
+
+def nonfinite_tensors(path: Path) -> tuple[list[str], int]:
+    """The names of the floating tensors of a checkpoint that hold NaN or infinity, and how many
+    tensors it has: a safetensors file (or a sharded one's shards) read a tensor at a time, any
+    other read whole (``segstream validate``: the weights are not kept)."""
+    if path.name.endswith(".index.json"):
+        bad, total = [], 0
+        for shard in sorted(set(json.loads(path.read_text(encoding="utf-8"))["weight_map"].values())):
+            names, count = nonfinite_tensors(path.parent / shard)
+            bad, total = bad + names, total + count
+        return bad, total
+    with path.open("rb") as file:
+        head = file.read(9)
+    if head[8:] != b"{":
+        state = _read_state_dict(path, shapes_only=False)
+        return [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())], len(state)
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as opened:
+        names = list(opened.keys())
+        return [k for k in names if (t := opened.get_tensor(k)).is_floating_point()
+                and not bool(torch.isfinite(t).all())], len(names)
 
 
 # Keys under which training scripts keep the weights (Lightning, most loops, EMA copies last).
@@ -380,14 +457,15 @@ def load_eomt(preset: Preset, checkpoint: str | None = None) -> EoMT:
     state = convert_state_dict(read_state_dict(path))
     model = EoMT(preset.config)
     _refuse_misfit_eomt(path, preset, model, state)
+    _refuse_other_labels(path, preset)
     model.load_state_dict(state, strict=False)
     return model
 
 
 def check_checkpoint(preset: Preset, checkpoint: str | None = None) -> None:
     """What loading ``checkpoint`` into ``preset`` would refuse, found without loading it: the
-    file's kind, and its tensors' names and shapes against the preset's (``segstream validate``;
-    the weights stay on disk). A hub reference is checked only for huggingface_hub being installed
+    file's kind, its tensors' names and shapes against the preset's, then their values (NaN,
+    infinity) a tensor at a time (``segstream validate``, a reload; the model is not built). A hub reference is checked only for huggingface_hub being installed
     (what the run needs to read it), ``random`` not at all."""
     reference = checkpoint or preset.weights
     if reference and reference.startswith(HF_PREFIX):
@@ -404,6 +482,11 @@ def check_checkpoint(preset: Preset, checkpoint: str | None = None) -> None:
             _refuse_misfit_senatra(path, preset, SeNaTra(preset.config), state)
         else:
             _refuse_misfit_eomt(path, preset, EoMT(preset.config), convert_state_dict(state))
+    _refuse_other_labels(path, preset)
+    if any(v.is_meta for v in state.values()):  # left on disk: read now, a tensor at a time
+        bad, total = nonfinite_tensors(path)
+        if bad:
+            raise CheckpointError(nonfinite_line(path, bad, total))
 
 
 def _params_estimate(config) -> float:
@@ -427,7 +510,7 @@ def _refuse_misfit_eomt(path: Path, preset: Preset, model: EoMT, state: dict[str
             f"checkpoint '{path}' does not fit preset {preset.name} "
             f"(dim {preset.config.dim}, {preset.config.depth} blocks, {preset.config.num_query_blocks} query blocks, "
             f"{preset.config.num_classes} classes, "
-            f"{preset.config.num_queries} queries, input {preset.config.img_size}): {shown}{_what_fits(state)}"
+            f"{preset.config.num_queries} queries, input {preset.config.img_size}): {shown}{_what_fits(state, preset, problems)}"
         )
 
 
@@ -450,8 +533,55 @@ def _refuse_other_classes(path: Path, preset: Preset, state: dict[str, Tensor], 
         f"'{path}' has {classes} — fix the labels file or the checkpoint (they must be of the same training)")
 
 
-def _what_fits(state: dict[str, Tensor]) -> str:
-    """Advice for a checkpoint that did not fit: what it is, and the presets of that shape."""
+# The safetensors metadata key under which training writes its class names (a JSON list, class id order).
+LABELS_KEY = "labels"
+
+
+def trained_labels(path: Path) -> tuple[str, ...] | None:
+    """The class names a safetensors checkpoint was trained on, as its training wrote them in its
+    metadata (``LABELS_KEY``); None for a file without them (published weights, older training,
+    another format)."""
+    try:
+        with path.open("rb") as file:
+            head = file.read(8)
+            length = int.from_bytes(head, "little")
+            if len(head) < 8 or length > _MAX_SAFETENSORS_HEADER:
+                return None
+            metadata = json.loads(file.read(length)).get("__metadata__") or {}
+        names = json.loads(metadata[LABELS_KEY])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return tuple(str(n) for n in names) if isinstance(names, list) else None
+
+
+def _refuse_other_labels(path: Path, preset: Preset) -> None:
+    """Refuse a checkpoint whose training named its classes otherwise than the run would: of the
+    same count, the weights load and every segment gets another class's name."""
+    theirs = trained_labels(path)
+    if theirs is None:
+        return
+    own = isinstance(preset.label_set, LabelSet)
+    labels = preset.label_set if own else _shipped_labels(str(preset.label_set))
+    if theirs == labels.names:
+        return
+    here = f"model.labels ('{labels.name}')" if own else f"preset {preset.name}'s label set ({labels.name})"
+    differ = next((i for i, (a, b) in enumerate(zip(theirs, labels.names)) if a != b), min(len(theirs), len(labels.names)))
+    first = (f"class {differ} is '{theirs[differ]}' there, '{labels.names[differ]}' here" if differ < min(
+        len(theirs), len(labels.names)) else f"{len(theirs)} classes there, {labels.num_classes} here")
+    raise CheckpointError(
+        f"checkpoint '{path}' was trained on other classes than {here} names ({first}) — set model.labels to the "
+        "labels file its training wrote beside it (model.labels.json)")
+
+
+def _shipped_labels(name: str) -> LabelSet:
+    from segstream.models.label_sets import load_label_set
+
+    return load_label_set(name)
+
+
+def _what_fits(state: dict[str, Tensor], preset: Preset, problems: list[str]) -> str:
+    """Advice for a checkpoint that did not fit: what it is, and the presets of that shape; of
+    ``preset``'s shape, none (``problems`` said it: tensors missing or extra, query blocks)."""
     from segstream.models.eomt import infer_config
     from segstream.models.presets import PRESETS
 
@@ -460,6 +590,12 @@ def _what_fits(state: dict[str, Tensor]) -> str:
     except (KeyError, ValueError, IndexError, AttributeError, TypeError):
         return " — it is not an EoMT checkpoint (is it SeNaTra's? then set model.family: senatra)"
     shape = (found.dim, found.depth, found.num_classes, found.num_queries, found.img_size)
+    cfg = preset.config
+    if (cfg.dim, cfg.depth, cfg.num_classes, cfg.num_queries, cfg.img_size) == shape:
+        if all(p.startswith(("missing keys", "unexpected keys")) for p in problems):
+            return (" — its architecture is this preset's, but its tensors are not exactly the model's (saved from "
+                    "part of it, or beside other modules?): save model.state_dict() of this model alone")
+        return ""
     fitting = [p.name for p in PRESETS.values() if p.family == "eomt" and
                (p.config.dim, p.config.depth, p.config.num_classes, p.config.num_queries, p.config.img_size) == shape]
     it = (f" — the checkpoint is an EoMT of dim {found.dim}, {found.depth} blocks, {found.num_classes} classes, "
@@ -494,6 +630,7 @@ def load_senatra(preset: Preset, checkpoint: str | None = None) -> SeNaTra:
     state = read_state_dict(path)
     model = SeNaTra(preset.config)
     _refuse_misfit_senatra(path, preset, model, state)
+    _refuse_other_labels(path, preset)
     model.load_state_dict(state)
     return model
 

@@ -40,6 +40,10 @@ class CheckpointError(SegstreamError):
     """A model checkpoint cannot be found, read, or does not fit the chosen preset."""
 
 
+class TrainingDiverged(SegstreamError):
+    """A training run's loss or gradients became NaN or infinite: it stops, and writes no weights."""
+
+
 class StageError(SegstreamError):
     """A per-source stage named in a config (``stages:``) raised, or returned what the runtime
     cannot use: the run stops, the line names the stage, the source and the frame."""

@@ -163,6 +163,11 @@ class Entry(Generic[_Acked]):
         return self.result.model
 
     @property
+    def checkpoint_id(self) -> str:
+        """the weights that made the entry: their file's SHA-256, first 12 hex digits ("" unknown)"""
+        return self.result.checkpoint_id
+
+    @property
     def latency_s(self) -> float | None:
         return self.result.latency_s
 

@@ -104,6 +104,8 @@ def to_wire(result: FrameResult, mask_encoding: str = "rle", publish_ts: float |
     }
     if result.file is not None:
         fields["file"] = result.file
+    if result.checkpoint_id:
+        fields["checkpoint_id"] = result.checkpoint_id
     if mask_encoding == "rle":
         for record, counts in zip(records, _coco_rle_counts(label_map, ids)):
             record["rle"] = {"size": [result.height, result.width], "counts": counts}
@@ -148,7 +150,7 @@ def result_record(result: FrameResult, masks: str | None = None) -> dict:
         else f"{result.time_base.numerator}/{result.time_base.denominator}", "pts_s": result.pts_seconds,
         "capture_ts": result.capture_ts, "sender_ts": result.sender_ts, "publish_ts": result.publish_ts,
         "latency_s": result.latency_s, "width": result.width, "height": result.height, "model": result.model,
-        "file": result.file, "segments": segments,
+        "checkpoint_id": result.checkpoint_id or None, "file": result.file, "segments": segments,
     }
     if result.levels:
         record["levels"] = [
@@ -292,6 +294,7 @@ def read_entry(fields: Mapping[bytes | str, bytes | str]) -> tuple[FrameResult, 
         file=_text(entry["file"]) if "file" in entry else None,
         run_id=_text(entry.get("run_id", b"")),
         levels=levels,
+        checkpoint_id=_text(entry.get("checkpoint_id", b"")),
     )
     ids = [int(i) for i in segments.ids]
     return result, EncodedMasks(height, width, ids, rles, idmap, level_masks)

@@ -51,7 +51,8 @@ def _pairwise_dice(logits: Tensor, targets: Tensor) -> Tensor:
 
 @torch.no_grad()
 def match(mask_logits: Tensor, class_logits: Tensor, target: Target, weights: LossWeights) -> tuple[Tensor, Tensor]:
-    """Indices (queries, targets) of the minimum-cost one-to-one assignment for one image."""
+    """Indices (queries, targets) of the minimum-cost one-to-one assignment for one image;
+    FloatingPointError when the predictions are not finite (a training run that diverged)."""
     if target.classes.numel() == 0:
         empty = torch.zeros(0, dtype=torch.long)
         return empty, empty
@@ -62,6 +63,8 @@ def match(mask_logits: Tensor, class_logits: Tensor, target: Target, weights: Lo
         + weights.mask * _pairwise_bce(logits, masks)
         + weights.dice * _pairwise_dice(logits, masks)
     )
+    if not bool(torch.isfinite(cost).all()):  # scipy's own words would not say why
+        raise FloatingPointError("the predictions hold NaN or infinity: the matching cost is not finite")
     rows, cols = linear_sum_assignment(cost.cpu().numpy())
     return torch.as_tensor(rows, dtype=torch.long), torch.as_tensor(cols, dtype=torch.long)
 

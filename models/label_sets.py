@@ -88,6 +88,14 @@ class LabelSet:
                 f"label set {set_name!r}: class ids must be contiguous from 0 to {len(by_id) - 1}; "
                 f"missing {missing}, out of range {extra}"
             )
+        # filters, outputs and consumers tell classes apart by name: two of one name would be one to them
+        first: dict[str, int] = {}
+        for cid in expected:
+            cname = by_id[cid][0]
+            if cname in first:
+                raise ValueError(f"label set {set_name!r}: classes {first[cname]} and {cid} are both named {cname!r} "
+                                 "— give each class a name of its own")
+            first[cname] = cid
         coco = {entry.get("id"): entry.get("coco_id") for entry in classes}
         coco_ids = tuple(coco[i] for i in expected)
         if not all(isinstance(c, int) and not isinstance(c, bool) for c in coco_ids) or len(set(coco_ids)) != len(coco_ids):

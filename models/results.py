@@ -252,7 +252,8 @@ class FrameResult(_FrameSizeMap):
     ``sender_ts`` is the Unix time at which the sender captured the frame when the stream says so
     (RTCP sender reports), else None. ``file`` is the image file the frame was read from (image
     folder sources), else None. ``run_id`` names the pipeline run that produced it (track
-    ids restart with each run). ``levels`` is the segment hierarchy of models that have one
+    ids restart with each run); ``checkpoint_id`` the weights that made it (the first 12 hex digits of
+    their file's SHA-256; "" when unknown: a hub reference, random weights). ``levels`` is the segment hierarchy of models that have one
     (SeNaTra), finest level first; ``segments``/``label_map`` stay the frame's panoptic or
     semantic output.
     """
@@ -278,6 +279,7 @@ class FrameResult(_FrameSizeMap):
     file: str | None = None
     run_id: str = ""
     levels: list[Level] = field(default_factory=list)
+    checkpoint_id: str = ""
 
     def __repr__(self) -> str:
         frame = f"{self.source} frame {self.index}" if self.source else f"frame {self.index}"  # segment()'s: no source

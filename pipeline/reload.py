@@ -8,7 +8,11 @@ mistake changes nothing. Sources are matched by name: a new name is added, a mis
 and added again (it goes on from its timeline: see ``Runtime.add_source``); a change of filters
 alone (the source's own or the top-level ones) applies from the next frame without touching the
 source. Every other section (model, engine, tracking, stages, sinks, ops, batch) takes a restart:
-a reload that changes one says so and leaves it as it runs.
+a reload that changes one says so and leaves it as it runs. So does a checkpoint file replaced on
+disk under the same name (its SHA-256 against the one the run read). A changed model section or
+checkpoint file is checked as ``segstream validate`` checks it (the file's kind, its tensors'
+names, shapes and values, its classes), and a reload naming weights the restart could not load is
+refused: it would say "takes a restart" of a restart that fails.
 """
 
 from __future__ import annotations
@@ -46,13 +50,17 @@ class Plan:
     restarted: list[SourceConfig] = field(default_factory=list)
     refiltered: list[str] = field(default_factory=list)
     not_applied: list[str] = field(default_factory=list)
+    weights_changed: str | None = None  # the checkpoint file the run read, changed on disk since
 
     def line(self, unchanged: int) -> str:
         parts = [f"{what} {', '.join(names)}" for what, names in (
             ("added", [s.name for s in self.added]), ("removed", self.removed),
             ("restarted", [s.name for s in self.restarted]), ("new filters for", self.refiltered)) if names]
         done = "; ".join(parts) if parts else "no source changed"
-        left = (f"; not applied, they take a restart: {', '.join(self.not_applied)}" if self.not_applied else "")
+        sections = [*self.not_applied]
+        if self.weights_changed and "model" not in sections:
+            sections.append(f"model (its checkpoint {self.weights_changed} changed on disk since the run read it)")
+        left = f"; not applied, they take a restart: {', '.join(sections)}" if sections else ""
         return f"reloaded: {done} ({unchanged} unchanged){left}"
 
 
@@ -145,6 +153,10 @@ class Reloader:
         except SegstreamError as error:
             return self._refused("; ".join(str(error).splitlines()))
         changes = plan(self.running, new)
+        try:
+            changes.weights_changed = self._check_model(new, "model" in changes.not_applied)
+        except SegstreamError as error:
+            return self._refused("; ".join(str(error).splitlines()))
         opened = {}
         try:
             for source in [*changes.added, *changes.restarted]:
@@ -193,9 +205,39 @@ class Reloader:
         line = changes.line(len(new.sources) - len(changes.added) - len(changes.restarted) - len(changes.refiltered))
         if problems:
             line += "; but " + "; ".join(problems)
-        partly = bool(changes.not_applied or problems)
+        partly = bool(changes.not_applied or changes.weights_changed or problems)
         (log.warning if partly else log.info)("%s", line)
         return ("partly" if partly else "applied"), line
+
+    def _check_model(self, new: PipelineConfig, section_changed: bool) -> str | None:
+        """The weights file the run read when it changed on disk since (its SHA-256 against the one
+        hashed at the start), else None; a changed model section or weights file checked as
+        ``segstream validate`` checks it: a ``ConfigError`` naming what the restart would refuse."""
+        from segstream.connectors.checkpoints import check_checkpoint, file_sha256
+        from segstream.connectors.errors import CheckpointError
+        from segstream.pipeline.model_factory import BUILTIN_FAMILIES, check_model_config, weights_read
+
+        read = getattr(self.runtime, "weights", {}) or {}
+        changed = None
+        if not section_changed and read.get("checkpoint_sha256"):
+            path = Path(read["checkpoint"])
+            try:
+                if file_sha256(path) != read["checkpoint_sha256"]:
+                    changed = str(path)
+            except OSError:  # removed or unreadable: the restart would not find it
+                changed = str(path)
+        if not (section_changed or changed):
+            return None
+        preset = check_model_config(new.model)
+        if preset.family in BUILTIN_FAMILIES:  # a plugin's family checks its weights itself, when it loads
+            try:
+                if changed and weights_read(new.model) is None:
+                    raise CheckpointError(f"checkpoint '{changed}' is no longer there")
+                check_checkpoint(preset, new.model.checkpoint)
+            except CheckpointError as error:
+                said = "changed on disk, and " if changed else ""
+                raise ConfigError(f"model.checkpoint: {said}{error}") from None
+        return changed
 
     def _refused(self, why: str) -> tuple[str, str]:
         lines = why.split("; ")

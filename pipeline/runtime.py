@@ -197,6 +197,8 @@ class RunReport:
     stages: dict[str, dict[str, float]] = field(default_factory=dict)
     run_id: str = ""
     sinks: dict[str, dict] = field(default_factory=dict)  # each sink's ``status()``, where it has one
+    model: str = ""  # the model's name, as entries' ``model``
+    checkpoint_id: str = ""  # the weights' short SHA-256, as entries' ``checkpoint_id`` ("" unknown)
     # capture to publish per source (its recent 4096 entries): p50_ms, p99_ms, max_ms
     source_latency: dict[str, dict[str, float]] = field(default_factory=dict)
     # reasons a sink gave for results it never wrote (its on_dropped): its own reasons too
@@ -328,7 +330,8 @@ class RunReport:
 
         return {
             "outcome": outcome or ("failed" if self.failed else "stopped" if self.stopped else "done"),
-            "run_id": self.run_id, "elapsed_s": round(self.elapsed_s, 3), "fps": round(self.fps, 2),
+            "run_id": self.run_id, "model": self.model, "checkpoint_id": self.checkpoint_id or None,
+            "elapsed_s": round(self.elapsed_s, 3), "fps": round(self.fps, 2),
             "decoded": self.decoded, "published": self.published, "dropped": self.dropped, "skipped": self.skipped,
             "events_abandoned": self.events_abandoned,
             "batches": self.batches,
@@ -524,9 +527,13 @@ class Runtime:
         # What made this run's results, in each source's `settings` event (SCHEMA): the model and the
         # software; from_config adds the weights file and its digest.
         self.made_by: dict[str, Any] = {} if not publish_settings else {
-            "model": adapter.name, "precision": getattr(adapter, "precision", None),
+            "model": adapter.name, **_labels_made_by(adapter), "precision": getattr(adapter, "precision", None),
             "postprocess": getattr(adapter, "postprocess", None), "device": str(getattr(adapter, "device", "")),
             **software_versions()}
+        # the weights that make its results (from_config: ``_weights_made_by``), and their SHA-256's first 12
+        # hex digits, which every entry carries (``checkpoint_id``): a trimmed stream's frames still say them
+        self.weights: dict[str, Any] = {}
+        self.checkpoint_id = ""
         self._announced: dict[str, SegmentFilter | None] = {}  # by source: the filter its last settings event said
         self._publish_settings = publish_settings
         # segments each source's filter dropped, by reason: every series there from the start
@@ -649,10 +656,14 @@ class Runtime:
 
         # what the engine chose, said once: an operator sizing a box reads it here, not in bench only
         # the weights file named too: a checkpoint of one's own runs under its preset's name
+        weights = _weights_made_by(cfg)  # hashed once a process (a batch's runtimes hash it once)
+        checkpoint_id = (weights.get("checkpoint_sha256") or "")[:12]
+        named = ", ".join(x for x in (cfg.model.checkpoint, checkpoint_id and f"sha256 {checkpoint_id}") if x)
         log.info("model %s%s on %s%s, batch %d, %d model worker(s) x %d thread(s), %d usable core(s)",
-                 adapter.name, f" ({cfg.model.checkpoint})" if cfg.model.checkpoint else "", adapter.device,
+                 adapter.name, f" ({named})" if named else "", adapter.device,
                  how_it_ran(getattr(adapter, "precision", None), getattr(adapter, "postprocess", None)),
-                 engine.batch_size, layout.workers, layout.threads, cores)
+                 engine.batch_size, layout.workers, layout.threads, cores,
+                 extra={"model": adapter.name, **weights})
         runtime = cls(
             sources,
             adapter,
@@ -673,8 +684,9 @@ class Runtime:
             threads=kwargs.pop("threads", layout.threads),
             **kwargs,
         )
-        if runtime._publish_settings:  # (a batch's manifest says them, hashed once for the batch)
-            runtime.made_by |= _weights_made_by(cfg)
+        runtime.weights, runtime.checkpoint_id = weights, checkpoint_id
+        if runtime._publish_settings:  # (a batch's manifest says them)
+            runtime.made_by |= weights
         return runtime
 
     def stop(self) -> None:
@@ -1185,6 +1197,7 @@ class Runtime:
                                             f"{given.index} of {given.source}: a per-source stage returns the result "
                                             "it was given")
                     result.run_id = self.run_id
+                    result.checkpoint_id = self.checkpoint_id
                     for event in result.events:
                         event.run_id = self.run_id
                     result.times["staged"] = time.monotonic()
@@ -1432,6 +1445,11 @@ class Runtime:
                        is not None})
         gauge("run_info", "Always 1; the label is this run's run_id, which every entry it publishes carries.", ("run_id",),
               lambda: {(self.run_id,): 1})
+        labels = getattr(self.adapter, "labels", None)
+        gauge("model_info", "Always 1; the labels say the model, its weights file and their SHA-256 (entries carry its "
+              "first 12 hex digits as checkpoint_id), and its label set.", ("model", "checkpoint", "sha256", "labels"),
+              lambda: {(getattr(self.adapter, "name", ""), self.weights.get("checkpoint") or "",
+                        self.weights.get("checkpoint_sha256", ""), getattr(labels, "name", "")): 1})
         counter("track_capacity_refused", "Segments left without a track id: the tracker held tracking.max_tracks.",
                 ("source",), lambda: {(name,): sum(getattr(stage, "capacity_refused", 0)
                                                    for stage in self._stages.get(name, ()))
@@ -1576,6 +1594,8 @@ class Runtime:
                 for name, window in self.metrics.source_latencies().items() if window.count
             },
             run_id=self.run_id,
+            model=getattr(self.adapter, "name", ""),
+            checkpoint_id=self.checkpoint_id,
             sinks=self._sink_status(),
             sink_drop_reasons=frozenset(self._sink_drop_reasons),
             events_abandoned=self.events_abandoned,
@@ -1731,6 +1751,15 @@ def software_versions() -> dict[str, str]:
     return {"segstream": __version__, "torch": torch.__version__, "av": av.__version__,
             "libavcodec": ".".join(map(str, av.library_versions.get("libavcodec", ()))),
             "python": platform.python_version()}
+
+
+def _labels_made_by(adapter) -> dict[str, Any]:
+    """The classes the model names (its label set's name, and the names in class id order), for a
+    source's ``settings`` event: a consumer maps ``class_id`` to them, and a change of classes shows."""
+    labels = getattr(adapter, "labels", None)
+    if labels is None:
+        return {}
+    return {"labels": getattr(labels, "name", None), "classes": list(getattr(labels, "names", ()))}
 
 
 def _weights_made_by(cfg) -> dict[str, Any]:

@@ -258,6 +258,11 @@ def finish(args: argparse.Namespace, report, signals: list[int], save: Callable[
     stopped run's weights so far beside it (with its classes: ``partial.labels.json``; a finished
     model at ``--out`` keeps its own); the facts as JSON on stdout. Returns the exit status."""
     metadata = {k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in facts.items() if v is not None}
+    from segstream.connectors.checkpoints import LABELS_KEY
+
+    # the classes go with the weights: a copy of the weights alone still says which they are (the loader checks)
+    if (names := _class_names(data, facts.get("preset"))) is not None:
+        metadata[LABELS_KEY] = json.dumps(list(names), ensure_ascii=False)
     if report.stopped:
         partial, partial_labels = beside(args.out, "partial.safetensors"), beside(args.out, "partial.labels.json")
         with written(partial):
@@ -283,6 +288,19 @@ def finish(args: argparse.Namespace, report, signals: list[int], save: Callable[
     _say(json.dumps(facts, indent=1), sys.stdout)
     _say(f"weights in {args.out}; run them with  model: {json.dumps(hint)}", sys.stderr)
     return 0
+
+
+def _class_names(data, preset: str | None) -> tuple[str, ...] | None:
+    """The names of the classes a run trained: ``--data``'s, else its preset's (synthetic scenes)."""
+    from segstream.models.label_sets import LabelSet, load_label_set
+    from segstream.models.presets import get_preset
+
+    if data is not None:
+        return data.labels.names
+    if preset is None:
+        return None
+    labels = get_preset(preset).label_set
+    return (labels if isinstance(labels, LabelSet) else load_label_set(labels)).names
 
 
 def _write_labels(path: Path, data, name: str | None) -> None:

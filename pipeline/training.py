@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from segstream.connectors.errors import TrainingDiverged
 from segstream.connectors.output_files import replace_synced
 from segstream.connectors.synthetic import SyntheticScene
 from segstream.models.criterion import LossWeights, Target, mask_classification_loss
@@ -158,8 +159,13 @@ def settings_record(settings, data=None) -> dict:
 def write_safetensors(state: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
     """``state`` as safetensors at ``path``: written beside it and moved into place (an
     interrupted write leaves the old file), readable by all as the umask allows (safetensors
-    itself makes files its owner's only: a container's other user could not read them)."""
+    itself makes files its owner's only: a container's other user could not read them). Weights
+    holding NaN or infinity are never written (``TrainingDiverged``): no loader would take them."""
     from safetensors.torch import save_file
+
+    if bad := [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]:
+        raise TrainingDiverged(f"training diverged: {len(bad)} of the {len(state)} tensors (e.g. {bad[0]}) are NaN "
+                               f"or infinite, so {path} was not written — train again with a lower --lr")
 
     with _replacing(path) as partial:
         save_file(state, str(partial), metadata=metadata)
@@ -373,16 +379,23 @@ def train(settings: TrainSettings, model: EoMT | None = None, progress: bool = T
         targets = [Target(t.classes.to(settings.device), t.masks.to(settings.device)) for t in targets]
         encoder_tokens: list[torch.Tensor] = []
         loss = 0.0
-        for mask_logits, class_logits in model.forward_train(pixels, encoder_tokens):
-            parts = mask_classification_loss(mask_logits, class_logits, targets, settings.weights)
-            loss = loss + sum(parts.values())
+        try:
+            for mask_logits, class_logits in model.forward_train(pixels, encoder_tokens):
+                parts = mask_classification_loss(mask_logits, class_logits, targets, settings.weights)
+                loss = loss + sum(parts.values())
+        except FloatingPointError:
+            raise diverged(step, "the model's predictions are NaN or infinite", optimizer, settings.lr) from None
         if settings.patch_class_weight and encoder_tokens:
             loss = loss + settings.patch_class_weight * patch_classifier.loss(
                 encoder_tokens[0], shares.to(settings.device)
             )
+        if not bool(torch.isfinite(loss)):
+            raise diverged(step, f"the loss is {float(loss)}", optimizer, settings.lr)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_([*model.parameters(), *patch_classifier.parameters()], settings.clip_norm)
+        norm = torch.nn.utils.clip_grad_norm_([*model.parameters(), *patch_classifier.parameters()], settings.clip_norm)
+        if not bool(torch.isfinite(norm)):  # clipping would make the weights NaN
+            raise diverged(step, f"the gradients' norm is {float(norm)}", optimizer, settings.lr)
         optimizer.step()
         losses.append(float(loss.detach()))
         step += 1
@@ -397,9 +410,21 @@ def train(settings: TrainSettings, model: EoMT | None = None, progress: bool = T
     stopped = progress_done < 1
     if stopped and run.state_path is not None:
         run.keep("eomt", settings, modules, optimizer, step, spent_before + seconds)
+    if bad := [name for name, p in model.named_parameters() if not bool(torch.isfinite(p).all())]:
+        raise diverged(step - 1, f"{len(bad)} weights (e.g. {bad[0]}) are NaN or infinite", optimizer, settings.lr)
     model.attn_mask_probs.zero_()
     report = TrainReport(step, spent_before + seconds, losses, step * settings.batch_size, stopped, min(1.0, progress_done))
     return model.eval(), report
+
+
+def diverged(step: int, what: str, optimizer, lr: float) -> TrainingDiverged:
+    """The one line for a run whose numbers became NaN or infinite at ``step`` (counted from 0)."""
+    now = optimizer.param_groups[0]["lr"]
+    if step == 0 and not optimizer.state:  # no update made yet: not the learning rate's doing
+        return TrainingDiverged(f"training failed at its first step: {what}, before any update — the weights it "
+                                "started from (--init) or the pictures are broken; no weights were written")
+    return TrainingDiverged(f"training diverged at step {step + 1}: {what} (--lr {lr:g}, {now:.3g} at that step) — "
+                            "no weights were written; train again with a lower --lr")
 
 
 # The class head's tensors, which another class count shapes otherwise (they start fresh then).

@@ -175,7 +175,7 @@ def test_missing_and_garbage_checkpoints_are_user_errors(tmp_path):
     truncated = tmp_path / "truncated.safetensors"
     save_file({"w": torch.ones(64, 64)}, str(truncated))
     truncated.write_bytes(truncated.read_bytes()[:-100])
-    with pytest.raises(CheckpointError, match="cannot be read"):
+    with pytest.raises(CheckpointError, match="is truncated: its header says"):
         read_state_dict(truncated)
     # a file the system will not read (found reviewing: a traceback); root reads any file, not this one
     with pytest.raises(CheckpointError, match=r"'/proc/self/mem' cannot be read \(Input/output error\)"):

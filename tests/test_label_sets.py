@@ -154,3 +154,12 @@ def test_a_class_name_with_a_lone_surrogate_is_refused(tmp_path):
     path.write_text(json.dumps({"name": "own", "classes": [{"id": 0, "name": "a\ud800", "isthing": True}]}))
     with pytest.raises(ValueError, match=r"classes\[0\] \(id 0\): 'name' holds \\ud800,"):
         read_label_set_file(path)
+
+
+def test_two_classes_of_one_name_are_refused_naming_both_ids(tmp_path):
+    # found probing: two classes named "ball" were taken, and filters.classes: [ball] kept one of them
+    classes = [{"id": 0, "name": "ball", "isthing": True}, {"id": 1, "name": "ball", "isthing": True},
+               {"id": 2, "name": "sky", "isthing": False}]
+    with pytest.raises(ValueError, match=r"classes 0 and 1 are both named 'ball' — give each class a name of its own"):
+        LabelSet.from_dict({"name": "t", "classes": classes})
+

@@ -285,3 +285,56 @@ def test_a_plan_names_what_changes(tmp_path):
     # the top-level filters change every source's that has none of its own
     assert plan(running, cfg([("a", {}), ("b", {"seed": 1}), ("c", {}), ("d", {})],
                              filters={"min_area": 5})).refiltered == ["a", "b", "c", "d"]
+
+
+def test_a_reload_checks_new_weights_as_validate_does_and_sees_a_checkpoint_replaced_on_disk(tmp_path):
+    """Found probing: a corrupt checkpoint, one of another architecture or class count passed a
+    reload ("not applied, they take a restart: model") and then the restart failed; a checkpoint
+    replaced in place was "reloaded: no source changed", nothing said of the model."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from segstream.connectors.checkpoints import read_state_dict, shipped_weights
+    from segstream.pipeline.cli import build_runtime
+    from segstream.pipeline.config import load_config
+    from segstream.pipeline.reload import Reloader
+    from tests.conftest import ColourSegmenter
+
+    weights = tmp_path / "model.safetensors"
+    shutil.copy(shipped_weights(SYNTHETIC_TINY.weights), weights)
+    config = tmp_path / "site.yaml"
+
+    def write(checkpoint: Path) -> None:
+        config.write_text("sources: [{name: cam, type: synthetic, width: 64, height: 48, num_frames: 1}]\n"
+                          f"model: {{preset: {SYNTHETIC_TINY.name}, checkpoint: '{checkpoint}', device: cpu}}\n"
+                          "sinks: {redis: {enabled: false}}\nops: {http: null}\n")
+
+    write(weights)
+    cfg = load_config(config)
+    runtime = build_runtime(cfg, progress=False, adapter=ColourSegmenter())
+    reload = Reloader(runtime, cfg, lambda: load_config(config), config)
+    assert reload() == (True, "reloaded: no source changed (1 unchanged)")
+
+    state = read_state_dict(weights)
+    other_classes = {**state, "class_head.weight": state["class_head.weight"][:4].clone(),
+                     "class_head.bias": state["class_head.bias"][:4].clone()}
+    save_file(other_classes, str(tmp_path / "three.safetensors"))
+    (tmp_path / "cut.safetensors").write_bytes(weights.read_bytes()[:100_000])
+    for broken, said in (("three.safetensors", "does not fit preset synthetic_eomt_tiny_256"),
+                         ("cut.safetensors", "is truncated")):
+        write(tmp_path / broken)
+        applied, line = reload()
+        assert not applied and line.startswith("reload refused, the run goes on unchanged: model.checkpoint: "), line
+        assert said in line and "\n" not in line, line
+
+    write(weights)
+    retrained = {**state, "q.weight": state["q.weight"] + 0.01}
+    save_file(retrained, str(weights))  # in place, under the same name
+    applied, line = reload()
+    assert not applied and line == (f"reloaded: no source changed (1 unchanged); not applied, they take a restart: "
+                                    f"model (its checkpoint {weights} changed on disk since the run read it)")
+    retrained["q.weight"][0, 0] = float("nan")
+    save_file(retrained, str(weights))
+    applied, line = reload()
+    assert not applied and "changed on disk, and checkpoint" in line and "NaN or infinite" in line, line

@@ -470,3 +470,45 @@ def test_under_journald_each_line_carries_its_priority_for_journalctl_p(tmp_path
         env = {**os.environ, "JOURNAL_STREAM": "1:2"}
         subprocess.run([sys.executable, "-c", program, "text"], stderr=stderr, env=env, check=True, timeout=60)
     assert log.read_text().splitlines()[0] == "segstream: an info"
+
+
+def test_every_entry_the_metrics_and_the_start_line_name_the_weights_and_settings_their_classes(tmp_path):
+    """Found probing as an MLOps engineer: only the settings event named the checkpoint, and a
+    stream's trimming (max_age_s, MAXLEN) took it away while its frames stayed: those frames could
+    not be tied to their weights."""
+    from segstream.connectors.checkpoints import file_sha256, shipped_weights
+    from segstream.connectors.redis_reader import read_file
+    from segstream.pipeline.cli import build_runtime
+    from segstream.pipeline.config import validate_config
+    from segstream.pipeline.metrics import RunMetrics
+    from segstream.pipeline.monitoring import OpsServer
+    from tests.conftest import ColourSegmenter
+    from tests.test_monitoring import get, samples
+
+    weights = shipped_weights("synthetic_eomt_tiny_256.safetensors")
+    digest = file_sha256(weights)
+    cfg = validate_config({"sources": [{"name": "cam", "type": "synthetic", "width": 64, "height": 48,
+                                        "num_frames": 3}], "model": {"device": "cpu"},
+                           "sinks": {"redis": {"enabled": False}, "files": {"enabled": True, "dir": str(tmp_path)}}})
+    out = io.StringIO()
+    configure_logging("json", stream=out)
+    metrics = RunMetrics()
+    server = OpsServer(metrics, "127.0.0.1", 0)
+    try:
+        runtime = build_runtime(cfg, progress=False, metrics=metrics, adapter=ColourSegmenter())
+        report = runtime.run()
+        values = samples(get(server.url + "/metrics")[1])
+    finally:
+        server.close()
+        configure_logging("text")
+    entries = list(read_file(tmp_path / "cam.jsonl"))
+    assert len(entries) == 3 and {entry.checkpoint_id for entry in entries} == {digest[:12]}
+    assert values[("segstream_model_info", (("checkpoint", str(weights)), ("labels", "colours"),
+                                            ("model", "colour-threshold"), ("sha256", digest)))] == 1
+    (start,) = [json.loads(line) for line in out.getvalue().splitlines() if '"model colour-threshold' in line]
+    assert start["model"] == "colour-threshold" and start["checkpoint_sha256"] == digest
+    assert digest[:12] in start["message"]
+    assert report.as_dict()["checkpoint_id"] == digest[:12]
+    events = [json.loads(line) for line in (tmp_path / "cam.events.jsonl").read_text().splitlines()]
+    (settings,) = [json.loads(e["data"]) for e in events if e["event"] == "settings"]
+    assert settings["labels"] == "colours" and settings["classes"] == ["square"]

@@ -526,3 +526,50 @@ def test_fine_tuning_starts_from_the_shipped_weights_with_a_fresh_head_for_other
     same = build(preset.config)
     assert start_from(same, preset.weights, family)[1] == []
     assert all(torch.equal(same.state_dict()[k], shipped[k]) for k in shipped)
+
+
+def test_trained_weights_carry_their_class_names_and_a_run_of_other_names_refuses_them(tmp_path, capsys):
+    """Found probing: weights trained on renamed classes, copied without their labels file, ran
+    under the preset's names (the same count: every segment named as another class)."""
+    import argparse
+    import shutil
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from segstream.connectors.checkpoints import check_checkpoint, load_eomt, read_state_dict, shipped_weights
+    from segstream.connectors.errors import CheckpointError
+    from segstream.models.presets import SYNTHETIC_TINY
+    from segstream.pipeline.config import ModelConfig
+    from segstream.pipeline.model_factory import check_model_config
+    from segstream.pipeline.training import TrainReport
+    from segstream.pipeline.train_cli import finish
+
+    shipped = read_state_dict(shipped_weights(SYNTHETIC_TINY.weights))
+    synthetic = load_label_set(SYNTHETIC_TINY.label_set).names
+    renamed = ("ball", *synthetic[1:])
+    args = argparse.Namespace(out=tmp_path / "model.safetensors", name=None)
+    done = TrainReport(3, 1.0, [1.0], 3)
+    for data, names in ((None, synthetic), (argparse.Namespace(labels=LabelSet("renamed", renamed, (True,) * 8)),
+                                            renamed)):
+        if data is not None:
+            data.label_file_data = lambda name: {"name": "renamed", "classes": [
+                {"id": i, "name": n, "isthing": True} for i, n in enumerate(renamed)]}
+        assert finish(args, done, [], lambda path, meta: save_file(shipped, str(path), meta),
+                      {"preset": SYNTHETIC_TINY.name}, data, {"preset": SYNTHETIC_TINY.name}) == 0
+        with safe_open(str(args.out), "pt") as opened:
+            assert json.loads(opened.metadata()["labels"]) == list(names)
+    capsys.readouterr()
+    alone = tmp_path / "alone.safetensors"  # the weights copied without their labels file
+    shutil.copy(args.out, alone)
+    said = (f"checkpoint '{alone}' was trained on other classes than preset synthetic_eomt_tiny_256's label set "
+            f"(synthetic) names (class 0 is 'ball' there, '{synthetic[0]}' here) — set model.labels to the labels "
+            "file its training wrote beside it")
+    for check in (load_eomt, check_checkpoint):
+        with pytest.raises(CheckpointError) as refused:
+            check(SYNTHETIC_TINY, str(alone))
+        assert str(refused.value).startswith(said), refused.value
+    # with its labels: it loads; the shipped weights (no class names written) load as before
+    own = check_model_config(ModelConfig(checkpoint=str(alone), labels=str(args.out.with_name("model.labels.json"))))
+    assert own.label_set.names == renamed and load_eomt(own, str(alone)) is not None
+    check_checkpoint(SYNTHETIC_TINY)

@@ -177,3 +177,35 @@ def test_saved_weights_carry_the_architecture(tmp_path):
     with safe_open(str(tmp_path / "m.safetensors"), "pt") as f:
         meta = f.metadata()
     assert meta["format"] == "segstream" and '"dim": 48' in meta["config"] and meta["steps"] == "3"
+
+
+def test_a_run_that_diverges_stops_in_one_line_naming_the_step_and_writes_nothing(tmp_path):
+    # found probing: --lr 10 wrote weights of 110 NaN tensors with exit 0; --lr 1e4 died in scipy's matching
+    import pytest
+
+    from segstream.connectors.errors import TrainingDiverged
+
+    settings = TrainSettings(config=smoke_config(), steps=3, batch_size=1, fixed_batch=True, lr=1e6, warmup=0.0)
+    with pytest.raises(TrainingDiverged) as diverged:
+        train(settings, progress=False)
+    line = str(diverged.value)
+    assert line.startswith("training diverged at step 2: ") and "lower --lr" in line and "\n" not in line, line
+    model = EoMT(smoke_config())
+    with torch.no_grad():
+        model.q.weight.fill_(float("nan"))
+    with pytest.raises(TrainingDiverged, match="at its first step: the model's predictions are NaN or infinite"):
+        train(TrainSettings(config=smoke_config(), steps=1, batch_size=1, fixed_batch=True), model=model,
+              progress=False)
+    with pytest.raises(TrainingDiverged, match=r"1 of the \d+ tensors \(e.g. q.weight\) are NaN or infinite"):
+        save_model(model, tmp_path / "model.safetensors", {})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_matching_refuses_predictions_that_are_not_finite():
+    import pytest
+
+    target = Target(torch.tensor([1]), torch.ones(1, 4, 4))
+    logits = torch.zeros(3, 4, 4)
+    logits[0, 0, 0] = float("nan")
+    with pytest.raises(FloatingPointError, match="NaN or infinity"):
+        match(logits, torch.zeros(3, 4), target, LossWeights())
