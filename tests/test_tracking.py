@@ -68,7 +68,7 @@ def test_a_scaled_label_map_is_tracked_as_its_frame_size_map():
     for frame in range(30):
         things = [(DISC, 20 + 3 * frame, 60, 12), (BOX, 140 - 2 * frame, 30, 9), (DISC, 80, 90 - frame, 7)]
         label_map, ids, classes, isthing, _ = scene(things)
-        scaled, _, boxes = frame_label_map(label_map, int(ids.max()) + 1, (720, 1280))
+        scaled, _, boxes, _ = frame_label_map(label_map, int(ids.max()) + 1, (720, 1280))
         assert isinstance(scaled, ScaledLabelMap)
         a = scaled_tracker.update(frame, scaled, ids, classes, isthing, None, boxes[ids])
         b = full_tracker.update(frame, scaled.full(), ids, classes, isthing, None, boxes[ids])

@@ -5,7 +5,7 @@
     client = connect("redis://localhost:6379/0")          # rediss://, password=, username=, tls=
     # behind Sentinel: connect("redis+sentinel://s1:26379,s2:26379/mymaster", sentinel=SentinelAuth(password=...))
     for entry in client.frames("cam0"):                   # every new frame entry, in order
-        things = entry.segments[entry.segments.isthing]   # columns: ids, labels, track_ids, boxes...
+        things = entry.segments[entry.segments.isthing]   # columns: ids, labels, track_ids, boxes, centroids...
         print(entry.frame, things.labels, things.track_ids)   # -1 (NO_TRACK): not tracked yet
         tracked = things.track_ids[things.track_ids >= 0]
         mask = entry.track_mask(int(tracked[0])) if len(tracked) else None
