@@ -23,7 +23,9 @@ import numpy as np
 import zstandard
 
 from segstream.connectors.errors import WireFormatError
-from segstream.models.results import NO_TRACK, Event, FrameResult, Level, ScaledLabelMap, Segments, map_centroids
+from segstream.models.results import (
+    NO_TRACK, Event, FrameResult, Level, ScaledLabelMap, Segments, centroid_value, map_centroids,
+)
 
 log = logging.getLogger("segstream.sinks")
 
@@ -166,11 +168,12 @@ def _segment_records(result: FrameResult) -> list[dict]:
     """Each segment's object (``SEGMENT_KEYS``), its centroid measured on the label map where the
     segments came without one (built by hand, or read from an entry written before centroids)."""
     segments = result.segments
-    unknown = np.isnan(segments.centroids).any(axis=1)
-    if unknown.any() and result.segment_map is not None:
-        segments = segments[np.arange(len(segments))]  # new columns: the result's stay as they are
-        segments.centroids[unknown] = map_centroids(result.segment_map, segments.ids[unknown])
-    return [{key: segment[key] for key in SEGMENT_KEYS} for segment in segments]
+    records = [{key: segment[key] for key in SEGMENT_KEYS} for segment in segments]
+    unknown = np.flatnonzero(np.isnan(segments.centroids).any(axis=1))
+    if len(unknown) and result.segment_map is not None:  # the result's own column stays as it is
+        for row, point in zip(unknown, map_centroids(result.segment_map, np.asarray(segments.ids)[unknown])):
+            records[row][_CENTROID_KEY] = centroid_value(point)
+    return records
 
 
 def _polygons(label_map: np.ndarray, ids: list[int]) -> Iterator[list[list[int]]]:

@@ -129,7 +129,7 @@ class Segments:
                 "query": int(self.queries[i]),
                 "track_id": int(self.track_ids[i]),
                 "track_age": int(self.track_ages[i]),
-                "centroid": _point(self.centroids[i]),
+                "centroid": centroid_value(self.centroids[i]),
             }
 
     def index_of(self, segment_id: int) -> int:
@@ -186,7 +186,7 @@ class ScaledLabelMap:
         return self.decided[self.rows[::stride]][:, self.cols[::stride]]
 
 
-def _point(xy: np.ndarray) -> list[float] | None:
+def centroid_value(xy: np.ndarray) -> list[float] | None:
     """A centroid as JSON takes it: ``[x, y]`` to 0.1 pixel, None when unknown."""
     return None if np.isnan(xy).any() else [round(float(xy[0]), 1), round(float(xy[1]), 1)]
 
