@@ -65,7 +65,7 @@ def main() -> None:
     # What fast post-processing publishes: a map decided at the model's size (here 360x640, a
     # 640 input), encoded without building the frame-size map; pycocotools encodes that map.
     decided = cv2.resize(labels, (640, 360), interpolation=cv2.INTER_NEAREST_EXACT)
-    scaled, _, _ = frame_label_map(decided, max(ids) + 1, (h, w))
+    scaled, _, _, _ = frame_label_map(decided, max(ids) + 1, (h, w))
     scaled_ids = [int(i) for i in np.unique(decided)]
     frame_map = scaled.full()
 
@@ -91,7 +91,7 @@ def main() -> None:
 def entries(labels: np.ndarray, ids: list[int]) -> None:
     """Whole stream entries of the label map, in each mask encoding."""
     h, w = labels.shape
-    _, areas, boxes = frame_label_map(labels, max(ids) + 1, (h, w))
+    _, areas, boxes, _ = frame_label_map(labels, max(ids) + 1, (h, w))
     segments = Segments.build(
         ids=ids, class_ids=ids, labels=[f"class{i}" for i in ids], isthing=[i > 0 for i in ids],
         areas=areas[ids], boxes=boxes[ids],

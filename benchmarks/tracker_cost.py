@@ -40,7 +40,7 @@ def frames(things: int, count: int, seed: int = 0):
             cv2.ellipse(label_map, (int(centres[i, 0]), int(centres[i, 1])), (int(axes[i, 0]), int(axes[i, 1])),
                         0, 0, 360, i + 2, -1)
         total = things + 2
-        _, areas, boxes = frame_label_map(label_map, total, label_map.shape)
+        _, areas, boxes, _ = frame_label_map(label_map, total, label_map.shape)
         present = np.flatnonzero(areas > 0)
         classes = np.where(present < 2, present, 2 + present % 4)
         noisy = embeddings[np.clip(present - 2, 0, None)] + rng.normal(0, 0.2, (len(present), 256)).astype(np.float32)

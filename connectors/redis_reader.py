@@ -68,6 +68,7 @@ else:
 _Item = TypeVar("_Item")  # what a reader hands over: Entry or EventEntry
 _Frames = TypeVar("_Frames")  # what a client's frames() returns (the sync or the asyncio readers)
 _Events = TypeVar("_Events")
+_InOrder = TypeVar("_InOrder")  # what a client's frames_and_events() returns
 
 log = logging.getLogger("segstream.client")
 
@@ -433,7 +434,7 @@ def _run(steps: Iterator, redis_client: redis.Redis, pause: Callable[[float], bo
             error = failed
 
 
-class _ClientBase(Generic[_Frames, _Events]):
+class _ClientBase(Generic[_Frames, _Events, _InOrder]):
     """What ``Client`` and ``segstream.client.aio.Client`` share: the streams' names, what a
     subscription's arguments mean, and how an outage is ridden out (when to warn, wait, give up)."""
 
@@ -455,6 +456,7 @@ class _ClientBase(Generic[_Frames, _Events]):
 
     _subscription_class: type
     _fan_in_class: type
+    _in_order_class: type
 
     def _subscribe(self, name_pattern: str, parse, source, stream, *, start: str, group: str | None,
                    consumer: str | None, claim_idle_ms: int | None, count: int, block_ms: int,
@@ -496,6 +498,17 @@ class _ClientBase(Generic[_Frames, _Events]):
         return self._subscribe(self.events_pattern, _event_entry, source, stream, start=start, group=group,
                                consumer=consumer, claim_idle_ms=claim_idle_ms, count=count, block_ms=block_ms,
                                discover_s=discover_s)
+
+    def frames_and_events(self, source: str, *, start: str = "$", count: int = 100,
+                          block_ms: int = 1000) -> _InOrder:
+        """The frames and events of one ``source`` together, each event after the frame entry it
+        was written at: see ``InOrder``. ``start`` as for ``frames`` (an entry id: both streams
+        from that time on)."""
+        if not isinstance(source, str) or _is_glob(source):
+            raise ValueError("frames_and_events reads one source: name it (no list, no glob)")
+        return self._in_order_class(self, stream_name(self.stream_pattern, source),
+                                    stream_name(self.events_pattern, source), start=start, count=count,
+                                    block_ms=block_ms)
 
     def _newest_targets(self, source, stream, idle_s: float | None) -> tuple[list[str], str | None]:
         """The streams (or the glob) ``follow_newest`` watches."""
@@ -594,7 +607,8 @@ _REFUSED_LOGIN = (redis.AuthenticationError, redis.exceptions.AuthorizationError
 _UNREACHABLE = (redis.ConnectionError, redis.TimeoutError, OSError)
 
 
-class Client(_ClientBase["Subscription[Entry] | FanIn[Entry]", "Subscription[EventEntry] | FanIn[EventEntry]"]):
+class Client(_ClientBase["Subscription[Entry] | FanIn[Entry]", "Subscription[EventEntry] | FanIn[EventEntry]",
+                         "InOrder"]):
     """A connection to the Redis that segstream publishes to, and the streams of its sources.
 
     Every read retries through connection losses, waiting with backoff and jitter (up to
@@ -1211,8 +1225,131 @@ class FanIn(_Feed[_Item], _FanInSteps[_Item]):
         self._begin()
 
 
+class _Waiting(NamedTuple):
+    """An event read and not yet handed over: where it goes among the frames."""
+
+    entry_id: str
+    fields: dict
+    run: bytes | None  # its run_id
+    frame: int | None  # the frame it was written at (data.frame); None for a source's states
+    millis: int  # Redis's clock when it was written
+    ts: float  # when it happened (Unix seconds)
+
+
+class _InOrderSteps(_FanInSteps[Any]):
+    """An ``InOrder``'s reads and ordering, without I/O (see ``InOrder``)."""
+
+    def __init__(self, client: _ClientBase, frames: str, events: str, *, start: str, count: int, block_ms: int):
+        def parse(entry_id: str, stream: str, fields, subscription) -> Entry | EventEntry:
+            return (_event_entry if stream == events else _frame_entry)(entry_id, stream, fields, subscription)
+
+        super().__init__(client, parse, streams=[frames, events], start=start, count=count, block_ms=block_ms)
+        self.frames_stream, self.events_stream = frames, events
+        self._waiting: deque[_Waiting] = deque()  # events read, in their stream's order
+        self._runs_passed: set[bytes | None] = set()  # runs whose frames were handed over before another run's
+        self._frames_run: bytes | None = None  # the run of the last frame handed over
+
+    def _read_steps(self, count: int, block_ms: int | None) -> Iterator:
+        frames_member, events_member = self.members[self.frames_stream], self.members[self.events_stream]
+        block = self.client._fitted_block(block_ms)
+        frames: list[tuple[str, dict]] = []
+        while True:
+            reply = yield _command("xread", {name: member._position for name, member in self.members.items()},
+                                   count=count, block=block)
+            batches = dict(_batches(reply))
+            read, events = batches.get(self.frames_stream, []), batches.get(self.events_stream, [])
+            yield from frames_member._advance_steps(read)
+            frames += read
+            yield from self._wait_steps(events)
+            if block is None or not (read or events):
+                break
+            # A blocked XREAD wakes with the stream written first only: look at both again at once.
+            block = None
+        # This last read saw both streams at one moment, and every event written before its frames
+        # was read (on to the events stream's end, where it filled its count).
+        complete = len(events) < count
+        while len(events) >= count:
+            events = _entries((yield _command("xread", {self.events_stream: events_member._position}, count=count)))
+            yield from self._wait_steps(events)
+        ordered: list[tuple[str, str, dict]] = []
+        for entry_id, fields in frames:
+            frame = _frame_of(fields)
+            ordered += self._released(lambda e: _before(e, entry_id, fields, frame, self._runs_passed))
+            ordered.append((self.frames_stream, entry_id, fields))
+            if frame is not None:
+                if frame[0] != self._frames_run and self._frames_run is not None:
+                    self._runs_passed.add(self._frames_run)
+                self._frames_run = frame[0]
+                ordered += self._released(lambda e: e.frame is not None and e.run == frame[0] and e.frame <= frame[1])
+        if len(read) < count and complete:
+            # That read found the frames stream's end, and every event written by then: their frames
+            # are all handed over.
+            ordered += self._released(lambda e: True)
+        self._held.extend(ordered)
+        return self._take_held()
+
+    def _wait_steps(self, events: list[tuple[str, dict]]) -> Iterator:
+        yield from self.members[self.events_stream]._advance_steps(events)
+        self._waiting.extend(_waiting(entry_id, fields) for entry_id, fields in events if fields)
+
+    def _released(self, goes: Callable[[_Waiting], bool]) -> list[tuple[str, str, dict]]:
+        """The waiting events from the oldest on, while ``goes`` says each may go now."""
+        out = []
+        while self._waiting and goes(self._waiting[0]):
+            event = self._waiting.popleft()
+            out.append((self.events_stream, event.entry_id, event.fields))
+        return out
+
+
+def _waiting(entry_id: str, fields: dict) -> _Waiting:
+    return _Waiting(entry_id, fields, fields.get(b"run_id"), _event_frame(fields), _millis(entry_id),
+                    _seconds(fields, b"ts"))
+
+
+def _seconds(fields: dict, name: bytes) -> float:
+    """A time field of an entry; NaN where it has none, or not a number."""
+    try:
+        return float(fields[name])
+    except (KeyError, TypeError, ValueError):
+        return math.nan
+
+
+def _before(event: _Waiting, frame_id: str, fields: dict, frame: tuple[bytes | None, int] | None,
+            runs_passed: set[bytes | None]) -> bool:
+    """Whether ``event`` goes before the frame entry ``frame_id`` (its ``fields``, run and number,
+    if it has them): an event of the frame's run by its frame number; else one of a run whose
+    frames are over; else (a state, another run's event) by Redis's clock, and within one
+    millisecond (a batch's) by the time it happened against the frame's capture."""
+    if frame is not None and event.frame is not None and event.run == frame[0]:
+        return event.frame < frame[1]
+    if frame is not None and event.run != frame[0] and event.run in runs_passed:
+        return True
+    millis = _millis(frame_id)
+    return event.millis < millis or (event.millis == millis and event.ts < _seconds(fields, b"capture_ts"))
+
+
+class InOrder(_Feed[Any], _InOrderSteps):
+    """A source's frames and events in one order: each event right after the entry of the frame
+    it was written at (its ``data.frame``), as the pipeline wrote them. Redis entry ids order
+    entries within one stream only (a frame and its events often share a millisecond), so an
+    event waits until the frames read have reached its frame; events without a frame (a source's
+    ``state``) keep their place behind the events before them and go before the first frame
+    written after them (by Redis's clock). An event whose frame never comes (a frame the pipeline
+    dropped, the end of a source) goes once the frames stream has been read to its end after it.
+
+    One blocking XREAD reads both streams; iterate, or ``read()``, as a ``Subscription``: items
+    are ``Entry`` (a frame) and ``EventEntry`` (an event; ``isinstance`` or ``hasattr(item, "kind")``
+    tells them apart). ``members`` keeps each stream's position, ``trimmed`` and ``lost``; no
+    consumer groups."""
+
+    def __init__(self, client: Client, frames: str, events: str, *, start: str, count: int, block_ms: int):
+        super().__init__(client, frames, events, start=start, count=count, block_ms=block_ms)
+        self._begin()
+
+
 Client._subscription_class = Subscription
 Client._fan_in_class = FanIn
+Client._in_order_class = InOrder
 
 
 class StreamReader:
@@ -1673,11 +1810,18 @@ def _time_order(item: tuple[str, str, dict]) -> tuple[int, float, int]:
     frame = _frame_of(fields)
     if frame is not None and b"event" not in fields:
         return _millis(entry_id), frame[1], 0
+    written_at = _event_frame(fields)
+    return _millis(entry_id), math.inf if written_at is None else float(written_at), 1
+
+
+def _event_frame(fields: dict) -> int | None:
+    """The frame an events entry was written at (its ``data.frame``); None for events without one
+    (a source's states) and entries that do not say."""
     try:
         written_at = json.loads(fields[b"data"]).get("frame")
+        return None if written_at is None else int(written_at)
     except (KeyError, TypeError, ValueError, AttributeError):
-        written_at = None
-    return _millis(entry_id), math.inf if written_at is None else float(written_at), 1
+        return None
 
 
 def _frame_of(fields: dict) -> tuple[bytes | None, int] | None:

@@ -28,13 +28,13 @@ from segstream.connectors.errors import SinkError
 from segstream.connectors.redis_connection import SentinelAuth, TlsFiles, connect_redis_async, redis_address
 from segstream.connectors.redis_reader import (
     _MAX_BLOCK_MS, _REFUSED_LOGIN, _UNREACHABLE, Entry, EventEntry, _ClientBase, _Emit,
-    _FanInSteps, _fresh, _key_in, _named_entry, _nearest_steps, _one_stream, _Outage, _patience, _Pause, _StillDown,
+    _FanInSteps, _fresh, _InOrderSteps, _key_in, _named_entry, _nearest_steps, _one_stream, _Outage, _patience, _Pause, _StillDown,
     _Stopped, _SubscriptionSteps, _wait_within, _Item,
     _warn_if_missing_steps, reader_options,
 )
 from segstream.connectors.redis_wire import DEFAULT_EVENTS_PATTERN, DEFAULT_STREAM_PATTERN
 
-__all__ = ["AsyncEntry", "AsyncEventEntry", "Client", "FanIn", "Subscription", "connect"]
+__all__ = ["AsyncEntry", "AsyncEventEntry", "Client", "FanIn", "InOrder", "Subscription", "connect"]
 
 # This reader's entries: their ack() is awaited (``await entry.ack()``).
 AsyncEntry = Entry[Awaitable[int]]
@@ -64,7 +64,7 @@ async def connect(
 
 
 class Client(_ClientBase["Subscription[AsyncEntry] | FanIn[AsyncEntry]",
-                         "Subscription[AsyncEventEntry] | FanIn[AsyncEventEntry]"]):
+                         "Subscription[AsyncEventEntry] | FanIn[AsyncEventEntry]", "InOrder"]):
     """``segstream.client.Client`` on a ``redis.asyncio.Redis``: every read awaited, riding out
     connection losses the same way; ``stop()`` ends iterations, ``close()`` also the connections."""
 
@@ -278,5 +278,10 @@ class FanIn(_Feed[_Item], _FanInSteps[_Item]):
     """``segstream.client.FanIn`` for ``async for``: many streams, or a glob, in one XREAD."""
 
 
+class InOrder(_Feed[Any], _InOrderSteps):
+    """``segstream.client.InOrder`` for ``async for``: a source's frames and events in one order."""
+
+
 Client._subscription_class = Subscription
 Client._fan_in_class = FanIn
+Client._in_order_class = InOrder

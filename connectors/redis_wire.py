@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import math
 import time
 from collections.abc import Iterator
 from fractions import Fraction
@@ -22,7 +23,9 @@ import numpy as np
 import zstandard
 
 from segstream.connectors.errors import WireFormatError
-from segstream.models.results import NO_TRACK, Event, FrameResult, Level, ScaledLabelMap, Segments
+from segstream.models.results import (
+    NO_TRACK, Event, FrameResult, Level, ScaledLabelMap, Segments, centroid_value, map_centroids,
+)
 
 log = logging.getLogger("segstream.sinks")
 
@@ -38,7 +41,9 @@ _REQUIRED_FIELDS = (
 _SEGMENT_KEYS = ("id", "class_id", "label", "isthing", "score", "area", "box")
 # Written by every writer since tracking; a reader takes their absence as "not tracked".
 _TRACK_KEYS = ("track_id", "track_age")
-SEGMENT_KEYS = _SEGMENT_KEYS + _TRACK_KEYS  # a segment object's keys, its mask (``rle``) aside
+# Written by writers since centroids ([x, y]; null: no pixels); absent: unknown (NaN).
+_CENTROID_KEY = "centroid"
+SEGMENT_KEYS = _SEGMENT_KEYS + _TRACK_KEYS + (_CENTROID_KEY,)  # a segment object's keys, its mask (``rle``) aside
 # Largest frame an entry may claim: bounds the memory a malformed entry can make us allocate.
 _MAX_PIXELS = 16384 * 16384
 # Most hierarchy levels an entry may hold (SeNaTra has 3); bounds the same memory.
@@ -83,7 +88,7 @@ def to_wire(result: FrameResult, mask_encoding: str = "rle", publish_ts: float |
             f"segment ids of {result.source} frame {result.index} must be distinct and >= 0, got {ids}"
         )
 
-    records = [{key: segment[key] for key in SEGMENT_KEYS} for segment in segments]
+    records = _segment_records(result)
     fields: dict[str, bytes | str] = {
         "v": str(SCHEMA_VERSION),
         "run_id": result.run_id,
@@ -131,7 +136,7 @@ def result_record(result: FrameResult, masks: str | None = None) -> dict:
     OpenCV); None, no masks."""
     if masks is not None and masks not in RECORD_MASKS:
         raise ValueError(f"masks={masks!r}: use 'rle', 'polygons' or None")
-    segments = [{key: segment[key] for key in SEGMENT_KEYS} for segment in result.segments]
+    segments = _segment_records(result)
     if masks is not None:
         label_map = result.segment_map
         if label_map is None:
@@ -159,6 +164,18 @@ def result_record(result: FrameResult, masks: str | None = None) -> dict:
             for level in result.levels
         ]
     return record
+
+
+def _segment_records(result: FrameResult) -> list[dict]:
+    """Each segment's object (``SEGMENT_KEYS``), its centroid measured on the label map where the
+    segments came without one (built by hand, or read from an entry written before centroids)."""
+    segments = result.segments
+    records = [{key: segment[key] for key in SEGMENT_KEYS} for segment in segments]
+    unknown = np.flatnonzero(np.isnan(segments.centroids).any(axis=1))
+    if len(unknown) and result.segment_map is not None:  # the result's own column stays as it is
+        for row, point in zip(unknown, map_centroids(result.segment_map, np.asarray(segments.ids)[unknown])):
+            records[row][_CENTROID_KEY] = centroid_value(point)
+    return records
 
 
 def _polygons(label_map: np.ndarray, ids: list[int]) -> Iterator[list[list[int]]]:
@@ -642,7 +659,8 @@ def _parse_segments(blob: str, mask_encoding: str) -> tuple[Segments, list[dict]
                 raise ValueError("box needs 4 numbers")
             row = (int(item["id"]), int(item["class_id"]), str(item["label"]), bool(item["isthing"]),
                    float(item["score"]), int(item["area"]), box,
-                   int(item.get("track_id", NO_TRACK)), int(item.get("track_age", 0)))
+                   int(item.get("track_id", NO_TRACK)), int(item.get("track_age", 0)),
+                   _centroid(item.get(_CENTROID_KEY)))
             # Ids, classes, boxes and ages are int32 columns, areas and track ids int64: beyond,
             # numbers would not fit.
             if not all(-(2**31) <= v < 2**31 for v in (row[0], row[1], *box, row[8])) or not all(
@@ -662,13 +680,22 @@ def _parse_segments(blob: str, mask_encoding: str) -> tuple[Segments, list[dict]
                     f"segment {position} lacks 'rle' {{size, counts}} required by mask_encoding 'rle'"
                 )
             rles.append(rle)
-    columns = list(zip(*rows)) if rows else [[]] * 9
+    columns = list(zip(*rows)) if rows else [[]] * 10
     segments = Segments.build(
         ids=columns[0], class_ids=columns[1], labels=columns[2], isthing=columns[3],
         scores=columns[4], areas=columns[5], boxes=np.array(columns[6], dtype=np.int64).reshape(-1, 4),
-        track_ids=columns[7], track_ages=columns[8],
+        track_ids=columns[7], track_ages=columns[8], centroids=np.array(columns[9], np.float64).reshape(-1, 2),
     )
     return segments, rles
+
+
+def _centroid(value) -> tuple[float, float]:
+    """A segment object's ``centroid``: ``[x, y]``; NaN for null (no pixels) or absent (older writers)."""
+    if value is None:
+        return math.nan, math.nan
+    if isinstance(value, (str, bytes, dict)) or len(value) != 2:
+        raise ValueError("centroid needs 2 numbers")
+    return float(value[0]), float(value[1])
 
 
 def _text(value: bytes | str) -> str:

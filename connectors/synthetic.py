@@ -578,10 +578,10 @@ def _thing_texture(rng: np.random.Generator, class_id: int, radius: float, grain
 
 def truth_result(label_map: np.ndarray, rows: list[tuple[int, bool, int, int]], index: int = 0) -> FrameResult:
     """Ground truth as a ``FrameResult``: segment i has id i and ``rows[i]`` = (class id,
-    isthing, track id, area); boxes are measured on the label map."""
+    isthing, track id, area); boxes and centroids are measured on the label map."""
     height, width = label_map.shape
     class_ids = [r[0] for r in rows]
-    _, _, boxes = frame_label_map(label_map, len(rows), (height, width))
+    _, _, boxes, centroids = frame_label_map(label_map, len(rows), (height, width))
     segments = Segments.build(
         ids=range(len(rows)),
         class_ids=class_ids,
@@ -590,6 +590,7 @@ def truth_result(label_map: np.ndarray, rows: list[tuple[int, bool, int, int]], 
         areas=[r[3] for r in rows],
         boxes=boxes,
         track_ids=[r[2] for r in rows],
+        centroids=centroids,
     )
     return FrameResult(source="", index=index, width=width, height=height, segment_map=label_map, segments=segments)
 

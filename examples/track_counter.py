@@ -3,7 +3,8 @@
     python examples/track_counter.py --url redis://localhost:6379/0 --source cam0 --consumer worker-1
 
 Run as many as you like with the same --group: each events entry goes to one of them. A
-``track_started`` adds one to its class in the Redis hash ``segstream:<source>:track_counts``
+thing's ``track_started`` (stuff, as sky or grass, has one track per class for the whole run and
+is not counted unless --stuff is given) adds one to its class in the Redis hash ``segstream:<source>:track_counts``
 (``<run id>|<label>`` started, ``<run id>|<label>:ended`` ended), in one Lua script with the XACK,
 so an entry is counted exactly once even when a crashed worker's entries are claimed by another
 (after --claim-idle-ms) or delivered twice. Counts are kept per pipeline run: a run that was
@@ -56,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="take over entries another worker left pending this long (default %(default)s)")
     parser.add_argument("--start", default="0", help="where a new group starts: 0 (all kept) or $ (from now)")
     parser.add_argument("--idle-exit", type=float, default=None, metavar="S", help="exit after S s without events")
+    parser.add_argument("--stuff", action="store_true",
+                        help="count stuff tracks too (sky, road: one per class and run, not objects)")
     args = parser.parse_args(argv)
     try:
         client = connect(args.url, args.password, username=args.username, events_pattern=args.events_stream)
@@ -83,12 +86,14 @@ def main(argv: list[str] | None = None) -> int:
             for event in batch:
                 last_event = time.monotonic()
                 field = None
-                if event.kind == "track_started":
+                # stuff (sky, grass) has one track per class for the whole run: not an object to count
+                counted_class = args.stuff or event.data.get("isthing", True)
+                if event.kind == "track_started" and counted_class:
                     field = f"{event.run_id}|{event.data['label']}"
-                elif event.kind == "track_ended":
+                elif event.kind == "track_ended" and counted_class:
                     field = f"{event.run_id}|{event.data['label']}:ended"
                 if field is None:
-                    events.ack(event)  # other kinds (source states) are not ours to count
+                    events.ack(event)  # other kinds (source states), and stuff, are not ours to count
                     continue
                 counted += client.call(count_once, keys=[events.stream, counts_key],
                                        args=[args.group, event.id, field])

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from segstream.connectors.errors import FrameError
-from segstream.models.results import ScaledLabelMap
+from segstream.models.results import ScaledLabelMap, segment_moments
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -240,55 +240,28 @@ def scale_label_map(label_map: np.ndarray, height: int, width: int) -> Tensor:
 
 def frame_label_map(
     small: np.ndarray, count: int, frame: tuple[int, int]
-) -> tuple[np.ndarray | ScaledLabelMap, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray | ScaledLabelMap, np.ndarray, np.ndarray, np.ndarray]:
     """A decided label map (host, int32) brought to frame size by nearest neighbour, and the
-    areas (int64) and (x0, y0, x1, y1) boxes (int32, x1/y1 exclusive) of its segments 0..count-1.
+    areas (int64), (x0, y0, x1, y1) boxes (int32, x1/y1 exclusive) and (x, y) centroids (float64,
+    to 0.1 pixel: ``segment_moments``) of its segments 0..count-1.
 
     The map comes back as is when it already has the frame's size, else as a ``ScaledLabelMap``
-    (the frame-size array is built only where something reads ``label_map``). Areas and boxes
-    come from the small map, each of its lines weighted by how many frame lines copy it: exactly
-    what the full-size map holds, at the small map's cost.
+    (the frame-size array is built only where something reads ``label_map``). Areas, boxes and
+    centroids come from the small map, each of its lines weighted by how many frame lines copy
+    it: exactly what the full-size map holds, at the small map's cost.
     """
     h, w = small.shape
     height, width = frame
     if (h, w) == (height, width):
-        kept, rows, cols = small, np.arange(h), np.arange(w)
+        kept, rows, cols = small, None, None
     else:
         rows, cols = nearest_index(h, height), nearest_index(w, width)
         kept = ScaledLabelMap(small, rows, cols)
-    areas = np.zeros(count, np.int64)
-    boxes = np.zeros((count, 4), np.int32)
-    if count == 0:
-        return kept, areas, boxes
-    row_repeat = np.bincount(rows, minlength=h)
-    col_repeat = np.bincount(cols, minlength=w)
+    row_repeat = None if rows is None else np.bincount(rows, minlength=h)
+    col_repeat = None if cols is None else np.bincount(cols, minlength=w)
     ids = np.where((small >= 0) & (small < count), small, count)  # count: no segment
-    weights = (row_repeat[:, None] * col_repeat[None, :]).ravel()
-    areas[:] = np.bincount(ids.ravel(), weights=weights, minlength=count + 1)[:count].round()
-    # Lines the frame does not copy (a frame smaller than the decided map) must not count in the
-    # other direction either: a segment seen in a column only on skipped rows is not in that column.
-    shown_rows, shown_cols = row_repeat > 0, col_repeat > 0
-    ids = ids[shown_rows][:, shown_cols]
-    y0, y1 = _line_extent(ids, count, row_repeat[shown_rows])
-    x0, x1 = _line_extent(ids.T, count, col_repeat[shown_cols])
-    present = areas > 0
-    boxes[present] = np.stack((x0, y0, x1, y1), axis=1)[present]
-    return kept, areas, boxes
-
-
-def _line_extent(ids: np.ndarray, count: int, repeat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """First and one-past-last output line holding each segment, from a lines x ids presence
-    table (one bincount over the map) and where each source line lands in the output (every
-    line of ``ids`` is copied at least once: ``repeat`` > 0)."""
-    lines = ids.shape[0]
-    offsets = np.arange(lines)[:, None] * (count + 1)
-    present = np.bincount((ids + offsets).ravel(), minlength=lines * (count + 1)).reshape(lines, count + 1)[:, :count]
-    present = present > 0
-    end = np.cumsum(repeat)
-    start = end - repeat
-    first = np.where(present, start[:, None], end[-1]).min(0)
-    last = np.where(present, end[:, None], 0).max(0)
-    return first, last
+    areas, boxes, centroids = segment_moments(ids, count, row_repeat, col_repeat)
+    return kept, areas, boxes, centroids
 
 
 # --- post-processing -------------------------------------------------------------------------

@@ -5,8 +5,9 @@ sink and the wire format read it, the wire decoder and the synthetic ground trut
 Everything is numpy; conversions to other formats live at the edges
 (``segstream.connectors.redis_wire.to_wire`` / ``from_wire``).
 
-Units: pixels of the original frame for ``label_map``, ``areas`` and ``boxes`` (x0, y0, x1, y1,
-x1/y1 exclusive); ``pts`` in units of ``time_base`` (stream time), ``pts_seconds`` and
+Units: pixels of the original frame for ``label_map``, ``areas``, ``boxes`` (x0, y0, x1, y1,
+x1/y1 exclusive) and ``centroids`` (x, y in the boxes' coordinates: pixel (x, y) spans x to
+x + 1, so its centre is x + 0.5); ``pts`` in units of ``time_base`` (stream time), ``pts_seconds`` and
 ``capture_ts`` / ``publish_ts`` in seconds (the last two Unix time).
 """
 
@@ -36,7 +37,9 @@ class Segments:
     ``ids`` are the segments' values in the frame's label map (distinct, >= 0); ``queries`` the
     model query that produced each (-1 when none did); ``embeddings`` S x D (D may be 0);
     ``track_ids`` the identity a tracker gave each segment across frames (``NO_TRACK`` until
-    one does), ``track_ages`` how many frames that track has been seen.
+    one does), ``track_ages`` how many frames that track has been seen; ``centroids`` S x 2, the
+    mean (x, y) of each mask's pixel centres, to 0.1 pixel (NaN where unknown: not measured, or
+    read from an entry written before centroids).
     """
 
     ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
@@ -50,6 +53,7 @@ class Segments:
     embeddings: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
     track_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     track_ages: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
+    centroids: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.float64))
 
     @classmethod
     def build(
@@ -65,9 +69,10 @@ class Segments:
         embeddings: np.ndarray | None = None,
         track_ids: Sequence[int] | np.ndarray | None = None,
         track_ages: Sequence[int] | np.ndarray | None = None,
+        centroids: Sequence[Sequence[float]] | np.ndarray | None = None,
     ) -> Segments:
         """Columns from sequences; a column left out gets its neutral value for every segment
-        (score 1, area 0, empty box, no query, no embedding, no track)."""
+        (score 1, area 0, empty box, no query, no embedding, no track, unknown centroid)."""
         n = len(ids)
         label_column = np.empty(n, object)
         label_column[:] = [str(label) for label in labels]
@@ -84,6 +89,7 @@ class Segments:
             else np.asarray(embeddings, np.float32).reshape(n, -1),
             track_ids=_column(np.full(n, NO_TRACK) if track_ids is None else track_ids, np.int64),
             track_ages=_column(np.zeros(n) if track_ages is None else track_ages, np.int32),
+            centroids=_column(np.full((n, 2), np.nan) if centroids is None else centroids, np.float64, 2),
         )
         segments.check()
         return segments
@@ -123,6 +129,7 @@ class Segments:
                 "query": int(self.queries[i]),
                 "track_id": int(self.track_ids[i]),
                 "track_age": int(self.track_ages[i]),
+                "centroid": centroid_value(self.centroids[i]),
             }
 
     def index_of(self, segment_id: int) -> int:
@@ -177,6 +184,90 @@ class ScaledLabelMap:
     def every(self, stride: int) -> np.ndarray:
         """``full()[::stride, ::stride]`` without building the frame-size map."""
         return self.decided[self.rows[::stride]][:, self.cols[::stride]]
+
+
+def centroid_value(xy: np.ndarray) -> list[float] | None:
+    """A centroid as JSON takes it: ``[x, y]`` to 0.1 pixel, None when unknown."""
+    return None if np.isnan(xy).any() else [round(float(xy[0]), 1), round(float(xy[1]), 1)]
+
+
+def segment_moments(codes: np.ndarray, count: int, row_repeat: np.ndarray | None = None,
+                    col_repeat: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The areas (int64), boxes (x0, y0, x1, y1, int32, x1/y1 exclusive) and centroids (x, y,
+    float64, to 0.1 pixel; NaN for a segment without pixels) of segments 0..count-1 in frame
+    pixels, from ``codes``: a map holding each pixel's segment, ``count`` where none.
+
+    ``codes`` may be a map decided at another size: frame line i copies its line ``row_repeat[i]``
+    (``col_repeat``) times (None: once each). Two tables, lines x segments, each from one bincount
+    (each line's pixels of each segment, weighted by how many frame lines copy the other axis),
+    give all three: an area is a table's weighted sum, a box its first and last line with a
+    pixel, a centroid the mean of those lines' centres.
+    """
+    h, w = codes.shape
+    row_repeat = np.ones(h, np.int64) if row_repeat is None else np.asarray(row_repeat, np.int64)
+    col_repeat = np.ones(w, np.int64) if col_repeat is None else np.asarray(col_repeat, np.int64)
+    areas = np.zeros(count, np.int64)
+    boxes = np.zeros((count, 4), np.int32)
+    centroids = np.full((count, 2), np.nan)
+    if count == 0:
+        return areas, boxes, centroids
+    # Lines the frame does not copy (a frame smaller than the decided map) count in neither direction.
+    shown_rows, shown_cols = row_repeat > 0, col_repeat > 0
+    if not (shown_rows.all() and shown_cols.all()):
+        codes = codes[shown_rows][:, shown_cols]
+        row_repeat, col_repeat = row_repeat[shown_rows], col_repeat[shown_cols]
+        h, w = codes.shape
+    per_row = _line_table(codes, np.arange(h)[:, None] * (count + 1), count, col_repeat, (h, w))
+    per_col = _line_table(codes, np.arange(w)[None, :] * (count + 1), count, row_repeat, (h, w), across=True)
+    areas[:] = (row_repeat @ per_row).round()
+    present = areas > 0
+    (y0, y1), (x0, x1) = _extent(per_row, row_repeat), _extent(per_col, col_repeat)
+    boxes[present] = np.stack((x0, y0, x1, y1), axis=1)[present]
+    # frame lines start..end-1 copy a line: their centres (y + 0.5) sum to repeat * (start + end) / 2
+    row_end, col_end = np.cumsum(row_repeat), np.cumsum(col_repeat)
+    row_centres = row_repeat * (2 * row_end - row_repeat) / 2
+    col_centres = col_repeat * (2 * col_end - col_repeat) / 2
+    centroids[present] = np.stack((col_centres @ per_col, row_centres @ per_row), axis=1)[present]
+    centroids[present] = (centroids[present] / areas[present, None]).round(1)
+    return areas, boxes, centroids
+
+
+def _line_table(codes: np.ndarray, offsets: np.ndarray, count: int, repeat: np.ndarray, shape: tuple[int, int],
+                across: bool = False) -> np.ndarray:
+    """lines x count: each line's pixels of each segment (rows, or with ``across`` columns), each
+    weighted by how many frame lines copy the line it lies on in the other direction."""
+    lines = shape[1] if across else shape[0]
+    weights = None
+    if (repeat != 1).any():  # a frame-size map's pixels count once: unweighted, which bincount counts faster
+        weights = np.broadcast_to(repeat[:, None] if across else repeat[None, :], shape).ravel()
+    table = np.bincount((codes + offsets).ravel(), weights=weights, minlength=lines * (count + 1))
+    return table.reshape(lines, count + 1)[:, :count]
+
+
+def _extent(table: np.ndarray, repeat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """First and one-past-last frame line holding each segment, from a lines x segments table."""
+    present = table > 0
+    end = np.cumsum(repeat)
+    start = end - repeat
+    first = np.where(present, start[:, None], end[-1]).min(0)
+    last = np.where(present, end[:, None], 0).max(0)
+    return first, last
+
+
+def map_centroids(label_map: np.ndarray | ScaledLabelMap, ids: np.ndarray) -> np.ndarray:
+    """S x 2: ``segment_moments``' centroids of the segments ``ids`` of a frame's label map (a
+    ``ScaledLabelMap`` measured on its decided map)."""
+    ids = np.asarray(ids, np.int64)
+    decided = label_map.decided if isinstance(label_map, ScaledLabelMap) else label_map
+    row_repeat = col_repeat = None
+    if isinstance(label_map, ScaledLabelMap):
+        row_repeat = np.bincount(label_map.rows, minlength=decided.shape[0])
+        col_repeat = np.bincount(label_map.cols, minlength=decided.shape[1])
+    top = int(max(decided.max(initial=-1), ids.max(initial=-1), 0)) + 2
+    lookup = np.full(top, len(ids), np.int64)  # value + 1 -> its row in ids, or len(ids): none
+    lookup[ids + 1] = np.arange(len(ids))
+    codes = lookup[np.clip(decided, -1, top - 2) + 1]
+    return segment_moments(codes, len(ids), row_repeat, col_repeat)[2]
 
 
 # labels named in one-line reprs; the rest are counted

@@ -6,7 +6,7 @@ the region of interest (``roi``) or for covering fewer than ``min_area`` frame p
 those reasons that holds. A dropped segment leaves no trace: its row goes from the segments, its
 pixels become no segment (-1) in the label map and in every hierarchy level's map. The region of
 interest clips every segment: pixels outside it become no segment, and a segment partly outside
-keeps its inside pixels, with its area and box measured again on them.
+keeps its inside pixels, with its area, box and centroid measured again on them.
 
 Everything works on the map as the result keeps it: the decided map of a ``ScaledLabelMap`` (the
 model's input resolution, each line weighted by how many frame lines copy it, so areas stay
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from segstream.models.results import FrameResult, Level, ScaledLabelMap
+from segstream.models.results import FrameResult, Level, ScaledLabelMap, segment_moments
 
 FILTER_REASONS = ("class", "score", "roi", "min_area")
 _CACHED_GRIDS = 8  # ROI masks kept: one per frame size a source has streamed lately
@@ -141,10 +141,10 @@ class SegmentFilter:
             new[outside] = -1
             clipped = np.flatnonzero(areas[kept] < segments.areas)
             segments.areas = areas[kept]
-            segments.boxes = segments.boxes.copy()
-            for i in clipped:  # only a segment that lost pixels has a new box, found within its old one
-                segments.boxes[i] = _box_within(new, int(segments.ids[i]), segments.boxes[i], stored, row_repeat,
-                                                col_repeat)
+            segments.boxes, segments.centroids = segments.boxes.copy(), segments.centroids.copy()
+            for i in clipped:  # only a segment that lost pixels has a new box and centroid, found within its old box
+                segments.boxes[i], segments.centroids[i] = _measured_within(
+                    new, int(segments.ids[i]), segments.boxes[i], stored, row_repeat, col_repeat)
         scaled = isinstance(stored, ScaledLabelMap)
         result.segment_map = ScaledLabelMap(new, stored.rows, stored.cols) if scaled else new
         if result.levels:
@@ -217,10 +217,10 @@ def _areas(decided: np.ndarray, inside: np.ndarray | None, row_repeat: np.ndarra
     return np.bincount(picked[known], weights=weights, minlength=count).round().astype(np.int64)
 
 
-def _box_within(new: np.ndarray, segment_id: int, box: np.ndarray, stored: np.ndarray | ScaledLabelMap,
-                row_repeat: np.ndarray, col_repeat: np.ndarray) -> np.ndarray:
-    """The frame-pixel box (x0, y0, x1, y1) of ``segment_id``'s pixels in the decided map ``new``,
-    searched within its box before clipping (frame pixels) only."""
+def _measured_within(new: np.ndarray, segment_id: int, box: np.ndarray, stored: np.ndarray | ScaledLabelMap,
+                     row_repeat: np.ndarray, col_repeat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The frame-pixel box (x0, y0, x1, y1) and centroid (x, y) of ``segment_id``'s pixels in the
+    decided map ``new``, searched within its box before clipping (frame pixels) only."""
     width, height = int(col_repeat.sum()), int(row_repeat.sum())
     x0, y0, x1, y1 = max(0, int(box[0])), max(0, int(box[1])), min(width, int(box[2])), min(height, int(box[3]))
     if x1 <= x0 or y1 <= y0:  # a family that gave no box (or one off the frame): the whole frame
@@ -237,8 +237,11 @@ def _box_within(new: np.ndarray, segment_id: int, box: np.ndarray, stored: np.nd
         rows = np.flatnonzero(held.any(axis=1) & (row_repeat > 0))
         cols = np.flatnonzero(held.any(axis=0) & (col_repeat > 0))
     row_end, col_end = np.cumsum(row_repeat), np.cumsum(col_repeat)
-    return np.array([col_end[cols[0]] - col_repeat[cols[0]], row_end[rows[0]] - row_repeat[rows[0]],
-                     col_end[cols[-1]], row_end[rows[-1]]], np.int32)
+    x0, y0 = col_end[cols[0]] - col_repeat[cols[0]], row_end[rows[0]] - row_repeat[rows[0]]
+    lines, columns = slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
+    _, _, centroid = segment_moments(np.where(new[lines, columns] == segment_id, 0, 1), 1, row_repeat[lines],
+                                     col_repeat[columns])
+    return np.array([x0, y0, col_end[cols[-1]], row_end[rows[-1]]], np.int32), centroid[0] + (x0, y0)
 
 
 def _same_grid(a: np.ndarray | ScaledLabelMap, b: np.ndarray | ScaledLabelMap) -> bool:

@@ -367,7 +367,7 @@ def results(adapter: FamilyAdapter, outputs: Any, prepared: Prepared, decisions:
         class_ids = columns[:, 0].astype(np.int32)
         small = decision.label_map.cpu().numpy()
         check_decision(adapter, decision, small, class_ids, embeddings, tuple(prepared.frames[i]))
-        label_map, areas, boxes = frame_label_map(small, len(class_ids), decision.frame)
+        label_map, areas, boxes, centroids = frame_label_map(small, len(class_ids), decision.frame)
         segments = Segments(
             ids=np.arange(len(class_ids), dtype=np.int32),
             class_ids=class_ids,
@@ -380,6 +380,7 @@ def results(adapter: FamilyAdapter, outputs: Any, prepared: Prepared, decisions:
             embeddings=embeddings,
             track_ids=np.full(len(class_ids), NO_TRACK, np.int64),
             track_ages=np.zeros(len(class_ids), np.int32),
+            centroids=centroids,
         )
         if not areas.all():
             # a frame smaller than the model's input loses segments narrower than a frame pixel in

@@ -251,7 +251,7 @@ class SeNaTraSegmenter:
         out = []
         for level in decision.levels or []:
             count = int(level.token.numel())
-            label_map, areas, _ = frame_label_map(level.label_map.cpu().numpy(), count, decision.frame)
+            label_map, areas, _, _ = frame_label_map(level.label_map.cpu().numpy(), count, decision.frame)
             parents = level.parents.cpu().numpy().astype(np.int32)
             out.append(Level(ids=np.arange(count, dtype=np.int32), parents=parents, areas=areas, segment_map=label_map))
         return out

@@ -99,6 +99,18 @@ class TrackEvent:
     last_frame: int
     frames_seen: int
     reason: str = ""  # why it ended: lost, end (of the source), capacity, frame_size
+    first: Sighting | None = None  # the segment that began it, at first_frame
+
+
+@dataclass(frozen=True, slots=True)
+class Sighting:
+    """Which segment of a frame a track began as: its id in that frame's label map, its box (x0,
+    y0, x1, y1, frame pixels, None where the caller gave no boxes) and centroid (x, y; None where
+    not given or unknown). A tentative track has no id yet: this names its segment at first sight."""
+
+    segment_id: int
+    box: tuple[int, int, int, int] | None
+    centroid: tuple[float, float] | None
 
 
 @dataclass(slots=True)
@@ -124,6 +136,7 @@ class _Track:
     hits: int
     votes: dict[int, int]  # class id -> frames seen as that class (bounded by the label set)
     last_time: float | None = None  # stream time (seconds) of the last sighting, when frames have one
+    first: Sighting | None = None  # its segment at first_frame
     # Shape and motion at the reduced resolution (things only):
     crop: np.ndarray | None = None  # bool mask of the remembered shape
     x0: float = 0.0  # where the crop's top-left pixel was at `placed_frame`
@@ -144,7 +157,7 @@ class _Track:
 
     def event(self, kind: str, reason: str = "") -> TrackEvent:
         return TrackEvent(kind, self.track_id, self.class_id, self.isthing, self.first_frame, self.last_frame,
-                          self.hits, reason)
+                          self.hits, reason, self.first)
 
 
 class SegmentTracker:
@@ -172,13 +185,16 @@ class SegmentTracker:
         embeddings: np.ndarray | None = None,
         boxes: np.ndarray | None = None,
         time_s: float | None = None,
+        centroids: np.ndarray | None = None,
     ) -> TrackUpdate:
         """Track the segments of frame ``frame``: row i is the segment whose pixels hold
         ``segment_ids[i]`` in ``label_map`` (H x W int, -1 for none; a ``ScaledLabelMap`` is
         sampled without building the frame-size map). ``embeddings`` is S x D
         (D may be 0); ``boxes`` the segments' (x0, y0, x1, y1) in pixels, x1/y1 exclusive (measured
         here when not given). ``time_s`` is the frame's stream time in seconds (its pts), which
-        ``max_lost_s`` measures; None where unknown. Frames must come in increasing order."""
+        ``max_lost_s`` measures; None where unknown. ``centroids`` (S x 2, x y in pixels, NaN where
+        unknown) and ``boxes`` only describe, in ``started`` events, which segment a track began as
+        (``TrackEvent.first``). Frames must come in increasing order."""
         count = len(segment_ids)
         track_ids = np.full(count, NO_TRACK, np.int64)
         ages = np.zeros(count, np.int32)
@@ -195,8 +211,15 @@ class SegmentTracker:
 
         isthing = np.asarray(isthing, bool)
         class_ids = np.asarray(class_ids, np.int64)
+
+        def sighting(row: int) -> Sighting:
+            box = None if boxes is None else tuple(int(v) for v in np.asarray(boxes).reshape(-1, 4)[row])
+            point = None if centroids is None else np.asarray(centroids, np.float64).reshape(-1, 2)[row]
+            known = point is not None and not np.isnan(point).any()
+            return Sighting(int(segment_ids[row]), box, (float(point[0]), float(point[1])) if known else None)
+
         for row in np.flatnonzero(~isthing):
-            track = self._stuff_track(int(class_ids[row]), frame, events)
+            track = self._stuff_track(int(class_ids[row]), frame, events, lambda row=row: sighting(row))
             track_ids[row], ages[row] = track.track_id, track.hits
 
         things = np.flatnonzero(isthing)
@@ -212,7 +235,7 @@ class SegmentTracker:
             refused = self._update_things(frame, label_map, np.asarray(segment_ids)[things], class_ids[things],
                                 None if embeddings is None else np.asarray(embeddings, np.float32)[things],
                                 None if boxes is None else np.asarray(boxes, np.int64).reshape(-1, 4)[things],
-                                things, track_ids, ages, events)
+                                things, track_ids, ages, events, sighting)
         return TrackUpdate(track_ids, ages, events, refused)
 
     def finish(self, reason: str = "end") -> list[TrackEvent]:
@@ -241,10 +264,11 @@ class SegmentTracker:
 
     # --- stuff -----------------------------------------------------------------------------
 
-    def _stuff_track(self, class_id: int, frame: int, events: list[TrackEvent]) -> _Track:
+    def _stuff_track(self, class_id: int, frame: int, events: list[TrackEvent], sighting) -> _Track:
         track = self.stuff.get(class_id)
         if track is None:
-            track = _Track(self._key(), self._new_id(), False, CONFIRMED, frame, frame, 1, {class_id: 1})
+            track = _Track(self._key(), self._new_id(), False, CONFIRMED, frame, frame, 1, {class_id: 1},
+                           first=sighting())
             self.stuff[class_id] = track
             events.append(track.event("started"))
             return track
@@ -257,7 +281,7 @@ class SegmentTracker:
     # --- things ----------------------------------------------------------------------------
 
     def _update_things(self, frame, label_map, seg_ids, classes, embeddings, full_boxes, rows, track_ids, ages,
-                       events) -> int:
+                       events, sighting) -> int:
         """Match, start, keep and end the things' tracks; returns how many of this frame's things
         were left without a track because ``max_tracks`` were kept."""
         s = self.settings
@@ -316,7 +340,7 @@ class SegmentTracker:
             elif track.state == LOST:
                 track.state = CONFIRMED
         for det in free:
-            track = _Track(self._key(), NO_TRACK, True, TENTATIVE, frame, frame, 0, {})
+            track = _Track(self._key(), NO_TRACK, True, TENTATIVE, frame, frame, 0, {}, first=sighting(rows[det]))
             self._observe(track, frame, det, codes, areas, boxes, classes, unit)
             if s.min_hits <= 1:
                 track.state = CONFIRMED

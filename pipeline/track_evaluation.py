@@ -76,9 +76,9 @@ def noisy_detections(truth: FrameResult, rng: np.random.Generator, drop: float =
     chosen = segments[np.array(present, np.int64)]
     chosen.track_ids = np.full(len(chosen), NO_TRACK, np.int64)
     chosen.track_ages = np.zeros(len(chosen), np.int32)
-    # Areas and boxes of the masks as changed (ground-truth ids are 0..S-1).
-    _, areas, boxes = frame_label_map(out, len(segments), out.shape)
-    chosen.areas, chosen.boxes = areas[chosen.ids], boxes[chosen.ids]
+    # Areas, boxes and centroids of the masks as changed (ground-truth ids are 0..S-1).
+    _, areas, boxes, centroids = frame_label_map(out, len(segments), out.shape)
+    chosen.areas, chosen.boxes, chosen.centroids = areas[chosen.ids], boxes[chosen.ids], centroids[chosen.ids]
     return FrameResult(truth.source, truth.index, truth.width, truth.height, out, chosen)
 
 

@@ -28,7 +28,8 @@ class TrackingStage:
 
     Each event's ``data`` holds ``track_id``, ``class_id``, ``label``, ``isthing``,
     ``first_frame``, ``last_frame``, ``frames_seen`` and ``frame`` (the frame it was written
-    at); ``track_ended`` adds ``reason``
+    at); ``track_started`` adds which segment of ``first_frame``'s entry the track began as
+    (``first_segment``, its ``id``; ``first_box``; ``first_centroid``); ``track_ended`` adds ``reason``
     (``lost``: unseen for more than ``max_lost`` frames, or ``max_lost_s`` seconds of its
     timestamps, or the source back after an outage or a pause longer than that; ``end``: the source ended;
     ``capacity``: more than ``max_tracks`` tracks; ``frame_size``: the frame size changed).
@@ -59,7 +60,7 @@ class TrackingStage:
         segments = result.segments
         update = self.tracker.update(
             result.index, result.segment_map, segments.ids, segments.class_ids, segments.isthing, segments.embeddings,
-            segments.boxes, result.pts_seconds,
+            segments.boxes, result.pts_seconds, segments.centroids,
         )
         segments.track_ids = update.track_ids
         segments.track_ages = update.track_ages
@@ -138,6 +139,10 @@ class TrackingStage:
         }
         if event.kind == "ended":
             data["reason"] = event.reason
+        elif event.first is not None:  # which of first_frame's segments it began as (tentative there: track_id -1)
+            data["first_segment"] = event.first.segment_id
+            data["first_box"] = None if event.first.box is None else list(event.first.box)
+            data["first_centroid"] = None if event.first.centroid is None else [round(v, 1) for v in event.first.centroid]
         return Event(self.source, TRACK_STARTED if event.kind == "started" else TRACK_ENDED, ts, data)
 
 

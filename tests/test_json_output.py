@@ -27,7 +27,7 @@ from tests.test_redis_wire import synthetic_scene
 DEMO = Path(__file__).resolve().parents[1] / "samples" / "demo.mp4"
 FRAMES = "segstream:cam0:frames"
 EVENTS = "segstream:cam0:events"
-SEGMENT_KEYS = {"id", "class_id", "label", "isthing", "score", "area", "box", "track_id", "track_age"}
+SEGMENT_KEYS = {"id", "class_id", "label", "isthing", "score", "area", "box", "track_id", "track_age", "centroid"}
 
 
 @pytest.fixture(scope="module")

@@ -111,7 +111,7 @@ def test_areas_and_boxes_of_a_resized_map_are_those_of_the_full_map():
     small = rng.integers(-1, 5, (37, 53)).astype(np.int32)
     small[:, 40:] = np.where(small[:, 40:] == 3, 2, small[:, 40:])  # segment 3 absent from some columns
     for frame in [(100, 71), (37, 53), (480, 640), (20, 30)]:
-        kept, areas, boxes = frame_label_map(small, 6, frame)
+        kept, areas, boxes, _ = frame_label_map(small, 6, frame)
         assert kept.shape == frame
         full = kept.full() if isinstance(kept, ScaledLabelMap) else kept
         assert np.array_equal(full, cv2.resize(small, frame[::-1], interpolation=cv2.INTER_NEAREST_EXACT))
@@ -130,7 +130,7 @@ def test_boxes_of_a_map_shrunk_to_a_smaller_frame_count_only_the_lines_it_keeps(
     ys, xs = rng.integers(0, 192, 300), rng.integers(0, 256, 300)
     small[ys, xs] = rng.integers(0, 6, 300)
     for frame in [(150, 200), (76, 100), (191, 255)]:
-        kept, areas, boxes = frame_label_map(small, 6, frame)
+        kept, areas, boxes, _ = frame_label_map(small, 6, frame)
         full = kept.full()
         for segment in range(6):
             ys, xs = np.nonzero(full == segment)

@@ -145,7 +145,7 @@ def test_a_scaled_label_map_encodes_as_its_frame_size_map(frame):
     """Results of fast post-processing hold the map decided at the model's size; its RLE is
     that of the frame-size map it stands for, bigger or smaller than the decided one."""
     small = synthetic_scene(height=30, width=40, seed=7)
-    kept, _, _ = frame_label_map(small.label_map, int(small.segments.ids.max()) + 1, frame)
+    kept, _, _, _ = frame_label_map(small.label_map, int(small.segments.ids.max()) + 1, frame)
     assert isinstance(kept, ScaledLabelMap)
     full = kept.full()
     present = [int(i) for i in small.segments.ids if (full == i).any()]
@@ -171,7 +171,7 @@ def test_a_scaled_label_map_encodes_as_its_frame_size_map(frame):
     (np.array([[0, 0], [0, 0]], np.int32), (5, 5)),          # one segment covering it all
 ])
 def test_scaled_maps_at_the_edges_encode_as_pycocotools_encodes_their_frame(decided, frame):
-    kept, _, _ = frame_label_map(decided, 3, frame)
+    kept, _, _, _ = frame_label_map(decided, 3, frame)
     full = kept.full() if isinstance(kept, ScaledLabelMap) else kept
     segments = Segments.build(ids=[0, 1, 2], class_ids=[1, 1, 1], labels=["person"] * 3, isthing=[True] * 3)
 
@@ -281,6 +281,8 @@ def test_entry_without_version_is_rejected():
         ("segments", '[{"id": 1, "class_id": 1, "label": "a", "isthing": true, "score": 1, "area": 0, '
          '"box": [0, 0, 4294967296, 1]}]', "out of the 32-bit range"),
         ("width", "81", "rle size"),
+        ("segments", '[{"id": 1, "class_id": 1, "label": "a", "isthing": true, "score": 1, "area": 0, '
+         '"box": [0, 0, 0, 0], "centroid": [3]}]', "centroid needs 2 numbers"),
     ],
 )
 def test_malformed_fields_are_rejected_with_the_field_named(field, value, message):
@@ -348,6 +350,72 @@ def test_an_entry_written_before_tracking_reads_as_untracked():
 
     assert entry.run_id == "" and set(entry.segments.track_ids.tolist()) == {-1}
     assert set(entry.segments.track_ages.tolist()) == {0}
+
+
+def ragged_and_disjoint(frame: tuple[int, int]) -> FrameResult:
+    """A 40x60 decided map at ``frame``'s size (or the frame's own): a parked truck's two
+    disjoint parts (their box's centre lies between them, on no pixel of it), an L and a stuff strip."""
+    decided = np.full((40, 60), -1, np.int32)
+    decided[5:15, 2:10] = 0  # the truck's cab ...
+    decided[5:7, 40:58] = 0  # ... and, cut off by a pole, its trailer's roof
+    decided[20:35, 20:23] = 1
+    decided[32:35, 20:45] = 1  # an L: its centroid lies near the corner, not mid-box
+    decided[36:, :] = 2
+    label_map, areas, boxes, centroids = frame_label_map(decided, 3, frame)
+    segments = Segments.build(ids=[0, 1, 2], class_ids=[3, 1, 184], labels=["car", "person", "grass"],
+                              isthing=[True, True, False], areas=areas, boxes=boxes, centroids=centroids)
+    return stamped(FrameResult("cam0", 0, frame[1], frame[0], label_map, segments, model="m"))
+
+
+def pixel_centroids(result: FrameResult) -> list[list[float]]:
+    """Each segment's mean pixel centre (x + 0.5, y + 0.5), to 0.1 pixel, from its mask."""
+    out = []
+    for segment_id in result.segments.ids:
+        ys, xs = np.nonzero(result.label_map == segment_id)
+        out.append([round(xs.mean() + 0.5, 1), round(ys.mean() + 0.5, 1)])
+    return out
+
+
+@pytest.mark.parametrize("frame", [(40, 60), (108, 192), (30, 45)])  # the decided map's size, larger, smaller
+@pytest.mark.parametrize("mask_encoding", ["rle", "idmap"])
+def test_each_segment_carries_the_centroid_of_its_masks_pixels(frame, mask_encoding):
+    result = ragged_and_disjoint(frame)
+    expected = pixel_centroids(result)
+
+    fields = to_wire(result, mask_encoding)
+
+    written = [segment["centroid"] for segment in json.loads(fields["segments"])]
+    np.testing.assert_allclose(written, expected, atol=0.051)  # a mean that ends in .x5 may round either way
+    assert written == [[round(v, 1) for v in point] for point in written]  # one decimal on the wire
+    np.testing.assert_allclose(from_wire(fields).segments.centroids, written)
+    truck_box = result.segments.boxes[0]
+    box_centre = ((truck_box[0] + truck_box[2]) / 2, (truck_box[1] + truck_box[3]) / 2)
+    assert result.label_map[int(box_centre[1]), int(box_centre[0])] != 0  # the box centre misses the truck
+    assert abs(written[0][0] - box_centre[0]) > 0.1 * frame[1]
+
+
+def test_segments_built_without_centroids_get_them_measured_from_the_map_on_the_wire():
+    result = synthetic_scene(index=1)  # Segments.build without centroids: unknown
+    assert np.isnan(result.segments.centroids).all()
+
+    for mask_encoding in ("rle", "idmap"):
+        written = [segment["centroid"] for segment in json.loads(to_wire(result, mask_encoding)["segments"])]
+        np.testing.assert_allclose(written, pixel_centroids(result), atol=0.051)
+    assert result.to_dict()["segments"][0]["centroid"] == pytest.approx(pixel_centroids(result)[0], abs=0.051)
+    assert np.isnan(result.segments.centroids).all()  # measured for the entry, the result left as it was
+
+
+def test_an_entry_written_before_centroids_reads_them_as_unknown():
+    fields = to_wire(synthetic_scene(), "rle")
+    segments = json.loads(fields["segments"])
+    for segment in segments:
+        del segment["centroid"]
+    fields["segments"] = json.dumps(segments)
+
+    entry = from_wire(fields, decode_masks=False)
+
+    assert entry.segments.centroids.shape == (len(segments), 2) and np.isnan(entry.segments.centroids).all()
+    assert {segment["centroid"] for segment in entry.segments} == {None}
 
 
 def test_unknown_fields_and_segment_keys_are_ignored():

@@ -46,13 +46,14 @@ def model_results(shipped):
 
 
 def consistent(result) -> None:
-    """Every pixel belongs to a listed segment; each segment's area and box are its pixels'."""
+    """Every pixel belongs to a listed segment; each segment's area, box and centroid are its pixels'."""
     label_map = result.label_map
     assert set(np.unique(label_map).tolist()) - {-1} <= set(result.segments.ids.tolist())
     for segment in result.segments:
         ys, xs = np.nonzero(label_map == segment["id"])
         assert segment["area"] == len(ys) > 0
         assert segment["box"] == [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
+        assert segment["centroid"] == pytest.approx([round(xs.mean() + 0.5, 1), round(ys.mean() + 0.5, 1)], abs=0.051)
 
 
 def filtered(result, **settings):
@@ -308,13 +309,14 @@ def test_segstream_batch_applies_the_top_level_filters_to_every_video(clip, tmp_
 def test_a_clipped_segment_outside_the_box_it_came_with_gets_its_box_from_its_pixels():
     # found in review: a family's box that missed the segment's pixels (or ran off the frame)
     # ended the run with an IndexError when the region of interest clipped it
-    from segstream.models.segment_filter import _box_within
+    from segstream.models.segment_filter import _measured_within
 
     new = np.full((40, 60), -1, np.int32)
     new[30:35, 50:55] = 3
     ones_r, ones_c = np.ones(40, np.int64), np.ones(60, np.int64)
-    assert _box_within(new, 3, np.array([0, 0, 10, 10]), new, ones_r, ones_c).tolist() == [50, 30, 55, 35]
-    assert _box_within(new, 3, np.array([45, 25, 90, 80]), new, ones_r, ones_c).tolist() == [50, 30, 55, 35]
+    for given in ([0, 0, 10, 10], [45, 25, 90, 80]):
+        box, centroid = _measured_within(new, 3, np.array(given), new, ones_r, ones_c)
+        assert box.tolist() == [50, 30, 55, 35] and centroid.tolist() == [52.5, 32.5]
 
 
 def test_a_class_name_written_decomposed_matches_its_composed_label():

@@ -9,6 +9,7 @@
             newest = await client.newest("cam0")
             async for entry in client.follow_newest("cam*"): ...
             async for event in client.events("cam0"): ...
+            async for item in client.frames_and_events("cam0"): ...   # each event after its frame
             async for entry in client.frames("cam0", group="analytics", consumer="w1"):
                 await entry.ack()
 
@@ -18,6 +19,8 @@ malformed counts and outage handling are the sync reader's. Cancelling the itera
 the iteration; ``close()`` or leaving ``async with`` closes the connections.
 """
 
-from segstream.connectors.redis_reader_aio import AsyncEntry, AsyncEventEntry, Client, FanIn, Subscription, connect
+from segstream.connectors.redis_reader_aio import (
+    AsyncEntry, AsyncEventEntry, Client, FanIn, InOrder, Subscription, connect,
+)
 
-__all__ = ["AsyncEntry", "AsyncEventEntry", "Client", "FanIn", "Subscription", "connect"]
+__all__ = ["AsyncEntry", "AsyncEventEntry", "Client", "FanIn", "InOrder", "Subscription", "connect"]
