@@ -165,3 +165,17 @@ def test_constraints_pin_every_package_the_installed_extras_bring():
     assert len(seen) > 60
     assert not unpinned, f"add to constraints.txt: {' '.join(sorted(unpinned))}"
     assert not wrong, wrong
+
+
+def test_the_test_extra_s_pytest_xdist_takes_every_option_pyproject_s_addopts_give():
+    # --no-loadscope-reorder came in pytest-xdist 3.8.0: with the extra's older floor (3.5), an install
+    # that took 3.5-3.7 failed every pytest run with "unrecognized arguments"
+    import re
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
+    addopts = project["tool"]["pytest"]["ini_options"]["addopts"]
+    xdist = next(r for r in project["project"]["optional-dependencies"]["test"] if r.startswith("pytest-xdist"))
+    floor = tuple(int(n) for n in re.search(r">=\s*([\d.]+)", xdist).group(1).split("."))
+    if "loadscope-reorder" in addopts:
+        assert floor >= (3, 8), f"{xdist}: --no-loadscope-reorder needs pytest-xdist>=3.8"
