@@ -203,7 +203,7 @@ class RunReport:
     source_latency: dict[str, dict[str, float]] = field(default_factory=dict)
     # reasons a sink gave for results it never wrote (its on_dropped): its own reasons too
     sink_drop_reasons: frozenset[str] = frozenset()
-    # events never handed to the sinks: publishing ended first (a sink refused for good, an abort)
+    # events not handed to every sink: publishing ended first (a sink refused for good, an abort)
     events_abandoned: int = 0
 
     @property
@@ -310,7 +310,7 @@ class RunReport:
         abandoned = f", {self.abandoned} abandoned in flight" if self.abandoned else ""
         if self.events_abandoned:
             abandoned += (f", {self.events_abandoned} event{'s' if self.events_abandoned != 1 else ''} abandoned "
-                          "(never handed to the sinks)")
+                          "(not handed to every sink)")
         if many:  # the sinks on the first line, each source on its own after it
             tail = f"{latency}{sinks}; {len(self.sources)} sources:" + "".join(f"\n  {line}" for line in sources)
         else:
@@ -1424,7 +1424,7 @@ class Runtime:
               "oldest frame (sink_backlog).", ("sink",), of_sinks("max_backlog"))
         counter("events_dropped", "Events (track starts and ends, source states) a sink never wrote.", ("sink",),
                 of_sinks("events_dropped"))
-        counter("events_abandoned", "Events never handed to the sinks: publishing ended first (a sink refused writes "
+        counter("events_abandoned", "Events not handed to every sink: publishing ended first (a sink refused writes "
                 "for good, an abort).", (), lambda: {(): self.events_abandoned})
         counter("sink_reconnects", "Times a sink's store took writes again after an outage.", ("sink",),
                 of_sinks("reconnects"))
