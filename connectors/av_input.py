@@ -122,7 +122,7 @@ class Picture:
     ``size``: the frame's displayed (height, width) when ``image`` was scaled down in the decoder.
     ``skipped``: frames of the input just before this one that the decoder rejected, or (a
     stream's) that were lost before it (a source's frame index counts them, so an index is the
-    frame's place in the input)."""
+    frame's place in the input; a file source's not those before its first frame)."""
 
     image: np.ndarray | None  # None: over the source's max_fps (``FrameRateCap``), never converted
     pts: int | None

@@ -324,8 +324,38 @@ def test_a_frame_ffmpeg_decodes_corrupt_is_left_out_and_counted_as_a_decode_erro
     assert len(_corrupt_pts(tmp_path / "cut.ts", output_corrupt=True)) == 20 and not _corrupt_pts(tmp_path / "cut.ts")
     cut = FileSource("cut", str(tmp_path / "cut.ts"))
     frames = list(cut.frames())
-    assert (len(frames), cut.decode_errors, cut.frames_missing) == (25, 20, 0)
-    assert frames[0].index == 20, "the first frame's place in the file"
+    assert (len(frames), cut.decode_errors, cut.leading_errors, cut.frames_missing) == (25, 20, 20, 0)
+    assert [f.index for f in frames] == list(range(25)), "numbered from the first decodable frame, as FFmpeg does"
+
+
+def _ffprobe_pts(path: Path) -> list[int]:
+    """The PTS of the frames ffprobe decodes from ``path``, in the order it numbers them."""
+    shown = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries", "frame=pts",
+                            "-of", "csv=p=0", str(path)], capture_output=True, text=True, check=True).stdout
+    return [int(line.strip(",")) for line in shown.split()]
+
+
+def test_a_file_cut_mid_gop_numbers_its_frames_as_ffmpeg_does_and_counts_the_ones_it_cannot_decode(tmp_path):
+    # Found probing: a TS cut with ffmpeg -ss from an open-GOP recording starts with a B-frame whose
+    # references were cut off; FFmpeg numbers the frame after it 0, segstream numbered it 1 (9 for
+    # a cut at a byte offset), so every mask was one frame off FFmpeg's select=eq(n,N).
+    from segstream.pipeline.render import _frames_after
+
+    whole = tmp_path / "opengop.ts"
+    _ffmpeg("-f", "lavfi", "-i", "testsrc=size=64x48:rate=25", "-t", "6", "-c:v", "libx264", "-preset", "ultrafast",
+            "-bf", "3", "-x264-params", "open-gop=1:keyint=50:scenecut=0", "-threads", "1", str(whole))
+    cut = tmp_path / "cut.ts"
+    _ffmpeg("-ss", "2.5", "-i", str(whole), "-c", "copy", str(cut))
+    leading = _corrupt_pts(cut, output_corrupt=True)
+    shown = _ffprobe_pts(cut)
+    assert leading and max(leading) < shown[0], "frames before the first decodable one, to mean anything"
+
+    source = FileSource("cut", str(cut))
+    frames = list(source.frames())
+    assert [f.pts for f in frames] == shown and [f.index for f in frames] == list(range(len(shown)))
+    assert (source.decode_errors, source.leading_errors, source.frames_missing) == (len(leading), len(leading), 0)
+    # render's count of a video's frames after a run's last entry leaves them out too
+    assert _frames_after(cut, frames[20], source.leading_errors) == len(frames) - 21
 
 
 def test_a_truncated_ts_counts_the_frames_its_cut_left_out_before_its_last_one(tmp_path):
