@@ -122,7 +122,7 @@ class Picture:
     ``size``: the frame's displayed (height, width) when ``image`` was scaled down in the decoder.
     ``skipped``: frames of the input just before this one that the decoder rejected, or (a
     stream's) that were lost before it (a source's frame index counts them, so an index is the
-    frame's place in the input)."""
+    frame's place in the input; a file source's not those before its first frame)."""
 
     image: np.ndarray | None  # None: over the source's max_fps (``FrameRateCap``), never converted
     pts: int | None
@@ -522,14 +522,20 @@ class AVInput:
         # for live streams, read now (the capture thread may close the container at any time): the
         # video's own duration where the format says, since a file's audio may outlast its video;
         # ``video_duration`` says whether it is that (or a playlist's, whose segments carry both).
-        duration = self.container.duration
+        # A length listed from the timeline's 0 is the listed end: the time before the first frame
+        # (a video from 100 s to 110 s lists 110 s) is no part of it (``listed_from_zero``).
+        from_zero = listed_from_zero(self.container)
+        duration, start = self.container.duration, self.container.start_time
         self.duration_s: float | None = duration / 1_000_000 if duration and duration > 0 else None
+        if self.duration_s is not None and from_zero and start:
+            self.duration_s = length_after(self.duration_s, start / 1_000_000)
         self.video_duration = self.container.format.name == "hls"
         if self.stream.duration and self.stream.duration > 0 and self.stream.time_base:
             self.duration_s = float(self.stream.duration * self.stream.time_base)
             self.video_duration = True
         elif (tagged := tagged_duration(self.stream.metadata)) is not None:  # Matroska's, per stream
-            self.duration_s, self.video_duration = tagged, True
+            start_s = float(self.stream.start_time * self.time_base) if self.stream.start_time is not None else 0.0
+            self.duration_s, self.video_duration = length_after(tagged, start_s) if from_zero else tagged, True
         elif len(self.container.streams) == 1:  # the container's duration is its one stream's
             self.video_duration = True
         self.format_name: str = self.container.format.name
@@ -981,15 +987,38 @@ _TAGGED_DURATION = re.compile(r"(\d+):(\d\d):(\d\d(?:\.\d+)?)")
 
 
 def tagged_duration(metadata: dict[str, str]) -> float | None:
-    """A stream's length in seconds from its ``DURATION`` tag (``HH:MM:SS.nnnnnnnnn``), which
-    FFmpeg's and mkvmerge's Matroska muxers write per stream: Matroska has no stream duration of
-    its own, and the container's is its longest stream's (often the audio). None without one."""
+    """The seconds of a stream's ``DURATION`` tag (``HH:MM:SS.nnnnnnnnn``), which FFmpeg's and
+    mkvmerge's Matroska muxers write per stream: Matroska has no stream duration of its own, and
+    the container's is its longest stream's (often the audio). FFmpeg's is where the stream ends,
+    mkvmerge's how long it lasts (``listed_from_zero``). None without one."""
     text = next((value for key, value in metadata.items() if key.upper() == "DURATION"), None)
     match = _TAGGED_DURATION.fullmatch(text.strip()) if text else None
     if match is None:
         return None
     seconds = int(match[1]) * 3600 + int(match[2]) * 60 + float(match[3])
     return seconds if seconds > 0 else None
+
+
+def listed_from_zero(container) -> bool:
+    """Whether ``container``'s listed lengths (its own duration, Matroska's per-stream
+    ``DURATION`` tags) run from its timeline's 0, not from its first frame: an MP4/MOV's movie
+    duration (its timeline starts at 0: a later first frame follows an empty edit), a Matroska
+    file's as FFmpeg's muxer writes them (the end of its last frame: a video from 100 s to 110 s
+    lists 110 s, and was called truncated, 2,500 frames missing), not as mkvmerge does (the span
+    from its first frame)."""
+    formats = set(container.format.name.split(","))
+    if formats & {"mov", "mp4"}:
+        return True
+    if not formats & {"matroska", "webm"}:
+        return False
+    writer = next((value for key, value in container.metadata.items() if key.upper() == "ENCODER"), "")
+    return writer.startswith("Lavf")  # FFmpeg's MuxingApp (PyAV's too), with or without its version
+
+
+def length_after(listed_s: float, start_s: float) -> float:
+    """A length listed from the timeline's 0 as the length from ``start_s`` (the first frame's
+    time, seconds) on; a listed length that ends before that start was the span itself."""
+    return listed_s - start_s if 0 < start_s < listed_s else listed_s
 
 
 def describe_error(error: BaseException) -> str:

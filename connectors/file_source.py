@@ -109,12 +109,16 @@ class FileSource:
     through the gap. ``loop`` starts over at the end: PTS keep increasing (each pass is placed one
     frame after the previous one), ``Frame.index`` counts on and ``Frame.epoch`` counts the
     passes. Packets the decoder rejects, and frames it decodes marked corrupt, are skipped and
-    counted in ``decode_errors``, and leave a gap in ``Frame.index`` (an index is the frame's place in the file); frames lost before the
-    decoder, and a file that ends early, are told at the end of a pass (``frames_missing``,
-    ``damage``). ``max_frames`` counts frames delivered. A local file is opened in the
-    constructor, so that a bad path fails before the pipeline starts; a URL is
-    opened by ``frames()``. Reading runs on a thread of its own (``CaptureThread``), so
-    ``close()`` ends ``frames()`` at once whatever FFmpeg is doing. ``decode_size``, set before
+    counted in ``decode_errors``, and leave a gap in ``Frame.index`` (an index is the frame's place
+    in the file), except those before a pass's first frame (``leading_errors``: a recording cut
+    mid-GOP, whose first frames' references are not in it), which take no number: a file's first
+    frame is 0, as FFmpeg, players and editors number it, and frame N is FFmpeg's frame N
+    (``select=eq(n,N)``) up to the first frame lost after it. Frames lost before the decoder, and
+    a file that ends early, are told at the end of a pass (``frames_missing``, ``damage``).
+    ``max_frames`` counts frames delivered. A local file is opened in the constructor, so that a
+    bad path fails before the pipeline starts; a URL is opened by ``frames()``. Reading runs on a
+    thread of its own (``CaptureThread``), so ``close()`` ends ``frames()`` at once whatever
+    FFmpeg is doing. ``decode_size``, set before
     ``frames()`` (the runtime does, for ``engine.resize_in_decoder``), has frames converted at
     the size the model scales them to (see ``AVInput``). Frames come as SDR RGB (HDR
     tone-mapped, ``ColourConversion``); ``deinterlace`` (auto: the frames flagged interlaced;
@@ -144,6 +148,7 @@ class FileSource:
         self._finished_errors = 0  # decode errors of passes already read
         self._cap = FrameRateCap(max_fps) if max_fps is not None else None  # one schedule over all passes
         self.frames_missing = 0  # about how many frames a damaged or truncated file lacks (Coverage)
+        self.leading_errors = 0  # of the decode errors, those before the last pass's first frame (not numbered)
         self.damage = ""  # and why, for people
         self._capture: CaptureThread | None = None
         self._closed = threading.Event()
@@ -210,7 +215,10 @@ class FileSource:
                     step_s = picture.step * picture.time_base
                     coverage.add(None if picture.pts is None else float(picture.pts * picture.time_base), float(step_s),
                                  picture.skipped)
-                    index += picture.skipped  # an index is the frame's place in the file, rejected ones counted
+                    if passed == 0:  # decode errors before the first frame: none of them is numbered
+                        self.leading_errors = picture.skipped
+                    else:  # an index is the frame's place in the file, rejected ones counted
+                        index += picture.skipped
                     pts = timeline.place(picture.pts, picture.time_base, picture.step)
                     if picture.image is None:  # over max_fps: its place counted, the frame left out
                         index += 1

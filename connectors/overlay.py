@@ -256,7 +256,9 @@ class VideoColours:
 
 class OverlayVideo:
     """An H.264 MP4 of frames with the timestamps they came with (``pts`` in ``time_base``), so
-    gaps (dropped frames) keep their duration. The pictures are the same from run to run; the
+    gaps (dropped frames) keep their duration and each frame its time in the source, exactly (the
+    MP4's clocks tick in the first frame's ``time_base`` or finer). A first timestamp before 0 (an MPEG-TS
+    whose clock wrapped) moves them all to start at 0: an MP4 shows nothing before 0. The pictures are the same from run to run; the
     file's bytes may not be (x264 in a busy process made different choices for an occasional
     frame, even single-threaded). One file holds one size: frames of another size (a stream that
     changed resolution) are scaled to fit the first, letterboxed, with a warning; odd sizes are
@@ -274,6 +276,7 @@ class OverlayVideo:
         self._stream = None
         self._time_base: Fraction | None = None
         self._last_pts: int | None = None
+        self._shift: int | None = None  # added to every timestamp: a negative first one is moved to 0
         self._size: tuple[int, int] | None = None
         self._resized: set[tuple[int, int]] = set()  # the other sizes met, warned of once each
         self._colours = VideoColours("yuv420p")
@@ -288,8 +291,15 @@ class OverlayVideo:
             height, width = image.shape[:2]
         if pts is None or time_base is None:
             pts = 0 if self._last_pts is None else self._last_pts + 1
-        elif time_base != self._time_base:
-            pts = int(round(pts * time_base / self._time_base))
+        else:
+            if time_base != self._time_base:
+                pts = int(round(pts * time_base / self._time_base))
+            if self._shift is None:
+                # an MP4 shows nothing before 0 (its edit list starts there): a first frame before
+                # it (a TS whose clock wrapped) is moved to 0 and the others with it; a later start
+                # is kept, as FFmpeg keeps it (an empty edit before the first frame)
+                self._shift = max(0, -pts)
+            pts += self._shift
         if self._last_pts is not None and pts <= self._last_pts:
             pts = self._last_pts + 1  # the muxer refuses timestamps that do not increase
         self._last_pts = pts
@@ -337,7 +347,10 @@ class OverlayVideo:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._file = _RecordingFile(open_output(self.path, "wb"))
-            self._container = av.open(self._file, "w", format="mp4", options={"fflags": "+bitexact"})
+            # the movie's clock ticks as the frames' (FFmpeg's ticks 1/1000 s): the empty edit before
+            # a later first frame is then exact (a TS's first frame at 3.423222 s was shown at 3.423 s)
+            options = {"fflags": "+bitexact", "movie_timescale": str(self._time_base.denominator)}
+            self._container = av.open(self._file, "w", format="mp4", options=options)
             self._stream = self._container.add_stream(
                 "libx264", rate=Fraction(self.fps_hint).limit_denominator(1001),
                 options={"crf": str(self.crf), "preset": "veryfast", "flags": "+bitexact"},

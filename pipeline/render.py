@@ -182,7 +182,7 @@ def render_stream(client, stream: str, video: str | Path, out: str | Path, opaci
         if frame is not None and frame.index > drawn:
             missing += 1
         frames.close()
-        missing += _frames_after(video, frame)  # after the run's last entry
+        missing += _frames_after(video, frame, source.leading_errors)  # after the run's last entry
         writer.close()
         if writer.frames:
             try:
@@ -202,13 +202,14 @@ def render_stream(client, stream: str, video: str | Path, out: str | Path, opaci
     return writer.frames, missing, chosen
 
 
-def _frames_after(video: str | Path, last: Frame | None) -> int:
+def _frames_after(video: str | Path, last: Frame | None, unnumbered: int = 0) -> int:
     """How many frames ``video`` holds after ``last`` (the last one read), counted from its
     packets, none decoded (decoding the rest of a long 4K recording behind a short run took
     minutes): all its video packets but the frames read (``last.index`` counts those it lost or
-    rejected too). Not by timestamps: an elementary stream has none, a concatenated TS starts
-    them again, and B-frames put them out of the packets' order. 0 when the video cannot be read
-    again (the count is for the warning only)."""
+    rejected too) and the ``unnumbered`` ones rejected before its first frame (the source's
+    ``leading_errors``, which ``last.index`` does not count). Not by timestamps: an elementary
+    stream has none, a concatenated TS starts them again, and B-frames put them out of the
+    packets' order. 0 when the video cannot be read again (the count is for the warning only)."""
     import av
 
     from segstream.connectors.av_input import video_stream
@@ -222,7 +223,7 @@ def _frames_after(video: str | Path, last: Frame | None) -> int:
     except (av.FFmpegError, SegstreamError, OSError) as error:
         log.warning("could not count the frames of %s after frame %d: %s", video, last.index, error)
         return 0
-    return max(0, packets - (last.index + 1))
+    return max(0, packets - (last.index + 1) - unnumbered)
 
 
 def _entries_of(reader: StreamReader, run: StreamRun) -> Iterator[FrameResult]:

@@ -12,7 +12,7 @@ import av
 import numpy as np
 import pytest
 
-from segstream.connectors.av_input import BestEffortTimestamp
+from segstream.connectors.av_input import BestEffortTimestamp, tagged_duration
 from segstream.connectors.clock import Timeline
 from segstream.connectors.errors import SourceError
 from segstream.connectors.file_source import FileSource
@@ -142,6 +142,35 @@ def test_without_the_video_s_own_duration_a_container_with_audio_is_not_judged_b
         assert container.duration > 3_900_000 and "DURATION" not in container.streams.video[0].metadata
     source = FileSource("clip", str(tmp_path / "untagged.mkv"))
     assert len(list(source.frames())) == 25 and (source.frames_missing, source.damage) == (0, "")
+
+
+def test_an_intact_matroska_file_whose_video_starts_late_is_not_called_damaged_and_a_cut_one_still_is(tmp_path):
+    # Found probing: FFmpeg's Matroska muxer lists where a stream ends (its DURATION tag, the
+    # segment's duration), which was taken for its length: a remux starting at 100 s "looked
+    # damaged: its frames end after 10.00 s of the 110.00 s it lists", 2,500 frames missing; a
+    # video from 2 s beside audio from 0, 51 missing.
+    _ffmpeg("-f", "lavfi", "-i", "testsrc=size=64x48:rate=25", "-t", "2", "-c:v", "libx264", "-preset", "ultrafast",
+            str(tmp_path / "src.mp4"))
+    _ffmpeg("-i", str(tmp_path / "src.mp4"), "-c", "copy", "-output_ts_offset", "100", str(tmp_path / "late.mkv"))
+    _ffmpeg("-itsoffset", "2", "-i", str(tmp_path / "src.mp4"), "-f", "lavfi", "-i", "sine=d=4", "-map", "0:v",
+            "-map", "1:a", "-c:v", "copy", "-c:a", "libopus", str(tmp_path / "lead.mkv"))
+    late = (tmp_path / "late.mkv").read_bytes()
+    assert late.count(b"DURATION") == 1
+    (tmp_path / "untagged.mkv").write_bytes(late.replace(b"DURATION", b"DURATIOX"))  # the segment's duration alone
+    for name, starts_s, lists_s in (("late", 100, 102), ("lead", 2, 4), ("untagged", 100, 102)):
+        with av.open(str(tmp_path / f"{name}.mkv")) as container:
+            video = container.streams.video[0]
+            listed = tagged_duration(video.metadata) or container.duration / 1e6
+            assert (round(float(video.start_time * video.time_base), 1), round(listed, 1)) == (starts_s, lists_s), (
+                f"{name}.mkv must list its end to mean anything")
+        source = FileSource(name, str(tmp_path / f"{name}.mkv"))
+        assert len(list(source.frames())) == 50 and (source.frames_missing, source.damage) == (0, ""), name
+    for name in ("late", "untagged"):  # cut to a third: still told, by the length from its first frame
+        data = (tmp_path / f"{name}.mkv").read_bytes()
+        (tmp_path / f"cut_{name}.mkv").write_bytes(data[: len(data) // 3])
+        cut = FileSource("cut", str(tmp_path / f"cut_{name}.mkv"))
+        delivered = len(list(cut.frames()))
+        assert delivered < 30 and abs(delivered + cut.frames_missing - 50) <= 2 and "of the 2.00 s" in cut.damage
 
 
 def _garbage_mdat(path: Path) -> Path:
@@ -295,8 +324,38 @@ def test_a_frame_ffmpeg_decodes_corrupt_is_left_out_and_counted_as_a_decode_erro
     assert len(_corrupt_pts(tmp_path / "cut.ts", output_corrupt=True)) == 20 and not _corrupt_pts(tmp_path / "cut.ts")
     cut = FileSource("cut", str(tmp_path / "cut.ts"))
     frames = list(cut.frames())
-    assert (len(frames), cut.decode_errors, cut.frames_missing) == (25, 20, 0)
-    assert frames[0].index == 20, "the first frame's place in the file"
+    assert (len(frames), cut.decode_errors, cut.leading_errors, cut.frames_missing) == (25, 20, 20, 0)
+    assert [f.index for f in frames] == list(range(25)), "numbered from the first decodable frame, as FFmpeg does"
+
+
+def _ffprobe_pts(path: Path) -> list[int]:
+    """The PTS of the frames ffprobe decodes from ``path``, in the order it numbers them."""
+    shown = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries", "frame=pts",
+                            "-of", "csv=p=0", str(path)], capture_output=True, text=True, check=True).stdout
+    return [int(line.strip(",")) for line in shown.split()]
+
+
+def test_a_file_cut_mid_gop_numbers_its_frames_as_ffmpeg_does_and_counts_the_ones_it_cannot_decode(tmp_path):
+    # Found probing: a TS cut with ffmpeg -ss from an open-GOP recording starts with a B-frame whose
+    # references were cut off; FFmpeg numbers the frame after it 0, segstream numbered it 1 (9 for
+    # a cut at a byte offset), so every mask was one frame off FFmpeg's select=eq(n,N).
+    from segstream.pipeline.render import _frames_after
+
+    whole = tmp_path / "opengop.ts"
+    _ffmpeg("-f", "lavfi", "-i", "testsrc=size=64x48:rate=25", "-t", "6", "-c:v", "libx264", "-preset", "ultrafast",
+            "-bf", "3", "-x264-params", "open-gop=1:keyint=50:scenecut=0", "-threads", "1", str(whole))
+    cut = tmp_path / "cut.ts"
+    _ffmpeg("-ss", "2.5", "-i", str(whole), "-c", "copy", str(cut))
+    leading = _corrupt_pts(cut, output_corrupt=True)
+    shown = _ffprobe_pts(cut)
+    assert leading and max(leading) < shown[0], "frames before the first decodable one, to mean anything"
+
+    source = FileSource("cut", str(cut))
+    frames = list(source.frames())
+    assert [f.pts for f in frames] == shown and [f.index for f in frames] == list(range(len(shown)))
+    assert (source.decode_errors, source.leading_errors, source.frames_missing) == (len(leading), len(leading), 0)
+    # render's count of a video's frames after a run's last entry leaves them out too
+    assert _frames_after(cut, frames[20], source.leading_errors) == len(frames) - 21
 
 
 def test_a_truncated_ts_counts_the_frames_its_cut_left_out_before_its_last_one(tmp_path):

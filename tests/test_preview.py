@@ -1,6 +1,8 @@
 """Previews: segments drawn over frames (MP4 or PNG), colours stable per id, and segstream render
 of a recorded Redis stream giving the same frames as the preview of the same run."""
 
+from fractions import Fraction
+
 import av
 import cv2
 import numpy as np
@@ -479,3 +481,39 @@ def test_the_frames_after_a_renders_last_entry_are_counted_from_packets_whatever
         frames = list(FileSource("v", str(video)).frames())
         for k in (0, 7, len(frames) - 1):
             assert _frames_after(video, frames[k]) == len(frames) - k - 1, (video.name, k)
+
+
+def _shown_times(path) -> list[Fraction]:
+    """The times (s) ffprobe shows the frames of ``path`` at, counted by decoding them: a frame an
+    MP4's edit list leaves out is not among them."""
+    import json
+    import subprocess
+
+    shown = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries", "frame=pts_time",
+                            "-of", "json", str(path)], capture_output=True, text=True, check=True).stdout
+    return [Fraction(frame["pts_time"]) for frame in json.loads(shown)["frames"]]
+
+
+@pytest.mark.parametrize("offset_s, first_s", [("95442", -0.3177), ("3.0123", 4.4123)])
+def test_an_overlay_video_shows_every_frame_at_its_time_in_the_source(tmp_path, offset_s, first_s):
+    # Found probing: an MPEG-TS whose clock wrapped (first frame at -2.3 s) lost the frames before
+    # 0 in every MP4 written (an MP4 shows nothing before 0: 192 of 250 shown), the rest 2.3 ms
+    # early; a first frame at 4.4123 s was shown at 4.412 s (the movie's clock ticked in milliseconds).
+    import subprocess
+
+    from segstream.connectors.overlay import OverlayVideo
+    from tests.live_servers import FFMPEG
+
+    ts = tmp_path / "clip.ts"
+    subprocess.run([FFMPEG, "-v", "error", "-f", "lavfi", "-i", "testsrc=size=64x48:rate=25", "-frames:v", "12",
+                    "-c:v", "libx264", "-bf", "2", "-preset", "ultrafast", "-output_ts_offset", offset_s, str(ts)],
+                   check=True)
+    source = _shown_times(ts)
+    assert len(source) == 12 and round(float(source[0]), 4) == first_s, "the TS must start there to mean anything"
+    video = OverlayVideo(tmp_path / "overlay.mp4")
+    for frame in FileSource("ts", str(ts)).frames():
+        video.write(frame.image, frame.pts, frame.time_base)
+    video.close()
+    shown = _shown_times(tmp_path / "overlay.mp4")
+    moved = max(Fraction(0), -source[0])  # a start before 0 moves to 0; a later one is kept
+    assert shown == [t + moved for t in source], "every frame shown, at its source time to the tick"
