@@ -956,9 +956,9 @@ class TrackingConfig(Strict):
     ``min_similarity`` within ``max_shift`` box diagonals of where the thing should be (for a
     thing unseen a while: anywhere from where it was last seen to where its velocity would have
     carried it; a lost thing: anywhere at ``reid_similarity``, above 1: never), and a class change
-    needs ``class_change_overlap``. A lost thing nothing else matched takes the nearest thing of its
-    class that no track matched, within ``max_shift`` diagonals of that stretch. ``embedding_momentum`` smooths a track's
-    embedding; a detection under ``partial_area`` of the thing's size counts as partly hidden.
+    needs ``class_change_overlap``. A lost thing nothing else matched takes the nearest thing of
+    its class that no track matched, within ``max_shift`` diagonals of that stretch (its embedding
+    not plainly another's). ``embedding_momentum`` smooths a track's embedding; a detection under ``partial_area`` of the thing's size counts as partly hidden.
     Overlaps are measured on label maps shrunk to a long side of ``mask_side`` pixels; at most
     ``max_tracks`` tracks are kept per source.
     """
@@ -982,8 +982,7 @@ class TrackingConfig(Strict):
     min_similarity: Annotated[float, Field(ge=-1, le=1)] = 0.6
     """Embedding similarity a pair needs to match without min_overlap, within max_shift."""
     max_shift: PositiveFloat = 1.0
-    """How far, in box diagonals, a thing may be from where it should be to match by similarity
-    (or, lost, by position alone)."""
+    """How far, in box diagonals, a thing may be from where it should be to match by similarity (lost: by position)."""
     reid_similarity: Annotated[float, Field(ge=-1, le=2)] = 0.9
     """Embedding similarity a lost thing needs to be matched anywhere (above 1: never)."""
     class_change_overlap: Fraction01 = 0.3
