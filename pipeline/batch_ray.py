@@ -140,9 +140,12 @@ def process_video(job: VideoJob, cfg_json: str, root: str, actor, labels, board,
     from segstream.connectors.file_source import FileSource
     from segstream.connectors.video_outputs import VideoOutputs
     from segstream.pipeline.filtering import segment_filters
+    from segstream.pipeline.runtime import _weights_made_by
     from segstream.pipeline.tracking import tracking_stages
 
     cfg = BatchPipelineConfig.model_validate_json(cfg_json)
+    # the weights' short SHA-256 on every entry, as the local engine's (hashed once a worker process)
+    checkpoint_id = (_weights_made_by(cfg).get("checkpoint_sha256") or "")[:12]
     batch_cfg = cfg.batch
     started = time.monotonic()
     outputs = sinks = source = None
@@ -208,7 +211,7 @@ def process_video(job: VideoJob, cfg_json: str, root: str, actor, labels, board,
                     result = stage.process(result)
                 if images:
                     result.image, result.sample_aspect = frame.image, frame.sample_aspect
-                result.run_id = run_id
+                result.run_id, result.checkpoint_id = run_id, checkpoint_id
                 outputs.write(result)
                 for sink in sinks:
                     sink.publish(result)
