@@ -1055,3 +1055,18 @@ def test_batch_json_prints_one_object_per_video_and_the_totals(tmp_path, capsys)
     assert videos_said["broken"]["status"] == "failed" and videos_said["broken"]["reason"]
     assert lines[-1] == {"type": "summary", "done": 1, "failed": 1, "stopped": 0, "skipped": 0,
                          "skipped_failed_before": 0, "frames": 3, "manifest": str(out / MANIFEST)}
+
+
+def test_a_recording_split_into_parts_is_one_video_through_an_ffconcat_list(tmp_path):
+    # OPERATIONS.md's recipe for a drone's or dashcam's chapter files (found probing drone footage:
+    # a card folder gave each part as a video of its own, track ids starting again in each)
+    parts = [encode_clip(tmp_path / f"DJI_000{n}.MP4", frames=6) for n in (1, 2)]
+    listed = tmp_path / "flight.ffconcat"
+    listed.write_text("ffconcat version 1.0\n" + "".join(f"file '{p.name}'\n" for p in parts))
+    out = tmp_path / "out"
+    outcomes, _, _ = run_batch(config(out), [str(listed)], adapter=ColourSegmenter(), progress=False)
+    assert [(o.job.id, o.status, o.frames) for o in outcomes] == [("flight", "done", 12)]
+    entries = [json.loads(line) for line in (out / "flight" / "frames.jsonl").read_text().splitlines()]
+    assert [int(e["frame"]) for e in entries] == list(range(12))
+    times = [float(e["pts_s"]) for e in entries]
+    assert times == sorted(times) and times[6] > times[5], times  # the second part's run on
