@@ -374,6 +374,28 @@ def test_frames_and_events_come_in_the_order_the_pipeline_wrote_them(server):
     assert items[0].kind == "state" and items[-1].data == {"state": "ended"}
 
 
+def test_the_asyncio_clients_frames_and_events_come_in_the_same_order(server):
+    import asyncio
+
+    from segstream.client import aio
+
+    written = pipeline_writes(server, 40)
+
+    async def read_all() -> list:
+        items: list = []
+        async with await aio.connect(server.url) as client:
+            reader = client.frames_and_events("cam0", start="0", count=7)
+            while len(items) < len(written):
+                got = await reader.read(block_ms=2000)
+                assert got, f"stopped after {len(items)} of {len(written)}"
+                items += got
+        return items
+
+    items = asyncio.run(read_all())
+    assert [(item.stream, item.id) for item in items] == written
+    assert {type(item) for item in items} == {Entry, EventEntry}
+
+
 def test_frames_and_events_followed_live_hand_each_event_after_its_frame(server):
     reader = connect(server.url).frames_and_events("cam0")  # from now on
     got: list = []
