@@ -401,7 +401,7 @@ class OverlayVideo:
         try:
             self.close()
         except SinkError:
-            pass
+            pass  # the file is thrown away: its own error would hide the one that stopped the writer
         except KeyboardInterrupt as error:
             if self._file is None or error is not self._file.interrupted:
                 raise  # a new one; the one that failed the file is the caller's already
