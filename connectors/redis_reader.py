@@ -1662,6 +1662,7 @@ def tail(stream: str | list[str], url: str, count: int | None, follow: bool, out
         # the last read filled its count for some stream: entries before an end may wait still (and
         # before the first read: frames written between the backlog's read and the states' are)
         more_waiting = True
+        held = []  # entries read, not yet printed: an earlier one of another stream may wait still
         while follow:
             if until_ended and not more_waiting:
                 check_ended()
@@ -1683,20 +1684,35 @@ def tail(stream: str | list[str], url: str, count: int | None, follow: bool, out
                 time.sleep(block_ms / 1000)
                 continue
             # entries waiting: taken at once; else a wait for new ones
-            reply = sdk.call(client.xread, positions, count=_TAIL_READ, block=None if more_waiting else int(block_ms))
-            arrived = []
-            more_waiting = False
+            waited = not more_waiting
+            reply = sdk.call(client.xread, positions, count=_TAIL_READ, block=int(block_ms) if waited else None)
+            horizons = []  # the order key of the last entry read of each stream that filled its count
             for name, entries in _batches(reply):
-                more_waiting |= len(entries) >= _TAIL_READ  # one XREAD reads all streams at once: the end, if
-                for entry_id, fields in entries:  # in it, came after every entry read here or waiting still
-                    arrived.append((entry_id, name, fields))
+                for entry_id, fields in entries:
+                    held.append((entry_id, name, fields))
                     positions[name] = entry_id
+                if len(entries) >= _TAIL_READ:
+                    horizons.append(_time_order(held[-1]))
+            # A read that waited returns the stream woken only: others may hold entries of the same
+            # time, so a read that does not wait follows it. That one reads every stream at once:
+            # entries up to the last of each stream that filled its count are all in hand (one after
+            # them waits still), and all of them when none did.
+            if waited:
+                more_waiting = bool(reply)
+                continue
+            more_waiting = bool(horizons)
+            held.sort(key=_time_order)
+            upto = len(held)
+            if horizons:
+                horizon = min(horizons)
+                upto = next((i for i, item in enumerate(held) if _time_order(item) >= horizon), len(held)) or 1
             before = printed
-            for entry_id, name, fields in sorted(arrived, key=_time_order):
+            for entry_id, name, fields in held[:upto]:
                 if until_ended:
                     note_state(name, fields)
                 if shown(name):
                     show(entry_id, name, fields)
+            del held[:upto]
             if printed > before:
                 quiet_since = time.monotonic()
     except (KeyboardInterrupt, _SourcesEnded):

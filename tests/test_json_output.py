@@ -138,6 +138,33 @@ def test_tail_until_ended_prints_every_entry_before_the_end_however_many_came_at
     assert [json.loads(line)["frame"] for line in out.splitlines()] == list(range(1500))
 
 
+def test_tail_follow_with_events_prints_a_burst_in_time_order_however_many_came_at_once(server, client):
+    # one read takes 500 frames and every event: the events of frames 500 on were printed before those frames
+    process = follower(server, "--json", "--events", "--until-ended")
+    try:
+        wait_until_reading(process, client)
+        entry = {**to_wire(synthetic_scene("cam0", 0), "rle"), "run_id": "run-1"}
+        start = int(time.time() * 1000) + 1000  # IDs later than any entry there: a millisecond each frame
+        burst = client.pipeline(transaction=True)
+        for index in range(1200):
+            burst.xadd(FRAMES, {**entry, "frame": str(index)}, id=f"{start + index}-0")
+            if index % 100 == 50:
+                burst.xadd(EVENTS, event_to_wire(Event("cam0", "track_started", 1.0, {"track_id": index, "frame": index})),
+                           id=f"{start + index}-0")
+        burst.xadd(EVENTS, state("ended"), id=f"{start + 1200}-0")
+        burst.execute()
+        out, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 0, err
+    records = [json.loads(line) for line in out.splitlines()]
+    order = [r["frame"] if r["type"] == "frame" else ("event", r["data"].get("frame")) for r in records]
+    expected = [step for index in range(1200) for step in ([index, ("event", index)] if index % 100 == 50 else [index])]
+    assert order == [*expected, ("event", None)]
+
+
 def test_tail_until_ended_of_a_source_that_already_ended_exits_at_once(server, client, capsys):
     client.xadd(FRAMES, to_wire(synthetic_scene("cam0", 0), "rle"))
     client.xadd(EVENTS, state("ended"))
