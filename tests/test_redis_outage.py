@@ -177,7 +177,8 @@ def test_a_run_survives_redis_killed_mid_run_and_restarted_5_s_later(tmp_path):
             process.kill()
         server.close()
     assert "Traceback" not in err
-    assert re.search(r"redis unreachable for \d+ s, backlog 30/30", err), "the status line shows the outage"
+    # the backlog's fill at that line varies: a busy machine sheds before the model too
+    assert re.search(r"redis unreachable for \d+ s, backlog \d+/30", err), "the status line shows the outage"
     published, decoded, dropped, reasons = _summary(err)
     assert decoded == 300 and published + dropped == decoded
     # 5 s at 20 fps, minus a backlog of 30: shed by the backlog, or before the model on a busy machine
