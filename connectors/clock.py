@@ -51,6 +51,11 @@ class Timeline:
         step_here = max(1, round(step * scale))
         if self.last is None:
             placed = 0 if pts is None else round(pts * scale)
+            if pts is None:
+                # the first known PTS is placed a frame after (it may be anywhere: a live session's
+                # first frames, before its clock, had it jump 3.6 s between frames 0.05 s apart)
+                self.last, self._restart_gap = placed, 0.0
+                return placed
         elif self._restart_gap is not None:
             gap = max(step_here, round(Fraction(self._restart_gap) / self.time_base))
             placed = self.last + gap

@@ -65,6 +65,12 @@ def test_one_early_timestamp_shifts_no_later_frame():
     assert [timeline.place(p, MS, 40) for p in pts] == [0, 40, 80, 120, 160, 200, 240, 280, 320]
 
 
+def test_a_first_frame_without_a_timestamp_puts_the_first_known_one_a_frame_after_it():
+    # found probing an RTSP camera: frame 0 without a PTS at 0, frame 1 at the session's 3.6 s
+    timeline = Timeline()
+    assert [timeline.place(p, MS, 40) for p in (None, None, 3606, 3646, None, 3726)] == [0, 40, 80, 120, 160, 200]
+
+
 def test_a_real_step_back_and_a_restart_keep_their_offset():
     timeline = Timeline()
     spliced = [0, 40, 80, 120, 0, 40, 80, 120, 160, 200]  # a splice back to the start
