@@ -876,12 +876,14 @@ class AVInput:
         if self.lost_are_errors:
             skipped += lost
         image, size = None, None
-        if self.cap is None or self.cap.keep(None if pts is None else float(pts * self.time_base)):
+        arrived = time.time()
+        if self.cap is None or self.cap.keep(None if pts is None else float(pts * self.time_base),
+                                             wall=arrived if sender is None else sender, exact=sender is not None):
             image, size = self._image(frame)  # the conversion a frame over max_fps is spared
         aspect = self.sample_aspect
         if aspect is not None and self.orientation.transposes:
             aspect = 1 / aspect  # a pixel's width turned into its height
-        return Picture(image, pts, self.time_base, self.step, time.time(), sender, size, skipped,
+        return Picture(image, pts, self.time_base, self.step, arrived, sender, size, skipped,
                        decoded_at=time.monotonic(), gap_s=self._gaps.gap_s - before, sample_aspect=aspect,
                        left_out=left_out)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 # timestamps converted to seconds may land a hair before their due time
 _ROUNDING_S = 1e-6
 
@@ -11,9 +13,16 @@ class FrameRateCap:
     previous kept one was due, so jitter in the timestamps does not change the kept rate. A frame
     more than a period past its due time (a gap in the stream) starts the schedule anew on itself;
     timestamps that go back (a file played again) carry the schedule over, as if the frame came one
-    frame after the last. ``skipped`` counts the frames it turned away."""
+    frame after the last. ``skipped`` counts the frames it turned away.
 
-    def __init__(self, max_fps: float):
+    A live source's cap (``on_clock``) is given each frame's Unix time as well (``keep``'s ``wall``): after the first
+    frame kept, the schedule falls on whole multiples of the period of that clock, so that cameras
+    capped alike keep frames of the same instants (each its first frame at or after each multiple;
+    at 5 fps their kept frames were up to 200 ms apart, each camera's schedule starting from its
+    own first frame). The sender's clock (``exact``) is followed through its steps; an arrival
+    time is read where the schedule starts only (its jitter would move the schedule)."""
+
+    def __init__(self, max_fps: float, on_clock: bool = False):
         if not max_fps > 0:
             raise ValueError(f"max_fps must be above 0, not {max_fps}")
         self.period_s = 1.0 / max_fps
@@ -21,11 +30,30 @@ class FrameRateCap:
         self._due: float | None = None
         self._last: float | None = None  # the last frame's timestamp
         self._frame_s = 0.0  # the time between the last two frames
+        self._offset: float | None = None  # Unix time minus stream time, where the grid was set
+        self._exact = False  # whether that was the sender's clock
+        self.on_clock = on_clock
 
-    def keep(self, seconds: float | None) -> bool:
-        """Whether the frame at ``seconds`` of stream time is kept (one without a timestamp is)."""
+    def keep(self, seconds: float | None, wall: float | None = None, exact: bool = False) -> bool:
+        """Whether the frame at ``seconds`` of stream time is kept (one without a timestamp is);
+        ``wall``: its Unix time, by the sender's clock when ``exact``, else when it arrived."""
         if seconds is None:
             return True
+        if self.on_clock and wall is not None and (self._offset is None or exact and (
+                not self._exact or abs(wall - seconds - self._offset) > self.period_s / 4)):
+            self._offset, self._exact = wall - seconds, exact  # the first, or the sender's clock stepped
+            self._due = None
+        return self._keep(seconds)
+
+    def _next(self, seconds: float) -> float:
+        """When the frame after one kept at ``seconds`` is due: a period later, or at the grid's
+        first multiple from then (never sooner: kept frames are a period apart at least)."""
+        if self._offset is None:
+            return seconds + self.period_s
+        periods = math.ceil((seconds + self._offset) / self.period_s - _ROUNDING_S) + 1
+        return periods * self.period_s - self._offset
+
+    def _keep(self, seconds: float) -> bool:
         last, self._last = self._last, seconds
         if last is not None and seconds > last:
             self._frame_s = seconds - last
@@ -33,7 +61,7 @@ class FrameRateCap:
             self._due += seconds - (last + self._frame_s)
         due = self._due
         if due is None or seconds >= due + self.period_s:
-            self._due = seconds + self.period_s
+            self._due = self._next(seconds)
             return True
         if seconds >= due - _ROUNDING_S:
             self._due = due + self.period_s

@@ -419,9 +419,10 @@ class LiveSource:
 
     def _capped_open(self):
         """A session's input (``_open``), with a frame-rate cap of its own when ``max_fps`` is set:
-        each session's first frame is kept, wherever its timestamps start."""
+        each session's first frame is kept, wherever its timestamps start, the later ones on the
+        clock's grid (``FrameRateCap``)."""
         opened = self._open()
-        opened.cap = FrameRateCap(self.max_fps) if self.max_fps is not None else None
+        opened.cap = FrameRateCap(self.max_fps, on_clock=True) if self.max_fps is not None else None
         if self.max_behind_s is not None and not opened.wall_times:  # (made-up timestamps tell no lag)
             opened.catch_up = CatchUp(self.max_behind_s, float(opened.time_base), float(opened.step * opened.time_base),
                                       self.catch_up_tally, self.name, edge_from_waits=opened.format_name not in _MANIFESTS)

@@ -127,8 +127,9 @@ class OpenCVInput:
             self._driver_clock = False
             pts = self._last_pts + max(1, round((now - self._last_arrival) * 1e6))
         self._last_pts, self._last_arrival = pts, now
-        if self.cap is not None and not self.cap.keep(float(pts * self.time_base)):
-            return Picture(None, pts, self.time_base, self.step, time.time(), None)
+        arrived = time.time()
+        if self.cap is not None and not self.cap.keep(float(pts * self.time_base), wall=arrived):
+            return Picture(None, pts, self.time_base, self.step, arrived, None)
         height, width = bgr.shape[:2]
         size = None
         if self.scale is not None:
@@ -137,7 +138,7 @@ class OpenCVInput:
                 size = (height, width)
                 bgr = cv2.resize(bgr, (w, h), interpolation=cv2.INTER_AREA)
         image = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-        return Picture(image, pts, self.time_base, self.step, time.time(), None, size)
+        return Picture(image, pts, self.time_base, self.step, arrived, None, size)
 
     def close(self) -> None:
         self.capture.release()

@@ -608,6 +608,7 @@ class Runtime:
         self._staged_before: dict[int, int] = {}  # results of the same name's earlier sources, staged before it
         self._timeline: dict[str, tuple[int, int, float | None, float]] = {}  # name -> last index, epoch, pts s, wall
         self.lags: dict[str, float] = {}  # live source -> seconds its newest frame is behind its stream's clock
+        self.sender_delays: dict[str, float] = {}  # source -> its newest frame's capture_ts - sender_ts
         self._in_frames: dict[int, float] = {}  # source -> since when its decode thread waits inside frames()
         self._sizes_taken: set[tuple[int, int]] = set()  # frame sizes the model's geometry takes
         self._errors: list[BaseException] = []
@@ -1008,6 +1009,10 @@ class Runtime:
                 self._timeline[name] = (frame.index, frame.epoch, frame.pts_seconds, frame.capture_wall)
                 if lag is not None:
                     self.lags[name] = lag.behind(frame)
+                if frame.sender_wall is not None:
+                    self.sender_delays[name] = frame.capture_wall - frame.sender_wall
+                else:
+                    self.sender_delays.pop(name, None)
                 self.metrics.decoded(name, now)
                 own.count()
                 self.metrics.beat(beat, idle="back-pressure")
@@ -1466,6 +1471,12 @@ class Runtime:
               "(buffer every_frame behind a slower model) or a decoder slower than the stream makes it grow.",
               ("source",),
               lambda: {(name,): lag for name, lag in list(self.lags.items()) if name not in self.metrics.retired})
+        gauge("source_sender_delay_seconds", "A camera's newest frame's capture_ts minus its sender_ts (cameras that "
+              "send RTCP sender reports): the network's and the decoder's delay plus the camera's clock's offset from "
+              "this machine's; cameras compared by it show their skew. Absent while a source's frames carry no "
+              "sender_ts.", ("source",),
+              lambda: {(name,): delay for name, delay in list(self.sender_delays.items())
+                       if name not in self.metrics.retired})
         gauge("source_nominal_fps", "The frame rate each source's stream says it has (where it says one).",
               ("source",), lambda: {(source.name,): info.fps for source, info in self._source_infos()
                                     if info.fps})

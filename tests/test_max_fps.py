@@ -54,6 +54,36 @@ def test_the_cap_starts_anew_after_a_gap_and_carries_on_over_a_replay():
     assert len(kept) == 20
 
 
+def test_live_cameras_capped_alike_keep_frames_of_the_same_instants():
+    # found probing four cameras at max_fps 5: each schedule began at its camera's first frame, so
+    # the closest kept frames of two cameras stayed 88 ms apart (up to 700 ms)
+    def kept(first_wall: float, pts_origin: float, exact: bool, jitter: float = 0.0) -> list[float]:
+        cap = FrameRateCap(5, on_clock=True)
+        walls = [first_wall + k / 30 for k in range(300)]  # 30 fps for 10 s
+        return [wall for k, wall in enumerate(walls)
+                if cap.keep(pts_origin + k / 30, wall=wall + (jitter if k == 0 else 0.0), exact=exact)]
+
+    a = kept(1_700_000_000.013, 0.0, exact=True)
+    b = kept(1_700_000_000.131, 95.5, exact=True)  # started later, its timestamps elsewhere
+    c = kept(1_700_000_000.071, 3.0, exact=False, jitter=0.004)  # no sender's clock: its arrival
+    for cam in (a, b, c):
+        assert 49 <= len(cam) <= 51  # still 5 a second
+    later = [t for t in a if t > 1_700_000_000.5]
+    for other in (b, c):
+        assert max(min(abs(t - o) for o in other) for t in later) < 1 / 30 + 0.005
+    # a file's cap (no clock) keeps its own schedule, as before
+    plain = FrameRateCap(5)
+    assert [k for k in range(12) if plain.keep(0.013 + k / 30, wall=1_700_000_000.0 + k / 30)] == [0, 6]
+
+
+def test_the_grid_follows_the_senders_clock_through_a_step():
+    cap = FrameRateCap(5, on_clock=True)
+    walls = [1_700_000_000.0 + k / 30 for k in range(60)] + [1_700_000_003.0 + k / 30 for k in range(60, 120)]
+    kept = [wall for k, wall in enumerate(walls) if cap.keep(k / 30, wall=wall, exact=True)]
+    after = [t for t in kept if t > 1_700_000_005.1]
+    assert after and all(abs(t * 5 - round(t * 5)) < 1 / 30 * 5 for t in after)  # on the stepped clock's grid
+
+
 def test_a_repeated_timestamp_does_not_move_the_cap_back():
     """Found in review: every timestamp twice (a stream that repeats frames) kept twice the cap."""
     cap = FrameRateCap(5.0)

@@ -45,6 +45,7 @@ def outage(tmp_path_factory):
         first = next(p for p in probe.pictures() if p.pts is not None)  # RTSP may give the first none
         probe.close()
         wait_for(lambda: sum(r.epoch == 1 for r in record.of("cam")) >= 80, 30, "80 frames after the restart")
+        sender_delay = runtime.metrics.gauges["source_sender_delay_seconds"].read()
         runtime.stop()
         thread.join(30)
         assert not thread.is_alive() and "error" not in outcome, outcome
@@ -53,6 +54,7 @@ def outage(tmp_path_factory):
             report=outcome["report"],
             published_before=published_before,
             restarted_pts_s=float(first.pts * first.time_base),
+            sender_delay=sender_delay,
             entries=[from_wire(e) for e in read_entries(workdir / "out" / "cam.jsonl")],
             events=[event_from_wire(e) for e in read_entries(workdir / "out" / "cam.events.jsonl")],
         )
@@ -137,6 +139,8 @@ def test_frames_carry_the_senders_wall_clock_from_rtcp_sender_reports(outage):
         settled = [r for r in frames if r.capture_ts > frames[0].capture_ts + 2.0]
         assert settled and all(r.capture_ts - r.sender_ts < 0.5 for r in settled)
     assert all(e.sender_ts == pytest.approx(r.sender_ts) for e, r in zip(outage.entries, results))
+    # and the metric of each camera's delay (its skew, against other cameras'): the newest frame's
+    assert set(outage.sender_delay) == {("cam",)} and 0.0 < outage.sender_delay[("cam",)] < 0.5
 
 
 def test_a_camera_gone_for_good_fails_after_max_reconnects_and_the_run_reports_it(tmp_path):
