@@ -14,6 +14,8 @@ import threading
 import time
 from fractions import Fraction
 
+from segstream.connectors.threads import waiting_for_input
+
 
 class Timeline:
     """Maps the PTS of a source's successive sessions onto one strictly increasing timeline.
@@ -126,4 +128,10 @@ class Pacer:
     def wait(self, pts_seconds: float, step_s: float, stop: threading.Event) -> bool:
         """Sleep until the frame is due; False when ``stop`` was set first."""
         delay = self.due(pts_seconds, step_s) - time.monotonic()
-        return not (delay > 0 and stop.wait(delay))
+        if delay <= 0:
+            return True
+        waiting_for_input("pacing: the next frame is not due yet")  # (a still of a folder at 0.01 fps: 100 s)
+        try:
+            return not stop.wait(delay)
+        finally:
+            waiting_for_input(None)

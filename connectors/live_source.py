@@ -70,6 +70,7 @@ from segstream.connectors.frame_rate import FrameRateCap
 from segstream.connectors.frames import Frame
 from segstream.connectors.pauses import pauses
 from segstream.connectors.source import DOWN_STATES, StateListener
+from segstream.connectors.threads import waiting_for_input
 from segstream.connectors.urls import exclusive_input, redact_url, rtsp_address
 
 logger = logging.getLogger("segstream.sources")
@@ -721,42 +722,48 @@ class LiveSource:
         or the watchdog gives up on it (entering ``stalled`` first)."""
         policy = self.policy
         waiting_since = time.monotonic()  # when the consumer last asked for a frame
-        while True:
-            try:
-                picture = capture.next(_POLL_S)
-            except EOFError:
-                raise _Lost(f"'{self.shown}' ended the stream", {"phase": "read", "ended": True}) from None
-            except InputTimeout as error:
-                self._stall(str(error), "read", error.timeout_s, max(capture.last_read, waiting_since))
-            except InputChanged as error:
-                self._carried = error.carried  # for the next session's decoder, if it is opened at once
-                raise _Lost(str(error), {"phase": "read", "changed": True, "unread": error.unread}) from None
-            except SourceError as error:
-                raise _Lost(str(error), {"phase": "read"}) from None
-            if self._closed.is_set():
-                return
-            if picture is None:
-                now = time.monotonic()
-                if now - max(capture.last_read, waiting_since) > policy.read_timeout_s:
-                    self._stall(
-                        f"no data from '{self.shown}' for {policy.read_timeout_s:g} s (read timeout)",
-                        "read",
-                        policy.read_timeout_s,
-                        max(capture.last_read, waiting_since),
-                    )
-                # packets left undecoded to catch up with live are a stream that goes on, not a stall
-                skipping = self.catch_up_tally.last_skip if self.catch_up_tally is not None else 0.0
-                if now - max(waiting_since, skipping) > policy.stall_timeout_s:
-                    self._stall(
-                        f"no frame from '{self.shown}' for {policy.stall_timeout_s:g} s while data arrives "
-                        "(stall timeout)",
-                        "stall",
-                        policy.stall_timeout_s,
-                        waiting_since,
-                    )
-                continue
-            yield picture
-            waiting_since = time.monotonic()
+        try:
+            while True:
+                try:
+                    # no progress while the stream sends nothing is no stuck thread: the timeouts below bound it
+                    waiting_for_input("waiting for the stream's next frame")
+                    picture = capture.next(_POLL_S)
+                except EOFError:
+                    raise _Lost(f"'{self.shown}' ended the stream", {"phase": "read", "ended": True}) from None
+                except InputTimeout as error:
+                    self._stall(str(error), "read", error.timeout_s, max(capture.last_read, waiting_since))
+                except InputChanged as error:
+                    self._carried = error.carried  # for the next session's decoder, if it is opened at once
+                    raise _Lost(str(error), {"phase": "read", "changed": True, "unread": error.unread}) from None
+                except SourceError as error:
+                    raise _Lost(str(error), {"phase": "read"}) from None
+                if self._closed.is_set():
+                    return
+                if picture is None:
+                    now = time.monotonic()
+                    if now - max(capture.last_read, waiting_since) > policy.read_timeout_s:
+                        self._stall(
+                            f"no data from '{self.shown}' for {policy.read_timeout_s:g} s (read timeout)",
+                            "read",
+                            policy.read_timeout_s,
+                            max(capture.last_read, waiting_since),
+                        )
+                    # packets left undecoded to catch up with live are a stream that goes on, not a stall
+                    skipping = self.catch_up_tally.last_skip if self.catch_up_tally is not None else 0.0
+                    if now - max(waiting_since, skipping) > policy.stall_timeout_s:
+                        self._stall(
+                            f"no frame from '{self.shown}' for {policy.stall_timeout_s:g} s while data arrives "
+                            "(stall timeout)",
+                            "stall",
+                            policy.stall_timeout_s,
+                            waiting_since,
+                        )
+                    continue
+                waiting_for_input(None)
+                yield picture
+                waiting_since = time.monotonic()
+        finally:
+            waiting_for_input(None)
 
     def _stall(self, reason: str, phase: str, timeout_s: float, since: float) -> None:
         """Enter ``stalled`` and give the session up: nothing came since ``since`` (monotonic).

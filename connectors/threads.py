@@ -56,3 +56,21 @@ class NamedThread(threading.Thread):
     def run(self) -> None:
         name_os_thread(self.name)
         super().run()
+
+
+# Threads waiting on their input (a real-time source's pacing, a stream's next packets): by ident,
+# why. A waiting thread makes no progress and is not stuck: its input tells when it goes on.
+_input_waits: dict[int, str] = {}
+
+
+def waiting_for_input(why: str | None) -> None:
+    """The calling thread waits on its input from now (``why``), or works again (None)."""
+    if why is None:
+        _input_waits.pop(threading.get_ident(), None)
+    else:
+        _input_waits[threading.get_ident()] = why
+
+
+def input_wait(ident: int | None) -> str | None:
+    """Why the thread ``ident`` waits on its input, None while it does not."""
+    return _input_waits.get(ident) if ident is not None else None

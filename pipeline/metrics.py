@@ -229,6 +229,7 @@ class RunMetrics:
         self.last_published: float | None = None  # and of its last write
         # thread name -> (monotonic time of its last progress, why it waits now or None if working)
         self.heartbeats: dict[str, tuple[float, str | None]] = {}
+        self.beat_idents: dict[str, int] = {}  # each beating thread's threading.get_ident()
         self.retired: set[str] = set()  # sources removed from the run: not on /metrics (see retire)
         self.gauges: dict[str, Gauge] = {}
         self.model_ready = False  # the model is loaded and warmed up: frames may come
@@ -237,6 +238,8 @@ class RunMetrics:
         """``thread`` made progress now; ``idle`` says why it waits from here on (None: it works,
         and should come back within the stall bound)."""
         self.heartbeats[thread] = (time.monotonic(), idle)
+        if idle is None:  # the thread that works, whose waits on its input are no stall (``thread_waits``)
+            self.beat_idents[thread] = threading.get_ident()
 
     def gauge(self, name: str, help: str, labels: tuple[str, ...], read: Callable[[], Mapping]) -> None:
         """Register (or replace) a value read when the metrics are scraped."""
@@ -285,6 +288,7 @@ class RunMetrics:
         with self._lock:
             self.retired.add(name)
             self.heartbeats.pop(decode_thread(name), None)
+            self.beat_idents.pop(decode_thread(name), None)
 
     def exposed(self) -> dict[str, SourceCounts]:
         """``snapshot()`` of the sources whose series /metrics shows (all but the retired)."""

@@ -32,6 +32,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from segstream import __version__
 from segstream.connectors.errors import ConfigError
 from segstream.connectors.source import SOURCE_STATES
+from segstream.connectors.threads import input_wait
 from segstream.connectors.threads import NamedThread
 from segstream.pipeline.metrics import DROP_REASONS, STAGES, LatencyWindow, RunMetrics, decode_thread
 
@@ -62,13 +63,17 @@ class Verdict:
 def thread_waits(metrics: RunMetrics) -> dict[str, tuple[float, str | None]]:
     """Each runtime thread's last progress (monotonic time) and why it waits now, None while it
     works: its own reason, or for a decode thread working inside its source, the source's state
-    where that is one without frames (connecting, reconnecting, ...). ``/healthz`` and
+    where that is one without frames (connecting, reconnecting, ...), or what its source waits
+    for while it streams (the next frame's time, a stream's next packets: bounded by the source's
+    own timeouts). ``/healthz`` and
     ``segstream_thread_waiting`` both decide by this."""
     source_state = {decode_thread(name): state for name, state in _source_states(metrics).items()}
     waits = {}
     for thread, (since, idle) in sorted(metrics.heartbeats.items()):
         if idle is None and source_state.get(thread) in SOURCE_WAITING_STATES:
             idle = source_state[thread]
+        if idle is None:  # a source streaming slowly: a real-time still's pacing, a 0.1 fps camera
+            idle = input_wait(metrics.beat_idents.get(thread))
         waits[thread] = (since, idle)
     return waits
 

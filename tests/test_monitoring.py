@@ -536,3 +536,61 @@ def test_an_interrupt_while_the_endpoints_close_still_frees_their_port():
                     raise
         time.sleep(0.05)
 
+
+
+def test_healthz_stays_healthy_while_a_slow_source_waits_for_its_next_frame(served, tmp_path):
+    # found probing a site camera's stills: a folder played at 0.02 fps sleeps 50 s between images;
+    # /healthz said "decode stalled" after stall_after_s and a liveness probe restarted the pod
+    from PIL import Image
+
+    from segstream.connectors.image_source import ImageFolderSource
+
+    metrics, server = served  # stall_after_s 0.5
+    for index in range(2):
+        Image.new("RGB", (32, 24), (index * 100, 0, 0)).save(tmp_path / f"still{index}.png")
+    source = ImageFolderSource("site", str(tmp_path), fps=0.5, realtime=True)  # 2 s between the stills
+    runtime = Runtime([source], ColourSegmenter(), [], metrics=metrics, progress=None)
+    thread = threading.Thread(target=runtime.run)
+    thread.start()
+    try:
+        wait_for(lambda: metrics.source("site").decoded >= 1)
+        time.sleep(1.0)  # twice stall_after_s into the wait for the second still
+        status, body = get(server.url + "/healthz")
+        assert status == 200, body
+        assert json.loads(body)["threads"]["decode:site"]["state"].startswith("idle: pacing")
+        assert samples(get(server.url + "/metrics")[1])[("segstream_thread_waiting", (("thread", "decode:site"),))] == 1
+    finally:
+        runtime.stop()
+        thread.join(30)
+
+
+def test_healthz_stays_healthy_while_a_camera_is_silent_within_its_read_timeout(served):
+    # a camera whose read timeout was raised for its slow rate: the decode thread waits on the
+    # stream, bounded by that timeout, and is not stuck
+    import os
+    import signal
+    import socket
+
+    from segstream.connectors.live_source import ReconnectPolicy
+    from segstream.connectors.stream_source import StreamSource
+    from tests.live_servers import FfmpegStream, free_port
+
+    metrics, server = served  # stall_after_s 0.5
+    port = free_port(socket.SOCK_DGRAM)
+    with FfmpegStream(["-f", "mpegts", f"udp://127.0.0.1:{port}?pkt_size=1316"], fps=25) as camera:
+        source = StreamSource("cam", f"udp://127.0.0.1:{port}", policy=ReconnectPolicy(open_timeout_s=10,
+                                                                                    read_timeout_s=30))
+        runtime = Runtime([source], ColourSegmenter(), [], metrics=metrics, progress=None)
+        thread = threading.Thread(target=runtime.run)
+        thread.start()
+        try:
+            wait_for(lambda: metrics.source("cam").decoded >= 5, 30)
+            os.killpg(camera.process.pid, signal.SIGSTOP)  # silent, not gone
+            time.sleep(1.5)
+            status, body = get(server.url + "/healthz")
+            assert status == 200, body
+            assert json.loads(body)["threads"]["decode:cam"]["state"].startswith("idle: waiting for the stream")
+        finally:
+            os.killpg(camera.process.pid, signal.SIGCONT)
+            runtime.stop()
+            thread.join(30)
