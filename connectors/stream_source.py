@@ -35,6 +35,12 @@ def stream_options(
     if scheme in ("rtsp", "rtsps"):
         options["rtsp_transport"] = transport
         options[_RTSP_TIMEOUT_OPTION] = io_us
+        # Only the video is set up. With more tracks (a camera's audio, an ONVIF metadata track)
+        # FFmpeg times each track's packets by the sender reports' wall clock, so a camera whose
+        # clock stepped (NTP) had its video's pts step with it: a false silence, counted as down
+        # time (found probing: 3 s). With one track they are its RTP clock's; sender_ts still
+        # follows the reports.
+        options["allowed_media_types"] = "video"
     elif scheme in ("http", "https", "tcp", "srt"):
         options["timeout"] = io_us
         if scheme in ("http", "https"):
@@ -79,8 +85,13 @@ class StreamSource(LiveSource):
         max_behind_s: float | None = None,
         deinterlace: Deinterlace = "auto",
     ):
+        given = {str(k): str(v) for k, v in (options or {}).items()}
         merged = stream_options(url, transport, policy.read_timeout_s, low_latency)
-        merged.update({str(k): str(v) for k, v in (options or {}).items()})
+        if "listen" in given.get("rtsp_flags", ""):
+            # FFmpeg as the RTSP server refuses a publisher's SETUP of a track it left out: the
+            # stream of one that sends audio too would not start
+            merged.pop("allowed_media_types", None)
+        merged.update(given)
         super().__init__(
             name, url, policy=policy, options=merged, low_latency=low_latency, shown=redact_url(url), seed=seed,
             max_fps=max_fps, max_behind_s=max_behind_s, deinterlace=deinterlace,

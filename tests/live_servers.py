@@ -61,14 +61,18 @@ def pattern_args(size: str = "160x120", fps: int = 25, gop: int | None = None, c
 
 class RtspCamera:
     """tests/rtsp_server.py in its own process group: ``kill()`` takes server and ffmpeg down at
-    once, as a camera losing power would; ``start()`` brings it back (maybe at another size)."""
+    once, as a camera losing power would; ``start()`` brings it back (maybe at another size).
+    ``audio``: it sends an audio track too; ``step_clock()`` steps its wall clock (the time its
+    RTCP sender reports give) by ``clock_step_s``."""
 
     def __init__(self, workdir: Path, port: int | None = None, size: str = "160x120", fps: int = 25,
-                 user: str | None = None, password: str | None = None):
+                 user: str | None = None, password: str | None = None, audio: bool = False,
+                 clock_step_s: float = 0.0):
         self.workdir = workdir
         self.port = port or free_port()
         self.size, self.fps = size, fps
         self.user, self.password = user, password
+        self.audio, self.clock_step_s = audio, clock_step_s
         self.process: subprocess.Popen | None = None
 
     def url(self, user: str | None = None, password: str | None = None, path: str = "cam") -> str:
@@ -80,6 +84,10 @@ class RtspCamera:
         command = [sys.executable, str(RTSP_SERVER), "--port", str(self.port), "--size", self.size, "--fps", str(self.fps)]
         if self.user is not None:
             command += ["--user", self.user, "--password", self.password or ""]
+        if self.audio:
+            command.append("--audio")
+        if self.clock_step_s:
+            command += ["--clock-step", str(self.clock_step_s)]
         log = open(self.workdir / f"rtsp-{self.port}.log", "ab")
         self.process = subprocess.Popen(
             command, stdout=subprocess.PIPE, stderr=log, start_new_session=True,
@@ -90,6 +98,10 @@ class RtspCamera:
             self.kill()
             raise AssertionError(f"the RTSP test server did not start: {line!r}")
         return self
+
+    def step_clock(self) -> None:
+        assert self.process is not None and self.clock_step_s, "a camera started with a clock_step_s"
+        os.kill(self.process.pid, signal.SIGUSR1)
 
     def kill(self) -> None:
         if self.process is not None and self.process.poll() is None:

@@ -9,6 +9,11 @@ also sent to a client when it starts playing, as a camera's next report would be
 client learns the sender's clock at once. With ``--user``/``--password`` every request needs
 HTTP Basic credentials (401 otherwise).
 
+With ``--audio`` the camera sends a second track, a tone (G.711 µ-law), set up by its own SETUP
+as a camera's audio is. With ``--clock-step S``, SIGUSR1 steps the sender's wall clock by S
+seconds, as NTP setting a camera's clock would: the sender reports from then on say their RTP
+time was sent S seconds later, the last one of each track at once.
+
 Run as a program; kill its process group to kill the camera (server and ffmpeg) at once::
 
     python tests/rtsp_server.py --port 8554 --size 160x120 --fps 25
@@ -40,8 +45,9 @@ class Client:
     def __init__(self, sock: socket.socket):
         self.sock = sock
         self.lock = threading.Lock()  # one writer at a time: replies and interleaved packets
-        self.interleaved: tuple[int, int] | None = None
-        self.udp: tuple[str, int, int] | None = None  # host, RTP port, RTCP port
+        # each track set up: its RTP and RTCP channels on this connection, or its UDP destination
+        self.interleaved: dict[int, tuple[int, int]] = {}
+        self.udp: dict[int, tuple[str, int, int]] = {}  # host, RTP port, RTCP port
         self.playing = False
 
     def send(self, data: bytes) -> bool:
@@ -54,81 +60,112 @@ class Client:
 
 
 class RtspServer:
-    def __init__(self, port: int, size: str, fps: int, user: str | None, password: str | None, gop: int):
+    def __init__(self, port: int, size: str, fps: int, user: str | None, password: str | None, gop: int,
+                 audio: bool = False, clock_step_s: float = 0.0):
         self.port = port
         self.size = size
         self.fps = fps
         self.gop = gop
+        self.audio = audio
         self.credentials = None if user is None else base64.b64encode(f"{user}:{password}".encode()).decode()
         self.clients: list[Client] = []
         self.clients_lock = threading.Lock()
-        self.last_sender_report: bytes | None = None
+        self.last_sender_reports: dict[int, bytes] = {}  # each track's newest, as ffmpeg sent it
+        self.clock_step_s = clock_step_s
+        self.clock_offset_s = 0.0  # added to the sender reports' wall clock: the steps taken so far
+        self.step_pending = False  # set by SIGUSR1, taken by the relay
         self.session = str(int(time.time() * 1000) % 10_000_000)
-        # ffmpeg sends RTP and RTCP to these; clients get packets from the output pair
-        self.rtp_in, self.rtcp_in = _udp_pair()
-        self.rtp_out, self.rtcp_out = _udp_pair()
+        # per track (video, then audio): ffmpeg sends RTP and RTCP to the input pair; clients get
+        # packets from the output pair
+        tracks = 2 if audio else 1
+        self.inputs = [_udp_pair() for _ in range(tracks)]
+        self.outputs = [_udp_pair() for _ in range(tracks)]
         self.workdir = Path(tempfile.mkdtemp(prefix="rtsp-server-"))
         self.sdp_path = self.workdir / "stream.sdp"
 
     def start_camera(self) -> subprocess.Popen:
-        rtp_port = self.rtp_in.getsockname()[1]
-        rtcp_port = self.rtcp_in.getsockname()[1]
-        command = [
-            FFMPEG, "-nostdin", "-hide_banner", "-loglevel", "error", "-re",
-            "-f", "lavfi", "-i", f"testsrc2=size={self.size}:rate={self.fps}",
-            "-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency", "-g", str(self.gop),
-            "-bf", "0", "-pix_fmt", "yuv420p",
-            "-f", "rtp", "-payload_type", "96", "-sdp_file", str(self.sdp_path),
-            f"rtp://127.0.0.1:{rtp_port}?rtcpport={rtcp_port}&pkt_size=1200",
+        destinations = [
+            f"rtp://127.0.0.1:{rtp.getsockname()[1]}?rtcpport={rtcp.getsockname()[1]}&pkt_size=1200"
+            for rtp, rtcp in self.inputs
         ]
+        command = [
+            FFMPEG, "-nostdin", "-hide_banner", "-loglevel", "error", "-sdp_file", str(self.sdp_path),
+            "-re", "-f", "lavfi", "-i", f"testsrc2=size={self.size}:rate={self.fps}",
+        ]
+        if self.audio:
+            command += ["-re", "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=8000"]
+        command += [
+            "-map", "0:v", "-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency", "-g", str(self.gop),
+            "-bf", "0", "-pix_fmt", "yuv420p", "-f", "rtp", "-payload_type", "96", destinations[0],
+        ]
+        if self.audio:
+            command += ["-map", "1:a", "-c:a", "pcm_mulaw", "-ac", "1", "-f", "rtp", "-payload_type", "0",
+                        destinations[1]]
         camera = subprocess.Popen(command, stdin=subprocess.DEVNULL)
+        media = ["m=video", "m=audio"][: len(self.inputs)]
         deadline = time.monotonic() + 20
-        while not (self.sdp_path.exists() and "m=video" in self.sdp_path.read_text()):
+        while not (self.sdp_path.exists() and all(m in self.sdp_path.read_text() for m in media)):
             if camera.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit(f"ffmpeg did not start (exit {camera.poll()})")
             time.sleep(0.02)
         return camera
 
     def describe(self) -> str:
-        """ffmpeg's SDP with a control URL per media and no fixed destination."""
+        """ffmpeg's SDP with a control URL per media (``track0`` the video, ``track1`` the audio)
+        and no fixed destination."""
         lines = []
+        track = 0
         for line in self.sdp_path.read_text().splitlines():
             if line.startswith("c="):
                 line = "c=IN IP4 0.0.0.0"
-            elif line.startswith("m=video"):
-                line = re.sub(r"^m=video \d+", "m=video 0", line)
+            elif line.startswith("m="):
+                line = re.sub(r"^(m=\w+) \d+", r"\1 0", line)
             lines.append(line)
-            if line.startswith("m=video"):
-                lines.append("a=control:track0")
+            if line.startswith("m="):
+                lines.append(f"a=control:track{track}")
+                track += 1
         return "\r\n".join(lines) + "\r\n"
 
     # --- RTP relay -----------------------------------------------------------------------------
 
     def relay(self) -> None:
         selector = selectors.DefaultSelector()
-        selector.register(self.rtp_in, selectors.EVENT_READ, 0)
-        selector.register(self.rtcp_in, selectors.EVENT_READ, 1)
+        for track, pair in enumerate(self.inputs):
+            for rtcp, sock in enumerate(pair):
+                selector.register(sock, selectors.EVENT_READ, (track, rtcp))
         while True:
             for key, _ in selector.select():
                 data = key.fileobj.recv(65536)
-                channel = key.data
-                if channel == 1 and len(data) > 1 and data[1] == 200:
-                    self.last_sender_report = data
-                self.forward(channel, data)
+                track, rtcp = key.data
+                if rtcp and len(data) >= 16 and data[1] == 200:  # a sender report (RTCP type 200)
+                    self.last_sender_reports[track] = data
+                    data = self.stepped(data)
+                self.forward(track, rtcp, data)
+            if self.step_pending:
+                self.step_pending = False
+                self.clock_offset_s += self.clock_step_s
+                for track, report in list(self.last_sender_reports.items()):
+                    self.forward(track, 1, self.stepped(report))
 
-    def forward(self, channel: int, data: bytes, only: Client | None = None) -> None:
+    def stepped(self, report: bytes) -> bytes:
+        """A sender report with its NTP time (bytes 8-16, seconds in 32.32 fixed point) moved by
+        the clock's steps so far."""
+        ntp = (int.from_bytes(report[8:16], "big") + round(self.clock_offset_s * 2**32)) % 2**64
+        return report[:8] + ntp.to_bytes(8, "big") + report[16:]
+
+    def forward(self, track: int, rtcp: int, data: bytes, only: Client | None = None) -> None:
+        """Send a track's RTP (``rtcp`` 0) or RTCP (1) packet to each playing client that set it up."""
         with self.clients_lock:
             clients = [c for c in self.clients if c.playing and (only is None or c is only)]
         for client in clients:
-            if client.interleaved is not None:
-                header = b"$" + bytes([client.interleaved[channel]]) + len(data).to_bytes(2, "big")
+            if track in client.interleaved:
+                header = b"$" + bytes([client.interleaved[track][rtcp]]) + len(data).to_bytes(2, "big")
                 if not client.send(header + data):
                     self.drop(client)
-            elif client.udp is not None:
-                host, rtp_port, rtcp_port = client.udp
-                out = self.rtcp_out if channel else self.rtp_out
+            elif track in client.udp:
+                host, rtp_port, rtcp_port = client.udp[track]
                 try:
-                    out.sendto(data, (host, rtcp_port if channel else rtp_port))
+                    self.outputs[track][rtcp].sendto(data, (host, rtcp_port if rtcp else rtp_port))
                 except OSError:
                     pass
 
@@ -203,16 +240,22 @@ class RtspServer:
             base = url if url.endswith("/") else url + "/"
             extra = f"Content-Base: {base}\r\nContent-Type: application/sdp\r\n"
         elif method == "SETUP":
+            control = re.search(r"/track(\d+)$", url)
+            track = int(control.group(1)) if control else 0
+            if track >= len(self.inputs):
+                client.send(f"RTSP/1.0 404 Not Found\r\nCSeq: {cseq}\r\n\r\n".encode())
+                return True
             transport = headers.get("transport", "")
             interleaved = re.search(r"interleaved=(\d+)-(\d+)", transport)
             ports = re.search(r"client_port=(\d+)-(\d+)", transport)
             if interleaved:
-                client.interleaved = (int(interleaved.group(1)), int(interleaved.group(2)))
+                client.interleaved[track] = (int(interleaved.group(1)), int(interleaved.group(2)))
                 reply = f"RTP/AVP/TCP;unicast;interleaved={interleaved.group(1)}-{interleaved.group(2)}"
             elif ports:
                 host = client.sock.getpeername()[0]
-                client.udp = (host, int(ports.group(1)), int(ports.group(2)))
-                server_ports = f"{self.rtp_out.getsockname()[1]}-{self.rtcp_out.getsockname()[1]}"
+                client.udp[track] = (host, int(ports.group(1)), int(ports.group(2)))
+                rtp_out, rtcp_out = self.outputs[track]
+                server_ports = f"{rtp_out.getsockname()[1]}-{rtcp_out.getsockname()[1]}"
                 reply = f"RTP/AVP;unicast;client_port={ports.group(1)}-{ports.group(2)};server_port={server_ports}"
             else:
                 client.send(f"RTSP/1.0 461 Unsupported Transport\r\nCSeq: {cseq}\r\n\r\n".encode())
@@ -234,8 +277,8 @@ class RtspServer:
         client.send((reply + "\r\n" + body).encode())
         if method == "PLAY":
             client.playing = True
-            if self.last_sender_report is not None:
-                self.forward(1, self.last_sender_report, only=client)
+            for track, report in list(self.last_sender_reports.items()):
+                self.forward(track, 1, self.stepped(report), only=client)
         return keep_open
 
 
@@ -269,8 +312,12 @@ def main() -> None:
     parser.add_argument("--gop", type=int, default=None, help="frames between keyframes (default: one second)")
     parser.add_argument("--user")
     parser.add_argument("--password")
+    parser.add_argument("--audio", action="store_true", help="send an audio track too")
+    parser.add_argument("--clock-step", type=float, default=0.0,
+                        help="seconds the sender's wall clock steps by at each SIGUSR1")
     args = parser.parse_args()
-    server = RtspServer(args.port, args.size, args.fps, args.user, args.password, args.gop or args.fps)
+    server = RtspServer(args.port, args.size, args.fps, args.user, args.password, args.gop or args.fps,
+                        audio=args.audio, clock_step_s=args.clock_step)
     camera = server.start_camera()
 
     def stop(signum, frame):
@@ -279,6 +326,7 @@ def main() -> None:
         os._exit(0)
 
     signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGUSR1, lambda signum, frame: setattr(server, "step_pending", True))
     threading.Thread(target=server.relay, daemon=True).start()
     threading.Thread(target=lambda: (camera.wait(), os._exit(1)), daemon=True).start()
     try:

@@ -459,6 +459,33 @@ def test_a_camera_that_stops_sending_goes_stalled_then_streams_again(tmp_path):
     assert [f.epoch for f in frames][-1] == 1
 
 
+def test_a_camera_with_audio_whose_clock_steps_keeps_steady_pts_and_counts_no_silence(tmp_path):
+    # Found probing: with the camera's audio track set up too, FFmpeg timed the video by the RTCP
+    # sender reports' wall clock: the camera's clock set 3 s ahead (NTP) made its pts jump 3 s
+    # between frames 40 ms apart, "no frames for 3.0 s", counted as down time
+    with RtspCamera(tmp_path, audio=True, clock_step_s=3.0) as camera:
+        # a silence counts up to the read timeout (longer, a new sender's): 5 s, the default
+        source = StreamSource("cam", camera.url(), policy=dataclasses.replace(QUICK, read_timeout_s=5))
+        source.on_state = log = StateLog()
+        frames: list = []
+        thread = threading.Thread(target=lambda: frames.extend(source.frames()), daemon=True)
+        thread.start()
+        wait_for(lambda: len(frames) >= 10, 20, "frames before the camera's clock steps")
+        camera.step_clock()
+        stepped_at = len(frames)
+        wait_for(lambda: len(frames) >= stepped_at + 15, 20, "frames after the camera's clock stepped")
+        source.close()
+        thread.join(5)
+    pts_steps = [b.pts_seconds - a.pts_seconds for a, b in zip(frames, frames[1:])]
+    assert [round(step, 3) for step in pts_steps if abs(step - 1 / 25) >= 0.001] == []
+    # the step reached the source: the sender's time went 3 s further than pts once, and only once
+    sender_steps = [b.sender_wall - a.sender_wall - step for a, b, step in zip(frames, frames[1:], pts_steps)]
+    assert sum(abs(s - 3.0) < 0.1 for s in sender_steps) == 1, sender_steps
+    assert sum(abs(s) < 0.1 for s in sender_steps) == len(sender_steps) - 1, sender_steps
+    assert source.gap_s == 0 and {f.epoch for f in frames} == {0}
+    assert log.states == ["connecting", "streaming", "ended"], log.entries
+
+
 def _child_of(pid: int) -> int:
     with open(f"/proc/{pid}/task/{pid}/children") as children:
         return int(children.read().split()[0])
@@ -495,6 +522,18 @@ def test_each_protocol_gets_its_own_timeout_option():
     assert stream_options("udp://127.0.0.1:5000", read_timeout_s=2)["overrun_nonfatal"] == "1"
     # rtmp's `timeout` would make it listen for a publisher instead of playing
     assert "timeout" not in stream_options("rtmp://h/app/key", read_timeout_s=2)
+
+
+def test_an_rtsp_source_sets_up_its_video_alone_unless_told_otherwise():
+    for url in ("rtsp://h/x", "rtsps://h/x"):
+        assert stream_options(url)["allowed_media_types"] == "video"
+    assert "allowed_media_types" not in stream_options("http://h/x.m3u8")
+    told = StreamSource("cam", "rtsp://h/x", options={"allowed_media_types": "video+audio"})
+    assert told.options["allowed_media_types"] == "video+audio"
+    # FFmpeg listening for a publisher refuses its SETUP of a track left out ("Unable to find
+    # requested track"): one that sends audio too would never start
+    listening = StreamSource("cam", "rtsp://127.0.0.1:8554/x", options={"rtsp_flags": "listen"})
+    assert "allowed_media_types" not in listening.options
 
 
 def test_a_live_stream_probes_five_frames_for_its_rate_not_twenty():
