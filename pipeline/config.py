@@ -12,6 +12,7 @@ import contextlib
 import copy
 import difflib
 import ipaddress
+import math
 import os
 import re
 import types
@@ -1267,14 +1268,19 @@ class PipelineConfig(Strict):
         lost_s = self.tracking.max_lost_s
         if not self.tracking.enabled or lost_s is None:
             return self
-        rates = [(f"source {s.name}'s", s.max_fps) for s in self.sources] + [("batch", self.batch.max_fps)]
-        for whose, max_fps in rates:
+        # a source's own rate where the config says it (a folder of stills at fps 0.1: found probing,
+        # max_lost_s 5 left every thing without an id), or its max_fps where lower
+        rates = [(f"source {s.name}'s", key, rate) for s in self.sources
+                 for key, rate in [min((("max_fps", s.max_fps), ("fps", getattr(s, "fps", None))),
+                                       key=lambda pair: math.inf if pair[1] is None else pair[1])]]
+        rates.append(("batch", "max_fps", self.batch.max_fps))
+        for whose, key, rate in rates:
             # kept frames come up to an input frame later than 1/max_fps apart: two intervals are safe
-            if max_fps is not None and lost_s < 2 / max_fps:
+            if rate is not None and lost_s < 2 / rate:
                 raise ValueError(
                     f"tracking.max_lost_s ({lost_s:g} s) is shorter than two of {whose} frame intervals at its "
-                    f"max_fps {max_fps:g} ({2 / max_fps:g} s): things would lose their ids from one frame to "
-                    f"the next — set max_lost_s to {2 / max_fps:g} s or more"
+                    f"{key} {rate:g} ({2 / rate:g} s): things would lose their ids from one frame to "
+                    f"the next — set max_lost_s to {2 / rate:g} s or more"
                 )
         return self
 

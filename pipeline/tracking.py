@@ -49,14 +49,15 @@ class TrackingStage:
         self._step_s: float | None = None  # about one frame's time
         self.capacity_refused = 0  # segments left without a track id: the tracker held max_tracks
         self._full_once = False  # the tracker has been full: warned and announced, once per source
-        self._apart: deque[int] = deque(maxlen=_STEPS_JUDGED)  # frame numbers between the last results
+        self._apart: deque[float] = deque(maxlen=_STEPS_JUDGED)  # frame numbers (or seconds) between the last results
         self._apart_warned = False
 
     def process(self, result: FrameResult) -> FrameResult:
         if result.segment_map is None:
             raise ValueError(f"{result.source} frame {result.index} has no label map to track")
+        previous = self._last_pts, self._last_epoch
         self._after_outage(result)
-        self._check_apart(result)
+        self._check_apart(result, *previous)
         segments = result.segments
         update = self.tracker.update(
             result.index, result.segment_map, segments.ids, segments.class_ids, segments.isthing, segments.embeddings,
@@ -82,13 +83,26 @@ class TrackingStage:
                 "max_tracks": settings.max_tracks, "frame": result.index, "refused": update.capacity_refused}))
         return result
 
-    def _check_apart(self, result: FrameResult) -> None:
+    def _check_apart(self, result: FrameResult, last_pts: float | None, last_epoch: int) -> None:
         """Warn once when results keep coming further apart in frame numbers than ``max_lost``
-        counts (``max_fps`` 2 of a 25 fps camera: 12 apart, against a max_lost of 2): a thing
-        missed in a single result (hidden for a moment) would lose its id. ``max_lost_s``
-        measures seconds instead."""
+        counts (``max_fps`` 2 of a 25 fps camera: 12 apart, against a max_lost of 2), or with
+        ``max_lost_s``, further apart in seconds (a camera sending a frame every 10 s, against a
+        max_lost_s of 5): a thing missed in a single result (hidden for a moment) would lose its
+        id, and with ``max_lost_s`` every thing loses it from one result to the next."""
         settings = self.tracker.settings
-        if self._apart_warned or settings.max_lost_s is not None or self._last_frame is None:
+        if self._apart_warned or self._last_frame is None:
+            return
+        if settings.max_lost_s is not None:
+            if result.pts_seconds is None or last_pts is None or result.epoch != last_epoch:
+                return
+            self._apart.append(result.pts_seconds - last_pts)
+            if len(self._apart) == _STEPS_JUDGED and min(self._apart) > settings.max_lost_s:
+                self._apart_warned = True
+                log.warning("%s: its results reach the tracker %.3g s or more apart (a slow camera, max_fps, or "
+                            "frames dropped), more than tracking.max_lost_s (%g s): every thing loses its id from "
+                            "one result to the next — set max_lost_s to a few times %.3g s",
+                            self.source, min(self._apart), settings.max_lost_s, max(self._apart),
+                            extra={"source": self.source})
             return
         self._apart.append(result.index - self._last_frame)
         if len(self._apart) == _STEPS_JUDGED and min(self._apart) > settings.max_lost:

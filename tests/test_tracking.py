@@ -538,7 +538,7 @@ def test_max_lost_s_is_validated_and_reaches_the_tracker():
         TrackerSettings(max_lost_s=0)
 
 
-def test_max_lost_s_shorter_than_a_max_fps_frame_interval_is_refused():
+def test_max_lost_s_shorter_than_a_max_fps_frame_interval_is_refused(tmp_path):
     """Found by QA: max_fps 1 with max_lost_s 0.5 left every segment without an id, unsaid."""
     from segstream.connectors.errors import ConfigError
     from segstream.pipeline.config import BatchPipelineConfig, validate_config
@@ -549,6 +549,14 @@ def test_max_lost_s_shorter_than_a_max_fps_frame_interval_is_refused():
     for lost_s in (0.5, 1):
         with pytest.raises(ConfigError, match=rf"max_lost_s \({lost_s} s\) is shorter than two of source cam1's"):
             validate_config({"sources": [source], "tracking": {"max_lost_s": lost_s}})
+    # a folder of stills at its own slow rate (found probing: fps 0.1 with max_lost_s 5, unsaid)
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "still.png")
+    stills = {"name": "site", "type": "images", "path": str(tmp_path), "fps": 0.1}
+    with pytest.raises(ConfigError, match=r"two of source site's frame intervals at its fps 0.1 \(20 s\)"):
+        validate_config({"sources": [stills], "tracking": {"max_lost_s": 5}})
+    validate_config({"sources": [stills], "tracking": {"max_lost_s": 60}})
     with pytest.raises(ConfigError, match="two of batch frame intervals"):
         validate_config({"batch": {"max_fps": 0.5}, "tracking": {"max_lost_s": 2}}, schema=BatchPipelineConfig)
     validate_config({"sources": [source], "tracking": {"max_lost_s": 2}})  # a frame a second, lost for 2 s: fine
@@ -627,6 +635,24 @@ def test_results_further_apart_than_max_lost_are_said_once(caplog):
         for f in range(10):  # a dropped frame now and then is no case of it
             near.process(result_of(f + (f // 3) * 2, [(DISC, 30, 60, 10)]))
     assert not [r for r in caplog.records if "max_lost" in r.getMessage()]
+
+
+def test_results_further_apart_in_seconds_than_max_lost_s_are_said_once(caplog):
+    # found probing a site camera at 0.1 fps with max_lost_s 5: no thing ever kept an id, unsaid
+    stage = TrackingStage("cam0", TrackerSettings(max_lost_s=5.0))
+    with caplog.at_level("WARNING", logger="segstream.tracking"):
+        results = [stage.process(at(f, 10.0 * f, 0, [(DISC, 30, 60, 10)])) for f in range(8)]
+    assert all(NO_TRACK in r.segments.track_ids[r.segments.isthing] for r in results), "the case warned about"
+    warnings = [r.getMessage() for r in caplog.records if "max_lost_s" in r.getMessage()]
+    assert warnings == ["cam0: its results reach the tracker 10 s or more apart (a slow camera, max_fps, or frames "
+                        "dropped), more than tracking.max_lost_s (5 s): every thing loses its id from one result to "
+                        "the next — set max_lost_s to a few times 10 s"]
+    caplog.clear()
+    slow = TrackingStage("cam0", TrackerSettings(max_lost_s=30.0))
+    with caplog.at_level("WARNING", logger="segstream.tracking"):
+        kept = [slow.process(at(f, 10.0 * f, 0, [(DISC, 30, 60, 10)])) for f in range(8)]
+    assert not [r for r in caplog.records if "max_lost_s" in r.getMessage()]
+    assert NO_TRACK not in kept[-1].segments.track_ids[kept[-1].segments.isthing]
 
 
 def test_the_runtime_exposes_the_segments_a_full_tracker_left_without_an_id(clip):
