@@ -387,6 +387,47 @@ def _nearest_steps(name: str, ts: float, within_s: float | None) -> Iterator:
     return _within(before if ts - _when(before) <= _when(after) - ts else after, ts, within_s)
 
 
+_SENDER_SPAN = 32  # entries each side of the guess that ``at(by="sender_ts")`` compares
+
+
+def _nearest_sender_steps(name: str, ts: float, within_s: float | None) -> Iterator:
+    """The steps of ``at(by="sender_ts")``: the entry whose ``sender_ts`` (the camera's clock) is
+    nearest ``ts``. The camera's delay (``capture_ts - sender_ts``) read off the entry captured
+    nearest ``ts`` says where by capture time to look (twice, the second time with the delay
+    there); the entries around that one are compared by ``sender_ts``. None for an empty stream,
+    one whose entries there carry no ``sender_ts``, or when the nearest is further than
+    ``within_s``."""
+    if not math.isfinite(ts) or (within_s is not None and not within_s >= 0):
+        raise ValueError(f"at() takes a finite time and a within_s of 0 or more, got {ts!r} and {within_s!r}")
+    guess = yield from _nearest_steps(name, ts, None)
+    for _ in range(2):
+        if guess is None or guess.sender_ts is None:
+            break
+        found = yield from _nearest_steps(name, ts + guess.capture_ts - guess.sender_ts, None)
+        if found is None or found.id == guess.id:
+            break
+        guess = found
+    if guess is None:
+        return None
+    after = yield _command("xrange", name, guess.id, "+", count=_SENDER_SPAN)
+    before = yield _command("xrevrange", name, f"({guess.id}", "-", count=_SENDER_SPAN)
+    around = [_named_entry(item, name) for item in [*before, *after]]
+    timed = [entry for entry in around if entry.sender_ts is not None]
+    if not timed:
+        return None
+    nearest = min(timed, key=lambda entry: abs(entry.sender_ts - ts))
+    return nearest if within_s is None or abs(nearest.sender_ts - ts) <= within_s else None
+
+
+def _at_steps(name: str, ts: float, within_s: float | None, by: str) -> Iterator:
+    """``at``'s steps by ``by``: ``capture_ts`` or ``sender_ts``."""
+    if by == "capture_ts":
+        return _nearest_steps(name, ts, within_s)
+    if by == "sender_ts":
+        return _nearest_sender_steps(name, ts, within_s)
+    raise ValueError(f"at() finds an entry by capture_ts or sender_ts, not by {by!r}")
+
+
 def _within(entry: Entry, ts: float, within_s: float | None) -> Entry | None:
     return entry if within_s is None or abs(_when(entry) - ts) <= within_s else None
 
@@ -647,15 +688,19 @@ class Client(_ClientBase["Subscription[Entry] | FanIn[Entry]", "Subscription[Eve
         return entry if entry is not None and _fresh(entry, max_age_s) else None
 
     def at(self, ts: float, source: str | None = None, *, stream: str | None = None,
-           within_s: float | None = None) -> Entry | None:
+           within_s: float | None = None, by: str = "capture_ts") -> Entry | None:
         """The frame entry of one source captured nearest the wall-clock time ``ts`` (seconds, as
         ``capture_ts``); None for an empty stream, or when the nearest was captured more than
         ``within_s`` from ``ts`` (the camera was down then, or the entries were trimmed). Found by
         bisection (about 30 reads for a day's stream), by the entries' own capture times: the
         Redis server's clock and write delays do not matter. A stream written by two runs at
-        once (SCHEMA) has its capture times out of order: the answer is then one near ``ts``."""
+        once (SCHEMA) has its capture times out of order: the answer is then one near ``ts``.
+
+        ``by="sender_ts"``: nearest by the camera's own clock instead (cameras whose RTCP sender
+        reports give it): to pair another camera's frame, pass that frame's ``sender_ts``; None
+        where the entries there carry none."""
         name = _one_stream(self.stream_pattern, source, stream, "at")
-        steps, reply = _nearest_steps(name, ts, within_s), None
+        steps, reply = _at_steps(name, ts, within_s, by), None
         try:
             while True:
                 try:

@@ -28,7 +28,7 @@ from segstream.connectors.errors import SinkError
 from segstream.connectors.redis_connection import SentinelAuth, TlsFiles, connect_redis_async, redis_address
 from segstream.connectors.redis_reader import (
     _MAX_BLOCK_MS, _REFUSED_LOGIN, _UNREACHABLE, Entry, EventEntry, _ClientBase, _Emit,
-    _FanInSteps, _fresh, _InOrderSteps, _key_in, _named_entry, _nearest_steps, _one_stream, _Outage, _patience, _Pause, _StillDown,
+    _FanInSteps, _fresh, _InOrderSteps, _key_in, _named_entry, _at_steps, _one_stream, _Outage, _patience, _Pause, _StillDown,
     _Stopped, _SubscriptionSteps, _wait_within, _Item,
     _warn_if_missing_steps, reader_options,
 )
@@ -91,10 +91,11 @@ class Client(_ClientBase["Subscription[AsyncEntry] | FanIn[AsyncEntry]",
         return entry if entry is not None and _fresh(entry, max_age_s) else None
 
     async def at(self, ts: float, source: str | None = None, *, stream: str | None = None,
-                 within_s: float | None = None) -> Entry | None:
-        """As ``segstream.client.Client.at``: the frame entry captured nearest ``ts``."""
+                 within_s: float | None = None, by: str = "capture_ts") -> Entry | None:
+        """As ``segstream.client.Client.at``: the frame entry captured nearest ``ts`` (``by``
+        ``capture_ts``, or the camera's ``sender_ts``)."""
         name = _one_stream(self.stream_pattern, source, stream, "at")
-        steps, reply = _nearest_steps(name, ts, within_s), None
+        steps, reply = _at_steps(name, ts, within_s, by), None
         try:
             while True:
                 try:

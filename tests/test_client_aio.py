@@ -297,6 +297,36 @@ def test_at_finds_the_entry_captured_nearest_a_time_whatever_redis_s_clock(serve
     assert "the entry captured nearest the time asked was captured" in capsys.readouterr().err
 
 
+def test_at_by_sender_ts_finds_the_frame_a_camera_took_at_another_camera_s_moment(server):
+    # found probing four cameras for fusion: at() found entries by capture_ts only, which each
+    # camera's own network and decoding delay puts hundreds of ms late (and differently)
+    connection = server.client()
+    publisher = RedisPublisher(connection, max_batch_delay_s=0)
+    taken = [1_700_000_000.0 + index / 30 for index in range(300)]
+    for index in range(300):
+        scene = tiny_scene("cam1", index)
+        scene.capture_ts = taken[index] + 0.45 + 0.1 * (index % 7) / 7  # late by 0.45-0.55 s
+        scene.sender_ts = taken[index] if index >= 10 else None  # none before the first sender report
+        publisher.publish(scene)
+    publisher.flush()
+    publisher.close()
+    client = connect(server.url)
+    assert client.at(taken[150] + 0.01, "cam1").frame < 140  # by capture time: frames taken 0.5 s earlier
+    assert client.at(taken[150] + 0.01, "cam1", by="sender_ts").frame == 150
+    assert client.at(taken[150] + 0.02, "cam1", by="sender_ts").frame == 151
+    assert client.at(taken[299] + 5, "cam1", by="sender_ts", within_s=1) is None
+    assert client.at(taken[2], "cam1", by="sender_ts").frame == 10  # the first frame with a sender_ts
+    with pytest.raises(ValueError, match="by capture_ts or sender_ts"):
+        client.at(taken[2], "cam1", by="pts_s")
+    client.close()
+
+    async def main_aio():
+        async with await aio.connect(server.url) as client:
+            return await client.at(taken[200], "cam1", by="sender_ts")
+
+    assert asyncio.run(main_aio()).frame == 200
+
+
 def test_newest_reads_one_source_and_names_a_malformed_entry(server):
     publish(server, ("cam0", 0))
     client = connect(server.url)
