@@ -15,12 +15,13 @@ class FrameRateCap:
     timestamps that go back (a file played again) carry the schedule over, as if the frame came one
     frame after the last. ``skipped`` counts the frames it turned away.
 
-    A live source's cap (``on_clock``) is given each frame's Unix time as well (``keep``'s ``wall``): after the first
-    frame kept, the schedule falls on whole multiples of the period of that clock, so that cameras
-    capped alike keep frames of the same instants (each its first frame at or after each multiple;
-    at 5 fps their kept frames were up to 200 ms apart, each camera's schedule starting from its
-    own first frame). The sender's clock (``exact``) is followed through its steps; an arrival
-    time is read where the schedule starts only (its jitter would move the schedule)."""
+    A live source's cap (``on_clock``) is given each frame's Unix time as well (``keep``'s
+    ``wall``): after the first frame kept, the schedule falls on whole multiples of the period of
+    that clock, so that cameras capped alike keep frames of the same instants (each its first
+    frame at or after each multiple; at 5 fps their kept frames were up to 200 ms apart, each
+    camera's schedule starting from its own first frame). The sender's clock (``exact``) is
+    followed through its steps; an arrival time is read where the schedule starts only (its
+    jitter would move the schedule)."""
 
     def __init__(self, max_fps: float, on_clock: bool = False):
         if not max_fps > 0:
