@@ -434,6 +434,12 @@ def _torch_threads_given_back() -> None:
             torch.set_num_threads(_callers_torch_threads)
 
 
+def _rate(fps: float) -> str:
+    """A rate for the status line: a tenth, or two digits below 1 fps (a camera sending a frame
+    every 3 s showed "0.0 in / 0.0 out fps")."""
+    return f"{fps:.2g}" if 0 < fps < 1 else f"{fps:.1f}"
+
+
 class Runtime:
     """Runs sources -> model stage -> per-source stages -> sinks until the sources end or
     ``stop()`` is called.
@@ -1651,7 +1657,7 @@ class Runtime:
         self._last_line = (elapsed_s, frames_in, report.handed)
         span = elapsed_s - since
         skipped = f", {report.skipped} skipped ({skipped_why(report.skipped, report.caught_up)})" if report.skipped else ""
-        rates = (f"{(frames_in - in_before) / span:.1f} in / {(report.handed - out_before) / span:.1f} out fps"
+        rates = (f"{_rate((frames_in - in_before) / span)} in / {_rate((report.handed - out_before) / span)} out fps"
                  if span > 0 else "0.0 in / 0.0 out fps")
         return (
             f"segstream: {report.handed} frames, {rates}, {report.dropped} dropped{skipped}{latency}, "

@@ -332,3 +332,6 @@ def test_the_status_line_shows_the_last_intervals_rates_and_frames_that_never_go
     second = runtime._progress_line(4.0)
     assert second.startswith("segstream: 45 frames, 5.0 in / 2.5 out fps, 40 dropped, "), second
     assert runtime.report(4.0).published == 15  # the summary's published leaves the sink's drops out
+    metrics.decoded("cam", 0.0)  # a frame every 3 s (a site camera): not "0.0 in / 0.0 out fps"
+    metrics.published("cam")
+    assert runtime._progress_line(7.0).startswith("segstream: 46 frames, 0.33 in / 0.33 out fps, "), "found probing"
