@@ -35,6 +35,24 @@ def test_a_10_fps_mjpeg_camera_is_timed_by_its_frames_arrival_and_stays_live():
     assert [f.index for f in frames] == list(range(40))
 
 
+def test_a_slow_mjpeg_camera_opens_at_its_first_frame_and_is_not_silent_between_its_frames(caplog):
+    """Found probing timelapse cameras: FFmpeg held the open of an MJPEG camera for 6 frames to
+    probe a rate that is never used (a 0.33 fps camera never opened in its 10 s; at 1 fps each
+    session began 6 s late, in a burst), and a steady 0.33 fps camera was 'no frames for 3.0 s' at
+    every frame, its whole run counted as down time."""
+    import time
+
+    with MjpegCamera(fps=0.8, size=(320, 240)) as camera:  # 320x240: the first frame fills FFmpeg's first probe
+        policy = ReconnectPolicy(open_timeout_s=3, read_timeout_s=3, max_reconnects=0)
+        source = StreamSource("crane", camera.url, policy=policy)
+        opened = time.time()
+        frames = _take(source, 3)
+    assert frames[0].capture_wall - opened < 1.0, "its first frame as it came, not 5 frames later"
+    intervals = [b.pts_seconds - a.pts_seconds for a, b in zip(frames, frames[1:])]
+    assert all(abs(i - 1.25) < 0.3 for i in intervals), intervals
+    assert source.gap_s == 0 and "no frames for" not in caplog.text
+
+
 def test_an_mjpeg_frame_cut_short_is_counted_as_a_decode_error_not_published_as_whole():
     # (padded after their end, as some cameras send them: found reviewing, every frame was rejected)
     with MjpegCamera(fps=20, cut_every=4, pad=100) as camera:
