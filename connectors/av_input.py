@@ -37,6 +37,7 @@ import math
 import queue
 import re
 import socket
+import statistics
 import struct
 import threading
 import time
@@ -158,17 +159,24 @@ class SteadyGaps:
 
     With ``unit_s`` (the seconds of a PTS unit), a silence of more than a second up to
     ``max_silence_s`` (a stream's read timeout) that no frames were counted for is added to
-    ``gap_s``: lost or a pause, it is told in seconds rather than guessed as frames."""
+    ``gap_s``: lost or a pause, it is told in seconds rather than guessed as frames. A silence is
+    the time past the stream's own pace, the median of its last ``PACES`` intervals (its frame
+    rate's until it has some; an input of unknown rate, an MJPEG camera's, none before its first
+    interval): a camera that sends a frame every 3 s is not silent between its frames, and 5 s
+    without one after such frames are a silence of 2 s."""
 
     WINDOW = 50
     MIN_INTERVALS = 10
     STEADY = 0.75
+    PACES = 9
 
     def __init__(self, step: int, fps: float | None, unit_s: float = 0.0, max_silence_s: float = 0.0,
                  hindsight: bool = False):
         self.step = step
         self.max_gap = max(2, round(fps or 25))
         self.unit_s, self.max_silence_s = unit_s, max_silence_s
+        self.rate_known = fps is not None
+        self.paces: deque[float] = deque(maxlen=self.PACES)  # the last intervals, in seconds a frame
         self.hindsight = hindsight
         self.gap_s = 0.0  # silences of more than a second up to ``max_silence_s``, not counted as frames
         self.last: int | None = None
@@ -187,6 +195,7 @@ class SteadyGaps:
         if self.last is None or pts < self.last:
             self.last = pts
             self.recent.clear()
+            self.paces.clear()
             self.pending = self.span = self.early = self.calm = self.gaps = 0
             return 0
         if pts == self.last:
@@ -211,9 +220,8 @@ class SteadyGaps:
             self.early, counted = self.early + missed, True
         else:  # a pause, a change of rate, a variable rate: nothing lost
             self.pending = self.span = self.early = self.gaps = 0
-        silence_s = (pts - self.last - self.step * (1 + rejected)) * self.unit_s  # the rejected came
-        if not counted and 1.0 < silence_s <= self.max_silence_s:
-            self.gap_s += silence_s
+        if self.unit_s and self.max_silence_s:
+            self._silence((pts - self.last) * self.unit_s, 1 + rejected, counted)  # the rejected came
         self.recent.append(whole)
         self.last = pts
         return lost
@@ -229,6 +237,16 @@ class SteadyGaps:
         lost = 0 if lower_rate else self.pending
         self.pending = self.span = self.gaps = 0
         return lost
+
+    def _silence(self, interval_s: float, frames: int, counted: bool) -> None:
+        """Add to ``gap_s`` what an interval of ``frames`` frames had past the stream's pace."""
+        step_s = self.step * self.unit_s
+        pace_s = max(step_s, statistics.median(self.paces)) if self.paces else step_s if self.rate_known else None
+        self.paces.append(interval_s / frames)
+        if counted or pace_s is None or interval_s - step_s * frames > self.max_silence_s:
+            return  # (a longer jump of the timestamps alone is a new sender's)
+        if (silence_s := interval_s - pace_s * frames) > 1.0:
+            self.gap_s += silence_s
 
     def _steady(self) -> bool:
         recent = self.recent

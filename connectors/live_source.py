@@ -90,6 +90,19 @@ _CONTAINER_SLACK_S = 2.0
 _MANIFESTS = ("hls", "dash")
 
 
+def picture_format(format_name: str) -> bool:
+    """Whether FFmpeg read the input as a picture: a ``*_pipe`` demuxer (``jpeg_pipe``,
+    ``png_pipe``, ``bmp_pipe``: a picture named by its bytes), or ``image2`` (one named by its
+    path's suffix: a JPEG of more than 2 KB at a URL ending in .jpg or .jpeg, found probing)."""
+    return format_name == "image2" or format_name.endswith("_pipe")
+
+
+def single_picture(shown: str) -> str:
+    """What to say of a stream source whose input held one picture (a camera's snapshot URL)."""
+    return (f"'{shown}' is a single picture (a camera's snapshot URL?), not a video stream — a stream source "
+            "reads video and does not poll pictures: give the camera's MJPEG (multipart) or RTSP URL")
+
+
 @dataclass(frozen=True, slots=True)
 class ReconnectPolicy:
     """How long a live source waits for its input, and how it retries.
@@ -495,7 +508,8 @@ class LiveSource:
                     if not was_live:  # once live, what any other input plays next is more of the stream
                         finite = length
                     was_live = was_live or length is None
-                    if finite is not None and not warned:
+                    if finite is not None and not warned and not picture_format(opened.format_name):
+                        # (a picture, a snapshot URL's, is said to be one when it ends: not a video to use type: file for)
                         warned = True
                         logger.warning(
                             "source %s: '%s' is a finite video (%s), played as a live stream at its own rate "
@@ -665,9 +679,8 @@ class LiveSource:
         end; a jump in its timestamps alone may be a playlist's discontinuity, not a loss), else
         as failed; failed too a single picture (a camera's snapshot URL: it ended the source
         after one frame, exit 0, found probing MJPEG cameras)."""
-        if details.get("ended") and played.frames == 1 and format_name.endswith("_pipe"):
-            picture = (f"'{self.shown}' is a single picture (a camera's snapshot URL?), not a video stream — a stream "
-                       "source reads video and does not poll pictures: give the camera's MJPEG (multipart) or RTSP URL")
+        if details.get("ended") and played.frames == 1 and picture_format(format_name):
+            picture = single_picture(self.shown)
             self._enter("failed", picture, {**details, "url": self.shown})
             raise SourceError(f"source {self.name} failed: {picture}")
         slack = _FINITE_SLACK_S if video_length else _CONTAINER_SLACK_S

@@ -4,6 +4,8 @@ with FFmpeg through PyAV (SRT and RIST received by the system's ``ffmpeg``: ``ff
 
 from __future__ import annotations
 
+import re
+from pathlib import PurePosixPath
 from typing import Any
 
 import av
@@ -61,8 +63,28 @@ def stream_options(
         # camera, so each session's first frames came out 2 s late in a burst (their capture_ts late,
         # a new epoch's pts_s overstating an outage by 2 s: found probing). 5 frames still name
         # the rate (0.8 s from open to first frame instead of 2.3 s, UDP at 10 fps, measured)
-        options["fpsprobesize"] = "5"
+        if scheme not in ("http", "https") or _timed_video_path(url):
+            options["fpsprobesize"] = "5"
+        # Else FFmpeg's own choice: none for MJPEG (a camera's multipart stream, whose rate is not
+        # used: its frames are timed by arrival), where 5 held the open for 6 frames (a 0.33 fps
+        # camera never opened; 1 fps ones began each session 6 s late, found probing). Never 0:
+        # H.264 and MPEG-2 in MPEG-TS or HLS were then read at twice their rate (measured)
     return options
+
+
+# Paths of HTTP inputs that name a format with timestamps of its own (a playlist, MPEG-TS, FLV,
+# a video file), whose frame rate FFmpeg probes: with 5 frames rather than its 20
+_TIMED_VIDEO_SUFFIXES = {
+    ".m3u8", ".m3u", ".mpd", ".ts", ".m2ts", ".mts", ".flv", ".mp4", ".m4v", ".m4s", ".mov", ".mkv", ".webm",
+    ".avi", ".mpg", ".mpeg", ".h264", ".264", ".h265", ".hevc", ".265",
+}
+
+
+def _timed_video_path(url: str) -> bool:
+    address = url.partition("://")[2]
+    address = address[address.rfind("@") + 1:]  # a password may hold "/", "?" or "#"
+    path = re.split(r"[?#]", address, maxsplit=1)[0].partition("/")[2]
+    return PurePosixPath(path).suffix.lower() in _TIMED_VIDEO_SUFFIXES
 
 
 class StreamSource(LiveSource):

@@ -178,7 +178,7 @@ class RunMetricsCollector(Collector):
                                   labels=["source", "state"])
         down = CounterMetricFamily(f"{PREFIX}_source_down_seconds",
                                    "Seconds each source spent connecting, stalled or reconnecting, "
-                                   "and a stream's silences of over a second.", labels=["source"])
+                                   "and a stream's silences of over a second past its own pace.", labels=["source"])
         missing = CounterMetricFamily(f"{PREFIX}_source_frames_missing",
                                       "Frames a damaged or truncated input lacked (never decoded), per source.",
                                       labels=["source"])

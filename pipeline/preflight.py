@@ -395,6 +395,7 @@ def _first_live_picture(source, cfg):
     """A live source's first picture, through its own open (FFmpeg's or OpenCV's) on a capture
     thread, within its open timeout and then its stall timeout, and what its input delivers."""
     from segstream.connectors.av_input import CaptureThread
+    from segstream.connectors.live_source import picture_format, single_picture
 
     capture = CaptureThread(cfg.name, source._open).start()
     try:
@@ -406,9 +407,20 @@ def _first_live_picture(source, cfg):
         if picture is None:
             raise SegstreamError(f"'{source.shown}' opened but gave no frame within {cfg.stall_timeout_s:g} s "
                                  "(stall_timeout_s) — check that it sends video")
+        if picture_format(getattr(capture.input, "format_name", "")) and _ends(capture, cfg.stall_timeout_s):
+            raise SegstreamError(single_picture(source.shown))  # as the run fails it (found probing: said ok)
         return picture, getattr(capture.input, "info", None)
     finally:
         capture.abandon()
+
+
+def _ends(capture, timeout_s: float) -> bool:
+    """Whether the input ends before its next picture (within ``timeout_s``)."""
+    try:
+        capture.next(timeout_s)
+    except EOFError:
+        return True
+    return False
 
 
 def listener_check(url: str) -> str:

@@ -260,6 +260,27 @@ def test_steady_gaps_count_short_gaps_of_a_steady_rate_only():
     assert stream.lost_before(steady[-1] + 40 * 31, 30) == 0 and stream.gap_s == 0
 
 
+def test_a_stream_is_silent_only_past_its_own_pace():
+    """Found probing timelapse cameras: a camera sending a frame every 3 s, every one on time, was
+    said to have 'no frames for 3.0 s' at each frame, and each interval counted as down time."""
+    from segstream.connectors.av_input import SteadyGaps
+
+    every_3s = [i * 3_000_000 + (i % 3) * 40_000 for i in range(12)]  # an MJPEG camera's: microseconds, rate unknown
+    camera = SteadyGaps(step=40_000, fps=None, unit_s=1e-6, max_silence_s=10)
+    assert sum(camera.lost_before(t, 0) for t in every_3s) == 0 and camera.gap_s == 0
+    camera.lost_before(every_3s[-1] + 9_000_000, 0)  # then 9 s without a frame: 6 s more than its pace
+    assert camera.gap_s == pytest.approx(6.0, abs=0.1)
+    # a 25 fps stream slowed to a frame every 2 s (night mode): silent until its pace shows
+    slowed = [40 * i for i in range(30)] + [1160 + 2000 * i for i in range(1, 21)]
+    stream = SteadyGaps(step=40, fps=25, unit_s=0.001, max_silence_s=5)
+    silences = []
+    for t in slowed:
+        before = stream.gap_s
+        stream.lost_before(t, 0)
+        silences.append(round(stream.gap_s - before, 2))
+    assert silences[30:] == [1.96] * 5 + [0.0] * 15, silences
+
+
 def test_a_run_over_a_truncated_file_reports_it_damaged_in_its_summary_event_and_metrics(tmp_path):
     """Found probing: a file cut in half ended as 'end of input' with 0 dropped and exit 0; the
     missing frames were in one warning line only, nowhere in the report, events or metrics."""
