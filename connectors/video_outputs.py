@@ -79,12 +79,8 @@ class VideoOutputs:
             self.partial.mkdir(parents=True)
         except OSError as error:
             raise SinkError(f"cannot create '{self.partial}': {error.strerror}") from None
-        if video:  # the folder says which file it is of, wherever it is copied (its id is a shortened path)
-            try:
-                with self._open("video.json") as f:
-                    f.write(json.dumps({"video": video, "id": video_id, "number": number}, sort_keys=True) + "\n")
-            except OSError as error:
-                raise SinkError(f"cannot write '{self.partial / 'video.json'}': {error.strerror}") from None
+        # the folder says which file it is of, wherever it is copied (its id is a shortened path)
+        self.said = {"video": video, "id": video_id, "number": number} if video else None
         self._frames: IO[str] | None = self._open("frames.jsonl") if jsonl else None
         self._events: IO[str] | None = None
         self._coco = CocoPanopticWriter(self.partial, labels, "panoptic", video_name, number=number, video_id=video_id,
@@ -147,6 +143,9 @@ class VideoOutputs:
         outputs' paths relative to the root."""
         try:
             self._close_writers()  # a full disk may show only now, as the last buffers go out
+            if self.said is not None:
+                with open_output(self.partial / "video.json", "w", encoding="utf-8") as f:
+                    f.write(json.dumps(self.said, sort_keys=True) + "\n")
             sync_tree(self.partial)
         except OSError as error:
             raise SinkError(f"cannot finish the outputs of {self.video_id} in '{self.partial}': "
