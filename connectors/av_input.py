@@ -34,6 +34,7 @@ import errno
 import itertools
 import logging
 import math
+import os
 import queue
 import re
 import socket
@@ -1074,7 +1075,10 @@ def open_error(error: BaseException, shown: str, open_timeout_s: float) -> Sourc
             "PyAV against an FFmpeg that has it"
         )
     if isinstance(error, (FileNotFoundError, av.error.FileNotFoundError)):
-        return InputRefused(f"'{shown}' does not exist", missing=True)
+        try:  # a broken link (a card's folder moved away): where it points is what is missing
+            return InputRefused(f"'{shown}' is a link to '{os.readlink(shown)}', which does not exist", missing=True)
+        except (OSError, ValueError):
+            return InputRefused(f"'{shown}' does not exist", missing=True)
     if isinstance(error, (PermissionError, av.error.PermissionError)):
         return InputRefused(f"'{shown}' may not be read by this user (permission denied) — for a camera, add the "
                             "user to the video group")

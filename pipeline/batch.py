@@ -176,15 +176,20 @@ def find_videos(inputs: Sequence[str], extensions: Iterable[str],
     A folder's or a glob's search leaves out hidden files and folders (a Mac's ``._clip.mov``
     beside each clip on a USB stick is no video) and what lies under ``outputs`` (the batch's own
     folders: a batch writing into the folder it reads took its overlays as new videos on every
-    rerun, found probing); a file named on its own is taken as named."""
+    rerun, found probing); a file named on its own is taken as named. A folder's search follows
+    links to folders (each folder once: a link to one above it would loop), and takes a broken
+    link of a video's extension as a video that fails, as a missing file named on its own does;
+    a warning says how many files of other extensions it left out, and which folders it could
+    not read."""
     suffixes = {e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions}
     written = [Path(folder).expanduser().resolve() for folder in outputs]
 
     def searched(candidates: Iterable[Path], top: Path) -> list[Path]:
-        """The files of a folder's or glob's search that may be inputs, in natural order."""
+        """The files of a folder's or glob's search that may be inputs, and broken links (found
+        probing: dropped without a word), in natural order."""
         kept = []
         for candidate in candidates:
-            if not candidate.is_file():
+            if not candidate.is_file() and not (candidate.is_symlink() and not candidate.exists()):
                 continue
             try:
                 below = candidate.relative_to(top).parts
@@ -231,26 +236,77 @@ def find_videos(inputs: Sequence[str], extensions: Iterable[str],
                 if (line := line.strip()) and not line.startswith("#"):
                     add(line, None if streamed(path) else path.parent)
         elif path.is_dir():
-            videos = searched((p for p in path.rglob("*") if p.suffix.lower() in suffixes), path)
+            unreadable: list[Path] = []
+            files = list(_walk(path, unreadable))
+            videos = searched((p for p in files if p.suffix.lower() in suffixes), path)
+            if unreadable:
+                warnings.append(f"folder '{path}': {len(unreadable)} folder{'s' if len(unreadable) != 1 else ''} could "
+                                f"not be read, their videos left out: {_named([str(f) for f in unreadable], 3)}")
+            left = searched((p for p in files if p.suffix.lower() not in suffixes), path)
+            if dangling := [p for p in left if not p.exists()]:  # (one of a video's extension is a video that fails)
+                warnings.append(f"folder '{path}': {len(dangling)} broken link{'s' if len(dangling) != 1 else ''} left "
+                                f"out: {_named([f'{p} -> {os.readlink(p)}' for p in dangling], 3)}")
             if not videos:
                 warnings.append(f"folder '{path}' holds no video files ({', '.join(sorted(suffixes))})"
                                 + _pictures_hint(path))
+            elif others := Counter(p.suffix.lower() or "no extension" for p in left if p.exists()):
+                # found probing: a camera trap's stills beside its clips were left out without a word
+                n, kinds = sum(others.values()), [f"{kind} {k}" for kind, k in others.most_common()]
+                warnings.append(f"folder '{path}': {n} file{'s' if n != 1 else ''} of other extensions left out "
+                                f"({_named(kinds, 5)}): batch.extensions takes {', '.join(sorted(suffixes))} — "
+                                "--set 'batch.extensions=[...]' names the ones to take (a picture is a video of "
+                                "one frame)")
             for video in videos:
-                found.setdefault(video.resolve())
+                found.setdefault(_as_found(video))
         elif glob.has_magic(str(path)):
             top = Path(*itertools.takewhile(lambda part: not glob.has_magic(part), path.parts))
             matches = searched((Path(p) for p in glob.glob(str(path), recursive=True)), top)
             if not matches:
                 warnings.append(f"'{text}' matches no file")
             for match in matches:
-                found.setdefault(match.resolve())
+                found.setdefault(_as_found(match))
         else:
             # a missing file is a video that fails (reported with the others), not a reason to stop
-            found.setdefault(path.resolve() if path.exists() else Path(os.path.abspath(path)))
+            found.setdefault(_as_found(path))
 
     for item in inputs:
         add(item, None)
     return list(found), warnings
+
+
+def _as_found(path: Path) -> Path:
+    """A video's path as the batch knows it: resolved, links and all; a missing file's (a broken
+    link's too: its own path, not where it pointed) made absolute only."""
+    return path.resolve() if path.exists() else Path(os.path.abspath(path))
+
+
+def _walk(top: Path, unreadable: list[Path]) -> Iterator[Path]:
+    """What is under ``top`` but folders and what is under hidden folders, following links to
+    folders, each folder once (a link to a folder above it would loop); the folders that cannot
+    be listed are added to ``unreadable``."""
+    seen: set[tuple[int, int]] = set()
+    folders = [top]
+    while folders:
+        folder = folders.pop()
+        try:
+            info = folder.stat()
+            if (info.st_dev, info.st_ino) in seen:
+                continue
+            seen.add((info.st_dev, info.st_ino))
+            with os.scandir(folder) as listing:
+                entries = list(listing)
+        except OSError:
+            unreadable.append(folder)
+            continue
+        for entry in entries:
+            try:
+                is_folder = entry.is_dir()  # a link's target's
+            except OSError:
+                is_folder = False
+            if not is_folder:
+                yield folder / entry.name
+            elif not entry.name.startswith("."):
+                folders.append(folder / entry.name)
 
 
 def _output_folders(cfg: PipelineConfig) -> list[str]:
@@ -262,7 +318,7 @@ def _pictures_hint(folder: Path) -> str:
     """For a folder of pictures: how to segment them (found probing: batch said only "no video files")."""
     from segstream.connectors.image_source import IMAGE_SUFFIXES
 
-    found = Counter(p.suffix.lower() for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    found = Counter(p.suffix.lower() for p in _walk(folder, []) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not found:
         return ""
     n, kinds = sum(found.values()), sorted(found)
@@ -979,6 +1035,7 @@ def run_local(cfg: PipelineConfig, jobs: Sequence[VideoJob], root: Path, manifes
         runtime = Runtime.from_config(
             cfg, sources, adapter, [sink, *extra], queue_size=cfg.batch.queue_size, metrics=metrics,
             warm_up=warm_up, progress=None, run_id=run_id, stages=tracking_stages(cfg.tracking), publish_states=True,
+            say_model=start == 0,
         )
         warm_up = None  # the model is warm from the first group on
         try:

@@ -110,6 +110,49 @@ def test_a_batch_writing_into_the_folder_it_reads_never_takes_its_own_outputs_or
     assert find_videos([str(claim / "._a.mp4")], [".mp4"], outputs=[out])[0] == [claim / "._a.mp4"], "named: taken"
 
 
+def test_a_folder_s_search_follows_links_to_folders_and_loses_no_broken_link_or_other_file_without_a_word(tmp_path):
+    # Found probing a camera-trap archive: a site linked in from another disk was not searched, a broken
+    # link of a clip's name was dropped without a word, and the stills beside the clips left out uncounted
+    trap, elsewhere = tmp_path / "trap", tmp_path / "disk2" / "SiteB"
+    (trap / "SiteA").mkdir(parents=True)
+    elsewhere.mkdir(parents=True)
+    encode_clip(trap / "SiteA" / "a.mp4", frames=2)
+    (elsewhere / "b.mp4").write_bytes(b"")
+    (trap / "SiteA" / "a.jpg").write_bytes(b"")
+    (trap / "SiteA" / "DATA.TXT").write_bytes(b"")
+    (trap / "SiteB").symlink_to(elsewhere)
+    (trap / "SiteA" / "up").symlink_to(trap)  # a link to a folder above: searched once, not for ever
+    (trap / "SiteA" / "c.mp4").symlink_to(tmp_path / "gone" / "c.mp4")
+    (trap / "SiteC").symlink_to(tmp_path / "gone")
+    found, warnings = find_videos([str(trap)], [".mp4"])
+    assert found == [(trap / "SiteA" / "a.mp4").resolve(), trap / "SiteA" / "c.mp4", elsewhere.resolve() / "b.mp4"]
+    assert warnings == [
+        f"folder '{trap}': 1 broken link left out: {trap / 'SiteC'} -> {tmp_path / 'gone'}",
+        f"folder '{trap}': 2 files of other extensions left out (.jpg 1, .txt 1): batch.extensions takes .mp4 — "
+        "--set 'batch.extensions=[...]' names the ones to take (a picture is a video of one frame)",
+    ]
+    # the broken link of a clip's name is a video that fails, and says where it pointed
+    outcomes, _, _ = run_batch(config(tmp_path / "out"), [str(trap / "SiteA" / s) for s in ("a.mp4", "c.mp4")],
+                               adapter=ColourSegmenter(), progress=False)
+    assert [(o.status, o.reason) for o in outcomes if o.job.id == "c"] == [
+        ("failed", f"source c: '{trap / 'SiteA' / 'c.mp4'}' is a link to '{tmp_path / 'gone' / 'c.mp4'}', which does "
+                   "not exist")]
+
+
+def test_the_model_is_told_once_however_many_groups_of_videos_a_batch_runs(tmp_path, monkeypatch, caplog):
+    # Found probing: the model's line came again every 64 videos (each group a runtime), read as a reload
+    import segstream.pipeline.batch as batch
+
+    monkeypatch.setattr(batch, "GROUP_SIZE", 1)
+    for name in ("a.mp4", "b.mp4"):
+        encode_clip(tmp_path / name, frames=2)
+    caplog.set_level(logging.INFO, logger="segstream")
+    outcomes, _, _ = run_batch(config(tmp_path / "out"), [str(tmp_path / "a.mp4"), str(tmp_path / "b.mp4")],
+                               adapter=ColourSegmenter(), progress=False)
+    assert [o.status for o in outcomes] == ["done", "done"]
+    assert sum("usable core(s)" in r.getMessage() and r.levelno == logging.INFO for r in caplog.records) == 1
+
+
 def test_a_list_from_standard_input_names_videos_relative_to_the_working_directory(archive, tmp_path, monkeypatch):
     # found probing as a CLI reviewer: `ls *.mp4 | segstream batch @- ...` looked for a list file named '-'
     import io
