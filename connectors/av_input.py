@@ -34,6 +34,7 @@ import errno
 import itertools
 import logging
 import math
+import os
 import queue
 import re
 import socket
@@ -557,6 +558,9 @@ class AVInput:
         elif len(self.container.streams) == 1:  # the container's duration is its one stream's
             self.video_duration = True
         self.format_name: str = self.container.format.name
+        if (recorded_s := recorded_length(self.container, self.stream)) is not None:
+            if self.duration_s is None or recorded_s > self.duration_s:
+                self.duration_s, self.video_duration = recorded_s, True
         # A file whose container indexes every sample (MP4/MOV, Matroska/WebM) holds what its recorder
         # wrote: a gap of its steady rate is the recorder's (a phone skipping frames in the dark), not a
         # frame lost on the way to the decoder (found probing: an intact phone clip was called damaged)
@@ -653,6 +657,13 @@ class AVInput:
         catch_up = self.catch_up
         jpeg = context.name == "mjpeg" and live  # (a file's JPEG may carry more after its end: a motion photo's video)
         fields = self.fields.for_input(self.shown, self.log_extra)
+        # A file's packets its demuxer flags damaged (read short where the file ended inside one, a
+        # TS's with data lost): an MJPEG decoder makes a whole picture of half a JPEG without
+        # marking it corrupt ("EOI missing, emulating"; found probing a half-copied camera AVI)
+        damaged: set[int] = set()
+
+        def made_up(frame: av.VideoFrame) -> bool:
+            return frame.is_corrupt or (frame.pts is not None and frame.pts in damaged)
 
         def reject(pts: int | None) -> None:
             """Count a frame the decoder rejected (or made up), its place kept for the picture after it."""
@@ -676,6 +687,8 @@ class AVInput:
                 if packet.pts is not None and not carried and packet.has_sidedata("prft"):
                     wallclock, _ = _PRFT.unpack(bytes(packet.get_sidedata("prft"))[: _PRFT.size])
                     self._sender = (packet.pts, wallclock / 1e6)
+                if packet.is_corrupt and packet.pts is not None and not self.lost_are_errors:
+                    damaged.add(packet.pts)
                 if catch_up is not None and not carried and packet.size:  # (the last, empty one flushes)
                     if catch_up.skip(packet.pts, packet.is_keyframe, waited_s=self._read_wait_s):
                         # its place counted at the picture after it, as a rejected one's
@@ -714,7 +727,7 @@ class AVInput:
                 # A frame FFmpeg marks corrupt holds pixels it made up (a damaged packet's concealed
                 # blocks, a missing reference's grey): rejected below as its packet would have been,
                 # its place kept (published, its entries were taken for whole ones: found probing)
-                pictured = any(not frame.is_corrupt for frame in frames)
+                pictured = any(not made_up(frame) for frame in frames)
                 if pictured:
                     recent.clear()
                 if change_after is not None:
@@ -733,7 +746,7 @@ class AVInput:
                     if resumed and n == len(held):  # the deinterlacer's neighbour is from before the skip
                         for whole in fields.flush():
                             yield self._picture(whole)
-                    if frame.is_corrupt:
+                    if made_up(frame):
                         if not decoded and self.lost_are_errors and not carried:  # joined mid-GOP, as above
                             self.before_keyframe += 1
                         else:
@@ -1035,6 +1048,19 @@ def listed_from_zero(container) -> bool:
     return writer.startswith("Lavf")  # FFmpeg's MuxingApp (PyAV's too), with or without its version
 
 
+def recorded_length(container, stream) -> float | None:
+    """The seconds of video an AVI's header says were recorded (its stream header's frame count,
+    each frame a tick of the stream's time base), None for other formats or without a count.
+    FFmpeg's duration of an AVI is that of the frames its index, or a scan where the index is
+    gone, found: a copy cut short lists only what it still holds (found probing: a 10 s MJPEG
+    AVI cut at 30% read as a whole 3 s one). Not for MP4/MOV, whose count and duration are both
+    its index's (and its count holds the frames an edit list leaves out), nor Matroska or MPEG-TS,
+    which state none (PyAV says 0)."""
+    if container.format.name != "avi" or not stream.frames or not stream.time_base:
+        return None
+    return float(stream.frames * stream.time_base)
+
+
 def length_after(listed_s: float, start_s: float) -> float:
     """A length listed from the timeline's 0 as the length from ``start_s`` (the first frame's
     time, seconds) on; a listed length that ends before that start was the span itself."""
@@ -1067,7 +1093,10 @@ def open_error(error: BaseException, shown: str, open_timeout_s: float) -> Sourc
             "PyAV against an FFmpeg that has it"
         )
     if isinstance(error, (FileNotFoundError, av.error.FileNotFoundError)):
-        return InputRefused(f"'{shown}' does not exist", missing=True)
+        try:  # a broken link (a card's folder moved away): where it points is what is missing
+            return InputRefused(f"'{shown}' is a link to '{os.readlink(shown)}', which does not exist", missing=True)
+        except (OSError, ValueError):
+            return InputRefused(f"'{shown}' does not exist", missing=True)
     if isinstance(error, (PermissionError, av.error.PermissionError)):
         return InputRefused(f"'{shown}' may not be read by this user (permission denied) — for a camera, add the "
                             "user to the video group")

@@ -6,6 +6,7 @@
     <root>/<video id>/panoptic/*.png
     <root>/<video id>/images/*.jpg       the frames the COCO JSON names (``coco_images``)
     <root>/<video id>/overlay.mp4        the segments drawn over the video
+    <root>/<video id>/video.json         which video it is: ``video`` (as the manifest names it), ``id``, ``number``
 
 Files are written under ``<root>/.partial/<video id>.<attempt>/`` and the folder is renamed to
 ``<root>/<video id>`` once the video's last frame is written, so a reader never sees half a
@@ -19,6 +20,7 @@ entries' ``capture_ts`` and ``publish_ts`` and the events' ``ts`` are 0; a frame
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -59,6 +61,7 @@ class VideoOutputs:
         number: int = 0,
         mask_encoding: str = "rle",
         video_name: str = "",
+        video: str = "",
         fps_hint: float = 25.0,
         opacity: float = 0.45,
         levels: bool = True,
@@ -76,6 +79,8 @@ class VideoOutputs:
             self.partial.mkdir(parents=True)
         except OSError as error:
             raise SinkError(f"cannot create '{self.partial}': {error.strerror}") from None
+        # the folder says which file it is of, wherever it is copied (its id is a shortened path)
+        self.said = {"video": video, "id": video_id, "number": number} if video else None
         self._frames: IO[str] | None = self._open("frames.jsonl") if jsonl else None
         self._events: IO[str] | None = None
         self._coco = CocoPanopticWriter(self.partial, labels, "panoptic", video_name, number=number, video_id=video_id,
@@ -138,6 +143,9 @@ class VideoOutputs:
         outputs' paths relative to the root."""
         try:
             self._close_writers()  # a full disk may show only now, as the last buffers go out
+            if self.said is not None:
+                with open_output(self.partial / "video.json", "w", encoding="utf-8") as f:
+                    f.write(json.dumps(self.said, sort_keys=True) + "\n")
             sync_tree(self.partial)
         except OSError as error:
             raise SinkError(f"cannot finish the outputs of {self.video_id} in '{self.partial}': "

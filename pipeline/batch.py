@@ -72,6 +72,7 @@ REDIS_MARKS = ".redis-marks.json"
 # Videos per runtime: each video is a source with its decode thread, so an archive of thousands
 # runs as a sequence of runtimes over groups of videos that share one warm model.
 GROUP_SIZE = 64
+MAX_ID = 200  # as config.SourceName's max_length
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 # Letters NFKD does not take apart into an ASCII letter and marks, spelled in ASCII (İ and é it does)
@@ -175,15 +176,20 @@ def find_videos(inputs: Sequence[str], extensions: Iterable[str],
     A folder's or a glob's search leaves out hidden files and folders (a Mac's ``._clip.mov``
     beside each clip on a USB stick is no video) and what lies under ``outputs`` (the batch's own
     folders: a batch writing into the folder it reads took its overlays as new videos on every
-    rerun, found probing); a file named on its own is taken as named."""
+    rerun, found probing); a file named on its own is taken as named. A folder's search follows
+    links to folders (each folder once: a link to one above it would loop), and takes a broken
+    link of a video's extension as a video that fails, as a missing file named on its own does;
+    a warning says how many files of other extensions it left out, and which folders it could
+    not read."""
     suffixes = {e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions}
     written = [Path(folder).expanduser().resolve() for folder in outputs]
 
     def searched(candidates: Iterable[Path], top: Path) -> list[Path]:
-        """The files of a folder's or glob's search that may be inputs, in natural order."""
+        """The files of a folder's or glob's search that may be inputs, and broken links (found
+        probing: dropped without a word), in natural order."""
         kept = []
         for candidate in candidates:
-            if not candidate.is_file():
+            if not candidate.is_file() and not (candidate.is_symlink() and not candidate.exists()):
                 continue
             try:
                 below = candidate.relative_to(top).parts
@@ -230,26 +236,77 @@ def find_videos(inputs: Sequence[str], extensions: Iterable[str],
                 if (line := line.strip()) and not line.startswith("#"):
                     add(line, None if streamed(path) else path.parent)
         elif path.is_dir():
-            videos = searched((p for p in path.rglob("*") if p.suffix.lower() in suffixes), path)
+            unreadable: list[Path] = []
+            files = list(_walk(path, unreadable))
+            videos = searched((p for p in files if p.suffix.lower() in suffixes), path)
+            if unreadable:
+                warnings.append(f"folder '{path}': {len(unreadable)} folder{'s' if len(unreadable) != 1 else ''} could "
+                                f"not be read, their videos left out: {_named([str(f) for f in unreadable], 3)}")
+            left = searched((p for p in files if p.suffix.lower() not in suffixes), path)
+            if dangling := [p for p in left if not p.exists()]:  # (one of a video's extension is a video that fails)
+                warnings.append(f"folder '{path}': {len(dangling)} broken link{'s' if len(dangling) != 1 else ''} left "
+                                f"out: {_named([f'{p} -> {os.readlink(p)}' for p in dangling], 3)}")
             if not videos:
                 warnings.append(f"folder '{path}' holds no video files ({', '.join(sorted(suffixes))})"
                                 + _pictures_hint(path))
+            elif others := Counter(p.suffix.lower() or "no extension" for p in left if p.exists()):
+                # found probing: a camera trap's stills beside its clips were left out without a word
+                n, kinds = sum(others.values()), [f"{kind} {k}" for kind, k in others.most_common()]
+                warnings.append(f"folder '{path}': {n} file{'s' if n != 1 else ''} of other extensions left out "
+                                f"({_named(kinds, 5)}): batch.extensions takes {', '.join(sorted(suffixes))} — "
+                                "--set 'batch.extensions=[...]' names the ones to take (a picture is a video of "
+                                "one frame)")
             for video in videos:
-                found.setdefault(video.resolve())
+                found.setdefault(_as_found(video))
         elif glob.has_magic(str(path)):
             top = Path(*itertools.takewhile(lambda part: not glob.has_magic(part), path.parts))
             matches = searched((Path(p) for p in glob.glob(str(path), recursive=True)), top)
             if not matches:
                 warnings.append(f"'{text}' matches no file")
             for match in matches:
-                found.setdefault(match.resolve())
+                found.setdefault(_as_found(match))
         else:
             # a missing file is a video that fails (reported with the others), not a reason to stop
-            found.setdefault(path.resolve() if path.exists() else Path(os.path.abspath(path)))
+            found.setdefault(_as_found(path))
 
     for item in inputs:
         add(item, None)
     return list(found), warnings
+
+
+def _as_found(path: Path) -> Path:
+    """A video's path as the batch knows it: resolved, links and all; a missing file's (a broken
+    link's too: its own path, not where it pointed) made absolute only."""
+    return path.resolve() if path.exists() else Path(os.path.abspath(path))
+
+
+def _walk(top: Path, unreadable: list[Path]) -> Iterator[Path]:
+    """What is under ``top`` but folders and what is under hidden folders, following links to
+    folders, each folder once (a link to a folder above it would loop); the folders that cannot
+    be listed are added to ``unreadable``."""
+    seen: set[tuple[int, int]] = set()
+    folders = [top]
+    while folders:
+        folder = folders.pop()
+        try:
+            info = folder.stat()
+            if (info.st_dev, info.st_ino) in seen:
+                continue
+            seen.add((info.st_dev, info.st_ino))
+            with os.scandir(folder) as listing:
+                entries = list(listing)
+        except OSError:
+            unreadable.append(folder)
+            continue
+        for entry in entries:
+            try:
+                is_folder = entry.is_dir()  # a link's target's
+            except OSError:
+                is_folder = False
+            if not is_folder:
+                yield folder / entry.name
+            elif not entry.name.startswith("."):
+                folders.append(folder / entry.name)
 
 
 def _output_folders(cfg: PipelineConfig) -> list[str]:
@@ -261,7 +318,7 @@ def _pictures_hint(folder: Path) -> str:
     """For a folder of pictures: how to segment them (found probing: batch said only "no video files")."""
     from segstream.connectors.image_source import IMAGE_SUFFIXES
 
-    found = Counter(p.suffix.lower() for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    found = Counter(p.suffix.lower() for p in _walk(folder, []) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not found:
         return ""
     n, kinds = sum(found.values()), sorted(found)
@@ -280,34 +337,41 @@ def plan(paths: Sequence[Path | str], taken: dict[str, str] | None = None,
     """A job per video, each with an id that is a valid source name, unique in this batch and
     not used by another video of the manifest (``taken``: id -> video path), and a number not
     used by another (``numbers``: video path -> number; new videos take the lowest free ones). A
-    video listed in the manifest keeps its id and number. The id is the file's stem (with its
-    extension when the folder holds another video of that stem: ``day1_mov``, ``day1_mp4``),
-    with parent folder names prepended until it is unique, ignoring case (output folders may be
-    on a filesystem that does); a URL's (an http(s) one, a str in ``paths``) is its path's, with
-    its folders and host as the parent folders. Each name is spelled in ASCII (``_id_part``)."""
+    video listed in the manifest keeps its id and number. A new video's id is the shortest ending
+    of its path (``_id_parts``) that no other video of the batch or the manifest has as an
+    ending, ignoring case (output folders may be on a filesystem that does): the file's stem,
+    else its parent folders' names prepended (``b__day1``) until it names this video alone,
+    whatever the order the videos are listed in. Videos whose paths make the same parts at every
+    depth (names alike but for case, or characters an id cannot spell) take a short hash of their
+    path too. A URL's (an http(s) one, a str in ``paths``) is its path's, with its folders and
+    host as the parent folders."""
     taken = dict(taken or {})
     numbers = dict(numbers or {})
     used = set(numbers.values())
     free = (n for n in itertools.count(1) if n not in used)  # a resumed batch numbers as an uninterrupted one
     owned = {path: vid for vid, path in taken.items()}
     jobs = [_job(path) for path in paths]
-    shown = [_named_path(job) for job in jobs]  # the id names folders and streams: no password in it
-    stems = Counter((named.parent, named.stem.casefold()) for named in shown)
-    names = Counter((named.parent, named.name.casefold()) for named in shown)  # where an extension tells none apart
+    # the id names folders and streams: no password in it; the manifest's other videos count as others too
+    known = {job.key: _named_path(job) for job in jobs}
+    for key in owned:
+        known.setdefault(key, _named_path(_job(key) if _URL.match(key) else VideoJob(Path(key), "")))
+    parts = _id_parts(known)
+    endings = Counter(ending for named in parts.values() for ending in {e.lower() for e in _endings(named)})
+    alike = Counter(tuple(part.lower() for part in named) for named in parts.values())
     folded = {vid.lower() for vid in taken}  # ids are ASCII
-    for job, path in zip(jobs, shown):
+    for job in jobs:
         key = job.key
         vid = owned.get(key)
         if vid is None:
-            alone = stems[path.parent, path.stem.casefold()] == 1 or names[path.parent, path.name.casefold()] > 1
-            name = path.stem if alone else f"{path.stem}_{path.suffix.lstrip('.')}"
-            parts = [_id_part(part) for part in (*path.parent.parts[1:], name)]
-            for depth in range(1, len(parts) + 1):
-                vid = "__".join(parts[-depth:])
-                if vid.lower() not in folded:
-                    break
-            else:
-                vid = f"{parts[-1]}-{_short_hash(key if job.url else job.source)}"
+            mine = parts[key]
+            twins = alike[tuple(part.lower() for part in mine)]  # itself among them
+            hashed = f"-{_short_hash(key if job.url else job.source)}"
+            suffix = hashed if twins > 1 else ""
+            vid = next((ending + suffix for ending in _endings(mine)
+                        if endings[ending.lower()] == twins and (ending + suffix).lower() not in folded),
+                       mine[-1] + hashed)  # (each ending an id the manifest gave another video)
+            if len(vid) > MAX_ID:  # a source name's most: its files' names must fit a file name
+                vid = vid[len(vid) - MAX_ID + len(hashed):].lstrip("_.-") + hashed
             taken[vid] = key
             folded.add(vid.lower())
         job.id = vid
@@ -316,15 +380,37 @@ def plan(paths: Sequence[Path | str], taken: dict[str, str] | None = None,
     return jobs
 
 
+def _id_parts(named: dict[str, PurePosixPath | Path]) -> dict[str, list[str]]:
+    """The parts of each video's id (``plan``), by its key: its folders' names below the root and
+    its stem, or its stem and extension (``day1_mov``, ``day1_mp4``) where its folder holds another
+    video of that stem (but for case), unless their names differ only in case (``a.MP4``, ``a.mp4``:
+    no extension tells those apart); each spelled in ASCII (``_id_part``)."""
+    stems = Counter((path.parent, path.stem.casefold()) for path in named.values())
+    names = Counter((path.parent, path.name.casefold()) for path in named.values())
+    parts = {}
+    for key, path in named.items():
+        alone = stems[path.parent, path.stem.casefold()] == 1 or names[path.parent, path.name.casefold()] > 1
+        name = path.stem if alone else f"{path.stem}_{path.suffix.lstrip('.')}"
+        parts[key] = [_id_part(part) for part in (*path.parent.parts[1:], name)]
+    return parts
+
+
+def _endings(parts: Sequence[str]) -> list[str]:
+    """The ids ``parts`` can make, shortest first: ``day1``, ``b__day1``, ``a__b__day1``."""
+    return ["__".join(parts[-depth:]) for depth in range(1, len(parts) + 1)]
+
+
 def _id_part(name: str) -> str:
     """A file's or folder's name as a part of an id, a source name (ASCII letters, digits, '_',
     '.', '-'): its letters spelled in ASCII where they can be (Kamera Süd: ``Kamera_Sud``,
     İstanbul ı: ``Istanbul_i``), and where characters could not be kept (摄像头1), what is left
     with a short hash of the name (``1-<hash>``; ``video-<hash>`` for none left), so that two
-    such names never make one id. The hash is of the name in NFC: macOS's NFD names give the same."""
+    such names never make one id. The hash is of the name in NFC: macOS's NFD names give the same.
+    A hidden name keeps a ``_`` for its leading dot (an id never starts with one): a Mac's
+    ``._IMAG0004`` beside ``IMAG0004`` is ``_IMAG0004``."""
     name = unicodedata.normalize("NFC", name)
     spelled = "".join(c for c in unicodedata.normalize("NFKD", name.translate(_SPELLED)) if not unicodedata.combining(c))
-    part = _SAFE.sub("_", spelled).strip("_.") or "video"
+    part = ("_" if name.startswith(".") else "") + (_SAFE.sub("_", spelled).strip("_.") or "video")
     return part if spelled.isascii() else f"{part}-{_short_hash(name)}"
 
 
@@ -824,7 +910,7 @@ class BatchSink:
                 coco_images=batch.coco_images, overlay=batch.overlay, overlay_level=batch.overlay_level,
                 number=job.number,
                 mask_encoding=self.cfg.sinks.redis.mask_encoding, levels=self.cfg.sinks.redis.levels,
-                video_name=job.name,
+                video_name=job.name, video=job.key,
                 fps_hint=job.fps,
             )
         return outputs
@@ -949,6 +1035,7 @@ def run_local(cfg: PipelineConfig, jobs: Sequence[VideoJob], root: Path, manifes
         runtime = Runtime.from_config(
             cfg, sources, adapter, [sink, *extra], queue_size=cfg.batch.queue_size, metrics=metrics,
             warm_up=warm_up, progress=None, run_id=run_id, stages=tracking_stages(cfg.tracking), publish_states=True,
+            say_model=start == 0,
         )
         warm_up = None  # the model is warm from the first group on
         try:

@@ -187,7 +187,7 @@ def process_video(job: VideoJob, cfg_json: str, root: str, actor, labels, board,
             coco_images=batch_cfg.coco_images, overlay=batch_cfg.overlay, overlay_level=batch_cfg.overlay_level,
             number=job.number,
             mask_encoding=cfg.sinks.redis.mask_encoding, levels=cfg.sinks.redis.levels,
-            video_name=job.name, fps_hint=job.fps,
+            video_name=job.name, video=job.key, fps_hint=job.fps,
         )
         images = outputs.wants_images or any(getattr(s, "wants_images", False) for s in sinks)
         pending: deque = deque()

@@ -666,11 +666,13 @@ class Runtime:
         weights = _weights_made_by(cfg)  # hashed once a process (a batch's runtimes hash it once)
         checkpoint_id = (weights.get("checkpoint_sha256") or "")[:12]
         named = ", ".join(x for x in (cfg.model.checkpoint, checkpoint_id and f"sha256 {checkpoint_id}") if x)
-        log.info("model %s%s on %s%s, batch %d, %d model worker(s) x %d thread(s), %d usable core(s)",
-                 adapter.name, f" ({named})" if named else "", adapter.device,
-                 how_it_ran(getattr(adapter, "precision", None), getattr(adapter, "postprocess", None)),
-                 engine.batch_size, layout.workers, layout.threads, cores,
-                 extra={"model": adapter.name, **weights})
+        # said by a batch for its first group of videos only (each group is a runtime of the same warm model)
+        log.log(logging.INFO if kwargs.pop("say_model", True) else logging.DEBUG,
+                "model %s%s on %s%s, batch %d, %d model worker(s) x %d thread(s), %d usable core(s)",
+                adapter.name, f" ({named})" if named else "", adapter.device,
+                how_it_ran(getattr(adapter, "precision", None), getattr(adapter, "postprocess", None)),
+                engine.batch_size, layout.workers, layout.threads, cores,
+                extra={"model": adapter.name, **weights})
         runtime = cls(
             sources,
             adapter,

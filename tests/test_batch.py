@@ -110,6 +110,49 @@ def test_a_batch_writing_into_the_folder_it_reads_never_takes_its_own_outputs_or
     assert find_videos([str(claim / "._a.mp4")], [".mp4"], outputs=[out])[0] == [claim / "._a.mp4"], "named: taken"
 
 
+def test_a_folder_s_search_follows_links_to_folders_and_loses_no_broken_link_or_other_file_without_a_word(tmp_path):
+    # Found probing a camera-trap archive: a site linked in from another disk was not searched, a broken
+    # link of a clip's name was dropped without a word, and the stills beside the clips left out uncounted
+    trap, elsewhere = tmp_path / "trap", tmp_path / "disk2" / "SiteB"
+    (trap / "SiteA").mkdir(parents=True)
+    elsewhere.mkdir(parents=True)
+    encode_clip(trap / "SiteA" / "a.mp4", frames=2)
+    (elsewhere / "b.mp4").write_bytes(b"")
+    (trap / "SiteA" / "a.jpg").write_bytes(b"")
+    (trap / "SiteA" / "DATA.TXT").write_bytes(b"")
+    (trap / "SiteB").symlink_to(elsewhere)
+    (trap / "SiteA" / "up").symlink_to(trap)  # a link to a folder above: searched once, not for ever
+    (trap / "SiteA" / "c.mp4").symlink_to(tmp_path / "gone" / "c.mp4")
+    (trap / "SiteC").symlink_to(tmp_path / "gone")
+    found, warnings = find_videos([str(trap)], [".mp4"])
+    assert found == [(trap / "SiteA" / "a.mp4").resolve(), trap / "SiteA" / "c.mp4", elsewhere.resolve() / "b.mp4"]
+    assert warnings == [
+        f"folder '{trap}': 1 broken link left out: {trap / 'SiteC'} -> {tmp_path / 'gone'}",
+        f"folder '{trap}': 2 files of other extensions left out (.jpg 1, .txt 1): batch.extensions takes .mp4 — "
+        "--set 'batch.extensions=[...]' names the ones to take (a picture is a video of one frame)",
+    ]
+    # the broken link of a clip's name is a video that fails, and says where it pointed
+    outcomes, _, _ = run_batch(config(tmp_path / "out"), [str(trap / "SiteA" / s) for s in ("a.mp4", "c.mp4")],
+                               adapter=ColourSegmenter(), progress=False)
+    assert [(o.status, o.reason) for o in outcomes if o.job.id == "c"] == [
+        ("failed", f"source c: '{trap / 'SiteA' / 'c.mp4'}' is a link to '{tmp_path / 'gone' / 'c.mp4'}', which does "
+                   "not exist")]
+
+
+def test_the_model_is_told_once_however_many_groups_of_videos_a_batch_runs(tmp_path, monkeypatch, caplog):
+    # Found probing: the model's line came again every 64 videos (each group a runtime), read as a reload
+    import segstream.pipeline.batch as batch
+
+    monkeypatch.setattr(batch, "GROUP_SIZE", 1)
+    for name in ("a.mp4", "b.mp4"):
+        encode_clip(tmp_path / name, frames=2)
+    caplog.set_level(logging.INFO, logger="segstream")
+    outcomes, _, _ = run_batch(config(tmp_path / "out"), [str(tmp_path / "a.mp4"), str(tmp_path / "b.mp4")],
+                               adapter=ColourSegmenter(), progress=False)
+    assert [o.status for o in outcomes] == ["done", "done"]
+    assert sum("usable core(s)" in r.getMessage() and r.levelno == logging.INFO for r in caplog.records) == 1
+
+
 def test_a_list_from_standard_input_names_videos_relative_to_the_working_directory(archive, tmp_path, monkeypatch):
     # found probing as a CLI reviewer: `ls *.mp4 | segstream batch @- ...` looked for a list file named '-'
     import io
@@ -163,18 +206,63 @@ def test_a_list_file_saved_by_a_windows_editor_is_read_whole(tmp_path, capsys):
 def test_video_ids_are_unique_source_names_and_keep_the_manifests(tmp_path):
     paths = [tmp_path / "x" / "cam 1.mp4", tmp_path / "y" / "cam 1.mp4", tmp_path / "cam 1.mkv"]
     ids = [job.id for job in plan(paths)]
-    assert len(set(ids)) == 3 and ids[0] == "cam_1" and ids[1] == "y__cam_1"
+    assert ids == ["x__cam_1", "y__cam_1", f"{tmp_path.name}__cam_1"]
     assert all(c.isalnum() or c in "_.-" for vid in ids for c in vid)
     # two videos of one stem in one folder: their extensions tell them apart, not a folder further up
     assert [job.id for job in plan([tmp_path / "b" / "day1.mov", tmp_path / "b" / "day1.mp4", tmp_path / "a" / "day1.mp4"])] \
         == ["day1_mov", "day1_mp4", "day1"]
-    # a video the manifest knows keeps its id; another video cannot take it
+    # a video the manifest knows keeps its id (an earlier release's too); another video cannot take it
     again = plan([paths[1], paths[0]], taken={"cam_1": str(paths[0])})
     assert [job.id for job in again] == ["y__cam_1", "cam_1"]
     # numbers (COCO image ids): the manifest's are kept, new videos take the lowest free ones, so a
     # resumed batch numbers its videos as an uninterrupted one did
     assert [job.number for job in plan(paths)] == [1, 2, 3]
     assert [job.number for job in plan(paths, numbers={str(paths[2]): 3, "gone.mp4": 1})] == [2, 4, 3]
+
+
+def test_a_video_id_is_an_ending_of_its_path_that_no_other_path_shares_whatever_the_order(tmp_path):
+    # Found probing a camera-trap archive: Site*/<date>/DCIM/100MEDIA/IMAG0008.MP4 got IMAG0008,
+    # 100MEDIA__IMAG0008, DCIM__100MEDIA__IMAG0008, ... in listing order: which clip had which id
+    # depended on the sort, and 2026-05-01__DCIM__100MEDIA__IMAG0008 was SiteA's though Site C North
+    # had a 2026-05-01 IMAG0008 too
+    clip = Path("DCIM", "100MEDIA", "IMAG0008.MP4")
+    paths = [tmp_path / site / date / clip for site in ("SiteA", "Site C North") for date in ("2026-05-01", "2026-05-02")]
+    paths.append(tmp_path / "SiteB" / "2026-05-03" / clip)
+    ids = {job.key: job.id for job in plan(paths)}
+    assert list(ids.values()) == ["SiteA__2026-05-01__DCIM__100MEDIA__IMAG0008", "SiteA__2026-05-02__DCIM__100MEDIA__IMAG0008",
+                                  "Site_C_North__2026-05-01__DCIM__100MEDIA__IMAG0008",
+                                  "Site_C_North__2026-05-02__DCIM__100MEDIA__IMAG0008", "2026-05-03__DCIM__100MEDIA__IMAG0008"]
+    for order in (paths[::-1], paths[2:] + paths[:2]):
+        assert {job.key: job.id for job in plan(order)} == ids
+    # a resumed batch keeps the ids its manifest gave (an earlier release's too), and a new video's id is
+    # no ending of a video the manifest holds, listed now or not
+    taken = {"IMAG0008": str(paths[0]), "100MEDIA__IMAG0008": str(paths[1])}
+    new = tmp_path / "SiteD" / "2026-05-01" / clip
+    again = {job.key: job.id for job in plan([new, paths[1], paths[0]], taken=taken)}
+    assert again == {str(new): "SiteD__2026-05-01__DCIM__100MEDIA__IMAG0008", str(paths[1]): "100MEDIA__IMAG0008",
+                     str(paths[0]): "IMAG0008"}
+    # two copies of a deep tree: told apart only at its root, their ids still valid source names
+    deep = Path(*(f"folder {n} of a camera's card" for n in range(12)), "IMAG0001.MP4")
+    ids = [job.id for job in plan([tmp_path / "copy1" / deep, tmp_path / "copy2" / deep])]
+    assert len(set(ids)) == 2 and [TypeAdapter(SourceName).validate_python(vid) for vid in ids] == ids
+
+
+def test_each_video_s_folder_says_which_file_it_is_of(tmp_path):
+    # Found probing: frames.jsonl names only the id and panoptic.json the file's name (IMAG0008.MP4 of
+    # every site and day): a folder copied away could not be joined back to its file
+    clips = [tmp_path / "trap" / site / "DCIM" / "IMAG0008.MP4" for site in ("SiteA", "SiteB")]
+    for clip in clips:
+        clip.parent.mkdir(parents=True)
+        encode_clip(clip, frames=2)
+    out = tmp_path / "out"
+    outcomes, _, _ = run_batch(config(out), [str(tmp_path / "trap")], adapter=ColourSegmenter(), progress=False)
+    records = {record["video"]: record for record in manifest(out)}
+    for clip in clips:
+        record = records[str(clip)]
+        said = json.loads((out / record["id"] / "video.json").read_text())
+        assert said == {"video": str(clip), "id": record["id"], "number": record["number"]}
+        assert f"{record['id']}/video.json" in record["outputs"]
+        assert {entry["source"] for entry in read_entries(out / record["id"] / "frames.jsonl")} == {said["id"]}
 
 
 def test_video_ids_spell_names_in_ascii_never_collapse_and_never_differ_only_in_case(tmp_path):
@@ -184,14 +272,17 @@ def test_video_ids_spell_names_in_ascii_never_collapse_and_never_differ_only_in_
              tmp_path / "摄像头1.mp4", tmp_path / "监控1.mp4", tmp_path / "东门" / "西门.mp4", tmp_path / "摄像头" / "东门.mp4",
              tmp_path / "监控" / "东门.mp4", tmp_path / "Straße Ærø.mp4"]
     ids = [job.id for job in plan(paths)]
-    assert ids[:3] + ids[-1:] == ["Kamera_Sud", "ete__kamera_sud", "Istanbul_i", "Strasse_AEro"]
+    assert ids[2:3] + ids[-1:] == ["Istanbul_i", "Strasse_AEro"]
+    # two names alike but for case, in one folder: no folder tells them apart, a hash of each path does
+    assert re.fullmatch(r"Kamera_Sud-[0-9a-f]{8}", ids[0]) and re.fullmatch(r"kamera_sud-[0-9a-f]{8}", ids[1])
     assert re.fullmatch(r"1-[0-9a-f]{8}", ids[3]) and re.fullmatch(r"1-[0-9a-f]{8}", ids[4])
-    assert re.fullmatch(r"video-[0-9a-f]{8}", ids[5]) and re.fullmatch(r"video-[0-9a-f]{8}", ids[6])
+    assert re.fullmatch(r"video-[0-9a-f]{8}", ids[5])
+    assert re.fullmatch(r"video-[0-9a-f]{8}__video-[0-9a-f]{8}", ids[6])
     assert re.fullmatch(r"video-[0-9a-f]{8}__video-[0-9a-f]{8}", ids[7])
     assert len({vid.lower() for vid in ids}) == len(ids)
     assert [TypeAdapter(SourceName).validate_python(vid) for vid in ids] == ids
     # the hash is of the name: another batch, or the name as macOS writes it (NFD), gives the same id
-    assert [job.id for job in plan([Path(unicodedata.normalize("NFD", str(paths[3]))), paths[0]])] == [ids[3], ids[0]]
+    assert [job.id for job in plan([Path(unicodedata.normalize("NFD", str(paths[3]))), paths[2]])] == [ids[3], ids[2]]
     # a name not in UTF-8 (a Latin-1 disk): read with surrogate escapes, it hashes its bytes, also where every id is taken
     latin1 = Path(os.fsdecode(b"/archive/caf\xe9.mp4"))
     [job] = plan([latin1])
@@ -203,6 +294,8 @@ def test_video_ids_spell_names_in_ascii_never_collapse_and_never_differ_only_in_
     taken = {"Kamera_S_d": str(paths[0]), "kamera_s_d": str(paths[1]), "1": str(paths[3])}
     again = plan([*paths[:4], tmp_path / "new" / "KAMERA_S_D.mp4", tmp_path / "new" / "1.mp4"], taken=taken)
     assert [job.id for job in again] == ["Kamera_S_d", "kamera_s_d", "Istanbul_i", "1", "new__KAMERA_S_D", "new__1"]
+    # a hidden file named on its own (a Mac's ._ file beside each clip) keeps a sign of its dot
+    assert [job.id for job in plan([tmp_path / "._clip.mp4", tmp_path / "clip.mp4"])] == ["_clip", "clip"]
 
 
 def test_a_video_done_under_an_id_of_an_earlier_release_keeps_it_and_a_new_one_gets_the_new_id(tmp_path):
@@ -215,10 +308,13 @@ def test_a_video_done_under_an_id_of_an_earlier_release_keeps_it_and_a_new_one_g
     encode_clip(videos / "KAMERA_S_D.mp4", frames=2)  # its own id would be the old one's but for case
     outcomes, skipped, _ = run_batch(config(out), [str(videos)], adapter=ColourSegmenter(), progress=False)
     assert skipped == 1
-    assert sorted((o.job.id, o.status) for o in outcomes) == [("kamera_sud", "done"), ("videos__KAMERA_S_D", "done")]
-    assert sorted(r["id"] for r in manifest(out)) == ["Kamera_S_d", "kamera_sud", "videos__KAMERA_S_D"]
+    # kamera süd.mp4 is named as Kamera Süd.mp4 but for case: a hash of its path tells them apart
+    [alike] = [o.job.id for o in outcomes if o.job.id.startswith("kamera_sud")]
+    assert re.fullmatch(r"kamera_sud-[0-9a-f]{8}", alike)
+    assert sorted((o.job.id, o.status) for o in outcomes) == [(alike, "done"), ("videos__KAMERA_S_D", "done")]
+    assert sorted(r["id"] for r in manifest(out)) == ["Kamera_S_d", alike, "videos__KAMERA_S_D"]
     assert sorted(p.name for p in out.iterdir() if p.is_dir() and not p.name.startswith(".")) == \
-        ["Kamera_S_d", "kamera_sud", "videos__KAMERA_S_D"]
+        ["Kamera_S_d", alike, "videos__KAMERA_S_D"]
 
 
 def test_every_frame_of_every_video_is_written_and_a_corrupt_one_is_reported(archive, tmp_path):
@@ -956,7 +1052,8 @@ def test_paths_shaped_like_urls_with_passwords_keep_them_out_of_the_manifest_tab
     out = tmp_path / "out"
     inputs = [str(tmp_path / "clip.mp4"), str(real), missing]
     outcomes, skipped, _ = run_batch(config(out), inputs, adapter=ColourSegmenter(), progress=False)
-    assert {o.job.id: o.status for o in outcomes} == {"viewer_nvr__clip": "done", "clip": "done", "x": "failed"}
+    assert {o.job.id: o.status for o in outcomes} == {"viewer_nvr__clip": "done", f"{tmp_path.name}__clip": "done",
+                                                      "x": "failed"}
     table = summary_table(outcomes, skipped, out / MANIFEST)
     written = [table, (out / MANIFEST).read_text(), *(str(p) for p in out.rglob("*"))]
     for secret in ("FilePw_42", "BatchPw_9"):

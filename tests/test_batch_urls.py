@@ -34,7 +34,7 @@ def test_a_url_is_known_without_its_query_fragment_and_user_info_and_named_by_it
     assert found == [signed, "https://bucket.s3.amazonaws.com/cams/day2/clip.mp4?sig=1"], "signed twice: one video"
     jobs = plan(found)
     assert [(job.id, job.key, job.name) for job in jobs] == [
-        ("clip", "https://bucket.s3.amazonaws.com/cams/day1/clip.mp4", "clip.mp4"),
+        ("day1__clip", "https://bucket.s3.amazonaws.com/cams/day1/clip.mp4", "clip.mp4"),
         ("day2__clip", "https://bucket.s3.amazonaws.com/cams/day2/clip.mp4", "clip.mp4"),
     ]
     assert jobs[0].source == signed, "what is read is the whole URL"

@@ -389,3 +389,53 @@ def test_a_truncated_ts_counts_the_frames_its_cut_left_out_before_its_last_one(t
     # the whole file ends without one
     intact = FileSource("whole", str(whole))
     assert len(list(intact.frames())) == 100 and (intact.frames_missing, intact.damage) == (0, "")
+
+
+def _cut_mjpeg_avi(tmp_path: Path, frames: int = 32) -> tuple[Path, Path, int]:
+    """A camera trap's MJPEG AVI (8 fps, with PCM audio) and a copy of it cut in the middle of
+    its packet ``frames // 3``, as a half-finished copy off an SD card is; and that packet's number."""
+    whole = tmp_path / "whole.avi"
+    _ffmpeg("-f", "lavfi", "-i", "testsrc=size=64x48:rate=8", "-f", "lavfi", "-i", "sine=r=8000",
+            "-frames:v", str(frames), "-t", str(frames / 8), "-c:v", "mjpeg", "-c:a", "pcm_s16le", str(whole))
+    with av.open(str(whole)) as container:
+        packets = [(p.pos, p.size) for p in container.demux(container.streams.video[0]) if p.size]
+    at = frames // 3
+    (tmp_path / "cut.avi").write_bytes(whole.read_bytes()[: packets[at][0] + packets[at][1] // 2])
+    return whole, tmp_path / "cut.avi", at
+
+
+def test_an_avi_cut_short_is_judged_by_the_frames_its_header_says_were_recorded(tmp_path):
+    # Found probing: a 10 s MJPEG AVI cut at 30% was recorded done, 25 frames, no damage: FFmpeg's
+    # duration of it is what a scan found where the index at its end was cut off (3 s), while
+    # its header still says 80 frames were recorded.
+    whole, cut, at = _cut_mjpeg_avi(tmp_path)
+    with av.open(str(cut)) as container:
+        video = container.streams.video[0]
+        assert video.frames == 32 and float(video.duration * video.time_base) < 2, (
+            "its header must say 32 frames and its duration only what is left, to mean anything")
+    source = FileSource("cut", str(cut))
+    delivered = len(list(source.frames()))
+    assert delivered <= at + 1 and "of the 4.00 s it lists" in source.damage
+    assert delivered + source.decode_errors + source.frames_missing == 32
+    # whole files, of the formats whose count PyAV gives (AVI, MP4, MOV) or not (Matroska, TS)
+    for name, codec in (("whole.avi", ()), ("h264.avi", ("-c:v", "libx264", "-bf", "2")), ("clip.mp4", ()),
+                        ("clip.mov", ()), ("clip.mkv", ()), ("clip.ts", ())):
+        if name != "whole.avi":
+            _ffmpeg("-i", str(whole), *codec, str(tmp_path / name))
+        intact = FileSource("whole", str(tmp_path / name))
+        assert len(list(intact.frames())) == 32 and (intact.frames_missing, intact.damage) == (0, ""), name
+
+
+def test_the_half_frame_a_file_ends_in_is_left_out_as_a_decode_error_though_ffmpeg_does_not_mark_it(tmp_path):
+    # Found probing: the last JPEG of a half-copied camera AVI, its second half missing, was kept as
+    # a good frame ("EOI missing, emulating"): the demuxer flags its packet damaged, not the decoder its frame
+    _, cut, at = _cut_mjpeg_avi(tmp_path)
+    with av.open(str(cut)) as container:
+        video = container.streams.video[0]
+        packets = [p for p in container.demux(video) if p.size]
+        assert len(packets) == at + 1 and packets[-1].is_corrupt, "the file must end in a packet cut short"
+        assert not any(frame.is_corrupt for p in packets for frame in video.codec_context.decode(p)), \
+            "FFmpeg must not mark the frame to mean anything"
+    source = FileSource("cut", str(cut))
+    frames = list(source.frames())
+    assert [f.index for f in frames] == list(range(at)) and source.decode_errors == 1
