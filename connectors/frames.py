@@ -14,7 +14,8 @@ class Frame:
 
     ``image`` is H x W x 3 uint8 RGB. ``pts`` is in units of ``time_base`` (stream time);
     ``pts_seconds`` is the same instant in seconds. ``capture_wall`` is the Unix time (seconds)
-    at which the frame left the decoder. ``times`` collects when the frame passed each stage of
+    at which the frame left the decoder (of an image folder timed by its images: the image's own
+    time). ``times`` collects when the frame passed each stage of
     the pipeline (``time.monotonic()`` seconds by stage name). ``epoch`` counts the times the
     source's timeline restarted (a reconnect, a file starting over); ``sender_wall`` is the Unix
     time at which the sender captured the frame, when the stream says (RTCP sender reports).

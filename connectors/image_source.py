@@ -4,27 +4,52 @@ from __future__ import annotations
 
 import glob
 import logging
+import os
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from contextlib import closing
+from dataclasses import dataclass, field
+from datetime import datetime
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import av
 import cv2
 import numpy as np
 
-from segstream.connectors.clock import Pacer
+from segstream.connectors.clock import Pacer, Timeline
 from segstream.connectors.errors import SourceError
 from segstream.connectors.frame_rate import FrameRateCap
 from segstream.connectors.frames import Frame
+from segstream.connectors.image_times import NameTimes, zone_of
+from segstream.connectors.source import StateListener
+from segstream.connectors.threads import waiting_for_input
 
 logger = logging.getLogger("segstream.sources")
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".jp2", ".pgm", ".ppm", ".pnm", ".gif")
 _DIGITS = re.compile(r"(\d+)")
+_WILDCARD = re.compile(r"[*?\[]")
+TIMESTAMPS = ("fps", "name", "mtime")  # where an image's time comes from
+TIMED_BASE = Fraction(1, 1000)  # the time base of images timed by their names or files: milliseconds
+# what an upload in progress is named by, where a watched glob would match it (a folder lists images by suffix)
+UPLOAD_SUFFIXES = (".part", ".partial", ".tmp", ".temp", ".filepart", ".crdownload", ".download", ".upload")
+EMPTY_SETTLE_S = 30.0  # an empty new file is an upload whose data has not begun: given this long at least
+_NAMINGS = ("timestamps: name reads names such as site_20261204_130501.jpg, 20261204130501.jpg, "
+            "2026-12-04_13-05-01.jpg or 2026-12-04T13:05:01Z.jpg; give timestamp_format for another naming "
+            "(e.g. 'cam1_%d.%m.%Y_%H-%M-%S'), or use timestamps: mtime or fps")
+
+
+def untimed_problem(path: str, example: str, format: str | None) -> str:
+    """The line for a listing of images of which none has a time in its name."""
+    example = os.path.basename(example)
+    if format is None:
+        return f"no image in '{path}' has a date and time in its name (such as '{example}') — {_NAMINGS}"
+    return (f"no image in '{path}' has a time in its name as timestamp_format '{format}' writes it (such as "
+            f"'{example}') — correct the format, or use timestamps: mtime or fps")
 
 
 def natural_key(path: str) -> tuple:
@@ -86,16 +111,48 @@ def _past_sub_blocks(data: bytes, at: int) -> int:
     return at + 1
 
 
+@dataclass(slots=True)
+class _Play:
+    """Where playing stands, across a loop's passes and a watched folder's arrivals."""
+
+    pacer: Pacer | None
+    timeline: Timeline = field(default_factory=Timeline)
+    position: int = 0  # index (and, timed by fps, PTS): the place in the listing, each frame of a GIF one
+    delivered: int = 0
+    first_time: float | None = None  # the first image's Unix time (timestamps name or mtime)
+    done: bool = False  # max_frames reached, or closed
+
+
 class ImageFolderSource:
     """Images of a folder (or a glob such as ``shots/**/*.png``, or one image file) as frames,
     one per image, and one per frame of an animated GIF.
 
-    ``fps`` gives the timestamps: image k of the listing has PTS k in time base ``1/fps``, and
-    ``Frame.index`` k: an image that cannot be decoded leaves a gap in both (as a video's
-    rejected frame does) and is counted in ``decode_errors``; a pass in which no image at all
-    could be read fails the source. ``realtime`` plays them at ``fps`` and makes the source live.
-    ``loop`` lists the images again and starts over (new images included), indices and PTS
-    counting on; each pass is an ``epoch``. Orientation follows the images' EXIF tags.
+    ``timestamps`` says when each image was taken. ``fps`` (the default): image k of the listing,
+    in natural order, has PTS k in time base ``1/fps``, and its capture time is when it was read.
+    ``name`` (the date and time its file name writes, ``connectors/image_times.py``; in
+    ``timestamp_format`` when given, in ``timestamp_zone`` when it writes none, else local time)
+    or ``mtime`` (its file's modification time): the images in the order of their times, each
+    frame's capture time its image's, its ``pts_seconds`` the time since the first image's (in
+    milliseconds), so a night without images is a night-long gap; an image at the time of the one
+    before is placed a millisecond after it. An image whose name holds no time is left out, said
+    once; a listing of which none has one fails the source. ``Frame.index`` k is the k-th image
+    (or GIF frame) in order: an image that cannot be decoded leaves a gap in it (and, by fps, in
+    the PTS; as a video's rejected frame does) and is counted in ``decode_errors``; a pass in
+    which no image at all could be read fails the source. ``realtime`` plays one image every
+    ``1/fps`` seconds (whatever their own times) and makes the source live. ``loop`` lists the
+    images again and starts over (new images included), indices and PTS counting on; each pass
+    is an ``epoch``. Orientation follows the images' EXIF tags.
+
+    ``watch`` follows a folder (or glob) that files keep arriving in, until ``close()``: the
+    images there first (``watch_from: start``; ``new``: only those that come later), then each
+    new image as it comes, in order of time (by ``fps``: of name), never one twice. It looks every
+    ``poll_s`` seconds; a new file is read once its size and modification time have stayed the
+    same for ``settle_s`` (or it was last written that long ago), and not before the ones before
+    it in order; names starting with a dot (an upload in progress, as some FTP servers name it)
+    are not images. A file that comes with a time at or before the last image read is not read,
+    said. It remembers the last image read and the names of the folder's last listing (not every
+    name it ever read), and reports its own states: ``streaming`` as soon as it watches, images or
+    not yet, ``stalled`` while the folder cannot be listed.
     """
 
     def __init__(
@@ -107,9 +164,23 @@ class ImageFolderSource:
         realtime: bool = False,
         max_frames: int | None = None,
         max_fps: float | None = None,
+        timestamps: str = "fps",
+        timestamp_format: str | None = None,
+        timestamp_zone: str | None = None,
+        watch: bool = False,
+        watch_from: str = "start",
+        poll_s: float = 1.0,
+        settle_s: float = 2.0,
     ):
         if not fps > 0:
             raise SourceError(f"source {name}: fps must be positive, got {fps}")
+        if timestamps not in TIMESTAMPS:
+            raise SourceError(f"source {name}: timestamps must be one of {', '.join(TIMESTAMPS)}, got {timestamps!r}")
+        if watch and loop:
+            raise SourceError(f"source {name}: watch reads each new image once and loop plays them over — use one")
+        if watch_from not in ("start", "new") or not poll_s > 0 or not settle_s >= 0:
+            raise SourceError(f"source {name}: watch_from must be start or new, poll_s positive and settle_s 0 or "
+                              f"more, got {watch_from!r}, {poll_s}, {settle_s}")
         self.name = name
         self.path = str(path)
         self.fps = fps
@@ -118,64 +189,295 @@ class ImageFolderSource:
         self.live = realtime
         self.max_frames = max_frames
         self.decode_errors = 0
-        self.time_base = 1 / Fraction(fps).limit_denominator(1001)
+        self.timestamps = timestamps
+        try:
+            self.name_times = NameTimes(timestamp_format, zone_of(timestamp_zone)) if timestamps == "name" else None
+        except ValueError as error:
+            raise SourceError(f"source {name}: {error}") from None
+        self.time_base = 1 / Fraction(fps).limit_denominator(1001) if timestamps == "fps" else TIMED_BASE
+        self.watch, self.watch_from, self.poll_s, self.settle_s = watch, watch_from, poll_s, settle_s
         self._closed = threading.Event()
-        self._first = list_images(self.path)
-        if not self._first:
+        self._keys: dict[str, Any] = {}  # the last listing's names: what of each key needs no stat (None: no time)
+        where = Path(self.path).expanduser()
+        if watch:
+            self.on_state: StateListener | None = None  # set by the runtime: it says when it watches
+            if where.is_file():
+                raise SourceError(f"source {name}: watch follows a folder or a glob, and '{self.path}' is one image "
+                                  "— give the folder it is in")
+            if not _WILDCARD.search(self.path) and not where.is_dir():
+                raise SourceError(f"source {name}: folder '{self.path}' does not exist — watch needs the folder, "
+                                  "empty or not")
+            self._first: list[tuple[str, Any]] = []
+            if self.name_times is not None:  # a folder of another naming: said now, not by a warning per file
+                names = list_images(self.path)
+                if names and not any(self.name_times.unix(image) is not None for image in names):
+                    raise SourceError(f"source {name}: {untimed_problem(self.path, names[0], timestamp_format)}")
+            return
+        names = list_images(self.path)
+        if not names:
             raise SourceError(
                 f"source {name}: no images in '{self.path}' — give a folder of "
                 f"{'/'.join(s[1:] for s in IMAGE_SUFFIXES[:4])}... files or a glob such as 'frames/*.png'"
             )
+        self._first = self._ordered(names)
+        if not self._first:
+            raise SourceError(f"source {name}: {untimed_problem(self.path, names[0], timestamp_format)}")
 
     def frames(self) -> Iterator[Frame]:
-        pacer = Pacer() if self.live else None
-        # kept frames over max_fps are a period apart: no discontinuity for the pacer
-        step_s = max(float(self.time_base), self.cap.period_s if self.cap is not None else 0.0)
-        delivered = 0
-        position = 0  # index and PTS: the place in the listing (a GIF's frames each one), counted on across passes
+        play = _Play(Pacer() if self.live else None)
+        if self.watch:
+            yield from self._follow(play)
+            return
         epoch = 0
-        names = self._first
+        images = self._first
         while not self._closed.is_set():
-            read = 0
-            for name in names:
-                if self.cap is not None and not name.lower().endswith(".gif") \
-                        and not self.cap.keep(float(position * self.time_base)):
-                    position += 1  # over max_fps: its place counted, the image never read
-                    read += 1
-                    continue
-                with closing(self._read(name)) as images:
-                    for image in images:
-                        if self._closed.is_set():
-                            return
-                        pts = position
-                        position += 1
-                        if image is None:
-                            continue
-                        pts_seconds = float(pts * self.time_base)
-                        if self.cap is not None and name.lower().endswith(".gif") and not self.cap.keep(pts_seconds):
-                            read += 1
-                            continue
-                        if pacer is not None and not pacer.wait(pts_seconds, step_s, self._closed):
-                            return
-                        yield Frame(self.name, pts, image, pts, self.time_base, pts_seconds, time.time(),
-                                    epoch=epoch, file=name)
-                        read += 1
-                        delivered += 1
-                        if self.max_frames is not None and delivered >= self.max_frames:
-                            return
-            if self._closed.is_set():
+            read = yield from self._play(images, play, epoch)
+            if play.done or self._closed.is_set():
                 return
             if read == 0:  # not a folder that ended: nothing of it could be read
-                if len(names) == 1:
-                    raise SourceError(f"source {self.name}: '{names[0]}' has no decodable image")
-                raise SourceError(f"source {self.name}: none of the {len(names)} images in '{self.path}' could be "
+                if len(images) == 1:
+                    raise SourceError(f"source {self.name}: '{images[0][0]}' has no decodable image")
+                raise SourceError(f"source {self.name}: none of the {len(images)} images in '{self.path}' could be "
                                   "decoded")
             if not self.loop:
                 return
             names = list_images(self.path)
             if not names:
                 raise SourceError(f"source {self.name}: the images in '{self.path}' are gone")
+            images = self._ordered(names)
+            if not images:
+                raise SourceError(f"source {self.name}: {untimed_problem(self.path, names[0], self._format)}")
             epoch += 1
+            play.timeline.restart()  # timed by the images: the next pass goes on after the last
+
+    def _play(self, images: list[tuple[str, Any]], play: _Play, epoch: int) -> Generator[Frame, None, int]:
+        """The frames of ``images`` (name and sort key, in order); returns how many images were
+        read (left out over ``max_fps`` included)."""
+        # kept frames over max_fps are a period apart: no discontinuity for the pacer
+        frame_s = float(self.time_base) if self.timestamps == "fps" else 1 / self.fps
+        step_s = max(frame_s, self.cap.period_s if self.cap is not None else 0.0)
+        read = 0
+        for name, key in images:
+            moment = self._moment(key)
+            gif = name.lower().endswith(".gif")
+            if moment is not None and play.first_time is None:
+                play.first_time = moment
+                logger.info("source %s: images timed by %s: the first, %s, at %s", self.name, self._timed_by(),
+                            name, self._shown(moment), extra={"source": self.name})
+            if self.cap is not None and not gif:
+                offset = float(play.position * self.time_base) if moment is None else moment - play.first_time
+                if not self.cap.keep(offset):
+                    play.position += 1  # over max_fps: its place counted, the image never read
+                    read += 1
+                    continue
+            with closing(self._read(name)) as pictures:
+                for image in pictures:
+                    if self._closed.is_set():
+                        play.done = True
+                        return read
+                    index = play.position
+                    play.position += 1
+                    if image is None:
+                        continue
+                    if moment is None:
+                        pts = index
+                    else:  # a time at or before the last one's is placed a millisecond after it
+                        pts = play.timeline.place(round((moment - play.first_time) * 1000), TIMED_BASE, 1)
+                    pts_seconds = float(pts * self.time_base)
+                    if self.cap is not None and gif and not self.cap.keep(pts_seconds):
+                        read += 1
+                        continue
+                    if play.pacer is not None:
+                        # timed by their own times, images hours apart: paced one per 1/fps all the same
+                        due_s = pts_seconds if moment is None else play.delivered / self.fps
+                        if not play.pacer.wait(due_s, step_s, self._closed):
+                            play.done = True
+                            return read
+                    yield Frame(self.name, index, image, pts, self.time_base, pts_seconds,
+                                time.time() if moment is None else moment, epoch=epoch, file=name)
+                    read += 1
+                    play.delivered += 1
+                    if self.max_frames is not None and play.delivered >= self.max_frames:
+                        play.done = True
+                        return read
+        return read
+
+    def _follow(self, play: _Play) -> Iterator[Frame]:
+        """A watched folder's images: those there first (or not), then each new one as it comes."""
+        self._enter("connecting", f"listing '{self.path}'")
+        cursor, last = None, None  # the key and name of the last image read: what sorts after it is new
+        seen: set[str] = set()  # the names of the last listing: one not among them came since
+        settling: dict[str, tuple[int, int, float]] = {}  # a new file's size, mtime and since when they are so
+        first, watching, unlisted = True, False, None
+        while not self._closed.is_set():
+            try:
+                keys = self._listing(self._scan())
+            except OSError as error:
+                why = error.strerror or type(error).__name__
+                if unlisted != why:
+                    unlisted = why
+                    self._enter("stalled", f"cannot list '{self.path}' ({why}); looking again every {self.poll_s:g} s")
+                if not self._wait():
+                    return
+                continue
+            if unlisted is not None:
+                unlisted = None
+                self._enter("streaming", f"'{self.path}' can be listed again")
+            if first and self.watch_from == "new":
+                cursor, last = max(((key, name) for name, key in keys.items() if key is not None),
+                                   default=(None, None))
+            new, late = [], []
+            for name, key in keys.items():
+                if key is None:
+                    continue
+                if cursor is None or key > cursor:
+                    new.append((key, name))
+                elif not first and name not in seen:
+                    late.append(name)
+            if late:
+                before = (f"a name sorting before that of the last image read, {last}" if self.timestamps == "fps"
+                          else f"a time at or before that of the last image read ({self._shown(self._moment(cursor))})")
+                logger.warning("source %s: %s%s came with %s; not read — a watched folder is read forward, never "
+                               "back", self.name, late[0], f" and {len(late) - 1} more" if len(late) > 1 else "",
+                               before, extra={"source": self.name})
+            seen = set(keys)
+            new.sort()
+            ready = []
+            for key, name in new:
+                if not self._settled(name, settling):
+                    break  # the ones after it wait for it: read in order
+                ready.append((name, key))
+            for name in set(settling) - {name for _, name in new}:
+                del settling[name]
+            first = False
+            if not ready:
+                if not watching:
+                    watching = True
+                    self._enter("streaming", f"watching '{self.path}' for new images", {"epoch": 0})
+                if not self._wait():
+                    return
+                continue
+            for name, key in ready:
+                settling.pop(name, None)
+                with closing(self._play([(name, key)], play, 0)) as frames:
+                    for frame in frames:
+                        if not watching:
+                            watching = True
+                            self._enter("streaming", f"first frame {frame.width}x{frame.height}, watching "
+                                        f"'{self.path}'", {"width": frame.width, "height": frame.height, "epoch": 0})
+                        yield frame
+                cursor, last = key, name
+                if play.done or self._closed.is_set():
+                    return
+
+    def _wait(self) -> bool:
+        """Wait ``poll_s`` for files to come; False when closed first."""
+        waiting_for_input(f"watching '{self.path}' for new images")  # a night without images is no stuck thread
+        try:
+            return not self._closed.wait(self.poll_s)
+        finally:
+            waiting_for_input(None)
+
+    def _scan(self) -> list[str]:
+        """The images a watched folder or glob holds now, in no order; an ``OSError`` when the
+        folder cannot be listed."""
+        where = Path(self.path).expanduser()
+        if not _WILDCARD.search(self.path):
+            with os.scandir(where) as entries:
+                return [entry.path for entry in entries if not entry.name.startswith(".")
+                        and entry.name.lower().endswith(IMAGE_SUFFIXES) and entry.is_file()]
+        if not where.parent.exists() and not _WILDCARD.search(str(where.parent)):
+            raise FileNotFoundError(2, "No such file or directory")
+        return [name for name in glob.glob(str(where), recursive=True)
+                if not os.path.basename(name).startswith(".") and not name.lower().endswith(UPLOAD_SUFFIXES)
+                and os.path.isfile(name)]
+
+    def _settled(self, name: str, settling: dict[str, tuple[int, int, float]]) -> bool:
+        """Whether a new file is whole: its size and modification time the same for ``settle_s``
+        (by this machine's clock, or since it was last written), longer for an empty one."""
+        try:
+            stat = os.stat(name)
+        except OSError:  # gone again: the next listing leaves it out
+            return False
+        now, size = time.monotonic(), (stat.st_size, stat.st_mtime_ns)
+        before = settling.get(name)
+        if before is None or before[:2] != size:
+            settling[name] = (*size, now)
+            since = now
+        else:
+            since = before[2]
+        wait_s = self.settle_s if stat.st_size else max(self.settle_s, EMPTY_SETTLE_S)
+        return wait_s == 0 or now - since >= wait_s or time.time() - stat.st_mtime_ns / 1e9 >= wait_s
+
+    def _ordered(self, names: list[str]) -> list[tuple[str, Any]]:
+        """``names`` with their keys in the order they are played; those without a time left out."""
+        keys = self._listing(names)
+        return sorted(((name, key) for name, key in keys.items() if key is not None), key=lambda item: item[1])
+
+    def _listing(self, names: list[str]) -> dict[str, Any]:
+        """Each name's sort key (None: no time in its name): by fps its natural order, by name its
+        time and natural order, by mtime its file's time and natural order. Those of names of the
+        last listing are kept; a new name without a time is said once."""
+        known, keys, untimed = self._keys, {}, []
+        for name in names:
+            fixed = known[name] if name in known else self._fixed_key(name)
+            if fixed is None and name not in known:
+                untimed.append(name)
+            keys[name] = fixed
+        self._keys = dict(keys)
+        if untimed and (self.watch or len(untimed) < len(names)):  # all of a listing played: the source fails
+            logger.warning("source %s: %s%s has no date and time in its name; not read — %s", self.name, untimed[0],
+                           f" (and {len(untimed) - 1} more)" if len(untimed) > 1 else "",
+                           _NAMINGS if self._format is None else f"timestamp_format is '{self._format}'",
+                           extra={"source": self.name})
+        if self.timestamps != "mtime":
+            return keys
+        timed = {}
+        for name, fixed in keys.items():
+            try:
+                timed[name] = (os.stat(name).st_mtime_ns, fixed)
+            except OSError:  # gone since it was listed
+                continue
+        return timed
+
+    def _fixed_key(self, name: str) -> Any:
+        """What of a name's sort key stays as long as the name does."""
+        order = natural_key(name)
+        if self.name_times is None:
+            return order
+        moment = self.name_times.unix(name)
+        return None if moment is None else (moment, order)
+
+    def _moment(self, key: Any) -> float | None:
+        """The Unix time of the image with sort key ``key``; None when timed by fps."""
+        if key is None or self.timestamps == "fps":
+            return None
+        return key[0] / 1e9 if self.timestamps == "mtime" else key[0]
+
+    @property
+    def _format(self) -> str | None:
+        return self.name_times.format if self.name_times is not None else None
+
+    def _timed_by(self) -> str:
+        if self.name_times is None:
+            return "their files' modification times"
+        how = f"timestamp_format '{self._format}'" if self._format is not None else "the usual namings"
+        return f"their names ({how}, in {self.name_times.describe()} where a name gives no zone)"
+
+    def _shown(self, moment: float | None) -> str:
+        """A Unix time as people read it, in the zone the names are read in."""
+        if moment is None:
+            return "-"
+        zone = self.name_times.zone if self.name_times is not None else None
+        shown = datetime.fromtimestamp(moment, zone) if zone is not None else datetime.fromtimestamp(moment).astimezone()
+        return shown.isoformat(sep=" ", timespec="milliseconds" if moment % 1 else "seconds")
+
+    def _enter(self, state: str, reason: str, data: dict[str, Any] | None = None) -> None:
+        listener = getattr(self, "on_state", None)
+        if listener is not None:
+            listener(state, reason, data or {})
+        else:
+            logger.info("source %s %s: %s", self.name, state, reason, extra={"source": self.name, "state": state})
 
     @property
     def frames_skipped(self) -> int:

@@ -99,7 +99,9 @@ def _images_source(cfg: ImagesSourceConfig) -> VideoSource:
 
     return ImageFolderSource(
         cfg.name, cfg.path, fps=cfg.fps, loop=cfg.loop, realtime=cfg.realtime, max_frames=cfg.max_frames,
-        max_fps=cfg.max_fps,
+        max_fps=cfg.max_fps, timestamps=cfg.timestamps, timestamp_format=cfg.timestamp_format,
+        timestamp_zone=cfg.timestamp_zone, watch=cfg.watch, watch_from=cfg.watch_from, poll_s=cfg.poll_s,
+        settle_s=cfg.settle_s,
     )
 
 

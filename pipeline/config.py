@@ -466,8 +466,13 @@ class CameraSourceConfig(_LiveSourceKeys):
 
 class ImagesSourceConfig(_Buffered, Strict):
     """Still images played as video: a folder (its images), a glob (``shots/**/*.png``) or one
-    image file, in natural order (2 before 10). ``fps`` sets their timestamps; ``realtime`` also
-    plays them at that rate; ``loop`` starts over (listing the folder again)."""
+    image file. ``timestamps`` says when each was taken: ``fps`` (image k at k/fps seconds, in
+    natural order, 2 before 10), ``name`` (the date and time in its file name, as cameras and FTP
+    uploads write it, or as ``timestamp_format`` says) or ``mtime`` (its file's modification
+    time): then in the order of their times, each frame's capture time its image's, the gaps
+    between them real ones. ``realtime`` plays one image every 1/fps seconds, as a camera would;
+    ``loop`` starts over (listing the folder again); ``watch`` follows a folder that images keep
+    arriving in, reading each new one once, until the run is stopped."""
 
     name: SourceName
     """The source's name: its streams, files and metrics are named by it (letters, digits, _ . -)."""
@@ -476,11 +481,25 @@ class ImagesSourceConfig(_Buffered, Strict):
     path: str
     """A folder of images, a glob (shots/**/*.png) or one image file, relative to the config file's folder."""
     fps: PositiveFloat = 25.0
-    """Frames per second the images' timestamps are spaced by (and played at, with realtime)."""
+    """Frames per second the images' timestamps are spaced by (timestamps fps), and that realtime plays them at."""
+    timestamps: Literal["fps", "name", "mtime"] = "fps"
+    """When each image was taken: fps (k/fps s; captured when read), name (the date and time in its file name) or mtime (its file's modification time)."""
+    timestamp_format: str | None = None
+    """With timestamps name: how the names write the time, strftime-style, e.g. cam1_%d.%m.%Y_%H-%M-%S (null: the usual camera namings, such as 20261204_130501)."""
+    timestamp_zone: str | None = None
+    """With timestamps name: the zone of times a name writes without one: an IANA name (Europe/Berlin), UTC or an offset (+01:00) (null: this machine's local time)."""
     loop: bool = False
     """Start over at the end, listing the folder again."""
     realtime: bool = False
-    """Play at the input's own frame rate, as a camera would, instead of as fast as the model takes it."""
+    """Play one image every 1/fps seconds, as a camera would, instead of as fast as the model takes them."""
+    watch: bool = False
+    """Follow the folder: after the images in it, read each new one as it comes, in order, until the run is stopped."""
+    watch_from: Literal["start", "new"] = "start"
+    """With watch: start (the images there already first) or new (only those that come from now on)."""
+    poll_s: PositiveFloat = 1.0
+    """With watch: seconds between two looks at the folder."""
+    settle_s: Annotated[float, Field(ge=0)] = 2.0
+    """With watch: seconds a new file's size and time must stay the same before it is read (0: at once, for uploads renamed into place)."""
     max_frames: PositiveInt | None = None
     """Stop after this many frames (null: the whole input)."""
     queue_size: PositiveInt = 8
@@ -517,13 +536,53 @@ class ImagesSourceConfig(_Buffered, Strict):
                 "images, one image or a glob such as frames/*.jpg; relative paths are relative to the config file's "
                 "directory (a config given as a mapping: its base_dir)"
             )
-        from segstream.connectors.image_source import IMAGE_SUFFIXES, list_images
-
-        if not list_images(checked):  # the run would fail at once: said now (found probing)
-            raise ValueError(f"no images in '{path}'{_led_to(path, Path(checked))} — give a folder of "
-                             f"{'/'.join(s[1:] for s in IMAGE_SUFFIXES[:4])}... files, one image or a glob such "
-                             "as frames/*.png")
         return checked
+
+    @model_validator(mode="after")
+    def _timestamp_keys(self) -> ImagesSourceConfig:
+        from segstream.connectors.image_times import format_problem, zone_of
+
+        for key in ("timestamp_format", "timestamp_zone"):
+            if getattr(self, key) is not None and self.timestamps != "name":
+                raise ValueError(f"{key} is about the times file names write, and timestamps is {self.timestamps} — "
+                                 f"add timestamps: name, or remove {key}")
+        if self.timestamp_format is not None and (problem := format_problem(self.timestamp_format)) is not None:
+            raise ValueError(problem)
+        zone_of(self.timestamp_zone)
+        return self
+
+    @model_validator(mode="after")
+    def _watch_keys(self) -> ImagesSourceConfig:
+        if self.watch and self.loop:
+            raise ValueError("watch reads each image once, as it comes, and loop plays the folder over and over — "
+                             "remove loop (or watch)")
+        given = [key for key in ("watch_from", "poll_s", "settle_s") if key in self.model_fields_set]
+        if given and not self.watch:
+            raise ValueError(f"{given[0]} is about following a folder — add watch: true, or remove {given[0]}")
+        if self.watch and Path(self.path).is_file():
+            raise ValueError(f"watch follows a folder (or a glob) that new images come to, and '{self.path}' is one "
+                             "image — give the folder it is in")
+        return self
+
+    @model_validator(mode="after")
+    def _images_there(self, info: ValidationInfo) -> ImagesSourceConfig:
+        """What the run would fail on at once, said now (found probing): a folder without images
+        (a watched one may be empty yet), or none with a time in its name."""
+        if not _files_checked(info):
+            return self
+        from segstream.connectors.image_source import IMAGE_SUFFIXES, list_images, untimed_problem
+        from segstream.connectors.image_times import NameTimes, zone_of
+
+        names = list_images(self.path)
+        if not names and not self.watch:
+            raise ValueError(f"no images in '{self.path}' — give a folder of "
+                             f"{'/'.join(s[1:] for s in IMAGE_SUFFIXES[:4])}... files, one image or a glob such "
+                             "as frames/*.png (watch: true follows a folder that images are still to come to)")
+        if names and self.timestamps == "name":
+            times = NameTimes(self.timestamp_format, zone_of(self.timestamp_zone))
+            if not any(times.unix(name) is not None for name in names):
+                raise ValueError(untimed_problem(self.path, names[0], self.timestamp_format))
+        return self
 
 
 class SyntheticSourceConfig(_Buffered, Strict):

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import struct
+import threading
 import time
+from datetime import datetime
+from fractions import Fraction
 
 import cv2
 import numpy as np
@@ -160,3 +164,306 @@ def test_an_animated_gif_without_frame_delays_gives_all_its_frames_and_counts_on
     (tmp_path / "broken.gif").write_bytes(untimed[:second] + b"\x99" + untimed[second + 1:])
     broken = ImageFolderSource("stills", str(tmp_path / "broken.gif"))
     assert [f.index for f in broken.frames()] == [0] and broken.decode_errors == 1, "the rest counted, not silent"
+
+
+# --- timestamps: name and mtime ------------------------------------------------------------
+
+NIGHT = [("site_20261204_130501.jpg", 0), ("site_20261204_130511.jpg", 10),  # then two hours without images
+         ("site_20261204_150521.jpg", 7220), ("site_20261204_150531.jpg", 7230)]
+FIRST = 1796389501.0  # 2026-12-04 13:05:01 UTC
+
+
+def _square(path, at: int = 0) -> None:
+    """A red square on black (what ColourSegmenter segments as one thing), ``at`` pixels in."""
+    image = np.zeros((30, 40, 3), np.uint8)
+    image[5:15, 5 + at:15 + at] = (0, 0, 255)  # BGR
+    assert cv2.imwrite(str(path), image)
+
+
+def test_name_timestamps_keep_a_night_gap_and_capture_the_named_time(tmp_path):
+    # Found probing an FTP timelapse: the 2-hour night became 10 s, and no frame had its capture time.
+    for name, _ in reversed(NIGHT):
+        _square(tmp_path / name)
+    _square(tmp_path / "a_20261204_130506.jpg")  # between the first two by time, first by name
+    source = ImageFolderSource("site", str(tmp_path), timestamps="name", timestamp_zone="UTC")
+    frames = list(source.frames())
+    assert [f.file.rsplit("/", 1)[1] for f in frames] == [NIGHT[0][0], "a_20261204_130506.jpg", *(n for n, _ in NIGHT[1:])]
+    assert [f.pts_seconds for f in frames] == [0.0, 5.0, 10.0, 7220.0, 7230.0]
+    assert [f.capture_wall - FIRST for f in frames] == [0.0, 5.0, 10.0, 7220.0, 7230.0]
+    assert [f.index for f in frames] == list(range(5)) and frames[0].time_base == Fraction(1, 1000)
+    assert [f.pts for f in frames] == [0, 5000, 10000, 7220000, 7230000]
+
+
+def test_name_times_without_a_zone_are_local_unless_a_zone_is_given(tmp_path):
+    _square(tmp_path / NIGHT[0][0])
+    local = next(ImageFolderSource("site", str(tmp_path), timestamps="name").frames())
+    assert local.capture_wall == datetime(2026, 12, 4, 13, 5, 1).timestamp()
+    berlin = next(ImageFolderSource("site", str(tmp_path), timestamps="name", timestamp_zone="Europe/Berlin").frames())
+    assert berlin.capture_wall == FIRST - 3600
+    offset = next(ImageFolderSource("site", str(tmp_path), timestamps="name", timestamp_zone="-05:00").frames())
+    assert offset.capture_wall == FIRST + 5 * 3600
+
+
+@pytest.mark.parametrize("name, seconds", [
+    ("site_20261204_130501.jpg", 0.0),
+    ("IMG20261204130501.jpg", 0.0),
+    ("cam1_2026-12-04_13-05-01.jpg", 0.0),
+    ("2026-12-04T13:05:01.jpg", 0.0),
+    ("2026-12-04T13:05:01.250Z.jpg", 0.25),
+    ("2026-12-04T14:05:01+01:00.png", 0.0),  # the zone the name writes wins over timestamp_zone
+    ("20261204T140501+0100.png", 0.0),
+    ("192.168.1.64_01_20261204130501750_MOTION_DETECTION.jpg", 0.75),  # milliseconds straight after
+    ("site_20261204_130501-0001.jpg", 0.0),  # a counter after the time, no zone
+    ("2026.12.04 13.05.01.jpg", 0.0),
+])
+def test_the_usual_namings_are_read(name, seconds):
+    from segstream.connectors.image_times import NameTimes, zone_of
+
+    assert NameTimes(zone=zone_of("UTC")).unix(name) == FIRST + seconds
+
+
+@pytest.mark.parametrize("name", ["frame_0001.png", "20261204.jpg", "site_20261204_1305.jpg", "20261231_250000.jpg",
+                                  "20261304_130501.jpg", "x120261204_130501.jpg"])
+def test_names_without_a_whole_time_have_none(name):
+    from segstream.connectors.image_times import NameTimes
+
+    assert NameTimes().unix(name) is None
+
+
+def test_a_timestamp_format_reads_other_namings():
+    from segstream.connectors.image_times import NameTimes, format_problem, zone_of
+
+    utc = zone_of("UTC")
+    assert NameTimes("cam1-%d.%m.%Y-%Hh%Mm%Ss", utc).unix("cam1-04.12.2026-13h05m01s.jpg") == FIRST
+    assert NameTimes("%y%m%d%H%M%S", utc).unix("snap_261204130501_3.jpg") == FIRST
+    assert NameTimes("%s", utc).unix("capture_1796389501.jpg") == FIRST
+    assert NameTimes("%Y%m%d%H%M%S", utc).unix("frame_0001.jpg") is None
+    assert "no whole date" in format_problem("%H%M%S")
+    assert "'%a', which is not read" in format_problem("%a %Y%m%d")
+
+
+def test_equal_times_keep_their_order_a_millisecond_apart(tmp_path):
+    for name in ("site_20261204_130501_1.jpg", "site_20261204_130501_2.jpg", "site_20261204_130502.jpg"):
+        _square(tmp_path / name)
+    frames = list(ImageFolderSource("site", str(tmp_path), timestamps="name", timestamp_zone="UTC").frames())
+    assert [f.pts for f in frames] == [0, 1, 1000], "pts strictly increasing, back on the images' times after"
+    assert [f.capture_wall - FIRST for f in frames] == [0.0, 0.0, 1.0]
+
+
+def test_mtime_timestamps_follow_the_files_modification_times(tmp_path):
+    for n, (_, seconds) in enumerate(NIGHT):
+        path = tmp_path / f"shot{9 - n}.jpg"  # natural order is the reverse of the times'
+        _square(path)
+        os.utime(path, (FIRST + seconds, FIRST + seconds))
+    frames = list(ImageFolderSource("site", str(tmp_path), timestamps="mtime").frames())
+    assert [f.file.rsplit("/", 1)[1] for f in frames] == ["shot9.jpg", "shot8.jpg", "shot7.jpg", "shot6.jpg"]
+    assert [f.pts_seconds for f in frames] == [0.0, 10.0, 7220.0, 7230.0]
+    assert [f.capture_wall for f in frames] == [FIRST + s for _, s in NIGHT]
+
+
+def test_an_image_without_a_time_in_its_name_is_skipped_and_named(tmp_path, caplog):
+    _square(tmp_path / NIGHT[0][0])
+    _square(tmp_path / "snapshot.jpg")
+    frames = list(ImageFolderSource("site", str(tmp_path), timestamps="name").frames())
+    assert [f.file.rsplit("/", 1)[1] for f in frames] == [NIGHT[0][0]]
+    [line] = [r.getMessage() for r in caplog.records if "snapshot.jpg" in r.getMessage()]
+    assert "has no date and time in its name; not read — timestamps: name reads names such as" in line
+    assert "timestamp_format" in line
+    (tmp_path / NIGHT[0][0]).unlink()
+    with pytest.raises(SourceError, match=r"^source site: no image in '.*' has a date and time in its name "
+                                          r"\(such as 'snapshot.jpg'\) — .*timestamp_format"):
+        ImageFolderSource("site", str(tmp_path), timestamps="name")
+
+
+def test_realtime_plays_images_timed_by_their_names_at_fps_not_at_their_gaps(tmp_path):
+    for name, _ in NIGHT:
+        _square(tmp_path / name)
+    source = ImageFolderSource("site", str(tmp_path), fps=20, realtime=True, timestamps="name")
+    start = time.monotonic()
+    frames = list(source.frames())
+    took = time.monotonic() - start
+    assert source.live and 0.14 <= took < 2.0, "a frame every 1/20 s: the night is not slept through"
+    assert [f.pts_seconds for f in frames] == [s for _, s in NIGHT], "the timestamps stay the images' own"
+
+
+def test_a_thing_loses_its_id_over_the_night_with_max_lost_s(tmp_path):
+    # Found probing: through a 2-hour gap read as 10 s, a tracked thing kept its id with max_lost_s 60.
+    from segstream.pipeline.builders import build_sources
+    from segstream.pipeline.config import validate_config
+    from segstream.pipeline.runtime import Runtime
+    from tests.conftest import CollectingSink, ColourSegmenter
+
+    for n, (name, _) in enumerate(NIGHT):
+        _square(tmp_path / name, at=n)
+
+    def ids(timestamps: str) -> tuple[list[int], list[str]]:
+        cfg = validate_config({"sources": [{"name": "site", "type": "images", "path": str(tmp_path), "fps": 0.1,
+                                            "timestamps": timestamps}], "tracking": {"max_lost_s": 60, "min_hits": 1}})
+        sink = CollectingSink()
+        Runtime.from_config(cfg, build_sources(cfg.sources), ColourSegmenter(), [sink], progress=None).run()
+        reasons = [e.data.get("reason") for e in sink.events if e.kind == "track_ended"]
+        return [int(r.segments.track_ids[0]) for r in sink.results], reasons
+
+    tracks, reasons = ids("name")
+    assert tracks[0] == tracks[1] and tracks[2] == tracks[3] and tracks[1] != tracks[2]
+    assert reasons == ["lost", "end"]
+    assert len(set(ids("fps")[0])) == 1, "timed by fps the night is 10 s: this test would mean nothing"
+
+
+# --- watch -----------------------------------------------------------------------------------
+
+
+class _Reader:
+    """Reads a source's frames on a thread of its own, as the runtime's decode thread does."""
+
+    def __init__(self, source: ImageFolderSource):
+        self.source, self.frames, self.error = source, [], None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            for frame in self.source.frames():
+                self.frames.append(frame)
+        except Exception as error:  # noqa: BLE001 - the test looks at it
+            self.error = error
+
+    def names(self) -> list[str]:
+        return [f.file.rsplit("/", 1)[1] for f in self.frames]
+
+    def until(self, count: int, timeout_s: float = 5.0) -> list[str]:
+        deadline = time.monotonic() + timeout_s
+        while len(self.frames) < count and time.monotonic() < deadline and self.thread.is_alive():
+            time.sleep(0.01)
+        return self.names()
+
+    def stop(self) -> float:
+        start = time.monotonic()
+        self.source.close()
+        self.thread.join(5)
+        assert not self.thread.is_alive() and self.error is None
+        return time.monotonic() - start
+
+
+def _arrive(path, at: int = 0) -> None:
+    """An image uploaded whole: written under a hidden name, then renamed (the watch tests read
+    files at once, settle_s 0)."""
+    hidden = path.with_name(f".{path.name}")
+    _square(hidden, at)
+    os.replace(hidden, path)
+
+
+def _watching(folder, **keys) -> ImageFolderSource:
+    keys = {"poll_s": 0.02, "settle_s": 0.0, **keys}
+    return ImageFolderSource("site", str(folder), watch=True, **keys)
+
+
+def test_watch_reads_the_images_there_then_each_new_one_in_order_never_twice(tmp_path):
+    _square(tmp_path / NIGHT[1][0])
+    _square(tmp_path / NIGHT[0][0])
+    reader = _Reader(_watching(tmp_path, timestamps="name", timestamp_zone="UTC"))
+    assert reader.until(2) == [NIGHT[0][0], NIGHT[1][0]]
+    _arrive(tmp_path / NIGHT[2][0])
+    assert reader.until(3) == [n for n, _ in NIGHT[:3]]
+    _arrive(tmp_path / NIGHT[3][0])
+    assert reader.until(4) == [n for n, _ in NIGHT]
+    time.sleep(0.2)  # several more looks at the folder: nothing read again
+    assert reader.stop() < 1.0
+    assert reader.names() == [n for n, _ in NIGHT]
+    assert [f.pts_seconds for f in reader.frames] == [s for _, s in NIGHT]
+    assert [f.index for f in reader.frames] == [0, 1, 2, 3]
+
+
+def test_watch_from_new_leaves_the_images_there_out(tmp_path):
+    _square(tmp_path / "old1.png")
+    _square(tmp_path / "old2.png")
+    reader = _Reader(_watching(tmp_path, watch_from="new"))
+    time.sleep(0.15)
+    assert reader.frames == []
+    _arrive(tmp_path / "old3.png")
+    assert reader.until(1) == ["old3.png"]
+    reader.stop()
+
+
+def test_watch_waits_through_a_night_without_ending_and_stops_promptly(tmp_path):
+    from segstream.connectors.threads import input_wait
+
+    reader = _Reader(_watching(tmp_path, poll_s=0.05))  # an empty folder: images are still to come
+    deadline = time.monotonic() + 0.3
+    while time.monotonic() < deadline and input_wait(reader.thread.ident) is None:
+        time.sleep(0.01)
+    assert input_wait(reader.thread.ident) == f"watching '{tmp_path}' for new images", "/healthz: waiting, not stuck"
+    time.sleep(0.3)
+    assert reader.thread.is_alive() and reader.error is None, "a folder without images yet is no end"
+    _arrive(tmp_path / "first.png")
+    assert reader.until(1) == ["first.png"]
+    source = reader.source
+    source.poll_s = 30.0  # a long poll: close() must not wait for it
+    time.sleep(0.1)
+    assert reader.stop() < 1.0
+    assert input_wait(reader.thread.ident) is None
+
+
+def test_watch_does_not_read_a_file_still_being_written(tmp_path):
+    _square(tmp_path / "whole.jpg")
+    data = (tmp_path / "whole.jpg").read_bytes()
+    (tmp_path / "whole.jpg").unlink()
+    reader = _Reader(_watching(tmp_path, settle_s=1.0, timestamps="name"))
+    with open(tmp_path / NIGHT[0][0], "wb") as upload:  # an FTP upload written in place
+        upload.write(data[: len(data) // 2])
+        upload.flush()
+        time.sleep(0.3)
+        assert reader.frames == [], "half a JPEG read"
+        upload.write(data[len(data) // 2:])
+    assert reader.until(1) == [NIGHT[0][0]]
+    reader.stop()
+    assert reader.source.decode_errors == 0
+
+
+def test_watch_leaves_hidden_and_part_files_for_later(tmp_path):
+    # uploads some FTP servers and clients name apart until they are whole, then rename
+    first, second, third = (name for name, _ in NIGHT[:3])
+    _square(tmp_path / first)
+    reader = _Reader(_watching(tmp_path, timestamps="name"))
+    assert reader.until(1) == [first]
+    _square(tmp_path / f".{second}")
+    (tmp_path / f"{third}.part").write_bytes((tmp_path / first).read_bytes())
+    time.sleep(0.2)
+    assert reader.names() == [first]
+    (tmp_path / f".{second}").rename(tmp_path / second)
+    assert reader.until(2) == [first, second]
+    reader.stop()
+
+
+def test_watch_says_a_late_file_and_does_not_read_it(tmp_path, caplog):
+    _square(tmp_path / NIGHT[1][0])
+    reader = _Reader(_watching(tmp_path, timestamps="name", timestamp_zone="UTC"))
+    assert reader.until(1) == [NIGHT[1][0]]
+    _arrive(tmp_path / NIGHT[0][0])  # from before the image already read
+    _arrive(tmp_path / NIGHT[2][0])
+    assert reader.until(2) == [NIGHT[1][0], NIGHT[2][0]]
+    reader.stop()
+    [line] = [r.getMessage() for r in caplog.records if "not read" in r.getMessage()]
+    assert NIGHT[0][0] in line and "at or before that of the last image read (2026-12-04 13:05:11" in line
+
+
+def test_a_watched_source_streams_in_the_runtime_while_it_waits(tmp_path):
+    from segstream.pipeline.runtime import Runtime
+    from tests.conftest import CollectingSink, ColourSegmenter
+
+    sink = CollectingSink()
+    runtime = Runtime([_watching(tmp_path)], ColourSegmenter(), [sink], progress=None)
+    thread = threading.Thread(target=runtime.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while runtime.metrics.source("site").state != "streaming" and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert runtime.metrics.source("site").state == "streaming", "watching an empty folder is streaming"
+    _arrive(tmp_path / "a.png")
+    while not sink.results and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert [r.file for r in sink.results] == [str(tmp_path / "a.png")]
+    assert thread.is_alive() and runtime.metrics.source("site").state == "streaming"
+    runtime.stop()
+    thread.join(5)
+    assert not thread.is_alive() and runtime.metrics.source("site").state == "ended"

@@ -238,6 +238,43 @@ def test_validate_says_an_images_source_finds_no_images_as_the_run_would(tmp_pat
     assert "no images in" in _error(type="images", path=str(tmp_path / "*.jpg"))
 
 
+def test_an_images_sources_timestamps_and_watch_keys_are_checked_in_one_line_each(tmp_path):
+    (tmp_path / "site_20261204_130501.jpg").write_bytes(b"")
+    folder = str(tmp_path)
+    for keys, expected in [
+        ({"timestamps": "filename"}, "timestamps: Input should be 'fps', 'name' or 'mtime'"),
+        ({"timestamps": "name", "timestamp_format": "%H-%M-%S"}, "gives no whole date"),
+        ({"timestamps": "name", "timestamp_format": "%Y%m%d_%a"}, "has '%a', which is not read"),
+        ({"timestamps": "name", "timestamp_zone": "Europe/Berln"}, "'Europe/Berln' is not a time zone"),
+        ({"timestamp_zone": "UTC"}, "timestamp_zone is about the times file names write, and timestamps is fps"),
+        ({"timestamps": "mtime", "timestamp_format": "%Y%m%d"}, "add timestamps: name, or remove timestamp_format"),
+        ({"watch": True, "loop": True}, "remove loop (or watch)"),
+        ({"poll_s": 5}, "poll_s is about following a folder — add watch: true"),
+        ({"watch_from": "new"}, "watch_from is about following a folder"),
+        ({"watch": True, "path": str(tmp_path / "site_20261204_130501.jpg")}, "is one image — give the folder"),
+        ({"watch": True, "settle_s": -1}, "settle_s: Input should be greater than or equal to 0"),
+    ]:
+        line = _error(type="images", **{"path": folder, **keys})
+        assert expected in line and "\n" not in line, (keys, line)
+    timed = _source(type="images", path=folder, timestamps="name", timestamp_zone="+01:00",
+                    timestamp_format="site_%Y%m%d_%H%M%S", watch=True, watch_from="new", poll_s=0.5, settle_s=0)
+    assert (timed.timestamps, timed.watch_from, timed.poll_s, timed.settle_s) == ("name", "new", 0.5, 0)
+    [built] = build_sources([timed])  # the builder hands every key on
+    assert (built.timestamps, built.watch, built.watch_from, built.poll_s, built.settle_s) == ("name", True, "new", 0.5, 0)
+    assert (built.name_times.format, built.name_times.unix("site_20261204_130501.jpg")) == ("site_%Y%m%d_%H%M%S",
+                                                                                          1796389501 - 3600)
+    assert _source(type="images", path=folder).timestamps == "fps"
+
+
+def test_a_watched_folder_may_be_empty_but_not_of_another_naming(tmp_path):
+    assert _source(type="images", path=str(tmp_path), watch=True).watch
+    assert "watch: true follows a folder that images are still to come to" in _error(type="images", path=str(tmp_path))
+    (tmp_path / "frame_0001.png").write_bytes(b"")
+    line = _error(type="images", path=str(tmp_path), timestamps="name", watch=True)
+    assert "has a date and time in its name (such as 'frame_0001.png')" in line and "timestamp_format" in line
+    assert _source(type="images", path=str(tmp_path), timestamps="name", timestamp_format="frame_%s")
+
+
 def test_the_rtsp_server_a_stream_is_read_from_for_its_reconnects():
     from segstream.connectors.urls import rtsp_address
 
