@@ -1329,8 +1329,11 @@ class PipelineConfig(Strict):
             return self
         # a source's own rate where the config says it (a folder of stills at fps 0.1: found probing,
         # max_lost_s 5 left every thing without an id), or its max_fps where lower
+        # (not a folder timed by its images' own times: its fps is then only a pace of playing them)
         rates = [(f"source {s.name}'s", key, rate) for s in self.sources
-                 for key, rate in [min((("max_fps", s.max_fps), ("fps", getattr(s, "fps", None))),
+                 for key, rate in [min((("max_fps", s.max_fps),
+                                        ("fps", getattr(s, "fps", None) if getattr(s, "timestamps", "fps") == "fps"
+                                         else None)),
                                        key=lambda pair: math.inf if pair[1] is None else pair[1])]]
         rates.append(("batch", "max_fps", self.batch.max_fps))
         for whose, key, rate in rates:

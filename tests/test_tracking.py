@@ -557,6 +557,7 @@ def test_max_lost_s_shorter_than_a_max_fps_frame_interval_is_refused(tmp_path):
     with pytest.raises(ConfigError, match=r"two of source site's frame intervals at its fps 0.1 \(20 s\)"):
         validate_config({"sources": [stills], "tracking": {"max_lost_s": 5}})
     validate_config({"sources": [stills], "tracking": {"max_lost_s": 60}})
+    validate_config({"sources": [{**stills, "timestamps": "mtime"}], "tracking": {"max_lost_s": 5}})  # its own times
     with pytest.raises(ConfigError, match="two of batch frame intervals"):
         validate_config({"batch": {"max_fps": 0.5}, "tracking": {"max_lost_s": 2}}, schema=BatchPipelineConfig)
     validate_config({"sources": [source], "tracking": {"max_lost_s": 2}})  # a frame a second, lost for 2 s: fine
