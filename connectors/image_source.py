@@ -190,6 +190,9 @@ class ImageFolderSource:
         self.max_frames = max_frames
         self.decode_errors = 0
         self.timestamps = timestamps
+        # frames captured at the images' own times, before segstream read them: its latency is
+        # measured from the read (an upload's delay, a folder's backlog, are not segstream's)
+        self.captures_before_read = timestamps != "fps"
         try:
             self.name_times = NameTimes(timestamp_format, zone_of(timestamp_zone)) if timestamps == "name" else None
         except ValueError as error:

@@ -506,6 +506,9 @@ class Runtime:
             raise ValueError("model_workers must be at least 1 and max_inflight at least model_workers")
         self.sources = list(sources)
         self._source_names = set(names)  # every source the run has had (events may name one removed since)
+        # sources whose frames carry a capture time from before segstream read them (an image
+        # folder timed by its images' names): latency is measured from the read
+        self._captured_before_read = {s.name for s in self.sources if getattr(s, "captures_before_read", False)}
         self.adapter = adapter
         self.sinks = list(sinks)
         for sink in self.sinks:
@@ -751,6 +754,8 @@ class Runtime:
             (self.required.add if required else self.required.discard)(name)
             self.buffers.append(policy)
             self._source_names.add(name)
+            if getattr(source, "captures_before_read", False):
+                self._captured_before_read.add(name)
             self.sources.append(source)
             self._batcher.activate(i)  # now: the stage and /metrics walk the active queues' sources
             log.info("source %s added%s", name, f" (epoch {epoch}: it goes on from the source that had its name)"
@@ -1529,7 +1534,11 @@ class Runtime:
         def written(results: Sequence[FrameResult]) -> None:
             now = time.monotonic()
             for result in results:
-                self.metrics.wrote(name, result.source, result.capture_ts, result.publish_ts, primary)
+                capture_ts = result.capture_ts
+                if result.source in self._captured_before_read and "decoded" in result.times:
+                    # an image's own time: segstream's latency runs from when it read the image
+                    capture_ts = result.publish_ts - (now - result.times["decoded"])
+                self.metrics.wrote(name, result.source, capture_ts, result.publish_ts, primary)
                 if primary:
                     result.times["published"] = now
                     self.metrics.stages(result.times)

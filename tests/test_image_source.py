@@ -310,6 +310,26 @@ def test_a_thing_loses_its_id_over_the_night_with_max_lost_s(tmp_path):
     assert len(set(ids("fps")[0])) == 1, "timed by fps the night is 10 s: this test would mean nothing"
 
 
+def test_the_latency_of_images_timed_by_their_names_runs_from_their_read(tmp_path):
+    # found in review: an image's capture_ts is its own (hours old for a folder's backlog), and the
+    # run's latency (status line, capture_to_publish histogram, the p99 > 1 s alert) took it as segstream's
+    from segstream.connectors.files_sink import FilesSink, read_entries
+    from segstream.connectors.redis_wire import from_wire
+    from segstream.pipeline.runtime import Runtime
+    from tests.conftest import ColourSegmenter
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for n, (name, _) in enumerate(NIGHT):
+        _square(folder / name, at=n)
+    source = ImageFolderSource("site", str(folder), timestamps="name", timestamp_zone="UTC")
+    runtime = Runtime([source], ColourSegmenter(), [FilesSink(tmp_path / "out")], progress=None)
+    report = runtime.run()
+    assert report.published == 4 and report.latency_ms_max < 30_000  # not the images' age: years, hours
+    captured = [from_wire(e).capture_ts for e in read_entries(tmp_path / "out" / "site.jsonl")]
+    assert captured == [FIRST + s for _, s in NIGHT], "the entries keep the images' own times"
+
+
 # --- watch -----------------------------------------------------------------------------------
 
 
