@@ -33,6 +33,7 @@ class FrameRateCap:
         self._frame_s = 0.0  # the time between the last two frames
         self._offset: float | None = None  # Unix time minus stream time, where the grid was set
         self._exact = False  # whether that was the sender's clock
+        self._kept: float | None = None  # the last kept frame's timestamp
         self.on_clock = on_clock
 
     def keep(self, seconds: float | None, wall: float | None = None, exact: bool = False) -> bool:
@@ -43,12 +44,15 @@ class FrameRateCap:
         if self.on_clock and wall is not None and (self._offset is None or exact and (
                 not self._exact or abs(wall - seconds - self._offset) > self.period_s / 4)):
             self._offset, self._exact = wall - seconds, exact  # the first, or the sender's clock stepped
-            self._due = None
+            # the new grid's first multiple a period after the last frame kept (a session's first
+            # sender report re-grids it: the frame after it was kept 120 ms after the last, found in review)
+            self._due = None if self._kept is None else self._next(self._kept)
         return self._keep(seconds)
 
     def _next(self, seconds: float) -> float:
         """When the frame after one kept at ``seconds`` is due: a period later, or at the grid's
-        first multiple from then (never sooner: kept frames are a period apart at least)."""
+        first multiple from then (never sooner: kept frames are a period apart at least; so after
+        a frame kept off the grid, the next may be up to two periods later)."""
         if self._offset is None:
             return seconds + self.period_s
         periods = math.ceil((seconds + self._offset) / self.period_s - _ROUNDING_S) + 1
@@ -59,13 +63,17 @@ class FrameRateCap:
         if last is not None and seconds > last:
             self._frame_s = seconds - last
         elif last is not None and self._due is not None and seconds < last:  # went back; a repeat moves nothing
-            self._due += seconds - (last + self._frame_s)
+            shift = seconds - (last + self._frame_s)
+            self._due += shift
+            self._kept = None if self._kept is None else self._kept + shift
+            if self._offset is not None:  # the same Unix time is now earlier stream time: the grid stays put
+                self._offset -= shift
         due = self._due
         if due is None or seconds >= due + self.period_s:
-            self._due = self._next(seconds)
+            self._due, self._kept = self._next(seconds), seconds
             return True
         if seconds >= due - _ROUNDING_S:
-            self._due = due + self.period_s
+            self._due, self._kept = due + self.period_s, seconds
             return True
         self.skipped += 1
         return False

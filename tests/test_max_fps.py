@@ -84,6 +84,21 @@ def test_the_grid_follows_the_senders_clock_through_a_step():
     assert after and all(abs(t * 5 - round(t * 5)) < 1 / 30 * 5 for t in after)  # on the stepped clock's grid
 
 
+def test_kept_frames_stay_a_period_apart_when_the_senders_clock_comes_and_the_grid_holds_over_a_step_back():
+    # found in review: the first sender report re-gridded the cap and the next frame was kept at
+    # once, 120 ms after the last; timestamps stepping back then a gap moved the grid by 160 ms
+    cap = FrameRateCap(5, on_clock=True)
+    kept = [k / 25 for k in range(100)
+            if cap.keep(k / 25, wall=1000.013 + k / 25 + 0.002 * (k % 3), exact=k >= 27)]
+    assert min(b - a for a, b in zip(kept, kept[1:])) >= 0.2 - 1e-6
+    cap = FrameRateCap(5, on_clock=True)
+    stream = [k / 25 for k in range(30)] + [k / 25 - 0.53 for k in range(30, 60)] + [k / 25 - 0.53 for k in range(85, 120)]
+    walls = [1000.0 + k / 25 for k in range(60)] + [1000.0 + k / 25 for k in range(85, 120)]
+    kept = [wall for seconds, wall in zip(stream, walls) if cap.keep(seconds, wall=wall)]
+    after = [wall for wall in kept if wall > 1003.3]
+    assert after and all(abs(wall * 5 - round(wall * 5)) < 1e-6 for wall in after), after  # on the grid still
+
+
 def test_a_repeated_timestamp_does_not_move_the_cap_back():
     """Found in review: every timestamp twice (a stream that repeats frames) kept twice the cap."""
     cap = FrameRateCap(5.0)
