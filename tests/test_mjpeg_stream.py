@@ -47,7 +47,7 @@ def test_an_mjpeg_frame_cut_short_is_counted_as_a_decode_error_not_published_as_
 
 def test_a_snapshot_url_read_as_a_stream_fails_saying_it_is_one_picture(tmp_path):
     """Found probing: a camera's /snapshot.jpg as a stream gave one frame and ended the source as a
-    finite video that had ended (exit 0); pictures are not polled."""
+    finite video that had ended (exit 0); a stream source does not poll pictures, a snapshot source does."""
     import cv2
     import numpy as np
     import pytest
@@ -59,7 +59,8 @@ def test_a_snapshot_url_read_as_a_stream_fails_saying_it_is_one_picture(tmp_path
     with StaticHttpServer(tmp_path) as server:
         source = StreamSource("gate", f"http://127.0.0.1:{server.port}/snapshot.jpg", policy=ReconnectPolicy())
         with pytest.raises(SourceError, match=r"is a single picture \(a camera's snapshot URL\?\), not a video "
-                                              r"stream — .* give the camera's MJPEG \(multipart\) or RTSP URL"):
+                                              r"stream — poll it with type: snapshot .* the camera's MJPEG \(multipart\) "
+                                              r"or RTSP URL"):
             list(source.frames())
     assert source.state == "failed"
     # nor does an images source take a URL (it was looked for as a local path)
