@@ -222,9 +222,9 @@ class SnapshotClient:
     """GETs of one URL on a kept-alive connection, bounded by ``timeout_s`` each (connect,
     TLS handshake, answer and body); logins answered as the server asks (``Login``), redirects
     followed within the same server (credentials never go to another), ``If-None-Match`` sent
-    with ``etag`` (the last picture's, set by its user). ``tls``: the context for https (None: http). ``phase`` is where the
-    last request got to: ``open`` (connecting) or ``read`` (sent). ``close()`` cuts a request
-    in flight, from any thread."""
+    with ``etag`` (the last picture's, set by its user). ``tls``: the context for https (None:
+    http). ``phase`` is where the last request got to: ``open`` (connecting) or ``read``
+    (sent). ``close()`` cuts a request in flight, from any thread."""
 
     def __init__(self, url: str, shown: str, login: Login | None, timeout_s: float,
                  tls: ssl.SSLContext | None = None):
@@ -286,7 +286,8 @@ class SnapshotClient:
             raise
 
     def _redirected(self, target: str, location: str, status: int) -> str:
-        base = f"{self.scheme}://{self.host}:{self.port}{target}"
+        host = f"[{self.host}]" if ":" in self.host else self.host  # an IPv6 address
+        base = f"{self.scheme}://{host}:{self.port}{target}"
         moved = urlsplit(urljoin(base, location))
         try:
             port = moved.port or (443 if moved.scheme == "https" else 80)
