@@ -99,8 +99,8 @@ def picture_format(format_name: str) -> bool:
 
 def single_picture(shown: str) -> str:
     """What to say of a stream source whose input held one picture (a camera's snapshot URL)."""
-    return (f"'{shown}' is a single picture (a camera's snapshot URL?), not a video stream — a stream source "
-            "reads video and does not poll pictures: give the camera's MJPEG (multipart) or RTSP URL")
+    return (f"'{shown}' is a single picture (a camera's snapshot URL?), not a video stream — poll it with type: "
+            "snapshot (url, interval_s), or give a stream source the camera's MJPEG (multipart) or RTSP URL")
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +126,14 @@ class ReconnectPolicy:
     def delay(self, attempt: int, rng: random.Random) -> float:
         base = min(self.max_delay_s, self.delay_s * 2 ** max(0, attempt - 1))
         return base / 2 + rng.uniform(0, base / 2)
+
+    def given_up(self, failures: int, reason: str) -> str | None:
+        """Why the source fails after ``failures`` attempts in a row, the last lost because of
+        ``reason``, once they are more than ``max_reconnects``; None while it retries."""
+        limit = self.max_reconnects
+        if limit is None or failures <= limit:
+            return None
+        return f"{reason}; gave up after {limit} reconnect attempt{'s' if limit != 1 else ''}"
 
 
 def _port_accepts(address: tuple[int, tuple], timeout_s: float) -> bool:
@@ -616,11 +624,9 @@ class LiveSource:
                     self._finished_errors += lost
                     self._carried = ()
                 failures += 1
-                limit = self.policy.max_reconnects
-                if limit is not None and failures > limit:
+                if (given_up := self.policy.given_up(failures, reason)) is not None:
                     failed = True
-                    given_up = f"{reason}; gave up after {limit} reconnect attempt{'s' if limit != 1 else ''}"
-                    self._enter("failed", given_up, {**details, "attempts": limit})
+                    self._enter("failed", given_up, {**details, "attempts": self.policy.max_reconnects})
                     raise SourceError(f"source {self.name} failed: {given_up}")
                 delay = self.policy.delay(failures, self._rng)
                 restarted = None  # lost, not handed over: what follows is a reconnect

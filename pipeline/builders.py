@@ -16,6 +16,7 @@ from segstream.pipeline.config import (
     FileSourceConfig,
     ImagesSourceConfig,
     SinksConfig,
+    SnapshotSourceConfig,
     SourceConfig,
     StreamSourceConfig,
     SyntheticSourceConfig,
@@ -94,6 +95,25 @@ def _camera_source(cfg: CameraSourceConfig) -> VideoSource:
     )
 
 
+def _snapshot_source(cfg: SnapshotSourceConfig) -> VideoSource:
+    from segstream.connectors.live_source import ReconnectPolicy
+    from segstream.connectors.snapshot_source import SnapshotSource
+
+    return SnapshotSource(
+        cfg.name,
+        cfg.url,
+        username=cfg.username,
+        password=cfg.password,
+        interval_s=cfg.interval_s,
+        timeout_s=cfg.timeout_s,
+        policy=ReconnectPolicy(max_reconnects=cfg.max_reconnects, delay_s=cfg.reconnect_delay_s,
+                               max_delay_s=cfg.reconnect_max_delay_s, wait_for_input=cfg.wait_for_input),
+        tls_verify=cfg.tls_verify,
+        ca_file=cfg.ca_file,
+        max_fps=cfg.max_fps,
+    )
+
+
 def _images_source(cfg: ImagesSourceConfig) -> VideoSource:
     from segstream.connectors.image_source import ImageFolderSource
 
@@ -105,12 +125,13 @@ def _images_source(cfg: ImagesSourceConfig) -> VideoSource:
     )
 
 
-# Stream and camera sources open in their own threads once the run starts (never here): a
-# camera that does not answer must not hold up the others, nor Ctrl-C.
+# Stream, camera and snapshot sources open in their own threads once the run starts (never here):
+# a camera that does not answer must not hold up the others, nor Ctrl-C.
 SOURCE_BUILDERS: dict[str, Callable[..., VideoSource]] = {
     "file": _file_source,
     "stream": _stream_source,
     "camera": _camera_source,
+    "snapshot": _snapshot_source,
     "images": _images_source,
     "synthetic": _synthetic_source,
 }

@@ -464,6 +464,110 @@ class CameraSourceConfig(_LiveSourceKeys):
         return self
 
 
+class SnapshotSourceConfig(_Buffered, Strict):
+    """A camera's snapshot URL (one picture a request: ``http://cam/snap.jpg``,
+    ``/cgi-bin/snapshot.cgi``, ``/ISAPI/Streaming/channels/101/picture``) polled every
+    ``interval_s`` over http(s), always live; each new picture is a frame, timed by when it was
+    asked for, and one the camera has not changed (a 304, the same ETag or the same bytes) is
+    skipped and counted. The login (HTTP Basic or Digest) is the URL's or ``username`` and
+    ``password`` (best as ``${VAR}``), never printed. ``timeout_s`` bounds each request; a poll
+    that fails (a timeout, no connection, a server error) is retried after ``reconnect_delay_s``,
+    doubling up to ``reconnect_max_delay_s``; a login refused, a path not there or an answer
+    that is no picture before the first frame fails the source, unless ``wait_for_input``.
+    ``tls_verify`` checks an https camera's certificate (against ``ca_file``, or the system's CAs).
+    It keeps the newest frames by default, with no staleness limit: a snapshot waited for is worth
+    segmenting late."""
+
+    name: SourceName
+    """The source's name: its streams, files and metrics are named by it (letters, digits, _ . -)."""
+    type: Literal["snapshot"]
+    """snapshot: a camera's picture URL, polled."""
+    url: Annotated[str, Field(repr=False)]  # may hold credentials: never in a repr
+    """The picture's http(s) URL; credentials in it are never printed."""
+    username: str | None = None
+    """The user to log in as (HTTP Basic or Digest, as the camera asks), instead of the URL's."""
+    password: str | None = Field(default=None, repr=False)
+    """The user's password (best as ${VAR}); never printed."""
+    interval_s: PositiveFloat = 1.0
+    """Seconds from one poll to the next, on a steady schedule (a late answer skips the polls it ran over)."""
+    timeout_s: PositiveFloat = 5.0
+    """Seconds a whole request (connect, answer, picture) may take before it fails."""
+    tls_verify: bool = False
+    """Check an https camera's certificate and host name (false: any certificate, as FFmpeg's https)."""
+    ca_file: str | None = None
+    """With tls_verify: the CA certificate that signed the camera's (null: the system's CAs)."""
+    max_reconnects: NonNegativeInt | None = None
+    """Failed polls since the last frame before the source fails (null: never)."""
+    reconnect_delay_s: PositiveFloat = 0.5
+    """Seconds before the poll after a failed one; doubled per failed poll."""
+    reconnect_max_delay_s: PositiveFloat = 30.0
+    """The longest wait after failed polls, in seconds."""
+    wait_for_input: bool = False
+    """Keep polling a URL that refuses the login, is not there or gives no picture yet, instead of failing at once."""
+    queue_size: PositiveInt = 2
+    """Frames held in front of the model for this source."""
+    buffer: BufferKind = "newest"
+    """When the queue is full: every_frame (the source waits) or newest (the oldest frame is dropped)."""
+    max_staleness_ms: PositiveFloat | None = None
+    """With buffer newest: frames older than this when the model would take them are dropped (null: no limit)."""
+    required: bool = False
+    """Whether this source's failure ends the run (otherwise the others carry on)."""
+    max_fps: MaxFps = None
+    """At most this many polls a second: the interval is at least 1/max_fps (null: interval_s alone)."""
+    filters: FiltersConfig = Field(default_factory=FiltersConfig)
+    """This source's segment filters, key by key over the top-level filters."""
+
+    @field_validator("username", "password", "ca_file", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        return _empty_is_null(value)  # `${CAM_PASSWORD:-}`
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, url: str) -> str:
+        scheme = url_scheme(url)
+        if scheme not in ("http", "https"):
+            stream = " (a stream is type: stream)" if scheme in STREAM_SCHEMES else ""
+            raise ValueError(f"'{redact_url(url)}' is not an http(s) URL — a snapshot source polls a picture over "
+                             f"HTTP{stream}")
+        if unescaped_userinfo(url):
+            raise ValueError(f"the password in '{redact_url(url)}' has a '/', '?' or '#' — percent-encode it "
+                             "(%2F, %3F, %23; '@' is %40), or give it as password")
+        parts = urlsplit(url)
+        try:
+            port = parts.port
+        except ValueError:
+            port = -1
+        if port is not None and not 0 < port < 65536:
+            raise ValueError(f"'{redact_url(url)}' has port '{parts.netloc.rpartition(':')[2]}' — a port is a "
+                             "number from 1 to 65535")
+        if not parts.hostname:
+            raise ValueError(f"'{redact_url(url)}' names no host — give the camera's address")
+        return url
+
+    @field_validator("ca_file")
+    @classmethod
+    def _ca_exists(cls, path: str | None, info: ValidationInfo) -> str | None:
+        if path is None:
+            return None
+        resolved = _resolve(path, info)
+        if _files_checked(info) and not resolved.is_file():
+            raise ValueError(f"file '{path}' does not exist{_led_to(path, resolved)} — fix the path; relative paths "
+                             "are relative to the config file's directory")
+        return str(resolved)
+
+    @model_validator(mode="after")
+    def _one_login(self) -> SnapshotSourceConfig:
+        if urlsplit(self.url).username is not None and (self.username is not None or self.password is not None):
+            raise ValueError("the url holds a user, and username/password give one too — give the login once")
+        if self.password is not None and self.username is None:
+            raise ValueError("password without username — give the user too")
+        if self.ca_file is not None and not self.tls_verify:
+            raise ValueError("ca_file is used to check the camera's certificate — add tls_verify: true, or remove "
+                             "ca_file")
+        return self
+
+
 class ImagesSourceConfig(_Buffered, Strict):
     """Still images played as video: a folder (its images), a glob (``shots/**/*.png``) or one
     image file. ``timestamps`` says when each was taken: ``fps`` (image k at k/fps seconds, in
@@ -520,7 +624,8 @@ class ImagesSourceConfig(_Buffered, Strict):
     def _folder_exists(cls, path: str, info: ValidationInfo) -> str:
         if re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", path):  # found probing: read as a local path, said missing
             raise ValueError(f"'{redact_url(path)}' is a URL — type: images reads a local folder, image or glob; a "
-                             "camera's pictures are not polled: give its MJPEG or RTSP URL to a stream source")
+                             "camera's snapshot URL is polled by type: snapshot (url, interval_s), its MJPEG or RTSP URL "
+                             "read by a stream source")
         wildcard = re.search(r"[*?\[]", path)
         folder = path[: wildcard.start()].rpartition("/")[0] if wildcard else path
         resolved = _resolve(folder or ".", info)
@@ -620,10 +725,11 @@ class SyntheticSourceConfig(_Buffered, Strict):
 
 
 SourceConfig = Annotated[
-    Union[FileSourceConfig, StreamSourceConfig, CameraSourceConfig, ImagesSourceConfig, SyntheticSourceConfig],
+    Union[FileSourceConfig, StreamSourceConfig, CameraSourceConfig, SnapshotSourceConfig, ImagesSourceConfig,
+          SyntheticSourceConfig],
     Field(discriminator="type"),
 ]
-SOURCE_TYPES = ("file", "stream", "camera", "images", "synthetic")
+SOURCE_TYPES = ("file", "stream", "camera", "snapshot", "images", "synthetic")
 
 
 class ModelConfig(Strict):
@@ -1328,12 +1434,13 @@ class PipelineConfig(Strict):
         if not self.tracking.enabled or lost_s is None:
             return self
         # a source's own rate where the config says it (a folder of stills at fps 0.1: found probing,
-        # max_lost_s 5 left every thing without an id), or its max_fps where lower
+        # max_lost_s 5 left every thing without an id; a snapshot source's interval_s), or its max_fps where lower
         # (not a folder timed by its images' own times: its fps is then only a pace of playing them)
         rates = [(f"source {s.name}'s", key, rate) for s in self.sources
                  for key, rate in [min((("max_fps", s.max_fps),
                                         ("fps", getattr(s, "fps", None) if getattr(s, "timestamps", "fps") == "fps"
-                                         else None)),
+                                         else None),
+                                        ("interval_s", 1 / s.interval_s if s.type == "snapshot" else None)),
                                        key=lambda pair: math.inf if pair[1] is None else pair[1])]]
         rates.append(("batch", "max_fps", self.batch.max_fps))
         for whose, key, rate in rates:
@@ -1341,8 +1448,8 @@ class PipelineConfig(Strict):
             if rate is not None and lost_s < 2 / rate:
                 raise ValueError(
                     f"tracking.max_lost_s ({lost_s:g} s) is shorter than two of {whose} frame intervals at its "
-                    f"{key} {rate:g} ({2 / rate:g} s): things would lose their ids from one frame to "
-                    f"the next — set max_lost_s to {2 / rate:g} s or more"
+                    f"{key} {1 / rate if key == 'interval_s' else rate:g} ({2 / rate:g} s): things would lose their "
+                    f"ids from one frame to the next — set max_lost_s to {2 / rate:g} s or more"
                 )
         return self
 

@@ -136,8 +136,9 @@ class SourceCounts:
     it went reconnecting, ``epoch`` the timeline restarts of its newest frame. ``handed`` counts
     the frames handed to the sinks and never goes down (``published`` does, when a sink drops a
     frame after all): it is what a Prometheus counter and the status line may show. ``skipped``
-    counts the frames the source left out on purpose: over its ``max_fps``, and (``caught_up``)
-    undecoded to catch up with live (``max_behind_s``); never decoded as far as these counts go."""
+    counts the frames the source left out on purpose: over its ``max_fps``, (``caught_up``)
+    undecoded to catch up with live (``max_behind_s``), and (``unchanged``) a snapshot camera's
+    picture unchanged since its last frame; never decoded as far as these counts go."""
 
     decoded: int = 0
     published: int = 0
@@ -158,6 +159,7 @@ class SourceCounts:
     connect_s: float = 0.0  # seconds from its first state to its first streaming, retries included (in down_s too)
     first_at: float | None = None  # time.monotonic() of its first state
     caught_up: int = 0  # of skipped, those left undecoded to catch up with live (max_behind_s)
+    unchanged: int = 0  # of skipped, a snapshot camera's polls that brought the picture of its last frame
 
     @property
     def dropped(self) -> int:
@@ -178,6 +180,8 @@ class SourceCounts:
             outcome["skipped"] = self.skipped
         if self.caught_up:
             outcome["caught_up"] = self.caught_up
+        if self.unchanged:
+            outcome["unchanged"] = self.unchanged
         return outcome
 
     def copy(self) -> SourceCounts:
@@ -185,6 +189,7 @@ class SourceCounts:
             self.decoded, self.published, self.decode_errors, Counter(self.dropped_by), self.state, self.reason,
             self.state_since, self.reconnects, Counter(self.transitions), self.epoch, self.handed, self.down_s,
             self.gap_s, self.missing, self.damage, self.skipped, self.connect_s, self.first_at, self.caught_up,
+            self.unchanged,
         )
 
 
@@ -299,11 +304,11 @@ class RunMetrics:
         """A source's own total of gaps in its stream (``gap_s``), in seconds."""
         self.source(name).gap_s = seconds
 
-    def skipped(self, name: str, frames: int, caught_up: int = 0) -> None:
+    def skipped(self, name: str, frames: int, caught_up: int = 0, unchanged: int = 0) -> None:
         """A source's own totals of frames it left out on purpose, and of them those left
-        undecoded to catch up with live."""
+        undecoded to catch up with live, and a snapshot camera's unchanged pictures."""
         counts = self.source(name)
-        counts.skipped, counts.caught_up = frames, caught_up
+        counts.skipped, counts.caught_up, counts.unchanged = frames, caught_up, unchanged
 
     def missing(self, name: str, frames: int, why: str) -> None:
         """A source's own total of frames its input lacked (a damaged or truncated file), and why."""

@@ -161,8 +161,9 @@ class RunMetricsCollector(Collector):
             labels=["source"])
         skipped = CounterMetricFamily(
             f"{PREFIX}_frames_skipped",
-            "Frames a source left out on purpose, per source: over its max_fps, and undecoded to catch up with live "
-            "(frames_caught_up); not in frames_decoded, not a loss.",
+            "Frames a source left out on purpose, per source: over its max_fps, undecoded to catch up with live "
+            "(frames_caught_up), and a snapshot camera's pictures unchanged since its last frame; not in "
+            "frames_decoded, not a loss.",
             labels=["source"])
         caught_up = CounterMetricFamily(
             f"{PREFIX}_frames_caught_up",

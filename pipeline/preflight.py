@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from urllib.parse import parse_qs, urlsplit
 
-from segstream.connectors.errors import SegstreamError
+from segstream.connectors.errors import SegstreamError, SourceError
 from segstream.connectors.urls import exclusive_input, redact_url, url_scheme
 from segstream.pipeline.config import PipelineConfig, SourceConfig
 
@@ -351,13 +351,15 @@ def source_check(cfg: SourceConfig) -> str:
 
     from segstream.connectors.av_input import InputRefused, InputTimeout, InputUnreachable
 
-    live = cfg.type in ("stream", "camera")
+    live = cfg.type in ("stream", "camera", "snapshot")
     configured = cfg
     if live:  # the run retries a failed open for good; here the first answer is the one reported
         cfg = cfg.model_copy(update={"max_reconnects": 0, "wait_for_input": False})
     try:
         source = SOURCE_BUILDERS[cfg.type](cfg)
         try:
+            if cfg.type == "snapshot":
+                return source.first_snapshot()
             if live:
                 picture, info = _first_live_picture(source, cfg)
                 height, width = picture.image.shape[:2]
@@ -374,8 +376,11 @@ def source_check(cfg: SourceConfig) -> str:
         said = str(error).removeprefix(f"source {cfg.name}: ")
         # down, or (wait_for_input) not there yet: the run does not fail for it but retries, so say that
         # (with max_reconnects: 0 the run gives it up at once: that is a run that does not start cleanly)
-        if live and configured.max_reconnects != 0 and (isinstance(error, (InputTimeout, InputUnreachable))
-                                                        or isinstance(error, InputRefused) and configured.wait_for_input):
+        # (a snapshot camera's server error or broken answer too: the run retries all but a refusal)
+        retried = isinstance(error, (InputTimeout, InputUnreachable)) or (
+            isinstance(error, InputRefused) and configured.wait_for_input
+            or cfg.type == "snapshot" and isinstance(error, SourceError) and not isinstance(error, InputRefused))
+        if live and configured.max_reconnects != 0 and retried:
             attempts = configured.max_reconnects
             retries = "keeps retrying it" if attempts is None else f"retries it (up to {attempts} attempts)"
             raise SourceDown(f"{said} — `segstream run` starts all the same and {retries}; its frames come once "

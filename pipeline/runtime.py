@@ -123,13 +123,14 @@ class SourceEnd:
     index: int = -1  # the source's index in the run
 
 
-def skipped_why(skipped: int, caught_up: int) -> str:
-    """Why frames were left out: ``max_fps``, ``behind live`` (catch-up), or both with their counts."""
-    if not caught_up:
-        return "max_fps"
-    if caught_up == skipped:
-        return "behind live"
-    return f"max_fps {skipped - caught_up}, behind live {caught_up}"
+def skipped_why(skipped: int, caught_up: int, unchanged: int = 0) -> str:
+    """Why frames were left out: ``max_fps``, ``behind live`` (catch-up), ``unchanged`` (a
+    snapshot camera's picture of before), or several with their counts."""
+    reasons = [(why, n) for why, n in (("max_fps", skipped - caught_up - unchanged), ("behind live", caught_up),
+                                       ("unchanged", unchanged)) if n]
+    if len(reasons) <= 1:
+        return reasons[0][0] if reasons else "max_fps"
+    return ", ".join(f"{why} {n}" for why, n in reasons)
 
 
 @dataclass(slots=True)
@@ -154,6 +155,7 @@ class SourceReport:
     handed: int = 0  # frames handed to the sinks: published, and those a sink dropped after all
     connect_s: float = 0.0  # of down_s, the start-up's seconds up to its first frames, retries included (not an outage)
     caught_up: int = 0  # of skipped, frames left undecoded to catch up with live (max_behind_s)
+    unchanged: int = 0  # of skipped, a snapshot camera's polls that brought the picture of its last frame
 
     @property
     def streamed(self) -> bool:
@@ -228,6 +230,10 @@ class RunReport:
         return sum(s.caught_up for s in self.sources.values())
 
     @property
+    def unchanged(self) -> int:
+        return sum(s.unchanged for s in self.sources.values())
+
+    @property
     def dropped(self) -> int:
         return sum(s.dropped for s in self.sources.values())
 
@@ -283,7 +289,7 @@ class RunReport:
             f"{name} {s.published}/{s.decoded}"
             + (f" dropped {s.dropped} ({', '.join(f'{k} {v}' for k, v in sorted(s.dropped_by.items()))})" if s.dropped else "")
             + (f" decode errors {s.decode_errors}" if s.decode_errors else "")
-            + (f" skipped {s.skipped} ({skipped_why(s.skipped, s.caught_up)})" if s.skipped else "")
+            + (f" skipped {s.skipped} ({skipped_why(s.skipped, s.caught_up, s.unchanged)})" if s.skipped else "")
             + (f" reconnects {s.reconnects}" if s.reconnects else "")
             + (f" connect {s.connect_s:.0f} s" if s.connect_s >= 1 and s.streamed else "")
             + (f" down {s.down_s - s.connect_s:.0f} s" if s.down_s - s.connect_s >= 1 and s.streamed else "")
@@ -339,7 +345,8 @@ class RunReport:
             "sources": {
                 name: {"state": s.state, "reason": s.reason, "decoded": s.decoded, "published": s.published,
                        "dropped": s.dropped, "dropped_by": dict(s.dropped_by), "decode_errors": s.decode_errors,
-                       "skipped": s.skipped, "caught_up": s.caught_up, "reconnects": s.reconnects,
+                       "skipped": s.skipped, "caught_up": s.caught_up, "unchanged": s.unchanged,
+                       "reconnects": s.reconnects,
                        "down_s": round(s.down_s, 1), "missing": s.missing}
                 for name, s in self.sources.items()
             },
@@ -1604,7 +1611,7 @@ class Runtime:
                 name: SourceReport(
                     c.decoded, c.published, c.dropped, c.decode_errors, dict(c.dropped_by), c.state, c.reason,
                     c.reconnects, dict(c.transitions), c.downtime(now), c.missing, c.damage, c.skipped, c.handed,
-                    c.connect_s, c.caught_up,
+                    c.connect_s, c.caught_up, c.unchanged,
                 )
                 for name, c in counts.items()
             },
@@ -1667,7 +1674,8 @@ class Runtime:
         since, in_before, out_before = self._last_line or (0.0, 0, 0)
         self._last_line = (elapsed_s, frames_in, report.handed)
         span = elapsed_s - since
-        skipped = f", {report.skipped} skipped ({skipped_why(report.skipped, report.caught_up)})" if report.skipped else ""
+        skipped = (f", {report.skipped} skipped ({skipped_why(report.skipped, report.caught_up, report.unchanged)})"
+                   if report.skipped else "")
         rates = (f"{_rate((frames_in - in_before) / span)} in / {_rate((report.handed - out_before) / span)} out fps"
                  if span > 0 else "0.0 in / 0.0 out fps")
         return (
@@ -1818,7 +1826,8 @@ class _OwnCounts:
         missing = getattr(source, "frames_missing", 0)
         self.metrics.missing(self.name, base.missing + missing, getattr(source, "damage", "") if missing else base.damage)
         self.metrics.skipped(self.name, base.skipped + getattr(source, "frames_skipped", 0),
-                             base.caught_up + getattr(source, "frames_caught_up", 0))
+                             base.caught_up + getattr(source, "frames_caught_up", 0),
+                             base.unchanged + getattr(source, "frames_unchanged", 0))
 
 
 class _LiveLag:

@@ -68,9 +68,10 @@ def test_an_mjpeg_frame_cut_short_is_counted_as_a_decode_error_not_published_as_
 @pytest.mark.parametrize("name, noise", [("snapshot.jpg", False), ("snap.jpg", True), ("snapshot.cgi", True)])
 def test_a_snapshot_url_read_as_a_stream_fails_saying_it_is_one_picture(tmp_path, caplog, name, noise):
     """Found probing: a camera's /snapshot.jpg as a stream gave one frame and ended the source as a
-    finite video that had ended (exit 0); pictures are not polled. Then (timelapse probe) a JPEG of
-    more than 2 KB at a URL ending in .jpg still did: FFmpeg reads it with ``image2`` (named by the
-    suffix), not ``jpeg_pipe``; and each picture was first called a finite video to use type: file for."""
+    finite video that had ended (exit 0); a stream source does not poll pictures, a snapshot source does.
+    Then (timelapse probe) a JPEG of more than 2 KB at a URL ending in .jpg still did: FFmpeg reads it
+    with ``image2`` (named by the suffix), not ``jpeg_pipe``; and each picture was first called a finite
+    video to use type: file for."""
     import cv2
     import numpy as np
 
@@ -91,7 +92,8 @@ def test_a_snapshot_url_read_as_a_stream_fails_saying_it_is_one_picture(tmp_path
         url = f"http://127.0.0.1:{server.port}/{name}"
         source = StreamSource("gate", url, policy=ReconnectPolicy())
         with pytest.raises(SourceError, match=r"is a single picture \(a camera's snapshot URL\?\), not a video "
-                                              r"stream — .* give the camera's MJPEG \(multipart\) or RTSP URL"):
+                                              r"stream — poll it with type: snapshot .* the camera's MJPEG \(multipart\) "
+                                              r"or RTSP URL"):
             list(source.frames())
         assert source.state == "failed"
         assert "finite video" not in caplog.text, "no advice to read a picture with type: file"
