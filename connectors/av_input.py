@@ -558,7 +558,9 @@ class AVInput:
         elif len(self.container.streams) == 1:  # the container's duration is its one stream's
             self.video_duration = True
         self.format_name: str = self.container.format.name
-        if (recorded_s := recorded_length(self.container, self.stream)) is not None:
+        # (a file's: a live AVI's header may hold a placeholder count, which would make it look finite)
+        recorded_s = recorded_length(self.container, self.stream) if not sender_may_change else None
+        if recorded_s is not None:
             if self.duration_s is None or recorded_s > self.duration_s:
                 self.duration_s, self.video_duration = recorded_s, True
         # A file whose container indexes every sample (MP4/MOV, Matroska/WebM) holds what its recorder

@@ -145,11 +145,11 @@ class ImageFolderSource:
 
     ``watch`` follows a folder (or glob) that files keep arriving in, until ``close()``: the
     images there first (``watch_from: start``; ``new``: only those that come later), then each
-    new image as it comes, in order of time (by ``fps``: of name), never one twice. It looks every
-    ``poll_s`` seconds; a new file is read once its size and modification time have stayed the
-    same for ``settle_s`` (or it was last written that long ago), and not before the ones before
-    it in order; names starting with a dot (an upload in progress, as some FTP servers name it)
-    are not images. A file that comes with a time at or before the last image read is not read,
+    new image as it comes, in order of time (by ``fps``: of name), never one twice (by ``mtime``,
+    a file written again is a new image). It looks every ``poll_s`` seconds; a new file is read
+    once its size and modification time have stayed the same for ``settle_s`` (or it was last
+    written that long ago), and not before the ones before it in order; names starting with a
+    dot (an upload in progress, as some FTP servers name it) are not images. A file that comes with a time at or before the last image read is not read,
     said. It remembers the last image read and the names of the folder's last listing (not every
     name it ever read), and reports its own states: ``streaming`` as soon as it watches, images or
     not yet, ``stalled`` while the folder cannot be listed.

@@ -4,9 +4,11 @@ with FFmpeg through PyAV (SRT and RIST received by the system's ``ffmpeg``: ``ff
 
 from __future__ import annotations
 
+import contextlib
 import re
 from pathlib import PurePosixPath
 from typing import Any
+from urllib.parse import urlsplit
 
 import av
 
@@ -82,9 +84,11 @@ _TIMED_VIDEO_SUFFIXES = {
 
 def _timed_video_path(url: str) -> bool:
     address = url.partition("://")[2]
-    address = address[address.rfind("@") + 1:]  # a password may hold "/", "?" or "#"
-    path = re.split(r"[?#]", address, maxsplit=1)[0].partition("/")[2]
-    return PurePosixPath(path).suffix.lower() in _TIMED_VIDEO_SUFFIXES
+    after_login = address[address.rfind("@") + 1:]  # a password may hold "/", "?" or "#"
+    paths = [re.split(r"[?#]", after_login, maxsplit=1)[0].partition("/")[2]]
+    with contextlib.suppress(ValueError):  # and a query may hold "@" (a signed URL's): found in review
+        paths.append(urlsplit(url).path)
+    return any(PurePosixPath(path).suffix.lower() in _TIMED_VIDEO_SUFFIXES for path in paths)
 
 
 class StreamSource(LiveSource):

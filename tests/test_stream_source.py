@@ -541,7 +541,7 @@ def test_a_live_stream_probes_five_frames_for_its_rate_not_twenty_and_an_mjpeg_c
     left (2 s of a 10 fps camera), so each session's first frames came late, in a burst. What it
     saves is measured in benchmarks/first_frame.py (BENCHMARKS), not asserted here."""
     for url in ("udp://127.0.0.1:5000", "rtsp://h/x", "srt://h:9000", "http://h/x.m3u8", "https://h/live/cam.ts?token=a",
-                "http://user:p#ss@h/live.flv"):
+                "http://user:p#ss@h/live.flv", "https://cdn/live/index.m3u8?sig=a@b"):
         assert stream_options(url)["fpsprobesize"] == "5", url
     assert "fpsprobesize" not in stream_options("udp://127.0.0.1:5000", low_latency=False)
     # An MJPEG camera's rate is never used (its frames are timed by arrival), and FFmpeg probes none
