@@ -333,6 +333,12 @@ class ImageFolderSource:
             for name, key in keys.items():
                 if key is None:
                     continue
+                if cursor is not None and key <= cursor and self.name_times is not None and name not in seen:
+                    # the clocks went back: an hour's names come again, their times the second time
+                    # round (found in review: a watched folder left the repeated hour unread)
+                    later = self.name_times.unix(name, later=True)
+                    if later is not None and (later, key[1]) > cursor:
+                        key = keys[name] = self._keys[name] = (later, key[1])
                 if cursor is None or key > cursor:
                     new.append((key, name))
                 elif not first and name not in seen:

@@ -55,7 +55,10 @@ class NameTimes:
         self.zone = zone
         self._pattern = _format_pattern(format) if format is not None else NAME_TIME
 
-    def unix(self, name: str) -> float | None:
+    def unix(self, name: str, later: bool = False) -> float | None:
+        """The Unix time ``name`` writes, None when it writes none. A local time the clocks
+        going back made twice (an autumn night's 02:30) is the first, or with ``later`` the
+        second."""
         base = name.replace("\\", "/").rpartition("/")[2]
         for match in self._pattern.finditer(base):
             try:
@@ -66,6 +69,7 @@ class NameTimes:
                 return moment
             if moment.tzinfo is None:
                 moment = moment if self.zone is None else moment.replace(tzinfo=self.zone)
+                moment = moment.replace(fold=int(later))  # (no zone written: which of a twice-lived hour)
             return moment.timestamp()  # a naive one as this machine's local time
         return None
 

@@ -467,6 +467,23 @@ def test_watch_says_a_late_file_and_does_not_read_it(tmp_path, caplog):
     assert NIGHT[0][0] in line and "at or before that of the last image read (2026-12-04 13:05:11" in line
 
 
+def test_watch_reads_the_hour_the_clocks_going_back_bring_again(tmp_path):
+    # found in review: names in local time without a zone, 02:xx written twice on the night the
+    # clocks go back (Europe/Berlin, 2026-10-25): the second hour's came "before the last read", unread
+    first_hour = ["cam_20261025_015900.jpg", "cam_20261025_020000.jpg", "cam_20261025_025900.jpg"]
+    for name in first_hour:
+        _square(tmp_path / name)
+    reader = _Reader(_watching(tmp_path, timestamps="name", timestamp_zone="Europe/Berlin"))
+    assert reader.until(3) == first_hour
+    again = ["cam_20261025_020000b.jpg", "cam_20261025_023000.jpg", "cam_20261025_030000.jpg"]
+    for name in again:
+        _arrive(tmp_path / name)
+    assert reader.until(6) == first_hour + again
+    reader.stop()
+    seconds = [f.pts_seconds for f in reader.frames]
+    assert seconds == [0.0, 60.0, 3600.0, 3660.0, 5460.0, 7260.0]  # the second 02:00 an hour after the first
+
+
 def test_a_watched_source_streams_in_the_runtime_while_it_waits(tmp_path):
     from segstream.pipeline.runtime import Runtime
     from tests.conftest import CollectingSink, ColourSegmenter
