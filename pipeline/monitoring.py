@@ -32,8 +32,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from segstream import __version__
 from segstream.connectors.errors import ConfigError
 from segstream.connectors.source import SOURCE_STATES
-from segstream.connectors.threads import input_wait
-from segstream.connectors.threads import NamedThread
+from segstream.connectors.threads import NamedThread, input_wait
 from segstream.pipeline.metrics import DROP_REASONS, STAGES, LatencyWindow, RunMetrics, decode_thread
 
 log = logging.getLogger(__name__)
