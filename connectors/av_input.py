@@ -141,6 +141,9 @@ class Picture:
     sample_aspect: Fraction | None = None  # a pixel's width:height as displayed, when not square
 
 
+_TLS_SCHEMES = ("https", "rtsps", "rtmps", "tls")  # FFmpeg's TLS under them takes tls_verify and ca_file
+
+
 class SteadyGaps:
     """Frames an input lost before its decoder saw them. Where the recent frames came at one
     steady rate (of the last ``WINDOW`` intervals, at least ``MIN_INTERVALS``, every one a whole
@@ -499,7 +502,9 @@ class AVInput:
         except av.error.HTTPServerError:
             raise self._server_error("cannot open") from None
         except Exception as error:
-            verified = url_scheme(target) == "https" and str((options or {}).get("tls_verify")) == "1"
+            # (rtsps and rtmps too: an untrusted camera certificate was a bare "Input/output error",
+            # retried for ever: found probing)
+            verified = url_scheme(target) in _TLS_SCHEMES and str((options or {}).get("tls_verify")) == "1"
             if isinstance(error, av.error.InvalidDataError) and (page := web_page(target)) is not None:
                 raise InputRefused(f"'{self.shown}' answered a web page ({page}), not video — a camera's login or "
                                    "settings page? check the URL's path (the camera's stream URL) and credentials",

@@ -345,8 +345,9 @@ class StreamSourceConfig(_LiveSourceKeys):
     """stream: a live network stream."""
     url: Annotated[str, Field(repr=False)]  # may hold credentials: never in a repr
     """The stream's URL (rtsp, rtmp, http(s), tcp, udp, srt...); credentials in it are never printed."""
-    transport: Literal["tcp", "udp"] = "tcp"
-    """RTSP's transport: tcp or udp."""
+    transport: Literal["tcp", "udp", "udp_multicast", "http"] = "tcp"
+    """RTSP's transport: tcp, udp, udp_multicast (the camera's multicast group, as its RTSP answer
+    names it) or http (RTSP tunnelled over HTTP, through firewalls that pass only web traffic)."""
     low_latency: bool = True
     """Turn off demuxer buffering and shorten stream probing."""
     max_behind_s: PositiveFloat | None = 1.0
@@ -400,6 +401,16 @@ class StreamSourceConfig(_LiveSourceKeys):
     def _transport_is_rtsps(self) -> StreamSourceConfig:
         if "transport" in self.model_fields_set and url_scheme(self.url) not in ("rtsp", "rtsps"):
             raise ValueError("transport applies to rtsp:// and rtsps:// URLs only — remove it")
+        return self
+
+    @model_validator(mode="after")
+    def _ca_file_exists(self) -> StreamSourceConfig:
+        """A CA file for TLS verification that is not there failed every open as "Input/output
+        error" (found probing an RTSPS camera), after validate said ok."""
+        ca_file = self.options.get("ca_file")
+        if ca_file is not None and not Path(str(ca_file)).is_file():
+            raise ValueError(f"options.ca_file '{ca_file}' is not a file — give the path of the PEM file of the CA "
+                             "that signed the server's certificate")
         return self
 
     @model_validator(mode="after")

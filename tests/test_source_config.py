@@ -110,6 +110,17 @@ def test_a_live_stream_given_as_a_file_points_to_type_stream():
 def test_transport_is_for_rtsp_only():
     assert "transport applies to rtsp://" in _error(type="stream", url="http://cam/live.ts", transport="udp")
     assert _source(type="stream", url="rtsps://cam/live", transport="udp").transport == "udp"
+    # found probing a network's cameras: multicast and HTTP tunnelling were refused, though FFmpeg has them
+    assert _source(type="stream", url="rtsp://cam/live", transport="udp_multicast").transport == "udp_multicast"
+    assert _source(type="stream", url="rtsp://cam/live", transport="http").transport == "http"
+
+
+def test_a_ca_file_that_is_not_there_is_refused(tmp_path):
+    # found probing an RTSPS camera: validate said ok, then every open failed "Input/output error"
+    error = _error(type="stream", url="rtsps://cam/live", options={"tls_verify": 1, "ca_file": "/nonexistent/ca.pem"})
+    assert "options.ca_file '/nonexistent/ca.pem' is not a file" in error
+    (tmp_path / "ca.pem").write_text("-----BEGIN CERTIFICATE-----\n")
+    assert _source(type="stream", url="rtsps://cam/live", options={"ca_file": str(tmp_path / "ca.pem")})
 
 
 def test_camera_keys_are_checked():

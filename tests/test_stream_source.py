@@ -1164,3 +1164,71 @@ def test_a_source_waiting_for_a_held_udp_port_says_port_in_use_and_streams_once_
         with FfmpegStream(["-f", "mpegts", f"udp://127.0.0.1:{port}?pkt_size=1316"]):
             consumer.join(30)
     assert len(frames) == 5 and log.states[-2:] == ["streaming", "ended"], log.entries
+
+
+class _TlsFront:
+    """TLS in front of a TCP port: an RTSPS camera made of a plain RTSP one. Each connection's
+    handshake runs on a thread of its own; bytes are then copied both ways."""
+
+    def __init__(self, target_port: int, certificate: str, key: str):
+        import ssl
+
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.load_cert_chain(certificate, key)
+        self.target_port = target_port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        try:
+            secured = self.context.wrap_socket(client, server_side=True)
+            camera = socket.create_connection(("127.0.0.1", self.target_port))
+        except OSError:
+            client.close()
+            return
+        for source, sink in ((secured, camera), (camera, secured)):
+            threading.Thread(target=self._copy, args=(source, sink), daemon=True).start()
+
+    @staticmethod
+    def _copy(source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                sink.sendall(data)
+        for end in (source, sink):
+            with contextlib.suppress(OSError):
+                end.close()
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_an_rtsps_camera_whose_certificate_is_not_trusted_is_said_as_such(tmp_path):
+    # found probing a network's cameras: with tls_verify 1 an untrusted certificate was a bare
+    # "Input/output error", retried for ever; the TLS hint was for https:// alone
+    from segstream.connectors.av_input import AVInput, InputRefused
+    from tests.redis_servers import make_certificates
+
+    certificates = make_certificates(tmp_path / "certs")
+    with RtspCamera(tmp_path) as camera:
+        front = _TlsFront(camera.port, str(certificates["server_cert"]), str(certificates["server_key"]))
+        url = f"rtsps://127.0.0.1:{front.port}/cam"
+        try:
+            with pytest.raises(InputRefused, match=r"TLS handshake failed .* give its CA with options: \{ca_file"):
+                AVInput(url, options={"rtsp_transport": "tcp", "tls_verify": "1"}, timeout=(5, 5))
+            trusted = AVInput(url, options={"rtsp_transport": "tcp", "tls_verify": "1",
+                                            "ca_file": str(certificates["ca"])}, timeout=(10, 10))
+            try:
+                assert next(iter(trusted.pictures())).image is not None
+            finally:
+                trusted.close()
+        finally:
+            front.close()
