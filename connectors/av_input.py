@@ -298,6 +298,11 @@ class InputTimeout(SourceError):
         self.timeout_s = timeout_s
 
 
+class InputHungUp(SourceError):
+    """The far end took the connection, then closed or reset it, or said nothing usable: a
+    camera booting or at its session limit. A live source retries it, as any drop."""
+
+
 class InputUnsupported(SourceError):
     """The input can never be read by this FFmpeg build (no such protocol or demuxer):
     retrying will not help."""
@@ -1121,7 +1126,7 @@ def open_error(error: BaseException, shown: str, open_timeout_s: float) -> Sourc
         if exclusive_input(shown) and not shown.startswith("/dev/"):  # we listen: a sender sent what is no stream
             return SourceError(f"what was sent to '{shown}' is no stream FFmpeg can read ({describe_error(error)}): "
                                "the sender's data is not the format expected, or it sent nothing before the timeout")
-        return SourceError(f"'{shown}' answered nothing usable ({describe_error(error)}): the server accepted the "
+        return InputHungUp(f"'{shown}' answered nothing usable ({describe_error(error)}): the server accepted the "
                            "connection, then closed it or stayed silent")
     if isinstance(error, av.error.InvalidDataError) and (why := _unreadable_file(shown)) is not None:
         return InputRefused(f"cannot open '{shown}': {why}", missing=True)
@@ -1148,6 +1153,9 @@ def open_error(error: BaseException, shown: str, open_timeout_s: float) -> Sourc
     if host is not None:  # FFmpeg says only "Input/output error"
         return InputRefused(f"cannot open '{shown}': the host name '{host}' is not known (DNS) — check the URL",
                             missing=True)
+    if getattr(error, "errno", None) in (errno.ECONNRESET, errno.EPIPE):  # (an RTMP/RTSPS server at its limit)
+        return InputHungUp(f"cannot open '{shown}': {describe_error(error)} — the server took the connection, then "
+                           "reset it")
     if isinstance(error, (av.error.FFmpegError, OSError)):
         return SourceError(f"cannot open '{shown}': {describe_error(error)}")
     return SourceError(f"cannot open '{shown}': {type(error).__name__}")

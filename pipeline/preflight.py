@@ -349,7 +349,7 @@ def source_check(cfg: SourceConfig) -> str:
         return f"synthetic {cfg.width}x{cfg.height}, nothing to open"
     from segstream.pipeline.builders import SOURCE_BUILDERS
 
-    from segstream.connectors.av_input import InputRefused, InputTimeout, InputUnreachable
+    from segstream.connectors.av_input import InputHungUp, InputRefused, InputTimeout, InputUnreachable
 
     live = cfg.type in ("stream", "camera", "snapshot")
     configured = cfg
@@ -377,7 +377,9 @@ def source_check(cfg: SourceConfig) -> str:
         # down, or (wait_for_input) not there yet: the run does not fail for it but retries, so say that
         # (with max_reconnects: 0 the run gives it up at once: that is a run that does not start cleanly)
         # (a snapshot camera's server error or broken answer too: the run retries all but a refusal)
-        retried = isinstance(error, (InputTimeout, InputUnreachable)) or (
+        # (a camera that took the connection, then closed it: found probing, "fix the lines above"
+        # for what the run just retried)
+        retried = isinstance(error, (InputTimeout, InputUnreachable, InputHungUp)) or (
             isinstance(error, InputRefused) and configured.wait_for_input
             or cfg.type == "snapshot" and isinstance(error, SourceError) and not isinstance(error, InputRefused))
         if live and configured.max_reconnects != 0 and retried:
@@ -444,6 +446,16 @@ def listener_check(url: str) -> str:
         port = int(localport)
     bind_port(host, port, socket.SOCK_STREAM if tcp else socket.SOCK_DGRAM, shared,
               f"source '{redact_url(url)}' cannot listen")
+    localaddr = parse_qs(parts.query).get("localaddr", [""])[0]
+    if localaddr and not tcp:
+        # the interface a multicast group is joined on: found probing, an address not this host's
+        # (and an interface's name) passed, then every open failed "No such device"
+        try:
+            bind_port(localaddr, 0, socket.SOCK_DGRAM, True, f"source '{redact_url(url)}': localaddr")
+        except SegstreamError:
+            raise SegstreamError(f"source '{redact_url(url)}': localaddr={localaddr} is not an address of this "
+                                 "machine — give the IP address of the interface to receive on (ip -brief addr)"
+                                 ) from None
     shown = "*" if host in ("", "0.0.0.0", "::") else host
     return (f"'{redact_url(url)}' listens on {'TCP' if tcp else 'UDP'} {shown}:{port}, the port is free "
             "(a sender may start at any time: not waited for)")

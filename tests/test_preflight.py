@@ -151,6 +151,35 @@ def test_an_rtsp_camera_gives_a_first_frame_and_a_dead_one_fails(tmp_path, capsy
     assert lines[-1].startswith("FAIL: 1 of 4 checks failed (source gone)")
 
 
+def test_a_camera_that_takes_the_connection_then_closes_it_is_one_the_run_retries(tmp_path, capsys):
+    # found probing a site's cameras: one at its session limit (or booting) took the connection and
+    # closed it; validate said "would not start cleanly — fix the lines above", the run just retried it
+    import socket
+    import threading
+
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def hang_up() -> None:
+        while True:
+            try:
+                connection, _ = listener.accept()
+            except OSError:
+                return
+            connection.close()
+
+    threading.Thread(target=hang_up, daemon=True).start()
+    try:
+        busy = (f"  - {{name: busy, type: stream, url: 'rtsp://127.0.0.1:{listener.getsockname()[1]}/cam', "
+                "open_timeout_s: 3}")
+        code, lines = connect(write_config(tmp_path, busy), capsys)
+    finally:
+        listener.close()
+    assert code == 1
+    line = line_of(lines, "source busy")
+    assert line.startswith("FAIL") and "answered nothing usable" in line, line
+    assert line.endswith("`segstream run` starts all the same and keeps retrying it; its frames come once it answers")
+
+
 def test_a_camera_that_is_down_fails_saying_the_run_would_start_and_retry_it(tmp_path, capsys):
     # found probing: a camera merely down read "`segstream run` would not start cleanly", though run starts and retries
     dead = f"  - {{name: gone, type: stream, url: 'rtsp://127.0.0.1:{free_port()}/cam', open_timeout_s: 3}}"

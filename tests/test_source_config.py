@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from segstream.connectors.errors import ConfigError
+from segstream.connectors.errors import ConfigError, SegstreamError
 from segstream.pipeline.builders import build_sources
 from segstream.pipeline.cli import main
 from segstream.pipeline.config import load_config, validate_config
@@ -84,6 +84,12 @@ def test_a_udp_tcp_srt_or_rist_url_without_a_port_is_refused():
     from segstream.pipeline.preflight import listener_check
 
     assert "listens on UDP *:45219, the port is free" in listener_check("udp://@?localport=45219")  # validate --connect
+    # found probing multicast: an interface's name, or an address not this machine's, passed --connect
+    # and every open then failed "No such device"
+    for localaddr in ("eth0", "192.0.2.77"):
+        with pytest.raises(SegstreamError, match=rf"localaddr={localaddr} is not an address of this machine"):
+            listener_check(f"udp://239.1.1.1:45219?localaddr={localaddr}")
+    assert "the port is free" in listener_check("udp://239.1.1.1:45219?localaddr=127.0.0.1")
     assert _source(type="stream", url="rtsp://cam/live").url == "rtsp://cam/live"  # 554 by default
 
 
