@@ -56,7 +56,7 @@ from segstream.connectors.colour import ColourConversion
 from segstream.connectors.deinterlace import Deinterlacer, field_order
 from segstream.connectors.errors import THREAD_LIMIT_HINT, ResourceLimit, SourceError, thread_start_failed
 from segstream.connectors.frame_rate import FrameRateCap
-from segstream.connectors.ffmpeg_relay import RELAYED_SCHEMES, FFmpegRelay, demuxer_options, relay_program
+from segstream.connectors.ffmpeg_relay import RELAYED_SCHEMES, FFmpegRelay, demuxer_options, refused_caller, relay_program
 from segstream.connectors.remote_files import http_status, web_page
 from segstream.connectors.threads import NamedThread
 from segstream.connectors.urls import exclusive_input, redact_url, url_scheme
@@ -618,8 +618,8 @@ class AVInput:
         except Exception as error:
             relay.close()
             if relay.timed_out:
-                raise InputTimeout(f"timed out after {self.timeout[0]:g} s opening '{self.shown}' (open timeout)",
-                                   "open", self.timeout[0]) from None
+                raise InputTimeout(f"timed out after {self.timeout[0]:g} s opening '{self.shown}' (open timeout)"
+                                   f"{_refused_hint(relay.refused)}", "open", self.timeout[0]) from None
             reason = relay.reason() or describe_error(error)
             if "passphrase" in reason.lower():  # SRT's: refused credentials, as a 401 is
                 raise InputRefused(f"'{self.shown}' refused us: {reason} — check the passphrase") from None
@@ -1218,6 +1218,14 @@ def _unknown_host(url: str) -> str | None:
 _END = object()
 
 
+def _refused_hint(refused: str | None) -> str:
+    """What to add to a listener's open timeout when callers did call and were refused: the
+    timeout alone reads as if no caller came. It is still retried: the right caller may come."""
+    if refused is None:
+        return ""
+    return f": a caller was refused: its passphrase does not match ({refused}) — check the passphrase on both ends"
+
+
 class CaptureThread:
     """Opens and reads one input on a daemon thread, handing pictures over through a small queue.
 
@@ -1310,7 +1318,8 @@ class CaptureThread:
             if stop.is_set():
                 return None
             if time.monotonic() >= deadline:
-                raise InputTimeout(f"timed out after {timeout_s:g} s opening '{shown}' (open timeout)", "open", timeout_s)
+                raise InputTimeout(f"timed out after {timeout_s:g} s opening '{shown}' (open timeout)"
+                                   f"{_refused_hint(refused_caller(self.thread))}", "open", timeout_s)
         if self.input is None:
             raise self.error if isinstance(self.error, SourceError) else open_error(self.error, shown, timeout_s)
         return self.input

@@ -31,6 +31,7 @@ RELAYED_SCHEMES = ("srt", "rist")
 _DEMUXER_OPTIONS = ("analyzeduration", "probesize", "fpsprobesize")
 _RUNNING: weakref.WeakSet[FFmpegRelay] = weakref.WeakSet()  # relays not closed yet, ended at exit
 _LIBSRT = re.compile(r"\d\d:\d\d:\d\d\.\d+/SRT:\S+ ")  # libsrt's own log lines, time-stamped
+_CONTEXT = re.compile(r"^\[[\w:-]+ @ 0x[0-9a-f]+\] ")  # "[srt @ 0x55db...] ": FFmpeg's object address, no news to a user
 
 
 def _generic(line: str) -> bool:
@@ -38,6 +39,12 @@ def _generic(line: str) -> bool:
     "Input/output error", and from ffmpeg 6 on "Error opening input file srt://...." and
     "[in#0] Error opening input: ..."."""
     return line.endswith("Input/output error") or line.startswith(("Error opening input", "[in#"))
+
+
+def refused_caller(thread: threading.Thread) -> str | None:
+    """Why a listening relay that ``thread`` started, still waiting, refused a caller (its
+    passphrase: "Incorrect passphrase"); None when it refused none."""
+    return next((r.refused for r in list(_RUNNING) if r.started_by is thread and r.refused), None)
 
 
 @atexit.register
@@ -95,6 +102,10 @@ class FFmpegRelay:
         self._last_data: float | None = None
         self._waiting_since: float | None = None  # inside read() with nothing yet, since when
         self._closed = threading.Event()
+        self._stopped = False  # ended by us (close, exit) before it ended by itself: no failure of the stream's
+        self.started_by = threading.current_thread()
+        self.listening = "mode=listener" in target or options.get("mode") == "listener"
+        self.refused: str | None = None  # a listener's: libsrt's reason for refusing a caller ("Incorrect passphrase")
         # setpriv (util-linux): ffmpeg is killed with the thread that started it, even when
         # segstream itself is killed (-9) and nothing else could end it
         setpriv = shutil.which("setpriv")
@@ -105,8 +116,10 @@ class FFmpegRelay:
         # packets as they come: no muxing delay, each one flushed into the pipe at once
         command += ["-i", target, "-map", "0:v", "-c", "copy", "-copyts", "-muxdelay", "0", "-muxpreload", "0",
                     "-flush_packets", "1", "-f", "mpegts", "pipe:1"]
+        # its own session: a signal to segstream's process group (Ctrl-C, timeout(1)) reaches segstream,
+        # which stops it; hit directly, it died first and its "Immediate exit requested" read as the stream's failure
         self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                        stderr=subprocess.PIPE)
+                                        stderr=subprocess.PIPE, start_new_session=True)
         self._stderr = NamedThread(target=self._read_errors, name="segstream-relay-stderr", daemon=True)
         self._stderr.start()
         self._watchdog = NamedThread(target=self._watch, name="segstream-relay-watchdog", daemon=True)
@@ -127,9 +140,9 @@ class FFmpegRelay:
 
     def reason(self) -> str | None:
         """Why ``ffmpeg`` failed (its most telling error line, or how it exited); None while it
-        runs, when it ended without error, or when a deadline of ours ended it."""
+        runs, when it ended without error, or when we ended it (a deadline, a stop)."""
         code = self.process.poll()
-        if code is None or code == 0 or self.timed_out is not None:
+        if code is None or code == 0 or self.timed_out is not None or self._stopped:
             return None
         telling = [line for line in self._errors if not _generic(line)]
         if telling or self._errors:
@@ -146,6 +159,7 @@ class FFmpegRelay:
 
     def _end(self) -> None:
         if self.process.poll() is None:
+            self._stopped = True
             self.process.terminate()
             try:
                 self.process.wait(timeout=2)
@@ -173,6 +187,9 @@ class FFmpegRelay:
             line = raw.decode("utf-8", "replace").strip()
             if _LIBSRT.match(line):  # "05:33:46.693540/SRT:RcvQ:w1!W:SRT.cn: processX: ...: Incorrect passphrase"
                 line = line.rsplit(": ", 1)[-1]
+                if self.listening and "passphrase" in line.lower():  # "1010 - Incorrect passphrase"
+                    self.refused = re.sub(r"^\d+ - ", "", line)
+            line = _CONTEXT.sub("", line, count=1)
             if line:  # "<url>: Connection timed out": the URL is the input's, named already
                 self._errors.append(line.removeprefix(f"{self.target}: ").replace(self.target, self.shown))
         self.process.stderr.close()

@@ -414,16 +414,35 @@ class StreamSourceConfig(_LiveSourceKeys):
         return self
 
     @model_validator(mode="after")
-    def _srt_passphrase(self) -> StreamSourceConfig:
+    def _srt_options(self) -> StreamSourceConfig:
         """SRT takes a passphrase of 10 to 79 characters; another fails every open, said by the
-        run as the far end refusing us (found probing)."""
+        run as the far end refusing us (found probing). The value checked is the one FFmpeg
+        uses: the URL's query wins over ``options`` (measured: ``?passphrase=short`` with a valid
+        ``options.passphrase`` failed with "Bad parameters"). Its latency is in microseconds,
+        its mode one of three."""
         if url_scheme(self.url) != "srt":
             return self
         query = dict(parse_qsl(urlsplit(self.url).query, keep_blank_values=True))
-        passphrase = self.options.get("passphrase", query.get("passphrase"))
-        if passphrase is not None and not 10 <= len(str(passphrase)) <= 79:
-            raise ValueError(f"the SRT passphrase has {len(str(passphrase))} characters; SRT takes 10 to 79 — "
+        used = {**{k: str(v) for k, v in self.options.items()}, **query}
+        passphrase = used.get("passphrase")
+        if passphrase is not None and not 10 <= len(passphrase) <= 79:
+            both = " (the URL's, which FFmpeg uses over options.passphrase)" if (
+                "passphrase" in query and "passphrase" in self.options) else ""
+            raise ValueError(f"the SRT passphrase{both} has {len(passphrase)} characters; SRT takes 10 to 79 — "
                              "set the same passphrase of that length on both ends")
+        for key in ("latency", "rcvlatency", "peerlatency"):
+            if (value := used.get(key)) is None:
+                continue
+            try:
+                microseconds = int(value)
+            except ValueError:
+                raise ValueError(f"the SRT {key} '{value}' is not a whole number — it is in microseconds "
+                                 "(200000 for 200 ms)") from None
+            if 0 < microseconds < 1000:  # below a millisecond: surely meant as milliseconds
+                raise ValueError(f"the SRT {key} is in microseconds: {microseconds} is {microseconds / 1000:g} ms; "
+                                 f"for {microseconds} ms give {microseconds * 1000}")
+        if (mode := used.get("mode")) is not None and mode not in ("caller", "listener", "rendezvous"):
+            raise ValueError(f"the SRT mode '{mode}' is none of caller, listener, rendezvous")
         return self
 
 

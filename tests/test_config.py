@@ -773,6 +773,34 @@ def test_an_srt_passphrase_srt_cannot_take_is_refused_by_validate(capsys, write,
     assert "short" not in line
 
 
+def test_the_srt_passphrase_checked_is_the_one_ffmpeg_uses_the_url_s(capsys, write):
+    """Found probing: a valid options.passphrase with ?passphrase=short in the URL passed validate;
+    FFmpeg uses the URL's, and every open failed with "Bad parameters"."""
+    source = "{name: cam, type: stream, url: 'srt://10.0.0.5:9000?passphrase=short', options: {passphrase: longenough12}}"
+    (line,) = errors_of(capsys, ["validate", write(f"sources: [{source}]\n")])
+    assert line == ("sources[0]: the SRT passphrase (the URL's, which FFmpeg uses over options.passphrase) has 5 "
+                    "characters; SRT takes 10 to 79 — set the same passphrase of that length on both ends")
+
+
+@pytest.mark.parametrize("where, problem", [
+    ("url: 'srt://10.0.0.5:9000?latency=200'",
+     "the SRT latency is in microseconds: 200 is 0.2 ms; for 200 ms give 200000"),
+    ("url: 'srt://10.0.0.5:9000', options: {latency: 200ms}",
+     "the SRT latency '200ms' is not a whole number — it is in microseconds (200000 for 200 ms)"),
+    ("url: 'srt://10.0.0.5:9000?mode=listen'", "the SRT mode 'listen' is none of caller, listener, rendezvous"),
+])
+def test_srt_latency_and_mode_ffmpeg_would_misread_are_refused_by_validate(capsys, write, where, problem):
+    # found probing: latency is in microseconds (a 200 meant as ms is 0.2 ms), and a bad one passed
+    (line,) = errors_of(capsys, ["validate", write(f"sources: [{{name: cam, type: stream, {where}}}]\n")])
+    assert line == f"sources[0]: {problem}"
+
+
+def test_srt_options_ffmpeg_takes_pass_validate(capsys, write):
+    source = ("{name: cam, type: stream, url: 'srt://0.0.0.0:9000?mode=listener&latency=200000', "
+              "options: {passphrase: longenough12, latency: 120000}}")
+    assert main(["validate", write(f"sources: [{source}]\n")]) == 0, capsys.readouterr().err
+
+
 def test_an_alias_bomb_is_refused_in_one_line_before_it_is_expanded(capsys, write, clip, monkeypatch):
     """Found by a security review: ten levels of nested anchors ("billion laughs") under a normal
     key made `segstream validate` run past 120 s and 2.3 GB copying the expanded tree."""

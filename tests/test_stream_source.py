@@ -1023,6 +1023,62 @@ def test_srt_with_a_wrong_passphrase_fails_at_once_saying_so():
             take(source, 1)
 
 
+def test_an_srt_listener_that_refused_a_caller_s_passphrase_says_so_at_its_open_timeout():
+    # found probing: a caller with a wrong passphrase calling for 40 s read "timed out ... (open
+    # timeout)" each attempt, as if nobody called; still retried: the right caller may come
+    import socket
+
+    port = free_port(socket.SOCK_DGRAM)
+    policy = ReconnectPolicy(open_timeout_s=2, read_timeout_s=2, stall_timeout_s=3, delay_s=0.2, max_delay_s=0.5)
+    source = StreamSource("srt", f"srt://127.0.0.1:{port}?mode=listener", policy=policy,
+                          options={"passphrase": "rightpassphrase1"})
+    source.on_state = log = StateLog()
+    thread = threading.Thread(target=lambda: list(source.frames()), daemon=True)
+    thread.start()
+    caller = ["-f", "mpegts", f"srt://127.0.0.1:{port}?passphrase=wrongpassphrase9&connect_timeout=500"]
+    try:
+        deadline = time.monotonic() + 15
+        while "reconnecting" not in log.states and time.monotonic() < deadline:
+            with FfmpegStream(caller) as calling:  # refused at once, it calls again
+                with contextlib.suppress(Exception):
+                    calling.process.wait(1)
+    finally:
+        source.close()
+        thread.join(10)
+    reason = log.first("reconnecting")[2]
+    assert reason.startswith("timed out after 2 s opening"), reason
+    assert reason.endswith("(open timeout): a caller was refused: its passphrase does not match (Incorrect passphrase) "
+                           "— check the passphrase on both ends"), reason
+
+
+def test_a_stopped_srt_relay_gives_no_reason_of_the_stream_s():
+    # found probing: at SIGTERM its ffmpeg's "Immediate exit requested" became the source's last reason
+    import socket
+
+    from segstream.connectors.ffmpeg_relay import FFmpegRelay, relay_program
+
+    url = f"srt://127.0.0.1:{free_port(socket.SOCK_DGRAM)}?mode=listener"
+    relay = FFmpegRelay(relay_program(url), url, url, {}, (30, 30))
+    try:
+        # its own process group: a signal to ours (Ctrl-C, timeout(1)) reaches segstream, which stops it
+        assert os.getpgid(relay.process.pid) != os.getpgid(0)
+        time.sleep(0.5)  # listening
+    finally:
+        relay.close()
+    assert relay.process.returncode != 0 and relay.reason() is None
+
+
+def test_ffmpeg_s_object_address_is_left_out_of_an_srt_error():
+    # found probing: "[srt @ 0x55db...] failed to set option SRTO_PASSPHRASE ..." was shown as is
+    import socket
+
+    url = f"srt://127.0.0.1:{free_port(socket.SOCK_DGRAM)}?mode=listener&passphrase=short"
+    source = StreamSource("srt", url, policy=QUICK)
+    with pytest.raises(SourceError, match="SRTO_PASSPHRASE") as raised:
+        take(source, 1)
+    assert " @ 0x" not in str(raised.value) and "[srt" not in str(raised.value), raised.value
+
+
 def test_an_srt_consumer_holding_frames_back_is_no_silence_of_the_stream():
     # found in review: the relay's read deadline ran while its reader waited on a slow consumer
     import socket
