@@ -346,8 +346,7 @@ class StreamSourceConfig(_LiveSourceKeys):
     url: Annotated[str, Field(repr=False)]  # may hold credentials: never in a repr
     """The stream's URL (rtsp, rtmp, http(s), tcp, udp, srt...); credentials in it are never printed."""
     transport: Literal["tcp", "udp", "udp_multicast", "http"] = "tcp"
-    """RTSP's transport: tcp, udp, udp_multicast (the camera's multicast group, as its RTSP answer
-    names it) or http (RTSP tunnelled over HTTP, through firewalls that pass only web traffic)."""
+    """RTSP's transport: tcp, udp, udp_multicast (the camera's group) or http (tunnelled over HTTP)."""
     low_latency: bool = True
     """Turn off demuxer buffering and shorten stream probing."""
     max_behind_s: PositiveFloat | None = 1.0

@@ -471,7 +471,7 @@ def test_each_error_says_the_line_of_the_file_that_writes_its_key_or_the_set_tha
     lines = capsys.readouterr().err.splitlines()
     assert lines == [
         "segstream: error: sources[0].max_fps (source lobby, line 8): Input should be greater than 0 (got -3)",
-        "segstream: error: sources[1].transport (source dock, line 3): Input should be 'tcp' or 'udp' (got 'udpp')",
+        "segstream: error: sources[1].transport (source dock, line 3): Input should be 'tcp', 'udp', 'udp_multicast' or 'http' (got 'udpp')",
         "segstream: error: sources[2].queue_size (source gate, from --set): Input should be greater than 0 (got -2)",
         "segstream: error: engine.batch_size (line 13): Input should be a valid integer, unable to parse string as "
         "an integer (got 'zero')",
@@ -482,7 +482,7 @@ def test_each_error_says_the_line_of_the_file_that_writes_its_key_or_the_set_tha
     # an override of a source renamed by a later one is still the override's (found in review)
     assert main(["validate", path, "--set", "sources.dock.transport=bad", "--set", "sources.dock.name=pier",
                  "--set", "sources.gate.url=rtsp://h/x"]) == 2
-    assert ("sources[1].transport (source pier, from --set): Input should be 'tcp' or 'udp' (got 'bad')"
+    assert ("sources[1].transport (source pier, from --set): Input should be 'tcp', 'udp', 'udp_multicast' or 'http' (got 'bad')"
             in capsys.readouterr().err)
     with pytest.raises(ConfigError) as raised:  # the library's overrides are named as such
         load_config(path, {"sources.gate.url": "rtsp://h/x", "engine.batch_size": 0})
