@@ -669,10 +669,14 @@ class AVInput:
         catch_up = self.catch_up
         jpeg = context.name == "mjpeg" and live  # (a file's JPEG may carry more after its end: a motion photo's video)
         fields = self.fields.for_input(self.shown, self.log_extra)
-        # A file's packets its demuxer flags damaged (read short where the file ended inside one, a
-        # TS's with data lost): an MJPEG decoder makes a whole picture of half a JPEG without
-        # marking it corrupt ("EOI missing, emulating"; found probing a half-copied camera AVI)
+        # A file's packets its demuxer flags damaged (read short where the file ended inside one):
+        # an MJPEG decoder makes a whole picture of half a JPEG without marking it corrupt ("EOI
+        # missing, emulating"; found probing a half-copied camera AVI). MJPEG's alone: an H.264
+        # decoder marks what it conceals itself, and a TS joined to another flags its last packet
+        # before the join though its frame decodes whole (two good frames were left out, the
+        # second copy's of the same time too).
         damaged: set[int] = set()
+        flag_damaged = context.name == "mjpeg" and not self.lost_are_errors
 
         def made_up(frame: av.VideoFrame) -> bool:
             return frame.is_corrupt or (frame.pts is not None and frame.pts in damaged)
@@ -699,7 +703,7 @@ class AVInput:
                 if packet.pts is not None and not carried and packet.has_sidedata("prft"):
                     wallclock, _ = _PRFT.unpack(bytes(packet.get_sidedata("prft"))[: _PRFT.size])
                     self._sender = (packet.pts, wallclock / 1e6)
-                if packet.is_corrupt and packet.pts is not None and not self.lost_are_errors:
+                if flag_damaged and packet.is_corrupt and packet.pts is not None:
                     damaged.add(packet.pts)
                 if catch_up is not None and not carried and packet.size:  # (the last, empty one flushes)
                     if catch_up.skip(packet.pts, packet.is_keyframe, waited_s=self._read_wait_s):
