@@ -364,12 +364,15 @@ def source_check(cfg: SourceConfig) -> str:
                 picture, info = _first_live_picture(source, cfg)
                 height, width = picture.image.shape[:2]
                 return f"'{source.shown}' gave a first frame, {width}x{height}{_streams_said(info)}"
+            shown = getattr(source, "shown", None) or getattr(cfg, "path", None) or cfg.name
+            if getattr(cfg, "watch", False):
+                return _watched_folder_check(source, cfg, shown)
             frame = next(iter(source.frames()), None)
             if frame is None:
-                raise SegstreamError(f"'{getattr(source, 'shown', cfg.name)}' gave no frame — it holds no picture")
+                raise SegstreamError(f"'{shown}' gave no frame — it holds no picture")
             height, width = frame.image.shape[:2]
             said = _streams_said(getattr(source, "info", None))
-            return f"'{getattr(source, 'shown', cfg.name)}' decodes, first frame {width}x{height}{said}"
+            return f"'{shown}' decodes, first frame {width}x{height}{said}"
         finally:
             source.close()
     except SegstreamError as error:  # the check's line says which source already (found probing: thrice)
@@ -388,6 +391,30 @@ def source_check(cfg: SourceConfig) -> str:
             raise SourceDown(f"{said} — `segstream run` starts all the same and {retries}; its frames come once "
                              "it answers") from None
         raise SegstreamError(said) from None
+
+
+def _watched_folder_check(source, cfg, shown: str) -> str:
+    """A watched folder's first image, if one comes within a few looks at it: an empty folder is
+    a watched one's usual start (a new FTP camera's), not a failure (found probing: its check
+    waited for an image for ever, and SIGTERM did not end it)."""
+    got: list = []
+    failed: list[BaseException] = []
+
+    def first() -> None:
+        try:
+            got.append(next(iter(source.frames()), None))
+        except BaseException as error:  # said by the check, as an unwatched folder's would be
+            failed.append(error)
+
+    reader = threading.Thread(target=first, name="segstream-check-folder", daemon=True)
+    reader.start()
+    reader.join(max(3.0, 3 * cfg.poll_s + cfg.settle_s))
+    if failed:
+        raise failed[0]
+    if not got or got[0] is None:
+        return f"'{shown}' is watched, no image in it yet: new images are read as they come"
+    height, width = got[0].image.shape[:2]
+    return f"'{shown}' is watched and decodes, first frame {width}x{height}"
 
 
 def _streams_said(info) -> str:

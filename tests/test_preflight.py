@@ -151,6 +151,25 @@ def test_an_rtsp_camera_gives_a_first_frame_and_a_dead_one_fails(tmp_path, capsy
     assert lines[-1].startswith("FAIL: 1 of 4 checks failed (source gone)")
 
 
+def test_a_watched_folder_that_is_empty_is_ok_and_the_check_ends(tmp_path, capsys):
+    # found probing the watched folders: an empty one (a new FTP camera's) held --connect for ever
+    import time
+
+    from PIL import Image
+
+    empty = tmp_path / "uploads"
+    empty.mkdir()
+    watched = (f"  - {{name: site, type: images, path: '{empty}', timestamps: name, timestamp_zone: UTC, "
+               "watch: true, poll_s: 0.2}")
+    started = time.monotonic()
+    code, lines = connect(write_config(tmp_path, watched), capsys)
+    assert code == 0 and time.monotonic() - started < 15, lines
+    assert line_of(lines, "source site").endswith(f"source site: '{empty}' is watched, no image in it yet: new images are read as they come")
+    Image.new("RGB", (32, 24)).save(empty / "site_20261204_130501.png")
+    code, lines = connect(write_config(tmp_path, watched), capsys)
+    assert code == 0 and line_of(lines, "source site").endswith("is watched and decodes, first frame 32x24"), lines
+
+
 def test_a_camera_that_takes_the_connection_then_closes_it_is_one_the_run_retries(tmp_path, capsys):
     # found probing a site's cameras: one at its session limit (or booting) took the connection and
     # closed it; validate said "would not start cleanly — fix the lines above", the run just retried it
