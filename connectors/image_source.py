@@ -25,7 +25,7 @@ from segstream.connectors.errors import SourceError
 from segstream.connectors.frame_rate import FrameRateCap
 from segstream.connectors.frames import Frame
 from segstream.connectors.image_times import NameTimes, zone_of
-from segstream.connectors.source import StateListener
+from segstream.connectors.source import StateListener, tell_state
 from segstream.connectors.threads import waiting_for_input
 
 logger = logging.getLogger("segstream.sources")
@@ -482,11 +482,7 @@ class ImageFolderSource:
         return shown.isoformat(sep=" ", timespec="milliseconds" if moment % 1 else "seconds")
 
     def _enter(self, state: str, reason: str, data: dict[str, Any] | None = None) -> None:
-        listener = getattr(self, "on_state", None)
-        if listener is not None:
-            listener(state, reason, data or {})
-        else:
-            logger.info("source %s %s: %s", self.name, state, reason, extra={"source": self.name, "state": state})
+        tell_state(self.name, getattr(self, "on_state", None), state, reason, data or {}, logger)
 
     @property
     def frames_skipped(self) -> int:

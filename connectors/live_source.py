@@ -69,7 +69,7 @@ from segstream.connectors.errors import ResourceLimit, SourceError
 from segstream.connectors.frame_rate import FrameRateCap
 from segstream.connectors.frames import Frame
 from segstream.connectors.pauses import pauses
-from segstream.connectors.source import DOWN_STATES, StateListener
+from segstream.connectors.source import DOWN_STATES, StateListener, tell_state
 from segstream.connectors.threads import waiting_for_input
 from segstream.connectors.urls import exclusive_input, redact_url, rtsp_address
 
@@ -149,10 +149,10 @@ def _port_accepts(address: tuple[int, tuple], timeout_s: float) -> bool:
     return True
 
 
-LOOKING = object()  # what ``_Resolver.get`` says before its first lookup has ended
+LOOKING = object()  # what ``Resolver.get`` says before its first lookup has ended
 
 
-class _Resolver:
+class Resolver:
     """A host name's address, looked up on a thread of its own (``getaddrinfo`` takes no timeout,
     and a network that is down may keep it for many seconds: the source's wait must not), at most
     one lookup at a time; a found address is looked up again once ``_RESOLVE_AGAIN_S`` old, a
@@ -183,6 +183,27 @@ class _Resolver:
             address = None
         with self._lock:
             self._found = (time.monotonic(), address)
+
+
+def port_back_within(delay_s: float, closed: threading.Event, resolver: Resolver, host: str, port: int,
+                     seen_closed: bool) -> float | None:
+    """Wait up to ``delay_s`` (a retry's backoff), checking every ``_PORT_CHECK_S`` whether
+    ``host``:``port`` accepts a TCP connection: the seconds of the wait left when it accepts again
+    after refusing or not answering (at the attempt: ``seen_closed``, or during the wait), so that
+    a camera back from a reboot is read within a second, not at the end of a backoff grown over its
+    outage; None when the wait ran out or ``closed`` was set (a port that accepted all along, a
+    server answering badly, waits its backoff)."""
+    deadline = time.monotonic() + delay_s
+    while (left := deadline - time.monotonic()) > 0:
+        if closed.wait(min(left, _PORT_CHECK_S)):
+            return None
+        if (resolved := resolver.get(host, port)) is LOOKING:  # its name being looked up
+            continue
+        accepts = resolved is not None and _port_accepts(resolved, _PORT_CHECK_S)
+        if accepts and seen_closed:
+            return max(0.0, deadline - time.monotonic())
+        seen_closed = seen_closed or not accepts
+    return None
 
 
 def _length(seconds: float) -> str:
@@ -402,7 +423,7 @@ class LiveSource:
         self._port_held_since: float | None = None  # monotonic time of the first open that found the port held
         self._carried: tuple[bytes, ...] = ()  # packets a session its decoder could not read hands to the next one
         self._rng = random.Random(seed)
-        self._resolver = _Resolver()  # its host's address, for the reconnect waits' port checks
+        self._resolver = Resolver()  # its host's address, for the reconnect waits' port checks
         self._closed = threading.Event()
         self._lock = threading.Lock()
 
@@ -664,18 +685,11 @@ class LiveSource:
         address = rtsp_address(self.target)
         if address is None:
             return self._closed.wait(delay)
-        deadline = time.monotonic() + delay
-        while (left := deadline - time.monotonic()) > 0:
-            if self._closed.wait(min(left, _PORT_CHECK_S)):
-                return True
-            if (resolved := self._resolver.get(*address)) is LOOKING:  # its name being looked up
-                continue
-            accepts = resolved is not None and _port_accepts(resolved, _PORT_CHECK_S)
-            if accepts and seen_closed:
-                logger.info("source %s: '%s' accepts connections again: retrying now, %.1f s before its backoff "
-                            "ended", self.name, self.shown, max(0.0, deadline - time.monotonic()))
-                return False
-            seen_closed = seen_closed or not accepts
+        left = port_back_within(delay, self._closed, self._resolver, *address, seen_closed)
+        if left is not None:
+            logger.info("source %s: '%s' accepts connections again: retrying now, %.1f s before its backoff "
+                        "ended", self.name, self.shown, left)
+            return False
         return self._closed.is_set()
 
     def _finite_end(self, reason: str, details: dict[str, Any], length: float, played: _Played,
@@ -838,11 +852,7 @@ class LiveSource:
 
     def _enter(self, state: str, reason: str, data: dict[str, Any]) -> None:
         self.state = state
-        listener = self.on_state
-        if listener is not None:
-            listener(state, reason, data)
-        else:
-            logger.info("source %s %s: %s", self.name, state, reason, extra={"source": self.name, "state": state})
+        tell_state(self.name, self.on_state, state, reason, data, logger)
 
     def _retire(self) -> None:
         with self._lock:

@@ -66,8 +66,8 @@ from segstream import __version__
 from segstream.connectors.av_input import InputInfo, InputRefused, InputTimeout, InputUnreachable
 from segstream.connectors.errors import SourceError
 from segstream.connectors.frames import Frame
-from segstream.connectors.live_source import _PORT_CHECK_S, LOOKING, ReconnectPolicy, _port_accepts, _Resolver
-from segstream.connectors.source import StateListener
+from segstream.connectors.live_source import ReconnectPolicy, Resolver, port_back_within
+from segstream.connectors.source import StateListener, tell_state
 from segstream.connectors.threads import waiting_for_input
 from segstream.connectors.urls import redact_url
 
@@ -529,7 +529,7 @@ class SnapshotSource:
         self._kind = ""
         self._digest: bytes | None = None  # of the last picture delivered
         self._rng = random.Random(seed)
-        self._resolver = _Resolver()  # the camera's address, for the port checks of a retry's wait
+        self._resolver = Resolver()  # the camera's address, for the port checks of a retry's wait
         self._closed = threading.Event()
         self._told_slow = False
 
@@ -773,28 +773,20 @@ class SnapshotSource:
     def _wait_to_retry(self, delay: float, seen_closed: bool) -> bool:
         """Wait ``delay`` before the next poll (True: closed meanwhile). A camera whose port
         refused or did not answer (``seen_closed``), or does so during the wait, is polled at once
-        when its port accepts a connection again (checked every ``_PORT_CHECK_S``): a camera back
+        when its port accepts a connection again (``port_back_within``): a camera back
         from a reboot is read within a second, not at the end of a backoff grown over its outage.
         One that answers with errors all along waits its backoff."""
-        deadline = time.monotonic() + delay
         waiting_for_input("waiting to poll again after a failed poll")
         try:
-            while (left := deadline - time.monotonic()) > 0:
-                if self._closed.wait(min(left, _PORT_CHECK_S)):
-                    return True
-                resolved = self._resolver.get(self._client.host, self._client.port)
-                if resolved is LOOKING:
-                    continue
-                accepts = resolved is not None and _port_accepts(resolved, _PORT_CHECK_S)
-                if accepts and seen_closed:
-                    logger.info("source %s: '%s' accepts connections again: polling now, %.1f s before its backoff "
-                                "ended", self.name, self.shown, max(0.0, deadline - time.monotonic()),
-                                extra={"source": self.name})
-                    return False
-                seen_closed = seen_closed or not accepts
-            return self._closed.is_set()
+            left = port_back_within(delay, self._closed, self._resolver, self._client.host, self._client.port,
+                                    seen_closed)
         finally:
             waiting_for_input(None)
+        if left is not None:
+            logger.info("source %s: '%s' accepts connections again: polling now, %.1f s before its backoff ended",
+                        self.name, self.shown, left, extra={"source": self.name})
+            return False
+        return self._closed.is_set()
 
     def _wait_until(self, due: float, why: str) -> bool:
         """Sleep until ``due`` (monotonic), marked as waiting on the input; False once closed."""
@@ -814,8 +806,4 @@ class SnapshotSource:
 
     def _enter(self, state: str, reason: str, data: dict[str, Any]) -> None:
         self.state = state
-        listener = self.on_state
-        if listener is not None:
-            listener(state, reason, data)
-        else:
-            logger.info("source %s %s: %s", self.name, state, reason, extra={"source": self.name, "state": state})
+        tell_state(self.name, self.on_state, state, reason, data, logger)

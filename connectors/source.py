@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
 from typing import Any, Iterator, Protocol
@@ -53,6 +54,16 @@ class ReportsState(Protocol):
     Sources without it get the runtime's generic connecting -> streaming -> ended / failed."""
 
     on_state: StateListener | None
+
+
+def tell_state(name: str, listener: StateListener | None, state: str, reason: str, data: dict[str, Any],
+               logger: logging.Logger) -> None:
+    """A source that reports its own states entered ``state``: told to its listener (the
+    runtime's), else logged by the source's ``logger``, as a source used on its own."""
+    if listener is not None:
+        listener(state, reason, data)
+    else:
+        logger.info("source %s %s: %s", name, state, reason, extra={"source": name, "state": state})
 
 
 def special_file(path: str | os.PathLike) -> str | None:

@@ -310,7 +310,7 @@ def test_a_camera_s_name_is_looked_up_beside_its_reconnect_wait_and_again_after_
     # was kept for 30 s, and a label too long for IDNA killed the lookup's thread with a traceback
     import time
 
-    from segstream.connectors.live_source import LOOKING, _Resolver
+    from segstream.connectors.live_source import LOOKING, Resolver
 
     def settled(resolver, host):
         deadline = time.monotonic() + 10
@@ -318,11 +318,11 @@ def test_a_camera_s_name_is_looked_up_beside_its_reconnect_wait_and_again_after_
             time.sleep(0.01)
         return found
 
-    local = _Resolver()
+    local = Resolver()
     assert local.get("127.0.0.1", 554) is LOOKING  # the first answer comes from its own thread
     assert settled(local, "127.0.0.1")[1] == ("127.0.0.1", 554)
     for unknown in ("camera.invalid", "x" * 70 + ".example"):
-        resolver = _Resolver()
+        resolver = Resolver()
         assert settled(resolver, unknown) is None
         first = resolver._looking
         first.join(5)
