@@ -64,6 +64,23 @@ def wait_until_reading(process: subprocess.Popen, client) -> None:
         time.sleep(0.05)
 
 
+def follow_a_burst(server, client, write, *extra: str) -> tuple[int, str, str]:
+    """A follower started, then what ``write`` adds to a transaction written all at once (one
+    XREAD sees it whole, its count full); the follower's exit status, output and errors."""
+    process = follower(server, *extra)
+    try:
+        wait_until_reading(process, client)
+        burst = client.pipeline(transaction=True)
+        write(burst)
+        burst.execute()
+        out, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    return process.returncode, out, err
+
+
 def test_tail_json_prints_each_frame_with_its_segments_and_no_masks(server, client, capsys):
     scenes = [synthetic_scene("cam0", index) for index in range(3)]
     for scene in scenes:
@@ -120,45 +137,33 @@ def test_tail_json_follow_prints_each_entry_as_it_comes_and_ends_with_its_source
 def test_tail_until_ended_prints_every_entry_before_the_end_however_many_came_at_once(server, client):
     # review: 1,500 frames and their end in one burst: one read took 500 frames and the end, and
     # tail exited 0 without the other 1,000
-    process = follower(server, "--json", "--until-ended")
-    try:
-        wait_until_reading(process, client)
-        entry = {**to_wire(synthetic_scene("cam0", 0), "rle"), "run_id": "run-1"}  # the run that ends
-        burst = client.pipeline(transaction=True)  # all at once: one XREAD sees the end with a full count
+    entry = {**to_wire(synthetic_scene("cam0", 0), "rle"), "run_id": "run-1"}  # the run that ends
+
+    def write(burst) -> None:
         for index in range(1500):
             burst.xadd(FRAMES, {**entry, "frame": str(index)})
         burst.xadd(EVENTS, state("ended"))
-        burst.execute()
-        out, err = process.communicate(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
-    assert process.returncode == 0, err
+
+    returncode, out, err = follow_a_burst(server, client, write, "--json", "--until-ended")
+    assert returncode == 0, err
     assert [json.loads(line)["frame"] for line in out.splitlines()] == list(range(1500))
 
 
 def test_tail_follow_with_events_prints_a_burst_in_time_order_however_many_came_at_once(server, client):
     # one read takes 500 frames and every event: the events of frames 500 on were printed before those frames
-    process = follower(server, "--json", "--events", "--until-ended")
-    try:
-        wait_until_reading(process, client)
-        entry = {**to_wire(synthetic_scene("cam0", 0), "rle"), "run_id": "run-1"}
+    entry = {**to_wire(synthetic_scene("cam0", 0), "rle"), "run_id": "run-1"}
+
+    def write(burst) -> None:
         start = int(time.time() * 1000) + 1000  # IDs later than any entry there: a millisecond each frame
-        burst = client.pipeline(transaction=True)
         for index in range(1200):
             burst.xadd(FRAMES, {**entry, "frame": str(index)}, id=f"{start + index}-0")
             if index % 100 == 50:
                 burst.xadd(EVENTS, event_to_wire(Event("cam0", "track_started", 1.0, {"track_id": index, "frame": index})),
                            id=f"{start + index}-0")
         burst.xadd(EVENTS, state("ended"), id=f"{start + 1200}-0")
-        burst.execute()
-        out, err = process.communicate(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
-    assert process.returncode == 0, err
+
+    returncode, out, err = follow_a_burst(server, client, write, "--json", "--events", "--until-ended")
+    assert returncode == 0, err
     records = [json.loads(line) for line in out.splitlines()]
     order = [r["frame"] if r["type"] == "frame" else ("event", r["data"].get("frame")) for r in records]
     expected = [step for index in range(1200) for step in ([index, ("event", index)] if index % 100 == 50 else [index])]
