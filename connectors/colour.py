@@ -13,7 +13,7 @@ converts it to RGB by what it says. Three cases need more than that:
   planar RGB it gives the exact levels (5 ms more CPU a 1080p frame, measured; full chroma
   interpolation, also exact, costs a little more), and numpy interleaves them.
 
-An 8-bit frame that says its matrix, as most are, is converted exactly as before: the same call.
+An 8-bit frame that says its matrix, as most are, is converted by swscale's defaults.
 """
 
 from __future__ import annotations
@@ -82,8 +82,10 @@ class ColourConversion:
         if known is None:
             known = self._known[key] = self._conversion(frame, size, shown, log_extra)
         how, bt2020, self.hdr = known
-        if how is None:  # an 8-bit SDR frame at its own size that says its matrix: as it always was
-            return frame.to_ndarray(format="rgb24")
+        if how is None:  # an 8-bit SDR frame at its own size that says its matrix: swscale's defaults
+            # (PyAV's to_ndarray gives the same bytes, but through a context made for each frame: on a
+            # 16-core GPU host, 16 slice threads started and joined a frame, in every source's thread)
+            return reformatter.reformat(frame, format="rgb24", threads=SWSCALE_THREADS).to_ndarray()
         if bt2020:  # an HDR frame that names no primaries: BT.2020's, as HDR10's and HLG's are
             frame.color_primaries = ColorPrimaries.BT2020
         return reformatter.reformat(frame, **how, threads=SWSCALE_THREADS).to_ndarray()
