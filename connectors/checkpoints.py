@@ -364,7 +364,7 @@ def checkpoint_in_folder(folder: Path) -> Path:
                           "sharded one's index) — pass the weights file itself")
 
 
-def random_eomt(config, seed: int = 0, task: str = "panoptic") -> EoMT:
+def random_eomt(config, seed: int = 0, task: str = "panoptic", device: str | torch.device = "cpu") -> EoMT:
     """An EoMT of ``config`` with seeded random weights whose outputs look like a trained model's
     to the pipeline: class scores clear the 0.8 threshold and masks are separate, so
     post-processing, tracking and publishing do the work they would do (a plain random init
@@ -389,7 +389,10 @@ def random_eomt(config, seed: int = 0, task: str = "panoptic") -> EoMT:
             last.bias.zero_()
             key = (config, seed, task)  # a frozen dataclass: the architecture itself is the key
             if key not in _CALIBRATED:  # the same model is the same every time: one forward per process
-                outputs = model(_calibration_scenes(config.img_size))
+                # on the model's device (drawn on the CPU: the same weights anywhere): L/640's
+                # forward took most of a 16-core host's 35 s start on the CPU
+                model.to(device)
+                outputs = model(_calibration_scenes(config.img_size).to(device))
                 _CALIBRATED[key] = _mask_calibration(outputs.mask_logits, outputs.class_logits,
                                                      instance=task == "instance")
             scale, offset = _CALIBRATED[key]
@@ -440,7 +443,7 @@ def _mask_calibration(mask_logits: Tensor, class_logits: Tensor, score: float = 
                     continue
                 winner = (probs * image_scores[kept, None, None]).argmax(0)
                 inside = probs >= 0.5
-                own = (winner[None] == torch.arange(len(probs))[:, None, None]) & inside
+                own = (winner[None] == torch.arange(len(probs), device=probs.device)[:, None, None]) & inside
                 area, own_area = inside.flatten(1).sum(1), own.flatten(1).sum(1)
                 count += int(((own_area > 0) & (own_area >= overlap * area)).sum())
             if count > best_count:
@@ -448,11 +451,11 @@ def _mask_calibration(mask_logits: Tensor, class_logits: Tensor, score: float = 
     return best
 
 
-def load_eomt(preset: Preset, checkpoint: str | None = None) -> EoMT:
+def load_eomt(preset: Preset, checkpoint: str | None = None, device: str | torch.device = "cpu") -> EoMT:
     """The preset's EoMT with weights from ``checkpoint`` (or the preset's own weights; ``random``:
-    ``random_eomt``)."""
+    ``random_eomt``, calibrated on ``device``)."""
     if checkpoint == RANDOM:
-        return random_eomt(preset.config, task=preset.task)
+        return random_eomt(preset.config, task=preset.task, device=device)
     path = checkpoint_path(checkpoint or preset.weights)
     state = convert_state_dict(read_state_dict(path))
     model = EoMT(preset.config)

@@ -75,7 +75,7 @@ def with_own_labels(preset: Preset, model_cfg) -> Preset:
 
 
 def _build_eomt(preset: Preset, model_cfg, device: torch.device, precision: str, max_batch: int) -> EoMTSegmenter:
-    model = load_eomt(preset, model_cfg.checkpoint)
+    model = load_eomt(preset, model_cfg.checkpoint, device)
     # The model is this adapter's alone: its autocast layers can keep their weights cast.
     store_autocast_weights(model, PRECISIONS[precision])
     thresholds = Thresholds(

@@ -83,3 +83,18 @@ def test_compiled_buckets_warm_up_before_the_first_frame_and_never_recompile():
     with torch._dynamo.config.patch(error_on_recompile=True):
         for count in (1, 3, 4, 2):
             assert len(segmenter.segment(frames[:count])) == count
+
+
+def test_random_weights_are_calibrated_on_the_gpu_as_on_the_cpu():
+    from segstream.connectors.checkpoints import _CALIBRATED, random_eomt
+
+    config = SYNTHETIC_TINY.config
+    key = (config, 0, "panoptic")
+    _CALIBRATED.pop(key, None)
+    on_cpu = random_eomt(config)
+    cpu_choice = _CALIBRATED.pop(key)
+    on_gpu = random_eomt(config, device="cuda")
+    assert next(on_gpu.parameters()).is_cuda
+    assert _CALIBRATED[key] == cpu_choice
+    for (name, a), b in zip(on_cpu.state_dict().items(), on_gpu.state_dict().values()):
+        torch.testing.assert_close(a, b.cpu(), msg=name)
