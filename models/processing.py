@@ -42,8 +42,14 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 POSTPROCESS_MODES = ("fast", "exact")
 # Queries whose masks are resized and compared together: bounds the memory of exact mode at
-# large frames (8 maps of a 4K frame are 265 MB) while keeping the per-chunk overhead small.
+# large frames (8 maps of a 4K frame are 265 MB). On a GPU, as many as fill CHUNK_PIXELS (8 maps
+# of a 1080p frame, 66 MB of fp32): fast mode's decision at the model's size then takes 72
+# queries of a 16:9 frame at 640 at once. Each chunk is ten operations more, on a GPU ten kernels
+# launched from Python under the GIL (the GPU pipeline's post-processing thread spent 55% of its
+# time on this loop's lines, four to six chunks a frame: docs/BENCHMARKS.md, "GPU"). On the CPU
+# larger chunks are slower (cache-bound: one chunk of 13 queries of 640x360 took 2.2x two).
 QUERY_CHUNK = 8
+CHUNK_PIXELS = QUERY_CHUNK * 1920 * 1080
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,9 +223,17 @@ def _mask_resizer(
     return logits
 
 
-def _chunks(count: int, device: torch.device) -> Iterator[Tensor]:
-    for first in range(0, count, QUERY_CHUNK):
-        yield torch.arange(first, min(first + QUERY_CHUNK, count), device=device)
+def chunk_size(device: torch.device, size: tuple[int, int]) -> int:
+    """How many queries' masks of ``size`` are decided at once on ``device``."""
+    if device.type == "cpu":
+        return QUERY_CHUNK
+    return max(QUERY_CHUNK, CHUNK_PIXELS // max(1, size[0] * size[1]))
+
+
+def _chunks(count: int, device: torch.device, size: tuple[int, int]) -> Iterator[Tensor]:
+    step = chunk_size(device, size)
+    for first in range(0, count, step):
+        yield torch.arange(first, min(first + step, count), device=device)
 
 
 def nearest_index(source: int, target: int) -> np.ndarray:
@@ -313,7 +327,7 @@ def panoptic(
     winner = torch.zeros(out, dtype=torch.long, device=device)
     inside = torch.zeros(out, dtype=torch.bool, device=device)
     own_area = torch.zeros(k, dtype=torch.long, device=device)
-    for chunk in _chunks(k, device):
+    for chunk in _chunks(k, device, out):
         prob = masks(keep[chunk]).sigmoid_()
         own = prob >= thresholds.mask
         own_area[chunk] = torch.count_nonzero(own, dim=(1, 2))
@@ -371,7 +385,7 @@ def instance(
     u = int(unique_queries.numel())
     mask_area = torch.zeros(u, dtype=torch.long, device=device)
     prob_sum = torch.zeros(u, device=device)
-    for chunk in _chunks(u, device):
+    for chunk in _chunks(u, device, out):
         logits = masks(unique_queries[chunk])
         inside = logits > 0
         mask_area[chunk] = inside.flatten(1).sum(1)
@@ -387,7 +401,7 @@ def instance(
     rank_of_query = torch.full((u, n), n, dtype=torch.long, device=device)
     rank_of_query[which[order], torch.arange(n, device=device)] = torch.arange(n, device=device)
     shown = torch.full(out, n, dtype=torch.long, device=device)
-    for chunk in _chunks(u, device):
+    for chunk in _chunks(u, device, out):
         inside = masks(unique_queries[chunk]) > 0
         # A query may head several candidates (one per class): its best rank is what paints.
         best_rank = rank_of_query[chunk].amin(1)

@@ -124,3 +124,24 @@ def test_the_python_api_says_what_is_wrong_with_its_input():
     with pytest.raises(ConfigError, match="model.precision: Input should be"):
         build_segmenter({"precision": "fp64"})
     assert len(segmenter.segment([frame, frame])) == 2
+
+
+@pytest.mark.parametrize("postprocess", ["fast", "exact"])
+def test_decisions_do_not_depend_on_how_many_queries_are_decided_at_once(monkeypatch, postprocess):
+    # a GPU decides as many queries at once as fit its chunk budget, the CPU 8 at a time
+    from segstream.models import processing
+
+    frames = [frame for frame, _ in synthetic_clip(200, 120, 1, seed=4)]
+    segmenter = build_segmenter(S640.model_copy(update={"postprocess": postprocess}))
+    kept, counts, chunks = [], [], processing._chunks
+    monkeypatch.setattr(processing, "_chunks", lambda count, *args: counts.append(count) or chunks(count, *args))
+    for size in (8, 3, 1000):
+        monkeypatch.setattr(processing, "chunk_size", lambda device, shape, size=size: size)
+        kept.append(segmenter.segment(frames))
+    assert max(counts) > 8  # more queries decided than one chunk of 8 holds
+    for results in kept[1:]:
+        for a, b in zip(kept[0], results):
+            # a fast decision's map is kept at the model's size (a ScaledLabelMap): that map itself
+            np.testing.assert_array_equal(getattr(a.segment_map, "decided", a.segment_map),
+                                          getattr(b.segment_map, "decided", b.segment_map))
+            np.testing.assert_array_equal(a.segments.queries, b.segments.queries)
