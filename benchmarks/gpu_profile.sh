@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Where the GPU pipeline's threads spend their time, for the next optimisation: py-spy over
+# `segstream bench` on a 1080p clip (the large model, one source; the small one, 16 real-time
+# sources), every thread, waits included (--idle), and which thread holds the GIL (--gil).
+# Raw stacks and bench output land in $OUT; `python benchmarks/stacks.py FILE THREAD...` sums them.
+#
+#   bash benchmarks/gpu_profile.sh        # about 4 minutes on an H200 host
+#
+# Needs py-spy and segstream's dependencies (`benchmarks/gpu_checks.sh install DIR` puts wheels in .gpu/site).
+set -u -o pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+OUT=${OUT:-$PWD/.gpu/out}
+WORK=$PWD/.gpu
+mkdir -p "$OUT" "$WORK"
+export PYTHONPATH=$WORK/site${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+PYSPY=${PYSPY:-$WORK/site/bin/py-spy}
+"$PYTHON" -m pip install -q --no-deps --no-build-isolation --no-index -e . >"$OUT/env.log" 2>&1 || {
+    echo "segstream would not install: see $OUT/env.log" >&2; exit 1; }
+CLIP=$WORK/fhd90.mp4
+[ -s "$CLIP" ] || "$PYTHON" -c "import sys; from segstream.connectors.synthetic import write_clip; write_clip(sys.argv[1], sys.argv[1] + '.npz', 1920, 1080, 90, seed=3, fps=30)" "$CLIP"
+LARGE=${LARGE:-coco_panoptic_eomt_large_640}
+SMALL=${SMALL:-coco_panoptic_eomt_small_640_2x}
+CLI=(-m segstream.pipeline.cli)
+ON=(configs/demo.yaml --set "sources.0.path=$CLIP" --set model.checkpoint=random --set "model.device=${DEVICE:-cuda}"
+    --set sources.0.queue_size=32)
+L=(--set model.preset=$LARGE --set engine.batch_size=8 --frames 600 --naive-frames 50)
+spy() {  # spy NAME SECONDS PY-SPY-FLAGS... -- ARGS...: py-spy over one python run, stopped after SECONDS
+    local name=$1 limit=$2
+    shift 2
+    timeout -s INT -k 20 "$limit" "$PYSPY" record -r 100 --threads -f raw -o "$OUT/$name.txt" "$@" >"$OUT/$name.log" 2>&1
+    echo "$name: exit $?"
+}
+timeout 60 "$PYTHON" -m pytest -q -p no:cacheprovider -k random tests/test_cuda_engine.py >"$OUT/random.log" 2>&1
+echo "random weights on the GPU: exit $? ($(tail -1 "$OUT/random.log"))"
+spy large_idle 75 --idle -- "$PYTHON" "${CLI[@]}" bench "${ON[@]}" "${L[@]}"
+spy large_gil 35 --gil -- "$PYTHON" "${CLI[@]}" run "${ON[@]}" --set model.preset=$LARGE --set engine.batch_size=8 --set sources.0.loop=true
+# the same bench with a 0.5 ms GIL switch interval (Python's is 5 ms): does handing the GIL over sooner help?
+timeout 60 "$PYTHON" -c "import runpy, sys; sys.setswitchinterval(0.0005); sys.argv = ['segstream'] + sys.argv[1:]; runpy.run_module('segstream.pipeline.cli', run_name='__main__')" \
+    bench "${ON[@]}" "${L[@]}" >"$OUT/large_switch.log" 2>&1
+echo "large_switch: exit $?"
+spy small16 80 --idle -- "$PYTHON" "${CLI[@]}" bench "${ON[@]}" --set model.preset=$SMALL --set sources.0.realtime=true \
+    --sources 16 --frames 60 --naive-frames 20
+for f in large_idle large_switch small16; do grep -A16 "^model coco" "$OUT/$f.log"; done
