@@ -10,6 +10,7 @@ tests.
 
 from __future__ import annotations
 
+import platform
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Protocol, Sequence
@@ -95,12 +96,25 @@ class FamilyAdapter(Protocol):
     def segment(self, images: Sequence[np.ndarray]) -> list[FrameResult]: ...
 
 
+def cpu_computes_bf16() -> bool:
+    """Whether this CPU computes bf16 natively. On x86, AVX-512 BF16 or AMX: oneDNN's own check
+    passes any AVX-512 CPU (a Skylake or Cascade Lake Xeon), where bf16 is emulated, several
+    times slower than fp32. Elsewhere (Arm), oneDNN's check."""
+    if not torch.backends.mkldnn.is_available():
+        return False
+    if platform.machine().lower() in ("x86_64", "amd64", "i386", "i686"):
+        checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+        if all(check is not None for check in checks):
+            return any(check() for check in checks)
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def default_precision(device: torch.device) -> str:
     """The faster precision that keeps results: bf16 where the hardware computes it natively
     (CUDA with bf16 support, CPUs with AMX or AVX-512 BF16), else fp16 on CUDA and fp32 on CPU."""
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16" if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
+    return "bf16" if cpu_computes_bf16() else "fp32"
 
 
 # Layers whose weights autocast casts to the lower precision on every call.

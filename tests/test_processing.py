@@ -257,3 +257,38 @@ def test_the_factory_stores_weights_in_the_precision_it_runs_at():
         model = build_segmenter(ModelConfig(device="cpu", precision=precision)).model
         assert {m.weight.dtype for m in model.modules() if isinstance(m, torch.nn.Linear)} == {dtype}
         assert model.q.weight.dtype == torch.float32  # the query tokens are added, not multiplied
+
+
+@pytest.mark.parametrize("avx512_bf16, amx, expected", [(False, False, "fp32"), (True, False, "bf16"), (False, True, "bf16")])
+def test_auto_precision_takes_bf16_only_where_an_x86_cpu_computes_it(monkeypatch, avx512_bf16, amx, expected):
+    # oneDNN's own check passes any AVX-512 CPU, where bf16 is emulated, several times slower than fp32
+    import platform
+
+    from segstream.models.segmenter import default_precision
+
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    assert default_precision(torch.device("cpu")) == expected
+
+
+def test_bf16_asked_for_on_a_cpu_that_emulates_it_is_warned_of(monkeypatch):
+    import logging
+    import platform
+
+    from segstream.pipeline import model_factory
+
+    lines = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: lines.append(record.getMessage())
+    model_factory.logger.addHandler(handler)
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    try:
+        assert model_factory.resolve_precision("bf16", torch.device("cpu")) == "bf16"
+        assert model_factory.resolve_precision("fp32", torch.device("cpu")) == "fp32"
+    finally:
+        model_factory.logger.removeHandler(handler)
+    assert len(lines) == 1 and "emulated" in lines[0] and "auto or fp32" in lines[0]
