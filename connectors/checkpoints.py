@@ -387,12 +387,14 @@ def random_eomt(config, seed: int = 0, task: str = "panoptic", device: str | tor
             model.upscale[-1].norm.bias.fill_(1.0)
             last = model.mask_head[-1]
             last.bias.zero_()
-            key = (config, seed, task)  # a frozen dataclass: the architecture itself is the key
+            # drawn on the CPU (the same weights anywhere), calibrated where the model runs: on the
+            # CPU, L/640's calibration was most of a GPU benchmark's start (docs/BENCHMARKS.md, "GPU")
+            model.to(device)
+            # a frozen dataclass: the architecture itself is the key; a device's arithmetic may differ
+            key = (config, seed, task, torch.device(device).type)
             if key not in _CALIBRATED:  # the same model is the same every time: one forward per process
-                # on the model's device (drawn on the CPU: the same weights anywhere): L/640's
-                # forward took most of a 16-core host's 35 s start on the CPU
-                model.to(device)
-                outputs = model(_calibration_scenes(config.img_size).to(device))
+                with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):  # fp32 convolutions, as on the CPU
+                    outputs = model(_calibration_scenes(config.img_size).to(device))
                 _CALIBRATED[key] = _mask_calibration(outputs.mask_logits, outputs.class_logits,
                                                      instance=task == "instance")
             scale, offset = _CALIBRATED[key]
@@ -401,7 +403,7 @@ def random_eomt(config, seed: int = 0, task: str = "panoptic", device: str | tor
     return model
 
 
-_CALIBRATED: dict[tuple[object, int, str], tuple[float, float]] = {}
+_CALIBRATED: dict[tuple[object, int, str, str], tuple[float, float]] = {}
 
 
 def _calibration_scenes(size: int) -> Tensor:

@@ -85,16 +85,23 @@ def test_compiled_buckets_warm_up_before_the_first_frame_and_never_recompile():
             assert len(segmenter.segment(frames[:count])) == count
 
 
-def test_random_weights_are_calibrated_on_the_gpu_as_on_the_cpu():
-    from segstream.connectors.checkpoints import _CALIBRATED, random_eomt
+def test_random_weights_are_calibrated_on_the_gpu_as_on_the_cpu(monkeypatch):
+    from segstream.connectors import checkpoints
 
+    calibrated_on, calibration = [], checkpoints._mask_calibration
+
+    def calibrate(masks, *args, **kwargs):
+        calibrated_on.append(masks.device.type)
+        return calibration(masks, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoints, "_mask_calibration", calibrate)
     config = SYNTHETIC_TINY.config
-    key = (config, 0, "panoptic")
-    _CALIBRATED.pop(key, None)
-    on_cpu = random_eomt(config)
-    cpu_choice = _CALIBRATED.pop(key)
-    on_gpu = random_eomt(config, device="cuda")
+    for device in ("cpu", "cuda"):
+        checkpoints._CALIBRATED.pop((config, 0, "panoptic", device), None)
+    on_cpu = checkpoints.random_eomt(config)
+    on_gpu = checkpoints.random_eomt(config, device="cuda")
+    assert calibrated_on == ["cpu", "cuda"]
     assert next(on_gpu.parameters()).is_cuda
-    assert _CALIBRATED[key] == cpu_choice
+    assert checkpoints._CALIBRATED[config, 0, "panoptic", "cuda"] == checkpoints._CALIBRATED[config, 0, "panoptic", "cpu"]
     for (name, a), b in zip(on_cpu.state_dict().items(), on_gpu.state_dict().values()):
-        torch.testing.assert_close(a, b.cpu(), msg=name)
+        assert torch.equal(a, b.cpu()), name
