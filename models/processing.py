@@ -41,13 +41,11 @@ from segstream.models.results import ScaledLabelMap, segment_moments
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 POSTPROCESS_MODES = ("fast", "exact")
-# Queries whose masks are resized and compared together: bounds the memory of exact mode at
-# large frames (8 maps of a 4K frame are 265 MB). On a GPU, as many as fill CHUNK_PIXELS (8 maps
-# of a 1080p frame, 66 MB of fp32): fast mode's decision at the model's size then takes 72
-# queries of a 16:9 frame at 640 at once. Each chunk is ten operations more, on a GPU ten kernels
-# launched from Python under the GIL (the GPU pipeline's post-processing thread spent 55% of its
-# time on this loop's lines, four to six chunks a frame: docs/BENCHMARKS.md, "GPU"). On the CPU
-# larger chunks are slower (cache-bound: one chunk of 13 queries of 640x360 took 2.2x two).
+# Queries whose masks are resized and compared together: 8 bounds exact mode's memory at large
+# frames (8 maps of a 4K frame are 265 MB, and a chunk holds a few such tensors). On a GPU, more
+# where they fit CHUNK_PIXELS (never fewer than 8): each chunk is about ten kernel launches from
+# Python (docs/BENCHMARKS.md, "GPU"). The CPU keeps 8: larger chunks were slower there
+# (benchmarks/frame_stages.py).
 QUERY_CHUNK = 8
 CHUNK_PIXELS = QUERY_CHUNK * 1920 * 1080
 

@@ -145,3 +145,12 @@ def test_decisions_do_not_depend_on_how_many_queries_are_decided_at_once(monkeyp
             np.testing.assert_array_equal(getattr(a.segment_map, "decided", a.segment_map),
                                           getattr(b.segment_map, "decided", b.segment_map))
             np.testing.assert_array_equal(a.segments.queries, b.segments.queries)
+
+
+def test_a_gpu_decides_all_of_a_fast_frames_queries_at_once_and_the_cpu_eight():
+    from segstream.models.processing import chunk_size
+
+    gpu, cpu = torch.device("cuda"), torch.device("cpu")
+    assert chunk_size(gpu, (360, 640)) == 72  # fast mode's 16:9 decision at 640: one chunk
+    assert chunk_size(gpu, (1080, 1920)) == chunk_size(gpu, (2160, 3840)) == 8  # exact mode's frames
+    assert chunk_size(cpu, (360, 640)) == 8
