@@ -40,7 +40,8 @@ fi
 # The package's folders map under `segstream` only once installed (editable, no dependencies).
 "$PYTHON" -m pip install -q --no-deps --no-build-isolation --no-index -e . >"$OUT/env.log" 2>&1 || {
     echo "segstream would not install: see $OUT/env.log" >&2; exit 1; }
-{ nvidia-smi || true; "$PYTHON" -c "import torch, av; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'av', av.__version__)"; } \
+{ echo "tree: ${COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}"; git status --short 2>/dev/null
+  nvidia-smi || true; "$PYTHON" -c "import torch, av; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'av', av.__version__)"; } \
     >>"$OUT/env.log" 2>&1
 CLIP=$WORK/fhd$CLIP_FRAMES.mp4
 if [ ! -s "$CLIP" ]; then  # written whole under another name first: a clip cut short is never reused
@@ -71,7 +72,7 @@ for name in "$@"; do
     forward) step forward 150 "$PYTHON" benchmarks/model_forward.py --device "$DEVICE" $FORWARD ;;
     # eager: the large model uncompiled (no compile time, so the figure comes first); large: compiled,
     # a compile and a CUDA graph capture for each batch bucket (1, 2, 4, 8) before the first frame
-    eager|large) [ "$name" = eager ] && compiled=false limit=150 || compiled=$COMPILE limit=330
+    eager|large) if [ "$name" = eager ]; then compiled=false limit=150; else compiled=$COMPILE limit=330; fi
         step "$name" "$limit" "${SEGSTREAM[@]}" bench configs/demo.yaml "${ON[@]}" \
         --set "model.preset=$LARGE" --set "model.compile=$compiled" --set "engine.batch_size=$L_BATCH" \
         --set sources.0.queue_size=32 --set engine.frame_budget_mb=256 --frames "$L_FRAMES" --naive-frames "$NAIVE" ;;

@@ -15,16 +15,22 @@ WORK=$PWD/.gpu
 mkdir -p "$OUT" "$WORK"
 export PYTHONPATH=$WORK/site${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 PYSPY=${PYSPY:-$WORK/site/bin/py-spy}
-"$PYTHON" -m pip install -q --no-deps --no-build-isolation --no-index -e . >"$OUT/env.log" 2>&1 || {
-    echo "segstream would not install: see $OUT/env.log" >&2; exit 1; }
+ENV=$OUT/profile_env.log  # beside gpu_checks.sh's env.log in the same $OUT, not over it
+{ echo "tree: ${COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}"; git status --short 2>/dev/null; nvidia-smi || true; } >"$ENV" 2>&1
+"$PYTHON" -m pip install -q --no-deps --no-build-isolation --no-index -e . >>"$ENV" 2>&1 || {
+    echo "segstream would not install: see $ENV" >&2; exit 1; }
 CLIP=$WORK/fhd90.mp4
-[ -s "$CLIP" ] || "$PYTHON" -c "import sys; from segstream.connectors.synthetic import write_clip; write_clip(sys.argv[1], sys.argv[1] + '.npz', 1920, 1080, 90, seed=3, fps=30)" "$CLIP"
+if [ ! -s "$CLIP" ]; then  # written whole under another name first: a clip cut short is never reused
+    "$PYTHON" -c "import sys; from segstream.connectors.synthetic import write_clip; write_clip(sys.argv[1], sys.argv[2], 1920, 1080, 90, seed=3, fps=30)" \
+        "$WORK/partial90.mp4" "$WORK/partial90.npz" >>"$ENV" 2>&1 && mv "$WORK/partial90.mp4" "$CLIP" ||
+        { echo "could not write the 1080p clip: see $ENV" >&2; exit 1; }
+fi
 LARGE=${LARGE:-coco_panoptic_eomt_large_640}
 SMALL=${SMALL:-coco_panoptic_eomt_small_640_2x}
 CLI=(-m segstream.pipeline.cli)
 ON=(configs/demo.yaml --set "sources.0.path=$CLIP" --set model.checkpoint=random --set "model.device=${DEVICE:-cuda}"
     --set sources.0.queue_size=32)
-L=(--set model.preset=$LARGE --set engine.batch_size=8 --frames 600 --naive-frames 50)
+L=(--set "model.preset=$LARGE" --set engine.batch_size=8 --frames 600 --naive-frames 50)
 spy() {  # spy NAME SECONDS PY-SPY-FLAGS... -- ARGS...: py-spy over one python run, stopped after SECONDS
     local name=$1 limit=$2
     shift 2
@@ -34,11 +40,13 @@ spy() {  # spy NAME SECONDS PY-SPY-FLAGS... -- ARGS...: py-spy over one python r
 timeout 60 "$PYTHON" -m pytest -q -p no:cacheprovider -k random tests/test_cuda_engine.py >"$OUT/random.log" 2>&1
 echo "random weights on the GPU: exit $? ($(tail -1 "$OUT/random.log"))"
 spy large_idle 75 --idle -- "$PYTHON" "${CLI[@]}" bench "${ON[@]}" "${L[@]}"
-spy large_gil 35 --gil -- "$PYTHON" "${CLI[@]}" run "${ON[@]}" --set model.preset=$LARGE --set engine.batch_size=8 --set sources.0.loop=true
+# a run that ends by itself (450 frames): one stopped from outside left its embedded Redis behind
+spy large_gil 60 --gil -- "$PYTHON" "${CLI[@]}" run "${ON[@]}" --set "model.preset=$LARGE" --set engine.batch_size=8 \
+    --set sources.0.loop=true --max-frames 450
 # the same bench with a 0.5 ms GIL switch interval (Python's is 5 ms): does handing the GIL over sooner help?
 timeout 60 "$PYTHON" -c "import runpy, sys; sys.setswitchinterval(0.0005); sys.argv = ['segstream'] + sys.argv[1:]; runpy.run_module('segstream.pipeline.cli', run_name='__main__')" \
     bench "${ON[@]}" "${L[@]}" >"$OUT/large_switch.log" 2>&1
 echo "large_switch: exit $?"
-spy small16 80 --idle -- "$PYTHON" "${CLI[@]}" bench "${ON[@]}" --set model.preset=$SMALL --set sources.0.realtime=true \
+spy small16 80 --idle -- "$PYTHON" "${CLI[@]}" bench "${ON[@]}" --set "model.preset=$SMALL" --set sources.0.realtime=true \
     --sources 16 --frames 60 --naive-frames 20
 for f in large_idle large_switch small16; do grep -A16 "^model coco" "$OUT/$f.log"; done

@@ -1,5 +1,7 @@
-"""Sum py-spy's raw stacks (``py-spy record -f raw --threads``) per thread: samples, and the lines
-and functions that take them (inclusive), for the threads whose names contain the given words.
+"""Sum py-spy's raw stacks (``py-spy record -f raw --threads``) per thread: samples, and the Python
+lines that take them, for the threads whose names contain the given words. Each sample counts
+once for each of its innermost four Python frames (so a line's share includes what it called
+within those four).
 
     python benchmarks/stacks.py .gpu/out/large_idle.txt post model stage publish capture decode
 """
