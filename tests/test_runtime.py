@@ -896,3 +896,17 @@ def test_a_live_source_behind_live_is_warned_once_and_again_only_after_it_caught
         waiting = _LiveLag("cam", BufferPolicy("every_frame"))
         assert [round(waiting.behind(frame(t, t * 3.5, epoch=3)), 1) for t in range(3)] == [0, 2.5, 5.0]
         assert len(warnings()) == 3
+
+
+def test_the_summary_rate_is_over_the_streaming_time_not_the_warm_up():
+    from segstream.pipeline.runtime import RunReport, SourceReport
+
+    # found probing CPU compiles: a run at 40 fps said "(2.9 fps)", its compile's minute counted in
+    report = RunReport({"cam": SourceReport(decoded=400, published=400)}, 100, 400, 72.0, False, 100.0, 200.0, 300.0,
+                       streaming_s=10.0, warm_up_s=58.5)
+    assert report.fps == 40.0
+    assert "400 frames published in 72.0 s (40.0 fps after 58.5 s of warm-up)" in report.summary()
+    summary = report.as_dict()
+    assert (summary["streaming_s"], summary["warm_up_s"], summary["fps"]) == (10.0, 58.5, 40.0)
+    quick = RunReport({"cam": SourceReport(decoded=1, published=1)}, 1, 1, 2.0, False, 1.0, 1.0, 1.0, streaming_s=0.05)
+    assert quick.fps == 0.5 and "warm-up" not in quick.summary()  # one frame: no rate of its own
