@@ -692,6 +692,12 @@ class Runtime:
                 how_it_ran(getattr(adapter, "precision", None), getattr(adapter, "postprocess", None)),
                 engine.batch_size, layout.workers, layout.threads, cores,
                 extra={"model": adapter.name, **weights})
+        if adapter.device.type == "cpu" and layout.workers * layout.threads > cores:
+            # found probing an edge box: threads=8 on 2 cores ran 16 threads, said only in the numbers above
+            log.warning("engine: %d model worker(s) x %d thread(s) are %d threads on %d usable core(s); they wait on "
+                        "each other and on decoding — leave engine.model_workers and engine.threads unset, or keep "
+                        "their product at most the cores", layout.workers, layout.threads,
+                        layout.workers * layout.threads, cores)
         runtime = cls(
             sources,
             adapter,

@@ -66,3 +66,31 @@ def test_a_cgroup_v1_cfs_quota_caps_the_cores_and_none_leaves_them(tmp_path):
     assert cgroup_cpu_quota(root, proc) == 1.0 and usable_cores(root, proc) == 1
     root, proc = cgroups(tmp_path / "none", "0::/\n", {"cpu.max": "max 100000\n"})
     assert cgroup_cpu_quota(root, proc) is None and usable_cores(root, proc) == len(os.sched_getaffinity(0))
+
+
+@pytest.mark.parametrize(("engine", "warned"), [({"threads": 4}, True), ({"model_workers": 3}, True), ({}, False)])
+def test_more_model_threads_than_usable_cores_on_the_cpu_are_warned_of(monkeypatch, engine, warned):
+    # found probing an edge box: engine.threads=8 on 2 cores ran 16 threads, said only in the model line's numbers
+    import logging
+
+    from segstream.connectors.synthetic import SyntheticSource
+    from segstream.pipeline import runtime
+    from segstream.pipeline.config import validate_config
+    from tests.conftest import CollectingSink, ColourSegmenter
+
+    monkeypatch.setattr(runtime, "usable_cores", lambda: 2)
+    lines = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: lines.append(record.getMessage())
+    runtime.log.addHandler(handler)
+    cfg = validate_config({"sources": [{"name": "cam", "type": "synthetic", "width": 64, "height": 48, "num_frames": 2}],
+                           "model": {"device": "cpu"}, "engine": engine, "sinks": {"redis": {"enabled": False}}})
+    try:
+        runtime.Runtime.from_config(cfg, [SyntheticSource("cam", 64, 48, 25, 0, 2)], ColourSegmenter(),
+                                    [CollectingSink()], progress=False).run()
+    finally:
+        runtime.log.removeHandler(handler)
+    said = [line for line in lines if "usable core(s)" in line]
+    assert bool(said) == warned, lines
+    if warned:
+        assert "leave engine.model_workers and engine.threads unset" in said[0]
