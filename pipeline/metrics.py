@@ -420,6 +420,16 @@ class RunMetrics:
 SHED_REASONS = (QUEUE_FULL, STALE)
 
 
+def less_work_for(device_type: str, postprocess: str | None) -> str:
+    """What the overload line offers to do less per frame, for the engine's device and decision:
+    exact post-processing decides every frame pixel (88x fast's cost at 1080p on the CPU); on a
+    GPU the work after the network limits first (docs/BENCHMARKS.md, "GPU"), and frames resized
+    in the decoder were 2.4x the 16-source rate there."""
+    ways = ["model.postprocess: fast"] if postprocess == "exact" else []
+    ways += ["engine.resize_in_decoder: true", "a smaller model"] if device_type == "cuda" else ["a smaller model", "a GPU"]
+    return ", ".join(ways)
+
+
 class OverloadWatch:
     """Tells when a source loses more than ``share`` of its frames to the engine's shedding
     (``queue_full``, ``stale``) over the last ``window_s`` seconds: once, and again only after it
@@ -448,6 +458,8 @@ class OverloadWatch:
         self._said_at: dict[bool, float] = {}  # overloaded (True) or keeping up again: when last said
         self._said_of: dict[bool, set[str]] = {True: set(), False: set()}  # and of which sources
         self._held: dict[bool, dict[str, _Window]] = {True: {}, False: {}}  # to be said once group_s has passed
+        # how the engine could do less per frame, as the overload line advises (``less_work_for``)
+        self.less_work = "a smaller model, a GPU"
 
     def observe(self, now: float, counts: Mapping[str, SourceCounts]) -> list[tuple[int, str, tuple[str, ...]]]:
         """Take the counts at ``now``; returns the (logging level, message, sources it names) to log."""
@@ -524,11 +536,11 @@ class OverloadWatch:
                 return logging.WARNING, (
                     f"source {names[0]} is overloaded: {share} of its frames dropped in the last {self.window_s:g} s "
                     f"({reasons}) — set or lower its max_fps (frames it leaves out are never converted), or give the "
-                    "engine less to do per frame (a smaller model, a GPU)"), names
+                    f"engine less to do per frame ({self.less_work})"), names
             return logging.WARNING, (
                 f"sources {_some(names)} ({len(names)} sources) are overloaded: {share} of their frames dropped "
                 f"in the last {self.window_s:g} s ({reasons}) — set or lower their max_fps (frames they leave out are "
-                "never converted), or give the engine less to do per frame (a smaller model, a GPU)"), names
+                f"never converted), or give the engine less to do per frame ({self.less_work})"), names
         frames = sum(w.frames for w in sources.values())
         if len(names) == 1:
             return logging.INFO, (f"source {names[0]} keeps up again: {share} of its {frames} frames dropped in the "

@@ -55,7 +55,7 @@ from segstream.models.segmenter import FamilyAdapter
 from segstream.pipeline.engine import Batcher, BufferPolicy, InFlight, ModelStage, engine_layout, usable_cores
 from segstream.pipeline.logs import new_run_id
 from segstream.pipeline.metrics import (
-    DECODE_ERROR, SHED_REASONS, OverloadWatch, RunMetrics, SourceCounts, decode_thread,
+    DECODE_ERROR, SHED_REASONS, OverloadWatch, RunMetrics, SourceCounts, decode_thread, less_work_for,
 )
 from segstream.pipeline.source_states import SourceStates, first_frame
 
@@ -577,6 +577,8 @@ class Runtime:
         self.progress_interval_s = progress_interval_s
         self._unsayable = False  # its stream failed (a terminal gone): no more status lines
         self.overload = OverloadWatch()
+        self.overload.less_work = less_work_for(getattr(getattr(adapter, "device", None), "type", "cpu"),
+                                                getattr(adapter, "postprocess", None))
         self._last_line: tuple[float, int, int] | None = None  # elapsed s, frames in, frames out at the last status line
         self.metrics = metrics or RunMetrics()
         for name in names:

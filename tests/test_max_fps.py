@@ -350,3 +350,19 @@ def test_the_status_line_shows_the_last_intervals_rates_and_frames_that_never_go
     metrics.decoded("cam", 0.0)  # a frame every 3 s (a site camera): not "0.0 in / 0.0 out fps"
     metrics.published("cam")
     assert runtime._progress_line(7.0).startswith("segstream: 46 frames, 0.33 in / 0.33 out fps, "), "found probing"
+
+
+def test_the_overload_advice_names_the_ways_to_less_work_this_engine_has():
+    # found probing an edge box: exact post-processing at 1080p was the cause, the line said "a smaller model, a GPU"
+    from segstream.pipeline.metrics import less_work_for
+
+    assert less_work_for("cpu", "exact") == "model.postprocess: fast, a smaller model, a GPU"
+    assert less_work_for("cpu", "fast") == "a smaller model, a GPU"
+    assert less_work_for("cuda", "fast") == "engine.resize_in_decoder: true, a smaller model"
+    watch = OverloadWatch(window_s=10, share=0.2, paused_since=_never_paused)
+    watch.less_work = less_work_for("cpu", "exact")
+    said = []
+    for second in range(12):
+        said += watch.observe(float(second), _counts(25 * (second + 1), 12 * (second + 1)))
+    assert said and said[0][1].endswith("give the engine less to do per frame (model.postprocess: fast, a smaller "
+                                        "model, a GPU)")
