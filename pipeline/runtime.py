@@ -52,7 +52,9 @@ from segstream.connectors.threads import NamedThread
 from segstream.models.results import Event, FrameResult
 from segstream.models.segment_filter import FILTER_REASONS, SegmentFilter
 from segstream.models.segmenter import FamilyAdapter
-from segstream.pipeline.engine import Batcher, BufferPolicy, InFlight, ModelStage, engine_layout, usable_cores
+from segstream.pipeline.engine import (
+    Batcher, BufferPolicy, InFlight, ModelStage, cgroup_cpu_quota, engine_layout, usable_cores,
+)
 from segstream.pipeline.logs import new_run_id
 from segstream.pipeline.metrics import (
     DECODE_ERROR, SHED_REASONS, OverloadWatch, RunMetrics, SourceCounts, decode_thread, less_work_for,
@@ -689,10 +691,10 @@ class Runtime:
         named = ", ".join(x for x in (cfg.model.checkpoint, checkpoint_id and f"sha256 {checkpoint_id}") if x)
         # said by a batch for its first group of videos only (each group is a runtime of the same warm model)
         log.log(logging.INFO if kwargs.pop("say_model", True) else logging.DEBUG,
-                "model %s%s on %s%s, batch %d, %d model worker(s) x %d thread(s), %d usable core(s)",
+                "model %s%s on %s%s, batch %d, %d model worker(s) x %d thread(s), %d usable core(s)%s",
                 adapter.name, f" ({named})" if named else "", adapter.device,
                 how_it_ran(getattr(adapter, "precision", None), getattr(adapter, "postprocess", None)),
-                engine.batch_size, layout.workers, layout.threads, cores,
+                engine.batch_size, layout.workers, layout.threads, cores, _quota_said(cores),
                 extra={"model": adapter.name, **weights})
         if adapter.device.type == "cpu" and layout.workers * layout.threads > cores:
             # found probing an edge box: threads=8 on 2 cores ran 16 threads, said only in the numbers above
@@ -1815,6 +1817,13 @@ def _labels_made_by(adapter) -> dict[str, Any]:
     if labels is None:
         return {}
     return {"labels": getattr(labels, "name", None), "classes": list(getattr(labels, "names", ()))}
+
+
+def _quota_said(cores: int) -> str:
+    """The cgroup's CPU quota where it is a fraction the usable cores round up (a Kubernetes limit
+    of 1500m reads as 2 cores; found probing an edge box)."""
+    quota = cgroup_cpu_quota()
+    return f" (a CPU quota of {quota:g})" if quota is not None and quota < cores else ""
 
 
 def _weights_made_by(cfg) -> dict[str, Any]:

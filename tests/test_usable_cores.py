@@ -94,3 +94,31 @@ def test_more_model_threads_than_usable_cores_on_the_cpu_are_warned_of(monkeypat
     assert bool(said) == warned, lines
     if warned:
         assert "leave engine.model_workers and engine.threads unset" in said[0]
+
+
+def test_a_fractional_cpu_quota_is_said_beside_the_cores_it_rounds_up_to(monkeypatch):
+    # found probing an edge box: under a 1.5-CPU quota the model line said "2 usable core(s)" alone
+    import logging
+
+    from segstream.connectors.synthetic import SyntheticSource
+    from segstream.pipeline import runtime
+    from segstream.pipeline.config import validate_config
+    from tests.conftest import CollectingSink, ColourSegmenter
+
+    monkeypatch.setattr(runtime, "usable_cores", lambda: 2)
+    monkeypatch.setattr(runtime, "cgroup_cpu_quota", lambda: 1.5)
+    lines = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = lambda record: lines.append(record.getMessage())
+    runtime.log.addHandler(handler)
+    level = runtime.log.level
+    runtime.log.setLevel(logging.INFO)
+    cfg = validate_config({"sources": [{"name": "cam", "type": "synthetic", "width": 64, "height": 48, "num_frames": 1}],
+                           "model": {"device": "cpu"}, "sinks": {"redis": {"enabled": False}}})
+    try:
+        runtime.Runtime.from_config(cfg, [SyntheticSource("cam", 64, 48, 25, 0, 1)], ColourSegmenter(),
+                                    [CollectingSink()], progress=False).run()
+    finally:
+        runtime.log.removeHandler(handler)
+        runtime.log.setLevel(level)
+    assert any(line.endswith("2 usable core(s) (a CPU quota of 1.5)") for line in lines), lines
