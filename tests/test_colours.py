@@ -280,3 +280,17 @@ def test_a_synthetic_hd_clip_says_its_matrix_and_is_read_by_it(tmp_path):
     frames, _ = _read(str(tmp_path / "hd.mp4"))
     drawn = [image for image, _ in synthetic_clip(1280, 720, 3, 1)]
     assert np.mean([np.abs(f.image.astype(int) - d.astype(int)).mean() for f, d in zip(frames, drawn)]) < 5
+
+
+@pytest.mark.parametrize(("size", "pix_fmt", "tags"), [((1280, 720), "yuv420p", BT709), ((322, 182), "yuv420p", BT709),
+                                                       ((321, 181), "yuv444p", BT709),
+                                                       ((320, 180), "yuvj420p", {**BT709, "color_range": 2})])
+def test_a_tagged_8_bit_frame_comes_out_as_pyav_s_own_conversion_gives_it(tmp_path, size, pix_fmt, tags):
+    # through the input's own swscale context (PyAV's to_ndarray made one a frame, with a thread pool each time)
+    clip = _encode(tmp_path / "clip.mp4", _patches(*size), pix_fmt, matrix=1, tags=tags)
+    frames, _ = _read(clip)
+    with av.open(clip) as container:
+        expected = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+    assert len(frames) == len(expected) == 3
+    for frame, image in zip(frames, expected):
+        np.testing.assert_array_equal(frame.image, image)
