@@ -4,7 +4,10 @@
 # sources), every thread, waits included (--idle), and which thread holds the GIL (--gil).
 # Raw stacks and bench output land in $OUT; `python benchmarks/stacks.py FILE THREAD...` sums them.
 #
-#   bash benchmarks/gpu_profile.sh        # about 4 minutes on an H200 host
+#   bash benchmarks/gpu_profile.sh          # about 4 minutes on an H200 host
+#   bash benchmarks/gpu_profile.sh isolate  # no profiler: the large model's bench as configured, with
+#                                           # tracking off, with tracking and Redis off, and with one
+#                                           # intra-op thread (about 3 minutes): which work holds it back
 #
 # Needs py-spy and segstream's dependencies (`benchmarks/gpu_checks.sh install DIR` puts wheels in .gpu/site).
 set -u -o pipefail
@@ -31,6 +34,20 @@ CLI=(-m segstream.pipeline.cli)
 ON=(configs/demo.yaml --set "sources.0.path=$CLIP" --set model.checkpoint=random --set "model.device=${DEVICE:-cuda}"
     --set sources.0.queue_size=32)
 L=(--set "model.preset=$LARGE" --set engine.batch_size=8 --frames 600 --naive-frames 50)
+if [ "${1:-}" = isolate ]; then
+    isolate() {  # isolate NAME SETTINGS...: one bench of the large model, its figures in $OUT/isolate_NAME.log
+        local name=$1
+        shift
+        timeout -k 20 100 "$PYTHON" "${CLI[@]}" bench "${ON[@]}" "${L[@]}" "$@" >"$OUT/isolate_$name.log" 2>&1
+        echo "isolate $name: exit $?"
+    }
+    isolate configured
+    isolate untracked --set tracking.enabled=false
+    isolate unpublished --set tracking.enabled=false --set sinks.redis.enabled=false
+    isolate one_thread --set engine.threads=1
+    for f in "$OUT"/isolate_*.log; do echo "== $f"; grep -A3 "^model " "$f"; done
+    exit 0
+fi
 spy() {  # spy NAME SECONDS PY-SPY-FLAGS... -- ARGS...: py-spy over one python run, stopped after SECONDS
     local name=$1 limit=$2
     shift 2
