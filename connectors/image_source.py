@@ -189,6 +189,7 @@ class ImageFolderSource:
         self.live = realtime
         self.max_frames = max_frames
         self.decode_errors = 0
+        self.frames_out_of_order = 0  # a watched folder's images that came after later ones were read
         self.timestamps = timestamps
         # frames captured at the images' own times, before segstream read them: its latency is
         # measured from the read (an upload's delay, a folder's backlog, are not segstream's)
@@ -344,10 +345,13 @@ class ImageFolderSource:
                 elif not first and name not in seen:
                     late.append(name)
             if late:
+                # counted, as skipped: a part's picture on an inspection line is never lost unsaid
+                # (found probing a line whose counter wrapped: every later part went unread, exit 0)
+                self.frames_out_of_order += len(late)
                 before = (f"a name sorting before that of the last image read, {last}" if self.timestamps == "fps"
                           else f"a time at or before that of the last image read ({self._shown(self._moment(cursor))})")
-                logger.warning("source %s: %s%s came with %s; not read — a watched folder is read forward, never "
-                               "back", self.name, late[0], f" and {len(late) - 1} more" if len(late) > 1 else "",
+                logger.warning("source %s: %s%s came with %s; not read (counted as skipped, out of order) — a "
+                               "watched folder is read forward, never back", self.name, late[0], f" and {len(late) - 1} more" if len(late) > 1 else "",
                                before, extra={"source": self.name})
             seen = set(keys)
             new.sort()
@@ -486,8 +490,8 @@ class ImageFolderSource:
 
     @property
     def frames_skipped(self) -> int:
-        """Images left out on purpose, over ``max_fps``."""
-        return self.cap.skipped if self.cap is not None else 0
+        """Images left out: over ``max_fps``, and a watched folder's that came out of order."""
+        return (self.cap.skipped if self.cap is not None else 0) + self.frames_out_of_order
 
     def _read(self, name: str) -> Iterator[np.ndarray | None]:
         """The file's images (an animated GIF's frames), or one None when it cannot be read."""

@@ -160,6 +160,7 @@ class SourceCounts:
     first_at: float | None = None  # time.monotonic() of its first state
     caught_up: int = 0  # of skipped, those left undecoded to catch up with live (max_behind_s)
     unchanged: int = 0  # of skipped, a snapshot camera's polls that brought the picture of its last frame
+    out_of_order: int = 0  # of skipped, a watched folder's images that came after later ones were read
 
     @property
     def dropped(self) -> int:
@@ -182,6 +183,8 @@ class SourceCounts:
             outcome["caught_up"] = self.caught_up
         if self.unchanged:
             outcome["unchanged"] = self.unchanged
+        if self.out_of_order:
+            outcome["out_of_order"] = self.out_of_order
         return outcome
 
     def copy(self) -> SourceCounts:
@@ -189,7 +192,7 @@ class SourceCounts:
             self.decoded, self.published, self.decode_errors, Counter(self.dropped_by), self.state, self.reason,
             self.state_since, self.reconnects, Counter(self.transitions), self.epoch, self.handed, self.down_s,
             self.gap_s, self.missing, self.damage, self.skipped, self.connect_s, self.first_at, self.caught_up,
-            self.unchanged,
+            self.unchanged, self.out_of_order,
         )
 
 
@@ -304,11 +307,13 @@ class RunMetrics:
         """A source's own total of gaps in its stream (``gap_s``), in seconds."""
         self.source(name).gap_s = seconds
 
-    def skipped(self, name: str, frames: int, caught_up: int = 0, unchanged: int = 0) -> None:
+    def skipped(self, name: str, frames: int, caught_up: int = 0, unchanged: int = 0, out_of_order: int = 0) -> None:
         """A source's own totals of frames it left out on purpose, and of them those left
-        undecoded to catch up with live, and a snapshot camera's unchanged pictures."""
+        undecoded to catch up with live, a snapshot camera's unchanged pictures, and a watched
+        folder's images that came out of order."""
         counts = self.source(name)
         counts.skipped, counts.caught_up, counts.unchanged = frames, caught_up, unchanged
+        counts.out_of_order = out_of_order
 
     def missing(self, name: str, frames: int, why: str) -> None:
         """A source's own total of frames its input lacked (a damaged or truncated file), and why."""
@@ -420,13 +425,18 @@ class RunMetrics:
 SHED_REASONS = (QUEUE_FULL, STALE)
 
 
-def less_work_for(device_type: str, postprocess: str | None) -> str:
+def less_work_for(device_type: str, postprocess: str | None, resizable: bool = True) -> str:
     """What the overload line offers to do less per frame, for the engine's device and decision:
-    exact post-processing decides every frame pixel (88x fast's cost at 1080p on the CPU); on a
-    GPU the work after the network limits first (docs/BENCHMARKS.md, "GPU"), and frames resized
-    in the decoder were 2.4x the 16-source rate there."""
+    exact post-processing decides every frame pixel (88x fast's cost for a 1080p frame on the
+    CPU); on a GPU the work after the network limits first (docs/BENCHMARKS.md, "GPU"), and
+    frames resized in the decoder were 2.4x the 16-source rate there (``resizable``: not on
+    already, and no sink wants full-size frames)."""
     ways = ["model.postprocess: fast"] if postprocess == "exact" else []
-    ways += ["engine.resize_in_decoder: true", "a smaller model"] if device_type == "cuda" else ["a smaller model", "a GPU"]
+    if device_type == "cuda":
+        ways += ["engine.resize_in_decoder: true"] if resizable else []
+        ways += ["a smaller model"]
+    else:
+        ways += ["a smaller model", "a GPU"]
     return ", ".join(ways)
 
 

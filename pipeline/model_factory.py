@@ -52,8 +52,8 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     if device.type == "cpu" and precision == "fp16":
         raise ConfigError("model.precision: fp16 needs a GPU — use fp32, bf16 or auto on the CPU")
     if device.type == "cpu" and precision == "bf16" and not cpu_computes_bf16():
-        logger.warning("model.precision: bf16 on a CPU without AVX-512 BF16 or AMX is emulated, several times slower "
-                    "than fp32 — set model.precision to auto or fp32")
+        logger.warning("model.precision: bf16 on a CPU that does not compute it (x86: no AVX-512 BF16 or AMX) is "
+                       "emulated, several times slower than fp32 — set model.precision to auto or fp32")
     return precision
 
 

@@ -161,8 +161,9 @@ class RunMetricsCollector(Collector):
         skipped = CounterMetricFamily(
             f"{PREFIX}_frames_skipped",
             "Frames a source left out on purpose, per source: over its max_fps, undecoded to catch up with live "
-            "(frames_caught_up), and a snapshot camera's pictures unchanged since its last frame; not in "
-            "frames_decoded, not a loss.",
+            "(frames_caught_up), a snapshot camera's pictures unchanged since its last frame (not a loss), and "
+            "a watched folder's images that came after later ones were read (never read: a loss); not in "
+            "frames_decoded.",
             labels=["source"])
         caught_up = CounterMetricFamily(
             f"{PREFIX}_frames_caught_up",

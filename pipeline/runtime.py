@@ -125,11 +125,13 @@ class SourceEnd:
     index: int = -1  # the source's index in the run
 
 
-def skipped_why(skipped: int, caught_up: int, unchanged: int = 0) -> str:
+def skipped_why(skipped: int, caught_up: int, unchanged: int = 0, out_of_order: int = 0) -> str:
     """Why frames were left out: ``max_fps``, ``behind live`` (catch-up), ``unchanged`` (a
-    snapshot camera's picture of before), or several with their counts."""
-    reasons = [(why, n) for why, n in (("max_fps", skipped - caught_up - unchanged), ("behind live", caught_up),
-                                       ("unchanged", unchanged)) if n]
+    snapshot camera's picture of before), ``out of order`` (a watched folder's late images), or
+    several with their counts."""
+    reasons = [(why, n) for why, n in (("max_fps", skipped - caught_up - unchanged - out_of_order),
+                                       ("behind live", caught_up), ("unchanged", unchanged),
+                                       ("out of order", out_of_order)) if n]
     if len(reasons) <= 1:
         return reasons[0][0] if reasons else "max_fps"
     return ", ".join(f"{why} {n}" for why, n in reasons)
@@ -158,6 +160,7 @@ class SourceReport:
     connect_s: float = 0.0  # of down_s, the start-up's seconds up to its first frames, retries included (not an outage)
     caught_up: int = 0  # of skipped, frames left undecoded to catch up with live (max_behind_s)
     unchanged: int = 0  # of skipped, a snapshot camera's polls that brought the picture of its last frame
+    out_of_order: int = 0  # of skipped, a watched folder's images that came after later ones were read
 
     @property
     def streamed(self) -> bool:
@@ -241,6 +244,10 @@ class RunReport:
         return sum(s.unchanged for s in self.sources.values())
 
     @property
+    def out_of_order(self) -> int:
+        return sum(s.out_of_order for s in self.sources.values())
+
+    @property
     def dropped(self) -> int:
         return sum(s.dropped for s in self.sources.values())
 
@@ -250,7 +257,8 @@ class RunReport:
 
     @property
     def fps(self) -> float:
-        """Frames published a second while frames flowed (the whole run's time when that is unknown)."""
+        """Frames published a second from the first frame decoded to the last published (the whole
+        run's time when that is unknown, or for one frame)."""
         span = self.streaming_s if self.streaming_s > 0 and self.published > 1 else self.elapsed_s
         return self.published / span if span > 0 else 0.0
 
@@ -298,7 +306,8 @@ class RunReport:
             f"{name} {s.published}/{s.decoded}"
             + (f" dropped {s.dropped} ({', '.join(f'{k} {v}' for k, v in sorted(s.dropped_by.items()))})" if s.dropped else "")
             + (f" decode errors {s.decode_errors}" if s.decode_errors else "")
-            + (f" skipped {s.skipped} ({skipped_why(s.skipped, s.caught_up, s.unchanged)})" if s.skipped else "")
+            + (f" skipped {s.skipped} ({skipped_why(s.skipped, s.caught_up, s.unchanged, s.out_of_order)})"
+               if s.skipped else "")
             + (f" reconnects {s.reconnects}" if s.reconnects else "")
             + (f" connect {s.connect_s:.0f} s" if s.connect_s >= 1 and s.streamed else "")
             + (f" down {s.down_s - s.connect_s:.0f} s" if s.down_s - s.connect_s >= 1 and s.streamed else "")
@@ -357,6 +366,7 @@ class RunReport:
                 name: {"state": s.state, "reason": s.reason, "decoded": s.decoded, "published": s.published,
                        "dropped": s.dropped, "dropped_by": dict(s.dropped_by), "decode_errors": s.decode_errors,
                        "skipped": s.skipped, "caught_up": s.caught_up, "unchanged": s.unchanged,
+                       "out_of_order": s.out_of_order,
                        "reconnects": s.reconnects,
                        "down_s": round(s.down_s, 1), "missing": s.missing}
                 for name, s in self.sources.items()
@@ -580,7 +590,8 @@ class Runtime:
         self._unsayable = False  # its stream failed (a terminal gone): no more status lines
         self.overload = OverloadWatch()
         self.overload.less_work = less_work_for(getattr(getattr(adapter, "device", None), "type", "cpu"),
-                                                getattr(adapter, "postprocess", None))
+                                                getattr(adapter, "postprocess", None),
+                                                resizable=not resize_in_decoder and not self._wants_images)
         self._last_line: tuple[float, int, int] | None = None  # elapsed s, frames in, frames out at the last status line
         self.metrics = metrics or RunMetrics()
         for name in names:
@@ -690,7 +701,8 @@ class Runtime:
         checkpoint_id = (weights.get("checkpoint_sha256") or "")[:12]
         named = ", ".join(x for x in (cfg.model.checkpoint, checkpoint_id and f"sha256 {checkpoint_id}") if x)
         # said by a batch for its first group of videos only (each group is a runtime of the same warm model)
-        log.log(logging.INFO if kwargs.pop("say_model", True) else logging.DEBUG,
+        say = kwargs.pop("say_model", True)
+        log.log(logging.INFO if say else logging.DEBUG,
                 "model %s%s on %s%s, batch %d, %d model worker(s) x %d thread(s), %d usable core(s)%s",
                 adapter.name, f" ({named})" if named else "", adapter.device,
                 how_it_ran(getattr(adapter, "precision", None), getattr(adapter, "postprocess", None)),
@@ -698,7 +710,7 @@ class Runtime:
                 extra={"model": adapter.name, **weights})
         if adapter.device.type == "cpu" and layout.workers * layout.threads > cores:
             # found probing an edge box: threads=8 on 2 cores ran 16 threads, said only in the numbers above
-            log.warning("engine: %d model worker(s) x %d thread(s) are %d threads on %d usable core(s); they wait on "
+            log.log(logging.WARNING if say else logging.DEBUG,"engine: %d model worker(s) x %d thread(s) are %d threads on %d usable core(s); they wait on "
                         "each other and on decoding — leave engine.model_workers and engine.threads unset, or keep "
                         "their product at most the cores", layout.workers, layout.threads,
                         layout.workers * layout.threads, cores)
@@ -1630,7 +1642,7 @@ class Runtime:
                 name: SourceReport(
                     c.decoded, c.published, c.dropped, c.decode_errors, dict(c.dropped_by), c.state, c.reason,
                     c.reconnects, dict(c.transitions), c.downtime(now), c.missing, c.damage, c.skipped, c.handed,
-                    c.connect_s, c.caught_up, c.unchanged,
+                    c.connect_s, c.caught_up, c.unchanged, c.out_of_order,
                 )
                 for name, c in counts.items()
             },
@@ -1695,7 +1707,8 @@ class Runtime:
         since, in_before, out_before = self._last_line or (0.0, 0, 0)
         self._last_line = (elapsed_s, frames_in, report.handed)
         span = elapsed_s - since
-        skipped = (f", {report.skipped} skipped ({skipped_why(report.skipped, report.caught_up, report.unchanged)})"
+        skipped = (f", {report.skipped} skipped "
+                   f"({skipped_why(report.skipped, report.caught_up, report.unchanged, report.out_of_order)})"
                    if report.skipped else "")
         rates = (f"{_rate((frames_in - in_before) / span)} in / {_rate((report.handed - out_before) / span)} out fps"
                  if span > 0 else "0.0 in / 0.0 out fps")
@@ -1855,7 +1868,8 @@ class _OwnCounts:
         self.metrics.missing(self.name, base.missing + missing, getattr(source, "damage", "") if missing else base.damage)
         self.metrics.skipped(self.name, base.skipped + getattr(source, "frames_skipped", 0),
                              base.caught_up + getattr(source, "frames_caught_up", 0),
-                             base.unchanged + getattr(source, "frames_unchanged", 0))
+                             base.unchanged + getattr(source, "frames_unchanged", 0),
+                             base.out_of_order + getattr(source, "frames_out_of_order", 0))
 
 
 class _LiveLag:

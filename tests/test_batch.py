@@ -147,10 +147,13 @@ def test_the_model_is_told_once_however_many_groups_of_videos_a_batch_runs(tmp_p
     for name in ("a.mp4", "b.mp4"):
         encode_clip(tmp_path / name, frames=2)
     caplog.set_level(logging.INFO, logger="segstream")
-    outcomes, _, _ = run_batch(config(tmp_path / "out"), [str(tmp_path / "a.mp4"), str(tmp_path / "b.mp4")],
-                               adapter=ColourSegmenter(), progress=False)
+    cfg = config(tmp_path / "out")
+    cfg.engine.threads = 8  # more threads than cores: that warning once too (found in review: once a group)
+    outcomes, _, _ = run_batch(cfg, [str(tmp_path / "a.mp4"), str(tmp_path / "b.mp4")], adapter=ColourSegmenter(),
+                               progress=False)
     assert [o.status for o in outcomes] == ["done", "done"]
     assert sum("usable core(s)" in r.getMessage() and r.levelno == logging.INFO for r in caplog.records) == 1
+    assert sum("usable core(s);" in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records) == 1
 
 
 def test_a_list_from_standard_input_names_videos_relative_to_the_working_directory(archive, tmp_path, monkeypatch):

@@ -284,6 +284,7 @@ def test_a_synthetic_hd_clip_says_its_matrix_and_is_read_by_it(tmp_path):
 
 @pytest.mark.parametrize(("size", "pix_fmt", "tags"), [((1280, 720), "yuv420p", BT709), ((322, 182), "yuv420p", BT709),
                                                        ((321, 181), "yuv444p", BT709),
+                                                       ((320, 180), "yuv420p", {**BT709, "color_range": 2}),
                                                        ((320, 180), "yuvj420p", {**BT709, "color_range": 2})])
 def test_a_tagged_8_bit_frame_comes_out_as_pyav_s_own_conversion_gives_it(tmp_path, size, pix_fmt, tags):
     # through the input's own swscale context (PyAV's to_ndarray made one a frame, with a thread pool each time)

@@ -465,6 +465,23 @@ def test_watch_says_a_late_file_and_does_not_read_it(tmp_path, caplog):
     reader.stop()
     [line] = [r.getMessage() for r in caplog.records if "not read" in r.getMessage()]
     assert NIGHT[0][0] in line and "at or before that of the last image read (2026-12-04 13:05:11" in line
+    # counted, not only said (found probing an inspection line: parts after a counter's wrap went unread, 0 counted)
+    assert (reader.source.frames_out_of_order, reader.source.frames_skipped) == (1, 1)
+    assert "counted as skipped, out of order" in line
+
+
+def test_images_out_of_order_are_said_in_the_summary_and_the_ended_event():
+    from segstream.pipeline.metrics import RunMetrics
+    from segstream.pipeline.runtime import RunReport, SourceReport, skipped_why
+
+    assert skipped_why(3, 0, 0, 3) == "out of order"
+    assert skipped_why(5, 0, 0, 2) == "max_fps 3, out of order 2"
+    metrics = RunMetrics(["cam"])
+    metrics.skipped("cam", 2, out_of_order=2)
+    assert metrics.source("cam").outcome()["out_of_order"] == 2
+    line = RunReport({"cam": SourceReport(decoded=4, published=4, skipped=2, out_of_order=2)}, 1, 4, 1.0, False,
+                     1.0, 1.0, 1.0).summary()
+    assert "skipped 2 (out of order)" in line
 
 
 def test_watch_reads_the_hour_the_clocks_going_back_bring_again(tmp_path):

@@ -292,3 +292,20 @@ def test_bf16_asked_for_on_a_cpu_that_emulates_it_is_warned_of(monkeypatch):
     finally:
         model_factory.logger.removeHandler(handler)
     assert len(lines) == 1 and "emulated" in lines[0] and "auto or fp32" in lines[0]
+
+
+@pytest.mark.parametrize(("flags", "expected"), [("fpu avx512f avx512bw", "fp32"), ("fpu avx512f avx512_bf16", "bf16"),
+                                                 ("fpu amx_tile amx_bf16", "bf16")])
+def test_a_torch_without_cpu_checks_reads_the_cpu_s_flags(monkeypatch, tmp_path, flags, expected):
+    # torch before about 2.5 has no torch.cpu._is_avx512_bf16_supported: /proc/cpuinfo says it
+    import platform
+
+    from segstream.models import segmenter
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n")
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported")
+    read = segmenter.cpu_flags
+    monkeypatch.setattr(segmenter, "cpu_flags", lambda: read(str(cpuinfo)))
+    assert segmenter.default_precision(torch.device("cpu")) == expected

@@ -910,3 +910,22 @@ def test_the_summary_rate_is_over_the_streaming_time_not_the_warm_up():
     assert (summary["streaming_s"], summary["warm_up_s"], summary["fps"]) == (10.0, 58.5, 40.0)
     quick = RunReport({"cam": SourceReport(decoded=1, published=1)}, 1, 1, 2.0, False, 1.0, 1.0, 1.0, streaming_s=0.05)
     assert quick.fps == 0.5 and "warm-up" not in quick.summary()  # one frame: no rate of its own
+
+
+def test_a_run_reports_its_streaming_time_and_advises_as_its_decision_is_made():
+    from segstream.connectors.synthetic import SyntheticSource
+    from segstream.pipeline.config import validate_config
+    from tests.conftest import CollectingSink, ColourSegmenter
+
+    class Exact(ColourSegmenter):
+        postprocess = "exact"
+
+    cfg = validate_config({"sources": [{"name": "cam", "type": "synthetic", "width": 64, "height": 48, "num_frames": 8}],
+                           "model": {"device": "cpu"}, "sinks": {"redis": {"enabled": False}}})
+    runtime = Runtime.from_config(cfg, [SyntheticSource("cam", 64, 48, 25, 0, 8, realtime=True)], Exact(),
+                                  [CollectingSink()], progress=False)
+    assert runtime.overload.less_work == "model.postprocess: fast, a smaller model, a GPU"
+    report = runtime.run()
+    assert 0.2 < report.streaming_s <= report.elapsed_s  # 8 frames at 25 fps: 0.28 s from the first to the last
+    assert report.fps == pytest.approx(8 / report.streaming_s)
+    assert {"streaming_s", "warm_up_s"} <= set(report.as_dict())
