@@ -38,15 +38,18 @@ if [ "${1:-}" = isolate ]; then
     isolate() {  # isolate NAME SETTINGS...: one bench of the large model, its figures in $OUT/isolate_NAME.log
         local name=$1
         shift
-        timeout -k 20 100 "$PYTHON" "${CLI[@]}" bench "${ON[@]}" "${L[@]}" "$@" >"$OUT/isolate_$name.log" 2>&1
-        echo "isolate $name: exit $?"
+        local rc=0
+        timeout -k 20 100 "$PYTHON" "${CLI[@]}" bench "${ON[@]}" "${L[@]}" "$@" >"$OUT/isolate_$name.log" 2>&1 || rc=$?
+        [ "$rc" -eq 0 ] || FAILED=1
+        echo "isolate $name: exit $rc"
     }
+    FAILED=0
     isolate configured
     isolate untracked --set tracking.enabled=false
     isolate unpublished --set tracking.enabled=false --set sinks.redis.enabled=false
     isolate one_thread --set engine.threads=1
-    for f in "$OUT"/isolate_*.log; do echo "== $f"; grep -A3 "^model " "$f"; done
-    exit 0
+    for f in "$OUT"/isolate_*.log; do echo "== $f"; grep -A16 "^model " "$f"; done
+    exit $FAILED
 fi
 spy() {  # spy NAME SECONDS PY-SPY-FLAGS... -- ARGS...: py-spy over one python run, stopped after SECONDS
     local name=$1 limit=$2
