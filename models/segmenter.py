@@ -99,14 +99,30 @@ class FamilyAdapter(Protocol):
 def cpu_computes_bf16() -> bool:
     """Whether this CPU computes bf16 natively. On x86, AVX-512 BF16 or AMX: oneDNN's own check
     passes any AVX-512 CPU (a Skylake or Cascade Lake Xeon), where bf16 is emulated, several
-    times slower than fp32. Elsewhere (Arm), oneDNN's check."""
+    times slower than fp32. Asked of torch, else of /proc/cpuinfo's flags (torch before about
+    2.5 has no such check). Elsewhere (Arm), oneDNN's check."""
     if not torch.backends.mkldnn.is_available():
         return False
     if platform.machine().lower() in ("x86_64", "amd64", "i386", "i686"):
         checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
         if all(check is not None for check in checks):
             return any(check() for check in checks)
+        flags = cpu_flags()
+        if flags is not None:
+            return bool(flags & {"avx512_bf16", "amx_bf16"})
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def cpu_flags(path: str = "/proc/cpuinfo") -> set[str] | None:
+    """The first processor's flags in ``path`` (Linux), None where it cannot be read."""
+    try:
+        with open(path) as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("flags"):
+                    return set(line.partition(":")[2].split())
+    except OSError:
+        pass
+    return None
 
 
 def default_precision(device: torch.device) -> str:
