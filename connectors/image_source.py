@@ -171,6 +171,7 @@ class ImageFolderSource:
         watch_from: str = "start",
         poll_s: float = 1.0,
         settle_s: float = 2.0,
+        bit_depth: int | None = None,
     ):
         if not fps > 0:
             raise SourceError(f"source {name}: fps must be positive, got {fps}")
@@ -181,9 +182,13 @@ class ImageFolderSource:
         if watch_from not in ("start", "new") or not poll_s > 0 or not settle_s >= 0:
             raise SourceError(f"source {name}: watch_from must be start or new, poll_s positive and settle_s 0 or "
                               f"more, got {watch_from!r}, {poll_s}, {settle_s}")
+        if bit_depth is not None and not 9 <= bit_depth <= 16:
+            raise SourceError(f"source {name}: bit_depth is the bits of 16-bit images' samples, 9 to 16, got {bit_depth}")
         self.name = name
         self.path = str(path)
         self.fps = fps
+        self.bit_depth = bit_depth
+        self._told_depth = False
         self.cap = FrameRateCap(max_fps) if max_fps is not None else None
         self.loop = loop
         self.live = realtime
@@ -505,14 +510,31 @@ class ImageFolderSource:
         if name.lower().endswith(".gif") and data[:4].tobytes() == b"GIF8":
             yield from self._gif_frames(name, data.tobytes())
             return
-        image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+        # 16-bit images as they are (OpenCV's 8-bit decode keeps the high byte: a 12-bit camera's
+        # images came out nearly black, found probing an inspection line), scaled below
+        image = cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH) if data.size else None
+        if image is not None and image.dtype not in (np.uint8, np.uint16):  # 32-bit: OpenCV's own 8-bit
+            image = cv2.imdecode(data, cv2.IMREAD_COLOR)
         if image is None:
             why = "is not an image OpenCV can decode" if data.size else "is empty (0 bytes)"
             logger.warning("source %s: %s %s; skipped", self.name, name, why)
             self.decode_errors += 1
             yield None
             return
+        if image.dtype == np.uint16:
+            image = self._eight_bits(image, name)
         yield cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+    def _eight_bits(self, image: np.ndarray, name: str) -> np.ndarray:
+        """A 16-bit image's samples as 8 bits: the top 8 of its ``bit_depth`` (16: the high byte,
+        as OpenCV reads it), higher values saturated."""
+        bits = self.bit_depth or 16
+        if self.bit_depth is None and not self._told_depth and int(image.max()) < 4096:
+            self._told_depth = True
+            logger.warning("source %s: %s is a 16-bit image whose samples use 12 bits or fewer (the largest %d): read "
+                           "as 16 bits it is nearly black — set the source's bit_depth to the camera's (12)", self.name,
+                           name, int(image.max()), extra={"source": self.name})
+        return np.minimum(image >> (bits - 8), 255).astype(np.uint8)
 
     def _gif_frames(self, name: str, data: bytes) -> Iterator[np.ndarray | None]:
         """Every frame of a GIF, composed as FFmpeg's decoder shows it (as ``type: file`` reads

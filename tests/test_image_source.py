@@ -521,3 +521,31 @@ def test_a_watched_source_streams_in_the_runtime_while_it_waits(tmp_path):
     runtime.stop()
     thread.join(5)
     assert not thread.is_alive() and runtime.metrics.source("site").state == "ended"
+
+
+@pytest.mark.parametrize("ext", [".png", ".tif"])
+def test_a_12_bit_camera_s_16_bit_images_come_out_at_their_levels_with_bit_depth(tmp_path, ext, caplog):
+    # found probing an inspection line: 12-bit samples in 16-bit files read as the high byte, nearly black
+    levels = np.tile(np.linspace(0, 4095, 64).astype(np.uint16), (48, 1))
+    cv2.imwrite(str(tmp_path / f"part1{ext}"), levels)
+    cv2.imwrite(str(tmp_path / f"part2{ext}"), levels)
+    as_12 = [f.image for f in ImageFolderSource("line", str(tmp_path), bit_depth=12).frames()]
+    np.testing.assert_array_equal(as_12[0][..., 0], (levels >> 4).astype(np.uint8))
+    assert as_12[0][:, -1].max() == 255
+    as_16 = [f.image for f in ImageFolderSource("line", str(tmp_path)).frames()]
+    assert as_16[0].max() == 15  # the high byte, as before: but said, once
+    said = [r.getMessage() for r in caplog.records if "12 bits or fewer" in r.getMessage()]
+    assert len(said) == 1 and "set the source's bit_depth to the camera's (12)" in said[0]
+
+
+def test_a_full_range_16_bit_image_reads_as_opencv_reads_it_and_8_bit_ones_unchanged(tmp_path):
+    rng = np.random.default_rng(3)
+    full = rng.integers(0, 65536, (40, 60, 3), dtype=np.uint16)
+    cv2.imwrite(str(tmp_path / "a.png"), full)
+    cv2.imwrite(str(tmp_path / "b.png"), full[..., 0].astype(np.uint8))  # 8-bit grey
+    frames = [f.image for f in ImageFolderSource("line", str(tmp_path)).frames()]
+    for frame, name in zip(frames, ("a.png", "b.png")):
+        expected = cv2.cvtColor(cv2.imread(str(tmp_path / name), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+        np.testing.assert_array_equal(frame, expected)
+    with pytest.raises(SourceError, match="bit_depth is the bits of 16-bit images' samples, 9 to 16, got 8"):
+        ImageFolderSource("line", str(tmp_path), bit_depth=8)
