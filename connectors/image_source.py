@@ -8,7 +8,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -207,6 +207,8 @@ class ImageFolderSource:
         self.watch, self.watch_from, self.poll_s, self.settle_s = watch, watch_from, poll_s, settle_s
         self._closed = threading.Event()
         self._keys: dict[str, Any] = {}  # the last listing's names: what of each key needs no stat (None: no time)
+        # set by the runtime: each image not read, named on the source's events stream (``image_skipped``)
+        self.on_event: Callable[[str, dict[str, Any]], None] | None = None
         where = Path(self.path).expanduser()
         if watch:
             self.on_state: StateListener | None = None  # set by the runtime: it says when it watches
@@ -353,6 +355,8 @@ class ImageFolderSource:
                 # counted, as skipped: a part's picture on an inspection line is never lost unsaid
                 # (found probing a line whose counter wrapped: every later part went unread, exit 0)
                 self.frames_out_of_order += len(late)
+                for name in late:
+                    self._skipped(name, "out_of_order", "came after images later than it were read")
                 before = (f"a name sorting before that of the last image read, {last}" if self.timestamps == "fps"
                           else f"a time at or before that of the last image read ({self._shown(self._moment(cursor))})")
                 logger.warning("source %s: %s%s came with %s; not read (counted as skipped, out of order) — a "
@@ -505,6 +509,7 @@ class ImageFolderSource:
         except OSError as error:
             logger.warning("source %s: cannot read %s (%s); skipped", self.name, name, error.strerror)
             self.decode_errors += 1
+            self._skipped(name, "decode_error", f"cannot read it: {error.strerror}")
             yield None
             return
         if name.lower().endswith(".gif") and data[:4].tobytes() == b"GIF8":
@@ -519,11 +524,18 @@ class ImageFolderSource:
             why = "is not an image OpenCV can decode" if data.size else "is empty (0 bytes)"
             logger.warning("source %s: %s %s; skipped", self.name, name, why)
             self.decode_errors += 1
+            self._skipped(name, "decode_error", why)
             yield None
             return
         if image.dtype == np.uint16:
             image = self._eight_bits(image, name)
         yield cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+    def _skipped(self, name: str, reason: str, detail: str) -> None:
+        """An image not read, named to the run's events (``image_skipped``): a reader of the
+        streams alone sees which file is missing, not only a gap in ``frame``."""
+        if self.on_event is not None:
+            self.on_event("image_skipped", {"file": name, "reason": reason, "detail": detail})
 
     def _eight_bits(self, image: np.ndarray, name: str) -> np.ndarray:
         """A 16-bit image's samples as 8 bits: the top 8 of its ``bit_depth`` (16: the high byte,
@@ -559,6 +571,7 @@ class ImageFolderSource:
             logger.warning("source %s: %d image%s of %s could not be decoded (%s); skipped", self.name, failed,
                            "s" * (failed > 1), name, why or "no picture")
             self.decode_errors += failed
+            self._skipped(name, "decode_error", f"{failed} of its images could not be decoded ({why or 'no picture'})")
 
     def close(self) -> None:
         self._closed.set()

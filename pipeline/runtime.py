@@ -615,6 +615,8 @@ class Runtime:
         for i, source in enumerate(self.sources):
             if hasattr(source, "on_state"):  # it reports its own states
                 source.on_state = self._listener(i, source.name)
+            if hasattr(source, "on_event"):  # and events of its own (an image folder's skipped files)
+                source.on_event = self._source_event(source.name)
         self._aborted = threading.Event()
         # a second signal (KeyboardInterrupt in run()): even results ready for the sinks are abandoned
         self._interrupted = False
@@ -787,6 +789,8 @@ class Runtime:
                 source.decode_size = self._decode_size
             if hasattr(source, "on_state"):
                 source.on_state = self._listener(i, name, epoch)
+            if hasattr(source, "on_event"):
+                source.on_event = self._source_event(name)
             self.set_filter(name, segment_filter)
             self._announced.pop(name, None)  # added (again): its first frame says its settings
             (self.required.add if required else self.required.discard)(name)
@@ -859,6 +863,10 @@ class Runtime:
             listener(state, reason, data, quiet)
 
         return on_state
+
+    def _source_event(self, name: str) -> Callable[[str, dict[str, Any]], None]:
+        """The ``on_event`` of source ``name``: its own events (``image_skipped``) on its events stream."""
+        return lambda kind, data: self.emit(Event(name, kind, time.time(), data))
 
     def set_filter(self, name: str, segment_filter: SegmentFilter | None) -> None:
         """Filter source ``name``'s segments with ``segment_filter`` (None: not at all) from its

@@ -337,7 +337,8 @@ class _Reader:
     """Reads a source's frames on a thread of its own, as the runtime's decode thread does."""
 
     def __init__(self, source: ImageFolderSource):
-        self.source, self.frames, self.error = source, [], None
+        self.source, self.frames, self.error, self.events = source, [], None, []
+        source.on_event = lambda kind, data: self.events.append((kind, data))  # as the runtime takes them
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 
@@ -468,6 +469,9 @@ def test_watch_says_a_late_file_and_does_not_read_it(tmp_path, caplog):
     # counted, not only said (found probing an inspection line: parts after a counter's wrap went unread, 0 counted)
     assert (reader.source.frames_out_of_order, reader.source.frames_skipped) == (1, 1)
     assert "counted as skipped, out of order" in line
+    [event] = reader.events
+    assert event[0] == "image_skipped" and event[1]["reason"] == "out_of_order"
+    assert event[1]["file"].endswith(NIGHT[0][0])
 
 
 def test_images_out_of_order_are_said_in_the_summary_and_the_ended_event():
@@ -549,3 +553,23 @@ def test_a_full_range_16_bit_image_reads_as_opencv_reads_it_and_8_bit_ones_uncha
         np.testing.assert_array_equal(frame, expected)
     with pytest.raises(SourceError, match="bit_depth is the bits of 16-bit images' samples, 9 to 16, got 8"):
         ImageFolderSource("line", str(tmp_path), bit_depth=8)
+
+
+def test_an_image_that_cannot_be_read_is_named_on_the_events_stream(tmp_path):
+    # found probing an inspection line: a failed part was a gap in `frame`, its file named only in the log
+    from segstream.pipeline.config import validate_config
+    from segstream.pipeline.runtime import Runtime
+    from tests.conftest import CollectingSink, ColourSegmenter
+
+    _square(tmp_path / "part1.png")
+    (tmp_path / "part2.png").write_bytes(b"\x89PNG not really")
+    _square(tmp_path / "part3.png")
+    cfg = validate_config({"sources": [{"name": "line", "type": "images", "path": str(tmp_path)}],
+                           "model": {"device": "cpu"}, "sinks": {"redis": {"enabled": False}}})
+    sink = CollectingSink()
+    report = Runtime.from_config(cfg, [ImageFolderSource("line", str(tmp_path))], ColourSegmenter(), [sink],
+                                 progress=False).run()
+    assert report.sources["line"].published == 2
+    [skipped] = [e for e in sink.events if e.kind == "image_skipped"]
+    assert skipped.data["file"].endswith("part2.png") and skipped.data["reason"] == "decode_error"
+    assert "not an image OpenCV can decode" in skipped.data["detail"] and skipped.source == "line"
