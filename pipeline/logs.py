@@ -188,6 +188,7 @@ def _json_everywhere(handler: logging.Handler | None) -> None:
     thread's uncaught exception, which Python prints over several lines, become records too.
     Without (None), the process's own hooks as they were before are put back."""
     warned = logging.getLogger("py.warnings")  # where logging.captureWarnings sends warnings.warn
+    _quiet_opencv(handler is not None)
     if _hooks:
         for logger, handlers, propagate in reversed(_hooks.get("adopted", [])):  # a library's own, as they were
             for forward in [h for h in logger.handlers if isinstance(h, _Forward)]:
@@ -211,6 +212,22 @@ def _json_everywhere(handler: logging.Handler | None) -> None:
 
 
 _hooks: dict = {}  # what _json_everywhere replaced, to put back
+
+
+def _quiet_opencv(quiet: bool) -> None:
+    """With JSON logs, OpenCV's own lines (``[ WARN:0@2.1] global grfmt_png.cpp:793 ...``, written
+    to stderr past Python's logging) are silenced: the sources say each failure in a record of
+    their own (found probing an inspection line's corrupt images). Put back without."""
+    import cv2
+
+    if quiet and not _opencv_level:
+        _opencv_level.append(cv2.utils.logging.getLogLevel())
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    elif not quiet and _opencv_level:
+        cv2.utils.logging.setLogLevel(_opencv_level.pop())
+
+
+_opencv_level: list[int] = []  # OpenCV's log level before JSON logs silenced it
 
 
 def adopt_library_logs(prefix: str = "torch") -> None:

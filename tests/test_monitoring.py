@@ -594,3 +594,23 @@ def test_healthz_stays_healthy_while_a_camera_is_silent_within_its_read_timeout(
             os.killpg(camera.process.pid, signal.SIGCONT)
             runtime.stop()
             thread.join(30)
+
+
+def test_json_logs_silence_opencv_s_own_lines_and_text_logs_put_them_back(capfd):
+    # found probing an inspection line: corrupt images left OpenCV's "[ WARN:0@2.1] global grfmt_png.cpp" lines,
+    # not JSON, among the JSON records (the image source says each failure in a record of its own)
+    import cv2
+    import numpy as np
+
+    from segstream.pipeline.logs import configure_logging
+
+    ok, png = cv2.imencode(".png", np.zeros((40, 40, 3), np.uint8))
+    cut = np.frombuffer(png, np.uint8)[:60]
+    before = cv2.utils.logging.getLogLevel()
+    configure_logging("json", "info", stream=io.StringIO())
+    try:
+        assert cv2.imdecode(cut, cv2.IMREAD_COLOR) is None
+        assert "grfmt_png" not in capfd.readouterr().err
+    finally:
+        configure_logging("text")
+    assert cv2.utils.logging.getLogLevel() == before
