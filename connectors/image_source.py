@@ -172,6 +172,7 @@ class ImageFolderSource:
         poll_s: float = 1.0,
         settle_s: float = 2.0,
         bit_depth: int | None = None,
+        empty_settle_s: float = EMPTY_SETTLE_S,
     ):
         if not fps > 0:
             raise SourceError(f"source {name}: fps must be positive, got {fps}")
@@ -205,6 +206,7 @@ class ImageFolderSource:
             raise SourceError(f"source {name}: {error}") from None
         self.time_base = 1 / Fraction(fps).limit_denominator(1001) if timestamps == "fps" else TIMED_BASE
         self.watch, self.watch_from, self.poll_s, self.settle_s = watch, watch_from, poll_s, settle_s
+        self.empty_settle_s = empty_settle_s  # an empty new file waits this long (the ones after it too)
         self._closed = threading.Event()
         self._keys: dict[str, Any] = {}  # the last listing's names: what of each key needs no stat (None: no time)
         # set by the runtime: each image not read, named on the source's events stream (``image_skipped``)
@@ -428,7 +430,7 @@ class ImageFolderSource:
             since = now
         else:
             since = before[2]
-        wait_s = self.settle_s if stat.st_size else max(self.settle_s, EMPTY_SETTLE_S)
+        wait_s = self.settle_s if stat.st_size else max(self.settle_s, self.empty_settle_s)
         return wait_s == 0 or now - since >= wait_s or time.time() - stat.st_mtime_ns / 1e9 >= wait_s
 
     def _ordered(self, names: list[str]) -> list[tuple[str, Any]]:

@@ -122,7 +122,7 @@ def _images_source(cfg: ImagesSourceConfig) -> VideoSource:
         max_fps=cfg.max_fps, timestamps=cfg.timestamps, timestamp_format=cfg.timestamp_format,
         timestamp_zone=cfg.timestamp_zone, watch=cfg.watch, watch_from=cfg.watch_from, poll_s=cfg.poll_s,
         settle_s=cfg.settle_s,
-        bit_depth=cfg.bit_depth,
+        bit_depth=cfg.bit_depth, empty_settle_s=cfg.empty_settle_s,
     )
 
 

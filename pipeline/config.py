@@ -633,6 +633,8 @@ class ImagesSourceConfig(_Buffered, Strict):
     """With watch: seconds between two looks at the folder."""
     settle_s: Annotated[float, Field(ge=0)] = 2.0
     """With watch: seconds a new file's size and time must stay the same before it is read (0: at once, for uploads renamed into place)."""
+    empty_settle_s: Annotated[float, Field(ge=0)] = 30.0
+    """With watch: seconds a new empty file waits for its data before it is read (and fails) at least, the images after it waiting too (an upload's data not begun; an inspection line may want less)."""
     bit_depth: Annotated[int, Field(ge=9, le=16)] | None = None
     """Bits a 16-bit image's samples use (a 12-bit camera's PNG or TIFF: 12): its top 8 of them become the model's levels (null: all 16, the high byte)."""
     max_frames: PositiveInt | None = None

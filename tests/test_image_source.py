@@ -573,3 +573,17 @@ def test_an_image_that_cannot_be_read_is_named_on_the_events_stream(tmp_path):
     [skipped] = [e for e in sink.events if e.kind == "image_skipped"]
     assert skipped.data["file"].endswith("part2.png") and skipped.data["reason"] == "decode_error"
     assert "not an image OpenCV can decode" in skipped.data["detail"] and skipped.source == "line"
+
+
+def test_an_empty_new_file_holds_the_images_after_it_for_empty_settle_s_then_fails(tmp_path):
+    # found probing an inspection line: a crashed write held every later part 30 s, not settable
+    reader = _Reader(_watching(tmp_path, settle_s=0.05, empty_settle_s=0.6))
+    first, second = (name for name, _ in NIGHT[:2])
+    (tmp_path / first).write_bytes(b"")  # its data never comes
+    _arrive(tmp_path / second)
+    time.sleep(0.3)
+    assert reader.frames == [], "the image after an empty one waits for it"
+    assert reader.until(1) == [second]
+    reader.stop()
+    assert reader.source.decode_errors == 1
+    assert [(kind, data["reason"]) for kind, data in reader.events] == [("image_skipped", "decode_error")]
