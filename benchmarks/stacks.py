@@ -13,6 +13,10 @@ import collections
 import re
 
 
+# where a thread waits (for a queue, a slot, an event), not works: with py-spy's --idle
+WAITS = ("Condition.wait", "Event.wait", "Semaphore.acquire")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("file")
@@ -20,6 +24,7 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=15)
     args = parser.parse_args()
     per_thread: collections.Counter[str] = collections.Counter()
+    waiting: collections.Counter[str] = collections.Counter()  # samples whose innermost Python frame waits
     lines: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
     with open(args.file) as stacks:
         for row in stacks:
@@ -31,6 +36,8 @@ def main() -> None:
             if word is None:
                 continue
             python = [re.sub(r"\(.*/", "(", f) for f in frames[1:] if ".py:" in f]
+            if python and python[-1].startswith(WAITS):
+                waiting[word] += int(count)
             for frame in dict.fromkeys(python[-4:]):  # the innermost four Python frames, each once
                 lines[word][frame] += int(count)
     if not args.threads:
@@ -39,7 +46,8 @@ def main() -> None:
         return
     for word in args.threads:
         total = sum(n for t, n in per_thread.items() if word in t)
-        print(f"== {word}: {total} samples")
+        busy = 100 * (total - waiting[word]) / max(total, 1)
+        print(f"== {word}: {total} samples, busy {busy:.1f}% (the rest waiting: {', '.join(WAITS)})")
         for frame, count in lines[word].most_common(args.top):
             print(f"{count:7d}  {100 * count / max(total, 1):5.1f}%  {frame[:140]}")
 
