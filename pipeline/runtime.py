@@ -1037,7 +1037,8 @@ class Runtime:
         before = self._timeline.get(name) if again else None
         own = _OwnCounts(self.metrics, name, source, counts.copy() if again else None)
         shift: _Shift | None = None
-        lag = _LiveLag(name, self.buffers[i], getattr(source, "catches_up", False)) if source.live else None
+        lag = (_LiveLag(name, self.buffers[i], getattr(source, "catches_up", False), self.overload.less_work)
+               if source.live else None)
         taken = 0
         try:
             self.metrics.beat(beat)
@@ -1893,8 +1894,10 @@ class _LiveLag:
     named in a warning, once, and again only after it caught up (under half of it); not so a
     source that ``catches_up`` itself (``max_behind_s``), which says so."""
 
-    def __init__(self, name: str, policy: BufferPolicy, catches_up: bool = False) -> None:
+    def __init__(self, name: str, policy: BufferPolicy, catches_up: bool = False,
+                 less_work: str = "a smaller model, a GPU") -> None:
         self.name, self.policy, self.catches_up = name, policy, catches_up
+        self.less_work = less_work  # the engine's ways to do less per frame, as the overload line says them
         self.epoch: int | None = None
         self.earliest = 0.0  # the offset of a frame that came as soon as it could
         self.earliest_at = 0.0  # as of this capture_wall
@@ -1926,7 +1929,7 @@ class _LiveLag:
     def _why(self) -> str:
         if self.policy.kind == "every_frame":
             return ("with buffer every_frame it waits for the model, and the stream waits meanwhile — use buffer "
-                    "newest to stay live, or give the engine less to do per frame (max_fps, a smaller model, a GPU)")
+                    f"newest to stay live, or give the engine less to do per frame (max_fps, {self.less_work})")
         return ("its frames are decoded slower than they come, and the stream waits in the input's buffer (frames "
                 "lost there, once it is full) — max_fps does not make decoding cheaper: have the camera or encoder "
                 "send a smaller stream (resolution, frame rate), give the source more CPU (fewer sources or a "

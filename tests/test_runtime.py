@@ -895,7 +895,12 @@ def test_a_live_source_behind_live_is_warned_once_and_again_only_after_it_caught
         # a source that waits for a slow model (every_frame) falls behind in steps of its wait
         waiting = _LiveLag("cam", BufferPolicy("every_frame"))
         assert [round(waiting.behind(frame(t, t * 3.5, epoch=3)), 1) for t in range(3)] == [0, 2.5, 5.0]
-        assert len(warnings()) == 3
+        assert len(warnings()) == 3 and warnings()[-1].endswith("(max_fps, a smaller model, a GPU)")
+        # its advice is the engine's, as the overload line's (found in review: a GPU's said "a GPU")
+        on_gpu = _LiveLag("cam", BufferPolicy("every_frame"), less_work="engine.resize_in_decoder: true, a smaller model")
+        for t in range(3):
+            on_gpu.behind(frame(t, t * 3.5, epoch=4))
+        assert warnings()[-1].endswith("(max_fps, engine.resize_in_decoder: true, a smaller model)")
 
 
 def test_the_summary_rate_is_over_the_streaming_time_not_the_warm_up():
