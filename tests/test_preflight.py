@@ -503,7 +503,18 @@ def cluster_node(directory: Path) -> RedisProcess:
     """A Redis Cluster of one node serving every slot (cluster_state ok)."""
     import time
 
-    node = RedisProcess(directory, ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"])
+    # its cluster bus listens 10000 above its port: both free, the bus at most 65535 (the system's pick,
+    # up to 60999, made the node exit after it opened its port: a CI run's "Connection refused")
+    from tests.redis_servers import free_port as port_in
+
+    for _ in range(50):
+        port = port_in(20000, 55535)
+        try:
+            port_in(port + 10000, port + 10000)
+            break
+        except RuntimeError:  # its bus port taken: another
+            continue
+    node = RedisProcess(directory, ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"], port=port)
     try:
         admin = node.client()
         admin.execute_command("CLUSTER", "ADDSLOTS", *range(16384))
