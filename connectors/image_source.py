@@ -189,7 +189,7 @@ class ImageFolderSource:
         self.path = str(path)
         self.fps = fps
         self.bit_depth = bit_depth
-        self._told_depth = False
+        self._depth_checked = False  # the first 16-bit image's samples looked at, once a source
         self.cap = FrameRateCap(max_fps) if max_fps is not None else None
         self.loop = loop
         self.live = realtime
@@ -543,11 +543,12 @@ class ImageFolderSource:
         """A 16-bit image's samples as 8 bits: the top 8 of its ``bit_depth`` (16: the high byte,
         as OpenCV reads it), higher values saturated."""
         bits = self.bit_depth or 16
-        if self.bit_depth is None and not self._told_depth and int(image.max()) < 4096:
-            self._told_depth = True
-            logger.warning("source %s: %s is a 16-bit image whose samples use 12 bits or fewer (the largest %d): read "
-                           "as 16 bits it is nearly black — set the source's bit_depth to the camera's (12)", self.name,
-                           name, int(image.max()), extra={"source": self.name})
+        if self.bit_depth is None and not self._depth_checked:  # once: a max of every frame costs each one
+            self._depth_checked = True
+            if int(image.max()) < 4096:
+                logger.warning("source %s: %s is a 16-bit image whose samples use 12 bits or fewer (the largest %d): "
+                               "read as 16 bits it is nearly black — set the source's bit_depth to the camera's (12)",
+                               self.name, name, int(image.max()), extra={"source": self.name})
         return np.minimum(image >> (bits - 8), 255).astype(np.uint8)
 
     def _gif_frames(self, name: str, data: bytes) -> Iterator[np.ndarray | None]:

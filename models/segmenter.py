@@ -121,7 +121,7 @@ def cpu_flags(path: str = "/proc/cpuinfo") -> set[str] | None:
                 if line.startswith("flags"):
                     return set(line.partition(":")[2].split())
     except OSError:
-        pass
+        return None
     return None
 
 

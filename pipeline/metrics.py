@@ -138,7 +138,8 @@ class SourceCounts:
     frame after all): it is what a Prometheus counter and the status line may show. ``skipped``
     counts the frames the source left out on purpose: over its ``max_fps``, (``caught_up``)
     undecoded to catch up with live (``max_behind_s``), and (``unchanged``) a snapshot camera's
-    picture unchanged since its last frame; never decoded as far as these counts go."""
+    picture unchanged since its last frame, and (``out_of_order``) a watched folder's images that
+    came after later ones were read (never read: a loss); never decoded as far as these counts go."""
 
     decoded: int = 0
     published: int = 0
