@@ -1,5 +1,6 @@
 """What the per-frame work after the model costs alone, at a frame size: the decision (the post
-thread; with the CPU's chunks of 8 queries and with a GPU's, its torch operations counted),
+thread; a batch of 4 frames with the CPU's budget of masks at once and with a GPU's, its torch
+operations counted),
 tracking (the stage thread) and the Redis entry's encoding (the publish thread), in ms of one
 core a frame.
 
@@ -50,7 +51,11 @@ def main() -> None:
         result.source, result.index, result.pts_seconds = "bench", i, i / 30
     decision = {}
     cpu_chunks = processing.chunk_size
-    for name, chunks in (("CPU", cpu_chunks), ("GPU", lambda device, size: cpu_chunks(torch.device("cuda"), size))):
+    budgets = (("CPU", cpu_chunks),) + tuple(
+        (f"{gib} GiB GPU", lambda device, size, gib=gib: max(
+            processing.QUERY_CHUNK, max(processing.CHUNK_PIXELS, gib * 2**30 // 1024) // (size[0] * size[1])))
+        for gib in (16, 141))
+    for name, chunks in budgets:
         processing.chunk_size = chunks
         try:
             decision[name] = _decision(segmenter, images[:4], args.repeat)
@@ -72,7 +77,7 @@ def main() -> None:
           f"{len(frames)} frames, {segments:.1f} segments a frame (median of {args.repeat} passes)")
     for name, (seconds, operations) in decision.items():
         print(f"  decision     {1000 * seconds:6.2f} ms a frame, {operations:.0f} torch operations a frame "
-              f"(chunks as on a {name})")
+              f"(masks at once as on a {name})")
     print(f"  tracking     {1000 * statistics.median(tracking):6.2f} ms a frame")
     print(f"  Redis entry  {1000 * statistics.median(wire):6.2f} ms a frame (COCO RLE masks)")
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 import functools
 import math
 import platform
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -41,12 +41,14 @@ from segstream.models.results import ScaledLabelMap, segment_moments
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 POSTPROCESS_MODES = ("fast", "exact")
-# Queries whose masks are resized and compared together: 8 bounds exact mode's memory at large
-# frames (8 maps of a 4K frame are 265 MB, and a chunk holds a few such tensors). On a GPU, more
-# where they fit CHUNK_PIXELS (never fewer than 8): each chunk is about ten kernel launches from
-# Python (docs/BENCHMARKS.md, "GPU"). The CPU keeps 8: larger chunks were slower there
-# (benchmarks/frame_stages.py).
+# Query masks resized and compared together (a batch's frames decided at one size share them):
+# as many as fit a budget of pixels, never fewer than 8 a pass (8 maps of a 4K frame are 265 MB,
+# and a pass holds a few such tensors). The CPU's budget is 8 maps of 640x360, which stay in its
+# caches (a pass of 13 such maps was 2.2x slower: benchmarks/frame_stages.py); a GPU's is 8 maps
+# of 1080p or a 1024th of its memory if more, since each pass is about ten kernel launches from
+# Python (docs/BENCHMARKS.md, "GPU").
 QUERY_CHUNK = 8
+CPU_CHUNK_PIXELS = QUERY_CHUNK * 640 * 360
 CHUNK_PIXELS = QUERY_CHUNK * 1920 * 1080
 
 
@@ -195,9 +197,11 @@ def semantic_windows(images: list[Tensor], size: int) -> tuple[Tensor, list[Wind
 
 def _mask_resizer(
     mask_logits: Tensor, size: int, scaled: tuple[int, int], out: tuple[int, int]
-) -> Callable[[Tensor], Tensor]:
+) -> Callable[..., Tensor]:
     """A function from query indices to their K x out_h x out_w mask logits: resized to the input
-    size, the letterbox padding cropped, resized to ``out`` (skipped when ``out`` is ``scaled``)."""
+    size, the letterbox padding cropped, resized to ``out`` (skipped when ``out`` is ``scaled``).
+    With B x Q x m x m logits (a batch's), it takes (frame rows, query indices), G x 1 and G x K,
+    and gives G x K x out_h x out_w."""
 
     m = mask_logits.shape[-1]
     # Only the rows and columns under the letterboxed frame are resized (a 16:9 frame leaves 44%
@@ -206,8 +210,10 @@ def _mask_resizer(
     rows = min(m, math.ceil(scaled[0] * m / size) + 1) if size % m == 0 else m
     cols = min(m, math.ceil(scaled[1] * m / size) + 1) if size % m == 0 else m
 
-    def logits(queries: Tensor) -> Tensor:
-        x = mask_logits[queries][None, :, :rows, :cols].float()
+    def logits(*index: Tensor) -> Tensor:
+        x = mask_logits[index][..., :rows, :cols].float()
+        if x.dim() == 3:
+            x = x[None]
         if (rows, cols) == (m, m):
             x = F.interpolate(x, (size, size), mode="bilinear", align_corners=False)
         else:
@@ -216,16 +222,22 @@ def _mask_resizer(
         x = x[:, :, : scaled[0], : scaled[1]]
         if tuple(out) != tuple(scaled):
             x = F.interpolate(x, out, mode="bilinear", align_corners=False)
-        return x[0]
+        return x[0] if len(index) == 1 else x
 
     return logits
 
 
 def chunk_size(device: torch.device, size: tuple[int, int]) -> int:
-    """How many queries' masks of ``size`` are decided at once on ``device``."""
-    if device.type == "cpu":
-        return QUERY_CHUNK
-    return max(QUERY_CHUNK, CHUNK_PIXELS // max(1, size[0] * size[1]))
+    """How many query masks of ``size`` are decided at once on ``device`` (of one frame or of
+    several decided together)."""
+    return max(QUERY_CHUNK, _pixel_budget(device) // max(1, size[0] * size[1]))
+
+
+@functools.cache
+def _pixel_budget(device: torch.device) -> int:
+    if device.type != "cuda":
+        return CPU_CHUNK_PIXELS
+    return max(CHUNK_PIXELS, torch.cuda.get_device_properties(device).total_memory // 1024)
 
 
 def _chunks(count: int, device: torch.device, size: tuple[int, int]) -> Iterator[Tensor]:
@@ -301,7 +313,23 @@ def panoptic(
     thresholds: Thresholds = Thresholds(),
     mode: str = "exact",
 ) -> Decision:
-    """One frame's panoptic segmentation from its Q x m x m mask and Q x (C+1) class logits.
+    """One frame's panoptic segmentation from its Q x m x m mask and Q x (C+1) class logits
+    (``panoptic_frames`` for one frame)."""
+    return panoptic_frames(mask_logits[None], class_logits[None], size, [scaled], [frame], isthing, thresholds,
+                           mode)[0]
+
+
+def panoptic_frames(
+    mask_logits: Tensor,
+    class_logits: Tensor,
+    size: int,
+    scaled: Sequence[tuple[int, int]],
+    frames: Sequence[tuple[int, int]],
+    isthing: Tensor,
+    thresholds: Thresholds = Thresholds(),
+    mode: str = "exact",
+) -> list[Decision]:
+    """A batch's panoptic segmentations from its B x Q x m x m mask and B x Q x (C+1) class logits.
 
     Queries whose best class is an object with probability above ``thresholds.score`` compete
     per pixel by score x mask probability (the first query wins ties); a query keeps the pixels it
@@ -309,46 +337,97 @@ def panoptic(
     that mask (the official rule: won area / own area, kept when >= the threshold) or nothing at
     all. Stuff queries of one class merge into the segment of the first of them. ``isthing`` is a
     bool tensor over the C classes.
+
+    Frames decided at the same size are decided together, as many at a time as ``chunk_size``
+    allows, each frame's kept queries first and the rest of the rows padding that never wins: a
+    batch costs about as many operations as one frame (on a GPU, kernel launches from Python).
     """
-    out = decision_size(mode, scaled, frame)
+    out = [decision_size(mode, s, f) for s, f in zip(scaled, frames)]
     device = mask_logits.device
     probs = class_logits.float().softmax(-1)
     scores, classes = probs.max(-1)
-    keep = torch.nonzero((classes != probs.shape[-1] - 1) & (scores > thresholds.score)).squeeze(1)
-    k = int(keep.numel())
-    if k == 0:
-        return _empty(out, frame, device)
-    kept_scores, kept_classes = scores[keep], classes[keep]
-    masks = _mask_resizer(mask_logits, size, scaled, out)
+    keep = (classes != probs.shape[-1] - 1) & (scores > thresholds.score)
+    counts = keep.sum(1).tolist()
+    decisions: list[Decision | None] = [None] * len(frames)
+    groups: dict[tuple, list[int]] = {}
+    for i, count in enumerate(counts):
+        if count == 0:
+            decisions[i] = _empty(out[i], frames[i], device)
+        else:
+            groups.setdefault((tuple(scaled[i]), tuple(out[i])), []).append(i)
+    for (group_scaled, group_out), members in groups.items():
+        maps = chunk_size(device, group_out)
+        for batch in _frame_passes(members, counts, maps):
+            step = max(1, maps // len(batch))
+            decided = _panoptic_pass(mask_logits, scores, classes, keep, batch, [counts[i] for i in batch], step,
+                                     size, group_scaled, group_out, isthing, thresholds)
+            for i, decision in zip(batch, decided):
+                decisions[i] = Decision(*decision, frames[i])
+    return decisions
 
-    best = torch.full(out, -1.0, device=device)  # score x probability >= 0 always beats it
-    winner = torch.zeros(out, dtype=torch.long, device=device)
-    inside = torch.zeros(out, dtype=torch.bool, device=device)
-    own_area = torch.zeros(k, dtype=torch.long, device=device)
-    for chunk in _chunks(k, device, out):
-        prob = masks(keep[chunk]).sigmoid_()
+
+def _frame_passes(members: list[int], counts: list[int], maps: int) -> Iterator[list[int]]:
+    """``members`` in runs of frames whose kept queries' masks together fit ``maps`` masks (one
+    frame alone when its own do not)."""
+    batch: list[int] = []
+    for i in members:
+        if batch and (len(batch) + 1) * max(counts[j] for j in (*batch, i)) > maps:
+            yield batch
+            batch = []
+        batch.append(i)
+    yield batch
+
+
+def _panoptic_pass(mask_logits, scores, classes, keep, batch, counts, step, size, scaled, out, isthing, thresholds):
+    """``panoptic_frames`` for the frames ``batch`` (one decision size): per frame its label map,
+    class ids, scores and queries."""
+    device = mask_logits.device
+    g, k = len(batch), max(counts)
+    rows = torch.tensor(batch, device=device)
+    # each frame's kept queries first, in query order (a stable sort of "not kept"), then padding
+    order = torch.sort((~keep[rows]).to(torch.uint8), dim=1, stable=True).indices[:, :k]
+    pad = torch.arange(k, device=device)[None, :] >= torch.tensor(counts, device=device)[:, None]
+    # padding scores -1: its score x probability is at most 0, which never beats a kept query's
+    kept_scores = torch.where(pad, -1.0, scores[rows].gather(1, order))
+    kept_classes = torch.where(pad, 0, classes[rows].gather(1, order))  # padding may hold the no-object class
+    masks = _mask_resizer(mask_logits, size, scaled, out)
+    frame_rows = rows[:, None]
+
+    best = torch.full((g, *out), -1.0, device=device)  # score x probability >= 0 always beats it
+    winner = torch.zeros((g, *out), dtype=torch.long, device=device)
+    inside = torch.zeros((g, *out), dtype=torch.bool, device=device)
+    own_area = torch.zeros((g, k), dtype=torch.long, device=device)
+    for first in range(0, k, step):
+        chunk = slice(first, first + step)
+        prob = masks(frame_rows, order[:, chunk]).sigmoid_()
         own = prob >= thresholds.mask
-        own_area[chunk] = torch.count_nonzero(own, dim=(1, 2))
-        value, which = (kept_scores[chunk, None, None] * prob).max(0)
+        own_area[:, chunk] = torch.count_nonzero(own, dim=(2, 3))
+        value, which = (kept_scores[:, chunk, None, None] * prob).max(1)
         better = value > best
         best = torch.where(better, value, best)
-        winner = torch.where(better, which + chunk[0], winner)
-        inside = torch.where(better, own.gather(0, which[None])[0], inside)
-    won_area = torch.bincount(winner.flatten(), minlength=k)
-    final_area = torch.bincount(torch.where(inside, winner, k).flatten(), minlength=k + 1)[:k]
-    valid = (own_area > 0) & (won_area > 0) & (final_area > 0) & (won_area >= thresholds.overlap * own_area)
+        winner = torch.where(better, which + first, winner)
+        inside = torch.where(better, own.gather(1, which[:, None])[:, 0], inside)
+    per_frame = torch.arange(g, device=device)[:, None, None]
+    won_area = torch.bincount((winner + per_frame * k).flatten(), minlength=g * k).view(g, k)
+    final_area = torch.bincount((torch.where(inside, winner, k) + per_frame * (k + 1)).flatten(),
+                                minlength=g * (k + 1)).view(g, k + 1)[:, :k]
+    valid = ~pad & (own_area > 0) & (won_area > 0) & (final_area > 0) & (won_area >= thresholds.overlap * own_area)
 
     # Stuff of one class merges into its first valid query: the leader of each query.
     stuff = ~isthing[kept_classes]
-    index = torch.arange(k, device=device)
-    same_stuff = (kept_classes[:, None] == kept_classes[None, :]) & stuff[:, None] & stuff[None, :] & valid[None, :]
-    leader = torch.where(same_stuff.any(1), same_stuff.int().argmax(1), index)
+    index = torch.arange(k, device=device)[None, :]
+    same_stuff = ((kept_classes[:, :, None] == kept_classes[:, None, :]) & stuff[:, :, None] & stuff[:, None, :]
+                  & valid[:, None, :])
+    leader = torch.where(same_stuff.any(2), same_stuff.int().argmax(2), index)
     is_leader = valid & (leader == index)
-    segment_of = torch.cumsum(is_leader.long(), 0) - 1
-    table = torch.where(valid, segment_of[leader], -1)
-    label_map = torch.where(inside, table[winner], -1).int()
-    rows = torch.nonzero(is_leader).squeeze(1)
-    return Decision(label_map, kept_classes[rows], kept_scores[rows], keep[rows], frame)
+    segment_of = torch.cumsum(is_leader.long(), 1) - 1
+    table = torch.where(valid, segment_of.gather(1, leader), -1)
+    label_maps = torch.where(inside, table.gather(1, winner.flatten(1)).view(winner.shape), -1).int()
+    chosen = is_leader.nonzero(as_tuple=True)
+    segments = is_leader.sum(1).tolist()
+    columns = (kept_classes[chosen].split(segments), kept_scores[chosen].split(segments),
+               order[chosen].split(segments))
+    return [(label_maps[j], *(column[j] for column in columns)) for j in range(g)]
 
 
 def instance(

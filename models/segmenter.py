@@ -30,7 +30,7 @@ from segstream.models.processing import (
     frame_label_map,
     instance,
     letterbox,
-    panoptic,
+    panoptic_frames,
     semantic,
     semantic_windows,
 )
@@ -279,11 +279,8 @@ class EoMTSegmenter:
                 first = last
             return decisions
         if self.task == "panoptic":
-            return [
-                panoptic(outputs.mask_logits[i], outputs.class_logits[i], self.size, prepared.layouts[i],
-                         prepared.frames[i], self._isthing, self.thresholds, self.postprocess)
-                for i in range(len(prepared.frames))
-            ]
+            return panoptic_frames(outputs.mask_logits, outputs.class_logits, self.size, prepared.layouts,
+                                   prepared.frames, self._isthing, self.thresholds, self.postprocess)
         return [
             instance(outputs.mask_logits[i], outputs.class_logits[i], self.size, prepared.layouts[i],
                      prepared.frames[i], self.thresholds, self.postprocess)
@@ -376,26 +373,30 @@ def results(adapter: FamilyAdapter, outputs: Any, prepared: Prepared, decisions:
     """The decisions as host ``FrameResult``s: label maps for the frame (a ``ScaledLabelMap``
     where decided at the model's size) with segment columns.
 
-    Only the compact parts leave the device: the label map, the segment columns (one copy) and
-    the segments' embeddings.
+    Only the compact parts leave the device: the label maps, the segment columns and the
+    segments' embeddings, each in one copy for the batch.
     """
     names = np.array(adapter.labels.names, dtype=object)
     isthing = np.array(adapter.labels.isthing, dtype=bool)
     host_levels = getattr(adapter, "host_levels", None)  # families with a segment hierarchy
     if len(decisions) != len(prepared.frames):
         raise _adapter_error(adapter, f"decide() returned {len(decisions)} decisions for {len(prepared.frames)} frames")
-    out = []
-    for i, decision in enumerate(decisions):
-        # The segment columns travel together: one copy from the device for all of them.
+    for decision in decisions:
         if not len(decision.class_ids) == len(decision.queries) == len(decision.scores):
             raise _adapter_error(adapter, f"decide() returned {len(decision.class_ids)} class ids, "
                                           f"{len(decision.scores)} scores and {len(decision.queries)} queries")
-        columns = torch.stack(
-            (decision.class_ids.double(), decision.queries.double(), decision.scores.double()), dim=1
-        ).cpu().numpy()
-        embeddings = adapter.embeddings(outputs, prepared, i, decision).float().cpu().numpy()
-        class_ids = columns[:, 0].astype(np.int32)
-        small = decision.label_map.cpu().numpy()
+    # The segment columns of the whole batch travel together, as do its label maps and its
+    # embeddings: three copies from a device a batch, not three a frame.
+    counts = [len(decision.class_ids) for decision in decisions]
+    columns = np.split(torch.stack([torch.cat([getattr(d, name).double() for d in decisions]) if decisions else
+                                    torch.zeros(0) for name in ("class_ids", "queries", "scores")], dim=1).cpu().numpy(),
+                       np.cumsum(counts)[:-1])
+    maps = host_arrays([decision.label_map for decision in decisions])
+    vectors = host_arrays([adapter.embeddings(outputs, prepared, i, d).float() for i, d in enumerate(decisions)])
+    out = []
+    for i, decision in enumerate(decisions):
+        class_ids = columns[i][:, 0].astype(np.int32)
+        small, embeddings = maps[i], vectors[i]
         check_decision(adapter, decision, small, class_ids, embeddings, tuple(prepared.frames[i]))
         label_map, areas, boxes, centroids = frame_label_map(small, len(class_ids), decision.frame)
         segments = Segments(
@@ -403,10 +404,10 @@ def results(adapter: FamilyAdapter, outputs: Any, prepared: Prepared, decisions:
             class_ids=class_ids,
             labels=names[class_ids],
             isthing=isthing[class_ids],
-            scores=columns[:, 2].astype(np.float32).round(6),
+            scores=columns[i][:, 2].astype(np.float32).round(6),
             areas=areas,
             boxes=boxes,
-            queries=columns[:, 1].astype(np.int32),
+            queries=columns[i][:, 1].astype(np.int32),
             embeddings=embeddings,
             track_ids=np.full(len(class_ids), NO_TRACK, np.int64),
             track_ages=np.zeros(len(class_ids), np.int32),
@@ -421,3 +422,20 @@ def results(adapter: FamilyAdapter, outputs: Any, prepared: Prepared, decisions:
                                segments=segments, model=adapter.name,
                                levels=host_levels(decision) if host_levels else []))
     return out
+
+
+def host_arrays(tensors: list[Tensor]) -> list[np.ndarray]:
+    """Each tensor as a host array; a device's tensors of one dtype and one shape but the first
+    are copied in one (one synchronisation for a batch rather than one a tensor)."""
+    arrays: list[np.ndarray | None] = [None] * len(tensors)
+    together: dict[tuple, list[int]] = {}
+    for i, tensor in enumerate(tensors):
+        if tensor.device.type == "cpu" or tensor.dim() == 0:
+            arrays[i] = tensor.cpu().numpy()
+        else:
+            together.setdefault((tensor.device, tensor.dtype, tuple(tensor.shape[1:])), []).append(i)
+    for members in together.values():
+        joined = torch.cat([tensors[i] for i in members]).cpu().numpy()
+        for i, part in zip(members, np.split(joined, np.cumsum([len(tensors[i]) for i in members])[:-1])):
+            arrays[i] = part
+    return arrays

@@ -5,12 +5,14 @@ work on."""
 from __future__ import annotations
 
 import logging
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
 from segstream.connectors.synthetic import synthetic_clip
+from segstream.models.segmenter import upload
 from segstream.pipeline.config import ModelConfig
 from segstream.pipeline.model_factory import build_segmenter
 
@@ -127,30 +129,46 @@ def test_the_python_api_says_what_is_wrong_with_its_input():
 
 
 @pytest.mark.parametrize("postprocess", ["fast", "exact"])
-def test_decisions_do_not_depend_on_how_many_queries_are_decided_at_once(monkeypatch, postprocess):
-    # a GPU decides as many queries at once as fit its chunk budget, the CPU 8 at a time
+def test_decisions_do_not_depend_on_how_many_queries_or_frames_are_decided_at_once(monkeypatch, postprocess):
+    # a GPU decides as many masks at once as fit its budget, a batch's frames of one size
+    # together; the CPU fewer: each frame's decision is the one it gets alone, whatever the passes
     from segstream.models import processing
 
-    frames = [frame for frame, _ in synthetic_clip(200, 120, 1, seed=4)]
+    frames = [frame for frame, _ in synthetic_clip(200, 120, 3, seed=4)]
+    frames += [frame for frame, _ in synthetic_clip(120, 160, 2, seed=6)]  # another size: decided apart
     segmenter = build_segmenter(S640.model_copy(update={"postprocess": postprocess}))
-    kept, counts, chunks = [], [], processing._chunks
-    monkeypatch.setattr(processing, "_chunks", lambda count, *args: counts.append(count) or chunks(count, *args))
-    for size in (8, 3, 1000):
-        monkeypatch.setattr(processing, "chunk_size", lambda device, shape, size=size: size)
-        kept.append(segmenter.segment(frames))
-    assert max(counts) > 8  # more queries decided than one chunk of 8 holds
-    for results in kept[1:]:
-        for a, b in zip(kept[0], results):
-            # a fast decision's map is kept at the model's size (a ScaledLabelMap): that map itself
-            np.testing.assert_array_equal(getattr(a.segment_map, "decided", a.segment_map),
-                                          getattr(b.segment_map, "decided", b.segment_map))
-            np.testing.assert_array_equal(a.segments.queries, b.segments.queries)
+    with torch.inference_mode():
+        prepared = segmenter.prepare([upload(frame, segmenter.device) for frame in frames])
+        outputs = segmenter.forward(prepared)
+        alone = [processing.panoptic(outputs.mask_logits[i], outputs.class_logits[i], segmenter.size,
+                                     prepared.layouts[i], prepared.frames[i], segmenter._isthing,
+                                     segmenter.thresholds, postprocess) for i in range(len(frames))]
+        passes, decide = [], processing._panoptic_pass
+        # (frames, most kept queries of one of them, queries a step) of each pass
+        monkeypatch.setattr(processing, "_panoptic_pass",
+                            lambda *args: passes.append((len(args[4]), max(args[5]), args[6])) or decide(*args))
+        for size in (8, 3, 1000):
+            monkeypatch.setattr(processing, "chunk_size", lambda device, shape, size=size: size)
+            for a, b in zip(alone, segmenter.decide(outputs, prepared), strict=True):
+                for name in ("label_map", "class_ids", "scores", "queries"):
+                    assert torch.equal(getattr(a, name), getattr(b, name)), name
+                assert a.frame == b.frame
+    assert any(kept > step for _, kept, step in passes)  # a frame's queries in several steps
+    assert max(count for count, _, _ in passes) == 3  # the three frames of one size in one pass
+    assert sum(count for count, _, _ in passes) == 3 * len(frames)
 
 
-def test_a_gpu_decides_all_of_a_fast_frames_queries_at_once_and_the_cpu_eight():
+def test_a_gpu_decides_all_of_a_batchs_fast_frames_at_once_and_the_cpu_a_few_masks(monkeypatch):
+    from segstream.models import processing
     from segstream.models.processing import chunk_size
 
     gpu, cpu = torch.device("cuda"), torch.device("cpu")
-    assert chunk_size(gpu, (360, 640)) == 72  # fast mode's 16:9 decision at 640: one chunk
-    assert chunk_size(gpu, (1080, 1920)) == chunk_size(gpu, (2160, 3840)) == 8  # exact mode's frames
-    assert chunk_size(cpu, (360, 640)) == 8
+    # (GPU memory, masks of 640x360 at once, of 1080p, of 4K): a 1024th of the memory, at least 8 of 1080p
+    for memory, *masks in ((141 * 2**30, 641, 71, 17), (16 * 2**30, 72, 8, 8), (4 * 2**30, 72, 8, 8)):
+        monkeypatch.setattr(torch.cuda, "get_device_properties",
+                            lambda device, memory=memory: SimpleNamespace(total_memory=memory))
+        processing._pixel_budget.cache_clear()
+        assert [chunk_size(gpu, size) for size in ((360, 640), (1080, 1920), (2160, 3840))] == masks
+    processing._pixel_budget.cache_clear()
+    assert chunk_size(cpu, (360, 640)) == chunk_size(cpu, (1080, 1920)) == 8
+    assert chunk_size(cpu, (192, 256)) == 37  # the shipped model's maps: a batch of four frames' together
