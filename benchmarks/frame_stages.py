@@ -6,6 +6,7 @@ core a frame.
 
     python benchmarks/frame_stages.py                        # 1080p, S/640 random weights, 24 frames
     python benchmarks/frame_stages.py --size 3840x2160 --frames 12
+    python benchmarks/frame_stages.py --pass-memory    # one decision pass at an H200's budget: its peak memory
 
 On a GPU these run in Python threads beside the post-processing thread, all under one GIL: their
 sum is what a frame holds the interpreter for besides the decision and the network's launches
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import copy
 import platform
+import resource
 import statistics
 import time
 
@@ -40,7 +42,13 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=24)
     parser.add_argument("--preset", default="coco_panoptic_eomt_small_640_2x")
     parser.add_argument("--repeat", type=int, default=3, help="timed passes over the frames (the median is given)")
+    parser.add_argument("--pass-memory", action="store_true",
+                        help="only the peak memory of one decision pass over 8 fast-mode 1080p frames of 80 kept "
+                             "queries each, at a 141 GiB GPU's budget (run on the CPU)")
     args = parser.parse_args()
+    if args.pass_memory:
+        _pass_memory()
+        return
     width, height = (int(v) for v in args.size.lower().split("x"))
     segmenter = build_segmenter(ModelConfig(preset=args.preset, checkpoint="random", device="cpu", precision="fp32"))
     images = [image for image, _ in synthetic_clip(width, height, args.frames, seed=3, fps=30)]
@@ -97,6 +105,26 @@ def _decision(segmenter, images: list, repeat: int) -> tuple[float, float]:
             segmenter.decide(outputs, prepared)
     operations = sum(event.count for event in profiled.key_averages() if event.key.startswith("aten::"))
     return statistics.median(times), operations / len(images)
+
+
+def _pass_memory() -> None:
+    """The growth of this process's peak RSS over one ``panoptic_frames`` pass: 8 frames, 200
+    queries of which 80 kept, EoMT-L/640's 160x160 mask logits, decided at 640x360 (a 16:9
+    frame in fast mode), every mask in one pass as on an H200."""
+    frames, queries, classes = 8, 200, 133
+    generator = torch.Generator().manual_seed(0)
+    masks = torch.randn(frames, queries, 160, 160, generator=generator)
+    logits = torch.full((frames, queries, classes + 1), -10.0)
+    logits[:, :80, 0] = 10.0  # kept: an object class, probability ~1
+    logits[:, 80:, classes] = 10.0  # the rest: no object
+    processing.chunk_size = lambda device, size: max(8, 141 * 2**30 // 1024 // (size[0] * size[1]))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with torch.inference_mode():
+        processing.panoptic_frames(masks, logits, 640, [(360, 640)] * frames, [(1080, 1920)] * frames,
+                                   torch.ones(classes, dtype=torch.bool), mode="fast")
+    grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    print(f"one pass over {frames} frames x 80 kept queries at 640x360 (641 masks at once): peak memory "
+          f"+{grown / 1024:.0f} MiB")
 
 
 if __name__ == "__main__":
