@@ -46,7 +46,10 @@ POSTPROCESS_MODES = ("fast", "exact")
 # and a pass holds a few such tensors). The CPU's budget is 8 maps of 640x360, which stay in its
 # caches (a pass of 13 such maps was 2.2x slower: benchmarks/frame_stages.py); a GPU's is 8 maps
 # of 1080p or a 1024th of its memory if more, since each pass is about ten kernel launches from
-# Python (docs/BENCHMARKS.md, "GPU").
+# Python (docs/BENCHMARKS.md, "GPU"). Frames with fewer kept queries than another in their pass
+# are padded to its count: at most 1.25x the masks a pass holds on the CPU, where each padded mask
+# costs what a kept one does, and 4x on a GPU, where launches cost more than masks.
+PADDING_ALLOWED = {"cpu": 1.25}
 QUERY_CHUNK = 8
 CPU_CHUNK_PIXELS = QUERY_CHUNK * 640 * 360
 CHUNK_PIXELS = QUERY_CHUNK * 1920 * 1080
@@ -357,7 +360,9 @@ def panoptic_frames(
             groups.setdefault((tuple(scaled[i]), tuple(out[i])), []).append(i)
     for (group_scaled, group_out), members in groups.items():
         maps = chunk_size(device, group_out)
-        for batch in _frame_passes(members, counts, maps):
+        # the busiest frames first: a pass holds frames of like counts, so little padding
+        members.sort(key=lambda i: -counts[i])
+        for batch in _frame_passes(members, counts, maps, PADDING_ALLOWED.get(device.type, 4.0)):
             step = max(1, maps // len(batch))
             decided = _panoptic_pass(mask_logits, scores, classes, keep, batch, [counts[i] for i in batch], step,
                                      size, group_scaled, group_out, isthing, thresholds)
@@ -366,12 +371,14 @@ def panoptic_frames(
     return decisions
 
 
-def _frame_passes(members: list[int], counts: list[int], maps: int) -> Iterator[list[int]]:
-    """``members`` in runs of frames whose kept queries' masks together fit ``maps`` masks (one
-    frame alone when its own do not)."""
+def _frame_passes(members: list[int], counts: list[int], maps: int, allowed: float) -> Iterator[list[int]]:
+    """``members`` (by kept count, most first) in runs of frames decided in one pass: their padded
+    masks (frames x the first one's count) fit ``maps`` and are at most ``allowed`` times the
+    kept masks they hold. A frame whose own masks do not fit is a pass of its own."""
     batch: list[int] = []
     for i in members:
-        if batch and (len(batch) + 1) * max(counts[j] for j in (*batch, i)) > maps:
+        padded = (len(batch) + 1) * counts[batch[0] if batch else i]
+        if batch and (padded > maps or padded > allowed * (sum(counts[j] for j in batch) + counts[i])):
             yield batch
             batch = []
         batch.append(i)
@@ -385,11 +392,15 @@ def _panoptic_pass(mask_logits, scores, classes, keep, batch, counts, step, size
     g, k = len(batch), max(counts)
     rows = torch.tensor(batch, device=device)
     # each frame's kept queries first, in query order (a stable sort of "not kept"), then padding
-    order = torch.sort((~keep[rows]).to(torch.uint8), dim=1, stable=True).indices[:, :k]
-    pad = torch.arange(k, device=device)[None, :] >= torch.tensor(counts, device=device)[:, None]
-    # padding scores -1: its score x probability is at most 0, which never beats a kept query's
+    kept = keep[rows]
+    order = torch.sort((~kept).to(torch.uint8), dim=1, stable=True).indices[:, :k]
+    pad = ~kept.gather(1, order)
+    # Padding scores -1, so its score x probability is at most 0, which never beats a kept
+    # query's, and shows the frame's first kept mask, whose pixels are already in the contest (a
+    # query not kept may hold NaN where no kept one does, and a NaN maximum beats nothing).
     kept_scores = torch.where(pad, -1.0, scores[rows].gather(1, order))
     kept_classes = torch.where(pad, 0, classes[rows].gather(1, order))  # padding may hold the no-object class
+    order = torch.where(pad, order[:, :1], order)
     masks = _mask_resizer(mask_logits, size, scaled, out)
     frame_rows = rows[:, None]
 

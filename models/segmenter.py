@@ -387,10 +387,13 @@ def results(adapter: FamilyAdapter, outputs: Any, prepared: Prepared, decisions:
                                           f"{len(decision.scores)} scores and {len(decision.queries)} queries")
     # The segment columns of the whole batch travel together, as do its label maps and its
     # embeddings: three copies from a device a batch, not three a frame.
-    counts = [len(decision.class_ids) for decision in decisions]
-    columns = np.split(torch.stack([torch.cat([getattr(d, name).double() for d in decisions]) if decisions else
-                                    torch.zeros(0) for name in ("class_ids", "queries", "scores")], dim=1).cpu().numpy(),
-                       np.cumsum(counts)[:-1])
+    parts = ("class_ids", "queries", "scores")
+    if len({getattr(d, part).device for d in decisions for part in parts}) == 1:
+        counts = [len(decision.class_ids) for decision in decisions]
+        joined = torch.stack([torch.cat([getattr(d, part).double() for d in decisions]) for part in parts], dim=1)
+        columns = np.split(joined.cpu().numpy(), np.cumsum(counts)[:-1])
+    else:  # none, or an adapter's columns on several devices: each decision's own copy
+        columns = [torch.stack([getattr(d, part).double().cpu() for part in parts], dim=1).numpy() for d in decisions]
     maps = host_arrays([decision.label_map for decision in decisions])
     vectors = host_arrays([adapter.embeddings(outputs, prepared, i, d).float() for i, d in enumerate(decisions)])
     out = []
@@ -425,17 +428,25 @@ def results(adapter: FamilyAdapter, outputs: Any, prepared: Prepared, decisions:
 
 
 def host_arrays(tensors: list[Tensor]) -> list[np.ndarray]:
-    """Each tensor as a host array; a device's tensors of one dtype and one shape but the first
-    are copied in one (one synchronisation for a batch rather than one a tensor)."""
+    """Each tensor as a host array of its own; a device's tensors of one dtype and one shape but
+    the first are copied in one (one synchronisation for a batch rather than one a tensor).
+
+    No array shares memory with another's or with a larger tensor (a pass's label maps are one
+    tensor): a result kept holds its own map, not its batch's."""
     arrays: list[np.ndarray | None] = [None] * len(tensors)
     together: dict[tuple, list[int]] = {}
     for i, tensor in enumerate(tensors):
         if tensor.device.type == "cpu" or tensor.dim() == 0:
-            arrays[i] = tensor.cpu().numpy()
+            tensor = tensor.cpu()
+            own = tensor.untyped_storage().nbytes() <= tensor.nbytes
+            arrays[i] = tensor.numpy() if own else tensor.numpy().copy()
         else:
             together.setdefault((tensor.device, tensor.dtype, tuple(tensor.shape[1:])), []).append(i)
     for members in together.values():
+        if len(members) == 1:
+            arrays[members[0]] = tensors[members[0]].cpu().numpy()
+            continue
         joined = torch.cat([tensors[i] for i in members]).cpu().numpy()
         for i, part in zip(members, np.split(joined, np.cumsum([len(tensors[i]) for i in members])[:-1])):
-            arrays[i] = part
+            arrays[i] = part.copy()
     return arrays

@@ -156,3 +156,14 @@ def test_the_engine_gives_what_the_synchronous_call_gives(shipped, tmp_path, pos
         np.testing.assert_array_equal(got.label_map, want.label_map)
         np.testing.assert_array_equal(got.segments.class_ids, want.segments.class_ids)
         np.testing.assert_array_equal(got.segments.areas, want.segments.areas)
+
+
+def test_each_result_of_a_batch_holds_a_map_of_its_own(shipped):
+    # the batch's maps are decided in one tensor; a result kept must not keep the others' pixels
+    segmenter = EoMTSegmenter(shipped, "panoptic", load_label_set("synthetic"), "t", postprocess="fast")
+    maps = [result.segment_map.decided for result in segmenter.segment(_frames(1, 320, 240) * 4)]  # one pass
+    for a in maps:  # what each array keeps alive: itself, or the array or tensor it views
+        base = a.base
+        held = a.nbytes if base is None else (
+            base.untyped_storage().nbytes() if isinstance(base, torch.Tensor) else base.nbytes)
+        assert held == a.nbytes

@@ -22,6 +22,7 @@ from transformers import EomtImageProcessor
 
 from segstream.connectors.checkpoints import load_eomt
 from segstream.models.eomt import EoMTConfig
+from segstream.models import processing
 from segstream.models.label_sets import load_label_set
 from segstream.models.processing import (
     IMAGENET_MEAN,
@@ -309,3 +310,46 @@ def test_a_torch_without_cpu_checks_reads_the_cpu_s_flags(monkeypatch, tmp_path,
     read = segmenter.cpu_flags
     monkeypatch.setattr(segmenter, "cpu_flags", lambda: read(str(cpuinfo)))
     assert segmenter.default_precision(torch.device("cpu")) == expected
+
+
+def _batch_logits(kept: list[int], queries: int = 12, classes: int = 3, side: int = 16):
+    """Mask and class logits of a batch whose frame i keeps its first ``kept[i]`` queries (class 0,
+    probability ~1), each query's mask a vertical band of its own."""
+    masks = torch.full((len(kept), queries, side, side), -8.0)
+    for q in range(queries):
+        masks[:, q, :, q % side] = 8.0
+    logits = torch.full((len(kept), queries, classes + 1), -10.0)
+    logits[..., classes] = 10.0  # no object
+    for frame, count in enumerate(kept):
+        logits[frame, :count, 0], logits[frame, :count, classes] = 10.0, -10.0
+    return masks, logits
+
+
+def test_a_frame_decided_beside_busier_ones_is_decided_as_alone_even_where_a_query_it_drops_is_nan():
+    # frame 0 keeps 3 queries and is padded to frame 1's 4 in their pass; its dropped query 3
+    # is NaN everywhere, which must not take the pixels its kept queries win
+    masks, logits = _batch_logits([3, 4])
+    masks[0, 3] = float("nan")
+    args = (64, [(64, 64)] * 2, [(64, 64)] * 2, torch.ones(3, dtype=torch.bool))
+    passes, decide = [], processing._panoptic_pass
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(processing, "_panoptic_pass", lambda *a: passes.append(list(a[4])) or decide(*a))
+        together = processing.panoptic_frames(masks, logits, *args, mode="fast")
+    assert passes == [[1, 0]]  # one pass, the busier frame first
+    for i in range(2):
+        alone = processing.panoptic(masks[i], logits[i], args[0], args[1][i], args[2][i], args[3], mode="fast")
+        for name in ("label_map", "class_ids", "scores", "queries"):
+            assert torch.equal(getattr(together[i], name), getattr(alone, name)), (i, name)
+    assert together[0].class_ids.numel() == 3 and (together[0].label_map >= 0).sum() == 3 * 4 * 64
+
+
+def test_a_pass_on_the_cpu_joins_frames_only_where_padding_adds_little():
+    # padding costs the CPU what a kept mask does: a frame of 9 kept queries and three of 1 are
+    # not padded into one pass of 36 masks, though they fit its budget
+    masks, logits = _batch_logits([1, 1, 1, 9])
+    passes, decide = [], processing._panoptic_pass
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(processing, "_panoptic_pass", lambda *a: passes.append(list(a[4])) or decide(*a))
+        processing.panoptic_frames(masks, logits, 64, [(64, 64)] * 4, [(64, 64)] * 4, torch.ones(3, dtype=torch.bool),
+                                   mode="fast")
+    assert passes == [[3], [0, 1, 2]]

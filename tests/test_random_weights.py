@@ -164,11 +164,13 @@ def test_a_gpu_decides_all_of_a_batchs_fast_frames_at_once_and_the_cpu_a_few_mas
 
     gpu, cpu = torch.device("cuda"), torch.device("cpu")
     # (GPU memory, masks of 640x360 at once, of 1080p, of 4K): a 1024th of the memory, at least 8 of 1080p
-    for memory, *masks in ((141 * 2**30, 641, 71, 17), (16 * 2**30, 72, 8, 8), (4 * 2**30, 72, 8, 8)):
-        monkeypatch.setattr(torch.cuda, "get_device_properties",
-                            lambda device, memory=memory: SimpleNamespace(total_memory=memory))
-        processing._pixel_budget.cache_clear()
-        assert [chunk_size(gpu, size) for size in ((360, 640), (1080, 1920), (2160, 3840))] == masks
-    processing._pixel_budget.cache_clear()
+    try:
+        for memory, *masks in ((141 * 2**30, 641, 71, 17), (16 * 2**30, 72, 8, 8), (4 * 2**30, 72, 8, 8)):
+            monkeypatch.setattr(torch.cuda, "get_device_properties",
+                                lambda device, memory=memory: SimpleNamespace(total_memory=memory))
+            processing._pixel_budget.cache_clear()
+            assert [chunk_size(gpu, size) for size in ((360, 640), (1080, 1920), (2160, 3840))] == masks
+    finally:
+        processing._pixel_budget.cache_clear()  # no made-up GPU's budget left for later tests
     assert chunk_size(cpu, (360, 640)) == chunk_size(cpu, (1080, 1920)) == 8
     assert chunk_size(cpu, (192, 256)) == 37  # the shipped model's maps: a batch of four frames' together
