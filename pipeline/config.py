@@ -763,6 +763,15 @@ SourceConfig = Annotated[
     Field(discriminator="type"),
 ]
 SOURCE_TYPES = ("file", "stream", "camera", "snapshot", "images", "synthetic")
+# names other tools give these sources, and which type reads them here
+SOURCE_TYPE_ALIASES = {
+    **dict.fromkeys(("rtsp", "rtsps", "rtmp", "srt", "udp", "rtp", "hls", "http", "https", "url", "network", "ip",
+                     "ipcam", "ip_camera", "mjpeg", "live"), "stream"),
+    **dict.fromkeys(("usb", "webcam", "v4l2", "device", "uvc", "dshow", "avfoundation"), "camera"),
+    **dict.fromkeys(("video", "mp4", "path", "uri", "local"), "file"),
+    **dict.fromkeys(("image", "folder", "directory", "dir", "jpeg", "jpg", "png"), "images"),
+    **dict.fromkeys(("jpeg_url", "still", "picture"), "snapshot"),
+}
 
 
 class ModelConfig(Strict):
@@ -2274,7 +2283,9 @@ def _error_line(error: dict, data: Any) -> str:
     if kind == "missing":
         return f"{where}: required key is missing"
     if kind == "union_tag_invalid":
-        return f"{_where([*path, 'type'], data)}: unknown source type {got.get('type')!r} — use {', '.join(SOURCE_TYPES)}"
+        alias = SOURCE_TYPE_ALIASES.get(str(got.get("type")).strip().lower())
+        hint = f"type: {alias} reads it" if alias else f"use {', '.join(SOURCE_TYPES)}"
+        return f"{_where([*path, 'type'], data)}: unknown source type {got.get('type')!r} — {hint} (README, \"Cameras, streams and image folders\")"
     if kind == "union_tag_not_found":
         return f"{where}: missing 'type' — use {', '.join(SOURCE_TYPES)}"
     if kind == "value_error":
