@@ -841,6 +841,11 @@ class AVInput:
 
     def _server_error(self, doing: str) -> SourceError:
         """An http(s) server's error (5xx), named by the status it answers now: FFmpeg says only "5XX"."""
+        if url_scheme(self.target) in ("rtsp", "rtsps"):
+            # found probing as a home-lab NVR user: a booting camera's 503 read as an overloaded object store
+            return SourceError(f"{doing} '{self.shown}': the camera or media server answered an RTSP server error "
+                               "(5xx; FFmpeg does not say which: 503 is a camera still starting or out of sessions) — "
+                               "check how many clients it serves and that the stream path is enabled")
         status = http_status(self.target, min(self.timeout[0], 5.0)) or "5XX"
         return SourceError(f"{doing} '{self.shown}': the server answered {status} — a server error: the server or "
                            "object store is overloaded or failing; try again later")

@@ -192,7 +192,7 @@ def port_back_within(delay_s: float, closed: threading.Event, resolver: Resolver
     after refusing or not answering (at the attempt: ``seen_closed``, or during the wait), so that
     a camera back from a reboot is read within a second, not at the end of a backoff grown over its
     outage; None when the wait ran out or ``closed`` was set (a port that accepted all along, a
-    server answering badly, waits its backoff)."""
+    server answering badly, waits its backoff, probed once)."""
     deadline = time.monotonic() + delay_s
     while (left := deadline - time.monotonic()) > 0:
         if closed.wait(min(left, _PORT_CHECK_S)):
@@ -202,7 +202,12 @@ def port_back_within(delay_s: float, closed: threading.Event, resolver: Resolver
         accepts = resolved is not None and _port_accepts(resolved, _PORT_CHECK_S)
         if accepts and seen_closed:
             return max(0.0, deadline - time.monotonic())
-        seen_closed = seen_closed or not accepts
+        if accepts:  # accepting all along: a server up but answering badly (a camera still booting)
+            # waits its backoff unprobed: a connection every half second is dozens a minute to a
+            # camera that may take few sessions (found probing as a home-lab NVR user: 86 in 40 s)
+            closed.wait(max(0.0, deadline - time.monotonic()))
+            return None
+        seen_closed = True
     return None
 
 

@@ -607,3 +607,35 @@ def test_writes_paused_during_the_check_are_a_warning_not_a_failure(tmp_path, ca
             "its results in its backlog (sinks.redis.max_backlog) until Redis takes them; check again once it takes "
             "writes, to know this user's permissions"), lines
         assert server.client().keys("*") == []
+
+
+def test_a_camera_answering_rtsp_503_is_said_to_be_starting_or_out_of_sessions(tmp_path, capsys):
+    # found probing as a home-lab NVR user: a booting camera's 503 read "the server or object
+    # store is overloaded"
+    import threading
+
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def answer():
+        while True:
+            try:
+                client, _ = server.accept()
+            except OSError:
+                return
+            with client:
+                request = client.recv(4096).decode("latin-1")
+                cseq = next((line.split(":", 1)[1].strip() for line in request.split("\r\n")
+                             if line.lower().startswith("cseq:")), "1")
+                client.sendall(f"RTSP/1.0 503 Service Unavailable\r\nCSeq: {cseq}\r\n\r\n".encode())
+
+    threading.Thread(target=answer, daemon=True).start()
+    url = f"rtsp://127.0.0.1:{server.getsockname()[1]}/live"
+    try:
+        code, lines = connect(write_config(tmp_path, f"  - {{name: gate, type: stream, url: '{url}', open_timeout_s: 3}}"),
+                              capsys)
+    finally:
+        server.close()
+    assert code == 1
+    said = line_of(lines, "source gate")
+    assert "answered an RTSP server error" in said and "503 is a camera still starting or out of sessions" in said, said
+    assert "object store" not in said

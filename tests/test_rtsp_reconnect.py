@@ -249,3 +249,37 @@ def test_a_password_with_url_characters_works_through_a_config_variable(tmp_path
         (source,) = build_sources(load_config(config).sources)
         frames = take(source, 3)
     assert len(frames) == 3 and password not in source.shown
+
+
+def test_a_port_that_accepts_all_along_is_probed_once_a_backoff_not_every_half_second():
+    # found probing as a home-lab NVR user: a booting camera answering 503 took 86 TCP
+    # connections in 40 s from the port check, besides the 7 real attempts
+    import socket
+    import threading
+
+    from segstream.connectors.live_source import Resolver, port_back_within
+
+    server = socket.create_server(("127.0.0.1", 0))
+    accepted = []
+
+    def accept():
+        while True:
+            try:
+                connection, _ = server.accept()
+            except OSError:
+                return
+            accepted.append(1)
+            connection.close()
+
+    threading.Thread(target=accept, daemon=True).start()
+    port = server.getsockname()[1]
+    try:
+        start = time.monotonic()
+        assert port_back_within(2.0, threading.Event(), Resolver(), "127.0.0.1", port, seen_closed=False) is None
+        assert time.monotonic() - start >= 1.9  # the backoff waited whole
+        assert len(accepted) == 1
+        # refused at the attempt, accepting now: retried at once, as before
+        left = port_back_within(5.0, threading.Event(), Resolver(), "127.0.0.1", port, seen_closed=True)
+        assert left is not None and left > 3
+    finally:
+        server.close()
