@@ -451,10 +451,13 @@ class OverloadWatch:
     paused in it (``paused_since``: seconds paused after a moment, SIGSTOP or suspend), or when
     it is much longer than ``window_s`` (the run loop stood still). An overload also takes at
     least ``least_dropped`` frames shed and at least one second's worth of the source's frames:
-    a handful of drops is no overload, whatever share of a slow source it is."""
+    a handful of drops is no overload, whatever share of a slow source it is. An overloaded
+    source keeps up again once its windows stayed under half the share for ``calm_s`` more (a
+    source hovering about the share is one overload, not a warning and a recovery a minute)."""
 
     def __init__(self, window_s: float = 10.0, share: float = 0.2, least: int = 10, least_dropped: int = 10,
-                 paused_since: Callable[[float], float] = pauses.since, group_s: float = 30.0):
+                 paused_since: Callable[[float], float] = pauses.since, group_s: float = 30.0,
+                 calm_s: float | None = None):
         self.window_s = window_s
         self.share = share
         self.least = least
@@ -463,6 +466,9 @@ class OverloadWatch:
         # after a warning (or a "keeps up again"), the sources that follow within group_s are said together, in
         # one line when it has passed: 44 cameras falling behind one model are one line, not 44 with the same advice
         self.group_s = group_s
+        # found probing as a home-lab NVR user: 11 overloaded / keeps-up lines in 6 min at a steady 20%
+        self.calm_s = window_s if calm_s is None else calm_s
+        self._calm_since: dict[str, float] = {}  # overloaded source -> since when its windows were under share / 2
         self.overloaded: set[str] = set()
         # (monotonic time, {source: _Sample}), oldest first, back to one window ago
         self._samples: deque[tuple[float, dict[str, _Sample]]] = deque()
@@ -496,10 +502,15 @@ class OverloadWatch:
             enough = dropped >= max(self.least_dropped, frames / span)
             if fraction > self.share and enough and name not in self.overloaded:
                 self.overloaded.add(name)
-                turned[True][name] = _Window(frames, fraction, lost)
-            elif fraction < self.share / 2 and name in self.overloaded:
-                self.overloaded.discard(name)
-                turned[False][name] = _Window(frames, fraction, lost)
+                turned[True][name] = _Window(frames, fraction, lost, now)
+            elif name in self.overloaded and fraction < self.share / 2:
+                calm_since = self._calm_since.setdefault(name, now)
+                if now - calm_since >= self.calm_s:
+                    self.overloaded.discard(name)
+                    del self._calm_since[name]
+                    turned[False][name] = _Window(frames, fraction, lost, now)
+            else:
+                self._calm_since.pop(name, None)
         said = []
         for overloaded, sources in turned.items():
             for name in list(sources):  # held and turned back before it was said: nothing to say of either
@@ -517,7 +528,8 @@ class OverloadWatch:
 
     def flush(self) -> list[tuple[int, str, tuple[str, ...]]]:
         """What is held back to be said together, said now (the run ends)."""
-        said = [self._line(overloaded, sources) for overloaded, sources in self._held.items() if sources]
+        now = self._samples[-1][0] if self._samples else 0.0
+        said = [self._line(overloaded, sources, now) for overloaded, sources in self._held.items() if sources]
         self._held = {True: {}, False: {}}
         return said
 
@@ -532,12 +544,21 @@ class OverloadWatch:
     def _say(self, overloaded: bool, sources: dict[str, _Window], now: float) -> tuple[int, str, tuple[str, ...]]:
         self._said_at[overloaded] = now
         self._said_of[overloaded] = set(sources)
-        return self._line(overloaded, sources)
+        return self._line(overloaded, sources, now)
 
-    def _line(self, overloaded: bool, sources: dict[str, _Window]) -> tuple[int, str, tuple[str, ...]]:
+    def _line(self, overloaded: bool, sources: dict[str, _Window], now: float) -> tuple[int, str, tuple[str, ...]]:
         names = tuple(sources)
         shares = sorted(round(100 * w.fraction) for w in sources.values())
         share = f"{shares[0]}%" if shares[0] == shares[-1] else f"{shares[0]}-{shares[-1]}%"
+        # a line held back to be said with others tells of windows that ended a while ago
+        # (found probing: "in the last 10 s" of a source reconnecting, with no drop in them)
+        ago = now - min(w.at for w in sources.values())
+        if ago < 1:
+            when = f"in the last {self.window_s:g} s"
+        elif len(names) == 1:
+            when = f"in {self.window_s:g} s that ended {ago:.0f} s ago"
+        else:
+            when = f"in {self.window_s:g} s windows of the last {ago + self.window_s:.0f} s"
         if overloaded:
             lost: Counter[str] = Counter()
             for window in sources.values():
@@ -545,19 +566,18 @@ class OverloadWatch:
             reasons = ", ".join(f"{reason} {n}" for reason, n in lost.items())
             if len(names) == 1:
                 return logging.WARNING, (
-                    f"source {names[0]} is overloaded: {share} of its frames dropped in the last {self.window_s:g} s "
+                    f"source {names[0]} is overloaded: {share} of its frames dropped {when} "
                     f"({reasons}) — set or lower its max_fps (frames it leaves out are never converted), or give the "
                     f"engine less to do per frame ({self.less_work})"), names
             return logging.WARNING, (
                 f"sources {_some(names)} ({len(names)} sources) are overloaded: {share} of their frames dropped "
-                f"in the last {self.window_s:g} s ({reasons}) — set or lower their max_fps (frames they leave out are "
+                f"{when} ({reasons}) — set or lower their max_fps (frames they leave out are "
                 f"never converted), or give the engine less to do per frame ({self.less_work})"), names
         frames = sum(w.frames for w in sources.values())
         if len(names) == 1:
-            return logging.INFO, (f"source {names[0]} keeps up again: {share} of its {frames} frames dropped in the "
-                                  f"last {self.window_s:g} s"), names
+            return logging.INFO, f"source {names[0]} keeps up again: {share} of its {frames} frames dropped {when}", names
         return logging.INFO, (f"sources {_some(names)} ({len(names)} sources) keep up again: {share} of their "
-                              f"{frames} frames dropped in the last {self.window_s:g} s"), names
+                              f"{frames} frames dropped {when}"), names
 
 
 # A line names at most this many sources (a JSON log line's `sources` has them all).
@@ -578,6 +598,7 @@ class _Window:
     frames: int
     fraction: float
     lost: dict[str, int]
+    at: float  # when the window ended (monotonic)
 
 
 @dataclass(frozen=True)
