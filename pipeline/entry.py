@@ -141,9 +141,31 @@ def _line(message: str, level: str) -> bytes:
     Imports nothing."""
     logs = sys.modules.get("segstream.pipeline.logs")
     if logs is None or not hasattr(logs, "signal_line"):
-        return f"segstream: {message}\n".encode()
+        # found probing as a platform engineer: a SIGTERM in a pod's start-up wrote plain lines
+        # among the JSON ones, as the command line's --log-format and the logs module are not in yet
+        return _json_line(message, level) if _json_asked() else f"segstream: {message}\n".encode()
     as_json = logs.json_logging() or os.environ.get(logs.ENV_FORMAT, "").lower() == "json"
     return logs.signal_line(message, level, as_json)
+
+
+def _json_asked() -> bool:
+    """Whether JSON logs are asked for, by SEGSTREAM_LOG_FORMAT or the command line (read here:
+    the command has not parsed it yet)."""
+    if os.environ.get("SEGSTREAM_LOG_FORMAT", "").lower() == "json":
+        return True
+    args = sys.argv[1:]
+    return any(arg == "--log-format=json" or (arg == "--log-format" and args[i + 1:i + 2] == ["json"])
+               for i, arg in enumerate(args))
+
+
+def _json_line(message: str, level: str) -> bytes:
+    """The JSON object the logs module would write (level, logger, message, time), built without
+    importing it (nor ``json``: a signal handler in an import must import nothing)."""
+    escaped = "".join(c if c not in '"\\' and c >= " " else f"\\u{ord(c):04x}" for c in message)
+    now = time.time()
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1e6):06d}+00:00"
+    return (f'{{"level": "{level}", "logger": "segstream.cli", "message": "{escaped}", "time": "{stamp}"}}'
+            "\n").encode()
 
 
 def _write(line: bytes) -> None:

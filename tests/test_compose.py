@@ -70,6 +70,18 @@ def test_segstream_healthcheck_is_valid_python(services):
     compile(check["test"][3], "healthcheck", "exec")
 
 
+def test_a_service_of_the_image_that_serves_no_healthz_does_not_inherit_its_healthcheck(services):
+    # found probing as a platform engineer: the consumer, the same image running a reader, would
+    # have been "unhealthy" after 120 s (the image's HEALTHCHECK asks the pipeline's /healthz)
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "HEALTHCHECK" in dockerfile
+    for name, service in services.items():
+        if service.get("image") == "segstream:latest" and "entrypoint" in service:
+            assert service.get("healthcheck") == {"disable": True}, name
+    # and tini, not PID 1 (a pod sharing its process namespace), reaps quietly
+    assert re.search(r"^\s+TINI_SUBREAPER=1$", dockerfile, re.M)
+
+
 def test_dockerfile_installs_with_constraints_and_runs_segstream_unprivileged():
     dockerfile = (ROOT / "Dockerfile").read_text()
 

@@ -614,3 +614,27 @@ def test_json_logs_silence_opencv_s_own_lines_and_text_logs_put_them_back(capfd)
     finally:
         configure_logging("text")
     assert cv2.utils.logging.getLogLevel() == before
+
+
+def test_an_exception_nothing_caught_is_one_json_record_under_json_logs_and_the_hook_is_put_back():
+    # found probing as a platform engineer: a run thread's error, raised again in the main thread
+    # as the run ended, was a plain traceback of 27 lines among the JSON records
+    import json
+    import sys
+
+    from segstream.pipeline.logs import configure_logging
+
+    before, out = sys.excepthook, io.StringIO()
+    configure_logging("json", "info", stream=out)
+    try:
+        try:
+            raise TypeError("injected fault in warm_up")
+        except TypeError:
+            sys.excepthook(*sys.exc_info())
+    finally:
+        configure_logging("text")
+    [line] = out.getvalue().splitlines()
+    record = json.loads(line)
+    assert record["level"] == "ERROR" and record["message"] == "uncaught exception: TypeError"
+    assert "injected fault in warm_up" in record["exc_info"]
+    assert sys.excepthook is before

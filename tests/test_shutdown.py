@@ -486,3 +486,26 @@ def test_a_program_that_exits_while_its_run_goes_on_drains_it(tmp_path, thread):
     events = [json.loads(line) for line in (tmp_path / "out" / "cam.events.jsonl").read_text().splitlines()]
     states = [json.loads(e["data"])["state"] for e in events if e["event"] == "state"]
     assert states[-1] == "ended", "drained: the source's end was written"
+
+
+@pytest.mark.parametrize(("argv", "env"), [(["segstream", "--log-format", "json", "run", "x.yaml"], None),
+                                           (["segstream", "run", "x.yaml"], "json")])
+def test_a_line_said_before_the_logs_module_is_loaded_is_json_where_json_logs_are_asked_for(monkeypatch, argv, env):
+    # found probing as a platform engineer: a SIGTERM 0.7 s into a pod's start wrote
+    # "segstream: SIGTERM: stopping once the command has started" among JSON lines
+    import json
+
+    from segstream.pipeline import entry
+
+    monkeypatch.delitem(sys.modules, "segstream.pipeline.logs")
+    monkeypatch.setattr(sys, "argv", argv)
+    if env is None:
+        monkeypatch.delenv("SEGSTREAM_LOG_FORMAT", raising=False)
+    else:
+        monkeypatch.setenv("SEGSTREAM_LOG_FORMAT", env)
+    record = json.loads(entry._line('SIGTERM: stopping "now" \\ (é)', "WARNING"))
+    assert record["message"] == 'SIGTERM: stopping "now" \\ (é)' and record["level"] == "WARNING"
+    assert record["logger"] == "segstream.cli" and record["time"].endswith("+00:00")
+    monkeypatch.setattr(sys, "argv", ["segstream", "run", "x.yaml"])
+    monkeypatch.delenv("SEGSTREAM_LOG_FORMAT", raising=False)
+    assert entry._line("stopping", "WARNING") == b"segstream: stopping\n"
