@@ -558,3 +558,36 @@ def test_redis_holding_writes_for_seconds_is_one_outage(tmp_path, caplog, hold):
         assert frames_in(server) == list(range(index)) == [r.index for r in written], "each once, in order"
         assert server.client().keys("*") == [b"segstream:cam0:frames"], "the probe writes nothing"
         publisher.close()
+
+
+def test_an_aborted_drain_counts_the_backlog_it_leaves_as_dropped(tmp_path):
+    # found probing as a platform engineer: a second SIGTERM while the drain waited for a hung
+    # Redis said "59 frames published ... backlog 49/1000", its 49 entries abandoned uncounted (the
+    # signal, inside the run loop's join, left the publishing thread marked ended: no sink closed)
+    import signal
+
+    server = RedisProcess(tmp_path / "redis")
+    config = camera_run_config(tmp_path, f"{{url: '{server.url}', drain_timeout_s: 30}}", 20, 100000)
+    process = cli_run(config)
+    try:
+        client = server.client()
+        wait_until(lambda: client.xlen("segstream:cam0:frames") >= 10, timeout_s=120)
+        client.close()
+        server.process.send_signal(signal.SIGSTOP)
+        time.sleep(2.5)  # the write times out (1 s), the backlog fills
+        process.send_signal(signal.SIGTERM)
+        time.sleep(1.5)  # the drain waits for Redis
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        server.process.send_signal(signal.SIGCONT)
+        server.close()
+    assert process.returncode == 143, err
+    summary = next(line for line in err.splitlines() if line.startswith("segstream: aborted: "))
+    match = re.search(r"cam0 (\d+)/(\d+) dropped (\d+) \(([^)]*)\)", summary)
+    assert match and "sink_unreachable" in match.group(4), summary
+    published, decoded, dropped = (int(match.group(k)) for k in (1, 2, 3))
+    assert published + dropped == decoded and dropped > 0, summary
+    assert "backlog 0/" in summary and "stayed unreachable" in err, err
