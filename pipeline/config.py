@@ -1648,7 +1648,7 @@ def located(text: str, path: str | Path, overrides: typing.Sequence[tuple[str, A
             where = f"line {found}"
         said = f"{source}, {where}" if source else where
         out.append(f"{match['path']} ({said}): {line[match.end():]}")
-    return "\n".join(out)
+    return "\n".join(_shared_lines(out))
 
 
 def yaml_lines(text: str) -> dict[tuple, Any]:
@@ -2235,6 +2235,35 @@ def _problem_lines(problems: list[tuple[list, str]], data: Any) -> list[str]:
         also = f" and {more} more place{'s' if more > 1 else ''}" if more else ""
         lines.append(f"{where[0]}{also}: {problem}")
     return lines
+
+
+_SOURCE_LINE = re.compile(r"^sources\[(\d+)\](\S*) \((?:source ([^,()]+), )?line (\d+)\): (.*)$")
+
+
+def _shared_lines(lines: list[str]) -> list[str]:
+    """The same problem of several sources from one YAML line (a YAML anchor the cameras merge)
+    as one line naming them all, not one per camera (found probing as a home-lab NVR user)."""
+    groups: dict[tuple[str, str, str], list[tuple[int, str | None]]] = {}
+    for line in lines:
+        if match := _SOURCE_LINE.match(line):
+            index, rest, name, number, problem = match.groups()
+            groups.setdefault((rest, number, problem), []).append((int(index), name))
+    out, said = [], set()
+    for line in lines:
+        match = _SOURCE_LINE.match(line)
+        key = match and match.group(2, 4, 5)
+        if not match or len(groups[key]) == 1:
+            out.append(line)
+            continue
+        if key in said:
+            continue
+        said.add(key)
+        rest, number, problem = key
+        (index, name), *others = groups[key]
+        also = ", ".join(other if other is not None else f"[{i}]" for i, other in others)
+        named = f"source {name}, " if name is not None else ""
+        out.append(f"sources[{index}]{rest} ({named}line {number}; also sources {also}, from that line): {problem}")
+    return out
 
 
 def _where(path: typing.Sequence, data: Any) -> str:

@@ -271,6 +271,18 @@ def test_yaml_anchors_and_merge_keys_share_settings_between_cameras(write, monke
         load_config(write("sources:\n  - {name: a, name: b, type: synthetic}\n"))
 
 
+def test_a_mistake_in_an_anchor_the_cameras_merge_is_said_once_naming_them(capsys, write):
+    # found probing as a home-lab NVR user: a typo in the anchor was said four times, once a camera
+    text = ("x-camera: &camera {type: stream, read_timout_s: 3}\nsources:\n"
+            + "".join(f"  - {{<<: *camera, name: cam{i}, url: 'rtsp://h/{i}'}}\n" for i in range(4))
+            + "  - {name: lone, type: stream, url: 'rtsp://h/9', read_timout_s: 3}\n")
+    assert errors_of(capsys, ["validate", write(text)]) == [
+        "sources[0].read_timout_s (source cam0, line 1; also sources cam1, cam2, cam3, from that line): unknown key "
+        "— did you mean 'read_timeout_s'?",
+        "sources[4].read_timout_s (source lone): unknown key — did you mean 'read_timeout_s'?",  # (its line: unlocated)
+    ]
+
+
 def test_variables_and_defaults_are_interpolated(write, clip, monkeypatch):
     monkeypatch.delenv("SEGSTREAM_TEST_PW", raising=False)
     monkeypatch.setenv("SEGSTREAM_TEST_BATCH", "16")
