@@ -5,12 +5,16 @@ speed does not depend on them).
     python benchmarks/preset_speed.py
     python benchmarks/preset_speed.py --device cuda --presets coco_panoptic_eomt_large_640 --repeat 20
 
-Not a test: record the output in docs/BENCHMARKS.md with the command and the machine.
+Each forward uses all the intra-op threads torch has (the CPU pipeline runs its workers with
+fewer each, so a run's frames a second may differ); on two CPU cores the three presets in both
+precisions take about five minutes. Not a test: record the output in docs/BENCHMARKS.md with the
+command and the machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import platform
 import statistics
 import time
@@ -32,6 +36,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeat", type=int, default=3, help="timed forwards after one untimed (the median is given)")
     args = parser.parse_args()
+    logging.getLogger("segstream").setLevel(logging.ERROR)  # random weights' warning, once a preset: known here
     frame = next(iter(synthetic_clip(640, 360, 1, seed=1)))[0]
     print(f"{platform.processor() or platform.machine()}, {args.device}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} intra-op threads, one 640x360 frame a forward, median of {args.repeat}")

@@ -682,9 +682,10 @@ class LiveSource:
     def _wait_to_retry(self, delay: float, seen_closed: bool) -> bool:
         """Wait ``delay`` before the next attempt (True: closed meanwhile). An RTSP camera is
         retried at once when its port, refusing or unreachable at the attempt (``seen_closed``) or
-        during the wait, accepts a connection (checked every ``_PORT_CHECK_S``): a camera that comes back is read within a
-        second, not at the end of a backoff grown over its outage. A port that accepted all along
-        (a server that answers badly) waits its backoff. RTSP only: a camera serves many clients,
+        at a check during the wait, accepts a connection (checked every ``_PORT_CHECK_S``): a
+        camera that comes back is read within a second, not at the end of a backoff grown over its
+        outage. A port found accepting all along (a server that answers badly) waits the rest of
+        its backoff unprobed. RTSP only: a camera serves many clients,
         and a bare connection closed at once costs it nothing; FFmpeg serving HTTP, TCP or RTMP
         itself (``-listen 1``) takes one client, which the check would use up."""
         address = rtsp_address(self.target)

@@ -49,7 +49,7 @@ POSTPROCESS_MODES = ("fast", "exact")
 # Python (docs/BENCHMARKS.md, "GPU"). Frames with fewer kept queries than another in their pass
 # are padded to its count: at most 1.25x the masks a pass holds on the CPU, where each padded mask
 # costs what a kept one does, and 4x on a GPU, where launches cost more than masks.
-PADDING_ALLOWED = {"cpu": 1.25}
+PADDING_ALLOWED = {"cpu": 1.25, "cuda": 4.0}
 QUERY_CHUNK = 8
 CPU_CHUNK_PIXELS = QUERY_CHUNK * 640 * 360
 CHUNK_PIXELS = QUERY_CHUNK * 1920 * 1080
@@ -362,7 +362,7 @@ def panoptic_frames(
         maps = chunk_size(device, group_out)
         # the busiest frames first: a pass holds frames of like counts, so little padding
         members.sort(key=lambda i: -counts[i])
-        for batch in _frame_passes(members, counts, maps, PADDING_ALLOWED.get(device.type, 4.0)):
+        for batch in _frame_passes(members, counts, maps, PADDING_ALLOWED.get(device.type, PADDING_ALLOWED["cuda"])):
             step = max(1, maps // len(batch))
             decided = _panoptic_pass(mask_logits, scores, classes, keep, batch, [counts[i] for i in batch], step,
                                      size, group_scaled, group_out, isthing, thresholds)

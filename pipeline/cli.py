@@ -60,7 +60,6 @@ from segstream.pipeline import entry
 from segstream.pipeline.entry import abort_if_loading
 from segstream.pipeline.train_cli import DATA_LAYOUT, add_data_arguments
 from segstream.pipeline.logs import (
-    ENV_FORMAT,
     LOG_FORMATS,
     LOG_LEVELS,
     LogLines,
@@ -203,18 +202,7 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2)
 
 
-def _json_logs_asked(argv: list[str]) -> bool:
-    """Whether ``argv`` (else SEGSTREAM_LOG_FORMAT) asks for JSON logs: read before argparse, so
-    that its own errors follow it. The last --log-format wins, as argparse's does."""
-    asked = os.environ.get(ENV_FORMAT)
-    for i, arg in enumerate(argv):
-        if arg == "--":
-            break
-        if arg == "--log-format" and i + 1 < len(argv):
-            asked = argv[i + 1]
-        elif arg.startswith("--log-format="):
-            asked = arg.partition("=")[2]
-    return (asked or "").lower() == "json"
+_json_logs_asked = entry.json_logs_asked  # (one rule: the stop signal's early lines follow it too)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -765,12 +765,12 @@ SourceConfig = Annotated[
 SOURCE_TYPES = ("file", "stream", "camera", "snapshot", "images", "synthetic")
 # names other tools give these sources, and which type reads them here
 SOURCE_TYPE_ALIASES = {
-    **dict.fromkeys(("rtsp", "rtsps", "rtmp", "srt", "udp", "rtp", "hls", "http", "https", "url", "network", "ip",
-                     "ipcam", "ip_camera", "mjpeg", "live"), "stream"),
-    **dict.fromkeys(("usb", "webcam", "v4l2", "device", "uvc", "dshow", "avfoundation"), "camera"),
-    **dict.fromkeys(("video", "mp4", "path", "uri", "local"), "file"),
-    **dict.fromkeys(("image", "folder", "directory", "dir", "jpeg", "jpg", "png"), "images"),
-    **dict.fromkeys(("jpeg_url", "still", "picture"), "snapshot"),
+    **dict.fromkeys(("rtsp", "rtsps", "rtmp", "srt", "udp", "rtp", "hls", "network", "ipcam", "ip_camera", "mjpeg",
+                     "live"), "stream"),
+    **dict.fromkeys(("usb", "webcam", "v4l2", "uvc", "dshow", "avfoundation"), "camera"),
+    **dict.fromkeys(("video", "mp4", "local"), "file"),  # (with a url: stream)
+    **dict.fromkeys(("image", "folder", "directory", "dir"), "images"),
+    **dict.fromkeys(("still", "picture", "jpeg", "jpg"), "snapshot"),  # (with a path: images)
 }
 
 
@@ -2312,8 +2312,14 @@ def _error_line(error: dict, data: Any) -> str:
     if kind == "missing":
         return f"{where}: required key is missing"
     if kind == "union_tag_invalid":
-        alias = SOURCE_TYPE_ALIASES.get(str(got.get("type")).strip().lower())
-        hint = f"type: {alias} reads it" if alias else f"use {', '.join(SOURCE_TYPES)}"
+        named = str(got.get("type")).strip().lower()
+        alias = named if named in SOURCE_TYPES else SOURCE_TYPE_ALIASES.get(named)
+        if isinstance(got, dict):  # what the entry holds tells look-alikes apart
+            if alias == "file" and "url" in got:
+                alias = "stream"
+            elif alias == "snapshot" and "path" in got:
+                alias = "images"
+        hint = f"use type: {alias}" if alias else f"use {', '.join(SOURCE_TYPES)}"
         return f"{_where([*path, 'type'], data)}: unknown source type {got.get('type')!r} — {hint} (README, \"Cameras, streams and image folders\")"
     if kind == "union_tag_not_found":
         return f"{where}: missing 'type' — use {', '.join(SOURCE_TYPES)}"

@@ -143,19 +143,24 @@ def _line(message: str, level: str) -> bytes:
     if logs is None or not hasattr(logs, "signal_line"):
         # found probing as a platform engineer: a SIGTERM in a pod's start-up wrote plain lines
         # among the JSON ones, as the command line's --log-format and the logs module are not in yet
-        return _json_line(message, level) if _json_asked() else f"segstream: {message}\n".encode()
+        return _json_line(message, level) if json_logs_asked(sys.argv[1:]) else f"segstream: {message}\n".encode()
     as_json = logs.json_logging() or os.environ.get(logs.ENV_FORMAT, "").lower() == "json"
     return logs.signal_line(message, level, as_json)
 
 
-def _json_asked() -> bool:
-    """Whether JSON logs are asked for, by SEGSTREAM_LOG_FORMAT or the command line (read here:
-    the command has not parsed it yet)."""
-    if os.environ.get("SEGSTREAM_LOG_FORMAT", "").lower() == "json":
-        return True
-    args = sys.argv[1:]
-    return any(arg == "--log-format=json" or (arg == "--log-format" and args[i + 1:i + 2] == ["json"])
-               for i, arg in enumerate(args))
+def json_logs_asked(argv: list[str]) -> bool:
+    """Whether ``argv`` (else SEGSTREAM_LOG_FORMAT) asks for JSON logs, read before argparse (so
+    that its own errors, and a stop signal's lines before the logs module loads, follow it). The
+    last --log-format wins, as argparse's does; nothing after ``--``."""
+    asked = os.environ.get("SEGSTREAM_LOG_FORMAT")
+    for i, arg in enumerate(argv):
+        if arg == "--":
+            break
+        if arg == "--log-format" and i + 1 < len(argv):
+            asked = argv[i + 1]
+        elif arg.startswith("--log-format="):
+            asked = arg.partition("=")[2]
+    return (asked or "").lower() == "json"
 
 
 def _json_line(message: str, level: str) -> bytes:

@@ -486,16 +486,20 @@ class OverloadWatch:
         since, before = self._samples[0]
         span = now - since
         if span < self.window_s or span > 1.5 * self.window_s or self.paused_since(since) > 0:
+            if span >= self.window_s:  # a window that tells nothing breaks a calm spell (found reviewing)
+                self._calm_since.clear()
             return self._due(now)
         turned: dict[bool, dict[str, _Window]] = {True: {}, False: {}}
         for name, after in self._samples[-1][1].items():
             earlier = before.get(name)
             if earlier is None or not after.streaming_since(earlier):
+                self._calm_since.pop(name, None)
                 continue
             frames = after.decoded - earlier.decoded
             lost = {reason: n - earlier.shed.get(reason, 0) for reason, n in after.shed.items()}
             lost = {reason: n for reason, n in lost.items() if n > 0}
             if frames < self.least:
+                self._calm_since.pop(name, None)
                 continue
             dropped = sum(lost.values())
             fraction = dropped / frames

@@ -715,11 +715,11 @@ class Runtime:
         if live and getattr(adapter.labels, "name", "") == "synthetic":
             # found probing as a home-lab NVR user: four cameras' yards came out as sky, sand and stars
             log.log(logging.WARNING if say else logging.DEBUG,
-                    "model %s knows only the synthetic demo scenes (%s): on %s pictures its segments mean "
-                    "nothing — for real scenes set model.preset and model.checkpoint to published weights "
+                    "model %s knows only the synthetic demo scenes (%s): on the pictures of %s its segments "
+                    "mean nothing — for real scenes set model.preset and model.checkpoint to published weights "
                     "(README, \"Published EoMT weights\") or train a model on your pictures (\"Your own model\")",
-                    adapter.name, ", ".join(adapter.labels.names), f"camera {live[0]!r}'s" if len(live) == 1
-                    else f"{len(live)} cameras'")
+                    adapter.name, ", ".join(adapter.labels.names), f"source {live[0]}" if len(live) == 1
+                    else f"{len(live)} live sources")
         if adapter.device.type == "cpu" and layout.workers * layout.threads > cores:
             # found probing an edge box: threads=8 on 2 cores ran 16 threads, said only in the numbers above
             log.log(logging.WARNING if say else logging.DEBUG,"engine: %d model worker(s) x %d thread(s) are %d threads on %d usable core(s); they wait on "

@@ -249,9 +249,9 @@ def test_a_source_type_named_as_other_tools_name_it_is_told_which_type_reads_it(
     # found probing as a home-lab NVR user: "type: rtsp" was refused with the list of types only
     text = "sources:\n  - {name: gate, type: RTSP, url: 'rtsp://h/x'}\n  - {name: desk, type: usb, device: 0}\n"
     assert errors_of(capsys, ["validate", write(text)]) == [
-        "sources[0].type (source gate): unknown source type 'RTSP' — type: stream reads it "
+        "sources[0].type (source gate): unknown source type 'RTSP' — use type: stream "
         '(README, "Cameras, streams and image folders")',
-        "sources[1].type (source desk): unknown source type 'usb' — type: camera reads it "
+        "sources[1].type (source desk): unknown source type 'usb' — use type: camera "
         '(README, "Cameras, streams and image folders")',
     ]
 

@@ -50,4 +50,4 @@ def test_the_demo_model_on_a_camera_is_said_to_know_only_the_demo_scenes(kind, w
     assert bool(said) == warned, lines
     if warned:
         assert said[0].startswith("model synthetic_eomt_tiny_256 knows only the synthetic demo scenes (disc, box, ")
-        assert "on camera 'gate''s pictures its segments mean nothing" in said[0]
+        assert "on the pictures of source gate its segments mean nothing" in said[0]

@@ -488,8 +488,9 @@ def test_a_program_that_exits_while_its_run_goes_on_drains_it(tmp_path, thread):
     assert states[-1] == "ended", "drained: the source's end was written"
 
 
-@pytest.mark.parametrize(("argv", "env"), [(["segstream", "--log-format", "json", "run", "x.yaml"], None),
-                                           (["segstream", "run", "x.yaml"], "json")])
+@pytest.mark.parametrize(("argv", "env"), [(["segstream", "--log-format", "JSON", "run", "x.yaml"], None),
+                                           (["segstream", "run", "x.yaml"], "json"),
+                                           (["segstream", "--log-format", "text", "--log-format=json", "run"], "text")])
 def test_a_line_said_before_the_logs_module_is_loaded_is_json_where_json_logs_are_asked_for(monkeypatch, argv, env):
     # found probing as a platform engineer: a SIGTERM 0.7 s into a pod's start wrote
     # "segstream: SIGTERM: stopping once the command has started" among JSON lines
@@ -506,6 +507,7 @@ def test_a_line_said_before_the_logs_module_is_loaded_is_json_where_json_logs_ar
     record = json.loads(entry._line('SIGTERM: stopping "now" \\ (é)', "WARNING"))
     assert record["message"] == 'SIGTERM: stopping "now" \\ (é)' and record["level"] == "WARNING"
     assert record["logger"] == "segstream.cli" and record["time"].endswith("+00:00")
-    monkeypatch.setattr(sys, "argv", ["segstream", "run", "x.yaml"])
-    monkeypatch.delenv("SEGSTREAM_LOG_FORMAT", raising=False)
+    # as the command line's parser reads it: the last --log-format wins over the environment
+    monkeypatch.setattr(sys, "argv", ["segstream", "--log-format", "text", "run", "x.yaml", "--", "--log-format=json"])
+    monkeypatch.setenv("SEGSTREAM_LOG_FORMAT", "json")
     assert entry._line("stopping", "WARNING") == b"segstream: stopping\n"
