@@ -315,7 +315,14 @@ def segment_frames(
                         "[frame], or pass list(batch)")
     if not images:
         return []
-    tensors = [upload(image, adapter.device) for image in images]
+    tensors = []
+    for i, image in enumerate(images):
+        try:
+            tensors.append(upload(image, adapter.device))
+        except FrameError as error:  # which of the list (found probing with batches of mixed photos)
+            if len(images) == 1:
+                raise
+            raise FrameError(f"frame {i} of {len(images)}: {error}") from None
     prepared = adapter.prepare(tensors, None if sizes is None else list(sizes))
     outputs = adapter.forward(prepared)
     return results(adapter, outputs, prepared, adapter.decide(outputs, prepared))
@@ -326,12 +333,23 @@ def upload(image: np.ndarray, device: torch.device) -> Tensor:
     if not isinstance(image, np.ndarray):
         raise FrameError(f"frames must be numpy arrays (H x W x 3 uint8 RGB), got {type(image).__name__}")
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        raise FrameError(f"frames must be H x W x 3 uint8 RGB, got {image.dtype} {image.shape}")
+        raise FrameError(f"frames must be H x W x 3 uint8 RGB, got {image.dtype} {image.shape}{_frame_hint(image)}")
     if image.shape[0] == 0 or image.shape[1] == 0:
         raise FrameError(f"a frame has no pixels ({image.shape[0]} x {image.shape[1]})")
     if not image.flags.writeable:  # torch warns of (and will not share) memory it may not write: a copy
         image = image.copy()
     return torch.from_numpy(np.ascontiguousarray(image)).to(device)
+
+
+def _frame_hint(image: np.ndarray) -> str:
+    """How the usual look-alikes of an RGB frame become one."""
+    if image.ndim == 2 and image.size:
+        return " — a grey frame: np.repeat(frame[..., None], 3, axis=2)"
+    if image.ndim == 3 and image.shape[2] == 4:
+        return " — RGBA: frame[..., :3]"
+    if image.ndim == 3 and image.shape[2] == 3 and image.dtype.kind == "f":
+        return " — floats from 0 to 1: (frame * 255).round().astype(np.uint8)"
+    return ""
 
 
 def check_decision(adapter: FamilyAdapter, decision: Decision, label_map: np.ndarray, class_ids: np.ndarray,
