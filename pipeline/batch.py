@@ -1372,10 +1372,10 @@ def run_batch(cfg: PipelineConfig, inputs: Sequence[str], engine: str = "local",
 
     root = Path(cfg.batch.output)
     paths, warnings = find_videos(inputs, cfg.batch.extensions, _output_folders(cfg))
+    if not paths:  # the warnings are the error's own words: said once, in it (found probing a photo folder)
+        raise ConfigError("no videos to process: " + ("; ".join(warnings) or "no inputs given"))
     for warning in warnings:
         log.warning(warning)
-    if not paths:
-        raise ConfigError("no videos to process: " + ("; ".join(warnings) or "no inputs given"))
     # a missing one among others fails as a video; all: a mistake (a URL is not known missing until read)
     if not any(isinstance(path, str) or path.exists() for path in paths):
         missing = ", ".join(f"'{path}'" for path in paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
