@@ -405,13 +405,8 @@ def results(adapter: FamilyAdapter, outputs: Any, prepared: Prepared, decisions:
                                           f"{len(decision.scores)} scores and {len(decision.queries)} queries")
     # The segment columns of the whole batch travel together, as do its label maps and its
     # embeddings: three copies from a device a batch, not three a frame.
-    parts = ("class_ids", "queries", "scores")
-    if len({getattr(d, part).device for d in decisions for part in parts}) == 1:
-        counts = [len(decision.class_ids) for decision in decisions]
-        joined = torch.stack([torch.cat([getattr(d, part).double() for d in decisions]) for part in parts], dim=1)
-        columns = np.split(joined.cpu().numpy(), np.cumsum(counts)[:-1])
-    else:  # none, or an adapter's columns on several devices: each decision's own copy
-        columns = [torch.stack([getattr(d, part).double().cpu() for part in parts], dim=1).numpy() for d in decisions]
+    columns = host_arrays([torch.stack((d.class_ids.double(), d.queries.double(), d.scores.double()), dim=1)
+                           for d in decisions])
     maps = host_arrays([decision.label_map for decision in decisions])
     vectors = host_arrays([adapter.embeddings(outputs, prepared, i, d).float() for i, d in enumerate(decisions)])
     out = []

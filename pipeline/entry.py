@@ -140,12 +140,12 @@ def _line(message: str, level: str) -> bytes:
     are in before it); JSON as SEGSTREAM_LOG_FORMAT says, or --log-format once it was read.
     Imports nothing."""
     logs = sys.modules.get("segstream.pipeline.logs")
+    # found probing as a platform engineer: a SIGTERM in a pod's start-up wrote plain lines among
+    # the JSON ones: until logging is configured, the command line and SEGSTREAM_LOG_FORMAT say
+    as_json = json_logs_asked(sys.argv[1:])
     if logs is None or not hasattr(logs, "signal_line"):
-        # found probing as a platform engineer: a SIGTERM in a pod's start-up wrote plain lines
-        # among the JSON ones, as the command line's --log-format and the logs module are not in yet
-        return _json_line(message, level) if json_logs_asked(sys.argv[1:]) else f"segstream: {message}\n".encode()
-    as_json = logs.json_logging() or os.environ.get(logs.ENV_FORMAT, "").lower() == "json"
-    return logs.signal_line(message, level, as_json)
+        return _json_line(message, level) if as_json else f"segstream: {message}\n".encode()
+    return logs.signal_line(message, level, logs.json_logging() or as_json)
 
 
 def json_logs_asked(argv: list[str]) -> bool:
