@@ -6,10 +6,13 @@ import contextlib
 import errno
 import logging
 import os
+import queue
 import shutil
+import threading
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import cv2
 
@@ -25,6 +28,10 @@ log = logging.getLogger(__name__)
 # as the files sink does; any other error stops the run (a folder where the file goes, a read-only disk).
 _PASSING = (errno.ENOSPC, errno.EDQUOT, errno.EIO)
 RETRY_S = 5.0  # an MP4 whose writes failed: how long its frames are dropped before a new file is tried
+# Frames handed to the preview and not yet drawn. The drawing (OpenCV and the encoder, which
+# leave the GIL) goes on beside the publishing thread; a preview that falls further behind holds
+# the publishing thread back rather than drop frames of its video.
+WAITING = 4
 
 
 class PreviewSink:
@@ -45,6 +52,12 @@ class PreviewSink:
     ``level`` draws that level of each result's segment hierarchy (``FrameResult.levels``, 0 the
     finest) instead of its segments; a result without it stops the run (the config check refuses
     the shipped models that have none, so only a model of one's own meets this).
+
+    Frames are drawn and written on a thread of the sink's own, in order: ``publish`` returns
+    once the frame is queued (up to ``WAITING`` frames wait; it blocks while that many do),
+    ``flush`` returns once every frame handed to it is written, and an error of the drawing
+    thread is raised by the next ``publish``, ``poll``, ``flush`` or ``close``. So the sinks
+    before it (Redis) send their entries without waiting for the picture.
 
     A write that fails for a while (the disk full) costs the preview its frames, not the run:
     each is dropped and counted as ``sink_write_failed`` (``on_dropped``, ``status()``), said once
@@ -90,6 +103,11 @@ class PreviewSink:
         self._said_unfinished: set[Path] = set()
         self._wrote = False  # whether a frame was written: after that, any write error is dropped and counted
         self._last_error = ""
+        self._waiting: queue.Queue[tuple[FrameResult, Any] | None] = queue.Queue(WAITING)
+        self._drawer: threading.Thread | None = None
+        self._error: BaseException | None = None  # the drawing thread's, raised once on the caller's
+        self._raised = False
+        self._closing = threading.Lock()  # an aborted run's second close waits for the first
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
         except OSError as error:
@@ -108,27 +126,59 @@ class PreviewSink:
         if result.image is None:
             raise SinkError("the preview sink got a result without its frame — run it inside the runtime, "
                             "which attaches frames for sinks that set wants_images")
-        if not self._write(result):
+        if self.level is not None and self.level >= len(result.levels):
+            raise SinkError(f"sinks.preview.level: frame {result.index} of {result.source} has {len(result.levels)} "
+                            f"hierarchy levels, no level {self.level} — lower sinks.preview.level, or set it to null "
+                            "to draw the frame's segments")
+        self._raise_drawing_error()
+        if self._drawer is None:
+            self._drawer = threading.Thread(target=self._draw_all, name="segstream-preview", daemon=True)
+            self._drawer.start()
+        item = (result, result.image)  # the runtime lets go of result.image once the sinks have it
+        while True:
+            try:
+                self._waiting.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                self._raise_drawing_error()
+
+    def _draw_all(self) -> None:
+        """The drawing thread: each frame queued, in order, until close's None; after an error the
+        frames still queued are let go (the error ends the run)."""
+        while True:
+            item = self._waiting.get()
+            try:
+                if item is None:
+                    return
+                if self._error is None:
+                    self._draw(*item)
+            except BaseException as error:
+                self._error = error
+            finally:
+                self._waiting.task_done()
+
+    def _raise_drawing_error(self) -> None:
+        if self._error is not None and not self._raised:
+            self._raised = True
+            raise self._error
+
+    def _draw(self, result: FrameResult, image: Any) -> None:
+        if not self._write(result, image):
             self.dropped[DROPPED_WRITE_FAILED] += 1
             if self.on_dropped is not None:
                 self.on_dropped([result], DROPPED_WRITE_FAILED)
             return
         self.frames += 1
-        result.publish_ts = time.time()
-        if self.on_written is not None:
-            self.on_written([result])
+        if self.on_written is not None:  # a stand-in: the result the other sinks and the caller hold stays as it is
+            self.on_written([result.stand_in(publish_ts=time.time())])
 
-    def _write(self, result: FrameResult) -> bool:
+    def _write(self, result: FrameResult, image: Any) -> bool:
         """Draw and write one frame; False (said once per failing spell) when its write failed."""
         source = result.source
         if source in self._retry_at and time.monotonic() < self._retry_at[source]:
             self._failing[source] += 1
             return False
-        if self.level is not None and self.level >= len(result.levels):
-            raise SinkError(f"sinks.preview.level: frame {result.index} of {source} has {len(result.levels)} "
-                            f"hierarchy levels, no level {self.level} — lower sinks.preview.level, or set it to null "
-                            "to draw the frame's segments")
-        picture = draw_overlay(result.image, result, self.opacity, level=self.level)
+        picture = draw_overlay(image, result, self.opacity, level=self.level)
         if self.max_width is not None and picture.shape[1] > self.max_width:
             height = max(1, round(picture.shape[0] * self.max_width / picture.shape[1]))
             picture = cv2.resize(picture, (self.max_width, height), interpolation=cv2.INTER_AREA)
@@ -234,12 +284,22 @@ class PreviewSink:
         pass
 
     def poll(self) -> float | None:
+        self._raise_drawing_error()
         return None
 
     def flush(self) -> None:
-        pass
+        self._waiting.join()
+        self._raise_drawing_error()
 
     def close(self) -> None:
+        with self._closing:
+            self._close()
+
+    def _close(self) -> None:
+        drawer, self._drawer = self._drawer, None
+        if drawer is not None:  # the frames queued are drawn first (an aborted run's too: at most WAITING)
+            self._waiting.put(None)
+            drawer.join()
         videos, self._videos = self._videos, {}
         for source, video in videos.items():
             try:
@@ -254,6 +314,7 @@ class PreviewSink:
             self._said_unfinished.add(path)
             log.warning("preview '%s' is unfinished and cannot be played (the %d frames written to it are lost): its "
                         "writes failed (%s)", path, frames, reason)
+        self._raise_drawing_error()
 
 
 def _size(path: Path) -> int:

@@ -392,7 +392,7 @@ class RedisPublisher:
         stream = stream_name(self.stream_pattern, result.source)
         self._unwatched.discard(stream)  # a source of that name added again
         self._ended_streams.discard(stream)
-        self._enqueue(_Outgoing(stream, fields, _size(fields), _stand_in(result), time.monotonic()))
+        self._enqueue(_Outgoing(stream, fields, _size(fields), result.stand_in(), time.monotonic()))
         self._pump()
 
     def publish_event(self, event: Event) -> None:
@@ -1087,7 +1087,7 @@ class RedisPublisher:
         # What waits from now on may wait long: keep stand-ins, not label maps.
         for item in self._queue:
             if item.result is not None:
-                item.result = _stand_in(item.result)
+                item.result = item.result.stand_in()
         if self._refusal is None:
             self._outage_dropped, self._backlog_full_warned = 0, False
             log.warning("lost Redis at %s (%s): publishing continues into a backlog of up to %d entries",
@@ -1312,13 +1312,6 @@ class RedisPublisher:
             if newest:
                 line += f"; newest: {summary_line(*newest[0])}"
             log.info(line)
-
-
-def _stand_in(result: FrameResult) -> FrameResult:
-    """What the runtime needs of a result once it is on the wire: its source, index, capture
-    time and stage times (the same dict), without label map or segments."""
-    return FrameResult(result.source, result.index, result.width, result.height, None,
-                       capture_ts=result.capture_ts, model=result.model, times=result.times, run_id=result.run_id)
 
 
 def _connect_waiting(wait_s: float, stopping: Callable[[], bool], url: str, password: str | None,

@@ -417,6 +417,13 @@ class FrameResult(_FrameSizeMap):
         """Capture to publish, in seconds, once published."""
         return None if self.publish_ts is None else self.publish_ts - self.capture_ts
 
+    def stand_in(self, publish_ts: float | None = None) -> FrameResult:
+        """What the runtime needs of a result a sink wrote later (``Sink.on_written``): its source,
+        index, capture time and stage times (the same dict), without label map or segments, with
+        ``publish_ts`` when given (the result itself is left as the other sinks see it)."""
+        return FrameResult(self.source, self.index, self.width, self.height, None, capture_ts=self.capture_ts,
+                           model=self.model, times=self.times, run_id=self.run_id, publish_ts=publish_ts)
+
 
 @dataclass(slots=True)
 class Event:

@@ -80,10 +80,12 @@ _PREVIEW_RUN = textwrap.dedent('''
             pass
 
     class SpaceComesBack(CollectingSink):
-        """Frees the disk once the preview has been handed frame 30 (the encoder holds a dozen)."""
+        """Frees the disk once the preview has tried frame 30 (the encoder holds a dozen; the
+        preview draws on its own thread, so it is waited for)."""
         def publish(self, result):
             super().publish(result)
             if result.index == 30:
+                preview.flush()
                 os.unlink(out + "/filler")
 
     warnings = []
