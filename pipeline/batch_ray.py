@@ -311,8 +311,15 @@ def joined_ray(cfg: PipelineConfig) -> Iterator:
         _check_reachable(address)
         handlers = _signal_handlers()
         try:
-            ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
+            with _native_lines_kept(address is not None) as said:
+                ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
         except (ConnectionError, RuntimeError, ValueError) as error:
+            if _refused_token(error, said):
+                raise ConfigError(
+                    f"batch.ray.address: the Ray cluster at {address} refused segstream's token (Ray's token "
+                    "authentication: missing or not the cluster's) — run with RAY_AUTH_MODE=token and the cluster's "
+                    "token in RAY_AUTH_TOKEN, in a file named by RAY_AUTH_TOKEN_PATH, or in ~/.ray/auth_token "
+                    "(`ray get-auth-token` on the head prints it)") from None
             raise ConfigError(f"cannot join the Ray cluster at {address or 'a new local Ray'}: {error}") from None
         finally:
             _restore(handlers)  # Ray's own SIGTERM handler aborted the batch instead of draining it
@@ -321,6 +328,46 @@ def joined_ray(cfg: PipelineConfig) -> Iterator:
     finally:
         if started_here:
             ray.shutdown()
+
+
+@contextlib.contextmanager
+def _native_lines_kept(joining: bool) -> Iterator[list[str]]:
+    """While joining a cluster, what Ray's C++ client writes to standard error (a line a second
+    while the cluster refuses it: 21 lines in 20 s for a missing token) is kept aside, in the
+    list yielded (filled at the end). After a join that worked, each line is said as a warning
+    (a JSON record under JSON logs). Starting a local Ray changes nothing."""
+    lines: list[str] = []
+    if not joining:
+        yield lines
+        return
+    import tempfile
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as kept:
+        os.dup2(kept.fileno(), 2)
+        joined = False
+        try:
+            yield lines
+            joined = True
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            kept.seek(0)
+            lines += kept.read().decode(errors="replace").splitlines()
+    if joined:
+        for line in lines:
+            log.warning("Ray: %s", line)
+
+
+def _refused_token(error: BaseException, lines: list[str]) -> bool:
+    """Whether Ray's join failed on its token authentication (an AuthenticationError inside the
+    ConnectionError it raises, or its C++ client's lines)."""
+    while error is not None:
+        if type(error).__name__ == "AuthenticationError" or "InvalidAuthToken" in str(error):
+            return True
+        error = error.__cause__ or error.__context__
+    return any("InvalidAuthToken" in line for line in lines)
 
 
 def _quiet_ray_output() -> None:

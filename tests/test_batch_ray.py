@@ -274,10 +274,13 @@ def test_ray_s_lines_under_json_logs_are_json_and_without_colour_in_text(tmp_pat
     video = str(encode_clip(tmp_path / "a.mp4", frames=4))
     (tmp_path / "saying_sink.py").write_text(_SAYING_SINK)  # its line comes from the worker
     config_file = tmp_path / "batch.yaml"
+    # the module's Ray, joined by its address (a Ray started for each run costs CI seconds of a core)
     config_file.write_text("model: {device: cpu}\nengine: {batch_size: 2}\nops: {http: null}\n"
-                           "sinks: {custom: [{use: 'saying_sink:SayingSink'}]}\n")
+                           "sinks: {custom: [{use: 'saying_sink:SayingSink'}]}\n"
+                           f"batch: {{ray: {{address: '{ray.get_runtime_context().gcs_address}'}}}}\n")
     env = {key: value for key, value in os.environ.items() if not key.startswith(("RAY_", "NO_COLOR"))}
-    env["RAY_worker_niceness"] = "0"  # as local_ray's: at nice 15 the suite's other workers starved them
+    if "RAY_AUTH_MODE" in os.environ:  # set by ray.init (Ray 2.59 on), its token in ~/.ray/auth_token
+        env["RAY_AUTH_MODE"] = os.environ["RAY_AUTH_MODE"]
 
     def batch(out: str, *options: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "segstream", *options[:2], "batch", "--engine", "ray", video,
@@ -297,3 +300,28 @@ def test_ray_s_lines_under_json_logs_are_json_and_without_colour_in_text(tmp_pat
     records = [json.loads(line) for line in logged.stderr.splitlines()]  # every line one object
     assert any(r["message"] == "a sink built in a Ray worker" and r["logger"] == "segstream.saying" for r in records)
     assert any(r["message"].startswith("a: done") for r in records)
+
+
+def test_a_cluster_that_refuses_the_token_is_one_line_saying_how_to_give_it(tmp_path):
+    # Found shortening the suite: Ray (2.59 on) starts local clusters with token authentication;
+    # joining one without the token printed a C++ warning a second for 20 s and then "cannot join
+    # the Ray cluster at ...: Failed to connect to Ray cluster", the token named in none of it
+    import subprocess
+    import sys
+
+    from tests.test_batch import REPO
+
+    if os.environ.get("RAY_AUTH_MODE") != "token":
+        pytest.fail("this Ray started its local cluster without token authentication (Ray before 2.59?)")
+    video = str(encode_clip(tmp_path / "a.mp4", frames=2))
+    env = {key: value for key, value in os.environ.items() if not key.startswith("RAY_")}
+    env["RAY_gcs_server_port_wait_time_s"] = "2"  # Ray's tries to connect, a second each (20 by default)
+    joined = subprocess.run([sys.executable, "-m", "segstream", "batch", "--engine", "ray", video, "--out",
+                             str(tmp_path / "out"), "--set", "sinks.redis.enabled=false", "--set",
+                             f"batch.ray.address={ray.get_runtime_context().gcs_address}"],
+                            env={**env, "PYTHONPATH": str(REPO)}, cwd=tmp_path, capture_output=True, text=True,
+                            timeout=120)
+    assert joined.returncode == 2
+    assert joined.stderr.startswith("segstream: error: batch.ray.address: the Ray cluster at ")
+    assert "refused segstream's token" in joined.stderr and "RAY_AUTH_TOKEN" in joined.stderr
+    assert len(joined.stderr.splitlines()) == 1, joined.stderr  # Ray's C++ lines kept aside
