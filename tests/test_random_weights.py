@@ -137,21 +137,40 @@ def test_the_python_api_says_what_is_wrong_with_its_input():
         assert str(raised.value).endswith(f" — {hint}")
 
 
+@pytest.fixture(scope="module")
+def coco_stand_in():
+    """A COCO panoptic architecture smaller than S/640 (CI's CPU time), random weights made
+    confident, the network run once over five frames of two sizes: (segmenter, prepared, outputs)."""
+    from dataclasses import replace
+
+    from segstream.models.eomt import EoMTConfig
+    from segstream.models.presets import get_preset
+    from segstream.pipeline.model_factory import _build_eomt
+
+    preset = replace(get_preset(S640.preset), name="stand-in",
+                     config=EoMTConfig(img_size=256, dim=128, depth=4, heads=4, num_queries=100, num_classes=133))
+    segmenter = _build_eomt(preset, ModelConfig(checkpoint="random", precision="fp32"), torch.device("cpu"), "fp32", 8)
+    frames = [frame for frame, _ in synthetic_clip(200, 120, 3, seed=4)]
+    frames += [frame for frame, _ in synthetic_clip(120, 160, 2, seed=6)]  # another size: decided apart
+    with torch.inference_mode():
+        prepared = segmenter.prepare([upload(frame, segmenter.device) for frame in frames])
+        return segmenter, prepared, segmenter.forward(prepared)
+
+
 @pytest.mark.parametrize("postprocess", ["fast", "exact"])
-def test_decisions_do_not_depend_on_how_many_queries_or_frames_are_decided_at_once(monkeypatch, postprocess):
+def test_decisions_do_not_depend_on_how_many_queries_or_frames_are_decided_at_once(monkeypatch, postprocess,
+                                                                                  coco_stand_in):
     # a GPU decides as many masks at once as fit its budget, a batch's frames of one size
     # together; the CPU fewer: each frame's decision is the one it gets alone, whatever the passes
     from segstream.models import processing
 
-    frames = [frame for frame, _ in synthetic_clip(200, 120, 3, seed=4)]
-    frames += [frame for frame, _ in synthetic_clip(120, 160, 2, seed=6)]  # another size: decided apart
-    segmenter = build_segmenter(S640.model_copy(update={"postprocess": postprocess}))
+    segmenter, prepared, outputs = coco_stand_in
+    monkeypatch.setattr(segmenter, "postprocess", postprocess)
+    frames = len(prepared.frames)
     with torch.inference_mode():
-        prepared = segmenter.prepare([upload(frame, segmenter.device) for frame in frames])
-        outputs = segmenter.forward(prepared)
         alone = [processing.panoptic(outputs.mask_logits[i], outputs.class_logits[i], segmenter.size,
                                      prepared.layouts[i], prepared.frames[i], segmenter._isthing,
-                                     segmenter.thresholds, postprocess) for i in range(len(frames))]
+                                     segmenter.thresholds, postprocess) for i in range(frames)]
         passes, decide = [], processing._panoptic_pass
         # (frames, most kept queries of one of them, queries a step) of each pass
         monkeypatch.setattr(processing, "_panoptic_pass",
@@ -162,9 +181,10 @@ def test_decisions_do_not_depend_on_how_many_queries_or_frames_are_decided_at_on
                 for name in ("label_map", "class_ids", "scores", "queries"):
                     assert torch.equal(getattr(a, name), getattr(b, name)), name
                 assert a.frame == b.frame
+    assert all(len(a.class_ids) >= 5 for a in alone), "frames with segments to decide between"
     assert any(kept > step for _, kept, step in passes)  # a frame's queries in several steps
     assert max(count for count, _, _ in passes) == 3  # the three frames of one size in one pass
-    assert sum(count for count, _, _ in passes) == 3 * len(frames)
+    assert sum(count for count, _, _ in passes) == 3 * frames
 
 
 def test_a_gpu_decides_all_of_a_batchs_fast_frames_at_once_and_the_cpu_a_few_masks(monkeypatch):
