@@ -460,9 +460,14 @@ def load_eomt(preset: Preset, checkpoint: str | None = None, device: str | torch
         return random_eomt(preset.config, task=preset.task, device=device)
     path = checkpoint_path(checkpoint or preset.weights)
     state = convert_state_dict(read_state_dict(path))
-    model = EoMT(preset.config)
+    # A checkpoint that does not fit is refused before a published architecture's weights are
+    # initialised only to be thrown away (6 s of a CPU for L): its shapes checked on the meta device.
+    with torch.device("meta") if _params_estimate(preset.config) > 30e6 else contextlib.nullcontext():
+        model = EoMT(preset.config)
     _refuse_misfit_eomt(path, preset, model, state)
     _refuse_other_labels(path, preset)
+    if any(p.is_meta for p in model.parameters()):
+        model = EoMT(preset.config)
     model.load_state_dict(state, strict=False)
     return model
 
