@@ -1192,6 +1192,7 @@ class _FanInSteps(_FeedSteps[_Item]):
         self._named = list(streams or [])
         self._start = start
         self._next_discovery = time.monotonic() + discover_s
+        self._arrived: list[tuple[str, str, dict]] = []  # entries read, their streams' positions moved past them
 
     streams = property(lambda self: list(self.members), doc="the streams read, in the order they were found")
     trimmed = property(lambda self: sum(m.trimmed for m in self.members.values()))
@@ -1222,11 +1223,13 @@ class _FanInSteps(_FeedSteps[_Item]):
         # A stream that filled its count may hold more entries older than another's last: hand over
         # only those up to the earliest such end, the rest come with the next read, in order.
         horizon = min((_id_key(entries[-1][0]) for _, entries in batches if len(entries) >= count), default=None)
-        arrived = []
         for name, entries in batches:
             kept = [e for e in entries if horizon is None or _id_key(e[0]) <= horizon]
             yield from self.members[name]._advance_steps(kept)
-            arrived += [(name, entry_id, fields) for entry_id, fields in kept]
+            # kept beyond this call: a command after this one failing (Redis lost) repeats the read from
+            # the positions already moved past these entries
+            self._arrived += [(name, entry_id, fields) for entry_id, fields in kept]
+        arrived, self._arrived = self._arrived, []
         arrived.sort(key=lambda item: _millis(item[1]))  # Redis's clock; one millisecond's entries by stream
         self._held.extend(arrived)
         return self._take_held()
@@ -1293,11 +1296,15 @@ class _InOrderSteps(_FanInSteps[Any]):
         self._waiting: deque[_Waiting] = deque()  # events read, in their stream's order
         self._runs_passed: set[bytes | None] = set()  # runs whose frames were handed over before another run's
         self._frames_run: bytes | None = None  # the run of the last frame handed over
+        self._frames_read: list[tuple[str, dict]] = []  # read and not yet ordered (see _read_steps)
 
     def _read_steps(self, count: int, block_ms: int | None) -> Iterator:
         frames_member, events_member = self.members[self.frames_stream], self.members[self.events_stream]
         block = self.client._fitted_block(block_ms)
-        frames: list[tuple[str, dict]] = []
+        # Frames read, the frames stream's position moved past them, kept beyond this call: found by a
+        # bridge's probe, a Redis shut down between this call's reads lost the first read's frames
+        # (the call is repeated after the outage, from the moved position), and nothing counted them.
+        frames = self._frames_read
         while True:
             reply = yield _command("xread", {name: member._position for name, member in self.members.items()},
                                    count=count, block=block)
@@ -1330,6 +1337,7 @@ class _InOrderSteps(_FanInSteps[Any]):
             # That read found the frames stream's end, and every event written by then: their frames
             # are all handed over.
             ordered += self._released(lambda e: True)
+        self._frames_read = []
         self._held.extend(ordered)
         return self._take_held()
 

@@ -374,6 +374,60 @@ def test_frames_and_events_come_in_the_order_the_pipeline_wrote_them(server):
     assert items[0].kind == "state" and items[-1].data == {"state": "ended"}
 
 
+def test_frames_read_before_redis_was_lost_between_two_reads_of_one_call_are_not_skipped(server):
+    # Found by a bridge's probe: Redis shut down between the two reads one call of frames_and_events
+    # makes (both streams, then both again at once) cost the first read's frames, without a count
+    import redis
+
+    written = pipeline_writes(server, 60)
+    reader = connect(server.url).frames_and_events("cam0", start="0", count=10)
+    xread, calls = reader.client.redis.xread, []
+
+    def lost_once(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == 2:  # the call's second read, its frames' position already past the first's
+            raise redis.ConnectionError("Connection closed by server.")
+        return xread(*args, **kwargs)
+
+    reader.client.redis.xread = lost_once
+    items = []
+    while len(items) < len(written):
+        got = reader.read(block_ms=2000)
+        assert got, f"stopped after {len(items)} of {len(written)}"
+        items += got
+    assert len(calls) > 2
+    assert [(item.stream, item.id) for item in items] == written
+
+
+def test_entries_of_several_streams_read_before_redis_was_lost_mid_call_are_not_skipped(server):
+    # the same for a reader of several streams: one stream's entries taken, then a gap in the
+    # next stream's frame numbers looked into (an XRANGE) as Redis went away
+    import redis
+
+    publish(server, range(3), "cam0")
+    publish(server, range(3), "cam1")
+    reader = connect(server.url).frames(["cam0", "cam1"], start="0")
+    assert len(reader.read(block_ms=2000)) == 6
+    publish(server, range(3, 6), "cam0")
+    publish(server, [5, 6], "cam1")  # frames 3 and 4 of cam1 never written: a gap to look into
+    xrange, calls = reader.client.redis.xrange, []
+
+    def lost_once(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == 1:
+            raise redis.ConnectionError("Connection closed by server.")
+        return xrange(*args, **kwargs)
+
+    reader.client.redis.xrange = lost_once
+    got = []
+    while len(got) < 5:
+        items = reader.read(block_ms=2000)
+        assert items, f"stopped after {[(e.source, e.frame) for e in got]}"
+        got += items
+    assert calls, "the gap was looked into"
+    assert sorted((e.source, e.frame) for e in got) == [("cam0", 3), ("cam0", 4), ("cam0", 5), ("cam1", 5), ("cam1", 6)]
+
+
 def test_the_asyncio_clients_frames_and_events_come_in_the_same_order(server):
     import asyncio
 
