@@ -97,7 +97,9 @@ def test_a_reload_adds_removes_and_refilters_sources_while_the_others_run_on(tmp
     wait_for(lambda: len(_entries(path, "c")) >= 5, 60, "c's first entries")
     wait_for(lambda: len(_entries(path, "b")) >= b_at_reload + 5, 60, "b's entries after the reload")
     assert len(_entries(path, "a")) == a_at_reload, "nothing of a after its removal was written"
-    assert [e["frame"] for e in _entries(path, "c")][:3] == ["0", "1", "2"]
+    # from its own first frame on (a live camera's frame may be dropped on a loaded machine: counted, not here)
+    frames = [int(e["frame"]) for e in _entries(path, "c")]
+    assert frames[0] == 0 and frames == sorted(set(frames)), frames
     assert all(json.loads(e["segments"]) == [] for e in _entries(path, "b")[b_at_reload + 2:])
 
     # a mistake: nothing changes, the run goes on
