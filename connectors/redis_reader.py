@@ -540,11 +540,14 @@ class _ClientBase(Generic[_Frames, _Events, _InOrder]):
                                consumer=consumer, claim_idle_ms=claim_idle_ms, count=count, block_ms=block_ms,
                                discover_s=discover_s)
 
-    def frames_and_events(self, source: str, *, start: str = "$", count: int = 100,
+    def frames_and_events(self, source: str, *, start: str | tuple[str, str] = "$", count: int = 100,
                           block_ms: int = 1000) -> _InOrder:
         """The frames and events of one ``source`` together, each event after the frame entry it
-        was written at: see ``InOrder``. ``start`` as for ``frames`` (an entry id: both streams
-        from that time on)."""
+        was written at: see ``InOrder``. ``start`` as for ``frames`` (an entry id: both streams'
+        entries after it), or the pair ``(frame_id, event_id)``: each stream's entries after its
+        own, to go on where a reader left off without a duplicate (save the ``id`` of the last
+        frame entry and of the last event entry it handed over). ``count`` is per stream: a read
+        hands over up to that many frames with the events that go among them."""
         if not isinstance(source, str) or _is_glob(source):
             raise ValueError("frames_and_events reads one source: name it (no list, no glob)")
         return self._in_order_class(self, stream_name(self.stream_pattern, source),
@@ -1201,7 +1204,7 @@ class _FanInSteps(_FeedSteps[_Item]):
     def _start_steps(self) -> Iterator:
         names = self._named if self.pattern is None else (yield from _matching_steps(self.pattern))
         for name in names:
-            yield from self._add_steps(name, self._start)
+            yield from self._add_steps(name, self._start.get(name, "$") if isinstance(self._start, dict) else self._start)
         if self.pattern is not None and not self.members:
             message = yield from _missing_message_steps(self.pattern, redis_address(self.client.redis),
                                                         "waiting for a stream that matches")
@@ -1287,10 +1290,16 @@ class _Waiting(NamedTuple):
 class _InOrderSteps(_FanInSteps[Any]):
     """An ``InOrder``'s reads and ordering, without I/O (see ``InOrder``)."""
 
-    def __init__(self, client: _ClientBase, frames: str, events: str, *, start: str, count: int, block_ms: int):
+    def __init__(self, client: _ClientBase, frames: str, events: str, *, start: str | tuple[str, str], count: int,
+                 block_ms: int):
         def parse(entry_id: str, stream: str, fields, subscription) -> Entry | EventEntry:
             return (_event_entry if stream == events else _frame_entry)(entry_id, stream, fields, subscription)
 
+        if isinstance(start, tuple):  # (frames', events') IDs: where a reader left off, each stream's own
+            if len(start) != 2 or not all(isinstance(s, str) for s in start):
+                raise ValueError(f"start must be an entry ID or a pair of them (the last frame's and event's "
+                                 f"handed over), got {start!r}")
+            start = {frames: start[0], events: start[1]}
         super().__init__(client, parse, streams=[frames, events], start=start, count=count, block_ms=block_ms)
         self.frames_stream, self.events_stream = frames, events
         self._waiting: deque[_Waiting] = deque()  # events read, in their stream's order
