@@ -47,7 +47,8 @@ class PreviewSink:
 
     It asks the runtime for the decoded frames (``wants_images``); the runtime attaches each
     frame's image to its result until the sinks have published it, so memory stays bounded by
-    the runtime's queues.
+    the runtime's queues and the preview's own: up to ``WAITING`` + 2 frames with their images
+    (queued, being drawn, being handed over; at 4K about 60 MB each).
 
     ``level`` draws that level of each result's segment hierarchy (``FrameResult.levels``, 0 the
     finest) instead of its segments; a result without it stops the run (the config check refuses
@@ -56,8 +57,10 @@ class PreviewSink:
     Frames are drawn and written on a thread of the sink's own, in order: ``publish`` returns
     once the frame is queued (up to ``WAITING`` frames wait; it blocks while that many do),
     ``flush`` returns once every frame handed to it is written, and an error of the drawing
-    thread is raised by the next ``publish``, ``poll``, ``flush`` or ``close``. So the sinks
-    before it (Redis) send their entries without waiting for the picture.
+    thread is raised by the next ``publish``, ``poll``, ``flush`` or ``close`` (the frames still
+    queued then are dropped, counted as ``sink_write_failed``). So the sinks before it (Redis)
+    send their entries without waiting for the picture. ``on_written`` and ``on_dropped`` are
+    called from the drawing thread (they must not call ``flush``).
 
     A write that fails for a while (the disk full) costs the preview its frames, not the run:
     each is dropped and counted as ``sink_write_failed`` (``on_dropped``, ``status()``), said once
@@ -108,6 +111,7 @@ class PreviewSink:
         self._error: BaseException | None = None  # the drawing thread's, raised once on the caller's
         self._raised = False
         self._closing = threading.Lock()  # an aborted run's second close waits for the first
+        self._ending_sent = False  # the drawing thread told to end (once)
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
         except OSError as error:
@@ -152,8 +156,13 @@ class PreviewSink:
                     return
                 if self._error is None:
                     self._draw(*item)
+                else:  # not drawn: counted, as a failed write's frame is
+                    self.dropped[DROPPED_WRITE_FAILED] += 1
+                    if self.on_dropped is not None:
+                        self.on_dropped([item[0]], DROPPED_WRITE_FAILED)
             except BaseException as error:
-                self._error = error
+                if self._error is None:
+                    self._error = error
             finally:
                 self._waiting.task_done()
 
@@ -291,15 +300,23 @@ class PreviewSink:
         self._waiting.join()
         self._raise_drawing_error()
 
+    def settle(self) -> None:
+        """Wait until every frame handed over is written or dropped (the runtime, before it counts
+        what became of an ended source's frames)."""
+        self.flush()
+
     def close(self) -> None:
         with self._closing:
             self._close()
 
     def _close(self) -> None:
-        drawer, self._drawer = self._drawer, None
+        drawer = self._drawer
         if drawer is not None:  # the frames queued are drawn first (an aborted run's too: at most WAITING)
-            self._waiting.put(None)
-            drawer.join()
+            if not self._ending_sent:
+                self._waiting.put(None)
+                self._ending_sent = True
+            drawer.join()  # again in a close repeated after one interrupted here (a second Ctrl-C)
+            self._drawer = None
         videos, self._videos = self._videos, {}
         for source, video in videos.items():
             try:

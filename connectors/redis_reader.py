@@ -1044,9 +1044,15 @@ class _SubscriptionSteps(_FeedSteps[_Item]):
         when the stream's trimming overtook this reader. The entries' ``seq`` tells how many
         exactly, across a pipeline's restart too; entries of older pipelines without it, their
         frame numbers, within one run (a gap the pipeline's own drops left counts too: "about").
-        In a group, only as its one consumer: the others take entries of the gap too."""
-        previous, self._last_numbers = self._last_numbers, (_seq_of(entries[-1][1]), _frame_of(entries[-1][1]))
-        group_lost, self._group_lost = self._group_lost, False  # said of the first entries after it only
+        In a group, only as its one consumer: the others take entries of the gap too. The last
+        numbers move on once the gap is told: Redis lost while it is looked into, the call that
+        read these entries comes again and looks again (found reviewing: the gap went uncounted)."""
+        yield from self._gap_steps(entries, position, self._last_numbers, self._group_lost)
+        self._last_numbers = (_seq_of(entries[-1][1]), _frame_of(entries[-1][1]))
+        self._group_lost = False  # said of the first entries after it only
+
+    def _gap_steps(self, entries: list[tuple[str, dict]], position: str,
+                   previous: tuple[int | None, tuple[bytes | None, int] | None] | None, group_lost: bool) -> Iterator:
         first = (_seq_of(entries[0][1]), _frame_of(entries[0][1]))
         if previous is None:
             return
@@ -1221,8 +1227,8 @@ class _FanInSteps(_FeedSteps[_Item]):
                 yield _Pause(block_ms / 1000)
             return []
         positions = {name: member._position for name, member in self.members.items()}
-        batches = _batches((yield _command("xread", positions, count=count,
-                                           block=self.client._fitted_block(block_ms))))
+        block = None if self._arrived else self.client._fitted_block(block_ms)  # entries in hand: no waiting
+        batches = _batches((yield _command("xread", positions, count=count, block=block)))
         # A stream that filled its count may hold more entries older than another's last: hand over
         # only those up to the earliest such end, the rest come with the next read, in order.
         horizon = min((_id_key(entries[-1][0]) for _, entries in batches if len(entries) >= count), default=None)
@@ -1309,7 +1315,7 @@ class _InOrderSteps(_FanInSteps[Any]):
 
     def _read_steps(self, count: int, block_ms: int | None) -> Iterator:
         frames_member, events_member = self.members[self.frames_stream], self.members[self.events_stream]
-        block = self.client._fitted_block(block_ms)
+        block = None if self._frames_read else self.client._fitted_block(block_ms)  # frames in hand: no waiting
         # Frames read, the frames stream's position moved past them, kept beyond this call: found by a
         # bridge's probe, a Redis shut down between this call's reads lost the first read's frames
         # (the call is repeated after the outage, from the moved position), and nothing counted them.

@@ -50,7 +50,9 @@ class Sink(Protocol):
     it with results it gave up on and why (``DroppedCallback``). A sink with ``source_ended(name)``
     hears that a source's last result and events were published to it; with
     ``source_removed(name)``, just after, that the source was removed from the run (a reload,
-    ``Runtime.remove_source``): what the sink wrote of it is no longer the run's to watch.
+    ``Runtime.remove_source``): what the sink wrote of it is no longer the run's to watch. A
+    sink that writes on a thread of its own has ``settle()``, which returns once what it was
+    handed is written or dropped: the runtime calls it before it counts an ended source's frames.
     """
 
     @property  # read-only: the runtime only reads it, so a sink's own may be a property or Final

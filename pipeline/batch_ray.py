@@ -310,17 +310,22 @@ def joined_ray(cfg: PipelineConfig) -> Iterator:
         address = cfg.batch.ray.address
         _check_reachable(address)
         handlers = _signal_handlers()
+        kept: list[str] = []
         try:
-            with _native_lines_kept(address is not None) as said:
+            with _native_lines_kept(address is not None) as kept:
                 ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
+            if kept:
+                log.warning("Ray's client tried %d times before it joined %s (the last: %s)", len(kept) + 1, address,
+                            kept[-1].split("] ", 1)[-1])
         except (ConnectionError, RuntimeError, ValueError) as error:
-            if _refused_token(error, said):
+            if _refused_token(error, kept):
                 raise ConfigError(
                     f"batch.ray.address: the Ray cluster at {address} refused segstream's token (Ray's token "
                     "authentication: missing or not the cluster's) — run with RAY_AUTH_MODE=token and the cluster's "
                     "token in RAY_AUTH_TOKEN, in a file named by RAY_AUTH_TOKEN_PATH, or in ~/.ray/auth_token "
                     "(`ray get-auth-token` on the head prints it)") from None
-            raise ConfigError(f"cannot join the Ray cluster at {address or 'a new local Ray'}: {error}") from None
+            said = f" (Ray's client: {kept[-1].split('] ', 1)[-1]})" if kept else ""
+            raise ConfigError(f"cannot join the Ray cluster at {address or 'a new local Ray'}: {error}{said}") from None
         finally:
             _restore(handlers)  # Ray's own SIGTERM handler aborted the batch instead of draining it
     try:
@@ -330,34 +335,43 @@ def joined_ray(cfg: PipelineConfig) -> Iterator:
             ray.shutdown()
 
 
+# What Ray's C++ client writes a second while a cluster refuses it (21 such lines in 20 s for a missing token)
+_RETRY_LINE = re.compile(rb"gcs_client\.cc:\d+\]? ?.*(Failed to get cluster ID|Unauthenticated|InvalidAuthToken)")
+
+
 @contextlib.contextmanager
 def _native_lines_kept(joining: bool) -> Iterator[list[str]]:
-    """While joining a cluster, what Ray's C++ client writes to standard error (a line a second
-    while the cluster refuses it: 21 lines in 20 s for a missing token) is kept aside, in the
-    list yielded (filled at the end). After a join that worked, each line is said as a warning
-    (a JSON record under JSON logs). Starting a local Ray changes nothing."""
+    """While joining a cluster, the lines Ray's C++ client writes to standard error a second
+    while the cluster refuses it are kept aside, in the list yielded (filled at the end); every
+    other line written to standard error meanwhile (a crash's, a log record's) goes on to it as
+    it comes. Starting a local Ray changes nothing."""
     lines: list[str] = []
     if not joining:
         yield lines
         return
-    import tempfile
-
     sys.stderr.flush()
     saved = os.dup(2)
-    with tempfile.TemporaryFile() as kept:
-        os.dup2(kept.fileno(), 2)
-        joined = False
-        try:
-            yield lines
-            joined = True
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            kept.seek(0)
-            lines += kept.read().decode(errors="replace").splitlines()
-    if joined:
-        for line in lines:
-            log.warning("Ray: %s", line)
+    reading, writing = os.pipe()
+
+    def forward() -> None:
+        with os.fdopen(reading, "rb") as pipe:
+            for line in pipe:
+                if _RETRY_LINE.search(line):
+                    lines.append(line.decode(errors="replace").rstrip("\n"))
+                else:
+                    os.write(saved, line)
+
+    forwarder = threading.Thread(target=forward, name="segstream-ray-stderr", daemon=True)
+    forwarder.start()
+    os.dup2(writing, 2)
+    os.close(writing)
+    try:
+        yield lines
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)  # the pipe's last writer gone (a process Ray started may hold it: not waited for)
+        forwarder.join(2.0)
+        os.close(saved)
 
 
 def _refused_token(error: BaseException, lines: list[str]) -> bool:

@@ -1376,6 +1376,9 @@ class Runtime:
                 self._publish_events()
                 if isinstance(item, SourceEnd):
                     self._publish_events(item.source)  # the states held before its end, too
+                    for sink in self.sinks:  # a sink writing on a thread of its own (the preview) has
+                        if hasattr(sink, "settle"):  # written or dropped the source's frames before they are counted
+                            sink.settle()
                     self._count_end(item)
                     self._handing = list(item.events)
                     for sink in self.sinks:

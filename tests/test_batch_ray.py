@@ -325,3 +325,21 @@ def test_a_cluster_that_refuses_the_token_is_one_line_saying_how_to_give_it(tmp_
     assert joined.stderr.startswith("segstream: error: batch.ray.address: the Ray cluster at ")
     assert "refused segstream's token" in joined.stderr and "RAY_AUTH_TOKEN" in joined.stderr
     assert len(joined.stderr.splitlines()) == 1, joined.stderr  # Ray's C++ lines kept aside
+
+
+def test_while_joining_only_ray_s_retry_lines_are_kept_aside_and_the_rest_of_standard_error_goes_on(capfd):
+    # found reviewing: keeping all of standard error aside hid a crash's last words (a C++ check
+    # failing, then abort) and other threads' lines
+    from segstream.pipeline.batch_ray import _native_lines_kept
+
+    retry = (b"[2026-12-04 22:20:34,341 W 25039 25039] gcs_client.cc:210: Failed to get cluster ID from GCS server: "
+             b"Unauthenticated: RPC error: InvalidAuthToken: Authentication token is missing or incorrect\n")
+    with _native_lines_kept(True) as kept:
+        os.write(2, retry * 3)
+        os.write(2, b"[2026-12-04 22:20:35 C 25039 25039] core_worker.cc:1: Check failed: something\n")
+    assert len(kept) == 3 and all("Failed to get cluster ID" in line for line in kept)
+    err = capfd.readouterr().err
+    assert "Check failed: something" in err and "gcs_client" not in err
+    with _native_lines_kept(False) as kept:  # starting a local Ray: standard error as it is
+        os.write(2, retry)
+    assert kept == [] and "gcs_client" in capfd.readouterr().err

@@ -183,6 +183,55 @@ def test_an_error_of_the_preview_s_drawing_thread_is_raised_on_the_publishing_th
     sink.close()  # said once: the run that caught it closes the sinks without a second error
 
 
+def test_an_ended_source_s_counts_wait_for_the_frames_the_preview_still_held(tmp_path, clip, monkeypatch):
+    # found reviewing: the source's end was counted while the drawing thread still held its last
+    # frames, which it dropped after: the ended event said 5 published, the run's summary 0
+    import time
+
+    def failing(self, result, image):
+        time.sleep(0.02)
+        return False  # a write that failed: dropped and counted
+
+    monkeypatch.setattr(PreviewSink, "_write", failing)
+    other = CollectingSink()
+    report = Runtime([FileSource("cam", clip)], ColourSegmenter(), [PreviewSink(tmp_path / "p"), other],
+                     progress=None, publish_states=True).run()
+    [ended] = [e for e in other.events if e.kind == "state" and e.data.get("state") == "ended"]
+    assert report.published == 0 and report.dropped > 0
+    assert ended.data["frames"]["published"] == 0
+    assert ended.data["frames"]["dropped"] == {"sink_write_failed": report.dropped}
+
+
+def test_a_close_repeated_after_one_interrupted_finishes_the_video(tmp_path, monkeypatch):
+    # found reviewing: a second Ctrl-C inside close's wait for the drawing thread, then close
+    # again (the runtime's other thread does), closed the MP4 while frames were still being drawn
+    # into it: no moov atom, unplayable
+    from segstream.connectors import preview_sink
+
+    drawn = preview_sink.draw_overlay
+    monkeypatch.setattr(preview_sink, "draw_overlay",
+                        lambda *args, **kwargs: __import__("time").sleep(0.02) or drawn(*args, **kwargs))
+    sink = PreviewSink(tmp_path, "mp4")
+    for index in range(12):
+        result = _frame_result(index)
+        result.image = np.full((48, 64, 3), index * 20, np.uint8)
+        result.label_map = np.full((48, 64), -1, np.int32)
+        result.width, result.height, result.pts, result.time_base = 64, 48, index, Fraction(1, 10)
+        sink.publish(result)
+    join = sink._drawer.join
+
+    def interrupted(timeout=None):
+        sink._drawer.join = join
+        raise KeyboardInterrupt
+
+    sink._drawer.join = interrupted
+    with pytest.raises(KeyboardInterrupt):
+        sink.close()
+    sink.close()
+    with av.open(str(tmp_path / "cam.mp4")) as container:
+        assert sum(1 for _ in container.decode(video=0)) == 12
+
+
 def test_labels_are_drawn_and_scale_with_the_frame():
     assert scale_for(1080)[0] > 2 * scale_for(240)[0]
     assert scale_for(1080)[2] > scale_for(240)[2] >= 1
