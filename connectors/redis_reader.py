@@ -540,7 +540,7 @@ class _ClientBase(Generic[_Frames, _Events, _InOrder]):
                                consumer=consumer, claim_idle_ms=claim_idle_ms, count=count, block_ms=block_ms,
                                discover_s=discover_s)
 
-    def frames_and_events(self, source: str, *, start: str | tuple[str, str] = "$", count: int = 100,
+    def frames_and_events(self, source: str, *, start: str | tuple[str, str] | list[str] = "$", count: int = 100,
                           block_ms: int = 1000) -> _InOrder:
         """The frames and events of one ``source`` together, each event after the frame entry it
         was written at: see ``InOrder``. ``start`` as for ``frames`` (an entry id: both streams'
@@ -1296,16 +1296,19 @@ class _Waiting(NamedTuple):
 class _InOrderSteps(_FanInSteps[Any]):
     """An ``InOrder``'s reads and ordering, without I/O (see ``InOrder``)."""
 
-    def __init__(self, client: _ClientBase, frames: str, events: str, *, start: str | tuple[str, str], count: int,
-                 block_ms: int):
+    def __init__(self, client: _ClientBase, frames: str, events: str, *, start: str | tuple[str, str] | list[str],
+                 count: int, block_ms: int):
         def parse(entry_id: str, stream: str, fields, subscription) -> Entry | EventEntry:
             return (_event_entry if stream == events else _frame_entry)(entry_id, stream, fields, subscription)
 
-        if isinstance(start, tuple):  # (frames', events') IDs: where a reader left off, each stream's own
+        if isinstance(start, (tuple, list)):  # (frames', events') IDs: where a reader left off (a list from JSON too)
             if len(start) != 2 or not all(isinstance(s, str) for s in start):
                 raise ValueError(f"start must be an entry ID or a pair of them (the last frame's and event's "
-                                 f"handed over), got {start!r}")
+                                 f"handed over; \"0\" for a stream none was handed over of), got {start!r}")
             start = {frames: start[0], events: start[1]}
+        elif not isinstance(start, str):
+            raise ValueError(f"start must be an entry ID (\"$\": from now on, \"0\": from the first) or a pair of "
+                             f"them, got {start!r}")
         super().__init__(client, parse, streams=[frames, events], start=start, count=count, block_ms=block_ms)
         self.frames_stream, self.events_stream = frames, events
         self._waiting: deque[_Waiting] = deque()  # events read, in their stream's order

@@ -317,13 +317,18 @@ def joined_ray(cfg: PipelineConfig) -> Iterator:
             if kept:
                 log.warning("Ray's client tried %d times before it joined %s (the last: %s)", len(kept) + 1, address,
                             kept[-1].split("] ", 1)[-1])
-        except (ConnectionError, RuntimeError, ValueError) as error:
+        except Exception as error:
+            if type(error).__name__ == "AuthenticationError" and "RAY_AUTH_TOKEN_PATH" in str(error):
+                raise ConfigError(f"RAY_AUTH_TOKEN_PATH names {os.environ.get('RAY_AUTH_TOKEN_PATH')!r}, which cannot "
+                                  "be read or is empty — write the cluster's token there (`ray get-auth-token` on "
+                                  "the head prints it) or unset it") from None
+            if not isinstance(error, (ConnectionError, RuntimeError, ValueError)):
+                raise
             if _refused_token(error, kept):
-                raise ConfigError(
-                    f"batch.ray.address: the Ray cluster at {address} refused segstream's token (Ray's token "
-                    "authentication: missing or not the cluster's) — run with RAY_AUTH_MODE=token and the cluster's "
-                    "token in RAY_AUTH_TOKEN, in a file named by RAY_AUTH_TOKEN_PATH, or in ~/.ray/auth_token "
-                    "(`ray get-auth-token` on the head prints it)") from None
+                raise ConfigError(f"batch.ray.address: the Ray cluster at {address} refused segstream's token (Ray's "
+                                  f"token authentication): {_token_sent()} — run with RAY_AUTH_MODE=token and the "
+                                  "cluster's token in RAY_AUTH_TOKEN, in a file named by RAY_AUTH_TOKEN_PATH, or in "
+                                  "~/.ray/auth_token (`ray get-auth-token` on the head prints it)") from None
             said = f" (Ray's client: {kept[-1].split('] ', 1)[-1]})" if kept else ""
             raise ConfigError(f"cannot join the Ray cluster at {address or 'a new local Ray'}: {error}{said}") from None
         finally:
@@ -372,6 +377,21 @@ def _native_lines_kept(joining: bool) -> Iterator[list[str]]:
         os.dup2(saved, 2)  # the pipe's last writer gone (a process Ray started may hold it: not waited for)
         forwarder.join(2.0)
         os.close(saved)
+
+
+def _token_sent() -> str:
+    """Which token this driver sent, as Ray picks it (its environment, then the default file)."""
+    mode = os.environ.get("RAY_AUTH_MODE")
+    if mode != "token":
+        return ("RAY_AUTH_MODE is not set, so none was sent" if mode is None
+                else f"RAY_AUTH_MODE is {mode!r}, not 'token', so none was sent")
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return "the one in RAY_AUTH_TOKEN was not the cluster's"
+    if os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        return f"the one in {os.environ['RAY_AUTH_TOKEN_PATH']} (RAY_AUTH_TOKEN_PATH) was not the cluster's"
+    default = Path.home() / ".ray" / "auth_token"
+    return (f"the one in {default} was not the cluster's" if default.exists()
+            else f"none was found (no RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or {default})")
 
 
 def _refused_token(error: BaseException, lines: list[str]) -> bool:

@@ -324,7 +324,14 @@ def test_a_cluster_that_refuses_the_token_is_one_line_saying_how_to_give_it(tmp_
     assert joined.returncode == 2
     assert joined.stderr.startswith("segstream: error: batch.ray.address: the Ray cluster at ")
     assert "refused segstream's token" in joined.stderr and "RAY_AUTH_TOKEN" in joined.stderr
+    assert "RAY_AUTH_MODE is not set, so none was sent" in joined.stderr  # which case it is (found probing)
     assert len(joined.stderr.splitlines()) == 1, joined.stderr  # Ray's C++ lines kept aside
+    # a token file named and not there: Ray's AuthenticationError was a 37-line traceback, exit 1
+    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(tmp_path / "no-such-token"))
+    missing = subprocess.run(joined.args, env={**env, "PYTHONPATH": str(REPO)}, cwd=tmp_path, capture_output=True,
+                             text=True, timeout=120)
+    assert missing.returncode == 2 and len(missing.stderr.splitlines()) == 1, missing.stderr
+    assert missing.stderr.startswith(f"segstream: error: RAY_AUTH_TOKEN_PATH names '{tmp_path / 'no-such-token'}'")
 
 
 def test_while_joining_only_ray_s_retry_lines_are_kept_aside_and_the_rest_of_standard_error_goes_on(capfd):

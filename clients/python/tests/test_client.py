@@ -436,10 +436,11 @@ def test_frames_and_events_go_on_where_a_reader_left_off_from_each_streams_last_
     items = first.read(block_ms=2000) + first.read(block_ms=2000)
     last = {item.stream: item.id for item in items}
     assert len(items) < len(written) and len(last) == 2
-    with pytest.raises(ValueError, match="a pair of them"):
-        connect(server.url).frames_and_events("cam0", start=("0",))
-    again = connect(server.url).frames_and_events(
-        "cam0", start=(last["segstream:cam0:frames"], last["segstream:cam0:events"]), count=10)
+    for wrong in (("0",), None, 5):
+        with pytest.raises(ValueError, match="or a pair of them"):
+            connect(server.url).frames_and_events("cam0", start=wrong)
+    again = connect(server.url).frames_and_events(  # a list: the pair as JSON gives it back
+        "cam0", start=[last["segstream:cam0:frames"], last["segstream:cam0:events"]], count=10)
     while len(items) < len(written):
         got = again.read(block_ms=2000)
         assert got, f"stopped after {len(items)} of {len(written)}"
