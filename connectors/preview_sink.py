@@ -267,11 +267,23 @@ class PreviewSink:
             video.abandon()
             if video.frames or _size(video.path):
                 self._unfinished[video.path] = (self._last_error, video.frames)
+                self._lost_in_file(source, video.frames)
                 self._parts[source] = self._parts.get(source, 1) + 1
             else:  # nothing of it reached the disk: the next try takes its name
                 with contextlib.suppress(OSError):
                     video.path.unlink()
         self._retry_at[source] = time.monotonic() + RETRY_S
+
+    def _lost_in_file(self, source: str, frames: int) -> None:
+        """Frames written to an MP4 that cannot be finished (no player opens it): dropped after all,
+        counted as a failed write's (found probing: a run whose first two MP4s were lost to a full
+        disk summarised their 22 frames as published)."""
+        if not frames:
+            return
+        self.frames -= frames
+        self.dropped[DROPPED_WRITE_FAILED] += frames
+        if self.on_dropped is not None:
+            self.on_dropped([FrameResult(source, -1, 0, 0, None) for _ in range(frames)], DROPPED_WRITE_FAILED)
 
     def status(self) -> dict:
         """What the preview dropped, with a ``line`` for status lines while it has dropped any."""
@@ -323,14 +335,15 @@ class PreviewSink:
                 video.close()
             except OutputWriteError as error:
                 self._unfinished[video.path] = (error.reason, video.frames)
+                self._lost_in_file(source, video.frames)
                 continue
             log.info("preview of %s: %d frames in %s", source, video.frames, video.path)
         for path, (reason, frames) in sorted(self._unfinished.items()):
             if path in self._said_unfinished:  # close is called twice when a run is aborted
                 continue
             self._said_unfinished.add(path)
-            log.warning("preview '%s' is unfinished and cannot be played (the %d frames written to it are lost): its "
-                        "writes failed (%s)", path, frames, reason)
+            log.warning("preview '%s' is unfinished and cannot be played (the %d frames written to it are lost, counted "
+                        "as %s): its writes failed (%s)", path, frames, DROPPED_WRITE_FAILED, reason)
         self._raise_drawing_error()
 
 
