@@ -148,7 +148,7 @@ class PreviewSink:
 
     def _draw_all(self) -> None:
         """The drawing thread: each frame queued, in order, until close's None; after an error the
-        frames still queued are let go (the error ends the run)."""
+        frames still queued are dropped and counted (the error ends the run)."""
         while True:
             item = self._waiting.get()
             try:

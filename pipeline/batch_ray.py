@@ -357,13 +357,14 @@ def _native_lines_kept(joining: bool) -> Iterator[list[str]]:
     sys.stderr.flush()
     saved = os.dup(2)
     reading, writing = os.pipe()
+    forwarding = True
 
     def forward() -> None:
         with os.fdopen(reading, "rb") as pipe:
             for line in pipe:
                 if _RETRY_LINE.search(line):
                     lines.append(line.decode(errors="replace").rstrip("\n"))
-                else:
+                elif forwarding:
                     os.write(saved, line)
 
     forwarder = threading.Thread(target=forward, name="segstream-ray-stderr", daemon=True)
@@ -376,7 +377,10 @@ def _native_lines_kept(joining: bool) -> Iterator[list[str]]:
         sys.stderr.flush()
         os.dup2(saved, 2)  # the pipe's last writer gone (a process Ray started may hold it: not waited for)
         forwarder.join(2.0)
-        os.close(saved)
+        if forwarder.is_alive():  # still held open: its later lines are let go, and `saved` is kept (its
+            forwarding = False    # number could name another file once closed)
+        else:
+            os.close(saved)
 
 
 def _token_sent() -> str:

@@ -935,9 +935,15 @@ def test_videos_done_again_after_an_interrupted_batch_each_hold_their_frames_onc
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         first_run = client.xrange("segstream:long:frames", count=1)[0][1][b"run_id"]
 
+        def short_recorded() -> bool:  # its record written (on a loaded machine it came after long's frame 5)
+            lines = (out / MANIFEST).read_text().splitlines()
+            return any(line.endswith("}") and json.loads(line)["id"] == "short"
+                       and json.loads(line)["settings"]["tracking"]["min_hits"] == 3 for line in lines)
+
         def long_midway() -> bool:
             newest = client.xrevrange("segstream:long:frames", count=1)
-            return bool(newest) and newest[0][1][b"run_id"] != first_run and int(newest[0][1][b"frame"]) >= 5
+            return (bool(newest) and newest[0][1][b"run_id"] != first_run and int(newest[0][1][b"frame"]) >= 5
+                    and short_recorded())
 
         deadline = time.monotonic() + 60
         while not long_midway() and run.poll() is None and time.monotonic() < deadline:

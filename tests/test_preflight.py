@@ -596,7 +596,8 @@ def test_writes_paused_during_the_check_are_a_warning_not_a_failure(tmp_path, ca
     # CLIENT PAUSE WRITE (what a FAILOVER does for its while) holds the check's queued XADD
     with RedisProcess(tmp_path / "redis") as server:
         config = write_config(tmp_path, FILE_SOURCE, f"{{url: '{server.url}'}}")
-        server.client().execute_command("CLIENT", "PAUSE", "8000", "WRITE")
+        # paused longer than the check can take on a loaded machine (it waits 5 s for the write)
+        server.client().execute_command("CLIENT", "PAUSE", "30000", "WRITE")
         try:
             code, lines = connect(config, capsys)
         finally:
