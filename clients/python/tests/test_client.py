@@ -374,22 +374,29 @@ def test_frames_and_events_come_in_the_order_the_pipeline_wrote_them(server):
     assert items[0].kind == "state" and items[-1].data == {"state": "ended"}
 
 
-def test_frames_read_before_redis_was_lost_between_two_reads_of_one_call_are_not_skipped(server):
-    # Found by a bridge's probe: Redis shut down between the two reads one call of frames_and_events
-    # makes (both streams, then both again at once) cost the first read's frames, without a count
+def lose_redis_once(reader, command: str, at: int = 1) -> list:
+    """The reader's connection fails its ``at``-th ``command`` once, as a Redis shut down there
+    would; returns each call's ``block`` argument (None where it has none), in order."""
     import redis
 
-    written = pipeline_writes(server, 60)
-    reader = connect(server.url).frames_and_events("cam0", start="0", count=10)
-    xread, calls = reader.client.redis.xread, []
+    real, calls = getattr(reader.client.redis, command), []
 
     def lost_once(*args, **kwargs):
         calls.append(kwargs.get("block"))
-        if len(calls) == 2:  # the call's second read, its frames' position already past the first's
+        if len(calls) == at:
             raise redis.ConnectionError("Connection closed by server.")
-        return xread(*args, **kwargs)
+        return real(*args, **kwargs)
 
-    reader.client.redis.xread = lost_once
+    setattr(reader.client.redis, command, lost_once)
+    return calls
+
+
+def test_frames_read_before_redis_was_lost_between_two_reads_of_one_call_are_not_skipped(server):
+    # Found by a bridge's probe: Redis shut down between the two reads one call of frames_and_events
+    # makes (both streams, then both again at once) cost the first read's frames, without a count
+    written = pipeline_writes(server, 60)
+    reader = connect(server.url).frames_and_events("cam0", start="0", count=10)
+    calls = lose_redis_once(reader, "xread", at=2)  # the call's second read, its frames' position already moved
     items = []
     while len(items) < len(written):
         got = reader.read(block_ms=2000)
@@ -402,23 +409,13 @@ def test_frames_read_before_redis_was_lost_between_two_reads_of_one_call_are_not
 def test_entries_of_several_streams_read_before_redis_was_lost_mid_call_are_not_skipped(server):
     # the same for a reader of several streams: one stream's entries taken, then a gap in the
     # next stream's frame numbers looked into (an XRANGE) as Redis went away
-    import redis
-
     publish(server, range(3), "cam0")
     publish(server, range(3), "cam1")
     reader = connect(server.url).frames(["cam0", "cam1"], start="0")
     assert len(reader.read(block_ms=2000)) == 6
     publish(server, range(3, 6), "cam0")
     publish(server, [5, 6], "cam1")  # frames 3 and 4 of cam1 never written: a gap to look into
-    xrange, calls = reader.client.redis.xrange, []
-
-    def lost_once(*args, **kwargs):
-        calls.append(args)
-        if len(calls) == 1:
-            raise redis.ConnectionError("Connection closed by server.")
-        return xrange(*args, **kwargs)
-
-    reader.client.redis.xrange = lost_once
+    calls = lose_redis_once(reader, "xrange")
     got = []
     while len(got) < 5:
         items = reader.read(block_ms=2000)
@@ -451,22 +448,12 @@ def test_frames_and_events_go_on_where_a_reader_left_off_from_each_streams_last_
 def test_a_trimmed_gap_is_counted_though_redis_was_lost_while_it_was_looked_into(server):
     # found reviewing: the last entry's numbers moved on before the gap's XRANGE; Redis lost there,
     # the read came again and saw no gap: entries trimmed away uncounted
-    import redis
-
     publish(server, range(3))
     reader = connect(server.url).frames("cam0", start="0")
     assert len(reader.read(block_ms=2000)) == 3
     publish(server, range(3, 10))
     server.client().xtrim("segstream:cam0:frames", maxlen=3, approximate=False)  # 3 to 6 gone before the reader got them
-    xrange, calls = reader.client.redis.xrange, []
-
-    def lost_once(*args, **kwargs):
-        calls.append(args)
-        if len(calls) == 1:
-            raise redis.ConnectionError("Connection closed by server.")
-        return xrange(*args, **kwargs)
-
-    reader.client.redis.xrange = lost_once
+    calls = lose_redis_once(reader, "xrange")
     assert [e.frame for e in reader.read(block_ms=2000)] == [7, 8, 9]
     assert len(calls) == 2 and reader.trimmed == 4
 
