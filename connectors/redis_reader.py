@@ -1190,7 +1190,7 @@ class _FanInSteps(_FeedSteps[_Item]):
     """A ``FanIn``'s bookkeeping and reads, without I/O (see ``FanIn``)."""
 
     def __init__(self, client: _ClientBase, parse, *, streams: list[str] | None = None, pattern: str | None = None,
-                 start: str, count: int, block_ms: int, discover_s: float = 2.0):
+                 start: str | dict[str, str], count: int, block_ms: int, discover_s: float = 2.0):
         if discover_s <= 0:
             raise ValueError(f"discover_s must be above 0 (seconds between looks for new streams), got {discover_s}")
         super().__init__(client, parse, count=count, block_ms=block_ms,
@@ -1199,7 +1199,7 @@ class _FanInSteps(_FeedSteps[_Item]):
         self.discover_s = discover_s
         self.members: dict[str, _SubscriptionSteps[_Item]] = {}
         self._named = list(streams or [])
-        self._start = start
+        self._start = start  # one ID for every stream, or each named stream's own ("$" for others)
         self._next_discovery = time.monotonic() + discover_s
         self._arrived: list[tuple[str, str, dict]] = []  # entries read, their streams' positions moved past them
 

@@ -317,14 +317,12 @@ def joined_ray(cfg: PipelineConfig) -> Iterator:
             if kept:
                 log.warning("Ray's client tried %d times before it joined %s (the last: %s)", len(kept) + 1, address,
                             kept[-1].split("] ", 1)[-1])
-        except Exception as error:
-            if type(error).__name__ == "AuthenticationError" and "RAY_AUTH_TOKEN_PATH" in str(error):
+        except (ConnectionError, RuntimeError, ValueError, *_auth_errors(ray)) as error:
+            if isinstance(error, _auth_errors(ray)) and "RAY_AUTH_TOKEN_PATH" in str(error):
                 raise ConfigError(f"RAY_AUTH_TOKEN_PATH names {os.environ.get('RAY_AUTH_TOKEN_PATH')!r}, which cannot "
                                   "be read or is empty — write the cluster's token there (`ray get-auth-token` on "
                                   "the head prints it) or unset it") from None
-            if not isinstance(error, (ConnectionError, RuntimeError, ValueError)):
-                raise
-            if _refused_token(error, kept):
+            if _refused_token(error, kept, _auth_errors(ray)):
                 raise ConfigError(f"batch.ray.address: the Ray cluster at {address} refused segstream's token (Ray's "
                                   f"token authentication): {_token_sent()} — run with RAY_AUTH_MODE=token and the "
                                   "cluster's token in RAY_AUTH_TOKEN, in a file named by RAY_AUTH_TOKEN_PATH, or in "
@@ -398,11 +396,17 @@ def _token_sent() -> str:
             else f"none was found (no RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or {default})")
 
 
-def _refused_token(error: BaseException, lines: list[str]) -> bool:
-    """Whether Ray's join failed on its token authentication (an AuthenticationError inside the
-    ConnectionError it raises, or its C++ client's lines)."""
+def _auth_errors(ray) -> tuple[type[BaseException], ...]:
+    """Ray's token-authentication error (Ray 2.52 on), as a tuple for ``except``; none before."""
+    error = getattr(ray.exceptions, "AuthenticationError", None)
+    return (error,) if error is not None else ()
+
+
+def _refused_token(error: BaseException | None, lines: list[str], auth_errors: tuple[type[BaseException], ...]) -> bool:
+    """Whether Ray's join failed on its token authentication (an AuthenticationError, itself or
+    inside the ConnectionError Ray raises, or its C++ client's lines)."""
     while error is not None:
-        if type(error).__name__ == "AuthenticationError" or "InvalidAuthToken" in str(error):
+        if isinstance(error, auth_errors) or "InvalidAuthToken" in str(error):
             return True
         error = error.__cause__ or error.__context__
     return any("InvalidAuthToken" in line for line in lines)

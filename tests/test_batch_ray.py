@@ -274,28 +274,28 @@ def test_ray_s_lines_under_json_logs_are_json_and_without_colour_in_text(tmp_pat
     video = str(encode_clip(tmp_path / "a.mp4", frames=4))
     (tmp_path / "saying_sink.py").write_text(_SAYING_SINK)  # its line comes from the worker
     config_file = tmp_path / "batch.yaml"
-    # the module's Ray, joined by its address (a Ray started for each run costs CI seconds of a core)
     config_file.write_text("model: {device: cpu}\nengine: {batch_size: 2}\nops: {http: null}\n"
-                           "sinks: {custom: [{use: 'saying_sink:SayingSink'}]}\n"
-                           f"batch: {{ray: {{address: '{ray.get_runtime_context().gcs_address}'}}}}\n")
+                           "sinks: {custom: [{use: 'saying_sink:SayingSink'}]}\n")
     env = {key: value for key, value in os.environ.items() if not key.startswith(("RAY_", "NO_COLOR"))}
-    if "RAY_AUTH_MODE" in os.environ:  # set by ray.init (Ray 2.59 on), its token in ~/.ray/auth_token
-        env["RAY_AUTH_MODE"] = os.environ["RAY_AUTH_MODE"]
+    env["RAY_worker_niceness"] = "0"  # as local_ray's: at nice 15 the suite's other workers starved them
 
-    def batch(out: str, *options: str) -> subprocess.CompletedProcess:
+    def batch(out: str, *options: str, joined: bool = False) -> subprocess.CompletedProcess:
+        # joined: the module's Ray, by its address (a Ray started for each run costs CI seconds of a core)
+        where = ["--set", f"batch.ray.address={ray.get_runtime_context().gcs_address}"] if joined else []
+        auth = {"RAY_AUTH_MODE": os.environ["RAY_AUTH_MODE"]} if joined and "RAY_AUTH_MODE" in os.environ else {}
         return subprocess.run([sys.executable, "-m", "segstream", *options[:2], "batch", "--engine", "ray", video,
-                               "--config", str(config_file), "--out", str(tmp_path / out), *options[2:]],
-                              env={**env, "PYTHONPATH": f"{REPO}:{tmp_path}"}, cwd=tmp_path, capture_output=True,
-                              text=True, timeout=240)
+                               "--config", str(config_file), "--out", str(tmp_path / out), *options[2:], *where],
+                              env={**env, **auth, "PYTHONPATH": f"{REPO}:{tmp_path}"}, cwd=tmp_path,
+                              capture_output=True, text=True, timeout=240)
 
-    plain = batch("plain", "--log-level", "info")
+    plain = batch("plain", "--log-level", "info", joined=True)
     assert plain.returncode == 0, plain.stderr
     [worker] = [line for line in plain.stderr.splitlines() if "a sink built in a Ray worker" in line]
     assert worker.endswith("segstream: warning: a sink built in a Ray worker"), "logged as the driver logs"
     assert "\x1b" not in plain.stderr, "no colour codes where standard error is no terminal"
     assert " is set but " not in plain.stderr, "a setting the user left alone"
 
-    logged = batch("json", "--log-format", "json")
+    logged = batch("json", "--log-format", "json")  # a Ray of its own: its start's lines are JSON too
     assert logged.returncode == 0, logged.stderr
     records = [json.loads(line) for line in logged.stderr.splitlines()]  # every line one object
     assert any(r["message"] == "a sink built in a Ray worker" and r["logger"] == "segstream.saying" for r in records)

@@ -206,11 +206,12 @@ def test_a_close_repeated_after_one_interrupted_finishes_the_video(tmp_path, mon
     # found reviewing: a second Ctrl-C inside close's wait for the drawing thread, then close
     # again (the runtime's other thread does), closed the MP4 while frames were still being drawn
     # into it: no moov atom, unplayable
+    import time
+
     from segstream.connectors import preview_sink
 
     drawn = preview_sink.draw_overlay
-    monkeypatch.setattr(preview_sink, "draw_overlay",
-                        lambda *args, **kwargs: __import__("time").sleep(0.02) or drawn(*args, **kwargs))
+    monkeypatch.setattr(preview_sink, "draw_overlay", lambda *args, **kwargs: time.sleep(0.02) or drawn(*args, **kwargs))
     sink = PreviewSink(tmp_path, "mp4")
     for index in range(12):
         result = _frame_result(index)
