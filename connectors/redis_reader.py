@@ -43,14 +43,17 @@ from segstream.connectors.redis_connection import (
 )
 from segstream.connectors.redis_wire import (
     DEFAULT_EVENTS_PATTERN,
+    DEFAULT_STATUS_PATTERN,
     DEFAULT_STREAM_PATTERN,
     EncodedMasks,
+    SourceStatus,
     acl_key_patterns,
     event_from_wire,
     from_wire,
     read_entries,
     read_entry,
     result_record,
+    status_from_wire,
     stream_name,
 )
 from segstream.models.results import NO_TRACK, Event, FrameResult, Level, Segments
@@ -480,7 +483,7 @@ class _ClientBase(Generic[_Frames, _Events, _InOrder]):
     subscription's arguments mean, and how an outage is ridden out (when to warn, wait, give up)."""
 
     def __init__(self, redis_client, *, stream_pattern: str, events_pattern: str, reconnect_max_s: float,
-                 give_up_after_s: float | None):
+                 give_up_after_s: float | None, status_pattern: str = DEFAULT_STATUS_PATTERN):
         options = redis_client.get_connection_kwargs()
         if options.get("decode_responses"):
             raise SinkError(
@@ -490,6 +493,7 @@ class _ClientBase(Generic[_Frames, _Events, _InOrder]):
         self.redis = redis_client
         self.stream_pattern = stream_pattern
         self.events_pattern = events_pattern
+        self.status_pattern = status_pattern
         self.give_up_after_s = give_up_after_s
         self.reconnects = 0
         self._socket_timeout = options.get("socket_timeout")
@@ -668,9 +672,11 @@ class Client(_ClientBase["Subscription[Entry] | FanIn[Entry]", "Subscription[Eve
         events_pattern: str = DEFAULT_EVENTS_PATTERN,
         reconnect_max_s: float = 5.0,
         give_up_after_s: float | None = None,
+        status_pattern: str = DEFAULT_STATUS_PATTERN,
     ):
         super().__init__(redis_client, stream_pattern=stream_pattern, events_pattern=events_pattern,
-                         reconnect_max_s=reconnect_max_s, give_up_after_s=give_up_after_s)
+                         reconnect_max_s=reconnect_max_s, give_up_after_s=give_up_after_s,
+                         status_pattern=status_pattern)
         self._stop = threading.Event()
 
     # --- subscriptions ---------------------------------------------------------------------
@@ -689,6 +695,21 @@ class Client(_ClientBase["Subscription[Entry] | FanIn[Entry]", "Subscription[Eve
             return None
         entry = _named_entry(reply[0], name) if reply else None
         return entry if entry is not None and _fresh(entry, max_age_s) else None
+
+    def status(self, source: str) -> SourceStatus | None:
+        """What the run publishing ``source`` says of it now (its status key, docs/SCHEMA.md): its
+        state (``streaming``, ``reconnecting``, ...; ``ended`` or ``failed`` once final) and last
+        frame. None when no run publishes it and none ended it: a pipeline killed (or stuck) more
+        than ``sinks.redis.status_ttl_s`` ago, one that never ran, or one older than 0.3.8 —
+        a silence of its streams with a live status is a quiet camera, without one a dead run."""
+        key = stream_name(self.status_pattern, source)
+        if self._stop.is_set():
+            return None
+        try:
+            value = self.call(self.redis.get, key, key=key)
+        except _Stopped:
+            return None
+        return None if value is None else status_from_wire(value)
 
     def at(self, ts: float, source: str | None = None, *, stream: str | None = None,
            within_s: float | None = None, by: str = "capture_ts") -> Entry | None:
@@ -834,6 +855,7 @@ def connect(
     events_pattern: str = DEFAULT_EVENTS_PATTERN,
     reconnect_max_s: float = 5.0,
     give_up_after_s: float | None = None,
+    status_pattern: str = DEFAULT_STATUS_PATTERN,
 ) -> Client:
     """A ``Client`` for ``url`` (redis://, rediss:// with ``tls``, unix://, or
     ``redis+sentinel://host1:26379,host2:26379/<master-name>[/db]`` with the sentinels' own login in
@@ -842,7 +864,7 @@ def connect(
     client = connect_redis(url, password, username=username, tls=tls, sentinel=sentinel, protocol=protocol,
                            **reader_options(max_block_ms))
     return Client(client, stream_pattern=stream_pattern, events_pattern=events_pattern,
-                  reconnect_max_s=reconnect_max_s, give_up_after_s=give_up_after_s)
+                  reconnect_max_s=reconnect_max_s, give_up_after_s=give_up_after_s, status_pattern=status_pattern)
 
 
 class _FeedSteps(Generic[_Item]):

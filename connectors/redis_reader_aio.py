@@ -32,7 +32,9 @@ from segstream.connectors.redis_reader import (
     _Stopped, _SubscriptionSteps, _wait_within, _Item,
     _warn_if_missing_steps, reader_options,
 )
-from segstream.connectors.redis_wire import DEFAULT_EVENTS_PATTERN, DEFAULT_STREAM_PATTERN
+from segstream.connectors.redis_wire import (
+    DEFAULT_EVENTS_PATTERN, DEFAULT_STATUS_PATTERN, DEFAULT_STREAM_PATTERN, SourceStatus, status_from_wire, stream_name,
+)
 
 __all__ = ["AsyncEntry", "AsyncEventEntry", "Client", "FanIn", "InOrder", "Subscription", "connect"]
 
@@ -54,13 +56,14 @@ async def connect(
     events_pattern: str = DEFAULT_EVENTS_PATTERN,
     reconnect_max_s: float = 5.0,
     give_up_after_s: float | None = None,
+    status_pattern: str = DEFAULT_STATUS_PATTERN,
 ) -> Client:
     """``segstream.client.connect`` for asyncio: the same URLs, credentials, TLS and Sentinel
     settings, and the same one-line ``SinkError`` when Redis is unreachable or refuses now."""
     client = await connect_redis_async(url, password, username=username, tls=tls, sentinel=sentinel,
                                        protocol=protocol, **reader_options(max_block_ms))
     return Client(client, stream_pattern=stream_pattern, events_pattern=events_pattern,
-                  reconnect_max_s=reconnect_max_s, give_up_after_s=give_up_after_s)
+                  reconnect_max_s=reconnect_max_s, give_up_after_s=give_up_after_s, status_pattern=status_pattern)
 
 
 class Client(_ClientBase["Subscription[AsyncEntry] | FanIn[AsyncEntry]",
@@ -72,9 +75,10 @@ class Client(_ClientBase["Subscription[AsyncEntry] | FanIn[AsyncEntry]",
 
     def __init__(self, redis_client: redis.asyncio.Redis, *, stream_pattern: str = DEFAULT_STREAM_PATTERN,
                  events_pattern: str = DEFAULT_EVENTS_PATTERN, reconnect_max_s: float = 5.0,
-                 give_up_after_s: float | None = None):
+                 give_up_after_s: float | None = None, status_pattern: str = DEFAULT_STATUS_PATTERN):
         super().__init__(redis_client, stream_pattern=stream_pattern, events_pattern=events_pattern,
-                         reconnect_max_s=reconnect_max_s, give_up_after_s=give_up_after_s)
+                         reconnect_max_s=reconnect_max_s, give_up_after_s=give_up_after_s,
+                         status_pattern=status_pattern)
         self._stopped = asyncio.Event()
 
     async def newest(self, source: str | None = None, *, stream: str | None = None,
@@ -89,6 +93,17 @@ class Client(_ClientBase["Subscription[AsyncEntry] | FanIn[AsyncEntry]",
             return None
         entry = _named_entry(reply[0], name) if reply else None
         return entry if entry is not None and _fresh(entry, max_age_s) else None
+
+    async def status(self, source: str) -> SourceStatus | None:
+        """As ``segstream.client.Client.status``: the source's status key, None without one."""
+        key = stream_name(self.status_pattern, source)
+        if self._stopped.is_set():
+            return None
+        try:
+            value = await self.call(self.redis.get, key, key=key)
+        except _Stopped:
+            return None
+        return None if value is None else status_from_wire(value)
 
     async def at(self, ts: float, source: str | None = None, *, stream: str | None = None,
                  within_s: float | None = None, by: str = "capture_ts") -> Entry | None:

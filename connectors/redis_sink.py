@@ -33,11 +33,15 @@ from segstream.connectors.redis_connection import (
 from segstream.connectors.redis_reader import summary_line
 from segstream.connectors.redis_wire import (
     DEFAULT_EVENTS_PATTERN,
+    DEFAULT_STATUS_PATTERN,
     DEFAULT_STREAM_PATTERN,
+    FINAL_STATES,
     MASK_ENCODINGS,
+    SourceStatus,
     acl_key_patterns,
     event_to_wire,
     from_wire,
+    status_to_wire,
     stream_name,
     to_wire,
 )
@@ -97,6 +101,72 @@ class _Outgoing:
     nbytes: int
     result: FrameResult | None  # None for an event
     queued: float  # monotonic time it was queued
+
+
+class _StatusKeys:
+    """The sources' status keys (docs/SCHEMA.md, Status keys): a source's is written once the events
+    stream has its state, again at each state change and every third of ``ttl_s``, and expires
+    ``ttl_s`` after its last write, so that a run killed (or stuck: ``healthy``) leaves none behind
+    for long; a final state's stays (with ``keep_s``, the streams' ``max_age_s``, that long)."""
+
+    def __init__(self, pattern: str, ttl_s: float, keep_s: float | None):
+        self.pattern = pattern
+        self.ttl_s = ttl_s
+        self.keep_s = keep_s
+        self.refused = False  # SET refused for good (an ACL without +set or the keys): said once, not tried again
+        self._sources: dict[str, dict] = {}  # per source: what its value says (state, since, frame, seq, capture_ts)
+        self._changed: set[str] = set()  # sources whose state changed since their key was last written
+        self._refreshed = 0.0  # monotonic time of the last refresh
+
+    def written(self, item: _Outgoing, seq: int) -> None:
+        """An entry Redis took: a frame's numbers, or a state event's state, go into its source's value."""
+        if item.result is not None:
+            known = self._sources.get(item.result.source)
+            if known is not None:  # (frames come after their source's first state)
+                known.update(frame=item.result.index, seq=seq, capture_ts=item.result.capture_ts)
+            return
+        if _text(item.fields.get("event", "")) != "state":
+            return
+        source = _text(item.fields["source"])
+        state = json.loads(_text(item.fields["data"])).get("state", "")
+        known = self._sources.setdefault(source, {"frame": None, "seq": None, "capture_ts": None})
+        known.update(state=state, since=float(_text(item.fields["ts"])), run_id=_text(item.fields.get("run_id", "")))
+        self._changed.add(source)
+
+    def due(self, now: float) -> float | None:
+        """Seconds until a refresh is due (0: now); None with nothing to write."""
+        if self.refused or not self._sources:
+            return None
+        if self._changed:
+            return 0.0
+        if all(value["state"] in FINAL_STATES for value in self._sources.values()):
+            return None
+        return max(0.0, self._refreshed + self.ttl_s / 3 - now)
+
+    def writes(self, now: float, final_only: bool = False) -> list[tuple[str, str, str, float | None]]:
+        """(source, key, value, seconds to live or None) of each source whose key is due: changed,
+        or (at a refresh) not final; ``final_only``: of those, the final states."""
+        refresh = now >= self._refreshed + self.ttl_s / 3
+        due = [source for source, value in self._sources.items()
+               if source in self._changed or (refresh and value["state"] not in FINAL_STATES)]
+        if final_only:
+            due = [source for source in due if self._sources[source]["state"] in FINAL_STATES]
+        if refresh:
+            self._refreshed = now
+        stamp = time.time()
+        writes = []
+        for source in due:
+            value = self._sources[source]
+            final = value["state"] in FINAL_STATES
+            status = SourceStatus(source=source, run_id=value["run_id"], state=value["state"], since=value["since"],
+                                  ts=stamp, ttl_s=None if final else self.ttl_s, frame=value["frame"],
+                                  seq=value["seq"], capture_ts=value["capture_ts"])
+            writes.append((source, stream_name(self.pattern, source), status_to_wire(status),
+                           self.keep_s if final else self.ttl_s))
+        return writes
+
+    def sent(self, sources: Sequence[str]) -> None:
+        self._changed -= set(sources)
 
 
 @dataclass(slots=True)
@@ -170,12 +240,15 @@ class RedisPublisher:
         run_id: str = "",
         max_age_s: float | None = None,
         levels: bool = True,
+        status_pattern: str | None = DEFAULT_STATUS_PATTERN,
+        status_ttl_s: float = 5.0,
     ) -> None:
         if mask_encoding not in MASK_ENCODINGS:
             raise ConfigError(
                 f"sinks.redis.mask_encoding is {mask_encoding!r} — use one of {', '.join(MASK_ENCODINGS)}"
             )
-        for key, pattern in (("stream", stream_pattern), ("events_stream", events_pattern)):
+        patterns = [("stream", stream_pattern), ("events_stream", events_pattern)]
+        for key, pattern in patterns + ([("status_key", status_pattern)] if status_pattern is not None else []):
             if "{source}" not in pattern:
                 raise ConfigError(
                     f"sinks.redis.{key} is {pattern!r} — it must contain {{source}} "
@@ -187,6 +260,8 @@ class RedisPublisher:
                 raise ConfigError(f"sinks.redis.{key} {pattern!r} may use only the {{source}} placeholder") from None
         if maxlen < 1 or pipeline_size < 1 or max_backlog < 1 or max_backlog_bytes < 1:
             raise ConfigError("sinks.redis.maxlen, pipeline_size and max_backlog must be at least 1")
+        if not status_ttl_s > 0:
+            raise ConfigError(f"sinks.redis.status_ttl_s is {status_ttl_s} — give a number of seconds above 0")
         if max_age_s is not None and not max_age_s > 0:
             raise ConfigError(f"sinks.redis.max_age_s is {max_age_s} — give a number of seconds above 0, or null "
                               "to keep entries by sinks.redis.maxlen alone")
@@ -194,6 +269,10 @@ class RedisPublisher:
         self.stream_pattern = stream_pattern
         self.events_pattern = events_pattern
         self._acl_keys = acl_key_patterns(stream_pattern, events_pattern)  # what to grant, in advice
+        self._status = None if status_pattern is None else _StatusKeys(status_pattern, status_ttl_s, max_age_s)
+        # whether the run makes progress (the runtime's /healthz verdict): while not, the status keys are
+        # left to expire, as a killed run's are
+        self.healthy: Callable[[], bool] | None = None
         self.maxlen = maxlen
         self.max_age_s = max_age_s
         self._trim_refused = False  # an XTRIM MINID refused (an ACL without +xtrim): said once
@@ -316,6 +395,8 @@ class RedisPublisher:
         max_age_s: float | None = None,
         levels: bool = True,
         sources: Sequence[str] = (),
+        status_pattern: str | None = DEFAULT_STATUS_PATTERN,
+        status_ttl_s: float = 5.0,
     ) -> RedisPublisher:
         """Connect to the Redis at ``url``, or with no url start an embedded one for this run.
 
@@ -350,6 +431,7 @@ class RedisPublisher:
                 max_batch_delay_s=max_batch_delay_s, events_pattern=events_pattern, max_backlog=max_backlog,
                 max_backlog_bytes=max_backlog_bytes, reconnect_max_s=reconnect_max_s,
                 drain_timeout_s=drain_timeout_s, run_id=run_id, max_age_s=max_age_s, levels=levels,
+                status_pattern=status_pattern, status_ttl_s=status_ttl_s,
             )
         except BaseException:
             if embedded is not None:
@@ -429,6 +511,8 @@ class RedisPublisher:
         if self.max_age_s is not None:  # the next sweep's time: a short max_age_s needs it sooner than an idle wake
             self._sweep()
             sweep = max(0.0, self._swept + self._sweep_s - time.monotonic())
+        if (status := self._write_status()) is not None:  # the next status refresh: as the sweep's
+            sweep = status if sweep is None else min(status, sweep)
         if not self._queue:
             return sweep
         if not self._connected:
@@ -463,6 +547,7 @@ class RedisPublisher:
             try:
                 if not self._refused_for_good:
                     self._pump(everything=True)
+                    self._write_status(closing=True)
             finally:
                 if self._queue:
                     self._drop_all()
@@ -475,6 +560,45 @@ class RedisPublisher:
             self.client.close()
             if self._embedded is not None:
                 self._embedded.close()
+
+    def _write_status(self, closing: bool = False) -> float | None:
+        """Write the status keys that are due (at ``closing``, the changed ones: final states);
+        the seconds until the next are due. A write that fails for a lost connection is an outage
+        as a batch's is; one refused for good (ACL) is said once, and the keys left alone from there."""
+        keys = self._status
+        if keys is None or not self._connected or self._refused_for_good:
+            return None
+        now = time.monotonic()
+        due = keys.due(now)
+        if due is None or (due > 0 and not closing):
+            return due
+        if not closing and self.healthy is not None and not self.healthy():
+            return keys.ttl_s / 3  # stuck somewhere: the keys go as a killed run's do, until it moves again
+        writes = keys.writes(now, final_only=closing)
+        pipe = self.client.pipeline(transaction=False)
+        for _, key, value, ttl_s in writes:
+            pipe.set(key, value, px=None if ttl_s is None else max(1, int(ttl_s * 1000)))
+        attempt = time.monotonic()
+        try:
+            replies = pipe.execute(raise_on_error=False)
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as error:
+            if not closing:
+                self._last_error = self._connection_error(error)
+                self._disconnected(attempt)
+            return None
+        finally:
+            pipe.reset()
+        errors = [(write[1], reply) for write, reply in zip(writes, replies) if isinstance(reply, Exception)]
+        if errors and not refused_for_now(errors[0][1]):
+            keys.refused = True
+            key, error = errors[0]
+            log.warning("Redis at %s refused the status key %s (SET: %s): readers cannot tell from it whether this "
+                        "run still publishes the source — %s, or set sinks.redis.status_key to null",
+                        self._where, key, error_summary(error), status_grant(keys.pattern))
+            return None
+        if not errors:
+            keys.sent([write[0] for write in writes])
+        return keys.due(time.monotonic())
 
     def status(self) -> dict:
         """Connection, backlog and drops now, with a one-line ``line`` for status lines."""
@@ -782,6 +906,8 @@ class RedisPublisher:
             self._seq[item.stream] = max(self._seq.get(item.stream, 0), seq)
             if item.stream not in self._unwatched:
                 self._account(item, entry_id, seq)
+            if self._status is not None:
+                self._status.written(item, seq)
         if self._unwatched:  # a removed source's last waiting entries written: nothing of it is left to skip
             self._unwatched &= {item.stream for item in self._queue}
         if entries and self.max_age_s is not None:
@@ -1419,6 +1545,11 @@ def publisher_grant(acl_keys: str, aged: bool = False) -> str:
                     ("XRANGE and XLEN", "+xlen"))
     return (f"grant this user XADD, MULTI, EXEC, XREVRANGE, {names} on the stream keys, and the connection "
             f"commands (ACL: +xadd +multi +exec +xrevrange +xrange {rules} +@connection {acl_keys})")
+
+
+def status_grant(pattern: str) -> str:
+    """What to grant a publishing user for the status keys of ``pattern``."""
+    return f"grant this user SET on them (ACL: +set {acl_key_patterns(pattern)})"
 
 
 def keys_grant(acl_keys: str) -> str:

@@ -15,6 +15,7 @@ import logging
 import math
 import time
 from collections.abc import Iterator
+from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import Mapping, NamedTuple
@@ -32,6 +33,8 @@ log = logging.getLogger("segstream.sinks")
 SCHEMA_VERSION = 1
 DEFAULT_STREAM_PATTERN = "segstream:{source}:frames"
 DEFAULT_EVENTS_PATTERN = "segstream:{source}:events"
+DEFAULT_STATUS_PATTERN = "segstream:{source}:status"
+FINAL_STATES = ("ended", "failed")
 MASK_ENCODINGS = ("rle", "idmap")
 
 _REQUIRED_FIELDS = (
@@ -472,6 +475,53 @@ def event_from_wire(fields: Mapping[bytes | str, bytes | str]) -> Event:
     if not isinstance(data, dict):
         raise WireFormatError("events entry's data must be a JSON object")
     return Event(entry["source"], entry["event"], _number(entry, "ts"), data, entry.get("run_id", ""))
+
+
+@dataclass(frozen=True)
+class SourceStatus:
+    """A source's status key (docs/SCHEMA.md, Status keys): what the run publishing it says of it
+    now. ``state``: its last state event's (``connecting``, ``streaming``, ``stalled``,
+    ``reconnecting``; ``ended`` or ``failed`` once final); ``since``: that event's time; ``frame``,
+    ``seq`` and ``capture_ts``: of its last frame entry written (None before the first); ``ts``:
+    when the run wrote this (its clock); ``ttl_s``: seconds the key lives unless written again
+    (None for a final state, which stays)."""
+
+    source: str
+    run_id: str
+    state: str
+    since: float
+    ts: float
+    ttl_s: float | None
+    frame: int | None = None
+    seq: int | None = None
+    capture_ts: float | None = None
+
+    @property
+    def final(self) -> bool:
+        """The run ended (or gave up on) the source: nothing more comes from that run."""
+        return self.state in FINAL_STATES
+
+
+def status_to_wire(status: SourceStatus) -> str:
+    """The status key's value: one JSON object, ``v`` first."""
+    return json.dumps({"v": SCHEMA_VERSION, **asdict(status)}, separators=(",", ":"), ensure_ascii=False)
+
+
+def status_from_wire(value: bytes | str) -> SourceStatus:
+    """Read a status key's value; rejects other schema versions and malformed values."""
+    try:
+        data = json.loads(_text(value))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise WireFormatError(f"status value is not JSON: {error}") from None
+    if not isinstance(data, dict) or "v" not in data:
+        raise WireFormatError("status value is no JSON object with 'v' — it was not written by segstream")
+    if data.pop("v") != SCHEMA_VERSION:
+        raise WireFormatError(f"status value is not schema v{SCHEMA_VERSION}, which is all this reader understands")
+    known = {name: data[name] for name in SourceStatus.__dataclass_fields__ if name in data}
+    try:
+        return SourceStatus(**known)
+    except TypeError as error:
+        raise WireFormatError(f"status value lacks a field: {error}") from None
 
 
 def _plain(value):

@@ -9,7 +9,13 @@ largest first. A slow consumer never falls behind: it only ever sees the present
 ``pip install ./clients/python`` (no torch). Redis credentials come from --username and
 --password, or REDIS_USERNAME and REDIS_PASSWORD; the URL and source may come from
 SEGSTREAM_REDIS_URL and SEGSTREAM_SOURCE. A pipeline that writes other keys (its
-``sinks.redis.stream``, a tenant's prefix) is read with --stream, the same pattern.
+``sinks.redis.stream`` and ``status_key``, a tenant's prefix) is read with --stream and --status,
+the same patterns.
+
+A watchdog comes with it: after --idle seconds (default 2) without a fresh frame it says on
+standard error why, from the source's status key (docs/SCHEMA.md, Status keys): the camera
+reconnecting, the source ended, or no run publishing it any more (a pipeline killed or stuck),
+where a planner must stop trusting the last scene; and again every --idle seconds while it lasts.
 """
 
 from __future__ import annotations
@@ -36,6 +42,21 @@ def describe(entry) -> str:
     return f"frame {entry.frame} ({age_ms:.0f} ms old, run {entry.run_id or '?'}): " + (", ".join(listed) or "no things")
 
 
+def why_quiet(client, source: str, idle_s: float) -> str:
+    """Why no fresh frame came for ``idle_s`` seconds, as the source's status key says."""
+    status = client.status(source)
+    quiet = f"no fresh frame of {source} for {idle_s:g} s"
+    if status is None:
+        return f"{quiet}, and no run publishes it (its pipeline stopped, was killed or is stuck): the last scene is stale"
+    if status.final:
+        return f"{quiet}: run {status.run_id} {status.state} it; nothing more comes until a run publishes it again"
+    since = time.time() - status.since
+    if status.state == "streaming":
+        return (f"{quiet}: run {status.run_id} is streaming it, its newest frame {status.frame} (a still snapshot "
+                "scene, or every frame dropped)")
+    return f"{quiet}: the source is {status.state} for {since:.0f} s (run {status.run_id})"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Act on the newest segstream frame only.")
     parser.add_argument("--url", default=os.environ.get("SEGSTREAM_REDIS_URL", "redis://localhost:6379/0"))
@@ -44,18 +65,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--password", default=os.environ.get("REDIS_PASSWORD") or None)
     parser.add_argument("--stream", default="segstream:{source}:frames", metavar="PATTERN",
                         help="the pipeline's sinks.redis.stream (default %(default)s)")
+    parser.add_argument("--status", default="segstream:{source}:status", metavar="PATTERN",
+                        help="the pipeline's sinks.redis.status_key (default %(default)s)")
+    parser.add_argument("--idle", type=float, default=2.0, metavar="S",
+                        help="say why after S seconds without a fresh frame (default %(default)s)")
     parser.add_argument("--count", type=int, default=None, metavar="N", help="stop after N entries (default: never)")
     parser.add_argument("--max-age", type=float, default=None, metavar="S",
                         help="leave out scenes captured more than S seconds ago (a stopped or overloaded pipeline's)")
     args = parser.parse_args(argv)
     try:
-        client = connect(args.url, args.password, username=args.username, stream_pattern=args.stream)
+        client = connect(args.url, args.password, username=args.username, stream_pattern=args.stream,
+                         status_pattern=args.status)
     except SegstreamError as error:
         print(f"newest_only: error: {error}", file=sys.stderr)
         return 1
     handled = 0
     try:
-        for entry in client.follow_newest(args.source, max_age_s=args.max_age):
+        for entry in client.follow_newest(args.source, max_age_s=args.max_age, idle_s=args.idle):
+            if entry is None:  # the watchdog: nothing fresh for --idle seconds
+                print(f"newest_only: {why_quiet(client, args.source, args.idle)}", file=sys.stderr, flush=True)
+                continue
             print(describe(entry), flush=True)
             handled += 1
             if args.count is not None and handled >= args.count:

@@ -1062,6 +1062,10 @@ class RedisSinkConfig(Strict):
     """The frames stream's name; {source} is the source's name."""
     events_stream: str = "segstream:{source}:events"
     """The events stream's name; {source} is the source's name."""
+    status_key: str | None = "segstream:{source}:status"
+    """Each source's status key, which says while a run publishes it (docs/SCHEMA.md); {source} is the source's name (null: none)."""
+    status_ttl_s: Annotated[float, Field(ge=0.5)] = 5.0
+    """Seconds a status key outlives the last refresh of a run killed or stuck (refreshed every third of it)."""
     maxlen: PositiveInt = 10000
     """Each stream keeps at least this many newest entries (MAXLEN ~)."""
     max_age_s: PositiveFloat | None = None
@@ -1075,7 +1079,7 @@ class RedisSinkConfig(Strict):
     max_batch_delay_ms: Annotated[float, Field(ge=0)] = 20.0
     """Milliseconds an entry may wait for its batch to fill before it is sent."""
 
-    _nulls = field_validator("url", "username", "password", mode="before")(_empty_is_null)
+    _nulls = field_validator("url", "username", "password", "status_key", mode="before")(_empty_is_null)
 
     @field_validator("url")
     @classmethod
@@ -1136,11 +1140,16 @@ class RedisSinkConfig(Strict):
         if self.stream == self.events_stream:
             raise ValueError(f"stream and events_stream are both '{self.stream}': frames and events would be mixed "
                              "in one stream — give them different names")
+        if self.status_key in (self.stream, self.events_stream):
+            raise ValueError(f"status_key is '{self.status_key}', the name of a stream — give it a name of its own, "
+                             "e.g. 'segstream:{source}:status'")
         return self
 
-    @field_validator("stream", "events_stream")
+    @field_validator("stream", "events_stream", "status_key")
     @classmethod
-    def _stream_template(cls, stream: str) -> str:
+    def _stream_template(cls, stream: str | None) -> str | None:
+        if stream is None:
+            return None
         try:
             ok = stream.format(source="a") != stream.format(source="b")
         except (KeyError, IndexError, ValueError):

@@ -151,6 +151,7 @@ def redis_check(cfg: PipelineConfig, source_names: list[str]) -> str:
         publisher_grant,
         refusal_advice,
         refused_for_now,
+        status_grant,
     )
     from segstream.connectors.redis_wire import acl_key_patterns, stream_name
 
@@ -189,7 +190,15 @@ def redis_check(cfg: PipelineConfig, source_names: list[str]) -> str:
         commands = [("XADD", key, "MAXLEN", "~", "1", "*", "preflight", "1") for key in keys]
         if section.max_age_s is not None:
             commands += [("XTRIM", keys[0], "MINID", "0"), ("PEXPIRE", keys[0], "1000")]
+        status = None
+        if section.status_key is not None:  # the status keys: SET, which the run goes on without
+            status = ("SET", stream_name(section.status_key, (source_names or ["preflight"])[0]), "preflight", "PX", "1")
+            commands.append(status)
         refused = _queued_refusals(client, commands)
+        status_refused = refused.pop(status, None)  # said below; a refusal for now is said as the streams' are
+        if status_refused is not None and (refused_for_now(status_refused) or cluster_refusal(status_refused)):
+            refused[status] = status_refused
+            status_refused = None
         if clustered := [error for error in refused.values() if cluster_refusal(error)]:
             raise SegstreamError(f"Redis at {where} is a node of a Redis Cluster ({error_summary(clustered[0])}) — "
                                  f"{CLUSTER_ADVICE}")
@@ -231,6 +240,10 @@ def redis_check(cfg: PipelineConfig, source_names: list[str]) -> str:
         client.close()
     # (a Redis that cannot save its snapshots refuses PING with the writes)
     said = f"{where} answers{' PING' if for_now is None else ''}; this user may XADD to {', '.join(keys)}"
+    if status_refused is not None:
+        said += (f", but not SET its status key {status[1]} ({error_summary(status_refused)}): readers cannot tell "
+                 f"from it whether a run still publishes the source — {status_grant(section.status_key)}, or set "
+                 "sinks.redis.status_key to null")
     if section.max_age_s is not None:
         said += (" and trim them by age, but not PEXPIRE: streams a run stops writing keep their last entries "
                  "past sinks.redis.max_age_s once it ends — grant +pexpire" if refused

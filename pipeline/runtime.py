@@ -747,6 +747,9 @@ class Runtime:
             **kwargs,
         )
         runtime.weights, runtime.checkpoint_id = weights, checkpoint_id
+        for sink in sinks:  # a sink saying whether the run lives (the Redis status keys) says what /healthz says
+            if hasattr(sink, "healthy"):
+                sink.healthy = functools.partial(_healthy, runtime.metrics, cfg.ops.stall_after_s)
         if runtime._publish_settings:  # (a batch's manifest says them)
             runtime.made_by |= weights
         return runtime
@@ -1856,6 +1859,13 @@ def _labels_made_by(adapter) -> dict[str, Any]:
     if labels is None:
         return {}
     return {"labels": getattr(labels, "name", None), "classes": list(getattr(labels, "names", ()))}
+
+
+def _healthy(metrics: RunMetrics, stall_after_s: float) -> bool:
+    """/healthz's verdict now: no runtime thread stuck working for ``stall_after_s``."""
+    from segstream.pipeline.monitoring import liveness  # (prometheus_client's import, for a run that serves none)
+
+    return liveness(metrics, stall_after_s).ok
 
 
 def _quota_said(cores: int) -> str:

@@ -82,6 +82,37 @@ def test_newest_only_prints_the_newest_frame_then_each_newer_one(published):
     assert out.startswith(f"frame {FRAMES + 5} (")
 
 
+def test_newest_only_s_watchdog_says_why_no_fresh_frame_comes(published):
+    client = published.client()
+    ended = client.get("segstream:cam0:status")
+    (_, newest), = client.xrevrange("segstream:cam0:frames", count=1)
+    process = subprocess.Popen(
+        [sys.executable, str(REPO / "examples" / "newest_only.py"), "--url", published.url, "--source", "cam0",
+         "--count", "2", "--idle", "0.3"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    try:
+        assert process.stdout.readline().startswith(f"frame {newest[b'frame'].decode()} (")
+        (run_id,) = {f[b"run_id"].decode() for _, f in client.xrange("segstream:cam0:frames")}
+        assert process.stderr.readline() == (f"newest_only: no fresh frame of cam0 for 0.3 s: run {run_id} ended it; "
+                                             "nothing more comes until a run publishes it again\n")
+        client.delete("segstream:cam0:status")  # as a killed run's key goes
+        while (line := process.stderr.readline()).endswith("ended it; nothing more comes until a run publishes it "
+                                                           "again\n"):
+            pass
+        assert line == ("newest_only: no fresh frame of cam0 for 0.3 s, and no run publishes it (its pipeline "
+                        "stopped, was killed or is stuck): the last scene is stale\n")
+        (_, fields), = client.xrevrange("segstream:cam0:frames", count=1)
+        fields[b"frame"] = str(FRAMES + 60).encode()
+        client.xadd("segstream:cam0:frames", fields)
+        out, err = process.communicate(timeout=30)
+    finally:
+        process.kill()
+        client.set("segstream:cam0:status", ended)
+    assert process.returncode == 0, err
+    assert out.startswith(f"frame {FRAMES + 60} (")
+
+
 def test_the_examples_read_a_tenant_s_streams_as_its_acl_user(published):
     # found at stop 28: neither example took a stream pattern or a username, so a tenant's consumer
     # (OPERATIONS, several pipelines on one machine) could not run them

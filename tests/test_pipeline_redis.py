@@ -18,7 +18,8 @@ import pytest
 from segstream.connectors.embedded_redis import EmbeddedRedis
 from segstream.connectors.file_source import FileSource
 from segstream.connectors.frames import Frame
-from segstream.connectors.redis_reader import StreamReader
+from segstream.connectors.redis_reader import Client, StreamReader
+from segstream.connectors.redis_wire import from_wire
 from segstream.connectors.synthetic import write_clip
 from segstream.models.presets import SYNTHETIC_TINY
 from segstream.models.results import FrameResult
@@ -110,11 +111,21 @@ def test_without_a_url_an_embedded_redis_is_started_and_announced(tmp_path, scen
     assert re.search(rf"published {FRAMES} entries to segstream:cam0:frames \(XLEN {FRAMES}.*newest: .* frame={FRAMES - 1} ", err)
 
 
-def test_sigterm_mid_run_leaves_only_whole_entries(tmp_path, scene_clip, redis_server):
+def _status_while(client, source: str, wanted, timeout_s: float = 60.0):
+    """The source's status (None: no key) once ``wanted(status)`` holds, polled through the shipped reader."""
+    deadline = time.monotonic() + timeout_s
+    while not wanted(status := client.status(source)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return status
+
+
+def test_sigterm_mid_run_leaves_only_whole_entries_and_the_status_key_tells_a_frozen_run(
+        tmp_path, scene_clip, redis_server):
     stream = "segstream:cam0:frames"
-    redis_server.client().delete(stream)
+    redis_server.client().delete(stream, "segstream:cam0:status")
     # A looping real-time file: it would run forever without the signal.
     config = _config(tmp_path, scene_clip, redis_server.url, extra_source=", loop: true, realtime: true")
+    config.write_text(config.read_text().replace("pipeline_size: 4", "pipeline_size: 4, status_ttl_s: 1.5"))
     process = subprocess.Popen(
         [sys.executable, "-m", "segstream.pipeline.cli", "run", str(config)],
         env={**os.environ, "PYTHONPATH": str(REPO)},
@@ -122,12 +133,33 @@ def test_sigterm_mid_run_leaves_only_whole_entries(tmp_path, scene_clip, redis_s
         text=True,
     )
     client = redis_server.client()
+    reader = Client(client)
     deadline = time.monotonic() + 120
     while client.xlen(stream) < 5 and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.2)
+    # While the run publishes, its status key says so, refreshed past its time to live.
+    live = _status_while(reader, "cam0", lambda status: status is not None and status.frame is not None)
+    assert live.state == "streaming" and not live.final and live.ttl_s == 1.5 and live.run_id
+    assert 0 < client.pttl("segstream:cam0:status") <= 1500
+    time.sleep(2.0)
+    later = reader.status("cam0")
+    assert later is not None and later.ts > live.ts and later.frame > live.frame
+    # Frozen (as a killed or hung run is): no refresh, and the key is gone within its time to live,
+    # while the streams alone would still read as a quiet camera.
+    process.send_signal(signal.SIGSTOP)
+    frozen = time.monotonic()
+    assert _status_while(reader, "cam0", lambda status: status is None, timeout_s=10) is None
+    assert time.monotonic() - frozen < 3.0
+    process.send_signal(signal.SIGCONT)
+    assert _status_while(reader, "cam0", lambda status: status is not None).state == "streaming"
     process.send_signal(signal.SIGTERM)
     _, err = process.communicate(timeout=120)
     assert process.returncode == 0, err
+    # Stopped: the final state stays, for good, with the last frame the stream holds.
+    final = reader.status("cam0")
+    assert final.state == "ended" and final.final and final.ttl_s is None
+    assert client.pttl("segstream:cam0:status") == -1
+    assert final.frame == from_wire(client.xrevrange(stream, count=1)[0][1], decode_masks=False).index
     assert "Traceback" not in err
     summary = re.search(r"segstream: stopped: (\d+) frames published .*?(\d+) dropped", err)
     assert summary, err

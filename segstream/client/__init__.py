@@ -15,6 +15,8 @@
     for entry in client.frames(["cam0", "cam1"]): ...    # or client.frames("lobby-*"), frames("*")
 
     newest = client.newest("cam0")                        # only the newest entry (XREVRANGE COUNT 1)
+    status = client.status("cam0")                        # its run's word on it now: state, last frame;
+                                                          # None: no run publishes it (killed, stuck)
     for entry in client.follow_newest("cam0"): ...        # newest-only mode: never a backlog (also "cam*")
     for event in client.events("cam0", start="0"): ...    # track_started, track_ended, state, ...
     for item in client.frames_and_events("cam0"): ...     # both in one order: each event after its frame
@@ -35,13 +37,13 @@ from segstream.connectors.redis_connection import SentinelAuth, TlsFiles
 from segstream.connectors.redis_reader import (
     Client, Entry, EventEntry, FanIn, InOrder, StreamReader, Subscription, connect, read_file, tail,
 )
-from segstream.connectors.redis_wire import SCHEMA_VERSION, EncodedMasks, from_wire, read_entry
+from segstream.connectors.redis_wire import SCHEMA_VERSION, EncodedMasks, SourceStatus, from_wire, read_entry
 from segstream.models.results import NO_TRACK, Event, FrameResult, Level, Segments
 
 __all__ = [
     "Client", "EncodedMasks", "Entry", "Event", "EventEntry", "FanIn", "FrameResult", "InOrder", "Level", "NO_TRACK",
     "ReaderError",
     "SCHEMA_VERSION", "SegstreamError",
-    "Segments", "SentinelAuth", "SinkError", "StreamReader", "Subscription", "TlsFiles", "WireFormatError", "connect", "from_wire",
+    "Segments", "SentinelAuth", "SinkError", "SourceStatus", "StreamReader", "Subscription", "TlsFiles", "WireFormatError", "connect", "from_wire",
     "read_entry", "read_file", "tail",
 ]

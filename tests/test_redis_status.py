@@ -1,0 +1,238 @@
+"""The sources' status keys (docs/SCHEMA.md, Status keys): a reader tells a run that publishes a
+quiet source from one killed or stuck, with a real Redis and the shipped readers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+
+import pytest
+import redis.asyncio
+
+from segstream.connectors.errors import WireFormatError
+from segstream.connectors.redis_reader import Client
+from segstream.connectors.redis_reader_aio import Client as AsyncClient
+from segstream.connectors.redis_sink import RedisPublisher
+from segstream.models.results import Event
+from segstream.pipeline.config import RedisSinkConfig
+from tests.redis_servers import RedisProcess
+from tests.test_preflight import DEMO, connect, line_of
+from tests.test_redis_sink import tiny_scene
+from tests.test_run_identity import acl_publisher, readme_publisher_acl
+
+KEY = "segstream:cam0:status"
+
+
+@pytest.fixture
+def server(tmp_path):
+    with RedisProcess(tmp_path / "redis") as process:
+        yield process
+
+
+@pytest.fixture
+def caplog(caplog):
+    """The publisher's warnings, however other tests left the loggers above it."""
+    logger = logging.getLogger("segstream.connectors.redis_sink")
+    logger.addHandler(caplog.handler)
+    logger.propagate = False
+    yield caplog
+    logger.propagate = True
+    logger.removeHandler(caplog.handler)
+
+
+def state(name: str, source: str = "cam0") -> Event:
+    return Event(source, "state", time.time(), {"state": name, "previous": "new", "reason": "test"}, "run-1")
+
+
+def publisher(url: str, **options) -> RedisPublisher:
+    return RedisPublisher.from_config(url, None, max_batch_delay_s=0, run_id="run-1", **options)
+
+
+def poll_until(sink: RedisPublisher, reader: Client, wanted, timeout_s: float = 10.0):
+    """Poll the publisher as the runtime's publishing thread does, until the status meets ``wanted``."""
+    deadline = time.monotonic() + timeout_s
+    while not wanted(status := reader.status("cam0")) and time.monotonic() < deadline:
+        sink.poll()
+        time.sleep(0.02)
+    return status
+
+
+def test_the_key_follows_the_source_and_goes_when_the_run_stops_refreshing_it(server):
+    sink = publisher(server.url, status_ttl_s=0.6)
+    reader = Client(server.client())
+    assert reader.status("cam0") is None  # no state written yet: nothing said
+    sink.publish_event(state("connecting"))
+    sink.poll()
+    first = reader.status("cam0")
+    assert (first.state, first.run_id, first.frame, first.final, first.ttl_s) == ("connecting", "run-1", None, False, 0.6)
+    sink.publish_event(state("streaming"))
+    for index in range(3):
+        sink.publish(tiny_scene("cam0", index))
+    sink.poll()  # a state change is written at once
+    assert reader.status("cam0").state == "streaming"
+    # refreshed every third of its time to live, with the last frame written: alive past 0.6 s
+    refreshed = poll_until(sink, reader, lambda status: status.frame == 2)
+    assert refreshed.seq == 3 and refreshed.capture_ts == pytest.approx(tiny_scene("cam0", 2).capture_ts, abs=60)
+    end = time.monotonic() + 1.5
+    while time.monotonic() < end:
+        sink.poll()
+        assert reader.status("cam0") is not None
+        time.sleep(0.05)
+    assert 0 < server.client().pttl(KEY) <= 600
+    # A run that polls no more (killed, frozen): the key is gone within its time to live.
+    time.sleep(0.7)
+    assert reader.status("cam0") is None
+    assert server.client().exists("segstream:cam0:frames")  # while the stream, quiet, is still there
+    sink.close()
+
+
+def test_a_stuck_run_leaves_its_key_to_expire_and_a_final_state_stays(server):
+    sink = publisher(server.url, status_ttl_s=0.6)
+    healthy = [True]
+    sink.healthy = lambda: healthy[0]
+    reader = Client(server.client())
+    sink.publish_event(state("streaming"))
+    sink.poll()
+    assert reader.status("cam0").state == "streaming"
+    healthy[0] = False  # what /healthz says of a stage stuck working: the publishing thread still polls
+    assert poll_until(sink, reader, lambda status: status is None, timeout_s=3) is None
+    healthy[0] = True
+    assert poll_until(sink, reader, lambda status: status is not None).state == "streaming"
+    sink.publish_event(state("failed"))
+    sink.close()
+    final = reader.status("cam0")
+    assert final.state == "failed" and final.final and final.ttl_s is None
+    assert server.client().pttl(KEY) == -1  # no expiry: the run's last word stays
+    time.sleep(0.8)
+    assert reader.status("cam0").state == "failed"
+
+
+def test_with_max_age_s_a_final_state_goes_with_the_streams(server):
+    sink = publisher(server.url, max_age_s=30)
+    sink.publish_event(state("ended"))
+    sink.close()
+    assert 25_000 < server.client().pttl(KEY) <= 30_000
+
+
+def test_a_redis_that_lost_its_data_gets_the_key_again(server):
+    sink = publisher(server.url, status_ttl_s=0.6)
+    reader = Client(server.client())
+    sink.publish_event(state("reconnecting"))
+    sink.poll()
+    server.client().flushall()
+    assert poll_until(sink, reader, lambda status: status is not None).state == "reconnecting"
+    sink.close()
+
+
+def test_a_user_without_set_is_warned_once_and_the_run_publishes_on(server, caplog):
+    admin = server.client()
+    admin.execute_command("ACL", "SETUSER", "cams", "on", ">pw", "~segstream:*", "+@all", "-set")
+    url = server.url.replace("redis://", "redis://cams:pw@")
+    sink = publisher(url, status_ttl_s=0.6)
+    sink.publish_event(state("streaming"))
+    sink.publish(tiny_scene("cam0", 0))
+    for _ in range(5):
+        sink.poll()
+        time.sleep(0.25)
+    sink.publish(tiny_scene("cam0", 1))
+    sink.close()
+    said = [r.getMessage() for r in caplog.records if "status key" in r.getMessage()]
+    assert said == [f"Redis at {sink._where} refused the status key {KEY} (SET: this user has no permissions to run "
+                    "the 'set' command): readers cannot tell from it whether this run still publishes the source — "
+                    "grant this user SET on them (ACL: +set ~segstream:*:status), or set sinks.redis.status_key to "
+                    "null"], said
+    assert admin.xlen("segstream:cam0:frames") == 2 and not admin.exists(KEY)
+
+
+def test_status_key_null_writes_none(server):
+    sink = publisher(server.url, status_pattern=None)
+    sink.publish_event(state("streaming"))
+    sink.close()
+    assert server.client().keys("*status*") == []
+
+
+def test_the_readers_say_none_without_a_key_and_refuse_a_malformed_one(server):
+    client = server.client()
+    reader, other = Client(client), Client(client, status_pattern="site:{source}:alive")
+    sink = publisher(server.url, status_pattern="site:{source}:alive")
+    sink.publish_event(state("stalled"))
+    sink.poll()
+    assert reader.status("cam0") is None and other.status("cam0").state == "stalled"
+
+    async def read():
+        async_reader = AsyncClient(redis.asyncio.Redis.from_url(server.url), status_pattern="site:{source}:alive")
+        try:
+            return await async_reader.status("cam0"), await async_reader.status("cam9")
+        finally:
+            await async_reader.redis.aclose()
+
+    found, missing = asyncio.run(read())
+    assert found == other.status("cam0") and missing is None
+    client.set(KEY, json.dumps({"v": 2, "state": "streaming"}))
+    with pytest.raises(WireFormatError, match="not schema v1"):
+        reader.status("cam0")
+    client.set(KEY, "hello")
+    with pytest.raises(WireFormatError, match="not JSON"):
+        reader.status("cam0")
+    sink.close()
+
+
+def test_the_config_names_the_key_or_none():
+    assert RedisSinkConfig(status_key="").status_key is None  # `${STATUS_KEY:-}`
+    with pytest.raises(ValueError, match="the name of a stream"):
+        RedisSinkConfig(status_key="segstream:{source}:frames")
+    with pytest.raises(ValueError, match="must contain {source}"):
+        RedisSinkConfig(status_key="segstream:status")
+
+
+def test_the_readme_s_publisher_acl_writes_the_key_and_validate_says_what_a_user_without_set_leaves_out(
+        server, tmp_path, capsys):
+    rules = readme_publisher_acl()
+    assert "+set" in rules
+    sink = acl_publisher(server, rules, "20261205T100000Z-aaaaaaaa")
+    sink.publish_event(state("streaming"))
+    sink.poll()
+    assert Client(server.client()).status("cam0").state == "streaming"
+    sink.close()
+
+    for name, granted in (("readme", rules), ("noset", [rule for rule in rules if rule != "+set"])):
+        with server.client() as admin:
+            admin.acl_setuser(name, enabled=True, passwords=["+pw"], keys=[r[1:] for r in granted if r.startswith("~")],
+                              commands=[r for r in granted if not r.startswith("~")])
+        config = tmp_path / f"{name}.yaml"
+        config.write_text(f"sources:\n  - {{name: cam0, type: file, path: '{DEMO}'}}\n"
+                          "model: {preset: synthetic_eomt_tiny_256, device: cpu}\n"
+                          f"sinks:\n  redis: {{url: '{server.url}', username: {name}, password: pw}}\n")
+        code, lines = connect(config, capsys)
+        said = line_of(lines, "redis")
+        assert code == 0 and said.startswith("ok"), lines
+        if name == "readme":
+            assert "status key" not in said, said
+        else:
+            assert said.endswith(", but not SET its status key segstream:cam0:status (this user has no permissions "
+                                 "to run the 'set' command): readers cannot tell from it whether a run still "
+                                 "publishes the source — grant this user SET on them (ACL: +set "
+                                 "~segstream:*:status), or set sinks.redis.status_key to null"), said
+    assert server.client().keys("segstream:cam0:frames") == []  # the check wrote nothing
+
+
+def test_the_runtime_gives_the_publisher_its_healthz_verdict(server):
+    """What makes a stuck run's keys expire: the publisher asks what /healthz answers."""
+    from segstream.connectors.synthetic import SyntheticSource
+    from segstream.pipeline.config import validate_config
+    from segstream.pipeline.runtime import Runtime
+    from tests.conftest import ColourSegmenter
+
+    cfg = validate_config({"sources": [{"name": "cam0", "type": "synthetic", "width": 64, "height": 48}],
+                           "model": {"device": "cpu"}, "ops": {"http": None, "stall_after_s": 2.0}})
+    sink = publisher(server.url)
+    runtime = Runtime.from_config(cfg, [SyntheticSource("cam0", 64, 48, 25, 0, 4)], ColourSegmenter(), [sink],
+                                  progress=False, publish_states=True)
+    assert sink.healthy()
+    runtime.metrics.beat("model-0")
+    runtime.metrics.heartbeats["model-0"] = (time.monotonic() - 3.0, None)  # working, no progress for 3 s
+    assert not sink.healthy()
+    runtime.run()
+    assert Client(server.client()).status("cam0").state == "ended"
