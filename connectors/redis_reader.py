@@ -19,6 +19,7 @@ zstandard only.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -53,6 +54,7 @@ from segstream.connectors.redis_wire import (
     read_entries,
     read_entry,
     result_record,
+    status_beside,
     status_from_wire,
     stream_name,
 )
@@ -483,7 +485,7 @@ class _ClientBase(Generic[_Frames, _Events, _InOrder]):
     subscription's arguments mean, and how an outage is ridden out (when to warn, wait, give up)."""
 
     def __init__(self, redis_client, *, stream_pattern: str, events_pattern: str, reconnect_max_s: float,
-                 give_up_after_s: float | None, status_pattern: str = DEFAULT_STATUS_PATTERN):
+                 give_up_after_s: float | None, status_pattern: str | None = None):
         options = redis_client.get_connection_kwargs()
         if options.get("decode_responses"):
             raise SinkError(
@@ -493,7 +495,7 @@ class _ClientBase(Generic[_Frames, _Events, _InOrder]):
         self.redis = redis_client
         self.stream_pattern = stream_pattern
         self.events_pattern = events_pattern
-        self.status_pattern = status_pattern
+        self.status_pattern = status_pattern or status_beside(stream_pattern)  # (a tenant's prefix kept)
         self.give_up_after_s = give_up_after_s
         self.reconnects = 0
         self._socket_timeout = options.get("socket_timeout")
@@ -672,7 +674,7 @@ class Client(_ClientBase["Subscription[Entry] | FanIn[Entry]", "Subscription[Eve
         events_pattern: str = DEFAULT_EVENTS_PATTERN,
         reconnect_max_s: float = 5.0,
         give_up_after_s: float | None = None,
-        status_pattern: str = DEFAULT_STATUS_PATTERN,
+        status_pattern: str | None = None,
     ):
         super().__init__(redis_client, stream_pattern=stream_pattern, events_pattern=events_pattern,
                          reconnect_max_s=reconnect_max_s, give_up_after_s=give_up_after_s,
@@ -710,6 +712,30 @@ class Client(_ClientBase["Subscription[Entry] | FanIn[Entry]", "Subscription[Eve
         except _Stopped:
             return None
         return None if value is None else status_from_wire(value)
+
+    def statuses(self, sources: str | list[str] = "*") -> dict[str, SourceStatus | None]:
+        """``status`` of many sources by name: of a list (None for one without a key), or of every
+        source whose status key a glob of names matches (SCAN; ``"*"``: every source there)."""
+        if self._stop.is_set():
+            return {}
+        try:
+            if isinstance(sources, str) and _is_glob(sources):
+                match, cursor, keys = stream_name(self.status_pattern, sources), 0, set()
+                while True:
+                    cursor, found = self.call(self.redis.scan, cursor, match=match, count=1000, key=match)
+                    keys.update(_text(key) for key in found)
+                    if not cursor:
+                        break
+                names = sorted(source_of(self.status_pattern, key) for key in keys)
+            else:
+                names = [sources] if isinstance(sources, str) else list(sources)
+            if not names:
+                return {}
+            values = self.call(self.redis.mget, [stream_name(self.status_pattern, name) for name in names],
+                               key=stream_name(self.status_pattern, names[0]))
+        except _Stopped:
+            return {}
+        return {name: None if value is None else status_from_wire(value) for name, value in zip(names, values)}
 
     def at(self, ts: float, source: str | None = None, *, stream: str | None = None,
            within_s: float | None = None, by: str = "capture_ts") -> Entry | None:
@@ -855,7 +881,7 @@ def connect(
     events_pattern: str = DEFAULT_EVENTS_PATTERN,
     reconnect_max_s: float = 5.0,
     give_up_after_s: float | None = None,
-    status_pattern: str = DEFAULT_STATUS_PATTERN,
+    status_pattern: str | None = None,
 ) -> Client:
     """A ``Client`` for ``url`` (redis://, rediss:// with ``tls``, unix://, or
     ``redis+sentinel://host1:26379,host2:26379/<master-name>[/db]`` with the sentinels' own login in
@@ -1616,6 +1642,69 @@ def _required(source: str | list[str] | None) -> str | list[str]:
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def source_of(pattern: str, key: str) -> str:
+    """The source name in ``key``, a name ``pattern`` (``segstream:{source}:status``) made."""
+    prefix, suffix = pattern.split("{source}", 1)
+    return key[len(prefix):len(key) - len(suffix)]
+
+
+# --- segstream status ------------------------------------------------------------------------
+
+def status_report(sources: list[str], url: str, out: TextIO | None = None, *, pattern: str = DEFAULT_STATUS_PATTERN,
+                  json_lines: bool = False, password: str | None = None, username: str | None = None,
+                  tls: TlsFiles | None = None, sentinel: SentinelAuth | None = None) -> int:
+    """Print a line per source (``sources``: names or globs of them) saying what its status key
+    says now; 0 when every source printed is streaming, 1 otherwise (a source without a key, one
+    reconnecting, ended or failed; no key matching a glob)."""
+    out = sys.stdout if out is None else out
+    client = Client(connect_redis(url, password, username=username, tls=tls, sentinel=sentinel, socket_timeout=5.0,
+                                  client_name="segstream-status", names=COMMAND_LINE,
+                                  hint="start Redis or fix --url"), status_pattern=pattern)
+    try:
+        found: dict[str, SourceStatus | None] = {}
+        for name in dict.fromkeys(sources):
+            some = client.statuses(name)
+            if not some:
+                raise ReaderError(f"no status key at {redis_address(client.redis)} matches "
+                                  f"{stream_name(pattern, name)} — no run has published such a source here since "
+                                  "0.3.8 (or its keys have another name: --key, as sinks.redis.status_key)")
+            found.update(some)
+    finally:
+        client.close()
+    now = time.time()
+    for name, status in found.items():
+        if json_lines:
+            record = {"source": name, "state": None} if status is None else dataclasses.asdict(status)
+            out.write(json.dumps(record) + "\n")
+        else:
+            out.write(f"{terminal_safe(name)}  {_status_said(status, now)}\n")
+    out.flush()
+    return 0 if all(status is not None and status.state == "streaming" for status in found.values()) else 1
+
+
+def _status_said(status: SourceStatus | None, now: float) -> str:
+    if status is None:
+        return ("no status key: no run publishes it (its pipeline killed, or stuck, longer than its status_ttl_s ago; "
+                "never run; or older than 0.3.8)")
+    run = f"run {terminal_safe(status.run_id)}"
+    frame = ("no frame yet" if status.frame is None else
+             f"frame {status.frame}" + (f" captured {_ago(now - status.capture_ts)} ago" if status.capture_ts else ""))
+    if status.final:
+        return f"{status.state} {_ago(now - status.since)} ago, {frame}, {run} (final)"
+    return f"{status.state} for {_ago(now - status.since)}, {frame}, {run}"
+
+
+def _ago(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    if seconds < 3600:
+        return f"{int(seconds // 60)} min {int(seconds % 60)} s"
+    if seconds < 86400:
+        return f"{int(seconds // 3600)} h {int(seconds % 3600 // 60)} min"
+    return f"{int(seconds // 86400)} d {int(seconds % 86400 // 3600)} h"
 
 
 # --- segstream tail --------------------------------------------------------------------------

@@ -33,7 +33,7 @@ from segstream.connectors.redis_reader import (
     _warn_if_missing_steps, reader_options,
 )
 from segstream.connectors.redis_wire import (
-    DEFAULT_EVENTS_PATTERN, DEFAULT_STATUS_PATTERN, DEFAULT_STREAM_PATTERN, SourceStatus, status_from_wire, stream_name,
+    DEFAULT_EVENTS_PATTERN, DEFAULT_STREAM_PATTERN, SourceStatus, status_from_wire, stream_name,
 )
 
 __all__ = ["AsyncEntry", "AsyncEventEntry", "Client", "FanIn", "InOrder", "Subscription", "connect"]
@@ -56,7 +56,7 @@ async def connect(
     events_pattern: str = DEFAULT_EVENTS_PATTERN,
     reconnect_max_s: float = 5.0,
     give_up_after_s: float | None = None,
-    status_pattern: str = DEFAULT_STATUS_PATTERN,
+    status_pattern: str | None = None,
 ) -> Client:
     """``segstream.client.connect`` for asyncio: the same URLs, credentials, TLS and Sentinel
     settings, and the same one-line ``SinkError`` when Redis is unreachable or refuses now."""
@@ -75,7 +75,7 @@ class Client(_ClientBase["Subscription[AsyncEntry] | FanIn[AsyncEntry]",
 
     def __init__(self, redis_client: redis.asyncio.Redis, *, stream_pattern: str = DEFAULT_STREAM_PATTERN,
                  events_pattern: str = DEFAULT_EVENTS_PATTERN, reconnect_max_s: float = 5.0,
-                 give_up_after_s: float | None = None, status_pattern: str = DEFAULT_STATUS_PATTERN):
+                 give_up_after_s: float | None = None, status_pattern: str | None = None):
         super().__init__(redis_client, stream_pattern=stream_pattern, events_pattern=events_pattern,
                          reconnect_max_s=reconnect_max_s, give_up_after_s=give_up_after_s,
                          status_pattern=status_pattern)

@@ -41,6 +41,7 @@ from segstream.connectors.redis_wire import (
     acl_key_patterns,
     event_to_wire,
     from_wire,
+    status_beside,
     status_to_wire,
     stream_name,
     to_wire,
@@ -268,7 +269,10 @@ class RedisPublisher:
         self.client = client
         self.stream_pattern = stream_pattern
         self.events_pattern = events_pattern
-        self._acl_keys = acl_key_patterns(stream_pattern, events_pattern)  # what to grant, in advice
+        if status_pattern == DEFAULT_STATUS_PATTERN and stream_pattern != DEFAULT_STREAM_PATTERN:
+            status_pattern = status_beside(stream_pattern)  # as the config's default: beside the streams
+        # what to grant, in advice
+        self._acl_keys = acl_key_patterns(stream_pattern, events_pattern, *filter(None, [status_pattern]))
         self._status = None if status_pattern is None else _StatusKeys(status_pattern, status_ttl_s, max_age_s)
         # whether the run makes progress (the runtime's /healthz verdict): while not, the status keys are
         # left to expire, as a killed run's are
@@ -407,6 +411,8 @@ class RedisPublisher:
         keeping its data only when ``embedded_dir`` is given; its log line names the streams of
         ``sources`` (the run's source names) to watch.
         """
+        if status_pattern == DEFAULT_STATUS_PATTERN and stream_pattern != DEFAULT_STREAM_PATTERN:
+            status_pattern = status_beside(stream_pattern)  # as the config's default: beside the streams
         embedded = None
         if url is None:
             try:
@@ -425,7 +431,8 @@ class RedisPublisher:
             client = _connect_waiting(
                 start_wait_s, stopping, url, password, username=username, tls=tls, sentinel=sentinel,
                 socket_timeout=timeout_s, connect_timeout=2.0, client_name=_client_name(run_id))
-            _check_transactions(client, acl_key_patterns(stream_pattern, events_pattern))
+            _check_transactions(client, acl_key_patterns(stream_pattern, events_pattern, *filter(None, [status_pattern])),
+                                status=status_pattern is not None)
             publisher = cls(
                 client, stream_pattern, maxlen, mask_encoding, pipeline_size,
                 max_batch_delay_s=max_batch_delay_s, events_pattern=events_pattern, max_backlog=max_backlog,
@@ -803,13 +810,13 @@ class RedisPublisher:
         except redis.RedisError as error:
             if refused_for_now(error):  # the whole batch, at MULTI or EXEC: kept, and sent again
                 self._last_error = error_summary(error)
-                self._refusal = refusal_advice(error, self._acl_keys)
+                self._refusal = refusal_advice(error, self._acl_keys, status=self._status is not None)
                 return False
             self.failed += len(batch)
             self._refused(batch)
             raise SinkError(
                 f"Redis at {self._where} refused a batch of {len(batch)} entries: "
-                f"{error_summary(error)} — {refusal_advice(error, self._acl_keys)}"
+                f"{error_summary(error)} — {refusal_advice(error, self._acl_keys, status=self._status is not None)}"
             ) from None
         finally:
             pipe.reset()
@@ -857,7 +864,7 @@ class RedisPublisher:
             raise SinkError(
                 f"Redis at {self._where} refused {len(refused)} of {len(batch)} entries ({' and '.join(kinds)}"
                 f"{written}; first, on {stream!r}: {error_summary(error)}) — "
-                f"{refusal_advice(error, self._acl_keys, setting)}"
+                f"{refusal_advice(error, self._acl_keys, setting, status=self._status is not None)}"
             )
         return True
 
@@ -1520,7 +1527,7 @@ def _wire_size(fields: dict[str, bytes | str]) -> int:
                for k, v in fields.items())
 
 
-def _check_transactions(client: redis.Redis, acl_keys: str) -> None:
+def _check_transactions(client: redis.Redis, acl_keys: str, status: bool = False) -> None:
     """Batches go out as MULTI/EXEC: an ACL user without them is refused now, not at the first
     batch (found probing: the run died then, without its report). A Redis that refuses writes for
     now (full, cannot persist: it refuses even a PING queued in MULTI) is no reason not to start:
@@ -1535,15 +1542,20 @@ def _check_transactions(client: redis.Redis, acl_keys: str) -> None:
         where = redis_address(client)
         client.close()
         raise SinkError(f"Redis at {where} refused MULTI/EXEC: {error_summary(error)} — "
-                        f"{refusal_advice(error, acl_keys)}") from None
+                        f"{refusal_advice(error, acl_keys, status=status)}") from None
 
 
-def publisher_grant(acl_keys: str, aged: bool = False) -> str:
-    """What to grant a publishing user, its stream keys given as ACL key patterns (``acl_key_patterns``);
-    ``aged``: with sinks.redis.max_age_s, which trims (XTRIM) and expires (PEXPIRE) them too."""
+def publisher_grant(acl_keys: str, aged: bool = False, status: bool = False) -> str:
+    """What to grant a publishing user, its keys given as ACL key patterns (``acl_key_patterns``);
+    ``aged``: with sinks.redis.max_age_s, which trims (XTRIM) and expires (PEXPIRE) them too;
+    ``status``: with the status keys (sinks.redis.status_key), which it SETs."""
     names, rules = (("XRANGE, XLEN, XTRIM and PEXPIRE", "+xlen +xtrim +pexpire") if aged else
                     ("XRANGE and XLEN", "+xlen"))
-    return (f"grant this user XADD, MULTI, EXEC, XREVRANGE, {names} on the stream keys, and the connection "
+    if status:
+        names, rules = names.replace(" and ", ", ") + " on the stream keys, and SET on the status keys", rules + " +set"
+    else:
+        names += " on the stream keys"
+    return (f"grant this user XADD, MULTI, EXEC, XREVRANGE, {names}, and the connection "
             f"commands (ACL: +xadd +multi +exec +xrevrange +xrange {rules} +@connection {acl_keys})")
 
 
@@ -1575,9 +1587,10 @@ CLUSTER_ADVICE = ("Redis Cluster is not supported: point sinks.redis.url at a st
                   "(redis+sentinel://)")
 
 
-def refusal_advice(error: Exception, acl_keys: str, setting: str = "stream") -> str:
-    """What to do about ``error``; ``acl_keys``: the stream keys' ACL key patterns; ``setting``:
-    the sinks.redis key that names the stream refused (stream, or events_stream)."""
+def refusal_advice(error: Exception, acl_keys: str, setting: str = "stream", status: bool = False) -> str:
+    """What to do about ``error``; ``acl_keys``: the publisher's keys' ACL key patterns; ``setting``:
+    the sinks.redis key that names the stream refused (stream, or events_stream); ``status``: the
+    publisher writes status keys too."""
     text = str(error)
     if cluster_refusal(error):
         return CLUSTER_ADVICE
@@ -1586,7 +1599,7 @@ def refusal_advice(error: Exception, acl_keys: str, setting: str = "stream") -> 
     if isinstance(error, redis.exceptions.NoPermissionError):  # redis-py keeps NOPERM's text, not the word
         if "'xtrim'" in text.lower():
             return "grant this user XTRIM too (ACL: +xtrim), with which sinks.redis.max_age_s trims streams by age"
-        return publisher_grant(acl_keys)
+        return publisher_grant(acl_keys, status=status)
     if text.startswith("WRONGTYPE"):
         return f"that key is not a stream: delete it or change sinks.redis.{setting}"
     if isinstance(error, redis.exceptions.OutOfMemoryError) or text.startswith("OOM"):

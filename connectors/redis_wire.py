@@ -58,6 +58,12 @@ def stream_name(pattern: str, source: str) -> str:
     return pattern.format(source=source)
 
 
+def status_beside(stream_pattern: str) -> str:
+    """The status key's pattern that goes with a frames stream's (docs/SCHEMA.md, Status keys):
+    ``:frames`` at its end becomes ``:status``, else ``:status`` is added (a tenant's prefix kept)."""
+    return stream_pattern.removesuffix(":frames") + ":status"
+
+
 def acl_key_patterns(*patterns: str) -> str:
     """The Redis ACL key patterns that match every stream of ``patterns`` (``segstream:{source}:frames``
     gives ``~segstream:*:frames``), for advice on what to grant a user."""

@@ -65,8 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--password", default=os.environ.get("REDIS_PASSWORD") or None)
     parser.add_argument("--stream", default="segstream:{source}:frames", metavar="PATTERN",
                         help="the pipeline's sinks.redis.stream (default %(default)s)")
-    parser.add_argument("--status", default="segstream:{source}:status", metavar="PATTERN",
-                        help="the pipeline's sinks.redis.status_key (default %(default)s)")
+    parser.add_argument("--status", default=None, metavar="PATTERN",
+                        help="the pipeline's sinks.redis.status_key (default: beside --stream, :frames as :status)")
     parser.add_argument("--idle", type=float, default=2.0, metavar="S",
                         help="say why after S seconds without a fresh frame (default %(default)s)")
     parser.add_argument("--count", type=int, default=None, metavar="N", help="stop after N entries (default: never)")

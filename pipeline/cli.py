@@ -299,6 +299,18 @@ def _parser() -> argparse.ArgumentParser:
                            "stream says (its state ended: exit 0; failed: exit 1), at once if it already has")
     tail.set_defaults(command=_tail)
 
+    status = commands.add_parser(
+        "status", help="say what each source's run says of it now (its status key in Redis); exit 1 unless "
+                       "every source shown is streaming")
+    status.add_argument("source", metavar="SOURCE", nargs="*", default=["*"],
+                        help="source names, or globs of them (default: every source with a status key)")
+    redis_options(status)
+    status.add_argument("--key", default="segstream:{source}:status", metavar="PATTERN",
+                        help="the pipeline's sinks.redis.status_key (default %(default)s)")
+    status.add_argument("--json", action="store_true",
+                        help="print one JSON object per source (its status key's fields; state null without one)")
+    status.set_defaults(command=_status)
+
     bench = commands.add_parser(
         "bench", help="measure the network alone, the pipeline and a naive loop on a config, in one run"
     )
@@ -646,6 +658,17 @@ def _tail(args: argparse.Namespace) -> int:
          password=args.password, username=args.username, tls=redis_tls(args), sentinel=redis_sentinel(args), at=at,
          json_lines=args.json, idle_timeout_s=args.idle_timeout, until_ended=args.until_ended)
     return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from segstream.connectors.redis_reader import status_report
+
+    if "{source}" not in args.key:
+        raise ConfigError(f"--key {args.key!r} must contain {{source}}, as sinks.redis.status_key does, e.g. "
+                          "'segstream:{source}:status'")
+    return status_report(args.source, url=redis_url(args), pattern=args.key, json_lines=args.json,
+                         password=args.password, username=args.username, tls=redis_tls(args),
+                         sentinel=redis_sentinel(args))
 
 
 def wall_time(text: str) -> float:

@@ -28,6 +28,7 @@ from segstream.connectors.errors import ConfigError
 from segstream.connectors.text_files import read_saved_text, streamed
 from segstream.connectors.redaction import SECRET_NAME, remember, remember_in
 from segstream.connectors.source import not_a_video_file, special_file
+from segstream.connectors.redis_wire import status_beside
 from segstream.connectors.redis_connection import (
     SentinelAuth,
     TlsFiles,
@@ -1063,7 +1064,7 @@ class RedisSinkConfig(Strict):
     events_stream: str = "segstream:{source}:events"
     """The events stream's name; {source} is the source's name."""
     status_key: str | None = "segstream:{source}:status"
-    """Each source's status key, which says while a run publishes it (docs/SCHEMA.md); {source} is the source's name (null: none)."""
+    """Each source's status key, which says while a run publishes it (docs/SCHEMA.md); {source} is the source's name (null: none; default: the stream's name with :status for :frames)."""
     status_ttl_s: Annotated[float, Field(ge=0.5)] = 5.0
     """Seconds a status key outlives the last refresh of a run killed or stuck (refreshed every third of it)."""
     maxlen: PositiveInt = 10000
@@ -1140,6 +1141,8 @@ class RedisSinkConfig(Strict):
         if self.stream == self.events_stream:
             raise ValueError(f"stream and events_stream are both '{self.stream}': frames and events would be mixed "
                              "in one stream — give them different names")
+        if "status_key" not in self.model_fields_set:  # beside the streams: a tenant's prefix is the key's too
+            self.status_key = status_beside(self.stream)
         if self.status_key in (self.stream, self.events_stream):
             raise ValueError(f"status_key is '{self.status_key}', the name of a stream — give it a name of its own, "
                              "e.g. 'segstream:{source}:status'")

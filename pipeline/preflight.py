@@ -169,8 +169,9 @@ def redis_check(cfg: PipelineConfig, source_names: list[str]) -> str:
         raise RedisUnreachable(f"{error} (the run would wait up to {section.start_wait_s:g} s for it: "
                                "sinks.redis.start_wait_s)") from None
     where = redis_address(client)
-    acl_keys = acl_key_patterns(section.stream, section.events_stream)
-    grant = f"{publisher_grant(acl_keys, section.max_age_s is not None)}; README: publisher ACL"
+    acl_keys = acl_key_patterns(section.stream, section.events_stream, *filter(None, [section.status_key]))
+    status_on = section.status_key is not None
+    grant = f"{publisher_grant(acl_keys, section.max_age_s is not None, status_on)}; README: publisher ACL"
     settings = {stream_name(pattern, name): setting for name in source_names or ["preflight"]
                 for setting, pattern in (("stream", section.stream), ("events_stream", section.events_stream))}
     keys = list(settings)
@@ -185,7 +186,7 @@ def redis_check(cfg: PipelineConfig, source_names: list[str]) -> str:
         except redis.RedisError as error:
             if not refused_for_now(error):  # full, it refuses even a PING queued in MULTI
                 raise SegstreamError(f"Redis at {where} refused MULTI/EXEC: {error_summary(error)} — "
-                                     f"{refusal_advice(error, acl_keys)}") from None
+                                     f"{refusal_advice(error, acl_keys, status=status_on)}") from None
             for_now = error
         commands = [("XADD", key, "MAXLEN", "~", "1", "*", "preflight", "1") for key in keys]
         if section.max_age_s is not None:
@@ -216,16 +217,16 @@ def redis_check(cfg: PipelineConfig, source_names: list[str]) -> str:
             if isinstance(first, redis.exceptions.NoPermissionError):
                 raise SegstreamError(f"Redis at {where} refuses XADD on {', '.join(refused_on)} — {grant}")
             raise SegstreamError(f"Redis at {where} refuses XADD on {', '.join(refused_on)}: {error_summary(first)} — "
-                                 f"{refusal_advice(first, acl_keys)}")
+                                 f"{refusal_advice(first, acl_keys, status=status_on)}")
         if ("EXEC",) in refused:
             error = refused[("EXEC",)]
             raise SegstreamError(f"Redis at {where} refused EXEC: {error_summary(error)} — "
-                                 f"{refusal_advice(error, acl_keys)}")
+                                 f"{refusal_advice(error, acl_keys, status=status_on)}")
         if trim := next((error for command, error in refused.items() if command[0] == "XTRIM"), None):
             permission = isinstance(trim, redis.exceptions.NoPermissionError)
             raise SegstreamError(f"Redis at {where} refuses XTRIM{'' if permission else f' ({error_summary(trim)})'}, "
                                  "with which sinks.redis.max_age_s trims the streams (the run's first batch would fail) "
-                                 f"— {grant if permission else refusal_advice(trim, acl_keys)}")
+                                 f"— {grant if permission else refusal_advice(trim, acl_keys, status=status_on)}")
         if wrong := _not_streams(client, keys):
             raise SegstreamError(_not_streams_said(where, wrong, settings))
         if held is not None:  # Redis checks a command's ACL, keys and its own state before it holds it
@@ -249,7 +250,7 @@ def redis_check(cfg: PipelineConfig, source_names: list[str]) -> str:
                  "past sinks.redis.max_age_s once it ends — grant +pexpire" if refused
                  else " and trim and expire them by age")
     if for_now is not None:
-        said += (f"; but Redis refuses writes for now: {refusal_advice(for_now, acl_keys)} — `segstream run` starts "
+        said += (f"; but Redis refuses writes for now: {refusal_advice(for_now, acl_keys, status=status_on)} — `segstream run` starts "
                  "all the same, and keeps its results in its backlog (sinks.redis.max_backlog) until Redis takes them")
     return said
 

@@ -590,6 +590,8 @@ def test_each_video_s_states_go_to_redis_in_order_and_not_into_the_files(archive
         client = server.client()
         events = {vid: [event_from_wire(f) for _, f in client.xrange(f"segstream:{vid}:events")] for vid in ("a", "corrupt")}
         last_frame = float(client.xrange("segstream:a:frames")[-1][1][b"publish_ts"])
+        # no status key a video, which would stay for good: its end is in its events stream
+        assert client.keys("*:status") == []
     states = [(e.data["state"], e.data["previous"]) for e in events["a"] if e.kind == "state"]
     assert states == [("connecting", "new"), ("streaming", "connecting"), ("ended", "streaming")]
     assert events["a"][-1].kind == "state" and events["a"][-1].ts >= last_frame - 1, "the end comes last"

@@ -88,7 +88,7 @@ def test_an_acl_user_without_xadd_fails_naming_the_grant_and_nothing_is_written(
     redis_line = line_of(lines, "redis")
     assert redis_line.startswith("FAIL")
     assert "refuses XADD on segstream:cam0:frames, segstream:cam0:events" in redis_line
-    assert "+xadd +multi +exec +xrevrange +xrange +xlen +@connection ~segstream:*" in redis_line
+    assert "+xadd +multi +exec +xrevrange +xrange +xlen +set +@connection ~segstream:*" in redis_line
     assert redis_server.client(password=PASSWORD).exists("segstream:cam0:frames", "segstream:cam0:events") == 0
 
 
@@ -359,7 +359,7 @@ def test_an_unreachable_redis_the_run_would_wait_for_says_so(tmp_path, capsys):
 
 
 TENANT_STREAMS = "stream: 'tenant1:{source}:frames', events_stream: 'tenant1:{source}:events'"
-TENANT_KEYS = "~tenant1:*:frames ~tenant1:*:events"
+TENANT_KEYS = "~tenant1:*:frames ~tenant1:*:events ~tenant1:*:status"
 
 
 @pytest.fixture

@@ -175,7 +175,7 @@ def test_an_acl_user_without_transactions_is_refused_at_start_naming_what_to_gra
     assert main(["run", str(config)]) == 1
     [line] = capsys.readouterr().err.strip().splitlines()
     assert "no permissions to run the 'multi' command" in line
-    assert "+xadd +multi +exec +xrevrange +xrange +xlen +@connection" in line
+    assert "+xadd +multi +exec +xrevrange +xrange +xlen +set +@connection" in line
     # exactly what the README and the message grant is enough
     tls_client(server, certs).acl_setuser("carol", enabled=True, passwords=["+carol-pw"], keys=["segstream:*"],
                                           commands=["+xadd", "+multi", "+exec", "+xrevrange", "+xrange", "+xlen",

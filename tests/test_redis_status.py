@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 
 import pytest
@@ -236,3 +237,40 @@ def test_the_runtime_gives_the_publisher_its_healthz_verdict(server):
     assert not sink.healthy()
     runtime.run()
     assert Client(server.client()).status("cam0").state == "ended"
+
+
+def test_segstream_status_says_each_source_s_word_and_exits_1_unless_all_stream(server, capsys):
+    from segstream.pipeline.cli import main
+
+    sink = publisher(server.url)
+    sink.publish_event(state("streaming"))
+    sink.publish_event(state("reconnecting", source="cam1"))
+    for index in range(3):
+        sink.publish(tiny_scene("cam0", index))
+    time.sleep(2.0)  # a refresh: the key has the last frame
+    sink.poll()
+
+    assert main(["status", "cam0", "--url", server.url]) == 0
+    line = capsys.readouterr().out
+    assert re.fullmatch(r"cam0  streaming for \d+\.\d s, frame 2 captured [^,]+ ago, run run-1\n", line), line
+    assert main(["status", "--url", server.url]) == 1  # every source there: cam1 is reconnecting
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split("  ")[:2] for line in lines] == [["cam0", lines[0].split("  ")[1]],
+                                                         ["cam1", lines[1].split("  ")[1]]]
+    assert lines[1].startswith("cam1  reconnecting for ") and "no frame yet" in lines[1]
+    assert main(["status", "cam0", "cam9", "--url", server.url, "--json"]) == 1
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert records[0]["state"] == "streaming" and records[0]["frame"] == 2 and records[0]["ttl_s"] == 5.0
+    assert records[1] == {"source": "cam9", "state": None}
+    sink.publish_event(state("ended"))
+    sink.close()
+    assert main(["status", "cam0", "--url", server.url]) == 1
+    assert re.fullmatch(r"cam0  ended \d+\.\d s ago, frame 2 captured [^,]+ ago, run run-1 \(final\)\n",
+                        capsys.readouterr().out)
+    assert main(["status", "lobby-*", "--url", server.url]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == (
+        f"segstream: error: no status key at {server.url.removesuffix('/0')} matches segstream:lobby-*:status — no "
+        "run has published such a source here since 0.3.8 (or its keys have another name: --key, as "
+        "sinks.redis.status_key)\n")
+    assert main(["status", "--key", "site:status", "--url", server.url]) == 2
