@@ -324,7 +324,7 @@ def _pictures_hint(folder: Path) -> str:
     n, kinds = sum(found.values()), sorted(found)
     return (f" but {n} picture{'s' if n != 1 else ''} ({', '.join(kinds)}): segment each as a video of one frame "
             f"with --set 'batch.extensions=[{','.join(kinds)}]', or all in order as one source with `segstream run "
-            f"configs/image_folder.yaml --set {shlex.quote(f'sources.0.path={folder}')}` (a source of type: images)")
+            f"configs/image_folder.yaml --set {shlex.quote(f'sources.0.path={folder.absolute()}')}` (a source of type: images)")
 
 
 def _natural(path: Path) -> list:

@@ -1765,7 +1765,9 @@ def _checked_config(
     try:
         config = validate_config(data, base_dir=base_dir, schema=schema, files=files)
     except ConfigError as error:
-        blank = [_where(where, raw) for where, _ in unset]  # what a missing variable left empty fails too
+        # what a missing variable left empty fails too, and the object that holds it (a source whose
+        # path is empty: "no images in '<the config's folder>'", found probing the docs)
+        blank = [_where(where[:cut], raw) for where, _ in unset for cut in (len(where), len(where) - 1) if cut > 0]
         lines += [line for line in str(error).splitlines() if not any(line.startswith(f"{b}:") for b in blank)]
         lines += _model_errors(data, base_dir, files)
         raise ConfigError("\n".join(lines)) from None

@@ -9,12 +9,14 @@ import importlib
 import os
 import socket
 import threading
+import tempfile
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from urllib.parse import parse_qs, urlsplit
 
 from segstream.connectors.errors import SegstreamError, SourceError
+from segstream.connectors.output_files import check_output_dir
 from segstream.connectors.urls import exclusive_input, redact_url, url_scheme
 from segstream.pipeline.config import PipelineConfig, SourceConfig
 
@@ -93,10 +95,20 @@ def folder_check(folder: str) -> str:
         existing = os.path.dirname(existing)
     if not os.path.isdir(existing):
         raise SegstreamError(f"{path}: {existing} is a file, not a folder — choose another path")
+    where = "" if existing == path else f" (it would be made in {existing})"
+
+    def cannot(why: str = "") -> SegstreamError:
+        return SegstreamError(f"{path} cannot be written by this user{where}{why} — choose a folder it may write "
+                              f"(relative paths are the working folder's, {os.getcwd()}), or give it the right to")
+
     if not os.access(existing, os.W_OK | os.X_OK):
-        where = "" if existing == path else f" (it would be made in {existing})"
-        raise SegstreamError(f"{path} cannot be written by this user{where} — choose a folder it may write (relative "
-                             f"paths are the working folder's, {os.getcwd()}), or give it the right to")
+        raise cannot()
+    if existing == path:  # what the run refuses too (found probing the docs: this check passed it)
+        check_output_dir(path)
+    try:  # as the run would: root's os.access says yes to /proc and to a read-only mount
+        tempfile.TemporaryDirectory(dir=existing, prefix=".segstream-check-").cleanup()
+    except OSError as error:
+        raise cannot(f": {error.strerror}") from None
     return f"{path} can be written" if existing == path else f"{path} can be made (in {existing})"
 
 

@@ -339,9 +339,17 @@ class RunReport:
             tail = f"{latency}{sinks}; {len(self.sources)} sources:" + "".join(f"\n  {line}" for line in sources)
         else:
             tail = f"{latency}; {', '.join(sources)}{sinks}"
+        # the rate is over the streaming time: said where the run's time is plainly longer (a live source
+        # that waited for its camera; found probing the docs: "8 frames published in 8.8 s (18.5 fps)")
+        rest = self.elapsed_s - self.warm_up_s
+        rate = [f"{self.fps:.1f} fps"]
+        if rest - self.streaming_s >= 1 and self.streaming_s < 0.9 * rest:
+            rate.append(f"over {self.streaming_s:.1f} s of streaming")
+        if self.warm_up_s >= 1:
+            rate.append(f"after {self.warm_up_s:.1f} s of warm-up")
         return (
-            f"{outcome}: {self.published} frames published in {self.elapsed_s:.1f} s ({self.fps:.1f} fps"
-            f"{f' after {self.warm_up_s:.1f} s of warm-up' if self.warm_up_s >= 1 else ''}), "
+            f"{outcome}: {self.published} frames published in {self.elapsed_s:.1f} s ({' '.join(rate[:2])}"
+            f"{', ' + rate[2] if len(rate) > 2 else ''}), "
             f"{self.dropped} dropped{abandoned}, {self.batches} batches (mean {mean_batch:.1f}), "
             f"{tail}"
         )

@@ -436,7 +436,7 @@ def test_a_batch_whose_inputs_all_do_not_exist_does_nothing_and_exits_2(archive,
     assert not (tmp_path / "out").exists()
 
 
-def test_a_folder_of_pictures_is_refused_with_how_to_segment_them_and_that_works(tmp_path, capsys):
+def test_a_folder_of_pictures_is_refused_with_how_to_segment_them_and_that_works(tmp_path, capsys, monkeypatch):
     # Found probing: a folder of pictures said only "holds no video files", while one picture given alone works
     import cv2
     import numpy as np
@@ -447,7 +447,8 @@ def test_a_folder_of_pictures_is_refused_with_how_to_segment_them_and_that_works
     pictures.mkdir()
     for name in ("a.png", "b.png", "c.jpg"):
         cv2.imwrite(str(pictures / name), np.full((48, 64, 3), 90, np.uint8))
-    code = main(["batch", str(pictures), "--out", str(tmp_path / "out")])
+    monkeypatch.chdir(tmp_path)  # named relative: the hint's path absolute (--set's are the config's folder's)
+    code = main(["batch", "shots", "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1, err  # said once, in the error (it was a warning too: found probing photo batches)
     assert code == 2 and err[-1].endswith(

@@ -245,6 +245,16 @@ def test_an_unset_variable_does_not_hide_the_other_mistakes_and_is_said_once(cap
     ]
 
 
+def test_an_image_folder_left_empty_by_an_unset_variable_is_said_once(capsys, monkeypatch):
+    # found probing the docs as written: configs/image_folder.yaml without SEGSTREAM_IMAGES said also
+    # "no images in '<the config's folder>'", a folder the user never named
+    monkeypatch.delenv("SEGSTREAM_IMAGES", raising=False)
+    config = Path(__file__).resolve().parents[1] / "configs" / "image_folder.yaml"
+    assert errors_of(capsys, ["validate", str(config)]) == [
+        "sources[0].path: environment variable SEGSTREAM_IMAGES is not set — export it or write "
+        "${SEGSTREAM_IMAGES:-default}"]
+
+
 def test_a_source_type_named_as_other_tools_name_it_is_told_which_type_reads_it(capsys, write):
     # found probing as a home-lab NVR user: "type: rtsp" was refused with the list of types only
     text = "sources:\n  - {name: gate, type: RTSP, url: 'rtsp://h/x'}\n  - {name: desk, type: usb, device: 0}\n"

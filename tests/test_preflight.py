@@ -272,6 +272,26 @@ def test_the_folders_the_run_writes_are_checked_and_named_absolute(tmp_path, cap
         FilesSink("runs/out")
 
 
+def test_a_folder_the_run_would_refuse_fails_the_check_too(tmp_path, capsys):
+    """Found probing the docs as written: a folder every user may write (no sticky bit) passed
+    validate --connect, and the run refused it; root's os.access said /proc/nope could be made."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    config = write_config(tmp_path, FILE_SOURCE)
+    code, lines = connect(config, capsys, "--set", "sinks.files.enabled=true", "--set", f"sinks.files.dir={shared}")
+    assert code == 1 and line_of(lines, "sinks.files.dir") == (
+        f"FAIL  sinks.files.dir: output directory '{shared}' can be written by every user and has no sticky bit: "
+        "others could replace the files written there — choose a folder of your own, or `chmod o-w` (or `chmod +t`) it")
+    shared.chmod(0o1777)  # a /tmp-like folder: what the run takes
+    code, lines = connect(config, capsys, "--set", "sinks.files.enabled=true", "--set", f"sinks.files.dir={shared}")
+    assert code == 0 and line_of(lines, "sinks.files.dir") == f"ok    sinks.files.dir: {shared} can be written"
+    assert list(shared.iterdir()) == []  # the check's trial folder is gone
+    code, lines = connect(config, capsys, "--set", "sinks.files.enabled=true", "--set", "sinks.files.dir=/proc/nope")
+    assert code == 1 and line_of(lines, "sinks.files.dir").startswith(
+        "FAIL  sinks.files.dir: /proc/nope cannot be written by this user (it would be made in /proc")
+
+
 def hub_subprocess(config: Path, hf_home: Path, *extra: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(hf_home)}
     env.pop("HF_HUB_CACHE", None)

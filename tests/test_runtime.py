@@ -910,7 +910,14 @@ def test_the_summary_rate_is_over_the_streaming_time_not_the_warm_up():
     report = RunReport({"cam": SourceReport(decoded=400, published=400)}, 100, 400, 72.0, False, 100.0, 200.0, 300.0,
                        streaming_s=10.0, warm_up_s=58.5)
     assert report.fps == 40.0
-    assert "400 frames published in 72.0 s (40.0 fps after 58.5 s of warm-up)" in report.summary()
+    assert "400 frames published in 72.0 s (40.0 fps over 10.0 s of streaming, after 58.5 s of warm-up)" in report.summary()
+    # found probing the docs: a camera that came late read "8 frames published in 8.8 s (18.5 fps)"
+    late = RunReport({"cam": SourceReport(decoded=8, published=8)}, 2, 8, 8.8, False, 100.0, 200.0, 300.0,
+                     streaming_s=8 / 18.5)
+    assert "8 frames published in 8.8 s (18.5 fps over 0.4 s of streaming), " in late.summary()
+    steady = RunReport({"cam": SourceReport(decoded=8, published=8)}, 2, 8, 4.3, False, 100.0, 200.0, 300.0,
+                       streaming_s=4.0, warm_up_s=0.2)
+    assert "8 frames published in 4.3 s (2.0 fps), " in steady.summary()
     summary = report.as_dict()
     assert (summary["streaming_s"], summary["warm_up_s"], summary["fps"]) == (10.0, 58.5, 40.0)
     quick = RunReport({"cam": SourceReport(decoded=1, published=1)}, 1, 1, 2.0, False, 1.0, 1.0, 1.0, streaming_s=0.05)
