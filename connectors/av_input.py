@@ -144,6 +144,22 @@ class Picture:
 _TLS_SCHEMES = ("https", "rtsps", "rtmps", "tls")  # FFmpeg's TLS under them takes tls_verify and ca_file
 
 
+# Above this a "rate" is a time base, not frames per second: FFmpeg's guess for an RTSP camera read
+# again after a stall, its probe fed a burst of the stalled frames (found probing a port's cameras:
+# "at 90000 fps", which the SegstreamCameraSlow alert compared the real rate with).
+MAX_PLAUSIBLE_FPS = 1000
+
+
+def frame_rate(stream) -> Fraction | None:
+    """The video stream's frame rate, None where FFmpeg knows none that could be one: its guess
+    first (the average rate of a file with a gap in its timestamps is far too low), then the
+    average, then the base rate, each taken only below ``MAX_PLAUSIBLE_FPS``."""
+    for rate in (stream.guessed_rate, stream.average_rate, stream.base_rate):
+        if rate and 0 < rate <= MAX_PLAUSIBLE_FPS:
+            return Fraction(rate)
+    return None
+
+
 class SteadyGaps:
     """Frames an input lost before its decoder saw them. Where the recent frames came at one
     steady rate (of the last ``WINDOW`` intervals, at least ``MIN_INTERVALS``, every one a whole
@@ -580,8 +596,7 @@ class AVInput:
         # The input's size in bytes when the server or file says (a file over HTTP, without a
         # duration when its format has none, as MPEG-TS), None for a stream without an end.
         self.size_bytes: int | None = self.container.size if (self.container.size or 0) > 0 else None
-        # FFmpeg's guess first: the average rate of a file with a gap in its timestamps is far too low
-        rate = self.stream.guessed_rate or self.stream.average_rate or self.stream.base_rate
+        rate = frame_rate(self.stream)
         self.fps = float(rate) if rate else None
         self.step = max(1, round(1 / (rate * self.time_base))) if rate else max(1, round(1 / (25 * self.time_base)))
         # A live input whose format carries no timestamps (MJPEG over HTTP, a raw H.264 stream): FFmpeg

@@ -30,7 +30,7 @@ from segstream.connectors.redis_connection import (
     key_refused,
     redis_address,
 )
-from segstream.connectors.redis_reader import summary_line
+from segstream.connectors.redis_reader import source_of, summary_line
 from segstream.connectors.redis_wire import (
     DEFAULT_EVENTS_PATTERN,
     DEFAULT_STATUS_PATTERN,
@@ -117,6 +117,7 @@ class _StatusKeys:
         self.refused = False  # SET refused for good (an ACL without +set or the keys): said once, not tried again
         self._sources: dict[str, dict] = {}  # per source: what its value says (state, since, frame, seq, capture_ts)
         self._changed: set[str] = set()  # sources whose state changed since their key was last written
+        self._forgotten: set[str] = set()  # sources removed from the run, forgotten once their last state is written
         self._refreshed = 0.0  # monotonic time of the last refresh
 
     def written(self, item: _Outgoing, seq: int) -> None:
@@ -168,6 +169,19 @@ class _StatusKeys:
 
     def sent(self, sources: Sequence[str]) -> None:
         self._changed -= set(sources)
+        for source in self._forgotten & set(sources):  # a removed source's last word is written: not again
+            del self._sources[source]
+            self._forgotten.discard(source)
+
+    def lost(self, sources: set[str]) -> None:
+        """Redis lost entries of these sources' streams (restarted without its data, flushed): their
+        keys went too, final ones as well, which no refresh would write again."""
+        self._changed |= sources & self._sources.keys()
+
+    def removed(self, source: str) -> None:
+        """The source left the run: once its final state is written, its key is the operator's (an
+        erasure deletes it), never written again by a loss of other streams."""
+        self._forgotten.add(source)
 
 
 @dataclass(slots=True)
@@ -506,6 +520,8 @@ class RedisPublisher:
         are no longer this run's to watch (an operator erasing them is no loss of this run's output)."""
         streams = {stream_name(self.stream_pattern, source), stream_name(self.events_pattern, source)}
         self._pump(everything=True)  # what is still queued for it, written now where Redis answers
+        if self._status is not None:
+            self._status.removed(source)
         self._unwatched |= streams & {item.stream for item in self._queue}  # what waits (Redis away), once written
         for stream in streams:
             self._last_id.pop(stream, None)
@@ -1424,6 +1440,10 @@ class RedisPublisher:
             log.warning("Redis at %s lost entries while it was away: %s no longer holds the last entry this run "
                         "wrote to it (%s), so %s counted as written are gone — %s",
                         self._where, stream, _text(entry_id), entries, why)
+        if self._status is not None:  # their status keys went with them: written again, final ones too
+            self._status.lost({source_of(pattern, stream) for stream, *_ in gone
+                               for pattern in (self.stream_pattern, self.events_pattern)
+                               if stream == stream_name(pattern, source_of(pattern, stream))})
         self.data_losses += 1
         self.entries_lost.update(taken)
         if self.on_data_lost is not None:

@@ -13,7 +13,7 @@ import av
 import numpy as np
 import pytest
 
-from segstream.connectors.av_input import display_transform
+from segstream.connectors.av_input import display_transform, frame_rate
 from segstream.connectors.file_source import FileSource
 from segstream.connectors.files_sink import FilesSink, read_entries
 from segstream.connectors.redis_wire import from_wire
@@ -213,3 +213,19 @@ def test_a_jpeg_with_exif_comes_out_as_its_orientation_shows_it(tmp_path, orient
     expected = np.asarray(ImageOps.exif_transpose(Image.open(path)).convert("RGB"))
     assert frame.image.shape == expected.shape
     assert np.abs(frame.image.astype(int) - expected.astype(int)).mean() < 3
+
+
+def test_a_rate_that_is_a_time_base_is_no_frame_rate():
+    """Found probing a port's RTSP cameras: read again after the sender stalled 15 s, FFmpeg's probe
+    of the stalled burst guessed the 90 kHz clock as the rate ("at 90000 fps" in the streaming
+    event, the nominal-fps metric and the slow-camera alert's reference). Its next guess is taken,
+    or none (fps null)."""
+    from types import SimpleNamespace as Stream
+
+    assert frame_rate(Stream(guessed_rate=Fraction(90000), average_rate=Fraction(5), base_rate=None)) == 5
+    assert frame_rate(Stream(guessed_rate=Fraction(90000), average_rate=None, base_rate=Fraction(90000))) is None
+    assert frame_rate(Stream(guessed_rate=Fraction(30000, 1001), average_rate=None, base_rate=None)) == Fraction(
+        30000, 1001)
+    assert frame_rate(Stream(guessed_rate=Fraction(240), average_rate=None, base_rate=None)) == 240  # a fast camera
+    with av.open(str(Path(__file__).resolve().parents[1] / "samples" / "demo.mp4")) as container:
+        assert frame_rate(container.streams.video[0]) == 25

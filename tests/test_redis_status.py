@@ -274,3 +274,27 @@ def test_segstream_status_says_each_source_s_word_and_exits_1_unless_all_stream(
         "run has published such a source here since 0.3.8 (or its keys have another name: --key, as "
         "sinks.redis.status_key)\n")
     assert main(["status", "--key", "site:status", "--url", server.url]) == 2
+
+
+def test_a_redis_restarted_without_its_data_gets_every_source_s_key_again_a_final_one_too(server, caplog):
+    """Found probing a port's cameras: after Redis restarted empty, a camera that had failed had no
+    state anywhere a reader could see (its events stream gone with its failed state)."""
+    sink = publisher(server.url, status_ttl_s=0.6, reconnect_max_s=0.2)
+    reader = Client(server.client())
+    sink.publish_event(state("streaming", source="cam5"))
+    sink.publish_event(state("failed"))
+    sink.publish(tiny_scene("cam5", 0))
+    sink.poll()
+    assert reader.status("cam0").state == "failed"
+    server.kill()  # no persistence: it comes back empty
+    server.start()
+    deadline = time.monotonic() + 20
+    index = 1
+    while time.monotonic() < deadline and not server.client().exists(KEY):
+        sink.publish(tiny_scene("cam5", index))  # a camera still streaming finds the outage, then the loss
+        sink.poll()
+        index += 1
+        time.sleep(0.1)
+    assert reader.status("cam0").state == "failed" and reader.status("cam5").state == "streaming"
+    assert sink.data_losses == 1
+    sink.close()
