@@ -22,8 +22,11 @@ class Timeline:
 
     The first session's time base is the source's; PTS in other time bases are rescaled to it.
     Within a session, PTS pass through unchanged (offset by where the session was placed) as long
-    as they increase; a PTS at or before the last one is placed one frame after it. After
-    ``restart(gap_s)`` the next PTS is placed ``gap_s`` (at least one frame) after the last.
+    as they increase; a PTS at or before the last one is placed one frame after it (a live frame
+    given its arrival: as long after the last as it arrived after it, at least a frame, so that a
+    camera whose clock steps back or repeats itself at a varying rate does not fall behind the
+    real time by a frame's lack each time). After ``restart(gap_s)`` the next PTS is placed
+    ``gap_s`` (at least one frame) after the last.
 
     A frame that was only a little early (one glitched timestamp) shifts no others: once a PTS
     with the offset from before a correction within the session is after the last placed one
@@ -39,18 +42,24 @@ class Timeline:
         self._offset = 0
         self._restart_gap: float | None = None
         self._earlier: list[int] = []  # the offsets from before this session's corrections, oldest first
+        self._arrived: float | None = None  # the monotonic time the last live frame placed arrived
 
     def restart(self, gap_s: float = 0.0) -> None:
         """The next PTS belongs to a new session, ``gap_s`` seconds of real time after the last."""
         self._restart_gap = max(0.0, gap_s)
 
-    def place(self, pts: int | None, time_base: Fraction, step: int) -> int:
+    def place(self, pts: int | None, time_base: Fraction, step: int, arrived: float | None = None,
+              held_s: float = 0.0) -> int:
         """The source-timeline PTS for a frame with session PTS ``pts`` (None: unknown) in
-        ``time_base``, one frame lasting ``step`` of those units."""
+        ``time_base``, one frame lasting ``step`` of those units; a live frame's ``arrived`` (its
+        monotonic time out of the decoder) and ``held_s`` (how long reads stood still before it:
+        back-pressure, not the sender's time) time a correction."""
         if self.time_base is None:
             self.time_base = time_base
         scale = time_base / self.time_base
         step_here = max(1, round(step * scale))
+        since, self._arrived = (None if arrived is None or self._arrived is None else arrived - self._arrived - held_s,
+                                arrived)
         if self.last is None:
             placed = 0 if pts is None else round(pts * scale)
             if pts is None:
@@ -80,9 +89,10 @@ class Timeline:
                     break
             placed = here + self._offset
             if placed <= self.last:
+                ahead = step_here if since is None else max(step_here, round(Fraction(since) / self.time_base))
                 self._earlier = [*self._earlier, self._offset][-self._KEPT:]
-                self._offset += self.last + step_here - placed
-                placed = self.last + step_here
+                self._offset += self.last + ahead - placed
+                placed = self.last + ahead
         self._restart_gap = None
         self.last = placed
         return placed

@@ -585,7 +585,8 @@ class LiveSource:
                         played.add(picture, step_s)
                         if remember:
                             delivered.add(picture)
-                        pts = timeline.place(picture.pts, picture.time_base, picture.step)
+                        pts = timeline.place(picture.pts, picture.time_base, picture.step, picture.decoded_at,
+                                             picture.held_s)
                         # frames the decoder rejected leave a gap, as drops do, and those left undecoded
                         index += picture.skipped + picture.left_out
                         # A live stream comes at its rate; an input with a length, and a live playlist

@@ -65,6 +65,26 @@ def test_one_early_timestamp_shifts_no_later_frame():
     assert [timeline.place(p, MS, 40) for p in pts] == [0, 40, 80, 120, 160, 200, 240, 280, 320]
 
 
+def test_a_live_camera_whose_clock_steps_back_at_a_varying_rate_keeps_to_the_real_time():
+    # Found probing a port's cameras: a cheap camera sending 5 fps with frames left out (a varying
+    # rate) whose clock now and then repeated itself or stepped back 2 s read further "behind live"
+    # each minute (3.7 s in 2.5 min, 33 s after 14): each such frame was placed one nominal frame
+    # (0.2 s) after the last, however long after it the frame came.
+    arrivals = [0.0, 0.2, 0.6, 0.8, 1.4, 1.6, 2.2, 2.4]  # seconds, some frames not sent
+    pts = [0, 200, 600, 600, 1200, 1400, -600, -400]  # the 4th repeats the 3rd's, the 7th steps back 2 s
+    timeline = Timeline()
+    placed = [timeline.place(p, MS, 200, at) for p, at in zip(pts, arrivals)]
+    # the repeat a frame on (0.2 s after it came), the camera's own clock back at 1200; the step back
+    # as long after 1400 as it came (0.6 s), not a nominal frame
+    assert placed == [0, 200, 600, 800, 1200, 1400, 2000, 2200]
+    timeline = Timeline()  # a frame held back by a slow consumer is not late by the wait
+    held = [timeline.place(p, MS, 200, at, held_s=hold) for p, at, hold in
+            zip([0, 200, 200, 400], [0.0, 0.2, 1.4, 1.6], [0.0, 0.0, 1.0, 0.0])]
+    assert held == [0, 200, 400, 600]
+    timeline = Timeline()  # a file's (no arrival): a frame after the last, as before
+    assert [timeline.place(p, MS, 200) for p in pts] == [0, 200, 600, 800, 1200, 1400, 1600, 1800]
+
+
 def test_a_first_frame_without_a_timestamp_puts_the_first_known_one_a_frame_after_it():
     # found probing an RTSP camera: frame 0 without a PTS at 0, frame 1 at the session's 3.6 s
     timeline = Timeline()

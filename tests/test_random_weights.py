@@ -34,18 +34,27 @@ class _Lines(logging.Handler):
         self.lines.append(record.getMessage())
 
 
-def test_random_weights_give_a_published_eomt_confident_segments_and_are_the_same_each_time(small_frame):
+@pytest.fixture(scope="module")
+def s640():
+    """S/640 with random weights, built once for the module (its calibration is 6 CPU-s), with the
+    warnings its build logged and whether it left the caller's random stream alone."""
     state = torch.random.get_rng_state()
     # its own handler: the CLI's logging set-up in other tests stops propagation to pytest's
     warnings = _Lines()
     logger = logging.getLogger("segstream.pipeline.model_factory")
     logger.addHandler(warnings)
     try:
-        first = build_segmenter(S640)
+        segmenter = build_segmenter(S640)
     finally:
         logger.removeHandler(warnings)
-    assert torch.equal(torch.random.get_rng_state(), state), "the caller's random stream is left alone"
-    [line] = warnings.lines
+    return SimpleNamespace(segmenter=segmenter, warnings=warnings.lines,
+                           rng_kept=torch.equal(torch.random.get_rng_state(), state))
+
+
+def test_random_weights_give_a_published_eomt_confident_segments_and_are_the_same_each_time(small_frame, s640):
+    first = s640.segmenter
+    assert s640.rng_kept, "the caller's random stream is left alone"
+    [line] = s640.warnings
     assert "random weights" in line and "coco_panoptic_eomt_small_640_2x" in line
     second = build_segmenter(S640)
     for (name, a), (_, b) in zip(first.model.state_dict().items(), second.model.state_dict().items()):
@@ -55,9 +64,9 @@ def test_random_weights_give_a_published_eomt_confident_segments_and_are_the_sam
     assert len(result.segments) >= 5 and (result.segments.scores >= 0.8).all()
 
 
-def test_fast_mode_publishes_no_segment_that_lost_every_pixel_on_a_frame_smaller_than_the_input(small_frame):
+def test_fast_mode_publishes_no_segment_that_lost_every_pixel_on_a_frame_smaller_than_the_input(small_frame, s640):
     # 96x64 from a 640 input: segments a few model pixels wide fall between the frame's pixels
-    segmenter = build_segmenter(S640)
+    segmenter = s640.segmenter
     [result] = segmenter.segment([small_frame])
     assert len(result.segments) >= 5
     assert np.isin(result.segments.ids, result.label_map).all(), "every segment has pixels"
