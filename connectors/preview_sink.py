@@ -94,6 +94,7 @@ class PreviewSink:
         self._unnamed_run = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         self._runs: dict[str, str] = {}  # source -> the run whose PNG folder it writes
         self._latest: dict[str, str] = {}  # source -> the run its `latest` link names
+        self._pictures: dict[str, tuple[Path, int]] = {}  # source -> its PNG folder and the pictures written there
         self.on_written: WrittenCallback | None = None
         self.on_dropped: DroppedCallback | None = None
         self.frames = 0
@@ -205,6 +206,8 @@ class PreviewSink:
                 if self._runs.get(source) != target.parent.name:
                     self._start_run(source, target.parent)
                 write_png(target, picture)
+                folder, written = self._pictures.get(source, (target.parent, 0))
+                self._pictures[source] = (target.parent, written + 1 if folder == target.parent else 1)
                 if self._latest.get(source) != target.parent.name:
                     self._point_latest(source, target.parent)
         except (OutputWriteError, OSError) as error:
@@ -338,6 +341,9 @@ class PreviewSink:
                 self._lost_in_file(source, video.frames)
                 continue
             log.info("preview of %s: %d frames in %s", source, video.frames, video.path)
+        pictures, self._pictures = self._pictures, {}
+        for source, (folder, written) in pictures.items():  # as the MP4's line (found: a PNG run said nothing)
+            log.info("preview of %s: %d pictures in %s", source, written, folder)
         for path, (reason, frames) in sorted(self._unfinished.items()):
             if path in self._said_unfinished:  # close is called twice when a run is aborted
                 continue

@@ -1,6 +1,7 @@
 """Previews: segments drawn over frames (MP4 or PNG), colours stable per id, and segstream render
 of a recorded Redis stream giving the same frames as the preview of the same run."""
 
+import logging
 from fractions import Fraction
 
 import av
@@ -70,12 +71,22 @@ def test_preview_mp4_decodes_and_each_segment_carries_its_colour(tmp_path, big_c
         assert np.abs(picture[outside].astype(int) - source[outside]).mean() < 3, "no colour outside segments"
 
 
-def test_preview_png_writes_one_picture_per_frame(tmp_path, clip):
+def test_preview_png_writes_one_picture_per_frame_and_says_where(tmp_path, clip, caplog):
     preview = PreviewSink(tmp_path, "png", OPACITY)
-    report = Runtime([FileSource("cam", str(clip), max_frames=5)], ColourSegmenter(), [preview], progress=None).run()
+    logger = logging.getLogger("segstream.connectors.preview_sink")  # however other tests left the loggers above
+    logger.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.INFO, logger="segstream.connectors.preview_sink"):
+            report = Runtime([FileSource("cam", str(clip), max_frames=5)], ColourSegmenter(), [preview],
+                             progress=None).run()
+    finally:
+        logger.removeHandler(caplog.handler)
     pictures = sorted((tmp_path / "cam" / report.run_id).glob("*.png"))
     assert [p.name for p in pictures] == [f"{i:08d}.png" for i in range(5)]
     assert cv2.imread(str(pictures[0])).shape == (120, 160, 3)
+    # as an MP4 preview's end says its file (found: a PNG run said nothing of where its pictures went)
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("preview of cam:")]
+    assert said[-1] == f"preview of cam: 5 pictures in {tmp_path / 'cam' / report.run_id}"
 
 
 def test_a_restarted_run_keeps_the_earlier_runs_pngs_beside_its_own(tmp_path, clip):
