@@ -749,14 +749,16 @@ def _run(args: argparse.Namespace) -> int:
         line = signal_line("stopped before the run began: no frame was read, nothing was published", "INFO")
         sys.stderr.write(line.decode())
         return 0
-    if report.failed:
-        # a live source that lost its camera must not look like a run that finished
-        raise SourceError("\n".join(f"source {name} failed: {reason}" for name, reason in report.failed.items()))
     lines = []
     if report.undelivered:
         lines.append(undelivered_line(report.undelivered, report.published + sum(report.undelivered.values())))
     if report.data_losses:
         lines.append(data_loss_line({name: report.sinks[name] for name in report.data_losses}))
+    if report.failed:
+        # a live source that lost its camera must not look like a run that finished; and what else went
+        # wrong is said with it (found probing a port's cameras: a failed camera hid a Redis data loss)
+        failed = [f"source {name} failed: {reason}" for name, reason in report.failed.items()]
+        raise SourceError("\n".join(failed[:-1] + ["; ".join([failed[-1], *lines])]))
     if lines:
         raise SinkError("; ".join(lines))
     return 0

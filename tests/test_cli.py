@@ -140,3 +140,23 @@ def test_reload_waits_as_long_as_its_help_says_longer_than_a_removed_camera_drai
     from segstream.pipeline.reload import REMOVE_WAIT_S
 
     assert RELOAD_WAIT_S == 90 and RELOAD_WAIT_S > REMOVE_WAIT_S
+
+
+def test_a_failed_source_s_exit_line_says_the_store_s_loss_too(capsys, monkeypatch):
+    """Found probing a port's cameras: a run with a failed camera and a Redis that came back without
+    its entries ended on the camera's line alone; the loss, said where no source failed, went unsaid."""
+    from segstream.pipeline import cli
+    from segstream.pipeline.runtime import RunReport, SourceReport
+
+    config = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+    report = RunReport({"quay5": SourceReport(decoded=9, published=9),
+                        "quay6": SourceReport(state="failed", reason="gave up after 3 reconnect attempts")},
+                       3, 9, 40.0, False, 100.0, 200.0, 300.0,
+                       sinks={"redis": {"data_losses": 1, "entries_lost": {"frames": 166, "events": 4}}})
+    monkeypatch.setattr(cli, "run_pipeline", lambda cfg, **options: report)
+    assert main(["run", str(config)]) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "segstream: error: source quay6 failed: gave up after 3 reconnect attempts; the output is incomplete: entries "
+        "this run had written were lost from the store (redis 166 frames and 4 events in 1 loss: restarted without "
+        "persistence, failed over to a replica that lacked them, flushed, evicted or deleted); the warnings above "
+        "name the streams")
