@@ -76,6 +76,9 @@ log = logging.getLogger("segstream.runtime")
 QUEUE_SIZE = 8  # frames queued per source, where nothing says otherwise
 BEHIND_WARN_S = 2.0  # a live source this far behind its stream's clock is named in a warning
 BEHIND_SHOWN_S = 1.0  # and this far, on the status line
+# A camera whose sender_ts is this far from when its frame was decoded: its clock is off (a network
+# and decoder delay is well under it), and frames paired across cameras by sender_ts are off by as much.
+SENDER_SKEW_WARN_S = 5.0
 OVERLOAD_CHECK_S = 1.0  # how often the sources' share of dropped frames is looked at
 STATE_ORDER_WAIT_S = 10.0  # the longest a state event waits for the source's frames decoded before it
 
@@ -660,6 +663,7 @@ class Runtime:
         self._timeline: dict[str, tuple[int, int, float | None, float]] = {}  # name -> last index, epoch, pts s, wall
         self.lags: dict[str, float] = {}  # live source -> seconds its newest frame is behind its stream's clock
         self.sender_delays: dict[str, float] = {}  # source -> its newest frame's capture_ts - sender_ts
+        self._skew_said: set[str] = set()  # sources whose camera's clock was said to be off (again once back)
         self._in_frames: dict[int, float] = {}  # source -> since when its decode thread waits inside frames()
         self._sizes_taken: set[tuple[int, int]] = set()  # frame sizes the model's geometry takes
         self._errors: list[BaseException] = []
@@ -761,6 +765,20 @@ class Runtime:
         if runtime._publish_settings:  # (a batch's manifest says them)
             runtime.made_by |= weights
         return runtime
+
+    def _say_skew(self, name: str, delay: float) -> None:
+        """Warn once when a camera's sender_ts is far from its frames' decoding (its clock off;
+        found probing a port's cameras: 26-58 s, said nowhere but a gauge), again after it came back."""
+        if abs(delay) > SENDER_SKEW_WARN_S and name not in self._skew_said:
+            self._skew_said.add(name)
+            log.warning("source %s: its camera's clock (its RTCP sender reports' time, sender_ts) is %.0f s %s this "
+                        "machine's: frames paired across cameras by sender_ts are that far off — set the camera's "
+                        "NTP server (segstream_source_sender_delay_seconds follows it)", name, abs(delay),
+                        "behind" if delay > 0 else "ahead of", extra={"source": name})
+        elif abs(delay) < SENDER_SKEW_WARN_S / 2 and name in self._skew_said:
+            self._skew_said.discard(name)
+            log.info("source %s: its camera's clock is within %.1f s of this machine's again", name, abs(delay),
+                     extra={"source": name})
 
     def stop(self) -> None:
         """Ask for a graceful end; returns at once (safe in a signal handler)."""
@@ -1095,7 +1113,8 @@ class Runtime:
                 if lag is not None:
                     self.lags[name] = lag.behind(frame)
                 if frame.sender_wall is not None:
-                    self.sender_delays[name] = frame.capture_wall - frame.sender_wall
+                    self.sender_delays[name] = delay = frame.capture_wall - frame.sender_wall
+                    self._say_skew(name, delay)
                 else:
                     self.sender_delays.pop(name, None)
                 self.metrics.decoded(name, now)

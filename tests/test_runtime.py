@@ -941,3 +941,33 @@ def test_a_run_reports_its_streaming_time_and_advises_as_its_decision_is_made():
     assert 0.2 < report.streaming_s <= report.elapsed_s  # 8 frames at 25 fps: 0.28 s from the first to the last
     assert report.fps == pytest.approx(8 / report.streaming_s)
     assert {"streaming_s", "warm_up_s"} <= set(report.as_dict())
+
+
+def test_a_camera_whose_clock_is_far_off_is_said_once_and_again_when_it_is_set(clip, segmenter, caplog):
+    """Found probing a port's cameras: a camera's sender_ts 26-58 s off this machine's was said
+    nowhere but a gauge, while SCHEMA pairs cameras' frames by it."""
+    class SkewedCamera:
+        name, live = "quay4", False
+
+        def frames(self):
+            for frame in FileSource(self.name, str(clip), max_frames=6).frames():
+                # 30 s behind for four frames, then its NTP set: a tenth of a second
+                frame.sender_wall = frame.capture_wall - (30.0 if frame.index < 4 else 0.1)
+                yield frame
+
+        def close(self):
+            pass
+
+    logger = logging.getLogger("segstream.runtime")
+    logger.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.INFO, logger="segstream.runtime"):
+            Runtime([SkewedCamera()], segmenter, [CollectingSink()], progress=None).run()
+    finally:
+        logger.removeHandler(caplog.handler)
+    # (each once: the handler added and propagation may both bring a record)
+    said = list(dict.fromkeys(r.getMessage() for r in caplog.records if "camera's clock" in r.getMessage()))
+    assert said == ["source quay4: its camera's clock (its RTCP sender reports' time, sender_ts) is 30 s behind this "
+                    "machine's: frames paired across cameras by sender_ts are that far off — set the camera's NTP "
+                    "server (segstream_source_sender_delay_seconds follows it)",
+                    "source quay4: its camera's clock is within 0.1 s of this machine's again"]
