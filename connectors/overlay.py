@@ -76,7 +76,7 @@ def level_segments(result: FrameResult, level: int) -> Segments:
                           isthing=np.zeros(count, bool), scores=np.full(count, np.nan), areas=drawn.areas)
 
 
-def draw_overlay(image: np.ndarray, result: FrameResult, opacity: float = 0.45, labels: bool = True,
+def draw_overlay(image: np.ndarray | None, result: FrameResult, opacity: float = 0.45, labels: bool = True,
                  level: int | None = None) -> np.ndarray:
     """A copy of ``image`` (H x W x 3 uint8 RGB) with each segment of ``result`` blended in its
     colour (``opacity`` of the way from the pixel to the colour), outlined in its colour, and

@@ -32,7 +32,7 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, overload
 
 import yaml
 
@@ -831,6 +831,24 @@ def data_loss_line(losses: dict[str, dict]) -> str:
     return (f"the output is incomplete: entries this run had written were lost from the store ({'; '.join(told)}: restarted "
             "without persistence, failed over to a replica that lacked them, flushed, evicted or deleted); the warnings "
             "above name the streams")
+
+
+@overload
+def build_runtime(
+    cfg: PipelineConfig, max_frames: int | None = None, progress: TextIO | bool | None = True,
+    metrics: RunMetrics | None = None, *,
+    sources: Iterable[VideoSource] = (), sinks: Iterable[Sink] = (), stages: Iterable[StageFactory] = (),
+    adapter: FamilyAdapter | None = None, run_id: str | None = None, ops: bool = False,
+) -> Runtime: ...  # without ``stopping``: never None (found probing: README's own example failed mypy)
+
+
+@overload
+def build_runtime(
+    cfg: PipelineConfig, max_frames: int | None = None, progress: TextIO | bool | None = True,
+    metrics: RunMetrics | None = None, *, stopping: Callable[[], bool],
+    sources: Iterable[VideoSource] = (), sinks: Iterable[Sink] = (), stages: Iterable[StageFactory] = (),
+    adapter: FamilyAdapter | None = None, run_id: str | None = None, ops: bool = False,
+) -> Runtime | None: ...
 
 
 def build_runtime(

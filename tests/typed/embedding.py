@@ -74,7 +74,13 @@ def run(path: str) -> int:
     factories: list[StageFactory] = [stage_for]
     runtime = segstream.build_runtime(cfg, max_frames=10, progress=False, sinks=sinks, sources=sources,
                                       stages=factories)
-    if runtime is None:
-        return 0
-    report = runtime.run()
-    return report.batches
+    report = runtime.run()  # without stopping=: a Runtime, never None (README's example, as written)
+    stoppable = segstream.build_runtime(cfg, progress=False, stopping=lambda: True)
+    if stoppable is None:  # with it: None once it said stop
+        return report.batches
+    return stoppable.run().batches
+
+
+def overlay(result: FrameResult) -> Any:
+    """README's drawing of a result kept with its frame (``images=True``): its image may be None."""
+    return segstream.draw_overlay(result.image, result)
