@@ -630,9 +630,12 @@ def _effective(cfg: PipelineConfig) -> dict:
         return node
 
     effective = masked(cfg.model_dump(mode="json", exclude_none=False))
-    for source in effective["sources"]:  # RTSP's transport is no setting of another URL (a probe read udp:// as tcp)
+    for source, config in zip(effective["sources"], cfg.sources):
+        # RTSP's transport is no setting of another URL (a probe read udp:// as tcp)
         if source.get("type") == "stream" and url_scheme(source["url"]) not in ("rtsp", "rtsps"):
             del source["transport"]
+        if source.get("buffer") is None and (kind := getattr(config, "buffer_kind", None)):
+            source["buffer"] = kind  # the policy in force, not null (found probing the docs as written)
     return effective
 
 

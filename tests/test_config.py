@@ -992,3 +992,12 @@ def test_a_sink_s_folder_given_with_the_sink_left_off_is_said(tmp_path, caplog):
     said = [r.getMessage() for r in caplog.records]
     assert said == ["sinks.files.dir is set but sinks.files.enabled is not true: nothing is written there — set "
                     "sinks.files.enabled: true"], said
+
+
+def test_validate_print_shows_the_buffer_policy_in_force(capsys, write):
+    # found probing the docs as written: --print, "defaults filled in", showed buffer: null
+    path = write("sources:\n  - {name: a, type: synthetic}\n  - {name: b, type: synthetic, realtime: true}\n"
+                 "  - {name: c, type: synthetic, buffer: newest}\n")
+    assert main(["validate", "--print", path]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert [source["buffer"] for source in printed["sources"]] == ["every_frame", "newest", "newest"]
