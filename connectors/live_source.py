@@ -554,7 +554,9 @@ class LiveSource:
                     remember = hls and length is None
                     repeating = remember and epoch >= 0  # opened again: it starts with frames already delivered
                     sender = _Sender(self.shown, exclusive_input(self.target)) if length is None and not hls else None
+                    held_s = 0.0  # reads held back since the last frame placed (left-out ones' too)
                     for picture in self._read(capture):
+                        held_s += picture.held_s
                         if picture.image is None:  # over max_fps: its place counted, the frame left out
                             index += picture.skipped + picture.left_out + 1
                             if sender is not None:
@@ -586,7 +588,8 @@ class LiveSource:
                         if remember:
                             delivered.add(picture)
                         pts = timeline.place(picture.pts, picture.time_base, picture.step, picture.decoded_at,
-                                             picture.held_s)
+                                             held_s)
+                        held_s = 0.0
                         # frames the decoder rejected leave a gap, as drops do, and those left undecoded
                         index += picture.skipped + picture.left_out
                         # A live stream comes at its rate; an input with a length, and a live playlist

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fnmatch
 import json
 import logging
 import math
@@ -640,8 +641,26 @@ class _ClientBase(Generic[_Frames, _Events, _InOrder]):
                          f"— set them with {SDK_ARGUMENTS.password} and {SDK_ARGUMENTS.username}")
 
     def _refused(self, error: redis.ResponseError, key: str) -> ReaderError:
-        acl_keys = acl_key_patterns(self.stream_pattern, self.events_pattern)
+        # a status key's refusal names the status keys' pattern (found probing: it named the streams')
+        status = key is not None and fnmatch.fnmatchcase(key, stream_name(self.status_pattern, "*"))
+        acl_keys = (acl_key_patterns(self.status_pattern) if status else
+                    acl_key_patterns(self.stream_pattern, self.events_pattern))
         return _refusal(error, key, redis_address(self.redis), acl_keys)
+
+    def _status_key(self, source: str) -> str:
+        """The status key of ``source`` (a name, or a glob of names), its pattern's own text without
+        globs: a glob there would be taken for part of the names (found probing: ':cam1')."""
+        if _is_glob(self.status_pattern.replace("{source}", "")):
+            raise ValueError(f"the status pattern {self.status_pattern!r} has glob characters outside {{source}} — "
+                             "put the glob in the source names instead: status_pattern='{source}:status' and "
+                             "statuses('store*:*')")
+        return stream_name(self.status_pattern, source)
+
+    def _status_read(self, key: str, value: bytes | str) -> SourceStatus:
+        try:
+            return status_from_wire(value)
+        except WireFormatError as error:
+            raise WireFormatError(f"{key}: {error}") from None
 
     def _fitted_block(self, block_ms: int | None) -> int | None:
         if block_ms is None or self._socket_timeout is None:
@@ -698,29 +717,38 @@ class Client(_ClientBase["Subscription[Entry] | FanIn[Entry]", "Subscription[Eve
         entry = _named_entry(reply[0], name) if reply else None
         return entry if entry is not None and _fresh(entry, max_age_s) else None
 
-    def status(self, source: str) -> SourceStatus | None:
+    def status(self, source: str, *, patience_s: float | None = None) -> SourceStatus | None:
         """What the run publishing ``source`` says of it now (its status key, docs/SCHEMA.md): its
         state (``streaming``, ``reconnecting``, ...; ``ended`` or ``failed`` once final) and last
         frame. None when no run publishes it and none ended it: a pipeline killed (or stuck) more
         than ``sinks.redis.status_ttl_s`` ago, one that never ran, or one older than 0.3.8 —
-        a silence of its streams with a live status is a quiet camera, without one a dead run."""
-        key = stream_name(self.status_pattern, source)
+        a silence of its streams with a live status is a quiet camera, without one a dead run.
+        Rides out a Redis outage as every read does; with ``patience_s``, one longer than that
+        raises ``SinkError`` (a watchdog that must say something meanwhile)."""
+        key = self._status_key(source)
         if self._stop.is_set():
             return None
         try:
-            value = self.call(self.redis.get, key, key=key)
+            value = self.call(self.redis.get, key, key=key, patience_s=patience_s)
         except _Stopped:
             return None
-        return None if value is None else status_from_wire(value)
+        except _StillDown:
+            raise SinkError(f"Redis at {redis_address(self.redis)} did not answer for {patience_s:g} s: the status of "
+                            f"{source} is not known — it is reconnecting") from None
+        return None if value is None else self._status_read(key, value)
 
-    def statuses(self, sources: str | list[str] = "*") -> dict[str, SourceStatus | None]:
+    def statuses(self, sources: str | list[str] = "*", *,
+                 malformed: Callable[[str, WireFormatError], None] | None = None) -> dict[str, SourceStatus | None]:
         """``status`` of many sources by name: of a list (None for one without a key), or of every
-        source whose status key a glob of names matches (SCAN; ``"*"``: every source there)."""
+        source whose status key a glob of names matches (SCAN; ``"*"``: every source there; a
+        source whose run is gone has no key, and only a list names it). A key that cannot be read
+        raises ``WireFormatError`` naming it; with ``malformed``, it goes there (source, error) and
+        the others come back (a dashboard of many sites, one of them on another schema)."""
         if self._stop.is_set():
             return {}
         try:
             if isinstance(sources, str) and _is_glob(sources):
-                match, cursor, keys = stream_name(self.status_pattern, sources), 0, set()
+                match, cursor, keys = self._status_key(sources), 0, set()
                 while True:
                     cursor, found = self.call(self.redis.scan, cursor, match=match, count=1000, key=match)
                     keys.update(_text(key) for key in found)
@@ -735,7 +763,15 @@ class Client(_ClientBase["Subscription[Entry] | FanIn[Entry]", "Subscription[Eve
                                key=stream_name(self.status_pattern, names[0]))
         except _Stopped:
             return {}
-        return {name: None if value is None else status_from_wire(value) for name, value in zip(names, values)}
+        found: dict[str, SourceStatus | None] = {}
+        for name, value in zip(names, values):
+            try:
+                found[name] = None if value is None else self._status_read(self._status_key(name), value)
+            except WireFormatError as error:
+                if malformed is None:
+                    raise
+                malformed(name, error)
+        return found
 
     def at(self, ts: float, source: str | None = None, *, stream: str | None = None,
            within_s: float | None = None, by: str = "capture_ts") -> Entry | None:
@@ -1662,38 +1698,57 @@ def status_report(sources: list[str], url: str, out: TextIO | None = None, *, pa
     client = Client(connect_redis(url, password, username=username, tls=tls, sentinel=sentinel, socket_timeout=5.0,
                                   client_name="segstream-status", names=COMMAND_LINE,
                                   hint="start Redis or fix --url"), status_pattern=pattern)
+    unreadable: dict[str, WireFormatError] = {}
     try:
         found: dict[str, SourceStatus | None] = {}
         for name in dict.fromkeys(sources):
-            some = client.statuses(name)
-            if not some:
+            some = client.statuses(name, malformed=unreadable.__setitem__)
+            if not some and not unreadable:
                 raise ReaderError(f"no status key at {redis_address(client.redis)} matches "
-                                  f"{stream_name(pattern, name)} — no run has published such a source here since "
-                                  "0.3.8 (or its keys have another name: --key, as sinks.redis.status_key)")
+                                  f"{stream_name(pattern, name)} — no run publishes such a source now (one killed or "
+                                  "stuck leaves none after its status_ttl_s: name the sources to see each), or its "
+                                  "keys have another name (--key, as sinks.redis.status_key)")
             found.update(some)
     finally:
         client.close()
+    names = [*found, *unreadable]
+    if any(_is_glob(name) for name in sources):
+        names.sort()
     now = time.time()
-    for name, status in found.items():
+    for name in names:
+        if name in unreadable:  # the others are said all the same (found probing: one bad key hid them all)
+            out.write(json.dumps({"source": name, "state": None, "error": str(unreadable[name])}) + "\n" if json_lines
+                      else f"{terminal_safe(name)}  unreadable: {terminal_safe(str(unreadable[name]))}\n")
+            continue
+        status = found[name]
         if json_lines:
             record = {"source": name, "state": None} if status is None else dataclasses.asdict(status)
             out.write(json.dumps(record) + "\n")
         else:
             out.write(f"{terminal_safe(name)}  {_status_said(status, now)}\n")
     out.flush()
-    return 0 if all(status is not None and status.state == "streaming" for status in found.values()) else 1
+    return 0 if not unreadable and all(status is not None and status.state == "streaming"
+                                      for status in found.values()) else 1
 
 
 def _status_said(status: SourceStatus | None, now: float) -> str:
+    """A line for people. A live key's times are told against its own ``ts`` (the run's clock, a
+    third of its time to live old at most: this machine's clock need not agree, found probing);
+    a final key's against this machine's clock, as the key may be days old."""
     if status is None:
         return ("no status key: no run publishes it (its pipeline killed, or stuck, longer than its status_ttl_s ago; "
                 "never run; or older than 0.3.8)")
     run = f"run {terminal_safe(status.run_id)}"
+    at = now if status.final else status.ts
     frame = ("no frame yet" if status.frame is None else
-             f"frame {status.frame}" + (f" captured {_ago(now - status.capture_ts)} ago" if status.capture_ts else ""))
+             f"frame {status.frame}" + (f" captured {_ago(at - status.capture_ts)} ago" if status.capture_ts else ""))
+    why = f" ({terminal_safe(status.reason)})" if status.reason and status.state != "streaming" else ""
     if status.final:
-        return f"{status.state} {_ago(now - status.since)} ago, {frame}, {run} (final)"
-    return f"{status.state} for {_ago(now - status.since)}, {frame}, {run}"
+        return f"{status.state} {_ago(now - status.since)} ago{why}, {frame}, {run} (final)"
+    if status.state == "streaming":
+        return f"streaming for {_ago(at - status.since)}, {frame}, {run}"
+    down = status.down_since if status.down_since is not None else status.since
+    return f"{status.state}, down for {_ago(at - down)}{why}, {frame}, {run}"
 
 
 def _ago(seconds: float) -> str:

@@ -33,7 +33,7 @@ from segstream.connectors.redis_reader import (
     _warn_if_missing_steps, reader_options,
 )
 from segstream.connectors.redis_wire import (
-    DEFAULT_EVENTS_PATTERN, DEFAULT_STREAM_PATTERN, SourceStatus, status_from_wire, stream_name,
+    DEFAULT_EVENTS_PATTERN, DEFAULT_STREAM_PATTERN, SourceStatus,
 )
 
 __all__ = ["AsyncEntry", "AsyncEventEntry", "Client", "FanIn", "InOrder", "Subscription", "connect"]
@@ -96,14 +96,14 @@ class Client(_ClientBase["Subscription[AsyncEntry] | FanIn[AsyncEntry]",
 
     async def status(self, source: str) -> SourceStatus | None:
         """As ``segstream.client.Client.status``: the source's status key, None without one."""
-        key = stream_name(self.status_pattern, source)
+        key = self._status_key(source)
         if self._stopped.is_set():
             return None
         try:
             value = await self.call(self.redis.get, key, key=key)
         except _Stopped:
             return None
-        return None if value is None else status_from_wire(value)
+        return None if value is None else self._status_read(key, value)
 
     async def at(self, ts: float, source: str | None = None, *, stream: str | None = None,
                  within_s: float | None = None, by: str = "capture_ts") -> Entry | None:

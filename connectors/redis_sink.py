@@ -41,7 +41,6 @@ from segstream.connectors.redis_wire import (
     acl_key_patterns,
     event_to_wire,
     from_wire,
-    status_beside,
     status_to_wire,
     stream_name,
     to_wire,
@@ -60,6 +59,7 @@ log = logging.getLogger(__name__)
 
 # Why a frame the publisher was handed never reached Redis (RunMetrics' dropped reasons).
 _RECHECK_S = 0.25  # while disconnected, how often poll() wants to be called
+_STATUS_RETRY_S = 60.0  # how often status keys a user may not SET are tried again (a grant takes effect)
 # Refusals that a failover, a consumer's trimming or disk space freed can end: ridden out like an outage.
 _PASSING_REFUSALS = (redis.exceptions.OutOfMemoryError, redis.exceptions.ReadOnlyError)
 # MISCONF (its snapshots fail) and NOREPLICAS (min-replicas-to-write unmet) have no class of their own in redis-py
@@ -114,11 +114,12 @@ class _StatusKeys:
         self.pattern = pattern
         self.ttl_s = ttl_s
         self.keep_s = keep_s
-        self.refused = False  # SET refused for good (an ACL without +set or the keys): said once, not tried again
+        self.refused = False  # SET refused (an ACL without +set or the keys): said once, tried again each minute
         self._sources: dict[str, dict] = {}  # per source: what its value says (state, since, frame, seq, capture_ts)
         self._changed: set[str] = set()  # sources whose state changed since their key was last written
         self._forgotten: set[str] = set()  # sources removed from the run, forgotten once their last state is written
         self._refreshed = 0.0  # monotonic time of the last refresh
+        self._retry_at = 0.0  # after Redis refused a write for now (full, read-only): not before this
 
     def written(self, item: _Outgoing, seq: int) -> None:
         """An entry Redis took: a frame's numbers, or a state event's state, go into its source's value."""
@@ -130,20 +131,29 @@ class _StatusKeys:
         if _text(item.fields.get("event", "")) != "state":
             return
         source = _text(item.fields["source"])
-        state = json.loads(_text(item.fields["data"])).get("state", "")
-        known = self._sources.setdefault(source, {"frame": None, "seq": None, "capture_ts": None})
-        known.update(state=state, since=float(_text(item.fields["ts"])), run_id=_text(item.fields.get("run_id", "")))
+        data = json.loads(_text(item.fields["data"]))
+        state, at = data.get("state", ""), float(_text(item.fields["ts"]))
+        if state not in FINAL_STATES:  # removed, then added again (a reload) before its final key was written
+            self._forgotten.discard(source)
+        known = self._sources.setdefault(source, {"frame": None, "seq": None, "capture_ts": None, "state": None,
+                                                  "down_since": None})
+        if state != known["state"]:  # a reconnect's attempts, each an event, keep the state's first time
+            known["since"] = at
+        # not streaming since: the spell's first state's time (found probing: "reconnecting for" began
+        # again at each attempt, and a camera down for hours read as down for seconds)
+        known["down_since"] = None if state == "streaming" else known["down_since"] or at
+        known.update(state=state, reason=str(data.get("reason", "")), run_id=_text(item.fields.get("run_id", "")))
         self._changed.add(source)
 
     def due(self, now: float) -> float | None:
         """Seconds until a refresh is due (0: now); None with nothing to write."""
-        if self.refused or not self._sources:
+        if not self._sources:
             return None
         if self._changed:
-            return 0.0
+            return max(0.0, self._retry_at - now)
         if all(value["state"] in FINAL_STATES for value in self._sources.values()):
             return None
-        return max(0.0, self._refreshed + self.ttl_s / 3 - now)
+        return max(0.0, self._refreshed + self.ttl_s / 3 - now, self._retry_at - now)
 
     def writes(self, now: float, final_only: bool = False) -> list[tuple[str, str, str, float | None]]:
         """(source, key, value, seconds to live or None) of each source whose key is due: changed,
@@ -161,8 +171,9 @@ class _StatusKeys:
             value = self._sources[source]
             final = value["state"] in FINAL_STATES
             status = SourceStatus(source=source, run_id=value["run_id"], state=value["state"], since=value["since"],
-                                  ts=stamp, ttl_s=None if final else self.ttl_s, frame=value["frame"],
-                                  seq=value["seq"], capture_ts=value["capture_ts"])
+                                  ts=stamp, ttl_s=self.keep_s if final else self.ttl_s, frame=value["frame"],
+                                  seq=value["seq"], capture_ts=value["capture_ts"], down_since=value["down_since"],
+                                  reason=value["reason"])
             writes.append((source, stream_name(self.pattern, source), status_to_wire(status),
                            self.keep_s if final else self.ttl_s))
         return writes
@@ -283,8 +294,6 @@ class RedisPublisher:
         self.client = client
         self.stream_pattern = stream_pattern
         self.events_pattern = events_pattern
-        if status_pattern == DEFAULT_STATUS_PATTERN and stream_pattern != DEFAULT_STREAM_PATTERN:
-            status_pattern = status_beside(stream_pattern)  # as the config's default: beside the streams
         # what to grant, in advice
         self._acl_keys = acl_key_patterns(stream_pattern, events_pattern, *filter(None, [status_pattern]))
         self._status = None if status_pattern is None else _StatusKeys(status_pattern, status_ttl_s, max_age_s)
@@ -425,8 +434,6 @@ class RedisPublisher:
         keeping its data only when ``embedded_dir`` is given; its log line names the streams of
         ``sources`` (the run's source names) to watch.
         """
-        if status_pattern == DEFAULT_STATUS_PATTERN and stream_pattern != DEFAULT_STREAM_PATTERN:
-            status_pattern = status_beside(stream_pattern)  # as the config's default: beside the streams
         embedded = None
         if url is None:
             try:
@@ -612,15 +619,24 @@ class RedisPublisher:
         finally:
             pipe.reset()
         errors = [(write[1], reply) for write, reply in zip(writes, replies) if isinstance(reply, Exception)]
-        if errors and not refused_for_now(errors[0][1]):
-            keys.refused = True
-            key, error = errors[0]
-            log.warning("Redis at %s refused the status key %s (SET: %s): readers cannot tell from it whether this "
-                        "run still publishes the source — %s, or set sinks.redis.status_key to null",
-                        self._where, key, error_summary(error), status_grant(keys.pattern))
-            return None
-        if not errors:
-            keys.sent([write[0] for write in writes])
+        if errors and refused_for_now(errors[0][1]):  # full, read-only: tried again a refresh later, not at once
+            keys._retry_at = time.monotonic() + keys.ttl_s / 3  # (the batches' own refusal is said by them)
+            return keys.ttl_s / 3
+        if errors:  # for good, until someone grants it: said once, tried again each minute
+            keys._retry_at = time.monotonic() + _STATUS_RETRY_S
+            if not keys.refused:
+                keys.refused = True
+                key, error = errors[0]
+                log.warning("Redis at %s refused the status key %s (SET: %s): readers cannot tell from it whether this "
+                            "run still publishes the source — %s (tried again each minute), or set "
+                            "sinks.redis.status_key to null", self._where, key, error_summary(error),
+                            status_grant(keys.pattern))
+            return _STATUS_RETRY_S
+        if keys.refused:
+            keys.refused = False
+            log.info("Redis at %s takes the status keys again: readers can tell from them whether this run "
+                     "publishes its sources", self._where)
+        keys.sent([write[0] for write in writes])
         return keys.due(time.monotonic())
 
     def status(self) -> dict:

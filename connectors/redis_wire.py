@@ -490,7 +490,9 @@ class SourceStatus:
     ``reconnecting``; ``ended`` or ``failed`` once final); ``since``: that event's time; ``frame``,
     ``seq`` and ``capture_ts``: of its last frame entry written (None before the first); ``ts``:
     when the run wrote this (its clock); ``ttl_s``: seconds the key lives unless written again
-    (None for a final state, which stays)."""
+    (None for a final state, which stays); ``down_since``: when it last stopped streaming (the
+    first state of this spell of ``connecting``, ``stalled``, ``reconnecting``, ...), None while
+    it streams; ``reason``: its last state event's, for people."""
 
     source: str
     run_id: str
@@ -501,6 +503,8 @@ class SourceStatus:
     frame: int | None = None
     seq: int | None = None
     capture_ts: float | None = None
+    down_since: float | None = None
+    reason: str = ""
 
     @property
     def final(self) -> bool:

@@ -44,17 +44,20 @@ def describe(entry) -> str:
 
 def why_quiet(client, source: str, idle_s: float) -> str:
     """Why no fresh frame came for ``idle_s`` seconds, as the source's status key says."""
-    status = client.status(source)
     quiet = f"no fresh frame of {source} for {idle_s:g} s"
+    try:
+        status = client.status(source, patience_s=idle_s)  # Redis away: said, and said again each --idle
+    except SegstreamError as error:
+        return f"{quiet}: {error}"
     if status is None:
         return f"{quiet}, and no run publishes it (its pipeline stopped, was killed or is stuck): the last scene is stale"
     if status.final:
         return f"{quiet}: run {status.run_id} {status.state} it; nothing more comes until a run publishes it again"
-    since = time.time() - status.since
     if status.state == "streaming":
         return (f"{quiet}: run {status.run_id} is streaming it, its newest frame {status.frame} (a still snapshot "
                 "scene, or every frame dropped)")
-    return f"{quiet}: the source is {status.state} for {since:.0f} s (run {status.run_id})"
+    down = status.ts - (status.down_since if status.down_since is not None else status.since)  # the run's clock
+    return f"{quiet}: the source is {status.state}, down for {down:.0f} s: {status.reason} (run {status.run_id})"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -669,6 +669,9 @@ def _status(args: argparse.Namespace) -> int:
     if "{source}" not in args.key:
         raise ConfigError(f"--key {args.key!r} must contain {{source}}, as sinks.redis.status_key does, e.g. "
                           "'segstream:{source}:status'")
+    if any(c in args.key.replace("{source}", "") for c in "*?["):  # found probing: read as part of the names
+        raise ConfigError(f"--key {args.key!r}: a glob goes in SOURCE, not in --key — e.g. --key '{{source}}:status' "
+                          "'store*:*' for every store's cameras")
     return status_report(args.source, url=redis_url(args), pattern=args.key, json_lines=args.json,
                          password=args.password, username=args.username, tls=redis_tls(args),
                          sentinel=redis_sentinel(args))

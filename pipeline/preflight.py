@@ -66,7 +66,10 @@ def preflight(cfg: PipelineConfig, preset, batch: bool = False) -> list[Check]:
         opening = [pool.submit(checked, f"source {s.name}", lambda s=s: source_check(s)) for s in sources]
         checks = [checked("model", lambda: model_check(cfg.model, preset))]
         if cfg.sinks.redis.enabled:
-            checks.append(checked("redis", lambda: redis_check(cfg, [s.name for s in sources])))
+            # a batch writes no status keys (batch.py): its user needs no SET
+            checked_cfg = cfg.model_copy(update={"sinks": cfg.sinks.model_copy(update={"redis": cfg.sinks.redis.model_copy(
+                update={"status_key": None})})}) if batch else cfg
+            checks.append(checked("redis", lambda: redis_check(checked_cfg, [s.name for s in sources])))
         checks += [future.result() for future in opening]
     for what, folder in output_folders(cfg, batch):
         checks.append(checked(what, lambda folder=folder: folder_check(folder)))

@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -111,6 +112,38 @@ def test_newest_only_s_watchdog_says_why_no_fresh_frame_comes(published):
         client.set("segstream:cam0:status", ended)
     assert process.returncode == 0, err
     assert out.startswith(f"frame {FRAMES + 60} (")
+
+
+def test_newest_only_s_watchdog_speaks_through_a_redis_outage(published, tmp_path):
+    # found reviewing: its status read waited out the outage, so the watchdog fell silent in it
+    from tests.redis_servers import RedisProcess
+
+    with RedisProcess(tmp_path / "redis") as server:
+        (_, newest), = published.client().xrevrange("segstream:cam0:frames", count=1)
+        server.client().xadd("segstream:cam0:frames", newest)
+        process = subprocess.Popen(
+            [sys.executable, str(REPO / "examples" / "newest_only.py"), "--url", server.url, "--source", "cam0",
+             "--idle", "0.3"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)},
+        )
+        guard = threading.Timer(60, process.kill)  # a watchdog that never speaks ends the reads (EOF)
+        guard.start()
+        try:
+            assert process.stdout.readline().startswith("frame ")
+            assert "no run publishes it" in process.stderr.readline()  # no status key there
+            server.kill()
+            said = []
+            while len(said) < 3:
+                line = process.stderr.readline()
+                assert line, "the watchdog fell silent"
+                if line.startswith("newest_only: no fresh frame of cam0 for 0.3 s: Redis at "):
+                    said.append(line)
+            assert said[0].endswith(" did not answer for 0.3 s: the status of cam0 is not known — it is "
+                                    "reconnecting\n")
+        finally:
+            guard.cancel()
+            process.kill()
+            process.communicate()
 
 
 def test_the_examples_read_a_tenant_s_streams_as_its_acl_user(published):

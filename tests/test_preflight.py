@@ -445,7 +445,7 @@ def test_the_publisher_says_a_refused_key_is_its_key_pattern_not_its_commands(re
 
     client = connect_redis(redis_server.url, password="t1-pw", username="t1", socket_timeout=2.0)
     publisher = RedisPublisher(client, "tenant1:{source}:frames", events_pattern="tenant1:{source}:events",
-                               max_batch_delay_s=0)
+                               status_pattern="tenant1:{source}:status", max_batch_delay_s=0)
     with pytest.raises(SinkError, match=r"key patterns exclude the stream keys: grant it ~tenant1:\*:frames "):
         publisher.publish(tiny_scene("cam0", 0))
         publisher.flush()

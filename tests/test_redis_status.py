@@ -117,7 +117,7 @@ def test_with_max_age_s_a_final_state_goes_with_the_streams(server):
     assert 25_000 < server.client().pttl(KEY) <= 30_000
 
 
-def test_a_redis_that_lost_its_data_gets_the_key_again(server):
+def test_a_live_source_s_key_flushed_away_is_back_within_a_refresh(server):
     sink = publisher(server.url, status_ttl_s=0.6)
     reader = Client(server.client())
     sink.publish_event(state("reconnecting"))
@@ -127,7 +127,11 @@ def test_a_redis_that_lost_its_data_gets_the_key_again(server):
     sink.close()
 
 
-def test_a_user_without_set_is_warned_once_and_the_run_publishes_on(server, caplog):
+def test_a_user_without_set_is_warned_once_the_run_publishes_on_and_a_grant_takes_effect(server, caplog,
+                                                                                           monkeypatch):
+    from segstream.connectors import redis_sink
+
+    monkeypatch.setattr(redis_sink, "_STATUS_RETRY_S", 0.3)  # each minute, in a run
     admin = server.client()
     admin.execute_command("ACL", "SETUSER", "cams", "on", ">pw", "~segstream:*", "+@all", "-set")
     url = server.url.replace("redis://", "redis://cams:pw@")
@@ -138,13 +142,18 @@ def test_a_user_without_set_is_warned_once_and_the_run_publishes_on(server, capl
         sink.poll()
         time.sleep(0.25)
     sink.publish(tiny_scene("cam0", 1))
-    sink.close()
     said = [r.getMessage() for r in caplog.records if "status key" in r.getMessage()]
     assert said == [f"Redis at {sink._where} refused the status key {KEY} (SET: this user has no permissions to run "
                     "the 'set' command): readers cannot tell from it whether this run still publishes the source — "
-                    "grant this user SET on them (ACL: +set ~segstream:*:status), or set sinks.redis.status_key to "
-                    "null"], said
+                    "grant this user SET on them (ACL: +set ~segstream:*:status) (tried again each minute), or set "
+                    "sinks.redis.status_key to null"], said
     assert admin.xlen("segstream:cam0:frames") == 2 and not admin.exists(KEY)
+    # found probing: a grant given to the running run's user never took effect
+    admin.execute_command("ACL", "SETUSER", "cams", "+set")
+    with caplog.at_level(logging.INFO, logger="segstream.connectors.redis_sink"):
+        assert poll_until(sink, Client(admin), lambda status: status is not None).state == "streaming"
+    assert f"Redis at {sink._where} takes the status keys again" in caplog.text
+    sink.close()
 
 
 def test_status_key_null_writes_none(server):
@@ -217,6 +226,13 @@ def test_the_readme_s_publisher_acl_writes_the_key_and_validate_says_what_a_user
                                  "publishes the source — grant this user SET on them (ACL: +set "
                                  "~segstream:*:status), or set sinks.redis.status_key to null"), said
     assert server.client().keys("segstream:cam0:frames") == []  # the check wrote nothing
+    # a batch writes no status keys: its check asks for no SET (found reviewing)
+    batch = tmp_path / "batch.yaml"
+    batch.write_text("model: {preset: synthetic_eomt_tiny_256, device: cpu}\n"
+                     f"sinks:\n  redis: {{url: '{server.url}', username: noset, password: pw}}\n")
+    code, lines = connect(batch, capsys)
+    said = line_of(lines, "redis")
+    assert code == 0 and said.startswith("ok") and "status key" not in said, lines
 
 
 def test_the_runtime_gives_the_publisher_its_healthz_verdict(server):
@@ -257,7 +273,7 @@ def test_segstream_status_says_each_source_s_word_and_exits_1_unless_all_stream(
     lines = capsys.readouterr().out.splitlines()
     assert [line.split("  ")[:2] for line in lines] == [["cam0", lines[0].split("  ")[1]],
                                                          ["cam1", lines[1].split("  ")[1]]]
-    assert lines[1].startswith("cam1  reconnecting for ") and "no frame yet" in lines[1]
+    assert re.fullmatch(r"cam1  reconnecting, down for \d+\.\d s \(test\), no frame yet, run run-1", lines[1])
     assert main(["status", "cam0", "cam9", "--url", server.url, "--json"]) == 1
     records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert records[0]["state"] == "streaming" and records[0]["frame"] == 2 and records[0]["ttl_s"] == 5.0
@@ -265,15 +281,26 @@ def test_segstream_status_says_each_source_s_word_and_exits_1_unless_all_stream(
     sink.publish_event(state("ended"))
     sink.close()
     assert main(["status", "cam0", "--url", server.url]) == 1
-    assert re.fullmatch(r"cam0  ended \d+\.\d s ago, frame 2 captured [^,]+ ago, run run-1 \(final\)\n",
+    assert re.fullmatch(r"cam0  ended \d+\.\d s ago \(test\), frame 2 captured [^,]+ ago, run run-1 \(final\)\n",
                         capsys.readouterr().out)
     assert main(["status", "lobby-*", "--url", server.url]) == 1
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err == (
         f"segstream: error: no status key at {server.url.removesuffix('/0')} matches segstream:lobby-*:status — no "
-        "run has published such a source here since 0.3.8 (or its keys have another name: --key, as "
-        "sinks.redis.status_key)\n")
+        "run publishes such a source now (one killed or stuck leaves none after its status_ttl_s: name the sources "
+        "to see each), or its keys have another name (--key, as sinks.redis.status_key)\n")
     assert main(["status", "--key", "site:status", "--url", server.url]) == 2
+    # found probing a chain's stores: a glob in --key was read as part of the names (':cam1')
+    assert main(["status", "--key", "store*:{source}:status", "--url", server.url]) == 2
+    assert "a glob goes in SOURCE, not in --key — e.g. --key '{source}:status' 'store*:*'" in capsys.readouterr().err
+    client = server.client()
+    for store in ("store17", "store18"):
+        client.set(f"{store}:cam1:status", client.get(KEY))
+    client.set("store21:junk:status", "not json")  # one bad key: the others are said, and it is named
+    assert main(["status", "--key", "{source}:status", "store*:*", "--url", server.url]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split("  ")[0] for line in lines] == ["store17:cam1", "store18:cam1", "store21:junk"]
+    assert lines[2].startswith("store21:junk  unreadable: store21:junk:status: status value is not JSON: ")
 
 
 def test_a_redis_restarted_without_its_data_gets_every_source_s_key_again_a_final_one_too(server, caplog):
@@ -297,4 +324,77 @@ def test_a_redis_restarted_without_its_data_gets_every_source_s_key_again_a_fina
         time.sleep(0.1)
     assert reader.status("cam0").state == "failed" and reader.status("cam5").state == "streaming"
     assert sink.data_losses == 1
+    sink.close()
+
+
+def test_a_status_write_redis_refuses_for_now_waits_a_refresh_instead_of_spinning(server):
+    """Found reviewing: a SET refused for now (maxmemory) left the state change due at once, and
+    the publishing thread polled in a loop (6,836 refused SETs a second)."""
+    sink = publisher(server.url, status_ttl_s=0.6)
+    sink.publish_event(state("stalled"))  # written now (no batching delay): its status key is due
+    server.client().config_set("maxmemory", "1")  # full from here: SET refused, for now
+    waits = [sink.poll() for _ in range(3)]
+    assert all(wait is not None and wait >= 0.15 for wait in waits), waits
+    server.client().config_set("maxmemory", "0")
+    time.sleep(0.25)
+    assert poll_until(sink, Client(server.client()), lambda status: status is not None).state == "stalled"
+    sink.close()
+
+
+def test_a_source_removed_and_added_again_before_its_end_was_written_keeps_its_key(server):
+    """Found reviewing: with its ended key still to write (Redis away, or refusing), a camera a
+    reload took out and put back was forgotten once that key went: its key expired while it streamed."""
+    sink = publisher(server.url, status_ttl_s=0.6)
+    reader = Client(server.client())
+    sink.publish_event(state("streaming"))
+    sink.poll()
+    sink.publish_event(state("ended"))
+    sink.source_removed("cam0")
+    sink.publish_event(state("connecting"))
+    sink.publish_event(state("streaming"))
+    end = time.monotonic() + 1.5  # past its time to live: refreshed all along
+    index = 0
+    while time.monotonic() < end:
+        sink.publish(tiny_scene("cam0", index))
+        sink.poll()
+        assert (status := reader.status("cam0")) is not None and status.state == "streaming"
+        index += 1
+        time.sleep(0.05)
+    assert status.frame is not None
+    sink.close()
+
+
+def test_a_status_key_given_is_the_one_written_whatever_the_streams_are_named(server):
+    """Found reviewing: a status_key written out as the default's text, beside streams of a
+    tenant's prefix, was replaced by the derived one (the check at start asked for another key)."""
+    assert RedisSinkConfig(stream="tenantA:{source}:frames").status_key == "tenantA:{source}:status"
+    given = RedisSinkConfig(stream="tenantA:{source}:frames", status_key="segstream:{source}:status")
+    assert given.status_key == "segstream:{source}:status"
+    sink = publisher(server.url, stream_pattern="tenantA:{source}:frames", status_pattern=given.status_key)
+    sink.publish_event(state("streaming"))
+    sink.poll()
+    assert server.client().keys("*:status") == [KEY.encode()]
+    sink.close()
+
+
+def test_a_camera_down_reads_as_down_since_its_spell_began_not_its_last_attempt(server):
+    """Found probing a chain's stores: each reconnect attempt (an event) began "reconnecting for"
+    again, so a camera down for hours read as down for seconds."""
+    sink = publisher(server.url)
+    reader = Client(server.client())
+
+    def enter(name: str, at: float) -> None:
+        sink.publish_event(Event("cam0", "state", at, {"state": name, "reason": f"{name} at {at:g}"}, "run-1"))
+        sink.poll()
+
+    enter("streaming", 100.0)
+    assert reader.status("cam0").down_since is None
+    enter("stalled", 200.0)
+    for attempt in range(3):
+        enter("reconnecting", 210.0 + attempt * 30)
+    down = reader.status("cam0")
+    assert (down.state, down.since, down.down_since, down.reason) == ("reconnecting", 210.0, 200.0, "reconnecting at 270")
+    enter("streaming", 400.0)
+    back = reader.status("cam0")
+    assert (back.since, back.down_since) == (400.0, None)
     sink.close()
