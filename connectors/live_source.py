@@ -587,8 +587,10 @@ class LiveSource:
                         played.add(picture, step_s)
                         if remember:
                             delivered.add(picture)
-                        pts = timeline.place(picture.pts, picture.time_base, picture.step, picture.decoded_at,
-                                             held_s)
+                        # a live sender's frames are timed by their arrival where their clock goes back; a
+                        # playlist's (fetched a segment at a time) and a finite video's are not
+                        pts = timeline.place(picture.pts, picture.time_base, picture.step,
+                                             picture.decoded_at if sender is not None else None, held_s)
                         held_s = 0.0
                         # frames the decoder rejected leave a gap, as drops do, and those left undecoded
                         index += picture.skipped + picture.left_out

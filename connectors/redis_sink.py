@@ -594,7 +594,8 @@ class RedisPublisher:
     def _write_status(self, closing: bool = False) -> float | None:
         """Write the status keys that are due (at ``closing``, the changed ones: final states);
         the seconds until the next are due. A write that fails for a lost connection is an outage
-        as a batch's is; one refused for good (ACL) is said once, and the keys left alone from there."""
+        as a batch's is; one refused for now (full) waits a refresh; one refused for good (ACL) is
+        said once and tried again each minute (a grant takes effect)."""
         keys = self._status
         if keys is None or not self._connected or self._refused_for_good:
             return None

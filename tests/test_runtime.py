@@ -249,20 +249,25 @@ def test_sink_error_stops_the_run_and_is_raised_after_the_runs_counts(clip, segm
 
 
 def test_source_error_drains_the_others_and_is_raised(clip, segmenter):
+    sink = CollectingSink()
+
     class DisconnectingSource:
-        """Three frames of the clip, then the camera goes away."""
+        """Three frames of the clip, then the camera goes away (once the other source's frames
+        reach the sink: under CI's load it went before the other had decoded one)."""
 
         name, live = "flaky", False
 
         def frames(self):
             for frame in FileSource(self.name, str(clip), max_frames=3).frames():
                 yield frame
+            deadline = time.monotonic() + 30
+            while not sink.indices("ok") and time.monotonic() < deadline:
+                time.sleep(0.01)
             raise SourceError("camera flaky disconnected")
 
         def close(self):
             pass
 
-    sink = CollectingSink()
     runtime = Runtime([DisconnectingSource(), FileSource("ok", str(clip), loop=True)], segmenter, [sink], progress=None)
     with pytest.raises(SourceError, match="disconnected"):
         runtime.run()
