@@ -650,7 +650,7 @@ class _ClientBase(Generic[_Frames, _Events, _InOrder]):
     def _status_key(self, source: str) -> str:
         """The status key of ``source`` (a name, or a glob of names), its pattern's own text without
         globs: a glob there would be taken for part of the names (found probing: ':cam1')."""
-        if _is_glob(self.status_pattern.replace("{source}", "")):
+        if glob_outside_source(self.status_pattern):
             raise ValueError(f"the status pattern {self.status_pattern!r} has glob characters outside {{source}} — "
                              "put the glob in the source names instead: status_pattern='{source}:status' and "
                              "statuses('store*:*')")
@@ -1678,6 +1678,12 @@ def _required(source: str | list[str] | None) -> str | list[str]:
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def glob_outside_source(pattern: str) -> bool:
+    """A key pattern with glob characters outside ``{source}``: a SCAN would take them for part of
+    the names it finds (found probing: ``store*:{source}:status`` listed ``:cam1``)."""
+    return _is_glob(pattern.replace("{source}", ""))
 
 
 def source_of(pattern: str, key: str) -> str:

@@ -30,7 +30,7 @@ from segstream.connectors.redis_connection import (
     key_refused,
     redis_address,
 )
-from segstream.connectors.redis_reader import source_of, summary_line
+from segstream.connectors.redis_reader import summary_line
 from segstream.connectors.redis_wire import (
     DEFAULT_EVENTS_PATTERN,
     DEFAULT_STATUS_PATTERN,
@@ -184,10 +184,31 @@ class _StatusKeys:
             del self._sources[source]
             self._forgotten.discard(source)
 
-    def lost(self, sources: set[str]) -> None:
-        """Redis lost entries of these sources' streams (restarted without its data, flushed): their
-        keys went too, final ones as well, which no refresh would write again."""
-        self._changed |= sources & self._sources.keys()
+    def lost(self, streams: set[str], *patterns: str) -> None:
+        """Redis lost entries of these streams (restarted without its data, flushed), of the names
+        ``patterns`` make: their sources' keys went too, final ones as well, which no refresh would
+        write again."""
+        self._changed |= {source for source in self._sources
+                          if any(stream_name(pattern, source) in streams for pattern in patterns)}
+
+    def refused_for_now(self, now: float) -> float:
+        """Redis refused a write for now (full, read-only): the keys wait a refresh, not a moment
+        (the batches' own refusal is said by them). The seconds to wait."""
+        self._retry_at = now + self.ttl_s / 3
+        return self.ttl_s / 3
+
+    def refused_for_good(self, now: float) -> bool:
+        """This user may not SET the keys (its ACL): tried again each minute, so that a grant takes
+        effect. True the first time, to be said."""
+        self._retry_at, first = now + _STATUS_RETRY_S, not self.refused
+        self.refused = True
+        return first
+
+    def taken(self, sources: Sequence[str]) -> bool:
+        """Redis took the keys of ``sources``; True when it had refused them before (to be said)."""
+        again, self.refused = self.refused, False
+        self.sent(sources)
+        return again
 
     def removed(self, source: str) -> None:
         """The source left the run: once its final state is written, its key is the operator's (an
@@ -294,8 +315,7 @@ class RedisPublisher:
         self.client = client
         self.stream_pattern = stream_pattern
         self.events_pattern = events_pattern
-        # what to grant, in advice
-        self._acl_keys = acl_key_patterns(stream_pattern, events_pattern, *filter(None, [status_pattern]))
+        self._acl_keys = publisher_key_patterns(stream_pattern, events_pattern, status_pattern)  # what to grant, in advice
         self._status = None if status_pattern is None else _StatusKeys(status_pattern, status_ttl_s, max_age_s)
         # whether the run makes progress (the runtime's /healthz verdict): while not, the status keys are
         # left to expire, as a killed run's are
@@ -452,7 +472,7 @@ class RedisPublisher:
             client = _connect_waiting(
                 start_wait_s, stopping, url, password, username=username, tls=tls, sentinel=sentinel,
                 socket_timeout=timeout_s, connect_timeout=2.0, client_name=_client_name(run_id))
-            _check_transactions(client, acl_key_patterns(stream_pattern, events_pattern, *filter(None, [status_pattern])),
+            _check_transactions(client, publisher_key_patterns(stream_pattern, events_pattern, status_pattern),
                                 status=status_pattern is not None)
             publisher = cls(
                 client, stream_pattern, maxlen, mask_encoding, pipeline_size,
@@ -620,24 +640,19 @@ class RedisPublisher:
         finally:
             pipe.reset()
         errors = [(write[1], reply) for write, reply in zip(writes, replies) if isinstance(reply, Exception)]
-        if errors and refused_for_now(errors[0][1]):  # full, read-only: tried again a refresh later, not at once
-            keys._retry_at = time.monotonic() + keys.ttl_s / 3  # (the batches' own refusal is said by them)
-            return keys.ttl_s / 3
-        if errors:  # for good, until someone grants it: said once, tried again each minute
-            keys._retry_at = time.monotonic() + _STATUS_RETRY_S
-            if not keys.refused:
-                keys.refused = True
+        if errors and refused_for_now(errors[0][1]):
+            return keys.refused_for_now(time.monotonic())
+        if errors:
+            if keys.refused_for_good(time.monotonic()):
                 key, error = errors[0]
                 log.warning("Redis at %s refused the status key %s (SET: %s): readers cannot tell from it whether this "
                             "run still publishes the source — %s (tried again each minute), or set "
                             "sinks.redis.status_key to null", self._where, key, error_summary(error),
                             status_grant(keys.pattern))
             return _STATUS_RETRY_S
-        if keys.refused:
-            keys.refused = False
+        if keys.taken([write[0] for write in writes]):
             log.info("Redis at %s takes the status keys again: readers can tell from them whether this run "
                      "publishes its sources", self._where)
-        keys.sent([write[0] for write in writes])
         return keys.due(time.monotonic())
 
     def status(self) -> dict:
@@ -1458,9 +1473,7 @@ class RedisPublisher:
                         "wrote to it (%s), so %s counted as written are gone — %s",
                         self._where, stream, _text(entry_id), entries, why)
         if self._status is not None:  # their status keys went with them: written again, final ones too
-            self._status.lost({source_of(pattern, stream) for stream, *_ in gone
-                               for pattern in (self.stream_pattern, self.events_pattern)
-                               if stream == stream_name(pattern, source_of(pattern, stream))})
+            self._status.lost({stream for stream, *_ in gone}, self.stream_pattern, self.events_pattern)
         self.data_losses += 1
         self.entries_lost.update(taken)
         if self.on_data_lost is not None:
@@ -1594,6 +1607,11 @@ def publisher_grant(acl_keys: str, aged: bool = False, status: bool = False) -> 
         names += " on the stream keys"
     return (f"grant this user XADD, MULTI, EXEC, XREVRANGE, {names}, and the connection "
             f"commands (ACL: +xadd +multi +exec +xrevrange +xrange {rules} +@connection {acl_keys})")
+
+
+def publisher_key_patterns(stream: str, events: str, status: str | None) -> str:
+    """The ACL key patterns of every key a publisher writes: its streams, and its status keys."""
+    return acl_key_patterns(stream, events, *([status] if status is not None else []))
 
 
 def status_grant(pattern: str) -> str:

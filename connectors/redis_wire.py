@@ -490,7 +490,7 @@ class SourceStatus:
     ``reconnecting``; ``ended`` or ``failed`` once final); ``since``: that event's time; ``frame``,
     ``seq`` and ``capture_ts``: of its last frame entry written (None before the first); ``ts``:
     when the run wrote this (its clock); ``ttl_s``: seconds the key lives unless written again
-    (None for a final state, which stays); ``down_since``: when it last stopped streaming (the
+    (a final state's: None, it stays; or the streams' ``max_age_s``); ``down_since``: when it last stopped streaming (the
     first state of this spell of ``connecting``, ``stalled``, ``reconnecting``, ...), None while
     it streams; ``reason``: its last state event's, for people."""
 

@@ -990,15 +990,12 @@ class BatchControl:
 
 def _extra_sinks(cfg: PipelineConfig) -> list:
     """The config's own sinks, besides the batch's files: Redis (only with a URL: an embedded
-    Redis would vanish with the run; without status keys, which would keep a key per video for
-    good: a video's end is in its events stream and the manifest), the files sink and the preview."""
+    Redis would vanish with the run), the files sink and the preview."""
     from segstream.pipeline.builders import build_sinks
 
     sinks_cfg = cfg.sinks
     if sinks_cfg.redis.enabled and sinks_cfg.redis.url is None:
         sinks_cfg = sinks_cfg.model_copy(update={"redis": sinks_cfg.redis.model_copy(update={"enabled": False})})
-    elif sinks_cfg.redis.enabled:
-        sinks_cfg = sinks_cfg.model_copy(update={"redis": sinks_cfg.redis.model_copy(update={"status_key": None})})
     # a folder given to a sink left off is said once (load_batch_config), not by each group or Ray task (a
     # task's config, written out whole, gave every default: it warned of folders the user never set)
     return build_sinks(sinks_cfg, tell_unused=False)

@@ -664,12 +664,12 @@ def _tail(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from segstream.connectors.redis_reader import status_report
+    from segstream.connectors.redis_reader import glob_outside_source, status_report
 
     if "{source}" not in args.key:
         raise ConfigError(f"--key {args.key!r} must contain {{source}}, as sinks.redis.status_key does, e.g. "
                           "'segstream:{source}:status'")
-    if any(c in args.key.replace("{source}", "") for c in "*?["):  # found probing: read as part of the names
+    if glob_outside_source(args.key):
         raise ConfigError(f"--key {args.key!r}: a glob goes in SOURCE, not in --key — e.g. --key '{{source}}:status' "
                           "'store*:*' for every store's cameras")
     return status_report(args.source, url=redis_url(args), pattern=args.key, json_lines=args.json,

@@ -1525,6 +1525,13 @@ class BatchPipelineConfig(PipelineConfig):
     """Not used: segstream batch takes its videos from the command line."""
 
     @model_validator(mode="after")
+    def _no_status_keys(self) -> BatchPipelineConfig:
+        # a batch writes none (its run, its Ray tasks, its check at start): a key a video would stay
+        # for good, where a video's end is in its events stream and the manifest
+        self.sinks.redis.status_key = None
+        return self
+
+    @model_validator(mode="after")
     def _full_frames_for_the_overlay(self) -> BatchPipelineConfig:
         if self.batch.overlay_level is not None and not self.batch.overlay:
             raise ValueError("batch.overlay_level: it draws on the overlay video, which is off — set batch.overlay "

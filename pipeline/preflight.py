@@ -66,10 +66,7 @@ def preflight(cfg: PipelineConfig, preset, batch: bool = False) -> list[Check]:
         opening = [pool.submit(checked, f"source {s.name}", lambda s=s: source_check(s)) for s in sources]
         checks = [checked("model", lambda: model_check(cfg.model, preset))]
         if cfg.sinks.redis.enabled:
-            # a batch writes no status keys (batch.py): its user needs no SET
-            checked_cfg = cfg.model_copy(update={"sinks": cfg.sinks.model_copy(update={"redis": cfg.sinks.redis.model_copy(
-                update={"status_key": None})})}) if batch else cfg
-            checks.append(checked("redis", lambda: redis_check(checked_cfg, [s.name for s in sources])))
+            checks.append(checked("redis", lambda: redis_check(cfg, [s.name for s in sources])))
         checks += [future.result() for future in opening]
     for what, folder in output_folders(cfg, batch):
         checks.append(checked(what, lambda folder=folder: folder_check(folder)))
@@ -164,11 +161,12 @@ def redis_check(cfg: PipelineConfig, source_names: list[str]) -> str:
         cluster_refusal,
         keys_grant,
         publisher_grant,
+        publisher_key_patterns,
         refusal_advice,
         refused_for_now,
         status_grant,
     )
-    from segstream.connectors.redis_wire import acl_key_patterns, stream_name
+    from segstream.connectors.redis_wire import stream_name
 
     section = cfg.sinks.redis
     if section.url is None:
@@ -184,7 +182,7 @@ def redis_check(cfg: PipelineConfig, source_names: list[str]) -> str:
         raise RedisUnreachable(f"{error} (the run would wait up to {section.start_wait_s:g} s for it: "
                                "sinks.redis.start_wait_s)") from None
     where = redis_address(client)
-    acl_keys = acl_key_patterns(section.stream, section.events_stream, *filter(None, [section.status_key]))
+    acl_keys = publisher_key_patterns(section.stream, section.events_stream, section.status_key)
     status_on = section.status_key is not None
     grant = f"{publisher_grant(acl_keys, section.max_age_s is not None, status_on)}; README: publisher ACL"
     settings = {stream_name(pattern, name): setting for name in source_names or ["preflight"]

@@ -344,15 +344,14 @@ class RunReport:
             tail = f"{latency}; {', '.join(sources)}{sinks}"
         # the rate is over the streaming time: said where the run's time is plainly longer (a live source
         # that waited for its camera; found probing the docs: "8 frames published in 8.8 s (18.5 fps)")
-        rest = self.elapsed_s - self.warm_up_s
-        rate = [f"{self.fps:.1f} fps"]
+        rest, warmed = self.elapsed_s - self.warm_up_s, self.warm_up_s >= 1
+        rate = f"{self.fps:.1f} fps"
         if rest - self.streaming_s >= 1 and self.streaming_s < 0.9 * rest:
-            rate.append(f"over {self.streaming_s:.1f} s of streaming")
-        if self.warm_up_s >= 1:
-            rate.append(f"after {self.warm_up_s:.1f} s of warm-up")
+            rate += f" over {self.streaming_s:.1f} s of streaming" + ("," if warmed else "")
+        if warmed:
+            rate += f" after {self.warm_up_s:.1f} s of warm-up"
         return (
-            f"{outcome}: {self.published} frames published in {self.elapsed_s:.1f} s ({' '.join(rate[:2])}"
-            f"{', ' + rate[2] if len(rate) > 2 else ''}), "
+            f"{outcome}: {self.published} frames published in {self.elapsed_s:.1f} s ({rate}), "
             f"{self.dropped} dropped{abandoned}, {self.batches} batches (mean {mean_batch:.1f}), "
             f"{tail}"
         )
@@ -537,6 +536,7 @@ class Runtime:
         run_id: str | None = None,
         resize_in_decoder: bool = False,
         threads: int | None = None,
+        stall_after_s: float = 60.0,
     ):
         names = [s.name for s in sources]
         if len(set(names)) != len(names):
@@ -607,6 +607,9 @@ class Runtime:
         self.metrics = metrics or RunMetrics()
         for name in names:
             self.metrics.source(name)
+        for sink in self.sinks:  # a sink saying whether the run lives (the Redis status keys) says what /healthz says
+            if hasattr(sink, "healthy"):
+                sink.healthy = functools.partial(_healthy, self.metrics, stall_after_s)
         # a source of one's own may say what suits it (``queue_size``, ``buffer_policy``); what the
         # caller gives for its name comes first
         if isinstance(queue_size, int):
@@ -756,12 +759,10 @@ class Runtime:
             resize_in_decoder=kwargs.pop("resize_in_decoder", engine.resize_in_decoder),
             progress_interval_s=kwargs.pop("progress_interval_s", cfg.ops.status_interval_s),
             threads=kwargs.pop("threads", layout.threads),
+            stall_after_s=kwargs.pop("stall_after_s", cfg.ops.stall_after_s),
             **kwargs,
         )
         runtime.weights, runtime.checkpoint_id = weights, checkpoint_id
-        for sink in sinks:  # a sink saying whether the run lives (the Redis status keys) says what /healthz says
-            if hasattr(sink, "healthy"):
-                sink.healthy = functools.partial(_healthy, runtime.metrics, cfg.ops.stall_after_s)
         if runtime._publish_settings:  # (a batch's manifest says them)
             runtime.made_by |= weights
         return runtime
