@@ -642,6 +642,7 @@ class Runtime:
         self._stages: dict[str, list[FrameStage]] = {}
         self._events: queue.SimpleQueue[Event] = queue.SimpleQueue()
         self._handing: list[Event] = []  # events taken for the sinks and not yet handed to every one
+        self._handed = 0  # of those, how many the sink being handed them has been given
         self._events_abandoned = 0  # events taken for the sinks that never reached them (publishing failed)
         self._sinks_ended = False  # the publishing thread is done: events still waiting never go out
         self._tick = threading.Event()  # never set: the run loop's wait between its looks
@@ -1413,7 +1414,9 @@ class Runtime:
                     self._count_end(item)
                     self._handing = list(item.events)
                     for sink in self.sinks:
+                        self._handed = 0
                         for event in item.events:
+                            self._handed += 1  # from here the sink counts it, should it fail now
                             sink.publish_event(event)
                         if hasattr(sink, "source_ended"):
                             sink.source_ended(item.source)
@@ -1428,8 +1431,10 @@ class Runtime:
                         item.publish_ts = time.time()
                     self._handing = list(item.events)
                     for sink in self.sinks:
+                        self._handed = 0
                         sink.publish(item)
                         for event in item.events:
+                            self._handed += 1
                             sink.publish_event(event)
                     self._handing = []
                     item.image = None  # drawn by now; results kept downstream must not hold frames
@@ -1443,8 +1448,9 @@ class Runtime:
                 sink.flush()
         except BaseException as error:
             self._fail(error, drain=False)
-            # the events no sink will see now (a sink refused for good): counted, as the frames are
-            self._events_abandoned += len(self._handing)
+            # the events the failing sink was not handed (a sink refused for good): counted, as the
+            # frames are; the one it failed on is its own to count, as it counts what it had queued
+            self._events_abandoned += len(self._handing) - self._handed if self._handing else 0
             if not ended:
                 self._to_sinks.drain(self._abandon_events)
         finally:
@@ -1512,6 +1518,7 @@ class Runtime:
                 return
             self._handing = [event]
             for sink in self.sinks:
+                self._handed = 1
                 sink.publish_event(event)
             self._handing = []
 

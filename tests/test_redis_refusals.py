@@ -647,3 +647,25 @@ def _outcome(call):
         return call()
     except Exception as error:
         return error
+
+
+def test_the_event_a_refusal_struck_is_counted_once_dropped_not_also_abandoned(server):
+    # Found flaking above: the refusal came while the publisher took a note (the note filled its batch,
+    # which it sent at once and which Redis refused): the publisher counted the note dropped and the
+    # runtime counted it abandoned too.
+    from segstream.connectors.synthetic import SyntheticSource
+    from segstream.pipeline.metrics import RunMetrics
+    from segstream.pipeline.runtime import Runtime
+    from tests.conftest import ColourSegmenter
+
+    made: list[int] = []
+    publisher = RedisPublisher.from_config(server.url, None, pipeline_size=2, drain_timeout_s=1)
+    server.client().execute_command("ACL", "SETUSER", "default", "-xadd")  # the frame waits; its note sends both
+    runtime = Runtime([SyntheticSource("cam0", 96, 64, 40.0, 0, 3)], ColourSegmenter(), [publisher],
+                      batch_size=1, metrics=RunMetrics(), progress=None, stages=[lambda source: _Announces(made)])
+    with pytest.raises(SinkError, match="refused a batch of 2 entries"):
+        runtime.run()
+    report = runtime.report(1.0)
+    # the first note is the publisher's (dropped), the others the stage made ahead never reached it
+    assert report.sinks["redis"]["events_dropped"] == 1
+    assert 1 + report.events_abandoned == len(made), (report.sinks["redis"], report.events_abandoned, made)
