@@ -769,15 +769,26 @@ def test_a_live_playlist_opened_again_does_not_publish_its_older_segments_again(
     back and publish them again as new frames (found probing: four replays of ~26 frames)."""
     with _live_playlist(tmp_path) as (publisher, source, log):
         frames = []
-        timer = threading.Timer(12, source.close)
-        timer.start()
+
+        def sessions_opened_again() -> bool:  # two, one at least saying it skipped older segments
+            reconnects = [e[3] for e in list(log.entries) if e[1] == "reconnecting"]
+            return len(reconnects) >= 2 and any(data.get("repeats_skipped", 0) > 0 for data in reconnects)
+
+        def close_once_seen() -> None:  # (the test's assertions then say what was not seen)
+            deadline = time.monotonic() + 30
+            while not sessions_opened_again() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            source.close()
+
+        closer = threading.Thread(target=close_once_seen, daemon=True)
         try:
             for frame in source.frames():
                 frames.append(frame)
                 if len(frames) == 30:
                     publisher.kill()  # SIGKILL: the playlist is never finished
+                    closer.start()
         finally:
-            timer.cancel()
+            source.close()
     assert log.states.count("reconnecting") >= 2, log.entries
     assert all(f.epoch == 0 for f in frames), "older segments came again as a new session"
     assert [f.index for f in frames] == list(range(len(frames)))
