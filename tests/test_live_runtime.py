@@ -84,7 +84,7 @@ def test_a_model_slower_than_the_camera_keeps_latency_bounded_and_counts_its_dro
                           buffers={"cam": BufferPolicy("newest", 0.3)}, publish_states=True, progress=None)
         thread, outcome = run_in_thread(runtime)
         wait_for(lambda: len(record.of("cam")) >= 1, 30, "the first frame")
-        time.sleep(10)  # a queue that kept everything would be 130 frames (5 s) behind by then
+        time.sleep(6)  # a queue that kept everything would be 78 frames (3 s) behind by then
         runtime.stop()
         thread.join(20)
     report = outcome["report"]
