@@ -662,6 +662,37 @@ class _ClientBase(Generic[_Frames, _Events, _InOrder]):
         except WireFormatError as error:
             raise WireFormatError(f"{key}: {error}") from None
 
+    def _statuses_steps(self, sources: str | list[str]) -> Iterator:
+        """``statuses``' commands, each with the key a refusal names: (command, key); returns the
+        sources' names and their keys' values."""
+        if isinstance(sources, str) and _is_glob(sources):
+            match, cursor, keys = self._status_key(sources), 0, set()
+            while True:
+                cursor, found = yield _command("scan", cursor, match=match, count=1000), match
+                keys.update(_text(key) for key in found)
+                if not cursor:
+                    break
+            names = sorted(source_of(self.status_pattern, key) for key in keys)
+        else:
+            names = [sources] if isinstance(sources, str) else list(sources)
+        if not names:
+            return [], []
+        values = yield (_command("mget", [stream_name(self.status_pattern, name) for name in names]),
+                        stream_name(self.status_pattern, names[0]))
+        return names, values
+
+    def _statuses_read(self, names: list[str], values: list,
+                       malformed: Callable[[str, WireFormatError], None] | None) -> dict[str, SourceStatus | None]:
+        found: dict[str, SourceStatus | None] = {}
+        for name, value in zip(names, values):
+            try:
+                found[name] = None if value is None else self._status_read(self._status_key(name), value)
+            except WireFormatError as error:
+                if malformed is None:
+                    raise
+                malformed(name, error)
+        return found
+
     def _fitted_block(self, block_ms: int | None) -> int | None:
         if block_ms is None or self._socket_timeout is None:
             return block_ms
@@ -746,32 +777,18 @@ class Client(_ClientBase["Subscription[Entry] | FanIn[Entry]", "Subscription[Eve
         the others come back (a dashboard of many sites, one of them on another schema)."""
         if self._stop.is_set():
             return {}
+        steps, reply = self._statuses_steps(sources), None
         try:
-            if isinstance(sources, str) and _is_glob(sources):
-                match, cursor, keys = self._status_key(sources), 0, set()
-                while True:
-                    cursor, found = self.call(self.redis.scan, cursor, match=match, count=1000, key=match)
-                    keys.update(_text(key) for key in found)
-                    if not cursor:
-                        break
-                names = sorted(source_of(self.status_pattern, key) for key in keys)
-            else:
-                names = [sources] if isinstance(sources, str) else list(sources)
-            if not names:
-                return {}
-            values = self.call(self.redis.mget, [stream_name(self.status_pattern, name) for name in names],
-                               key=stream_name(self.status_pattern, names[0]))
+            while True:
+                try:
+                    step, key = steps.send(reply)
+                except StopIteration as done:
+                    names, values = done.value
+                    break
+                reply = self.call(getattr(self.redis, step.name), *step.args, key=key, **step.kwargs)
         except _Stopped:
             return {}
-        found: dict[str, SourceStatus | None] = {}
-        for name, value in zip(names, values):
-            try:
-                found[name] = None if value is None else self._status_read(self._status_key(name), value)
-            except WireFormatError as error:
-                if malformed is None:
-                    raise
-                malformed(name, error)
-        return found
+        return self._statuses_read(names, values, malformed)
 
     def at(self, ts: float, source: str | None = None, *, stream: str | None = None,
            within_s: float | None = None, by: str = "capture_ts") -> Entry | None:

@@ -24,7 +24,7 @@ from typing import Any, Generic
 import redis
 import redis.asyncio
 
-from segstream.connectors.errors import SinkError
+from segstream.connectors.errors import SinkError, WireFormatError
 from segstream.connectors.redis_connection import SentinelAuth, TlsFiles, connect_redis_async, redis_address
 from segstream.connectors.redis_reader import (
     _MAX_BLOCK_MS, _REFUSED_LOGIN, _UNREACHABLE, Entry, EventEntry, _ClientBase, _Emit,
@@ -94,16 +94,40 @@ class Client(_ClientBase["Subscription[AsyncEntry] | FanIn[AsyncEntry]",
         entry = _named_entry(reply[0], name) if reply else None
         return entry if entry is not None and _fresh(entry, max_age_s) else None
 
-    async def status(self, source: str) -> SourceStatus | None:
-        """As ``segstream.client.Client.status``: the source's status key, None without one."""
+    async def status(self, source: str, *, patience_s: float | None = None) -> SourceStatus | None:
+        """As ``segstream.client.Client.status``: the source's status key, None without one; with
+        ``patience_s``, a Redis outage longer than that raises ``SinkError``."""
         key = self._status_key(source)
         if self._stopped.is_set():
             return None
         try:
-            value = await self.call(self.redis.get, key, key=key)
+            value = await self.call(self.redis.get, key, key=key, patience_s=patience_s)
         except _Stopped:
             return None
+        except _StillDown:
+            raise SinkError(f"Redis at {redis_address(self.redis)} did not answer for {patience_s:g} s: the status of "
+                            f"{source} is not known — it is reconnecting") from None
         return None if value is None else self._status_read(key, value)
+
+    async def statuses(self, sources: str | list[str] = "*", *,
+                       malformed: Callable[[str, WireFormatError], None] | None = None,
+                       ) -> dict[str, SourceStatus | None]:
+        """As ``segstream.client.Client.statuses``: the status of each source of a list, or of
+        every source whose status key a glob of names matches."""
+        if self._stopped.is_set():
+            return {}
+        steps, reply = self._statuses_steps(sources), None
+        try:
+            while True:
+                try:
+                    step, key = steps.send(reply)
+                except StopIteration as done:
+                    names, values = done.value
+                    break
+                reply = await self.call(getattr(self.redis, step.name), *step.args, key=key, **step.kwargs)
+        except _Stopped:
+            return {}
+        return self._statuses_read(names, values, malformed)
 
     async def at(self, ts: float, source: str | None = None, *, stream: str | None = None,
                  within_s: float | None = None, by: str = "capture_ts") -> Entry | None:

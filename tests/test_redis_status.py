@@ -189,6 +189,56 @@ def test_the_readers_say_none_without_a_key_and_refuse_a_malformed_one(server):
     sink.close()
 
 
+def test_statuses_by_glob_or_list_are_the_same_from_both_clients_and_a_bad_key_goes_aside(server):
+    # found probing as a robot's asyncio integrator: statuses() was the sync client's alone
+    sink = publisher(server.url)
+    for source, word in (("cam0", "streaming"), ("cam1", "reconnecting"), ("lobby", "streaming")):
+        sink.publish_event(state(word, source=source))
+    sink.poll()
+    client = server.client()
+    client.set("segstream:cam7:status", "not json")
+    reader, bad = Client(client), {}
+    by_glob = reader.statuses("cam*", malformed=bad.__setitem__)
+    assert {name: s.state for name, s in by_glob.items()} == {"cam0": "streaming", "cam1": "reconnecting"}
+    assert list(bad) == ["cam7"] and "segstream:cam7:status" in str(bad["cam7"])
+    with pytest.raises(WireFormatError, match="segstream:cam7:status"):
+        reader.statuses("cam*")
+    by_list = reader.statuses(["lobby", "cam9"])
+    assert by_list["lobby"].state == "streaming" and by_list["cam9"] is None
+
+    async def read():
+        async_reader = AsyncClient(redis.asyncio.Redis.from_url(server.url))
+        aside: dict = {}
+        try:
+            return (await async_reader.statuses("cam*", malformed=aside.__setitem__), aside,
+                    await async_reader.statuses(["lobby", "cam9"]), await async_reader.statuses("nothing-*"),
+                    await async_reader.status("cam0", patience_s=1.0))
+        finally:
+            await async_reader.redis.aclose()
+
+    async_glob, async_bad, async_list, none_there, one = asyncio.run(read())
+    assert async_glob == by_glob and list(async_bad) == ["cam7"] and async_list == by_list and none_there == {}
+    assert one == by_glob["cam0"]
+    sink.close()
+
+
+def test_an_asyncio_status_with_patience_says_when_redis_stays_away(tmp_path):
+    from segstream.connectors.errors import SinkError
+
+    with RedisProcess(tmp_path / "redis") as server:
+        url = server.url
+
+    async def read():  # (Redis stopped: connections refused)
+        async_reader = AsyncClient(redis.asyncio.Redis.from_url(url))
+        try:
+            return await async_reader.status("cam0", patience_s=0.5)
+        finally:
+            await async_reader.redis.aclose()
+
+    with pytest.raises(SinkError, match="did not answer for 0.5 s: the status of cam0 is not known"):
+        asyncio.run(read())
+
+
 def test_the_config_names_the_key_or_none():
     assert RedisSinkConfig(status_key="").status_key is None  # `${STATUS_KEY:-}`
     with pytest.raises(ValueError, match="the name of a stream"):
