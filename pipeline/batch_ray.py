@@ -51,7 +51,7 @@ from segstream.pipeline.batch import (
 )
 from segstream.pipeline.config import BatchPipelineConfig, PipelineConfig
 from segstream.pipeline.filtering import filter_settings
-from segstream.pipeline.logs import adopt_library_logs, configure_logging, json_logging, log_settings
+from segstream.pipeline.logs import JsonLines, adopt_library_logs, configure_logging, json_logging, log_settings
 from segstream.pipeline.metrics import RunMetrics, SourceCounts
 from segstream.pipeline.source_states import SourceStates, first_frame
 
@@ -304,6 +304,20 @@ def joined_ray(cfg: PipelineConfig) -> Iterator:
     _quiet_ray_output()
     ray = _ray()
     adopt_library_logs("ray")  # its driver's warnings (joining included): JSON records under JSON logs
+    # and the lines its driver prints for its processes (a raylet's "disk is over 95% full", a
+    # worker's native library's own): records too, where they were plain lines among the JSON
+    stderr = sys.stderr
+    if json_logging():
+        sys.stderr = JsonLines(stderr, "ray")  # type: ignore[assignment]
+    try:
+        yield from _joined(ray, cfg)
+    finally:
+        if sys.stderr is not stderr:
+            sys.stderr.flush()
+            sys.stderr = stderr
+
+
+def _joined(ray, cfg: PipelineConfig) -> Iterator:
     _check_redis(cfg)  # as the local engine does before its first video, not as each video's failure
     started_here = not ray.is_initialized()
     if started_here:

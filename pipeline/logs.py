@@ -12,6 +12,7 @@ import errno
 import json
 import logging
 import os
+import re
 import secrets
 import sys
 import threading
@@ -313,11 +314,63 @@ def signal_line(message: str, level: str = "WARNING", as_json: bool | None = Non
     prefix = journal_prefix(getattr(logging, level, logging.WARNING))
     if not (json_logging() if as_json is None else as_json):
         return f"{prefix}segstream: {message}\n".encode()
-    stamp = datetime.now(timezone.utc).isoformat()
-    record = {"level": level, "logger": "segstream.cli", "message": message, "time": stamp}
+    return (prefix + _json_record(message, level, "segstream.cli") + "\n").encode()
+
+
+def _json_record(message: str, level: str, logger: str) -> str:
+    """A JSON line's object, with the keys of the records segstream logs."""
+    record = {"level": level, "logger": logger, "message": message, "time": datetime.now(timezone.utc).isoformat()}
     if _run["id"]:
         record["run_id"] = _run["id"]
-    return (prefix + json.dumps(record) + "\n").encode()
+    return json.dumps(record)
+
+
+# A glog line's severity (Ray's C++ processes: "[2026-12-04 22:20:34,341 W 25039 25039] gcs_client.cc:...")
+_GLOG_LEVEL = re.compile(r"^\[[^\]]* ([IWEF]) \d+ \d+\]")
+_GLOG_LEVELS = {"I": "INFO", "W": "WARNING", "E": "ERROR", "F": "CRITICAL"}
+
+
+class JsonLines:
+    """Standard error for a library that prints lines itself (Ray's driver forwards its workers'
+    and raylet's lines with ``print``): under JSON logs each line it writes that is no JSON object
+    becomes a record of ``logger`` (its glog severity, else WARNING); JSON lines pass as they are."""
+
+    def __init__(self, stream: TextIO, logger: str):
+        self.stream, self.logger = stream, logger
+        self._partial = ""
+        self._lock = threading.Lock()
+
+    def write(self, text: str) -> int:
+        with self._lock:
+            *lines, self._partial = (self._partial + text).split("\n")
+            for line in lines:
+                if line.strip():
+                    self.stream.write(self._as_json(line) + "\n")
+        return len(text)
+
+    def _as_json(self, line: str) -> str:
+        body = line[3:] if line[:1] == "<" and line[2:3] == ">" else line  # after a journald priority
+        if body.startswith("{"):
+            try:
+                if isinstance(json.loads(body), dict):
+                    return line
+            except ValueError:
+                pass
+        level = _GLOG_LEVEL.match(body)
+        return _json_record(body, _GLOG_LEVELS[level.group(1)] if level else "WARNING", self.logger)
+
+    def flush(self) -> None:
+        with self._lock:
+            if self._partial.strip():
+                self.stream.write(self._as_json(self._partial) + "\n")
+            self._partial = ""
+        self.stream.flush()
+
+    def fileno(self) -> int:
+        return self.stream.fileno()
+
+    def isatty(self) -> bool:
+        return self.stream.isatty()
 
 
 def write_line(line: bytes) -> None:

@@ -638,3 +638,29 @@ def test_an_exception_nothing_caught_is_one_json_record_under_json_logs_and_the_
     assert record["level"] == "ERROR" and record["message"] == "uncaught exception: TypeError"
     assert "injected fault in warm_up" in record["exc_info"]
     assert sys.excepthook is before
+
+
+def test_lines_a_library_prints_itself_become_records_and_json_lines_pass_as_they_are():
+    # what Ray's driver prints for its processes under JSON logs (tests/test_batch_ray.py runs it for real)
+    import json
+
+    from segstream.pipeline.logs import JsonLines
+
+    out = io.StringIO()
+    lines = JsonLines(out, "ray")
+    lines.write('{"level": "INFO", "logger": "segstream.saying", "message": "json already"}')
+    lines.write("\n")  # print() writes the line, then its end
+    lines.write('<4>{"level": "WARNING", "message": "after a journald priority"}\n')
+    lines.write("[2026-12-05 04:10:00,001 W 25039 25039] file_system_monitor.cc:116: /tmp is over 95% full\n")
+    lines.write("a worker's plain print\n[1, 2]\n{not json}\n\npartial")
+    lines.flush()
+    written = out.getvalue().splitlines()
+    assert written[0] == '{"level": "INFO", "logger": "segstream.saying", "message": "json already"}'
+    assert written[1].startswith("<4>{") and json.loads(written[1][3:])["message"] == "after a journald priority"
+    records = [json.loads(line) for line in written[2:]]
+    assert [(r["logger"], r["level"]) for r in records] == [("ray", "WARNING")] * 5
+    assert [r["message"] for r in records] == [
+        "[2026-12-05 04:10:00,001 W 25039 25039] file_system_monitor.cc:116: /tmp is over 95% full",
+        "a worker's plain print", "[1, 2]", "{not json}", "partial"]
+    lines.write("[2026-12-05 04:10:00,001 E 1 1] core.cc:1: failed\n")
+    assert json.loads(out.getvalue().splitlines()[-1])["level"] == "ERROR"
