@@ -180,9 +180,9 @@ class ImageFolderSource:
             raise SourceError(f"source {name}: timestamps must be one of {', '.join(TIMESTAMPS)}, got {timestamps!r}")
         if watch and loop:
             raise SourceError(f"source {name}: watch reads each new image once and loop plays them over — use one")
-        if watch_from not in ("start", "new") or not poll_s > 0 or not settle_s >= 0:
-            raise SourceError(f"source {name}: watch_from must be start or new, poll_s positive and settle_s 0 or "
-                              f"more, got {watch_from!r}, {poll_s}, {settle_s}")
+        if watch_from not in ("start", "new", "last") or not poll_s > 0 or not settle_s >= 0:
+            raise SourceError(f"source {name}: watch_from must be start, new or last, poll_s positive and settle_s 0 "
+                              f"or more, got {watch_from!r}, {poll_s}, {settle_s}")
         if bit_depth is not None and not 9 <= bit_depth <= 16:
             raise SourceError(f"source {name}: bit_depth is the bits of 16-bit images' samples, 9 to 16, got {bit_depth}")
         self.name = name
@@ -206,6 +206,9 @@ class ImageFolderSource:
             raise SourceError(f"source {name}: {error}") from None
         self.time_base = 1 / Fraction(fps).limit_denominator(1001) if timestamps == "fps" else TIMED_BASE
         self.watch, self.watch_from, self.poll_s, self.settle_s = watch, watch_from, poll_s, settle_s
+        # watch_from last: the runtime says before frames() where the last run left off (resume_after)
+        self.resumes = watch and watch_from == "last"
+        self._resume: tuple[Any, str] | None = None
         self.empty_settle_s = empty_settle_s  # an empty new file waits this long (the ones after it too)
         self._closed = threading.Event()
         self._keys: dict[str, Any] = {}  # the last listing's names: what of each key needs no stat (None: no time)
@@ -339,6 +342,12 @@ class ImageFolderSource:
             if first and self.watch_from == "new":
                 cursor, last = max(((key, name) for name, key in keys.items() if key is not None),
                                    default=(None, None))
+            elif first and self._resume is not None:
+                cursor, last = self._resume
+                logger.info("source %s: going on after %s, the newest image its stream holds (%d in the folder "
+                            "up to it left as read)", self.name, last,
+                            sum(key is not None and key <= cursor for key in keys.values()),
+                            extra={"source": self.name})
             new, late = [], []
             for name, key in keys.items():
                 if key is None:
@@ -463,6 +472,28 @@ class ImageFolderSource:
             except OSError:  # gone since it was listed
                 continue
         return timed
+
+    def resume_after(self, file: str | None, capture_ts: float | None) -> None:
+        """With ``watch_from: last``: the newest image already published (its ``file`` and
+        ``capture_ts``, from the source's stream; None: none, so from the start). Only what sorts
+        after it is read: a restart neither reads again what the last run published nor leaves
+        out what came while it was down."""
+        if file is None:
+            self._resume = None
+            return
+        fixed = self._fixed_key(file)
+        if fixed is None:  # its name no longer has a time this config reads: said, and from the start
+            logger.warning("source %s: the newest image its stream holds, %s, has no time in its name as this "
+                           "config reads names; reading the folder from the start", self.name, file,
+                           extra={"source": self.name})
+            return
+        key = fixed
+        if self.timestamps == "mtime":
+            try:
+                key = (os.stat(file).st_mtime_ns, fixed)
+            except OSError:  # moved away once read: its time as published
+                key = (round((capture_ts or 0.0) * 1e9), fixed)
+        self._resume = (key, file)
 
     def _fixed_key(self, name: str) -> Any:
         """What of a name's sort key stays as long as the name does."""

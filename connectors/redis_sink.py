@@ -542,6 +542,22 @@ class RedisPublisher:
         if self.max_age_s is not None:
             self._ended_streams |= {stream_name(self.stream_pattern, source), stream_name(self.events_pattern, source)}
 
+    def last_written(self, source: str) -> tuple[str | None, float | None]:
+        """The ``file`` and ``capture_ts`` of the newest entry of ``source``'s frames stream in
+        Redis ((None, None): none there): where a watched folder goes on (``watch_from: last``).
+        Raises ``SinkError`` while Redis does not answer (the caller waits and asks again)."""
+        stream = stream_name(self.stream_pattern, source)
+        try:
+            reply = self.client.xrevrange(stream, "+", "-", count=1)
+        except redis.RedisError as error:
+            raise SinkError(f"Redis at {self._where} did not say what {stream} holds last: {error_summary(error)}"
+                            ) from None
+        if not reply:
+            return None, None
+        fields = {_text(key): value for key, value in reply[0][1].items()}
+        capture = _text(fields["capture_ts"]) if "capture_ts" in fields else ""
+        return (_text(fields["file"]) if "file" in fields else None), (float(capture) if capture else None)
+
     def source_removed(self, source: str) -> None:
         """The source was removed from the run and all it sent is queued: once written, its streams
         are no longer this run's to watch (an operator erasing them is no loss of this run's output)."""

@@ -628,8 +628,8 @@ class ImagesSourceConfig(_Buffered, Strict):
     """Play one image every 1/fps seconds, as a camera would, instead of as fast as the model takes them."""
     watch: bool = False
     """Follow the folder: after the images in it, read each new one as it comes, in order, until the run is stopped."""
-    watch_from: Literal["start", "new"] = "start"
-    """With watch: start (the images there already first) or new (only those that come from now on)."""
+    watch_from: Literal["start", "new", "last"] = "start"
+    """With watch: start (the images there already first), new (only those that come from now on) or last (those after the newest image the source's Redis stream holds: a restart reads nothing twice and leaves nothing out)."""
     poll_s: PositiveFloat = 1.0
     """With watch: seconds between two looks at the folder."""
     settle_s: Annotated[float, Field(ge=0)] = 2.0
@@ -1505,6 +1505,15 @@ class PipelineConfig(Strict):
                     f"{key} {1 / rate if key == 'interval_s' else rate:g} ({2 / rate:g} s): things would lose their "
                     f"ids from one frame to the next — set max_lost_s to {2 / rate:g} s or more"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _resumed_from_redis(self) -> PipelineConfig:
+        if not self.sinks.redis.enabled:
+            for i, source in enumerate(self.sources):
+                if getattr(source, "watch_from", None) == "last":
+                    raise ValueError(f"sources[{i}].watch_from: last goes on after the newest image the source's "
+                                     "Redis stream holds, and sinks.redis is off — turn it on, or use start or new")
         return self
 
     @model_validator(mode="after")

@@ -42,6 +42,7 @@ from segstream.connectors.errors import (
     ConfigError,
     ResourceLimit,
     SegstreamError,
+    SinkError,
     SourceError,
     thread_start_failed,
 )
@@ -1090,6 +1091,8 @@ class Runtime:
             if generic:
                 self.states.enter(name, "connecting", "starting", quiet=True)
             # stopped before it began (a signal while the model loaded): never opened, never dialled
+            if getattr(source, "resumes", False):
+                self._resume(i, source)
             with self._inside_source(i):  # a frames() that connects before it returns its iterator
                 frames = iter(()) if self._stop_requested or i in self._removed else iter(source.frames())
             while True:
@@ -1179,6 +1182,34 @@ class Runtime:
             return f"cannot be segmented: {error}"
         self._sizes_taken.add(size)
         return None
+
+    def _resume(self, i: int, source: VideoSource) -> None:
+        """Tells a source that goes on where the last run left off (a watched folder's
+        ``watch_from: last``) the newest entry its stream holds, asking the first sink that can
+        say; while Redis does not answer it waits (said once), until it does or the run stops."""
+        asked = next((sink for sink in self.sinks if hasattr(sink, "last_written")), None)
+        if asked is None:
+            log.warning("source %s goes on where the last run left off, and no sink of this run can say where that "
+                        "was (sinks.redis can): reading it from the start", source.name, extra={"source": source.name})
+            return
+        waited, delay = None, 0.5
+        while not (self._stop_requested or i in self._removed):
+            try:
+                source.resume_after(*asked.last_written(source.name))  # type: ignore[attr-defined]
+            except SinkError as error:
+                if waited is None:
+                    waited = time.monotonic()
+                    log.warning("source %s waits to learn where the last run left off: %s", source.name, error,
+                                extra={"source": source.name})
+                until = time.monotonic() + delay
+                while time.monotonic() < until and not (self._stop_requested or i in self._removed):
+                    time.sleep(0.1)
+                delay = min(5.0, delay * 2)
+                continue
+            if waited is not None:
+                log.warning("source %s learnt where the last run left off after %.1f s", source.name,
+                            time.monotonic() - waited, extra={"source": source.name})
+            return
 
     @contextlib.contextmanager
     def _inside_source(self, i: int) -> Iterator[None]:
