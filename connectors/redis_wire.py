@@ -447,13 +447,15 @@ def event_to_wire(event: Event) -> dict[str, str]:
         "source": event.source,
         "event": event.kind,
         "ts": repr(float(event.ts)),
-        "data": _event_data(event),
+        "data": event_data_json(event),
     }
 
 
-def _event_data(event: Event) -> str:
+def event_data_json(event: Event) -> str:
+    """An event's ``data`` as the JSON object its entry carries; a ``TypeError`` saying why when
+    it is none (a value JSON has no word for: an object, NaN, infinity)."""
     try:
-        return json.dumps(event.data, separators=(",", ":"), ensure_ascii=False, default=_plain)
+        return json.dumps(event.data, separators=(",", ":"), ensure_ascii=False, default=_plain, allow_nan=False)
     except (TypeError, ValueError) as error:
         raise TypeError(f"event {event.kind!r} of source {event.source!r}: its data is not JSON ({error}) — "
                         "use numbers, strings, lists and dicts") from None

@@ -31,7 +31,8 @@ class Sink(Protocol):
     what has waited long enough and returns the seconds until it next needs a call (None when
     nothing waits), so an entry leaves within the sink's own delay even when no further frame
     comes. ``flush`` writes everything; ``close`` may be called twice (the second time from
-    another thread when a run is aborted). All other calls come from one thread.
+    another thread when a run is aborted, unless the first has not returned). All other calls
+    come from one thread, not the one that built the sink.
     ``publish_event`` takes an event of a source (its state, a track's start or end), published
     in order with that source's results.
 

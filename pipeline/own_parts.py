@@ -13,6 +13,7 @@ each naming the part, its source and frame (the traceback is logged at debug lev
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import inspect
 import logging
@@ -20,9 +21,12 @@ from collections.abc import Callable, Iterable, Sequence
 from importlib.metadata import entry_points
 from typing import Any
 
+import numpy as np
+
 from segstream.connectors.errors import ConfigError, SinkError, StageError
+from segstream.connectors.redis_wire import event_data_json
 from segstream.connectors.sink import SINK_METHODS
-from segstream.models.results import Event, FrameResult
+from segstream.models.results import Event, FrameResult, Segments
 
 STAGE_GROUP = "segstream.stages"
 SINK_GROUP = "segstream.sinks"
@@ -86,7 +90,25 @@ def _call_problem(factory: Callable, args: tuple, options: dict) -> str | None:
     try:
         signature.bind(*args, **options)
     except TypeError as error:
+        taken = [name for name, p in signature.parameters.items()
+                 if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)][len(args):]
+        if not any(p.kind == p.VAR_KEYWORD for p in signature.parameters.values()):
+            for key in options:  # a typo'd option: said as a config key's is (found probing as a plugin author)
+                if key not in taken and (close := difflib.get_close_matches(key, taken, n=1)):
+                    return f"{error} (option '{key}': did you mean '{close[0]}'?)"
         return str(error)
+    return None
+
+
+def _class_problem(factory: Callable, group: str) -> str | None:
+    """What a class named as a factory lacks (its instances would be refused at the run)."""
+    if not inspect.isclass(factory):
+        return None
+    wanted = ("process",) if group == STAGE_GROUP else SINK_METHODS
+    if missing := [m for m in wanted if not callable(getattr(factory, m, None))]:
+        kind = "segstream.FrameStage has process(result)" if group == STAGE_GROUP else \
+            f"a sink has name, {', '.join(SINK_METHODS)} (segstream.Sink)"
+        return f"class {factory.__name__} lacks {', '.join(missing)} — {kind}"
     return None
 
 
@@ -101,6 +123,9 @@ def check(cfg) -> list[str]:
             factory = resolve(part.use, group, f"{where}.use")
         except ConfigError as error:
             lines.append(str(error))
+            continue
+        if (lacking := _class_problem(factory, group)) is not None:
+            lines.append(f"{where}.use: {part.use}: {lacking}")
             continue
         problem = _call_problem(factory, args, part.options)
         if problem is not None:
@@ -162,28 +187,75 @@ class NamedStage:
 
     def __init__(self, use: str, stage: Any):
         self.use, self.stage = use, stage
+        self._source: str | None = None  # the source whose results it is given (one stage a source)
 
     def process(self, result: FrameResult) -> FrameResult:
+        source, index = result.source, result.index
+        self._source = source
         try:
             given = self.stage.process(result)
         except Exception as error:
             log.debug("stage %s failed", self.use, exc_info=True)
-            raise StageError(f"stage {self.use} failed on frame {result.index} of source {result.source}: "
+            raise StageError(f"stage {self.use} failed on frame {index} of source {source}: "
                              f"{_reason(error)}") from error
         if not isinstance(given, FrameResult):
-            raise StageError(f"stage {self.use} returned a {type(given).__name__} for frame {result.index} of source "
-                             f"{result.source} — process(result) returns the result it was given")
+            raise StageError(f"stage {self.use} returned a {type(given).__name__} for frame {index} of source "
+                             f"{source} — process(result) returns the result it was given")
+        # what the streams' order and the readers rest on: found probing as a plugin author, a
+        # stage's result.source wrote into another camera's stream, its events into a stream
+        # of no source, a NaN into JSON no reader parses; a dict among the events was a traceback
+        if (given.source, given.index) != (source, index):
+            raise StageError(f"stage {self.use} made frame {index} of source {source} frame {given.index} of source "
+                             f"{given.source} — a result's source and index are its place in the streams; keep them "
+                             "(put what the stage adds in segment columns or events)")
+        if not isinstance(given.segments, Segments):
+            raise StageError(f"stage {self.use} left frame {index} of source {source} with segments of type "
+                             f"{type(given.segments).__name__} — keep result.segments a Segments (a subset: "
+                             "result.segments[keep])")
+        try:
+            given.segments.check()
+        except ValueError as error:
+            raise StageError(f"stage {self.use} left frame {index} of source {source} with {error} — change the "
+                             "columns together (result.segments[keep])") from None
+        if not np.isfinite(given.segments.scores).all():
+            raise StageError(f"stage {self.use} left frame {index} of source {source} with a score that is not a "
+                             "finite number — scores are JSON numbers on the wire")
+        self._check_events(given.events, f"frame {index} of source {source}")
         return given
+
+    def _check_events(self, events: Any, where: str) -> None:
+        if not isinstance(events, list):
+            raise StageError(f"stage {self.use} left {where} with events of type {type(events).__name__} — "
+                             "result.events is a list of segstream.Event")
+        for event in events:
+            if not isinstance(event, Event):
+                raise StageError(f"stage {self.use} gave {where} an event of type {type(event).__name__} — events "
+                                 "are segstream.Event(source, kind, ts, data)")
+            if self._source is not None and event.source != self._source:
+                raise StageError(f"stage {self.use} gave {where} an event of source {event.source!r} — a stage's "
+                                 f"events are of the source it runs for ({self._source!r}): they go to its events "
+                                 "stream, in order with its frames")
+            try:
+                event_data_json(event)
+            except TypeError as error:
+                raise StageError(f"stage {self.use} gave {where} an {error}") from None
 
     def finish(self, reason: str) -> list:
         finish = getattr(self.stage, "finish", None)
         if finish is None:
             return []
         try:
-            return list(finish(reason))
+            events = finish(reason)
         except Exception as error:
             log.debug("stage %s failed to finish", self.use, exc_info=True)
             raise StageError(f"stage {self.use} failed in finish('{reason}'): {_reason(error)}") from error
+        try:
+            events = [] if events is None else list(events)  # None: nothing to add, as a bare return says
+        except TypeError:
+            raise StageError(f"stage {self.use} returned a {type(events).__name__} from finish('{reason}') — it "
+                             "returns a list of segstream.Event (or nothing)") from None
+        self._check_events(events, f"finish('{reason}')")
+        return events
 
 
 class NamedSink:

@@ -73,6 +73,7 @@ STATE_NAMES_SHOWN = 8
 # How long a stopped run waits for a source's frames() to return after close() before it ends
 # without that source (a source of one's own blocked in a read that ignores close()).
 SOURCE_CLOSE_GRACE_S = 5.0
+SINK_CLOSE_SAY_S = 15.0  # a sink's close() longer than this is said (a Redis backlog's drain takes drain_timeout_s)
 log = logging.getLogger("segstream.runtime")
 QUEUE_SIZE = 8  # frames queued per source, where nothing says otherwise
 BEHIND_WARN_S = 2.0  # a live source this far behind its stream's clock is named in a warning
@@ -644,6 +645,8 @@ class Runtime:
         self._events: queue.SimpleQueue[Event] = queue.SimpleQueue()
         self._handing: list[Event] = []  # events taken for the sinks and not yet handed to every one
         self._handed = 0  # of those, how many the sink being handed them has been given
+        self._closing: tuple[Sink, float] | None = None  # the sink being closed, since when
+        self._close_said: Sink | None = None
         self._events_abandoned = 0  # events taken for the sinks that never reached them (publishing failed)
         self._sinks_ended = False  # the publishing thread is done: events still waiting never go out
         self._tick = threading.Event()  # never set: the run loop's wait between its looks
@@ -1017,6 +1020,7 @@ class Runtime:
                 if now - last_watch >= OVERLOAD_CHECK_S:
                     last_watch = now
                     self._say_overload(self.overload.observe(now, self.metrics.exposed()))
+                    self._say_slow_close(now)
                 if self.progress and now - last_progress >= self.progress_interval_s:
                     last_progress = now
                     self._say(self._progress_line(now - start) + "\n")
@@ -1030,7 +1034,7 @@ class Runtime:
             if publisher.is_alive():
                 publisher.join(1.0)  # aborted, it closes the sinks itself; closing them under it races its writes
             if publisher.ident is None or publisher.is_alive():
-                self._close_sinks()
+                self._close_sinks_within(SOURCE_CLOSE_GRACE_S)
             if isinstance(error, ResourceLimit):  # the pipeline's threads, inside torch or FFmpeg, end before Python does
                 deadline = time.monotonic() + SOURCE_CLOSE_GRACE_S
                 for t in [*threads, *self._decoders.values()]:
@@ -1721,12 +1725,40 @@ class Runtime:
             except Exception as error:  # a failing close must not hide the run's outcome
                 self._errors.append(error)
 
-    def _close_sinks(self) -> None:
+    def _say_slow_close(self, now: float) -> None:
+        """A sink whose close() has taken long: said once (the run waits for it, and why it does not
+        end would be otherwise unsaid)."""
+        closing = self._closing
+        if closing is None or now - closing[1] < SINK_CLOSE_SAY_S or closing[0] is self._close_said:
+            return
+        self._close_said = closing[0]
+        log.warning("waiting for sink %s to close (%.0f s so far; its close() has not returned) — a stop signal "
+                    "again ends the run without it", getattr(closing[0], "name", type(closing[0]).__name__),
+                    now - closing[1])
+
+    def _close_sinks(self, skip: object = None) -> None:
         for sink in self.sinks:
+            if sink is skip:
+                continue
+            self._closing = (sink, time.monotonic())
             try:
                 sink.close()
             except Exception as error:
                 self._errors.append(error)
+        self._closing = None
+
+    def _close_sinks_within(self, grace_s: float) -> None:
+        """An abort's closing of the sinks, on a thread of its own waited for at most ``grace_s``:
+        a sink whose ``close()`` hangs (found probing as a plugin author: the run outlived a second
+        Ctrl-C) is left, said; the one the publishing thread is stuck closing is not closed again."""
+        stuck = self._closing[0] if self._closing is not None else None
+        closing = threading.Thread(target=self._close_sinks, args=(stuck,), name=f"{THREAD_PREFIX}close", daemon=True)
+        closing.start()
+        closing.join(grace_s)
+        for sink in [stuck, self._closing[0] if closing.is_alive() and self._closing is not None else None]:
+            if sink is not None:
+                log.warning("sink %s did not close (its close() has not returned); the run ends without it",
+                            getattr(sink, "name", type(sink).__name__))
 
     def report(self, elapsed_s: float) -> RunReport:
         counts = self.metrics.snapshot()

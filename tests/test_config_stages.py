@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -205,7 +206,7 @@ def test_a_stage_that_raises_stops_the_run_with_one_line_naming_it(site):
      "sinks.custom[0].use: mystages:not_a_factory is an int, not a factory to call — name a class or a function"),
     ("stages: [{use: 'mystages:Counter', options: {evry: 2}}]\n",
      "stages[0].options: mystages:Counter cannot be called as mystages:Counter(source, evry=...): got an unexpected "
-     "keyword argument 'evry' — give the options its factory takes"),
+     "keyword argument 'evry' (option 'evry': did you mean 'every'?) — give the options its factory takes"),
     ("stages: [{use: 'mystages:Counter', sources: [garage]}]\n",
      "config: stages[0].sources: no source is named 'garage' — the config's sources are cam1"),
     ("stages: [{use: 'line_crossing'}]\n",
@@ -295,3 +296,105 @@ def test_a_factory_that_raises_in_build_runtime_is_a_config_error(site, monkeypa
     cfg = segstream.load_config(write_config(site, "stages: [{use: 'mystages:refuse'}]\n"))
     with pytest.raises(ConfigError, match=r"stages\[0\]: mystages:refuse\('cam1', ...\) raised RuntimeError"):
         segstream.build_runtime(cfg, progress=False)
+
+
+class _Doing:
+    """A stage doing ``change`` to each result (and returning ``finished`` from finish)."""
+
+    def __init__(self, change, finished=()):
+        self.change, self.finished = change, finished
+
+    def process(self, result):
+        self.change(result)
+        return result
+
+    def finish(self, reason):
+        return self.finished
+
+
+def _bad_event_data(result):
+    result.events.append(segstream.Event(result.source, "zone", 0.0, {"ratio": float("nan")}))
+
+
+def _mismatched_columns(result):
+    result.segments.labels = result.segments.labels[:0]
+
+
+def _nan_score(result):
+    result.segments.scores[:] = float("nan")
+
+
+@pytest.mark.parametrize("change, said", [
+    (lambda r: setattr(r, "source", "cam9"), "made frame 3 of source cam0 frame 3 of source cam9 — a result's source"),
+    (lambda r: setattr(r, "index", 0), "made frame 3 of source cam0 frame 0 of source cam0"),
+    (lambda r: r.events.append({"kind": "zone"}), "gave frame 3 of source cam0 an event of type dict"),
+    (lambda r: setattr(r, "events", None), "left frame 3 of source cam0 with events of type NoneType"),
+    (lambda r: r.events.append(segstream.Event("cam9", "zone", 0.0, {})), "an event of source 'cam9' — a stage's "
+                                                                          "events are of the source it runs for"),
+    (_bad_event_data, "an event 'zone' of source 'cam0': its data is not JSON (Out of range float values"),
+    (lambda r: setattr(r, "segments", None), "with segments of type NoneType"),
+    (_mismatched_columns, "with segment column labels has 0 rows, ids has 1"),
+    (_nan_score, "with a score that is not a finite number"),
+])
+def test_what_a_stage_must_not_do_to_a_result_is_one_line_naming_it(change, said):
+    # found probing as a plugin author: a stage's result.source wrote into another camera's stream (then
+    # "bug: frames lost between stages"), its index 0 went out for every frame, an event of source cam9
+    # made a stream of no source, NaN went into JSON no reader parses, a dict among the events was a traceback
+    from segstream.connectors.errors import StageError
+    from segstream.pipeline.own_parts import NamedStage
+    from tests.test_redis_sink import tiny_scene
+
+    stage = NamedStage("mine:Zone", _Doing(change))
+    with pytest.raises(StageError, match="^stage mine:Zone " + ".*" + re.escape(said)):
+        stage.process(tiny_scene("cam0", 3))
+
+
+def test_a_stage_s_finish_may_return_nothing_and_what_it_returns_is_checked_as_events_are():
+    from segstream.connectors.errors import StageError
+    from segstream.pipeline.own_parts import NamedStage
+    from tests.test_redis_sink import tiny_scene
+
+    quiet = NamedStage("mine:Zone", _Doing(lambda r: None, finished=None))
+    quiet.process(tiny_scene("cam0", 0))
+    assert quiet.finish("end") == []
+    summing = NamedStage("mine:Zone", _Doing(lambda r: None, finished=[segstream.Event("cam0", "zone_summary", 1.0,
+                                                                                        {"in": 3})]))
+    summing.process(tiny_scene("cam0", 0))
+    assert [e.kind for e in summing.finish("end")] == ["zone_summary"]
+    for finished, said in (([{"kind": "zone_summary"}], "gave finish('end') an event of type dict"),
+                           (7, "returned a int from finish('end') — it returns a list of segstream.Event"),
+                           ([segstream.Event("cam1", "zone_summary", 1.0, {})], "an event of source 'cam1'")):
+        stage = NamedStage("mine:Zone", _Doing(lambda r: None, finished=finished))
+        stage.process(tiny_scene("cam0", 0))
+        with pytest.raises(StageError, match=re.escape(said)):
+            stage.finish("end")
+
+
+def test_an_event_whose_data_holds_nan_is_refused_on_the_wire_too():
+    from segstream.connectors.redis_wire import event_to_wire
+
+    with pytest.raises(TypeError, match="its data is not JSON"):
+        event_to_wire(segstream.Event("cam0", "zone", 0.0, {"ratio": float("inf")}))
+
+
+def test_validate_says_what_a_class_named_as_a_factory_lacks_without_building_it(site, monkeypatch):
+    # found probing as a plugin author: a sink class without poll passed validate, then the run refused it
+    from segstream.pipeline.config import validate_config
+    from segstream.pipeline.own_parts import check
+
+    (site / "lacking.py").write_text("class NoPoll:\n    name = 'x'\n    def __init__(self):\n"
+                                     "        raise RuntimeError('built')\n"
+                                     "    def publish(self, r): pass\n    def publish_event(self, e): pass\n"
+                                     "    def flush(self): pass\n    def close(self): pass\n"
+                                     "class NoProcess:\n    def __init__(self, source): pass\n", encoding="utf-8")
+    monkeypatch.syspath_prepend(str(site))
+    cfg = validate_config({"sources": [{"name": "cam1", "type": "synthetic"}],
+                           "stages": [{"use": "lacking:NoProcess"}, {"use": "mystages:Counter", "options": {"evry": 2}}],
+                           "sinks": {"redis": {"enabled": False}, "custom": [{"use": "lacking:NoPoll"}]}})
+    assert check(cfg) == [
+        "stages[0].use: lacking:NoProcess: class NoProcess lacks process — segstream.FrameStage has process(result)",
+        "stages[1].options: mystages:Counter cannot be called as mystages:Counter(source, evry=...): got an unexpected "
+        "keyword argument 'evry' (option 'evry': did you mean 'every'?) — give the options its factory takes",
+        "sinks.custom[0].use: lacking:NoPoll: class NoPoll lacks poll — a sink has name, publish, publish_event, "
+        "poll, flush, close (segstream.Sink)",
+    ]

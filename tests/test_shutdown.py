@@ -511,3 +511,67 @@ def test_a_line_said_before_the_logs_module_is_loaded_is_json_where_json_logs_ar
     monkeypatch.setattr(sys, "argv", ["segstream", "--log-format", "text", "run", "x.yaml", "--", "--log-format=json"])
     monkeypatch.setenv("SEGSTREAM_LOG_FORMAT", "json")
     assert entry._line("stopping", "WARNING") == b"segstream: stopping\n"
+
+
+class _HangsOnClose:
+    """A sink whose close() does not return (a webhook's last request with no timeout)."""
+
+    name = "hanger"
+
+    def __init__(self):
+        import threading
+
+        self.closing, self.release = threading.Event(), threading.Event()
+        self.closes = 0
+
+    def publish(self, result): pass
+    def publish_event(self, event): pass
+    def poll(self): return None
+    def flush(self): pass
+
+    def close(self):
+        self.closes += 1
+        self.closing.set()
+        self.release.wait(60)
+
+
+def test_a_sink_whose_close_hangs_is_said_and_a_second_interrupt_ends_the_run_without_it(monkeypatch, caplog):
+    # found probing as a plugin author: the run outlived a second Ctrl-C (the abort closed the sinks
+    # again on the main thread, and that close hung too), its status line repeating, nothing said
+    import _thread
+    import logging
+    import threading
+
+    from segstream.connectors.synthetic import SyntheticSource
+    from segstream.pipeline import runtime as runtime_module
+    from segstream.pipeline.metrics import RunMetrics
+    from tests.conftest import ColourSegmenter
+
+    monkeypatch.setattr(runtime_module, "SINK_CLOSE_SAY_S", 0.5)
+    monkeypatch.setattr(runtime_module, "SOURCE_CLOSE_GRACE_S", 1.0)
+    caplog.set_level(logging.WARNING, logger="segstream.runtime")
+    sink = _HangsOnClose()
+    runtime = runtime_module.Runtime([SyntheticSource("cam0", 64, 48, 25.0, 0, 3)], ColourSegmenter(), [sink],
+                                     batch_size=1, metrics=RunMetrics(), progress=None)
+
+    def second_interrupt() -> None:  # once the wait for the sink has been said
+        deadline = time.monotonic() + 30
+        while not any("waiting for sink hanger to close" in r.getMessage() for r in caplog.records):
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        _thread.interrupt_main()
+
+    threading.Thread(target=second_interrupt, daemon=True).start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            runtime.run()
+        ended = time.monotonic()
+        said = [r.getMessage() for r in caplog.records]
+        assert any("waiting for sink hanger to close" in m and "a stop signal again ends the run" in m for m in said)
+        assert any("sink hanger did not close (its close() has not returned); the run ends without it" in m
+                   for m in said), said
+        assert sink.closes == 1, "not closed again under the thread stuck in it"
+        assert time.monotonic() - ended < 1.0
+    finally:
+        sink.release.set()
