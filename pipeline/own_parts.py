@@ -35,6 +35,10 @@ log = logging.getLogger("segstream.own_parts")
 
 
 def _reason(error: BaseException) -> str:
+    if isinstance(error, SyntaxError) and error.filename:  # its own text names the file without its folder
+        return " ".join(f"{type(error).__name__}: {error.msg} ({error.filename}, line {error.lineno})".split())
+    if isinstance(error, SystemExit):  # a plugin's sys.exit("...") said nothing of whose it was
+        return f"it called sys.exit({error.code!r})"
     return " ".join(f"{type(error).__name__}: {error}".split())
 
 
@@ -54,9 +58,15 @@ def resolve(use: str, group: str, where: str) -> Callable:
         module_name, _, attribute = use.partition(":")
         try:
             factory: Any = importlib.import_module(module_name)
-        except Exception as error:  # the module's own import errors too: its fault, said in one line
-            raise ConfigError(f"{where}: cannot import module '{module_name}' ({_reason(error)}) — install its "
-                              "package, or put the folder that holds it on PYTHONPATH") from None
+        except ModuleNotFoundError as error:
+            if error.name is not None and (module_name == error.name or module_name.startswith(error.name + ".")):
+                raise ConfigError(f"{where}: cannot import module '{module_name}' ({_reason(error)}) — install its "
+                                  "package, or put the folder that holds it on PYTHONPATH") from None
+            raise ConfigError(f"{where}: module '{module_name}' failed to import: {_reason(error)} — install what "
+                              "it imports") from None
+        except (Exception, SystemExit) as error:  # the module's own errors: its fault, said in one line
+            raise ConfigError(f"{where}: module '{module_name}' failed to import: {_reason(error)} — fix it "
+                              "there") from None
         for part in attribute.split("."):
             try:
                 factory = getattr(factory, part)
@@ -148,7 +158,7 @@ def build_stages(stages: Sequence, source_names: Iterable[str]) -> list[Callable
                 continue
             try:
                 stage = factory(name, **cfg.options)
-            except Exception as error:
+            except (Exception, SystemExit) as error:
                 log.debug("stage %s failed to build for source %s", cfg.use, name, exc_info=True)
                 raise ConfigError(f"stages[{i}]: {cfg.use}('{name}', ...) raised {_reason(error)}") from None
             if not callable(getattr(stage, "process", None)):
@@ -167,7 +177,7 @@ def build_sinks(sinks: Sequence) -> list[NamedSink]:
             factory = resolve(cfg.use, SINK_GROUP, f"sinks.custom[{i}].use")
             try:
                 sink = factory(**cfg.options)
-            except Exception as error:
+            except (Exception, SystemExit) as error:
                 log.debug("sink %s failed to build", cfg.use, exc_info=True)
                 raise ConfigError(f"sinks.custom[{i}]: {cfg.use}(...) raised {_reason(error)}") from None
             if missing := [m for m in SINK_METHODS if not callable(getattr(sink, m, None))]:
@@ -194,7 +204,7 @@ class NamedStage:
         self._source = source
         try:
             given = self.stage.process(result)
-        except Exception as error:
+        except (Exception, SystemExit) as error:
             log.debug("stage %s failed", self.use, exc_info=True)
             raise StageError(f"stage {self.use} failed on frame {index} of source {source}: "
                              f"{_reason(error)}") from error
@@ -246,7 +256,7 @@ class NamedStage:
             return []
         try:
             events = finish(reason)
-        except Exception as error:
+        except (Exception, SystemExit) as error:
             log.debug("stage %s failed to finish", self.use, exc_info=True)
             raise StageError(f"stage {self.use} failed in finish('{reason}'): {_reason(error)}") from error
         try:
@@ -277,7 +287,7 @@ class NamedSink:
     def _call(self, method: str, *args: Any) -> Any:
         try:
             return getattr(self.sink, method)(*args)
-        except Exception as error:
+        except (Exception, SystemExit) as error:
             log.debug("sink %s failed in %s", self.use, method, exc_info=True)
             raise SinkError(f"sink {self.name} ({self.use}) failed in {method}{_subject(*args)}: "
                             f"{_reason(error)}") from error

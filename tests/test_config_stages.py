@@ -398,3 +398,29 @@ def test_validate_says_what_a_class_named_as_a_factory_lacks_without_building_it
         "sinks.custom[0].use: lacking:NoPoll: class NoPoll lacks poll — a sink has name, publish, publish_event, "
         "poll, flush, close (segstream.Sink)",
     ]
+
+
+def test_a_plugin_that_fails_to_import_or_exits_is_named_with_its_file_and_no_pythonpath_advice(site, monkeypatch):
+    # found probing as a plugin author: a SyntaxError said "(__init__.py, line 1)" and advised PYTHONPATH for a
+    # module that was there; a plugin's sys.exit("...") printed its text, naming no plugin
+    from segstream.connectors.errors import StageError
+    from segstream.pipeline.own_parts import NamedStage, resolve
+    from tests.test_redis_sink import tiny_scene
+
+    (site / "broken_syntax.py").write_text("def process(:\n", encoding="utf-8")
+    (site / "needs_more.py").write_text("import shapely_not_here\n", encoding="utf-8")
+    monkeypatch.syspath_prepend(str(site))
+    with pytest.raises(ConfigError) as raised:
+        resolve("broken_syntax:Stage", "segstream.stages", "stages[0].use")
+    assert str(raised.value).startswith("stages[0].use: module 'broken_syntax' failed to import: SyntaxError: ")
+    assert f"({site / 'broken_syntax.py'}, line 1) — fix it there" in str(raised.value)
+    with pytest.raises(ConfigError, match=r"module 'needs_more' failed to import: ModuleNotFoundError: No module "
+                                          r"named 'shapely_not_here' — install what it imports"):
+        resolve("needs_more:Stage", "segstream.stages", "stages[0].use")
+
+    def leaves(result):
+        raise SystemExit("fatal: zone file missing")
+
+    with pytest.raises(StageError, match=r"stage mine:Zone failed on frame 0 of source cam0: it called "
+                                         r"sys.exit\('fatal: zone file missing'\)"):
+        NamedStage("mine:Zone", _Doing(leaves)).process(tiny_scene("cam0", 0))
