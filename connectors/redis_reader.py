@@ -501,6 +501,9 @@ class _ClientBase(Generic[_Frames, _Events, _InOrder]):
         self.reconnects = 0
         self._socket_timeout = options.get("socket_timeout")
         self._backoff = Backoff(0.1, reconnect_max_s)
+        # the outage calls without one of their own share: a watchdog asking status() twice a second
+        # through an outage warned at each call (found probing as a robot's integrator)
+        self._outage = _Outage()
 
     _subscription_class: type
     _fan_in_class: type
@@ -884,7 +887,7 @@ class Client(_ClientBase["Subscription[Entry] | FanIn[Entry]", "Subscription[Eve
         a ``ReaderError`` naming ``key`` (the stream it is about) and the missing permission. With
         ``patience_s``, an outage longer than that raises ``_StillDown`` (``outage`` carries it on
         to the next call)."""
-        outage = outage or _Outage()
+        outage = outage or self._outage  # one outage, warned once, whichever calls meet it
         deadline = None if patience_s is None else time.monotonic() + patience_s
         while True:
             try:

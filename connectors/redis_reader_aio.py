@@ -17,6 +17,7 @@ connections.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, Generic
@@ -35,6 +36,11 @@ from segstream.connectors.redis_reader import (
 from segstream.connectors.redis_wire import (
     DEFAULT_EVENTS_PATTERN, DEFAULT_STREAM_PATTERN, SourceStatus,
 )
+
+log = logging.getLogger("segstream.client")
+
+# How long past a call's patience (a blocking read's end) a reply may take to arrive
+_REPLY_GRACE_S = 0.5
 
 __all__ = ["AsyncEntry", "AsyncEventEntry", "Client", "FanIn", "InOrder", "Subscription", "connect"]
 
@@ -82,7 +88,7 @@ class Client(_ClientBase["Subscription[AsyncEntry] | FanIn[AsyncEntry]",
         self._stopped = asyncio.Event()
 
     async def newest(self, source: str | None = None, *, stream: str | None = None,
-                     max_age_s: float | None = None) -> Entry | None:
+                     max_age_s: float | None = None) -> AsyncEntry | None:
         """As ``segstream.client.Client.newest``."""
         name = _one_stream(self.stream_pattern, source, stream)
         if self._stopped.is_set():
@@ -130,7 +136,7 @@ class Client(_ClientBase["Subscription[AsyncEntry] | FanIn[AsyncEntry]",
         return self._statuses_read(names, values, malformed)
 
     async def at(self, ts: float, source: str | None = None, *, stream: str | None = None,
-                 within_s: float | None = None, by: str = "capture_ts") -> Entry | None:
+                 within_s: float | None = None, by: str = "capture_ts") -> AsyncEntry | None:
         """As ``segstream.client.Client.at``: the frame entry captured nearest ``ts`` (``by``
         ``capture_ts``, or the camera's ``sender_ts``)."""
         name = _one_stream(self.stream_pattern, source, stream, "at")
@@ -147,12 +153,15 @@ class Client(_ClientBase["Subscription[AsyncEntry] | FanIn[AsyncEntry]",
 
     async def follow_newest(self, source: str | list[str] | None = None, *, stream: str | list[str] | None = None,
                             block_ms: int = 1000, max_age_s: float | None = None, idle_s: float | None = None,
-                            discover_s: float = 2.0) -> AsyncIterator[Entry | None]:
+                            discover_s: float = 2.0) -> AsyncIterator[AsyncEntry | None]:
         """As ``segstream.client.Client.follow_newest``: only the newest entry each time there is
         a newer one (None after ``idle_s`` without one), until ``stop()`` or cancellation."""
         names, pattern = self._newest_targets(source, stream, idle_s)
         for name in names:
-            await self.warn_if_missing(name)
+            try:  # a check only: with a watchdog, it may not hold the first None (a Redis that hangs)
+                await asyncio.wait_for(self.warn_if_missing(name), idle_s)
+            except asyncio.TimeoutError:
+                log.debug("could not check that %s exists within %g s", name, idle_s)
         steps = self._follow_newest_steps(names, pattern, block_ms, max_age_s, idle_s, discover_s)
         reply, outage, yielded = None, _Outage(), time.monotonic()
         try:
@@ -201,11 +210,19 @@ class Client(_ClientBase["Subscription[AsyncEntry] | FanIn[AsyncEntry]",
                    key: str | None = None, outage: _Outage | None = None, patience_s: float | None = None,
                    **kwargs) -> Any:
         """Await one Redis command, riding out connection losses as ``segstream.client.Client.call``."""
-        outage = outage or _Outage()
+        outage = outage or self._outage  # one outage, warned once, whichever calls meet it
         deadline = None if patience_s is None else time.monotonic() + patience_s
         while True:
             try:
-                reply = await command(*args, **kwargs)
+                if deadline is None:
+                    reply = await command(*args, **kwargs)
+                else:  # a Redis that hangs (stopped, partitioned) answers nothing: no socket timeout's 10 s
+                    # wait (found probing as a robot's integrator: status(patience_s=0.5) took 10 s)
+                    within = max(0.0, deadline - time.monotonic()) + _REPLY_GRACE_S
+                    try:
+                        reply = await asyncio.wait_for(command(*args, **kwargs), within)
+                    except asyncio.TimeoutError:  # (not OSError before Python 3.11)
+                        raise redis.TimeoutError(f"no answer within {within:.1f} s") from None
             except _REFUSED_LOGIN as error:
                 raise self._credentials_refused(error) from None
             except _UNREACHABLE as error:

@@ -448,3 +448,75 @@ def test_a_camera_down_reads_as_down_since_its_spell_began_not_its_last_attempt(
     back = reader.status("cam0")
     assert (back.since, back.down_since) == (400.0, None)
     sink.close()
+
+
+def test_a_watchdog_asking_through_an_outage_is_told_of_it_once(tmp_path, caplog):
+    # found probing as a robot's integrator: status(patience_s=) twice a second through a 10 s outage
+    # warned "lost Redis ... reconnecting" 21 times, and "reconnected" once
+    from segstream.client import aio, connect
+    from segstream.connectors.errors import SinkError
+
+    caplog.set_level(logging.WARNING)
+    server = RedisProcess(tmp_path / "redis")
+    try:
+        reader = connect(server.url)
+        server.kill()
+        for _ in range(3):
+            with pytest.raises(SinkError, match="did not answer for 0.2 s"):
+                reader.status("cam0", patience_s=0.2)
+        server.start()
+        assert reader.status("cam0") is None
+
+        async def through_an_outage():
+            async with await aio.connect(server.url) as async_reader:
+                server.kill()
+                for _ in range(3):
+                    with pytest.raises(SinkError):
+                        await async_reader.status("cam0", patience_s=0.2)
+                server.start()
+                return await async_reader.status("cam0")
+
+        assert asyncio.run(through_an_outage()) is None
+    finally:
+        server.close()
+    lost = [m for m in caplog.messages if m.startswith("lost Redis at")]
+    back = [m for m in caplog.messages if m.startswith("reconnected to Redis at")]
+    assert len(lost) == 2 and len(back) == 2, caplog.messages  # once each, for each client
+
+
+def test_an_asyncio_reader_of_a_redis_that_hangs_keeps_its_patience_and_its_watchdog_s_none(tmp_path):
+    # found probing as a robot's integrator: a Redis stopped (SIGSTOP: as a network partition) answers
+    # nothing, and status(patience_s=0.5) raised after the socket's 10 s, follow_newest(idle_s=1)'s None
+    # came every 10 s: a robot held a 10 s old scene untold
+    import os
+    import signal
+
+    from segstream.client import aio
+    from segstream.connectors.errors import SinkError
+
+    server = RedisProcess(tmp_path / "redis")
+
+    async def through_a_hang():
+        async with await aio.connect(server.url) as reader:
+            os.kill(server.process.pid, signal.SIGSTOP)
+            try:
+                started = time.monotonic()
+                with pytest.raises(SinkError, match="did not answer for 0.5 s"):
+                    await reader.status("cam0", patience_s=0.5)
+                patience = time.monotonic() - started
+                nones, started = [], time.monotonic()
+                async for item in reader.follow_newest("cam0", idle_s=1.0):
+                    assert item is None
+                    nones.append(time.monotonic() - started)
+                    if len(nones) == 2:
+                        break
+            finally:
+                os.kill(server.process.pid, signal.SIGCONT)
+            return patience, nones
+
+    try:
+        patience, nones = asyncio.run(through_a_hang())
+    finally:
+        server.close()
+    assert patience < 3.0, patience
+    assert nones[-1] < 5.0, nones  # about 1 s apart (a reply's grace each), not the socket's 10 s

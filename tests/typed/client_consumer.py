@@ -48,6 +48,13 @@ async def read_async(url: str) -> int:
             count += len(assert_type(event.kind, str)) + assert_type(await event.ack(), int)
         entries: list[aio.AsyncEntry] = await client.frames("cam0").read()
         count += len(entries)
+        # found probing as a robot's integrator: these were typed as the sync client's entries
+        newest: aio.AsyncEntry | None = await client.newest("cam0", max_age_s=1.0)
+        async for fresh in client.follow_newest("cam0", idle_s=1.0):
+            newest = assert_type(fresh, "aio.AsyncEntry | None")
+            break
+        count += newest is None
+        count += len(await client.statuses("cam*"))
     return count
 
 
