@@ -30,7 +30,7 @@ from segstream.connectors.redis_connection import (
     key_refused,
     redis_address,
 )
-from segstream.connectors.redis_reader import summary_line
+from segstream.connectors.redis_reader import source_of, summary_line
 from segstream.connectors.redis_wire import (
     DEFAULT_EVENTS_PATTERN,
     DEFAULT_STATUS_PATTERN,
@@ -353,6 +353,7 @@ class RedisPublisher:
         self.entries_lost: Counter[str] = Counter(frames=0, events=0)  # the entries those losses took
         self.entries_lost_at_least = False  # some loss could only be bounded from below
         self.on_data_lost: Callable[[int, int], None] | None = None  # (frames, events) at each loss
+        self.on_sources_lost: Callable[[set[str]], None] | None = None  # the sources whose streams lost entries
         # per stream, this run's entries written since its last loss was counted (or since it was first written)
         self._span: Counter[str] = Counter()
         self._event_streams: set[str] = set()
@@ -1494,6 +1495,9 @@ class RedisPublisher:
         self.entries_lost.update(taken)
         if self.on_data_lost is not None:
             self.on_data_lost(taken["frames"], taken["events"])
+        if self.on_sources_lost is not None:  # (their settings events, say, for the runtime to write again)
+            self.on_sources_lost({source_of(self.events_pattern if stream in self._event_streams else
+                                            self.stream_pattern, stream) for stream, *_ in gone})
 
     def _report(self) -> None:
         """What this run published, per stream, with the newest entry as a reader decodes it."""

@@ -1663,6 +1663,10 @@ class Runtime:
             self.metrics.entries_lost[name, "frames"] += 0
             self.metrics.entries_lost[name, "events"] += 0
             sink.on_data_lost = lambda frames, events: self.metrics.data_lost(name, frames, events)
+        if hasattr(sink, "on_sources_lost"):
+            # a Redis that lost a source's entries lost its settings event (the only place its classes
+            # are said): the next frame says them again (found probing as a robot's integrator)
+            sink.on_sources_lost = lambda sources: [self._announced.pop(source, None) for source in sources]
         if not hasattr(sink, "on_written"):
             return
         primary = not self._reporting

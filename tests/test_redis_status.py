@@ -520,3 +520,44 @@ def test_an_asyncio_reader_of_a_redis_that_hangs_keeps_its_patience_and_its_watc
         server.close()
     assert patience < 3.0, patience
     assert nones[-1] < 5.0, nones  # about 1 s apart (a reply's grace each), not the socket's 10 s
+
+
+def test_a_redis_restarted_empty_gets_each_source_s_settings_event_again(server):
+    # found probing as a robot's integrator: after Redis restarted without its data, no settings event (the
+    # only place a source's classes are said) was left, and a consumer starting later could not check names
+    import threading
+
+    from segstream.connectors.synthetic import SyntheticSource
+    from segstream.pipeline.metrics import RunMetrics
+    from segstream.pipeline.runtime import Runtime
+    from tests.conftest import ColourSegmenter
+
+    sink = publisher(server.url, reconnect_max_s=0.2)
+    runtime = Runtime([SyntheticSource("cam0", 64, 48, 25.0, 0, 2000, realtime=True)], ColourSegmenter(), [sink],
+                      batch_size=1, metrics=RunMetrics(), progress=None, publish_settings=True)
+    thread = threading.Thread(target=runtime.run, daemon=True)
+    thread.start()
+    client = server.client()
+
+    def settings() -> int:
+        try:
+            return sum(f[b"event"] == b"settings" for _, f in client.xrange("segstream:cam0:events"))
+        except redis.ConnectionError:
+            return 0
+
+    try:
+        deadline = time.monotonic() + 20
+        while settings() < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert settings() == 1
+        server.kill()  # no persistence: it comes back empty
+        server.start()
+        deadline = time.monotonic() + 20
+        while not (sink.data_losses and settings()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert sink.data_losses == 1 and settings() == 1, "said again once, after the loss"
+        [(_, event)] = [(i, f) for i, f in client.xrange("segstream:cam0:events") if f[b"event"] == b"settings"]
+        assert b"classes" in event[b"data"]
+    finally:
+        runtime.stop()
+        thread.join(20)
