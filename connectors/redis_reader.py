@@ -337,6 +337,35 @@ def _patience(idle_s: float | None, yielded: float) -> float | None:
     return None if idle_s is None else max(0.0, yielded + idle_s - time.monotonic())
 
 
+# How long past a call's patience (a blocking read's end) a reply may take to arrive
+REPLY_GRACE_S = 0.5
+
+
+def _answered_within(command: Callable, args: tuple, kwargs: dict, seconds: float) -> Any:
+    """``command`` on a thread of its own, waited for at most ``seconds``; past that a
+    ``redis.TimeoutError``, the thread left to its socket's timeout (it holds a connection of
+    the pool until then). Found probing as a robot's integrator: against a Redis stopped (as in a
+    network partition), ``status(patience_s=0.5)`` and ``follow_newest``'s watchdog None waited 10 s."""
+    outcome: list = []
+    done = threading.Event()
+
+    def call() -> None:
+        try:
+            outcome.append((True, command(*args, **kwargs)))
+        except BaseException as error:  # noqa: BLE001 - raised again in the caller's thread
+            outcome.append((False, error))
+        finally:
+            done.set()
+
+    threading.Thread(target=call, name="segstream-reader-call", daemon=True).start()
+    if not done.wait(seconds):
+        raise redis.TimeoutError(f"no answer within {seconds:.1f} s")
+    answered, value = outcome[0]
+    if answered:
+        return value
+    raise value
+
+
 def _wait_within(backoff_s: float, deadline: float | None) -> float:
     """A reconnect's wait, cut short where a deadline comes first."""
     return backoff_s if deadline is None else max(0.0, min(backoff_s, deadline - time.monotonic()))
@@ -833,7 +862,13 @@ class Client(_ClientBase["Subscription[Entry] | FanIn[Entry]", "Subscription[Eve
         with a glob, sources that appear are looked for every ``discover_s``."""
         names, pattern = self._newest_targets(source, stream, idle_s)
         for name in names:
-            self.warn_if_missing(name)
+            if idle_s is None:
+                self.warn_if_missing(name)
+            else:  # a check only: with a watchdog, it may not hold the first None (a Redis that hangs)
+                try:
+                    _answered_within(self.warn_if_missing, (name,), {}, idle_s)
+                except redis.TimeoutError:
+                    log.debug("could not check that %s exists within %g s", name, idle_s)
         steps = self._follow_newest_steps(names, pattern, block_ms, max_age_s, idle_s, discover_s)
         reply, outage, yielded = None, _Outage(), time.monotonic()
         try:
@@ -891,7 +926,10 @@ class Client(_ClientBase["Subscription[Entry] | FanIn[Entry]", "Subscription[Eve
         deadline = None if patience_s is None else time.monotonic() + patience_s
         while True:
             try:
-                reply = command(*args, **kwargs)
+                if deadline is None:
+                    reply = command(*args, **kwargs)
+                else:  # a Redis that hangs answers nothing until the socket's timeout (10 s by default)
+                    reply = _answered_within(command, args, kwargs, max(0.0, deadline - time.monotonic()) + REPLY_GRACE_S)
             except _REFUSED_LOGIN as error:  # ConnectionErrors too
                 raise self._credentials_refused(error) from None
             except _UNREACHABLE as error:

@@ -29,7 +29,7 @@ from segstream.connectors.errors import SinkError, WireFormatError
 from segstream.connectors.redis_connection import SentinelAuth, TlsFiles, connect_redis_async, redis_address
 from segstream.connectors.redis_reader import (
     _MAX_BLOCK_MS, _REFUSED_LOGIN, _UNREACHABLE, Entry, EventEntry, _ClientBase, _Emit,
-    _FanInSteps, _fresh, _InOrderSteps, _key_in, _named_entry, _at_steps, _one_stream, _Outage, _patience, _Pause, _StillDown,
+    REPLY_GRACE_S, _FanInSteps, _fresh, _InOrderSteps, _key_in, _named_entry, _at_steps, _one_stream, _Outage, _patience, _Pause, _StillDown,
     _Stopped, _SubscriptionSteps, _wait_within, _Item,
     _warn_if_missing_steps, reader_options,
 )
@@ -38,9 +38,6 @@ from segstream.connectors.redis_wire import (
 )
 
 log = logging.getLogger("segstream.client")
-
-# How long past a call's patience (a blocking read's end) a reply may take to arrive
-_REPLY_GRACE_S = 0.5
 
 __all__ = ["AsyncEntry", "AsyncEventEntry", "Client", "FanIn", "InOrder", "Subscription", "connect"]
 
@@ -218,7 +215,7 @@ class Client(_ClientBase["Subscription[AsyncEntry] | FanIn[AsyncEntry]",
                     reply = await command(*args, **kwargs)
                 else:  # a Redis that hangs (stopped, partitioned) answers nothing: no socket timeout's 10 s
                     # wait (found probing as a robot's integrator: status(patience_s=0.5) took 10 s)
-                    within = max(0.0, deadline - time.monotonic()) + _REPLY_GRACE_S
+                    within = max(0.0, deadline - time.monotonic()) + REPLY_GRACE_S
                     try:
                         reply = await asyncio.wait_for(command(*args, **kwargs), within)
                     except asyncio.TimeoutError:  # (not OSError before Python 3.11)

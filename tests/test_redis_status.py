@@ -484,7 +484,7 @@ def test_a_watchdog_asking_through_an_outage_is_told_of_it_once(tmp_path, caplog
     assert len(lost) == 2 and len(back) == 2, caplog.messages  # once each, for each client
 
 
-def test_an_asyncio_reader_of_a_redis_that_hangs_keeps_its_patience_and_its_watchdog_s_none(tmp_path):
+def test_a_reader_of_a_redis_that_hangs_keeps_its_patience_and_its_watchdog_s_none(tmp_path):
     # found probing as a robot's integrator: a Redis stopped (SIGSTOP: as a network partition) answers
     # nothing, and status(patience_s=0.5) raised after the socket's 10 s, follow_newest(idle_s=1)'s None
     # came every 10 s: a robot held a 10 s old scene untold
@@ -514,12 +514,34 @@ def test_an_asyncio_reader_of_a_redis_that_hangs_keeps_its_patience_and_its_watc
                 os.kill(server.process.pid, signal.SIGCONT)
             return patience, nones
 
+    def through_a_hang_sync():
+        from segstream.client import connect
+
+        reader = connect(server.url)
+        os.kill(server.process.pid, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            with pytest.raises(SinkError, match="did not answer for 0.5 s"):
+                reader.status("cam0", patience_s=0.5)
+            patience = time.monotonic() - started
+            nones, started = [], time.monotonic()
+            for item in reader.follow_newest("cam0", idle_s=1.0):
+                assert item is None
+                nones.append(time.monotonic() - started)
+                if len(nones) == 2:
+                    break
+        finally:
+            os.kill(server.process.pid, signal.SIGCONT)
+        return patience, nones
+
     try:
         patience, nones = asyncio.run(through_a_hang())
+        sync_patience, sync_nones = through_a_hang_sync()
     finally:
         server.close()
-    assert patience < 3.0, patience
-    assert nones[-1] < 5.0, nones  # about 1 s apart (a reply's grace each), not the socket's 10 s
+    assert patience < 3.0 and sync_patience < 3.0, (patience, sync_patience)
+    # about 1 s apart (a reply's grace each), not the socket's 10 s
+    assert nones[-1] < 5.0 and sync_nones[-1] < 5.0, (nones, sync_nones)
 
 
 def test_a_redis_restarted_empty_gets_each_source_s_settings_event_again(server):
