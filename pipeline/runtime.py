@@ -1736,8 +1736,8 @@ class Runtime:
         if closing is None or now - closing[1] < SINK_CLOSE_SAY_S or closing[0] is self._close_said:
             return
         self._close_said = closing[0]
-        log.warning("waiting for sink %s to close (%.0f s so far; its close() has not returned) — a stop signal "
-                    "again ends the run without it", getattr(closing[0], "name", type(closing[0]).__name__),
+        log.warning("waiting for sink %s to close (%.0f s so far; its close() has not returned) — a second stop signal "
+                    "(Ctrl-C twice) ends the run without it", getattr(closing[0], "name", type(closing[0]).__name__),
                     now - closing[1])
 
     def _close_sinks(self, skip: object = None) -> None:

@@ -568,7 +568,7 @@ def test_a_sink_whose_close_hangs_is_said_and_a_second_interrupt_ends_the_run_wi
             runtime.run()
         ended = time.monotonic()
         said = [r.getMessage() for r in caplog.records]
-        assert any("waiting for sink hanger to close" in m and "a stop signal again ends the run" in m for m in said)
+        assert any("waiting for sink hanger to close" in m and "a second stop signal (Ctrl-C twice) ends the run" in m for m in said)
         assert any("sink hanger did not close (its close() has not returned); the run ends without it" in m
                    for m in said), said
         assert sink.closes == 1, "not closed again under the thread stuck in it"
