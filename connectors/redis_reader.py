@@ -809,18 +809,23 @@ class Client(_ClientBase["Subscription[Entry] | FanIn[Entry]", "Subscription[Eve
         the others come back (a dashboard of many sites, one of them on another schema)."""
         if self._stop.is_set():
             return {}
-        steps, reply = self._statuses_steps(sources), None
         try:
-            while True:
-                try:
-                    step, key = steps.send(reply)
-                except StopIteration as done:
-                    names, values = done.value
-                    break
-                reply = self.call(getattr(self.redis, step.name), *step.args, key=key, **step.kwargs)
+            names, values = self._driven(self._statuses_steps(sources))
         except _Stopped:
             return {}
         return self._statuses_read(names, values, malformed)
+
+    def _driven(self, steps: Iterator, key: str | None = None) -> Any:
+        """What ``steps`` return, each command they ask for run through ``call`` (a refusal
+        naming ``key``, or the key a step gives with its command) and its reply sent back."""
+        reply = None
+        while True:
+            try:
+                step = steps.send(reply)
+            except StopIteration as done:
+                return done.value
+            step, named = (step, key) if isinstance(step, _Command) else step
+            reply = self.call(getattr(self.redis, step.name), *step.args, key=named, **step.kwargs)
 
     def at(self, ts: float, source: str | None = None, *, stream: str | None = None,
            within_s: float | None = None, by: str = "capture_ts") -> Entry | None:
@@ -835,14 +840,8 @@ class Client(_ClientBase["Subscription[Entry] | FanIn[Entry]", "Subscription[Eve
         reports give it): to pair another camera's frame, pass that frame's ``sender_ts``; None
         where the entries there carry none."""
         name = _one_stream(self.stream_pattern, source, stream, "at")
-        steps, reply = _at_steps(name, ts, within_s, by), None
         try:
-            while True:
-                try:
-                    step = steps.send(reply)
-                except StopIteration as done:
-                    return done.value
-                reply = self.call(getattr(self.redis, step.name), *step.args, key=name, **step.kwargs)
+            return self._driven(_at_steps(name, ts, within_s, by), name)
         except _Stopped:
             return None
 

@@ -28,7 +28,7 @@ import redis.asyncio
 from segstream.connectors.errors import SinkError, WireFormatError
 from segstream.connectors.redis_connection import SentinelAuth, TlsFiles, connect_redis_async, redis_address
 from segstream.connectors.redis_reader import (
-    _MAX_BLOCK_MS, _REFUSED_LOGIN, _UNREACHABLE, Entry, EventEntry, _ClientBase, _Emit,
+    _MAX_BLOCK_MS, _REFUSED_LOGIN, _UNREACHABLE, Entry, EventEntry, _ClientBase, _Command, _Emit,
     REPLY_GRACE_S, _FanInSteps, _fresh, _InOrderSteps, _key_in, _named_entry, _at_steps, _one_stream, _Outage, _patience, _Pause, _StillDown,
     _Stopped, _SubscriptionSteps, _wait_within, _Item,
     _warn_if_missing_steps, reader_options,
@@ -119,32 +119,30 @@ class Client(_ClientBase["Subscription[AsyncEntry] | FanIn[AsyncEntry]",
         every source whose status key a glob of names matches."""
         if self._stopped.is_set():
             return {}
-        steps, reply = self._statuses_steps(sources), None
         try:
-            while True:
-                try:
-                    step, key = steps.send(reply)
-                except StopIteration as done:
-                    names, values = done.value
-                    break
-                reply = await self.call(getattr(self.redis, step.name), *step.args, key=key, **step.kwargs)
+            names, values = await self._driven(self._statuses_steps(sources))
         except _Stopped:
             return {}
         return self._statuses_read(names, values, malformed)
+
+    async def _driven(self, steps: Iterator, key: str | None = None) -> Any:
+        """As ``segstream.client.Client._driven``, each command awaited."""
+        reply = None
+        while True:
+            try:
+                step = steps.send(reply)
+            except StopIteration as done:
+                return done.value
+            step, named = (step, key) if isinstance(step, _Command) else step
+            reply = await self.call(getattr(self.redis, step.name), *step.args, key=named, **step.kwargs)
 
     async def at(self, ts: float, source: str | None = None, *, stream: str | None = None,
                  within_s: float | None = None, by: str = "capture_ts") -> AsyncEntry | None:
         """As ``segstream.client.Client.at``: the frame entry captured nearest ``ts`` (``by``
         ``capture_ts``, or the camera's ``sender_ts``)."""
         name = _one_stream(self.stream_pattern, source, stream, "at")
-        steps, reply = _at_steps(name, ts, within_s, by), None
         try:
-            while True:
-                try:
-                    step = steps.send(reply)
-                except StopIteration as done:
-                    return done.value
-                reply = await self.call(getattr(self.redis, step.name), *step.args, key=name, **step.kwargs)
+            return await self._driven(_at_steps(name, ts, within_s, by), name)
         except _Stopped:
             return None
 
