@@ -28,16 +28,24 @@ def _published(server: RedisProcess) -> list[str]:
     return [os.path.basename(f[b"file"].decode()) for _, f in server.client().xrange(STREAM)]
 
 
-def _run_until(folder, server: RedisProcess, count: int, watch_from: str = "last", before_stop=None) -> Runtime:
-    """One run of the folder into ``server`` until its stream holds ``count`` entries, then stopped."""
+def _started(folder, server: RedisProcess, watch_from: str = "last", redis_gone: bool = False,
+             ) -> tuple[Runtime, threading.Thread]:
+    """A run of the folder into ``server``, started (``redis_gone``: Redis killed once the
+    publisher has connected, before the source asks where to go on)."""
     source = ImageFolderSource("site", str(folder), timestamps="name", timestamp_zone="UTC", watch=True,
                                watch_from=watch_from, poll_s=0.05, settle_s=0.0)
-    publisher = RedisPublisher.from_config(server.url, None, max_batch_delay_s=0.0)
+    publisher = RedisPublisher.from_config(server.url, None, max_batch_delay_s=0.0, drain_timeout_s=0.5)
+    if redis_gone:
+        server.kill()
     runtime = Runtime([source], ColourSegmenter(), [publisher], batch_size=1, metrics=RunMetrics(), progress=None)
     thread = threading.Thread(target=runtime.run, daemon=True)
     thread.start()
-    if before_stop is not None:
-        before_stop()
+    return runtime, thread
+
+
+def _run_until(folder, server: RedisProcess, count: int, watch_from: str = "last") -> Runtime:
+    """One run of the folder into ``server`` until its stream holds ``count`` entries, then stopped."""
+    runtime, thread = _started(folder, server, watch_from)
     deadline = time.monotonic() + 30
     while server.client().xlen(STREAM) < count and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -73,15 +81,7 @@ def test_while_redis_cannot_say_where_it_left_off_the_source_waits_and_says_so(t
     with RedisProcess(tmp_path / "redis", ["--appendonly", "yes", "--appendfsync", "always"]) as server:
         _run_until(folder, server, 1)
         _arrive(folder / NIGHT[1][0])
-        # the publisher connects first (Redis up), then Redis goes before the source asks
-        source = ImageFolderSource("site", str(folder), timestamps="name", timestamp_zone="UTC", watch=True,
-                                   watch_from="last", poll_s=0.05, settle_s=0.0)
-        publisher = RedisPublisher.from_config(server.url, None, max_batch_delay_s=0.0)
-        server.kill()
-        runtime = Runtime([source], ColourSegmenter(), [publisher], batch_size=1, metrics=RunMetrics(),
-                          progress=None)
-        thread = threading.Thread(target=runtime.run, daemon=True)
-        thread.start()
+        runtime, thread = _started(folder, server, redis_gone=True)
         deadline = time.monotonic() + 10
         while not any("waits to learn where the last run left off" in r.getMessage() for r in caplog.records):
             assert time.monotonic() < deadline, "no word of the wait"
@@ -103,13 +103,7 @@ def test_a_stop_while_waiting_for_redis_ends_the_run_promptly(tmp_path):
     folder.mkdir()
     _square(folder / NIGHT[0][0])
     with RedisProcess(tmp_path / "redis") as server:
-        source = ImageFolderSource("site", str(folder), watch=True, watch_from="last", poll_s=0.05, settle_s=0.0)
-        publisher = RedisPublisher.from_config(server.url, None, drain_timeout_s=0.5)
-        server.kill()
-        runtime = Runtime([source], ColourSegmenter(), [publisher], batch_size=1, metrics=RunMetrics(),
-                          progress=None)
-        thread = threading.Thread(target=runtime.run, daemon=True)
-        thread.start()
+        runtime, thread = _started(folder, server, redis_gone=True)
         time.sleep(1.0)
         started = time.monotonic()
         runtime.stop()
