@@ -348,6 +348,10 @@ class ImageFolderSource:
                             "up to it left as read)", self.name, last,
                             sum(key is not None and key <= cursor for key in keys.values()),
                             extra={"source": self.name})
+            elif first and self.resumes and keys:  # said: after a Redis that lost its data, all again
+                logger.info("source %s: its stream holds no image yet: reading the %d in the folder from the start "
+                            "(a first run, or a stream Redis lost or trimmed)", self.name, len(keys),
+                            extra={"source": self.name})
             new, late = [], []
             for name, key in keys.items():
                 if key is None:
@@ -481,6 +485,13 @@ class ImageFolderSource:
         if file is None:
             self._resume = None
             return
+        listed = self._as_listed(file)
+        if listed is None:  # found reviewing: "ftp" one run, "/srv/ftp" the next, every new image "before" it
+            logger.warning("source %s: the newest image its stream holds, %s, is not in '%s' as this run names "
+                           "it (the path changed since?); reading the folder from the start", self.name, file,
+                           self.path, extra={"source": self.name})
+            return
+        file = listed
         fixed = self._fixed_key(file)
         if fixed is None:  # its name no longer has a time this config reads: said, and from the start
             logger.warning("source %s: the newest image its stream holds, %s, has no time in its name as this "
@@ -494,6 +505,20 @@ class ImageFolderSource:
             except OSError:  # moved away once read: its time as published
                 key = (round((capture_ts or 0.0) * 1e9), fixed)
         self._resume = (key, file)
+
+    def _as_listed(self, file: str) -> str | None:
+        """``file``, an image the last run read, named as this run lists the folder (the same
+        folder spelled otherwise: relative then, absolute now, through a link); None when it is
+        not in the folder this run watches."""
+        where = str(Path(self.path).expanduser())
+        wildcard = _WILDCARD.search(where)
+        root = os.path.dirname(where[:wildcard.start()]) if wildcard else where
+        if file.startswith(root.rstrip(os.sep) + os.sep):
+            return file
+        real_root, real_file = os.path.realpath(root), os.path.realpath(file)
+        if real_file.startswith(real_root.rstrip(os.sep) + os.sep):
+            return os.path.join(root, os.path.relpath(real_file, real_root))
+        return None
 
     def _fixed_key(self, name: str) -> Any:
         """What of a name's sort key stays as long as the name does."""

@@ -324,6 +324,7 @@ class _Outage:
     """Where an outage stands across ``call``s that hand it on (warned once, recovered once)."""
 
     since: float | None = None
+    last: float | None = None  # its latest failed command
 
 
 class _Emit(NamedTuple):
@@ -649,6 +650,15 @@ class _ClientBase(Generic[_Frames, _Events, _InOrder]):
                 since = time.monotonic()
                 yield _Emit(entry)
 
+    def _failed(self, error: BaseException, outage: _Outage) -> None:
+        """A command of ``outage`` failed to reach Redis. Failures further apart than the longest
+        wait between attempts belong to outages of their own (found reviewing: an outage a
+        ``patience_s`` call gave up on, then none for minutes, made the next one give up at once)."""
+        now = time.monotonic()
+        if outage.last is not None and now - outage.last > 2 * self._backoff.max_s + 1.0:
+            outage.since = None
+        outage.since, outage.last = self._lost(error, outage.since), now
+
     def _lost(self, error: BaseException, down_since: float | None) -> float:
         """A command failed to reach Redis: warns at the first failure of an outage, raises a
         ``SinkError`` past ``give_up_after_s``; returns when the outage began."""
@@ -932,7 +942,7 @@ class Client(_ClientBase["Subscription[Entry] | FanIn[Entry]", "Subscription[Eve
             except _REFUSED_LOGIN as error:  # ConnectionErrors too
                 raise self._credentials_refused(error) from None
             except _UNREACHABLE as error:
-                outage.since = self._lost(error, outage.since)
+                self._failed(error, outage)
                 if self._stop.wait(_wait_within(self._backoff.next(), deadline)):
                     raise _Stopped() from None
                 if deadline is not None and time.monotonic() >= deadline:

@@ -221,7 +221,7 @@ class Client(_ClientBase["Subscription[AsyncEntry] | FanIn[AsyncEntry]",
             except _REFUSED_LOGIN as error:
                 raise self._credentials_refused(error) from None
             except _UNREACHABLE as error:
-                outage.since = self._lost(error, outage.since)
+                self._failed(error, outage)
                 if await self._pause(_wait_within(self._backoff.next(), deadline)):
                     raise _Stopped() from None
                 if deadline is not None and time.monotonic() >= deadline:

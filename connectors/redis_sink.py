@@ -17,7 +17,7 @@ import redis
 from redis.sentinel import SentinelConnectionPool
 
 from segstream.connectors.embedded_redis import EmbeddedRedis
-from segstream.connectors.errors import ConfigError, SegstreamError, SinkError
+from segstream.connectors.errors import ConfigError, SegstreamError, SinkError, SourceError
 from segstream.connectors.redis_connection import (
     Backoff,
     RedisUnreachable,
@@ -546,10 +546,15 @@ class RedisPublisher:
     def last_written(self, source: str) -> tuple[str | None, float | None]:
         """The ``file`` and ``capture_ts`` of the newest entry of ``source``'s frames stream in
         Redis ((None, None): none there): where a watched folder goes on (``watch_from: last``).
-        Raises ``SinkError`` while Redis does not answer (the caller waits and asks again)."""
+        Raises ``SinkError`` while Redis does not answer (the caller waits and asks again), ``SourceError``
+        when it refuses (a user without XREVRANGE, a key that is no stream)."""
         stream = stream_name(self.stream_pattern, source)
         try:
             reply = self.client.xrevrange(stream, "+", "-", count=1)
+        except redis.ResponseError as error:  # refused: no waiting makes it say (found reviewing: it waited for good)
+            raise SourceError(f"source {source}: Redis at {self._where} refused to say what {stream} holds last "
+                              f"({error_summary(error)}), which watch_from: last goes on after — allow XREVRANGE "
+                              "on it, or set watch_from to start or new") from None
         except redis.RedisError as error:
             raise SinkError(f"Redis at {self._where} did not say what {stream} holds last: {error_summary(error)}"
                             ) from None

@@ -59,11 +59,14 @@ def resolve(use: str, group: str, where: str) -> Callable:
         try:
             factory: Any = importlib.import_module(module_name)
         except ModuleNotFoundError as error:
-            if error.name is not None and (module_name == error.name or module_name.startswith(error.name + ".")):
+            missing = error.name or ""
+            if module_name == missing or module_name.startswith(missing + "."):
                 raise ConfigError(f"{where}: cannot import module '{module_name}' ({_reason(error)}) — install its "
                                   "package, or put the folder that holds it on PYTHONPATH") from None
-            raise ConfigError(f"{where}: module '{module_name}' failed to import: {_reason(error)} — install what "
-                              "it imports") from None
+            # its own package's module missing is a mistake in it; another package's, one to install
+            own = missing.partition(".")[0] == module_name.partition(".")[0]
+            raise ConfigError(f"{where}: module '{module_name}' failed to import: {_reason(error)} — "
+                              f"{'check the import there' if own else 'install what it imports'}") from None
         except (Exception, SystemExit) as error:  # the module's own errors: its fault, said in one line
             raise ConfigError(f"{where}: module '{module_name}' failed to import: {_reason(error)} — fix it "
                               "there") from None
@@ -224,10 +227,14 @@ class NamedStage:
                              "result.segments[keep])")
         try:
             given.segments.check()
-        except ValueError as error:
+        except (ValueError, TypeError) as error:  # (a column given as a scalar has no length)
             raise StageError(f"stage {self.use} left frame {index} of source {source} with {error} — change the "
                              "columns together (result.segments[keep])") from None
-        if not np.isfinite(given.segments.scores).all():
+        try:
+            finite = bool(np.isfinite(np.asarray(given.segments.scores, dtype=np.float64)).all())
+        except (ValueError, TypeError):  # (scores of object dtype holding floats are numbers all the same)
+            finite = False
+        if not finite:
             raise StageError(f"stage {self.use} left frame {index} of source {source} with a score that is not a "
                              "finite number — scores are JSON numbers on the wire")
         self._check_events(given.events, f"frame {index} of source {source}")

@@ -645,6 +645,9 @@ class Runtime:
         self._events: queue.SimpleQueue[Event] = queue.SimpleQueue()
         self._handing: list[Event] = []  # events taken for the sinks and not yet handed to every one
         self._handed = 0  # of those, how many the sink being handed them has been given
+        self._handing_to: Sink | None = None  # that sink
+        self._in_event = False  # inside its publish_event
+        self._dropped_before: object = None  # its events_dropped before that call
         self._closing: tuple[Sink, float] | None = None  # the sink being closed, since when
         self._close_said: Sink | None = None
         self._events_abandoned = 0  # events taken for the sinks that never reached them (publishing failed)
@@ -1449,10 +1452,7 @@ class Runtime:
                     self._count_end(item)
                     self._handing = list(item.events)
                     for sink in self.sinks:
-                        self._handed = 0
-                        for event in item.events:
-                            self._handed += 1  # from here the sink counts it, should it fail now
-                            sink.publish_event(event)
+                        self._hand(sink, item.events)
                         if hasattr(sink, "source_ended"):
                             sink.source_ended(item.source)
                         if item.index in self._removed and hasattr(sink, "source_removed"):
@@ -1466,11 +1466,9 @@ class Runtime:
                         item.publish_ts = time.time()
                     self._handing = list(item.events)
                     for sink in self.sinks:
-                        self._handed = 0
+                        self._handed, self._handing_to = 0, sink
                         sink.publish(item)
-                        for event in item.events:
-                            self._handed += 1
-                            sink.publish_event(event)
+                        self._hand(sink, item.events)
                     self._handing = []
                     item.image = None  # drawn by now; results kept downstream must not hold frames
                     if not self._reporting:
@@ -1483,15 +1481,38 @@ class Runtime:
                 sink.flush()
         except BaseException as error:
             self._fail(error, drain=False)
-            # the events the failing sink was not handed (a sink refused for good): counted, as the
-            # frames are; the one it failed on is its own to count, as it counts what it had queued
-            self._events_abandoned += len(self._handing) - self._handed if self._handing else 0
+            # the events the failing sink was not handed (a sink refused for good): counted, as the frames are
+            self._events_abandoned += self._unhanded()
             if not ended:
                 self._to_sinks.drain(self._abandon_events)
         finally:
             self._close_sinks()
             self._sinks_ended = True
             beat("publish", idle="ended")
+
+    def _hand(self, sink: Sink, events: list[Event]) -> None:
+        """``events`` to ``sink``, keeping count of those it was given and whether it is inside
+        ``publish_event`` (should it fail there, that event is abandoned unless it counted it)."""
+        self._handed, self._handing_to = 0, sink
+        for event in events:
+            self._dropped_before = getattr(sink, "events_dropped", None)
+            self._handed += 1
+            self._in_event = True
+            sink.publish_event(event)
+            self._in_event = False
+
+    def _unhanded(self) -> int:
+        """Of the events being handed when a sink failed, those it will not account for: the ones
+        not given to it, and the one it failed on unless its ``events_dropped`` counted it (the
+        Redis publisher counts the batch a refusal struck; a sink of one's own counts nothing)."""
+        if not self._handing:
+            return 0
+        struck = 0
+        if self._in_event:
+            after = getattr(self._handing_to, "events_dropped", None)
+            counted = isinstance(after, int) and isinstance(self._dropped_before, int) and after > self._dropped_before
+            struck = 0 if counted else 1
+        return len(self._handing) - self._handed + struck
 
     def _abandon_events(self, item: object) -> None:
         """A result or source end that never reached the sinks: its events are counted abandoned
@@ -1553,8 +1574,7 @@ class Runtime:
                 return
             self._handing = [event]
             for sink in self.sinks:
-                self._handed = 1
-                sink.publish_event(event)
+                self._hand(sink, self._handing)
             self._handing = []
 
     def _register_gauges(self) -> None:
@@ -1755,14 +1775,17 @@ class Runtime:
         """An abort's closing of the sinks, on a thread of its own waited for at most ``grace_s``:
         a sink whose ``close()`` hangs (found probing as a plugin author: the run outlived a second
         Ctrl-C) is left, said; the one the publishing thread is stuck closing is not closed again."""
-        stuck = self._closing[0] if self._closing is not None else None
+        busy = self._closing  # (read once: the publishing thread may end its closing meanwhile)
+        stuck = busy[0] if busy is not None else None
         closing = threading.Thread(target=self._close_sinks, args=(stuck,), name=f"{THREAD_PREFIX}close", daemon=True)
         closing.start()
         closing.join(grace_s)
-        for sink in [stuck, self._closing[0] if closing.is_alive() and self._closing is not None else None]:
-            if sink is not None:
-                log.warning("sink %s did not close (its close() has not returned); the run ends without it",
-                            getattr(sink, "name", type(sink).__name__))
+        left = [stuck] if stuck is not None else []
+        if closing.is_alive() and (also := self._closing) is not None and also[0] is not stuck:
+            left.append(also[0])
+        for sink in left:
+            log.warning("sink %s did not close (its close() has not returned); the run ends without it",
+                        getattr(sink, "name", type(sink).__name__))
 
     def report(self, elapsed_s: float) -> RunReport:
         counts = self.metrics.snapshot()

@@ -424,3 +424,23 @@ def test_a_plugin_that_fails_to_import_or_exits_is_named_with_its_file_and_no_py
     with pytest.raises(StageError, match=r"stage mine:Zone failed on frame 0 of source cam0: it called "
                                          r"sys.exit\('fatal: zone file missing'\)"):
         NamedStage("mine:Zone", _Doing(leaves)).process(tiny_scene("cam0", 0))
+
+
+def test_legal_columns_a_stage_gives_pass_and_a_scalar_column_is_one_line():
+    # found reviewing: object-dtype scores holding floats (published fine before the checks) were refused
+    # with a traceback, and a column given as a scalar was a traceback too
+    import numpy as np
+
+    from segstream.connectors.errors import StageError
+    from segstream.pipeline.own_parts import NamedStage
+    from tests.test_redis_sink import tiny_scene
+
+    def object_scores(result):
+        result.segments.scores = np.array([0.5], dtype=object)
+
+    def scalar_column(result):
+        result.segments.areas = 18.0
+
+    NamedStage("mine:Zone", _Doing(object_scores)).process(tiny_scene("cam0", 0))
+    with pytest.raises(StageError, match="left frame 0 of source cam0 with object of type 'float' has no len"):
+        NamedStage("mine:Zone", _Doing(scalar_column)).process(tiny_scene("cam0", 0))

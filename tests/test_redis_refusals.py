@@ -669,3 +669,38 @@ def test_the_event_a_refusal_struck_is_counted_once_dropped_not_also_abandoned(s
     # the first note is the publisher's (dropped), the others the stage made ahead never reached it
     assert report.sinks["redis"]["events_dropped"] == 1
     assert 1 + report.events_abandoned == len(made), (report.sinks["redis"], report.events_abandoned, made)
+
+
+def test_an_event_a_sink_of_one_s_own_failed_on_is_counted_abandoned(server):
+    # found reviewing the fix above: the event a sink failed on was taken to be the sink's to count, and a
+    # sink of one's own counts nothing: it was counted nowhere
+    from segstream.connectors.synthetic import SyntheticSource
+    from segstream.pipeline.metrics import RunMetrics
+    from segstream.pipeline.runtime import Runtime
+    from tests.conftest import ColourSegmenter
+
+    class FailsOnTheSecondEvent:
+        name = "webhook"
+
+        def __init__(self):
+            self.got = 0
+
+        def publish(self, result): pass
+
+        def publish_event(self, event):
+            if event.kind == "note" and self.got:
+                raise SinkError("the webhook refused it")
+            self.got += event.kind == "note"
+
+        def poll(self): return None
+        def flush(self): pass
+        def close(self): pass
+
+    made: list[int] = []
+    sink = FailsOnTheSecondEvent()
+    runtime = Runtime([SyntheticSource("cam0", 96, 64, 40.0, 0, 6)], ColourSegmenter(), [sink], batch_size=1,
+                      metrics=RunMetrics(), progress=None, stages=[lambda source: _Announces(made)])
+    with pytest.raises(SinkError, match="the webhook refused it"):
+        runtime.run()
+    assert sink.got == 1 and sink.got + runtime.report(1.0).events_abandoned == len(made), (
+        sink.got, runtime.report(1.0).events_abandoned, made)

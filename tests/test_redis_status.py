@@ -583,3 +583,26 @@ def test_a_redis_restarted_empty_gets_each_source_s_settings_event_again(server)
     finally:
         runtime.stop()
         thread.join(20)
+
+
+def test_an_outage_a_patient_call_gave_up_on_is_not_the_next_one(tmp_path, caplog):
+    # found reviewing: status(patience_s=) gave up on an outage, Redis came back, no call came for a while,
+    # and at the next outage the client gave up at once ("lost Redis ... for 6 s"), warning nothing
+    from segstream.client import connect
+    from segstream.connectors.errors import SinkError
+
+    caplog.set_level(logging.WARNING)
+    server = RedisProcess(tmp_path / "redis")
+    try:
+        reader = connect(server.url, give_up_after_s=1.5, reconnect_max_s=0.2)
+        server.kill()
+        with pytest.raises(SinkError, match="did not answer for 0.3 s"):
+            reader.status("cam0", patience_s=0.3)
+        server.start()
+        time.sleep(2.0)  # back, and no call meanwhile
+        server.kill()
+        with pytest.raises(SinkError, match="did not answer for 0.3 s"):  # not "lost Redis ... for 2 s"
+            reader.status("cam0", patience_s=0.3)
+    finally:
+        server.close()
+    assert len([m for m in caplog.messages if m.startswith("lost Redis at")]) == 2, caplog.messages

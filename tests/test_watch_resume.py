@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from segstream.connectors.errors import ConfigError
+from segstream.connectors.errors import ConfigError, SourceError
 from segstream.connectors.image_source import ImageFolderSource
 from segstream.connectors.redis_sink import RedisPublisher
 from segstream.pipeline.config import validate_config
@@ -141,3 +141,55 @@ def test_watch_from_last_needs_the_redis_sink():
         validate_config({"sources": [{"name": "site", "type": "images", "path": "/tmp", "watch": True,
                                       "watch_from": "last"}],
                          "sinks": {"redis": {"enabled": False}}})
+
+
+def test_the_folder_spelled_otherwise_than_the_last_run_did_is_the_same_folder(tmp_path, monkeypatch):
+    # found reviewing: by name order (timestamps: fps), "ftp" one run and "/abs/ftp" the next put every
+    # image before the place, and the source read none of the new ones, for good
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "ftp"
+    folder.mkdir()
+    for name in ("img_0001.png", "img_0002.png"):
+        _square(folder / name)
+
+    def run(path: str, count: int) -> None:
+        source = ImageFolderSource("site", path, watch=True, watch_from="last", poll_s=0.05, settle_s=0.0)
+        runtime = Runtime([source], ColourSegmenter(), [RedisPublisher.from_config(server.url, None)], batch_size=1,
+                          metrics=RunMetrics(), progress=None)
+        thread = threading.Thread(target=runtime.run, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 20
+        while server.client().xlen(STREAM) < count and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.3)
+        runtime.stop()
+        thread.join(20)
+
+    with RedisProcess(tmp_path / "redis") as server:
+        run("ftp", 2)
+        for name in ("img_0003.png", "img_0004.png"):
+            _arrive(folder / name)
+        run(str(folder), 4)
+        assert _published(server) == ["img_0001.png", "img_0002.png", "img_0003.png", "img_0004.png"]
+        # a place outside the folder watched (another folder altogether): said, and the folder read from the start
+        source = ImageFolderSource("site", str(folder), watch=True, watch_from="last")
+        source.resume_after("/elsewhere/img_0009.png", None)
+        assert source._resume is None
+
+
+def test_a_redis_that_refuses_to_say_where_it_left_off_fails_the_source_at_once(tmp_path):
+    # found reviewing: WRONGTYPE or an ACL without XREVRANGE was waited on for good, as if Redis were down
+    folder = tmp_path / "ftp"
+    folder.mkdir()
+    _square(folder / NIGHT[0][0])
+    with RedisProcess(tmp_path / "redis") as server:
+        server.client().set(STREAM, "not a stream")
+        source = ImageFolderSource("site", str(folder), watch=True, watch_from="last", poll_s=0.05, settle_s=0.0)
+        runtime = Runtime([source], ColourSegmenter(), [RedisPublisher.from_config(server.url, None)], batch_size=1,
+                          metrics=RunMetrics(), progress=None)
+        with pytest.raises(SourceError, match="refused to say what segstream:site:frames holds last"):
+            runtime.run()
+        report = runtime.report(1.0)
+    assert report.sources["site"].state == "failed"
+    assert "refused to say what segstream:site:frames holds last (WRONGTYPE" in report.sources["site"].reason
+    assert "set watch_from to start or new" in report.sources["site"].reason
