@@ -562,6 +562,9 @@ def test_a_sink_whose_close_hangs_is_said_and_a_second_interrupt_ends_the_run_wi
             time.sleep(0.05)
         _thread.interrupt_main()
 
+    # Python's own Ctrl-C handler (a test before this one in the worker, Ray's, may have left another,
+    # and interrupt_main then brings no KeyboardInterrupt: tests/test_result_feed.py saw it too)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     threading.Thread(target=second_interrupt, daemon=True).start()
     try:
         with pytest.raises(KeyboardInterrupt):
@@ -575,3 +578,4 @@ def test_a_sink_whose_close_hangs_is_said_and_a_second_interrupt_ends_the_run_wi
         assert time.monotonic() - ended < 1.0
     finally:
         sink.release.set()
+        signal.signal(signal.SIGINT, previous)
