@@ -606,13 +606,15 @@ class _ClientBase(Generic[_Frames, _Events, _InOrder]):
         return names, pattern
 
     def _follow_newest_steps(self, names: list[str], pattern: str | None, block_ms: int,
-                             max_age_s: float | None, idle_s: float | None, discover_s: float) -> Iterator:
+                             max_age_s: float | None, idle_s: float | None, discover_s: float,
+                             begun: float) -> Iterator:
         """``follow_newest`` as steps: commands (each ridden through outages by the driver),
-        pauses, and the entries (None when idle) to hand over as ``_Emit``."""
+        pauses, and the entries (None when idle, ``idle_s`` after ``begun`` at first) to hand
+        over as ``_Emit``."""
         last: dict[str, str | None] = dict.fromkeys(names)  # each stream's last entry seen
         woken = set(last)  # streams to take the newest entry of: at first, all
         next_discovery = time.monotonic()
-        since = time.monotonic()  # the last yield
+        since = begun  # the last yield
         while True:
             if pattern is not None and time.monotonic() >= next_discovery:
                 found = [n for n in (yield from _matching_steps(pattern)) if n not in last]
@@ -870,16 +872,20 @@ class Client(_ClientBase["Subscription[Entry] | FanIn[Entry]", "Subscription[Eve
         source that has a newer one, in the order they arrived, waiting on all in one XREAD;
         with a glob, sources that appear are looked for every ``discover_s``."""
         names, pattern = self._newest_targets(source, stream, idle_s)
+        begun = time.monotonic()
         for name in names:
             if idle_s is None:
                 self.warn_if_missing(name)
-            else:  # a check only: with a watchdog, it may not hold the first None (a Redis that hangs)
-                try:
-                    _answered_within(self.warn_if_missing, (name,), {}, idle_s)
-                except redis.TimeoutError:
-                    log.debug("could not check that %s exists within %g s", name, idle_s)
-        steps = self._follow_newest_steps(names, pattern, block_ms, max_age_s, idle_s, discover_s)
-        reply, outage, yielded = None, _Outage(), time.monotonic()
+                continue
+            # a check only: with a watchdog, it may take half of idle_s (a Redis that hangs answers nothing)
+            if (left := begun + idle_s / 2 - time.monotonic()) <= 0:
+                break
+            try:
+                _answered_within(self.warn_if_missing, (name,), {}, left)
+            except redis.TimeoutError:
+                log.debug("could not check that %s exists within %g s", name, idle_s / 2)
+        steps = self._follow_newest_steps(names, pattern, block_ms, max_age_s, idle_s, discover_s, begun)
+        reply, outage, yielded = None, _Outage(), begun
         try:
             while not self._stop.is_set():
                 step = steps.send(reply)

@@ -152,13 +152,20 @@ class Client(_ClientBase["Subscription[AsyncEntry] | FanIn[AsyncEntry]",
         """As ``segstream.client.Client.follow_newest``: only the newest entry each time there is
         a newer one (None after ``idle_s`` without one), until ``stop()`` or cancellation."""
         names, pattern = self._newest_targets(source, stream, idle_s)
+        begun = time.monotonic()
         for name in names:
-            try:  # a check only: with a watchdog, it may not hold the first None (a Redis that hangs)
-                await asyncio.wait_for(self.warn_if_missing(name), idle_s)
+            if idle_s is None:
+                await self.warn_if_missing(name)
+                continue
+            # a check only: with a watchdog, it may take half of idle_s (a Redis that hangs answers nothing)
+            if (left := begun + idle_s / 2 - time.monotonic()) <= 0:
+                break
+            try:
+                await asyncio.wait_for(self.warn_if_missing(name), left)
             except asyncio.TimeoutError:
-                log.debug("could not check that %s exists within %g s", name, idle_s)
-        steps = self._follow_newest_steps(names, pattern, block_ms, max_age_s, idle_s, discover_s)
-        reply, outage, yielded = None, _Outage(), time.monotonic()
+                log.debug("could not check that %s exists within %g s", name, idle_s / 2)
+        steps = self._follow_newest_steps(names, pattern, block_ms, max_age_s, idle_s, discover_s, begun)
+        reply, outage, yielded = None, _Outage(), begun
         try:
             while not self._stopped.is_set():
                 step = steps.send(reply)
