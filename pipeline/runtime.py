@@ -49,7 +49,7 @@ from segstream.connectors.errors import (
 from segstream.connectors.frames import Frame, frame_problem
 from segstream.connectors.sink import SINK_DROPS, SINK_METHODS, Sink
 from segstream.connectors.source import VideoSource
-from segstream.connectors.threads import NamedThread
+from segstream.connectors.threads import NamedThread, waiting_for_input
 from segstream.models.results import Event, FrameResult
 from segstream.models.segment_filter import FILTER_REASONS, SegmentFilter
 from segstream.models.segmenter import FamilyAdapter
@@ -1097,9 +1097,9 @@ class Runtime:
             self.metrics.beat(beat)
             if generic:
                 self.states.enter(name, "connecting", "starting", quiet=True)
-            # stopped before it began (a signal while the model loaded): never opened, never dialled
             if getattr(source, "resumes", False):
                 self._resume(i, source)
+            # stopped before it began (a signal while the model loaded): never opened, never dialled
             with self._inside_source(i):  # a frames() that connects before it returns its iterator
                 frames = iter(()) if self._stop_requested or i in self._removed else iter(source.frames())
             while True:
@@ -1200,23 +1200,28 @@ class Runtime:
                         "was (sinks.redis can): reading it from the start", source.name, extra={"source": source.name})
             return
         waited, delay = None, 0.5
-        while not (self._stop_requested or i in self._removed):
-            try:
-                source.resume_after(*asked.last_written(source.name))  # type: ignore[attr-defined]
-            except SinkError as error:
-                if waited is None:
-                    waited = time.monotonic()
-                    log.warning("source %s waits to learn where the last run left off: %s", source.name, error,
-                                extra={"source": source.name})
-                until = time.monotonic() + delay
-                while time.monotonic() < until and not (self._stop_requested or i in self._removed):
-                    time.sleep(0.1)
-                delay = min(5.0, delay * 2)
-                continue
-            if waited is not None:
-                log.warning("source %s learnt where the last run left off after %.1f s", source.name,
-                            time.monotonic() - waited, extra={"source": source.name})
-            return
+        try:
+            while not (self._stop_requested or i in self._removed):
+                try:
+                    source.resume_after(*asked.last_written(source.name))  # type: ignore[attr-defined]
+                except SinkError as error:
+                    if waited is None:
+                        waited = time.monotonic()
+                        log.warning("source %s waits to learn where the last run left off: %s", source.name, error,
+                                    extra={"source": source.name})
+                        # a wait on Redis, not a stuck thread (ops.stall_after_s, /healthz)
+                        waiting_for_input("waiting for Redis to say where the last run left off")
+                    until = time.monotonic() + delay
+                    while time.monotonic() < until and not (self._stop_requested or i in self._removed):
+                        time.sleep(0.1)
+                    delay = min(5.0, delay * 2)
+                    continue
+                if waited is not None:
+                    log.warning("source %s learnt where the last run left off after %.1f s", source.name,
+                                time.monotonic() - waited, extra={"source": source.name})
+                return
+        finally:
+            waiting_for_input(None)
 
     @contextlib.contextmanager
     def _inside_source(self, i: int) -> Iterator[None]:

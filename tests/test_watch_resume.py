@@ -14,6 +14,7 @@ import pytest
 from segstream.connectors.errors import ConfigError, SourceError
 from segstream.connectors.image_source import ImageFolderSource
 from segstream.connectors.redis_sink import RedisPublisher
+from segstream.connectors.threads import input_wait
 from segstream.pipeline.config import validate_config
 from segstream.pipeline.metrics import RunMetrics
 from segstream.pipeline.runtime import Runtime
@@ -87,6 +88,8 @@ def test_while_redis_cannot_say_where_it_left_off_the_source_waits_and_says_so(t
             assert time.monotonic() < deadline, "no word of the wait"
             time.sleep(0.02)
         assert runtime.metrics.source("site").decoded == 0, "nothing read before it knows where to begin"
+        # a wait on its input, not a stuck thread (/healthz, ops.stall_after_s)
+        assert input_wait(runtime._decoders[0].ident) == "waiting for Redis to say where the last run left off"
         server.start()
         deadline = time.monotonic() + 20
         while server.client().xlen(STREAM) < 2 and time.monotonic() < deadline:
