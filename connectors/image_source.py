@@ -209,6 +209,7 @@ class ImageFolderSource:
         # watch_from last: the runtime says before frames() where the last run left off (resume_after)
         self.resumes = watch and watch_from == "last"
         self._resume: tuple[Any, str] | None = None
+        self._resume_said = False  # why it reads from the start after all, said
         self.empty_settle_s = empty_settle_s  # an empty new file waits this long (the ones after it too)
         self._closed = threading.Event()
         self._keys: dict[str, Any] = {}  # the last listing's names: what of each key needs no stat (None: no time)
@@ -348,7 +349,7 @@ class ImageFolderSource:
                             "up to it left as read)", self.name, last,
                             sum(key is not None and key <= cursor for key in keys.values()),
                             extra={"source": self.name})
-            elif first and self.resumes and keys:  # said: after a Redis that lost its data, all again
+            elif first and self.resumes and keys and not self._resume_said:  # after a Redis that lost its data
                 logger.info("source %s: its stream holds no image yet: reading the %d in the folder from the start "
                             "(a first run, or a stream Redis lost or trimmed)", self.name, len(keys),
                             extra={"source": self.name})
@@ -490,6 +491,7 @@ class ImageFolderSource:
             logger.warning("source %s: the newest image its stream holds, %s, is not in '%s' as this run names "
                            "it (the path changed since?); reading the folder from the start", self.name, file,
                            self.path, extra={"source": self.name})
+            self._resume_said = True
             return
         file = listed
         fixed = self._fixed_key(file)
@@ -497,6 +499,7 @@ class ImageFolderSource:
             logger.warning("source %s: the newest image its stream holds, %s, has no time in its name as this "
                            "config reads names; reading the folder from the start", self.name, file,
                            extra={"source": self.name})
+            self._resume_said = True
             return
         key = fixed
         if self.timestamps == "mtime":
