@@ -115,7 +115,7 @@ def _call_problem(factory: Callable, args: tuple, options: dict) -> str | None:
 
 def _class_problem(factory: Callable, group: str) -> str | None:
     """What a class named as a factory lacks (its instances would be refused at the run)."""
-    if not inspect.isclass(factory):
+    if not inspect.isclass(factory) or hasattr(factory, "__getattr__"):  # (methods it makes itself: the run checks)
         return None
     wanted = ("process",) if group == STAGE_GROUP else SINK_METHODS
     if missing := [m for m in wanted if not callable(getattr(factory, m, None))]:
