@@ -700,6 +700,11 @@ class _ClientBase(Generic[_Frames, _Events, _InOrder]):
                              "statuses('store*:*')")
         return stream_name(self.status_pattern, source)
 
+    def _status_unknown(self, source: str, patience_s: float | None) -> SinkError:
+        """What ``status(patience_s=)`` raises once Redis has been away longer than that."""
+        return SinkError(f"Redis at {redis_address(self.redis)} did not answer for {patience_s:g} s: the status of "
+                         f"{source} is not known — it is reconnecting")
+
     def _status_read(self, key: str, value: bytes | str) -> SourceStatus:
         try:
             return status_from_wire(value)
@@ -808,8 +813,7 @@ class Client(_ClientBase["Subscription[Entry] | FanIn[Entry]", "Subscription[Eve
         except _Stopped:
             return None
         except _StillDown:
-            raise SinkError(f"Redis at {redis_address(self.redis)} did not answer for {patience_s:g} s: the status of "
-                            f"{source} is not known — it is reconnecting") from None
+            raise self._status_unknown(source, patience_s) from None
         return None if value is None else self._status_read(key, value)
 
     def statuses(self, sources: str | list[str] = "*", *,

@@ -108,8 +108,7 @@ class Client(_ClientBase["Subscription[AsyncEntry] | FanIn[AsyncEntry]",
         except _Stopped:
             return None
         except _StillDown:
-            raise SinkError(f"Redis at {redis_address(self.redis)} did not answer for {patience_s:g} s: the status of "
-                            f"{source} is not known — it is reconnecting") from None
+            raise self._status_unknown(source, patience_s) from None
         return None if value is None else self._status_read(key, value)
 
     async def statuses(self, sources: str | list[str] = "*", *,

@@ -184,12 +184,10 @@ class _StatusKeys:
             del self._sources[source]
             self._forgotten.discard(source)
 
-    def lost(self, streams: set[str], *patterns: str) -> None:
-        """Redis lost entries of these streams (restarted without its data, flushed), of the names
-        ``patterns`` make: their sources' keys went too, final ones as well, which no refresh would
-        write again."""
-        self._changed |= {source for source in self._sources
-                          if any(stream_name(pattern, source) in streams for pattern in patterns)}
+    def lost(self, sources: set[str]) -> None:
+        """Redis lost entries of these sources' streams (restarted without its data, flushed): their
+        keys went too, final ones as well, which no refresh would write again."""
+        self._changed |= sources & self._sources.keys()
 
     def refused_for_now(self, now: float) -> float:
         """Redis refused a write for now (full, read-only): the keys wait a refresh, not a moment
@@ -1494,15 +1492,16 @@ class RedisPublisher:
             log.warning("Redis at %s lost entries while it was away: %s no longer holds the last entry this run "
                         "wrote to it (%s), so %s counted as written are gone — %s",
                         self._where, stream, _text(entry_id), entries, why)
+        sources = {source_of(self.events_pattern if stream in self._event_streams else self.stream_pattern, stream)
+                   for stream, *_ in gone}
         if self._status is not None:  # their status keys went with them: written again, final ones too
-            self._status.lost({stream for stream, *_ in gone}, self.stream_pattern, self.events_pattern)
+            self._status.lost(sources)
         self.data_losses += 1
         self.entries_lost.update(taken)
         if self.on_data_lost is not None:
             self.on_data_lost(taken["frames"], taken["events"])
-        if self.on_sources_lost is not None:  # (their settings events, say, for the runtime to write again)
-            self.on_sources_lost({source_of(self.events_pattern if stream in self._event_streams else
-                                            self.stream_pattern, stream) for stream, *_ in gone})
+        if self.on_sources_lost is not None:  # (their settings events, for the runtime to write again)
+            self.on_sources_lost(sources)
 
     def _report(self) -> None:
         """What this run published, per stream, with the newest entry as a reader decodes it."""

@@ -356,8 +356,9 @@ class JsonLines:
                     return line
             except ValueError:
                 pass
-        level = _GLOG_LEVEL.match(body)
-        return _json_record(body, _GLOG_LEVELS[level.group(1)] if level else "WARNING", self.logger)
+        glog = _GLOG_LEVEL.match(body)
+        level = _GLOG_LEVELS[glog.group(1)] if glog else "WARNING"
+        return journal_prefix(getattr(logging, level)) + _json_record(body, level, self.logger)  # as the others
 
     def flush(self) -> None:
         with self._lock:

@@ -1199,7 +1199,9 @@ class Runtime:
             log.warning("source %s goes on where the last run left off, and no sink of this run can say where that "
                         "was (sinks.redis can): reading it from the start", source.name, extra={"source": source.name})
             return
-        waited, delay = None, 0.5
+        from segstream.connectors.redis_connection import Backoff  # (the sink that can say is Redis's)
+
+        waited, backoff = None, Backoff(0.5, 5.0)
         try:
             while not (self._stop_requested or i in self._removed):
                 try:
@@ -1211,10 +1213,9 @@ class Runtime:
                                     extra={"source": source.name})
                         # a wait on Redis, not a stuck thread (ops.stall_after_s, /healthz)
                         waiting_for_input("waiting for Redis to say where the last run left off")
-                    until = time.monotonic() + delay
+                    until = time.monotonic() + backoff.next()
                     while time.monotonic() < until and not (self._stop_requested or i in self._removed):
                         time.sleep(0.1)
-                    delay = min(5.0, delay * 2)
                     continue
                 if waited is not None:
                     log.warning("source %s learnt where the last run left off after %.1f s", source.name,
@@ -1691,7 +1692,7 @@ class Runtime:
         if hasattr(sink, "on_sources_lost"):
             # a Redis that lost a source's entries lost its settings event (the only place its classes
             # are said): the next frame says them again (found probing as a robot's integrator)
-            sink.on_sources_lost = lambda sources: [self._announced.pop(source, None) for source in sources]
+            sink.on_sources_lost = self._settings_lost
         if not hasattr(sink, "on_written"):
             return
         primary = not self._reporting
@@ -1753,6 +1754,11 @@ class Runtime:
                 source.close()
             except Exception as error:  # a failing close must not hide the run's outcome
                 self._errors.append(error)
+
+    def _settings_lost(self, sources: set[str]) -> None:
+        """A sink lost these sources' settings events with their entries: their next frames say them again."""
+        for source in sources:
+            self._announced.pop(source, None)
 
     def _say_slow_close(self, now: float) -> None:
         """A sink whose close() has taken long: said once (the run waits for it, and why it does not
