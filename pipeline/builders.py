@@ -13,6 +13,7 @@ from segstream.connectors.sink import Sink
 from segstream.connectors.source import VideoSource
 from segstream.pipeline.config import (
     CameraSourceConfig,
+    CustomSourceConfig,
     FileSourceConfig,
     ImagesSourceConfig,
     SinksConfig,
@@ -128,6 +129,12 @@ def _images_source(cfg: ImagesSourceConfig) -> VideoSource:
 
 # Stream, camera and snapshot sources open in their own threads once the run starts (never here):
 # a camera that does not answer must not hold up the others, nor Ctrl-C.
+def _custom_source(cfg: CustomSourceConfig) -> VideoSource:
+    from segstream.pipeline.own_parts import build_source as build_own
+
+    return build_own(cfg)
+
+
 SOURCE_BUILDERS: dict[str, Callable[..., VideoSource]] = {
     "file": _file_source,
     "stream": _stream_source,
@@ -135,6 +142,7 @@ SOURCE_BUILDERS: dict[str, Callable[..., VideoSource]] = {
     "snapshot": _snapshot_source,
     "images": _images_source,
     "synthetic": _synthetic_source,
+    "custom": _custom_source,
 }
 
 

@@ -758,12 +758,61 @@ class SyntheticSourceConfig(_Buffered, Strict):
     """This source's segment filters, key by key over the top-level filters."""
 
 
+# What ``use:`` names: ``module:attribute`` (the attribute may be dotted: ``module:Class.build``), or
+# the name of an installed entry point (group ``segstream.sources``,
+# ``segstream.stages`` or ``segstream.sinks``).
+_DOTTED = r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*"
+PartName = Annotated[str, Field(pattern=rf"^({_DOTTED}:{_DOTTED}|[A-Za-z0-9_.-]+)$")]
+
+
+class CustomSourceConfig(_Buffered, Strict):
+    """A source of one's own (a ``segstream.VideoSource``: a camera SDK, a robot's topic): ``use``
+    names its factory as ``module:attribute`` (importable: installed, or on PYTHONPATH) or as an
+    entry point of the group ``segstream.sources``; it is called as ``factory(name, **options)``
+    once when the run starts (and again when a reload changes the entry). Left unset, ``queue_size``
+    and ``buffer`` are what the source declares (``queue_size``, ``buffer_policy``), else a queue of 8
+    frames, ``newest`` when it is ``live`` and ``every_frame`` when not."""
+
+    name: SourceName
+    """The source's name: its streams, files and metrics are named by it (letters, digits, _ . -)."""
+    type: Literal["custom"]
+    """custom: a source of one's own, built by the factory use names."""
+    use: PartName
+    """The source's factory: module:attribute, or an entry point of group segstream.sources."""
+    options: dict[str, Any] = Field(default_factory=dict)
+    """Keyword arguments for the factory (after the source's name)."""
+    queue_size: PositiveInt | None = None
+    """Frames held in front of the model for this source (null: what the source declares, else 8)."""
+    buffer: BufferKind | None = None
+    """When the queue is full: every_frame (the source waits) or newest (the oldest frame is dropped); null: what the source declares, else newest when it is live."""
+    max_staleness_ms: PositiveFloat | None = None
+    """With buffer newest: frames older than this when the model would take them are dropped (null: no limit)."""
+    required: bool = False
+    """Whether this source's failure ends the run (otherwise the others carry on)."""
+    max_fps: MaxFps = None
+    """At most this many frames per second of the input's own time go to the model (null: every frame)."""
+    filters: FiltersConfig = Field(default_factory=FiltersConfig)
+    """This source's segment filters, key by key over the top-level filters."""
+
+    @property
+    def buffer_kind(self) -> str | None:
+        """The policy written, or None: the built source's own (its buffer_policy, else by its live)."""
+        return self.buffer
+
+    @model_validator(mode="after")
+    def _staleness_with_newest(self) -> CustomSourceConfig:
+        if self.max_staleness_ms is not None and self.buffer != "newest":
+            raise ValueError("max_staleness_ms drops frames of a source whose buffer is newest — add buffer: newest "
+                             "(a source of one's own says nothing of it to the config)")
+        return self
+
+
 SourceConfig = Annotated[
     Union[FileSourceConfig, StreamSourceConfig, CameraSourceConfig, SnapshotSourceConfig, ImagesSourceConfig,
-          SyntheticSourceConfig],
+          SyntheticSourceConfig, CustomSourceConfig],
     Field(discriminator="type"),
 ]
-SOURCE_TYPES = ("file", "stream", "camera", "snapshot", "images", "synthetic")
+SOURCE_TYPES = ("file", "stream", "camera", "snapshot", "images", "synthetic", "custom")
 # names other tools give these sources, and which type reads them here
 SOURCE_TYPE_ALIASES = {
     **dict.fromkeys(("rtsp", "rtsps", "rtmp", "srt", "udp", "rtp", "hls", "network", "ipcam", "ip_camera", "mjpeg",
@@ -772,6 +821,7 @@ SOURCE_TYPE_ALIASES = {
     **dict.fromkeys(("video", "mp4", "local"), "file"),  # (with a url: stream)
     **dict.fromkeys(("image", "folder", "directory", "dir"), "images"),
     **dict.fromkeys(("still", "picture", "jpeg", "jpg"), "snapshot"),  # (with a path: images)
+    **dict.fromkeys(("plugin", "own", "python", "sdk", "callback", "ros", "gige"), "custom"),
 }
 
 
@@ -1259,10 +1309,6 @@ class PreviewSinkConfig(Strict):
     """Scale previews down to at most this many pixels wide (null: the frame's width); 4K is slow to encode on a CPU."""
 
 
-# What ``use:`` names: ``module:attribute`` (the attribute may be dotted: ``module:Class.build``), or
-# the name of an installed entry point (group ``segstream.stages`` or ``segstream.sinks``).
-_DOTTED = r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*"
-PartName = Annotated[str, Field(pattern=rf"^({_DOTTED}:{_DOTTED}|[A-Za-z0-9_.-]+)$")]
 
 
 class CustomSinkConfig(Strict):
@@ -1787,7 +1833,8 @@ def _checked_config(
         lines += [line for line in str(error).splitlines() if not any(line.startswith(f"{b}:") for b in blank)]
         lines += _model_errors(data, base_dir, files)
         raise ConfigError("\n".join(lines)) from None
-    if config.stages or config.sinks.custom:  # imported, not called: a factory may be heavy
+    if config.stages or config.sinks.custom or any(s.type == "custom" for s in config.sources):
+        # imported, not called: a factory may be heavy
         from segstream.pipeline.own_parts import check
 
         lines += check(config)

@@ -13,6 +13,7 @@ each naming the part, its source and frame (the traceback is logged at debug lev
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import importlib
 import inspect
@@ -28,8 +29,11 @@ from segstream.connectors.redis_wire import event_data_json
 from segstream.connectors.sink import SINK_METHODS
 from segstream.models.results import Event, FrameResult, Segments
 
+SOURCE_GROUP = "segstream.sources"
 STAGE_GROUP = "segstream.stages"
 SINK_GROUP = "segstream.sinks"
+# What the runtime uses of a source of one's own (segstream.VideoSource): name and live too
+SOURCE_METHODS = ("frames", "close")
 
 log = logging.getLogger("segstream.own_parts")
 
@@ -81,8 +85,10 @@ def resolve(use: str, group: str, where: str) -> Callable:
         if not found:
             known = sorted(entry.name for entry in entry_points(group=group))
             installed = f"installed: {', '.join(known)}" if known else "none is installed"
+            example = {SOURCE_GROUP: "my_package.sources:GigECamera", SINK_GROUP: "my_package.sinks:KafkaSink"}.get(
+                group, "my_package.stages:LineCrossing")
             raise ConfigError(f"{where}: '{use}' is no entry point of the group {group} ({installed}) — write "
-                              "module:attribute, e.g. my_package.stages:LineCrossing")
+                              f"module:attribute, e.g. {example}")
         try:
             factory = found[0].load()
         except Exception as error:
@@ -117,19 +123,25 @@ def _class_problem(factory: Callable, group: str) -> str | None:
     """What a class named as a factory lacks (its instances would be refused at the run)."""
     if not inspect.isclass(factory) or hasattr(factory, "__getattr__"):  # (methods it makes itself: the run checks)
         return None
-    wanted = ("process",) if group == STAGE_GROUP else SINK_METHODS
+    wanted = {STAGE_GROUP: ("process",), SOURCE_GROUP: SOURCE_METHODS}.get(group, SINK_METHODS)
     if missing := [m for m in wanted if not callable(getattr(factory, m, None))]:
-        kind = "segstream.FrameStage has process(result)" if group == STAGE_GROUP else \
-            f"a sink has name, {', '.join(SINK_METHODS)} (segstream.Sink)"
-        return f"class {factory.__name__} lacks {', '.join(missing)} — {kind}"
+        return f"class {factory.__name__} lacks {', '.join(missing)} — {_protocol(group)}"
     return None
+
+
+def _protocol(group: str) -> str:
+    return {STAGE_GROUP: "segstream.FrameStage has process(result)",
+            SOURCE_GROUP: "segstream.VideoSource has name, live, frames() and close()"}.get(
+        group, f"a sink has name, {', '.join(SINK_METHODS)} (segstream.Sink)")
 
 
 def check(cfg) -> list[str]:
     """The problems of a config's stages and custom sinks, one line each: importable, callable,
     and callable with their options. Calls no factory (``segstream validate``)."""
     lines = []
-    parts = [(f"stages[{i}]", stage, STAGE_GROUP, ("source",)) for i, stage in enumerate(cfg.stages)]
+    parts = [(f"sources[{i}]", source, SOURCE_GROUP, ("name",)) for i, source in enumerate(cfg.sources)
+             if source.type == "custom"]
+    parts += [(f"stages[{i}]", stage, STAGE_GROUP, ("source",)) for i, stage in enumerate(cfg.stages)]
     parts += [(f"sinks.custom[{i}]", sink, SINK_GROUP, ()) for i, sink in enumerate(cfg.sinks.custom)]
     for where, part, group, args in parts:
         try:
@@ -146,6 +158,35 @@ def check(cfg) -> list[str]:
             lines.append(f"{where}.options: {part.use} cannot be called as {part.use}({shown}): {problem} — "
                          "give the options its factory takes")
     return lines
+
+
+def build_source(cfg) -> Any:
+    """The source a ``type: custom`` entry names, built: ``factory(name, **options)``, checked to
+    be a ``segstream.VideoSource`` of that name. What the factory raises is a ``SourceError`` (the
+    source could not be opened: a source not ``required`` fails alone); a factory that cannot be
+    had, or that returns something else, a ``ConfigError``."""
+    from segstream.connectors.errors import SourceError
+
+    where = f"source {cfg.name}"
+    factory = resolve(cfg.use, SOURCE_GROUP, f"{where}: use")
+    try:
+        source = factory(cfg.name, **cfg.options)
+    except (Exception, SystemExit) as error:
+        log.debug("source %s (%s) failed to build", cfg.name, cfg.use, exc_info=True)
+        raise SourceError(f"{where}: {cfg.use}('{cfg.name}', ...) raised {_reason(error)}") from None
+    problem = None
+    if missing := [m for m in SOURCE_METHODS if not callable(getattr(source, m, None))]:
+        problem = f"lacks {', '.join(missing)}"
+    elif getattr(source, "name", None) != cfg.name:
+        problem = f"is named {getattr(source, 'name', None)!r}, not {cfg.name!r} (the name the factory was given)"
+    elif not isinstance(getattr(source, "live", None), bool):
+        problem = f"has live {getattr(source, 'live', None)!r}, not True or False"
+    if problem is not None:
+        with contextlib.suppress(Exception):
+            source.close()
+        raise ConfigError(f"{where}: {cfg.use}('{cfg.name}', ...) returned a {type(source).__name__}, which "
+                          f"{problem} — {_protocol(SOURCE_GROUP)}")
+    return source
 
 
 def build_stages(stages: Sequence, source_names: Iterable[str]) -> list[Callable[[str], Any]]:

@@ -374,6 +374,8 @@ def source_check(cfg: SourceConfig) -> str:
         return listener_check(url)
     if cfg.type == "synthetic":
         return f"synthetic {cfg.width}x{cfg.height}, nothing to open"
+    if cfg.type == "custom":  # its factory checked with the config; what it opens is its own business
+        return f"a source of your own ({cfg.use}), built and opened when the run starts"
     from segstream.pipeline.builders import SOURCE_BUILDERS
 
     from segstream.connectors.av_input import InputHungUp, InputRefused, InputTimeout, InputUnreachable

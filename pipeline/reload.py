@@ -189,7 +189,8 @@ class Reloader:
                     runtime.add_source(
                         opened[source.name], queue_size=source.queue_size, required=source.required,
                         buffer=BufferPolicy(source.buffer_kind,
-                                            None if source.max_staleness_ms is None else source.max_staleness_ms / 1000),
+                                            None if source.max_staleness_ms is None else source.max_staleness_ms / 1000)
+                        if source.buffer_kind else None,  # (one's own source: what it declares)
                         segment_filter=filters.get(source.name))
                 except (RuntimeError, ValueError) as error:
                     opened[source.name].close()

@@ -734,7 +734,9 @@ class Runtime:
                 how_it_ran(getattr(adapter, "precision", None), getattr(adapter, "postprocess", None)),
                 engine.batch_size, layout.workers, layout.threads, cores, _quota_said(cores),
                 extra={"model": adapter.name, **weights})
-        live = [c.name for c in cfg.sources if c.type in ("stream", "camera", "snapshot")]
+        built = {s.name: s for s in sources}
+        live = [c.name for c in cfg.sources if c.type in ("stream", "camera", "snapshot")
+                or c.type == "custom" and getattr(built.get(c.name), "live", False)]
         if live and getattr(adapter.labels, "name", "") == "synthetic":
             # found probing as a home-lab NVR user: four cameras' yards came out as sky, sand and stars
             log.log(logging.WARNING if say else logging.DEBUG,
@@ -757,11 +759,12 @@ class Runtime:
             max_wait_ms=engine.max_wait_ms,
             max_inflight=layout.max_inflight,
             model_workers=layout.workers,
-            queue_size=kwargs.pop("queue_size", {s.name: s.queue_size for s in cfg.sources}),
+            # (a source of one's own that the config leaves them to: what it declares, else by its live)
+            queue_size=kwargs.pop("queue_size", {s.name: s.queue_size for s in cfg.sources if s.queue_size}),
             frame_budget_mb=kwargs.pop("frame_budget_mb", engine.frame_budget_mb),
             buffers=kwargs.pop("buffers", {
                 s.name: BufferPolicy(s.buffer_kind, None if s.max_staleness_ms is None else s.max_staleness_ms / 1000)
-                for s in cfg.sources
+                for s in cfg.sources if s.buffer_kind
             }),
             required=kwargs.pop("required", [s.name for s in cfg.sources if s.required] + own),
             resize_in_decoder=kwargs.pop("resize_in_decoder", engine.resize_in_decoder),

@@ -240,7 +240,7 @@ def test_an_unset_variable_does_not_hide_the_other_mistakes_and_is_said_once(cap
         "sources[0].url (source cam0) and 5 more places: environment variable SEGSTREAM_TEST_CAMPW is not set — "
         "export it or write ${SEGSTREAM_TEST_CAMPW:-default}",
         "sources[6].type (source cam9): unknown source type 'steam' — use file, stream, camera, snapshot, images, "
-        'synthetic (README, "Cameras, streams and image folders")',
+        'synthetic, custom (README, "Cameras, streams and image folders")',
         "sources[7].read_timout_s (source cam8): unknown key — did you mean 'read_timeout_s'?",
     ]
 
@@ -453,7 +453,7 @@ def test_validate_takes_a_fleet_s_files_away_from_their_host_and_prints_the_effe
     out, err = capsys.readouterr()
     assert out == f"ok: {host}: 4 sources, model synthetic_eomt_tiny_256 (the files it names not looked at)\n"
     assert err == f"segstream: error: {typo}: sources[0].type (line 2): unknown source type 'steam' — use file, stream, " \
-                  'camera, snapshot, images, synthetic (README, "Cameras, streams and image folders")\n'
+                  'camera, snapshot, images, synthetic, custom (README, "Cameras, streams and image folders")\n'
     # the effective config, secrets as ***, alone on stdout
     assert main(["validate", "--no-files", "--print", str(host), "--set", "engine.batch_size=8"]) == 0
     out, err = capsys.readouterr()

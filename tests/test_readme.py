@@ -69,3 +69,17 @@ def test_the_readme_extending_yaml_is_a_valid_config_section():
     cfg = validate_config({"sources": sources, **data})  # the shape only: its modules are examples
     assert [s.use for s in cfg.stages] == ["my_package.stages:LineCrossing"] and cfg.stages[0].sources == ["cam1", "cam2"]
     assert [s.use for s in cfg.sinks.custom] == ["my_package.sinks:KafkaSink"]
+
+
+def test_the_readme_custom_source_yaml_is_a_valid_config_section():
+    import yaml
+
+    from segstream.pipeline.config import validate_config
+
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("**Sources in the config.**"):]
+    data = yaml.safe_load(re.search(r"```yaml\n(.*?)```", section, re.DOTALL).group(1))
+    cfg = validate_config(data)  # the shape only: its module is an example
+    [source] = cfg.sources
+    assert (source.type, source.use, source.options, source.required) == (
+        "custom", "my_package.sources:GigECamera", {"serial": "A1234", "exposure_us": 8000}, True)

@@ -164,7 +164,7 @@ def test_a_file_source_given_a_glob_points_to_images_and_batch_and_names_the_pat
 
 
 def test_an_unknown_source_type_lists_the_types():
-    assert "use file, stream, camera, snapshot, images, synthetic" in _error(type="kamera")
+    assert "use file, stream, camera, snapshot, images, synthetic, custom" in _error(type="kamera")
     assert "use type: camera (README" in _error(type="webcam")  # a name other tools give it: its type
 
 
