@@ -242,13 +242,38 @@ class RunMetrics:
         self.retired: set[str] = set()  # sources removed from the run: not on /metrics (see retire)
         self.gauges: dict[str, Gauge] = {}
         self.model_ready = False  # the model is loaded and warmed up: frames may come
+        # seconds each pipeline thread worked (beat with no idle reason until its next beat), and
+        # seconds and calls of each part a thread runs (a per-source stage, a sink): where the time goes
+        self.busy_s: Counter[str] = Counter()
+        self.part_s: Counter[str] = Counter()
+        self.part_calls: Counter[str] = Counter()
 
     def beat(self, thread: str, idle: str | None = None) -> None:
         """``thread`` made progress now; ``idle`` says why it waits from here on (None: it works,
         and should come back within the stall bound)."""
-        self.heartbeats[thread] = (time.monotonic(), idle)
+        now = time.monotonic()
+        last = self.heartbeats.get(thread)
+        if last is not None and last[1] is None:  # it worked since its last beat (each thread its own key)
+            self.busy_s[thread] += now - last[0]
+        self.heartbeats[thread] = (now, idle)
         if idle is None:  # the thread that works, whose waits on its input are no stall (``thread_waits``)
             self.beat_idents[thread] = threading.get_ident()
+
+    def spent(self, part: str, seconds: float) -> None:
+        """A call of ``part`` (``stage NAME``, ``sink NAME``) took ``seconds``; called by the one
+        thread that runs it."""
+        self.part_s[part] += seconds
+        self.part_calls[part] += 1
+
+    def load(self) -> Load:
+        """Where the time went so far: each thread's working seconds (its current stretch of work
+        included) and each part's seconds and calls."""
+        now = time.monotonic()
+        busy = Counter(self.busy_s)
+        for thread, (at, idle) in list(self.heartbeats.items()):
+            if idle is None:
+                busy[thread] += now - at
+        return Load(now, busy, Counter(self.part_s), Counter(self.part_calls))
 
     def gauge(self, name: str, help: str, labels: tuple[str, ...], read: Callable[[], Mapping]) -> None:
         """Register (or replace) a value read when the metrics are scraped."""
@@ -441,6 +466,49 @@ def less_work_for(device_type: str, postprocess: str | None, resizable: bool = T
     return ", ".join(ways)
 
 
+@dataclass(frozen=True)
+class Load:
+    """``RunMetrics.load()``: at ``at`` (monotonic), the seconds each thread worked and each part
+    (``stage NAME``, ``sink NAME``) took, and the part's calls."""
+
+    at: float
+    busy: Mapping[str, float]
+    part_s: Mapping[str, float]
+    part_calls: Mapping[str, int]
+
+    def holds_back(self, earlier: Load) -> str | None:
+        """What held the run back between ``earlier`` and this load, when it is a thread after
+        the model: the per-source stages' or the sinks' thread, working most of that time and more
+        than any model worker, with its slowest part named; an overload line's cause and remedy
+        (None: the engine, or not known)."""
+        span = self.at - earlier.at
+        if span <= 0:
+            return None
+
+        def share(thread: str) -> float:
+            return (self.busy.get(thread, 0.0) - earlier.busy.get(thread, 0.0)) / span
+
+        model = max((share(t) for t in self.busy if t.startswith("model")), default=0.0)
+        for thread, kind, what in (("stage", "stage", "the per-source stages"), ("publish", "sink", "the sinks")):
+            busy = share(thread)
+            if busy < HOLDS_BACK_SHARE or busy <= model:
+                continue
+            took = {part: self.part_s[part] - earlier.part_s.get(part, 0.0) for part in self.part_s
+                    if part.startswith(kind + " ")}
+            calls = {part: self.part_calls.get(part, 0) - earlier.part_calls.get(part, 0) for part in took}
+            slowest = max(took, key=took.__getitem__, default=None)
+            if slowest is None or calls[slowest] <= 0:
+                return f"{what} hold the run back, not the model (their thread worked {busy:.0%} of the time): make " \
+                       f"them faster"
+            return (f"{what} hold the run back, not the model (their thread worked {busy:.0%} of the time; {slowest} "
+                    f"took {1000 * took[slowest] / calls[slowest]:.0f} ms a frame): make that {kind} faster")
+        return None
+
+
+# A thread after the model that works this share of the time or more holds the run back.
+HOLDS_BACK_SHARE = 0.8
+
+
 class OverloadWatch:
     """Tells when a source loses more than ``share`` of its frames to the engine's shedding
     (``queue_full``, ``stale``) over the last ``window_s`` seconds: once, and again only after it
@@ -477,13 +545,18 @@ class OverloadWatch:
         self._held: dict[bool, dict[str, _Window]] = {True: {}, False: {}}  # to be said once group_s has passed
         # how the engine could do less per frame, as the overload line advises (``less_work_for``)
         self.less_work = "a smaller model, a GPU"
+        # where the run's time goes (``RunMetrics.load``): a thread after the model that holds the
+        # run back is named instead of the engine (found probing: a slow stage of one's own was
+        # blamed on the model, "a smaller model, a GPU")
+        self.load: Callable[[], Load] | None = None
 
     def observe(self, now: float, counts: Mapping[str, SourceCounts]) -> list[tuple[int, str, tuple[str, ...]]]:
         """Take the counts at ``now``; returns the (logging level, message, sources it names) to log."""
-        self._samples.append((now, {name: _Sample.of(c) for name, c in counts.items()}))
+        self._samples.append((now, {name: _Sample.of(c) for name, c in counts.items()},
+                              self.load() if self.load is not None else None))
         while len(self._samples) > 1 and now - self._samples[1][0] >= self.window_s:
             self._samples.popleft()
-        since, before = self._samples[0]
+        since, before, loaded = self._samples[0]
         span = now - since
         if span < self.window_s or span > 1.5 * self.window_s or self.paused_since(since) > 0:
             if span >= self.window_s:  # a window that tells nothing breaks a calm spell (found reviewing)
@@ -506,7 +579,9 @@ class OverloadWatch:
             enough = dropped >= max(self.least_dropped, frames / span)
             if fraction > self.share and enough and name not in self.overloaded:
                 self.overloaded.add(name)
-                turned[True][name] = _Window(frames, fraction, lost, now)
+                last = self._samples[-1][2]
+                cause = last.holds_back(loaded) if last is not None and loaded is not None else None
+                turned[True][name] = _Window(frames, fraction, lost, now, cause)
             elif name in self.overloaded and fraction < self.share / 2:
                 calm_since = self._calm_since.setdefault(name, now)
                 if now - calm_since >= self.calm_s:
@@ -568,15 +643,20 @@ class OverloadWatch:
             for window in sources.values():
                 lost.update(window.lost)
             reasons = ", ".join(f"{reason} {n}" for reason, n in lost.items())
+            causes = {window.cause for window in sources.values()}
+            its = "its" if len(names) == 1 else "their"
+            if len(causes) == 1 and (cause := causes.pop()) is not None:
+                whose = "the source's" if len(names) == 1 else "the sources'"
+                advice = f"{cause}, or set or lower {whose} max_fps"
+            else:
+                advice = (f"set or lower {its} max_fps (frames {'it leaves' if its == 'its' else 'they leave'} out are "
+                          f"never converted), or give the engine less to do per frame ({self.less_work})")
             if len(names) == 1:
-                return logging.WARNING, (
-                    f"source {names[0]} is overloaded: {share} of its frames dropped {when} "
-                    f"({reasons}) — set or lower its max_fps (frames it leaves out are never converted), or give the "
-                    f"engine less to do per frame ({self.less_work})"), names
+                return logging.WARNING, (f"source {names[0]} is overloaded: {share} of its frames dropped {when} "
+                                         f"({reasons}) — {advice}"), names
             return logging.WARNING, (
                 f"sources {_some(names)} ({len(names)} sources) are overloaded: {share} of their frames dropped "
-                f"{when} ({reasons}) — set or lower their max_fps (frames they leave out are "
-                f"never converted), or give the engine less to do per frame ({self.less_work})"), names
+                f"{when} ({reasons}) — {advice}"), names
         frames = sum(w.frames for w in sources.values())
         if len(names) == 1:
             return logging.INFO, f"source {names[0]} keeps up again: {share} of its {frames} frames dropped {when}", names
@@ -603,6 +683,7 @@ class _Window:
     fraction: float
     lost: dict[str, int]
     at: float  # when the window ended (monotonic)
+    cause: str | None = None  # a thread after the model that held the run back (``Load.holds_back``)
 
 
 @dataclass(frozen=True)

@@ -607,6 +607,7 @@ class Runtime:
                                                 resizable=not resize_in_decoder and not self._wants_images)
         self._last_line: tuple[float, int, int] | None = None  # elapsed s, frames in, frames out at the last status line
         self.metrics = metrics or RunMetrics()
+        self.overload.load = self.metrics.load
         for name in names:
             self.metrics.source(name)
         for sink in self.sinks:  # a sink saying whether the run lives (the Redis status keys) says what /healthz says
@@ -1349,7 +1350,9 @@ class Runtime:
                         self._announced[result.source] = segment_filter
                         result.events.insert(0, self._settings_event(result, segment_filter))
                     for stage in self._source_stages(result.source):
+                        began = time.monotonic()
                         given, result = result, stage.process(result)
+                        self.metrics.spent(_stage_name(stage), time.monotonic() - began)
                         if not isinstance(result, FrameResult):
                             raise TypeError(f"{type(stage).__name__}.process returned {type(result).__name__} for frame "
                                             f"{given.index} of {given.source}: a per-source stage returns the result "
@@ -1476,8 +1479,10 @@ class Runtime:
                     self._handing = list(item.events)
                     for sink in self.sinks:
                         self._handed, self._handing_to = 0, sink
+                        began = time.monotonic()
                         sink.publish(item)
                         self._hand(sink, item.events)
+                        self.metrics.spent(f"sink {getattr(sink, 'name', type(sink).__name__)}", time.monotonic() - began)
                     self._handing = []
                     item.image = None  # drawn by now; results kept downstream must not hold frames
                     if not self._reporting:
@@ -1612,6 +1617,16 @@ class Runtime:
                 "for good, an abort).", (), lambda: {(): self.events_abandoned})
         counter("sink_reconnects", "Times a sink's store took writes again after an outage.", ("sink",),
                 of_sinks("reconnects"))
+        metrics = self.metrics
+        counter("thread_busy_seconds", "Seconds each pipeline thread worked (model workers, post-processing, the "
+                "per-source stages, publishing, each source's decoder): one near the run's time holds it back.",
+                ("thread",), lambda: {(thread,): seconds for thread, seconds in list(metrics.busy_s.items())})
+        counter("stage_seconds", "Seconds each per-source stage (the tracker, a stage of one's own) took.", ("stage",),
+                lambda: {(part[6:],): seconds for part, seconds in list(metrics.part_s.items())
+                         if part.startswith("stage ")})
+        counter("sink_seconds", "Seconds the publishing thread spent handing results and events to each sink.",
+                ("sink",), lambda: {(part[5:],): seconds for part, seconds in list(metrics.part_s.items())
+                                    if part.startswith("sink ")})
         counter("sink_bytes_written", "Bytes of entries a sink wrote, as sent (Redis: field names and values; files: lines).", ("sink",), of_sinks("bytes_written"))
         counter("sink_down_seconds", "Seconds a sink could not write (its store unreachable or refusing writes).",
                 ("sink",), of_sinks("down_seconds"))
@@ -2151,6 +2166,14 @@ def _start(thread: threading.Thread) -> None:
             raise
         name = thread.name.removeprefix(THREAD_PREFIX)
         raise ResourceLimit(f"the system refused to start the pipeline's {name} thread ({THREAD_LIMIT_HINT})") from None
+
+
+def _stage_name(stage: FrameStage) -> str:
+    """``stage NAME`` for the time a per-source stage takes: a config-named one's ``use``, the
+    tracker, else its class."""
+    if (use := getattr(stage, "use", None)) is not None:
+        return f"stage {use}"
+    return "stage tracker" if type(stage).__name__ == "TrackingStage" else f"stage {type(stage).__name__}"
 
 
 def _reason(error: BaseException, source: str) -> str:
