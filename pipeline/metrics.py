@@ -322,6 +322,7 @@ class RunMetrics:
         with self._lock:
             self.retired.add(name)
             self.heartbeats.pop(decode_thread(name), None)
+            self.busy_s.pop(decode_thread(name), None)
             self.beat_idents.pop(decode_thread(name), None)
 
     def exposed(self) -> dict[str, SourceCounts]:

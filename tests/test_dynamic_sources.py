@@ -230,6 +230,7 @@ def test_a_removed_source_leaves_the_status_line_the_queues_and_metrics_but_not_
     report = run.stop()
     assert "gone" not in line and "stays=" in line, line
     assert 'source="gone"' not in page and 'source="stays"' in page
+    assert 'thread="decode:gone"' not in page and 'thread="decode:stays"' in page  # its decoder's working seconds
     assert "decode-gone" not in page  # its thread ended: no heartbeat series either
     assert f"gone {report.sources['gone'].published}/{report.sources['gone'].decoded} (removed)" in report.summary()
 
