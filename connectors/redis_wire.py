@@ -127,7 +127,11 @@ def to_wire(result: FrameResult, mask_encoding: str = "rle", publish_ts: float |
         fields["idmap"] = zstandard.ZstdCompressor().compress(
             np.ascontiguousarray(result.label_map, dtype="<i4").tobytes()
         )
-    fields["segments"] = json.dumps(records, separators=(",", ":"), ensure_ascii=False)
+    try:  # (JSON has no NaN: a reader in another language would fail on the whole entry)
+        fields["segments"] = json.dumps(records, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except ValueError:
+        raise WireFormatError(f"segment scores of {result.source} frame {result.index} must be finite, got "
+                              f"{[float(x) for x in result.segments.scores]}") from None
     if result.levels and levels:
         _levels_to_wire(result, mask_encoding, fields)
     return fields

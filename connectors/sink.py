@@ -48,7 +48,10 @@ class Sink(Protocol):
     publish) and calls it with the results it has written, or with stand-ins that carry their
     source, index, capture time and the same ``times`` dict (a sink that buffers keeps no label
     maps), each with ``publish_ts`` set to when it was written. A sink with ``on_dropped`` calls
-    it with results it gave up on and why (``DroppedCallback``). A sink with ``source_ended(name)``
+    it with results it gave up on and why (``DroppedCallback``). A sink with
+    ``frame_dropped(source, index, reason)`` hears of each frame dropped after the model, in its
+    source's order (``model_nonfinite``: the network's outputs for it were not finite), a sink
+    that accounts for every frame of a source among them. A sink with ``source_ended(name)``
     hears that a source's last result and events were published to it; with
     ``source_removed(name)``, just after, that the source was removed from the run (a reload,
     ``Runtime.remove_source``): what the sink wrote of it is no longer the run's to watch. A

@@ -10,6 +10,8 @@ tests.
 
 from __future__ import annotations
 
+import logging
+
 import platform
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -39,6 +41,9 @@ from segstream.models.results import NO_TRACK, FrameResult, Segments
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+log = logging.getLogger("segstream.model")
+
+
 @dataclass(slots=True)
 class Prepared:
     """A batch ready for the network: ``pixels`` N x 3 x S x S (N frames, or windows of them),
@@ -64,7 +69,9 @@ class FamilyAdapter(Protocol):
     one batch at a time in batch order. ``batch_buckets`` are the batch sizes a compiled network
     is specialised for (``()``: any). ``segment(images)`` is the synchronous path, H x W x 3
     uint8 RGB numpy frames to ``FrameResult``s: ``segment_frames(self, images)`` implements it
-    for any adapter."""
+    for any adapter. An adapter may also have ``finite(outputs, prepared)``: a bool tensor, per
+    frame, whether the network's outputs for it hold no NaN or infinity (``nonfinite_frames``);
+    the engine drops a frame whose outputs do not, counting it (an fp16 network can overflow)."""
 
     # read-only (the engine only reads them): an adapter's own may be properties or Final
     @property
@@ -287,6 +294,15 @@ class EoMTSegmenter:
             for i in range(len(prepared.frames))
         ]
 
+    @torch.inference_mode()
+    def finite(self, outputs: EoMTOutput, prepared: Prepared) -> Tensor:
+        """Per frame, whether its class and mask logits hold no NaN or infinity (a semantic
+        frame's: all of its windows')."""
+        rows = torch.isfinite(outputs.class_logits).flatten(1).all(1) & torch.isfinite(outputs.mask_logits).flatten(1).all(1)
+        if self.task != "semantic":
+            return rows
+        return torch.stack([part.all() for part in rows.split([len(layout.starts) for layout in prepared.layouts])])
+
     def embeddings(self, outputs: EoMTOutput, prepared: Prepared, index: int, decision: Decision) -> Tensor:
         """The final-normed query token of each segment's query (S x D); none for semantic."""
         if self.task == "semantic":
@@ -325,7 +341,32 @@ def segment_frames(
             raise FrameError(f"frame {i} of {len(images)}: {error}") from None
     prepared = adapter.prepare(tensors, None if sizes is None else list(sizes))
     outputs = adapter.forward(prepared)
-    return results(adapter, outputs, prepared, adapter.decide(outputs, prepared))
+    out = results(adapter, outputs, prepared, adapter.decide(outputs, prepared))
+    if bad := nonfinite_frames(adapter, outputs, prepared):
+        which = f"frame {bad[0]}" if len(bad) == 1 else f"frames {', '.join(map(str, bad))}"
+        log.warning("%s of %d: %s", which, len(images), nonfinite_advice(adapter))
+    return out
+
+
+def nonfinite_frames(adapter: FamilyAdapter, outputs: Any, prepared: Prepared) -> list[int]:
+    """The frames of a batch whose network outputs hold NaN or infinity (the adapter's
+    ``finite``; none known for an adapter without it)."""
+    finite = getattr(adapter, "finite", None)
+    if finite is None:
+        return []
+    flags = finite(outputs, prepared)
+    if bool(flags.all()):  # (one synchronisation a batch, the usual answer)
+        return []
+    return [i for i, ok in enumerate(flags.tolist()) if not ok]
+
+
+def nonfinite_advice(adapter: FamilyAdapter) -> str:
+    """What a frame whose network outputs are not finite means, and what to do."""
+    said = "the network's outputs hold NaN or infinity (its segments would mean nothing)"
+    if getattr(adapter, "precision", None) == "fp16":
+        return f"{said} — fp16 overflows in this network: set model.precision to bf16 (or fp32)"
+    return (f"{said} — set model.precision to fp32 if it is not, and check that the checkpoint was trained for "
+            f"{adapter.name}")
 
 
 def upload(image: np.ndarray, device: torch.device) -> Tensor:

@@ -242,6 +242,20 @@ class SeNaTraSegmenter:
             )
         return decisions
 
+    @torch.inference_mode()
+    def finite(self, outputs: SeNaTraOutput | SizeGroups, prepared: Prepared) -> Tensor:
+        """Per frame, whether its token and pixel class logits hold no NaN or infinity."""
+        def of(group: SeNaTraOutput) -> Tensor:
+            return (torch.isfinite(group.class_logits).flatten(1).all(1)
+                    & torch.isfinite(group.pixel_logits).flatten(1).all(1))
+
+        if isinstance(outputs, SeNaTraOutput):
+            return of(outputs)
+        flags = torch.ones(len(prepared.frames), dtype=torch.bool, device=self.device)
+        for frames, group in outputs.groups:
+            flags[frames] = of(group)
+        return flags
+
     def embeddings(self, outputs: SeNaTraOutput, prepared: Prepared, index: int, decision: NativeDecision) -> Tensor:
         """Each segment's mean final token (S x D), what a tracker matches segments by."""
         return decision.embeddings

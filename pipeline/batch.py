@@ -60,7 +60,7 @@ from segstream.pipeline.config import (
     interpolate,
     validate_config,
 )
-from segstream.pipeline.metrics import RunMetrics, decode_thread
+from segstream.pipeline.metrics import MODEL_NONFINITE, RunMetrics, decode_thread
 from segstream.pipeline.source_states import first_frame
 
 log = logging.getLogger(__name__)
@@ -898,6 +898,7 @@ class BatchSink:
         self._pending = {source.name: source for source in sources}
         self._outputs: dict[str, VideoOutputs] = {}
         self._ended: set[str] = set()  # videos the runtime has sent all of (results and end events)
+        self._dropped: Counter[str] = Counter()  # frames of each video dropped after the model (no result)
         self._lock = threading.RLock()
 
     def _outputs_of(self, video_id: str) -> VideoOutputs:
@@ -922,6 +923,13 @@ class BatchSink:
             result.publish_ts = time.time()
             if self.on_written is not None:
                 self.on_written([result])
+            self._end_finished()
+
+    def frame_dropped(self, source: str, index: int, reason: str) -> None:
+        """A frame of the video the runtime dropped after the model (its outputs not finite): it
+        has no result to write, and the video is failed for it once it ended."""
+        with self._lock:
+            self._dropped[source] += 1
             self._end_finished()
 
     def publish_event(self, event: Event) -> None:
@@ -955,7 +963,8 @@ class BatchSink:
     def _end_finished(self) -> None:
         for video_id, source in list(self._pending.items()):
             outputs = self._outputs.get(video_id)
-            if video_id in self._ended and source.outcome is not None and (outputs.frames if outputs else 0) >= source.yielded:
+            handled = (outputs.frames if outputs else 0) + self._dropped[video_id]
+            if video_id in self._ended and source.outcome is not None and handled >= source.yielded:
                 self._end(video_id, source, source.outcome, source.reason)
 
     def _end(self, video_id: str, source: BatchVideoSource, status: str, reason: str) -> None:
@@ -963,6 +972,10 @@ class BatchSink:
         outputs = self._outputs.pop(video_id, None)
         frames = outputs.frames if outputs else 0
         status, reason = judge(source.job, status, frames, reason)
+        if (dropped := self._dropped.pop(video_id, 0)) and (status == "done" or frames == 0):
+            # its outputs would lack those frames: not done, and not committed
+            status, reason = "failed", (f"{dropped} frames dropped: the network's outputs for them held NaN or "
+                                        f"infinity ({MODEL_NONFINITE}; the warning above says what to do)")
         seconds = time.monotonic() - source.started if source.started is not None else 0.0
         outcome = VideoOutcome(source.job, status, frames, source.decode_errors, seconds, reason,
                                frames_missing=source.damage[0], damage=source.damage[1],

@@ -760,13 +760,15 @@ def _run(args: argparse.Namespace) -> int:
         lines.append(undelivered_line(report.undelivered, report.published + sum(report.undelivered.values())))
     if report.data_losses:
         lines.append(data_loss_line({name: report.sinks[name] for name in report.data_losses}))
+    if report.nonfinite:
+        lines.append(nonfinite_line(report.nonfinite, report.decoded))
     if report.failed:
         # a live source that lost its camera must not look like a run that finished; and what else went
         # wrong is said with it (found probing a port's cameras: a failed camera hid a Redis data loss)
         failed = [f"source {name} failed: {reason}" for name, reason in report.failed.items()]
         raise SourceError("\n".join(failed[:-1] + ["; ".join([failed[-1], *lines])]))
     if lines:
-        raise SinkError("; ".join(lines))
+        raise (SinkError if report.undelivered or report.data_losses else SegstreamError)("; ".join(lines))
     return 0
 
 
@@ -815,6 +817,12 @@ def _reload(args: argparse.Namespace) -> int:
                              "running, with this config's ops.http (or give --ops HOST:PORT)?") from None
     print(line)
     return 0
+
+
+def nonfinite_line(dropped: int, decoded: int) -> str:
+    """The one line for frames dropped because the network's outputs for them were not finite."""
+    return (f"the output is incomplete: {dropped} of {decoded} frames were dropped because the network's outputs for "
+            "them held NaN or infinity (model_nonfinite); the warning above says what to do")
 
 
 def undelivered_line(lost: dict[str, int], results: int) -> str:

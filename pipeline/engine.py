@@ -21,7 +21,7 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -29,7 +29,7 @@ import torch
 
 from segstream.connectors.frames import Frame
 from segstream.models.results import FrameResult
-from segstream.models.segmenter import FamilyAdapter, Prepared, results
+from segstream.models.segmenter import FamilyAdapter, Prepared, nonfinite_frames, results
 from segstream.pipeline.metrics import QUEUE_FULL, STALE, RunMetrics
 
 
@@ -388,6 +388,7 @@ class InFlight:
     started: float
     begin: Any = None
     done: Any = None
+    nonfinite: list[int] = field(default_factory=list)  # its frames whose outputs hold NaN or infinity
 
 
 class _PinnedStaging:
@@ -500,6 +501,7 @@ class ModelStage:
         with torch.cuda.stream(self.post_stream) if self.cuda else nullcontext():
             decisions = self.adapter.decide(batch.outputs, batch.prepared)
             out = results(self.adapter, batch.outputs, batch.prepared, decisions)
+            batch.nonfinite = nonfinite_frames(self.adapter, batch.outputs, batch.prepared)
         finished = time.monotonic()
         for frame, result in zip(batch.frames, out):
             result.source = frame.source

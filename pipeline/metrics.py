@@ -31,10 +31,11 @@ from segstream.connectors.source import DOWN_STATES
 # The timestamps a frame collects on its way, in order; a stage's latency is the time from the
 # previous one to its own.
 # Why frames are dropped: the batcher's (a newest-kept queue full, a frame older than its
-# staleness limit), the decoder's, and the sinks' (connectors/sink.py).
-QUEUE_FULL, STALE, DECODE_ERROR = "queue_full", "stale", "decode_error"
-DROP_REASONS = (QUEUE_FULL, STALE, DECODE_ERROR, DROPPED_BACKLOG, DROPPED_UNREACHABLE, DROPPED_WRITE_FAILED,
-                DROPPED_REFUSED)
+# staleness limit), the decoder's, the model's (outputs holding NaN or infinity: an fp16
+# overflow), and the sinks' (connectors/sink.py).
+QUEUE_FULL, STALE, DECODE_ERROR, MODEL_NONFINITE = "queue_full", "stale", "decode_error", "model_nonfinite"
+DROP_REASONS = (QUEUE_FULL, STALE, DECODE_ERROR, MODEL_NONFINITE, DROPPED_BACKLOG, DROPPED_UNREACHABLE,
+                DROPPED_WRITE_FAILED, DROPPED_REFUSED)
 
 STAGES = ("decoded", "queued", "batched", "model_start", "model_end", "post_end", "staged", "published")
 # Upper bounds (seconds) of the latency histograms: Prometheus' defaults, plus the millisecond

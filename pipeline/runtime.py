@@ -52,13 +52,13 @@ from segstream.connectors.source import VideoSource
 from segstream.connectors.threads import NamedThread, waiting_for_input
 from segstream.models.results import Event, FrameResult
 from segstream.models.segment_filter import FILTER_REASONS, SegmentFilter
-from segstream.models.segmenter import FamilyAdapter
+from segstream.models.segmenter import FamilyAdapter, nonfinite_advice
 from segstream.pipeline.engine import (
     Batcher, BufferPolicy, InFlight, ModelStage, cgroup_cpu_quota, engine_layout, usable_cores,
 )
 from segstream.pipeline.logs import new_run_id
 from segstream.pipeline.metrics import (
-    DECODE_ERROR, SHED_REASONS, OverloadWatch, RunMetrics, SourceCounts, decode_thread, less_work_for,
+    DECODE_ERROR, MODEL_NONFINITE, SHED_REASONS, OverloadWatch, RunMetrics, SourceCounts, decode_thread, less_work_for,
 )
 from segstream.pipeline.source_states import SourceStates, first_frame
 
@@ -67,7 +67,7 @@ _END = object()
 _POLL_IDLE_S = 0.5
 # Past this many sources, the summary gives each its own line (and the status line sums queues).
 MANY_SOURCES = 4
-ENGINE_DROPS = (*SHED_REASONS, DECODE_ERROR)  # frames the engine itself leaves out: not a sink's output lost
+ENGINE_DROPS = (*SHED_REASONS, DECODE_ERROR, MODEL_NONFINITE)  # frames the engine itself leaves out: not a sink's output lost
 # sources named per state in the status line; more are counted (the final report names each)
 STATE_NAMES_SHOWN = 8
 # How long a stopped run waits for a source's frames() to return after close() before it ends
@@ -289,6 +289,12 @@ class RunReport:
             lost.update({reason: n for reason, n in s.dropped_by.items()
                          if (reason in SINK_DROPS or reason in self.sink_drop_reasons) and n})
         return dict(lost)
+
+    @property
+    def nonfinite(self) -> int:
+        """Frames dropped because the network's outputs for them held NaN or infinity (an fp16
+        overflow): the output lacks them, unlike the engine's shedding of load."""
+        return sum(s.dropped_by.get(MODEL_NONFINITE, 0) for s in self.sources.values())
 
     @property
     def data_losses(self) -> dict[str, int]:
@@ -682,6 +688,7 @@ class Runtime:
         self._started = False
         self._reporting = False  # some sink reports its writes (else publishing is the hand-off)
         self._sink_drop_reasons: set[str] = set()  # what sinks said of results they never wrote
+        self._unusable_said: set[str] = set()  # sources warned of a frame the model gave no usable result for
         self._decoding = threading.Event()  # the model is warm: sources may start
         self._workers_lock = threading.Lock()
         self._workers_left = model_workers
@@ -1325,6 +1332,8 @@ class Runtime:
             for frame, result in zip(batch.frames, results):
                 result.image, result.sample_aspect = frame.image, frame.sample_aspect
         self.metrics.beat("post", idle="back-pressure")
+        for i in batch.nonfinite:  # dropped after the model, in order with the rest (the stage counts it)
+            results[i] = _Unusable(results[i], MODEL_NONFINITE)
         return all(self._to_stage.put(result) for result in results)
 
     def _stage(self) -> None:
@@ -1339,7 +1348,12 @@ class Runtime:
                 if (result := self._to_stage.get(timeout=_POLL_IDLE_S)) is _END:
                     ended = True
                     break
-                if result is not None:
+                if isinstance(result, _Unusable):
+                    self._drop_unusable(result)
+                    staged[result.result.source] += 1
+                    if not self._to_sinks.put(result):  # (a sink that accounts for each frame is told)
+                        return
+                elif result is not None:
                     beat("stage")
                     if (segment_filter := self.filters.get(result.source)) is not None:
                         for reason, count in segment_filter.apply(result).items():
@@ -1384,6 +1398,17 @@ class Runtime:
                     self.emit(event)
             self._to_sinks.end()
             beat("stage", idle="ended")
+
+    def _drop_unusable(self, unusable: _Unusable) -> None:
+        """A frame the model gave no usable result for: counted as dropped, said once a source
+        (its count is in the summary and in segstream_frames_dropped_total)."""
+        result = unusable.result
+        self.metrics.dropped(result.source, unusable.reason)
+        if result.source not in self._unusable_said:
+            self._unusable_said.add(result.source)
+            log.warning("source %s frame %d dropped: %s (said once for this source; every such frame is counted as "
+                        "dropped, %s)", result.source, result.index, nonfinite_advice(self.adapter), unusable.reason,
+                        extra={"source": result.source})
 
     def _end_sources(self, staged: Counter[str], settled: set[int], all_ended: bool = False) -> bool:
         """Send each source whose last result has passed the stages (``all_ended``: every source)
@@ -1471,6 +1496,10 @@ class Runtime:
                             sink.source_removed(item.source)
                     self._handing = []
                     self._ended_out(item)
+                elif isinstance(item, _Unusable):
+                    for sink in self.sinks:
+                        if hasattr(sink, "frame_dropped"):
+                            sink.frame_dropped(item.result.source, item.result.index, item.reason)
                 elif item is not None:
                     # Counted before the hand-off: a sink that drops it later takes it back (on_dropped).
                     self.metrics.published(item.source)
@@ -2166,6 +2195,15 @@ def _start(thread: threading.Thread) -> None:
             raise
         name = thread.name.removeprefix(THREAD_PREFIX)
         raise ResourceLimit(f"the system refused to start the pipeline's {name} thread ({THREAD_LIMIT_HINT})") from None
+
+
+@dataclass(frozen=True, slots=True)
+class _Unusable:
+    """A result the model gave in name only (its outputs not finite), on its way to be counted as
+    dropped in its source's order."""
+
+    result: FrameResult
+    reason: str
 
 
 def _stage_name(stage: FrameStage) -> str:
