@@ -62,4 +62,14 @@ def frame_problem(frame: object) -> str | None:
         return f"has an image of type {type(image).__name__}, not a numpy array"
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or 0 in image.shape:
         return f"has a {image.dtype} image of shape {image.shape}, not H x W x 3 uint8 RGB"
+    wall = frame.capture_wall
+    if not isinstance(wall, (int, float, np.floating, np.integer)) or not CAPTURE_WALL_RANGE[0] < wall < CAPTURE_WALL_RANGE[1]:
+        # found probing a source of one's own: 0 and milliseconds went out as capture_ts, latencies of 1.8e12 ms
+        return (f"has capture_wall {wall!r}, not the Unix time in seconds it was captured (time.time() where it came, "
+                "or the camera's own clock)")
     return None
+
+
+# The Unix times a frame's capture_wall may be (1973 to 5138): 0, seconds since a start, and
+# milliseconds lie outside.
+CAPTURE_WALL_RANGE = (1e8, 1e11)

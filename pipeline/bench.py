@@ -145,7 +145,7 @@ def naive_fps(cfg: PipelineConfig, adapter, frame_count: int) -> float:
     # the first source's filters, as the engine applies them before its stages
     settings = filter_settings(cfg.filters_of(cfg.sources[0].name), adapter.labels)
     segment_filter = SegmentFilter(settings) if settings.active else None
-    sinks = build_sinks(cfg.sinks)
+    sinks = build_sinks(cfg.sinks, tell_unused=False)  # (said once, by the pipeline's)
     drawn = any(getattr(sink, "wants_images", False) for sink in sinks)  # a preview draws on the frame
     done = 0
     try:

@@ -42,7 +42,7 @@ def _reason(error: BaseException) -> str:
     if isinstance(error, SyntaxError) and error.filename:  # its own text names the file without its folder
         return " ".join(f"{type(error).__name__}: {error.msg} ({error.filename}, line {error.lineno})".split())
     if isinstance(error, SystemExit):  # a plugin's sys.exit("...") said nothing of whose it was
-        return f"it called sys.exit({error.code!r})"
+        return f"SystemExit: sys.exit({error.code!r}) was called"
     return " ".join(f"{type(error).__name__}: {error}".split())
 
 
@@ -184,9 +184,40 @@ def build_source(cfg) -> Any:
     if problem is not None:
         with contextlib.suppress(Exception):
             source.close()
-        raise ConfigError(f"{where}: {cfg.use}('{cfg.name}', ...) returned a {type(source).__name__}, which "
-                          f"{problem} — {_protocol(SOURCE_GROUP)}")
-    return source
+        kind = type(source).__name__
+        raise ConfigError(f"{where}: {cfg.use}('{cfg.name}', ...) returned {'an' if kind[0] in 'aeiouAEIOU' else 'a'} "
+                          f"{kind}, which {problem} — {_protocol(SOURCE_GROUP)}")
+    return source if cfg.max_fps is None else CappedSource(source, cfg.max_fps)
+
+
+class CappedSource:
+    """A source of one's own under the config's ``max_fps``: its frames thinned by their stream
+    time (``pts_seconds``, else their ``capture_wall``) as the shipped sources thin theirs, the
+    frames left out counted as skipped (``frames_skipped``); the rest of it, what the runtime sets
+    on it (``on_state``, ``on_event``) included, is the source's own."""
+
+    def __init__(self, source: Any, max_fps: float):
+        from segstream.connectors.frame_rate import FrameRateCap
+
+        object.__setattr__(self, "_source", source)
+        object.__setattr__(self, "_cap", FrameRateCap(max_fps))
+
+    def frames(self) -> Any:
+        with contextlib.closing(iter(self._source.frames())) as frames:  # its cleanup when this one is closed
+            for frame in frames:
+                seconds = getattr(frame, "pts_seconds", None)
+                if self._cap.keep(seconds if seconds is not None else getattr(frame, "capture_wall", None)):
+                    yield frame
+
+    @property
+    def frames_skipped(self) -> int:
+        return self._cap.skipped + getattr(self._source, "frames_skipped", 0)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._source, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self._source, name, value)
 
 
 def build_stages(stages: Sequence, source_names: Iterable[str]) -> list[Callable[[str], Any]]:

@@ -48,7 +48,7 @@ from segstream.connectors.errors import (
 )
 from segstream.connectors.frames import Frame, frame_problem
 from segstream.connectors.sink import SINK_DROPS, SINK_METHODS, Sink
-from segstream.connectors.source import VideoSource
+from segstream.connectors.source import SOURCE_STATES, VideoSource
 from segstream.connectors.threads import NamedThread, waiting_for_input
 from segstream.models.results import Event, FrameResult
 from segstream.models.segment_filter import FILTER_REASONS, SegmentFilter
@@ -689,6 +689,7 @@ class Runtime:
         self._reporting = False  # some sink reports its writes (else publishing is the hand-off)
         self._sink_drop_reasons: set[str] = set()  # what sinks said of results they never wrote
         self._unusable_said: set[str] = set()  # sources warned of a frame the model gave no usable result for
+        self.config_sources: set[str] = set()  # the sources a config named (from_config), not a program's own
         self._decoding = threading.Event()  # the model is warm: sources may start
         self._workers_lock = threading.Lock()
         self._workers_left = model_workers
@@ -782,6 +783,7 @@ class Runtime:
             **kwargs,
         )
         runtime.weights, runtime.checkpoint_id = weights, checkpoint_id
+        runtime.config_sources = configured
         if runtime._publish_settings:  # (a batch's manifest says them)
             runtime.made_by |= weights
         return runtime
@@ -917,8 +919,13 @@ class Runtime:
         listener = self.states.listener(name, epoch)
 
         def on_state(state: str, reason: str, data: dict[str, Any], quiet: bool = False) -> None:
-            if state == "ended" and i in self._removed and reason.startswith("stopped"):
-                reason = "removed" + reason.removeprefix("stopped")
+            if state not in SOURCE_STATES:  # a source of one's own (found probing: "warming_up" went out as a state)
+                raise SourceError(f"source {name}: it reported the state {state!r}: a source's states are "
+                                  f"{', '.join(SOURCE_STATES)}")
+            if state == "ended" and i in self._removed and not reason.startswith("removed"):
+                # (a source of one's own says its own words: "camera closed", found probing)
+                reason = "removed" + (reason.removeprefix("stopped") if reason.startswith("stopped") else
+                                      f" ({reason})" if reason else "")
             listener(state, reason, data, quiet)
 
         return on_state
@@ -1104,6 +1111,7 @@ class Runtime:
         lag = (_LiveLag(name, self.buffers[i], getattr(source, "catches_up", False), self.overload.less_work)
                if source.live else None)
         taken = 0
+        last_index: int | None = None  # this source's last frame's (the run's own numbering may go on from another's)
         try:
             self.metrics.beat(beat)
             if generic:
@@ -1121,15 +1129,17 @@ class Runtime:
                     break
                 if i in self._left_behind:  # the run ended without this source: what it yields now goes nowhere
                     return
-                if (problem := frame_problem(frame) or self._model_refuses(frame)) is not None:
+                if (problem := frame_problem(frame) or self._model_refuses(frame)
+                        or _out_of_line(frame, name, last_index)) is not None:
                     # a source of one's own, a frame the model cannot take: said here, of this source only
                     number = frame.index if isinstance(frame, Frame) else counts.decoded
                     raise SourceError(f"source {name}: frame {number} {problem}")
+                last_index = frame.index
                 frame.times["decoded"] = now = time.monotonic()
                 if before is not None:
                     shift = shift or _Shift(before, frame)
                     shift.apply(frame)
-                if generic and taken == 0:
+                if taken == 0 and (generic or counts.state is None):  # (one of its own that said nothing: found probing)
                     self.states.enter(name, "streaming", *first_frame(source, frame), quiet=True)
                 taken += 1
                 self._timeline[name] = (frame.index, frame.epoch, frame.pts_seconds, frame.capture_wall)
@@ -1155,6 +1165,11 @@ class Runtime:
             failed = True
             self.states.enter(name, "failed", _reason(error, name))
             if name in self.required:
+                if isinstance(error, Exception) and not isinstance(error, SegstreamError) and name in self.config_sources:
+                    # a config's source of one's own raised: its line, not a traceback (found probing: 33
+                    # lines); a program's own source's error is raised as it is
+                    log.debug("source %s raised", name, exc_info=True)
+                    error = SourceError(f"source {name} failed: {_reason(error, name)}")
                 # a broken required source ends the run, but what the others decoded still drains
                 self._fail(error, drain=True)
                 self.stop()
@@ -2195,6 +2210,16 @@ def _start(thread: threading.Thread) -> None:
             raise
         name = thread.name.removeprefix(THREAD_PREFIX)
         raise ResourceLimit(f"the system refused to start the pipeline's {name} thread ({THREAD_LIMIT_HINT})") from None
+
+
+def _out_of_line(frame: Frame, name: str, last_index: int | None) -> str | None:
+    """What is wrong with where a source's frame stands (of another source, its index not after
+    the last one's), in a few words; None when nothing is."""
+    if frame.source != name:
+        return f"is of source {frame.source!r}, not {name!r} (Frame.source is the source's name)"
+    if last_index is not None and frame.index <= last_index:
+        return f"comes after frame {last_index}: a source's frame indices increase (Frame.index)"
+    return None
 
 
 @dataclass(frozen=True, slots=True)

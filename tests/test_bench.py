@@ -114,6 +114,13 @@ def test_bench_publishes_beside_the_run_s_streams_and_files_not_into_them(tmp_pa
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
 
 
+def test_bench_says_once_that_a_folder_given_to_a_sink_left_off_is_not_written(tmp_path, capsys):
+    # found probing as a camera integrator: said three times, by the pipeline's sinks and each naive loop's
+    assert main(["bench", str(DEMO), "--frames", "4", "--naive-frames", "2", "--network-seconds", "0.1", "--json", "--set",
+                 "model.device=cpu", "--set", f"sinks.files.dir={tmp_path / 'out'}"]) == 0
+    assert capsys.readouterr().err.count("sinks.files.dir is set but sinks.files.enabled is not true") == 1
+
+
 def test_bench_with_a_preview_draws_in_the_naive_loop_too(tmp_path, capsys):
     # Found probing (release QA): the naive loop handed the preview sink results without their frame
     assert main(["bench", str(DEMO), "--frames", "6", "--naive-frames", "3", "--network-seconds", "0.2", "--json",

@@ -6,8 +6,6 @@ named in YAML, a camera SDK's source only in a program of one's own)."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 import textwrap
 import threading
@@ -83,6 +81,59 @@ class Unplugged(Pattern):
         yield self.picture(0)
         yield self.picture(1)
         raise OSError("the camera's cable was pulled")
+
+
+class Faulty(Pattern):
+    """Frames that go wrong at frame 2 in the way ``fault`` says."""
+
+    def __init__(self, name, fault):
+        super().__init__(name)
+        self.fault = fault
+
+    def frames(self):
+        for frame in super().frames():
+            if frame.index == 2:
+                if self.fault == "backwards":
+                    frame.index = 1
+                elif self.fault == "other_name":
+                    frame.source = "line9"
+                elif self.fault == "wall_ms":
+                    frame.capture_wall *= 1000
+                elif self.fault == "raise":
+                    raise RuntimeError("GenTL error -1011")
+            yield frame
+
+
+class States(Pattern):
+    """Reports its own states: as ``says`` lists them, before its frames."""
+
+    def __init__(self, name, says=()):
+        super().__init__(name)
+        self.says, self.on_state = says, None
+
+    def frames(self):
+        for state in self.says:
+            self.on_state(state, "sensor " + state, {})
+        yield from super().frames()
+        self.on_state("ended", "camera closed", {})
+
+
+class ReportingTicker(Ticker):
+    """A live source that reports its own states, its end in its own words."""
+
+    on_state = None
+
+    def frames(self):
+        self.on_state("streaming", "sensor open", {})
+        yield from super().frames()
+        self.on_state("ended", "camera closed", {})
+
+
+class Timed(Pattern):
+    """10 frames a second of stream time."""
+
+    def __init__(self, name, frames=20):
+        super().__init__(name, frames)
 
 
 def refuse(name, serial):
@@ -266,16 +317,14 @@ def test_validate_connect_leaves_a_source_of_one_s_own_to_the_run(site, capsys):
     assert check["ok"] and check["said"] == "a source of your own (mysources:Pattern), built and opened when the run starts"
 
 
-def test_an_entry_point_names_a_source_and_segstream_run_runs_it(site):
+def test_an_entry_point_names_a_source_and_segstream_run_runs_it(site, capsys):
     info = site / "mysources-0.1.dist-info"
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: mysources\nVersion: 0.1\n", encoding="utf-8")
     (info / "entry_points.txt").write_text("[segstream.sources]\npattern = mysources:Pattern\n", encoding="utf-8")
     config = write_config(site, "- {name: lab, type: custom, use: pattern, options: {frames: 3}}")
-    ran = subprocess.run([sys.executable, "-m", "segstream", "run", str(config)], cwd=site,
-                         env={**os.environ, "PYTHONPATH": str(site)}, capture_output=True, text=True, timeout=180)
-    assert ran.returncode == 0, ran.stderr
-    assert "lab 3/3" in ran.stderr and len(frames_of(site, "lab")) == 3
+    assert main(["run", str(config)]) == 0  # (the site on the module path: the fixture's)
+    assert "lab 3/3" in capsys.readouterr().err and len(frames_of(site, "lab")) == 3
 
 
 def _published_at_least(runtime, name: str, count: int, running: threading.Thread) -> None:
@@ -309,3 +358,69 @@ def test_a_reload_that_changes_a_source_s_options_builds_it_again_and_closes_the
         runtime.stop()
         running.join(60)
     assert not running.is_alive() and new.closed.is_set()
+
+
+@pytest.mark.parametrize(("fault", "reason"), [
+    ("backwards", "frame 1 comes after frame 1: a source's frame indices increase (Frame.index)"),
+    ("other_name", "frame 2 is of source 'line9', not 'dock' (Frame.source is the source's name)"),
+    ("wall_ms", "frame 2 has capture_wall "),
+])
+def test_a_frame_out_of_line_fails_its_source_alone_in_one_line(site, fault, reason):
+    # found probing: indices going back crashed the run in the tracker (a traceback, the healthy camera with it),
+    # another source's name made a stream for it, a capture_wall in milliseconds gave latencies of 1.8e12 ms
+    config = write_config(site, f"""
+        - {{name: dock, type: custom, use: 'mysources:Faulty', options: {{fault: {fault}}}}}
+        - {{name: demo, type: synthetic, width: 64, height: 48, num_frames: 4}}
+    """)
+    report = run_pipeline(load_checked_config(config), progress=False)
+    assert report.failed["dock"].startswith(reason), report.failed
+    assert [r.index for r in frames_of(site, "dock")] == [0, 1] and len(frames_of(site, "demo")) == 4
+    assert not (site / "out" / "line9.jsonl").exists()
+
+
+def test_a_required_source_that_raises_ends_the_run_in_one_line(site, capsys):
+    config = write_config(site, "- {name: dock, type: custom, use: 'mysources:Faulty', options: {fault: raise}, "
+                                "required: true}")
+    assert main(["run", str(config)]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.splitlines()[-1] == "segstream: error: source dock failed: RuntimeError: GenTL error -1011"
+
+
+def test_max_fps_thins_a_source_of_one_s_own_and_counts_what_it_left_out(site):
+    config = write_config(site, "- {name: lab, type: custom, use: 'mysources:Timed', options: {frames: 20}, "
+                                "max_fps: 2}")
+    report = run_pipeline(load_checked_config(config), progress=False)
+    seconds = [r.pts_seconds for r in frames_of(site, "lab")]
+    assert seconds == pytest.approx([0.0, 0.5, 1.0, 1.5]) and report.sources["lab"].skipped == 16
+
+
+def test_a_source_s_own_states_are_checked_and_one_that_says_none_streams_at_its_first_frame(site):
+    config = write_config(site, """
+        - {name: quiet, type: custom, use: 'mysources:States'}
+        - {name: odd, type: custom, use: 'mysources:States', options: {says: [connecting, warming_up]}}
+    """)
+    report = run_pipeline(load_checked_config(config), progress=False)
+    assert report.failed == {"odd": "it reported the state 'warming_up': a source's states are connecting, streaming, "
+                                    "stalled, reconnecting, ended, failed"}
+    assert [state for state, _ in states_of(site, "quiet")] == ["streaming", "ended"]
+    assert states_of(site, "quiet")[-1] == ("ended", "camera closed")
+
+
+def test_a_removed_source_s_own_end_is_said_to_be_its_removal(site):
+    # found probing: README says a removed source's state event says ended, reason removed; one reporting its
+    # own states said "camera closed" only
+    config = write_config(site, """
+        - {name: sdk, type: custom, use: 'mysources:ReportingTicker', options: {fps: 100}}
+        - {name: other, type: custom, use: 'mysources:Ticker', options: {fps: 100}}
+    """)
+    runtime = segstream.build_runtime(load_checked_config(config), progress=False)
+    running = threading.Thread(target=runtime.run)
+    running.start()
+    try:
+        _published_at_least(runtime, "sdk", 3, running)
+        assert runtime.remove_source("sdk", wait_s=30)
+    finally:
+        runtime.stop()
+        running.join(60)
+    assert states_of(site, "sdk")[-1] == ("ended", "removed (camera closed)")

@@ -5,6 +5,7 @@ errors from inside the model, AttributeErrors after the model had run, a stop() 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import threading
 import time
 
@@ -202,8 +203,8 @@ class Connecting:
 
     def _frames(self):
         try:
-            while True:
-                yield Frame(self.name, 0, GOOD, None, None, None, time.time())
+            for i in itertools.count():  # (indices that increase: one repeated fails the source)
+                yield Frame(self.name, i, GOOD, None, None, None, time.time())
                 time.sleep(0.02)
         finally:
             self.forever.wait()  # a release() that hangs
