@@ -83,6 +83,15 @@ def unlocated(text: str) -> str:
     return re.sub(r" \((?:line \d+|from (?:--set|the overrides))\)", "", text)
 
 
+def install_entry_point(site: Path, dist: str, group: str, entry: str) -> None:
+    """A distribution ``dist`` in ``site`` (a folder on the module path) whose entry point of
+    ``group`` is ``entry`` (``name = module:attribute``), as ``pip install`` would leave it."""
+    info = site / f"{dist}-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.1\n", encoding="utf-8")
+    (info / "entry_points.txt").write_text(f"[{group}]\n{entry}\n", encoding="utf-8")
+
+
 def encode_clip(path: Path, frames: int = 40, fps: int = 10, width: int = 160, height: int = 120) -> Path:
     """An H.264 mp4 of a red square moving right over a dark grey background."""
     with av.open(str(path), "w") as container:

@@ -23,7 +23,7 @@ import segstream
 from segstream.connectors.errors import ConfigError
 from segstream.connectors.files_sink import read_entries
 from segstream.connectors.redis_wire import event_from_wire
-from tests.conftest import unlocated
+from tests.conftest import install_entry_point, unlocated
 
 STAGES = '''
 import json
@@ -163,10 +163,7 @@ def test_a_config_named_stage_and_sink_run_in_segstream_run_limited_to_their_sou
 
 
 def test_an_entry_point_s_name_in_use_runs_its_stage(site, cli):
-    info = site / "mystages-0.1.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: mystages\nVersion: 0.1\n", encoding="utf-8")
-    (info / "entry_points.txt").write_text("[segstream.stages]\ncounter = mystages:Counter\n", encoding="utf-8")
+    install_entry_point(site, "mystages", "segstream.stages", "counter = mystages:Counter")
     config = write_config(site, "stages: [{use: counter, options: {kind: entry}}]\n")
     ran = cli("run", str(config))
     assert ran.returncode == 0, ran.stderr

@@ -19,7 +19,7 @@ from segstream.connectors.files_sink import read_entries
 from segstream.connectors.redis_wire import event_from_wire, from_wire
 from segstream.pipeline.cli import main, run_pipeline
 from segstream.pipeline.config import load_checked_config
-from tests.conftest import unlocated
+from tests.conftest import install_entry_point, unlocated
 
 SOURCES = '''
 import threading
@@ -318,10 +318,7 @@ def test_validate_connect_leaves_a_source_of_one_s_own_to_the_run(site, capsys):
 
 
 def test_an_entry_point_names_a_source_and_segstream_run_runs_it(site, capsys):
-    info = site / "mysources-0.1.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: mysources\nVersion: 0.1\n", encoding="utf-8")
-    (info / "entry_points.txt").write_text("[segstream.sources]\npattern = mysources:Pattern\n", encoding="utf-8")
+    install_entry_point(site, "mysources", "segstream.sources", "pattern = mysources:Pattern")
     config = write_config(site, "- {name: lab, type: custom, use: pattern, options: {frames: 3}}")
     assert main(["run", str(config)]) == 0  # (the site on the module path: the fixture's)
     assert "lab 3/3" in capsys.readouterr().err and len(frames_of(site, "lab")) == 3

@@ -13,6 +13,7 @@ import pytest
 
 import segstream
 from segstream.connectors.files_sink import read_entries
+from tests.conftest import install_entry_point
 
 # A plugin as pip would install it: a module, and a distribution's metadata naming its entry point.
 FLAT_PLUGIN = '''
@@ -58,10 +59,7 @@ def register():
 def install_plugin(site: Path, module: str, source: str, entry: str) -> None:
     """``module`` (its ``source``) with a distribution whose ``segstream.plugins`` entry point is ``entry``."""
     (site / f"{module}.py").write_text(textwrap.dedent(source), encoding="utf-8")
-    info = site / f"{module}-0.1.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module}\nVersion: 0.1\n", encoding="utf-8")
-    (info / "entry_points.txt").write_text(f"[segstream.plugins]\n{entry}\n", encoding="utf-8")
+    install_entry_point(site, module, "segstream.plugins", entry)
 
 
 def segstream_cli(site: Path, *args: str) -> subprocess.CompletedProcess:
