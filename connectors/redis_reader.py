@@ -44,13 +44,13 @@ from segstream.connectors.redis_connection import (
     redis_address,
 )
 from segstream.connectors.redis_wire import (
-    DEFAULT_EVENTS_PATTERN,
     DEFAULT_STATUS_PATTERN,
     DEFAULT_STREAM_PATTERN,
     EncodedMasks,
     SourceStatus,
     acl_key_patterns,
     event_from_wire,
+    events_beside,
     from_wire,
     read_entries,
     read_entry,
@@ -515,7 +515,7 @@ class _ClientBase(Generic[_Frames, _Events, _InOrder]):
     """What ``Client`` and ``segstream.client.aio.Client`` share: the streams' names, what a
     subscription's arguments mean, and how an outage is ridden out (when to warn, wait, give up)."""
 
-    def __init__(self, redis_client, *, stream_pattern: str, events_pattern: str, reconnect_max_s: float,
+    def __init__(self, redis_client, *, stream_pattern: str, events_pattern: str | None, reconnect_max_s: float,
                  give_up_after_s: float | None, status_pattern: str | None = None):
         options = redis_client.get_connection_kwargs()
         if options.get("decode_responses"):
@@ -525,8 +525,9 @@ class _ClientBase(Generic[_Frames, _Events, _InOrder]):
             )
         self.redis = redis_client
         self.stream_pattern = stream_pattern
-        self.events_pattern = events_pattern
-        self.status_pattern = status_pattern or status_beside(stream_pattern)  # (a tenant's prefix kept)
+        # beside the frames streams, as the run puts them (a tenant's prefix kept)
+        self.events_pattern = events_pattern or events_beside(stream_pattern)
+        self.status_pattern = status_pattern or status_beside(stream_pattern)
         self.give_up_after_s = give_up_after_s
         self.reconnects = 0
         self._socket_timeout = options.get("socket_timeout")
@@ -770,7 +771,7 @@ class Client(_ClientBase["Subscription[Entry] | FanIn[Entry]", "Subscription[Eve
         redis_client: redis.Redis,
         *,
         stream_pattern: str = DEFAULT_STREAM_PATTERN,
-        events_pattern: str = DEFAULT_EVENTS_PATTERN,
+        events_pattern: str | None = None,
         reconnect_max_s: float = 5.0,
         give_up_after_s: float | None = None,
         status_pattern: str | None = None,
@@ -991,7 +992,7 @@ def connect(
     protocol: int | None = None,
     max_block_ms: int = _MAX_BLOCK_MS,
     stream_pattern: str = DEFAULT_STREAM_PATTERN,
-    events_pattern: str = DEFAULT_EVENTS_PATTERN,
+    events_pattern: str | None = None,
     reconnect_max_s: float = 5.0,
     give_up_after_s: float | None = None,
     status_pattern: str | None = None,
@@ -1885,7 +1886,7 @@ def tail(stream: str | list[str], url: str, count: int | None, follow: bool, out
     watched_events = events or until_ended  # until_ended reads the source's states, printed or not
 
     def with_events(found: list[str]) -> list[str]:
-        return [s for name in found for s in ([name, _events_stream_of(name)] if watched_events else [name])]
+        return [s for name in found for s in ([name, events_beside(name)] if watched_events else [name])]
 
     streams = with_events([name for name in named if not _is_glob(name)])
     frames_of: dict[str, str] = {}  # events stream -> its frames stream, for the events streams read
@@ -1946,7 +1947,7 @@ def tail(stream: str | list[str], url: str, count: int | None, follow: bool, out
     try:
         streams += with_events([n for glob in globs for n in _matching_streams(client, glob) if n not in streams])
         if watched_events:
-            frames_of.update({_events_stream_of(name): name for name in streams})
+            frames_of.update({events_beside(name): name for name in streams})
         if not follow and not any(client.exists(s) for s in streams):
             raise SinkError(_missing_stream_message(client, said))
         positions = {}
@@ -1990,7 +1991,7 @@ def tail(stream: str | list[str], url: str, count: int | None, follow: bool, out
                 found = [n for glob in globs for n in sdk.call(_matching_streams, client, glob) if n not in positions]
                 found = with_events(list(dict.fromkeys(found)))
                 if watched_events:
-                    frames_of.update({_events_stream_of(name): name for name in found})
+                    frames_of.update({events_beside(name): name for name in found})
                 positions.update(dict.fromkeys(found, "0-0"))
                 next_discovery = time.monotonic() + _TAIL_DISCOVER_S
             block_ms = _TAIL_BLOCK_MS if not globs else min(_TAIL_BLOCK_MS, _TAIL_DISCOVER_S * 1000)
@@ -2120,11 +2121,6 @@ def terminal_safe(text: str) -> str:
     """``text`` with its control characters escaped (``\\x1b``): written to a terminal, data from a
     stream cannot clear the screen, colour or move the cursor, or fake lines."""
     return text.translate(_UNPRINTABLE)
-
-
-def _events_stream_of(stream: str) -> str:
-    """``segstream:cam0:frames`` -> ``segstream:cam0:events`` (any name: ``<name>:events``)."""
-    return stream[: -len(":frames")] + ":events" if stream.endswith(":frames") else stream + ":events"
 
 
 def _newest(client: redis.Redis, stream: str) -> str:

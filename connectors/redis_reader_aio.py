@@ -34,7 +34,7 @@ from segstream.connectors.redis_reader import (
     _warn_if_missing_steps, reader_options,
 )
 from segstream.connectors.redis_wire import (
-    DEFAULT_EVENTS_PATTERN, DEFAULT_STREAM_PATTERN, SourceStatus,
+    DEFAULT_STREAM_PATTERN, SourceStatus,
 )
 
 log = logging.getLogger("segstream.client")
@@ -56,7 +56,7 @@ async def connect(
     protocol: int | None = None,
     max_block_ms: int = _MAX_BLOCK_MS,
     stream_pattern: str = DEFAULT_STREAM_PATTERN,
-    events_pattern: str = DEFAULT_EVENTS_PATTERN,
+    events_pattern: str | None = None,
     reconnect_max_s: float = 5.0,
     give_up_after_s: float | None = None,
     status_pattern: str | None = None,
@@ -77,7 +77,7 @@ class Client(_ClientBase["Subscription[AsyncEntry] | FanIn[AsyncEntry]",
     redis: redis.asyncio.Redis
 
     def __init__(self, redis_client: redis.asyncio.Redis, *, stream_pattern: str = DEFAULT_STREAM_PATTERN,
-                 events_pattern: str = DEFAULT_EVENTS_PATTERN, reconnect_max_s: float = 5.0,
+                 events_pattern: str | None = None, reconnect_max_s: float = 5.0,
                  give_up_after_s: float | None = None, status_pattern: str | None = None):
         super().__init__(redis_client, stream_pattern=stream_pattern, events_pattern=events_pattern,
                          reconnect_max_s=reconnect_max_s, give_up_after_s=give_up_after_s,

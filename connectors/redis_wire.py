@@ -58,6 +58,12 @@ def stream_name(pattern: str, source: str) -> str:
     return pattern.format(source=source)
 
 
+def events_beside(stream_pattern: str) -> str:
+    """The events stream's name (or pattern) that goes with a frames stream's: ``:frames`` at its
+    end becomes ``:events``, else ``:events`` is added (a tenant's prefix kept)."""
+    return stream_pattern.removesuffix(":frames") + ":events"
+
+
 def status_beside(stream_pattern: str) -> str:
     """The status key's pattern that goes with a frames stream's (docs/SCHEMA.md, Status keys):
     ``:frames`` at its end becomes ``:status``, else ``:status`` is added (a tenant's prefix kept)."""

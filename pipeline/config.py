@@ -28,7 +28,7 @@ from segstream.connectors.errors import ConfigError
 from segstream.connectors.text_files import read_saved_text, streamed
 from segstream.connectors.redaction import SECRET_NAME, remember, remember_in
 from segstream.connectors.source import not_a_video_file, special_file
-from segstream.connectors.redis_wire import status_beside
+from segstream.connectors.redis_wire import events_beside, status_beside
 from segstream.connectors.redis_connection import (
     SentinelAuth,
     TlsFiles,
@@ -1112,7 +1112,7 @@ class RedisSinkConfig(Strict):
     stream: str = "segstream:{source}:frames"
     """The frames stream's name; {source} is the source's name."""
     events_stream: str = "segstream:{source}:events"
-    """The events stream's name; {source} is the source's name."""
+    """The events stream's name; {source} is the source's name (default: the stream's name with :events for :frames)."""
     status_key: str | None = "segstream:{source}:status"
     """Each source's status key, which says while a run publishes it (docs/SCHEMA.md); {source} is the source's name (null: none; default: the stream's name with :status for :frames)."""
     status_ttl_s: Annotated[float, Field(ge=0.5)] = 5.0
@@ -1188,6 +1188,8 @@ class RedisSinkConfig(Strict):
                 and in_url != self.password:
             raise ValueError(f"the url {redis_url_shown(self.url)} has a password and sinks.redis.password another "
                              "one, and the URL's would be used — keep the password in one of them")
+        if "events_stream" not in self.model_fields_set:  # beside the frames: a tenant's prefix is its too
+            self.events_stream = events_beside(self.stream)
         if self.stream == self.events_stream:
             raise ValueError(f"stream and events_stream are both '{self.stream}': frames and events would be mixed "
                              "in one stream — give them different names")

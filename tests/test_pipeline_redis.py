@@ -170,3 +170,21 @@ def test_sigterm_mid_run_leaves_only_whole_entries_and_the_status_key_tells_a_fr
     assert len(entries) == published >= 5
     for _, entry in entries:  # every entry decodes whole
         assert entry.label_map.shape == (144, 192)
+
+
+def test_a_tenant_s_stream_prefix_takes_its_events_along_and_readers_find_them(tmp_path, redis_server):
+    # found in the list of what was left: with stream acme:{source}:frames the events still went to
+    # segstream:{source}:events, outside the tenant's ACL pattern, where `tail` and the client did not look
+    import segstream.client
+
+    config = tmp_path / "tenant.yaml"
+    config.write_text("sources: [{name: shop1, type: synthetic, width: 64, height: 48, num_frames: 3}]\n"
+                      "model: {device: cpu, precision: fp32}\nops: {http: null}\n"
+                      f"sinks: {{redis: {{url: '{redis_server.url}', stream: 'acme:{{source}}:frames'}}}}\n")
+    report = run_pipeline(load_config(config), progress=False)
+    assert report.published == 3
+    keys = sorted(k.decode() for k in redis_server.client().keys("*shop1*"))
+    assert keys == ["acme:shop1:events", "acme:shop1:frames", "acme:shop1:status"], keys
+    client = segstream.client.connect(redis_server.url, stream_pattern="acme:{source}:frames")
+    kinds = [event.kind for event in client.events("shop1", start="0").read(count=100)]
+    assert "settings" in kinds and "state" in kinds
