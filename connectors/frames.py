@@ -25,6 +25,10 @@ class Frame:
     frame was read from, for sources that read one file a frame (an image folder); else None.
     ``sample_aspect`` is the width:height of one of the frame's pixels as displayed (the video's
     sample aspect ratio, turned with the frame) when they are not square; None when they are.
+
+    A source's frames carry its name as ``source`` and indices that increase, each above the last
+    (gaps allowed); a source of one's own gives ``capture_wall`` in Unix seconds (1973 to 5138,
+    ``capture_time_problem``). The runtime fails a source whose frame breaks these.
     """
 
     source: str
@@ -62,12 +66,18 @@ def frame_problem(frame: object) -> str | None:
         return f"has an image of type {type(image).__name__}, not a numpy array"
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or 0 in image.shape:
         return f"has a {image.dtype} image of shape {image.shape}, not H x W x 3 uint8 RGB"
-    wall = frame.capture_wall
-    if not isinstance(wall, (int, float, np.floating, np.integer)) or not CAPTURE_WALL_RANGE[0] < wall < CAPTURE_WALL_RANGE[1]:
-        # found probing a source of one's own: 0 and milliseconds went out as capture_ts, latencies of 1.8e12 ms
-        return (f"has capture_wall {wall!r}, not the Unix time in seconds it was captured (time.time() where it came, "
-                "or the camera's own clock)")
     return None
+
+
+def capture_time_problem(frame: Frame) -> str | None:
+    """What is wrong with a frame's ``capture_wall`` (a source of one's own: found probing, 0 and
+    milliseconds went out as ``capture_ts``, latencies of 1.8e12 ms), in a few words; None when it
+    is Unix seconds (1973 to 5138)."""
+    wall = frame.capture_wall
+    if isinstance(wall, (int, float, np.floating, np.integer)) and CAPTURE_WALL_RANGE[0] < wall < CAPTURE_WALL_RANGE[1]:
+        return None
+    return (f"has capture_wall {wall!r}, not the Unix time in seconds it was captured (time.time() where it came, "
+            "or the camera's own clock)")
 
 
 # The Unix times a frame's capture_wall may be (1973 to 5138): 0, seconds since a start, and

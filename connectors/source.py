@@ -15,7 +15,8 @@ class VideoSource(Protocol):
 
     ``live`` sources produce frames at their own pace whether or not anyone keeps up (cameras,
     network streams, files with ``realtime: true``); the runtime keeps only their newest frames and
-    counts what it drops. Offline sources get back-pressure and lose nothing.
+    counts what it drops. Offline sources get back-pressure and lose nothing. Its frames are
+    ``Frame``s of its name, their indices increasing (``Frame`` says what else the runtime checks).
     """
 
     # read-only (the runtime only reads them): a source's own may be properties or Final

@@ -11,7 +11,6 @@ tests.
 from __future__ import annotations
 
 import logging
-
 import platform
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -298,7 +297,7 @@ class EoMTSegmenter:
     def finite(self, outputs: EoMTOutput, prepared: Prepared) -> Tensor:
         """Per frame, whether its class and mask logits hold no NaN or infinity (a semantic
         frame's: all of its windows')."""
-        rows = torch.isfinite(outputs.class_logits).flatten(1).all(1) & torch.isfinite(outputs.mask_logits).flatten(1).all(1)
+        rows = rows_finite(outputs.class_logits) & rows_finite(outputs.mask_logits)
         if self.task != "semantic":
             return rows
         return torch.stack([part.all() for part in rows.split([len(layout.starts) for layout in prepared.layouts])])
@@ -346,6 +345,14 @@ def segment_frames(
         which = f"frame {bad[0]}" if len(bad) == 1 else f"frames {', '.join(map(str, bad))}"
         log.warning("%s of %d: %s", which, len(images), nonfinite_advice(adapter))
     return out
+
+
+def rows_finite(tensor: Tensor) -> Tensor:
+    """Per row (first dimension), whether it holds no NaN or infinity: its largest and smallest
+    values, which NaN and infinity reach (no bool copy of the whole: 8 ms where isfinite().all()
+    took 140 for EoMT-L's mask logits of a batch of 4 on a CPU thread)."""
+    flat = tensor.flatten(1)
+    return torch.isfinite(flat.amax(1)) & torch.isfinite(flat.amin(1))
 
 
 def nonfinite_frames(adapter: FamilyAdapter, outputs: Any, prepared: Prepared) -> list[int]:

@@ -44,7 +44,7 @@ from segstream.models.processing import (
     normalize,
 )
 from segstream.models.results import FrameResult, Level
-from segstream.models.segmenter import PRECISIONS, Prepared, segment_frames
+from segstream.models.segmenter import PRECISIONS, Prepared, rows_finite, segment_frames
 from segstream.models.senatra import SeNaTra, SeNaTraOutput, hierarchy, panoptic_segments
 
 STEM = 4
@@ -246,8 +246,7 @@ class SeNaTraSegmenter:
     def finite(self, outputs: SeNaTraOutput | SizeGroups, prepared: Prepared) -> Tensor:
         """Per frame, whether its token and pixel class logits hold no NaN or infinity."""
         def of(group: SeNaTraOutput) -> Tensor:
-            return (torch.isfinite(group.class_logits).flatten(1).all(1)
-                    & torch.isfinite(group.pixel_logits).flatten(1).all(1))
+            return rows_finite(group.class_logits) & rows_finite(group.pixel_logits)
 
         if isinstance(outputs, SeNaTraOutput):
             return of(outputs)

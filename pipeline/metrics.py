@@ -198,9 +198,12 @@ class SourceCounts:
         )
 
 
+_DECODE = "decode:"
+
+
 def decode_thread(source: str) -> str:
     """The heartbeat name of ``source``'s decode thread."""
-    return f"decode:{source}"
+    return f"{_DECODE}{source}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,7 +246,7 @@ class RunMetrics:
         self.retired: set[str] = set()  # sources removed from the run: not on /metrics (see retire)
         self.gauges: dict[str, Gauge] = {}
         self.model_ready = False  # the model is loaded and warmed up: frames may come
-        # seconds each pipeline thread worked (beat with no idle reason until its next beat), and
+        # seconds each pipeline thread after the decoders worked (beat with no idle reason until its next beat), and
         # seconds and calls of each part a thread runs (a per-source stage, a sink): where the time goes
         self.busy_s: Counter[str] = Counter()
         self.part_s: Counter[str] = Counter()
@@ -254,7 +257,9 @@ class RunMetrics:
         and should come back within the stall bound)."""
         now = time.monotonic()
         last = self.heartbeats.get(thread)
-        if last is not None and last[1] is None:  # it worked since its last beat (each thread its own key)
+        # it worked since its last beat (each thread its own key); a decoder's work includes its waits for
+        # the camera inside the source, so not counted (a live camera's would read as always at work)
+        if last is not None and last[1] is None and not thread.startswith(_DECODE):
             self.busy_s[thread] += now - last[0]
         self.heartbeats[thread] = (now, idle)
         if idle is None:  # the thread that works, whose waits on its input are no stall (``thread_waits``)
@@ -272,7 +277,7 @@ class RunMetrics:
         now = time.monotonic()
         busy = Counter(self.busy_s)
         for thread, (at, idle) in list(self.heartbeats.items()):
-            if idle is None:
+            if idle is None and not thread.startswith(_DECODE):
                 busy[thread] += now - at
         return Load(now, busy, Counter(self.part_s), Counter(self.part_calls))
 
@@ -323,7 +328,6 @@ class RunMetrics:
         with self._lock:
             self.retired.add(name)
             self.heartbeats.pop(decode_thread(name), None)
-            self.busy_s.pop(decode_thread(name), None)
             self.beat_idents.pop(decode_thread(name), None)
 
     def exposed(self) -> dict[str, SourceCounts]:

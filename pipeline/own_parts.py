@@ -47,7 +47,7 @@ def _reason(error: BaseException) -> str:
 
 
 def _subject(item: Any = None) -> str:
-    """What a sink was given, for its error line."""
+    """What a sink was given (its call's first argument), for its error line."""
     if isinstance(item, FrameResult):
         return f" (frame {item.index} of source {item.source})"
     if isinstance(item, Event):
@@ -187,31 +187,39 @@ def build_source(cfg) -> Any:
         kind = type(source).__name__
         raise ConfigError(f"{where}: {cfg.use}('{cfg.name}', ...) returned {'an' if kind[0] in 'aeiouAEIOU' else 'a'} "
                           f"{kind}, which {problem} — {_protocol(SOURCE_GROUP)}")
-    return source if cfg.max_fps is None else CappedSource(source, cfg.max_fps)
+    return OwnSource(source, cfg.max_fps)
 
 
-class CappedSource:
-    """A source of one's own under the config's ``max_fps``: its frames thinned by their stream
-    time (``pts_seconds``, else their ``capture_wall``) as the shipped sources thin theirs, the
-    frames left out counted as skipped (``frames_skipped``); the rest of it, what the runtime sets
-    on it (``on_state``, ``on_event``) included, is the source's own."""
+class OwnSource:
+    """A source of one's own that a config names (``type: custom``), as the runtime sees it: its
+    frames under the config's ``max_fps``, thinned by their stream time (``pts_seconds``, else their
+    ``capture_wall``) as the shipped sources thin theirs, the frames left out counted as skipped
+    (``frames_skipped``); the rest of it, what the runtime sets on it (``on_state``, ``on_event``)
+    included, is the source's own."""
 
-    def __init__(self, source: Any, max_fps: float):
+    def __init__(self, source: Any, max_fps: float | None = None):
         from segstream.connectors.frame_rate import FrameRateCap
 
         object.__setattr__(self, "_source", source)
-        object.__setattr__(self, "_cap", FrameRateCap(max_fps))
+        object.__setattr__(self, "_cap", None if max_fps is None else FrameRateCap(max_fps))
 
     def frames(self) -> Any:
-        with contextlib.closing(iter(self._source.frames())) as frames:  # its cleanup when this one is closed
+        if self._cap is None:
+            yield from self._source.frames()
+            return
+        frames = iter(self._source.frames())
+        try:
             for frame in frames:
                 seconds = getattr(frame, "pts_seconds", None)
                 if self._cap.keep(seconds if seconds is not None else getattr(frame, "capture_wall", None)):
                     yield frame
+        finally:  # its cleanup when this one is closed (a plain iterator has none)
+            if hasattr(frames, "close"):
+                frames.close()
 
     @property
     def frames_skipped(self) -> int:
-        return self._cap.skipped + getattr(self._source, "frames_skipped", 0)
+        return (0 if self._cap is None else self._cap.skipped) + getattr(self._source, "frames_skipped", 0)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._source, name)
@@ -347,6 +355,10 @@ class NamedStage:
         return events
 
 
+# The calls the runtime makes of a sink that has them (connectors/sink.py)
+_SINK_HOOKS = ("frame_dropped", "source_ended", "source_removed", "settle")
+
+
 class NamedSink:
     """A config-named sink as the runtime sees it: what its methods raise becomes a
     ``SinkError`` naming it; every other attribute (``on_written``, ``source_ended``, ...) is the
@@ -358,7 +370,10 @@ class NamedSink:
         object.__setattr__(self, "name", str(getattr(sink, "name", use)))
 
     def __getattr__(self, attribute: str) -> Any:
-        return getattr(self.sink, attribute)
+        found = getattr(self.sink, attribute)
+        if attribute in _SINK_HOOKS and callable(found):  # the optional calls, wrapped as the others are
+            return lambda *args: self._call(attribute, *args)
+        return found
 
     def __setattr__(self, attribute: str, value: Any) -> None:
         setattr(self.sink, attribute, value)
@@ -368,7 +383,7 @@ class NamedSink:
             return getattr(self.sink, method)(*args)
         except (Exception, SystemExit) as error:
             log.debug("sink %s failed in %s", self.use, method, exc_info=True)
-            raise SinkError(f"sink {self.name} ({self.use}) failed in {method}{_subject(*args)}: "
+            raise SinkError(f"sink {self.name} ({self.use}) failed in {method}{_subject(*args[:1])}: "
                             f"{_reason(error)}") from error
 
     def publish(self, result: FrameResult) -> None:

@@ -46,7 +46,7 @@ from segstream.connectors.errors import (
     SourceError,
     thread_start_failed,
 )
-from segstream.connectors.frames import Frame, frame_problem
+from segstream.connectors.frames import Frame, capture_time_problem, frame_problem
 from segstream.connectors.sink import SINK_DROPS, SINK_METHODS, Sink
 from segstream.connectors.source import SOURCE_STATES, VideoSource
 from segstream.connectors.threads import NamedThread, waiting_for_input
@@ -689,7 +689,7 @@ class Runtime:
         self._reporting = False  # some sink reports its writes (else publishing is the hand-off)
         self._sink_drop_reasons: set[str] = set()  # what sinks said of results they never wrote
         self._unusable_said: set[str] = set()  # sources warned of a frame the model gave no usable result for
-        self.config_sources: set[str] = set()  # the sources a config named (from_config), not a program's own
+        self._unknown_states: set[tuple[str, str]] = set()  # (source, state) a source reported that is none
         self._decoding = threading.Event()  # the model is warm: sources may start
         self._workers_lock = threading.Lock()
         self._workers_left = model_workers
@@ -783,7 +783,6 @@ class Runtime:
             **kwargs,
         )
         runtime.weights, runtime.checkpoint_id = weights, checkpoint_id
-        runtime.config_sources = configured
         if runtime._publish_settings:  # (a batch's manifest says them)
             runtime.made_by |= weights
         return runtime
@@ -920,8 +919,11 @@ class Runtime:
 
         def on_state(state: str, reason: str, data: dict[str, Any], quiet: bool = False) -> None:
             if state not in SOURCE_STATES:  # a source of one's own (found probing: "warming_up" went out as a state)
-                raise SourceError(f"source {name}: it reported the state {state!r}: a source's states are "
-                                  f"{', '.join(SOURCE_STATES)}")
+                if (name, state) not in self._unknown_states:  # (said in its thread, maybe an SDK's: not raised)
+                    self._unknown_states.add((name, state))
+                    log.warning("source %s reported the state %r, which is none of %s: left out (its reason: %s)",
+                                name, state, ", ".join(SOURCE_STATES), reason, extra={"source": name})
+                return
             if state == "ended" and i in self._removed and not reason.startswith("removed"):
                 # (a source of one's own says its own words: "camera closed", found probing)
                 reason = "removed" + (reason.removeprefix("stopped") if reason.startswith("stopped") else
@@ -1112,6 +1114,7 @@ class Runtime:
                if source.live else None)
         taken = 0
         last_index: int | None = None  # this source's last frame's (the run's own numbering may go on from another's)
+        shipped = type(source).__module__.startswith("segstream.connectors.")
         try:
             self.metrics.beat(beat)
             if generic:
@@ -1130,7 +1133,7 @@ class Runtime:
                 if i in self._left_behind:  # the run ended without this source: what it yields now goes nowhere
                     return
                 if (problem := frame_problem(frame) or self._model_refuses(frame)
-                        or _out_of_line(frame, name, last_index)) is not None:
+                        or _out_of_line(frame, name, last_index, shipped)) is not None:
                     # a source of one's own, a frame the model cannot take: said here, of this source only
                     number = frame.index if isinstance(frame, Frame) else counts.decoded
                     raise SourceError(f"source {name}: frame {number} {problem}")
@@ -1139,7 +1142,8 @@ class Runtime:
                 if before is not None:
                     shift = shift or _Shift(before, frame)
                     shift.apply(frame)
-                if taken == 0 and (generic or counts.state is None):  # (one of its own that said nothing: found probing)
+                # (one of one's own that said nothing, or only connecting, before its first frame: found probing)
+                if taken == 0 and (generic or not shipped and counts.state in (None, "connecting")):
                     self.states.enter(name, "streaming", *first_frame(source, frame), quiet=True)
                 taken += 1
                 self._timeline[name] = (frame.index, frame.epoch, frame.pts_seconds, frame.capture_wall)
@@ -1165,9 +1169,9 @@ class Runtime:
             failed = True
             self.states.enter(name, "failed", _reason(error, name))
             if name in self.required:
-                if isinstance(error, Exception) and not isinstance(error, SegstreamError) and name in self.config_sources:
+                if isinstance(error, Exception) and not isinstance(error, SegstreamError) and _configured_own(source):
                     # a config's source of one's own raised: its line, not a traceback (found probing: 33
-                    # lines); a program's own source's error is raised as it is
+                    # lines); a program's own source's error is raised as it is, a shipped one's bug too
                     log.debug("source %s raised", name, exc_info=True)
                     error = SourceError(f"source {name} failed: {_reason(error, name)}")
                 # a broken required source ends the run, but what the others decoded still drains
@@ -1477,7 +1481,7 @@ class Runtime:
         with self._ended_lock:
             for name, held in list(self._held_states.items()):
                 counts = self.metrics.source(name)
-                done = counts.handed + sum(counts.dropped_by[reason] for reason in SHED_REASONS)
+                done = counts.handed + sum(counts.dropped_by[reason] for reason in (*SHED_REASONS, MODEL_NONFINITE))
                 while held and (everything or name == source or held[0][0] <= done or held[0][1] <= now):
                     self.emit(held.popleft()[2])
                 if not held:  # (cameras coming and going leave no names here)
@@ -1662,9 +1666,9 @@ class Runtime:
         counter("sink_reconnects", "Times a sink's store took writes again after an outage.", ("sink",),
                 of_sinks("reconnects"))
         metrics = self.metrics
-        counter("thread_busy_seconds", "Seconds each pipeline thread worked (model workers, post-processing, the "
-                "per-source stages, publishing, each source's decoder): one near the run's time holds it back.",
-                ("thread",), lambda: {(thread,): seconds for thread, seconds in list(metrics.busy_s.items())})
+        counter("thread_busy_seconds", "Seconds each pipeline thread after the decoders worked (model workers, "
+                "post-processing, the per-source stages, publishing): one near the run's time holds it back.",
+                ("thread",), lambda: {(thread,): seconds for thread, seconds in metrics.load().busy.items()})
         counter("stage_seconds", "Seconds each per-source stage (the tracker, a stage of one's own) took.", ("stage",),
                 lambda: {(part[6:],): seconds for part, seconds in list(metrics.part_s.items())
                          if part.startswith("stage ")})
@@ -2212,14 +2216,25 @@ def _start(thread: threading.Thread) -> None:
         raise ResourceLimit(f"the system refused to start the pipeline's {name} thread ({THREAD_LIMIT_HINT})") from None
 
 
-def _out_of_line(frame: Frame, name: str, last_index: int | None) -> str | None:
-    """What is wrong with where a source's frame stands (of another source, its index not after
-    the last one's), in a few words; None when nothing is."""
+def _out_of_line(frame: Frame, name: str, last_index: int | None, shipped: bool) -> str | None:
+    """What is wrong with where a source's frame stands, in a few words (None when nothing is): of
+    another source, its index not above the last one's, and for a source not shipped (a config's
+    or a program's own) a capture time outside Unix seconds. A shipped image folder's frame may
+    carry its picture's own time, from a camera whose clock was never set (1970)."""
     if frame.source != name:
         return f"is of source {frame.source!r}, not {name!r} (Frame.source is the source's name)"
     if last_index is not None and frame.index <= last_index:
-        return f"comes after frame {last_index}: a source's frame indices increase (Frame.index)"
+        return f"follows frame {last_index}: a source's frame indices increase, each above the last (Frame.index)"
+    if not shipped and (problem := capture_time_problem(frame)) is not None:
+        return problem
     return None
+
+
+def _configured_own(source: VideoSource) -> bool:
+    """Whether ``source`` is a config's source of one's own (``type: custom``)."""
+    from segstream.pipeline.own_parts import OwnSource
+
+    return isinstance(source, OwnSource)
 
 
 @dataclass(frozen=True, slots=True)
@@ -2234,8 +2249,10 @@ class _Unusable:
 def _stage_name(stage: FrameStage) -> str:
     """``stage NAME`` for the time a per-source stage takes: a config-named one's ``use``, the
     tracker, else its class."""
-    if (use := getattr(stage, "use", None)) is not None:
-        return f"stage {use}"
+    from segstream.pipeline.own_parts import NamedStage
+
+    if isinstance(stage, NamedStage):
+        return f"stage {stage.use}"
     return "stage tracker" if type(stage).__name__ == "TrackingStage" else f"stage {type(stage).__name__}"
 
 

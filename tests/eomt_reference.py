@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from transformers import EomtConfig, EomtForUniversalSegmentation
+
+if TYPE_CHECKING:
+    from transformers import EomtForUniversalSegmentation
 
 from segstream.models.eomt import EoMTConfig
 from segstream.models.presets import Preset
@@ -23,6 +26,10 @@ def reference_model(cfg: EoMTConfig, seed: int = 0, confident: bool = False, mas
     and post-processing has segments to produce.
     """
     torch.manual_seed(seed)
+    # imported here, not with this module: transformers' EoMT costs 3.4 CPU-s to import, and every
+    # test process imports the modules that import this one while it collects
+    from transformers import EomtConfig, EomtForUniversalSegmentation
+
     hf_cfg = EomtConfig(
         hidden_size=cfg.dim,
         num_hidden_layers=cfg.depth,

@@ -455,3 +455,20 @@ def test_legal_columns_a_stage_gives_pass_and_a_scalar_column_is_one_line():
     NamedStage("mine:Zone", _Doing(object_scores)).process(tiny_scene("cam0", 0))
     with pytest.raises(StageError, match="left frame 0 of source cam0 with object of type 'float' has no len"):
         NamedStage("mine:Zone", _Doing(scalar_column)).process(tiny_scene("cam0", 0))
+
+
+def test_a_sink_s_optional_calls_are_one_line_naming_it_too():
+    # found in review: frame_dropped (and source_ended) went past NamedSink's wrapping: a traceback
+    from segstream.connectors.errors import SinkError
+    from segstream.pipeline.own_parts import NamedSink
+
+    class Counting:
+        name = "counting"
+
+        def frame_dropped(self, source, index, reason):
+            raise KeyError(source)
+
+    sink = NamedSink("mine:Counting", Counting())
+    with pytest.raises(SinkError, match=r"^sink counting \(mine:Counting\) failed in frame_dropped: KeyError: 'cam1'$"):
+        sink.frame_dropped("cam1", 3, "model_nonfinite")
+    assert not hasattr(sink, "source_ended")  # what the sink lacks, it still lacks

@@ -199,3 +199,46 @@ def test_segstream_run_ends_with_exit_1_saying_its_output_is_incomplete(tmp_path
     assert capsys.readouterr().err.splitlines()[-1] == (
         "segstream: error: the output is incomplete: 3 of 3 frames were dropped because the network's outputs for "
         "them held NaN or infinity (model_nonfinite); the warning above says what to do")
+
+
+class _Blinks:
+    """A live camera that reports its states: 6 frames, the last white, then reconnecting, waiting
+    for that state to reach the sinks (at most 10 s) before it ends."""
+
+    live = True
+
+    def __init__(self, name: str, told: threading.Event):
+        self.name, self.told, self.on_state = name, told, None
+        self.waited_out = False
+
+    def frames(self):
+        self.on_state("streaming", "up", {})
+        for i in range(6):
+            yield Frame(self.name, i, np.full((48, 64, 3), 255 if i == 5 else 40, np.uint8), None, None, i / 20,
+                        time.time())
+        self.on_state("reconnecting", "camera went away", {})
+        self.waited_out = not self.told.wait(10)
+        self.on_state("ended", "closed", {})
+
+    def close(self):
+        self.told.set()
+
+
+class _Telling(CollectingSink):
+    def __init__(self, told: threading.Event):
+        super().__init__()
+        self.told = told
+
+    def publish_event(self, event):
+        super().publish_event(event)
+        if event.kind == "state" and event.data.get("state") == "reconnecting":
+            self.told.set()
+
+
+def test_a_state_said_after_a_dropped_frame_is_not_held_until_the_source_ends():
+    # found in review: a state waits for the frames before it to reach the sinks, and a frame dropped for its
+    # outputs never counted as reached: the state waited for the source's end (or 10 s)
+    told = threading.Event()
+    camera, sink = _Blinks("cam", told), _Telling(told)
+    Runtime([camera], _overflowing(_model("eomt")), [sink], batch_size=1, progress=False, publish_states=True).run()
+    assert sink.indices("cam") == [0, 1, 2, 3, 4] and not camera.waited_out

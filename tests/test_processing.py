@@ -18,7 +18,6 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from transformers import EomtImageProcessor
 
 from segstream.connectors.checkpoints import load_eomt
 from segstream.models.eomt import EoMTConfig
@@ -37,6 +36,14 @@ from segstream.models.processing import (
 )
 from segstream.models.segmenter import EoMTSegmenter, Prepared, store_autocast_weights
 from tests.eomt_reference import preset_for, reference_model, write_checkpoints
+
+
+def _processor(**options):
+    """transformers' EomtImageProcessor (imported here: 3.6 CPU-s, which every test process would pay
+    while it collects this module)."""
+    from transformers import EomtImageProcessor
+
+    return EomtImageProcessor(**options)
 
 
 def _frames(count: int, height: int, width: int, seed: int = 0) -> list[np.ndarray]:
@@ -61,7 +68,7 @@ PANOPTIC = EoMTConfig(img_size=128, dim=96, depth=4, heads=4, num_queries=20, nu
 def test_panoptic_matches_transformers(tmp_path, size):
     reference, ours = _pair(tmp_path, PANOPTIC, "panoptic", "coco_panoptic", mask_offset=1.2)
     frames = _frames(2, *size)
-    processor = EomtImageProcessor(size={"shortest_edge": 128, "longest_edge": 128}, do_pad=True)
+    processor = _processor(size={"shortest_edge": 128, "longest_edge": 128}, do_pad=True)
     inputs = processor(images=frames, return_tensors="pt")
     with torch.no_grad():
         outputs = reference(pixel_values=inputs["pixel_values"])
@@ -115,7 +122,7 @@ def test_semantic_windows_match_transformers(tmp_path, size):
     cfg = EoMTConfig(img_size=64, dim=64, depth=3, heads=2, num_queries=10, num_classes=19, num_query_blocks=2)
     reference, ours = _pair(tmp_path, cfg, "semantic", "cityscapes", mask_offset=0.0)
     frames = _frames(2, *size, seed=4)
-    processor = EomtImageProcessor(
+    processor = _processor(
         size={"shortest_edge": 64, "longest_edge": None}, do_split_image=True, do_pad=False
     )
     inputs = processor(images=frames, return_tensors="pt")
@@ -146,7 +153,7 @@ def test_instance_contains_every_transformers_instance(tmp_path):
     reference, ours = _pair(tmp_path, cfg, "instance", "coco_instance", mask_offset=0.8)
     ours.thresholds = Thresholds(score=0.5)
     frames = _frames(1, 120, 160, seed=5)
-    processor = EomtImageProcessor(size={"shortest_edge": 96, "longest_edge": 96}, do_pad=True)
+    processor = _processor(size={"shortest_edge": 96, "longest_edge": 96}, do_pad=True)
     inputs = processor(images=frames, return_tensors="pt")
     with torch.no_grad():
         outputs = reference(pixel_values=inputs["pixel_values"])
