@@ -57,6 +57,7 @@ from segstream.pipeline.engine import (
     Batcher, BufferPolicy, InFlight, ModelStage, cgroup_cpu_quota, engine_layout, usable_cores,
 )
 from segstream.pipeline.logs import new_run_id
+from segstream.pipeline.own_parts import NamedStage, OwnSource
 from segstream.pipeline.metrics import (
     DECODE_ERROR, MODEL_NONFINITE, SHED_REASONS, OverloadWatch, RunMetrics, SourceCounts, decode_thread, less_work_for,
 )
@@ -2232,8 +2233,6 @@ def _out_of_line(frame: Frame, name: str, last_index: int | None, shipped: bool)
 
 def _configured_own(source: VideoSource) -> bool:
     """Whether ``source`` is a config's source of one's own (``type: custom``)."""
-    from segstream.pipeline.own_parts import OwnSource
-
     return isinstance(source, OwnSource)
 
 
@@ -2249,8 +2248,6 @@ class _Unusable:
 def _stage_name(stage: FrameStage) -> str:
     """``stage NAME`` for the time a per-source stage takes: a config-named one's ``use``, the
     tracker, else its class."""
-    from segstream.pipeline.own_parts import NamedStage
-
     if isinstance(stage, NamedStage):
         return f"stage {stage.use}"
     return "stage tracker" if type(stage).__name__ == "TrackingStage" else f"stage {type(stage).__name__}"
