@@ -248,38 +248,43 @@ class RunMetrics:
         self.model_ready = False  # the model is loaded and warmed up: frames may come
         # seconds each pipeline thread after the decoders worked (beat with no idle reason until its next beat), and
         # seconds and calls of each part a thread runs (a per-source stage, a sink): where the time goes
+        # (part, source): a stage's per source ("" for a sink, which takes every source's)
         self.busy_s: Counter[str] = Counter()
-        self.part_s: Counter[str] = Counter()
-        self.part_calls: Counter[str] = Counter()
+        self.part_s: Counter[tuple[str, str]] = Counter()
+        self.part_calls: Counter[tuple[str, str]] = Counter()
+        self._load_lock = threading.Lock()  # a beat's two updates seen together (a counter never goes down)
 
     def beat(self, thread: str, idle: str | None = None) -> None:
         """``thread`` made progress now; ``idle`` says why it waits from here on (None: it works,
         and should come back within the stall bound)."""
-        now = time.monotonic()
-        last = self.heartbeats.get(thread)
-        # it worked since its last beat (each thread its own key); a decoder's work includes its waits for
-        # the camera inside the source, so not counted (a live camera's would read as always at work)
-        if last is not None and last[1] is None and not thread.startswith(_DECODE):
-            self.busy_s[thread] += now - last[0]
-        self.heartbeats[thread] = (now, idle)
+        with self._load_lock:  # (the time read under it: a load() between never counts a stretch twice)
+            now = time.monotonic()
+            last = self.heartbeats.get(thread)
+            # it worked since its last beat (each thread its own key); a decoder's work includes its waits for
+            # the camera inside the source, so not counted (a live camera's would read as always at work)
+            if last is not None and last[1] is None and not thread.startswith(_DECODE):
+                self.busy_s[thread] += now - last[0]
+            self.heartbeats[thread] = (now, idle)
         if idle is None:  # the thread that works, whose waits on its input are no stall (``thread_waits``)
             self.beat_idents[thread] = threading.get_ident()
 
-    def spent(self, part: str, seconds: float) -> None:
-        """A call of ``part`` (``stage NAME``, ``sink NAME``) took ``seconds``; called by the one
-        thread that runs it."""
-        self.part_s[part] += seconds
-        self.part_calls[part] += 1
+    def spent(self, part: str, seconds: float, source: str = "", calls: int = 1) -> None:
+        """``calls`` of ``part`` (``stage NAME`` on ``source``'s results, ``sink NAME``) took
+        ``seconds``; called by the one thread that runs it."""
+        with self._load_lock:
+            self.part_s[part, source] += seconds
+            self.part_calls[part, source] += calls
 
     def load(self) -> Load:
         """Where the time went so far: each thread's working seconds (its current stretch of work
-        included) and each part's seconds and calls."""
-        now = time.monotonic()
-        busy = Counter(self.busy_s)
-        for thread, (at, idle) in list(self.heartbeats.items()):
-            if idle is None and not thread.startswith(_DECODE):
-                busy[thread] += now - at
-        return Load(now, busy, Counter(self.part_s), Counter(self.part_calls))
+        included) and each part's seconds and calls by source."""
+        with self._load_lock:
+            now = time.monotonic()
+            busy = Counter(self.busy_s)
+            for thread, (at, idle) in list(self.heartbeats.items()):
+                if idle is None and not thread.startswith(_DECODE):
+                    busy[thread] += now - at
+            return Load(now, busy, Counter(self.part_s), Counter(self.part_calls))
 
     def gauge(self, name: str, help: str, labels: tuple[str, ...], read: Callable[[], Mapping]) -> None:
         """Register (or replace) a value read when the metrics are scraped."""
@@ -329,6 +334,9 @@ class RunMetrics:
             self.retired.add(name)
             self.heartbeats.pop(decode_thread(name), None)
             self.beat_idents.pop(decode_thread(name), None)
+        with self._load_lock:  # its stages' seconds: series of its own
+            for key in [key for key in self.part_s if key[1] == name]:
+                del self.part_s[key], self.part_calls[key]
 
     def exposed(self) -> dict[str, SourceCounts]:
         """``snapshot()`` of the sources whose series /metrics shows (all but the retired)."""
@@ -474,19 +482,20 @@ def less_work_for(device_type: str, postprocess: str | None, resizable: bool = T
 
 @dataclass(frozen=True)
 class Load:
-    """``RunMetrics.load()``: at ``at`` (monotonic), the seconds each thread worked and each part
-    (``stage NAME``, ``sink NAME``) took, and the part's calls."""
+    """``RunMetrics.load()``: at ``at`` (monotonic), the seconds each thread worked, and the
+    seconds and calls of each part (``stage NAME``, ``sink NAME``) by source."""
 
     at: float
     busy: Mapping[str, float]
-    part_s: Mapping[str, float]
-    part_calls: Mapping[str, int]
+    part_s: Mapping[tuple[str, str], float]
+    part_calls: Mapping[tuple[str, str], int]
 
     def holds_back(self, earlier: Load) -> str | None:
         """What held the run back between ``earlier`` and this load, when it is a thread after
-        the model: the per-source stages' or the sinks' thread, working most of that time and more
-        than any model worker, with its slowest part named; an overload line's cause and remedy
-        (None: the engine, or not known)."""
+        the model: the per-source stages' or the sinks' thread, working more than any model worker
+        and most of that time (or half of it, the model's workers working less than half: a
+        sink's stalls), with its slowest part named and the sources it ran for; an overload
+        line's cause and remedy (None: the engine, or not known)."""
         span = self.at - earlier.at
         if span <= 0:
             return None
@@ -497,22 +506,33 @@ class Load:
         model = max((share(t) for t in self.busy if t.startswith("model")), default=0.0)
         for thread, kind, what in (("stage", "stage", "the per-source stages"), ("publish", "sink", "the sinks")):
             busy = share(thread)
-            if busy < HOLDS_BACK_SHARE or busy <= model:
+            if busy <= model or busy < (HOLDS_BACK_SHARE if model >= IDLE_MODEL_SHARE else IDLE_MODEL_SHARE):
                 continue
-            took = {part: self.part_s[part] - earlier.part_s.get(part, 0.0) for part in self.part_s
-                    if part.startswith(kind + " ")}
-            calls = {part: self.part_calls.get(part, 0) - earlier.part_calls.get(part, 0) for part in took}
-            slowest = max(took, key=took.__getitem__, default=None)
-            if slowest is None or calls[slowest] <= 0:
-                return f"{what} hold the run back, not the model (their thread worked {busy:.0%} of the time): make " \
-                       f"them faster"
-            return (f"{what} hold the run back, not the model (their thread worked {busy:.0%} of the time; {slowest} "
-                    f"took {1000 * took[slowest] / calls[slowest]:.0f} ms a frame): make that {kind} faster")
+            took: Counter[str] = Counter()
+            calls: Counter[str] = Counter()
+            ran_for: dict[str, list[str]] = {}
+            for (part, source), seconds in self.part_s.items():
+                if part.startswith(kind + " ") and (n := self.part_calls[part, source] -
+                                                     earlier.part_calls.get((part, source), 0)) > 0:
+                    took[part] += seconds - earlier.part_s.get((part, source), 0.0)
+                    calls[part] += n
+                    ran_for.setdefault(part, []).append(source)
+            said = f"{what} hold the run back, not the model (their thread worked {busy:.0%} of the time"
+            if not took:
+                return f"{said}): make them faster"
+            slowest = max(took, key=took.__getitem__)
+            sources = [s for s in ran_for[slowest] if s]
+            on = f" on {_some(tuple(sources))}'s results" if kind == "stage" and sources else ""
+            # one thread runs every source's stages (sinks): a stage on one camera holds back the others
+            return (f"{said}; {slowest} took {1000 * took[slowest] / calls[slowest]:.0f} ms a frame{on}): make that "
+                    f"{kind} faster")
         return None
 
 
-# A thread after the model that works this share of the time or more holds the run back.
+# A thread after the model that works this share of the time or more holds the run back; so does
+# one that works more than the model's workers when they work less than the second share.
 HOLDS_BACK_SHARE = 0.8
+IDLE_MODEL_SHARE = 0.5
 
 
 class OverloadWatch:

@@ -24,6 +24,7 @@ from segstream.pipeline.config import PipelineConfig, SourceConfig
 HUB_TIMEOUT_S = 5.0
 # the time Redis may take to answer one command of the check (a run's writes wait sinks.redis.timeout_s)
 REDIS_TIMEOUT_S = 5.0
+OWN_SOURCE_WAIT_S = 10.0  # how long validate --connect waits for a source of one's own's first frame
 
 
 @dataclass(frozen=True, slots=True)
@@ -374,8 +375,8 @@ def source_check(cfg: SourceConfig) -> str:
         return listener_check(url)
     if cfg.type == "synthetic":
         return f"synthetic {cfg.width}x{cfg.height}, nothing to open"
-    if cfg.type == "custom":  # its factory checked with the config; what it opens is its own business
-        return f"a source of your own ({cfg.use}), built and opened when the run starts"
+    if cfg.type == "custom":
+        return own_source_check(cfg)
     from segstream.pipeline.builders import SOURCE_BUILDERS
 
     from segstream.connectors.av_input import InputHungUp, InputRefused, InputTimeout, InputUnreachable
@@ -420,6 +421,46 @@ def source_check(cfg: SourceConfig) -> str:
             raise SourceDown(f"{said} — `segstream run` starts all the same and {retries}; its frames come once "
                              "it answers") from None
         raise SegstreamError(said) from None
+
+
+def own_source_check(cfg) -> str:
+    """A source of one's own (``type: custom``) built by its factory and read, on a thread of its
+    own, to its first frame within ``OWN_SOURCE_WAIT_S`` (an SDK's camera found and sending), then
+    closed: what the run would refuse of that frame is said here too."""
+    wait_s = OWN_SOURCE_WAIT_S
+    from segstream.connectors.frames import capture_time_problem, frame_problem
+    from segstream.pipeline.own_parts import build_source
+
+    try:
+        source = build_source(cfg)
+    except SegstreamError as error:  # a factory that raises or returns no source (the check's line names it)
+        raise SegstreamError(str(error).removeprefix(f"source {cfg.name}: ")) from None
+    got: list = []
+
+    def first() -> None:
+        try:
+            got.append(next(iter(source.frames()), None))
+        except BaseException as error:  # noqa: BLE001 (said as the check's answer)
+            got.append(error)
+
+    reader = threading.Thread(target=first, name=f"segstream-check-{cfg.name}", daemon=True)
+    reader.start()
+    try:
+        reader.join(wait_s)
+        if not got:  # (its thread is left to the source's close and to the command's end)
+            raise SegstreamError(f"{cfg.use} gave no frame within {wait_s:g} s — check that its camera is there and "
+                                 "sends (the run waits for it as long as the source does)")
+        frame = got[0]
+        if isinstance(frame, BaseException):
+            raise SegstreamError(f"{cfg.use}'s frames() raised {type(frame).__name__}: {frame}")
+        if frame is None:
+            raise SegstreamError(f"{cfg.use}'s frames() ended before its first frame")
+        if (problem := frame_problem(frame) or capture_time_problem(frame)) is not None:
+            raise SegstreamError(f"its first frame {problem}")
+        height, width = frame.image.shape[:2]
+        return f"{cfg.use} gave a first frame, {width}x{height}"
+    finally:
+        source.close()
 
 
 def _watched_folder_check(source, cfg, shown: str) -> str:

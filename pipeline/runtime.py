@@ -1386,7 +1386,7 @@ class Runtime:
                     for stage in self._source_stages(result.source):
                         began = time.monotonic()
                         given, result = result, stage.process(result)
-                        self.metrics.spent(_stage_name(stage), time.monotonic() - began)
+                        self.metrics.spent(_stage_name(stage), time.monotonic() - began, given.source)
                         if not isinstance(result, FrameResult):
                             raise TypeError(f"{type(stage).__name__}.process returned {type(result).__name__} for frame "
                                             f"{given.index} of {given.source}: a per-source stage returns the result "
@@ -1531,12 +1531,12 @@ class Runtime:
                         began = time.monotonic()
                         sink.publish(item)
                         self._hand(sink, item.events)
-                        self.metrics.spent(f"sink {getattr(sink, 'name', type(sink).__name__)}", time.monotonic() - began)
+                        self.metrics.spent(_sink_name(sink), time.monotonic() - began)
                     self._handing = []
                     item.image = None  # drawn by now; results kept downstream must not hold frames
                     if not self._reporting:
                         self._written_at_handoff(item)
-                due = [d for d in (sink.poll() for sink in self.sinks) if d is not None]
+                due = [d for d in map(self._polled, self.sinks) if d is not None]
                 wait = max(0.0, min(due)) if due else _POLL_IDLE_S
             ended = True
             self._publish_events(everything=True)
@@ -1552,6 +1552,15 @@ class Runtime:
             self._close_sinks()
             self._sinks_ended = True
             beat("publish", idle="ended")
+
+    def _polled(self, sink: Sink) -> float | None:
+        """``sink.poll()``, its time counted as the sink's (a Redis sink's writes by age, its
+        status keys: found probing, 24 of a slowed Redis's 36 s were counted without them)."""
+        began = time.monotonic()
+        try:
+            return sink.poll()
+        finally:
+            self.metrics.spent(_sink_name(sink), time.monotonic() - began, calls=0)
 
     def _hand(self, sink: Sink, events: list[Event]) -> None:
         """``events`` to ``sink``, keeping count of those it was given and whether it is inside
@@ -1670,11 +1679,12 @@ class Runtime:
         counter("thread_busy_seconds", "Seconds each pipeline thread after the decoders worked (model workers, "
                 "post-processing, the per-source stages, publishing): one near the run's time holds it back.",
                 ("thread",), lambda: {(thread,): seconds for thread, seconds in metrics.load().busy.items()})
-        counter("stage_seconds", "Seconds each per-source stage (the tracker, a stage of one's own) took.", ("stage",),
-                lambda: {(part[6:],): seconds for part, seconds in list(metrics.part_s.items())
+        counter("stage_seconds", "Seconds each per-source stage (the tracker, a stage of one's own) took on each "
+                "source's results.", ("stage", "source"),
+                lambda: {(part[6:], source): seconds for (part, source), seconds in metrics.load().part_s.items()
                          if part.startswith("stage ")})
-        counter("sink_seconds", "Seconds the publishing thread spent handing results and events to each sink.",
-                ("sink",), lambda: {(part[5:],): seconds for part, seconds in list(metrics.part_s.items())
+        counter("sink_seconds", "Seconds the publishing thread spent in each sink (results, events, its polls).",
+                ("sink",), lambda: {(part[5:],): seconds for (part, _), seconds in metrics.load().part_s.items()
                                     if part.startswith("sink ")})
         counter("sink_bytes_written", "Bytes of entries a sink wrote, as sent (Redis: field names and values; files: lines).", ("sink",), of_sinks("bytes_written"))
         counter("sink_down_seconds", "Seconds a sink could not write (its store unreachable or refusing writes).",
@@ -2243,6 +2253,10 @@ class _Unusable:
 
     result: FrameResult
     reason: str
+
+
+def _sink_name(sink: Sink) -> str:
+    return f"sink {getattr(sink, 'name', type(sink).__name__)}"
 
 
 def _stage_name(stage: FrameStage) -> str:

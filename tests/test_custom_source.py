@@ -319,12 +319,25 @@ def test_a_factory_that_returns_no_source_of_its_name_is_refused_at_the_start(si
         "and close()")
 
 
-def test_validate_connect_leaves_a_source_of_one_s_own_to_the_run(site, capsys):
-    config = write_config(site, "- {name: lab, type: custom, use: 'mysources:Pattern'}")
-    assert main(["validate", "--connect", "--json", str(config)]) == 0
-    report = json.loads(capsys.readouterr().out)
-    [check] = [c for c in report["checks"] if "lab" in c["what"]]
-    assert check["ok"] and check["said"] == "a source of your own (mysources:Pattern), built and opened when the run starts"
+def test_validate_connect_builds_a_source_of_one_s_own_and_reads_its_first_frame(site, capsys, monkeypatch):
+    from segstream.pipeline import preflight
+
+    monkeypatch.setattr(preflight, "OWN_SOURCE_WAIT_S", 1.0)
+    config = write_config(site, """
+        - {name: lab, type: custom, use: 'mysources:Pattern', options: {width: 80, height: 60}}
+        - {name: gige, type: custom, use: 'mysources:refuse', options: {serial: A12}}
+        - {name: dark, type: custom, use: 'mysources:Ticker', options: {fps: 0.1}}
+        - {name: dock, type: custom, use: 'mysources:Faulty', options: {fault: wall_ms}}
+    """)
+    assert main(["validate", "--connect", "--json", str(config)]) == 1
+    checks = {c["what"]: c for c in json.loads(capsys.readouterr().out)["checks"]}
+    assert checks["source lab"]["ok"] and checks["source lab"]["said"] == "mysources:Pattern gave a first frame, 80x60"
+    assert checks["source gige"]["said"] == ("mysources:refuse('gige', ...) raised RuntimeError: no camera with "
+                                             "serial A12")
+    assert checks["source dark"]["said"] == ("mysources:Ticker gave no frame within 1 s — check that its camera is "
+                                             "there and sends (the run waits for it as long as the source does)")
+    assert checks["source dock"]["ok"]  # (its frame 2 is the faulty one: the check reads the first)
+    assert not any(checks[name]["ok"] for name in ("source gige", "source dark"))
 
 
 def test_an_entry_point_names_a_source_and_segstream_run_runs_it(site, capsys):
