@@ -350,7 +350,7 @@ def segment_frames(
 def rows_finite(tensor: Tensor) -> Tensor:
     """Per row (first dimension), whether it holds no NaN or infinity: its largest and smallest
     values, which NaN and infinity reach (no bool copy of the whole: 8 ms where isfinite().all()
-    took 140 for EoMT-L's mask logits of a batch of 4 on a CPU thread)."""
+    took 75-121 for EoMT-L's mask logits of a batch of 4 on a CPU thread, docs/BENCHMARKS.md)."""
     flat = tensor.flatten(1)
     return torch.isfinite(flat.amax(1)) & torch.isfinite(flat.amin(1))
 
