@@ -21,6 +21,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -481,6 +482,27 @@ def less_work_for(device_type: str, postprocess: str | None, resizable: bool = T
 
 
 @dataclass(frozen=True)
+class HeldBack:
+    """What held a run back (``Load.holds_back``): the line's words, and the same as fields for a
+    JSON log's record (``cause``: ``stages`` or ``sinks``; the slowest ``part``, its ``ms_per_frame``
+    and the sources it ran for)."""
+
+    text: str
+    cause: str
+    part: str | None = None
+    ms_per_frame: float | None = None
+    ran_for: tuple[str, ...] = ()
+
+    def fields(self) -> dict[str, Any]:
+        fields: dict[str, Any] = {"cause": self.cause}
+        if self.part is not None:
+            fields.update(part=self.part, ms_per_frame=round(self.ms_per_frame or 0.0, 1))
+        if self.ran_for:
+            fields["ran_for"] = list(self.ran_for)
+        return fields
+
+
+@dataclass(frozen=True)
 class Load:
     """``RunMetrics.load()``: at ``at`` (monotonic), the seconds each thread worked, and the
     seconds and calls of each part (``stage NAME``, ``sink NAME``) by source."""
@@ -490,7 +512,7 @@ class Load:
     part_s: Mapping[tuple[str, str], float]
     part_calls: Mapping[tuple[str, str], int]
 
-    def holds_back(self, earlier: Load) -> str | None:
+    def holds_back(self, earlier: Load) -> HeldBack | None:
         """What held the run back between ``earlier`` and this load, when it is a thread after
         the model: the per-source stages' or the sinks' thread, working more than any model worker
         and most of that time (or half of it, the model's workers working less than half: a
@@ -504,7 +526,8 @@ class Load:
             return (self.busy.get(thread, 0.0) - earlier.busy.get(thread, 0.0)) / span
 
         model = max((share(t) for t in self.busy if t.startswith("model")), default=0.0)
-        for thread, kind, what in (("stage", "stage", "the per-source stages"), ("publish", "sink", "the sinks")):
+        for thread, kind, what, cause in (("stage", "stage", "the per-source stages", "stages"),
+                                          ("publish", "sink", "the sinks", "sinks")):
             busy = share(thread)
             if busy <= model or busy < (HOLDS_BACK_SHARE if model >= IDLE_MODEL_SHARE else IDLE_MODEL_SHARE):
                 continue
@@ -519,13 +542,14 @@ class Load:
                     ran_for.setdefault(part, []).append(source)
             said = f"{what} hold the run back, not the model (their thread worked {busy:.0%} of the time"
             if not took:
-                return f"{said}): make them faster"
+                return HeldBack(f"{said}): make them faster", cause)
             slowest = max(took, key=took.__getitem__)
-            sources = [s for s in ran_for[slowest] if s]
-            on = f" on {_some(tuple(sources))}'s results" if kind == "stage" and sources else ""
+            sources = tuple(s for s in ran_for[slowest] if s)
+            on = f" on {_some(sources)}'s results" if kind == "stage" and sources else ""
+            ms = 1000 * took[slowest] / calls[slowest]
             # one thread runs every source's stages (sinks): a stage on one camera holds back the others
-            return (f"{said}; {slowest} took {1000 * took[slowest] / calls[slowest]:.0f} ms a frame{on}): make that "
-                    f"{kind} faster")
+            return HeldBack(f"{said}; {slowest} took {ms:.0f} ms a frame{on}): make that {kind} faster", cause, slowest,
+                            ms, sources)
         return None
 
 
@@ -533,6 +557,10 @@ class Load:
 # one that works more than the model's workers when they work less than the second share.
 HOLDS_BACK_SHARE = 0.8
 IDLE_MODEL_SHARE = 0.5
+
+
+# What an overload watch says: (logging level, message, the sources it names, its record's fields).
+Said = tuple[int, str, tuple[str, ...], dict[str, Any]]
 
 
 class OverloadWatch:
@@ -576,8 +604,9 @@ class OverloadWatch:
         # blamed on the model, "a smaller model, a GPU")
         self.load: Callable[[], Load] | None = None
 
-    def observe(self, now: float, counts: Mapping[str, SourceCounts]) -> list[tuple[int, str, tuple[str, ...]]]:
-        """Take the counts at ``now``; returns the (logging level, message, sources it names) to log."""
+    def observe(self, now: float, counts: Mapping[str, SourceCounts]) -> list[Said]:
+        """Take the counts at ``now``; returns the (logging level, message, sources it names, the
+        record's fields beside them) to log."""
         self._samples.append((now, {name: _Sample.of(c) for name, c in counts.items()},
                               self.load() if self.load is not None else None))
         while len(self._samples) > 1 and now - self._samples[1][0] >= self.window_s:
@@ -631,14 +660,14 @@ class OverloadWatch:
                 self._held[overloaded].update(sources)
         return said + self._due(now)
 
-    def flush(self) -> list[tuple[int, str, tuple[str, ...]]]:
+    def flush(self) -> list[Said]:
         """What is held back to be said together, said now (the run ends)."""
         now = self._samples[-1][0] if self._samples else 0.0
         said = [self._line(overloaded, sources, now) for overloaded, sources in self._held.items() if sources]
         self._held = {True: {}, False: {}}
         return said
 
-    def _due(self, now: float) -> list[tuple[int, str, tuple[str, ...]]]:
+    def _due(self, now: float) -> list[Said]:
         said = []
         for overloaded, sources in self._held.items():
             if sources and now - self._said_at.get(overloaded, -math.inf) >= self.group_s:
@@ -646,12 +675,12 @@ class OverloadWatch:
                 self._held[overloaded] = {}
         return said
 
-    def _say(self, overloaded: bool, sources: dict[str, _Window], now: float) -> tuple[int, str, tuple[str, ...]]:
+    def _say(self, overloaded: bool, sources: dict[str, _Window], now: float) -> Said:
         self._said_at[overloaded] = now
         self._said_of[overloaded] = set(sources)
         return self._line(overloaded, sources, now)
 
-    def _line(self, overloaded: bool, sources: dict[str, _Window], now: float) -> tuple[int, str, tuple[str, ...]]:
+    def _line(self, overloaded: bool, sources: dict[str, _Window], now: float) -> Said:
         names = tuple(sources)
         shares = sorted(round(100 * w.fraction) for w in sources.values())
         share = f"{shares[0]}%" if shares[0] == shares[-1] else f"{shares[0]}-{shares[-1]}%"
@@ -671,23 +700,25 @@ class OverloadWatch:
             reasons = ", ".join(f"{reason} {n}" for reason, n in lost.items())
             causes = {window.cause for window in sources.values()}
             its = "its" if len(names) == 1 else "their"
+            fields: dict[str, Any] = {"cause": "engine"}
             if len(causes) == 1 and (cause := causes.pop()) is not None:
                 whose = "the source's" if len(names) == 1 else "the sources'"
-                advice = f"{cause}, or set or lower {whose} max_fps"
+                advice, fields = f"{cause.text}, or set or lower {whose} max_fps", cause.fields()
             else:
                 advice = (f"set or lower {its} max_fps (frames {'it leaves' if its == 'its' else 'they leave'} out are "
                           f"never converted), or give the engine less to do per frame ({self.less_work})")
             if len(names) == 1:
                 return logging.WARNING, (f"source {names[0]} is overloaded: {share} of its frames dropped {when} "
-                                         f"({reasons}) — {advice}"), names
+                                         f"({reasons}) — {advice}"), names, fields
             return logging.WARNING, (
                 f"sources {_some(names)} ({len(names)} sources) are overloaded: {share} of their frames dropped "
-                f"{when} ({reasons}) — {advice}"), names
+                f"{when} ({reasons}) — {advice}"), names, fields
         frames = sum(w.frames for w in sources.values())
         if len(names) == 1:
-            return logging.INFO, f"source {names[0]} keeps up again: {share} of its {frames} frames dropped {when}", names
+            return logging.INFO, f"source {names[0]} keeps up again: {share} of its {frames} frames dropped {when}", \
+                names, {}
         return logging.INFO, (f"sources {_some(names)} ({len(names)} sources) keep up again: {share} of their "
-                              f"{frames} frames dropped {when}"), names
+                              f"{frames} frames dropped {when}"), names, {}
 
 
 # A line names at most this many sources (a JSON log line's `sources` has them all).
@@ -709,7 +740,7 @@ class _Window:
     fraction: float
     lost: dict[str, int]
     at: float  # when the window ended (monotonic)
-    cause: str | None = None  # a thread after the model that held the run back (``Load.holds_back``)
+    cause: HeldBack | None = None  # a thread after the model that held the run back (``Load.holds_back``)
 
 
 @dataclass(frozen=True)

@@ -59,7 +59,8 @@ from segstream.pipeline.engine import (
 from segstream.pipeline.logs import new_run_id
 from segstream.pipeline.own_parts import NamedStage, OwnSource
 from segstream.pipeline.metrics import (
-    DECODE_ERROR, MODEL_NONFINITE, SHED_REASONS, OverloadWatch, RunMetrics, SourceCounts, decode_thread, less_work_for,
+    DECODE_ERROR, MODEL_NONFINITE, SHED_REASONS, OverloadWatch, RunMetrics, Said, SourceCounts, decode_thread,
+    less_work_for,
 )
 from segstream.pipeline.source_states import SourceStates, first_frame
 
@@ -1085,9 +1086,11 @@ class Runtime:
         return report
 
     @staticmethod
-    def _say_overload(lines: list[tuple[int, str, tuple[str, ...]]]) -> None:
-        for level, message, names in lines:  # one source's line carries it as a field, a group's the list
-            log.log(level, message, extra={"source": names[0]} if len(names) == 1 else {"sources": list(names)})
+    def _say_overload(lines: list[Said]) -> None:
+        for level, message, names, fields in lines:  # one source's line carries it as a field, a group's the list
+            # (and what held it back: cause, part, ms_per_frame, ran_for, for a log store to group by)
+            log.log(level, message, extra={**fields, **({"source": names[0]} if len(names) == 1
+                                                      else {"sources": list(names)})})
 
     # --- the threads -----------------------------------------------------------------------
 

@@ -34,13 +34,13 @@ def test_a_thread_after_the_model_working_most_of_the_time_and_more_than_the_mod
     after = _load(10.0, {"model": 5.0, "model1": 5.5, "stage": 11.6, "publish": 1.5},
                   {("stage tracker", "cam1"): (1.6, 250), ("stage mine:Slow", "cam1"): (10.0, 250),
                    ("sink redis", ""): (1.5, 250)})
-    assert after.holds_back(before) == (
+    assert after.holds_back(before).text == (
         "the per-source stages hold the run back, not the model (their thread worked 96% of the time; stage "
         "mine:Slow took 60 ms a frame on cam1's results): make that stage faster")
     # the sinks' thread, when it is the one (a sink's polls count as its time, not as frames)
     sinks = _load(10.0, {"model": 3.0, "stage": 3.0, "publish": 9.5},
                   {("sink redis", ""): (0.9, 250), ("sink kafka", ""): (8.6, 250)})
-    assert sinks.holds_back(before) == (
+    assert sinks.holds_back(before).text == (
         "the sinks hold the run back, not the model (their thread worked 90% of the time; sink kafka took 34 ms a "
         "frame): make that sink faster")
     # a model worker busier still (CPU shared: every thread slow), or no thread busy enough: the engine's
@@ -53,7 +53,7 @@ def test_a_sink_that_stalls_part_of_the_window_is_named_while_the_model_s_worker
     # 72% of the window and the model's workers at 6%: "a smaller model, a GPU" was the advice
     before = _load(0.0, {"model": 0.0, "model1": 0.0, "publish": 0.0}, {("sink stalls", ""): (0.0, 0)})
     after = _load(10.0, {"model": 0.6, "model1": 0.6, "publish": 7.2}, {("sink stalls", ""): (7.1, 40)})
-    assert after.holds_back(before).startswith("the sinks hold the run back, not the model (their thread worked 72%")
+    assert after.holds_back(before).text.startswith("the sinks hold the run back, not the model (their thread worked 72%")
     assert _load(10.0, {"model": 0.6, "publish": 4.0}).holds_back(before) is None  # under half: not known
 
 
@@ -63,7 +63,7 @@ def test_a_stage_that_runs_on_one_camera_is_named_with_it_where_another_camera_i
     after = _load(10.0, {"model": 2.0, "stage": 9.9}, {("stage tracker", "aisle3"): (0.2, 100),
                                                         ("stage tracker", "dock1"): (0.2, 80),
                                                         ("stage zones:Slow", "dock1"): (9.6, 80)})
-    assert after.holds_back(before) == (
+    assert after.holds_back(before).text == (
         "the per-source stages hold the run back, not the model (their thread worked 99% of the time; stage "
         "zones:Slow took 120 ms a frame on dock1's results): make that stage faster")
 
@@ -74,7 +74,7 @@ def test_the_overload_line_gives_the_cause_its_loads_show_and_the_engine_s_advic
     watch.load = lambda: next(loads)
     busy = [{"model": 0.3 * s, "stage": 0.99 * s, "publish": 0.1 * s} for s in range(12)]
     loads = iter(_load(float(s), busy[s], {("stage mine:Slow", "cam1"): (0.99 * s, 25 * s)}) for s in range(12))
-    said = [text for s in range(12) for _, text, _ in watch.observe(
+    said = [text for s in range(12) for _, text, *_ in watch.observe(
         float(s), {"cam1": SourceCounts(decoded=25 * s, dropped_by=Counter({"queue_full": 10 * s}))})]
     assert said == ["source cam1 is overloaded: 40% of its frames dropped in the last 10 s (queue_full 100) — the "
                     "per-source stages hold the run back, not the model (their thread worked 99% of the time; stage "
@@ -83,9 +83,15 @@ def test_the_overload_line_gives_the_cause_its_loads_show_and_the_engine_s_advic
     model_bound = OverloadWatch(window_s=10, share=0.2, paused_since=lambda moment: 0.0)
     loads = iter(_load(float(s), {"model": 0.95 * s, "stage": 0.2 * s}) for s in range(12))
     model_bound.load = lambda: next(loads)
-    said = [text for s in range(12) for _, text, _ in model_bound.observe(
+    said = [text for s in range(12) for _, text, *_ in model_bound.observe(
         float(s), {"cam1": SourceCounts(decoded=25 * s, dropped_by=Counter({"queue_full": 10 * s}))})]
     assert len(said) == 1 and said[0].endswith("or give the engine less to do per frame (a smaller model, a GPU)")
+    loads = iter(_load(float(s), {"model": 0.95 * s, "stage": 0.2 * s}) for s in range(12))
+    again = OverloadWatch(window_s=10, share=0.2, paused_since=lambda moment: 0.0)
+    again.load = lambda: next(loads)
+    fields = [f for s in range(12) for *_, f in again.observe(
+        float(s), {"cam1": SourceCounts(decoded=25 * s, dropped_by=Counter({"queue_full": 10 * s}))})]
+    assert fields == [{"cause": "engine"}]
 
 
 class _Camera:
@@ -132,8 +138,12 @@ def test_a_run_whose_stage_is_slow_names_it_and_its_seconds_are_on_metrics(caplo
         page = generate_latest(registry).decode()
         runtime.stop()
         running.join(30)
-    [line] = [r.getMessage() for r in caplog.records if "is overloaded" in r.getMessage()]
+    [record] = [r for r in caplog.records if "is overloaded" in r.getMessage()]
+    line = record.getMessage()
     assert "the per-source stages hold the run back, not the model" in line, line
+    # the same as fields, for a JSON log's record (found probing as an SRE: only in the text)
+    assert (record.cause, record.part, record.ran_for, record.source) == ("stages", "stage _Sleepy", ["cam1"], "cam1")
+    assert 25 < record.ms_per_frame < 60
     assert "stage _Sleepy took 3" in line and line.endswith("set or lower the source's max_fps"), line
     seconds = {metric.split("}")[0] + "}": float(metric.split()[-1])
                for metric in page.splitlines() if metric.startswith("segstream_stage_seconds_total{")}

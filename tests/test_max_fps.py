@@ -199,7 +199,7 @@ def test_an_overloaded_source_is_named_once_then_again_only_after_it_recovered_a
     for second in range(48):
         decoded += 25
         dropped += 12 if second < 12 or second >= 36 else 0
-        said += [(second, level, text) for level, text, _ in watch.observe(float(second), _counts(decoded, dropped))]
+        said += [(second, level, text) for level, text, *_ in watch.observe(float(second), _counts(decoded, dropped))]
     warnings = [(second, text) for second, level, text in said if level == logging.WARNING]
     assert len(warnings) == 2, said
     assert warnings[0][0] == 10 and warnings[1][0] > 36
@@ -227,7 +227,7 @@ def test_a_handful_of_drops_of_a_slow_source_is_no_overload():
     assert not any(said), said
     # 12 of 40 (a 4 fps source): at least 10 frames and a second's worth, named
     named = OverloadWatch(window_s=10, share=0.2, paused_since=_never_paused)
-    said = [text for s in range(12) for _, text, _ in named.observe(float(s), _source(4 * s, 12 if s >= 2 else 0))]
+    said = [text for s in range(12) for _, text, *_ in named.observe(float(s), _source(4 * s, 12 if s >= 2 else 0))]
     assert len(said) == 1 and said[0].startswith(
         "source cam1 is overloaded: 30% of its frames dropped in the last 10 s (queue_full 12)"), said
     # over a 2 s window a second's worth is half the share: 30 of 100 dropped at 50 fps is not named
@@ -251,7 +251,7 @@ def test_a_window_over_a_pause_of_segstream_or_a_reconnect_tells_nothing():
         reconnected = s >= 3
         said += burst.observe(float(s), _source(25 * s, 15 * max(0, s - 3), "streaming",
                                                 3 if reconnected else 1))
-    warned_at = [text for _, text, _ in said]
+    warned_at = [text for _, text, *_ in said]
     assert len(warned_at) == 1  # named once the window no longer spans the reconnect (at 13 s)
     assert OverloadWatch(window_s=10, paused_since=_never_paused).observe(0.0, _source(0)) == []
     # a gap in the stream in the window: the catching up after it is not an overload either
@@ -272,7 +272,7 @@ def test_keeps_up_again_is_said_only_of_a_source_that_delivered_frames():
     assert not any(quiet), quiet
     assert "cam1" in watch.overloaded
     # back and streaming, keeping up: said, with the frames it delivered
-    back = [text for s in range(30, 52) for _, text, _ in watch.observe(float(s), _source(262 + 25 * (s - 30), 120,
+    back = [text for s in range(30, 52) for _, text, *_ in watch.observe(float(s), _source(262 + 25 * (s - 30), 120,
                                                                                         "streaming", 3))]
     assert back == ["source cam1 keeps up again: 0% of its 250 frames dropped in the last 10 s"], back
 
@@ -306,7 +306,7 @@ def test_sources_that_fall_behind_together_are_named_in_one_warning():
     starts = {f"cam{k:02}": 0 if k == 0 else 12 + k // 4 for k in range(44)}  # the first, then 4 more a second
     watch = OverloadWatch(window_s=10, share=0.2, paused_since=_never_paused)
     said = [(s, level, text, names) for s in range(70)
-            for level, text, names in watch.observe(float(s), _fleet(s, starts))]
+            for level, text, names, _ in watch.observe(float(s), _fleet(s, starts))]
     assert watch.overloaded == set(starts)
     assert [level for _, level, _, _ in said] == [logging.WARNING, logging.WARNING], said
     (first_at, _, first, alone), (then_at, _, then, together) = said
@@ -317,7 +317,7 @@ def test_sources_that_fall_behind_together_are_named_in_one_warning():
     assert then.count("max_fps") == 1, then  # the advice once
     # a run that ends while some are held back says them as it ends
     ending = OverloadWatch(window_s=10, share=0.2, paused_since=_never_paused)
-    said = [text for s in range(20) for _, text, _ in ending.observe(float(s), _fleet(s, starts))]
+    said = [text for s in range(20) for _, text, *_ in ending.observe(float(s), _fleet(s, starts))]
     assert len(said) == 1
     held = ending.flush()
     assert len(held) == 1 and held[0][0] == logging.WARNING and "(" in held[0][1] and "sources) are overloaded" in held[0][1]
@@ -333,7 +333,7 @@ def test_a_source_hovering_about_the_share_is_one_overload_not_a_warning_and_a_r
     for second in range(360):
         decoded += 25
         dropped += 25 if second % 20 < 6 else 0  # 30% over each 20 s, none for 14 s of it
-        said += [level for level, _, _ in watch.observe(float(second), _counts(decoded, dropped))]
+        said += [level for level, *_ in watch.observe(float(second), _counts(decoded, dropped))]
     assert said == [logging.WARNING]
 
 
@@ -342,7 +342,7 @@ def test_a_line_held_back_to_be_said_with_others_tells_when_its_windows_were():
     # last 10 s" while it was reconnecting with no drop in them
     starts = {"cam0": 0, "cam1": 12}
     watch = OverloadWatch(window_s=10, share=0.2, paused_since=_never_paused)
-    said = [(s, text) for s in range(45) for _, text, _ in watch.observe(float(s), _fleet(s, starts))]
+    said = [(s, text) for s in range(45) for _, text, *_ in watch.observe(float(s), _fleet(s, starts))]
     assert [s for s, _ in said] == [10, 40]
     assert "dropped in the last 10 s (" in said[0][1]
     assert said[1][1].startswith("source cam1 is overloaded: ")
