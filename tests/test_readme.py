@@ -83,3 +83,46 @@ def test_the_readme_custom_source_yaml_is_a_valid_config_section():
     [source] = cfg.sources
     assert (source.type, source.use, source.options, source.required) == (
         "custom", "my_package.sources:GigECamera", {"serial": "A1234", "exposure_us": 8000}, True)
+
+
+def test_the_readme_custom_source_runs_with_a_camera_standing_in_for_the_sdk():
+    # the example as written, its SDK's calls given a camera that sends three frames, then nothing
+    import threading
+    import time
+
+    import numpy as np
+
+    import segstream
+
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("**Sources in the config.**"):]
+    code = re.search(r"```python\n(.*?)```", section, re.DOTALL).group(1)
+
+    class Camera:
+        def __init__(self):
+            self.grabbed, self.closed = 0, threading.Event()
+
+        def grab(self, timeout_s):
+            self.grabbed += 1
+            return np.full((48, 64, 3), 90, np.uint8) if self.grabbed <= 3 else None
+
+        def close(self):
+            self.closed.set()
+
+    camera = Camera()
+    namespace = {"open_camera": lambda serial, exposure_us: camera}
+    exec(compile(code, "README.md", "exec"), namespace)
+    source = namespace["GigECamera"]("line3", serial="A1234", exposure_us=8000)
+    cfg = segstream.load_config({"sources": [{"name": "other", "type": "synthetic", "num_frames": 2, "width": 64,
+                                              "height": 48}],
+                                 "model": {"device": "cpu"}, "sinks": {"redis": {"enabled": False}},
+                                 "ops": {"http": None}})
+    runtime = segstream.build_runtime(cfg, progress=False, sources=[source])
+    running = threading.Thread(target=runtime.run)
+    running.start()
+    deadline = time.monotonic() + 60
+    while runtime.metrics.source("line3").published < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    runtime.stop()
+    running.join(60)
+    assert runtime.metrics.source("line3").published == 3 and camera.closed.is_set()
