@@ -436,12 +436,19 @@ def own_source_check(cfg) -> str:
     except SegstreamError as error:  # a factory that raises or returns no source (the check's line names it)
         raise SegstreamError(str(error).removeprefix(f"source {cfg.name}: ")) from None
     got: list = []
+    if hasattr(source, "on_state"):  # as the run does: a source that reports its states calls it
+        source.on_state = lambda state, reason, data, quiet=False: None
 
     def first() -> None:
+        frames = None
         try:
-            got.append(next(iter(source.frames()), None))
+            frames = iter(source.frames())
+            got.append(next(frames, None))
         except BaseException as error:  # noqa: BLE001 (said as the check's answer)
             got.append(error)
+        finally:
+            if hasattr(frames, "close"):  # its own cleanup (a finally: around its frames) runs, as in a run
+                frames.close()
 
     reader = threading.Thread(target=first, name=f"segstream-check-{cfg.name}", daemon=True)
     reader.start()
@@ -455,7 +462,9 @@ def own_source_check(cfg) -> str:
             raise SegstreamError(f"{cfg.use}'s frames() raised {type(frame).__name__}: {frame}")
         if frame is None:
             raise SegstreamError(f"{cfg.use}'s frames() ended before its first frame")
-        if (problem := frame_problem(frame) or capture_time_problem(frame)) is not None:
+        if (problem := frame_problem(frame) or capture_time_problem(frame)) is None and frame.source != cfg.name:
+            problem = f"is of source {frame.source!r}, not {cfg.name!r} (Frame.source is the source's name)"
+        if problem is not None:
             raise SegstreamError(f"its first frame {problem}")
         height, width = frame.image.shape[:2]
         return f"{cfg.use} gave a first frame, {width}x{height}"

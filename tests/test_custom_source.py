@@ -132,6 +132,13 @@ class ReportingTicker(Ticker):
             self.on_state("ended", "camera closed", {})
 
 
+class Misnamed(Pattern):
+    def picture(self, i):
+        frame = super().picture(i)
+        frame.source = "line9"
+        return frame
+
+
 class Timed(Pattern):
     """10 frames a second of stream time."""
 
@@ -328,6 +335,8 @@ def test_validate_connect_builds_a_source_of_one_s_own_and_reads_its_first_frame
         - {name: gige, type: custom, use: 'mysources:refuse', options: {serial: A12}}
         - {name: dark, type: custom, use: 'mysources:Ticker', options: {fps: 0.1}}
         - {name: dock, type: custom, use: 'mysources:Faulty', options: {fault: wall_ms}}
+        - {name: told, type: custom, use: 'mysources:ReportingTicker', options: {fps: 50}}
+        - {name: alias, type: custom, use: 'mysources:Misnamed'}
     """)
     assert main(["validate", "--connect", "--json", str(config)]) == 1
     checks = {c["what"]: c for c in json.loads(capsys.readouterr().out)["checks"]}
@@ -337,7 +346,11 @@ def test_validate_connect_builds_a_source_of_one_s_own_and_reads_its_first_frame
     assert checks["source dark"]["said"] == ("mysources:Ticker gave no frame within 1 s — check that its camera is "
                                              "there and sends (the run waits for it as long as the source does)")
     assert checks["source dock"]["ok"]  # (its frame 2 is the faulty one: the check reads the first)
-    assert not any(checks[name]["ok"] for name in ("source gige", "source dark"))
+    # found probing the docs: on_state was left None (a TypeError in the source), another name passed
+    assert checks["source told"]["said"] == "mysources:ReportingTicker gave a first frame, 64x48"
+    assert checks["source alias"]["said"] == ("its first frame is of source 'line9', not 'alias' (Frame.source is "
+                                              "the source's name)")
+    assert not any(checks[name]["ok"] for name in ("source gige", "source dark", "source alias"))
 
 
 def test_an_entry_point_names_a_source_and_segstream_run_runs_it(site, capsys):
