@@ -109,13 +109,19 @@ def _call_problem(factory: Callable, args: tuple, options: dict) -> str | None:
     try:
         signature.bind(*args, **options)
     except TypeError as error:
-        taken = [name for name, p in signature.parameters.items()
-                 if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)][len(args):]
+        named = [p for p in signature.parameters.values() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        taken = [p.name for p in named][len(args):]
+        problems = []
         if not any(p.kind == p.VAR_KEYWORD for p in signature.parameters.values()):
             for key in options:  # a typo'd option: said as a config key's is (found probing as a plugin author)
-                if key not in taken and (close := difflib.get_close_matches(key, taken, n=1)):
-                    return f"{error} (option '{key}': did you mean '{close[0]}'?)"
-        return str(error)
+                if key not in taken:
+                    close = difflib.get_close_matches(key, taken, n=1)
+                    problems.append(f"got an unexpected keyword argument '{key}'"
+                                    + (f" (option '{key}': did you mean '{close[0]}'?)" if close else ""))
+        problems += [f"missing a required argument: '{p.name}'" for p in named[len(args):]
+                     if p.default is p.empty and p.name not in options]
+        # every one at once (found probing the docs: a fix, a rerun, the next one)
+        return "; ".join(problems) if problems else str(error)
     return None
 
 

@@ -295,6 +295,10 @@ def test_a_factory_that_raises_fails_its_source_alone_or_the_start_when_it_is_th
     ("{name: a, type: custom, use: 'mysources:Ticker', options: {fsp: 5}}",
      "sources[0].options: mysources:Ticker cannot be called as mysources:Ticker(name, fsp=...): got an unexpected "
      "keyword argument 'fsp' (option 'fsp': did you mean 'fps'?) — give the options its factory takes"),
+    # every problem of the options at once (found probing the docs: a fix, a rerun, the next one)
+    ("{name: a, type: custom, use: 'mysources:refuse', options: {gain: 3}}",
+     "sources[0].options: mysources:refuse cannot be called as mysources:refuse(name, gain=...): got an unexpected "
+     "keyword argument 'gain'; missing a required argument: 'serial' — give the options its factory takes"),
     ("{name: a, type: custom, use: 'gige_camera'}",
      "sources[0].use: 'gige_camera' is no entry point of the group segstream.sources (none is installed) — write "
      "module:attribute, e.g. my_package.sources:GigECamera"),
