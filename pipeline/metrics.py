@@ -535,9 +535,11 @@ class Load:
             calls: Counter[str] = Counter()
             ran_for: dict[str, list[str]] = {}
             for (part, source), seconds in self.part_s.items():
-                if part.startswith(kind + " ") and (n := self.part_calls[part, source] -
-                                                     earlier.part_calls.get((part, source), 0)) > 0:
-                    took[part] += seconds - earlier.part_s.get((part, source), 0.0)
+                n = self.part_calls[part, source] - earlier.part_calls.get((part, source), 0)
+                spent = seconds - earlier.part_s.get((part, source), 0.0)
+                # (a source removed and added again since: its counts began anew, the earlier load's are larger)
+                if part.startswith(kind + " ") and n > 0 and spent >= 0:
+                    took[part] += spent
                     calls[part] += n
                     ran_for.setdefault(part, []).append(source)
             said = f"{what} hold the run back, not the model (their thread worked {busy:.0%} of the time"

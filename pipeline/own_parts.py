@@ -109,17 +109,27 @@ def _call_problem(factory: Callable, args: tuple, options: dict) -> str | None:
     try:
         signature.bind(*args, **options)
     except TypeError as error:
-        named = [p for p in signature.parameters.values() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-        taken = [p.name for p in named][len(args):]
+        try:
+            given = set(signature.bind_partial(*args).arguments)  # what the positional arguments take
+        except TypeError:  # (too many of them: Python's own words)
+            return str(error)
+        params = list(signature.parameters.values())
+        by_keyword = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+                      and p.name not in given]
+        any_keyword = any(p.kind == p.VAR_KEYWORD for p in params)
         problems = []
-        if not any(p.kind == p.VAR_KEYWORD for p in signature.parameters.values()):
-            for key in options:  # a typo'd option: said as a config key's is (found probing as a plugin author)
-                if key not in taken:
-                    close = difflib.get_close_matches(key, taken, n=1)
-                    problems.append(f"got an unexpected keyword argument '{key}'"
-                                    + (f" (option '{key}': did you mean '{close[0]}'?)" if close else ""))
-        problems += [f"missing a required argument: '{p.name}'" for p in named[len(args):]
-                     if p.default is p.empty and p.name not in options]
+        for key in options:
+            if key in given:
+                problems.append(f"multiple values for argument '{key}'")
+            elif key not in by_keyword and not any_keyword:
+                # a typo'd option: said as a config key's is (found probing as a plugin author)
+                close = difflib.get_close_matches(key, by_keyword, n=1)
+                problems.append(f"got an unexpected keyword argument '{key}'"
+                                + (f" (option '{key}': did you mean '{close[0]}'?)" if close else ""))
+        problems += [f"missing a required argument: '{p.name}'" for p in params
+                     if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+                     and p.default is p.empty and p.name not in given
+                     and (p.name not in options or p.kind == p.POSITIONAL_ONLY)]
         # every one at once (found probing the docs: a fix, a rerun, the next one)
         return "; ".join(problems) if problems else str(error)
     return None

@@ -438,6 +438,8 @@ def own_source_check(cfg) -> str:
     got: list = []
     if hasattr(source, "on_state"):  # as the run does: a source that reports its states calls it
         source.on_state = lambda state, reason, data, quiet=False: None
+    if hasattr(source, "on_event"):  # and one that reports events of its own
+        source.on_event = lambda kind, data: None
 
     def first() -> None:
         frames = None

@@ -132,6 +132,16 @@ class ReportingTicker(Ticker):
             self.on_state("ended", "camera closed", {})
 
 
+class Eventful(Pattern):
+    """Says an event of its own before its frames."""
+
+    on_event = None
+
+    def frames(self):
+        self.on_event("sensor_warm", {"celsius": 41})
+        yield from super().frames()
+
+
 class Misnamed(Pattern):
     def picture(self, i):
         frame = super().picture(i)
@@ -341,6 +351,7 @@ def test_validate_connect_builds_a_source_of_one_s_own_and_reads_its_first_frame
         - {name: dock, type: custom, use: 'mysources:Faulty', options: {fault: wall_ms}}
         - {name: told, type: custom, use: 'mysources:ReportingTicker', options: {fps: 50}}
         - {name: alias, type: custom, use: 'mysources:Misnamed'}
+        - {name: warm, type: custom, use: 'mysources:Eventful'}
     """)
     assert main(["validate", "--connect", "--json", str(config)]) == 1
     checks = {c["what"]: c for c in json.loads(capsys.readouterr().out)["checks"]}
@@ -352,6 +363,7 @@ def test_validate_connect_builds_a_source_of_one_s_own_and_reads_its_first_frame
     assert checks["source dock"]["ok"]  # (its frame 2 is the faulty one: the check reads the first)
     # found probing the docs: on_state was left None (a TypeError in the source), another name passed
     assert checks["source told"]["said"] == "mysources:ReportingTicker gave a first frame, 64x48"
+    assert checks["source warm"]["said"] == "mysources:Eventful gave a first frame, 64x48"  # on_event set as well
     assert checks["source alias"]["said"] == ("its first frame is of source 'line9', not 'alias' (Frame.source is "
                                               "the source's name)")
     assert not any(checks[name]["ok"] for name in ("source gige", "source dark", "source alias"))

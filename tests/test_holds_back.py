@@ -182,3 +182,14 @@ def test_a_thread_s_busy_seconds_never_go_down_however_the_reads_fall_between_it
         done.set()
         beater.join()
     assert reads > 1000 and went_down == 0
+
+
+def test_a_source_added_again_whose_counts_began_anew_is_no_negative_time():
+    # found reviewing: a removed source's stage seconds leave the counts; added again, they start from 0 while an
+    # earlier load still holds the old totals
+    before = _load(0.0, {"model": 0.0, "stage": 0.0}, {("stage zones:Slow", "dock1"): (50.0, 400),
+                                                      ("stage tracker", "aisle3"): (1.0, 100)})
+    after = _load(10.0, {"model": 1.0, "stage": 9.5}, {("stage zones:Slow", "dock1"): (4.0, 450),
+                                                       ("stage tracker", "aisle3"): (3.0, 200)})
+    assert after.holds_back(before).text.endswith("stage tracker took 20 ms a frame on aisle3's results): make that "
+                                                  "stage faster")

@@ -247,3 +247,28 @@ def test_a_frame_the_model_cannot_take_fails_only_its_own_source(clip):
     assert len(sink.indices("cam")) == 40 and sink.indices("odd") == [0]
     assert report.failed == {"odd": "frame 1 cannot be segmented: a 1000x15 frame would need 67 windows of 64 x 64 for "
                                     "a semantic model (at most 32): crop it nearer to square first"}
+
+
+def test_a_factory_s_options_are_told_as_python_would_every_problem_at_once():
+    # found reviewing: an option naming what the source's name fills was called unknown, and a positional-only
+    # parameter's absence went unsaid
+    from segstream.pipeline.own_parts import _call_problem
+
+    def camera(name, fps=1, *, url):
+        return name
+
+    def strict(name, /, exposure):
+        return name
+
+    def one(source):
+        return source
+
+    assert _call_problem(camera, ("cam1",), {"name": "x", "url": 1}) == "multiple values for argument 'name'"
+    assert _call_problem(camera, ("cam1",), {"fsp": 5}) == (
+        "got an unexpected keyword argument 'fsp' (option 'fsp': did you mean 'fps'?); missing a required "
+        "argument: 'url'")
+    assert _call_problem(strict, ("cam1",), {"exposur": 1}) == (
+        "got an unexpected keyword argument 'exposur' (option 'exposur': did you mean 'exposure'?); missing a "
+        "required argument: 'exposure'")
+    assert _call_problem(one, ("cam1", "extra"), {"q": 1}) == "too many positional arguments"
+    assert _call_problem(camera, ("cam1",), {"url": "rtsp://x"}) is None
