@@ -80,6 +80,21 @@ def capture_time_problem(frame: Frame) -> str | None:
             "or the camera's own clock)")
 
 
+def out_of_line(frame: Frame, name: str, last_index: int | None = None, own: bool = True) -> str | None:
+    """What is wrong with where a source's frame stands, in a few words (None when nothing is): of
+    another source than ``name``, its index not above ``last_index`` (the source's last frame's),
+    and for a source of one's own (``own``: a config's or a program's, not a shipped one) a
+    capture time outside Unix seconds. A shipped image folder's frame may carry its picture's own
+    time, from a camera whose clock was never set (1970)."""
+    if frame.source != name:
+        return f"is of source {frame.source!r}, not {name!r} (Frame.source is the source's name)"
+    if last_index is not None and frame.index <= last_index:
+        return f"follows frame {last_index}: a source's frame indices increase, each above the last (Frame.index)"
+    if own and (problem := capture_time_problem(frame)) is not None:
+        return problem
+    return None
+
+
 # The Unix times a frame's capture_wall may be (1973 to 5138): 0, seconds since a start, and
 # milliseconds lie outside.
 CAPTURE_WALL_RANGE = (1e8, 1e11)

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from segstream.connectors.errors import ConfigError, SinkError, StageError
+from segstream.connectors.errors import ConfigError, SinkError, SourceError, StageError
 from segstream.connectors.redis_wire import event_data_json
 from segstream.connectors.sink import SINK_METHODS
 from segstream.models.results import Event, FrameResult, Segments
@@ -181,8 +181,6 @@ def build_source(cfg) -> Any:
     be a ``segstream.VideoSource`` of that name. What the factory raises is a ``SourceError`` (the
     source could not be opened: a source not ``required`` fails alone); a factory that cannot be
     had, or that returns something else, a ``ConfigError``."""
-    from segstream.connectors.errors import SourceError
-
     where = f"source {cfg.name}"
     factory = resolve(cfg.use, SOURCE_GROUP, f"{where}: use")
     try:
@@ -220,14 +218,12 @@ class OwnSource:
         object.__setattr__(self, "_cap", None if max_fps is None else FrameRateCap(max_fps))
 
     def frames(self) -> Any:
-        if self._cap is None:
-            yield from self._source.frames()
-            return
         frames = iter(self._source.frames())
         try:
             for frame in frames:
                 seconds = getattr(frame, "pts_seconds", None)
-                if self._cap.keep(seconds if seconds is not None else getattr(frame, "capture_wall", None)):
+                if self._cap is None or self._cap.keep(seconds if seconds is not None else
+                                                       getattr(frame, "capture_wall", None)):
                     yield frame
         finally:  # its cleanup when this one is closed (a plain iterator has none)
             if hasattr(frames, "close"):

@@ -428,7 +428,7 @@ def own_source_check(cfg) -> str:
     own, to its first frame within ``OWN_SOURCE_WAIT_S`` (an SDK's camera found and sending), then
     closed: what the run would refuse of that frame is said here too."""
     wait_s = OWN_SOURCE_WAIT_S
-    from segstream.connectors.frames import capture_time_problem, frame_problem
+    from segstream.connectors.frames import frame_problem, out_of_line
     from segstream.pipeline.own_parts import build_source
 
     try:
@@ -464,9 +464,7 @@ def own_source_check(cfg) -> str:
             raise SegstreamError(f"{cfg.use}'s frames() raised {type(frame).__name__}: {frame}")
         if frame is None:
             raise SegstreamError(f"{cfg.use}'s frames() ended before its first frame")
-        if (problem := frame_problem(frame) or capture_time_problem(frame)) is None and frame.source != cfg.name:
-            problem = f"is of source {frame.source!r}, not {cfg.name!r} (Frame.source is the source's name)"
-        if problem is not None:
+        if (problem := frame_problem(frame) or out_of_line(frame, cfg.name)) is not None:
             raise SegstreamError(f"its first frame {problem}")
         height, width = frame.image.shape[:2]
         return f"{cfg.use} gave a first frame, {width}x{height}"

@@ -46,7 +46,7 @@ from segstream.connectors.errors import (
     SourceError,
     thread_start_failed,
 )
-from segstream.connectors.frames import Frame, capture_time_problem, frame_problem
+from segstream.connectors.frames import Frame, frame_problem, out_of_line
 from segstream.connectors.sink import SINK_DROPS, SINK_METHODS, Sink
 from segstream.connectors.source import SOURCE_STATES, VideoSource
 from segstream.connectors.threads import NamedThread, waiting_for_input
@@ -57,7 +57,7 @@ from segstream.pipeline.engine import (
     Batcher, BufferPolicy, InFlight, ModelStage, cgroup_cpu_quota, engine_layout, usable_cores,
 )
 from segstream.pipeline.logs import new_run_id
-from segstream.pipeline.own_parts import NamedStage, OwnSource
+from segstream.pipeline.own_parts import NamedStage, OwnSource, build_stages
 from segstream.pipeline.metrics import (
     DECODE_ERROR, MODEL_NONFINITE, SHED_REASONS, OverloadWatch, RunMetrics, Said, SourceCounts, decode_thread,
     less_work_for,
@@ -717,8 +717,6 @@ class Runtime:
         if "stages" not in kwargs:
             kwargs["stages"] = tracking_stages(cfg.tracking)
             if cfg.stages:
-                from segstream.pipeline.own_parts import build_stages
-
                 kwargs["stages"] += build_stages(cfg.stages, [s.name for s in sources])
         names = dict.fromkeys([*(c.name for c in cfg.sources), *(s.name for s in sources)])
         kwargs.setdefault("filters", segment_filters(cfg, adapter.labels, names))
@@ -1137,7 +1135,7 @@ class Runtime:
                 if i in self._left_behind:  # the run ended without this source: what it yields now goes nowhere
                     return
                 if (problem := frame_problem(frame) or self._model_refuses(frame)
-                        or _out_of_line(frame, name, last_index, shipped)) is not None:
+                        or out_of_line(frame, name, last_index, own=not shipped)) is not None:
                     # a source of one's own, a frame the model cannot take: said here, of this source only
                     number = frame.index if isinstance(frame, Frame) else counts.decoded
                     raise SourceError(f"source {name}: frame {number} {problem}")
@@ -2228,20 +2226,6 @@ def _start(thread: threading.Thread) -> None:
             raise
         name = thread.name.removeprefix(THREAD_PREFIX)
         raise ResourceLimit(f"the system refused to start the pipeline's {name} thread ({THREAD_LIMIT_HINT})") from None
-
-
-def _out_of_line(frame: Frame, name: str, last_index: int | None, shipped: bool) -> str | None:
-    """What is wrong with where a source's frame stands, in a few words (None when nothing is): of
-    another source, its index not above the last one's, and for a source not shipped (a config's
-    or a program's own) a capture time outside Unix seconds. A shipped image folder's frame may
-    carry its picture's own time, from a camera whose clock was never set (1970)."""
-    if frame.source != name:
-        return f"is of source {frame.source!r}, not {name!r} (Frame.source is the source's name)"
-    if last_index is not None and frame.index <= last_index:
-        return f"follows frame {last_index}: a source's frame indices increase, each above the last (Frame.index)"
-    if not shipped and (problem := capture_time_problem(frame)) is not None:
-        return problem
-    return None
 
 
 def _configured_own(source: VideoSource) -> bool:

@@ -97,7 +97,7 @@ class _Flashes:
             yield Frame(self.name, i, np.full((48, 64, 3), level, np.uint8), None, None, i / 10, time.time())
 
     def close(self):
-        pass
+        """Nothing to release: its frames end by themselves."""
 
 
 def test_the_engine_drops_counts_and_says_each_source_s_frames_whose_outputs_are_not_finite(caplog):
