@@ -104,6 +104,10 @@ class _Outgoing:
     queued: float  # monotonic time it was queued
 
 
+def _is_settings(item: _Outgoing) -> bool:
+    return item.result is None and _text(item.fields.get("event", "")) == "settings"
+
+
 class _StatusKeys:
     """The sources' status keys (docs/SCHEMA.md, Status keys): a source's is written once the events
     stream has its state, again at each state change and every third of ``ttl_s``, and expires
@@ -351,7 +355,8 @@ class RedisPublisher:
         self.entries_lost: Counter[str] = Counter(frames=0, events=0)  # the entries those losses took
         self.entries_lost_at_least = False  # some loss could only be bounded from below
         self.on_data_lost: Callable[[int, int], None] | None = None  # (frames, events) at each loss
-        self.on_sources_lost: Callable[[set[str]], None] | None = None  # the sources whose streams lost entries
+        self._settings: dict[str, _Outgoing] = {}  # per source, the newest settings event written (said again at a loss)
+        self._sending = 0  # entries at the queue's front that _send is writing now
         # per stream, this run's entries written since its last loss was counted (or since it was first written)
         self._span: Counter[str] = Counter()
         self._event_streams: set[str] = set()
@@ -799,12 +804,15 @@ class RedisPublisher:
                 return
             batch = [self._queue[i] for i in range(min(self.pipeline_size, len(self._queue)))]
             attempt = time.monotonic()  # a hung write fails only at its timeout: Redis was away since now
+            self._sending = len(batch)
             try:
                 sent = self._send(batch)
             except SinkError:
                 self._forget(len(batch))  # refused is final: never sent again
                 self._refused_for_good = True
                 raise
+            finally:
+                self._sending = 0
             if not sent:
                 self._disconnected(attempt)
                 return
@@ -978,6 +986,8 @@ class RedisPublisher:
         go to ``on_written``."""
         for item, entry_id in entries:
             seq = int(item.fields["seq"])
+            if _is_settings(item):
+                self._settings[_text(item.fields.get("source", ""))] = item
             self._seq[item.stream] = max(self._seq.get(item.stream, 0), seq)
             if item.stream not in self._unwatched:
                 self._account(item, entry_id, seq)
@@ -1500,8 +1510,22 @@ class RedisPublisher:
         self.entries_lost.update(taken)
         if self.on_data_lost is not None:
             self.on_data_lost(taken["frames"], taken["events"])
-        if self.on_sources_lost is not None:  # (their settings events, for the runtime to write again)
-            self.on_sources_lost(sources)
+        self._say_settings_again({stream for stream, *_ in gone})
+
+    def _say_settings_again(self, emptied: set[str]) -> None:
+        """The settings events a loss took (the only place a source's classes and model are said):
+        written again as they were, ``frame`` and all, before the entries that wait, so that every
+        entry Redis holds has its settings event (one that the batch being written says anew is left)."""
+        if self._closed:
+            return
+        sending = [self._queue[i] for i in range(self._sending)]
+        for source, said in sorted(self._settings.items()):
+            if said.stream not in emptied or any(_is_settings(item) and item.stream == said.stream for item in sending):
+                continue
+            again = _Outgoing(said.stream, {k: v for k, v in said.fields.items() if k != "seq"}, said.nbytes, None,
+                              time.monotonic())
+            self._queue.insert(self._sending, again)
+            self._queued_bytes += again.nbytes
 
     def _report(self) -> None:
         """What this run published, per stream, with the newest entry as a reader decodes it."""

@@ -1767,10 +1767,6 @@ class Runtime:
             self.metrics.entries_lost[name, "frames"] += 0
             self.metrics.entries_lost[name, "events"] += 0
             sink.on_data_lost = lambda frames, events: self.metrics.data_lost(name, frames, events)
-        if hasattr(sink, "on_sources_lost"):
-            # a Redis that lost a source's entries lost its settings event (the only place its classes
-            # are said): the next frame says them again (found probing as a robot's integrator)
-            sink.on_sources_lost = self._settings_lost
         if not hasattr(sink, "on_written"):
             return
         primary = not self._reporting
@@ -1832,11 +1828,6 @@ class Runtime:
                 source.close()
             except Exception as error:  # a failing close must not hide the run's outcome
                 self._errors.append(error)
-
-    def _settings_lost(self, sources: set[str]) -> None:
-        """A sink lost these sources' settings events with their entries: their next frames say them again."""
-        for source in sources:
-            self._announced.pop(source, None)
 
     def _say_slow_close(self, now: float) -> None:
         """A sink whose close() has taken long: said once (the run waits for it, and why it does not
