@@ -291,6 +291,11 @@ class BestEffortTimestamp:
         self._last_pts: int | None = None
         self._last_dts: int | None = None
 
+    @property
+    def by_pts(self) -> bool:
+        """Whether pictures are timed by their PTS now."""
+        return self.pts_faults <= self.dts_faults
+
     def choose(self, pts: int | None, dts: int | None) -> int | None:
         if dts is not None:
             self.dts_faults += self._last_dts is not None and dts <= self._last_dts
@@ -303,6 +308,9 @@ class BestEffortTimestamp:
         # PTS known to be out of order: a frame without a DTS (the decoder's last, flushed at the
         # end) is taken as unknown, which a timeline places one frame after the last
         return dts
+
+
+STALE_WINDOW = 16  # pictures after a rejected packet in which one whose PTS steps back is a leftover (AVInput)
 
 
 class InputTimeout(SourceError):
@@ -693,13 +701,26 @@ class AVInput:
         damaged: set[int] = set()
         flag_damaged = context.name == "mjpeg" and not self.lost_are_errors
 
+        # A picture whose PTS steps back within STALE_WINDOW pictures of a rejected packet is the
+        # decoder's leftover of the damaged stretch, shown out of place (found probing an archive: a
+        # flipped-bytes H.264 gave 1.6 1.7 2.7 2.8 1.9 2.9): rejected as its packets were, not
+        # taken for PTS in decode order (which set every later frame a frame late).
+        since_rejected: int | None = None  # pictures since the last rejected packet (None: none yet)
+        last_pts: int | None = None  # the last picture's PTS
+
         def made_up(frame: av.VideoFrame) -> bool:
             return frame.is_corrupt or (frame.pts is not None and frame.pts in damaged)
 
+        def stale(frame: av.VideoFrame) -> bool:
+            return (since_rejected is not None and since_rejected < STALE_WINDOW and frame.pts is not None
+                    and last_pts is not None and frame.pts <= last_pts and self._timestamps.by_pts
+                    and not self.wall_times)
+
         def reject(pts: int | None) -> None:
             """Count a frame the decoder rejected (or made up), its place kept for the picture after it."""
-            nonlocal rejected
+            nonlocal rejected, since_rejected
             rejected += 1
+            since_rejected = 0
             if change_after is None:
                 self.decode_errors += 1
             else:
@@ -783,6 +804,13 @@ class AVInput:
                         else:
                             reject(self._timestamps.choose(frame.pts, frame.dts))
                         continue
+                    if stale(frame):
+                        reject(frame.pts)
+                        continue
+                    if since_rejected is not None:
+                        since_rejected += 1
+                    if frame.pts is not None:
+                        last_pts = frame.pts
                     if not decoded and self.before_keyframe:
                         logger.info("'%s': joined between keyframes; decoding began at the first, %d packets later",
                                     self.shown, self.before_keyframe, extra=self.log_extra)

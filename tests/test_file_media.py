@@ -229,3 +229,37 @@ def test_a_rate_that_is_a_time_base_is_no_frame_rate():
     assert frame_rate(Stream(guessed_rate=Fraction(240), average_rate=None, base_rate=None)) == 240  # a fast camera
     with av.open(str(Path(__file__).resolve().parents[1] / "samples" / "demo.mp4")) as container:
         assert frame_rate(container.streams.video[0]) == 25
+
+
+def _pts_times(path: Path) -> list[float]:
+    """The frames' times as ffprobe lists them, in the order the decoder gives them."""
+    out = subprocess.run([FFMPEG.replace("ffmpeg", "ffprobe"), "-v", "error", "-select_streams", "v:0", "-show_entries",
+                          "frame=pts_time", "-of", "csv=p=0", str(path)], capture_output=True, text=True).stdout
+    times = [line.split(",")[0] for line in out.split()]
+    return [round(float(time), 3) for time in times if time not in ("", "N/A")]
+
+
+def test_a_picture_the_decoder_gives_back_out_of_place_after_damage_is_rejected_not_retimed(tmp_path):
+    # found probing an archive: bytes flipped mid-file made the decoder give 1.6 1.7 2.7 2.8 1.9 2.9 ...;
+    # the 1.9 s picture went out as 2.9 s, and every frame after it a frame late (its last at 4.0 s, after
+    # the file's end), because one PTS out of order was taken for PTS in decode order
+    whole = tmp_path / "whole.mp4"
+    subprocess.run([FFMPEG, "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=10", "-t", "4",
+                    "-c:v", "libx264", "-g", "10", "-pix_fmt", "yuv420p", str(whole)], check=True)
+    data = whole.read_bytes()
+    for share in (0.45, 0.4, 0.5, 0.35, 0.55, 0.6):  # where the damage leaves a picture out of place
+        damaged = tmp_path / f"damaged{share}.mp4"
+        flipped = bytearray(data)
+        for i in range(int(len(data) * share), int(len(data) * share) + 3000, 7):
+            flipped[i] ^= 0xFF
+        damaged.write_bytes(bytes(flipped))
+        listed = _pts_times(damaged)
+        if any(b <= a for a, b in zip(listed, listed[1:])):
+            break
+    else:
+        pytest.fail("no damage left a picture out of place: the test means nothing")
+    source = FileSource("cam", str(damaged))
+    times = [round(frame.pts_seconds, 3) for frame in source.frames()]
+    assert times == sorted(set(times)), "strictly increasing"
+    assert set(times) <= set(listed), f"each frame at a time FFmpeg gives a picture: {times} against {listed}"
+    assert times[-1] == max(listed) and source.decode_errors >= 1
