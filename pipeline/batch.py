@@ -48,6 +48,7 @@ from segstream.connectors.frames import Frame
 from segstream.connectors.output_files import check_output_dir, open_output, replace_synced
 from segstream.connectors.redaction import mask_userinfo, remember, scrub
 from segstream.connectors.sink import SINK_DROPS
+from segstream.connectors.terminal import bar_shape
 from segstream.connectors.text_files import STDIN, read_saved_text, standard_input, streamed
 from segstream.connectors.urls import redact_url, url_identity, url_scheme, url_secrets
 from segstream.connectors.video_outputs import VideoOutputs, clear_partial
@@ -725,7 +726,7 @@ class BatchProgress:
         self.disabled = (not sys.stderr.isatty()) if enabled is None else not enabled
         total = sum(job.frames or 0 for job in jobs)
         self.overall = tqdm(total=total or None, unit="frame", desc=self._description(), disable=self.disabled,
-                            dynamic_ncols=True, smoothing=0.05, position=0)
+                            smoothing=0.05, position=0, **bar_shape())
         self.bars: dict[str, tqdm] = {}
 
     def _description(self) -> str:
@@ -737,7 +738,7 @@ class BatchProgress:
             job = self.jobs.get(video_id)
             bar = self.bars[video_id] = tqdm(
                 total=job.frames if job else None, unit="frame", desc=video_id[-28:], leave=False,
-                disable=self.disabled, dynamic_ncols=True,
+                disable=self.disabled, **bar_shape(),
             )
         bar.update(frames)
         self.overall.update(frames)
@@ -746,12 +747,16 @@ class BatchProgress:
         bar = self.bars.pop(outcome.job.id, None)
         if bar is not None:
             bar.close()
+        claimed = self.jobs[outcome.job.id].frames if outcome.job.id in self.jobs else None
+        if claimed and self.overall.total:  # the overall bar counts what the video gave, not what its container claimed
+            self.overall.total += (bar.n if bar is not None else 0) - claimed  # (a truncated file's end at 94%)
         self.ended += 1
         self.statuses[outcome.status] += 1
         self.overall.set_description(self._description(), refresh=False)
         if outcome.status == "done":
             fps = outcome.frames / outcome.seconds if outcome.seconds > 0 else 0.0
-            log.info("%s: done, %d frames in %.1f s (%.1f fps)", outcome.job.id, outcome.frames, outcome.seconds, fps)
+            log.info("%s: done, %d frame%s in %.1f s (%.1f fps)", outcome.job.id, outcome.frames,
+                     "s" if outcome.frames != 1 else "", outcome.seconds, fps)
         elif outcome.status == "failed":
             log.warning("%s: failed: %s", outcome.job.id, outcome.reason)
 
@@ -1433,7 +1438,8 @@ def run_batch(cfg: PipelineConfig, inputs: Sequence[str], engine: str = "local",
             if changed:  # one archive, one model: outputs of other settings are not mixed in
                 log.warning("%d video%s done before with other settings %s done again: %s", redone,
                             "s" if redone != 1 else "", "are" if redone != 1 else "is", _changes_listed(changed))
-            log.info("%d videos: %d to do, %d skipped (ended in an earlier run)", len(jobs), len(todo), skipped)
+            log.info("%d video%s: %d to do, %d skipped (ended in an earlier run)", len(jobs), "s" if len(jobs) != 1 else "",
+                     len(todo), skipped)
             for job in todo:
                 probe(job, cfg.batch.max_fps)
             control = BatchControl()
@@ -1484,6 +1490,13 @@ def main_batch(args) -> int:
     manifest = Path(cfg.batch.output) / MANIFEST
     try:
         outcomes, skipped, signum = run_batch(cfg, args.inputs, args.engine, args.retry_failed, args.progress)
+    except KeyboardInterrupt:  # a second stop signal: no table, but what is whole is said before "aborted"
+        with contextlib.suppress(Exception):
+            records = read_manifest(manifest).values()
+            done = sum(record.get("status") == "done" for record in records)
+            log.warning("%d video%s done, as %s records (their outputs whole): the same command again does the "
+                        "rest", done, "s" if done != 1 else "", manifest)
+        raise
     except SinkError as error:  # outputs that cannot be written (a full disk): no video after could be either
         try:
             done = sum(record.get("status") == "done" for record in read_manifest(manifest).values())

@@ -39,6 +39,7 @@ from segstream.connectors.overlay import OutputWriteError, OverlayVideo, draw_ov
 from segstream.connectors.output_files import replace_synced
 from segstream.connectors.redis_connection import COMMAND_LINE
 from segstream.connectors.redis_reader import StreamReader, _missing_stream_message, connect_redis
+from segstream.connectors.terminal import bar_shape
 from segstream.models.results import FrameResult
 from segstream.pipeline.cli import redis_sentinel, redis_tls
 from segstream.pipeline.logs import json_logging
@@ -158,7 +159,8 @@ def render_stream(client, stream: str, video: str | Path, out: str | Path, opaci
     missing, drawn = 0, -1
     # a 5K render of a long flight wrote nothing for minutes but its last line (found probing drone footage)
     bar = tqdm(total=chosen.entries, desc="render", unit="frame", file=sys.stderr,
-               disable=True if progress is False or json_logging() else None if progress is None else False)
+               disable=True if progress is False or json_logging() else None if progress is None else False,
+               **bar_shape())
     try:
         for result in _entries_of(StreamReader(client, stream, start=chosen.after), chosen):
             while frame is None or frame.index < result.index:

@@ -480,6 +480,24 @@ def _batch(out: Path, videos: list[Path], config_file: Path) -> subprocess.Popen
     )
 
 
+def test_a_second_stop_signal_says_how_many_videos_are_whole_before_it_aborts(tmp_path):
+    # found probing an archive: a second SIGTERM printed "segstream: aborted" alone, though two videos were done
+    videos = [encode_clip(tmp_path / "v0.mp4", frames=10), encode_clip(tmp_path / "v1.mp4", frames=200)]
+    config_file = tmp_path / "batch.yaml"
+    config_file.write_text("model: {device: cpu}\nengine: {batch_size: 2}\nops: {http: null}\nbatch: {concurrency: 1}\n")
+    process = _batch(tmp_path / "out", videos, config_file)
+    deadline = time.monotonic() + 120
+    while not ((tmp_path / "out" / MANIFEST).exists() and (tmp_path / "out" / MANIFEST).read_text().strip()):
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    time.sleep(0.4)  # handled, and past SAME_SIGNAL_S: the 200-frame video still being finished
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 128 + signal.SIGTERM and "Traceback" not in err, err
+    assert f"1 video done, as {tmp_path / 'out' / MANIFEST} records" in err and "segstream: aborted" in err, err
+
+
 def test_sigterm_halfway_then_resume_gives_the_uninterrupted_outputs_byte_for_byte(tmp_path):
     videos = []
     for i in range(4):
