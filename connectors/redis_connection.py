@@ -90,11 +90,12 @@ class SettingNames:
     tls: str = "sinks.redis.tls: ca_file, cert_file, key_file"
     sentinel: str = "sinks.redis.sentinel.password and .username"
     url: str = "sinks.redis.url"
+    timeout: str = "sinks.redis.timeout_s"
 
 
 COMMAND_LINE = SettingNames("--password ($REDIS_PASSWORD)", "--username ($REDIS_USERNAME)",
                             "--tls-ca, --tls-cert, --tls-key",
-                            "--sentinel-password ($REDIS_SENTINEL_PASSWORD) and --sentinel-username", "--url")
+                            "--sentinel-password ($REDIS_SENTINEL_PASSWORD) and --sentinel-username", "--url", "")
 
 
 # How long a connect waits for a Redis that answers LOADING (restarted, reading its dataset from
@@ -230,6 +231,10 @@ def connect_problem(client, error: BaseException, names: SettingNames, hint: str
             hint = f"check the TLS settings ({names.tls}) and the server's certificate"
         elif where.startswith("rediss://") and isinstance(error, redis.TimeoutError):
             hint = f"{hint}; a server without TLS never answers TLS's hello: if it has none, use redis://"
+        if isinstance(error, redis.TimeoutError) and names.timeout:  # found probing a remote site (1.5 s round trips)
+            waited = client.connection_pool.connection_kwargs.get("socket_timeout")
+            hint = (f"{hint}; or it answers more slowly than the {waited:g} s allowed (a far link: raise "
+                    f"{names.timeout})" if waited else hint)
         elif where.startswith("redis://") and "reset by peer" in text.lower():
             hint = f"{hint}; a TLS port resets plain connections: if the server wants TLS, use rediss://"
         return RedisUnreachable(f"cannot reach Redis at {where}: {text} — {hint}")

@@ -596,10 +596,12 @@ class RedisPublisher:
         return due if sweep is None else min(due, sweep)
 
     def flush(self) -> None:
-        """Send everything queued; if Redis is unreachable, wait up to ``drain_timeout_s`` for it,
-        then drop (and count) what is left."""
-        self._pump(everything=True)
+        """Send everything queued within ``drain_timeout_s``, waiting for an unreachable Redis as
+        long; then drop (and count) what is left. A Redis that answers but slowly (a far link: found
+        probing a remote site, a backlog of 262 entries took 54 s with a drain_timeout_s of 10) is
+        bound by it too, to about one batch's write more."""
         deadline = time.monotonic() + self.drain_timeout_s
+        self._pump(everything=True, until=deadline)
         if self._queue and not self._connected:
             log.warning("waiting up to %.0f s for Redis at %s to take %d waiting entries",
                         self.drain_timeout_s, self._where, len(self._queue))
@@ -608,7 +610,7 @@ class RedisPublisher:
             if left <= 0:
                 break
             self._reachable.wait(left)
-            self._pump(everything=True)
+            self._pump(everything=True, until=deadline)
         if self._queue:
             self._drop_all()
 
@@ -621,7 +623,7 @@ class RedisPublisher:
         try:
             try:
                 if not self._refused_for_good:
-                    self._pump(everything=True)
+                    self._pump(everything=True, until=time.monotonic() + self.drain_timeout_s)
                     self._write_status(closing=True)
             finally:
                 if self._queue:
@@ -781,11 +783,14 @@ class RedisPublisher:
         while self._queue:
             self._drop(self._queue.popleft(), reason)
         why = ("still refused writes" if self._refusal is not None else "had refused this run's writes"
-               if self._refused_for_good else "stayed unreachable")
+               if self._refused_for_good else "stayed unreachable" if not self._connected else
+               f"took writes too slowly to take them all within drain_timeout_s ({self.drain_timeout_s:g} s: a far or "
+               "loaded Redis; raise it, and the stop timeout of what stops the run with it)")
         log.warning("Redis at %s %s: %d waiting entries dropped (%s)", self._where, why, count, reason)
 
-    def _pump(self, everything: bool = False) -> None:
-        """Send full or overdue batches (every batch with ``everything``) while Redis takes them."""
+    def _pump(self, everything: bool = False, until: float | None = None) -> None:
+        """Send full or overdue batches (every batch with ``everything``) while Redis takes them
+        (and, given ``until``, a monotonic time, until then)."""
         if not self._connected:
             if not self._reachable.is_set():
                 return
@@ -799,6 +804,8 @@ class RedisPublisher:
                 self._disconnected(attempt)
                 return
         while self._queue:
+            if until is not None and time.monotonic() >= until:
+                return
             due = self._queue[0].queued + self.max_batch_delay_s <= time.monotonic()
             if not (everything or due or len(self._queue) >= self.pipeline_size):
                 return

@@ -1061,8 +1061,8 @@ class RedisSinkConfig(Strict):
     ``requirepass`` password alone). While Redis cannot be reached the run goes on: entries wait
     in a backlog of at most ``max_backlog`` entries and ``max_backlog_mb`` megabytes (the oldest
     are dropped and counted beyond that), reconnect attempts back off up to
-    ``reconnect_max_s``, and at the end the run waits up to ``drain_timeout_s`` for Redis to take
-    what is left. A write Redis does not answer within ``timeout_s`` (a hung or partitioned
+    ``reconnect_max_s``, and at the end the run gives Redis up to ``drain_timeout_s`` to take what
+    is left (an unreachable Redis and a slow one alike). A write Redis does not answer within ``timeout_s`` (a hung or partitioned
     server) is an outage too: the run does not wait longer for it. A Redis that cannot be reached
     when the run starts fails it, at once or, with ``start_wait_s``, once that many seconds have
     passed with no answer (a Redis and a pipeline started together, as Kubernetes does). A

@@ -612,6 +612,25 @@ def test_a_stream_key_that_holds_another_type_fails_before_the_model_loads(tmp_p
         assert server.client().get("segstream:cam0:frames") == b"hello"
 
 
+def test_a_redis_slower_to_answer_than_the_run_s_timeout_fails_the_check_as_it_would_fail_the_run(tmp_path, capsys):
+    # found probing a remote site: a Redis 1.5 s away passed `validate --connect` (its check waited 5 s) and
+    # `segstream run` (timeout_s 1 s) could not connect, told only of TLS
+    import threading
+    import time
+
+    with RedisProcess(tmp_path / "redis", ["--enable-debug-command", "yes"]) as server:
+        config = write_config(tmp_path, FILE_SOURCE, f"{{url: '{server.url}', timeout_s: 0.5}}")
+        busy = threading.Thread(target=server.client().execute_command, args=("DEBUG", "SLEEP", 2.0))
+        busy.start()
+        time.sleep(0.1)
+        try:
+            code, lines = connect(config, capsys)
+        finally:
+            busy.join()
+        assert code == 1 and "or it answers more slowly than the 0.5 s allowed (a far link: raise " \
+            "sinks.redis.timeout_s)" in line_of(lines, "redis"), lines
+
+
 def test_writes_paused_during_the_check_are_a_warning_not_a_failure(tmp_path, capsys):
     # CLIENT PAUSE WRITE (what a FAILOVER does for its while) holds the check's queued XADD
     with RedisProcess(tmp_path / "redis") as server:
