@@ -79,6 +79,32 @@ def test_two_runs_writing_one_stream_each_warn_naming_the_other(server, client, 
     assert f"another segstream run ({second.run_id}) writes to segstream:cam0:frames" in lines[1]
 
 
+def test_the_check_for_other_writers_reads_every_stream_in_one_round_trip(server, client, monkeypatch):
+    # found probing a remote site: two reads a stream, one after another, made a batch six round trips to a
+    # Redis 1.5 s away, and the run delivered 0.6 of its camera's 10 fps
+    from redis.connection import AbstractConnection as Connection
+
+    monkeypatch.setattr(redis_sink, "_WRITER_CHECK_S", 0.0)  # check at every batch, not every 2 s
+    sink = RedisPublisher.from_config(server.url, None, pipeline_size=64, max_batch_delay_s=3600,
+                                      run_id="20261202T100000Z-aaaaaaaa", status_pattern=None)
+    sends = []
+    monkeypatch.setattr(Connection, "send_packed_command",
+                        lambda self, command, check_health=True, original=Connection.send_packed_command:
+                        (sends.append(1), original(self, command, check_health))[1])
+    try:
+        for batch in range(4):
+            for source in ("cam0", "cam1", "cam2"):
+                sink.publish(frame(batch, sink.run_id, source))
+                sink.publish_event(Event(source, "state", time.time(), {"state": "streaming"}))
+            sends.clear()
+            sink.flush()  # one batch, to six streams
+            if batch >= 2:  # (the first two read once what each stream holds) the check, and the MULTI/EXEC
+                assert len(sends) == 2, batch
+        assert sink.other_writers == {}
+    finally:
+        sink.close()
+
+
 def test_a_run_that_stopped_writing_is_no_longer_counted(server, client, monkeypatch):
     """Found probing (a rolling deploy): segstream_redis_other_writers stayed 1 after the old run
     stopped, so SegstreamSecondWriter fired for the rest of the new run."""
