@@ -58,7 +58,8 @@ def delaying_proxy(listen: int, target: int, delay_s: float) -> None:
     threading.Thread(target=asyncio.run, args=(main(),), daemon=True).start()
 
 
-def run(port: int, seconds: int, folder: Path, name: str) -> str:
+def run(port: int, seconds: int, folder: Path, name: str) -> tuple[str, int]:
+    """The run's summary line, and the frames it published."""
     config = folder / f"{name}.yaml"
     config.write_text(
         f"sources:\n  - {{name: cam0, type: synthetic, width: 320, height: 240, fps: 10, num_frames: {seconds * 10}, "
@@ -66,7 +67,10 @@ def run(port: int, seconds: int, folder: Path, name: str) -> str:
         f"sinks:\n  redis: {{url: 'redis://127.0.0.1:{port}/0', timeout_s: 5}}\nops: {{http: null}}\n")
     err = subprocess.run([sys.executable, "-m", "segstream.pipeline.cli", "run", str(config), "--log-level", "info"],
                          capture_output=True, text=True).stderr
-    return next(line for line in err.splitlines() if re.search(r"frames published in", line))
+    line = next((line for line in err.splitlines() if "frames published in" in line), None)
+    if line is None:
+        raise SystemExit(f"the {name} run printed no summary:\n{err}")
+    return line, int(re.search(r"(\d+) frames published", line).group(1))
 
 
 def main() -> None:
@@ -77,12 +81,13 @@ def main() -> None:
     print(f"# {platform.processor() or platform.machine()}, python {platform.python_version()}; a 10 fps camera for "
           f"{args.seconds} s")
     with tempfile.TemporaryDirectory() as folder, redis_server(folder) as (_, port):
-        near = run(port, args.seconds, Path(folder), "near")
+        near, near_frames = run(port, args.seconds, Path(folder), "near")
         print(f"near (no proxy):            {near}")
-        far = free_port()
-        delaying_proxy(far, port, args.delay_ms / 1000)
-        line = run(far, args.seconds, Path(folder), "far")
-        print(f"far ({2 * args.delay_ms:.0f} ms round trip): {line}")
+        far_port = free_port()
+        delaying_proxy(far_port, port, args.delay_ms / 1000)
+        far, far_frames = run(far_port, args.seconds, Path(folder), "far")
+        print(f"far ({2 * args.delay_ms:.0f} ms round trip): {far}")
+        print(f"far / near: {far_frames / near_frames:.2f} of the frames published")
 
 
 if __name__ == "__main__":

@@ -701,26 +701,33 @@ class AVInput:
         damaged: set[int] = set()
         flag_damaged = context.name == "mjpeg" and not self.lost_are_errors
 
-        # A picture whose PTS steps back within STALE_WINDOW pictures of a rejected packet is the
-        # decoder's leftover of the damaged stretch, shown out of place (found probing an archive: a
-        # flipped-bytes H.264 gave 1.6 1.7 2.7 2.8 1.9 2.9): rejected as its packets were, not
-        # taken for PTS in decode order (which set every later frame a frame late).
+        # A picture within STALE_WINDOW pictures of a rejected packet whose PTS falls back into the
+        # damaged stretch (after the last picture before it, at or before the last picture) is the
+        # decoder's leftover of it, shown out of place (found probing an archive: a flipped-bytes
+        # H.264 gave 1.6 1.7 2.7 2.8 1.9 2.9): rejected as its packets were, not taken for PTS in
+        # decode order (which set every later frame a frame late). One before the stretch is a
+        # discontinuity (two recordings joined, a sender restarted), its frames kept.
         since_rejected: int | None = None  # pictures since the last rejected packet (None: none yet)
         last_pts: int | None = None  # the last picture's PTS
+        pts_before: int | None = None  # the last picture's before the damaged stretch began
 
         def made_up(frame: av.VideoFrame) -> bool:
             return frame.is_corrupt or (frame.pts is not None and frame.pts in damaged)
 
         def stale(frame: av.VideoFrame) -> bool:
             return (since_rejected is not None and since_rejected < STALE_WINDOW and frame.pts is not None
-                    and last_pts is not None and frame.pts <= last_pts and self._timestamps.by_pts
-                    and not self.wall_times)
+                    and last_pts is not None and pts_before is not None and pts_before < frame.pts <= last_pts
+                    and self._timestamps.by_pts and not self.wall_times)
 
-        def reject(pts: int | None) -> None:
-            """Count a frame the decoder rejected (or made up), its place kept for the picture after it."""
-            nonlocal rejected, since_rejected
+        def reject(pts: int | None, leftover: bool = False) -> None:
+            """Count a frame the decoder rejected (or made up, or gave back out of place: a
+            ``leftover``), its place kept for the picture after it."""
+            nonlocal rejected, since_rejected, pts_before
             rejected += 1
-            since_rejected = 0
+            if not leftover:  # a damaged stretch begins, or goes on
+                if since_rejected is None or since_rejected >= STALE_WINDOW:
+                    pts_before = last_pts
+                since_rejected = 0
             if change_after is None:
                 self.decode_errors += 1
             else:
@@ -805,7 +812,7 @@ class AVInput:
                             reject(self._timestamps.choose(frame.pts, frame.dts))
                         continue
                     if stale(frame):
-                        reject(frame.pts)
+                        reject(frame.pts, leftover=True)
                         continue
                     if since_rejected is not None:
                         since_rejected += 1

@@ -231,12 +231,13 @@ def connect_problem(client, error: BaseException, names: SettingNames, hint: str
             hint = f"check the TLS settings ({names.tls}) and the server's certificate"
         elif where.startswith("rediss://") and isinstance(error, redis.TimeoutError):
             hint = f"{hint}; a server without TLS never answers TLS's hello: if it has none, use redis://"
-        if isinstance(error, redis.TimeoutError) and names.timeout:  # found probing a remote site (1.5 s round trips)
-            waited = client.connection_pool.connection_kwargs.get("socket_timeout")
-            hint = (f"{hint}; or it answers more slowly than the {waited:g} s allowed (a far link: raise "
-                    f"{names.timeout})" if waited else hint)
         elif where.startswith("redis://") and "reset by peer" in text.lower():
             hint = f"{hint}; a TLS port resets plain connections: if the server wants TLS, use rediss://"
+        if isinstance(error, redis.TimeoutError) and names.timeout:  # found probing a remote site (1.5 s round trips)
+            options = client.connection_pool.connection_kwargs  # ("Timeout connecting to server": the connect's)
+            waited = options.get("socket_connect_timeout" if "connecting" in text.lower() else "socket_timeout")
+            hint = (f"{hint}; or it answers more slowly than the {waited:g} s allowed (a far link: raise "
+                    f"{names.timeout})" if waited else hint)
         return RedisUnreachable(f"cannot reach Redis at {where}: {text} — {hint}")
     return error
 

@@ -66,6 +66,9 @@ _PASSING_REFUSALS = (redis.exceptions.OutOfMemoryError, redis.exceptions.ReadOnl
 _PASSING_PREFIXES = ("OOM", "READONLY", "MISCONF", "NOREPLICAS")
 # How often a stream this run writes is checked for entries of another run (one XREVRANGE COUNT 1).
 _WRITER_CHECK_S = 2.0
+# A Redis that answers is given at least this long at the end to take what waits, whatever
+# drain_timeout_s says (0: do not wait for an unreachable one; a healthy one takes thousands a second)
+_DRAIN_SENDING_MIN_S = 1.0
 _WRITER_WINDOW = 10  # entries read after this run's last at the previous check
 # another run whose entries have not been seen to grow for this long no longer counts
 # (segstream_redis_other_writers; the alert waits 3 min): checked every _WRITER_CHECK_S, a copy of
@@ -253,8 +256,9 @@ class RedisPublisher:
     are reported to ``on_dropped`` with the reason ``sink_backlog``); a background thread tries to reconnect, backing off with jitter up to
     ``reconnect_max_s``; a write Redis does not answer within the client's socket timeout (``timeout_s``
     in ``from_config``: a stopped or partitioned Redis, writes paused) fails the same way; once Redis
-    answers a write, the backlog goes out in order, oldest first, and publishing goes on by itself. ``flush()`` waits up to ``drain_timeout_s`` for an unreachable
-    Redis, then drops what is left (``sink_unreachable``). A Redis that refuses writes for now (out
+    answers a write, the backlog goes out in order, oldest first, and publishing goes on by itself. ``flush()`` gives Redis up to ``drain_timeout_s``
+    (at least a second to one that answers) to take what waits, reachable or not, then drops what is
+    left (``sink_unreachable``). A Redis that refuses writes for now (out
     of memory, a read-only replica), from the start or later, is ridden out the same way, with one warning; what it still
     refuses at the end is dropped as ``sink_refused``. Entries Redis refuses for good (a key that is
     not a stream, no permission) are dropped as ``sink_refused`` and raise ``SinkError``. After an
@@ -357,6 +361,7 @@ class RedisPublisher:
         self.on_data_lost: Callable[[int, int], None] | None = None  # (frames, events) at each loss
         self._settings: dict[str, _Outgoing] = {}  # per source, the newest settings event written (said again at a loss)
         self._sending = 0  # entries at the queue's front that _send is writing now
+        self._final = False  # closed and drained: nothing more is sent
         # per stream, this run's entries written since its last loss was counted (or since it was first written)
         self._span: Counter[str] = Counter()
         self._event_streams: set[str] = set()
@@ -475,7 +480,7 @@ class RedisPublisher:
             # after timeout_s its write counts as failed and the results go to the backlog.
             client = _connect_waiting(
                 start_wait_s, stopping, url, password, username=username, tls=tls, sentinel=sentinel,
-                socket_timeout=timeout_s, connect_timeout=2.0, client_name=_client_name(run_id))
+                socket_timeout=timeout_s, connect_timeout=max(2.0, timeout_s), client_name=_client_name(run_id))
             _check_transactions(client, publisher_key_patterns(stream_pattern, events_pattern, status_pattern),
                                 status=status_pattern is not None)
             publisher = cls(
@@ -577,6 +582,7 @@ class RedisPublisher:
         self._unwatched |= streams & {item.stream for item in self._queue}  # what waits (Redis away), once written
         for stream in streams:
             self._last_id.pop(stream, None)
+        self._settings.pop(source, None)
 
     def poll(self) -> float | None:
         """Send what is due; the seconds until the next call is needed (with ``max_age_s`` at most
@@ -599,9 +605,12 @@ class RedisPublisher:
         """Send everything queued within ``drain_timeout_s``, waiting for an unreachable Redis as
         long; then drop (and count) what is left. A Redis that answers but slowly (a far link: found
         probing a remote site, a backlog of 262 entries took 54 s with a drain_timeout_s of 10) is
-        bound by it too, to about one batch's write more."""
+        bound by it too, to about one batch's write more, and one that answers is given at least
+        ``_DRAIN_SENDING_MIN_S`` (``drain_timeout_s: 0`` waits for no unreachable Redis, but a
+        healthy one still takes everything)."""
         deadline = time.monotonic() + self.drain_timeout_s
-        self._pump(everything=True, until=deadline)
+        sending = time.monotonic() + max(self.drain_timeout_s, _DRAIN_SENDING_MIN_S)
+        self._pump(everything=True, until=sending)
         if self._queue and not self._connected:
             log.warning("waiting up to %.0f s for Redis at %s to take %d waiting entries",
                         self.drain_timeout_s, self._where, len(self._queue))
@@ -610,7 +619,7 @@ class RedisPublisher:
             if left <= 0:
                 break
             self._reachable.wait(left)
-            self._pump(everything=True, until=deadline)
+            self._pump(everything=True, until=max(deadline, sending))
         if self._queue:
             self._drop_all()
 
@@ -623,11 +632,12 @@ class RedisPublisher:
         try:
             try:
                 if not self._refused_for_good:
-                    self._pump(everything=True, until=time.monotonic() + self.drain_timeout_s)
+                    self._pump(everything=True, until=time.monotonic() + max(self.drain_timeout_s, _DRAIN_SENDING_MIN_S))
                     self._write_status(closing=True)
             finally:
                 if self._queue:
                     self._drop_all()
+            self._final = True  # nothing is sent from here on
             self._check_vanished_at_end()
             self._report()
         finally:
@@ -993,11 +1003,11 @@ class RedisPublisher:
         go to ``on_written``."""
         for item, entry_id in entries:
             seq = int(item.fields["seq"])
-            if _is_settings(item):
-                self._settings[_text(item.fields.get("source", ""))] = item
             self._seq[item.stream] = max(self._seq.get(item.stream, 0), seq)
             if item.stream not in self._unwatched:
                 self._account(item, entry_id, seq)
+                if _is_settings(item):
+                    self._settings[_text(item.fields.get("source", ""))] = item
             if self._status is not None:
                 self._status.written(item, seq)
         if self._unwatched:  # a removed source's last waiting entries written: nothing of it is left to skip
@@ -1541,9 +1551,10 @@ class RedisPublisher:
 
     def _say_settings_again(self, emptied: set[str]) -> None:
         """The settings events a loss took (the only place a source's classes and model are said):
-        written again as they were, ``frame`` and all, before the entries that wait, so that every
-        entry Redis holds has its settings event (one that the batch being written says anew is left)."""
-        if self._closed:
+        written again as they were, ``frame`` and all, ahead of the entries still waiting (after the
+        batch being written, when that found the loss), so that every entry Redis holds has a
+        settings event at or before its frame (one that batch says anew is left)."""
+        if self._final:
             return
         sending = [self._queue[i] for i in range(self._sending)]
         for source, said in sorted(self._settings.items()):

@@ -17,6 +17,7 @@ def bar_shape() -> dict:
         return {"dynamic_ncols": True}
     if columns and lines:
         return {"dynamic_ncols": True}
+
     def given(name: str, otherwise: int) -> int:
         value = os.environ.get(name, "")
         return int(value) if value.isdigit() and int(value) > 0 else otherwise

@@ -177,8 +177,8 @@ def redis_check(cfg: PipelineConfig, source_names: list[str]) -> str:
     try:
         # first as the run connects, within its timeout_s (found probing a remote site: a Redis 1.5 s away passed
         # here, where the check's commands may take 5 s, and the run could not connect), then for the check
-        connect_redis(section.url, **section.login(), socket_timeout=section.timeout_s, connect_timeout=2.0,
-                      client_name="segstream-preflight").close()
+        connect_redis(section.url, **section.login(), socket_timeout=section.timeout_s,
+                      connect_timeout=max(2.0, section.timeout_s), client_name="segstream-preflight").close()
         client = connect_redis(section.url, **section.login(), socket_timeout=REDIS_TIMEOUT_S, connect_timeout=2.0,
                                client_name="segstream-preflight")
     except RedisUnreachable as error:

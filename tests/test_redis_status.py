@@ -542,6 +542,35 @@ def test_a_reader_of_a_redis_that_hangs_keeps_its_patience_and_its_watchdog_s_no
     assert nones[-1] < 4.0 and sync_nones[-1] < 4.0, (nones, sync_nones)
 
 
+@pytest.mark.parametrize("says_anew", [False, True])
+def test_a_flush_found_by_a_batch_gets_the_settings_event_after_it_unless_it_says_one(server, says_anew):
+    # found reviewing: the loss is also found by the batch that meets the emptied streams (XLEN in its
+    # MULTI); the copy goes after that batch, and a batch that says the settings anew needs none
+    from tests.test_run_identity import frame
+
+    sink = RedisPublisher.from_config(server.url, None, pipeline_size=16, max_batch_delay_s=3600,
+                                      run_id="20261202T100000Z-aaaaaaaa", status_pattern=None)
+    client = server.client()
+    try:
+        sink.publish(frame(0, sink.run_id))
+        sink.publish_event(Event("cam0", "settings", time.time(), {"frame": 0, "classes": ["person"]}))
+        sink.publish(frame(1, sink.run_id))
+        sink.flush()
+        client.flushall()
+        sink.publish(frame(2, sink.run_id))
+        if says_anew:
+            sink.publish_event(Event("cam0", "settings", time.time(), {"frame": 2, "classes": ["person"]}))
+        sink.publish_event(Event("cam0", "state", time.time(), {"state": "streaming"}))
+        sink.flush()
+        assert sink.data_losses == 1
+        events = [(f[b"event"], json.loads(f[b"data"]).get("frame")) for _, f in client.xrange("segstream:cam0:events")]
+        assert events == ([(b"settings", 2), (b"state", None)] if says_anew else
+                          [(b"state", None), (b"settings", 0)]), events
+        assert [int(f[b"frame"]) for _, f in client.xrange("segstream:cam0:frames")] == [2]
+    finally:
+        sink.close()
+
+
 def test_a_redis_restarted_empty_gets_each_source_s_settings_event_again(server):
     # found probing as a robot's integrator: after Redis restarted without its data, no settings event (the
     # only place a source's classes are said) was left, and a consumer starting later could not check names
