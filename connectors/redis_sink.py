@@ -10,8 +10,10 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from queue import SimpleQueue
+from typing import Any
 
 import redis
 from redis.sentinel import SentinelConnectionPool
@@ -69,6 +71,7 @@ _WRITER_CHECK_S = 2.0
 # A Redis that answers is given at least this long at the end to take what waits, whatever
 # drain_timeout_s says (0: do not wait for an unreachable one; a healthy one takes thousands a second)
 _DRAIN_SENDING_MIN_S = 1.0
+_FLIGHT_POLL_S = 0.005  # how soon poll() asks again while a batch is on its way (``background``)
 _WRITER_WINDOW = 10  # entries read after this run's last at the previous check
 # another run whose entries have not been seen to grow for this long no longer counts
 # (segstream_redis_other_writers; the alert waits 3 min): checked every _WRITER_CHECK_S, a copy of
@@ -105,6 +108,40 @@ class _Outgoing:
     nbytes: int
     result: FrameResult | None  # None for an event
     queued: float  # monotonic time it was queued
+
+
+@dataclass(eq=False)
+class _Flight:
+    """A batch on its way: the other-writer check's reads (``reads``: a pipeline, or None) and the
+    batch's MULTI/EXEC (``pipe``), sent by ``fly`` (on the publishing thread, or on the sink's own
+    with ``background``), their answers taken in by ``RedisPublisher._land`` on the publishing
+    thread. ``wrote``: the MULTI/EXEC went out (an error after it may still have been applied)."""
+
+    batch: list[_Outgoing]
+    attempt: float  # monotonic time it was sent: a hung write fails only at its timeout
+    now: float  # Unix time stamped on its entries (publish_ts)
+    pipe: Any
+    checked: list[str]  # the streams whose XLEN lead the MULTI/EXEC
+    aged: list[str]  # the streams it trims by age
+    gone: list  # what a refusal that ended took (asked before it went)
+    reads: Any = None
+    due: list = field(default_factory=list)  # the reads' streams: (stream, since, written)
+    replies: list | None = None
+    results: list | None = None
+    error: BaseException | None = None
+    wrote: bool = False
+    done: threading.Event = field(default_factory=threading.Event)
+
+    def fly(self) -> None:
+        try:
+            if self.reads is not None:
+                self.replies = self.reads.execute(raise_on_error=False)
+            self.wrote = True
+            self.results = self.pipe.execute(raise_on_error=False)
+        except BaseException as error:  # (taken in, and raised where it belongs, by _land)
+            self.error = error
+        finally:
+            self.done.set()
 
 
 def _is_settings(item: _Outgoing) -> bool:
@@ -248,7 +285,12 @@ class RedisPublisher:
     waited ``max_batch_delay_s`` (checked by ``publish`` and ``poll``, which the runtime calls
     when that delay runs out even if no frame follows), or ``flush()`` is called; a batch goes out
     as one MULTI/EXEC round trip. ``publish_ts`` is stamped when the batch is sent, and the
-    written results go to ``on_written``.
+    written results go to ``on_written``. With ``background`` (a run's: ``pipeline.builders``) a
+    batch goes out on a thread of the sink's own, one at a time, and ``publish`` and ``poll``
+    return at once, taking its answers in (``on_written`` and the rest, on the caller's thread)
+    once they have come: a far Redis's round trips do not hold the caller up, and what comes
+    meanwhile waits in the queue for the next batch. ``flush``, ``close`` and ``source_removed``
+    wait for it.
 
     When Redis cannot be reached, nothing blocks and nothing stops: the batch goes back to the
     queue, which becomes a backlog of at most ``max_backlog`` entries and ``max_backlog_bytes``
@@ -295,6 +337,7 @@ class RedisPublisher:
         levels: bool = True,
         status_pattern: str | None = DEFAULT_STATUS_PATTERN,
         status_ttl_s: float = 5.0,
+        background: bool = False,
     ) -> None:
         if mask_encoding not in MASK_ENCODINGS:
             raise ConfigError(
@@ -360,7 +403,14 @@ class RedisPublisher:
         self.entries_lost_at_least = False  # some loss could only be bounded from below
         self.on_data_lost: Callable[[int, int], None] | None = None  # (frames, events) at each loss
         self._settings: dict[str, _Outgoing] = {}  # per source, the newest settings event written (said again at a loss)
-        self._sending = 0  # entries at the queue's front that _send is writing now
+        self._sending = 0  # entries at the queue's front that a batch is writing now
+        self._flight: _Flight | None = None  # the batch on its way, its answers not yet taken in
+        # background: batches go out on a thread of the sink's own, the caller's going on meanwhile
+        # (the run's publishing thread: found probing a remote site, its waits on a Redis 0.5 s away
+        # let the cameras' queues overflow)
+        self.background = background
+        self._flier: threading.Thread | None = None
+        self._flights: SimpleQueue | None = None
         self._final = False  # closed and drained: nothing more is sent
         # per stream, this run's entries written since its last loss was counted (or since it was first written)
         self._span: Counter[str] = Counter()
@@ -453,6 +503,7 @@ class RedisPublisher:
         sources: Sequence[str] = (),
         status_pattern: str | None = DEFAULT_STATUS_PATTERN,
         status_ttl_s: float = 5.0,
+        background: bool = False,
     ) -> RedisPublisher:
         """Connect to the Redis at ``url``, or with no url start an embedded one for this run.
 
@@ -488,7 +539,7 @@ class RedisPublisher:
                 max_batch_delay_s=max_batch_delay_s, events_pattern=events_pattern, max_backlog=max_backlog,
                 max_backlog_bytes=max_backlog_bytes, reconnect_max_s=reconnect_max_s,
                 drain_timeout_s=drain_timeout_s, run_id=run_id, max_age_s=max_age_s, levels=levels,
-                status_pattern=status_pattern, status_ttl_s=status_ttl_s,
+                status_pattern=status_pattern, status_ttl_s=status_ttl_s, background=background,
             )
         except BaseException:
             if embedded is not None:
@@ -596,6 +647,8 @@ class RedisPublisher:
             sweep = status if sweep is None else min(status, sweep)
         if not self._queue:
             return sweep
+        if self._flight is not None:  # its answers taken in soon after they come
+            return _FLIGHT_POLL_S if sweep is None else min(_FLIGHT_POLL_S, sweep)
         if not self._connected:
             return _RECHECK_S if sweep is None else min(_RECHECK_S, sweep)
         due = max(0.0, self._queue[0].queued + self.max_batch_delay_s - time.monotonic())
@@ -642,6 +695,9 @@ class RedisPublisher:
             self._report()
         finally:
             self._stopping.set()
+            if self._flier is not None:
+                self._flights.put(None)
+                self._flier.join(timeout=5)
             if self._probe is not None:
                 self._probe.join(timeout=5)
             self.client.close()
@@ -748,8 +804,10 @@ class RedisPublisher:
     def _enqueue(self, item: _Outgoing) -> None:
         self._queue.append(item)
         self._queued_bytes += item.nbytes
-        while self._queue and (len(self._queue) > self.max_backlog or self._queued_bytes > self.max_backlog_bytes):
-            # The oldest frame goes first; events (a track's start or end) only when no frame is left.
+        while len(self._queue) > self._sending and (len(self._queue) > self.max_backlog
+                                                     or self._queued_bytes > self.max_backlog_bytes):
+            # The oldest frame goes first; events (a track's start or end) only when no frame is left;
+            # never one of the batch on its way.
             oldest = self._oldest_to_shed()
             dropped = self._queue[oldest]
             del self._queue[oldest]
@@ -768,13 +826,13 @@ class RedisPublisher:
         track's start or end) only when no frame is left, and an unanswered batch's frames last
         (Redis may hold them, and a frame dropped is never looked for)."""
         unsure = {id(item) for item in self._unanswered.items} if self._unanswered is not None else set()
-        frames = (i for i, waiting in enumerate(self._queue) if waiting.result is not None)
+        frames = (i for i in range(self._sending, len(self._queue)) if self._queue[i].result is not None)
         first = None
         for i in frames:
             if id(self._queue[i]) not in unsure:
                 return i
             first = i if first is None else first
-        return 0 if first is None else first
+        return self._sending if first is None else first
 
     def _drop(self, item: _Outgoing, reason: str) -> None:
         self._queued_bytes -= item.nbytes
@@ -800,7 +858,11 @@ class RedisPublisher:
 
     def _pump(self, everything: bool = False, until: float | None = None) -> None:
         """Send full or overdue batches (every batch with ``everything``) while Redis takes them
-        (and, given ``until``, a monotonic time, until then)."""
+        (and, given ``until``, a monotonic time, until then). A batch on its way (``background``) is
+        taken in first, whatever became of the connection meanwhile (a status key's write found it
+        lost: the outage began with the batch, which was sent first)."""
+        if not self._landed(everything):
+            return
         if not self._connected:
             if not self._reachable.is_set():
                 return
@@ -813,8 +875,10 @@ class RedisPublisher:
                 self._last_error = self._connection_error(error)
                 self._disconnected(attempt)
                 return
-        while self._queue:
-            if until is not None and time.monotonic() >= until:
+        while True:
+            if not self._landed(everything) or not self._connected:
+                return
+            if not self._queue or (until is not None and time.monotonic() >= until):
                 return
             due = self._queue[0].queued + self.max_batch_delay_s <= time.monotonic()
             if not (everything or due or len(self._queue) >= self.pipeline_size):
@@ -822,25 +886,58 @@ class RedisPublisher:
             batch = [self._queue[i] for i in range(min(self.pipeline_size, len(self._queue)))]
             attempt = time.monotonic()  # a hung write fails only at its timeout: Redis was away since now
             self._sending = len(batch)
-            try:
-                sent = self._send(batch)
-            except SinkError:
-                self._forget(len(batch))  # refused is final: never sent again
-                self._refused_for_good = True
-                raise
-            finally:
+            flight = self._prepare(batch, attempt)
+            if flight is None:
                 self._sending = 0
-            if not sent:
                 self._disconnected(attempt)
                 return
-            self._forget(len(batch))
+            self._flight = flight
+            if self.background:  # the publishing thread goes on; poll() takes the answers in
+                self._fly(flight)
+            else:
+                flight.fly()
+
+    def _landed(self, wait: bool) -> bool:
+        """Whether no batch is on its way any more: the one that was taken in (``wait``: waited
+        for), its entries forgotten once written, or a lost connection told."""
+        if (flight := self._flight) is None:
+            return True
+        if not flight.done.is_set() and not (wait and flight.done.wait()):
+            return False
+        self._flight = None
+        try:
+            sent = self._land(flight)
+        except SinkError:
+            self._forget(len(flight.batch))  # refused is final: never sent again
+            self._refused_for_good = True
+            raise
+        finally:
+            self._sending = 0
+        if sent:
+            self._forget(len(flight.batch))
+        else:
+            self._disconnected(flight.attempt)
+        return True
+
+    def _fly(self, flight: _Flight) -> None:
+        """Send ``flight`` on the sink's own thread (started at the first)."""
+        if self._flier is None:
+            self._flights = SimpleQueue()
+            self._flier = NamedThread(target=self._flying, name="segstream-redis-send", daemon=True)
+            self._flier.start()
+        self._flights.put(flight)
+
+    def _flying(self) -> None:
+        while (flight := self._flights.get()) is not None:
+            flight.fly()
 
     def _forget(self, count: int) -> None:
         for _ in range(count):
             self._queued_bytes -= self._queue.popleft().nbytes
 
-    def _send(self, batch: list[_Outgoing]) -> bool:
-        """One MULTI/EXEC of the batch; False when the connection failed (the batch stays queued)."""
+    def _prepare(self, batch: list[_Outgoing], attempt: float) -> _Flight | None:
+        """The batch's MULTI/EXEC (and the other-writer check's reads), ready to send; None when
+        the connection failed asking what it needs (the batch stays queued)."""
         if not self.run_id:
             self.run_id = _text(batch[0].fields.get("run_id", ""))
         self._forget_aged()
@@ -851,7 +948,7 @@ class RedisPublisher:
                 frames = stream_name(self.stream_pattern, source)  # a run writing events only still sees the other
                 if frames not in self._writer_checked:
                     self._recent_writer(frames)
-            self._check_other_writers({item.stream for item in batch})
+            reads, due = self._writer_reads({item.stream for item in batch})
             written_before = sorted({item.stream for item in batch} & self._last_id.keys())
             if written_before and self._lengths_readable is None:  # a refused XLEN would abort the MULTI
                 self._lengths_readable = self._may_read_length(written_before[0])
@@ -859,7 +956,7 @@ class RedisPublisher:
                 self._may_expire = self._may_set_expiry(batch[0].stream)
         except (redis.ConnectionError, redis.TimeoutError, OSError) as error:
             self._last_error = error_summary(error)
-            return False
+            return None
         now = time.time()
         stamp = repr(now)
         pipe = self.client.pipeline(transaction=True)
@@ -888,8 +985,28 @@ class RedisPublisher:
                 pipe.pexpire(stream, int(self.max_age_s * 1000))
         # Asked before the backlog goes out: its MAXLEN ~ may trim the entry asked about.
         gone = self._entries_gone() if self._refusal is not None else []
+        return _Flight(batch, attempt, now, pipe, checked, aged, gone, reads, due)
+
+    def _land(self, flight: _Flight) -> bool:
+        """A flight's answers, taken in: the batch written (its results to ``on_written``), or
+        False when the connection failed (the batch stays queued), or ``SinkError`` for a refusal
+        for good."""
+        batch, pipe, checked, aged, gone, now = (flight.batch, flight.pipe, flight.checked, flight.aged,
+                                                 flight.gone, flight.now)
+        if flight.reads is not None:
+            flight.reads.reset()
+        if flight.replies is not None:
+            self._writer_replies(flight.due, flight.replies)
+        if flight.error is not None and not flight.wrote:  # the check's reads failed: nothing was sent
+            pipe.reset()
+            if not isinstance(flight.error, (redis.ConnectionError, redis.TimeoutError, OSError)):
+                raise flight.error
+            self._last_error = error_summary(flight.error)
+            return False
         try:
-            results = pipe.execute(raise_on_error=False)
+            if flight.error is not None:
+                raise flight.error
+            results = flight.results
         except (redis.ConnectionError, redis.TimeoutError, OSError) as error:
             # Not written, or written with its reply lost: looked for before anything is sent again
             # (_settle_unanswered); what is not found is numbered afresh when sent again, so that
@@ -1234,13 +1351,11 @@ class RedisPublisher:
                 return True
         return False
 
-    def _check_other_writers(self, streams: set[str]) -> None:
-        """Every ``_WRITER_CHECK_S`` per stream: an entry of another run among the first
-        ``_WRITER_WINDOW`` after the one this run wrote last at the previous check, or as the
-        stream's last entry, means another publisher writes the same stream. (The last entry
-        alone missed a run writing as often as this one: at the check, the last was often ours.)
-        The streams' reads go in one round trip (found probing a remote site: two reads a stream,
-        one after another, took four of a batch's six round trips to a Redis 1.5 s away)."""
+    def _writer_reads(self, streams: set[str]) -> tuple[Any, list]:
+        """Every ``_WRITER_CHECK_S`` per stream: the reads that tell whether another publisher
+        writes the same streams (``_writer_replies``), one pipeline for all of them (found probing
+        a remote site: two reads a stream, one after another, took four of a batch's six round
+        trips to a Redis 1.5 s away), with the streams they are for; (None, []) when none is due."""
         now = time.monotonic()
         due = []
         for stream in sorted(streams):
@@ -1251,20 +1366,24 @@ class RedisPublisher:
             since, self._writer_since[stream] = self._writer_since.get(stream), written
             due.append((stream, since, written))
         if not due or self._unreadable:
-            return
+            return None, []
         pipe = self.client.pipeline(transaction=False)
         for stream, since, _ in due:
             pipe.xrevrange(stream, count=1)
             if since is not None:
                 pipe.xrange(stream, min=b"(" + since, count=_WRITER_WINDOW)
-        try:
-            replies = iter(pipe.execute(raise_on_error=False))
-        finally:
-            pipe.reset()
+        return pipe, due
+
+    def _writer_replies(self, due: list, replies: list) -> None:
+        """An entry of another run among the first ``_WRITER_WINDOW`` after the one this run wrote
+        last at the previous check, or as the stream's last entry, means another publisher writes
+        the same stream. (The last entry alone missed a run writing as often as this one: at the
+        check, the last was often ours.)"""
+        answers = iter(replies)
         for stream, since, written in due:
-            entries = self._entries_read(stream, next(replies))
+            entries = self._entries_read(stream, next(answers))
             if since is not None:
-                after = next(replies)
+                after = next(answers)
                 if isinstance(after, Exception):  # a user without XRANGE: the last entry is checked still
                     log.debug("cannot read the entries of %s after %s (%s)", stream, _text(since), error_summary(after))
                 else:
@@ -1329,6 +1448,9 @@ class RedisPublisher:
     # --- outages ----------------------------------------------------------------------------
 
     def _disconnected(self, since: float) -> None:
+        if not self._connected:  # told already (a status key's write, while a batch was on its way)
+            self._down_since = min(self._down_since, since)
+            return
         self._connected = False
         self._down_since = since
         self._reachable.clear()

@@ -222,6 +222,7 @@ def _redis_sink(cfg: SinksConfig, embedded_dir: Path | None, run_id: str = "", s
         embedded_dir=embedded_dir,
         run_id=run_id,
         sources=sources,
+        background=True,  # the run's publishing thread goes on while a batch is on its way
     )
 
 

@@ -299,6 +299,38 @@ def test_tail_follow_rides_out_a_redis_restart(tmp_path):
     assert "lost Redis at" in err and "reconnected to Redis" in err and "Traceback" not in err
 
 
+def test_a_slow_redis_does_not_hold_the_run_back(tmp_path):
+    # found probing a remote site: a Redis 0.5 s away held the publishing thread in each batch's round
+    # trips, the camera's queue overflowed meanwhile, and the run published 1.7 of its 10 fps
+    import threading
+
+    with RedisProcess(tmp_path / "redis", ["--enable-debug-command", "yes"]) as server:
+        config = tmp_path / "pipeline.yaml"
+        config.write_text(
+            "sources:\n  - {name: cam0, type: synthetic, width: 96, height: 64, fps: 10, num_frames: 60, realtime: true, "
+            "queue_size: 2}\nmodel: {device: cpu, precision: fp32}\nengine: {batch_size: 2, max_wait_ms: 5}\n"
+            f"ops: {{http: null}}\nsinks:\n  redis: {{url: '{server.url}', status_key: null}}\n")
+        process = cli_run(config)
+        client, admin = server.client(), server.client()
+        wait_until(lambda: client.xlen("segstream:cam0:frames") >= 5, timeout_s=120)  # each stream's first reads done
+        slow = threading.Event()
+
+        def hold_writes() -> None:  # Redis busy 0.6 s at a time: each round trip waits, none times out (1 s)
+            while not slow.is_set():
+                admin.execute_command("DEBUG", "SLEEP", 0.6)
+
+        holder = threading.Thread(target=hold_writes)
+        holder.start()
+        try:
+            time.sleep(3)
+        finally:
+            slow.set()
+            holder.join()
+        _, err = process.communicate(timeout=120)
+    published, decoded, dropped, reasons = _summary(err)
+    assert decoded == 60 and published == 60 and dropped == 0, err
+
+
 def test_a_hung_redis_is_an_outage_the_backlog_absorbs(tmp_path):
     # Found probing: a SIGSTOPped Redis (as a partition) held the publisher in a write for 5 s while
     # the status said "connected"; the sources dropped ~80 frames as queue_full, as if the model were slow.
