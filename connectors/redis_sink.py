@@ -71,7 +71,10 @@ _WRITER_CHECK_S = 2.0
 # A Redis that answers is given at least this long at the end to take what waits, whatever
 # drain_timeout_s says (0: do not wait for an unreachable one; a healthy one takes thousands a second)
 _DRAIN_SENDING_MIN_S = 1.0
-_FLIGHT_POLL_S = 0.005  # how soon poll() asks again while a batch is on its way (``background``)
+# how soon poll() asks again while a batch is on its way (``background``): soon, then less often
+# for a batch out long (a far Redis: a poll every 5 ms was 190 a second, found reviewing)
+_FLIGHT_POLL_S = 0.005
+_FLIGHT_POLL_MAX_S = 0.05
 _WRITER_WINDOW = 10  # entries read after this run's last at the previous check
 # another run whose entries have not been seen to grow for this long no longer counts
 # (segstream_redis_other_writers; the alert waits 3 min): checked every _WRITER_CHECK_S, a copy of
@@ -142,6 +145,13 @@ class _Flight:
             self.error = error
         finally:
             self.done.set()
+
+
+def _flying(flights: SimpleQueue) -> None:
+    """A publisher's sending thread: its batches, one after another, until None (no reference to
+    the publisher, which a program may drop without closing)."""
+    while (flight := flights.get()) is not None:
+        flight.fly()
 
 
 def _is_settings(item: _Outgoing) -> bool:
@@ -411,6 +421,7 @@ class RedisPublisher:
         self.background = background
         self._flier: threading.Thread | None = None
         self._flights: SimpleQueue | None = None
+        self._landing = threading.Lock()
         self._final = False  # closed and drained: nothing more is sent
         # per stream, this run's entries written since its last loss was counted (or since it was first written)
         self._span: Counter[str] = Counter()
@@ -582,8 +593,7 @@ class RedisPublisher:
         stream = stream_name(self.stream_pattern, result.source)
         self._unwatched.discard(stream)  # a source of that name added again
         self._ended_streams.discard(stream)
-        self._enqueue(_Outgoing(stream, fields, _size(fields), result.stand_in(), time.monotonic()))
-        self._pump()
+        self._queue_up(_Outgoing(stream, fields, _size(fields), result.stand_in(), time.monotonic()))
 
     def publish_event(self, event: Event) -> None:
         """Queue an entry for the source's events stream; it leaves with the next batch."""
@@ -593,7 +603,18 @@ class RedisPublisher:
         stream = stream_name(self.events_pattern, event.source)
         self._unwatched.discard(stream)
         self._ended_streams.discard(stream)
-        self._enqueue(_Outgoing(stream, fields, _size(fields), None, time.monotonic()))
+        self._queue_up(_Outgoing(stream, fields, _size(fields), None, time.monotonic()))
+
+    def _queue_up(self, item: _Outgoing) -> None:
+        """``item`` queued, and what is due sent. A batch refused for good that was on its way is
+        told first, with ``item`` counted as refused with it (found reviewing: the caller, told of the
+        refusal at its entry's hand-off, counted an event the sink counted again at close)."""
+        try:
+            self._landed(False)
+        except SinkError:
+            self._refused([item])
+            raise
+        self._enqueue(item)
         self._pump()
 
     def source_ended(self, source: str) -> None:
@@ -647,8 +668,9 @@ class RedisPublisher:
             sweep = status if sweep is None else min(status, sweep)
         if not self._queue:
             return sweep
-        if self._flight is not None:  # its answers taken in soon after they come
-            return _FLIGHT_POLL_S if sweep is None else min(_FLIGHT_POLL_S, sweep)
+        if (flight := self._flight) is not None:  # its answers taken in soon after they come
+            wait_s = min(_FLIGHT_POLL_MAX_S, max(_FLIGHT_POLL_S, (time.monotonic() - flight.attempt) / 4))
+            return wait_s if sweep is None else min(wait_s, sweep)
         if not self._connected:
             return _RECHECK_S if sweep is None else min(_RECHECK_S, sweep)
         due = max(0.0, self._queue[0].queued + self.max_batch_delay_s - time.monotonic())
@@ -886,16 +908,18 @@ class RedisPublisher:
             batch = [self._queue[i] for i in range(min(self.pipeline_size, len(self._queue)))]
             attempt = time.monotonic()  # a hung write fails only at its timeout: Redis was away since now
             self._sending = len(batch)
-            flight = self._prepare(batch, attempt)
+            try:
+                flight = self._prepare(batch, attempt)
+            except BaseException:
+                self._sending = 0
+                raise
             if flight is None:
                 self._sending = 0
                 self._disconnected(attempt)
                 return
-            self._flight = flight
-            if self.background:  # the publishing thread goes on; poll() takes the answers in
-                self._fly(flight)
-            else:
+            if not (self.background and self._fly(flight)):  # else the caller goes on; poll() takes the answers in
                 flight.fly()
+            self._flight = flight
 
     def _landed(self, wait: bool) -> bool:
         """Whether no batch is on its way any more: the one that was taken in (``wait``: waited
@@ -904,32 +928,39 @@ class RedisPublisher:
             return True
         if not flight.done.is_set() and not (wait and flight.done.wait()):
             return False
-        self._flight = None
-        try:
-            sent = self._land(flight)
-        except SinkError:
-            self._forget(len(flight.batch))  # refused is final: never sent again
-            self._refused_for_good = True
-            raise
-        finally:
-            self._sending = 0
-        if sent:
-            self._forget(len(flight.batch))
-        else:
-            self._disconnected(flight.attempt)
+        with self._landing:  # once: a run's abort may close the sink from another thread meanwhile
+            if self._flight is not flight:
+                return True
+            self._flight = None
+            try:
+                sent = self._land(flight)
+            except SinkError:
+                self._forget(len(flight.batch))  # refused is final: never sent again
+                self._refused_for_good = True
+                raise
+            finally:
+                self._sending = 0
+            if sent:
+                self._forget(len(flight.batch))
+            else:
+                self._disconnected(flight.attempt)
         return True
 
-    def _fly(self, flight: _Flight) -> None:
-        """Send ``flight`` on the sink's own thread (started at the first)."""
+    def _fly(self, flight: _Flight) -> bool:
+        """Send ``flight`` on the sink's own thread (started at the first); False where there is
+        none (closing, or the system refused a thread): the caller sends it."""
+        if self._stopping.is_set():
+            return False
         if self._flier is None:
-            self._flights = SimpleQueue()
-            self._flier = NamedThread(target=self._flying, name="segstream-redis-send", daemon=True)
-            self._flier.start()
+            flights: SimpleQueue = SimpleQueue()
+            flier = NamedThread(target=_flying, args=(flights,), name="segstream-redis-send", daemon=True)
+            try:
+                flier.start()
+            except RuntimeError:  # (can't start new thread)
+                return False
+            self._flights, self._flier = flights, flier
         self._flights.put(flight)
-
-    def _flying(self) -> None:
-        while (flight := self._flights.get()) is not None:
-            flight.fly()
+        return True
 
     def _forget(self, count: int) -> None:
         for _ in range(count):
@@ -1449,7 +1480,9 @@ class RedisPublisher:
 
     def _disconnected(self, since: float) -> None:
         if not self._connected:  # told already (a status key's write, while a batch was on its way)
-            self._down_since = min(self._down_since, since)
+            self._down_since = since if self._down_since is None else min(self._down_since, since)
+            if self._refusal is not None and self._refused_since is None:  # the batch was refused, though
+                self._refusing()
             return
         self._connected = False
         self._down_since = since
@@ -1464,15 +1497,19 @@ class RedisPublisher:
                         self._where, self._last_error, self.max_backlog)
             self._backoff.reset()
         elif self._refused_since is None:  # warned once; each retry after that goes on backing off
-            self._outage_dropped, self._backlog_full_warned = 0, False
-            self._refused_since = time.monotonic()
-            log.warning("Redis at %s refuses writes: %s — publishing continues into a backlog of up to %d entries, "
-                        "sent when Redis takes them again", self._where, self._refusal, self.max_backlog)
-            self._backoff.reset()
+            self._refusing()
         # a key the batches write, which the user's ACL lets it XADD to
         key = self._queue[0].stream if self._queue else stream_name(self.stream_pattern, "probe")
         self._probe = NamedThread(target=self._reconnect, args=(key,), name="segstream-redis-reconnect", daemon=True)
         self._probe.start()
+
+    def _refusing(self) -> None:
+        """A refusal for now begins: said once."""
+        self._outage_dropped, self._backlog_full_warned = 0, False
+        self._refused_since = time.monotonic()
+        log.warning("Redis at %s refuses writes: %s — publishing continues into a backlog of up to %d entries, "
+                    "sent when Redis takes them again", self._where, self._refusal, self.max_backlog)
+        self._backoff.reset()
 
     def _reconnect(self, key: str) -> None:
         """Background, with backoff and jitter until Redis answers a write or the publisher closes:
@@ -1545,15 +1582,24 @@ class RedisPublisher:
         the streams that no longer hold the last entry this run wrote to them (XRANGE id id, one
         per stream), with what the loss took (``_loss``)."""
         self._forget_aged()
+        asked = [(stream, entry_id) for stream, entry_id in self._last_id.items() if stream not in skip]
+        if not asked:  # (skipped: this batch alone reaches MAXLEN, and its trimming may have taken the entry)
+            return []
+        pipe = self.client.pipeline(transaction=False)  # one round trip for them all: a far Redis's cost
+        for stream, entry_id in asked:
+            pipe.xrange(stream, entry_id, entry_id)
+        try:
+            replies = pipe.execute(raise_on_error=False)
+        except redis.RedisError as error:  # gone again: nothing to tell
+            log.debug("cannot check the entries kept (%s)", error_summary(error))
+            return []
+        finally:
+            pipe.reset()
         gone = []
-        for stream, entry_id in self._last_id.items():
-            if stream in skip:  # this batch alone reaches MAXLEN: its trimming may have taken the entry
-                continue
-            try:
-                kept = self.client.xrange(stream, entry_id, entry_id)
-            except redis.RedisError as error:  # a user without XRANGE, or gone again: nothing to tell
-                log.debug("cannot check the entries kept in %s (%s)", stream, error_summary(error))
-                return gone
+        for (stream, entry_id), kept in zip(asked, replies):
+            if isinstance(kept, Exception):  # a user without XRANGE: nothing to tell
+                log.debug("cannot check the entries kept in %s (%s)", stream, error_summary(kept))
+                break
             if not kept:
                 gone.append(self._loss(stream, entry_id))
         return gone

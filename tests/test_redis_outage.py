@@ -3,11 +3,14 @@ itself; and a whole run survives a Redis killed mid-run and restarted 10 s later
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -43,6 +46,25 @@ def wait_until(condition, timeout_s=15.0, step=None):
         if step is not None:
             step()
         time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def redis_busy(server, busy_s: float) -> Iterator[None]:
+    """Redis (started with ``--enable-debug-command yes``) busy ``busy_s`` at a time, over and
+    over (DEBUG SLEEP), while the block runs: each round trip waits for it, and is answered."""
+    slow, admin = threading.Event(), server.client()
+
+    def hold() -> None:
+        while not slow.is_set():
+            admin.execute_command("DEBUG", "SLEEP", busy_s)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        yield
+    finally:
+        slow.set()
+        holder.join()
 
 
 def frames_in(server, source="cam0") -> list[int]:
@@ -115,8 +137,6 @@ def test_flush_is_bound_by_the_drain_timeout_when_redis_answers_but_slowly(tmp_p
     # found probing a remote site: over a far link a backlog of 262 entries took 54 s to drain after SIGTERM,
     # drain_timeout_s 10 (a systemd or Kubernetes stop timeout sized by it would have SIGKILLed the run, the
     # backlog lost uncounted)
-    import threading
-
     with RedisProcess(tmp_path / "redis", ["--enable-debug-command", "yes"]) as server:
         client = connect_redis(server.url, connect_timeout=1.0, socket_timeout=2.0)
         publisher = RedisPublisher(client, max_batch_delay_s=3600, pipeline_size=64, drain_timeout_s=1.0)
@@ -125,19 +145,8 @@ def test_flush_is_bound_by_the_drain_timeout_when_redis_answers_but_slowly(tmp_p
         for index in range(40):  # waiting, as a backlog does
             publisher.publish(tiny_scene("cam0", index))
         publisher.pipeline_size = 1  # forty writes to drain
-        slow, admin = threading.Event(), server.client()
-
-        def hold_writes() -> None:  # Redis busy 0.2 s at a time: each round trip waits, none times out (2 s)
-            while not slow.is_set():
-                admin.execute_command("DEBUG", "SLEEP", 0.2)
-
-        holder = threading.Thread(target=hold_writes)
-        holder.start()
-        try:
+        with redis_busy(server, 0.2):  # none timed out (2 s)
             publisher.flush()  # forty round trips of 0.2 s or more, a second to send them in
-        finally:
-            slow.set()
-            holder.join()
         written = frames_in(server)
         assert 0 < len(written) < 40, len(written)
         assert written + [index for index, _ in dropped] == list(range(40)), "every entry written or counted, in order"
@@ -302,8 +311,6 @@ def test_tail_follow_rides_out_a_redis_restart(tmp_path):
 def test_a_slow_redis_does_not_hold_the_run_back(tmp_path):
     # found probing a remote site: a Redis 0.5 s away held the publishing thread in each batch's round
     # trips, the camera's queue overflowed meanwhile, and the run published 1.7 of its 10 fps
-    import threading
-
     with RedisProcess(tmp_path / "redis", ["--enable-debug-command", "yes"]) as server:
         config = tmp_path / "pipeline.yaml"
         config.write_text(
@@ -311,21 +318,10 @@ def test_a_slow_redis_does_not_hold_the_run_back(tmp_path):
             "queue_size: 2}\nmodel: {device: cpu, precision: fp32}\nengine: {batch_size: 2, max_wait_ms: 5}\n"
             f"ops: {{http: null}}\nsinks:\n  redis: {{url: '{server.url}', status_key: null}}\n")
         process = cli_run(config)
-        client, admin = server.client(), server.client()
+        client = server.client()
         wait_until(lambda: client.xlen("segstream:cam0:frames") >= 5, timeout_s=120)  # each stream's first reads done
-        slow = threading.Event()
-
-        def hold_writes() -> None:  # Redis busy 0.6 s at a time: each round trip waits, none times out (1 s)
-            while not slow.is_set():
-                admin.execute_command("DEBUG", "SLEEP", 0.6)
-
-        holder = threading.Thread(target=hold_writes)
-        holder.start()
-        try:
+        with redis_busy(server, 0.6):  # none timed out (1 s)
             time.sleep(3)
-        finally:
-            slow.set()
-            holder.join()
         _, err = process.communicate(timeout=120)
     published, decoded, dropped, reasons = _summary(err)
     assert decoded == 60 and published == 60 and dropped == 0, err

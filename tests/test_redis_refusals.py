@@ -704,3 +704,25 @@ def test_an_event_a_sink_of_one_s_own_failed_on_is_counted_abandoned(server):
         runtime.run()
     assert sink.got == 1 and sink.got + runtime.report(1.0).events_abandoned == len(made), (
         sink.got, runtime.report(1.0).events_abandoned, made)
+
+
+def test_a_refusal_told_at_a_later_hand_off_counts_that_entry_with_it(server):
+    # found reviewing the sink's own sending thread: the refusal of a batch sent in the background is told
+    # at the next hand-off; the event handed then was queued uncounted, the runtime counted it abandoned
+    # (the sink's count did not move during that call) and the sink counted it again at close
+    from tests.test_redis_status import state
+
+    server.client().set("segstream:cam0:frames", "not a stream")  # XADD there: WRONGTYPE, refused for good
+    publisher = RedisPublisher(connect_redis(server.url), max_batch_delay_s=0, background=True, status_pattern=None)
+    dropped = []
+    publisher.on_dropped = lambda results, reason: dropped.extend((r.index, reason) for r in results)
+    publisher.publish_event(state("streaming"))
+    publisher.flush()
+    publisher.publish(tiny_scene("cam0", 0))  # its batch goes out on the sink's thread, and is refused
+    wait_until(lambda: publisher._flight.done.is_set())
+    before = publisher.events_dropped
+    with pytest.raises(SinkError, match="refused 1 of 1 entries"):
+        publisher.publish_event(state("reconnecting"))
+    assert publisher.events_dropped == before + 1 and publisher.backlog == 0, "counted in that call, not queued"
+    publisher.close()
+    assert publisher.events_dropped == before + 1 and dropped == [(0, "sink_refused")]
