@@ -310,7 +310,7 @@ class BestEffortTimestamp:
         return dts
 
 
-STALE_WINDOW = 16  # pictures after a rejected packet in which one whose PTS steps back is a leftover (AVInput)
+STALE_WINDOW = 16  # pictures after a rejected packet in which one whose PTS falls back into the damage is a leftover
 
 
 class InputTimeout(SourceError):
