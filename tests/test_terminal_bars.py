@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import pty
+import select
 import sys
 from pathlib import Path
 
@@ -30,7 +31,10 @@ def test_a_batch_draws_its_bars_on_a_terminal_of_no_size(monkeypatch):
             progress.overall.refresh()
             progress.close()
             stderr.flush()
-        drawn = os.read(terminal, 65536).decode(errors="replace")
+        raw = b""
+        while select.select([terminal], [], [], 0.5)[0]:  # all of it: a read gives what one write left
+            raw += os.read(terminal, 65536)
+        drawn = raw.decode(errors="replace")
     finally:
         os.close(terminal)
         os.close(its_end)
