@@ -1063,7 +1063,8 @@ class RedisSinkConfig(Strict):
     are dropped and counted beyond that), reconnect attempts back off up to
     ``reconnect_max_s``, and at the end the run gives Redis up to ``drain_timeout_s`` to take what
     is left (an unreachable Redis and a slow one alike). A write Redis does not answer within ``timeout_s`` (a hung or partitioned
-    server) is an outage too: the run does not wait longer for it. A Redis that cannot be reached
+    server) is an outage too: the run does not wait longer for it; a connect waits the longer of
+    ``timeout_s`` and 2 s (``validate --connect`` connects within the same). A Redis that cannot be reached
     when the run starts fails it, at once or, with ``start_wait_s``, once that many seconds have
     passed with no answer (a Redis and a pipeline started together, as Kubernetes does). A
     ``redis+sentinel://host1:26379,host2:26379/<master-name>[/db]`` url (``rediss+sentinel://``
