@@ -336,11 +336,13 @@ class InputChanged(SourceError):
     """A stream's decoder, having decoded it, makes no picture of a second of packets in a row:
     another sender took over the address with another codec or stream parameters (an encoder
     restarted as HEVC into the port an H.264 one used), which a decoder set up at the open cannot
-    read (it rejects the packets, or swallows them). ``unread``: packets this session counted lost
-    itself (in ``decode_errors``; ``AVInput`` hands them over instead, and says 0); ``carried``:
-    those packets (and the one of the last picture, which may hold the new sender's first keyframe
-    behind the old one's last frame), handed to the input opened next, whose new decoder decodes
-    them first (``AVInput.carried``) and counts what it cannot."""
+    read (it rejects the packets, or swallows them). Or, where none of the packets was flagged a
+    keyframe, one lost on the way (a lossy RTP link) left it without references: the message says
+    which. A new decoder reads either from the next keyframe. ``unread``: packets this session
+    counted lost itself (in ``decode_errors``; ``AVInput`` hands them over instead, and says 0);
+    ``carried``: those packets (and the one of the last picture, which may hold the new sender's
+    first keyframe behind the old one's last frame), handed to the input opened next, whose new
+    decoder decodes them first (``AVInput.carried``) and counts what it cannot."""
 
     def __init__(self, message: str, unread: int, carried: tuple[bytes, ...] = ()):
         super().__init__(message)
@@ -688,6 +690,7 @@ class AVInput:
         # not when handed over: the next decoder may read them
         recent: deque = deque(maxlen=(change_after or 0) + 1)
         decoded, without_picture, rejected, handed = False, 0, 0, False
+        key_unread = False  # a packet its demuxer flags a keyframe among those since the last picture
         demuxed = self._demuxed(stream)
         catch_up = self.catch_up
         jpeg = context.name == "mjpeg" and live  # (a file's JPEG may carry more after its end: a motion photo's video)
@@ -789,15 +792,20 @@ class AVInput:
                 pictured = any(not made_up(frame) for frame in frames)
                 if pictured:
                     recent.clear()
+                    key_unread = False
                 if change_after is not None:
                     recent.append(packet)
                 if not pictured and decoded and packet.size:
                     without_picture += 1
+                    key_unread = key_unread or packet.is_keyframe
                     if change_after is not None and without_picture >= change_after:
                         handed = True
                         raise InputChanged(
                             f"the {context.name} decoder that read it made nothing of the last "
-                            f"{without_picture} packets ({rejected} rejected): another codec or stream parameters",
+                            f"{without_picture} packets ({rejected} rejected"
+                            + (", a keyframe among them): another codec or stream parameters" if key_unread else
+                               ", none flagged a keyframe): another codec or stream parameters, or a keyframe "
+                               "lost on the way"),
                             0,
                             tuple(bytes(p) for p in recent),
                         )

@@ -946,6 +946,7 @@ def test_an_encoder_restarted_into_the_same_udp_port_with_another_codec_is_read_
     assert [(e[3]["codec"], e[3]["epoch"], bool(e[3].get("restarted"))) for e in streaming] == [
         (DECODER[first], 0, False), (DECODER[second], 1, True)], log.entries
     assert "decoder that read it made nothing of the last" in streaming[1][2]
+    assert "a keyframe among them): another codec" in streaming[1][2]  # the new sender's first: not a loss
     assert "reconnecting" not in log.states and source.reconnects == 0  # handed over, not lost
     renewed = [f for f in frames if f.epoch == 1]
     assert {f.image.shape for f in renewed} == {(180, 240, 3)}
