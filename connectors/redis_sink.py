@@ -147,6 +147,28 @@ class _Flight:
             self.done.set()
 
 
+@dataclass
+class _StatusFlight:
+    """Status keys' writes on their way (``background``): sent by ``fly`` on the sink's own thread,
+    after any batch before them, their answers taken in by ``RedisPublisher._write_status``."""
+
+    writes: list
+    pipe: Any
+    attempt: float
+    replies: list | None = None
+    error: BaseException | None = None
+    done: threading.Event = field(default_factory=threading.Event)
+
+    def fly(self) -> None:
+        try:
+            self.replies = self.pipe.execute(raise_on_error=False)
+        except BaseException as error:  # (taken in by _write_status)
+            self.error = error
+        finally:
+            self.pipe.reset()
+            self.done.set()
+
+
 def _flying(flights: SimpleQueue) -> None:
     """A publisher's sending thread: its batches, one after another, until None (no reference to
     the publisher, which a program may drop without closing)."""
@@ -171,6 +193,8 @@ class _StatusKeys:
         self.refused = False  # SET refused (an ACL without +set or the keys): said once, tried again each minute
         self._sources: dict[str, dict] = {}  # per source: what its value says (state, since, frame, seq, capture_ts)
         self._changed: set[str] = set()  # sources whose state changed since their key was last written
+        # per source, its changes so far: a write sent in the background before a change does not unmark it
+        self._changes: Counter[str] = Counter()
         self._forgotten: set[str] = set()  # sources removed from the run, forgotten once their last state is written
         self._refreshed = 0.0  # monotonic time of the last refresh
         self._retry_at = 0.0  # after Redis refused a write for now (full, read-only): not before this
@@ -198,6 +222,7 @@ class _StatusKeys:
         known["down_since"] = None if state == "streaming" else known["down_since"] or at
         known.update(state=state, reason=str(data.get("reason", "")), run_id=_text(item.fields.get("run_id", "")))
         self._changed.add(source)
+        self._changes[source] += 1
 
     def due(self, now: float) -> float | None:
         """Seconds until a refresh is due (0: now); None with nothing to write."""
@@ -209,9 +234,10 @@ class _StatusKeys:
             return None
         return max(0.0, self._refreshed + self.ttl_s / 3 - now, self._retry_at - now)
 
-    def writes(self, now: float, final_only: bool = False) -> list[tuple[str, str, str, float | None]]:
-        """(source, key, value, seconds to live or None) of each source whose key is due: changed,
-        or (at a refresh) not final; ``final_only``: of those, the final states."""
+    def writes(self, now: float, final_only: bool = False) -> list[tuple[str, str, str, float | None, int]]:
+        """(source, key, value, seconds to live or None, the source's changes so far) of each source
+        whose key is due: changed, or (at a refresh) not final; ``final_only``: of those, the final
+        states."""
         refresh = now >= self._refreshed + self.ttl_s / 3
         due = [source for source, value in self._sources.items()
                if source in self._changed or (refresh and value["state"] not in FINAL_STATES)]
@@ -229,12 +255,15 @@ class _StatusKeys:
                                   seq=value["seq"], capture_ts=value["capture_ts"], down_since=value["down_since"],
                                   reason=value["reason"])
             writes.append((source, stream_name(self.pattern, source), status_to_wire(status),
-                           self.keep_s if final else self.ttl_s))
+                           self.keep_s if final else self.ttl_s, self._changes[source]))
         return writes
 
-    def sent(self, sources: Sequence[str]) -> None:
-        self._changed -= set(sources)
-        for source in self._forgotten & set(sources):  # a removed source's last word is written: not again
+    def sent(self, writes: Sequence[tuple]) -> None:
+        """Redis took ``writes`` (as ``writes`` gave them): their sources' keys are as they are now,
+        unless a state changed after (while they were on their way)."""
+        sources = {write[0] for write in writes if write[4] == self._changes[write[0]]}
+        self._changed -= sources
+        for source in self._forgotten & sources:  # a removed source's last word is written: not again
             del self._sources[source]
             self._forgotten.discard(source)
 
@@ -242,6 +271,7 @@ class _StatusKeys:
         """Redis lost entries of these sources' streams (restarted without its data, flushed): their
         keys went too, final ones as well, which no refresh would write again."""
         self._changed |= sources & self._sources.keys()
+        self._changes.update(sources & self._sources.keys())
 
     def refused_for_now(self, now: float) -> float:
         """Redis refused a write for now (full, read-only): the keys wait a refresh, not a moment
@@ -256,10 +286,10 @@ class _StatusKeys:
         self.refused = True
         return first
 
-    def taken(self, sources: Sequence[str]) -> bool:
-        """Redis took the keys of ``sources``; True when it had refused them before (to be said)."""
+    def taken(self, writes: Sequence[tuple]) -> bool:
+        """Redis took ``writes``; True when it had refused the keys before (to be said)."""
         again, self.refused = self.refused, False
-        self.sent(sources)
+        self.sent(writes)
         return again
 
     def removed(self, source: str) -> None:
@@ -300,7 +330,7 @@ class RedisPublisher:
     return at once, taking its answers in (``on_written`` and the rest, on the caller's thread)
     once they have come: a far Redis's round trips do not hold the caller up, and what comes
     meanwhile waits in the queue for the next batch. ``flush``, ``close`` and ``source_removed``
-    wait for it.
+    wait for it. The status keys' writes go on that thread too (``_StatusFlight``).
 
     When Redis cannot be reached, nothing blocks and nothing stops: the batch goes back to the
     queue, which becomes a backlog of at most ``max_backlog`` entries and ``max_backlog_bytes``
@@ -415,6 +445,7 @@ class RedisPublisher:
         self._settings: dict[str, _Outgoing] = {}  # per source, the newest settings event written (said again at a loss)
         self._sending = 0  # entries at the queue's front that a batch is writing now
         self._flight: _Flight | None = None  # the batch on its way, its answers not yet taken in
+        self._status_flight: _StatusFlight | None = None  # status keys' writes on their way, the same
         # background: batches go out on a thread of the sink's own, the caller's going on meanwhile
         # (the run's publishing thread: found probing a remote site, its waits on a Redis 0.5 s away
         # let the cameras' queues overflow)
@@ -730,8 +761,20 @@ class RedisPublisher:
         """Write the status keys that are due (at ``closing``, the changed ones: final states);
         the seconds until the next are due. A write that fails for a lost connection is an outage
         as a batch's is; one refused for now (full) waits a refresh; one refused for good (ACL) is
-        said once and tried again each minute (a grant takes effect)."""
+        said once and tried again each minute (a grant takes effect). With ``background`` they go
+        on the sink's own thread (after the batch on its way, if any) and are taken in at a later
+        call; at ``closing``, that one is waited for and the final states written here."""
         keys = self._status
+        if (flight := self._status_flight) is not None:  # (background) on its way: taken in once answered
+            if not flight.done.is_set() and not (closing and flight.done.wait()):
+                return min(_FLIGHT_POLL_MAX_S, max(_FLIGHT_POLL_S, (time.monotonic() - flight.attempt) / 4))
+            with self._landing:  # once: a run's abort may close the sink from another thread meanwhile
+                if mine := self._status_flight is flight:
+                    self._status_flight = None
+            if mine:
+                landed = self._status_landed(flight.writes, flight.replies, flight.error, flight.attempt, closing)
+                if not closing:
+                    return landed
         if keys is None or not self._connected or self._refused_for_good:
             return None
         now = time.monotonic()
@@ -742,18 +785,35 @@ class RedisPublisher:
             return keys.ttl_s / 3  # stuck somewhere: the keys go as a killed run's do, until it moves again
         writes = keys.writes(now, final_only=closing)
         pipe = self.client.pipeline(transaction=False)
-        for _, key, value, ttl_s in writes:
+        for _, key, value, ttl_s, _ in writes:
             pipe.set(key, value, px=None if ttl_s is None else max(1, int(ttl_s * 1000)))
         attempt = time.monotonic()
+        if not closing and self.background:  # a far Redis's round trip is not the publishing thread's
+            flight = _StatusFlight(writes, pipe, attempt)
+            if self._fly(flight):
+                self._status_flight = flight
+                return _FLIGHT_POLL_S
+        replies, error = None, None
         try:
             replies = pipe.execute(raise_on_error=False)
-        except (redis.ConnectionError, redis.TimeoutError, OSError) as error:
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as failed:
+            error = failed
+        finally:
+            pipe.reset()
+        return self._status_landed(writes, replies, error, attempt, closing)
+
+    def _status_landed(self, writes: list, replies: list | None, error: BaseException | None, attempt: float,
+                       closing: bool) -> float | None:
+        """Status keys' writes answered (``replies``) or failed (``error``): the seconds until the
+        next are due, None where the connection was lost."""
+        keys = self._status
+        if error is not None:
+            if not isinstance(error, (redis.ConnectionError, redis.TimeoutError, OSError)):
+                raise error
             if not closing:
                 self._last_error = self._connection_error(error)
                 self._disconnected(attempt)
             return None
-        finally:
-            pipe.reset()
         errors = [(write[1], reply) for write, reply in zip(writes, replies) if isinstance(reply, Exception)]
         if errors and refused_for_now(errors[0][1]):
             return keys.refused_for_now(time.monotonic())
@@ -765,7 +825,7 @@ class RedisPublisher:
                             "sinks.redis.status_key to null", self._where, key, error_summary(error),
                             status_grant(keys.pattern))
             return _STATUS_RETRY_S
-        if keys.taken([write[0] for write in writes]):
+        if keys.taken(writes):
             log.info("Redis at %s takes the status keys again: readers can tell from them whether this run "
                      "publishes its sources", self._where)
         return keys.due(time.monotonic())

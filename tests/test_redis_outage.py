@@ -308,15 +308,17 @@ def test_tail_follow_rides_out_a_redis_restart(tmp_path):
     assert "lost Redis at" in err and "reconnected to Redis" in err and "Traceback" not in err
 
 
-def test_a_slow_redis_does_not_hold_the_run_back(tmp_path):
+@pytest.mark.parametrize("status", ["status_key: null", "status_ttl_s: 0.9"])
+def test_a_slow_redis_does_not_hold_the_run_back(tmp_path, status):
     # found probing a remote site: a Redis 0.5 s away held the publishing thread in each batch's round
-    # trips, the camera's queue overflowed meanwhile, and the run published 1.7 of its 10 fps
+    # trips, the camera's queue overflowed meanwhile, and the run published 1.7 of its 10 fps; and
+    # in each status key's refresh (here every 0.3 s)
     with RedisProcess(tmp_path / "redis", ["--enable-debug-command", "yes"]) as server:
         config = tmp_path / "pipeline.yaml"
         config.write_text(
             "sources:\n  - {name: cam0, type: synthetic, width: 96, height: 64, fps: 10, num_frames: 60, realtime: true, "
-            "queue_size: 2}\nmodel: {device: cpu, precision: fp32}\nengine: {batch_size: 2, max_wait_ms: 5}\n"
-            f"ops: {{http: null}}\nsinks:\n  redis: {{url: '{server.url}', status_key: null}}\n")
+            "queue_size: 4}\nmodel: {device: cpu, precision: fp32}\nengine: {batch_size: 2, max_wait_ms: 5}\n"
+            f"ops: {{http: null}}\nsinks:\n  redis: {{url: '{server.url}', {status}}}\n")  # (0.4 s: CI's load)
         process = cli_run(config)
         client = server.client()
         wait_until(lambda: client.xlen("segstream:cam0:frames") >= 5, timeout_s=120)  # each stream's first reads done

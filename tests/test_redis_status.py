@@ -391,6 +391,32 @@ def test_a_status_write_redis_refuses_for_now_waits_a_refresh_instead_of_spinnin
     sink.close()
 
 
+def test_status_keys_sent_on_the_sink_s_own_thread_keep_their_rules(server):
+    """A run's sink (``background``) sends the keys on its own thread: a refresh on a Redis 0.5 s
+    away held the publishing thread (found probing a remote site). Written, written again after a
+    flush, waiting a refresh when refused for now, the final state at the close."""
+    sink = publisher(server.url, status_ttl_s=0.6, background=True)
+    reader, admin = Client(server.client()), server.client()
+    sink.publish_event(state("streaming"))
+    assert poll_until(sink, reader, lambda status: status is not None).state == "streaming"
+    admin.flushall()
+    assert poll_until(sink, reader, lambda status: status is not None).state == "streaming"
+    admin.config_set("maxmemory", "1")  # full: each refresh's SET refused, for now
+    admin.config_resetstat()
+    end = time.monotonic() + 1.0
+    while time.monotonic() < end:
+        time.sleep(min(sink.poll() or 0.02, 0.05))
+    stats = admin.info("commandstats").get("cmdstat_set", {})
+    assert 2 <= stats.get("calls", 0) + stats.get("rejected_calls", 0) <= 8, stats  # one each 0.2 s, no spin
+    admin.config_set("maxmemory", "0")
+    sink.publish_event(state("stalled"))
+    assert poll_until(sink, reader, lambda status: status is not None and status.state == "stalled").state == "stalled"
+    sink.publish_event(state("ended"))
+    sink.close()
+    final = reader.status("cam0")
+    assert final.state == "ended" and final.final
+
+
 def test_a_source_removed_and_added_again_before_its_end_was_written_keeps_its_key(server):
     """Found reviewing: with its ended key still to write (Redis away, or refusing), a camera a
     reload took out and put back was forgotten once that key went: its key expired while it streamed."""
