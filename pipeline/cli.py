@@ -710,6 +710,14 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.tracking and args.clips:
         raise ConfigError("--clips goes with PQ; --tracking renders its scenes from --seeds (their tracks' "
                              "ground truth) — drop one of them")
+    if args.tracking and (given := [name for name, value in (("--data", args.data), ("--masks", args.masks),
+                                                              ("--images", args.images)) if value is not None]):
+        # found probing: a team's own pictures were taken and left unused, exit 0
+        raise ConfigError(f"{given[0]} goes with PQ; --tracking scores the tracker on the synthetic scenes of --seeds "
+                          "(no tracks in pictures of your own) — drop one of them")
+    if args.tracking and args.no_model and (given := [name for name, value in (
+            ("--checkpoint", args.checkpoint), ("--preset", args.preset), ("--labels", args.labels)) if value is not None]):
+        raise ConfigError(f"{given[0]} names a model, and --no-model runs none — drop one of them")
     if args.tracking:
         from segstream.pipeline.track_evaluation import main_evaluate_tracking
 

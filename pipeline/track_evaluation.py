@@ -45,6 +45,7 @@ from segstream.pipeline.evaluation import FRAMES_PER_SEED
 from segstream.pipeline.tracking import tracker_settings
 
 DROP_SHARE = 0.1
+SCENE_FPS = 25.0  # the scenes' frame rate: their frames' times, which tracking.max_lost_s measures
 
 
 def noisy_detections(truth: FrameResult, rng: np.random.Generator, drop: float = DROP_SHARE) -> FrameResult:
@@ -219,9 +220,10 @@ def tracking_metrics(sequences: Sequence[TrackedScene]) -> dict:
 
 
 def _track(tracker: SegmentTracker, result: FrameResult) -> np.ndarray:
+    """A frame's track ids, its time (``max_lost_s`` measures it) its index at the scenes' rate."""
     seg = result.segments
     update = tracker.update(result.index, result.segment_map, seg.ids, seg.class_ids, seg.isthing, seg.embeddings,
-                            seg.boxes)
+                            seg.boxes, result.index / SCENE_FPS)
     return update.track_ids
 
 
@@ -256,7 +258,7 @@ def evaluate_tracking(
             model.append(TrackedScene())
             oracle.append(TrackedScene())
             fresh = iter(range(10**9, 2 * 10**9))
-            clip = synthetic_clip(width, height, num_frames, seed)
+            clip = synthetic_clip(width, height, num_frames, seed, SCENE_FPS)
             while batch := [item for _, item in zip(range(batch_size), clip)]:
                 for _, truth in batch:
                     detections = noisy_detections(truth, rng)
@@ -288,6 +290,9 @@ def evaluated_settings(config: Path | None, overrides: Sequence[str]) -> Tracker
         if not override.strip().startswith("tracking."):
             raise ConfigError(f"--set {override}: evaluate --tracking takes tracker settings only "
                               "(tracking.KEY=VALUE, e.g. tracking.max_lost=60); the model is --preset/--checkpoint")
+        if override.strip().partition("=")[0].strip() == "tracking.enabled":
+            raise ConfigError(f"--set {override}: tracking.enabled turns a run's tracker on or off; evaluate "
+                              "--tracking scores the tracker whatever it says — drop it")
     data: dict = {"tracking": {}}
     if config is not None:
         data = {"tracking": config_data(config).get("tracking") or {}}

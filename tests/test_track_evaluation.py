@@ -206,11 +206,28 @@ def test_evaluate_tracking_scores_the_tracker_settings_a_config_and_set_give(cap
     assert json.loads(tuned[-1])["noisy_truth"] != json.loads(default[-1])["noisy_truth"]
 
 
-def test_evaluate_tracking_refuses_a_setting_it_would_not_use_in_one_line(capsys):
+def test_evaluate_tracking_measures_max_lost_s_on_the_scenes_frame_times(capsys):
+    # found probing: the frames had no time, so max_lost_s (which the JSON said it scored) changed nothing
+    args = ["evaluate", "--tracking", "--no-model", "--seeds", "3", "--frames", "40", "--size", "160", "120"]
+    assert main(args) == 0
+    default = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert main([*args, "--set", "tracking.max_lost_s=0.05"]) == 0  # a frame (40 ms) missed ends its track
+    brief = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert brief["noisy_truth"]["id_switches"] > default["noisy_truth"]["id_switches"]
+
+
+def test_evaluate_tracking_refuses_a_setting_it_would_not_use_in_one_line(capsys, tmp_path):
     args = ["evaluate", "--tracking", "--no-model", "--seeds", "0", "--frames", "2"]
     assert main([*args, "--set", "engine.batch_size=2"]) == 2
     assert capsys.readouterr().err.startswith("segstream: error: --set engine.batch_size=2: evaluate --tracking "
                                               "takes tracker settings only")
+    # found probing: each of these was taken, left unused, and the run exited 0
+    assert main([*args, "--set", "tracking.enabled=false"]) == 2
+    assert "tracking.enabled turns a run's tracker on or off" in capsys.readouterr().err
+    assert main([*args, "--data", str(tmp_path / "mine.json")]) == 2
+    assert capsys.readouterr().err.startswith("segstream: error: --data goes with PQ; --tracking scores the tracker")
+    assert main([*args, "--checkpoint", str(tmp_path / "model.safetensors")]) == 2
+    assert "--checkpoint names a model, and --no-model runs none" in capsys.readouterr().err
     assert main([*args, "--set", "tracking.iou_weight=0", "--set", "tracking.class_weight=0"]) == 2
     assert "tracking: iou_weight and class_weight are both 0" in capsys.readouterr().err
 
