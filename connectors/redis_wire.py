@@ -700,6 +700,11 @@ def _paint_rles(rles: list[dict], ids: list[int], height: int, width: int) -> np
 def _decompress_idmap(blob: bytes, height: int, width: int, name: str = "idmap") -> np.ndarray:
     expected = height * width * 4
     try:
+        # the size its header states, checked first: the decompressor takes it over max_output_size (found
+        # probing: a 30 KB entry stating 1e9 bytes had a reader allocate 1 GB before the size was refused)
+        declared = zstandard.frame_content_size(blob)
+        if declared not in (-1, expected):  # (-1: not stated; then max_output_size bounds it)
+            raise WireFormatError(f"{name} holds {declared} bytes but a {height}x{width} int32 map needs {expected}")
         raw = zstandard.ZstdDecompressor().decompress(blob, max_output_size=expected)
     except zstandard.ZstdError as error:
         raise WireFormatError(f"{name} field is not a zstd frame: {error}") from None

@@ -13,6 +13,9 @@ from pathlib import Path
 __all__ = ["read_saved_text", "standard_input", "streamed"]
 
 STDIN = "-"  # the name that reads standard input
+# The most a text file (a config, a list of videos: a million paths) may hold: /dev/zero, or `yes |`,
+# as a config was read until memory ran out (found probing bad input)
+MAX_TEXT_BYTES = 256 * 2**20
 _read_once: dict[str, bytes] = {}  # what a stream held: read again, it would be empty
 
 
@@ -38,18 +41,31 @@ def standard_input(path: str | Path) -> bool:
         return False
 
 
+def _bounded(path: str | Path, read) -> bytes:
+    """What ``read(n)`` gives, up to ``MAX_TEXT_BYTES``; ValueError past them."""
+    data = read(MAX_TEXT_BYTES + 1)
+    if len(data) > MAX_TEXT_BYTES:
+        name = "'-' (standard input)" if str(path) == STDIN else f"'{path}'"
+        raise ValueError(f"{name} holds more than {MAX_TEXT_BYTES // 2**20} MiB: no text file of settings or paths "
+                         "is that long — name the file you meant")
+    return data
+
+
 def _bytes(path: str | Path) -> bytes:
     """The bytes of ``path``; of a stream, those it held the first time it was read."""
     if not streamed(path):
-        return Path(path).read_bytes()
+        with open(path, "rb") as file:
+            return _bounded(path, file.read)
     if str(path) not in _read_once:
         stdin = getattr(sys.stdin, "buffer", None)
         if str(path) != STDIN:
-            data = Path(path).read_bytes()
+            with open(path, "rb") as file:
+                data = _bounded(path, file.read)
         elif stdin is not None:
-            data = stdin.read()
+            data = _bounded(path, stdin.read)
         else:  # a stream put in its place (a test's, a notebook's)
-            data = sys.stdin.read().encode()
+            data = _bounded(path, sys.stdin.read)
+            data = data.encode() if isinstance(data, str) else data
         _read_once[str(path)] = data
     return _read_once[str(path)]
 

@@ -116,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         return main_error(ResourceLimit(f"the system refused to start a thread ({THREAD_LIMIT_HINT})"))
     except SegstreamError as error:
         return main_error(error)
+    except entry.StreamClosed as error:
+        return main_error(ConfigError(str(error)))
     except BrokenPipeError:  # what read our output went away (`| head -1`): quiet, as other tools are
         with contextlib.suppress(OSError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nor a word at exit's flush

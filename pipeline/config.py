@@ -67,10 +67,31 @@ def _not_dots(name: str) -> str:
 SourceName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$", max_length=200), AfterValidator(_not_dots)]
 
 
+# The longest time a key may name: about 31 years. A socket's timeout of 1e10 s, or a wait of
+# 1e13 ms, passed validation and ended the run in an OverflowError (found probing bad input).
+_LONGEST_S = 1e9
+_LARGEST_INT = 2**63 - 1  # what Redis (MAXLEN) and the C integers under torch and FFmpeg take
+
+
 class Strict(BaseModel):
     # no inf or nan: a wait of inf ms got through to time arithmetic that cannot take it
     # each key's docstring is its description in `segstream schema`
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, use_attribute_docstrings=True)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _in_range(cls, value: Any, info: ValidationInfo) -> Any:
+        """A time (a key ending ``_s`` or ``_ms``) up to ``_LONGEST_S``, any integer up to ``_LARGEST_INT``."""
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return value
+        name = info.field_name or ""
+        if name.endswith(("_s", "_ms")) and value > _LONGEST_S * (1000 if name.endswith("_ms") else 1):
+            longest = f"{_LONGEST_S:.0e} s" if name.endswith("_s") else f"{_LONGEST_S * 1000:.0e} ms"
+            raise ValueError(f"{value:g} is longer than any wait segstream can keep ({longest}, about 31 years) — "
+                             "give a shorter time, or null where the key takes it for none")
+        if isinstance(value, int) and value > _LARGEST_INT:
+            raise ValueError(f"{value} is over the largest integer segstream can pass on (2**63 - 1)")
+        return value
 
 
 BufferKind = Literal["every_frame", "newest"]
@@ -1971,6 +1992,10 @@ class _UniqueKeyLoader(yaml.SafeLoader):
             if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *camera`: its keys may be written again here
                 continue
             key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, typing.Hashable):  # `? [a, b]`: YAML allows it, no config key is one
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"a key that is a {'list' if isinstance(key, list) else 'mapping'}: every key of a "
+                    "config is a name", key_node.start_mark)
             if key in keys:
                 mark = key_node.start_mark
                 raise yaml.constructor.ConstructorError(

@@ -37,6 +37,31 @@ console = False
 had_terminal = True
 
 
+class StreamClosed(OSError):
+    """A command wrote to standard output, or read standard input, that its caller closed (``>&-``,
+    ``<&-``)."""
+
+
+class _Closed:
+    """Standard output or input that the caller closed: Python leaves ``None``, and ``print`` to
+    None writes nothing (found probing bad input: ``segstream schema >&-`` exited 0 with its
+    output lost; ``tail`` raised AttributeError). Using it says so instead."""
+
+    def __init__(self, name: str, use: str):
+        self.name, self.use = name, use
+
+    def _closed(self, *_args, **_kwargs):
+        raise StreamClosed(f"its standard {self.name} is closed ({self.use}) — give it a file, a pipe or /dev/null")
+
+    write = writelines = read = readline = readlines = fileno = _closed
+
+    def flush(self) -> None:  # (the interpreter's own at exit: nothing to say then)
+        pass
+
+    def isatty(self) -> bool:
+        return False
+
+
 def controlling_terminal() -> bool:
     """Whether this process has a controlling terminal (``/dev/tty`` opens)."""
     try:
@@ -59,6 +84,10 @@ def main() -> int:
     # UnicodeEncodeError from tail and validate --print (found by an i18n probe)
     with contextlib.suppress(AttributeError, ValueError):  # a stream replaced by one of another kind
         sys.stdout.reconfigure(errors="backslashreplace")
+    if sys.stdout is None:
+        sys.stdout = _Closed("output", ">&-")
+    if sys.stdin is None:
+        sys.stdin = _Closed("input", "<&-")
     try:
         from segstream.pipeline.cli import main as cli_main
 

@@ -1001,3 +1001,39 @@ def test_validate_print_shows_the_buffer_policy_in_force(capsys, write):
     assert main(["validate", "--print", path]) == 0
     printed = yaml.safe_load(capsys.readouterr().out)
     assert [source["buffer"] for source in printed["sources"]] == ["every_frame", "newest", "newest"]
+
+
+def test_what_a_hostile_config_holds_is_one_line_each(capsys, write, clip):
+    """Found probing bad input: each of these was a traceback, or passed validate and then was."""
+    valid = VALID.format(clip=clip)
+    [line] = errors_of(capsys, ["validate", write("? [a, b]\n: x\n" + valid)])
+    assert line.endswith("line 1, column 3: invalid YAML: a key that is a list: every key of a config is a name")
+    # times past what a wait, a socket's timeout or time_t takes (OverflowError in the run)
+    for key, value in (("engine.max_wait_ms", "1e13"), ("sinks.redis.timeout_s", "1e10")):
+        [line] = errors_of(capsys, ["validate", write(valid), "--set", f"{key}={value}"])
+        assert line.startswith(key) and "is longer than any wait segstream can keep" in line, line
+    assert main(["validate", write(valid), "--set", "sinks.redis.timeout_s=86400"]) == 0  # a day: taken
+    capsys.readouterr()
+    [line] = errors_of(capsys, ["validate", write(valid), "--set", "sinks.redis.maxlen=100000000000000000000000"])
+    assert line.startswith("sinks.redis.maxlen") and "over the largest integer" in line
+
+
+def test_a_config_that_never_ends_is_refused_without_reading_it_all(capsys):
+    # found probing bad input: /dev/zero (or `yes |`) as the config was read until memory ran out
+    [line] = errors_of(capsys, ["validate", "/dev/zero"])
+    assert line == ("config file '/dev/zero' holds more than 256 MiB: no text file of settings or paths is that "
+                    "long — name the file you meant")
+
+
+@pytest.mark.parametrize("command, closed", [("schema", ">&-"), ("validate - ", "<&-")])
+def test_a_closed_standard_output_or_input_is_said_not_passed_over(command, closed):
+    # found probing bad input: `segstream schema >&-` exited 0 with its output lost; tail raised AttributeError
+    import subprocess
+    import sys
+
+    done = subprocess.run(["bash", "-c", f"{sys.executable} -m segstream {command} {closed}"], capture_output=True,
+                          text=True, timeout=60, cwd=Path(__file__).resolve().parents[1])
+    name = "output" if closed == ">&-" else "input"
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.strip().splitlines()[-1].endswith(
+        f"its standard {name} is closed ({closed}) — give it a file, a pipe or /dev/null"), done.stderr

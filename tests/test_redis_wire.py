@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from fractions import Fraction
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -298,6 +299,38 @@ def test_truncated_idmap_is_rejected():
 
     with pytest.raises(WireFormatError, match="idmap"):
         from_wire(fields)
+
+
+def test_an_idmap_stating_a_huge_size_is_refused_before_it_is_decompressed():
+    """Found probing bad input: 30 KB of zstd stating 1e9 bytes had a reader allocate 1 GB (the
+    decompressor takes a frame's stated size over max_output_size) before the size was refused."""
+    import subprocess
+    import sys
+
+    code = """
+import io, resource, zstandard
+from segstream.connectors.redis_wire import from_wire, to_wire
+from segstream.connectors.errors import WireFormatError
+from tests.test_redis_wire import synthetic_scene
+fields = to_wire(synthetic_scene(), "idmap")
+stated = 300 * 2**20
+out = io.BytesIO()
+with zstandard.ZstdCompressor().stream_writer(out, size=stated, closefd=False) as writer:
+    for _ in range(stated // 2**20):
+        writer.write(bytes(2**20))
+fields["idmap"] = out.getvalue()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+try:
+    from_wire(fields)
+except WireFormatError as error:
+    print(str(error))
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[1])
+    said, grown_mb = done.stdout.splitlines()
+    assert said.startswith(f"idmap holds {300 * 2**20} bytes but a ") and "int32 map needs" in said, done.stderr
+    assert int(grown_mb) < 50, f"the reader grew {grown_mb} MB"
 
 
 def test_missing_field_is_named():
