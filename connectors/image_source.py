@@ -578,11 +578,18 @@ class ImageFolderSource:
             return
         # 16-bit images as they are (OpenCV's 8-bit decode keeps the high byte: a 12-bit camera's
         # images came out nearly black, found probing an inspection line), scaled below
-        image = cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH) if data.size else None
-        if image is not None and image.dtype not in (np.uint8, np.uint16):  # 32-bit: OpenCV's own 8-bit
-            image = cv2.imdecode(data, cv2.IMREAD_COLOR)
+        refused = None
+        try:
+            image = cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH) if data.size else None
+            if image is not None and image.dtype not in (np.uint8, np.uint16):  # 32-bit: OpenCV's own 8-bit
+                image = cv2.imdecode(data, cv2.IMREAD_COLOR)
+        except cv2.error as error:  # found probing: a 40000x40000 PNG failed the whole source with OpenCV's assertion
+            image, refused = None, error
         if image is None:
-            why = "is not an image OpenCV can decode" if data.size else "is empty (0 bytes)"
+            why = ("is not an image OpenCV can decode" if refused is None else
+                   "is larger than OpenCV decodes (its limit: 2**30 pixels, OPENCV_IO_MAX_IMAGE_PIXELS)"
+                   if "CV_IO_MAX_IMAGE_PIXELS" in str(refused) else
+                   f"cannot be decoded ({str(refused).strip().splitlines()[-1]})") if data.size else "is empty (0 bytes)"
             logger.warning("source %s: %s %s; skipped", self.name, name, why)
             self.decode_errors += 1
             self._skipped(name, "decode_error", why)

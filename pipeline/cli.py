@@ -808,11 +808,22 @@ def _reload(args: argparse.Namespace) -> int:
     asked = f"{url}?{urllib.parse.urlencode({'config': os.path.abspath(args.config)})}"
     request = urllib.request.Request(asked, method="POST", data=b"")
     timeout = RELOAD_WAIT_S if args.timeout is None else args.timeout
+    def said(answer, code: int) -> str:
+        """A run's answer: one line of plain text (found probing: another server's HTML page was
+        printed, a line of it to each ``segstream: error:``)."""
+        text = answer.read(64 * 1024).decode(errors="replace").strip()
+        kind = answer.headers.get("Content-Type", "")
+        if kind.startswith("text/plain") and "\n" not in text:
+            return text or f"{url} answered {code}"
+        raise SegstreamError(f"what answers at {url} is no segstream run (HTTP {code}, "
+                             f"{kind.split(';')[0] or 'no content type'}, {len(text.splitlines())} lines): give the "
+                             "run's ops.http address (its first lines say it) with --ops HOST:PORT")
+
     try:
         with urllib.request.urlopen(request, timeout=timeout) as answer:
-            line = answer.read().decode(errors="replace").strip()
+            line = said(answer, answer.status)
     except urllib.error.HTTPError as error:
-        line = error.read().decode(errors="replace").strip() or f"{url} answered {error.code}"
+        line = said(error, error.code)
         if line.startswith("reloaded:"):  # applied in part: what was, and what takes a restart
             print(line)
             return 1

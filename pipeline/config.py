@@ -2082,11 +2082,23 @@ def _override_pair(override: str, problem: str) -> tuple[str, Any]:
 
 
 def _scalar(text: str) -> Any:
-    """An override's value as YAML types a scalar (4, true, null, 0.5), else the text."""
+    """An override's value as YAML types a scalar (4, true, null, 0.5) or a flow list or mapping
+    (``[.jpg, .png]``, ``{min_area: 100}``), else the text as it is: where YAML would make of it a
+    comment (``my video #2.mp4``, a password with `` #``: cut short), a folded line (a newline in a
+    path), a block list (``-``) or a mapping of what has no ``:`` (``{source}``, a stream's pattern),
+    found probing bad input."""
     try:
-        return yaml.safe_load(text)
+        value = yaml.safe_load(text)
     except yaml.YAMLError:
         return text
+    stripped = text.strip()
+    if isinstance(value, list) and not stripped.startswith("["):
+        return text
+    if isinstance(value, dict) and not (stripped.startswith("{") and ":" in stripped):
+        return text
+    if "\n" in text or re.search(r"(^|\s)#", text):  # folded, or a comment cut off
+        return text if not isinstance(value, (list, dict)) else value
+    return value
 
 
 # A key's parts: ``name``, ``0``, ``[0]`` or ``[a name]`` (a list's entry by its name: it may hold dots).

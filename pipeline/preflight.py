@@ -118,8 +118,10 @@ def model_check(model, preset) -> str:
         HF_PREFIX, RANDOM, check_checkpoint, checkpoint_path, hub_file_found, no_weights,
     )
     from segstream.connectors.errors import CheckpointError
-    from segstream.pipeline.model_factory import BUILTIN_FAMILIES
+    from segstream.pipeline.model_factory import BUILTIN_FAMILIES, resolve_device, resolve_precision
 
+    # this machine's: a GPU asked for where none is visible (found probing: all checks passed, the run exited 2)
+    resolve_precision(model.precision, resolve_device(model.device))
     if preset.family not in BUILTIN_FAMILIES:
         return f"{preset.name}: family {preset.family} is a plugin's, which loads its own weights (not checked here)"
     reference = model.checkpoint or preset.weights

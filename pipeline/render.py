@@ -250,6 +250,9 @@ def main_render(args) -> int:
     if not Path(args.video).is_file():  # before asking Redis anything
         raise ConfigError(f"--video '{args.video}' does not exist or is no file — give the video the stream was "
                           "made from")
+    if Path(args.out).exists() and Path(args.out).samefile(args.video):  # found probing: the input was replaced
+        raise ConfigError(f"--out '{args.out}' is the video it reads (--video): it would be overwritten — give "
+                          "another file name, such as --out overlay.mp4")
     client = connect_redis(args.url, args.password, username=args.username, tls=redis_tls(args),
                            sentinel=redis_sentinel(args),
                            client_name="segstream-render", hint="start Redis or fix --url", names=COMMAND_LINE)

@@ -103,6 +103,16 @@ def test_an_option_value_that_cannot_be_is_one_line_and_exit_2(capsys, argv, sai
     assert line.startswith(f"segstream: error: {said}"), line
 
 
+def test_render_refuses_to_write_over_the_video_it_reads(capsys, tmp_path):
+    # found probing bad input: `render S --video v.mp4 --out v.mp4` replaced the video, exit 0
+    video = tmp_path / "v.mp4"
+    video.write_bytes(b"the recording")
+    assert main(["render", "s", "--video", str(video), "--out", str(tmp_path / "." / "v.mp4")]) == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"segstream: error: --out '{tmp_path / '.' / 'v.mp4'}' is the video it reads (--video)")
+    assert video.read_bytes() == b"the recording"
+
+
 def test_help_ends_with_the_exit_codes_and_every_variable_segstream_reads(capsys):
     # found probing as a CLI reviewer: --help named neither, and several options had no help or default
     import re

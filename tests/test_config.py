@@ -1037,3 +1037,16 @@ def test_a_closed_standard_output_or_input_is_said_not_passed_over(command, clos
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
     assert done.stderr.strip().splitlines()[-1].endswith(
         f"its standard {name} is closed ({closed}) — give it a file, a pipe or /dev/null"), done.stderr
+
+
+def test_a_set_value_yaml_would_cut_or_fold_is_taken_as_written(capsys, write, clip, tmp_path):
+    # found probing bad input: a path with ' #' lost the rest as a comment, '{source}' became a mapping
+    import shutil
+
+    odd = tmp_path / "my video #2.mp4"
+    shutil.copy(clip, odd)
+    assert main(["validate", "--print", write(VALID.format(clip=clip)), "--set", f"sources.0.path={odd}",
+                 "--set", "sinks.redis.stream=site-{source}", "--set", "batch.extensions=[.mp4, .mkv]"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["sources"][0]["path"] == str(odd)
+    assert printed["sinks"]["redis"]["stream"] == "site-{source}" and printed["batch"]["extensions"] == [".mp4", ".mkv"]

@@ -66,6 +66,22 @@ def test_an_undecodable_image_is_counted_and_leaves_a_gap_in_the_timestamps_and_
     assert [f.index for f in frames] == [0, 1, 3, 4, 5]
 
 
+def test_an_image_too_large_to_decode_is_skipped_and_named_not_the_source_s_end(folder, caplog):
+    # found probing bad input: a 40000x40000 PNG failed the whole source with OpenCV's assertion, unnamed
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", 40_000, 40_000, 8, 2, 0, 0, 0)  # 8-bit RGB
+    (folder / "frame5.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0"))
+                                        + chunk(b"IEND", b""))
+    source = ImageFolderSource("stills", str(folder))
+    frames = list(source.frames())
+    assert source.decode_errors == 1 and [f.index for f in frames] == [0, 1, 3, 4, 5]
+    assert any("frame5.png is larger than OpenCV decodes" in r.getMessage() for r in caplog.records)
+
+
 def test_exif_orientation_is_applied(tmp_path):
     image = np.zeros((30, 40, 3), np.uint8)
     ok, jpeg = cv2.imencode(".jpg", image)

@@ -68,6 +68,18 @@ def test_everything_reachable_passes_each_check_in_its_own_line(tmp_path, redis_
     assert lines[-1].startswith("ok: all 5 checks passed")
 
 
+def test_a_gpu_asked_for_where_none_is_fails_the_model_check_as_the_run_would(tmp_path, capsys, monkeypatch):
+    # found probing bad input: on a machine without a GPU, device cuda (or fp16) passed every check and the run exited 2
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for model, said in (("cuda", "model.device: 'cuda' asked for, but no CUDA GPU is visible"),
+                        ("cpu, precision: fp16", "model.precision: fp16 needs a GPU")):
+        config = write_config(tmp_path, FILE_SOURCE, model=f"{{preset: synthetic_eomt_tiny_256, device: {model}}}")
+        code, lines = connect(config, capsys)
+        assert code == 1 and line_of(lines, "model").startswith(f"FAIL  model: {said}"), lines
+
+
 def test_a_wrong_redis_password_fails_in_the_runs_words_without_showing_it(tmp_path, redis_server, capsys):
     redis = f"{{url: '{redis_server.url}', password: 'not-the-password'}}"
     config = write_config(tmp_path, FILE_SOURCE, redis)

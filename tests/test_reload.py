@@ -254,6 +254,23 @@ def test_reload_with_no_run_listening_says_so(tmp_path):
     assert bad.returncode == 2 and "--ops: 'nowhere' is not host:port" in bad.stderr
 
 
+def test_reload_told_another_server_s_address_says_it_is_no_run_in_one_line(tmp_path):
+    # found probing bad input: a web server's 501 page was printed, one 'segstream: error:' per line of its HTML
+    import http.server
+    import threading
+
+    path = tmp_path / "pipeline.yaml"
+    _config(path, free_port(), ["a"])
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler) as web:
+        threading.Thread(target=web.serve_forever, daemon=True).start()
+        done = _reload(path, "--ops", f"127.0.0.1:{web.server_address[1]}")
+        web.shutdown()
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith(f"segstream: error: what answers at http://127.0.0.1:{web.server_address[1]}/reload is "
+                           "no segstream run (HTTP 501, text/html, ") and line.endswith("with --ops HOST:PORT"), line
+
+
 def test_reload_gives_up_after_its_timeout_and_says_the_reload_may_go_on(tmp_path):
     # a script's reload waited the run's whole 90 s: a listener that takes the request and never answers
     import socket
