@@ -59,7 +59,9 @@ def _read_state_dict(path: Path, shapes_only: bool) -> dict[str, Tensor]:
     if path.name.endswith(".index.json") and path.is_file():
         return _sharded(path, shapes_only)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint '{path}' does not exist — pass the path of a .safetensors or .bin file")
+        what = ("is a folder" if path.is_dir() else "is no regular file (a pipe or a device)" if path.exists()
+                else "does not exist")  # found probing: a FIFO and /dev/zero "did not exist"
+        raise CheckpointError(f"checkpoint '{path}' {what} — pass the path of a .safetensors or .bin file")
     try:
         with path.open("rb") as file:
             head = file.read(9)

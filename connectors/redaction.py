@@ -28,6 +28,8 @@ _USER = r"[^\s/@:'\"`=,;()\[\]{}]"
 _USERINFO = re.compile(rf"(?:(?P<scheme>[A-Za-z][\w+.-]{{0,30}}:/{{1,2}})(?P<user>{_USER}{{0,128}})|(?P<bare>{_USER}{{1,128}})):"
                        r"(?!//)(?P<password>[^\s'\"`]{1,256})@(?=[\w\[])")  # bounded: no quadratic scans of long lines
 _NAMES_A_PLACE = ("_file", "_path", "_dir")  # tls.key_file: where a secret is, not the secret
+# names of Redis keys, not keys to anything (found probing: a status_key naming a stream was said as '***')
+_REDIS_KEYS = ("status_key",)
 _MIN_LENGTH = 4  # shorter values would hide too much else ('pts', digits in every number)
 
 _lock = threading.Lock()
@@ -65,7 +67,8 @@ def remember_in(data: Any, _seen: set[int] | None = None) -> None:
         seen.add(id(data))
     if isinstance(data, dict):
         for key, value in data.items():
-            if isinstance(key, str) and SECRET_NAME.search(key) and not key.endswith(_NAMES_A_PLACE):
+            if (isinstance(key, str) and SECRET_NAME.search(key) and not key.endswith(_NAMES_A_PLACE)
+                    and key not in _REDIS_KEYS):
                 remember(value, seen)
             else:
                 remember_in(value, seen)

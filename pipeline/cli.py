@@ -499,6 +499,9 @@ def redis_url(args: argparse.Namespace) -> str:
 
     from segstream.pipeline.config import RedisSinkConfig
 
+    if not (args.url or "").strip():  # (the sink's config takes empty as null: an embedded Redis)
+        raise ConfigError("--url is empty — give the Redis to read, e.g. --url redis://host:6379/0 (or set "
+                          "SEGSTREAM_REDIS_URL)")
     try:
         RedisSinkConfig(url=args.url)
     except ValidationError as error:

@@ -19,7 +19,7 @@ import types
 import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
-from urllib.parse import parse_qsl, quote, urlsplit
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 import yaml
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
@@ -279,6 +279,13 @@ class FileSourceConfig(_Buffered, Strict):
     @field_validator("path")
     @classmethod
     def _path_exists(cls, path: str, info: ValidationInfo) -> str:
+        if url_scheme(path) == "file":  # a local file as a URL: its path, %-escapes decoded, checked as one
+            # (found probing: file:///missing.mp4 passed validate, and file:///cam%C3%A9ra.mp4 was "missing")
+            parts = urlsplit(path)
+            if parts.netloc not in ("", "localhost"):
+                raise ValueError(f"'{path}' names a file on another host ({parts.netloc}) — mount it here and give "
+                                 "its local path")
+            path = unquote(parts.path)
         if "://" in path:
             if url_scheme(path) in _LIVE_ONLY_SCHEMES:
                 raise ValueError(
@@ -1972,7 +1979,9 @@ def validate_config(
     try:
         return schema.model_validate(data, context={"base_dir": base_dir, "files": files})
     except ValidationError as error:
-        lines = [_error_line(e, data) for e in error.errors()]
+        # one line each: a value's own line breaks (a variable's value, a path) escaped, found probing bad
+        # input: they made lines that read as problems of their own ("segstream: error: model (line 5): ...")
+        lines = [_error_line(e, data).replace("\r", "\\r").replace("\n", "\\n") for e in error.errors()]
         # the checks of a whole section run only once its fields are valid; the names need no more
         sources = data.get("sources")
         names = [s.get("name") if isinstance(s, dict) and isinstance(s.get("name"), str) else None

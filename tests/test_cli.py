@@ -92,6 +92,8 @@ def test_a_config_from_standard_input_is_read_once_its_paths_from_the_working_di
     (["tail", "segstream:cam0:frames", "--url", "http://x"], "--url: 'http://x' is not a Redis URL"),
     (["render", "s", "--video", "v.mp4", "--out", "r.mp4", "--url", "http://u:pw@x"],
      "--url: 'http://u:***@x' is not a Redis URL"),
+    # found probing bad input: exit 1, in redis-py's words
+    (["tail", "segstream:cam0:frames", "--url", ""], "--url is empty — give the Redis to read"),
     # it wrote a file named '-'
     (["render", "s", "--video", "v.mp4", "--out", "-"], "--out -: an MP4 cannot go to standard output"),
     # the local engine ignored it

@@ -1016,6 +1016,12 @@ def test_what_a_hostile_config_holds_is_one_line_each(capsys, write, clip):
     capsys.readouterr()
     [line] = errors_of(capsys, ["validate", write(valid), "--set", "sinks.redis.maxlen=100000000000000000000000"])
     assert line.startswith("sinks.redis.maxlen") and "over the largest integer" in line
+    # a key's name is no secret: it was said as '***'
+    [line] = errors_of(capsys, ["validate", write(valid), "--set", "sinks.redis.status_key=segstream:{source}:frames"])
+    assert "status_key is 'segstream:{source}:frames', the name of a stream" in line
+    # a value's line break (a variable's) made a line that read as a problem of its own
+    [line] = errors_of(capsys, ["validate", write(valid), "--set", "sources.0.path=x\nmodel: oops"])
+    assert "file 'x\\nmodel: oops' does not exist" in line
 
 
 def test_a_config_that_never_ends_is_refused_without_reading_it_all(capsys):
@@ -1050,3 +1056,18 @@ def test_a_set_value_yaml_would_cut_or_fold_is_taken_as_written(capsys, write, c
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["sources"][0]["path"] == str(odd)
     assert printed["sinks"]["redis"]["stream"] == "site-{source}" and printed["batch"]["extensions"] == [".mp4", ".mkv"]
+
+
+def test_a_file_url_is_checked_as_the_path_it_names(capsys, write, clip, tmp_path):
+    # found probing bad input: file:///missing.mp4 passed validate (the run then failed, exit 1), and a
+    # file:// URL's %-escapes were not decoded (file:///cam%C3%A9ra.mp4 "did not exist")
+    import shutil
+    import urllib.parse
+
+    named = tmp_path / "caméra vidéo.mp4"
+    shutil.copy(clip, named)
+    config = write(VALID.format(clip=clip))
+    assert main(["validate", "--print", config, "--set", f"sources.0.path=file://{urllib.parse.quote(str(named))}"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["sources"][0]["path"] == str(named)
+    [line] = errors_of(capsys, ["validate", config, "--set", f"sources.0.path=file://{tmp_path}/missing.mp4"])
+    assert f"file '{tmp_path}/missing.mp4' does not exist" in line

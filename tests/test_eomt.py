@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 from dataclasses import replace
 from pathlib import Path
@@ -168,6 +169,9 @@ def test_pickled_objects_are_refused(tmp_path, capsys):
 def test_missing_and_garbage_checkpoints_are_user_errors(tmp_path):
     with pytest.raises(CheckpointError, match="does not exist"):
         read_state_dict(tmp_path / "nope.safetensors")
+    os.mkfifo(tmp_path / "pipe.safetensors")  # found probing bad input: it "did not exist"
+    with pytest.raises(CheckpointError, match="pipe.safetensors' is no regular file"):
+        read_state_dict(tmp_path / "pipe.safetensors")
     garbage = tmp_path / "garbage.safetensors"
     garbage.write_bytes(b"not a checkpoint at all")
     with pytest.raises(CheckpointError, match="is not a checkpoint"):
