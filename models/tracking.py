@@ -18,7 +18,8 @@ it may have turned while hidden), or another class without strong overlap. "Clos
 unseen a while is anywhere from where it was last seen to where its velocity would have carried
 it (it may have slowed or stopped while hidden). Last, a lost thing that nothing claimed takes
 the nearest unclaimed thing of its class within ``max_shift`` box diagonals of that stretch,
-whatever its overlap and looks (SORT-style recovery by position). A new thing is *tentative* until it
+whatever its overlap and looks (SORT-style recovery by position), unless it left the frame
+(``_gone_out``). A new thing is *tentative* until it
 has been seen ``min_hits`` times and gets its id only when *confirmed*; a confirmed track that is
 not seen is *lost* and keeps its id for up to ``max_lost`` frames (an occlusion), then *ends*;
 with ``max_lost_s`` set, for up to that many seconds of stream time between two sightings instead
@@ -323,7 +324,7 @@ class SegmentTracker:
         # Last, a lost thing that nothing else claimed may take a thing of its class that no track
         # claimed either, wherever it could be now: it may have slowed or stopped while hidden.
         taken = {t.key for t in matched_det.values()}
-        lost = [t for t in confirmed if t.state == LOST and t.key not in taken]
+        lost = [t for t in confirmed if t.state == LOST and t.key not in taken and not _gone_out(t, frame, codes.shape)]
         if lost and free:
             for track, det in self._recover(lost, free, frame, boxes, classes, unit):
                 matched_det[det] = track
@@ -567,6 +568,21 @@ class SegmentTracker:
     def _key(self) -> int:
         self._next_key += 1
         return self._next_key
+
+
+def _gone_out(track: _Track, frame: int, shape: tuple[int, int]) -> bool:
+    """Whether a lost thing left the frame: last seen at its border, its motion carries it less
+    than half inside by ``frame``. Such a thing is not found again by position (a newcomer entering
+    nearby took its id: found probing a robot's tracks), only by its looks (``reid_similarity``)."""
+    height, width = shape
+    ch, cw = track.crop.shape
+    at_border = track.x0 <= 0 or track.y0 <= 0 or track.x0 + cw >= width or track.y0 + ch >= height
+    if not at_border:
+        return False
+    x0, y0 = track.predicted_origin(frame)
+    inside_w = max(0, min(x0 + cw, width) - max(x0, 0))
+    inside_h = max(0, min(y0 + ch, height) - max(y0, 0))
+    return inside_w * inside_h < 0.5 * cw * ch
 
 
 def _boxes(codes: np.ndarray, count: int) -> np.ndarray:

@@ -771,3 +771,24 @@ def test_a_run_that_fails_still_publishes_the_ended_state_of_its_sources(tmp_pat
         runtime.run()
     assert [kind for _, kind, _ in sink.items if kind in ("connecting", "streaming", "ended")] == [
         "connecting", "streaming", "ended"]
+
+
+def test_a_thing_that_left_the_frame_does_not_give_its_id_to_a_newcomer_entering_nearby():
+    # Found probing a robot's tracks: a box that left at the top-left was recovered by position (a
+    # lost thing may have stopped while hidden) onto a new box entering at the left within one of
+    # its diagonals: the newcomer took the departed one's id.
+    tracker = SegmentTracker()
+    left = [disc_id(tracker, f, [(DISC, 40 - 6 * f, 30, 14)]) for f in range(11)]  # out at the left by frame 10
+    assert left[-1] is None and len(set(left[1:9])) == 1
+    departed = left[1]
+    entering = [disc_id(tracker, f, [(DISC, -8 + 3 * (f - 15), 58, 14)]) for f in range(15, 25)]
+    assert departed not in entering and entering[-1] is not None
+
+
+def test_a_thing_hidden_at_the_border_and_still_in_view_by_its_motion_keeps_its_id():
+    # the other side of that rule: last seen at the border, but its motion keeps it inside
+    tracker = SegmentTracker()
+    seen = [disc_id(tracker, f, [(DISC, 14 + f, 60, 12)]) for f in range(6)]  # at the left edge, moving in
+    hidden = [disc_id(tracker, f, []) for f in range(6, 10)]
+    back = [disc_id(tracker, f, [(DISC, 14 + f, 60, 12)]) for f in range(10, 14)]
+    assert hidden == [None] * 4 and set(back) == {seen[-1]}
