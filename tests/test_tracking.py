@@ -656,6 +656,27 @@ def test_results_further_apart_in_seconds_than_max_lost_s_are_said_once(caplog):
     assert NO_TRACK not in kept[-1].segments.track_ids[kept[-1].segments.isthing]
 
 
+def test_a_file_whose_times_skip_where_its_frame_numbers_do_not_is_said_once(caplog):
+    # found probing a robot's tracks: 10 frames cut out of a file (or a variable rate) kept frame
+    # numbers going on by one, so a thing gone 38 frames' time came back as its id within 28 numbers
+    stage = TrackingStage("cam0", TrackerSettings())
+    times = [f * 0.04 for f in range(20)] + [0.8 + 0.44 + f * 0.04 for f in range(10)]
+    with caplog.at_level("WARNING", logger="segstream.tracking"):
+        for f, t in enumerate(times):
+            stage.process(at(f, t, 0, [(DISC, 30, 60, 10)]))
+    warnings = [r.getMessage() for r in caplog.records if "skip" in r.getMessage()]
+    assert warnings == ["cam0: its frames' times skip 0.48 s from frame 19 to 20 (frames cut out of a file, or a "
+                        "variable frame rate): tracking.max_lost (30) counts frame numbers, not their time, so things "
+                        "unseen across such a skip keep their ids longer — set tracking.max_lost_s (seconds of the "
+                        "source's timestamps)"]
+    caplog.clear()
+    steady = TrackingStage("cam0", TrackerSettings())  # a phone's variable rate within a frame: no case of it
+    with caplog.at_level("WARNING", logger="segstream.tracking"):
+        for f in range(30):
+            steady.process(at(f, f * 0.033 + (0.01 if f % 3 else 0.0), 0, [(DISC, 30, 60, 10)]))
+    assert not [r for r in caplog.records if "skip" in r.getMessage()]
+
+
 def test_the_runtime_exposes_the_segments_a_full_tracker_left_without_an_id(clip):
     from segstream.connectors.file_source import FileSource
     from segstream.pipeline.runtime import Runtime
