@@ -813,3 +813,39 @@ def test_a_thing_hidden_at_the_border_and_still_in_view_by_its_motion_keeps_its_
     hidden = [disc_id(tracker, f, []) for f in range(6, 10)]
     back = [disc_id(tracker, f, [(DISC, 14 + f, 60, 12)]) for f in range(10, 14)]
     assert hidden == [None] * 4 and set(back) == {seen[-1]}
+
+
+def box_with_strays(y: int, height: int, top: bool, bottom: bool):
+    """The tracker's inputs for one frame: sky, and a box 30 wide and ``height`` tall at (60, y)
+    whose segment also holds stray pixels (as a model's mask does) on the top and/or bottom rows
+    of the frame."""
+    label_map = np.zeros((H, W), np.int32)  # segment 0: sky
+    label_map[y:y + height, 60:90] = 1  # segment 1: the box
+    if top:
+        label_map[0:2, 100:110] = 1
+    if bottom:
+        label_map[H - 2:H, 100:110] = 1
+    embeddings = np.array([[0, 0, 0], [1, 0, 0]], np.float32)  # the model's query: the box looks the same
+    return label_map, np.array([0, 1]), np.array([SKY, BOX]), np.array([False, True]), embeddings
+
+
+def test_a_thing_whose_box_stray_pixels_stretch_keeps_its_id_in_plain_view():
+    # Found probing a robot's tracks (a synthetic clip with 10 frames cut out): a box got its id on
+    # even frames and -1 on odd ones for 75 frames.
+    # It came down 6 px a frame, then stopped; from frame 4 its mask holds stray pixels at the
+    # frame border: at the top and bottom (its box: the frame's height, so it is remembered that
+    # tall), then at the top only, and the mask misses its lower rows (so it is never whole
+    # again). No edge of that box says where the thing is, so the prediction stood, and the velocity measured itself: the remembered shape went on down 6 px a frame
+    # while the box sat still, until it was out of reach of the box. From then on the track was
+    # refused while confirmed and re-found by its looks while lost: its id on every other frame.
+    tracker = SegmentTracker()
+    ids = []
+    for frame in range(60):
+        y = min(10 + 6 * frame, 34)
+        update = tracker.update(frame, *box_with_strays(y, 30 if frame <= 4 else 24, top=frame >= 4,
+                                                        bottom=frame == 4))
+        ids.append(int(update.track_ids[1]))
+    assert ids[0] == NO_TRACK and ids[1] != NO_TRACK
+    assert ids[1:] == [ids[1]] * 59, ids
+    (track,) = tracker.tracks
+    assert track.y0 <= 0 and 34 + 24 <= track.y0 + track.crop.shape[0]  # its remembered extent holds what is seen
