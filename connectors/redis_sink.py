@@ -765,16 +765,18 @@ class RedisPublisher:
         on the sink's own thread (after the batch on its way, if any) and are taken in at a later
         call; at ``closing``, that one is waited for and the final states written here."""
         keys = self._status
-        if (flight := self._status_flight) is not None:  # (background) on its way: taken in once answered
-            if not flight.done.is_set() and not (closing and flight.done.wait()):
+        # (background) one on its way, taken in once answered, once: a run's abort may close the sink
+        # from another thread meanwhile, which takes it (and waits for it) before the final states
+        with self._landing:
+            flight = self._status_flight
+            if flight is not None and not (flight.done.is_set() or closing):
                 return min(_FLIGHT_POLL_MAX_S, max(_FLIGHT_POLL_S, (time.monotonic() - flight.attempt) / 4))
-            with self._landing:  # once: a run's abort may close the sink from another thread meanwhile
-                if mine := self._status_flight is flight:
-                    self._status_flight = None
-            if mine:
-                landed = self._status_landed(flight.writes, flight.replies, flight.error, flight.attempt, closing)
-                if not closing:
-                    return landed
+            self._status_flight = None
+        if flight is not None:
+            flight.done.wait()
+            landed = self._status_landed(flight.writes, flight.replies, flight.error, flight.attempt, closing)
+            if not closing:
+                return landed
         if keys is None or not self._connected or self._refused_for_good:
             return None
         now = time.monotonic()
@@ -790,9 +792,13 @@ class RedisPublisher:
         attempt = time.monotonic()
         if not closing and self.background:  # a far Redis's round trip is not the publishing thread's
             flight = _StatusFlight(writes, pipe, attempt)
-            if self._fly(flight):
-                self._status_flight = flight
-                return _FLIGHT_POLL_S
+            with self._landing:  # not after a close (another thread's) took the flights and wrote the final states
+                if self._closed:
+                    pipe.reset()
+                    return None
+                if self._fly(flight):
+                    self._status_flight = flight
+                    return _FLIGHT_POLL_S
         replies, error = None, None
         try:
             replies = pipe.execute(raise_on_error=False)

@@ -42,8 +42,13 @@ def standard_input(path: str | Path) -> bool:
 
 
 def _bounded(path: str | Path, read) -> bytes:
-    """What ``read(n)`` gives, up to ``MAX_TEXT_BYTES``; ValueError past them."""
-    data = read(MAX_TEXT_BYTES + 1)
+    """What ``read(n)`` gives, a MiB at a time (no 256 MiB asked of a small file's memory), up to
+    ``MAX_TEXT_BYTES``; ValueError past them."""
+    chunks, size = [], 0
+    while size <= MAX_TEXT_BYTES and (chunk := read(2**20)):
+        chunks.append(chunk)
+        size += len(chunk)
+    data = chunks[0][:0].join(chunks) if chunks else b""
     if len(data) > MAX_TEXT_BYTES:
         name = "'-' (standard input)" if str(path) == STDIN else f"'{path}'"
         raise ValueError(f"{name} holds more than {MAX_TEXT_BYTES // 2**20} MiB: no text file of settings or paths "

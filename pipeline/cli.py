@@ -48,6 +48,7 @@ from segstream.connectors.errors import (
 )
 from segstream.connectors.redis_connection import RedisUnreachable, SentinelAuth, TlsFiles
 from segstream.pipeline.config import (
+    LONGEST_S,
     BatchPipelineConfig,
     PipelineConfig,
     json_schema,
@@ -467,6 +468,9 @@ def _positive_seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
     if not value > 0 or not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, got {text}")
+    if value > LONGEST_S:  # a socket's timeout of 1e10 s raised OverflowError (found reviewing)
+        raise argparse.ArgumentTypeError(f"{text} s is longer than any wait segstream can keep (1e+09 s, about 31 "
+                                         "years)")
     return value
 
 

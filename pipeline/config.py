@@ -69,7 +69,7 @@ SourceName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$", max_length=200),
 
 # The longest time a key may name: about 31 years. A socket's timeout of 1e10 s, or a wait of
 # 1e13 ms, passed validation and ended the run in an OverflowError (found probing bad input).
-_LONGEST_S = 1e9
+LONGEST_S = 1e9
 _LARGEST_INT = 2**63 - 1  # what Redis (MAXLEN) and the C integers under torch and FFmpeg take
 
 
@@ -81,16 +81,16 @@ class Strict(BaseModel):
     @field_validator("*", mode="after")
     @classmethod
     def _in_range(cls, value: Any, info: ValidationInfo) -> Any:
-        """A time (a key ending ``_s`` or ``_ms``) up to ``_LONGEST_S``, any integer up to ``_LARGEST_INT``."""
+        """A time (a key ending ``_s`` or ``_ms``) up to ``LONGEST_S``, any integer up to ``_LARGEST_INT``."""
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return value
         name = info.field_name or ""
-        if name.endswith(("_s", "_ms")) and value > _LONGEST_S * (1000 if name.endswith("_ms") else 1):
-            longest = f"{_LONGEST_S:.0e} s" if name.endswith("_s") else f"{_LONGEST_S * 1000:.0e} ms"
+        if name.endswith(("_s", "_ms")) and value > LONGEST_S * (1000 if name.endswith("_ms") else 1):
+            longest = f"{LONGEST_S:.0e} s" if name.endswith("_s") else f"{LONGEST_S * 1000:.0e} ms"
             raise ValueError(f"{value:g} is longer than any wait segstream can keep ({longest}, about 31 years) — "
                              "give a shorter time, or null where the key takes it for none")
-        if isinstance(value, int) and value > _LARGEST_INT:
-            raise ValueError(f"{value} is over the largest integer segstream can pass on (2**63 - 1)")
+        if isinstance(value, int) and abs(value) > _LARGEST_INT and name != "seed":  # (numpy takes any seed)
+            raise ValueError(f"{value} is past the largest integer segstream can pass on (2**63 - 1, either sign)")
         return value
 
 
@@ -1979,9 +1979,7 @@ def validate_config(
     try:
         return schema.model_validate(data, context={"base_dir": base_dir, "files": files})
     except ValidationError as error:
-        # one line each: a value's own line breaks (a variable's value, a path) escaped, found probing bad
-        # input: they made lines that read as problems of their own ("segstream: error: model (line 5): ...")
-        lines = [_error_line(e, data).replace("\r", "\\r").replace("\n", "\\n") for e in error.errors()]
+        lines = [_error_line(e, data) for e in error.errors()]
         # the checks of a whole section run only once its fields are valid; the names need no more
         sources = data.get("sources")
         names = [s.get("name") if isinstance(s, dict) and isinstance(s.get("name"), str) else None
@@ -2101,9 +2099,11 @@ def _scalar(text: str) -> Any:
     except yaml.YAMLError:
         return text
     stripped = text.strip()
+    if stripped[:1] in ("'", '"') and isinstance(value, str):  # quoted, as YAML is (the usual way round ' #')
+        return value
     if isinstance(value, list) and not stripped.startswith("["):
         return text
-    if isinstance(value, dict) and not (stripped.startswith("{") and ":" in stripped):
+    if isinstance(value, dict) and not (stripped.startswith("{") and (":" in stripped or stripped == "{}")):
         return text
     if "\n" in text or re.search(r"(^|\s)#", text):  # folded, or a comment cut off
         return text if not isinstance(value, (list, dict)) else value
@@ -2413,7 +2413,13 @@ def _format_path(parts: typing.Sequence) -> str:
 
 
 def _error_line(error: dict, data: Any) -> str:
-    """One line for one pydantic error, with the path as the YAML reads."""
+    """One line for one pydantic error, with the path as the YAML reads: a value's own line breaks
+    (a variable's value, a path) escaped, found probing bad input: they made lines that read as
+    problems of their own ("segstream: error: model (line 5): ...")."""
+    return _problem_line(error, data).replace("\r", "\\r").replace("\n", "\\n")
+
+
+def _problem_line(error: dict, data: Any) -> str:
     loc, kind = error["loc"], error["type"]
     path: list = []
     node: Any = data

@@ -54,6 +54,7 @@ class _Closed:
         raise StreamClosed(f"its standard {self.name} is closed ({self.use}) — give it a file, a pipe or /dev/null")
 
     write = writelines = read = readline = readlines = fileno = _closed
+    encoding, errors, closed = "utf-8", "strict", False  # (a write says it is closed: not skipped)
 
     def flush(self) -> None:  # (the interpreter's own at exit: nothing to say then)
         pass
@@ -84,6 +85,14 @@ def main() -> int:
     # UnicodeEncodeError from tail and validate --print (found by an i18n probe)
     with contextlib.suppress(AttributeError, ValueError):  # a stream replaced by one of another kind
         sys.stdout.reconfigure(errors="backslashreplace")
+    for fd in (0, 1):  # closed: /dev/null holds the number, which a config, a socket or a child's stdin would take
+        try:
+            os.fstat(fd)
+        except OSError:
+            with contextlib.suppress(OSError):
+                if (held := os.open(os.devnull, os.O_RDWR)) != fd:
+                    os.dup2(held, fd)
+                    os.close(held)
     if sys.stdout is None:
         sys.stdout = _Closed("output", ">&-")
     if sys.stdin is None:

@@ -65,7 +65,7 @@ def preflight(cfg: PipelineConfig, preset, batch: bool = False) -> list[Check]:
     sources = [] if batch else list(cfg.sources)
     with ThreadPoolExecutor(max_workers=max(1, len(sources))) as pool:
         opening = [pool.submit(checked, f"source {s.name}", lambda s=s: source_check(s)) for s in sources]
-        checks = [checked("model", lambda: model_check(cfg.model, preset))]
+        checks = [checked("model", lambda: model_check(cfg.model, preset, here=not batch))]
         if cfg.sinks.redis.enabled:
             checks.append(checked("redis", lambda: redis_check(cfg, [s.name for s in sources])))
         checks += [future.result() for future in opening]
@@ -113,15 +113,17 @@ def folder_check(folder: str) -> str:
     return f"{path} can be written" if existing == path else f"{path} can be made (in {existing})"
 
 
-def model_check(model, preset) -> str:
+def model_check(model, preset, here: bool = True) -> str:
+    """The model's weights, and (``here``: a run's, not a batch's, whose Ray workers may hold the
+    GPU) that this machine has the device and precision it asks for."""
     from segstream.connectors.checkpoints import (
         HF_PREFIX, RANDOM, check_checkpoint, checkpoint_path, hub_file_found, no_weights,
     )
     from segstream.connectors.errors import CheckpointError
     from segstream.pipeline.model_factory import BUILTIN_FAMILIES, resolve_device, resolve_precision
 
-    # this machine's: a GPU asked for where none is visible (found probing: all checks passed, the run exited 2)
-    resolve_precision(model.precision, resolve_device(model.device))
+    if here:  # a GPU asked for where none is visible (found probing: all checks passed, the run exited 2)
+        resolve_precision(model.precision, resolve_device(model.device))
     if preset.family not in BUILTIN_FAMILIES:
         return f"{preset.name}: family {preset.family} is a plugin's, which loads its own weights (not checked here)"
     reference = model.checkpoint or preset.weights

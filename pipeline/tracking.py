@@ -128,17 +128,18 @@ class TrackingStage:
         if self.tracker.settings.max_lost_s is not None:
             return  # the tracker measures unseen time on these same timestamps, outages included
         step = result.pts_seconds - last_pts
-        if (self._step_s is not None and not self._skip_warned and result.epoch == last_epoch
+        outage = self._step_s is not None and step > (self.tracker.settings.max_lost + 1) * self._step_s
+        if (self._step_s is not None and not self._skip_warned and result.epoch == last_epoch and not outage
                 and result.index == (self._last_frame or 0) + 1 and step > 2.5 * self._step_s):
             # found probing a robot's tracks: a file with 10 frames cut out, or of a variable rate, counts
             # as frames what took longer, so a thing gone 38 frames' time came back as its id within 28
             self._skip_warned = True
-            log.warning("%s: its frames' times skip %.2f s from frame %d to %d (frames cut out of a file, or a "
-                        "variable frame rate): tracking.max_lost (%d) counts frame numbers, not their time, so "
-                        "things unseen across such a skip keep their ids longer — set tracking.max_lost_s (seconds "
-                        "of the source's timestamps)", self.source, step, self._last_frame, result.index,
+            log.warning("%s: its frames' times skip %.2f s from frame %d to %d (frames cut out of a file, a "
+                        "variable frame rate, or frames a stream lost): tracking.max_lost (%d) counts frame numbers, "
+                        "not their time, so things unseen across such a skip keep their ids longer — set "
+                        "tracking.max_lost_s (seconds of the source's timestamps)", self.source, step, self._last_frame, result.index,
                         self.tracker.settings.max_lost, extra={"source": self.source})
-        if self._step_s is not None and step > (self.tracker.settings.max_lost + 1) * self._step_s:
+        if outage:
             ts = result.capture_ts or time.time()
             result.events.extend(self._event(e, ts, result.index) for e in self.tracker.lose_things())
         elif result.epoch == last_epoch and step > 0:

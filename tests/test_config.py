@@ -1015,7 +1015,7 @@ def test_what_a_hostile_config_holds_is_one_line_each(capsys, write, clip):
     assert main(["validate", write(valid), "--set", "sinks.redis.timeout_s=86400"]) == 0  # a day: taken
     capsys.readouterr()
     [line] = errors_of(capsys, ["validate", write(valid), "--set", "sinks.redis.maxlen=100000000000000000000000"])
-    assert line.startswith("sinks.redis.maxlen") and "over the largest integer" in line
+    assert line.startswith("sinks.redis.maxlen") and "past the largest integer" in line
     # a key's name is no secret: it was said as '***'
     [line] = errors_of(capsys, ["validate", write(valid), "--set", "sinks.redis.status_key=segstream:{source}:frames"])
     assert "status_key is 'segstream:{source}:frames', the name of a stream" in line

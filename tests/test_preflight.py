@@ -78,6 +78,12 @@ def test_a_gpu_asked_for_where_none_is_fails_the_model_check_as_the_run_would(tm
         config = write_config(tmp_path, FILE_SOURCE, model=f"{{preset: synthetic_eomt_tiny_256, device: {model}}}")
         code, lines = connect(config, capsys)
         assert code == 1 and line_of(lines, "model").startswith(f"FAIL  model: {said}"), lines
+    # a batch's: its Ray workers may hold the GPU this machine has not (found reviewing)
+    from segstream.models.presets import SYNTHETIC_TINY
+    from segstream.pipeline.config import ModelConfig
+    from segstream.pipeline.preflight import model_check
+
+    assert "fits it" in model_check(ModelConfig(device="cuda"), SYNTHETIC_TINY, here=False)
 
 
 def test_a_wrong_redis_password_fails_in_the_runs_words_without_showing_it(tmp_path, redis_server, capsys):

@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import re
+import threading
 import time
 
 import pytest
@@ -391,14 +392,21 @@ def test_a_status_write_redis_refuses_for_now_waits_a_refresh_instead_of_spinnin
     sink.close()
 
 
-def test_status_keys_sent_on_the_sink_s_own_thread_keep_their_rules(server):
+def test_status_keys_sent_on_the_sink_s_own_thread_keep_their_rules(server, monkeypatch):
     """A run's sink (``background``) sends the keys on its own thread: a refresh on a Redis 0.5 s
     away held the publishing thread (found probing a remote site). Written, written again after a
     flush, waiting a refresh when refused for now, the final state at the close."""
+    from segstream.connectors import redis_sink
+
+    senders = []
+    fly = redis_sink._StatusFlight.fly
+    monkeypatch.setattr(redis_sink._StatusFlight, "fly",
+                        lambda flight: (senders.append(threading.current_thread().name), fly(flight))[1])
     sink = publisher(server.url, status_ttl_s=0.6, background=True)
     reader, admin = Client(server.client()), server.client()
     sink.publish_event(state("streaming"))
     assert poll_until(sink, reader, lambda status: status is not None).state == "streaming"
+    assert senders and set(senders) == {"segstream-redis-send"}, senders
     admin.flushall()
     assert poll_until(sink, reader, lambda status: status is not None).state == "streaming"
     admin.config_set("maxmemory", "1")  # full: each refresh's SET refused, for now
@@ -415,6 +423,27 @@ def test_status_keys_sent_on_the_sink_s_own_thread_keep_their_rules(server):
     sink.close()
     final = reader.status("cam0")
     assert final.state == "ended" and final.final
+
+
+def test_a_status_write_sent_before_a_state_change_leaves_the_change_to_write():
+    """Found by the test above: a refresh on its way when a source ended, landing after, unmarked
+    the end, and the key said streaming after the close."""
+    from segstream.connectors.redis_sink import _Outgoing, _StatusKeys
+
+    def written(keys: _StatusKeys, name: str) -> None:
+        event = state(name)
+        fields = {"event": "state", "source": "cam0", "ts": str(event.ts), "run_id": "run-1",
+                  "data": json.dumps(event.data)}
+        keys.written(_Outgoing("segstream:cam0:events", fields, 0, None, 0.0), 1)
+
+    keys = _StatusKeys("segstream:{source}:status", 0.6, None)
+    written(keys, "streaming")
+    on_its_way = keys.writes(time.monotonic())
+    written(keys, "ended")
+    keys.sent(on_its_way)
+    assert keys.due(time.monotonic()) == 0  # the end is still to write
+    keys.sent(keys.writes(time.monotonic()))
+    assert keys.due(time.monotonic()) is None
 
 
 def test_a_source_removed_and_added_again_before_its_end_was_written_keeps_its_key(server):
@@ -600,8 +629,6 @@ def test_a_flush_found_by_a_batch_gets_the_settings_event_after_it_unless_it_say
 def test_a_redis_restarted_empty_gets_each_source_s_settings_event_again(server):
     # found probing as a robot's integrator: after Redis restarted without its data, no settings event (the
     # only place a source's classes are said) was left, and a consumer starting later could not check names
-    import threading
-
     from segstream.connectors.synthetic import SyntheticSource
     from segstream.pipeline.metrics import RunMetrics
     from segstream.pipeline.runtime import Runtime

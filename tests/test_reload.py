@@ -287,6 +287,8 @@ def test_reload_gives_up_after_its_timeout_and_says_the_reload_may_go_on(tmp_pat
     assert took < 30  # not the default 90 s
     bad = _reload(path, "--timeout", "0")
     assert bad.returncode == 2 and "--timeout: must be a number of seconds above 0, got 0" in bad.stderr
+    endless = _reload(path, "--timeout", "1e10")  # found reviewing: the socket's timeout raised OverflowError
+    assert endless.returncode == 2 and "1e10 s is longer than any wait segstream can keep" in endless.stderr
 
 
 def test_a_plan_names_what_changes(tmp_path):
