@@ -255,6 +255,14 @@ class SegmentTracker:
         self.tracks = []
         return ended
 
+    def end_classes(self, dropped, reason: str = "filtered") -> list[TrackEvent]:
+        """End the tracks of the things whose class ``dropped(class_id)`` says is dropped from here on
+        (a source's filters changed: they will not be seen again), with ``reason``; the others go
+        on. Stuff keeps its one id per class. Returns the ``ended`` events."""
+        ended = [t.event("ended", reason) for t in self.tracks if dropped(t.class_id) and t.track_id != NO_TRACK]
+        self.tracks = [t for t in self.tracks if not dropped(t.class_id)]
+        return ended
+
     def _expired(self, track: _Track, frame: int) -> bool:
         """Unseen too long: by stream time where ``max_lost_s`` is set and both frames have one,
         else by ``max_lost`` frames."""

@@ -593,6 +593,7 @@ class Runtime:
         self.weights: dict[str, Any] = {}
         self.checkpoint_id = ""
         self._announced: dict[str, SegmentFilter | None] = {}  # by source: the filter its last settings event said
+        self._filtered_by: dict[str, SegmentFilter | None] = {}  # by source: the filter its last result had
         self._publish_settings = publish_settings
         # segments each source's filter dropped, by reason: every series there from the start
         self.filtered: dict[tuple[str, str], int] = {
@@ -853,6 +854,7 @@ class Runtime:
                 source.on_event = self._source_event(name)
             self.set_filter(name, segment_filter)
             self._announced.pop(name, None)  # added (again): its first frame says its settings
+            self._filtered_by.pop(name, None)
             (self.required.add if required else self.required.discard)(name)
             self.buffers.append(policy)
             self._source_names.add(name)
@@ -1379,6 +1381,12 @@ class Runtime:
                     if (segment_filter := self.filters.get(result.source)) is not None:
                         for reason, count in segment_filter.apply(result).items():
                             self.filtered[result.source, reason] += count
+                    if (before := self._filtered_by.get(result.source, _UNSAID)) is not segment_filter:
+                        self._filtered_by[result.source] = segment_filter
+                        if before is not _UNSAID:  # a reload changed them: tracks of classes now dropped end
+                            result.events[:0] = [event for stage in self._source_stages(result.source)
+                                                 if hasattr(stage, "filters_changed")
+                                                 for event in stage.filters_changed(segment_filter, result)]
                     if self._publish_settings and self._announced.get(result.source, _UNSAID) is not segment_filter:
                         # the settings this frame was made with, written after it: a source's first, and the
                         # first after a reload changed its filters (found probing reproducibility: no trace)

@@ -31,7 +31,8 @@ class TrackingStage:
     at); ``track_started`` adds which segment of ``first_frame``'s entry the track began as
     (``first_segment``, its ``id``; ``first_box``; ``first_centroid``); ``track_ended`` adds ``reason``
     (``lost``: unseen for more than ``max_lost`` frames, or ``max_lost_s`` seconds of its
-    timestamps, or the source back after an outage or a pause longer than that; ``end``: the source ended;
+    timestamps, or the source back after an outage or a pause longer than that; ``filtered``: its
+    class dropped by the source's filters, changed by a reload; ``end``: the source ended;
     ``capacity``: more than ``max_tracks`` tracks; ``frame_size``: the frame size changed).
     The first time the tracker is full (``max_tracks``) it logs a warning and writes one
     ``track_capacity`` event (``max_tracks``, ``frame``, ``refused``); ``capacity_refused``
@@ -145,6 +146,19 @@ class TrackingStage:
         elif result.epoch == last_epoch and step > 0:
             # The shortest recent step: drops make longer ones; a slower rate is followed.
             self._step_s = step if self._step_s is None else min(step, self._step_s * 1.05)
+
+    def filters_changed(self, segment_filter, result: FrameResult) -> list[Event]:
+        """The source's segment filters changed (a reload) from ``result`` on: the tracks of things
+        of the classes they now drop end at once, as ``filtered`` (found probing a robot's tracks:
+        they ended as ``lost``, ``max_lost`` later, as if hidden). A change of score, area or region
+        tells no class: those tracks end as ``lost`` if nothing of them passes."""
+        settings = getattr(segment_filter, "settings", None)
+        if settings is None:
+            return []
+        keep, drop = settings.keep_class_ids, settings.drop_class_ids
+        ended = self.tracker.end_classes(lambda c: c in drop or (keep is not None and c not in keep))
+        ts = result.capture_ts or time.time()
+        return [self._event(e, ts, result.index) for e in ended]
 
     def finish(self, reason: str = "end") -> list[Event]:
         """The source ended (or failed: ``reason="failed"``): every track ends with that reason,

@@ -855,3 +855,42 @@ def test_a_thing_whose_box_stray_pixels_stretch_keeps_its_id_in_plain_view():
     assert ids[1:] == [ids[1]] * 59, ids
     (track,) = tracker.tracks
     assert track.y0 <= 0 and 34 + 24 <= track.y0 + track.crop.shape[0]  # its remembered extent holds what is seen
+
+
+def test_a_reload_that_filters_a_class_out_ends_its_tracks_as_filtered_at_once():
+    # found probing a robot's tracks: a reload excluding 'box' ended its track as 'lost', max_lost
+    # later, as if it were hidden; now at the first result of the new filters, as 'filtered'
+    import time
+
+    from segstream.connectors.frames import Frame
+    from segstream.models.segment_filter import FilterSettings, SegmentFilter
+    from segstream.pipeline.runtime import Runtime
+    from tests.conftest import ColourSegmenter
+    from tests.test_runtime import CollectingSink
+
+    square = np.zeros((48, 64, 3), np.uint8)
+    square[10:30, 10:30] = (255, 0, 0)
+
+    class Camera:
+        name, live = "cam0", False
+
+        def frames(self):
+            for i in range(30):
+                if i == 10:  # as a reload sets them, once the square has an id, with frames on their way
+                    deadline = time.monotonic() + 30
+                    while len(sink.results) < 5 and time.monotonic() < deadline:
+                        time.sleep(0.01)
+                    runtime.set_filter("cam0", SegmentFilter(FilterSettings(drop_class_ids=frozenset({0}))))
+                yield Frame("cam0", i, square, None, None, None, time.time())
+
+        def close(self):
+            pass
+
+    sink = CollectingSink()
+    runtime = Runtime([Camera()], ColourSegmenter(), [sink], stages=[lambda source: TrackingStage(source)],
+                      progress=None)
+    runtime.run()
+    ended = [e for e in sink.events if e.kind == "track_ended"]
+    assert [e.data["reason"] for e in ended] == ["filtered"], [e.data for e in sink.events]
+    first_filtered = min(r.index for r in sink.results if not len(r.segments))
+    assert ended[0].data["frame"] == first_filtered and ended[0].data["last_frame"] == first_filtered - 1
