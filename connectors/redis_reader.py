@@ -38,7 +38,14 @@ from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TextIO
 import numpy as np
 import redis
 
-from segstream.connectors.errors import IdleTimeout, ReaderError, SinkError, SourceError, WireFormatError
+from segstream.connectors.errors import (
+    IdleTimeout,
+    ReaderError,
+    SegstreamError,
+    SinkError,
+    SourceError,
+    WireFormatError,
+)
 from segstream.connectors.redis_connection import (
     COMMAND_LINE, Backoff, SentinelAuth, SettingNames, TlsFiles, connect_redis, error_summary, key_refused,
     redis_address,
@@ -1772,13 +1779,29 @@ def source_of(pattern: str, key: str) -> str:
 
 # --- segstream status ------------------------------------------------------------------------
 
+NAGIOS_OK, NAGIOS_WARNING, NAGIOS_CRITICAL, NAGIOS_UNKNOWN = 0, 1, 2, 3
+_WARNING_STATES = ("connecting", "reconnecting", "stalled")  # down for now, being retried
+
+
 def status_report(sources: list[str], url: str, out: TextIO | None = None, *, pattern: str = DEFAULT_STATUS_PATTERN,
                   json_lines: bool = False, password: str | None = None, username: str | None = None,
-                  tls: TlsFiles | None = None, sentinel: SentinelAuth | None = None) -> int:
+                  tls: TlsFiles | None = None, sentinel: SentinelAuth | None = None, nagios: bool = False) -> int:
     """Print a line per source (``sources``: names or globs of them) saying what its status key
     says now; 0 when every source printed is streaming, 1 otherwise (a source without a key, one
-    reconnecting, ended or failed; no key matching a glob)."""
+    reconnecting, ended or failed; no key matching a glob). ``nagios``: a monitoring plugin's
+    output and exit status instead (``nagios_report``)."""
     out = sys.stdout if out is None else out
+    if nagios:
+        try:
+            return _status_report(sources, url, out, pattern, json_lines, password, username, tls, sentinel, nagios)
+        except SegstreamError as error:  # (Redis unreachable, no key matched): what the plugin cannot tell
+            out.write(f"SEGSTREAM UNKNOWN - {terminal_safe(str(error)).replace('|', '/')}\n")
+            out.flush()
+            return NAGIOS_UNKNOWN
+    return _status_report(sources, url, out, pattern, json_lines, password, username, tls, sentinel, nagios)
+
+
+def _status_report(sources, url, out, pattern, json_lines, password, username, tls, sentinel, nagios) -> int:
     client = Client(connect_redis(url, password, username=username, tls=tls, sentinel=sentinel, socket_timeout=5.0,
                                   client_name="segstream-status", names=COMMAND_LINE,
                                   hint="start Redis or fix --url"), status_pattern=pattern)
@@ -1799,6 +1822,8 @@ def status_report(sources: list[str], url: str, out: TextIO | None = None, *, pa
     if any(_is_glob(name) for name in sources):
         names.sort()
     now = time.time()
+    if nagios:
+        return _nagios_report(names, found, unreadable, now, out)
     for name in names:
         if name in unreadable:  # the others are said all the same (found probing: one bad key hid them all)
             out.write(json.dumps({"source": name, "state": None, "error": str(unreadable[name])}) + "\n" if json_lines
@@ -1813,6 +1838,37 @@ def status_report(sources: list[str], url: str, out: TextIO | None = None, *, pa
     out.flush()
     return 0 if not unreadable and all(status is not None and status.state == "streaming"
                                       for status in found.values()) else 1
+
+
+def _nagios_report(names: list[str], found: dict[str, SourceStatus | None], unreadable: dict[str, WireFormatError],
+                   now: float, out: TextIO) -> int:
+    """A monitoring plugin's output (Nagios, Icinga, Zabbix's and Sensu's checks): a first line
+    ``SEGSTREAM <OK|WARNING|CRITICAL> - <summary> | <perfdata>``, a line a source after it, and
+    the plugin's exit status: OK when every source streams, WARNING when one is down but retried
+    (connecting, reconnecting, stalled), CRITICAL when one failed or ended, has no key (no run
+    publishes it) or an unreadable one."""
+    def level(name: str) -> int:
+        status = found.get(name)
+        if name in unreadable or status is None or status.final or status.state not in ("streaming", *_WARNING_STATES):
+            return NAGIOS_CRITICAL
+        return NAGIOS_OK if status.state == "streaming" else NAGIOS_WARNING
+
+    levels = {name: level(name) for name in names}
+    worst = max(levels.values(), default=NAGIOS_OK)
+    down = [name for name in names if levels[name] != NAGIOS_OK]
+    said = {name: (f"unreadable: {unreadable[name]}" if name in unreadable else _status_said(found[name], now))
+            for name in names}
+    summary = (f"{len(names)} source{'s' if len(names) != 1 else ''} streaming" if not down else
+               f"{len(down)} of {len(names)} sources not streaming: "
+               + "; ".join(f"{name} {said[name]}" for name in down[:3]) + (" ..." if len(down) > 3 else ""))
+    streaming = len(names) - len(down)
+    perf = f"streaming={streaming};;;0;{len(names)} down={len(down)};;;0;{len(names)}"
+    word = {NAGIOS_OK: "OK", NAGIOS_WARNING: "WARNING", NAGIOS_CRITICAL: "CRITICAL"}[worst]
+    out.write(f"SEGSTREAM {word} - {terminal_safe(summary).replace('|', '/')} | {perf}\n")
+    for name in names:
+        out.write(f"{terminal_safe(name)}  {terminal_safe(said[name]).replace('|', '/')}\n")
+    out.flush()
+    return worst
 
 
 def _status_said(status: SourceStatus | None, now: float) -> str:

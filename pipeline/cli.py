@@ -312,6 +312,12 @@ def _parser() -> argparse.ArgumentParser:
                         help="the pipeline's sinks.redis.status_key (default %(default)s)")
     status.add_argument("--json", action="store_true",
                         help="print one JSON object per source (its status key's fields; state null without one)")
+    status.add_argument("--nagios", action="store_true",
+                        help="a monitoring plugin's output and exit status (Nagios, Icinga, Zabbix, Sensu): "
+                             "'SEGSTREAM OK|WARNING|CRITICAL|UNKNOWN - ...' with performance data, then a line a "
+                             "source; 0 every source streams, 1 one is being retried (connecting, reconnecting, "
+                             "stalled), 2 one failed, ended or has no key, 3 the check itself failed (Redis "
+                             "unreachable, no key matches)")
     status.set_defaults(command=_status)
 
     bench = commands.add_parser(
@@ -425,6 +431,8 @@ EPILOG = """exit codes:
            failed, Redis unreachable or refusing, a validate --connect check or a reload failed)
   2        nothing was done: a mistake in what was asked (a config error, a bad option value,
            a file that does not exist)
+  3        status --nagios: the check could not tell (a monitoring plugin's UNKNOWN; its 1 is WARNING,
+           2 CRITICAL)
   124      a time limit given ran out (tail --follow --idle-timeout)
   128+N    stopped by signal N before the work was done (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP;
            141: the reader of its output went away)
@@ -673,6 +681,18 @@ def _tail(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
+    if not args.nagios:
+        return _status_of(args)
+    try:  # a check that cannot tell is UNKNOWN to a monitoring system, whatever was wrong
+        return _status_of(args)
+    except SegstreamError as error:
+        from segstream.connectors.redis_reader import NAGIOS_UNKNOWN
+
+        print(f"SEGSTREAM UNKNOWN - {error}", flush=True)
+        return NAGIOS_UNKNOWN
+
+
+def _status_of(args: argparse.Namespace) -> int:
     from segstream.connectors.redis_reader import glob_outside_source, status_report
 
     if "{source}" not in args.key:
@@ -681,9 +701,11 @@ def _status(args: argparse.Namespace) -> int:
     if glob_outside_source(args.key):
         raise ConfigError(f"--key {args.key!r}: a glob goes in SOURCE, not in --key — e.g. --key '{{source}}:status' "
                           "'store*:*' for every store's cameras")
+    if args.nagios and args.json:
+        raise ConfigError("--nagios and --json are two outputs — give one of them")
     return status_report(args.source, url=redis_url(args), pattern=args.key, json_lines=args.json,
                          password=args.password, username=args.username, tls=redis_tls(args),
-                         sentinel=redis_sentinel(args))
+                         sentinel=redis_sentinel(args), nagios=args.nagios)
 
 
 def wall_time(text: str) -> float:

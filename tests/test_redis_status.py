@@ -354,6 +354,37 @@ def test_segstream_status_says_each_source_s_word_and_exits_1_unless_all_stream(
     assert lines[2].startswith("store21:junk  unreadable: store21:junk:status: status value is not JSON: ")
 
 
+def test_segstream_status_as_a_monitoring_plugin_says_ok_warning_critical_or_unknown(server, capsys):
+    # Nagios/Icinga (and Zabbix's and Sensu's checks) read the first line and 0-3: a WARNING is a camera
+    # being retried, a CRITICAL one that failed, ended or has no run; UNKNOWN, a check that cannot tell
+    from segstream.pipeline.cli import main
+
+    sink = publisher(server.url)
+    sink.publish_event(state("streaming"))
+    sink.poll()
+    assert main(["status", "cam0", "--url", server.url, "--nagios"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "SEGSTREAM OK - 1 source streaming | streaming=1;;;0;1 down=0;;;0;1"
+    assert lines[1].startswith("cam0  streaming for ")
+    sink.publish_event(state("reconnecting", source="cam1"))
+    sink.poll()
+    assert main(["status", "--url", server.url, "--nagios"]) == 1
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith("SEGSTREAM WARNING - 1 of 2 sources not streaming: cam1 reconnecting, down for ")
+    assert first.endswith(" | streaming=1;;;0;2 down=1;;;0;2")
+    assert main(["status", "cam0", "cam1", "cam9", "--url", server.url, "--nagios"]) == 2  # cam9: no run has it
+    assert "2 of 3 sources not streaming" in capsys.readouterr().out.splitlines()[0]
+    sink.publish_event(state("failed", source="cam1"))
+    sink.close()
+    assert main(["status", "cam1", "--url", server.url, "--nagios"]) == 2
+    assert capsys.readouterr().out.startswith("SEGSTREAM CRITICAL - 1 of 1 sources not streaming: cam1 failed ")
+    for argv in (["lobby-*", "--url", server.url], ["cam0", "--url", "redis://127.0.0.1:1/0"],
+                 ["cam0", "--url", "http://x"]):
+        assert main(["status", *argv, "--nagios"]) == 3
+        captured = capsys.readouterr()
+        assert captured.out.startswith("SEGSTREAM UNKNOWN - ") and len(captured.out.splitlines()) == 1, captured
+
+
 def test_a_redis_restarted_without_its_data_gets_every_source_s_key_again_a_final_one_too(server, caplog):
     """Found probing a port's cameras: after Redis restarted empty, a camera that had failed had no
     state anywhere a reader could see (its events stream gone with its failed state)."""
