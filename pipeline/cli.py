@@ -96,6 +96,8 @@ log = logging.getLogger("segstream.cli")
 def main(argv: list[str] | None = None) -> int:
     try:
         argv = sys.argv[1:] if argv is None else list(argv)
+        if isinstance(sys.stdout, entry.Closed) and {"--version", "-h", "--help"} & set(argv):
+            sys.stdout.write("")  # what they print would be lost: argparse passes over a failed write
         _Parser.json_errors = _json_logs_asked(argv)
         try:
             parser = _parser()
@@ -103,6 +105,10 @@ def main(argv: list[str] | None = None) -> int:
             if unknown:  # said by the command's parser, with its usage (the top-level one's said segstream's)
                 getattr(args, "parser", parser).error(f"unrecognized arguments: {' '.join(unknown)}")
         except SystemExit as exit:
+            if exit.code == 2 and _nagios_asked(argv):  # a monitoring system reads its arguments' mistake as UNKNOWN
+                with contextlib.suppress(OSError):
+                    print("SEGSTREAM UNKNOWN - the check's arguments are wrong (its standard error says how)", flush=True)
+                return 3
             return int(exit.code or 0)
         try:
             configure_logging(getattr(args, "log_format", None), getattr(args, "log_level", None))
@@ -118,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     except SegstreamError as error:
         return main_error(error)
     except entry.StreamClosed as error:
-        return main_error(ConfigError(str(error)))
+        code = main_error(ConfigError(str(error)))
+        return 3 if _nagios_asked(argv) else code
     except BrokenPipeError:  # what read our output went away (`| head -1`): quiet, as other tools are
         with contextlib.suppress(OSError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nor a word at exit's flush
@@ -134,6 +141,11 @@ def main(argv: list[str] | None = None) -> int:
         if embedded is not None:
             embedded.close_all()  # a daemonised redis-server would outlive us
         return code  # the console command leaves past stuck threads (entry.main); a program goes on
+
+
+def _nagios_asked(argv: list[str]) -> bool:
+    """Whether the command is ``status --nagios``, whose mistakes exit 3 (a plugin's UNKNOWN)."""
+    return "--nagios" in argv and "status" in argv
 
 
 def leave_past_stuck_threads(code: int) -> None:

@@ -87,7 +87,7 @@ class Strict(BaseModel):
         name = info.field_name or ""
         if name.endswith(("_s", "_ms")) and value > LONGEST_S * (1000 if name.endswith("_ms") else 1):
             longest = f"{LONGEST_S:.0e} s" if name.endswith("_s") else f"{LONGEST_S * 1000:.0e} ms"
-            raise ValueError(f"{value:g} is longer than any wait segstream can keep ({longest}, about 31 years) — "
+            raise ValueError(f"{value!r} is longer than any wait segstream can keep ({longest}, about 31 years) — "
                              "give a shorter time, or null where the key takes it for none")
         if isinstance(value, int) and abs(value) > _LARGEST_INT and name != "seed":  # (numpy takes any seed)
             raise ValueError(f"{value} is past the largest integer segstream can pass on (2**63 - 1, either sign)")
@@ -99,6 +99,17 @@ BufferKind = Literal["every_frame", "newest"]
 _HOST_NEEDED = ("rtsp", "rtsps", "rtmp", "rtmps", "http", "https")
 # Stream schemes without a default port: a URL of one must name its port.
 _PORT_NEEDED = ("tcp", "udp", "srt", "rist")
+def _ffmpeg_socket_timeout(value: float) -> float:
+    """A stream's read timeout as FFmpeg's socket options take it: microseconds in a 32-bit
+    integer, with the second segstream adds (found probing an upgrade: 3600 s validated, then every
+    open failed with "Numerical result out of range", and was retried for ever)."""
+    if value > 2146:
+        raise ValueError(f"{value:g} s is longer than FFmpeg's socket timeouts can be (2146 s: microseconds in a "
+                         "32-bit integer) — give 2146 or less; a camera silent for longer is read again after it")
+    return value
+
+
+StreamReadTimeout = Annotated[PositiveFloat, AfterValidator(_ffmpeg_socket_timeout)]
 # Every source's max_fps (``_Buffered``): frames per second of the input's time that go on to the model.
 MaxFps = PositiveFloat | None
 
@@ -330,8 +341,8 @@ class _LiveSourceKeys(_Buffered, Strict):
 
     open_timeout_s: PositiveFloat = 10.0
     """Seconds an open (connect, handshake, probing) may take before it fails."""
-    read_timeout_s: PositiveFloat = 5.0
-    """Seconds without data, once open, before the read fails."""
+    read_timeout_s: StreamReadTimeout = 5.0
+    """Seconds without data, once open, before the read fails (at most 2146: FFmpeg's socket timeouts)."""
     stall_timeout_s: PositiveFloat = 10.0
     """Seconds without a frame before the source counts as lost and reconnects."""
     max_reconnects: NonNegativeInt | None = None
@@ -766,7 +777,7 @@ class SyntheticSourceConfig(_Buffered, Strict):
     """Frame height in pixels."""
     fps: PositiveFloat = 25.0
     """Frames per second of the scene's timestamps (and of playing, with realtime)."""
-    seed: int = 0
+    seed: NonNegativeInt = 0
     """Random seed of the scenes: the same seed, the same frames."""
     num_frames: PositiveInt | None = 250
     """Frames to generate (null: until the run is stopped)."""
@@ -2089,21 +2100,22 @@ def _override_pair(override: str, problem: str) -> tuple[str, Any]:
 
 
 def _scalar(text: str) -> Any:
-    """An override's value as YAML types a scalar (4, true, null, 0.5) or a flow list or mapping
-    (``[.jpg, .png]``, ``{min_area: 100}``), else the text as it is: where YAML would make of it a
-    comment (``my video #2.mp4``, a password with `` #``: cut short), a folded line (a newline in a
-    path), a block list (``-``) or a mapping of what has no ``:`` (``{source}``, a stream's pattern),
-    found probing bad input."""
+    """An override's value as YAML types a scalar (4, true, null, 0.5) or a list or mapping
+    (``[.jpg, .png]``, ``{min_area: 100}``, ``min_area: 100``, ``- disc``), its surrounding blanks
+    and line breaks dropped (a secret read from a file ends in one), else the text: where YAML
+    would make of it a comment (``my video #2.mp4``, a password with `` #``: cut short), a folded
+    line (a line break inside a path), an empty list item (``-``) or a mapping of what has no
+    ``: `` (``{source}``, a stream's pattern), found probing bad input."""
+    text = text.strip()
     try:
         value = yaml.safe_load(text)
     except yaml.YAMLError:
         return text
-    stripped = text.strip()
-    if stripped[:1] in ("'", '"') and isinstance(value, str):  # quoted, as YAML is (the usual way round ' #')
+    if text[:1] in ("'", '"') and isinstance(value, str):  # quoted, as YAML is (the usual way round ' #')
         return value
-    if isinstance(value, list) and not stripped.startswith("["):
+    if isinstance(value, list) and not text.startswith(("[", "- ")):
         return text
-    if isinstance(value, dict) and not (stripped.startswith("{") and (":" in stripped or stripped == "{}")):
+    if isinstance(value, dict) and not (": " in text or text.startswith("{") and (":" in text or text == "{}")):
         return text
     if "\n" in text or re.search(r"(^|\s)#", text):  # folded, or a comment cut off
         return text if not isinstance(value, (list, dict)) else value

@@ -42,7 +42,7 @@ class StreamClosed(OSError):
     ``<&-``)."""
 
 
-class _Closed:
+class Closed:
     """Standard output or input that the caller closed: Python leaves ``None``, and ``print`` to
     None writes nothing (found probing bad input: ``segstream schema >&-`` exited 0 with its
     output lost; ``tail`` raised AttributeError). Using it says so instead."""
@@ -94,9 +94,9 @@ def main() -> int:
                     os.dup2(held, fd)
                     os.close(held)
     if sys.stdout is None:
-        sys.stdout = _Closed("output", ">&-")
+        sys.stdout = Closed("output", ">&-")
     if sys.stdin is None:
-        sys.stdin = _Closed("input", "<&-")
+        sys.stdin = Closed("input", "<&-")
     try:
         from segstream.pipeline.cli import main as cli_main
 

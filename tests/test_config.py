@@ -1016,6 +1016,12 @@ def test_what_a_hostile_config_holds_is_one_line_each(capsys, write, clip):
     capsys.readouterr()
     [line] = errors_of(capsys, ["validate", write(valid), "--set", "sinks.redis.maxlen=100000000000000000000000"])
     assert line.startswith("sinks.redis.maxlen") and "past the largest integer" in line
+    # FFmpeg's socket timeouts are 32-bit microseconds: 3600 s validated, then every open failed (found probing)
+    stream = "sources:\n  - {name: cam, type: stream, url: 'rtsp://10.0.0.5/live', read_timeout_s: 3600}\n"
+    [line] = errors_of(capsys, ["validate", write(stream)])
+    assert "read_timeout_s" in line and "3600 s is longer than FFmpeg's socket timeouts can be (2146 s" in line
+    [line] = errors_of(capsys, ["validate", write(valid), "--set", "sources.1.seed=-5"])  # numpy's: a traceback in the run
+    assert line.startswith("sources[1].seed") and "greater than or equal to 0" in line
     # a key's name is no secret: it was said as '***'
     [line] = errors_of(capsys, ["validate", write(valid), "--set", "sinks.redis.status_key=segstream:{source}:frames"])
     assert "status_key is 'segstream:{source}:frames', the name of a stream" in line
@@ -1031,7 +1037,7 @@ def test_a_config_that_never_ends_is_refused_without_reading_it_all(capsys):
                     "long — name the file you meant")
 
 
-@pytest.mark.parametrize("command, closed", [("schema", ">&-"), ("validate - ", "<&-")])
+@pytest.mark.parametrize("command, closed", [("schema", ">&-"), ("--version", ">&-"), ("validate - ", "<&-")])
 def test_a_closed_standard_output_or_input_is_said_not_passed_over(command, closed):
     # found probing bad input: `segstream schema >&-` exited 0 with its output lost; tail raised AttributeError
     import subprocess
@@ -1056,6 +1062,14 @@ def test_a_set_value_yaml_would_cut_or_fold_is_taken_as_written(capsys, write, c
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["sources"][0]["path"] == str(odd)
     assert printed["sinks"]["redis"]["stream"] == "site-{source}" and printed["batch"]["extensions"] == [".mp4", ".mkv"]
+    # what 0.3.11 took stays (found probing an upgrade): a secret read from a file ends in a line break,
+    # and a block mapping or list is YAML's too
+    assert main(["validate", "--print", write(VALID.format(clip=clip)), "--set", "sinks.redis.username=app\n",
+                 "--set", "sources.0.filters=min_area: 100", "--set", "sources.1.filters.classes=- disc\n- box"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["sinks"]["redis"]["username"] == "app"
+    assert printed["sources"][0]["filters"]["min_area"] == 100
+    assert printed["sources"][1]["filters"]["classes"] == ["disc", "box"]
 
 
 def test_a_file_url_is_checked_as_the_path_it_names(capsys, write, clip, tmp_path):

@@ -379,7 +379,7 @@ def test_segstream_status_as_a_monitoring_plugin_says_ok_warning_critical_or_unk
     assert main(["status", "cam1", "--url", server.url, "--nagios"]) == 2
     assert capsys.readouterr().out.startswith("SEGSTREAM CRITICAL - 1 of 1 sources not streaming: cam1 failed ")
     for argv in (["lobby-*", "--url", server.url], ["cam0", "--url", "redis://127.0.0.1:1/0"],
-                 ["cam0", "--url", "http://x"]):
+                 ["cam0", "--url", "http://x"], ["--bogus"]):  # (an unknown option: argparse's, found probing)
         assert main(["status", *argv, "--nagios"]) == 3
         captured = capsys.readouterr()
         assert captured.out.startswith("SEGSTREAM UNKNOWN - ") and len(captured.out.splitlines()) == 1, captured
