@@ -1789,7 +1789,7 @@ def status_report(sources: list[str], url: str, out: TextIO | None = None, *, pa
     """Print a line per source (``sources``: names or globs of them) saying what its status key
     says now; 0 when every source printed is streaming, 1 otherwise (a source without a key, one
     reconnecting, ended or failed; no key matching a glob). ``nagios``: a monitoring plugin's
-    output and exit status instead (``nagios_report``)."""
+    output and exit status instead (``_nagios_report``)."""
     out = sys.stdout if out is None else out
     if nagios:
         try:
