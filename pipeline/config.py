@@ -1722,6 +1722,8 @@ def _loaded_config(raw: dict, pairs: list[tuple[str, Any]], schema: type[Pipelin
     return validate_config(interpolate(raw), base_dir=folder, schema=schema)
 
 
+# A variable a config line reads (``${CAM_PASSWORD}``, ``${SEGSTREAM_REDIS_URL:-}``; not a ``${file:...}`` secret).
+_VARIABLE_USED = re.compile(r"\$\{(?!file:)([A-Za-z_][A-Za-z0-9_]*)")
 # The path an error line starts with: ``sources[0].max_fps``, then ``(source cam1)`` where it has one.
 _LINE_PATH = re.compile(r"(?P<path>[A-Za-z_][\w-]*(?:\.[\w-]+|\[\d+\])*)(?: \((?P<source>source [^)]*)\))?: ")
 
@@ -1734,7 +1736,8 @@ def located(text: str, path: str | Path, overrides: typing.Sequence[tuple[str, A
     key and its value) wrote. A line not about a key, or a key the file does not have (nor any
     key above it), is left as it is."""
     try:
-        lines_of = yaml_lines(read_saved_text(path))
+        written_text = read_saved_text(path)
+        lines_of = yaml_lines(written_text)
         data = read_yaml(path)
     except (OSError, ValueError, yaml.YAMLError, RecursionError, ConfigError):
         return text
@@ -1747,7 +1750,9 @@ def located(text: str, path: str | Path, overrides: typing.Sequence[tuple[str, A
     out = []
     for line in text.splitlines():
         match = _LINE_PATH.match(line)
-        if match is None or match["path"].partition(".")[0].partition("[")[0] not in lines_of.get((), ()):
+        top = match["path"].partition(".")[0].partition("[")[0] if match is not None else None
+        # (a key an override wrote is said so where the file has no section for it: found probing an upgrade)
+        if match is None or (top not in lines_of.get((), ()) and not any(key[:1] == (top,) for key in written)):
             out.append(line)
             continue
         parts = tuple(_key_parts(match["path"], "config"))  # as an override's key is read
@@ -1762,6 +1767,10 @@ def located(text: str, path: str | Path, overrides: typing.Sequence[tuple[str, A
                 out.append(line)
                 continue
             where = f"line {found}"
+            # the value a variable gave (found probing: SEGSTREAM_REDIS_URL=garbage named the demo config's line 20)
+            if variables := [name for name in _VARIABLE_USED.findall(written_text.splitlines()[found - 1])
+                             if name not in line]:  # (not where the problem names it itself: one unset)
+                where += ", from " + " and ".join(f"${name}" for name in dict.fromkeys(variables))
         said = f"{source}, {where}" if source else where
         out.append(f"{match['path']} ({said}): {line[match.end():]}")
     return "\n".join(_shared_lines(out))

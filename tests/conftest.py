@@ -79,8 +79,9 @@ def _no_secrets_from_other_tests():
 def unlocated(text: str) -> str:
     """A config error's lines without where the file (or an override) writes each key (``,
     line 12`` / `` (line 12)``): for tests of what the lines say, not of where."""
-    text = re.sub(r", (?:line \d+|from (?:--set|the overrides))\)", ")", text)
-    return re.sub(r" \((?:line \d+|from (?:--set|the overrides))\)", "", text)
+    where = r"(?:line \d+(?:, from \$[A-Za-z_]\w*(?: and \$[A-Za-z_]\w*)*)?|from (?:--set|the overrides))"
+    text = re.sub(rf", {where}\)", ")", text)
+    return re.sub(rf" \({where}\)", "", text)
 
 
 def install_entry_point(site: Path, dist: str, group: str, entry: str) -> None:

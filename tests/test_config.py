@@ -1085,3 +1085,19 @@ def test_a_file_url_is_checked_as_the_path_it_names(capsys, write, clip, tmp_pat
     assert yaml.safe_load(capsys.readouterr().out)["sources"][0]["path"] == str(named)
     [line] = errors_of(capsys, ["validate", config, "--set", f"sources.0.path=file://{tmp_path}/missing.mp4"])
     assert f"file '{tmp_path}/missing.mp4' does not exist" in line
+
+
+def test_a_set_key_the_file_has_no_section_for_is_said_to_come_from_set(capsys, write):
+    # found probing an upgrade: with no engine: section, --set engine.batch_size=-3 lost its "(from --set)"
+    config = write("sources:\n  - {name: s, type: synthetic}\n")
+    assert main(["validate", config, "--set", "engine.batch_size=-3"]) == 2
+    assert capsys.readouterr().err.startswith("segstream: error: engine.batch_size (from --set): ")
+
+
+def test_a_bad_value_a_variable_gave_names_the_variable(capsys, write, clip, monkeypatch):
+    # found probing bad input: SEGSTREAM_REDIS_URL=garbage named "line 20" of a config the user never wrote (the demo's)
+    monkeypatch.setenv("SITE_REDIS", "garbage")
+    config = VALID.format(clip=clip).replace("url: redis://localhost:6379/0", "url: ${SITE_REDIS}")
+    assert main(["validate", write(config)]) == 2
+    line = capsys.readouterr().err.strip()
+    assert line.startswith("segstream: error: sinks.redis.url (line ") and ", from $SITE_REDIS): 'garbage' is not" in line
