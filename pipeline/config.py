@@ -1723,7 +1723,7 @@ def _loaded_config(raw: dict, pairs: list[tuple[str, Any]], schema: type[Pipelin
 
 
 # A variable a config line reads (``${CAM_PASSWORD}``, ``${SEGSTREAM_REDIS_URL:-}``; not a ``${file:...}`` secret).
-_VARIABLE_USED = re.compile(r"\$\{(?!file:)([A-Za-z_][A-Za-z0-9_]*)")
+_VARIABLE_USED = re.compile(r"(?<!\$)\$\{(?!file:)([A-Za-z_][A-Za-z0-9_]*)")  # ($${X} is the text ${X})
 # The path an error line starts with: ``sources[0].max_fps``, then ``(source cam1)`` where it has one.
 _LINE_PATH = re.compile(r"(?P<path>[A-Za-z_][\w-]*(?:\.[\w-]+|\[\d+\])*)(?: \((?P<source>source [^)]*)\))?: ")
 
