@@ -38,14 +38,7 @@ from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TextIO
 import numpy as np
 import redis
 
-from segstream.connectors.errors import (
-    IdleTimeout,
-    ReaderError,
-    SegstreamError,
-    SinkError,
-    SourceError,
-    WireFormatError,
-)
+from segstream.connectors.errors import IdleTimeout, ReaderError, SinkError, SourceError, WireFormatError
 from segstream.connectors.redis_connection import (
     COMMAND_LINE, Backoff, SentinelAuth, SettingNames, TlsFiles, connect_redis, error_summary, key_refused,
     redis_address,
@@ -1789,19 +1782,9 @@ def status_report(sources: list[str], url: str, out: TextIO | None = None, *, pa
     """Print a line per source (``sources``: names or globs of them) saying what its status key
     says now; 0 when every source printed is streaming, 1 otherwise (a source without a key, one
     reconnecting, ended or failed; no key matching a glob). ``nagios``: a monitoring plugin's
-    output and exit status instead (``_nagios_report``)."""
+    output and exit status instead (``_nagios_report``; ``nagios_unknown`` says what it could not
+    tell)."""
     out = sys.stdout if out is None else out
-    if nagios:
-        try:
-            return _status_report(sources, url, out, pattern, json_lines, password, username, tls, sentinel, nagios)
-        except SegstreamError as error:  # (Redis unreachable, no key matched): what the plugin cannot tell
-            out.write(f"SEGSTREAM UNKNOWN - {terminal_safe(str(error)).replace('|', '/')}\n")
-            out.flush()
-            return NAGIOS_UNKNOWN
-    return _status_report(sources, url, out, pattern, json_lines, password, username, tls, sentinel, nagios)
-
-
-def _status_report(sources, url, out, pattern, json_lines, password, username, tls, sentinel, nagios) -> int:
     client = Client(connect_redis(url, password, username=username, tls=tls, sentinel=sentinel, socket_timeout=5.0,
                                   client_name="segstream-status", names=COMMAND_LINE,
                                   hint="start Redis or fix --url"), status_pattern=pattern)
@@ -1838,6 +1821,15 @@ def _status_report(sources, url, out, pattern, json_lines, password, username, t
     out.flush()
     return 0 if not unreadable and all(status is not None and status.state == "streaming"
                                       for status in found.values()) else 1
+
+
+def nagios_unknown(problem: str, out: TextIO | None = None) -> int:
+    """A monitoring plugin's UNKNOWN: the check could not tell (Redis unreachable, no key, a
+    mistake in its arguments)."""
+    out = sys.stdout if out is None else out
+    out.write(f"SEGSTREAM UNKNOWN - {terminal_safe(problem).replace('|', '/')}\n")
+    out.flush()
+    return NAGIOS_UNKNOWN
 
 
 def _nagios_report(names: list[str], found: dict[str, SourceStatus | None], unreadable: dict[str, WireFormatError],

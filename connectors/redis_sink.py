@@ -169,6 +169,12 @@ class _StatusFlight:
             self.done.set()
 
 
+def _flight_wait(attempt: float) -> float:
+    """How soon to ask again for the answers of what was sent at ``attempt`` (monotonic): soon, then
+    less often for one out long."""
+    return min(_FLIGHT_POLL_MAX_S, max(_FLIGHT_POLL_S, (time.monotonic() - attempt) / 4))
+
+
 def _flying(flights: SimpleQueue) -> None:
     """A publisher's sending thread: its batches, one after another, until None (no reference to
     the publisher, which a program may drop without closing)."""
@@ -700,7 +706,7 @@ class RedisPublisher:
         if not self._queue:
             return sweep
         if (flight := self._flight) is not None:  # its answers taken in soon after they come
-            wait_s = min(_FLIGHT_POLL_MAX_S, max(_FLIGHT_POLL_S, (time.monotonic() - flight.attempt) / 4))
+            wait_s = _flight_wait(flight.attempt)
             return wait_s if sweep is None else min(wait_s, sweep)
         if not self._connected:
             return _RECHECK_S if sweep is None else min(_RECHECK_S, sweep)
@@ -770,7 +776,7 @@ class RedisPublisher:
         with self._landing:
             flight = self._status_flight
             if flight is not None and not (flight.done.is_set() or closing):
-                return min(_FLIGHT_POLL_MAX_S, max(_FLIGHT_POLL_S, (time.monotonic() - flight.attempt) / 4))
+                return _flight_wait(flight.attempt)
             self._status_flight = None
         if flight is not None:
             flight.done.wait()

@@ -40,6 +40,13 @@ class FilterSettings:
     min_area: int = 0
     roi: tuple[tuple[float, float], ...] | None = None
 
+    def dropped_classes(self, class_ids: np.ndarray) -> np.ndarray:
+        """Which of ``class_ids`` these settings drop for their class alone."""
+        dropped = np.isin(class_ids, list(self.drop_class_ids))
+        if self.keep_class_ids is not None:
+            dropped |= ~np.isin(class_ids, list(self.keep_class_ids))
+        return dropped
+
     @property
     def active(self) -> bool:
         """Whether these settings can drop or clip anything."""
@@ -87,10 +94,7 @@ class SegmentFilter:
         def drop(mask: np.ndarray, code: int) -> None:
             reason[mask & (reason == 0)] = code
 
-        if s.keep_class_ids is not None:
-            drop(~np.isin(segments.class_ids, list(s.keep_class_ids)), 1)
-        if s.drop_class_ids:
-            drop(np.isin(segments.class_ids, list(s.drop_class_ids)), 1)
+        drop(s.dropped_classes(segments.class_ids), 1)
         if s.min_score > 0:
             drop(segments.scores < s.min_score, 2)
         stored = result.segment_map

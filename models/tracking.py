@@ -256,11 +256,15 @@ class SegmentTracker:
         return ended
 
     def end_classes(self, dropped, reason: str = "filtered") -> list[TrackEvent]:
-        """End the tracks of the things whose class ``dropped(class_id)`` says is dropped from here on
-        (a source's filters changed: they will not be seen again), with ``reason``; the others go
-        on. Stuff keeps its one id per class. Returns the ``ended`` events."""
-        ended = [t.event("ended", reason) for t in self.tracks if dropped(t.class_id) and t.track_id != NO_TRACK]
-        self.tracks = [t for t in self.tracks if not dropped(t.class_id)]
+        """End the tracks of the things whose class ``dropped`` (class ids -> bools, an array of
+        each) says is dropped from here on (a source's filters changed: they will not be seen
+        again), with ``reason``; the others go on. Stuff keeps its one id per class. Returns the
+        ``ended`` events."""
+        if not self.tracks:
+            return []
+        gone = dropped(np.array([t.class_id for t in self.tracks], np.int64))
+        ended = [t.event("ended", reason) for t, out in zip(self.tracks, gone) if out and t.track_id != NO_TRACK]
+        self.tracks = [t for t, out in zip(self.tracks, gone) if not out]
         return ended
 
     def _expired(self, track: _Track, frame: int) -> bool:

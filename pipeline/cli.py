@@ -96,8 +96,6 @@ log = logging.getLogger("segstream.cli")
 def main(argv: list[str] | None = None) -> int:
     try:
         argv = sys.argv[1:] if argv is None else list(argv)
-        if isinstance(sys.stdout, entry.Closed) and {"--version", "-h", "--help"} & set(argv):
-            sys.stdout.write("")  # what they print would be lost: argparse passes over a failed write
         _Parser.json_errors = _json_logs_asked(argv)
         try:
             parser = _parser()
@@ -106,8 +104,10 @@ def main(argv: list[str] | None = None) -> int:
                 getattr(args, "parser", parser).error(f"unrecognized arguments: {' '.join(unknown)}")
         except SystemExit as exit:
             if exit.code == 2 and _nagios_asked(argv):  # a monitoring system reads its arguments' mistake as UNKNOWN
+                from segstream.connectors.redis_reader import nagios_unknown
+
                 with contextlib.suppress(OSError):
-                    print("SEGSTREAM UNKNOWN - the check's arguments are wrong (its standard error says how)", flush=True)
+                    return nagios_unknown("the check's arguments are wrong (its standard error says how)")
                 return 3
             return int(exit.code or 0)
         try:
@@ -208,6 +208,12 @@ class _Parser(argparse.ArgumentParser):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, allow_abbrev=False, **kwargs)
+
+    def _print_message(self, message: str, file=None) -> None:
+        """Help, version and usage, written as any output is: argparse's own passes over a failed
+        write (found probing: ``--version >&-`` exited 0 with its line lost; to /dev/full too)."""
+        if message:
+            (file or sys.stderr).write(message)
 
     def error(self, message: str):
         if not _Parser.json_errors:
@@ -698,10 +704,9 @@ def _status(args: argparse.Namespace) -> int:
     try:  # a check that cannot tell is UNKNOWN to a monitoring system, whatever was wrong
         return _status_of(args)
     except SegstreamError as error:
-        from segstream.connectors.redis_reader import NAGIOS_UNKNOWN
+        from segstream.connectors.redis_reader import nagios_unknown
 
-        print(f"SEGSTREAM UNKNOWN - {error}", flush=True)
-        return NAGIOS_UNKNOWN
+        return nagios_unknown(str(error))
 
 
 def _status_of(args: argparse.Namespace) -> int:
@@ -849,6 +854,7 @@ def _reload(args: argparse.Namespace) -> int:
     asked = f"{url}?{urllib.parse.urlencode({'config': os.path.abspath(args.config)})}"
     request = urllib.request.Request(asked, method="POST", data=b"")
     timeout = RELOAD_WAIT_S if args.timeout is None else args.timeout
+
     def said(answer, code: int) -> str:
         """A run's answer: one line of plain text (found probing: another server's HTML page was
         printed, a line of it to each ``segstream: error:``)."""

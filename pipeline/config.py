@@ -99,13 +99,18 @@ BufferKind = Literal["every_frame", "newest"]
 _HOST_NEEDED = ("rtsp", "rtsps", "rtmp", "rtmps", "http", "https")
 # Stream schemes without a default port: a URL of one must name its port.
 _PORT_NEEDED = ("tcp", "udp", "srt", "rist")
+# A stream's longest read timeout: FFmpeg's socket options take microseconds in a 32-bit integer
+# (2147 s), less the second segstream adds to them (``stream_options``)
+_STREAM_READ_TIMEOUT_MAX_S = 2146
+
+
 def _ffmpeg_socket_timeout(value: float) -> float:
-    """A stream's read timeout as FFmpeg's socket options take it: microseconds in a 32-bit
-    integer, with the second segstream adds (found probing an upgrade: 3600 s validated, then every
-    open failed with "Numerical result out of range", and was retried for ever)."""
-    if value > 2146:
-        raise ValueError(f"{value:g} s is longer than FFmpeg's socket timeouts can be (2146 s: microseconds in a "
-                         "32-bit integer) — give 2146 or less; a camera silent for longer is read again after it")
+    """A stream's read timeout as FFmpeg's socket options take it (found probing an upgrade: 3600 s
+    validated, then every open failed with "Numerical result out of range", and was retried for ever)."""
+    if value > _STREAM_READ_TIMEOUT_MAX_S:
+        raise ValueError(f"{value:g} s is longer than FFmpeg's socket timeouts can be ({_STREAM_READ_TIMEOUT_MAX_S} s: "
+                         f"microseconds in a 32-bit integer) — give {_STREAM_READ_TIMEOUT_MAX_S} or less; a camera "
+                         "silent for longer is read again after it")
     return value
 
 

@@ -138,8 +138,8 @@ class TrackingStage:
             log.warning("%s: its frames' times skip %.2f s from frame %d to %d (frames cut out of a file, a "
                         "variable frame rate, or frames a stream lost): tracking.max_lost (%d) counts frame numbers, "
                         "not their time, so things unseen across such a skip keep their ids longer — set "
-                        "tracking.max_lost_s (seconds of the source's timestamps)", self.source, step, self._last_frame, result.index,
-                        self.tracker.settings.max_lost, extra={"source": self.source})
+                        "tracking.max_lost_s (seconds of the source's timestamps)", self.source, step,
+                        self._last_frame, result.index, self.tracker.settings.max_lost, extra={"source": self.source})
         if outage:
             ts = result.capture_ts or time.time()
             result.events.extend(self._event(e, ts, result.index) for e in self.tracker.lose_things())
@@ -155,8 +155,7 @@ class TrackingStage:
         settings = getattr(segment_filter, "settings", None)
         if settings is None:
             return []
-        keep, drop = settings.keep_class_ids, settings.drop_class_ids
-        ended = self.tracker.end_classes(lambda c: c in drop or (keep is not None and c not in keep))
+        ended = self.tracker.end_classes(settings.dropped_classes)
         ts = result.capture_ts or time.time()
         return [self._event(e, ts, result.index) for e in ended]
 
