@@ -11,6 +11,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from queue import SimpleQueue
 from typing import Any
@@ -34,15 +35,15 @@ from segstream.connectors.redis_connection import (
 )
 from segstream.connectors.redis_reader import source_of, summary_line
 from segstream.connectors.redis_wire import (
-    DEFAULT_EVENTS_PATTERN,
-    DEFAULT_STATUS_PATTERN,
     DEFAULT_STREAM_PATTERN,
     FINAL_STATES,
     MASK_ENCODINGS,
     SourceStatus,
     acl_key_patterns,
     event_to_wire,
+    events_beside,
     from_wire,
+    status_beside,
     status_to_wire,
     stream_name,
     to_wire,
@@ -314,6 +315,22 @@ class _Unanswered:
     stamp: float  # its publish_ts
 
 
+class Beside(Enum):
+    """The default of ``RedisPublisher``'s ``status_pattern`` (``None`` there is no status keys):
+    the pattern named after ``stream_pattern``'s, as the events stream's is (``status_beside``)."""
+
+    FRAMES = "beside the frames stream"
+
+
+def _beside(stream_pattern: str, events_pattern: str | None,
+            status_pattern: str | None | Beside) -> tuple[str, str | None]:
+    """The events and status patterns a publisher uses: those not given are named after the frames
+    stream's, a tenant's prefix kept (``tenant:{source}:frames`` gives ``tenant:{source}:events``
+    and ``tenant:{source}:status``), as a config's are and as the readers' defaults expect."""
+    return (events_beside(stream_pattern) if events_pattern is None else events_pattern,
+            status_beside(stream_pattern) if status_pattern is Beside.FRAMES else status_pattern)
+
+
 class RedisPublisher:
     """The Redis sink: ``XADD <stream> MAXLEN ~ maxlen * <fields>`` per frame, pipelined.
 
@@ -373,7 +390,7 @@ class RedisPublisher:
         pipeline_size: int = 32,
         *,
         max_batch_delay_s: float = 0.02,
-        events_pattern: str = DEFAULT_EVENTS_PATTERN,
+        events_pattern: str | None = None,
         max_backlog: int = 1000,
         max_backlog_bytes: int = 256 * 2**20,
         reconnect_max_s: float = 5.0,
@@ -381,7 +398,7 @@ class RedisPublisher:
         run_id: str = "",
         max_age_s: float | None = None,
         levels: bool = True,
-        status_pattern: str | None = DEFAULT_STATUS_PATTERN,
+        status_pattern: str | None | Beside = Beside.FRAMES,
         status_ttl_s: float = 5.0,
         background: bool = False,
     ) -> None:
@@ -389,6 +406,7 @@ class RedisPublisher:
             raise ConfigError(
                 f"sinks.redis.mask_encoding is {mask_encoding!r} — use one of {', '.join(MASK_ENCODINGS)}"
             )
+        events_pattern, status_pattern = _beside(stream_pattern, events_pattern, status_pattern)
         patterns = [("stream", stream_pattern), ("events_stream", events_pattern)]
         for key, pattern in patterns + ([("status_key", status_pattern)] if status_pattern is not None else []):
             if "{source}" not in pattern:
@@ -535,7 +553,7 @@ class RedisPublisher:
         mask_encoding: str = "rle",
         pipeline_size: int = 32,
         max_batch_delay_s: float = 0.02,
-        events_pattern: str = DEFAULT_EVENTS_PATTERN,
+        events_pattern: str | None = None,
         max_backlog: int = 1000,
         max_backlog_bytes: int = 256 * 2**20,
         reconnect_max_s: float = 5.0,
@@ -549,7 +567,7 @@ class RedisPublisher:
         max_age_s: float | None = None,
         levels: bool = True,
         sources: Sequence[str] = (),
-        status_pattern: str | None = DEFAULT_STATUS_PATTERN,
+        status_pattern: str | None | Beside = Beside.FRAMES,
         status_ttl_s: float = 5.0,
         background: bool = False,
     ) -> RedisPublisher:
@@ -562,6 +580,7 @@ class RedisPublisher:
         keeping its data only when ``embedded_dir`` is given; its log line names the streams of
         ``sources`` (the run's source names) to watch.
         """
+        events_pattern, status_pattern = _beside(stream_pattern, events_pattern, status_pattern)
         embedded = None
         if url is None:
             try:

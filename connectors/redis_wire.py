@@ -32,7 +32,6 @@ log = logging.getLogger("segstream.sinks")
 
 SCHEMA_VERSION = 1
 DEFAULT_STREAM_PATTERN = "segstream:{source}:frames"
-DEFAULT_EVENTS_PATTERN = "segstream:{source}:events"
 DEFAULT_STATUS_PATTERN = "segstream:{source}:status"
 FINAL_STATES = ("ended", "failed")
 MASK_ENCODINGS = ("rle", "idmap")

@@ -513,6 +513,27 @@ def test_a_status_key_given_is_the_one_written_whatever_the_streams_are_named(se
     sink.close()
 
 
+def test_a_publisher_made_in_python_names_its_events_and_status_after_its_frames_stream(server):
+    """As a config's are and the readers expect: ``RedisPublisher(client, "tenantB:{source}:frames")``
+    wrote its events and status keys under ``segstream:``, outside the tenant's prefix (and its ACL)."""
+    for sink in (publisher(server.url, stream_pattern="tenantB:{source}:frames"),
+                 RedisPublisher(server.client(), "tenantB:{source}:frames", max_batch_delay_s=0, run_id="run-1")):
+        sink.publish(tiny_scene("cam0", 0))
+        sink.publish_event(state("streaming"))
+        sink.poll()
+        assert sorted(server.client().keys("*cam0*")) == [b"tenantB:cam0:events", b"tenantB:cam0:frames",
+                                                          b"tenantB:cam0:status"]
+        reader = Client(server.client(), stream_pattern="tenantB:{source}:frames")
+        assert reader.status("cam0").state == "streaming"
+        sink.close()
+        server.client().flushall()
+    sink = publisher(server.url, stream_pattern="tenantB:{source}:frames", status_pattern=None)
+    sink.publish_event(state("streaming"))
+    sink.close()
+    assert server.client().keys("*cam0*") == [b"tenantB:cam0:events"]  # None: no status keys, as before
+    server.client().flushall()
+
+
 def test_a_camera_down_reads_as_down_since_its_spell_began_not_its_last_attempt(server):
     """Found probing a chain's stores: each reconnect attempt (an event) began "reconnecting for"
     again, so a camera down for hours read as down for seconds."""
