@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from segstream.connectors.errors import CheckpointError
+from segstream.connectors.redis_wire import parse_json
 from segstream.connectors.urls import hub_reference_problem
 from segstream.models.eomt import EoMT, convert_state_dict, state_dict_problems
 from segstream.models.label_sets import LabelSet
@@ -140,7 +141,7 @@ def _refuse_truncated_safetensors(path: Path, header_length: int) -> None:
     try:
         with path.open("rb") as file:
             file.seek(8)
-            header = json.loads(file.read(header_length))
+            header = parse_json(file.read(header_length))
         end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
     except (OSError, ValueError, TypeError, KeyError, IndexError, AttributeError):
         return  # a header that does not parse: the reader says what is wrong
@@ -200,7 +201,7 @@ def _sharded(index: Path, shapes_only: bool = False) -> dict[str, Tensor]:
     """The tensors of a sharded checkpoint: ``save_pretrained``'s ``*.index.json`` names the
     shard of each weight; every shard is read as one file is."""
     try:
-        weight_map = json.loads(index.read_text())["weight_map"]
+        weight_map = parse_json(index.read_text())["weight_map"]
         shards = sorted(set(weight_map.values()))
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
         raise CheckpointError(f"'{index}' is not a sharded checkpoint's index ({error}) — pass the weights "
@@ -559,8 +560,8 @@ def trained_labels(path: Path) -> tuple[str, ...] | None:
             length = int.from_bytes(head, "little")
             if len(head) < 8 or length > _MAX_SAFETENSORS_HEADER:
                 return None
-            metadata = json.loads(file.read(length)).get("__metadata__") or {}
-        names = json.loads(metadata[LABELS_KEY])
+            metadata = parse_json(file.read(length)).get("__metadata__") or {}
+        names = parse_json(metadata[LABELS_KEY])
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
     return tuple(str(n) for n in names) if isinstance(names, list) else None

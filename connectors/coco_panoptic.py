@@ -32,6 +32,7 @@ from scipy import ndimage
 
 from segstream.connectors.errors import SinkError
 from segstream.connectors.output_files import open_output, replace_synced
+from segstream.connectors.redis_wire import parse_json
 from segstream.connectors.terminal import bar_shape
 from segstream.connectors.threads import name_os_thread_as_python
 from segstream.models.label_sets import LabelSet
@@ -329,12 +330,12 @@ class CocoPanopticDataset:
         self.json_path = path = Path(json_path)
         try:
             # utf-8-sig: a byte-order mark (some Windows tools write one) is no reason to refuse
-            document = json.loads(path.read_text(encoding="utf-8-sig"))
+            document = parse_json(path.read_text(encoding="utf-8-sig"))
         except FileNotFoundError:
             raise ConfigError(f"{path}: no such file — give the COCO panoptic JSON of your annotations") from None
         except (OSError, UnicodeDecodeError) as error:
             raise ConfigError(f"cannot read {path}: {getattr(error, 'strerror', None) or error}") from None
-        except json.JSONDecodeError as error:
+        except ValueError as error:
             raise ConfigError(f"{path} is not valid JSON: {error}") from None
         problem = _coco_document_problem(document)
         if problem:

@@ -46,15 +46,16 @@ from segstream.connectors.redis_connection import (
 from segstream.connectors.redis_wire import (
     DEFAULT_STATUS_PATTERN,
     DEFAULT_STREAM_PATTERN,
-    EncodedMasks,
-    SourceStatus,
     acl_key_patterns,
+    EncodedMasks,
     event_from_wire,
     events_beside,
     from_wire,
+    parse_json,
     read_entries,
     read_entry,
     result_record,
+    SourceStatus,
     status_beside,
     status_from_wire,
     stream_name,
@@ -2198,7 +2199,7 @@ def _event_frame(fields: dict) -> int | None:
     """The frame an events entry was written at (its ``data.frame``); None for events without one
     (a source's states) and entries that do not say."""
     try:
-        written_at = json.loads(fields[b"data"]).get("frame")
+        written_at = parse_json(fields[b"data"]).get("frame")
         return None if written_at is None else int(written_at)
     except (KeyError, TypeError, ValueError, AttributeError):
         return None

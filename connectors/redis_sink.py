@@ -38,11 +38,12 @@ from segstream.connectors.redis_wire import (
     DEFAULT_STREAM_PATTERN,
     FINAL_STATES,
     MASK_ENCODINGS,
-    SourceStatus,
     acl_key_patterns,
     event_to_wire,
     events_beside,
     from_wire,
+    parse_json,
+    SourceStatus,
     status_beside,
     status_to_wire,
     stream_name,
@@ -1902,7 +1903,7 @@ def _finished(fields: dict) -> bool:
     if fields.get(b"event") != b"state":
         return False
     try:
-        return json.loads(fields.get(b"data", b"{}")).get("state") in ("ended", "failed")
+        return parse_json(fields.get(b"data", b"{}")).get("state") in ("ended", "failed")
     except (ValueError, AttributeError):
         return False
 

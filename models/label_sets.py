@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
+from segstream.connectors.redis_wire import parse_json
 from segstream.connectors.text_files import read_saved_text
 
 if TYPE_CHECKING:
@@ -160,8 +161,8 @@ def read_label_set_file(path: str | Path) -> LabelSet:
     except OSError as error:
         raise ValueError(f"cannot read '{path}' ({error.strerror})") from None
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError as error:
+        data = parse_json(text)
+    except ValueError as error:
         raise ValueError(f"'{path}' is not valid JSON: {error}") from None
     try:
         return LabelSet.from_dict(data)

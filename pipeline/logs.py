@@ -354,7 +354,7 @@ class JsonLines:
             try:
                 if isinstance(json.loads(body), dict):
                     return line
-            except ValueError:
+            except (ValueError, RecursionError):  # (nested too deep: not the record it looked like)
                 pass
         glog = _GLOG_LEVEL.match(body)
         level = _GLOG_LEVELS[glog.group(1)] if glog else "WARNING"

@@ -284,6 +284,9 @@ def test_entry_without_version_is_rejected():
         ("width", "81", "rle size"),
         ("segments", '[{"id": 1, "class_id": 1, "label": "a", "isthing": true, "score": 1, "area": 0, '
          '"box": [0, 0, 0, 0], "centroid": [3]}]', "centroid needs 2 numbers"),
+        # found probing as an attacker: JSON nested past the recursion limit was a RecursionError traceback
+        ("segments", "[" * 100_000, "not valid JSON: JSON nested too deep"),
+        ("levels", "[" * 100_000, "levels field is not valid JSON: JSON nested too deep"),
     ],
 )
 def test_malformed_fields_are_rejected_with_the_field_named(field, value, message):
@@ -291,6 +294,24 @@ def test_malformed_fields_are_rejected_with_the_field_named(field, value, messag
 
     with pytest.raises(WireFormatError, match=message):
         from_wire(fields)
+
+
+def test_events_status_and_jsonl_lines_nested_too_deep_are_malformed_not_a_crash(tmp_path):
+    from segstream.connectors.redis_sink import _finished
+    from segstream.connectors.redis_wire import event_from_wire, read_entries, status_from_wire
+
+    deep = "[" * 100_000
+    with pytest.raises(WireFormatError, match="events entry's data is not valid JSON: JSON nested too deep"):
+        event_from_wire({"v": "1", "source": "gate", "event": "state", "ts": "1", "data": deep})
+    with pytest.raises(WireFormatError, match="status value is not JSON: JSON nested too deep"):
+        status_from_wire(deep)
+    with pytest.raises(WireFormatError, match=r"lacks field\(s\) source, run_id, since, ts, ttl_s — it was not"):
+        status_from_wire('{"v": 1, "state": "streaming"}')  # (was Python's "__init__() missing 5 ... arguments")
+    # a run's start reads its sources' last events back: one such entry stopped every start of the run
+    assert _finished({b"event": b"state", b"data": deep.encode()}) is False
+    (tmp_path / "cam.jsonl").write_text("[" * 100_000 + "\n")
+    with pytest.raises(WireFormatError):
+        list(read_entries(tmp_path / "cam.jsonl"))
 
 
 def test_truncated_idmap_is_rejected():
