@@ -14,10 +14,12 @@ Both health answers carry a JSON body saying why, for people reading ``curl`` ou
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import json
 import logging
+import socket
 import sys
 import threading
 import time
@@ -42,8 +44,10 @@ BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 # A source in one of these states is not expected to decode (the live-source states, where a
 # source reports them); its decode thread waiting is no stall.
 SOURCE_WAITING_STATES = {"connecting", "reconnecting", "stalled", "ended", "failed"}
-# A client that sends nothing for this long is cut off; no more than this many are served at once
-# (one thread each): half-sent requests cannot pile up threads in the pipeline's process.
+# A client whose request is not all in this long after it connected is cut off; no more than this
+# many are served at once (one thread each): half-sent requests cannot pile up threads in the
+# pipeline's process; and no more than a quarter of them from one address (its kubelet's probes and
+# its Prometheus are served while one other client holds its share).
 CONNECTION_TIMEOUT_S = 10.0
 MAX_CONNECTIONS = 32
 
@@ -294,9 +298,12 @@ class OpsServer:
     """``/metrics``, ``/healthz`` and ``/readyz`` for one ``RunMetrics``, served from a daemon
     thread until ``close()``. ``address`` is where it listens (port 0 is resolved).
 
-    Each connection has a thread of its own, for at most ``max_connections`` at once; one more is
-    closed at once, counted in ``segstream_ops_http_refused_connections_total`` and said in one
-    warning. A client silent for ``timeout_s`` is cut off."""
+    Each connection has a thread of its own, for at most ``max_connections`` at once, a quarter of
+    them from any one address; one more is closed at once, counted in
+    ``segstream_ops_http_refused_connections_total`` and said in one warning. A client whose
+    request (its line and headers) is not all in ``timeout_s`` after it connected is cut off,
+    however slowly it goes on sending (found probing as an attacker: 32 connections sending a
+    header line each 5 s kept the port from answering ``/healthz`` for as long as they went on)."""
 
     def __init__(self, metrics: RunMetrics, host: str = "127.0.0.1", port: int = 9108, stall_after_s: float = 60.0,
                  *, timeout_s: float = CONNECTION_TIMEOUT_S, max_connections: int = MAX_CONNECTIONS):
@@ -307,7 +314,8 @@ class OpsServer:
         ProcessCollector(registry=self.registry)
         self.refused = Counter(f"{PREFIX}_ops_http_refused_connections",
                                f"Connections to the metrics and health port closed unanswered: {max_connections} "
-                               "were open already", registry=self.registry)
+                               f"were open already, or {max(1, max_connections // 4)} from its address",
+                               registry=self.registry)
         handler = _handler(self, timeout_s)
         try:
             self._server = _BoundedHTTPServer((host, port), handler, max_connections, self.refused)
@@ -364,23 +372,37 @@ class _BoundedHTTPServer(ThreadingHTTPServer):
     def __init__(self, address, handler, limit: int, refused: Counter):
         super().__init__(address, handler)
         self.limit = limit
+        self.per_address = max(1, limit // 4)
         self._slots = threading.BoundedSemaphore(limit)
+        self._held: collections.Counter[str] = collections.Counter()  # connections open, by client address
+        self._held_lock = threading.Lock()
         self._refused = refused
-        self._warned = False
+        self._warned: set[str] = set()  # "all": the limit was said; an address: its share was
 
     def process_request(self, request, client_address) -> None:
-        if not self._slots.acquire(blocking=False):
+        address = client_address[0]
+        with self._held_lock:
+            full = self._held[address] >= self.per_address
+            if not full:
+                self._held[address] += 1
+        if full or not self._slots.acquire(blocking=False):
+            if not full:
+                self._free(address)
             self._refused.inc()
-            if not self._warned:
-                self._warned = True
-                log.warning("metrics and health port: %d connections are open already; more are closed unanswered "
-                            "(counted in %s_ops_http_refused_connections_total)", self.limit, PREFIX)
+            said = address if full else "all"
+            if said not in self._warned:
+                self._warned.add(said)
+                log.warning("metrics and health port: %s; more are closed unanswered (counted in "
+                            "%s_ops_http_refused_connections_total)",
+                            f"{self.per_address} connections from {address} are open already" if full else
+                            f"{self.limit} connections are open already", PREFIX)
             self.shutdown_request(request)
             return
         try:
             super().process_request(request, client_address)
         except BaseException:  # no thread started: its slot is free again
             self._slots.release()
+            self._free(address)
             raise
 
     def process_request_thread(self, request, client_address) -> None:
@@ -388,6 +410,13 @@ class _BoundedHTTPServer(ThreadingHTTPServer):
             super().process_request_thread(request, client_address)
         finally:
             self._slots.release()
+            self._free(client_address[0])
+
+    def _free(self, address: str) -> None:
+        with self._held_lock:
+            self._held[address] -= 1
+            if self._held[address] <= 0:
+                del self._held[address]
 
     def handle_error(self, request, client_address) -> None:
         """A client that hung up mid-answer (a scrape that timed out) is routine: nothing printed
@@ -404,6 +433,25 @@ def _handler(server: OpsServer, timeout_s: float) -> type[BaseHTTPRequestHandler
     class Handler(BaseHTTPRequestHandler):
         timeout = timeout_s  # the socket's: a request sent half (or never) ends the connection
         server_version = "segstream"
+
+        def handle(self) -> None:
+            # the whole request in timeout_s, however slowly it comes (the socket's timeout is per read)
+            self._cut = threading.Timer(timeout_s, self._cut_off)
+            self._cut.daemon = True
+            self._cut.start()
+            try:
+                super().handle()  # (HTTP/1.0: one request, then the connection closes)
+            finally:
+                self._cut.cancel()
+
+        def parse_request(self) -> bool:
+            parsed = super().parse_request()  # the request line and headers are in: its answer takes what it takes
+            self._cut.cancel()
+            return parsed
+
+        def _cut_off(self) -> None:
+            with contextlib.suppress(OSError):
+                self.connection.shutdown(socket.SHUT_RDWR)
         sys_version = ""  # no Python version in the Server header
 
         def version_string(self) -> str:

@@ -389,6 +389,57 @@ def test_slow_connections_hold_a_bounded_number_of_threads_and_are_cut_off():
         server.close()
 
 
+def test_a_request_trickled_in_is_cut_off_and_one_address_cannot_take_every_connection():
+    """Found probing as an attacker: 32 connections sending a header line every 5 s kept /healthz
+    unanswered for as long as they went on (the timeout was per read). Now the request must be all in
+    within the timeout, and one address holds a quarter of the connections at most."""
+    server = OpsServer(RunMetrics(), "127.0.0.1", 0, timeout_s=1.0, max_connections=8)
+    slow = []
+    try:
+        trickled = socket.create_connection(server.address, timeout=5)
+        trickled.sendall(b"GET /healthz HTTP/1.0\r\n")
+        sent = 0
+        started = time.monotonic()
+        try:
+            while time.monotonic() - started < 4:  # a header line each 0.2 s, four times the timeout
+                trickled.sendall(b"X-Slow: %d\r\n" % sent)
+                sent += 1
+                time.sleep(0.2)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        trickled.settimeout(1)
+        try:
+            cut = trickled.recv(1) == b""
+        except (ConnectionResetError, TimeoutError):
+            cut = True
+        assert cut and sent < 15, f"the connection still read its {sent}th header line"  # cut at about 5
+        trickled.close()
+        for _ in range(4):  # a quarter of the 8 from 127.0.0.1 are held; the 3rd and 4th are closed at once
+            connection = socket.create_connection(server.address, timeout=5)
+            connection.sendall(b"GET /metr")
+            slow.append(connection)
+        time.sleep(0.3)
+        closed = []
+        for connection in slow:
+            connection.settimeout(0.05)
+            try:
+                closed.append(connection.recv(1) == b"")
+            except TimeoutError:
+                closed.append(False)
+        assert closed == [False, False, True, True]
+        other = socket.create_connection(server.address, timeout=5, source_address=("127.0.0.2", 0))
+        with other:  # another address (a kubelet's probe) is answered meanwhile
+            other.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
+            answer = b""
+            while chunk := other.recv(4096):
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.0 200")
+    finally:
+        for connection in slow:
+            connection.close()
+        server.close()
+
+
 def test_the_request_line_reaches_the_log_escaped_and_the_server_header_names_no_python(served):
     """A request line's raw escape sequences went to the debug log as they came; the Server header
     said which Python runs (found by a security review)."""
