@@ -33,7 +33,7 @@ import threading
 import time
 import unicodedata
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -614,15 +614,21 @@ class Manifest:
 
 class RedisMarks:
     """``.redis-marks.json``: where each video's Redis streams (frames and events) ended before
-    the batch of this output folder first published it, kept for as long as the folder. Every
-    video published again is first cut back to its mark, whatever became of the earlier attempt
-    (killed midway, finished but never taken by Redis, or finished and done again because its
-    file or the settings changed): what the batch published of it is deleted, so the stream
-    holds each frame once, from the latest attempt, as the video's folder holds its latest
-    outputs. (Marks dropped when their video finished went stale when a run was aborted before
-    saving them: one video done again lost its earlier copy while the others kept theirs.)"""
+    the batch of this output folder first published it, kept for as long as the folder, and the
+    runs of its batches that published (``runs``, under ``":runs"``). Every video published again
+    is first cut back to its mark, whatever became of the earlier attempt (killed midway,
+    finished but never taken by Redis, or finished and done again because its file or the
+    settings changed): what the folder's batches published of it is deleted, so the stream holds
+    each frame once, from the latest attempt, as the video's folder holds its latest outputs.
+    (Marks dropped when their video finished went stale when a run was aborted before saving
+    them: one video done again lost its earlier copy while the others kept theirs.) Entries of
+    other writers are kept and said (found probing as an attacker: a batch whose video was named
+    as a live camera deleted the camera's entries from its stream). ``manifest_runs``: the runs
+    the manifest names, the folder's batches' before the marks named their runs (0.3.12 and older)."""
 
-    def __init__(self, path: Path):
+    RUNS = ":runs"  # (no video id has a colon)
+
+    def __init__(self, path: Path, manifest_runs: Iterable[str] = ()):
         self.path = path
         self.marks: dict[str, dict[str, str]] = {}
         try:
@@ -630,27 +636,39 @@ class RedisMarks:
                 self.marks = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):  # unreadable: nothing to cut back, as before marks were kept
             self.marks = {}
+        runs = self.marks.pop(self.RUNS, None) if isinstance(self.marks, dict) else None
+        if not isinstance(self.marks, dict):
+            self.marks = {}
+        self.runs = {run for run in (runs if isinstance(runs, list) else ()) if isinstance(run, str)}
+        self.runs |= {run for run in manifest_runs if run}
 
-    def cut_back(self, client, patterns: Sequence[str], jobs: Sequence[VideoJob]) -> None:
-        """Before ``jobs`` publish: delete what an earlier attempt of each published after its
-        mark, or mark where each of its streams (``patterns`` named by video) ends now if it has
-        none yet."""
+    def cut_back(self, client, patterns: Sequence[str], jobs: Sequence[VideoJob], run_id: str = "") -> None:
+        """Before ``jobs`` publish (in run ``run_id``): delete what an earlier run of the batch
+        published to each of their streams after its mark, or mark where each of its streams
+        (``patterns`` named by video) ends now if it has none yet."""
         import redis
 
         from segstream.connectors.redis_connection import error_summary
         from segstream.connectors.redis_wire import stream_name
 
-        marked = False
+        marked = bool(run_id) and run_id not in self.runs  # said before the run publishes anything
+        self.runs |= {run_id} - {""}
         for job in jobs:
             mark = self.marks.get(job.id, {})
             streams = [stream_name(pattern, job.id) for pattern in patterns]
             try:
-                cut_back(client, job.id, mark)
+                cut_back(client, job.id, mark, self.runs)
                 ends = {stream: client.xrevrange(stream, count=1) for stream in streams if stream not in mark}
             except redis.RedisError as error:  # Redis away: the video's entries of an earlier run may stay twice
                 log.warning("%s: cannot cut its Redis streams back to where the batch first began it (%s): entries "
                             "an earlier run published may be there twice", job.id, error_summary(error))
                 continue
+            for stream, end in ends.items():
+                if end and _run_of(end[0][1]) not in self.runs:
+                    log.warning("%s: %s holds entries of another writer already (its newest of run %s): the batch "
+                                "adds the video's after them, and never deletes them — if that is a camera's or "
+                                "another batch's, give this batch streams of its own (sinks.redis.stream, e.g. "
+                                "batch:{source}:frames)", job.id, stream, _run_of(end[0][1]) or "unnamed")
             if ends:  # a new video, or streams a changed config names
                 self.marks[job.id] = mark | {stream: _text(end[0][0]) if end else "0-0" for stream, end in ends.items()}
                 marked = True
@@ -661,7 +679,7 @@ class RedisMarks:
         tmp = self.path.with_name(self.path.name + ".tmp")
         try:
             with open_output(tmp, "w", encoding="utf-8") as f:
-                json.dump(self.marks, f, sort_keys=True)
+                json.dump({**self.marks, self.RUNS: sorted(self.runs)}, f, sort_keys=True)
             replace_synced(tmp, self.path)
         except OSError as error:
             if error.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EIO):
@@ -674,15 +692,37 @@ class RedisMarks:
                         error.strerror or error)
 
 
-def cut_back(client, video_id: str, marks: dict[str, str]) -> None:
-    """Delete what was published to each stream after its mark (``{stream: entry ID}``)."""
+def manifest_runs(manifest: Manifest) -> set[str]:
+    """The runs that made the videos of ``manifest`` (``made_by.run_id``)."""
+    return {record["made_by"].get("run_id", "") for record in manifest.records.values()
+            if isinstance(record.get("made_by"), dict)}
+
+
+def cut_back(client, video_id: str, marks: dict[str, str], runs: Collection[str]) -> None:
+    """Delete what ``runs`` published to each stream after its mark (``{stream: entry ID}``); the
+    entries of other writers there are kept, and said."""
     for stream, mark in marks.items():
-        removed = 0
-        while ids := [entry_id for entry_id, _ in client.xrange(stream, f"({mark}", "+", count=1000)]:
-            removed += client.xdel(stream, *ids)
+        removed = kept = 0
+        start = f"({mark}"
+        while entries := client.xrange(stream, start, "+", count=1000):
+            ours = [entry_id for entry_id, fields in entries if _run_of(fields) in runs]
+            kept += len(entries) - len(ours)
+            if ours:
+                removed += client.xdel(stream, *ours)
+            start = f"({_text(entries[-1][0])}"
         if removed:
             log.info("%s: %d entries an earlier attempt published to %s removed: it is published again from "
                      "its first frame", video_id, removed, stream)
+        if kept:
+            log.warning("%s: %s holds %d entries another writer added since the batch began the video: kept (a "
+                        "camera's or another batch's?) — give this batch streams of its own (sinks.redis.stream, "
+                        "e.g. batch:{source}:frames)", video_id, stream, kept)
+
+
+def _run_of(fields: dict) -> str:
+    """The ``run_id`` field of a stream entry read back ("" where it has none)."""
+    value = fields.get(b"run_id", fields.get("run_id", b""))
+    return _text(value)
 
 
 def _text(value: bytes | str) -> str:
@@ -1049,8 +1089,8 @@ def run_local(cfg: PipelineConfig, jobs: Sequence[VideoJob], root: Path, manifes
         extra = _extra_sinks(cfg)
         publisher = next((s for s in extra if isinstance(s, RedisPublisher)), None)
         if publisher is not None:
-            marks = marks or RedisMarks(root / REDIS_MARKS)
-            marks.cut_back(publisher.client, (publisher.stream_pattern, publisher.events_pattern), group)
+            marks = marks or RedisMarks(root / REDIS_MARKS, manifest_runs(manifest))
+            marks.cut_back(publisher.client, (publisher.stream_pattern, publisher.events_pattern), group, run_id)
         runtime = Runtime.from_config(
             cfg, sources, adapter, [sink, *extra], queue_size=cfg.batch.queue_size, metrics=metrics,
             warm_up=warm_up, progress=None, run_id=run_id, stages=tracking_stages(cfg.tracking), publish_states=True,

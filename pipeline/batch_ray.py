@@ -47,6 +47,7 @@ from segstream.pipeline.batch import (
     _extra_sinks,
     cut_back,
     judge,
+    manifest_runs,
     undelivered_reason,
 )
 from segstream.pipeline.config import BatchPipelineConfig, PipelineConfig
@@ -174,7 +175,7 @@ def process_video(job: VideoJob, cfg_json: str, root: str, actor, labels, board,
 
     try:
         sinks = _extra_sinks(cfg)  # first: a video that cannot be opened says so on its events stream
-        _cut_back(sinks, job.id, mark)
+        _cut_back(sinks, job.id, mark, run_id)
         publish_state("connecting", "starting")
         source = FileSource(job.id, job.source, open_timeout_s=batch_cfg.open_timeout_s,
                             read_timeout_s=batch_cfg.read_timeout_s, max_fps=batch_cfg.max_fps,
@@ -479,8 +480,9 @@ def run_ray(ray, cfg: PipelineConfig, jobs: Sequence[VideoJob], root: Path, mani
                              "videos finished so far are recorded; run the same command again to go on") from None
 
 
-def _cut_back(sinks, video_id: str, mark: dict[str, str] | None) -> None:
-    """A retried task (its worker died mid-video) starts its streams again from the mark."""
+def _cut_back(sinks, video_id: str, mark: dict[str, str] | None, run_id: str) -> None:
+    """A retried task (its worker died mid-video) starts its streams again from the mark: what
+    its run published of the video is deleted (the driver cut earlier runs' before the first try)."""
     import redis
 
     from segstream.connectors.redis_connection import error_summary
@@ -490,13 +492,13 @@ def _cut_back(sinks, video_id: str, mark: dict[str, str] | None) -> None:
     if publisher is None or not mark:
         return
     try:
-        cut_back(publisher.client, video_id, mark)
+        cut_back(publisher.client, video_id, mark, {run_id})
     except redis.RedisError as error:
         log.warning("%s: cannot cut its Redis streams back to where the batch began it (%s): entries an attempt "
                     "that died published may be there twice", video_id, error_summary(error))
 
 
-def _marks(cfg, root: Path):
+def _marks(cfg, root: Path, manifest: Manifest):
     """The Redis client, stream patterns and ``RedisMarks`` of a batch that publishes to Redis."""
     redis_cfg = cfg.sinks.redis
     if not (redis_cfg.enabled and redis_cfg.url):
@@ -504,7 +506,7 @@ def _marks(cfg, root: Path):
     from segstream.connectors.redis_connection import connect_redis
 
     client = connect_redis(redis_cfg.url, **redis_cfg.login())
-    return client, (redis_cfg.stream, redis_cfg.events_stream), RedisMarks(root / REDIS_MARKS)
+    return client, (redis_cfg.stream, redis_cfg.events_stream), RedisMarks(root / REDIS_MARKS, manifest_runs(manifest))
 
 
 def _signal_handlers() -> dict:
@@ -563,7 +565,7 @@ def _run(ray, cfg, jobs, root, manifest, progress, control, run_id) -> list[Vide
     queue = deque(enumerate(jobs))
     in_flight: dict = {}
     outcomes: list[VideoOutcome] = []
-    marking = _marks(cfg, root)
+    marking = _marks(cfg, root, manifest)
     try:
         while queue or in_flight:
             while queue and len(in_flight) < limit and not control.stopping.is_set():
@@ -571,7 +573,7 @@ def _run(ray, cfg, jobs, root, manifest, progress, control, run_id) -> list[Vide
                 mark = None
                 if marking is not None:
                     client, patterns, marks = marking
-                    marks.cut_back(client, patterns, [job])
+                    marks.cut_back(client, patterns, [job], run_id)
                     mark = marks.marks.get(job.id)
                 ref = task.remote(job, cfg_json, str(root), actors[i % len(actors)], labels, board,
                                   geometry if cfg.engine.resize_in_decoder else None, run_id, mark, logs)

@@ -917,9 +917,53 @@ def test_a_batch_killed_midway_and_resumed_leaves_each_frame_once_in_redis(tmp_p
         assert [int(f[b"seq"]) for f in entries] == list(range(1, 41)), "numbered on from where it was cut back to"
         states = [event_from_wire(f) for _, f in client.xrange("segstream:long:events")]
         assert len({e.run_id for e in states}) == 1, "the killed run's events went with its frames"
-        assert json.loads((out / REDIS_MARKS).read_text()) == {
+        marks = json.loads((out / REDIS_MARKS).read_text())
+        assert len(marks.pop(":runs")) == 2, "the killed run and this one: the entries the folder's batches wrote"
+        assert marks == {
             "long": {"segstream:long:events": "0-0", "segstream:long:frames": "0-0"}
         }, "the mark stays where the batch first began the video, for when it is done again"
+
+
+def test_a_batch_done_again_never_deletes_what_another_writer_put_in_its_video_s_stream(tmp_path, caplog):
+    """Found probing as an attacker: a batch over gate.mp4, with the shipped config's stream names,
+    wrote into the live camera gate's stream unsaid, and done again deleted the camera's entries
+    written since (XDEL of everything after its mark)."""
+    from segstream.connectors.redis_sink import RedisPublisher
+    from tests.redis_servers import RedisProcess
+    from tests.test_redis_sink import tiny_scene
+
+    video = encode_clip(tmp_path / "gate.mp4", frames=6)
+    out = tmp_path / "out"
+    caplog.set_level(logging.INFO, logger="segstream")
+    with RedisProcess(tmp_path / "redis") as server:
+        client = server.client()
+        camera = RedisPublisher(server.client(), max_batch_delay_s=0, run_id="camera-run", status_pattern=None)
+
+        def camera_publishes(frames: range) -> None:
+            for index in frames:
+                scene = tiny_scene("gate", index)
+                scene.run_id = "camera-run"
+                camera.publish(scene)
+            camera.flush()
+
+        camera_publishes(range(3))
+        cfg = config(out)
+        cfg.sinks.redis.url = server.url
+        assert [o.status for o in run_batch(cfg, [str(video)], adapter=ColourSegmenter(), progress=False)[0]] == ["done"]
+        [said] = [r.getMessage() for r in caplog.records if "holds entries of another writer" in r.getMessage()]
+        assert "segstream:gate:frames" in said and "camera-run" in said and "streams of its own" in said
+        camera_publishes(range(3, 5))
+        cfg.tracking.min_hits = 4  # other settings: the video is done again
+        caplog.clear()
+        assert [o.status for o in run_batch(cfg, [str(video)], adapter=ColourSegmenter(), progress=False)[0]] == ["done"]
+        runs = [(f[b"run_id"].decode(), int(f[b"frame"])) for _, f in client.xrange("segstream:gate:frames")]
+        assert [frame for run, frame in runs if run == "camera-run"] == list(range(5)), "the camera's entries kept"
+        batch_runs = {run for run, _ in runs} - {"camera-run"}
+        assert len(batch_runs) == 1 and [frame for run, frame in runs if run in batch_runs] == list(range(6)), \
+            "the first batch's entries deleted, the second's there once"
+        assert any("holds 2 entries another writer added since the batch began the video: kept" in r.getMessage()
+                   for r in caplog.records)
+        camera.close()
 
 
 _INTERRUPTED = """
