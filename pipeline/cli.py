@@ -68,6 +68,7 @@ from segstream.pipeline.logs import (
     journal_prefix,
     json_logging,
     new_run_id,
+    printable,
     set_run_id,
     signal_line,
     write_line,
@@ -187,7 +188,7 @@ def main_error(error: SegstreamError, about: str = "") -> int:
         if json_logging():
             log.error(about + line)
         else:
-            print(f"{journal_prefix(logging.ERROR)}segstream: error: {about}{line}", file=sys.stderr)
+            print(f"{journal_prefix(logging.ERROR)}segstream: error: {printable(about + line)}", file=sys.stderr)
     return error.exit_code
 
 

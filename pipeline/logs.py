@@ -58,6 +58,20 @@ def _prefixed(text: str, levelno: int) -> str:
     return "\n".join(prefix + line for line in text.split("\n")) if prefix else text
 
 
+# C0 controls but tab and line feed, DEL and C1 controls, and the bidirectional overrides: a text
+# line's message comes partly from others (a camera's HTTP reason phrase, a server's error, a file's
+# name), whose escape sequences would clear, colour or retitle the operator's terminal (found probing
+# as an attacker: a snapshot camera's 403 reason carried ESC [2J)
+_CONTROLS = {c: f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}"
+             for c in [*range(0x09), *range(0x0b, 0x20), *range(0x7f, 0xa0), 0x200e, 0x200f, *range(0x202a, 0x202f),
+                       *range(0x2066, 0x206a)]}
+
+
+def printable(text: str) -> str:
+    """``text`` with its control characters escaped (``\\x1b``), its line breaks and tabs kept."""
+    return text.translate(_CONTROLS)
+
+
 class _ScrubbedTracebacks:
     """Tracebacks and stacks scrubbed as the message is: an exception's text may quote a URL
     with its password (the ``_Scrub`` filter sees only the message)."""
@@ -79,7 +93,7 @@ class _PlainFormatter(_ScrubbedTracebacks, logging.Formatter):
     """``segstream: message``, with the level named from warnings up, as the CLI's own lines read."""
 
     def format(self, record: logging.LogRecord) -> str:
-        message = record.getMessage()
+        message = printable(record.getMessage())
         if record.levelno >= logging.WARNING:
             message = f"{record.levelname.lower()}: {message}"
         text = f"segstream: {message}"

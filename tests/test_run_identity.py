@@ -463,6 +463,26 @@ def test_tail_reads_the_redis_url_from_the_environment_as_the_demo_does(server, 
     assert "frame=0" in capsys.readouterr().out
 
 
+def test_text_lines_escape_the_control_characters_others_put_in_them(capsys):
+    """Found probing as an attacker: a snapshot camera answering ``403 ESC[2J ESC]0;PWNED BEL
+    Forbidden`` had its escape sequences written raw to the operator's terminal (cleared, retitled)."""
+    from segstream.connectors.errors import SourceError
+    from segstream.pipeline.cli import main_error
+
+    reason = "403 \x1b[2J\x1b]0;PWNED\x07Forbidden \u202eevil"
+    out = io.StringIO()
+    configure_logging("text", stream=out)
+    try:
+        logging.getLogger("segstream.test").warning("source snap failed: refused access (%s)\n\tsecond line", reason)
+    finally:
+        configure_logging("text")
+    assert out.getvalue() == ("segstream: warning: source snap failed: refused access "
+                              "(403 \\x1b[2J\\x1b]0;PWNED\\x07Forbidden \\u202eevil)\n\tsecond line\n")
+    assert main_error(SourceError(f"source snap: refused access ({reason})")) == 1
+    assert capsys.readouterr().err == ("segstream: error: source snap: refused access "
+                                       "(403 \\x1b[2J\\x1b]0;PWNED\\x07Forbidden \\u202eevil)\n")
+
+
 def test_under_journald_each_line_carries_its_priority_for_journalctl_p(tmp_path):
     """Found probing a systemd deployment: journald stored every line at one priority, so
     ``journalctl -p warning`` showed none of segstream's warnings. systemd names its stream in
