@@ -30,6 +30,10 @@ _USERINFO = re.compile(rf"(?:(?P<scheme>[A-Za-z][\w+.-]{{0,30}}:/{{1,2}})(?P<use
 _NAMES_A_PLACE = ("_file", "_path", "_dir")  # tls.key_file: where a secret is, not the secret
 # names of Redis keys, not keys to anything (found probing: a status_key naming a stream was said as '***')
 _REDIS_KEYS = ("status_key",)
+# FFmpeg's http options that carry credentials in other words (found probing as an attacker: a
+# source's ``options: {headers: "Authorization: Bearer ..."}`` and its cookies were shown whole by
+# ``validate --print``)
+_HEADERS = ("headers", "cookies")
 _MIN_LENGTH = 4  # shorter values would hide too much else ('pts', digits in every number)
 
 _lock = threading.Lock()
@@ -70,6 +74,12 @@ def remember_in(data: Any, _seen: set[int] | None = None) -> None:
             if (isinstance(key, str) and SECRET_NAME.search(key) and not key.endswith(_NAMES_A_PLACE)
                     and key not in _REDIS_KEYS):
                 remember(value, seen)
+            elif key in _HEADERS and isinstance(value, str):
+                remember(value)  # the whole, and the values of headers named as secrets and of cookies
+                for line in value.splitlines():
+                    name, _, said = line.partition(":" if key == "headers" else "=")
+                    if key == "cookies" or SECRET_NAME.search(name) or "cookie" in name.lower():
+                        remember(said.split(";")[0].strip())  # (a cookie's, before its path and domain)
             else:
                 remember_in(value, seen)
     elif isinstance(data, list):

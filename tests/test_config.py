@@ -355,6 +355,23 @@ def test_a_secret_comes_from_a_mounted_file_read_at_each_load_and_is_never_print
     assert load_config(path).sinks.redis.password == "from-systemd"
 
 
+def test_a_stream_s_http_headers_and_cookies_are_never_printed_nor_its_url_s_host(capsys, write):
+    """Found probing as an attacker: ``validate --print`` showed a source's FFmpeg options
+    ``headers: "Authorization: Bearer ..."`` and ``cookies`` whole."""
+    from segstream.connectors.redaction import scrub
+
+    path = write("sources:\n  - name: hls\n    type: stream\n    url: https://cdn.example.com/live/index.m3u8\n"
+                 "    options:\n      headers: \"Authorization: Bearer eyJ.SECRETBEARER\\r\\nUser-Agent: cam-reader\"\n"
+                 "      cookies: \"sessionid=COOKIESECRET123; path=/; domain=cdn.example.com\"\n")
+    assert main(["validate", "--print", path]) == 0
+    out = capsys.readouterr().out
+    assert "SECRETBEARER" not in out and "COOKIESECRET123" not in out and "headers: '***'" in out
+    assert "url: https://cdn.example.com/live/index.m3u8" in out, "a cookie's domain is no secret"
+    # in any line where a header's or cookie's value lands (FFmpeg's errors quote them), not the others
+    assert scrub("GET with Bearer eyJ.SECRETBEARER, sessionid=COOKIESECRET123, agent cam-reader") == \
+        "GET with ***, sessionid=***, agent cam-reader"
+
+
 def test_bad_yaml_names_the_line(capsys, write):
     path = write("sources:\n  - name: cam0\n    type: [file\n")
     [line] = errors_of(capsys, ["validate", path])
