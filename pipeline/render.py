@@ -30,6 +30,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import redis
 from tqdm import tqdm
 
 from segstream.connectors.errors import ConfigError, SegstreamError, SinkError
@@ -37,8 +38,8 @@ from segstream.connectors.file_source import FileSource
 from segstream.connectors.frames import Frame
 from segstream.connectors.overlay import OutputWriteError, OverlayVideo, draw_overlay
 from segstream.connectors.output_files import replace_synced
-from segstream.connectors.redis_connection import COMMAND_LINE
-from segstream.connectors.redis_reader import StreamReader, _missing_stream_message, connect_redis
+from segstream.connectors.redis_connection import COMMAND_LINE, error_summary, redis_address
+from segstream.connectors.redis_reader import StreamReader, _missing_stream_message, _refusal, connect_redis
 from segstream.connectors.terminal import bar_shape
 from segstream.models.results import FrameResult
 from segstream.pipeline.cli import redis_sentinel, redis_tls
@@ -259,6 +260,14 @@ def main_render(args) -> int:
     try:
         written, missing, run = render_stream(client, args.stream, args.video, args.out, args.opacity, args.run,
                                               args.level, getattr(args, "progress", None))
+    except redis.exceptions.NoPermissionError as error:  # found probing: a user without EXISTS, or the key, a traceback
+        raise _refusal(error, args.stream, redis_address(client), f"~{args.stream}") from None
+    except (redis.ConnectionError, redis.TimeoutError) as error:
+        raise SinkError(f"lost Redis at {redis_address(client)}: {error_summary(error)} — check that it still "
+                        "runs") from None
+    except redis.ResponseError as error:
+        raise SinkError(f"Redis at {redis_address(client)} refused: {error_summary(error)} — check that the URL "
+                        "names the Redis that keeps the streams") from None
     finally:
         client.close()
     if written == 0:

@@ -136,6 +136,30 @@ def test_render_of_an_events_stream_names_the_frames_stream_to_draw(tmp_path, bi
                    "— render draws a frames stream, e.g. segstream:cam:frames"]
 
 
+def test_render_as_a_user_redis_refuses_says_what_to_grant_in_one_line(tmp_path, big_clip, capsys):
+    """Found probing as an attacker: a publishing user (no EXISTS), or a reader outside its key
+    patterns, got redis-py's NoPermissionError as a 43-line traceback."""
+    from segstream.pipeline.cli import main
+
+    with EmbeddedRedis(tmp_path / "redis") as server:
+        admin = connect_redis(server.url)
+        admin.xadd("segstream:cam:frames", {"v": "1"})
+        admin.acl_setuser("publisher", enabled=True, passwords=["+publisher-pw"], keys=["segstream:*"],
+                          commands=["+xadd", "+ping", "+client|setname", "+hello"])
+        admin.acl_setuser("other", enabled=True, passwords=["+other-pw"], keys=["team2:*"], commands=["+@all"])
+        capsys.readouterr()
+        said = []
+        for user in ("publisher", "other"):
+            code = main(["render", "segstream:cam:frames", "--video", str(big_clip), "--out", str(tmp_path / "o.mp4"),
+                         "--url", server.url, "--username", user, "--password", f"{user}-pw"])
+            said.append((code, capsys.readouterr().err.splitlines()))
+    [(code, [publisher])] = said[:1]
+    assert code == 1 and publisher.startswith("segstream: error: Redis at ") and "refused" in publisher
+    assert "grant the user EXISTS" in publisher and "Traceback" not in publisher
+    [(code, [other])] = said[1:]
+    assert code == 1 and "its ACL key patterns exclude it — grant it ~segstream:cam:frames" in other
+
+
 def test_tail_refuses_a_negative_count(capsys):
     from segstream.pipeline.cli import main
 
