@@ -294,7 +294,7 @@ def read_entry(fields: Mapping[bytes | str, bytes | str]) -> tuple[FrameResult, 
     mask_encoding = text["mask_encoding"]
     if mask_encoding not in MASK_ENCODINGS:
         raise WireFormatError(
-            f"entry has mask_encoding {mask_encoding!r}; schema v1 knows {', '.join(MASK_ENCODINGS)}"
+            f"entry has mask_encoding {_shown(mask_encoding)}; schema v1 knows {', '.join(MASK_ENCODINGS)}"
         )
     segments, rles = _parse_segments(text["segments"], mask_encoding)
     idmap = None
@@ -794,18 +794,24 @@ def _text(value: bytes | str) -> str:
     return str(value)
 
 
+def _shown(value: str, most: int = 60) -> str:
+    """A field's value as an error quotes it: its first ``most`` characters (found probing as an
+    attacker: a 5,000-character frame field was repeated whole in tail's warning)."""
+    return repr(value) if len(value) <= most else f"{value[:most]!r}... ({len(value)} characters)"
+
+
 def _integer(text: dict[str, str], name: str) -> int:
     try:
         return int(text[name])
     except ValueError:
-        raise WireFormatError(f"field {name!r} is {text[name]!r}, expected an integer") from None
+        raise WireFormatError(f"field {name!r} is {_shown(text[name])}, expected an integer") from None
 
 
 def _number(text: dict[str, str], name: str) -> float:
     try:
         return float(text[name])
     except ValueError:
-        raise WireFormatError(f"field {name!r} is {text[name]!r}, expected a number") from None
+        raise WireFormatError(f"field {name!r} is {_shown(text[name])}, expected a number") from None
 
 
 def _time_base(value: str) -> Fraction | None:
@@ -817,7 +823,7 @@ def _time_base(value: str) -> Fraction | None:
             raise ValueError
         return Fraction(int(numerator), int(denominator))
     except (ValueError, ZeroDivisionError):
-        raise WireFormatError(f"field 'time_base' is {value!r}, expected 'num/den'") from None
+        raise WireFormatError(f"field 'time_base' is {_shown(value)}, expected 'num/den'") from None
 
 
 # --- the JSONL form (the files sink's, segstream batch's) ------------------------------------

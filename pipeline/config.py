@@ -1402,6 +1402,9 @@ def _host_port(address: str) -> tuple[str, int]:
     host = host.removeprefix("[").removesuffix("]")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ValueError(f"'{address}' is not host:port — write e.g. 127.0.0.1:9108, 0.0.0.0:9108 or [::1]:9108")
+    if host == "*":  # other servers' "every interface" (found probing: the run failed, blaming another segstream)
+        raise ValueError(f"'{address}': * names no address here — write 0.0.0.0:{port} for every interface (or "
+                         f"[::]:{port} for IPv6 too)")
     return host, int(port)
 
 

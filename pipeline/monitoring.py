@@ -320,9 +320,13 @@ class OpsServer:
         try:
             self._server = _BoundedHTTPServer((host, port), handler, max_connections, self.refused)
         except OSError as error:
-            advice = privileged_port(error.errno, port) or (
-                "another segstream may hold the port: set ops.http to a free one (e.g. --set "
-                "ops.http=127.0.0.1:9109), or to null to turn it off")
+            if isinstance(error, socket.gaierror) or error.errno == errno.EADDRNOTAVAIL:
+                advice = ("it is no address of this machine: give one of its own, 0.0.0.0 for every interface or "
+                          "127.0.0.1 for this machine only")
+            else:
+                advice = privileged_port(error.errno, port) or (
+                    "another segstream may hold the port: set ops.http to a free one (e.g. --set "
+                    "ops.http=127.0.0.1:9109), or to null to turn it off")
             raise ConfigError(f"ops.http: cannot listen on {host}:{port} ({error.strerror}) — {advice}") from None
         self._server.daemon_threads = True
         # ``POST /reload``: None while no run takes reloads (``ops.reload`` off, or the run not started)

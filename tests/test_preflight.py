@@ -484,6 +484,19 @@ def test_a_port_alone_and_a_privileged_port_are_said_with_what_to_write(capsys, 
     assert capsys.readouterr().err == (
         "segstream: error: ops.http (from --set): 9108 is a port alone — write host:port: 127.0.0.1:9108 (this "
         "machine only) or 0.0.0.0:9108 (every interface)\n")
+    # found probing as an attacker: '*:9108' passed validate, and the run blamed another segstream for the port
+    assert main(["validate", str(config), "--set", "ops.http=*:9108"]) == 2
+    assert capsys.readouterr().err == (
+        "segstream: error: ops.http (from --set): '*:9108': * names no address here — write 0.0.0.0:9108 for every "
+        "interface (or [::]:9108 for IPv6 too)\n")
+    from segstream.connectors.errors import ConfigError
+    from segstream.pipeline.metrics import RunMetrics
+    from segstream.pipeline.monitoring import OpsServer
+
+    for host in ("no-such-host.invalid", "192.0.2.7"):  # (TEST-NET-1: no address of this machine)
+        with pytest.raises(ConfigError, match=f"cannot listen on {host}:9108 .*— it is no address of this machine: "
+                                              "give one of its own, 0.0.0.0 for every interface"):
+            OpsServer(RunMetrics(), host, 9108)
     said = privileged_port(errnos.EACCES, 80)
     assert said.startswith("ports below 1024 take root or CAP_NET_BIND_SERVICE") and "9080" in said
     assert privileged_port(errnos.EACCES, 8080) is None and privileged_port(errnos.EADDRINUSE, 80) is None

@@ -287,6 +287,7 @@ def test_entry_without_version_is_rejected():
         # found probing as an attacker: JSON nested past the recursion limit was a RecursionError traceback
         ("segments", "[" * 100_000, "not valid JSON: JSON nested too deep"),
         ("levels", "[" * 100_000, "levels field is not valid JSON: JSON nested too deep"),
+        ("frame", "9" * 4000 + "x", r"field 'frame' is '9{60}'\.\.\. \(4001 characters\), expected an integer$"),
     ],
 )
 def test_malformed_fields_are_rejected_with_the_field_named(field, value, message):
