@@ -355,6 +355,30 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)
     assert int(grown_mb) < 50, f"the reader grew {grown_mb} MB"
 
 
+def test_a_label_map_is_decoded_into_itself_the_reader_holding_it_once():
+    """Found probing as an attacker: 32 KB stating 16384x16384 took a reader to 2 GiB, the map's
+    bytes and then their copy; it is decompressed into the (writable) map, one allocation."""
+    import subprocess
+    import sys
+
+    code = """
+import resource, zstandard
+from segstream.connectors.redis_wire import from_wire, to_wire
+from tests.test_redis_wire import synthetic_scene
+fields = to_wire(synthetic_scene(), "idmap")
+fields["height"] = fields["width"] = "4096"
+fields["idmap"] = zstandard.ZstdCompressor().compress(bytes(4 * 4096 * 4096))
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+label_map = from_wire(fields).label_map
+label_map[0, 0] = 7
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024, label_map.nbytes // 2**20)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[1])
+    grown_mb, map_mb = map(int, done.stdout.split())
+    assert map_mb == 64 and grown_mb < 1.4 * map_mb, f"the reader grew {grown_mb} MB for a {map_mb} MB map"
+
+
 def test_missing_field_is_named():
     fields = to_wire(synthetic_scene(), "rle")
     del fields["capture_ts"]

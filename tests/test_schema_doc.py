@@ -64,3 +64,11 @@ def test_the_docs_reader_without_segstream_rebuilds_the_label_map(tmp_path, mask
         namespace: dict = {}
         exec(code, namespace)
     assert np.array_equal(namespace["label_map"], result.label_map)
+    # found probing as an attacker: 32 KB stating 16384x16384 took the docs' reader to GBs
+    import zstandard
+
+    stating = zstandard.ZstdCompressor().compress(bytes(4 * 100 * 100))
+    with pytest.raises(ValueError, match="is not one of this camera's frames"):
+        namespace["idmap"](stating, 8192 * 8192)  # an entry claiming more pixels than LARGEST
+    with pytest.raises(ValueError, match="is not one of this camera's frames"):
+        namespace["idmap"](stating, 48 * 64)  # a blob stating more than the entry's size
