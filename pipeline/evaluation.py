@@ -22,6 +22,7 @@ compare them), in float64.
 from __future__ import annotations
 
 import math
+import re
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -290,7 +291,7 @@ def evaluation_model_config(args):
     if getattr(args, "labels", None) is not None:
         values["labels"] = str(args.labels)
     try:
-        return ModelConfig(**values)
+        model_cfg = ModelConfig(**values)
     except ValidationError as error:
         lines = []
         for problem in error.errors():
@@ -301,6 +302,16 @@ def evaluation_model_config(args):
                                           "preset's own weights")
             lines.append(f"--{field} {values.get(field)}: {message}" if field in values else message)
         raise ConfigError("\n".join(lines)) from None
+    from segstream.pipeline.model_factory import check_model_config
+
+    try:
+        check_model_config(model_cfg)
+    except ConfigError as error:  # said in the command's words (found probing: "remove model.postprocess")
+        said = str(error)
+        for field in values:
+            said = re.sub(rf"\bmodel\.{field}\b", f"--{field}", said)
+        raise ConfigError(said) from None
+    return model_cfg
 
 
 def json_safe(averages: dict) -> dict:

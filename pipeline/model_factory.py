@@ -100,11 +100,6 @@ def _build_eomt(preset: Preset, model_cfg, device: torch.device, precision: str,
 
 
 def _build_senatra(preset: Preset, model_cfg, device: torch.device, precision: str, max_batch: int) -> SeNaTraSegmenter:
-    if model_cfg.compile:
-        raise ConfigError(
-            f"model.compile: {preset.name} (SeNaTra) runs eagerly; compiling it is not supported yet — "
-            "set model.compile to false"
-        )
     return SeNaTraSegmenter(
         load_senatra(preset, model_cfg.checkpoint),
         task=model_cfg.task or preset.task,
@@ -213,8 +208,8 @@ def check_preset(model_cfg) -> Preset:
     if family is not None and preset.family != family:
         choices = ", ".join(p.name for p in PRESETS.values() if p.family == family)
         raise ConfigError(
-            f"model.family: preset {preset.name} is a {preset.family} model, the config asks for {family} — "
-            f"drop model.family or choose a {family} preset ({choices})"
+            f"model.family: preset {preset.name} is {_a(preset.family)} model, the config asks for {family} — "
+            f"drop model.family or choose {_a(family)} preset ({choices})"
         )
     return preset
 
@@ -258,6 +253,9 @@ def check_model_config(model_cfg) -> Preset:
             raise ConfigError(f"model.{ignored[0]}: {preset.name} is a SeNaTra model, whose segments come from its "
                               "grouping layers, not from scored queries and masks — remove "
                               + ", ".join(f"model.{name}" for name in ignored))
+        if getattr(model_cfg, "compile", False):  # (found probing: said by run only, validate passed it)
+            raise ConfigError(f"model.compile: {preset.name} (SeNaTra) runs eagerly; compiling it is not supported "
+                              "yet — set model.compile to false")
     if getattr(model_cfg, "labels", None) and not model_cfg.checkpoint:
         raise ConfigError("model.labels: a model of your own classes needs its weights — set model.checkpoint to "
                           "its file (the preset's own weights have the preset's classes)")
@@ -307,7 +305,7 @@ def _check_family_keys(model_cfg, preset: Preset) -> None:
     shipped family, and keys outside what a family registered with ``settings`` reads."""
     options = getattr(model_cfg, "options", None)
     if options and preset.family in BUILTIN_FAMILIES:
-        raise ConfigError(f"model.options: {preset.name} is a {preset.family} model, which takes no options "
+        raise ConfigError(f"model.options: {preset.name} is {_a(preset.family)} model, which takes no options "
                           "(they are a plugin family's own settings) — remove model.options")
     reads = FAMILY_SETTINGS.get(preset.family)
     if reads is None:

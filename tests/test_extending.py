@@ -114,7 +114,7 @@ def test_a_family_of_one_s_own_reads_its_own_settings_from_model_options(registr
 
 
 def test_options_for_a_shipped_family_are_refused_not_ignored():
-    with pytest.raises(ConfigError, match="model.options: synthetic_eomt_tiny_256 is a eomt model, which takes no "
+    with pytest.raises(ConfigError, match="model.options: synthetic_eomt_tiny_256 is an eomt model, which takes no "
                                           "options .they are a plugin family's own settings. — remove model.options"):
         segstream.build_segmenter({"options": {"hue": 1}})
 

@@ -115,12 +115,26 @@ def test_levels_left_out_make_entries_the_size_of_a_panoptic_model_s(tmp_path, c
 
 def test_family_alone_picks_its_shipped_model_and_a_mismatch_is_named():
     assert build_segmenter(ModelConfig(family="senatra", device="cpu")).name == SYNTHETIC_SENATRA.name
-    with pytest.raises(ConfigError, match="preset synthetic_eomt_tiny_256 is a eomt model.*senatra"):
+    with pytest.raises(ConfigError, match="preset synthetic_eomt_tiny_256 is an eomt model.*choose a senatra preset"):
         build_segmenter(ModelConfig(family="senatra", preset="synthetic_eomt_tiny_256", device="cpu"))
     with pytest.raises(ConfigError, match="model.compile: .*SeNaTra"):
         build_segmenter(ModelConfig(family="senatra", device="cpu", compile=True))
+    from segstream.pipeline.model_factory import check_model_config  # validate's check (found probing: run's only)
+
+    with pytest.raises(ConfigError, match="model.compile: .*SeNaTra.*set model.compile to false"):
+        check_model_config(ModelConfig(family="senatra", device="cpu", compile=True))
     with pytest.raises(ConfigError, match="unknown family 'maskformer'"):
         build_segmenter(ModelConfig(family="maskformer", device="cpu"))
+
+
+def test_evaluate_says_a_setting_senatra_refuses_in_its_own_option_s_words(capsys):
+    """Found probing as a researcher: evaluate --postprocess exact said "remove model.postprocess"."""
+    from segstream.pipeline.cli import main
+
+    assert main(["evaluate", "--preset", "synthetic_senatra_tiny_192", "--postprocess", "exact"]) == 2
+    assert capsys.readouterr().err == (
+        "segstream: error: --postprocess: synthetic_senatra_tiny_192 is a SeNaTra model, whose segments come from its "
+        "grouping layers, not from scored queries and masks — remove --postprocess\n")
 
 
 def test_eomts_query_settings_given_to_senatra_are_refused_not_ignored():
