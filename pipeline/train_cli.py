@@ -252,11 +252,13 @@ def stop_on_signals(run) -> Iterator[list[int]]:
 
 
 def finish(args: argparse.Namespace, report, signals: list[int], save: Callable[[Path, dict], None], facts: dict,
-           data, run_hint: dict, held_out: Callable[[], dict] | None = None) -> int:
+           data, run_hint: dict | str, held_out: Callable[[], dict] | None = None) -> int:
     """Write the outcome and say where it is: a finished run's weights at ``--out`` (its
     ``--data`` classes beside them; the kept state removed), then ``held_out()``'s measures, or a
     stopped run's weights so far beside it (with its classes: ``partial.labels.json``; a finished
-    model at ``--out`` keeps its own); the facts as JSON on stdout. Returns the exit status."""
+    model at ``--out`` keeps its own); the facts as JSON on stdout; ``run_hint``: the ``model:``
+    section that runs the weights (their checkpoint added), or what reads them where none does.
+    Returns the exit status."""
     metadata = {k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in facts.items() if v is not None}
     from segstream.connectors.checkpoints import LABELS_KEY
 
@@ -277,16 +279,18 @@ def finish(args: argparse.Namespace, report, signals: list[int], save: Callable[
         save(args.out, metadata)
     labels = beside(args.out, "labels.json")
     _write_labels(labels, data, args.name)  # after the weights: the two change together
-    hint = dict(run_hint, checkpoint=str(args.out.resolve()))
-    if data is not None:
-        hint["labels"] = str(labels.resolve())
+    if isinstance(run_hint, dict):
+        hint = dict(run_hint, checkpoint=str(args.out.resolve()))
+        if data is not None:
+            hint["labels"] = str(labels.resolve())
     for leftover in ("state.pt", "partial.safetensors", "partial.labels.json"):
         beside(args.out, leftover).unlink(missing_ok=True)
     facts = facts | {"out": str(args.out)}
     if held_out is not None:  # after the weights are safe: a failure here loses no training
         facts["held_out"] = held_out()
     _say(json.dumps(facts, indent=1), sys.stdout)
-    _say(f"weights in {args.out}; run them with  model: {json.dumps(hint)}", sys.stderr)
+    _say(f"weights in {args.out}; " + (f"run them with  model: {json.dumps(hint)}" if isinstance(run_hint, dict)
+                                        else run_hint), sys.stderr)
     return 0
 
 

@@ -81,3 +81,18 @@ def test_a_step_with_a_non_finite_gradient_is_skipped_not_applied():
     model, report = train_senatra(settings, model=model, progress=False)
     assert report.steps == 2 and report.skipped == 2
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+
+
+def test_weights_no_preset_runs_are_said_with_what_reads_them(tmp_path, capsys):
+    """Found probing as a researcher: the uniform-downsampling ablation's run ended "run them with
+    model: {preset: synthetic_senatra_tiny_192, ...}", which refuses them."""
+    from types import SimpleNamespace
+
+    from segstream.pipeline.train_cli import finish
+
+    args = SimpleNamespace(out=tmp_path / "uniform.safetensors", name=None)
+    for hint, said in (("the ablation: benchmarks/senatra_grouping.py reads them", "the ablation: benchmarks/"),
+                       ({"family": "senatra"}, 'run them with  model: {"family": "senatra", "checkpoint": ')):
+        assert finish(args, SimpleNamespace(stopped=False), [], lambda path, meta: path.write_bytes(b"weights"),
+                      {"preset": "synthetic_senatra_tiny_192"}, None, hint) == 0
+        assert capsys.readouterr().err.startswith(f"weights in {args.out}; {said}")
