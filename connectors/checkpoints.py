@@ -359,12 +359,19 @@ def _one_file_sha256(path: Path) -> str:
 
 
 def checkpoint_in_folder(folder: Path) -> Path:
-    """The weights file of a model folder (transformers' ``save_pretrained`` writes one)."""
+    """The weights file of a model folder: transformers' ``save_pretrained`` names it, or the one
+    ``.safetensors`` file there (a training run's, named by its ``--out``: ``senatra.safetensors``;
+    not a stopped run's unfinished ``*.partial.safetensors``)."""
     for name in CHECKPOINT_FILES + SHARD_INDEXES:
         if (folder / name).is_file():
             return folder / name
+    found = sorted(path.name for path in folder.glob("*.safetensors")
+                   if path.is_file() and not path.name.endswith("partial.safetensors"))
+    if len(found) == 1:
+        return folder / found[0]
+    others = f"; it holds {', '.join(found[:4])}{', ...' if len(found) > 4 else ''}" if found else ""
     raise CheckpointError(f"checkpoint '{folder}' is a folder without {' or '.join(CHECKPOINT_FILES)} (or a "
-                          "sharded one's index) — pass the weights file itself")
+                          f"sharded one's index, or one .safetensors file){others} — pass the weights file itself")
 
 
 def random_eomt(config, seed: int = 0, task: str = "panoptic", device: str | torch.device = "cpu") -> EoMT:
@@ -583,7 +590,7 @@ def _refuse_other_labels(path: Path, preset: Preset) -> None:
         len(theirs), len(labels.names)) else f"{len(theirs)} classes there, {labels.num_classes} here")
     raise CheckpointError(
         f"checkpoint '{path}' was trained on other classes than {here} names ({first}) — set model.labels to the "
-        "labels file its training wrote beside it (model.labels.json)")
+        f"labels file its training wrote beside it ({path.name.removesuffix('.safetensors')}.labels.json)")
 
 
 def _shipped_labels(name: str) -> LabelSet:

@@ -340,3 +340,27 @@ def test_preview_of_a_result_without_the_level_stops_with_one_line(tmp_path):
     with pytest.raises(SinkError, match=r"^sinks.preview.level: frame 4 of cam has 0 hierarchy levels, no level 1 — "):
         PreviewSink(tmp_path, "png", level=1).publish(result)
     assert not list(tmp_path.rglob("*.png"))
+
+
+def test_a_training_run_s_folder_runs_its_one_weights_file_and_its_classes(tmp_path):
+    """Found probing as a researcher: train_senatra.py's own --out example, senatra.safetensors,
+    given as its folder said "a folder without model.safetensors or pytorch_model.bin"."""
+    import shutil
+
+    from segstream.connectors.errors import CheckpointError
+    import segstream
+    from segstream.connectors.checkpoints import load_senatra, shipped_weights
+
+    folder = tmp_path / "warehouse"
+    folder.mkdir()
+    shutil.copy(shipped_weights(SYNTHETIC_SENATRA.weights), folder / "senatra.safetensors")
+    (folder / "senatra.partial.safetensors").write_bytes(b"a stopped run's, unfinished")  # not taken
+    classes = json.loads((Path(segstream.__file__).parents[1] / "models" / "labels" / "synthetic.json").read_text())
+    (folder / "senatra.labels.json").write_text(json.dumps(classes | {"name": "warehouse"}))
+    cfg = ModelConfig(checkpoint=str(folder))
+    assert cfg.preset == SYNTHETIC_SENATRA.name and cfg.labels == str(folder / "senatra.labels.json")
+    assert load_senatra(SYNTHETIC_SENATRA, str(folder)) is not None
+    (folder / "other.safetensors").write_bytes(b"")
+    with pytest.raises(CheckpointError, match=r"or one \.safetensors file\); it holds other\.safetensors, "
+                                              r"senatra\.safetensors — pass the weights file itself"):
+        load_senatra(SYNTHETIC_SENATRA, str(folder))
