@@ -321,6 +321,13 @@ def test_reprs_of_a_result_its_segments_and_a_scaled_map_are_one_short_line():
     assert repr(scaled) == "ScaledLabelMap(1920x1080 frame from 256x256 decided)"
     # adapter.segment()'s results have no source (found probing: "FrameResult( frame 0, ...")
     assert repr(segstream.FrameResult("", 0, 64, 48, None, segments[:0])) == "FrameResult(frame 0, 64x48, 0 segments)"
+    # a hierarchy level's arrays were printed whole, its map among them: 5 KB (found probing as a researcher)
+    from segstream.client import Level
+
+    level = Level(np.arange(5), np.array([0, 0, 1, 1, 2]), np.ones(5), np.zeros((240, 320), np.int32))
+    assert repr(level) == "Level(5 segments in 3 parents, 320x240 label map)"
+    assert repr(Level(np.arange(3), np.full(3, -1), np.ones(3), scaled)) == \
+        "Level(3 segments, the coarsest, ScaledLabelMap(1920x1080 frame from 256x256 decided))"
 
 
 @pytest.mark.parametrize("overrides", [
