@@ -78,6 +78,18 @@ def ray_failure(error: BaseException) -> str:
     return f"{name}: {lines[0]}" if lines else name
 
 
+def _one_line(error: BaseException) -> str:
+    """Ray's message on one line: its version mismatch is five ("The cluster was started with:\n
+    Ray: 2.54.0 ..."; found probing two machines), said as ``...: Ray 2.54.0, Python 3.11.7; this
+    process ...: Ray 2.60.0, ...`` with what to do."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    text = "; ".join(lines).replace(":;", ":").replace("with:", "with")
+    if "Version mismatch" in text:
+        text += " — install the cluster's Ray and Python versions here (pip install ray==<its version>), or start " \
+                "the cluster with this machine's"
+    return text
+
+
 def _ray():
     try:
         import ray
@@ -96,7 +108,15 @@ class ModelActor:
 
         if logs is not None:
             configure_logging(*logs)
-        self.adapter = build_segmenter(ModelConfig.model_validate_json(model_json), batch_size=batch_size)
+        from pydantic import ValidationError
+
+        try:  # (its node's view: a checkpoint at a path only the driver has; found probing two machines)
+            model_cfg = ModelConfig.model_validate_json(model_json)
+        except ValidationError as error:
+            problem = error.errors()[0]
+            raise ConfigError(f"model.{'.'.join(map(str, problem['loc']))} on Ray node {_node()}: "
+                              f"{problem['msg'].removeprefix('Value error, ')}") from None
+        self.adapter = build_segmenter(model_cfg, batch_size=batch_size)
         self.stage = ModelStage(self.adapter, max_inflight=1)
 
     def labels(self):
@@ -173,6 +193,7 @@ def process_video(job: VideoJob, cfg_json: str, root: str, actor, labels, board,
                               dropped_by=Counter(decode_error=errors) if errors else Counter())
         return {"frames": counts.outcome()}
 
+    board.add.remote(job.id, 0)  # begun: a video not begun is stopped at once by a first Ctrl-C
     try:
         sinks = _extra_sinks(cfg)  # first: a video that cannot be opened says so on its events stream
         _cut_back(sinks, job.id, mark, run_id)
@@ -274,7 +295,147 @@ def process_video(job: VideoJob, cfg_json: str, root: str, actor, labels, board,
     return {"status": status, "reason": reason, "frames": frames, "outputs": written,
             "decode_errors": source.decode_errors if source else 0, "seconds": time.monotonic() - started,
             "frames_missing": source.frames_missing if source else 0, "damage": source.damage if source else "",
-            "video_stream": info.stream if info else "", "other_video_streams": list(info.other_streams) if info else []}
+            "video_stream": info.stream if info else "", "other_video_streams": list(info.other_streams) if info else [],
+            "node": _node()}
+
+
+def _node() -> str:
+    """The address of the Ray node this process runs on."""
+    import ray
+
+    return ray.util.get_node_ip_address()
+
+
+# Seconds without a frame or a video ended, with videos in flight, before the batch says it is waiting
+_STALL_S = 60.0
+
+
+class _Stopped(Exception):
+    """A first Ctrl-C while the batch waited for the cluster to start its model actor."""
+
+
+class _StallWatch:
+    """Says when a batch on Ray stops moving, and why it may be: Ray holds a task until a node has
+    its resources, and an actor until one can take it, so a cluster too small for the model actors
+    and a video's task beside them, or one that lost the node they fit on, left the batch waiting in
+    silence for ever (found probing two machines). It waits on (an autoscaler may add nodes), saying
+    so; the progress board's answers are taken through it (a board lost with its node costs the
+    bars their counts until it is back, not the batch)."""
+
+    def __init__(self, ray, settings):
+        self.ray, self.settings = ray, settings
+        self.moved = time.monotonic()
+        self.said = False
+        self.board_lost = False
+
+    def nodes_line(self) -> str:
+        """What the cluster holds now and what the batch asks of it."""
+        try:
+            free = self.ray.available_resources()
+            nodes = [node["Resources"] for node in self.ray.nodes() if node.get("Alive")]
+        except Exception:  # noqa: BLE001 (the cluster itself away: said by what follows)
+            return "the cluster does not answer"
+        cpus = ", ".join(f"{float(r.get('CPU', 0)):g}" for r in nodes)
+        return (f"its {len(nodes)} node(s) have {cpus or 'no'} CPU(s), {float(free.get('CPU', 0)):g} free; each model "
+                f"actor asks batch.ray.actor_cpus {self.settings.actor_cpus:g} and each video's task "
+                f"batch.ray.decode_cpus {self.settings.decode_cpus:g}")
+
+    def fits(self, actors: int, gpus: float) -> None:
+        """Warn now when the cluster's nodes cannot hold the model actors and a video's task beside them."""
+        try:
+            nodes = [[float(n["Resources"].get("CPU", 0)), float(n["Resources"].get("GPU", 0))]
+                     for n in self.ray.nodes() if n.get("Alive")]
+        except Exception:  # noqa: BLE001
+            return
+        placed = 0
+        for _ in range(actors):
+            room = [node for node in nodes if node[0] >= self.settings.actor_cpus and node[1] >= gpus]
+            if not room:
+                break
+            node = max(room)
+            node[0] -= self.settings.actor_cpus
+            node[1] -= gpus
+            placed += 1
+        if placed == actors and any(node[0] >= self.settings.decode_cpus for node in nodes):
+            return
+        log.warning("the Ray cluster cannot run this batch as it is: %s%s — nothing runs until it grows (an "
+                    "autoscaler?); lower batch.ray.actor_cpus, decode_cpus or model_actors, or add CPUs",
+                    self.nodes_line(), f", {actors} model actor(s) with {gpus:g} GPU(s) each" if gpus else "")
+
+    def get(self, refs, what: str, stopping: threading.Event | None = None):
+        """``ray.get(refs)``, saying each minute that ``what`` has not started (its resources not
+        found: the cluster too small?); ``_Stopped`` once ``stopping`` is set."""
+        waited = 0.0
+        while True:
+            try:
+                return self.ray.get(refs, timeout=_POLL_S)
+            except self.ray.exceptions.GetTimeoutError:
+                waited += _POLL_S
+                if stopping is not None and stopping.is_set():
+                    raise _Stopped from None
+                if waited % _STALL_S < _POLL_S:
+                    log.warning("%s has not started in %.0f s: %s", what, waited, self.nodes_line())
+
+    def take(self, board) -> dict[str, int]:
+        """The frames each video did since the last take (a lost board: none, said once)."""
+        try:
+            counts = self.ray.get(board.take.remote(), timeout=10)
+        except self.ray.exceptions.RayError as error:
+            if not self.board_lost:
+                self.board_lost = True
+                log.warning("the batch's progress board was lost with its node (%s): the bars wait until Ray has "
+                            "restarted it; the videos go on", ray_failure(error))
+            return {}
+        if counts:
+            self.moved = time.monotonic()
+        return counts
+
+    def waiting(self, ended: bool, in_flight: int) -> None:
+        """Told each turn of the driver's loop whether a video ended: says a stall once, and its end."""
+        now = time.monotonic()
+        if ended or now - self.moved < _STALL_S or not in_flight:
+            if ended:
+                self.moved = now
+            if self.said and now - self.moved < _STALL_S:
+                self.said = False
+                log.info("the batch moves again")
+            return
+        if not self.said:
+            self.said = True
+            log.warning("no frame and no video's end for %.0f s with %d video(s) in flight: %s — a node lost, or "
+                        "a cluster too small for them? The batch waits for the cluster; Ctrl-C stops it", now -
+                        self.moved, in_flight, self.nodes_line())
+
+
+def _actor_lost(ray, error: BaseException) -> bool:
+    """Whether a task failed because its model actor was lost (its node died or was cut off)."""
+    seen = set()
+    inner: BaseException | None = error
+    while inner is not None and id(inner) not in seen:
+        if isinstance(inner, (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError)):
+            return True
+        seen.add(id(inner))
+        inner = getattr(inner, "cause", None)
+    return False
+
+
+def _seen_from_here(outcome: VideoOutcome, root: Path, node: str) -> VideoOutcome:
+    """A video's outcome as the driver's machine sees it: a video done whose outputs are not in the
+    output folder here was written on a node that does not share it (found probing two machines:
+    exit 0, every video done, the outputs on the workers' disks); a file its node did not find
+    that is here is said so."""
+    job = outcome.job
+    if outcome.status == "done" and any(not (root / output).exists() for output in outcome.outputs):
+        return VideoOutcome(job, "failed", outcome.frames, reason=(
+            f"its outputs were written on Ray node {node or '?'}, and are not in {root} here — the output folder "
+            "must be one folder shared at the same path by every node (NFS, a mounted bucket; docs/OPERATIONS.md, "
+            "\"Two machines or more\")"))
+    if (outcome.status == "failed" and "does not exist" in outcome.reason and not job.url
+            and Path(job.path).exists()):
+        return VideoOutcome(job, "failed", reason=(
+            f"{outcome.reason} on Ray node {node or '?'}, where its task ran, but it does here — the inputs must be "
+            "at the same path on every node"))
+    return outcome
 
 
 def _resources(ray, cfg: PipelineConfig) -> tuple[int, float]:
@@ -343,7 +504,8 @@ def _joined(ray, cfg: PipelineConfig) -> Iterator:
                                   "cluster's token in RAY_AUTH_TOKEN, in a file named by RAY_AUTH_TOKEN_PATH, or in "
                                   "~/.ray/auth_token (`ray get-auth-token` on the head prints it)") from None
             said = f" (Ray's client: {kept[-1].split('] ', 1)[-1]})" if kept else ""
-            raise ConfigError(f"cannot join the Ray cluster at {address or 'a new local Ray'}: {error}{said}") from None
+            raise ConfigError(f"cannot join the Ray cluster at {address or 'a new local Ray'}: {_one_line(error)}{said}"
+                              ) from None
         finally:
             _restore(handlers)  # Ray's own SIGTERM handler aborted the batch instead of draining it
     try:
@@ -450,10 +612,12 @@ def settle_model(ray, cfg: PipelineConfig) -> PipelineConfig:
     if gpus > 0 and model.device == "auto":
         model = model.model_copy(update={"device": "cuda"})
     if model.precision == "auto":
+        watch = _StallWatch(ray, cfg.batch.ray)
+        watch.fits(_resources(ray, cfg)[0], gpus)  # before its question waits on the cluster
         # max_calls=1: the worker exits after it, rather than hold the CUDA context its question made
         task = ray.remote(num_cpus=cfg.batch.ray.actor_cpus, num_gpus=gpus, max_calls=1)(_precision_here)
         try:
-            precision = ray.get(task.remote(model.precision, model.device))
+            precision = watch.get(task.remote(model.precision, model.device), "the question of the model's precision")
         except ray.exceptions.RayTaskError as error:  # model.device: cuda on workers without one, say
             raise ConfigError(ray_failure(error).removeprefix("ConfigError: ")) from None
         model = model.model_copy(update={"precision": precision})
@@ -552,18 +716,31 @@ def _run(ray, cfg, jobs, root, manifest, progress, control, run_id) -> list[Vide
                                                  max_task_retries=3)
     logs = log_settings()  # the workers' lines as the driver's: the format and level it was given
     actors = [actor_class.remote(cfg.model.model_dump_json(), cfg.engine.batch_size, logs) for _ in range(actors_wanted)]
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    watch = _StallWatch(ray, settings)
+    watch.fits(actors_wanted, gpus)
     try:
-        labels, geometry = ray.get([actors[0].labels.remote(), actors[0].geometry.remote()])
+        labels, geometry = watch.get([actors[0].labels.remote(), actors[0].geometry.remote()], "the model actor",
+                                     control.stopping)
+    except _Stopped:
+        return [VideoOutcome(job, "stopped") for job in jobs]
     except ray.exceptions.RayError as error:
-        raise ConfigError(f"the model actor could not start: {error}") from None
+        raise ConfigError(f"the model actor could not start: {ray_failure(error)}") from None
     filter_settings(cfg.filters, labels)  # its class names, checked once here rather than failing every video
-    board = ray.remote(ProgressBoard).options(num_cpus=0).remote()
+    # on the driver's node where it has one (found probing: a node lost with the board on it ended the batch),
+    # restarted where it is lost all the same: it only counts frames for the bars
+    here = ray.get_runtime_context().get_node_id()
+    placed = {"scheduling_strategy": NodeAffinitySchedulingStrategy(here, soft=True)} if here else {}
+    board = ray.remote(ProgressBoard).options(num_cpus=0, max_restarts=-1, **placed).remote()
     task = ray.remote(process_video).options(num_cpus=settings.decode_cpus, max_retries=settings.retries,
                                              retry_exceptions=False)
     limit = settings.videos_in_flight or 2 * len(actors)
     cfg_json = cfg.model_dump_json()
     queue = deque(enumerate(jobs))
     in_flight: dict = {}
+    begun: set[str] = set()  # videos whose task has started (a first Ctrl-C cancels the others)
+    tries: Counter[str] = Counter()  # per video, its tasks lost with their model actor
     outcomes: list[VideoOutcome] = []
     marking = _marks(cfg, root, manifest)
     try:
@@ -577,26 +754,43 @@ def _run(ray, cfg, jobs, root, manifest, progress, control, run_id) -> list[Vide
                     mark = marks.marks.get(job.id)
                 ref = task.remote(job, cfg_json, str(root), actors[i % len(actors)], labels, board,
                                   geometry if cfg.engine.resize_in_decoder else None, run_id, mark, logs)
-                in_flight[ref] = job
+                in_flight[ref] = (i, job)
             if not in_flight:
                 break
             ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=_POLL_S)
-            for video_id, frames in ray.get(board.take.remote()).items():
+            for video_id, frames in watch.take(board).items():
+                begun.add(video_id)
                 progress.advance(video_id, frames)
+            if control.stopping.is_set():  # the videos not begun yet are stopped now, not begun and finished
+                for ref, (_, job) in in_flight.items():
+                    if job.id not in begun:
+                        ray.cancel(ref)
+            watch.waiting(bool(ready), len(in_flight))
             for ref in ready:
-                job = in_flight.pop(ref)
+                i, job = in_flight.pop(ref)
                 try:
                     result = ray.get(ref)
                     outcome = VideoOutcome(job, result["status"], result["frames"], result["decode_errors"],
                                            result["seconds"], result["reason"], result["outputs"],
                                            result["frames_missing"], result["damage"], result["video_stream"],
                                            result["other_video_streams"])
+                    outcome = _seen_from_here(outcome, root, result.get("node", ""))
+                except ray.exceptions.TaskCancelledError:
+                    outcome = VideoOutcome(job, "stopped")
                 except ray.exceptions.RayError as error:
+                    if _actor_lost(ray, error) and tries[job.id] < settings.retries and not control.stopping.is_set():
+                        # its model actor's node went away (the actor restarts elsewhere): the video again, not failed
+                        tries[job.id] += 1
+                        log.warning("%s: its model actor was lost (%s): the video is done again (%d of %d)", job.id,
+                                    ray_failure(error), tries[job.id], settings.retries)
+                        queue.appendleft((i, job))
+                        continue
                     # a worker that died is retried (batch.ray.retries); an error in the task is not
                     died = isinstance(error, (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError))
-                    tries = f" {settings.retries + 1} times" if died else ""
-                    outcome = VideoOutcome(job, "failed", reason=f"its Ray task failed{tries}: {ray_failure(error)}")
-                manifest.record(outcome)
+                    times = f" {settings.retries + 1} times" if died else ""
+                    outcome = VideoOutcome(job, "failed", reason=f"its Ray task failed{times}: {ray_failure(error)}")
+                if outcome.status != "stopped":
+                    manifest.record(outcome)
                 progress.ended_video(outcome)
                 outcomes.append(outcome)
     except BaseException:

@@ -357,3 +357,75 @@ def test_while_joining_only_ray_s_retry_lines_are_kept_aside_and_the_rest_of_sta
     with _native_lines_kept(False) as kept:  # starting a local Ray: standard error as it is
         os.write(2, retry)
     assert kept == [] and "gcs_client" in capfd.readouterr().err
+
+
+def test_a_cluster_too_small_for_the_batch_says_so_at_once_and_a_first_ctrl_c_ends_it(tmp_path, caplog):
+    """Found probing two machines: a model actor asking more CPUs than any node has (or a task with
+    none left beside it) left the batch silent for ever, and a first Ctrl-C ("the ones in progress
+    finish") waited on videos that would never begin."""
+    import logging
+
+    from segstream.pipeline.batch_ray import _STALL_S, _StallWatch
+
+    caplog.set_level(logging.INFO, logger="segstream")
+    video = encode_clip(tmp_path / "a.mp4", frames=2)
+    cfg = config(tmp_path / "out", ray={"actor_cpus": 64})
+    cfg.model.precision = "fp32"  # (auto asks a task on the actor's resources: it waits the same, Ctrl-C ends it)
+
+    def interrupt_once_said() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not any("cannot run this batch" in r.getMessage() for r in caplog.records):
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=interrupt_once_said, daemon=True).start()
+    outcomes, _, stopped_by = run_batch(cfg, [str(video)], engine="ray", progress=False)
+    assert [o.status for o in outcomes] == ["stopped"] and stopped_by == signal.SIGINT
+    [said] = [r.getMessage() for r in caplog.records if "cannot run this batch" in r.getMessage()]
+    assert "node(s) have 2 CPU(s)" in said and "batch.ray.actor_cpus 64" in said and "lower batch.ray" in said
+    assert not (tmp_path / "out" / "manifest.jsonl").read_text().strip(), "a stopped video is not recorded"
+
+    # in flight, a batch that stops moving (its node lost) is said once, and its moving again
+    watch = _StallWatch(ray, cfg.batch.ray)
+    caplog.clear()
+    watch.moved -= _STALL_S + 1
+    watch.waiting(ended=False, in_flight=3)
+    watch.waiting(ended=False, in_flight=3)
+    [said] = [r.getMessage() for r in caplog.records]
+    assert said.startswith("no frame and no video's end for 61 s with 3 video(s) in flight: its 1 node(s) have 2 CPU(s)")
+    watch.waiting(ended=True, in_flight=2)
+    assert caplog.records[-1].getMessage() == "the batch moves again"
+
+
+def test_a_video_done_on_a_node_that_does_not_share_the_output_folder_is_failed_not_done(tmp_path):
+    """Found probing two machines: with --out on a worker's own disk, every video was "done", exit 0,
+    and the driver's folder held only the manifest; an input only the driver had "did not exist"."""
+    from segstream.pipeline.batch import VideoJob, VideoOutcome
+    from segstream.pipeline.batch_ray import _seen_from_here
+
+    video = encode_clip(tmp_path / "a.mp4", frames=2)
+    job = VideoJob(video, "a")
+    (tmp_path / "out" / "b").mkdir(parents=True)
+    (tmp_path / "out" / "b" / "frames.jsonl").write_text("{}\n")
+    done_there = _seen_from_here(VideoOutcome(job, "done", 2, outputs=["a/frames.jsonl"]), tmp_path / "out", "10.0.0.2")
+    assert done_there.status == "failed" and done_there.reason.startswith(
+        f"its outputs were written on Ray node 10.0.0.2, and are not in {tmp_path / 'out'} here — the output folder "
+        "must be one folder shared at the same path by every node")
+    done_here = VideoOutcome(VideoJob(video, "b"), "done", 2, outputs=["b/frames.jsonl"])
+    assert _seen_from_here(done_here, tmp_path / "out", "10.0.0.2") is done_here
+    missing_there = VideoOutcome(job, "failed", reason=f"source a: '{video}' does not exist")
+    assert _seen_from_here(missing_there, tmp_path / "out", "10.0.0.2").reason == (
+        f"source a: '{video}' does not exist on Ray node 10.0.0.2, where its task ran, but it does here — the inputs "
+        "must be at the same path on every node")
+
+
+def test_ray_s_version_mismatch_is_one_line_with_what_to_do():
+    """Found probing two machines: Ray's five-line message was five `segstream: error:` lines."""
+    from segstream.pipeline.batch_ray import _one_line
+
+    said = _one_line(RuntimeError("Version mismatch: The cluster was started with:\n    Ray: 2.54.0\n    Python: 3.11.7\n"
+                                  "This process on node 192.0.2.2 was started with:\n    Ray: 2.60.0\n    Python: 3.11.7\n"))
+    assert "\n" not in said and said.startswith("Version mismatch: The cluster was started with Ray: 2.54.0; Python: "
+                                                "3.11.7; This process on node 192.0.2.2 was started with Ray: 2.60.0")
+    assert said.endswith("— install the cluster's Ray and Python versions here (pip install ray==<its version>), or "
+                         "start the cluster with this machine's")

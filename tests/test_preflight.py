@@ -651,7 +651,8 @@ def test_a_redis_slower_to_answer_than_the_run_s_timeout_fails_the_check_as_it_w
 
     with RedisProcess(tmp_path / "redis", ["--enable-debug-command", "yes"]) as server:
         config = write_config(tmp_path, FILE_SOURCE, f"{{url: '{server.url}', timeout_s: 0.5}}")
-        busy = threading.Thread(target=server.client().execute_command, args=("DEBUG", "SLEEP", 2.0))
+        # (busy for longer than the checks before Redis's take on a loaded machine: 2 s was once not)
+        busy = threading.Thread(target=server.client(socket_timeout=10).execute_command, args=("DEBUG", "SLEEP", 5.0))
         busy.start()
         time.sleep(0.1)
         try:
