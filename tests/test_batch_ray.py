@@ -429,3 +429,15 @@ def test_ray_s_version_mismatch_is_one_line_with_what_to_do():
                                                 "3.11.7; This process on node 192.0.2.2 was started with Ray: 2.60.0")
     assert said.endswith("— install the cluster's Ray and Python versions here (pip install ray==<its version>), or "
                          "start the cluster with this machine's")
+
+
+def test_a_task_failed_by_its_lost_model_actor_is_told_from_one_failed_by_its_video():
+    """Found probing two machines: a node lost with the model actor failed the videos in flight (the
+    same command then skipped them); such a video is now done again, a video's own error still fails it."""
+    from segstream.pipeline.batch_ray import _actor_lost
+
+    unavailable = ray.exceptions.ActorUnavailableError("the actor's node is gone", None)
+    assert _actor_lost(ray, unavailable) and _actor_lost(ray, ray.exceptions.ActorDiedError())
+    assert _actor_lost(ray, ray.exceptions.RayTaskError("process_video", "Traceback ...", unavailable))
+    assert not _actor_lost(ray, ray.exceptions.RayTaskError("process_video", "Traceback ...", ValueError("bad")))
+    assert not _actor_lost(ray, ray.exceptions.WorkerCrashedError())
