@@ -317,17 +317,23 @@ class OpsServer:
                                f"were open already, or {max(1, max_connections // 4)} from its address",
                                registry=self.registry)
         handler = _handler(self, timeout_s)
+        # an IPv6 address listens on IPv6 ([::]: every interface, IPv4 too where the system allows)
+        server_class = _BoundedHTTPServer6 if ":" in host else _BoundedHTTPServer
+        shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         try:
-            self._server = _BoundedHTTPServer((host, port), handler, max_connections, self.refused)
+            self._server = server_class((host, port), handler, max_connections, self.refused)
         except OSError as error:
-            if isinstance(error, socket.gaierror) or error.errno == errno.EADDRNOTAVAIL:
+            if isinstance(error, socket.gaierror):
+                advice = ("no address of this machine is called so: give one of its own, its name, 0.0.0.0 for "
+                          "every interface or 127.0.0.1 for this machine only")
+            elif error.errno == errno.EADDRNOTAVAIL:
                 advice = ("it is no address of this machine: give one of its own, 0.0.0.0 for every interface or "
                           "127.0.0.1 for this machine only")
             else:
                 advice = privileged_port(error.errno, port) or (
                     "another segstream may hold the port: set ops.http to a free one (e.g. --set "
                     "ops.http=127.0.0.1:9109), or to null to turn it off")
-            raise ConfigError(f"ops.http: cannot listen on {host}:{port} ({error.strerror}) — {advice}") from None
+            raise ConfigError(f"ops.http: cannot listen on {shown} ({error.strerror}) — {advice}") from None
         self._server.daemon_threads = True
         # ``POST /reload``: None while no run takes reloads (``ops.reload`` off, or the run not started)
         self.reload: Callable[[str | None], tuple[bool, str]] | None = None  # (the file asked for)
@@ -433,6 +439,18 @@ class _BoundedHTTPServer(ThreadingHTTPServer):
                     type(error).__name__, error)
 
 
+class _BoundedHTTPServer6(_BoundedHTTPServer):
+    """The same on an IPv6 address; ``::`` takes IPv4 clients too where the system lets it."""
+
+    address_family = socket.AF_INET6
+
+    def server_bind(self) -> None:
+        if self.server_address[0] == "::":
+            with contextlib.suppress(OSError, AttributeError):
+                self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        super().server_bind()
+
+
 def _handler(server: OpsServer, timeout_s: float) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         timeout = timeout_s  # the socket's: a request sent half (or never) ends the connection
@@ -451,9 +469,15 @@ def _handler(server: OpsServer, timeout_s: float) -> type[BaseHTTPRequestHandler
         def parse_request(self) -> bool:
             parsed = super().parse_request()  # the request line and headers are in: its answer takes what it takes
             self._cut.cancel()
+            if self._was_cut:  # (the closed socket ended its headers: what it asked is not done; found reviewing)
+                self.close_connection = True
+                return False
             return parsed
 
+        _was_cut = False
+
         def _cut_off(self) -> None:
+            self._was_cut = True
             with contextlib.suppress(OSError):
                 self.connection.shutdown(socket.SHUT_RDWR)
         sys_version = ""  # no Python version in the Server header

@@ -394,10 +394,12 @@ def test_a_request_trickled_in_is_cut_off_and_one_address_cannot_take_every_conn
     unanswered for as long as they went on (the timeout was per read). Now the request must be all in
     within the timeout, and one address holds a quarter of the connections at most."""
     server = OpsServer(RunMetrics(), "127.0.0.1", 0, timeout_s=1.0, max_connections=8)
+    reloads = []
+    server.reload = lambda asked_for: (reloads.append(asked_for), (True, "reloaded"))[1]
     slow = []
     try:
         trickled = socket.create_connection(server.address, timeout=5)
-        trickled.sendall(b"GET /healthz HTTP/1.0\r\n")
+        trickled.sendall(b"POST /reload HTTP/1.0\r\n")
         sent = 0
         started = time.monotonic()
         try:
@@ -414,6 +416,7 @@ def test_a_request_trickled_in_is_cut_off_and_one_address_cannot_take_every_conn
             cut = True
         assert cut and sent < 15, f"the connection still read its {sent}th header line"  # cut at about 5
         trickled.close()
+        assert reloads == [], "a request cut off is not carried out (the closed socket ended its headers)"
         for _ in range(4):  # a quarter of the 8 from 127.0.0.1 are held; the 3rd and 4th are closed at once
             connection = socket.create_connection(server.address, timeout=5)
             connection.sendall(b"GET /metr")

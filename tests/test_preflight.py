@@ -493,10 +493,21 @@ def test_a_port_alone_and_a_privileged_port_are_said_with_what_to_write(capsys, 
     from segstream.pipeline.metrics import RunMetrics
     from segstream.pipeline.monitoring import OpsServer
 
-    for host in ("no-such-host.invalid", "192.0.2.7"):  # (TEST-NET-1: no address of this machine)
-        with pytest.raises(ConfigError, match=f"cannot listen on {host}:9108 .*— it is no address of this machine: "
-                                              "give one of its own, 0.0.0.0 for every interface"):
-            OpsServer(RunMetrics(), host, 9108)
+    with pytest.raises(ConfigError, match="cannot listen on no-such-host.invalid:9108 .*— no address of this machine "
+                                          "is called so: give one of its own, its name, 0.0.0.0 for every interface"):
+        OpsServer(RunMetrics(), "no-such-host.invalid", 9108)
+    with pytest.raises(ConfigError, match=r"cannot listen on 192.0.2.7:9108 .*— it is no address of this machine: "
+                                          "give one of its own, 0.0.0.0 for every interface"):  # (TEST-NET-1)
+        OpsServer(RunMetrics(), "192.0.2.7", 9108)
+    # the [::]:9108 the advice gives listens, on IPv6 and (dual stack) IPv4: it failed, "no address of this machine"
+    import urllib.request
+
+    every = OpsServer(RunMetrics(), "::", 0)
+    try:
+        for url in (f"http://[::1]:{every.address[1]}/healthz", f"http://127.0.0.1:{every.address[1]}/healthz"):
+            assert urllib.request.urlopen(url, timeout=5).status == 200
+    finally:
+        every.close()
     said = privileged_port(errnos.EACCES, 80)
     assert said.startswith("ports below 1024 take root or CAP_NET_BIND_SERVICE") and "9080" in said
     assert privileged_port(errnos.EACCES, 8080) is None and privileged_port(errnos.EADDRINUSE, 80) is None
