@@ -10,7 +10,6 @@ import contextlib
 import dataclasses
 import hashlib
 import importlib
-import json
 import pickle
 import warnings
 from collections.abc import Callable
@@ -175,7 +174,7 @@ def nonfinite_tensors(path: Path) -> tuple[list[str], int]:
     other read whole (``segstream validate``: the weights are not kept)."""
     if path.name.endswith(".index.json"):
         bad, total = [], 0
-        for shard in sorted(set(json.loads(path.read_text(encoding="utf-8"))["weight_map"].values())):
+        for shard in sorted(set(parse_json(path.read_text(encoding="utf-8"))["weight_map"].values())):
             names, count = nonfinite_tensors(path.parent / shard)
             bad, total = bad + names, total + count
         return bad, total
@@ -340,7 +339,7 @@ def file_sha256(path: Path) -> str:
     sharded checkpoint's index, of the index and every shard it names (retrained in place, the
     shards change, not the index). Kept for the process while a file is not written again."""
     if path.name.endswith(".index.json"):
-        shards = sorted(set(json.loads(path.read_text(encoding="utf-8")).get("weight_map", {}).values()))
+        shards = sorted(set(parse_json(path.read_text(encoding="utf-8")).get("weight_map", {}).values()))
         parts = [path, *(path.parent / shard for shard in shards)]
         return hashlib.sha256("".join(_one_file_sha256(part) for part in parts).encode()).hexdigest()
     return _one_file_sha256(path)

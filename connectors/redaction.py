@@ -77,9 +77,14 @@ def remember_in(data: Any, _seen: set[int] | None = None) -> None:
             elif key in _HEADERS and isinstance(value, str):
                 remember(value)  # the whole, and the values of headers named as secrets and of cookies
                 for line in value.splitlines():
-                    name, _, said = line.partition(":" if key == "headers" else "=")
-                    if key == "cookies" or SECRET_NAME.search(name) or "cookie" in name.lower():
-                        remember(said.split(";")[0].strip())  # (a cookie's, before its path and domain)
+                    if key == "cookies":  # Set-Cookie lines: the value, before its path and domain
+                        remember(line.partition("=")[2].split(";")[0].strip())
+                        continue
+                    name, _, said = line.partition(":")
+                    if name.strip().lower() == "cookie":  # every cookie of it (found reviewing: the first only)
+                        remember([part.partition("=")[2].strip() for part in said.split(";")])
+                    elif SECRET_NAME.search(name):  # Authorization: Bearer <token>: the token alone too
+                        remember([said.strip(), said.strip().rpartition(" ")[2]])
             else:
                 remember_in(value, seen)
     elif isinstance(data, list):

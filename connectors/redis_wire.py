@@ -716,6 +716,8 @@ def _decompress_idmap(blob: bytes, height: int, width: int, name: str = "idmap")
     except zstandard.ZstdError as error:
         raise WireFormatError(f"{name} field is not a zstd frame: {error}") from None
     if got != expected or beyond:
+        if declared == expected and not beyond:  # (it said "holds 0 bytes" of a frame cut short: found reviewing)
+            raise WireFormatError(f"{name} is cut short: {got} of the {expected} bytes its zstd frame states")
         raise WireFormatError(
             f"{name} holds {'more than ' if beyond else ''}{got} bytes but a {height}x{width} int32 map needs {expected}"
         )

@@ -499,7 +499,7 @@ def read_manifest(path: Path) -> dict[str, dict]:
         try:
             record = json.loads(line)
             records[record["video"]] = record
-        except (json.JSONDecodeError, KeyError, TypeError):
+        except (ValueError, RecursionError, KeyError, TypeError):  # (a line nested too deep: not a record either)
             continue
     return records
 
@@ -698,9 +698,9 @@ def manifest_runs(manifest: Manifest) -> set[str]:
             if isinstance(record.get("made_by"), dict)}
 
 
-def cut_back(client, video_id: str, marks: dict[str, str], runs: Collection[str]) -> None:
+def cut_back(client, video_id: str, marks: dict[str, str], runs: Collection[str], say_kept: bool = True) -> None:
     """Delete what ``runs`` published to each stream after its mark (``{stream: entry ID}``); the
-    entries of other writers there are kept, and said."""
+    entries of other writers there are kept, and said (``say_kept``)."""
     for stream, mark in marks.items():
         removed = kept = 0
         start = f"({mark}"
@@ -713,7 +713,7 @@ def cut_back(client, video_id: str, marks: dict[str, str], runs: Collection[str]
         if removed:
             log.info("%s: %d entries an earlier attempt published to %s removed: it is published again from "
                      "its first frame", video_id, removed, stream)
-        if kept:
+        if kept and say_kept:
             log.warning("%s: %s holds %d entries another writer added since the batch began the video: kept (a "
                         "camera's or another batch's?) — give this batch streams of its own (sinks.redis.stream, "
                         "e.g. batch:{source}:frames)", video_id, stream, kept)

@@ -80,8 +80,8 @@ def ray_failure(error: BaseException) -> str:
 
 def _one_line(error: BaseException) -> str:
     """Ray's message on one line: its version mismatch is five ("The cluster was started with:\n
-    Ray: 2.54.0 ..."; found probing two machines), said as ``...: Ray 2.54.0, Python 3.11.7; this
-    process ...: Ray 2.60.0, ...`` with what to do."""
+    Ray: 2.54.0 ..."; found probing two machines), said as ``... started with Ray: 2.54.0; Python:
+    3.11.7; This process ... Ray: 2.60.0; ...`` with what to do."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     text = "; ".join(lines).replace(":;", ":").replace("with:", "with")
     if "Version mismatch" in text:
@@ -132,10 +132,21 @@ class ModelActor:
 
 
 class ProgressBoard:
-    """Frames done per video, reported by the video tasks and collected by the driver."""
+    """Frames done per video, reported by the video tasks and collected by the driver; and whether
+    a video's task may begin: once the driver has said ``stop`` (a first Ctrl-C), one that had not
+    begun returns at once, stopped, where it would have been run to its end."""
 
     def __init__(self):
         self.counts: dict[str, int] = {}
+        self.stopping = False
+
+    def begin(self, video_id: str) -> bool:
+        if not self.stopping:
+            self.counts.setdefault(video_id, 0)
+        return not self.stopping
+
+    def stop(self) -> None:
+        self.stopping = True
 
     def add(self, video_id: str, frames: int) -> None:
         self.counts[video_id] = self.counts.get(video_id, 0) + frames
@@ -193,7 +204,11 @@ def process_video(job: VideoJob, cfg_json: str, root: str, actor, labels, board,
                               dropped_by=Counter(decode_error=errors) if errors else Counter())
         return {"frames": counts.outcome()}
 
-    board.add.remote(job.id, 0)  # begun: a video not begun is stopped at once by a first Ctrl-C
+    try:  # a first Ctrl-C stops the videos not begun (a board lost with its node: it begins)
+        if not ray.get(board.begin.remote(job.id), timeout=30):
+            return {"status": "stopped", "node": _node()}
+    except ray.exceptions.RayError:
+        pass
     try:
         sinks = _extra_sinks(cfg)  # first: a video that cannot be opened says so on its events stream
         _cut_back(sinks, job.id, mark, run_id)
@@ -327,6 +342,7 @@ class _StallWatch:
         self.moved = time.monotonic()
         self.said = False
         self.board_lost = False
+        self._take = None  # the board's answer asked for, not yet come
 
     def nodes_line(self) -> str:
         """What the cluster holds now and what the batch asks of it."""
@@ -377,15 +393,27 @@ class _StallWatch:
                     log.warning("%s has not started in %.0f s: %s", what, waited, self.nodes_line())
 
     def take(self, board) -> dict[str, int]:
-        """The frames each video did since the last take (a lost board: none, said once)."""
+        """The frames each video did since the last take: a take asked in one turn is collected in a
+        later one when it has come (one given up on would still empty the board, its counts lost:
+        found reviewing); a board lost is said once, and its return."""
+        if self._take is None:
+            self._take = board.take.remote()
+        ready, _ = self.ray.wait([self._take], timeout=0)
+        if not ready:
+            return {}
         try:
-            counts = self.ray.get(board.take.remote(), timeout=10)
+            counts = self.ray.get(self._take)
         except self.ray.exceptions.RayError as error:
             if not self.board_lost:
                 self.board_lost = True
                 log.warning("the batch's progress board was lost with its node (%s): the bars wait until Ray has "
                             "restarted it; the videos go on", ray_failure(error))
             return {}
+        finally:
+            self._take = None
+        if self.board_lost:
+            self.board_lost = False
+            log.info("the batch's progress board is back")
         if counts:
             self.moved = time.monotonic()
         return counts
@@ -419,13 +447,24 @@ def _actor_lost(ray, error: BaseException) -> bool:
     return False
 
 
-def _seen_from_here(outcome: VideoOutcome, root: Path, node: str) -> VideoOutcome:
+def _identity(folder: Path) -> tuple | None:
+    """What tells a folder from the one a task's commit puts in its place (None: there is none)."""
+    try:
+        stat = folder.stat()
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino, stat.st_ctime_ns
+
+
+def _seen_from_here(outcome: VideoOutcome, root: Path, node: str, before: tuple | None = None) -> VideoOutcome:
     """A video's outcome as the driver's machine sees it: a video done whose outputs are not in the
-    output folder here was written on a node that does not share it (found probing two machines:
-    exit 0, every video done, the outputs on the workers' disks); a file its node did not find
-    that is here is said so."""
+    output folder here, or whose folder is still the one it had before its task (``before``: an
+    earlier run's, under the same names), was written on a node that does not share it (found
+    probing two machines: exit 0, every video done, the outputs on the workers' disks); a file its
+    node did not find that is here is said so."""
     job = outcome.job
-    if outcome.status == "done" and any(not (root / output).exists() for output in outcome.outputs):
+    unmoved = before is not None and _identity(root / job.id) == before
+    if outcome.status == "done" and (unmoved or any(not (root / output).exists() for output in outcome.outputs)):
         return VideoOutcome(job, "failed", outcome.frames, reason=(
             f"its outputs were written on Ray node {node or '?'}, and are not in {root} here — the output folder "
             "must be one folder shared at the same path by every node (NFS, a mounted bucket; docs/OPERATIONS.md, "
@@ -655,8 +694,8 @@ def _cut_back(sinks, video_id: str, mark: dict[str, str] | None, run_id: str) ->
     publisher = next((s for s in sinks if isinstance(s, RedisPublisher)), None)
     if publisher is None or not mark:
         return
-    try:
-        cut_back(publisher.client, video_id, mark, {run_id})
+    try:  # (quietly: the driver said what it keeps of other writers)
+        cut_back(publisher.client, video_id, mark, {run_id}, say_kept=False)
     except redis.RedisError as error:
         log.warning("%s: cannot cut its Redis streams back to where the batch began it (%s): entries an attempt "
                     "that died published may be there twice", video_id, error_summary(error))
@@ -721,8 +760,10 @@ def _run(ray, cfg, jobs, root, manifest, progress, control, run_id) -> list[Vide
     watch = _StallWatch(ray, settings)
     watch.fits(actors_wanted, gpus)
     try:
-        labels, geometry = watch.get([actors[0].labels.remote(), actors[0].geometry.remote()], "the model actor",
-                                     control.stopping)
+        # every actor started (a checkpoint a node lacks stops the batch now, not each video it gets: found reviewing)
+        labels, geometry, *_ = watch.get([actors[0].labels.remote(), actors[0].geometry.remote(),
+                                          *(actor.labels.remote() for actor in actors[1:])], "the model actor",
+                                         control.stopping)
     except _Stopped:
         return [VideoOutcome(job, "stopped") for job in jobs]
     except ray.exceptions.RayError as error:
@@ -737,10 +778,10 @@ def _run(ray, cfg, jobs, root, manifest, progress, control, run_id) -> list[Vide
                                              retry_exceptions=False)
     limit = settings.videos_in_flight or 2 * len(actors)
     cfg_json = cfg.model_dump_json()
-    queue = deque(enumerate(jobs))
+    queue = deque((i, job) for i, job in enumerate(jobs))
     in_flight: dict = {}
-    begun: set[str] = set()  # videos whose task has started (a first Ctrl-C cancels the others)
     tries: Counter[str] = Counter()  # per video, its tasks lost with their model actor
+    folders: dict[str, tuple | None] = {}  # per video, its output folder's identity before its task
     outcomes: list[VideoOutcome] = []
     marking = _marks(cfg, root, manifest)
     try:
@@ -752,43 +793,49 @@ def _run(ray, cfg, jobs, root, manifest, progress, control, run_id) -> list[Vide
                     client, patterns, marks = marking
                     marks.cut_back(client, patterns, [job], run_id)
                     mark = marks.marks.get(job.id)
-                ref = task.remote(job, cfg_json, str(root), actors[i % len(actors)], labels, board,
+                folders[job.id] = _identity(root / job.id)
+                # a video done again after its actor was lost goes to the next actor (that one may be gone for good)
+                actor = actors[(i + tries[job.id]) % len(actors)]
+                ref = task.remote(job, cfg_json, str(root), actor, labels, board,
                                   geometry if cfg.engine.resize_in_decoder else None, run_id, mark, logs)
                 in_flight[ref] = (i, job)
             if not in_flight:
                 break
             ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=_POLL_S)
+            if control.stopping.is_set():  # the videos not begun return at once, stopped (said each turn: a
+                board.stop.remote()         # board restarted after a lost node has forgotten)
             for video_id, frames in watch.take(board).items():
-                begun.add(video_id)
                 progress.advance(video_id, frames)
-            if control.stopping.is_set():  # the videos not begun yet are stopped now, not begun and finished
-                for ref, (_, job) in in_flight.items():
-                    if job.id not in begun:
-                        ray.cancel(ref)
             watch.waiting(bool(ready), len(in_flight))
             for ref in ready:
                 i, job = in_flight.pop(ref)
                 try:
                     result = ray.get(ref)
-                    outcome = VideoOutcome(job, result["status"], result["frames"], result["decode_errors"],
-                                           result["seconds"], result["reason"], result["outputs"],
-                                           result["frames_missing"], result["damage"], result["video_stream"],
-                                           result["other_video_streams"])
-                    outcome = _seen_from_here(outcome, root, result.get("node", ""))
-                except ray.exceptions.TaskCancelledError:
-                    outcome = VideoOutcome(job, "stopped")
+                    if result["status"] == "stopped":
+                        outcome = VideoOutcome(job, "stopped")
+                    else:
+                        outcome = VideoOutcome(job, result["status"], result["frames"], result["decode_errors"],
+                                               result["seconds"], result["reason"], result["outputs"],
+                                               result["frames_missing"], result["damage"], result["video_stream"],
+                                               result["other_video_streams"])
+                        outcome = _seen_from_here(outcome, root, result.get("node", ""), folders.get(job.id))
                 except ray.exceptions.RayError as error:
-                    if _actor_lost(ray, error) and tries[job.id] < settings.retries and not control.stopping.is_set():
+                    lost = _actor_lost(ray, error)
+                    if lost and control.stopping.is_set():
+                        outcome = VideoOutcome(job, "stopped")  # (done again by the next run, not skipped as failed)
+                    elif lost and tries[job.id] < settings.retries:
                         # its model actor's node went away (the actor restarts elsewhere): the video again, not failed
                         tries[job.id] += 1
                         log.warning("%s: its model actor was lost (%s): the video is done again (%d of %d)", job.id,
                                     ray_failure(error), tries[job.id], settings.retries)
                         queue.appendleft((i, job))
                         continue
-                    # a worker that died is retried (batch.ray.retries); an error in the task is not
-                    died = isinstance(error, (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError))
-                    times = f" {settings.retries + 1} times" if died else ""
-                    outcome = VideoOutcome(job, "failed", reason=f"its Ray task failed{times}: {ray_failure(error)}")
+                    else:
+                        # a worker that died is retried (batch.ray.retries); an error in the task is not
+                        died = isinstance(error, (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError))
+                        times = f" {settings.retries + 1} times" if died else ""
+                        outcome = VideoOutcome(job, "failed",
+                                               reason=f"its Ray task failed{times}: {ray_failure(error)}")
                 if outcome.status != "stopped":
                     manifest.record(outcome)
                 progress.ended_video(outcome)

@@ -924,6 +924,20 @@ def test_a_batch_killed_midway_and_resumed_leaves_each_frame_once_in_redis(tmp_p
         }, "the mark stays where the batch first began the video, for when it is done again"
 
 
+def test_a_folder_of_0_3_12_takes_its_manifest_s_runs_as_its_batches(tmp_path):
+    """Its .redis-marks.json names no runs: the runs its manifest names are the folder's batches'."""
+    from segstream.pipeline.batch import Manifest, RedisMarks, manifest_runs
+
+    (tmp_path / REDIS_MARKS).write_text(json.dumps({"gate": {"segstream:gate:frames": "5-0"}}))
+    (tmp_path / MANIFEST).write_text(json.dumps({"video": "gate.mp4", "id": "gate", "status": "done",
+                                                 "made_by": {"run_id": "20261204T000000Z-0123abcd"}}) + "\n")
+    marks = RedisMarks(tmp_path / REDIS_MARKS, manifest_runs(Manifest(tmp_path / MANIFEST)))
+    assert marks.runs == {"20261204T000000Z-0123abcd"} and marks.marks == {"gate": {"segstream:gate:frames": "5-0"}}
+    (tmp_path / REDIS_MARKS).write_text(json.dumps({":runs": ["r1", "r2"], "gate": {"segstream:gate:frames": "5-0"}}))
+    marks = RedisMarks(tmp_path / REDIS_MARKS)
+    assert marks.runs == {"r1", "r2"} and list(marks.marks) == ["gate"], "the runs are no video"
+
+
 def test_a_batch_done_again_never_deletes_what_another_writer_put_in_its_video_s_stream(tmp_path, caplog):
     """Found probing as an attacker: a batch over gate.mp4, with the shipped config's stream names,
     wrote into the live camera gate's stream unsaid, and done again deleted the camera's entries

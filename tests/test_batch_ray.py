@@ -397,6 +397,26 @@ def test_a_cluster_too_small_for_the_batch_says_so_at_once_and_a_first_ctrl_c_en
     assert caplog.records[-1].getMessage() == "the batch moves again"
 
 
+def test_a_first_ctrl_c_lets_the_video_begun_finish_and_stops_those_waiting_for_a_cpu(tmp_path):
+    """Found reviewing: the videos submitted to Ray but not begun (waiting for a CPU) ran to their end
+    after a first Ctrl-C, or were cancelled by a race with their start; each asks the batch first."""
+    videos = [encode_clip(tmp_path / f"{name}.mp4", frames=frames) for name, frames in (("a", 24), ("b", 4), ("c", 4))]
+    cfg = config(tmp_path / "out", ray={"videos_in_flight": 3})  # 2 CPUs: the model actor's, and one video's
+    cfg.model.precision = "fp32"
+
+    def interrupt_once_begun() -> None:  # a's task has made its outputs' folder: it has begun
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not list((tmp_path / "out" / ".partial").glob("a.*")):
+            time.sleep(0.02)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=interrupt_once_begun, daemon=True).start()
+    outcomes, _, stopped_by = run_batch(cfg, [str(v) for v in videos], engine="ray", progress=False)
+    assert stopped_by == signal.SIGINT
+    assert sorted((o.job.id, o.status) for o in outcomes) == [("a", "done"), ("b", "stopped"), ("c", "stopped")]
+    assert [json.loads(line)["id"] for line in (tmp_path / "out" / MANIFEST).read_text().splitlines()] == ["a"]
+
+
 def test_a_video_done_on_a_node_that_does_not_share_the_output_folder_is_failed_not_done(tmp_path):
     """Found probing two machines: with --out on a worker's own disk, every video was "done", exit 0,
     and the driver's folder held only the manifest; an input only the driver had "did not exist"."""
@@ -413,6 +433,15 @@ def test_a_video_done_on_a_node_that_does_not_share_the_output_folder_is_failed_
         "must be one folder shared at the same path by every node")
     done_here = VideoOutcome(VideoJob(video, "b"), "done", 2, outputs=["b/frames.jsonl"])
     assert _seen_from_here(done_here, tmp_path / "out", "10.0.0.2") is done_here
+    # an earlier run's outputs under the same names, the folder not replaced by this task's: written elsewhere
+    from segstream.pipeline.batch_ray import _identity
+
+    before = _identity(tmp_path / "out" / "b")
+    assert _seen_from_here(done_here, tmp_path / "out", "10.0.0.2", before).status == "failed"
+    (tmp_path / "out" / "b").rename(tmp_path / "out" / "b.old")  # as a commit does: a new folder in its place
+    (tmp_path / "out" / "b").mkdir()
+    (tmp_path / "out" / "b" / "frames.jsonl").write_text("{}\n")
+    assert _seen_from_here(done_here, tmp_path / "out", "10.0.0.2", before) is done_here
     missing_there = VideoOutcome(job, "failed", reason=f"source a: '{video}' does not exist")
     assert _seen_from_here(missing_there, tmp_path / "out", "10.0.0.2").reason == (
         f"source a: '{video}' does not exist on Ray node 10.0.0.2, where its task ran, but it does here — the inputs "

@@ -355,13 +355,14 @@ def test_a_secret_comes_from_a_mounted_file_read_at_each_load_and_is_never_print
     assert load_config(path).sinks.redis.password == "from-systemd"
 
 
-def test_a_stream_s_http_headers_and_cookies_are_never_printed_nor_its_url_s_host(capsys, write):
+def test_a_stream_s_http_headers_and_cookies_are_never_printed_and_its_url_s_host_is(capsys, write):
     """Found probing as an attacker: ``validate --print`` showed a source's FFmpeg options
     ``headers: "Authorization: Bearer ..."`` and ``cookies`` whole."""
     from segstream.connectors.redaction import scrub
 
     path = write("sources:\n  - name: hls\n    type: stream\n    url: https://cdn.example.com/live/index.m3u8\n"
-                 "    options:\n      headers: \"Authorization: Bearer eyJ.SECRETBEARER\\r\\nUser-Agent: cam-reader\"\n"
+                 "    options:\n      headers: \"Authorization: Bearer eyJ.SECRETBEARER\\r\\nUser-Agent: cam-reader\\r\\n"
+                 "Cookie: csrf=CSRFSECRET2; sid=SIDSECRET3\"\n"
                  "      cookies: \"sessionid=COOKIESECRET123; path=/; domain=cdn.example.com\"\n")
     assert main(["validate", "--print", path]) == 0
     out = capsys.readouterr().out
@@ -370,6 +371,9 @@ def test_a_stream_s_http_headers_and_cookies_are_never_printed_nor_its_url_s_hos
     # in any line where a header's or cookie's value lands (FFmpeg's errors quote them), not the others
     assert scrub("GET with Bearer eyJ.SECRETBEARER, sessionid=COOKIESECRET123, agent cam-reader") == \
         "GET with ***, sessionid=***, agent cam-reader"
+    # every cookie of a Cookie header, and a token quoted without its scheme (found reviewing)
+    assert scrub("csrf=CSRFSECRET2 invalid; sid=SIDSECRET3 expired; token eyJ.SECRETBEARER") == \
+        "csrf=*** invalid; sid=*** expired; token ***"
 
 
 def test_bad_yaml_names_the_line(capsys, write):

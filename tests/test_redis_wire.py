@@ -319,7 +319,8 @@ def test_truncated_idmap_is_rejected():
     fields = to_wire(synthetic_scene(), "idmap")
     fields["idmap"] = fields["idmap"][:-8]
 
-    with pytest.raises(WireFormatError, match="idmap"):
+    with pytest.raises(WireFormatError, match=r"idmap (is cut short: \d+ of the \d+ bytes its zstd frame states|field "
+                                              "is not a zstd frame)"):  # (it said "holds 0 bytes": found reviewing)
         from_wire(fields)
 
 
