@@ -34,6 +34,18 @@ _REDIS_KEYS = ("status_key",)
 # source's ``options: {headers: "Authorization: Bearer ..."}`` and its cookies were shown whole by
 # ``validate --print``)
 _HEADERS = ("headers", "cookies")
+_SECRET_HEADER = re.compile(r"token|key|secret|pass|pwd|credential|session", re.IGNORECASE)
+# Cookies that are credentials: named so, or long (session ids and tokens: 26 characters and more)
+_SECRET_COOKIE = re.compile(r"sess|sid|token|auth|key|secret|pass|csrf|xsrf|jwt|login", re.IGNORECASE)
+_LONG_COOKIE = 16
+
+
+def _remember_cookies(pairs: list[str]) -> None:
+    """Remember the values of the ``name=value`` cookies that are credentials."""
+    for pair in pairs:
+        name, _, value = pair.strip().partition("=")
+        if _SECRET_COOKIE.search(name) or len(value.strip()) >= _LONG_COOKIE:
+            remember(value.strip())
 _MIN_LENGTH = 4  # shorter values would hide too much else ('pts', digits in every number)
 
 _lock = threading.Lock()
@@ -75,16 +87,19 @@ def remember_in(data: Any, _seen: set[int] | None = None) -> None:
                     and key not in _REDIS_KEYS):
                 remember(value, seen)
             elif key in _HEADERS and isinstance(value, str):
-                remember(value)  # the whole, and the values of headers named as secrets and of cookies
-                for line in value.splitlines():
+                remember(value)  # the whole; and credentials' values, not a region's or a view's (found probing
+                for line in value.splitlines():  # an upgrade: region=eu-west-1 hid every host of that region)
                     if key == "cookies":  # Set-Cookie lines: the value, before its path and domain
-                        remember(line.partition("=")[2].split(";")[0].strip())
+                        _remember_cookies(line.split(";")[:1])
                         continue
                     name, _, said = line.partition(":")
-                    if name.strip().lower() == "cookie":  # every cookie of it (found reviewing: the first only)
-                        remember([part.partition("=")[2].strip() for part in said.split(";")])
-                    elif SECRET_NAME.search(name):  # Authorization: Bearer <token>: the token alone too
+                    name = name.strip().lower()
+                    if name == "cookie":  # every cookie of it (found reviewing: the first only)
+                        _remember_cookies(said.split(";"))
+                    elif name in ("authorization", "proxy-authorization"):  # Bearer <token>: the token alone too
                         remember([said.strip(), said.strip().rpartition(" ")[2]])
+                    elif _SECRET_HEADER.search(name):  # X-Api-Key, X-Auth-Token (not X-Auth-Realm)
+                        remember(said.strip())
             else:
                 remember_in(value, seen)
     elif isinstance(data, list):

@@ -61,6 +61,7 @@ from segstream.pipeline.config import (
     interpolate,
     validate_config,
 )
+from segstream.pipeline.logs import printable
 from segstream.pipeline.metrics import MODEL_NONFINITE, RunMetrics, decode_thread
 from segstream.pipeline.source_states import first_frame
 
@@ -624,7 +625,8 @@ class RedisMarks:
     them: one video done again lost its earlier copy while the others kept theirs.) Entries of
     other writers are kept and said (found probing as an attacker: a batch whose video was named
     as a live camera deleted the camera's entries from its stream). ``manifest_runs``: the runs
-    the manifest names, the folder's batches' before the marks named their runs (0.3.12 and older)."""
+    the manifest names, the folder's batches' before the marks named their runs (0.3.12 and older:
+    the first run over such marks, ``legacy``, cuts back everything after them, as they were cut)."""
 
     RUNS = ":runs"  # (no video id has a colon)
 
@@ -641,6 +643,10 @@ class RedisMarks:
             self.marks = {}
         self.runs = {run for run in (runs if isinstance(runs, list) else ()) if isinstance(run, str)}
         self.runs |= {run for run in manifest_runs if run}
+        # marks an earlier release wrote (0.3.12 or before) name no runs: an attempt it killed midway is in no
+        # manifest line, and its entries would stay twice (found probing an upgrade). This run cuts back as that
+        # release did, everything after each mark; its runs are named from now on.
+        self.legacy = bool(self.marks) and runs is None
 
     def cut_back(self, client, patterns: Sequence[str], jobs: Sequence[VideoJob], run_id: str = "") -> None:
         """Before ``jobs`` publish (in run ``run_id``): delete what an earlier run of the batch
@@ -657,7 +663,7 @@ class RedisMarks:
             mark = self.marks.get(job.id, {})
             streams = [stream_name(pattern, job.id) for pattern in patterns]
             try:
-                cut_back(client, job.id, mark, self.runs)
+                cut_back(client, job.id, mark, None if self.legacy else self.runs)
                 ends = {stream: client.xrevrange(stream, count=1) for stream in streams if stream not in mark}
             except redis.RedisError as error:  # Redis away: the video's entries of an earlier run may stay twice
                 log.warning("%s: cannot cut its Redis streams back to where the batch first began it (%s): entries "
@@ -698,14 +704,15 @@ def manifest_runs(manifest: Manifest) -> set[str]:
             if isinstance(record.get("made_by"), dict)}
 
 
-def cut_back(client, video_id: str, marks: dict[str, str], runs: Collection[str], say_kept: bool = True) -> None:
-    """Delete what ``runs`` published to each stream after its mark (``{stream: entry ID}``); the
-    entries of other writers there are kept, and said (``say_kept``)."""
+def cut_back(client, video_id: str, marks: dict[str, str], runs: Collection[str] | None,
+             say_kept: bool = True) -> None:
+    """Delete what ``runs`` published to each stream after its mark (``{stream: entry ID}``; None:
+    every entry after it); the entries of other writers there are kept, and said (``say_kept``)."""
     for stream, mark in marks.items():
         removed = kept = 0
         start = f"({mark}"
         while entries := client.xrange(stream, start, "+", count=1000):
-            ours = [entry_id for entry_id, fields in entries if _run_of(fields) in runs]
+            ours = [entry_id for entry_id, fields in entries if runs is None or _run_of(fields) in runs]
             kept += len(entries) - len(ours)
             if ours:
                 removed += client.xdel(stream, *ours)
@@ -1318,7 +1325,8 @@ def summary_table(outcomes: Sequence[VideoOutcome], skipped: int, manifest: Path
         lines.append(f"{'video':<{width}}  {'status':<7}{'frames':>8}{'seconds':>9}{'fps':>8}  note")
         for o in shown:
             fps = f"{o.frames / o.seconds:8.1f}" if o.seconds > 0 and o.frames else f"{'':8}"
-            lines.append(f"{o.job.id:<{width}}  {o.status:<7}{o.frames:>8}{o.seconds:>9.1f}{fps}  {scrub(o.note)}")
+            # (a note quotes the video's name and its error: escaped as the log lines are, found probing an upgrade)
+            lines.append(f"{o.job.id:<{width}}  {o.status:<7}{o.frames:>8}{o.seconds:>9.1f}{fps}  {printable(scrub(o.note))}")
         if len(shown) < len(ran):
             listed = {id(o) for o in shown}
             left = Counter(o.status for o in ran if id(o) not in listed)

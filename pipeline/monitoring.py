@@ -323,17 +323,8 @@ class OpsServer:
         try:
             self._server = server_class((host, port), handler, max_connections, self.refused)
         except OSError as error:
-            if isinstance(error, socket.gaierror):
-                advice = ("no address of this machine is called so: give one of its own, its name, 0.0.0.0 for "
-                          "every interface or 127.0.0.1 for this machine only")
-            elif error.errno == errno.EADDRNOTAVAIL:
-                advice = ("it is no address of this machine: give one of its own, 0.0.0.0 for every interface or "
-                          "127.0.0.1 for this machine only")
-            else:
-                advice = privileged_port(error.errno, port) or (
-                    "another segstream may hold the port: set ops.http to a free one (e.g. --set "
-                    "ops.http=127.0.0.1:9109), or to null to turn it off")
-            raise ConfigError(f"ops.http: cannot listen on {shown} ({error.strerror}) — {advice}") from None
+            raise ConfigError(f"ops.http: cannot listen on {shown} ({error.strerror}) — {listen_advice(error, port)}"
+                              ) from None
         self._server.daemon_threads = True
         # ``POST /reload``: None while no run takes reloads (``ops.reload`` off, or the run not started)
         self.reload: Callable[[str | None], tuple[bool, str]] | None = None  # (the file asked for)
@@ -373,6 +364,24 @@ class OpsServer:
         self.close()
 
 
+# The answer of a connection beyond the limits, before it is closed (unread: what it asked is not known)
+_BUSY = (b"HTTP/1.0 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Type: text/plain; charset=utf-8\r\n"
+         b"Content-Length: 40\r\nConnection: close\r\n\r\ntoo many connections at once: try again\n")
+
+
+def listen_advice(error: OSError, port: int) -> str:
+    """What to do when the ops port cannot be listened on (the run's and ``validate --connect``'s words)."""
+    if isinstance(error, socket.gaierror):
+        return ("no address of this machine is called so: give one of its own, its name, 0.0.0.0 for every "
+                "interface or 127.0.0.1 for this machine only")
+    if error.errno == errno.EADDRNOTAVAIL:
+        return ("it is no address of this machine: give one of its own, 0.0.0.0 for every interface or 127.0.0.1 "
+                "for this machine only")
+    return privileged_port(error.errno, port) or (
+        "another segstream may hold the port: set ops.http to a free one (e.g. --set ops.http=127.0.0.1:9109), or to "
+        "null to turn it off")
+
+
 class _BoundedHTTPServer(ThreadingHTTPServer):
     """A thread per connection, for ``limit`` connections at once; the ones beyond are closed."""
 
@@ -406,6 +415,8 @@ class _BoundedHTTPServer(ThreadingHTTPServer):
                             "%s_ops_http_refused_connections_total)",
                             f"{self.per_address} connections from {address} are open already" if full else
                             f"{self.limit} connections are open already", PREFIX)
+            with contextlib.suppress(OSError):  # said, not a bare close (found probing: curl's "000")
+                request.send(_BUSY, socket.MSG_DONTWAIT)
             self.shutdown_request(request)
             return
         try:

@@ -581,9 +581,8 @@ def port_check(address: tuple[str, int], configured: bool) -> str:
     host, port = address
     if port == 0:
         return f"{host}:0 picks a free port at start"
-    advice = "set ops.http to a free one (e.g. --set ops.http=127.0.0.1:9109), or to null to turn it off"
     try:
-        bind_port(host, port, socket.SOCK_STREAM, True, "cannot listen", advice)
+        bind_port(host, port, socket.SOCK_STREAM, True, "cannot listen", ops=True)
     except SegstreamError as error:
         if configured:
             raise
@@ -591,8 +590,9 @@ def port_check(address: tuple[str, int], configured: bool) -> str:
     return f"{host}:{port} can be bound (/metrics /healthz /readyz)"
 
 
-def bind_port(host: str, port: int, kind: int, reuse: bool, failing: str, advice: str | None = None) -> None:
-    """Bind ``host:port`` and let it go; raises one line when it cannot be bound."""
+def bind_port(host: str, port: int, kind: int, reuse: bool, failing: str, ops: bool = False) -> None:
+    """Bind ``host:port`` and let it go; raises one line when it cannot be bound (``ops``: in the
+    ops port's words, as the run says them)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, kind) as probe:
         if reuse:  # as the run's own socket sets it (Python's HTTP server; multicast and reuse=1 in FFmpeg)
@@ -600,10 +600,10 @@ def bind_port(host: str, port: int, kind: int, reuse: bool, failing: str, advice
         try:
             probe.bind((host, port))
         except OSError as error:
-            from segstream.pipeline.monitoring import privileged_port
+            from segstream.pipeline.monitoring import listen_advice, privileged_port
 
             held = error.errno == errno.EADDRINUSE
-            what = privileged_port(error.errno, port) or advice or (
+            what = listen_advice(error, port) if ops else privileged_port(error.errno, port) or (
                 "stop what holds it, or give this source another port" if held else
                 "use an address of this machine, or 0.0.0.0")
             shown = "*" if host in ("", "0.0.0.0", "::") else host

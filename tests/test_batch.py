@@ -933,9 +933,21 @@ def test_a_folder_of_0_3_12_takes_its_manifest_s_runs_as_its_batches(tmp_path):
                                                  "made_by": {"run_id": "20261204T000000Z-0123abcd"}}) + "\n")
     marks = RedisMarks(tmp_path / REDIS_MARKS, manifest_runs(Manifest(tmp_path / MANIFEST)))
     assert marks.runs == {"20261204T000000Z-0123abcd"} and marks.marks == {"gate": {"segstream:gate:frames": "5-0"}}
+    # found probing an upgrade: an attempt 0.3.12 killed is in no manifest line, its entries were kept twice;
+    # the first run over such marks cuts back everything after them, as 0.3.12 did
+    assert marks.legacy
+    from tests.redis_servers import RedisProcess
+
+    with RedisProcess(tmp_path / "redis") as server:
+        client = server.client()
+        for frame in range(3):  # the killed 0.3.12 attempt's entries, after the mark
+            client.xadd("segstream:gate:frames", {"run_id": "20261204T010000Z-killed00", "frame": frame}, id=f"{6 + frame}-0")
+        marks.cut_back(client, ("segstream:{source}:frames",), [VideoJob(tmp_path / "gate.mp4", "gate")], "new-run")
+        assert client.xlen("segstream:gate:frames") == 0
+    assert json.loads((tmp_path / REDIS_MARKS).read_text())[":runs"] == ["20261204T000000Z-0123abcd", "new-run"]
     (tmp_path / REDIS_MARKS).write_text(json.dumps({":runs": ["r1", "r2"], "gate": {"segstream:gate:frames": "5-0"}}))
     marks = RedisMarks(tmp_path / REDIS_MARKS)
-    assert marks.runs == {"r1", "r2"} and list(marks.marks) == ["gate"], "the runs are no video"
+    assert marks.runs == {"r1", "r2"} and list(marks.marks) == ["gate"] and not marks.legacy, "the runs are no video"
 
 
 def test_a_batch_done_again_never_deletes_what_another_writer_put_in_its_video_s_stream(tmp_path, caplog):

@@ -374,6 +374,15 @@ def test_a_stream_s_http_headers_and_cookies_are_never_printed_and_its_url_s_hos
     # every cookie of a Cookie header, and a token quoted without its scheme (found reviewing)
     assert scrub("csrf=CSRFSECRET2 invalid; sid=SIDSECRET3 expired; token eyJ.SECRETBEARER") == \
         "csrf=*** invalid; sid=*** expired; token ***"
+    # not a cookie that is no credential, nor a header named like one (found probing an upgrade: region=eu-west-1
+    # hid every host of the region, X-Auth-Realm the camera's)
+    path = write("sources:\n  - name: gate-north\n    type: stream\n    url: http://cam1.eu-west-1.example.com/v.mjpg\n"
+                 "    options:\n      headers: \"X-Auth-Realm: cam1.eu-west-1.example.com\\r\\n"
+                 "Cookie: region=eu-west-1; view=gate-north; sid=SIDSECRET4\"\n")
+    assert main(["validate", "--print", path]) == 0
+    out = capsys.readouterr().out
+    assert "name: gate-north" in out and "url: http://cam1.eu-west-1.example.com/v.mjpg" in out
+    assert scrub("view gate-north in eu-west-1, sid SIDSECRET4") == "view gate-north in eu-west-1, sid ***"
 
 
 def test_bad_yaml_names_the_line(capsys, write):

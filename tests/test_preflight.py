@@ -499,6 +499,12 @@ def test_a_port_alone_and_a_privileged_port_are_said_with_what_to_write(capsys, 
     with pytest.raises(ConfigError, match=r"cannot listen on 192.0.2.7:9108 .*— it is no address of this machine: "
                                           "give one of its own, 0.0.0.0 for every interface"):  # (TEST-NET-1)
         OpsServer(RunMetrics(), "192.0.2.7", 9108)
+    # validate --connect says it in the run's words (found probing an upgrade: "set ops.http to a free one")
+    from segstream.connectors.errors import SegstreamError
+    from segstream.pipeline.preflight import port_check
+
+    with pytest.raises(SegstreamError, match="cannot listen on 192.0.2.7:9108 .*— it is no address of this machine"):
+        port_check(("192.0.2.7", 9108), configured=True)
     # the [::]:9108 the advice gives listens, on IPv6 and (dual stack) IPv4: it failed, "no address of this machine"
     import urllib.request
 

@@ -481,6 +481,16 @@ def test_text_lines_escape_the_control_characters_others_put_in_them(capsys):
     assert main_error(SourceError(f"source snap: refused access ({reason})")) == 1
     assert capsys.readouterr().err == ("segstream: error: source snap: refused access "
                                        "(403 \\x1b[2J\\x1b]0;PWNED\\x07Forbidden \\u202eevil)\n")
+    # a right-to-left mark is a Hebrew or Arabic name's own (found probing an upgrade: the path no longer matched)
+    from segstream.pipeline.logs import printable
+
+    assert printable("/archive/\u05e9\u05e2\u05e8\u200f\u05d3\u05e8\u05d5\u05dd.mp4 東門") == \
+        "/archive/\u05e9\u05e2\u05e8\u200f\u05d3\u05e8\u05d5\u05dd.mp4 東門"
+    # and the batch's table, on standard output, quotes a video's name and error as the log lines do
+    from segstream.pipeline.batch import VideoJob, VideoOutcome, summary_table
+
+    table = summary_table([VideoOutcome(VideoJob(Path("cam.mp4"), "cam"), "failed", reason=reason)], 0, Path("m"))
+    assert "\x1b" not in table and "\\x1b[2J" in table
 
 
 def test_under_journald_each_line_carries_its_priority_for_journalctl_p(tmp_path):
