@@ -35,17 +35,10 @@ _REDIS_KEYS = ("status_key",)
 # ``validate --print``)
 _HEADERS = ("headers", "cookies")
 _SECRET_HEADER = re.compile(r"token|key|secret|pass|pwd|credential|session", re.IGNORECASE)
-# Cookies that are credentials: named so, or long (session ids and tokens: 26 characters and more)
+# Cookies that are credentials: named so, or long (session ids and tokens: 16 characters and more;
+# PHP's are 26, Java's and Django's 32)
 _SECRET_COOKIE = re.compile(r"sess|sid|token|auth|key|secret|pass|csrf|xsrf|jwt|login", re.IGNORECASE)
 _LONG_COOKIE = 16
-
-
-def _remember_cookies(pairs: list[str]) -> None:
-    """Remember the values of the ``name=value`` cookies that are credentials."""
-    for pair in pairs:
-        name, _, value = pair.strip().partition("=")
-        if _SECRET_COOKIE.search(name) or len(value.strip()) >= _LONG_COOKIE:
-            remember(value.strip())
 _MIN_LENGTH = 4  # shorter values would hide too much else ('pts', digits in every number)
 
 _lock = threading.Lock()
@@ -108,6 +101,14 @@ def remember_in(data: Any, _seen: set[int] | None = None) -> None:
     elif isinstance(data, str) and "@" in data:
         for match in _USERINFO.finditer(data):
             remember(match.group("password"))
+
+
+def _remember_cookies(pairs: list[str]) -> None:
+    """Remember the values of the ``name=value`` cookies that are credentials."""
+    for pair in pairs:
+        name, _, value = pair.strip().partition("=")
+        if _SECRET_COOKIE.search(name) or len(value.strip()) >= _LONG_COOKIE:
+            remember(value.strip())
 
 
 def scrub(text: str) -> str:
