@@ -127,8 +127,7 @@ class Reloader:
         """(True when all of the file now runs, the line that says what happened). ``asked_for``:
         the file the reload was asked for (``segstream reload FILE``), refused when it is another
         file on this machine than the run's own."""
-        if asked_for and self.file is not None and os.path.exists(asked_for) and self.file.exists() \
-                and not os.path.samefile(asked_for, self.file):
+        if asked_for and self.file is not None and self._another(asked_for):
             # found probing: reload of an edited copy said "no source changed", the run having read its own
             self.outcomes["refused"] += 1
             return False, self._refused(f"this run reads {os.path.abspath(self.file)}, not {asked_for} — edit the "
@@ -141,6 +140,18 @@ class Reloader:
             self._lock.release()
         self.outcomes[outcome] += 1
         return outcome == "applied", line
+
+    def _another(self, asked_for: str) -> bool:
+        """Whether the file a reload asked for is another than the run's: another file on this
+        machine, or, where no such path is here (asked from another machine, whose path to the
+        same file differs), another name. (Found probing as an attacker: the answer told whether
+        any path existed here, /etc/shadow refused and a missing one reloaded.)"""
+        try:
+            if os.path.exists(asked_for) and self.file.exists():
+                return not os.path.samefile(asked_for, self.file)
+        except OSError:
+            pass
+        return os.path.basename(asked_for) != self.file.name
 
     def _reload(self) -> tuple[str, str]:
         from segstream.pipeline.builders import build_source

@@ -214,6 +214,17 @@ def test_the_run_checks_a_reloaded_file_with_its_own_environment_and_a_configmap
     _config(other, port, ["x"])
     refused = _reload(other)
     assert refused.returncode == 1 and f"this run reads {path}, not {other}" in refused.stderr, refused
+    # another file here, and a path not here whose name is not the run's file's: one answer (found probing as an
+    # attacker: /etc/shadow was refused and a missing path reloaded, telling which paths exist on the run's machine)
+    import urllib.error
+    import urllib.request
+
+    for asked in ("/etc/passwd", "/no/such/place.yaml"):
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/reload?config={asked}", method="POST", data=b"")
+        with pytest.raises(urllib.error.HTTPError) as answer:
+            urllib.request.urlopen(request, timeout=60)
+        said = answer.value.read().decode()
+        assert answer.value.code == 409 and f"this run reads {path}, not {asked}" in said, said
 
     publish(2, ["'${CAMERA_NAME}'", video])  # a variable only the run has; vid second now
     import shutil
