@@ -34,7 +34,9 @@ _REDIS_KEYS = ("status_key",)
 # source's ``options: {headers: "Authorization: Bearer ..."}`` and its cookies were shown whole by
 # ``validate --print``)
 _HEADERS = ("headers", "cookies")
-_SECRET_HEADER = re.compile(r"token|key|secret|pass|pwd|credential|session", re.IGNORECASE)
+# (auth too, but not a realm's, method's or type's name: X-Auth-Realm names a host)
+_SECRET_HEADER = re.compile(r"token|key|secret|pass|pwd|credential|session|auth(?!.*(realm|method|type|scheme|domain|url|host))",
+                            re.IGNORECASE)
 # Cookies that are credentials: named so, or long (session ids and tokens: 16 characters and more;
 # PHP's are 26, Java's and Django's 32)
 _SECRET_COOKIE = re.compile(r"sess|sid|token|auth|key|secret|pass|csrf|xsrf|jwt|login", re.IGNORECASE)
@@ -89,9 +91,9 @@ def remember_in(data: Any, _seen: set[int] | None = None) -> None:
                     name = name.strip().lower()
                     if name == "cookie":  # every cookie of it (found reviewing: the first only)
                         _remember_cookies(said.split(";"))
-                    elif name in ("authorization", "proxy-authorization"):  # Bearer <token>: the token alone too
+                    elif name.endswith(("authorization", "authentication")):  # Bearer <token>: the token alone too
                         remember([said.strip(), said.strip().rpartition(" ")[2]])
-                    elif _SECRET_HEADER.search(name):  # X-Api-Key, X-Auth-Token (not X-Auth-Realm)
+                    elif _SECRET_HEADER.search(name):  # X-Api-Key, X-Auth-Token, X-Auth (not X-Auth-Realm)
                         remember(said.strip())
             else:
                 remember_in(value, seen)

@@ -629,6 +629,7 @@ class RedisMarks:
     the first run over such marks, ``legacy``, cuts back everything after them, as they were cut)."""
 
     RUNS = ":runs"  # (no video id has a colon)
+    LEGACY = ":legacy"
 
     def __init__(self, path: Path, manifest_runs: Iterable[str] = ()):
         self.path = path
@@ -638,15 +639,17 @@ class RedisMarks:
                 self.marks = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):  # unreadable: nothing to cut back, as before marks were kept
             self.marks = {}
-        runs = self.marks.pop(self.RUNS, None) if isinstance(self.marks, dict) else None
         if not isinstance(self.marks, dict):
             self.marks = {}
+        runs = self.marks.pop(self.RUNS, None)
         self.runs = {run for run in (runs if isinstance(runs, list) else ()) if isinstance(run, str)}
         self.runs |= {run for run in manifest_runs if run}
         # marks an earlier release wrote (0.3.12 or before) name no runs: an attempt it killed midway is in no
-        # manifest line, and its entries would stay twice (found probing an upgrade). This run cuts back as that
-        # release did, everything after each mark; its runs are named from now on.
-        self.legacy = bool(self.marks) and runs is None
+        # manifest line, and its entries would stay twice (found probing an upgrade). Each of those videos is cut
+        # back once as that release did, everything after its mark (the ones left kept under ":legacy" until
+        # then: a run stopped before it reached them leaves them to the next); runs are named from now on.
+        left = self.marks.pop(self.LEGACY, None) if runs is not None else list(self.marks)
+        self.legacy: set[str] = {video for video in (left if isinstance(left, list) else ()) if isinstance(video, str)}
 
     def cut_back(self, client, patterns: Sequence[str], jobs: Sequence[VideoJob], run_id: str = "") -> None:
         """Before ``jobs`` publish (in run ``run_id``): delete what an earlier run of the batch
@@ -663,7 +666,11 @@ class RedisMarks:
             mark = self.marks.get(job.id, {})
             streams = [stream_name(pattern, job.id) for pattern in patterns]
             try:
-                cut_back(client, job.id, mark, None if self.legacy else self.runs)
+                legacy = job.id in self.legacy
+                cut_back(client, job.id, mark, None if legacy else self.runs)
+                if legacy:
+                    self.legacy.discard(job.id)
+                    marked = True
                 ends = {stream: client.xrevrange(stream, count=1) for stream in streams if stream not in mark}
             except redis.RedisError as error:  # Redis away: the video's entries of an earlier run may stay twice
                 log.warning("%s: cannot cut its Redis streams back to where the batch first began it (%s): entries "
@@ -685,7 +692,8 @@ class RedisMarks:
         tmp = self.path.with_name(self.path.name + ".tmp")
         try:
             with open_output(tmp, "w", encoding="utf-8") as f:
-                json.dump({**self.marks, self.RUNS: sorted(self.runs)}, f, sort_keys=True)
+                legacy = {self.LEGACY: sorted(self.legacy)} if self.legacy else {}
+                json.dump({**self.marks, self.RUNS: sorted(self.runs), **legacy}, f, sort_keys=True)
             replace_synced(tmp, self.path)
         except OSError as error:
             if error.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EIO):
@@ -717,7 +725,11 @@ def cut_back(client, video_id: str, marks: dict[str, str], runs: Collection[str]
             if ours:
                 removed += client.xdel(stream, *ours)
             start = f"({_text(entries[-1][0])}"
-        if removed:
+        if removed and runs is None:  # (0.3.12's marks: whoever wrote them; said, as a camera's may be among them)
+            log.warning("%s: %d entries after where an earlier release's batch began the video removed from %s "
+                        "(its marks name no runs: everything after them, as it cut back): it is published again "
+                        "from its first frame", video_id, removed, stream)
+        elif removed:
             log.info("%s: %d entries an earlier attempt published to %s removed: it is published again from "
                      "its first frame", video_id, removed, stream)
         if kept and say_kept:

@@ -418,6 +418,18 @@ class _StallWatch:
             self.moved = time.monotonic()
         return counts
 
+    def drain(self, board) -> dict[str, int]:
+        """Once the board was told to stop: the take in flight, then one asked after the stop (the
+        board answers in order), so that every video begun before it is in what they give."""
+        counts: Counter[str] = Counter()
+        for ref in ([self._take] if self._take is not None else []) + [board.take.remote()]:
+            try:
+                counts.update(self.ray.get(ref, timeout=10))
+            except self.ray.exceptions.RayError:  # a board lost: its videos are taken as not begun
+                pass
+        self._take = None
+        return dict(counts)
+
     def waiting(self, ended: bool, in_flight: int) -> None:
         """Told each turn of the driver's loop whether a video ended: says a stall once, and its end."""
         now = time.monotonic()
@@ -447,24 +459,14 @@ def _actor_lost(ray, error: BaseException) -> bool:
     return False
 
 
-def _identity(folder: Path) -> tuple | None:
-    """What tells a folder from the one a task's commit puts in its place (None: there is none)."""
-    try:
-        stat = folder.stat()
-    except OSError:
-        return None
-    return stat.st_dev, stat.st_ino, stat.st_ctime_ns
-
-
-def _seen_from_here(outcome: VideoOutcome, root: Path, node: str, before: tuple | None = None) -> VideoOutcome:
+def _seen_from_here(outcome: VideoOutcome, root: Path, node: str) -> VideoOutcome:
     """A video's outcome as the driver's machine sees it: a video done whose outputs are not in the
-    output folder here, or whose folder is still the one it had before its task (``before``: an
-    earlier run's, under the same names), was written on a node that does not share it (found
-    probing two machines: exit 0, every video done, the outputs on the workers' disks); a file its
-    node did not find that is here is said so."""
+    output folder here was written on a node that does not share it (found probing two machines:
+    exit 0, every video done, the outputs on the workers' disks); a file its node did not find that
+    is here is said so. (An earlier run's outputs under the same names pass: whether the folder was
+    replaced cannot be told reliably over NFS, whose clients cache what they last saw.)"""
     job = outcome.job
-    unmoved = before is not None and _identity(root / job.id) == before
-    if outcome.status == "done" and (unmoved or any(not (root / output).exists() for output in outcome.outputs)):
+    if outcome.status == "done" and any(not (root / output).exists() for output in outcome.outputs):
         return VideoOutcome(job, "failed", outcome.frames, reason=(
             f"its outputs were written on Ray node {node or '?'}, and are not in {root} here — the output folder "
             "must be one folder shared at the same path by every node (NFS, a mounted bucket; docs/OPERATIONS.md, "
@@ -781,7 +783,8 @@ def _run(ray, cfg, jobs, root, manifest, progress, control, run_id) -> list[Vide
     queue = deque((i, job) for i, job in enumerate(jobs))
     in_flight: dict = {}
     tries: Counter[str] = Counter()  # per video, its tasks lost with their model actor
-    folders: dict[str, tuple | None] = {}  # per video, its output folder's identity before its task
+    begun: set[str] = set()  # videos whose task has begun (the board says so)
+    stop_said = False
     outcomes: list[VideoOutcome] = []
     marking = _marks(cfg, root, manifest)
     try:
@@ -793,7 +796,6 @@ def _run(ray, cfg, jobs, root, manifest, progress, control, run_id) -> list[Vide
                     client, patterns, marks = marking
                     marks.cut_back(client, patterns, [job], run_id)
                     mark = marks.marks.get(job.id)
-                folders[job.id] = _identity(root / job.id)
                 # a video done again after its actor was lost goes to the next actor (that one may be gone for good)
                 actor = actors[(i + tries[job.id]) % len(actors)]
                 ref = task.remote(job, cfg_json, str(root), actor, labels, board,
@@ -804,7 +806,16 @@ def _run(ray, cfg, jobs, root, manifest, progress, control, run_id) -> list[Vide
             ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=_POLL_S)
             if control.stopping.is_set():  # the videos not begun return at once, stopped (said each turn: a
                 board.stop.remote()         # board restarted after a lost node has forgotten)
+                if not stop_said:  # and those Ray holds back, waiting for a CPU, never begin: cancelled (found
+                    stop_said = True  # reviewing: a first Ctrl-C waited for them for ever)
+                    for video_id, frames in watch.drain(board).items():
+                        begun.add(video_id)
+                        progress.advance(video_id, frames)
+                    for ref, (_, job) in in_flight.items():
+                        if job.id not in begun:
+                            ray.cancel(ref)
             for video_id, frames in watch.take(board).items():
+                begun.add(video_id)
                 progress.advance(video_id, frames)
             watch.waiting(bool(ready), len(in_flight))
             for ref in ready:
@@ -818,7 +829,9 @@ def _run(ray, cfg, jobs, root, manifest, progress, control, run_id) -> list[Vide
                                                result["seconds"], result["reason"], result["outputs"],
                                                result["frames_missing"], result["damage"], result["video_stream"],
                                                result["other_video_streams"])
-                        outcome = _seen_from_here(outcome, root, result.get("node", ""), folders.get(job.id))
+                        outcome = _seen_from_here(outcome, root, result.get("node", ""))
+                except ray.exceptions.TaskCancelledError:  # held back for a CPU when the batch stopped
+                    outcome = VideoOutcome(job, "stopped")
                 except ray.exceptions.RayError as error:
                     lost = _actor_lost(ray, error)
                     if lost and control.stopping.is_set():

@@ -313,7 +313,7 @@ class OpsServer:
         # the process's CPU, memory and open files (process_*), as every exporter has them
         ProcessCollector(registry=self.registry)
         self.refused = Counter(f"{PREFIX}_ops_http_refused_connections",
-                               f"Connections to the metrics and health port closed unanswered: {max_connections} "
+                               f"Connections to the metrics and health port answered 503 and closed: {max_connections} "
                                f"were open already, or {max(1, max_connections // 4)} from its address",
                                registry=self.registry)
         handler = _handler(self, timeout_s)
@@ -374,6 +374,8 @@ def listen_advice(error: OSError, port: int) -> str:
     if isinstance(error, socket.gaierror):
         return ("no address of this machine is called so: give one of its own, its name, 0.0.0.0 for every "
                 "interface or 127.0.0.1 for this machine only")
+    if error.errno == errno.EAFNOSUPPORT:
+        return "this machine has no IPv6: give an IPv4 address, 0.0.0.0 for every interface"
     if error.errno == errno.EADDRNOTAVAIL:
         return ("it is no address of this machine: give one of its own, 0.0.0.0 for every interface or 127.0.0.1 "
                 "for this machine only")
@@ -411,7 +413,7 @@ class _BoundedHTTPServer(ThreadingHTTPServer):
             said = address if full else "all"
             if said not in self._warned:
                 self._warned.add(said)
-                log.warning("metrics and health port: %s; more are closed unanswered (counted in "
+                log.warning("metrics and health port: %s; more are answered 503 and closed (counted in "
                             "%s_ops_http_refused_connections_total)",
                             f"{self.per_address} connections from {address} are open already" if full else
                             f"{self.limit} connections are open already", PREFIX)

@@ -358,7 +358,7 @@ def test_a_secret_comes_from_a_mounted_file_read_at_each_load_and_is_never_print
 def test_a_stream_s_http_headers_and_cookies_are_never_printed_and_its_url_s_host_is(capsys, write):
     """Found probing as an attacker: ``validate --print`` showed a source's FFmpeg options
     ``headers: "Authorization: Bearer ..."`` and ``cookies`` whole."""
-    from segstream.connectors.redaction import scrub
+    from segstream.connectors.redaction import remember_in, scrub
 
     path = write("sources:\n  - name: hls\n    type: stream\n    url: https://cdn.example.com/live/index.m3u8\n"
                  "    options:\n      headers: \"Authorization: Bearer eyJ.SECRETBEARER\\r\\nUser-Agent: cam-reader\\r\\n"
@@ -383,6 +383,8 @@ def test_a_stream_s_http_headers_and_cookies_are_never_printed_and_its_url_s_hos
     out = capsys.readouterr().out
     assert "name: gate-north" in out and "url: http://cam1.eu-west-1.example.com/v.mjpg" in out
     assert scrub("view gate-north in eu-west-1, sid SIDSECRET4") == "view gate-north in eu-west-1, sid ***"
+    remember_in({"headers": "X-Authorization: Bearer XAUTHSECRET1\r\nX-Auth: XAUTHSECRET3\r\nAuthentication: AUTHNSECRET2"})
+    assert scrub("XAUTHSECRET1 XAUTHSECRET3 AUTHNSECRET2") == "*** *** ***"  # (found reviewing: auth dropped)
 
 
 def test_bad_yaml_names_the_line(capsys, write):
