@@ -46,8 +46,9 @@ from segstream.connectors.redis_connection import (
 from segstream.connectors.redis_wire import (
     DEFAULT_STATUS_PATTERN,
     DEFAULT_STREAM_PATTERN,
-    acl_key_patterns,
     EncodedMasks,
+    SourceStatus,
+    acl_key_patterns,
     event_from_wire,
     events_beside,
     from_wire,
@@ -55,11 +56,11 @@ from segstream.connectors.redis_wire import (
     read_entries,
     read_entry,
     result_record,
-    SourceStatus,
     status_beside,
     status_from_wire,
     stream_name,
 )
+from segstream.connectors.terminal import terminal_safe
 from segstream.models.results import NO_TRACK, Event, FrameResult, Level, Segments
 
 if TYPE_CHECKING:  # a TypeVar's default is for type checkers only (typing's has none before Python 3.13)
@@ -2158,18 +2159,6 @@ def _entry_line(entry_id: str, stream: str, fields) -> str:
     if "event" in keys:
         return terminal_safe(event_line(entry_id, event_from_wire(fields)))
     return terminal_safe(summary_line(entry_id, from_wire(fields, decode_masks=False)))
-
-
-# C0 and C1 controls, DEL, and the bidirectional overrides that reorder what a terminal shows
-_UNPRINTABLE = {c: f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}"
-                for c in [*range(0x20), *range(0x7f, 0xa0), 0x200e, 0x200f, *range(0x202a, 0x202f),
-                          *range(0x2066, 0x206a)]}
-
-
-def terminal_safe(text: str) -> str:
-    """``text`` with its control characters escaped (``\\x1b``): written to a terminal, data from a
-    stream cannot clear the screen, colour or move the cursor, or fake lines."""
-    return text.translate(_UNPRINTABLE)
 
 
 def _newest(client: redis.Redis, stream: str) -> str:

@@ -1,9 +1,29 @@
-"""The terminal that progress bars are drawn on."""
+"""The terminal: what text from others may hold when it is written there, and the size progress
+bars are drawn at."""
 
 from __future__ import annotations
 
 import os
 import sys
+
+# C0 and C1 controls, DEL, and the bidirectional overrides and isolates that reorder what a terminal
+# shows: text from others (a stream's entries, a camera's HTTP reason phrase, a file's name) written
+# raw could clear the screen, colour or move the cursor, retitle the window, or fake lines. Not the
+# left-to-right and right-to-left marks, ordinary in Hebrew and Arabic names (found probing an upgrade).
+_CONTROLS = {c: f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}"
+             for c in [*range(0x20), *range(0x7f, 0xa0), *range(0x202a, 0x202f), *range(0x2066, 0x206a)]}
+_IN_LINES = {c: shown for c, shown in _CONTROLS.items() if c not in (0x09, 0x0a)}  # tabs and line breaks kept
+
+
+def terminal_safe(text: str) -> str:
+    """``text`` with its control characters escaped (``\\x1b``), line breaks too: one line of it."""
+    return text.translate(_CONTROLS)
+
+
+def printable(text: str) -> str:
+    """``text`` with its control characters escaped (``\\x1b``), its line breaks and tabs kept (a
+    log record's, a table's)."""
+    return text.translate(_IN_LINES)
 
 
 def bar_shape() -> dict:

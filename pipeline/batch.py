@@ -48,7 +48,7 @@ from segstream.connectors.frames import Frame
 from segstream.connectors.output_files import check_output_dir, open_output, replace_synced
 from segstream.connectors.redaction import mask_userinfo, remember, scrub
 from segstream.connectors.sink import SINK_DROPS
-from segstream.connectors.terminal import bar_shape
+from segstream.connectors.terminal import bar_shape, printable
 from segstream.connectors.text_files import STDIN, read_saved_text, standard_input, streamed
 from segstream.connectors.urls import redact_url, url_identity, url_scheme, url_secrets
 from segstream.connectors.video_outputs import VideoOutputs, clear_partial
@@ -61,7 +61,6 @@ from segstream.pipeline.config import (
     interpolate,
     validate_config,
 )
-from segstream.pipeline.logs import printable
 from segstream.pipeline.metrics import MODEL_NONFINITE, RunMetrics, decode_thread
 from segstream.pipeline.source_states import first_frame
 

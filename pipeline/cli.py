@@ -47,6 +47,7 @@ from segstream.connectors.errors import (
     thread_start_failed,
 )
 from segstream.connectors.redis_connection import RedisUnreachable, SentinelAuth, TlsFiles
+from segstream.connectors.terminal import printable
 from segstream.pipeline.config import (
     LONGEST_S,
     BatchPipelineConfig,
@@ -68,7 +69,6 @@ from segstream.pipeline.logs import (
     journal_prefix,
     json_logging,
     new_run_id,
-    printable,
     set_run_id,
     signal_line,
     write_line,

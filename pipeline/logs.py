@@ -21,6 +21,7 @@ from datetime import datetime, timezone
 from typing import TextIO
 
 from segstream.connectors.errors import ConfigError
+from segstream.connectors.terminal import printable
 from segstream.connectors.threads import run_id_of_thread
 
 LOG_FORMATS = ("text", "json")
@@ -56,21 +57,6 @@ def _prefixed(text: str, levelno: int) -> str:
     """Each line of ``text`` with ``journal_prefix`` (a traceback's lines at the record's priority)."""
     prefix = journal_prefix(levelno)
     return "\n".join(prefix + line for line in text.split("\n")) if prefix else text
-
-
-# C0 controls but tab and line feed, DEL and C1 controls, and the bidirectional overrides (not the
-# left-to-right and right-to-left marks, which Hebrew and Arabic names hold: found probing an upgrade): a text
-# line's message comes partly from others (a camera's HTTP reason phrase, a server's error, a file's
-# name), whose escape sequences would clear, colour or retitle the operator's terminal (found probing
-# as an attacker: a snapshot camera's 403 reason carried ESC [2J)
-_CONTROLS = {c: f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}"
-             for c in [*range(0x09), *range(0x0b, 0x20), *range(0x7f, 0xa0), *range(0x202a, 0x202f),
-                       *range(0x2066, 0x206a)]}
-
-
-def printable(text: str) -> str:
-    """``text`` with its control characters escaped (``\\x1b``), its line breaks and tabs kept."""
-    return text.translate(_CONTROLS)
 
 
 class _ScrubbedTracebacks:

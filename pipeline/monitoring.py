@@ -299,7 +299,7 @@ class OpsServer:
     thread until ``close()``. ``address`` is where it listens (port 0 is resolved).
 
     Each connection has a thread of its own, for at most ``max_connections`` at once, a quarter of
-    them from any one address; one more is closed at once, counted in
+    them from any one address; one more is answered 503 and closed at once, counted in
     ``segstream_ops_http_refused_connections_total`` and said in one warning. A client whose
     request (its line and headers) is not all in ``timeout_s`` after it connected is cut off,
     however slowly it goes on sending (found probing as an attacker: 32 connections sending a
@@ -385,7 +385,8 @@ def listen_advice(error: OSError, port: int) -> str:
 
 
 class _BoundedHTTPServer(ThreadingHTTPServer):
-    """A thread per connection, for ``limit`` connections at once; the ones beyond are closed."""
+    """A thread per connection, for ``limit`` connections at once, a quarter of them from one
+    address; the ones beyond are answered 503 and closed."""
 
     block_on_close = False  # close() does not wait for clients (each is cut off after its timeout anyway)
     request_queue_size = 128  # a burst is accepted (and the ones beyond the limit closed) at once, not over seconds
@@ -468,6 +469,8 @@ def _handler(server: OpsServer, timeout_s: float) -> type[BaseHTTPRequestHandler
     class Handler(BaseHTTPRequestHandler):
         timeout = timeout_s  # the socket's: a request sent half (or never) ends the connection
         server_version = "segstream"
+        sys_version = ""  # no Python version in the Server header
+        _was_cut = False  # the whole-request deadline passed (``_cut_off``)
 
         def handle(self) -> None:
             # the whole request in timeout_s, however slowly it comes (the socket's timeout is per read)
@@ -487,13 +490,10 @@ def _handler(server: OpsServer, timeout_s: float) -> type[BaseHTTPRequestHandler
                 return False
             return parsed
 
-        _was_cut = False
-
         def _cut_off(self) -> None:
             self._was_cut = True
             with contextlib.suppress(OSError):
                 self.connection.shutdown(socket.SHUT_RDWR)
-        sys_version = ""  # no Python version in the Server header
 
         def version_string(self) -> str:
             return self.server_version

@@ -595,29 +595,23 @@ def bind_port(host: str, port: int, kind: int, reuse: bool, failing: str, ops: b
     """Bind ``host:port`` and let it go; raises one line when it cannot be bound (``ops``: in the
     ops port's words, as the run says them)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    try:
-        probe = socket.socket(family, kind)  # (an IPv6 address where the kernel has no IPv6: said, found reviewing)
-    except OSError as error:
-        probe, failed = None, error
-    with contextlib.nullcontext() if probe is None else probe:
-        try:
-            if probe is None:
-                raise failed
+    try:  # (the socket too: an IPv6 address where the kernel has no IPv6 is said, found reviewing)
+        with socket.socket(family, kind) as probe:
             if reuse:  # as the run's own socket sets it (Python's HTTP server; multicast and reuse=1 in FFmpeg)
                 probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if host == "::":  # as the run's: IPv4 too
                 with contextlib.suppress(OSError, AttributeError):
                     probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
             probe.bind((host, port))
-        except OSError as error:
-            from segstream.pipeline.monitoring import listen_advice, privileged_port
+    except OSError as error:
+        from segstream.pipeline.monitoring import listen_advice, privileged_port
 
-            held = error.errno == errno.EADDRINUSE
-            what = listen_advice(error, port) if ops else privileged_port(error.errno, port) or (
-                "stop what holds it, or give this source another port" if held else
-                "use an address of this machine, or 0.0.0.0")
-            shown = f"[{host}]" if ops and ":" in host else "*" if host in ("", "0.0.0.0", "::") else host
-            raise SegstreamError(f"{failing} on {shown}:{port} ({error.strerror}) — {what}") from None
+        held = error.errno == errno.EADDRINUSE
+        what = listen_advice(error, port) if ops else privileged_port(error.errno, port) or (
+            "stop what holds it, or give this source another port" if held else
+            "use an address of this machine, or 0.0.0.0")
+        shown = f"[{host}]" if ops and ":" in host else "*" if host in ("", "0.0.0.0", "::") else host
+        raise SegstreamError(f"{failing} on {shown}:{port} ({error.strerror}) — {what}") from None
 
 
 def _multicast(host: str) -> bool:

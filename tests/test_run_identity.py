@@ -482,7 +482,7 @@ def test_text_lines_escape_the_control_characters_others_put_in_them(capsys):
     assert capsys.readouterr().err == ("segstream: error: source snap: refused access "
                                        "(403 \\x1b[2J\\x1b]0;PWNED\\x07Forbidden \\u202eevil)\n")
     # a right-to-left mark is a Hebrew or Arabic name's own (found probing an upgrade: the path no longer matched)
-    from segstream.pipeline.logs import printable
+    from segstream.connectors.terminal import printable
 
     assert printable("/archive/\u05e9\u05e2\u05e8\u200f\u05d3\u05e8\u05d5\u05dd.mp4 東門") == \
         "/archive/\u05e9\u05e2\u05e8\u200f\u05d3\u05e8\u05d5\u05dd.mp4 東門"
