@@ -3,8 +3,10 @@ per camera-hour and per camera's uplink.
 
     python benchmarks/redis_sizing.py                 # about two minutes on 2 CPU cores
     python benchmarks/redis_sizing.py --frames 40 --fps 25
+    python benchmarks/redis_sizing.py --preset ade20k_senatra_tiny_512 --checkpoint random --scenes demo --frames 8
 
-Runs ``segstream run`` (the demo's shipped model, on the CPU) on two scenes, the demo clip
+Runs ``segstream run`` (the demo's shipped model, or ``--preset``/``--checkpoint``'s: SeNaTra's
+entries carry its segment hierarchy too, on the CPU) on two scenes (``--scenes``), the demo clip
 (samples/demo.mp4) and ffmpeg's testsrc2, each scaled to 640x480 and 1920x1080, once per mask
 encoding, into a redis-server of its own (no persistence, default stream-node-max-bytes 4096).
 Per case: entries, segments per entry, payload bytes per entry (field names and values, as the
@@ -41,8 +43,8 @@ sources:
     type: file
     path: {clip}
 model:
-  preset: synthetic_eomt_tiny_256
-  task: panoptic
+  preset: {preset}
+  checkpoint: {checkpoint}
   device: cpu
 sinks:
   redis:
@@ -88,9 +90,11 @@ def clip(folder: Path, scene: str, size: str, frames: int, fps: int) -> Path:
     return out
 
 
-def run(folder: Path, name: str, video: Path, port: int, encoding: str, maxlen: int, frames: int) -> None:
+def run(folder: Path, name: str, video: Path, port: int, encoding: str, maxlen: int, frames: int,
+        model: tuple[str, str] = ("synthetic_eomt_tiny_256", "null")) -> None:
     config = folder / f"{name}.yaml"
-    config.write_text(CONFIG.format(name=name, clip=video, port=port, maxlen=maxlen, encoding=encoding))
+    config.write_text(CONFIG.format(name=name, clip=video, port=port, maxlen=maxlen, encoding=encoding,
+                                    preset=model[0], checkpoint=model[1]))
     done = subprocess.run([str(SEGSTREAM), "run", str(config), "--max-frames", str(frames)],
                           capture_output=True, text=True)
     if done.returncode != 0:
@@ -110,27 +114,32 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--frames", type=int, default=40, help="frames per run (default 40)")
     parser.add_argument("--fps", type=float, default=25.0, help="frame rate the rates are computed at (default 25)")
+    parser.add_argument("--preset", default="synthetic_eomt_tiny_256", help="the model's preset (default the demo's)")
+    parser.add_argument("--checkpoint", default="null", help="its weights (default the preset's; random: seeded)")
+    parser.add_argument("--scenes", nargs="+", default=["demo", "testsrc2"], choices=["demo", "testsrc2"])
     args = parser.parse_args()
+    model = (args.preset, args.checkpoint)
     with tempfile.TemporaryDirectory(prefix="segstream-sizing-") as tmp, redis_server(tmp) as (client, port):
         folder = Path(tmp)
-        print(f"redis-server {client.info('server')['redis_version']}, stream-node-max-bytes "
+        print(f"model {args.preset} ({args.checkpoint}); redis-server {client.info('server')['redis_version']}, "
+              "stream-node-max-bytes "
               f"{client.config_get('stream-node-max-bytes')['stream-node-max-bytes']}; "
               f"{args.frames} frames per run, rates at {args.fps:g} fps")
         print(f"{'scene':<9} {'size':>9} {'encoding':>8} {'segs':>5} {'payload B':>10} {'Redis B':>9} "
               f"{'overhead':>8} {'MB/cam-h':>9} {'Mbit/s':>7}")
-        for scene in ("demo", "testsrc2"):
+        for scene in args.scenes:
             for size in SIZES:
                 video = clip(folder, scene, size, args.frames, int(args.fps))
                 for encoding in ("rle", "idmap"):
                     name = f"{scene}-{size}-{encoding}"
-                    run(folder, name, video, port, encoding, 10000, args.frames)
+                    run(folder, name, video, port, encoding, 10000, args.frames, model)
                     m = measure(client, f"segstream:{name}:frames")
                     print(f"{scene:<9} {size:>9} {encoding:>8} {m['segments']:>5.1f} {m['payload']:>10.0f} "
                           f"{m['memory']:>9.0f} {m['memory'] / m['payload'] - 1:>8.0%} "
                           f"{m['memory'] * args.fps * 3600 / 1e6:>9.0f} {m['payload'] * args.fps * 8 / 1e6:>7.2f}")
         maxlen = args.frames // 2
         run(folder, "trimmed", clip(folder, "demo", SIZES[0], args.frames, int(args.fps)), port, "rle", maxlen,
-            args.frames)
+            args.frames, model)
         print(f"MAXLEN ~ {maxlen} after {args.frames} entries of the demo at 640x480 (each above 4096 bytes): "
               f"XLEN {client.xlen('segstream:trimmed:frames')}")
 
