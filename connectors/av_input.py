@@ -65,6 +65,11 @@ logger = logging.getLogger("segstream.sources")
 
 _NO_TIMESTAMPS = 0x80  # AVFMT_NOTIMESTAMPS: the format carries no timestamps
 _INDEXED_FORMATS = {"mov", "mp4", "matroska", "webm"}  # FFmpeg's names of formats with an index of every sample
+# Formats that state no length: FFmpeg estimates it from the timestamps of the file's first and last
+# packets (MPEG-TS, MPEG-PS, Ogg) or from its bitrate (raw bitstreams). A copy cut short is its own
+# length to them, and one corrupt timestamp makes the length anything (found probing an archive: a TS
+# with flipped bytes listed 41.5 s for its 4.9 s, and was called truncated, 367 frames missing).
+_ESTIMATED_LENGTH_FORMATS = {"mpegts", "mpeg", "ogg", "h264", "hevc", "mpegvideo", "m4v", "mjpeg", "vc1"}
 _PRFT = struct.Struct("=qi")  # AVProducerReferenceTime: int64 wallclock (us since the Unix epoch), int flags
 _DISPLAY_MATRIX = struct.Struct("=9i")
 _FIXED_ONE = 1 << 16  # the display matrix's 2x2 part is 16.16 fixed point
@@ -279,7 +284,7 @@ class BestEffortTimestamp:
     """A decoded frame's presentation time when its PTS cannot be trusted, by FFmpeg's best-effort
     rule: count how often the frames' PTS and their DTS each failed to increase, and take the PTS
     unless it failed more often than the DTS (or is missing; then the DTS). Where the PTS failed
-    more often, a frame without a DTS has no time (None) rather than its wrong PTS.
+    more often than once more, a frame without a DTS has no time (None) rather than its wrong PTS.
 
     An AVI's H.264 with B-frames carries its PTS in decode order (1, 4, 3, 5, 2, ...) while its
     DTS rise steadily; taken as they came, every PTS that stepped back was moved a frame after the
@@ -305,8 +310,12 @@ class BestEffortTimestamp:
             self._last_pts = pts
         if self.pts_faults <= self.dts_faults:
             return pts if pts is not None else dts
-        # PTS known to be out of order: a frame without a DTS (the decoder's last, flushed at the
-        # end) is taken as unknown, which a timeline places one frame after the last
+        # PTS out of order again and again (an AVI's, in decode order): a frame without a DTS (the
+        # decoder's last, flushed at the end) is taken as unknown, which a timeline places one frame
+        # after the last; PTS that failed once (two files joined with an overlap) still time it (as
+        # unknown the last two frames of such a join were placed at its first part's rate, found probing)
+        if dts is None and self.pts_faults == self.dts_faults + 1:
+            return pts
         return dts
 
 
@@ -594,6 +603,8 @@ class AVInput:
         elif len(self.container.streams) == 1:  # the container's duration is its one stream's
             self.video_duration = True
         self.format_name: str = self.container.format.name
+        # whether that length is one the file states (not FFmpeg's estimate): what a truncation is told by
+        self.length_listed = not set(self.format_name.split(",")) & _ESTIMATED_LENGTH_FORMATS
         # (a file's: a live AVI's header may hold a placeholder count, which would make it look finite)
         recorded_s = recorded_length(self.container, self.stream) if not sender_may_change else None
         if recorded_s is not None:

@@ -10,9 +10,12 @@ gap in a spliced file) or bursting after a backward one.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
+from collections.abc import Callable, Iterable, Iterator
 from fractions import Fraction
+from typing import Any
 
 from segstream.connectors.threads import waiting_for_input
 
@@ -99,6 +102,57 @@ class Timeline:
 
     def seconds(self, pts: int) -> float:
         return float(pts * self.time_base) if self.time_base is not None else 0.0
+
+
+LONE_JUMP_S = 1.0  # a PTS this far ahead of the last one (and two frames) may be one corrupt timestamp
+
+
+def out_of_line_mended(pictures: Iterable[Any], mended: Callable[[Any, int, int], None]) -> Iterator[Any]:
+    """A file's pictures (``av_input.Picture``), each whose PTS alone is out of line with the
+    pictures around it given a PTS halfway between theirs, so that a ``Timeline`` keeps the later
+    ones where they are (``mended(picture, its PTS, the one given)`` says so):
+
+    - one far ahead of the pictures on either side (a corrupt timestamp: a flipped bit in a TS
+      packet's header moved one 39 s ahead, found probing an archive; every later picture was
+      placed after it, 39 s late, to the file's end);
+    - one at or a little before the last, where the next comes less than two frames after the last
+      (two files joined with an overlap of 20 ms, a repeated timestamp): placed a frame after the
+      last, it took the next one's place, and every later picture stayed 0.12 s late.
+
+    Such a picture is held until the next one comes; one the next follows (a recorder's pause, a
+    splice, a step back to the start) passes as it came, one picture later."""
+    held = None
+    last: int | None = None  # the highest PTS passed on, in the pictures' time base
+    for picture in pictures:
+        if held is not None:
+            mid = _between(held, last, picture)
+            if mid is not None:
+                mended(held, held.pts, mid)
+                held = dataclasses.replace(held, pts=mid)
+            else:
+                last = max(last, held.pts)
+            yield held
+            held = None
+        if picture.pts is not None and last is not None and (picture.pts <= last or (
+                picture.pts - last) * picture.time_base > max(LONE_JUMP_S, 2 * picture.step * picture.time_base)):
+            held = picture
+            continue
+        if picture.pts is not None:
+            last = picture.pts if last is None else max(last, picture.pts)
+        yield picture
+    if held is not None:
+        yield held
+
+
+def _between(held: Any, last: int, after: Any) -> int | None:
+    """The PTS halfway between ``last`` and ``after``'s for ``held``, the picture between them,
+    when its own is out of line with theirs alone (``out_of_line_mended``); else None."""
+    if after.pts is None or after.pts - last < 2:
+        return None
+    ahead = held.pts > last
+    if ahead and after.pts < held.pts or not ahead and after.pts - last < 2 * held.step:
+        return (last + after.pts) // 2
+    return None
 
 
 class Pacer:

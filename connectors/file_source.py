@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Iterator
 
 from segstream.connectors.av_input import AVInput, CaptureThread, DisplayOrientation, InputInfo, InputTimeout
-from segstream.connectors.clock import Pacer, Timeline
+from segstream.connectors.clock import Pacer, Timeline, out_of_line_mended
 from segstream.connectors.colour import ColourConversion
 from segstream.connectors.deinterlace import Deinterlace, Deinterlacer
 from segstream.connectors.errors import SourceError
@@ -57,7 +57,8 @@ def http_file_options(path: str, open_timeout_s: float = 10.0) -> dict[str, str]
 class Coverage:
     """What one pass over a file delivered, held against what its container says it holds, so a
     damaged or truncated file is not taken for a whole one: its frames end well before the
-    video's duration (truncated; the container's counts only where the video is all it holds),
+    video's duration (truncated; the container's counts only where the video is all it holds, and
+    only a length the file states, not one FFmpeg estimates from its timestamps: MPEG-TS's),
     or its decoder's input lost frames in gaps of a steady frame rate (``AVInput.frames_lost``; a
     variable rate's gaps are its own)."""
 
@@ -85,8 +86,9 @@ class Coverage:
         said += [f"{cut} frame{'s' if cut > 1 else ''} shown before its last one never came (cut off mid-file?)"] if cut else []
         gaps = "; ".join(said)
         duration_s = reading.duration_s
-        # without the video's own length, the container's may be its longer audio's: not judged
-        if self.first is None or duration_s is None or not reading.video_duration:
+        # without the video's own length, the container's may be its longer audio's; a length only
+        # estimated from the timestamps holds no truncation (a cut TS ends where it lists): not judged
+        if self.first is None or duration_s is None or not reading.video_duration or not reading.length_listed:
             return lost, gaps
         covered = self.last + self.step_s - self.first
         # the packets rejected after the last frame are decode errors already (found probing: a
@@ -150,6 +152,8 @@ class FileSource:
         self.frames_missing = 0  # about how many frames a damaged or truncated file lacks (Coverage)
         self.leading_errors = 0  # of the decode errors, those before the last pass's first frame (not numbered)
         self.damage = ""  # and why, for people
+        self.timestamps_mended = 0  # frames whose timestamp alone was out of line, placed between their neighbours'
+        self._said_mended = False
         self._capture: CaptureThread | None = None
         self._closed = threading.Event()
         self._lock = threading.Lock()
@@ -211,7 +215,7 @@ class FileSource:
                 self.info = reading.info
                 passed, errors_before = 0, self._finished_errors
                 coverage = Coverage()
-                for picture in self._pictures(capture):
+                for picture in out_of_line_mended(self._pictures(capture), self._mended):
                     step_s = picture.step * picture.time_base
                     coverage.add(None if picture.pts is None else float(picture.pts * picture.time_base), float(step_s),
                                  picture.skipped)
@@ -262,6 +266,18 @@ class FileSource:
                 timeline.restart()
         finally:
             self._retire()
+
+    def _mended(self, picture, pts: int, given: int) -> None:
+        """A picture's PTS out of line with those around it was given another (``out_of_line_mended``):
+        one far ahead (a corrupt timestamp) said once a file, the others (a join's overlap) for debugging."""
+        at_s, given_s = float(pts * picture.time_base), float(given * picture.time_base)
+        self.timestamps_mended += 1
+        ahead = at_s - given_s > 1.0
+        (log.warning if ahead and not self._said_mended else log.debug)(
+            "source %s: '%s': a frame's timestamp (%.3f s) is out of line with those of the frames around it: %s; "
+            "it is placed between them (%.3f s)", self.name, self.shown, at_s,
+            "a corrupt timestamp" if ahead else "a join's overlap or a repeat", given_s)
+        self._said_mended = self._said_mended or ahead
 
     def _judge(self, coverage: Coverage, reading: AVInput) -> None:
         """After a whole pass: say (once per file) when frames seem to be missing."""

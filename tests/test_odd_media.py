@@ -52,6 +52,8 @@ def test_best_effort_timestamps_take_the_dts_only_when_the_pts_fail_more_often()
     wrapped = [(8589934590, 8589934590), (10, 10), (20, 20)]  # a TS wrap sets both back alike
     assert chosen(wrapped) == [8589934590, 10, 20]
     assert chosen([(None, 5), (None, 6), (7, None)]) == [5, 6, 7]
+    joined = [(180, 180), (190, 184), (188, 188), (192, 192), (196, None), (200, None)]  # an overlap: one fault
+    assert chosen(joined) == [180, 190, 188, 192, 196, 200], "the flushed frames keep their PTS"
 
 
 def test_one_early_timestamp_shifts_no_later_frame():
@@ -130,6 +132,61 @@ def test_a_file_with_one_early_frame_keeps_the_rest_of_its_timestamps(tmp_path):
             out.mux(packet)
     frames = list(FileSource("glitch", str(glitched)).frames())
     assert [round(f.pts_seconds, 3) for f in frames] == [round(n * 0.04, 3) for n in range(30)]
+
+
+def _ffprobe_times(path: Path) -> list[float]:
+    done = subprocess.run([FFMPEG.replace("ffmpeg", "ffprobe"), "-v", "error", "-select_streams", "v",
+                           "-show_entries", "frame=pts_time", "-of", "csv=p=0", str(path)],
+                          capture_output=True, text=True, check=True)
+    return [round(float(line.strip(",")), 3) for line in done.stdout.split()]
+
+
+def test_one_timestamp_far_ahead_in_a_ts_shifts_no_later_frame_and_does_not_make_it_look_truncated(tmp_path, caplog):
+    # Found probing an archive: a TS packet whose PTS a flipped bit moved 39 s ahead had every later
+    # frame placed after it (43.0, 43.1, ... to the file's end), and the length FFmpeg estimates from
+    # a TS's timestamps (41.5 s) made the whole file read "truncated?", hundreds of frames missing.
+    whole = tmp_path / "whole.ts"
+    _ffmpeg("-f", "lavfi", "-i", "testsrc=size=64x48:rate=10", "-t", "5", "-c:v", "libx264", "-bf", "0", "-g", "10",
+            "-preset", "ultrafast", "-f", "mpegts", str(whole))
+    glitched = tmp_path / "glitch.ts"
+    with av.open(str(whole)) as source, av.open(str(glitched), "w", format="mpegts") as out:
+        video = source.streams.video[0]
+        copy = out.add_stream_from_template(video)
+        for n, packet in enumerate(p for p in source.demux(video) if p.size):
+            packet.pts += 39 * 90000 if n == 25 else 0  # its PTS alone, as a corrupt PES header's
+            packet.stream = copy
+            out.mux(packet)
+    with av.open(str(glitched)) as container:
+        assert container.duration / 1e6 > 40, "FFmpeg must list the glitch's length to mean anything"
+    expected = _ffprobe_times(whole)
+    assert _ffprobe_times(glitched)[25] == expected[25] + 39
+    source = FileSource("glitch", str(glitched))
+    with caplog.at_level("WARNING"):
+        frames = list(source.frames())
+    assert [round(f.pts_seconds, 3) for f in frames] == expected, "the glitched frame between its neighbours"
+    assert (source.frames_missing, source.damage, source.timestamps_mended) == (0, "", 1)
+    assert f"({expected[25] + 39:.3f} s) is out of line" in caplog.text and "a corrupt timestamp" in caplog.text
+
+
+def test_two_files_joined_with_an_overlap_keep_ffmpeg_s_times_after_the_join(tmp_path):
+    # Found probing: 10 fps then 25 fps joined (-c copy) with the second part starting 20 ms before
+    # the first one's last frame: the join's frame was placed a frame after the last, every later
+    # one stayed 0.12 s late, and the last two (flushed without a DTS) were placed at 10 fps.
+    parts = []
+    for rate in (10, 25):
+        parts.append(tmp_path / f"p{rate}.ts")
+        _ffmpeg("-f", "lavfi", "-i", f"testsrc=size=64x48:rate={rate}:duration=2", "-c:v", "libx264",  # B-frames
+                "-f", "mpegts", str(parts[-1]))
+    joined = tmp_path / "joined.mp4"
+    _ffmpeg("-i", f"concat:{parts[0]}|{parts[1]}", "-c", "copy", str(joined))
+    expected = _ffprobe_times(joined)
+    step_back = next(n for n in range(1, len(expected)) if expected[n] <= expected[n - 1])
+    source = FileSource("joined", str(joined))
+    seconds = [round(f.pts_seconds, 3) for f in source.frames()]
+    assert len(seconds) == len(expected) == 70
+    assert seconds[:step_back] == expected[:step_back] and seconds[step_back + 1:] == expected[step_back + 1:]
+    assert seconds[step_back - 1] < seconds[step_back] < seconds[step_back + 1], "still strictly increasing"
+    assert (source.frames_missing, source.damage) == (0, "")
 
 
 def _with_audio(path: Path, video_s: float, audio_s: float, *codecs: str) -> Path:
