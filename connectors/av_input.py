@@ -453,11 +453,16 @@ def _moving(container) -> list:
     return [s for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic]
 
 
-def stream_text(stream) -> str:
-    """``#0 320x240 h264``: its index in the input, size (when known yet) and codec."""
+def stream_text(stream, turned: bool = False) -> str:
+    """``#0 320x240 h264``: its index in the input, size (when known yet) and codec; ``turned``
+    (its frames displayed a quarter turn round: a phone's portrait video) gives the displayed
+    size, ``#0 240x320 h264 (stored 320x240)``, the size of its entries and outputs."""
     context = stream.codec_context
-    size = f"{context.width}x{context.height} " if context.width and context.height else ""
-    return f"#{stream.index} {size}{context.name}"
+    if not (context.width and context.height):
+        return f"#{stream.index} {context.name}"
+    if turned:
+        return f"#{stream.index} {context.height}x{context.width} {context.name} (stored {context.width}x{context.height})"
+    return f"#{stream.index} {context.width}x{context.height} {context.name}"
 
 
 class AVInput:
@@ -638,6 +643,7 @@ class AVInput:
         self._gaps = SteadyGaps(self.step, self.fps, float(self.time_base), timeout[1] if lost_are_errors else 0.0,
                                 hindsight=not lost_are_errors)
         self.info = self._info(context)
+        self._turned = False  # whether ``info.stream`` says its frames' displayed size turned
         sar = self.stream.sample_aspect_ratio or context.sample_aspect_ratio
         self.sample_aspect: Fraction | None = Fraction(sar) if sar and sar > 0 and sar != 1 else None
         self._sender: tuple[int, float] | None = None  # (pts, sender Unix time) of the last packet with one
@@ -959,10 +965,12 @@ class AVInput:
                 size = (height, width)
                 stored = (h, w) if turned else (w, h)  # (width, height) as stored
         image = orient(self.colour.rgb(frame, stored, self._reformatter, self.shown, self.log_extra))
-        described = (self.colour.hdr, self.fields.interlaced, self.fields.deinterlaced)
-        if described != (self.info.hdr, self.info.interlaced is not None, self.info.deinterlaced):
+        described = (self.colour.hdr, self.fields.interlaced, self.fields.deinterlaced, self.orientation.transposes)
+        if described != (self.info.hdr, self.info.interlaced is not None, self.info.deinterlaced, self._turned):
+            self._turned = described[3]
             self.info = replace(self.info, hdr=described[0], deinterlaced=described[2],
-                                interlaced=field_order(self.stream.codec_context) if described[1] else None)
+                                interlaced=field_order(self.stream.codec_context) if described[1] else None,
+                                stream=stream_text(self.stream, self._turned))
         return image, size
 
     def _picture(self, frame: av.VideoFrame) -> Picture:

@@ -66,6 +66,11 @@ class Batcher:
     (live: newest, else every_frame). With ``max_bytes``, each source's queue holds no more decoded
     frames than fit in that many bytes, and a batch no more than fit in the budgets of all sources
     together (always at least one frame): 8 frames of 3840x2160 are 200 MB.
+
+    ``oldest_first`` (a batch's videos) takes the frames queued first instead of a frame of each
+    source in turn: fairness keeps live cameras' latencies alike, while a batch's videos, one after
+    the other, are each done before the next (their frames round-robin, 64 short clips decoded ahead
+    of the model were all done together at the end of it, each listed as long as all of them).
     """
 
     def __init__(
@@ -75,8 +80,10 @@ class Batcher:
         metrics: RunMetrics,
         policies: Sequence[BufferPolicy] | None = None,
         max_bytes: int | None = None,
+        oldest_first: bool = False,
     ):
         self.names = list(names)
+        self.oldest_first = oldest_first
         self.max_bytes = max_bytes
         self.sizes = list(sizes)
         self.capacities = list(sizes)  # each queue's room now: its size, or fewer frames of this size in max_bytes
@@ -232,6 +239,11 @@ class Batcher:
                 if len(batch) >= size:
                     break
                 position = (start + k) % n
+                if self.oldest_first:  # the source whose head frame was queued first, every time
+                    heads = [(self.queues[j][0].times["queued"], p) for p, j in enumerate(active) if self.queues[j]]
+                    if not heads:
+                        break
+                    position = min(heads)[1]
                 i = active[position]
                 q = self.queues[i]
                 self._drop_stale(i, now)

@@ -547,6 +547,7 @@ class Runtime:
         resize_in_decoder: bool = False,
         threads: int | None = None,
         stall_after_s: float = 60.0,
+        oldest_first: bool = False,
     ):
         names = [s.name for s in sources]
         if len(set(names)) != len(names):
@@ -636,7 +637,7 @@ class Runtime:
         ]
         self.required = set(names if required is None else required)
         max_bytes = None if frame_budget_mb is None else int(frame_budget_mb * 2**20)
-        self._batcher = Batcher(names, sizes, self.metrics, self.buffers, max_bytes)
+        self._batcher = Batcher(names, sizes, self.metrics, self.buffers, max_bytes, oldest_first=oldest_first)
         self.states = SourceStates(self.metrics, self._state_event if publish_states else None)
         for i, source in enumerate(self.sources):
             if hasattr(source, "on_state"):  # it reports its own states

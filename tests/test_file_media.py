@@ -54,9 +54,13 @@ def _ffmpeg_first_frame(path: Path, width: int, height: int) -> np.ndarray:
 @pytest.mark.parametrize("rotation", [90, 180, 270])
 def test_rotated_clips_come_out_as_ffmpeg_displays_them(tmp_path, rotation):
     clip = _marked_clip(tmp_path / f"rot{rotation}.mp4", rotation)
-    frames = list(FileSource("phone", str(clip)).frames())
+    source = FileSource("phone", str(clip))
+    frames = list(source.frames())
     shown = (96, 160) if rotation == 180 else (160, 96)
     assert frames[0].image.shape == (*shown, 3)
+    # the stream as a batch's manifest names it: the size its entries and outputs have (found
+    # probing an archive: "#0 160x96 h264" for a portrait video whose every output was 96x160)
+    assert source.info.stream == ("#0 160x96 h264" if rotation == 180 else "#0 96x160 h264 (stored 160x96)")
     reference = _ffmpeg_first_frame(clip, shown[1], shown[0])
     assert np.abs(frames[0].image.astype(int) - reference.astype(int)).mean() < 3
     assert frames[0].image.flags.c_contiguous
