@@ -98,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         argv = sys.argv[1:] if argv is None else list(argv)
         _Parser.json_errors = _json_logs_asked(argv)
+        _Parser.argv = argv
         try:
             parser = _parser()
             args, unknown = parser.parse_known_args(argv)
@@ -206,6 +207,7 @@ class _Parser(argparse.ArgumentParser):
     under JSON logs, as every other line then is."""
 
     json_errors = False  # JSON logs asked for (main sets it before parsing: no logging yet)
+    argv: list[str] | None = None  # the command line parsed (main sets it), for ``_hint``
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, allow_abbrev=False, **kwargs)
@@ -217,11 +219,32 @@ class _Parser(argparse.ArgumentParser):
             (file or sys.stderr).write(message)
 
     def error(self, message: str):
+        message += self._hint(message)
         if not _Parser.json_errors:
             super().error(message)
         line = f"{self.prog}: {message} — `{self.prog} --help` says how it is used"
         sys.stderr.write(signal_line(line, "ERROR", as_json=True).decode())
         self.exit(2)
+
+
+    def _hint(self, message: str) -> str:
+        """What the mistake likely was: an option's name mistyped or cut short (``--max`` for
+        ``--max-frames``), a file whose name starts with a dash, taken for an option (found probing
+        an archive: ``batch -dash.mp4`` said an INPUT was required)."""
+        import difflib
+
+        given = [t for t in (_Parser.argv or []) if t.startswith("-") and t != "-"]
+        files = [t for t in given if os.path.exists(t)]
+        if files:
+            return (f" ('{files[0]}' is a file: write ./{files[0]}, or put -- before it, for it not to be read as an "
+                    f"option)")
+        if message.startswith("unrecognized arguments:"):
+            options = [o for o in self._option_string_actions if o.startswith("--")]
+            for token in (t.split("=")[0] for t in message.split(":", 1)[1].split() if t.startswith("--")):
+                close = [o for o in options if o.startswith(token)] or difflib.get_close_matches(token, options, n=1)
+                if close:
+                    return f" (did you mean {' or '.join(close[:2])}?)"
+        return ""
 
 
 _json_logs_asked = entry.json_logs_asked  # (one rule: the stop signal's early lines follow it too)

@@ -45,6 +45,22 @@ def test_an_unrecognized_argument_is_said_with_the_command_s_usage(capsys):
     assert err.startswith("usage: segstream run ") and "segstream run: error: unrecognized arguments: --bogus" in err
 
 
+def test_a_usage_error_says_the_option_meant_and_how_to_name_a_file_that_starts_with_a_dash(capsys, tmp_path,
+                                                                                              monkeypatch):
+    # found probing: `run CONFIG --max 3` said only "unrecognized arguments", and `batch -dash.mp4`
+    # that an INPUT was required
+    assert main(["run", "x.yaml", "--max", "3"]) == 2
+    assert capsys.readouterr().err.splitlines()[-1].endswith("unrecognized arguments: --max 3 (did you mean --max-frames?)")
+    assert main(["batch", "x.mp4", "--conf", "a.yaml"]) == 2
+    assert capsys.readouterr().err.splitlines()[-1].endswith("(did you mean --config?)")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "-dash.mp4").write_bytes(b"")
+    assert main(["batch", "-dash.mp4", "--out", "out"]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "segstream batch: error: the following arguments are required: INPUT ('-dash.mp4' is a file: write "
+        "./-dash.mp4, or put -- before it, for it not to be read as an option)")
+
+
 def test_an_abbreviated_option_is_refused(capsys):
     # found probing as a CLI reviewer: `demo --max 2` ran as --max-frames 2, and would break once another
     # --max-... option came
