@@ -33,7 +33,7 @@ from scipy import ndimage
 from segstream.connectors.errors import SinkError
 from segstream.connectors.output_files import open_output, replace_synced
 from segstream.connectors.redis_wire import parse_json
-from segstream.connectors.terminal import bar_shape
+from segstream.connectors.terminal import bar_shape, bars_off
 from segstream.connectors.threads import name_os_thread_as_python
 from segstream.models.label_sets import LabelSet
 from segstream.models.results import NO_TRACK, FrameResult, Segments
@@ -446,7 +446,7 @@ class CocoPanopticDataset:
         labelled = self.labelled = []
         # disable=None: a bar on a terminal only
         for k in tqdm(range(len(self)), desc="checking pictures", unit="picture", file=sys.stderr,
-                      disable=None if progress else True, **bar_shape()):
+                      disable=bars_off() if progress else True, **bar_shape()):
             if len(self[k][1].segments):
                 labelled.append(k)
         return labelled

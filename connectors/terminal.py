@@ -26,19 +26,36 @@ def printable(text: str) -> str:
     return text.translate(_IN_LINES)
 
 
+BAR_EVERY_S = 1.0  # a bar is drawn again at most once a second
+
+
 def bar_shape() -> dict:
-    """tqdm's size options for a bar on stderr: its width followed, except on a terminal that
+    """tqdm's size and pace options for a bar on stderr: drawn again at most once a second
+    (tqdm's 0.1 s redrew a batch's bars 7 to 12 times a second, which a screen reader or a
+    braille display follows, found probing), its width followed, except on a terminal that
     reports no size (``script``, some ``docker exec -t``, CI runners' pseudo-terminals), where
     tqdm took 0 rows for a screen too small for any bar and drew none (found probing a batch):
     there ``COLUMNS`` and ``LINES``, else 100 x 24."""
     try:
         columns, lines = os.get_terminal_size(sys.stderr.fileno())
     except (OSError, ValueError, AttributeError):  # not a terminal: the bar is off, or goes to a file
-        return {"dynamic_ncols": True}
+        return {"dynamic_ncols": True, "mininterval": BAR_EVERY_S}
     if columns and lines:
-        return {"dynamic_ncols": True}
+        return {"dynamic_ncols": True, "mininterval": BAR_EVERY_S}
 
     def given(name: str, otherwise: int) -> int:
         value = os.environ.get(name, "")
         return int(value) if value.isdigit() and int(value) > 0 else otherwise
-    return {"ncols": given("COLUMNS", 100), "nrows": given("LINES", 24)}
+    return {"ncols": given("COLUMNS", 100), "nrows": given("LINES", 24), "mininterval": BAR_EVERY_S}
+
+
+def bars_off() -> bool | None:
+    """tqdm's ``disable`` for a bar on stderr that the command's options leave on: None (tqdm's
+    own rule: drawn on a terminal only), True on a terminal that says it cannot redraw a line
+    (``TERM=dumb``: a screen reader's console, Emacs' shell), which got the bars' cursor movements."""
+    return True if os.environ.get("TERM") == "dumb" else None
+
+
+def bars_drawn() -> bool:
+    """Whether a bar on stderr is drawn (``bars_off``'s rule)."""
+    return bars_off() is None and sys.stderr.isatty()

@@ -28,7 +28,6 @@ import math
 import os
 import re
 import shlex
-import sys
 import threading
 import time
 import unicodedata
@@ -48,7 +47,7 @@ from segstream.connectors.frames import Frame
 from segstream.connectors.output_files import check_output_dir, open_output, replace_synced
 from segstream.connectors.redaction import mask_userinfo, remember, scrub
 from segstream.connectors.sink import SINK_DROPS
-from segstream.connectors.terminal import bar_shape, printable
+from segstream.connectors.terminal import bar_shape, bars_drawn, printable
 from segstream.connectors.text_files import STDIN, read_saved_text, standard_input, streamed
 from segstream.connectors.urls import redact_url, url_identity, url_scheme, url_secrets
 from segstream.connectors.video_outputs import VideoOutputs, clear_partial
@@ -775,15 +774,22 @@ def output_lock(root: Path) -> Iterator[None]:
 
 class BatchProgress:
     """A bar for the whole batch (frames, fps, ETA from the containers' frame counts) and one per
-    video in progress; a log line as each video ends. Called from one thread at a time."""
+    video in progress; a log line as each video ends. Without bars (not a terminal, ``TERM=dumb``,
+    JSON logs) unless ``enabled`` is False, a line every ``every_s`` seconds says the same (the
+    batch's log said nothing of a long video until its end, found probing). Called from one
+    thread at a time."""
 
-    def __init__(self, jobs: Sequence[VideoJob], enabled: bool | None):
+    def __init__(self, jobs: Sequence[VideoJob], enabled: bool | None, every_s: float = 2.0):
         self.jobs = {job.id: job for job in jobs}
         self.videos = len(jobs)
         self.ended = 0
         self.statuses: Counter[str] = Counter()  # of the videos that ended, by status
-        self.disabled = (not sys.stderr.isatty()) if enabled is None else not enabled
+        self.disabled = not bars_drawn() if enabled is None else not enabled
         total = sum(job.frames or 0 for job in jobs)
+        self.every_s = every_s if enabled is None and self.disabled else None
+        self.frames = 0
+        self.total = total  # as the overall bar's, corrected as videos end
+        self._began = self._said = time.monotonic()
         self.overall = tqdm(total=total or None, unit="frame", desc=self._description(), disable=self.disabled,
                             smoothing=0.05, position=0, **bar_shape())
         self.bars: dict[str, tqdm] = {}
@@ -801,6 +807,21 @@ class BatchProgress:
             )
         bar.update(frames)
         self.overall.update(frames)
+        self.frames += frames
+        if self.every_s is not None and (now := time.monotonic()) - self._said >= self.every_s:
+            self._said = now
+            log.info("%s", self.line(now))
+
+    def line(self, now: float) -> str:
+        """``batch: 3/200 videos ended, 1234/5678 frames (22%), 27.5 frames/s, about 3 min 20 s left``."""
+        rate = self.frames / (now - self._began) if now > self._began else 0.0
+        said = f"batch: {self.ended}/{self.videos} videos ended, {self.frames}"
+        if self.total and self.total >= self.frames:
+            said += f"/{self.total} frames ({100 * self.frames // self.total}%), {rate:.1f} frames/s"
+            if rate > 0:
+                said += f", about {_duration(round((self.total - self.frames) / rate))} left"
+            return said
+        return f"{said} frames, {rate:.1f} frames/s"
 
     def ended_video(self, outcome: VideoOutcome) -> None:
         bar = self.bars.pop(outcome.job.id, None)
@@ -809,6 +830,8 @@ class BatchProgress:
         claimed = self.jobs[outcome.job.id].frames if outcome.job.id in self.jobs else None
         if claimed and self.overall.total:  # the overall bar counts what the video gave, not what its container claimed
             self.overall.total += (bar.n if bar is not None else 0) - claimed  # (a truncated file's end at 94%)
+        if claimed and self.total:
+            self.total += outcome.frames - claimed
         self.ended += 1
         self.statuses[outcome.status] += 1
         self.overall.set_description(self._description(), refresh=False)
@@ -1513,7 +1536,7 @@ def run_batch(cfg: PipelineConfig, inputs: Sequence[str], engine: str = "local",
             run_id = new_run_id()  # on what the batch publishes; its files hold none, to be the same each run
             manifest.made_by = made_by(run_id, cfg, engine)  # in the manifest: its Redis entries traced to their line
             log.info("batch run %s", run_id)
-            with serve_ops(cfg.ops, metrics) as server, _progress(todo, progress) as bars:
+            with serve_ops(cfg.ops, metrics) as server, _progress(todo, progress, cfg.ops.status_interval_s) as bars:
                 if server is not None:
                     server.collector.extra.append(_BatchCollector(bars, skipped))
                 doing = "stopping: no new videos, the ones in progress finish"
@@ -1532,15 +1555,24 @@ def run_batch(cfg: PipelineConfig, inputs: Sequence[str], engine: str = "local",
             clear_partial(root)
 
 
+def _duration(seconds: int) -> str:
+    """``3 min 20 s``, ``1 h 5 min``, ``40 s``."""
+    hours, rest = divmod(max(0, seconds), 3600)
+    minutes, seconds = divmod(rest, 60)
+    if hours:
+        return f"{hours} h {minutes} min"
+    return f"{minutes} min {seconds} s" if minutes else f"{seconds} s"
+
+
 @contextlib.contextmanager
-def _progress(jobs: Sequence[VideoJob], enabled: bool | None) -> Iterator[BatchProgress]:
+def _progress(jobs: Sequence[VideoJob], enabled: bool | None, every_s: float = 2.0) -> Iterator[BatchProgress]:
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     from segstream.pipeline.logs import json_logging
 
     if enabled is None and json_logging():
         enabled = False
-    bars = BatchProgress(jobs, enabled)
+    bars = BatchProgress(jobs, enabled, every_s)
     try:
         if bars.disabled:
             yield bars

@@ -1423,7 +1423,7 @@ class OpsConfig(Strict):
     stall_after_s: PositiveFloat = 60.0
     """/healthz fails once a working stage has made no progress for this many seconds."""
     status_interval_s: PositiveFloat = 2.0
-    """Seconds between segstream run's status lines."""
+    """Seconds between segstream run's status lines (and segstream batch's progress lines, where it draws no bars)."""
     reload: bool = False
     """Serve POST /reload on the ops port: read the config again and apply its sources."""
 

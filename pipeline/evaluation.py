@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from segstream.connectors.errors import ConfigError
 from segstream.connectors.synthetic import CLASSES, LABEL_SET, synthetic_clip
-from segstream.connectors.terminal import bar_shape
+from segstream.connectors.terminal import bar_shape, bars_off
 from segstream.models.label_sets import LabelSet
 from segstream.models.results import FrameResult, Segments
 
@@ -208,7 +208,7 @@ def evaluate_segmenter(
     total = None if frames is not None else len(seeds) * num_frames
     frames = iter(frames) if frames is not None else _frames(seeds, width, height, num_frames)
     # disable=None: a bar on a terminal only (a log file gets no carriage-return lines)
-    with tqdm(total=total, desc="evaluate", unit="frame", file=sys.stderr, disable=None if progress else True,
+    with tqdm(total=total, desc="evaluate", unit="frame", file=sys.stderr, disable=bars_off() if progress else True,
               **bar_shape()) as bar:
         while batch := [item for _, item in zip(range(batch_size), frames)]:
             predictions = segment_fn([image for image, *_ in batch])

@@ -40,7 +40,7 @@ from segstream.connectors.overlay import OutputWriteError, OverlayVideo, draw_ov
 from segstream.connectors.output_files import replace_synced
 from segstream.connectors.redis_connection import COMMAND_LINE, error_summary, redis_address
 from segstream.connectors.redis_reader import StreamReader, _missing_stream_message, _refusal, connect_redis
-from segstream.connectors.terminal import bar_shape
+from segstream.connectors.terminal import bar_shape, bars_off
 from segstream.models.results import FrameResult
 from segstream.pipeline.cli import redis_sentinel, redis_tls
 from segstream.pipeline.logs import json_logging
@@ -160,7 +160,7 @@ def render_stream(client, stream: str, video: str | Path, out: str | Path, opaci
     missing, drawn = 0, -1
     # a 5K render of a long flight wrote nothing for minutes but its last line (found probing drone footage)
     bar = tqdm(total=chosen.entries, desc="render", unit="frame", file=sys.stderr,
-               disable=True if progress is False or json_logging() else None if progress is None else False,
+               disable=True if progress is False or json_logging() else bars_off() if progress is None else False,
                **bar_shape())
     try:
         for result in _entries_of(StreamReader(client, stream, start=chosen.after), chosen):

@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from segstream.connectors.synthetic import CLASSES
-from segstream.connectors.terminal import bar_shape
+from segstream.connectors.terminal import bar_shape, bars_off
 from segstream.models.processing import scale_label_map
 from segstream.models.results import FrameResult
 from segstream.models.senatra import SeNaTra, SeNaTraConfig, SeNaTraOutput, densify, memberships
@@ -214,7 +214,7 @@ def train_senatra(
     losses: list[float] = []
     history: dict[str, list[float]] = {}
     start = saved = time.perf_counter()
-    bar = tqdm(total=settings.steps, initial=step, disable=None if progress else True, file=sys.stderr, unit="step",
+    bar = tqdm(total=settings.steps, initial=step, disable=bars_off() if progress else True, file=sys.stderr, unit="step",
                mininterval=10, **bar_shape())
     while True:
         done = (step / settings.steps if settings.steps is not None

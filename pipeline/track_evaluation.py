@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from segstream.connectors.errors import ConfigError
 from segstream.connectors.synthetic import synthetic_clip
-from segstream.connectors.terminal import bar_shape
+from segstream.connectors.terminal import bar_shape, bars_off
 from segstream.models.processing import frame_label_map
 from segstream.models.results import NO_TRACK, FrameResult
 from segstream.models.tracking import SegmentTracker, TrackerSettings
@@ -249,7 +249,7 @@ def evaluate_tracking(
     total = len(seeds) * num_frames
     # disable=None: a bar on a terminal only (a log file or pipe gets no carriage-return lines)
     with tqdm(total=total, desc="evaluate tracking", unit="frame", file=sys.stderr,
-              disable=None if progress else True, **bar_shape()) as bar:
+              disable=bars_off() if progress else True, **bar_shape()) as bar:
         for seed in seeds:
             rng = np.random.default_rng([seed, 0x7EAC])
             noisy_tracker, model_tracker = SegmentTracker(settings), SegmentTracker(settings)

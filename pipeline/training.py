@@ -31,7 +31,7 @@ from tqdm import tqdm
 from segstream.connectors.errors import TrainingDiverged
 from segstream.connectors.output_files import replace_synced
 from segstream.connectors.synthetic import SyntheticScene
-from segstream.connectors.terminal import bar_shape
+from segstream.connectors.terminal import bar_shape, bars_off
 from segstream.models.criterion import LossWeights, Target, mask_classification_loss
 from segstream.models.eomt import EoMT, EoMTConfig
 from segstream.models.processing import letterbox, letterbox_size, scale_label_map
@@ -361,7 +361,7 @@ def train(settings: TrainSettings, model: EoMT | None = None, progress: bool = T
     losses: list[float] = []
     start = saved = time.perf_counter()
     # disable=None: a bar on a terminal only (a log file gets no carriage-return lines)
-    bar = tqdm(total=settings.steps, initial=step, disable=None if progress else True, file=sys.stderr, unit="step",
+    bar = tqdm(total=settings.steps, initial=step, disable=bars_off() if progress else True, file=sys.stderr, unit="step",
                **bar_shape())
     while True:
         # Progress through the schedule is the share of steps done, or of the time budget spent,

@@ -369,6 +369,33 @@ def test_a_video_s_seconds_are_its_own_not_the_time_it_waited_behind_other_video
     assert sum(o.seconds for o in outcomes) < 1.5 * wall, [round(o.seconds, 2) for o in outcomes]
 
 
+def test_without_bars_a_batch_says_its_progress_in_a_line_every_status_interval(tmp_path, caplog, monkeypatch):
+    # Found probing with a screen reader: piped, or with TERM=dumb, a batch said nothing of a long
+    # video until its end; on a terminal its bars were redrawn 7-12 times a second, TERM=dumb too.
+    from segstream.connectors.terminal import bar_shape, bars_drawn
+
+    encode_clip(tmp_path / "long.mp4", frames=30)
+    cfg = validate_config({"batch": {"output": str(tmp_path / "out")}, "engine": {"batch_size": 1},
+                           "ops": {"http": None, "status_interval_s": 0.2}}, schema=BatchPipelineConfig)
+    with caplog.at_level(logging.INFO, logger="segstream"):
+        assert run_batch(cfg, [str(tmp_path / "long.mp4")], adapter=ColourSegmenter(delay_s=0.05))[1] == 0
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("batch: ")]
+    assert len(lines) >= 3, lines
+    assert re.fullmatch(r"batch: 0/1 videos ended, \d+/30 frames \(\d+%\), [\d.]+ frames/s, about \d+ s left",
+                        lines[0]), lines
+    frames = [int(re.search(r"ended, (\d+)/", line)[1]) for line in lines]
+    assert frames == sorted(frames) and frames[-1] < 30
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="segstream"):  # --no-progress: none
+        run_batch(cfg, [str(tmp_path / "long.mp4")], adapter=ColourSegmenter(delay_s=0.05), retry_failed=False,
+                  progress=False)
+    assert not [r for r in caplog.records if r.getMessage().startswith("batch: ")]
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    assert bars_drawn()
+    monkeypatch.setenv("TERM", "dumb")
+    assert not bars_drawn() and bar_shape()["mininterval"] >= 1
+
+
 def test_a_rerun_skips_what_ended_and_redoes_a_changed_file(archive, tmp_path, caplog):
     videos = tmp_path / "videos"
     videos.mkdir()
