@@ -56,7 +56,7 @@ from segstream.models.segmenter import FamilyAdapter, nonfinite_advice
 from segstream.pipeline.engine import (
     Batcher, BufferPolicy, InFlight, ModelStage, cgroup_cpu_quota, engine_layout, usable_cores,
 )
-from segstream.pipeline.logs import new_run_id
+from segstream.pipeline.logs import journal_prefix, new_run_id
 from segstream.pipeline.own_parts import NamedStage, OwnSource, build_stages
 from segstream.pipeline.metrics import (
     DECODE_ERROR, MODEL_NONFINITE, SHED_REASONS, OverloadWatch, RunMetrics, Said, SourceCounts, decode_thread,
@@ -1929,13 +1929,20 @@ class Runtime:
             stream.record(summary, summary=report.as_dict(outcome))
             return
         # each line as the status lines and the CLI's own: ``segstream: ...`` (JSON logs drop the prefix)
-        self._say("".join(f"segstream: {line}\n" for line in summary.splitlines()))
+        self._say("".join(f"segstream: {line}\n" for line in summary.splitlines()),
+                  logging.ERROR if summary.startswith("failed") else logging.INFO)
 
-    def _say(self, text: str) -> None:
+    def _say(self, text: str, levelno: int = logging.INFO) -> None:
+        """``text``'s lines on the progress stream; on standard error read by journald, each with
+        the syslog priority of ``levelno`` as the log's lines (the status lines and the summary
+        had none, so journald stored them at its default, found probing)."""
         if self._unsayable:
             return
+        stream = self._progress_stream()
+        if stream is sys.stderr and (prefix := journal_prefix(levelno)):
+            text = "".join(prefix + line for line in text.splitlines(keepends=True))
         try:
-            print(text, end="", file=self._progress_stream(), flush=True)
+            print(text, end="", file=stream, flush=True)
         except OSError:  # a terminal that went away (SIGHUP): the run goes on, its lines unsaid
             self._unsayable = True
 

@@ -3,6 +3,7 @@
 import io
 import json
 import logging
+import os
 import socket
 import threading
 import time
@@ -232,6 +233,18 @@ def test_json_log_format_writes_one_object_per_line(capsys, tmp_path):
     [line] = capsys.readouterr().err.strip().splitlines()
     record = json.loads(line)
     assert record["level"] == "ERROR" and "does not exist" in record["message"] and "time" in record
+
+
+def test_under_journald_the_status_lines_and_the_summary_carry_their_priority(clip, capfd, monkeypatch):
+    # Found probing: the log's lines began <6> or <4> for journald, the status lines and the summary
+    # (a failed run's too) with nothing, so journald stored them at its default priority.
+    stat = os.fstat(2)  # pytest's file for this test's standard error, standing in for journald's stream
+    monkeypatch.setenv("JOURNAL_STREAM", f"{stat.st_dev}:{stat.st_ino}")
+    Runtime([FileSource("cam", str(clip), max_frames=10)], ColourSegmenter(delay_s=0.02), [], progress=True,
+            progress_interval_s=0.05).run()
+    lines = capfd.readouterr().err.splitlines()
+    assert len(lines) > 2 and all(line.startswith("<6>segstream: ") for line in lines), lines
+    assert any(line.startswith("<6>segstream: done: 10 frames published") for line in lines)
 
 
 def test_status_line_goes_to_the_json_log(tmp_path, clip):
