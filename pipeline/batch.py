@@ -28,6 +28,7 @@ import math
 import os
 import re
 import shlex
+import sys
 import threading
 import time
 import unicodedata
@@ -1499,6 +1500,7 @@ def run_batch(cfg: PipelineConfig, inputs: Sequence[str], engine: str = "local",
         manifest = Manifest(root / MANIFEST, output_settings(cfg))
         try:
             jobs = plan(paths, manifest.ids(), manifest.numbers())
+            _warn_of_the_locale(jobs)
             ask_servers(jobs, cfg.batch.open_timeout_s)
             todo, skipped = [], 0
             outcomes: list[VideoOutcome] = []
@@ -1553,6 +1555,20 @@ def run_batch(cfg: PipelineConfig, inputs: Sequence[str], engine: str = "local",
         finally:
             manifest.close()
             clear_partial(root)
+
+
+def _warn_of_the_locale(jobs: Sequence[VideoJob]) -> None:
+    """Says once that file names are read in a locale's encoding other than UTF-8 where a name is
+    not ASCII: its ids and the manifest's paths are then not those a UTF-8 run gives (found probing
+    under Latin-1: 'café.mp4' became 'cafA__' and was done again by the next run under UTF-8)."""
+    encoding = sys.getfilesystemencoding()
+    if encoding.replace("-", "").lower() == "utf8":
+        return
+    named = next((job.key for job in jobs if not job.key.isascii()), None)
+    if named is not None:
+        log.warning("this locale reads file names as %s (%s): their ids and the manifest's paths differ from a UTF-8 "
+                    "run's, which does such videos again — run batches under a UTF-8 locale (LC_ALL=C.UTF-8) or with "
+                    "PYTHONUTF8=1", encoding, printable(named))
 
 
 def _duration(seconds: int) -> str:

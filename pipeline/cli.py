@@ -201,6 +201,15 @@ def _pipeline_threads_alive() -> bool:
     return prefix is not None and any(t.name.startswith(prefix) and t.is_alive() for t in threading.enumerate())
 
 
+def _writable(text: str, stream) -> bool:
+    """Whether ``stream``'s encoding writes ``text`` as it is."""
+    try:
+        text.encode(getattr(stream, "encoding", None) or "utf-8")
+        return True
+    except (UnicodeEncodeError, LookupError):
+        return False
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse's parser, its commands' too, without abbreviated options (a script's ``--max``
     would break the day another ``--max-...`` came), and whose usage errors are one JSON line
@@ -482,11 +491,11 @@ EPILOG = """exit codes:
 environment:
   SEGSTREAM_LOG_FORMAT     text or json, as --log-format
   SEGSTREAM_LOG_LEVEL      debug, info, warning or error, as --log-level
-  SEGSTREAM_REDIS_URL      tail and render: the Redis to read, as --url
+  SEGSTREAM_REDIS_URL      tail, render and status: the Redis to read, as --url
   REDIS_USERNAME, REDIS_PASSWORD
-                           tail and render: the Redis login, as --username and --password
+                           tail, render and status: the Redis login, as --username and --password
   REDIS_SENTINEL_USERNAME, REDIS_SENTINEL_PASSWORD
-                           tail and render: the sentinels' own login
+                           tail, render and status: the sentinels' own login
   and any ${VAR} a config names (${VAR:-default} for one that may be unset)
 """
 
@@ -644,6 +653,10 @@ def _validated(args: argparse.Namespace, config: Path, several: bool = False) ->
     # the config alone on stdout (--- between several), for a diff or a file
     shown = "" if not effective or args.json else yaml.safe_dump(effective, sort_keys=False, allow_unicode=True,
                                                                  explicit_start=several)
+    if shown and not _writable(shown, sys.stdout):
+        # YAML's own escapes ("vid\xE9/..." in double quotes) where the output's encoding cannot write a
+        # character: the output's escapes in a plain scalar named another file (found probing under Latin-1)
+        shown = yaml.safe_dump(effective, sort_keys=False, allow_unicode=False, explicit_start=several)
     if args.connect:
         from segstream.pipeline.preflight import Check, preflight, report
 

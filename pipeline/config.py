@@ -15,6 +15,7 @@ import ipaddress
 import math
 import os
 import re
+import sys
 import types
 import typing
 from pathlib import Path
@@ -2441,6 +2442,13 @@ def _format_path(parts: typing.Sequence) -> str:
     return out
 
 
+def unnameable(path: Any) -> str:
+    """Why a path cannot be opened here: this locale's encoding cannot spell it (found probing
+    under a Latin-1 locale: "'latin-1' codec can't encode characters in position 31-32")."""
+    return (f"{str(path)!r} cannot be named in this locale's encoding ({sys.getfilesystemencoding()}) — run segstream "
+            f"under a UTF-8 locale (LC_ALL=C.UTF-8) or with PYTHONUTF8=1")
+
+
 def _error_line(error: dict, data: Any) -> str:
     """One line for one pydantic error, with the path as the YAML reads: a value's own line breaks
     (a variable's value, a path) escaped, found probing bad input: they made lines that read as
@@ -2484,6 +2492,8 @@ def _problem_line(error: dict, data: Any) -> str:
         return f"{_where([*path, 'type'], data)}: unknown source type {got.get('type')!r} — {hint} (README, \"Cameras, streams and image folders\")"
     if kind == "union_tag_not_found":
         return f"{where}: missing 'type' — use {', '.join(SOURCE_TYPES)}"
+    if kind == "value_error" and isinstance(error["ctx"]["error"], UnicodeEncodeError):
+        return f"{where}: {unnameable(got)}"
     if kind == "value_error":
         return f"{where}: {error['ctx']['error']}"
     if kind == "too_short" and path == ["sources"]:

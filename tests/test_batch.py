@@ -396,6 +396,25 @@ def test_without_bars_a_batch_says_its_progress_in_a_line_every_status_interval(
     assert not bars_drawn() and bar_shape()["mininterval"] >= 1
 
 
+def test_a_batch_under_a_locale_that_is_not_utf_8_says_its_ids_are_not_a_utf_8_run_s(tmp_path, caplog, monkeypatch):
+    # Found probing under Latin-1: 'café_日本.mp4' got the id 'cafA__ae_ae__d-350f5da6' (its UTF-8 bytes read
+    # as Latin-1), and the next run, under UTF-8, did it again under another id, unsaid.
+    from segstream.pipeline.batch import VideoJob, _warn_of_the_locale
+
+    jobs = [VideoJob(tmp_path / "a.mp4", "a"), VideoJob(tmp_path / "cafÃ©.mp4", "cafa")]
+    monkeypatch.setattr(sys, "getfilesystemencoding", lambda: "iso8859-1")
+    with caplog.at_level(logging.WARNING, logger="segstream"):
+        _warn_of_the_locale(jobs[:1])  # ASCII names read alike in any locale: nothing to say
+        assert not caplog.records
+        _warn_of_the_locale(jobs)
+    [record] = caplog.records
+    assert "reads file names as iso8859-1" in record.getMessage() and "PYTHONUTF8=1" in record.getMessage()
+    caplog.clear()
+    monkeypatch.setattr(sys, "getfilesystemencoding", lambda: "utf-8")
+    _warn_of_the_locale(jobs)
+    assert not caplog.records
+
+
 def test_a_rerun_skips_what_ended_and_redoes_a_changed_file(archive, tmp_path, caplog):
     videos = tmp_path / "videos"
     videos.mkdir()

@@ -10,6 +10,7 @@ from importlib import metadata
 from pathlib import Path
 
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -132,7 +133,27 @@ def test_output_a_terminal_cannot_encode_is_escaped_not_a_traceback(tmp_path):
                          capture_output=True, env={**os.environ, "PYTHONIOENCODING": "ascii"}, cwd=tmp_path)
     assert out.returncode == 0, out.stderr.decode()
     assert b"Traceback" not in out.stderr
-    assert b"vid\\xe9/\\xe9t\\xe9.mp4" in out.stdout
+    # YAML's escapes, in double quotes, which read back as the same file (found probing under Latin-1:
+    # the output's own escapes in a plain scalar named a file 'vid\xe9/...' that does not exist)
+    assert out.stdout.isascii() and yaml.safe_load(out.stdout)["sources"][0]["path"] == str(folder / "été.mp4")
+    printed = tmp_path / "printed.yaml"
+    printed.write_bytes(out.stdout)
+    assert subprocess.run([sys.executable, "-m", "segstream", "validate", str(printed)], capture_output=True,
+                          timeout=120).returncode == 0
+    # and a message's punctuation is its ASCII look-alike, not an escape a screen reader spells out
+    (folder / "typo.yaml").write_text("engine: {bach_size: 2}\nsources:\n  - {name: cam, type: file, path: été.mp4}\n",
+                                      encoding="utf-8")
+    refused = subprocess.run([sys.executable, "-m", "segstream", "validate", str(folder / "typo.yaml"), "--no-files"],
+                             capture_output=True, env={**os.environ, "PYTHONIOENCODING": "ascii"})
+    assert refused.stderr.endswith(b"engine.bach_size (line 1): unknown key - did you mean 'batch_size'?\n"), refused.stderr
+    # a locale whose encoding cannot name the file (ASCII here; Latin-1 for 日本): what to do, not the codec's error
+    (tmp_path / "c.yaml").write_text("sources:\n  - {name: cam, type: file, path: vidé/été.mp4}\n", encoding="utf-8")
+    ascii_locale = {**os.environ, "LC_ALL": "C", "PYTHONCOERCECLOCALE": "0", "PYTHONUTF8": "0"}
+    unnamed = subprocess.run([sys.executable, "-X", "utf8=0", "-m", "segstream", "validate", "c.yaml"],
+                             capture_output=True, env=ascii_locale, cwd=tmp_path)
+    assert unnamed.returncode == 2 and unnamed.stderr.decode("ascii").splitlines()[-1].endswith(
+        "cannot be named in this locale's encoding (ascii) - run segstream under a UTF-8 locale (LC_ALL=C.UTF-8) "
+        "or with PYTHONUTF8=1"), unnamed.stderr
 
 
 def test_constraints_pin_every_package_the_installed_extras_bring():
