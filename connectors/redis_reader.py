@@ -2149,9 +2149,22 @@ def summary_line(entry_id: str, entry: FrameResult) -> str:
 
 
 def event_line(entry_id: str, event: Event) -> str:
-    """``<id> <source> <kind> key=value ...``."""
-    details = " ".join(f"{k}={v}" for k, v in event.data.items())
-    return f"{entry_id} {event.source} {event.kind} {details}".rstrip()
+    """``<id> <source> <kind> key=value ...``: a mapping's keys as ``frames.decoded=50``, a list's
+    items joined by commas (Python's reprs of them, braces and quotes, read badly aloud, found
+    probing with a screen reader)."""
+    return f"{entry_id} {event.source} {event.kind} {' '.join(_pairs(event.data))}".rstrip()
+
+
+def _pairs(data: dict, within: str = "") -> list[str]:
+    said = []
+    for key, value in data.items():
+        if isinstance(value, dict) and value:
+            said += _pairs(value, f"{within}{key}.")
+        elif isinstance(value, (list, tuple)):
+            said.append(f"{within}{key}=" + ",".join(str(item) for item in value))
+        else:
+            said.append(f"{within}{key}={value}")
+    return said
 
 
 def _entry_line(entry_id: str, stream: str, fields) -> str:

@@ -309,7 +309,7 @@ def print_bench(result: dict[str, Any], out=None) -> None:
         f"{result['dropped']} dropped",
         file=out,
     )
-    layouts = ", ".join(f"{name} {value:.1f}" for name, value in result["network_layouts_fps"].items())
+    layouts = ", ".join(f"{name} {value:.1f} fps" for name, value in result["network_layouts_fps"].items())
     print(f"  network alone  {fps['network']:8.1f} fps   best of workers x threads: {layouts}", file=out)
     print(f"  pipeline       {fps['pipeline']:8.1f} fps   {ratio['pipeline_vs_network']:.2f}x the network", file=out)
     print(f"  naive loop     {fps['naive']:8.1f} fps   pipeline is {ratio['pipeline_vs_naive']:.2f}x this "

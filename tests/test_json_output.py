@@ -360,3 +360,14 @@ def test_a_result_to_dict_is_tail_json_s_frame_object_with_its_masks_as_rle_or_p
     assert len(with_polygons["segments"][1]["polygons"]) == 1  # the outer outline
     with pytest.raises(ValueError, match="masks='png': use 'rle', 'polygons' or None"):
         result.to_dict(masks="png")
+
+
+def test_tail_s_text_line_of_an_event_reads_as_key_value_pairs_not_python_data():
+    # found probing with a screen reader: frames={'decoded': 50, 'decode_errors': 0} and classes=['disc', 'box']
+    from segstream.connectors.redis_reader import event_line
+    from segstream.models.results import Event
+
+    event = Event("cam", "ended", 0.0, {"reason": "end of input", "frames": {"decoded": 50, "decode_errors": 0},
+                                        "classes": ["disc", "box"], "extra": {}})
+    assert event_line("1-0", event) == ("1-0 cam ended reason=end of input frames.decoded=50 frames.decode_errors=0 "
+                                        "classes=disc,box extra={}")
