@@ -7,7 +7,14 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 
-from segstream.connectors.av_input import AVInput, CaptureThread, DisplayOrientation, InputInfo, InputTimeout
+from segstream.connectors.av_input import (
+    AVInput,
+    CaptureThread,
+    DisplayOrientation,
+    InputInfo,
+    InputTimeout,
+    concat_part_at_fault,
+)
 from segstream.connectors.clock import Pacer, Timeline, out_of_line_mended
 from segstream.connectors.colour import ColourConversion
 from segstream.connectors.deinterlace import Deinterlace, Deinterlacer
@@ -284,6 +291,10 @@ class FileSource:
         if self._closed.is_set():
             return
         missing, why = coverage.missing(reading)
+        if missing == 0 and reading.format_name == "concat" and (fault := concat_part_at_fault(self.path))[0]:
+            # a concat list's part cut short or without video: FFmpeg read it as a shorter one (its
+            # frames lacking where its index says, else at least one: the part's)
+            missing, why = max(1, fault[1]), f"a part of the list is damaged{fault[0]}"
         if missing > 0 and self.frames_missing == 0:
             log.warning("source %s: '%s' looks damaged: %s", self.name, self.shown, why)
             self.damage = why

@@ -189,6 +189,43 @@ def test_two_files_joined_with_an_overlap_keep_ffmpeg_s_times_after_the_join(tmp
     assert (source.frames_missing, source.damage) == (0, "")
 
 
+def test_a_concat_list_that_fails_names_its_part_at_fault(tmp_path):
+    # Found probing an archive: a drone's chapters joined in an .ffconcat list, one of them gone or cut
+    # short, failed as "reading 'trip.ffconcat' failed: No such file or directory", naming the list alone.
+    for n in (1, 2):
+        _ffmpeg("-f", "lavfi", "-i", "testsrc=size=64x48:rate=10", "-t", "2", "-c:v", "libx264", "-preset", "ultrafast",
+                "-movflags", "+faststart", str(tmp_path / f"DJI_000{n}.MP4"))
+    whole = (tmp_path / "DJI_0002.MP4").read_bytes()
+    (tmp_path / "cut.mp4").write_bytes(whole[: len(whole) * 6 // 10])
+    (tmp_path / "gone.ffconcat").write_text("ffconcat version 1.0\nfile 'DJI_0001.MP4'\nfile 'MISSING.MP4'\n"
+                                            "file 'DJI_0002.MP4'\n")
+    (tmp_path / "cut.ffconcat").write_text("ffconcat version 1.0\nfile 'cut.mp4'\nfile 'DJI_0001.MP4'\n")
+    with pytest.raises(SourceError, match=r"failed: .*\(its part 'MISSING.MP4' does not exist\)$"):
+        list(FileSource("trip", str(tmp_path / "gone.ffconcat")).frames())
+    with pytest.raises(SourceError, match=r"\(its part 'cut.mp4' is cut short: \d+ of the 20 frames it lists\)$"):
+        list(FileSource("trip", str(tmp_path / "cut.ffconcat")).frames())
+    # a part FFmpeg reads as a shorter one, or as none at all, ends the list normally: said as damage
+    _ffmpeg("-f", "lavfi", "-i", "testsrc=size=64x48:rate=10", "-t", "2", "-c:v", "libx264",
+            str(tmp_path / "recording.mp4"))  # its index at the end
+    (tmp_path / "no_index.mp4").write_bytes((tmp_path / "recording.mp4").read_bytes()[:3000])  # never reached it
+    (tmp_path / "first.ffconcat").write_text("ffconcat version 1.0\nfile 'no_index.mp4'\nfile 'DJI_0001.MP4'\n")
+    (tmp_path / "last.ffconcat").write_text("ffconcat version 1.0\nfile 'DJI_0001.MP4'\nfile 'no_index.mp4'\n")
+    _ffmpeg("-f", "lavfi", "-i", "testsrc=size=64x48:rate=10", "-t", "2", "-c:v", "libx264", "-preset", "ultrafast",
+            str(tmp_path / "fast.mp4"))
+    (tmp_path / "unopened.mp4").write_bytes((tmp_path / "fast.mp4").read_bytes()[:3000])  # one FFmpeg cannot open
+    (tmp_path / "unopened.ffconcat").write_text("ffconcat version 1.0\nfile 'unopened.mp4'\nfile 'DJI_0001.MP4'\n")
+    with pytest.raises(SourceError, match=r"cannot open .*unopened.ffconcat' \(.*\) \(its part 'unopened.mp4' cannot be"):
+        FileSource("trip", str(tmp_path / "unopened.ffconcat"))
+    for listed in ("first", "last"):
+        source = FileSource("trip", str(tmp_path / f"{listed}.ffconcat"))
+        assert len(list(source.frames())) == 20, listed
+        assert source.damage == "a part of the list is damaged (its part 'no_index.mp4' cannot be read: no video stream)"
+        assert source.frames_missing >= 1
+    (tmp_path / "whole.ffconcat").write_text("ffconcat version 1.0\nfile 'DJI_0001.MP4'\nfile 'DJI_0002.MP4'\n")
+    whole_list = FileSource("trip", str(tmp_path / "whole.ffconcat"))
+    assert len(list(whole_list.frames())) == 40 and (whole_list.frames_missing, whole_list.damage) == (0, "")
+
+
 def _with_audio(path: Path, video_s: float, audio_s: float, *codecs: str) -> Path:
     _ffmpeg("-t", str(video_s), "-f", "lavfi", "-i", "testsrc=size=64x48:rate=25", "-t", str(audio_s), "-f", "lavfi",
             "-i", "sine", *codecs, str(path))
