@@ -53,6 +53,7 @@ import numpy as np
 
 from segstream.connectors.catch_up import CatchUp
 from segstream.connectors.colour import ColourConversion
+from segstream.connectors.concat_lists import concat_fault, concat_list
 from segstream.connectors.deinterlace import Deinterlacer, field_order
 from segstream.connectors.errors import THREAD_LIMIT_HINT, ResourceLimit, SourceError, thread_start_failed
 from segstream.connectors.frame_rate import FrameRateCap
@@ -69,7 +70,8 @@ _INDEXED_FORMATS = {"mov", "mp4", "matroska", "webm"}  # FFmpeg's names of forma
 # packets (MPEG-TS, MPEG-PS, Ogg) or from its bitrate (raw bitstreams). A copy cut short is its own
 # length to them, and one corrupt timestamp makes the length anything (found probing an archive: a TS
 # with flipped bytes listed 41.5 s for its 4.9 s, and was called truncated, 367 frames missing).
-_ESTIMATED_LENGTH_FORMATS = {"mpegts", "mpeg", "ogg", "h264", "hevc", "mpegvideo", "m4v", "mjpeg", "vc1"}
+_ESTIMATED_LENGTH_FORMATS = {"mpegts", "mpeg", "ogg", "h264", "hevc", "vvc", "mpegvideo", "m4v", "mjpeg", "vc1", "obu",
+                             "ivf"}
 _PRFT = struct.Struct("=qi")  # AVProducerReferenceTime: int64 wallclock (us since the Unix epoch), int flags
 _DISPLAY_MATRIX = struct.Struct("=9i")
 _FIXED_ONE = 1 << 16  # the display matrix's 2x2 part is 16.16 fixed point
@@ -559,9 +561,9 @@ class AVInput:
                     f"cannot open '{self.shown}': the TLS handshake failed (Input/output error) — with tls_verify: 1 "
                     "that is most often a certificate not trusted: give its CA with options: {ca_file: /path/ca.pem}, "
                     "and use the host name the certificate names") from None
-            if isinstance(error, av.error.FFmpegError) and _concat_list(target) and (
-                    fault := concat_part_at_fault(target)[0]):  # its first part, most likely
-                raise InputRefused(f"cannot open '{self.shown}' ({describe_error(error)}){fault}", missing=True) from None
+            if isinstance(error, av.error.FFmpegError) and concat_list(target) and (
+                    fault := concat_fault(target)) is not None:  # its first part, most likely
+                raise InputRefused(f"cannot open '{self.shown}' ({describe_error(error)}): {fault}", missing=True) from None
             raise open_error(error, self.shown, timeout[0]) from None
         try:
             self.stream = video_stream(self.container, self.shown)
@@ -878,8 +880,9 @@ class AVInput:
                 raise SourceError(f"reading '{self.shown}' failed ({describe_error(error)}): the connection to the "
                                   "server was lost and could not be resumed, or the server serves no byte ranges (an "
                                   "MP4 with its index at the end needs them; -movflags +faststart puts it first)") from None
-            at_fault = concat_part_at_fault(self.target)[0] if self.format_name == "concat" else ""
-            raise SourceError(f"reading '{self.shown}' failed: {describe_error(error)}{at_fault}") from None
+            fault = concat_fault(self.target) if self.format_name == "concat" else None
+            raise SourceError(f"reading '{self.shown}' failed: {describe_error(error)}"
+                              + (f" ({fault})" if fault is not None else "")) from None
         finally:
             if change_after is not None and not handed:
                 self.decode_errors, self.pending_rejected = self.decode_errors + rejected, 0
@@ -1179,61 +1182,6 @@ def describe_error(error: BaseException) -> str:
     if isinstance(error, av.error.HTTPNotFoundError):
         return "404 Not Found — check the path of the URL"
     return str(text) if text else type(error).__name__
-
-
-def _concat_list(path: str) -> bool:
-    """Whether ``path`` is a local concat list (FFmpeg's ``ffconcat version 1.0`` first line)."""
-    try:
-        with open(path, "rb") as listing:
-            return listing.read(16) == b"ffconcat version"
-    except OSError:
-        return False
-
-
-def concat_part_at_fault(path: str) -> tuple[str, int]:
-    """Of a concat list (``ffconcat version 1.0`` and its ``file`` lines: a drone's chapters
-    joined), the first part that is missing, cannot be opened and decoded, holds no video or fewer
-    frames than its index lists, as `` (its part 'X' does not exist)``, and how many frames it
-    lacks where its index says (else 0); "" and 0 when none is found.
-    FFmpeg's error names the list alone (found probing an archive: "reading 'trip.ffconcat'
-    failed: No such file or directory", its third part gone), and reads a part without video, or
-    cut short, as a shorter one."""
-    import shlex
-
-    try:
-        with open(path, encoding="utf-8", errors="replace") as listing:
-            lines = listing.read(1 << 20).splitlines()
-    except OSError:
-        return "", 0
-    folder = os.path.dirname(os.path.abspath(path))
-    for line in lines:
-        words = line.strip().split(None, 1)
-        if len(words) != 2 or words[0] != "file":
-            continue
-        try:
-            [name] = shlex.split(words[1])
-        except ValueError:
-            continue
-        part = os.path.join(folder, name)
-        if not os.path.exists(part):
-            return f" (its part '{name}' does not exist)", 0
-        try:
-            # opened, its first picture decoded and its packets read to the end (only once reading
-            # the list failed: a drone's chapter of 4 GB takes seconds)
-            with av.open(part, timeout=(5.0, 5.0)) as container:
-                stream = container.streams.video[0]
-                packets, pictures = 0, 0
-                for packet in container.demux(stream):
-                    packets += bool(packet.size)
-                    if not pictures:  # decoded until its first picture
-                        pictures = len(packet.decode())
-                listed = stream.frames
-        except (av.error.FFmpegError, IndexError, OSError) as error:
-            why = describe_error(error) if not isinstance(error, IndexError) else "no video stream"
-            return f" (its part '{name}' cannot be read: {why})", 0
-        if listed and packets < listed:  # an MP4 cut short: its index lists frames its data no longer holds
-            return f" (its part '{name}' is cut short: {packets} of the {listed} frames it lists)", listed - packets
-    return "", 0
 
 
 def open_error(error: BaseException, shown: str, open_timeout_s: float) -> SourceError:

@@ -7,16 +7,10 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 
-from segstream.connectors.av_input import (
-    AVInput,
-    CaptureThread,
-    DisplayOrientation,
-    InputInfo,
-    InputTimeout,
-    concat_part_at_fault,
-)
-from segstream.connectors.clock import Pacer, Timeline, out_of_line_mended
+from segstream.connectors.av_input import AVInput, CaptureThread, DisplayOrientation, InputInfo, InputTimeout
+from segstream.connectors.clock import LONE_JUMP_S, Pacer, Timeline, out_of_line_mended
 from segstream.connectors.colour import ColourConversion
+from segstream.connectors.concat_lists import concat_fault, concat_list
 from segstream.connectors.deinterlace import Deinterlace, Deinterlacer
 from segstream.connectors.errors import SourceError
 from segstream.connectors.frame_rate import FrameRateCap
@@ -193,7 +187,10 @@ class FileSource:
 
     def _open(self) -> AVInput:
         try:
-            opened = AVInput(self.path, self.shown, options=http_file_options(self.path, self.timeout[0]),
+            # a concat list's parts by any name (FFmpeg's safe mode refused a drone's 'DJI 0001.MP4' and
+            # absolute paths: "Operation not permitted", found in review); the list is the user's own
+            options = {"safe": "0"} if concat_list(self.path) else http_file_options(self.path, self.timeout[0])
+            opened = AVInput(self.path, self.shown, options=options,
                              timeout=self.timeout,
                              orientation=self._orientation, colour=self._colour, fields=self._fields,
                              scale=self.decode_size)
@@ -223,6 +220,8 @@ class FileSource:
                 passed, errors_before = 0, self._finished_errors
                 coverage = Coverage()
                 for picture in out_of_line_mended(self._pictures(capture), self._mended):
+                    if self._closed.is_set():  # (a picture held for its timestamp comes after the close)
+                        return
                     step_s = picture.step * picture.time_base
                     coverage.add(None if picture.pts is None else float(picture.pts * picture.time_base), float(step_s),
                                  picture.skipped)
@@ -260,7 +259,7 @@ class FileSource:
                     if (self.max_frames is not None and delivered >= self.max_frames) or self._closed.is_set():
                         return
                 self._retire()
-                self._judge(coverage, reading)
+                self._judge(coverage, reading, passed + self._finished_errors - errors_before)
                 if self._closed.is_set():
                     return
                 if passed == 0:  # not a file that ended: nothing of it could be read
@@ -279,22 +278,22 @@ class FileSource:
         one far ahead (a corrupt timestamp) said once a file, the others (a join's overlap) for debugging."""
         at_s, given_s = float(pts * picture.time_base), float(given * picture.time_base)
         self.timestamps_mended += 1
-        ahead = at_s - given_s > 1.0
+        ahead = at_s - given_s > LONE_JUMP_S
         (log.warning if ahead and not self._said_mended else log.debug)(
             "source %s: '%s': a frame's timestamp (%.3f s) is out of line with those of the frames around it: %s; "
             "it is placed between them (%.3f s)", self.name, self.shown, at_s,
             "a corrupt timestamp" if ahead else "a join's overlap or a repeat", given_s)
         self._said_mended = self._said_mended or ahead
 
-    def _judge(self, coverage: Coverage, reading: AVInput) -> None:
+    def _judge(self, coverage: Coverage, reading: AVInput, seen: int) -> None:
         """After a whole pass: say (once per file) when frames seem to be missing."""
         if self._closed.is_set():
             return
         missing, why = coverage.missing(reading)
-        if missing == 0 and reading.format_name == "concat" and (fault := concat_part_at_fault(self.path))[0]:
+        if missing == 0 and reading.format_name == "concat" and (fault := concat_fault(self.path, seen)) is not None:
             # a concat list's part cut short or without video: FFmpeg read it as a shorter one (its
             # frames lacking where its index says, else at least one: the part's)
-            missing, why = max(1, fault[1]), f"a part of the list is damaged{fault[0]}"
+            missing, why = max(1, fault.lacking), f"a part of the list is damaged ({fault})"
         if missing > 0 and self.frames_missing == 0:
             log.warning("source %s: '%s' looks damaged: %s", self.name, self.shown, why)
             self.damage = why

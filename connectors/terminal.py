@@ -29,9 +29,9 @@ def printable(text: str) -> str:
 BAR_EVERY_S = 1.0  # a bar is drawn again at most once a second
 
 
-def bar_shape() -> dict:
-    """tqdm's size and pace options for a bar on stderr: drawn again at most once a second
-    (tqdm's 0.1 s redrew a batch's bars 7 to 12 times a second, which a screen reader or a
+def bar_shape(every_s: float = BAR_EVERY_S) -> dict:
+    """tqdm's size and pace options for a bar on stderr: drawn again at most every ``every_s``,
+    a second by default (tqdm's 0.1 s redrew a batch's bars 7 to 12 times a second, which a screen reader or a
     braille display follows, found probing), its width followed, except on a terminal that
     reports no size (``script``, some ``docker exec -t``, CI runners' pseudo-terminals), where
     tqdm took 0 rows for a screen too small for any bar and drew none (found probing a batch):
@@ -39,14 +39,14 @@ def bar_shape() -> dict:
     try:
         columns, lines = os.get_terminal_size(sys.stderr.fileno())
     except (OSError, ValueError, AttributeError):  # not a terminal: the bar is off, or goes to a file
-        return {"dynamic_ncols": True, "mininterval": BAR_EVERY_S}
+        return {"dynamic_ncols": True, "mininterval": every_s}
     if columns and lines:
-        return {"dynamic_ncols": True, "mininterval": BAR_EVERY_S}
+        return {"dynamic_ncols": True, "mininterval": every_s}
 
     def given(name: str, otherwise: int) -> int:
         value = os.environ.get(name, "")
         return int(value) if value.isdigit() and int(value) > 0 else otherwise
-    return {"ncols": given("COLUMNS", 100), "nrows": given("LINES", 24), "mininterval": BAR_EVERY_S}
+    return {"ncols": given("COLUMNS", 100), "nrows": given("LINES", 24), "mininterval": every_s}
 
 
 def bars_off() -> bool | None:

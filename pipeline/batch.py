@@ -780,13 +780,16 @@ class BatchProgress:
     batch's log said nothing of a long video until its end, found probing). Called from one
     thread at a time."""
 
-    def __init__(self, jobs: Sequence[VideoJob], enabled: bool | None, every_s: float = 2.0):
+    def __init__(self, jobs: Sequence[VideoJob], enabled: bool | None, every_s: float = 2.0, drawn: bool | None = None):
         self.jobs = {job.id: job for job in jobs}
         self.videos = len(jobs)
         self.ended = 0
         self.statuses: Counter[str] = Counter()  # of the videos that ended, by status
-        self.disabled = not bars_drawn() if enabled is None else not enabled
+        drawn = bars_drawn() if drawn is None else drawn  # (the caller's: JSON logs draw none)
+        self.disabled = not drawn if enabled is None else not enabled
         total = sum(job.frames or 0 for job in jobs)
+        # an estimate only where every video's container says its frames (else its percentage ran ahead)
+        self.counted = all(job.frames for job in jobs)
         self.every_s = every_s if enabled is None and self.disabled else None
         self.frames = 0
         self.total = total  # as the overall bar's, corrected as videos end
@@ -817,7 +820,7 @@ class BatchProgress:
         """``batch: 3/200 videos ended, 1234/5678 frames (22%), 27.5 frames/s, about 3 min 20 s left``."""
         rate = self.frames / (now - self._began) if now > self._began else 0.0
         said = f"batch: {self.ended}/{self.videos} videos ended, {self.frames}"
-        if self.total and self.total >= self.frames:
+        if self.counted and self.total and self.total >= self.frames:
             said += f"/{self.total} frames ({100 * self.frames // self.total}%), {rate:.1f} frames/s"
             if rate > 0:
                 said += f", about {_duration(round((self.total - self.frames) / rate))} left"
@@ -1586,9 +1589,7 @@ def _progress(jobs: Sequence[VideoJob], enabled: bool | None, every_s: float = 2
 
     from segstream.pipeline.logs import json_logging
 
-    if enabled is None and json_logging():
-        enabled = False
-    bars = BatchProgress(jobs, enabled, every_s)
+    bars = BatchProgress(jobs, enabled, every_s, drawn=bars_drawn() and not json_logging())
     try:
         if bars.disabled:
             yield bars

@@ -235,14 +235,14 @@ class _Parser(argparse.ArgumentParser):
         sys.stderr.write(signal_line(line, "ERROR", as_json=True).decode())
         self.exit(2)
 
-
     def _hint(self, message: str) -> str:
         """What the mistake likely was: an option's name mistyped or cut short (``--max`` for
         ``--max-frames``), a file whose name starts with a dash, taken for an option (found probing
         an archive: ``batch -dash.mp4`` said an INPUT was required)."""
         import difflib
 
-        given = [t for t in (_Parser.argv or []) if t.startswith("-") and t != "-"]
+        argv = _Parser.argv or []
+        given = [t for t in argv[: argv.index("--") if "--" in argv else len(argv)] if t.startswith("-") and t != "-"]
         files = [t for t in given if os.path.exists(t)]
         if files:
             return (f" ('{files[0]}' is a file: write ./{files[0]}, or put -- before it, for it not to be read as an "

@@ -190,7 +190,7 @@ class Batcher:
             self.cond.notify_all()
 
     def take_batch(self, size: int, max_wait_s: float) -> tuple[int, list[Frame]] | None:
-        """Up to ``size`` frames, round-robin over sources, waiting at most ``max_wait_s`` after
+        """Up to ``size`` frames, round-robin over sources (or oldest first), waiting at most ``max_wait_s`` after
         the first, with the batch's sequence number (0, 1, ... in the order batches were taken,
         also when several model workers take them); None once every source has finished and
         every queue is empty."""

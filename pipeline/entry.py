@@ -74,9 +74,9 @@ def controlling_terminal() -> bool:
 
 
 _PLAIN_PUNCTUATION = "segstream.plain_punctuation"
-_ASCII_PUNCTUATION = {"\u2014": "-", "\u2013": "-", "\u2192": "->", "\u2190": "<-", "\u2026": "...", "\u2018": "'",
-                      "\u2019": "'", "\u201c": '"', "\u201d": '"', "\u00d7": "x", "\u2265": ">=", "\u2264": "<=",
-                      "\u2248": "~", "\u00b5": "u", "\u00a0": " "}
+# the punctuation segstream's own messages use (not quotes, which a file's name may hold)
+_ASCII_PUNCTUATION = {"\u2014": "-", "\u2013": "-", "\u2192": "->", "\u2190": "<-", "\u2026": "...", "\u00d7": "x",
+                      "\u2265": ">=", "\u2264": "<=", "\u2248": "~"}
 
 
 def _plain_punctuation(error: UnicodeError) -> tuple[str, int]:
@@ -99,12 +99,13 @@ def main() -> int:
     # a terminal or pipe whose encoding lacks a character (a class name in Chinese, a path with é,
     # under LANG=C or a Latin-1 locale) gets it escaped, as standard error does: printing it raised
     # UnicodeEncodeError from tail and validate --print (found by an i18n probe)
-    # Punctuation of messages (dashes, arrows, ellipses) becomes its ASCII look-alike there, not an
-    # escape a screen reader spells out ("\u2014 start Redis", found probing under Latin-1).
+    # On standard error, the punctuation of messages (dashes, arrows, ellipses) becomes its ASCII
+    # look-alike there, not an escape a screen reader spells out ("\u2014 start Redis", found probing
+    # under Latin-1); standard output's data keeps its escapes (a name's ’ printed as ' names another file).
     codecs.register_error(_PLAIN_PUNCTUATION, _plain_punctuation)
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(AttributeError, ValueError):  # a stream replaced by one of another kind
-            stream.reconfigure(errors=_PLAIN_PUNCTUATION)
+    with contextlib.suppress(AttributeError, ValueError):  # a stream replaced by one of another kind
+        sys.stdout.reconfigure(errors="backslashreplace")
+        sys.stderr.reconfigure(errors=_PLAIN_PUNCTUATION)
     for fd in (0, 1):  # closed: /dev/null holds the number, which a config, a socket or a child's stdin would take
         try:
             os.fstat(fd)

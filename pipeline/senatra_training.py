@@ -215,7 +215,7 @@ def train_senatra(
     history: dict[str, list[float]] = {}
     start = saved = time.perf_counter()
     bar = tqdm(total=settings.steps, initial=step, disable=bars_off() if progress else True, file=sys.stderr, unit="step",
-               mininterval=10, **bar_shape())
+               **bar_shape(every_s=10))
     while True:
         done = (step / settings.steps if settings.steps is not None
                 else (spent_before + time.perf_counter() - start) / budget)

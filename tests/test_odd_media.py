@@ -189,7 +189,7 @@ def test_two_files_joined_with_an_overlap_keep_ffmpeg_s_times_after_the_join(tmp
     assert (source.frames_missing, source.damage) == (0, "")
 
 
-def test_a_concat_list_that_fails_names_its_part_at_fault(tmp_path):
+def test_a_concat_list_that_fails_names_its_part_at_fault(tmp_path, monkeypatch):
     # Found probing an archive: a drone's chapters joined in an .ffconcat list, one of them gone or cut
     # short, failed as "reading 'trip.ffconcat' failed: No such file or directory", naming the list alone.
     for n in (1, 2):
@@ -214,16 +214,23 @@ def test_a_concat_list_that_fails_names_its_part_at_fault(tmp_path):
             str(tmp_path / "fast.mp4"))
     (tmp_path / "unopened.mp4").write_bytes((tmp_path / "fast.mp4").read_bytes()[:3000])  # one FFmpeg cannot open
     (tmp_path / "unopened.ffconcat").write_text("ffconcat version 1.0\nfile 'unopened.mp4'\nfile 'DJI_0001.MP4'\n")
-    with pytest.raises(SourceError, match=r"cannot open .*unopened.ffconcat' \(.*\) \(its part 'unopened.mp4' cannot be"):
+    with pytest.raises(SourceError, match=r"cannot open .*unopened.ffconcat' \(.*\): its part 'unopened.mp4' cannot be"):
         FileSource("trip", str(tmp_path / "unopened.ffconcat"))
     for listed in ("first", "last"):
         source = FileSource("trip", str(tmp_path / f"{listed}.ffconcat"))
         assert len(list(source.frames())) == 20, listed
-        assert source.damage == "a part of the list is damaged (its part 'no_index.mp4' cannot be read: no video stream)"
+        assert source.damage == "a part of the list is damaged (its part 'no_index.mp4' holds no video)"
         assert source.frames_missing >= 1
-    (tmp_path / "whole.ffconcat").write_text("ffconcat version 1.0\nfile 'DJI_0001.MP4'\nfile 'DJI_0002.MP4'\n")
+    # a whole list, its parts named with a space, quoted and escaped, and by absolute path (FFmpeg's safe
+    # mode refused them), is read once: its parts are not read through again after the pass
+    (tmp_path / "DJI_0001.MP4").rename(tmp_path / "DJI 0001.MP4")
+    (tmp_path / "whole.ffconcat").write_text(f"ffconcat version 1.0\nfile 'DJI 0001.MP4'\nfile DJI\\ 0001.MP4\n"
+                                             f"file '{tmp_path / 'DJI_0002.MP4'}'\n")
+    import segstream.connectors.concat_lists as concat_lists
+
+    monkeypatch.setattr(concat_lists, "_read_through", lambda *_: pytest.fail("a whole list read through again"))
     whole_list = FileSource("trip", str(tmp_path / "whole.ffconcat"))
-    assert len(list(whole_list.frames())) == 40 and (whole_list.frames_missing, whole_list.damage) == (0, "")
+    assert len(list(whole_list.frames())) == 60 and (whole_list.frames_missing, whole_list.damage) == (0, "")
 
 
 def _with_audio(path: Path, video_s: float, audio_s: float, *codecs: str) -> Path:
