@@ -278,11 +278,13 @@ class EoMT(nn.Module):
 
 # --- checkpoint conversion (pure functions over state dicts) -------------------------------------
 
-_OFFICIAL_DROPPED = ("network.encoder.pixel_mean", "network.encoder.pixel_std", "criterion.empty_weight")
+# (endings: the Lightning module's keys have ``network.`` before them, its network's own do not)
+_OFFICIAL_DROPPED = ("encoder.pixel_mean", "encoder.pixel_std", "criterion.empty_weight")
 
 
 def convert_official_state_dict(state: dict[str, Tensor]) -> dict[str, Tensor]:
-    """tue-mps/eomt checkpoint (``network.``-prefixed, timm backbone) -> EoMT state dict."""
+    """tue-mps/eomt checkpoint (the Lightning module's, ``network.``-prefixed, or its network's own;
+    timm backbone) -> EoMT state dict."""
     if "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     out = {}
@@ -290,7 +292,7 @@ def convert_official_state_dict(state: dict[str, Tensor]) -> dict[str, Tensor]:
         key = key.replace("._orig_mod", "")  # a torch.compile'd network's keys
         if key.endswith(_OFFICIAL_DROPPED):
             continue
-        for prefix in ("network.encoder.backbone.", "network."):
+        for prefix in ("network.encoder.backbone.", "network.", "encoder.backbone."):
             if key.startswith(prefix):
                 key = key[len(prefix) :]
                 break
@@ -375,7 +377,8 @@ def convert_transformers_state_dict(state: dict[str, Tensor]) -> dict[str, Tenso
 def detect_checkpoint_format(state: dict[str, Tensor]) -> str:
     """'official', 'transformers' or 'segstream' (already our own key names)."""
     keys = state.keys()
-    if any(k.startswith("network.") for k in keys) or "state_dict" in state:
+    # the Lightning module's (``network.``), or its network's own (``torch.save(module.network.state_dict())``)
+    if any(k.startswith(("network.", "encoder.backbone.")) for k in keys) or "state_dict" in state:
         return "official"
     if any(k.startswith(("embeddings.", "model.embeddings.")) for k in keys):
         return "transformers"

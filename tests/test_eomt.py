@@ -236,6 +236,10 @@ def test_wrapped_data_parallel_compiled_and_sharded_checkpoints_load(tmp_path):
         # found probing as a SeNaTra user: a whole compiled network's keys begin with _orig_mod.
         "compiled_whole.pt": {f"_orig_mod.{k}": v for k, v in official.items()},
         "ddp_compiled.pt": {"model": {f"module._orig_mod.{k}": v for k, v in official.items()}},
+        # found probing as a researcher: the official network's own state dict (torch.save(module.network
+        # .state_dict()): no "network." before its keys) was refused as "not an EoMT checkpoint"
+        "network_alone.pth": {k.removeprefix("network."): v for k, v in official.items()},
+        "network_alone_ddp.pth": {f"module.{k.removeprefix('network.')}": v for k, v in official.items()},
     }
     for name, state in variants.items():
         torch.save(state, tmp_path / name)
