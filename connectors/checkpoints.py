@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import importlib
 import pickle
+import re
 import warnings
 from collections.abc import Callable
 from importlib import resources
@@ -205,6 +206,11 @@ def _sharded(index: Path, shapes_only: bool = False) -> dict[str, Tensor]:
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
         raise CheckpointError(f"'{index}' is not a sharded checkpoint's index ({error}) — pass the weights "
                               "file itself") from None
+    missing = [shard for shard in shards if not (index.parent / shard).is_file()]
+    if missing:  # (each was said as a file that "does not exist", to be passed as a .safetensors file)
+        raise CheckpointError(f"sharded checkpoint '{index.parent}' lacks {len(missing)} of the {len(shards)} shards "
+                              f"its index names ({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}) — "
+                              "copy all its shards")
     state: dict[str, Tensor] = {}
     for shard in shards:
         state.update(read_state_dict(index.parent / shard, shapes_only))
@@ -475,6 +481,7 @@ def load_eomt(preset: Preset, checkpoint: str | None = None, device: str | torch
         model = EoMT(preset.config)
     _refuse_misfit_eomt(path, preset, model, state)
     _refuse_other_labels(path, preset)
+    _refuse_other_config(path, preset)
     if any(p.is_meta for p in model.parameters()):
         model = EoMT(preset.config)
     model.load_state_dict(state, strict=False)
@@ -501,6 +508,7 @@ def check_checkpoint(preset: Preset, checkpoint: str | None = None) -> None:
             _refuse_misfit_senatra(path, preset, SeNaTra(preset.config), state)
         else:
             _refuse_misfit_eomt(path, preset, EoMT(preset.config), convert_state_dict(state))
+            _refuse_other_config(path, preset)
     _refuse_other_labels(path, preset)
     if any(v.is_meta for v in state.values()):  # left on disk: read now, a tensor at a time
         bad, total = nonfinite_tensors(path)
@@ -529,7 +537,7 @@ def _refuse_misfit_eomt(path: Path, preset: Preset, model: EoMT, state: dict[str
             f"checkpoint '{path}' does not fit preset {preset.name} "
             f"(dim {preset.config.dim}, {preset.config.depth} blocks, {preset.config.num_query_blocks} query blocks, "
             f"{preset.config.num_classes} classes, "
-            f"{preset.config.num_queries} queries, input {preset.config.img_size}): {shown}{_what_fits(state, preset, problems)}"
+            f"{preset.config.num_queries} queries, input {preset.config.img_size}): {shown}{_what_fits(state, preset, problems, path)}"
         )
 
 
@@ -592,13 +600,59 @@ def _refuse_other_labels(path: Path, preset: Preset) -> None:
         f"labels file its training wrote beside it ({path.name.removesuffix('.safetensors')}.labels.json)")
 
 
+# transformers' EoMT config.json fields, and the preset's that they must equal
+_TRANSFORMERS_FIELDS = (("hidden_size", "dim"), ("num_hidden_layers", "depth"), ("num_attention_heads", "heads"),
+                        ("patch_size", "patch_size"), ("image_size", "img_size"), ("num_queries", "num_queries"),
+                        ("num_blocks", "num_query_blocks"), ("num_register_tokens", "num_register_tokens"),
+                        ("num_upscale_blocks", "num_upscale_blocks"), ("mlp_ratio", "mlp_ratio"),
+                        ("use_swiglu_ffn", "swiglu"), ("layer_norm_eps", "layer_norm_eps"))
+
+
+def transformers_config(path: Path) -> dict | None:
+    """The ``config.json`` of a transformers EoMT beside its weights (``save_pretrained``'s
+    folder), None where there is none."""
+    config = path.parent / "config.json"
+    try:
+        data = parse_json(config.read_bytes()) if config.is_file() else None
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and data.get("model_type") == "eomt" else None
+
+
+def _refuse_other_config(path: Path, preset: Preset) -> None:
+    """Refuse a transformers checkpoint whose ``config.json`` says another architecture than the
+    preset's where its tensors' shapes cannot (the attention heads, the norm's epsilon), or other
+    class names than ``model.labels``'s (found probing as a researcher: 8 heads ran as the
+    preset's 4, and a labels file with two names swapped published a disc as a box)."""
+    data = transformers_config(path)
+    if data is None:
+        return
+    cfg = preset.config
+    differ = [f"{theirs} {data[theirs]!r} there, {getattr(cfg, ours)!r} here" for theirs, ours in _TRANSFORMERS_FIELDS
+              if theirs in data and not isinstance(data[theirs], (dict, list)) and data[theirs] != getattr(cfg, ours)]
+    if differ:
+        raise CheckpointError(
+            f"checkpoint '{path}' comes with a config.json of another architecture than preset {preset.name}'s "
+            f"({'; '.join(differ[:3])}) — use the preset of its architecture, or register one (README: Your own model)")
+    id2label, labels = data.get("id2label"), preset.label_set
+    if not isinstance(id2label, dict) or not isinstance(labels, LabelSet) or len(id2label) != labels.num_classes:
+        return  # (a count that differs is the class head's to say)
+    theirs = [str(id2label.get(str(i), id2label.get(i, ""))) for i in range(len(id2label))]
+    differ_at = next((i for i, (a, b) in enumerate(zip(theirs, labels.names)) if a != b), None)
+    if differ_at is not None:
+        raise CheckpointError(
+            f"checkpoint '{path}' names its classes otherwise than model.labels ('{labels.name}') in its config.json "
+            f"(class {differ_at} is '{theirs[differ_at]}' there, '{labels.names[differ_at]}' here) — set model.labels "
+            "to a file of the classes its config.json's id2label names, in their order")
+
+
 def _shipped_labels(name: str) -> LabelSet:
     from segstream.models.label_sets import load_label_set
 
     return load_label_set(name)
 
 
-def _what_fits(state: dict[str, Tensor], preset: Preset, problems: list[str]) -> str:
+def _what_fits(state: dict[str, Tensor], preset: Preset, problems: list[str], path: Path | None = None) -> str:
     """Advice for a checkpoint that did not fit: what it is, and the presets of that shape; of
     ``preset``'s shape, none (``problems`` said it: tensors missing or extra, query blocks)."""
     from segstream.models.eomt import infer_config
@@ -607,7 +661,7 @@ def _what_fits(state: dict[str, Tensor], preset: Preset, problems: list[str]) ->
     try:
         found = infer_config(state)
     except (KeyError, ValueError, IndexError, AttributeError, TypeError):
-        return " — it is not an EoMT checkpoint (is it SeNaTra's? then set model.family: senatra)"
+        return f" — it is not an EoMT checkpoint{_what_else(state, path)}"
     shape = (found.dim, found.depth, found.num_classes, found.num_queries, found.img_size)
     cfg = preset.config
     if (cfg.dim, cfg.depth, cfg.num_classes, cfg.num_queries, cfg.img_size) == shape:
@@ -627,6 +681,28 @@ def _what_fits(state: dict[str, Tensor], preset: Preset, problems: list[str]) ->
         return (f"{it}: use model.preset {same[0]} for its architecture and model.labels for a file of its "
                 f"{found.num_classes} class names (README: Your own model)")
     return f"{it}, an architecture no preset has"
+
+
+def _what_else(state: dict[str, Tensor], path: Path | None = None) -> str:
+    """What a checkpoint that is no EoMT is: one shard of several, what its ``config.json`` names,
+    SeNaTra's (its grouping layers' tensors), or a network named by its first tensors (every such
+    file was asked "is it SeNaTra's?", found probing: a ResNet, a DINOv2 backbone, one shard)."""
+    if path is not None and re.search(r"-\d{5}-of-\d{5}\.safetensors$", path.name):
+        return (" (it is one shard of a sharded checkpoint: give its folder, or its model.safetensors.index.json, "
+                "for all of them)")
+    config = path.parent / "config.json" if path is not None else None
+    try:
+        named = parse_json(config.read_bytes()) if config is not None and config.is_file() else None
+    except (OSError, ValueError):
+        named = None
+    if isinstance(named, dict) and named.get("model_type") not in (None, "eomt"):
+        kind = ", ".join(map(str, named.get("architectures") or [])) or named["model_type"]
+        return f" (its config.json names {kind}, model_type {named['model_type']!r}, which segstream does not run)"
+    keys = [k for k in state if isinstance(k, str)]
+    if any(k.startswith("downsamples.") for k in keys):
+        return " (it is SeNaTra's: set model.family: senatra)"
+    shown = ", ".join(keys[:3])
+    return f" (its tensors are named {shown}, ...)" if shown else ""
 
 
 def no_weights(preset: Preset) -> str:

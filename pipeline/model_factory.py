@@ -224,6 +224,8 @@ def check_model_config(model_cfg) -> Preset:
     """The preset the ``model:`` section resolves to, after the checks that need no weights and no
     device (preset, family, task); ``segstream validate`` runs them too."""
     preset = check_preset(model_cfg)
+    if getattr(model_cfg, "device", None) == "cpu" and getattr(model_cfg, "precision", None) == "fp16":
+        resolve_precision("fp16", torch.device("cpu"))  # a device written in the config: said now, not by the run
     # SeNaTra's native semantic output exists whatever the preset's task: its carried class logits.
     native_semantic = preset.family == "senatra" and model_cfg.task == "semantic"
     if model_cfg.task not in (None, preset.task) and not native_semantic:  # None: the preset's

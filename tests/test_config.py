@@ -1133,3 +1133,12 @@ def test_a_bad_value_a_variable_gave_names_the_variable(capsys, write, clip, mon
     assert main(["validate", write(config)]) == 2
     line = capsys.readouterr().err.strip()
     assert line.startswith("segstream: error: sinks.redis.url (line ") and ", from $SITE_REDIS): 'garbage' is not" in line
+
+
+def test_validate_refuses_fp16_on_a_device_the_config_says_is_the_cpu(capsys, write, clip):
+    # found probing as a researcher: validate passed it, and the run then refused it
+    assert main(["validate", write(VALID.format(clip=clip)), "--set", "model.device=cpu", "--set",
+                 "model.precision=fp16"]) == 2
+    assert capsys.readouterr().err.strip().endswith("model.precision: fp16 needs a GPU — use fp32, bf16 or auto on the CPU")
+    assert main(["validate", write(VALID.format(clip=clip)), "--set", "model.device=auto", "--set",
+                 "model.precision=fp16"]) == 0  # (auto: a GPU where the run has one)

@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 from segstream.connectors.checkpoints import load_eomt, read_state_dict
 from segstream.connectors.errors import CheckpointError
 from segstream.models.eomt import EoMTConfig, config_for_size, infer_config
-from segstream.models.presets import PRESETS, get_preset
+from segstream.models.presets import PRESETS, Preset, get_preset
 from tests.eomt_reference import preset_for, reference_model, write_checkpoints
 
 SMALL_CONFIGS = {
@@ -24,6 +24,9 @@ SMALL_CONFIGS = {
     ),
     "gelu-128-3blocks": EoMTConfig(img_size=128, dim=48, depth=3, heads=3, num_queries=6, num_classes=19, num_query_blocks=3),
 }
+
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _compare(ours, theirs, pixels):
@@ -277,6 +280,69 @@ def test_a_checkpoint_that_fits_no_preset_is_refused_briefly_with_what_it_is_and
     with pytest.raises(CheckpointError) as err:
         load_eomt(small, str(tmp_path / "ten.safetensors"))
     assert "10 classes" in str(err.value) and "model.labels" in str(err.value)
+
+
+def test_a_checkpoint_that_is_no_eomt_says_what_it_is_and_a_shard_what_is_missing(tmp_path):
+    # Found probing as a researcher: a ResNet, a DINOv2 backbone, an EoMT on DINOv3 and one shard were
+    # each asked "is it SeNaTra's?", and a shard missing from a folder was "a file that does not exist".
+    import json
+
+    tiny = get_preset("synthetic_eomt_tiny_256")
+    save_file({"conv1.weight": torch.zeros(4, 3, 7, 7), "bn1.weight": torch.zeros(4)}, tmp_path / "resnet.safetensors")
+    with pytest.raises(CheckpointError, match=r"not an EoMT checkpoint \(its tensors are named bn1.weight, conv1.weight, ...\)"):
+        load_eomt(tiny, str(tmp_path / "resnet.safetensors"))
+    (tmp_path / "dinov3").mkdir()
+    save_file({"embeddings.cls_token": torch.zeros(1, 1, 8)}, tmp_path / "dinov3" / "model.safetensors")
+    (tmp_path / "dinov3" / "config.json").write_text(json.dumps(
+        {"model_type": "eomt_dinov3", "architectures": ["EomtDinov3ForUniversalSegmentation"]}))
+    with pytest.raises(CheckpointError, match=r"its config.json names EomtDinov3ForUniversalSegmentation, model_type "
+                                              r"'eomt_dinov3', which segstream does not run"):
+        load_eomt(tiny, str(tmp_path / "dinov3"))
+    senatra = str(REPO / "models" / "weights" / "synthetic_senatra_tiny_192.safetensors")
+    with pytest.raises(CheckpointError, match=r"it is SeNaTra's: set model.family: senatra"):
+        load_eomt(tiny, senatra)
+    cfg = SMALL_CONFIGS[next(iter(SMALL_CONFIGS))]
+    reference_model(cfg, seed=1).save_pretrained(tmp_path / "sharded", max_shard_size="100KB")
+    shards = sorted((tmp_path / "sharded").glob("model-*-of-*.safetensors"))
+    assert len(shards) > 2, "it must be sharded to mean anything"
+    with pytest.raises(CheckpointError, match=r"it is one shard of a sharded checkpoint: give its folder"):
+        load_eomt(preset_for(cfg, "panoptic", "coco_panoptic"), str(shards[0]))
+    shards[1].unlink()
+    with pytest.raises(CheckpointError, match=rf"lacks 1 of the {len(shards)} shards its index names \({shards[1].name}\)"
+                                              r" — copy all its shards"):
+        load_eomt(preset_for(cfg, "panoptic", "coco_panoptic"), str(tmp_path / "sharded"))
+
+
+def test_a_save_pretrained_folder_whose_config_says_other_heads_or_class_names_is_refused(tmp_path):
+    # Found probing as a researcher: config.json was never read, so 8 attention heads ran as the preset's
+    # 4 (the tensors' shapes are the same) and a labels file with two names swapped published a disc as a box.
+    import json
+
+    from segstream.models.label_sets import read_label_set_file
+
+    cfg = SMALL_CONFIGS[next(iter(SMALL_CONFIGS))]
+    reference = reference_model(cfg, seed=1)
+    names = ["円", "箱", "空"] + [f"c{i}" for i in range(3, cfg.num_classes)]
+    reference.config.id2label = dict(enumerate(names))
+    reference.config.label2id = {n: i for i, n in enumerate(names)}
+    reference.save_pretrained(tmp_path / "saved")
+
+    def own(order: list[str]) -> Preset:
+        path = tmp_path / "labels.json"
+        path.write_text(json.dumps({"name": "own", "classes": [{"id": i, "name": n, "isthing": True}
+                                                               for i, n in enumerate(order)]}), encoding="utf-8")
+        return replace(preset_for(cfg, "panoptic", "coco_panoptic"), label_set=read_label_set_file(path))
+
+    _compare(load_eomt(own(names), str(tmp_path / "saved")).eval(), reference, torch.randn(1, 3, cfg.img_size, cfg.img_size))
+    swapped = [names[1], names[0], *names[2:]]
+    with pytest.raises(CheckpointError, match=r"names its classes otherwise than model.labels \('own'\) in its "
+                                              r"config.json \(class 0 is '円' there, '箱' here\)"):
+        load_eomt(own(swapped), str(tmp_path / "saved"))
+    config = json.loads((tmp_path / "saved" / "config.json").read_text())
+    (tmp_path / "saved" / "config.json").write_text(json.dumps({**config, "num_attention_heads": cfg.heads * 2}))
+    with pytest.raises(CheckpointError, match=rf"another architecture than preset test's \(num_attention_heads "
+                                              rf"{cfg.heads * 2} there, {cfg.heads} here\)"):
+        load_eomt(own(names), str(tmp_path / "saved"))
 
 
 def test_a_model_of_ones_own_classes_runs_with_model_labels(tmp_path):
