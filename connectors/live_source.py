@@ -78,6 +78,9 @@ logger = logging.getLogger("segstream.sources")
 _POLL_S = 0.1  # how often a wait for the next frame checks close() and the watchdog
 _PORT_CHECK_S = 0.5  # how often a reconnect's wait checks whether the server's port accepts again
 _RESOLVE_AGAIN_S = 30.0  # how old a camera's looked-up address may get before it is looked up again
+# An input silent for longer than this before a pause of segstream began is not waiting on the pause: its
+# own silence (a 1 fps camera sends a frame a second)
+SILENT_BEFORE_PAUSE_S = 1.5
 # FFmpeg's own timeouts run this much longer than ours: ours decide and report, FFmpeg's only
 # end a capture thread that was given up on.
 _FFMPEG_TIMEOUT_MARGIN_S = 1.0
@@ -824,12 +827,18 @@ class LiveSource:
     def _paused_over(self, since: float, reason: str, data: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         """``reason`` and ``data`` of a timeout that ran out waiting since ``since``, or when
         segstream itself was paused meanwhile (SIGSTOP, suspend) and would not have run out
-        without the pause, a reason that says so, not the input's fault, and ``paused_s``. So
+        without the pause, the input still sending until the pause began (within
+        ``SILENT_BEFORE_PAUSE_S``), a reason that says so, not the input's fault, and ``paused_s``. So
         is a wait that began within a timeout after a pause ended: the pause's aftermath (a
         socket's backlog read at once, then a stream that resyncs or lost what overran its buffer)."""
         paused_s = pauses.since(since)
         if paused_s > 0:
             if time.monotonic() - since - paused_s >= data["timeout_s"]:
+                return reason, data
+            # the input silent already well before the pause began is the input's (found probing an edge
+            # box: a camera stopped 4 s before a 1.5 s pause of a busy core was "not the source's fault")
+            ended_at, seconds = pauses.first_after(since) or (since, 0.0)
+            if ended_at - seconds - since > SILENT_BEFORE_PAUSE_S:
                 return reason, data
         else:
             last = pauses.last()

@@ -72,3 +72,45 @@ def test_a_timeout_in_the_aftermath_of_a_pause_is_put_down_to_the_pause_and_a_la
     assert after_data["paused_s"] >= MIN_PAUSE_S and after_data["phase"] == "read", after_data
     assert later_reason == "no data from 'udp://127.0.0.1:5078' for 2 s (read timeout)"
     assert "paused_s" not in later_data
+
+
+_SILENT_BEFORE = """
+import json, time
+from segstream.connectors.live_source import LiveSource
+from segstream.connectors.pauses import pauses
+
+pauses.start()
+source = LiveSource("cam1", "udp://127.0.0.1:5079")
+silent_since = time.monotonic()  # the camera went quiet here, 2.5 s before segstream's pause
+print("ready", flush=True)
+time.sleep(2.2)
+sending_until = time.monotonic()  # another's last frame came just before the pause
+while pauses.last() is None:
+    time.sleep(0.05)
+timeout = {"phase": "read", "timeout_s": 5.0}
+reason = "no data from 'udp://127.0.0.1:5079' for 5 s (read timeout)"
+print(json.dumps([source._paused_over(silent_since, reason, timeout)[0],
+                  source._paused_over(sending_until, reason, timeout)[0]]), flush=True)
+"""
+
+
+def test_a_source_silent_well_before_a_pause_began_is_not_excused_by_it():
+    # Found probing an edge box: a camera stopped 4 s before a 1.5 s pause of its busy core was
+    # "segstream was paused ...: not the source's fault"; the pause excuses only a source that sent until it
+    child = subprocess.Popen([sys.executable, "-c", _SILENT_BEFORE], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+    try:
+        assert child.stdout.readline().strip() == "ready", child.stderr.read()
+        time.sleep(2.5)
+        os.kill(child.pid, signal.SIGSTOP)
+        time.sleep(1.5)
+        os.kill(child.pid, signal.SIGCONT)
+        out, err = child.communicate(timeout=60)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert child.returncode == 0, err
+    silent, sending = json.loads(out)
+    assert silent == "no data from 'udp://127.0.0.1:5079' for 5 s (read timeout)"
+    assert sending.startswith("segstream was paused for ") and "not the source's fault" in sending
