@@ -1877,6 +1877,10 @@ def _status_said(status: SourceStatus | None, now: float) -> str:
     frame = ("no frame yet" if status.frame is None else
              f"frame {status.frame}" + (f" captured {_ago(at - status.capture_ts)} ago" if status.capture_ts else ""))
     why = f" ({terminal_safe(status.reason)})" if status.reason and status.state != "streaming" else ""
+    dropped = (status.frames or {}).get("dropped") or {}
+    if isinstance(dropped, dict) and sum(dropped.values()):  # what a reader of the streams cannot tell from max_fps
+        frame += (f", {sum(dropped.values())} of {(status.frames or {}).get('decoded', '?')} frames dropped ("
+                  + ", ".join(f"{terminal_safe(str(k))} {v}" for k, v in sorted(dropped.items())) + ")")
     if status.final:
         return f"{status.state} {_ago(now - status.since)} ago{why}, {frame}, {run} (final)"
     if status.state == "streaming":

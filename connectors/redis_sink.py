@@ -242,10 +242,11 @@ class _StatusKeys:
             return None
         return max(0.0, self._refreshed + self.ttl_s / 3 - now, self._retry_at - now)
 
-    def writes(self, now: float, final_only: bool = False) -> list[tuple[str, str, str, float | None, int]]:
+    def writes(self, now: float, final_only: bool = False,
+               frames_of: Callable[[str], dict | None] | None = None) -> list[tuple[str, str, str, float | None, int]]:
         """(source, key, value, seconds to live or None, the source's changes so far) of each source
         whose key is due: changed, or (at a refresh) not final; ``final_only``: of those, the final
-        states."""
+        states. ``frames_of``: what became of a source's frames so far (the run's counts)."""
         refresh = now >= self._refreshed + self.ttl_s / 3
         due = [source for source, value in self._sources.items()
                if source in self._changed or (refresh and value["state"] not in FINAL_STATES)]
@@ -261,7 +262,7 @@ class _StatusKeys:
             status = SourceStatus(source=source, run_id=value["run_id"], state=value["state"], since=value["since"],
                                   ts=stamp, ttl_s=self.keep_s if final else self.ttl_s, frame=value["frame"],
                                   seq=value["seq"], capture_ts=value["capture_ts"], down_since=value["down_since"],
-                                  reason=value["reason"])
+                                  reason=value["reason"], frames=frames_of(source) if frames_of is not None else None)
             writes.append((source, stream_name(self.pattern, source), status_to_wire(status),
                            self.keep_s if final else self.ttl_s, self._changes[source]))
         return writes
@@ -434,6 +435,9 @@ class RedisPublisher:
         # whether the run makes progress (the runtime's /healthz verdict): while not, the status keys are
         # left to expire, as a killed run's are
         self.healthy: Callable[[], bool] | None = None
+        # what became of a source's frames so far (the runtime's counts), in its status key: a reader of
+        # Redis alone saw drops only in the final state event (found probing an overloaded edge box)
+        self.frames_of: Callable[[str], dict | None] | None = None
         self.maxlen = maxlen
         self.max_age_s = max_age_s
         self._trim_refused = False  # an XTRIM MINID refused (an ACL without +xtrim): said once
@@ -811,7 +815,7 @@ class RedisPublisher:
             return due
         if not closing and self.healthy is not None and not self.healthy():
             return keys.ttl_s / 3  # stuck somewhere: the keys go as a killed run's do, until it moves again
-        writes = keys.writes(now, final_only=closing)
+        writes = keys.writes(now, final_only=closing, frames_of=self.frames_of)
         pipe = self.client.pipeline(transaction=False)
         for _, key, value, ttl_s, _ in writes:
             pipe.set(key, value, px=None if ttl_s is None else max(1, int(ttl_s * 1000)))

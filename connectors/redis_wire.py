@@ -503,7 +503,9 @@ class SourceStatus:
     when the run wrote this (its clock); ``ttl_s``: seconds the key lives unless written again
     (a final state's: None, it stays; or the streams' ``max_age_s``); ``down_since``: when it last stopped streaming (the
     first state of this spell of ``connecting``, ``stalled``, ``reconnecting``, ...), None while
-    it streams; ``reason``: its last state event's, for people."""
+    it streams; ``reason``: its last state event's, for people; ``frames``: what became of its
+    frames so far, as a final state event's ``frames`` says (decoded, published, dropped by
+    reason, skipped), None from a run older than 0.3.14."""
 
     source: str
     run_id: str
@@ -516,6 +518,7 @@ class SourceStatus:
     capture_ts: float | None = None
     down_since: float | None = None
     reason: str = ""
+    frames: dict[str, Any] | None = None
 
     @property
     def final(self) -> bool:

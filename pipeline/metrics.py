@@ -300,6 +300,13 @@ class RunMetrics:
         with self._lock:
             return self.sources.setdefault(name, SourceCounts())
 
+    def outcome_of(self, name: str) -> dict[str, object] | None:
+        """What became of the source's frames so far (``SourceCounts.outcome``), None for a source
+        it has not counted."""
+        with self._lock:
+            counts = self.sources.get(name)
+            return None if counts is None else counts.outcome()
+
     def decoded(self, name: str, at: float) -> None:
         if self.first_decoded is None:
             self.first_decoded = at

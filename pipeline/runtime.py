@@ -623,6 +623,8 @@ class Runtime:
         for sink in self.sinks:  # a sink saying whether the run lives (the Redis status keys) says what /healthz says
             if hasattr(sink, "healthy"):
                 sink.healthy = functools.partial(_healthy, self.metrics, stall_after_s)
+            if hasattr(sink, "frames_of"):
+                sink.frames_of = self.metrics.outcome_of
         # a source of one's own may say what suits it (``queue_size``, ``buffer_policy``); what the
         # caller gives for its name comes first
         if isinstance(queue_size, int):

@@ -306,6 +306,46 @@ def test_the_runtime_gives_the_publisher_its_healthz_verdict(server):
     assert Client(server.client()).status("cam0").state == "ended"
 
 
+def test_the_key_says_what_became_of_the_source_s_frames_so_far_drops_by_reason_included(server):
+    # Found probing an overloaded edge box: a reader of Redis alone saw drops only in the final state
+    # event, and gaps in `frame` mixed frames dropped with frames left out over max_fps.
+    from segstream.connectors.synthetic import SyntheticSource
+    from segstream.pipeline.config import validate_config
+    from segstream.pipeline.runtime import Runtime
+    from tests.conftest import ColourSegmenter
+
+    cfg = validate_config({"sources": [{"name": "cam0", "type": "synthetic", "width": 64, "height": 48,
+                                        "buffer": "newest"}],
+                           "model": {"device": "cpu"}, "engine": {"batch_size": 1}, "ops": {"http": None}})
+    sink = publisher(server.url, status_ttl_s=0.6)
+    source = SyntheticSource("cam0", 64, 48, 50, 0, 100, realtime=True)  # live: newest kept, the others dropped
+    runtime = Runtime.from_config(cfg, [source], ColourSegmenter(delay_s=0.1), [sink], progress=False,
+                                  publish_states=True, queue_size=1)
+    reader = Client(server.client())
+    seen: list = []
+
+    def watch() -> None:
+        while runtime_thread.is_alive():
+            if (status := reader.status("cam0")) is not None and status.frames is not None:
+                seen.append(status.frames)
+            time.sleep(0.05)
+
+    runtime_thread = threading.Thread(target=runtime.run)
+    runtime_thread.start()
+    watch()
+    runtime_thread.join()
+    live = [frames for frames in seen if frames["dropped"]]
+    assert live, seen  # said while the run went on
+    assert set(live[-1]["dropped"]) <= {"queue_full", "stale"} and live[-1]["published"] < 100
+    final = reader.status("cam0")
+    assert final.state == "ended" and final.frames["published"] + sum(final.frames["dropped"].values()) == \
+        final.frames["decoded"]
+    from segstream.connectors.redis_reader import _status_said
+
+    dropped = sum(final.frames["dropped"].values())
+    assert f", {dropped} of {final.frames['decoded']} frames dropped (" in _status_said(final, time.time())
+
+
 def test_segstream_status_says_each_source_s_word_and_exits_1_unless_all_stream(server, capsys):
     from segstream.pipeline.cli import main
 
