@@ -469,6 +469,7 @@ class RedisPublisher:
         self.on_dropped: DroppedCallback | None = None
         self.data_losses = 0  # times Redis lost entries this run wrote (outage, restart, eviction, deletion)
         self.entries_lost: Counter[str] = Counter(frames=0, events=0)  # the entries those losses took
+        self.frames_lost_of: Counter[str] = Counter()  # of those, each source's frame entries (a batch fails its video)
         self.entries_lost_at_least = False  # some loss could only be bounded from below
         self.on_data_lost: Callable[[int, int], None] | None = None  # (frames, events) at each loss
         self._settings: dict[str, _Outgoing] = {}  # per source, the newest settings event written (said again at a loss)
@@ -1803,6 +1804,8 @@ class RedisPublisher:
         for stream, entry_id, count, exact in gone:
             del self._last_id[stream]  # told once per loss: the next one is of entries written after it
             taken["events" if stream in self._event_streams else "frames"] += count
+            if stream not in self._event_streams:
+                self.frames_lost_of[source_of(self.stream_pattern, stream)] += count
             self.entries_lost_at_least |= not exact
             entries = f"{'' if exact else 'at least '}{count} entr{'y' if count == 1 else 'ies'}"
             if cause is not None:

@@ -1155,8 +1155,13 @@ def run_local(cfg: PipelineConfig, jobs: Sequence[VideoJob], root: Path, manifes
             outcomes += sink.outcomes
         for outcome in sink.outcomes:
             lost = report.sources[outcome.job.id].dropped_by
-            if outcome.status == "done" and any(lost.get(reason) for reason in SINK_DROPS):
-                outcome.status, outcome.reason = "failed", undelivered_reason(lost)
+            # entries Redis took and lost after (another writer's max_age_s let the stream expire, a
+            # flush): it said "done", exit 0, with its stream empty (found probing a shared Redis)
+            gone = publisher.frames_lost_of.get(outcome.job.id, 0) if publisher is not None else 0
+            if outcome.status == "done" and (any(lost.get(reason) for reason in SINK_DROPS) or gone):
+                outcome.status, outcome.reason = "failed", undelivered_reason(lost) if not gone else (
+                    f"Redis lost {gone} of its frame entries after taking them (the warning above says how); "
+                    "--retry-failed publishes it again")
                 manifest.record(outcome)  # its files are whole, but a rerun must publish it again
                 log.warning("%s: failed after all: %s", outcome.job.id, outcome.reason)  # said done before
     return outcomes

@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 import unicodedata
 from pathlib import Path
@@ -657,6 +658,39 @@ def test_a_video_whose_results_never_reached_redis_is_failed_and_retried(tmp_pat
         assert [int(f[b"frame"]) for _, f in server.client().xrange("segstream:one:frames")] == [0, 1, 2, 3]
     finally:
         server.close()
+
+
+def test_a_video_whose_entries_redis_lost_after_taking_them_is_failed(tmp_path):
+    # Found probing a shared Redis: a run with max_age_s gave the stream a time to live, the batch's
+    # writes (without max_age_s) did not push it forward, the stream went with the batch's entries,
+    # and the batch said "done", exit 0, its stream empty.
+    from tests.redis_servers import RedisProcess
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    encode_clip(videos / "gate.mp4", frames=40)
+    with RedisProcess(tmp_path / "redis") as server:
+        client = server.client()
+
+        def a_camera_s_run_with_max_age_s() -> None:  # its write mid-batch gives the stream a time to live
+            deadline = time.monotonic() + 30
+            while client.xlen("segstream:gate:frames") < 5 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            client.xadd("segstream:gate:frames", {"from": "a camera's run"})
+            client.pexpire("segstream:gate:frames", 300)
+
+        other = threading.Thread(target=a_camera_s_run_with_max_age_s)
+        other.start()
+        cfg = validate_config({"batch": {"output": str(tmp_path / "out")}, "engine": {"batch_size": 1},
+                               "sinks": {"redis": {"url": server.url}}, "ops": {"http": None}},
+                              schema=BatchPipelineConfig)
+        outcomes, _, _ = run_batch(cfg, [str(videos)], adapter=ColourSegmenter(delay_s=0.05), progress=False)
+        other.join()
+        [outcome] = outcomes
+        assert outcome.status == "failed" and outcome.reason.startswith("Redis lost "), outcome.reason
+        assert outcome.reason.endswith("of its frame entries after taking them (the warning above says how); "
+                                       "--retry-failed publishes it again")
+        assert manifest(tmp_path / "out")[-1]["status"] == "failed"
 
 
 def test_each_video_s_states_go_to_redis_in_order_and_not_into_the_files(archive, tmp_path):
