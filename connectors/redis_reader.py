@@ -2246,15 +2246,19 @@ def _refusal(error: redis.ResponseError, key: str, where: str, acl_keys: str) ->
     """The one-line error for a command Redis refused about ``key``, naming the permission to
     grant; ``acl_keys``: the ACL key patterns of the streams read."""
     text = error_summary(error)
-    if key_refused(error):
+    if key_refused(error):  # (or, another tenant's key: a glob or a key pattern of one's own prefix reads one's own)
         return ReaderError(f"Redis at {where} refused this user the key {key} ({text}): its ACL key patterns exclude "
-                           f"it — grant it {acl_keys} (ACL SETUSER <user> {acl_keys})", permission=acl_keys)
+                           f"it — grant it {acl_keys} (ACL SETUSER <user> {acl_keys}), or, where the key is another "
+                           "run's, name your own (your prefix in the glob, or --key with it)", permission=acl_keys)
     if isinstance(error, redis.exceptions.NoPermissionError):
         command = re.search(r"'([\w|]+)' command", text)
         if command is None:
             return ReaderError(f"Redis at {where} refused: {text} — grant the user that command on {key} "
                                f"({_READER_GRANT})")
         name = command.group(1).lower()
+        if name == "scan":  # a glob of names; a tenant's user may not look (docs/OPERATIONS.md advises -scan)
+            return ReaderError(f"Redis at {where} refused: {text} — name the sources instead of a glob, or grant the "
+                               "user SCAN (ACL: +scan)", permission="+scan")
         if not name.startswith("x"):  # not a stream command (a script's EVALSHA, SCRIPT LOAD): no key to name
             return ReaderError(f"Redis at {where} refused: {text} — grant the user {name.upper()} (ACL: +{name})",
                                permission=f"+{name}")

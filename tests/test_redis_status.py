@@ -11,6 +11,7 @@ import threading
 import time
 
 import pytest
+import redis
 import redis.asyncio
 
 from segstream.connectors.errors import WireFormatError
@@ -782,3 +783,19 @@ def test_an_outage_a_patient_call_gave_up_on_is_not_the_next_one(tmp_path, caplo
     finally:
         server.close()
     assert len([m for m in caplog.messages if m.startswith("lost Redis at")]) == 2, caplog.messages
+
+
+def test_a_tenant_without_scan_is_told_to_name_its_sources_which_works(server):
+    # Found probing two teams on one Redis: OPERATIONS advises a tenant's user -scan, and a glob's
+    # refusal said only "grant the user SCAN" (the way out: name the sources).
+    from segstream.connectors.errors import ReaderError
+
+    admin = server.client()
+    admin.execute_command("ACL", "SETUSER", "teamA", "on", ">passA", "~teamA:*", "+@all", "-scan", "-keys")
+    admin.set("teamA:gate:status", json.dumps({"v": 1, "source": "gate", "run_id": "r", "state": "streaming",
+                                               "since": 1.0, "ts": 1.0, "ttl_s": 5.0}))
+    user = redis.Redis.from_url(server.url, username="teamA", password="passA")
+    reader = Client(user, status_pattern="teamA:{source}:status")
+    with pytest.raises(ReaderError, match=r"name the sources instead of a glob, or grant the user SCAN"):
+        reader.statuses("*")
+    assert reader.statuses(["gate"])["gate"].state == "streaming"
