@@ -28,6 +28,7 @@ import math
 import os
 import re
 import shlex
+import socket
 import sys
 import threading
 import time
@@ -47,6 +48,7 @@ from segstream.connectors.errors import ConfigError, SegstreamError, SinkError
 from segstream.connectors.frames import Frame
 from segstream.connectors.output_files import check_output_dir, open_output, replace_synced
 from segstream.connectors.redaction import mask_userinfo, remember, scrub
+from segstream.connectors.redis_wire import parse_json
 from segstream.connectors.sink import SINK_DROPS
 from segstream.connectors.terminal import bar_shape, bars_drawn, printable
 from segstream.connectors.text_files import STDIN, read_saved_text, standard_input, streamed
@@ -766,8 +768,23 @@ def output_lock(root: Path) -> Iterator[None]:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise ConfigError(f"another segstream batch is writing to '{root}' — wait for it or choose another --out") from None
+            raise ConfigError(f"another segstream batch{_holder(root / '.lock')} is writing to '{root}' — wait for it "
+                              "or choose another --out") from None
+        with contextlib.suppress(OSError):  # who holds it, for the next one's refusal (found probing a shared machine)
+            lock.truncate(0)
+            lock.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                   "since": datetime.now(timezone.utc).isoformat(timespec="seconds")}) + "\n")
+            lock.flush()
         yield
+
+
+def _holder(lock: Path) -> str:
+    """`` (pid 1234 on vm, since ...)``: the batch holding ``lock``, as it wrote there; "" unknown."""
+    try:
+        held = parse_json(lock.read_text(errors="replace")[:1000])
+        return f" (pid {int(held['pid'])} on {printable(str(held['host']))}, since {printable(str(held['since']))})"
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
 
 
 # --- progress --------------------------------------------------------------------------------
