@@ -954,7 +954,7 @@ def data_loss_line(losses: dict[str, dict]) -> str:
 
 @overload
 def build_runtime(
-    cfg: PipelineConfig, max_frames: int | None = None, progress: TextIO | bool | None = True,
+    cfg: PipelineConfig, max_frames: int | None = None, progress: TextIO | bool | None = False,
     metrics: RunMetrics | None = None, *,
     sources: Iterable[VideoSource] = (), sinks: Iterable[Sink] = (), stages: Iterable[StageFactory] = (),
     adapter: FamilyAdapter | None = None, run_id: str | None = None, ops: bool = False,
@@ -963,7 +963,7 @@ def build_runtime(
 
 @overload
 def build_runtime(
-    cfg: PipelineConfig, max_frames: int | None = None, progress: TextIO | bool | None = True,
+    cfg: PipelineConfig, max_frames: int | None = None, progress: TextIO | bool | None = False,
     metrics: RunMetrics | None = None, *, stopping: Callable[[], bool],
     sources: Iterable[VideoSource] = (), sinks: Iterable[Sink] = (), stages: Iterable[StageFactory] = (),
     adapter: FamilyAdapter | None = None, run_id: str | None = None, ops: bool = False,
@@ -971,7 +971,7 @@ def build_runtime(
 
 
 def build_runtime(
-    cfg: PipelineConfig, max_frames: int | None = None, progress: TextIO | bool | None = True,
+    cfg: PipelineConfig, max_frames: int | None = None, progress: TextIO | bool | None = False,
     metrics: RunMetrics | None = None, stopping: Callable[[], bool] = lambda: False, *,
     sources: Iterable[VideoSource] = (), sinks: Iterable[Sink] = (), stages: Iterable[StageFactory] = (),
     adapter: FamilyAdapter | None = None, run_id: str | None = None, ops: bool = False,
@@ -980,6 +980,8 @@ def build_runtime(
     None when ``stopping()`` turned true while they were being built (what was built is released).
     For a program that embeds a pipeline: it runs ``runtime.run()`` on a thread of its own and
     calls ``runtime.stop()`` from any other; no signal handlers (``run_pipeline`` has them).
+    ``progress``: where the status lines and the summary go (True: standard error); none by
+    default, as a library's (found probing a service that embeds it: they reached its stderr).
 
     ``ops=True`` serves the config's ``ops.http`` endpoints (``/metrics``, ``/healthz``,
     ``/readyz``, for ``metrics`` or a new ``RunMetrics``) from now until ``run()`` returns, as

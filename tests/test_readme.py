@@ -13,12 +13,17 @@ from tests.redis_servers import RedisProcess, free_port
 REPO = Path(__file__).resolve().parents[1]
 
 
+def readme_python(heading: str, containing: str = "") -> str:
+    """The first Python block of the README's section ``heading`` that holds ``containing``."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index(heading):]
+    return next(block for block in re.findall(r"```python\n(.*?)```", section, re.DOTALL) if containing in block)
+
+
 def run_readme_python(heading: str, containing: str = "", env: dict | None = None) -> subprocess.CompletedProcess:
     """The first Python block of the README's section ``heading`` that holds ``containing``, run
     from the repository."""
-    readme = (REPO / "README.md").read_text(encoding="utf-8")
-    section = readme[readme.index(heading):]
-    code = next(block for block in re.findall(r"```python\n(.*?)```", section, re.DOTALL) if containing in block)
+    code = readme_python(heading, containing)
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300,
                          env=None if env is None else {**os.environ, **env})
     assert out.returncode == 0, out.stderr

@@ -39,10 +39,15 @@ def test_mypy_strict_accepts_typed_programs_and_rejects_misuse(tmp_path):
     wrong = tmp_path / "wrong.py"  # each line after the import an error
     wrong.write_text("import segstream\n\nsegstream.NotAThing\n"
                      "segstream.build_runtime(segstream.load_config('x.yaml'), stopping=True)\n")
+    # the README's own example (found probing a service's typed client: result.label_map, Optional, used as is)
+    from tests.test_readme import readme_python
+
+    readme = tmp_path / "readme_example.py"
+    readme.write_text(readme_python("## From Python"))
     result = subprocess.run(
         [sys.executable, "-m", "mypy", "--config-file", str(tmp_path / "mypy.ini"), "--no-error-summary",
          "--cache-dir", str(Path(tempfile.gettempdir()) / "segstream-mypy-cache"),
-         str(TYPED / "client_consumer.py"), str(TYPED / "embedding.py"), str(wrong)],
+         str(TYPED / "client_consumer.py"), str(TYPED / "embedding.py"), str(readme), str(wrong)],
         cwd=tmp_path, capture_output=True, text=True, timeout=300, env={"MYPYPATH": str(path), "PATH": ""},
     )
     errors = [line for line in result.stdout.splitlines() if ": error:" in line]
