@@ -129,10 +129,16 @@ def test_output_a_terminal_cannot_encode_is_escaped_not_a_traceback(tmp_path):
     folder.mkdir()
     (folder / "été.mp4").write_bytes((Path(__file__).resolve().parent.parent / "samples" / "demo.mp4").read_bytes())
     (folder / "c.yaml").write_text("sources:\n  - {name: cam, type: file, path: été.mp4}\n", encoding="utf-8")
-    out = subprocess.run([sys.executable, "-m", "segstream", "validate", str(folder / "c.yaml"), "--print", "--no-files"],
+    # and a refused one beside it: a message's punctuation is its ASCII look-alike, not an escape a screen
+    # reader spells out (one command for both: a command's start is seconds of CI)
+    (folder / "typo.yaml").write_text("engine: {bach_size: 2}\nsources:\n  - {name: cam, type: file, path: été.mp4}\n",
+                                      encoding="utf-8")
+    out = subprocess.run([sys.executable, "-m", "segstream", "validate", str(folder / "c.yaml"), str(folder / "typo.yaml"),
+                          "--print", "--no-files"],
                          capture_output=True, env={**os.environ, "PYTHONIOENCODING": "ascii"}, cwd=tmp_path)
-    assert out.returncode == 0, out.stderr.decode()
+    assert out.returncode == 2, out.stderr.decode()
     assert b"Traceback" not in out.stderr
+    assert out.stderr.endswith(b"engine.bach_size (line 1): unknown key - did you mean 'batch_size'?\n"), out.stderr
     # YAML's escapes, in double quotes, which read back as the same file (found probing under Latin-1:
     # the output's own escapes in a plain scalar named a file 'vid\xe9/...' that does not exist)
     assert out.stdout.isascii() and yaml.safe_load(out.stdout)["sources"][0]["path"] == str(folder / "été.mp4")
@@ -141,12 +147,6 @@ def test_output_a_terminal_cannot_encode_is_escaped_not_a_traceback(tmp_path):
     from segstream.pipeline.cli import main
 
     assert main(["validate", str(printed)]) == 0  # (in this process: a command's start is seconds of CI)
-    # and a message's punctuation is its ASCII look-alike, not an escape a screen reader spells out
-    (folder / "typo.yaml").write_text("engine: {bach_size: 2}\nsources:\n  - {name: cam, type: file, path: été.mp4}\n",
-                                      encoding="utf-8")
-    refused = subprocess.run([sys.executable, "-m", "segstream", "validate", str(folder / "typo.yaml"), "--no-files"],
-                             capture_output=True, env={**os.environ, "PYTHONIOENCODING": "ascii"})
-    assert refused.stderr.endswith(b"engine.bach_size (line 1): unknown key - did you mean 'batch_size'?\n"), refused.stderr
     # a locale whose encoding cannot name the file (ASCII here; Latin-1 for 日本): what to do, not the codec's error
     (tmp_path / "c.yaml").write_text("sources:\n  - {name: cam, type: file, path: vidé/été.mp4}\n", encoding="utf-8")
     ascii_locale = {**os.environ, "LC_ALL": "C", "PYTHONCOERCECLOCALE": "0", "PYTHONUTF8": "0"}
