@@ -52,14 +52,15 @@ print(json.dumps([after, later]), flush=True)
 """
 
 
-def test_a_timeout_in_the_aftermath_of_a_pause_is_put_down_to_the_pause_and_a_later_one_is_not():
-    child = subprocess.Popen([sys.executable, "-c", _AFTERMATH], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True)
+def _paused_child(script: str, after_s: float, stopped_s: float):
+    """What ``script`` prints last (JSON), run in a process stopped (SIGSTOP) ``after_s`` after
+    it says ready, for ``stopped_s``."""
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert child.stdout.readline().strip() == "ready", child.stderr.read()
-        time.sleep(0.3)
+        time.sleep(after_s)
         os.kill(child.pid, signal.SIGSTOP)
-        time.sleep(2.0)
+        time.sleep(stopped_s)
         os.kill(child.pid, signal.SIGCONT)
         out, err = child.communicate(timeout=60)
     finally:
@@ -67,7 +68,11 @@ def test_a_timeout_in_the_aftermath_of_a_pause_is_put_down_to_the_pause_and_a_la
             child.kill()
             child.wait()
     assert child.returncode == 0, err
-    (after_reason, after_data), (later_reason, later_data) = json.loads(out)
+    return json.loads(out)
+
+
+def test_a_timeout_in_the_aftermath_of_a_pause_is_put_down_to_the_pause_and_a_later_one_is_not():
+    (after_reason, after_data), (later_reason, later_data) = _paused_child(_AFTERMATH, 0.3, 2.0)
     assert after_reason.startswith("segstream was paused for ") and "not the source's fault" in after_reason
     assert after_data["paused_s"] >= MIN_PAUSE_S and after_data["phase"] == "read", after_data
     assert later_reason == "no data from 'udp://127.0.0.1:5078' for 2 s (read timeout)"
@@ -97,20 +102,6 @@ print(json.dumps([source._paused_over(silent_since, reason, timeout)[0],
 def test_a_source_silent_well_before_a_pause_began_is_not_excused_by_it():
     # Found probing an edge box: a camera stopped 4 s before a 1.5 s pause of its busy core was
     # "segstream was paused ...: not the source's fault"; the pause excuses only a source that sent until it
-    child = subprocess.Popen([sys.executable, "-c", _SILENT_BEFORE], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True)
-    try:
-        assert child.stdout.readline().strip() == "ready", child.stderr.read()
-        time.sleep(2.5)
-        os.kill(child.pid, signal.SIGSTOP)
-        time.sleep(1.5)
-        os.kill(child.pid, signal.SIGCONT)
-        out, err = child.communicate(timeout=60)
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
-    assert child.returncode == 0, err
-    silent, sending = json.loads(out)
+    silent, sending = _paused_child(_SILENT_BEFORE, 2.5, 1.5)
     assert silent == "no data from 'udp://127.0.0.1:5079' for 5 s (read timeout)"
     assert sending.startswith("segstream was paused for ") and "not the source's fault" in sending
