@@ -60,7 +60,7 @@ from segstream.connectors.redis_wire import (
     status_from_wire,
     stream_name,
 )
-from segstream.connectors.terminal import terminal_safe
+from segstream.connectors.terminal import span, terminal_safe
 from segstream.models.results import NO_TRACK, Event, FrameResult, Level, Segments
 
 if TYPE_CHECKING:  # a TypeVar's default is for type checkers only (typing's has none before Python 3.13)
@@ -1875,29 +1875,18 @@ def _status_said(status: SourceStatus | None, now: float) -> str:
     run = f"run {terminal_safe(status.run_id)}"
     at = now if status.final else status.ts
     frame = ("no frame yet" if status.frame is None else
-             f"frame {status.frame}" + (f" captured {_ago(at - status.capture_ts)} ago" if status.capture_ts else ""))
+             f"frame {status.frame}" + (f" captured {span(at - status.capture_ts)} ago" if status.capture_ts else ""))
     why = f" ({terminal_safe(status.reason)})" if status.reason and status.state != "streaming" else ""
     dropped = (status.frames or {}).get("dropped") or {}
     if isinstance(dropped, dict) and sum(dropped.values()):  # what a reader of the streams cannot tell from max_fps
         frame += (f", {sum(dropped.values())} of {(status.frames or {}).get('decoded', '?')} frames dropped ("
                   + ", ".join(f"{terminal_safe(str(k))} {v}" for k, v in sorted(dropped.items())) + ")")
     if status.final:
-        return f"{status.state} {_ago(now - status.since)} ago{why}, {frame}, {run} (final)"
+        return f"{status.state} {span(now - status.since)} ago{why}, {frame}, {run} (final)"
     if status.state == "streaming":
-        return f"streaming for {_ago(at - status.since)}, {frame}, {run}"
+        return f"streaming for {span(at - status.since)}, {frame}, {run}"
     down = status.down_since if status.down_since is not None else status.since
-    return f"{status.state}, down for {_ago(at - down)}{why}, {frame}, {run}"
-
-
-def _ago(seconds: float) -> str:
-    seconds = max(0.0, seconds)
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    if seconds < 3600:
-        return f"{int(seconds // 60)} min {int(seconds % 60)} s"
-    if seconds < 86400:
-        return f"{int(seconds // 3600)} h {int(seconds % 3600 // 60)} min"
-    return f"{int(seconds // 86400)} d {int(seconds % 86400 // 3600)} h"
+    return f"{status.state}, down for {span(at - down)}{why}, {frame}, {run}"
 
 
 # --- segstream tail --------------------------------------------------------------------------

@@ -1,5 +1,5 @@
-"""The terminal: what text from others may hold when it is written there, and the size progress
-bars are drawn at."""
+"""The terminal: what text from others may hold when it is written there, how long a time reads,
+and the size progress bars are drawn at."""
 
 from __future__ import annotations
 
@@ -24,6 +24,18 @@ def printable(text: str) -> str:
     """``text`` with its control characters escaped (``\\x1b``), its line breaks and tabs kept (a
     log record's, a table's)."""
     return text.translate(_IN_LINES)
+
+
+def span(seconds: float) -> str:
+    """A time for people: ``4.2 s``, ``3 min 20 s``, ``1 h 5 min``, ``2 d 3 h``."""
+    seconds = max(0.0, seconds)
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    if seconds < 3600:
+        return f"{int(seconds // 60)} min {int(seconds % 60)} s"
+    if seconds < 86400:
+        return f"{int(seconds // 3600)} h {int(seconds % 3600 // 60)} min"
+    return f"{int(seconds // 86400)} d {int(seconds % 86400 // 3600)} h"
 
 
 BAR_EVERY_S = 1.0  # a bar is drawn again at most once a second

@@ -50,7 +50,7 @@ from segstream.connectors.output_files import check_output_dir, open_output, rep
 from segstream.connectors.redaction import mask_userinfo, remember, scrub
 from segstream.connectors.redis_wire import parse_json
 from segstream.connectors.sink import SINK_DROPS
-from segstream.connectors.terminal import bar_shape, bars_drawn, printable
+from segstream.connectors.terminal import bar_shape, bars_drawn, printable, span
 from segstream.connectors.text_files import STDIN, read_saved_text, standard_input, streamed
 from segstream.connectors.urls import redact_url, url_identity, url_scheme, url_secrets
 from segstream.connectors.video_outputs import VideoOutputs, clear_partial
@@ -840,7 +840,7 @@ class BatchProgress:
         if self.counted and self.total and self.total >= self.frames:
             said += f"/{self.total} frames ({100 * self.frames // self.total}%), {rate:.1f} frames/s"
             if rate > 0:
-                said += f", about {_duration(round((self.total - self.frames) / rate))} left"
+                said += f", about {span((self.total - self.frames) / rate)} left"
             return said
         return f"{said} frames, {rate:.1f} frames/s"
 
@@ -1594,15 +1594,6 @@ def _warn_of_the_locale(jobs: Sequence[VideoJob]) -> None:
         log.warning("this locale reads file names as %s (%s): their ids and the manifest's paths differ from a UTF-8 "
                     "run's, which does such videos again — run batches under a UTF-8 locale (LC_ALL=C.UTF-8) or with "
                     "PYTHONUTF8=1", encoding, printable(named))
-
-
-def _duration(seconds: int) -> str:
-    """``3 min 20 s``, ``1 h 5 min``, ``40 s``."""
-    hours, rest = divmod(max(0, seconds), 3600)
-    minutes, seconds = divmod(rest, 60)
-    if hours:
-        return f"{hours} h {minutes} min"
-    return f"{minutes} min {seconds} s" if minutes else f"{seconds} s"
 
 
 @contextlib.contextmanager
