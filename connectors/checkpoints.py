@@ -638,6 +638,8 @@ def _refuse_other_config(path: Path, preset: Preset) -> None:
     if not isinstance(id2label, dict) or not isinstance(labels, LabelSet) or len(id2label) != labels.num_classes:
         return  # (a count that differs is the class head's to say)
     theirs = [str(id2label.get(str(i), id2label.get(i, ""))) for i in range(len(id2label))]
+    if theirs == [f"LABEL_{i}" for i in range(len(theirs))]:  # transformers' placeholders: no names given (found in review)
+        return
     differ_at = next((i for i, (a, b) in enumerate(zip(theirs, labels.names)) if a != b), None)
     if differ_at is not None:
         raise CheckpointError(

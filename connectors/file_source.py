@@ -188,8 +188,10 @@ class FileSource:
     def _open(self) -> AVInput:
         try:
             # a concat list's parts by any name (FFmpeg's safe mode refused a drone's 'DJI 0001.MP4' and
-            # absolute paths: "Operation not permitted", found in review); the list is the user's own
-            options = {"safe": "0"} if concat_list(self.path) else http_file_options(self.path, self.timeout[0])
+            # absolute paths: "Operation not permitted", found in review), for a list named as one: a
+            # file of another name that merely begins as one (an upload's .mp4) keeps FFmpeg's safe mode
+            listed = self.path.lower().endswith((".ffconcat", ".ffcat")) and concat_list(self.path)
+            options = {"safe": "0"} if listed else http_file_options(self.path, self.timeout[0])
             opened = AVInput(self.path, self.shown, options=options,
                              timeout=self.timeout,
                              orientation=self._orientation, colour=self._colour, fields=self._fields,

@@ -420,6 +420,7 @@ class LiveSource:
         self.reconnects = 0
         self.epoch = 0
         self.info: InputInfo | None = None  # of the session now streaming
+        self._in_bursts = False  # whether its data comes a segment at a time (HLS, DASH), seconds apart
         self.colour = ColourConversion()  # its sessions' frames to RGB, told once
         self.fields = Deinterlacer(deinterlace)
         # for a displayed (height, width), the size to decode at (set by the runtime; see AVInput)
@@ -530,6 +531,7 @@ class LiveSource:
                     if opened is None:
                         break
                     length, hls = opened.duration_s, opened.format_name == "hls"
+                    self._in_bursts = opened.format_name in _MANIFESTS  # a playlist's segments: seconds apart
                     if length is None and opened.size_bytes is not None and opened.format_name not in _MANIFESTS:
                         # a file served whole (an MPEG-TS over HTTP): it ends with its data, and
                         # opened again it would start over (a playlist's size is its text's)
@@ -832,24 +834,32 @@ class LiveSource:
         is a wait that began within a timeout after a pause ended: the pause's aftermath (a
         socket's backlog read at once, then a stream that resyncs or lost what overran its buffer)."""
         paused_s = pauses.since(since)
-        if paused_s > 0:
-            if time.monotonic() - since - paused_s >= data["timeout_s"]:
-                return reason, data
-            # the input silent already well before the pause began is the input's (found probing an edge
-            # box: a camera stopped 4 s before a 1.5 s pause of a busy core was "not the source's fault")
-            ended_at, seconds = pauses.first_after(since) or (since, 0.0)
-            if ended_at - seconds - since > SILENT_BEFORE_PAUSE_S:
-                return reason, data
-        else:
-            last = pauses.last()
+        if paused_s > 0 and time.monotonic() - since - paused_s >= data["timeout_s"]:
+            return reason, data
+        if paused_s == 0 or self._silent_before_pause(since, data["phase"]):
+            # no pause in the wait, or the input silent before it: the pause's only as an earlier one's aftermath
+            last = pauses.last_before(since)
             if last is None or since - last[0] > data["timeout_s"]:
                 return reason, data
-            paused_s = last[1]
+            paused_s = paused_s or last[1]
         return (
             f"segstream was paused for {paused_s:.1f} s (SIGSTOP, suspend, VM pause, or a machine too busy to run it), "
             f"past the {data['timeout_s']:g} s {data['phase']} timeout of '{self.shown}': not the source's fault",
             {**data, "paused_s": round(paused_s, 1)},
         )
+
+    def _silent_before_pause(self, since: float, phase: str) -> bool:
+        """Whether a read's input, waited on since ``since``, had gone silent well before the first
+        pause within the wait began (found probing an edge box: a camera stopped 4 s before a 1.5 s
+        pause of a busy core was "not the source's fault"): longer than ``SILENT_BEFORE_PAUSE_S``,
+        or two of its frames. Not an open's (its wait began with the attempt, not at the last data),
+        nor a playlist's, whose data comes a segment at a time."""
+        first = pauses.first_after(since)
+        if phase != "read" or self._in_bursts or first is None:
+            return False
+        fps = self.info.fps if self.info is not None else None
+        allowed = max(SILENT_BEFORE_PAUSE_S, 2 / fps if fps else 0.0)
+        return first[0] - first[1] - since > allowed
 
     def _streaming(self, info: InputInfo, picture: Picture, epoch: int, repeats: int,
                    restarted: str | None = None, reopened: bool = False) -> None:

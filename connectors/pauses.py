@@ -83,6 +83,12 @@ class PauseWatch:
         with self._lock:
             return self._pauses[-1] if self._pauses else None
 
+    def last_before(self, moment: float) -> tuple[float, float] | None:
+        """The last pause that ended at or before ``moment`` (monotonic), as ``(ended_at, seconds)``; None if none."""
+        self.check()
+        with self._lock:
+            return next(((ended_at, seconds) for ended_at, seconds in reversed(self._pauses) if ended_at <= moment), None)
+
     def first_after(self, moment: float) -> tuple[float, float] | None:
         """The first pause that ended after ``moment`` (monotonic), as ``(ended_at, seconds)``; None if none."""
         self.check()

@@ -1877,9 +1877,11 @@ def _status_said(status: SourceStatus | None, now: float) -> str:
     frame = ("no frame yet" if status.frame is None else
              f"frame {status.frame}" + (f" captured {span(at - status.capture_ts)} ago" if status.capture_ts else ""))
     why = f" ({terminal_safe(status.reason)})" if status.reason and status.state != "streaming" else ""
-    dropped = (status.frames or {}).get("dropped") or {}
-    if isinstance(dropped, dict) and sum(dropped.values()):  # what a reader of the streams cannot tell from max_fps
-        frame += (f", {sum(dropped.values())} of {(status.frames or {}).get('decoded', '?')} frames dropped ("
+    frames = status.frames or {}
+    dropped = frames.get("dropped") or {}
+    if sum(dropped.values()):  # what a reader of the streams cannot tell from max_fps
+        read = frames.get("decoded", 0) + frames.get("decode_errors", 0)  # (decode errors are drops too)
+        frame += (f", {sum(dropped.values())} of {read} frames dropped ("
                   + ", ".join(f"{terminal_safe(str(k))} {v}" for k, v in sorted(dropped.items())) + ")")
     if status.final:
         return f"{status.state} {span(now - status.since)} ago{why}, {frame}, {run} (final)"
@@ -2238,7 +2240,7 @@ def _refusal(error: redis.ResponseError, key: str, where: str, acl_keys: str) ->
     if key_refused(error):  # (or, another tenant's key: a glob or a key pattern of one's own prefix reads one's own)
         return ReaderError(f"Redis at {where} refused this user the key {key} ({text}): its ACL key patterns exclude "
                            f"it — grant it {acl_keys} (ACL SETUSER <user> {acl_keys}), or, where the key is another "
-                           "run's, name your own (your prefix in the glob, or --key with it)", permission=acl_keys)
+                           "run's, name your own (your prefix in the glob or the key pattern)", permission=acl_keys)
     if isinstance(error, redis.exceptions.NoPermissionError):
         command = re.search(r"'([\w|]+)' command", text)
         if command is None:

@@ -546,6 +546,11 @@ def status_from_wire(value: bytes | str) -> SourceStatus:
                and field.default is MISSING]
     if missing:  # (said as the schema names them: was Python's "__init__() missing 5 required positional arguments")
         raise WireFormatError(f"status value lacks field(s) {', '.join(missing)} — it was not written by segstream")
+    frames = data.get("frames")
+    if frames is not None and not (isinstance(frames, dict) and all(
+            isinstance(v, int) or isinstance(v, dict) and all(isinstance(n, int) for n in v.values())
+            for v in frames.values())):
+        raise WireFormatError(f"status value's frames is {_shown(str(frames))}, not counts — it was not written by segstream")
     return SourceStatus(**{name: data[name] for name in fields if name in data})
 
 

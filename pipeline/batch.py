@@ -805,8 +805,8 @@ class BatchProgress:
         drawn = bars_drawn() if drawn is None else drawn  # (the caller's: JSON logs draw none)
         self.disabled = not drawn if enabled is None else not enabled
         total = sum(job.frames or 0 for job in jobs)
-        # an estimate only where every video's container says its frames (else its percentage ran ahead)
-        self.counted = all(job.frames for job in jobs)
+        # an estimate only while every video left says its frames (else its percentage ran ahead)
+        self.uncounted = {job.id for job in jobs if not job.frames}
         self.every_s = every_s if enabled is None and self.disabled else None
         self.frames = 0
         self.total = total  # as the overall bar's, corrected as videos end
@@ -837,7 +837,7 @@ class BatchProgress:
         """``batch: 3/200 videos ended, 1234/5678 frames (22%), 27.5 frames/s, about 3 min 20 s left``."""
         rate = self.frames / (now - self._began) if now > self._began else 0.0
         said = f"batch: {self.ended}/{self.videos} videos ended, {self.frames}"
-        if self.counted and self.total and self.total >= self.frames:
+        if not self.uncounted and self.total and self.total >= self.frames:
             said += f"/{self.total} frames ({100 * self.frames // self.total}%), {rate:.1f} frames/s"
             if rate > 0:
                 said += f", about {span((self.total - self.frames) / rate)} left"
@@ -853,6 +853,9 @@ class BatchProgress:
             self.overall.total += (bar.n if bar is not None else 0) - claimed  # (a truncated file's end at 94%)
         if claimed and self.total:
             self.total += outcome.frames - claimed
+        elif not claimed:  # counted now: what it gave
+            self.total += outcome.frames
+            self.uncounted.discard(outcome.job.id)
         self.ended += 1
         self.statuses[outcome.status] += 1
         self.overall.set_description(self._description(), refresh=False)
@@ -1172,13 +1175,9 @@ def run_local(cfg: PipelineConfig, jobs: Sequence[VideoJob], root: Path, manifes
             outcomes += sink.outcomes
         for outcome in sink.outcomes:
             lost = report.sources[outcome.job.id].dropped_by
-            # entries Redis took and lost after (another writer's max_age_s let the stream expire, a
-            # flush): it said "done", exit 0, with its stream empty (found probing a shared Redis)
             gone = publisher.frames_lost_of.get(outcome.job.id, 0) if publisher is not None else 0
             if outcome.status == "done" and (any(lost.get(reason) for reason in SINK_DROPS) or gone):
-                outcome.status, outcome.reason = "failed", undelivered_reason(lost) if not gone else (
-                    f"Redis lost {gone} of its frame entries after taking them (the warning above says how); "
-                    "--retry-failed publishes it again")
+                outcome.status, outcome.reason = "failed", lost_after_taking(gone) if gone else undelivered_reason(lost)
                 manifest.record(outcome)  # its files are whole, but a rerun must publish it again
                 log.warning("%s: failed after all: %s", outcome.job.id, outcome.reason)  # said done before
     return outcomes
@@ -1369,6 +1368,14 @@ def write_batch_coco(root: Path, manifest: Manifest) -> None:
 def _named(ids: Sequence[str], limit: int = 10) -> str:
     """``a, b, c and 7 more``."""
     return ", ".join(ids[:limit]) + (f" and {len(ids) - limit} more" if len(ids) > limit else "")
+
+
+def lost_after_taking(frames: int) -> str:
+    """Why a video Redis lost entries of after taking them (another writer's ``max_age_s`` let its
+    stream expire, a flush) is not done: it said "done", exit 0, its stream empty (found probing a
+    shared Redis)."""
+    return (f"Redis lost {frames} of its frame entries after taking them (the warning above says how); --retry-failed "
+            "publishes it again")
 
 
 def undelivered_reason(lost: dict[str, int]) -> str:

@@ -47,6 +47,7 @@ from segstream.pipeline.batch import (
     _extra_sinks,
     cut_back,
     judge,
+    lost_after_taking,
     manifest_runs,
     undelivered_reason,
 )
@@ -296,6 +297,9 @@ def process_video(job: VideoJob, cfg_json: str, root: str, actor, labels, board,
             sink.close()
         if source is not None:
             source.close()
+    # entries Redis lost after taking them, found as its publisher closed (as the local engine's)
+    gone = sum(getattr(sink, "frames_lost_of", {}).get(job.id, 0) for sink in sinks or ())
+    undelivered = undelivered or (lost_after_taking(gone) if gone else "")
     frames = outputs.frames if outputs else 0
     status, reason = judge(job, status, frames, reason)
     written = []

@@ -103,9 +103,9 @@ def main() -> int:
     # look-alike there, not an escape a screen reader spells out ("\u2014 start Redis", found probing
     # under Latin-1); standard output's data keeps its escapes (a name's ’ printed as ' names another file).
     codecs.register_error(_PLAIN_PUNCTUATION, _plain_punctuation)
-    with contextlib.suppress(AttributeError, ValueError):  # a stream replaced by one of another kind
-        sys.stdout.reconfigure(errors="backslashreplace")
-        sys.stderr.reconfigure(errors=_PLAIN_PUNCTUATION)
+    for stream, errors in ((sys.stdout, "backslashreplace"), (sys.stderr, _PLAIN_PUNCTUATION)):
+        with contextlib.suppress(AttributeError, ValueError):  # a stream replaced by one of another kind
+            stream.reconfigure(errors=errors)
     for fd in (0, 1):  # closed: /dev/null holds the number, which a config, a socket or a child's stdin would take
         try:
             os.fstat(fd)

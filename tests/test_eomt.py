@@ -339,6 +339,10 @@ def test_a_save_pretrained_folder_whose_config_says_other_heads_or_class_names_i
                                               r"config.json \(class 0 is '円' there, '箱' here\)"):
         load_eomt(own(swapped), str(tmp_path / "saved"))
     config = json.loads((tmp_path / "saved" / "config.json").read_text())
+    # a training that named no classes left transformers' placeholders: nothing to hold the labels file against
+    placeholders = {str(i): f"LABEL_{i}" for i in range(len(names))}
+    (tmp_path / "saved" / "config.json").write_text(json.dumps({**config, "id2label": placeholders}))
+    load_eomt(own(swapped), str(tmp_path / "saved"))
     (tmp_path / "saved" / "config.json").write_text(json.dumps({**config, "num_attention_heads": cfg.heads * 2}))
     with pytest.raises(CheckpointError, match=rf"another architecture than preset test's \(num_attention_heads "
                                               rf"{cfg.heads * 2} there, {cfg.heads} here\)"):

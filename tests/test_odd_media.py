@@ -226,6 +226,11 @@ def test_a_concat_list_that_fails_names_its_part_at_fault(tmp_path, monkeypatch)
     (tmp_path / "DJI_0001.MP4").rename(tmp_path / "DJI 0001.MP4")
     (tmp_path / "whole.ffconcat").write_text(f"ffconcat version 1.0\nfile 'DJI 0001.MP4'\nfile DJI\\ 0001.MP4\n"
                                              f"file '{tmp_path / 'DJI_0002.MP4'}'\n")
+    # a file named otherwise that merely begins as a list (an upload's .mp4) keeps FFmpeg's safe mode (found
+    # in review: it read a video of another folder, by absolute path)
+    (tmp_path / "upload.mp4").write_text(f"ffconcat version 1.0\nfile '{tmp_path / 'DJI_0002.MP4'}'\n")
+    with pytest.raises(SourceError):
+        list(FileSource("upload", str(tmp_path / "upload.mp4")).frames())
     import segstream.connectors.concat_lists as concat_lists
 
     monkeypatch.setattr(concat_lists, "_read_through", lambda *_: pytest.fail("a whole list read through again"))

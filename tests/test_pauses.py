@@ -105,3 +105,40 @@ def test_a_source_silent_well_before_a_pause_began_is_not_excused_by_it():
     silent, sending = _paused_child(_SILENT_BEFORE, 2.5, 1.5)
     assert silent == "no data from 'udp://127.0.0.1:5079' for 5 s (read timeout)"
     assert sending.startswith("segstream was paused for ") and "not the source's fault" in sending
+
+
+class _Pauses(PauseWatch):
+    """A PauseWatch holding the pauses given (``(ended_at, seconds)``, monotonic), sampling nothing."""
+
+    def __init__(self, *given: tuple[float, float]):
+        super().__init__()
+        self._pauses.extend(given)
+
+    def check(self) -> None:
+        pass
+
+
+def test_a_pause_excuses_a_second_pause_s_aftermath_an_open_and_a_playlist_s_gap_but_not_a_silent_camera(monkeypatch):
+    # found in review: the rule for a camera silent before a pause blamed the camera where an earlier
+    # pause's aftermath, an open's wait (timed from the attempt), or a playlist's seconds between segments
+    # were what the wait held
+    from segstream.connectors import live_source
+    from segstream.connectors.live_source import LiveSource
+
+    now = time.monotonic()
+    source = LiveSource("cam1", "udp://127.0.0.1:5080")
+    read = {"phase": "read", "timeout_s": 5.0}
+
+    def said(since: float, *given: tuple[float, float], data: dict = read) -> str:
+        monkeypatch.setattr(live_source, "pauses", _Pauses(*given))
+        return source._paused_over(since, "the camera's", data)[0]
+
+    # silent 3 s before a 1 s pause began, no pause before: the camera's
+    assert said(now - 5.0, (now - 1.0, 1.0)) == "the camera's"
+    # the same wait began 0.2 s after a 3 s pause ended: that pause's aftermath
+    assert said(now - 5.0, (now - 5.2, 3.0), (now - 1.0, 1.0)).startswith("segstream was paused for 1.0 s")
+    # an open's wait begins with the attempt, not at the last data
+    assert said(now - 9.5, (now - 0.5, 7.0), data={"phase": "open", "timeout_s": 10.0}).startswith(
+        "segstream was paused for 7.0 s")
+    source._in_bursts = True  # a playlist's segments come seconds apart
+    assert said(now - 5.0, (now - 1.0, 1.0)).startswith("segstream was paused for 1.0 s")

@@ -799,3 +799,15 @@ def test_a_tenant_without_scan_is_told_to_name_its_sources_which_works(server):
     with pytest.raises(ReaderError, match=r"name the sources instead of a glob, or grant the user SCAN"):
         reader.statuses("*")
     assert reader.statuses(["gate"])["gate"].state == "streaming"
+
+
+def test_a_status_key_whose_frames_are_no_counts_is_malformed_not_a_traceback():
+    # found in review: a key of another writer with "frames": "x" raised AttributeError in segstream status
+    from segstream.connectors.redis_wire import status_from_wire
+
+    base = {"v": 1, "source": "cam0", "run_id": "r", "state": "streaming", "since": 1.0, "ts": 1.0, "ttl_s": 5.0}
+    assert status_from_wire(json.dumps({**base, "frames": {"decoded": 3, "dropped": {"stale": 1}}})).frames["decoded"] == 3
+    assert status_from_wire(json.dumps(base)).frames is None  # a run older than 0.3.14
+    for frames in ("x", [1], {"decoded": "3"}, {"dropped": {"stale": "1"}}):
+        with pytest.raises(WireFormatError, match="frames is .*, not counts"):
+            status_from_wire(json.dumps({**base, "frames": frames}))

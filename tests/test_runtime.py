@@ -976,3 +976,16 @@ def test_a_camera_whose_clock_is_far_off_is_said_once_and_again_when_it_is_set(c
                     "machine's: frames paired across cameras by sender_ts are that far off — set the camera's NTP "
                     "server (segstream_source_sender_delay_seconds follows it)",
                     "source quay4: its camera's clock is within 0.1 s of this machine's again"]
+
+
+def test_build_runtime_is_quiet_by_default_as_a_library_s_function_should_be(capfd):
+    # found probing a service that embeds segstream: its status lines and summary reached the service's stderr
+    import segstream
+    from segstream.pipeline.config import validate_config
+
+    cfg = validate_config({"sources": [{"name": "cam", "type": "synthetic", "width": 64, "height": 48}],
+                           "model": {"device": "cpu"}, "ops": {"http": None}, "sinks": {"redis": {"enabled": False}}})
+    segstream.build_runtime(cfg, max_frames=5, adapter=ColourSegmenter()).run()
+    assert capfd.readouterr().err == ""
+    segstream.build_runtime(cfg, max_frames=5, adapter=ColourSegmenter(), progress=True).run()
+    assert "segstream: done: 5 frames published" in capfd.readouterr().err
