@@ -18,13 +18,15 @@ from segstream.models.segmenter import Prepared, results
 
 SQUARE_COLOUR = (255, 40, 40)
 
-# The files that take longest (minutes of a CI worker; measured from a full run's junit times), run
-# first: xdist gives each worker a whole file (--dist loadfile), and by default the files with the
-# most tests first, which left the few-test, long files (compile, training, the client's venv) to
-# the end, one worker busy while the others idled. Longest first evens the three workers' ends.
-SLOWEST_FILES = ("test_stream_source.py", "test_train_own_data.py", "test_compile.py", "test_shutdown.py",
-                 "test_config_stages.py", "test_redis_outage.py", "test_reload.py", "test_batch_ray.py",
-                 "test_client_distribution.py", "test_disk_full.py", "test_colours.py", "test_preflight.py")
+# The files that take longest (minutes of a CI worker; measured from a full run's per-test times,
+# 0.3.14's: the Ray engine's file the longest, 2-4 minutes), run first: xdist gives each worker a
+# whole file (--dist loadfile), and by default the files with the most tests first, which left the
+# few-test, long files (Ray, compile, training, the client's venv) to the end, one worker busy while
+# the others idled. Longest first evens the three workers' ends.
+SLOWEST_FILES = ("test_batch_ray.py", "test_stream_source.py", "test_reload.py", "test_shutdown.py",
+                 "test_redis_outage.py", "test_bench.py", "test_disk_full.py", "test_compile.py", "test_preflight.py",
+                 "test_batch.py", "test_config.py", "test_train_own_data.py", "test_client_distribution.py",
+                 "test_custom_source.py", "test_redis_refusals.py", "test_pipeline_redis.py", "test_colours.py")
 
 
 def pytest_configure(config):
