@@ -53,7 +53,6 @@ import numpy as np
 
 from segstream.connectors.catch_up import CatchUp
 from segstream.connectors.colour import ColourConversion
-from segstream.connectors.concat_lists import concat_fault, concat_list
 from segstream.connectors.deinterlace import Deinterlacer, field_order
 from segstream.connectors.errors import THREAD_LIMIT_HINT, ResourceLimit, SourceError, thread_start_failed
 from segstream.connectors.frame_rate import FrameRateCap
@@ -561,9 +560,6 @@ class AVInput:
                     f"cannot open '{self.shown}': the TLS handshake failed (Input/output error) — with tls_verify: 1 "
                     "that is most often a certificate not trusted: give its CA with options: {ca_file: /path/ca.pem}, "
                     "and use the host name the certificate names") from None
-            if isinstance(error, av.error.FFmpegError) and concat_list(target) and (
-                    fault := concat_fault(target)) is not None:  # its first part, most likely
-                raise InputRefused(f"cannot open '{self.shown}' ({describe_error(error)}): {fault}", missing=True) from None
             raise open_error(error, self.shown, timeout[0]) from None
         try:
             self.stream = video_stream(self.container, self.shown)
@@ -880,9 +876,7 @@ class AVInput:
                 raise SourceError(f"reading '{self.shown}' failed ({describe_error(error)}): the connection to the "
                                   "server was lost and could not be resumed, or the server serves no byte ranges (an "
                                   "MP4 with its index at the end needs them; -movflags +faststart puts it first)") from None
-            fault = concat_fault(self.target) if self.format_name == "concat" else None
-            raise SourceError(f"reading '{self.shown}' failed: {describe_error(error)}"
-                              + (f" ({fault})" if fault is not None else "")) from None
+            raise SourceError(f"reading '{self.shown}' failed: {describe_error(error)}") from None
         finally:
             if change_after is not None and not handed:
                 self.decode_errors, self.pending_rejected = self.decode_errors + rejected, 0

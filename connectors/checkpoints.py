@@ -608,15 +608,21 @@ _TRANSFORMERS_FIELDS = (("hidden_size", "dim"), ("num_hidden_layers", "depth"), 
                         ("use_swiglu_ffn", "swiglu"), ("layer_norm_eps", "layer_norm_eps"))
 
 
-def transformers_config(path: Path) -> dict | None:
-    """The ``config.json`` of a transformers EoMT beside its weights (``save_pretrained``'s
-    folder), None where there is none."""
+def _config_beside(path: Path) -> dict | None:
+    """The ``config.json`` beside a weights file (a transformers ``save_pretrained`` folder's), as
+    a mapping; None where there is none, or none readable."""
     config = path.parent / "config.json"
     try:
         data = parse_json(config.read_bytes()) if config.is_file() else None
     except (OSError, ValueError):
         return None
-    return data if isinstance(data, dict) and data.get("model_type") == "eomt" else None
+    return data if isinstance(data, dict) else None
+
+
+def transformers_config(path: Path) -> dict | None:
+    """The ``config.json`` of a transformers EoMT beside its weights, None where there is none."""
+    data = _config_beside(path)
+    return data if data is not None and data.get("model_type") == "eomt" else None
 
 
 def _refuse_other_config(path: Path, preset: Preset) -> None:
@@ -692,12 +698,8 @@ def _what_else(state: dict[str, Tensor], path: Path | None = None) -> str:
     if path is not None and re.search(r"-\d{5}-of-\d{5}\.safetensors$", path.name):
         return (" (it is one shard of a sharded checkpoint: give its folder, or its model.safetensors.index.json, "
                 "for all of them)")
-    config = path.parent / "config.json" if path is not None else None
-    try:
-        named = parse_json(config.read_bytes()) if config is not None and config.is_file() else None
-    except (OSError, ValueError):
-        named = None
-    if isinstance(named, dict) and named.get("model_type") not in (None, "eomt"):
+    named = _config_beside(path) if path is not None else None
+    if named is not None and named.get("model_type") not in (None, "eomt"):
         kind = ", ".join(map(str, named.get("architectures") or [])) or named["model_type"]
         return f" (its config.json names {kind}, model_type {named['model_type']!r}, which segstream does not run)"
     keys = [k for k in state if isinstance(k, str)]

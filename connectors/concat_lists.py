@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import av
 
+from segstream.connectors.av_input import describe_error
+
 HEADER = b"ffconcat version"
 
 
@@ -94,7 +96,7 @@ def concat_fault(path: str, seen: int | None = None) -> PartFault | None:
                     return PartFault(name, "holds no video")
                 listed.append(container.streams.video[0].frames)
         except (av.error.FFmpegError, OSError) as error:
-            return PartFault(name, f"cannot be read: {getattr(error, 'strerror', None) or type(error).__name__}")
+            return PartFault(name, f"cannot be read: {describe_error(error)}")
     if seen is not None and not (all(listed) and sum(listed) > seen):
         return None
     for name, part in parts:
@@ -115,7 +117,7 @@ def _read_through(name: str, part: str) -> PartFault | None:
                     pictures = len(packet.decode())
             listed = stream.frames
     except (av.error.FFmpegError, OSError) as error:
-        return PartFault(name, f"cannot be read: {getattr(error, 'strerror', None) or type(error).__name__}")
+        return PartFault(name, f"cannot be read: {describe_error(error)}")
     if not pictures:
         return PartFault(name, "has no picture its decoder could decode")
     if listed and packets < listed:  # an MP4 cut short: its index lists frames its data no longer holds

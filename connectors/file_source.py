@@ -197,9 +197,15 @@ class FileSource:
                              orientation=self._orientation, colour=self._colour, fields=self._fields,
                              scale=self.decode_size)
         except SourceError as error:
+            if (fault := self._part_at_fault()) is not None:  # a concat list's first part, most likely
+                raise SourceError(f"source {self.name}: cannot open '{self.shown}' (a concat list): {fault}") from None
             raise self._named(error) from None
         opened.cap = self._cap
         return opened
+
+    def _part_at_fault(self):
+        """Of a local concat list that failed, its part at fault (``concat_fault``); else None."""
+        return concat_fault(self.path) if "://" not in self.path and concat_list(self.path) else None
 
     def frames(self) -> Iterator[Frame]:
         timeline = Timeline()
@@ -317,6 +323,8 @@ class FileSource:
             except EOFError:
                 return
             except SourceError as error:
+                if (fault := self._part_at_fault()) is not None:  # FFmpeg's error names the list alone
+                    raise SourceError(f"{self._named(error)} ({fault})") from None
                 raise self._named(error) from None
             if self._closed.is_set():
                 return

@@ -804,14 +804,14 @@ class BatchProgress:
         self.statuses: Counter[str] = Counter()  # of the videos that ended, by status
         drawn = bars_drawn() if drawn is None else drawn  # (the caller's: JSON logs draw none)
         self.disabled = not drawn if enabled is None else not enabled
-        total = sum(job.frames or 0 for job in jobs)
-        # an estimate only while every video left says its frames (else its percentage ran ahead)
+        # the frames the containers state, corrected as videos end; an estimate only while every
+        # video left states its own (else its percentage ran ahead)
+        self.total = sum(job.frames or 0 for job in jobs)
         self.uncounted = {job.id for job in jobs if not job.frames}
         self.every_s = every_s if enabled is None and self.disabled else None
         self.frames = 0
-        self.total = total  # as the overall bar's, corrected as videos end
         self._began = self._said = time.monotonic()
-        self.overall = tqdm(total=total or None, unit="frame", desc=self._description(), disable=self.disabled,
+        self.overall = tqdm(total=self.total or None, unit="frame", desc=self._description(), disable=self.disabled,
                             smoothing=0.05, position=0, **bar_shape())
         self.bars: dict[str, tqdm] = {}
 
@@ -849,13 +849,11 @@ class BatchProgress:
         if bar is not None:
             bar.close()
         claimed = self.jobs[outcome.job.id].frames if outcome.job.id in self.jobs else None
-        if claimed and self.overall.total:  # the overall bar counts what the video gave, not what its container claimed
-            self.overall.total += (bar.n if bar is not None else 0) - claimed  # (a truncated file's end at 94%)
-        if claimed and self.total:
-            self.total += outcome.frames - claimed
-        elif not claimed:  # counted now: what it gave
-            self.total += outcome.frames
-            self.uncounted.discard(outcome.job.id)
+        # the total counts what the video gave, not what its container claimed (a truncated file's end at 94%)
+        self.total += outcome.frames - (claimed or 0)
+        self.uncounted.discard(outcome.job.id)
+        if self.overall.total:
+            self.overall.total = self.total
         self.ended += 1
         self.statuses[outcome.status] += 1
         self.overall.set_description(self._description(), refresh=False)

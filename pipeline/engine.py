@@ -226,9 +226,10 @@ class Batcher:
         return self._open_count > 0
 
     def _take_round_robin(self, batch: list[Frame], size: int) -> None:
-        """Fill ``batch`` with a frame of each source in turn. A pass begins at the source after
-        the last one taken from (each source once a rotation, evenly spaced, when every queue is
-        full), and a source whose oldest frames went stale still gets its turn with a fresh one."""
+        """Fill ``batch`` with a frame of each source in turn (``oldest_first``: the frame queued
+        first, whichever source's). A pass begins at the source after the last one taken from
+        (each source once a rotation, evenly spaced, when every queue is full), and a source whose
+        oldest frames went stale still gets its turn with a fresh one."""
         active = self.active
         n = len(active)
         taken = sum(f.image.nbytes for f in batch)
@@ -238,12 +239,9 @@ class Batcher:
             for k in range(n):
                 if len(batch) >= size:
                     break
-                position = (start + k) % n
-                if self.oldest_first:  # the source whose head frame was queued first, every time
-                    heads = [(self.queues[j][0].times["queued"], p) for p, j in enumerate(active) if self.queues[j]]
-                    if not heads:
-                        break
-                    position = min(heads)[1]
+                position = self._oldest() if self.oldest_first else (start + k) % n
+                if position is None:
+                    break
                 i = active[position]
                 q = self.queues[i]
                 self._drop_stale(i, now)
@@ -257,6 +255,11 @@ class Batcher:
                 self.batched[i] += 1
                 taken += frame.image.nbytes
                 self._next = (position + 1) % n
+
+    def _oldest(self) -> int | None:
+        """The place in ``active`` of the queue whose head frame was queued first; None when all are empty."""
+        heads = [(self.queues[i][0].times["queued"], p) for p, i in enumerate(self.active) if self.queues[i]]
+        return min(heads)[1] if heads else None
 
     def _drop_stale(self, i: int, now: float) -> None:
         """Drop the frames at the head of source ``i``'s queue that waited longer than its
