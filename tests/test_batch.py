@@ -385,7 +385,8 @@ def test_without_bars_a_batch_says_its_progress_in_a_line_every_status_interval(
     assert re.fullmatch(r"batch: 0/1 videos ended, \d+/30 frames \(\d+%\), [\d.]+ frames/s, about [\d.]+ s left",
                         lines[0]), lines
     frames = [int(re.search(r"ended, (\d+)/", line)[1]) for line in lines]
-    assert frames == sorted(frames) and frames[-1] < 30
+    # lines while the video goes on (a last one may come between its last frame and its end)
+    assert frames == sorted(frames) and sum(n < 30 for n in frames) >= 2, lines
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="segstream"):  # --no-progress: none
         run_batch(cfg, [str(tmp_path / "long.mp4")], adapter=ColourSegmenter(delay_s=0.05), retry_failed=False,
@@ -971,7 +972,7 @@ def test_a_file_with_two_video_streams_says_in_the_manifest_and_json_which_it_re
 
 
 _KILLED_MIDWAY = """
-import os, signal, sys
+import os, signal, sys, time
 import redis
 from segstream.pipeline.batch import run_batch
 from tests.conftest import ColourSegmenter
@@ -980,8 +981,14 @@ from tests.test_batch import config
 out, video, url = sys.argv[1:]
 
 class KilledMidway(ColourSegmenter):
+    seen = 0
+
     def forward(self, prepared):
-        if redis.Redis.from_url(url).xlen("segstream:long:frames") >= 5:  # entries out, the video not done
+        self.seen += len(prepared.extra["images"])
+        if self.seen > 12:  # entries out, the video (40 frames) not done; a loaded machine's publisher
+            deadline = time.monotonic() + 60  # may lag the model: this waits for it
+            while redis.Redis.from_url(url).xlen("segstream:long:frames") < 5 and time.monotonic() < deadline:
+                time.sleep(0.05)
             os.kill(os.getpid(), signal.SIGKILL)
         return super().forward(prepared)
 
