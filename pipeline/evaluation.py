@@ -35,6 +35,7 @@ from segstream.connectors.synthetic import CLASSES, LABEL_SET, synthetic_clip
 from segstream.connectors.terminal import bar_shape, bars_off
 from segstream.models.label_sets import LabelSet
 from segstream.models.results import FrameResult, Segments
+from segstream.pipeline.segment_metrics import MeanIoU, class_map
 
 
 # What the counts mean, said in evaluate --json and in README's "What evaluate counts"
@@ -47,6 +48,8 @@ PQ_DEFINITIONS = {
     "unlabelled": "predicted pixels of no segment: no class (a ground-truth segment left unlabelled is missed)",
     "stuff": "a frame's segments of one stuff class are one segment",
     "averages": "over the classes with tp + fp + fn > 0",
+    "miou": "semantic mean IoU of the segments' classes per pixel, over the classes in the ground truth or the "
+            "prediction; void pixels out, crowd pixels of their class",
 }
 
 
@@ -205,6 +208,7 @@ def evaluate_segmenter(
             f"the {LABEL_SET!r} ones; evaluate a model trained on synthetic scenes"
         )
     tally = PanopticTally(label_set.thing_ids, label_set.stuff_ids)
+    semantic = MeanIoU(len(label_set.names))
     total = None if frames is not None else len(seeds) * num_frames
     frames = iter(frames) if frames is not None else _frames(seeds, width, height, num_frames)
     # disable=None: a bar on a terminal only (a log file gets no carriage-return lines)
@@ -216,8 +220,24 @@ def evaluate_segmenter(
                 raise ValueError(f"segment_fn returned {len(predictions)} predictions for {len(batch)} frames")
             for prediction, (_, truth, *crowd) in zip(predictions, batch):
                 tally.add(prediction, truth, *crowd)
+                semantic.add(*class_maps(prediction, truth, *crowd))
             bar.update(len(batch))
-    return tally.summary()
+    result = tally.summary()
+    ious = semantic.summary()
+    result["miou"], result["pixel_accuracy"] = ious["miou"], ious["pixel_accuracy"]
+    for class_id, row in result["per_class"].items():
+        row["iou"] = ious["per_class"].get(class_id)  # None: the class in neither map
+    return result
+
+
+def class_maps(prediction: FrameResult, truth: FrameResult, crowd: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Each pixel's class in the prediction and in the ground truth (-1: no segment; in the truth,
+    void), a crowd region's pixels of its class: what semantic mIoU compares."""
+    predicted = class_map(prediction.label_map, prediction.segments.ids, prediction.segments.class_ids)
+    true = class_map(truth.label_map, truth.segments.ids, truth.segments.class_ids)
+    if crowd is not None:
+        true = np.where(crowd >= 0, crowd, true)
+    return predicted, true
 
 
 def _frames(seeds: Sequence[int], width: int, height: int, num_frames: int) -> Iterator[tuple[np.ndarray, FrameResult]]:
@@ -241,7 +261,12 @@ def clip_frames(videos: Sequence[Path], per_clip: int | None = None) -> Iterator
     from segstream.connectors.file_source import FileSource
     from segstream.connectors.synthetic import load_truth
 
+    from segstream.pipeline.track_evaluation import mots_path
+
     for video in videos:
+        if not truth_path(Path(video)).exists() and mots_path(Path(video)).exists():
+            raise ConfigError(f"{video}: its ground truth {mots_path(Path(video)).name} is MOTS (tracks, without the "
+                              "model's classes or stuff), which scores tracking — add --tracking")
         truths = load_truth(truth_path(Path(video)))
         source = FileSource(Path(video).stem, str(video), max_frames=per_clip)
         try:
@@ -393,11 +418,13 @@ def main_evaluate(args) -> int:
     for group, suffix in (("all", ""), ("things", "_things"), ("stuff", "_stuff")):
         row = [result[f"{m}{suffix}"] for m in ("pq", "sq", "rq")]
         print(f"{group:8}" + "".join(f"{100 * v:8.1f}" for v in row))
+    print(f"semantic mIoU {100 * result['miou']:.1f}, pixel accuracy {100 * result['pixel_accuracy']:.1f}")
     for class_id, stats in sorted(result["per_class"].items()):
         if stats["tp"] + stats["fp"] + stats["fn"] == 0:
             print(f"  {names[class_id]:10} not in these scenes, nor predicted (left out of the averages)")
             continue
-        print(f"  {names[class_id]:10} PQ {100 * stats['pq']:5.1f}  (tp {stats['tp']}, fp {stats['fp']}, fn {stats['fn']})")
+        print(f"  {names[class_id]:10} PQ {100 * stats['pq']:5.1f}  (tp {stats['tp']}, fp {stats['fp']}, fn {stats['fn']})"
+              + (f"  IoU {100 * stats['iou']:5.1f}" if stats["iou"] is not None else ""))
     # NaN is no JSON: an average of no class is null, as with --json (found probing: the line said NaN)
     print(json.dumps(json_safe({k: v for k, v in result.items() if k != "per_class"})))
     return 0

@@ -123,6 +123,23 @@ def test_evaluate_segmenter_with_an_oracle_scores_one_in_batches():
     assert calls == [4, 2]
 
 
+def test_evaluate_gives_semantic_miou_beside_pq_void_left_out_and_crowd_of_its_class():
+    """Found probing as an ML engineer: evaluate gave PQ alone (no mIoU), so a semantic model's
+    quality, or a SeNaTra card's mIoU, could not be measured on one's own data. Hand-counted."""
+    truth = _truth(["SAA..S.", "SAA..S."], {"S": (0, SKY), "A": (1, DISC)})
+    crowd = np.full(truth.label_map.shape, -1)
+    crowd[:, 3:5] = DISC  # columns 3-4 a crowd of discs; column 6 void
+    prediction = _prediction(["SSAA..S", "GSAAASA"], {"S": (0, SKY), "A": (1, DISC), "G": (2, GRASS)})
+    image = np.zeros((2, 7, 3), np.uint8)
+    result = evaluate_segmenter(lambda images: [prediction] * len(images), [], 7, 2, 1, load_label_set("synthetic"),
+                                frames=[(image, truth, crowd)], progress=False)
+    # sky: 2 of 4 + 4 - 2; discs (the crowd's too): 5 of 8 + 5 - 5; grass: 0 of 1; the void column counts nowhere
+    iou = {SKY: 2 / 6, DISC: 5 / 8, GRASS: 0.0}
+    assert result["miou"] == pytest.approx(sum(iou.values()) / 3)
+    assert result["pixel_accuracy"] == pytest.approx(7 / 12)
+    assert {c: row["iou"] for c, row in result["per_class"].items() if row["iou"] is not None} == pytest.approx(iou)
+
+
 def test_evaluate_segmenter_refuses_a_model_of_another_label_set():
     with pytest.raises(ConfigError):
         evaluate_segmenter(lambda images: [], [0], 64, 48, 1, load_label_set("cityscapes"), progress=False)
