@@ -14,7 +14,7 @@ from segstream.connectors.concat_lists import concat_fault, concat_list
 from segstream.connectors.deinterlace import Deinterlace, Deinterlacer
 from segstream.connectors.errors import SourceError
 from segstream.connectors.frame_rate import FrameRateCap
-from segstream.connectors.frames import Frame
+from segstream.connectors.frames import Frame, times_at
 from segstream.connectors.source import not_a_video_file, special_file
 from segstream.connectors.urls import redact_url, url_scheme
 
@@ -256,6 +256,8 @@ class FileSource:
                         time_base=timeline.time_base,
                         pts_seconds=pts_seconds,
                         capture_wall=picture.capture_wall if self.pacer is None else time.time(),
+                        **({"times": times_at(picture.capture_wall, picture.decoded_at)} if self.pacer is None
+                           else {}),
                         epoch=epoch,
                         sender_wall=picture.sender_wall,
                         size=picture.size,

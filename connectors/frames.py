@@ -2,10 +2,26 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from fractions import Fraction
 
 import numpy as np
+
+# The key of a frame's ``times`` that keeps the wall clock's offset from the monotonic one when
+# the frame was made (when its ``capture_wall`` was taken): a step of the wall clock after it
+# (NTP setting it) is told from the frame's latency with it (``pipeline.metrics.wall_clock_step``).
+WALL_OFFSET = "wall_offset"
+
+
+def _times_of_a_new_frame() -> dict[str, float]:
+    return {WALL_OFFSET: time.time() - time.monotonic()}
+
+
+def times_at(wall: float, monotonic: float) -> dict[str, float]:
+    """A new frame's ``times`` when its ``capture_wall`` (``wall``) was taken earlier, at the
+    monotonic time ``monotonic`` (0: unknown, then now): a step of the wall clock since is told."""
+    return {WALL_OFFSET: wall - monotonic} if monotonic > 0 else _times_of_a_new_frame()
 
 
 @dataclass(slots=True)
@@ -16,7 +32,8 @@ class Frame:
     ``pts_seconds`` is the same instant in seconds. ``capture_wall`` is the Unix time (seconds)
     at which the frame left the decoder (of an image folder timed by its images: the image's own
     time). ``times`` collects when the frame passed each stage of
-    the pipeline (``time.monotonic()`` seconds by stage name). ``epoch`` counts the times the
+    the pipeline (``time.monotonic()`` seconds by stage name; and ``WALL_OFFSET``, the wall
+    clock's offset from the monotonic one when the frame was made). ``epoch`` counts the times the
     source's timeline restarted (a reconnect, a file starting over); ``sender_wall`` is the Unix
     time at which the sender captured the frame, when the stream says (RTCP sender reports).
     ``size`` is the decoded frame's (height, width) when ``image`` is a smaller copy scaled in
@@ -38,7 +55,7 @@ class Frame:
     time_base: Fraction | None
     pts_seconds: float | None
     capture_wall: float
-    times: dict[str, float] = field(default_factory=dict)
+    times: dict[str, float] = field(default_factory=_times_of_a_new_frame)
     epoch: int = 0
     sender_wall: float | None = None
     size: tuple[int, int] | None = None

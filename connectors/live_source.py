@@ -67,7 +67,7 @@ from segstream.connectors.deinterlace import Deinterlace, Deinterlacer
 from segstream.connectors.clock import Pacer, Timeline
 from segstream.connectors.errors import ResourceLimit, SourceError
 from segstream.connectors.frame_rate import FrameRateCap
-from segstream.connectors.frames import Frame
+from segstream.connectors.frames import Frame, times_at
 from segstream.connectors.pauses import pauses
 from segstream.connectors.source import DOWN_STATES, StateListener, tell_state
 from segstream.connectors.threads import waiting_for_input
@@ -622,6 +622,8 @@ class LiveSource:
                             sender_wall=picture.sender_wall,
                             size=picture.size,
                             sample_aspect=picture.sample_aspect,
+                            # (a finite video's frame captured when due: now, not when decoded)
+                            times=times_at(picture.capture_wall, 0.0 if length is not None else picture.decoded_at),
                         )
                         index += 1
                     break  # _read returns only once closed

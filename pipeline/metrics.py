@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from segstream.connectors.frames import WALL_OFFSET
 from segstream.connectors.pauses import pauses
 from segstream.connectors.sink import DROPPED_BACKLOG, DROPPED_REFUSED, DROPPED_UNREACHABLE, DROPPED_WRITE_FAILED
 from segstream.connectors.source import DOWN_STATES
@@ -39,6 +40,20 @@ DROP_REASONS = (QUEUE_FULL, STALE, DECODE_ERROR, MODEL_NONFINITE, DROPPED_BACKLO
                 DROPPED_WRITE_FAILED, DROPPED_REFUSED)
 
 STAGES = ("decoded", "queued", "batched", "model_start", "model_end", "post_end", "staged", "published")
+MIN_CLOCK_STEP_S = 0.5  # smaller changes of that offset (NTP slewing, a timer's jitter) are no step
+
+
+def wall_clock_step(times: dict[str, float]) -> float:
+    """How far the wall clock stepped (NTP setting it, an operator, a VM's clock) since a frame
+    was made (its ``WALL_OFFSET``): its capture time is on the clock before, its write's on the clock after, so
+    their difference, the capture-to-publish latency, would be off by the step (+90 s, or -1 h:
+    a negative latency that turned Prometheus' histogram sum negative, found probing clock steps).
+    0 when it did not step (or the frame's offset is unknown)."""
+    offset = times.get(WALL_OFFSET)
+    if offset is None:
+        return 0.0
+    step = (time.time() - time.monotonic()) - offset
+    return step if abs(step) >= MIN_CLOCK_STEP_S else 0.0
 # Upper bounds (seconds) of the latency histograms: Prometheus' defaults, plus the millisecond
 # range where a healthy stage lives and the minute a stalled one reaches.
 LATENCY_BUCKETS = (

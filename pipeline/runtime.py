@@ -59,8 +59,8 @@ from segstream.pipeline.engine import (
 from segstream.pipeline.logs import journal_prefix, new_run_id
 from segstream.pipeline.own_parts import NamedStage, OwnSource, build_stages
 from segstream.pipeline.metrics import (
-    DECODE_ERROR, MODEL_NONFINITE, SHED_REASONS, OverloadWatch, RunMetrics, Said, SourceCounts, decode_thread,
-    less_work_for,
+    DECODE_ERROR, MODEL_NONFINITE, SHED_REASONS, WALL_OFFSET, OverloadWatch, RunMetrics, Said, SourceCounts,
+    decode_thread, less_work_for, wall_clock_step,
 )
 from segstream.pipeline.source_states import SourceStates, first_frame
 
@@ -1146,6 +1146,7 @@ class Runtime:
                     raise SourceError(f"source {name}: frame {number} {problem}")
                 last_index = frame.index
                 frame.times["decoded"] = now = time.monotonic()
+                frame.times.setdefault(WALL_OFFSET, time.time() - now)  # (a frame made with times of its own)
                 if before is not None:
                     shift = shift or _Shift(before, frame)
                     shift.apply(frame)
@@ -1790,6 +1791,8 @@ class Runtime:
                 if result.source in self._captured_before_read and "decoded" in result.times:
                     # an image's own time: segstream's latency runs from when it read the image
                     capture_ts = result.publish_ts - (now - result.times["decoded"])
+                else:
+                    capture_ts += wall_clock_step(result.times)
                 self.metrics.wrote(name, result.source, capture_ts, result.publish_ts, primary)
                 if primary:
                     result.times["published"] = now
@@ -1816,7 +1819,8 @@ class Runtime:
         ``publish_ts``, which the sinks and a results loop read, was stamped as they got it; the
         run's latencies end here, the sinks' own time, a slow results loop's included)."""
         result.times["published"] = time.monotonic()
-        self.metrics.wrote("handoff", result.source, result.capture_ts, time.time(), primary=True)
+        self.metrics.wrote("handoff", result.source, result.capture_ts + wall_clock_step(result.times), time.time(),
+                           primary=True)
         self.metrics.stages(result.times)
 
     def _fail(self, error: BaseException, drain: bool) -> None:

@@ -989,3 +989,30 @@ def test_build_runtime_is_quiet_by_default_as_a_library_s_function_should_be(cap
     assert capfd.readouterr().err == ""
     segstream.build_runtime(cfg, max_frames=5, adapter=ColourSegmenter(), progress=True).run()
     assert "segstream: done: 5 frames published" in capfd.readouterr().err
+
+
+@pytest.mark.parametrize("step_s", [-3600.0, 90.0])
+def test_a_wall_clock_step_mid_run_is_no_latency_of_the_step(clip, monkeypatch, step_s):
+    """Found probing clock steps: frames decoded before NTP set the clock back an hour and written
+    after had a latency of -3600 s (Prometheus' histogram sum went negative, which rate() reads
+    as a counter reset); a step forward gave a 90 s latency and a 90 s max in the summary."""
+    real = time.time
+    shift = [0.0]
+    monkeypatch.setattr(time, "time", lambda: real() + shift[0])
+
+    class StepsTheClock(ColourSegmenter):
+        def forward(self, prepared):
+            if len(self.batches) == 5:  # frames decoded on the old clock are in flight
+                shift[0] = step_s
+            return super().forward(prepared)
+
+    sink = CollectingSink()
+    runtime = Runtime([FileSource("cam", str(clip))], StepsTheClock(delay_s=0.01), [sink], progress=None)
+    report = runtime.run()
+    assert report.published == 40 and shift[0] == step_s
+    stepped = [r for r in sink.results if abs(r.publish_ts - r.capture_ts) > 30]
+    assert stepped, "no frame was in flight across the step: this test would mean nothing"
+    latencies = runtime.metrics.capture_to_publish.values()
+    assert 0 <= latencies.min() and latencies.max() < 10 and report.latency_ms_max < 10_000
+    for window in runtime.metrics.source_latencies().values():
+        assert 0 <= window.histogram()[2] < 10 * window.count  # the histogram's sum
