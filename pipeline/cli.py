@@ -405,8 +405,12 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--postprocess", default="fast", choices=["fast", "exact"],
                           help="how masks are made, as model.postprocess (default %(default)s)")
     evaluate.add_argument("--clips", type=Path, nargs="+", default=None, metavar="VIDEO",
-                          help="evaluate on encoded synthetic clips (ground truth in <stem>_truth.npz beside each) "
-                               "instead of rendering --seeds")
+                          help="evaluate on videos instead of rendering --seeds: encoded synthetic clips (ground truth "
+                               "in <stem>_truth.npz beside each), or with --tracking any video whose tracks' ground "
+                               "truth is MOTS text in <stem>_truth.txt beside it")
+    evaluate.add_argument("--truth-first-frame", type=int, choices=[0, 1], default=None, metavar="N",
+                          help="with --tracking --clips: the number a MOTS file gives the video's first frame (default "
+                               "0, KITTI MOTS's; MOTSChallenge's files count from 1)")
     add_data_arguments(evaluate, "--data", f"evaluate on pictures of your own: {DATA_LAYOUT}")
     evaluate.add_argument("--labels", type=Path, default=None, metavar="FILE",
                           help="the model's label-set file (model.labels), e.g. the one its training wrote")
@@ -467,6 +471,19 @@ def _parser() -> argparse.ArgumentParser:
     render.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                         help="a progress bar (default: when stderr is a terminal)")
     render.set_defaults(command=_render)
+
+    mots = commands.add_parser("mots", help="write the tracked things of a JSONL file of entries as MOTS text")
+    mots.add_argument("jsonl", type=Path, metavar="FILE.jsonl",
+                      help="a files sink's <source>.jsonl or a batch's <video>/frames.jsonl")
+    mots.add_argument("--out", type=Path, required=True, metavar="OUT.txt",
+                      help="where to write the MOTS lines (TrackEval's MOTS loaders read them; - for standard output)")
+    mots.add_argument("--first-frame", type=int, choices=[0, 1], default=0, metavar="N",
+                      help="the number of the video's first frame (default %(default)s, KITTI MOTS's; MOTSChallenge "
+                           "counts from 1)")
+    mots.add_argument("--class-id", type=int, default=None, metavar="N",
+                      help="write every mask with class id N instead of the model's class (MOTSChallenge's loader "
+                           "scores class 2, pedestrians, alone; 10 is MOTS's ignore region)")
+    mots.set_defaults(command=_mots)
 
     for command in commands.choices.values():  # after the command too; left out there, the top-level value stands
         logging_options(command, argparse.SUPPRESS)
@@ -792,14 +809,13 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    if args.tracking and args.clips:
-        raise ConfigError("--clips goes with PQ; --tracking renders its scenes from --seeds (their tracks' "
-                             "ground truth) — drop one of them")
+    if args.truth_first_frame is not None and not (args.tracking and args.clips):
+        raise ConfigError("--truth-first-frame goes with --tracking --clips (a clip's MOTS ground truth)")
     if args.tracking and (given := [name for name, value in (("--data", args.data), ("--masks", args.masks),
                                                               ("--images", args.images)) if value is not None]):
         # found probing: a team's own pictures were taken and left unused, exit 0
-        raise ConfigError(f"{given[0]} goes with PQ; --tracking scores the tracker on the synthetic scenes of --seeds "
-                          "(no tracks in pictures of your own) — drop one of them")
+        raise ConfigError(f"{given[0]} goes with PQ; --tracking scores the tracker on the synthetic scenes of --seeds, "
+                          "or on videos with their tracks' ground truth (--clips) — drop one of them")
     if args.tracking and args.no_model and (given := [name for name, value in (
             ("--checkpoint", args.checkpoint), ("--preset", args.preset), ("--labels", args.labels)) if value is not None]):
         raise ConfigError(f"{given[0]} names a model, and --no-model runs none — drop one of them")
@@ -818,6 +834,17 @@ def _batch(args: argparse.Namespace) -> int:
     from segstream.pipeline.batch import main_batch
 
     return main_batch(args)
+
+
+def _mots(args: argparse.Namespace) -> int:
+    from segstream.connectors.mots import write_mots
+
+    if args.class_id is not None and (args.class_id < 0 or args.class_id == 10):
+        raise ConfigError(f"--class-id {args.class_id}: a class id is 0 or more and not 10 (MOTS's ignore region)")
+    lines, entries = write_mots(args.jsonl, args.out, args.first_frame, args.class_id)
+    if str(args.out) != "-":
+        print(f"segstream: {lines} tracked masks of {entries} frames written to {args.out}", file=sys.stderr)
+    return 0
 
 
 def _render(args: argparse.Namespace) -> int:

@@ -25,7 +25,7 @@ reference implementations of HOTA and IDF1.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -126,21 +126,27 @@ class TrackedScene:
     tracker_ids: list[np.ndarray] = field(default_factory=list)
     similarity: list[np.ndarray] = field(default_factory=list)
 
-    def add(self, truth: FrameResult, prediction: FrameResult, track_ids: np.ndarray, given_only: bool = False) -> None:
+    def add(self, truth: FrameResult, prediction: FrameResult, track_ids: np.ndarray, given_only: bool = False,
+            ignore: np.ndarray | None = None) -> None:
         """One frame: ground-truth things against the predicted segments that carry an id.
         ``given_only`` scores only the things the tracker was given (prediction segment ids are
-        ground-truth ids, as in ``noisy_detections``)."""
+        ground-truth ids, as in ``noisy_detections``). A predicted thing more than half on
+        ``ignore`` (a MOTS file's ignore regions) is not scored, as TrackEval's MOTS loaders do."""
         inter = _intersections(truth, prediction)
         things = truth.segments.isthing
         if given_only:
             things = things & np.isin(truth.segments.ids, prediction.segments.ids)
         gt_rows = np.flatnonzero(things)
-        pred_rows = np.flatnonzero(prediction.segments.isthing & (track_ids != NO_TRACK))
+        codes = _codes(prediction.label_map, prediction.segments.ids)
+        all_area = np.bincount(codes.ravel(), minlength=len(prediction.segments) + 1)
+        scored = prediction.segments.isthing & (track_ids != NO_TRACK)
+        if ignore is not None:
+            on_ignore = np.bincount(codes[ignore], minlength=len(prediction.segments) + 1)
+            scored &= ~(2 * on_ignore[:-1] > all_area[:-1])
+        pred_rows = np.flatnonzero(scored)
         inter = inter[np.ix_(gt_rows, pred_rows)]
         gt_area = truth.segments.areas[gt_rows].astype(np.float64)
-        pred_area = np.bincount(
-            _codes(prediction.label_map, prediction.segments.ids).ravel(), minlength=len(prediction.segments) + 1
-        )[pred_rows].astype(np.float64)
+        pred_area = all_area[pred_rows].astype(np.float64)
         union = gt_area[:, None] + pred_area[None, :] - inter
         gt_ids, tracker_ids = truth.segments.track_ids[gt_rows].astype(np.int64), track_ids[pred_rows].astype(np.int64)
         # TrackEval's loaders refuse these; its metrics, called directly, would count such an id once
@@ -219,12 +225,65 @@ def tracking_metrics(sequences: Sequence[TrackedScene]) -> dict:
     }
 
 
-def _track(tracker: SegmentTracker, result: FrameResult) -> np.ndarray:
-    """A frame's track ids, its time (``max_lost_s`` measures it) its index at the scenes' rate."""
+def _track(tracker: SegmentTracker, result: FrameResult, time_s: float) -> np.ndarray:
+    """A frame's track ids, ``time_s`` its time (``max_lost_s`` measures it)."""
     seg = result.segments
     update = tracker.update(result.index, result.segment_map, seg.ids, seg.class_ids, seg.isthing, seg.embeddings,
-                            seg.boxes, result.index / SCENE_FPS)
+                            seg.boxes, time_s)
     return update.track_ids
+
+
+# One sequence's frames for evaluate_tracking: (RGB image, ground truth, time in seconds, ignore regions or None)
+TrackedFrame = tuple[np.ndarray, FrameResult, float, "np.ndarray | None"]
+
+
+def scene_sequences(seeds: Sequence[int], width: int, height: int, num_frames: int) -> list[Iterator[TrackedFrame]]:
+    """The synthetic scenes of ``seeds`` as evaluate_tracking's sequences (frame times at SCENE_FPS)."""
+    return [((image, truth, truth.index / SCENE_FPS, None)
+             for image, truth in synthetic_clip(width, height, num_frames, seed, SCENE_FPS)) for seed in seeds]
+
+
+def clip_sequences(videos: Sequence[Path], per_clip: int | None = None, first_frame: int = 0
+                   ) -> list[Iterator[TrackedFrame]]:
+    """Encoded videos as evaluate_tracking's sequences, each frame's ground truth from the
+    video's ``<stem>_truth.npz`` (a synthetic clip's) or ``<stem>_truth.txt`` (MOTS), its time
+    the decoded frame's."""
+    return [_clip_sequence(Path(video), per_clip, first_frame) for video in videos]
+
+
+def _clip_sequence(video: Path, per_clip: int | None, first_frame: int) -> Iterator[TrackedFrame]:
+    from segstream.connectors.file_source import FileSource
+    from segstream.connectors.mots import mots_truth, read_mots
+    from segstream.connectors.synthetic import load_truth
+    from segstream.pipeline.evaluation import truth_path
+
+    npz, mots = truth_path(video), mots_path(video)
+    if npz.exists():
+        truths = load_truth(npz)
+        frames_of = None
+    elif mots.exists():
+        frames_of = read_mots(mots, first_frame)
+    else:
+        raise ConfigError(f"{video}: no ground truth beside it — {npz.name} (a synthetic clip's) or {mots.name} "
+                          "(MOTS: one object's mask a line)")
+    source = FileSource(video.stem, str(video), max_frames=per_clip)
+    try:
+        for frame in source.frames():
+            height, width = frame.image.shape[:2]
+            if frames_of is None:
+                if frame.index >= len(truths):
+                    raise ConfigError(f"{video} has more frames than its ground truth {npz}")
+                truth, ignore = truths[frame.index], None
+            else:
+                truth, ignore = mots_truth(mots, frames_of.get(frame.index, ()), frame.index, height, width)
+            yield frame.image, truth, frame.pts_seconds, ignore
+    finally:
+        source.close()
+
+
+def mots_path(video: Path) -> Path:
+    """Where a video's MOTS ground truth is kept by convention: ``<stem>_truth.txt`` beside it."""
+    return video.with_name(f"{video.stem}_truth.txt")
 
 
 def evaluate_tracking(
@@ -236,41 +295,44 @@ def evaluate_tracking(
     segment_fn: Callable[[list[np.ndarray]], list[FrameResult]] | None = None,
     batch_size: int = 4,
     progress: bool = True,
+    sequences: Sequence[Iterator[TrackedFrame]] | None = None,
 ) -> dict:
-    """Tracking metrics on the first ``num_frames`` frames of each scene in ``seeds``, each a
-    ``tracking_metrics`` dict: ``noisy_truth`` scores the tracker on the noisy ground truth
-    against the things it was given (a dropped mask is the detector's miss, not the tracker's),
-    ``noisy_truth_all`` the same against every thing; ``model`` and ``oracle`` come when
-    ``segment_fn`` (RGB frames in, segmentations with embeddings out) is given."""
+    """Tracking metrics on the first ``num_frames`` frames of each scene in ``seeds`` (or on
+    ``sequences``, when given: ``clip_sequences``'), each a ``tracking_metrics`` dict:
+    ``noisy_truth`` scores the tracker on the noisy ground truth against the things it was given
+    (a dropped mask is the detector's miss, not the tracker's), ``noisy_truth_all`` the same
+    against every thing; ``model`` and ``oracle`` come when ``segment_fn`` (RGB frames in,
+    segmentations with embeddings out) is given."""
     noisy: list[TrackedScene] = []
     noisy_full: list[TrackedScene] = []
     model: list[TrackedScene] = []
     oracle: list[TrackedScene] = []
-    total = len(seeds) * num_frames
+    total = None if sequences is not None else len(seeds) * num_frames
+    if sequences is None:
+        sequences = scene_sequences(seeds, width, height, num_frames)
     # disable=None: a bar on a terminal only (a log file or pipe gets no carriage-return lines)
     with tqdm(total=total, desc="evaluate tracking", unit="frame", file=sys.stderr,
               disable=bars_off() if progress else True, **bar_shape()) as bar:
-        for seed in seeds:
-            rng = np.random.default_rng([seed, 0x7EAC])
+        for number, clip in enumerate(sequences):
+            rng = np.random.default_rng([seeds[number] if number < len(seeds) else number, 0x7EAC])
             noisy_tracker, model_tracker = SegmentTracker(settings), SegmentTracker(settings)
             noisy.append(TrackedScene())
             noisy_full.append(TrackedScene())
             model.append(TrackedScene())
             oracle.append(TrackedScene())
             fresh = iter(range(10**9, 2 * 10**9))
-            clip = synthetic_clip(width, height, num_frames, seed, SCENE_FPS)
             while batch := [item for _, item in zip(range(batch_size), clip)]:
-                for _, truth in batch:
+                for _, truth, time_s, ignore in batch:
                     detections = noisy_detections(truth, rng)
-                    track_ids = _track(noisy_tracker, detections)
-                    noisy[-1].add(truth, detections, track_ids, given_only=True)
-                    noisy_full[-1].add(truth, detections, track_ids)
+                    track_ids = _track(noisy_tracker, detections, time_s)
+                    noisy[-1].add(truth, detections, track_ids, given_only=True, ignore=ignore)
+                    noisy_full[-1].add(truth, detections, track_ids, ignore=ignore)
                 if segment_fn is not None:
-                    predictions = segment_fn([image for image, _ in batch])
-                    for prediction, (_, truth) in zip(predictions, batch):
+                    predictions = segment_fn([image for image, *_ in batch])
+                    for prediction, (_, truth, time_s, ignore) in zip(predictions, batch):
                         prediction.index = truth.index
-                        model[-1].add(truth, prediction, _track(model_tracker, prediction))
-                        oracle[-1].add(truth, prediction, oracle_identities(prediction, truth, fresh))
+                        model[-1].add(truth, prediction, _track(model_tracker, prediction, time_s), ignore=ignore)
+                        oracle[-1].add(truth, prediction, oracle_identities(prediction, truth, fresh), ignore=ignore)
                 bar.update(len(batch))
     results = {"noisy_truth": tracking_metrics(noisy), "noisy_truth_all": tracking_metrics(noisy_full)}
     if segment_fn is not None:
@@ -317,19 +379,28 @@ def main_evaluate_tracking(args) -> int:
         segment_fn, name = segmenter.segment, segmenter.name
     from segstream.pipeline.evaluation import DEFAULT_SEEDS, DEFAULT_SIZE
 
+    clips = getattr(args, "clips", None)
+    if clips:
+        for option, given in (("--seeds", args.seeds), ("--size", args.size)):
+            if given is not None:
+                raise ConfigError(f"{option} is for rendered synthetic scenes; with --clips the frames are those given")
     args.seeds = args.seeds if args.seeds is not None else list(DEFAULT_SEEDS)
     width, height = args.size if args.size is not None else DEFAULT_SIZE
-    results = evaluate_tracking(args.seeds, width, height, args.frames or FRAMES_PER_SEED, settings=settings,
-                                segment_fn=segment_fn)
+    sequences = clip_sequences(clips, args.frames, getattr(args, "truth_first_frame", None) or 0) if clips else None
+    results = evaluate_tracking([] if clips else args.seeds, width, height, args.frames or FRAMES_PER_SEED,
+                                settings=settings, segment_fn=segment_fn, sequences=sequences)
     changed = {k: v for k, v in asdict(settings).items() if v != getattr(TrackerSettings(), k)}
     if "model" in results and results["oracle"]["idf1"] > 0:
         results["model_vs_oracle_idf1"] = results["model"]["idf1"] / results["oracle"]["idf1"]
     if getattr(args, "json", False):  # "model" names the metrics on the model's segments, as in the JSON line
-        print(json.dumps({**results, "model_name": name, "size": [width, height], "seeds": list(args.seeds),
+        where = ({"clips": [str(c) for c in clips]} if clips else {"size": [width, height], "seeds": list(args.seeds)})
+        print(json.dumps({**results, "model_name": name, **where,
                           "tracker": asdict(settings), "definitions": tracking_definitions()}))
         return 0
+    scenes = (f"clips {' '.join(str(c) for c in clips)}" if clips
+              else f"{width}x{height}, seeds {' '.join(map(str, args.seeds))}")
     print(
-        f"tracking: {results['noisy_truth']['frames']} frames, {width}x{height}, seeds {' '.join(map(str, args.seeds))}"
+        f"tracking: {results['noisy_truth']['frames']} frames, {scenes}"
         + (f", model {name}" if name else "")
         + (", tracker " + " ".join(f"{k}={v}" for k, v in changed.items()) if changed else ", default tracker")
     )

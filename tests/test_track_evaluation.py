@@ -4,6 +4,8 @@ oracle, the metrics themselves, the command."""
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -239,3 +241,88 @@ def test_evaluate_tracking_names_a_missing_trackeval_before_any_work(capsys, mon
     args = ["evaluate", "--tracking", "--checkpoint", str(tmp_path / "missing.safetensors"), "--seeds", "0"]
     assert main(args) == 2
     assert capsys.readouterr().err.startswith("segstream: error: tracking metrics need TrackEval")
+
+
+def _trackeval_mots(truth: Path, tracked: Path, frames: int, width: int, height: int, root: Path) -> dict:
+    """HOTA, IDF1, MOTA and ID switches of MOTS text files (1-based, class 2) by TrackEval's own
+    MOTSChallenge loader, in the folders it reads."""
+    import trackeval
+
+    sequence = root / "gt" / "MOTS-train" / "clip"
+    (sequence / "gt").mkdir(parents=True)
+    shutil.copy(truth, sequence / "gt" / "gt.txt")
+    (sequence / "seqinfo.ini").write_text(f"[Sequence]\nname=clip\nseqLength={frames}\nimWidth={width}\n"
+                                          f"imHeight={height}\n")
+    (root / "gt" / "seqmaps").mkdir()
+    (root / "gt" / "seqmaps" / "MOTS-train.txt").write_text("name\nclip\n")
+    (root / "trackers" / "MOTS-train" / "ours" / "data").mkdir(parents=True)
+    shutil.copy(tracked, root / "trackers" / "MOTS-train" / "ours" / "data" / "clip.txt")
+    quiet = {"PRINT_CONFIG": False}
+    evaluator = trackeval.Evaluator({"USE_PARALLEL": False, "PRINT_RESULTS": False, "PRINT_CONFIG": False,
+                                     "OUTPUT_SUMMARY": False, "OUTPUT_DETAILED": False, "PLOT_CURVES": False,
+                                     "TIME_PROGRESS": False, "DISPLAY_LESS_PROGRESS": True})
+    dataset = trackeval.datasets.MOTSChallenge({"GT_FOLDER": str(root / "gt"), "TRACKERS_FOLDER": str(root / "trackers"),
+                                                "SPLIT_TO_EVAL": "train", "TRACKERS_TO_EVAL": ["ours"], **quiet})
+    metrics = [trackeval.metrics.HOTA(), trackeval.metrics.Identity(quiet), trackeval.metrics.CLEAR(quiet)]
+    results = evaluator.evaluate([dataset], metrics)[0]["MOTSChallenge"]["ours"]["clip"]["pedestrian"]
+    return {"hota": float(np.mean(results["HOTA"]["HOTA"])), "idf1": float(results["Identity"]["IDF1"]),
+            "mota": float(results["CLEAR"]["MOTA"]), "id_switches": int(results["CLEAR"]["IDSW"])}
+
+
+def test_tracking_on_a_video_of_one_s_own_with_mots_ground_truth_scores_as_trackeval_does(tmp_path, capsys):
+    """Found probing as an ML engineer: the tracker could be scored on rendered scenes alone (no
+    ground truth of one's own videos, no MOTS export). A video's tracks' ground truth as MOTS text
+    scores as the clip's own; a batch's output written as MOTS (segstream mots) and given to
+    TrackEval's MOTSChallenge loader scores as evaluate's model row."""
+    from segstream.connectors.mots import mots_lines
+    from segstream.connectors.synthetic import load_truth, write_clip
+
+    write_clip(tmp_path / "own.mp4", tmp_path / "own_truth.npz", 160, 120, 30, seed=7)
+    truths = load_truth(tmp_path / "own_truth.npz")
+    for name, first in (("mots", 0), ("challenge", 1)):
+        shutil.copy(tmp_path / "own.mp4", tmp_path / f"{name}.mp4")
+        (tmp_path / f"{name}_truth.txt").write_text(
+            "".join(f"{line}\n" for t in truths for line in mots_lines(t, t.index + first)))
+    model = ["--device", "cpu", "--precision", "fp32", "--json"]
+    scored = {}
+    for name, extra in (("own", []), ("mots", []), ("challenge", ["--truth-first-frame", "1"])):
+        assert main(["evaluate", "--tracking", "--clips", str(tmp_path / f"{name}.mp4"), *model, *extra]) == 0
+        scored[name] = json.loads(capsys.readouterr().out)
+        assert scored[name].pop("clips") == [str(tmp_path / f"{name}.mp4")]
+    assert scored["own"] == scored["mots"] == scored["challenge"]
+    assert scored["own"]["model"]["frames"] == 30 and scored["own"]["model"]["gt_tracks"] >= 2
+    assert 0 < scored["own"]["model"]["idf1"] < 1, "a perfect or empty tracking would match trivially"
+
+    # segstream's published tracks, written as MOTS, scored by TrackEval's own loader
+    assert main(["batch", str(tmp_path / "challenge.mp4"), "--out", str(tmp_path / "out"),
+                 "--set", "model.device=cpu", "--set", "model.precision=fp32", "--no-progress"]) == 0
+    assert main(["mots", str(tmp_path / "out" / "challenge" / "frames.jsonl"), "--out", str(tmp_path / "ours.txt"),
+                 "--first-frame", "1", "--class-id", "2"]) == 0
+    truth = tmp_path / "truth_class_2.txt"  # MOTSChallenge scores its class 2 alone; evaluate any class
+    truth.write_text("".join(" ".join([*line.split()[:2], "2", *line.split()[3:]]) + "\n"
+                             for line in (tmp_path / "challenge_truth.txt").read_text().splitlines()))
+    reference = _trackeval_mots(truth, tmp_path / "ours.txt", 30, 160, 120, tmp_path / "trackeval")
+    ours = scored["own"]["model"]
+    assert reference == pytest.approx({key: ours[key] for key in reference}, abs=1e-12)
+
+
+def test_a_mots_file_s_problems_are_one_line_naming_its_line(tmp_path, capsys):
+    from segstream.connectors.synthetic import write_clip
+
+    write_clip(tmp_path / "v.mp4", tmp_path / "unused.npz", 64, 48, 3, seed=1)
+    args = ["evaluate", "--tracking", "--no-model", "--clips", str(tmp_path / "v.mp4")]
+    assert main(args) == 2
+    assert "v.mp4: no ground truth beside it — v_truth.npz (a synthetic clip's) or v_truth.txt (MOTS" in \
+        capsys.readouterr().err
+    truth = tmp_path / "v_truth.txt"
+    for text, said in (("0 1 2 48 64\n", "line 1: 5 fields where MOTS has 6"),
+                       ("0 1 2 48 64 abc\n0 1 2 48 64 abc\n", "line 2: object 1 is in frame 0 twice"),
+                       ("0 1 2 48 640 abc\n", "line 1: a 640x48 mask for a video of 64x48 pictures"),
+                       ("0 1 2 48 64 ~~\n", "line 1: its RLE is not COCO's compressed RLE")):
+        truth.write_text(text)
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("segstream: error: ") and said in err and "Traceback" not in err, err
+    assert main(["evaluate", "--clips", str(tmp_path / "v.mp4")]) == 2  # PQ from tracks alone: no
+    assert "is MOTS (tracks, without the model's classes or stuff), which scores tracking — add --tracking" in \
+        capsys.readouterr().err
