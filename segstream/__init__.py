@@ -24,7 +24,7 @@ import importlib
 import importlib.util
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.3.14"
+__version__ = "0.3.15"
 
 # public name -> module that defines it
 _EXPORTS = {
