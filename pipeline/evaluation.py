@@ -46,6 +46,8 @@ PQ_DEFINITIONS = {
             "class is no false positive",
     "crowd": "iscrowd regions: never matched, no false negative, in the IoU's union",
     "unlabelled": "predicted pixels of no segment: no class (a ground-truth segment left unlabelled is missed)",
+    "classes": "the ground truth's matched to the model's by name (case aside), thing with thing; a predicted segment "
+               "of a class the ground truth does not list is unlabelled",
     "stuff": "a frame's segments of one stuff class are one segment",
     "averages": "over the classes with tp + fp + fn > 0",
     "miou": "semantic mean IoU of the segments' classes per pixel, over the classes in the ground truth or the "
@@ -197,11 +199,10 @@ def evaluate_segmenter(
     one's own), else the synthetic scenes'. Returns pq, sq, rq and their ``_things`` /
     ``_stuff`` variants, ``per_class`` and ``frames``.
     """
+    to_model = None  # the ground truth's class ids as the model's, where the two lists differ
     if truth_labels is not None:
         if (label_set.names, label_set.isthing) != (truth_labels.names, truth_labels.isthing):
-            raise ConfigError(f"the model's classes ({', '.join(label_set.names)}) are not those of the ground truth "
-                              f"({', '.join(truth_labels.names)}), in the same order and thing/stuff — evaluate the "
-                              "model trained on it, with the labels file its training wrote")
+            to_model = truth_classes_as_model(label_set, truth_labels)
     elif not _synthetic_classes(label_set):
         raise ConfigError(
             f"the model predicts the {label_set.name!r} classes but synthetic scenes are labelled with "
@@ -218,6 +219,10 @@ def evaluate_segmenter(
             predictions = segment_fn([image for image, *_ in batch])
             if len(predictions) != len(batch):
                 raise ValueError(f"segment_fn returned {len(predictions)} predictions for {len(batch)} frames")
+            if to_model is not None:
+                batch = [_in_model_classes(to_model, *item) for item in batch]
+                predictions = [_listed_only(prediction, np.isin(np.arange(len(label_set.names)), to_model))
+                               for prediction in predictions]
             for prediction, (_, truth, *crowd) in zip(predictions, batch):
                 tally.add(prediction, truth, *crowd)
                 semantic.add(*class_maps(prediction, truth, *crowd))
@@ -228,6 +233,54 @@ def evaluate_segmenter(
     for class_id, row in result["per_class"].items():
         row["iou"] = ious["per_class"].get(class_id)  # None: the class in neither map
     return result
+
+
+def truth_classes_as_model(model: LabelSet, truth: LabelSet) -> np.ndarray:
+    """Each ground-truth class's id among the model's, matched by name (case and surrounding
+    spaces aside), thing with thing and stuff with stuff: the ground truth may list its classes
+    in another order, or only some of the model's (a COCO model scored on pictures labelled with
+    three of its classes). A class the model lacks, or one of another kind, is a ConfigError."""
+    known = {}
+    for class_id, name in enumerate(model.names):
+        known.setdefault(name.strip().casefold(), class_id)
+    mapped, missing, other_kind = [], [], []
+    for name, isthing in zip(truth.names, truth.isthing):
+        class_id = known.get(name.strip().casefold())
+        if class_id is None:
+            missing.append(name)
+        elif bool(model.isthing[class_id]) != bool(isthing):
+            other_kind.append(f"{name} ({'thing' if isthing else 'stuff'} in the ground truth)")
+        mapped.append(-1 if class_id is None else class_id)
+    if missing or other_kind:
+        said = []
+        if missing:
+            said.append(f"the ground truth's classes {', '.join(missing)} are not among the model's "
+                        f"({', '.join(model.names)})")
+        if other_kind:
+            said.append(f"{', '.join(other_kind)} the model has as the other kind")
+        raise ConfigError("; ".join(said) + " — evaluate the model trained on it, with the labels file its training "
+                          "wrote, or name the ground truth's categories as the model's classes")
+    return np.array(mapped, np.int64)
+
+
+def _in_model_classes(to_model: np.ndarray, image: np.ndarray, truth: FrameResult, crowd: np.ndarray | None = None):
+    """A frame of ground truth with its classes (and its crowd regions') as the model's ids."""
+    segments = truth.segments[np.arange(len(truth.segments))]
+    segments.class_ids = to_model[segments.class_ids].astype(segments.class_ids.dtype)
+    truth = FrameResult(truth.source, truth.index, truth.width, truth.height, truth.label_map, segments)
+    if crowd is None:
+        return image, truth
+    return image, truth, np.where(crowd >= 0, to_model[np.maximum(crowd, 0)], -1)
+
+
+def _listed_only(prediction: FrameResult, listed: np.ndarray) -> FrameResult:
+    """A prediction whose segments of a class the ground truth does not list are unlabelled."""
+    keep = listed[prediction.segments.class_ids]
+    if keep.all():
+        return prediction
+    label_map = np.where(np.isin(prediction.label_map, prediction.segments.ids[~keep]), -1, prediction.label_map)
+    return FrameResult(prediction.source, prediction.index, prediction.width, prediction.height, label_map,
+                       prediction.segments[keep])
 
 
 def class_maps(prediction: FrameResult, truth: FrameResult, crowd: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -140,6 +140,22 @@ def test_evaluate_gives_semantic_miou_beside_pq_void_left_out_and_crowd_of_its_c
     assert {c: row["iou"] for c, row in result["per_class"].items() if row["iou"] is not None} == pytest.approx(iou)
 
 
+def test_a_prediction_of_a_class_the_ground_truth_does_not_list_is_unlabelled():
+    """Ground truth labelled with two of the model's classes (in its own order): a segment the
+    model calls grass is no false positive of a class the pictures never label, and the disc under
+    it is missed."""
+    from segstream.models.label_sets import LabelSet
+
+    two = LabelSet("mine", ("disc", "sky"), (True, False))
+    truth = _result(np.array([[0, 0, 1, 1], [0, 0, 1, 1]], np.int32), [0, 1], [0, 1])  # ids in `two`
+    truth.segments.isthing[:] = [True, False]
+    prediction = _prediction(["GGSS", "GGSS"], {"S": (0, SKY), "G": (1, GRASS)})
+    result = evaluate_segmenter(lambda images: [prediction], [], 4, 2, 1, load_label_set("synthetic"),
+                                frames=[(np.zeros((2, 4, 3), np.uint8), truth)], truth_labels=two, progress=False)
+    assert _counts(result, DISC) == (0, 0, 1) and _counts(result, SKY) == (1, 0, 0)
+    assert _counts(result, GRASS) == (0, 0, 0) and result["per_class"][GRASS]["iou"] is None
+
+
 def test_evaluate_segmenter_refuses_a_model_of_another_label_set():
     with pytest.raises(ConfigError):
         evaluate_segmenter(lambda images: [], [0], 64, 48, 1, load_label_set("cityscapes"), progress=False)

@@ -581,3 +581,41 @@ def test_trained_weights_carry_their_class_names_and_a_run_of_other_names_refuse
     own = check_model_config(ModelConfig(checkpoint=str(alone), labels=str(args.out.with_name("model.labels.json"))))
     assert own.label_set.names == renamed and load_eomt(own, str(alone)) is not None
     check_checkpoint(SYNTHETIC_TINY)
+
+
+def test_evaluate_data_matches_the_ground_truth_s_classes_to_the_model_s_by_name(tmp_path, capsys):
+    """Found probing as an ML engineer: ground truth listing the model's classes in another order,
+    only those it uses, or a name in other case was refused ("not those of the ground truth, in
+    the same order"), where panopticapi matches by category; a COCO model could not be scored on
+    pictures labelled with a few of its classes."""
+    from segstream.pipeline.cli import main
+
+    write_scenes(tmp_path / "own", 4, seed=9)
+    data = tmp_path / "own" / "panoptic.json"
+    args = ["evaluate", "--data", str(data), "--device", "cpu", "--precision", "fp32", "--json"]
+    assert main(args) == 0
+    same_order = json.loads(capsys.readouterr().out)
+    scored = set(same_order["per_class"])  # classes in the pictures or predicted
+    assert 0 < same_order["pq"] < 1 and len(scored) >= 3
+
+    def renumbered(document):  # the categories' ids reversed, one renamed in capitals, the unused ones left out
+        top = max(c["id"] for c in document["categories"])
+        document["categories"] = [{**c, "id": top + 1 - c["id"], "name": c["name"].upper() if c["name"] == "disc"
+                                   else c["name"]} for c in document["categories"] if c["name"] in scored]
+        for annotation in document["annotations"]:
+            for segment in annotation["segments_info"]:
+                segment["category_id"] = top + 1 - segment["category_id"]
+
+    _edit(data, renumbered)
+    assert main(args) == 0
+    by_name = json.loads(capsys.readouterr().out)
+    assert by_name.pop("definitions")["classes"].startswith("the ground truth's matched to the model's by name")
+    same_order.pop("definitions")
+    assert by_name == same_order
+
+    _edit(data, lambda d: d["categories"].append({"id": 99, "name": "forklift", "isthing": 1}))
+    assert main(args) == 2
+    assert "the ground truth's classes forklift are not among the model's (disc, box" in capsys.readouterr().err
+    _edit(data, lambda d: d["categories"].pop() and [c.update(isthing=0) for c in d["categories"] if c["name"] == "DISC"])
+    assert main(args) == 2
+    assert "DISC (stuff in the ground truth) the model has as the other kind" in capsys.readouterr().err
