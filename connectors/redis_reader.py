@@ -537,6 +537,7 @@ class _ClientBase(Generic[_Frames, _Events, _InOrder]):
         # the outage calls without one of their own share: a watchdog asking status() twice a second
         # through an outage warned at each call (found probing as a robot's integrator)
         self._outage = _Outage()
+        self._clock = _RedisClock()
 
     _subscription_class: type
     _fan_in_class: type
@@ -643,12 +644,15 @@ class _ClientBase(Generic[_Frames, _Events, _InOrder]):
                 woken = set(last)
                 yield _Pause(min(wait_ms, 1000) / 1000)
             fresh = []
+            if max_age_s is not None and self._clock.due():
+                sent = time.monotonic()
+                self._clock.took((yield _command("time")), sent)  # (None: refused, the drivers say)
             for name in sorted(woken):
                 reply = yield _command("xrevrange", name, "+", "-", count=1)
                 if reply and _text(reply[0][0]) != last[name]:
                     last[name] = _text(reply[0][0])
                     entry = _named_entry(reply[0], name)
-                    if _fresh(entry, max_age_s):
+                    if _fresh(entry, max_age_s, self._clock):
                         fresh.append(entry)
             woken = set()
             for entry in sorted(fresh, key=lambda e: _id_key(e.id)):
@@ -795,10 +799,16 @@ class Client(_ClientBase["Subscription[Entry] | FanIn[Entry]", "Subscription[Eve
             return None
         try:
             reply = self.call(self.redis.xrevrange, name, "+", "-", count=1)
+            if reply and max_age_s is not None and self._clock.due():
+                sent = time.monotonic()
+                try:
+                    self._clock.took(self.call(self.redis.time), sent)
+                except ReaderError:  # refused
+                    self._clock.took(None, sent)
         except _Stopped:  # stop() while Redis was away: nothing newer to give
             return None
         entry = _named_entry(reply[0], name) if reply else None
-        return entry if entry is not None and _fresh(entry, max_age_s) else None
+        return entry if entry is not None and _fresh(entry, max_age_s, self._clock) else None
 
     def status(self, source: str, *, patience_s: float | None = None) -> SourceStatus | None:
         """What the run publishing ``source`` says of it now (its status key, docs/SCHEMA.md): its
@@ -870,9 +880,10 @@ class Client(_ClientBase["Subscription[Entry] | FanIn[Entry]", "Subscription[Eve
         """Newest-only mode, for consumers that act on the present (a robot): yields the newest
         entry each time there is a newer one than the last yielded, skipping what came between;
         waits in a blocking XREAD (no polling). Entries whose scene was captured more than
-        ``max_age_s`` ago are skipped (by this machine's clock against the pipeline's
-        ``capture_ts``: keep both on NTP, and the limit above their skew and above the pipeline's
-        own latency); with ``idle_s``, None is yielded after that long without
+        ``max_age_s`` ago are skipped (by Redis's clock, whose time the entries' ids are, and the
+        pipeline's own capture-to-write time: this machine's clock may be off; by this machine's
+        clock where the Redis user may not run TIME: keep it on NTP then; the limit above the
+        pipeline's own latency); with ``idle_s``, None is yielded after that long without
         a fresh entry, so a watchdog can tell "no frames" from "waiting". Ends on ``stop()``.
 
         Of several sources (a list, or a glob as ``frames`` takes): the newest entry of each
@@ -909,6 +920,10 @@ class Client(_ClientBase["Subscription[Entry] | FanIn[Entry]", "Subscription[Eve
                             reply = self.call(getattr(self.redis, step.name), *step.args, key=step.kwargs.get("match"),
                                               outage=outage, patience_s=_patience(idle_s, yielded), **step.kwargs)
                             break
+                        except ReaderError:
+                            if step.name != "time":
+                                raise
+                            break  # refused TIME: a None reply, this machine's clock judges
                         except _StillDown:
                             yielded = time.monotonic()
                             yield None
@@ -1671,12 +1686,55 @@ def read_file(path: str | Path) -> Iterator[Entry | EventEntry]:
             _frame_entry(str(number), name, fields, None)
 
 
-def _fresh(entry: Entry, max_age_s: float | None) -> bool:
-    """A scene no more than ``max_age_s`` old: captured that recently (by this machine's clock
-    against ``capture_ts``; ``publish_ts`` for entries without a capture time, as archives')."""
+class _RedisClock:
+    """Redis's clock, by which ``max_age_s`` judges an entry's age: an entry's id is Redis's time
+    when it was written, so a reader whose own clock is off (a robot without NTP) still tells a
+    present scene from a stale one (found probing clock skew: a reader 30 s ahead called every
+    entry stale, one 30 s behind a killed pipeline's last scene fresh). TIME is asked at the first
+    judgement and again every ``REMEASURE_S``; the reading is kept on the monotonic clock, which
+    no step of this machine's clock moves. A Redis user refused TIME leaves the ages to this
+    machine's clock (said once)."""
+
+    REMEASURE_S = 60.0
+
+    def __init__(self) -> None:
+        self.base: float | None = None  # Redis's time minus time.monotonic()
+        self.measured: float | None = None
+        self.refused = False
+
+    def due(self) -> bool:
+        return not self.refused and (self.measured is None or time.monotonic() - self.measured > self.REMEASURE_S)
+
+    def took(self, reply, sent: float) -> None:
+        """TIME's ``reply`` to a call made at monotonic ``sent`` (None: refused)."""
+        back = time.monotonic()
+        if reply is None:
+            self.refused, self.base = True, None
+            log.warning("this reader's Redis user may not run TIME: max_age_s judges entries' ages by this "
+                        "machine's clock, which must then agree with the pipeline's (NTP) — grant it +time")
+            return
+        self.base = int(reply[0]) + int(reply[1]) / 1e6 - (sent + back) / 2
+        self.measured = back
+
+    def age(self, entry: Entry) -> float:
+        """How long ago the entry's scene was captured: by Redis's clock, the time since its write
+        plus the pipeline's own capture-to-write time; by this machine's without a reading."""
+        if self.base is None:
+            return time.time() - (entry.capture_ts or entry.publish_ts)
+        written = _id_key(entry.id)[0] / 1000
+        held = max(0.0, entry.publish_ts - entry.capture_ts) if entry.capture_ts and entry.publish_ts else 0.0
+        return time.monotonic() + self.base - written + held
+
+
+def _fresh(entry: Entry, max_age_s: float | None, clock: _RedisClock | None = None) -> bool:
+    """A scene no more than ``max_age_s`` old: captured that recently (by ``clock``, Redis's; by
+    this machine's clock against ``capture_ts`` without it, ``publish_ts`` for entries without a
+    capture time, as archives')."""
     if max_age_s is None:
         return True
-    return time.time() - (entry.capture_ts or entry.publish_ts) <= max_age_s
+    if clock is None:
+        return time.time() - (entry.capture_ts or entry.publish_ts) <= max_age_s
+    return clock.age(entry) <= max_age_s
 
 
 def _batches(reply) -> list[tuple[str, list[tuple[str, dict]]]]:

@@ -25,7 +25,7 @@ from typing import Any, Generic
 import redis
 import redis.asyncio
 
-from segstream.connectors.errors import SinkError, WireFormatError
+from segstream.connectors.errors import ReaderError, SinkError, WireFormatError
 from segstream.connectors.redis_connection import SentinelAuth, TlsFiles, connect_redis_async, redis_address
 from segstream.connectors.redis_reader import (
     _MAX_BLOCK_MS, _REFUSED_LOGIN, _UNREACHABLE, Entry, EventEntry, _ClientBase, _Command, _Emit,
@@ -92,10 +92,16 @@ class Client(_ClientBase["Subscription[AsyncEntry] | FanIn[AsyncEntry]",
             return None
         try:
             reply = await self.call(self.redis.xrevrange, name, "+", "-", count=1)
+            if reply and max_age_s is not None and self._clock.due():
+                sent = time.monotonic()
+                try:
+                    self._clock.took(await self.call(self.redis.time), sent)
+                except ReaderError:  # refused
+                    self._clock.took(None, sent)
         except _Stopped:
             return None
         entry = _named_entry(reply[0], name) if reply else None
-        return entry if entry is not None and _fresh(entry, max_age_s) else None
+        return entry if entry is not None and _fresh(entry, max_age_s, self._clock) else None
 
     async def status(self, source: str, *, patience_s: float | None = None) -> SourceStatus | None:
         """As ``segstream.client.Client.status``: the source's status key, None without one; with
@@ -182,6 +188,10 @@ class Client(_ClientBase["Subscription[AsyncEntry] | FanIn[AsyncEntry]",
                                                     key=step.kwargs.get("match"), outage=outage,
                                                     patience_s=_patience(idle_s, yielded), **step.kwargs)
                             break
+                        except ReaderError:
+                            if step.name != "time":
+                                raise
+                            break  # refused TIME: a None reply, this machine's clock judges
                         except _StillDown:
                             yielded = time.monotonic()
                             yield None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import logging
 import socket
 import tempfile
 import time
@@ -547,7 +548,8 @@ def test_newest_with_a_maximum_age_skips_a_stopped_pipeline_s_last_scene(server,
 
     stopped = synthetic_scene("aging", 0)
     stopped.capture_ts = time.time() - 101
-    client.xadd("segstream:aging:frames", to_wire(stopped, "rle", publish_ts=time.time() - 100))
+    client.xadd("segstream:aging:frames", to_wire(stopped, "rle", publish_ts=time.time() - 100),
+                id=f"{int(1000 * (time.time() - 100))}-0")  # written 100 s ago
     reader = connect(server.url)
     assert reader.newest("aging").frame == 0
     assert reader.newest("aging", max_age_s=5) is None
@@ -564,6 +566,62 @@ def test_newest_with_a_maximum_age_skips_a_stopped_pipeline_s_last_scene(server,
     client.xadd("segstream:aging:frames", to_wire(fresh, "rle"))
     assert next(e for e in newest if e is not None).frame == 2
     reader.close()
+
+
+@pytest.mark.parametrize("skew_s", [30.0, -30.0])
+def test_a_reader_whose_clock_is_off_judges_max_age_s_by_redis_s_clock(server, client, monkeypatch, skew_s):
+    """Found probing clock skew: a reader 30 s ahead called every entry of a healthy pipeline
+    stale (newest: None, the watchdog's Nones), one 30 s behind a killed pipeline's last scene
+    fresh for 30 s. Ages are judged by Redis's clock now, whose time the entries' ids are."""
+    import asyncio
+
+    from segstream.client import aio, connect
+    from segstream.connectors.redis_wire import to_wire
+
+    name = f"skew{int(skew_s)}"
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() + skew_s)  # this reader's clock, not Redis's
+    now = synthetic_scene(name, 0)
+    now.capture_ts = real() - 0.2  # the pipeline's clock is right
+    client.xadd(f"segstream:{name}:frames", to_wire(now, "rle", publish_ts=real()))
+    reader = connect(server.url)
+    assert reader.newest(name, max_age_s=2).frame == 0
+    newest = reader.follow_newest(name, max_age_s=2, idle_s=0.5, block_ms=100)
+    assert next(newest).frame == 0
+    old = synthetic_scene(name, 1)  # a killed pipeline's last scene, written 10 s ago
+    old.capture_ts = real() - 10.1
+    client.delete(f"segstream:{name}:frames")  # (an id older than the stream's newest would be refused)
+    client.xadd(f"segstream:{name}:frames", to_wire(old, "rle", publish_ts=real() - 10),
+                id=f"{int(1000 * (real() - 10))}-0")
+    assert reader.newest(name, max_age_s=2) is None
+    reader.close()
+
+    async def asynchronous():
+        async with await aio.connect(server.url) as areader:
+            return await areader.newest(name, max_age_s=2), await areader.newest(name, max_age_s=20)
+
+    stale, within = asyncio.run(asynchronous())
+    assert stale is None and within.frame == 1
+
+
+def test_a_reader_refused_time_judges_max_age_s_by_its_own_clock_and_says_so(tmp_path, caplog):
+    from segstream.client import connect
+    from segstream.connectors.redis_wire import to_wire
+    from tests.redis_servers import RedisProcess
+
+    with RedisProcess(tmp_path / "redis") as redis_server:
+        admin = redis_server.client()
+        admin.execute_command("ACL", "SETUSER", "reader", "on", ">pw", "~segstream:*", "+@read", "+@connection")
+        scene = synthetic_scene("cam", 0)
+        scene.capture_ts = time.time()
+        admin.xadd("segstream:cam:frames", to_wire(scene, "rle"))
+        reader = connect(redis_server.url, username="reader", password="pw")
+        with caplog.at_level(logging.WARNING, logger="segstream"):
+            assert reader.newest("cam", max_age_s=2).frame == 0
+            assert next(reader.follow_newest("cam", max_age_s=2, block_ms=100)).frame == 0
+        said = [r.getMessage() for r in caplog.records if "may not run TIME" in r.getMessage()]
+        assert len(said) == 1 and said[0].endswith("grant it +time"), said
+        reader.close()
 
 
 def test_track_mask_of_no_track_is_a_key_error_not_some_untracked_segment(server, client):
