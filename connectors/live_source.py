@@ -793,7 +793,7 @@ class LiveSource:
                     return
                 if picture is None:
                     now = time.monotonic()
-                    if now - max(capture.last_read, waiting_since) > policy.read_timeout_s:
+                    if _waited(max(capture.last_read, waiting_since), now) > policy.read_timeout_s:
                         self._stall(
                             f"no data from '{self.shown}' for {policy.read_timeout_s:g} s (read timeout)",
                             "read",
@@ -802,7 +802,7 @@ class LiveSource:
                         )
                     # packets left undecoded to catch up with live are a stream that goes on, not a stall
                     skipping = self.catch_up_tally.last_skip if self.catch_up_tally is not None else 0.0
-                    if now - max(waiting_since, skipping) > policy.stall_timeout_s:
+                    if _waited(max(waiting_since, skipping), now) > policy.stall_timeout_s:
                         self._stall(
                             f"no frame from '{self.shown}' for {policy.stall_timeout_s:g} s while data arrives "
                             "(stall timeout)",
@@ -917,3 +917,12 @@ class LiveSource:
     def close(self) -> None:
         """Stop: ``frames()`` returns within a poll interval whatever the input is doing."""
         self._closed.set()
+
+
+def _waited(since: float, now: float) -> float:
+    """How long a read has waited since ``since`` (monotonic) while segstream ran: the time
+    segstream itself stood still (SIGSTOP, a suspend, a VM paused) is the source's wait for no
+    one. Found probing clock steps: a 40 s suspend stalled a UDP camera whose data sat in the
+    socket, a reconnect and 44 s of its down time counted (the flapping alert counts reconnects)."""
+    waited = now - since
+    return waited - pauses.since(since) if waited > 0.5 else waited

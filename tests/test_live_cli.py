@@ -160,10 +160,9 @@ def test_a_stopped_and_continued_segstream_says_it_was_paused_instead_of_blaming
     assert "no data from" not in err and "no frame from" not in err, err
     events = [event_from_wire(e) for e in read_entries(tmp_path / "out" / "cam.events.jsonl")]
     lost = [e.data for e in events if e.data.get("state") in ("stalled", "reconnecting")]
-    # whether the session outlives the pause is a race (data the socket held may come first)
-    for data in lost:
-        assert data["reason"].startswith("segstream was paused for ") and data["paused_s"] >= 4, data
-        assert "not the source's fault" in data["reason"], data
+    # the time segstream stood still is no wait of the read (found probing a suspend: the camera's
+    # data sat in the socket, and a stall, a reconnect and the pause as down time were counted)
+    assert not lost, lost
     # frames the camera sent meanwhile are counted as before: decoded + decode errors = published + dropped
     summary = re.search(r"segstream: stopped: (\d+) frames published .*?(\d+) dropped.*cam (\d+)/(\d+)"
                         r"(?: dropped \d+ \([^)]*\))?(?: decode errors (\d+))?", err)
