@@ -1,7 +1,7 @@
-"""Tracking quality on held-out synthetic scenes: IDF1, HOTA and ID switches (``segstream
-evaluate --tracking``).
+"""Tracking quality on held-out synthetic scenes, or on videos with their tracks' ground truth
+(MOTS text, ``connectors.mots``): IDF1, HOTA and ID switches (``segstream evaluate --tracking``).
 
-The scenes' ground truth gives every thing its lifetime track id. Three trackings are scored on
+The scenes' ground truth gives every thing its lifetime track id (a MOTS file: its object id). Three trackings are scored on
 things, against the ground-truth masks, with TrackEval's HOTA, Identity (IDF1) and CLEAR (ID
 switches, MOTA) metrics over per-frame mask IoU:
 
@@ -252,31 +252,41 @@ def clip_sequences(videos: Sequence[Path], per_clip: int | None = None, first_fr
 
 
 def _clip_sequence(video: Path, per_clip: int | None, first_frame: int) -> Iterator[TrackedFrame]:
-    from segstream.connectors.file_source import FileSource
-    from segstream.connectors.mots import mots_truth, read_mots
+    """The video's frames with their ground truth, read (and its mistakes said) at once, before
+    any model work; the frames are decoded as they are taken."""
+    from segstream.connectors.mots import read_mots
     from segstream.connectors.synthetic import load_truth
     from segstream.pipeline.evaluation import truth_path
 
     npz, mots = truth_path(video), mots_path(video)
+    if not video.is_file():
+        raise ConfigError(f"--clips {video}: no such file")
     if npz.exists():
-        truths = load_truth(npz)
-        frames_of = None
-    elif mots.exists():
-        frames_of = read_mots(mots, first_frame)
-    else:
-        raise ConfigError(f"{video}: no ground truth beside it — {npz.name} (a synthetic clip's) or {mots.name} "
-                          "(MOTS: one object's mask a line)")
+        return _clip_frames(video, per_clip, npz, load_truth(npz), None)
+    if mots.exists():
+        return _clip_frames(video, per_clip, mots, None, read_mots(mots, first_frame))
+    raise ConfigError(f"{video}: no ground truth beside it — {npz.name} (a synthetic clip's) or {mots.name} "
+                      "(MOTS: one object's mask a line)")
+
+
+def _clip_frames(video: Path, per_clip: int | None, truth_file: Path, truths: list[FrameResult] | None,
+                 objects: dict | None) -> Iterator[TrackedFrame]:
+    from segstream.connectors.file_source import FileSource
+    from segstream.connectors.mots import mots_truth
+
     source = FileSource(video.stem, str(video), max_frames=per_clip)
     try:
         for frame in source.frames():
             height, width = frame.image.shape[:2]
-            if frames_of is None:
+            if truths is not None:
                 if frame.index >= len(truths):
-                    raise ConfigError(f"{video} has more frames than its ground truth {npz}")
+                    raise ConfigError(f"{video} has more frames than its ground truth {truth_file}")
                 truth, ignore = truths[frame.index], None
             else:
-                truth, ignore = mots_truth(mots, frames_of.get(frame.index, ()), frame.index, height, width)
-            yield frame.image, truth, frame.pts_seconds, ignore
+                truth, ignore = mots_truth(truth_file, objects.get(frame.index, ()), frame.index, height, width)
+            # the frame's time (tracking.max_lost_s measures it); a file without timestamps: its index at 25 fps
+            time_s = frame.pts_seconds if frame.pts_seconds is not None else frame.index / SCENE_FPS
+            yield frame.image, truth, time_s, ignore
     finally:
         source.close()
 
@@ -372,11 +382,6 @@ def main_evaluate_tracking(args) -> int:
 
     settings = evaluated_settings(args.config, args.overrides)
     require_trackeval()  # before minutes of work, not after
-    segment_fn = None
-    name = None
-    if not args.no_model:
-        segmenter = build_segmenter(evaluation_model_config(args))
-        segment_fn, name = segmenter.segment, segmenter.name
     from segstream.pipeline.evaluation import DEFAULT_SEEDS, DEFAULT_SIZE
 
     clips = getattr(args, "clips", None)
@@ -384,9 +389,15 @@ def main_evaluate_tracking(args) -> int:
         for option, given in (("--seeds", args.seeds), ("--size", args.size)):
             if given is not None:
                 raise ConfigError(f"{option} is for rendered synthetic scenes; with --clips the frames are those given")
+    # the clips' ground truth read before the model loads: its mistakes are said at once
+    sequences = clip_sequences(clips, args.frames, getattr(args, "truth_first_frame", None) or 0) if clips else None
+    segment_fn = None
+    name = None
+    if not args.no_model:
+        segmenter = build_segmenter(evaluation_model_config(args))
+        segment_fn, name = segmenter.segment, segmenter.name
     args.seeds = args.seeds if args.seeds is not None else list(DEFAULT_SEEDS)
     width, height = args.size if args.size is not None else DEFAULT_SIZE
-    sequences = clip_sequences(clips, args.frames, getattr(args, "truth_first_frame", None) or 0) if clips else None
     results = evaluate_tracking([] if clips else args.seeds, width, height, args.frames or FRAMES_PER_SEED,
                                 settings=settings, segment_fn=segment_fn, sequences=sequences)
     changed = {k: v for k, v in asdict(settings).items() if v != getattr(TrackerSettings(), k)}

@@ -323,6 +323,10 @@ def test_a_mots_file_s_problems_are_one_line_naming_its_line(tmp_path, capsys):
         assert main(args) == 2
         err = capsys.readouterr().err
         assert err.startswith("segstream: error: ") and said in err and "Traceback" not in err, err
+    # said before the model loads (here there is none to load)
+    assert main(["evaluate", "--tracking", "--clips", str(tmp_path / "v.mp4"), "--checkpoint",
+                 str(tmp_path / "missing.safetensors")]) == 2
+    assert "line 1: its RLE is not COCO's compressed RLE" in capsys.readouterr().err
     assert main(["evaluate", "--clips", str(tmp_path / "v.mp4")]) == 2  # PQ from tracks alone: no
     assert "is MOTS (tracks, without the model's classes or stuff), which scores tracking — add --tracking" in \
         capsys.readouterr().err
