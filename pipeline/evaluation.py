@@ -314,12 +314,7 @@ def clip_frames(videos: Sequence[Path], per_clip: int | None = None) -> Iterator
     from segstream.connectors.file_source import FileSource
     from segstream.connectors.synthetic import load_truth
 
-    from segstream.pipeline.track_evaluation import mots_path
-
     for video in videos:
-        if not truth_path(Path(video)).exists() and mots_path(Path(video)).exists():
-            raise ConfigError(f"{video}: its ground truth {mots_path(Path(video)).name} is MOTS (tracks, without the "
-                              "model's classes or stuff), which scores tracking — add --tracking")
         truths = load_truth(truth_path(Path(video)))
         source = FileSource(Path(video).stem, str(video), max_frames=per_clip)
         try:
@@ -421,6 +416,15 @@ def main_evaluate(args) -> int:
     args.seeds = args.seeds if args.seeds is not None else list(DEFAULT_SEEDS)
     args.size = args.size if args.size is not None else list(DEFAULT_SIZE)
     dataset = CocoPanopticDataset(data, args.masks, args.images) if data is not None else None
+    for video in clips or ():  # before the model loads
+        if not truth_path(Path(video)).exists():
+            from segstream.pipeline.track_evaluation import mots_path
+
+            if mots_path(Path(video)).exists():
+                raise ConfigError(f"{video}: its ground truth {mots_path(Path(video)).name} is MOTS (tracks, without "
+                                  "the model's classes or stuff), which scores tracking — add --tracking")
+            raise ConfigError(f"{video}: no ground truth beside it ({truth_path(Path(video)).name}, as "
+                              "segstream.connectors.synthetic.write_clip writes it)")
     model_cfg = evaluation_model_config(args)
     width, height = args.size
     per_seed = args.frames or FRAMES_PER_SEED
