@@ -18,7 +18,7 @@ import math
 import os
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -95,7 +95,8 @@ class Batcher:
         self.batched = [0] * len(names)  # each source's frames handed to the model
         self.cond = threading.Condition()
         self.aborted = False
-        self._next = 0  # where the next round-robin pass starts
+        # the active queues, the one whose frame was taken longest ago first (in turn when all are full)
+        self._turns: OrderedDict[int, None] = OrderedDict.fromkeys(range(len(self.names)))
         self._taken = 0  # batches handed out: each gets the next sequence number
         self._forming = threading.Lock()
         self.retired: set[int] = set()  # queues of sources removed from the run whose end reached the sinks
@@ -159,6 +160,8 @@ class Batcher:
         lists have the source (a thread walking them by these indices finds it)."""
         with self.cond:
             self.active = [*self.active, i]
+            self._turns[i] = None
+            self._turns.move_to_end(i, last=False)  # never served: first
             self.cond.notify_all()
 
     def retire(self, i: int) -> None:
@@ -167,6 +170,7 @@ class Batcher:
         with self.cond:
             self.retired.add(i)
             self.active = [k for k in self.active if k != i]
+            self._turns.pop(i, None)
             self.queues[i] = _NO_QUEUE  # an empty deque holds 600 bytes
 
     def finish(self, i: int) -> None:
@@ -226,35 +230,48 @@ class Batcher:
         return self._open_count > 0
 
     def _take_round_robin(self, batch: list[Frame], size: int) -> None:
-        """Fill ``batch`` with a frame of each source in turn (``oldest_first``: the frame queued
-        first, whichever source's). A pass begins at the source after the last one taken from
-        (each source once a rotation, evenly spaced, when every queue is full), and a source whose
-        oldest frames went stale still gets its turn with a fresh one."""
-        active = self.active
-        n = len(active)
+        """Fill ``batch`` with a frame of the source served least recently (``oldest_first``: the
+        frame queued first, whichever source's): a frame of each source in turn (evenly spaced
+        when every queue is full), and a source whose frames went stale before its turn goes first
+        at its next. Found probing 64 cameras: their frames came at the same instants (``max_fps``
+        on whole seconds), a model 5% slower than them all found a plain rotation at the same
+        place each second, and the same few sources lost 85% of their frames to staleness while
+        the others lost none."""
+        n = len(self.active)
         taken = sum(f.image.nbytes for f in batch)
-        while len(batch) < size and self._waiting():
+        while len(batch) < size:
             now = time.monotonic()
-            start = self._next
-            for k in range(n):
-                if len(batch) >= size:
-                    break
-                position = self._oldest() if self.oldest_first else (start + k) % n
+            if self.oldest_first:
+                position = self._oldest()
                 if position is None:
-                    break
-                i = active[position]
-                q = self.queues[i]
+                    return
+                i = self.active[position]
                 self._drop_stale(i, now)
-                if not q:
+                if not self.queues[i]:
                     continue
-                # the budgets of the run's sources (not of removed ones)
-                if self.max_bytes is not None and batch and taken + q[0].image.nbytes > self.max_bytes * max(1, n):
-                    return  # the batch is full by its bytes
-                frame = q.popleft()
-                batch.append(frame)
-                self.batched[i] += 1
-                taken += frame.image.nbytes
-                self._next = (position + 1) % n
+            elif (i := self._least_recently_served(now)) is None:
+                return
+            q = self.queues[i]
+            # the budgets of the run's sources (not of removed ones)
+            if self.max_bytes is not None and batch and taken + q[0].image.nbytes > self.max_bytes * max(1, n):
+                return  # the batch is full by its bytes
+            frame = q.popleft()
+            batch.append(frame)
+            self.batched[i] += 1
+            taken += frame.image.nbytes
+            if i in self._turns:
+                self._turns.move_to_end(i)
+
+    def _least_recently_served(self, now: float) -> int | None:
+        """The active queue with a frame (its stale ones dropped) whose last frame was taken
+        longest ago; None when none holds a frame."""
+        for i in self._turns:
+            q = self.queues[i]
+            if q:
+                self._drop_stale(i, now)
+                if q:
+                    return i
+        return None
 
     def _oldest(self) -> int | None:
         """The place in ``active`` of the queue whose head frame was queued first; None when all are empty."""

@@ -210,6 +210,18 @@ def test_an_overloaded_source_is_named_once_then_again_only_after_it_recovered_a
     assert [level for _, level, _ in said] == [logging.WARNING, logging.INFO, logging.WARNING]
 
 
+def test_the_overload_share_is_of_the_frames_the_window_settled_never_over_100_percent():
+    """Found probing 64 cameras: "100-110% of their frames dropped in the last 10 s": frames decoded
+    before the window were dropped as stale in it."""
+    watch = OverloadWatch(window_s=10, share=0.2, paused_since=_never_paused)
+    said = []
+    for second in range(12):  # a frame a second decoded, 1.25 a second dropped (a backlog going stale), none published
+        counts = SourceCounts(decoded=second, dropped_by=Counter({"stale": round(1.25 * max(0, second - 1))}),
+                              state="streaming", transitions=Counter({"streaming": 1}))
+        said += [text for _, text, *_ in watch.observe(float(second), {"cam1": counts})]
+    assert said and said[0].startswith("source cam1 is overloaded: 100% of its frames dropped"), said
+
+
 def _never_paused(moment: float) -> float:
     return 0.0
 
