@@ -61,6 +61,8 @@ from segstream.models.results import Event, FrameResult
 
 log = logging.getLogger(__name__)
 
+REPORTED_STREAMS = 12  # past that many streams, the end of a run says them in one line
+
 # Why a frame the publisher was handed never reached Redis (RunMetrics' dropped reasons).
 _RECHECK_S = 0.25  # while disconnected, how often poll() wants to be called
 _STATUS_RETRY_S = 60.0  # how often status keys a user may not SET are tried again (a grant takes effect)
@@ -1845,21 +1847,34 @@ class RedisPublisher:
             self._queued_bytes += again.nbytes
 
     def _report(self) -> None:
-        """What this run published, per stream, with the newest entry as a reader decodes it."""
+        """What this run published, per stream, with the newest entry as a reader decodes it; of
+        more than ``REPORTED_STREAMS`` streams, one line of them all (each stream's at debug level:
+        found probing 64 cameras, a stop printed 64 lines of about 300 characters before the summary)."""
         if not self._connected:
             return
+        many = len(self.per_stream) > REPORTED_STREAMS
+        level = logging.DEBUG if many else logging.INFO
+        age = f", max age {self.max_age_s:g} s" if self.max_age_s is not None else ""
+        lengths = []
         for stream, count in sorted(self.per_stream.items()):
             try:  # XLEN and XREVRANGE alone: a reader's start would ask EXISTS, which a publisher need not have
-                length = self.client.xlen(stream)
+                lengths.append(length := self.client.xlen(stream))
+                if not log.isEnabledFor(level):
+                    continue
                 newest = [(_text(entry_id), from_wire(fields, decode_masks=False))
                           for entry_id, fields in self.client.xrevrange(stream, count=1)]
             except (redis.RedisError, SegstreamError):  # a user without XREVRANGE: the report is shorter
                 continue
-            age = f", max age {self.max_age_s:g} s" if self.max_age_s is not None else ""
             line = f"published {count} entries to {stream} (XLEN {length}, MAXLEN ~{self.maxlen}{age})"
             if newest:
                 line += f"; newest: {summary_line(*newest[0])}"
-            log.info(line)
+            log.log(level, line)
+        if many:
+            names = sorted(self.per_stream)
+            spread = f"XLEN {min(lengths)}-{max(lengths)}, " if lengths else ""
+            log.info("published %d entries to %d streams (%s ... %s; %sMAXLEN ~%d%s); each stream's line, with its "
+                     "newest entry, at --log-level debug", sum(self.per_stream.values()), len(names), names[0],
+                     names[-1], spread, self.maxlen, age)
 
 
 def _connect_waiting(wait_s: float, stopping: Callable[[], bool], url: str, password: str | None,

@@ -624,6 +624,30 @@ def test_a_reader_refused_time_judges_max_age_s_by_its_own_clock_and_says_so(tmp
         reader.close()
 
 
+def test_the_end_of_a_run_of_many_streams_says_them_in_one_line(server, caplog):
+    """Found probing 64 cameras: a stop printed a line of about 300 characters per stream (64)
+    before the summary's 65. Past 12 streams, one line; each stream's at debug level."""
+    from segstream.connectors.redis_sink import RedisPublisher
+
+    def publish(count: int) -> list[str]:
+        connection = server.client()
+        publisher = RedisPublisher(connection, max_batch_delay_s=0, status_pattern=None)
+        for k in range(count):
+            publisher.publish(synthetic_scene(f"many{count}x{k:02d}", 0))
+        publisher.flush()
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="segstream"):
+            publisher.close()
+        connection.close()
+        return [r.getMessage() for r in caplog.records if r.getMessage().startswith("published ")]
+
+    few = publish(12)
+    assert len(few) == 12 and all("; newest: " in line for line in few), few
+    many = publish(13)
+    assert many == ["published 13 entries to 13 streams (segstream:many13x00:frames ... segstream:many13x12:frames; "
+                    "XLEN 1-1, MAXLEN ~10000); each stream's line, with its newest entry, at --log-level debug"], many
+
+
 def test_track_mask_of_no_track_is_a_key_error_not_some_untracked_segment(server, client):
     # found probing: track_mask(-1) returned the mask of an arbitrary untracked segment
     from segstream.client import connect
