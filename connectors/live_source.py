@@ -925,4 +925,4 @@ def _waited(since: float, now: float) -> float:
     one. Found probing clock steps: a 40 s suspend stalled a UDP camera whose data sat in the
     socket, a reconnect and 44 s of its down time counted (the flapping alert counts reconnects)."""
     waited = now - since
-    return waited - pauses.since(since) if waited > 0.5 else waited
+    return waited - pauses.within(since) if waited > 0.5 else waited

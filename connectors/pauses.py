@@ -29,8 +29,11 @@ STOPPED_CPU_SHARE = 0.2
 _BOOTTIME = getattr(time, "CLOCK_BOOTTIME", None)
 
 
-def _boot_time() -> float:
+def boot_time() -> float:
+    """Seconds on a clock that counts a suspend and no step of the wall clock (CLOCK_BOOTTIME;
+    elsewhere the monotonic one)."""
     return time.clock_gettime(_BOOTTIME) if _BOOTTIME is not None else time.monotonic()
+
 
 
 class PauseWatch:
@@ -44,7 +47,7 @@ class PauseWatch:
 
     @staticmethod
     def _sample() -> tuple[float, float, float]:
-        return time.monotonic(), _boot_time(), time.process_time()
+        return time.monotonic(), boot_time(), time.process_time()
 
     def start(self) -> None:
         """Sample every ``TICK_S`` on a daemon thread (once; later calls do nothing)."""
@@ -94,6 +97,13 @@ class PauseWatch:
         self.check()
         with self._lock:
             return next(((ended_at, seconds) for ended_at, seconds in self._pauses if ended_at > moment), None)
+
+    def within(self, moment: float) -> float:
+        """Seconds of ``moment``'s wait (from it until now, monotonic) that segstream stood still:
+        of each pause that ended after it, at most the part after ``moment``."""
+        self.check()
+        with self._lock:
+            return sum(min(seconds, ended_at - moment) for ended_at, seconds in self._pauses if ended_at > moment)
 
     def since(self, moment: float) -> float:
         """Seconds segstream was paused after ``moment`` (monotonic), a pause just ended included."""

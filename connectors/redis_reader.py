@@ -39,6 +39,7 @@ import numpy as np
 import redis
 
 from segstream.connectors.errors import IdleTimeout, ReaderError, SinkError, SourceError, WireFormatError
+from segstream.connectors.pauses import boot_time as _boot_time
 from segstream.connectors.redis_connection import (
     COMMAND_LINE, Backoff, SentinelAuth, SettingNames, TlsFiles, connect_redis, error_summary, key_refused,
     redis_address,
@@ -645,8 +646,9 @@ class _ClientBase(Generic[_Frames, _Events, _InOrder]):
                 yield _Pause(min(wait_ms, 1000) / 1000)
             fresh = []
             if max_age_s is not None and self._clock.due():
-                sent = time.monotonic()
-                self._clock.took((yield _command("time")), sent)  # (None: refused, the drivers say)
+                sent = _boot_time()
+                reply = yield _command("time")  # (a ReaderError: refused, the drivers say)
+                self._clock.took(reply, sent, reply if isinstance(reply, ReaderError) else None)
             for name in sorted(woken):
                 reply = yield _command("xrevrange", name, "+", "-", count=1)
                 if reply and _text(reply[0][0]) != last[name]:
@@ -800,11 +802,11 @@ class Client(_ClientBase["Subscription[Entry] | FanIn[Entry]", "Subscription[Eve
         try:
             reply = self.call(self.redis.xrevrange, name, "+", "-", count=1)
             if reply and max_age_s is not None and self._clock.due():
-                sent = time.monotonic()
+                sent = _boot_time()
                 try:
                     self._clock.took(self.call(self.redis.time), sent)
-                except ReaderError:  # refused
-                    self._clock.took(None, sent)
+                except ReaderError as error:  # refused (an ACL without +time), or busy
+                    self._clock.took(None, sent, error)
         except _Stopped:  # stop() while Redis was away: nothing newer to give
             return None
         entry = _named_entry(reply[0], name) if reply else None
@@ -920,10 +922,11 @@ class Client(_ClientBase["Subscription[Entry] | FanIn[Entry]", "Subscription[Eve
                             reply = self.call(getattr(self.redis, step.name), *step.args, key=step.kwargs.get("match"),
                                               outage=outage, patience_s=_patience(idle_s, yielded), **step.kwargs)
                             break
-                        except ReaderError:
+                        except ReaderError as error:
                             if step.name != "time":
                                 raise
-                            break  # refused TIME: a None reply, this machine's clock judges
+                            reply = error  # refused TIME (or busy): this machine's clock judges meanwhile
+                            break
                         except _StillDown:
                             yielded = time.monotonic()
                             yield None
@@ -1691,27 +1694,31 @@ class _RedisClock:
     when it was written, so a reader whose own clock is off (a robot without NTP) still tells a
     present scene from a stale one (found probing clock skew: a reader 30 s ahead called every
     entry stale, one 30 s behind a killed pipeline's last scene fresh). TIME is asked at the first
-    judgement and again every ``REMEASURE_S``; the reading is kept on the monotonic clock, which
-    no step of this machine's clock moves. A Redis user refused TIME leaves the ages to this
-    machine's clock (said once)."""
+    judgement and again every ``REMEASURE_S``, or at once when an age comes out below zero; the
+    reading is kept on the boot-time clock, which no step of this machine's clock moves and which
+    counts a suspend (the monotonic one does not: a reader woken from one judged a killed
+    pipeline's last scene fresh, found reviewing). A Redis user refused TIME (NOPERM) leaves the
+    ages to this machine's clock, said once; another error to TIME is tried again later."""
 
     REMEASURE_S = 60.0
 
     def __init__(self) -> None:
-        self.base: float | None = None  # Redis's time minus time.monotonic()
+        self.base: float | None = None  # Redis's time minus the boot-time clock's
         self.measured: float | None = None
         self.refused = False
 
     def due(self) -> bool:
-        return not self.refused and (self.measured is None or time.monotonic() - self.measured > self.REMEASURE_S)
+        return not self.refused and (self.measured is None or _boot_time() - self.measured > self.REMEASURE_S)
 
-    def took(self, reply, sent: float) -> None:
-        """TIME's ``reply`` to a call made at monotonic ``sent`` (None: refused)."""
-        back = time.monotonic()
-        if reply is None:
-            self.refused, self.base = True, None
-            log.warning("this reader's Redis user may not run TIME: max_age_s judges entries' ages by this "
-                        "machine's clock, which must then agree with the pipeline's (NTP) — grant it +time")
+    def took(self, reply, sent: float, error: BaseException | None = None) -> None:
+        """TIME's ``reply`` to a call made at boot time ``sent``, or the ``error`` it met."""
+        back = _boot_time()
+        if error is not None:
+            self.measured, self.base = back, None  # this machine's clock until the next try
+            if "NOPERM" in str(error) or "no permissions" in str(error):
+                self.refused = True
+                log.warning("this reader's Redis user may not run TIME: max_age_s judges entries' ages by this "
+                            "machine's clock, which must then agree with the pipeline's (NTP) — grant it +time")
             return
         self.base = int(reply[0]) + int(reply[1]) / 1e6 - (sent + back) / 2
         self.measured = back
@@ -1723,7 +1730,10 @@ class _RedisClock:
             return time.time() - (entry.capture_ts or entry.publish_ts)
         written = _id_key(entry.id)[0] / 1000
         held = max(0.0, entry.publish_ts - entry.capture_ts) if entry.capture_ts and entry.publish_ts else 0.0
-        return time.monotonic() + self.base - written + held
+        age = _boot_time() + self.base - written + held
+        if age < -1.0:  # Redis's clock moved back, or the reading is off: asked again before the next judgement
+            self.measured = None
+        return age
 
 
 def _fresh(entry: Entry, max_age_s: float | None, clock: _RedisClock | None = None) -> bool:

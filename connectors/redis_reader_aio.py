@@ -26,6 +26,7 @@ import redis
 import redis.asyncio
 
 from segstream.connectors.errors import ReaderError, SinkError, WireFormatError
+from segstream.connectors.pauses import boot_time as _boot_time
 from segstream.connectors.redis_connection import SentinelAuth, TlsFiles, connect_redis_async, redis_address
 from segstream.connectors.redis_reader import (
     _MAX_BLOCK_MS, _REFUSED_LOGIN, _UNREACHABLE, Entry, EventEntry, _ClientBase, _Command, _Emit,
@@ -93,11 +94,11 @@ class Client(_ClientBase["Subscription[AsyncEntry] | FanIn[AsyncEntry]",
         try:
             reply = await self.call(self.redis.xrevrange, name, "+", "-", count=1)
             if reply and max_age_s is not None and self._clock.due():
-                sent = time.monotonic()
+                sent = _boot_time()
                 try:
                     self._clock.took(await self.call(self.redis.time), sent)
-                except ReaderError:  # refused
-                    self._clock.took(None, sent)
+                except ReaderError as error:  # refused (an ACL without +time), or busy
+                    self._clock.took(None, sent, error)
         except _Stopped:
             return None
         entry = _named_entry(reply[0], name) if reply else None
@@ -188,10 +189,11 @@ class Client(_ClientBase["Subscription[AsyncEntry] | FanIn[AsyncEntry]",
                                                     key=step.kwargs.get("match"), outage=outage,
                                                     patience_s=_patience(idle_s, yielded), **step.kwargs)
                             break
-                        except ReaderError:
+                        except ReaderError as error:
                             if step.name != "time":
                                 raise
-                            break  # refused TIME: a None reply, this machine's clock judges
+                            reply = error  # refused TIME (or busy): this machine's clock judges meanwhile
+                            break
                         except _StillDown:
                             yielded = time.monotonic()
                             yield None

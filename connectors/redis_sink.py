@@ -1740,9 +1740,9 @@ class RedisPublisher:
         if abs(offset) > _CLOCK_SKEW_S and not self._clock_warned:
             self._clock_warned = True
             log.warning("this machine's clock is %.1f s %s that of Redis at %s: entries' capture_ts and publish_ts "
-                        "(this machine's) and their IDs (Redis's) disagree by that much, and a reader comparing "
-                        "capture_ts with its own clock (max_age_s, follow_newest) is off by the difference between "
-                        "its clock and this one — keep the machines on NTP", abs(offset),
+                        "(this machine's) and their IDs (Redis's) disagree by that much (a reader's max_age_s judges "
+                        "by Redis's clock where its user may run TIME, else by its own against capture_ts) — keep "
+                        "the machines on NTP", abs(offset),
                         "behind" if offset > 0 else "ahead of", self._where)
 
     def _info(self, section: str) -> dict:
@@ -1871,7 +1871,8 @@ class RedisPublisher:
             log.log(level, line)
         if many:
             names = sorted(self.per_stream)
-            spread = f"XLEN {min(lengths)}-{max(lengths)}, " if lengths else ""
+            spread = (f"XLEN {min(lengths)}, " if lengths and min(lengths) == max(lengths)
+                      else f"XLEN {min(lengths)}-{max(lengths)}, " if lengths else "")
             log.info("published %d entries to %d streams (%s ... %s; %sMAXLEN ~%d%s); each stream's line, with its "
                      "newest entry, at --log-level debug", sum(self.per_stream.values()), len(names), names[0],
                      names[-1], spread, self.maxlen, age)

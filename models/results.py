@@ -342,7 +342,8 @@ class FrameResult(_FrameSizeMap):
     of frames of another size), a ``ScaledLabelMap``; then each read of ``label_map`` builds a
     new frame-size array, so read it once per use and prefer ``segment_map`` where the decided
     map will do. ``times`` holds when the frame passed each stage (``time.monotonic()`` seconds, keys in pipeline order: decoded, queued,
-    batched, model_start, model_end, post_end, staged, published). ``events`` are what the
+    batched, model_start, model_end, post_end, staged, published), and ``wall_offset``, the wall
+    clock's offset from the monotonic one when the frame was made (no time: leave it out of spans). ``events`` are what the
     per-source stages noticed at this frame (a track started or ended); sinks publish them after
     the frame's own entry. ``image`` is the decoded frame (H x W x 3 uint8 RGB), attached by the
     runtime only while a sink that draws on frames needs it (a preview), else None, with its

@@ -483,6 +483,8 @@ def _parser() -> argparse.ArgumentParser:
     mots.add_argument("--class-id", type=int, default=None, metavar="N",
                       help="write every mask with class id N instead of the model's class (MOTSChallenge's loader "
                            "scores class 2, pedestrians, alone; 10 is MOTS's ignore region)")
+    mots.add_argument("--run", metavar="RUN", help="the run to write when the file holds several (a files sink "
+                      "appends each run's): its run_id, or a number, 1 the oldest, -1 the latest (default: the latest)")
     mots.set_defaults(command=_mots)
 
     for command in commands.choices.values():  # after the command too; left out there, the top-level value stands
@@ -841,7 +843,7 @@ def _mots(args: argparse.Namespace) -> int:
 
     if args.class_id is not None and (args.class_id < 0 or args.class_id == 10):
         raise ConfigError(f"--class-id {args.class_id}: a class id is 0 or more and not 10 (MOTS's ignore region)")
-    lines, entries = write_mots(args.jsonl, args.out, args.first_frame, args.class_id)
+    lines, entries = write_mots(args.jsonl, args.out, args.first_frame, args.class_id, args.run)
     if str(args.out) != "-":
         print(f"segstream: {lines} tracked masks of {entries} frames written to {args.out}", file=sys.stderr)
     return 0

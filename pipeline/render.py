@@ -88,15 +88,15 @@ def stream_runs(client, stream: str) -> list[StreamRun]:
     return list(runs.values())
 
 
-def pick_run(runs: list[StreamRun], stream: str, wanted: str | None) -> StreamRun:
+def pick_run(runs: list[StreamRun], stream: str, wanted: str | None, doing: str = "drawing") -> StreamRun:
     """The run ``wanted`` names (a run id, ``latest``, or a number: 1 the oldest, -1 the latest;
-    None: the latest, said in a line when there are others)."""
+    None: the latest, said in a line when there are others, ``doing`` what with it)."""
     choices = ", ".join(f"{number} {run.name} ({run.entries} entries)" for number, run in enumerate(runs, 1))
     if wanted is None or wanted == LATEST:
         chosen = runs[-1]
         if wanted is None and len(runs) > 1:
-            log.warning("%s holds %d runs: %s; drawing the latest, %s — choose another with --run RUN_ID or "
-                        "--run NUMBER", stream, len(runs), choices, chosen.name)
+            log.warning("%s holds %d runs: %s; %s the latest, %s — choose another with --run RUN_ID or "
+                        "--run NUMBER", stream, len(runs), choices, doing, chosen.name)
         return chosen
     for run in runs:
         if run.run_id == wanted:

@@ -264,19 +264,21 @@ def _clip_sequence(video: Path, per_clip: int | None, first_frame: int) -> Itera
     if npz.exists():
         return _clip_frames(video, per_clip, npz, load_truth(npz), None)
     if mots.exists():
-        return _clip_frames(video, per_clip, mots, None, read_mots(mots, first_frame))
+        return _clip_frames(video, per_clip, mots, None, read_mots(mots, first_frame), first_frame)
     raise ConfigError(f"{video}: no ground truth beside it — {npz.name} (a synthetic clip's) or {mots.name} "
                       "(MOTS: one object's mask a line)")
 
 
 def _clip_frames(video: Path, per_clip: int | None, truth_file: Path, truths: list[FrameResult] | None,
-                 objects: dict | None) -> Iterator[TrackedFrame]:
+                 objects: dict | None, first_frame: int = 0) -> Iterator[TrackedFrame]:
     from segstream.connectors.file_source import FileSource
     from segstream.connectors.mots import mots_truth
 
     source = FileSource(video.stem, str(video), max_frames=per_clip)
+    decoded = 0
     try:
         for frame in source.frames():
+            decoded = frame.index + 1
             height, width = frame.image.shape[:2]
             if truths is not None:
                 if frame.index >= len(truths):
@@ -289,6 +291,12 @@ def _clip_frames(video: Path, per_clip: int | None, truth_file: Path, truths: li
             yield frame.image, truth, time_s, ignore
     finally:
         source.close()
+    past = sorted(k for k in objects or () if k >= decoded)
+    if past and per_clip is None:  # found reviewing: a file numbered from 1 was read one frame off, silently
+        raise ConfigError(f"{truth_file}: its frame {past[-1] + first_frame} is past the video's last "
+                          f"({decoded - 1 + first_frame}, {decoded} decoded) — "
+                          + ("numbered from 1 (MOTSChallenge's)? give --truth-first-frame 1" if first_frame == 0
+                             else "is it this video's?"))
 
 
 def mots_path(video: Path) -> Path:

@@ -645,7 +645,7 @@ def test_the_end_of_a_run_of_many_streams_says_them_in_one_line(server, caplog):
     assert len(few) == 12 and all("; newest: " in line for line in few), few
     many = publish(13)
     assert many == ["published 13 entries to 13 streams (segstream:many13x00:frames ... segstream:many13x12:frames; "
-                    "XLEN 1-1, MAXLEN ~10000); each stream's line, with its newest entry, at --log-level debug"], many
+                    "XLEN 1, MAXLEN ~10000); each stream's line, with its newest entry, at --log-level debug"], many
 
 
 def test_track_mask_of_no_track_is_a_key_error_not_some_untracked_segment(server, client):

@@ -612,10 +612,17 @@ def test_evaluate_data_matches_the_ground_truth_s_classes_to_the_model_s_by_name
     assert by_name.pop("definitions")["classes"].startswith("the ground truth's matched to the model's by name")
     same_order.pop("definitions")
     assert by_name == same_order
+    assert main(args[:-1]) == 0  # the table: of the ground truth's classes only
+    shown = {line.split()[0] for line in capsys.readouterr().out.splitlines() if line.startswith("  ") and not line.startswith("   ")}
+    assert shown == scored, shown
 
     _edit(data, lambda d: d["categories"].append({"id": 99, "name": "forklift", "isthing": 1}))
     assert main(args) == 2
     assert "the ground truth's classes forklift are not among the model's (disc, box" in capsys.readouterr().err
+    _edit(data, lambda d: d["categories"][-1].update(name="disks"))
+    assert main(args) == 2
+    assert "the ground truth's classes disks (the model's disc?) are not among" in capsys.readouterr().err
+    _edit(data, lambda d: d["categories"][-1].update(name="forklift"))
     _edit(data, lambda d: d["categories"].pop() and [c.update(isthing=0) for c in d["categories"] if c["name"] == "DISC"])
     assert main(args) == 2
     assert "DISC (stuff in the ground truth) the model has as the other kind" in capsys.readouterr().err
