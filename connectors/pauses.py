@@ -29,11 +29,8 @@ STOPPED_CPU_SHARE = 0.2
 _BOOTTIME = getattr(time, "CLOCK_BOOTTIME", None)
 
 
-def boot_time() -> float:
-    """Seconds on a clock that counts a suspend and no step of the wall clock (CLOCK_BOOTTIME;
-    elsewhere the monotonic one)."""
+def _boot_time() -> float:
     return time.clock_gettime(_BOOTTIME) if _BOOTTIME is not None else time.monotonic()
-
 
 
 class PauseWatch:
@@ -47,7 +44,7 @@ class PauseWatch:
 
     @staticmethod
     def _sample() -> tuple[float, float, float]:
-        return time.monotonic(), boot_time(), time.process_time()
+        return time.monotonic(), _boot_time(), time.process_time()
 
     def start(self) -> None:
         """Sample every ``TICK_S`` on a daemon thread (once; later calls do nothing)."""

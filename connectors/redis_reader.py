@@ -39,7 +39,6 @@ import numpy as np
 import redis
 
 from segstream.connectors.errors import IdleTimeout, ReaderError, SinkError, SourceError, WireFormatError
-from segstream.connectors.pauses import boot_time as _boot_time
 from segstream.connectors.redis_connection import (
     COMMAND_LINE, Backoff, SentinelAuth, SettingNames, TlsFiles, connect_redis, error_summary, key_refused,
     redis_address,
@@ -1687,6 +1686,15 @@ def read_file(path: str | Path) -> Iterator[Entry | EventEntry]:
     for number, fields in enumerate(read_entries(path), 1):
         yield _event_entry(str(number), name, fields, None) if "event" in fields else \
             _frame_entry(str(number), name, fields, None)
+
+
+_BOOTTIME = getattr(time, "CLOCK_BOOTTIME", None)  # (Linux; elsewhere the monotonic clock, which a suspend stops)
+
+
+def _boot_time() -> float:
+    """Seconds on a clock no step of the wall clock moves and which counts a suspend, as
+    ``connectors.pauses`` reads it (that module is not in the client's distribution)."""
+    return time.clock_gettime(_BOOTTIME) if _BOOTTIME is not None else time.monotonic()
 
 
 class _RedisClock:

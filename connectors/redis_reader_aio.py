@@ -26,10 +26,9 @@ import redis
 import redis.asyncio
 
 from segstream.connectors.errors import ReaderError, SinkError, WireFormatError
-from segstream.connectors.pauses import boot_time as _boot_time
 from segstream.connectors.redis_connection import SentinelAuth, TlsFiles, connect_redis_async, redis_address
 from segstream.connectors.redis_reader import (
-    _MAX_BLOCK_MS, _REFUSED_LOGIN, _UNREACHABLE, Entry, EventEntry, _ClientBase, _Command, _Emit,
+    _MAX_BLOCK_MS, _REFUSED_LOGIN, _UNREACHABLE, Entry, EventEntry, _boot_time, _ClientBase, _Command, _Emit,
     REPLY_GRACE_S, _FanInSteps, _fresh, _InOrderSteps, _key_in, _named_entry, _at_steps, _one_stream, _Outage, _patience, _Pause, _StillDown,
     _Stopped, _SubscriptionSteps, _wait_within, _Item,
     _warn_if_missing_steps, reader_options,

@@ -250,7 +250,10 @@ _FILES_READINESS = textwrap.dedent('''
             if result.index == 10:
                 os.unlink(out + "/filler")
 
-    Runtime([FileSource("cam", clip)], ColourSegmenter(), [files, Watcher()], metrics=metrics, progress=None).run()
+    # looped to 80 frames: still streaming at frame 20 however far decoding ran ahead (a loaded
+    # machine's publisher once trailed the 40-frame clip's end, and /readyz wants a streaming source)
+    Runtime([FileSource("cam", clip, loop=True, max_frames=80)], ColourSegmenter(), [files, Watcher()],
+            metrics=metrics, progress=None).run()
     print(json.dumps(seen))
 ''')
 
