@@ -41,12 +41,12 @@ class Firsts(Arrivals):
 
 
 class Timed:
-    """Wraps ``Batcher._take_round_robin``: its CPU time and calls."""
+    """Wraps ``Batcher._take_in_turn``: its CPU time and calls."""
 
     def __init__(self):
         self.seconds = 0.0
         self.calls = 0
-        original = engine.Batcher._take_round_robin
+        original = engine.Batcher._take_in_turn
 
         def timed(batcher, batch, size):
             started = time.thread_time()
@@ -56,7 +56,7 @@ class Timed:
                 self.seconds += time.thread_time() - started
                 self.calls += 1
 
-        engine.Batcher._take_round_robin = timed
+        engine.Batcher._take_in_turn = timed
 
 
 def camera(name: str, fps: float) -> dict:

@@ -248,6 +248,8 @@ class FileSource:
                     if self.pacer is not None and not self.pacer.wait(pts_seconds, pace_s, self._closed):
                         return
                     self.info = reading.info  # with what its frames showed (HDR, interlaced)
+                    # when decoded, or (played in real time) now: the wall clock's reading, and the monotonic's with it
+                    wall, made = (picture.capture_wall, picture.decoded_at) if self.pacer is None else (time.time(), 0.0)
                     yield Frame(
                         source=self.name,
                         index=index,
@@ -255,9 +257,8 @@ class FileSource:
                         pts=pts,
                         time_base=timeline.time_base,
                         pts_seconds=pts_seconds,
-                        capture_wall=picture.capture_wall if self.pacer is None else time.time(),
-                        **({"times": times_at(picture.capture_wall, picture.decoded_at)} if self.pacer is None
-                           else {}),
+                        capture_wall=wall,
+                        times=times_at(wall, made),
                         epoch=epoch,
                         sender_wall=picture.sender_wall,
                         size=picture.size,

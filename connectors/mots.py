@@ -10,7 +10,6 @@ overlap (the format's rule, which TrackEval's loaders enforce too).
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,64 +129,3 @@ def mots_lines(result: FrameResult, frame: int | None = None, class_id: int | No
                      f"{result.height} {result.width} {counts}")
     return lines
 
-
-def write_mots(jsonl: str | Path, out: str | Path, first_frame: int = 0, class_id: int | None = None,
-               run: str | None = None) -> tuple[int, int]:
-    """The tracked things of a JSONL file of entries (``FilesSink``'s, a batch's ``frames.jsonl``)
-    as MOTS lines in ``out`` ("-": standard output), each frame numbered by its index plus
-    ``first_frame`` (``class_id``: as ``mots_lines``); of a file several runs appended to (each
-    numbers its frames from 0), the run ``run`` names, as ``segstream render --run`` takes it
-    (the latest by default, said). Returns (lines, frames). A file that is no JSONL of entries,
-    or a class written as 10 (MOTS's ignore region), is a ConfigError, and nothing is written."""
-    import os
-    import sys
-    import tempfile
-
-    from segstream.connectors.errors import WireFormatError
-    from segstream.connectors.redis_wire import from_wire, read_entries
-    from segstream.pipeline.render import StreamRun, pick_run
-
-    jsonl = Path(jsonl)
-    if not jsonl.is_file():
-        raise ConfigError(f"{jsonl}: no such file — give a files sink's <source>.jsonl or a batch's frames.jsonl")
-    try:
-        runs: dict[str, StreamRun] = {}
-        for fields in read_entries(jsonl):
-            run_id = fields.get("run_id") or ""
-            runs.setdefault(run_id if isinstance(run_id, str) else run_id.decode(), StreamRun("", 0, "", "")).entries += 1
-        for run_id, found in runs.items():
-            found.run_id = run_id
-        if not runs:
-            raise ConfigError(f"{jsonl} holds no entries")
-        chosen = pick_run(list(runs.values()), str(jsonl), run, "writing").run_id
-        lines = frames = 0
-        with contextlib.ExitStack() as stack:
-            if str(out) == "-":
-                target = sys.stdout
-            else:  # written whole or not at all
-                try:
-                    handle, temporary = tempfile.mkstemp(prefix=f".{Path(out).name}.", dir=Path(out).parent or ".")
-                except OSError as error:
-                    raise ConfigError(f"cannot write {out}: {error.strerror or error}") from None
-                stack.callback(lambda: os.path.exists(temporary) and os.unlink(temporary))
-                target = stack.enter_context(open(handle, "w", encoding="ascii"))
-            for fields in read_entries(jsonl):
-                run_id = fields.get("run_id") or ""
-                if (run_id if isinstance(run_id, str) else run_id.decode()) != chosen:
-                    continue
-                result = from_wire(fields)
-                frames += 1
-                if class_id is None and (ignored := [str(label) for c, label, thing in zip(
-                        result.segments.class_ids, result.segments.labels, result.segments.isthing)
-                        if c == IGNORE_CLASS and thing]):
-                    raise ConfigError(f"{ignored[0]} has the model's class id {IGNORE_CLASS}, which MOTS reads as an "
-                                      "ignore region — give --class-id N to write every mask as class N")
-                for line in mots_lines(result, result.index + first_frame, class_id):
-                    target.write(line + "\n")
-                    lines += 1
-            if target is not sys.stdout:
-                target.close()
-                os.replace(temporary, out)
-    except WireFormatError as error:
-        raise ConfigError(f"{error} — segstream mots reads the frames' entries, not events") from None
-    return lines, frames

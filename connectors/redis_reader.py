@@ -1744,15 +1744,9 @@ class _RedisClock:
         return age
 
 
-def _fresh(entry: Entry, max_age_s: float | None, clock: _RedisClock | None = None) -> bool:
-    """A scene no more than ``max_age_s`` old: captured that recently (by ``clock``, Redis's; by
-    this machine's clock against ``capture_ts`` without it, ``publish_ts`` for entries without a
-    capture time, as archives')."""
-    if max_age_s is None:
-        return True
-    if clock is None:
-        return time.time() - (entry.capture_ts or entry.publish_ts) <= max_age_s
-    return clock.age(entry) <= max_age_s
+def _fresh(entry: Entry, max_age_s: float | None, clock: _RedisClock) -> bool:
+    """A scene no more than ``max_age_s`` old: captured that recently, by ``clock`` (``_RedisClock.age``)."""
+    return max_age_s is None or clock.age(entry) <= max_age_s
 
 
 def _batches(reply) -> list[tuple[str, list[tuple[str, dict]]]]:

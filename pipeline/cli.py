@@ -839,7 +839,7 @@ def _batch(args: argparse.Namespace) -> int:
 
 
 def _mots(args: argparse.Namespace) -> int:
-    from segstream.connectors.mots import write_mots
+    from segstream.pipeline.track_evaluation import write_mots
 
     if args.class_id is not None and (args.class_id < 0 or args.class_id == 10):
         raise ConfigError(f"--class-id {args.class_id}: a class id is 0 or more and not 10 (MOTS's ignore region)")

@@ -1,8 +1,8 @@
 """The model stage: batches formed across sources, the network of one batch overlapping the
 post-processing of the one before.
 
-``Batcher`` holds one bounded FIFO per source and hands out batches (round-robin over sources,
-at most ``size`` frames, waiting at most ``max_wait_s`` after the first). ``ModelStage`` turns a
+``Batcher`` holds one bounded FIFO per source and hands out batches (the sources in turn, the one
+served least recently first, at most ``size`` frames, waiting at most ``max_wait_s`` after the first). ``ModelStage`` turns a
 batch into results in two calls that the runtime makes from two threads: ``submit`` (upload,
 pre-processing, network) and ``collect`` (post-processing, results to the host). On CUDA,
 ``submit`` copies frames through reused pinned buffers on a copy stream and runs the network on
@@ -194,7 +194,7 @@ class Batcher:
             self.cond.notify_all()
 
     def take_batch(self, size: int, max_wait_s: float) -> tuple[int, list[Frame]] | None:
-        """Up to ``size`` frames, round-robin over sources (or oldest first), waiting at most ``max_wait_s`` after
+        """Up to ``size`` frames, a frame of the source served least recently at a time (or oldest first), waiting at most ``max_wait_s`` after
         the first, with the batch's sequence number (0, 1, ... in the order batches were taken,
         also when several model workers take them); None once every source has finished and
         every queue is empty."""
@@ -209,7 +209,7 @@ class Batcher:
                     return None
                 deadline = time.monotonic() + max_wait_s
                 while True:
-                    self._take_round_robin(batch, size)
+                    self._take_in_turn(batch, size)
                     left = deadline - time.monotonic()
                     if len(batch) >= size or left <= 0 or not self._any_open() or self.aborted:
                         break
@@ -229,7 +229,7 @@ class Batcher:
     def _any_open(self) -> bool:
         return self._open_count > 0
 
-    def _take_round_robin(self, batch: list[Frame], size: int) -> None:
+    def _take_in_turn(self, batch: list[Frame], size: int) -> None:
         """Fill ``batch`` with a frame of the source served least recently (``oldest_first``: the
         frame queued first, whichever source's): a frame of each source in turn (evenly spaced
         when every queue is full), and a source whose frames went stale before its turn goes first

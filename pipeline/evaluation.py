@@ -203,6 +203,7 @@ def evaluate_segmenter(
     if truth_labels is not None:
         if (label_set.names, label_set.isthing) != (truth_labels.names, truth_labels.isthing):
             to_model = truth_classes_as_model(label_set, truth_labels)
+            listed = np.isin(np.arange(len(label_set.names)), to_model)  # the model's classes the truth has
     elif not _synthetic_classes(label_set):
         raise ConfigError(
             f"the model predicts the {label_set.name!r} classes but synthetic scenes are labelled with "
@@ -221,8 +222,7 @@ def evaluate_segmenter(
                 raise ValueError(f"segment_fn returned {len(predictions)} predictions for {len(batch)} frames")
             if to_model is not None:
                 batch = [_in_model_classes(to_model, *item) for item in batch]
-                predictions = [_listed_only(prediction, np.isin(np.arange(len(label_set.names)), to_model))
-                               for prediction in predictions]
+                predictions = [_listed_only(prediction, listed) for prediction in predictions]
             for prediction, (_, truth, *crowd) in zip(predictions, batch):
                 tally.add(prediction, truth, *crowd)
                 semantic.add(*class_maps(prediction, truth, *crowd))
@@ -304,6 +304,24 @@ def class_maps(prediction: FrameResult, truth: FrameResult, crowd: np.ndarray | 
 def _frames(seeds: Sequence[int], width: int, height: int, num_frames: int) -> Iterator[tuple[np.ndarray, FrameResult]]:
     for seed in seeds:
         yield from synthetic_clip(width, height, num_frames, seed)
+
+
+def clip_truth(video: Path, tracking: bool = False) -> Path:
+    """The ground truth beside a clip: ``<stem>_truth.npz`` (a synthetic clip's, as
+    ``connectors.synthetic.write_clip`` writes it), or with ``tracking`` ``<stem>_truth.txt``
+    (MOTS: tracks, without the model's classes or stuff). Anything else is a ConfigError."""
+    npz, mots = truth_path(video), video.with_name(f"{video.stem}_truth.txt")
+    if not video.is_file():
+        raise ConfigError(f"--clips {video}: no such file")
+    if npz.exists():
+        return npz
+    if mots.exists():
+        if tracking:
+            return mots
+        raise ConfigError(f"{video}: its ground truth {mots.name} is MOTS (tracks, without the model's classes or "
+                          "stuff), which scores tracking — add --tracking")
+    raise ConfigError(f"{video}: no ground truth beside it — {npz.name} (a synthetic clip's)"
+                      + (f" or {mots.name} (MOTS: one object's mask a line)" if tracking else ""))
 
 
 def truth_path(video: Path) -> Path:
@@ -424,15 +442,8 @@ def main_evaluate(args) -> int:
     args.seeds = args.seeds if args.seeds is not None else list(DEFAULT_SEEDS)
     args.size = args.size if args.size is not None else list(DEFAULT_SIZE)
     dataset = CocoPanopticDataset(data, args.masks, args.images) if data is not None else None
-    for video in clips or ():  # before the model loads
-        if not truth_path(Path(video)).exists():
-            from segstream.pipeline.track_evaluation import mots_path
-
-            if mots_path(Path(video)).exists():
-                raise ConfigError(f"{video}: its ground truth {mots_path(Path(video)).name} is MOTS (tracks, without "
-                                  "the model's classes or stuff), which scores tracking — add --tracking")
-            raise ConfigError(f"{video}: no ground truth beside it ({truth_path(Path(video)).name}, as "
-                              "segstream.connectors.synthetic.write_clip writes it)")
+    for video in clips or ():  # said before the model loads
+        clip_truth(Path(video))
     model_cfg = evaluation_model_config(args)
     width, height = args.size
     per_seed = args.frames or FRAMES_PER_SEED

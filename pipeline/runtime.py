@@ -46,7 +46,7 @@ from segstream.connectors.errors import (
     SourceError,
     thread_start_failed,
 )
-from segstream.connectors.frames import Frame, frame_problem, out_of_line
+from segstream.connectors.frames import WALL_OFFSET, Frame, frame_problem, out_of_line
 from segstream.connectors.sink import SINK_DROPS, SINK_METHODS, Sink
 from segstream.connectors.source import SOURCE_STATES, VideoSource
 from segstream.connectors.threads import NamedThread, waiting_for_input
@@ -59,8 +59,8 @@ from segstream.pipeline.engine import (
 from segstream.pipeline.logs import journal_prefix, new_run_id
 from segstream.pipeline.own_parts import NamedStage, OwnSource, build_stages
 from segstream.pipeline.metrics import (
-    DECODE_ERROR, MODEL_NONFINITE, SHED_REASONS, WALL_OFFSET, OverloadWatch, RunMetrics, Said, SourceCounts,
-    decode_thread, less_work_for, wall_clock_step,
+    DECODE_ERROR, MODEL_NONFINITE, SHED_REASONS, OverloadWatch, RunMetrics, Said, SourceCounts, decode_thread,
+    less_work_for, wall_clock_step,
 )
 from segstream.pipeline.source_states import SourceStates, first_frame
 

@@ -256,17 +256,12 @@ def _clip_sequence(video: Path, per_clip: int | None, first_frame: int) -> Itera
     any model work; the frames are decoded as they are taken."""
     from segstream.connectors.mots import read_mots
     from segstream.connectors.synthetic import load_truth
-    from segstream.pipeline.evaluation import truth_path
+    from segstream.pipeline.evaluation import clip_truth
 
-    npz, mots = truth_path(video), mots_path(video)
-    if not video.is_file():
-        raise ConfigError(f"--clips {video}: no such file")
-    if npz.exists():
-        return _clip_frames(video, per_clip, npz, load_truth(npz), None)
-    if mots.exists():
-        return _clip_frames(video, per_clip, mots, None, read_mots(mots, first_frame), first_frame)
-    raise ConfigError(f"{video}: no ground truth beside it — {npz.name} (a synthetic clip's) or {mots.name} "
-                      "(MOTS: one object's mask a line)")
+    truth = clip_truth(video, tracking=True)
+    if truth.suffix == ".npz":
+        return _clip_frames(video, per_clip, truth, load_truth(truth), None)
+    return _clip_frames(video, per_clip, truth, None, read_mots(truth, first_frame), first_frame)
 
 
 def _clip_frames(video: Path, per_clip: int | None, truth_file: Path, truths: list[FrameResult] | None,
@@ -297,11 +292,6 @@ def _clip_frames(video: Path, per_clip: int | None, truth_file: Path, truths: li
                           f"({decoded - 1 + first_frame}, {decoded} decoded) — "
                           + ("numbered from 1 (MOTSChallenge's)? give --truth-first-frame 1" if first_frame == 0
                              else "is it this video's?"))
-
-
-def mots_path(video: Path) -> Path:
-    """Where a video's MOTS ground truth is kept by convention: ``<stem>_truth.txt`` beside it."""
-    return video.with_name(f"{video.stem}_truth.txt")
 
 
 def evaluate_tracking(
@@ -435,3 +425,64 @@ def main_evaluate_tracking(args) -> int:
         print(f"tracker / oracle IDF1 on the model's segments: {results['model_vs_oracle_idf1']:.3f}")
     print(json.dumps(results))
     return 0
+
+
+def write_mots(jsonl: str | Path, out: str | Path, first_frame: int = 0, class_id: int | None = None,
+               run: str | None = None) -> tuple[int, int]:
+    """``segstream mots``: the tracked things of a JSONL file of entries (``FilesSink``'s, a
+    batch's ``frames.jsonl``) as MOTS lines (``connectors.mots.mots_lines``) in ``out`` ("-":
+    standard output), each frame numbered by its index plus ``first_frame``; of a file several
+    runs appended to (each numbers its frames from 0), the run ``run`` names, as ``segstream
+    render --run`` takes it (the latest by default, said). Returns (lines, frames). A file that
+    is no JSONL of entries, or a class written as 10 (MOTS's ignore region), is a ConfigError,
+    and nothing is written."""
+    import contextlib
+    import os
+    import tempfile
+    from collections import Counter
+
+    from segstream.connectors.errors import WireFormatError
+    from segstream.connectors.mots import IGNORE_CLASS, mots_lines
+    from segstream.connectors.redis_wire import from_wire, read_entries
+    from segstream.pipeline.render import StreamRun, pick_run
+
+    jsonl = Path(jsonl)
+    if not jsonl.is_file():
+        raise ConfigError(f"{jsonl}: no such file — give a files sink's <source>.jsonl or a batch's frames.jsonl")
+    try:
+        entries = Counter(str(fields.get("run_id") or "") for fields in read_entries(jsonl))  # in order of first entry
+        if not entries:
+            raise ConfigError(f"{jsonl} holds no entries")
+        chosen = pick_run([StreamRun(run_id, count, "", "") for run_id, count in entries.items()], str(jsonl), run,
+                          "writing").run_id
+        lines = frames = 0
+        with contextlib.ExitStack() as stack:
+            if str(out) == "-":
+                target = sys.stdout
+            else:  # written whole or not at all
+                try:
+                    handle, temporary = tempfile.mkstemp(prefix=f".{Path(out).name}.", dir=Path(out).parent)
+                except OSError as error:
+                    raise ConfigError(f"cannot write {out}: {error.strerror or error}") from None
+                stack.callback(lambda: os.path.exists(temporary) and os.unlink(temporary))
+                target = stack.enter_context(open(handle, "w", encoding="ascii"))
+            for fields in read_entries(jsonl):
+                if str(fields.get("run_id") or "") != chosen:
+                    continue
+                result = from_wire(fields)
+                frames += 1
+                seg = result.segments
+                if class_id is None and (ignored := [str(label) for c, label, thing in
+                                                     zip(seg.class_ids, seg.labels, seg.isthing)
+                                                     if c == IGNORE_CLASS and thing]):
+                    raise ConfigError(f"{ignored[0]} has the model's class id {IGNORE_CLASS}, which MOTS reads as an "
+                                      "ignore region — give --class-id N to write every mask as class N")
+                for line in mots_lines(result, result.index + first_frame, class_id):
+                    target.write(line + "\n")
+                    lines += 1
+            if target is not sys.stdout:
+                target.close()
+                os.replace(temporary, out)
+    except WireFormatError as error:
+        raise ConfigError(f"{error} — segstream mots reads the frames' entries, not events") from None
+    return lines, frames

@@ -142,3 +142,12 @@ def test_a_pause_excuses_a_second_pause_s_aftermath_an_open_and_a_playlist_s_gap
         "segstream was paused for 7.0 s")
     source._in_bursts = True  # a playlist's segments come seconds apart
     assert said(now - 5.0, (now - 1.0, 1.0)).startswith("segstream was paused for 1.0 s")
+
+
+def test_a_wait_gives_back_only_the_part_of_a_pause_after_it_began():
+    """Found reviewing: a live source's wait took out whole pauses, so a camera that died just
+    after a resume was said stalled a pause's length late."""
+    watch = _Pauses((100.0, 40.0), (200.0, 5.0))  # 60-100 and 195-200 stood still
+    assert watch.within(90.0) == 10.0 + 5.0  # of the first, the 10 s after 90
+    assert watch.within(50.0) == 40.0 + 5.0
+    assert watch.within(150.0) == 5.0 and watch.within(200.0) == 0.0
